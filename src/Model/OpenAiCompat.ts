@@ -9,7 +9,7 @@
 import * as HttpClient from "@effect/platform/HttpClient"
 import * as HttpClientRequest from "@effect/platform/HttpClientRequest"
 import { Config, type ConfigError, Effect, Layer, Option, type Redacted, Schema, Stream } from "effect"
-import { ModelError } from "../AiError.js"
+import type { ModelError } from "../AiError.js"
 import * as Http from "../internal/http.js"
 import * as Model from "../Model.js"
 
@@ -270,19 +270,19 @@ export const make = Effect.fnUntraced(function* (options: Options = {}) {
     )
     for (const item of answer.data) {
       if (!Number.isInteger(item.index) || item.index < 0 || item.index >= vectors.length) {
-        return yield* Effect.fail(malformed(ctx, "data.index", `index ${item.index} out of range`))
+        return yield* Effect.fail(Http.malformed(ctx, "data.index", `index ${item.index} out of range`))
       }
       const values =
         typeof item.embedding === "string" ? Http.decodeBase64Floats(item.embedding) : Option.some(item.embedding)
       if (Option.isNone(values)) {
-        return yield* Effect.fail(malformed(ctx, "data.embedding", "not a float array nor base64 float32"))
+        return yield* Effect.fail(Http.malformed(ctx, "data.embedding", "not a float array nor base64 float32"))
       }
       vectors[item.index] = values.value
     }
     const missing = vectors.indexOf(undefined)
     if (missing !== -1 || answer.data.length !== valid.texts.length) {
       return yield* Effect.fail(
-        malformed(ctx, "data", `expected ${valid.texts.length} embeddings, got ${answer.data.length}`)
+        Http.malformed(ctx, "data", `expected ${valid.texts.length} embeddings, got ${answer.data.length}`)
       )
     }
     return {
@@ -300,15 +300,6 @@ const isErrorPayload = (payload: unknown): boolean =>
   typeof payload === "object" &&
   payload !== null &&
   ("error" in payload || (payload as { readonly object?: unknown }).object === "error")
-
-const malformed = (ctx: Http.CallContext, field: string, detail: string): ModelError =>
-  new ModelError({
-    reason: "Decode",
-    message: `${ctx.provider} sent a malformed response: ${field}: ${detail}`,
-    provider: ctx.provider,
-    model: ctx.model,
-    field
-  })
 
 /**
  * @since 0.1.0

@@ -608,6 +608,21 @@ export const endedEarly = (ctx: CallContext): ModelError =>
   })
 
 /**
+ * A `Decode` failure found by checking a decoded answer (counts, indices).
+ *
+ * @since 0.1.0
+ * @category errors
+ */
+export const malformed = (ctx: CallContext, field: string, detail: string): ModelError =>
+  new ModelError({
+    reason: "Decode",
+    message: `${ctx.provider} sent a malformed response: ${field}: ${detail}`,
+    provider: ctx.provider,
+    model: ctx.model,
+    field
+  })
+
+/**
  * Embedding values sent as base64 little-endian float32 (what OpenAI sends when
  * `encoding_format` is not `float`).
  *
