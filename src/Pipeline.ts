@@ -529,10 +529,18 @@ export const outputs = <O, E>(result: Result<O, E>): Effect.Effect<O, PipelineFa
   return Effect.fail(
     new PipelineFailedError({
       failedSteps: result.failedSteps,
-      message: notDone.map(internal.describe).join("; ")
+      message: notDone.map(describeOutcome).join("; ")
     })
   )
 }
+
+/**
+ * One line saying how a step ended (`"reason: failed (model overloaded)"`).
+ *
+ * @since 0.1.0
+ * @category rendering
+ */
+export const describeOutcome: <A, E>(outcome: StepOutcome<A, E>) => string = internal.describe
 
 /**
  * @since 0.1.0
