@@ -97,6 +97,8 @@ export interface AgentOptions {
   readonly timeout?: Duration.DurationInput | undefined
 }
 
+const decodeAnswer = Http.jsonDecoder(Answer)
+
 /**
  * Describes an agent. Without `answer`, answers are decoded with `Answer` and the record's
  * result is the answer's `result`; with `answer`, the whole decoded answer is the result.
@@ -116,13 +118,12 @@ export const agent: {
     const decodeCustom = Http.jsonDecoder(options.answer)
     return { name, url: options.url, timeout, decode: (text) => decodeCustom(text, ctx) }
   }
-  const decodeDefault = Http.jsonDecoder(Answer)
   return {
     name,
     url: options.url,
     timeout,
     decode: (text, taskId) =>
-      Effect.flatMap(decodeDefault(text, ctx), (answer) => {
+      Effect.flatMap(decodeAnswer(text, ctx), (answer) => {
         if (answer.task_id !== taskId) {
           return Effect.fail(
             new ModelError({

@@ -180,6 +180,24 @@ describe("HttpAgent", () => {
     })
   )
 
+  it.scopedLive("interrupting a batch frees every connection slot and queue place", () =>
+    Effect.gen(function* () {
+      const server = yield* AgentServer.make(() => ({ hang: true }))
+      const stats = yield* withAgents({ maxConnectionsPerHost: 2 }, (agents) =>
+        Effect.gen(function* () {
+          const tasks = Array.from({ length: 6 }, (_, i) => task(`h${i}`, server.url))
+          const outcome = yield* agents.dispatch(tasks).pipe(Effect.timeoutOption("150 millis"))
+          assert.isTrue(outcome._tag === "None")
+          return yield* agents.connections
+        })
+      )
+      assert.strictEqual(stats.peak, 2)
+      assert.strictEqual(stats.active, 0)
+      assert.strictEqual(stats.waiting, 0)
+      assert.strictEqual(server.requests(), 2)
+    })
+  )
+
   it.scopedLive("dispatch: dependent tasks wait for their dependencies and get their results", () =>
     Effect.gen(function* () {
       const good = yield* AgentServer.make((t) => ({
