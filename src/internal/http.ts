@@ -474,17 +474,19 @@ export const executeJson = <A>(
 ): Effect.Effect<A, ModelError> => Effect.flatMap(executeText(client, request, ctx), (text) => decode(text, ctx))
 
 /**
- * Sends a request and streams the body of a 2xx answer. A body that breaks fails with
- * `Transport`; the connection is released when the stream ends or is interrupted.
+ * Sends a request and, once a 2xx answer's headers are in, returns its body as a stream. A
+ * body that breaks fails with `Transport`; the connection is released when the stream ends
+ * or is interrupted. Status errors fail the effect, before any stream exists (so a caller
+ * can retry them without ever replaying delivered text).
  *
  * @since 0.1.0
  * @category utils
  */
-export const executeStream = (
+export const openStream = (
   client: HttpClient.HttpClient,
   request: HttpClientRequest.HttpClientRequest,
   ctx: CallContext
-): Stream.Stream<Uint8Array, ModelError> =>
+): Effect.Effect<Stream.Stream<Uint8Array, ModelError>, ModelError> =>
   client.execute(request).pipe(
     Effect.flatMap((response) =>
       isOk(response.status)
@@ -499,9 +501,20 @@ export const executeStream = (
       RequestError: (error) => Effect.fail(fromRequestError(error, ctx)),
       ResponseError: (error) => Effect.fail(transportError("reading the response failed", error.cause, ctx))
     }),
-    withRedactedHeaders,
-    Stream.unwrap
+    withRedactedHeaders
   )
+
+/**
+ * {@link openStream} as one stream.
+ *
+ * @since 0.1.0
+ * @category utils
+ */
+export const executeStream = (
+  client: HttpClient.HttpClient,
+  request: HttpClientRequest.HttpClientRequest,
+  ctx: CallContext
+): Stream.Stream<Uint8Array, ModelError> => Stream.unwrap(openStream(client, request, ctx))
 
 const DEFAULT_MAX_EVENT = 8 * 1024 * 1024
 
