@@ -543,6 +543,13 @@ const chainedEmbeddings = (
   return { embedding, unembedding }
 }
 
+/** Pushes byte tokens and specials (except the end of sequence) down, so sampling picks words too. */
+const wordBias = (vocab: ByteLevelVocab, vocabSize: number, keep: ReadonlyArray<number>): Float32Array => {
+  const bias = new Float32Array(vocabSize).fill(-10)
+  for (const id of [...vocab.cycle, ...vocab.ending, ...keep]) bias[id] = 0
+  return bias
+}
+
 const chainPairs = (vocab: ByteLevelVocab, eos: number): Array<readonly [number, number]> => {
   const pairs: Array<readonly [number, number]> = []
   vocab.cycle.forEach((id, i) => {
@@ -616,7 +623,8 @@ const gpt2Decoder = (vocab: ByteLevelVocab, vocabSize: number, eos: number, quan
   }
   const final = b.layerNorm("ln_f", x)
   const lmHead = g.weight("lm_head", unembedding, [hidden, vocabSize], quantize)
-  g.op("MatMul", [final, lmHead], [], "logits")
+  const logitsBias = g.floatInit("lm_head.bias", wordBias(vocab, vocabSize, [eos]), [vocabSize])
+  g.op("Add", [g.op("MatMul", [final, lmHead]), logitsBias], [], "logits")
   return g.encode("effect-orchestra tiny-gpt2")
 }
 
@@ -715,6 +723,8 @@ const bartEncoder = (embedding: Float32Array, vocabSize: number, quantize: boole
 }
 
 const bartDecoder = (
+  vocab: ByteLevelVocab,
+  eos: number,
   embedding: Float32Array,
   unembedding: Float32Array,
   vocabSize: number,
@@ -805,7 +815,8 @@ const bartDecoder = (
   }
   const final = b.layerNorm("decoder.ln_f", x)
   const lmHead = g.weight("lm_head", unembedding, [hidden, vocabSize], quantize)
-  g.op("MatMul", [final, lmHead], [], "logits")
+  const logitsBias = g.floatInit("final_logits_bias", wordBias(vocab, vocabSize, [eos]), [vocabSize])
+  g.op("Add", [g.op("MatMul", [final, lmHead]), logitsBias], [], "logits")
   return g.encode("effect-orchestra tiny-bart decoder")
 }
 
@@ -988,7 +999,7 @@ export const buildModelFiles = (options?: { readonly quantize?: boolean }): Read
   files.set(`tiny-bart/onnx/encoder_model${suffix}.onnx`, bartEncoder(embedding, bartVocabSize, quantize))
   files.set(
     `tiny-bart/onnx/decoder_model_merged${suffix}.onnx`,
-    bartDecoder(embedding, unembedding, bartVocabSize, quantize)
+    bartDecoder(vocab, bartEos, embedding, unembedding, bartVocabSize, quantize)
   )
   return files
 }

@@ -1,0 +1,342 @@
+/**
+ * The local provider: one pool of model instances per model id, embeddings coalesced
+ * into batches, admission and graceful shutdown.
+ *
+ * @internal
+ */
+import { fileURLToPath } from "node:url"
+import { RequestResolver as ExperimentalResolver } from "@effect/experimental"
+import type { Scope } from "effect"
+import {
+  Array as Arr,
+  Deferred,
+  Duration,
+  Effect,
+  Exit,
+  KeyedPool,
+  Option,
+  Queue,
+  Random,
+  Request,
+  RequestResolver,
+  Stream,
+  SubscriptionRef
+} from "effect"
+import { type AiError, ModelError, ShuttingDownError, StreamInterruptedError } from "../../AiError.js"
+import * as Model from "../../Model.js"
+import type { Options } from "../../Model/Local.js"
+import {
+  type EmbeddingOutput,
+  type GenerationOutput,
+  type Instance,
+  type Loader,
+  type LoadOptions,
+  type Purpose,
+  transformersLoader
+} from "./transformers.js"
+
+export interface Resolved {
+  readonly name: string
+  readonly generationModel: string
+  readonly embeddingModel: string
+  readonly generationModels: ReadonlyArray<string>
+  readonly embeddingModels: ReadonlyArray<string>
+  readonly poolSize: number
+  readonly minInstances: number
+  readonly idleTimeToLive: Duration.Duration
+  readonly maxBatchSize: number
+  readonly batchWindow: Duration.Duration
+  readonly shutdownDeadline: Duration.Duration
+  readonly maxTokens: number
+  readonly load: LoadOptions
+}
+
+const positiveInt = (value: number | undefined, fallback: number, min = 1): number =>
+  value === undefined || !Number.isFinite(value) ? fallback : Math.max(min, Math.floor(value))
+
+/** Options with the model directory decided (the public module supplies the bundled one). */
+export type ResolvableOptions = Options & { readonly modelPath: string | URL }
+
+export const resolve = (options: ResolvableOptions): Resolved => {
+  const name = options.name ?? "local"
+  const generationModel = options.generationModel ?? "tiny-gpt2"
+  const embeddingModel = options.embeddingModel ?? "tiny-bert"
+  const modelPath = typeof options.modelPath === "string" ? options.modelPath : fileURLToPath(options.modelPath)
+  return {
+    name,
+    generationModel,
+    embeddingModel,
+    generationModels: [...new Set([generationModel, ...(options.models?.generation ?? [])])],
+    embeddingModels: [...new Set([embeddingModel, ...(options.models?.embedding ?? [])])],
+    poolSize: positiveInt(options.poolSize, 1),
+    minInstances: Math.min(positiveInt(options.minInstances, 0, 0), positiveInt(options.poolSize, 1)),
+    idleTimeToLive: Duration.decode(options.idleTimeToLive ?? "10 minutes"),
+    maxBatchSize: positiveInt(options.maxBatchSize, 32),
+    batchWindow: Duration.decode(options.batchWindow ?? "2 millis"),
+    shutdownDeadline: Duration.decode(options.shutdownDeadline ?? "10 seconds"),
+    maxTokens: positiveInt(options.maxTokens, 128),
+    load: {
+      provider: name,
+      modelPath,
+      allowRemoteModels: options.allowRemoteModels ?? false,
+      cacheDir: options.cacheDir,
+      quantized: options.quantized ?? true
+    }
+  }
+}
+
+interface Embedded {
+  readonly vector: ReadonlyArray<number>
+  readonly tokens: number
+}
+
+class EmbedText extends Request.Class<Embedded, ModelError, { readonly modelId: string; readonly text: string }> {}
+
+type Event =
+  | { readonly _tag: "Delta"; readonly text: string }
+  | { readonly _tag: "End"; readonly exit: Exit.Exit<GenerationOutput, ModelError> }
+
+interface State {
+  readonly closing: boolean
+  readonly inFlight: number
+}
+
+const poolKey = (purpose: Purpose, modelId: string): string => `${purpose}:${modelId}`
+
+const parseKey = (key: string): { readonly purpose: Purpose; readonly modelId: string } => {
+  const at = key.indexOf(":")
+  return { purpose: key.slice(0, at) as Purpose, modelId: key.slice(at + 1) }
+}
+
+/**
+ * Builds the provider over a loader (the transformers.js one unless a test injects
+ * another). Every configured model is loaded once before this returns, so a missing or
+ * broken model fails here, not on the first request.
+ */
+export const makeWith = Effect.fnUntraced(function* (
+  options: ResolvableOptions,
+  loader?: Loader
+): Effect.fn.Return<Model.Service, ModelError, Scope.Scope> {
+  const config = resolve(options)
+  const load = loader ?? transformersLoader(config.load)
+  const provider = config.name
+
+  const pool = yield* KeyedPool.makeWithTTL({
+    acquire: (key: string) => {
+      const { modelId, purpose } = parseKey(key)
+      return Effect.acquireRelease(load(modelId, purpose), (instance) =>
+        instance.dispose.pipe(Effect.interruptible, Effect.timeoutOption("5 seconds"))
+      )
+    },
+    min: () => config.minInstances,
+    max: () => config.poolSize,
+    timeToLive: config.idleTimeToLive
+  })
+
+  const preload = (purpose: Purpose, modelId: string) => Effect.scoped(KeyedPool.get(pool, poolKey(purpose, modelId)))
+  yield* Effect.forEach(config.generationModels, (id) => preload("generation", id), { discard: true })
+  yield* Effect.forEach(config.embeddingModels, (id) => preload("embedding", id), { discard: true })
+
+  // Admission and shutdown. Registered after the pool, so it runs before the pool's own
+  // finalizer: calls drain (up to the deadline), the rest are interrupted, then every
+  // instance is released.
+  const state = yield* SubscriptionRef.make<State>({ closing: false, inFlight: 0 })
+  const hardStop = yield* Deferred.make<void>()
+  const shuttingDown = (message: string) => new ShuttingDownError({ message })
+  const stopped = Effect.zipRight(
+    Deferred.await(hardStop),
+    Effect.fail(shuttingDown(`${provider}: the provider closed before the call finished`))
+  )
+  const drained = state.changes.pipe(
+    Stream.filter((s) => s.inFlight === 0),
+    Stream.take(1),
+    Stream.runDrain
+  )
+  yield* Effect.addFinalizer(() =>
+    Effect.gen(function* () {
+      yield* SubscriptionRef.update(state, (s) => ({ ...s, closing: true }))
+      const finished = yield* Effect.timeoutOption(drained, config.shutdownDeadline)
+      if (Option.isNone(finished)) {
+        yield* Deferred.succeed(hardStop, undefined)
+        yield* drained
+      }
+    })
+  )
+
+  const admit: Effect.Effect<void, ShuttingDownError> = Effect.flatten(
+    SubscriptionRef.modify(state, (s): readonly [Effect.Effect<void, ShuttingDownError>, State] =>
+      s.closing
+        ? [Effect.fail(shuttingDown(`${provider}: the provider is closing`)), s]
+        : [Effect.void, { ...s, inFlight: s.inFlight + 1 }]
+    )
+  )
+  const leave = SubscriptionRef.update(state, (s) => ({ ...s, inFlight: s.inFlight - 1 }))
+  const guarded = <A, E>(effect: Effect.Effect<A, E>): Effect.Effect<A, E | ShuttingDownError> =>
+    Effect.acquireUseRelease(
+      admit,
+      () => Effect.raceFirst(effect, stopped),
+      () => leave
+    )
+
+  const modelFor = (requested: string | undefined, purpose: Purpose): Effect.Effect<string, ModelError> => {
+    const allowed = purpose === "generation" ? config.generationModels : config.embeddingModels
+    const modelId = requested ?? (purpose === "generation" ? config.generationModel : config.embeddingModel)
+    return allowed.includes(modelId)
+      ? Effect.succeed(modelId)
+      : Effect.fail(
+          new ModelError({
+            reason: "InvalidRequest",
+            message: `model "${modelId}" is not configured for ${purpose} on ${provider} (configured: ${allowed.join(", ")})`,
+            provider,
+            model: modelId,
+            field: "model"
+          })
+        )
+  }
+
+  const inputOf = (request: Model.GenerateRequest) =>
+    Effect.map(request.seed === undefined ? Random.nextInt : Effect.succeed(request.seed), (seed) => ({
+      messages: Model.toMessages(request),
+      maxNewTokens: request.maxTokens ?? config.maxTokens,
+      temperature: request.temperature,
+      topP: request.topP,
+      seed,
+      stop: request.stop ?? []
+    }))
+
+  const withProvider = (error: ModelError): ModelError =>
+    error.provider === undefined ? new ModelError({ ...error, provider }) : error
+
+  const generate = Effect.fn("LocalModel.generate")(function* (request: Model.GenerateRequest) {
+    const valid = yield* Model.validateGenerate(request)
+    const modelId = yield* modelFor(valid.model, "generation")
+    const input = yield* inputOf(valid)
+    const output = yield* guarded(
+      Effect.scoped(
+        Effect.flatMap(KeyedPool.get(pool, poolKey("generation", modelId)), (instance) => instance.generate(input))
+      )
+    ).pipe(Effect.mapError((e) => (e._tag === "ModelError" ? withProvider(e) : e)))
+    return {
+      text: output.text,
+      finishReason: output.finishReason,
+      usage: Model.usage(output.inputTokens, output.outputTokens),
+      provider,
+      model: modelId
+    } satisfies Model.GenerateResponse
+  })
+
+  const streamFrom = (request: Model.GenerateRequest): Stream.Stream<Model.StreamPart, AiError> =>
+    Stream.unwrapScoped(
+      Effect.gen(function* () {
+        const valid = yield* Model.validateGenerate(request)
+        const modelId = yield* modelFor(valid.model, "generation")
+        const input = yield* inputOf(valid)
+        yield* Effect.acquireRelease(admit, () => leave)
+        const instance: Instance = yield* KeyedPool.get(pool, poolKey("generation", modelId)).pipe(
+          Effect.mapError(withProvider)
+        )
+        const events = yield* Queue.unbounded<Event>()
+        // Interrupted when the consumer leaves: the generation stops at its next step, and
+        // only then is the instance handed back to the pool (finalizers run in reverse).
+        yield* instance
+          .generate(input, (text) => {
+            Queue.unsafeOffer(events, { _tag: "Delta", text })
+          })
+          .pipe(
+            Effect.exit,
+            Effect.flatMap((exit) => Queue.offer(events, { _tag: "End", exit })),
+            Effect.forkScoped
+          )
+        let delivered = ""
+        return Stream.fromQueue(events).pipe(
+          Stream.takeUntil((event) => event._tag === "End"),
+          Stream.mapEffect((event): Effect.Effect<Model.StreamPart, AiError> => {
+            if (event._tag === "Delta") {
+              delivered += event.text
+              return Effect.succeed({ _tag: "TextDelta", text: event.text })
+            }
+            if (Exit.isSuccess(event.exit)) {
+              const output = event.exit.value
+              return Effect.succeed({
+                _tag: "Finish",
+                finishReason: output.finishReason,
+                usage: Model.usage(output.inputTokens, output.outputTokens),
+                provider,
+                model: modelId
+              })
+            }
+            return Effect.mapError(Effect.failCause(event.exit.cause), (error): AiError => {
+              const failure = withProvider(error)
+              return delivered.length === 0
+                ? failure
+                : new StreamInterruptedError({
+                    partialText: delivered,
+                    provider,
+                    reason: failure.message,
+                    cause: failure
+                  })
+            })
+          })
+        )
+      })
+    ).pipe(Stream.interruptWhen(stopped))
+
+  // Concurrent embed calls for the same model share one inference: texts gather for
+  // `batchWindow` (or until `maxBatchSize`), then run as one padded batch.
+  const runBatch = (modelId: string, requests: ReadonlyArray<EmbedText>) =>
+    Effect.scoped(
+      Effect.flatMap(KeyedPool.get(pool, poolKey("embedding", modelId)), (instance) =>
+        instance.embed(requests.map((r) => r.text))
+      )
+    ).pipe(
+      Effect.exit,
+      Effect.flatMap((exit: Exit.Exit<EmbeddingOutput, ModelError>) =>
+        Effect.forEach(
+          requests,
+          (request, i) =>
+            Exit.isSuccess(exit)
+              ? Request.succeed(request, { vector: exit.value.vectors[i] ?? [], tokens: exit.value.tokens[i] ?? 0 })
+              : Request.failCause(request, exit.cause),
+          { discard: true }
+        )
+      )
+    )
+  const batched = RequestResolver.makeBatched((requests: Arr.NonEmptyArray<EmbedText>) =>
+    Effect.forEach(
+      Object.entries(Arr.groupBy(requests, (r) => r.modelId)),
+      ([modelId, group]) => runBatch(modelId, group),
+      { concurrency: "unbounded", discard: true }
+    )
+  )
+  const resolver = yield* ExperimentalResolver.dataLoader(batched, {
+    window: config.batchWindow,
+    maxBatchSize: config.maxBatchSize
+  })
+
+  const embed = Effect.fn("LocalModel.embed")(function* (request: Model.EmbedRequest) {
+    const valid = yield* Model.validateEmbed(request)
+    const modelId = yield* modelFor(valid.model, "embedding")
+    const results = yield* guarded(
+      Effect.forEach(valid.texts, (text) => Effect.request(new EmbedText({ modelId, text }), resolver), {
+        batching: true
+      })
+    ).pipe(Effect.mapError((e) => (e._tag === "ModelError" ? withProvider(e) : e)))
+    return {
+      vectors: results.map((r) => r.vector),
+      usage: Model.usage(
+        results.reduce((n, r) => n + r.tokens, 0),
+        0
+      ),
+      provider,
+      model: modelId
+    } satisfies Model.EmbedResponse
+  })
+
+  return {
+    name: provider,
+    defaultModel: config.generationModel,
+    generate,
+    stream: streamFrom,
+    embed
+  } satisfies Model.Service
+})
