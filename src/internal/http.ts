@@ -221,7 +221,7 @@ export const classify = (status: number | undefined, info: ErrorInfo): Reason =>
  * @category utils
  */
 export const parseRetryAfter = (
-  headers: Headers.Headers,
+  headers: Readonly<Record<string, string | undefined>>,
   nowMillis: number,
   info?: ErrorInfo
 ): Duration.Duration | undefined => {
@@ -253,7 +253,7 @@ const parseJsonSafe = (text: string): unknown => {
  */
 export const errorFromStatus = (
   status: number,
-  headers: Headers.Headers,
+  headers: Readonly<Record<string, string | undefined>>,
   bodyText: string,
   nowMillis: number,
   ctx: CallContext
