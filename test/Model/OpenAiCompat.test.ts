@@ -1,3 +1,4 @@
+import { FetchHttpClient } from "@effect/platform"
 import { NodeHttpClient } from "@effect/platform-node"
 import { assert, describe, layer, it as vitest } from "@effect/vitest"
 import { Cause, Duration, Effect, Exit, Redacted, Stream, TestClock } from "effect"
@@ -585,4 +586,65 @@ describe("internal SSE framing", () => {
       )
     })
   )
+})
+
+describe("OpenAiCompat over FetchHttpClient", () => {
+  const fetchLayer = FetchHttpClient.layer
+
+  vitest.scopedLive("streams, reports a cut as Transport, and closes a hanging request on timeout", () =>
+    Effect.gen(function* () {
+      const server = yield* Server.make((req, res) => {
+        const mode = (req.json as { messages: Array<{ content: string }> }).messages[0]!.content
+        if (mode === "ok")
+          return Server.chunked(
+            res,
+            Server.splitAwkward(sse([chunk("Grüß "), chunk("🌍"), chunk(null, "stop"), "[DONE]"]))
+          )
+        if (mode === "cut") return Server.chunked(res, [sse([chunk("half")])], { end: "destroy" })
+        return Server.hang(res)
+      })
+      const p = yield* provider(server)
+      const ok = yield* collect(p.stream({ prompt: "ok" }))
+      assert.isTrue(Exit.isSuccess(ok.exit))
+      assert.strictEqual(ok.text, "Grüß 🌍")
+      const cut = yield* collect(p.stream({ prompt: "cut" }))
+      assert.strictEqual(cut.text, "half")
+      assert.strictEqual(failureOf(cut.exit).reason, "Transport")
+      const hung = yield* Effect.either(Effect.timeout(p.generate({ prompt: "hang" }), "150 millis"))
+      assert.strictEqual(hung._tag, "Left")
+      yield* server.awaitAborted(1).pipe(Effect.timeout("2 seconds"))
+    }).pipe(Effect.provide(fetchLayer))
+  )
+})
+
+describe("internal Retry-After and status mapping", () => {
+  vitest("parses seconds, retry-after-ms, HTTP-dates (past dates are zero) and ignores junk", () => {
+    const now = Date.parse("2026-01-01T00:00:00Z")
+    assert.deepStrictEqual(Http.parseRetryAfter({ "retry-after": "120" }, now), Duration.seconds(120))
+    assert.deepStrictEqual(
+      Http.parseRetryAfter({ "retry-after-ms": "250", "retry-after": "9" }, now),
+      Duration.millis(250)
+    )
+    assert.deepStrictEqual(
+      Http.parseRetryAfter({ "retry-after": "Thu, 01 Jan 2026 00:00:30 GMT" }, now),
+      Duration.seconds(30)
+    )
+    assert.deepStrictEqual(Http.parseRetryAfter({ "retry-after": "Wed, 31 Dec 2025 23:00:00 GMT" }, now), Duration.zero)
+    assert.isUndefined(Http.parseRetryAfter({ "retry-after": "soon" }, now))
+    assert.isUndefined(Http.parseRetryAfter({}, now))
+  })
+
+  vitest("classifies from status and structured codes, never message text", () => {
+    const info = (fields: Partial<Http.ErrorInfo> = {}): Http.ErrorInfo => ({ reasons: [], ...fields })
+    assert.strictEqual(Http.classify(429, info()), "RateLimited")
+    assert.strictEqual(Http.classify(429, info({ code: "insufficient_quota" })), "Unauthorized")
+    assert.strictEqual(Http.classify(400, info({ reasons: ["API_KEY_INVALID"] })), "Unauthorized")
+    assert.strictEqual(Http.classify(400, info({ code: "content_filter" })), "ContentFilter")
+    assert.strictEqual(Http.classify(529, info()), "Overloaded")
+    assert.strictEqual(Http.classify(503, info()), "Overloaded")
+    assert.strictEqual(Http.classify(408, info()), "Timeout")
+    assert.strictEqual(Http.classify(404, info()), "InvalidRequest")
+    assert.strictEqual(Http.classify(undefined, info({ type: "overloaded_error" })), "Overloaded")
+    assert.strictEqual(Http.classify(undefined, info({ message: "rate limit exceeded" })), "Unknown")
+  })
 })
