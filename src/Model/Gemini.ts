@@ -113,7 +113,10 @@ const usageOf = (
 }
 
 const modelPath = (model: string): string =>
-  model.startsWith("models/") || model.startsWith("tunedModels/") ? model : `models/${model}`
+  (model.startsWith("models/") || model.startsWith("tunedModels/") ? model : `models/${model}`)
+    .split("/")
+    .map(encodeURIComponent)
+    .join("/")
 
 /**
  * The request body of `generateContent`: system messages become `systemInstruction`,
