@@ -9,7 +9,7 @@
  * @since 0.1.0
  */
 import { createHash } from "node:crypto"
-import { Clock, Context, Deferred, Duration, Effect, Exit, Layer, Metric, Option, Ref, Schema } from "effect"
+import { Clock, Context, Deferred, Duration, Effect, Exit, Fiber, Layer, Metric, Option, Ref, Schema } from "effect"
 import { cacheErrors, cacheHits, cacheMisses, cacheStale } from "./internal/resilienceMetrics.js"
 import { type GenerateRequest, GenerateResponse, StreamPart, toMessages } from "./Model.js"
 
@@ -214,8 +214,9 @@ const streamKey = (key: Key) => `s:${key}`
 
 interface Flight {
   readonly deferred: Deferred.Deferred<Exit.Exit<GenerateResponse, unknown>>
-  readonly cancel: Deferred.Deferred<void>
-  readonly waiters: number
+  /** Set by the leader right after forking, before any waiter can leave. */
+  readonly runner: { fiber: Fiber.RuntimeFiber<unknown> | undefined }
+  waiters: number
 }
 
 /**
@@ -229,7 +230,7 @@ export const make = Effect.fnUntraced(function* (store: Store, options: Options 
   const scope = yield* Effect.scope
   const defaultTtl = Duration.toMillis(Duration.decode(options.ttl ?? "1 hour"))
   const staleFor = Duration.toMillis(Duration.decode(options.staleFor ?? 0))
-  const flights = yield* Ref.make<ReadonlyMap<string, Flight>>(new Map())
+  const flights = yield* Ref.make(new Map<string, Flight>())
   const hits = Metric.tagged(cacheHits, "cache", store.name)
   const misses = Metric.tagged(cacheMisses, "cache", store.name)
   const stales = Metric.tagged(cacheStale, "cache", store.name)
@@ -283,12 +284,11 @@ export const make = Effect.fnUntraced(function* (store: Store, options: Options 
       else hit++
       return entry
     })
-    return Effect.as(
-      Effect.all([Metric.incrementBy(hits, hit), Metric.incrementBy(misses, miss), Metric.incrementBy(stales, stale)], {
-        discard: true
-      }),
-      results
-    )
+    const counts: Array<Effect.Effect<void>> = []
+    if (hit > 0) counts.push(Metric.incrementBy(hits, hit))
+    if (miss > 0) counts.push(Metric.incrementBy(misses, miss))
+    if (stale > 0) counts.push(Metric.incrementBy(stales, stale))
+    return Effect.as(Effect.all(counts, { discard: true }), results)
   }
 
   const lookup = <A>(
@@ -322,44 +322,40 @@ export const make = Effect.fnUntraced(function* (store: Store, options: Options 
   const set: Service["set"] = (key, value, ttl) => setMany([{ key, value, ttl }])
 
   /** Joins the running computation for `key`, or registers a new one (returned with `leader`). */
+  // The map and the flights' waiter counts are mutated in place inside `Ref.modify` (atomic:
+  // nothing else runs during it); copying them on every call cost more than the calls.
   const join = (storeKey: string, fresh: Flight) =>
     Ref.modify(
       flights,
-      (map): readonly [{ readonly flight: Flight; readonly leader: boolean }, ReadonlyMap<string, Flight>] => {
+      (map): readonly [{ readonly flight: Flight; readonly leader: boolean }, Map<string, Flight>] => {
         const running = map.get(storeKey)
         if (running !== undefined) {
-          const joined = { ...running, waiters: running.waiters + 1 }
-          return [{ flight: joined, leader: false }, new Map(map).set(storeKey, joined)]
+          running.waiters++
+          return [{ flight: running, leader: false }, map]
         }
-        return [{ flight: fresh, leader: true }, new Map(map).set(storeKey, fresh)]
+        map.set(storeKey, fresh)
+        return [{ flight: fresh, leader: true }, map]
       }
     )
 
   /** A waiter leaves; the last one to leave cancels the computation and waits for it to stop. */
   const leave = (storeKey: string, flight: Flight) =>
     Effect.flatMap(
-      Ref.modify(flights, (map): readonly [boolean, ReadonlyMap<string, Flight>] => {
-        const running = map.get(storeKey)
-        if (running === undefined || running.deferred !== flight.deferred) return [false, map]
-        if (running.waiters > 1)
-          return [false, new Map(map).set(storeKey, { ...running, waiters: running.waiters - 1 })]
-        const next = new Map(map)
-        next.delete(storeKey)
-        return [true, next]
+      Ref.modify(flights, (map) => {
+        if (map.get(storeKey) !== flight) return [false, map] as const
+        if (--flight.waiters > 0) return [false, map] as const
+        map.delete(storeKey)
+        return [true, map] as const
       }),
       // The last waiter to leave waits until the computation has stopped, as if it had run it itself.
       (last) =>
-        last
-          ? Effect.zipRight(Deferred.succeed(flight.cancel, undefined), Deferred.await(flight.deferred))
-          : Effect.void
+        last ? (flight.runner.fiber === undefined ? Effect.void : Fiber.interrupt(flight.runner.fiber)) : Effect.void
     )
 
   const finish = (storeKey: string, flight: Flight) =>
     Ref.update(flights, (map) => {
-      if (map.get(storeKey)?.deferred !== flight.deferred) return map
-      const next = new Map(map)
-      next.delete(storeKey)
-      return next
+      if (map.get(storeKey) === flight) map.delete(storeKey)
+      return map
     })
 
   const compute = <E, R>(
@@ -372,24 +368,24 @@ export const make = Effect.fnUntraced(function* (store: Store, options: Options 
         const storeKey = responseKey(key)
         const fresh: Flight = {
           deferred: yield* Deferred.make<Exit.Exit<GenerateResponse, unknown>>(),
-          cancel: yield* Deferred.make<void>(),
+          runner: { fiber: undefined },
           waiters: 1
         }
         const { flight, leader } = yield* join(storeKey, fresh)
         if (leader) {
-          const work = Effect.tap(effect, (value) => set(key, value, ttl))
-          // Forked from an uninterruptible region: the flight itself must stay interruptible (cancel, scope close).
-          yield* Effect.interruptible(
-            Effect.raceFirst(Effect.exit(work), Effect.zipRight(Deferred.await(flight.cancel), Effect.interrupt))
-          ).pipe(
-            Effect.onExit((exit) =>
-              Effect.zipRight(
-                finish(storeKey, flight),
+          // Forked from an uninterruptible region: the flight itself must stay interruptible
+          // (the last waiter leaving, scope close).
+          // Waiters get the answer before the cache write; the flight stays registered until the
+          // write is done, so a newcomer joins it (and gets the answer at once) instead of missing.
+          flight.runner.fiber = yield* Effect.interruptible(
+            Effect.exit(effect).pipe(
+              Effect.onExit((exit) =>
                 Deferred.succeed(flight.deferred, Exit.isSuccess(exit) ? exit.value : (exit as Exit.Exit<never, never>))
-              )
-            ),
-            Effect.forkIn(scope)
-          )
+              ),
+              Effect.flatMap((result) => (Exit.isSuccess(result) ? set(key, result.value, ttl) : Effect.void)),
+              Effect.ensuring(finish(storeKey, flight))
+            )
+          ).pipe(Effect.forkIn(scope))
         }
         const exit = yield* restore(Deferred.await(flight.deferred)).pipe(
           Effect.onInterrupt(() => leave(storeKey, flight))
@@ -414,7 +410,12 @@ export const make = Effect.fnUntraced(function* (store: Store, options: Options 
       return yield* Effect.catchAll(computed, () =>
         Effect.as(Metric.increment(stales), { value: stale, source: "stale" as Source })
       )
-    }).pipe(Effect.withSpan("ResponseCache.getOrCompute", { attributes: { "cache.backend": store.name } }))
+    }).pipe(
+      Effect.withSpan("ResponseCache.getOrCompute", {
+        attributes: { "cache.backend": store.name },
+        captureStackTrace: false
+      })
+    )
 
   const service: Service = {
     backend: store.name,

@@ -159,7 +159,7 @@ describe.skipIf(skipRedis)(
       })
     )
 
-    it.live("a hung Redis costs at most the bounded wait per command", () =>
+    it.live("a hung Redis costs a call at most the bounded wait of one lookup", () =>
       Effect.scoped(
         Effect.gen(function* () {
           const server = yield* startRedis
@@ -173,10 +173,12 @@ describe.skipIf(skipRedis)(
               provider.generate(request)
             )
           )
+          // The write happens after the answer was delivered; give it its 50 ms, then resume.
+          yield* Effect.sleep("150 millis")
           yield* server.resume
           assert.strictEqual(result.source, "computed")
-          assert.isTrue(ms >= 90 && ms < 400, `lookup + write each bounded by 50 ms, took ${ms} ms`)
-          assert.strictEqual(yield* errorsOf(name), 2)
+          assert.isTrue(ms >= 45 && ms < 300, `the lookup is bounded by 50 ms, the call took ${ms} ms`)
+          assert.strictEqual(yield* errorsOf(name), 2, "lookup and write both timed out")
         })
       )
     )
