@@ -540,7 +540,7 @@ export const outputs = <O, E>(result: Result<O, E>): Effect.Effect<O, PipelineFa
  * @since 0.1.0
  * @category rendering
  */
-export const describeOutcome: <A, E>(outcome: StepOutcome<A, E>) => string = internal.describe
+export const describeOutcome: (outcome: StepOutcome<unknown, unknown>) => string = internal.describe
 
 /**
  * @since 0.1.0

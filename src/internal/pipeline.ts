@@ -65,7 +65,9 @@ interface ResultData {
 export const describe = (outcome: Outcome): string => {
   switch (outcome.status) {
     case "succeeded":
-      return `${outcome.step}: succeeded`
+      return outcome.fallback === undefined
+        ? `${outcome.step}: succeeded`
+        : `${outcome.step}: succeeded with the fallback ${outcome.fallback.kind} (${outcome.fallback.failure._tag === "TimedOut" ? `timed out after ${Duration.format(outcome.fallback.failure.timeout)}` : "failed"})`
     case "failed":
       return `${outcome.step}: failed (${outcome.message})`
     case "timedOut":
