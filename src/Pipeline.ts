@@ -298,7 +298,9 @@ export interface Pipeline<I, O, E = never, R = never> extends Pipeable.Pipeable 
   readonly definition: internal.Definition
   /**
    * Adds a step. It may depend only on steps already added (so names are checked and
-   * cycles are impossible by construction); `deps` is typed from their outputs.
+   * cycles are impossible by construction); `deps` is typed from their outputs. With names
+   * widened to `string` the types cannot check them: a duplicate or unknown name then
+   * throws the `PipelineError` (a defect). Build such pipelines with `fromSteps`.
    */
   step<
     const N extends string,

@@ -157,6 +157,22 @@ describe("Pipeline", () => {
     })
   )
 
+  it.effect("interrupting a run interrupts its running steps", () =>
+    Effect.gen(function* () {
+      const interrupted = yield* Ref.make<ReadonlyArray<string>>([])
+      const slow = (name: string) =>
+        sleepThen(100, name).pipe(Effect.onInterrupt(() => Ref.update(interrupted, (all) => [...all, name])))
+      const p = Pipeline.make()
+        .step("x", [], () => slow("x"))
+        .step("y", [], () => slow("y"))
+        .step("z", ["x"], () => slow("z"))
+      const fiber = yield* Effect.fork(Pipeline.run(p, undefined))
+      yield* TestClock.adjust("50 millis")
+      yield* Fiber.interrupt(fiber)
+      assert.deepStrictEqual([...(yield* Ref.get(interrupted))].sort(), ["x", "y"])
+    })
+  )
+
   it.effect("continue mode skips only the dependents of a failed step", () =>
     Effect.gen(function* () {
       const p = Pipeline.make()

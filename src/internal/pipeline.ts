@@ -180,7 +180,7 @@ const runStep = (
       primary: failure,
       ...(yield* timing)
     } as Outcome
-  })
+  }).pipe(Effect.withSpan("Pipeline.step", { attributes: { "pipeline.step": def.name } }))
 
 const rootOf = (dependency: string, outcomes: ReadonlyMap<string, Outcome>): string => {
   const outcome = outcomes.get(dependency)
@@ -410,8 +410,18 @@ export const execute = (
       }
     }
     const endedAt = yield* Clock.currentTimeMillis
-    return summarize(definition, run, startedAt, endedAt, strategy, parallelAttempt)
-  })
+    const result = summarize(definition, run, startedAt, endedAt, strategy, parallelAttempt)
+    yield* Effect.annotateCurrentSpan({
+      "pipeline.status": result.status,
+      "pipeline.strategy": result.strategy,
+      "pipeline.parallelism": result.parallelism
+    })
+    return result
+  }).pipe(
+    Effect.withSpan("Pipeline.run", {
+      attributes: { "pipeline.steps": definition.steps.length, "pipeline.mode": options.mode }
+    })
+  )
 
 const durationOf = (outcome: Outcome | undefined): number =>
   outcome === undefined || outcome.status === "skipped" ? 0 : outcome.durationMs
