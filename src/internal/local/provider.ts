@@ -13,8 +13,8 @@ import {
   Duration,
   Effect,
   Exit,
-  KeyedPool,
   Option,
+  Pool,
   Queue,
   Random,
   Request,
@@ -103,11 +103,6 @@ interface State {
 
 const poolKey = (purpose: Purpose, modelId: string): string => `${purpose}:${modelId}`
 
-const parseKey = (key: string): { readonly purpose: Purpose; readonly modelId: string } => {
-  const at = key.indexOf(":")
-  return { purpose: key.slice(0, at) as Purpose, modelId: key.slice(at + 1) }
-}
-
 /**
  * Builds the provider over a loader (the transformers.js one unless a test injects
  * another). Every configured model is loaded once before this returns, so a missing or
@@ -121,21 +116,30 @@ export const makeWith = Effect.fnUntraced(function* (
   const load = loader ?? transformersLoader(config.load)
   const provider = config.name
 
-  const pool = yield* KeyedPool.makeWithTTL({
-    acquire: (key: string) => {
-      const { modelId, purpose } = parseKey(key)
-      return Effect.acquireRelease(load(modelId, purpose), (instance) =>
+  // One pool per model. (KeyedPool would fit, but in effect 3.22 it runs `acquire` in the
+  // context captured when the KeyedPool was made, so an `acquireRelease` there registers its
+  // release in the outer scope: idle instances would never be disposed before shutdown.)
+  const pools = new Map<string, Pool.Pool<Instance, ModelError>>()
+  const models: ReadonlyArray<readonly [Purpose, string]> = [
+    ...config.generationModels.map((id) => ["generation", id] as const),
+    ...config.embeddingModels.map((id) => ["embedding", id] as const)
+  ]
+  for (const [purpose, modelId] of models) {
+    const pool = yield* Pool.makeWithTTL({
+      acquire: Effect.acquireRelease(load(modelId, purpose), (instance) =>
         instance.dispose.pipe(Effect.interruptible, Effect.timeoutOption("5 seconds"))
-      )
-    },
-    min: () => config.minInstances,
-    max: () => config.poolSize,
-    timeToLive: config.idleTimeToLive
-  })
-
-  const preload = (purpose: Purpose, modelId: string) => Effect.scoped(KeyedPool.get(pool, poolKey(purpose, modelId)))
-  yield* Effect.forEach(config.generationModels, (id) => preload("generation", id), { discard: true })
-  yield* Effect.forEach(config.embeddingModels, (id) => preload("embedding", id), { discard: true })
+      ),
+      min: config.minInstances,
+      max: config.poolSize,
+      timeToLive: config.idleTimeToLive,
+      timeToLiveStrategy: "usage"
+    })
+    pools.set(poolKey(purpose, modelId), pool)
+    // Load once now: a missing or broken model fails the layer, not the first request.
+    yield* Effect.scoped(Pool.get(pool))
+  }
+  const instanceOf = (purpose: Purpose, modelId: string): Effect.Effect<Instance, ModelError, Scope.Scope> =>
+    Pool.get(pools.get(poolKey(purpose, modelId))!)
 
   // Admission and shutdown. Registered after the pool, so it runs before the pool's own
   // finalizer: calls drain (up to the deadline), the rest are interrupted, then every
@@ -155,7 +159,8 @@ export const makeWith = Effect.fnUntraced(function* (
   yield* Effect.addFinalizer(() =>
     Effect.gen(function* () {
       yield* SubscriptionRef.update(state, (s) => ({ ...s, closing: true }))
-      const finished = yield* Effect.timeoutOption(drained, config.shutdownDeadline)
+      // Finalizers run uninterruptibly: the wait must be interruptible for the deadline to cut it.
+      const finished = yield* Effect.timeoutOption(Effect.interruptible(drained), config.shutdownDeadline)
       if (Option.isNone(finished)) {
         yield* Deferred.succeed(hardStop, undefined)
         yield* drained
@@ -212,9 +217,7 @@ export const makeWith = Effect.fnUntraced(function* (
     const modelId = yield* modelFor(valid.model, "generation")
     const input = yield* inputOf(valid)
     const output = yield* guarded(
-      Effect.scoped(
-        Effect.flatMap(KeyedPool.get(pool, poolKey("generation", modelId)), (instance) => instance.generate(input))
-      )
+      Effect.scoped(Effect.flatMap(instanceOf("generation", modelId), (instance) => instance.generate(input)))
     ).pipe(Effect.mapError((e) => (e._tag === "ModelError" ? withProvider(e) : e)))
     return {
       text: output.text,
@@ -232,9 +235,7 @@ export const makeWith = Effect.fnUntraced(function* (
         const modelId = yield* modelFor(valid.model, "generation")
         const input = yield* inputOf(valid)
         yield* Effect.acquireRelease(admit, () => leave)
-        const instance: Instance = yield* KeyedPool.get(pool, poolKey("generation", modelId)).pipe(
-          Effect.mapError(withProvider)
-        )
+        const instance: Instance = yield* instanceOf("generation", modelId).pipe(Effect.mapError(withProvider))
         const events = yield* Queue.unbounded<Event>()
         // Interrupted when the consumer leaves: the generation stops at its next step, and
         // only then is the instance handed back to the pool (finalizers run in reverse).
@@ -285,9 +286,7 @@ export const makeWith = Effect.fnUntraced(function* (
   // `batchWindow` (or until `maxBatchSize`), then run as one padded batch.
   const runBatch = (modelId: string, requests: ReadonlyArray<EmbedText>) =>
     Effect.scoped(
-      Effect.flatMap(KeyedPool.get(pool, poolKey("embedding", modelId)), (instance) =>
-        instance.embed(requests.map((r) => r.text))
-      )
+      Effect.flatMap(instanceOf("embedding", modelId), (instance) => instance.embed(requests.map((r) => r.text)))
     ).pipe(
       Effect.exit,
       Effect.flatMap((exit: Exit.Exit<EmbeddingOutput, ModelError>) =>
