@@ -68,6 +68,10 @@ describe.skipIf(skipRedis)(
           yield* cache.invalidate("k")
           assert.isTrue(Option.isNone(yield* cache.get("k")))
           assert.strictEqual(yield* errorsOf(name), 0)
+          // A value that does not decode (another version wrote it) is a miss, counted as an error.
+          yield* Effect.promise(() => client.set(`${name}:r:bad`, JSON.stringify({ value: { _tag: "Response" } })))
+          assert.isTrue(Option.isNone(yield* cache.get("bad")))
+          assert.strictEqual(yield* errorsOf(name), 1)
         })
       )
     )
