@@ -180,6 +180,22 @@ describe("HttpAgent", () => {
     })
   )
 
+  it.scopedLive("permits are handed over in arrival order", () =>
+    Effect.gen(function* () {
+      const server = yield* AgentServer.make((t) => ({ delayMs: 5, ...AgentServer.defaultReply(t) }))
+      const ids = Array.from({ length: 8 }, (_, i) => `q${i}`)
+      const records = yield* withAgents({ maxConnectionsPerHost: 1 }, (agents) =>
+        agents.dispatch(ids.map((id) => task(id, server.url)))
+      )
+      assert.isTrue(records.every((r) => r.status === "success"))
+      assert.deepStrictEqual(
+        server.received().map((t) => t.task_id),
+        ids
+      )
+      assert.strictEqual(server.peak(), 1)
+    })
+  )
+
   it.scopedLive("interrupting a batch frees every connection slot and queue place", () =>
     Effect.gen(function* () {
       const server = yield* AgentServer.make(() => ({ hang: true }))
