@@ -21,6 +21,7 @@ import {
 } from "effect"
 import * as Local from "../../src/Model/Local.js"
 import { ModelProvider } from "../../src/Model.js"
+import { makeBatcher } from "../../src/internal/local/batcher.js"
 import { makeWith, resolve } from "../../src/internal/local/provider.js"
 import { type Loader, transformersLoader } from "../../src/internal/local/transformers.js"
 
@@ -381,6 +382,44 @@ describe("Local provider", () => {
       assert.strictEqual(yield* SubscriptionRef.get(counted.disposed), 0)
       yield* TestClock.adjust(Duration.minutes(2))
       yield* waitFor(counted.disposed, (n) => n === loaded)
+    })
+  )
+})
+
+describe("embedding batcher", () => {
+  it.scoped("gathers concurrent callers for the window, skips callers that left, splits at maxBatchSize", () =>
+    Effect.gen(function* () {
+      const runs = yield* Ref.make<ReadonlyArray<ReadonlyArray<number>>>([])
+      const batcher = yield* makeBatcher({
+        maxBatchSize: 4,
+        window: Duration.seconds(1),
+        run: (items: ReadonlyArray<number>) =>
+          Effect.as(
+            Ref.update(runs, (r) => [...r, items]),
+            items.map((n) => n * 10)
+          )
+      })
+      const left = yield* Effect.fork(batcher.submit([1]))
+      const a = yield* Effect.fork(batcher.submit([2]))
+      const b = yield* Effect.fork(batcher.submit([3]))
+      yield* Effect.yieldNow()
+      yield* Fiber.interrupt(left)
+      assert.deepStrictEqual(yield* Ref.get(runs), [])
+      yield* TestClock.adjust(Duration.seconds(1))
+      assert.deepStrictEqual(yield* Fiber.join(a), [20])
+      assert.deepStrictEqual(yield* Fiber.join(b), [30])
+      assert.deepStrictEqual(yield* Ref.get(runs), [[2, 3]])
+      // a full batch runs at once, without waiting for the window; the rest waits for it
+      const big = yield* Effect.fork(batcher.submit([5, 6, 7, 8, 9, 10]))
+      yield* Effect.yieldNow()
+      yield* Effect.yieldNow()
+      assert.deepStrictEqual((yield* Ref.get(runs)).slice(1), [[5, 6, 7, 8]])
+      yield* TestClock.adjust(Duration.seconds(1))
+      assert.deepStrictEqual(yield* Fiber.join(big), [50, 60, 70, 80, 90, 100])
+      assert.deepStrictEqual((yield* Ref.get(runs)).slice(1), [
+        [5, 6, 7, 8],
+        [9, 10]
+      ])
     })
   )
 })

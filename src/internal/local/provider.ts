@@ -5,28 +5,13 @@
  * @internal
  */
 import { fileURLToPath } from "node:url"
-import { RequestResolver as ExperimentalResolver } from "@effect/experimental"
 import type { Scope } from "effect"
-import {
-  Array as Arr,
-  Deferred,
-  Duration,
-  Effect,
-  Exit,
-  Option,
-  Pool,
-  Queue,
-  Random,
-  Request,
-  RequestResolver,
-  Stream,
-  SubscriptionRef
-} from "effect"
+import { Deferred, Duration, Effect, Exit, Option, Pool, Queue, Random, Stream, SubscriptionRef } from "effect"
 import { type AiError, ModelError, ShuttingDownError, StreamInterruptedError } from "../../AiError.js"
 import * as Model from "../../Model.js"
 import type { Options } from "../../Model/Local.js"
+import { type Batcher, makeBatcher } from "./batcher.js"
 import {
-  type EmbeddingOutput,
   type GenerationOutput,
   type Instance,
   type Loader,
@@ -89,8 +74,6 @@ interface Embedded {
   readonly vector: ReadonlyArray<number>
   readonly tokens: number
 }
-
-class EmbedText extends Request.Class<Embedded, ModelError, { readonly modelId: string; readonly text: string }> {}
 
 type Event =
   | { readonly _tag: "Delta"; readonly text: string }
@@ -284,42 +267,38 @@ export const makeWith = Effect.fnUntraced(function* (
 
   // Concurrent embed calls for the same model share one inference: texts gather for
   // `batchWindow` (or until `maxBatchSize`), then run as one padded batch.
-  const runBatch = (modelId: string, requests: ReadonlyArray<EmbedText>) =>
-    Effect.scoped(
-      Effect.flatMap(instanceOf("embedding", modelId), (instance) => instance.embed(requests.map((r) => r.text)))
-    ).pipe(
-      Effect.exit,
-      Effect.flatMap((exit: Exit.Exit<EmbeddingOutput, ModelError>) =>
-        Effect.forEach(
-          requests,
-          (request, i) =>
-            Exit.isSuccess(exit)
-              ? Request.succeed(request, { vector: exit.value.vectors[i] ?? [], tokens: exit.value.tokens[i] ?? 0 })
-              : Request.failCause(request, exit.cause),
-          { discard: true }
+  const batchers = new Map<string, Batcher<string, Embedded, ModelError>>()
+  for (const modelId of config.embeddingModels) {
+    const batcher = yield* makeBatcher({
+      maxBatchSize: config.maxBatchSize,
+      window: config.batchWindow,
+      run: (texts: ReadonlyArray<string>) =>
+        Effect.scoped(Effect.flatMap(instanceOf("embedding", modelId), (instance) => instance.embed(texts))).pipe(
+          Effect.map((output) =>
+            output.vectors.map((vector, i): Embedded => ({ vector, tokens: output.tokens[i] ?? 0 }))
+          )
         )
-      )
-    )
-  const batched = RequestResolver.makeBatched((requests: Arr.NonEmptyArray<EmbedText>) =>
-    Effect.forEach(
-      Object.entries(Arr.groupBy(requests, (r) => r.modelId)),
-      ([modelId, group]) => runBatch(modelId, group),
-      { concurrency: "unbounded", discard: true }
-    )
-  )
-  const resolver = yield* ExperimentalResolver.dataLoader(batched, {
-    window: config.batchWindow,
-    maxBatchSize: config.maxBatchSize
-  })
+    })
+    batchers.set(modelId, batcher)
+  }
 
   const embed = Effect.fn("LocalModel.embed")(function* (request: Model.EmbedRequest) {
     const valid = yield* Model.validateEmbed(request)
     const modelId = yield* modelFor(valid.model, "embedding")
-    const results = yield* guarded(
-      Effect.forEach(valid.texts, (text) => Effect.request(new EmbedText({ modelId, text }), resolver), {
-        batching: true
-      })
+    // Not raced against the hard stop: a batch is short, and others may share it.
+    const results = yield* Effect.acquireUseRelease(
+      admit,
+      () => batchers.get(modelId)!.submit(valid.texts),
+      () => leave
     ).pipe(Effect.mapError((e) => (e._tag === "ModelError" ? withProvider(e) : e)))
+    if (results.length !== valid.texts.length) {
+      return yield* new ModelError({
+        reason: "Decode",
+        message: `${provider}: expected ${valid.texts.length} vectors, got ${results.length}`,
+        provider,
+        model: modelId
+      })
+    }
     return {
       vectors: results.map((r) => r.vector),
       usage: Model.usage(
