@@ -398,13 +398,20 @@ export const make = Effect.fnUntraced(function* (store: Store, options: Options 
 
   const getOrComputeDetailed: Service["getOrComputeDetailed"] = (key, effect, options) =>
     Effect.gen(function* () {
-      const [found = Option.none()] = yield* read([responseKey(key)], pickResponse)
-      yield* served([found], false)
-      if (Option.isSome(found) && !found.value.stale) return { value: found.value.value, source: "hit" as Source }
       const computed = Effect.map(compute(key, effect, options?.ttl), (r) => ({
         value: r.value,
         source: (r.shared ? "shared" : "computed") as Source
       }))
+      // A computation of this key is running (or writing its answer): join it without a store
+      // round trip. Otherwise a lookup sent just before its write lands would miss and call
+      // the provider a second time.
+      if (options?.allowStale !== true && (yield* Ref.get(flights)).has(responseKey(key))) {
+        yield* Metric.increment(misses)
+        return yield* computed
+      }
+      const [found = Option.none()] = yield* read([responseKey(key)], pickResponse)
+      yield* served([found], false)
+      if (Option.isSome(found) && !found.value.stale) return { value: found.value.value, source: "hit" as Source }
       if (options?.allowStale !== true || Option.isNone(found)) return yield* computed
       const stale = found.value.value
       return yield* Effect.catchAll(computed, () =>

@@ -111,7 +111,10 @@ describe.skipIf(skipRedis)(
           )
           assert.strictEqual(yield* control.calls, 1)
           assert.strictEqual(new Set(results.map((r) => r.text)).size, 1)
-          assert.strictEqual((yield* cache.getOrComputeDetailed(key, provider.generate(request))).source, "hit")
+          // Right after the answer the write may still be under way: the next call joins the
+          // finished flight ("shared") or reads Redis ("hit"); either way no provider call.
+          assert.include(["hit", "shared"], (yield* cache.getOrComputeDetailed(key, provider.generate(request))).source)
+          assert.strictEqual(yield* control.calls, 1)
         })
       )
     )
@@ -131,7 +134,8 @@ describe.skipIf(skipRedis)(
             )
           }
           assert.strictEqual((yield* ask("a")).source, "computed")
-          assert.strictEqual((yield* ask("a")).source, "hit")
+          assert.include(["hit", "shared"], (yield* ask("a")).source)
+          assert.strictEqual(yield* control.calls, 1)
 
           yield* server.kill
           const during = yield* Effect.forEach(["a", "b", "c", "a", "b"], (p) => timed(ask(p)))
@@ -152,7 +156,9 @@ describe.skipIf(skipRedis)(
             Effect.retry(Schedule.spaced("50 millis").pipe(Schedule.upTo("5 seconds")))
           )
           assert.strictEqual((yield* ask("d")).source, "computed")
-          assert.strictEqual((yield* ask("d")).source, "hit")
+          const callsBefore = yield* control.calls
+          assert.include(["hit", "shared"], (yield* ask("d")).source)
+          assert.strictEqual(yield* control.calls, callsBefore)
           const lines = yield* Ref.get(logs.lines)
           assert.isTrue(
             lines.some((l) => l.includes("is back")),
