@@ -3,6 +3,7 @@ import { tmpdir } from "node:os"
 import * as path from "node:path"
 import { fileURLToPath } from "node:url"
 import { assert, describe, it } from "@effect/vitest"
+import { AutoTokenizer, env } from "@xenova/transformers"
 import {
   Chunk,
   Clock,
@@ -23,7 +24,7 @@ import * as Local from "../../src/Model/Local.js"
 import { ModelProvider } from "../../src/Model.js"
 import { makeBatcher } from "../../src/internal/local/batcher.js"
 import { makeWith, resolve } from "../../src/internal/local/provider.js"
-import { type Loader, transformersLoader } from "../../src/internal/local/transformers.js"
+import { type Loader, makeDetokenizer, transformersLoader } from "../../src/internal/local/transformers.js"
 
 const modelPath = fileURLToPath(Local.defaultModelPath)
 
@@ -420,6 +421,31 @@ describe("embedding batcher", () => {
         [5, 6, 7, 8],
         [9, 10]
       ])
+    })
+  )
+})
+
+describe("incremental decoding", () => {
+  it.effect("streams multi-byte text token by token without broken characters", () =>
+    Effect.gen(function* () {
+      env.allowRemoteModels = false
+      env.localModelPath = `${modelPath}${path.sep}`
+      const tokenizer = yield* Effect.promise(() => AutoTokenizer.from_pretrained("tiny-gpt2"))
+      const decode = (ids: ReadonlyArray<number>) => tokenizer.decode([...ids], { skip_special_tokens: true })
+      const prompt = "Say:"
+      const answer = " the river ünïcödé 🙂 crosses 東京 bridge"
+      const promptIds = Array.from(tokenizer(prompt).input_ids.data as BigInt64Array, Number)
+      const answerIds = Array.from(tokenizer(answer).input_ids.data as BigInt64Array, Number)
+      assert.isTrue(answerIds.length > 20, "byte-level tokens for the non-ASCII characters")
+      const next = makeDetokenizer(decode, promptIds.length, 5)
+      const deltas: Array<string> = []
+      for (let i = 1; i <= answerIds.length; i++) {
+        const delta = next([...promptIds, ...answerIds.slice(0, i)])
+        if (delta.length > 0) deltas.push(delta)
+      }
+      assert.strictEqual(deltas.join(""), answer)
+      for (const delta of deltas) assert.notInclude(delta, "\uFFFD")
+      assert.isTrue(deltas.length > 8)
     })
   )
 })

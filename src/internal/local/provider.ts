@@ -6,7 +6,7 @@
  */
 import { fileURLToPath } from "node:url"
 import type { Scope } from "effect"
-import { Deferred, Duration, Effect, Exit, Option, Pool, Queue, Random, Stream, SubscriptionRef } from "effect"
+import { Chunk, Deferred, Duration, Effect, Exit, Option, Pool, Queue, Random, Stream, SubscriptionRef } from "effect"
 import { type AiError, ModelError, ShuttingDownError, StreamInterruptedError } from "../../AiError.js"
 import * as Model from "../../Model.js"
 import type { Options } from "../../Model/Local.js"
@@ -232,35 +232,36 @@ export const makeWith = Effect.fnUntraced(function* (
             Effect.forkScoped
           )
         let delivered = ""
+        const toPart = (event: Event): Effect.Effect<Model.StreamPart, AiError> => {
+          if (event._tag === "Delta") {
+            delivered += event.text
+            return Effect.succeed({ _tag: "TextDelta", text: event.text })
+          }
+          if (Exit.isSuccess(event.exit)) {
+            const output = event.exit.value
+            return Effect.succeed({
+              _tag: "Finish",
+              finishReason: output.finishReason,
+              usage: Model.usage(output.inputTokens, output.outputTokens),
+              provider,
+              model: modelId
+            })
+          }
+          return Effect.mapError(Effect.failCause(event.exit.cause), (error): AiError => {
+            const failure = withProvider(error)
+            return delivered.length === 0
+              ? failure
+              : new StreamInterruptedError({
+                  partialText: delivered,
+                  provider,
+                  reason: failure.message,
+                  cause: failure
+                })
+          })
+        }
         return Stream.fromQueue(events).pipe(
           Stream.takeUntil((event) => event._tag === "End"),
-          Stream.mapEffect((event): Effect.Effect<Model.StreamPart, AiError> => {
-            if (event._tag === "Delta") {
-              delivered += event.text
-              return Effect.succeed({ _tag: "TextDelta", text: event.text })
-            }
-            if (Exit.isSuccess(event.exit)) {
-              const output = event.exit.value
-              return Effect.succeed({
-                _tag: "Finish",
-                finishReason: output.finishReason,
-                usage: Model.usage(output.inputTokens, output.outputTokens),
-                provider,
-                model: modelId
-              })
-            }
-            return Effect.mapError(Effect.failCause(event.exit.cause), (error): AiError => {
-              const failure = withProvider(error)
-              return delivered.length === 0
-                ? failure
-                : new StreamInterruptedError({
-                    partialText: delivered,
-                    provider,
-                    reason: failure.message,
-                    cause: failure
-                  })
-            })
-          })
+          Stream.mapChunksEffect((chunk) => Effect.forEach(chunk, toPart).pipe(Effect.map(Chunk.unsafeFromArray)))
         )
       })
     ).pipe(Stream.interruptWhen(stopped))

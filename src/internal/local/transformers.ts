@@ -340,10 +340,32 @@ const seededSampler = (temperature: number, topP: number, seed: number): LogitsP
   }
 }
 
-/** Text safe to emit: never a partial UTF-8 character, never a possible start of a stop sequence. */
+/**
+ * Incremental decoding, as text-generation-inference does it: decode the new tokens with a
+ * few tokens of left context (so tokenizers that drop a leading space keep it) and return
+ * what the context did not already produce; return nothing while the text ends in a partial
+ * UTF-8 character. `start` is where the generated tokens begin in the sequences passed in.
+ */
+export const makeDetokenizer = (
+  decode: (ids: ReadonlyArray<number>) => string,
+  start: number,
+  context: number
+): ((ids: ReadonlyArray<number>) => string) => {
+  let prefixOffset = Math.max(0, start - context)
+  let readOffset = start
+  return (ids) => {
+    const prefixText = decode(ids.slice(prefixOffset, readOffset))
+    const newText = decode(ids.slice(prefixOffset))
+    if (newText.length <= prefixText.length || newText.endsWith("\uFFFD")) return ""
+    prefixOffset = readOffset
+    readOffset = ids.length
+    return newText.slice(prefixText.length)
+  }
+}
+
+/** How much of the text is safe to emit: never a possible start of a stop sequence. */
 const emittable = (text: string, stop: ReadonlyArray<string>): number => {
   let end = text.length
-  while (end > 0 && text.charCodeAt(end - 1) === 0xfffd) end -= 1
   for (const s of stop) {
     for (let k = Math.min(s.length - 1, end); k > 0; k--) {
       if (text.endsWith(s.slice(0, k)) && text.length - k < end) {
@@ -355,10 +377,10 @@ const emittable = (text: string, stop: ReadonlyArray<string>): number => {
   return end
 }
 
-const firstStop = (text: string, stop: ReadonlyArray<string>): number => {
+const firstStop = (text: string, stop: ReadonlyArray<string>, from: number): number => {
   let at = -1
   for (const s of stop) {
-    const i = text.indexOf(s)
+    const i = text.indexOf(s, from)
     if (i >= 0 && (at < 0 || i < at)) at = i
   }
   return at
@@ -379,9 +401,16 @@ const makeInstance = (modelId: string, task: Task, tokenizer: TokenizerLike, mod
     // Decoder-only output repeats the prompt; encoder-decoder output starts with the decoder start token.
     const skip = seq2seq ? 1 : inputTokens
     let generated: ReadonlyArray<number> = []
+    const track = input.stop.length > 0 || onDelta !== undefined
+    const longestStop = input.stop.reduce((n, s) => Math.max(n, s.length), 0)
+    const detokenizer = makeDetokenizer(
+      (ids) => tokenizer.decode(ids, { skip_special_tokens: true }),
+      skip,
+      seq2seq ? 0 : 5
+    )
+    let text = ""
     let emitted = 0
     let stoppedAt = -1
-    const track = input.stop.length > 0 || onDelta !== undefined
 
     // ONNX Runtime runs each step synchronously inside process.nextTick: without a macrotask
     // yield, no timer (hence no timeout) can fire until the whole generation has ended.
@@ -400,10 +429,14 @@ const makeInstance = (modelId: string, task: Task, tokenizer: TokenizerLike, mod
       callback_function: (beams) => {
         const beam = beams[0]
         if (beam === undefined) return
-        generated = toNumbers(beam.output_token_ids.slice(skip))
+        const ids = toNumbers(beam.output_token_ids)
+        generated = ids.slice(skip)
         if (!track) return
-        const text = tokenizer.decode(generated, { skip_special_tokens: true })
-        const stopAt = firstStop(text, input.stop)
+        const delta = detokenizer(ids)
+        if (delta.length === 0) return
+        const searchFrom = Math.max(0, text.length - longestStop)
+        text += delta
+        const stopAt = firstStop(text, input.stop, searchFrom)
         if (stopAt >= 0) {
           stoppedAt = stopAt
           if (onDelta !== undefined && stopAt > emitted) onDelta(text.slice(emitted, stopAt))
@@ -430,13 +463,14 @@ const makeInstance = (modelId: string, task: Task, tokenizer: TokenizerLike, mod
       if (!(error instanceof StopSequence)) throw error
       stopped = true
     }
+    // The whole decode is authoritative; the incremental one is its prefix in practice.
     const full = tokenizer.decode(generated, { skip_special_tokens: true })
-    const text = stopped ? full.slice(0, stoppedAt) : full
-    if (onDelta !== undefined && text.length > emitted) onDelta(text.slice(emitted))
+    const final = stopped ? text.slice(0, stoppedAt) : full.startsWith(text) ? full : text
+    if (onDelta !== undefined && final.length > emitted) onDelta(final.slice(emitted))
     const last = generated[generated.length - 1]
     const endedOnEos = last !== undefined && eos.has(last)
     return {
-      text,
+      text: final,
       finishReason: stopped || endedOnEos ? "stop" : "length",
       inputTokens,
       outputTokens: generated.length
