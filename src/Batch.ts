@@ -5,13 +5,14 @@
  *
  * @since 0.1.0
  */
-import { Clock, Context, Deferred, Duration, Effect, Exit, Fiber, Layer, Option, Queue, Stream } from "effect"
-import type { AiError } from "./AiError.js"
+import { Cause, Clock, Context, Deferred, Duration, Effect, Exit, Fiber, Layer, Mailbox, Option, Stream } from "effect"
+import { type AiError, ModelError, shouldFallback } from "./AiError.js"
 import { Executor } from "./Executor.js"
 import * as Limiter from "./internal/limiter.js"
+import * as Metrics from "./Metrics.js"
 import type { GenerateRequest } from "./Model.js"
 import { type Answer, Router } from "./Router.js"
-import type { ExecutionStats } from "./Stats.js"
+import { type ExecutionStats, Stats } from "./Stats.js"
 
 /**
  * A query with its domain, a full request, or a bare prompt (on the batch's domain).
@@ -129,16 +130,21 @@ export interface RunOptions {
 }
 
 /**
+ * What `stream` emits: the progress events, then the result.
+ *
+ * @since 0.1.0
+ * @category models
+ */
+export type StreamEvent = ProgressEvent | { readonly _tag: "Done"; readonly result: BatchResult }
+
+/**
  * @since 0.1.0
  * @category models
  */
 export interface Service {
   readonly run: (items: ReadonlyArray<Item>, options?: RunOptions) => Effect.Effect<BatchResult>
   /** Progress events, then the result as the last element. */
-  readonly stream: (
-    items: ReadonlyArray<Item>,
-    options?: Omit<RunOptions, "onEvent">
-  ) => Stream.Stream<ProgressEvent | { readonly _tag: "Done"; readonly result: BatchResult }>
+  readonly stream: (items: ReadonlyArray<Item>, options?: Omit<RunOptions, "onEvent">) => Stream.Stream<StreamEvent>
   /** The shared concurrency limit. */
   readonly limit: number
 }
@@ -177,6 +183,27 @@ const toRequest = (item: Item): { readonly request: GenerateRequest; readonly do
       ? { request: { prompt: item.query }, domain: item.domain }
       : { request: item.request, domain: item.domain }
 
+// A defect in one item (a provider bug) must not fail the others: it becomes that item's error.
+const defectError = (cause: Cause.Cause<unknown>): ModelError =>
+  new ModelError({
+    reason: "Unknown",
+    message: `unexpected defect: ${Cause.pretty(cause).split("\n")[0] ?? "unknown"}`,
+    cause: Cause.squash(cause)
+  })
+
+type Outcome =
+  | { readonly _tag: "Answer"; readonly answer: Answer }
+  | { readonly _tag: "Error"; readonly error: AiError }
+  | { readonly _tag: "Interrupted" }
+
+const outcomeOf = (exit: Exit.Exit<Answer, AiError>): Outcome => {
+  if (Exit.isSuccess(exit)) return { _tag: "Answer", answer: exit.value }
+  const failure = Cause.failureOption(exit.cause)
+  if (Option.isSome(failure)) return { _tag: "Error", error: failure.value }
+  if (Cause.isInterruptedOnly(exit.cause)) return { _tag: "Interrupted" }
+  return { _tag: "Error", error: defectError(exit.cause) }
+}
+
 /**
  * @since 0.1.0
  * @category constructors
@@ -185,6 +212,7 @@ export const make = (options: Options = {}) =>
   Effect.gen(function* () {
     const executor = yield* Executor
     const router = yield* Router
+    const stats = yield* Effect.serviceOption(Stats)
     const limit = Math.max(1, Math.floor(options.maxConcurrent ?? 5))
     const limiter = yield* Limiter.make(limit)
     let batches = 0
@@ -194,23 +222,51 @@ export const make = (options: Options = {}) =>
         const id = runOptions.id ?? `batch-${++batches}`
         const tags = { batch: id }
         const total = items.length
+        const fallback = runOptions.fallback ?? []
         const start = yield* Clock.currentTimeMillis
-        const results = new Array<ItemResult | undefined>(total)
-        const startedAt = new Array<number | undefined>(total)
+        const results: Array<ItemResult | undefined> = Array.from({ length: total }, () => undefined)
+        const startedAt: Array<number | undefined> = Array.from({ length: total }, () => undefined)
         const retries = new Array<number>(total).fill(0)
         let done = 0
         let next = 0
+        let callbackFailed = false
+        const onProgress = runOptions.onProgress
+        const onEvent = runOptions.onEvent
+        // A throwing callback is the caller's bug, not the batch's: it is logged once and ignored.
         const emit = (event: ProgressEvent): Effect.Effect<void> => {
-          runOptions.onProgress?.(event)
-          return runOptions.onEvent === undefined ? Effect.void : runOptions.onEvent(event)
+          if (onProgress !== undefined) {
+            try {
+              onProgress(event)
+            } catch (error) {
+              if (!callbackFailed) {
+                callbackFailed = true
+                return Effect.zipRight(
+                  Effect.logWarning("Batch: the onProgress callback threw; later failures are not logged", error),
+                  onEvent === undefined ? Effect.void : onEvent(event)
+                )
+              }
+            }
+          }
+          return onEvent === undefined ? Effect.void : onEvent(event)
         }
-        const elapsed = Effect.map(Clock.currentTimeMillis, (now) => now - start)
 
-        const callOne = (index: number) => {
-          const { request, domain } = toRequest(items[index]!)
-          const target = domain ?? runOptions.domain
+        const withFallback = (
+          request: GenerateRequest,
+          first: Effect.Effect<Answer, AiError>
+        ): Effect.Effect<Answer, AiError> =>
+          Effect.catchIf(first, shouldFallback, () =>
+            Effect.map(router.executeWithFallback(request, fallback, { tags }), (answer): Answer => {
+              if (Option.isSome(stats) && answer.attempts === 1) {
+                const labels = stats.value.labels({ provider: answer.provider, domain: answer.domain, tags })
+                Metrics.fallbacks.unsafeUpdate(1, labels.exact)
+              }
+              return { ...answer, attempts: answer.attempts + 1, fallbackUsed: true }
+            })
+          )
+
+        const callOne = (index: number, request: GenerateRequest, domain: string | undefined) => {
           const onRetry = (info: { readonly attempt: number; readonly delay: Duration.Duration }) =>
-            Effect.flatMap(elapsed, (elapsedMs) => {
+            Effect.flatMap(Clock.currentTimeMillis, (now) => {
               retries[index]! += 1
               return emit({
                 _tag: "Retried",
@@ -219,11 +275,11 @@ export const make = (options: Options = {}) =>
                 delayMs: Duration.toMillis(info.delay),
                 done,
                 total,
-                elapsedMs
+                elapsedMs: now - start
               })
             })
-          if (target === undefined) {
-            return Effect.map(
+          if (domain === undefined) {
+            const direct = Effect.map(
               executor.execute(request, { tags, retry: true, onRetry }),
               (response): Answer => ({
                 response,
@@ -234,46 +290,53 @@ export const make = (options: Options = {}) =>
                 source: "provider"
               })
             )
+            return fallback.length === 0 ? direct : withFallback(request, direct)
           }
-          const chain = [target, ...(runOptions.fallback ?? [])]
-          return chain.length === 1
-            ? router.execute(request, target, { tags, onRetry })
-            : router.executeWithFallback(request, chain, { tags, onRetry })
+          return fallback.length === 0
+            ? router.execute(request, domain, { tags, onRetry })
+            : router.executeWithFallback(request, [domain, ...fallback], { tags, onRetry })
         }
 
         const runItem = (index: number): Effect.Effect<void> =>
           limiter.withPermit(
             Effect.gen(function* () {
+              const { request, domain } = toRequest(items[index]!)
               const t0 = yield* Clock.currentTimeMillis
               startedAt[index] = t0
               yield* emit({ _tag: "Started", index, done, total, elapsedMs: t0 - start })
-              const exit = yield* Effect.exit(callOne(index))
+              const outcome = outcomeOf(yield* Effect.exit(callOne(index, request, domain ?? runOptions.domain)))
               const t1 = yield* Clock.currentTimeMillis
-              if (Exit.isSuccess(exit)) {
-                results[index] = {
-                  index,
-                  status: "success",
-                  answer: exit.value,
-                  ran: true,
-                  durationMs: t1 - t0,
-                  retries: retries[index]!
+              const durationMs = t1 - t0
+              switch (outcome._tag) {
+                case "Answer": {
+                  done++
+                  results[index] = {
+                    index,
+                    status: "success",
+                    answer: outcome.answer,
+                    ran: true,
+                    durationMs,
+                    retries: retries[index]!
+                  }
+                  return yield* emit({ _tag: "Succeeded", index, done, total, elapsedMs: t1 - start, durationMs })
                 }
-                done++
-                yield* emit({ _tag: "Succeeded", index, done, total, elapsedMs: t1 - start, durationMs: t1 - t0 })
-              } else if (exit.cause._tag === "Fail") {
-                const error = exit.cause.error
-                const status = statusOf(error)
-                results[index] = { index, status, error, ran: true, durationMs: t1 - t0, retries: retries[index]! }
-                done++
-                yield* emit({ _tag: "Failed", index, status, error, done, total, elapsedMs: t1 - start })
-              } else {
-                return yield* Effect.failCause(exit.cause)
+                case "Error": {
+                  done++
+                  const status = statusOf(outcome.error)
+                  const error = outcome.error
+                  results[index] = { index, status, error, ran: true, durationMs, retries: retries[index]! }
+                  return yield* emit({ _tag: "Failed", index, status, error, done, total, elapsedMs: t1 - start })
+                }
+                case "Interrupted":
+                  // Interrupted from inside (not by us: then this code would not run). Reported as cancelled.
+                  return
               }
             })
-          ) as Effect.Effect<void>
+          )
 
+        let stopped = false
         const worker: Effect.Effect<void> = Effect.suspend(() => {
-          if (next >= total) return Effect.void
+          if (stopped || next >= total) return Effect.void
           const index = next++
           return Effect.zipRight(runItem(index), worker)
         })
@@ -287,50 +350,63 @@ export const make = (options: Options = {}) =>
         if (runOptions.cancel === undefined) {
           yield* pool
         } else {
-          const finished = yield* Deferred.make<void>()
-          const poolFiber = yield* Effect.fork(Effect.ensuring(pool, Deferred.succeed(finished, undefined)))
-          const winner = yield* Effect.raceFirst(
-            Effect.as(Deferred.await(finished), "done" as const),
-            Effect.as(runOptions.cancel, "cancel" as const)
+          // The watcher is forked before the pool, so a cancel that has already happened
+          // stops the batch before its first item; workers check `stopped` before each item.
+          const outcome = yield* Deferred.make<"done" | "cancel">()
+          const watcher = yield* Effect.fork(
+            Effect.zipRight(
+              runOptions.cancel,
+              Effect.suspend(() => {
+                stopped = true
+                return Deferred.succeed(outcome, "cancel")
+              })
+            )
           )
-          if (winner === "cancel") {
+          const poolFiber = yield* Effect.fork(Effect.zipRight(pool, Deferred.succeed(outcome, "done")))
+          if ((yield* Deferred.await(outcome)) === "cancel") {
             cancelled = true
             yield* Fiber.interrupt(poolFiber)
           } else {
             yield* Fiber.join(poolFiber)
           }
+          yield* Fiber.interrupt(watcher)
         }
 
         const end = yield* Clock.currentTimeMillis
         const notRun: Array<number> = []
-        const final: Array<ItemResult> = results.map((r, index) => {
-          if (r !== undefined) return r
-          const ran = startedAt[index] !== undefined
-          if (!ran) notRun.push(index)
-          return {
+        const final: Array<ItemResult> = []
+        for (let index = 0; index < total; index++) {
+          const result = results[index]
+          if (result !== undefined) {
+            final.push(result)
+            continue
+          }
+          const began = startedAt[index]
+          if (began === undefined) notRun.push(index)
+          final.push({
             index,
             status: "cancelled",
-            ran,
-            durationMs: ran ? end - startedAt[index]! : 0,
+            ran: began !== undefined,
+            durationMs: began === undefined ? 0 : end - began,
             retries: retries[index]!
-          }
-        })
+          })
+        }
         if (cancelled) yield* emit({ _tag: "Cancelled", notRun, done, total, elapsedMs: end - start })
-        const stats = yield* executor.stats({ tags })
-        return { id, results: final, elapsedMs: end - start, cancelled, notRun, stats }
-      })
+        const batchStats = yield* executor.stats({ tags })
+        const result: BatchResult = { id, results: final, elapsedMs: end - start, cancelled, notRun, stats: batchStats }
+        return result
+      }).pipe(Effect.withSpan("Batch.run", { attributes: { "orchestra.batch.items": items.length } }))
 
     const stream = (items: ReadonlyArray<Item>, runOptions: Omit<RunOptions, "onEvent"> = {}) =>
       Stream.unwrapScoped(
         Effect.gen(function* () {
-          const queue = yield* Queue.unbounded<
-            ProgressEvent | { readonly _tag: "Done"; readonly result: BatchResult }
-          >()
-          yield* run(items, { ...runOptions, onEvent: (event) => Queue.offer(queue, event) }).pipe(
-            Effect.flatMap((result) => Queue.offer(queue, { _tag: "Done", result })),
+          const mailbox = yield* Mailbox.make<StreamEvent>()
+          yield* run(items, { ...runOptions, onEvent: (event) => Effect.asVoid(mailbox.offer(event)) }).pipe(
+            Effect.flatMap((result) => mailbox.offer({ _tag: "Done", result })),
+            Effect.onExit((exit) => (Exit.isSuccess(exit) ? mailbox.end : mailbox.failCause(exit.cause))),
             Effect.forkScoped
           )
-          return Stream.fromQueue(queue).pipe(Stream.takeUntil((event) => event._tag === "Done"))
+          return Mailbox.toStream(mailbox)
         })
       )
 
