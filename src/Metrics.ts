@@ -222,3 +222,12 @@ export const makeLabels = (window: string, dims: Dimensions): Labels => {
     }
   }
 }
+
+/**
+ * @since 0.1.0
+ * @category metrics
+ */
+export const streamResumes = Metric.counter("orchestra_stream_resumes_total", {
+  description: "Streams resumed on another provider after a mid-stream failure (lossy continuations)",
+  incremental: true
+})
