@@ -1,5 +1,5 @@
 import { assert, describe, it } from "@effect/vitest"
-import { Chunk, Deferred, Effect, Fiber, Layer, Option, Scope, Stream, TestClock } from "effect"
+import { Chunk, Deferred, Duration, Effect, Fiber, Layer, Option, Scope, Stream, TestClock } from "effect"
 import * as Batch from "../src/Batch.js"
 import { ModelProvider, type Service as ProviderService } from "../src/Model.js"
 import { Outcome } from "../src/Model/Mock.js"
@@ -35,7 +35,7 @@ describe("Batch.run outcomes", () => {
         },
         {
           domains: [
-            { name: "d-a", provider: "a", timeout: "1 second", retry: noRetry },
+            { name: "d-a", provider: "a", timeout: Duration.seconds(1), retry: noRetry },
             { name: "d-b", provider: "b", retry: noRetry }
           ],
           breakers: { failMax: 1, resetTimeout: "1 minute" }
