@@ -631,7 +631,16 @@ const gpt2Decoder = (vocab: ByteLevelVocab, vocabSize: number, eos: number, quan
 // ---------------------------------------------------------------------------------------
 // BERT-style encoder
 
-const BERT = { hidden: 32, heads: 4, ffn: 64, layers: 2, positions: 128 } as const
+/** Sizes of a BERT-style encoder. */
+export interface EncoderDims {
+  readonly hidden: number
+  readonly heads: number
+  readonly ffn: number
+  readonly layers: number
+  readonly positions: number
+}
+
+const BERT: EncoderDims = { hidden: 32, heads: 4, ffn: 64, layers: 2, positions: 128 }
 
 const BERT_SPECIALS = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]"] as const
 const BERT_CHARS = [..."abcdefghijklmnopqrstuvwxyz0123456789.,!?;:'\"-()"]
@@ -646,11 +655,11 @@ const bertVocab = (): ReadonlyArray<string> => {
   ]
 }
 
-const bertEncoder = (vocabSize: number, quantize: boolean): Uint8Array => {
+const bertEncoder = (vocabSize: number, quantize: boolean, dims: EncoderDims): Uint8Array => {
   const rng = new Rng(0x62657274)
   const g = new Graph()
-  const b = new Blocks(g, rng, BERT, quantize)
-  const { hidden, layers, positions } = BERT
+  const b = new Blocks(g, rng, dims, quantize)
+  const { hidden, layers, positions } = dims
   const I64 = DataType.INT64
 
   const inputIds = g.input("input_ids", I64, ["batch_size", "sequence_length"])
@@ -828,6 +837,86 @@ const NOTE =
 
 const json = (value: unknown): string => `${JSON.stringify(value, null, 2)}\n`
 
+/**
+ * The files of a BERT-style encoder with the bundled WordPiece vocabulary. `tiny-bert` is
+ * one; bench/local.ts also builds a MiniLM-sized one (in a temp dir) to measure batching
+ * with a realistic amount of compute per text.
+ */
+export const buildEncoderFiles = (
+  name: string,
+  dims: EncoderDims,
+  options?: { readonly quantize?: boolean }
+): ReadonlyMap<string, Uint8Array> => {
+  const quantize = options?.quantize ?? true
+  const suffix = quantize ? "_quantized" : ""
+  const files = new Map<string, Uint8Array>()
+  const text = (file: string, value: unknown) => files.set(file, new TextEncoder().encode(json(value)))
+  const bertTokens = bertVocab()
+  const bertIds = new Map(bertTokens.map((t, i) => [t, i]))
+  text(`${name}/config.json`, {
+    _note: NOTE,
+    model_type: "bert",
+    architectures: ["BertModel"],
+    vocab_size: bertTokens.length,
+    hidden_size: dims.hidden,
+    num_attention_heads: dims.heads,
+    num_hidden_layers: dims.layers,
+    intermediate_size: dims.ffn,
+    max_position_embeddings: dims.positions,
+    type_vocab_size: 2,
+    pad_token_id: 0
+  })
+  text(`${name}/tokenizer.json`, {
+    version: "1.0",
+    truncation: null,
+    padding: null,
+    added_tokens: BERT_SPECIALS.map((content) => ({
+      id: bertIds.get(content)!,
+      content,
+      single_word: false,
+      lstrip: false,
+      rstrip: false,
+      normalized: false,
+      special: true
+    })),
+    normalizer: {
+      type: "BertNormalizer",
+      clean_text: true,
+      handle_chinese_chars: true,
+      strip_accents: null,
+      lowercase: true
+    },
+    pre_tokenizer: { type: "BertPreTokenizer" },
+    post_processor: {
+      type: "BertProcessing",
+      sep: ["[SEP]", bertIds.get("[SEP]")!],
+      cls: ["[CLS]", bertIds.get("[CLS]")!]
+    },
+    decoder: { type: "WordPiece", prefix: "##", cleanup: true },
+    model: {
+      type: "WordPiece",
+      unk_token: "[UNK]",
+      continuing_subword_prefix: "##",
+      max_input_chars_per_word: 100,
+      vocab: Object.fromEntries(bertIds)
+    }
+  })
+  text(`${name}/tokenizer_config.json`, {
+    tokenizer_class: "BertTokenizer",
+    do_lower_case: true,
+    cls_token: "[CLS]",
+    sep_token: "[SEP]",
+    pad_token: "[PAD]",
+    unk_token: "[UNK]",
+    mask_token: "[MASK]",
+    model_max_length: dims.positions,
+    clean_up_tokenization_spaces: true
+  })
+  files.set(`${name}/onnx/model${suffix}.onnx`, bertEncoder(bertTokens.length, quantize, dims))
+
+  return files
+}
+
 /** Relative path -> contents, for every file of the bundled models. */
 export const buildModelFiles = (options?: { readonly quantize?: boolean }): ReadonlyMap<string, Uint8Array> => {
   const quantize = options?.quantize ?? true
@@ -868,69 +957,7 @@ export const buildModelFiles = (options?: { readonly quantize?: boolean }): Read
   })
   files.set(`tiny-gpt2/onnx/decoder_model_merged${suffix}.onnx`, gpt2Decoder(vocab, gptVocabSize, eos, quantize))
 
-  // tiny-bert
-  const bertTokens = bertVocab()
-  const bertIds = new Map(bertTokens.map((t, i) => [t, i]))
-  text("tiny-bert/config.json", {
-    _note: NOTE,
-    model_type: "bert",
-    architectures: ["BertModel"],
-    vocab_size: bertTokens.length,
-    hidden_size: BERT.hidden,
-    num_attention_heads: BERT.heads,
-    num_hidden_layers: BERT.layers,
-    intermediate_size: BERT.ffn,
-    max_position_embeddings: BERT.positions,
-    type_vocab_size: 2,
-    pad_token_id: 0
-  })
-  text("tiny-bert/tokenizer.json", {
-    version: "1.0",
-    truncation: null,
-    padding: null,
-    added_tokens: BERT_SPECIALS.map((content) => ({
-      id: bertIds.get(content)!,
-      content,
-      single_word: false,
-      lstrip: false,
-      rstrip: false,
-      normalized: false,
-      special: true
-    })),
-    normalizer: {
-      type: "BertNormalizer",
-      clean_text: true,
-      handle_chinese_chars: true,
-      strip_accents: null,
-      lowercase: true
-    },
-    pre_tokenizer: { type: "BertPreTokenizer" },
-    post_processor: {
-      type: "BertProcessing",
-      sep: ["[SEP]", bertIds.get("[SEP]")!],
-      cls: ["[CLS]", bertIds.get("[CLS]")!]
-    },
-    decoder: { type: "WordPiece", prefix: "##", cleanup: true },
-    model: {
-      type: "WordPiece",
-      unk_token: "[UNK]",
-      continuing_subword_prefix: "##",
-      max_input_chars_per_word: 100,
-      vocab: Object.fromEntries(bertIds)
-    }
-  })
-  text("tiny-bert/tokenizer_config.json", {
-    tokenizer_class: "BertTokenizer",
-    do_lower_case: true,
-    cls_token: "[CLS]",
-    sep_token: "[SEP]",
-    pad_token: "[PAD]",
-    unk_token: "[UNK]",
-    mask_token: "[MASK]",
-    model_max_length: BERT.positions,
-    clean_up_tokenization_spaces: true
-  })
-  files.set(`tiny-bert/onnx/model${suffix}.onnx`, bertEncoder(bertTokens.length, quantize))
+  for (const [file, contents] of buildEncoderFiles("tiny-bert", BERT, { quantize })) files.set(file, contents)
 
   // tiny-bart: the same byte-level vocabulary with BART's special tokens appended
   const base = vocab.tokens.length

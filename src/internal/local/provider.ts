@@ -6,7 +6,7 @@
  */
 import { fileURLToPath } from "node:url"
 import type { Scope } from "effect"
-import { Chunk, Deferred, Duration, Effect, Exit, Option, Pool, Queue, Random, Stream, SubscriptionRef } from "effect"
+import { Chunk, Deferred, Duration, Effect, Exit, Option, Pool, Queue, Random, Ref, Stream } from "effect"
 import { type AiError, ModelError, ShuttingDownError, StreamInterruptedError } from "../../AiError.js"
 import * as Model from "../../Model.js"
 import type { Options } from "../../Model/Local.js"
@@ -127,21 +127,20 @@ export const makeWith = Effect.fnUntraced(function* (
   // Admission and shutdown. Registered after the pool, so it runs before the pool's own
   // finalizer: calls drain (up to the deadline), the rest are interrupted, then every
   // instance is released.
-  const state = yield* SubscriptionRef.make<State>({ closing: false, inFlight: 0 })
+  const state = yield* Ref.make<State>({ closing: false, inFlight: 0 })
+  // Completed by whoever brings `inFlight` to 0 once closing has begun.
+  const idle = yield* Deferred.make<void>()
   const hardStop = yield* Deferred.make<void>()
   const shuttingDown = (message: string) => new ShuttingDownError({ message })
   const stopped = Effect.zipRight(
     Deferred.await(hardStop),
     Effect.fail(shuttingDown(`${provider}: the provider closed before the call finished`))
   )
-  const drained = state.changes.pipe(
-    Stream.filter((s) => s.inFlight === 0),
-    Stream.take(1),
-    Stream.runDrain
-  )
+  const drained = Deferred.await(idle)
   yield* Effect.addFinalizer(() =>
     Effect.gen(function* () {
-      yield* SubscriptionRef.update(state, (s) => ({ ...s, closing: true }))
+      const empty = yield* Ref.modify(state, (s) => [s.inFlight === 0, { ...s, closing: true }] as const)
+      if (empty) yield* Deferred.succeed(idle, undefined)
       // Finalizers run uninterruptibly: the wait must be interruptible for the deadline to cut it.
       const finished = yield* Effect.timeoutOption(Effect.interruptible(drained), config.shutdownDeadline)
       if (Option.isNone(finished)) {
@@ -152,13 +151,16 @@ export const makeWith = Effect.fnUntraced(function* (
   )
 
   const admit: Effect.Effect<void, ShuttingDownError> = Effect.flatten(
-    SubscriptionRef.modify(state, (s): readonly [Effect.Effect<void, ShuttingDownError>, State] =>
+    Ref.modify(state, (s): readonly [Effect.Effect<void, ShuttingDownError>, State] =>
       s.closing
         ? [Effect.fail(shuttingDown(`${provider}: the provider is closing`)), s]
         : [Effect.void, { ...s, inFlight: s.inFlight + 1 }]
     )
   )
-  const leave = SubscriptionRef.update(state, (s) => ({ ...s, inFlight: s.inFlight - 1 }))
+  const leave = Effect.flatMap(
+    Ref.modify(state, (s) => [s.closing && s.inFlight === 1, { ...s, inFlight: s.inFlight - 1 }] as const),
+    (last) => (last ? Deferred.succeed(idle, undefined) : Effect.void)
+  )
   const guarded = <A, E>(effect: Effect.Effect<A, E>): Effect.Effect<A, E | ShuttingDownError> =>
     Effect.acquireUseRelease(
       admit,
