@@ -53,6 +53,7 @@ export type Services =
   | Domains
   | Providers
   | ModelProvider
+  | CircuitBreaker.Registry
 
 /**
  * @since 0.1.0
@@ -73,8 +74,11 @@ export const layer = <const P extends Record<string, Layer.Layer<ModelProvider, 
     ModelProvider,
     Effect.flatMap(Providers, (registry) => registry.get(defaultProvider))
   )
+  // The registry is always in the output (its state stream, isolate/reset); the router uses
+  // it only when breakers are on.
+  const registry = CircuitBreaker.layer(options.breakers === false ? {} : (options.breakers ?? {}))
   const resilience = Layer.mergeAll(
-    options.breakers === false ? Layer.empty : CircuitBreaker.layer(options.breakers ?? {}),
+    options.breakers === false ? Layer.empty : registry,
     options.cache === undefined || options.cache === false ? Layer.empty : ResponseCache.layerMemory(options.cache)
   )
   const core = Executor.layer(options.executor).pipe(
@@ -84,5 +88,9 @@ export const layer = <const P extends Record<string, Layer.Layer<ModelProvider, 
   )
   const router = Router.layer.pipe(Layer.provide(resilience))
   const batch = Batch.layer({ maxConcurrent: options.maxConcurrent })
-  return batch.pipe(Layer.provideMerge(router), Layer.provideMerge(core)) as never
+  return batch.pipe(
+    Layer.provideMerge(router),
+    Layer.provideMerge(core),
+    Layer.provideMerge(options.breakers === false ? registry : resilience)
+  ) as never
 }
