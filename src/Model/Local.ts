@@ -53,6 +53,8 @@ export interface Options {
   readonly allowRemoteModels?: boolean | undefined
   /** Where downloaded models are cached. Default: transformers.js's own (`node_modules/@xenova/transformers/.cache`). */
   readonly cacheDir?: string | undefined
+  /** Hub to download from (a mirror, say). Default `https://huggingface.co/`. */
+  readonly remoteHost?: string | undefined
   /** Load `*_quantized.onnx` files (the transformers.js default). Default `true`. */
   readonly quantized?: boolean | undefined
   /** Instances per model, at most (each call holds one for its duration). Default 1. */

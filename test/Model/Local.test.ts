@@ -1,4 +1,6 @@
-import { cp, mkdtemp, rm, writeFile } from "node:fs/promises"
+import { cp, mkdtemp, readFile, rm, stat, writeFile } from "node:fs/promises"
+import { createServer } from "node:http"
+import type { AddressInfo } from "node:net"
 import { tmpdir } from "node:os"
 import * as path from "node:path"
 import { fileURLToPath } from "node:url"
@@ -229,6 +231,62 @@ describe("Local provider", () => {
       assert.strictEqual(elsewhere.reason, "Unavailable")
       assert.include(elsewhere.message, path.join("/nonexistent/models", "tiny-gpt2"))
     })
+  )
+
+  it.live(
+    "with allowRemoteModels, a model is downloaded on first use into cacheDir (loopback hub), then served offline",
+    () =>
+      Effect.gen(function* () {
+        const requests: Array<string> = []
+        // A stand-in for the Hugging Face hub: /<model>/resolve/<revision>/<file>
+        const server = yield* Effect.acquireRelease(
+          Effect.async<ReturnType<typeof createServer>>((resume) => {
+            const s = createServer((req, res) => {
+              requests.push(req.url ?? "")
+              const match = /^\/([^/]+)\/resolve\/main\/(.+)$/.exec(req.url ?? "")
+              if (match === null) {
+                res.writeHead(404).end()
+                return
+              }
+              readFile(path.join(modelPath, match[1]!, match[2]!)).then(
+                (body) => res.writeHead(200, { "content-length": body.length }).end(body),
+                () => res.writeHead(404).end()
+              )
+            })
+            s.listen(0, "127.0.0.1", () => resume(Effect.succeed(s)))
+          }),
+          (s) =>
+            Effect.async<void>((resume) => {
+              s.close(() => resume(Effect.void))
+            })
+        )
+        const port = (server.address() as AddressInfo).port
+        const dirs = yield* Effect.acquireRelease(
+          Effect.promise(async () => ({
+            empty: await mkdtemp(path.join(tmpdir(), "orchestra-empty-")),
+            cache: await mkdtemp(path.join(tmpdir(), "orchestra-cache-"))
+          })),
+          (d) => Effect.promise(() => Promise.all([rm(d.empty, { recursive: true }), rm(d.cache, { recursive: true })]))
+        )
+        const online = yield* Local.make({
+          modelPath: dirs.empty,
+          allowRemoteModels: true,
+          remoteHost: `http://127.0.0.1:${port}/`,
+          cacheDir: dirs.cache
+        })
+        const answer = yield* online.generate({ prompt: "the river", maxTokens: 4 })
+        assert.strictEqual(answer.usage.outputTokens, 4)
+        assert.include(requests, "/tiny-bert/resolve/main/onnx/model_quantized.onnx")
+        assert.include(requests, "/tiny-gpt2/resolve/main/onnx/decoder_model_merged_quantized.onnx")
+        const cached = yield* Effect.promise(() => stat(path.join(dirs.cache, "tiny-gpt2", "config.json")))
+        assert.isTrue(cached.isFile())
+        // offline now: the cache serves the model, the (empty) model path does not matter
+        const before = requests.length
+        const offline = yield* Local.make({ modelPath: dirs.empty, cacheDir: dirs.cache })
+        const again = yield* offline.generate({ prompt: "the river", maxTokens: 4 })
+        assert.strictEqual(again.text, answer.text)
+        assert.strictEqual(requests.length, before)
+      }).pipe(Effect.scoped)
   )
 
   it.scoped("a corrupt model file fails when the layer is built", () =>

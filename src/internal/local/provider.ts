@@ -65,6 +65,7 @@ export const resolve = (options: ResolvableOptions): Resolved => {
       modelPath,
       allowRemoteModels: options.allowRemoteModels ?? false,
       cacheDir: options.cacheDir,
+      remoteHost: options.remoteHost,
       quantized: options.quantized ?? true
     }
   }

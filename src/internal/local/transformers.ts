@@ -86,6 +86,7 @@ const lib = Transformers as unknown as {
     allowLocalModels: boolean
     localModelPath: string
     cacheDir: string | null
+    remoteHost: string
   }
   readonly AutoConfig: AutoClass<{ readonly is_encoder_decoder?: boolean; readonly model_type?: string }>
   readonly AutoTokenizer: AutoClass<TokenizerLike>
@@ -156,8 +157,11 @@ export interface LoadOptions {
   readonly modelPath: string
   readonly allowRemoteModels: boolean
   readonly cacheDir?: string | undefined
+  readonly remoteHost?: string | undefined
   readonly quantized: boolean
 }
+
+const HUGGING_FACE = "https://huggingface.co/"
 
 // ---------------------------------------------------------------------------------------
 // Environment
@@ -170,6 +174,7 @@ export const configureEnvironment = (options: LoadOptions): void => {
   lib.env.allowLocalModels = true
   lib.env.allowRemoteModels = options.allowRemoteModels
   lib.env.localModelPath = options.modelPath.endsWith(path.sep) ? options.modelPath : `${options.modelPath}${path.sep}`
+  lib.env.remoteHost = options.remoteHost ?? HUGGING_FACE
   if (options.cacheDir !== undefined) lib.env.cacheDir = options.cacheDir
 }
 
@@ -193,17 +198,22 @@ export const transformersLoader =
   (modelId, purpose) =>
     Effect.gen(function* () {
       const folder = path.join(options.modelPath, modelId)
+      const cacheDir = options.cacheDir ?? lib.env.cacheDir ?? undefined
       if (!options.allowRemoteModels) {
-        yield* Effect.tryPromise({
-          try: () => access(path.join(folder, "config.json")),
-          catch: (cause) =>
+        // Offline, a model is either in modelPath or downloaded earlier into the cache.
+        const candidates = [folder, ...(cacheDir === undefined ? [] : [path.join(cacheDir, modelId)])]
+        yield* Effect.firstSuccessOf(
+          candidates.map((dir) => Effect.tryPromise(() => access(path.join(dir, "config.json"))))
+        ).pipe(
+          Effect.mapError((cause) =>
             unavailable(
               options,
               modelId,
-              `model "${modelId}" not found: no config.json in ${folder} (remote models are disabled; set allowRemoteModels or modelPath)`,
+              `model "${modelId}" not found: no config.json in ${candidates.join(" or ")} (remote models are disabled; set allowRemoteModels or modelPath)`,
               cause
             )
-        })
+          )
+        )
       }
       // Settings are process-wide and read during loading: assert ours for this load.
       configureEnvironment(options)
@@ -213,7 +223,7 @@ export const transformersLoader =
         cache_dir: options.cacheDir
       }
       const where = options.allowRemoteModels
-        ? `${folder} or the Hugging Face hub (cache: ${options.cacheDir ?? lib.env.cacheDir ?? "default"})`
+        ? `${folder} or ${options.remoteHost ?? HUGGING_FACE}${modelId} (cache: ${cacheDir ?? "none"})`
         : folder
       return yield* Effect.tryPromise({
         try: () => loadInstance(modelId, purpose, pretrained),
