@@ -1,0 +1,49 @@
+/**
+ * The `orchestra` command: `test`, `bench`, `start` and `stats`, and the mapping of every
+ * outcome to an exit code.
+ *
+ * @since 0.1.0
+ */
+import { Command, ValidationError } from "@effect/cli"
+import type { CliApp } from "@effect/cli"
+import { Console, Effect } from "effect"
+import { exitCodes } from "./Common.js"
+import * as Test from "./Test.js"
+
+/**
+ * @since 0.1.0
+ * @category constants
+ */
+export const version = "0.1.0"
+
+/**
+ * @since 0.1.0
+ * @category commands
+ */
+export const command = Command.make("orchestra", {}, () =>
+  Console.log("orchestra: run AI-model calls with timeouts, retries, fallbacks and batches.\nTry `orchestra --help`.")
+).pipe(
+  Command.withDescription("Run AI-model calls as Effect programs: test, bench, start (interactive), stats"),
+  Command.withSubcommands([Test.command])
+)
+
+const cli = Command.run(command, { name: "orchestra", version })
+
+/**
+ * Runs the command line and returns the exit code: 0 ok, 1 a call failed, 2 bad usage or
+ * config. Usage errors were already printed by `@effect/cli`.
+ *
+ * @since 0.1.0
+ * @category run
+ */
+export const run = (argv: ReadonlyArray<string>): Effect.Effect<number, never, CliApp.CliApp.Environment> =>
+  cli(argv).pipe(
+    Effect.as(exitCodes.ok),
+    Effect.catchAll((error) =>
+      ValidationError.isValidationError(error)
+        ? Effect.succeed(exitCodes.usage)
+        : error._tag === "ExitCode"
+          ? Effect.succeed(error.code)
+          : Effect.as(Console.error(`orchestra: ${String(error)}`), exitCodes.failed)
+    )
+  )
