@@ -18,13 +18,14 @@
  * @since 0.1.0
  */
 import { Cause, Deferred, Effect, Exit, type Layer, ManagedRuntime, Stream } from "effect"
-import { type AiError, isAiError } from "./AiError.js"
+import { type AiError, isAiError, ShuttingDownError } from "./AiError.js"
 import { Batch, type BatchResult, type Item, type RunOptions } from "./Batch.js"
+import { applyTo } from "./Domain.js"
 import { Executor } from "./Executor.js"
 import type { GenerateRequest, StreamPart } from "./Model.js"
 import type { Services } from "./Orchestra.js"
 import { type Answer, type CallOptions, type DomainOutcome, type HedgeOptions, Router } from "./Router.js"
-import { type ExecutionStats, type Filter, Stats } from "./Stats.js"
+import * as Stats from "./Stats.js"
 
 /**
  * A failure of a facade call: the typed `AiError` is in `error`.
@@ -68,33 +69,95 @@ export interface Orchestra {
     items: ReadonlyArray<Item>,
     options?: Omit<RunOptions, "cancel" | "onEvent"> & { readonly signal?: AbortSignal | undefined }
   ) => Promise<BatchResult>
-  /** Text deltas and the final event, as an async iterable; leaving the loop early cancels the call. */
-  readonly stream: (prompt: string | GenerateRequest) => AsyncIterable<StreamPart>
-  readonly stats: (filter?: Filter) => ExecutionStats
+  /**
+   * Text deltas and the final event, as an async iterable; leaving the loop early (or the
+   * signal) cancels the call. With a `domain`, its provider, system prompt and timeout apply.
+   */
+  readonly stream: (
+    prompt: string | GenerateRequest,
+    options?: { readonly domain?: string | undefined; readonly signal?: AbortSignal | undefined }
+  ) => AsyncIterable<StreamPart>
+  /** Synchronous; keeps answering after `dispose()` (the final figures). Zeros before anything ran. */
+  readonly stats: (filter?: Stats.Filter) => Stats.ExecutionStats
   readonly resetStats: () => void
-  /** Graceful shutdown: in-flight calls finish up to the deadline, then everything is released. */
+  /**
+   * Graceful shutdown: new calls are refused at once, in-flight calls finish up to the
+   * executor's deadline, then everything is released. Idempotent.
+   */
   readonly dispose: () => Promise<void>
 }
 
 const toRequest = (prompt: string | GenerateRequest): GenerateRequest =>
   typeof prompt === "string" ? { prompt } : prompt
 
+type StatsService = Stats.Service
+
+const abortReason = (signal: AbortSignal): unknown =>
+  signal.reason ?? new DOMException("This operation was aborted", "AbortError")
+
 /**
+ * Builds the manager on first use (or `stats()`), and keeps it until `dispose()`.
+ *
+ * Rejections: an `OrchestraError` carrying the typed error for every failed call (a call
+ * made after `dispose()` began carries a `ShuttingDownError`); the signal's `reason` (an
+ * `AbortError` by default) for a call cancelled by its `signal`.
+ *
  * @since 0.1.0
  * @category constructors
  */
 export const createOrchestra = <E>(layer: Layer.Layer<Services, E, never>): Orchestra => {
   const runtime = ManagedRuntime.make(layer)
+  let disposing: Promise<void> | undefined
+  // Stats read the global metric registry, so the service keeps answering after dispose.
+  let statsService: StatsService | undefined
+  const captureStats = Effect.map(Stats.Stats, (service) => {
+    statsService = service
+  })
 
-  const run = <A>(effect: Effect.Effect<A, AiError, Services>, signal?: AbortSignal): Promise<A> =>
-    runtime.runPromiseExit(effect, signal === undefined ? undefined : { signal }).then((exit) => {
+  const shuttingDown = () =>
+    new OrchestraError(new ShuttingDownError({ message: "the orchestra has been disposed and admits no new calls" }))
+
+  const run = <A>(effect: Effect.Effect<A, AiError, Services>, signal?: AbortSignal): Promise<A> => {
+    if (disposing !== undefined) return Promise.reject(shuttingDown())
+    if (signal?.aborted) return Promise.reject(abortReason(signal))
+    const program = statsService === undefined ? Effect.zipRight(captureStats, effect) : effect
+    return runtime.runPromiseExit(program, signal === undefined ? undefined : { signal }).then((exit) => {
       if (Exit.isSuccess(exit)) return exit.value
       const failure = Cause.failureOption(exit.cause)
       if (failure._tag === "Some") {
         throw isAiError(failure.value) ? new OrchestraError(failure.value) : failure.value
       }
+      if (signal?.aborted && Cause.isInterruptedOnly(exit.cause)) throw abortReason(signal)
       throw Cause.squash(exit.cause)
     })
+  }
+
+  const getStats = (): StatsService | undefined => {
+    if (statsService === undefined && disposing === undefined) {
+      // Builds the manager when its layers build synchronously; otherwise nothing has run yet.
+      const exit = runtime.runSyncExit(captureStats)
+      if (Exit.isFailure(exit)) return undefined
+    }
+    return statsService
+  }
+
+  const streamOf = (
+    prompt: string | GenerateRequest,
+    domain: string | undefined
+  ): Stream.Stream<StreamPart, OrchestraError, Services> =>
+    Stream.unwrap(
+      Effect.gen(function* () {
+        const executor = yield* Executor
+        if (domain === undefined) return executor.stream(toRequest(prompt))
+        const router = yield* Router
+        const resolved = yield* router.resolve(domain)
+        return executor.stream(applyTo(resolved.domain, toRequest(prompt)), {
+          provider: resolved.provider,
+          domain: resolved.domain.name,
+          timeout: resolved.domain.timeout
+        })
+      })
+    ).pipe(Stream.mapError((error) => new OrchestraError(error)))
 
   return {
     execute: (prompt, options = {}) =>
@@ -127,6 +190,7 @@ export const createOrchestra = <E>(layer: Layer.Layer<Services, E, never>): Orch
       run(Effect.flatMap(Router, (router) => router.hedge(toRequest(prompt), domains, options))),
     batch: (items, options = {}) => {
       const { signal, ...rest } = options
+      // The signal cancels the batch (a result naming the items that never ran), not the promise.
       return run(
         Effect.gen(function* () {
           const batch = yield* Batch
@@ -141,17 +205,35 @@ export const createOrchestra = <E>(layer: Layer.Layer<Services, E, never>): Orch
         })
       )
     },
-    stream: (prompt) => ({
+    stream: (prompt, options = {}) => ({
       async *[Symbol.asyncIterator]() {
+        if (disposing !== undefined) throw shuttingDown()
         const rt = await runtime.runtime()
-        const stream = Stream.unwrap(Effect.map(Executor, (executor) => executor.stream(toRequest(prompt)))).pipe(
-          Stream.mapError((error) => new OrchestraError(error))
-        )
+        let stream: Stream.Stream<StreamPart, unknown, Services> = streamOf(prompt, options.domain)
+        const signal = options.signal
+        if (signal !== undefined) {
+          if (signal.aborted) throw abortReason(signal)
+          const aborted = Effect.async<never, unknown>((resume) => {
+            const onAbort = () => resume(Effect.fail(abortReason(signal)))
+            signal.addEventListener("abort", onAbort, { once: true })
+            return Effect.sync(() => signal.removeEventListener("abort", onAbort))
+          })
+          stream = stream.pipe(Stream.interruptWhen(aborted))
+        }
         yield* Stream.toAsyncIterableRuntime(stream, rt)
       }
     }),
-    stats: (filter) => runtime.runSync(Effect.flatMap(Stats, (stats) => stats.snapshot(filter))),
-    resetStats: () => runtime.runSync(Effect.flatMap(Stats, (stats) => stats.reset)),
-    dispose: () => runtime.dispose()
+    stats: (filter) => {
+      const service = getStats()
+      return service === undefined ? Stats.fromPairs([], "", {}, 0) : Effect.runSync(service.snapshot(filter))
+    },
+    resetStats: () => {
+      const service = getStats()
+      if (service !== undefined) Effect.runSync(service.reset)
+    },
+    dispose: () => {
+      if (disposing === undefined) disposing = runtime.dispose()
+      return disposing
+    }
   }
 }
