@@ -8,6 +8,9 @@ import { Command, ValidationError } from "@effect/cli"
 import type { CliApp } from "@effect/cli"
 import { Console, Effect } from "effect"
 import { exitCodes } from "./Common.js"
+import * as Bench from "./Bench.js"
+import * as Start from "./Start.js"
+import * as Stats from "./Stats.js"
 import * as Test from "./Test.js"
 
 /**
@@ -24,7 +27,7 @@ export const command = Command.make("orchestra", {}, () =>
   Console.log("orchestra: run AI-model calls with timeouts, retries, fallbacks and batches.\nTry `orchestra --help`.")
 ).pipe(
   Command.withDescription("Run AI-model calls as Effect programs: test, bench, start (interactive), stats"),
-  Command.withSubcommands([Test.command])
+  Command.withSubcommands([Test.command, Bench.command, Start.command, Stats.command])
 )
 
 const cli = Command.run(command, { name: "orchestra", version })

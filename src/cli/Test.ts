@@ -95,6 +95,35 @@ const report = (common: Common, out: TestOutput, failure: AiError | undefined): 
 }
 
 /**
+ * One call: on the default provider (no domain), one domain, or a fallback chain.
+ *
+ * @since 0.1.0
+ * @category utils
+ */
+export const callChain = (
+  router: Router["Type"],
+  executor: Executor["Type"],
+  request: GenerateRequest,
+  chain: ReadonlyArray<string>,
+  onRetry: () => Effect.Effect<void>
+): Effect.Effect<Answer, AiError> =>
+  chain.length === 0
+    ? Effect.map(
+        executor.execute(request, { retry: true, onRetry }),
+        (response): Answer => ({
+          response,
+          domain: "",
+          provider: response.provider,
+          attempts: 1,
+          fallbackUsed: false,
+          source: "provider"
+        })
+      )
+    : chain.length === 1
+      ? router.execute(request, chain[0]!, { onRetry })
+      : router.executeWithFallback(request, chain, { onRetry })
+
+/**
  * @since 0.1.0
  * @category commands
  */
@@ -112,23 +141,7 @@ export const command = Command.make("test", options, (args) => {
       ...Option.match(args.maxTokens, { onNone: () => ({}), onSome: (maxTokens) => ({ maxTokens }) })
     }
     let retries = 0
-    const onRetry = () => Effect.sync(() => void retries++)
-    const call: Effect.Effect<Answer, AiError> =
-      chain.length === 0
-        ? Effect.map(
-            executor.execute(request, { retry: true, onRetry }),
-            (response): Answer => ({
-              response,
-              domain: "",
-              provider: response.provider,
-              attempts: 1,
-              fallbackUsed: false,
-              source: "provider"
-            })
-          )
-        : chain.length === 1
-          ? router.execute(request, chain[0]!, { onRetry })
-          : router.executeWithFallback(request, chain, { onRetry })
+    const call = callChain(router, executor, request, chain, () => Effect.sync(() => void retries++))
     const start = yield* Clock.currentTimeMillis
     const result = yield* Effect.either(call)
     const latencyMs = (yield* Clock.currentTimeMillis) - start
