@@ -483,6 +483,24 @@ describe("embedding batcher", () => {
   )
 })
 
+describe("embedding batcher abort", () => {
+  it.scoped("fails the callers of the running batch and of the queue, and stops", () =>
+    Effect.gen(function* () {
+      const batcher = yield* makeBatcher<number, number, string>({
+        maxBatchSize: 2,
+        window: Duration.millis(1),
+        run: () => Effect.never
+      })
+      const running = yield* Effect.fork(batcher.submit([1, 2]))
+      const queued = yield* Effect.fork(batcher.submit([3]))
+      yield* TestClock.adjust(Duration.millis(5))
+      yield* batcher.abort("closing")
+      assert.deepStrictEqual(yield* Effect.flip(Fiber.join(running)), "closing")
+      assert.deepStrictEqual(yield* Effect.flip(Fiber.join(queued)), "closing")
+    })
+  )
+})
+
 describe("incremental decoding", () => {
   it.effect("streams multi-byte text token by token without broken characters", () =>
     Effect.gen(function* () {

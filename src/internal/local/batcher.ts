@@ -12,7 +12,7 @@
  *
  * @internal
  */
-import { Deferred, type Duration, Effect, Exit, Option, Queue, Ref, type Scope } from "effect"
+import { Deferred, type Duration, Effect, Exit, Fiber, Option, Queue, Ref, type Scope } from "effect"
 
 interface Job<I, A, E> {
   readonly items: ReadonlyArray<I>
@@ -24,6 +24,8 @@ interface Job<I, A, E> {
 export interface Batcher<I, A, E> {
   /** Results for `items`, in order. Items beyond `maxBatchSize` are split over several batches. */
   readonly submit: (items: ReadonlyArray<I>) => Effect.Effect<ReadonlyArray<A>, E>
+  /** Stops the batcher (interrupting the batch that runs) and fails every waiting caller with `error`. */
+  readonly abort: (error: E) => Effect.Effect<void>
 }
 
 export const makeBatcher = <I, A, E>(options: {
@@ -57,6 +59,9 @@ export const makeBatcher = <I, A, E>(options: {
         )
       })
 
+    // Jobs taken from the queue and not yet answered (for `abort`).
+    let taken: Array<Job<I, A, E>> = []
+
     const worker = Effect.gen(function* () {
       let carry: Job<I, A, E> | undefined
       while (true) {
@@ -64,6 +69,7 @@ export const makeBatcher = <I, A, E>(options: {
         carry = undefined
         if (first === undefined) {
           first = yield* Queue.take(queue)
+          taken = [first]
           yield* take(first)
         }
         if (first.cancelled) continue
@@ -77,6 +83,7 @@ export const makeBatcher = <I, A, E>(options: {
           const next = yield* Queue.poll(queue)
           if (Option.isNone(next)) break
           const job = next.value
+          taken.push(job)
           yield* take(job)
           if (job.cancelled) continue
           if (count + job.items.length > max) {
@@ -89,9 +96,17 @@ export const makeBatcher = <I, A, E>(options: {
         // Callers may have left during the window.
         const live = batch.filter((job) => !job.cancelled)
         if (live.length > 0) yield* runBatch(live)
+        taken = carry === undefined ? [] : [carry]
       }
     })
-    yield* Effect.forkScoped(worker)
+    const workerFiber = yield* Effect.forkScoped(worker)
+
+    const abort = (error: E): Effect.Effect<void> =>
+      Effect.gen(function* () {
+        yield* Fiber.interrupt(workerFiber)
+        const queued = yield* Queue.takeAll(queue)
+        yield* Effect.forEach([...taken, ...queued], (job) => Deferred.fail(job.deferred, error), { discard: true })
+      })
 
     const enqueue = (items: ReadonlyArray<I>) =>
       Effect.gen(function* () {
@@ -116,7 +131,7 @@ export const makeBatcher = <I, A, E>(options: {
         )
       )
 
-    return { submit }
+    return { submit, abort }
   })
 
 const chunksOf = <I>(items: ReadonlyArray<I>, size: number): ReadonlyArray<ReadonlyArray<I>> => {

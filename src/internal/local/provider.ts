@@ -125,9 +125,26 @@ export const makeWith = Effect.fnUntraced(function* (
   const instanceOf = (purpose: Purpose, modelId: string): Effect.Effect<Instance, ModelError, Scope.Scope> =>
     Pool.get(pools.get(poolKey(purpose, modelId))!)
 
-  // Admission and shutdown. Registered after the pool, so it runs before the pool's own
-  // finalizer: calls drain (up to the deadline), the rest are interrupted, then every
-  // instance is released.
+  // Concurrent embed calls for the same model share one inference: texts gather for
+  // `batchWindow` (or until `maxBatchSize`), then run as one padded batch.
+  const batchers = new Map<string, Batcher<string, Embedded, ModelError | ShuttingDownError>>()
+  for (const modelId of config.embeddingModels) {
+    const batcher = yield* makeBatcher<string, Embedded, ModelError | ShuttingDownError>({
+      maxBatchSize: config.maxBatchSize,
+      window: config.batchWindow,
+      run: (texts: ReadonlyArray<string>) =>
+        Effect.scoped(Effect.flatMap(instanceOf("embedding", modelId), (instance) => instance.embed(texts))).pipe(
+          Effect.map((output) =>
+            output.vectors.map((vector, i): Embedded => ({ vector, tokens: output.tokens[i] ?? 0 }))
+          )
+        )
+    })
+    batchers.set(modelId, batcher)
+  }
+
+  // Admission and shutdown. Registered after the pools and batchers, so it runs before
+  // their finalizers: calls drain (up to the deadline), the rest are interrupted or failed,
+  // then the batchers stop and every instance is released.
   const state = yield* Ref.make<State>({ closing: false, inFlight: 0 })
   // Completed by whoever brings `inFlight` to 0 once closing has begun.
   const idle = yield* Deferred.make<void>()
@@ -146,6 +163,8 @@ export const makeWith = Effect.fnUntraced(function* (
       const finished = yield* Effect.timeoutOption(Effect.interruptible(drained), config.shutdownDeadline)
       if (Option.isNone(finished)) {
         yield* Deferred.succeed(hardStop, undefined)
+        const late = shuttingDown(`${provider}: the provider closed before the call finished`)
+        yield* Effect.forEach(batchers.values(), (batcher) => batcher.abort(late), { discard: true })
         yield* drained
       }
     })
@@ -269,27 +288,10 @@ export const makeWith = Effect.fnUntraced(function* (
       })
     ).pipe(Stream.interruptWhen(stopped))
 
-  // Concurrent embed calls for the same model share one inference: texts gather for
-  // `batchWindow` (or until `maxBatchSize`), then run as one padded batch.
-  const batchers = new Map<string, Batcher<string, Embedded, ModelError>>()
-  for (const modelId of config.embeddingModels) {
-    const batcher = yield* makeBatcher({
-      maxBatchSize: config.maxBatchSize,
-      window: config.batchWindow,
-      run: (texts: ReadonlyArray<string>) =>
-        Effect.scoped(Effect.flatMap(instanceOf("embedding", modelId), (instance) => instance.embed(texts))).pipe(
-          Effect.map((output) =>
-            output.vectors.map((vector, i): Embedded => ({ vector, tokens: output.tokens[i] ?? 0 }))
-          )
-        )
-    })
-    batchers.set(modelId, batcher)
-  }
-
   const embed = Effect.fn("LocalModel.embed")(function* (request: Model.EmbedRequest) {
     const valid = yield* Model.validateEmbed(request)
     const modelId = yield* modelFor(valid.model, "embedding")
-    // Not raced against the hard stop: a batch is short, and others may share it.
+    // Past the shutdown deadline the batcher fails its waiting callers (`abort`).
     const results = yield* Effect.acquireUseRelease(
       admit,
       () => batchers.get(modelId)!.submit(valid.texts),
