@@ -48,7 +48,7 @@ export interface CallOptions {
   readonly onRetry?: ((info: RetryInfo & { readonly domain: string }) => Effect.Effect<void>) | undefined
   /** Use the response cache when one is in context (default true). */
   readonly cache?: boolean | undefined
-  /** When the breaker is open, answer from an expired cache entry within its grace (default false). */
+  /** When the call fails (an open breaker included), answer from an expired cache entry within its grace (default false). */
   readonly allowStale?: boolean | undefined
 }
 
@@ -155,28 +155,6 @@ export const make = Effect.gen(function* () {
   const cacheKey = (step: Step, request: GenerateRequest) =>
     ResponseCache.key({ provider: step.provider.name, request: applyTo(step.domain, request) })
 
-  const fromCacheWhenOpen = (
-    step: Step,
-    request: GenerateRequest,
-    error: AiError,
-    options: CallOptions
-  ): Effect.Effect<Omit<Answer, "attempts" | "fallbackUsed">, AiError> => {
-    if (error._tag !== "CircuitOpenError" || Option.isNone(cache)) return Effect.fail(error)
-    return Effect.flatMap(
-      cache.value.get(cacheKey(step, request), { allowStale: options.allowStale ?? false }),
-      Option.match({
-        onNone: () => Effect.fail(error),
-        onSome: (hit) =>
-          Effect.succeed({
-            response: hit.value,
-            domain: step.domain.name,
-            provider: step.provider.name,
-            source: hit.stale ? ("stale-cache" as const) : ("cache" as const)
-          })
-      })
-    )
-  }
-
   const callStep = (
     step: Step,
     request: GenerateRequest,
@@ -202,18 +180,20 @@ export const make = Effect.gen(function* () {
       const tokens = toMessages(applied).reduce((n, m) => n + estimateTokens(m.content), 0)
       call = Effect.zipRight(limits.value.acquire(provider.name, tokens), call)
     }
-    let source: "provider" | "cache" = "provider"
+    let source: Answer["source"] = "provider"
     if (Option.isSome(cache) && options.cache !== false) {
       const inner = call
-      call = Effect.map(cache.value.getOrComputeDetailed(cacheKey(step, request), inner), (r) => {
-        source = r.source === "hit" || r.source === "stale" ? "cache" : "provider"
-        return r.value
-      })
+      // With `allowStale`, an expired entry within its grace answers when the call fails,
+      // an open breaker included (stale-if-error).
+      call = Effect.map(
+        cache.value.getOrComputeDetailed(cacheKey(step, request), inner, { allowStale: options.allowStale ?? false }),
+        (r) => {
+          source = r.source === "hit" ? "cache" : r.source === "stale" ? "stale-cache" : "provider"
+          return r.value
+        }
+      )
     }
-    return call.pipe(
-      Effect.map((response) => ({ response, domain: domain.name, provider: provider.name, source })),
-      Effect.catchAll((error) => fromCacheWhenOpen(step, request, error, options))
-    )
+    return Effect.map(call, (response) => ({ response, domain: domain.name, provider: provider.name, source }))
   }
 
   const countFallback = (step: Step, options: CallOptions) =>

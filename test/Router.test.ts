@@ -196,3 +196,33 @@ describe("Orchestra lifecycle", () => {
     })
   )
 })
+
+describe("Router with breakers and a cache", () => {
+  it.effect("an open breaker answers from a stale cache entry when allowed, and fails with CircuitOpen otherwise", () =>
+    Effect.gen(function* () {
+      const { router, controls } = yield* makeOrchestra(
+        {
+          a: {
+            script: [Outcome.succeed("cached answer"), Outcome.fail("Overloaded"), Outcome.succeed("never reached")]
+          }
+        },
+        { breakers: { failMax: 1, resetTimeout: "1 minute" }, cache: { ttl: "1 second", staleFor: "1 hour" } }
+      )
+      const first = yield* router.execute({ prompt: "q" }, "d-a")
+      assert.strictEqual(first.source, "provider")
+      const hit = yield* router.execute({ prompt: "q" }, "d-a")
+      assert.strictEqual(hit.source, "cache")
+      assert.strictEqual(yield* controls.a!.calls, 1)
+      yield* TestClock.adjust("2 seconds")
+      // Expired: the provider is called, fails, and the breaker (failMax 1) opens.
+      const failed = yield* Effect.flip(router.execute({ prompt: "q" }, "d-a"))
+      assert.strictEqual(failed._tag === "ModelError" && failed.reason, "Overloaded")
+      const refused = yield* Effect.flip(router.execute({ prompt: "q" }, "d-a"))
+      assert.strictEqual(refused._tag, "CircuitOpenError")
+      const stale = yield* router.execute({ prompt: "q" }, "d-a", { allowStale: true })
+      assert.strictEqual(stale.source, "stale-cache")
+      assert.strictEqual(stale.response.text, "cached answer")
+      assert.strictEqual(yield* controls.a!.calls, 2, "the open breaker kept the provider out")
+    })
+  )
+})
