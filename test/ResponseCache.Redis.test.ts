@@ -56,7 +56,13 @@ describe.skipIf(skipRedis)(
       Effect.scoped(
         Effect.gen(function* () {
           const server = yield* startRedis
-          const { cache, name } = yield* redisCache(server, { ttl: "2 seconds", staleFor: "1 second" })
+          // A generous command timeout: this test is about the round trip, not the bounded wait
+          // (a loaded CI machine can take more than the default 50 ms for the first commands).
+          const { cache, name } = yield* redisCache(server, {
+            ttl: "2 seconds",
+            staleFor: "1 second",
+            timeout: "2 seconds"
+          })
           yield* cache.set("k", response("hello"))
           const found = yield* cache.get("k")
           assert.deepStrictEqual(found, Option.some({ value: response("hello"), stale: false }))
@@ -80,7 +86,7 @@ describe.skipIf(skipRedis)(
       Effect.scoped(
         Effect.gen(function* () {
           const server = yield* startRedis
-          const { cache } = yield* redisCache(server)
+          const { cache } = yield* redisCache(server, { timeout: "2 seconds" })
           const client = yield* admin(server)
           yield* Effect.promise(() => client.config("RESETSTAT"))
           yield* cache.setMany(Array.from({ length: 20 }, (_, i) => ({ key: `k${i}`, value: response(`v${i}`) })))
