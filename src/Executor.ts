@@ -5,11 +5,11 @@
  *
  * @since 0.1.0
  */
-import { Context, Deferred, Duration, Effect, type Either, Layer, Random, Stream } from "effect"
+import { Context, Deferred, Duration, Effect, type Either, Layer, Stream } from "effect"
 import type { Scope } from "effect"
-import { type AiError, isRetryable, ModelError, reasonOf, ShuttingDownError, TimeoutError } from "./AiError.js"
+import { type AiError, ModelError, ShuttingDownError, TimeoutError } from "./AiError.js"
 import * as Calls from "./internal/calls.js"
-import { forEachBounded } from "./internal/workers.js"
+import type { Limiter } from "./internal/limiter.js"
 import * as Metrics from "./Metrics.js"
 import {
   type EmbedRequest,
@@ -22,13 +22,7 @@ import {
   validateEmbed,
   validateGenerate
 } from "./Model.js"
-import {
-  defaultRetry,
-  type RetryPolicy,
-  type RetryPolicyInput,
-  retry as makeRetry,
-  retryDelayMillis
-} from "./Policy.js"
+import { defaultRetry, type RetryPolicy, type RetryPolicyInput, retry as makeRetry } from "./Policy.js"
 import { type ExecutionStats, type Filter, layer as statsLayer, Stats } from "./Stats.js"
 
 /**
@@ -72,6 +66,35 @@ export interface ManyOptions extends ExecuteOptions {
 }
 
 /**
+ * One item of `callMany`: the provider call, and its options (the batch's when absent).
+ *
+ * @since 0.1.0
+ * @category models
+ */
+export interface CallSpec<A> {
+  readonly run: (provider: ProviderService) => Effect.Effect<A, AiError>
+  readonly options?: ExecuteOptions | undefined
+}
+
+/**
+ * Options of `callMany`. The `ExecuteOptions` fields are the defaults of every item.
+ *
+ * @since 0.1.0
+ * @category models
+ */
+export interface CallManyOptions<A> extends ManyOptions {
+  /**
+   * A limit shared with other callers: each item holds one permit from before its call
+   * starts until its outcome (retries and their waits included). Waiting is FIFO.
+   */
+  readonly limiter?: Limiter | undefined
+  /** Runs in the worker when an item's call has been admitted, before its first attempt. */
+  readonly onStart?: ((index: number) => Effect.Effect<void>) | undefined
+  /** Runs in the worker once an item has its outcome (metrics already recorded). */
+  readonly onOutcome?: ((index: number, outcome: Either.Either<A, AiError>) => Effect.Effect<void>) | undefined
+}
+
+/**
  * @since 0.1.0
  * @category models
  */
@@ -101,6 +124,19 @@ export interface Service {
     f: (provider: ProviderService) => Effect.Effect<A, AiError>,
     options?: ExecuteOptions
   ) => Effect.Effect<A, AiError>
+  /**
+   * `call` for many items over a pool of `concurrency` worker fibers: one outcome per item,
+   * in input order. Each worker runs its items' provider calls itself (no fiber per call);
+   * a deadline interrupts the worker, and a replacement carries on with the item's retry
+   * and the next items. `f` may fail (the item's outcome, counted as a failed request
+   * without calling the provider), e.g. when the item does not validate. Interrupting the
+   * returned effect interrupts the running calls; items not started get no outcome.
+   */
+  readonly callMany: <I, A>(
+    items: Iterable<I>,
+    options: CallManyOptions<A>,
+    f: (item: I, index: number) => CallSpec<A> | Effect.Effect<CallSpec<A>, AiError>
+  ) => Effect.Effect<ReadonlyArray<Either.Either<A, AiError>>>
   readonly provider: ProviderService
   readonly stats: (filter?: Filter) => Effect.Effect<ExecutionStats>
   /** True once the executor's scope has begun to close. */
@@ -138,9 +174,6 @@ const resolveRetry = (
     ? (option as RetryPolicy)
     : makeRetry(option as RetryPolicyInput)
 }
-
-const retryAfterOf = (error: AiError): Duration.Duration | undefined =>
-  error._tag === "ModelError" || error._tag === "CircuitOpenError" ? error.retryAfter : undefined
 
 /**
  * Builds an executor over the `ModelProvider` in context. Scoped: closing the scope stops
@@ -201,71 +234,27 @@ export const make = (options: Options = {}): Effect.Effect<Service, never, Model
       if (active === 0 && closing) Deferred.unsafeDone(drained, Effect.void)
     }
 
-    const call = <A>(
-      f: (provider: ProviderService) => Effect.Effect<A, AiError>,
-      callOptions: ExecuteOptions = {}
-    ): Effect.Effect<A, AiError> =>
-      Effect.suspend(() => {
-        const target = callOptions.provider ?? provider
-        const labels = stats.labels({ provider: target.name, domain: callOptions.domain, tags: callOptions.tags })
-        if (closing) {
-          Metrics.requests.unsafeUpdate(1, labels.exact)
-          Metrics.failures.unsafeUpdate(1, labels.withReason("ShuttingDown"))
-          return Effect.fail(shuttingDown())
-        }
-        const timeout =
-          callOptions.timeout === "none"
-            ? undefined
-            : callOptions.timeout === undefined
-              ? defaultTimeout
-              : Duration.decode(callOptions.timeout)
-        const policy = resolveRetry(callOptions.retry, undefined, basePolicy)
-        const onTimeout = () => new TimeoutError({ limit: "request", timeout: timeout!, provider: target.name })
-
-        const attempt = (n: number): Effect.Effect<A, AiError> => {
-          if (closing && n > 1) return Effect.fail(shuttingDown())
-          const once = runner.run(f(target), timeout, onTimeout, interruptedByShutdown)
-          return Effect.catchAll(once, (error) => {
-            if (error._tag === "TimeoutError") Metrics.timeouts.unsafeUpdate(1, labels.exact)
-            if (policy === undefined || n >= policy.maxAttempts || !isRetryable(error) || closing) {
-              return Effect.fail(error)
-            }
-            return Effect.flatMap(Random.next, (u) => {
-              const delay = retryDelayMillis(policy, n, u, retryAfterOf(error))
-              if (delay === undefined) return Effect.fail(error)
-              Metrics.retries.unsafeUpdate(1, labels.exact)
-              const wait = Effect.raceFirst(
-                Effect.sleep(Duration.millis(delay)),
-                Effect.zipRight(Deferred.await(forced), Effect.fail(interruptedByShutdown()))
-              )
-              const before =
-                callOptions.onRetry === undefined
-                  ? wait
-                  : Effect.zipRight(callOptions.onRetry({ attempt: n, error, delay: Duration.millis(delay) }), wait)
-              return Effect.zipRight(before, attempt(n + 1))
-            })
-          })
-        }
-
-        begin(labels)
-        const start = clock.unsafeCurrentTimeNanos()
-        return Effect.onExit(attempt(1), (exit) => {
-          end(labels)
-          if (exit._tag === "Success") {
-            Metrics.successes.unsafeUpdate(1, labels.exact)
-            Metrics.latency.unsafeUpdate(Number(clock.unsafeCurrentTimeNanos() - start) / 1e6, labels.exact)
-          } else {
-            const failure = exit.cause._tag === "Fail" ? exit.cause.error : undefined
-            if (failure !== undefined) {
-              Metrics.failures.unsafeUpdate(1, labels.withReason(reasonOf(failure)))
-              Metrics.latency.unsafeUpdate(Number(clock.unsafeCurrentTimeNanos() - start) / 1e6, labels.exact)
-            } else {
-              Metrics.failures.unsafeUpdate(1, labels.withReason("Interrupted"))
-            }
-          }
-          return Effect.void
-        })
-      })
+    const engine = Calls.engine({
+      provider,
+      stats,
+      clock,
+      runner,
+      timeoutOf: (callOptions) =>
+        callOptions.timeout === "none"
+          ? undefined
+          : callOptions.timeout === undefined
+            ? defaultTimeout
+            : Duration.decode(callOptions.timeout),
+      policyOf: (callOptions) => resolveRetry(callOptions.retry, undefined, basePolicy),
+      isClosing: () => closing,
+      begin,
+      end,
+      forced,
+      shuttingDown,
+      interruptedByShutdown
+    })
+    const call = engine.call
+    const callMany = engine.callMany
 
     const invalid = (error: ModelError, callOptions: ExecuteOptions): Effect.Effect<never, AiError> => {
       const target = callOptions.provider ?? provider
@@ -283,10 +272,22 @@ export const make = (options: Options = {}): Effect.Effect<Service, never, Model
     const executeWithRetry = (request: GenerateRequest, callOptions: ExecuteOptions = {}) =>
       execute(request, callOptions.retry === undefined ? { ...callOptions, retry: true } : callOptions)
 
-    const executeMany = (requests: Iterable<GenerateRequest>, manyOptions: ManyOptions = {}) =>
-      forEachBounded(Array.from(requests), manyOptions.concurrency ?? 5, (request) =>
-        Effect.either(execute(request, manyOptions))
+    const executeMany = (requests: Iterable<GenerateRequest>, manyOptions: ManyOptions = {}) => {
+      const target = manyOptions.provider ?? provider
+      // Per-item closures are anonymous (returned), see internal/calls.ts on tsx's keepNames.
+      const generate =
+        (valid: GenerateRequest): CallSpec<GenerateResponse>["run"] =>
+        (p) =>
+          p.generate(valid)
+      const spec = {
+        onFailure: (error: ModelError): AiError =>
+          error.provider === undefined ? withProvider(error, target.name) : error,
+        onSuccess: (valid: GenerateRequest): CallSpec<GenerateResponse> => ({ run: generate(valid) })
+      }
+      return callMany(requests, manyOptions, (request: GenerateRequest) =>
+        Effect.mapBoth(validateGenerate(request), spec)
       )
+    }
 
     const embed = (request: EmbedRequest, callOptions: ExecuteOptions = {}) =>
       Effect.catchAll(validateEmbed(request), (error) => invalid(error, callOptions)).pipe(
@@ -325,6 +326,7 @@ export const make = (options: Options = {}): Effect.Effect<Service, never, Model
       embed,
       stream,
       call,
+      callMany,
       provider,
       stats: (filter?: Filter) => stats.snapshot(filter),
       isShuttingDown: Effect.sync(() => closing)

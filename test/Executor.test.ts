@@ -1,6 +1,7 @@
 import { assert, describe, it } from "@effect/vitest"
-import { Context, Duration, Effect, Either, Exit, Fiber, Layer, Option, Scope, TestClock } from "effect"
+import { Cause, Context, Duration, Effect, Either, Exit, Fiber, Layer, Option, Scope, TestClock } from "effect"
 import * as Executor from "../src/Executor.js"
+import * as Limiter from "../src/internal/limiter.js"
 import { MockControl, Outcome } from "../src/Model/Mock.js"
 import * as Mock from "../src/Model/Mock.js"
 import * as Stats from "../src/Stats.js"
@@ -367,6 +368,266 @@ describe("Executor shutdown", () => {
       assert.strictEqual(stuckError._tag, "ShuttingDownError")
       assert.strictEqual(yield* control.inFlight, 0)
       assert.strictEqual(yield* control.interrupted, 1)
+    })
+  )
+})
+
+describe("Executor.executeMany deadlines and retries (the worker is the call fiber)", () => {
+  const text = (r: Either.Either<{ readonly text: string }, { readonly _tag: string }>) =>
+    Either.match(r, {
+      onLeft: (e) => `error:${e._tag === "ModelError" && "reason" in e ? e.reason : e._tag}`,
+      onRight: (a) => a.text
+    })
+
+  it.effect("a timed-out item is retried after its backoff, and the pool carries on with the next items", () =>
+    Effect.gen(function* () {
+      const { ex, control } = yield* setup({
+        script: [
+          Outcome.hang(),
+          Outcome.succeed("a", { latency: "50 millis" }),
+          Outcome.succeed("b", { latency: "50 millis" })
+        ]
+      })
+      const fiber = yield* Effect.fork(
+        ex.executeMany([{ prompt: "a" }, { prompt: "b" }], {
+          concurrency: 1,
+          timeout: "1 second",
+          retry: { maxAttempts: 2, initialDelay: 100, jitter: 0 }
+        })
+      )
+      yield* TestClock.adjust("999 millis")
+      assert.strictEqual(yield* control.calls, 1)
+      yield* TestClock.adjust("1 millis")
+      assert.strictEqual(yield* control.interrupted, 1, "the provider call was interrupted at the deadline")
+      assert.strictEqual(yield* control.inFlight, 0)
+      yield* TestClock.adjust("99 millis")
+      assert.strictEqual(yield* control.calls, 1, "no retry before the backoff")
+      yield* TestClock.adjust("1 millis")
+      assert.strictEqual(yield* control.calls, 2)
+      yield* TestClock.adjust("50 millis")
+      assert.strictEqual(yield* control.calls, 3, "the next item runs after the retried one")
+      yield* TestClock.adjust("49 millis")
+      assert.isTrue(Option.isNone(yield* Fiber.poll(fiber)))
+      yield* TestClock.adjust("1 millis")
+      const results = yield* Fiber.join(fiber)
+      assert.deepStrictEqual(results.map(text), ["a", "b"])
+      const stats = yield* ex.stats({ provider: control.name })
+      assert.strictEqual(stats.total, 2)
+      assert.strictEqual(stats.successes, 2)
+      assert.strictEqual(stats.timeouts, 1)
+      assert.strictEqual(stats.retries, 1)
+      assert.strictEqual(stats.inFlight, 0)
+      assert.strictEqual(stats.latency.max, 1150)
+    })
+  )
+
+  it.effect("every item gets exactly one outcome when deadlines fire across several workers", () =>
+    Effect.gen(function* () {
+      const { ex, control } = yield* setup({
+        script: [
+          Outcome.hang(),
+          Outcome.succeed("1", { latency: "300 millis" }),
+          Outcome.hang(),
+          Outcome.fail("Unauthorized", { latency: "10 millis" }),
+          Outcome.succeed("4", { latency: "200 millis" }),
+          Outcome.hang(),
+          Outcome.succeed("6", { latency: "100 millis" })
+        ]
+      })
+      const fiber = yield* Effect.fork(
+        ex.executeMany(
+          Array.from({ length: 7 }, (_, i) => ({ prompt: `${i}` })),
+          { concurrency: 3, timeout: "500 millis" }
+        )
+      )
+      yield* TestClock.adjust("2 seconds")
+      const results = yield* Fiber.join(fiber)
+      assert.deepStrictEqual(results.map(text), [
+        "error:TimeoutError",
+        "1",
+        "error:TimeoutError",
+        "error:Unauthorized",
+        "4",
+        "error:TimeoutError",
+        "6"
+      ])
+      assert.strictEqual(yield* control.interrupted, 3)
+      assert.strictEqual(yield* control.inFlight, 0)
+      assert.strictEqual(yield* control.peak, 3)
+      const stats = yield* ex.stats({ provider: control.name })
+      assert.strictEqual(stats.total, 7)
+      assert.strictEqual(stats.successes, 3)
+      assert.deepStrictEqual(stats.failuresByReason, { Timeout: 3, Unauthorized: 1 })
+      assert.strictEqual(stats.timeouts, 3)
+      assert.strictEqual(stats.inFlight, 0)
+      assert.strictEqual(stats.concurrencyPeak, 3)
+    })
+  )
+
+  it.effect("an invalid request is its item's InvalidRequest outcome, without a provider call", () =>
+    Effect.gen(function* () {
+      const { ex, control } = yield* setup({ respond: (request) => request.prompt ?? "" })
+      const results = yield* ex.executeMany([{ prompt: "ok" }, { prompt: "x", temperature: 9 }, { prompt: "ok2" }])
+      assert.deepStrictEqual(results.map(text), ["ok", "error:InvalidRequest", "ok2"])
+      const bad = results[1]!
+      assert.isTrue(Either.isLeft(bad) && bad.left._tag === "ModelError" && bad.left.provider === control.name)
+      assert.strictEqual(yield* control.calls, 2)
+      const stats = yield* ex.stats({ provider: control.name })
+      assert.strictEqual(stats.total, 3)
+      assert.deepStrictEqual(stats.failuresByReason, { InvalidRequest: 1 })
+    })
+  )
+
+  it.effect("interrupting executeMany interrupts the running calls; started calls are counted as interrupted", () =>
+    Effect.gen(function* () {
+      const { ex, control } = yield* setup({ script: [Outcome.hang(), Outcome.hang(), Outcome.hang()] })
+      const fiber = yield* Effect.fork(
+        ex.executeMany(
+          Array.from({ length: 10 }, (_, i) => ({ prompt: `${i}` })),
+          { concurrency: 3, timeout: "none" }
+        )
+      )
+      yield* TestClock.adjust("1 second")
+      assert.strictEqual(yield* control.inFlight, 3)
+      yield* Fiber.interrupt(fiber)
+      assert.strictEqual(yield* control.interrupted, 3)
+      assert.strictEqual(yield* control.inFlight, 0)
+      assert.strictEqual(yield* control.calls, 3, "items not started never start")
+      const stats = yield* ex.stats({ provider: control.name })
+      assert.strictEqual(stats.total, 3)
+      assert.deepStrictEqual(stats.failuresByReason, { Interrupted: 3 })
+      assert.strictEqual(stats.inFlight, 0)
+    })
+  )
+
+  it.effect("a provider defect fails executeMany (as it would forEach) and interrupts the other calls", () =>
+    Effect.gen(function* () {
+      const { ex, control } = yield* setup({ latency: "1 second" })
+      const defect = control.name
+      const results = yield* Effect.fork(
+        ex.callMany([0, 1, 2], { concurrency: 3 }, (i) => ({
+          run: (p) =>
+            i === 1
+              ? Effect.zipRight(Effect.sleep("10 millis"), Effect.dieMessage(defect))
+              : p.generate({ prompt: `${i}` })
+        }))
+      )
+      yield* TestClock.adjust("10 millis")
+      const exit = yield* Fiber.await(results)
+      assert.isTrue(Exit.isFailure(exit) && Cause.isDie(exit.cause))
+      assert.strictEqual(yield* control.interrupted, 2)
+      assert.strictEqual((yield* ex.stats({ provider: control.name })).inFlight, 0)
+    })
+  )
+
+  it.effect(
+    "shutdown during executeMany: running calls end with ShuttingDownError at the deadline, the rest are refused",
+    () =>
+      Effect.gen(function* () {
+        const { ex, control, scope } = yield* setup(
+          { script: [Outcome.hang(), Outcome.succeed("quick", { latency: "200 millis" }), Outcome.hang()] },
+          { shutdownDeadline: "1 second" }
+        )
+        const fiber = yield* Effect.fork(
+          ex.executeMany(
+            Array.from({ length: 5 }, (_, i) => ({ prompt: `${i}` })),
+            { concurrency: 2, retry: true }
+          )
+        )
+        yield* TestClock.adjust("100 millis")
+        const closing = yield* Effect.fork(Scope.close(scope, Exit.void))
+        yield* TestClock.adjust("100 millis")
+        // item 1 finished during the drain; its worker found the executor closing for item 2
+        yield* TestClock.adjust("1 second")
+        yield* Fiber.join(closing)
+        const results = yield* Fiber.join(fiber)
+        assert.deepStrictEqual(results.map(text), [
+          "error:ShuttingDownError",
+          "quick",
+          "error:ShuttingDownError",
+          "error:ShuttingDownError",
+          "error:ShuttingDownError"
+        ])
+        assert.strictEqual(yield* control.calls, 2)
+        assert.strictEqual(yield* control.interrupted, 1)
+        assert.strictEqual(yield* control.inFlight, 0)
+        const stats = yield* ex.stats({ provider: control.name })
+        assert.strictEqual(stats.total, 5)
+        assert.deepStrictEqual(stats.failuresByReason, { ShuttingDown: 4 })
+        assert.strictEqual(stats.retries, 0, "no retry once the executor is closing")
+      })
+  )
+})
+
+describe("Executor.callMany", () => {
+  it.effect("two batches sharing a limiter never exceed its permits, and the hooks see every item once", () =>
+    Effect.gen(function* () {
+      const { ex, control } = yield* setup({ latency: "100 millis" })
+      const limiter = Limiter.unsafeMake(2)
+      const started: Array<string> = []
+      const outcomes: Array<string> = []
+      const batch = (name: string) =>
+        ex.callMany(
+          [0, 1, 2, 3],
+          {
+            concurrency: 4,
+            limiter,
+            onStart: (i) => Effect.sync(() => started.push(`${name}${i}`)),
+            onOutcome: (i, outcome) => Effect.sync(() => outcomes.push(`${name}${i}:${Either.isRight(outcome)}`))
+          },
+          (i) => ({ run: (p) => p.generate({ prompt: `${name}${i}` }) })
+        )
+      const fiber = yield* Effect.fork(Effect.all([batch("a"), batch("b")], { concurrency: "unbounded" }))
+      yield* TestClock.adjust("399 millis")
+      assert.isTrue(Option.isNone(yield* Fiber.poll(fiber)))
+      yield* TestClock.adjust("1 millis")
+      const [a, b] = yield* Fiber.join(fiber)
+      assert.isTrue([...a, ...b].every(Either.isRight))
+      assert.strictEqual(yield* control.peak, 2)
+      assert.strictEqual(started.length, 8)
+      assert.strictEqual(new Set(started).size, 8)
+      assert.strictEqual(outcomes.length, 8)
+      assert.strictEqual(limiter.available(), 2)
+      assert.strictEqual(limiter.waiting(), 0)
+    })
+  )
+
+  it.effect("a permit held by a timed-out item passes to its replacement worker and is released once", () =>
+    Effect.gen(function* () {
+      const { ex, control } = yield* setup({ script: [Outcome.hang(), Outcome.succeed("retried")] })
+      const limiter = Limiter.unsafeMake(1)
+      const fiber = yield* Effect.fork(
+        ex.callMany(
+          [0, 1],
+          { concurrency: 2, limiter, timeout: "1 second", retry: { maxAttempts: 2, initialDelay: 10, jitter: 0 } },
+          (i) => ({ run: (p) => p.generate({ prompt: `${i}` }) })
+        )
+      )
+      yield* TestClock.adjust("1 second")
+      assert.strictEqual(limiter.available(), 0, "the retrying item keeps its permit during the backoff")
+      assert.strictEqual(limiter.waiting(), 1)
+      yield* TestClock.adjust("10 millis")
+      const results = yield* Fiber.join(fiber)
+      assert.isTrue(results.every(Either.isRight))
+      assert.strictEqual(yield* control.calls, 3)
+      assert.strictEqual(limiter.available(), 1)
+    })
+  )
+
+  it.effect("interrupting a batch that waits on the limiter leaves no permit taken and no waiter queued", () =>
+    Effect.gen(function* () {
+      const { ex } = yield* setup({ script: [Outcome.hang(), Outcome.hang()] })
+      const limiter = Limiter.unsafeMake(1)
+      const fiber = yield* Effect.fork(
+        ex.callMany([0, 1, 2], { concurrency: 3, limiter, timeout: "none" }, (i) => ({
+          run: (p) => p.generate({ prompt: `${i}` })
+        }))
+      )
+      yield* TestClock.adjust("1 second")
+      assert.strictEqual(limiter.waiting(), 2)
+      yield* Fiber.interrupt(fiber)
+      assert.strictEqual(limiter.available(), 1)
+      assert.strictEqual(limiter.waiting(), 0)
     })
   )
 })
