@@ -4,8 +4,9 @@
  *
  * @since 0.1.0
  */
-import { Command, Options } from "@effect/cli"
-import { FileSystem } from "@effect/platform"
+import * as Command from "@effect/cli/Command"
+import * as Options from "@effect/cli/Options"
+import * as FileSystem from "@effect/platform/FileSystem"
 import { Console, Effect, Option } from "effect"
 import { Batch, type BatchResult, type Item } from "../Batch.js"
 import {

@@ -4,8 +4,9 @@
  *
  * @since 0.1.0
  */
-import { Command, ValidationError } from "@effect/cli"
-import type { CliApp } from "@effect/cli"
+import type * as CliApp from "@effect/cli/CliApp"
+import * as Command from "@effect/cli/Command"
+import * as ValidationError from "@effect/cli/ValidationError"
 import { Console, Effect } from "effect"
 import { exitCodes } from "./Common.js"
 import * as Bench from "./Bench.js"

@@ -4,8 +4,9 @@
  *
  * @since 0.1.0
  */
-import { Options } from "@effect/cli"
-import type { FileSystem, Path } from "@effect/platform"
+import * as Options from "@effect/cli/Options"
+import type * as FileSystem from "@effect/platform/FileSystem"
+import type * as Path from "@effect/platform/Path"
 import { Console, Data, Effect, Layer, type Option } from "effect"
 import { type AiError, reasonOf } from "../AiError.js"
 import type { ProgressEvent } from "../Batch.js"

@@ -5,7 +5,8 @@
  *
  * @since 0.1.0
  */
-import { FileSystem, Path } from "@effect/platform"
+import * as FileSystem from "@effect/platform/FileSystem"
+import * as Path from "@effect/platform/Path"
 import { Config, Data, Effect, Either, Option, ParseResult, Schema } from "effect"
 import { Reason } from "../AiError.js"
 import * as CircuitBreaker from "../CircuitBreaker.js"

@@ -5,7 +5,8 @@
  *
  * @since 0.1.0
  */
-import { FetchHttpClient, type HttpClient } from "@effect/platform"
+import * as FetchHttpClient from "@effect/platform/FetchHttpClient"
+import type * as HttpClient from "@effect/platform/HttpClient"
 import * as NodePath from "node:path"
 import { Config, ConfigError, Data, Effect, Layer, type Redacted } from "effect"
 import type { ModelError } from "../AiError.js"

@@ -6,7 +6,8 @@
  *
  * @since 0.1.0
  */
-import { Command, Options } from "@effect/cli"
+import * as Command from "@effect/cli/Command"
+import * as Options from "@effect/cli/Options"
 import * as Readline from "node:readline"
 import { Clock, Console, Effect, Either, Option, Stream } from "effect"
 import { Domains } from "../Domain.js"

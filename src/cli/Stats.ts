@@ -6,7 +6,7 @@
  *
  * @since 0.1.0
  */
-import { Command } from "@effect/cli"
+import * as Command from "@effect/cli/Command"
 import { Console, Effect, Option } from "effect"
 import { Batch } from "../Batch.js"
 import * as Stats from "../Stats.js"

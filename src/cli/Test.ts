@@ -4,7 +4,8 @@
  *
  * @since 0.1.0
  */
-import { Command, Options } from "@effect/cli"
+import * as Command from "@effect/cli/Command"
+import * as Options from "@effect/cli/Options"
 import { Clock, Console, Effect, Either, Option } from "effect"
 import type { AiError } from "../AiError.js"
 import { Executor } from "../Executor.js"
