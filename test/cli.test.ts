@@ -5,13 +5,15 @@
  * runs as few as it can.
  */
 import { type ChildProcessWithoutNullStreams, spawn } from "node:child_process"
-import { mkdtempSync, rmSync, writeFileSync } from "node:fs"
+import { mkdtempSync, readFileSync, rmSync, writeFileSync } from "node:fs"
 import type { ServerResponse } from "node:http"
 import { tmpdir } from "node:os"
 import * as NodePath from "node:path"
 import { fileURLToPath } from "node:url"
 import { afterAll, assert, describe, it } from "@effect/vitest"
-import { Deferred, Duration, Effect } from "effect"
+import { Deferred, Duration, Effect, Either } from "effect"
+import * as CliConfig from "../src/cli/Config.js"
+import { domainNames } from "../src/cli/Setup.js"
 import * as Server from "./utils/httpServer.js"
 
 const BIN = fileURLToPath(new URL("../bin/orchestra.mjs", import.meta.url))
@@ -439,4 +441,77 @@ describe("orchestra CLI", { timeout: 120_000 }, () => {
       yield* server.awaitAborted(1).pipe(Effect.timeout("5 seconds"))
     })
   )
+})
+
+describe("orchestra config (in process)", () => {
+  const issues = (input: unknown) =>
+    Either.match(CliConfig.validate(input), { onLeft: (e) => e.issues, onRight: () => [] })
+
+  it("the example config at the repository root is valid", () => {
+    const text = readFileSync(new URL("../orchestra.config.example.json", import.meta.url), "utf8")
+    const result = CliConfig.parse(text)
+    assert.isTrue(Either.isRight(result), Either.isLeft(result) ? result.left.message : "")
+    const loaded = { file: "example", dir: ".", config: Either.getOrThrow(result) }
+    assert.deepStrictEqual(domainNames(loaded), [
+      "support",
+      "technical",
+      "finance",
+      "offline",
+      "selfhosted",
+      "ollama",
+      "demo"
+    ])
+  })
+
+  it("no file means the bundled local model with the predefined domains", () => {
+    assert.deepStrictEqual(domainNames({ file: undefined, dir: ".", config: {} }), ["support", "technical", "finance"])
+  })
+
+  it("references between sections are checked: unknown providers and duplicate domains", () => {
+    assert.deepStrictEqual(
+      issues({
+        providers: { a: { type: "mock" } },
+        defaultProvider: "b",
+        domains: [
+          { name: "x", provider: "a" },
+          { name: "y", provider: "c" }
+        ],
+        extraDomains: [{ name: "x", provider: "a" }]
+      }),
+      [
+        { path: "defaultProvider", message: 'unknown provider "b" (declared: a)' },
+        { path: "domains[1].provider", message: 'unknown provider "c" (declared: a)' },
+        { path: "extraDomains[0].name", message: 'duplicate domain "x" (first at domains[0])' }
+      ]
+    )
+    assert.deepStrictEqual(
+      issues({ providers: {} }).map((i) => i.path),
+      ["providers"]
+    )
+  })
+
+  it("wrong values are reported once each, at their own path, without the optional-field noise", () => {
+    assert.deepStrictEqual(
+      issues({
+        providers: {
+          p: { type: "mock", latency: -5 },
+          "my key": { type: "openai-compatible", apiKeyEnv: "not a name" }
+        },
+        domains: [{ name: "d", provider: "p", temperature: 3 }]
+      }),
+      [
+        {
+          path: "providers.p.latency",
+          message: 'Expected a duration (milliseconds, or a string such as "150 millis") or { "uniform": [min, max] }'
+        },
+        { path: 'providers["my key"].apiKeyEnv', message: "Expected an environment variable name such as MY_KEY" },
+        { path: "domains[0].temperature", message: "Expected a number between 0 and 2, actual 3" }
+      ]
+    )
+    assert.deepStrictEqual(issues([]), [{ path: "(root)", message: "Expected a JSON object, actual an array" }])
+    const notJson = CliConfig.parse("{ nope", "f.json")
+    assert.isTrue(Either.isLeft(notJson))
+    if (Either.isLeft(notJson))
+      assert.match(notJson.left.message, /^invalid config f\.json\n {2}\(root\): not valid JSON/)
+  })
 })

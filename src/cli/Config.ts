@@ -139,7 +139,12 @@ export const MockProvider = Schema.Struct({
   name: Schema.optional(Name),
   model: Schema.optional(Name),
   latency: Schema.optional(
-    Schema.Union(DurationInput, Schema.Struct({ uniform: Schema.Tuple(DurationInput, DurationInput) }))
+    Schema.Union(DurationInput, Schema.Struct({ uniform: Schema.Tuple(DurationInput, DurationInput) })).annotations({
+      message: () => ({
+        message: 'Expected a duration (milliseconds, or a string such as "150 millis") or { "uniform": [min, max] }',
+        override: true
+      })
+    })
   ),
   reply: Schema.optional(Schema.String),
   random: Schema.optional(

@@ -38,9 +38,24 @@ export class SetupError extends Data.TaggedError("SetupError")<{
   }
 }
 
+/** The environment variables a config error is about (its own message may be redacted). */
+const describeConfigError = (error: ConfigError.ConfigError): string => {
+  switch (error._op) {
+    case "And":
+    case "Or":
+      return `${describeConfigError(error.left)}; ${describeConfigError(error.right)}`
+    case "MissingData":
+      return `environment variable ${error.path.join("_")} is not set`
+    case "InvalidData":
+      return `environment variable ${error.path.join("_")} is invalid`
+    default:
+      return error.message
+  }
+}
+
 const fail = (provider: string) => (error: ModelError | ConfigError.ConfigError) =>
   ConfigError.isConfigError(error)
-    ? new SetupError({ provider, kind: "config", detail: `missing configuration: ${String(error)}` })
+    ? new SetupError({ provider, kind: "config", detail: describeConfigError(error) })
     : new SetupError({ provider, kind: "provider", detail: error.message })
 
 const key = (env: string) => Config.redacted(env)
