@@ -20,7 +20,19 @@
  *
  * @internal
  */
-import { type Cause, Clock, Deferred, Duration, Effect, Either, Exit, Fiber, Random, Runtime } from "effect"
+import {
+  type Cause,
+  Clock,
+  Deferred,
+  Duration,
+  Effect,
+  Either,
+  Exit,
+  Fiber,
+  Random,
+  Runtime,
+  RuntimeFlags
+} from "effect"
 import type { Scope } from "effect"
 import { type AiError, isRetryable, reasonOf, type ShuttingDownError, TimeoutError } from "../AiError.js"
 import type { CallManyOptions, CallSpec, ExecuteOptions } from "../Executor.js"
@@ -277,8 +289,11 @@ const retryAfterOf = (error: AiError): Duration.Duration | undefined =>
 export const engine = (env: EngineEnv): Engine => {
   const { clock, runner } = env
 
-  // Batches pass one options object for every item: resolve it once.
+  // Batches pass one options object for every item, and callers tend to repeat the same
+  // timeout and retry inputs: resolve them once (a string timeout is parsed on decode).
   let lastOptions: ExecuteOptions | undefined
+  let lastTimeoutInput: ExecuteOptions["timeout"] | null = null
+  let lastRetryInput: ExecuteOptions["retry"] | null = null
   let lastTimeout: Duration.Duration | undefined
   let lastPolicy: RetryPolicy | undefined
 
@@ -302,8 +317,14 @@ export const engine = (env: EngineEnv): Engine => {
       return env.shuttingDown()
     }
     if (options !== lastOptions) {
-      lastTimeout = env.timeoutOf(options)
-      lastPolicy = env.policyOf(options)
+      if (options.timeout !== lastTimeoutInput) {
+        lastTimeout = env.timeoutOf(options)
+        lastTimeoutInput = options.timeout
+      }
+      if (options.retry !== lastRetryInput) {
+        lastPolicy = env.policyOf(options)
+        lastRetryInput = options.retry
+      }
       lastOptions = options
     }
     env.begin(labels)
@@ -338,19 +359,22 @@ export const engine = (env: EngineEnv): Engine => {
   const timeoutError = (call: Call<unknown>): TimeoutError =>
     new TimeoutError({ limit: "request", timeout: call.timeout!, provider: call.target.name })
 
-  /**
-   * After a failed attempt: fails with the final error, or waits the backoff and succeeds,
-   * with `call.attempt` advanced, when the next attempt should run.
-   */
-  const retry = (call: Call<unknown>, error: AiError): Effect.Effect<void, AiError> => {
+  /** After a failed attempt: counts a timeout, and says whether the policy allows another attempt. */
+  const mayRetry = (call: Call<unknown>, error: AiError): boolean => {
     if (error._tag === "TimeoutError") Metrics.timeouts.unsafeUpdate(1, call.labels.exact)
     const policy = call.policy
-    const n = call.attempt
-    if (policy === undefined || n >= policy.maxAttempts || !isRetryable(error) || env.isClosing()) {
-      return Effect.fail(error)
-    }
-    return Effect.flatMap(Random.next, (u) => {
-      const delay = retryDelayMillis(policy, n, u, retryAfterOf(error))
+    return policy !== undefined && call.attempt < policy.maxAttempts && isRetryable(error) && !env.isClosing()
+  }
+
+  /**
+   * The wait before the next attempt (after `mayRetry`): fails with the final error when a
+   * Retry-After is longer than the policy accepts or the executor began to close, succeeds
+   * with `call.attempt` advanced otherwise.
+   */
+  const backoff = (call: Call<unknown>, error: AiError): Effect.Effect<void, AiError> =>
+    Effect.flatMap(Random.next, (u) => {
+      const n = call.attempt
+      const delay = retryDelayMillis(call.policy!, n, u, retryAfterOf(error))
       if (delay === undefined) return Effect.fail(error)
       Metrics.retries.unsafeUpdate(1, call.labels.exact)
       const wait = Effect.raceFirst(
@@ -367,34 +391,97 @@ export const engine = (env: EngineEnv): Engine => {
         return Effect.void
       })
     })
+
+  // A single call: the attempt runs in a child fiber (a deadline must be able to kill it
+  // without killing the caller). Admission, the child's start and the caller's suspension
+  // happen in one synchronous step (the `async` registration), so an interruption of the
+  // caller always finds the call accounted for: no `onExit` frame is needed on the way.
+  const start = <A>(
+    parent: Fiber.RuntimeFiber<unknown, unknown>,
+    flags: RuntimeFlags.RuntimeFlags,
+    call: Call<A>,
+    resume: (effect: Effect.Effect<A, AiError>) => void
+  ): Effect.Effect<void> | undefined => {
+    const child = Runtime.runFork(
+      Runtime.make({
+        context: parent.currentContext,
+        fiberRefs: parent.getFiberRefs(),
+        runtimeFlags: RuntimeFlags.enable(flags, RuntimeFlags.Interruption)
+      })
+    )(call.f(call.target))
+    const polled = child.unsafePoll()
+    if (polled !== null) {
+      resume(settle(call, polled))
+      return undefined
+    }
+    const node = runner.track(child as Fiber.RuntimeFiber<unknown, unknown>, call.timeout)
+    let cancelled = false
+    child.addObserver((exit) => {
+      if (cancelled) return
+      const ended = !runner.settle(node) && Exit.isInterrupted(exit)
+      resume(
+        settle(
+          call,
+          ended ? Exit.fail(node.ending === "timeout" ? timeoutError(call) : env.interruptedByShutdown()) : exit
+        )
+      )
+    })
+    return Effect.suspend(() => {
+      cancelled = true
+      runner.settle(node)
+      interrupted(call)
+      return Fiber.interrupt(child)
+    })
   }
 
-  // Under tsx (esbuild keepNames) every *named* function expression created at run time
-  // gets a `name` property defined on it: ~250 bytes and a slow path. Closures made per
-  // call or per worker are therefore anonymous (returned or passed as arguments).
-  const attemptInChild = <A>(c: Call<A>): Effect.Effect<A, AiError> =>
-    Effect.catchAll(
-      runner.run(c.f(c.target), c.timeout, () => timeoutError(c), env.interruptedByShutdown),
-      (error) => Effect.flatMap(retry(c, error), () => attemptInChild(c))
+  const attempt = <A>(call: Call<A>): Effect.Effect<A, AiError> =>
+    Effect.withFiberRuntime<A, AiError>((parent, status) =>
+      Effect.async<A, AiError>((resume) =>
+        start(parent as Fiber.RuntimeFiber<unknown, unknown>, status.runtimeFlags, call, resume)
+      )
     )
 
-  const closeWith =
-    (c: Call<unknown>) =>
-    (exit: Exit.Exit<unknown, AiError>): Effect.Effect<void> => {
-      if (exit._tag === "Success") succeeded(c)
-      else if (exit.cause._tag === "Fail") failed(c, exit.cause.error)
-      else interrupted(c)
-      return Effect.void
+  // Records the call's outcome, or continues with a retry guarded by an `onExit` (only
+  // retries pay for it: the caller may be interrupted during the backoff).
+  const settle = <A>(c: Call<A>, exit: Exit.Exit<A, AiError>): Effect.Effect<A, AiError> => {
+    if (exit._tag === "Success") {
+      succeeded(c)
+      return exit
     }
+    if (exit.cause._tag !== "Fail") {
+      interrupted(c)
+      return exit
+    }
+    const error = exit.cause.error
+    if (!mayRetry(c, error)) {
+      failed(c, error)
+      return exit
+    }
+    return Effect.onExit(
+      Effect.flatMap(backoff(c, error), () => attempt(c)),
+      (exit) => {
+        if (exit._tag === "Failure") {
+          if (exit.cause._tag === "Fail") failed(c, exit.cause.error)
+          else interrupted(c)
+        }
+        return Effect.void
+      }
+    )
+  }
 
   const call = <A>(
     f: (provider: ProviderService) => Effect.Effect<A, AiError>,
     options: ExecuteOptions = {}
   ): Effect.Effect<A, AiError> =>
-    Effect.suspend(() => {
-      const opened = open(f, options)
-      return opened instanceof Call ? Effect.onExit(attemptInChild(opened), closeWith(opened)) : Effect.fail(opened)
-    })
+    Effect.withFiberRuntime<A, AiError>((parent, status) =>
+      Effect.async<A, AiError>((resume) => {
+        const opened = open(f, options)
+        if (opened instanceof Call) {
+          return start(parent as Fiber.RuntimeFiber<unknown, unknown>, status.runtimeFlags, opened, resume)
+        }
+        resume(Effect.fail(opened))
+      })
+    )
 
   const callMany = <I, A>(
     items: Iterable<I>,
@@ -435,7 +522,7 @@ export const engine = (env: EngineEnv): Engine => {
             pending: undefined
           } as Worker<A>
           w.loop = Effect.suspend(() => nextItem(w))
-          w.attempt = Effect.suspend(() => attempt(w))
+          w.attempt = Effect.suspend(() => attemptInWorker(w))
           w.handlers = { onSuccess: bind(w, attemptSucceeded), onFailure: bind(w, attemptFailed) }
           w.specHandlers = { onSuccess: bind(w, admit), onFailure: bind(w, rejected) }
           w.retryHandlers = { onSuccess: bind<void>(w, retryNow), onFailure: bind(w, gaveUp) }
@@ -493,7 +580,7 @@ export const engine = (env: EngineEnv): Engine => {
         }
 
         // The provider runs in this worker; a deadline interrupts the worker itself.
-        const attempt = (w: Worker<A>): Effect.Effect<void> => {
+        const attemptInWorker = (w: Worker<A>): Effect.Effect<void> => {
           const c = w.call!
           w.node = runner.track(w.fiber!, c.timeout)
           return Effect.matchCauseEffect(c.f(c.target), w.handlers)
@@ -501,9 +588,11 @@ export const engine = (env: EngineEnv): Engine => {
 
         const failedAttempt = (w: Worker<A>, cause: Cause.Cause<AiError>): Effect.Effect<void> =>
           // Defects (and a provider interrupting itself) end the pool, as they would end `forEach`.
-          cause._tag === "Fail"
-            ? Effect.matchEffect(retry(w.call!, cause.error), w.retryHandlers)
-            : (Effect.failCause(cause) as Effect.Effect<never>)
+          cause._tag !== "Fail"
+            ? (Effect.failCause(cause) as Effect.Effect<never>)
+            : mayRetry(w.call!, cause.error)
+              ? Effect.matchEffect(backoff(w.call!, cause.error), w.retryHandlers)
+              : complete(w, Either.left(cause.error))
 
         // The deadline fired while the call was completing: the interruption is in flight
         // and ends this worker at its next step. The replacement resumes from `exit`.
