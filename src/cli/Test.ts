@@ -92,7 +92,7 @@ const report = (common: Common, out: TestOutput, failure: AiError | undefined): 
     ["source", out.source ?? "provider"],
     ["finish", String(out.finishReason)]
   ]
-  return Console.log([out.answer ?? "", "", ...rows.map(([k, v]) => `${k.padEnd(9)} ${v}`)].join("\n"))
+  return Console.log([(out.answer ?? "").trim(), "", ...rows.map(([k, v]) => `${k.padEnd(9)} ${v}`)].join("\n"))
 }
 
 /**
