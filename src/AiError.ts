@@ -180,8 +180,9 @@ export const isRetryable = (error: AiError): boolean => {
 
 /**
  * Try another provider? Everything transient, plus failures specific to this provider
- * (its breaker is open, its key is refused, its answer did not decode). Not a bad request
- * (every provider would refuse it), not shutdown, not a stream that already delivered text.
+ * (its breaker is open, its key is refused, its answer did not decode, it has no such model).
+ * Not a bad request (every provider would refuse it), not shutdown, not a stream that
+ * already delivered text.
  *
  * @since 0.1.0
  * @category predicates
@@ -189,7 +190,9 @@ export const isRetryable = (error: AiError): boolean => {
 export const shouldFallback = (error: AiError): boolean => {
   switch (error._tag) {
     case "ModelError":
-      return error.reason !== "InvalidRequest" && error.reason !== "ContentFilter"
+      // A model this provider does not have is specific to it: another may serve the request.
+      if (error.reason === "InvalidRequest") return error.field === "model"
+      return error.reason !== "ContentFilter"
     case "CircuitOpenError":
       return true
     case "TimeoutError":

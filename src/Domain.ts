@@ -208,7 +208,7 @@ export const makeProviders = (providers: Readonly<Record<string, ProviderService
   return {
     names,
     get: (name) => {
-      const found = providers[name]
+      const found = Object.hasOwn(providers, name) ? providers[name] : undefined
       return found === undefined
         ? Effect.fail(
             new ModelError({

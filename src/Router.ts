@@ -279,31 +279,38 @@ export const make = Effect.gen(function* () {
       const steps = yield* Effect.forEach(names, resolve)
       if (steps.length === 1) return yield* execute(request, names[0]!, options)
       const delay = yield* hedgeDelay(steps[0]!, options)
-      // A backup starts once its predecessor has run for `delay`, or at once when the
-      // predecessor failed in a way that falls back.
+      // Backup i starts `delay` after backup i-1 started, or at once when i-1 failed in a way
+      // that falls back. A failure that does not fall back (a bad request) ends the hedge.
+      const started = yield* Effect.forEach(steps, () => Deferred.make<void>())
       const failed = yield* Effect.forEach(steps, () => Deferred.make<void>())
-      const started = steps.map((_, i) => i === 0)
+      const fatal = yield* Deferred.make<never, AiError>()
+      const didStart = steps.map(() => false)
       const racers = steps.map((step, i) => {
         const run = callStep(step, request, options).pipe(
           Effect.map((a): Answer => ({ ...a, attempts: i + 1, fallbackUsed: i > 0, hedgeWon: i > 0 })),
-          Effect.tapError((error) => (shouldFallback(error) ? Deferred.succeed(failed[i]!, undefined) : Effect.void))
+          Effect.tapError((error) =>
+            shouldFallback(error) ? Deferred.succeed(failed[i]!, undefined) : Deferred.fail(fatal, error)
+          )
         )
-        if (i === 0) return run
-        const wait = Effect.raceFirst(Effect.sleep(delay), Deferred.await(failed[i - 1]!))
-        return Effect.zipRight(
-          wait,
-          Effect.suspend(() => {
-            started[i] = true
-            Metrics.hedges.unsafeUpdate(1, hedgeLabels(step, options, "started"))
-            return run
-          })
+        const start = Effect.suspend(() => {
+          didStart[i] = true
+          if (i > 0) Metrics.hedges.unsafeUpdate(1, hedgeLabels(step, options, "started"))
+          return Effect.zipRight(Deferred.succeed(started[i]!, undefined), run)
+        })
+        if (i === 0) return start
+        const wait = Effect.raceFirst(
+          Effect.zipRight(Deferred.await(started[i - 1]!), Effect.sleep(delay)),
+          Deferred.await(failed[i - 1]!)
         )
+        return Effect.zipRight(wait, start)
       })
-      const answer = yield* Effect.raceAll(racers)
+      const answer = yield* Effect.raceFirst(Effect.raceAll(racers), Deferred.await(fatal))
       const winner = steps.findIndex((s) => s.domain.name === answer.domain)
-      steps.forEach((step, i) => {
-        if (started[i]) Metrics.hedges.unsafeUpdate(1, hedgeLabels(step, options, i === winner ? "won" : "lost"))
-      })
+      if (didStart.slice(1).some(Boolean)) {
+        steps.forEach((step, i) => {
+          if (didStart[i]) Metrics.hedges.unsafeUpdate(1, hedgeLabels(step, options, i === winner ? "won" : "lost"))
+        })
+      }
       return answer
     })
 

@@ -226,3 +226,50 @@ describe("Router with breakers and a cache", () => {
     })
   )
 })
+
+describe("Router.hedge, more", () => {
+  it.effect("each backup starts a delay after the previous one started, and a bad request ends the hedge", () =>
+    Effect.gen(function* () {
+      const { router, controls } = yield* makeOrchestra({
+        a: { script: [Outcome.hang()] },
+        b: { script: [Outcome.hang()] },
+        c: { latency: "100 millis", respond: () => "c" }
+      })
+      const fiber = yield* Effect.fork(router.hedge({ prompt: "q" }, ["d-a", "d-b", "d-c"], { after: "1 second" }))
+      yield* TestClock.adjust("1 second")
+      assert.deepStrictEqual([yield* controls.b!.calls, yield* controls.c!.calls], [1, 0])
+      yield* TestClock.adjust("1 second")
+      assert.strictEqual(yield* controls.c!.calls, 1)
+      yield* TestClock.adjust("100 millis")
+      assert.strictEqual((yield* Fiber.join(fiber)).response.text, "c")
+      assert.strictEqual(yield* controls.a!.interrupted, 1)
+      assert.strictEqual(yield* controls.b!.interrupted, 1)
+
+      const bad = yield* makeOrchestra({
+        a: { script: [Outcome.fail("InvalidRequest", { latency: "10 millis" })] },
+        b: {}
+      })
+      const badFiber = yield* Effect.fork(bad.router.hedge({ prompt: "q" }, ["d-a", "d-b"], { after: "5 seconds" }))
+      yield* TestClock.adjust("10 millis")
+      const error = yield* Effect.flip(Fiber.join(badFiber))
+      assert.strictEqual(error._tag === "ModelError" && error.reason, "InvalidRequest")
+      assert.strictEqual(yield* bad.controls.b!.calls, 0, "the bad request never reached the backup")
+    })
+  )
+
+  it.effect("a domain naming a provider that is not registered fails with Unavailable, even for prototype names", () =>
+    Effect.gen(function* () {
+      const { router } = yield* makeOrchestra(
+        { a: {} },
+        {
+          domains: [
+            { name: "weird", provider: "toString" },
+            { name: "d-a", provider: "a" }
+          ]
+        }
+      )
+      const error = yield* Effect.flip(router.execute({ prompt: "q" }, "weird"))
+      assert.strictEqual(error._tag === "ModelError" && error.reason, "Unavailable")
+    })
+  )
+})

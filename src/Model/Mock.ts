@@ -318,9 +318,12 @@ export const make = Effect.fnUntraced(function* (options: Options = {}) {
           return Effect.never
         case "Fail":
           return Effect.zipRight(wait(outcome.latency), Effect.fail(failure(outcome, model)))
-        case "Succeed": {
-          return Effect.as(wait(outcome.latency), responseOf(request, outcome, model))
-        }
+        case "Succeed":
+          // Lazily, so that a throwing `respond` is a defect of this call, tracked like any end.
+          return Effect.zipRight(
+            wait(outcome.latency),
+            Effect.sync(() => responseOf(request, outcome, model))
+          )
       }
     })
 
