@@ -57,6 +57,11 @@ export interface Options {
   readonly api?: "chat" | "generation" | undefined
   /** Refresh the token this long before it expires (at most half its lifetime). Default 60 seconds. */
   readonly refreshMargin?: Duration.DurationInput | undefined
+  /**
+   * How long one IAM token request may take before it fails with a `ModelError` of reason
+   * `Timeout` (the next call then asks again). Default 30 seconds.
+   */
+  readonly tokenTimeout?: Duration.DurationInput | undefined
   /** Provider name in errors, metrics and provenance. Default `watsonx`. */
   readonly name?: string | undefined
 }
@@ -182,6 +187,7 @@ export const make: (options: Options) => Effect.Effect<Model.Service, never, Htt
     const embeddingModel = options.embeddingModel ?? "ibm/slate-125m-english-rtrvr-v2"
     const api = options.api ?? "chat"
     const refreshMargin = Duration.toMillis(Duration.decode(options.refreshMargin ?? "60 seconds"))
+    const tokenTimeout = Duration.decode(options.tokenTimeout ?? "30 seconds")
     const iamCtx: Http.CallContext = { provider: `${name} IAM`, secrets: [options.apiKey] }
 
     // --- IAM token: cached by Clock, single flight, refreshed after a 401 -----------------
@@ -203,6 +209,16 @@ export const make: (options: Options) => Effect.Effect<Model.Service, never, Htt
             ? new ModelError({ ...errorFields(error), reason: "Unauthorized", message: error.message })
             : error
         ),
+        // Every caller waits on this one fetch: a request that never answers must not hold them forever.
+        Effect.timeoutFail({
+          duration: tokenTimeout,
+          onTimeout: () =>
+            new ModelError({
+              reason: "Timeout",
+              provider: iamCtx.provider,
+              message: `no IAM token within ${Duration.format(tokenTimeout)}`
+            })
+        }),
         Effect.flatMap((answer) =>
           Effect.map(Clock.currentTimeMillis, (now) => {
             const lifetime = answer.expires_in * 1000
@@ -228,9 +244,9 @@ export const make: (options: Options) => Effect.Effect<Model.Service, never, Htt
             }
             const generation = generationOf(current) + 1
             const deferred = yield* Deferred.make<Token, ModelError>()
+            // On any exit (failure, timeout, interruption) the state leaves `Pending`, so the next call asks again.
             yield* fetchToken(generation).pipe(
-              Effect.exit,
-              Effect.flatMap((exit) =>
+              Effect.onExit((exit) =>
                 Effect.zipRight(
                   SynchronizedRef.set(
                     state,
@@ -239,7 +255,6 @@ export const make: (options: Options) => Effect.Effect<Model.Service, never, Htt
                   Deferred.done(deferred, exit)
                 )
               ),
-              Effect.onInterrupt(() => Deferred.interrupt(deferred)),
               Effect.forkIn(scope)
             )
             return [Deferred.await(deferred), { _tag: "Pending", generation, deferred }] as const

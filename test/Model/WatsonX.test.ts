@@ -1,6 +1,6 @@
 import { NodeHttpClient } from "@effect/platform-node"
 import { assert, describe, layer, it as vitest } from "@effect/vitest"
-import { Cause, Duration, Effect, Exit, Redacted, Stream, TestClock } from "effect"
+import { Cause, Duration, Effect, Exit, Fiber, Option, Redacted, Stream, TestClock } from "effect"
 import type { ModelError } from "../../src/AiError.js"
 import type * as Model from "../../src/Model.js"
 import * as WatsonX from "../../src/Model/WatsonX.js"
@@ -13,6 +13,10 @@ interface Script {
   iamCalls: number
   iamStatus: number
   iamDelayMs: number
+  /** IAM never answers while set. */
+  iamHang: boolean
+  /** Called when an IAM request arrives. */
+  onIam: () => void
   expiresIn: number
   /** Tokens the API refuses with 401. */
   rejected: Set<string>
@@ -39,11 +43,22 @@ const generationAnswer = (text: string, stop = "eos_token") => ({
 /** A watsonx + IAM server: IAM hands out `tok-1`, `tok-2`, ...; the API refuses tokens in `rejected`. */
 const makeServer = (handler: Server.Handler) =>
   Effect.gen(function* () {
-    const script: Script = { iamCalls: 0, iamStatus: 200, iamDelayMs: 0, expiresIn: 3600, rejected: new Set(), handler }
+    const script: Script = {
+      iamCalls: 0,
+      iamStatus: 200,
+      iamDelayMs: 0,
+      iamHang: false,
+      onIam: () => {},
+      expiresIn: 3600,
+      rejected: new Set(),
+      handler
+    }
     const server = yield* Server.make(async (req, res) => {
       if (req.path === "/identity/token") {
         script.iamCalls++
         const n = script.iamCalls
+        script.onIam()
+        if (script.iamHang) return Server.hang(res)
         if (script.iamDelayMs > 0) await new Promise((r) => setTimeout(r, script.iamDelayMs))
         if (script.iamStatus !== 200) {
           return Server.json(res, script.iamStatus, {
@@ -234,6 +249,57 @@ layer(NodeHttpClient.layerUndici)("WatsonX", (it) => {
         assert.include(error.message, "expired token")
         assert.strictEqual((yield* apiRequests).length - before, 2)
         assert.strictEqual(script.iamCalls, 3)
+      })
+    )
+
+    it.scoped(
+      "a hanging IAM request fails every waiter with Timeout after tokenTimeout (30 s); the next call asks again",
+      () =>
+        Effect.gen(function* () {
+          const { server, script, provider } = yield* makeServer((_, res) => Server.json(res, 200, chatAnswer("ok")))
+          script.iamHang = true
+          const arrived = Effect.async<void>((resume) => {
+            script.onIam = () => resume(Effect.void)
+          })
+          const p = yield* provider()
+          const calls = yield* Effect.fork(
+            Effect.all([modelError(p.generate({ prompt: "1" })), modelError(p.generate({ prompt: "2" }))], {
+              concurrency: "unbounded"
+            })
+          )
+          yield* arrived
+          yield* TestClock.adjust("29 seconds")
+          assert.isTrue(Option.isNone(yield* Fiber.poll(calls)))
+          yield* TestClock.adjust("1 second")
+          const errors = yield* Fiber.join(calls)
+          for (const error of errors) {
+            assert.strictEqual(error.reason, "Timeout")
+            assert.strictEqual(error.provider, "watsonx IAM")
+            assert.include(error.message, "IAM token")
+          }
+          assert.strictEqual(script.iamCalls, 1)
+          yield* server.awaitAborted(1)
+          script.iamHang = false
+          const answer = yield* p.generate({ prompt: "3" })
+          assert.strictEqual(answer.text, "ok")
+          assert.strictEqual(script.iamCalls, 2)
+        })
+    )
+
+    it.scoped("tokenTimeout bounds the IAM request", () =>
+      Effect.gen(function* () {
+        const { script, provider } = yield* makeServer((_, res) => Server.json(res, 200, chatAnswer("ok")))
+        script.iamHang = true
+        const arrived = Effect.async<void>((resume) => {
+          script.onIam = () => resume(Effect.void)
+        })
+        const p = yield* provider({ tokenTimeout: "2 seconds" })
+        const call = yield* Effect.fork(modelError(p.generate({ prompt: "1" })))
+        yield* arrived
+        yield* TestClock.adjust("2 seconds")
+        const error = yield* Fiber.join(call)
+        assert.strictEqual(error.reason, "Timeout")
+        assert.include(error.message, "2s")
       })
     )
 
