@@ -36,18 +36,22 @@ const prompts = Array.from({ length: GENERATIONS }, (_, i) => `story ${i}: the r
 
 const now = Effect.sync(() => performance.now())
 
-/** Median wall time (ms) of `runs` runs of `effect`, after one warm-up run. */
-const median = <E, R>(effect: Effect.Effect<unknown, E, R>, runs = RUNS) =>
+/**
+ * Median wall time (ms) of each variant over `runs` rounds, after a warm-up round. Variants
+ * alternate within every round, so drift on a shared machine hits them alike.
+ */
+const medians = <E, R>(variants: ReadonlyArray<Effect.Effect<unknown, E, R>>, runs = RUNS) =>
   Effect.gen(function* () {
-    yield* effect
-    const times: Array<number> = []
+    for (const variant of variants) yield* variant
+    const times = variants.map(() => [] as Array<number>)
     for (let i = 0; i < runs; i++) {
-      const start = yield* now
-      yield* effect
-      times.push((yield* now) - start)
+      for (const [k, variant] of variants.entries()) {
+        const start = yield* now
+        yield* variant
+        times[k]!.push((yield* now) - start)
+      }
     }
-    times.sort((a, b) => a - b)
-    return times[Math.floor(times.length / 2)]!
+    return times.map((t) => t.sort((a, b) => a - b)[Math.floor(t.length / 2)]!)
   })
 
 interface Row {
@@ -79,30 +83,20 @@ const embeddingRows = (label: string, model: Service, modelPath: string, modelId
       rate: (TEXTS / ms) * 1000,
       unit: "texts/s"
     })
-    const one = row(
-      "(a) embed: one call at a time, provider",
-      yield* median(
+    const [a, b, c] = yield* medians(
+      [
         Effect.forEach(texts, (text) => model.embed({ texts: [text], model: modelId }), { discard: true }),
-        runs
-      )
-    )
-    const many = row(
-      `(b) embed: ${CALLERS} concurrent callers, provider (batched)`,
-      yield* median(
         Effect.forEach(texts, (text) => model.embed({ texts: [text], model: modelId }), {
           concurrency: CALLERS,
           discard: true
         }),
-        runs
-      )
+        Effect.promise(() => extractor(texts, { pooling: "mean", normalize: true }))
+      ],
+      runs
     )
-    const direct = row(
-      `(c) embed: one batched call of ${TEXTS}, transformers.js direct`,
-      yield* median(
-        Effect.promise(() => extractor(texts, { pooling: "mean", normalize: true })),
-        runs
-      )
-    )
+    const one = row("(a) embed: one call at a time, provider", a!)
+    const many = row(`(b) embed: ${CALLERS} concurrent callers, provider (batched)`, b!)
+    const direct = row(`(c) embed: one batched call of ${TEXTS}, transformers.js direct`, c!)
     yield* Effect.promise(() => extractor.dispose())
     return [one, many, direct] as const
   })
@@ -115,12 +109,11 @@ const program = Effect.gen(function* () {
   yield* Effect.promise(() => generateModels(dir))
   yield* writeFiles(dir, buildEncoderFiles("minilm-sized-bert", MINILM))
   const bundledPath = fileURLToPath(Local.defaultModelPath)
-  const model = yield* Local.make({ maxBatchSize: 32, batchWindow: "2 millis" })
+  const model = yield* Local.make({ maxBatchSize: 32 })
   const sized = yield* Local.make({
     modelPath: dir,
     embeddingModel: "minilm-sized-bert",
-    maxBatchSize: 32,
-    batchWindow: "2 millis"
+    maxBatchSize: 32
   })
 
   const rows: Array<Row> = []
@@ -135,33 +128,23 @@ const program = Effect.gen(function* () {
   const tokenRow = (label: string, ms: number) =>
     rows.push({ label, ms, rate: ((GENERATIONS * NEW_TOKENS) / ms) * 1000, unit: "tokens/s" })
 
-  tokenRow(
-    `generate: ${GENERATIONS} x ${NEW_TOKENS} tokens, provider`,
-    yield* median(
+  const [viaGenerate, viaStream, direct] = yield* medians(
+    [
       Effect.forEach(prompts, (prompt) => model.generate({ prompt, maxTokens: NEW_TOKENS }), { discard: true }),
-      3
-    )
-  )
-  tokenRow(
-    `stream: ${GENERATIONS} x ${NEW_TOKENS} tokens, provider`,
-    yield* median(
       Effect.forEach(prompts, (prompt) => Stream.runDrain(model.stream({ prompt, maxTokens: NEW_TOKENS })), {
         discard: true
       }),
-      3
-    )
-  )
-  tokenRow(
-    `generate: ${GENERATIONS} x ${NEW_TOKENS} tokens, transformers.js direct`,
-    yield* median(
       Effect.forEach(
         prompts,
         (prompt) => Effect.promise(() => decoder.generate(tokenizer(prompt).input_ids, { max_new_tokens: NEW_TOKENS })),
         { discard: true }
-      ),
-      3
-    )
+      )
+    ],
+    5
   )
+  tokenRow(`generate: ${GENERATIONS} x ${NEW_TOKENS} tokens, provider`, viaGenerate!)
+  tokenRow(`stream: ${GENERATIONS} x ${NEW_TOKENS} tokens, provider`, viaStream!)
+  tokenRow(`generate: ${GENERATIONS} x ${NEW_TOKENS} tokens, transformers.js direct`, direct!)
   yield* Effect.promise(() => decoder.dispose())
 
   console.log(`| work | median ms | rate |\n|---|---:|---:|`)

@@ -65,7 +65,10 @@ export interface Options {
   readonly idleTimeToLive?: Duration.DurationInput | undefined
   /** Most texts in one batched embedding inference. Default 32. */
   readonly maxBatchSize?: number | undefined
-  /** How long texts gather before a batch runs (unless it fills first). Default 2 ms. */
+  /**
+   * How long a batch waits for more texts before it runs (unless it fills first). Default 0:
+   * a batch takes the callers that are ready when it starts, without a timer.
+   */
   readonly batchWindow?: Duration.DurationInput | undefined
   /** On scope close, how long in-flight calls may finish before they are interrupted. Default 10 s. */
   readonly shutdownDeadline?: Duration.DurationInput | undefined

@@ -166,7 +166,7 @@ describe("Local provider", () => {
     })
   )
 
-  it.live("embeddings have the model's dimensions and unit norm", () =>
+  it.scoped("embeddings have the model's dimensions and unit norm (no timer involved: works under TestClock)", () =>
     Effect.gen(function* () {
       const { model } = yield* build({})
       const response = yield* model.embed({ texts: ["hello world", "the quiet river", "hello world"] })
@@ -194,7 +194,7 @@ describe("Local provider", () => {
       )
 
       const counted = yield* instrumented()
-      const { model } = yield* build({ maxBatchSize: 32, batchWindow: "20 millis" }, counted.loader)
+      const { model } = yield* build({ maxBatchSize: 32 }, counted.loader)
       const together = yield* Effect.forEach(texts, (text) => model.embed({ texts: [text] }), {
         concurrency: "unbounded"
       })
@@ -213,7 +213,7 @@ describe("Local provider", () => {
   it.live("a batch larger than maxBatchSize is split", () =>
     Effect.gen(function* () {
       const counted = yield* instrumented()
-      const { model } = yield* build({ maxBatchSize: 4, batchWindow: "5 millis" }, counted.loader)
+      const { model } = yield* build({ maxBatchSize: 4 }, counted.loader)
       const texts = Array.from({ length: 10 }, (_, i) => `text ${i}`)
       const response = yield* model.embed({ texts: texts as [string, ...Array<string>] })
       assert.strictEqual(response.vectors.length, 10)

@@ -1,7 +1,9 @@
 /**
- * A data loader: items submitted by concurrent callers gather for a short window (or
- * until a batch is full) and run as one call; each caller gets back exactly the results
- * of its own items.
+ * A data loader: items submitted by concurrent callers run as one call; each caller gets
+ * back exactly the results of its own items. A batch takes the callers that are ready when
+ * it starts (the worker yields while each yield brings more), then, with a `window`, waits
+ * up to that long for more unless the batch is full. Callers arriving while a batch runs
+ * form the next one.
  *
  * Why not `Effect.request` + `RequestResolver.makeBatched` behind `@effect/experimental`'s
  * `dataLoader` (the first version): a `Request` per text costs many fiber hand-offs. 256
@@ -12,7 +14,7 @@
  *
  * @internal
  */
-import { Deferred, type Duration, Effect, Exit, Fiber, Option, Queue, Ref, type Scope } from "effect"
+import { Deferred, Duration, Effect, Exit, Fiber, Option, Queue, Ref, type Scope } from "effect"
 
 interface Job<I, A, E> {
   readonly items: ReadonlyArray<I>
@@ -36,6 +38,7 @@ export const makeBatcher = <I, A, E>(options: {
 }): Effect.Effect<Batcher<I, A, E>, never, Scope.Scope> =>
   Effect.gen(function* () {
     const max = Math.max(1, options.maxBatchSize)
+    const windowMillis = Duration.toMillis(options.window)
     const queue = yield* Effect.acquireRelease(Queue.unbounded<Job<I, A, E>>(), Queue.shutdown)
     // Items queued and not yet taken by the worker.
     const pending = yield* Ref.make(0)
@@ -75,7 +78,16 @@ export const makeBatcher = <I, A, E>(options: {
         if (first.cancelled) continue
         const batch = [first]
         let count = first.items.length
-        if (count < max && count + (yield* Ref.get(pending)) < max) {
+        // Let callers that are ready right now join: yield while each yield brings more items.
+        let quiet = 0
+        let seen = yield* Ref.get(pending)
+        for (let i = 0; i < 64 && quiet < 2 && count + seen < max; i++) {
+          yield* Effect.yieldNow()
+          const now = yield* Ref.get(pending)
+          quiet = now > seen ? 0 : quiet + 1
+          seen = now
+        }
+        if (windowMillis > 0 && count + seen < max) {
           yield* Effect.raceFirst(Effect.sleep(options.window), full.await)
         }
         yield* full.close

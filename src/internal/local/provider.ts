@@ -57,7 +57,7 @@ export const resolve = (options: ResolvableOptions): Resolved => {
     minInstances: Math.min(positiveInt(options.minInstances, 0, 0), positiveInt(options.poolSize, 1)),
     idleTimeToLive: Duration.decode(options.idleTimeToLive ?? "10 minutes"),
     maxBatchSize: positiveInt(options.maxBatchSize, 32),
-    batchWindow: Duration.decode(options.batchWindow ?? "2 millis"),
+    batchWindow: Duration.decode(options.batchWindow ?? 0),
     shutdownDeadline: Duration.decode(options.shutdownDeadline ?? "10 seconds"),
     maxTokens: positiveInt(options.maxTokens, 128),
     load: {
@@ -125,8 +125,9 @@ export const makeWith = Effect.fnUntraced(function* (
   const instanceOf = (purpose: Purpose, modelId: string): Effect.Effect<Instance, ModelError, Scope.Scope> =>
     Pool.get(pools.get(poolKey(purpose, modelId))!)
 
-  // Concurrent embed calls for the same model share one inference: texts gather for
-  // `batchWindow` (or until `maxBatchSize`), then run as one padded batch.
+  // Concurrent embed calls for the same model share one inference: the callers ready when
+  // a batch starts (and, with a `batchWindow`, those arriving within it) run as one padded
+  // batch of at most `maxBatchSize` texts.
   const batchers = new Map<string, Batcher<string, Embedded, ModelError | ShuttingDownError>>()
   for (const modelId of config.embeddingModels) {
     const batcher = yield* makeBatcher<string, Embedded, ModelError | ShuttingDownError>({
