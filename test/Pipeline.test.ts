@@ -318,6 +318,37 @@ describe("Pipeline", () => {
     })
   )
 
+  it.effect(
+    "after a sequential fallback, steps kept from the parallel run count once in busyMs and criticalPathMs",
+    () =>
+      Effect.gen(function* () {
+        const bRuns = yield* Ref.make(0)
+        const p = Pipeline.make()
+          .step("a", [], () => sleepThen(1000, "a"))
+          .step("c", ["a"], () => sleepThen(100, "c"))
+          .step("b", [], () =>
+            Effect.flatMap(
+              Ref.updateAndGet(bRuns, (n) => n + 1),
+              (n) =>
+                Effect.zipRight(
+                  Effect.sleep("200 millis"),
+                  n === 1 ? Effect.fail(new ModelError({ reason: "Overloaded", message: "busy" })) : Effect.succeed("b")
+                )
+            )
+          )
+        const result = yield* runClocked(p, undefined, { onFailure: "continue", fallbackToSequential: true })
+        assert.strictEqual(result.strategy, "parallelThenSequential")
+        assert.strictEqual(result.status, "succeeded")
+        // a 0-1000 and c 1000-1100 kept from the parallel run; b 0-200 failed, then 1100-1300
+        assert.strictEqual(result.steps.a, result.parallelAttempt?.a)
+        assert.deepStrictEqual([timingOf(result.steps.b).startedAt, timingOf(result.steps.b).endedAt], [1100, 1300])
+        assert.strictEqual(result.wallMs, 1300)
+        assert.strictEqual(result.busyMs, 1000 + 100 + 200 + 200)
+        assert.strictEqual(result.criticalPathMs, 1100)
+        assert.strictEqual(result.parallelism, 1500 / 1300)
+      })
+  )
+
   it.effect("outputs: all outputs, or the steps that did not succeed", () =>
     Effect.gen(function* () {
       const ok = yield* Pipeline.run(

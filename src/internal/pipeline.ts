@@ -390,6 +390,8 @@ export const execute = (
     let strategy: Strategy = options.mode
     let run: Run
     let parallelAttempt: Map<string, Outcome> | undefined
+    // Parallel outcomes the sequential pass ran again: their time counts too.
+    const replaced = new Map<string, Outcome>()
     if (options.mode === "sequential") {
       run = yield* runSequential(definition, input, options, new Map())
     } else {
@@ -404,13 +406,14 @@ export const execute = (
       ) {
         parallelAttempt = run.outcomes
         const kept = new Map(Array.from(run.outcomes).filter(([, o]) => o.status === "succeeded"))
+        for (const [name, outcome] of run.outcomes) if (!kept.has(name)) replaced.set(name, outcome)
         const again = yield* runSequential(definition, input, options, kept)
         run = { outcomes: again.outcomes, started: [...run.started, ...again.started] }
         strategy = "parallelThenSequential"
       }
     }
     const endedAt = yield* Clock.currentTimeMillis
-    const result = summarize(definition, run, startedAt, endedAt, strategy, parallelAttempt)
+    const result = summarize(definition, run, startedAt, endedAt, strategy, parallelAttempt, replaced)
     yield* Effect.annotateCurrentSpan({
       "pipeline.status": result.status,
       "pipeline.strategy": result.strategy,
@@ -432,7 +435,8 @@ const summarize = (
   startedAt: number,
   endedAt: number,
   strategy: Strategy,
-  parallelAttempt: Map<string, Outcome> | undefined
+  parallelAttempt: Map<string, Outcome> | undefined,
+  replaced: ReadonlyMap<string, Outcome>
 ): ResultData => {
   const steps: Record<string, Outcome> = {}
   const outputs: Record<string, unknown> = {}
@@ -445,7 +449,8 @@ const summarize = (
     steps[def.name] = outcome
     if (outcome.status === "succeeded") outputs[def.name] = outcome.output
     if (isFailure(outcome)) failedSteps.push(def.name)
-    const own = durationOf(outcome) + (parallelAttempt ? durationOf(parallelAttempt.get(def.name)) : 0)
+    // A step kept from the parallel attempt ran once: count it once.
+    const own = durationOf(outcome) + durationOf(replaced.get(def.name))
     busyMs += own
     const chain = own + Math.max(0, ...def.deps.map((dep) => finish.get(dep) ?? 0))
     finish.set(def.name, chain)
