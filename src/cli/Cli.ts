@@ -7,7 +7,7 @@
 import type * as CliApp from "@effect/cli/CliApp"
 import * as Command from "@effect/cli/Command"
 import * as ValidationError from "@effect/cli/ValidationError"
-import { Console, Effect } from "effect"
+import { Cause, Console, Effect } from "effect"
 import { exitCodes } from "./Common.js"
 import * as Bench from "./Bench.js"
 import * as Start from "./Start.js"
@@ -49,5 +49,11 @@ export const run = (argv: ReadonlyArray<string>): Effect.Effect<number, never, C
         : error._tag === "ExitCode"
           ? Effect.succeed(error.code)
           : Effect.as(Console.error(`orchestra: ${String(error)}`), exitCodes.failed)
+    ),
+    // A defect is a bug: report it on stderr (stdout may be a JSON consumer's) and exit with 1.
+    Effect.catchAllCause((cause) =>
+      Cause.isInterruptedOnly(cause)
+        ? Effect.failCause(cause)
+        : Effect.as(Console.error(`orchestra: unexpected failure\n${Cause.pretty(cause)}`), exitCodes.failed)
     )
   )

@@ -187,9 +187,7 @@ export const command = Command.make(
       yield* prompt
       yield* Stream.runForEachWhile(stdinLines, handle)
       if (interactive) yield* Console.log("")
-    }).pipe(
-      Effect.onInterrupt(() => Console.error("\norchestra: interrupted; finishing in-flight calls and shutting down"))
-    )
+    }).pipe(Effect.onInterrupt(() => Console.error("\norchestra: interrupted; shutting down")))
     return Effect.gen(function* () {
       const loaded = yield* loadConfig(common, { jsonLines: true })
       yield* checkDomains(common, loaded, Option.toArray(args.domain), { jsonLines: true })
