@@ -228,7 +228,11 @@ export interface Options {
  * @category models
  */
 export interface DispatchOptions {
-  /** Tasks running at once (default: no limit beyond the connection limits). */
+  /**
+   * Tasks running at once (default: no limit beyond the connection limits). A whole
+   * number of at least 1 (or `Infinity`); anything else fails the batch with a
+   * `PipelineError` of reason `InvalidOption`.
+   */
   readonly concurrency?: number | undefined
 }
 
@@ -251,7 +255,7 @@ export interface Service {
    * Sends a batch: independent tasks concurrently, each dependent task after its
    * dependencies succeeded (with their results in `dependencies`). One record per task, in
    * input order. Fails only when the batch itself is invalid (duplicate ids, unknown
-   * dependencies, cycles).
+   * dependencies, cycles) or `concurrency` is not a whole number of at least 1.
    */
   readonly dispatch: (
     tasks: ReadonlyArray<Task>,

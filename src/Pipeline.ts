@@ -28,12 +28,13 @@ export type TypeId = typeof TypeId
  * @since 0.1.0
  * @category models
  */
-export const PipelineErrorReason = Schema.Literal("UnknownDependency", "Cycle", "DuplicateStep")
+export const PipelineErrorReason = Schema.Literal("UnknownDependency", "Cycle", "DuplicateStep", "InvalidOption")
 
 /**
  * A pipeline definition is invalid: a step depends on a step that does not exist, the
  * dependencies form a cycle, or two steps share a name. `steps` names the offending
- * steps (for a cycle: in cycle order).
+ * steps (for a cycle: in cycle order). Or a run option is invalid (`InvalidOption`):
+ * `option` names it and `steps` is empty.
  *
  * @since 0.1.0
  * @category errors
@@ -43,6 +44,7 @@ export class PipelineError extends Schema.TaggedError<PipelineError>("effect-orc
   {
     reason: PipelineErrorReason,
     steps: Schema.Array(Schema.String),
+    option: Schema.optional(Schema.String),
     message: Schema.String
   }
 ) {}
@@ -244,7 +246,9 @@ export interface Result<O, E> {
 
 /**
  * - `mode`: `parallel` (default) or `sequential` (topological order, one at a time).
- * - `concurrency`: most steps running at once in parallel mode (default: unbounded).
+ * - `concurrency`: most steps running at once in parallel mode (default: unbounded): a
+ *   whole number of at least 1, or `Infinity`; anything else (0, negative, fractional,
+ *   `NaN`) makes `run` fail with a `PipelineError` of reason `InvalidOption`.
  * - `onFailure`: `failFast` (default; interrupt running steps, skip the rest) or
  *   `continue` (skip only the dependents of a failed step).
  * - `fallbackToSequential`: after a parallel run in which a step failed for a reason that
@@ -490,20 +494,52 @@ export const fromSteps = <I, A, E, R>(
 export const isConcurrencyRelated = (failure: Failure<unknown>): boolean =>
   failure._tag === "TimedOut" || (isAiError(failure.error) && isRetryable(failure.error as AiError))
 
+const invalidOption = (options: RunOptions): PipelineError | undefined => {
+  const concurrency = options.concurrency
+  if (
+    concurrency === undefined ||
+    concurrency === Number.POSITIVE_INFINITY ||
+    (Number.isInteger(concurrency) && concurrency >= 1)
+  ) {
+    return undefined
+  }
+  return new PipelineError({
+    reason: "InvalidOption",
+    steps: [],
+    option: "concurrency",
+    message: `concurrency must be a whole number of at least 1 (or Infinity), got ${concurrency}`
+  })
+}
+
 /**
- * Runs a pipeline. Never fails: every step's outcome is in the result. In parallel mode
- * each step starts as soon as its dependencies succeeded, at most `concurrency` at once.
+ * Runs a pipeline. Every step's outcome is in the result: a step that fails does not fail
+ * the run. The run fails only when its options are invalid (`PipelineError` with reason
+ * `InvalidOption`, e.g. `concurrency: 0`), before any step starts. In parallel mode each
+ * step starts as soon as its dependencies succeeded, at most `concurrency` at once.
  *
  * @since 0.1.0
  * @category running
  */
 export const run: {
-  <I, O, E, R>(self: Pipeline<I, O, E, R>, input: I, options?: RunOptions): Effect.Effect<Result<O, E>, never, R>
-  <I>(input: I, options?: RunOptions): <O, E, R>(self: Pipeline<I, O, E, R>) => Effect.Effect<Result<O, E>, never, R>
+  <I, O, E, R>(
+    self: Pipeline<I, O, E, R>,
+    input: I,
+    options?: RunOptions
+  ): Effect.Effect<Result<O, E>, PipelineError, R>
+  <I>(
+    input: I,
+    options?: RunOptions
+  ): <O, E, R>(self: Pipeline<I, O, E, R>) => Effect.Effect<Result<O, E>, PipelineError, R>
 } = dual(
   (args) => typeof args[0] === "object" && args[0] !== null && TypeId in args[0],
-  <I, O, E, R>(self: Pipeline<I, O, E, R>, input: I, options?: RunOptions): Effect.Effect<Result<O, E>, never, R> => {
+  <I, O, E, R>(
+    self: Pipeline<I, O, E, R>,
+    input: I,
+    options?: RunOptions
+  ): Effect.Effect<Result<O, E>, PipelineError, R> => {
     const merged = { ...self.defaults, ...options }
+    const invalid = invalidOption(merged)
+    if (invalid !== undefined) return Effect.fail(invalid)
     const predicate =
       merged.fallbackToSequential === true
         ? isConcurrencyRelated

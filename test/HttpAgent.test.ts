@@ -267,4 +267,20 @@ describe("HttpAgent", () => {
       assert.deepStrictEqual(error.steps, ["a", "ghost"])
     })
   )
+
+  it.scopedLive("dispatch refuses concurrency 0 or NaN with a PipelineError naming it; nothing is sent", () =>
+    Effect.gen(function* () {
+      const server = yield* AgentServer.make()
+      for (const concurrency of [0, Number.NaN, -2]) {
+        const error = yield* withAgents({}, (agents) =>
+          Effect.flip(agents.dispatch([task("a", server.url)], { concurrency }))
+        )
+        assert.strictEqual(error.reason, "InvalidOption")
+        assert.strictEqual(error.option, "concurrency")
+      }
+      assert.strictEqual(server.requests(), 0)
+      const records = yield* withAgents({}, (agents) => agents.dispatch([task("a", server.url)], { concurrency: 1 }))
+      assert.strictEqual(records[0]?.status, "success")
+    })
+  )
 })

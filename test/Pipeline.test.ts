@@ -128,7 +128,7 @@ describe("Pipeline", () => {
         .step("shout", ["greet"], ({ deps }) => Effect.succeed(deps.greet.toUpperCase()))
       const program: Effect.Effect<
         Pipeline.Result<{ readonly greet: string; readonly shout: string }, never>,
-        never,
+        Pipeline.PipelineError,
         Greeter
       > = Pipeline.run(p, "ada")
       const result = yield* program.pipe(Effect.provideService(Greeter, { greet: (name) => `hello ${name}` }))
@@ -282,6 +282,34 @@ describe("Pipeline", () => {
       assert.strictEqual(result.parallelism, 1)
       assert.strictEqual(timingOf(result.steps.c).startedAt, 40)
       assert.strictEqual(result.outputs.d, "b1+2")
+    })
+  )
+
+  it.effect("concurrency 0, negative, fractional or NaN is refused with a PipelineError naming it; no step runs", () =>
+    Effect.gen(function* () {
+      const runs = yield* Ref.make(0)
+      const p = Pipeline.make().step("a", [], () => Ref.update(runs, (n) => n + 1))
+      for (const concurrency of [0, -1, 1.5, Number.NaN, Number.NEGATIVE_INFINITY]) {
+        const error = yield* Effect.flip(Pipeline.run(p, undefined, { concurrency }))
+        assert.strictEqual(error._tag, "PipelineError")
+        assert.strictEqual(error.reason, "InvalidOption")
+        assert.strictEqual(error.option, "concurrency")
+        assert.include(error.message, `got ${concurrency}`)
+        assert.deepStrictEqual(error.steps, [])
+      }
+      const fromDefaults = yield* Effect.flip(
+        Pipeline.run(
+          Pipeline.make({ concurrency: 0 }).step("a", [], () => Ref.update(runs, (n) => n + 1)),
+          undefined
+        )
+      )
+      assert.strictEqual(fromDefaults.option, "concurrency")
+      assert.strictEqual(yield* Ref.get(runs), 0)
+      for (const concurrency of [1, 3, Number.POSITIVE_INFINITY]) {
+        const result = yield* Pipeline.run(p, undefined, { concurrency })
+        assert.strictEqual(result.status, "succeeded")
+      }
+      assert.strictEqual(yield* Ref.get(runs), 3)
     })
   )
 

@@ -444,8 +444,13 @@ const summarize = (
   const finish = new Map<string, number>()
   let busyMs = 0
   let criticalPathMs = 0
+  let complete = true
   for (const def of definition.order) {
-    const outcome = run.outcomes.get(def.name)!
+    const outcome = run.outcomes.get(def.name)
+    if (outcome === undefined) {
+      complete = false
+      continue
+    }
     steps[def.name] = outcome
     if (outcome.status === "succeeded") outputs[def.name] = outcome.output
     if (isFailure(outcome)) failedSteps.push(def.name)
@@ -458,7 +463,7 @@ const summarize = (
   }
   const wallMs = endedAt - startedAt
   return {
-    status: Object.values(steps).every((o) => o.status === "succeeded") ? "succeeded" : "failed",
+    status: complete && Object.values(steps).every((o) => o.status === "succeeded") ? "succeeded" : "failed",
     strategy,
     steps,
     outputs,
