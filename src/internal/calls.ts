@@ -429,8 +429,8 @@ export const engine = (env: EngineEnv): Engine => {
     return Effect.suspend(() => {
       cancelled = true
       runner.settle(node)
-      interrupted(call)
-      return Fiber.interrupt(child)
+      // Counted once the provider's finalizers have run, as the shutdown's drain expects.
+      return Effect.map(Fiber.interrupt(child), () => interrupted(call))
     })
   }
 

@@ -1,23 +1,25 @@
 /**
  * A bounded worker pool over an array: at most `concurrency` fibers, each pulling the next
  * index, results written in input order. `Effect.forEach` with `concurrency` forks a fiber
- * per element; at 100k elements that costs 2x the time and memory (DESIGN.md, facts).
+ * per element and keeps more state per fiber. The executor's own pool (`callMany` in
+ * `calls.ts`) adds deadlines, retries and metrics; this one is the plain floor it is
+ * measured against (bench/overhead.ts).
  *
  * @internal
  */
 import { Effect } from "effect"
 
 /** @internal */
-export const forEachBounded = <A, B, R>(
+export const forEachBounded = <A, B, E, R>(
   items: ReadonlyArray<A>,
   concurrency: number,
-  f: (item: A, index: number) => Effect.Effect<B, never, R>
-): Effect.Effect<Array<B>, never, R> =>
+  f: (item: A, index: number) => Effect.Effect<B, E, R>
+): Effect.Effect<Array<B>, E, R> =>
   Effect.suspend(() => {
     const n = items.length
     const results = new Array<B>(n)
     let next = 0
-    const worker: Effect.Effect<void, never, R> = Effect.suspend(() => {
+    const worker: Effect.Effect<void, E, R> = Effect.suspend(() => {
       if (next >= n) return Effect.void
       const index = next++
       return Effect.flatMap(f(items[index]!, index), (b) => {
