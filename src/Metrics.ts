@@ -151,10 +151,13 @@ export const ALL = "*"
  * @category labels
  */
 export interface Labels {
+  readonly dims: Dimensions
   readonly exact: ReadonlyArray<MetricLabel.MetricLabel>
   /** Series whose in-flight gauge and peak are kept: exact, per provider, per domain, per user tags, global. */
   readonly aggregates: ReadonlyArray<ReadonlyArray<MetricLabel.MetricLabel>>
   readonly withReason: (reason: string) => ReadonlyArray<MetricLabel.MetricLabel>
+  /** The `reason` series handed out so far. */
+  readonly reasons: () => IterableIterator<readonly [string, ReadonlyArray<MetricLabel.MetricLabel>]>
   readonly with: (key: string, value: string) => ReadonlyArray<MetricLabel.MetricLabel>
 }
 
@@ -201,8 +204,10 @@ export const makeLabels = (window: string, dims: Dimensions): Labels => {
   const byReason = new Map<string, ReadonlyArray<MetricLabel.MetricLabel>>()
   const byExtra = new Map<string, ReadonlyArray<MetricLabel.MetricLabel>>()
   return {
+    dims,
     exact,
     aggregates: unique,
+    reasons: () => byReason.entries(),
     withReason: (reason) => {
       let tags = byReason.get(reason)
       if (tags === undefined) {

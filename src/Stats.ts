@@ -4,8 +4,8 @@
  *
  * @since 0.1.0
  */
-import { Clock, Context, Effect, Layer, Metric, MetricState } from "effect"
-import type { MetricPair } from "effect"
+import { Clock, Context, Effect, Layer } from "effect"
+import type { MetricLabel } from "effect"
 import { randomUUID } from "node:crypto"
 import * as Metrics from "./Metrics.js"
 
@@ -108,37 +108,21 @@ const quantile = (h: Histo, q: number): number => {
 
 const round = (n: number): number => Math.round(n * 100) / 100
 
+const matches = (dims: Metrics.Dimensions, filter: Filter): boolean => {
+  if (filter.provider !== undefined && dims.provider !== filter.provider) return false
+  if (filter.domain !== undefined && (dims.domain ?? Metrics.ALL) !== filter.domain) return false
+  for (const [k, v] of Object.entries(filter.tags ?? {})) if (dims.tags?.[k] !== v) return false
+  return true
+}
+
 /**
- * Aggregates metric pairs into `ExecutionStats`. Exposed for tests and custom exporters.
+ * Aggregates the series of the given call dimensions into `ExecutionStats`. Reads each
+ * series directly (no registry scan), so its cost is the number of series of the window.
  *
  * @since 0.1.0
  * @category utils
  */
-export const fromPairs = (
-  pairs: ReadonlyArray<MetricPair.MetricPair.Untyped>,
-  window: string,
-  filter: Filter,
-  windowMs: number
-): ExecutionStats => {
-  const matches = (tags: Map<string, string>): boolean => {
-    if (tags.get("window") !== window) return false
-    if (filter.provider !== undefined && tags.get("provider") !== filter.provider) return false
-    if (filter.domain !== undefined && tags.get("domain") !== filter.domain) return false
-    for (const [k, v] of Object.entries(filter.tags ?? {})) if (tags.get(k) !== v) return false
-    return true
-  }
-  const wantedUser = Object.keys(filter.tags ?? {}).sort()
-  // Gauge series are kept per aggregate; the one whose dimensions equal the filter's is exact.
-  const isExactAggregate = (tags: Map<string, string>): boolean => {
-    const provider = filter.provider ?? Metrics.ALL
-    const domain = filter.domain ?? Metrics.ALL
-    if (tags.get("provider") !== provider || tags.get("domain") !== domain) return false
-    const user = Array.from(tags.keys())
-      .filter((k) => k !== "window" && k !== "provider" && k !== "domain")
-      .sort()
-    return user.length === wantedUser.length && user.every((k, i) => k === wantedUser[i])
-  }
-
+export const aggregate = (labels: Iterable<Metrics.Labels>, filter: Filter, windowMs: number): ExecutionStats => {
   let requests = 0
   let successes = 0
   let failures = 0
@@ -147,57 +131,57 @@ export const fromPairs = (
   let fallbacks = 0
   const byReason: Record<string, number> = {}
   const histo: Histo = { count: 0, sum: 0, min: Number.POSITIVE_INFINITY, max: 0, buckets: new Map() }
+  // Gauge series are kept per aggregate (exact, per provider, per domain, per user tags,
+  // global); the one whose dimensions equal the filter's is exact. Every matching series
+  // counts a subset of the filtered calls, so the largest is a lower bound otherwise.
+  const wantedProvider = filter.provider ?? Metrics.ALL
+  const wantedDomain = filter.domain ?? Metrics.ALL
+  const wantedUser = JSON.stringify(Object.entries(filter.tags ?? {}).sort())
+  const gauges = new Set<ReadonlyArray<MetricLabel.MetricLabel>>()
   let peak = 0
   let inFlightExact: number | undefined
   let inFlightMax = 0
 
-  for (const pair of pairs) {
-    const name = pair.metricKey.name
-    if (!name.startsWith("orchestra_")) continue
-    const tags = new Map(pair.metricKey.tags.map((l) => [l.key, l.value] as const))
-    if (!matches(tags)) continue
-    const state = pair.metricState
-    if (MetricState.isCounterState(state)) {
-      const n = Number(state.count)
-      switch (name) {
-        case "orchestra_requests_total":
-          requests += n
-          break
-        case "orchestra_successes_total":
-          successes += n
-          break
-        case "orchestra_failures_total":
-          failures += n
-          byReason[tags.get("reason") ?? "Unknown"] = (byReason[tags.get("reason") ?? "Unknown"] ?? 0) + n
-          break
-        case "orchestra_timeouts_total":
-          timeouts += n
-          break
-        case "orchestra_retries_total":
-          retries += n
-          break
-        case "orchestra_fallbacks_total":
-          fallbacks += n
-          break
-      }
-    } else if (MetricState.isHistogramState(state) && name === "orchestra_request_duration_ms") {
-      if (state.count === 0) continue
-      histo.count += state.count
-      histo.sum += state.sum
-      histo.min = Math.min(histo.min, state.min)
-      histo.max = Math.max(histo.max, state.max)
-      for (const [bound, cumulative] of state.buckets) {
+  for (const l of labels) {
+    if (!matches(l.dims, filter)) continue
+    requests += Metrics.requests.unsafeValue(l.exact).count
+    successes += Metrics.successes.unsafeValue(l.exact).count
+    timeouts += Metrics.timeouts.unsafeValue(l.exact).count
+    retries += Metrics.retries.unsafeValue(l.exact).count
+    fallbacks += Metrics.fallbacks.unsafeValue(l.exact).count
+    for (const [reason, tags] of l.reasons()) {
+      const n = Metrics.failures.unsafeValue(tags).count
+      if (n === 0) continue
+      failures += n
+      byReason[reason] = (byReason[reason] ?? 0) + n
+    }
+    const h = Metrics.latency.unsafeValue(l.exact)
+    if (h.count > 0) {
+      histo.count += h.count
+      histo.sum += h.sum
+      histo.min = Math.min(histo.min, h.min)
+      histo.max = Math.max(histo.max, h.max)
+      for (const [bound, cumulative] of h.buckets)
         histo.buckets.set(bound, (histo.buckets.get(bound) ?? 0) + cumulative)
-      }
-    } else if (MetricState.isGaugeState(state)) {
-      const value = Number(state.value)
-      // Every matching gauge series counts a subset of the filtered calls, so the largest
-      // is a lower bound of the peak, and exact when a series has exactly the filter's dimensions.
-      if (name === "orchestra_in_flight_peak") peak = Math.max(peak, value)
-      else if (name === "orchestra_in_flight") {
-        if (isExactAggregate(tags)) inFlightExact = value
-        inFlightMax = Math.max(inFlightMax, value)
-      }
+    }
+    for (const tags of l.aggregates) {
+      if (gauges.has(tags)) continue
+      gauges.add(tags)
+      if (!isSubsetSeries(tags, filter)) continue
+      const user = JSON.stringify(
+        tags
+          .filter((t) => t.key !== "window" && t.key !== "provider" && t.key !== "domain")
+          .map((t) => [t.key, t.value])
+          .sort()
+      )
+      const exact =
+        tags.find((t) => t.key === "provider")?.value === wantedProvider &&
+        tags.find((t) => t.key === "domain")?.value === wantedDomain &&
+        user === wantedUser
+      peak = Math.max(peak, Metrics.inFlightPeak.unsafeValue(tags).value)
+      const now = Metrics.inFlight.unsafeValue(tags).value
+      if (exact) inFlightExact = now
+      inFlightMax = Math.max(inFlightMax, now)
     }
   }
   const finished = successes + failures
@@ -228,6 +212,16 @@ export const fromPairs = (
   }
 }
 
+// An aggregate series ("*" in some dimension) counts only the filtered calls when every
+// dimension the filter fixes is fixed by the series too.
+const isSubsetSeries = (tags: ReadonlyArray<MetricLabel.MetricLabel>, filter: Filter): boolean => {
+  const get = (key: string) => tags.find((t) => t.key === key)?.value
+  if (filter.provider !== undefined && get("provider") !== filter.provider) return false
+  if (filter.domain !== undefined && get("domain") !== filter.domain) return false
+  for (const [k, v] of Object.entries(filter.tags ?? {})) if (get(k) !== v) return false
+  return true
+}
+
 /**
  * @since 0.1.0
  * @category constructors
@@ -253,9 +247,7 @@ export const make: Effect.Effect<Service> = Effect.gen(function* () {
   }
 
   const snapshot = (filter: Filter = {}): Effect.Effect<ExecutionStats> =>
-    Effect.map(Effect.zip(Metric.snapshot, Clock.currentTimeMillis), ([pairs, now]) =>
-      fromPairs(pairs, window, filter, now - windowStart)
-    )
+    Effect.map(Clock.currentTimeMillis, (now) => aggregate(cache.values(), filter, now - windowStart))
 
   const reset = Effect.map(Clock.currentTimeMillis, (now) => {
     generation += 1
