@@ -289,8 +289,22 @@ const hostOf = (url: string): Either.Either<string, ModelError> => {
   }
 }
 
-const keyOf = (task: Task<unknown>, url: string): string =>
-  task.cacheKey ?? JSON.stringify([url, task.intent, task.concept, task.args ?? null])
+const argsNotJson = (task: Task<unknown>, agentName: string): ModelError =>
+  new ModelError({
+    reason: "InvalidRequest",
+    message: `task "${task.id}": args are not JSON`,
+    provider: agentName,
+    field: "args"
+  })
+
+/** The cache key; args that are not JSON (a BigInt, a cycle) cannot make one. */
+const keyOf = (task: Task<unknown>, target: Agent<unknown>): Either.Either<string, ModelError> =>
+  task.cacheKey !== undefined
+    ? Either.right(task.cacheKey)
+    : Either.try({
+        try: () => JSON.stringify([target.url, task.intent, task.concept, task.args ?? null]),
+        catch: () => argsNotJson(task, target.name)
+      })
 
 const usable = (record: TaskRecord<unknown>): boolean =>
   record.status === "success" || (record.status === "service_unavailable" && record.fromCache === true)
@@ -343,15 +357,7 @@ export const make = Effect.fnUntraced(function* (options: Options = {}) {
     return HttpClientRequest.post(target.url).pipe(
       HttpClientRequest.acceptJson,
       HttpClientRequest.bodyJson(body),
-      Effect.mapError(
-        () =>
-          new ModelError({
-            reason: "InvalidRequest",
-            message: `task "${task.id}": args are not JSON`,
-            provider: target.name,
-            field: "args"
-          })
-      ),
+      Effect.mapError(() => argsNotJson(task as Task<unknown>, target.name)),
       Effect.flatMap((request) =>
         Http.executeText(client, request, { provider: target.name }).pipe(
           Effect.timeoutFail({
@@ -374,25 +380,27 @@ export const make = Effect.fnUntraced(function* (options: Options = {}) {
       const target = agentOf(task.agent)
       const base = { taskId: task.id, agent: target.name, url: target.url, startedAt }
       const timeout = task.timeout === undefined ? (target.timeout ?? defaultTimeout) : Duration.decode(task.timeout)
-      const key = keyOf(task as Task<unknown>, target.url)
-      const host = hostOf(target.url)
-      const outcome: Either.Either<A, ModelError | TimeoutError | CircuitOpenError> = Either.isLeft(host)
-        ? Either.left(host.left)
+      // Only the cache needs a key: without it, args go no further than `send`, which reports them.
+      const key = capacity === 0 ? Either.right(undefined) : keyOf(task as Task<unknown>, target as Agent<unknown>)
+      const checked = Either.all([hostOf(target.url), key])
+      const outcome: Either.Either<A, ModelError | TimeoutError | CircuitOpenError> = Either.isLeft(checked)
+        ? Either.left(checked.left)
         : yield* Effect.either(
             Effect.flatMap(registry.get(target.url, options.breaker), (breaker) =>
-              breaker.run(send(task, target, host.right, timeout, dependencies))
+              breaker.run(send(task, target, checked.right[0], timeout, dependencies))
             )
           )
+      const cacheKey = Either.getOrUndefined(key)
       const durationMs = (yield* Clock.currentTimeMillis) - startedAt
       let record: TaskRecord<A>
       if (Either.isRight(outcome)) {
-        yield* remember(key, outcome.right)
+        if (cacheKey !== undefined) yield* remember(cacheKey, outcome.right)
         record = { ...base, status: "success", result: outcome.right, durationMs }
       } else {
         const error = outcome.left
         switch (error._tag) {
           case "CircuitOpenError": {
-            const cached = capacity === 0 ? undefined : (yield* Ref.get(cache)).get(key)
+            const cached = cacheKey === undefined ? undefined : (yield* Ref.get(cache)).get(cacheKey)
             record = {
               ...base,
               status: "service_unavailable",

@@ -125,6 +125,29 @@ describe("HttpAgent", () => {
     })
   )
 
+  it.scopedLive("args that are not JSON (a BigInt, a cycle) are an error record naming args, cache on or off", () =>
+    Effect.gen(function* () {
+      const server = yield* AgentServer.make()
+      const circular: Record<string, unknown> = { city: "Oslo" }
+      circular["self"] = circular
+      for (const options of [{}, { cache: true }] satisfies ReadonlyArray<HttpAgent.Options>) {
+        const records = yield* withAgents(options, (agents) =>
+          Effect.all([
+            agents.call(task("big", server.url, { args: { n: 1n } })),
+            agents.call(task("cycle", server.url, { args: circular }))
+          ])
+        )
+        for (const record of records) {
+          assert.strictEqual(record.status, "error")
+          assert.strictEqual(record.error?.reason, "InvalidRequest")
+          assert.strictEqual(record.error?.field, "args")
+          assert.include(record.error?.message, `task "${record.taskId}": args are not JSON`)
+        }
+      }
+      assert.strictEqual(server.requests(), 0)
+    })
+  )
+
   it.scopedLive("the breaker opens after repeated failures, serves the cache, and closes after the reset", () =>
     Effect.gen(function* () {
       // request 0 succeeds, 1-3 fail, later ones succeed
