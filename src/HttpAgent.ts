@@ -306,6 +306,9 @@ const keyOf = (task: Task<unknown>, target: Agent<unknown>): Either.Either<strin
         catch: () => argsNotJson(task, target.name)
       })
 
+const countRecord = (record: TaskRecord<unknown>): Effect.Effect<void> =>
+  Metric.update(taskRecords.pipe(Metric.tagged("status", record.status), Metric.tagged("agent", record.agent)), 1)
+
 const usable = (record: TaskRecord<unknown>): boolean =>
   record.status === "success" || (record.status === "service_unavailable" && record.fromCache === true)
 
@@ -427,10 +430,7 @@ export const make = Effect.fnUntraced(function* (options: Options = {}) {
             }
         }
       }
-      yield* Metric.update(
-        taskRecords.pipe(Metric.tagged("status", record.status), Metric.tagged("agent", target.name)),
-        1
-      )
+      yield* countRecord(record)
       return record
     })
 
@@ -456,7 +456,13 @@ export const make = Effect.fnUntraced(function* (options: Options = {}) {
       { onFailure: "continue", concurrency: dispatchOptions?.concurrency }
     )
     const result = yield* Pipeline.run(pipeline, undefined)
-    return tasks.map((task): TaskRecord => {
+    // `callWith` counts the records it makes; the ones made here (skipped) are counted below.
+    const made: Array<TaskRecord> = []
+    const own = (record: TaskRecord): TaskRecord => {
+      made.push(record)
+      return record
+    }
+    const records = tasks.map((task): TaskRecord => {
       const outcome = result.steps[task.id]!
       switch (outcome.status) {
         case "succeeded":
@@ -469,7 +475,7 @@ export const make = Effect.fnUntraced(function* (options: Options = {}) {
           const root = result.steps[outcome.failedStep]
           const rootStatus =
             root?.status === "failed" && root.error !== undefined ? root.error.status : (root?.status ?? "error")
-          return {
+          return own({
             taskId: task.id,
             agent: target.name,
             url: target.url,
@@ -484,11 +490,11 @@ export const make = Effect.fnUntraced(function* (options: Options = {}) {
             },
             startedAt: outcome.at,
             durationMs: 0
-          }
+          })
         }
       }
       const target = agentOf(task.agent)
-      return {
+      return own({
         taskId: task.id,
         agent: target.name,
         url: target.url,
@@ -496,8 +502,10 @@ export const make = Effect.fnUntraced(function* (options: Options = {}) {
         error: { message: Pipeline.describeOutcome(outcome), reason: "Unknown" },
         startedAt: outcome.startedAt,
         durationMs: outcome.durationMs
-      }
+      })
     })
+    yield* Effect.forEach(made, countRecord, { discard: true })
+    return records
   })
 
   const service: Service = { call, dispatch, connections: limiter.stats }

@@ -1,6 +1,6 @@
 import * as NodeHttpClient from "@effect/platform-node/NodeHttpClient"
 import { assert, describe, it } from "@effect/vitest"
-import { Effect, Layer, Schema } from "effect"
+import { Effect, Layer, Metric, Schema } from "effect"
 import * as CircuitBreaker from "../src/CircuitBreaker.js"
 import * as HttpAgent from "../src/HttpAgent.js"
 import * as AgentServer from "./utils/agentServer.js"
@@ -278,6 +278,35 @@ describe("HttpAgent", () => {
       assert.strictEqual(records[5]!.error?.dependency, "needsBroken")
       assert.include(records[5]!.error?.message, '"broken"')
       assert.isFalse(good.received().some((t) => t.task_id === "needsBroken"))
+    })
+  )
+
+  it.scopedLive("the taskRecords metric counts every record of a batch, skipped ones included", () =>
+    Effect.gen(function* () {
+      const bad = yield* AgentServer.make(() => ({ status: 500 }))
+      const good = yield* AgentServer.make()
+      const failing = HttpAgent.agent({ url: bad.url, name: "metric-skip-bad" })
+      const fine = HttpAgent.agent({ url: good.url, name: "metric-skip-good" })
+      const count = (status: HttpAgent.TaskRecord["status"], agent: string) =>
+        Effect.map(
+          Metric.value(HttpAgent.taskRecords.pipe(Metric.tagged("status", status), Metric.tagged("agent", agent))),
+          (state) => state.count
+        )
+      const records = yield* withAgents({}, (agents) =>
+        agents.dispatch([
+          task("root", failing),
+          task("child", fine, { dependsOn: ["root"] }),
+          task("grandchild", fine, { dependsOn: ["child"] }),
+          task("alone", fine)
+        ])
+      )
+      assert.deepStrictEqual(
+        records.map((r) => r.status),
+        ["error", "skipped", "skipped", "success"]
+      )
+      assert.strictEqual(yield* count("error", "metric-skip-bad"), 1)
+      assert.strictEqual(yield* count("skipped", "metric-skip-good"), 2)
+      assert.strictEqual(yield* count("success", "metric-skip-good"), 1)
     })
   )
 
