@@ -114,9 +114,10 @@ export const make = Effect.fnUntraced(function* (
       : Effect.timeoutFail(effect, { duration: config.storeTimeout, onTimeout: () => "timed out" as const })
   const storeName = config.storeName ?? "memory"
   const healthy = yield* Ref.make(true)
-  const providers = options.providers ?? {}
+  // A Map, not the record: a lookup on a plain object finds prototype members ("constructor").
+  const providers = new Map(Object.entries(options.providers ?? {}))
 
-  const limitsOf = (provider: string): Limits | undefined => providers[provider] ?? options.default
+  const limitsOf = (provider: string): Limits | undefined => providers.get(provider) ?? options.default
 
   const consume = (
     provider: string,

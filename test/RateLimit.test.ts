@@ -84,6 +84,21 @@ describe("RateLimit (memory, TestClock)", () => {
     })
   )
 
+  it.effect("provider names like constructor or __proto__ are plain names, not prototype members", () =>
+    Effect.gen(function* () {
+      const names = ["constructor", "toString", "__proto__", "hasOwnProperty"]
+      const none = yield* service({ providers: { listed: { requestsPerMinute: 1 } } })
+      for (const name of names) assert.strictEqual(none.limitsOf(name), undefined, name)
+      const fallback = { requestsPerMinute: 1 }
+      const withDefault = yield* service({ default: fallback })
+      for (const name of names) assert.deepStrictEqual(withDefault.limitsOf(name), fallback, name)
+      assert.deepStrictEqual(yield* waits(withDefault, "constructor", 1), [0])
+      const second = yield* Effect.fork(withDefault.acquire("constructor"))
+      yield* TestClock.adjust("1 minute")
+      assert.strictEqual(Duration.toMillis(yield* Fiber.join(second)), 60_000, "the default limit applies")
+    })
+  )
+
   it.effect("withLimit runs the effect only after the wait; the wait happens before the effect's own time", () =>
     Effect.gen(function* () {
       const provider = uniqueName("with")
