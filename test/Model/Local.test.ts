@@ -9,6 +9,8 @@ import { AutoTokenizer, env } from "@xenova/transformers"
 import {
   Chunk,
   Clock,
+  Config,
+  ConfigProvider,
   Context,
   Duration,
   Effect,
@@ -107,6 +109,34 @@ describe("Local provider", () => {
       assert.strictEqual(new Set(words).size, 12)
       const other = yield* model.generate({ prompt: "a lantern", maxTokens: 12 })
       assert.notStrictEqual(other.text, first.text)
+    })
+  )
+
+  it.scoped("layerConfig reads its options from Config", () =>
+    Effect.gen(function* () {
+      const layer = Local.layerConfig({
+        generationModel: Config.string("LOCAL_GENERATION_MODEL"),
+        maxTokens: Config.integer("LOCAL_MAX_TOKENS")
+      })
+      const context = yield* Layer.build(layer).pipe(
+        Effect.withConfigProvider(
+          ConfigProvider.fromMap(
+            new Map([
+              ["LOCAL_GENERATION_MODEL", "tiny-bart"],
+              ["LOCAL_MAX_TOKENS", "3"]
+            ])
+          )
+        )
+      )
+      const model = Context.get(context, ModelProvider)
+      assert.strictEqual(model.defaultModel, "tiny-bart")
+      const answer = yield* model.generate({ prompt: "river" })
+      assert.strictEqual(answer.model, "tiny-bart")
+      assert.strictEqual(answer.usage.outputTokens, 3)
+      const missing = yield* Effect.flip(
+        Layer.build(layer).pipe(Effect.withConfigProvider(ConfigProvider.fromMap(new Map())))
+      )
+      assert.strictEqual(missing._tag, "ConfigError")
     })
   )
 
