@@ -30,6 +30,7 @@ import { Scope } from "effect"
 import type { Queue } from "effect"
 import { CircuitOpenError, isAiError, isRetryable } from "./AiError.js"
 import { circuitRejected, circuitState, circuitTransitions } from "./internal/resilienceMetrics.js"
+import { DurationInput } from "./Policy.js"
 
 /**
  * `closed`: calls pass. `open`: calls are refused until the reset timeout has passed.
@@ -68,37 +69,6 @@ export interface StateChange {
 }
 
 /**
- * A duration in configuration data: milliseconds, a text such as `"30 seconds"`, or a `Duration`.
- *
- * @since 0.1.0
- * @category schemas
- */
-export const DurationInput = Schema.Union(
-  Schema.DurationFromSelf,
-  Schema.NonNegative,
-  Schema.String.pipe(
-    Schema.filter((s) => Option.isSome(Duration.decodeUnknown(s)) || `"${s}" is not a duration (try "30 seconds")`)
-  )
-)
-
-/**
- * @since 0.1.0
- * @category models
- */
-export type DurationInput = typeof DurationInput.Type
-
-/**
- * @since 0.1.0
- * @category utils
- */
-export const toDuration = (input: DurationInput): Duration.Duration =>
-  Duration.isDuration(input)
-    ? input
-    : typeof input === "number"
-      ? Duration.millis(input)
-      : Option.getOrElse(Duration.decodeUnknown(input), () => Duration.zero)
-
-/**
  * Trip when, within the last `window`, at least `minimumCalls` calls were recorded (the
  * volume threshold) and the share of failures among them reached `failureRate`.
  *
@@ -118,7 +88,9 @@ export const RollingWindow = Schema.Struct({
 export type RollingWindow = typeof RollingWindow.Type
 
 /**
- * Breaker options as plain data (a configuration file can hold them).
+ * Breaker options as plain data (a configuration file can hold them). Durations are
+ * `Policy.DurationInput`s (milliseconds, `"30 seconds"`, never negative) and decode to
+ * `Duration`s.
  *
  * - `failMax`: trip after this many consecutive failures. Default 5 when no `rolling` policy
  *   is given; with `rolling` alone only the rolling policy applies.
@@ -149,14 +121,30 @@ export const Options = Schema.Struct({
 export type Options = typeof Options.Type
 
 /**
- * Options plus the one that is not data: which typed failures count against the breaker.
- * Defects always count; interruptions never do. Failures that do not count are treated as
- * answers (the dependency is up): they reset the consecutive count like a success.
+ * What code passes to {@link make}, {@link layer} and `Registry.get`: the {@link Options}
+ * with durations in any `Duration.DurationInput` form (decoded, and refused when negative,
+ * by `Policy.DurationInput` when the breaker is built), plus the one option that is not
+ * data: which typed failures count against the breaker. Defects always count;
+ * interruptions never do. Failures that do not count are treated as answers (the
+ * dependency is up): they reset the consecutive count like a success.
  *
  * @since 0.1.0
  * @category models
  */
-export interface MakeOptions extends Options {
+export interface MakeOptions {
+  readonly failMax?: number | undefined
+  readonly rolling?:
+    | {
+        readonly window: Duration.DurationInput
+        readonly minimumCalls: number
+        readonly failureRate: number
+      }
+    | undefined
+  readonly resetTimeout?: Duration.DurationInput | undefined
+  readonly resetTimeoutMax?: Duration.DurationInput | undefined
+  readonly resetTimeoutMultiplier?: number | undefined
+  readonly halfOpenMax?: number | undefined
+  readonly successThreshold?: number | undefined
   readonly isFailure?: ((error: unknown) => boolean) | undefined
 }
 
@@ -254,12 +242,26 @@ interface Resolved {
   readonly isFailure: (error: unknown) => boolean
 }
 
-const resolve = (options: MakeOptions): Resolved => {
+const decodeOptions = Schema.decodeUnknownSync(Options)
+
+// `Policy.DurationInput` takes numbers, strings and `Duration`s; the rarer forms become `Duration`s first.
+const durationData = (input: Duration.DurationInput | undefined): unknown =>
+  typeof input === "bigint" || Array.isArray(input) ? Duration.decode(input) : input
+
+/** Decodes the data options (throws a `ParseError` on invalid ones) and resolves the defaults. */
+const resolve = (input: MakeOptions): Resolved => {
+  const { isFailure, ...data } = input
+  const options = decodeOptions({
+    ...data,
+    resetTimeout: durationData(data.resetTimeout),
+    resetTimeoutMax: durationData(data.resetTimeoutMax),
+    rolling: data.rolling === undefined ? undefined : { ...data.rolling, window: durationData(data.rolling.window) }
+  })
   const rolling =
     options.rolling === undefined
       ? undefined
       : (() => {
-          const window = Math.max(1, Duration.toMillis(toDuration(options.rolling.window)))
+          const window = Math.max(1, Duration.toMillis(options.rolling.window))
           return {
             window,
             bucket: Math.max(1, Math.floor(window / 10)),
@@ -270,17 +272,14 @@ const resolve = (options: MakeOptions): Resolved => {
   return {
     failMax: options.failMax ?? (rolling === undefined ? 5 : undefined),
     rolling,
-    resetTimeout: Duration.toMillis(toDuration(options.resetTimeout ?? "30 seconds")),
-    resetTimeoutMax:
-      options.resetTimeoutMax === undefined ? undefined : Duration.toMillis(toDuration(options.resetTimeoutMax)),
+    resetTimeout: Duration.toMillis(options.resetTimeout ?? Duration.seconds(30)),
+    resetTimeoutMax: options.resetTimeoutMax === undefined ? undefined : Duration.toMillis(options.resetTimeoutMax),
     multiplier: options.resetTimeoutMultiplier ?? 2,
     halfOpenMax: options.halfOpenMax ?? 1,
     successThreshold: options.successThreshold ?? 1,
-    isFailure: options.isFailure ?? defaultIsFailure
+    isFailure: isFailure ?? defaultIsFailure
   }
 }
-
-const validate = Schema.validateSync(Options)
 
 const initial: Internal = {
   state: "closed",
@@ -344,8 +343,6 @@ export const makeWith = Effect.fnUntraced(function* (
   options: MakeOptions,
   sinks: ReadonlyArray<PubSub.PubSub<StateChange>>
 ) {
-  const { isFailure: _isFailure, ...data } = options
-  validate(data)
   const config = resolve(options)
   const ref = yield* Ref.make(initial)
   const pubsub = yield* Effect.acquireRelease(PubSub.unbounded<StateChange>(), PubSub.shutdown)

@@ -7,19 +7,25 @@
 import { Duration, Either, ParseResult, Schema } from "effect"
 
 /**
- * A duration in config: milliseconds as a number, or a string such as `"30 seconds"`,
- * `"200 millis"`, `"2 minutes"`.
+ * A duration in config or options: milliseconds as a number, a string such as
+ * `"30 seconds"`, `"200 millis"`, `"2 minutes"`, or a `Duration`. Decodes to a `Duration`.
+ * Negative durations are refused, as numbers and as strings (`"-5 seconds"` would
+ * otherwise silently become zero).
  *
  * @since 0.1.0
  * @category schemas
  */
 export const DurationInput = Schema.transformOrFail(
-  Schema.Union(Schema.Number.pipe(Schema.nonNegative()), Schema.String),
+  Schema.Union(Schema.DurationFromSelf, Schema.Number.pipe(Schema.nonNegative()), Schema.String),
   Schema.DurationFromSelf,
   {
     strict: true,
     decode: (input, _, ast) => {
+      if (Duration.isDuration(input)) return ParseResult.succeed(input)
       if (typeof input === "number") return ParseResult.succeed(Duration.millis(input))
+      if (input.trimStart().startsWith("-")) {
+        return ParseResult.fail(new ParseResult.Type(ast, input, `a duration cannot be negative, got "${input}"`))
+      }
       const decoded = Duration.decodeUnknown(input)
       return decoded._tag === "Some"
         ? ParseResult.succeed(decoded.value)

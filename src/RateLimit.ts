@@ -13,12 +13,14 @@
 import * as RateLimiter from "@effect/experimental/RateLimiter"
 import { Context, Duration, Effect, Layer, Metric, Redacted, Ref, Schema } from "effect"
 import { Redis } from "ioredis"
-import { DurationInput, toDuration } from "./CircuitBreaker.js"
 import { rateLimitDelayed, rateLimitWait } from "./internal/resilienceMetrics.js"
+import { DurationInput } from "./Policy.js"
 
 /**
  * The limits of one provider. `window` (default one minute) is the period both limits count
- * over; change it only for tests or providers that count differently.
+ * over; change it only for tests or providers that count differently. It is a
+ * `Policy.DurationInput` (milliseconds or `"30 seconds"`, never negative) and decodes to a
+ * `Duration`.
  * `algorithm`: `fixed-window` (default: the 61st request of a 60 rpm minute waits for the
  * next window) or `token-bucket` (slots refill evenly: one a second at 60 rpm).
  *
@@ -56,6 +58,32 @@ export const Options = Schema.Struct({
 export type Options = typeof Options.Type
 
 /**
+ * The limits of one provider as code passes them: `window` in any `Duration.DurationInput` form.
+ *
+ * @since 0.1.0
+ * @category models
+ */
+export interface LimitsInput {
+  readonly requestsPerMinute?: number | undefined
+  readonly tokensPerMinute?: number | undefined
+  readonly window?: Duration.DurationInput | undefined
+  readonly algorithm?: "fixed-window" | "token-bucket" | undefined
+}
+
+/**
+ * What {@link make}, {@link layerMemory} and {@link layerRedis} take: {@link Options} with
+ * durations in any `Duration.DurationInput` form, decoded (and refused when invalid) when
+ * the service is built.
+ *
+ * @since 0.1.0
+ * @category models
+ */
+export interface MakeOptions {
+  readonly providers?: { readonly [provider: string]: LimitsInput } | undefined
+  readonly default?: LimitsInput | undefined
+}
+
+/**
  * @since 0.1.0
  * @category models
  */
@@ -91,7 +119,13 @@ export class RateLimits extends Context.Tag("effect-orchestra/RateLimits")<RateL
  */
 export type Store = Context.Tag.Service<RateLimiter.RateLimiterStore>
 
-const validate = Schema.validateSync(Options)
+const decodeOptions = Schema.decodeUnknownSync(Options)
+
+// `Policy.DurationInput` takes numbers, strings and `Duration`s; the rarer forms become `Duration`s first.
+const limitsData = (limits: LimitsInput | undefined): unknown =>
+  limits === undefined || (typeof limits.window !== "bigint" && !Array.isArray(limits.window))
+    ? limits
+    : { ...limits, window: Duration.decode(limits.window) }
 
 /**
  * Builds the service on a store. `storeTimeout` (none by default; `layerRedis` uses 100 ms)
@@ -102,11 +136,17 @@ const validate = Schema.validateSync(Options)
  * @category constructors
  */
 export const make = Effect.fnUntraced(function* (
-  options: Options,
+  input: MakeOptions,
   store: Store,
   config: { readonly storeTimeout?: Duration.DurationInput | undefined; readonly storeName?: string | undefined } = {}
 ) {
-  validate(options)
+  const options = decodeOptions({
+    providers:
+      input.providers === undefined
+        ? undefined
+        : Object.fromEntries(Object.entries(input.providers).map(([name, limits]) => [name, limitsData(limits)])),
+    default: limitsData(input.default)
+  })
   const limiter = yield* Effect.provideService(RateLimiter.make, RateLimiter.RateLimiterStore, store)
   const bounded = <A, E>(effect: Effect.Effect<A, E>): Effect.Effect<A, E | "timed out"> =>
     config.storeTimeout === undefined
@@ -130,7 +170,7 @@ export const make = Effect.fnUntraced(function* (
       .consume({
         key: `${provider}:${kind}`,
         limit,
-        window: toDuration(limits.window ?? "1 minute"),
+        window: limits.window ?? Duration.minutes(1),
         // A request larger than the whole budget waits for an empty window, then goes.
         tokens: Math.min(tokens, limit),
         onExceeded: "delay",
@@ -201,7 +241,7 @@ export const make = Effect.fnUntraced(function* (
  * @since 0.1.0
  * @category layers
  */
-export const layerMemory = (options: Options): Layer.Layer<RateLimits> =>
+export const layerMemory = (options: MakeOptions): Layer.Layer<RateLimits> =>
   Layer.effect(
     RateLimits,
     Effect.flatMap(Effect.provide(RateLimiter.RateLimiterStore, RateLimiter.layerStoreMemory), (store) =>
@@ -366,7 +406,7 @@ export const makeRedisStore = Effect.fnUntraced(function* (options: RedisOptions
  * @since 0.1.0
  * @category layers
  */
-export const layerRedis = (options: Options, redis: RedisOptions = {}): Layer.Layer<RateLimits> =>
+export const layerRedis = (options: MakeOptions, redis: RedisOptions = {}): Layer.Layer<RateLimits> =>
   Layer.scoped(
     RateLimits,
     Effect.flatMap(makeRedisStore(redis), (store) =>

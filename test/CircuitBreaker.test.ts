@@ -1,7 +1,24 @@
 import { assert, describe, it } from "@effect/vitest"
-import { Chunk, Deferred, Duration, Effect, Exit, Fiber, Metric, Option, Queue, Ref, TestClock } from "effect"
+import {
+  Cause,
+  Chunk,
+  Deferred,
+  Duration,
+  Effect,
+  Either,
+  Exit,
+  Fiber,
+  Metric,
+  Option,
+  ParseResult,
+  Queue,
+  Ref,
+  Schema,
+  TestClock
+} from "effect"
 import { CircuitOpenError, modelError, TimeoutError } from "../src/AiError.js"
 import * as CircuitBreaker from "../src/CircuitBreaker.js"
+import * as Policy from "../src/Policy.js"
 import { circuitRejected, circuitState, circuitTransitions } from "../src/internal/resilienceMetrics.js"
 
 let counter = 0
@@ -282,6 +299,63 @@ describe("CircuitBreaker", () => {
         })
       )
       assert.isTrue(Exit.isFailure(exit))
+    })
+  )
+})
+
+describe("durations (Policy.DurationInput)", () => {
+  const decode = Schema.decodeUnknownEither(Policy.DurationInput)
+  const messageOf = (either: Either.Either<unknown, ParseResult.ParseError>) =>
+    Either.isLeft(either) ? ParseResult.TreeFormatter.formatErrorSync(either.left) : "accepted"
+
+  it("negative durations are refused, as numbers and as strings", () => {
+    assert.include(messageOf(decode("-5 seconds")), 'a duration cannot be negative, got "-5 seconds"')
+    assert.include(messageOf(decode(" -1 millis")), "cannot be negative")
+    assert.isTrue(Either.isLeft(decode(-5)))
+    assert.isTrue(Either.isLeft(decode("5s")))
+    assert.deepStrictEqual(decode("1.5 minutes"), Either.right(Duration.seconds(90)))
+    assert.deepStrictEqual(decode(250), Either.right(Duration.millis(250)))
+    assert.deepStrictEqual(decode(Duration.seconds(2)), Either.right(Duration.seconds(2)))
+    assert.deepStrictEqual(decode("0 millis"), Either.right(Duration.zero))
+  })
+
+  it("breaker options in data decode to Durations; a negative resetTimeout is refused", () => {
+    const decodeOptions = Schema.decodeUnknownEither(CircuitBreaker.Options)
+    assert.include(messageOf(decodeOptions({ resetTimeout: "-30 seconds" })), "cannot be negative")
+    assert.include(
+      messageOf(decodeOptions({ rolling: { window: "-1 minute", minimumCalls: 1, failureRate: 0.5 } })),
+      "cannot be negative"
+    )
+    const decoded = decodeOptions({ resetTimeout: "30 seconds", resetTimeoutMax: 120_000 })
+    assert.deepStrictEqual(
+      decoded,
+      Either.right({ resetTimeout: Duration.seconds(30), resetTimeoutMax: Duration.minutes(2) })
+    )
+  })
+
+  it.scoped("make refuses a negative resetTimeout (it would never stay open)", () =>
+    Effect.gen(function* () {
+      const exit = yield* Effect.exit(CircuitBreaker.make(uniqueName("negative"), { resetTimeout: "-30 seconds" }))
+      assert.isTrue(Exit.isFailure(exit))
+      if (Exit.isFailure(exit)) assert.include(Cause.pretty(exit.cause), "cannot be negative")
+    })
+  )
+
+  it.scoped("make takes any Duration.DurationInput for code: a Duration, a [seconds, nanos] pair", () =>
+    Effect.gen(function* () {
+      for (const resetTimeout of [
+        Duration.seconds(2),
+        [2, 0],
+        "2 seconds",
+        2000
+      ] satisfies Array<Duration.DurationInput>) {
+        const breaker = yield* CircuitBreaker.make(uniqueName("forms"), { failMax: 1, resetTimeout })
+        yield* trip(breaker)
+        const error = yield* expectRejected(breaker, "open")
+        assert.deepStrictEqual(error.retryAfter, Duration.seconds(2))
+        yield* TestClock.adjust("2 seconds")
+        assert.strictEqual(yield* Effect.exit(breaker.run(ok)).pipe(Effect.map((e) => e._tag)), "Success")
+      }
     })
   )
 })

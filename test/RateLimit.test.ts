@@ -1,5 +1,5 @@
 import { assert, describe, it } from "@effect/vitest"
-import { Context, Duration, Effect, Layer, Fiber, Metric, Option, Ref, TestClock } from "effect"
+import { Cause, Context, Duration, Effect, Exit, Fiber, Layer, Metric, Option, Ref, TestClock } from "effect"
 import { rateLimitDelayed } from "../src/internal/resilienceMetrics.js"
 import * as RateLimit from "../src/RateLimit.js"
 import { skipRedis, skipReason, startRedis } from "./utils/redis.js"
@@ -7,7 +7,7 @@ import { skipRedis, skipReason, startRedis } from "./utils/redis.js"
 let counter = 0
 const uniqueName = (label: string) => `rl-${label}-${++counter}-${Math.random().toString(36).slice(2, 8)}`
 
-const service = (options: RateLimit.Options) => Effect.provide(RateLimit.RateLimits, RateLimit.layerMemory(options))
+const service = (options: RateLimit.MakeOptions) => Effect.provide(RateLimit.RateLimits, RateLimit.layerMemory(options))
 
 /** Builds a scoped layer in the test's scope (Effect.provide would close it right away). */
 const scopedLayer = (layer: Layer.Layer<RateLimit.RateLimits>) =>
@@ -124,6 +124,25 @@ describe("RateLimit (memory, TestClock)", () => {
     Effect.gen(function* () {
       const exit = yield* Effect.exit(service({ default: { requestsPerMinute: 0 } }))
       assert.isTrue(exit._tag === "Failure")
+      const negative = yield* Effect.exit(service({ default: { requestsPerMinute: 1, window: "-1 minute" } }))
+      assert.isTrue(Exit.isFailure(negative))
+      if (Exit.isFailure(negative)) assert.include(Cause.pretty(negative.cause), "cannot be negative")
+    })
+  )
+
+  it.effect("window takes any Duration.DurationInput and decodes to a Duration", () =>
+    Effect.gen(function* () {
+      const provider = uniqueName("window")
+      const limits = yield* service({
+        providers: { [provider]: { requestsPerMinute: 1, window: Duration.seconds(10) } }
+      })
+      assert.deepStrictEqual(limits.limitsOf(provider)?.window, Duration.seconds(10))
+      assert.deepStrictEqual(yield* waits(limits, provider, 1), [0])
+      const second = yield* Effect.fork(limits.acquire(provider))
+      yield* TestClock.adjust("10 seconds")
+      assert.strictEqual(Duration.toMillis(yield* Fiber.join(second)), 10_000)
+      const fromText = yield* service({ default: { window: "2 seconds" } })
+      assert.deepStrictEqual(fromText.limitsOf("any")?.window, Duration.seconds(2))
     })
   )
 })
@@ -136,7 +155,7 @@ describe.skipIf(skipRedis)(
         Effect.gen(function* () {
           const server = yield* startRedis
           const prefix = `${uniqueName("shared")}:`
-          const options: RateLimit.Options = { default: { requestsPerMinute: 2, window: "500 millis" } }
+          const options: RateLimit.MakeOptions = { default: { requestsPerMinute: 2, window: "500 millis" } }
           const one = yield* scopedLayer(RateLimit.layerRedis(options, { url: server.url, prefix }))
           const two = yield* scopedLayer(RateLimit.layerRedis(options, { url: server.url, prefix }))
           assert.deepStrictEqual(yield* waits(one, "p", 2), [0, 0])
