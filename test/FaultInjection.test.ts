@@ -36,7 +36,11 @@ describe("fault injection", () => {
               { name: "backup", provider: "backup" }
             ],
             maxConcurrent: 50,
-            breakers: { failMax: 5, resetTimeout: "50 millis" }
+            // The breaker wraps a whole call (its retries included): trip on the failure rate.
+            breakers: {
+              rolling: { window: "1 second", minimumCalls: 10, failureRate: 0.05 },
+              resetTimeout: "50 millis"
+            }
           }
         )
         const registry = Context.get(context, CircuitBreaker.Registry)
