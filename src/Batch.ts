@@ -5,12 +5,17 @@
  *
  * @since 0.1.0
  */
-import { Cause, Clock, Context, Deferred, Duration, Effect, Exit, Fiber, Layer, Mailbox, Option, Stream } from "effect"
+import { Cause, Context, Deferred, Duration, Effect, Either, Exit, Fiber, Layer, Mailbox, Option, Stream } from "effect"
 import { type AiError, ModelError, shouldFallback } from "./AiError.js"
-import { Executor } from "./Executor.js"
+import { type CallManyOptions, type CallSpec, Executor, type RetryInfo } from "./Executor.js"
 import * as Limiter from "./internal/limiter.js"
 import * as Metrics from "./Metrics.js"
-import type { GenerateRequest } from "./Model.js"
+import {
+  type GenerateRequest,
+  type GenerateResponse,
+  type Service as ProviderService,
+  validateGenerate
+} from "./Model.js"
 import { type Answer, Router } from "./Router.js"
 import { type ExecutionStats, Stats } from "./Stats.js"
 
@@ -191,18 +196,29 @@ const defectError = (cause: Cause.Cause<unknown>): ModelError =>
     cause: Cause.squash(cause)
   })
 
-type Outcome =
-  | { readonly _tag: "Answer"; readonly answer: Answer }
-  | { readonly _tag: "Error"; readonly error: AiError }
-  | { readonly _tag: "Interrupted" }
+// A provider that interrupted itself (not interrupted by us: then nothing would observe it).
+const selfInterrupted = (): ModelError =>
+  new ModelError({ reason: "Unknown", message: "the provider call interrupted itself" })
 
-const outcomeOf = (exit: Exit.Exit<Answer, AiError>): Outcome => {
-  if (Exit.isSuccess(exit)) return { _tag: "Answer", answer: exit.value }
-  const failure = Cause.failureOption(exit.cause)
-  if (Option.isSome(failure)) return { _tag: "Error", error: failure.value }
-  if (Cause.isInterruptedOnly(exit.cause)) return { _tag: "Interrupted" }
-  return { _tag: "Error", error: defectError(exit.cause) }
+const toFailure = (cause: Cause.Cause<AiError>): Effect.Effect<never, AiError> => {
+  const failure = Cause.failureOption(cause)
+  if (Option.isSome(failure)) return Effect.fail(failure.value)
+  return Effect.fail(Cause.isInterruptedOnly(cause) ? selfInterrupted() : defectError(cause))
 }
+
+const direct = (response: GenerateResponse): Answer => ({
+  response,
+  domain: "default",
+  provider: response.provider,
+  attempts: 1,
+  fallbackUsed: false,
+  source: "provider"
+})
+
+const isDirect = (items: ReadonlyArray<Item>, options: RunOptions): boolean =>
+  options.domain === undefined &&
+  (options.fallback === undefined || options.fallback.length === 0) &&
+  items.every((item) => typeof item === "string" || item.domain === undefined)
 
 /**
  * @since 0.1.0
@@ -213,22 +229,23 @@ export const make = (options: Options = {}) =>
     const executor = yield* Executor
     const router = yield* Router
     const stats = yield* Effect.serviceOption(Stats)
+    const clock = yield* Effect.clock
     const limit = Math.max(1, Math.floor(options.maxConcurrent ?? 5))
     const limiter = yield* Limiter.make(limit)
     let batches = 0
 
     const run = (items: ReadonlyArray<Item>, runOptions: RunOptions = {}): Effect.Effect<BatchResult> =>
-      Effect.gen(function* () {
+      Effect.suspend(() => {
         const id = runOptions.id ?? `batch-${++batches}`
         const tags = { batch: id }
         const total = items.length
         const fallback = runOptions.fallback ?? []
-        const start = yield* Clock.currentTimeMillis
+        const start = clock.unsafeCurrentTimeMillis()
         const results: Array<ItemResult | undefined> = Array.from({ length: total }, () => undefined)
         const startedAt: Array<number | undefined> = Array.from({ length: total }, () => undefined)
         const retries = new Array<number>(total).fill(0)
         let done = 0
-        let next = 0
+        let stopped = false
         let callbackFailed = false
         const onProgress = runOptions.onProgress
         const onEvent = runOptions.onEvent
@@ -240,161 +257,226 @@ export const make = (options: Options = {}) =>
             } catch (error) {
               if (!callbackFailed) {
                 callbackFailed = true
-                return Effect.zipRight(
-                  Effect.logWarning("Batch: the onProgress callback threw; later failures are not logged", error),
-                  onEvent === undefined ? Effect.void : onEvent(event)
+                const warn = Effect.logWarning(
+                  "Batch: the onProgress callback threw; later throws are not logged",
+                  error
                 )
+                return onEvent === undefined ? warn : Effect.zipRight(warn, onEvent(event))
               }
             }
           }
           return onEvent === undefined ? Effect.void : onEvent(event)
         }
+        const silent = onProgress === undefined && onEvent === undefined
 
-        const withFallback = (
-          request: GenerateRequest,
-          first: Effect.Effect<Answer, AiError>
-        ): Effect.Effect<Answer, AiError> =>
-          Effect.catchIf(first, shouldFallback, () =>
-            Effect.map(router.executeWithFallback(request, fallback, { tags }), (answer): Answer => {
-              if (Option.isSome(stats) && answer.attempts === 1) {
-                const labels = stats.value.labels({ provider: answer.provider, domain: answer.domain, tags })
-                Metrics.fallbacks.unsafeUpdate(1, labels.exact)
-              }
-              return { ...answer, attempts: answer.attempts + 1, fallbackUsed: true }
-            })
-          )
-
-        const callOne = (index: number, request: GenerateRequest, domain: string | undefined) => {
-          const onRetry = (info: { readonly attempt: number; readonly delay: Duration.Duration }) =>
-            Effect.flatMap(Clock.currentTimeMillis, (now) => {
-              retries[index]! += 1
-              return emit({
-                _tag: "Retried",
-                index,
-                attempt: info.attempt,
-                delayMs: Duration.toMillis(info.delay),
-                done,
-                total,
-                elapsedMs: now - start
-              })
-            })
-          if (domain === undefined) {
-            const direct = Effect.map(
-              executor.execute(request, { tags, retry: true, onRetry }),
-              (response): Answer => ({
-                response,
-                domain: "default",
-                provider: response.provider,
-                attempts: 1,
-                fallbackUsed: false,
-                source: "provider"
-              })
-            )
-            return fallback.length === 0 ? direct : withFallback(request, direct)
-          }
-          return fallback.length === 0
-            ? router.execute(request, domain, { tags, onRetry })
-            : router.executeWithFallback(request, [domain, ...fallback], { tags, onRetry })
+        const started = (index: number): Effect.Effect<void> => {
+          const now = clock.unsafeCurrentTimeMillis()
+          startedAt[index] = now
+          return silent ? Effect.void : emit({ _tag: "Started", index, done, total, elapsedMs: now - start })
         }
 
-        const runItem = (index: number): Effect.Effect<void> =>
-          limiter.withPermit(
-            Effect.gen(function* () {
-              const { request, domain } = toRequest(items[index]!)
-              const t0 = yield* Clock.currentTimeMillis
-              startedAt[index] = t0
-              yield* emit({ _tag: "Started", index, done, total, elapsedMs: t0 - start })
-              const outcome = outcomeOf(yield* Effect.exit(callOne(index, request, domain ?? runOptions.domain)))
-              const t1 = yield* Clock.currentTimeMillis
-              const durationMs = t1 - t0
-              switch (outcome._tag) {
-                case "Answer": {
-                  done++
-                  results[index] = {
-                    index,
-                    status: "success",
-                    answer: outcome.answer,
-                    ran: true,
-                    durationMs,
-                    retries: retries[index]!
-                  }
-                  return yield* emit({ _tag: "Succeeded", index, done, total, elapsedMs: t1 - start, durationMs })
-                }
-                case "Error": {
-                  done++
-                  const status = statusOf(outcome.error)
-                  const error = outcome.error
-                  results[index] = { index, status, error, ran: true, durationMs, retries: retries[index]! }
-                  return yield* emit({ _tag: "Failed", index, status, error, done, total, elapsedMs: t1 - start })
-                }
-                case "Interrupted":
-                  // Interrupted from inside (not by us: then this code would not run). Reported as cancelled.
-                  return
-              }
-            })
-          )
-
-        let stopped = false
-        const worker: Effect.Effect<void> = Effect.suspend(() => {
-          if (stopped || next >= total) return Effect.void
-          const index = next++
-          return Effect.zipRight(runItem(index), worker)
-        })
-        const workers = Math.max(0, Math.min(total, Math.floor(runOptions.concurrency ?? limit), limit))
-        const pool = Effect.forEach(Array.from({ length: workers }), () => worker, {
-          concurrency: "unbounded",
-          discard: true
-        })
-
-        let cancelled = false
-        if (runOptions.cancel === undefined) {
-          yield* pool
-        } else {
-          // The watcher is forked before the pool, so a cancel that has already happened
-          // stops the batch before its first item; workers check `stopped` before each item.
-          const outcome = yield* Deferred.make<"done" | "cancel">()
-          const watcher = yield* Effect.fork(
-            Effect.zipRight(
-              runOptions.cancel,
-              Effect.suspend(() => {
-                stopped = true
-                return Deferred.succeed(outcome, "cancel")
-              })
-            )
-          )
-          const poolFiber = yield* Effect.fork(Effect.zipRight(pool, Deferred.succeed(outcome, "done")))
-          if ((yield* Deferred.await(outcome)) === "cancel") {
-            cancelled = true
-            yield* Fiber.interrupt(poolFiber)
+        const finished = (index: number, outcome: Either.Either<Answer, AiError>): Effect.Effect<void> => {
+          const now = clock.unsafeCurrentTimeMillis()
+          let began = startedAt[index]
+          // An item refused before its call began (an invalid request) still reports a start.
+          const before = began === undefined ? started(index) : Effect.void
+          began ??= now
+          const durationMs = now - began
+          done++
+          let event: ProgressEvent | undefined
+          if (outcome._tag === "Right") {
+            results[index] = {
+              index,
+              status: "success",
+              answer: outcome.right,
+              ran: true,
+              durationMs,
+              retries: retries[index]!
+            }
+            if (!silent) event = { _tag: "Succeeded", index, done, total, elapsedMs: now - start, durationMs }
           } else {
-            yield* Fiber.join(poolFiber)
+            const error = outcome.left
+            const status = statusOf(error)
+            results[index] = { index, status, error, ran: true, durationMs, retries: retries[index]! }
+            if (!silent) event = { _tag: "Failed", index, status, error, done, total, elapsedMs: now - start }
           }
-          yield* Fiber.interrupt(watcher)
+          return event === undefined ? before : Effect.zipRight(before, emit(event))
         }
 
-        const end = yield* Clock.currentTimeMillis
-        const notRun: Array<number> = []
-        const final: Array<ItemResult> = []
-        for (let index = 0; index < total; index++) {
-          const result = results[index]
-          if (result !== undefined) {
-            final.push(result)
-            continue
+        const onRetryFor =
+          (index: number) =>
+          (info: RetryInfo): Effect.Effect<void> => {
+            retries[index]! += 1
+            if (silent) return Effect.void
+            return emit({
+              _tag: "Retried",
+              index,
+              attempt: info.attempt,
+              delayMs: Duration.toMillis(info.delay),
+              done,
+              total,
+              elapsedMs: clock.unsafeCurrentTimeMillis() - start
+            })
           }
-          const began = startedAt[index]
-          if (began === undefined) notRun.push(index)
-          final.push({
-            index,
-            status: "cancelled",
-            ran: began !== undefined,
-            durationMs: began === undefined ? 0 : end - began,
-            retries: retries[index]!
+
+        const workers = Math.max(0, Math.min(total, Math.floor(runOptions.concurrency ?? limit), limit))
+        const pool = isDirect(items, runOptions) ? directPool() : routedPool()
+
+        // Items that name no domain go straight to the executor's own provider: the executor's
+        // worker pool runs them (no fiber per call), holding a permit of the shared limiter each.
+        function directPool(): Effect.Effect<void> {
+          const rejectedSpec = (error: ModelError): AiError =>
+            error.provider === undefined
+              ? new ModelError({
+                  reason: error.reason,
+                  message: error.message,
+                  field: error.field,
+                  provider: executor.provider.name
+                })
+              : error
+          const guarded =
+            (request: GenerateRequest) =>
+            (provider: ProviderService): Effect.Effect<GenerateResponse, AiError> =>
+              Effect.catchAllCause(provider.generate(request), toFailure)
+          const manyOptions: CallManyOptions<GenerateResponse> = {
+            concurrency: workers,
+            limiter,
+            tags,
+            retry: true,
+            onStart: started,
+            onOutcome: (index, outcome) => finished(index, Either.map(outcome, direct))
+          }
+          return Effect.asVoid(
+            executor.callMany(items, manyOptions, (item, index) => {
+              // Cancelled before this item was admitted: park until the pool is interrupted.
+              if (stopped) return Effect.never
+              return Effect.mapBoth(validateGenerate(toRequest(item).request), {
+                onFailure: rejectedSpec,
+                onSuccess: (valid): CallSpec<GenerateResponse> => ({
+                  run: guarded(valid),
+                  options: { tags, retry: true, onRetry: onRetryFor(index) }
+                })
+              })
+            })
+          )
+        }
+
+        // Items with a domain go through the router (domain policy, breakers, cache, rate
+        // limits, fallbacks), one call per item under a permit of the shared limiter.
+        function routedPool(): Effect.Effect<void> {
+          const withFallback = (
+            request: GenerateRequest,
+            first: Effect.Effect<Answer, AiError>
+          ): Effect.Effect<Answer, AiError> =>
+            Effect.catchIf(first, shouldFallback, () =>
+              Effect.map(router.executeWithFallback(request, fallback, { tags }), (answer): Answer => {
+                if (Option.isSome(stats) && answer.attempts === 1) {
+                  const labels = stats.value.labels({ provider: answer.provider, domain: answer.domain, tags })
+                  Metrics.fallbacks.unsafeUpdate(1, labels.exact)
+                }
+                return { ...answer, attempts: answer.attempts + 1, fallbackUsed: true }
+              })
+            )
+
+          const callOne = (index: number): Effect.Effect<Answer, AiError> => {
+            const { request, domain: own } = toRequest(items[index]!)
+            const domain = own ?? runOptions.domain
+            const onRetry = onRetryFor(index)
+            if (domain === undefined) {
+              const first = Effect.map(executor.execute(request, { tags, retry: true, onRetry }), direct)
+              return fallback.length === 0 ? first : withFallback(request, first)
+            }
+            return fallback.length === 0
+              ? router.execute(request, domain, { tags, onRetry })
+              : router.executeWithFallback(request, [domain, ...fallback], { tags, onRetry })
+          }
+
+          const runItem = (index: number): Effect.Effect<void> =>
+            limiter.withPermit(
+              Effect.zipRight(
+                started(index),
+                Effect.matchCauseEffect(callOne(index), {
+                  onSuccess: (answer) => finished(index, Either.right(answer)),
+                  onFailure: (cause) => {
+                    const failure = Cause.failureOption(cause)
+                    if (Option.isSome(failure)) return finished(index, Either.left(failure.value))
+                    // Interrupted from inside (our own interruptions never get here): reported as cancelled.
+                    if (Cause.isInterruptedOnly(cause)) return Effect.void
+                    return finished(index, Either.left(defectError(cause)))
+                  }
+                })
+              )
+            )
+
+          let next = 0
+          const worker: Effect.Effect<void> = Effect.suspend(() => {
+            if (stopped || next >= total) return Effect.void
+            return Effect.zipRight(runItem(next++), worker)
+          })
+          return Effect.forEach(Array.from({ length: workers }), () => worker, {
+            concurrency: "unbounded",
+            discard: true
           })
         }
-        if (cancelled) yield* emit({ _tag: "Cancelled", notRun, done, total, elapsedMs: end - start })
-        const batchStats = yield* executor.stats({ tags })
-        const result: BatchResult = { id, results: final, elapsedMs: end - start, cancelled, notRun, stats: batchStats }
-        return result
+
+        return Effect.gen(function* () {
+          let cancelled = false
+          if (runOptions.cancel === undefined) {
+            yield* pool
+          } else {
+            // The watcher is forked before the pool, so a cancel that has already happened
+            // stops the batch before its first item; the pools check `stopped` before each item.
+            const outcome = yield* Deferred.make<"done" | "cancel">()
+            const watcher = yield* Effect.fork(
+              Effect.zipRight(
+                runOptions.cancel,
+                Effect.suspend(() => {
+                  stopped = true
+                  return Deferred.succeed(outcome, "cancel")
+                })
+              )
+            )
+            const poolFiber = yield* Effect.fork(Effect.zipRight(pool, Deferred.succeed(outcome, "done")))
+            if ((yield* Deferred.await(outcome)) === "cancel") {
+              cancelled = true
+              yield* Fiber.interrupt(poolFiber)
+            } else {
+              yield* Fiber.join(poolFiber)
+            }
+            yield* Fiber.interrupt(watcher)
+          }
+
+          const end = clock.unsafeCurrentTimeMillis()
+          const notRun: Array<number> = []
+          const final: Array<ItemResult> = []
+          for (let index = 0; index < total; index++) {
+            const result = results[index]
+            if (result !== undefined) {
+              final.push(result)
+              continue
+            }
+            const began = startedAt[index]
+            if (began === undefined) notRun.push(index)
+            final.push({
+              index,
+              status: "cancelled",
+              ran: began !== undefined,
+              durationMs: began === undefined ? 0 : end - began,
+              retries: retries[index]!
+            })
+          }
+          if (cancelled) yield* emit({ _tag: "Cancelled", notRun, done, total, elapsedMs: end - start })
+          const batchStats = yield* executor.stats({ tags })
+          const result: BatchResult = {
+            id,
+            results: final,
+            elapsedMs: end - start,
+            cancelled,
+            notRun,
+            stats: batchStats
+          }
+          return result
+        })
       }).pipe(Effect.withSpan("Batch.run", { attributes: { "orchestra.batch.items": items.length } }))
 
     const stream = (items: ReadonlyArray<Item>, runOptions: Omit<RunOptions, "onEvent"> = {}) =>

@@ -92,6 +92,22 @@ const toRequest = (prompt: string | GenerateRequest): GenerateRequest =>
 
 type StatsService = Stats.Service
 
+const emptyStats: Stats.ExecutionStats = {
+  total: 0,
+  successes: 0,
+  failures: 0,
+  failuresByReason: {},
+  successRate: 0,
+  latency: { avg: 0, min: 0, max: 0, p50: 0, p95: 0, p99: 0 },
+  concurrencyPeak: 0,
+  inFlight: 0,
+  timeouts: 0,
+  retries: 0,
+  fallbacks: 0,
+  throughput: 0,
+  windowMs: 0
+}
+
 const abortReason = (signal: AbortSignal): unknown =>
   signal.reason ?? new DOMException("This operation was aborted", "AbortError")
 
@@ -225,7 +241,7 @@ export const createOrchestra = <E>(layer: Layer.Layer<Services, E, never>): Orch
     }),
     stats: (filter) => {
       const service = getStats()
-      return service === undefined ? Stats.fromPairs([], "", {}, 0) : Effect.runSync(service.snapshot(filter))
+      return service === undefined ? emptyStats : Effect.runSync(service.snapshot(filter))
     },
     resetStats: () => {
       const service = getStats()

@@ -261,309 +261,423 @@ describe("Batch fallback", () => {
   )
 })
 
-describe("Batch progress", () => {
-  it.effect("onProgress: events in order with done/total counts and elapsed time", () =>
-    Effect.gen(function* () {
-      const { batch } = yield* makeOrchestra(
-        {
+const modes = [
+  { name: "through the router (items with a domain)", domain: "d-a" as string | undefined },
+  { name: "straight to the executor's pool (items without a domain)", domain: undefined as string | undefined }
+] as const
+
+for (const mode of modes) {
+  describe(`Batch progress, ${mode.name}`, () => {
+    it.effect("onProgress: events in order with done/total counts and elapsed time", () =>
+      Effect.gen(function* () {
+        const { batch } = yield* makeOrchestra(
+          {
+            a: {
+              script: [
+                Outcome.succeed("0", { latency: "100 millis" }),
+                Outcome.succeed("1", { latency: "300 millis" }),
+                Outcome.fail("InvalidRequest", { latency: "100 millis" })
+              ]
+            }
+          },
+          { domains: [{ name: "d-a", provider: "a", retry: noRetry }], executor: { retry: noRetry } }
+        )
+        const events: Array<Batch.ProgressEvent> = []
+        const fiber = yield* Effect.fork(
+          batch.run(["0", "1", "2"], { domain: mode.domain, concurrency: 2, onProgress: (e) => events.push(e) })
+        )
+        yield* TestClock.adjust("1 second")
+        const result = yield* Fiber.join(fiber)
+        assert.deepStrictEqual(trace(events), [
+          "Started:0@0 0/3",
+          "Started:1@0 0/3",
+          "Succeeded:0@100 1/3",
+          "Started:2@100 1/3",
+          "Failed:2@200 2/3",
+          "Succeeded:1@300 3/3"
+        ])
+        const failed = events[4]
+        assert.strictEqual(failed?._tag === "Failed" && failed.status, "error")
+        const succeeded = events[5]
+        assert.strictEqual(succeeded?._tag === "Succeeded" && succeeded.durationMs, 300)
+        assert.strictEqual(result.elapsedMs, 300)
+      })
+    )
+
+    it.effect("Batch.stream: the same events as a Stream, then the result", () =>
+      Effect.gen(function* () {
+        // distinct latencies: calls ending at the same instant may complete in either order
+        const { batch } = yield* makeOrchestra({
           a: {
             script: [
-              Outcome.succeed("0", { latency: "100 millis" }),
+              Outcome.succeed("0", { latency: "200 millis" }),
               Outcome.succeed("1", { latency: "300 millis" }),
-              Outcome.fail("InvalidRequest", { latency: "100 millis" })
+              Outcome.succeed("2", { latency: "250 millis" }),
+              Outcome.succeed("3", { latency: "300 millis" })
             ]
           }
-        },
-        { domains: [{ name: "d-a", provider: "a", retry: noRetry }] }
-      )
-      const events: Array<Batch.ProgressEvent> = []
-      const fiber = yield* Effect.fork(
-        batch.run(["0", "1", "2"], { domain: "d-a", concurrency: 2, onProgress: (e) => events.push(e) })
-      )
-      yield* TestClock.adjust("1 second")
-      const result = yield* Fiber.join(fiber)
-      assert.deepStrictEqual(trace(events), [
-        "Started:0@0 0/3",
-        "Started:1@0 0/3",
-        "Succeeded:0@100 1/3",
-        "Started:2@100 1/3",
-        "Failed:2@200 2/3",
-        "Succeeded:1@300 3/3"
-      ])
-      const failed = events[4]
-      assert.strictEqual(failed?._tag === "Failed" && failed.status, "error")
-      const succeeded = events[5]
-      assert.strictEqual(succeeded?._tag === "Succeeded" && succeeded.durationMs, 300)
-      assert.strictEqual(result.elapsedMs, 300)
-    })
-  )
-
-  it.effect("Batch.stream: the same events as a Stream, then the result", () =>
-    Effect.gen(function* () {
-      // distinct latencies: calls ending at the same instant may complete in either order
-      const { batch } = yield* makeOrchestra({
-        a: {
-          script: [
-            Outcome.succeed("0", { latency: "200 millis" }),
-            Outcome.succeed("1", { latency: "300 millis" }),
-            Outcome.succeed("2", { latency: "250 millis" }),
-            Outcome.succeed("3", { latency: "300 millis" })
-          ]
+        })
+        const fiber = yield* Effect.fork(
+          Stream.runCollect(batch.stream(["0", "1", "2", "3"], { domain: mode.domain, concurrency: 2 }))
+        )
+        yield* TestClock.adjust("1 second")
+        const all = Chunk.toReadonlyArray(yield* Fiber.join(fiber))
+        const last = all[all.length - 1]
+        assert.strictEqual(last?._tag, "Done")
+        const events = all.slice(0, -1) as ReadonlyArray<Batch.ProgressEvent>
+        assert.deepStrictEqual(trace(events), [
+          "Started:0@0 0/4",
+          "Started:1@0 0/4",
+          "Succeeded:0@200 1/4",
+          "Started:2@200 1/4",
+          "Succeeded:1@300 2/4",
+          "Started:3@300 2/4",
+          "Succeeded:2@450 3/4",
+          "Succeeded:3@600 4/4"
+        ])
+        if (last?._tag === "Done") {
+          assert.strictEqual(last.result.results.length, 4)
+          assert.isTrue(last.result.results.every((r) => r.status === "success"))
+          assert.strictEqual(last.result.elapsedMs, 600)
         }
       })
-      const fiber = yield* Effect.fork(
-        Stream.runCollect(batch.stream(["0", "1", "2", "3"], { domain: "d-a", concurrency: 2 }))
-      )
-      yield* TestClock.adjust("1 second")
-      const all = Chunk.toReadonlyArray(yield* Fiber.join(fiber))
-      const last = all[all.length - 1]
-      assert.strictEqual(last?._tag, "Done")
-      const events = all.slice(0, -1) as ReadonlyArray<Batch.ProgressEvent>
-      assert.deepStrictEqual(trace(events), [
-        "Started:0@0 0/4",
-        "Started:1@0 0/4",
-        "Succeeded:0@200 1/4",
-        "Started:2@200 1/4",
-        "Succeeded:1@300 2/4",
-        "Started:3@300 2/4",
-        "Succeeded:2@450 3/4",
-        "Succeeded:3@600 4/4"
-      ])
-      if (last?._tag === "Done") {
-        assert.strictEqual(last.result.results.length, 4)
-        assert.isTrue(last.result.results.every((r) => r.status === "success"))
-        assert.strictEqual(last.result.elapsedMs, 600)
-      }
-    })
-  )
+    )
 
-  it.effect("leaving Batch.stream early interrupts the batch's calls", () =>
-    Effect.gen(function* () {
-      const { batch, controls } = yield* makeOrchestra({ a: { latency: "1 second" } }, { maxConcurrent: 3 })
-      const fiber = yield* Effect.fork(
-        batch.stream(["0", "1", "2", "3", "4", "5"], { domain: "d-a" }).pipe(
-          Stream.takeUntil((e) => e._tag === "Succeeded"),
-          Stream.runCollect
+    it.effect("leaving Batch.stream early interrupts the batch's calls", () =>
+      Effect.gen(function* () {
+        const { batch, controls } = yield* makeOrchestra({ a: { latency: "1 second" } }, { maxConcurrent: 3 })
+        const fiber = yield* Effect.fork(
+          batch.stream(["0", "1", "2", "3", "4", "5"], { domain: mode.domain }).pipe(
+            Stream.takeUntil((e) => e._tag === "Succeeded"),
+            Stream.runCollect
+          )
         )
-      )
-      yield* TestClock.adjust("1 second")
-      yield* Fiber.join(fiber)
-      assert.strictEqual(yield* controls.a!.inFlight, 0)
-      assert.isAtLeast(yield* controls.a!.interrupted, 1)
-      yield* TestClock.adjust("10 seconds")
-      assert.isBelow(yield* controls.a!.calls, 6, "no new item started after the consumer left")
-    })
+        yield* TestClock.adjust("1 second")
+        yield* Fiber.join(fiber)
+        assert.strictEqual(yield* controls.a!.inFlight, 0)
+        assert.isAtLeast(yield* controls.a!.interrupted, 1)
+        yield* TestClock.adjust("10 seconds")
+        assert.isBelow(yield* controls.a!.calls, 6, "no new item started after the consumer left")
+      })
+    )
+
+    it.effect("Retried events appear for retried items, and the item counts its retries", () =>
+      Effect.gen(function* () {
+        const { batch } = yield* makeOrchestra(
+          {
+            a: {
+              script: [
+                Outcome.fail("Overloaded", { latency: "10 millis" }),
+                Outcome.fail("RateLimited", { latency: "10 millis" }),
+                Outcome.succeed("finally", { latency: "10 millis" })
+              ]
+            }
+          },
+          { domains: [{ name: "d-a", provider: "a", retry: retry3 }], executor: { retry: retry3 } }
+        )
+        const events: Array<Batch.ProgressEvent> = []
+        const fiber = yield* Effect.fork(batch.run(["q"], { domain: mode.domain, onProgress: (e) => events.push(e) }))
+        yield* TestClock.adjust("5 seconds")
+        const result = yield* Fiber.join(fiber)
+        assert.deepStrictEqual(trace(events), [
+          "Started:0@0 0/1",
+          "Retried:0@10 0/1",
+          "Retried:0@120 0/1",
+          "Succeeded:0@330 1/1"
+        ])
+        const retried = events.filter((e) => e._tag === "Retried")
+        assert.deepStrictEqual(
+          retried.map((e) => (e._tag === "Retried" ? [e.attempt, e.delayMs] : [])),
+          [
+            [1, 100],
+            [2, 200]
+          ]
+        )
+        assert.strictEqual(result.results[0]!.retries, 2)
+        assert.strictEqual(result.results[0]!.answer?.response.text, "finally")
+        assert.strictEqual(result.stats.retries, 2)
+      })
+    )
+  })
+
+  describe(`Batch concurrency, ${mode.name}`, () => {
+    it.effect("two concurrent batches of one manager share its limit: peak never above it, both progress", () =>
+      Effect.gen(function* () {
+        const { batch, controls } = yield* makeOrchestra({ a: { latency: "1 second" } }, { maxConcurrent: 3 })
+        const startsA: Array<number> = []
+        const startsB: Array<number> = []
+        const items = Array.from({ length: 10 }, (_, i) => `q${i}`)
+        const a = yield* Effect.fork(
+          batch.run(items, {
+            domain: mode.domain,
+            onProgress: (e) => e._tag === "Started" && startsA.push(e.elapsedMs)
+          })
+        )
+        const b = yield* Effect.fork(
+          batch.run(items, {
+            domain: mode.domain,
+            onProgress: (e) => e._tag === "Started" && startsB.push(e.elapsedMs)
+          })
+        )
+        yield* TestClock.adjust("1 minute")
+        const [ra, rb] = [yield* Fiber.join(a), yield* Fiber.join(b)]
+        assert.strictEqual(yield* controls.a!.peak, 3)
+        assert.strictEqual(yield* controls.a!.calls, 20)
+        assert.isTrue(ra.results.every((r) => r.status === "success"))
+        assert.isTrue(rb.results.every((r) => r.status === "success"))
+        // 20 calls of 1 s through 3 permits: ceil(20 / 3) = 7 s for both together
+        assert.strictEqual(Math.max(ra.elapsedMs, rb.elapsedMs), 7000)
+        // FIFO hand-off: B is not starved until A is done
+        assert.isBelow(startsB[2]!, 3000)
+        assert.isBelow(startsA[startsA.length - 1]!, 7000)
+        assert.isAtMost(ra.stats.concurrencyPeak, 3)
+      })
+    )
+
+    it.effect("per-batch concurrency below the shared limit", () =>
+      Effect.gen(function* () {
+        const { batch, controls } = yield* makeOrchestra({ a: { latency: "1 second" } }, { maxConcurrent: 10 })
+        assert.strictEqual(batch.limit, 10)
+        const fiber = yield* Effect.fork(batch.run(["0", "1", "2", "3", "4"], { domain: mode.domain, concurrency: 2 }))
+        yield* TestClock.adjust("10 seconds")
+        const result = yield* Fiber.join(fiber)
+        assert.strictEqual(yield* controls.a!.peak, 2)
+        assert.strictEqual(result.elapsedMs, 3000)
+      })
+    )
+
+    it.effect("a per-batch concurrency above the shared limit is capped by it", () =>
+      Effect.gen(function* () {
+        const { batch, controls } = yield* makeOrchestra({ a: { latency: "1 second" } }, { maxConcurrent: 2 })
+        const fiber = yield* Effect.fork(batch.run(["0", "1", "2", "3"], { domain: mode.domain, concurrency: 50 }))
+        yield* TestClock.adjust("10 seconds")
+        yield* Fiber.join(fiber)
+        assert.strictEqual(yield* controls.a!.peak, 2)
+      })
+    )
+  })
+
+  describe(`Batch cancellation, ${mode.name}`, () => {
+    it.effect("cancel interrupts in-flight calls and reports the items that never ran", () =>
+      Effect.gen(function* () {
+        const { batch, controls } = yield* makeOrchestra({ a: { latency: "1 second" } }, { maxConcurrent: 2 })
+        const stop = yield* Deferred.make<void>()
+        const events: Array<Batch.ProgressEvent> = []
+        const items = Array.from({ length: 8 }, (_, i) => `q${i}`)
+        const fiber = yield* Effect.fork(
+          batch.run(items, { domain: mode.domain, cancel: Deferred.await(stop), onProgress: (e) => events.push(e) })
+        )
+        yield* TestClock.adjust("1500 millis")
+        assert.strictEqual(yield* controls.a!.inFlight, 2)
+        yield* Deferred.succeed(stop, undefined)
+        const result = yield* Fiber.join(fiber)
+        assert.isTrue(result.cancelled)
+        assert.deepStrictEqual(
+          result.results.map((r) => [r.status, r.ran]),
+          [
+            ["success", true],
+            ["success", true],
+            ["cancelled", true],
+            ["cancelled", true],
+            ["cancelled", false],
+            ["cancelled", false],
+            ["cancelled", false],
+            ["cancelled", false]
+          ]
+        )
+        assert.deepStrictEqual(result.notRun, [4, 5, 6, 7])
+        assert.strictEqual(result.results[2]!.durationMs, 500)
+        assert.strictEqual(yield* controls.a!.interrupted, 2)
+        assert.strictEqual(yield* controls.a!.inFlight, 0)
+        assert.strictEqual(yield* controls.a!.calls, 4)
+        const last = events[events.length - 1]
+        assert.strictEqual(last?._tag, "Cancelled")
+        if (last?._tag === "Cancelled") {
+          assert.deepStrictEqual(last.notRun, [4, 5, 6, 7])
+          assert.strictEqual(last.done, 2)
+          assert.strictEqual(last.elapsedMs, 1500)
+        }
+        // the permits came back: a later batch runs at full width
+        const next = yield* Effect.fork(batch.run(["x", "y"], { domain: mode.domain }))
+        yield* TestClock.adjust("1 second")
+        assert.isTrue((yield* Fiber.join(next)).results.every((r) => r.status === "success"))
+      })
+    )
+
+    it.effect("a cancel that has already happened runs nothing", () =>
+      Effect.gen(function* () {
+        const { batch, controls } = yield* makeOrchestra({ a: { latency: "1 second" } })
+        const result = yield* batch.run(["0", "1", "2"], { domain: mode.domain, cancel: Effect.void })
+        assert.isTrue(result.cancelled)
+        assert.deepStrictEqual(result.notRun, [0, 1, 2])
+        assert.strictEqual(yield* controls.a!.calls, 0)
+      })
+    )
+
+    it.effect("a cancel that never fires lets the batch finish", () =>
+      Effect.gen(function* () {
+        const { batch } = yield* makeOrchestra({ a: { latency: "1 second" } })
+        const fiber = yield* Effect.fork(batch.run(["0", "1"], { domain: mode.domain, cancel: Effect.never }))
+        yield* TestClock.adjust("1 second")
+        const result = yield* Fiber.join(fiber)
+        assert.isFalse(result.cancelled)
+        assert.deepStrictEqual(result.notRun, [])
+      })
+    )
+
+    it.effect("interrupting the batch fiber interrupts its calls and frees the permits", () =>
+      Effect.gen(function* () {
+        const { batch, controls } = yield* makeOrchestra({ a: { latency: "1 second" } }, { maxConcurrent: 2 })
+        const fiber = yield* Effect.fork(batch.run(["0", "1", "2", "3"], { domain: mode.domain }))
+        yield* TestClock.adjust("500 millis")
+        yield* Fiber.interrupt(fiber)
+        assert.strictEqual(yield* controls.a!.interrupted, 2)
+        assert.strictEqual(yield* controls.a!.inFlight, 0)
+        const next = yield* Effect.fork(batch.run(["x", "y"], { domain: mode.domain }))
+        yield* TestClock.adjust("1 second")
+        assert.strictEqual((yield* Fiber.join(next)).elapsedMs, 1000)
+      })
+    )
+  })
+
+  describe(`Batch stats, ${mode.name}`, () => {
+    it.effect("result.stats counts this batch only, even with another batch running at the same time", () =>
+      Effect.gen(function* () {
+        const { batch, stats } = yield* makeOrchestra(
+          { a: { latency: "100 millis" } },
+          { maxConcurrent: 4, domains: [{ name: "d-a", provider: "a", retry: noRetry }], executor: { retry: noRetry } }
+        )
+        const invalid = { request: { prompt: "bad", maxTokens: -1 } }
+        const a = yield* Effect.fork(batch.run(["a0", invalid, "a2"], { domain: mode.domain, concurrency: 1 }))
+        const b = yield* Effect.fork(
+          batch.run(["b0", "b1", "b2", "b3", "b4"], { domain: mode.domain, id: "other-batch" })
+        )
+        yield* TestClock.adjust("5 seconds")
+        const ra = yield* Fiber.join(a)
+        const rb = yield* Fiber.join(b)
+        assert.strictEqual(rb.id, "other-batch")
+        assert.notStrictEqual(ra.id, rb.id)
+        assert.deepStrictEqual(
+          ra.results.map((r) => r.status),
+          ["success", "error", "success"]
+        )
+        assert.strictEqual(ra.stats.total, 3)
+        assert.strictEqual(ra.stats.successes, 2)
+        assert.strictEqual(ra.stats.failures, 1)
+        assert.deepStrictEqual(ra.stats.failuresByReason, { InvalidRequest: 1 })
+        assert.strictEqual(ra.stats.concurrencyPeak, 1)
+        assert.strictEqual(rb.stats.total, 5)
+        assert.strictEqual(rb.stats.successes, 5)
+        assert.strictEqual(rb.stats.failures, 0)
+        assert.strictEqual(rb.stats.latency.avg, 100)
+        assert.isAbove(rb.stats.concurrencyPeak, 1)
+        const all = yield* stats.snapshot()
+        assert.strictEqual(all.total, 8)
+        assert.strictEqual(
+          ra.results.filter((r) => r.status === "success").length +
+            rb.results.filter((r) => r.status === "success").length,
+          all.successes
+        )
+      })
+    )
+  })
+}
+
+describe("Batch, items without a domain (the executor's pool)", () => {
+  it.effect(
+    "outcomes in input order: success, error, timeout, invalid request; answers name the default provider",
+    () =>
+      Effect.gen(function* () {
+        const { batch, controls } = yield* makeOrchestra(
+          {
+            a: {
+              script: [
+                Outcome.succeed("first", { latency: "100 millis" }),
+                Outcome.fail("Unauthorized"),
+                Outcome.hang(),
+                Outcome.succeed("last")
+              ]
+            }
+          },
+          { executor: { timeout: "1 second", retry: noRetry } }
+        )
+        const events: Array<Batch.ProgressEvent> = []
+        const fiber = yield* Effect.fork(
+          batch.run(["one", "two", "three", { request: { prompt: "bad", maxTokens: -1 } }, "four"], {
+            concurrency: 1,
+            onProgress: (e) => events.push(e)
+          })
+        )
+        yield* TestClock.adjust("5 seconds")
+        const result = yield* Fiber.join(fiber)
+        assert.deepStrictEqual(
+          result.results.map((r) => r.status),
+          ["success", "error", "timeout", "error", "success"]
+        )
+        assert.strictEqual(result.results[0]!.answer?.domain, "default")
+        assert.strictEqual(result.results[0]!.answer?.provider, controls.a!.name)
+        assert.strictEqual(result.results[2]!.durationMs, 1000)
+        const invalid = result.results[3]!.error
+        assert.strictEqual(invalid?._tag === "ModelError" && invalid.reason, "InvalidRequest")
+        assert.strictEqual(invalid?._tag === "ModelError" && invalid.provider, controls.a!.name)
+        assert.strictEqual(yield* controls.a!.calls, 4, "the invalid request never reached the provider")
+        // the refused item still reports a start before its failure
+        assert.deepStrictEqual(trace(events).slice(6, 8), ["Started:3@1100 3/5", "Failed:3@1100 4/5"])
+        assert.strictEqual(result.stats.total, 5)
+        assert.deepStrictEqual(result.stats.failuresByReason, { Unauthorized: 1, Timeout: 1, InvalidRequest: 1 })
+      })
   )
 
-  it.effect("Retried events appear for retried items, and the item counts its retries", () =>
+  it.effect("a defect in one call becomes that item's error; the pool carries on", () =>
     Effect.gen(function* () {
-      const { batch } = yield* makeOrchestra(
-        {
-          a: {
-            script: [
-              Outcome.fail("Overloaded", { latency: "10 millis" }),
-              Outcome.fail("RateLimited", { latency: "10 millis" }),
-              Outcome.succeed("finally", { latency: "10 millis" })
-            ]
-          }
-        },
-        { domains: [{ name: "d-a", provider: "a", retry: retry3 }] }
+      const name = uniqueName("buggy")
+      const buggy: ProviderService = {
+        name,
+        defaultModel: "m",
+        generate: (request) =>
+          request.prompt === "boom"
+            ? Effect.dieMessage("provider bug")
+            : Effect.as(Effect.sleep("10 millis"), {
+                text: `ok ${request.prompt}`,
+                finishReason: "stop" as const,
+                usage: { inputTokens: 1, outputTokens: 1, totalTokens: 2 },
+                provider: name,
+                model: "m"
+              }),
+        stream: () => Stream.die("unused"),
+        embed: () => Effect.dieMessage("unused")
+      }
+      const scope = yield* Scope.make()
+      const context = yield* Layer.buildWithScope(
+        Orchestra.layer({ providers: { buggy: Layer.succeed(ModelProvider, buggy) }, maxConcurrent: 2 }),
+        scope
       )
-      const events: Array<Batch.ProgressEvent> = []
-      const fiber = yield* Effect.fork(batch.run(["q"], { domain: "d-a", onProgress: (e) => events.push(e) }))
-      yield* TestClock.adjust("5 seconds")
+      const batch = yield* Effect.provide(Batch.Batch, context)
+      const fiber = yield* Effect.fork(batch.run(["a", "boom", "c", "d"]))
+      yield* TestClock.adjust("1 second")
       const result = yield* Fiber.join(fiber)
-      assert.deepStrictEqual(trace(events), [
-        "Started:0@0 0/1",
-        "Retried:0@10 0/1",
-        "Retried:0@120 0/1",
-        "Succeeded:0@330 1/1"
-      ])
-      const retried = events.filter((e) => e._tag === "Retried")
       assert.deepStrictEqual(
-        retried.map((e) => (e._tag === "Retried" ? [e.attempt, e.delayMs] : [])),
-        [
-          [1, 100],
-          [2, 200]
-        ]
+        result.results.map((r) => r.status),
+        ["success", "error", "success", "success"]
       )
-      assert.strictEqual(result.results[0]!.retries, 2)
-      assert.strictEqual(result.results[0]!.answer?.response.text, "finally")
-      assert.strictEqual(result.stats.retries, 2)
+      assert.include(result.results[1]!.error?.message, "provider bug")
     })
   )
-})
 
-describe("Batch concurrency", () => {
-  it.effect("two concurrent batches of one manager share its limit: peak never above it, both progress", () =>
+  it.effect("a batch through the router and one straight to the executor share the limit", () =>
     Effect.gen(function* () {
       const { batch, controls } = yield* makeOrchestra({ a: { latency: "1 second" } }, { maxConcurrent: 3 })
-      const startsA: Array<number> = []
-      const startsB: Array<number> = []
-      const items = Array.from({ length: 10 }, (_, i) => `q${i}`)
-      const a = yield* Effect.fork(
-        batch.run(items, { domain: "d-a", onProgress: (e) => e._tag === "Started" && startsA.push(e.elapsedMs) })
-      )
-      const b = yield* Effect.fork(
-        batch.run(items, { domain: "d-a", onProgress: (e) => e._tag === "Started" && startsB.push(e.elapsedMs) })
-      )
+      const items = Array.from({ length: 9 }, (_, i) => `q${i}`)
+      const routed = yield* Effect.fork(batch.run(items, { domain: "d-a" }))
+      const direct = yield* Effect.fork(batch.run(items))
       yield* TestClock.adjust("1 minute")
-      const [ra, rb] = [yield* Fiber.join(a), yield* Fiber.join(b)]
+      const [r, d] = [yield* Fiber.join(routed), yield* Fiber.join(direct)]
       assert.strictEqual(yield* controls.a!.peak, 3)
-      assert.strictEqual(yield* controls.a!.calls, 20)
-      assert.isTrue(ra.results.every((r) => r.status === "success"))
-      assert.isTrue(rb.results.every((r) => r.status === "success"))
-      // 20 calls of 1 s through 3 permits: ceil(20 / 3) = 7 s for both together
-      assert.strictEqual(Math.max(ra.elapsedMs, rb.elapsedMs), 7000)
-      // FIFO hand-off: B is not starved until A is done
-      assert.isBelow(startsB[2]!, 3000)
-      assert.isBelow(startsA[startsA.length - 1]!, 7000)
-      assert.isAtMost(ra.stats.concurrencyPeak, 3)
-    })
-  )
-
-  it.effect("per-batch concurrency below the shared limit", () =>
-    Effect.gen(function* () {
-      const { batch, controls } = yield* makeOrchestra({ a: { latency: "1 second" } }, { maxConcurrent: 10 })
-      assert.strictEqual(batch.limit, 10)
-      const fiber = yield* Effect.fork(batch.run(["0", "1", "2", "3", "4"], { domain: "d-a", concurrency: 2 }))
-      yield* TestClock.adjust("10 seconds")
-      const result = yield* Fiber.join(fiber)
-      assert.strictEqual(yield* controls.a!.peak, 2)
-      assert.strictEqual(result.elapsedMs, 3000)
-    })
-  )
-
-  it.effect("a per-batch concurrency above the shared limit is capped by it", () =>
-    Effect.gen(function* () {
-      const { batch, controls } = yield* makeOrchestra({ a: { latency: "1 second" } }, { maxConcurrent: 2 })
-      const fiber = yield* Effect.fork(batch.run(["0", "1", "2", "3"], { domain: "d-a", concurrency: 50 }))
-      yield* TestClock.adjust("10 seconds")
-      yield* Fiber.join(fiber)
-      assert.strictEqual(yield* controls.a!.peak, 2)
-    })
-  )
-})
-
-describe("Batch cancellation", () => {
-  it.effect("cancel interrupts in-flight calls and reports the items that never ran", () =>
-    Effect.gen(function* () {
-      const { batch, controls } = yield* makeOrchestra({ a: { latency: "1 second" } }, { maxConcurrent: 2 })
-      const stop = yield* Deferred.make<void>()
-      const events: Array<Batch.ProgressEvent> = []
-      const items = Array.from({ length: 8 }, (_, i) => `q${i}`)
-      const fiber = yield* Effect.fork(
-        batch.run(items, { domain: "d-a", cancel: Deferred.await(stop), onProgress: (e) => events.push(e) })
-      )
-      yield* TestClock.adjust("1500 millis")
-      assert.strictEqual(yield* controls.a!.inFlight, 2)
-      yield* Deferred.succeed(stop, undefined)
-      const result = yield* Fiber.join(fiber)
-      assert.isTrue(result.cancelled)
-      assert.deepStrictEqual(
-        result.results.map((r) => [r.status, r.ran]),
-        [
-          ["success", true],
-          ["success", true],
-          ["cancelled", true],
-          ["cancelled", true],
-          ["cancelled", false],
-          ["cancelled", false],
-          ["cancelled", false],
-          ["cancelled", false]
-        ]
-      )
-      assert.deepStrictEqual(result.notRun, [4, 5, 6, 7])
-      assert.strictEqual(result.results[2]!.durationMs, 500)
-      assert.strictEqual(yield* controls.a!.interrupted, 2)
-      assert.strictEqual(yield* controls.a!.inFlight, 0)
-      assert.strictEqual(yield* controls.a!.calls, 4)
-      const last = events[events.length - 1]
-      assert.strictEqual(last?._tag, "Cancelled")
-      if (last?._tag === "Cancelled") {
-        assert.deepStrictEqual(last.notRun, [4, 5, 6, 7])
-        assert.strictEqual(last.done, 2)
-        assert.strictEqual(last.elapsedMs, 1500)
-      }
-      // the permits came back: a later batch runs at full width
-      const next = yield* Effect.fork(batch.run(["x", "y"], { domain: "d-a" }))
-      yield* TestClock.adjust("1 second")
-      assert.isTrue((yield* Fiber.join(next)).results.every((r) => r.status === "success"))
-    })
-  )
-
-  it.effect("a cancel that has already happened runs nothing", () =>
-    Effect.gen(function* () {
-      const { batch, controls } = yield* makeOrchestra({ a: { latency: "1 second" } })
-      const result = yield* batch.run(["0", "1", "2"], { domain: "d-a", cancel: Effect.void })
-      assert.isTrue(result.cancelled)
-      assert.deepStrictEqual(result.notRun, [0, 1, 2])
-      assert.strictEqual(yield* controls.a!.calls, 0)
-    })
-  )
-
-  it.effect("a cancel that never fires lets the batch finish", () =>
-    Effect.gen(function* () {
-      const { batch } = yield* makeOrchestra({ a: { latency: "1 second" } })
-      const fiber = yield* Effect.fork(batch.run(["0", "1"], { domain: "d-a", cancel: Effect.never }))
-      yield* TestClock.adjust("1 second")
-      const result = yield* Fiber.join(fiber)
-      assert.isFalse(result.cancelled)
-      assert.deepStrictEqual(result.notRun, [])
-    })
-  )
-
-  it.effect("interrupting the batch fiber interrupts its calls and frees the permits", () =>
-    Effect.gen(function* () {
-      const { batch, controls } = yield* makeOrchestra({ a: { latency: "1 second" } }, { maxConcurrent: 2 })
-      const fiber = yield* Effect.fork(batch.run(["0", "1", "2", "3"], { domain: "d-a" }))
-      yield* TestClock.adjust("500 millis")
-      yield* Fiber.interrupt(fiber)
-      assert.strictEqual(yield* controls.a!.interrupted, 2)
-      assert.strictEqual(yield* controls.a!.inFlight, 0)
-      const next = yield* Effect.fork(batch.run(["x", "y"], { domain: "d-a" }))
-      yield* TestClock.adjust("1 second")
-      assert.strictEqual((yield* Fiber.join(next)).elapsedMs, 1000)
-    })
-  )
-})
-
-describe("Batch stats", () => {
-  it.effect("result.stats counts this batch only, even with another batch running at the same time", () =>
-    Effect.gen(function* () {
-      const { batch, stats } = yield* makeOrchestra(
-        { a: { latency: "100 millis" } },
-        { maxConcurrent: 4, domains: [{ name: "d-a", provider: "a", retry: noRetry }] }
-      )
-      const invalid = { request: { prompt: "bad", maxTokens: -1 } }
-      const a = yield* Effect.fork(batch.run(["a0", invalid, "a2"], { domain: "d-a", concurrency: 1 }))
-      const b = yield* Effect.fork(batch.run(["b0", "b1", "b2", "b3", "b4"], { domain: "d-a", id: "other-batch" }))
-      yield* TestClock.adjust("5 seconds")
-      const ra = yield* Fiber.join(a)
-      const rb = yield* Fiber.join(b)
-      assert.strictEqual(rb.id, "other-batch")
-      assert.notStrictEqual(ra.id, rb.id)
-      assert.deepStrictEqual(
-        ra.results.map((r) => r.status),
-        ["success", "error", "success"]
-      )
-      assert.strictEqual(ra.stats.total, 3)
-      assert.strictEqual(ra.stats.successes, 2)
-      assert.strictEqual(ra.stats.failures, 1)
-      assert.deepStrictEqual(ra.stats.failuresByReason, { InvalidRequest: 1 })
-      assert.strictEqual(ra.stats.concurrencyPeak, 1)
-      assert.strictEqual(rb.stats.total, 5)
-      assert.strictEqual(rb.stats.successes, 5)
-      assert.strictEqual(rb.stats.failures, 0)
-      assert.strictEqual(rb.stats.latency.avg, 100)
-      assert.isAbove(rb.stats.concurrencyPeak, 1)
-      const all = yield* stats.snapshot()
-      assert.strictEqual(all.total, 8)
-      assert.strictEqual(
-        ra.results.filter((r) => r.status === "success").length +
-          rb.results.filter((r) => r.status === "success").length,
-        all.successes
-      )
+      assert.strictEqual(Math.max(r.elapsedMs, d.elapsedMs), 6000)
+      assert.strictEqual(r.results[0]!.answer?.domain, "d-a")
+      assert.strictEqual(d.results[0]!.answer?.domain, "default")
+      assert.strictEqual(r.stats.total, 9)
+      assert.strictEqual(d.stats.total, 9)
     })
   )
 })
