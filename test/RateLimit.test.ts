@@ -188,7 +188,9 @@ describe.skipIf(skipRedis)(
           yield* server.kill
           const [elapsed, results] = yield* Effect.timed(waits(limits, "p", 5))
           assert.deepStrictEqual(results, [0, 0, 0, 0, 0])
-          assert.isTrue(Duration.toMillis(elapsed) < 300, `took ${Duration.toMillis(elapsed)} ms`)
+          // Fails open: each call gives up on the store after 50 ms instead of waiting out the
+          // minute. The bound leaves room for a loaded CI machine.
+          assert.isTrue(Duration.toMillis(elapsed) < 2000, `took ${Duration.toMillis(elapsed)} ms`)
         })
       )
     )
