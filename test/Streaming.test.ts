@@ -400,7 +400,10 @@ describe("Streaming cancellation", () => {
 
   it.effect("toAsyncIterable: leaving a for-await loop early interrupts the provider", () =>
     Effect.gen(function* () {
-      const { controls, streaming } = yield* setup([{ respond: () => story }])
+      // still streaming when the loop leaves: 5 chunks, then it stalls
+      const { controls, streaming } = yield* setup([
+        { respond: () => story, script: [Outcome.hang({ afterChunks: 5 })] }
+      ])
       const runtime = yield* Effect.runtime<never>()
       const seen = yield* Effect.promise(async () => {
         const out: Array<string> = []

@@ -16,6 +16,7 @@
  */
 import {
   Cause,
+  Channel,
   Chunk,
   Deferred,
   Duration,
@@ -26,7 +27,7 @@ import {
   Option,
   Random,
   Runtime,
-  Scope,
+  type Scope,
   Stream
 } from "effect"
 import {
@@ -115,12 +116,18 @@ type Pull = Effect.Effect<Chunk.Chunk<StreamPart>, Option.Option<AiError>>
 
 interface Lane {
   readonly step: ResolvedStep
-  readonly scope: Scope.CloseableScope
   readonly recorders: ReadonlyArray<Recorder>
   readonly timer: Watchdog.Timer | undefined
-  pull: Pull
-  fiber: Fiber.RuntimeFiber<Chunk.Chunk<StreamPart>, Option.Option<AiError>> | undefined
-  fired: "firstChunk" | "idle" | undefined
+  /** Drains the upstream into `buffer`. */
+  producer: Fiber.RuntimeFiber<void, AiError> | undefined
+  /** Chunks received, not yet taken by the consumer (at most `PREFETCH`). */
+  buffer: Array<Chunk.Chunk<StreamPart>>
+  /** How the upstream ended, once it has. */
+  done: PullExit | undefined
+  /** The consumer waiting for the next chunk. */
+  consumer: ((exit: PullExit) => void) | undefined
+  /** The producer waiting for room in the buffer. */
+  blocked: (() => void) | undefined
   /** The upstream delivered its first (non-empty) chunk. */
   started: boolean
   /** The upstream ended during acquisition (nothing or only `pending` to deliver). */
@@ -129,8 +136,16 @@ interface Lane {
   closed: boolean
   dedupe: Dedupe | undefined
   /** Continuation of a delivery pull, built once per lane. */
-  onPulled: ((exit: Exit.Exit<Chunk.Chunk<StreamPart>, Option.Option<AiError>>) => Pull) | undefined
+  onPulled: ((exit: PullExit) => Pull) | undefined
 }
+
+type PullExit = Exit.Exit<Chunk.Chunk<StreamPart>, Option.Option<AiError>>
+
+/**
+ * Chunks a lane reads ahead of its consumer. Enough that a fast upstream is drained in a few
+ * steps; a slow consumer holds the upstream back after this many.
+ */
+const PREFETCH = 64
 
 const defaultInstruction =
   "Your previous answer was cut off. Continue it exactly where it stopped: do not repeat any text already " +
@@ -228,6 +243,21 @@ type Outcome = { readonly _tag: "Done" } | { readonly _tag: "Failed"; readonly e
 const DONE: Outcome = { _tag: "Done" }
 const END = Exit.fail(Option.none<AiError>())
 
+// `Stream.repeatEffectChunkOption` costs a map, a catchAll and two allocations per chunk more.
+const fromPull = (pull: Pull): Stream.Stream<StreamPart, AiError> => {
+  const loop: Channel.Channel<Chunk.Chunk<StreamPart>, unknown, AiError, unknown, void, unknown> = Channel.unwrap(
+    Effect.matchCause(pull, {
+      onSuccess: (chunk) => Channel.zipRight(Channel.write(chunk), loop),
+      onFailure: (cause) =>
+        Option.match(Cause.flipCauseOption(cause), {
+          onNone: () => Channel.void,
+          onSome: (failure) => Channel.failCause(failure)
+        })
+    })
+  )
+  return Stream.fromChannel(loop)
+}
+
 /** @internal */
 export const make = (deps: {
   readonly stats: StatsService
@@ -291,43 +321,59 @@ export const make = (deps: {
       Effect.suspend(() => {
         const steps = resolveSteps(options)
         if (steps === undefined) return Effect.dieMessage("Streaming.stream: no provider (give `provider` or `steps`)")
-        const callLabels = steps[0]!.labels
-        const refuse = (error: AiError): Effect.Effect<never, AiError> => {
-          Metrics.requests.unsafeUpdate(1, callLabels.exact)
-          Metrics.failures.unsafeUpdate(1, callLabels.withReason(reasonOf(error)))
-          return Effect.fail(error)
-        }
-        return validateGenerate(request).pipe(
-          Effect.catchAll((error) =>
-            refuse(
-              error.provider === undefined
-                ? new ModelError({
-                    reason: error.reason,
-                    message: error.message,
-                    field: error.field,
-                    provider: steps[0]!.provider.name
-                  })
-                : error
-            )
-          ),
-          Effect.flatMap((valid) => {
-            const cache = options.cache
-            const key =
-              cache === undefined
-                ? ""
-                : (cache.key ?? cacheKeyOf({ provider: steps[0]!.provider.name, request: valid }))
-            const live = () => {
-              const started = defaults.admit === undefined ? Effect.void : Effect.catchAll(defaults.admit, refuse)
-              return Effect.zipRight(started, start(valid, steps, callLabels, options, key))
-            }
-            if (cache === undefined) return live()
-            return Effect.flatMap(cache.store.get(key), (hit) =>
-              Option.isSome(hit) ? Effect.succeed(Stream.fromIterable(hit.value)) : live()
-            )
-          })
+        // One span for the stream's lifetime, parent of the provider's work. Not `Stream.withSpan`:
+        // it provides the span again on every pull (~9 µs a chunk here).
+        return Effect.flatMap(
+          Effect.makeSpanScoped("Streaming.stream", {
+            kind: "client",
+            captureStackTrace: false,
+            attributes: { "gen_ai.system": steps[0]!.provider.name, "gen_ai.request.model": request.model }
+          }),
+          (span) => Effect.withParentSpan(setup(request, options, steps), span)
         )
       })
-    ).pipe(Stream.withSpan("Streaming.stream"))
+    )
+
+  const setup = (
+    request: GenerateRequest,
+    options: Api.StreamOptions,
+    steps: ReadonlyArray<ResolvedStep>
+  ): Effect.Effect<Stream.Stream<StreamPart, AiError>, AiError, Scope.Scope> =>
+    Effect.suspend(() => {
+      const callLabels = steps[0]!.labels
+      const refuse = (error: AiError): Effect.Effect<never, AiError> => {
+        Metrics.requests.unsafeUpdate(1, callLabels.exact)
+        Metrics.failures.unsafeUpdate(1, callLabels.withReason(reasonOf(error)))
+        return Effect.fail(error)
+      }
+      return validateGenerate(request).pipe(
+        Effect.catchAll((error) =>
+          refuse(
+            error.provider === undefined
+              ? new ModelError({
+                  reason: error.reason,
+                  message: error.message,
+                  field: error.field,
+                  provider: steps[0]!.provider.name
+                })
+              : error
+          )
+        ),
+        Effect.flatMap((valid) => {
+          const cache = options.cache
+          const key =
+            cache === undefined ? "" : (cache.key ?? cacheKeyOf({ provider: steps[0]!.provider.name, request: valid }))
+          const live = () => {
+            const started = defaults.admit === undefined ? Effect.void : Effect.catchAll(defaults.admit, refuse)
+            return Effect.zipRight(started, start(valid, steps, callLabels, options, key))
+          }
+          if (cache === undefined) return live()
+          return Effect.flatMap(cache.store.get(key), (hit) =>
+            Option.isSome(hit) ? Effect.succeed(Stream.fromIterable(hit.value)) : live()
+          )
+        })
+      )
+    })
 
   const start = (
     valid: GenerateRequest,
@@ -336,9 +382,7 @@ export const make = (deps: {
     options: Api.StreamOptions,
     cacheKey: string
   ): Effect.Effect<Stream.Stream<StreamPart, AiError>, never, Scope.Scope> =>
-    Effect.gen(function* () {
-      const runtime = yield* Effect.runtime<never>()
-      const clock = yield* Effect.clock
+    Effect.flatMap(Effect.zip(Effect.runtime<never>(), Effect.clock), ([runtime, clock]) => {
       const fork = Runtime.runFork(runtime)
       const firstMs = millisOf(options.firstChunkTimeout, defaultFirst)
       const idleMs = millisOf(options.idleTimeout, defaultIdle)
@@ -367,6 +411,8 @@ export const make = (deps: {
       let finish: Finish | undefined
       let outcome: Outcome | undefined
       let current: Lane | undefined
+      // An acquisition that may wait outside a lane pull (retry backoff, hedge delay) runs in
+      // this fiber, so that the total deadline can interrupt it.
       let waiting: Fiber.RuntimeFiber<unknown, unknown> | undefined
       let totalFired = false
       let resumes = 0
@@ -382,8 +428,11 @@ export const make = (deps: {
               totalFired = true
               Metrics.timeouts.unsafeUpdate(1, callLabels.exact)
               if (waiting !== undefined) waiting.unsafeInterruptAsFork(FiberId.none)
+              for (const lane of lanes) handOver(lane, Exit.fail(Option.some(totalError())))
             })
       if (totalTimer !== undefined) watchdog!.arm(totalTimer, clock.unsafeCurrentTimeMillis() + totalMs)
+      const trackAcquisition =
+        totalTimer !== undefined && (hedgeAfter !== undefined || steps.some((step) => step.retry !== undefined))
 
       const totalError = (): TimeoutError =>
         new TimeoutError({
@@ -407,8 +456,11 @@ export const make = (deps: {
           if (lane.closed) return Effect.void
           lane.closed = true
           lanes.delete(lane)
+          lane.consumer = undefined
           if (lane.timer !== undefined) watchdog!.remove(lane.timer)
-          let effect: Effect.Effect<void> = Scope.close(lane.scope, exit)
+          const producer = lane.producer
+          let effect: Effect.Effect<void> =
+            producer === undefined ? Effect.void : Effect.asVoid(Fiber.interrupt(producer))
           for (const record of lane.recorders) effect = Effect.zipRight(effect, record(exit))
           const observe = lane.step.onOutcome
           if (observe !== undefined) {
@@ -420,57 +472,93 @@ export const make = (deps: {
           return effect
         })
 
-      // Runs one pull of a lane's upstream in a child fiber the watchdog can interrupt, and
-      // hands the exit (timeouts already mapped) to `k`. No fiber when nothing can fire.
-      const lanePull = <X, Y>(
+      // Hands a result to the waiting consumer, if any.
+      const handOver = (lane: Lane, exit: PullExit): boolean => {
+        const consumer = lane.consumer
+        if (consumer === undefined) return false
+        lane.consumer = undefined
+        if (lane.timer !== undefined) lane.timer.armed = false
+        consumer(exit)
+        return true
+      }
+
+      const offer =
+        (lane: Lane) =>
+        (chunk: Chunk.Chunk<StreamPart>): Effect.Effect<void> => {
+          if (chunk.length === 0 || lane.closed) return Effect.void
+          if (lane.buffer.length === 0 && handOver(lane, Exit.succeed(chunk))) return Effect.void
+          lane.buffer.push(chunk)
+          if (lane.buffer.length < PREFETCH) return Effect.void
+          return Effect.async<void>((resume) => {
+            lane.blocked = () => resume(Effect.void)
+            return Effect.sync(() => {
+              lane.blocked = undefined
+            })
+          })
+        }
+
+      // The upstream runs in its own fiber (started synchronously on the stream's runtime, so it
+      // sees the same Clock, services and parent span), drained natively into the lane's buffer.
+      const startProducer = (lane: Lane): void => {
+        const upstream = lane.step.provider.stream(lane.step.prepare(request))
+        const fiber = fork(Stream.runForEachChunk(upstream, offer(lane)))
+        const onExit = (exit: Exit.Exit<void, AiError>): void => {
+          lane.producer = undefined
+          const done: PullExit = exit._tag === "Success" ? END : Exit.failCause(Cause.map(exit.cause, Option.some))
+          lane.done = done
+          if (lane.buffer.length === 0) handOver(lane, done)
+        }
+        const polled = fiber.unsafePoll()
+        if (polled !== null) onExit(polled)
+        else {
+          lane.producer = fiber
+          fiber.addObserver(onExit)
+        }
+      }
+
+      const takeBuffered = (lane: Lane): Chunk.Chunk<StreamPart> => {
+        const buffer = lane.buffer
+        let chunk: Chunk.Chunk<StreamPart>
+        if (buffer.length === 1) chunk = buffer[0]!
+        else {
+          const parts: Array<StreamPart> = []
+          for (const c of buffer) for (const part of Chunk.toReadonlyArray(c)) parts.push(part)
+          chunk = Chunk.unsafeFromArray(parts)
+        }
+        lane.buffer = []
+        const blocked = lane.blocked
+        if (blocked !== undefined) {
+          lane.blocked = undefined
+          blocked()
+        }
+        return chunk
+      }
+
+      // The next chunks of a lane: everything buffered at once, or a wait (with the idle deadline
+      // armed while the consumer waits) for the next chunk, the end or a failure.
+      const take = <X, Y>(
         lane: Lane,
-        k: (exit: Exit.Exit<Chunk.Chunk<StreamPart>, Option.Option<AiError>>) => Effect.Effect<X, Y>
+        k: (exit: PullExit) => Effect.Effect<X, Y>,
+        armIdle: boolean
       ): Effect.Effect<X, Y> => {
-        if (watchdog === undefined) return Effect.flatMap(Effect.exit(lane.pull), k)
-        return Effect.suspend(() => {
-          if (lane.started && lane.timer !== undefined && idleMs !== NONE) {
-            watchdog.arm(lane.timer, clock.unsafeCurrentTimeMillis() + idleMs)
-          }
-          const fiber = fork(lane.pull)
-          const polled = fiber.unsafePoll()
-          if (polled !== null) return k(settle(lane, polled))
-          lane.fiber = fiber
-          if (current === lane) waiting = fiber
-          return Effect.async<X, Y>((resume) => {
-            fiber.addObserver((exit) => resume(k(settle(lane, exit))))
-            return Effect.asVoid(Fiber.interrupt(fiber))
+        if (lane.buffer.length > 0) return k(Exit.succeed(takeBuffered(lane)))
+        if (lane.done !== undefined) return k(lane.done)
+        if (totalFired) return k(Exit.fail(Option.some(totalError())))
+        if (armIdle && lane.started && lane.timer !== undefined && idleMs !== NONE) {
+          watchdog!.arm(lane.timer, clock.unsafeCurrentTimeMillis() + idleMs)
+        }
+        return Effect.async<X, Y>((resume) => {
+          lane.consumer = (exit) => resume(Effect.suspend(() => k(exit)))
+          return Effect.sync(() => {
+            lane.consumer = undefined
+            if (lane.timer !== undefined) lane.timer.armed = false
           })
         })
       }
 
-      const settle = (
-        lane: Lane,
-        exit: Exit.Exit<Chunk.Chunk<StreamPart>, Option.Option<AiError>>
-      ): Exit.Exit<Chunk.Chunk<StreamPart>, Option.Option<AiError>> => {
-        const fired = lane.fired
-        lane.fired = undefined
-        if (lane.fiber !== undefined) {
-          if (waiting === lane.fiber) waiting = undefined
-          lane.fiber = undefined
-        }
-        if (lane.timer !== undefined) watchdog!.disarm(lane.timer)
-        if (exit._tag === "Failure" && Cause.isInterruptedOnly(exit.cause)) {
-          if (fired !== undefined) return Exit.fail(Option.some(laneTimeout(lane, fired)))
-          if (totalFired && current === lane) return Exit.fail(Option.some(totalError()))
-        }
-        return exit
-      }
-
-      const nonEmpty = (pull: Pull): Pull => {
-        const loop: Pull = Effect.flatMap(pull, (chunk) => (chunk.length === 0 ? loop : Effect.succeed(chunk)))
-        return loop
-      }
-
       const firstSettled =
-        (
-          lane: Lane
-        ): ((exit: Exit.Exit<Chunk.Chunk<StreamPart>, Option.Option<AiError>>) => Effect.Effect<Lane, AiError>) =>
-        (exit) => {
+        (lane: Lane) =>
+        (exit: PullExit): Effect.Effect<Lane, AiError> => {
           if (exit._tag === "Success") {
             lane.started = true
             lane.pending = exit.value
@@ -503,15 +591,16 @@ export const make = (deps: {
       const attempt = (step: ResolvedStep): Effect.Effect<Lane, AiError> =>
         Effect.uninterruptibleMask((restore) =>
           Effect.flatMap(admitAll(step), (recorders) =>
-            Effect.flatMap(Scope.make(), (scope) => {
+            Effect.suspend(() => {
               const lane: Lane = {
                 step,
-                scope,
                 recorders,
                 timer: undefined,
-                pull: Effect.never,
-                fiber: undefined,
-                fired: undefined,
+                producer: undefined,
+                buffer: [],
+                done: undefined,
+                consumer: undefined,
+                blocked: undefined,
                 started: false,
                 ended: false,
                 pending: undefined,
@@ -521,24 +610,15 @@ export const make = (deps: {
               }
               if (watchdog !== undefined && (firstMs !== NONE || idleMs !== NONE)) {
                 ;(lane as { timer: Watchdog.Timer | undefined }).timer = watchdog.timer(idleMs, () => {
-                  if (lane.fiber === undefined) return
-                  lane.fired = lane.started ? "idle" : "firstChunk"
+                  if (lane.consumer === undefined) return
                   Metrics.timeouts.unsafeUpdate(1, step.labels.exact)
-                  lane.fiber.unsafeInterruptAsFork(FiberId.none)
+                  handOver(lane, Exit.fail(Option.some(laneTimeout(lane, lane.started ? "idle" : "firstChunk"))))
                 })
+                if (firstMs !== NONE) watchdog.arm(lane.timer!, clock.unsafeCurrentTimeMillis() + firstMs)
               }
               lanes.add(lane)
-              const open = Effect.flatMap(
-                Scope.extend(Stream.toPull(step.provider.stream(step.prepare(request))), scope),
-                (pull) => {
-                  lane.pull = nonEmpty(pull)
-                  if (lane.timer !== undefined && firstMs !== NONE) {
-                    watchdog!.arm(lane.timer, clock.unsafeCurrentTimeMillis() + firstMs)
-                  }
-                  return lanePull(lane, firstSettled(lane))
-                }
-              )
-              return restore(open).pipe(
+              startProducer(lane)
+              return restore(take(lane, firstSettled(lane), false)).pipe(
                 Effect.onExit((exit) =>
                   exit._tag === "Success"
                     ? Effect.void
@@ -557,7 +637,7 @@ export const make = (deps: {
         if (policy === undefined) return attempt(step)
         const loop = (n: number): Effect.Effect<Lane, AiError> =>
           Effect.catchAll(attempt(step), (error) => {
-            if (n >= policy.maxAttempts || !isRetryable(error)) return Effect.fail(error)
+            if (totalFired || n >= policy.maxAttempts || !isRetryable(error)) return Effect.fail(error)
             return Effect.flatMap(Random.next, (u) => {
               const delay = retryDelayMillis(policy, n, u, retryAfterOf(error))
               if (delay === undefined) return Effect.fail(error)
@@ -579,7 +659,7 @@ export const make = (deps: {
       const acquireSeq = (from: number): Effect.Effect<Lane, AiError> => {
         const loop = (i: number): Effect.Effect<Lane, AiError> =>
           Effect.catchAll(attemptWithRetry(steps[i]!), (error) =>
-            i + 1 < steps.length && shouldFallback(error) ? loop(i + 1) : Effect.fail(error)
+            !totalFired && i + 1 < steps.length && shouldFallback(error) ? loop(i + 1) : Effect.fail(error)
           )
         return loop(from)
       }
@@ -625,18 +705,16 @@ export const make = (deps: {
           )
         })
 
-      const acquire = (from: number): Effect.Effect<Lane, AiError> =>
-        hedgeAfter === undefined || from + 1 >= steps.length ? acquireSeq(from) : hedged(from, hedgeAfter)
-
-      // The consumer-level wait of an acquisition, interruptible by the total deadline.
-      const tracked = <A>(effect: Effect.Effect<A, AiError>): Effect.Effect<A, AiError> => {
-        if (totalTimer === undefined) return effect
+      const acquire = (from: number): Effect.Effect<Lane, AiError> => {
+        const effect =
+          hedgeAfter === undefined || from + 1 >= steps.length ? acquireSeq(from) : hedged(from, hedgeAfter)
+        if (!trackAcquisition) return effect
         return Effect.suspend(() => {
           const fiber = fork(effect)
           const polled = fiber.unsafePoll()
           if (polled !== null) return polled
           waiting = fiber
-          return Effect.async<A, AiError>((resume) => {
+          return Effect.async<Lane, AiError>((resume) => {
             fiber.addObserver((exit) => {
               if (waiting === fiber) waiting = undefined
               resume(exit)
@@ -721,7 +799,7 @@ export const make = (deps: {
 
       const delivering =
         (lane: Lane) =>
-        (exit: Exit.Exit<Chunk.Chunk<StreamPart>, Option.Option<AiError>>): Pull => {
+        (exit: PullExit): Pull => {
           if (exit._tag === "Success") return Exit.succeed(deliver(lane, exit.value))
           const failure = Cause.failureOption(exit.cause)
           if (Option.isNone(failure)) return Effect.failCause(exit.cause)
@@ -732,14 +810,12 @@ export const make = (deps: {
       const acquireAndDeliver = (
         from: number,
         interrupted: { readonly error: AiError; readonly provider: string } | undefined
-      ): Effect.Effect<Chunk.Chunk<StreamPart>, Option.Option<AiError>> =>
-        Effect.matchCauseEffect(tracked(acquire(from)), {
+      ): Pull =>
+        Effect.matchCauseEffect(acquire(from), {
           onFailure: (cause) => {
             const failure = Cause.failureOption(cause)
-            if (Option.isNone(failure)) {
-              return totalFired ? failVisible(totalError()) : Effect.failCause(Cause.map(cause, Option.some))
-            }
             if (totalFired) return failVisible(totalError())
+            if (Option.isNone(failure)) return Effect.failCause(Cause.map(cause, Option.some))
             if (interrupted === undefined) return failVisible(failure.value)
             return failVisible(
               new StreamInterruptedError({
@@ -752,12 +828,13 @@ export const make = (deps: {
           },
           onSuccess: (lane) => {
             current = lane
+            lane.onPulled = delivering(lane)
             if (interrupted !== undefined) lane.dedupe = new Dedupe(delivered, minOverlap)
             else if (lane.step.index > 0) Metrics.fallbacks.unsafeUpdate(1, callLabels.exact)
             const first = lane.pending
             lane.pending = undefined
             if (first === undefined) return finishLane(lane)
-            return Effect.succeed(deliver(lane, first))
+            return Exit.succeed(deliver(lane, first))
           }
         })
 
@@ -766,40 +843,41 @@ export const make = (deps: {
         if (totalFired) return failVisible(totalError())
         const lane = current
         if (lane === undefined) return acquireAndDeliver(0, undefined)
-        if (lane.onPulled === undefined) lane.onPulled = delivering(lane)
-        return lanePull(lane, lane.onPulled)
+        return take(lane, lane.onPulled!, true)
       })
 
-      yield* Effect.addFinalizer(() =>
-        Effect.suspend(() => {
-          watchdog?.close()
-          const open = Array.from(lanes)
-          return Effect.zipRight(
-            Effect.forEach(open, (lane) => closeLane(lane, Exit.interrupt(FiberId.none)), { discard: true }),
-            Effect.suspend(() => {
-              for (const tags of callLabels.aggregates) Metrics.inFlight.unsafeModify(-1, tags)
-              const elapsed = Number(clock.unsafeCurrentTimeNanos() - startNanos) / 1e6
-              const completed = outcome?._tag === "Done" || (outcome === undefined && finish !== undefined)
-              if (completed) {
-                Metrics.successes.unsafeUpdate(1, callLabels.exact)
-                Metrics.latency.unsafeUpdate(elapsed, callLabels.exact)
-              } else if (outcome?._tag === "Failed") {
-                Metrics.failures.unsafeUpdate(1, callLabels.withReason(reasonOf(outcome.error)))
-                Metrics.latency.unsafeUpdate(elapsed, callLabels.exact)
-              } else {
-                Metrics.failures.unsafeUpdate(1, callLabels.withReason("Interrupted"))
-              }
-              if (!completed && textStarted) Metrics.streamsAborted.unsafeUpdate(1, callLabels.exact)
-              if (completed && store !== undefined && finish !== undefined && resumes === 0) {
-                return store.set(cacheKey, cacheParts!)
-              }
-              return Effect.void
-            })
-          )
-        })
-      )
+      const finalize = Effect.suspend(() => {
+        watchdog?.close()
+        let effect: Effect.Effect<void> = Effect.void
+        for (const lane of lanes) effect = Effect.zipRight(effect, closeLane(lane, Exit.interrupt(FiberId.none)))
+        return Effect.zipRight(
+          effect,
+          Effect.suspend(() => {
+            for (const tags of callLabels.aggregates) Metrics.inFlight.unsafeModify(-1, tags)
+            const elapsed = Number(clock.unsafeCurrentTimeNanos() - startNanos) / 1e6
+            const completed = outcome?._tag === "Done" || (outcome === undefined && finish !== undefined)
+            if (completed) {
+              Metrics.successes.unsafeUpdate(1, callLabels.exact)
+              Metrics.latency.unsafeUpdate(elapsed, callLabels.exact)
+            } else if (outcome?._tag === "Failed") {
+              Metrics.failures.unsafeUpdate(1, callLabels.withReason(reasonOf(outcome.error)))
+              Metrics.latency.unsafeUpdate(elapsed, callLabels.exact)
+            } else {
+              Metrics.failures.unsafeUpdate(1, callLabels.withReason("Interrupted"))
+            }
+            if (!completed && textStarted) Metrics.streamsAborted.unsafeUpdate(1, callLabels.exact)
+            if (completed && store !== undefined && finish !== undefined && resumes === 0) {
+              return store.set(cacheKey, cacheParts!)
+            }
+            return Effect.void
+          })
+        )
+      })
 
-      return Stream.repeatEffectChunkOption(pull)
+      return Effect.as(
+        Effect.addFinalizer(() => finalize),
+        fromPull(pull)
+      )
     })
 
   return { stream }
