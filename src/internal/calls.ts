@@ -6,8 +6,8 @@
  * timer per call (~25-40 µs here). Instead, calls that suspend join a FIFO *lane* of their
  * timeout duration: deadlines in one lane are monotone, so one timer fiber per distinct
  * duration sleeps until the head's deadline, interrupts what expired, and sleeps again.
- * Finished calls unlink themselves in O(1). A call that completes without suspending costs
- * no timer and no bookkeeping at all.
+ * Finished calls unlink themselves in O(1). A single call that completes without
+ * suspending never enters a lane; a call in a pool links a node (no timer) and unlinks it.
  *
  * What a deadline interrupts must be a fiber that can die: Effect's interruption is sticky,
  * a fiber once interrupted cannot recover. A single `call` therefore runs the provider in a
@@ -63,19 +63,9 @@ interface Lane {
 /** @internal */
 export interface CallRunner {
   /**
-   * Runs `effect` in a tracked child fiber. With a `timeout`, `onTimeout()` is the failure
-   * when the deadline fires (the call has been interrupted and its finalizers have run by
-   * then). When the runner is shut down, still-running calls end with `onShutdown()`.
-   */
-  readonly run: <A, E, R, E2, E3>(
-    effect: Effect.Effect<A, E, R>,
-    timeout: Duration.Duration | undefined,
-    onTimeout: () => E2,
-    onShutdown: () => E3
-  ) => Effect.Effect<A, E | E2 | E3, R>
-  /**
-   * Links a running fiber (a pool worker) into the lane of `timeout`: when the deadline
-   * passes, the fiber is interrupted and the returned node's `ending` says why.
+   * Links the fiber running a call (a single call's child, or a pool worker) into the lane
+   * of `timeout`: when the deadline passes, the fiber is interrupted and the returned
+   * node's `ending` says why.
    */
   readonly track: (fiber: Fiber.RuntimeFiber<unknown, unknown>, timeout: Duration.Duration | undefined) => Node
   /**
@@ -83,7 +73,7 @@ export interface CallRunner {
    * been sent: the fiber is doomed, and its owner must treat the call as ended by `ending`.
    */
   readonly settle: (node: Node) => boolean
-  /** Interrupts every running call; each caller receives its `onShutdown()` failure. */
+  /** Interrupts every tracked fiber, with `ending` set to `"shutdown"` on its node. */
   readonly interruptAll: Effect.Effect<void>
 }
 
@@ -187,33 +177,6 @@ export const make: Effect.Effect<CallRunner, never, Scope.Scope> = Effect.gen(fu
     return true
   }
 
-  const run = <A, E, R, E2, E3>(
-    effect: Effect.Effect<A, E, R>,
-    timeout: Duration.Duration | undefined,
-    onTimeout: () => E2,
-    onShutdown: () => E3
-  ): Effect.Effect<A, E | E2 | E3, R> =>
-    Effect.flatMap(Effect.runtime<R>(), (runtime) => {
-      const fiber = Runtime.runFork(runtime)(Effect.interruptible(effect))
-      const polled = fiber.unsafePoll()
-      if (polled !== null) return polled
-      const node = track(fiber as Fiber.RuntimeFiber<unknown, unknown>, timeout)
-      return Effect.async<A, E | E2 | E3>((resume) => {
-        fiber.addObserver((exit) => {
-          unlink(node)
-          if (node.ending !== undefined && Exit.isInterrupted(exit)) {
-            resume(Effect.fail(node.ending === "timeout" ? onTimeout() : onShutdown()))
-          } else {
-            resume(exit)
-          }
-        })
-        return Effect.suspend(() => {
-          unlink(node)
-          return Fiber.interrupt(fiber)
-        })
-      })
-    })
-
   const interruptAll = Effect.suspend(() => {
     const fibers: Array<Fiber.RuntimeFiber<unknown, unknown>> = []
     for (const lane of [untimed, ...lanes.values()]) {
@@ -229,7 +192,7 @@ export const make: Effect.Effect<CallRunner, never, Scope.Scope> = Effect.gen(fu
     return Fiber.interruptAll(fibers)
   })
 
-  return { run, track, settle, interruptAll }
+  return { track, settle, interruptAll }
 })
 
 // ---------------------------------------------------------------------------------------------
@@ -411,7 +374,7 @@ export const engine = (env: EngineEnv): Engine => {
     )(call.f(call.target))
     const polled = child.unsafePoll()
     if (polled !== null) {
-      resume(settle(call, polled))
+      resume(settleCall(call, polled))
       return undefined
     }
     const node = runner.track(child as Fiber.RuntimeFiber<unknown, unknown>, call.timeout)
@@ -420,7 +383,7 @@ export const engine = (env: EngineEnv): Engine => {
       if (cancelled) return
       const ended = !runner.settle(node) && Exit.isInterrupted(exit)
       resume(
-        settle(
+        settleCall(
           call,
           ended ? Exit.fail(node.ending === "timeout" ? timeoutError(call) : env.interruptedByShutdown()) : exit
         )
@@ -443,7 +406,7 @@ export const engine = (env: EngineEnv): Engine => {
 
   // Records the call's outcome, or continues with a retry guarded by an `onExit` (only
   // retries pay for it: the caller may be interrupted during the backoff).
-  const settle = <A>(c: Call<A>, exit: Exit.Exit<A, AiError>): Effect.Effect<A, AiError> => {
+  const settleCall = <A>(c: Call<A>, exit: Exit.Exit<A, AiError>): Effect.Effect<A, AiError> => {
     if (exit._tag === "Success") {
       succeeded(c)
       return exit
@@ -503,8 +466,9 @@ export const engine = (env: EngineEnv): Engine => {
         let settled = false
         let failure: Cause.Cause<unknown> | undefined
 
-        // Everything a worker needs per item is built once per worker: at 10k workers each
-        // closure allocated per call shows up in the GC time (bench/overhead.ts part C).
+        // Under tsx (esbuild keepNames) every *named* function expression created at run
+        // time gets a `name` property defined on it (~250 bytes, a slower path): closures
+        // made per worker are anonymous, returned from here.
         const bind =
           <T>(w: Worker<A>, f: (w: Worker<A>, value: T) => Effect.Effect<void>) =>
           (value: T): Effect.Effect<void> =>
