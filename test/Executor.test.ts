@@ -96,6 +96,44 @@ describe("Executor.execute", () => {
   )
 })
 
+describe("Executor.execute accounting", () => {
+  it.effect(
+    "a caller interrupted while the call runs, or during a retry's backoff, is counted once as Interrupted",
+    () =>
+      Effect.gen(function* () {
+        const { ex, control } = yield* setup({ script: [Outcome.hang(), Outcome.fail("Overloaded"), Outcome.hang()] })
+        const running = yield* Effect.fork(ex.execute({ prompt: "a" }, { timeout: "none" }))
+        const backingOff = yield* Effect.fork(
+          ex.execute({ prompt: "b" }, { retry: { maxAttempts: 3, initialDelay: "1 second", jitter: 0 } })
+        )
+        yield* TestClock.adjust("500 millis")
+        assert.strictEqual(yield* control.calls, 2)
+        assert.strictEqual((yield* ex.stats({ provider: control.name })).inFlight, 2)
+        yield* Fiber.interrupt(running)
+        yield* Fiber.interrupt(backingOff)
+        assert.strictEqual(yield* control.interrupted, 1)
+        yield* TestClock.adjust("5 seconds")
+        assert.strictEqual(yield* control.calls, 2, "no retry after the caller left")
+        const stats = yield* ex.stats({ provider: control.name })
+        assert.strictEqual(stats.total, 2)
+        assert.deepStrictEqual(stats.failuresByReason, { Interrupted: 2 })
+        assert.strictEqual(stats.retries, 1)
+        assert.strictEqual(stats.inFlight, 0)
+      })
+  )
+
+  it.effect("an uninterruptible caller still gets its timeout: the provider runs interruptibly", () =>
+    Effect.gen(function* () {
+      const { ex, control } = yield* setup({ script: [Outcome.hang()] })
+      const fiber = yield* Effect.fork(Effect.uninterruptible(ex.execute({ prompt: "x" }, { timeout: "1 second" })))
+      yield* TestClock.adjust("1 second")
+      const error = yield* Effect.flip(Fiber.join(fiber))
+      assert.strictEqual(error._tag, "TimeoutError")
+      assert.strictEqual(yield* control.interrupted, 1)
+    })
+  )
+})
+
 describe("Executor retries", () => {
   it.effect("waits the exact exponential delays, and at least Retry-After", () =>
     Effect.gen(function* () {
