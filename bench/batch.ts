@@ -127,6 +127,7 @@ const partA = async () => {
           })
         )
       )
+      if (events !== 2 * n) throw new Error("bad run")
       return performance.now() - start
     }
   }
