@@ -5,10 +5,11 @@
  *
  * @since 0.1.0
  */
-import { Context, Deferred, Duration, Effect, type Either, Layer, Stream } from "effect"
+import { Context, Deferred, Duration, Effect, type Either, Layer, type Stream } from "effect"
 import type { Scope } from "effect"
-import { type AiError, ModelError, ShuttingDownError, TimeoutError } from "./AiError.js"
+import { type AiError, ModelError, ShuttingDownError } from "./AiError.js"
 import * as Calls from "./internal/calls.js"
+import * as Streaming from "./Streaming.js"
 import type { Limiter } from "./internal/limiter.js"
 import * as Metrics from "./Metrics.js"
 import {
@@ -112,10 +113,11 @@ export interface Service {
   ) => Effect.Effect<ReadonlyArray<Either.Either<GenerateResponse, AiError>>>
   readonly embed: (request: EmbedRequest, options?: ExecuteOptions) => Effect.Effect<EmbedResponse, AiError>
   /**
-   * A stream with the call's deadline as its total time. Stream-specific limits, retries
-   * before the first chunk and fallbacks live in `Streaming`.
+   * A stream of text deltas and a final `Finish`, through every policy: first-chunk, idle
+   * and total deadlines, retries and fallbacks before the first chunk, typed partial-text
+   * failures after it (see `Streaming`).
    */
-  readonly stream: (request: GenerateRequest, options?: ExecuteOptions) => Stream.Stream<StreamPart, AiError>
+  readonly stream: (request: GenerateRequest, options?: Streaming.StreamOptions) => Stream.Stream<StreamPart, AiError>
   /**
    * The generic path every call takes: admission, deadline, retries and metrics around
    * `f(provider)`. Other modules build on it.
@@ -294,30 +296,18 @@ export const make = (options: Options = {}): Effect.Effect<Service, never, Model
         Effect.flatMap((valid) => call((p) => p.embed(valid), callOptions))
       )
 
-    const stream = (request: GenerateRequest, callOptions: ExecuteOptions = {}): Stream.Stream<StreamPart, AiError> =>
-      Stream.unwrapScoped(
-        Effect.map(
-          Effect.catchAll(validateGenerate(request), (error) => invalid(error, callOptions)),
-          (valid) => {
-            const target = callOptions.provider ?? provider
-            const timeout =
-              callOptions.timeout === "none"
-                ? undefined
-                : callOptions.timeout === undefined
-                  ? defaultTimeout
-                  : Duration.decode(callOptions.timeout)
-            const upstream = target.stream(valid)
-            return timeout === undefined
-              ? upstream
-              : upstream.pipe(
-                  Stream.timeoutFail(
-                    () => new TimeoutError({ limit: "total", timeout, provider: target.name }),
-                    timeout
-                  )
-                )
-          }
-        )
-      )
+    // Streams share the executor's stats, default provider and retry policy, and are
+    // refused (ShuttingDownError) once the executor closes.
+    const streaming = Streaming.makeWith({
+      stats,
+      provider,
+      options: {
+        retry: basePolicy,
+        admit: Effect.suspend(() => (closing ? Effect.fail(shuttingDown()) : Effect.void))
+      }
+    })
+    const stream = (request: GenerateRequest, streamOptions?: Streaming.StreamOptions) =>
+      streaming.stream(request, streamOptions)
 
     return {
       execute,

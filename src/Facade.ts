@@ -170,7 +170,8 @@ export const createOrchestra = <E>(layer: Layer.Layer<Services, E, never>): Orch
         return executor.stream(applyTo(resolved.domain, toRequest(prompt)), {
           provider: resolved.provider,
           domain: resolved.domain.name,
-          timeout: resolved.domain.timeout
+          firstChunkTimeout: resolved.domain.timeout,
+          retry: resolved.domain.retry ?? false
         })
       })
     ).pipe(Stream.mapError((error) => new OrchestraError(error)))

@@ -51,6 +51,8 @@ export * as Router from "./Router.js"
 /** @since 0.1.0 */
 export * as Stats from "./Stats.js"
 /** @since 0.1.0 */
+export * as Streaming from "./Streaming.js"
+/** @since 0.1.0 */
 export * as WatsonX from "./Model/WatsonX.js"
 /** @since 0.1.0 */
 export { createOrchestra } from "./Facade.js"
