@@ -270,7 +270,7 @@ export const make = Effect.fnUntraced(function* (options: Options = {}) {
             }),
             Effect.flatMap(
               Ref.updateAndGet(inFlight, (n) => n + 1),
-              (now) => Ref.update(peak, (p) => (now > p ? now : p))
+              (now) => Ref.update(peak, (p) => Math.max(now, p))
             )
           ),
           nextOutcome(index)
