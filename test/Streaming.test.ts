@@ -169,6 +169,23 @@ describe("Streaming timeouts", () => {
     })
   )
 
+  it.live("no deadline timer outlives its stream (a pending timer would keep the process alive)", () =>
+    Effect.gen(function* () {
+      const timers = () => process.getActiveResourcesInfo().filter((r) => r === "Timeout").length
+      const { streaming } = yield* setup([{ respond: () => story, chunkDelay: "1 millis" }])
+      const before = timers()
+      const text = yield* Streaming.collectText(
+        streaming.stream(
+          { prompt: "x" },
+          { firstChunkTimeout: "1 minute", idleTimeout: "1 minute", totalTimeout: "1 hour" }
+        )
+      )
+      assert.strictEqual(text, story)
+      yield* Effect.sleep("5 millis")
+      assert.strictEqual(timers(), before)
+    })
+  )
+
   it.effect("the total timeout also bounds retries and fallbacks before the first chunk", () =>
     Effect.gen(function* () {
       const { controls, steps, streaming } = yield* setup([{ script: [Outcome.hang()] }, { latency: "1 hour" }])

@@ -18,6 +18,7 @@ import {
   Cause,
   Channel,
   Chunk,
+  type Clock,
   Deferred,
   Duration,
   Effect,
@@ -28,7 +29,8 @@ import {
   Random,
   Runtime,
   type Scope,
-  Stream
+  Stream,
+  Tracer
 } from "effect"
 import {
   type AiError,
@@ -117,7 +119,9 @@ type Pull = Effect.Effect<Chunk.Chunk<StreamPart>, Option.Option<AiError>>
 interface Lane {
   readonly step: ResolvedStep
   readonly recorders: ReadonlyArray<Recorder>
-  readonly timer: Watchdog.Timer | undefined
+  /** Deadline of the first chunk (armed from the attempt's start) and of each later wait. */
+  readonly firstTimer: Watchdog.Timer | undefined
+  readonly idleTimer: Watchdog.Timer | undefined
   /** Drains the upstream into `buffer`. */
   producer: Fiber.RuntimeFiber<void, AiError> | undefined
   /** Chunks received, not yet taken by the consumer (at most `PREFETCH`). */
@@ -272,6 +276,17 @@ export const make = (deps: {
   const defaultIdle = millisOf(defaults.idleTimeout, 30_000)
   const defaultTotal = millisOf(defaults.totalTimeout, 600_000)
 
+  // One watchdog per clock: its sleepers serve every stream of this service on that clock.
+  const watchdogs = new WeakMap<Clock.Clock, Watchdog.Watchdog>()
+  const watchdogFor = (clock: Clock.Clock, runtime: Runtime.Runtime<never>): Watchdog.Watchdog => {
+    let found = watchdogs.get(clock)
+    if (found === undefined) {
+      found = Watchdog.make(clock, runtime)
+      watchdogs.set(clock, found)
+    }
+    return found
+  }
+
   const begin = (labels: Metrics.Labels): void => {
     Metrics.requests.unsafeUpdate(1, labels.exact)
     for (const tags of labels.aggregates) {
@@ -321,15 +336,20 @@ export const make = (deps: {
       Effect.suspend(() => {
         const steps = resolveSteps(options)
         if (steps === undefined) return Effect.dieMessage("Streaming.stream: no provider (give `provider` or `steps`)")
-        // One span for the stream's lifetime, parent of the provider's work. Not `Stream.withSpan`:
-        // it provides the span again on every pull (~9 µs a chunk here).
-        return Effect.flatMap(
-          Effect.makeSpanScoped("Streaming.stream", {
-            kind: "client",
-            captureStackTrace: false,
-            attributes: { "gen_ai.system": steps[0]!.provider.name, "gen_ai.request.model": request.model }
-          }),
-          (span) => Effect.withParentSpan(setup(request, options, steps), span)
+        // One span for the stream's lifetime, parent of the provider's work, when the caller is
+        // traced: untraced hot paths pay nothing (a span and its context cost ~10 µs here). Not
+        // `Stream.withSpan`: it provides the span again on every pull (~9 µs a chunk).
+        return Effect.flatMap(Effect.serviceOption(Tracer.ParentSpan), (parent) =>
+          Option.isNone(parent)
+            ? setup(request, options, steps)
+            : Effect.flatMap(
+                Effect.makeSpanScoped("Streaming.stream", {
+                  kind: "client",
+                  captureStackTrace: false,
+                  attributes: { "gen_ai.system": steps[0]!.provider.name, "gen_ai.request.model": request.model }
+                }),
+                (span) => Effect.withParentSpan(setup(request, options, steps), span)
+              )
         )
       })
     )
@@ -400,8 +420,7 @@ export const make = (deps: {
       const store = options.cache?.store
       const onRetry = options.onRetry
 
-      const watchdog =
-        firstMs === NONE && idleMs === NONE && totalMs === NONE ? undefined : Watchdog.make(clock, runtime)
+      const watchdog = firstMs === NONE && idleMs === NONE && totalMs === NONE ? undefined : watchdogFor(clock, runtime)
       const startNanos = clock.unsafeCurrentTimeNanos()
       let request = valid
       let delivered = ""
@@ -424,13 +443,13 @@ export const make = (deps: {
       const totalTimer =
         watchdog === undefined || totalMs === NONE
           ? undefined
-          : watchdog.timer(NONE, () => {
+          : watchdog.timer(totalMs, () => {
               totalFired = true
               Metrics.timeouts.unsafeUpdate(1, callLabels.exact)
               if (waiting !== undefined) waiting.unsafeInterruptAsFork(FiberId.none)
               for (const lane of lanes) handOver(lane, Exit.fail(Option.some(totalError())))
             })
-      if (totalTimer !== undefined) watchdog!.arm(totalTimer, clock.unsafeCurrentTimeMillis() + totalMs)
+      if (totalTimer !== undefined) watchdog!.arm(totalTimer)
       const trackAcquisition =
         totalTimer !== undefined && (hedgeAfter !== undefined || steps.some((step) => step.retry !== undefined))
 
@@ -457,7 +476,8 @@ export const make = (deps: {
           lane.closed = true
           lanes.delete(lane)
           lane.consumer = undefined
-          if (lane.timer !== undefined) watchdog!.remove(lane.timer)
+          if (lane.firstTimer !== undefined) watchdog!.remove(lane.firstTimer)
+          if (lane.idleTimer !== undefined) watchdog!.remove(lane.idleTimer)
           const producer = lane.producer
           let effect: Effect.Effect<void> =
             producer === undefined ? Effect.void : Effect.asVoid(Fiber.interrupt(producer))
@@ -472,12 +492,17 @@ export const make = (deps: {
           return effect
         })
 
+      const disarmLane = (lane: Lane): void => {
+        if (lane.firstTimer !== undefined) watchdog!.disarm(lane.firstTimer)
+        if (lane.idleTimer !== undefined) watchdog!.disarm(lane.idleTimer)
+      }
+
       // Hands a result to the waiting consumer, if any.
       const handOver = (lane: Lane, exit: PullExit): boolean => {
         const consumer = lane.consumer
         if (consumer === undefined) return false
         lane.consumer = undefined
-        if (lane.timer !== undefined) lane.timer.armed = false
+        disarmLane(lane)
         consumer(exit)
         return true
       }
@@ -544,14 +569,12 @@ export const make = (deps: {
         if (lane.buffer.length > 0) return k(Exit.succeed(takeBuffered(lane)))
         if (lane.done !== undefined) return k(lane.done)
         if (totalFired) return k(Exit.fail(Option.some(totalError())))
-        if (armIdle && lane.started && lane.timer !== undefined && idleMs !== NONE) {
-          watchdog!.arm(lane.timer, clock.unsafeCurrentTimeMillis() + idleMs)
-        }
+        if (armIdle && lane.started && lane.idleTimer !== undefined) watchdog!.arm(lane.idleTimer)
         return Effect.async<X, Y>((resume) => {
           lane.consumer = (exit) => resume(Effect.suspend(() => k(exit)))
           return Effect.sync(() => {
             lane.consumer = undefined
-            if (lane.timer !== undefined) lane.timer.armed = false
+            if (lane.idleTimer !== undefined) watchdog!.disarm(lane.idleTimer)
           })
         })
       }
@@ -559,6 +582,7 @@ export const make = (deps: {
       const firstSettled =
         (lane: Lane) =>
         (exit: PullExit): Effect.Effect<Lane, AiError> => {
+          if (lane.firstTimer !== undefined) watchdog!.remove(lane.firstTimer)
           if (exit._tag === "Success") {
             lane.started = true
             lane.pending = exit.value
@@ -595,7 +619,8 @@ export const make = (deps: {
               const lane: Lane = {
                 step,
                 recorders,
-                timer: undefined,
+                firstTimer: undefined,
+                idleTimer: undefined,
                 producer: undefined,
                 buffer: [],
                 done: undefined,
@@ -608,13 +633,18 @@ export const make = (deps: {
                 dedupe: undefined,
                 onPulled: undefined
               }
-              if (watchdog !== undefined && (firstMs !== NONE || idleMs !== NONE)) {
-                ;(lane as { timer: Watchdog.Timer | undefined }).timer = watchdog.timer(idleMs, () => {
+              if (watchdog !== undefined) {
+                const fire = (limit: "firstChunk" | "idle") => () => {
                   if (lane.consumer === undefined) return
                   Metrics.timeouts.unsafeUpdate(1, step.labels.exact)
-                  handOver(lane, Exit.fail(Option.some(laneTimeout(lane, lane.started ? "idle" : "firstChunk"))))
-                })
-                if (firstMs !== NONE) watchdog.arm(lane.timer!, clock.unsafeCurrentTimeMillis() + firstMs)
+                  handOver(lane, Exit.fail(Option.some(laneTimeout(lane, limit))))
+                }
+                const timers = lane as { firstTimer: Watchdog.Timer | undefined; idleTimer: Watchdog.Timer | undefined }
+                if (firstMs !== NONE) {
+                  timers.firstTimer = watchdog.timer(firstMs, fire("firstChunk"))
+                  watchdog.arm(timers.firstTimer)
+                }
+                if (idleMs !== NONE) timers.idleTimer = watchdog.timer(idleMs, fire("idle"))
               }
               lanes.add(lane)
               startProducer(lane)
@@ -847,7 +877,7 @@ export const make = (deps: {
       })
 
       const finalize = Effect.suspend(() => {
-        watchdog?.close()
+        if (totalTimer !== undefined) watchdog!.remove(totalTimer)
         let effect: Effect.Effect<void> = Effect.void
         for (const lane of lanes) effect = Effect.zipRight(effect, closeLane(lane, Exit.interrupt(FiberId.none)))
         return Effect.zipRight(

@@ -1,121 +1,136 @@
 /**
- * One timer fiber per stream for all of its deadlines (first chunk, idle gap, total).
+ * Deadlines of streams (first chunk, idle gap, total) without a timer per chunk or per stream.
  *
- * Why not `Effect.timeout` per chunk: each costs a race, two forks and a timer (~25 µs here),
- * paid on every chunk. Here a deadline is a plain object: moving it later (a chunk arrived)
- * is a field write. The single sleeper fiber wakes at the earliest deadline it knows of,
- * fires what expired, and sleeps again until the next one; a deadline that moved meanwhile
- * only costs it an early wake-up. It is restarted only when a deadline *earlier* than its
- * wake-up time is armed (rare: a new attempt, a shorter idle limit after the first chunk).
- * It sleeps through the stream's own `Clock`, so `TestClock` drives it.
+ * Why not `Effect.timeout` per chunk: each costs a race, two forks and a timer (~25 µs here).
+ * Timers are grouped in lanes by duration. A timer armed at `now` expires at `now + duration`,
+ * and `now` never goes back, so appending to its lane's tail keeps every lane sorted: arming
+ * and re-arming (the next chunk's gap) are O(1) relinks, disarming only clears a flag. One
+ * sleeper fiber per non-empty lane sleeps until the head's deadline and fires it if armed; a
+ * disarmed head goes back to the tail at `now + duration`, the soonest it could fire if armed
+ * again. A lane's sleeper is interrupted when its last timer is removed, so no timer outlives
+ * the streams (a pending sleep would keep a process alive). Sleepers run on the `Clock` of the
+ * streams they serve (one watchdog per clock), so `TestClock` drives them.
  *
  * @internal
  */
 import { Duration, Effect, FiberId, Runtime } from "effect"
 import type { Clock, Fiber } from "effect"
 
+interface Lane {
+  readonly millis: number
+  head: Timer | undefined
+  tail: Timer | undefined
+  sleeper: Fiber.RuntimeFiber<void, never> | undefined
+  generation: number
+}
+
 /** @internal */
 export interface Timer {
-  /** Clock millis at which it fires, while armed. */
+  readonly lane: Lane
+  readonly onFire: () => void
   deadline: number
   armed: boolean
-  /**
-   * While disarmed: the shortest time it can take to fire once armed again (its limit), so
-   * the sleeper never oversleeps a deadline armed later. `Infinity` when it has no period.
-   */
-  readonly period: number
-  registered: boolean
-  readonly onFire: () => void
+  prev: Timer | undefined
+  next: Timer | undefined
+  linked: boolean
 }
 
 /** @internal */
 export interface Watchdog {
-  /** A registered, disarmed timer. */
-  readonly timer: (period: number, onFire: () => void) => Timer
-  readonly arm: (timer: Timer, deadline: number) => void
+  /** A timer that fires `millis` after each arming, unless disarmed or removed first. */
+  readonly timer: (millis: number, onFire: () => void) => Timer
+  /** (Re)starts the countdown from now. */
+  readonly arm: (timer: Timer) => void
+  /** Stops the countdown; the timer stays registered for a later `arm`. */
   readonly disarm: (timer: Timer) => void
+  /** Unregisters the timer (it may be armed again later). */
   readonly remove: (timer: Timer) => void
-  /** Stops the sleeper; no timer fires after this. */
-  readonly close: () => void
+}
+
+const unlink = (timer: Timer): void => {
+  if (!timer.linked) return
+  const lane = timer.lane
+  timer.linked = false
+  if (timer.prev) timer.prev.next = timer.next
+  else lane.head = timer.next
+  if (timer.next) timer.next.prev = timer.prev
+  else lane.tail = timer.prev
+  timer.prev = undefined
+  timer.next = undefined
+}
+
+const append = (timer: Timer, deadline: number): void => {
+  const lane = timer.lane
+  timer.deadline = deadline
+  timer.linked = true
+  timer.prev = lane.tail
+  if (lane.tail) lane.tail.next = timer
+  else lane.head = timer
+  lane.tail = timer
 }
 
 /** @internal */
 export const make = (clock: Clock.Clock, runtime: Runtime.Runtime<never>): Watchdog => {
-  const timers = new Set<Timer>()
+  const lanes = new Map<number, Lane>()
   const fork = Runtime.runFork(runtime)
-  let sleeper: Fiber.RuntimeFiber<void, never> | undefined
-  let generation = 0
-  let wakeAt = Number.POSITIVE_INFINITY
-  let closed = false
-  let inLoop = false
 
-  const loop = (gen: number): Effect.Effect<void> =>
+  const loop = (lane: Lane, generation: number): Effect.Effect<void> =>
     Effect.suspend(() => {
-      if (gen !== generation || closed) return Effect.void
-      inLoop = true
+      if (generation !== lane.generation) return Effect.void
       const now = clock.unsafeCurrentTimeMillis()
-      let next = Number.POSITIVE_INFINITY
-      for (const timer of timers) {
-        if (timer.armed && timer.deadline <= now) {
-          // Stays registered, disarmed: the owner may arm it again (the next chunk's gap).
-          timer.armed = false
-          timer.onFire()
+      let head = lane.head
+      while (head !== undefined && head.deadline <= now) {
+        unlink(head)
+        if (head.armed) {
+          head.armed = false
+          head.onFire()
+        } else {
+          append(head, now + lane.millis)
         }
-        const due = timer.armed ? timer.deadline : now + timer.period
-        if (due < next) next = due
+        head = lane.head
       }
-      inLoop = false
-      if (next === Number.POSITIVE_INFINITY || closed) {
-        sleeper = undefined
-        wakeAt = Number.POSITIVE_INFINITY
+      if (head === undefined) {
+        lane.sleeper = undefined
         return Effect.void
       }
-      wakeAt = next
-      return Effect.zipRight(Effect.sleep(Duration.millis(next - now)), loop(gen))
+      return Effect.zipRight(Effect.sleep(Duration.millis(head.deadline - now)), loop(lane, generation))
     })
 
-  const ensure = (due: number): void => {
-    if (closed || inLoop) return
-    if (sleeper !== undefined && due >= wakeAt) return
-    const previous = sleeper
-    const gen = ++generation
-    sleeper = undefined
-    wakeAt = due
-    const fiber = fork(loop(gen))
-    if (fiber.unsafePoll() === null && gen === generation) sleeper = fiber
-    if (previous !== undefined) previous.unsafeInterruptAsFork(FiberId.none)
+  const ensureSleeper = (lane: Lane): void => {
+    if (lane.sleeper !== undefined) return
+    const generation = ++lane.generation
+    const fiber = fork(loop(lane, generation))
+    if (fiber.unsafePoll() === null && generation === lane.generation) lane.sleeper = fiber
   }
 
   return {
-    timer: (period, onFire) => {
-      const timer: Timer = { deadline: Number.POSITIVE_INFINITY, armed: false, period, registered: true, onFire }
-      timers.add(timer)
-      if (period !== Number.POSITIVE_INFINITY) ensure(clock.unsafeCurrentTimeMillis() + period)
-      return timer
+    timer: (millis, onFire) => {
+      let lane = lanes.get(millis)
+      if (lane === undefined) {
+        lane = { millis, head: undefined, tail: undefined, sleeper: undefined, generation: 0 }
+        lanes.set(millis, lane)
+      }
+      return { lane, onFire, deadline: 0, armed: false, prev: undefined, next: undefined, linked: false }
     },
-    arm: (timer, deadline) => {
-      timer.deadline = deadline
+    arm: (timer) => {
+      unlink(timer)
       timer.armed = true
-      if (timer.registered && deadline < wakeAt) ensure(deadline)
+      append(timer, clock.unsafeCurrentTimeMillis() + timer.lane.millis)
+      ensureSleeper(timer.lane)
     },
     disarm: (timer) => {
       timer.armed = false
     },
     remove: (timer) => {
       timer.armed = false
-      if (timer.registered) {
-        timer.registered = false
-        timers.delete(timer)
+      unlink(timer)
+      const lane = timer.lane
+      if (lane.head === undefined && lane.sleeper !== undefined) {
+        const sleeper = lane.sleeper
+        lane.sleeper = undefined
+        lane.generation++
+        sleeper.unsafeInterruptAsFork(FiberId.none)
       }
-    },
-    close: () => {
-      if (closed) return
-      closed = true
-      generation++
-      timers.clear()
-      const fiber = sleeper
-      sleeper = undefined
-      if (fiber !== undefined) fiber.unsafeInterruptAsFork(FiberId.none)
     }
   }
 }
