@@ -537,17 +537,22 @@ describe("Streaming with breakers and caches", () => {
     })
   )
 
-  it.scoped("a completed stream is replayed from the cache as a stream", () =>
+  it.scoped("a completed stream is replayed from the cache as a stream; an unfinished one is not cached", () =>
     Effect.gen(function* () {
-      const { controls, streaming } = yield* setup([{ respond: () => story }])
+      // calls: 1st "x" completes, 2nd "y" stalls after 2 chunks, 3rd "y" completes
+      const { controls, streaming } = yield* setup([
+        { respond: () => story, script: [Outcome.succeed(), Outcome.hang({ afterChunks: 2 }), Outcome.succeed()] }
+      ])
       const store = yield* ResponseCache.makeMemoryStore({ name: uniqueName("cache") })
       const cache = Streaming.cacheFrom(yield* ResponseCache.make(store))
       const first = yield* Stream.runCollect(streaming.stream({ prompt: "x" }, { cache: { store: cache } }))
       const second = yield* Stream.runCollect(streaming.stream({ prompt: "x" }, { cache: { store: cache } }))
       assert.strictEqual(yield* controls[0]!.calls, 1)
       assert.deepStrictEqual(Chunk.toReadonlyArray(second), Chunk.toReadonlyArray(first))
-      // a stream the consumer left early is not cached
+      assert.strictEqual(texts(Chunk.toReadonlyArray(second)).join(""), story)
+      // the consumer leaves while the upstream is still streaming: nothing is cached
       yield* Stream.runCollect(Stream.take(streaming.stream({ prompt: "y" }, { cache: { store: cache } }), 1))
+      assert.strictEqual(yield* controls[0]!.interrupted, 1)
       yield* Stream.runCollect(streaming.stream({ prompt: "y" }, { cache: { store: cache } }))
       assert.strictEqual(yield* controls[0]!.calls, 3)
     })

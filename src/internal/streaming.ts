@@ -1,16 +1,16 @@
 /**
  * The streaming engine behind `Streaming.ts`.
  *
- * A stream is pulled on demand. Before the first chunk, an *acquisition* runs attempts
- * (retries, fallbacks, hedges) until one upstream delivers a chunk; that upstream becomes
- * the stream's *lane* and its chunks are handed to the consumer one pull at a time.
+ * Before the first chunk, an *acquisition* runs attempts (retries, fallbacks, hedges) until
+ * one upstream delivers a chunk; that attempt becomes the stream's *lane*. Each attempt's
+ * upstream runs in a producer fiber (started synchronously) that reads up to `PREFETCH`
+ * chunks ahead into a buffer; the consumer takes everything buffered at once, or waits for
+ * the producer to hand the next chunk over. No fiber, race or timer per chunk.
  *
- * Deadlines: every wait on an upstream runs in a child fiber started synchronously on the
- * stream's runtime (a pull that needs no waiting costs no timer and no bookkeeping); one
- * watchdog fiber per stream (`streamingWatchdog.ts`) interrupts that child when a deadline
- * passes, and the waiting consumer receives the typed `TimeoutError` instead. The idle
- * deadline is armed only while the consumer waits on the upstream, so a slow consumer never
- * trips it.
+ * Deadlines live in the shared watchdog (`streamingWatchdog.ts`). When one passes while the
+ * consumer waits, the consumer receives the typed `TimeoutError` at once; closing the lane
+ * then interrupts the producer, which closes the upstream's scope. The idle deadline is armed
+ * only while the consumer waits, so a slow consumer never trips it.
  *
  * @internal
  */
@@ -522,11 +522,27 @@ export const make = (deps: {
           })
         }
 
-      // The upstream runs in its own fiber (started synchronously on the stream's runtime, so it
-      // sees the same Clock, services and parent span), drained natively into the lane's buffer.
+      // The upstream runs in its own fiber, started synchronously on the stream's runtime (same
+      // Clock, services and parent span), pulling into the lane's buffer. `toPull` rather than
+      // `Stream.runForEachChunk`, which forks yet another fiber and waits on two Deferreds.
       const startProducer = (lane: Lane): void => {
         const upstream = lane.step.provider.stream(lane.step.prepare(request))
-        const fiber = fork(Stream.runForEachChunk(upstream, offer(lane)))
+        const push = offer(lane)
+        const fiber = fork(
+          Effect.scoped(
+            Effect.flatMap(Stream.toPull(upstream), (pull) => {
+              const loop: Effect.Effect<void, AiError> = Effect.matchCauseEffect(pull, {
+                onSuccess: (chunk) => Effect.zipRight(push(chunk), loop),
+                onFailure: (cause) =>
+                  Option.match(Cause.flipCauseOption(cause), {
+                    onNone: () => Effect.void,
+                    onSome: (failure) => Effect.failCause(failure)
+                  })
+              })
+              return loop
+            })
+          )
+        )
         const onExit = (exit: Exit.Exit<void, AiError>): void => {
           lane.producer = undefined
           const done: PullExit = exit._tag === "Success" ? END : Exit.failCause(Cause.map(exit.cause, Option.some))
