@@ -181,8 +181,13 @@ describe("Streaming timeouts", () => {
         )
       )
       assert.strictEqual(text, story)
-      yield* Effect.sleep("5 millis")
-      assert.strictEqual(timers(), before)
+      // sleepers are interrupted asynchronously, and other code may hold short timers: poll
+      let left = timers()
+      for (let i = 0; i < 50 && left > before; i++) {
+        yield* Effect.sleep("10 millis")
+        left = timers()
+      }
+      assert.isAtMost(left, before)
     })
   )
 
