@@ -120,13 +120,20 @@ export interface BatchResult {
  * @category models
  */
 export interface RunOptions {
-  /** Domain of items that name none. Without one, items go to the executor's own provider. */
+  /**
+   * Domain of items that name none. Items with a domain go through the router (domain
+   * policy, breaker, cache, rate limits). When no item has one and there is no `fallback`,
+   * the batch runs on the executor's worker pool against its own provider, with the
+   * executor's retry policy and without breaker or cache.
+   */
   readonly domain?: string | undefined
   /** At most this many items of this batch at once (never above the manager's shared limit). */
   readonly concurrency?: number | undefined
   /** Fallback domains tried in order after an item's own domain. */
   readonly fallback?: ReadonlyArray<string> | undefined
+  /** Called synchronously for each event, on the batch's fibers: keep it quick. A throw is logged once and ignored. */
   readonly onProgress?: ((event: ProgressEvent) => void) | undefined
+  /** The same events as an Effect (the batch waits for it). */
   readonly onEvent?: ((event: ProgressEvent) => Effect.Effect<void>) | undefined
   /** Completes when the batch should stop: in-flight calls are interrupted, the rest never start. */
   readonly cancel?: Effect.Effect<void> | undefined
@@ -483,7 +490,13 @@ export const make = (options: Options = {}) =>
       Stream.unwrapScoped(
         Effect.gen(function* () {
           const mailbox = yield* Mailbox.make<StreamEvent>()
-          yield* run(items, { ...runOptions, onEvent: (event) => Effect.asVoid(mailbox.offer(event)) }).pipe(
+          const user = runOptions.onProgress
+          // A synchronous offer per event (the mailbox is unbounded): no Effect per event.
+          const onProgress = (event: ProgressEvent): void => {
+            mailbox.unsafeOffer(event)
+            user?.(event)
+          }
+          yield* run(items, { ...runOptions, onProgress }).pipe(
             Effect.flatMap((result) => mailbox.offer({ _tag: "Done", result })),
             Effect.onExit((exit) => (Exit.isSuccess(exit) ? mailbox.end : mailbox.failCause(exit.cause))),
             Effect.forkScoped
@@ -503,11 +516,39 @@ export const layer = (options: Options = {}): Layer.Layer<Batch, never, Executor
   Layer.effect(Batch, make(options))
 
 /**
+ * Runs a batch on the manager's `Batch` service.
+ *
+ * @example
+ * ```ts
+ * import { Effect } from "effect"
+ * import * as Batch from "effect-orchestra/Batch"
+ *
+ * const program = Effect.gen(function* () {
+ *   const result = yield* Batch.run(["Where is my parcel?", { query: "Explain VAT", domain: "finance" }], {
+ *     domain: "support",
+ *     onProgress: (event) => console.log(event._tag, `${event.done}/${event.total}`)
+ *   })
+ *   return result.results.map((r) => r.status) // e.g. ["success", "timeout"]
+ * })
+ * ```
+ *
  * @since 0.1.0
  * @category accessors
  */
 export const run = (items: ReadonlyArray<Item>, options?: RunOptions): Effect.Effect<BatchResult, never, Batch> =>
   Effect.flatMap(Batch, (batch) => batch.run(items, options))
+
+/**
+ * Progress events of a batch as a `Stream`, then its result (`_tag: "Done"`). Leaving the
+ * stream early interrupts the batch.
+ *
+ * @since 0.1.0
+ * @category accessors
+ */
+export const stream = (
+  items: ReadonlyArray<Item>,
+  options?: Omit<RunOptions, "onEvent">
+): Stream.Stream<StreamEvent, never, Batch> => Stream.unwrap(Effect.map(Batch, (batch) => batch.stream(items, options)))
 
 /**
  * @since 0.1.0
