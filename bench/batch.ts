@@ -17,6 +17,7 @@ import { cpus, loadavg } from "node:os"
 import { fileURLToPath } from "node:url"
 import pLimit from "p-limit"
 import * as Batch from "../src/Batch.js"
+import * as Executor from "../src/Executor.js"
 import type { Domain } from "../src/Domain.js"
 import { type GenerateResponse, ModelProvider, type Service, usage } from "../src/Model.js"
 import * as Mock from "../src/Model/Mock.js"
@@ -47,7 +48,7 @@ const sleepP = (ms: number) => new Promise<void>((resolve) => setTimeout(resolve
 const withManager = async <A>(
   provider: Layer.Layer<ModelProvider>,
   maxConcurrent: number,
-  f: (batch: Batch.Service) => Effect.Effect<A>
+  f: (batch: Batch.Service) => Effect.Effect<A, never, Executor.Executor>
 ): Promise<A> => {
   const domains: ReadonlyArray<Domain> = [{ name: "bench", provider: "p" }]
   return Effect.runPromise(
@@ -57,7 +58,7 @@ const withManager = async <A>(
         Orchestra.layer({ providers: { p: provider }, domains, maxConcurrent }),
         scope
       )
-      const result = yield* f(Context.get(context, Batch.Batch))
+      const result = yield* Effect.provide(f(Context.get(context, Batch.Batch)), context)
       yield* Scope.close(scope, Exit.void)
       return result
     })
@@ -112,6 +113,36 @@ const partA = async () => {
           const ms = performance.now() - start
           if (events !== 2 * n + 1) return yield* Effect.dieMessage(`bad run: ${events} events`)
           return ms
+        })
+      ),
+    "executor.executeMany, no Batch (same mock, no progress)": () =>
+      withManager(Mock.layer({ latency: "20 millis" }), concurrency, () =>
+        Effect.gen(function* () {
+          const executor = yield* Executor.Executor
+          const start = performance.now()
+          yield* executor.executeMany(
+            list.map((prompt) => ({ prompt })),
+            { concurrency, retry: true }
+          )
+          return performance.now() - start
+        })
+      ),
+    "Effect.forEach over the mock's generate (no executor)": () =>
+      Effect.runPromise(
+        Effect.gen(function* () {
+          const { provider } = yield* Mock.make({ latency: "20 millis" })
+          const start = performance.now()
+          yield* Effect.forEach(list, (prompt) => Effect.either(provider.generate({ prompt })), { concurrency })
+          return performance.now() - start
+        })
+      ),
+    "Effect.forEach over Effect.sleep(20 ms) (the runtime's floor)": () =>
+      Effect.runPromise(
+        Effect.gen(function* () {
+          const provider = minimal(20)
+          const start = performance.now()
+          yield* Effect.forEach(list, (prompt) => Effect.either(provider.generate({ prompt })), { concurrency })
+          return performance.now() - start
         })
       ),
     "p-limit + setTimeout (no timeout, retry, metrics)": async () => {
