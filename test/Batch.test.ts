@@ -1,5 +1,5 @@
 import { assert, describe, it } from "@effect/vitest"
-import { Chunk, Deferred, Duration, Effect, Fiber, Layer, Option, Scope, Stream, TestClock } from "effect"
+import { Chunk, Deferred, Duration, Effect, Exit, Fiber, Layer, Option, Scope, Stream, TestClock } from "effect"
 import * as Batch from "../src/Batch.js"
 import { ModelProvider, type Service as ProviderService } from "../src/Model.js"
 import { Outcome } from "../src/Model/Mock.js"
@@ -536,6 +536,33 @@ for (const mode of modes) {
         const next = yield* Effect.fork(batch.run(["x", "y"], { domain: mode.domain }))
         yield* TestClock.adjust("1 second")
         assert.strictEqual((yield* Fiber.join(next)).elapsedMs, 1000)
+      })
+    )
+  })
+
+  describe(`Batch shutdown, ${mode.name}`, () => {
+    it.effect("closing the manager mid-batch: the batch returns and every item has an outcome", () =>
+      Effect.gen(function* () {
+        const { batch, controls, scope } = yield* makeOrchestra(
+          { a: { latency: "1 second" } },
+          { maxConcurrent: 2, executor: { shutdownDeadline: "500 millis", retry: noRetry } }
+        )
+        const fiber = yield* Effect.fork(batch.run(["0", "1", "2", "3", "4", "5"], { domain: mode.domain }))
+        yield* TestClock.adjust("100 millis")
+        const closing = yield* Effect.fork(Scope.close(scope, Exit.void))
+        yield* TestClock.adjust("500 millis")
+        yield* Fiber.join(closing)
+        const result = yield* Fiber.join(fiber)
+        assert.deepStrictEqual(
+          result.results.map((r) => r.status),
+          ["rejected", "rejected", "rejected", "rejected", "rejected", "rejected"]
+        )
+        assert.isTrue(result.results.every((r) => r.error?._tag === "ShuttingDownError"))
+        assert.deepStrictEqual(result.notRun, [])
+        assert.strictEqual(result.results[0]!.durationMs, 600, "in flight until the shutdown deadline")
+        assert.strictEqual(yield* controls.a!.calls, 2, "queued items never reached the provider")
+        assert.strictEqual(yield* controls.a!.interrupted, 2)
+        assert.strictEqual(yield* controls.a!.inFlight, 0)
       })
     )
   })
