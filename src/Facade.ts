@@ -45,7 +45,10 @@ export class OrchestraError extends Error {
  * @category models
  */
 export interface Orchestra {
-  /** One call through a domain (or the default provider without one). */
+  /**
+   * One call through a domain, or without one on the default provider with the executor's
+   * retry policy (as a batch item without a domain).
+   */
   readonly execute: (
     prompt: string | GenerateRequest,
     options?: CallOptions & { readonly domain?: string | undefined; readonly signal?: AbortSignal | undefined }
@@ -55,14 +58,16 @@ export interface Orchestra {
     domains: ReadonlyArray<string>,
     options?: CallOptions & { readonly signal?: AbortSignal | undefined }
   ) => Promise<Answer>
+  /** Every domain's outcome (mode `all`); never rejects because a domain failed. */
   readonly executeParallelDomains: (
     prompt: string | GenerateRequest,
-    domains: ReadonlyArray<string>
+    domains: ReadonlyArray<string>,
+    options?: CallOptions & { readonly signal?: AbortSignal | undefined }
   ) => Promise<ReadonlyArray<DomainOutcome>>
   readonly hedge: (
     prompt: string | GenerateRequest,
     domains: ReadonlyArray<string>,
-    options: HedgeOptions
+    options: HedgeOptions & { readonly signal?: AbortSignal | undefined }
   ) => Promise<Answer>
   /** Never rejects because an item failed; `signal` cancels the batch (the result says which items never ran). */
   readonly batch: (
@@ -71,7 +76,8 @@ export interface Orchestra {
   ) => Promise<BatchResult>
   /**
    * Text deltas and the final event, as an async iterable; leaving the loop early (or the
-   * signal) cancels the call. With a `domain`, its provider, system prompt and timeout apply.
+   * signal) cancels the call. With a `domain`, its provider, system prompt, timeout (of the
+   * first chunk) and retry policy apply.
    */
   readonly stream: (
     prompt: string | GenerateRequest,
@@ -182,7 +188,7 @@ export const createOrchestra = <E>(layer: Layer.Layer<Services, E, never>): Orch
         options.domain === undefined
           ? Effect.flatMap(Executor, (executor) =>
               Effect.map(
-                executor.execute(toRequest(prompt), { tags: options.tags }),
+                executor.execute(toRequest(prompt), { tags: options.tags, retry: true }),
                 (response): Answer => ({
                   response,
                   domain: "default",
@@ -201,10 +207,16 @@ export const createOrchestra = <E>(layer: Layer.Layer<Services, E, never>): Orch
         Effect.flatMap(Router, (router) => router.executeWithFallback(toRequest(prompt), domains, options)),
         options.signal
       ),
-    executeParallelDomains: (prompt, domains) =>
-      run(Effect.flatMap(Router, (router) => router.executeParallelDomains(toRequest(prompt), domains, "all"))),
+    executeParallelDomains: (prompt, domains, options = {}) =>
+      run(
+        Effect.flatMap(Router, (router) => router.executeParallelDomains(toRequest(prompt), domains, "all", options)),
+        options.signal
+      ),
     hedge: (prompt, domains, options) =>
-      run(Effect.flatMap(Router, (router) => router.hedge(toRequest(prompt), domains, options))),
+      run(
+        Effect.flatMap(Router, (router) => router.hedge(toRequest(prompt), domains, options)),
+        options.signal
+      ),
     batch: (items, options = {}) => {
       const { signal, ...rest } = options
       // The signal cancels the batch (a result naming the items that never ran), not the promise.

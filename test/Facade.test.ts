@@ -85,6 +85,21 @@ describe("createOrchestra", () => {
     }
   })
 
+  it("execute without a domain retries transient failures with the executor's policy, like a batch item", async () => {
+    const m = mock({ script: [Mock.Outcome.fail("Overloaded"), Mock.Outcome.succeed("second try")] })
+    const orchestra = createOrchestra(
+      Orchestra.layer({ providers: { main: m.layer }, executor: { retry: { maxAttempts: 2, initialDelay: 5 } } })
+    )
+    try {
+      const answer = await orchestra.execute("q")
+      assert.strictEqual(answer.response.text, "second try")
+      assert.strictEqual(Effect.runSync(m.control.calls), 2)
+      assert.strictEqual(orchestra.stats().retries, 1)
+    } finally {
+      await orchestra.dispose()
+    }
+  })
+
   it("execute with an AbortSignal: rejects with the abort reason and interrupts the call", async () => {
     const m = mock({ latency: "10 seconds" })
     const orchestra = createOrchestra(Orchestra.layer({ providers: { main: m.layer } }))
