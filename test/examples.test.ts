@@ -18,7 +18,8 @@ const expected: Readonly<Record<string, RegExp>> = {
   "main.ts": /answered by support \(local\) after 2 domains, fallback used: true/,
   "pipeline.ts": /parallel: succeeded/,
   "http-agents.ts": /peak requests in flight: \d+; now 0/,
-  "quickstart.ts": /one call: mock answer to: Summarise the release notes/
+  "quickstart.ts": /one call: mock answer to: Summarise the release notes/,
+  "streaming.ts": /remote: 1 call interrupted, none left running[\s\S]*TimeoutError\(limit: idle\)/
 }
 
 const examples = readdirSync(new URL("../examples/", import.meta.url))
