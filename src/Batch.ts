@@ -405,11 +405,13 @@ export const make = (options: Options = {}) =>
                 Effect.matchCauseEffect(callOne(index), {
                   onSuccess: (answer) => finished(index, Either.right(answer)),
                   onFailure: (cause) => {
+                    // Our own interruptions never get here: an interruption is the call's own doing.
                     const failure = Cause.failureOption(cause)
                     if (Option.isSome(failure)) return finished(index, Either.left(failure.value))
-                    // Interrupted from inside (our own interruptions never get here): reported as cancelled.
-                    if (Cause.isInterruptedOnly(cause)) return Effect.void
-                    return finished(index, Either.left(defectError(cause)))
+                    return finished(
+                      index,
+                      Either.left(Cause.isInterruptedOnly(cause) ? selfInterrupted() : defectError(cause))
+                    )
                   }
                 })
               )

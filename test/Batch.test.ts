@@ -708,3 +708,43 @@ describe("Batch, items without a domain (the executor's pool)", () => {
     })
   )
 })
+
+describe("Batch, a provider that interrupts itself", () => {
+  it.effect("is that item's error on both paths, never a cancelled batch", () =>
+    Effect.gen(function* () {
+      const name = uniqueName("self-interrupting")
+      const provider: ProviderService = {
+        name,
+        defaultModel: "m",
+        generate: (request) =>
+          request.prompt === "quit"
+            ? Effect.interrupt
+            : Effect.succeed({
+                text: "ok",
+                finishReason: "stop" as const,
+                usage: { inputTokens: 1, outputTokens: 1, totalTokens: 2 },
+                provider: name,
+                model: "m"
+              }),
+        stream: () => Stream.die("unused"),
+        embed: () => Effect.dieMessage("unused")
+      }
+      const scope = yield* Scope.make()
+      const context = yield* Layer.buildWithScope(
+        Orchestra.layer({ providers: { p: Layer.succeed(ModelProvider, provider) }, breakers: false }),
+        scope
+      )
+      const batch = yield* Effect.provide(Batch.Batch, context)
+      for (const domain of ["support", undefined]) {
+        const result = yield* batch.run(["a", "quit", "c"], { domain })
+        assert.deepStrictEqual(
+          result.results.map((r) => r.status),
+          ["success", "error", "success"],
+          `domain ${domain}`
+        )
+        assert.isFalse(result.cancelled)
+        assert.include(result.results[1]!.error?.message, "interrupted itself")
+      }
+    })
+  )
+})
