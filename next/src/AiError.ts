@@ -1,0 +1,322 @@
+/**
+ * Typed failures of model calls, and the two decisions every policy makes from them:
+ * try the same provider again (`isRetryable`) or try another one (`shouldFallback`).
+ *
+ * @since 0.1.0
+ */
+import { Duration, Predicate, Schema } from "effect"
+
+/**
+ * Why a provider call failed. Decided once, at the provider boundary, from data
+ * (HTTP status, error codes), never from message text.
+ *
+ * @since 0.1.0
+ * @category models
+ */
+export const Reason = Schema.Literals([
+  "RateLimited",
+  "Overloaded",
+  "Transport",
+  "Timeout",
+  "InvalidRequest",
+  "Unauthorized",
+  "Decode",
+  "Unavailable",
+  "ContentFilter",
+  "TooLarge",
+  "Unknown"
+])
+
+/**
+ * @since 0.1.0
+ * @category models
+ */
+export type Reason = typeof Reason.Type
+
+/**
+ * A failure reported by (or on the way to) a model provider, or a request refused before
+ * any provider saw it (`InvalidRequest`, with the `field` that was wrong).
+ *
+ * @since 0.1.0
+ * @category errors
+ */
+export class ModelError extends Schema.TaggedError<ModelError>("effect-orchestra/ModelError")("ModelError", {
+  reason: Reason,
+  message: Schema.String,
+  provider: Schema.optional(Schema.String),
+  model: Schema.optional(Schema.String),
+  status: Schema.optional(Schema.Number),
+  retryAfter: Schema.optional(Schema.Duration),
+  /** The request field or option that was wrong (InvalidRequest), or the response field that failed to decode (Decode). */
+  field: Schema.optional(Schema.String),
+  cause: Schema.optional(Schema.Defect())
+}) {}
+
+/**
+ * Which deadline fired: one attempt (`request`), a stream's first chunk (`firstChunk`),
+ * the gap between two chunks (`idle`), or the whole call or stream, retries and
+ * fallbacks included (`total`).
+ *
+ * @since 0.1.0
+ * @category models
+ */
+export const TimeoutLimit = Schema.Literals(["request", "firstChunk", "idle", "total"])
+
+/**
+ * @since 0.1.0
+ * @category models
+ */
+export type TimeoutLimit = typeof TimeoutLimit.Type
+
+/**
+ * A deadline of ours fired. The provider call was interrupted, not left running.
+ *
+ * @since 0.1.0
+ * @category errors
+ */
+export class TimeoutError extends Schema.TaggedError<TimeoutError>("effect-orchestra/TimeoutError")("TimeoutError", {
+  limit: TimeoutLimit,
+  timeout: Schema.Duration,
+  provider: Schema.optional(Schema.String),
+  /** For streams: the text already delivered to the consumer before the limit fired. */
+  partialText: Schema.optional(Schema.String)
+}) {
+  override get message(): string {
+    return `${this.limit} timeout after ${Duration.format(this.timeout)}${this.provider ? ` (${this.provider})` : ""}`
+  }
+}
+
+/**
+ * A circuit breaker refused the call. Falls back, never retries.
+ *
+ * @since 0.1.0
+ * @category errors
+ */
+export class CircuitOpenError extends Schema.TaggedError<CircuitOpenError>("effect-orchestra/CircuitOpenError")(
+  "CircuitOpenError",
+  {
+    breaker: Schema.String,
+    state: Schema.Literals(["open", "half-open", "isolated"]),
+    retryAfter: Schema.optional(Schema.Duration)
+  }
+) {
+  override get message(): string {
+    return `circuit "${this.breaker}" is ${this.state}`
+  }
+}
+
+/**
+ * The service is closing and admits no new work, or its shutdown deadline passed while
+ * the call was running.
+ *
+ * @since 0.1.0
+ * @category errors
+ */
+export class ShuttingDownError extends Schema.TaggedError<ShuttingDownError>("effect-orchestra/ShuttingDownError")(
+  "ShuttingDownError",
+  { message: Schema.String }
+) {}
+
+/**
+ * A stream failed after it had delivered text. It is never silently restarted: the error
+ * carries what was delivered, the provider's own message and the failure that ended it.
+ *
+ * @since 0.1.0
+ * @category errors
+ */
+export class StreamInterruptedError extends Schema.TaggedError<StreamInterruptedError>(
+  "effect-orchestra/StreamInterruptedError"
+)("StreamInterruptedError", {
+  partialText: Schema.String,
+  provider: Schema.optional(Schema.String),
+  /** The reason of the failure that cut the stream (a `ModelError` reason, `Timeout`, ...). */
+  reason: Schema.String,
+  /** The message of the failure that cut the stream, as the provider gave it. */
+  detail: Schema.optional(Schema.String),
+  cause: Schema.optional(Schema.Defect())
+}) {
+  override get message(): string {
+    const detail = this.detail === undefined ? "" : `: ${this.detail}`
+    const where = this.provider === undefined ? "" : ` (${this.provider})`
+    return `stream interrupted after ${this.partialText.length} characters${where}: ${this.reason}${detail}`
+  }
+}
+
+/**
+ * One step of a fallback chain that failed, in the order tried.
+ *
+ * @since 0.2.0
+ * @category models
+ */
+export interface FailedAttempt {
+  readonly domain?: string | undefined
+  readonly provider: string
+  readonly error: AiError
+}
+
+/**
+ * Every step of a fallback chain failed. Lists each step tried with its error, in order;
+ * `last` is the error of the last step (the one a single-step call would have failed with).
+ *
+ * @since 0.2.0
+ * @category errors
+ */
+export class FallbackExhaustedError extends Schema.TaggedError<FallbackExhaustedError>(
+  "effect-orchestra/FallbackExhaustedError"
+)("FallbackExhaustedError", {
+  attempts: Schema.Array(
+    Schema.Struct({
+      domain: Schema.optional(Schema.String),
+      provider: Schema.String,
+      error: Schema.suspend((): Schema.Codec<AiError> => AiErrorSchema)
+    })
+  )
+}) {
+  get last(): AiError {
+    return this.attempts[this.attempts.length - 1]!.error
+  }
+  override get message(): string {
+    const steps = this.attempts.map((a) => `${a.domain ?? a.provider}: ${a.error._tag} ${errorSummary(a.error)}`)
+    return `all ${this.attempts.length} fallback steps failed (${steps.join("; ")})`
+  }
+}
+
+const errorSummary = (error: AiError): string => (error._tag === "ModelError" ? error.reason : error.message)
+
+/**
+ * Every failure a model call can end with.
+ *
+ * @since 0.1.0
+ * @category models
+ */
+export type AiError =
+  | ModelError
+  | TimeoutError
+  | CircuitOpenError
+  | ShuttingDownError
+  | StreamInterruptedError
+  | FallbackExhaustedError
+
+/**
+ * The schema of every `AiError`.
+ *
+ * @since 0.2.0
+ * @category schemas
+ */
+export const AiErrorSchema: Schema.Codec<AiError> = Schema.Union([
+  ModelError,
+  TimeoutError,
+  CircuitOpenError,
+  ShuttingDownError,
+  StreamInterruptedError,
+  FallbackExhaustedError
+]) as unknown as Schema.Codec<AiError>
+
+const tags: ReadonlySet<string> = new Set([
+  "ModelError",
+  "TimeoutError",
+  "CircuitOpenError",
+  "ShuttingDownError",
+  "StreamInterruptedError",
+  "FallbackExhaustedError"
+])
+
+/**
+ * @since 0.1.0
+ * @category guards
+ */
+export const isAiError = (u: unknown): u is AiError =>
+  Predicate.hasProperty(u, "_tag") && typeof u._tag === "string" && tags.has(u._tag) && u instanceof Error
+
+const retryableReasons: ReadonlySet<Reason> = new Set<Reason>([
+  "RateLimited",
+  "Overloaded",
+  "Transport",
+  "Timeout",
+  "Unavailable"
+])
+
+/**
+ * Try the same provider again? Transient failures only. A `CircuitOpenError` never retries
+ * (the breaker said no), a stream that already delivered text is never restarted, and an
+ * exhausted fallback chain is final.
+ *
+ * @since 0.1.0
+ * @category predicates
+ */
+export const isRetryable = (error: AiError): boolean => {
+  switch (error._tag) {
+    case "ModelError":
+      return retryableReasons.has(error.reason)
+    case "TimeoutError":
+      return error.limit !== "total" && (error.partialText === undefined || error.partialText.length === 0)
+    default:
+      return false
+  }
+}
+
+/**
+ * Try another provider? Everything transient, plus failures specific to this provider
+ * (its breaker is open, its key is refused, its answer did not decode, it has no such model).
+ * Not a bad request (every provider would refuse it), not shutdown, not a stream that
+ * already delivered text, not the call's total deadline.
+ *
+ * @since 0.1.0
+ * @category predicates
+ */
+export const shouldFallback = (error: AiError): boolean => {
+  switch (error._tag) {
+    case "ModelError":
+      // A model this provider does not have is specific to it: another may serve the request.
+      if (error.reason === "InvalidRequest") return error.field === "model"
+      return error.reason !== "ContentFilter" && error.reason !== "TooLarge"
+    case "CircuitOpenError":
+      return true
+    case "TimeoutError":
+      return isRetryable(error)
+    default:
+      return false
+  }
+}
+
+/**
+ * The label a failure is counted under in the metrics.
+ *
+ * @since 0.1.0
+ * @category utils
+ */
+export const reasonOf = (error: AiError): string => {
+  switch (error._tag) {
+    case "ModelError":
+      return error.reason
+    case "TimeoutError":
+      return "Timeout"
+    case "CircuitOpenError":
+      return "CircuitOpen"
+    case "ShuttingDownError":
+      return "ShuttingDown"
+    case "StreamInterruptedError":
+      return "StreamInterrupted"
+    case "FallbackExhaustedError":
+      return "FallbackExhausted"
+  }
+}
+
+/**
+ * @since 0.1.0
+ * @category constructors
+ */
+export const modelError = (
+  reason: Reason,
+  message: string,
+  fields?: Omit<ConstructorParameters<typeof ModelError>[0], "reason" | "message">
+): ModelError => new ModelError({ reason, message, ...fields })
+
+/**
+ * A request or call option refused before any provider ran: `InvalidRequest` naming the field.
+ *
+ * @since 0.2.0
+ * @category constructors
+ */
+export const invalidRequest = (field: string, message: string, provider?: string): ModelError =>
+  new ModelError({ reason: "InvalidRequest", field, message: `invalid ${field}: ${message}`, provider })

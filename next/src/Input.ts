@@ -1,0 +1,277 @@
+/**
+ * Every number a user gives (durations, limits, concurrency, sizes) is checked where it
+ * enters. `NaN`, infinities, negative values, zero or fractions where they make no sense,
+ * and strings that do not parse are refused with the path of the field; nothing falls back
+ * to a default silently.
+ *
+ * Options given to a constructor or layer fail it with a {@link ConfigError}; options given
+ * per call fail the call with an `InvalidRequest` `ModelError` (see `AiError.invalidRequest`).
+ *
+ * @since 0.2.0
+ */
+import { Duration, Effect, Result, Schema, SchemaIssue, SchemaTransformation } from "effect"
+import { invalidRequest, type ModelError } from "./AiError.js"
+
+/**
+ * An option or configuration value was refused. `path` names the field
+ * (`"breaker.failMax"`, `"domains[1].retry.maxAttempts"`).
+ *
+ * @since 0.2.0
+ * @category errors
+ */
+export class ConfigError extends Schema.TaggedError<ConfigError>("effect-orchestra/ConfigError")("ConfigError", {
+  path: Schema.String,
+  message: Schema.String
+}) {}
+
+/**
+ * What a check found wrong.
+ *
+ * @since 0.2.0
+ * @category models
+ */
+export interface Issue {
+  readonly path: string
+  readonly message: string
+}
+
+/**
+ * @since 0.2.0
+ * @category models
+ */
+export type Checked<A> = Result.Result<A, Issue>
+
+/**
+ * A duration as users write it: milliseconds as a number, a string such as `"30 seconds"`,
+ * `"200 millis"`, `"2 minutes"`, or a `Duration`.
+ *
+ * @since 0.2.0
+ * @category models
+ */
+export type DurationInput = Duration.Input
+
+const describe = (input: unknown): string => {
+  if (typeof input === "string") return JSON.stringify(input)
+  if (typeof input === "number") return String(input)
+  if (Duration.isDuration(input)) return Duration.format(input)
+  if (input === null) return "null"
+  return typeof input
+}
+
+/**
+ * Options of {@link duration}.
+ *
+ * @since 0.2.0
+ * @category models
+ */
+export interface DurationOptions {
+  /** Accept a zero duration (default false: a zero deadline or delay is almost always a mistake). */
+  readonly allowZero?: boolean | undefined
+  /** Accept `Duration.infinity` (default false). */
+  readonly allowInfinite?: boolean | undefined
+}
+
+/**
+ * Checks a duration: a finite, non-negative number of milliseconds, a string that parses
+ * (`"-5 seconds"` and `"soon"` are refused), or a `Duration`.
+ *
+ * @since 0.2.0
+ * @category checks
+ */
+export const duration = (path: string, input: unknown, options: DurationOptions = {}): Checked<Duration.Duration> => {
+  const fail = (why: string) => Result.fail({ path, message: `${why}, got ${describe(input)}` })
+  let decoded: Duration.Duration
+  if (typeof input === "number") {
+    if (Number.isNaN(input)) return fail("expected a duration")
+    if (input < 0) return fail("a duration cannot be negative")
+    if (!Number.isFinite(input)) {
+      if (!options.allowInfinite) return fail("expected a finite duration")
+      decoded = Duration.infinity
+    } else {
+      decoded = Duration.millis(input)
+    }
+  } else if (typeof input === "string") {
+    if (input.trimStart().startsWith("-")) return fail("a duration cannot be negative")
+    const parsed = Duration.fromInput(input as Duration.Input)
+    if (parsed._tag === "None") return fail(`expected a duration such as 1500 or "30 seconds"`)
+    decoded = parsed.value
+  } else if (Duration.isDuration(input)) {
+    decoded = input
+  } else {
+    return fail(`expected a duration such as 1500 or "30 seconds"`)
+  }
+  if (Duration.isNegative(decoded)) return fail("a duration cannot be negative")
+  if (!Duration.isFinite(decoded) && !options.allowInfinite) return fail("expected a finite duration")
+  if (Duration.isZero(decoded) && !options.allowZero) return fail("expected a duration above zero")
+  return Result.succeed(decoded)
+}
+
+/**
+ * Options of {@link int} and {@link number}.
+ *
+ * @since 0.2.0
+ * @category models
+ */
+export interface RangeOptions {
+  readonly min?: number | undefined
+  readonly max?: number | undefined
+  /** `min` itself is refused. */
+  readonly minExclusive?: boolean | undefined
+}
+
+const range = (path: string, input: number, options: RangeOptions): Checked<number> => {
+  if (options.min !== undefined) {
+    if (options.minExclusive ? input <= options.min : input < options.min) {
+      return Result.fail({
+        path,
+        message: `expected a value ${options.minExclusive ? "above" : "of at least"} ${options.min}, got ${input}`
+      })
+    }
+  }
+  if (options.max !== undefined && input > options.max) {
+    return Result.fail({ path, message: `expected a value of at most ${options.max}, got ${input}` })
+  }
+  return Result.succeed(input)
+}
+
+/**
+ * Checks a finite number within a range.
+ *
+ * @since 0.2.0
+ * @category checks
+ */
+export const number = (path: string, input: unknown, options: RangeOptions = {}): Checked<number> => {
+  if (typeof input !== "number" || !Number.isFinite(input)) {
+    return Result.fail({ path, message: `expected a finite number, got ${describe(input)}` })
+  }
+  return range(path, input, options)
+}
+
+/**
+ * Checks an integer within a range.
+ *
+ * @since 0.2.0
+ * @category checks
+ */
+export const int = (path: string, input: unknown, options: RangeOptions = {}): Checked<number> => {
+  if (typeof input !== "number" || !Number.isInteger(input)) {
+    return Result.fail({ path, message: `expected an integer, got ${describe(input)}` })
+  }
+  return range(path, input, options)
+}
+
+/**
+ * Checks an integer of at least 1 (a concurrency, a count of attempts, a capacity).
+ *
+ * @since 0.2.0
+ * @category checks
+ */
+export const positiveInt = (path: string, input: unknown, max?: number): Checked<number> =>
+  int(path, input, { min: 1, max })
+
+/**
+ * Checks a value only when it is given.
+ *
+ * @since 0.2.0
+ * @category checks
+ */
+export const optional = <A, B>(input: A | undefined, check: (input: A) => Checked<B>): Checked<B | undefined> =>
+  input === undefined ? Result.succeed(undefined) : check(input)
+
+/**
+ * The first failure of several checks, or their values.
+ *
+ * @since 0.2.0
+ * @category checks
+ */
+export const all = <const T extends ReadonlyArray<Checked<unknown>>>(
+  checks: T
+): Checked<{ -readonly [K in keyof T]: T[K] extends Checked<infer A> ? A : never }> => {
+  const values: Array<unknown> = []
+  for (const check of checks) {
+    if (Result.isFailure(check)) return Result.fail(check.failure)
+    values.push(check.success)
+  }
+  return Result.succeed(values as never)
+}
+
+/**
+ * A check's failure as a {@link ConfigError}, for constructors and layers.
+ *
+ * @since 0.2.0
+ * @category conversions
+ */
+export const toConfigError = (issue: Issue): ConfigError =>
+  new ConfigError({ path: issue.path, message: `invalid ${issue.path}: ${issue.message}` })
+
+/**
+ * Runs a check in a constructor or layer: its failure is a {@link ConfigError}.
+ *
+ * @since 0.2.0
+ * @category conversions
+ */
+export const orConfigError = <A>(checked: Checked<A>): Effect.Effect<A, ConfigError> =>
+  Result.isSuccess(checked) ? Effect.succeed(checked.success) : Effect.fail(toConfigError(checked.failure))
+
+/**
+ * Runs a check on a per-call option: its failure is an `InvalidRequest` naming the field.
+ *
+ * @since 0.2.0
+ * @category conversions
+ */
+export const orInvalidRequest = <A>(checked: Checked<A>, provider?: string): Effect.Effect<A, ModelError> =>
+  Result.isSuccess(checked)
+    ? Effect.succeed(checked.success)
+    : Effect.fail(invalidRequest(checked.failure.path, checked.failure.message, provider))
+
+/**
+ * A check's value, or a thrown `ConfigError`; for plain constructors outside Effect code
+ * (`Policy.retry({...})`).
+ *
+ * @since 0.2.0
+ * @category conversions
+ */
+export const getOrThrow = <A>(checked: Checked<A>): A => {
+  if (Result.isFailure(checked)) throw toConfigError(checked.failure)
+  return checked.success
+}
+
+/**
+ * A duration in a config file or Schema-validated options: see {@link duration}. Zero is
+ * accepted here (a field's own check refuses it where it makes no sense).
+ *
+ * @since 0.2.0
+ * @category schemas
+ */
+export const DurationFromInput = Schema.Union([Schema.Number, Schema.String, Schema.Duration]).pipe(
+  Schema.decodeTo(
+    Schema.Duration,
+    SchemaTransformation.transformEffect<Duration.Duration, number | string | Duration.Duration>({
+      decode: (input, options) => {
+        const checked = duration("", input, { allowZero: true })
+        return Result.isSuccess(checked)
+          ? Effect.succeed(checked.success)
+          : Effect.fail(new SchemaIssue.InvalidValue({ message: checked.failure.message }, input, options))
+      },
+      encode: (d) => Effect.succeed(Duration.isFinite(d) ? Duration.toMillis(d) : d)
+    })
+  )
+)
+
+/**
+ * The first issue of a Schema failure as a path (`domains[1].retry.maxAttempts`) and a
+ * message, for config files.
+ *
+ * @since 0.2.0
+ * @category conversions
+ */
+export const issueOf = (error: Schema.SchemaError, prefix = ""): Issue => {
+  const formatted = SchemaIssue.makeFormatterStandardSchemaV1()(error.issue)
+  const first = formatted.issues[0]
+  const segments = (first?.path ?? []).map((p) => {
+    const key = typeof p === "object" && p !== null && "key" in p ? (p as { key: PropertyKey }).key : p
+    return typeof key === "number" ? `[${key}]` : `.${String(key)}`
+  })
+  const joined = `${prefix}${segments.join("")}`.replace(/^\./, "")
+  return { path: joined === "" ? "(root)" : joined, message: first?.message ?? error.message }
+}

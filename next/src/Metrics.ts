@@ -1,0 +1,284 @@
+/**
+ * Every metric of the library, defined in one place, snake_case with the `orchestra_`
+ * prefix. Dimensions are attributes only: `provider`, `domain` (`"none"` for calls without
+ * one), and per component `breaker`, `cache`, `limit`, `agent`, `reason`, `outcome`.
+ *
+ * The call metrics (`orchestra_requests_total` ... `orchestra_queue_wait_ms`) are served by
+ * `Stats`: each (provider, domain) pair has one series object whose plain counters the
+ * call path updates, registered in the `Metric.MetricRegistry` of the layer that built it
+ * (`Metric.registerUnsafe`). Exporters (`PrometheusMetrics`, OTLP) read them like any metric,
+ * `Stats.snapshot` reads the same objects, and closing the layer removes its series.
+ *
+ * @since 0.1.0
+ */
+import { Metric } from "effect"
+
+/**
+ * Latency buckets in milliseconds: 0.05 ms to ~14 minutes in steps of 10%, so percentiles
+ * read back from a histogram are within ~5% of the true value.
+ *
+ * @since 0.1.0
+ * @category boundaries
+ */
+export const latencyBoundaries: ReadonlyArray<number> = Metric.exponentialBoundaries({
+  start: 0.05,
+  factor: 1.1,
+  count: 176
+})
+
+/**
+ * @since 0.1.0
+ * @category calls
+ */
+export const requests = Metric.counter("orchestra_requests_total", {
+  description: "Calls started on a provider (one per call and fallback step; retries not included)",
+  incremental: true
+})
+
+/**
+ * @since 0.1.0
+ * @category calls
+ */
+export const successes = Metric.counter("orchestra_successes_total", {
+  description: "Calls that ended with an answer",
+  incremental: true
+})
+
+/**
+ * Attribute `reason`: a `ModelError` reason, `Timeout`, `CircuitOpen`, `ShuttingDown`,
+ * `StreamInterrupted`, `FallbackExhausted` or `Interrupted`.
+ *
+ * @since 0.1.0
+ * @category calls
+ */
+export const failures = Metric.counter("orchestra_failures_total", {
+  description: "Calls that ended with a failure, by reason",
+  incremental: true
+})
+
+/**
+ * @since 0.1.0
+ * @category calls
+ */
+export const timeouts = Metric.counter("orchestra_timeouts_total", {
+  description: "Attempts ended by one of our deadlines",
+  incremental: true
+})
+
+/**
+ * @since 0.1.0
+ * @category calls
+ */
+export const retries = Metric.counter("orchestra_retries_total", {
+  description: "Retries made (attempts after the first)",
+  incremental: true
+})
+
+/**
+ * Counted on the step that took over.
+ *
+ * @since 0.1.0
+ * @category calls
+ */
+export const fallbacks = Metric.counter("orchestra_fallbacks_total", {
+  description: "Hand-overs to the next step of a fallback chain",
+  incremental: true
+})
+
+/**
+ * Attribute `outcome`: `started`, `won` or `lost`.
+ *
+ * @since 0.1.0
+ * @category calls
+ */
+export const hedges = Metric.counter("orchestra_hedges_total", {
+  description: "Backup calls started by hedging, and which won",
+  incremental: true
+})
+
+/**
+ * @since 0.1.0
+ * @category calls
+ */
+export const latency = Metric.histogram("orchestra_request_duration_ms", {
+  description: "Duration of a call as its caller saw it (queueing and retries included), in milliseconds",
+  boundaries: latencyBoundaries
+})
+
+/**
+ * @since 0.2.0
+ * @category calls
+ */
+export const serviceTime = Metric.histogram("orchestra_service_duration_ms", {
+  description: "Time a provider spent serving one attempt, in milliseconds",
+  boundaries: latencyBoundaries
+})
+
+/**
+ * @since 0.2.0
+ * @category calls
+ */
+export const queueWait = Metric.histogram("orchestra_queue_wait_ms", {
+  description: "Time an attempt waited for a free slot of its provider, in milliseconds",
+  boundaries: latencyBoundaries
+})
+
+/**
+ * @since 0.1.0
+ * @category calls
+ */
+export const inFlight = Metric.gauge("orchestra_in_flight", {
+  description: "Attempts being served by their provider now"
+})
+
+/**
+ * @since 0.2.0
+ * @category calls
+ */
+export const queued = Metric.gauge("orchestra_queued", {
+  description: "Attempts waiting for a free slot of their provider now"
+})
+
+/**
+ * @since 0.1.0
+ * @category calls
+ */
+export const inFlightPeak = Metric.gauge("orchestra_in_flight_peak", {
+  description: "Most attempts served at once since the stats window began"
+})
+
+/**
+ * @since 0.1.0
+ * @category streams
+ */
+export const timeToFirstToken = Metric.histogram("orchestra_time_to_first_token_ms", {
+  description: "Time from a stream's start to its first text, in milliseconds",
+  boundaries: latencyBoundaries
+})
+
+/**
+ * @since 0.2.0
+ * @category calls
+ */
+export const inputTokens = Metric.counter("orchestra_input_tokens_total", {
+  description: "Input tokens reported by providers (estimated where a provider reports none)",
+  incremental: true
+})
+
+/**
+ * @since 0.2.0
+ * @category calls
+ */
+export const outputTokens = Metric.counter("orchestra_output_tokens_total", {
+  description: "Output tokens reported by providers",
+  incremental: true
+})
+
+/**
+ * Value per state: 0 closed, 1 open, 2 half-open, 3 isolated. Attribute `breaker`.
+ *
+ * @since 0.1.0
+ * @category breakers
+ */
+export const breakerState = Metric.gauge("orchestra_breaker_state", {
+  description: "Circuit breaker state: 0 closed, 1 open, 2 half-open, 3 isolated"
+})
+
+/**
+ * Attributes `breaker`, `from`, `to`.
+ *
+ * @since 0.1.0
+ * @category breakers
+ */
+export const breakerTransitions = Metric.counter("orchestra_breaker_transitions_total", {
+  description: "Circuit breaker state changes",
+  incremental: true
+})
+
+/**
+ * Attribute `breaker`.
+ *
+ * @since 0.1.0
+ * @category breakers
+ */
+export const breakerRejections = Metric.counter("orchestra_breaker_rejections_total", {
+  description: "Calls refused by an open, half-open or isolated breaker",
+  incremental: true
+})
+
+/**
+ * Attributes `cache`, `outcome` (`hit`, `miss`, `stale`, `shared`).
+ *
+ * @since 0.1.0
+ * @category caches
+ */
+export const cacheLookups = Metric.counter("orchestra_cache_lookups_total", {
+  description: "Response cache lookups by outcome",
+  incremental: true
+})
+
+/**
+ * Attribute `cache` (the backend).
+ *
+ * @since 0.1.0
+ * @category caches
+ */
+export const cacheErrors = Metric.counter("orchestra_cache_errors_total", {
+  description: "Cache backend failures (the call went on without the cache)",
+  incremental: true
+})
+
+/**
+ * Attributes `limit` (the key), `outcome` (`immediate`, `delayed`, `rejected`).
+ *
+ * @since 0.1.0
+ * @category rate limits
+ */
+export const rateLimitAcquisitions = Metric.counter("orchestra_rate_limit_acquisitions_total", {
+  description: "Rate limit decisions by outcome",
+  incremental: true
+})
+
+/**
+ * Attribute `limit`.
+ *
+ * @since 0.1.0
+ * @category rate limits
+ */
+export const rateLimitWait = Metric.histogram("orchestra_rate_limit_wait_ms", {
+  description: "Time a call waited for a rate limit slot, in milliseconds",
+  boundaries: latencyBoundaries
+})
+
+/**
+ * Attribute `store`.
+ *
+ * @since 0.2.0
+ * @category rate limits
+ */
+export const storeErrors = Metric.counter("orchestra_store_errors_total", {
+  description: "Shared-state store failures (Redis down or slow) handled by the store's failure policy",
+  incremental: true
+})
+
+/**
+ * Attributes `agent`, `status` (`success`, `error`, `timeout`, `service_unavailable`).
+ *
+ * @since 0.1.0
+ * @category agents
+ */
+export const agentTasks = Metric.counter("orchestra_agent_tasks_total", {
+  description: "HTTP agent tasks by status",
+  incremental: true
+})
+
+/**
+ * Attribute `agent`.
+ *
+ * @since 0.2.0
+ * @category agents
+ */
+export const agentLatency = Metric.histogram("orchestra_agent_duration_ms", {
+  description: "Duration of an HTTP agent task, in milliseconds",
+  boundaries: latencyBoundaries
+})

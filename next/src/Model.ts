@@ -1,0 +1,483 @@
+/**
+ * The model-provider service: `generate`, `stream` and `embed`, with the request and
+ * response schemas every provider speaks, and the checks every request passes before any
+ * provider sees it (shape, and size limits).
+ *
+ * @since 0.1.0
+ */
+import { Context, Effect, Result, Schema, type Stream } from "effect"
+import { type AiError, invalidRequest, ModelError } from "./AiError.js"
+import * as Input from "./Input.js"
+
+/**
+ * @since 0.1.0
+ * @category schemas
+ */
+export const Role = Schema.Literals(["system", "user", "assistant", "tool"])
+
+/**
+ * @since 0.1.0
+ * @category models
+ */
+export type Role = typeof Role.Type
+
+/**
+ * A tool call the model asked for; `arguments` is the JSON text the model produced.
+ *
+ * @since 0.2.0
+ * @category schemas
+ */
+export const ToolCall = Schema.Struct({
+  id: Schema.String,
+  name: Schema.String,
+  arguments: Schema.String
+})
+
+/**
+ * @since 0.2.0
+ * @category models
+ */
+export type ToolCall = typeof ToolCall.Type
+
+/**
+ * One message of a conversation. `tool` messages answer the assistant's `toolCalls`.
+ *
+ * @since 0.1.0
+ * @category schemas
+ */
+export const Message = Schema.Struct({
+  role: Role,
+  content: Schema.String,
+  /** For `tool` messages: the id of the call answered. */
+  toolCallId: Schema.optional(Schema.String),
+  /** For `assistant` messages: the tool calls it made. */
+  toolCalls: Schema.optional(Schema.Array(ToolCall))
+})
+
+/**
+ * @since 0.1.0
+ * @category models
+ */
+export type Message = typeof Message.Type
+
+/**
+ * A tool the model may call: a name, a description and a JSON Schema of its parameters.
+ * Passed through to providers that support tools; others refuse the request (`field: "tools"`).
+ *
+ * @since 0.2.0
+ * @category schemas
+ */
+export const ToolDefinition = Schema.Struct({
+  name: Schema.String.check(Schema.isMinLength(1), Schema.isMaxLength(64)),
+  description: Schema.optional(Schema.String),
+  parameters: Schema.optional(Schema.Record(Schema.String, Schema.Unknown))
+})
+
+/**
+ * @since 0.2.0
+ * @category models
+ */
+export type ToolDefinition = typeof ToolDefinition.Type
+
+/**
+ * The shape of the answer: free text, any JSON object, or JSON matching a schema.
+ *
+ * @since 0.2.0
+ * @category schemas
+ */
+export const ResponseFormat = Schema.Union([
+  Schema.Struct({ type: Schema.Literal("text") }),
+  Schema.Struct({ type: Schema.Literal("json_object") }),
+  Schema.Struct({
+    type: Schema.Literal("json_schema"),
+    name: Schema.String,
+    schema: Schema.Record(Schema.String, Schema.Unknown),
+    strict: Schema.optional(Schema.Boolean)
+  })
+])
+
+/**
+ * @since 0.2.0
+ * @category models
+ */
+export type ResponseFormat = typeof ResponseFormat.Type
+
+const Temperature = Schema.Number.check(Schema.isBetween({ minimum: 0, maximum: 2 }))
+const TopP = Schema.Number.check(Schema.isBetween({ minimum: 0, maximum: 1 }))
+const MaxTokens = Schema.Int.check(Schema.isBetween({ minimum: 1, maximum: 1_000_000 }))
+const ModelId = Schema.String.check(Schema.isTrimmed(), Schema.isMinLength(1))
+
+/**
+ * A generation request. Exactly one of `prompt` and `messages` carries the conversation.
+ *
+ * @since 0.1.0
+ * @category schemas
+ */
+export const GenerateRequest = Schema.Struct({
+  /** A plain prompt; sent as one user message. Give `prompt` or `messages`. */
+  prompt: Schema.optional(Schema.String),
+  messages: Schema.optional(Schema.Array(Message)),
+  /** A system prompt, placed before the messages. */
+  system: Schema.optional(Schema.String),
+  /** Provider-specific model id; the provider's default when absent. */
+  model: Schema.optional(ModelId),
+  maxTokens: Schema.optional(MaxTokens),
+  temperature: Schema.optional(Temperature),
+  topP: Schema.optional(TopP),
+  stop: Schema.optional(Schema.Array(Schema.String).check(Schema.isMaxLength(16))),
+  seed: Schema.optional(Schema.Int),
+  tools: Schema.optional(Schema.Array(ToolDefinition).check(Schema.isMaxLength(128))),
+  toolChoice: Schema.optional(
+    Schema.Union([Schema.Literals(["auto", "none", "required"]), Schema.Struct({ name: Schema.String })])
+  ),
+  responseFormat: Schema.optional(ResponseFormat)
+})
+
+/**
+ * @since 0.1.0
+ * @category models
+ */
+export type GenerateRequest = typeof GenerateRequest.Type
+
+/**
+ * @since 0.1.0
+ * @category schemas
+ */
+export const FinishReason = Schema.Literals(["stop", "length", "content_filter", "tool_calls", "error", "unknown"])
+
+/**
+ * @since 0.1.0
+ * @category models
+ */
+export type FinishReason = typeof FinishReason.Type
+
+/**
+ * @since 0.1.0
+ * @category schemas
+ */
+export const Usage = Schema.Struct({
+  inputTokens: Schema.Number,
+  outputTokens: Schema.Number,
+  totalTokens: Schema.Number
+})
+
+/**
+ * @since 0.1.0
+ * @category models
+ */
+export type Usage = typeof Usage.Type
+
+/**
+ * @since 0.1.0
+ * @category schemas
+ */
+export const GenerateResponse = Schema.Struct({
+  text: Schema.String,
+  finishReason: FinishReason,
+  usage: Usage,
+  provider: Schema.String,
+  model: Schema.String,
+  toolCalls: Schema.optional(Schema.Array(ToolCall))
+})
+
+/**
+ * @since 0.1.0
+ * @category models
+ */
+export type GenerateResponse = typeof GenerateResponse.Type
+
+/**
+ * One event of a generation stream: text deltas (and complete tool calls), then exactly
+ * one `Finish`.
+ *
+ * @since 0.1.0
+ * @category schemas
+ */
+export const StreamPart = Schema.Union([
+  Schema.TaggedStruct("TextDelta", { text: Schema.String }),
+  Schema.TaggedStruct("ToolCall", { call: ToolCall }),
+  Schema.TaggedStruct("Finish", {
+    finishReason: FinishReason,
+    usage: Usage,
+    provider: Schema.String,
+    model: Schema.String
+  })
+])
+
+/**
+ * @since 0.1.0
+ * @category models
+ */
+export type StreamPart = typeof StreamPart.Type
+
+/**
+ * @since 0.1.0
+ * @category models
+ */
+export type TextDelta = Extract<StreamPart, { readonly _tag: "TextDelta" }>
+
+/**
+ * @since 0.1.0
+ * @category models
+ */
+export type Finish = Extract<StreamPart, { readonly _tag: "Finish" }>
+
+/**
+ * @since 0.1.0
+ * @category schemas
+ */
+export const EmbedRequest = Schema.Struct({
+  texts: Schema.NonEmptyArray(Schema.String),
+  model: Schema.optional(ModelId)
+})
+
+/**
+ * @since 0.1.0
+ * @category models
+ */
+export type EmbedRequest = typeof EmbedRequest.Type
+
+/**
+ * @since 0.1.0
+ * @category schemas
+ */
+export const EmbedResponse = Schema.Struct({
+  /** One vector per input text, in input order. */
+  vectors: Schema.Array(Schema.Array(Schema.Number)),
+  usage: Schema.optional(Usage),
+  provider: Schema.String,
+  model: Schema.String
+})
+
+/**
+ * @since 0.1.0
+ * @category models
+ */
+export type EmbedResponse = typeof EmbedResponse.Type
+
+/**
+ * What a model provider does. Implementations fail only with `AiError`s, map every
+ * low-level failure at their boundary, bound every response body and every stream (an
+ * idle deadline of their own), and are interrupted cleanly (an interrupted call releases
+ * its connection or pool slot).
+ *
+ * @since 0.1.0
+ * @category models
+ */
+export interface Service {
+  /** Provider name, used in metrics, provenance and breaker keys. */
+  readonly name: string
+  readonly defaultModel: string
+  readonly generate: (request: GenerateRequest) => Effect.Effect<GenerateResponse, AiError>
+  readonly stream: (request: GenerateRequest) => Stream.Stream<StreamPart, AiError>
+  readonly embed: (request: EmbedRequest) => Effect.Effect<EmbedResponse, AiError>
+  /**
+   * Calls this provider serves at once (a pool of one local model instance: 1). The
+   * executor queues calls beyond it, so its latency and concurrency figures separate the
+   * time queued from the time served. Absent: unbounded.
+   */
+  readonly maxConcurrency?: number | undefined
+}
+
+/**
+ * @since 0.1.0
+ * @category services
+ */
+export class ModelProvider extends Context.Service<ModelProvider, Service>()("effect-orchestra/ModelProvider") {}
+
+/**
+ * Bounds on a request, checked before any provider sees it.
+ *
+ * @since 0.2.0
+ * @category models
+ */
+export interface RequestLimits {
+  /** Characters of prompt, system prompt and messages together. Default 1,000,000. */
+  readonly maxInputChars: number
+  /** Messages in a conversation. Default 1,000. */
+  readonly maxMessages: number
+  /** Texts in one embedding request. Default 2,048. */
+  readonly maxEmbedTexts: number
+}
+
+/**
+ * @since 0.2.0
+ * @category constructors
+ */
+export const defaultRequestLimits: RequestLimits = {
+  maxInputChars: 1_000_000,
+  maxMessages: 1_000,
+  maxEmbedTexts: 2_048
+}
+
+/**
+ * Checks user-given limits (positive integers), filling in the defaults.
+ *
+ * @since 0.2.0
+ * @category constructors
+ */
+export const requestLimits = (
+  input: Partial<RequestLimits> = {},
+  path = "requestLimits"
+): Input.Checked<RequestLimits> =>
+  Result.map(
+    Input.all([
+      Input.positiveInt(`${path}.maxInputChars`, input.maxInputChars ?? defaultRequestLimits.maxInputChars),
+      Input.positiveInt(`${path}.maxMessages`, input.maxMessages ?? defaultRequestLimits.maxMessages),
+      Input.positiveInt(`${path}.maxEmbedTexts`, input.maxEmbedTexts ?? defaultRequestLimits.maxEmbedTexts)
+    ]),
+    ([maxInputChars, maxMessages, maxEmbedTexts]) => ({ maxInputChars, maxMessages, maxEmbedTexts })
+  )
+
+const decodeGenerate = Schema.decodeUnknownResult(GenerateRequest, { onExcessProperty: "error" })
+const decodeEmbed = Schema.decodeUnknownResult(EmbedRequest, { onExcessProperty: "error" })
+const isGenerate = Schema.is(GenerateRequest)
+const isEmbed = Schema.is(EmbedRequest)
+const generateKeys: ReadonlySet<string> = new Set(Object.keys(GenerateRequest.fields))
+const embedKeys: ReadonlySet<string> = new Set(Object.keys(EmbedRequest.fields))
+
+const hasOnlyKeys = (value: object, keys: ReadonlySet<string>): boolean => {
+  for (const key in value) if (!keys.has(key)) return false
+  return true
+}
+
+const shapeError = (error: Schema.SchemaError, what: string): ModelError => {
+  const issue = Input.issueOf(error)
+  return invalidRequest(issue.path, `${issue.message} (in the ${what})`)
+}
+
+const refuse = (field: string, message: string) => Effect.fail(invalidRequest(field, message))
+
+/**
+ * Checks a generation request before any provider sees it: its shape (unknown fields are
+ * refused, `temprature` included), that it carries a non-empty conversation, and the size
+ * limits. Fails with an `InvalidRequest` naming the field.
+ *
+ * @since 0.1.0
+ * @category validation
+ */
+export const validateGenerate = (
+  request: GenerateRequest,
+  limits: RequestLimits = defaultRequestLimits
+): Effect.Effect<GenerateRequest, ModelError> => {
+  if (typeof request !== "object" || request === null) {
+    return refuse("request", `expected an object, got ${request === null ? "null" : typeof request}`)
+  }
+  if (!isGenerate(request) || !hasOnlyKeys(request, generateKeys)) {
+    const decoded = decodeGenerate(request)
+    if (Result.isFailure(decoded)) return Effect.fail(shapeError(decoded.failure, "request"))
+  }
+  if (request.prompt === undefined && request.messages === undefined) {
+    return refuse("prompt", "give either `prompt` or `messages`")
+  }
+  if (request.prompt !== undefined && request.messages !== undefined) {
+    return refuse("messages", "give either `prompt` or `messages`, not both")
+  }
+  let chars = request.system?.length ?? 0
+  if (request.prompt !== undefined) {
+    if (request.prompt.trim().length === 0) return refuse("prompt", "the prompt is empty")
+    chars += request.prompt.length
+  } else {
+    const messages = request.messages!
+    if (messages.length === 0) return refuse("messages", "`messages` must not be empty")
+    if (messages.length > limits.maxMessages) {
+      return refuse("messages", `${messages.length} messages exceed the limit of ${limits.maxMessages}`)
+    }
+    let anyContent = false
+    for (const message of messages) {
+      chars += message.content.length
+      if (message.content.trim().length > 0 || message.toolCalls !== undefined) anyContent = true
+    }
+    if (!anyContent) return refuse("messages", "every message is empty")
+  }
+  if (chars > limits.maxInputChars) {
+    return refuse("prompt", `the input has ${chars} characters, over the limit of ${limits.maxInputChars}`)
+  }
+  return Effect.succeed(request)
+}
+
+/**
+ * Checks an embedding request before any provider sees it.
+ *
+ * @since 0.1.0
+ * @category validation
+ */
+export const validateEmbed = (
+  request: EmbedRequest,
+  limits: RequestLimits = defaultRequestLimits
+): Effect.Effect<EmbedRequest, ModelError> => {
+  if (typeof request !== "object" || request === null) {
+    return refuse("request", `expected an object, got ${request === null ? "null" : typeof request}`)
+  }
+  if (!isEmbed(request) || !hasOnlyKeys(request, embedKeys)) {
+    const decoded = decodeEmbed(request)
+    if (Result.isFailure(decoded)) return Effect.fail(shapeError(decoded.failure, "embedding request"))
+  }
+  if (request.texts.length > limits.maxEmbedTexts) {
+    return refuse("texts", `${request.texts.length} texts exceed the limit of ${limits.maxEmbedTexts}`)
+  }
+  let chars = 0
+  for (const text of request.texts) chars += text.length
+  if (chars > limits.maxInputChars) {
+    return refuse("texts", `the input has ${chars} characters, over the limit of ${limits.maxInputChars}`)
+  }
+  return Effect.succeed(request)
+}
+
+/**
+ * Turns a schema failure on a provider's answer into a `Decode` error naming the field.
+ *
+ * @since 0.1.0
+ * @category errors
+ */
+export const decodeError = (error: Schema.SchemaError, provider: string): ModelError => {
+  const issue = Input.issueOf(error)
+  return new ModelError({
+    reason: "Decode",
+    message: `malformed response: ${issue.path}: ${issue.message}`,
+    field: issue.path,
+    provider
+  })
+}
+
+/**
+ * The conversation of a request as messages, system prompt first.
+ *
+ * @since 0.1.0
+ * @category utils
+ */
+export const toMessages = (request: GenerateRequest): ReadonlyArray<Message> => {
+  const conversation: ReadonlyArray<Message> = request.messages ?? [{ role: "user", content: request.prompt ?? "" }]
+  return request.system === undefined ? conversation : [{ role: "system", content: request.system }, ...conversation]
+}
+
+/**
+ * A rough token count (4 characters a token) for providers that report none.
+ *
+ * @since 0.1.0
+ * @category utils
+ */
+export const estimateTokens = (text: string): number => Math.ceil(text.length / 4)
+
+/**
+ * The estimated input tokens of a request (for rate limits and budgets before the call).
+ *
+ * @since 0.2.0
+ * @category utils
+ */
+export const estimateInputTokens = (request: GenerateRequest): number => {
+  let chars = request.system?.length ?? 0
+  if (request.prompt !== undefined) chars += request.prompt.length
+  for (const message of request.messages ?? []) chars += message.content.length
+  return Math.ceil(chars / 4)
+}
+
+/**
+ * @since 0.1.0
+ * @category constructors
+ */
+export const usage = (inputTokens: number, outputTokens: number): Usage => ({
+  inputTokens,
+  outputTokens,
+  totalTokens: inputTokens + outputTokens
+})

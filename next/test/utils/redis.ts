@@ -1,0 +1,148 @@
+/**
+ * Starts a private `redis-server` for tests and benchmarks: loopback only, a free port, no
+ * persistence, stopped when the scope closes. `kill` / `start` simulate an outage and a
+ * recovery on the same port.
+ */
+import { type ChildProcess, spawn } from "node:child_process"
+import { existsSync, mkdtempSync, rmSync } from "node:fs"
+import { createServer } from "node:net"
+import { tmpdir } from "node:os"
+import { delimiter, join } from "node:path"
+import { Effect } from "effect"
+import type { Scope } from "effect"
+
+const findRedisServer = (): string | undefined => {
+  const dirs = [...(process.env.PATH ?? "").split(delimiter), "/usr/bin", "/usr/local/bin", "/usr/sbin"]
+  for (const dir of dirs) {
+    if (dir === "") continue
+    const candidate = join(dir, "redis-server")
+    if (existsSync(candidate)) return candidate
+  }
+  return undefined
+}
+
+/** Path of `redis-server`, if installed. */
+export const redisServerPath: string | undefined = findRedisServer()
+
+/** Under CI the Redis tests must run (and fail if `redis-server` is missing), never skip. */
+export const isCI: boolean = process.env.CI === "true" || process.env.CI === "1"
+
+/** Skip the Redis tests: only on a machine without `redis-server` outside CI. */
+export const skipRedis: boolean = redisServerPath === undefined && !isCI
+
+/** The reason shown when the Redis tests are skipped. */
+export const skipReason = "skipped: redis-server is not installed (install it with `apt-get install -y redis-server`)"
+
+/** A free TCP port on 127.0.0.1 (the OS picks it; released right away for redis-server to take). */
+export const freePort: Effect.Effect<number, Error> = Effect.callback<number, Error>((resume) => {
+  const server = createServer()
+  server.once("error", (error) => resume(Effect.fail(error)))
+  server.listen(0, "127.0.0.1", () => {
+    const address = server.address()
+    const port = typeof address === "object" && address !== null ? address.port : 0
+    server.close(() => resume(port === 0 ? Effect.fail(new Error("no free port")) : Effect.succeed(port)))
+  })
+})
+
+export interface RedisServer {
+  readonly port: number
+  readonly url: string
+  /** SIGKILL: the server vanishes as in a crash. */
+  readonly kill: Effect.Effect<void>
+  /** Starts it again on the same port (after `kill`). */
+  readonly start: Effect.Effect<void, Error>
+  readonly running: Effect.Effect<boolean>
+  /** SIGSTOP: the server keeps its connections but answers nothing (a "slow" Redis). */
+  readonly pause: Effect.Effect<void>
+  /** SIGCONT after `pause`. */
+  readonly resume: Effect.Effect<void>
+}
+
+const spawnRedis = (binary: string, port: number, dir: string): Effect.Effect<ChildProcess, Error> =>
+  Effect.callback<ChildProcess, Error>((resume) => {
+    const child = spawn(
+      binary,
+      [
+        "--port",
+        String(port),
+        "--bind",
+        "127.0.0.1",
+        "--save",
+        "",
+        "--appendonly",
+        "no",
+        "--dir",
+        dir,
+        "--daemonize",
+        "no",
+        "--loglevel",
+        "notice"
+      ],
+      { stdio: ["ignore", "pipe", "pipe"] }
+    )
+    let output = ""
+    let settled = false
+    const timer = setTimeout(() => finish(new Error(`redis-server did not start within 10 s:\n${output}`)), 10_000)
+    const finish = (error?: Error) => {
+      if (settled) return
+      settled = true
+      clearTimeout(timer)
+      if (error !== undefined) {
+        child.kill("SIGKILL")
+        resume(Effect.fail(error))
+      } else {
+        resume(Effect.succeed(child))
+      }
+    }
+    child.stdout?.on("data", (chunk: Buffer) => {
+      output += chunk.toString()
+      if (output.includes("Ready to accept connections")) finish()
+    })
+    child.stderr?.on("data", (chunk: Buffer) => {
+      output += chunk.toString()
+    })
+    child.once("error", (error) => finish(new Error(`cannot start ${binary}: ${error.message}`)))
+    child.once("exit", (code) => finish(new Error(`redis-server exited with code ${code}:\n${output}`)))
+  })
+
+const killChild = (child: ChildProcess): Effect.Effect<void> =>
+  Effect.callback<void>((resume) => {
+    if (child.exitCode !== null || child.signalCode !== null) return resume(Effect.void)
+    child.once("exit", () => resume(Effect.void))
+    child.kill("SIGKILL")
+  })
+
+/**
+ * Starts `redis-server` on a free loopback port; stops it (and removes its directory) when
+ * the scope closes. Fails with a message naming the apt package when it is not installed.
+ */
+export const startRedis: Effect.Effect<RedisServer, Error, Scope.Scope> = Effect.gen(function* () {
+  const binary = redisServerPath
+  if (binary === undefined) {
+    return yield* Effect.fail(new Error("redis-server is not installed: apt-get install -y redis-server"))
+  }
+  const port = yield* freePort
+  const dir = yield* Effect.acquireRelease(
+    Effect.sync(() => mkdtempSync(join(tmpdir(), "orchestra-redis-"))),
+    (path) => Effect.sync(() => rmSync(path, { recursive: true, force: true }))
+  )
+  let current: ChildProcess | undefined
+  yield* Effect.addFinalizer(() => (current === undefined ? Effect.void : killChild(current)))
+  const start = Effect.map(spawnRedis(binary, port, dir), (child) => {
+    current = child
+  })
+  yield* start
+  return {
+    port,
+    url: `redis://127.0.0.1:${port}`,
+    kill: Effect.suspend(() => (current === undefined ? Effect.void : killChild(current))),
+    start,
+    running: Effect.sync(() => current !== undefined && current.exitCode === null && current.signalCode === null),
+    pause: Effect.sync(() => {
+      current?.kill("SIGSTOP")
+    }),
+    resume: Effect.sync(() => {
+      current?.kill("SIGCONT")
+    })
+  }
+})
