@@ -1,0 +1,151 @@
+/**
+ * The IAM bearer token of the watsonx provider: fetched from the API key once however
+ * many calls need it at the same moment, cached until shortly before it expires (by the
+ * `Clock`), fetched again after the API refused it, and every fetch bounded in time.
+ *
+ * The fetch itself (an HTTP request) is given by the provider, so the cache knows nothing
+ * of HTTP and its timing is tested on the `TestClock` alone.
+ *
+ * @since 0.2.0
+ */
+import { Clock, Deferred, Duration, Effect, Exit, type Redacted, type Scope } from "effect"
+import { ModelError } from "../../AiError.js"
+
+/**
+ * A token as the IAM service issued it.
+ *
+ * @since 0.2.0
+ * @category models
+ */
+export interface Issued {
+  readonly token: Redacted.Redacted<string>
+  /** The lifetime the service gave it (`expires_in`). */
+  readonly expiresIn: Duration.Duration
+}
+
+/**
+ * A cached token. `generation` counts fetches, so a caller can say which token the API
+ * refused without holding the token itself.
+ *
+ * @since 0.2.0
+ * @category models
+ */
+export interface Token {
+  readonly value: Redacted.Redacted<string>
+  readonly generation: number
+  /** Clock millis after which the token is fetched again. */
+  readonly refreshAt: number
+}
+
+/**
+ * @since 0.2.0
+ * @category models
+ */
+export interface Options {
+  /** One token request; its failures reach every caller waiting on it. */
+  readonly fetch: Effect.Effect<Issued, ModelError>
+  /** Fetch again this long before expiry (at most half the token's lifetime). */
+  readonly refreshMargin: Duration.Duration
+  /** How long one token request may take; then it fails with `Timeout`. */
+  readonly timeout: Duration.Duration
+  /** Provider name in errors. */
+  readonly provider: string
+}
+
+/**
+ * @since 0.2.0
+ * @category models
+ */
+export interface TokenCache {
+  /**
+   * The current token. `rejected` names the generation the API refused (a 401): a cached
+   * token of that generation is not used again.
+   */
+  readonly get: (rejected?: number | undefined) => Effect.Effect<Token, ModelError>
+  /** Runs `call` with the current token and, after a 401, once more with a fresh one. */
+  readonly authorized: <A>(
+    call: (token: Redacted.Redacted<string>) => Effect.Effect<A, ModelError>
+  ) => Effect.Effect<A, ModelError>
+}
+
+type State =
+  | { readonly _tag: "Empty"; readonly generation: number }
+  | { readonly _tag: "Pending"; readonly generation: number; readonly deferred: Deferred.Deferred<Token, ModelError> }
+  | { readonly _tag: "Ready"; readonly token: Token }
+
+const generationOf = (state: State): number => (state._tag === "Ready" ? state.token.generation : state.generation)
+
+/**
+ * Builds a token cache. Fetches run in the scope of the cache: a caller that is
+ * interrupted does not cancel the fetch other callers wait on; closing the scope does.
+ *
+ * @since 0.2.0
+ * @category constructors
+ */
+export const make: (options: Options) => Effect.Effect<TokenCache, never, Scope.Scope> = Effect.fnUntraced(function* (
+  options: Options
+) {
+  const scope = yield* Effect.scope
+  const margin = Duration.toMillis(options.refreshMargin)
+  let state: State = { _tag: "Empty", generation: 0 }
+
+  const timedOut = Effect.suspend(() =>
+    Effect.fail(
+      new ModelError({
+        reason: "Timeout",
+        provider: options.provider,
+        message: `${options.provider} IAM: no token within ${Duration.format(options.timeout)}`
+      })
+    )
+  )
+
+  const fetch = (generation: number): Effect.Effect<Token, ModelError> =>
+    options.fetch.pipe(
+      Effect.timeoutOrElse({ duration: options.timeout, orElse: () => timedOut }),
+      Effect.flatMap((issued) =>
+        Effect.map(Clock.currentTimeMillis, (now) => {
+          const lifetime = Duration.toMillis(issued.expiresIn)
+          return { value: issued.token, generation, refreshAt: now + lifetime - Math.min(margin, lifetime / 2) }
+        })
+      ),
+      Effect.withSpan("WatsonX.iamToken")
+    )
+
+  const get = (rejected?: number): Effect.Effect<Token, ModelError> =>
+    Effect.uninterruptibleMask((restore) =>
+      Effect.flatMap(Clock.currentTimeMillis, (now) => {
+        // Decided and updated synchronously: no other fiber sees a state between the two.
+        const current = state
+        if (current._tag === "Pending") return restore(Deferred.await(current.deferred))
+        if (current._tag === "Ready" && current.token.generation !== rejected && now < current.token.refreshAt) {
+          return Effect.succeed(current.token)
+        }
+        const generation = generationOf(current) + 1
+        const deferred = Deferred.makeUnsafe<Token, ModelError>()
+        state = { _tag: "Pending", generation, deferred }
+        // On any exit (failure, timeout, interruption) the state leaves Pending, so the next call asks again.
+        const settle = (exit: Exit.Exit<Token, ModelError>) =>
+          Effect.sync(() => {
+            state = Exit.isSuccess(exit) ? { _tag: "Ready", token: exit.value } : { _tag: "Empty", generation }
+            Deferred.doneUnsafe(deferred, exit)
+          })
+        return Effect.andThen(
+          Effect.forkIn(Effect.onExit(fetch(generation), settle), scope, { startImmediately: true }),
+          restore(Deferred.await(deferred))
+        )
+      })
+    )
+
+  const authorized = <A>(
+    call: (token: Redacted.Redacted<string>) => Effect.Effect<A, ModelError>
+  ): Effect.Effect<A, ModelError> =>
+    Effect.flatMap(get(), (first) =>
+      Effect.catchIf(
+        call(first.value),
+        (error) => error.status === 401,
+        () => Effect.flatMap(get(first.generation), (fresh) => call(fresh.value))
+      )
+    )
+
+  return { get, authorized } satisfies TokenCache
+})
