@@ -1,0 +1,343 @@
+/**
+ * The Redis connection shared by this library's Redis-backed stores (rate limits, the
+ * response cache, circuit breakers), and the guard every one of their Redis calls goes
+ * through.
+ *
+ * - {@link layer} builds `effect/persistence`'s `Redis` service on `@effect/platform-node`'s
+ *   `NodeRedis` with settings that never leave a caller waiting on a dead Redis: commands
+ *   are refused at once while disconnected (`disableOfflineQueue`), every command has a
+ *   client-side deadline (sent or not), connections time out, and the client reconnects
+ *   in the background for as long as the layer lives.
+ * - {@link makeGuard} bounds one Redis call with a deadline, counts its failures in a
+ *   metric, and reports an outage once failures persist (one warning naming the Redis
+ *   error, one info line when the store is back), so a single slow reply under load
+ *   does not log "unavailable" / "is back" pairs while Redis is up. While an outage is
+ *   reported, calls skip Redis except one probe per `probeInterval`, so a hung Redis
+ *   costs a caller nothing rather than a deadline per call.
+ *
+ * Stores take the `Redis` service as a requirement, so an application may also provide
+ * its own (`NodeRedis.layer` with other options); the guard bounds calls either way.
+ *
+ * @since 0.2.0
+ */
+import * as NodeRedis from "@effect/platform-node/NodeRedis"
+import { Clock, Config, Duration, Effect, Layer, Metric, Predicate, Redacted, References, Result, Schema } from "effect"
+import type { Redis } from "effect/persistence"
+import * as Input from "./Input.js"
+import * as Metrics from "./Metrics.js"
+
+/**
+ * Connection options.
+ *
+ * @since 0.2.0
+ * @category models
+ */
+export interface Options {
+  /**
+   * `redis://[[user]:password@]host:port[/db]`. Default `redis://127.0.0.1:6379`. Pass a URL
+   * that carries a password as `Redacted` (`Config.redacted("REDIS_URL")`).
+   */
+  readonly url?: string | Redacted.Redacted<string> | undefined
+  /** Longest wait for one connection attempt (the first one and every reconnection). Default 2 seconds. */
+  readonly connectTimeout?: Input.DurationInput | undefined
+  /**
+   * The client's own deadline on every command, whether it was sent or not (node-redis
+   * `timeout` with `rejectInFlight`). A backstop behind each store's guard. Default 2 seconds.
+   */
+  readonly commandTimeout?: Input.DurationInput | undefined
+  /** Longest pause between reconnection attempts (exponential from 50 ms). Default 2 seconds. */
+  readonly reconnectMax?: Input.DurationInput | undefined
+}
+
+interface Settings {
+  readonly url: string
+  readonly connectTimeout: number
+  readonly commandTimeout: number
+  readonly reconnectMax: number
+}
+
+const wholeMillis = (path: string, input: unknown, fallback: Input.DurationInput): Input.Checked<number> =>
+  Result.map(Input.duration(path, input ?? fallback), (d) => Math.max(1, Math.ceil(Duration.toMillis(d))))
+
+const settings = (options: Options): Input.Checked<Settings> => {
+  const url = options.url === undefined ? "redis://127.0.0.1:6379" : options.url
+  const plain = Redacted.isRedacted(url) ? Redacted.value(url) : url
+  if (typeof plain !== "string" || !/^rediss?:\/\//.test(plain)) {
+    // Never echo the value: it may carry a password.
+    return Result.fail({ path: "url", message: "expected a redis:// or rediss:// URL" })
+  }
+  return Result.map(
+    Input.all([
+      wholeMillis("connectTimeout", options.connectTimeout, "2 seconds"),
+      wholeMillis("commandTimeout", options.commandTimeout, "2 seconds"),
+      wholeMillis("reconnectMax", options.reconnectMax, "2 seconds")
+    ]),
+    ([connectTimeout, commandTimeout, reconnectMax]) => ({ url: plain, connectTimeout, commandTimeout, reconnectMax })
+  )
+}
+
+/**
+ * `effect/persistence`'s `Redis` service (and `NodeRedis`, the node-redis client) for the
+ * stores of this library. Connects when built: an unreachable Redis fails the layer with
+ * a `RedisError` (after at most `connectTimeout`); later outages are the stores' business
+ * (each fails open or closed as configured) while the client reconnects in the background.
+ * Invalid options fail it with a `ConfigError` naming the field. Closed with the layer's scope.
+ *
+ * @example
+ * ```ts
+ * import { Layer } from "effect"
+ * import * as RateLimit from "effect-orchestra/RateLimit"
+ * import * as Redis from "effect-orchestra/Redis"
+ *
+ * export const limits = RateLimit.layerRedis({ default: { requestsPerMinute: 60 } }).pipe(
+ *   Layer.provide(Redis.layer({ url: "redis://127.0.0.1:6379" }))
+ * )
+ * ```
+ *
+ * @since 0.2.0
+ * @category layers
+ */
+export const layer = (
+  options: Options = {}
+): Layer.Layer<Redis.Redis | NodeRedis.NodeRedis, Input.ConfigError | Redis.RedisError> =>
+  Layer.unwrap(
+    Effect.map(Input.orConfigError(settings(options)), (s) => {
+      // Before the first connection a failure fails the layer (a wrong URL should not hang
+      // start-up); once connected, the client never gives up reconnecting.
+      const state = { connected: false }
+      return NodeRedis.layer({
+        url: s.url,
+        disableOfflineQueue: true,
+        commandOptions: { timeout: s.commandTimeout, rejectInFlight: true },
+        socket: {
+          connectTimeout: s.connectTimeout,
+          reconnectStrategy: (retries: number, cause: Error) =>
+            state.connected ? Math.min(50 * 2 ** Math.min(retries, 16), s.reconnectMax) : cause
+        }
+      }).pipe(
+        // NodeRedis logs a warning with a stack trace on every failed reconnection attempt;
+        // the stores' guards report an outage once instead.
+        Layer.provide(Layer.succeed(References.MinimumLogLevel, "Error")),
+        Layer.tap(() =>
+          Effect.sync(() => {
+            state.connected = true
+          })
+        )
+      )
+    })
+  )
+
+/**
+ * {@link layer} from configuration: `Redis.layerConfig({ url: Config.redacted("REDIS_URL") })`.
+ *
+ * @since 0.2.0
+ * @category layers
+ */
+export const layerConfig = (
+  options: Config.Wrap<Options>
+): Layer.Layer<Redis.Redis | NodeRedis.NodeRedis, Input.ConfigError | Config.ConfigError | Redis.RedisError> =>
+  Layer.unwrap(Effect.map(Config.unwrap(options), layer))
+
+/**
+ * A store call that failed, timed out, or was skipped while the store is reported
+ * unavailable. `message` carries the Redis error text.
+ *
+ * @since 0.2.0
+ * @category errors
+ */
+export class StoreError extends Schema.TaggedError<StoreError>("effect-orchestra/StoreError")("StoreError", {
+  store: Schema.String,
+  operation: Schema.String,
+  reason: Schema.Literals(["Failed", "Timeout", "Unavailable"]),
+  message: Schema.String,
+  cause: Schema.optional(Schema.Defect())
+}) {}
+
+/**
+ * The innermost message of a failure and its causes: the Redis error text
+ * (`"ERR value is not an integer or out of range"`, `"The client is offline"`), not the
+ * wrappers around it (`RedisError`, `RateLimiterError`, `PersistenceError`).
+ *
+ * @since 0.2.0
+ * @category utils
+ */
+export const errorText = (failure: unknown): string => {
+  let current: unknown = failure
+  let text = ""
+  for (let depth = 0; depth < 8 && current !== undefined && current !== null; depth++) {
+    if (typeof current === "string") return current
+    if (Predicate.hasProperty(current, "message") && typeof current.message === "string" && current.message !== "") {
+      text = current.message
+    }
+    if (Predicate.hasProperty(current, "reason") && typeof current.reason === "object") current = current.reason
+    else if (Predicate.hasProperty(current, "cause")) current = current.cause
+    else break
+  }
+  if (text !== "") return text
+  return Predicate.hasProperty(failure, "_tag") ? String(failure._tag) : String(failure)
+}
+
+/**
+ * What a {@link Guard} does, checked (see {@link guardSettings}).
+ *
+ * @since 0.2.0
+ * @category models
+ */
+export interface GuardSettings {
+  /** Deadline of one call. */
+  readonly timeout: Duration.Duration
+  /** How long failures must last, with no success between them, before an outage is reported. */
+  readonly reportAfter: Duration.Duration
+  /** While an outage is reported, one call per interval still tries Redis (a probe); the rest skip it. */
+  readonly probeInterval: Duration.Duration
+}
+
+/**
+ * The guard options a store takes from its user, unchecked.
+ *
+ * @since 0.2.0
+ * @category models
+ */
+export interface GuardOptions {
+  /** Deadline of one Redis call. Default 500 ms. */
+  readonly timeout?: Input.DurationInput | undefined
+  /** Failures lasting this long (no success between) are an outage: one warning. Default 1 second; 0: at once. */
+  readonly reportAfter?: Input.DurationInput | undefined
+  /** During an outage, one call per interval probes Redis; the others skip it. Default 1 second. */
+  readonly probeInterval?: Input.DurationInput | undefined
+}
+
+/**
+ * Checks {@link GuardOptions} and fills in the defaults; `prefix` names the fields in
+ * errors (`"redis.timeout"`).
+ *
+ * @since 0.2.0
+ * @category constructors
+ */
+export const guardSettings = (options: GuardOptions = {}, prefix = ""): Input.Checked<GuardSettings> =>
+  Result.map(
+    Input.all([
+      Input.duration(`${prefix}timeout`, options.timeout ?? "500 millis"),
+      Input.duration(`${prefix}reportAfter`, options.reportAfter ?? "1 second", { allowZero: true }),
+      Input.duration(`${prefix}probeInterval`, options.probeInterval ?? "1 second")
+    ]),
+    ([timeout, reportAfter, probeInterval]) => ({ timeout, reportAfter, probeInterval })
+  )
+
+/**
+ * Bounds and accounts the Redis calls of one store.
+ *
+ * @since 0.2.0
+ * @category models
+ */
+export interface Guard {
+  /** The store name, used in logs and as the metric attribute. */
+  readonly store: string
+  /**
+   * Runs one Redis call within the deadline. Every failure (error, timeout, skipped while
+   * an outage is reported) is a {@link StoreError} and is counted.
+   */
+  readonly call: <A, E>(operation: string, effect: Effect.Effect<A, E>) => Effect.Effect<A, StoreError>
+  /** False while an outage is reported. */
+  readonly available: Effect.Effect<boolean>
+}
+
+/**
+ * Builds a guard for the store named `store`. Failures are counted in `errors` (default
+ * `Metrics.storeErrors` with attribute `store`).
+ *
+ * @since 0.2.0
+ * @category constructors
+ */
+export const makeGuard = (options: {
+  readonly store: string
+  readonly settings: GuardSettings
+  readonly errors?: Metric.Metric<number, unknown> | undefined
+}): Effect.Effect<Guard> =>
+  Effect.sync(() => {
+    const { settings, store } = options
+    const errors = options.errors ?? Metric.withAttributes(Metrics.storeErrors, { store })
+    const timeoutMillis = Duration.toMillis(settings.timeout)
+    const reportAfter = Duration.toMillis(settings.reportAfter)
+    const probeInterval = Duration.toMillis(settings.probeInterval)
+    // One store's health: plain fields in this closure, read and written synchronously.
+    let failingSince: number | undefined
+    let failures = 0
+    let reported = false
+    let nextProbe = 0
+
+    const failed = (error: StoreError): Effect.Effect<never, StoreError> =>
+      Effect.flatMap(Clock.currentTimeMillis, (now) => {
+        failures++
+        if (failingSince === undefined) failingSince = now
+        const count = Metric.update(errors, 1)
+        if (reported || now - failingSince < reportAfter) return Effect.andThen(count, Effect.fail(error))
+        reported = true
+        nextProbe = now + probeInterval
+        const warning = Effect.logWarning(
+          `Redis store "${store}" unavailable: ${failures} failed call${failures === 1 ? "" : "s"} in ${now - failingSince} ms, the last: ${error.message}`
+        ).pipe(Effect.annotateLogs({ store, operation: error.operation }))
+        return Effect.andThen(Effect.andThen(count, warning), Effect.fail(error))
+      })
+
+    const succeeded: Effect.Effect<void> = Effect.suspend(() => {
+      const wasReported = reported
+      failingSince = undefined
+      failures = 0
+      reported = false
+      return wasReported
+        ? Effect.logInfo(`Redis store "${store}" is back`).pipe(Effect.annotateLogs({ store }))
+        : Effect.void
+    })
+
+    const call = <A, E>(operation: string, effect: Effect.Effect<A, E>): Effect.Effect<A, StoreError> =>
+      Effect.flatMap(Clock.currentTimeMillis, (now) => {
+        if (reported) {
+          if (now < nextProbe) {
+            return Effect.andThen(
+              Metric.update(errors, 1),
+              Effect.fail(
+                new StoreError({
+                  store,
+                  operation,
+                  reason: "Unavailable",
+                  message: `Redis store "${store}" is unavailable`
+                })
+              )
+            )
+          }
+          nextProbe = now + probeInterval
+        }
+        return effect.pipe(
+          Effect.timeoutOrElse({
+            duration: settings.timeout,
+            orElse: () =>
+              Effect.fail(
+                new StoreError({
+                  store,
+                  operation,
+                  reason: "Timeout",
+                  message: `${operation} timed out after ${timeoutMillis} ms`
+                })
+              )
+          }),
+          Effect.matchEffect({
+            onFailure: (error) =>
+              failed(
+                error instanceof StoreError
+                  ? error
+                  : new StoreError({
+                      store,
+                      operation,
+                      reason: "Failed",
+                      message: `${operation}: ${errorText(error)}`,
+                      cause: error
+                    })
+              ),
+            onSuccess: (value) => (failingSince === undefined ? Effect.succeed(value) : Effect.as(succeeded, value))
+          })
+        )
+      })
+
+    return { store, call, available: Effect.sync(() => !reported) }
+  })
