@@ -3,6 +3,7 @@ import { Duration, Effect, Exit, Fiber, Redacted, Ref, Scope } from "effect"
 import { TestClock } from "effect/testing"
 import { ModelError } from "../../src/AiError.js"
 import * as Iam from "../../src/Model/watsonx/Iam.js"
+import * as Protocol from "../../src/Model/watsonx/Protocol.js"
 
 /** A scripted IAM service: hands out `tok-1`, `tok-2`, ... after `delay`, or runs `outcome` when set. */
 const scriptedIam = Effect.gen(function* () {
@@ -208,5 +209,101 @@ describe("WatsonX IAM token cache", () => {
         assert.strictEqual(yield* Ref.get(iam.calls), 2)
       })
     )
+  })
+})
+
+describe("WatsonX protocol", () => {
+  it("tools, tool choices and tool messages are refused naming the field; a JSON format only on chat", () => {
+    const field = (request: Parameters<typeof Protocol.unsupported>[0], api: Protocol.Api = "chat") =>
+      Protocol.unsupported(request, api, "watsonx")?.field
+    assert.strictEqual(field({ prompt: "x", tools: [{ name: "f" }] }), "tools")
+    assert.strictEqual(field({ prompt: "x", toolChoice: "auto" }), "toolChoice")
+    assert.strictEqual(field({ messages: [{ role: "tool", toolCallId: "c", content: "1" }] }), "messages")
+    assert.strictEqual(field({ prompt: "x", responseFormat: { type: "json_object" } }, "generation"), "responseFormat")
+    assert.isUndefined(field({ prompt: "x", responseFormat: { type: "json_object" } }))
+    assert.strictEqual(Protocol.unsupported({ prompt: "x", tools: [] }, "chat", "watsonx")?.reason, "InvalidRequest")
+  })
+
+  it("chat body: user turns as text parts, the options by their watsonx names, a JSON schema format", () => {
+    const schema = { type: "object" }
+    assert.deepStrictEqual(
+      Protocol.chatBody(
+        {
+          system: "Be nice.",
+          messages: [
+            { role: "user", content: "hi" },
+            { role: "assistant", content: "hello" }
+          ],
+          maxTokens: 5,
+          temperature: 0.5,
+          topP: 0.9,
+          stop: ["x"],
+          seed: 7,
+          responseFormat: { type: "json_schema", name: "s", schema, strict: true }
+        },
+        "m"
+      ),
+      {
+        model_id: "m",
+        messages: [
+          { role: "system", content: "Be nice." },
+          { role: "user", content: [{ type: "text", text: "hi" }] },
+          { role: "assistant", content: "hello" }
+        ],
+        max_tokens: 5,
+        temperature: 0.5,
+        top_p: 0.9,
+        stop: ["x"],
+        seed: 7,
+        response_format: { type: "json_schema", json_schema: { name: "s", schema, strict: true } }
+      }
+    )
+  })
+
+  it("generation body: a conversation flattened into Role: text paragraphs; sampling only with a temperature", () => {
+    assert.deepStrictEqual(
+      Protocol.generationBody(
+        {
+          system: "S",
+          messages: [
+            { role: "user", content: "q" },
+            { role: "assistant", content: "a" }
+          ],
+          temperature: 0.7
+        },
+        "m"
+      ),
+      {
+        model_id: "m",
+        input: "System: S\n\nUser: q\n\nAssistant: a",
+        parameters: { decoding_method: "sample", temperature: 0.7 }
+      }
+    )
+    assert.deepStrictEqual(Protocol.generationBody({ system: "S", prompt: "q", seed: 3 }, "m"), {
+      model_id: "m",
+      input: "S\n\nq",
+      parameters: { decoding_method: "greedy", random_seed: 3 }
+    })
+  })
+
+  it("stream state: deltas, the first event's input count, the last finish reason, one Finish", () => {
+    const state = Protocol.streamState("watsonx", "m", 99)
+    const event = (text: string, input: number, output: number, stop: string) => ({
+      results: [
+        { generated_text: text, input_token_count: input, generated_token_count: output, stop_reason: stop }
+      ] as const
+    })
+    assert.deepStrictEqual(state.generation(event("", 9, 0, "not_finished")), [])
+    assert.isFalse(state.finished())
+    assert.deepStrictEqual(state.generation(event("Hi", 0, 1, "not_finished")), [{ _tag: "TextDelta", text: "Hi" }])
+    state.generation(event("!", 0, 2, "max_tokens"))
+    assert.isTrue(state.finished())
+    assert.deepStrictEqual(state.finish(), {
+      _tag: "Finish",
+      finishReason: "length",
+      usage: { inputTokens: 9, outputTokens: 2, totalTokens: 11 },
+      provider: "watsonx",
+      model: "m"
+    })
   })
 })

@@ -1,0 +1,332 @@
+/**
+ * The watsonx.ai REST API as the provider speaks it: request bodies for chat
+ * (`/ml/v1/text/chat`), text generation (`/ml/v1/text/generation`) and embeddings, the
+ * schemas of their answers and stream events, and their mapping to ours. Pure: no HTTP.
+ *
+ * @since 0.2.0
+ */
+import { Duration, Redacted, Schema } from "effect"
+import { invalidRequest, type ModelError } from "../../AiError.js"
+import * as Model from "../../Model.js"
+
+/**
+ * Which API a generation request goes to.
+ *
+ * @since 0.2.0
+ * @category models
+ */
+export type Api = "chat" | "generation"
+
+/**
+ * @since 0.2.0
+ * @category schemas
+ */
+export const IamToken = Schema.Struct({
+  access_token: Schema.NonEmptyString,
+  expires_in: Schema.Number.check(Schema.isFinite(), Schema.isGreaterThan(0)),
+  token_type: Schema.optional(Schema.String)
+})
+
+const Count = Schema.optional(Schema.NullOr(Schema.Number))
+const Text = Schema.optional(Schema.NullOr(Schema.String))
+
+const ChatUsage = Schema.Struct({ prompt_tokens: Count, completion_tokens: Count, total_tokens: Count })
+
+/**
+ * @since 0.2.0
+ * @category schemas
+ */
+export const ChatAnswer = Schema.Struct({
+  model_id: Schema.optional(Schema.String),
+  choices: Schema.NonEmptyArray(Schema.Struct({ message: Schema.Struct({ content: Text }), finish_reason: Text })),
+  usage: Schema.optional(ChatUsage)
+})
+
+/**
+ * One event of `/ml/v1/text/chat_stream`.
+ *
+ * @since 0.2.0
+ * @category schemas
+ */
+export const ChatChunk = Schema.Struct({
+  model_id: Schema.optional(Schema.String),
+  choices: Schema.Array(
+    Schema.Struct({
+      index: Schema.optional(Schema.Number),
+      delta: Schema.optional(Schema.Struct({ content: Text })),
+      finish_reason: Text
+    })
+  ),
+  usage: Schema.optional(ChatUsage)
+})
+
+const GenerationResult = Schema.Struct({
+  generated_text: Schema.String,
+  generated_token_count: Count,
+  input_token_count: Count,
+  stop_reason: Text
+})
+
+/**
+ * The answer of `/ml/v1/text/generation`, and each event of its stream.
+ *
+ * @since 0.2.0
+ * @category schemas
+ */
+export const GenerationAnswer = Schema.Struct({
+  model_id: Schema.optional(Schema.String),
+  results: Schema.NonEmptyArray(GenerationResult)
+})
+
+/**
+ * @since 0.2.0
+ * @category schemas
+ */
+export const EmbeddingsAnswer = Schema.Struct({
+  model_id: Schema.optional(Schema.String),
+  results: Schema.Array(Schema.Struct({ embedding: Schema.Array(Schema.Number) })),
+  input_token_count: Count
+})
+
+/**
+ * The token of an IAM answer, wrapped at once so that it is never held as a plain string.
+ *
+ * @since 0.2.0
+ * @category utils
+ */
+export const issued = (
+  answer: typeof IamToken.Type
+): { readonly token: Redacted.Redacted<string>; readonly expiresIn: Duration.Duration } => ({
+  token: Redacted.make(answer.access_token),
+  expiresIn: Duration.seconds(answer.expires_in)
+})
+
+/**
+ * A watsonx `stop_reason` or chat `finish_reason` as ours.
+ *
+ * @since 0.1.0
+ * @category utils
+ */
+export const finishReasonOf = (reason: string | null | undefined): Model.FinishReason => {
+  switch (reason) {
+    case "stop":
+    case "eos_token":
+    case "stop_sequence":
+      return "stop"
+    case "length":
+    case "max_tokens":
+    case "token_limit":
+    case "time_limit":
+      return "length"
+    case "content_filter":
+      return "content_filter"
+    case "tool_calls":
+      return "tool_calls"
+    case "error":
+    case "cancelled":
+      return "error"
+    default:
+      return "unknown"
+  }
+}
+
+/**
+ * What watsonx cannot take from a request here, refused before any call: tools (not
+ * mapped), tool messages, and a response format on the text-generation API.
+ *
+ * @since 0.2.0
+ * @category validation
+ */
+export const unsupported = (request: Model.GenerateRequest, api: Api, provider: string): ModelError | undefined => {
+  if (request.tools !== undefined) return invalidRequest("tools", "watsonx does not take tools here", provider)
+  if (request.toolChoice !== undefined) {
+    return invalidRequest("toolChoice", "watsonx does not take tools here", provider)
+  }
+  for (const message of request.messages ?? []) {
+    if (message.role === "tool" || message.toolCalls !== undefined) {
+      return invalidRequest("messages", "watsonx does not take tool calls or tool messages here", provider)
+    }
+  }
+  if (api === "generation" && request.responseFormat !== undefined && request.responseFormat.type !== "text") {
+    return invalidRequest("responseFormat", 'the text-generation API has no response format; use api: "chat"', provider)
+  }
+  return undefined
+}
+
+/**
+ * The body of `/ml/v1/text/chat` (and `chat_stream`): user turns as text content parts.
+ *
+ * @since 0.2.0
+ * @category utils
+ */
+export const chatBody = (request: Model.GenerateRequest, model: string): Record<string, unknown> => {
+  const messages = Model.toMessages(request).map((m) =>
+    m.role === "user"
+      ? { role: "user", content: [{ type: "text", text: m.content }] }
+      : { role: m.role, content: m.content }
+  )
+  const body: Record<string, unknown> = { model_id: model, messages }
+  if (request.maxTokens !== undefined) body["max_tokens"] = request.maxTokens
+  if (request.temperature !== undefined) body["temperature"] = request.temperature
+  if (request.topP !== undefined) body["top_p"] = request.topP
+  if (request.stop !== undefined) body["stop"] = request.stop
+  if (request.seed !== undefined) body["seed"] = request.seed
+  const format = request.responseFormat
+  if (format !== undefined && format.type !== "text") {
+    body["response_format"] =
+      format.type === "json_object"
+        ? { type: "json_object" }
+        : {
+            type: "json_schema",
+            json_schema: {
+              name: format.name,
+              schema: format.schema,
+              ...(format.strict === undefined ? {} : { strict: format.strict })
+            }
+          }
+  }
+  return body
+}
+
+const capitalized = (role: string): string => `${role[0]!.toUpperCase()}${role.slice(1)}`
+
+/**
+ * The body of `/ml/v1/text/generation` (and `generation_stream`): one input text (a
+ * conversation flattened into `Role: text` paragraphs); greedy decoding unless a
+ * temperature above zero asks for sampling.
+ *
+ * @since 0.2.0
+ * @category utils
+ */
+export const generationBody = (request: Model.GenerateRequest, model: string): Record<string, unknown> => {
+  const input =
+    request.messages === undefined
+      ? `${request.system === undefined ? "" : `${request.system}\n\n`}${request.prompt ?? ""}`
+      : Model.toMessages(request)
+          .map((m) => `${capitalized(m.role)}: ${m.content}`)
+          .join("\n\n")
+  const parameters: Record<string, unknown> = {
+    decoding_method: request.temperature === undefined || request.temperature === 0 ? "greedy" : "sample"
+  }
+  if (request.maxTokens !== undefined) parameters["max_new_tokens"] = request.maxTokens
+  if (request.temperature !== undefined) parameters["temperature"] = request.temperature
+  if (request.topP !== undefined) parameters["top_p"] = request.topP
+  if (request.stop !== undefined) parameters["stop_sequences"] = request.stop
+  if (request.seed !== undefined) parameters["random_seed"] = request.seed
+  return { model_id: model, input, parameters }
+}
+
+/**
+ * @since 0.2.0
+ * @category utils
+ */
+export const chatResponse = (
+  answer: typeof ChatAnswer.Type,
+  provider: string,
+  model: string,
+  inputEstimate: number
+): Model.GenerateResponse => {
+  const choice = answer.choices[0]
+  const text = choice.message.content ?? ""
+  return {
+    text,
+    finishReason: finishReasonOf(choice.finish_reason),
+    usage: Model.usage(
+      answer.usage?.prompt_tokens ?? inputEstimate,
+      answer.usage?.completion_tokens ?? Model.estimateTokens(text)
+    ),
+    provider,
+    model: answer.model_id ?? model
+  }
+}
+
+/**
+ * @since 0.2.0
+ * @category utils
+ */
+export const generationResponse = (
+  answer: typeof GenerationAnswer.Type,
+  provider: string,
+  model: string,
+  inputEstimate: number
+): Model.GenerateResponse => {
+  const result = answer.results[0]
+  return {
+    text: result.generated_text,
+    finishReason: finishReasonOf(result.stop_reason),
+    usage: Model.usage(
+      result.input_token_count ?? inputEstimate,
+      result.generated_token_count ?? Model.estimateTokens(result.generated_text)
+    ),
+    provider,
+    model: answer.model_id ?? model
+  }
+}
+
+/**
+ * Gathers a stream's events into `StreamPart`s: text deltas as they come, the finish
+ * reason, usage and model from whichever event carries them, and one `Finish` at the end.
+ * One per stream (it holds that stream's state).
+ *
+ * @since 0.2.0
+ * @category models
+ */
+export interface StreamState {
+  readonly chat: (chunk: typeof ChatChunk.Type) => ReadonlyArray<Model.StreamPart>
+  readonly generation: (chunk: typeof GenerationAnswer.Type) => ReadonlyArray<Model.StreamPart>
+  /** A finish reason arrived: the stream may end here. */
+  readonly finished: () => boolean
+  readonly finish: () => Model.StreamPart
+}
+
+/**
+ * @since 0.2.0
+ * @category constructors
+ */
+export const streamState = (provider: string, model: string, inputEstimate: number): StreamState => {
+  let finishReason: string | undefined
+  let answeredModel: string | undefined
+  let inputTokens: number | undefined
+  let outputTokens: number | undefined
+  let outputChars = 0
+  const delta = (text: string | null | undefined): ReadonlyArray<Model.StreamPart> => {
+    if (text === undefined || text === null || text.length === 0) return []
+    outputChars += text.length
+    return [{ _tag: "TextDelta", text }]
+  }
+  return {
+    chat: (chunk) => {
+      if (chunk.model_id !== undefined) answeredModel = chunk.model_id
+      if (typeof chunk.usage?.prompt_tokens === "number") inputTokens = chunk.usage.prompt_tokens
+      if (typeof chunk.usage?.completion_tokens === "number") outputTokens = chunk.usage.completion_tokens
+      const parts: Array<Model.StreamPart> = []
+      for (const choice of chunk.choices) {
+        if ((choice.index ?? 0) !== 0) continue
+        parts.push(...delta(choice.delta?.content))
+        if (typeof choice.finish_reason === "string") finishReason = choice.finish_reason
+      }
+      return parts
+    },
+    generation: (chunk) => {
+      if (chunk.model_id !== undefined) answeredModel = chunk.model_id
+      const result = chunk.results[0]
+      // Only the first event counts the input; later ones say 0.
+      if (typeof result.input_token_count === "number" && result.input_token_count > 0) {
+        inputTokens = result.input_token_count
+      }
+      if (typeof result.generated_token_count === "number") outputTokens = result.generated_token_count
+      if (typeof result.stop_reason === "string" && result.stop_reason !== "not_finished") {
+        finishReason = result.stop_reason
+      }
+      return delta(result.generated_text)
+    },
+    finished: () => finishReason !== undefined,
+    finish: () => ({
+      _tag: "Finish",
+      finishReason: finishReasonOf(finishReason),
+      usage: Model.usage(inputTokens ?? inputEstimate, outputTokens ?? Math.ceil(outputChars / 4)),
+      provider,
+      model: answeredModel ?? model
+    })
+  }
+}
