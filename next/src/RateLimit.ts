@@ -1,0 +1,349 @@
+/**
+ * Per-provider rate limits: requests and tokens per window (one minute unless told
+ * otherwise), kept in memory (`layerMemory`, this process) or in Redis (`layerRedis`,
+ * shared by every process using the same Redis and prefix). Built on `effect/persistence`'s
+ * `RateLimiter`: a call reserves its slot and sleeps until the slot's time, so waiting
+ * callers are sleeping fibers, not a queue woken all at once.
+ *
+ * A call waits at most `maxWait`. When the next slot is further away, `acquire` fails at
+ * once with a `RateLimited` `ModelError` carrying `retryAfter` and gives the slot back:
+ * the policy pipeline then falls back to another provider (`shouldFallback`) instead of
+ * queueing behind a full window.
+ *
+ * @since 0.1.0
+ */
+import { Context, Duration, Effect, Layer, Metric, Result } from "effect"
+import { RateLimiter, type Redis } from "effect/persistence"
+import { ModelError } from "./AiError.js"
+import * as Input from "./Input.js"
+import * as Metrics from "./Metrics.js"
+import * as RedisStore from "./RateLimit/Redis.js"
+import * as SharedRedis from "./Redis.js"
+
+/**
+ * The limits of one key (a provider). Both limits count over `window`: with `window:
+ * "2 seconds"`, `requestsPerMinute: 7` means 7 requests every 2 seconds. A key with
+ * neither limit is not limited.
+ *
+ * `algorithm`: `fixed-window` (default: the 61st request of a 60-per-minute window waits
+ * for the next window) or `token-bucket` (slots refill evenly: one a second at 60).
+ *
+ * @since 0.1.0
+ * @category models
+ */
+export interface Limits {
+  readonly requestsPerMinute?: number | undefined
+  readonly tokensPerMinute?: number | undefined
+  /** The period both limits count over. Default 1 minute. */
+  readonly window?: Input.DurationInput | undefined
+  readonly algorithm?: "fixed-window" | "token-bucket" | undefined
+}
+
+/**
+ * Limits by key; `default` applies to keys not listed (none when absent).
+ *
+ * @since 0.1.0
+ * @category models
+ */
+export interface Options {
+  readonly providers?: { readonly [key: string]: Limits } | undefined
+  readonly default?: Limits | undefined
+  /**
+   * Longest wait for a slot. Beyond it `acquire` fails at once with `RateLimited` (and
+   * `retryAfter`). `0`: never wait; `Infinity`: wait as long as it takes. Default 30 seconds.
+   */
+  readonly maxWait?: Input.DurationInput | undefined
+}
+
+/**
+ * Options of {@link layerRedis}.
+ *
+ * @since 0.2.0
+ * @category models
+ */
+export interface RedisOptions extends Options {
+  /** Prefix of every Redis key. Default `"orchestra:ratelimit:"`. */
+  readonly prefix?: string | undefined
+  /**
+   * When Redis fails or is too slow: `"allow"` (default: fail open, the call goes through
+   * unlimited and the provider's own 429s still apply) or `"reject"` (fail closed: the call
+   * fails with `RateLimited`).
+   */
+  readonly onStoreError?: "allow" | "reject" | undefined
+  /** Deadline of each Redis call, and when an outage is reported. See `Redis.GuardOptions`. */
+  readonly redis?: SharedRedis.GuardOptions | undefined
+}
+
+/**
+ * The limits that apply to a key, checked.
+ *
+ * @since 0.2.0
+ * @category models
+ */
+export interface ResolvedLimits {
+  readonly requestsPerMinute: number | undefined
+  readonly tokensPerMinute: number | undefined
+  readonly window: Duration.Duration
+  readonly algorithm: "fixed-window" | "token-bucket"
+}
+
+/**
+ * @since 0.1.0
+ * @category models
+ */
+export interface Service {
+  /**
+   * Waits for a slot for one attempt on `key`: one request and `cost.tokens` estimated
+   * tokens (default 0: count the request only). Waits at most `maxWait`; beyond that fails
+   * at once with `RateLimited` and `retryAfter`. An invalid `tokens` fails with
+   * `InvalidRequest` naming `tokens`. A caller interrupted while waiting gives its slot back.
+   */
+  readonly acquire: (key: string, cost?: { readonly tokens?: number | undefined }) => Effect.Effect<void, ModelError>
+  /** The limits that apply to `key`, if any. */
+  readonly limitsOf: (key: string) => ResolvedLimits | undefined
+}
+
+/**
+ * @since 0.1.0
+ * @category services
+ */
+export class RateLimits extends Context.Service<RateLimits, Service>()("effect-orchestra/RateLimits") {}
+
+const limitFields: ReadonlySet<string> = new Set(["requestsPerMinute", "tokensPerMinute", "window", "algorithm"])
+
+const checkLimits = (input: unknown, path: string): Input.Checked<ResolvedLimits> => {
+  if (typeof input !== "object" || input === null) return Result.fail({ path, message: "expected an object" })
+  for (const field of Object.keys(input)) {
+    if (!limitFields.has(field)) return Result.fail({ path: `${path}.${field}`, message: "unknown field" })
+  }
+  const limits = input as Limits
+  const algorithm = limits.algorithm ?? "fixed-window"
+  if (algorithm !== "fixed-window" && algorithm !== "token-bucket") {
+    return Result.fail({
+      path: `${path}.algorithm`,
+      message: `expected "fixed-window" or "token-bucket", got ${JSON.stringify(algorithm)}`
+    })
+  }
+  return Result.map(
+    Input.all([
+      Input.optional(limits.requestsPerMinute, (n) => Input.positiveInt(`${path}.requestsPerMinute`, n)),
+      Input.optional(limits.tokensPerMinute, (n) => Input.positiveInt(`${path}.tokensPerMinute`, n)),
+      Input.duration(`${path}.window`, limits.window ?? "1 minute")
+    ]),
+    ([requestsPerMinute, tokensPerMinute, window]) => ({ requestsPerMinute, tokensPerMinute, window, algorithm })
+  )
+}
+
+interface Config {
+  readonly providers: ReadonlyMap<string, ResolvedLimits>
+  readonly fallback: ResolvedLimits | undefined
+  readonly maxWait: Duration.Duration
+}
+
+const checkOptions = (options: Options): Input.Checked<Config> => {
+  const providers = new Map<string, ResolvedLimits>()
+  for (const [key, limits] of Object.entries(options.providers ?? {})) {
+    const checked = checkLimits(limits, `providers.${key}`)
+    if (Result.isFailure(checked)) return Result.fail(checked.failure)
+    providers.set(key, checked.success)
+  }
+  return Result.map(
+    Input.all([
+      Input.optional(options.default, (limits) => checkLimits(limits, "default")),
+      Input.duration("maxWait", options.maxWait ?? "30 seconds", { allowZero: true, allowInfinite: true })
+    ]),
+    ([fallback, maxWait]) => ({ providers, fallback, maxWait })
+  )
+}
+
+const checkTokens = (tokens: number | undefined): Input.Checked<number> =>
+  tokens === undefined ? Result.succeed(0) : Result.map(Input.number("tokens", tokens, { min: 0 }), Math.ceil)
+
+interface Reservation {
+  readonly key: string
+  readonly limit: number
+  readonly tokens: number
+  readonly limits: ResolvedLimits
+}
+
+interface KeyMetrics {
+  readonly immediate: Metric.Metric<number, unknown>
+  readonly delayed: Metric.Metric<number, unknown>
+  readonly rejected: Metric.Metric<number, unknown>
+  readonly wait: Metric.Metric<number, unknown>
+}
+
+/**
+ * Builds the service on a `RateLimiterStore`. Store failures are handled by
+ * `onStoreError` (default `"allow"`); `guard` bounds every store call (the Redis layers
+ * pass one).
+ *
+ * @since 0.2.0
+ * @category constructors
+ */
+export const make = Effect.fnUntraced(function* (
+  options: Options,
+  store: RateLimiter.RateLimiterStore["Service"],
+  policy: {
+    readonly onStoreError?: "allow" | "reject" | undefined
+    readonly guard?: SharedRedis.Guard | undefined
+  } = {}
+) {
+  const config = yield* Input.orConfigError(checkOptions(options))
+  const guard = policy.guard
+  const guarded: RateLimiter.RateLimiterStore["Service"] =
+    guard === undefined
+      ? store
+      : {
+          ...store,
+          fixedWindow: (o) => Effect.mapError(guard.call("fixedWindow", store.fixedWindow(o)), toLimiterError),
+          tokenBucket: (o) => Effect.mapError(guard.call("tokenBucket", store.tokenBucket(o)), toLimiterError)
+        }
+  const limiter = yield* Effect.provideService(RateLimiter.make, RateLimiter.RateLimiterStore, guarded)
+  const failClosed = policy.onStoreError === "reject"
+  const maxWaitMillis = Duration.toMillis(config.maxWait)
+  const metricsByKey = new Map<string, KeyMetrics>()
+
+  const metricsOf = (key: string): KeyMetrics => {
+    let metrics = metricsByKey.get(key)
+    if (metrics === undefined) {
+      const counter = (outcome: string) =>
+        Metric.withAttributes(Metrics.rateLimitAcquisitions, { limit: key, outcome }) as Metric.Metric<number, unknown>
+      metrics = {
+        immediate: counter("immediate"),
+        delayed: counter("delayed"),
+        rejected: counter("rejected"),
+        wait: Metric.withAttributes(Metrics.rateLimitWait, { limit: key }) as Metric.Metric<number, unknown>
+      }
+      metricsByKey.set(key, metrics)
+    }
+    return metrics
+  }
+
+  const limitsOf = (key: string): ResolvedLimits | undefined => config.providers.get(key) ?? config.fallback
+
+  const consume = (r: Reservation, tokens: number) =>
+    limiter.consume({
+      key: r.key,
+      limit: r.limit,
+      window: r.limits.window,
+      tokens,
+      onExceeded: "delay",
+      algorithm: r.limits.algorithm
+    })
+
+  // Negative tokens undo a reservation in both algorithms (the window or bucket moves back).
+  const release = (reservations: ReadonlyArray<Reservation>): Effect.Effect<void> =>
+    Effect.forEach(reservations, (r) => Effect.ignore(consume(r, -r.tokens)), { discard: true, concurrency: 2 })
+
+  const acquire = Effect.fn("RateLimits.acquire")(function* (
+    key: string,
+    cost?: { readonly tokens?: number | undefined }
+  ) {
+    const tokens = yield* Input.orInvalidRequest(checkTokens(cost?.tokens), key)
+    const limits = limitsOf(key)
+    if (limits === undefined) return
+    const reservations: Array<Reservation> = []
+    if (limits.requestsPerMinute !== undefined) {
+      reservations.push({ key: `${key}:rpm`, limit: limits.requestsPerMinute, tokens: 1, limits })
+    }
+    // A request larger than the whole budget waits for an empty window, then goes.
+    if (limits.tokensPerMinute !== undefined && tokens > 0) {
+      reservations.push({
+        key: `${key}:tpm`,
+        limit: limits.tokensPerMinute,
+        tokens: Math.min(tokens, limits.tokensPerMinute),
+        limits
+      })
+    }
+    if (reservations.length === 0) return
+    const metrics = metricsOf(key)
+    const results = yield* Effect.forEach(reservations, (r) => Effect.result(consume(r, r.tokens)), {
+      concurrency: reservations.length
+    })
+    const taken: Array<Reservation> = []
+    let waitMillis = 0
+    let storeFailed = false
+    results.forEach((result, i) => {
+      if (Result.isSuccess(result)) {
+        taken.push(reservations[i]!)
+        waitMillis = Math.max(waitMillis, Duration.toMillis(result.success.delay))
+      } else {
+        storeFailed = true
+      }
+    })
+    if (storeFailed && failClosed) {
+      yield* release(taken)
+      yield* Metric.update(metrics.rejected, 1)
+      return yield* new ModelError({
+        reason: "RateLimited",
+        message: `the rate limit of "${key}" cannot be checked (store unavailable) and onStoreError is "reject"`,
+        provider: key
+      })
+    }
+    if (waitMillis > maxWaitMillis) {
+      yield* release(taken)
+      yield* Metric.update(metrics.rejected, 1)
+      const retryAfter = Duration.millis(Math.ceil(waitMillis))
+      return yield* new ModelError({
+        reason: "RateLimited",
+        message: `rate limit of "${key}" reached: the next slot is in ${Duration.format(retryAfter)}, beyond maxWait ${Duration.format(config.maxWait)}`,
+        provider: key,
+        retryAfter
+      })
+    }
+    yield* Metric.update(metrics.wait, waitMillis)
+    if (waitMillis <= 0) return yield* Metric.update(metrics.immediate, 1)
+    yield* Metric.update(metrics.delayed, 1)
+    yield* Effect.annotateCurrentSpan({ "orchestra.rate_limit.wait_ms": waitMillis })
+    yield* Effect.sleep(Duration.millis(waitMillis)).pipe(Effect.onInterrupt(() => release(taken)))
+  })
+
+  return RateLimits.of({ acquire, limitsOf })
+})
+
+const toLimiterError = (error: SharedRedis.StoreError): RateLimiter.RateLimiterError =>
+  new RateLimiter.RateLimiterError({
+    reason: new RateLimiter.RateLimitStoreError({ message: error.message, cause: error })
+  })
+
+/**
+ * Limits kept in this process (time from the `Clock`, so `TestClock` drives them). Invalid
+ * options fail the layer with a `ConfigError` naming the field.
+ *
+ * @since 0.1.0
+ * @category layers
+ */
+export const layerMemory = (options: Options): Layer.Layer<RateLimits, Input.ConfigError> =>
+  Layer.effect(
+    RateLimits,
+    Effect.flatMap(RateLimiter.RateLimiterStore, (store) => make(options, store))
+  ).pipe(Layer.provide(RateLimiter.layerStoreMemory))
+
+/**
+ * Limits shared through Redis by every process using the same Redis and prefix. Needs
+ * `effect/persistence`'s `Redis` service (`Redis.layer` of this library builds one). Each
+ * Redis call is bounded (`redis.timeout`, default 500 ms) and counted in
+ * `orchestra_store_errors_total{store="ratelimit"}` when it fails; see `onStoreError`.
+ *
+ * @since 0.1.0
+ * @category layers
+ */
+export const layerRedis = (options: RedisOptions): Layer.Layer<RateLimits, Input.ConfigError, Redis.Redis> =>
+  Layer.effect(
+    RateLimits,
+    Effect.gen(function* () {
+      yield* Input.orConfigError(checkOptions(options))
+      const settings = yield* Input.orConfigError(SharedRedis.guardSettings(options.redis, "redis."))
+      const onStoreError = options.onStoreError ?? "allow"
+      if (onStoreError !== "allow" && onStoreError !== "reject") {
+        return yield* new Input.ConfigError({
+          path: "onStoreError",
+          message: `invalid onStoreError: expected "allow" or "reject", got ${JSON.stringify(onStoreError)}`
+        })
+      }
+      const guard = yield* SharedRedis.makeGuard({ store: "ratelimit", settings })
+      const store = yield* RedisStore.makeStore({ prefix: options.prefix })
+      return yield* make(options, store, { onStoreError, guard })
+    })
+  )

@@ -1,0 +1,253 @@
+import { assert, describe, it } from "@effect/vitest"
+import { Clock, Context, Duration, Effect, Exit, Fiber, Layer, Metric } from "effect"
+import { TestClock } from "effect/testing"
+import { isRetryable, type ModelError, shouldFallback } from "../src/AiError.js"
+import type { ConfigError } from "../src/Input.js"
+import * as Metrics from "../src/Metrics.js"
+import * as RateLimit from "../src/RateLimit.js"
+
+let counter = 0
+const uniqueName = (label: string) => `rl-${label}-${++counter}-${Math.random().toString(36).slice(2, 8)}`
+
+/** Builds the layer in the test's scope. */
+const service = (options: RateLimit.Options) =>
+  Effect.map(Layer.build(RateLimit.layerMemory(options)), Context.get(RateLimit.RateLimits))
+
+const outcomes = (key: string) =>
+  Effect.gen(function* () {
+    const count = (outcome: string) =>
+      Effect.map(
+        Metric.value(Metric.withAttributes(Metrics.rateLimitAcquisitions, { limit: key, outcome })),
+        (s) => s.count
+      )
+    return {
+      immediate: yield* count("immediate"),
+      delayed: yield* count("delayed"),
+      rejected: yield* count("rejected")
+    }
+  })
+
+/** Runs `times` acquires one after another; all must pass without waiting. */
+const immediately = (limits: RateLimit.Service, key: string, times: number, tokens?: number) =>
+  Effect.gen(function* () {
+    const before = (yield* outcomes(key)).immediate
+    for (let i = 0; i < times; i++) yield* limits.acquire(key, { tokens })
+    assert.strictEqual((yield* outcomes(key)).immediate - before, times, "every acquire went through at once")
+  })
+
+/** Forks an acquire and returns the virtual time it took to finish, stepping the clock by `step`. */
+const waitOf = (limits: RateLimit.Service, key: string, tokens?: number, step: Duration.Input = "1 second") =>
+  Effect.gen(function* () {
+    const start = yield* Clock.currentTimeMillis
+    const fiber = yield* Effect.forkChild(limits.acquire(key, { tokens }))
+    yield* Effect.yieldNow
+    for (let i = 0; i < 10_000 && fiber.pollUnsafe() === undefined; i++) {
+      yield* TestClock.adjust(step)
+      yield* Effect.yieldNow
+    }
+    yield* Fiber.join(fiber)
+    return (yield* Clock.currentTimeMillis) - start
+  })
+
+const rejection = (limits: RateLimit.Service, key: string, tokens?: number) =>
+  Effect.flip(limits.acquire(key, { tokens })) as Effect.Effect<ModelError>
+
+const configError = (options: RateLimit.Options) =>
+  Effect.gen(function* () {
+    const exit = yield* Effect.exit(service(options))
+    assert.isTrue(Exit.isFailure(exit), "the layer must fail")
+    const error = Exit.findErrorOption(exit)
+    assert.isTrue(error._tag === "Some", "a typed failure, not a defect")
+    return (error as { readonly value: ConfigError }).value
+  })
+
+describe("RateLimit (memory, TestClock)", () => {
+  it.effect("requests per window: the 61st request of a minute waits until the window frees", () =>
+    Effect.gen(function* () {
+      const key = uniqueName("rpm")
+      const limits = yield* service({ providers: { [key]: { requestsPerMinute: 60 } }, maxWait: "1 minute" })
+      yield* TestClock.adjust("10 seconds")
+      yield* immediately(limits, key, 60)
+      yield* TestClock.adjust("20 seconds")
+      const sixtyFirst = yield* Effect.forkChild(limits.acquire(key))
+      yield* TestClock.adjust("39 seconds")
+      assert.isUndefined(sixtyFirst.pollUnsafe(), "still waiting 59 s into the window")
+      yield* TestClock.adjust("1 second")
+      yield* Fiber.join(sixtyFirst)
+      assert.deepStrictEqual(yield* outcomes(key), { immediate: 60, delayed: 1, rejected: 0 })
+      const wait = yield* Metric.value(Metric.withAttributes(Metrics.rateLimitWait, { limit: key }))
+      assert.strictEqual(wait.count, 61)
+      assert.strictEqual(wait.max, 40_000)
+    })
+  )
+
+  it.effect("7 requests per 2 seconds: 14 calls are spread over two windows", () =>
+    Effect.gen(function* () {
+      const key = uniqueName("seven")
+      const limits = yield* service({ default: { requestsPerMinute: 7, window: "2 seconds" } })
+      const start = yield* Clock.currentTimeMillis
+      const finished: Array<number> = []
+      const fiber = yield* Effect.forkChild(
+        Effect.forEach(
+          Array.from({ length: 14 }),
+          () =>
+            Effect.flatMap(limits.acquire(key), () =>
+              Effect.map(Clock.currentTimeMillis, (now) => finished.push(now - start))
+            ),
+          { concurrency: "unbounded" }
+        )
+      )
+      yield* TestClock.adjust("2 seconds")
+      yield* Fiber.join(fiber)
+      assert.deepStrictEqual(finished, [...Array(7).fill(0), ...Array(7).fill(2000)])
+    })
+  )
+
+  it.effect(
+    "tokens per window: a request that does not fit waits; one larger than the budget waits for an empty window",
+    () =>
+      Effect.gen(function* () {
+        const key = uniqueName("tpm")
+        const limits = yield* service({ providers: { [key]: { tokensPerMinute: 1000 } }, maxWait: "2 minutes" })
+        yield* immediately(limits, key, 2, 500)
+        assert.strictEqual(yield* waitOf(limits, key, 100), 60_000)
+        yield* TestClock.adjust("2 minutes")
+        yield* immediately(limits, key, 1, 5000)
+        // Without tokens only the request is counted: no token limit applies (and nothing waits).
+        const noTokens = yield* service({ providers: { [key]: { tokensPerMinute: 1 } }, maxWait: 0 })
+        for (let i = 0; i < 5; i++) yield* noTokens.acquire(key)
+      })
+  )
+
+  it.effect("token-bucket: slots refill evenly (one a second at 60 per minute)", () =>
+    Effect.gen(function* () {
+      const key = uniqueName("bucket")
+      const limits = yield* service({ providers: { [key]: { requestsPerMinute: 60, algorithm: "token-bucket" } } })
+      yield* immediately(limits, key, 60)
+      assert.strictEqual(yield* waitOf(limits, key, undefined, "100 millis"), 1000)
+    })
+  )
+
+  it.effect("limits are per key; `default` covers unlisted keys; no limits means no wait", () =>
+    Effect.gen(function* () {
+      const a = uniqueName("a")
+      const b = uniqueName("b")
+      const limits = yield* service({ providers: { [a]: { requestsPerMinute: 1 } } })
+      yield* immediately(limits, a, 1)
+      for (let i = 0; i < 100; i++) yield* limits.acquire(b)
+      assert.strictEqual(limits.limitsOf(b), undefined)
+      assert.deepStrictEqual(yield* outcomes(b), { immediate: 0, delayed: 0, rejected: 0 }, "no limit, nothing counted")
+
+      const withDefault = yield* service({ default: { requestsPerMinute: 2 }, maxWait: "1 minute" })
+      yield* immediately(withDefault, a, 2)
+      yield* immediately(withDefault, b, 2)
+      assert.strictEqual(yield* waitOf(withDefault, b), 60_000, "each key has its own counter")
+    })
+  )
+
+  it.effect("keys like constructor or __proto__ are plain keys, not prototype members", () =>
+    Effect.gen(function* () {
+      const names = ["constructor", "toString", "__proto__", "hasOwnProperty"]
+      const none = yield* service({ providers: { listed: { requestsPerMinute: 1 } } })
+      for (const name of names) assert.strictEqual(none.limitsOf(name), undefined, name)
+      const withDefault = yield* service({ default: { requestsPerMinute: 1 } })
+      for (const name of names) assert.strictEqual(withDefault.limitsOf(name)?.requestsPerMinute, 1, name)
+    })
+  )
+
+  it.effect("beyond maxWait: RateLimited at once with retryAfter, falls back, and the slot is given back", () =>
+    Effect.gen(function* () {
+      const key = uniqueName("maxwait")
+      const limits = yield* service({ providers: { [key]: { requestsPerMinute: 2 } }, maxWait: "10 seconds" })
+      yield* immediately(limits, key, 2)
+      const error = yield* rejection(limits, key)
+      assert.strictEqual(error.reason, "RateLimited")
+      assert.strictEqual(error.provider, key)
+      assert.strictEqual(Duration.toMillis(error.retryAfter!), 60_000)
+      assert.isTrue(shouldFallback(error), "another provider takes the call")
+      assert.isTrue(isRetryable(error))
+      assert.deepStrictEqual(yield* outcomes(key), { immediate: 2, delayed: 0, rejected: 1 })
+      // The refused call did not keep a reservation: the next window has both slots.
+      yield* TestClock.adjust("1 minute")
+      yield* immediately(limits, key, 2)
+    })
+  )
+
+  it.effect("maxWait 0 never waits; an interrupted waiter gives its slot back", () =>
+    Effect.gen(function* () {
+      const key = uniqueName("zero")
+      const never = yield* service({ providers: { [key]: { requestsPerMinute: 1 } }, maxWait: 0 })
+      yield* immediately(never, key, 1)
+      assert.strictEqual((yield* rejection(never, key)).reason, "RateLimited")
+
+      const other = uniqueName("interrupt")
+      const limits = yield* service({ providers: { [other]: { requestsPerMinute: 1 } }, maxWait: "5 minutes" })
+      yield* immediately(limits, other, 1)
+      const waiting = yield* Effect.forkChild(limits.acquire(other))
+      yield* TestClock.adjust("10 seconds")
+      yield* Fiber.interrupt(waiting)
+      // Had the interrupted call kept its slot, the next would wait for the window after it (110 s).
+      assert.strictEqual(yield* waitOf(limits, other), 50_000)
+    })
+  )
+
+  it.effect(
+    "a per-call token count is checked: NaN, negative or infinite tokens are InvalidRequest, and the limit still holds",
+    () =>
+      Effect.gen(function* () {
+        const key = uniqueName("nan")
+        const limits = yield* service({ providers: { [key]: { tokensPerMinute: 100 } }, maxWait: 0 })
+        for (const tokens of [Number.NaN, -1, Number.POSITIVE_INFINITY]) {
+          const error = yield* rejection(limits, key, tokens)
+          assert.strictEqual(error.reason, "InvalidRequest")
+          assert.strictEqual(error.field, "tokens")
+          assert.isFalse(shouldFallback(error))
+        }
+        yield* immediately(limits, key, 1, 100)
+        assert.strictEqual(
+          (yield* rejection(limits, key, 1)).reason,
+          "RateLimited",
+          "the token limit is still in force"
+        )
+      })
+  )
+
+  it.effect("invalid limits fail the layer with a ConfigError naming the field", () =>
+    Effect.gen(function* () {
+      const cases: ReadonlyArray<readonly [RateLimit.Options, string]> = [
+        [{ default: { requestsPerMinute: 0 } }, "default.requestsPerMinute"],
+        [{ default: { requestsPerMinute: 1.5 } }, "default.requestsPerMinute"],
+        [{ default: { requestsPerMinute: Number.NaN } }, "default.requestsPerMinute"],
+        [{ providers: { p: { tokensPerMinute: -5 } } }, "providers.p.tokensPerMinute"],
+        [{ default: { requestsPerMinute: 1, window: 0 } }, "default.window"],
+        [{ default: { requestsPerMinute: 1, window: "-1 minute" } }, "default.window"],
+        [{ default: { requestsPerMinute: 1, window: Number.NaN } }, "default.window"],
+        [{ default: { requestsPerMinute: 1, window: "soon" as Duration.Input } }, "default.window"],
+        [{ providers: { p: { requestPerMinute: 5 } as RateLimit.Limits } }, "providers.p.requestPerMinute"],
+        [{ default: { requestsPerMinute: 1, algorithm: "leaky" as "token-bucket" } }, "default.algorithm"],
+        [{ maxWait: -1 }, "maxWait"],
+        [{ maxWait: Number.NaN }, "maxWait"]
+      ]
+      for (const [options, path] of cases) {
+        const error = yield* configError(options)
+        assert.strictEqual(error._tag, "ConfigError")
+        assert.strictEqual(error.path, path, JSON.stringify(options))
+      }
+    })
+  )
+
+  it.effect("window and maxWait take any duration form", () =>
+    Effect.gen(function* () {
+      const key = uniqueName("window")
+      const limits = yield* service({
+        providers: { [key]: { requestsPerMinute: 1, window: Duration.seconds(10) } },
+        maxWait: Number.POSITIVE_INFINITY
+      })
+      assert.deepStrictEqual(limits.limitsOf(key)?.window, Duration.seconds(10))
+      yield* immediately(limits, key, 1)
+      assert.strictEqual(yield* waitOf(limits, key), 10_000)
+      const fromText = yield* service({ default: { requestsPerMinute: 1, window: "2 seconds" } })
+      assert.deepStrictEqual(fromText.limitsOf("any")?.window, Duration.seconds(2))
+    })
+  )
+})
