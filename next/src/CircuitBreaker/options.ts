@@ -1,0 +1,169 @@
+/**
+ * Checks breaker options where they enter (a layer or constructor) and resolves the
+ * defaults: every refusal is a `ConfigError` naming the field, never a schema error later.
+ *
+ * @internal
+ */
+import { Duration, Predicate, Result } from "effect"
+import type { TripPolicy } from "effect/persistence/CircuitBreaker"
+import type { AiError } from "../AiError.js"
+import type { Options } from "../CircuitBreaker.js"
+import * as Input from "../Input.js"
+import { defaultIsFailure } from "./classify.js"
+
+/**
+ * Checked options with their defaults.
+ *
+ * @internal
+ */
+export interface Config {
+  readonly tripPolicy: TripPolicy
+  /** Milliseconds. */
+  readonly resetTimeout: number
+  /** Milliseconds; equal to `resetTimeout` when the open time does not grow. */
+  readonly resetTimeoutMax: number
+  readonly multiplier: number
+  readonly isFailure: (error: AiError) => boolean
+  /** Milliseconds. */
+  readonly idleTimeToLive: number
+  readonly maxKeys: number
+}
+
+/** Longest open time or idle time accepted: a year (the Redis store keeps times below 2^50 ms). */
+const maxDuration = Duration.days(365)
+
+const knownKeys: ReadonlySet<string> = new Set([
+  "failMax",
+  "rolling",
+  "resetTimeout",
+  "resetTimeoutMax",
+  "resetTimeoutMultiplier",
+  "halfOpenMax",
+  "successThreshold",
+  "isFailure",
+  "idleTimeToLive",
+  "maxKeys"
+])
+
+const fail = (path: string, message: string): Input.Checked<never> => Result.fail({ path, message })
+
+/**
+ * A positive duration of at most a year, in milliseconds.
+ *
+ * @internal
+ */
+export const millis = (path: string, input: unknown): Input.Checked<number> =>
+  Result.flatMap(Input.duration(path, input), (d) =>
+    Duration.isGreaterThan(d, maxDuration)
+      ? fail(path, `expected at most 365 days, got ${Duration.format(d)}`)
+      : Result.succeed(Math.max(1, Math.ceil(Duration.toMillis(d))))
+  )
+
+/**
+ * Refuses keys this layer does not know (a typo such as `failmax`, or v0.1's `rolling.window`).
+ *
+ * @internal
+ */
+export const unknownKeys = (input: object, known: ReadonlySet<string>, prefix = ""): Input.Checked<void> => {
+  for (const key of Object.keys(input)) {
+    if (!known.has(key)) return fail(`${prefix}${key}`, "unknown option")
+  }
+  return Result.succeed(undefined)
+}
+
+const tripPolicy = (options: Options): Input.Checked<TripPolicy> => {
+  const rolling = options.rolling
+  if (rolling === undefined) {
+    return Result.map(Input.positiveInt("failMax", options.failMax ?? 5), (failures) => ({
+      _tag: "Consecutive" as const,
+      failures
+    }))
+  }
+  if (options.failMax !== undefined) {
+    return fail("failMax", "give failMax or rolling, not both: the store applies one trip policy per breaker")
+  }
+  if (!Predicate.isObject(rolling)) return fail("rolling", "expected an object { size, minimumCalls, failureRate }")
+  if ("window" in rolling) {
+    return fail(
+      "rolling.window",
+      "a time-based window is not offered: the store counts the last `size` calls (give rolling.size)"
+    )
+  }
+  const keys = unknownKeys(rolling, new Set(["size", "minimumCalls", "failureRate"]), "rolling.")
+  if (Result.isFailure(keys)) return Result.fail(keys.failure)
+  return Result.flatMap(
+    Input.all([
+      Input.positiveInt("rolling.size", rolling.size, 100_000),
+      Input.number("rolling.failureRate", rolling.failureRate, { min: 0, minExclusive: true, max: 1 })
+    ]),
+    ([size, threshold]) =>
+      Result.map(
+        Input.int("rolling.minimumCalls", rolling.minimumCalls ?? size, { min: 1, max: size }),
+        (minimumCalls) => ({ _tag: "Rate" as const, threshold, minimumCalls, size })
+      )
+  )
+}
+
+/**
+ * Checks the options common to every breaker layer.
+ *
+ * @internal
+ */
+export const check = (options: Options, extraKeys: ReadonlySet<string> = new Set()): Input.Checked<Config> => {
+  if (!Predicate.isObject(options)) return fail("(root)", "expected an object of breaker options")
+  for (const key of Object.keys(options)) {
+    if (!knownKeys.has(key) && !extraKeys.has(key)) return fail(key, "unknown option")
+  }
+  const halfOpenMax = Input.positiveInt("halfOpenMax", options.halfOpenMax ?? 1)
+  if (Result.isFailure(halfOpenMax)) return Result.fail(halfOpenMax.failure)
+  if (halfOpenMax.success > 1) {
+    return fail("halfOpenMax", "the store admits one probe at a time while half-open; halfOpenMax must be 1")
+  }
+  const successThreshold = Input.positiveInt("successThreshold", options.successThreshold ?? 1)
+  if (Result.isFailure(successThreshold)) return Result.fail(successThreshold.failure)
+  if (successThreshold.success > 1) {
+    return fail("successThreshold", "the store closes the circuit on the probe's first success; it must be 1")
+  }
+  if (options.isFailure !== undefined && typeof options.isFailure !== "function") {
+    return fail("isFailure", `expected a function (error) => boolean, got ${typeof options.isFailure}`)
+  }
+  if (options.resetTimeoutMultiplier !== undefined && options.resetTimeoutMax === undefined) {
+    return fail(
+      "resetTimeoutMultiplier",
+      "give resetTimeoutMax with it: an open time that grows without a bound keeps a flapping provider out for ever"
+    )
+  }
+  return Result.flatMap(
+    Input.all([
+      tripPolicy(options),
+      millis("resetTimeout", options.resetTimeout ?? "30 seconds"),
+      Input.optional(options.resetTimeoutMax, (input) => millis("resetTimeoutMax", input)),
+      Input.number("resetTimeoutMultiplier", options.resetTimeoutMultiplier ?? 2, { min: 1, max: 100 }),
+      millis("idleTimeToLive", options.idleTimeToLive ?? "1 hour"),
+      Input.positiveInt("maxKeys", options.maxKeys ?? 10_000, 10_000_000)
+    ]),
+    ([policy, resetTimeout, resetTimeoutMax, multiplier, idleTimeToLive, maxKeys]): Input.Checked<Config> =>
+      resetTimeoutMax !== undefined && resetTimeoutMax < resetTimeout
+        ? fail("resetTimeoutMax", `expected at least resetTimeout (${resetTimeout} ms), got ${resetTimeoutMax} ms`)
+        : Result.succeed({
+            tripPolicy: policy,
+            resetTimeout,
+            resetTimeoutMax: resetTimeoutMax ?? resetTimeout,
+            multiplier,
+            isFailure: (options.isFailure as ((error: AiError) => boolean) | undefined) ?? defaultIsFailure,
+            idleTimeToLive,
+            maxKeys
+          })
+  )
+}
+
+/**
+ * The open time of the n-th consecutive opening (1 for the first): `resetTimeout ×
+ * multiplier^(n-1)`, capped at `resetTimeoutMax`.
+ *
+ * @internal
+ */
+export const openTime = (config: Config, opening: number): number => {
+  if (config.resetTimeoutMax === config.resetTimeout || opening <= 1) return config.resetTimeout
+  return Math.min(config.resetTimeoutMax, config.resetTimeout * config.multiplier ** (opening - 1))
+}

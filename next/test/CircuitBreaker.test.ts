@@ -1,0 +1,667 @@
+import { assert, describe, it } from "@effect/vitest"
+import {
+  Cause,
+  Clock,
+  Deferred,
+  Duration,
+  Effect,
+  Exit,
+  Fiber,
+  Layer,
+  Metric,
+  Ref,
+  Result,
+  Scope,
+  Stream
+} from "effect"
+import { TestClock } from "effect/testing"
+import {
+  type AiError,
+  CircuitOpenError,
+  ModelError,
+  modelError,
+  ShuttingDownError,
+  StreamInterruptedError,
+  TimeoutError
+} from "../src/AiError.js"
+import * as CircuitBreaker from "../src/CircuitBreaker.js"
+import type { ConfigError } from "../src/Input.js"
+import * as Metrics from "../src/Metrics.js"
+
+let counter = 0
+const uniqueKey = (label: string) => `test-${label}-${++counter}-${Math.random().toString(36).slice(2, 8)}`
+
+const overloaded = Effect.fail(modelError("Overloaded", "busy"))
+const ok = Effect.succeed("ok")
+
+/** Runs a test body with its own breakers and its own metric registry. */
+const withBreakers = <A, E>(
+  options: CircuitBreaker.Options,
+  body: (breakers: CircuitBreaker.Service) => Effect.Effect<A, E, Scope.Scope>
+) =>
+  Effect.gen(function* () {
+    const breakers = yield* CircuitBreaker.makeMemory(options)
+    return yield* body(breakers)
+  }).pipe(Effect.scoped, Effect.provideService(Metric.MetricRegistry, new Map()))
+
+const run = <A, E extends AiError>(breakers: CircuitBreaker.Service, key: string, effect: Effect.Effect<A, E>) =>
+  Effect.exit(breakers.execute(key, effect))
+
+const repeat = <A, E extends AiError>(
+  breakers: CircuitBreaker.Service,
+  key: string,
+  effect: Effect.Effect<A, E>,
+  times: number
+) => Effect.forEach(Array.from({ length: times }), () => run(breakers, key, effect), { discard: true })
+
+const expectRejected = (breakers: CircuitBreaker.Service, key: string, state: CircuitOpenError["state"]) =>
+  Effect.gen(function* () {
+    const ran = yield* Ref.make(false)
+    const error = yield* Effect.flip(breakers.execute(key, Ref.set(ran, true)))
+    assert.instanceOf(error, CircuitOpenError)
+    assert.strictEqual(error.state, state)
+    assert.strictEqual(error.breaker, key)
+    assert.isFalse(yield* Ref.get(ran), "a refused call must not run")
+    return error
+  })
+
+const gauge = (key: string) =>
+  Effect.map(Metric.value(Metric.withAttributes(Metrics.breakerState, { breaker: key })), (s) => s.value)
+
+const rejections = (key: string) =>
+  Effect.map(Metric.value(Metric.withAttributes(Metrics.breakerRejections, { breaker: key })), (s) => s.count)
+
+const transitions = (key: string, from: string, to: string) =>
+  Effect.map(
+    Metric.value(Metric.withAttributes(Metrics.breakerTransitions, { breaker: key, from, to })),
+    (s) => s.count
+  )
+
+/** The series of `id` in the current registry with attribute breaker=key, without creating one. */
+const series = (id: string, key?: string) =>
+  Effect.map(Metric.snapshot, (all) =>
+    all.filter((m) => m.id === id && (key === undefined || m.attributes?.["breaker"] === key))
+  )
+
+/** Starts collecting `n` changes now (the subscription is in place when this returns). */
+const collect = (breakers: CircuitBreaker.Service, n: number) =>
+  Effect.forkChild(Stream.runCollect(Stream.take(breakers.changes, n)), { startImmediately: true })
+
+const millisOf = (d: Duration.Duration | undefined) => (d === undefined ? undefined : Duration.toMillis(d))
+
+describe("CircuitBreaker (memory)", () => {
+  it.effect("opens after failMax consecutive failures; a success in between restarts the count", () =>
+    withBreakers({ failMax: 3, resetTimeout: "10 seconds" }, (breakers) =>
+      Effect.gen(function* () {
+        const key = uniqueKey("failmax")
+        yield* repeat(breakers, key, overloaded, 2)
+        yield* breakers.execute(key, ok)
+        yield* repeat(breakers, key, overloaded, 2)
+        assert.strictEqual(yield* breakers.state(key), "closed")
+        const last = yield* Effect.flip(breakers.execute(key, overloaded))
+        assert.strictEqual(last._tag, "ModelError", "the tripping call keeps its own error")
+        assert.strictEqual(yield* breakers.state(key), "open")
+        const error = yield* expectRejected(breakers, key, "open")
+        assert.strictEqual(millisOf(error.retryAfter), 10_000)
+        yield* TestClock.adjust("4 seconds")
+        assert.strictEqual(millisOf((yield* expectRejected(breakers, key, "open")).retryAfter), 6_000)
+        assert.strictEqual(yield* rejections(key), 2)
+        assert.strictEqual(yield* transitions(key, "closed", "open"), 1)
+      })
+    )
+  )
+
+  it.effect("rolling: the last `size` calls, below minimumCalls never opens; the rate opens it", () =>
+    withBreakers({ rolling: { size: 10, minimumCalls: 10, failureRate: 0.5 } }, (breakers) =>
+      Effect.gen(function* () {
+        const key = uniqueKey("rolling")
+        // 9 calls, all failures: 100%, but below the 10 calls needed.
+        yield* repeat(breakers, key, overloaded, 9)
+        assert.strictEqual(yield* breakers.state(key), "closed")
+        // failMax is off with rolling alone: 9 consecutive failures did not trip it either.
+        // The 10th call, a success, makes 9 failures in 10 calls: a success can trip a rate.
+        yield* breakers.execute(key, ok)
+        assert.strictEqual(yield* breakers.state(key), "open")
+
+        const sliding = uniqueKey("sliding")
+        // size 4 (minimumCalls defaults to size), 50%: F S S S -> 25%; S drops the F -> 0%; F F -> 50%.
+        const small = yield* CircuitBreaker.makeMemory({ rolling: { size: 4, failureRate: 0.5 } })
+        yield* run(small, sliding, overloaded)
+        yield* repeat(small, sliding, ok, 3)
+        assert.strictEqual(yield* small.state(sliding), "closed")
+        yield* run(small, sliding, ok)
+        yield* run(small, sliding, overloaded)
+        assert.strictEqual(yield* small.state(sliding), "closed")
+        yield* run(small, sliding, overloaded)
+        assert.strictEqual(yield* small.state(sliding), "open")
+      })
+    )
+  )
+
+  it.effect("open -> half-open on the clock with no traffic: state, gauge and changes", () =>
+    withBreakers({ failMax: 1, resetTimeout: "30 seconds" }, (breakers) =>
+      Effect.gen(function* () {
+        const key = uniqueKey("clock")
+        const changes = yield* collect(breakers, 4)
+        yield* run(breakers, key, overloaded)
+        assert.strictEqual(yield* gauge(key), 1)
+        yield* TestClock.adjust("29 seconds")
+        assert.strictEqual(yield* breakers.state(key), "open")
+        assert.strictEqual(yield* gauge(key), 1)
+        yield* TestClock.adjust("1 second")
+        assert.strictEqual(yield* breakers.state(key), "half-open")
+        assert.strictEqual(yield* gauge(key), 2)
+        yield* breakers.isolate(key)
+        assert.strictEqual(yield* gauge(key), 3)
+        yield* breakers.reset(key)
+        assert.strictEqual(yield* gauge(key), 0)
+        const seen = yield* Fiber.join(changes)
+        assert.deepStrictEqual(
+          seen.map((c) => [c.key, c.from, c.to, c.at]),
+          [
+            [key, "closed", "open", 0],
+            [key, "open", "half-open", 30_000],
+            [key, "half-open", "isolated", 30_000],
+            [key, "isolated", "closed", 30_000]
+          ]
+        )
+        assert.strictEqual(yield* transitions(key, "open", "half-open"), 1)
+      })
+    )
+  )
+
+  it.effect("half-open admits exactly one probe and rejects the others at once; its success closes", () =>
+    withBreakers({ failMax: 1, resetTimeout: "5 seconds" }, (breakers) =>
+      Effect.gen(function* () {
+        const key = uniqueKey("probe")
+        yield* run(breakers, key, overloaded)
+        yield* TestClock.adjust("5 seconds")
+        const gate = yield* Deferred.make<void>()
+        const probe = yield* Effect.forkChild(breakers.execute(key, Effect.as(Deferred.await(gate), "probed")), {
+          startImmediately: true
+        })
+        const rejected = yield* expectRejected(breakers, key, "half-open")
+        assert.isUndefined(rejected.retryAfter)
+        yield* expectRejected(breakers, key, "half-open")
+        yield* Deferred.succeed(gate, undefined)
+        assert.strictEqual(yield* Fiber.join(probe), "probed")
+        assert.strictEqual(yield* breakers.state(key), "closed")
+        assert.strictEqual(yield* breakers.execute(key, ok), "ok")
+      })
+    )
+  )
+
+  it.effect("a failed probe reopens and restarts the timer; the open time grows, capped, per opening", () =>
+    withBreakers(
+      { failMax: 1, resetTimeout: "10 seconds", resetTimeoutMax: "35 seconds", resetTimeoutMultiplier: 2 },
+      (breakers) =>
+        Effect.gen(function* () {
+          const key = uniqueKey("growth")
+          const openFor = Effect.map(expectRejected(breakers, key, "open"), (e) => millisOf(e.retryAfter))
+          yield* run(breakers, key, overloaded)
+          assert.strictEqual(yield* openFor, 10_000)
+          yield* TestClock.adjust("10 seconds")
+          assert.strictEqual(yield* breakers.state(key), "half-open")
+          yield* run(breakers, key, overloaded) // the probe fails
+          assert.strictEqual(yield* breakers.state(key), "open")
+          assert.strictEqual(yield* openFor, 20_000)
+          yield* TestClock.adjust("19 seconds")
+          assert.strictEqual(yield* breakers.state(key), "open")
+          yield* TestClock.adjust("1 second")
+          assert.strictEqual(yield* breakers.state(key), "half-open")
+          yield* run(breakers, key, overloaded)
+          assert.strictEqual(yield* openFor, 35_000, "capped at resetTimeoutMax")
+          yield* TestClock.adjust("35 seconds")
+          yield* breakers.execute(key, ok)
+          assert.strictEqual(yield* breakers.state(key), "closed")
+          // Tripped again before it stayed closed as long as it was last open: still long.
+          yield* run(breakers, key, overloaded)
+          assert.strictEqual(yield* openFor, 35_000)
+          yield* TestClock.adjust("35 seconds")
+          yield* breakers.execute(key, ok)
+          // Closed for as long as it was last open: the growth starts again.
+          yield* TestClock.adjust("35 seconds")
+          yield* run(breakers, key, overloaded)
+          assert.strictEqual(yield* openFor, 10_000)
+        })
+    )
+  )
+
+  it.effect("after the open time the next call is the probe, and its success closes the circuit", () =>
+    withBreakers({ failMax: 1, resetTimeout: "1 second" }, (breakers) =>
+      Effect.gen(function* () {
+        const key = uniqueKey("lazy")
+        yield* run(breakers, key, overloaded)
+        // Jump past the open time (not past the idle time: a key idle that long is forgotten, closed).
+        yield* TestClock.setTime((yield* Clock.currentTimeMillis) + 5_000)
+        const scope = yield* Scope.make()
+        const permit = yield* breakers.admit(key).pipe(Scope.provide(scope))
+        assert.isTrue(permit.probe)
+        yield* permit.record(Exit.succeed("ok"))
+        yield* Scope.close(scope, Exit.void)
+        assert.strictEqual(yield* breakers.state(key), "closed")
+      })
+    )
+  )
+
+  it.effect("publishes every transition in order, with the clock's time", () =>
+    withBreakers({ failMax: 1, resetTimeout: "1 second" }, (breakers) =>
+      Effect.gen(function* () {
+        const key = uniqueKey("stream")
+        const changes = yield* collect(breakers, 7)
+        yield* run(breakers, key, overloaded)
+        yield* TestClock.adjust("1 second")
+        yield* run(breakers, key, overloaded)
+        yield* TestClock.adjust("1 second")
+        yield* breakers.execute(key, ok)
+        yield* breakers.isolate(key)
+        yield* breakers.reset(key)
+        const seen = yield* Fiber.join(changes)
+        assert.deepStrictEqual(
+          seen.map((c) => [c.from, c.to, c.at]),
+          [
+            ["closed", "open", 0],
+            ["open", "half-open", 1000],
+            ["half-open", "open", 1000],
+            ["open", "half-open", 2000],
+            ["half-open", "closed", 2000],
+            ["closed", "isolated", 2000],
+            ["isolated", "closed", 2000]
+          ]
+        )
+      })
+    )
+  )
+
+  it.effect("concurrent isolate and reset reach the stream as a chain (each from is the previous to)", () =>
+    withBreakers({ failMax: 1 }, (breakers) =>
+      Effect.gen(function* () {
+        const key = uniqueKey("order")
+        const changes = yield* collect(breakers, 200)
+        yield* Effect.forEach(
+          Array.from({ length: 200 }),
+          (_, i) => (i % 2 === 0 ? breakers.isolate(key) : breakers.reset(key)),
+          { concurrency: "unbounded", discard: true }
+        )
+        const seen = yield* Fiber.join(changes)
+        assert.strictEqual(seen.length, 200)
+        for (let i = 1; i < seen.length; i++) assert.strictEqual(seen[i]!.from, seen[i - 1]!.to)
+      })
+    )
+  )
+
+  it.effect("isolate refuses every call until reset; it cancels a pending half-open timer", () =>
+    withBreakers({ failMax: 1, resetTimeout: "1 second" }, (breakers) =>
+      Effect.gen(function* () {
+        const key = uniqueKey("isolate")
+        yield* breakers.isolate(key)
+        yield* expectRejected(breakers, key, "isolated")
+        yield* TestClock.adjust("1 hour")
+        yield* expectRejected(breakers, key, "isolated")
+        assert.strictEqual(yield* breakers.state(key), "isolated")
+        yield* breakers.reset(key)
+        assert.strictEqual(yield* breakers.execute(key, ok), "ok")
+        yield* run(breakers, key, overloaded)
+        yield* breakers.isolate(key)
+        yield* TestClock.adjust("2 seconds")
+        assert.strictEqual(yield* breakers.state(key), "isolated")
+        yield* expectRejected(breakers, key, "isolated")
+      })
+    )
+  )
+
+  it.effect("reset closes an open circuit at once, and outcomes of calls admitted before it no longer count", () =>
+    withBreakers({ failMax: 2, resetTimeout: "1 minute" }, (breakers) =>
+      Effect.gen(function* () {
+        const key = uniqueKey("reset")
+        const gate = yield* Deferred.make<void>()
+        const slow = yield* Effect.forkChild(breakers.execute(key, Effect.andThen(Deferred.await(gate), overloaded)), {
+          startImmediately: true
+        })
+        yield* repeat(breakers, key, overloaded, 2)
+        yield* expectRejected(breakers, key, "open")
+        yield* breakers.reset(key)
+        assert.strictEqual(yield* breakers.state(key), "closed")
+        yield* run(breakers, key, overloaded)
+        yield* Deferred.succeed(gate, undefined)
+        yield* Fiber.await(slow)
+        // One failure since the reset: the slow call's failure (admitted before it) did not count.
+        assert.strictEqual(yield* breakers.state(key), "closed")
+        yield* run(breakers, key, overloaded)
+        assert.strictEqual(yield* breakers.state(key), "open")
+      })
+    )
+  )
+
+  it.effect("which outcomes count: caller's faults, interruptions and other breakers' refusals do not", () =>
+    withBreakers({ failMax: 2 }, (breakers) =>
+      Effect.gen(function* () {
+        const key = uniqueKey("filter")
+        const notCounted: ReadonlyArray<Effect.Effect<never, AiError>> = [
+          Effect.fail(modelError("InvalidRequest", "bad")),
+          Effect.fail(modelError("ContentFilter", "no")),
+          Effect.fail(modelError("TooLarge", "big")),
+          Effect.fail(modelError("Unauthorized", "key")),
+          Effect.fail(new CircuitOpenError({ breaker: "other", state: "open" })),
+          Effect.fail(new ShuttingDownError({ message: "closing" })),
+          Effect.interrupt
+        ]
+        for (const effect of notCounted) {
+          yield* run(breakers, key, overloaded)
+          yield* repeat(breakers, key, effect, 3)
+          if ((yield* breakers.state(key)) !== "closed") assert.fail(`${key} opened`)
+          yield* breakers.execute(key, ok)
+        }
+        const counted: ReadonlyArray<Effect.Effect<never, AiError>> = [
+          Effect.fail(new TimeoutError({ limit: "request", timeout: Duration.seconds(1) })),
+          Effect.fail(modelError("Unknown", "?")),
+          Effect.fail(new StreamInterruptedError({ partialText: "Hel", reason: "Transport" })),
+          Effect.fail(modelError("RateLimited", "slow down")),
+          Effect.die("boom")
+        ]
+        for (const effect of counted) {
+          const one = uniqueKey("counted")
+          yield* repeat(breakers, one, effect, 2)
+          assert.strictEqual(yield* breakers.state(one), "open", String(effect))
+        }
+      })
+    )
+  )
+
+  it.effect("a custom classifier decides; one that throws counts the call as a failure and frees the probe", () =>
+    withBreakers(
+      {
+        failMax: 1,
+        resetTimeout: "1 second",
+        isFailure: (error) => {
+          if (error._tag === "ModelError" && error.reason === "Decode") throw new Error("classifier bug")
+          return error._tag === "ModelError" && error.reason === "InvalidRequest"
+        }
+      },
+      (breakers) =>
+        Effect.gen(function* () {
+          const key = uniqueKey("custom")
+          yield* repeat(breakers, key, overloaded, 3)
+          assert.strictEqual(yield* breakers.state(key), "closed")
+          yield* run(breakers, key, Effect.fail(modelError("InvalidRequest", "counts here")))
+          assert.strictEqual(yield* breakers.state(key), "open")
+
+          const throwing = uniqueKey("throwing")
+          const decode = modelError("Decode", "garbled")
+          const exit = yield* run(breakers, throwing, Effect.fail(decode))
+          assert.deepStrictEqual(exit, Exit.fail(decode), "the caller gets its own error, not a defect")
+          assert.strictEqual(yield* breakers.state(throwing), "open")
+          yield* TestClock.adjust("1 second")
+          // The probe's classifier throws too: the probe counts as failed, the circuit reopens...
+          const again = yield* run(breakers, throwing, Effect.fail(decode))
+          assert.isTrue(Exit.isFailure(again) && !Cause.hasDies(again.cause))
+          assert.strictEqual(yield* breakers.state(throwing), "open")
+          // ...and the probe slot is free: after the open time the next call is the probe.
+          yield* TestClock.adjust("1 second")
+          assert.strictEqual(yield* breakers.execute(throwing, ok), "ok")
+          assert.strictEqual(yield* breakers.state(throwing), "closed")
+        })
+    )
+  )
+
+  it.effect("a late failure of a call admitted before the trip changes nothing", () =>
+    withBreakers({ failMax: 1, resetTimeout: "1 second" }, (breakers) =>
+      Effect.gen(function* () {
+        const key = uniqueKey("late")
+        const gate = yield* Deferred.make<void>()
+        const slow = yield* Effect.forkChild(breakers.execute(key, Effect.andThen(Deferred.await(gate), overloaded)), {
+          startImmediately: true
+        })
+        yield* run(breakers, key, overloaded)
+        yield* TestClock.adjust("1 second")
+        assert.strictEqual(yield* breakers.state(key), "half-open")
+        yield* Deferred.succeed(gate, undefined)
+        assert.isTrue(Exit.isFailure(yield* Fiber.await(slow)))
+        assert.strictEqual(yield* breakers.state(key), "half-open")
+        yield* breakers.execute(key, ok)
+        assert.strictEqual(yield* breakers.state(key), "closed")
+      })
+    )
+  )
+
+  it.effect("an interrupted probe frees the slot: the next call is the probe", () =>
+    withBreakers({ failMax: 1, resetTimeout: "1 second" }, (breakers) =>
+      Effect.gen(function* () {
+        const key = uniqueKey("interrupted")
+        yield* run(breakers, key, overloaded)
+        yield* TestClock.adjust("1 second")
+        const probe = yield* Effect.forkChild(breakers.execute(key, Effect.never), { startImmediately: true })
+        yield* expectRejected(breakers, key, "half-open")
+        yield* Fiber.interrupt(probe)
+        assert.strictEqual(yield* breakers.execute(key, ok), "ok")
+        assert.strictEqual(yield* breakers.state(key), "closed")
+      })
+    )
+  )
+})
+
+describe("CircuitBreaker.admit (permits, streams)", () => {
+  it.effect("exactly one record counts; closing the scope without one is ignored and frees the probe", () =>
+    withBreakers({ failMax: 1, resetTimeout: "1 second" }, (breakers) =>
+      Effect.gen(function* () {
+        const key = uniqueKey("permit")
+        yield* Effect.scoped(
+          Effect.gen(function* () {
+            const permit = yield* breakers.admit(key)
+            assert.isFalse(permit.probe)
+            yield* permit.record(Exit.fail(modelError("Overloaded", "busy")))
+            yield* permit.record(Exit.succeed("late")) // ignored: one record per permit
+          })
+        )
+        assert.strictEqual(yield* breakers.state(key), "open")
+        yield* TestClock.adjust("1 second")
+        // A probe whose scope closes without a record: ignored, the slot is free again.
+        yield* Effect.scoped(
+          Effect.gen(function* () {
+            const permit = yield* breakers.admit(key)
+            assert.isTrue(permit.probe)
+            const refused = yield* Effect.flip(Effect.scoped(breakers.admit(key)))
+            assert.strictEqual(refused.state, "half-open")
+          })
+        )
+        assert.strictEqual(yield* breakers.state(key), "half-open")
+        const next = yield* Effect.scoped(
+          Effect.gen(function* () {
+            const permit = yield* breakers.admit(key)
+            yield* permit.record(Exit.succeed("ok"))
+            return permit.probe
+          })
+        )
+        assert.isTrue(next)
+        assert.strictEqual(yield* breakers.state(key), "closed")
+      })
+    )
+  )
+
+  it.effect("a provider that keeps dropping streams after the first chunk trips its breaker (item 5)", () =>
+    withBreakers({ failMax: 3, resetTimeout: "30 seconds" }, (breakers) =>
+      Effect.gen(function* () {
+        const key = uniqueKey("drops")
+        const dropping = Stream.make("Hel").pipe(
+          Stream.concat(
+            Stream.fail(
+              new StreamInterruptedError({ partialText: "Hel", reason: "Unknown", detail: "connection reset" })
+            )
+          )
+        )
+        const guarded = Stream.unwrap(
+          Effect.map(breakers.admit(key), (permit) =>
+            dropping.pipe(Stream.onExit((exit) => permit.record(exit as Exit.Exit<unknown, AiError>)))
+          )
+        )
+        for (let i = 0; i < 3; i++) {
+          const result = yield* Effect.result(Stream.runCollect(guarded))
+          assert.isTrue(Result.isFailure(result))
+        }
+        assert.strictEqual(yield* breakers.state(key), "open")
+        const refused = yield* Effect.flip(Stream.runCollect(guarded))
+        assert.strictEqual(refused._tag, "CircuitOpenError")
+      })
+    )
+  )
+})
+
+describe("CircuitBreaker registry: memory and series (item 17)", () => {
+  it.effect("10,000 keys: one gauge series each, reading the state; evicted when idle; removed on close", () =>
+    Effect.gen(function* () {
+      const scope = yield* Scope.make()
+      const breakers = yield* CircuitBreaker.makeMemory({
+        failMax: 1,
+        resetTimeout: "1 minute",
+        idleTimeToLive: "10 minutes",
+        maxKeys: 20_000
+      }).pipe(Scope.provide(scope))
+      const prefix = uniqueKey("many")
+      yield* Effect.forEach(Array.from({ length: 10_000 }), (_, i) => breakers.execute(`${prefix}-${i}`, ok), {
+        discard: true
+      })
+      yield* run(breakers, `${prefix}-7`, overloaded)
+      assert.strictEqual(yield* breakers.size, 10_000)
+      assert.strictEqual((yield* series("orchestra_breaker_state")).length, 10_000)
+      assert.strictEqual(yield* gauge(`${prefix}-7`), 1)
+      assert.strictEqual(yield* gauge(`${prefix}-8`), 0)
+      // Idle keys go with their series; the open key stays until it has been idle that long past its open time.
+      yield* TestClock.adjust("10 minutes")
+      assert.deepStrictEqual(
+        (yield* series("orchestra_breaker_state")).map((m) => m.attributes?.["breaker"]),
+        [`${prefix}-7`]
+      )
+      yield* TestClock.adjust("5 minutes")
+      yield* breakers.execute(`${prefix}-9`, ok)
+      yield* TestClock.adjust("5 minutes")
+      assert.deepStrictEqual(
+        (yield* series("orchestra_breaker_state")).map((m) => m.attributes?.["breaker"]),
+        [`${prefix}-9`]
+      )
+      assert.strictEqual(yield* breakers.size, 1)
+      yield* Scope.close(scope, Exit.void)
+      assert.deepStrictEqual(yield* Metric.snapshot, [], "closing the layer removes every series")
+    }).pipe(Effect.provideService(Metric.MetricRegistry, new Map()))
+  )
+
+  it.effect("maxKeys bounds the registry: closed keys make room, open and isolated ones stay", () =>
+    withBreakers({ failMax: 1, resetTimeout: "1 minute", maxKeys: 3 }, (breakers) =>
+      Effect.gen(function* () {
+        const k = uniqueKey("bounded")
+        yield* run(breakers, `${k}-open`, overloaded)
+        yield* breakers.isolate(`${k}-isolated`)
+        yield* breakers.execute(`${k}-a`, ok)
+        yield* breakers.execute(`${k}-b`, ok)
+        yield* breakers.execute(`${k}-c`, ok)
+        assert.strictEqual(yield* breakers.size, 3)
+        assert.strictEqual(yield* breakers.state(`${k}-open`), "open")
+        assert.strictEqual(yield* breakers.state(`${k}-isolated`), "isolated")
+        yield* expectRejected(breakers, `${k}-isolated`, "isolated")
+        yield* expectRejected(breakers, `${k}-open`, "open")
+        assert.deepStrictEqual(
+          (yield* series("orchestra_breaker_state")).map((m) => m.attributes?.["breaker"]).sort(),
+          [`${k}-c`, `${k}-isolated`, `${k}-open`]
+        )
+      })
+    )
+  )
+
+  it.effect("the layer's timers stop with it: no state change after close", () =>
+    Effect.gen(function* () {
+      const key = uniqueKey("close")
+      const seen = yield* Effect.scoped(
+        Effect.gen(function* () {
+          const breakers = yield* CircuitBreaker.makeMemory({ failMax: 1, resetTimeout: "1 second" })
+          const changes = yield* collect(breakers, 10)
+          yield* run(breakers, key, overloaded)
+          return changes
+        })
+      )
+      yield* TestClock.adjust("1 minute")
+      const all = yield* Fiber.join(seen)
+      assert.deepStrictEqual(
+        all.map((c) => c.to),
+        ["open"],
+        "the stream ends when the layer closes"
+      )
+    }).pipe(Effect.provideService(Metric.MetricRegistry, new Map()))
+  )
+})
+
+describe("CircuitBreaker options (item 11)", () => {
+  const refused = (options: unknown, path: string, includes?: string) =>
+    Effect.gen(function* () {
+      const error: ConfigError = yield* Effect.flip(
+        Layer.build(CircuitBreaker.layerMemory(options as CircuitBreaker.Options))
+      )
+      assert.strictEqual(error._tag, "ConfigError")
+      assert.strictEqual(error.path, path, error.message)
+      if (includes !== undefined) assert.include(error.message, includes)
+    }).pipe(Effect.scoped)
+
+  it.effect("every wrong number is a ConfigError naming the field when the layer is built", () =>
+    Effect.gen(function* () {
+      yield* refused({ failMax: 0 }, "failMax")
+      yield* refused({ failMax: Number.NaN }, "failMax")
+      yield* refused({ failMax: 1.5 }, "failMax")
+      yield* refused({ halfOpenMax: 0 }, "halfOpenMax")
+      yield* refused({ resetTimeout: Number.NaN }, "resetTimeout")
+      yield* refused({ resetTimeout: "-30 seconds" }, "resetTimeout", "negative")
+      yield* refused({ resetTimeout: 0 }, "resetTimeout")
+      yield* refused({ resetTimeout: "soon" }, "resetTimeout")
+      yield* refused({ resetTimeout: "10 seconds", resetTimeoutMax: "5 seconds" }, "resetTimeoutMax")
+      yield* refused({ resetTimeoutMax: "1 minute", resetTimeoutMultiplier: 0.5 }, "resetTimeoutMultiplier")
+      yield* refused({ rolling: { size: 10, failureRate: 2 } }, "rolling.failureRate")
+      yield* refused({ rolling: { size: 10, failureRate: 0 } }, "rolling.failureRate")
+      yield* refused({ rolling: { size: 0, failureRate: 0.5 } }, "rolling.size")
+      yield* refused({ rolling: { size: 10, minimumCalls: 11, failureRate: 0.5 } }, "rolling.minimumCalls")
+      yield* refused({ idleTimeToLive: -1 }, "idleTimeToLive")
+      yield* refused({ maxKeys: 0 }, "maxKeys")
+    })
+  )
+
+  it.effect("options the store cannot honour are refused, saying why", () =>
+    Effect.gen(function* () {
+      yield* refused({ halfOpenMax: 2 }, "halfOpenMax", "one probe")
+      yield* refused({ successThreshold: 2 }, "successThreshold", "first success")
+      yield* refused(
+        { rolling: { window: "10 seconds", minimumCalls: 5, failureRate: 0.5 } },
+        "rolling.window",
+        "time-based"
+      )
+      yield* refused({ failMax: 3, rolling: { size: 10, failureRate: 0.5 } }, "failMax", "not both")
+      yield* refused({ resetTimeoutMultiplier: 3 }, "resetTimeoutMultiplier", "resetTimeoutMax")
+      yield* refused({ failmax: 3 }, "failmax", "unknown")
+      yield* refused({ isFailure: "yes" }, "isFailure")
+    })
+  )
+
+  it.effect("durations in any form: milliseconds, text, a Duration", () =>
+    Effect.gen(function* () {
+      for (const resetTimeout of [2000, "2 seconds", Duration.seconds(2)] as const) {
+        yield* withBreakers({ failMax: 1, resetTimeout }, (breakers) =>
+          Effect.gen(function* () {
+            const key = uniqueKey("forms")
+            yield* run(breakers, key, overloaded)
+            const error = yield* expectRejected(breakers, key, "open")
+            assert.strictEqual(millisOf(error.retryAfter), 2000)
+            yield* TestClock.adjust("2 seconds")
+            assert.strictEqual(yield* breakers.execute(key, ok), "ok")
+          })
+        )
+      }
+    })
+  )
+
+  it.effect("the Breakers service from layerMemory is one shared registry", () =>
+    Effect.gen(function* () {
+      const key = uniqueKey("layer")
+      const a = yield* CircuitBreaker.Breakers
+      const b = yield* CircuitBreaker.Breakers
+      yield* run(a, key, overloaded)
+      const error = yield* Effect.flip(b.execute(key, ok))
+      assert.instanceOf(error, CircuitOpenError)
+      assert.instanceOf(modelError("Overloaded", "x"), ModelError)
+    }).pipe(Effect.provide(CircuitBreaker.layerMemory({ failMax: 1 })))
+  )
+})
