@@ -1,0 +1,136 @@
+/**
+ * Turning a provider's stream of chunks (SSE events, NDJSON values) into `StreamPart`s:
+ * exactly one `Finish` per successful stream, or a typed failure; an idle deadline of the
+ * stream's own; tool calls streamed as deltas assembled into one `ToolCall` part each.
+ *
+ * ```ts
+ * Assemble.assemble(client.sse(request, ctx), {
+ *   ctx,
+ *   idleTimeout: client.settings.streamIdleTimeout,
+ *   step: (event) => ..., // parts of one chunk; may fail with an error sent mid-stream
+ *   onEnd: () => ... // the body ended without a Finish: a Finish from what was seen, or a failure
+ * })
+ * ```
+ *
+ * @since 0.2.0
+ */
+import { type Duration, Effect, Stream } from "effect"
+import type { ModelError, TimeoutError } from "../../AiError.js"
+import type * as Model from "../../Model.js"
+import { type CallContext, endedEarly, idleTimeout, malformed } from "./errors.js"
+
+/**
+ * Options of {@link assemble}.
+ *
+ * @since 0.2.0
+ * @category models
+ */
+export interface AssembleOptions<C> {
+  readonly ctx: CallContext
+  /** Longest wait for the next chunk, the first one included. */
+  readonly idleTimeout: Duration.Duration
+  /** The parts of one chunk. Fails with an error the provider sent mid-stream (after the text before it). */
+  readonly step: (chunk: C) => Effect.Effect<ReadonlyArray<Model.StreamPart>, ModelError>
+  /**
+   * Called when the chunks end before any `Finish`: the parts that end the stream (a
+   * `Finish` built from what was seen), or the failure of a stream that broke off. When it
+   * gives no `Finish`, the stream fails as ended early.
+   */
+  readonly onEnd: () => Effect.Effect<ReadonlyArray<Model.StreamPart>, ModelError>
+}
+
+/**
+ * The `StreamPart`s of a stream of chunks. It ends at the first `Finish` (nothing upstream
+ * is read after it, and its connection is released), fails as ended early when no `Finish`
+ * comes, and fails with a `TimeoutError` (limit `idle`, the text delivered so far as
+ * `partialText`) when a chunk takes longer than `idleTimeout`.
+ *
+ * @since 0.2.0
+ * @category streaming
+ */
+export const assemble = <C>(
+  chunks: Stream.Stream<C, ModelError>,
+  options: AssembleOptions<C>
+): Stream.Stream<Model.StreamPart, ModelError | TimeoutError> =>
+  Stream.suspend(() => {
+    let delivered = ""
+    let finished = false
+    return chunks.pipe(
+      Stream.timeoutOrElse({
+        duration: options.idleTimeout,
+        orElse: () => Stream.fail(idleTimeout(options.ctx, options.idleTimeout, delivered))
+      }),
+      Stream.mapEffect(options.step),
+      Stream.concat(Stream.fromEffect(Effect.suspend(options.onEnd))),
+      Stream.flattenIterable,
+      Stream.takeUntil((part) => part._tag === "Finish"),
+      Stream.map((part) => {
+        if (part._tag === "TextDelta") delivered += part.text
+        else if (part._tag === "Finish") finished = true
+        return part
+      }),
+      Stream.concat(Stream.suspend(() => (finished ? Stream.empty : Stream.fail(endedEarly(options.ctx)))))
+    )
+  })
+
+/**
+ * One fragment of a tool call streamed as deltas (OpenAI's `delta.tool_calls[]`): the first
+ * fragment of a call carries its id and name, the next ones pieces of its arguments.
+ *
+ * @since 0.2.0
+ * @category models
+ */
+export interface ToolCallDelta {
+  readonly index: number
+  readonly id?: string | null | undefined
+  readonly name?: string | null | undefined
+  readonly arguments?: string | null | undefined
+}
+
+/**
+ * Assembles tool calls streamed as deltas.
+ *
+ * @since 0.2.0
+ * @category models
+ */
+export interface ToolCallAssembler {
+  readonly add: (delta: ToolCallDelta) => void
+  readonly size: () => number
+  /** The assembled calls in index order, one `ToolCall` part each; `Decode` when a call never got a name. */
+  readonly parts: (ctx: CallContext) => Effect.Effect<ReadonlyArray<Model.StreamPart>, ModelError>
+}
+
+/**
+ * A fresh {@link ToolCallAssembler} (one per stream). Calls without an id get `call_<index>`.
+ *
+ * @since 0.2.0
+ * @category constructors
+ */
+export const toolCallAssembler = (): ToolCallAssembler => {
+  const calls = new Map<number, { id: string | undefined; name: string; arguments: string }>()
+  return {
+    add: (delta) => {
+      const call = calls.get(delta.index) ?? { id: undefined, name: "", arguments: "" }
+      if (typeof delta.id === "string" && delta.id.length > 0) call.id = delta.id
+      if (typeof delta.name === "string") call.name += delta.name
+      if (typeof delta.arguments === "string") call.arguments += delta.arguments
+      calls.set(delta.index, call)
+    },
+    size: () => calls.size,
+    parts: (ctx) =>
+      Effect.suspend(() => {
+        const parts: Array<Model.StreamPart> = []
+        for (const index of [...calls.keys()].sort((a, b) => a - b)) {
+          const call = calls.get(index)!
+          if (call.name.length === 0) {
+            return Effect.fail(malformed(ctx, `tool_calls[${index}].function.name`, "a tool call without a name"))
+          }
+          parts.push({
+            _tag: "ToolCall",
+            call: { id: call.id ?? `call_${index}`, name: call.name, arguments: call.arguments }
+          })
+        }
+        return Effect.succeed(parts)
+      })
+  }
+}

@@ -1,0 +1,254 @@
+/**
+ * The HTTP client of a provider, on `effect/http`'s `HttpClient`: every failure mapped to a
+ * typed `ModelError` at this boundary, every body bounded, every call bounded in time, every
+ * connection released when its call or stream ends or is interrupted, and no secret header
+ * in a span.
+ *
+ * ```ts
+ * const client = yield* Client.make(settings, options.transformClient)
+ * const answer = yield* client.json(request, Decode.valueDecoder(Answer), ctx) // generate, embed
+ * const events = client.sse(request, ctx) // then Assemble.assemble(events, ...)
+ * ```
+ *
+ * @since 0.2.0
+ */
+import { Clock, Effect, Stream } from "effect"
+import { Headers, HttpClient, type HttpClientError, type HttpClientRequest, type HttpClientResponse } from "effect/http"
+import { ModelError, type TimeoutError } from "../../AiError.js"
+import { bodyBytes, boundBytes, isJsonType, mediaType, readPrefix, readText } from "./body.js"
+import type { Decoder } from "./decode.js"
+import { parseJson } from "./decode.js"
+import {
+  type CallContext,
+  errorFromPayload,
+  errorFromStatus,
+  isErrorPayload,
+  malformed,
+  parseJsonOrUndefined,
+  requestTimeout,
+  transportError
+} from "./errors.js"
+import { values } from "./ndjson.js"
+import type { Settings } from "./options.js"
+import { type Event, events } from "./sse.js"
+
+/**
+ * Headers whose values may appear in the HTTP client's spans. Every other request and
+ * response header is recorded as `<redacted>` when header capture is on (a response header
+ * that echoes a key included); these are recorded by default.
+ *
+ * @since 0.2.0
+ * @category constants
+ */
+export const spanHeaderAllowList: ReadonlyArray<string> = [
+  "accept",
+  "content-type",
+  "content-length",
+  "content-encoding",
+  "transfer-encoding",
+  "cache-control",
+  "date",
+  "server",
+  "user-agent",
+  "x-request-id",
+  "request-id",
+  "retry-after",
+  "retry-after-ms",
+  "openai-processing-ms",
+  "openai-version"
+]
+
+const allowed: ReadonlySet<string> = new Set(spanHeaderAllowList)
+const isAllowed = (name: string): boolean => allowed.has(name.toLowerCase()) || /^x-ratelimit-/i.test(name)
+const escapeRegExp = (name: string): string => name.replace(/[.*+?^${}()|[\]\\-]/g, "\\$&")
+/** Matches every header name outside the allow-list (`Headers.isRedactedName` takes strings and patterns). */
+const notAllowed = new RegExp(
+  `^(?!(?:${spanHeaderAllowList.map(escapeRegExp).join("|")}|x-ratelimit-[a-z0-9-]+)$)`,
+  "i"
+)
+
+/**
+ * Runs an HTTP call so that its client span records the allow-listed headers and nothing
+ * but `<redacted>` for every other header, whatever header capture the caller turned on.
+ *
+ * @since 0.2.0
+ * @category tracing
+ */
+export const withSpanHeaders = <A, E, R>(effect: Effect.Effect<A, E, R>): Effect.Effect<A, E, R> =>
+  Effect.withFiber((fiber) => {
+    const names = fiber.getRef(Headers.CurrentRedactedNames)
+    const filter = fiber.getRef(HttpClient.TracerHeaderFilter)
+    return effect.pipe(
+      Effect.provideService(Headers.CurrentRedactedNames, [...names, notAllowed]),
+      Effect.provideService(HttpClient.TracerHeaderFilter, (name, phase) => isAllowed(name) || filter(name, phase))
+    )
+  })
+
+/**
+ * What a provider does over HTTP.
+ *
+ * @since 0.2.0
+ * @category models
+ */
+export interface Client {
+  readonly settings: Settings
+  /**
+   * Sends a request and decodes its JSON answer. A non-2xx status fails with its typed
+   * error (reason from the status, the provider's message, `retryAfter`); a 2xx answer that
+   * is an error object fails with the provider's error; a body that is not JSON, or is
+   * larger than `maxResponseBytes`, fails `Decode` / `TooLarge`; the whole call is bounded
+   * by `timeout`. The connection is released when the call ends or is interrupted.
+   */
+  readonly json: <A>(
+    request: HttpClientRequest.HttpClientRequest,
+    decode: Decoder<A, unknown>,
+    ctx: CallContext
+  ) => Effect.Effect<A, ModelError | TimeoutError>
+  /**
+   * Sends a request and streams the server-sent events of its answer. Status errors fail
+   * before any event; a 2xx answer that is not `text/event-stream` fails `Decode` on
+   * `content-type` (or with the provider's error, when it is an error object); the stream's
+   * bytes are bounded by `maxResponseBytes`, one event by `maxEventBytes`. The connection
+   * is released when the stream ends, fails or is interrupted. No deadline of its own: the
+   * idle deadline is `Assemble.assemble`'s.
+   */
+  readonly sse: (request: HttpClientRequest.HttpClientRequest, ctx: CallContext) => Stream.Stream<Event, ModelError>
+  /** {@link sse} for newline-delimited JSON answers: the parsed value of each line. */
+  readonly ndjson: (
+    request: HttpClientRequest.HttpClientRequest,
+    ctx: CallContext
+  ) => Stream.Stream<unknown, ModelError>
+}
+
+const isOk = (status: number): boolean => status >= 200 && status < 300
+
+const statusFailure = (
+  response: HttpClientResponse.HttpClientResponse,
+  ctx: CallContext
+): Effect.Effect<never, ModelError> =>
+  Effect.flatMap(Effect.zip(readPrefix(response, ctx), Clock.currentTimeMillis), ([text, now]) =>
+    Effect.fail(errorFromStatus(response.status, response.headers, text, now, ctx))
+  )
+
+const clientFailure = (error: HttpClientError.HttpClientError, ctx: CallContext): Effect.Effect<never, ModelError> => {
+  const reason = error.reason
+  switch (reason._tag) {
+    case "TransportError":
+      return Effect.fail(transportError(reason.description ?? "connection failed", reason.cause, ctx))
+    case "StatusCodeError":
+      return statusFailure(reason.response, ctx)
+    case "EncodeError":
+    case "InvalidUrlError":
+      return Effect.fail(
+        new ModelError({
+          reason: "InvalidRequest",
+          message: `${ctx.provider}: could not build the request (${reason._tag})`,
+          provider: ctx.provider,
+          model: ctx.model
+        })
+      )
+    default:
+      return Effect.fail(transportError("reading the response failed", reason.cause, ctx))
+  }
+}
+
+const unexpectedType = (
+  response: HttpClientResponse.HttpClientResponse,
+  type: string,
+  expected: string,
+  ctx: CallContext
+): Effect.Effect<never, ModelError> =>
+  Effect.flatMap(readPrefix(response, ctx), (text) => {
+    const payload = isJsonType(type) ? parseJsonOrUndefined(text) : undefined
+    if (isErrorPayload(payload)) return Effect.fail(errorFromPayload(payload, ctx))
+    const what = isJsonType(type) ? (payload === undefined ? "broken JSON" : "a JSON document") : "a body"
+    const snippet = text.trim().slice(0, 200)
+    return Effect.fail(
+      malformed(ctx, "content-type", `expected ${expected}, got ${type} (${what}${snippet ? `: ${snippet}` : ""})`)
+    )
+  })
+
+const ndjsonTypes: ReadonlySet<string> = new Set([
+  "application/x-ndjson",
+  "application/ndjson",
+  "application/jsonl",
+  "application/x-jsonlines",
+  "application/json",
+  "text/plain"
+])
+
+/**
+ * Builds the client from the `HttpClient` in context, with the user's middleware applied once.
+ *
+ * @since 0.2.0
+ * @category constructors
+ */
+export const make = Effect.fnUntraced(function* (
+  settings: Settings,
+  transformClient?: ((client: HttpClient.HttpClient) => HttpClient.HttpClient) | undefined
+) {
+  const base = yield* HttpClient.HttpClient
+  // Every request belongs to the scope of its call or stream: closing it aborts the request and its body.
+  const client = HttpClient.withScope(transformClient === undefined ? base : transformClient(base))
+
+  const execute = (request: HttpClientRequest.HttpClientRequest, ctx: CallContext) =>
+    withSpanHeaders(client.execute(request)).pipe(Effect.catch((error) => clientFailure(error, ctx)))
+
+  const open = (request: HttpClientRequest.HttpClientRequest, ctx: CallContext) =>
+    Effect.flatMap(execute(request, ctx), (response) =>
+      isOk(response.status) ? Effect.succeed(response) : statusFailure(response, ctx)
+    )
+
+  const bytesOf = (response: HttpClientResponse.HttpClientResponse, ctx: CallContext) =>
+    boundBytes(bodyBytes(response, ctx), settings.maxResponseBytes, "the stream", "maxResponseBytes", ctx)
+
+  const json = <A>(
+    request: HttpClientRequest.HttpClientRequest,
+    decode: Decoder<A, unknown>,
+    ctx: CallContext
+  ): Effect.Effect<A, ModelError | TimeoutError> =>
+    Effect.gen(function* () {
+      const response = yield* open(request, ctx)
+      const type = mediaType(response.headers)
+      if (type !== undefined && !isJsonType(type) && type !== "text/plain") {
+        return yield* unexpectedType(response, type, "a JSON body", ctx)
+      }
+      const value = yield* Effect.flatMap(readText(response, settings.maxResponseBytes, ctx), (text) =>
+        parseJson(text, ctx)
+      )
+      if (isErrorPayload(value)) return yield* Effect.fail(errorFromPayload(value, ctx))
+      return yield* decode(value, ctx)
+    }).pipe(
+      Effect.scoped,
+      Effect.timeoutOrElse({
+        duration: settings.timeout,
+        orElse: () => Effect.fail(requestTimeout(ctx, settings.timeout))
+      })
+    )
+
+  const sse = (request: HttpClientRequest.HttpClientRequest, ctx: CallContext): Stream.Stream<Event, ModelError> =>
+    Stream.unwrap(
+      Effect.gen(function* () {
+        const response = yield* open(request, ctx)
+        const type = mediaType(response.headers)
+        if (type !== undefined && type !== "text/event-stream") {
+          return yield* unexpectedType(response, type, "an event stream (text/event-stream)", ctx)
+        }
+        return events(bytesOf(response, ctx), ctx, settings)
+      })
+    )
+
+  const ndjson = (request: HttpClientRequest.HttpClientRequest, ctx: CallContext): Stream.Stream<unknown, ModelError> =>
+    Stream.unwrap(
+      Effect.gen(function* () {
+        const response = yield* open(request, ctx)
+        const type = mediaType(response.headers)
+        if (type !== undefined && !ndjsonTypes.has(type)) {
+          return yield* unexpectedType(response, type, "newline-delimited JSON (application/x-ndjson)", ctx)
+        }
+        return values(bytesOf(response, ctx), ctx, settings)
+      })
+    )
+
+  return { settings, json, sse, ndjson } satisfies Client
+})

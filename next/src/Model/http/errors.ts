@@ -1,0 +1,387 @@
+/**
+ * How HTTP providers fail: the reason of a status (refined by the structured fields of the
+ * provider's error body, never its message text), `Retry-After`, errors sent inside a
+ * stream, broken connections, and bodies too large.
+ *
+ * Nothing here ever puts a request (URL query, headers, body) into an error: only the
+ * provider's own message, truncated and scrubbed of the secrets named in the
+ * {@link CallContext}.
+ *
+ * @since 0.2.0
+ */
+import { Duration, Predicate, Redacted } from "effect"
+import { ModelError, type Reason, TimeoutError } from "../../AiError.js"
+
+/**
+ * Who is calling, for error messages and for scrubbing secrets out of them.
+ *
+ * @since 0.2.0
+ * @category models
+ */
+export interface CallContext {
+  readonly provider: string
+  readonly model?: string | undefined
+  /** Secrets that must never appear in an error message (keys, tokens). */
+  readonly secrets?: ReadonlyArray<Redacted.Redacted> | undefined
+  /**
+   * The request field a 404 with a JSON error body points at: `"model"` where such a 404
+   * can only mean an unknown model (Ollama's `/api/chat`).
+   */
+  readonly notFoundField?: string | undefined
+}
+
+const MAX_MESSAGE = 500
+
+/**
+ * Replaces the value of every secret (4 characters or more) in `text` by `<redacted>`.
+ *
+ * @since 0.2.0
+ * @category utils
+ */
+export const scrub = (text: string, secrets: ReadonlyArray<Redacted.Redacted> | undefined): string => {
+  if (secrets === undefined) return text
+  let out = text
+  for (const secret of secrets) {
+    const value = Redacted.value(secret)
+    if (typeof value === "string" && value.length >= 4) out = out.split(value).join("<redacted>")
+  }
+  return out
+}
+
+const truncate = (text: string, max = MAX_MESSAGE): string => (text.length > max ? `${text.slice(0, max)}…` : text)
+
+/** Scrubbed before truncation, so a secret cut in two by the truncation leaks no part of it. */
+const clean = (text: string, ctx: CallContext): string => truncate(scrub(text, ctx.secrets))
+
+/**
+ * What a provider's error body says, whatever its shape (OpenAI, vLLM, Anthropic, Gemini,
+ * Ollama, watsonx, IBM IAM).
+ *
+ * @since 0.2.0
+ * @category models
+ */
+export interface ErrorInfo {
+  readonly message?: string | undefined
+  readonly type?: string | undefined
+  readonly code?: string | undefined
+  readonly status?: number | undefined
+  readonly param?: string | undefined
+  readonly reasons: ReadonlyArray<string>
+  readonly retryDelay?: Duration.Duration | undefined
+}
+
+const str = (u: unknown): string | undefined => (typeof u === "string" && u.length > 0 ? u : undefined)
+const num = (u: unknown): number | undefined => (typeof u === "number" && Number.isFinite(u) ? u : undefined)
+
+const parseGoogleDuration = (u: unknown): Duration.Duration | undefined => {
+  if (typeof u !== "string") return undefined
+  const match = /^(\d+(?:\.\d+)?)s$/.exec(u.trim())
+  return match?.[1] === undefined ? undefined : Duration.millis(Math.round(Number(match[1]) * 1000))
+}
+
+/**
+ * Reads the error fields of a parsed JSON error body (anything else gives no fields).
+ *
+ * @since 0.2.0
+ * @category utils
+ */
+export const errorInfo = (body: unknown): ErrorInfo => {
+  if (!Predicate.isObject(body) || Array.isArray(body)) return { reasons: [] }
+  const record = body as Record<string, unknown>
+  const nested = record["error"]
+  if (typeof nested === "string") return { message: nested, reasons: [] }
+  if (Predicate.isObject(nested) && !Array.isArray(nested)) {
+    const error = nested as Record<string, unknown>
+    const reasons: Array<string> = []
+    let retryDelay: Duration.Duration | undefined
+    const details = error["details"]
+    if (Array.isArray(details)) {
+      for (const detail of details) {
+        if (!Predicate.isObject(detail)) continue
+        const entry = detail as Record<string, unknown>
+        const reason = str(entry["reason"])
+        if (reason !== undefined) reasons.push(reason)
+        retryDelay = retryDelay ?? parseGoogleDuration(entry["retryDelay"])
+      }
+    }
+    return {
+      message: str(error["message"]),
+      type: str(error["type"]) ?? str(error["status"]),
+      code: str(error["code"]),
+      status: num(error["code"]) ?? num(record["status_code"]),
+      param: str(error["param"]),
+      reasons,
+      retryDelay
+    }
+  }
+  const errors = record["errors"]
+  if (Array.isArray(errors) && Predicate.isObject(errors[0])) {
+    const first = errors[0] as Record<string, unknown>
+    return { message: str(first["message"]), code: str(first["code"]), status: num(record["status_code"]), reasons: [] }
+  }
+  return {
+    message: str(record["message"]) ?? str(record["errorMessage"]) ?? str(record["detail"]),
+    type: str(record["type"]),
+    code: str(record["code"]) ?? str(record["errorCode"]),
+    status: num(record["code"]) ?? num(record["status_code"]),
+    param: str(record["param"]),
+    reasons: []
+  }
+}
+
+const typeReasons: Readonly<Record<string, Reason>> = {
+  rate_limit_error: "RateLimited",
+  rate_limit_exceeded: "RateLimited",
+  RESOURCE_EXHAUSTED: "RateLimited",
+  overloaded_error: "Overloaded",
+  server_error: "Overloaded",
+  api_error: "Overloaded",
+  INTERNAL: "Overloaded",
+  UNAVAILABLE: "Unavailable",
+  invalid_request_error: "InvalidRequest",
+  INVALID_ARGUMENT: "InvalidRequest",
+  NOT_FOUND: "InvalidRequest",
+  FAILED_PRECONDITION: "InvalidRequest",
+  authentication_error: "Unauthorized",
+  permission_error: "Unauthorized",
+  UNAUTHENTICATED: "Unauthorized",
+  PERMISSION_DENIED: "Unauthorized",
+  authentication_token_expired: "Unauthorized",
+  DEADLINE_EXCEEDED: "Timeout",
+  request_too_large: "TooLarge"
+}
+
+/**
+ * The reason of an HTTP status, refined by the structured fields of the error body (codes
+ * and types, never message text): 429 `RateLimited`, 401/402/403 `Unauthorized`, 408/504
+ * `Timeout`, 413 `TooLarge`, 500/529 `Overloaded`, 502/503 and other 5xx `Unavailable`,
+ * other 4xx `InvalidRequest`. Without a status (an error inside a stream), the body's type
+ * or code decides, else `Unknown`.
+ *
+ * @since 0.2.0
+ * @category utils
+ */
+export const classify = (status: number | undefined, info: ErrorInfo): Reason => {
+  const code = info.code
+  if (code === "insufficient_quota" || info.type === "insufficient_quota") return "Unauthorized"
+  if (info.reasons.includes("API_KEY_INVALID") || info.reasons.includes("API_KEY_SERVICE_BLOCKED")) {
+    return "Unauthorized"
+  }
+  if (code === "content_filter" || code === "content_policy_violation") return "ContentFilter"
+  if (status === 529 || info.type === "overloaded_error") return "Overloaded"
+  if (status !== undefined && status > 0) {
+    if (status === 429) return "RateLimited"
+    if (status === 401 || status === 402 || status === 403) return "Unauthorized"
+    if (status === 408 || status === 504) return "Timeout"
+    if (status === 413) return "TooLarge"
+    if (status === 500) return "Overloaded"
+    if (status >= 500) return "Unavailable"
+    if (status >= 400) return "InvalidRequest"
+    return "Unknown"
+  }
+  return (info.type !== undefined ? typeReasons[info.type] : undefined) ?? typeReasons[code ?? ""] ?? "Unknown"
+}
+
+const DELAY_SECONDS = /^\d+(?:\.\d+)?$/
+
+/**
+ * `Retry-After` as a duration: delay-seconds, or an HTTP-date relative to `nowMillis` (the
+ * `Clock`'s time; a date in the past is zero). `retry-after-ms` (OpenAI) wins when present;
+ * a Google `RetryInfo` detail is the last resort.
+ *
+ * @since 0.2.0
+ * @category utils
+ */
+export const parseRetryAfter = (
+  headers: Readonly<Record<string, string | undefined>>,
+  nowMillis: number,
+  info?: ErrorInfo
+): Duration.Duration | undefined => {
+  const ms = headers["retry-after-ms"]?.trim()
+  if (ms !== undefined && DELAY_SECONDS.test(ms)) return Duration.millis(Math.round(Number(ms)))
+  const value = headers["retry-after"]?.trim()
+  if (value !== undefined && value.length > 0) {
+    if (DELAY_SECONDS.test(value)) return Duration.millis(Math.round(Number(value) * 1000))
+    // An HTTP-date starts with the day's name. Date.parse reads it; the current time comes from the Clock.
+    const date = /^[A-Za-z]{3}/.test(value) ? Date.parse(value) : Number.NaN
+    if (!Number.isNaN(date)) return Duration.millis(Math.max(0, date - nowMillis))
+  }
+  return info?.retryDelay
+}
+
+/**
+ * Parses a JSON text, or gives `undefined`.
+ *
+ * @since 0.2.0
+ * @category utils
+ */
+export const parseJsonOrUndefined = (text: string): unknown => {
+  try {
+    return JSON.parse(text)
+  } catch {
+    return undefined
+  }
+}
+
+/**
+ * The error of a non-2xx answer, from its status, headers and (the start of) its body.
+ *
+ * @since 0.2.0
+ * @category errors
+ */
+export const errorFromStatus = (
+  status: number,
+  headers: Readonly<Record<string, string | undefined>>,
+  bodyText: string,
+  nowMillis: number,
+  ctx: CallContext
+): ModelError => {
+  const body = parseJsonOrUndefined(bodyText)
+  const info = errorInfo(body)
+  const reason = classify(status, info)
+  const trimmed = bodyText.trim()
+  const detail = info.message ?? (trimmed.length > 0 ? trimmed : undefined)
+  const field =
+    info.param ??
+    (info.code === "model_not_found"
+      ? "model"
+      : status === 404 && info.message !== undefined
+        ? ctx.notFoundField
+        : undefined)
+  return new ModelError({
+    reason,
+    message: clean(`${ctx.provider} answered HTTP ${status}${detail === undefined ? "" : `: ${detail}`}`, ctx),
+    provider: ctx.provider,
+    model: ctx.model,
+    status,
+    retryAfter: parseRetryAfter(headers, nowMillis, info),
+    field: reason === "InvalidRequest" ? field : undefined
+  })
+}
+
+/**
+ * Is this parsed payload an error object (`{"error": ...}`, vLLM's `{"object": "error"}`)?
+ *
+ * @since 0.2.0
+ * @category utils
+ */
+export const isErrorPayload = (payload: unknown): boolean => {
+  if (!Predicate.isObject(payload) || Array.isArray(payload)) return false
+  const record = payload as Record<string, unknown>
+  return (record["error"] !== undefined && record["error"] !== null) || record["object"] === "error"
+}
+
+/**
+ * The error of an error delivered inside a stream (an SSE `error` event, an NDJSON
+ * `{"error": ...}` line, a 200 answer that is an error object). `payload` is the parsed
+ * JSON, or the raw text when it was not JSON. The provider's own message is kept.
+ *
+ * @since 0.2.0
+ * @category errors
+ */
+export const errorFromPayload = (payload: unknown, ctx: CallContext): ModelError => {
+  const info = typeof payload === "string" ? { message: str(payload.trim()), reasons: [] } : errorInfo(payload)
+  const status = info.status !== undefined && info.status >= 400 && info.status < 600 ? info.status : undefined
+  return new ModelError({
+    reason: classify(status, info),
+    message: clean(`${ctx.provider} stream failed: ${info.message ?? "error event"}`, ctx),
+    provider: ctx.provider,
+    model: ctx.model,
+    status
+  })
+}
+
+const describeCause = (cause: unknown): string | undefined => {
+  const parts: Array<string> = []
+  let current: unknown = cause
+  for (let depth = 0; depth < 4 && Predicate.isObject(current); depth++) {
+    const record = current as Record<string, unknown>
+    const message = str(record["message"])
+    const code = str(record["code"])
+    if (message !== undefined && !parts.includes(message)) parts.push(message)
+    if (code !== undefined && !parts.some((p) => p.includes(code))) parts.push(code)
+    current = record["cause"]
+  }
+  return parts.length === 0 ? undefined : parts.join(": ")
+}
+
+/**
+ * The error of a connection that failed or broke (`Transport`). Only the messages and codes
+ * of the low-level cause are kept, never the cause itself (it holds the request).
+ *
+ * @since 0.2.0
+ * @category errors
+ */
+export const transportError = (what: string, cause: unknown, ctx: CallContext): ModelError => {
+  const detail = describeCause(cause)
+  return new ModelError({
+    reason: "Transport",
+    message: clean(`${ctx.provider}: ${what}${detail === undefined ? "" : ` (${detail})`}`, ctx),
+    provider: ctx.provider,
+    model: ctx.model
+  })
+}
+
+/**
+ * A `Decode` failure found in an answer: `field` names what is wrong (a response field, or
+ * `content-type`).
+ *
+ * @since 0.2.0
+ * @category errors
+ */
+export const malformed = (ctx: CallContext, field: string, detail: string): ModelError =>
+  new ModelError({
+    reason: "Decode",
+    message: clean(`${ctx.provider} sent a malformed response: ${field}: ${detail}`, ctx),
+    provider: ctx.provider,
+    model: ctx.model,
+    field
+  })
+
+/**
+ * The failure of a stream whose body ended cleanly before its final event (`Transport`).
+ *
+ * @since 0.2.0
+ * @category errors
+ */
+export const endedEarly = (ctx: CallContext): ModelError =>
+  new ModelError({
+    reason: "Transport",
+    message: `${ctx.provider}: the stream ended before its final event`,
+    provider: ctx.provider,
+    model: ctx.model
+  })
+
+/**
+ * A response body, a stream, or one event of it passed its bound (`TooLarge`). `option`
+ * names the option that sets the bound.
+ *
+ * @since 0.2.0
+ * @category errors
+ */
+export const tooLarge = (ctx: CallContext, what: string, limit: number, option: string): ModelError =>
+  new ModelError({
+    reason: "TooLarge",
+    message: `${ctx.provider}: ${what} exceeded ${limit} bytes (${option})`,
+    provider: ctx.provider,
+    model: ctx.model
+  })
+
+/**
+ * A whole call passed its `timeout` (limit `request`: one attempt).
+ *
+ * @since 0.2.0
+ * @category errors
+ */
+export const requestTimeout = (ctx: CallContext, timeout: Duration.Duration): TimeoutError =>
+  new TimeoutError({ limit: "request", timeout, provider: ctx.provider })
+
+/**
+ * A stream waited longer than its `streamIdleTimeout` for its next event (limit `idle`),
+ * with the text it had already delivered.
+ *
+ * @since 0.2.0
+ * @category errors
+ */
+export const idleTimeout = (ctx: CallContext, timeout: Duration.Duration, partialText: string): TimeoutError =>
+  new TimeoutError({ limit: "idle", timeout, provider: ctx.provider, partialText })

@@ -1,0 +1,176 @@
+/**
+ * The options every HTTP provider takes (deadlines, body bounds, client middleware), their
+ * checks at layer build, and small config helpers.
+ *
+ * @since 0.2.0
+ */
+import { Config, type Duration, Option, type Redacted, Result } from "effect"
+import type { HttpClient } from "effect/http"
+import * as Input from "../../Input.js"
+
+/**
+ * Deadlines, bounds and middleware shared by every HTTP provider.
+ *
+ * @since 0.2.0
+ * @category models
+ */
+export interface Options {
+  /**
+   * Bound of one `generate` or `embed` call, from sending the request to the last byte of
+   * the answer (`TimeoutError` limit `request`). Default 10 minutes.
+   */
+  readonly timeout?: Input.DurationInput | undefined
+  /**
+   * Longest wait for the next event of a stream, the first one included (`TimeoutError`
+   * limit `idle`). SSE comments (keep-alive pings) do not count as events. Default 60 seconds.
+   */
+  readonly streamIdleTimeout?: Input.DurationInput | undefined
+  /** Bound of a JSON answer's body, and of all the bytes of one stream. Default 32 MiB. */
+  readonly maxResponseBytes?: number | undefined
+  /** Bound of one SSE event or NDJSON line. Default 8 MiB (never more than `maxResponseBytes`). */
+  readonly maxEventBytes?: number | undefined
+  /**
+   * Middleware for the provider's `HttpClient` (a proxy, logging, retries of your own):
+   * applied once, when the layer is built.
+   */
+  readonly transformClient?: ((client: HttpClient.HttpClient) => HttpClient.HttpClient) | undefined
+}
+
+/**
+ * {@link Options} checked, with the defaults filled in.
+ *
+ * @since 0.2.0
+ * @category models
+ */
+export interface Settings {
+  readonly timeout: Duration.Duration
+  readonly streamIdleTimeout: Duration.Duration
+  readonly maxResponseBytes: number
+  readonly maxEventBytes: number
+}
+
+/**
+ * The defaults of {@link Options}.
+ *
+ * @since 0.2.0
+ * @category constants
+ */
+export const defaults = {
+  timeout: "10 minutes",
+  streamIdleTimeout: "60 seconds",
+  maxResponseBytes: 32 * 1024 * 1024,
+  maxEventBytes: 8 * 1024 * 1024
+} as const
+
+/**
+ * Checks the shared options (durations above zero, byte bounds positive integers), filling
+ * in the defaults.
+ *
+ * @since 0.2.0
+ * @category checks
+ */
+export const settings = (options: Options): Input.Checked<Settings> =>
+  Result.map(
+    Input.all([
+      Input.duration("timeout", options.timeout ?? defaults.timeout),
+      Input.duration("streamIdleTimeout", options.streamIdleTimeout ?? defaults.streamIdleTimeout),
+      Input.positiveInt("maxResponseBytes", options.maxResponseBytes ?? defaults.maxResponseBytes),
+      Input.positiveInt("maxEventBytes", options.maxEventBytes ?? defaults.maxEventBytes),
+      options.transformClient === undefined || typeof options.transformClient === "function"
+        ? Result.succeed(undefined)
+        : Result.fail({
+            path: "transformClient",
+            message: `expected a function, got ${typeof options.transformClient}`
+          })
+    ]),
+    ([timeout, streamIdleTimeout, maxResponseBytes, maxEventBytes]) => ({
+      timeout,
+      streamIdleTimeout,
+      maxResponseBytes,
+      maxEventBytes: Math.min(maxEventBytes, maxResponseBytes)
+    })
+  )
+
+/**
+ * Checks a base URL: it parses, and its scheme is `http` or `https`. Gives it without
+ * trailing slashes.
+ *
+ * @since 0.2.0
+ * @category checks
+ */
+export const baseUrl = (path: string, input: unknown): Input.Checked<string> => {
+  if (typeof input !== "string" || input.trim().length === 0) {
+    return Result.fail({ path, message: `expected a URL such as "http://127.0.0.1:8080/v1", got ${typeof input}` })
+  }
+  let url: URL
+  try {
+    url = new URL(input.trim())
+  } catch {
+    return Result.fail({ path, message: 'expected a URL such as "http://127.0.0.1:8080/v1"' })
+  }
+  if (url.protocol !== "http:" && url.protocol !== "https:") {
+    return Result.fail({ path, message: `expected an http or https URL, got ${url.protocol}` })
+  }
+  if (url.username !== "" || url.password !== "") {
+    return Result.fail({ path, message: "credentials in the URL are refused (they would land in logs and spans)" })
+  }
+  return Result.succeed(input.trim().replace(/\/+$/, ""))
+}
+
+/**
+ * Checks a non-empty string option (a provider name, a model id).
+ *
+ * @since 0.2.0
+ * @category checks
+ */
+export const nonEmpty = (path: string, input: unknown): Input.Checked<string> =>
+  typeof input === "string" && input.trim().length > 0 && input.trim() === input
+    ? Result.succeed(input)
+    : Result.fail({
+        path,
+        message: `expected a non-empty string without surrounding spaces, got ${JSON.stringify(input)}`
+      })
+
+/**
+ * Checks an option that takes one of a few strings.
+ *
+ * @since 0.2.0
+ * @category checks
+ */
+export const oneOf = <const A extends string>(
+  path: string,
+  input: unknown,
+  values: ReadonlyArray<A>
+): Input.Checked<A> =>
+  values.includes(input as A)
+    ? Result.succeed(input as A)
+    : Result.fail({
+        path,
+        message: `expected one of ${values.map((v) => `"${v}"`).join(", ")}, got ${JSON.stringify(input)}`
+      })
+
+/**
+ * Joins a base URL and a path with exactly one slash.
+ *
+ * @since 0.2.0
+ * @category utils
+ */
+export const joinUrl = (base: string, path: string): string => `${base.replace(/\/+$/, "")}/${path.replace(/^\/+/, "")}`
+
+/**
+ * An optional secret from `Config`: absent is `undefined`, present is `Redacted`.
+ *
+ * @since 0.2.0
+ * @category config
+ */
+export const optionalRedacted = (name: string): Config.Config<Redacted.Redacted<string> | undefined> =>
+  Config.Redacted(name).pipe(Config.option, Config.map(Option.getOrUndefined))
+
+/**
+ * An optional string from `Config`.
+ *
+ * @since 0.2.0
+ * @category config
+ */
+export const optionalString = (name: string): Config.Config<string | undefined> =>
+  Config.String(name).pipe(Config.option, Config.map(Option.getOrUndefined))

@@ -1,0 +1,103 @@
+/**
+ * Server-sent events of a response body, parsed by `effect/encoding`'s `Sse` parser.
+ *
+ * Real model streams carry comments (keep-alive pings), CRLF line ends, events split across
+ * reads (inside multi-byte characters and between the CR and LF of a line end too). Text is
+ * decoded with a streaming UTF-8 decoder, so a character split across reads stays whole; the
+ * parser keeps a CR that ends one read to pair it with an LF that starts the next. `retry:`
+ * fields are ignored (a model stream is never reconnected), and one pending event is bounded.
+ *
+ * @since 0.2.0
+ */
+import { Cause, Effect, Pull, Stream } from "effect"
+import { Sse } from "effect/encoding"
+import type { ModelError } from "../../AiError.js"
+import { type CallContext, malformed, tooLarge } from "./errors.js"
+
+/**
+ * One event: its name (`message` when unnamed) and its data lines joined with `\n`.
+ *
+ * @since 0.2.0
+ * @category models
+ */
+export type Event = Sse.Event
+
+/**
+ * Options of {@link events}.
+ *
+ * @since 0.2.0
+ * @category models
+ */
+export interface EventsOptions {
+  /** Bound of one pending event, in characters of text (at most as many as its bytes). */
+  readonly maxEventBytes: number
+}
+
+const HEAD = 200
+
+/**
+ * The events of a byte stream. An event past `maxEventBytes` fails `TooLarge`; a body that
+ * ends without having carried a single event, but with text that is not an SSE comment,
+ * fails `Decode` on `content-type` (it is not an event stream: a JSON answer, an HTML page).
+ *
+ * @since 0.2.0
+ * @category streaming
+ */
+export const events = (
+  bytes: Stream.Stream<Uint8Array, ModelError>,
+  ctx: CallContext,
+  options: EventsOptions
+): Stream.Stream<Event, ModelError> =>
+  Stream.transformPull(bytes, (upstream) =>
+    Effect.sync(() => {
+      const decoder = new TextDecoder()
+      let out: Array<Event> = []
+      let failure: ModelError | undefined
+      let ended = false
+      let sawEvent = false
+      let head = ""
+      const parser = Sse.makeParser(
+        (event) => {
+          if (event._tag === "Event") out.push(event)
+        },
+        { maxEventSize: options.maxEventBytes }
+      )
+      const feed = (text: string): void => {
+        if (failure !== undefined || text.length === 0) return
+        if (!sawEvent && head.length < HEAD) head += text.slice(0, HEAD - head.length)
+        if (parser.feed(text) !== undefined) {
+          failure = tooLarge(ctx, "one stream event", options.maxEventBytes, "maxEventBytes")
+        }
+        if (out.length > 0) sawEvent = true
+      }
+      const finish = (): void => {
+        feed(decoder.decode())
+        const text = head.trim()
+        if (!sawEvent && failure === undefined && text.length > 0 && !text.startsWith(":")) {
+          failure = malformed(ctx, "content-type", `the body is not an event stream: ${JSON.stringify(text)}`)
+        }
+        ended = true
+      }
+      const pull: Pull.Pull<readonly [Event, ...Array<Event>], ModelError> = Effect.suspend(() => {
+        if (out.length > 0) {
+          const batch = out as unknown as readonly [Event, ...Array<Event>]
+          out = []
+          return Effect.succeed(batch)
+        }
+        if (failure !== undefined) return Effect.fail(failure)
+        if (ended) return Cause.done()
+        return Pull.matchEffect(upstream, {
+          onSuccess: (chunks) => {
+            for (const chunk of chunks) feed(decoder.decode(chunk, { stream: true }))
+            return pull
+          },
+          onFailure: Effect.failCause,
+          onDone: () => {
+            finish()
+            return pull
+          }
+        })
+      })
+      return pull
+    })
+  )

@@ -1,0 +1,381 @@
+import { inspect } from "node:util"
+import { NodeHttpClient } from "@effect/platform-node"
+import { assert, describe, it, layer } from "@effect/vitest"
+import { Duration, Effect, Fiber, Redacted, Result, Stream, Tracer } from "effect"
+import { HttpClient, HttpClientRequest } from "effect/http"
+import { TestClock } from "effect/testing"
+import { isRetryable, ModelError, TimeoutError } from "../../src/AiError.js"
+import type * as Model from "../../src/Model.js"
+import * as Assemble from "../../src/Model/http/assemble.js"
+import * as Client from "../../src/Model/http/client.js"
+import * as Errors from "../../src/Model/http/errors.js"
+import * as Ndjson from "../../src/Model/http/ndjson.js"
+import * as Options from "../../src/Model/http/options.js"
+import * as Sse from "../../src/Model/http/sse.js"
+import * as Server from "../utils/httpServer.js"
+
+const ctx: Errors.CallContext = { provider: "t", model: "m" }
+const encoder = new TextEncoder()
+const bytes = (...parts: ReadonlyArray<string>): Stream.Stream<Uint8Array, ModelError> =>
+  Stream.fromIterable(parts.map((p) => encoder.encode(p)))
+
+const modelError = (u: unknown): ModelError => {
+  assert.instanceOf(u, ModelError)
+  return u as ModelError
+}
+
+const settings = (options: Options.Options = {}): Options.Settings => {
+  const checked = Options.settings(options)
+  if (Result.isFailure(checked)) throw new Error(checked.failure.message)
+  return checked.success
+}
+
+describe("SSE framing", () => {
+  it.effect("CRLF split across reads keeps the event name; data lines join; comments and retry are skipped", () =>
+    Effect.gen(function* () {
+      const events = yield* Stream.runCollect(
+        Sse.events(
+          bytes("retry: 3000\r\nevent: error\r", "\ndata: a\r", "\ndata: b\r\n\r", "\n: comment\r\n\r\ndata: c\r\r"),
+          ctx,
+          { maxEventBytes: 1024 }
+        )
+      )
+      assert.deepStrictEqual(
+        events.map((e) => [e.event, e.data]),
+        [
+          ["error", "a\nb"],
+          ["message", "c"]
+        ]
+      )
+    })
+  )
+
+  it.effect("a multi-byte character split across reads is decoded whole", () =>
+    Effect.gen(function* () {
+      const encoded = encoder.encode("data: 🌍 日本\n\n")
+      const chunks = Array.from(encoded, (_, i) => encoded.subarray(i, i + 1))
+      const events = yield* Stream.runCollect(Sse.events(Stream.fromIterable(chunks), ctx, { maxEventBytes: 1024 }))
+      assert.deepStrictEqual(
+        events.map((e) => e.data),
+        ["🌍 日本"]
+      )
+    })
+  )
+
+  it.effect("an endless event fails TooLarge at its bound", () =>
+    Effect.gen(function* () {
+      const endless = Stream.concat(bytes("data: "), Stream.forever(bytes("x".repeat(1000))))
+      const error = yield* Effect.flip(Stream.runDrain(Sse.events(endless, ctx, { maxEventBytes: 64 * 1024 })))
+      assert.strictEqual(modelError(error).reason, "TooLarge")
+      assert.include(error.message, "maxEventBytes")
+    })
+  )
+
+  it.effect("a body that is not an event stream is Decode on content-type; a body of comments only is empty", () =>
+    Effect.gen(function* () {
+      const error = yield* Effect.flip(Stream.runDrain(Sse.events(bytes('{"choices": ['), ctx, { maxEventBytes: 99 })))
+      assert.strictEqual(modelError(error).reason, "Decode")
+      assert.strictEqual(modelError(error).field, "content-type")
+      assert.isFalse(isRetryable(modelError(error)))
+      const none = yield* Stream.runCollect(Sse.events(bytes(": ping\n\n", ": ping\n\n"), ctx, { maxEventBytes: 99 }))
+      assert.lengthOf(none, 0)
+    })
+  )
+})
+
+describe("NDJSON framing", () => {
+  it.effect("lines split across reads and CRLF, blank lines skipped", () =>
+    Effect.gen(function* () {
+      const values = yield* Stream.runCollect(
+        Ndjson.values(bytes('{"a":"é', '"}\r', '\n\r\n{"b":', "2}\n"), ctx, { maxEventBytes: 99 })
+      )
+      assert.deepStrictEqual(values, [{ a: "é" }, { b: 2 }])
+    })
+  )
+
+  it.effect("an endless line fails TooLarge; a line that is not JSON fails Decode", () =>
+    Effect.gen(function* () {
+      const endless = Stream.forever(bytes("x".repeat(1000)))
+      const large = yield* Effect.flip(Stream.runDrain(Ndjson.values(endless, ctx, { maxEventBytes: 10_000 })))
+      assert.strictEqual(modelError(large).reason, "TooLarge")
+      const broken = yield* Effect.flip(
+        Stream.runDrain(Ndjson.values(bytes('{"a":1}\n{nope\n'), ctx, { maxEventBytes: 99 }))
+      )
+      assert.strictEqual(modelError(broken).reason, "Decode")
+    })
+  )
+})
+
+describe("Assemble", () => {
+  const text = (t: string): Model.StreamPart => ({ _tag: "TextDelta", text: t })
+  const finish: Model.StreamPart = {
+    _tag: "Finish",
+    finishReason: "stop",
+    usage: { inputTokens: 1, outputTokens: 1, totalTokens: 2 },
+    provider: "t",
+    model: "m"
+  }
+  const options = (overrides: Partial<Assemble.AssembleOptions<string>> = {}): Assemble.AssembleOptions<string> => ({
+    ctx,
+    idleTimeout: Duration.seconds(60),
+    step: (chunk) => Effect.succeed(chunk === "end" ? [finish] : [text(chunk)]),
+    onEnd: () => Effect.succeed([]),
+    ...overrides
+  })
+
+  it.effect("a stream that stalls after two chunks fails with an idle TimeoutError carrying the text", () =>
+    Effect.gen(function* () {
+      const seen: Array<Model.StreamPart> = []
+      const fiber = yield* Assemble.assemble(Stream.concat(Stream.make("a", "b"), Stream.never), options()).pipe(
+        Stream.runForEach((part) => Effect.sync(() => seen.push(part))),
+        Effect.flip,
+        Effect.forkChild
+      )
+      // The fork starts on a later turn: the deadline counts from its first pull.
+      while (seen.length < 2) yield* Effect.yieldNow
+      yield* TestClock.adjust("59 seconds")
+      assert.lengthOf(seen, 2)
+      assert.isUndefined(fiber.pollUnsafe())
+      yield* TestClock.adjust("1 second")
+      const error = yield* Fiber.join(fiber)
+      assert.instanceOf(error, TimeoutError)
+      if (!(error instanceof TimeoutError)) return
+      assert.strictEqual(error.limit, "idle")
+      assert.strictEqual(error.provider, "t")
+      assert.strictEqual(error.partialText, "ab")
+      assert.isFalse(isRetryable(error))
+    })
+  )
+
+  it.effect("exactly one Finish: the stream stops at the first; no Finish at all is a failure", () =>
+    Effect.gen(function* () {
+      const parts = yield* Stream.runCollect(Assemble.assemble(Stream.make("a", "end", "b", "end"), options()))
+      assert.deepStrictEqual(parts, [text("a"), finish])
+      const error = yield* Effect.flip(Stream.runDrain(Assemble.assemble(Stream.make("a"), options())))
+      assert.strictEqual(modelError(error).reason, "Transport")
+      assert.include(error.message, "ended before")
+      const fromEnd = yield* Stream.runCollect(
+        Assemble.assemble(Stream.make("a"), options({ onEnd: () => Effect.succeed([finish]) }))
+      )
+      assert.deepStrictEqual(fromEnd, [text("a"), finish])
+    })
+  )
+
+  it.effect("tool call deltas become one ToolCall each, in index order", () =>
+    Effect.gen(function* () {
+      const calls = Assemble.toolCallAssembler()
+      calls.add({ index: 1, id: "b", name: "lookup", arguments: "" })
+      calls.add({ index: 0, id: "a", name: "get_", arguments: '{"ci' })
+      calls.add({ index: 0, name: "weather", arguments: 'ty":"Paris"}' })
+      calls.add({ index: 1, arguments: "{}" })
+      assert.deepStrictEqual(yield* calls.parts(ctx), [
+        { _tag: "ToolCall", call: { id: "a", name: "get_weather", arguments: '{"city":"Paris"}' } },
+        { _tag: "ToolCall", call: { id: "b", name: "lookup", arguments: "{}" } }
+      ])
+      const nameless = Assemble.toolCallAssembler()
+      nameless.add({ index: 0, arguments: "{}" })
+      assert.strictEqual(modelError(yield* Effect.flip(nameless.parts(ctx))).reason, "Decode")
+    })
+  )
+})
+
+describe("errors", () => {
+  it("status -> reason from data", () => {
+    const info = (fields: Partial<Errors.ErrorInfo> = {}): Errors.ErrorInfo => ({ reasons: [], ...fields })
+    const expected: ReadonlyArray<[number, string]> = [
+      [429, "RateLimited"],
+      [401, "Unauthorized"],
+      [403, "Unauthorized"],
+      [400, "InvalidRequest"],
+      [422, "InvalidRequest"],
+      [404, "InvalidRequest"],
+      [413, "TooLarge"],
+      [408, "Timeout"],
+      [504, "Timeout"],
+      [500, "Overloaded"],
+      [529, "Overloaded"],
+      [502, "Unavailable"],
+      [503, "Unavailable"]
+    ]
+    for (const [status, reason] of expected) assert.strictEqual(Errors.classify(status, info()), reason, String(status))
+    assert.strictEqual(Errors.classify(429, info({ code: "insufficient_quota" })), "Unauthorized")
+    assert.strictEqual(Errors.classify(503, info({ type: "overloaded_error" })), "Overloaded")
+    assert.strictEqual(Errors.classify(undefined, info({ message: "rate limit exceeded" })), "Unknown")
+  })
+
+  it("Retry-After in seconds, milliseconds or as an HTTP date relative to the given time", () => {
+    const now = Date.parse("2026-01-01T00:00:00Z")
+    assert.deepStrictEqual(Errors.parseRetryAfter({ "retry-after": "120" }, now), Duration.seconds(120))
+    assert.deepStrictEqual(
+      Errors.parseRetryAfter({ "retry-after-ms": "250", "retry-after": "9" }, now),
+      Duration.millis(250)
+    )
+    assert.deepStrictEqual(
+      Errors.parseRetryAfter({ "retry-after": "Thu, 01 Jan 2026 00:00:30 GMT" }, now),
+      Duration.seconds(30)
+    )
+    assert.deepStrictEqual(
+      Errors.parseRetryAfter({ "retry-after": "Wed, 31 Dec 2025 23:00:00 GMT" }, now),
+      Duration.zero
+    )
+    assert.isUndefined(Errors.parseRetryAfter({ "retry-after": "soon" }, now))
+    assert.isUndefined(Errors.parseRetryAfter({ "retry-after": "-5" }, now))
+  })
+
+  it("a 404 names the model only with a JSON error body; secrets are scrubbed from the provider's message", () => {
+    const secret = Redacted.make("sk-live-0123456789")
+    const ollama: Errors.CallContext = { provider: "ollama", notFoundField: "model", secrets: [secret] }
+    const json = Errors.errorFromStatus(404, {}, '{"error":"model \\"x\\" not found, try pulling it first"}', 0, ollama)
+    assert.strictEqual(json.field, "model")
+    assert.include(json.message, "try pulling it first")
+    const page = Errors.errorFromStatus(404, {}, "404 page not found", 0, ollama)
+    assert.isUndefined(page.field)
+    const echoed = Errors.errorFromStatus(401, {}, '{"error":{"message":"bad key sk-live-0123456789"}}', 0, ollama)
+    assert.notInclude(echoed.message, "sk-live-0123456789")
+    assert.include(echoed.message, "<redacted>")
+  })
+})
+
+describe("options", () => {
+  it("refuses NaN, negative and zero durations, fractional byte bounds and bad URLs, naming the field", () => {
+    const failure = (checked: Result.Result<unknown, { readonly path: string }>) =>
+      Result.isFailure(checked) ? checked.failure.path : "ok"
+    assert.strictEqual(failure(Options.settings({ timeout: Number.NaN })), "timeout")
+    assert.strictEqual(failure(Options.settings({ streamIdleTimeout: -1 })), "streamIdleTimeout")
+    assert.strictEqual(failure(Options.settings({ streamIdleTimeout: 0 })), "streamIdleTimeout")
+    assert.strictEqual(failure(Options.settings({ maxResponseBytes: 1.5 })), "maxResponseBytes")
+    assert.strictEqual(failure(Options.settings({ maxEventBytes: 0 })), "maxEventBytes")
+    assert.strictEqual(failure(Options.settings({ timeout: "soon" as Options.Options["timeout"] })), "timeout")
+    assert.strictEqual(failure(Options.baseUrl("baseUrl", "not a url")), "baseUrl")
+    assert.strictEqual(failure(Options.baseUrl("baseUrl", "ftp://x")), "baseUrl")
+    assert.strictEqual(failure(Options.baseUrl("baseUrl", "http://user:pw@x")), "baseUrl")
+    assert.deepStrictEqual(Options.baseUrl("baseUrl", "http://x:1/v1/"), Result.succeed("http://x:1/v1"))
+    const ok = settings({ maxResponseBytes: 1000 })
+    assert.strictEqual(ok.maxEventBytes, 1000)
+    assert.deepStrictEqual(ok.timeout, Duration.minutes(10))
+  })
+})
+
+layer(NodeHttpClient.layerUndici)("Client over a real server", (it) => {
+  const post = (server: Server.TestServer, path = "/x") =>
+    HttpClientRequest.post(`${server.url}${path}`).pipe(HttpClientRequest.bodyJsonUnsafe({ hi: 1 }))
+  const anything = (value: unknown) => Effect.succeed(value)
+
+  it.effect("an endless 200 JSON body fails TooLarge and the connection is closed", () =>
+    Effect.gen(function* () {
+      const server = yield* Server.make((_, res) => Server.endless(res, { contentType: "application/json" }))
+      const client = yield* Client.make(settings({ maxResponseBytes: 256 * 1024 }))
+      const error = yield* Effect.flip(client.json(post(server), anything, ctx))
+      assert.strictEqual(modelError(error).reason, "TooLarge")
+      yield* server.awaitAborted(1)
+    })
+  )
+
+  it.effect("a declared content-length over the bound fails before the body is read", () =>
+    Effect.gen(function* () {
+      const server = yield* Server.make((_, res) =>
+        Server.text(res, 200, JSON.stringify({ a: "x".repeat(5000) }), { "content-type": "application/json" })
+      )
+      const client = yield* Client.make(settings({ maxResponseBytes: 1000 }))
+      assert.strictEqual(modelError(yield* Effect.flip(client.json(post(server), anything, ctx))).reason, "TooLarge")
+    })
+  )
+
+  it.effect("a 200 HTML page is Decode on content-type; a 200 error object is the provider's error", () =>
+    Effect.gen(function* () {
+      const server = yield* Server.make((req, res) =>
+        req.path === "/html"
+          ? Server.text(res, 200, "<html>login</html>", { "content-type": "text/html" })
+          : Server.json(res, 200, { error: { message: "Upstream overloaded", type: "overloaded_error" } })
+      )
+      const client = yield* Client.make(settings())
+      const html = modelError(yield* Effect.flip(client.json(post(server, "/html"), anything, ctx)))
+      assert.strictEqual(html.reason, "Decode")
+      assert.strictEqual(html.field, "content-type")
+      const payload = modelError(yield* Effect.flip(client.json(post(server), anything, ctx)))
+      assert.strictEqual(payload.reason, "Overloaded")
+      assert.include(payload.message, "Upstream overloaded")
+    })
+  )
+
+  it.effect("a call that hangs ends with a request TimeoutError at its timeout, and its connection is closed", () =>
+    Effect.gen(function* () {
+      const server = yield* Server.make((_, res) => Server.hang(res))
+      const client = yield* Client.make(settings({ timeout: "30 seconds" }))
+      const fiber = yield* Effect.forkChild(Effect.flip(client.json(post(server), anything, ctx)))
+      yield* server.awaitRequests(1)
+      yield* TestClock.adjust("30 seconds")
+      const error = yield* Fiber.join(fiber)
+      assert.instanceOf(error, TimeoutError)
+      assert.strictEqual((error as TimeoutError).limit, "request")
+      yield* server.awaitAborted(1)
+    })
+  )
+
+  it.effect("a stream answered 200 with a JSON document is Decode on content-type, not retryable", () =>
+    Effect.gen(function* () {
+      const server = yield* Server.make((_, res) =>
+        Server.json(res, 200, { choices: [{ message: { content: "hi" } }] })
+      )
+      const client = yield* Client.make(settings())
+      const error = modelError(yield* Effect.flip(Stream.runDrain(client.sse(post(server), ctx))))
+      assert.strictEqual(error.reason, "Decode")
+      assert.strictEqual(error.field, "content-type")
+      assert.include(error.message, "application/json")
+      assert.isFalse(isRetryable(error))
+    })
+  )
+
+  it.effect("an endless event stream fails TooLarge at maxResponseBytes, and its connection is closed", () =>
+    Effect.gen(function* () {
+      const server = yield* Server.make((_, res) =>
+        Server.endless(res, { chunk: Server.sse([{ a: "x".repeat(500) }]) })
+      )
+      const client = yield* Client.make(settings({ maxResponseBytes: 512 * 1024 }))
+      const error = modelError(yield* Effect.flip(Stream.runDrain(client.sse(post(server), ctx))))
+      assert.strictEqual(error.reason, "TooLarge")
+      assert.include(error.message, "maxResponseBytes")
+      yield* server.awaitAborted(1)
+    })
+  )
+
+  it.effect("spans record allow-listed headers and nothing else in clear, even with capture of every header on", () =>
+    Effect.gen(function* () {
+      const key = "sk-span-secret-4242"
+      const server = yield* Server.make((_, res) =>
+        Server.json(res, 200, { ok: true }, { "x-request-id": "req-7", "x-echo-key": key, "set-cookie": `k=${key}` })
+      )
+      const spans: Array<Tracer.NativeSpan> = []
+      const tracer = Tracer.make({
+        span(options) {
+          const span = new Tracer.NativeSpan(options)
+          spans.push(span)
+          return span
+        }
+      })
+      const client = yield* Client.make(settings())
+      const request = post(server).pipe(
+        HttpClientRequest.setHeader("x-custom-key", key),
+        HttpClientRequest.bearerToken(Redacted.make(key))
+      )
+      const call = client.json(request, anything, ctx)
+      yield* call.pipe(Effect.withSpan("default capture"), Effect.provideService(Tracer.Tracer, tracer))
+      yield* call.pipe(
+        Effect.withSpan("capture everything"),
+        Effect.provideService(HttpClient.TracerHeaderFilter, () => true),
+        Effect.provideService(Tracer.Tracer, tracer)
+      )
+      const http = spans.filter((s) => s.name === "POST")
+      assert.lengthOf(http, 2)
+      const [byDefault, everything] = http.map((s) => Object.fromEntries(s.attributes))
+      assert.strictEqual(byDefault?.["http.response.header.x-request-id"], "req-7")
+      assert.strictEqual(byDefault?.["http.request.header.content-type"], "application/json")
+      assert.isUndefined(byDefault?.["http.response.header.x-echo-key"])
+      assert.strictEqual(everything?.["http.response.header.x-echo-key"], "<redacted>")
+      assert.strictEqual(everything?.["http.request.header.x-custom-key"], "<redacted>")
+      assert.strictEqual(everything?.["http.request.header.authorization"], "<redacted>")
+      assert.strictEqual(everything?.["http.response.header.x-request-id"], "req-7")
+      for (const span of spans) assert.notInclude(inspect(Object.fromEntries(span.attributes), { depth: 5 }), key)
+    })
+  )
+})
