@@ -159,6 +159,10 @@ const checkOptions = (options: Options): Input.Checked<Config> => {
 const checkTokens = (tokens: number | undefined): Input.Checked<number> =>
   tokens === undefined ? Result.succeed(0) : Result.map(Input.number("tokens", tokens, { min: 0 }), Math.ceil)
 
+// The limiter's delays carry floating-point noise (a slot due now can come back as 1e-4 ms
+// away, more so on Redis's microsecond clock): below this a slot counts as free.
+const significant = (millis: number): number => (millis < 0.01 ? 0 : millis)
+
 interface Reservation {
   readonly key: string
   readonly limit: number
@@ -267,7 +271,7 @@ export const make = Effect.fnUntraced(function* (
     results.forEach((result, i) => {
       if (Result.isSuccess(result)) {
         taken.push(reservations[i]!)
-        waitMillis = Math.max(waitMillis, Duration.toMillis(result.success.delay))
+        waitMillis = Math.max(waitMillis, significant(Duration.toMillis(result.success.delay)))
       } else {
         storeFailed = true
       }

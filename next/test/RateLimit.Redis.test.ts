@@ -1,0 +1,297 @@
+import { spawn } from "node:child_process"
+import { fileURLToPath } from "node:url"
+import { assert, describe, it } from "@effect/vitest"
+import { Context, Duration, Effect, Exit, Layer, Logger, Metric, Schedule } from "effect"
+import { Redis as PersistenceRedis } from "effect/persistence"
+import type { ModelError } from "../src/AiError.js"
+import * as Metrics from "../src/Metrics.js"
+import * as RateLimit from "../src/RateLimit.js"
+import * as Redis from "../src/Redis.js"
+import { type RedisServer, skipRedis, skipReason, startRedis } from "./utils/redis.js"
+
+let counter = 0
+const uniqueName = (label: string) => `rlr-${label}-${++counter}-${Math.random().toString(36).slice(2, 8)}`
+
+/** The service and the Redis client it uses, built in the test's scope. */
+const build = (server: RedisServer, options: RateLimit.RedisOptions) =>
+  Effect.gen(function* () {
+    const context = yield* Layer.build(
+      RateLimit.layerRedis(options).pipe(Layer.provideMerge(Redis.layer({ url: server.url })))
+    )
+    return { limits: Context.get(context, RateLimit.RateLimits), redis: Context.get(context, PersistenceRedis.Redis) }
+  })
+
+const memory = (options: RateLimit.Options) =>
+  Effect.map(Layer.build(RateLimit.layerMemory(options)), Context.get(RateLimit.RateLimits))
+
+/** Fires `calls` acquires at once; the ones admitted and the errors of the others. */
+const burst = (limits: RateLimit.Service, key: string, calls: number, tokens?: number) =>
+  Effect.map(
+    Effect.forEach(Array.from({ length: calls }), () => Effect.result(limits.acquire(key, { tokens })), {
+      concurrency: 20
+    }),
+    (results) => ({
+      admitted: results.filter((r) => r._tag === "Success").length,
+      errors: results.flatMap((r) => (r._tag === "Failure" ? [r.failure as ModelError] : []))
+    })
+  )
+
+const storeErrors = Effect.map(
+  Metric.value(Metric.withAttributes(Metrics.storeErrors, { store: "ratelimit" })),
+  (s) => s.count
+)
+
+const captureLogs = Effect.sync(() => {
+  const lines: Array<string> = []
+  const logger = Logger.make(({ logLevel, message }) => {
+    lines.push(`${logLevel}: ${(Array.isArray(message) ? message : [message]).map(String).join(" ")}`)
+  })
+  return { lines, layer: Logger.layer([logger]) }
+})
+
+const fixture = fileURLToPath(new URL("./fixtures/ratelimit-process.ts", import.meta.url))
+const projectRoot = fileURLToPath(new URL("..", import.meta.url))
+
+/** Runs the fixture in a child `node --import tsx` process; its one-line JSON answer. */
+const otherProcess = (args: ReadonlyArray<string>) =>
+  Effect.callback<{ readonly admitted: number; readonly refused: number }, Error>((resume) => {
+    const child = spawn(process.execPath, ["--import", "tsx", fixture, ...args], {
+      cwd: projectRoot,
+      stdio: ["ignore", "pipe", "pipe"]
+    })
+    let out = ""
+    let err = ""
+    child.stdout.on("data", (chunk: Buffer) => {
+      out += chunk.toString()
+    })
+    child.stderr.on("data", (chunk: Buffer) => {
+      err += chunk.toString()
+    })
+    child.once("error", (error) => resume(Effect.fail(error)))
+    child.once("exit", (code) => {
+      const line = out.trim().split("\n").pop() ?? ""
+      if (code !== 0 || !line.startsWith("{")) {
+        resume(Effect.fail(new Error(`child exited with ${code}: ${out}\n${err}`)))
+      } else {
+        resume(Effect.succeed(JSON.parse(line)))
+      }
+    })
+    return Effect.sync(() => child.kill("SIGKILL"))
+  })
+
+describe.skipIf(skipRedis)(`RateLimit (Redis store; ${skipRedis ? skipReason : "needs redis-server"})`, () => {
+  it.live("fractional rates hold on Redis exactly as in memory (v0.1 let every call through)", () =>
+    Effect.scoped(
+      Effect.gen(function* () {
+        const server = yield* startRedis
+        const cases: ReadonlyArray<{
+          readonly limits: RateLimit.Limits
+          readonly calls: number
+          readonly tokens?: number
+          readonly admitted: number
+        }> = [
+          // window / limit = 285.71 ms: v0.1's script answered "ERR value is not an integer" and failed open.
+          { limits: { requestsPerMinute: 7, window: "2 seconds" }, calls: 14, admitted: 7 },
+          // 17.14 ms: effect's own Redis store rounds each admission up and refuses nearly all of these.
+          { limits: { requestsPerMinute: 3500 }, calls: 3600, admitted: 3500 },
+          { limits: { tokensPerMinute: 3000, window: "7 seconds" }, calls: 12, tokens: 300, admitted: 10 }
+        ]
+        for (const { admitted, calls, limits: keyLimits, tokens } of cases) {
+          const key = uniqueName("fraction")
+          const options = { providers: { [key]: keyLimits }, maxWait: 0 }
+          const { limits } = yield* build(server, { ...options, prefix: `${uniqueName("p")}:` })
+          const inRedis = yield* burst(limits, key, calls, tokens)
+          const inMemory = yield* burst(yield* memory(options), key, calls, tokens)
+          assert.strictEqual(inRedis.admitted, admitted, JSON.stringify(keyLimits))
+          assert.strictEqual(inMemory.admitted, admitted, JSON.stringify(keyLimits))
+          for (const error of inRedis.errors) {
+            assert.strictEqual(error.reason, "RateLimited")
+            const retryAfter = Duration.toMillis(error.retryAfter!)
+            assert.isTrue(
+              retryAfter > 0 &&
+                retryAfter <= Duration.toMillis(Duration.fromInputUnsafe(keyLimits.window ?? "1 minute"))
+            )
+          }
+        }
+      })
+    )
+  )
+
+  it.live("callers beyond the window wait for it, as in memory: 14 calls at 7 per 2 seconds", () =>
+    Effect.scoped(
+      Effect.gen(function* () {
+        const server = yield* startRedis
+        const key = uniqueName("wait")
+        const { limits } = yield* build(server, {
+          providers: { [key]: { requestsPerMinute: 7, window: "2 seconds" } },
+          maxWait: "10 seconds"
+        })
+        const result = yield* burst(limits, key, 14)
+        assert.strictEqual(result.admitted, 14)
+        const count = (outcome: string) =>
+          Effect.map(
+            Metric.value(Metric.withAttributes(Metrics.rateLimitAcquisitions, { limit: key, outcome })),
+            (s) => s.count
+          )
+        assert.strictEqual(yield* count("immediate"), 7)
+        assert.strictEqual(yield* count("delayed"), 7)
+        const wait = yield* Metric.value(Metric.withAttributes(Metrics.rateLimitWait, { limit: key }))
+        assert.isTrue(wait.max > 1000 && wait.max <= 2000, `the 8th call waited for the next window: ${wait.max} ms`)
+      })
+    )
+  )
+
+  it.live("a Redis error fails open with a warning that shows the Redis error text; onStoreError reject refuses", () =>
+    Effect.gen(function* () {
+      const logs = yield* captureLogs
+      yield* Effect.scoped(
+        Effect.gen(function* () {
+          const server = yield* startRedis
+          const key = uniqueName("wrongtype")
+          const prefix = `${uniqueName("p")}:`
+          const options: RateLimit.RedisOptions = {
+            prefix,
+            providers: { [key]: { requestsPerMinute: 1 } },
+            maxWait: 0,
+            redis: { reportAfter: 0 }
+          }
+          const { limits, redis } = yield* build(server, options)
+          // The key's state is a hash; a string under its name makes every script call fail.
+          yield* redis.send("SET", `${prefix}${key}%3Arpm`, "not a hash")
+          const before = yield* storeErrors
+          const result = yield* burst(limits, key, 3)
+          assert.strictEqual(result.admitted, 3, "fail open: the calls go through")
+          assert.strictEqual((yield* storeErrors) - before, 3)
+          const warnings = logs.lines.filter((l) => l.startsWith("Warn"))
+          assert.strictEqual(warnings.length, 1, JSON.stringify(logs.lines))
+          assert.include(warnings[0], "WRONGTYPE")
+
+          const closed = yield* build(server, {
+            ...options,
+            onStoreError: "reject",
+            redis: { reportAfter: "1 minute" }
+          })
+          const refused = yield* burst(closed.limits, key, 2)
+          assert.strictEqual(refused.admitted, 0)
+          assert.strictEqual(refused.errors[0]?.reason, "RateLimited")
+        })
+      ).pipe(Effect.provide(logs.layer))
+    })
+  )
+
+  it.live("Redis killed: calls fail open without waiting, one warning; restarted: limits apply again", () =>
+    Effect.gen(function* () {
+      const logs = yield* captureLogs
+      yield* Effect.scoped(
+        Effect.gen(function* () {
+          const server = yield* startRedis
+          const key = uniqueName("down")
+          const { limits } = yield* build(server, {
+            providers: { [key]: { requestsPerMinute: 1 } },
+            maxWait: 0,
+            redis: { reportAfter: 0, probeInterval: "100 millis" }
+          })
+          assert.strictEqual((yield* burst(limits, key, 2)).admitted, 1)
+          yield* server.kill
+          const before = yield* storeErrors
+          // Nothing may wait on the dead Redis: 50 calls finish long before this bound.
+          const during = yield* burst(limits, key, 50).pipe(Effect.timeout("10 seconds"))
+          assert.strictEqual(during.admitted, 50)
+          assert.strictEqual((yield* storeErrors) - before, 50)
+          assert.strictEqual(logs.lines.filter((l) => l.startsWith("Warn")).length, 1, JSON.stringify(logs.lines))
+
+          yield* server.start
+          // The client reconnects in the background; a probe finds Redis back and the limit holds again.
+          yield* Effect.suspend(() => burst(limits, key, 1)).pipe(
+            Effect.flatMap((r) => (r.errors[0]?.reason === "RateLimited" ? Effect.void : Effect.fail("not yet"))),
+            Effect.retry(Schedule.spaced("100 millis").pipe(Schedule.upTo({ duration: "15 seconds" })))
+          )
+          assert.isTrue(
+            logs.lines.some((l) => l.startsWith("Info") && l.includes("is back")),
+            JSON.stringify(logs.lines)
+          )
+        })
+      ).pipe(Effect.provide(logs.layer))
+    })
+  )
+
+  it.live("Redis hung: each call is bounded by redis.timeout, then calls skip Redis while it is reported down", () =>
+    Effect.scoped(
+      Effect.gen(function* () {
+        const server = yield* startRedis
+        const key = uniqueName("hung")
+        const { limits } = yield* build(server, {
+          providers: { [key]: { requestsPerMinute: 1 } },
+          maxWait: 0,
+          redis: { timeout: "200 millis", reportAfter: 0, probeInterval: "1 minute" }
+        })
+        yield* limits.acquire(key)
+        yield* server.pause
+        const before = yield* storeErrors
+        const first = yield* Effect.exit(limits.acquire(key).pipe(Effect.timeout("10 seconds")))
+        const rest = yield* burst(limits, key, 20).pipe(Effect.timeout("10 seconds"))
+        yield* server.resume
+        assert.isTrue(Exit.isSuccess(first), "fail open after the deadline")
+        assert.strictEqual(rest.admitted, 20)
+        assert.strictEqual((yield* storeErrors) - before, 21)
+      })
+    )
+  )
+
+  it.live("two processes sharing one Redis: the limit holds in total", () =>
+    Effect.scoped(
+      Effect.gen(function* () {
+        const server = yield* startRedis
+        const key = uniqueName("shared")
+        const prefix = `${uniqueName("p")}:`
+        const { limits } = yield* build(server, { prefix, providers: { [key]: { requestsPerMinute: 5 } }, maxWait: 0 })
+        assert.strictEqual((yield* burst(limits, key, 3)).admitted, 3)
+        const child = yield* otherProcess([server.url, prefix, key, "5", "10"])
+        assert.deepStrictEqual(child, { admitted: 2, refused: 8 }, "the other process got what was left")
+        assert.strictEqual((yield* burst(limits, key, 5)).admitted, 0)
+
+        // Both at once: 40 calls against a limit of 15, shared.
+        const both = uniqueName("both")
+        const shared = yield* build(server, { prefix, providers: { [both]: { requestsPerMinute: 15 } }, maxWait: 0 })
+        const [mine, theirs] = yield* Effect.all(
+          [burst(shared.limits, both, 20), otherProcess([server.url, prefix, both, "15", "20"])],
+          {
+            concurrency: 2
+          }
+        )
+        assert.strictEqual(mine.admitted + theirs.admitted, 15)
+        // Another prefix has its own counters.
+        const other = yield* build(server, {
+          prefix: `${prefix}other:`,
+          providers: { [key]: { requestsPerMinute: 5 } },
+          maxWait: 0
+        })
+        assert.strictEqual((yield* burst(other.limits, key, 5)).admitted, 5)
+      })
+    )
+  )
+
+  it.live("invalid Redis options fail the layer with a ConfigError naming the field", () =>
+    Effect.scoped(
+      Effect.gen(function* () {
+        const server = yield* startRedis
+        const cases: ReadonlyArray<readonly [RateLimit.RedisOptions, string]> = [
+          [{ redis: { timeout: Number.NaN } }, "redis.timeout"],
+          [{ redis: { timeout: 0 } }, "redis.timeout"],
+          [{ redis: { probeInterval: -1 } }, "redis.probeInterval"],
+          [{ onStoreError: "ignore" as "allow" }, "onStoreError"],
+          [{ default: { requestsPerMinute: 1, window: 0 } }, "default.window"]
+        ]
+        for (const [options, path] of cases) {
+          const exit = yield* Effect.exit(build(server, options))
+          const error = Exit.findErrorOption(exit)
+          assert.isTrue(error._tag === "Some" && error.value._tag === "ConfigError", JSON.stringify(options))
+          if (error._tag === "Some" && error.value._tag === "ConfigError") assert.strictEqual(error.value.path, path)
+        }
+        const badUrl = yield* Effect.exit(Layer.build(Redis.layer({ url: "http://localhost" })))
+        const urlError = Exit.findErrorOption(badUrl)
+        assert.isTrue(urlError._tag === "Some" && urlError.value._tag === "ConfigError")
+      })
+    )
+  )
+})
