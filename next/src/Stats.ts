@@ -1,0 +1,333 @@
+/**
+ * `ExecutionStats` read back from the call metrics of `Metrics.ts`, filtered by provider
+ * or domain, over a window that `reset` restarts.
+ *
+ * Each (provider, domain) pair has one series; the metric exporters read the same series
+ * (cumulative, so Prometheus counters never go backwards), and a window subtracts the
+ * figures it started with. Reading costs the number of series (providers × domains), not
+ * the number of calls or batches already run. Closing the `Stats` layer removes its series
+ * from the metric registry.
+ *
+ * | field | unit | meaning |
+ * |---|---|---|
+ * | `total` | calls | calls started on a provider (each fallback step is a call; retries are not) |
+ * | `successes`, `failures` | calls | calls that ended with an answer / a failure |
+ * | `failuresByReason` | calls | failures by reason (`RateLimited`, `Timeout`, `CircuitOpen`, `Interrupted`, ...) |
+ * | `successRate` | % | successes over finished calls (0 when none finished) |
+ * | `latency` | ms | a call as its caller saw it: queueing and retries included (avg, min, max, p50, p95, p99) |
+ * | `serviceTime` | ms | one attempt served by the provider, queueing excluded |
+ * | `queueWait` | ms | an attempt waiting for a free slot of its provider |
+ * | `concurrencyPeak` | attempts | most attempts served at once in the window (queued ones excluded) |
+ * | `inFlight`, `queued` | attempts | attempts served / waiting for a slot now |
+ * | `timeouts` | attempts | attempts ended by one of our deadlines |
+ * | `retries` | attempts | attempts after the first, on the same provider |
+ * | `fallbacks` | calls | hand-overs to the next step of a fallback chain |
+ * | `hedges` | calls | backup calls started by hedging, won and lost |
+ * | `tokens` | tokens | input and output tokens (estimated where a provider reports none) |
+ * | `throughput` | calls/s | finished calls per second over the window |
+ * | `windowMs` | ms | time since the window began |
+ *
+ * @since 0.1.0
+ */
+import { Clock, Context, Effect, Layer } from "effect"
+import type { Scope } from "effect"
+import { Gauge, Series, WindowHistogram } from "./stats/series.js"
+
+/**
+ * Milliseconds. Zeros when nothing was recorded.
+ *
+ * @since 0.1.0
+ * @category models
+ */
+export interface LatencyStats {
+  readonly avg: number
+  readonly min: number
+  readonly max: number
+  readonly p50: number
+  readonly p95: number
+  readonly p99: number
+}
+
+/**
+ * The figures of a window (see the module's table for units).
+ *
+ * @since 0.1.0
+ * @category models
+ */
+export interface ExecutionStats {
+  readonly total: number
+  readonly successes: number
+  readonly failures: number
+  readonly failuresByReason: Readonly<Record<string, number>>
+  readonly successRate: number
+  readonly latency: LatencyStats
+  readonly serviceTime: LatencyStats
+  readonly queueWait: LatencyStats
+  readonly timeToFirstToken: LatencyStats
+  readonly concurrencyPeak: number
+  readonly inFlight: number
+  readonly queued: number
+  readonly timeouts: number
+  readonly retries: number
+  readonly fallbacks: number
+  readonly hedges: { readonly started: number; readonly won: number; readonly lost: number }
+  readonly tokens: { readonly input: number; readonly output: number }
+  readonly throughput: number
+  readonly windowMs: number
+}
+
+/**
+ * Which calls to count. Absent fields match everything.
+ *
+ * @since 0.1.0
+ * @category models
+ */
+export interface Filter {
+  readonly provider?: string | undefined
+  readonly domain?: string | undefined
+}
+
+/**
+ * @since 0.1.0
+ * @category models
+ */
+export interface Service {
+  /**
+   * The series of a (provider, domain) pair, created on first use. The call path updates
+   * it directly.
+   */
+  readonly series: (provider: string, domain: string | undefined) => Series
+  readonly snapshot: (filter?: Filter) => Effect.Effect<ExecutionStats>
+  /** `snapshot` for synchronous callers (the Promise facade): the time is read from `Date.now`-free `Clock` reads only. */
+  readonly snapshotUnsafe: (filter?: Filter) => ExecutionStats
+  /** Starts a new window: later snapshots count only what happens after it. */
+  readonly reset: Effect.Effect<void>
+}
+
+/**
+ * @since 0.1.0
+ * @category services
+ */
+export class Stats extends Context.Service<Stats, Service>()("effect-orchestra/Stats") {}
+
+const round = (n: number): number => Math.round(n * 100) / 100
+
+const latencyOf = (h: WindowHistogram): LatencyStats =>
+  h.count === 0
+    ? { avg: 0, min: 0, max: 0, p50: 0, p95: 0, p99: 0 }
+    : {
+        avg: round(h.sum / h.count),
+        min: round(h.min),
+        max: round(h.max),
+        p50: round(h.quantile(0.5)),
+        p95: round(h.quantile(0.95)),
+        p99: round(h.quantile(0.99))
+      }
+
+/**
+ * Builds a `Stats` whose series register in the `Metric.MetricRegistry` of the context it
+ * is built in; closing the scope removes them.
+ *
+ * @since 0.1.0
+ * @category constructors
+ */
+export const make: Effect.Effect<Service, never, Scope.Scope> = Effect.gen(function* () {
+  const context = yield* Effect.context<never>()
+  const clock = yield* Clock.Clock
+  const byProvider = new Map<string, Map<string, Series>>()
+  const all: Array<Series> = []
+  const providerGauges = new Map<string, Gauge>()
+  const domainGauges = new Map<string, Gauge>()
+  const pairGauges = new Map<string, Gauge>()
+  const global = new Gauge()
+  let windowStart = clock.currentTimeMillisUnsafe()
+  const NONE = "\u0000none"
+
+  yield* Effect.addFinalizer(() =>
+    Effect.sync(() => {
+      for (const s of all) s.remove()
+    })
+  )
+
+  const gaugeIn = (map: Map<string, Gauge>, key: string): Gauge => {
+    let gauge = map.get(key)
+    if (gauge === undefined) {
+      gauge = new Gauge()
+      map.set(key, gauge)
+    }
+    return gauge
+  }
+
+  const series = (provider: string, domain: string | undefined): Series => {
+    let domains = byProvider.get(provider)
+    if (domains === undefined) {
+      domains = new Map()
+      byProvider.set(provider, domains)
+    }
+    const domainKey = domain ?? NONE
+    let found = domains.get(domainKey)
+    if (found === undefined) {
+      const gauges = [
+        gaugeIn(pairGauges, `${provider}\u0000${domainKey}`),
+        gaugeIn(providerGauges, provider),
+        gaugeIn(domainGauges, domainKey),
+        global
+      ]
+      found = new Series(provider, domain, gauges, context)
+      domains.set(domainKey, found)
+      all.push(found)
+    }
+    return found
+  }
+
+  const gaugeFor = (filter: Filter): Gauge | undefined => {
+    if (filter.provider !== undefined && filter.domain !== undefined) {
+      return pairGauges.get(`${filter.provider}\u0000${filter.domain}`)
+    }
+    if (filter.provider !== undefined) return providerGauges.get(filter.provider)
+    if (filter.domain !== undefined) return domainGauges.get(filter.domain)
+    return global
+  }
+
+  const snapshotUnsafe = (filter: Filter = {}): ExecutionStats => {
+    const windowMs = clock.currentTimeMillisUnsafe() - windowStart
+    let total = 0
+    let successes = 0
+    let timeouts = 0
+    let retries = 0
+    let fallbacks = 0
+    let hedgesStarted = 0
+    let hedgesWon = 0
+    let hedgesLost = 0
+    let inputTokens = 0
+    let outputTokens = 0
+    const byReason: Record<string, number> = {}
+    let failures = 0
+    const latency = new WindowHistogram()
+    const service = new WindowHistogram()
+    const queueWait = new WindowHistogram()
+    const ttft = new WindowHistogram()
+    const providers =
+      filter.provider === undefined ? byProvider.values() : [byProvider.get(filter.provider) ?? new Map()]
+    for (const domains of providers) {
+      const selected =
+        filter.domain === undefined ? domains.values() : [domains.get(filter.domain)].filter((s) => s !== undefined)
+      for (const s of selected as Iterable<Series>) {
+        const b = s.baseline
+        total += s.requests - b.requests
+        successes += s.successes - b.successes
+        timeouts += s.timeouts - b.timeouts
+        retries += s.retries - b.retries
+        fallbacks += s.fallbacks - b.fallbacks
+        hedgesStarted += s.hedgesStarted - b.hedgesStarted
+        hedgesWon += s.hedgesWon - b.hedgesWon
+        hedgesLost += s.hedgesLost - b.hedgesLost
+        inputTokens += s.inputTokens - b.inputTokens
+        outputTokens += s.outputTokens - b.outputTokens
+        for (const [reason, count] of s.reasons) {
+          const n = count - (b.reasons.get(reason) ?? 0)
+          if (n === 0) continue
+          failures += n
+          byReason[reason] = (byReason[reason] ?? 0) + n
+        }
+        latency.add(s.latency, b.latency)
+        service.add(s.service, b.service)
+        queueWait.add(s.queueWait, b.queueWait)
+        ttft.add(s.timeToFirstToken, b.timeToFirstToken)
+      }
+    }
+    const gauge = gaugeFor(filter)
+    const finished = successes + failures
+    return {
+      total,
+      successes,
+      failures,
+      failuresByReason: byReason,
+      successRate: finished === 0 ? 0 : round((successes / finished) * 100),
+      latency: latencyOf(latency),
+      serviceTime: latencyOf(service),
+      queueWait: latencyOf(queueWait),
+      timeToFirstToken: latencyOf(ttft),
+      concurrencyPeak: gauge?.peak ?? 0,
+      inFlight: gauge?.inFlight ?? 0,
+      queued: gauge?.queued ?? 0,
+      timeouts,
+      retries,
+      fallbacks,
+      hedges: { started: hedgesStarted, won: hedgesWon, lost: hedgesLost },
+      tokens: { input: inputTokens, output: outputTokens },
+      throughput: windowMs <= 0 ? 0 : round((finished / windowMs) * 1000),
+      windowMs
+    }
+  }
+
+  const reset = Effect.sync(() => {
+    windowStart = clock.currentTimeMillisUnsafe()
+    for (const s of all) s.resetWindow()
+    for (const gauges of [providerGauges, domainGauges, pairGauges]) {
+      for (const gauge of gauges.values()) gauge.peak = gauge.inFlight
+    }
+    global.peak = global.inFlight
+  })
+
+  return {
+    series,
+    snapshot: (filter?: Filter) => Effect.sync(() => snapshotUnsafe(filter)),
+    snapshotUnsafe,
+    reset
+  } satisfies Service
+})
+
+/**
+ * @since 0.1.0
+ * @category layers
+ */
+export const layer: Layer.Layer<Stats> = Layer.effect(Stats, make)
+
+/**
+ * Snapshot from the `Stats` in context.
+ *
+ * @since 0.1.0
+ * @category accessors
+ */
+export const snapshot = (filter?: Filter): Effect.Effect<ExecutionStats, never, Stats> =>
+  Effect.flatMap(Stats, (stats) => stats.snapshot(filter))
+
+/**
+ * @since 0.1.0
+ * @category accessors
+ */
+export const reset: Effect.Effect<void, never, Stats> = Effect.flatMap(Stats, (stats) => stats.reset)
+
+const ms = (n: number): string => n.toFixed(1)
+
+/**
+ * A fixed-width table of the figures, for terminals.
+ *
+ * @since 0.1.0
+ * @category formatting
+ */
+export const format = (stats: ExecutionStats, title = "Execution stats"): string => {
+  const reasons = Object.entries(stats.failuresByReason)
+    .map(([r, n]) => `${r} ${n}`)
+    .join(", ")
+  const l = stats.latency
+  const rows: Array<readonly [string, string]> = [
+    ["total", String(stats.total)],
+    ["successes", String(stats.successes)],
+    ["failures", reasons.length > 0 ? `${stats.failures} (${reasons})` : String(stats.failures)],
+    ["success rate", `${stats.successRate.toFixed(1)} %`],
+    ["latency avg / min / max", `${ms(l.avg)} / ${ms(l.min)} / ${ms(l.max)} ms`],
+    ["latency p50 / p95 / p99", `${ms(l.p50)} / ${ms(l.p95)} / ${ms(l.p99)} ms`],
+    ["service time avg / p95", `${ms(stats.serviceTime.avg)} / ${ms(stats.serviceTime.p95)} ms`],
+    ["queue wait avg / p95", `${ms(stats.queueWait.avg)} / ${ms(stats.queueWait.p95)} ms`],
+    ["concurrency peak", String(stats.concurrencyPeak)],
+    ["timeouts", String(stats.timeouts)],
+    ["retries", String(stats.retries)],
+    ["fallbacks", String(stats.fallbacks)],
+    ["throughput", `${stats.throughput.toFixed(2)} /s`]
+  ]
+  const width = Math.max(...rows.map(([k]) => k.length))
+  const line = "─".repeat(width + 24)
+  return [title, line, ...rows.map(([k, v]) => `${k.padEnd(width)}  ${v}`), line].join("\n")
+}

@@ -1,0 +1,551 @@
+/**
+ * The one policy pipeline for calls (the order is documented in `Policy.ts`): admission,
+ * total deadline, cache, fallback (on `ExecutionPlan`) or hedge, then per step the retry
+ * driver, and per attempt the rate limit, the breaker, the deadline and the provider slot,
+ * with the call metrics recorded on the way.
+ *
+ * The retry driver steps `Policy.schedule` only after a failure, so a call that succeeds
+ * at once pays nothing for its retry policy (`Effect.retry` builds its schedule up front:
+ * 3.9 µs per instant call here). Every wait (an attempt, a rate-limit slot, a backoff, the
+ * whole call) runs on the deadline lanes, which shutdown interrupts.
+ *
+ * @internal
+ */
+import {
+  Cause,
+  Clock,
+  Context,
+  Deferred,
+  Duration,
+  Effect,
+  ExecutionPlan,
+  Exit,
+  Schedule,
+  Semaphore,
+  type Scope
+} from "effect"
+import {
+  type AiError,
+  type CircuitOpenError,
+  type FailedAttempt,
+  FallbackExhaustedError,
+  isRetryable,
+  ModelError,
+  reasonOf,
+  ShuttingDownError,
+  shouldFallback,
+  TimeoutError
+} from "../AiError.js"
+import { type RetryPolicy, schedule as retrySchedule } from "../Policy.js"
+import type { Service as StatsService } from "../Stats.js"
+import type { Series } from "../stats/series.js"
+import * as Deadline from "./deadline.js"
+
+/**
+ * What the pipeline needs of a circuit breaker (the `CircuitBreaker` service provides it).
+ *
+ * @internal
+ */
+export interface BreakerGuard {
+  readonly execute: <A, E extends AiError>(
+    key: string,
+    effect: Effect.Effect<A, E>
+  ) => Effect.Effect<A, E | CircuitOpenError>
+  readonly admit: (key: string) => Effect.Effect<BreakerPermit, CircuitOpenError, Scope.Scope>
+}
+
+/**
+ * @internal
+ */
+export interface BreakerPermit {
+  readonly record: (outcome: Exit.Exit<unknown, AiError> | "ignored") => Effect.Effect<void>
+}
+
+/**
+ * What the pipeline needs of a rate limit (the `RateLimit` service provides it).
+ *
+ * @internal
+ */
+export interface LimitGuard {
+  readonly acquire: (key: string, cost?: { readonly tokens?: number | undefined }) => Effect.Effect<void, ModelError>
+}
+
+/**
+ * What the pipeline needs of a cache (the `ResponseCache` service provides it for answers).
+ *
+ * @internal
+ */
+export interface CacheGuard<A> {
+  readonly getOrCompute: <E>(
+    key: string,
+    compute: Effect.Effect<A, E>,
+    options?: { readonly allowStale?: boolean | undefined }
+  ) => Effect.Effect<{ readonly value: A; readonly source: "hit" | "miss" | "stale" | "shared" }, E>
+}
+
+/**
+ * One target of a call (a provider, an agent) with its policies.
+ *
+ * @internal
+ */
+export interface Step<T> {
+  readonly target: T
+  /** Metrics `provider` dimension, breaker and rate-limit key. */
+  readonly name: string
+  readonly domain?: string | undefined
+  /** Deadline of each attempt; `undefined`: none. */
+  readonly timeout: Duration.Duration | undefined
+  /** `undefined`: one attempt. */
+  readonly retry: RetryPolicy | undefined
+  readonly breaker?: BreakerGuard | undefined
+  readonly rateLimit?: LimitGuard | undefined
+  /** Estimated tokens of one attempt, for token rate limits. */
+  readonly tokens?: number | undefined
+  /** Calls the target serves at once; more queue (measured apart). */
+  readonly maxConcurrency?: number | undefined
+}
+
+/**
+ * @internal
+ */
+export interface RetryEvent<T> {
+  readonly step: Step<T>
+  /** The attempt that failed (1 for the first). */
+  readonly attempt: number
+  readonly error: AiError
+  readonly delay: Duration.Duration
+}
+
+/**
+ * A call's steps and whole-call policies.
+ *
+ * @internal
+ */
+export interface Plan<T, A> {
+  readonly steps: readonly [Step<T>, ...Array<Step<T>>]
+  readonly totalTimeout?: Duration.Duration | undefined
+  /** Start the next step after this long without an answer (hedging), besides on failure. */
+  readonly hedgeAfter?: Duration.Duration | undefined
+  readonly cache?: { readonly guard: CacheGuard<A>; readonly key: string; readonly allowStale: boolean } | undefined
+  readonly onRetry?: ((event: RetryEvent<T>) => Effect.Effect<void>) | undefined
+  /** Tokens of an answer, for the token metrics. */
+  readonly usageOf?:
+    | ((value: A) => { readonly inputTokens: number; readonly outputTokens: number } | undefined)
+    | undefined
+}
+
+/**
+ * Where an answer came from.
+ *
+ * @internal
+ */
+export interface Answer<T, A> {
+  readonly value: A
+  readonly step: Step<T>
+  /** Attempts made in all, retries and every step tried included (0 for a cache hit). */
+  readonly attempts: number
+  /** Steps tried, the answering one included. */
+  readonly stepsTried: number
+  readonly source: "provider" | "cache" | "stale-cache"
+  /** Set when hedging started a backup: whether a backup answered. */
+  readonly hedgeWon?: boolean | undefined
+}
+
+/**
+ * @internal
+ */
+export interface Engine {
+  readonly run: <T, A>(
+    plan: Plan<T, A>,
+    call: (target: T, step: Step<T>) => Effect.Effect<A, AiError>
+  ) => Effect.Effect<Answer<T, A>, AiError>
+  /** Runs `effect` as a tracked wait: shutdown interrupts it (the caller gets `ShuttingDownError`). */
+  readonly tracked: <A, E>(
+    effect: Effect.Effect<A, E>,
+    timeout?: Duration.Duration | undefined
+  ) => Effect.Effect<A, E | AiError>
+  readonly lanes: Deadline.Lanes
+  /** Fails with `ShuttingDownError` once closing. */
+  readonly admit: Effect.Effect<void, ShuttingDownError>
+  /** Counts a call (or stream) as running until `release`, for the drain on shutdown. */
+  readonly enter: () => void
+  readonly leave: () => void
+  readonly isClosing: () => boolean
+  readonly series: (step: Step<unknown>) => Series
+  readonly slot: (name: string, max: number | undefined) => Semaphore.Semaphore | undefined
+}
+
+/**
+ * @internal
+ */
+export interface Options {
+  readonly stats: StatsService
+  readonly shutdownDeadline: Duration.Duration
+}
+
+const shuttingDown = () => new ShuttingDownError({ message: "the executor is shutting down and admits no new calls" })
+const cutByShutdown = () => new ShuttingDownError({ message: "interrupted: the executor's shutdown deadline passed" })
+
+const describeDefect = (defect: unknown): string =>
+  defect instanceof Error ? `${defect.name}: ${defect.message}` : typeof defect === "string" ? defect : String(defect)
+
+/** A provider call that died or interrupted itself: that call's typed error, never a defect. */
+const unexpected = (cause: Cause.Cause<unknown>, provider: string): AiError => {
+  const died = cause.reasons.find((reason) => reason._tag === "Die")
+  if (died === undefined) {
+    return new ModelError({ reason: "Unknown", message: "the provider call was interrupted", provider })
+  }
+  return new ModelError({
+    reason: "Unknown",
+    message: `the provider call failed unexpectedly: ${describeDefect(died.defect)}`,
+    provider,
+    cause: died.defect
+  })
+}
+
+class CurrentStep extends Context.Service<CurrentStep, Step<unknown>>()("effect-orchestra/policy/CurrentStep") {}
+
+/**
+ * Builds the engine; closing its scope stops admitting calls, waits up to the shutdown
+ * deadline for the running ones, then interrupts them (their callers get `ShuttingDownError`).
+ *
+ * @internal
+ */
+export const make = (options: Options): Effect.Effect<Engine, never, Scope.Scope> =>
+  Effect.gen(function* () {
+    const lanes = yield* Deadline.make
+    const clock = yield* Clock.Clock
+    const stats = options.stats
+    const slots = new Map<string, Semaphore.Semaphore>()
+    let closing = false
+    let active = 0
+    let drained: Deferred.Deferred<void> | undefined
+
+    yield* Effect.addFinalizer(() =>
+      Effect.gen(function* () {
+        closing = true
+        if (active > 0) {
+          drained = Deferred.makeUnsafe<void>()
+          yield* Deferred.await(drained).pipe(Effect.timeoutOption(options.shutdownDeadline))
+        }
+        if (active > 0) {
+          yield* lanes.interruptAll
+          drained ??= Deferred.makeUnsafe<void>()
+          yield* Deferred.await(drained).pipe(Effect.timeoutOption(Duration.seconds(5)))
+        }
+      })
+    )
+
+    const enter = () => {
+      active++
+    }
+    const leave = () => {
+      active--
+      if (active === 0 && drained !== undefined) Deferred.doneUnsafe(drained, Exit.void)
+    }
+
+    const admit = Effect.suspend(() => (closing ? Effect.fail(shuttingDown()) : Effect.void))
+
+    const slot = (name: string, max: number | undefined): Semaphore.Semaphore | undefined => {
+      if (max === undefined || !Number.isFinite(max)) return undefined
+      let found = slots.get(name)
+      if (found === undefined) {
+        found = Semaphore.makeUnsafe(max)
+        slots.set(name, found)
+      }
+      return found
+    }
+
+    const seriesOf = (step: Step<unknown>): Series => stats.series(step.name, step.domain)
+
+    const tracked = <A, E>(effect: Effect.Effect<A, E>, timeout?: Duration.Duration | undefined) =>
+      Effect.flatMap(lanes.run(effect, timeout), (result): Effect.Effect<A, E | AiError> => {
+        if (result === "shutdown") return Effect.fail(cutByShutdown())
+        if (result === "timeout") {
+          return Effect.fail(new TimeoutError({ limit: "total", timeout: timeout ?? Duration.zero }))
+        }
+        return result
+      })
+
+    // One attempt: rate limit (outside the deadline), breaker, deadline, provider slot, call.
+    const attempt = <T, A>(
+      step: Step<T>,
+      series: Series,
+      call: (target: T, step: Step<T>) => Effect.Effect<A, AiError>
+    ): Effect.Effect<A, AiError> => {
+      const gauges = series.gauges
+      const semaphore = slot(step.name, step.maxConcurrency)
+      const serve = Effect.suspend(() => {
+        const started = clock.currentTimeMillisUnsafe()
+        for (const g of gauges) g.enter()
+        return Effect.onExit(call(step.target, step), () => {
+          for (const g of gauges) g.exit()
+          series.service.record(clock.currentTimeMillisUnsafe() - started)
+          return Effect.void
+        })
+      })
+      const body =
+        semaphore === undefined
+          ? serve
+          : Effect.suspend(() => {
+              const queuedAt = clock.currentTimeMillisUnsafe()
+              for (const g of gauges) g.queued++
+              let waiting = true
+              const leaveQueue = () => {
+                if (!waiting) return
+                waiting = false
+                for (const g of gauges) g.queued--
+                series.queueWait.record(clock.currentTimeMillisUnsafe() - queuedAt)
+              }
+              return semaphore
+                .withPermit(
+                  Effect.suspend(() => {
+                    leaveQueue()
+                    return serve
+                  })
+                )
+                .pipe(Effect.onExit(() => Effect.sync(leaveQueue)))
+            })
+      const deadlined: Effect.Effect<A, AiError> = Effect.flatMap(
+        lanes.run(body, step.timeout),
+        (result): Effect.Effect<A, AiError> => {
+          if (result === "timeout") {
+            series.timeouts++
+            return Effect.fail(new TimeoutError({ limit: "request", timeout: step.timeout!, provider: step.name }))
+          }
+          if (result === "shutdown") return Effect.fail(cutByShutdown())
+          if (Exit.isSuccess(result)) return result
+          const error = Cause.findErrorOption(result.cause)
+          if (error._tag === "Some") return Effect.fail(error.value)
+          return Effect.fail(unexpected(result.cause, step.name))
+        }
+      )
+      const guarded = step.breaker === undefined ? deadlined : step.breaker.execute(step.name, deadlined)
+      if (step.rateLimit === undefined) return guarded
+      const limit = step.rateLimit
+      return Effect.flatMap(tracked(limit.acquire(step.name, { tokens: step.tokens })), () => guarded)
+    }
+
+    // One step: the retry driver around attempts, and the step's metrics.
+    const runStep = <T, A>(
+      step: Step<T>,
+      plan: Plan<T, A>,
+      call: (target: T, step: Step<T>) => Effect.Effect<A, AiError>,
+      counter: { attempts: number }
+    ): Effect.Effect<A, AiError> =>
+      Effect.suspend(() => {
+        const series = seriesOf(step)
+        series.requests++
+        const started = clock.currentTimeMillisUnsafe()
+        let stepper:
+          | ((now: number, error: AiError) => Effect.Effect<[Duration.Duration, Duration.Duration], unknown>)
+          | undefined
+        let attemptNo = 0
+        const loop: Effect.Effect<A, AiError> = Effect.suspend(() => {
+          attemptNo++
+          counter.attempts++
+          return Effect.catch(attempt(step, series, call), (error: AiError) => {
+            const policy = step.retry
+            if (policy === undefined || closing || !isRetryable(error)) return Effect.fail(error)
+            const next =
+              stepper === undefined
+                ? Effect.map(Schedule.toStep(retrySchedule(policy)), (s) => {
+                    stepper = s as never
+                    return s
+                  })
+                : Effect.succeed(stepper)
+            return Effect.flatMap(next, (s) =>
+              Effect.flatMap(Effect.exit(s(clock.currentTimeMillisUnsafe(), error)), (decision) => {
+                if (Exit.isFailure(decision)) return Effect.fail(error)
+                const delay = decision.value[1]
+                series.retries++
+                const notify =
+                  plan.onRetry === undefined ? Effect.void : plan.onRetry({ step, attempt: attemptNo, error, delay })
+                return Effect.flatMap(notify, () => Effect.flatMap(tracked(Effect.sleep(delay)), () => loop))
+              })
+            )
+          })
+        })
+        return loop.pipe(
+          Effect.onExit((exit) => {
+            series.latency.record(clock.currentTimeMillisUnsafe() - started)
+            if (Exit.isSuccess(exit)) {
+              series.successes++
+              const usage = plan.usageOf?.(exit.value)
+              if (usage !== undefined) {
+                series.inputTokens += usage.inputTokens
+                series.outputTokens += usage.outputTokens
+              }
+            } else {
+              const error = Cause.findErrorOption(exit.cause)
+              series.fail(error._tag === "Some" ? reasonOf(error.value) : "Interrupted")
+            }
+            return Effect.void
+          })
+        )
+      })
+
+    const fallback = <T, A>(
+      plan: Plan<T, A>,
+      call: (target: T, step: Step<T>) => Effect.Effect<A, AiError>
+    ): Effect.Effect<Answer<T, A>, AiError> =>
+      Effect.suspend(() => {
+        const counter = { attempts: 0 }
+        const [first, ...rest] = plan.steps
+        if (rest.length === 0) {
+          return Effect.map(runStep(first, plan, call, counter), (value) => ({
+            value,
+            step: first,
+            attempts: counter.attempts,
+            stepsTried: 1,
+            source: "provider" as const
+          }))
+        }
+        const failed: Array<FailedAttempt> = []
+        let index = -1
+        const attemptStep = Effect.flatMap(CurrentStep, (current) => {
+          const step = current as Step<T>
+          index = plan.steps.indexOf(step)
+          if (index > 0) seriesOf(step).fallbacks++
+          return Effect.tapError(runStep(step, plan, call, counter), (error) =>
+            Effect.sync(() => {
+              failed.push({ domain: step.domain, provider: step.name, error })
+            })
+          )
+        })
+        const executionPlan = ExecutionPlan.make(
+          { provide: Context.make(CurrentStep, first as Step<unknown>) },
+          ...rest.map((step) => ({
+            provide: Context.make(CurrentStep, step as Step<unknown>),
+            while: (error: AiError) => Effect.succeed(shouldFallback(error))
+          }))
+        )
+        const planned = Effect.withExecutionPlan(attemptStep, executionPlan) as Effect.Effect<A, AiError>
+        return planned.pipe(
+          Effect.map((value) => ({
+            value,
+            step: plan.steps[index]!,
+            attempts: counter.attempts,
+            stepsTried: index + 1,
+            source: "provider" as const
+          })),
+          Effect.mapError((error: AiError) =>
+            failed.length === plan.steps.length && shouldFallback(error)
+              ? new FallbackExhaustedError({ attempts: failed })
+              : error
+          )
+        ) as Effect.Effect<Answer<T, A>, AiError>
+      })
+
+    const hedge = <T, A>(
+      plan: Plan<T, A>,
+      call: (target: T, step: Step<T>) => Effect.Effect<A, AiError>
+    ): Effect.Effect<Answer<T, A>, AiError> =>
+      Effect.suspend(() => {
+        const steps = plan.steps
+        const delay = plan.hedgeAfter ?? Duration.zero
+        const counter = { attempts: 0 }
+        const started = steps.map(() => Deferred.makeUnsafe<void>())
+        const failedAt = steps.map(() => Deferred.makeUnsafe<void>())
+        const fatal = Deferred.makeUnsafe<never, AiError>()
+        const failures: Array<FailedAttempt> = []
+        const didStart = steps.map(() => false)
+        const racers = steps.map((step, i) => {
+          const go = Effect.suspend(() => {
+            didStart[i] = true
+            if (i > 0) seriesOf(step).hedgesStarted++
+            Deferred.doneUnsafe(started[i]!, Exit.void)
+            return runStep(step, plan, call, counter).pipe(
+              Effect.map((value) => ({ value, index: i })),
+              Effect.tapError((error) => {
+                failures.push({ domain: step.domain, provider: step.name, error })
+                return shouldFallback(error) ? Deferred.succeed(failedAt[i]!, undefined) : Deferred.fail(fatal, error)
+              })
+            )
+          })
+          if (i === 0) return go
+          const wait = Effect.raceFirst(
+            Effect.andThen(Deferred.await(started[i - 1]!), Effect.sleep(delay)),
+            Deferred.await(failedAt[i - 1]!)
+          )
+          return Effect.andThen(wait, go)
+        })
+        return Effect.raceFirst(Effect.raceAll(racers), Deferred.await(fatal)).pipe(
+          Effect.map(({ index, value }): Answer<T, A> => {
+            const backups = didStart.slice(1).some(Boolean)
+            if (backups) {
+              steps.forEach((step, i) => {
+                if (i === 0 || !didStart[i]) return
+                if (i === index) seriesOf(step).hedgesWon++
+                else seriesOf(step).hedgesLost++
+              })
+            }
+            return {
+              value,
+              step: steps[index]!,
+              attempts: counter.attempts,
+              stepsTried: didStart.filter(Boolean).length,
+              source: "provider",
+              hedgeWon: backups ? index > 0 : undefined
+            }
+          }),
+          Effect.mapError((error: AiError) =>
+            failures.length === steps.length && shouldFallback(error)
+              ? new FallbackExhaustedError({ attempts: failures })
+              : error
+          )
+        )
+      })
+
+    const run = <T, A>(
+      plan: Plan<T, A>,
+      call: (target: T, step: Step<T>) => Effect.Effect<A, AiError>
+    ): Effect.Effect<Answer<T, A>, AiError> => {
+      if (closing) return Effect.fail(shuttingDown())
+      let body: Effect.Effect<Answer<T, A>, AiError> = plan.hedgeAfter !== undefined && plan.steps.length > 1
+        ? hedge(plan, call)
+        : fallback(plan, call)
+      const cache = plan.cache
+      if (cache !== undefined) {
+        const inner = body
+        let answered: Answer<T, A> | undefined
+        body = Effect.map(
+          cache.guard.getOrCompute(
+            cache.key,
+            Effect.map(inner, (answer) => {
+              answered = answer
+              return answer.value
+            }),
+            { allowStale: cache.allowStale }
+          ),
+          ({ source, value }): Answer<T, A> =>
+            answered !== undefined && source === "miss"
+              ? answered
+              : {
+                  value,
+                  step: plan.steps[0],
+                  attempts: answered?.attempts ?? 0,
+                  stepsTried: answered?.stepsTried ?? 0,
+                  source: source === "stale" ? "stale-cache" : source === "miss" ? "provider" : "cache"
+                }
+        )
+      }
+      if (plan.totalTimeout !== undefined) body = tracked(body, plan.totalTimeout)
+      return Effect.suspend(() => {
+        active++
+        return Effect.ensuring(body, Effect.sync(leave))
+      })
+    }
+
+    return {
+      run,
+      tracked,
+      lanes,
+      admit,
+      enter,
+      leave,
+      isClosing: () => closing,
+      series: seriesOf,
+      slot
+    } satisfies Engine
+  })

@@ -1,0 +1,271 @@
+/**
+ * The call metrics of one (provider, domain) pair as plain counters, updated synchronously
+ * on the call path (no Effect, no attribute hashing per update), registered in a
+ * `Metric.MetricRegistry` through `Metric.registerUnsafe` hooks so exporters read them, and
+ * read back by `Stats` for its windows.
+ *
+ * @internal
+ */
+import { type Context, Metric } from "effect"
+import * as Metrics from "../Metrics.js"
+
+const START = 0.05
+const LOG_FACTOR = Math.log(1.1)
+const BOUNDS = Metrics.latencyBoundaries
+const SIZE = BOUNDS.length
+
+/** A histogram over `Metrics.latencyBoundaries`; bucket i counts values in (bound[i-1], bound[i]]. */
+export class Histogram {
+  readonly buckets = new Float64Array(SIZE + 1)
+  count = 0
+  sum = 0
+  min = Number.POSITIVE_INFINITY
+  max = 0
+  /** Min and max since the window began (cumulative ones stay for exporters). */
+  windowMin = Number.POSITIVE_INFINITY
+  windowMax = 0
+
+  record(value: number): void {
+    const v = value < 0 || Number.isNaN(value) ? 0 : value
+    let i = v <= START ? 0 : Math.ceil(Math.log(v / START) / LOG_FACTOR - 1e-9)
+    if (i < 0) i = 0
+    if (i < SIZE && v > BOUNDS[i]!) i++
+    if (i > 0 && i <= SIZE && v <= BOUNDS[i - 1]!) i--
+    this.buckets[Math.min(i, SIZE)]! += 1
+    this.count++
+    this.sum += v
+    if (v < this.min) this.min = v
+    if (v > this.max) this.max = v
+    if (v < this.windowMin) this.windowMin = v
+    if (v > this.windowMax) this.windowMax = v
+  }
+
+  state(): Metric.HistogramState {
+    const buckets: Array<[number, number]> = new Array(SIZE)
+    let cumulative = 0
+    for (let i = 0; i < SIZE; i++) {
+      cumulative += this.buckets[i]!
+      buckets[i] = [BOUNDS[i]!, cumulative]
+    }
+    return {
+      buckets,
+      count: this.count,
+      sum: this.sum,
+      min: this.count === 0 ? 0 : this.min,
+      max: this.max
+    }
+  }
+}
+
+/** A histogram's figures at a window start. */
+export interface HistogramBase {
+  readonly buckets: Float64Array
+  readonly count: number
+  readonly sum: number
+}
+
+/** Counters of a window start, subtracted from the cumulative ones. */
+export interface Baseline {
+  readonly requests: number
+  readonly successes: number
+  readonly reasons: ReadonlyMap<string, number>
+  readonly timeouts: number
+  readonly retries: number
+  readonly fallbacks: number
+  readonly hedgesStarted: number
+  readonly hedgesWon: number
+  readonly hedgesLost: number
+  readonly inputTokens: number
+  readonly outputTokens: number
+  readonly latency: HistogramBase
+  readonly service: HistogramBase
+  readonly queueWait: HistogramBase
+  readonly timeToFirstToken: HistogramBase
+}
+
+/** In-flight and queued attempts with their peak; shared by several series at one aggregation level. */
+export class Gauge {
+  inFlight = 0
+  queued = 0
+  peak = 0
+  enter(): void {
+    this.inFlight++
+    if (this.inFlight > this.peak) this.peak = this.inFlight
+  }
+  exit(): void {
+    this.inFlight--
+  }
+}
+
+const zeroBase = (): HistogramBase => ({ buckets: new Float64Array(SIZE + 1), count: 0, sum: 0 })
+
+const baseOf = (h: Histogram): HistogramBase => ({ buckets: h.buckets.slice(), count: h.count, sum: h.sum })
+
+/** The series of one (provider, domain) pair. */
+export class Series {
+  requests = 0
+  successes = 0
+  readonly reasons = new Map<string, number>()
+  timeouts = 0
+  retries = 0
+  fallbacks = 0
+  hedgesStarted = 0
+  hedgesWon = 0
+  hedgesLost = 0
+  inputTokens = 0
+  outputTokens = 0
+  readonly latency = new Histogram()
+  readonly service = new Histogram()
+  readonly queueWait = new Histogram()
+  readonly timeToFirstToken = new Histogram()
+  baseline: Baseline
+  private readonly registrations: Array<Metric.Registration> = []
+  private readonly attributes: Readonly<Record<string, string>>
+
+  constructor(
+    readonly provider: string,
+    readonly domain: string | undefined,
+    /** This pair's gauge, then its provider's, its domain's and the global one. */
+    readonly gauges: ReadonlyArray<Gauge>,
+    private readonly context: Context.Context<never> | undefined
+  ) {
+    this.attributes = { provider, domain: domain ?? "none" }
+    this.baseline = {
+      requests: 0,
+      successes: 0,
+      reasons: new Map(),
+      timeouts: 0,
+      retries: 0,
+      fallbacks: 0,
+      hedgesStarted: 0,
+      hedgesWon: 0,
+      hedgesLost: 0,
+      inputTokens: 0,
+      outputTokens: 0,
+      latency: zeroBase(),
+      service: zeroBase(),
+      queueWait: zeroBase(),
+      timeToFirstToken: zeroBase()
+    }
+    if (context === undefined) return
+    const counter = (metric: Metric.Counter<number>, get: () => number, extra?: Record<string, string>) =>
+      this.register(metric, () => ({ count: get(), incremental: true }), extra)
+    const own = gauges[0]!
+    counter(Metrics.requests, () => this.requests)
+    counter(Metrics.successes, () => this.successes)
+    counter(Metrics.timeouts, () => this.timeouts)
+    counter(Metrics.retries, () => this.retries)
+    counter(Metrics.fallbacks, () => this.fallbacks)
+    counter(Metrics.hedges, () => this.hedgesStarted, { outcome: "started" })
+    counter(Metrics.hedges, () => this.hedgesWon, { outcome: "won" })
+    counter(Metrics.hedges, () => this.hedgesLost, { outcome: "lost" })
+    counter(Metrics.inputTokens, () => this.inputTokens)
+    counter(Metrics.outputTokens, () => this.outputTokens)
+    this.register(Metrics.latency, () => this.latency.state())
+    this.register(Metrics.serviceTime, () => this.service.state())
+    this.register(Metrics.queueWait, () => this.queueWait.state())
+    this.register(Metrics.timeToFirstToken, () => this.timeToFirstToken.state())
+    this.register(Metrics.inFlight, () => ({ value: own.inFlight }))
+    this.register(Metrics.queued, () => ({ value: own.queued }))
+    this.register(Metrics.inFlightPeak, () => ({ value: own.peak }))
+  }
+
+  private register<I, S>(metric: Metric.Metric<I, S>, get: () => S, extra?: Record<string, string>): void {
+    const attributes = extra === undefined ? this.attributes : { ...this.attributes, ...extra }
+    this.registrations.push(
+      Metric.registerUnsafe(Metric.withAttributes(metric, attributes), this.context!, {
+        get,
+        update: () => {},
+        modify: () => {}
+      })
+    )
+  }
+
+  fail(reason: string): void {
+    const previous = this.reasons.get(reason)
+    if (previous === undefined) {
+      this.reasons.set(reason, 1)
+      if (this.context !== undefined) {
+        this.register(Metrics.failures, () => ({ count: this.reasons.get(reason) ?? 0, incremental: true }), {
+          reason
+        })
+      }
+    } else {
+      this.reasons.set(reason, previous + 1)
+    }
+  }
+
+  failures(): number {
+    let n = 0
+    for (const count of this.reasons.values()) n += count
+    return n
+  }
+
+  /** Starts a new window: later reads subtract today's figures. */
+  resetWindow(): void {
+    this.baseline = {
+      requests: this.requests,
+      successes: this.successes,
+      reasons: new Map(this.reasons),
+      timeouts: this.timeouts,
+      retries: this.retries,
+      fallbacks: this.fallbacks,
+      hedgesStarted: this.hedgesStarted,
+      hedgesWon: this.hedgesWon,
+      hedgesLost: this.hedgesLost,
+      inputTokens: this.inputTokens,
+      outputTokens: this.outputTokens,
+      latency: baseOf(this.latency),
+      service: baseOf(this.service),
+      queueWait: baseOf(this.queueWait),
+      timeToFirstToken: baseOf(this.timeToFirstToken)
+    }
+    for (const h of [this.latency, this.service, this.queueWait, this.timeToFirstToken]) {
+      h.windowMin = Number.POSITIVE_INFINITY
+      h.windowMax = 0
+    }
+  }
+
+  /** Removes this series from the registry (its owner closed). */
+  remove(): void {
+    for (const registration of this.registrations) registration.remove()
+    this.registrations.length = 0
+  }
+}
+
+/** Bucket counts of a window: the cumulative ones minus the baseline's, summed over series. */
+export class WindowHistogram {
+  readonly buckets = new Float64Array(SIZE + 1)
+  count = 0
+  sum = 0
+  min = Number.POSITIVE_INFINITY
+  max = 0
+
+  add(h: Histogram, base: HistogramBase): void {
+    const n = h.count - base.count
+    if (n <= 0) return
+    for (let i = 0; i <= SIZE; i++) this.buckets[i]! += h.buckets[i]! - base.buckets[i]!
+    this.count += n
+    this.sum += h.sum - base.sum
+    if (h.windowMin < this.min) this.min = h.windowMin
+    if (h.windowMax > this.max) this.max = h.windowMax
+  }
+
+  /** A quantile interpolated inside its bucket, clamped to the window's min and max. */
+  quantile(q: number): number {
+    if (this.count === 0) return 0
+    const rank = q * this.count
+    let cumulative = 0
+    for (let i = 0; i <= SIZE; i++) {
+      const inBucket = this.buckets[i]!
+      if (inBucket > 0 && cumulative + inBucket >= rank) {
+        const lower = i === 0 ? 0 : BOUNDS[i - 1]!
+        const upper = i < SIZE ? BOUNDS[i]! : this.max
+        const value = lower + (upper - lower) * ((rank - cumulative) / inBucket)
+        return Math.min(this.max, Math.max(this.min, value))
+      }
+      cumulative += inBucket
+    }
+    return this.max
+  }
+}

@@ -1,0 +1,195 @@
+import { assert, describe, it } from "@effect/vitest"
+import { Duration, Effect, Fiber, Stream } from "effect"
+import { TestClock } from "effect/testing"
+import type { AiError } from "../src/AiError.js"
+import type { StreamPart } from "../src/Model.js"
+import { Outcome } from "../src/Model/Mock.js"
+import { setup } from "./utils/executor.js"
+
+const ask = { prompt: "tell me" }
+
+const textOf = (parts: ReadonlyArray<StreamPart>) => parts.map((p) => (p._tag === "TextDelta" ? p.text : "")).join("")
+
+const collect = (stream: Stream.Stream<StreamPart, AiError>) => Stream.runCollect(stream)
+
+describe("Executor.stream", () => {
+  it.effect("streams text deltas and one Finish, and counts the stream", () =>
+    Effect.gen(function* () {
+      const { executor } = yield* setup({ respond: () => "one two three", latency: 100, chunkDelay: 10 })
+      const fiber = yield* Effect.forkChild(collect(executor.stream(ask)))
+      yield* TestClock.adjust("1 second")
+      const parts = yield* Fiber.join(fiber)
+      assert.strictEqual(textOf(parts), "one two three")
+      assert.strictEqual(parts.filter((p) => p._tag === "Finish").length, 1)
+      assert.strictEqual(parts[parts.length - 1]!._tag, "Finish")
+      const stats = yield* executor.stats()
+      assert.strictEqual(stats.successes, 1)
+      assert.strictEqual(stats.timeToFirstToken.max, 100)
+    })
+  )
+
+  it.effect("a first chunk that does not come in time is retried, then answers", () =>
+    Effect.gen(function* () {
+      const { executor, control } = yield* setup({
+        script: [Outcome.hang(), Outcome.succeed("second try")]
+      })
+      const fiber = yield* Effect.forkChild(
+        collect(executor.stream(ask, { firstChunkTimeout: "2 seconds", retry: { initialDelay: 500, jitter: 0 } }))
+      )
+      yield* TestClock.adjust("2 seconds")
+      yield* TestClock.adjust("500 millis")
+      const parts = yield* Fiber.join(fiber)
+      assert.strictEqual(textOf(parts), "second try")
+      assert.strictEqual(yield* control.calls, 2)
+      const stats = yield* executor.stats()
+      assert.strictEqual(stats.timeouts, 1)
+      assert.strictEqual(stats.retries, 1)
+    })
+  )
+
+  it.effect("a stall after the first chunk ends with an idle TimeoutError carrying the partial text", () =>
+    Effect.gen(function* () {
+      const { executor, control } = yield* setup({
+        script: [Outcome.hang({ afterChunks: 2, text: "alpha beta gamma delta" })]
+      })
+      const seen: Array<string> = []
+      const fiber = yield* Effect.forkChild(
+        Effect.flip(
+          Stream.runForEach(executor.stream(ask, { idleTimeout: "3 seconds", retry: true }), (p) =>
+            Effect.sync(() => {
+              if (p._tag === "TextDelta") seen.push(p.text)
+            })
+          )
+        )
+      )
+      yield* TestClock.adjust("2999 millis")
+      assert.isUndefined(fiber.pollUnsafe())
+      yield* TestClock.adjust("1 millis")
+      const error = yield* Fiber.join(fiber)
+      assert.strictEqual(error._tag, "TimeoutError")
+      if (error._tag === "TimeoutError") {
+        assert.strictEqual(error.limit, "idle")
+        assert.strictEqual(error.partialText, "alpha beta ")
+      }
+      assert.strictEqual(seen.join(""), "alpha beta ")
+      yield* Effect.yieldNow
+      assert.strictEqual(yield* control.calls, 1, "never restarted after text was delivered")
+      assert.strictEqual(yield* control.interrupted, 1)
+    })
+  )
+
+  it.effect("a drop after the first chunk is a StreamInterruptedError with the provider's own message (item 23)", () =>
+    Effect.gen(function* () {
+      const { executor } = yield* setup({
+        script: [Outcome.fail("Overloaded", { afterChunks: 1, text: "partial answer", message: "Upstream overloaded" })]
+      })
+      const error = yield* Effect.flip(collect(executor.stream(ask, { retry: true })))
+      assert.strictEqual(error._tag, "StreamInterruptedError")
+      if (error._tag === "StreamInterruptedError") {
+        assert.strictEqual(error.partialText, "partial ")
+        assert.strictEqual(error.reason, "Overloaded")
+        assert.include(error.message, "Upstream overloaded")
+      }
+    })
+  )
+
+  it.effect("before the first chunk a failure falls back to the next step", () =>
+    Effect.gen(function* () {
+      const { executor } = yield* setup({ script: [Outcome.fail("Unavailable"), Outcome.succeed("from backup")] })
+      const a = { ...executor.provider, name: "a" }
+      const b = { ...executor.provider, name: "b" }
+      const parts = yield* collect(executor.stream(ask, { steps: [{ provider: a }, { provider: b }] }))
+      assert.strictEqual(textOf(parts), "from backup")
+      const finish = parts.find((p) => p._tag === "Finish")
+      assert.strictEqual(finish?._tag === "Finish" && finish.provider, "mock")
+      assert.strictEqual((yield* executor.stats({ provider: "b" })).fallbacks, 1)
+    })
+  )
+
+  it.effect("a consumer that leaves early interrupts the upstream", () =>
+    Effect.gen(function* () {
+      const { executor, control } = yield* setup({ respond: () => "a b c d e f g", chunkDelay: 100 })
+      const fiber = yield* Effect.forkChild(collect(Stream.take(executor.stream(ask), 2)))
+      yield* TestClock.adjust("1 second")
+      const parts = yield* Fiber.join(fiber)
+      assert.strictEqual(parts.length, 2)
+      yield* Effect.yieldNow
+      assert.strictEqual(yield* control.interrupted, 1)
+      assert.strictEqual(yield* control.inFlight, 0)
+    })
+  )
+
+  it.effect("a total deadline ends the stream, consumer time included", () =>
+    Effect.gen(function* () {
+      const { executor } = yield* setup({ respond: () => "a b c d e f g h", chunkDelay: "1 second" })
+      const fiber = yield* Effect.forkChild(Effect.flip(collect(executor.stream(ask, { totalTimeout: "3500 millis" }))))
+      yield* TestClock.adjust("4 seconds")
+      const error = yield* Fiber.join(fiber)
+      assert.strictEqual(error._tag === "TimeoutError" && error.limit, "total")
+      assert.strictEqual(error._tag === "TimeoutError" && error.partialText, "a b c d ")
+    })
+  )
+
+  it.effect("streams drain on shutdown up to the deadline, then end with ShuttingDownError (item 9)", () =>
+    Effect.gen(function* () {
+      const { executor, close } = yield* setup(
+        { respond: () => "one two three four five six seven eight nine ten", chunkDelay: "500 millis" },
+        { shutdownDeadline: "2 seconds", stream: { totalTimeout: "none" } }
+      )
+      const seen: Array<string> = []
+      const fiber = yield* Effect.forkChild(
+        Effect.flip(
+          Stream.runForEach(executor.stream(ask), (p) =>
+            Effect.sync(() => {
+              if (p._tag === "TextDelta") seen.push(p.text)
+            })
+          )
+        )
+      )
+      yield* Effect.yieldNow
+      const closing = yield* Effect.forkChild(close)
+      yield* Effect.yieldNow
+      const refused = yield* Effect.flip(collect(executor.stream(ask)))
+      assert.strictEqual(refused._tag, "ShuttingDownError")
+      yield* TestClock.adjust("1 second")
+      assert.isUndefined(fiber.pollUnsafe(), "still draining")
+      yield* TestClock.adjust("1 second")
+      const error = yield* Fiber.join(fiber)
+      assert.strictEqual(error._tag, "ShuttingDownError")
+      assert.isAbove(seen.length, 2)
+      yield* Fiber.join(closing)
+    })
+  )
+
+  it.effect("resume continues on the next step and removes text it repeats", () =>
+    Effect.gen(function* () {
+      const { executor } = yield* setup({
+        script: [
+          Outcome.fail("Overloaded", { afterChunks: 3, text: "The quick brown fox jumps" }),
+          Outcome.succeed(undefined, { chunks: ["brown ", "fox jumps ", "over the dog"] })
+        ]
+      })
+      const a = { ...executor.provider, name: "a" }
+      const b = { ...executor.provider, name: "b" }
+      const parts = yield* collect(executor.stream(ask, { steps: [{ provider: a }, { provider: b }], resume: true }))
+      assert.strictEqual(textOf(parts), "The quick brown fox jumps over the dog")
+    })
+  )
+
+  it.effect("bad stream options are refused naming the option", () =>
+    Effect.gen(function* () {
+      const { executor, control } = yield* setup()
+      for (const [options, field] of [
+        [{ idleTimeout: Number.NaN }, "idleTimeout"],
+        [{ firstChunkTimeout: -1 }, "firstChunkTimeout"],
+        [{ totalTimeout: "soon" }, "totalTimeout"],
+        [{ resume: { maxResumes: 0 } }, "resume.maxResumes"]
+      ] as const) {
+        const error = yield* Effect.flip(collect(executor.stream(ask, options as never)))
+        assert.strictEqual(error._tag === "ModelError" && error.field, field)
+      }
+      assert.strictEqual(yield* control.calls, 0)
+      void Duration
+    })
+  )
+})

@@ -1,0 +1,338 @@
+import { assert, describe, it } from "@effect/vitest"
+import { Context, Duration, Effect, Fiber, Metric, Result } from "effect"
+import { TestClock } from "effect/testing"
+import type { AiError } from "../src/AiError.js"
+import type * as Executor from "../src/Executor.js"
+import { Outcome } from "../src/Model/Mock.js"
+import { setup } from "./utils/executor.js"
+
+const ask = { prompt: "hello" }
+
+describe("Executor.execute", () => {
+  it.effect("answers through the provider and counts the call", () =>
+    Effect.gen(function* () {
+      const { executor, control } = yield* setup({ respond: () => "hi there" })
+      const response = yield* executor.execute(ask)
+      assert.strictEqual(response.text, "hi there")
+      assert.strictEqual(response.provider, "mock")
+      assert.strictEqual(yield* control.calls, 1)
+      const stats = yield* executor.stats()
+      assert.strictEqual(stats.total, 1)
+      assert.strictEqual(stats.successes, 1)
+      assert.strictEqual(stats.successRate, 100)
+    })
+  )
+
+  it.effect("a deadline interrupts the provider call and fails with a TimeoutError naming the limit", () =>
+    Effect.gen(function* () {
+      const { executor, control } = yield* setup({ script: [Outcome.hang()] }, { timeout: "2 seconds" })
+      const fiber = yield* Effect.forkChild(Effect.flip(executor.execute(ask)))
+      yield* TestClock.adjust("1999 millis")
+      assert.isUndefined(fiber.pollUnsafe())
+      yield* TestClock.adjust("1 millis")
+      const error = yield* Fiber.join(fiber)
+      assert.strictEqual(error._tag, "TimeoutError")
+      if (error._tag === "TimeoutError") {
+        assert.strictEqual(error.limit, "request")
+        assert.strictEqual(Duration.toMillis(error.timeout), 2000)
+        assert.strictEqual(error.provider, "mock")
+      }
+      yield* Effect.yieldNow
+      assert.strictEqual(yield* control.interrupted, 1)
+      const stats = yield* executor.stats()
+      assert.strictEqual(stats.timeouts, 1)
+      assert.deepStrictEqual(stats.failuresByReason, { Timeout: 1 })
+    })
+  )
+
+  it.effect("retries transient failures on the exponential schedule, then answers", () =>
+    Effect.gen(function* () {
+      const { executor, control } = yield* setup({
+        script: [Outcome.fail("Overloaded"), Outcome.fail("RateLimited"), Outcome.succeed("third time")]
+      })
+      const delays: Array<number> = []
+      const fiber = yield* Effect.forkChild(
+        executor.execute(ask, {
+          retry: { maxAttempts: 3, initialDelay: "1 second", jitter: 0 },
+          onRetry: (info) => Effect.sync(() => delays.push(Duration.toMillis(info.delay)))
+        })
+      )
+      yield* TestClock.adjust("999 millis")
+      assert.strictEqual(yield* control.calls, 1)
+      yield* TestClock.adjust("1 millis")
+      assert.strictEqual(yield* control.calls, 2)
+      yield* TestClock.adjust("2 seconds")
+      const response = yield* Fiber.join(fiber)
+      assert.strictEqual(response.text, "third time")
+      assert.deepStrictEqual(delays, [1000, 2000])
+      const stats = yield* executor.stats()
+      assert.strictEqual(stats.total, 1)
+      assert.strictEqual(stats.retries, 2)
+      assert.strictEqual(stats.successes, 1)
+    })
+  )
+
+  it.effect("a Retry-After longer than the backoff is the floor of the wait", () =>
+    Effect.gen(function* () {
+      const { executor, control } = yield* setup({
+        script: [Outcome.fail("RateLimited", { retryAfter: "5 seconds" }), Outcome.succeed("ok")]
+      })
+      const fiber = yield* Effect.forkChild(executor.execute(ask, { retry: { initialDelay: 100, jitter: 0 } }))
+      yield* TestClock.adjust("4999 millis")
+      assert.strictEqual(yield* control.calls, 1)
+      yield* TestClock.adjust("1 millis")
+      assert.strictEqual((yield* Fiber.join(fiber)).text, "ok")
+    })
+  )
+
+  it.effect("errors that are not transient are not retried", () =>
+    Effect.gen(function* () {
+      const { executor, control } = yield* setup({ script: [Outcome.fail("Unauthorized"), Outcome.succeed()] })
+      const error = yield* Effect.flip(executor.execute(ask, { retry: true }))
+      assert.strictEqual(error._tag, "ModelError")
+      assert.strictEqual(yield* control.calls, 1)
+    })
+  )
+
+  it.effect("a bad request fails with InvalidRequest naming the field, before the provider, and is counted", () =>
+    Effect.gen(function* () {
+      const { executor, control } = yield* setup()
+      const bad = [
+        [{ prompt: "x", temprature: 1 }, "temprature"],
+        [{ messages: [{ role: "robot", content: "x" }] }, "messages[0].role"],
+        [{ prompt: "" }, "prompt"],
+        [null, "request"],
+        [{ prompt: "x".repeat(1_000_001) }, "prompt"]
+      ] as const
+      for (const [request, field] of bad) {
+        const error = yield* Effect.flip(executor.execute(request as never))
+        assert.strictEqual(error._tag, "ModelError")
+        if (error._tag === "ModelError") {
+          assert.strictEqual(error.reason, "InvalidRequest")
+          assert.strictEqual(error.field, field)
+        }
+      }
+      assert.strictEqual(yield* control.calls, 0)
+      const stats = yield* executor.stats()
+      assert.strictEqual(stats.failuresByReason.InvalidRequest, bad.length)
+    })
+  )
+
+  it.effect("bad per-call options are refused naming the option, never a 0 ms deadline (issue 13 item 10)", () =>
+    Effect.gen(function* () {
+      const { executor, control } = yield* setup()
+      for (const timeout of [-1, Number.NaN, "-5 seconds", "soon"]) {
+        const error = yield* Effect.flip(executor.execute(ask, { timeout: timeout as never }))
+        assert.strictEqual(error._tag === "ModelError" && error.field, "timeout", String(timeout))
+      }
+      const retry = yield* Effect.flip(executor.execute(ask, { retry: { maxAttempts: 0 } }))
+      assert.strictEqual(retry._tag === "ModelError" && retry.field, "retry.maxAttempts")
+      assert.strictEqual(yield* control.calls, 0)
+    })
+  )
+
+  it.effect("a provider defect is that call's typed error, not a defect", () =>
+    Effect.gen(function* () {
+      const { executor } = yield* setup()
+      const broken = { ...executor.provider, name: "broken", generate: () => Effect.die(new Error("boom")) }
+      const error = yield* Effect.flip(executor.execute(ask, { provider: broken }))
+      assert.strictEqual(error._tag, "ModelError")
+      if (error._tag === "ModelError") {
+        assert.strictEqual(error.reason, "Unknown")
+        assert.include(error.message, "boom")
+        assert.strictEqual(error.provider, "broken")
+      }
+    })
+  )
+})
+
+describe("Executor.executeMany", () => {
+  it.effect("ten 1.5 s queries, five at a time, take 3.0 s and keep their order", () =>
+    Effect.gen(function* () {
+      const { executor } = yield* setup({ latency: "1500 millis", respond: (r) => `re: ${r.prompt}` })
+      const requests = Array.from({ length: 10 }, (_, i) => ({ prompt: `q${i}` }))
+      const fiber = yield* Effect.forkChild(executor.executeMany(requests, { concurrency: 5 }))
+      yield* TestClock.adjust("2999 millis")
+      assert.isUndefined(fiber.pollUnsafe())
+      yield* TestClock.adjust("1 millis")
+      const results = yield* Fiber.join(fiber)
+      assert.deepStrictEqual(
+        results.map((r) => (Result.isSuccess(r) ? r.success.text : "error")),
+        requests.map((r) => `re: ${r.prompt}`)
+      )
+      assert.strictEqual((yield* executor.stats()).concurrencyPeak, 5)
+    })
+  )
+
+  it.effect("one bad item gets its own error; the others run", () =>
+    Effect.gen(function* () {
+      const { executor } = yield* setup()
+      const results = yield* executor.executeMany([ask, { prompt: 1 } as never, ask])
+      assert.deepStrictEqual(
+        results.map((r) => Result.isSuccess(r)),
+        [true, false, true]
+      )
+    })
+  )
+
+  it.effect("concurrency NaN, 0 or 1.5 fails at once with InvalidRequest naming it (issue 13 item 6)", () =>
+    Effect.gen(function* () {
+      const { executor, control } = yield* setup()
+      for (const concurrency of [Number.NaN, 0, -1, 1.5]) {
+        const error = yield* Effect.flip(executor.executeMany([ask, ask], { concurrency }))
+        assert.strictEqual(error.field, "concurrency")
+      }
+      assert.strictEqual(yield* control.calls, 0)
+    })
+  )
+})
+
+describe("provider slots: queue wait apart from service time (issue 13 item 28)", () => {
+  it.effect("a provider serving one call at once reports a peak of 1 and the time queued", () =>
+    Effect.gen(function* () {
+      const { executor } = yield* setup({ latency: "1 second", maxConcurrency: 1 })
+      const fiber = yield* Effect.forkChild(
+        executor.executeMany(
+          Array.from({ length: 5 }, () => ask),
+          { concurrency: 5 }
+        )
+      )
+      yield* TestClock.adjust("1 second")
+      const during = yield* executor.stats()
+      assert.strictEqual(during.inFlight, 1)
+      assert.strictEqual(during.queued, 3)
+      yield* TestClock.adjust("4 seconds")
+      yield* Fiber.join(fiber)
+      const stats = yield* executor.stats()
+      assert.strictEqual(stats.concurrencyPeak, 1)
+      assert.closeTo(stats.serviceTime.avg, 1000, 1)
+      assert.closeTo(stats.queueWait.max, 4000, 250)
+      assert.closeTo(stats.latency.max, 5000, 250)
+    })
+  )
+})
+
+describe("graceful shutdown", () => {
+  it.effect("closing drains running calls, refuses new ones, then interrupts at the deadline", () =>
+    Effect.gen(function* () {
+      const { executor, close } = yield* setup(
+        { script: [Outcome.succeed("quick", { latency: "1 second" }), Outcome.hang()] },
+        { shutdownDeadline: "3 seconds", timeout: "none" }
+      )
+      const quick = yield* Effect.forkChild(Effect.result(executor.execute(ask)))
+      const stuck = yield* Effect.forkChild(Effect.result(executor.execute(ask)))
+      yield* Effect.yieldNow
+      const closing = yield* Effect.forkChild(close)
+      yield* Effect.yieldNow
+      const refused = yield* Effect.flip(executor.execute(ask))
+      assert.strictEqual(refused._tag, "ShuttingDownError")
+      yield* TestClock.adjust("1 second")
+      const first = yield* Fiber.join(quick)
+      assert.isTrue(Result.isSuccess(first))
+      yield* TestClock.adjust("2 seconds")
+      const second = yield* Fiber.join(stuck)
+      assert.isTrue(Result.isFailure(second) && (second.failure as AiError)._tag === "ShuttingDownError")
+      yield* Fiber.join(closing)
+    })
+  )
+
+  it.effect("closing removes the executor's metric series from the registry (issue 13 item 16)", () =>
+    Effect.gen(function* () {
+      const { executor, close, registry } = yield* setup()
+      yield* executor.execute(ask)
+      const before = Metric.snapshotUnsafe(Context.make(Metric.MetricRegistry, registry))
+      assert.isAbove(before.length, 0)
+      assert.isTrue(before.some((s) => s.id === "orchestra_requests_total"))
+      yield* close
+      assert.strictEqual(registry.size, 0)
+    })
+  )
+})
+
+describe("Executor.run: fallback and hedging", () => {
+  const twoSteps = (executor: Executor.Service) => {
+    const p = executor.provider
+    const a = { ...p, name: "a" }
+    const b = { ...p, name: "b" }
+    return [executor.stepFor(a), executor.stepFor(b)] as const
+  }
+
+  it.effect(
+    "every step failing gives a FallbackExhaustedError listing each step, and fallbacks are counted (item 26)",
+    () =>
+      Effect.gen(function* () {
+        const { executor } = yield* setup({ script: [Outcome.fail("Overloaded"), Outcome.fail("Unavailable")] })
+        const [a, b] = twoSteps(executor)
+        const error = yield* Effect.flip(executor.run({ steps: [a, b] }, (p) => p.generate(ask)))
+        assert.strictEqual(error._tag, "FallbackExhaustedError")
+        if (error._tag === "FallbackExhaustedError") {
+          assert.deepStrictEqual(
+            error.attempts.map((x) => [x.provider, x.error._tag === "ModelError" ? x.error.reason : ""]),
+            [
+              ["a", "Overloaded"],
+              ["b", "Unavailable"]
+            ]
+          )
+        }
+        assert.strictEqual((yield* executor.stats()).fallbacks, 1)
+      })
+  )
+
+  it.effect("the next step answers when the first falls back, with provenance", () =>
+    Effect.gen(function* () {
+      const { executor } = yield* setup({ script: [Outcome.fail("Overloaded"), Outcome.succeed("from b")] })
+      const [a, b] = twoSteps(executor)
+      const answer = yield* executor.run({ steps: [a, b] }, (p) => p.generate(ask))
+      assert.strictEqual(answer.value.text, "from b")
+      assert.strictEqual(answer.step.name, "b")
+      assert.strictEqual(answer.stepsTried, 2)
+      assert.strictEqual(answer.attempts, 2)
+    })
+  )
+
+  it.effect("a failure that does not fall back ends the chain with that error", () =>
+    Effect.gen(function* () {
+      const { executor, control } = yield* setup({ script: [Outcome.fail("ContentFilter"), Outcome.succeed()] })
+      const [a, b] = twoSteps(executor)
+      const error = yield* Effect.flip(executor.run({ steps: [a, b] }, (p) => p.generate(ask)))
+      assert.strictEqual(error._tag === "ModelError" && error.reason, "ContentFilter")
+      assert.strictEqual(yield* control.calls, 1)
+    })
+  )
+
+  it.effect("hedging starts the backup after the delay and the first answer wins; the loser is interrupted", () =>
+    Effect.gen(function* () {
+      const { executor, control } = yield* setup({
+        script: [Outcome.succeed("slow", { latency: "10 seconds" }), Outcome.succeed("backup", { latency: "1 second" })]
+      })
+      const [a, b] = twoSteps(executor)
+      const fiber = yield* Effect.forkChild(
+        executor.run({ steps: [a, b], hedgeAfter: Duration.seconds(2) }, (p) => p.generate(ask))
+      )
+      yield* TestClock.adjust("2999 millis")
+      assert.isUndefined(fiber.pollUnsafe())
+      yield* TestClock.adjust("1 millis")
+      const answer = yield* Fiber.join(fiber)
+      assert.strictEqual(answer.value.text, "backup")
+      assert.isTrue(answer.hedgeWon)
+      yield* Effect.yieldNow
+      assert.strictEqual(yield* control.interrupted, 1)
+      const stats = yield* executor.stats()
+      assert.deepStrictEqual(stats.hedges, { started: 1, won: 1, lost: 0 })
+    })
+  )
+
+  it.effect("a total deadline bounds retries and waits (limit total)", () =>
+    Effect.gen(function* () {
+      const { executor } = yield* setup({ random: { success: 0, failures: { Overloaded: 1 } } })
+      const fiber = yield* Effect.forkChild(
+        Effect.flip(
+          executor.execute(ask, { retry: { maxAttempts: 10, initialDelay: "1 second" }, totalTimeout: "3 seconds" })
+        )
+      )
+      yield* TestClock.adjust("3 seconds")
+      const error = yield* Fiber.join(fiber)
+      assert.strictEqual(error._tag === "TimeoutError" && error.limit, "total")
+    })
+  )
+})
