@@ -1,9 +1,30 @@
-import { assert, describe, it } from "@effect/vitest"
-import { Duration, Effect, Exit, Fiber, Redacted, Ref, Scope } from "effect"
+import { inspect } from "node:util"
+import { NodeHttpClient } from "@effect/platform-node"
+import { assert, describe, it, layer } from "@effect/vitest"
+import {
+  Cause,
+  ConfigProvider,
+  Deferred,
+  Duration,
+  Effect,
+  Exit,
+  Fiber,
+  Layer,
+  Logger,
+  Option,
+  Redacted,
+  Ref,
+  Scope,
+  Stream
+} from "effect"
+import { HttpClient, HttpClientError } from "effect/http"
 import { TestClock } from "effect/testing"
-import { ModelError } from "../../src/AiError.js"
+import { type AiError, ModelError } from "../../src/AiError.js"
+import * as Model from "../../src/Model.js"
+import * as WatsonX from "../../src/Model/WatsonX.js"
 import * as Iam from "../../src/Model/watsonx/Iam.js"
-import * as Protocol from "../../src/Model/watsonx/Protocol.js"
+import * as WatsonXWire from "../../src/Model/watsonx/Wire.js"
+import * as Server from "../utils/httpServer.js"
 
 /** A scripted IAM service: hands out `tok-1`, `tok-2`, ... after `delay`, or runs `outcome` when set. */
 const scriptedIam = Effect.gen(function* () {
@@ -212,22 +233,22 @@ describe("WatsonX IAM token cache", () => {
   })
 })
 
-describe("WatsonX protocol", () => {
+describe("WatsonX wire", () => {
   it("tools, tool choices and tool messages are refused naming the field; a JSON format only on chat", () => {
-    const field = (request: Parameters<typeof Protocol.unsupported>[0], api: Protocol.Api = "chat") =>
-      Protocol.unsupported(request, api, "watsonx")?.field
+    const field = (request: Parameters<typeof WatsonXWire.unsupported>[0], api: WatsonXWire.Api = "chat") =>
+      WatsonXWire.unsupported(request, api, "watsonx")?.field
     assert.strictEqual(field({ prompt: "x", tools: [{ name: "f" }] }), "tools")
     assert.strictEqual(field({ prompt: "x", toolChoice: "auto" }), "toolChoice")
     assert.strictEqual(field({ messages: [{ role: "tool", toolCallId: "c", content: "1" }] }), "messages")
     assert.strictEqual(field({ prompt: "x", responseFormat: { type: "json_object" } }, "generation"), "responseFormat")
     assert.isUndefined(field({ prompt: "x", responseFormat: { type: "json_object" } }))
-    assert.strictEqual(Protocol.unsupported({ prompt: "x", tools: [] }, "chat", "watsonx")?.reason, "InvalidRequest")
+    assert.strictEqual(WatsonXWire.unsupported({ prompt: "x", tools: [] }, "chat", "watsonx")?.reason, "InvalidRequest")
   })
 
   it("chat body: user turns as text parts, the options by their watsonx names, a JSON schema format", () => {
     const schema = { type: "object" }
     assert.deepStrictEqual(
-      Protocol.chatBody(
+      WatsonXWire.chatBody(
         {
           system: "Be nice.",
           messages: [
@@ -262,7 +283,7 @@ describe("WatsonX protocol", () => {
 
   it("generation body: a conversation flattened into Role: text paragraphs; sampling only with a temperature", () => {
     assert.deepStrictEqual(
-      Protocol.generationBody(
+      WatsonXWire.generationBody(
         {
           system: "S",
           messages: [
@@ -279,7 +300,7 @@ describe("WatsonX protocol", () => {
         parameters: { decoding_method: "sample", temperature: 0.7 }
       }
     )
-    assert.deepStrictEqual(Protocol.generationBody({ system: "S", prompt: "q", seed: 3 }, "m"), {
+    assert.deepStrictEqual(WatsonXWire.generationBody({ system: "S", prompt: "q", seed: 3 }, "m"), {
       model_id: "m",
       input: "S\n\nq",
       parameters: { decoding_method: "greedy", random_seed: 3 }
@@ -287,7 +308,7 @@ describe("WatsonX protocol", () => {
   })
 
   it("stream state: deltas, the first event's input count, the last finish reason, one Finish", () => {
-    const state = Protocol.streamState("watsonx", "m", 99)
+    const state = WatsonXWire.streamState("watsonx", "m", 99)
     const event = (text: string, input: number, output: number, stop: string) => ({
       results: [
         { generated_text: text, input_token_count: input, generated_token_count: output, stop_reason: stop }
@@ -305,5 +326,698 @@ describe("WatsonX protocol", () => {
       provider: "watsonx",
       model: "m"
     })
+  })
+})
+
+// ---------------------------------------------------------------------------------------
+// Over HTTP, against a loopback watsonx + IAM server
+
+const KEY = "ibm-apikey-TEST-abcdef0123456789-SECRET"
+/** Tokens the server hands out: long and unmistakable, so a leak of any part shows. */
+const tokenN = (n: number) => `eyJhbGciOiJSUzI1NiJ9.TOKEN-${n}-SECRET-abcdefghijklmnopqrstuvwxyz`
+
+interface Script {
+  iamCalls: number
+  iamStatus: number
+  iamDelayMs: number
+  iamHang: boolean
+  expiresIn: number
+  /** Tokens the API refuses with 401. */
+  rejected: Set<string>
+}
+
+const chatAnswer = (content: string) => ({
+  id: "chat-1",
+  model_id: "ibm/granite-3-8b-instruct",
+  model: "ibm/granite-3-8b-instruct",
+  choices: [{ index: 0, message: { role: "assistant", content }, finish_reason: "stop" }],
+  created: 1_728_000_000,
+  model_version: "1.1.0",
+  created_at: "2024-10-04T10:00:00.000Z",
+  usage: { completion_tokens: 3, prompt_tokens: 11, total_tokens: 14 }
+})
+
+const generationAnswer = (text: string, stop = "eos_token") => ({
+  model_id: "ibm/granite-13b-instruct-v2",
+  created_at: "2024-10-04T10:00:00.000Z",
+  results: [{ generated_text: text, generated_token_count: 4, input_token_count: 9, stop_reason: stop }]
+})
+
+const generationEvent = (text: string, stop = "not_finished", input = 0, output = 1) => ({
+  model_id: "m",
+  results: [{ generated_text: text, generated_token_count: output, input_token_count: input, stop_reason: stop }]
+})
+
+/** SSE as watsonx sends it: `id:`, `event: message`, CRLF. */
+const wsse = (events: ReadonlyArray<unknown>): string =>
+  events.map((e, i) => `id: ${i + 1}\r\nevent: message\r\ndata: ${JSON.stringify(e)}\r\n\r\n`).join("")
+
+const bearerOf = (request: Server.Recorded): string => String(request.headers.authorization).replace("Bearer ", "")
+
+/** A watsonx + IAM server: IAM hands out token 1, 2, ...; the API refuses the tokens in `rejected`. */
+const makeServer = (handler: Server.Handler) =>
+  Effect.gen(function* () {
+    const script: Script = {
+      iamCalls: 0,
+      iamStatus: 200,
+      iamDelayMs: 0,
+      iamHang: false,
+      expiresIn: 3600,
+      rejected: new Set()
+    }
+    const server = yield* Server.make(async (req, res) => {
+      if (req.path === "/identity/token") {
+        script.iamCalls++
+        const n = script.iamCalls
+        if (script.iamHang) return Server.hang(res)
+        if (script.iamDelayMs > 0) await Server.pause(script.iamDelayMs)
+        if (script.iamStatus !== 200) {
+          return Server.json(res, script.iamStatus, {
+            errorCode: "BXNIM0415E",
+            errorMessage: "Provided API key could not be found.",
+            context: { requestId: "r1" }
+          })
+        }
+        return Server.json(res, 200, {
+          access_token: tokenN(n),
+          refresh_token: "not_supported",
+          token_type: "Bearer",
+          expires_in: script.expiresIn,
+          expiration: 1_728_000_000 + script.expiresIn,
+          scope: "ibm openid"
+        })
+      }
+      if (script.rejected.has(bearerOf(req))) {
+        return Server.json(res, 401, {
+          errors: [
+            {
+              code: "authentication_token_expired",
+              message: "Failed to authenticate the request due to an expired token",
+              more_info: "https://cloud.ibm.com/apidocs/watsonx-ai"
+            }
+          ],
+          trace: "t1",
+          status_code: 401
+        })
+      }
+      return handler(req, res)
+    })
+    const provider = (options: Partial<WatsonX.Options> = {}) =>
+      WatsonX.make({
+        apiKey: Redacted.make(KEY),
+        projectId: "proj-1",
+        url: server.url,
+        iamUrl: `${server.url}/identity/token`,
+        ...options
+      })
+    const apiRequests = Effect.map(server.requests, (all) => all.filter((r) => r.path.startsWith("/ml/")))
+    const iamArrived = (n: number) => Effect.flatMap(server.requests, () => server.awaitRequests(n))
+    return { server, script, provider, apiRequests, iamArrived }
+  })
+
+const collect = (stream: Stream.Stream<Model.StreamPart, AiError>) =>
+  Effect.gen(function* () {
+    const parts: Array<Model.StreamPart> = []
+    const exit = yield* Effect.exit(Stream.runForEach(stream, (part) => Effect.sync(() => parts.push(part))))
+    const text = parts.flatMap((p) => (p._tag === "TextDelta" ? [p.text] : [])).join("")
+    return { parts, exit, text }
+  })
+
+const failureOf = (exit: Exit.Exit<unknown, AiError>): AiError => {
+  if (Exit.isSuccess(exit)) throw new Error("expected a failure")
+  const error = Cause.findErrorOption(exit.cause)
+  if (Option.isNone(error)) throw new Error(Cause.pretty(exit.cause))
+  return error.value
+}
+
+const modelErrorOf = (exit: Exit.Exit<unknown, AiError>): ModelError => {
+  const error = failureOf(exit)
+  if (error._tag !== "ModelError") throw new Error(`expected a ModelError, got ${error._tag}: ${error.message}`)
+  return error
+}
+
+const failing = (effect: Effect.Effect<unknown, AiError>) => Effect.map(Effect.exit(effect), modelErrorOf)
+
+/**
+ * Every rendering of a failure: the error as JSON, through `util.inspect`, as a string, its
+ * cause's message, the `Cause` pretty-printed, and the lines a logger writes for it.
+ */
+const renderings = (exit: Exit.Exit<unknown, AiError>) =>
+  Effect.gen(function* () {
+    if (Exit.isSuccess(exit)) return []
+    const error = failureOf(exit)
+    const lines: Array<string> = []
+    const capture = Logger.make((options) => {
+      lines.push(String(Logger.formatLogFmt.log(options)))
+      lines.push(JSON.stringify(Logger.formatStructured.log(options)))
+    })
+    yield* Effect.logError("call failed", exit.cause).pipe(Effect.provide(Logger.layer([capture])))
+    const cause = (error as { readonly cause?: unknown }).cause
+    return [
+      JSON.stringify(error),
+      inspect(error, { depth: 10 }),
+      String(error),
+      cause instanceof Error ? cause.message : String(cause),
+      Cause.pretty(exit.cause),
+      ...lines
+    ]
+  })
+
+const assertNoSecret = (texts: ReadonlyArray<string>, secrets: ReadonlyArray<string>) => {
+  assert.isAbove(texts.length, 5)
+  for (const text of texts) {
+    for (const secret of secrets) assert.notInclude(text, secret)
+    // No fragment of a token either (a truncation that cut one in two).
+    assert.notMatch(text, /TOKEN-\d+-SECRET|apikey-TEST/)
+  }
+}
+
+layer(NodeHttpClient.layerUndici)("WatsonX over HTTP", (it) => {
+  describe("IAM token", () => {
+    it.effect("the token request is the documented form; chat carries the bearer, version and project", () =>
+      Effect.gen(function* () {
+        const { server, provider } = yield* makeServer((_, res) => Server.json(res, 200, chatAnswer("Hello!")))
+        const p = yield* provider({ version: "2024-10-08" })
+        const answer = yield* p.generate({ system: "Be nice.", prompt: "hi", maxTokens: 30 })
+        assert.deepStrictEqual(answer, {
+          text: "Hello!",
+          finishReason: "stop",
+          usage: { inputTokens: 11, outputTokens: 3, totalTokens: 14 },
+          provider: "watsonx",
+          model: "ibm/granite-3-8b-instruct"
+        })
+        const [iam, chat] = yield* server.requests
+        assert.strictEqual(iam?.method, "POST")
+        assert.strictEqual(iam?.headers["content-type"], "application/x-www-form-urlencoded")
+        assert.deepStrictEqual(Object.fromEntries(new URLSearchParams(iam?.body ?? "")), {
+          grant_type: "urn:ibm:params:oauth:grant-type:apikey",
+          apikey: KEY
+        })
+        assert.strictEqual(chat?.path, "/ml/v1/text/chat")
+        assert.strictEqual(chat?.search.get("version"), "2024-10-08")
+        assert.strictEqual(chat?.headers.authorization, `Bearer ${tokenN(1)}`)
+        assert.deepStrictEqual(chat?.json, {
+          model_id: "ibm/granite-3-8b-instruct",
+          messages: [
+            { role: "system", content: "Be nice." },
+            { role: "user", content: [{ type: "text", text: "hi" }] }
+          ],
+          max_tokens: 30,
+          project_id: "proj-1"
+        })
+      })
+    )
+
+    it.effect("50 concurrent calls fetch the token once", () =>
+      Effect.gen(function* () {
+        const { script, provider, apiRequests } = yield* makeServer((_, res) => Server.json(res, 200, chatAnswer("ok")))
+        script.iamDelayMs = 30
+        const p = yield* provider()
+        const answers = yield* Effect.forEach(
+          Array.from({ length: 50 }, (_, i) => i),
+          (i) => p.generate({ prompt: `q${i}` }),
+          { concurrency: "unbounded" }
+        )
+        assert.lengthOf(answers, 50)
+        assert.strictEqual(script.iamCalls, 1)
+        const api = yield* apiRequests
+        assert.lengthOf(api, 50)
+        assert.isTrue(api.every((r) => bearerOf(r) === tokenN(1)))
+      })
+    )
+
+    it.effect("the token is reused until refreshMargin before expiry (TestClock), then fetched again", () =>
+      Effect.gen(function* () {
+        const { script, provider, apiRequests } = yield* makeServer((_, res) => Server.json(res, 200, chatAnswer("ok")))
+        const p = yield* provider({ refreshMargin: "60 seconds" })
+        yield* p.generate({ prompt: "1" })
+        yield* TestClock.adjust(Duration.seconds(3600 - 60 - 1))
+        yield* p.generate({ prompt: "2" })
+        assert.strictEqual(script.iamCalls, 1)
+        yield* TestClock.adjust(Duration.seconds(1))
+        yield* p.generate({ prompt: "3" })
+        assert.strictEqual(script.iamCalls, 2)
+        assert.deepStrictEqual((yield* apiRequests).map(bearerOf), [tokenN(1), tokenN(1), tokenN(2)])
+      })
+    )
+
+    it.effect("a 401 fetches a fresh token and retries once; a refused fresh token is the call's Unauthorized", () =>
+      Effect.gen(function* () {
+        const { script, provider, apiRequests } = yield* makeServer((_, res) => Server.json(res, 200, chatAnswer("ok")))
+        script.rejected.add(tokenN(1))
+        const p = yield* provider()
+        const answer = yield* p.generate({ prompt: "hi" })
+        assert.strictEqual(answer.text, "ok")
+        assert.strictEqual(script.iamCalls, 2)
+        assert.deepStrictEqual((yield* apiRequests).map(bearerOf), [tokenN(1), tokenN(2)])
+        script.rejected.add(tokenN(2))
+        script.rejected.add(tokenN(3))
+        const error = yield* failing(p.generate({ prompt: "y" }))
+        assert.strictEqual(error.reason, "Unauthorized")
+        assert.strictEqual(error.status, 401)
+        assert.include(error.message, "expired token")
+        assert.deepStrictEqual((yield* apiRequests).slice(2).map(bearerOf), [tokenN(2), tokenN(3)])
+        assert.strictEqual(script.iamCalls, 3)
+      })
+    )
+
+    it.effect("a hanging IAM request fails the waiters with Timeout at tokenTimeout; the next call asks again", () =>
+      Effect.gen(function* () {
+        const { server, script, provider } = yield* makeServer((_, res) => Server.json(res, 200, chatAnswer("ok")))
+        script.iamHang = true
+        const p = yield* provider({ tokenTimeout: "2 seconds" })
+        const calls = yield* Effect.forkChild(
+          Effect.all([Effect.exit(p.generate({ prompt: "1" })), Effect.exit(p.generate({ prompt: "2" }))], {
+            concurrency: "unbounded"
+          })
+        )
+        yield* server.awaitRequests(1)
+        yield* TestClock.adjust("1999 millis")
+        assert.isUndefined(calls.pollUnsafe())
+        yield* TestClock.adjust("1 millis")
+        for (const exit of yield* Fiber.join(calls)) {
+          const error = modelErrorOf(exit)
+          assert.strictEqual(error.reason, "Timeout")
+          assert.strictEqual(error.provider, "watsonx")
+          assert.include(error.message, "IAM")
+        }
+        assert.strictEqual(script.iamCalls, 1)
+        yield* server.awaitAborted(1)
+        script.iamHang = false
+        assert.strictEqual((yield* p.generate({ prompt: "3" })).text, "ok")
+        assert.strictEqual(script.iamCalls, 2)
+      })
+    )
+
+    it.effect("a refused API key is Unauthorized, not cached, and never in the error", () =>
+      Effect.gen(function* () {
+        const { script, provider } = yield* makeServer((_, res) => Server.json(res, 200, chatAnswer("ok")))
+        script.iamStatus = 400
+        const p = yield* provider()
+        const exit = yield* Effect.exit(p.generate({ prompt: "hi" }))
+        const error = modelErrorOf(exit)
+        assert.strictEqual(error.reason, "Unauthorized")
+        assert.strictEqual(error.status, 400)
+        assert.include(error.message, "could not be found")
+        assertNoSecret(yield* renderings(exit), [KEY])
+        script.iamStatus = 200
+        assert.strictEqual((yield* p.generate({ prompt: "hi" })).text, "ok")
+        assert.strictEqual(script.iamCalls, 2)
+      })
+    )
+
+    it.effect("an IAM answer past maxResponseBytes is TooLarge", () =>
+      Effect.gen(function* () {
+        const server = yield* Server.make((_, res) =>
+          Server.endless(res, { contentType: "application/json", prefix: `{"access_token": "` })
+        )
+        const p = yield* WatsonX.make({
+          apiKey: Redacted.make(KEY),
+          projectId: "p",
+          url: server.url,
+          iamUrl: `${server.url}/identity/token`,
+          maxResponseBytes: 64 * 1024
+        })
+        assert.strictEqual((yield* failing(p.generate({ prompt: "x" }))).reason, "TooLarge")
+      })
+    )
+  })
+
+  describe("generation", () => {
+    it.effect("text generation: documented body and answer; a space instead of a project", () =>
+      Effect.gen(function* () {
+        const { apiRequests, provider } = yield* makeServer((_, res) =>
+          Server.json(res, 200, generationAnswer(" Paris.", "max_tokens"))
+        )
+        const p = yield* provider({
+          api: "generation",
+          model: "ibm/granite-13b-instruct-v2",
+          projectId: undefined,
+          spaceId: "space-9"
+        })
+        const answer = yield* p.generate({ prompt: "Capital of France?", maxTokens: 4, stop: ["\n"] })
+        assert.deepStrictEqual(answer, {
+          text: " Paris.",
+          finishReason: "length",
+          usage: { inputTokens: 9, outputTokens: 4, totalTokens: 13 },
+          provider: "watsonx",
+          model: "ibm/granite-13b-instruct-v2"
+        })
+        const [request] = yield* apiRequests
+        assert.strictEqual(request?.path, "/ml/v1/text/generation")
+        assert.strictEqual(request?.search.get("version"), "2024-05-31")
+        assert.deepStrictEqual(request?.json, {
+          model_id: "ibm/granite-13b-instruct-v2",
+          input: "Capital of France?",
+          parameters: { decoding_method: "greedy", max_new_tokens: 4, stop_sequences: ["\n"] },
+          space_id: "space-9"
+        })
+      })
+    )
+
+    it.effect("tools are refused before any request", () =>
+      Effect.gen(function* () {
+        const { server, provider } = yield* makeServer((_, res) => Server.json(res, 200, chatAnswer("ok")))
+        const p = yield* provider()
+        const error = yield* failing(p.generate({ prompt: "x", tools: [{ name: "f" }] }))
+        assert.strictEqual(error.reason, "InvalidRequest")
+        assert.strictEqual(error.field, "tools")
+        const streamed = yield* collect(p.stream({ prompt: "x", tools: [{ name: "f" }] }))
+        assert.strictEqual(modelErrorOf(streamed.exit).field, "tools")
+        assert.lengthOf(yield* server.requests, 0)
+      })
+    )
+
+    it.effect("429 with Retry-After, 500, 404 model and a malformed body", () =>
+      Effect.gen(function* () {
+        const { provider } = yield* makeServer((req, res) => {
+          const model = (req.json as { model_id: string }).model_id
+          if (model === "rate") {
+            return Server.json(
+              res,
+              429,
+              { errors: [{ code: "rate_limit", message: "Too many" }], status_code: 429 },
+              { "retry-after": "4" }
+            )
+          }
+          if (model === "crash") {
+            return Server.json(res, 500, { errors: [{ code: "internal", message: "boom" }], status_code: 500 })
+          }
+          if (model === "missing") {
+            return Server.json(res, 404, {
+              errors: [{ code: "model_not_supported", message: "Model 'missing' is not supported" }],
+              status_code: 404
+            })
+          }
+          return Server.json(res, 200, { model_id: "m", choices: [{ message: { content: ["not", "text"] } }] })
+        })
+        const p = yield* provider()
+        const rate = yield* failing(p.generate({ prompt: "x", model: "rate" }))
+        assert.strictEqual(rate.reason, "RateLimited")
+        assert.deepStrictEqual(rate.retryAfter, Duration.seconds(4))
+        assert.strictEqual((yield* failing(p.generate({ prompt: "x", model: "crash" }))).reason, "Overloaded")
+        const missing = yield* failing(p.generate({ prompt: "x", model: "missing" }))
+        assert.strictEqual(missing.reason, "InvalidRequest")
+        assert.strictEqual(missing.field, "model")
+        const bad = yield* failing(p.generate({ prompt: "x", model: "bad" }))
+        assert.strictEqual(bad.reason, "Decode")
+        assert.strictEqual(bad.field, "choices[0].message.content")
+      })
+    )
+
+    it.effect("timeout bounds the whole call, token fetch included", () =>
+      Effect.gen(function* () {
+        const { server, provider } = yield* makeServer((_, res) => Server.hang(res))
+        const p = yield* provider({ timeout: "3 seconds" })
+        const call = yield* Effect.forkChild(Effect.exit(p.generate({ prompt: "x" })))
+        yield* server.awaitRequests(2)
+        yield* TestClock.adjust("3 seconds")
+        const error = failureOf(yield* Fiber.join(call))
+        assert.strictEqual(error._tag, "TimeoutError")
+        yield* server.awaitAborted(1)
+      })
+    )
+
+    it.effect("embeddings", () =>
+      Effect.gen(function* () {
+        const { apiRequests, provider } = yield* makeServer((_, res) =>
+          Server.json(res, 200, {
+            model_id: "ibm/slate-125m-english-rtrvr-v2",
+            results: [{ embedding: [0.1, 0.2] }, { embedding: [0.3, 0.4] }],
+            created_at: "2024-10-04T10:00:00.000Z",
+            input_token_count: 6
+          })
+        )
+        const p = yield* provider()
+        const answer = yield* p.embed({ texts: ["a", "b"] })
+        assert.deepStrictEqual(answer, {
+          vectors: [
+            [0.1, 0.2],
+            [0.3, 0.4]
+          ],
+          usage: { inputTokens: 6, outputTokens: 0, totalTokens: 6 },
+          provider: "watsonx",
+          model: "ibm/slate-125m-english-rtrvr-v2"
+        })
+        const [request] = yield* apiRequests
+        assert.strictEqual(request?.path, "/ml/v1/text/embeddings")
+        assert.deepStrictEqual(request?.json, {
+          model_id: "ibm/slate-125m-english-rtrvr-v2",
+          inputs: ["a", "b"],
+          project_id: "proj-1"
+        })
+        const short = yield* makeServer((_, res) => Server.json(res, 200, { results: [{ embedding: [1] }] }))
+        const q = yield* short.provider()
+        const error = yield* failing(q.embed({ texts: ["a", "b"] }))
+        assert.strictEqual(error.reason, "Decode")
+        assert.strictEqual(error.field, "results")
+      })
+    )
+  })
+
+  describe("streaming", () => {
+    it.effect("generation_stream SSE split at awkward bytes ends in one Finish", () =>
+      Effect.gen(function* () {
+        const events = [
+          generationEvent("", "not_finished", 9, 0),
+          generationEvent("Bonjour ", "not_finished", 0, 2),
+          generationEvent("à tous 👋", "eos_token", 0, 5)
+        ]
+        const { apiRequests, provider } = yield* makeServer((_, res) =>
+          Server.chunked(res, Server.splitAwkward(`${wsse(events)}event: close\r\n\r\n`))
+        )
+        const p = yield* provider({ api: "generation" })
+        const { exit, parts, text } = yield* collect(p.stream({ prompt: "Say hi" }))
+        assert.isTrue(Exit.isSuccess(exit), Exit.isFailure(exit) ? Cause.pretty(exit.cause) : "")
+        assert.strictEqual(text, "Bonjour à tous 👋")
+        assert.deepStrictEqual(
+          parts.filter((p) => p._tag === "Finish"),
+          [
+            {
+              _tag: "Finish",
+              finishReason: "stop",
+              usage: { inputTokens: 9, outputTokens: 5, totalTokens: 14 },
+              provider: "watsonx",
+              model: "m"
+            }
+          ]
+        )
+        assert.strictEqual((yield* apiRequests)[0]?.path, "/ml/v1/text/generation_stream")
+      })
+    )
+
+    it.effect("chat_stream: a 401 before the stream refreshes the token and retries; deltas then Finish", () =>
+      Effect.gen(function* () {
+        const chunk = (content: string, finish: string | null = null, usage?: unknown) => ({
+          id: "c1",
+          model_id: "ibm/granite-3-8b-instruct",
+          choices: [{ index: 0, finish_reason: finish, delta: content === "" ? {} : { role: "assistant", content } }],
+          ...(usage ? { usage } : {})
+        })
+        const { script, apiRequests, provider } = yield* makeServer((_, res) =>
+          Server.chunked(res, [
+            wsse([
+              chunk("Hi"),
+              chunk(" there"),
+              chunk("", "stop", { prompt_tokens: 5, completion_tokens: 2, total_tokens: 7 })
+            ])
+          ])
+        )
+        script.rejected.add(tokenN(1))
+        const p = yield* provider()
+        const { exit, parts, text } = yield* collect(p.stream({ prompt: "hi" }))
+        assert.isTrue(Exit.isSuccess(exit), Exit.isFailure(exit) ? Cause.pretty(exit.cause) : "")
+        assert.strictEqual(text, "Hi there")
+        assert.deepStrictEqual(parts.at(-1), {
+          _tag: "Finish",
+          finishReason: "stop",
+          usage: { inputTokens: 5, outputTokens: 2, totalTokens: 7 },
+          provider: "watsonx",
+          model: "ibm/granite-3-8b-instruct"
+        })
+        assert.deepStrictEqual(
+          (yield* apiRequests).map((r) => [r.path, bearerOf(r)]),
+          [
+            ["/ml/v1/text/chat_stream", tokenN(1)],
+            ["/ml/v1/text/chat_stream", tokenN(2)]
+          ]
+        )
+      })
+    )
+
+    it.effect("a stream cut mid-way is Transport after its text; an error event is typed, never retried", () =>
+      Effect.gen(function* () {
+        const { provider, apiRequests } = yield* makeServer((req, res) =>
+          (req.json as { input: string }).input === "cut"
+            ? Server.chunked(res, [wsse([generationEvent("half", "not_finished", 3)])], { end: "destroy" })
+            : Server.chunked(
+                res,
+                [
+                  wsse([generationEvent("half", "not_finished", 3)]) +
+                    `event: error\r\ndata: ${JSON.stringify({ errors: [{ code: "model_error", message: "downstream failure" }], status_code: 401 })}\r\n\r\n`
+                ],
+                { end: "hang" }
+              )
+        )
+        const p = yield* provider({ api: "generation" })
+        const cut = yield* collect(p.stream({ prompt: "cut" }))
+        assert.strictEqual(cut.text, "half")
+        assert.strictEqual(modelErrorOf(cut.exit).reason, "Transport")
+        const failed = yield* collect(p.stream({ prompt: "err" }))
+        assert.strictEqual(failed.text, "half")
+        const error = modelErrorOf(failed.exit)
+        assert.strictEqual(error.reason, "Unauthorized")
+        assert.include(error.message, "downstream failure")
+        // A 401 after text is the stream's failure, not a reason to start it again.
+        assert.lengthOf(yield* apiRequests, 2)
+      })
+    )
+
+    it.effect("a stall mid-stream ends with TimeoutError limit idle, with the text so far", () =>
+      Effect.gen(function* () {
+        const { provider, server } = yield* makeServer((_, res) =>
+          Server.chunked(res, [wsse([generationEvent("half", "not_finished", 3)])], { end: "hang" })
+        )
+        const p = yield* provider({ api: "generation", streamIdleTimeout: "5 seconds" })
+        const first = yield* Deferred.make<void>()
+        const consumer = yield* Effect.forkChild(
+          Effect.exit(Stream.runForEach(p.stream({ prompt: "hi" }), () => Deferred.succeed(first, undefined)))
+        )
+        yield* Deferred.await(first)
+        yield* TestClock.adjust("4999 millis")
+        assert.isUndefined(consumer.pollUnsafe())
+        yield* TestClock.adjust("1 millis")
+        const error = failureOf(yield* Fiber.join(consumer))
+        assert.strictEqual(error._tag, "TimeoutError")
+        if (error._tag !== "TimeoutError") return
+        assert.strictEqual(error.limit, "idle")
+        assert.strictEqual(error.partialText, "half")
+        yield* server.awaitAborted(1)
+      })
+    )
+
+    it.effect("an endless stream is TooLarge at maxResponseBytes", () =>
+      Effect.gen(function* () {
+        const { provider } = yield* makeServer((_, res) =>
+          Server.endless(res, { chunk: wsse([generationEvent("x".repeat(1000))]) })
+        )
+        const p = yield* provider({ api: "generation", maxResponseBytes: 256 * 1024 })
+        const { exit, text } = yield* collect(p.stream({ prompt: "hi" }))
+        assert.strictEqual(modelErrorOf(exit).reason, "TooLarge")
+        assert.isAbove(text.length, 0)
+      })
+    )
+  })
+
+  describe("secrets (issue 19)", () => {
+    const echoToken = (req: Server.Recorded) =>
+      `invalid header Authorization: Bearer ${bearerOf(req)} for apikey ${KEY}`
+
+    it.effect("an error body echoing the token: no rendering of a generate or stream failure carries it", () =>
+      Effect.gen(function* () {
+        const { provider } = yield* makeServer((req, res) =>
+          req.path.endsWith("_stream")
+            ? Server.chunked(
+                res,
+                [
+                  wsse([generationEvent("partial")]) +
+                    `event: error\r\ndata: ${JSON.stringify({ errors: [{ code: "bad", message: echoToken(req) }], status_code: 400 })}\r\n\r\n`
+                ],
+                { end: "hang" }
+              )
+            : Server.json(res, 400, { errors: [{ code: "bad", message: echoToken(req) }], status_code: 400 })
+        )
+        const p = yield* provider({ api: "generation" })
+        const generated = yield* Effect.exit(p.generate({ prompt: "x" }))
+        assert.include(modelErrorOf(generated).message, "<redacted>")
+        assertNoSecret(yield* renderings(generated), [KEY, tokenN(1)])
+        const streamed = yield* collect(p.stream({ prompt: "x" }))
+        assert.strictEqual(streamed.text, "partial")
+        assert.include(modelErrorOf(streamed.exit).message, "<redacted>")
+        assertNoSecret(yield* renderings(streamed.exit), [KEY, tokenN(1)])
+      })
+    )
+
+    it.effect("a failure of the HTTP client itself, its description and cause holding the token: nothing leaks", () =>
+      Effect.gen(function* () {
+        const { provider } = yield* makeServer((_, res) => Server.json(res, 200, chatAnswer("ok")))
+        // A proxy layer that refuses API calls and repeats the request's credentials in its error.
+        const leakyProxy = (client: HttpClient.HttpClient): HttpClient.HttpClient =>
+          HttpClient.make((request, url) => {
+            if (!url.pathname.startsWith("/ml/")) return client.execute(request)
+            const auth = String(request.headers.authorization)
+            return Effect.fail(
+              new HttpClientError.HttpClientError({
+                reason: new HttpClientError.TransportError({
+                  request,
+                  description: `proxy refused ${auth}`,
+                  cause: new Error(`upstream said: ${auth} (key ${KEY})`, { cause: new Error(auth) })
+                })
+              })
+            )
+          })
+        for (const api of ["chat", "generation"] as const) {
+          const p = yield* provider({ api, transformClient: leakyProxy })
+          const generated = yield* Effect.exit(p.generate({ prompt: "x" }))
+          assert.strictEqual(modelErrorOf(generated).reason, "Transport")
+          assertNoSecret(yield* renderings(generated), [KEY, tokenN(1), tokenN(2)])
+          const streamed = yield* collect(p.stream({ prompt: "x" }))
+          assert.strictEqual(modelErrorOf(streamed.exit).reason, "Transport")
+          assertNoSecret(yield* renderings(streamed.exit), [KEY, tokenN(1), tokenN(2), tokenN(3)])
+          const embedded = yield* Effect.exit(p.embed({ texts: ["a"] }))
+          assertNoSecret(yield* renderings(embedded), [KEY, tokenN(1), tokenN(2), tokenN(3)])
+        }
+      })
+    )
+  })
+
+  describe("options", () => {
+    it.effect("every option is checked at build: a ConfigError naming the field", () =>
+      Effect.gen(function* () {
+        const { provider } = yield* makeServer((_, res) => Server.json(res, 200, chatAnswer("ok")))
+        const pathOf = (options: Partial<WatsonX.Options>) =>
+          Effect.map(Effect.flip(provider(options)), (error) => {
+            assert.strictEqual(error._tag, "ConfigError")
+            return error.path
+          })
+        assert.strictEqual(yield* pathOf({ timeout: Number.NaN }), "timeout")
+        assert.strictEqual(yield* pathOf({ streamIdleTimeout: 0 }), "streamIdleTimeout")
+        assert.strictEqual(yield* pathOf({ maxResponseBytes: -5 }), "maxResponseBytes")
+        assert.strictEqual(yield* pathOf({ tokenTimeout: 0 }), "tokenTimeout")
+        assert.strictEqual(yield* pathOf({ refreshMargin: -1 }), "refreshMargin")
+        assert.strictEqual(yield* pathOf({ projectId: undefined }), "projectId")
+        assert.strictEqual(yield* pathOf({ spaceId: "s" }), "spaceId")
+        assert.strictEqual(yield* pathOf({ version: "yesterday" }), "version")
+        assert.strictEqual(yield* pathOf({ api: "completions" as never }), "api")
+        assert.strictEqual(yield* pathOf({ iamUrl: "not a url" }), "iamUrl")
+      })
+    )
+
+    it.effect("layerConfig reads the key as a secret from Config", () =>
+      Effect.gen(function* () {
+        const { server, script } = yield* makeServer((_, res) => Server.json(res, 200, chatAnswer("configured")))
+        const answer = yield* Effect.gen(function* () {
+          const p = yield* Model.ModelProvider
+          return yield* p.generate({ prompt: "x" })
+        }).pipe(
+          Effect.provide(
+            WatsonX.layerConfig().pipe(
+              Layer.provide(
+                ConfigProvider.layer(
+                  ConfigProvider.fromUnknown({
+                    WATSONX_API_KEY: KEY,
+                    WATSONX_PROJECT_ID: "p1",
+                    WATSONX_URL: server.url,
+                    WATSONX_IAM_URL: `${server.url}/identity/token`
+                  })
+                )
+              )
+            )
+          )
+        )
+        assert.strictEqual(answer.text, "configured")
+        assert.strictEqual(script.iamCalls, 1)
+      })
+    )
   })
 })

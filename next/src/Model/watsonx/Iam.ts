@@ -8,7 +8,7 @@
  *
  * @since 0.2.0
  */
-import { Clock, Deferred, Duration, Effect, Exit, type Redacted, type Scope } from "effect"
+import { Clock, Deferred, Duration, Effect, Exit, type Redacted, type Scope, Stream } from "effect"
 import { ModelError } from "../../AiError.js"
 
 /**
@@ -63,10 +63,25 @@ export interface TokenCache {
    */
   readonly get: (rejected?: number | undefined) => Effect.Effect<Token, ModelError>
   /** Runs `call` with the current token and, after a 401, once more with a fresh one. */
-  readonly authorized: <A>(
-    call: (token: Redacted.Redacted<string>) => Effect.Effect<A, ModelError>
-  ) => Effect.Effect<A, ModelError>
+  readonly authorized: <A, E>(
+    call: (token: Redacted.Redacted<string>) => Effect.Effect<A, E>
+  ) => Effect.Effect<A, E | ModelError>
+  /**
+   * Opens a stream with the current token and, when it fails with a 401 before its first
+   * element, once more with a fresh one. A failure after an element is never retried.
+   */
+  readonly authorizedStream: <A, E>(
+    open: (token: Redacted.Redacted<string>) => Stream.Stream<A, E>
+  ) => Stream.Stream<A, E | ModelError>
 }
+
+/**
+ * Did the API refuse the token (HTTP 401)?
+ *
+ * @since 0.2.0
+ * @category predicates
+ */
+export const isUnauthorized = (error: unknown): boolean => error instanceof ModelError && error.status === 401
 
 type State =
   | { readonly _tag: "Empty"; readonly generation: number }
@@ -136,16 +151,33 @@ export const make: (options: Options) => Effect.Effect<TokenCache, never, Scope.
       })
     )
 
-  const authorized = <A>(
-    call: (token: Redacted.Redacted<string>) => Effect.Effect<A, ModelError>
-  ): Effect.Effect<A, ModelError> =>
+  const authorized = <A, E>(
+    call: (token: Redacted.Redacted<string>) => Effect.Effect<A, E>
+  ): Effect.Effect<A, E | ModelError> =>
     Effect.flatMap(get(), (first) =>
-      Effect.catchIf(
-        call(first.value),
-        (error) => error.status === 401,
-        () => Effect.flatMap(get(first.generation), (fresh) => call(fresh.value))
+      Effect.catchIf(call(first.value), isUnauthorized, () =>
+        Effect.flatMap(get(first.generation), (fresh) => call(fresh.value))
       )
     )
 
-  return { get, authorized } satisfies TokenCache
+  const authorizedStream = <A, E>(
+    open: (token: Redacted.Redacted<string>) => Stream.Stream<A, E>
+  ): Stream.Stream<A, E | ModelError> =>
+    Stream.unwrap(
+      Effect.map(get(), (first) => {
+        let started = false
+        return open(first.value).pipe(
+          Stream.map((a) => {
+            started = true
+            return a
+          }),
+          Stream.catchIf(
+            (error) => !started && isUnauthorized(error),
+            () => Stream.unwrap(Effect.map(get(first.generation), (fresh) => open(fresh.value)))
+          )
+        )
+      })
+    )
+
+  return { get, authorized, authorizedStream } satisfies TokenCache
 })

@@ -1,0 +1,368 @@
+/**
+ * IBM watsonx.ai over `effect/http`'s `HttpClient`: chat (`/ml/v1/text/chat`, streamed by
+ * `/ml/v1/text/chat_stream`), text generation (`/ml/v1/text/generation`, streamed by
+ * `/ml/v1/text/generation_stream`) and embeddings (`/ml/v1/text/embeddings`), in a project
+ * or a deployment space.
+ *
+ * Calls carry an IAM bearer token obtained from the API key (see `watsonx/Iam.ts`): cached
+ * until shortly before it expires, fetched once however many calls need it at the same
+ * moment, fetched again after a 401 (the call is retried once with it), every fetch
+ * bounded. Neither the key nor a token appears in any error, whatever path it took
+ * (generate, stream, embed, token fetch, a failure of the HTTP client itself).
+ *
+ * Tools are not mapped: a request with tools is refused (`InvalidRequest`, field `tools`).
+ *
+ * @since 0.1.0
+ */
+import { Config, Effect, Layer, Redacted, Result, type Scope, Stream } from "effect"
+import type { Sse } from "effect/encoding"
+import type { HttpClient } from "effect/http"
+import { HttpClientRequest } from "effect/http"
+import { type AiError, ModelError } from "../AiError.js"
+import * as Input from "../Input.js"
+import * as Model from "../Model.js"
+import * as Assemble from "./http/assemble.js"
+import * as Client from "./http/client.js"
+import * as Decode from "./http/decode.js"
+import * as Errors from "./http/errors.js"
+import * as Http from "./http/options.js"
+import * as Iam from "./watsonx/Iam.js"
+import * as Wire from "./watsonx/Wire.js"
+
+/**
+ * @since 0.1.0
+ * @category models
+ */
+export interface Options extends Http.Options {
+  /** An IBM Cloud API key, exchanged for IAM bearer tokens. */
+  readonly apiKey: Redacted.Redacted<string>
+  /** The watsonx project the calls run in. Give this or `spaceId`. */
+  readonly projectId?: string | undefined
+  /** A deployment space instead of a project. */
+  readonly spaceId?: string | undefined
+  /** Regional endpoint. Default `https://us-south.ml.cloud.ibm.com`. */
+  readonly url?: string | undefined
+  /** Token endpoint. Default `https://iam.cloud.ibm.com/identity/token`. */
+  readonly iamUrl?: string | undefined
+  /** The API `version` date (`YYYY-MM-DD`). Default `2024-05-31`. */
+  readonly version?: string | undefined
+  /** Default `ibm/granite-3-8b-instruct`. */
+  readonly model?: string | undefined
+  /** Default `ibm/slate-125m-english-rtrvr-v2`. */
+  readonly embeddingModel?: string | undefined
+  /**
+   * `chat` (default) sends messages to the chat API; `generation` sends one prompt text to
+   * the text-generation API (a conversation is flattened into `Role: text` paragraphs).
+   */
+  readonly api?: Wire.Api | undefined
+  /** Fetch the token again this long before it expires (at most half its lifetime). Default 60 seconds. */
+  readonly refreshMargin?: Input.DurationInput | undefined
+  /**
+   * How long one IAM token request may take before it fails with a `ModelError` of reason
+   * `Timeout` (the next call then asks again). Default 30 seconds.
+   */
+  readonly tokenTimeout?: Input.DurationInput | undefined
+  /** Provider name in errors, metrics and provenance. Default `watsonx`. */
+  readonly name?: string | undefined
+  /** Bounds on requests, checked before any call. Default `Model.defaultRequestLimits`. */
+  readonly requestLimits?: Partial<Model.RequestLimits> | undefined
+}
+
+const VERSION = /^\d{4}-\d{2}-\d{2}$/
+
+const checkOptions = (options: Options) =>
+  Input.all([
+    Http.settings(options),
+    Redacted.isRedacted(options.apiKey)
+      ? Result.succeed(options.apiKey as Redacted.Redacted<string>)
+      : Result.fail({ path: "apiKey", message: "expected a Redacted secret (Redacted.make or Config.Redacted)" }),
+    (options.projectId === undefined) === (options.spaceId === undefined)
+      ? Result.fail({
+          path: options.projectId === undefined ? "projectId" : "spaceId",
+          message: "give exactly one of projectId and spaceId"
+        })
+      : options.projectId !== undefined
+        ? Result.map(Http.nonEmpty("projectId", options.projectId), (id) => ({ project_id: id }))
+        : Result.map(Http.nonEmpty("spaceId", options.spaceId), (id) => ({ space_id: id })),
+    Http.baseUrl("url", options.url ?? "https://us-south.ml.cloud.ibm.com"),
+    Http.baseUrl("iamUrl", options.iamUrl ?? "https://iam.cloud.ibm.com/identity/token"),
+    VERSION.test(String(options.version ?? "2024-05-31"))
+      ? Result.succeed(options.version ?? "2024-05-31")
+      : Result.fail({
+          path: "version",
+          message: `expected a date such as "2024-05-31", got ${JSON.stringify(options.version)}`
+        }),
+    Http.nonEmpty("model", options.model ?? "ibm/granite-3-8b-instruct"),
+    Http.nonEmpty("embeddingModel", options.embeddingModel ?? "ibm/slate-125m-english-rtrvr-v2"),
+    Http.oneOf("api", options.api ?? "chat", ["chat", "generation"] as const),
+    Input.duration("refreshMargin", options.refreshMargin ?? "60 seconds", { allowZero: true }),
+    Input.duration("tokenTimeout", options.tokenTimeout ?? "30 seconds"),
+    Http.nonEmpty("name", options.name ?? "watsonx"),
+    Model.requestLimits(options.requestLimits)
+  ])
+
+/**
+ * The error as it leaves the provider: its message scrubbed of the key and of every token
+ * this call used, and no cause that could hold a request. Every path ends here, so a path
+ * that forgot a secret in its own context (the stream path once did) still leaks nothing.
+ */
+const scrubbed = (error: AiError, secrets: ReadonlyArray<Redacted.Redacted>): AiError => {
+  if (error._tag !== "ModelError") return error
+  const message = Errors.scrub(error.message, secrets)
+  if (message === error.message && error.cause === undefined) return error
+  return new ModelError({
+    reason: error.reason,
+    message,
+    provider: error.provider,
+    model: error.model,
+    status: error.status,
+    retryAfter: error.retryAfter,
+    field: error.field
+  })
+}
+
+/**
+ * Builds the provider from the `HttpClient` in context. Every option is checked here (a
+ * `ConfigError` naming the field). Token fetches run in the scope of the provider: a caller
+ * that is interrupted does not cancel a fetch others wait on; closing the scope does.
+ *
+ * @since 0.1.0
+ * @category constructors
+ */
+export const make: (
+  options: Options
+) => Effect.Effect<Model.Service, Input.ConfigError, HttpClient.HttpClient | Scope.Scope> = Effect.fnUntraced(
+  function* (options: Options) {
+    const [
+      settings,
+      apiKey,
+      scopeFields,
+      url,
+      iamUrl,
+      version,
+      defaultModel,
+      embeddingModel,
+      api,
+      margin,
+      tokenTimeout,
+      name,
+      limits
+    ] = yield* Input.orConfigError(checkOptions(options))
+    const client = yield* Client.make(settings, options.transformClient)
+
+    const iamCtx: Errors.CallContext = { provider: `${name} IAM`, secrets: [apiKey] }
+    const iamRequest = HttpClientRequest.post(iamUrl).pipe(
+      HttpClientRequest.acceptJson,
+      HttpClientRequest.bodyUrlParams({
+        grant_type: "urn:ibm:params:oauth:grant-type:apikey",
+        apikey: Redacted.value(apiKey)
+      })
+    )
+    const decodeToken = Decode.valueDecoder(Wire.IamToken, { quiet: true })
+    const tokens = yield* Iam.make({
+      fetch: client.json(iamRequest, decodeToken, iamCtx).pipe(
+        Effect.map(Wire.issued),
+        // IAM answers a refused key with 400 (BXNIM0415E): for us, a refused key.
+        Effect.mapError((error) =>
+          error._tag === "ModelError"
+            ? new ModelError({
+                reason: error.reason === "InvalidRequest" ? "Unauthorized" : error.reason,
+                message: error.message,
+                provider: name,
+                status: error.status,
+                retryAfter: error.retryAfter
+              })
+            : new ModelError({ reason: "Timeout", message: `${name} IAM: no token within the timeout`, provider: name })
+        )
+      ),
+      refreshMargin: margin,
+      timeout: tokenTimeout,
+      provider: name
+    })
+
+    const post = (path: string, body: Record<string, unknown>, bearer: Redacted.Redacted<string>, accept: string) =>
+      HttpClientRequest.post(Http.joinUrl(url, path)).pipe(
+        HttpClientRequest.setUrlParam("version", version),
+        HttpClientRequest.bearerToken(bearer),
+        HttpClientRequest.setHeader("accept", accept),
+        HttpClientRequest.bodyJsonUnsafe({ ...body, ...scopeFields })
+      )
+
+    const ctxOf = (model: string, secrets: ReadonlyArray<Redacted.Redacted>): Errors.CallContext => ({
+      provider: name,
+      model,
+      secrets,
+      notFoundField: "model"
+    })
+
+    /** Runs a call with a token; its errors leave scrubbed of the key and of every token it used. */
+    const call = <A>(
+      model: string,
+      run: (bearer: Redacted.Redacted<string>, ctx: Errors.CallContext) => Effect.Effect<A, AiError>
+    ): Effect.Effect<A, AiError> =>
+      Effect.suspend(() => {
+        const secrets: Array<Redacted.Redacted> = [apiKey]
+        return tokens
+          .authorized((bearer) => {
+            secrets.push(bearer)
+            return run(bearer, ctxOf(model, secrets))
+          })
+          .pipe(
+            // `timeout` bounds the whole call: token, first attempt and the retry after a 401.
+            Effect.timeoutOrElse({
+              duration: settings.timeout,
+              orElse: () => Effect.fail(Errors.requestTimeout(ctxOf(model, secrets), settings.timeout))
+            }),
+            Effect.mapError((error) => scrubbed(error, secrets))
+          )
+      })
+
+    const prepare = Effect.fnUntraced(function* (request: Model.GenerateRequest) {
+      const valid = yield* Model.validateGenerate(request, limits)
+      const refused = Wire.unsupported(valid, api, name)
+      if (refused !== undefined) return yield* Effect.fail(refused)
+      const model = valid.model ?? defaultModel
+      const body = api === "chat" ? Wire.chatBody(valid, model) : Wire.generationBody(valid, model)
+      return { body, model, inputEstimate: Model.estimateInputTokens(valid) }
+    })
+
+    const decodeChat = Decode.valueDecoder(Wire.ChatAnswer)
+    const decodeGeneration = Decode.valueDecoder(Wire.GenerationAnswer)
+    const decodeChatChunk = Decode.valueDecoder(Wire.ChatChunk)
+    const decodeEmbeddings = Decode.valueDecoder(Wire.EmbeddingsAnswer)
+
+    const generate = Effect.fn("WatsonX.generate")(function* (request: Model.GenerateRequest) {
+      const { body, inputEstimate, model } = yield* prepare(request)
+      yield* Effect.annotateCurrentSpan(spanAttributes(name, "chat", model))
+      if (api === "chat") {
+        const answer = yield* call(model, (bearer, ctx) =>
+          client.json(post("ml/v1/text/chat", body, bearer, "application/json"), decodeChat, ctx)
+        )
+        return Wire.chatResponse(answer, name, model, inputEstimate)
+      }
+      const answer = yield* call(model, (bearer, ctx) =>
+        client.json(post("ml/v1/text/generation", body, bearer, "application/json"), decodeGeneration, ctx)
+      )
+      return Wire.generationResponse(answer, name, model, inputEstimate)
+    })
+
+    const stream = (request: Model.GenerateRequest): Stream.Stream<Model.StreamPart, AiError> =>
+      Stream.unwrap(
+        Effect.map(prepare(request), ({ body, inputEstimate, model }) => {
+          const secrets: Array<Redacted.Redacted> = [apiKey]
+          const ctx = ctxOf(model, secrets)
+          const state = Wire.streamState(name, model, inputEstimate)
+          const path = api === "chat" ? "ml/v1/text/chat_stream" : "ml/v1/text/generation_stream"
+          const events = tokens.authorizedStream((bearer) => {
+            secrets.push(bearer)
+            return client.sse(post(path, body, bearer, "text/event-stream"), ctx)
+          })
+          const step = (event: Sse.Event): Effect.Effect<ReadonlyArray<Model.StreamPart>, ModelError> => {
+            if (event.data.trim() === "[DONE]") return Effect.succeed([state.finish()])
+            return Effect.flatMap(Decode.parseJson(event.data, ctx), (value) => {
+              if (event.event === "error" || Errors.isErrorPayload(value) || hasErrors(value)) {
+                return Effect.fail(Errors.errorFromPayload(value, ctx))
+              }
+              return api === "chat"
+                ? Effect.map(decodeChatChunk(value, ctx), state.chat)
+                : Effect.map(decodeGeneration(value, ctx), state.generation)
+            })
+          }
+          return Assemble.assemble(events, {
+            ctx,
+            idleTimeout: settings.streamIdleTimeout,
+            step,
+            onEnd: () => Effect.succeed(state.finished() ? [state.finish()] : [])
+          }).pipe(Stream.mapError((error) => scrubbed(error, secrets)))
+        })
+      ).pipe(Stream.withSpan("WatsonX.stream", { attributes: { "gen_ai.provider.name": name } }))
+
+    const embed = Effect.fn("WatsonX.embed")(function* (request: Model.EmbedRequest) {
+      const valid = yield* Model.validateEmbed(request, limits)
+      const model = valid.model ?? embeddingModel
+      yield* Effect.annotateCurrentSpan(spanAttributes(name, "embeddings", model))
+      const answer = yield* call(model, (bearer, ctx) =>
+        Effect.flatMap(
+          client.json(
+            post("ml/v1/text/embeddings", { model_id: model, inputs: valid.texts }, bearer, "application/json"),
+            decodeEmbeddings,
+            ctx
+          ),
+          (answer) =>
+            answer.results.length === valid.texts.length
+              ? Effect.succeed(answer)
+              : Effect.fail(
+                  Errors.malformed(
+                    ctx,
+                    "results",
+                    `expected ${valid.texts.length} embeddings, got ${answer.results.length}`
+                  )
+                )
+        )
+      )
+      return {
+        vectors: answer.results.map((r) => r.embedding),
+        ...(typeof answer.input_token_count === "number" ? { usage: Model.usage(answer.input_token_count, 0) } : {}),
+        provider: name,
+        model: answer.model_id ?? model
+      } satisfies Model.EmbedResponse
+    })
+
+    return { name, defaultModel, generate, stream, embed } satisfies Model.Service
+  }
+)
+
+/** watsonx sends errors inside a stream as `{"errors": [...], "status_code": n}`. */
+const hasErrors = (value: unknown): boolean =>
+  typeof value === "object" && value !== null && Array.isArray((value as { readonly errors?: unknown }).errors)
+
+const spanAttributes = (provider: string, operation: string, model: string) => ({
+  "gen_ai.provider.name": provider,
+  "gen_ai.operation.name": operation,
+  "gen_ai.request.model": model
+})
+
+/**
+ * @since 0.1.0
+ * @category layers
+ */
+export const layer = (options: Options): Layer.Layer<Model.ModelProvider, Input.ConfigError, HttpClient.HttpClient> =>
+  Layer.effect(Model.ModelProvider, make(options))
+
+/**
+ * Options from the environment: `WATSONX_API_KEY` (required), `WATSONX_PROJECT_ID` or
+ * `WATSONX_SPACE_ID`, `WATSONX_URL`, `WATSONX_IAM_URL`, `WATSONX_VERSION`, `WATSONX_MODEL`,
+ * `WATSONX_EMBEDDING_MODEL`.
+ *
+ * @since 0.1.0
+ * @category config
+ */
+export const config: Config.Config<Options> = Config.all({
+  apiKey: Config.Redacted("WATSONX_API_KEY"),
+  projectId: Http.optionalString("WATSONX_PROJECT_ID"),
+  spaceId: Http.optionalString("WATSONX_SPACE_ID"),
+  url: Http.optionalString("WATSONX_URL"),
+  iamUrl: Http.optionalString("WATSONX_IAM_URL"),
+  version: Http.optionalString("WATSONX_VERSION"),
+  model: Http.optionalString("WATSONX_MODEL"),
+  embeddingModel: Http.optionalString("WATSONX_EMBEDDING_MODEL")
+})
+
+/**
+ * The provider with options from `Config` (default: {@link config}).
+ *
+ * @since 0.1.0
+ * @category layers
+ */
+export const layerConfig = (
+  options: Config.Wrap<Options> = config
+): Layer.Layer<Model.ModelProvider, Config.ConfigError | Input.ConfigError, HttpClient.HttpClient> =>
+  Layer.unwrap(Effect.map(Config.unwrap(options), layer))
+
+/**
+ * A watsonx `stop_reason` or chat `finish_reason` as ours.
+ *
+ * @since 0.1.0
+ * @category utils
+ */
+export const finishReasonOf = Wire.finishReasonOf
