@@ -1,0 +1,266 @@
+/**
+ * Google Gemini (Generative Language API) over `effect/http`'s `HttpClient`:
+ * `generateContent`, `streamGenerateContent` (`?alt=sse`) and `batchEmbedContents`. The
+ * key travels in the `x-goog-api-key` header, never in the URL (URLs end up in logs and
+ * span attributes). Tools map to `functionDeclarations` (JSON Schema parameters), tool
+ * calls to `functionCall` parts and tool results to `functionResponse` parts.
+ *
+ * @since 0.1.0
+ */
+import { Config, Effect, Layer, Redacted, Result, Stream } from "effect"
+import type { Sse } from "effect/encoding"
+import type { HttpClient } from "effect/http"
+import { HttpClientRequest } from "effect/http"
+import type { AiError, ModelError } from "../AiError.js"
+import * as Input from "../Input.js"
+import * as Model from "../Model.js"
+import * as Assemble from "./http/assemble.js"
+import * as Client from "./http/client.js"
+import * as Decode from "./http/decode.js"
+import * as Errors from "./http/errors.js"
+import * as Http from "./http/options.js"
+import * as Wire from "./gemini/Wire.js"
+
+/**
+ * @since 0.1.0
+ * @category models
+ */
+export interface Options extends Http.Options {
+  readonly apiKey: Redacted.Redacted<string>
+  /** Default `gemini-2.5-flash`. */
+  readonly model?: string | undefined
+  /** Default `gemini-embedding-001`. */
+  readonly embeddingModel?: string | undefined
+  /** Truncates embeddings to this many dimensions (`outputDimensionality`). */
+  readonly embeddingDimensions?: number | undefined
+  /** Default `https://generativelanguage.googleapis.com`. */
+  readonly baseUrl?: string | undefined
+  /** Default `v1beta`. */
+  readonly apiVersion?: string | undefined
+  /** Provider name in errors, metrics and provenance. Default `gemini`. */
+  readonly name?: string | undefined
+  /** Extra request headers (the key header cannot be replaced). */
+  readonly headers?: Readonly<Record<string, string>> | undefined
+  /** Bounds on requests, checked before any call. Default `Model.defaultRequestLimits`. */
+  readonly requestLimits?: Partial<Model.RequestLimits> | undefined
+}
+
+/** `batchEmbedContents` takes at most 100 requests. */
+const EMBED_BATCH = 100
+
+const decodeAnswer = Decode.valueDecoder(Wire.GenerateContentResponse)
+const decodeEmbeddings = Decode.valueDecoder(Wire.BatchEmbedResponse)
+
+const checkOptions = (options: Options) =>
+  Input.all([
+    Http.settings(options),
+    Redacted.isRedacted(options.apiKey)
+      ? Result.succeed(options.apiKey)
+      : Result.fail({ path: "apiKey", message: "expected a Redacted secret (Redacted.make or Config.Redacted)" }),
+    Http.nonEmpty("name", options.name ?? "gemini"),
+    Http.nonEmpty("model", options.model ?? "gemini-2.5-flash"),
+    Http.nonEmpty("embeddingModel", options.embeddingModel ?? "gemini-embedding-001"),
+    options.embeddingDimensions === undefined
+      ? Result.succeed(undefined)
+      : Input.positiveInt("embeddingDimensions", options.embeddingDimensions),
+    Http.baseUrl("baseUrl", options.baseUrl ?? "https://generativelanguage.googleapis.com"),
+    Http.nonEmpty("apiVersion", options.apiVersion ?? "v1beta"),
+    Model.requestLimits(options.requestLimits)
+  ])
+
+/**
+ * Builds the provider from the `HttpClient` in context. Every option is checked here: a
+ * wrong one fails with a `ConfigError` naming it.
+ *
+ * @since 0.1.0
+ * @category constructors
+ */
+export const make: (options: Options) => Effect.Effect<Model.Service, Input.ConfigError, HttpClient.HttpClient> =
+  Effect.fnUntraced(function* (options: Options) {
+    const [settings, apiKey, name, defaultModel, embeddingModel, dimensions, baseUrl, apiVersion, limits] =
+      yield* Input.orConfigError(checkOptions(options))
+    const client = yield* Client.make(settings, options.transformClient)
+    const root = Http.joinUrl(baseUrl, apiVersion)
+    const secrets = [apiKey]
+
+    const post = (path: string, body: unknown, accept = "application/json") =>
+      HttpClientRequest.post(Http.joinUrl(root, path)).pipe(
+        HttpClientRequest.setHeaders({ ...options.headers }),
+        HttpClientRequest.setHeader("x-goog-api-key", Redacted.value(apiKey)),
+        HttpClientRequest.setHeader("accept", accept),
+        HttpClientRequest.bodyJsonUnsafe(body)
+      )
+
+    // Every call names its model in the URL: a 404 with an error body there is an unknown model.
+    const ctxOf = (model: string): Errors.CallContext => ({ provider: name, model, secrets, notFoundField: "model" })
+
+    const prepare = Effect.fnUntraced(function* (request: Model.GenerateRequest) {
+      const valid = yield* Model.validateGenerate(request, limits)
+      const body = yield* Effect.fromResult(Wire.requestBody(valid, name))
+      const model = valid.model ?? defaultModel
+      return { valid, body, model, ctx: ctxOf(model), inputEstimate: Model.estimateInputTokens(valid) }
+    })
+
+    const generate = Effect.fn("Gemini.generate")(function* (request: Model.GenerateRequest) {
+      const { body, ctx, inputEstimate, model } = yield* prepare(request)
+      yield* Effect.annotateCurrentSpan(spanAttributes(name, "chat", model))
+      const answer = yield* client.json(post(`${Wire.modelPath(model)}:generateContent`, body), decodeAnswer, ctx)
+      if (answer.candidates === undefined || answer.candidates.length === 0) {
+        const refused = Wire.blocked(answer, name, model)
+        return yield* Effect.fail(refused ?? Errors.malformed(ctx, "candidates", "no candidate"))
+      }
+      let n = 0
+      const read = yield* Effect.fromResult(Wire.readAnswer(answer, name, model, () => `call_${n++}`))
+      return {
+        text: read.text,
+        finishReason: Wire.finalReason(read.finishReason, read.toolCalls.length > 0),
+        usage: Wire.usageOf(answer.usageMetadata, inputEstimate, Model.estimateTokens(read.text)),
+        provider: name,
+        model: answer.modelVersion ?? model,
+        ...(read.toolCalls.length > 0 ? { toolCalls: read.toolCalls } : {})
+      } satisfies Model.GenerateResponse
+    })
+
+    const stream = (request: Model.GenerateRequest): Stream.Stream<Model.StreamPart, AiError> =>
+      Stream.unwrap(
+        Effect.map(prepare(request), ({ body, ctx, inputEstimate, model }) => {
+          let finishReason: string | undefined
+          let metadata: typeof Wire.UsageMetadata.Type | undefined
+          let answeredModel: string | undefined
+          let outputChars = 0
+          let calls = 0
+          const step = (event: Sse.Event): Effect.Effect<ReadonlyArray<Model.StreamPart>, ModelError> => {
+            const payload = Decode.parseJson(event.data, ctx)
+            return Effect.flatMap(payload, (value) => {
+              if (event.event === "error" || Errors.isErrorPayload(value))
+                return Effect.fail(Errors.errorFromPayload(value, ctx))
+              return Effect.flatMap(decodeAnswer(value, ctx), (chunk) => {
+                const read = Wire.readAnswer(chunk, name, model, () => `call_${calls++}`)
+                if (Result.isFailure(read)) return Effect.fail(read.failure)
+                if (chunk.usageMetadata !== undefined) metadata = chunk.usageMetadata
+                if (chunk.modelVersion !== undefined) answeredModel = chunk.modelVersion
+                if (read.success.finishReason !== undefined) finishReason = read.success.finishReason
+                outputChars += read.success.text.length
+                const parts: Array<Model.StreamPart> = []
+                if (read.success.text.length > 0) parts.push({ _tag: "TextDelta", text: read.success.text })
+                for (const call of read.success.toolCalls) parts.push({ _tag: "ToolCall", call })
+                return Effect.succeed(parts)
+              })
+            })
+          }
+          // Gemini's SSE has no terminator: the stream is complete when it ends after a finishReason.
+          const onEnd = () =>
+            Effect.succeed<ReadonlyArray<Model.StreamPart>>(
+              finishReason === undefined
+                ? []
+                : [
+                    {
+                      _tag: "Finish",
+                      finishReason: Wire.finalReason(finishReason, calls > 0),
+                      usage: Wire.usageOf(metadata, inputEstimate, Math.ceil(outputChars / 4)),
+                      provider: name,
+                      model: answeredModel ?? model
+                    }
+                  ]
+            )
+          const url = `${Wire.modelPath(model)}:streamGenerateContent?alt=sse`
+          return Assemble.assemble(client.sse(post(url, body, "text/event-stream"), ctx), {
+            ctx,
+            idleTimeout: settings.streamIdleTimeout,
+            step,
+            onEnd
+          })
+        })
+      ).pipe(Stream.withSpan("Gemini.stream", { attributes: { "gen_ai.provider.name": name } }))
+
+    const embed = Effect.fn("Gemini.embed")(function* (request: Model.EmbedRequest) {
+      const valid = yield* Model.validateEmbed(request, limits)
+      const model = valid.model ?? embeddingModel
+      yield* Effect.annotateCurrentSpan(spanAttributes(name, "embeddings", model))
+      const ctx = ctxOf(model)
+      const batches: Array<ReadonlyArray<string>> = []
+      for (let i = 0; i < valid.texts.length; i += EMBED_BATCH) batches.push(valid.texts.slice(i, i + EMBED_BATCH))
+      const answers = yield* Effect.forEach(batches, (texts) =>
+        Effect.flatMap(
+          client.json(
+            post(`${Wire.modelPath(model)}:batchEmbedContents`, Wire.embedBody(texts, model, dimensions)),
+            decodeEmbeddings,
+            ctx
+          ),
+          (answer) =>
+            answer.embeddings.length === texts.length
+              ? Effect.succeed(answer.embeddings.map((e) => e.values))
+              : Effect.fail(
+                  Errors.malformed(
+                    ctx,
+                    "embeddings",
+                    `expected ${texts.length} embeddings, got ${answer.embeddings.length}`
+                  )
+                )
+        )
+      ).pipe(
+        // Each batch is bounded by the client; `timeout` bounds the call as a whole too.
+        Effect.timeoutOrElse({
+          duration: settings.timeout,
+          orElse: () => Effect.fail(Errors.requestTimeout(ctx, settings.timeout))
+        })
+      )
+      return { vectors: answers.flat(), provider: name, model } satisfies Model.EmbedResponse
+    })
+
+    return { name, defaultModel, generate, stream, embed } satisfies Model.Service
+  })
+
+const spanAttributes = (provider: string, operation: string, model: string) => ({
+  "gen_ai.provider.name": provider,
+  "gen_ai.operation.name": operation,
+  "gen_ai.request.model": model
+})
+
+/**
+ * Gemini's `finishReason` as ours.
+ *
+ * @since 0.1.0
+ * @category utils
+ */
+export const finishReasonOf = Wire.finishReasonOf
+
+/**
+ * The request body of `generateContent` (see `gemini/Wire.ts`).
+ *
+ * @since 0.1.0
+ * @category utils
+ */
+export const requestBody = Wire.requestBody
+
+/**
+ * @since 0.1.0
+ * @category layers
+ */
+export const layer = (options: Options): Layer.Layer<Model.ModelProvider, Input.ConfigError, HttpClient.HttpClient> =>
+  Layer.effect(Model.ModelProvider, make(options))
+
+/**
+ * Options from the environment: `GEMINI_API_KEY` (required), `GEMINI_MODEL`,
+ * `GEMINI_EMBEDDING_MODEL`, `GEMINI_BASE_URL`.
+ *
+ * @since 0.1.0
+ * @category config
+ */
+export const config: Config.Config<Options> = Config.all({
+  apiKey: Config.Redacted("GEMINI_API_KEY"),
+  model: Http.optionalString("GEMINI_MODEL"),
+  embeddingModel: Http.optionalString("GEMINI_EMBEDDING_MODEL"),
+  baseUrl: Http.optionalString("GEMINI_BASE_URL")
+})
+
+/**
+ * The provider with options from `Config` (default: {@link config}).
+ *
+ * @since 0.1.0
+ * @category layers
+ */
+export const layerConfig = (
+  options: Config.Wrap<Options> = config
+): Layer.Layer<Model.ModelProvider, Config.ConfigError | Input.ConfigError, HttpClient.HttpClient> =>
+  Layer.unwrap(Effect.map(Config.unwrap(options), layer))

@@ -1,0 +1,342 @@
+/**
+ * The Generative Language API as the Gemini provider speaks it: the request body of
+ * `generateContent` (conversation, tools, tool calls and results, generation config), the
+ * body of `batchEmbedContents`, the schemas of the answers, and their reading. Pure: no HTTP.
+ *
+ * @since 0.2.0
+ */
+import { Result, Schema } from "effect"
+import { invalidRequest, ModelError } from "../../AiError.js"
+import * as Model from "../../Model.js"
+
+const Part = Schema.Struct({
+  text: Schema.optional(Schema.String),
+  thought: Schema.optional(Schema.Boolean),
+  functionCall: Schema.optional(
+    Schema.Struct({
+      id: Schema.optional(Schema.String),
+      name: Schema.String,
+      args: Schema.optional(Schema.Record(Schema.String, Schema.Unknown))
+    })
+  )
+})
+
+/**
+ * @since 0.2.0
+ * @category schemas
+ */
+export const UsageMetadata = Schema.Struct({
+  promptTokenCount: Schema.optional(Schema.Number),
+  candidatesTokenCount: Schema.optional(Schema.Number),
+  thoughtsTokenCount: Schema.optional(Schema.Number),
+  totalTokenCount: Schema.optional(Schema.Number)
+})
+
+/**
+ * The answer of `generateContent`, and each event of `streamGenerateContent`.
+ *
+ * @since 0.2.0
+ * @category schemas
+ */
+export const GenerateContentResponse = Schema.Struct({
+  candidates: Schema.optional(
+    Schema.Array(
+      Schema.Struct({
+        content: Schema.optional(Schema.Struct({ parts: Schema.optional(Schema.Array(Part)) })),
+        finishReason: Schema.optional(Schema.String)
+      })
+    )
+  ),
+  promptFeedback: Schema.optional(Schema.Struct({ blockReason: Schema.optional(Schema.String) })),
+  usageMetadata: Schema.optional(UsageMetadata),
+  modelVersion: Schema.optional(Schema.String)
+})
+
+/**
+ * @since 0.2.0
+ * @category models
+ */
+export type GenerateContentResponse = typeof GenerateContentResponse.Type
+
+/**
+ * The answer of `batchEmbedContents`.
+ *
+ * @since 0.2.0
+ * @category schemas
+ */
+export const BatchEmbedResponse = Schema.Struct({
+  embeddings: Schema.Array(Schema.Struct({ values: Schema.Array(Schema.Number) }))
+})
+
+/**
+ * Gemini's `finishReason` as ours. A malformed or unexpected function call is an `error`:
+ * the answer carries no usable call.
+ *
+ * @since 0.1.0
+ * @category utils
+ */
+export const finishReasonOf = (reason: string | undefined): Model.FinishReason => {
+  switch (reason) {
+    case "STOP":
+      return "stop"
+    case "MAX_TOKENS":
+      return "length"
+    case "SAFETY":
+    case "RECITATION":
+    case "BLOCKLIST":
+    case "PROHIBITED_CONTENT":
+    case "SPII":
+    case "IMAGE_SAFETY":
+      return "content_filter"
+    case "MALFORMED_FUNCTION_CALL":
+    case "UNEXPECTED_TOOL_CALL":
+    case "TOO_MANY_TOOL_CALLS":
+      return "error"
+    default:
+      return "unknown"
+  }
+}
+
+/**
+ * A model id as a URL path: `gemini-2.5-flash` is `models/gemini-2.5-flash`; tuned models
+ * keep their prefix; every segment is escaped.
+ *
+ * @since 0.2.0
+ * @category utils
+ */
+export const modelPath = (model: string): string =>
+  (model.startsWith("models/") || model.startsWith("tunedModels/") ? model : `models/${model}`)
+    .split("/")
+    .map(encodeURIComponent)
+    .join("/")
+
+const isPlainObject = (u: unknown): u is Record<string, unknown> =>
+  typeof u === "object" && u !== null && !Array.isArray(u)
+
+const parseJson = (text: string): Result.Result<unknown, undefined> => {
+  try {
+    return Result.succeed(JSON.parse(text))
+  } catch {
+    return Result.fail(undefined)
+  }
+}
+
+type Content = { readonly role: "user" | "model"; readonly parts: Array<Record<string, unknown>> }
+
+const contentsOf = (
+  messages: ReadonlyArray<Model.Message>,
+  provider: string
+): Result.Result<{ readonly system: ReadonlyArray<string>; readonly contents: ReadonlyArray<Content> }, ModelError> => {
+  const system: Array<string> = []
+  const contents: Array<Content> = []
+  const callNames = new Map<string, string>()
+  const refuse = (message: string) => Result.fail(invalidRequest("messages", message, provider))
+  for (const message of messages) {
+    switch (message.role) {
+      case "system":
+        system.push(message.content)
+        break
+      case "user":
+        contents.push({ role: "user", parts: [{ text: message.content }] })
+        break
+      case "assistant": {
+        const parts: Array<Record<string, unknown>> = message.content.length > 0 ? [{ text: message.content }] : []
+        for (const call of message.toolCalls ?? []) {
+          const args = parseJson(call.arguments)
+          if (Result.isFailure(args) || !isPlainObject(args.success)) {
+            return refuse(`the arguments of tool call "${call.id}" are not a JSON object`)
+          }
+          callNames.set(call.id, call.name)
+          parts.push({ functionCall: { name: call.name, args: args.success } })
+        }
+        contents.push({ role: "model", parts: parts.length > 0 ? parts : [{ text: "" }] })
+        break
+      }
+      case "tool": {
+        const name = message.toolCallId === undefined ? undefined : callNames.get(message.toolCallId)
+        if (name === undefined) {
+          return refuse(`a tool message answers no earlier tool call (toolCallId ${message.toolCallId ?? "missing"})`)
+        }
+        const parsed = parseJson(message.content)
+        const response =
+          Result.isSuccess(parsed) && isPlainObject(parsed.success) ? parsed.success : { output: message.content }
+        const part = { functionResponse: { name, response } }
+        // The answers to one turn's parallel calls travel together in one user turn.
+        const last = contents[contents.length - 1]
+        if (last !== undefined && last.role === "user" && last.parts.every((p) => "functionResponse" in p)) {
+          last.parts.push(part)
+        } else {
+          contents.push({ role: "user", parts: [part] })
+        }
+        break
+      }
+    }
+  }
+  return Result.succeed({ system, contents })
+}
+
+const toolConfigOf = (
+  choice: NonNullable<Model.GenerateRequest["toolChoice"]>,
+  tools: ReadonlyArray<Model.ToolDefinition>,
+  provider: string
+): Result.Result<Record<string, unknown>, ModelError> => {
+  if (typeof choice === "object") {
+    if (!tools.some((tool) => tool.name === choice.name)) {
+      return Result.fail(invalidRequest("toolChoice", `no tool is named "${choice.name}"`, provider))
+    }
+    return Result.succeed({ functionCallingConfig: { mode: "ANY", allowedFunctionNames: [choice.name] } })
+  }
+  const mode = choice === "auto" ? "AUTO" : choice === "none" ? "NONE" : "ANY"
+  return Result.succeed({ functionCallingConfig: { mode } })
+}
+
+/**
+ * The request body of `generateContent`: system messages become `systemInstruction`,
+ * assistant turns are role `model`, tools `functionDeclarations`, a JSON response format
+ * `responseMimeType` (with `responseJsonSchema`). Fails with `InvalidRequest` for what
+ * cannot be sent (a tool message answering no earlier call, arguments that are not JSON).
+ *
+ * @since 0.1.0
+ * @category utils
+ */
+export const requestBody = (
+  request: Model.GenerateRequest,
+  provider = "gemini"
+): Result.Result<Record<string, unknown>, ModelError> => {
+  const conversation = contentsOf(Model.toMessages(request), provider)
+  if (Result.isFailure(conversation)) return conversation
+  const { contents, system } = conversation.success
+  const body: Record<string, unknown> = { contents }
+  if (system.length > 0) body["systemInstruction"] = { parts: [{ text: system.join("\n\n") }] }
+  const tools = request.tools ?? []
+  if (tools.length > 0) {
+    body["tools"] = [
+      {
+        functionDeclarations: tools.map((tool) => ({
+          name: tool.name,
+          ...(tool.description === undefined ? {} : { description: tool.description }),
+          ...(tool.parameters === undefined ? {} : { parametersJsonSchema: tool.parameters })
+        }))
+      }
+    ]
+  }
+  if (request.toolChoice !== undefined) {
+    const config = toolConfigOf(request.toolChoice, tools, provider)
+    if (Result.isFailure(config)) return config
+    body["toolConfig"] = config.success
+  }
+  const config: Record<string, unknown> = {}
+  if (request.maxTokens !== undefined) config["maxOutputTokens"] = request.maxTokens
+  if (request.temperature !== undefined) config["temperature"] = request.temperature
+  if (request.topP !== undefined) config["topP"] = request.topP
+  if (request.stop !== undefined) config["stopSequences"] = request.stop
+  if (request.seed !== undefined) config["seed"] = request.seed
+  const format = request.responseFormat
+  if (format !== undefined && format.type !== "text") {
+    config["responseMimeType"] = "application/json"
+    if (format.type === "json_schema") config["responseJsonSchema"] = format.schema
+  }
+  if (Object.keys(config).length > 0) body["generationConfig"] = config
+  return Result.succeed(body)
+}
+
+/**
+ * The body of `batchEmbedContents` for some texts.
+ *
+ * @since 0.2.0
+ * @category utils
+ */
+export const embedBody = (
+  texts: ReadonlyArray<string>,
+  model: string,
+  dimensions: number | undefined
+): Record<string, unknown> => ({
+  requests: texts.map((text) => ({
+    model: modelPath(model),
+    content: { parts: [{ text }] },
+    ...(dimensions === undefined ? {} : { outputDimensionality: dimensions })
+  }))
+})
+
+/**
+ * Usage from `usageMetadata`; thinking tokens are billed as output.
+ *
+ * @since 0.2.0
+ * @category utils
+ */
+export const usageOf = (
+  metadata: typeof UsageMetadata.Type | undefined,
+  fallbackInput: number,
+  fallbackOutput: number
+): Model.Usage => {
+  if (metadata === undefined) return Model.usage(fallbackInput, fallbackOutput)
+  const input = metadata.promptTokenCount ?? fallbackInput
+  const output = (metadata.candidatesTokenCount ?? fallbackOutput) + (metadata.thoughtsTokenCount ?? 0)
+  return { inputTokens: input, outputTokens: output, totalTokens: metadata.totalTokenCount ?? input + output }
+}
+
+/**
+ * The `ContentFilter` failure of an answer whose prompt was blocked (no candidates).
+ *
+ * @since 0.2.0
+ * @category utils
+ */
+export const blocked = (answer: GenerateContentResponse, provider: string, model: string): ModelError | undefined => {
+  const reason = answer.promptFeedback?.blockReason
+  if (reason === undefined || (answer.candidates !== undefined && answer.candidates.length > 0)) return undefined
+  return new ModelError({
+    reason: "ContentFilter",
+    message: `${provider} blocked the prompt: ${reason}`,
+    provider,
+    model
+  })
+}
+
+/**
+ * Reads one answer or stream event: its text (thought parts left out), its tool calls (ids
+ * from `nextId` where Gemini gives none), its finish reason. A blocked prompt is a
+ * `ContentFilter` failure.
+ *
+ * @since 0.2.0
+ * @category utils
+ */
+export const readAnswer = (
+  answer: GenerateContentResponse,
+  provider: string,
+  model: string,
+  nextId: () => string
+): Result.Result<
+  { readonly text: string; readonly toolCalls: ReadonlyArray<Model.ToolCall>; readonly finishReason?: string },
+  ModelError
+> => {
+  const refused = blocked(answer, provider, model)
+  if (refused !== undefined) return Result.fail(refused)
+  const candidate = answer.candidates?.[0]
+  let text = ""
+  const toolCalls: Array<Model.ToolCall> = []
+  for (const part of candidate?.content?.parts ?? []) {
+    if (part.functionCall !== undefined) {
+      const call = part.functionCall
+      toolCalls.push({ id: call.id ?? nextId(), name: call.name, arguments: JSON.stringify(call.args ?? {}) })
+    } else if (part.thought !== true && part.text !== undefined) {
+      text += part.text
+    }
+  }
+  return Result.succeed(
+    candidate?.finishReason === undefined
+      ? { text, toolCalls }
+      : { text, toolCalls, finishReason: candidate.finishReason }
+  )
+}
+
+/**
+ * The finish reason of a turn. Gemini says STOP after function calls too: for the caller,
+ * the turn ended in tool calls.
+ *
+ * @since 0.2.0
+ * @category utils
+ */
+export const finalReason = (reason: string | undefined, sawToolCalls: boolean): Model.FinishReason => {
+  const mapped = finishReasonOf(reason)
+  return sawToolCalls && mapped === "stop" ? "tool_calls" : mapped
+}

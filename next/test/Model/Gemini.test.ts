@@ -1,0 +1,735 @@
+import { inspect } from "node:util"
+import { NodeHttpClient } from "@effect/platform-node"
+import { assert, describe, it, layer } from "@effect/vitest"
+import {
+  Cause,
+  ConfigProvider,
+  Deferred,
+  Duration,
+  Effect,
+  Exit,
+  Fiber,
+  Layer,
+  Option,
+  Redacted,
+  Result,
+  Stream,
+  Tracer
+} from "effect"
+import { HttpClient, HttpClientRequest } from "effect/http"
+import { TestClock } from "effect/testing"
+import type { AiError, ModelError } from "../../src/AiError.js"
+import * as Gemini from "../../src/Model/Gemini.js"
+import * as GeminiWire from "../../src/Model/gemini/Wire.js"
+import * as Model from "../../src/Model.js"
+import * as Server from "../utils/httpServer.js"
+
+const bodyOf = (request: Model.GenerateRequest): Record<string, unknown> => {
+  const body = Gemini.requestBody(request)
+  if (Result.isFailure(body)) throw new Error(body.failure.message)
+  return body.success
+}
+
+const refusalOf = (request: Model.GenerateRequest): ModelError => {
+  const body = Gemini.requestBody(request)
+  if (Result.isSuccess(body)) throw new Error("expected a refusal")
+  return body.failure
+}
+
+const weather: Model.ToolDefinition = {
+  name: "get_weather",
+  description: "Weather in a city",
+  parameters: { type: "object", properties: { city: { type: "string" } }, required: ["city"] }
+}
+
+describe("Gemini wire", () => {
+  it("tools become functionDeclarations with JSON Schema parameters; toolChoice a functionCallingConfig", () => {
+    const body = bodyOf({ prompt: "weather?", tools: [weather, { name: "now" }], toolChoice: { name: "get_weather" } })
+    assert.deepStrictEqual(body["tools"], [
+      {
+        functionDeclarations: [
+          { name: "get_weather", description: "Weather in a city", parametersJsonSchema: weather.parameters },
+          { name: "now" }
+        ]
+      }
+    ])
+    assert.deepStrictEqual(body["toolConfig"], {
+      functionCallingConfig: { mode: "ANY", allowedFunctionNames: ["get_weather"] }
+    })
+    assert.deepStrictEqual(bodyOf({ prompt: "x", tools: [weather], toolChoice: "required" })["toolConfig"], {
+      functionCallingConfig: { mode: "ANY" }
+    })
+    assert.deepStrictEqual(bodyOf({ prompt: "x", tools: [weather], toolChoice: "none" })["toolConfig"], {
+      functionCallingConfig: { mode: "NONE" }
+    })
+    const unknown = refusalOf({ prompt: "x", tools: [weather], toolChoice: { name: "nope" } })
+    assert.strictEqual(unknown.reason, "InvalidRequest")
+    assert.strictEqual(unknown.field, "toolChoice")
+  })
+
+  it("a tool conversation: calls are functionCall parts, parallel answers one user turn of functionResponse parts", () => {
+    const body = bodyOf({
+      system: "Use tools.",
+      messages: [
+        { role: "user", content: "weather in Paris and Rome?" },
+        {
+          role: "assistant",
+          content: "",
+          toolCalls: [
+            { id: "c1", name: "get_weather", arguments: `{"city":"Paris"}` },
+            { id: "c2", name: "get_weather", arguments: `{"city":"Rome"}` }
+          ]
+        },
+        { role: "tool", toolCallId: "c1", content: `{"celsius":21}` },
+        { role: "tool", toolCallId: "c2", content: "sunny" },
+        { role: "user", content: "thanks" }
+      ],
+      tools: [weather]
+    })
+    assert.deepStrictEqual(body["systemInstruction"], { parts: [{ text: "Use tools." }] })
+    assert.deepStrictEqual(body["contents"], [
+      { role: "user", parts: [{ text: "weather in Paris and Rome?" }] },
+      {
+        role: "model",
+        parts: [
+          { functionCall: { name: "get_weather", args: { city: "Paris" } } },
+          { functionCall: { name: "get_weather", args: { city: "Rome" } } }
+        ]
+      },
+      {
+        role: "user",
+        parts: [
+          { functionResponse: { name: "get_weather", response: { celsius: 21 } } },
+          { functionResponse: { name: "get_weather", response: { output: "sunny" } } }
+        ]
+      },
+      { role: "user", parts: [{ text: "thanks" }] }
+    ])
+  })
+
+  it("a tool message answering no call, or call arguments that are not a JSON object, are refused", () => {
+    const orphan = refusalOf({
+      messages: [
+        { role: "user", content: "x" },
+        { role: "tool", toolCallId: "zz", content: "1" }
+      ]
+    })
+    assert.strictEqual(orphan.reason, "InvalidRequest")
+    assert.strictEqual(orphan.field, "messages")
+    const badArgs = refusalOf({
+      messages: [{ role: "assistant", content: "", toolCalls: [{ id: "c", name: "f", arguments: "[1]" }] }]
+    })
+    assert.strictEqual(badArgs.field, "messages")
+  })
+
+  it("a JSON response format asks for application/json, with the schema when given", () => {
+    const schema = { type: "object", properties: { a: { type: "number" } } }
+    assert.deepStrictEqual(
+      bodyOf({ prompt: "x", responseFormat: { type: "json_schema", name: "s", schema } })["generationConfig"],
+      { responseMimeType: "application/json", responseJsonSchema: schema }
+    )
+    assert.deepStrictEqual(bodyOf({ prompt: "x", responseFormat: { type: "json_object" } })["generationConfig"], {
+      responseMimeType: "application/json"
+    })
+    assert.isUndefined(bodyOf({ prompt: "x", responseFormat: { type: "text" } })["generationConfig"])
+  })
+
+  it("an answer's functionCall parts are tool calls; ids from Gemini or made up; thoughts are not text", () => {
+    let n = 0
+    const read = GeminiWire.readAnswer(
+      {
+        candidates: [
+          {
+            content: {
+              parts: [
+                { text: "planning", thought: true },
+                { text: "Let me check. " },
+                { functionCall: { name: "get_weather", args: { city: "Paris" } } },
+                { functionCall: { id: "g-7", name: "now" } }
+              ]
+            },
+            finishReason: "STOP"
+          }
+        ]
+      },
+      "gemini",
+      "m",
+      () => `call_${n++}`
+    )
+    assert.isTrue(Result.isSuccess(read))
+    if (Result.isFailure(read)) return
+    assert.strictEqual(read.success.text, "Let me check. ")
+    assert.deepStrictEqual(read.success.toolCalls, [
+      { id: "call_0", name: "get_weather", arguments: `{"city":"Paris"}` },
+      { id: "g-7", name: "now", arguments: "{}" }
+    ])
+  })
+
+  it("finish reasons; a blocked prompt is ContentFilter", () => {
+    assert.strictEqual(Gemini.finishReasonOf("STOP"), "stop")
+    assert.strictEqual(Gemini.finishReasonOf("MAX_TOKENS"), "length")
+    assert.strictEqual(Gemini.finishReasonOf("SAFETY"), "content_filter")
+    assert.strictEqual(Gemini.finishReasonOf("PROHIBITED_CONTENT"), "content_filter")
+    assert.strictEqual(Gemini.finishReasonOf("MALFORMED_FUNCTION_CALL"), "error")
+    assert.strictEqual(Gemini.finishReasonOf("SOMETHING_NEW"), "unknown")
+    const read = GeminiWire.readAnswer({ promptFeedback: { blockReason: "SAFETY" } }, "gemini", "m", () => "x")
+    assert.isTrue(Result.isFailure(read))
+    if (Result.isSuccess(read)) return
+    assert.strictEqual(read.failure.reason, "ContentFilter")
+  })
+
+  it("model paths: a bare id gets models/, tuned models keep their prefix, segments are escaped", () => {
+    assert.strictEqual(GeminiWire.modelPath("gemini-2.5-flash"), "models/gemini-2.5-flash")
+    assert.strictEqual(GeminiWire.modelPath("tunedModels/my-model"), "tunedModels/my-model")
+    assert.strictEqual(GeminiWire.modelPath("a b?c"), "models/a%20b%3Fc")
+  })
+})
+
+const KEY = "AIzaSyTEST-0123456789abcdefSECRET"
+
+const provider = (server: Server.TestServer, options: Partial<Gemini.Options> = {}) =>
+  Gemini.make({ baseUrl: server.url, apiKey: Redacted.make(KEY), ...options })
+
+const response = (text: string, extra: Record<string, unknown> = {}) => ({
+  candidates: [
+    {
+      content: { parts: [{ text }], role: "model" },
+      finishReason: "STOP",
+      index: 0,
+      safetyRatings: [{ category: "HARM_CATEGORY_HARASSMENT", probability: "NEGLIGIBLE" }]
+    }
+  ],
+  usageMetadata: { promptTokenCount: 8, candidatesTokenCount: 5, totalTokenCount: 13 },
+  modelVersion: "gemini-2.5-flash",
+  responseId: "abc",
+  ...extra
+})
+
+const streamChunk = (text: string, finishReason?: string) => ({
+  candidates: [{ content: { parts: [{ text }], role: "model" }, index: 0, ...(finishReason ? { finishReason } : {}) }],
+  usageMetadata: finishReason
+    ? { promptTokenCount: 8, candidatesTokenCount: 6, thoughtsTokenCount: 2, totalTokenCount: 16 }
+    : { promptTokenCount: 8, totalTokenCount: 8 },
+  modelVersion: "gemini-2.5-flash"
+})
+
+const googleError = (code: number, status: string, message: string, details: ReadonlyArray<unknown> = []) => ({
+  error: { code, message, status, details }
+})
+
+const collect = (stream: Stream.Stream<Model.StreamPart, AiError>) =>
+  Effect.gen(function* () {
+    const parts: Array<Model.StreamPart> = []
+    const exit = yield* Effect.exit(Stream.runForEach(stream, (part) => Effect.sync(() => parts.push(part))))
+    const text = parts.flatMap((p) => (p._tag === "TextDelta" ? [p.text] : [])).join("")
+    return { parts, exit, text }
+  })
+
+const failureOf = (exit: Exit.Exit<unknown, AiError>): AiError => {
+  if (Exit.isSuccess(exit)) throw new Error("expected a failure")
+  const error = Cause.findErrorOption(exit.cause)
+  if (Option.isNone(error)) throw new Error(Cause.pretty(exit.cause))
+  return error.value
+}
+
+const modelErrorOf = (exit: Exit.Exit<unknown, AiError>): ModelError => {
+  const error = failureOf(exit)
+  if (error._tag !== "ModelError") throw new Error(`expected a ModelError, got ${error._tag}`)
+  return error
+}
+
+const failing = (effect: Effect.Effect<unknown, AiError>) => Effect.map(Effect.exit(effect), modelErrorOf)
+
+layer(NodeHttpClient.layerUndici)("Gemini over HTTP", (it) => {
+  describe("generate", () => {
+    it.effect("generateContent: documented body, key in the header and never in the URL", () =>
+      Effect.gen(function* () {
+        const server = yield* Server.make((_, res) => Server.json(res, 200, response("Hi there")))
+        const p = yield* provider(server)
+        const answer = yield* p.generate({
+          system: "Be terse.",
+          messages: [
+            { role: "user", content: "hello" },
+            { role: "assistant", content: "hey" },
+            { role: "user", content: "again" }
+          ],
+          maxTokens: 50,
+          temperature: 0.1,
+          topP: 0.9,
+          stop: ["END"]
+        })
+        assert.deepStrictEqual(answer, {
+          text: "Hi there",
+          finishReason: "stop",
+          usage: { inputTokens: 8, outputTokens: 5, totalTokens: 13 },
+          provider: "gemini",
+          model: "gemini-2.5-flash"
+        })
+        const [request] = yield* server.requests
+        assert.strictEqual(request?.path, "/v1beta/models/gemini-2.5-flash:generateContent")
+        assert.strictEqual(request?.search.toString(), "")
+        assert.strictEqual(request?.headers["x-goog-api-key"], KEY)
+        assert.deepStrictEqual(request?.json, {
+          contents: [
+            { role: "user", parts: [{ text: "hello" }] },
+            { role: "model", parts: [{ text: "hey" }] },
+            { role: "user", parts: [{ text: "again" }] }
+          ],
+          systemInstruction: { parts: [{ text: "Be terse." }] },
+          generationConfig: { maxOutputTokens: 50, temperature: 0.1, topP: 0.9, stopSequences: ["END"] }
+        })
+      })
+    )
+
+    it.effect(
+      "thought parts are not answer text; a blocked prompt is ContentFilter; a SAFETY stop is content_filter",
+      () =>
+        Effect.gen(function* () {
+          const server = yield* Server.make((req, res) => {
+            if (req.path.includes("blocked")) {
+              return Server.json(res, 200, {
+                promptFeedback: { blockReason: "SAFETY" },
+                usageMetadata: { promptTokenCount: 3 }
+              })
+            }
+            if (req.path.includes("unsafe")) {
+              return Server.json(res, 200, { candidates: [{ finishReason: "SAFETY", index: 0 }] })
+            }
+            return Server.json(
+              res,
+              200,
+              response("", {
+                candidates: [
+                  {
+                    content: { parts: [{ text: "thinking...", thought: true }, { text: "42" }] },
+                    finishReason: "MAX_TOKENS"
+                  }
+                ]
+              })
+            )
+          })
+          const p = yield* provider(server)
+          const answer = yield* p.generate({ prompt: "?" })
+          assert.strictEqual(answer.text, "42")
+          assert.strictEqual(answer.finishReason, "length")
+          const error = yield* failing(p.generate({ prompt: "?", model: "blocked" }))
+          assert.strictEqual(error.reason, "ContentFilter")
+          assert.include(error.message, "SAFETY")
+          const unsafe = yield* p.generate({ prompt: "?", model: "unsafe" })
+          assert.strictEqual(unsafe.text, "")
+          assert.strictEqual(unsafe.finishReason, "content_filter")
+        })
+    )
+
+    it.effect("errors: 429 RetryInfo and Retry-After, 400 API_KEY_INVALID, 503, 404 model, 400, 403", () =>
+      Effect.gen(function* () {
+        const answers: Record<string, [number, unknown, Record<string, string>?]> = {
+          quota: [
+            429,
+            googleError(429, "RESOURCE_EXHAUSTED", "You exceeded your current quota", [
+              { "@type": "type.googleapis.com/google.rpc.QuotaFailure", violations: [] },
+              { "@type": "type.googleapis.com/google.rpc.RetryInfo", retryDelay: "36s" }
+            ])
+          ],
+          header: [429, googleError(429, "RESOURCE_EXHAUSTED", "slow down"), { "retry-after": "5" }],
+          badkey: [
+            400,
+            googleError(400, "INVALID_ARGUMENT", "API key not valid. Please pass a valid API key.", [
+              {
+                "@type": "type.googleapis.com/google.rpc.ErrorInfo",
+                reason: "API_KEY_INVALID",
+                domain: "googleapis.com"
+              }
+            ])
+          ],
+          overloaded: [503, googleError(503, "UNAVAILABLE", "The model is overloaded. Please try again later.")],
+          missing: [404, googleError(404, "NOT_FOUND", "models/missing is not found for API version v1beta")],
+          bad: [400, googleError(400, "INVALID_ARGUMENT", "Invalid value at 'generation_config.temperature'")],
+          denied: [403, googleError(403, "PERMISSION_DENIED", "Method doesn't allow unregistered callers")]
+        }
+        const server = yield* Server.make((req, res) => {
+          const model = req.path.split("/")[3]!.split(":")[0]!
+          const [status, body, headers] = answers[model]!
+          Server.json(res, status, body, headers)
+        })
+        const p = yield* provider(server)
+        const call = (model: string) => failing(p.generate({ prompt: "x", model }))
+        const quota = yield* call("quota")
+        assert.strictEqual(quota.reason, "RateLimited")
+        assert.deepStrictEqual(quota.retryAfter, Duration.seconds(36))
+        assert.deepStrictEqual((yield* call("header")).retryAfter, Duration.seconds(5))
+        const badKey = yield* call("badkey")
+        assert.strictEqual(badKey.reason, "Unauthorized")
+        assert.strictEqual(badKey.status, 400)
+        const overloaded = yield* call("overloaded")
+        assert.strictEqual(overloaded.reason, "Unavailable")
+        assert.include(overloaded.message, "The model is overloaded")
+        const missing = yield* call("missing")
+        assert.strictEqual(missing.reason, "InvalidRequest")
+        assert.strictEqual(missing.field, "model")
+        const bad = yield* call("bad")
+        assert.strictEqual(bad.reason, "InvalidRequest")
+        assert.notStrictEqual(bad.field, "model")
+        assert.strictEqual((yield* call("denied")).reason, "Unauthorized")
+      })
+    )
+
+    it.effect("a malformed body is Decode naming the field", () =>
+      Effect.gen(function* () {
+        const server = yield* Server.make((_, res) =>
+          Server.json(res, 200, response("x", { candidates: [{ content: { parts: [{ text: 7 }] } }] }))
+        )
+        const p = yield* provider(server)
+        const error = yield* failing(p.generate({ prompt: "x" }))
+        assert.strictEqual(error.reason, "Decode")
+        assert.strictEqual(error.field, "candidates[0].content.parts[0].text")
+      })
+    )
+
+    it.effect("a tool call answer: toolCalls, finish reason tool_calls, the tools in the request", () =>
+      Effect.gen(function* () {
+        const server = yield* Server.make((_, res) =>
+          Server.json(res, 200, {
+            candidates: [
+              {
+                content: { role: "model", parts: [{ functionCall: { name: "get_weather", args: { city: "Paris" } } }] },
+                finishReason: "STOP"
+              }
+            ],
+            usageMetadata: { promptTokenCount: 20, candidatesTokenCount: 4, totalTokenCount: 24 }
+          })
+        )
+        const p = yield* provider(server)
+        const answer = yield* p.generate({ prompt: "weather in Paris?", tools: [weather] })
+        assert.strictEqual(answer.finishReason, "tool_calls")
+        assert.deepStrictEqual(answer.toolCalls, [{ id: "call_0", name: "get_weather", arguments: `{"city":"Paris"}` }])
+        const [request] = yield* server.requests
+        assert.deepStrictEqual((request!.json as Record<string, unknown>)["tools"], [
+          {
+            functionDeclarations: [
+              { name: "get_weather", description: "Weather in a city", parametersJsonSchema: weather.parameters }
+            ]
+          }
+        ])
+      })
+    )
+
+    it.effect("an answer past maxResponseBytes is TooLarge; an endless one too, without reading it all", () =>
+      Effect.gen(function* () {
+        const server = yield* Server.make((req, res) =>
+          req.path.includes("endless")
+            ? Server.endless(res, { contentType: "application/json", prefix: '{"candidates": "' })
+            : Server.json(res, 200, response("x".repeat(5000)))
+        )
+        const p = yield* provider(server, { maxResponseBytes: 4096 })
+        assert.strictEqual((yield* failing(p.generate({ prompt: "x" }))).reason, "TooLarge")
+        const endless = yield* failing(p.generate({ prompt: "x", model: "endless" }))
+        assert.strictEqual(endless.reason, "TooLarge")
+        assert.isBelow(yield* server.bytesSent, 64 * 1024 * 1024)
+      })
+    )
+
+    it.effect("timeout bounds a call that never answers: TimeoutError, and its connection is closed", () =>
+      Effect.gen(function* () {
+        const server = yield* Server.make((_, res) => Server.hang(res))
+        const p = yield* provider(server, { timeout: "2 seconds" })
+        const call = yield* Effect.forkChild(Effect.exit(p.generate({ prompt: "hi" })))
+        yield* server.awaitRequests(1)
+        yield* TestClock.adjust("1999 millis")
+        assert.isUndefined(call.pollUnsafe())
+        yield* TestClock.adjust("1 millis")
+        const error = failureOf(yield* Fiber.join(call))
+        assert.strictEqual(error._tag, "TimeoutError")
+        if (error._tag === "TimeoutError") assert.deepStrictEqual(error.timeout, Duration.seconds(2))
+        yield* server.awaitAborted(1)
+      })
+    )
+
+    it.effect("the key appears in no error, Cause, span attribute or options rendering", () =>
+      Effect.gen(function* () {
+        const server = yield* Server.make((req, res) =>
+          Server.json(
+            res,
+            400,
+            googleError(400, "INVALID_ARGUMENT", `API key not valid: ${String(req.headers["x-goog-api-key"])}`, [
+              { "@type": "type.googleapis.com/google.rpc.ErrorInfo", reason: "API_KEY_INVALID" }
+            ]),
+            { "x-echo-key": String(req.headers["x-goog-api-key"]) }
+          )
+        )
+        const spans: Array<Tracer.Span> = []
+        const native = yield* Effect.tracer
+        const recording = Tracer.make({
+          span(options) {
+            const span = native.span(options)
+            spans.push(span)
+            return span
+          },
+          context: native.context
+        })
+        const options: Gemini.Options = { baseUrl: server.url, apiKey: Redacted.make(KEY) }
+        const p = yield* Gemini.make(options)
+        const exit = yield* Effect.exit(p.generate({ prompt: "x" }).pipe(Effect.withTracer(recording)))
+        const error = modelErrorOf(exit)
+        assert.strictEqual(error.reason, "Unauthorized")
+        assert.include(error.message, "API key not valid")
+        if (Exit.isSuccess(exit)) return
+        for (const text of [
+          JSON.stringify(error),
+          String(error),
+          inspect(error, { depth: 10 }),
+          Cause.pretty(exit.cause),
+          JSON.stringify(options),
+          inspect(options)
+        ]) {
+          assert.notInclude(text, KEY)
+        }
+        assert.isAbove(spans.length, 1)
+        for (const span of spans) {
+          for (const value of span.attributes.values()) assert.notInclude(String(value), KEY)
+        }
+      })
+    )
+  })
+
+  describe("stream", () => {
+    it.effect("streamGenerateContent?alt=sse split at awkward bytes ends in one Finish with usage", () =>
+      Effect.gen(function* () {
+        const body = Server.sse([
+          streamChunk("Grüße "),
+          ": keep-alive",
+          streamChunk("aus 🇩🇪 "),
+          streamChunk("und 日本", "STOP")
+        ])
+        const server = yield* Server.make((_, res) => Server.chunked(res, Server.splitAwkward(body)))
+        const p = yield* provider(server)
+        const { exit, parts, text } = yield* collect(p.stream({ prompt: "hi" }))
+        assert.isTrue(Exit.isSuccess(exit), Exit.isFailure(exit) ? Cause.pretty(exit.cause) : "")
+        assert.strictEqual(text, "Grüße aus 🇩🇪 und 日本")
+        assert.deepStrictEqual(
+          parts.filter((p) => p._tag === "Finish"),
+          [
+            {
+              _tag: "Finish",
+              finishReason: "stop",
+              usage: { inputTokens: 8, outputTokens: 8, totalTokens: 16 },
+              provider: "gemini",
+              model: "gemini-2.5-flash"
+            }
+          ]
+        )
+        const [request] = yield* server.requests
+        assert.strictEqual(request?.path, "/v1beta/models/gemini-2.5-flash:streamGenerateContent")
+        assert.strictEqual(request?.search.get("alt"), "sse")
+        assert.isNull(request?.search.get("key") ?? null)
+        assert.strictEqual(request?.headers["x-goog-api-key"], KEY)
+      })
+    )
+
+    it.effect("a streamed function call is a ToolCall part; the stream finishes with tool_calls", () =>
+      Effect.gen(function* () {
+        const server = yield* Server.make((_, res) =>
+          Server.chunked(res, [
+            Server.sse([
+              streamChunk("Checking. "),
+              {
+                candidates: [
+                  {
+                    content: { parts: [{ functionCall: { name: "get_weather", args: { city: "Rome" } } }] },
+                    finishReason: "STOP"
+                  }
+                ]
+              }
+            ])
+          ])
+        )
+        const p = yield* provider(server)
+        const { exit, parts } = yield* collect(p.stream({ prompt: "weather?", tools: [weather] }))
+        assert.isTrue(Exit.isSuccess(exit))
+        assert.deepStrictEqual(
+          parts.map((p) => p._tag),
+          ["TextDelta", "ToolCall", "Finish"]
+        )
+        assert.deepStrictEqual(parts[1], {
+          _tag: "ToolCall",
+          call: { id: "call_0", name: "get_weather", arguments: `{"city":"Rome"}` }
+        })
+        assert.strictEqual(parts[2]?._tag === "Finish" && parts[2].finishReason, "tool_calls")
+      })
+    )
+
+    it.effect("an error payload mid-stream fails after the delivered text", () =>
+      Effect.gen(function* () {
+        const body = Server.sse([streamChunk("Hello "), googleError(500, "INTERNAL", "An internal error has occurred")])
+        const server = yield* Server.make((_, res) => Server.chunked(res, [body], { end: "hang" }))
+        const p = yield* provider(server)
+        const { exit, text } = yield* collect(p.stream({ prompt: "hi" }))
+        assert.strictEqual(text, "Hello ")
+        const error = modelErrorOf(exit)
+        assert.strictEqual(error.reason, "Overloaded")
+        assert.strictEqual(error.status, 500)
+        assert.include(error.message, "An internal error has occurred")
+      })
+    )
+
+    it.effect("a stream that ends or is cut before a finishReason is Transport after its text", () =>
+      Effect.gen(function* () {
+        const server = yield* Server.make((req, res) =>
+          Server.chunked(res, [Server.sse([streamChunk("a")]), Server.sse([streamChunk("b")])], {
+            end: req.path.includes("cut") ? "destroy" : "end"
+          })
+        )
+        const p = yield* provider(server)
+        const ended = yield* collect(p.stream({ prompt: "hi" }))
+        assert.strictEqual(ended.text, "ab")
+        assert.strictEqual(modelErrorOf(ended.exit).reason, "Transport")
+        const cut = yield* collect(p.stream({ prompt: "hi", model: "cut" }))
+        assert.strictEqual(cut.text, "ab")
+        assert.strictEqual(modelErrorOf(cut.exit).reason, "Transport")
+      })
+    )
+
+    it.effect(
+      "a stall mid-stream ends with TimeoutError limit idle after streamIdleTimeout, with the text so far",
+      () =>
+        Effect.gen(function* () {
+          const server = yield* Server.make((_, res) =>
+            Server.chunked(res, [Server.sse([streamChunk("half")])], { end: "hang" })
+          )
+          const p = yield* provider(server, { streamIdleTimeout: "5 seconds" })
+          const first = yield* Deferred.make<void>()
+          const consumer = yield* Effect.forkChild(
+            Effect.exit(Stream.runForEach(p.stream({ prompt: "hi" }), () => Deferred.succeed(first, undefined)))
+          )
+          yield* Deferred.await(first)
+          yield* TestClock.adjust("4999 millis")
+          assert.isUndefined(consumer.pollUnsafe())
+          yield* TestClock.adjust("1 millis")
+          const error = failureOf(yield* Fiber.join(consumer))
+          assert.strictEqual(error._tag, "TimeoutError")
+          if (error._tag !== "TimeoutError") return
+          assert.strictEqual(error.limit, "idle")
+          assert.strictEqual(error.partialText, "half")
+          yield* server.awaitAborted(1)
+        })
+    )
+
+    it.effect("an endless stream is TooLarge at maxResponseBytes", () =>
+      Effect.gen(function* () {
+        const server = yield* Server.make((_, res) =>
+          Server.endless(res, { chunk: `data: ${JSON.stringify(streamChunk("x".repeat(1000)))}\r\n\r\n` })
+        )
+        const p = yield* provider(server, { maxResponseBytes: 256 * 1024 })
+        const { exit, text } = yield* collect(p.stream({ prompt: "hi" }))
+        assert.strictEqual(modelErrorOf(exit).reason, "TooLarge")
+        assert.isAbove(text.length, 0)
+      })
+    )
+  })
+
+  describe("embed", () => {
+    it.effect("batchEmbedContents in batches of 100, vectors in input order, dimensions passed", () =>
+      Effect.gen(function* () {
+        const server = yield* Server.make((req, res) => {
+          const requests = (
+            req.json as { requests: ReadonlyArray<{ content: { parts: ReadonlyArray<{ text: string }> } }> }
+          ).requests
+          Server.json(res, 200, {
+            embeddings: requests.map((r) => ({ values: [Number(r.content.parts[0]!.text), 0] }))
+          })
+        })
+        const p = yield* provider(server, { embeddingDimensions: 2 })
+        const texts = Array.from({ length: 250 }, (_, i) => String(i)) as unknown as readonly [string, ...Array<string>]
+        const answer = yield* p.embed({ texts })
+        assert.deepStrictEqual(
+          answer.vectors.map((v) => v[0]),
+          texts.map(Number)
+        )
+        const requests = yield* server.requests
+        assert.deepStrictEqual(
+          requests.map((r) => (r.json as { requests: ReadonlyArray<unknown> }).requests.length),
+          [100, 100, 50]
+        )
+        assert.strictEqual(requests[0]?.path, "/v1beta/models/gemini-embedding-001:batchEmbedContents")
+        assert.deepStrictEqual((requests[2]!.json as { requests: ReadonlyArray<unknown> }).requests[0], {
+          model: "models/gemini-embedding-001",
+          content: { parts: [{ text: "200" }] },
+          outputDimensionality: 2
+        })
+      })
+    )
+
+    it.effect("a count of embeddings that does not match the texts is Decode", () =>
+      Effect.gen(function* () {
+        const server = yield* Server.make((_, res) => Server.json(res, 200, { embeddings: [{ values: [1] }] }))
+        const p = yield* provider(server)
+        const error = yield* failing(p.embed({ texts: ["a", "b"] }))
+        assert.strictEqual(error.reason, "Decode")
+        assert.strictEqual(error.field, "embeddings")
+      })
+    )
+  })
+
+  describe("options", () => {
+    it.effect("every option is checked at build: a ConfigError naming the field", () =>
+      Effect.gen(function* () {
+        const server = yield* Server.make((_, res) => Server.json(res, 200, response("x")))
+        const pathOf = (options: Partial<Gemini.Options>) =>
+          Effect.map(Effect.flip(provider(server, options)), (error) => {
+            assert.strictEqual(error._tag, "ConfigError")
+            return error.path
+          })
+        assert.strictEqual(yield* pathOf({ timeout: Number.NaN }), "timeout")
+        assert.strictEqual(yield* pathOf({ timeout: 0 }), "timeout")
+        assert.strictEqual(yield* pathOf({ streamIdleTimeout: -1 }), "streamIdleTimeout")
+        assert.strictEqual(yield* pathOf({ streamIdleTimeout: "soon" as Duration.Input }), "streamIdleTimeout")
+        assert.strictEqual(yield* pathOf({ maxResponseBytes: 1.5 }), "maxResponseBytes")
+        assert.strictEqual(yield* pathOf({ embeddingDimensions: 0 }), "embeddingDimensions")
+        assert.strictEqual(yield* pathOf({ baseUrl: "ftp://x" }), "baseUrl")
+        assert.strictEqual(yield* pathOf({ model: " " }), "model")
+        assert.strictEqual(yield* pathOf({ apiKey: KEY as unknown as Redacted.Redacted<string> }), "apiKey")
+        assert.strictEqual(yield* pathOf({ requestLimits: { maxMessages: 0 } }), "requestLimits.maxMessages")
+      })
+    )
+
+    it.effect("layerConfig reads the key as a secret from Config", () =>
+      Effect.gen(function* () {
+        const server = yield* Server.make((_, res) => Server.json(res, 200, response("configured")))
+        const answer = yield* Effect.gen(function* () {
+          const p = yield* Model.ModelProvider
+          return yield* p.generate({ prompt: "x" })
+        }).pipe(
+          Effect.provide(
+            Gemini.layerConfig().pipe(
+              Layer.provide(
+                ConfigProvider.layer(ConfigProvider.fromUnknown({ GEMINI_API_KEY: KEY, GEMINI_BASE_URL: server.url }))
+              )
+            )
+          )
+        )
+        assert.strictEqual(answer.text, "configured")
+        assert.strictEqual((yield* server.requests)[0]?.headers["x-goog-api-key"], KEY)
+      })
+    )
+
+    it.effect("transformClient wraps the client once, at build", () =>
+      Effect.gen(function* () {
+        const server = yield* Server.make((_, res) => Server.json(res, 200, response("ok")))
+        let built = 0
+        const p = yield* provider(server, {
+          transformClient: (client) => {
+            built++
+            return HttpClient.mapRequest(client, HttpClientRequest.setHeader("x-proxy", "yes"))
+          }
+        })
+        yield* p.generate({ prompt: "1" })
+        yield* p.generate({ prompt: "2" })
+        assert.strictEqual(built, 1)
+        assert.deepStrictEqual(
+          (yield* server.requests).map((r) => r.headers["x-proxy"]),
+          ["yes", "yes"]
+        )
+      })
+    )
+  })
+})
