@@ -10,13 +10,14 @@ import {
   Exit,
   Fiber,
   Layer,
+  Logger,
   Option,
   Redacted,
   Result,
   Stream,
   Tracer
 } from "effect"
-import { HttpClient, HttpClientRequest } from "effect/http"
+import { HttpClient, HttpClientError, HttpClientRequest } from "effect/http"
 import { TestClock } from "effect/testing"
 import type { AiError, ModelError } from "../../src/AiError.js"
 import * as Gemini from "../../src/Model/Gemini.js"
@@ -239,6 +240,36 @@ const modelErrorOf = (exit: Exit.Exit<unknown, AiError>): ModelError => {
 }
 
 const failing = (effect: Effect.Effect<unknown, AiError>) => Effect.map(Effect.exit(effect), modelErrorOf)
+
+/** Every rendering of a failure: JSON, `util.inspect`, string, its cause's message, the pretty `Cause`, logger lines. */
+const renderings = (exit: Exit.Exit<unknown, AiError>) =>
+  Effect.gen(function* () {
+    if (Exit.isSuccess(exit)) return []
+    const error = failureOf(exit)
+    const lines: Array<string> = []
+    const capture = Logger.make((options) => {
+      lines.push(String(Logger.formatLogFmt.log(options)))
+      lines.push(JSON.stringify(Logger.formatStructured.log(options)))
+    })
+    yield* Effect.logError("call failed", exit.cause).pipe(Effect.provide(Logger.layer([capture])))
+    const cause = (error as { readonly cause?: unknown }).cause
+    return [
+      JSON.stringify(error),
+      inspect(error, { depth: 10 }),
+      String(error),
+      cause instanceof Error ? cause.message : String(cause),
+      Cause.pretty(exit.cause),
+      ...lines
+    ]
+  })
+
+const assertNoKey = (texts: ReadonlyArray<string>) => {
+  assert.isAbove(texts.length, 5)
+  for (const text of texts) {
+    assert.notInclude(text, KEY)
+    assert.notInclude(text, "0123456789abcdef")
+  }
+}
 
 layer(NodeHttpClient.layerUndici)("Gemini over HTTP", (it) => {
   describe("generate", () => {
@@ -487,6 +518,47 @@ layer(NodeHttpClient.layerUndici)("Gemini over HTTP", (it) => {
         assert.isAbove(spans.length, 1)
         for (const span of spans) {
           for (const value of span.attributes.values()) assert.notInclude(String(value), KEY)
+        }
+      })
+    )
+    it.effect("the key in an error event, or in a failure of the HTTP client itself: no rendering carries it", () =>
+      Effect.gen(function* () {
+        const server = yield* Server.make((req, res) =>
+          Server.chunked(res, [
+            Server.sse([
+              streamChunk("partial "),
+              googleError(400, "INVALID_ARGUMENT", `bad key ${String(req.headers["x-goog-api-key"])}`)
+            ])
+          ])
+        )
+        const p = yield* provider(server)
+        const streamed = yield* collect(p.stream({ prompt: "x" }))
+        assert.strictEqual(streamed.text, "partial ")
+        assert.include(modelErrorOf(streamed.exit).message, "<redacted>")
+        assertNoKey(yield* renderings(streamed.exit))
+        // A proxy layer that fails and repeats the request's key in its error.
+        const leaky = yield* provider(server, {
+          transformClient: () =>
+            HttpClient.make((request) => {
+              const key = String(request.headers["x-goog-api-key"])
+              return Effect.fail(
+                new HttpClientError.HttpClientError({
+                  reason: new HttpClientError.TransportError({
+                    request,
+                    description: `proxy refused key=${key}`,
+                    cause: new Error(`upstream: ${key}`, { cause: new Error(key) })
+                  })
+                })
+              )
+            })
+        })
+        for (const exit of [
+          yield* Effect.exit(leaky.generate({ prompt: "x" })),
+          (yield* collect(leaky.stream({ prompt: "x" }))).exit,
+          yield* Effect.exit(leaky.embed({ texts: ["x"] }))
+        ]) {
+          assert.strictEqual(modelErrorOf(exit).reason, "Transport")
+          assertNoKey(yield* renderings(exit))
         }
       })
     )
