@@ -283,8 +283,11 @@ export const endless = async (res: ServerResponse, options: EndlessOptions = {})
   }
 }
 
-/** Accepts the request and never answers (the connection stays open until the client leaves). */
-export const hang = (_res: ServerResponse): void => undefined
+/**
+ * Accepts the request and never answers (the connection stays open until the client leaves).
+ * A handler itself (`Server.make(Server.hang)`), or called from one (`Server.hang(res)`).
+ */
+export const hang = (..._ignored: ReadonlyArray<unknown>): void => undefined
 
 /**
  * Answers the n-th request with the n-th handler; the last handler answers every request

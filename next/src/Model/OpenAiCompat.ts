@@ -1,0 +1,310 @@
+/**
+ * OpenAI-compatible chat completions and embeddings over `effect/http`'s `HttpClient`: one
+ * layer for OpenAI, Ollama's `/v1`, vLLM, LM Studio and llama.cpp's server (set `baseUrl`).
+ * Streams are SSE with `stream_options.include_usage`; tool calls, tool choice and response
+ * formats pass through; embeddings are put back in input order by their `index`, as floats or
+ * decoded from base64.
+ *
+ * The layer needs an `HttpClient` (`NodeHttpClient.layerUndici` from `@effect/platform-node`,
+ * or `FetchHttpClient.layer`). Every call is bounded (`timeout`), every stream has an idle
+ * deadline (`streamIdleTimeout`), every body a size bound (`maxResponseBytes`).
+ *
+ * @since 0.1.0
+ */
+import { Config, Effect, Layer, Redacted, Result, Stream } from "effect"
+import type { HttpClient } from "effect/http"
+import { HttpClientRequest } from "effect/http"
+import type { AiError } from "../AiError.js"
+import * as Input from "../Input.js"
+import * as Model from "../Model.js"
+import * as Assemble from "./http/assemble.js"
+import * as Client from "./http/client.js"
+import * as Decode from "./http/decode.js"
+import * as Errors from "./http/errors.js"
+import * as Http from "./http/options.js"
+import * as Wire from "./http/openAiWire.js"
+
+/**
+ * @since 0.1.0
+ * @category models
+ */
+export interface Options extends Http.Options {
+  /** Base URL including the version prefix. Default `https://api.openai.com/v1`. */
+  readonly baseUrl?: string | undefined
+  /** Sent as `Authorization: Bearer ...`; omit for local servers that need none. */
+  readonly apiKey?: Redacted.Redacted<string> | undefined
+  /** Sent as `OpenAI-Organization`. */
+  readonly organization?: string | undefined
+  /** Sent as `OpenAI-Project`. */
+  readonly project?: string | undefined
+  /** Default chat model. Default `gpt-4o-mini`. */
+  readonly model?: string | undefined
+  /** Default embedding model. Default `text-embedding-3-small`. */
+  readonly embeddingModel?: string | undefined
+  /** Provider name in errors, metrics and provenance. Default `openai`. */
+  readonly name?: string | undefined
+  /** Ask for a final usage chunk when streaming (`stream_options.include_usage`). Default true; some older servers reject it. */
+  readonly streamUsage?: boolean | undefined
+  /** Extra headers on every request. */
+  readonly headers?: Readonly<Record<string, string>> | undefined
+  /**
+   * How embeddings travel: `float` (JSON numbers, the default) or `base64` (little-endian
+   * float32, a quarter of the size). Either answer is accepted whatever was asked.
+   *
+   * @since 0.2.0
+   */
+  readonly embeddingEncoding?: "float" | "base64" | undefined
+  /**
+   * The request field that carries `maxTokens`: `max_tokens` (default, what compatible
+   * servers read) or `max_completion_tokens` (what OpenAI's reasoning models require).
+   *
+   * @since 0.2.0
+   */
+  readonly maxTokensField?: "max_tokens" | "max_completion_tokens" | undefined
+}
+
+/**
+ * An OpenAI `finish_reason` as ours.
+ *
+ * @since 0.1.0
+ * @category utils
+ */
+export const finishReasonOf = (reason: string | null | undefined): Model.FinishReason => {
+  switch (reason) {
+    case "stop":
+    case "eos":
+      return "stop"
+    case "length":
+      return "length"
+    case "content_filter":
+      return "content_filter"
+    case "tool_calls":
+    case "function_call":
+      return "tool_calls"
+    default:
+      return "unknown"
+  }
+}
+
+/** Tool calls make the reason `tool_calls` unless the answer was cut or filtered (some servers say `stop`). */
+const withToolCalls = (reason: Model.FinishReason, toolCalls: number): Model.FinishReason =>
+  toolCalls > 0 && reason !== "length" && reason !== "content_filter" ? "tool_calls" : reason
+
+const decodeCompletion = Decode.valueDecoder(Wire.ChatCompletion)
+const decodeChunk = Decode.valueDecoder(Wire.ChatChunk)
+const decodeEmbeddings = Decode.valueDecoder(Wire.Embeddings)
+
+const checkOptions = (options: Options) =>
+  Input.all([
+    Http.settings(options),
+    Http.baseUrl("baseUrl", options.baseUrl ?? "https://api.openai.com/v1"),
+    Http.nonEmpty("name", options.name ?? "openai"),
+    Http.nonEmpty("model", options.model ?? "gpt-4o-mini"),
+    Http.nonEmpty("embeddingModel", options.embeddingModel ?? "text-embedding-3-small"),
+    Http.oneOf("embeddingEncoding", options.embeddingEncoding ?? "float", ["float", "base64"]),
+    Http.oneOf("maxTokensField", options.maxTokensField ?? "max_tokens", ["max_tokens", "max_completion_tokens"]),
+    options.apiKey === undefined || Redacted.isRedacted(options.apiKey)
+      ? Result.succeed(undefined)
+      : Result.fail({ path: "apiKey", message: "expected a Redacted value (Redacted.make(key) or Config.Redacted)" })
+  ])
+
+/**
+ * Builds the provider from an `HttpClient` in context. Options are checked here: a bad one
+ * fails with a `ConfigError` naming it.
+ *
+ * @since 0.1.0
+ * @category constructors
+ */
+export const make = Effect.fnUntraced(function* (options: Options = {}) {
+  const [settings, baseUrl, name, defaultModel, embeddingModel, embeddingEncoding, maxTokensField] =
+    yield* Input.orConfigError(checkOptions(options))
+  const client = yield* Client.make(settings, options.transformClient)
+  const apiKey = options.apiKey
+  const secrets = apiKey === undefined ? [] : [apiKey]
+  const streamUsage = options.streamUsage ?? true
+
+  const headers: Record<string, string> = { ...options.headers }
+  if (options.organization !== undefined) headers["OpenAI-Organization"] = options.organization
+  if (options.project !== undefined) headers["OpenAI-Project"] = options.project
+
+  const post = (path: string, body: unknown, accept: string): HttpClientRequest.HttpClientRequest => {
+    const request = HttpClientRequest.post(Http.joinUrl(baseUrl, path)).pipe(
+      HttpClientRequest.setHeaders(headers),
+      HttpClientRequest.setHeader("accept", accept),
+      HttpClientRequest.bodyJsonUnsafe(body)
+    )
+    return apiKey === undefined ? request : HttpClientRequest.bearerToken(request, apiKey)
+  }
+
+  const ctxOf = (model: string): Errors.CallContext => ({ provider: name, model, secrets })
+
+  const prepare = (request: Model.GenerateRequest, stream: boolean) =>
+    Effect.flatMap(Model.validateGenerate(request), (valid) => {
+      const model = valid.model ?? defaultModel
+      return Effect.map(
+        Wire.chatBody(valid, { model, stream, streamUsage, maxTokensField, provider: name }),
+        (body) => ({ valid, model, body, ctx: ctxOf(model) })
+      )
+    })
+
+  const generate = Effect.fn("OpenAiCompat.generate")(function* (request: Model.GenerateRequest) {
+    const { valid, model, body, ctx } = yield* prepare(request, false)
+    yield* Effect.annotateCurrentSpan(spanAttributes(name, "chat", model))
+    const answer = yield* client.json(post("chat/completions", body, "application/json"), decodeCompletion, ctx)
+    const choice = answer.choices[0]
+    const text = choice.message.content ?? ""
+    const toolCalls = (choice.message.tool_calls ?? []).map(
+      (call, i): Model.ToolCall => ({
+        id: call.id ?? `call_${i}`,
+        name: call.function.name,
+        arguments: call.function.arguments ?? ""
+      })
+    )
+    const response: Model.GenerateResponse = {
+      text,
+      finishReason: withToolCalls(finishReasonOf(choice.finish_reason), toolCalls.length),
+      usage: Wire.usageOf(answer.usage, Model.estimateInputTokens(valid), Model.estimateTokens(text)),
+      provider: name,
+      model: answer.model ?? model,
+      ...(toolCalls.length > 0 ? { toolCalls } : {})
+    }
+    return response
+  })
+
+  const stream = (request: Model.GenerateRequest): Stream.Stream<Model.StreamPart, AiError> =>
+    Stream.unwrap(
+      Effect.map(prepare(request, true), ({ valid, model, body, ctx }) =>
+        Stream.suspend(() => {
+          let finishReason: Model.FinishReason | undefined
+          let usage: Wire.UsageWire | null | undefined
+          let answeredModel: string | undefined
+          let outputChars = 0
+          const calls = Assemble.toolCallAssembler()
+          const finish = Effect.map(
+            calls.parts(ctx),
+            (toolParts): ReadonlyArray<Model.StreamPart> => [
+              ...toolParts,
+              {
+                _tag: "Finish",
+                finishReason: withToolCalls(finishReason ?? "unknown", calls.size()),
+                usage: Wire.usageOf(usage, Model.estimateInputTokens(valid), Math.ceil(outputChars / 4)),
+                provider: name,
+                model: answeredModel ?? model
+              }
+            ]
+          )
+          const step = (event: { readonly event: string; readonly data: string }) => {
+            if (event.data.trim() === "[DONE]") return finish
+            if (event.event === "error") {
+              return Effect.fail(Errors.errorFromPayload(Errors.parseJsonOrUndefined(event.data) ?? event.data, ctx))
+            }
+            return Decode.parseJson(event.data, ctx).pipe(
+              Effect.flatMap((payload) =>
+                Errors.isErrorPayload(payload)
+                  ? Effect.fail(Errors.errorFromPayload(payload, ctx))
+                  : decodeChunk(payload, ctx)
+              ),
+              Effect.map((chunk) => {
+                if (chunk.model !== undefined && chunk.model !== null) answeredModel = chunk.model
+                if (chunk.usage !== undefined && chunk.usage !== null) usage = chunk.usage
+                const parts: Array<Model.StreamPart> = []
+                for (const choice of chunk.choices) {
+                  if ((choice.index ?? 0) !== 0) continue
+                  const text = choice.delta?.content
+                  if (typeof text === "string" && text.length > 0) {
+                    outputChars += text.length
+                    parts.push({ _tag: "TextDelta", text })
+                  }
+                  for (const delta of choice.delta?.tool_calls ?? []) {
+                    calls.add({
+                      index: delta.index,
+                      id: delta.id,
+                      name: delta.function?.name,
+                      arguments: delta.function?.arguments
+                    })
+                  }
+                  if (typeof choice.finish_reason === "string") finishReason = finishReasonOf(choice.finish_reason)
+                }
+                return parts
+              })
+            )
+          }
+          return Assemble.assemble(client.sse(post("chat/completions", body, "text/event-stream"), ctx), {
+            ctx,
+            idleTimeout: settings.streamIdleTimeout,
+            step,
+            // Without `[DONE]`, a server that sent its finish reason has finished; otherwise the stream broke off.
+            onEnd: () => (finishReason === undefined ? Effect.succeed([]) : finish)
+          })
+        })
+      )
+    ).pipe(Stream.withSpan("OpenAiCompat.stream", { attributes: { "gen_ai.provider.name": name } }))
+
+  const embed = Effect.fn("OpenAiCompat.embed")(function* (request: Model.EmbedRequest) {
+    const valid = yield* Model.validateEmbed(request)
+    const model = valid.model ?? embeddingModel
+    yield* Effect.annotateCurrentSpan(spanAttributes(name, "embeddings", model))
+    const ctx = ctxOf(model)
+    const answer = yield* client.json(
+      post("embeddings", { model, input: valid.texts, encoding_format: embeddingEncoding }, "application/json"),
+      decodeEmbeddings,
+      ctx
+    )
+    const vectors = yield* Wire.vectorsByIndex(answer.data, valid.texts.length, ctx)
+    const response: Model.EmbedResponse = {
+      vectors,
+      usage:
+        answer.usage === undefined || answer.usage === null ? undefined : Model.usage(answer.usage.prompt_tokens, 0),
+      provider: name,
+      model: answer.model ?? model
+    }
+    return response
+  })
+
+  return { name, defaultModel, generate, stream, embed } satisfies Model.Service
+})
+
+const spanAttributes = (provider: string, operation: string, model: string) => ({
+  "gen_ai.provider.name": provider,
+  "gen_ai.operation.name": operation,
+  "gen_ai.request.model": model
+})
+
+/**
+ * @since 0.1.0
+ * @category layers
+ */
+export const layer = (
+  options: Options = {}
+): Layer.Layer<Model.ModelProvider, Input.ConfigError, HttpClient.HttpClient> =>
+  Layer.effect(Model.ModelProvider)(make(options))
+
+/**
+ * The options read the way the official OpenAI clients read them: `OPENAI_API_KEY`
+ * (optional), `OPENAI_BASE_URL`, `OPENAI_ORG_ID`, `OPENAI_PROJECT_ID`, plus `OPENAI_MODEL`
+ * and `OPENAI_EMBEDDING_MODEL`.
+ *
+ * @since 0.1.0
+ * @category config
+ */
+export const config: Config.Config<Options> = Config.all({
+  apiKey: Http.optionalRedacted("OPENAI_API_KEY"),
+  baseUrl: Http.optionalString("OPENAI_BASE_URL"),
+  organization: Http.optionalString("OPENAI_ORG_ID"),
+  project: Http.optionalString("OPENAI_PROJECT_ID"),
+  model: Http.optionalString("OPENAI_MODEL"),
+  embeddingModel: Http.optionalString("OPENAI_EMBEDDING_MODEL")
+})
+
+/**
+ * The provider with options from `Config`. Without arguments it reads {@link config}; when
+ * options are given, only what they name is read (no key is picked up implicitly, so a key
+ * meant for OpenAI is never sent to another server).
+ *
+ * @since 0.1.0
+ * @category layers
+ */
+export const layerConfig = (
+  options: Config.Wrap<Options> = config
+): Layer.Layer<Model.ModelProvider, Config.ConfigError | Input.ConfigError, HttpClient.HttpClient> =>
+  Layer.unwrap(Effect.map(Config.unwrap(options), layer))

@@ -1,0 +1,287 @@
+/**
+ * The OpenAI chat-completions and embeddings wire format, as OpenAI-compatible servers speak
+ * it (OpenAI, vLLM, llama.cpp, LM Studio, Ollama's `/v1`, watsonx's chat API): request
+ * bodies from a `GenerateRequest` (tools, tool choice, response format, tool messages),
+ * answer and chunk schemas, usage, and embeddings put back in input order by `index`
+ * (floats, or base64 little-endian float32).
+ *
+ * @since 0.2.0
+ */
+import { Effect, Result, Schema } from "effect"
+import { Base64 } from "effect/encoding"
+import { invalidRequest, type ModelError } from "../../AiError.js"
+import * as Model from "../../Model.js"
+import { type CallContext, malformed } from "./errors.js"
+
+const Text = Schema.optional(Schema.NullOr(Schema.String))
+const Count = Schema.optional(Schema.NullOr(Schema.Number))
+
+/**
+ * @since 0.2.0
+ * @category schemas
+ */
+export const UsageWire = Schema.Struct({
+  prompt_tokens: Schema.Number,
+  completion_tokens: Count,
+  total_tokens: Count
+})
+
+/**
+ * @since 0.2.0
+ * @category models
+ */
+export type UsageWire = typeof UsageWire.Type
+
+const ToolCallWire = Schema.Struct({
+  id: Text,
+  type: Text,
+  function: Schema.Struct({ name: Schema.String, arguments: Text })
+})
+
+/**
+ * A complete answer of `/chat/completions`.
+ *
+ * @since 0.2.0
+ * @category schemas
+ */
+export const ChatCompletion = Schema.Struct({
+  model: Text,
+  choices: Schema.NonEmptyArray(
+    Schema.Struct({
+      index: Count,
+      message: Schema.Struct({
+        role: Text,
+        content: Text,
+        tool_calls: Schema.optional(Schema.NullOr(Schema.Array(ToolCallWire)))
+      }),
+      finish_reason: Text
+    })
+  ),
+  usage: Schema.optional(Schema.NullOr(UsageWire))
+})
+
+/**
+ * One chunk of a streamed answer. `choices` is required (the final usage chunk has it empty).
+ *
+ * @since 0.2.0
+ * @category schemas
+ */
+export const ChatChunk = Schema.Struct({
+  model: Text,
+  choices: Schema.Array(
+    Schema.Struct({
+      index: Count,
+      delta: Schema.optional(
+        Schema.NullOr(
+          Schema.Struct({
+            content: Text,
+            tool_calls: Schema.optional(
+              Schema.NullOr(
+                Schema.Array(
+                  Schema.Struct({
+                    index: Schema.Number,
+                    id: Text,
+                    function: Schema.optional(Schema.NullOr(Schema.Struct({ name: Text, arguments: Text })))
+                  })
+                )
+              )
+            )
+          })
+        )
+      ),
+      finish_reason: Text
+    })
+  ),
+  usage: Schema.optional(Schema.NullOr(UsageWire))
+})
+
+/**
+ * The answer of `/embeddings`: each vector as floats or as base64.
+ *
+ * @since 0.2.0
+ * @category schemas
+ */
+export const Embeddings = Schema.Struct({
+  model: Text,
+  data: Schema.Array(
+    Schema.Struct({
+      index: Schema.Number,
+      embedding: Schema.Union([Schema.Array(Schema.Number), Schema.String])
+    })
+  ),
+  usage: Schema.optional(Schema.NullOr(Schema.Struct({ prompt_tokens: Schema.Number, total_tokens: Count })))
+})
+
+/**
+ * Usage from the wire, or estimated when the server reports none.
+ *
+ * @since 0.2.0
+ * @category utils
+ */
+export const usageOf = (
+  wire: UsageWire | null | undefined,
+  fallbackInput: number,
+  fallbackOutput: number
+): Model.Usage => {
+  if (wire === undefined || wire === null) return Model.usage(fallbackInput, fallbackOutput)
+  const output = wire.completion_tokens ?? 0
+  return {
+    inputTokens: wire.prompt_tokens,
+    outputTokens: output,
+    totalTokens: wire.total_tokens ?? wire.prompt_tokens + output
+  }
+}
+
+/**
+ * What {@link chatBody} needs besides the request.
+ *
+ * @since 0.2.0
+ * @category models
+ */
+export interface ChatBodyOptions {
+  readonly model: string
+  readonly stream: boolean
+  /** Ask for the final usage chunk of a stream. */
+  readonly streamUsage: boolean
+  readonly maxTokensField: "max_tokens" | "max_completion_tokens"
+  readonly provider: string
+}
+
+const messageOf = (message: Model.Message, index: number, provider: string): Result.Result<unknown, ModelError> => {
+  switch (message.role) {
+    case "tool":
+      if (message.toolCallId === undefined) {
+        return Result.fail(
+          invalidRequest(`messages[${index}].toolCallId`, "a tool message must name the call it answers", provider)
+        )
+      }
+      return Result.succeed({ role: "tool", tool_call_id: message.toolCallId, content: message.content })
+    case "assistant":
+      if (message.toolCalls !== undefined && message.toolCalls.length > 0) {
+        return Result.succeed({
+          role: "assistant",
+          content: message.content.length === 0 ? null : message.content,
+          tool_calls: message.toolCalls.map((call) => ({
+            id: call.id,
+            type: "function",
+            function: { name: call.name, arguments: call.arguments }
+          }))
+        })
+      }
+      return Result.succeed({ role: "assistant", content: message.content })
+    default:
+      return Result.succeed({ role: message.role, content: message.content })
+  }
+}
+
+/**
+ * The JSON body of a `/chat/completions` request. A tool message without the id of the call
+ * it answers is refused (`InvalidRequest` naming it).
+ *
+ * @since 0.2.0
+ * @category encoding
+ */
+export const chatBody = (
+  request: Model.GenerateRequest,
+  options: ChatBodyOptions
+): Effect.Effect<Record<string, unknown>, ModelError> => {
+  const messages: Array<unknown> = []
+  const conversation = Model.toMessages(request)
+  for (let i = 0; i < conversation.length; i++) {
+    // Indices name the request's own messages: the system prompt placed first is not one of them.
+    const index = request.system === undefined ? i : i - 1
+    const wire = messageOf(conversation[i]!, index, options.provider)
+    if (Result.isFailure(wire)) return Effect.fail(wire.failure)
+    messages.push(wire.success)
+  }
+  const body: Record<string, unknown> = { model: options.model, messages }
+  if (request.maxTokens !== undefined) body[options.maxTokensField] = request.maxTokens
+  if (request.temperature !== undefined) body["temperature"] = request.temperature
+  if (request.topP !== undefined) body["top_p"] = request.topP
+  if (request.stop !== undefined) body["stop"] = request.stop
+  if (request.seed !== undefined) body["seed"] = request.seed
+  if (request.tools !== undefined) {
+    body["tools"] = request.tools.map((tool) => ({
+      type: "function",
+      function: {
+        name: tool.name,
+        ...(tool.description === undefined ? {} : { description: tool.description }),
+        parameters: tool.parameters ?? { type: "object", properties: {} }
+      }
+    }))
+  }
+  if (request.toolChoice !== undefined) {
+    body["tool_choice"] =
+      typeof request.toolChoice === "string"
+        ? request.toolChoice
+        : { type: "function", function: { name: request.toolChoice.name } }
+  }
+  if (request.responseFormat !== undefined) {
+    const format = request.responseFormat
+    body["response_format"] =
+      format.type === "json_schema"
+        ? {
+            type: "json_schema",
+            json_schema: {
+              name: format.name,
+              schema: format.schema,
+              ...(format.strict === undefined ? {} : { strict: format.strict })
+            }
+          }
+        : { type: format.type }
+  }
+  if (options.stream) {
+    body["stream"] = true
+    if (options.streamUsage) body["stream_options"] = { include_usage: true }
+  }
+  return Effect.succeed(body)
+}
+
+/**
+ * Embedding values sent as base64 little-endian float32, or `undefined` when the text is not
+ * base64 of a whole number of float32s.
+ *
+ * @since 0.2.0
+ * @category decoding
+ */
+export const decodeBase64Floats = (text: string): ReadonlyArray<number> | undefined => {
+  const bytes = Base64.decode(text)
+  if (Result.isFailure(bytes) || bytes.success.byteLength % 4 !== 0) return undefined
+  const view = new DataView(bytes.success.buffer, bytes.success.byteOffset, bytes.success.byteLength)
+  const out: Array<number> = new Array(bytes.success.byteLength / 4)
+  for (let i = 0; i < out.length; i++) out[i] = view.getFloat32(i * 4, true)
+  return out
+}
+
+/**
+ * The vectors of an embeddings answer in input order, by their `index` (not their position):
+ * every index present once, none out of range, base64 decoded; else `Decode` on `data`.
+ *
+ * @since 0.2.0
+ * @category decoding
+ */
+export const vectorsByIndex = (
+  data: ReadonlyArray<{ readonly index: number; readonly embedding: ReadonlyArray<number> | string }>,
+  expected: number,
+  ctx: CallContext
+): Effect.Effect<ReadonlyArray<ReadonlyArray<number>>, ModelError> => {
+  if (data.length !== expected) {
+    return Effect.fail(malformed(ctx, "data", `expected ${expected} embeddings, got ${data.length}`))
+  }
+  const vectors: Array<ReadonlyArray<number> | undefined> = new Array(expected).fill(undefined)
+  for (let i = 0; i < data.length; i++) {
+    const item = data[i]!
+    if (!Number.isInteger(item.index) || item.index < 0 || item.index >= expected) {
+      return Effect.fail(malformed(ctx, `data[${i}].index`, `index ${item.index} out of range 0..${expected - 1}`))
+    }
+    if (vectors[item.index] !== undefined) {
+      return Effect.fail(malformed(ctx, "data", `index ${item.index} appears twice`))
+    }
+    const values = typeof item.embedding === "string" ? decodeBase64Floats(item.embedding) : item.embedding
+    if (values === undefined) {
+      return Effect.fail(malformed(ctx, `data[${i}].embedding`, "neither a float array nor base64 float32"))
+    }
+    vectors[item.index] = values
+  }
+  return Effect.succeed(vectors as ReadonlyArray<ReadonlyArray<number>>)
+}
