@@ -21,11 +21,13 @@
  */
 import { Context, Effect, type Exit, Layer, type Scope, type Stream } from "effect"
 import * as Store from "effect/persistence/CircuitBreaker"
+import type * as Redis from "effect/persistence/Redis"
 import type { AiError, CircuitOpenError } from "./AiError.js"
 import { make as makeCore } from "./CircuitBreaker/core.js"
 import { check } from "./CircuitBreaker/options.js"
 import * as Input from "./Input.js"
 import type { StoreError } from "./Redis.js"
+import { makeRedis, type RedisOptions } from "./CircuitBreaker/Redis.js"
 
 export {
   /**
@@ -40,6 +42,20 @@ export {
    */
   defaultIsFailure
 } from "./CircuitBreaker/classify.js"
+export {
+  /**
+   * Breakers on Redis (see `layerRedis`).
+   *
+   * @since 0.2.0
+   * @category constructors
+   */
+  makeRedis,
+  /**
+   * @since 0.2.0
+   * @category models
+   */
+  type RedisOptions
+} from "./CircuitBreaker/Redis.js"
 
 /**
  * `closed`: calls pass. `open`: calls are refused until the open time has passed.
@@ -222,3 +238,28 @@ export const makeMemory = Effect.fnUntraced(function* (options: Options = {}) {
  */
 export const layerMemory = (options: Options = {}): Layer.Layer<Breakers, Input.ConfigError> =>
   Layer.effect(Breakers, makeMemory(options))
+
+/**
+ * {@link Breakers} shared by every process that uses the same Redis and `prefix`: a trip in
+ * one is refused by the others' next call, and `isolate` / `reset` act on every process.
+ * Needs `effect/persistence`'s `Redis` service (`Redis.layer` of this library builds one
+ * that never queues commands while Redis is down). Each Redis call is bounded
+ * (`redis.timeout`, default 500 ms); when Redis fails, calls run unrecorded (or are refused
+ * with `onStoreError: "reject"`), counted in `orchestra_store_errors_total{store="breaker"}`.
+ *
+ * @example
+ * ```ts
+ * import { Layer } from "effect"
+ * import * as CircuitBreaker from "effect-orchestra/CircuitBreaker"
+ * import * as Redis from "effect-orchestra/Redis"
+ *
+ * export const breakers = CircuitBreaker.layerRedis({ failMax: 5, redis: { timeout: "200 millis" } }).pipe(
+ *   Layer.provide(Redis.layer({ url: "redis://127.0.0.1:6379" }))
+ * )
+ * ```
+ *
+ * @since 0.2.0
+ * @category layers
+ */
+export const layerRedis = (options: RedisOptions = {}): Layer.Layer<Breakers, Input.ConfigError, Redis.Redis> =>
+  Layer.effect(Breakers, makeRedis(options))

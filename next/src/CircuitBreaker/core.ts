@@ -10,7 +10,7 @@
  *
  * @internal
  */
-import { Clock, Duration, Effect, Exit, FiberMap, Metric, PubSub, Scope, Stream } from "effect"
+import { Cause, Clock, Duration, Effect, Exit, FiberMap, Metric, PubSub, Scope, Stream } from "effect"
 import type * as Store from "effect/persistence/CircuitBreaker"
 import type * as Take from "effect/Take"
 import { type AiError, CircuitOpenError } from "../AiError.js"
@@ -31,7 +31,7 @@ export interface Backend {
   readonly shared: boolean
   /** `admit` uses its scope (the Redis probe lease), so every call needs its own. */
   readonly scopedAdmit: boolean
-  readonly onStoreError: "allow" | "fail"
+  readonly onStoreError: "allow" | "reject"
   readonly admit: (
     storeKey: string
   ) => Effect.Effect<Store.Admission, Store.CircuitBreakerError | StoreError, Scope.Scope>
@@ -84,15 +84,6 @@ interface Entry {
   readonly series: Array<Metric.Registration>
 }
 
-interface Ticket {
-  readonly entry: Entry
-  readonly epoch: number
-  readonly storeKey: string
-  readonly generation: number
-  readonly probe: boolean
-  readonly openings: number
-}
-
 const noop = () => {}
 const zero = Duration.zero
 
@@ -110,6 +101,10 @@ export const make = Effect.fnUntraced(function* (config: Config, backend: Backen
   const entries = new Map<string, Entry>()
   const { tripPolicy, isFailure, idleTimeToLive, maxKeys } = config
   const consecutive = tripPolicy._tag === "Consecutive"
+  // A shared store keeps one circuit per key. In memory, `reset` moves a key to a fresh
+  // store key: `${epoch}:${key}`, one-to-one with (epoch, key).
+  const storeKeyOf = (key: string, epoch: number): string => (backend.shared ? key : `${epoch}:${key}`)
+  const keyOf = (storeKey: string): string => (backend.shared ? storeKey : storeKey.slice(storeKey.indexOf(":") + 1))
 
   const register = <S>(metric: Metric.Metric<number, S>, entry: Entry, attributes: object, get: () => S) => {
     const tagged = Metric.withAttributes(metric, { breaker: entry.key, ...attributes })
@@ -162,7 +157,7 @@ export const make = Effect.fnUntraced(function* (config: Config, backend: Backen
     const entry: Entry = {
       key,
       epoch: 0,
-      storeKey: key,
+      storeKey: storeKeyOf(key, 0),
       view: "closed",
       openUntil: 0,
       holdUntil: 0,
@@ -258,10 +253,15 @@ export const make = Effect.fnUntraced(function* (config: Config, backend: Backen
     return Effect.fail(new CircuitOpenError({ breaker: entry.key, state, retryAfter }))
   }
 
+  // A store refusal updates the view and fails the call; a store failure (the Redis guard
+  // counted it) runs the call unrecorded (`undefined`), or refuses it when configured to.
   const refused = (
     entry: Entry,
-    error: Store.CircuitBreakerError | StoreError
-  ): Effect.Effect<Ticket | undefined, CircuitOpenError> => {
+    cause: Cause.Cause<Store.CircuitBreakerError | StoreError>
+  ): Effect.Effect<never, CircuitOpenError> | undefined => {
+    const found = Cause.findErrorOption(cause)
+    if (found._tag === "None") return Effect.failCause(cause as Cause.Cause<never>)
+    const error = found.value
     const now = clock.currentTimeMillisUnsafe()
     if (error._tag === "CircuitBreakerError") {
       const reason = error.reason
@@ -280,64 +280,48 @@ export const make = Effect.fnUntraced(function* (config: Config, backend: Backen
         return reject(entry, "half-open")
       }
     }
-    // The store failed (its guard counted it): run unrecorded, or refuse when configured to fail closed.
-    return backend.onStoreError === "fail" ? reject(entry, "open") : Effect.succeed(undefined)
+    return backend.onStoreError === "reject" ? reject(entry, "open") : undefined
   }
 
-  const admitTicket = (key: string, admitScope: Scope.Scope): Effect.Effect<Ticket | undefined, CircuitOpenError> =>
-    Effect.suspend(() => {
-      const now = clock.currentTimeMillisUnsafe()
-      const entry = entryFor(key, now)
-      if (entry.isolated) return reject(entry, "isolated")
-      entry.lastActivity = now
-      const epoch = entry.epoch
-      const storeKey = entry.storeKey
-      return Effect.matchEffect(Scope.provide(backend.admit(storeKey), admitScope), {
-        onFailure: (error) => refused(entry, error),
-        onSuccess: (admission): Effect.Effect<Ticket> => {
-          entry.inflight++
-          if (admission.probe) observe(entry, "half-open", now)
-          else if (entry.view !== "closed") observe(entry, "closed", now)
-          return Effect.succeed({
-            entry,
-            epoch,
-            storeKey,
-            generation: admission.generation,
-            probe: admission.probe,
-            openings: admission.consecutiveOpenings
-          })
-        }
-      })
-    })
+  const admitted = (entry: Entry, admission: Store.Admission, now: number) => {
+    entry.inflight++
+    if (admission.probe) observe(entry, "half-open", now)
+    else if (entry.view !== "closed") observe(entry, "closed", now)
+  }
 
-  const applied = (ticket: Ticket) => (transition: Store.Transition | undefined) => {
-    const entry = ticket.entry
-    if (transition === undefined || ticket.epoch !== entry.epoch || entries.get(entry.key) !== entry) return Effect.void
-    const now = clock.currentTimeMillisUnsafe()
-    switch (transition.to) {
-      case "Open":
-        return observe(entry, "open", now, now + Duration.toMillis(transition.retryAfter)) ?? Effect.void
-      case "HalfOpen":
-        observe(entry, "half-open", now)
-        return Effect.void
-      case "Closed":
-        observe(entry, "closed", now)
-        return Effect.void
+  // One handler for every record (no closure per call): the transition names the store key,
+  // which leads back to the entry unless a reset moved the key since.
+  const recorded = {
+    onFailure: (): Effect.Effect<void> => Effect.void,
+    onSuccess: (transition: Store.Transition | undefined): Effect.Effect<void> => {
+      if (transition === undefined) return Effect.void
+      const entry = entries.get(keyOf(transition.key))
+      if (entry === undefined || entry.storeKey !== transition.key) return Effect.void
+      const now = clock.currentTimeMillisUnsafe()
+      switch (transition.to) {
+        case "Open":
+          return observe(entry, "open", now, now + Duration.toMillis(transition.retryAfter)) ?? Effect.void
+        case "HalfOpen":
+          observe(entry, "half-open", now)
+          return Effect.void
+        case "Closed":
+          observe(entry, "closed", now)
+          return Effect.void
+      }
     }
   }
 
-  const recordTicket = (ticket: Ticket, outcome: Outcome): Effect.Effect<void> => {
-    const entry = ticket.entry
+  const record = (entry: Entry, storeKey: string, admission: Store.Admission, outcome: Outcome) => {
     entry.inflight--
     entry.lastActivity = clock.currentTimeMillisUnsafe()
     // A success can open a rate policy (the failures already in the window reach the rate).
     const openFor =
-      outcome === "Ignored" || (outcome === "Success" && (ticket.probe || consecutive))
+      outcome === "Ignored" || (outcome === "Success" && (admission.probe || consecutive))
         ? zero
-        : Duration.millis(openTime(config, ticket.openings + 1))
-    return Effect.matchEffect(
-      backend.record({ key: ticket.storeKey, generation: ticket.generation, outcome, tripPolicy, openFor }),
-      { onFailure: () => Effect.void, onSuccess: applied(ticket) }
+        : Duration.millis(openTime(config, admission.consecutiveOpenings + 1))
+    return Effect.matchCauseEffect(
+      backend.record({ key: storeKey, generation: admission.generation, outcome, tripPolicy, openFor }),
+      recorded
     )
   }
 
@@ -346,32 +330,61 @@ export const make = Effect.fnUntraced(function* (config: Config, backend: Backen
     effect: Effect.Effect<A, E>,
     admitScope: Scope.Scope
   ): Effect.Effect<A, E | CircuitOpenError> =>
-    Effect.uninterruptibleMask((restore) =>
-      Effect.flatMap(admitTicket(key, admitScope), (ticket) =>
-        ticket === undefined
-          ? restore(effect)
-          : Effect.onExit(restore(effect), (exit) => recordTicket(ticket, outcomeOf(exit, isFailure)))
-      )
-    )
+    Effect.uninterruptibleMask((restore): Effect.Effect<A, E | CircuitOpenError> => {
+      const now = clock.currentTimeMillisUnsafe()
+      const entry = entryFor(key, now)
+      if (entry.isolated) return reject(entry, "isolated")
+      entry.lastActivity = now
+      const storeKey = entry.storeKey
+      return Effect.matchCauseEffect(Scope.provide(backend.admit(storeKey), admitScope), {
+        onFailure: (cause): Effect.Effect<A, E | CircuitOpenError> => refused(entry, cause) ?? restore(effect),
+        onSuccess: (admission) => {
+          admitted(entry, admission, now)
+          return Effect.onExit(restore(effect), (exit) =>
+            record(entry, storeKey, admission, outcomeOf(exit, isFailure))
+          )
+        }
+      })
+    })
 
   const execute: Service["execute"] = backend.scopedAdmit
     ? (key, effect) => Effect.scopedWith((admitScope) => run(key, effect, admitScope))
     : (key, effect) => run(key, effect, scope)
 
+  const unrecorded = (key: string): Permit => ({ key, probe: false, record: () => Effect.void })
+
   const admit: Service["admit"] = (key) =>
     Effect.uninterruptible(
       Effect.flatMap(Effect.scope, (permitScope) =>
-        Effect.flatMap(admitTicket(key, permitScope), (ticket) => {
-          let recorded = false
-          const record = (outcome: Exit.Exit<unknown, AiError> | "ignored"): Effect.Effect<void> =>
-            Effect.suspend(() => {
-              if (recorded) return Effect.void
-              recorded = true
-              if (ticket === undefined) return Effect.void
-              return recordTicket(ticket, outcome === "ignored" ? "Ignored" : outcomeOf(outcome, isFailure))
-            })
-          const permit: Permit = { key, probe: ticket?.probe ?? false, record }
-          return Effect.as(Scope.addFinalizer(permitScope, record("ignored")), permit)
+        Effect.suspend(() => {
+          const now = clock.currentTimeMillisUnsafe()
+          const entry = entryFor(key, now)
+          if (entry.isolated) return reject(entry, "isolated")
+          entry.lastActivity = now
+          const storeKey = entry.storeKey
+          return Effect.matchCauseEffect(Scope.provide(backend.admit(storeKey), permitScope), {
+            onFailure: (cause) => refused(entry, cause) ?? Effect.succeed(unrecorded(key)),
+            onSuccess: (admission) => {
+              admitted(entry, admission, now)
+              let done = false
+              const permit: Permit = {
+                key,
+                probe: admission.probe,
+                record: (outcome) =>
+                  Effect.suspend(() => {
+                    if (done) return Effect.void
+                    done = true
+                    return record(
+                      entry,
+                      storeKey,
+                      admission,
+                      outcome === "ignored" ? "Ignored" : outcomeOf(outcome, isFailure)
+                    )
+                  })
+              }
+              return Effect.as(Scope.addFinalizer(permitScope, permit.record("ignored")), permit)
+            }
+          })
         })
       )
     )
@@ -405,7 +418,7 @@ export const make = Effect.fnUntraced(function* (config: Config, backend: Backen
       // admitted under the old key record there, and their outcomes no longer reach the view.
       entry.isolated = false
       entry.epoch++
-      entry.storeKey = `${key}\u0000${entry.epoch}`
+      entry.storeKey = storeKeyOf(key, entry.epoch)
     }
     entry.openUntil = 0
     setView(entry, "closed", clock.currentTimeMillisUnsafe())

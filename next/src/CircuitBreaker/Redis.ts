@@ -1,0 +1,129 @@
+/**
+ * Breakers shared between processes through Redis: `effect/persistence`'s Redis
+ * `CircuitBreakerStore` (one hash per key, Redis time, a leased probe), every call bounded
+ * by this library's Redis guard, and isolation and reset written to the same hash so every
+ * process sees them.
+ *
+ * @since 0.2.0
+ */
+import { Context, Effect, Layer, Predicate, Scope } from "effect"
+import * as Store from "effect/persistence/CircuitBreaker"
+import * as Redis from "effect/persistence/Redis"
+import type { Options } from "../CircuitBreaker.js"
+import * as Input from "../Input.js"
+import * as SharedRedis from "../Redis.js"
+import { make as makeCore } from "./core.js"
+import { check, millis } from "./options.js"
+
+/**
+ * Options of the Redis breakers: the breaker {@link Options} and the store's own.
+ *
+ * @since 0.2.0
+ * @category models
+ */
+export interface RedisOptions extends Options {
+  /**
+   * Prefix of the Redis keys (one hash per breaker key). Processes share a circuit when they
+   * use the same Redis, prefix and key. Default `"orchestra:breaker:"`.
+   */
+  readonly prefix?: string | undefined
+  /**
+   * The probe holds a lease this long, renewed while it runs: a process that dies while
+   * probing frees the probe after at most this. Default 10 seconds.
+   */
+  readonly probeLease?: Input.DurationInput | undefined
+  /**
+   * When Redis fails or is slower than `redis.timeout`: `"allow"` (default) runs the call
+   * unrecorded, `"reject"` refuses it with a `CircuitOpenError` (state `"open"`).
+   */
+  readonly onStoreError?: "allow" | "reject" | undefined
+  /** Deadline of each Redis call (default 500 ms) and outage reporting: see `Redis.GuardOptions`. */
+  readonly redis?: SharedRedis.GuardOptions | undefined
+}
+
+const redisKeys: ReadonlySet<string> = new Set(["prefix", "probeLease", "onStoreError", "redis"])
+
+/**
+ * The open-until time an isolation writes (2^50 ms, the largest the store's scripts take):
+ * every process reads the key as open for ~35,000 years, which the breakers report as
+ * `isolated`.
+ */
+const isolatedUntil = "1125899906842624"
+
+// Opens the circuit until `isolatedUntil` under a new generation (so outcomes of calls
+// admitted before it change nothing), and keeps the hash until a reset deletes it.
+const isolateScript = Redis.script((key: string, until: string) => [key, until], {
+  numberOfKeys: 1,
+  lua: `
+local key = KEYS[1]
+local time = redis.call("TIME")
+local nowMicros = tonumber(time[1]) * 1000000 + tonumber(time[2])
+local generation = string.format("%.0f", math.max((tonumber(redis.call("HGET", key, "generation")) or 0) + 1, nowMicros))
+redis.call("HSET", key, "state", "Open", "generation", generation, "openUntil", ARGV[1], "leaseUntil", 0,
+  "streak", 0, "ring", "", "failures", 0)
+redis.call("PERSIST", key)
+return 1
+`
+}).withReturnType<number>()
+
+const isRejection = (error: Store.CircuitBreakerError): boolean => error.reason._tag !== "CircuitBreakerStoreError"
+
+/**
+ * Breakers on Redis. Every Redis call goes through a guard (`store="breaker"` in
+ * `orchestra_store_errors_total`): bounded by `redis.timeout`, and skipped while an outage
+ * is reported, so nothing waits on a dead Redis.
+ *
+ * @since 0.2.0
+ * @category constructors
+ */
+export const makeRedis = Effect.fnUntraced(function* (options: RedisOptions = {}) {
+  const config = yield* Input.orConfigError(check(options, redisKeys))
+  const prefix = options.prefix ?? "orchestra:breaker:"
+  if (typeof prefix !== "string" || prefix.length === 0) {
+    return yield* new Input.ConfigError({ path: "prefix", message: "invalid prefix: expected a non-empty string" })
+  }
+  const onStoreError = options.onStoreError ?? "allow"
+  if (onStoreError !== "allow" && onStoreError !== "reject") {
+    return yield* new Input.ConfigError({
+      path: "onStoreError",
+      message: `invalid onStoreError: expected "allow" or "reject", got ${JSON.stringify(onStoreError)}`
+    })
+  }
+  const probeLease = yield* Input.orConfigError(millis("probeLease", options.probeLease ?? "10 seconds"))
+  if (options.redis !== undefined && !Predicate.isObject(options.redis)) {
+    return yield* new Input.ConfigError({ path: "redis", message: "invalid redis: expected an object" })
+  }
+  const settings = yield* Input.orConfigError(SharedRedis.guardSettings(options.redis, "redis."))
+  const guard = yield* SharedRedis.makeGuard({ store: "breaker", settings })
+  const redis = yield* Redis.Redis
+  const context = yield* Layer.build(
+    Store.layerStoreRedis({ prefix, probeLease, idleTimeToLive: config.idleTimeToLive })
+  )
+  const store = Context.get(context, Store.CircuitBreakerStore)
+  const isolate = redis.eval(isolateScript)
+
+  return yield* makeCore(config, {
+    shared: true,
+    scopedAdmit: true,
+    onStoreError,
+    admit: (key) =>
+      Effect.flatMap(Effect.scope, (scope) =>
+        guard
+          .call(
+            "admit",
+            Scope.provide(store.admit(key), scope).pipe(
+              Effect.catchIf(isRejection, (rejection) => Effect.succeed(rejection))
+            )
+          )
+          .pipe(
+            Effect.flatMap((admitted) =>
+              admitted instanceof Store.CircuitBreakerError ? Effect.fail(admitted) : Effect.succeed(admitted)
+            )
+          )
+      ),
+    record: (record) => guard.call("record", store.record(record)),
+    state: (key) => guard.call("state", store.state(key)),
+    isolate: (key) => Effect.asVoid(guard.call("isolate", isolate(`${prefix}${key}`, isolatedUntil))),
+    reset: (key) => Effect.asVoid(guard.call("reset", redis.send("DEL", `${prefix}${key}`)))
+  })
+})
