@@ -70,6 +70,9 @@ export interface Options extends Http.Options {
 
 const VERSION = /^\d{4}-\d{2}-\d{2}$/
 
+/** `/ml/v1/text/embeddings` takes at most 1,000 inputs. */
+const EMBED_BATCH = 1000
+
 const checkOptions = (options: Options) =>
   Input.all([
     Http.settings(options),
@@ -281,30 +284,44 @@ export const make: (
       const valid = yield* Model.validateEmbed(request, limits)
       const model = valid.model ?? embeddingModel
       yield* Effect.annotateCurrentSpan(spanAttributes(name, "embeddings", model))
-      const answer = yield* call(model, (bearer, ctx) =>
-        Effect.flatMap(
-          client.json(
-            post("ml/v1/text/embeddings", { model_id: model, inputs: valid.texts }, bearer, "application/json"),
-            decodeEmbeddings,
-            ctx
-          ),
-          (answer) =>
-            answer.results.length === valid.texts.length
-              ? Effect.succeed(answer)
-              : Effect.fail(
-                  Errors.malformed(
-                    ctx,
-                    "results",
-                    `expected ${valid.texts.length} embeddings, got ${answer.results.length}`
+      const batches: Array<ReadonlyArray<string>> = []
+      for (let i = 0; i < valid.texts.length; i += EMBED_BATCH) batches.push(valid.texts.slice(i, i + EMBED_BATCH))
+      const embedBatch = (texts: ReadonlyArray<string>) =>
+        call(model, (bearer, ctx) =>
+          Effect.flatMap(
+            client.json(
+              post("ml/v1/text/embeddings", { model_id: model, inputs: texts }, bearer, "application/json"),
+              decodeEmbeddings,
+              ctx
+            ),
+            (answer) =>
+              answer.results.length === texts.length
+                ? Effect.succeed(answer)
+                : Effect.fail(
+                    Errors.malformed(
+                      ctx,
+                      "results",
+                      `expected ${texts.length} embeddings, got ${answer.results.length}`
+                    )
                   )
-                )
+          )
         )
+      const answers = yield* Effect.forEach(batches, embedBatch).pipe(
+        // Each batch is bounded by `timeout`; the call as a whole too.
+        Effect.timeoutOrElse({
+          duration: settings.timeout,
+          orElse: () => Effect.fail(Errors.requestTimeout(ctxOf(model, []), settings.timeout))
+        })
       )
+      let inputTokens: number | undefined
+      for (const answer of answers) {
+        if (typeof answer.input_token_count === "number") inputTokens = (inputTokens ?? 0) + answer.input_token_count
+      }
       return {
-        vectors: answer.results.map((r) => r.embedding),
-        ...(typeof answer.input_token_count === "number" ? { usage: Model.usage(answer.input_token_count, 0) } : {}),
+        vectors: answers.flatMap((answer) => answer.results.map((r) => r.embedding)),
+        ...(inputTokens === undefined ? {} : { usage: Model.usage(inputTokens, 0) }),
         provider: name,
-        model: answer.model_id ?? model
+        model: answers[0]?.model_id ?? model
       } satisfies Model.EmbedResponse
     })
 

@@ -738,40 +738,63 @@ layer(NodeHttpClient.layerUndici)("WatsonX over HTTP", (it) => {
       })
     )
 
-    it.effect("embeddings", () =>
-      Effect.gen(function* () {
-        const { apiRequests, provider } = yield* makeServer((_, res) =>
-          Server.json(res, 200, {
-            model_id: "ibm/slate-125m-english-rtrvr-v2",
-            results: [{ embedding: [0.1, 0.2] }, { embedding: [0.3, 0.4] }],
-            created_at: "2024-10-04T10:00:00.000Z",
-            input_token_count: 6
+    it.effect(
+      "embeddings: the documented body, batches of 1,000 in input order, a count that does not match is Decode",
+      () =>
+        Effect.gen(function* () {
+          const { apiRequests, provider } = yield* makeServer((_, res) =>
+            Server.json(res, 200, {
+              model_id: "ibm/slate-125m-english-rtrvr-v2",
+              results: [{ embedding: [0.1, 0.2] }, { embedding: [0.3, 0.4] }],
+              created_at: "2024-10-04T10:00:00.000Z",
+              input_token_count: 6
+            })
+          )
+          const p = yield* provider()
+          const answer = yield* p.embed({ texts: ["a", "b"] })
+          assert.deepStrictEqual(answer, {
+            vectors: [
+              [0.1, 0.2],
+              [0.3, 0.4]
+            ],
+            usage: { inputTokens: 6, outputTokens: 0, totalTokens: 6 },
+            provider: "watsonx",
+            model: "ibm/slate-125m-english-rtrvr-v2"
           })
-        )
-        const p = yield* provider()
-        const answer = yield* p.embed({ texts: ["a", "b"] })
-        assert.deepStrictEqual(answer, {
-          vectors: [
-            [0.1, 0.2],
-            [0.3, 0.4]
-          ],
-          usage: { inputTokens: 6, outputTokens: 0, totalTokens: 6 },
-          provider: "watsonx",
-          model: "ibm/slate-125m-english-rtrvr-v2"
+          const [request] = yield* apiRequests
+          assert.strictEqual(request?.path, "/ml/v1/text/embeddings")
+          assert.deepStrictEqual(request?.json, {
+            model_id: "ibm/slate-125m-english-rtrvr-v2",
+            inputs: ["a", "b"],
+            project_id: "proj-1"
+          })
+          const many = yield* makeServer((req, res) => {
+            const inputs = (req.json as { inputs: ReadonlyArray<string> }).inputs
+            Server.json(res, 200, {
+              results: inputs.map((t) => ({ embedding: [Number(t)] })),
+              input_token_count: inputs.length
+            })
+          })
+          const texts = Array.from({ length: 2048 }, (_, i) => String(i)) as unknown as readonly [
+            string,
+            ...Array<string>
+          ]
+          const batched = yield* (yield* many.provider()).embed({ texts })
+          assert.deepStrictEqual(
+            batched.vectors.map((v) => v[0]),
+            texts.map(Number)
+          )
+          assert.deepStrictEqual(batched.usage, { inputTokens: 2048, outputTokens: 0, totalTokens: 2048 })
+          assert.deepStrictEqual(
+            (yield* many.apiRequests).map((r) => (r.json as { inputs: ReadonlyArray<string> }).inputs.length),
+            [1000, 1000, 48]
+          )
+          const short = yield* makeServer((_, res) => Server.json(res, 200, { results: [{ embedding: [1] }] }))
+          const q = yield* short.provider()
+          const error = yield* failing(q.embed({ texts: ["a", "b"] }))
+          assert.strictEqual(error.reason, "Decode")
+          assert.strictEqual(error.field, "results")
         })
-        const [request] = yield* apiRequests
-        assert.strictEqual(request?.path, "/ml/v1/text/embeddings")
-        assert.deepStrictEqual(request?.json, {
-          model_id: "ibm/slate-125m-english-rtrvr-v2",
-          inputs: ["a", "b"],
-          project_id: "proj-1"
-        })
-        const short = yield* makeServer((_, res) => Server.json(res, 200, { results: [{ embedding: [1] }] }))
-        const q = yield* short.provider()
-        const error = yield* failing(q.embed({ texts: ["a", "b"] }))
-        assert.strictEqual(error.reason, "Decode")
-        assert.strictEqual(error.field, "results")
-      })
     )
   })
 
