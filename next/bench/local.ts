@@ -1,0 +1,203 @@
+/**
+ * Local provider throughput, side by side with transformers.js called directly.
+ *
+ *   npx tsx bench/local.ts [--quick]
+ *
+ * Embeddings/second for 256 short texts: (a) one call at a time through the provider,
+ * (b) 32 concurrent callers through the provider (automatic batching), (c) one batched
+ * call straight to the transformers.js `feature-extraction` pipeline, (d) 8 batches of 32
+ * straight to the model (tokenizer, model, mean pooling: the work (b) does without the
+ * library); on the bundled tiny-bert and on a MiniLM-sized encoder (384 hidden, 6 layers,
+ * random weights, generated into a temp dir). Generation tokens/second on tiny-gpt2:
+ * through the provider (generate, and stream drained) and straight to `model.generate`.
+ * Then how fast a deadline stops a long generation. Variants alternate within each round
+ * (so drift on a shared machine hits them alike); each figure is the median of the rounds
+ * after a warm-up. The load average is printed before and after.
+ */
+import { mkdir, mkdtemp, rm, writeFile } from "node:fs/promises"
+import { loadavg, tmpdir } from "node:os"
+import * as path from "node:path"
+import { fileURLToPath } from "node:url"
+import { NodeRuntime } from "@effect/platform-node"
+import { AutoModel, AutoModelForCausalLM, AutoTokenizer, env, mean_pooling, pipeline } from "@xenova/transformers"
+import { Effect, Stream } from "effect"
+import type { Service } from "../src/Model.js"
+import * as Local from "../src/Model/Local.js"
+import { buildEncoderFiles, generateModels } from "../scripts/generate-models.js"
+
+const quick = process.argv.includes("--quick")
+const RUNS = quick ? 5 : 11
+const TEXTS = 256
+const CALLERS = 32
+const GENERATIONS = 8
+const NEW_TOKENS = 64
+
+const texts = Array.from(
+  { length: TEXTS },
+  (_, i) => `note ${i}: the ${["quiet", "bright", "ancient", "silver"][i % 4]} river carries stone number ${i * 7}`
+)
+const prompts = Array.from({ length: GENERATIONS }, (_, i) => `story ${i}: the river`)
+
+const now = Effect.sync(() => performance.now())
+const median = (values: ReadonlyArray<number>): number => {
+  const sorted = [...values].sort((a, b) => a - b)
+  const mid = Math.floor(sorted.length / 2)
+  return sorted.length % 2 === 1 ? sorted[mid]! : (sorted[mid - 1]! + sorted[mid]!) / 2
+}
+const load = () =>
+  loadavg()
+    .map((n) => n.toFixed(2))
+    .join(" ")
+
+/** Median wall time (ms) of each variant, variants alternating within every round, after a warm-up round. */
+const medians = <E, R>(variants: ReadonlyArray<Effect.Effect<unknown, E, R>>, runs = RUNS) =>
+  Effect.gen(function* () {
+    for (const variant of variants) yield* variant
+    const times = variants.map(() => [] as Array<number>)
+    for (let i = 0; i < runs; i++) {
+      for (const [k, variant] of variants.entries()) {
+        const start = yield* now
+        yield* variant
+        times[k]!.push((yield* now) - start)
+      }
+    }
+    return times.map(median)
+  })
+
+interface Row {
+  readonly label: string
+  readonly ms: number
+  readonly rate: number
+  readonly unit: string
+}
+
+const writeFiles = (dir: string, files: ReadonlyMap<string, Uint8Array>) =>
+  Effect.promise(async () => {
+    for (const [file, contents] of files) {
+      await mkdir(path.dirname(path.join(dir, file)), { recursive: true })
+      await writeFile(path.join(dir, file), contents)
+    }
+  })
+
+const useModels = (modelPath: string) => {
+  env.allowRemoteModels = false
+  env.localModelPath = `${modelPath}${path.sep}`
+}
+
+const embeddingRows = (label: string, model: Service, modelPath: string, modelId: string, runs: number) =>
+  Effect.gen(function* () {
+    useModels(modelPath)
+    const extractor = yield* Effect.promise(() => pipeline("feature-extraction", modelId))
+    const tokenizer = yield* Effect.promise(() => AutoTokenizer.from_pretrained(modelId))
+    const encoder = yield* Effect.promise(() => AutoModel.from_pretrained(modelId))
+    const manual = async (batch: Array<string>) => {
+      const encoded = tokenizer(batch, { padding: true, truncation: true })
+      const output = await encoder(encoded)
+      return mean_pooling(output.last_hidden_state, encoded.attention_mask).normalize(2, -1)
+    }
+    const row = (work: string, ms: number): Row => ({
+      label: `${work} [${label}]`,
+      ms,
+      rate: (TEXTS / ms) * 1000,
+      unit: "texts/s"
+    })
+    const [a, b, c, d] = yield* medians(
+      [
+        Effect.forEach(texts, (text) => model.embed({ texts: [text], model: modelId }), { discard: true }),
+        Effect.forEach(texts, (text) => model.embed({ texts: [text], model: modelId }), {
+          concurrency: CALLERS,
+          discard: true
+        }),
+        Effect.promise(() => extractor(texts, { pooling: "mean", normalize: true })),
+        Effect.promise(async () => {
+          for (let i = 0; i < TEXTS; i += CALLERS) await manual(texts.slice(i, i + CALLERS))
+        })
+      ],
+      runs
+    )
+    yield* Effect.promise(() => Promise.all([extractor.dispose(), encoder.dispose()]))
+    return [
+      row("(a) embed: one call at a time, provider", a!),
+      row(`(b) embed: ${CALLERS} concurrent callers, provider (batched)`, b!),
+      row(`(c) embed: one batched call of ${TEXTS}, transformers.js pipeline`, c!),
+      row(`(d) embed: ${TEXTS / CALLERS} batches of ${CALLERS}, transformers.js model direct`, d!)
+    ] as const
+  })
+
+/** How long after its deadline a long generation returns, and whether it decoded anything after. */
+const deadlineRows = (model: Service) =>
+  Effect.gen(function* () {
+    const lags: Array<number> = []
+    for (let i = 0; i < (quick ? 5 : 15); i++) {
+      const start = yield* now
+      yield* model
+        .generate({ prompt: "the river", maxTokens: 1_000_000 })
+        .pipe(Effect.timeout("50 millis"), Effect.flip)
+      lags.push((yield* now) - start - 50)
+    }
+    const sorted = [...lags].sort((x, y) => x - y)
+    return { median: median(lags), max: sorted[sorted.length - 1]! }
+  })
+
+const program = Effect.gen(function* () {
+  console.log(`load average before: ${load()} (Node ${process.version})`)
+  const dir = yield* Effect.acquireRelease(
+    Effect.promise(() => mkdtemp(path.join(tmpdir(), "orchestra-bench-"))),
+    (d) => Effect.promise(() => rm(d, { recursive: true, force: true }))
+  )
+  yield* Effect.promise(() => generateModels(dir))
+  yield* writeFiles(
+    dir,
+    buildEncoderFiles("minilm-sized-bert", { hidden: 384, heads: 12, ffn: 1536, layers: 6, positions: 128 })
+  )
+  const bundledPath = fileURLToPath(Local.defaultModelPath)
+  const model = yield* Local.make({ maxBatchSize: 32 })
+  const sized = yield* Local.make({ modelPath: dir, embeddingModel: "minilm-sized-bert", maxBatchSize: 32 })
+
+  const rows: Array<Row> = []
+  const tiny = yield* embeddingRows("tiny-bert", model, bundledPath, "tiny-bert", RUNS)
+  const big = yield* embeddingRows("MiniLM-sized", sized, dir, "minilm-sized-bert", quick ? 3 : 5)
+  rows.push(...tiny, ...big)
+
+  useModels(bundledPath)
+  const tokenizer = yield* Effect.promise(() => AutoTokenizer.from_pretrained("tiny-gpt2"))
+  const decoder = yield* Effect.promise(() => AutoModelForCausalLM.from_pretrained("tiny-gpt2"))
+  const tokenRow = (label: string, ms: number) =>
+    rows.push({ label, ms, rate: ((GENERATIONS * NEW_TOKENS) / ms) * 1000, unit: "tokens/s" })
+  const [viaGenerate, viaStream, direct] = yield* medians([
+    Effect.forEach(prompts, (prompt) => model.generate({ prompt, maxTokens: NEW_TOKENS }), { discard: true }),
+    Effect.forEach(prompts, (prompt) => Stream.runDrain(model.stream({ prompt, maxTokens: NEW_TOKENS })), {
+      discard: true
+    }),
+    Effect.forEach(
+      prompts,
+      (prompt) => Effect.promise(() => decoder.generate(tokenizer(prompt).input_ids, { max_new_tokens: NEW_TOKENS })),
+      { discard: true }
+    )
+  ])
+  tokenRow(`(e) generate: ${GENERATIONS} x ${NEW_TOKENS} tokens, provider`, viaGenerate!)
+  tokenRow(`(f) stream: ${GENERATIONS} x ${NEW_TOKENS} tokens, provider`, viaStream!)
+  tokenRow(`(g) generate: ${GENERATIONS} x ${NEW_TOKENS} tokens, transformers.js direct`, direct!)
+  yield* Effect.promise(() => decoder.dispose())
+  const deadline = yield* deadlineRows(model)
+
+  console.log(`\n| work | median ms | rate |\n|---|---:|---:|`)
+  for (const row of rows) console.log(`| ${row.label} | ${row.ms.toFixed(1)} | ${row.rate.toFixed(0)} ${row.unit} |`)
+  const pct = (x: number, y: number) => `${((x / y) * 100).toFixed(0)}%`
+  for (const [label, [a, b, c, d]] of [
+    ["tiny-bert", tiny],
+    ["MiniLM-sized", big]
+  ] as const) {
+    console.log(
+      `${label}: (b)/(a) = ${(b.rate / a.rate).toFixed(2)}x, (b)/(c) = ${pct(b.rate, c.rate)}, (b)/(d) = ${pct(b.rate, d.rate)}`
+    )
+  }
+  const [e, f, g] = rows.slice(-3)
+  console.log(`generation: (e)/(g) = ${pct(e!.rate, g!.rate)}, stream (f)/(e) = ${pct(f!.rate, e!.rate)}`)
+  console.log(
+    `deadline of 50 ms on an endless generation: returned ${deadline.median.toFixed(1)} ms late (median), ${deadline.max.toFixed(1)} ms (max)`
+  )
+  console.log(`load average after: ${load()}`)
+})
+
+NodeRuntime.runMain(Effect.scoped(program))

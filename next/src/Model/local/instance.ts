@@ -1,0 +1,302 @@
+/**
+ * One loaded model (a pool item): generation and embeddings over transformers.js, with its
+ * Promises turned into interruptible Effects.
+ *
+ * @internal
+ */
+import { setImmediate as nextMacrotask } from "node:timers/promises"
+import { type Clock, Effect } from "effect"
+import { ModelError, ShuttingDownError } from "../../AiError.js"
+import type { Message } from "../../Model.js"
+import { emittable, firstStop, type LogitsProcessor, makeDetokenizer, promptOf, seededSampler } from "./decoding.js"
+import type { Encoded, TokenizerLike, Transformers } from "./runtime.js"
+
+export interface TensorLike {
+  readonly data: ArrayLike<number> | BigInt64Array
+  readonly dims: ReadonlyArray<number>
+  normalize(p: number, dim: number): TensorLike
+}
+
+interface Beam {
+  readonly output_token_ids: ReadonlyArray<number>
+}
+
+interface GenerationConfigLike {
+  readonly max_new_tokens: number
+  readonly do_sample: false
+  readonly num_beams: 1
+  readonly callback_function?: ((beams: ReadonlyArray<Beam>) => void) | undefined
+}
+
+export interface PretrainedModelLike {
+  readonly config: {
+    readonly is_encoder_decoder?: boolean
+    readonly eos_token_id?: number | ReadonlyArray<number> | null
+  }
+  readonly generation_config?: { readonly eos_token_id?: number | ReadonlyArray<number> | null }
+  (inputs: Encoded): Promise<{ readonly last_hidden_state?: TensorLike }>
+  generate(
+    inputIds: TensorLike,
+    config: GenerationConfigLike,
+    logitsProcessor: ReadonlyArray<LogitsProcessor> | null
+  ): Promise<ReadonlyArray<ReadonlyArray<number | bigint>>>
+  runBeam(beam: unknown): Promise<unknown>
+  dispose(): Promise<unknown>
+}
+
+/** What a loaded model is used for. */
+export type Task = "text-generation" | "text2text-generation" | "feature-extraction"
+
+export interface GenerationInput {
+  readonly messages: ReadonlyArray<Message>
+  readonly maxNewTokens: number
+  /** Greedy when absent or 0. */
+  readonly temperature?: number | undefined
+  readonly topP?: number | undefined
+  /** Seed of the sampler (used only when sampling). */
+  readonly seed: number
+  readonly stop: ReadonlyArray<string>
+}
+
+export interface GenerationOutput {
+  readonly text: string
+  readonly finishReason: "stop" | "length"
+  readonly inputTokens: number
+  readonly outputTokens: number
+}
+
+export interface EmbeddingOutput {
+  /** One unit-length vector per text, in order. */
+  readonly vectors: ReadonlyArray<ReadonlyArray<number>>
+  /** Tokens of each text (after truncation). */
+  readonly tokens: ReadonlyArray<number>
+}
+
+export interface GenerateOptions {
+  /** Receives the decoded text as it grows. */
+  readonly onDelta?: ((text: string) => void) | undefined
+  /** Aborted by the provider's shutdown: the generation stops and fails with the signal's reason. */
+  readonly halt?: AbortSignal | undefined
+}
+
+/** One loaded model: a pool item. */
+export interface Instance {
+  readonly modelId: string
+  readonly task: Task
+  /**
+   * Runs one generation. Interrupting the effect stops the generation at its next decoding
+   * step and waits for it to stop, so the instance is idle when it goes back to the pool.
+   */
+  readonly generate: (
+    input: GenerationInput,
+    options?: GenerateOptions
+  ) => Effect.Effect<GenerationOutput, ModelError | ShuttingDownError>
+  /** Mean-pooled, L2-normalised embeddings of a batch of texts. */
+  readonly embed: (texts: ReadonlyArray<string>) => Effect.Effect<EmbeddingOutput, ModelError>
+  /** Releases the model's sessions. */
+  readonly dispose: Effect.Effect<void>
+}
+
+/**
+ * ONNX Runtime runs each decoding step synchronously (inside `process.nextTick`), so while
+ * a generation runs no timer fires and no other fiber is scheduled. The generation yields
+ * a macrotask once per slice of this many milliseconds of steps (read on Effect's `Clock`),
+ * or every `STEPS_PER_YIELD` steps when the clock does not move (a `TestClock`): that is
+ * when a deadline can fire and interrupt it. A yield per step cost ~12% of the tokens/s of
+ * the bundled decoder (bench/local.ts); one per millisecond costs a few percent.
+ */
+const SLICE_MILLIS = 1
+const STEPS_PER_YIELD = 8
+
+class StopSequence extends Error {}
+class Aborted extends Error {}
+
+const toNumbers = (ids: ReadonlyArray<number | bigint>): Array<number> => ids.map(Number)
+
+const eosIds = (model: PretrainedModelLike): ReadonlySet<number> => {
+  const raw = model.generation_config?.eos_token_id ?? model.config.eos_token_id
+  if (raw === null || raw === undefined) return new Set()
+  return new Set(typeof raw === "number" ? [raw] : raw)
+}
+
+const messageOf = (u: unknown): string => (u instanceof Error ? u.message : String(u))
+
+/**
+ * A Promise-returning job as an Effect that, when interrupted, aborts the job and waits
+ * until it has settled (so the model instance is idle before it goes back to the pool).
+ */
+const abortable = <A, E>(
+  run: (signal: AbortSignal) => Promise<A>,
+  onError: (error: unknown) => E
+): Effect.Effect<A, E> =>
+  Effect.callback<A, E>((resume, signal) => {
+    const settled = run(signal).then(
+      (value) => resume(Effect.succeed(value)),
+      (error: unknown) => resume(Effect.fail(onError(error)))
+    )
+    return Effect.promise(() => settled)
+  })
+
+export interface InstanceParts {
+  readonly lib: Transformers
+  readonly modelId: string
+  readonly task: Task
+  readonly tokenizer: TokenizerLike
+  readonly model: PretrainedModelLike
+  readonly clock: Clock.Clock
+}
+
+export const makeInstance = ({ lib, modelId, task, tokenizer, model, clock }: InstanceParts): Instance => {
+  const eos = eosIds(model)
+  const seq2seq = task === "text2text-generation"
+  const decode = (ids: ReadonlyArray<number>) => tokenizer.decode(ids, { skip_special_tokens: true })
+
+  const runGeneration = async (
+    input: GenerationInput,
+    signal: AbortSignal,
+    options: GenerateOptions | undefined
+  ): Promise<GenerationOutput> => {
+    const onDelta = options?.onDelta
+    const halt = options?.halt
+    if (halt?.aborted) throw halt.reason
+    const prompt = promptOf(tokenizer, input.messages)
+    const encoded = tokenizer(prompt, { add_special_tokens: seq2seq })
+    const inputTokens = encoded.input_ids.dims.at(-1) ?? 0
+    // Decoder-only output repeats the prompt; encoder-decoder output starts with the decoder start token.
+    const skip = seq2seq ? 1 : inputTokens
+    let generated: ReadonlyArray<number> = []
+    const track = input.stop.length > 0 || onDelta !== undefined
+    const longestStop = input.stop.reduce((n, s) => Math.max(n, s.length), 0)
+    const detokenizer = makeDetokenizer(decode, skip, seq2seq ? 0 : 5)
+    let text = ""
+    let emitted = 0
+    let stoppedAt = -1
+
+    let sliceStart = clock.currentTimeMillisUnsafe()
+    let steps = 0
+    const view: PretrainedModelLike = Object.create(model)
+    Object.defineProperty(view, "runBeam", {
+      value: (beam: unknown): Promise<unknown> => {
+        steps += 1
+        const now = clock.currentTimeMillisUnsafe()
+        if (now - sliceStart < SLICE_MILLIS && steps < STEPS_PER_YIELD) {
+          if (signal.aborted) return Promise.reject(new Aborted())
+          if (halt?.aborted) return Promise.reject(halt.reason)
+          return model.runBeam(beam)
+        }
+        return nextMacrotask().then(() => {
+          sliceStart = clock.currentTimeMillisUnsafe()
+          steps = 0
+          if (signal.aborted) throw new Aborted()
+          if (halt?.aborted) throw halt.reason
+          return model.runBeam(beam)
+        })
+      }
+    })
+    const config: GenerationConfigLike = {
+      max_new_tokens: input.maxNewTokens,
+      do_sample: false,
+      num_beams: 1,
+      callback_function: track
+        ? (beams) => {
+            const beam = beams[0]
+            if (beam === undefined) return
+            const ids = toNumbers(beam.output_token_ids)
+            generated = ids.slice(skip)
+            const delta = detokenizer(ids)
+            if (delta.length === 0) return
+            const searchFrom = Math.max(0, text.length - longestStop)
+            text += delta
+            const stopAt = firstStop(text, input.stop, searchFrom)
+            if (stopAt >= 0) {
+              stoppedAt = stopAt
+              if (onDelta !== undefined && stopAt > emitted) onDelta(text.slice(emitted, stopAt))
+              emitted = Math.max(emitted, stopAt)
+              throw new StopSequence()
+            }
+            const end = emittable(text, input.stop)
+            if (onDelta !== undefined && end > emitted) {
+              onDelta(text.slice(emitted, end))
+              emitted = end
+            }
+          }
+        : undefined
+    }
+    const processors =
+      input.temperature !== undefined && input.temperature > 0
+        ? [seededSampler(input.temperature, input.topP ?? 1, input.seed)]
+        : null
+    let stopped = false
+    try {
+      const sequences = await model.generate.call(view, encoded.input_ids, config, processors)
+      const first = sequences[0]
+      if (first !== undefined) generated = toNumbers(first.slice(skip))
+    } catch (error) {
+      if (!(error instanceof StopSequence)) throw error
+      stopped = true
+    }
+    // The whole decode is authoritative; the incremental one is its prefix in practice.
+    const full = decode(generated)
+    const final = stopped ? text.slice(0, stoppedAt) : full.startsWith(text) ? full : text
+    if (onDelta !== undefined && final.length > emitted) onDelta(final.slice(emitted))
+    const last = generated[generated.length - 1]
+    const endedOnEos = last !== undefined && eos.has(last)
+    return {
+      text: final,
+      finishReason: stopped || endedOnEos ? "stop" : "length",
+      inputTokens,
+      outputTokens: generated.length
+    }
+  }
+
+  const runEmbedding = async (texts: ReadonlyArray<string>): Promise<EmbeddingOutput> => {
+    const encoded = tokenizer(texts, { padding: true, truncation: true })
+    const output = await model(encoded)
+    const hidden = output.last_hidden_state
+    if (hidden === undefined) throw new Error(`model "${modelId}" returned no last_hidden_state`)
+    const pooled = lib.mean_pooling(hidden, encoded.attention_mask).normalize(2, -1)
+    const [rows = 0, dimensions = 0] = pooled.dims
+    const data = pooled.data as Float32Array
+    const vectors: Array<Array<number>> = []
+    for (let r = 0; r < rows; r++) vectors.push(Array.from(data.subarray(r * dimensions, (r + 1) * dimensions)))
+    const mask = encoded.attention_mask
+    const width = mask.dims[1] ?? 0
+    const tokens: Array<number> = []
+    for (let r = 0; r < rows; r++) {
+      let n = 0
+      for (let c = 0; c < width; c++) n += Number(mask.data[r * width + c])
+      tokens.push(n)
+    }
+    return { vectors, tokens }
+  }
+
+  const failure = (what: string) => (error: unknown) =>
+    new ModelError({
+      reason: "Unknown",
+      message: `${what} failed on model "${modelId}": ${messageOf(error)}`,
+      model: modelId,
+      cause: error
+    })
+
+  const generationFailure = failure("generation")
+  const wrongTask = (message: string) =>
+    Effect.fail(new ModelError({ reason: "InvalidRequest", message, model: modelId, field: "model" }))
+
+  return {
+    modelId,
+    task,
+    generate: (input, options) =>
+      task === "feature-extraction"
+        ? wrongTask(`model "${modelId}" is loaded for embeddings, not generation`)
+        : abortable(
+            (signal) => runGeneration(input, signal, options),
+            (error): ModelError | ShuttingDownError =>
+              error instanceof ShuttingDownError ? error : generationFailure(error)
+          ),
+    embed: (texts) =>
+      task !== "feature-extraction"
+        ? wrongTask(`model "${modelId}" is loaded for generation, not embeddings`)
+        : abortable(() => runEmbedding(texts), failure("embedding")),
+    dispose: Effect.tryPromise(() => model.dispose()).pipe(Effect.ignore)
+  }
+}

@@ -1,0 +1,148 @@
+/**
+ * The local provider's options, checked where they enter (a `ConfigError` naming the field)
+ * and resolved to their defaults.
+ *
+ * @internal
+ */
+import { fileURLToPath } from "node:url"
+import { type Duration, Effect, Result } from "effect"
+import * as Input from "../../Input.js"
+import type { Options } from "../Local.js"
+import type { LoadOptions } from "./runtime.js"
+
+export interface Resolved {
+  readonly name: string
+  readonly generationModel: string
+  readonly embeddingModel: string
+  readonly generationModels: ReadonlyArray<string>
+  readonly embeddingModels: ReadonlyArray<string>
+  readonly poolSize: number
+  readonly minInstances: number
+  readonly idleTimeToLive: Duration.Duration
+  readonly maxBatchSize: number
+  readonly batchWindow: Duration.Duration
+  readonly shutdownDeadline: Duration.Duration
+  readonly loadTimeout: Duration.Duration
+  readonly maxTokens: number
+  readonly load: LoadOptions
+}
+
+/** Options with the model directory decided (the public module supplies the bundled one). */
+export type ResolvableOptions = Options & { readonly modelPath: string | URL }
+
+const HUGGING_FACE = "https://huggingface.co/"
+
+const text = (path: string, input: unknown): Input.Checked<string> =>
+  typeof input === "string" && input.trim().length > 0 && input.trim() === input
+    ? Result.succeed(input)
+    : Result.fail({
+        path,
+        message: `expected a non-empty string without surrounding spaces, got ${JSON.stringify(input)}`
+      })
+
+const texts = (path: string, input: ReadonlyArray<unknown> | undefined): Input.Checked<ReadonlyArray<string>> => {
+  if (input === undefined) return Result.succeed([])
+  if (!Array.isArray(input)) return Result.fail({ path, message: "expected an array of model ids" })
+  const out: Array<string> = []
+  for (const [i, item] of input.entries()) {
+    const checked = text(`${path}[${i}]`, item)
+    if (Result.isFailure(checked)) return Result.fail(checked.failure)
+    out.push(checked.success)
+  }
+  return Result.succeed(out)
+}
+
+const directory = (path: string, input: unknown): Input.Checked<string> => {
+  if (input instanceof URL) {
+    if (input.protocol !== "file:") return Result.fail({ path, message: `expected a file: URL, got ${input.href}` })
+    return Result.succeed(fileURLToPath(input))
+  }
+  return text(path, input)
+}
+
+const hubUrl = (path: string, input: unknown): Input.Checked<string> => {
+  if (typeof input !== "string" || !URL.canParse(input)) {
+    return Result.fail({ path, message: `expected an http(s) URL, got ${JSON.stringify(input)}` })
+  }
+  const url = new URL(input)
+  if (url.protocol !== "http:" && url.protocol !== "https:") {
+    return Result.fail({ path, message: `expected an http(s) URL, got ${input}` })
+  }
+  return Result.succeed(url.href.endsWith("/") ? url.href : `${url.href}/`)
+}
+
+const flag = (path: string, input: unknown, fallback: boolean): Input.Checked<boolean> =>
+  input === undefined
+    ? Result.succeed(fallback)
+    : typeof input === "boolean"
+      ? Result.succeed(input)
+      : Result.fail({ path, message: `expected a boolean, got ${JSON.stringify(input)}` })
+
+/** Checks every option (a `ConfigError` naming the first wrong one) and fills in the defaults. */
+export const resolve = (options: ResolvableOptions): Effect.Effect<Resolved, Input.ConfigError> => {
+  const checked = Input.all([
+    text("name", options.name ?? "local"),
+    text("generationModel", options.generationModel ?? "tiny-gpt2"),
+    text("embeddingModel", options.embeddingModel ?? "tiny-bert"),
+    texts("models.generation", options.models?.generation),
+    texts("models.embedding", options.models?.embedding),
+    directory("modelPath", options.modelPath),
+    flag("allowRemoteModels", options.allowRemoteModels, false),
+    Input.optional(options.cacheDir, (dir) => text("cacheDir", dir)),
+    hubUrl("remoteHost", options.remoteHost ?? HUGGING_FACE),
+    flag("quantized", options.quantized, true),
+    Input.positiveInt("poolSize", options.poolSize ?? 1, 1_024),
+    Input.int("minInstances", options.minInstances ?? 0, { min: 0 }),
+    Input.duration("idleTimeToLive", options.idleTimeToLive ?? "10 minutes", { allowInfinite: true }),
+    Input.positiveInt("maxBatchSize", options.maxBatchSize ?? 32, 4_096),
+    Input.duration("batchWindow", options.batchWindow ?? 0, { allowZero: true }),
+    Input.duration("shutdownDeadline", options.shutdownDeadline ?? "10 seconds", { allowZero: true }),
+    Input.duration("loadTimeout", options.loadTimeout ?? "10 minutes"),
+    Input.positiveInt("maxTokens", options.maxTokens ?? 128, 1_000_000)
+  ])
+  if (Result.isFailure(checked)) return Effect.fail(Input.toConfigError(checked.failure))
+  const [
+    name,
+    generationModel,
+    embeddingModel,
+    generationModels,
+    embeddingModels,
+    modelPath,
+    allowRemoteModels,
+    cacheDir,
+    remoteHost,
+    quantized,
+    poolSize,
+    minInstances,
+    idleTimeToLive,
+    maxBatchSize,
+    batchWindow,
+    shutdownDeadline,
+    loadTimeout,
+    maxTokens
+  ] = checked.success
+  if (minInstances > poolSize) {
+    return Effect.fail(
+      Input.toConfigError({
+        path: "minInstances",
+        message: `expected at most poolSize (${poolSize}), got ${minInstances}`
+      })
+    )
+  }
+  return Effect.succeed({
+    name,
+    generationModel,
+    embeddingModel,
+    generationModels: [...new Set([generationModel, ...generationModels])],
+    embeddingModels: [...new Set([embeddingModel, ...embeddingModels])],
+    poolSize,
+    minInstances,
+    idleTimeToLive,
+    maxBatchSize,
+    batchWindow,
+    shutdownDeadline,
+    loadTimeout,
+    maxTokens,
+    load: { provider: name, modelPath, allowRemoteModels, cacheDir, remoteHost, quantized }
+  })
+}

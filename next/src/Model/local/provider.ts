@@ -1,0 +1,277 @@
+/**
+ * The local provider: a pool of model instances per model id, embeddings coalesced into
+ * batches, admission and graceful shutdown.
+ *
+ * @internal
+ */
+import { Clock, Deferred, Effect, Option, Pool, Queue, Random, type Scope, Stream } from "effect"
+import { type AiError, ModelError, reasonOf, ShuttingDownError, StreamInterruptedError } from "../../AiError.js"
+import type { ConfigError } from "../../Input.js"
+import * as Model from "../../Model.js"
+import { type Batcher, makeBatcher } from "./batcher.js"
+import type { GenerationInput, Instance } from "./instance.js"
+import { type ResolvableOptions, resolve } from "./options.js"
+import {
+  type Importer,
+  importTransformers,
+  type Loader,
+  loadTransformers,
+  makeLoader,
+  type Purpose
+} from "./runtime.js"
+
+/** Hooks for tests: a failing import, or a loader wrapped to count loads and disposals. */
+export interface Internals {
+  readonly importer?: Importer | undefined
+  readonly instrument?: ((loader: Loader) => Loader) | undefined
+}
+
+interface Embedded {
+  readonly vector: ReadonlyArray<number>
+  readonly tokens: number
+}
+
+const poolKey = (purpose: Purpose, modelId: string): string => `${purpose}:${modelId}`
+
+/**
+ * Builds the provider. Every configured model is loaded once before this returns, so a
+ * missing or broken model (or a missing transformers.js) fails here, not on the first request.
+ */
+export const makeWith = Effect.fnUntraced(function* (
+  options: ResolvableOptions,
+  internals: Internals = {}
+): Effect.fn.Return<Model.Service, ModelError | ConfigError, Scope.Scope> {
+  const config = yield* resolve(options)
+  const provider = config.name
+  const lib = yield* loadTransformers(internals.importer ?? importTransformers, provider)
+  const clock = yield* Clock.Clock
+  const real = makeLoader(lib, config.load, clock)
+  const load = internals.instrument === undefined ? real : internals.instrument(real)
+
+  const loadBounded = (modelId: string, purpose: Purpose) =>
+    Effect.timeoutOrElse(load(modelId, purpose), {
+      duration: config.loadTimeout,
+      orElse: () =>
+        Effect.fail(
+          new ModelError({
+            reason: "Timeout",
+            message: `${provider}: loading model "${modelId}" took longer than loadTimeout`,
+            provider,
+            model: modelId
+          })
+        )
+    })
+
+  // One pool per model; each item is acquired in its own scope (Pool.allocate), so an idle
+  // instance past its time to live is disposed then, not when the provider closes.
+  // Embedding models hold one instance: inference holds the thread, so batches run one at a time.
+  const pools = new Map<string, Pool.Pool<Instance, ModelError>>()
+  const models: ReadonlyArray<readonly [Purpose, string]> = [
+    ...config.generationModels.map((id) => ["generation", id] as const),
+    ...config.embeddingModels.map((id) => ["embedding", id] as const)
+  ]
+  for (const [purpose, modelId] of models) {
+    const max = purpose === "generation" ? config.poolSize : 1
+    const pool = yield* Pool.makeWithTTL({
+      acquire: Effect.acquireRelease(loadBounded(modelId, purpose), (instance) =>
+        instance.dispose.pipe(Effect.interruptible, Effect.timeoutOption("5 seconds"))
+      ),
+      min: Math.min(config.minInstances, max),
+      max,
+      timeToLive: config.idleTimeToLive,
+      timeToLiveStrategy: "usage"
+    })
+    pools.set(poolKey(purpose, modelId), pool)
+    // Load once now: a missing or broken model fails the layer, not the first request.
+    yield* Pool.use(pool, () => Effect.void)
+  }
+  const poolOf = (purpose: Purpose, modelId: string) => pools.get(poolKey(purpose, modelId))!
+
+  const batchers = new Map<string, Batcher<string, Embedded, ModelError | ShuttingDownError>>()
+  for (const modelId of config.embeddingModels) {
+    const pool = poolOf("embedding", modelId)
+    const batcher = yield* makeBatcher<string, Embedded, ModelError | ShuttingDownError>({
+      maxBatchSize: config.maxBatchSize,
+      window: config.batchWindow,
+      run: (texts) =>
+        Pool.use(pool, (instance) => instance.embed(texts)).pipe(
+          Effect.map((output) =>
+            output.vectors.map((vector, i): Embedded => ({ vector, tokens: output.tokens[i] ?? 0 }))
+          ),
+          Effect.withSpan("LocalModel.embedBatch", {
+            attributes: { "gen_ai.request.model": modelId, "gen_ai.provider.name": provider, batch_size: texts.length }
+          })
+        )
+    })
+    batchers.set(modelId, batcher)
+  }
+
+  // Admission and shutdown. Registered after the pools and batchers, so it runs before
+  // their finalizers: calls drain (up to the deadline), the rest are stopped (the running
+  // generations at their next step), then the batchers stop and every instance is released.
+  let closing = false
+  let inFlight = 0
+  const idle = Deferred.makeUnsafe<void>()
+  const halt = new AbortController()
+  const late = () => new ShuttingDownError({ message: `${provider}: the provider closed before the call finished` })
+  const leave = Effect.sync(() => {
+    inFlight -= 1
+    if (closing && inFlight === 0) Deferred.doneUnsafe(idle, Effect.void)
+  })
+  const admitted = <A, E>(effect: Effect.Effect<A, E>): Effect.Effect<A, E | ShuttingDownError> =>
+    Effect.uninterruptibleMask((restore) =>
+      Effect.suspend((): Effect.Effect<A, E | ShuttingDownError> => {
+        if (closing) return Effect.fail(new ShuttingDownError({ message: `${provider}: the provider is closing` }))
+        inFlight += 1
+        return Effect.ensuring(restore(effect), leave)
+      })
+    )
+  yield* Effect.addFinalizer(() =>
+    Effect.gen(function* () {
+      closing = true
+      if (inFlight === 0) Deferred.doneUnsafe(idle, Effect.void)
+      const drained = yield* Deferred.await(idle).pipe(
+        Effect.interruptible,
+        Effect.timeoutOption(config.shutdownDeadline)
+      )
+      if (Option.isNone(drained)) {
+        halt.abort(late())
+        yield* Effect.forEach(batchers.values(), (batcher) => batcher.abort(late()), { discard: true })
+        yield* Deferred.await(idle)
+      }
+    })
+  )
+
+  const withProvider = <E>(error: E): E =>
+    error instanceof ModelError && error.provider === undefined
+      ? (new ModelError({
+          reason: error.reason,
+          message: error.message,
+          provider,
+          model: error.model,
+          status: error.status,
+          retryAfter: error.retryAfter,
+          field: error.field,
+          cause: error.cause
+        }) as E)
+      : error
+
+  const modelFor = (requested: string | undefined, purpose: Purpose): Effect.Effect<string, ModelError> => {
+    const allowed = purpose === "generation" ? config.generationModels : config.embeddingModels
+    const modelId = requested ?? (purpose === "generation" ? config.generationModel : config.embeddingModel)
+    return allowed.includes(modelId)
+      ? Effect.succeed(modelId)
+      : Effect.fail(
+          new ModelError({
+            reason: "InvalidRequest",
+            message: `model "${modelId}" is not configured for ${purpose} on ${provider} (configured: ${allowed.join(", ")})`,
+            provider,
+            model: modelId,
+            field: "model"
+          })
+        )
+  }
+
+  const inputOf = (request: Model.GenerateRequest): Effect.Effect<GenerationInput> =>
+    Effect.map(request.seed === undefined ? Random.nextInt : Effect.succeed(request.seed), (seed) => ({
+      messages: Model.toMessages(request),
+      maxNewTokens: request.maxTokens ?? config.maxTokens,
+      temperature: request.temperature,
+      topP: request.topP,
+      seed,
+      stop: request.stop ?? []
+    }))
+
+  const annotate = (modelId: string, usage: Model.Usage) =>
+    Effect.annotateCurrentSpan({
+      "gen_ai.provider.name": provider,
+      "gen_ai.request.model": modelId,
+      "gen_ai.usage.input_tokens": usage.inputTokens,
+      "gen_ai.usage.output_tokens": usage.outputTokens
+    })
+
+  const generate = Effect.fn("LocalModel.generate")(function* (request: Model.GenerateRequest) {
+    const valid = yield* Model.validateGenerate(request)
+    const modelId = yield* modelFor(valid.model, "generation")
+    const input = yield* inputOf(valid)
+    const output = yield* admitted(
+      Pool.use(poolOf("generation", modelId), (instance) => instance.generate(input, { halt: halt.signal }))
+    )
+    const usage = Model.usage(output.inputTokens, output.outputTokens)
+    yield* annotate(modelId, usage)
+    return {
+      text: output.text,
+      finishReason: output.finishReason,
+      usage,
+      provider,
+      model: modelId
+    } satisfies Model.GenerateResponse
+  }, Effect.mapError(withProvider))
+
+  const stream = (request: Model.GenerateRequest): Stream.Stream<Model.StreamPart, AiError> =>
+    Stream.callback<Model.StreamPart, AiError>((queue) =>
+      Effect.gen(function* () {
+        const valid = yield* Model.validateGenerate(request)
+        const modelId = yield* modelFor(valid.model, "generation")
+        const input = yield* inputOf(valid)
+        let delivered = ""
+        const onDelta = (text: string) => {
+          delivered += text
+          Queue.offerUnsafe(queue, { _tag: "TextDelta", text })
+        }
+        const output = yield* admitted(
+          Pool.use(poolOf("generation", modelId), (instance) =>
+            instance.generate(input, { onDelta, halt: halt.signal })
+          )
+        ).pipe(
+          Effect.mapError(
+            (error): AiError =>
+              delivered.length === 0
+                ? error
+                : new StreamInterruptedError({
+                    partialText: delivered,
+                    provider,
+                    reason: reasonOf(error),
+                    detail: error.message,
+                    cause: error
+                  })
+          )
+        )
+        const usage = Model.usage(output.inputTokens, output.outputTokens)
+        yield* annotate(modelId, usage)
+        Queue.offerUnsafe(queue, { _tag: "Finish", finishReason: output.finishReason, usage, provider, model: modelId })
+        Queue.endUnsafe(queue)
+      }).pipe(Effect.mapError(withProvider), Effect.withSpan("LocalModel.stream"))
+    )
+
+  // A span per batch ("LocalModel.embedBatch"), not per call: see docs/benchmarks/local.md.
+  const embed = Effect.fnUntraced(function* (request: Model.EmbedRequest) {
+    const valid = yield* Model.validateEmbed(request)
+    const modelId = yield* modelFor(valid.model, "embedding")
+    const results = yield* admitted(batchers.get(modelId)!.submit(valid.texts))
+    if (results.length !== valid.texts.length) {
+      return yield* new ModelError({
+        reason: "Decode",
+        message: `${provider}: expected ${valid.texts.length} vectors, got ${results.length}`,
+        provider,
+        model: modelId
+      })
+    }
+    const vectors: Array<ReadonlyArray<number>> = []
+    let tokens = 0
+    for (const result of results) {
+      vectors.push(result.vector)
+      tokens += result.tokens
+    }
+    return { vectors, usage: Model.usage(tokens, 0), provider, model: modelId } satisfies Model.EmbedResponse
+  }, Effect.mapError(withProvider))
+
+  return {
+    name: provider,
+    defaultModel: config.generationModel,
+    maxConcurrency: config.poolSize,
+    generate,
+    stream,
+    embed
+  } satisfies Model.Service
+})

@@ -1,0 +1,222 @@
+/**
+ * The boundary with transformers.js 2.x: the optional package is imported dynamically when
+ * a provider is built (nothing reachable from the package root imports it statically), its
+ * process-wide settings are set, and models are loaded into instances.
+ *
+ * @internal
+ */
+import { access } from "node:fs/promises"
+import * as path from "node:path"
+import { type Clock, Effect } from "effect"
+import { ModelError } from "../../AiError.js"
+import type { PromptTokenizer } from "./decoding.js"
+import { type Instance, makeInstance, type PretrainedModelLike, type TensorLike } from "./instance.js"
+
+/** The optional peer dependency, and how to install it. */
+export const PACKAGE = "@xenova/transformers"
+export const INSTALL = `npm install ${PACKAGE}`
+
+// ---------------------------------------------------------------------------------------
+// The parts of transformers.js used here, typed structurally (its own types are not needed
+// to compile this package, so it stays optional)
+
+export interface Encoded {
+  readonly input_ids: TensorLike
+  readonly attention_mask: TensorLike
+  readonly token_type_ids?: TensorLike | undefined
+}
+
+export interface TokenizerLike extends PromptTokenizer {
+  (
+    text: string | ReadonlyArray<string>,
+    options?: { readonly padding?: boolean; readonly truncation?: boolean; readonly add_special_tokens?: boolean }
+  ): Encoded
+  decode(ids: ReadonlyArray<number>, options?: { readonly skip_special_tokens?: boolean }): string
+}
+
+interface PretrainedOptions {
+  readonly quantized: boolean
+  readonly local_files_only: boolean
+  readonly cache_dir?: string | undefined
+}
+
+interface AutoClass<A> {
+  from_pretrained(id: string, options: PretrainedOptions): Promise<A>
+}
+
+/** What this library needs from the `@xenova/transformers` module. */
+export interface Transformers {
+  readonly env: {
+    allowRemoteModels: boolean
+    allowLocalModels: boolean
+    localModelPath: string
+    cacheDir: string | null
+    remoteHost: string
+  }
+  readonly AutoConfig: AutoClass<{ readonly is_encoder_decoder?: boolean }>
+  readonly AutoTokenizer: AutoClass<TokenizerLike>
+  readonly AutoModel: AutoClass<PretrainedModelLike>
+  readonly AutoModelForCausalLM: AutoClass<PretrainedModelLike>
+  readonly AutoModelForSeq2SeqLM: AutoClass<PretrainedModelLike>
+  readonly mean_pooling: (hidden: TensorLike, mask: TensorLike) => TensorLike
+}
+
+/** Imports the transformers.js module; tests inject one that fails. */
+export type Importer = () => Promise<unknown>
+
+// A specifier in a variable: neither TypeScript nor a bundler resolves it statically.
+const specifier: string = PACKAGE
+export const importTransformers: Importer = () => import(specifier)
+
+const messageOf = (u: unknown): string => (u instanceof Error ? u.message : String(u))
+
+const codeOf = (u: unknown): string | undefined =>
+  typeof u === "object" && u !== null && "code" in u && typeof u.code === "string" ? u.code : undefined
+
+const isTransformers = (u: unknown): u is Transformers => {
+  if (typeof u !== "object" || u === null) return false
+  const m = u as Record<string, unknown>
+  return (
+    typeof m.env === "object" &&
+    m.env !== null &&
+    typeof m.AutoTokenizer === "function" &&
+    typeof m.AutoModel === "function" &&
+    typeof m.AutoModelForCausalLM === "function" &&
+    typeof m.AutoModelForSeq2SeqLM === "function" &&
+    typeof m.AutoConfig === "function" &&
+    typeof m.mean_pooling === "function"
+  )
+}
+
+/**
+ * Imports transformers.js. A missing (or broken) install fails with an `Unavailable`
+ * `ModelError` that names the package and the command that installs it.
+ */
+export const loadTransformers = (importer: Importer, provider: string): Effect.Effect<Transformers, ModelError> =>
+  Effect.tryPromise({
+    try: importer,
+    catch: (cause) => {
+      const code = codeOf(cause)
+      return new ModelError({
+        reason: "Unavailable",
+        provider,
+        message: `${provider}: cannot load the optional peer dependency ${PACKAGE}${code === undefined ? "" : ` (${code})`}: ${messageOf(cause)}. Install it with \`${INSTALL}\``,
+        cause
+      })
+    }
+  }).pipe(
+    Effect.flatMap((module) =>
+      isTransformers(module)
+        ? Effect.succeed(module)
+        : Effect.fail(
+            new ModelError({
+              reason: "Unavailable",
+              provider,
+              message: `${provider}: ${PACKAGE} does not export what this library needs (transformers.js 2.x); install it with \`${INSTALL}\``
+            })
+          )
+    )
+  )
+
+// ---------------------------------------------------------------------------------------
+// Loading
+
+/** What a model is loaded for: generation models are causal or encoder-decoder by their config. */
+export type Purpose = "generation" | "embedding"
+
+/** Loads one instance of a model for a purpose. */
+export type Loader = (modelId: string, purpose: Purpose) => Effect.Effect<Instance, ModelError>
+
+export interface LoadOptions {
+  readonly provider: string
+  /** Directory holding one folder per local model id. */
+  readonly modelPath: string
+  readonly allowRemoteModels: boolean
+  readonly cacheDir?: string | undefined
+  readonly remoteHost: string
+  readonly quantized: boolean
+}
+
+/**
+ * transformers.js keeps its settings in one module-level `env` object: they apply to the
+ * whole process, not to one provider.
+ */
+const configure = (lib: Transformers, options: LoadOptions): void => {
+  lib.env.allowLocalModels = true
+  lib.env.allowRemoteModels = options.allowRemoteModels
+  lib.env.localModelPath = options.modelPath.endsWith(path.sep) ? options.modelPath : `${options.modelPath}${path.sep}`
+  lib.env.remoteHost = options.remoteHost
+  if (options.cacheDir !== undefined) lib.env.cacheDir = options.cacheDir
+}
+
+const unavailable = (options: LoadOptions, modelId: string, message: string, cause?: unknown): ModelError =>
+  new ModelError({
+    reason: "Unavailable",
+    message: `${options.provider}: ${message}`,
+    provider: options.provider,
+    model: modelId,
+    ...(cause === undefined ? {} : { cause })
+  })
+
+/** The transformers.js loader: every instance gets its own sessions. */
+export const makeLoader =
+  (lib: Transformers, options: LoadOptions, clock: Clock.Clock): Loader =>
+  (modelId, purpose) =>
+    Effect.gen(function* () {
+      const folder = path.join(options.modelPath, modelId)
+      const cacheDir = options.cacheDir ?? lib.env.cacheDir ?? undefined
+      if (!options.allowRemoteModels) {
+        // Offline, a model is either in modelPath or downloaded earlier into the cache.
+        const candidates = [folder, ...(cacheDir === undefined ? [] : [path.join(cacheDir, modelId)])]
+        yield* Effect.firstSuccessOf(
+          candidates.map((dir) => Effect.tryPromise(() => access(path.join(dir, "config.json"))))
+        ).pipe(
+          Effect.mapError((cause) =>
+            unavailable(
+              options,
+              modelId,
+              `model "${modelId}" not found: no config.json in ${candidates.join(" or ")} (remote models are disabled; set allowRemoteModels or modelPath)`,
+              cause
+            )
+          )
+        )
+      }
+      // Settings are process-wide and read during loading: assert ours for this load.
+      configure(lib, options)
+      const pretrained: PretrainedOptions = {
+        quantized: options.quantized,
+        local_files_only: !options.allowRemoteModels,
+        cache_dir: options.cacheDir
+      }
+      const where = options.allowRemoteModels
+        ? `${folder} or ${options.remoteHost}${modelId} (cache: ${cacheDir ?? "none"})`
+        : folder
+      return yield* Effect.tryPromise({
+        try: () => loadInstance(lib, modelId, purpose, pretrained, clock),
+        catch: (cause) =>
+          unavailable(options, modelId, `cannot load model "${modelId}" from ${where}: ${messageOf(cause)}`, cause)
+      })
+    })
+
+const loadInstance = async (
+  lib: Transformers,
+  modelId: string,
+  purpose: Purpose,
+  options: PretrainedOptions,
+  clock: Clock.Clock
+): Promise<Instance> => {
+  const [config, tokenizer] = await Promise.all([
+    lib.AutoConfig.from_pretrained(modelId, options),
+    lib.AutoTokenizer.from_pretrained(modelId, options)
+  ])
+  if (purpose === "embedding") {
+    const model = await lib.AutoModel.from_pretrained(modelId, options)
+    return makeInstance({ lib, modelId, task: "feature-extraction", tokenizer, model, clock })
+  }
+  if (config.is_encoder_decoder === true) {
+    const model = await lib.AutoModelForSeq2SeqLM.from_pretrained(modelId, options)
+    return makeInstance({ lib, modelId, task: "text2text-generation", tokenizer, model, clock })
+  }
+  const model = await lib.AutoModelForCausalLM.from_pretrained(modelId, options)
+  return makeInstance({ lib, modelId, task: "text-generation", tokenizer, model, clock })
+}
