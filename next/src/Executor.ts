@@ -6,8 +6,9 @@
  *
  * @since 0.1.0
  */
-import { Context, Duration, Effect, Layer, Result, type Stream } from "effect"
+import { Context, Duration, Effect, Layer, Option, Result, type Stream } from "effect"
 import { type AiError, invalidRequest, ModelError } from "./AiError.js"
+import { Breakers } from "./CircuitBreaker.js"
 import * as Input from "./Input.js"
 import {
   type EmbedRequest,
@@ -24,6 +25,8 @@ import {
   validateGenerate
 } from "./Model.js"
 import { decodeRetry, defaultRetry, type RetryPolicy, type RetryPolicyInput } from "./Policy.js"
+import { RateLimits } from "./RateLimit.js"
+import { ResponseCache } from "./ResponseCache.js"
 import * as Engine from "./policy/engine.js"
 import * as StreamEngine from "./policy/stream.js"
 import { type ExecutionStats, type Filter, layer as statsLayer, Stats } from "./Stats.js"
@@ -226,7 +229,10 @@ export interface Options {
         readonly totalTimeout?: Duration.Input | "none" | undefined
       }
     | undefined
-  /** Shared policies of the providers (the manager passes its breakers, limits and cache). */
+  /**
+   * Shared policies of the providers. Default: the `CircuitBreaker.Breakers`,
+   * `RateLimit.RateLimits` and `ResponseCache.ResponseCache` in context, when present.
+   */
   readonly guards?: Guards | undefined
 }
 
@@ -274,7 +280,12 @@ export const make = Effect.fnUntraced(function* (options: Options = {}) {
   )
   const provider = yield* ModelProvider
   const stats = yield* Stats
-  const guards: Guards = options.guards ?? {}
+  // Without explicit guards, the shared ones in context (one breaker, limit and cache per application).
+  const guards: Guards = options.guards ?? {
+    breaker: Option.getOrUndefined(yield* Effect.serviceOption(Breakers)),
+    rateLimit: Option.getOrUndefined(yield* Effect.serviceOption(RateLimits)),
+    cache: Option.getOrUndefined(yield* Effect.serviceOption(ResponseCache))
+  }
   const engine = yield* Engine.make({ stats, shutdownDeadline })
   const streams = StreamEngine.make({
     engine,

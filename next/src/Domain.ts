@@ -1,0 +1,309 @@
+/**
+ * Named domains (a provider, a model, a system prompt, and the policies of their calls)
+ * and the registry of named providers they refer to. Providers are built once per
+ * application; their breaker, rate limit and cache are shared by every domain on them.
+ *
+ * @since 0.1.0
+ */
+import { Context, Duration, Effect, Layer, Result, Schema, type Scope } from "effect"
+import { invalidRequest, ModelError } from "./AiError.js"
+import * as Input from "./Input.js"
+import { type GenerateRequest, ModelProvider, type Service as ProviderService } from "./Model.js"
+import { RetryPolicy } from "./Policy.js"
+
+const Name = Schema.String.check(Schema.isTrimmed(), Schema.isMinLength(1))
+
+/**
+ * A domain: where its calls go and the policies they run with.
+ *
+ * @since 0.1.0
+ * @category schemas
+ */
+export const Domain = Schema.Struct({
+  name: Name,
+  /** Name of a provider in the `Providers` registry. */
+  provider: Name,
+  model: Schema.optional(Name),
+  system: Schema.optional(Schema.String),
+  description: Schema.optional(Schema.String),
+  /** Deadline of each attempt (default: the executor's). */
+  timeout: Schema.optional(Input.DurationFromInput),
+  /** Deadline of a whole call on this domain, retries and fallbacks included. */
+  totalTimeout: Schema.optional(Input.DurationFromInput),
+  /** Retries on this domain's provider (none when absent). */
+  retry: Schema.optional(RetryPolicy),
+  temperature: Schema.optional(Schema.Number.check(Schema.isBetween({ minimum: 0, maximum: 2 }))),
+  maxTokens: Schema.optional(Schema.Int.check(Schema.isBetween({ minimum: 1, maximum: 1_000_000 }))),
+  /** Domains tried in order when this one fails in a way that falls back. */
+  fallback: Schema.optional(Schema.Array(Name)),
+  /** With `fallback`: start the next domain after this long without an answer (hedging). */
+  hedgeAfter: Schema.optional(Input.DurationFromInput),
+  /** Use the response cache when the application has one (default true). */
+  cache: Schema.optional(Schema.Boolean)
+})
+
+/**
+ * @since 0.1.0
+ * @category models
+ */
+export type Domain = typeof Domain.Type
+
+/**
+ * What a config file holds: durations as numbers (ms) or strings.
+ *
+ * @since 0.1.0
+ * @category models
+ */
+export type DomainInput = typeof Domain.Encoded
+
+/**
+ * The built-in domains, on the provider named `defaultProvider`.
+ *
+ * @since 0.1.0
+ * @category constructors
+ */
+export const predefined = (defaultProvider = "default"): ReadonlyArray<Domain> => [
+  {
+    name: "support",
+    provider: defaultProvider,
+    description: "Customer support: friendly, short, actionable",
+    system:
+      "You are a customer support agent. Answer kindly and briefly, give concrete next steps, and say when a human should take over.",
+    retry: Schema.decodeSync(RetryPolicy)({ maxAttempts: 3 })
+  },
+  {
+    name: "technical",
+    provider: defaultProvider,
+    description: "Engineering questions: precise, with code where it helps",
+    system:
+      "You are a senior software engineer. Answer precisely, state assumptions, and include a minimal code example when it helps.",
+    retry: Schema.decodeSync(RetryPolicy)({ maxAttempts: 3 })
+  },
+  {
+    name: "finance",
+    provider: defaultProvider,
+    description: "Finance questions: careful, with figures and caveats",
+    system:
+      "You are a careful financial analyst. Show the figures you rely on, separate facts from estimates, and never give personal investment advice.",
+    retry: Schema.decodeSync(RetryPolicy)({ maxAttempts: 2 }),
+    temperature: 0.2
+  }
+]
+
+/**
+ * The built-in domain names.
+ *
+ * @since 0.2.0
+ * @category constants
+ */
+export const predefinedNames: ReadonlyArray<string> = ["support", "technical", "finance"]
+
+const decodeDomain = Schema.decodeUnknownResult(Domain, { onExcessProperty: "error" })
+
+const positive = (path: string, d: Duration.Duration | undefined): Input.Checked<void> =>
+  d !== undefined && Duration.isZero(d)
+    ? Result.fail({ path, message: "expected a duration above zero, got 0" })
+    : Result.succeed(undefined)
+
+/**
+ * Checks domains (a config value or domains built in code). A bad value fails with the
+ * path of the first wrong field, e.g. `domains[1].retry.maxAttempts`; duplicate names and
+ * fallbacks to unknown domains are refused.
+ *
+ * @since 0.1.0
+ * @category constructors
+ */
+export const check = (input: unknown, path = "domains"): Input.Checked<ReadonlyArray<Domain>> => {
+  if (!Array.isArray(input)) return Result.fail({ path, message: "expected an array of domains" })
+  const domains: Array<Domain> = []
+  const names = new Set<string>()
+  for (const [i, raw] of input.entries()) {
+    const at = `${path}[${i}]`
+    const decoded = decodeDomain(encodeDurations(raw))
+    if (Result.isFailure(decoded)) return Result.fail(Input.issueOf(decoded.failure, at))
+    const domain = decoded.success
+    if (names.has(domain.name)) return Result.fail({ path: `${at}.name`, message: `duplicate domain "${domain.name}"` })
+    const zero = Input.all([
+      positive(`${at}.timeout`, domain.timeout),
+      positive(`${at}.totalTimeout`, domain.totalTimeout)
+    ])
+    if (Result.isFailure(zero)) return Result.fail(zero.failure)
+    names.add(domain.name)
+    domains.push(domain)
+  }
+  for (const [i, domain] of domains.entries()) {
+    for (const [j, next] of (domain.fallback ?? []).entries()) {
+      if (!names.has(next)) {
+        return Result.fail({ path: `${path}[${i}].fallback[${j}]`, message: `unknown domain "${next}"` })
+      }
+      if (next === domain.name) {
+        return Result.fail({ path: `${path}[${i}].fallback[${j}]`, message: "a domain cannot fall back to itself" })
+      }
+    }
+  }
+  return Result.succeed(domains)
+}
+
+// Domains built in code may hold decoded values (Durations, a decoded RetryPolicy): encode them back.
+const encodeDurations = (raw: unknown): unknown => {
+  if (typeof raw !== "object" || raw === null) return raw
+  const out: Record<string, unknown> = { ...(raw as Record<string, unknown>) }
+  for (const key of ["timeout", "totalTimeout", "hedgeAfter"]) {
+    const v = out[key]
+    if (Duration.isDuration(v) && Duration.isFinite(v)) out[key] = Duration.toMillis(v)
+  }
+  const retry = out.retry
+  if (typeof retry === "object" && retry !== null) {
+    const r: Record<string, unknown> = { ...(retry as Record<string, unknown>) }
+    for (const [k, v] of Object.entries(r))
+      if (Duration.isDuration(v) && Duration.isFinite(v)) r[k] = Duration.toMillis(v)
+    out.retry = r
+  }
+  return out
+}
+
+/**
+ * Validates domains from a config value (a `ConfigError` naming the field).
+ *
+ * @since 0.1.0
+ * @category constructors
+ */
+export const fromConfig = (input: unknown, path = "domains"): Effect.Effect<ReadonlyArray<Domain>, Input.ConfigError> =>
+  Input.orConfigError(check(input, path))
+
+/**
+ * Applies a domain to a request: its system prompt (unless the request has one), model
+ * and sampling defaults.
+ *
+ * @since 0.1.0
+ * @category utils
+ */
+export const applyTo = (domain: Domain, request: GenerateRequest): GenerateRequest => ({
+  ...request,
+  ...(request.system === undefined && domain.system !== undefined ? { system: domain.system } : {}),
+  ...(request.model === undefined && domain.model !== undefined ? { model: domain.model } : {}),
+  ...(request.temperature === undefined && domain.temperature !== undefined ? { temperature: domain.temperature } : {}),
+  ...(request.maxTokens === undefined && domain.maxTokens !== undefined ? { maxTokens: domain.maxTokens } : {})
+})
+
+/**
+ * @since 0.1.0
+ * @category models
+ */
+export interface DomainsService {
+  /** Fails with an `InvalidRequest` naming the field `domain` and the known names. */
+  readonly get: (name: string) => Effect.Effect<Domain, ModelError>
+  readonly all: ReadonlyArray<Domain>
+}
+
+/**
+ * @since 0.1.0
+ * @category services
+ */
+export class Domains extends Context.Service<Domains, DomainsService>()("effect-orchestra/Domains") {}
+
+/**
+ * @since 0.1.0
+ * @category constructors
+ */
+export const makeDomains = (domains: ReadonlyArray<Domain>): DomainsService => {
+  const byName = new Map(domains.map((d) => [d.name, d] as const))
+  const names = Array.from(byName.keys())
+  return {
+    all: Array.from(byName.values()),
+    get: (name) => {
+      if (typeof name !== "string")
+        return Effect.fail(
+          invalidRequest("domain", `expected a domain name, got ${name === null ? "null" : typeof name}`)
+        )
+      const found = byName.get(name)
+      return found === undefined
+        ? Effect.fail(invalidRequest("domain", `unknown domain "${name}" (known: ${names.join(", ")})`))
+        : Effect.succeed(found)
+    }
+  }
+}
+
+/**
+ * Domains given in code, checked (a `ConfigError` naming the field).
+ *
+ * @since 0.1.0
+ * @category layers
+ */
+export const layerDomains = (domains: ReadonlyArray<Domain | DomainInput>): Layer.Layer<Domains, Input.ConfigError> =>
+  Layer.effect(Domains, Effect.map(fromConfig(domains), makeDomains))
+
+/**
+ * Domains from a config value (e.g. parsed JSON), validated.
+ *
+ * @since 0.1.0
+ * @category layers
+ */
+export const layerDomainsFromConfig = (input: unknown): Layer.Layer<Domains, Input.ConfigError> =>
+  Layer.effect(Domains, Effect.map(fromConfig(input), makeDomains))
+
+/**
+ * @since 0.1.0
+ * @category models
+ */
+export interface ProvidersService {
+  readonly get: (name: string) => Effect.Effect<ProviderService, ModelError>
+  readonly names: ReadonlyArray<string>
+}
+
+/**
+ * The application's named providers, each built once.
+ *
+ * @since 0.1.0
+ * @category services
+ */
+export class Providers extends Context.Service<Providers, ProvidersService>()("effect-orchestra/Providers") {}
+
+/**
+ * @since 0.1.0
+ * @category constructors
+ */
+export const makeProviders = (providers: Readonly<Record<string, ProviderService>>): ProvidersService => {
+  const names = Object.keys(providers)
+  return {
+    names,
+    get: (name) => {
+      const found = Object.hasOwn(providers, name) ? providers[name] : undefined
+      return found === undefined
+        ? Effect.fail(
+            new ModelError({
+              reason: "Unavailable",
+              message: `no provider named "${name}" (registered: ${names.join(", ")})`,
+              provider: name
+            })
+          )
+        : Effect.succeed(found)
+    }
+  }
+}
+
+/**
+ * Builds each provider layer once, in the registry's scope, and registers it by name.
+ *
+ * @since 0.1.0
+ * @category layers
+ */
+export const layerProviders = <const L extends Record<string, Layer.Layer<ModelProvider, unknown, unknown>>>(
+  layers: L
+): Layer.Layer<
+  Providers,
+  { [K in keyof L]: Layer.Error<L[K]> }[keyof L],
+  { [K in keyof L]: Layer.Services<L[K]> }[keyof L]
+> =>
+  Layer.effect(
+    Providers,
+    Effect.map(
+      Effect.forEach(Object.entries(layers), ([name, layer]) =>
+        Effect.map(
+          Effect.flatMap(Effect.scope, (scope: Scope.Scope) => Layer.buildWithScope(layer, scope)),
+          (context) => [name, Context.get(context, ModelProvider)] as const
+        )
+      ),
+      (entries) => makeProviders(Object.fromEntries(entries))
+    )
+  ) as never

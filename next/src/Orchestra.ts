@@ -1,0 +1,180 @@
+/**
+ * The manager: one layer that builds the providers once and wires the stats, the shared
+ * policies of each provider (breaker, rate limit, cache), the executor, the domains, the
+ * router and batches together. Closing its scope (or SIGINT / SIGTERM under
+ * `NodeRuntime.runMain`) stops admitting work, lets running calls and streams finish up
+ * to the shutdown deadline, interrupts the rest and releases the providers.
+ *
+ * @since 0.1.0
+ */
+import { Effect, Layer, Result } from "effect"
+import * as Batch from "./Batch.js"
+import * as CircuitBreaker from "./CircuitBreaker.js"
+import {
+  type Domain,
+  type DomainInput,
+  type Domains,
+  layerDomains,
+  layerProviders,
+  predefined,
+  predefinedNames,
+  Providers
+} from "./Domain.js"
+import * as Executor from "./Executor.js"
+import * as Input from "./Input.js"
+import { ModelProvider } from "./Model.js"
+import * as RateLimit from "./RateLimit.js"
+import * as ResponseCache from "./ResponseCache.js"
+import * as Router from "./Router.js"
+import * as Stats from "./Stats.js"
+
+/**
+ * @since 0.1.0
+ * @category models
+ */
+export interface Options<P extends Record<string, Layer.Layer<ModelProvider, unknown, unknown>>> {
+  /** Named provider layers; each is built once. */
+  readonly providers: P
+  /** The provider of the predefined domains and of calls without a domain. Default: the first. */
+  readonly defaultProvider?: (keyof P & string) | undefined
+  /** Domains replacing the predefined `support`, `technical` and `finance`. */
+  readonly domains?: ReadonlyArray<Domain | DomainInput> | undefined
+  /** Domains added to the predefined ones; a predefined name is refused (use `overrideDomains`). */
+  readonly extraDomains?: ReadonlyArray<Domain | DomainInput> | undefined
+  /** Domains replacing predefined ones of the same name, explicitly. */
+  readonly overrideDomains?: ReadonlyArray<Domain | DomainInput> | undefined
+  readonly executor?: Executor.Options | undefined
+  /** Calls running at once across every batch. Default 5. */
+  readonly maxConcurrent?: number | undefined
+  /**
+   * Shared breakers, one circuit per provider (default on, in memory); `false` disables
+   * them; a layer (`CircuitBreaker.layerRedis(...)`) shares them across processes.
+   */
+  readonly breakers?:
+    | CircuitBreaker.Options
+    | false
+    | Layer.Layer<CircuitBreaker.Breakers, unknown, unknown>
+    | undefined
+  /** Rate limits per provider (default off); a layer (`RateLimit.layerRedis(...)`) shares them. */
+  readonly rateLimits?: RateLimit.Options | false | Layer.Layer<RateLimit.RateLimits, unknown, unknown> | undefined
+  /** A response cache (default off); a layer (`ResponseCache.layerRedis(...)`) shares it. */
+  readonly cache?:
+    | ResponseCache.MemoryOptions
+    | false
+    | Layer.Layer<ResponseCache.ResponseCache, unknown, unknown>
+    | undefined
+}
+
+/**
+ * Everything the manager provides.
+ *
+ * @since 0.1.0
+ * @category models
+ */
+export type Services =
+  | Executor.Executor
+  | Stats.Stats
+  | Router.Router
+  | Batch.Batch
+  | Domains
+  | Providers
+  | ModelProvider
+  | CircuitBreaker.Breakers
+
+const isLayer = (u: unknown): u is Layer.Layer<never, unknown, unknown> => Layer.isLayer(u)
+
+/**
+ * The domains of a manager: the predefined ones (or `domains`), plus `extraDomains`, with
+ * `overrideDomains` replacing by name. Checked (a `ConfigError` names the field).
+ *
+ * @since 0.2.0
+ * @category constructors
+ */
+export const domainsOf = (options: {
+  readonly defaultProvider: string
+  readonly domains?: ReadonlyArray<Domain | DomainInput> | undefined
+  readonly extraDomains?: ReadonlyArray<Domain | DomainInput> | undefined
+  readonly overrideDomains?: ReadonlyArray<Domain | DomainInput> | undefined
+}): Input.Checked<ReadonlyArray<Domain | DomainInput>> => {
+  const base: ReadonlyArray<Domain | DomainInput> = options.domains ?? predefined(options.defaultProvider)
+  const extra = options.extraDomains ?? []
+  if (!Array.isArray(extra)) return Result.fail({ path: "extraDomains", message: "expected an array of domains" })
+  const baseNames = new Set(base.map((d) => d?.name))
+  for (const [i, domain] of extra.entries()) {
+    if (domain !== null && typeof domain === "object" && baseNames.has(domain.name)) {
+      const builtIn = options.domains === undefined && predefinedNames.includes(domain.name)
+      return Result.fail({
+        path: `extraDomains[${i}].name`,
+        message: `"${domain.name}" is already a ${builtIn ? "predefined " : ""}domain: extraDomains only adds (use overrideDomains to replace it)`
+      })
+    }
+  }
+  const overrides = new Map((options.overrideDomains ?? []).map((d) => [d.name, d] as const))
+  const merged = [...base, ...extra].map((d) => overrides.get(d.name) ?? d)
+  for (const [name, domain] of overrides) if (!baseNames.has(name)) merged.push(domain)
+  return Result.succeed(merged)
+}
+
+/**
+ * @since 0.1.0
+ * @category layers
+ */
+export const layer = <const P extends Record<string, Layer.Layer<ModelProvider, unknown, unknown>>>(
+  options: Options<P>
+): Layer.Layer<
+  Services,
+  Input.ConfigError | { [K in keyof P]: Layer.Error<P[K]> }[keyof P],
+  { [K in keyof P]: Layer.Services<P[K]> }[keyof P]
+> =>
+  Layer.unwrap(
+    Effect.gen(function* () {
+      const names = Object.keys(options.providers)
+      if (names.length === 0) {
+        return yield* Effect.fail(
+          new Input.ConfigError({ path: "providers", message: "invalid providers: give at least one" })
+        )
+      }
+      const defaultProvider = options.defaultProvider ?? names[0]!
+      if (!names.includes(defaultProvider)) {
+        return yield* Input.orConfigError(
+          Result.fail({
+            path: "defaultProvider",
+            message: `no provider named "${defaultProvider}" (given: ${names.join(", ")})`
+          })
+        )
+      }
+      const domains = yield* Input.orConfigError(domainsOf({ ...options, defaultProvider }))
+      const providers = layerProviders(options.providers)
+      const defaultModel = Layer.effect(
+        ModelProvider,
+        Effect.flatMap(Providers.asEffect(), (registry) => registry.get(defaultProvider))
+      )
+      const breakers =
+        options.breakers === false
+          ? Layer.empty
+          : isLayer(options.breakers)
+            ? options.breakers
+            : CircuitBreaker.layerMemory(options.breakers ?? {})
+      const limits =
+        options.rateLimits === undefined || options.rateLimits === false
+          ? Layer.empty
+          : isLayer(options.rateLimits)
+            ? options.rateLimits
+            : RateLimit.layerMemory(options.rateLimits)
+      const cache =
+        options.cache === undefined || options.cache === false
+          ? Layer.empty
+          : isLayer(options.cache)
+            ? options.cache
+            : ResponseCache.layerMemory(options.cache)
+      const guards = Layer.mergeAll(breakers, limits, cache)
+      const core = Executor.layer(options.executor).pipe(
+        Layer.provideMerge(Layer.mergeAll(Stats.layer, layerDomains(domains))),
+        Layer.provideMerge(defaultModel),
+        Layer.provideMerge(providers),
+        Layer.provideMerge(guards)
+      )
+      const batch = Batch.layer({ maxConcurrent: options.maxConcurrent })
+      return batch.pipe(Layer.provideMerge(Router.layer), Layer.provideMerge(core))
+    })
+  ) as never

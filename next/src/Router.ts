@@ -1,0 +1,390 @@
+/**
+ * Calls through named domains: one domain (with its own fallback chain), an explicit
+ * fallback chain, every domain in parallel, a hedged race, a stream, or an embedding.
+ * Every path builds the same plan from the domains (their provider, timeouts, retry
+ * policy, and the provider's shared breaker, rate limit and cache) and runs it through the
+ * executor's pipeline, so a domain has the same policies whichever entry point calls it.
+ * Each answer says where it came from.
+ *
+ * @since 0.1.0
+ */
+import { Context, Duration, Effect, Layer, type Result, Stream } from "effect"
+import { type AiError, invalidRequest, type ModelError } from "./AiError.js"
+import { applyTo, type Domain, Domains, Providers } from "./Domain.js"
+import { type ExecuteOptions, Executor, type RetryInfo, type Step } from "./Executor.js"
+import * as Input from "./Input.js"
+import {
+  type EmbedRequest,
+  type EmbedResponse,
+  estimateInputTokens,
+  type GenerateRequest,
+  type GenerateResponse,
+  type Service as ProviderService,
+  type StreamPart,
+  validateEmbed,
+  validateGenerate
+} from "./Model.js"
+import type { StreamStep } from "./policy/stream.js"
+import { Stats } from "./Stats.js"
+
+/**
+ * Where an answer came from.
+ *
+ * @since 0.1.0
+ * @category models
+ */
+export interface Answer {
+  readonly response: GenerateResponse
+  readonly domain: string
+  readonly provider: string
+  /** Attempts made in all: retries and every domain tried included (0 for a cache hit). */
+  readonly attempts: number
+  /** Domains tried, the answering one included. */
+  readonly domainsTried: number
+  readonly fallbackUsed: boolean
+  readonly source: "provider" | "cache" | "stale-cache"
+  /** Set by hedging: whether a backup answered. */
+  readonly hedgeWon?: boolean | undefined
+}
+
+/**
+ * Options of one routed call; every value is checked (an `InvalidRequest` naming it).
+ *
+ * @since 0.1.0
+ * @category models
+ */
+export interface CallOptions {
+  /** Deadline of the whole call, retries and fallbacks included (default: the domain's). */
+  readonly timeout?: Duration.Input | undefined
+  readonly onRetry?: ((info: RetryInfo) => Effect.Effect<void>) | undefined
+  /** Use the response cache when the application has one (default: the domain's, true). */
+  readonly cache?: boolean | undefined
+  /** When every step fails (an open breaker included), answer from an expired cache entry within its grace. */
+  readonly allowStale?: boolean | undefined
+}
+
+/**
+ * @since 0.1.0
+ * @category models
+ */
+export interface HedgeOptions extends CallOptions {
+  /** When to start the next domain: a duration, or `"p95"` of the first domain's service time so far. */
+  readonly after: Duration.Input | "p95"
+  /** Used by `"p95"` until the first domain has 20 answers. Default 2 seconds. */
+  readonly defaultAfter?: Duration.Input | undefined
+}
+
+/**
+ * Options of a routed stream.
+ *
+ * @since 0.2.0
+ * @category models
+ */
+export interface StreamOptions {
+  readonly firstChunkTimeout?: Duration.Input | "none" | undefined
+  readonly idleTimeout?: Duration.Input | "none" | undefined
+  readonly totalTimeout?: Duration.Input | "none" | undefined
+  readonly resume?:
+    | boolean
+    | { readonly maxResumes?: number; readonly instruction?: string; readonly minOverlap?: number }
+    | undefined
+  readonly cache?: boolean | undefined
+  readonly onRetry?: ((info: RetryInfo) => Effect.Effect<void>) | undefined
+}
+
+/**
+ * @since 0.1.0
+ * @category models
+ */
+export interface DomainOutcome {
+  readonly domain: string
+  readonly result: Result.Result<Answer, AiError>
+}
+
+/**
+ * @since 0.1.0
+ * @category models
+ */
+export interface Service {
+  /** One domain, then its own `fallback` chain when it has one. */
+  readonly execute: (request: GenerateRequest, domain: string, options?: CallOptions) => Effect.Effect<Answer, AiError>
+  /** Tries the domains in order, moving on only when `shouldFallback` says so; each uses its own policies. */
+  readonly executeWithFallback: (
+    request: GenerateRequest,
+    domains: ReadonlyArray<string>,
+    options?: CallOptions
+  ) => Effect.Effect<Answer, AiError>
+  /** Every domain's outcome, in the order given. */
+  readonly executeParallelDomains: {
+    (
+      request: GenerateRequest,
+      domains: ReadonlyArray<string>,
+      mode: "all",
+      options?: CallOptions
+    ): Effect.Effect<ReadonlyArray<DomainOutcome>, ModelError>
+    /** The first success; the other calls are interrupted. Fails only when all fail. */
+    (
+      request: GenerateRequest,
+      domains: ReadonlyArray<string>,
+      mode: "first",
+      options?: CallOptions
+    ): Effect.Effect<Answer, AiError>
+  }
+  /**
+   * Calls the first domain; if it has not answered after `after` (or failed in a way that
+   * falls back), starts the next one. The first success wins; the others are interrupted.
+   */
+  readonly hedge: (
+    request: GenerateRequest,
+    domains: ReadonlyArray<string>,
+    options: HedgeOptions
+  ) => Effect.Effect<Answer, AiError>
+  /** A stream on a domain (and its fallback chain) or an explicit chain, through every policy. */
+  readonly stream: (
+    request: GenerateRequest,
+    domains: string | ReadonlyArray<string>,
+    options?: StreamOptions
+  ) => Stream.Stream<StreamPart, AiError>
+  readonly embed: (
+    request: EmbedRequest,
+    domain: string,
+    options?: CallOptions
+  ) => Effect.Effect<EmbedResponse, AiError>
+  /** The provider and domain a name resolves to. */
+  readonly resolve: (
+    domain: string
+  ) => Effect.Effect<{ readonly domain: Domain; readonly provider: ProviderService }, ModelError>
+  /** The chain a call on these domains runs (a single domain expands to its own fallback chain). */
+  readonly chain: (domains: string | ReadonlyArray<string>) => Effect.Effect<ReadonlyArray<Domain>, ModelError>
+}
+
+/**
+ * @since 0.1.0
+ * @category services
+ */
+export class Router extends Context.Service<Router, Service>()("effect-orchestra/Router") {}
+
+interface DomainStep extends StreamStep {
+  readonly domainConfig: Domain
+  readonly cacheable: boolean
+}
+
+const noDomains = invalidRequest("domains", "give at least one domain")
+
+/**
+ * @since 0.1.0
+ * @category constructors
+ */
+export const make = Effect.gen(function* () {
+  const executor = yield* Executor
+  const domains = yield* Domains
+  const providers = yield* Providers
+  const stats = yield* Stats
+  const cache = executor.guards.cache
+
+  const resolve = (name: string) =>
+    Effect.flatMap(domains.get(name), (domain) =>
+      Effect.map(providers.get(domain.provider), (provider) => ({ domain, provider }))
+    )
+
+  const chain = (names: string | ReadonlyArray<string>): Effect.Effect<ReadonlyArray<Domain>, ModelError> =>
+    Effect.gen(function* () {
+      if (typeof names === "string") {
+        const first = yield* domains.get(names)
+        const rest = yield* Effect.forEach(first.fallback ?? [], (name) => domains.get(name))
+        return [first, ...rest]
+      }
+      if (!Array.isArray(names))
+        return yield* Effect.fail(invalidRequest("domains", "expected an array of domain names"))
+      if (names.length === 0) return yield* Effect.fail(noDomains)
+      return yield* Effect.forEach(names, (name) => domains.get(name))
+    })
+
+  const stepOf = (domain: Domain, request: GenerateRequest) =>
+    Effect.map(providers.get(domain.provider), (provider): DomainStep => {
+      const applied = applyTo(domain, request)
+      return {
+        ...executor.stepFor(provider, {
+          domain: domain.name,
+          timeout: domain.timeout,
+          retry: domain.retry ?? false,
+          tokens: estimateInputTokens(applied) + (applied.maxTokens ?? 0)
+        }),
+        domainConfig: domain,
+        prepare: (r: GenerateRequest) => applyTo(domain, r),
+        cacheable: domain.cache !== false
+      }
+    })
+
+  const checkTimeout = (timeout: Duration.Input | undefined, fallback: Duration.Duration | undefined) =>
+    timeout === undefined ? Effect.succeed(fallback) : Input.orInvalidRequest(Input.duration("timeout", timeout))
+
+  // A refused call is counted on its first domain's provider, as the executor counts its own.
+  const refused = (error: ModelError, first: DomainStep | undefined) =>
+    Effect.suspend(() => {
+      if (first !== undefined) {
+        const series = stats.series(first.name, first.domain)
+        series.requests++
+        series.fail(error.reason)
+      }
+      return Effect.fail(error)
+    })
+
+  const run = (
+    request: GenerateRequest,
+    names: string | ReadonlyArray<string>,
+    options: CallOptions,
+    hedgeAfter?: Duration.Duration | undefined
+  ): Effect.Effect<Answer, AiError> =>
+    Effect.gen(function* () {
+      const list = yield* chain(names)
+      const steps = yield* Effect.forEach(list, (domain) => stepOf(domain, request))
+      const first = steps[0]!
+      const valid = yield* Effect.catch(validateGenerate(request, executor.limits), (error) => refused(error, first))
+      const totalTimeout = yield* checkTimeout(options.timeout, first.domainConfig.totalTimeout)
+      const useCache = cache !== undefined && options.cache !== false && first.cacheable
+      const answer = yield* executor.run(
+        {
+          steps: steps as unknown as readonly [DomainStep, ...Array<DomainStep>],
+          totalTimeout,
+          hedgeAfter: hedgeAfter ?? (typeof names === "string" ? first.domainConfig.hedgeAfter : undefined),
+          cache: useCache
+            ? {
+                guard: cache!,
+                key: cache!.key({ provider: first.name, request: applyTo(first.domainConfig, valid) }),
+                allowStale: options.allowStale ?? false
+              }
+            : undefined,
+          onRetry:
+            options.onRetry === undefined
+              ? undefined
+              : (event) =>
+                  options.onRetry!({
+                    provider: event.step.name,
+                    domain: event.step.domain,
+                    attempt: event.attempt,
+                    error: event.error,
+                    delay: event.delay
+                  }),
+          usageOf: (response: GenerateResponse) => response.usage
+        },
+        (provider, step) => provider.generate((step as DomainStep).prepare!(valid))
+      )
+      return {
+        response: answer.value,
+        domain: answer.step.domain ?? first.domainConfig.name,
+        provider: answer.step.name,
+        attempts: answer.attempts,
+        domainsTried: answer.stepsTried,
+        fallbackUsed: answer.step !== (steps[0] as unknown),
+        source: answer.source,
+        hedgeWon: answer.hedgeWon
+      } satisfies Answer
+    })
+
+  const execute = (request: GenerateRequest, domain: string, options: CallOptions = {}) => run(request, domain, options)
+
+  const executeWithFallback = (request: GenerateRequest, names: ReadonlyArray<string>, options: CallOptions = {}) =>
+    run(request, names, options)
+
+  const executeParallelDomains = ((
+    request: GenerateRequest,
+    names: ReadonlyArray<string>,
+    mode: "all" | "first",
+    options: CallOptions = {}
+  ) => {
+    if (!Array.isArray(names)) return Effect.fail(invalidRequest("domains", "expected an array of domain names"))
+    if (names.length === 0) return Effect.fail(noDomains)
+    if (mode === "all") {
+      return Effect.forEach(
+        names,
+        (domain) => Effect.map(Effect.result(run(request, [domain], options)), (result) => ({ domain, result })),
+        { concurrency: "unbounded" }
+      )
+    }
+    if (mode !== "first") return Effect.fail(invalidRequest("mode", `expected "all" or "first", got ${String(mode)}`))
+    return Effect.raceAll(names.map((domain) => run(request, [domain], options)))
+  }) as Service["executeParallelDomains"]
+
+  const hedgeDelay = (first: string, options: HedgeOptions): Effect.Effect<Duration.Duration, ModelError> =>
+    Effect.gen(function* () {
+      if (options === null || typeof options !== "object") {
+        return yield* Effect.fail(invalidRequest("options", "give the hedge options, e.g. { after: 500 }"))
+      }
+      if (options.after !== "p95") return yield* Input.orInvalidRequest(Input.duration("after", options.after))
+      const fallback = yield* Input.orInvalidRequest(
+        Input.duration("defaultAfter", options.defaultAfter ?? Duration.seconds(2))
+      )
+      const { domain, provider } = yield* resolve(first)
+      const s = yield* stats.snapshot({ provider: provider.name, domain: domain.name })
+      return s.successes >= 20 ? Duration.millis(s.serviceTime.p95) : fallback
+    })
+
+  const hedge = (request: GenerateRequest, names: ReadonlyArray<string>, options: HedgeOptions) =>
+    Effect.gen(function* () {
+      if (!Array.isArray(names) || names.length === 0) return yield* Effect.fail(noDomains)
+      const delay = yield* hedgeDelay(names[0]!, options)
+      return yield* run(request, names, options, delay)
+    })
+
+  const stream = (request: GenerateRequest, names: string | ReadonlyArray<string>, options: StreamOptions = {}) =>
+    Stream.unwrap(
+      Effect.gen(function* () {
+        const list = yield* chain(names)
+        const steps = yield* Effect.forEach(list, (domain) =>
+          Effect.map(resolve(domain.name), ({ provider }) => ({
+            provider,
+            domain: domain.name,
+            retry: domain.retry ?? false,
+            prepare: (r: GenerateRequest) => applyTo(domain, r)
+          }))
+        )
+        const first = list[0]!
+        return executor.stream(request, {
+          steps,
+          firstChunkTimeout: options.firstChunkTimeout ?? first.timeout,
+          idleTimeout: options.idleTimeout,
+          totalTimeout: options.totalTimeout ?? first.totalTimeout,
+          resume: options.resume,
+          cache: options.cache ?? first.cache,
+          onRetry:
+            options.onRetry === undefined ? undefined : (info) => options.onRetry!({ ...info, domain: undefined })
+        })
+      })
+    )
+
+  const embed = (request: EmbedRequest, name: string, options: CallOptions = {}) =>
+    Effect.gen(function* () {
+      const { domain, provider } = yield* resolve(name)
+      const valid = yield* validateEmbed(request, executor.limits)
+      const totalTimeout = yield* checkTimeout(options.timeout, domain.totalTimeout)
+      const step: Step<ProviderService> = executor.stepFor(provider, {
+        domain: domain.name,
+        timeout: domain.timeout,
+        retry: domain.retry ?? false
+      })
+      const answer = yield* executor.run({ steps: [step], totalTimeout }, (p) =>
+        p.embed(domain.model === undefined || valid.model !== undefined ? valid : { ...valid, model: domain.model })
+      )
+      return answer.value
+    })
+
+  return {
+    execute,
+    executeWithFallback,
+    executeParallelDomains,
+    hedge,
+    stream,
+    embed,
+    resolve,
+    chain
+  } satisfies Service
+})
+
+/**
+ * @since 0.1.0
+ * @category layers
+ */
+export const layer: Layer.Layer<Router, never, Executor | Domains | Providers | Stats> = Layer.effect(Router, make)
+
+export type { ExecuteOptions }
