@@ -1,0 +1,251 @@
+import { spawn } from "node:child_process"
+import { fileURLToPath } from "node:url"
+import { assert, describe, it } from "@effect/vitest"
+import { Context, Duration, Effect, Exit, Fiber, Layer, Metric, Option, Stream } from "effect"
+import { CircuitOpenError, modelError } from "../src/AiError.js"
+import * as CircuitBreaker from "../src/CircuitBreaker.js"
+import type { ConfigError } from "../src/Input.js"
+import * as Metrics from "../src/Metrics.js"
+import * as Redis from "../src/Redis.js"
+import { type RedisServer, skipRedis, skipReason, startRedis } from "./utils/redis.js"
+
+let counter = 0
+const uniqueKey = (label: string) => `cbr-${label}-${++counter}-${Math.random().toString(36).slice(2, 8)}`
+
+const overloaded = Effect.fail(modelError("Overloaded", "busy"))
+const ok = Effect.succeed("ok")
+
+/** Breakers on their own Redis client (as another process would have), built in the test's scope. */
+const build = (server: RedisServer, options: CircuitBreaker.RedisOptions) =>
+  Effect.map(
+    Layer.build(CircuitBreaker.layerRedis(options).pipe(Layer.provide(Redis.layer({ url: server.url })))),
+    Context.get(CircuitBreaker.Breakers)
+  )
+
+const storeErrors = Effect.map(
+  Metric.value(Metric.withAttributes(Metrics.storeErrors, { store: "breaker" })),
+  (s) => s.count
+)
+
+/** Polls `effect` until `done` holds; dies after 10 s (a bound, not a timing assertion). */
+const eventually = <A, E>(effect: Effect.Effect<A, E>, done: (a: A) => boolean, what: string) =>
+  Effect.gen(function* () {
+    for (let i = 0; i < 500; i++) {
+      const value = yield* effect
+      if (done(value)) return value
+      yield* Effect.sleep("20 millis")
+    }
+    return yield* Effect.die(`timed out waiting for ${what}`)
+  })
+
+/** Each call must answer within 5 s (the guard's deadline is 200 ms): `None` means it hung. */
+const answered = <A, E>(effect: Effect.Effect<A, E>) => Effect.timeoutOption(Effect.exit(effect), "5 seconds")
+
+const fixture = fileURLToPath(new URL("./fixtures/breaker-process.ts", import.meta.url))
+const projectRoot = fileURLToPath(new URL("..", import.meta.url))
+
+interface Answer {
+  readonly state?: string
+  readonly result?: string
+  readonly error?: string
+}
+
+/** Runs the fixture in a child `node --import tsx` process; its one-line JSON answer. */
+const otherProcess = (server: RedisServer, prefix: string, key: string, action: string) =>
+  Effect.callback<Answer, Error>((resume) => {
+    const child = spawn(process.execPath, ["--import", "tsx", fixture, server.url, prefix, key, action], {
+      cwd: projectRoot,
+      stdio: ["ignore", "pipe", "pipe"]
+    })
+    let out = ""
+    let err = ""
+    child.stdout.on("data", (chunk: Buffer) => {
+      out += chunk.toString()
+    })
+    child.stderr.on("data", (chunk: Buffer) => {
+      err += chunk.toString()
+    })
+    child.once("error", (error) => resume(Effect.fail(error)))
+    child.once("exit", (code) => {
+      const line = out.trim().split("\n").pop() ?? ""
+      if (code !== 0 || !line.startsWith("{"))
+        resume(Effect.fail(new Error(`child exited with ${code}: ${out}\n${err}`)))
+      else resume(Effect.succeed(JSON.parse(line)))
+    })
+    return Effect.sync(() => child.kill("SIGKILL"))
+  })
+
+describe.skipIf(skipRedis)(`CircuitBreaker on Redis${skipRedis ? ` (${skipReason})` : ""}`, () => {
+  it.live("two processes: a trip in one is refused by the other's next call, both ways", () =>
+    Effect.gen(function* () {
+      const server = yield* startRedis
+      const prefix = `${uniqueKey("p")}:`
+      const breakers = yield* build(server, { prefix, failMax: 2, resetTimeout: "1 minute" })
+      const key = uniqueKey("child-trips")
+      const changes = yield* Effect.forkChild(Stream.runCollect(Stream.take(breakers.changes, 1)), {
+        startImmediately: true
+      })
+
+      assert.deepStrictEqual(yield* otherProcess(server, prefix, key, "trip"), { state: "open" })
+      // This process has made no call under the key: `state` reads the shared store.
+      assert.strictEqual(yield* breakers.state(key), "open")
+      const error = yield* Effect.flip(breakers.execute(key, ok))
+      assert.instanceOf(error, CircuitOpenError)
+      assert.strictEqual(error.state, "open")
+      const left = Duration.toMillis(error.retryAfter ?? Duration.zero)
+      assert.isTrue(left > 0 && left <= 60_000, `retryAfter ${left}`)
+      const [seen] = yield* Fiber.join(changes)
+      assert.deepStrictEqual([seen?.key, seen?.from, seen?.to], [key, "closed", "open"])
+
+      const other = uniqueKey("parent-trips")
+      yield* Effect.exit(breakers.execute(other, overloaded))
+      yield* Effect.exit(breakers.execute(other, overloaded))
+      assert.deepStrictEqual(yield* otherProcess(server, prefix, other, "call"), {
+        error: "CircuitOpenError",
+        state: "open"
+      })
+      // Another prefix is another circuit.
+      assert.deepStrictEqual(yield* otherProcess(server, `${prefix}other:`, other, "call"), { result: "ok" })
+    })
+  )
+
+  it.live("isolate and reset act on every process", () =>
+    Effect.gen(function* () {
+      const server = yield* startRedis
+      const prefix = `${uniqueKey("p")}:`
+      const breakers = yield* build(server, { prefix, failMax: 2 })
+      const key = uniqueKey("isolate")
+      yield* breakers.isolate(key)
+      assert.strictEqual(yield* breakers.state(key), "isolated")
+      assert.deepStrictEqual(yield* otherProcess(server, prefix, key, "call"), {
+        error: "CircuitOpenError",
+        state: "isolated"
+      })
+      assert.deepStrictEqual(yield* otherProcess(server, prefix, key, "reset"), { state: "closed" })
+      assert.strictEqual(yield* breakers.execute(key, ok), "ok")
+      assert.strictEqual(yield* breakers.state(key), "closed")
+
+      // A reset clears an open circuit for everyone; an isolation outlives the idle time to live.
+      const tripped = uniqueKey("reset-open")
+      assert.deepStrictEqual(yield* otherProcess(server, prefix, tripped, "trip"), { state: "open" })
+      yield* breakers.reset(tripped)
+      assert.deepStrictEqual(yield* otherProcess(server, prefix, tripped, "call"), { result: "ok" })
+    })
+  )
+
+  it.live("half-open with no traffic, one probe across processes; its success closes the circuit for all", () =>
+    Effect.gen(function* () {
+      const server = yield* startRedis
+      const options: CircuitBreaker.RedisOptions = {
+        prefix: `${uniqueKey("p")}:`,
+        failMax: 1,
+        resetTimeout: "300 millis"
+      }
+      const a = yield* build(server, options)
+      const b = yield* build(server, options)
+      const key = uniqueKey("probe")
+      const changes = yield* Effect.forkChild(Stream.runCollect(Stream.take(a.changes, 3)), {
+        startImmediately: true
+      })
+      yield* Effect.exit(a.execute(key, overloaded))
+      yield* Effect.flip(b.execute(key, ok))
+      // a's timer moves its view to half-open with no call; the store agrees when read.
+      yield* eventually(a.state(key), (s) => s === "half-open", "half-open")
+      const probe = yield* a.admit(key)
+      assert.isTrue(probe.probe)
+      const refused = yield* Effect.flip(b.execute(key, ok))
+      assert.strictEqual(refused.state, "half-open")
+      yield* probe.record(Exit.succeed("ok"))
+      assert.strictEqual(yield* b.execute(key, ok), "ok")
+      assert.strictEqual(yield* b.state(key), "closed")
+      const seen = yield* Fiber.join(changes)
+      assert.deepStrictEqual(
+        seen.map((c) => `${c.from}>${c.to}`),
+        ["closed>open", "open>half-open", "half-open>closed"]
+      )
+    }).pipe(Effect.scoped)
+  )
+
+  it.live("Redis killed mid-run: every call still answers within the deadline (fail open, or refused)", () =>
+    Effect.gen(function* () {
+      const server = yield* startRedis
+      const prefix = `${uniqueKey("p")}:`
+      const open = yield* build(server, { prefix, failMax: 2, redis: { timeout: "200 millis" } })
+      const closed = yield* build(server, {
+        prefix,
+        failMax: 2,
+        onStoreError: "reject",
+        redis: { timeout: "200 millis" }
+      })
+      const key = uniqueKey("killed")
+      assert.strictEqual(yield* open.execute(key, ok), "ok")
+      const before = yield* storeErrors
+
+      yield* server.kill
+      const results = yield* Effect.forEach(Array.from({ length: 20 }), () => answered(open.execute(key, ok)), {
+        concurrency: 10
+      })
+      for (const result of results) assert.deepStrictEqual(result, Option.some(Exit.succeed("ok")))
+      // Failures run unrecorded while Redis is down: nothing trips.
+      for (let i = 0; i < 3; i++) yield* answered(open.execute(key, overloaded))
+      assert.strictEqual(Option.getOrThrow(yield* answered(open.execute(key, ok)))._tag, "Success")
+      const refused = yield* Effect.flip(closed.execute(key, ok))
+      assert.instanceOf(refused, CircuitOpenError, "onStoreError reject: refused while the store is down")
+      assert.strictEqual(refused.state, "open")
+      assert.isTrue((yield* storeErrors) - before >= 20)
+      const isolate = yield* Effect.flip(open.isolate(key))
+      assert.strictEqual(isolate._tag, "StoreError")
+
+      yield* server.start
+      // Back: outcomes are recorded again (two failures trip the key).
+      const again = uniqueKey("back")
+      yield* eventually(
+        Effect.gen(function* () {
+          yield* Effect.exit(open.execute(again, overloaded))
+          return yield* open.state(again)
+        }),
+        (s) => s === "open",
+        "recording after Redis came back"
+      )
+    })
+  )
+
+  it.live("a hung Redis (SIGSTOP): calls answer after the guard's deadline, never wait on it", () =>
+    Effect.gen(function* () {
+      const server = yield* startRedis
+      const breakers = yield* build(server, {
+        prefix: `${uniqueKey("p")}:`,
+        failMax: 2,
+        redis: { timeout: "200 millis" }
+      })
+      const key = uniqueKey("hung")
+      assert.strictEqual(yield* breakers.execute(key, ok), "ok")
+      yield* server.pause
+      yield* Effect.addFinalizer(() => server.resume)
+      const results = yield* Effect.forEach(Array.from({ length: 10 }), () => answered(breakers.execute(key, ok)), {
+        concurrency: 10
+      })
+      for (const result of results) assert.deepStrictEqual(result, Option.some(Exit.succeed("ok")))
+      assert.strictEqual(Option.getOrThrow(yield* answered(breakers.state(key)))._tag, "Success")
+      yield* server.resume
+    })
+  )
+
+  it.live("Redis options are checked when the layer is built", () =>
+    Effect.gen(function* () {
+      const server = yield* startRedis
+      const refused = (options: unknown, path: string) =>
+        Effect.gen(function* () {
+          const error = yield* Effect.flip(build(server, options as CircuitBreaker.RedisOptions))
+          assert.strictEqual(error._tag, "ConfigError")
+          assert.strictEqual((error as ConfigError).path, path, error.message)
+        })
+      yield* refused({ prefix: "" }, "prefix")
+      yield* refused({ onStoreError: "maybe" }, "onStoreError")
+      yield* refused({ probeLease: Number.NaN }, "probeLease")
+      yield* refused({ redis: { timeout: Number.NaN } }, "redis.timeout")
+      yield* refused({ failMax: 0 }, "failMax")
+      yield* refused({ halfOpenMax: 2 }, "halfOpenMax")
+    })
+  )
+})
