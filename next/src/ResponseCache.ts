@@ -1,0 +1,335 @@
+/**
+ * A cache of model answers keyed by a stable hash of the request, with single-flight:
+ * concurrent identical requests make one provider call and share its result. Failures are
+ * never cached. Entries expire after `ttl` and may be served for a grace period
+ * (`staleFor`) when the provider call fails and the caller allows it (stale-if-error).
+ * Completed streams can be cached as their parts, for replay.
+ *
+ * Memory backend here (`layerMemory`, on `effect`'s core `Cache`); Redis in
+ * `ResponseCache/Redis.ts` (`layerRedis`).
+ *
+ * @since 0.1.0
+ */
+import { createHash } from "node:crypto"
+import { Context, Duration, Effect, Layer, Metric, Option, Result, Schema } from "effect"
+import * as Input from "./Input.js"
+import * as Metrics from "./Metrics.js"
+import { type GenerateRequest, GenerateResponse, StreamPart, toMessages } from "./Model.js"
+import * as Internal from "./ResponseCache/internal.js"
+
+/**
+ * Where `getOrCompute` found its answer: a fresh entry (`hit`), a computation of its own
+ * (`miss`), a computation already running for the same key (`shared`), or an expired entry
+ * within its grace because the computation failed (`stale`).
+ *
+ * @since 0.1.0
+ * @category models
+ */
+export type Source = "hit" | "miss" | "stale" | "shared"
+
+/**
+ * The response cache.
+ *
+ * @since 0.1.0
+ * @category models
+ */
+export interface Service {
+  /** The cache name: the `cache` attribute of its metrics. */
+  readonly name: string
+  /** The key of a request to a provider; see {@link key}. */
+  readonly key: (input: { readonly provider: string; readonly request: GenerateRequest }) => string
+  /**
+   * The cached answer, or the result of `compute` (cached on success). Concurrent calls for
+   * the same key share one computation; its failure reaches every waiter and is not cached.
+   * A waiter that is interrupted leaves; the computation stops when every waiter has left.
+   * Calls sharing a key must be interchangeable (the first caller's effect runs for all).
+   * With `allowStale`, a failed computation is answered with the expired entry if it is
+   * within its grace (`source: "stale"`).
+   */
+  readonly getOrCompute: <E>(
+    key: string,
+    compute: Effect.Effect<GenerateResponse, E>,
+    options?: { readonly allowStale?: boolean | undefined }
+  ) => Effect.Effect<{ readonly value: GenerateResponse; readonly source: Source }, E>
+  /** Fresh answers of several keys, in the order of `keys` (Redis: one `MGET`). */
+  readonly getMany: (keys: ReadonlyArray<string>) => Effect.Effect<ReadonlyArray<Option.Option<GenerateResponse>>>
+  /** Stores several answers (Redis: one round trip). */
+  readonly setMany: (
+    entries: ReadonlyArray<{ readonly key: string; readonly value: GenerateResponse }>
+  ) => Effect.Effect<void>
+  /** The parts of a completed stream cached under `key` (kept apart from the answer of the same key). */
+  readonly getParts: (key: string) => Effect.Effect<Option.Option<ReadonlyArray<StreamPart>>>
+  /** Caches the parts of a stream that completed (ends with its `Finish` part); others are not stored. */
+  readonly setParts: (key: string, parts: ReadonlyArray<StreamPart>) => Effect.Effect<void>
+  /** Removes the answer and the stream parts of `key`. */
+  readonly invalidate: (key: string) => Effect.Effect<void>
+}
+
+/**
+ * @since 0.1.0
+ * @category services
+ */
+export class ResponseCache extends Context.Service<ResponseCache, Service>()("effect-orchestra/ResponseCache") {}
+
+const canonical = (value: unknown): string => {
+  if (Array.isArray(value)) return `[${value.map(canonical).join(",")}]`
+  if (typeof value === "object" && value !== null) {
+    const fields = Object.keys(value)
+      .filter((k) => (value as Record<string, unknown>)[k] !== undefined)
+      .sort()
+      .map((k) => `${JSON.stringify(k)}:${canonical((value as Record<string, unknown>)[k])}`)
+    return `{${fields.join(",")}}`
+  }
+  return JSON.stringify(value) ?? "null"
+}
+
+/**
+ * The key of a request to a provider: the hex sha256 of the provider name and the whole
+ * request in a canonical form (object keys sorted; `prompt: "x"` and one user message
+ * `"x"` alike, the system prompt as the first message). Every field that changes the
+ * answer changes the key (model, sampling, tools, response format, ...); field order does not.
+ *
+ * @since 0.1.0
+ * @category keys
+ */
+export const key = (input: { readonly provider: string; readonly request: GenerateRequest }): string => {
+  const { messages: _messages, prompt: _prompt, system: _system, ...rest } = input.request
+  const normalised = ["v2", input.provider, toMessages(input.request), rest]
+  return createHash("sha256").update(canonical(normalised)).digest("hex")
+}
+
+/**
+ * A cached value: a whole answer, or the parts of a completed stream.
+ *
+ * @since 0.1.0
+ * @category schemas
+ */
+export const Cached = Schema.Union([
+  Schema.TaggedStruct("Response", { response: GenerateResponse }),
+  Schema.TaggedStruct("Stream", { parts: Schema.Array(StreamPart) })
+])
+
+/**
+ * What the Redis backend stores under a key: the value, fresh until `freshUntil`,
+ * servable as stale until `staleUntil` (epoch milliseconds of the writer's `Clock`).
+ *
+ * @since 0.2.0
+ * @category schemas
+ */
+export const StoredEntry = Schema.Struct({
+  value: Cached,
+  freshUntil: Schema.Finite,
+  staleUntil: Schema.Finite
+})
+
+/**
+ * Options shared by the backends.
+ *
+ * @since 0.1.0
+ * @category models
+ */
+export interface Options {
+  /** Time to live of an entry. Default 1 hour. */
+  readonly ttl?: Input.DurationInput | undefined
+  /** Grace after expiry during which an entry may be served as stale when the computation fails. Default 0. */
+  readonly staleFor?: Input.DurationInput | undefined
+  /** The `cache` attribute of the metrics. Default `"memory"` / `"redis"`. */
+  readonly name?: string | undefined
+}
+
+/**
+ * @since 0.1.0
+ * @category models
+ */
+export interface MemoryOptions extends Options {
+  /** Most entries kept (answers and stream replays together); the least recently used go first. Default 1,000. */
+  readonly capacity?: number | undefined
+}
+
+/**
+ * Options checked, in milliseconds.
+ *
+ * @since 0.2.0
+ * @category models
+ */
+export interface Settings {
+  readonly name: string
+  readonly ttl: number
+  readonly staleFor: number
+}
+
+/**
+ * Checks the shared options: `ttl` above zero and finite, `staleFor` finite, a non-empty
+ * `name`; fields not in `allowed` are refused (a misspelt option never falls back silently).
+ *
+ * @since 0.2.0
+ * @category constructors
+ */
+export const settings = (
+  options: Options,
+  defaultName: string,
+  allowed: ReadonlyArray<string> = []
+): Input.Checked<Settings> => {
+  const known = new Set(["ttl", "staleFor", "name", ...allowed])
+  for (const field of Object.keys(options)) {
+    if (!known.has(field)) return Result.fail({ path: field, message: "unknown option" })
+  }
+  const name = options.name ?? defaultName
+  if (typeof name !== "string" || name.length === 0) {
+    return Result.fail({ path: "name", message: "expected a non-empty string" })
+  }
+  return Result.map(
+    Input.all([
+      Input.duration("ttl", options.ttl ?? "1 hour"),
+      Input.duration("staleFor", options.staleFor ?? 0, { allowZero: true })
+    ]),
+    ([ttl, staleFor]) => ({ name, ttl: Duration.toMillis(ttl), staleFor: Duration.toMillis(staleFor) })
+  )
+}
+
+/**
+ * True for the parts of a stream that completed: exactly one `Finish`, at the end.
+ *
+ * @since 0.2.0
+ * @category utils
+ */
+export const isComplete = (parts: ReadonlyArray<StreamPart>): boolean =>
+  parts.length > 0 && parts.findIndex((p) => p._tag === "Finish") === parts.length - 1
+
+/**
+ * Counts one lookup of cache `name` by outcome. For backends.
+ *
+ * @since 0.2.0
+ * @category metrics
+ */
+export const countLookup = (name: string, outcome: Source): Effect.Effect<void> =>
+  Metric.update(Metric.withAttributes(Metrics.cacheLookups, { cache: name, outcome }), 1)
+
+/**
+ * The in-process cache: `effect`'s core `Cache` holds the entries and the running
+ * computations (LRU by `capacity`, expiry on the `Clock`, so `TestClock` drives it).
+ * Invalid options fail the layer with a `ConfigError` naming the field. Closing the layer
+ * interrupts the computations still running.
+ *
+ * @since 0.1.0
+ * @category layers
+ */
+export const layerMemory = (options: MemoryOptions = {}): Layer.Layer<ResponseCache, Input.ConfigError> =>
+  Layer.effect(ResponseCache, makeMemory(options))
+
+/**
+ * Builds the in-process cache (see {@link layerMemory}).
+ *
+ * @since 0.2.0
+ * @category constructors
+ */
+export const makeMemory = Effect.fnUntraced(function* (options: MemoryOptions = {}) {
+  const config = yield* Input.orConfigError(settings(options, "memory", ["capacity"]))
+  const capacity = yield* Input.orConfigError(Input.positiveInt("capacity", options.capacity ?? 1000))
+  const table = yield* Internal.makeTable(capacity)
+  yield* Effect.addFinalizer(() => table.interruptAll)
+  const counters = Internal.lookupCounters(config.name)
+
+  const answer = (stored: Internal.Stored): GenerateResponse =>
+    stored.value._tag === "Response" ? stored.value.response : (undefined as never)
+
+  const storeAnswer = (value: GenerateResponse) =>
+    Effect.clockWith((clock) =>
+      Effect.succeed(
+        Internal.storedOf(
+          { _tag: "Response", response: value },
+          clock.currentTimeMillisUnsafe(),
+          config.ttl,
+          config.staleFor
+        )
+      )
+    )
+
+  const getOrCompute = Effect.fn("ResponseCache.getOrCompute")(function* <E>(
+    key: string,
+    compute: Effect.Effect<GenerateResponse, E>,
+    options?: { readonly allowStale?: boolean | undefined }
+  ) {
+    const k = Internal.responseKey(key)
+    const now = yield* Effect.clockWith((clock) => Effect.succeed(clock.currentTimeMillisUnsafe()))
+    const found = table.peek(k, now)
+    if (found._tag === "Done" && now < found.stored.freshUntil) {
+      const stored = yield* table.run(k, Effect.flatMap(compute, storeAnswer))
+      yield* Metric.update(counters.hit, 1)
+      return { value: answer(stored), source: "hit" as Source }
+    }
+    const source: Source = found._tag === "Running" ? "shared" : "miss"
+    const stale = found._tag === "Running" ? table.refreshingOf(k) : found._tag === "Done" ? found.stored : undefined
+    const result = yield* Effect.result(
+      table.run(k, Effect.flatMap(compute, storeAnswer), source === "miss" ? stale : undefined)
+    )
+    if (Result.isSuccess(result)) {
+      yield* Metric.update(counters[source], 1)
+      return { value: answer(result.success), source }
+    }
+    if (options?.allowStale === true && stale !== undefined && stale.value._tag === "Response") {
+      yield* Metric.update(counters.stale, 1)
+      return { value: stale.value.response, source: "stale" as Source }
+    }
+    yield* Metric.update(counters[source], 1)
+    return yield* Effect.fail(result.failure)
+  })
+
+  const fresh = (k: string, now: number): Option.Option<Internal.Stored> => {
+    const found = table.peek(k, now)
+    return found._tag === "Done" && now < found.stored.freshUntil ? Option.some(found.stored) : Option.none()
+  }
+
+  const service: Service = {
+    name: config.name,
+    key,
+    getOrCompute,
+    getMany: (keys) =>
+      Effect.clockWith((clock) =>
+        Effect.gen(function* () {
+          const now = clock.currentTimeMillisUnsafe()
+          const found = keys.map((k) => Option.map(fresh(Internal.responseKey(k), now), answer))
+          const hits = found.filter(Option.isSome).length
+          if (hits > 0) yield* Metric.update(counters.hit, hits)
+          if (hits < keys.length) yield* Metric.update(counters.miss, keys.length - hits)
+          return found
+        })
+      ),
+    setMany: (entries) =>
+      Effect.clockWith((clock) => {
+        const now = clock.currentTimeMillisUnsafe()
+        return Effect.forEach(
+          entries,
+          ({ key: k, value }) =>
+            table.put(
+              Internal.responseKey(k),
+              Internal.storedOf({ _tag: "Response", response: value }, now, config.ttl, config.staleFor)
+            ),
+          { discard: true }
+        )
+      }),
+    getParts: (key) =>
+      Effect.clockWith((clock) => {
+        const found = fresh(Internal.partsKey(key), clock.currentTimeMillisUnsafe())
+        return Effect.as(
+          Metric.update(Option.isSome(found) ? counters.hit : counters.miss, 1),
+          Option.flatMap(found, (s) => (s.value._tag === "Stream" ? Option.some(s.value.parts) : Option.none()))
+        )
+      }),
+    setParts: (key, parts) =>
+      isComplete(parts)
+        ? Effect.clockWith((clock) =>
+            table.put(
+              Internal.partsKey(key),
+              Internal.storedOf({ _tag: "Stream", parts }, clock.currentTimeMillisUnsafe(), config.ttl, config.staleFor)
+            )
+          )
+        : Effect.void,
+    invalidate: (key) =>
+      Effect.sync(() => {
+        table.remove(Internal.responseKey(key))
+        table.remove(Internal.partsKey(key))
+      })
+  }
+  return ResponseCache.of(service)
+})

@@ -1,0 +1,150 @@
+/**
+ * The in-process table both response-cache backends share: `effect`'s core `Cache` used as
+ * the table of computations (single-flight, waiter counting, LRU capacity, `Clock` expiry),
+ * with each caller's own computation handed to the lookup, and stale-if-error on top.
+ *
+ * - Memory backend: the table is the cache (an entry lives `ttl + staleFor`).
+ * - Redis backend: the table holds running computations and, briefly, their answers while
+ *   the Redis write is under way, so a caller arriving meanwhile joins instead of missing.
+ *
+ * @internal
+ */
+import { Cache, Duration, Effect, Exit, Fiber, Metric, MutableHashMap, Option } from "effect"
+import * as Metrics from "../Metrics.js"
+import type { GenerateResponse, StreamPart } from "../Model.js"
+
+/** A cached value: a whole answer or the parts of a completed stream. */
+export type Cached =
+  | { readonly _tag: "Response"; readonly response: GenerateResponse }
+  | { readonly _tag: "Stream"; readonly parts: ReadonlyArray<StreamPart> }
+
+/** An entry: fresh until `freshUntil`, servable as stale until `staleUntil` (epoch ms from the `Clock`). */
+export interface Stored {
+  readonly value: Cached
+  readonly freshUntil: number
+  readonly staleUntil: number
+  /** How long the table keeps the entry from when it is put in. */
+  readonly keepFor: number
+}
+
+export type Source = "hit" | "miss" | "stale" | "shared"
+
+export type Peeked =
+  | { readonly _tag: "None" }
+  | { readonly _tag: "Running" }
+  | { readonly _tag: "Done"; readonly stored: Stored }
+
+export interface Table {
+  readonly cache: Cache.Cache<string, Stored, unknown>
+  /** What the table holds for `key`, without touching its LRU position. */
+  readonly peek: (key: string, now: number) => Peeked
+  /**
+   * Joins the computation of `key`, or starts `compute`. `refreshing`: the stale entry this
+   * computation replaces, put back if it fails (so later callers within its grace still
+   * find it) and offered to callers that join meanwhile.
+   */
+  readonly run: <E>(key: string, compute: Effect.Effect<Stored, E>, refreshing?: Stored) => Effect.Effect<Stored, E>
+  /** The stale entry a running computation of `key` replaces, if any. */
+  readonly refreshingOf: (key: string) => Stored | undefined
+  readonly put: (key: string, stored: Stored) => Effect.Effect<void>
+  readonly remove: (key: string) => void
+  /** Interrupts every running computation (the layer is closing). */
+  readonly interruptAll: Effect.Effect<void>
+}
+
+export const makeTable = Effect.fnUntraced(function* (capacity: number) {
+  // The computation a caller brings, handed to the lookup the `Cache.get` right after starts.
+  const computes = new Map<string, Effect.Effect<Stored, unknown>>()
+  const refreshing = new Map<string, Stored>()
+  const cache = yield* Cache.makeWith(
+    (key: string) =>
+      Effect.suspend(() => {
+        const compute = computes.get(key)
+        computes.delete(key)
+        return compute ?? Effect.die(`no computation for cache key ${key}`)
+      }),
+    {
+      capacity,
+      timeToLive: (exit) => (Exit.isSuccess(exit) ? Duration.millis(exit.value.keepFor) : Duration.zero)
+    }
+  )
+
+  const peek = (key: string, now: number): Peeked => {
+    const entry = MutableHashMap.get(cache.map, key)
+    if (Option.isNone(entry)) return { _tag: "None" }
+    const exit = entry.value.fiber.pollUnsafe()
+    if (exit === undefined) return { _tag: "Running" }
+    if (Exit.isFailure(exit) || (entry.value.expiresAt !== undefined && now >= entry.value.expiresAt)) {
+      return { _tag: "None" }
+    }
+    return { _tag: "Done", stored: exit.value }
+  }
+
+  const put = (key: string, stored: Stored): Effect.Effect<void> => Cache.set(cache, key, stored)
+
+  const run = <E>(key: string, compute: Effect.Effect<Stored, E>, stale?: Stored): Effect.Effect<Stored, E> =>
+    Effect.suspend(() => {
+      const own: Effect.Effect<Stored, unknown> =
+        stale === undefined
+          ? compute
+          : compute.pipe(
+              Effect.onExit((exit) =>
+                Effect.suspend(() => {
+                  if (refreshing.get(key) === stale) refreshing.delete(key)
+                  if (Exit.isSuccess(exit)) return Effect.void
+                  return Effect.clockWith((clock) => {
+                    const left = stale.staleUntil - clock.currentTimeMillisUnsafe()
+                    return left > 0 ? put(key, { ...stale, keepFor: left }) : Effect.void
+                  })
+                })
+              )
+            )
+      computes.set(key, own)
+      if (stale !== undefined) {
+        refreshing.set(key, stale)
+        MutableHashMap.remove(cache.map, key)
+      }
+      return (Cache.get(cache, key) as Effect.Effect<Stored, E>).pipe(
+        Effect.ensuring(
+          Effect.sync(() => {
+            if (computes.get(key) === own) computes.delete(key)
+          })
+        )
+      )
+    })
+
+  const interruptAll: Effect.Effect<void> = Effect.suspend(() => {
+    const running: Array<Fiber.Fiber<Stored, unknown>> = []
+    for (const [, entry] of cache.map) if (entry.fiber.pollUnsafe() === undefined) running.push(entry.fiber)
+    MutableHashMap.clear(cache.map)
+    return Fiber.interruptAll(running)
+  })
+
+  return {
+    cache,
+    peek,
+    run,
+    refreshingOf: (key) => refreshing.get(key),
+    put,
+    remove: (key) => MutableHashMap.remove(cache.map, key),
+    interruptAll
+  } satisfies Table
+})
+
+/** The lookup counters of one cache, by outcome. */
+export const lookupCounters = (cache: string): Readonly<Record<Source, Metric.Metric<number, unknown>>> => {
+  const counter = (outcome: Source) =>
+    Metric.withAttributes(Metrics.cacheLookups, { cache, outcome }) as Metric.Metric<number, unknown>
+  return { hit: counter("hit"), miss: counter("miss"), stale: counter("stale"), shared: counter("shared") }
+}
+
+export const responseKey = (key: string): string => `r:${key}`
+export const partsKey = (key: string): string => `s:${key}`
+
+export const storedOf = (
+  value: Cached,
+  now: number,
+  ttl: number,
+  staleFor: number,
+  keepFor = ttl + staleFor
+): Stored => ({ value, freshUntil: now + ttl, staleUntil: now + ttl + staleFor, keepFor })

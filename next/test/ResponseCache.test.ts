@@ -1,0 +1,338 @@
+import { assert, describe, it } from "@effect/vitest"
+import { Context, Deferred, type Duration, Effect, Exit, Fiber, Layer, Metric, Option, Ref } from "effect"
+import { TestClock } from "effect/testing"
+import { type AiError, modelError } from "../src/AiError.js"
+import type { ConfigError } from "../src/Input.js"
+import * as Metrics from "../src/Metrics.js"
+import type { GenerateRequest, GenerateResponse, StreamPart } from "../src/Model.js"
+import * as ResponseCache from "../src/ResponseCache.js"
+
+let counter = 0
+const uniqueName = (label: string) => `rc-${label}-${++counter}-${Math.random().toString(36).slice(2, 8)}`
+
+/** Builds the memory cache in the test's scope, with its own metric name. */
+const makeCache = (options: ResponseCache.MemoryOptions = {}) =>
+  Effect.map(
+    Layer.build(ResponseCache.layerMemory({ name: uniqueName("memory"), ...options })),
+    Context.get(ResponseCache.ResponseCache)
+  )
+
+const response = (text: string): GenerateResponse => ({
+  text,
+  finishReason: "stop",
+  usage: { inputTokens: 1, outputTokens: 1, totalTokens: 2 },
+  provider: "scripted",
+  model: "m"
+})
+
+/** A scripted provider call: counts calls, started and interrupted ones; answers after `latency`. */
+const scripted = (options: { readonly latency?: Duration.Input; readonly fail?: boolean } = {}) =>
+  Effect.gen(function* () {
+    const calls = yield* Ref.make(0)
+    const interrupted = yield* Ref.make(0)
+    const call = (text: string): Effect.Effect<GenerateResponse, AiError> =>
+      Ref.updateAndGet(calls, (n) => n + 1).pipe(
+        Effect.flatMap((n) =>
+          Effect.sleep(options.latency ?? "100 millis").pipe(
+            Effect.andThen(
+              options.fail === true
+                ? Effect.fail(modelError("Overloaded", "busy"))
+                : Effect.succeed(response(`${text} #${n}`))
+            )
+          )
+        ),
+        Effect.onInterrupt(() => Ref.update(interrupted, (n) => n + 1))
+      )
+    return { call, calls: Ref.get(calls), interrupted: Ref.get(interrupted) }
+  })
+
+const lookups = (name: string) =>
+  Effect.gen(function* () {
+    const count = (outcome: string) =>
+      Effect.map(Metric.value(Metric.withAttributes(Metrics.cacheLookups, { cache: name, outcome })), (s) => s.count)
+    return {
+      hit: yield* count("hit"),
+      miss: yield* count("miss"),
+      stale: yield* count("stale"),
+      shared: yield* count("shared")
+    }
+  })
+
+const request: GenerateRequest = { prompt: "hello", temperature: 0 }
+
+describe("ResponseCache.key", () => {
+  it("is stable across field order and prompt vs one user message; changes with anything that changes the answer", () => {
+    const base = ResponseCache.key({ provider: "p", request: { prompt: "hi", temperature: 0.5, maxTokens: 10 } })
+    assert.match(base, /^[0-9a-f]{64}$/)
+    assert.strictEqual(
+      ResponseCache.key({ provider: "p", request: { maxTokens: 10, temperature: 0.5, prompt: "hi" } }),
+      base
+    )
+    assert.strictEqual(
+      ResponseCache.key({
+        provider: "p",
+        request: { messages: [{ role: "user", content: "hi" }], maxTokens: 10, temperature: 0.5 }
+      }),
+      base
+    )
+    const variants: ReadonlyArray<readonly [string, GenerateRequest]> = [
+      ["q", { prompt: "hi", temperature: 0.5, maxTokens: 10 }],
+      ["p", { prompt: "hi!", temperature: 0.5, maxTokens: 10 }],
+      ["p", { prompt: "hi", temperature: 0.6, maxTokens: 10 }],
+      ["p", { prompt: "hi", temperature: 0.5, maxTokens: 11 }],
+      ["p", { prompt: "hi", temperature: 0.5, maxTokens: 10, topP: 0.9 }],
+      ["p", { prompt: "hi", temperature: 0.5, maxTokens: 10, seed: 1 }],
+      ["p", { prompt: "hi", temperature: 0.5, maxTokens: 10, stop: ["\n"] }],
+      ["p", { prompt: "hi", temperature: 0.5, maxTokens: 10, model: "other" }],
+      ["p", { prompt: "hi", temperature: 0.5, maxTokens: 10, system: "be brief" }],
+      ["p", { prompt: "hi", temperature: 0.5, maxTokens: 10, tools: [{ name: "search" }] }],
+      ["p", { prompt: "hi", temperature: 0.5, maxTokens: 10, responseFormat: { type: "json_object" } }]
+    ]
+    const keys = new Set(variants.map(([provider, r]) => ResponseCache.key({ provider, request: r })))
+    assert.strictEqual(keys.size, variants.length)
+    assert.isFalse(keys.has(base))
+  })
+})
+
+describe("ResponseCache (memory)", () => {
+  it.effect("single-flight: 10 concurrent identical requests make one call and share it; then a hit", () =>
+    Effect.gen(function* () {
+      const cache = yield* makeCache()
+      const provider = yield* scripted()
+      const key = cache.key({ provider: "p", request })
+      const fiber = yield* Effect.forkChild(
+        Effect.all(
+          Array.from({ length: 10 }, () => cache.getOrCompute(key, provider.call("hello"))),
+          { concurrency: "unbounded" }
+        )
+      )
+      yield* TestClock.adjust("100 millis")
+      const results = yield* Fiber.join(fiber)
+      assert.strictEqual(yield* provider.calls, 1)
+      assert.strictEqual(new Set(results.map((r) => r.value)).size, 1, "every waiter gets the same answer")
+      assert.deepStrictEqual(results.map((r) => r.source).sort(), ["miss", ...Array(9).fill("shared")].sort())
+      const again = yield* cache.getOrCompute(key, provider.call("hello"))
+      assert.strictEqual(again.source, "hit")
+      assert.strictEqual(yield* provider.calls, 1)
+      assert.deepStrictEqual(yield* lookups(cache.name), { hit: 1, miss: 1, stale: 0, shared: 9 })
+    })
+  )
+
+  it.effect("failures reach every waiter of the flight and are never cached", () =>
+    Effect.gen(function* () {
+      const cache = yield* makeCache()
+      const failing = yield* scripted({ fail: true, latency: "10 millis" })
+      const fiber = yield* Effect.forkChild(
+        Effect.all(
+          Array.from({ length: 5 }, () => Effect.flip(cache.getOrCompute("k", failing.call("x")))),
+          { concurrency: "unbounded" }
+        )
+      )
+      yield* TestClock.adjust("10 millis")
+      const errors = yield* Fiber.join(fiber)
+      assert.strictEqual(yield* failing.calls, 1)
+      for (const error of errors) assert.strictEqual(error._tag === "ModelError" ? error.reason : "", "Overloaded")
+      assert.isTrue(Option.isNone((yield* cache.getMany(["k"]))[0]!))
+      const working = yield* scripted({ latency: "10 millis" })
+      const retry = yield* Effect.forkChild(cache.getOrCompute("k", working.call("x")))
+      yield* TestClock.adjust("10 millis")
+      assert.deepStrictEqual(yield* Fiber.join(retry), { value: response("x #1"), source: "miss" })
+    })
+  )
+
+  it.effect("an interrupted waiter leaves the flight to the others; when every waiter leaves, it stops", () =>
+    Effect.gen(function* () {
+      const cache = yield* makeCache()
+      const provider = yield* scripted()
+      const first = yield* Effect.forkChild(cache.getOrCompute("k", provider.call("a")))
+      const second = yield* Effect.forkChild(cache.getOrCompute("k", provider.call("a")))
+      yield* TestClock.adjust("50 millis")
+      yield* Fiber.interrupt(first)
+      yield* TestClock.adjust("50 millis")
+      assert.strictEqual((yield* Fiber.join(second)).value.text, "a #1")
+      assert.strictEqual(yield* provider.interrupted, 0)
+
+      const a = yield* Effect.forkChild(cache.getOrCompute("other", provider.call("b")))
+      const b = yield* Effect.forkChild(cache.getOrCompute("other", provider.call("b")))
+      yield* TestClock.adjust("10 millis")
+      yield* Fiber.interrupt(a)
+      yield* Fiber.interrupt(b)
+      yield* Effect.yieldNow
+      assert.strictEqual(yield* provider.interrupted, 1, "the provider call was cancelled")
+      // A new caller starts a new flight rather than joining the cancelled one.
+      const c = yield* Effect.forkChild(cache.getOrCompute("other", provider.call("b")))
+      yield* TestClock.adjust("100 millis")
+      assert.deepStrictEqual(yield* Fiber.join(c), { value: response("b #3"), source: "miss" })
+    })
+  )
+
+  it.effect("entries expire after their TTL on the Clock", () =>
+    Effect.gen(function* () {
+      const cache = yield* makeCache({ ttl: "10 seconds" })
+      yield* cache.setMany([{ key: "a", value: response("A") }])
+      yield* TestClock.adjust("9 seconds")
+      assert.isTrue(Option.isSome((yield* cache.getMany(["a"]))[0]!))
+      yield* TestClock.adjust("1 second")
+      assert.isTrue(Option.isNone((yield* cache.getMany(["a"]))[0]!))
+      const computed = yield* cache.getOrCompute("a", Effect.succeed(response("A2")))
+      assert.strictEqual(computed.source, "miss")
+      yield* TestClock.adjust("9 seconds")
+      assert.strictEqual((yield* cache.getOrCompute("a", Effect.succeed(response("A3")))).value.text, "A2")
+      yield* TestClock.adjust("1 second")
+      assert.strictEqual((yield* cache.getOrCompute("a", Effect.succeed(response("A3")))).value.text, "A3")
+    })
+  )
+
+  it.effect("stale-if-error: an expired entry within its grace answers a failed computation, again and again", () =>
+    Effect.gen(function* () {
+      const cache = yield* makeCache({ ttl: "10 seconds", staleFor: "5 seconds" })
+      yield* cache.setMany([{ key: "k", value: response("old") }])
+      yield* TestClock.adjust("12 seconds")
+      assert.isTrue(Option.isNone((yield* cache.getMany(["k"]))[0]!), "expired entries are not fresh")
+      const failing = Effect.fail(modelError("Overloaded", "down"))
+      const refused = yield* Effect.flip(cache.getOrCompute("k", failing))
+      assert.strictEqual(refused.reason, "Overloaded", "without allowStale the failure stands")
+      for (let i = 0; i < 3; i++) {
+        assert.deepStrictEqual(yield* cache.getOrCompute("k", failing, { allowStale: true }), {
+          value: response("old"),
+          source: "stale"
+        })
+      }
+      yield* TestClock.adjust("3 seconds")
+      assert.strictEqual(
+        (yield* Effect.flip(cache.getOrCompute("k", failing, { allowStale: true }))).reason,
+        "Overloaded"
+      )
+      assert.deepStrictEqual(yield* lookups(cache.name), { hit: 0, miss: 3, stale: 3, shared: 0 })
+    })
+  )
+
+  it.effect("stale-if-error reaches callers that joined the refresh; a successful refresh replaces the entry", () =>
+    Effect.gen(function* () {
+      const cache = yield* makeCache({ ttl: "10 seconds", staleFor: "1 minute" })
+      yield* cache.setMany([{ key: "k", value: response("old") }])
+      yield* TestClock.adjust("11 seconds")
+      const failing = yield* scripted({ fail: true })
+      const fiber = yield* Effect.forkChild(
+        Effect.all(
+          Array.from({ length: 3 }, () => cache.getOrCompute("k", failing.call("k"), { allowStale: true })),
+          { concurrency: "unbounded" }
+        )
+      )
+      yield* TestClock.adjust("100 millis")
+      const results = yield* Fiber.join(fiber)
+      assert.strictEqual(yield* failing.calls, 1)
+      assert.deepStrictEqual(
+        results.map((r) => r.source),
+        ["stale", "stale", "stale"]
+      )
+      const working = yield* scripted()
+      const refresh = yield* Effect.forkChild(cache.getOrCompute("k", working.call("new"), { allowStale: true }))
+      yield* TestClock.adjust("100 millis")
+      assert.deepStrictEqual(yield* Fiber.join(refresh), { value: response("new #1"), source: "miss" })
+      assert.strictEqual((yield* cache.getOrCompute("k", working.call("new"))).source, "hit")
+    })
+  )
+
+  it.effect("capacity: the least recently used entry is evicted", () =>
+    Effect.gen(function* () {
+      const cache = yield* makeCache({ capacity: 2 })
+      yield* cache.setMany([{ key: "a", value: response("A") }])
+      yield* cache.setMany([{ key: "b", value: response("B") }])
+      assert.strictEqual((yield* cache.getOrCompute("a", Effect.succeed(response("A2")))).source, "hit")
+      yield* cache.setMany([{ key: "c", value: response("C") }])
+      const [a, b, c] = yield* cache.getMany(["a", "b", "c"])
+      assert.isTrue(Option.isSome(a!))
+      assert.isTrue(Option.isNone(b!), "b was the least recently used")
+      assert.isTrue(Option.isSome(c!))
+    })
+  )
+
+  it.effect("getMany / setMany keep the order of the keys; hits and misses are counted", () =>
+    Effect.gen(function* () {
+      const cache = yield* makeCache()
+      yield* cache.setMany([
+        { key: "x", value: response("X") },
+        { key: "y", value: response("Y") }
+      ])
+      const found = yield* cache.getMany(["y", "missing", "x"])
+      assert.deepStrictEqual(
+        found.map((o) => Option.map(o, (r) => r.text)),
+        [Option.some("Y"), Option.none(), Option.some("X")]
+      )
+      assert.deepStrictEqual(yield* lookups(cache.name), { hit: 2, miss: 1, stale: 0, shared: 0 })
+    })
+  )
+
+  it.effect("stream parts: completed streams only, kept apart from answers; invalidate removes both", () =>
+    Effect.gen(function* () {
+      const cache = yield* makeCache()
+      const finish: StreamPart = {
+        _tag: "Finish",
+        finishReason: "stop",
+        usage: { inputTokens: 1, outputTokens: 2, totalTokens: 3 },
+        provider: "p",
+        model: "m"
+      }
+      const parts: ReadonlyArray<StreamPart> = [
+        { _tag: "TextDelta", text: "hi " },
+        { _tag: "TextDelta", text: "there" },
+        finish
+      ]
+      yield* cache.setParts("unfinished", parts.slice(0, 2))
+      assert.isTrue(Option.isNone(yield* cache.getParts("unfinished")), "a stream without its Finish is not cached")
+      yield* cache.setParts("k", parts)
+      assert.isTrue(Option.isNone((yield* cache.getMany(["k"]))[0]!), "stream parts are not an answer")
+      yield* cache.setMany([{ key: "k", value: response("whole") }])
+      assert.deepStrictEqual(yield* cache.getParts("k"), Option.some(parts))
+      assert.strictEqual(Option.getOrThrow((yield* cache.getMany(["k"]))[0]!).text, "whole")
+      yield* cache.invalidate("k")
+      assert.isTrue(Option.isNone((yield* cache.getMany(["k"]))[0]!))
+      assert.isTrue(Option.isNone(yield* cache.getParts("k")))
+    })
+  )
+
+  it.effect("closing the layer interrupts the computations still running", () =>
+    Effect.gen(function* () {
+      const provider = yield* scripted({ latency: "1 minute" })
+      const started = yield* Deferred.make<void>()
+      const fiber = yield* Effect.scoped(
+        Effect.gen(function* () {
+          const cache = yield* makeCache()
+          const fiber = yield* Effect.forkDetach(cache.getOrCompute("k", provider.call("k")))
+          yield* TestClock.adjust("1 second")
+          yield* Deferred.succeed(started, undefined)
+          return fiber
+        })
+      )
+      yield* Deferred.await(started)
+      const exit = yield* Fiber.await(fiber)
+      assert.isTrue(Exit.isFailure(exit))
+      assert.strictEqual(yield* provider.interrupted, 1)
+    })
+  )
+
+  it.effect(
+    "invalid options fail the layer with a ConfigError naming the field (capacity NaN cached nothing in v0.1)",
+    () =>
+      Effect.gen(function* () {
+        const cases: ReadonlyArray<readonly [ResponseCache.MemoryOptions, string]> = [
+          [{ capacity: Number.NaN }, "capacity"],
+          [{ capacity: 0 }, "capacity"],
+          [{ capacity: 2.5 }, "capacity"],
+          [{ ttl: 0 }, "ttl"],
+          [{ ttl: Number.NaN }, "ttl"],
+          [{ ttl: Number.POSITIVE_INFINITY }, "ttl"],
+          [{ staleFor: -1 }, "staleFor"],
+          [{ name: "" }, "name"],
+          [{ capcity: 10 } as ResponseCache.MemoryOptions, "capcity"]
+        ]
+        for (const [options, path] of cases) {
+          const exit = yield* Effect.exit(Layer.build(ResponseCache.layerMemory(options)))
+          const error = Exit.findErrorOption(exit)
+          assert.isTrue(Option.isSome(error), `${JSON.stringify(options)} must fail with a typed error`)
+          assert.strictEqual((Option.getOrThrow(error) as ConfigError).path, path, JSON.stringify(options))
+        }
+      })
+  )
+})
