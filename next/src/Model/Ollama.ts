@@ -1,0 +1,269 @@
+/**
+ * Ollama's native API over `effect/http`'s `HttpClient`: `/api/chat` (tools, JSON formats),
+ * `/api/generate` for plain prompts when asked, NDJSON streaming, and `/api/embed`.
+ *
+ * The layer needs an `HttpClient` (`NodeHttpClient.layerUndici` from `@effect/platform-node`,
+ * or `FetchHttpClient.layer`). Every call is bounded (`timeout`), every stream has an idle
+ * deadline (`streamIdleTimeout`), every body a size bound (`maxResponseBytes`).
+ *
+ * @since 0.1.0
+ */
+import { Config, Effect, Layer, Redacted, Result, Stream } from "effect"
+import type { HttpClient } from "effect/http"
+import { HttpClientRequest } from "effect/http"
+import type { AiError, ModelError } from "../AiError.js"
+import * as Input from "../Input.js"
+import * as Model from "../Model.js"
+import * as Assemble from "./http/assemble.js"
+import * as Client from "./http/client.js"
+import * as Decode from "./http/decode.js"
+import * as Errors from "./http/errors.js"
+import * as Wire from "./http/ollamaWire.js"
+import * as Http from "./http/options.js"
+
+/**
+ * @since 0.1.0
+ * @category models
+ */
+export interface Options extends Http.Options {
+  /** Server URL; the scheme may be left out (`127.0.0.1:11434`, as `OLLAMA_HOST` often is). Default `http://127.0.0.1:11434`. */
+  readonly host?: string | undefined
+  /** Default model. Default `llama3.2`. */
+  readonly model?: string | undefined
+  /** Default embedding model. Default `nomic-embed-text`. */
+  readonly embeddingModel?: string | undefined
+  /**
+   * `chat` (default) sends every request to `/api/chat`; `generate` sends plain-prompt
+   * requests without tools to `/api/generate` (conversations still go to `/api/chat`).
+   */
+  readonly api?: "chat" | "generate" | undefined
+  /**
+   * How long the server keeps the model loaded after a call (`keep_alive`): a duration
+   * (`"10 minutes"`, `600000`, or Ollama's own `"10m"`), `0` to unload at once, or
+   * `"forever"`. The server's default when absent.
+   */
+  readonly keepAlive?: Input.DurationInput | `${number}${"ms" | "s" | "m" | "h"}` | "forever" | undefined
+  /** A bearer token, for Ollama behind an authenticating proxy or ollama.com. */
+  readonly apiKey?: Redacted.Redacted<string> | undefined
+  /** Provider name in errors, metrics and provenance. Default `ollama`. */
+  readonly name?: string | undefined
+  /** Extra headers on every request. */
+  readonly headers?: Readonly<Record<string, string>> | undefined
+}
+
+/**
+ * Ollama's `done_reason` as ours.
+ *
+ * @since 0.1.0
+ * @category utils
+ */
+export const finishReasonOf = (reason: string | null | undefined): Model.FinishReason => {
+  switch (reason) {
+    case "stop":
+      return "stop"
+    case "length":
+      return "length"
+    default:
+      return "unknown"
+  }
+}
+
+const decodeChat = Decode.valueDecoder(Wire.ChatAnswer)
+const decodeGenerate = Decode.valueDecoder(Wire.GenerateAnswer)
+const decodeChatLine = Decode.valueDecoder(Wire.ChatLine)
+const decodeGenerateLine = Decode.valueDecoder(Wire.GenerateLine)
+const decodeEmbed = Decode.valueDecoder(Wire.EmbedAnswer)
+
+/** `OLLAMA_HOST` is often written without a scheme (`0.0.0.0:11434`). */
+const hostUrl = (host: string): string =>
+  /^[a-z][a-z0-9+.-]*:\/\//i.test(host.trim()) ? host : `http://${host.trim()}`
+
+const checkOptions = (options: Options) =>
+  Input.all([
+    Http.settings(options),
+    Http.baseUrl("host", hostUrl(options.host ?? "http://127.0.0.1:11434")),
+    Http.nonEmpty("name", options.name ?? "ollama"),
+    Http.nonEmpty("model", options.model ?? "llama3.2"),
+    Http.nonEmpty("embeddingModel", options.embeddingModel ?? "nomic-embed-text"),
+    Http.oneOf("api", options.api ?? "chat", ["chat", "generate"]),
+    Input.optional(options.keepAlive, (input) => Wire.keepAlive("keepAlive", input)),
+    options.apiKey === undefined || Redacted.isRedacted(options.apiKey)
+      ? Result.succeed(undefined)
+      : Result.fail({ path: "apiKey", message: "expected a Redacted value (Redacted.make(key) or Config.Redacted)" })
+  ])
+
+/**
+ * Builds the provider from an `HttpClient` in context. Options are checked here: a bad one
+ * fails with a `ConfigError` naming it.
+ *
+ * @since 0.1.0
+ * @category constructors
+ */
+export const make = Effect.fnUntraced(function* (options: Options = {}) {
+  const [settings, host, name, defaultModel, embeddingModel, api, keepAlive] = yield* Input.orConfigError(
+    checkOptions(options)
+  )
+  const client = yield* Client.make(settings, options.transformClient)
+  const apiKey = options.apiKey
+  const secrets = apiKey === undefined ? [] : [apiKey]
+
+  const post = (path: string, body: unknown, accept: string): HttpClientRequest.HttpClientRequest => {
+    const request = HttpClientRequest.post(Http.joinUrl(host, path)).pipe(
+      HttpClientRequest.setHeaders({ ...options.headers }),
+      HttpClientRequest.setHeader("accept", accept),
+      HttpClientRequest.bodyJsonUnsafe(body)
+    )
+    return apiKey === undefined ? request : HttpClientRequest.bearerToken(request, apiKey)
+  }
+
+  // On /api/chat and /api/generate a 404 with an error body can only mean a model that is not pulled.
+  const ctxOf = (model: string): Errors.CallContext => ({ provider: name, model, secrets, notFoundField: "model" })
+
+  const prepare = (request: Model.GenerateRequest, stream: boolean) =>
+    Effect.flatMap(Model.validateGenerate(request), (valid) => {
+      const model = valid.model ?? defaultModel
+      const viaGenerate = api === "generate" && valid.prompt !== undefined && valid.tools === undefined
+      const body = viaGenerate
+        ? Effect.succeed(Wire.generateBody(valid, { model, stream, keepAlive }))
+        : Wire.chatBody(valid, { model, stream, keepAlive, provider: name })
+      return Effect.map(body, (body) => ({ valid, model, body, viaGenerate, ctx: ctxOf(model) }))
+    })
+
+  const generate = Effect.fn("Ollama.generate")(function* (request: Model.GenerateRequest) {
+    const { valid, model, body, viaGenerate, ctx } = yield* prepare(request, false)
+    yield* Effect.annotateCurrentSpan(spanAttributes(name, "chat", model))
+    const answer: Wire.Line = viaGenerate
+      ? Wire.fromGenerate(yield* client.json(post("api/generate", body, "application/json"), decodeGenerate, ctx))
+      : Wire.fromChat(yield* client.json(post("api/chat", body, "application/json"), decodeChat, ctx))
+    const response: Model.GenerateResponse = {
+      text: answer.text,
+      finishReason: finishOf(answer.done_reason, answer.toolCalls.length),
+      usage: Wire.usageOf(answer, valid, answer.text.length),
+      provider: name,
+      model: answer.model ?? model,
+      ...(answer.toolCalls.length > 0 ? { toolCalls: answer.toolCalls } : {})
+    }
+    return response
+  })
+
+  const stream = (request: Model.GenerateRequest): Stream.Stream<Model.StreamPart, AiError> =>
+    Stream.unwrap(
+      Effect.map(prepare(request, true), ({ valid, model, body, viaGenerate, ctx }) =>
+        Stream.suspend(() => {
+          let outputChars = 0
+          let toolCalls = 0
+          const step = (payload: unknown): Effect.Effect<ReadonlyArray<Model.StreamPart>, ModelError> => {
+            if (Errors.isErrorPayload(payload)) return Effect.fail(Errors.errorFromPayload(payload, ctx))
+            const line: Effect.Effect<Wire.Line, ModelError> = viaGenerate
+              ? Effect.map(decodeGenerateLine(payload, ctx), Wire.fromGenerate)
+              : Effect.map(decodeChatLine(payload, ctx), (l) => Wire.fromChat(l, toolCalls))
+            return Effect.map(line, (l) => {
+              const parts: Array<Model.StreamPart> = []
+              if (l.text.length > 0) {
+                outputChars += l.text.length
+                parts.push({ _tag: "TextDelta", text: l.text })
+              }
+              for (const call of l.toolCalls) parts.push({ _tag: "ToolCall", call })
+              toolCalls += l.toolCalls.length
+              if (l.done) {
+                parts.push({
+                  _tag: "Finish",
+                  finishReason: finishOf(l.done_reason, toolCalls),
+                  usage: Wire.usageOf(l, valid, outputChars),
+                  provider: name,
+                  model: l.model ?? model
+                })
+              }
+              return parts
+            })
+          }
+          const path = viaGenerate ? "api/generate" : "api/chat"
+          return Assemble.assemble(client.ndjson(post(path, body, "application/x-ndjson"), ctx), {
+            ctx,
+            idleTimeout: settings.streamIdleTimeout,
+            step,
+            // The last line says `done: true`; a body that ends before it broke off.
+            onEnd: () => Effect.succeed([])
+          })
+        })
+      )
+    ).pipe(Stream.withSpan("Ollama.stream", { attributes: { "gen_ai.provider.name": name } }))
+
+  const embed = Effect.fn("Ollama.embed")(function* (request: Model.EmbedRequest) {
+    const valid = yield* Model.validateEmbed(request)
+    const model = valid.model ?? embeddingModel
+    yield* Effect.annotateCurrentSpan(spanAttributes(name, "embeddings", model))
+    const ctx = ctxOf(model)
+    const body = { model, input: valid.texts, ...(keepAlive === undefined ? {} : { keep_alive: keepAlive }) }
+    const answer = yield* client.json(post("api/embed", body, "application/json"), decodeEmbed, ctx)
+    if (answer.embeddings.length !== valid.texts.length) {
+      return yield* Effect.fail(
+        Errors.malformed(
+          ctx,
+          "embeddings",
+          `expected ${valid.texts.length} embeddings, got ${answer.embeddings.length}`
+        )
+      )
+    }
+    const response: Model.EmbedResponse = {
+      vectors: answer.embeddings,
+      usage:
+        answer.prompt_eval_count === undefined || answer.prompt_eval_count === null
+          ? undefined
+          : Model.usage(answer.prompt_eval_count, 0),
+      provider: name,
+      model: answer.model ?? model
+    }
+    return response
+  })
+
+  return { name, defaultModel, generate, stream, embed } satisfies Model.Service
+})
+
+/** Ollama says `stop` when the model called tools. */
+const finishOf = (reason: string | null | undefined, toolCalls: number): Model.FinishReason => {
+  const finish = finishReasonOf(reason)
+  return toolCalls > 0 && finish !== "length" ? "tool_calls" : finish
+}
+
+const spanAttributes = (provider: string, operation: string, model: string) => ({
+  "gen_ai.provider.name": provider,
+  "gen_ai.operation.name": operation,
+  "gen_ai.request.model": model
+})
+
+/**
+ * @since 0.1.0
+ * @category layers
+ */
+export const layer = (
+  options: Options = {}
+): Layer.Layer<Model.ModelProvider, Input.ConfigError, HttpClient.HttpClient> =>
+  Layer.effect(Model.ModelProvider)(make(options))
+
+/**
+ * Options from `Config`: `OLLAMA_HOST` (a URL, the scheme may be left out; default
+ * `http://127.0.0.1:11434`), `OLLAMA_MODEL`, `OLLAMA_EMBEDDING_MODEL`, `OLLAMA_API_KEY`
+ * (optional).
+ *
+ * @since 0.1.0
+ * @category config
+ */
+export const config: Config.Config<Options> = Config.all({
+  host: Http.optionalString("OLLAMA_HOST"),
+  model: Http.optionalString("OLLAMA_MODEL"),
+  embeddingModel: Http.optionalString("OLLAMA_EMBEDDING_MODEL"),
+  apiKey: Http.optionalRedacted("OLLAMA_API_KEY")
+})
+
+/**
+ * The provider with options from `Config`. Without arguments it reads {@link config}; when
+ * options are given, only what they name is read (no key is picked up implicitly).
+ *
+ * @since 0.1.0
+ * @category layers
+ */
+export const layerConfig = (
+  options: Config.Wrap<Options> = config
+): Layer.Layer<Model.ModelProvider, Config.ConfigError | Input.ConfigError, HttpClient.HttpClient> =>
+  Layer.unwrap(Effect.map(Config.unwrap(options), layer))

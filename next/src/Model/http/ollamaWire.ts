@@ -1,0 +1,284 @@
+/**
+ * Ollama's native wire format: `/api/chat` and `/api/generate` bodies from a
+ * `GenerateRequest` (options, tools, JSON formats, tool messages, `keep_alive`), answer and
+ * NDJSON line schemas, tool calls (arguments as JSON objects, ids made up when absent), and
+ * usage from the eval counts.
+ *
+ * @since 0.2.0
+ */
+import { Duration, Effect, Result, Schema } from "effect"
+import { invalidRequest, type ModelError } from "../../AiError.js"
+import * as Input from "../../Input.js"
+import * as Model from "../../Model.js"
+
+const Text = Schema.optional(Schema.NullOr(Schema.String))
+const Count = Schema.optional(Schema.NullOr(Schema.Number))
+
+const Counts = {
+  done_reason: Text,
+  prompt_eval_count: Count,
+  eval_count: Count
+}
+
+const ToolCalls = Schema.optional(
+  Schema.NullOr(
+    Schema.Array(
+      Schema.Struct({
+        id: Text,
+        function: Schema.Struct({ name: Schema.String, arguments: Schema.optional(Schema.Unknown) })
+      })
+    )
+  )
+)
+
+/**
+ * @since 0.2.0
+ * @category schemas
+ */
+export const ChatAnswer = Schema.Struct({
+  model: Text,
+  message: Schema.Struct({ role: Text, content: Text, tool_calls: ToolCalls }),
+  done: Schema.optional(Schema.Boolean),
+  ...Counts
+})
+
+/**
+ * @since 0.2.0
+ * @category schemas
+ */
+export const GenerateAnswer = Schema.Struct({
+  model: Text,
+  response: Schema.String,
+  done: Schema.optional(Schema.Boolean),
+  ...Counts
+})
+
+/**
+ * @since 0.2.0
+ * @category schemas
+ */
+export const ChatLine = Schema.Struct({
+  model: Text,
+  message: Schema.optional(Schema.NullOr(Schema.Struct({ content: Text, tool_calls: ToolCalls }))),
+  done: Schema.Boolean,
+  ...Counts
+})
+
+/**
+ * @since 0.2.0
+ * @category schemas
+ */
+export const GenerateLine = Schema.Struct({
+  model: Text,
+  response: Text,
+  done: Schema.Boolean,
+  ...Counts
+})
+
+/**
+ * @since 0.2.0
+ * @category schemas
+ */
+export const EmbedAnswer = Schema.Struct({
+  model: Text,
+  embeddings: Schema.Array(Schema.Array(Schema.Number)),
+  prompt_eval_count: Count
+})
+
+/**
+ * An answer or a stream line of either API, in one shape.
+ *
+ * @since 0.2.0
+ * @category models
+ */
+export interface Line {
+  readonly text: string
+  readonly done: boolean
+  readonly model?: string | null | undefined
+  readonly done_reason?: string | null | undefined
+  readonly prompt_eval_count?: number | null | undefined
+  readonly eval_count?: number | null | undefined
+  readonly toolCalls: ReadonlyArray<Model.ToolCall>
+}
+
+type WireToolCalls = (typeof ChatAnswer.Type)["message"]["tool_calls"]
+
+const toolCallsOf = (calls: WireToolCalls, offset: number): ReadonlyArray<Model.ToolCall> =>
+  (calls ?? []).map((call, i) => ({
+    id: call.id ?? `call_${offset + i}`,
+    name: call.function.name,
+    arguments:
+      typeof call.function.arguments === "string"
+        ? call.function.arguments
+        : JSON.stringify(call.function.arguments ?? {})
+  }))
+
+/**
+ * A `/api/chat` answer or line; `offset` numbers the made-up ids of a stream's later calls.
+ *
+ * @since 0.2.0
+ * @category decoding
+ */
+export const fromChat = (answer: typeof ChatAnswer.Type | typeof ChatLine.Type, offset = 0): Line => ({
+  ...answer,
+  done: answer.done ?? true,
+  text: answer.message?.content ?? "",
+  toolCalls: toolCallsOf(answer.message?.tool_calls, offset)
+})
+
+/**
+ * A `/api/generate` answer or line.
+ *
+ * @since 0.2.0
+ * @category decoding
+ */
+export const fromGenerate = (answer: typeof GenerateAnswer.Type | typeof GenerateLine.Type): Line => ({
+  ...answer,
+  done: answer.done ?? true,
+  text: answer.response ?? "",
+  toolCalls: []
+})
+
+/**
+ * Usage from the eval counts, estimated where the server reports none.
+ *
+ * @since 0.2.0
+ * @category utils
+ */
+export const usageOf = (line: Line, request: Model.GenerateRequest, outputChars: number): Model.Usage =>
+  Model.usage(
+    line.prompt_eval_count ?? Model.estimateInputTokens(request),
+    line.eval_count ?? Math.ceil(outputChars / 4)
+  )
+
+const GO_DURATION = /^\d+(?:\.\d+)?(?:ns|us|µs|ms|s|m|h)$/
+
+/**
+ * Checks a `keepAlive` option into what `keep_alive` takes: `"forever"` is `-1`, Ollama's own
+ * durations (`"10m"`) pass as they are, any other duration becomes milliseconds (`"600000ms"`);
+ * zero (unload at once) is accepted.
+ *
+ * @since 0.2.0
+ * @category checks
+ */
+export const keepAlive = (path: string, input: unknown): Input.Checked<string | number> => {
+  if (input === "forever") return Result.succeed(-1)
+  if (typeof input === "string" && GO_DURATION.test(input.trim())) return Result.succeed(input.trim())
+  return Result.map(Input.duration(path, input, { allowZero: true }), (d) => `${Math.round(Duration.toMillis(d))}ms`)
+}
+
+/**
+ * What the request bodies need besides the request.
+ *
+ * @since 0.2.0
+ * @category models
+ */
+export interface BodyOptions {
+  readonly model: string
+  readonly stream: boolean
+  readonly keepAlive?: string | number | undefined
+}
+
+const modelOptions = (request: Model.GenerateRequest): Record<string, unknown> | undefined => {
+  const out: Record<string, unknown> = {}
+  if (request.maxTokens !== undefined) out["num_predict"] = request.maxTokens
+  if (request.temperature !== undefined) out["temperature"] = request.temperature
+  if (request.topP !== undefined) out["top_p"] = request.topP
+  if (request.stop !== undefined) out["stop"] = request.stop
+  if (request.seed !== undefined) out["seed"] = request.seed
+  return Object.keys(out).length === 0 ? undefined : out
+}
+
+const common = (request: Model.GenerateRequest, options: BodyOptions, body: Record<string, unknown>) => {
+  body["stream"] = options.stream
+  const modelOpts = modelOptions(request)
+  if (modelOpts !== undefined) body["options"] = modelOpts
+  if (request.responseFormat !== undefined && request.responseFormat.type !== "text") {
+    body["format"] = request.responseFormat.type === "json_object" ? "json" : request.responseFormat.schema
+  }
+  if (options.keepAlive !== undefined) body["keep_alive"] = options.keepAlive
+  return body
+}
+
+/**
+ * The body of a `/api/generate` request (a plain prompt, no tools).
+ *
+ * @since 0.2.0
+ * @category encoding
+ */
+export const generateBody = (request: Model.GenerateRequest, options: BodyOptions): Record<string, unknown> =>
+  common(request, options, {
+    model: options.model,
+    prompt: request.prompt,
+    ...(request.system === undefined ? {} : { system: request.system })
+  })
+
+const parseArguments = (text: string): unknown => {
+  try {
+    const value: unknown = JSON.parse(text)
+    return typeof value === "object" && value !== null && !Array.isArray(value) ? value : undefined
+  } catch {
+    return undefined
+  }
+}
+
+/**
+ * The body of a `/api/chat` request. Ollama has no `tool_choice`: `auto` is its behaviour,
+ * `none` sends no tools, `required` or a named tool is refused (`InvalidRequest` on
+ * `toolChoice`). Tool-call arguments sent back must be JSON objects; a tool message names
+ * the tool it answers (`tool_name`), found from the call it answers.
+ *
+ * @since 0.2.0
+ * @category encoding
+ */
+export const chatBody = (
+  request: Model.GenerateRequest,
+  options: BodyOptions & { readonly provider: string }
+): Effect.Effect<Record<string, unknown>, ModelError> => {
+  const refuse = (field: string, message: string) => Effect.fail(invalidRequest(field, message, options.provider))
+  const choice = request.toolChoice
+  if (choice !== undefined && choice !== "auto" && choice !== "none") {
+    return refuse("toolChoice", 'Ollama has no tool choice: only "auto" and "none" can be honoured')
+  }
+  const names = new Map<string, string>()
+  const messages: Array<unknown> = []
+  const conversation = Model.toMessages(request)
+  for (let i = 0; i < conversation.length; i++) {
+    const message = conversation[i]!
+    const index = request.system === undefined ? i : i - 1
+    if (message.role === "assistant" && message.toolCalls !== undefined && message.toolCalls.length > 0) {
+      const calls: Array<unknown> = []
+      for (let j = 0; j < message.toolCalls.length; j++) {
+        const call = message.toolCalls[j]!
+        const args = parseArguments(call.arguments)
+        if (args === undefined) {
+          return refuse(`messages[${index}].toolCalls[${j}].arguments`, "expected the JSON text of an object")
+        }
+        names.set(call.id, call.name)
+        calls.push({ function: { name: call.name, arguments: args } })
+      }
+      messages.push({ role: "assistant", content: message.content, tool_calls: calls })
+    } else if (message.role === "tool") {
+      const toolName = message.toolCallId === undefined ? undefined : names.get(message.toolCallId)
+      messages.push({
+        role: "tool",
+        content: message.content,
+        ...(toolName === undefined ? {} : { tool_name: toolName })
+      })
+    } else {
+      messages.push({ role: message.role, content: message.content })
+    }
+  }
+  const body: Record<string, unknown> = { model: options.model, messages }
+  if (request.tools !== undefined && choice !== "none") {
+    body["tools"] = request.tools.map((tool) => ({
+      type: "function",
+      function: {
+        name: tool.name,
+        ...(tool.description === undefined ? {} : { description: tool.description }),
+        parameters: tool.parameters ?? { type: "object", properties: {} }
+      }
+    }))
+  }
+  return Effect.succeed(common(request, options, body))
+}
