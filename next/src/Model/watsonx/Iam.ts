@@ -126,15 +126,21 @@ export const make: (options: Options) => Effect.Effect<TokenCache, never, Scope.
       Effect.withSpan("WatsonX.iamToken")
     )
 
-  const get = (rejected?: number): Effect.Effect<Token, ModelError> =>
+  const isFresh = (
+    current: State,
+    now: number,
+    rejected: number | undefined
+  ): current is Extract<State, { _tag: "Ready" }> =>
+    current._tag === "Ready" && current.token.generation !== rejected && now < current.token.refreshAt
+
+  const refresh = (rejected: number | undefined): Effect.Effect<Token, ModelError> =>
     Effect.uninterruptibleMask((restore) =>
-      Effect.flatMap(Clock.currentTimeMillis, (now) => {
+      Effect.clockWith((clock) => {
+        const now = clock.currentTimeMillisUnsafe()
         // Decided and updated synchronously: no other fiber sees a state between the two.
         const current = state
         if (current._tag === "Pending") return restore(Deferred.await(current.deferred))
-        if (current._tag === "Ready" && current.token.generation !== rejected && now < current.token.refreshAt) {
-          return Effect.succeed(current.token)
-        }
+        if (isFresh(current, now, rejected)) return Effect.succeed(current.token)
         const generation = generationOf(current) + 1
         const deferred = Deferred.makeUnsafe<Token, ModelError>()
         state = { _tag: "Pending", generation, deferred }
@@ -150,6 +156,15 @@ export const make: (options: Options) => Effect.Effect<TokenCache, never, Scope.
         )
       })
     )
+
+  // The common case (a fresh token) in one step; anything else decided again, atomically, by `refresh`.
+  const get = (rejected?: number): Effect.Effect<Token, ModelError> =>
+    Effect.clockWith((clock) => {
+      const current = state
+      return isFresh(current, clock.currentTimeMillisUnsafe(), rejected)
+        ? Effect.succeed(current.token)
+        : refresh(rejected)
+    })
 
   const authorized = <A, E>(
     call: (token: Redacted.Redacted<string>) => Effect.Effect<A, E>
