@@ -10,8 +10,10 @@ import {
   Exit,
   Fiber,
   Layer,
+  Logger,
   Option,
   Redacted,
+  References,
   Stream,
   Tracer
 } from "effect"
@@ -336,10 +338,17 @@ layer(NodeHttpClient.layerUndici)("OpenAiCompat", (it) => {
         })
         const options: OpenAiCompat.Options = { baseUrl: `${server.url}/v1`, apiKey: Redacted.make(KEY) }
         const p = yield* OpenAiCompat.make(options)
+        const lines: Array<string> = []
+        const capture = Logger.make((options) => {
+          lines.push(String(Logger.formatLogFmt.log(options)))
+          lines.push(JSON.stringify(Logger.formatStructured.log(options)))
+        })
         const traced = <A, E>(effect: Effect.Effect<A, E>) =>
           effect.pipe(
             Effect.provideService(HttpClient.TracerHeaderFilter, () => true),
-            Effect.provideService(Tracer.Tracer, tracer)
+            Effect.provideService(Tracer.Tracer, tracer),
+            Effect.provideService(References.MinimumLogLevel, "All"),
+            Effect.provide(Logger.layer([capture]))
           )
         const generated = yield* traced(Effect.exit(p.generate({ prompt: "hi" })))
         const streamed = yield* traced(collect(p.stream({ prompt: "hi" })))
@@ -352,9 +361,14 @@ layer(NodeHttpClient.layerUndici)("OpenAiCompat", (it) => {
         for (const exit of exits) {
           const error = failureOf(exit)
           const texts = [JSON.stringify(error), String(error), error.message, inspect(error, { depth: 10 })]
-          if (Exit.isFailure(exit)) texts.push(Cause.pretty(exit.cause))
+          if (Exit.isFailure(exit)) {
+            texts.push(Cause.pretty(exit.cause))
+            yield* traced(Effect.logError("call failed", exit.cause))
+          }
           for (const text of texts) assert.notInclude(text, KEY)
         }
+        assert.isAbove(lines.length, 0)
+        for (const line of lines) assert.notInclude(line, KEY)
         assert.notInclude(JSON.stringify(options), KEY)
         assert.notInclude(inspect(options, { depth: 10 }), KEY)
         assert.isAbove(spans.length, 3)
