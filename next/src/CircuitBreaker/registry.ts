@@ -1,0 +1,253 @@
+/**
+ * The keys one breaker layer holds: this process's view of each circuit, its half-open
+ * timer, its metric series, and their eviction; and the transitions stream.
+ *
+ * Insertion is O(1) (a `Map`, never copied); idle keys go in a sweep every
+ * `idleTimeToLive`, and `maxKeys` makes room with a second-chance scan from the oldest key.
+ * The gauge and counters are series registered per key (`Metric.registerUnsafe`) whose
+ * hooks read the entry, so a call updates plain fields, never a metric.
+ *
+ * @internal
+ */
+import { Clock, Duration, Effect, Exit, FiberMap, Metric, PubSub, Scope, Stream } from "effect"
+import type * as Take from "effect/Take"
+import { CircuitOpenError } from "../AiError.js"
+import type { State, StateChange } from "../CircuitBreaker.js"
+import * as Metrics from "../Metrics.js"
+import type { Config } from "./options.js"
+
+/**
+ * Gauge value of each state.
+ *
+ * @internal
+ */
+export const stateValue: { readonly [S in State]: number } = { closed: 0, open: 1, "half-open": 2, isolated: 3 }
+
+/**
+ * One key.
+ *
+ * @internal
+ */
+export interface Entry {
+  readonly key: string
+  /** Memory backend: bumped by `reset`, which moves the circuit to a fresh store key. */
+  epoch: number
+  storeKey: string
+  view: State
+  openUntil: number
+  /** Memory backend: the latest open end a store key left behind by `reset` may still hold. */
+  holdUntil: number
+  /** Memory backend: refused until `reset`. */
+  isolated: boolean
+  inflight: number
+  lastActivity: number
+  /** Used since the last eviction scan passed it (second chance). */
+  touched: boolean
+  rejections: number
+  transitions: Map<string, { count: number }> | undefined
+  readonly series: Array<Metric.Registration>
+}
+
+const noop = () => {}
+
+/**
+ * Builds the registry; the layer's scope owns its timers, series and stream.
+ *
+ * @internal
+ */
+export const makeRegistry = Effect.fnUntraced(function* (config: Config, shared: boolean) {
+  const scope = yield* Effect.scope
+  const context = yield* Effect.context<never>()
+  const clock = yield* Clock.Clock
+  const sleepers = yield* FiberMap.make<string>()
+  const pubsub = yield* PubSub.unbounded<Take.Take<StateChange>>()
+  const entries = new Map<string, Entry>()
+  const { idleTimeToLive, maxKeys } = config
+  // A shared store keeps one circuit per key. In memory, `reset` moves a key to a fresh
+  // store key: `${epoch}:${key}`, one-to-one with (epoch, key).
+  const storeKeyOf = (key: string, epoch: number): string => (shared ? key : `${epoch}:${key}`)
+  const keyOf = (storeKey: string): string => (shared ? storeKey : storeKey.slice(storeKey.indexOf(":") + 1))
+
+  const register = <S>(metric: Metric.Metric<number, S>, entry: Entry, attributes: object, get: () => S) => {
+    const tagged = Metric.withAttributes(metric, { breaker: entry.key, ...attributes })
+    entry.series.push(Metric.registerUnsafe(tagged, context, { get, update: noop, modify: noop }))
+  }
+
+  const removeSeries = (entry: Entry) => {
+    for (const registration of entry.series) registration.remove()
+    entry.series.length = 0
+  }
+
+  const evict = (entry: Entry) => {
+    entries.delete(entry.key)
+    removeSeries(entry)
+  }
+
+  const idle = (entry: Entry, now: number) =>
+    entry.inflight === 0 &&
+    !entry.isolated &&
+    entry.view !== "isolated" &&
+    now - Math.max(entry.lastActivity, entry.openUntil, entry.holdUntil) >= idleTimeToLive
+
+  // A closed key the store can forget without losing more than its counts.
+  const spare = (entry: Entry) => entry.inflight === 0 && entry.view === "closed" && entry.epoch === 0
+
+  const sweep = (now: number) => {
+    for (const entry of entries.values()) if (idle(entry, now)) evict(entry)
+  }
+
+  // Second chance: a key used since the last scan moves to the back once; a full
+  // registry of keys that cannot go (open, isolated, in flight) grows past maxKeys.
+  const makeRoom = () => {
+    let budget = entries.size
+    for (const entry of entries.values()) {
+      if (budget-- <= 0) return
+      if (!entry.touched && spare(entry)) return evict(entry)
+      entry.touched = false
+      entries.delete(entry.key)
+      entries.set(entry.key, entry)
+    }
+  }
+
+  const entryFor = (key: string, now: number): Entry => {
+    const found = entries.get(key)
+    if (found !== undefined) {
+      found.touched = true
+      return found
+    }
+    if (entries.size >= maxKeys) makeRoom()
+    const entry: Entry = {
+      key,
+      epoch: 0,
+      storeKey: storeKeyOf(key, 0),
+      view: "closed",
+      openUntil: 0,
+      holdUntil: 0,
+      isolated: false,
+      inflight: 0,
+      lastActivity: now,
+      touched: false,
+      rejections: 0,
+      transitions: undefined,
+      series: []
+    }
+    register(Metrics.breakerState, entry, {}, () => ({ value: stateValue[entry.view] }))
+    entries.set(key, entry)
+    return entry
+  }
+
+  const setView = (entry: Entry, to: State, now: number) => {
+    const from = entry.view
+    if (from === to) return
+    entry.view = to
+    const name = `${from}>${to}`
+    entry.transitions ??= new Map()
+    let counter = entry.transitions.get(name)
+    if (counter === undefined) {
+      const created = { count: 0 }
+      counter = created
+      entry.transitions.set(name, created)
+      register(Metrics.breakerTransitions, entry, { from, to }, () => ({ count: created.count, incremental: true }))
+    }
+    counter.count++
+    PubSub.publishUnsafe(pubsub, [{ key: entry.key, from, to, at: now }])
+  }
+
+  const sleeper = (entry: Entry, until: number, now: number): Effect.Effect<void> =>
+    FiberMap.run(
+      sleepers,
+      entry.key,
+      Effect.provideContext(
+        Effect.andThen(
+          Effect.sleep(Duration.millis(until - now)),
+          Effect.sync(() => {
+            if (entry.view === "open" && entry.openUntil === until && entries.get(entry.key) === entry) {
+              setView(entry, "half-open", clock.currentTimeMillisUnsafe())
+            }
+          })
+        ),
+        context
+      )
+    ).pipe(Effect.asVoid)
+
+  // Applies what the store said about a key; returns the timer to start when it opened.
+  const observe = (entry: Entry, to: State, now: number, openUntil = 0): Effect.Effect<void> | undefined => {
+    if (entry.isolated) return undefined
+    if (to !== "open") {
+      setView(entry, to, now)
+      return undefined
+    }
+    const known = entry.view === "open" && entry.openUntil === openUntil
+    entry.openUntil = openUntil
+    if (openUntil > entry.holdUntil) entry.holdUntil = openUntil
+    setView(entry, "open", now)
+    return known || openUntil <= now ? undefined : sleeper(entry, openUntil, now)
+  }
+
+  const reject = (
+    entry: Entry,
+    state: CircuitOpenError["state"],
+    retryAfter?: Duration.Duration
+  ): Effect.Effect<never, CircuitOpenError> => {
+    if (entry.rejections++ === 0) {
+      register(Metrics.breakerRejections, entry, {}, () => ({ count: entry.rejections, incremental: true }))
+    }
+    return Effect.fail(new CircuitOpenError({ breaker: entry.key, state, retryAfter }))
+  }
+
+  /** The entry a store key names, unless a reset moved the key since. */
+  const entryOfStoreKey = (storeKey: string): Entry | undefined => {
+    const entry = entries.get(keyOf(storeKey))
+    return entry !== undefined && entry.storeKey === storeKey ? entry : undefined
+  }
+
+  /** Memory backend: moves the key to a fresh store key, closed. */
+  const moveStoreKey = (entry: Entry) => {
+    entry.isolated = false
+    entry.epoch++
+    entry.storeKey = storeKeyOf(entry.key, entry.epoch)
+  }
+
+  const cancelTimer = (key: string) => FiberMap.remove(sleepers, key)
+
+  yield* Effect.forkIn(
+    Effect.forever(
+      Effect.andThen(
+        Effect.sleep(Duration.millis(idleTimeToLive)),
+        Effect.sync(() => sweep(clock.currentTimeMillisUnsafe()))
+      )
+    ),
+    scope
+  )
+  yield* Scope.addFinalizer(
+    scope,
+    Effect.andThen(
+      Effect.sync(() => {
+        for (const entry of entries.values()) removeSeries(entry)
+        entries.clear()
+      }),
+      PubSub.end(pubsub, Exit.void)
+    )
+  )
+
+  return {
+    clock,
+    /** The key's entry, created (and registered) on first use. */
+    entryFor,
+    /** The key's entry if held. */
+    get: (key: string): Entry | undefined => entries.get(key),
+    entryOfStoreKey,
+    moveStoreKey,
+    setView,
+    observe,
+    reject,
+    cancelTimer,
+    changes: Stream.fromPubSubTake(pubsub),
+    size: Effect.sync(() => entries.size)
+  }
+})
+
+/**
+ * @internal
+ */
+export type Registry = Effect.Success<ReturnType<typeof makeRegistry>>
