@@ -4,6 +4,13 @@
  *   node --expose-gc --import tsx bench/breaker.ts           every part
  *   node --expose-gc --import tsx bench/breaker.ts --quick   fewer rounds
  *
+ * tsx compiles with esbuild's `keepNames`, which wraps every closure this repository's code
+ * creates in a `__name` call (effect's own code comes precompiled without it): up to a
+ * third of a breaker call here. For figures as a build would see them, bundle first:
+ *
+ *   node_modules/.bin/esbuild bench/breaker.ts --bundle --platform=node --format=esm \
+ *     --packages=external --outfile=.scratch/breaker.mjs && node --expose-gc .scratch/breaker.mjs
+ *
  * A. 100,000 instant calls at concurrency 64 through a closed breaker (one key): this
  *    library's `execute` (memory) and `admit`/`record`, effect's `CircuitBreaker.execute`, a thin
  *    admit/record on the same memory store, cockatiel; with `Effect.forEach` alone as the floor.
@@ -158,19 +165,21 @@ const runPart = async (title: string, open: boolean) => {
     }
   }
   const floor = median(samples.get("Effect.forEach alone (floor)")!.map((s) => s.wall))
+  const cpuFloor = median(samples.get("Effect.forEach alone (floor)")!.map((s) => s.cpu))
   table(
     title,
-    ["variant", "wall ms", "µs / call", "µs / call over the floor", "CPU ms"],
+    ["variant", "wall ms", "µs / call", "over the floor", "CPU µs / call", "CPU over the floor"],
     [...samples].map(([name, xs]) => {
       const wall = median(xs.map((s) => s.wall))
+      const cpu = median(xs.map((s) => s.cpu))
+      const effectful = !name.startsWith("cockatiel") && !name.startsWith("Effect.forEach")
       return [
         name,
         wall.toFixed(0),
         ((wall * 1000) / calls).toFixed(2),
-        name.startsWith("cockatiel") || name.startsWith("Effect.forEach")
-          ? "-"
-          : (((wall - floor) * 1000) / calls).toFixed(2),
-        median(xs.map((s) => s.cpu)).toFixed(0)
+        effectful ? (((wall - floor) * 1000) / calls).toFixed(2) : "-",
+        ((cpu * 1000) / calls).toFixed(2),
+        effectful ? (((cpu - cpuFloor) * 1000) / calls).toFixed(2) : "-"
       ]
     })
   )

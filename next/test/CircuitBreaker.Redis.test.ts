@@ -76,61 +76,68 @@ const otherProcess = (server: RedisServer, prefix: string, key: string, action: 
   })
 
 describe.skipIf(skipRedis)(`CircuitBreaker on Redis${skipRedis ? ` (${skipReason})` : ""}`, () => {
-  it.live("two processes: a trip in one is refused by the other's next call, both ways", () =>
-    Effect.gen(function* () {
-      const server = yield* startRedis
-      const prefix = `${uniqueKey("p")}:`
-      const breakers = yield* build(server, { prefix, failMax: 2, resetTimeout: "1 minute" })
-      const key = uniqueKey("child-trips")
-      const changes = yield* Effect.forkChild(Stream.runCollect(Stream.take(breakers.changes, 1)), {
-        startImmediately: true
-      })
+  it.live(
+    "two processes: a trip in one is refused by the other's next call, both ways",
+    () =>
+      Effect.gen(function* () {
+        const server = yield* startRedis
+        const prefix = `${uniqueKey("p")}:`
+        const breakers = yield* build(server, { prefix, failMax: 2, resetTimeout: "1 minute" })
+        const key = uniqueKey("child-trips")
+        const changes = yield* Effect.forkChild(Stream.runCollect(Stream.take(breakers.changes, 1)), {
+          startImmediately: true
+        })
 
-      assert.deepStrictEqual(yield* otherProcess(server, prefix, key, "trip"), { state: "open" })
-      // This process has made no call under the key: `state` reads the shared store.
-      assert.strictEqual(yield* breakers.state(key), "open")
-      const error = yield* Effect.flip(breakers.execute(key, ok))
-      assert.instanceOf(error, CircuitOpenError)
-      assert.strictEqual(error.state, "open")
-      const left = Duration.toMillis(error.retryAfter ?? Duration.zero)
-      assert.isTrue(left > 0 && left <= 60_000, `retryAfter ${left}`)
-      const [seen] = yield* Fiber.join(changes)
-      assert.deepStrictEqual([seen?.key, seen?.from, seen?.to], [key, "closed", "open"])
+        assert.deepStrictEqual(yield* otherProcess(server, prefix, key, "trip"), { state: "open" })
+        // This process has made no call under the key: `state` reads the shared store.
+        assert.strictEqual(yield* breakers.state(key), "open")
+        const error = yield* Effect.flip(breakers.execute(key, ok))
+        assert.instanceOf(error, CircuitOpenError)
+        assert.strictEqual(error.state, "open")
+        const left = Duration.toMillis(error.retryAfter ?? Duration.zero)
+        assert.isTrue(left > 0 && left <= 60_000, `retryAfter ${left}`)
+        const [seen] = yield* Fiber.join(changes)
+        assert.deepStrictEqual([seen?.key, seen?.from, seen?.to], [key, "closed", "open"])
 
-      const other = uniqueKey("parent-trips")
-      yield* Effect.exit(breakers.execute(other, overloaded))
-      yield* Effect.exit(breakers.execute(other, overloaded))
-      assert.deepStrictEqual(yield* otherProcess(server, prefix, other, "call"), {
-        error: "CircuitOpenError",
-        state: "open"
-      })
-      // Another prefix is another circuit.
-      assert.deepStrictEqual(yield* otherProcess(server, `${prefix}other:`, other, "call"), { result: "ok" })
-    })
+        const other = uniqueKey("parent-trips")
+        yield* Effect.exit(breakers.execute(other, overloaded))
+        yield* Effect.exit(breakers.execute(other, overloaded))
+        assert.deepStrictEqual(yield* otherProcess(server, prefix, other, "call"), {
+          error: "CircuitOpenError",
+          state: "open"
+        })
+        // Another prefix is another circuit.
+        assert.deepStrictEqual(yield* otherProcess(server, `${prefix}other:`, other, "call"), { result: "ok" })
+      }),
+    // Each child process starts tsx: seconds each on a loaded machine.
+    120_000
   )
 
-  it.live("isolate and reset act on every process", () =>
-    Effect.gen(function* () {
-      const server = yield* startRedis
-      const prefix = `${uniqueKey("p")}:`
-      const breakers = yield* build(server, { prefix, failMax: 2 })
-      const key = uniqueKey("isolate")
-      yield* breakers.isolate(key)
-      assert.strictEqual(yield* breakers.state(key), "isolated")
-      assert.deepStrictEqual(yield* otherProcess(server, prefix, key, "call"), {
-        error: "CircuitOpenError",
-        state: "isolated"
-      })
-      assert.deepStrictEqual(yield* otherProcess(server, prefix, key, "reset"), { state: "closed" })
-      assert.strictEqual(yield* breakers.execute(key, ok), "ok")
-      assert.strictEqual(yield* breakers.state(key), "closed")
+  it.live(
+    "isolate and reset act on every process",
+    () =>
+      Effect.gen(function* () {
+        const server = yield* startRedis
+        const prefix = `${uniqueKey("p")}:`
+        const breakers = yield* build(server, { prefix, failMax: 2 })
+        const key = uniqueKey("isolate")
+        yield* breakers.isolate(key)
+        assert.strictEqual(yield* breakers.state(key), "isolated")
+        assert.deepStrictEqual(yield* otherProcess(server, prefix, key, "call"), {
+          error: "CircuitOpenError",
+          state: "isolated"
+        })
+        assert.deepStrictEqual(yield* otherProcess(server, prefix, key, "reset"), { state: "closed" })
+        assert.strictEqual(yield* breakers.execute(key, ok), "ok")
+        assert.strictEqual(yield* breakers.state(key), "closed")
 
-      // A reset clears an open circuit for everyone; an isolation outlives the idle time to live.
-      const tripped = uniqueKey("reset-open")
-      assert.deepStrictEqual(yield* otherProcess(server, prefix, tripped, "trip"), { state: "open" })
-      yield* breakers.reset(tripped)
-      assert.deepStrictEqual(yield* otherProcess(server, prefix, tripped, "call"), { result: "ok" })
-    })
+        // A reset clears an open circuit for everyone; an isolation outlives the idle time to live.
+        const tripped = uniqueKey("reset-open")
+        assert.deepStrictEqual(yield* otherProcess(server, prefix, tripped, "trip"), { state: "open" })
+        yield* breakers.reset(tripped)
+        assert.deepStrictEqual(yield* otherProcess(server, prefix, tripped, "call"), { result: "ok" })
+      }),
+    120_000
   )
 
   it.live("half-open with no traffic, one probe across processes; its success closes the circuit for all", () =>
