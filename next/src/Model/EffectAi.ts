@@ -22,7 +22,6 @@ import {
   Model as AiModel,
   Prompt,
   type Response,
-  Telemetry,
   Tool,
   type Toolkit
 } from "effect/ai"
@@ -824,29 +823,29 @@ const partsOf = (response: Model.GenerateResponse): Result.Result<Array<Response
   return Result.succeed(parts)
 }
 
-const annotate = (
-  span: LanguageModel.ProviderOptions["span"],
-  name: string,
-  request: Model.GenerateRequest,
-  finish: { readonly model: string; readonly finishReason: Model.FinishReason; readonly usage: Model.Usage } | undefined
-): void =>
-  Telemetry.addGenAIAnnotations(span, {
-    provider: { name },
-    request: {
-      model: request.model,
-      temperature: request.temperature,
-      topP: request.topP,
-      maxTokens: request.maxTokens,
-      seed: request.seed,
-      stopSequences: request.stop
-    },
-    ...(finish === undefined
-      ? {}
-      : {
-          response: { model: finish.model, finishReasons: [finish.finishReason] },
-          usage: { inputTokens: finish.usage.inputTokens, outputTokens: finish.usage.outputTokens }
-        })
-  })
+type Span = LanguageModel.ProviderOptions["span"]
+
+// Attribute names as effect/ai's Telemetry writes them, set directly: its key conversion costs
+// more than the rest of the adapter.
+const annotateRequest = (span: Span, name: string, request: Model.GenerateRequest): void => {
+  span.attribute("gen_ai.provider.name", name)
+  if (request.model !== undefined) span.attribute("gen_ai.request.model", request.model)
+  if (request.temperature !== undefined) span.attribute("gen_ai.request.temperature", request.temperature)
+  if (request.topP !== undefined) span.attribute("gen_ai.request.top_p", request.topP)
+  if (request.maxTokens !== undefined) span.attribute("gen_ai.request.max_tokens", request.maxTokens)
+  if (request.seed !== undefined) span.attribute("gen_ai.request.seed", request.seed)
+  if (request.stop !== undefined) span.attribute("gen_ai.request.stop_sequences", request.stop)
+}
+
+const annotateResponse = (
+  span: Span,
+  finish: { readonly model: string; readonly finishReason: Model.FinishReason; readonly usage: Model.Usage }
+): void => {
+  span.attribute("gen_ai.response.model", finish.model)
+  span.attribute("gen_ai.response.finish_reasons", [finish.finishReason])
+  span.attribute("gen_ai.usage.input_tokens", finish.usage.inputTokens)
+  span.attribute("gen_ai.usage.output_tokens", finish.usage.outputTokens)
+}
 
 /**
  * An `effect/ai` `LanguageModel` whose calls go to `target`: `effect/ai` code
@@ -878,7 +877,7 @@ export const languageModel = Effect.fnUntraced(function* (target: Target, option
       const request = yield* Model.validateGenerate(built.success, limits).pipe(
         Effect.mapError((error) => toAiError(error, method))
       )
-      annotate(providerOptions.span, name, request, undefined)
+      annotateRequest(providerOptions.span, name, request)
       return request
     })
 
@@ -887,7 +886,7 @@ export const languageModel = Effect.fnUntraced(function* (target: Target, option
       Effect.gen(function* () {
         const request = yield* prepare("generateText", providerOptions)
         const response = yield* Effect.mapError(target.generate(request), (error) => toAiError(error, "generateText"))
-        annotate(providerOptions.span, name, request, response)
+        annotateResponse(providerOptions.span, response)
         const parts = partsOf(response)
         if (Result.isFailure(parts))
           return yield* Ai.make({ module: MODULE, method: "generateText", reason: parts.failure })
@@ -934,7 +933,7 @@ export const languageModel = Effect.fnUntraced(function* (target: Target, option
                 ])
               }
               case "Finish":
-                annotate(providerOptions.span, name, request, part)
+                annotateResponse(providerOptions.span, part)
                 return Effect.succeed([
                   ...close(),
                   {
