@@ -254,24 +254,24 @@ export const makeMemory = Effect.fnUntraced(function* (options: MemoryOptions = 
     const now = yield* Effect.clockWith((clock) => Effect.succeed(clock.currentTimeMillisUnsafe()))
     const found = table.peek(k, now)
     if (found._tag === "Done" && now < found.stored.freshUntil) {
-      const stored = yield* table.run(k, Effect.flatMap(compute, storeAnswer))
+      const { stored } = yield* table.run(k, Effect.flatMap(compute, storeAnswer))
       yield* Metric.update(counters.hit, 1)
       return { value: answer(stored), source: "hit" as Source }
     }
-    const source: Source = found._tag === "Running" ? "shared" : "miss"
     const stale = found._tag === "Running" ? table.refreshingOf(k) : found._tag === "Done" ? found.stored : undefined
     const result = yield* Effect.result(
-      table.run(k, Effect.flatMap(compute, storeAnswer), source === "miss" ? stale : undefined)
+      table.run(k, Effect.flatMap(compute, storeAnswer), found._tag === "Done" ? stale : undefined)
     )
     if (Result.isSuccess(result)) {
+      const source: Source = result.success.leader ? "miss" : "shared"
       yield* Metric.update(counters[source], 1)
-      return { value: answer(result.success), source }
+      return { value: answer(result.success.stored), source }
     }
     if (options?.allowStale === true && stale !== undefined && stale.value._tag === "Response") {
       yield* Metric.update(counters.stale, 1)
       return { value: stale.value.response, source: "stale" as Source }
     }
-    yield* Metric.update(counters[source], 1)
+    yield* Metric.update(found._tag === "Running" ? counters.shared : counters.miss, 1)
     return yield* Effect.fail(result.failure)
   })
 

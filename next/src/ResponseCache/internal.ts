@@ -43,7 +43,11 @@ export interface Table {
    * computation replaces, put back if it fails (so later callers within its grace still
    * find it) and offered to callers that join meanwhile.
    */
-  readonly run: <E>(key: string, compute: Effect.Effect<Stored, E>, refreshing?: Stored) => Effect.Effect<Stored, E>
+  readonly run: <E>(
+    key: string,
+    compute: Effect.Effect<Stored, E>,
+    refreshing?: Stored
+  ) => Effect.Effect<{ readonly stored: Stored; readonly leader: boolean }, E>
   /** The stale entry a running computation of `key` replaces, if any. */
   readonly refreshingOf: (key: string) => Stored | undefined
   readonly put: (key: string, stored: Stored) => Effect.Effect<void>
@@ -82,12 +86,22 @@ export const makeTable = Effect.fnUntraced(function* (capacity: number) {
 
   const put = (key: string, stored: Stored): Effect.Effect<void> => Cache.set(cache, key, stored)
 
-  const run = <E>(key: string, compute: Effect.Effect<Stored, E>, stale?: Stored): Effect.Effect<Stored, E> =>
+  const run = <E>(
+    key: string,
+    compute: Effect.Effect<Stored, E>,
+    stale?: Stored
+  ): Effect.Effect<{ readonly stored: Stored; readonly leader: boolean }, E> =>
     Effect.suspend(() => {
+      // Whoever's computation the lookup runs led the flight; the others joined it.
+      let leader = false
+      const started = Effect.suspend(() => {
+        leader = true
+        return compute
+      })
       const own: Effect.Effect<Stored, unknown> =
         stale === undefined
-          ? compute
-          : compute.pipe(
+          ? started
+          : started.pipe(
               Effect.onExit((exit) =>
                 Effect.suspend(() => {
                   if (refreshing.get(key) === stale) refreshing.delete(key)
@@ -105,6 +119,7 @@ export const makeTable = Effect.fnUntraced(function* (capacity: number) {
         MutableHashMap.remove(cache.map, key)
       }
       return (Cache.get(cache, key) as Effect.Effect<Stored, E>).pipe(
+        Effect.map((stored) => ({ stored, leader })),
         Effect.ensuring(
           Effect.sync(() => {
             if (computes.get(key) === own) computes.delete(key)

@@ -1,0 +1,226 @@
+/**
+ * The response cache in Redis, shared by every process using the same Redis and prefix.
+ * Storage is `effect/persistence`'s Redis `BackingPersistence` (one `MGET` for a batch of
+ * lookups, one scripted round trip for a batch of writes, expiry by `PEXPIRE`); values are
+ * encoded with the `ResponseCache.StoredEntry` schema.
+ *
+ * Redis is an optimisation, never a dependency: every call goes through this library's
+ * Redis guard (a deadline, default 500 ms; failures counted in
+ * `orchestra_cache_errors_total`; one warning once failures persist, naming the Redis
+ * error). A lookup that fails is a miss, a write that fails is dropped, and the call goes
+ * to the provider. Single-flight is per process; the answer reaches the waiting callers
+ * before the write, and callers arriving while the write is under way join the finished
+ * computation instead of missing in Redis.
+ *
+ * @since 0.1.0
+ */
+import { Context, Duration, Effect, Exit, Layer, Metric, Option, Schema } from "effect"
+import { Persistence, type Redis } from "effect/persistence"
+import * as Input from "../Input.js"
+import * as Metrics from "../Metrics.js"
+import type { GenerateResponse } from "../Model.js"
+import * as SharedRedis from "../Redis.js"
+import * as ResponseCache from "../ResponseCache.js"
+import * as Internal from "./internal.js"
+
+/**
+ * @since 0.1.0
+ * @category models
+ */
+export interface Options extends ResponseCache.Options {
+  /** Namespace of every key (`<prefix>:r:<hash>`). Default `"orchestra-cache"`. */
+  readonly prefix?: string | undefined
+  /** Deadline of each Redis call and when an outage is reported; see `Redis.GuardOptions`. */
+  readonly redis?: SharedRedis.GuardOptions | undefined
+}
+
+const encode = Schema.encodeSync(ResponseCache.StoredEntry)
+const decode = Schema.decodeUnknownExit(ResponseCache.StoredEntry)
+
+/**
+ * Builds the Redis-backed cache (see {@link layerRedis}).
+ *
+ * @since 0.2.0
+ * @category constructors
+ */
+export const make = Effect.fnUntraced(function* (options: Options = {}) {
+  const config = yield* Input.orConfigError(ResponseCache.settings(options, "redis", ["prefix", "redis"]))
+  const guardSettings = yield* Input.orConfigError(SharedRedis.guardSettings(options.redis, "redis."))
+  const prefix = options.prefix ?? "orchestra-cache"
+  if (typeof prefix !== "string" || prefix.length === 0) {
+    return yield* new Input.ConfigError({ path: "prefix", message: "invalid prefix: expected a non-empty string" })
+  }
+  const errors = Metric.withAttributes(Metrics.cacheErrors, { cache: config.name }) as Metric.Metric<number, unknown>
+  const guard = yield* SharedRedis.makeGuard({ store: `cache:${config.name}`, settings: guardSettings, errors })
+  const backing = Context.get(yield* Layer.build(Persistence.layerBackingRedis), Persistence.BackingPersistence)
+  const store = yield* backing.make(prefix)
+  const scope = yield* Effect.scope
+  // Answers computed here stay in the process table while their write may be under way.
+  const retain = Math.max(1000, 2 * Duration.toMillis(guardSettings.timeout))
+  const table = yield* Internal.makeTable(1000)
+  yield* Effect.addFinalizer(() => table.interruptAll)
+  const counters = Internal.lookupCounters(config.name)
+
+  /** Entries still within their grace, by key; `None` for a miss, a failure or a value that does not decode. */
+  const read = (
+    keys: ReadonlyArray<string>,
+    now: number
+  ): Effect.Effect<ReadonlyArray<Option.Option<Internal.Stored>>> => {
+    const [first, ...rest] = keys
+    if (first === undefined) return Effect.succeed([])
+    return guard.call("MGET", store.getMany([first, ...rest])).pipe(
+      Effect.flatMap((values) => {
+        let corrupt = 0
+        const found = values.map((value): Option.Option<Internal.Stored> => {
+          if (value === undefined) return Option.none()
+          const decoded = decode(value)
+          if (Exit.isFailure(decoded)) {
+            corrupt++
+            return Option.none()
+          }
+          const entry = decoded.value
+          return now < entry.staleUntil ? Option.some({ ...entry, keepFor: entry.staleUntil - now }) : Option.none()
+        })
+        return corrupt === 0 ? Effect.succeed(found) : Effect.as(Metric.update(errors, corrupt), found)
+      }),
+      Effect.orElseSucceed(() => keys.map(() => Option.none<Internal.Stored>()))
+    )
+  }
+
+  const write = (entries: ReadonlyArray<readonly [string, Internal.Stored]>, now: number): Effect.Effect<void> => {
+    const encoded = entries.flatMap(([k, stored]) =>
+      stored.staleUntil > now ? [[k, encode(stored) as object, Duration.millis(stored.staleUntil - now)] as const] : []
+    )
+    const [first, ...rest] = encoded
+    if (first === undefined) return Effect.void
+    return Effect.ignore(guard.call("SET", store.setMany([first, ...rest])))
+  }
+
+  const now = Effect.clockWith((clock) => Effect.succeed(clock.currentTimeMillisUnsafe()))
+
+  const computeAndWrite = (k: string, compute: Effect.Effect<GenerateResponse, unknown>) =>
+    Effect.flatMap(compute, (response) =>
+      Effect.flatMap(now, (at) => {
+        const stored = Internal.storedOf({ _tag: "Response", response }, at, config.ttl, config.staleFor, retain)
+        // The waiting callers get the answer now; the write goes on in the layer's scope.
+        return Effect.as(Effect.forkIn(write([[k, stored]], at), scope), stored)
+      })
+    )
+
+  const answer = (stored: Internal.Stored): GenerateResponse =>
+    stored.value._tag === "Response" ? stored.value.response : (undefined as never)
+
+  const getOrCompute = Effect.fn("ResponseCache.getOrCompute")(function* <E>(
+    key: string,
+    compute: Effect.Effect<GenerateResponse, E>,
+    options?: { readonly allowStale?: boolean | undefined }
+  ) {
+    const k = Internal.responseKey(key)
+    const at = yield* now
+    const local = table.peek(k, at)
+    let joining = false
+    let stale: Internal.Stored | undefined
+    if (local._tag === "Running" || (local._tag === "Done" && at < local.stored.freshUntil)) {
+      joining = true
+      stale = table.refreshingOf(k)
+    } else {
+      const [found = Option.none()] = yield* read([k], at)
+      if (Option.isSome(found)) {
+        if (at < found.value.freshUntil && found.value.value._tag === "Response") {
+          yield* Metric.update(counters.hit, 1)
+          return { value: found.value.value.response, source: "hit" as ResponseCache.Source }
+        }
+        stale = found.value
+      }
+    }
+    const result = yield* Effect.result(
+      table.run(k, computeAndWrite(k, compute) as Effect.Effect<Internal.Stored, E>, joining ? undefined : stale)
+    )
+    if (result._tag === "Success") {
+      const source: ResponseCache.Source = result.success.leader ? "miss" : "shared"
+      yield* Metric.update(counters[source], 1)
+      return { value: answer(result.success.stored), source }
+    }
+    if (options?.allowStale === true && stale !== undefined && stale.value._tag === "Response") {
+      yield* Metric.update(counters.stale, 1)
+      return { value: stale.value.response, source: "stale" as ResponseCache.Source }
+    }
+    yield* Metric.update(joining ? counters.shared : counters.miss, 1)
+    return yield* Effect.fail(result.failure)
+  })
+
+  const fresh = (found: Option.Option<Internal.Stored>, at: number) => Option.filter(found, (s) => at < s.freshUntil)
+
+  const service: ResponseCache.Service = {
+    name: config.name,
+    key: ResponseCache.key,
+    getOrCompute,
+    getMany: (keys) =>
+      Effect.gen(function* () {
+        const at = yield* now
+        const found = (yield* read(keys.map(Internal.responseKey), at)).map((entry) =>
+          Option.map(fresh(entry, at), answer)
+        )
+        const hits = found.filter(Option.isSome).length
+        if (hits > 0) yield* Metric.update(counters.hit, hits)
+        if (hits < keys.length) yield* Metric.update(counters.miss, keys.length - hits)
+        return found
+      }),
+    setMany: (entries) =>
+      Effect.flatMap(now, (at) =>
+        write(
+          entries.map(({ key, value }) => [
+            Internal.responseKey(key),
+            Internal.storedOf({ _tag: "Response", response: value }, at, config.ttl, config.staleFor)
+          ]),
+          at
+        )
+      ),
+    getParts: (key) =>
+      Effect.gen(function* () {
+        const at = yield* now
+        const [found = Option.none()] = yield* read([Internal.partsKey(key)], at)
+        const parts = Option.flatMap(fresh(found, at), (s) =>
+          s.value._tag === "Stream" ? Option.some(s.value.parts) : Option.none()
+        )
+        yield* Metric.update(Option.isSome(parts) ? counters.hit : counters.miss, 1)
+        return parts
+      }),
+    setParts: (key, parts) =>
+      ResponseCache.isComplete(parts)
+        ? Effect.flatMap(now, (at) =>
+            write(
+              [[Internal.partsKey(key), Internal.storedOf({ _tag: "Stream", parts }, at, config.ttl, config.staleFor)]],
+              at
+            )
+          )
+        : Effect.void,
+    invalidate: (key) =>
+      Effect.suspend(() => {
+        table.remove(Internal.responseKey(key))
+        table.remove(Internal.partsKey(key))
+        return Effect.ignore(
+          guard.call(
+            "DEL",
+            Effect.all([store.remove(Internal.responseKey(key)), store.remove(Internal.partsKey(key))], {
+              concurrency: 2
+            })
+          )
+        )
+      })
+  }
+  return ResponseCache.ResponseCache.of(service)
+})
+
+/**
+ * A Redis-backed response cache. Needs `effect/persistence`'s `Redis` service (`Redis.layer`
+ * of this library builds one). Invalid options fail the layer with a `ConfigError` naming
+ * the field.
+ *
+ * @since 0.1.0
+ * @category layers
+ */
+export const layerRedis = (
+  options: Options = {}
+): Layer.Layer<ResponseCache.ResponseCache, Input.ConfigError, Redis.Redis> =>
+  Layer.effect(ResponseCache.ResponseCache, make(options))

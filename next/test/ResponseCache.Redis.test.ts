@@ -1,0 +1,279 @@
+import { assert, describe, it } from "@effect/vitest"
+import { Context, type Duration, Effect, Exit, Layer, Logger, Metric, Option, Ref, Schedule } from "effect"
+import { Redis as PersistenceRedis } from "effect/persistence"
+import { type AiError, modelError } from "../src/AiError.js"
+import * as Metrics from "../src/Metrics.js"
+import type { GenerateResponse } from "../src/Model.js"
+import * as Redis from "../src/Redis.js"
+import * as ResponseCache from "../src/ResponseCache.js"
+import * as RedisCache from "../src/ResponseCache/Redis.js"
+import { type RedisServer, skipRedis, skipReason, startRedis } from "./utils/redis.js"
+
+let counter = 0
+const uniqueName = (label: string) => `rcr-${label}-${++counter}-${Math.random().toString(36).slice(2, 8)}`
+
+const response = (text: string): GenerateResponse => ({
+  text,
+  finishReason: "stop",
+  usage: { inputTokens: 1, outputTokens: 1, totalTokens: 2 },
+  provider: "scripted",
+  model: "m"
+})
+
+/** A client of its own to look inside the server. */
+const admin = (server: RedisServer) =>
+  Effect.map(Layer.build(Redis.layer({ url: server.url })), Context.get(PersistenceRedis.Redis))
+
+/** The cache, built in the test's scope, with its own name and prefix. */
+const build = (server: RedisServer, options: RedisCache.Options = {}) =>
+  Effect.gen(function* () {
+    const name = options.name ?? uniqueName("cache")
+    const context = yield* Layer.build(
+      RedisCache.layerRedis({ prefix: name, ...options, name }).pipe(Layer.provide(Redis.layer({ url: server.url })))
+    )
+    return Context.get(context, ResponseCache.ResponseCache)
+  })
+
+const scripted = (latency: Duration.Input = "20 millis") =>
+  Effect.gen(function* () {
+    const calls = yield* Ref.make(0)
+    const call = (text: string): Effect.Effect<GenerateResponse, AiError> =>
+      Effect.flatMap(
+        Ref.updateAndGet(calls, (n) => n + 1),
+        (n) => Effect.as(Effect.sleep(latency), response(`${text} #${n}`))
+      )
+    return { call, calls: Ref.get(calls) }
+  })
+
+const errorsOf = (name: string) =>
+  Effect.map(Metric.value(Metric.withAttributes(Metrics.cacheErrors, { cache: name })), (s) => s.count)
+
+const captureLogs = Effect.sync(() => {
+  const lines: Array<string> = []
+  const logger = Logger.make(({ logLevel, message }) => {
+    lines.push(`${logLevel}: ${(Array.isArray(message) ? message : [message]).map(String).join(" ")}`)
+  })
+  return { lines, layer: Logger.layer([logger]) }
+})
+
+const ask = (
+  cache: ResponseCache.Service,
+  provider: { readonly call: (text: string) => Effect.Effect<GenerateResponse, AiError> },
+  prompt: string
+) => cache.getOrCompute(cache.key({ provider: "p", request: { prompt } }), provider.call(prompt))
+
+describe.skipIf(skipRedis)(`ResponseCache.Redis (${skipRedis ? skipReason : "needs redis-server"})`, () => {
+  it.live(
+    "round trip: Schema-encoded values, expiry by PEXPIRE (ttl + staleFor), invalidate; an undecodable value is a counted miss",
+    () =>
+      Effect.scoped(
+        Effect.gen(function* () {
+          const server = yield* startRedis
+          const name = uniqueName("round")
+          const cache = yield* build(server, { name, ttl: "2 seconds", staleFor: "1 second" })
+          const redis = yield* admin(server)
+          yield* cache.setMany([{ key: "k", value: response("hello") }])
+          assert.deepStrictEqual(yield* cache.getMany(["k"]), [Option.some(response("hello"))])
+          const ttl = yield* redis.send<number>("PTTL", `${name}:r:k`)
+          assert.isTrue(ttl > 2000 && ttl <= 3000, `PEXPIRE covers ttl + staleFor, got ${ttl}`)
+          const raw = yield* redis.send<string>("GET", `${name}:r:k`)
+          assert.strictEqual(JSON.parse(raw).value.response.text, "hello")
+          yield* cache.invalidate("k")
+          assert.deepStrictEqual(yield* cache.getMany(["k"]), [Option.none()])
+          assert.strictEqual(yield* errorsOf(name), 0)
+          // Another version wrote something else under a key: a miss, counted as an error.
+          yield* redis.send("SET", `${name}:r:bad`, JSON.stringify({ value: { _tag: "Response" } }))
+          assert.deepStrictEqual(yield* cache.getMany(["bad"]), [Option.none()])
+          assert.strictEqual(yield* errorsOf(name), 1)
+        })
+      )
+  )
+
+  it.live("batches: one MGET for many lookups, one script call for many writes", () =>
+    Effect.scoped(
+      Effect.gen(function* () {
+        const server = yield* startRedis
+        const cache = yield* build(server)
+        const redis = yield* admin(server)
+        // Loads the write script first so the counts below are the batch's own.
+        yield* cache.setMany([{ key: "warm", value: response("w") }])
+        yield* redis.send("CONFIG", "RESETSTAT")
+        yield* cache.setMany(Array.from({ length: 20 }, (_, i) => ({ key: `k${i}`, value: response(`v${i}`) })))
+        const found = yield* cache.getMany(["k3", "nope", "k0", "k19"])
+        assert.deepStrictEqual(
+          found.map((o) => Option.map(o, (r) => r.text)),
+          [Option.some("v3"), Option.none(), Option.some("v0"), Option.some("v19")]
+        )
+        const stats = yield* redis.send<string>("INFO", "commandstats")
+        assert.match(stats, /cmdstat_mget:calls=1,/)
+        assert.match(stats, /cmdstat_evalsha:calls=1,/)
+        assert.notMatch(stats, /cmdstat_get:/)
+      })
+    )
+  )
+
+  it.live("single-flight per process; the answer is written after the callers have it, and the next caller hits", () =>
+    Effect.scoped(
+      Effect.gen(function* () {
+        const server = yield* startRedis
+        const cache = yield* build(server)
+        const provider = yield* scripted("30 millis")
+        const results = yield* Effect.all(
+          Array.from({ length: 10 }, () => ask(cache, provider, "same")),
+          { concurrency: "unbounded" }
+        )
+        assert.strictEqual(yield* provider.calls, 1)
+        assert.deepStrictEqual(results.map((r) => r.source).sort(), ["miss", ...Array(9).fill("shared")].sort())
+        // Right after, the write may be under way: the caller joins the finished computation or reads Redis.
+        assert.include(["hit", "shared"], (yield* ask(cache, provider, "same")).source)
+        const redis = yield* admin(server)
+        const written = `${cache.name}:r:${cache.key({ provider: "p", request: { prompt: "same" } })}`
+        yield* redis.send<number>("EXISTS", written).pipe(
+          Effect.flatMap((n) => (n === 1 ? Effect.void : Effect.fail("not written yet"))),
+          Effect.retry(Schedule.spaced("20 millis").pipe(Schedule.upTo({ duration: "5 seconds" })))
+        )
+        const other = yield* build(server, { name: `${cache.name}-2`, prefix: cache.name })
+        assert.strictEqual((yield* ask(other, provider, "same")).source, "hit")
+        assert.strictEqual(yield* provider.calls, 1, "a second cache on the same prefix finds the answer in Redis")
+      })
+    )
+  )
+
+  it.live("stale-if-error through Redis", () =>
+    Effect.scoped(
+      Effect.gen(function* () {
+        const server = yield* startRedis
+        const cache = yield* build(server, { ttl: "300 millis", staleFor: "1 minute" })
+        yield* cache.setMany([{ key: "k", value: response("old") }])
+        yield* Effect.sleep("400 millis")
+        const failing = Effect.fail(modelError("Overloaded", "down"))
+        assert.strictEqual((yield* Effect.flip(cache.getOrCompute("k", failing))).reason, "Overloaded")
+        assert.deepStrictEqual(yield* cache.getOrCompute("k", failing, { allowStale: true }), {
+          value: response("old"),
+          source: "stale"
+        })
+      })
+    )
+  )
+
+  it.live(
+    "under load with Redis up: no error, no warning, no 'unavailable' / 'is back' pairs (v0.1's 50 ms deadline flapped)",
+    () =>
+      Effect.gen(function* () {
+        const logs = yield* captureLogs
+        yield* Effect.scoped(
+          Effect.gen(function* () {
+            const server = yield* startRedis
+            const cache = yield* build(server)
+            const provider = yield* scripted("1 millis")
+            const prompts = Array.from({ length: 2000 }, (_, i) => `q${i % 700}`)
+            const results = yield* Effect.forEach(prompts, (p) => ask(cache, provider, p), { concurrency: 100 })
+            assert.strictEqual(results.length, 2000)
+            assert.strictEqual(yield* errorsOf(cache.name), 0)
+          })
+        ).pipe(Effect.provide(logs.layer))
+        assert.deepStrictEqual(logs.lines, [])
+      })
+  )
+
+  it.live(
+    "Redis killed mid-run: calls still answer without waiting, one warning naming the Redis error; back on restart",
+    () =>
+      Effect.gen(function* () {
+        const logs = yield* captureLogs
+        yield* Effect.scoped(
+          Effect.gen(function* () {
+            const server = yield* startRedis
+            const cache = yield* build(server, { redis: { reportAfter: 0, probeInterval: "100 millis" } })
+            const provider = yield* scripted("5 millis")
+            assert.strictEqual((yield* ask(cache, provider, "a")).source, "miss")
+            yield* server.kill
+            const during = yield* Effect.forEach(["b", "c", "d", "e", "f"], (p) => ask(cache, provider, p)).pipe(
+              Effect.timeout("10 seconds")
+            )
+            for (const result of during) assert.strictEqual(result.source, "miss", "every call goes to the provider")
+            assert.isTrue((yield* errorsOf(cache.name)) >= 5)
+            const warnings = logs.lines.filter((l) => l.startsWith("Warn"))
+            assert.strictEqual(warnings.length, 1, JSON.stringify(logs.lines))
+            assert.match(warnings[0]!, /offline|closed|ECONNREFUSED|ECONNRESET/i)
+            assert.notInclude(warnings[0]!, "unknown error")
+
+            yield* server.start
+            yield* Effect.suspend(() => cache.setMany([{ key: "probe", value: response("p") }])).pipe(
+              Effect.andThen(cache.getMany(["probe"])),
+              Effect.flatMap(([found]) =>
+                found !== undefined && Option.isSome(found) ? Effect.void : Effect.fail("not yet")
+              ),
+              Effect.retry(Schedule.spaced("100 millis").pipe(Schedule.upTo({ duration: "15 seconds" })))
+            )
+            assert.isTrue(
+              logs.lines.some((l) => l.startsWith("Info") && l.includes("is back")),
+              JSON.stringify(logs.lines)
+            )
+          })
+        ).pipe(Effect.provide(logs.layer))
+      })
+  )
+
+  it.live("a hung Redis costs a call at most one deadline, and nothing once the outage is reported", () =>
+    Effect.scoped(
+      Effect.gen(function* () {
+        const server = yield* startRedis
+        const cache = yield* build(server, {
+          redis: { timeout: "200 millis", reportAfter: 0, probeInterval: "1 minute" }
+        })
+        const provider = yield* scripted("1 millis")
+        yield* server.pause
+        const results = yield* Effect.forEach(["a", "b", "c"], (p) => ask(cache, provider, p)).pipe(
+          Effect.timeout("10 seconds")
+        )
+        yield* server.resume
+        assert.deepStrictEqual(
+          results.map((r) => r.source),
+          ["miss", "miss", "miss"]
+        )
+        assert.strictEqual(yield* provider.calls, 3)
+        // The first lookup timed out, the rest (lookups and writes) skipped Redis.
+        assert.isTrue((yield* errorsOf(cache.name)) >= 4)
+      })
+    )
+  )
+
+  it.live(
+    "invalid options fail the layer with a ConfigError naming the field; closing the scope releases the client",
+    () =>
+      Effect.scoped(
+        Effect.gen(function* () {
+          const server = yield* startRedis
+          const cases: ReadonlyArray<readonly [RedisCache.Options, string]> = [
+            [{ ttl: 0 }, "ttl"],
+            [{ staleFor: Number.NaN }, "staleFor"],
+            [{ prefix: "" }, "prefix"],
+            [{ redis: { timeout: Number.NaN } }, "redis.timeout"],
+            [{ redis: { reportAfter: -1 } }, "redis.reportAfter"],
+            [{ timeout: "50 millis" } as RedisCache.Options, "timeout"]
+          ]
+          for (const [options, path] of cases) {
+            const exit = yield* Effect.exit(build(server, options))
+            const error = Exit.findErrorOption(exit)
+            assert.isTrue(Option.isSome(error), JSON.stringify(options))
+            assert.strictEqual((Option.getOrThrow(error) as { readonly path: string }).path, path)
+          }
+          const redis = yield* admin(server)
+          const clients = Effect.map(redis.send<string>("CLIENT", "LIST"), (list) => list.trim().split("\n").length)
+          const before = yield* clients
+          yield* Effect.scoped(
+            Effect.gen(function* () {
+              const cache = yield* build(server)
+              yield* cache.setMany([{ key: "k", value: response("x") }])
+              assert.strictEqual(yield* clients, before + 1)
+            })
+          )
+          yield* Effect.suspend(() => clients).pipe(
+            Effect.flatMap((n) => (n === before ? Effect.void : Effect.fail(`${n} clients`))),
+            Effect.retry(Schedule.spaced("20 millis").pipe(Schedule.upTo({ duration: "5 seconds" })))
+          )
+        })
+      )
+  )
+})
