@@ -1,0 +1,64 @@
+import { assert, describe, it } from "@effect/vitest"
+import { Effect, Exit, Result, Schema } from "effect"
+import { GenerateRequest, validateEmbed, validateGenerate } from "../src/Model.js"
+
+// A seeded generator of request-like values: mostly valid shapes, with every way to be wrong.
+const rng = (seed: number) => () => {
+  seed = (seed * 1103515245 + 12345) % 2147483648
+  return seed / 2147483648
+}
+
+const pick = <A>(next: () => number, values: ReadonlyArray<A>): A => values[Math.floor(next() * values.length)]!
+
+const randomRequest = (next: () => number): unknown => {
+  const r: Record<string, unknown> = {}
+  if (next() < 0.6) r.prompt = pick(next, ["hi", "", " ", "x".repeat(5), 3, null])
+  if (next() < 0.4) {
+    r.messages = Array.from({ length: Math.floor(next() * 3) }, () => {
+      const m: Record<string, unknown> = {
+        role: pick(next, ["user", "system", "assistant", "tool", "robot", 1]),
+        content: pick(next, ["a", "", 2, null])
+      }
+      if (next() < 0.1) m.extra = 1
+      return m
+    })
+  }
+  if (next() < 0.3) r.system = pick(next, ["be brief", 1])
+  if (next() < 0.3) r.model = pick(next, ["m", "", " m", "m ", 4])
+  if (next() < 0.3) r.maxTokens = pick(next, [1, 0, 1.5, 1_000_001, Number.NaN, Number.POSITIVE_INFINITY, "5"])
+  if (next() < 0.3) r.temperature = pick(next, [0, 1.2, 2, 2.1, -0.1, Number.NaN])
+  if (next() < 0.3) r.topP = pick(next, [0, 0.5, 1, 1.1, Number.NaN])
+  if (next() < 0.2) r.seed = pick(next, [1, 1.5, -3])
+  if (next() < 0.1) r.temprature = 1
+  if (next() < 0.1) r.stop = pick(next, [["x"], [1]])
+  return r
+}
+
+const decodeStrict = Schema.decodeUnknownResult(GenerateRequest, { onExcessProperty: "error" })
+
+describe("Model.validateGenerate", () => {
+  it.effect("its fast path never accepts a shape the Schema refuses (5,000 seeded cases)", () =>
+    Effect.gen(function* () {
+      const next = rng(42)
+      let accepted = 0
+      for (let i = 0; i < 5_000; i++) {
+        const request = randomRequest(next)
+        const exit = yield* Effect.exit(validateGenerate(request as never))
+        if (Exit.isSuccess(exit)) {
+          accepted++
+          assert.isTrue(Result.isSuccess(decodeStrict(request)), JSON.stringify(request))
+        }
+      }
+      assert.isAbove(accepted, 100)
+    })
+  )
+
+  it.effect("an embedding request with too many texts is refused naming texts", () =>
+    Effect.gen(function* () {
+      const error = yield* Effect.flip(
+        validateEmbed({ texts: ["a", "b", "c"] }, { maxEmbedTexts: 2, maxInputChars: 10, maxMessages: 1 })
+      )
+      assert.strictEqual(error.field, "texts")
+    })
+  )
+})
