@@ -161,6 +161,31 @@ describe("Assemble", () => {
     })
   )
 
+  it.effect("a failing chunk ends the stream after the parts of the chunks before it, even within one read", () =>
+    Effect.gen(function* () {
+      const failing = options({
+        step: (chunk) =>
+          chunk === "bad" ? Effect.fail(Errors.malformed(ctx, "x", "bad chunk")) : Effect.succeed([text(chunk)])
+      })
+      const seen: Array<Model.StreamPart> = []
+      const error = yield* Assemble.assemble(Stream.make("a", "b", "bad", "c"), failing).pipe(
+        Stream.runForEach((part) => Effect.sync(() => seen.push(part))),
+        Effect.flip
+      )
+      assert.deepStrictEqual(seen, [text("a"), text("b")])
+      assert.strictEqual(modelError(error).field, "x")
+      const onEnd = yield* Effect.flip(
+        Stream.runDrain(
+          Assemble.assemble(
+            Stream.make("a"),
+            options({ onEnd: () => Effect.fail(Errors.endedEarly({ provider: "end" })) })
+          )
+        )
+      )
+      assert.strictEqual(modelError(onEnd).provider, "end")
+    })
+  )
+
   it.effect("tool call deltas become one ToolCall each, in index order", () =>
     Effect.gen(function* () {
       const calls = Assemble.toolCallAssembler()

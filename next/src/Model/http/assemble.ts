@@ -14,7 +14,8 @@
  *
  * @since 0.2.0
  */
-import { type Duration, Effect, Stream } from "effect"
+import type { Array as Arr } from "effect"
+import { Cause, type Duration, Effect, Pull, Stream } from "effect"
 import type { ModelError, TimeoutError } from "../../AiError.js"
 import type * as Model from "../../Model.js"
 import { type CallContext, endedEarly, idleTimeout, malformed } from "./errors.js"
@@ -54,22 +55,74 @@ export const assemble = <C>(
 ): Stream.Stream<Model.StreamPart, ModelError | TimeoutError> =>
   Stream.suspend(() => {
     let delivered = ""
-    let finished = false
-    return chunks.pipe(
-      Stream.timeoutOrElse({
-        duration: options.idleTimeout,
-        orElse: () => Stream.fail(idleTimeout(options.ctx, options.idleTimeout, delivered))
-      }),
-      Stream.mapEffect(options.step),
-      Stream.concat(Stream.fromEffect(Effect.suspend(options.onEnd))),
-      Stream.flattenIterable,
-      Stream.takeUntil((part) => part._tag === "Finish"),
-      Stream.map((part) => {
-        if (part._tag === "TextDelta") delivered += part.text
-        else if (part._tag === "Finish") finished = true
-        return part
-      }),
-      Stream.concat(Stream.suspend(() => (finished ? Stream.empty : Stream.fail(endedEarly(options.ctx)))))
+    const timed = Stream.timeoutOrElse(chunks, {
+      duration: options.idleTimeout,
+      orElse: () => Stream.fail(idleTimeout(options.ctx, options.idleTimeout, delivered))
+    })
+    // Whole reads at a time: a Stream stage per part costs several times the parsing itself.
+    return Stream.transformPull(timed, (upstream) =>
+      Effect.sync(() => {
+        let finished = false
+        let ended = false
+        let failure: ModelError | undefined
+        const take = (parts: ReadonlyArray<Model.StreamPart>, out: Array<Model.StreamPart>): void => {
+          for (const part of parts) {
+            if (finished) return
+            out.push(part)
+            if (part._tag === "TextDelta") delivered += part.text
+            else if (part._tag === "Finish") finished = true
+          }
+        }
+        // The parts of the chunks before a failing one are delivered first; the failure comes with the next pull.
+        const steps = (chunks: ReadonlyArray<C>): Effect.Effect<Array<Model.StreamPart>> => {
+          const out: Array<Model.StreamPart> = []
+          return Effect.as(
+            Effect.forEach(
+              chunks,
+              (chunk) =>
+                finished || failure !== undefined
+                  ? Effect.void
+                  : Effect.matchEffect(options.step(chunk), {
+                      onSuccess: (parts) => Effect.sync(() => take(parts, out)),
+                      onFailure: (error) =>
+                        Effect.sync(() => {
+                          failure = error
+                        })
+                    }),
+              { discard: true }
+            ),
+            out
+          )
+        }
+        const end: Effect.Effect<Array<Model.StreamPart>> = Effect.suspend(() => {
+          ended = true
+          return Effect.matchEffect(Effect.suspend(options.onEnd), {
+            onSuccess: (parts) => {
+              const out: Array<Model.StreamPart> = []
+              take(parts, out)
+              if (!finished) failure = endedEarly(options.ctx)
+              return Effect.succeed(out)
+            },
+            onFailure: (error) => {
+              failure = error
+              return Effect.succeed([])
+            }
+          })
+        })
+        const emit = (out: Array<Model.StreamPart>) =>
+          out.length > 0 ? Effect.succeed(out as unknown as Arr.NonEmptyReadonlyArray<Model.StreamPart>) : pull
+        const pull: Pull.Pull<Arr.NonEmptyReadonlyArray<Model.StreamPart>, ModelError | TimeoutError> = Effect.suspend(
+          () => {
+            if (failure !== undefined) return Effect.fail(failure)
+            if (finished || ended) return Cause.done()
+            return upstream.pipe(
+              Pull.catchDone(() => Effect.succeed(undefined)),
+              Effect.flatMap((chunks) => Effect.flatMap(chunks === undefined ? end : steps(chunks), emit))
+            )
+          }
+        )
+        return pull
+      })
     )
   })
 
