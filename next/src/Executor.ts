@@ -28,6 +28,7 @@ import { decodeRetry, defaultRetry, type RetryPolicy, type RetryPolicyInput } fr
 import { RateLimits } from "./RateLimit.js"
 import { ResponseCache } from "./ResponseCache.js"
 import * as Engine from "./policy/engine.js"
+import { forEachPool } from "./policy/pool.js"
 import * as StreamEngine from "./policy/stream.js"
 import { type ExecutionStats, type Filter, layer as statsLayer, Stats } from "./Stats.js"
 
@@ -425,9 +426,7 @@ export const make = Effect.fnUntraced(function* (options: Options = {}) {
         return Effect.fail(invalidRequest(resolved.failure.path, resolved.failure.message))
       }
       const items = Array.from(requests)
-      return Effect.forEach(items, (request) => Effect.result(execute(request, manyOptions)), {
-        concurrency: concurrency.success
-      })
+      return forEachPool(items, concurrency.success, (request) => Effect.result(execute(request, manyOptions)))
     })
 
   const embed = (request: EmbedRequest, callOptions: ExecuteOptions = {}) =>
