@@ -147,7 +147,7 @@ export const layer = <const P extends Record<string, Layer.Layer<ModelProvider, 
       const providers = layerProviders(options.providers)
       const defaultModel = Layer.effect(
         ModelProvider,
-        Effect.flatMap(Providers.asEffect(), (registry) => registry.get(defaultProvider))
+        Effect.flatMap(Providers, (registry) => registry.get(defaultProvider))
       )
       const breakers =
         options.breakers === false

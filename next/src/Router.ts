@@ -11,7 +11,14 @@
 import { Context, Duration, Effect, Layer, type Result, Stream } from "effect"
 import { type AiError, invalidRequest, type ModelError } from "./AiError.js"
 import { applyTo, type Domain, Domains, Providers } from "./Domain.js"
-import { type ExecuteOptions, Executor, type RetryInfo, type Step } from "./Executor.js"
+import {
+  type Answer as PlanAnswer,
+  type ExecuteOptions,
+  Executor,
+  type Plan,
+  type RetryInfo,
+  type Step
+} from "./Executor.js"
 import * as Input from "./Input.js"
 import {
   type EmbedRequest,
@@ -93,6 +100,34 @@ export interface StreamOptions {
 }
 
 /**
+ * Options of {@link Service.plan}.
+ *
+ * @since 0.2.0
+ * @category models
+ */
+export interface PlanOptions extends CallOptions {
+  /**
+   * A step tried before the domains' own, with the request as given (its answers name the
+   * domain `"default"`), e.g. the executor's provider for a batch item that names no
+   * domain. With it, `domains` may be an empty array. Its `tokens` are set from the request.
+   */
+  readonly lead?: Step<ProviderService> | undefined
+}
+
+/**
+ * A routed call before it runs: `executor.run(routed.plan, routed.call)` runs it and
+ * `routed.answer` says where its answer came from.
+ *
+ * @since 0.2.0
+ * @category models
+ */
+export interface Routed {
+  readonly plan: Plan<ProviderService, GenerateResponse>
+  readonly call: (provider: ProviderService, step: Step<ProviderService>) => Effect.Effect<GenerateResponse, AiError>
+  readonly answer: (answer: PlanAnswer<ProviderService, GenerateResponse>) => Answer
+}
+
+/**
  * @since 0.1.0
  * @category models
  */
@@ -156,6 +191,12 @@ export interface Service {
   ) => Effect.Effect<{ readonly domain: Domain; readonly provider: ProviderService }, ModelError>
   /** The chain a call on these domains runs (a single domain expands to its own fallback chain). */
   readonly chain: (domains: string | ReadonlyArray<string>) => Effect.Effect<ReadonlyArray<Domain>, ModelError>
+  /** The plan `execute` / `executeWithFallback` run for a request, for callers that run many (batches). */
+  readonly plan: (
+    request: GenerateRequest,
+    domains: string | ReadonlyArray<string>,
+    options?: PlanOptions
+  ) => Effect.Effect<Routed, ModelError>
 }
 
 /**
@@ -219,15 +260,83 @@ export const make = Effect.gen(function* () {
   const checkTimeout = (timeout: Duration.Input | undefined, fallback: Duration.Duration | undefined) =>
     timeout === undefined ? Effect.succeed(fallback) : Input.orInvalidRequest(Input.duration("timeout", timeout))
 
-  // A refused call is counted on its first domain's provider, as the executor counts its own.
-  const refused = (error: ModelError, first: DomainStep | undefined) =>
+  // A refused call is counted on its first step's provider, as the executor counts its own.
+  const refused = (error: ModelError, provider: string, domain: string | undefined) =>
     Effect.suspend(() => {
-      if (first !== undefined) {
-        const series = stats.series(first.name, first.domain)
-        series.requests++
-        series.fail(error.reason)
-      }
+      const series = stats.series(provider, domain)
+      series.requests++
+      series.fail(error.reason)
       return Effect.fail(error)
+    })
+
+  const firstProvider = (lead: Step<ProviderService> | undefined, list: ReadonlyArray<Domain>) =>
+    lead !== undefined
+      ? Effect.succeed({ provider: lead.name, domain: lead.domain })
+      : Effect.map(providers.get(list[0]!.provider), (p) => ({ provider: p.name, domain: list[0]!.name }))
+
+  const planWith = (
+    request: GenerateRequest,
+    names: string | ReadonlyArray<string>,
+    options: PlanOptions,
+    hedgeAfter: Duration.Duration | undefined
+  ): Effect.Effect<Routed, ModelError> =>
+    Effect.gen(function* () {
+      const lead = options.lead
+      const list = lead !== undefined && Array.isArray(names) && names.length === 0 ? [] : yield* chain(names)
+      // Validated before any step reads it: a null request is an InvalidRequest, not a defect.
+      const valid = yield* Effect.catch(validateGenerate(request, executor.limits), (error) =>
+        Effect.flatMap(firstProvider(lead, list), (first) => refused(error, first.provider, first.domain))
+      )
+      const domainSteps = yield* Effect.forEach(list, (domain) => stepOf(domain, valid))
+      const steps: ReadonlyArray<Step<ProviderService>> =
+        lead === undefined
+          ? domainSteps
+          : [{ ...lead, tokens: estimateInputTokens(valid) + (valid.maxTokens ?? 0) }, ...domainSteps]
+      const first = steps[0]!
+      const firstDomain = lead === undefined ? domainSteps[0] : undefined
+      const totalTimeout = yield* checkTimeout(options.timeout, firstDomain?.domainConfig.totalTimeout)
+      const useCache = cache !== undefined && options.cache !== false && (firstDomain?.cacheable ?? true)
+      const plan: Plan<ProviderService, GenerateResponse> = {
+        steps: steps as unknown as readonly [Step<ProviderService>, ...Array<Step<ProviderService>>],
+        totalTimeout,
+        hedgeAfter: hedgeAfter ?? (typeof names === "string" ? firstDomain?.domainConfig.hedgeAfter : undefined),
+        cache: useCache
+          ? {
+              guard: cache!,
+              key: cache!.key({
+                provider: first.name,
+                request: firstDomain === undefined ? valid : applyTo(firstDomain.domainConfig, valid)
+              }),
+              allowStale: options.allowStale ?? false
+            }
+          : undefined,
+        onRetry:
+          options.onRetry === undefined
+            ? undefined
+            : (event) =>
+                options.onRetry!({
+                  provider: event.step.name,
+                  domain: event.step.domain,
+                  attempt: event.attempt,
+                  error: event.error,
+                  delay: event.delay
+                }),
+        usageOf: (response: GenerateResponse) => response.usage
+      }
+      return {
+        plan,
+        call: (provider, step) => provider.generate((step as Partial<DomainStep>).prepare?.(valid) ?? valid),
+        answer: (answer) => ({
+          response: answer.value,
+          domain: answer.step.domain ?? "default",
+          provider: answer.step.name,
+          attempts: answer.attempts,
+          domainsTried: answer.stepsTried,
+          fallbackUsed: answer.step !== first,
+          source: answer.source,
+          hedgeWon: answer.hedgeWon
+        })
+      } satisfies Routed
     })
 
   const run = (
@@ -236,51 +345,9 @@ export const make = Effect.gen(function* () {
     options: CallOptions,
     hedgeAfter?: Duration.Duration | undefined
   ): Effect.Effect<Answer, AiError> =>
-    Effect.gen(function* () {
-      const list = yield* chain(names)
-      const steps = yield* Effect.forEach(list, (domain) => stepOf(domain, request))
-      const first = steps[0]!
-      const valid = yield* Effect.catch(validateGenerate(request, executor.limits), (error) => refused(error, first))
-      const totalTimeout = yield* checkTimeout(options.timeout, first.domainConfig.totalTimeout)
-      const useCache = cache !== undefined && options.cache !== false && first.cacheable
-      const answer = yield* executor.run(
-        {
-          steps: steps as unknown as readonly [DomainStep, ...Array<DomainStep>],
-          totalTimeout,
-          hedgeAfter: hedgeAfter ?? (typeof names === "string" ? first.domainConfig.hedgeAfter : undefined),
-          cache: useCache
-            ? {
-                guard: cache!,
-                key: cache!.key({ provider: first.name, request: applyTo(first.domainConfig, valid) }),
-                allowStale: options.allowStale ?? false
-              }
-            : undefined,
-          onRetry:
-            options.onRetry === undefined
-              ? undefined
-              : (event) =>
-                  options.onRetry!({
-                    provider: event.step.name,
-                    domain: event.step.domain,
-                    attempt: event.attempt,
-                    error: event.error,
-                    delay: event.delay
-                  }),
-          usageOf: (response: GenerateResponse) => response.usage
-        },
-        (provider, step) => provider.generate((step as DomainStep).prepare!(valid))
-      )
-      return {
-        response: answer.value,
-        domain: answer.step.domain ?? first.domainConfig.name,
-        provider: answer.step.name,
-        attempts: answer.attempts,
-        domainsTried: answer.stepsTried,
-        fallbackUsed: answer.step !== (steps[0] as unknown),
-        source: answer.source,
-        hedgeWon: answer.hedgeWon
-      } satisfies Answer
-    })
+    Effect.flatMap(planWith(request, names, options, hedgeAfter), (routed) =>
+      Effect.map(executor.run(routed.plan, routed.call), routed.answer)
+    )
 
   const execute = (request: GenerateRequest, domain: string, options: CallOptions = {}) => run(request, domain, options)
 
@@ -377,7 +444,8 @@ export const make = Effect.gen(function* () {
     stream,
     embed,
     resolve,
-    chain
+    chain,
+    plan: (request, names, options = {}) => planWith(request, names, options, undefined)
   } satisfies Service
 })
 
