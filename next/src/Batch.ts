@@ -1,0 +1,298 @@
+/**
+ * Batches of queries: one outcome per item in input order whatever happens (bad items,
+ * provider defects, cancellation, shutdown), a concurrency limit shared by every batch of
+ * the same manager, progress as a callback, an Effect or a `Stream`, cancellation that
+ * reports which items never ran, and the batch's own stats.
+ *
+ * Every item runs through the one pipeline. An item with a domain (its own or the batch's)
+ * gets the plan `Router.execute` builds for that domain: its provider, deadlines and retry
+ * policy, the provider's shared breaker, rate limit and cache, and its fallback chain (or
+ * the batch's `fallback`). An item without one runs on the executor's own provider with
+ * the executor's retry policy (then the batch's `fallback` domains, if any).
+ *
+ * Concurrency: the manager's `maxConcurrent` is one `Semaphore` shared by every batch (an
+ * item holds a permit while it runs); a batch runs `min(concurrency, maxConcurrent, items)`
+ * worker fibers that take items by index, so a batch of 100k items never parks 100k fibers.
+ *
+ * Errors: an item's failure is that item's outcome (a bad item gets its own
+ * `InvalidRequest`, a provider defect becomes a `ModelError` with reason `Unknown`). The
+ * run itself fails only when the batch as a whole is invalid: `items` is not an array, or
+ * an option is wrong (`concurrency: 0` or `NaN`, an unknown `domain` or `fallback` domain,
+ * a `cancel` that is not an Effect): an `InvalidRequest` naming the field, before any item runs.
+ *
+ * @since 0.1.0
+ */
+import { Context, Effect, Layer, Option, Queue, Semaphore, Stream } from "effect"
+import type { AiError, ModelError } from "./AiError.js"
+import { Executor } from "./Executor.js"
+import * as Input from "./Input.js"
+import type { GenerateRequest } from "./Model.js"
+import { type Answer, Router } from "./Router.js"
+import type { ExecutionStats } from "./Stats.js"
+import { run as runBatch } from "./batch/runner.js"
+
+/**
+ * A bare prompt (on the batch's domain), a query with its domain, or a full request.
+ *
+ * @since 0.1.0
+ * @category models
+ */
+export type Item =
+  | string
+  | { readonly query: string; readonly domain?: string | undefined }
+  | { readonly request: GenerateRequest; readonly domain?: string | undefined }
+
+/**
+ * `rejected`: refused without an answer by a breaker or by shutdown. `cancelled`: the
+ * batch was cancelled before the item finished (`ran` says whether it had started).
+ *
+ * @since 0.1.0
+ * @category models
+ */
+export type Status = "success" | "error" | "timeout" | "rejected" | "cancelled"
+
+/**
+ * The outcome of one item.
+ *
+ * @since 0.1.0
+ * @category models
+ */
+export interface ItemResult {
+  readonly index: number
+  readonly status: Status
+  readonly answer?: Answer | undefined
+  readonly error?: AiError | undefined
+  /** False for items that never started (the batch was cancelled first). */
+  readonly ran: boolean
+  /** From the start of its call (a permit of the shared limit held) to its outcome. */
+  readonly durationMs: number
+  readonly retries: number
+}
+
+/**
+ * @since 0.1.0
+ * @category models
+ */
+export type ProgressEvent =
+  | {
+      readonly _tag: "Started"
+      readonly index: number
+      readonly done: number
+      readonly total: number
+      readonly elapsedMs: number
+    }
+  | {
+      readonly _tag: "Succeeded"
+      readonly index: number
+      readonly done: number
+      readonly total: number
+      readonly elapsedMs: number
+      readonly durationMs: number
+    }
+  | {
+      readonly _tag: "Failed"
+      readonly index: number
+      readonly status: Status
+      readonly error: AiError | undefined
+      readonly done: number
+      readonly total: number
+      readonly elapsedMs: number
+      readonly durationMs: number
+    }
+  | {
+      readonly _tag: "Retried"
+      readonly index: number
+      /** The attempt that failed (1 for the first). */
+      readonly attempt: number
+      readonly delayMs: number
+      readonly done: number
+      readonly total: number
+      readonly elapsedMs: number
+    }
+  | {
+      readonly _tag: "Cancelled"
+      readonly notRun: ReadonlyArray<number>
+      readonly done: number
+      readonly total: number
+      readonly elapsedMs: number
+    }
+
+/**
+ * @since 0.1.0
+ * @category models
+ */
+export interface BatchResult {
+  readonly id: string
+  /** One per item, in input order. */
+  readonly results: ReadonlyArray<ItemResult>
+  readonly elapsedMs: number
+  readonly cancelled: boolean
+  /** Items that never started. */
+  readonly notRun: ReadonlyArray<number>
+  /**
+   * Computed from this batch's own outcomes (totals, reasons, item latencies, waits for
+   * the shared limit, retries, fallbacks, its concurrency peak); `serviceTime` and
+   * `timeToFirstToken` are zeros here (see `Stats` per provider).
+   */
+  readonly stats: ExecutionStats
+}
+
+/**
+ * @since 0.1.0
+ * @category models
+ */
+export interface RunOptions {
+  /** Domain of the items that name none. */
+  readonly domain?: string | undefined
+  /** At most this many items of this batch at once (a positive integer; never above the manager's shared limit). */
+  readonly concurrency?: number | undefined
+  /** Domains tried in order after an item's own domain (or after the executor's provider, for items without one). */
+  readonly fallback?: ReadonlyArray<string> | undefined
+  /** Called synchronously for each event, on the batch's fibers: keep it quick. A throw is logged once and ignored. */
+  readonly onProgress?: ((event: ProgressEvent) => void) | undefined
+  /** The same events as an Effect; the batch waits for it. A failure is logged once and ignored. */
+  readonly onEvent?: ((event: ProgressEvent) => Effect.Effect<void>) | undefined
+  /** Completes when the batch should stop: running calls are interrupted, the rest never start. */
+  readonly cancel?: Effect.Effect<void> | undefined
+  /** Batch id (in the span and the result); generated when absent. */
+  readonly id?: string | undefined
+}
+
+/**
+ * What `stream` emits: the progress events, then the result.
+ *
+ * @since 0.1.0
+ * @category models
+ */
+export type StreamEvent = ProgressEvent | { readonly _tag: "Done"; readonly result: BatchResult }
+
+/**
+ * @since 0.1.0
+ * @category models
+ */
+export interface Service {
+  /**
+   * One outcome per item, in input order. Fails only when the batch as a whole is invalid
+   * (`items` not an array, or a wrong option): an `InvalidRequest` naming the field.
+   */
+  readonly run: (items: ReadonlyArray<Item>, options?: RunOptions) => Effect.Effect<BatchResult, ModelError>
+  /** Progress events, then the result as the last element. Leaving the stream early interrupts the batch. */
+  readonly stream: (
+    items: ReadonlyArray<Item>,
+    options?: Omit<RunOptions, "onEvent">
+  ) => Stream.Stream<StreamEvent, ModelError>
+  /** The shared concurrency limit (`maxConcurrent`). */
+  readonly limit: number
+}
+
+/**
+ * @since 0.1.0
+ * @category services
+ */
+export class Batch extends Context.Service<Batch, Service>()("effect-orchestra/Batch") {}
+
+/**
+ * @since 0.1.0
+ * @category models
+ */
+export interface Options {
+  /** Items running at once across every batch of this manager (a positive integer). Default 5. */
+  readonly maxConcurrent?: number | undefined
+}
+
+/**
+ * Builds the batch service over the executor and router in context. A `maxConcurrent`
+ * that is not a positive integer fails with a `ConfigError` naming it.
+ *
+ * @since 0.1.0
+ * @category constructors
+ */
+export const make = Effect.fnUntraced(function* (options: Options = {}) {
+  const limit = yield* Input.orConfigError(Input.positiveInt("maxConcurrent", options.maxConcurrent ?? 5))
+  const executor = yield* Executor
+  const router = yield* Router
+  const permits = yield* Semaphore.make(limit)
+  let batches = 0
+  const deps = { executor, router, permits, limit, nextId: () => `batch-${++batches}` }
+
+  const run = Effect.fn("Batch.run")(function* (items: ReadonlyArray<Item>, runOptions?: RunOptions) {
+    return yield* runBatch(deps, items, runOptions)
+  })
+
+  const stream = (items: ReadonlyArray<Item>, runOptions: Omit<RunOptions, "onEvent"> = {}) =>
+    Stream.callback<StreamEvent, ModelError>((queue) => {
+      const user = runOptions?.onProgress
+      // A synchronous offer per event (the queue is unbounded): no Effect per event.
+      const onProgress = (event: ProgressEvent): void => {
+        Queue.offerUnsafe(queue, event)
+        user?.(event)
+      }
+      return Effect.flatMap(run(items, { ...runOptions, onProgress }), (result) => {
+        Queue.offerUnsafe(queue, { _tag: "Done", result })
+        return Queue.end(queue)
+      })
+    })
+
+  return { run, stream, limit } satisfies Service
+})
+
+/**
+ * @since 0.1.0
+ * @category layers
+ */
+export const layer = (options: Options = {}): Layer.Layer<Batch, Input.ConfigError, Executor | Router> =>
+  Layer.effect(Batch, make(options))
+
+/**
+ * Runs a batch on the manager's `Batch` service.
+ *
+ * @example
+ * ```ts
+ * import { Effect } from "effect"
+ * import * as Batch from "effect-orchestra/Batch"
+ *
+ * const program = Effect.gen(function* () {
+ *   const result = yield* Batch.run(["Where is my parcel?", { query: "Explain VAT", domain: "finance" }], {
+ *     domain: "support",
+ *     onProgress: (event) => console.log(event._tag, `${event.done}/${event.total}`)
+ *   })
+ *   return result.results.map((r) => r.status) // e.g. ["success", "timeout"]
+ * })
+ * ```
+ *
+ * @since 0.1.0
+ * @category accessors
+ */
+export const run = (items: ReadonlyArray<Item>, options?: RunOptions): Effect.Effect<BatchResult, ModelError, Batch> =>
+  Effect.flatMap(Batch, (batch) => batch.run(items, options))
+
+/**
+ * Progress events of a batch as a `Stream`, then its result (`_tag: "Done"`). Leaving the
+ * stream early interrupts the batch.
+ *
+ * @since 0.1.0
+ * @category accessors
+ */
+export const stream = (
+  items: ReadonlyArray<Item>,
+  options?: Omit<RunOptions, "onEvent">
+): Stream.Stream<StreamEvent, ModelError, Batch> =>
+  Stream.unwrap(Effect.map(Batch, (batch) => batch.stream(items, options)))
+
+/**
+ * The answers of the items that succeeded, in input order.
+ *
+ * @since 0.1.0
+ * @category utils
+ */
+export const successes = (result: BatchResult): ReadonlyArray<Answer> =>
+  result.results.flatMap((r) => (r.answer === undefined ? [] : [r.answer]))
+
+/**
+ * The error of the first item that failed, in input order.
+ *
+ * @since 0.1.0
+ * @category utils
+ */
+export const firstError = (result: BatchResult): Option.Option<AiError> =>
+  Option.fromNullishOr(result.results.find((r) => r.error !== undefined)?.error)

@@ -1,0 +1,124 @@
+/**
+ * What a batch accepts: its items (each checked on its own, so one bad item fails alone)
+ * and its options (checked once: a bad one fails the whole run, naming the field).
+ *
+ * @internal
+ */
+import { Effect, Result } from "effect"
+import { invalidRequest, type ModelError } from "../AiError.js"
+import * as Input from "../Input.js"
+import type { ProgressEvent } from "../Batch.js"
+import type { GenerateRequest } from "../Model.js"
+import type { Service as RouterService } from "../Router.js"
+
+/** An item made into a request, with the domain it names (if any). */
+export interface Parsed {
+  readonly request: GenerateRequest
+  readonly domain: string | undefined
+}
+
+const kind = (u: unknown): string => (u === null ? "null" : Array.isArray(u) ? "an array" : typeof u)
+
+const expected = "expected a string, { query } or { request }"
+
+/**
+ * An item as a request, or the `InvalidRequest` of that item alone (`items[3]`,
+ * `items[3].query`, `items[3].domain`). The request itself is checked by the pipeline.
+ */
+export const parse = (item: unknown, index: number): Parsed | ModelError => {
+  if (typeof item === "string") return { request: { prompt: item }, domain: undefined }
+  if (typeof item !== "object" || item === null || Array.isArray(item)) {
+    return invalidRequest(`items[${index}]`, `${expected}, got ${kind(item)}`)
+  }
+  const fields = item as { readonly query?: unknown; readonly request?: unknown; readonly domain?: unknown }
+  const domain = fields.domain
+  if (domain !== undefined && typeof domain !== "string") {
+    return invalidRequest(`items[${index}].domain`, `expected a domain name, got ${kind(domain)}`)
+  }
+  if ("query" in fields) {
+    if (typeof fields.query !== "string") {
+      return invalidRequest(`items[${index}].query`, `expected a string, got ${kind(fields.query)}`)
+    }
+    return { request: { prompt: fields.query }, domain }
+  }
+  if ("request" in fields) return { request: fields.request as GenerateRequest, domain }
+  return invalidRequest(`items[${index}]`, `${expected}, got an object with neither`)
+}
+
+/** A run's options after their checks. */
+export interface Checked {
+  readonly concurrency: number | undefined
+  readonly domain: string | undefined
+  readonly fallback: ReadonlyArray<string>
+  readonly onProgress: ((event: ProgressEvent) => void) | undefined
+  readonly onEvent: ((event: ProgressEvent) => Effect.Effect<void>) | undefined
+  readonly cancel: Effect.Effect<void> | undefined
+  readonly id: string | undefined
+}
+
+interface RawOptions {
+  readonly concurrency?: unknown
+  readonly domain?: unknown
+  readonly fallback?: unknown
+  readonly onProgress?: unknown
+  readonly onEvent?: unknown
+  readonly cancel?: unknown
+  readonly id?: unknown
+}
+
+const fail = (field: string, message: string) => Effect.fail(invalidRequest(field, message))
+
+const isFunction = (u: unknown): u is (...args: ReadonlyArray<never>) => unknown => typeof u === "function"
+
+/**
+ * Checks the items' container and a run's options; the batch's `domain` and `fallback`
+ * must be known domains. Fails with an `InvalidRequest` naming the field.
+ */
+export const check = (
+  items: unknown,
+  input: unknown,
+  router: RouterService
+): Effect.Effect<{ readonly items: ReadonlyArray<unknown>; readonly options: Checked }, ModelError> =>
+  Effect.gen(function* () {
+    if (!Array.isArray(items)) return yield* fail("items", `expected an array of items, got ${kind(items)}`)
+    if (input === null || typeof input !== "object") {
+      return yield* fail("options", `expected an object, got ${kind(input)}`)
+    }
+    const options = input as RawOptions
+    const concurrency = Input.optional(options.concurrency, (n) => Input.positiveInt("concurrency", n))
+    if (Result.isFailure(concurrency)) return yield* fail(concurrency.failure.path, concurrency.failure.message)
+    const domain = options.domain
+    if (domain !== undefined) {
+      if (typeof domain !== "string") return yield* fail("domain", `expected a domain name, got ${kind(domain)}`)
+      yield* router.chain(domain)
+    }
+    const fallback = options.fallback ?? []
+    if (!Array.isArray(fallback)) return yield* fail("fallback", `expected an array of domain names`)
+    for (const [i, name] of fallback.entries()) {
+      const found = yield* Effect.result(router.chain([name]))
+      if (Result.isFailure(found)) return yield* fail(`fallback[${i}]`, found.failure.message)
+    }
+    for (const field of ["onProgress", "onEvent"] as const) {
+      const f = options[field]
+      if (f !== undefined && !isFunction(f)) return yield* fail(field, `expected a function, got ${kind(f)}`)
+    }
+    if (options.cancel !== undefined && !Effect.isEffect(options.cancel)) {
+      return yield* fail("cancel", `expected an Effect that completes when the batch should stop`)
+    }
+    const id = options.id
+    if (id !== undefined && (typeof id !== "string" || id.trim().length === 0)) {
+      return yield* fail("id", `expected a non-empty string, got ${typeof id === "string" ? '""' : kind(id)}`)
+    }
+    return {
+      items,
+      options: {
+        concurrency: concurrency.success,
+        domain,
+        fallback: fallback as ReadonlyArray<string>,
+        onProgress: options.onProgress as Checked["onProgress"],
+        onEvent: options.onEvent as Checked["onEvent"],
+        cancel: options.cancel as Effect.Effect<void> | undefined,
+        id
+      }
+    }
+  })

@@ -1,0 +1,247 @@
+/**
+ * One batch run: `min(concurrency, limit, items)` worker fibers take the items by index
+ * (a batch of 100k items never parks 100k fibers); each item's call holds a permit of the
+ * manager's shared semaphore while it runs through the pipeline (`Router.plan`, then
+ * `executor.run`); every item ends with exactly one outcome, written at its index.
+ *
+ * @internal
+ */
+import { Cause, Clock, Duration, Effect, Exit, Fiber, type Semaphore } from "effect"
+import { type AiError, ModelError } from "../AiError.js"
+import type { BatchResult, ItemResult, ProgressEvent, RunOptions, Status } from "../Batch.js"
+import type { RetryInfo, Service as ExecutorService } from "../Executor.js"
+import type { Answer, Service as RouterService } from "../Router.js"
+import { check, parse } from "./items.js"
+import { statsOf } from "./stats.js"
+
+/**
+ * What every run of a manager shares.
+ */
+export interface Deps {
+  readonly executor: ExecutorService
+  readonly router: RouterService
+  /** The manager's limit: one permit per running item, across every batch. */
+  readonly permits: Semaphore.Semaphore
+  readonly limit: number
+  readonly nextId: () => string
+}
+
+const statusOf = (error: AiError): Status => {
+  switch (error._tag) {
+    case "TimeoutError":
+      return "timeout"
+    case "ShuttingDownError":
+    case "CircuitOpenError":
+      return "rejected"
+    case "FallbackExhaustedError":
+      return statusOf(error.last)
+    default:
+      return "error"
+  }
+}
+
+const describe = (defect: unknown): string =>
+  defect instanceof Error ? `${defect.name}: ${defect.message}` : typeof defect === "string" ? defect : String(defect)
+
+// Our own interruptions never reach the item's continuation: what gets here is the call's own doing.
+const errorOf = (cause: Cause.Cause<AiError>): AiError => {
+  const found = Cause.findErrorOption(cause)
+  if (found._tag === "Some") return found.value
+  const died = cause.reasons.find((reason) => reason._tag === "Die")
+  if (died === undefined) return new ModelError({ reason: "Unknown", message: "the call interrupted itself" })
+  return new ModelError({
+    reason: "Unknown",
+    message: `unexpected defect: ${describe(died.defect)}`,
+    cause: died.defect
+  })
+}
+
+const retryOnly = { retry: true } as const
+
+/**
+ * Runs a batch; fails only when the batch as a whole is invalid (see `Batch.Service.run`).
+ */
+export const run = (deps: Deps, rawItems: unknown, rawOptions: RunOptions | undefined) =>
+  Effect.gen(function* () {
+    const { executor, router, permits, limit } = deps
+    const { items, options } = yield* check(rawItems, rawOptions === undefined ? {} : rawOptions, router)
+    const defaults = yield* executor.resolve(retryOnly)
+    // Items that name no domain start on the executor's provider, with its retry policy.
+    const lead = executor.stepFor(executor.provider, {
+      retry: defaults.retry ?? false,
+      timeout: defaults.timeout ?? "none"
+    })
+    const id = options.id ?? deps.nextId()
+    const total = items.length
+    yield* Effect.annotateCurrentSpan({ "orchestra.batch.id": id, "orchestra.batch.items": total })
+    const clock = yield* Clock.Clock
+    const start = clock.currentTimeMillisUnsafe()
+
+    const results: Array<ItemResult> = new Array(total)
+    const startedAt = new Float64Array(total).fill(Number.NaN)
+    const waits = new Float64Array(total).fill(Number.NaN)
+    const retries = new Uint32Array(total)
+    let next = 0
+    let done = 0
+    let running = 0
+    let peak = 0
+    let stopped = false
+    let cancelled = false
+
+    const { onProgress, onEvent, fallback } = options
+    const silent = onProgress === undefined && onEvent === undefined
+    const warned = { onProgress: false, onEvent: false }
+    // A failing callback is the caller's bug, not the batch's: logged once, then ignored.
+    const warn = (callback: "onProgress" | "onEvent", cause: unknown): Effect.Effect<void> => {
+      if (warned[callback]) return Effect.void
+      warned[callback] = true
+      return Effect.logWarning(`Batch ${id}: the ${callback} callback failed; later failures are not logged`, cause)
+    }
+    const emit = (event: ProgressEvent): Effect.Effect<void> => {
+      let effect: Effect.Effect<void> = Effect.void
+      if (onProgress !== undefined) {
+        try {
+          onProgress(event)
+        } catch (error) {
+          effect = warn("onProgress", error)
+        }
+      }
+      if (onEvent === undefined) return effect
+      const guarded = Effect.flatMap(
+        Effect.exit(Effect.suspend(() => onEvent(event))),
+        (exit): Effect.Effect<void> => (Exit.isSuccess(exit) ? Effect.void : warn("onEvent", Cause.squash(exit.cause)))
+      )
+      return Effect.andThen(effect, guarded)
+    }
+
+    const started = (index: number, takenAt: number): Effect.Effect<void> => {
+      const now = clock.currentTimeMillisUnsafe()
+      startedAt[index] = now
+      waits[index] = now - takenAt
+      if (++running > peak) peak = running
+      return silent ? Effect.void : emit({ _tag: "Started", index, done, total, elapsedMs: now - start })
+    }
+
+    const settle = (index: number, exit: Exit.Exit<Answer, AiError>): Effect.Effect<void> => {
+      const now = clock.currentTimeMillisUnsafe()
+      running--
+      done++
+      const durationMs = now - startedAt[index]!
+      const elapsedMs = now - start
+      if (Exit.isSuccess(exit)) {
+        results[index] = {
+          index,
+          status: "success",
+          answer: exit.value,
+          ran: true,
+          durationMs,
+          retries: retries[index]!
+        }
+        return silent ? Effect.void : emit({ _tag: "Succeeded", index, done, total, elapsedMs, durationMs })
+      }
+      const error = errorOf(exit.cause)
+      const status = statusOf(error)
+      results[index] = { index, status, error, ran: true, durationMs, retries: retries[index]! }
+      return silent ? Effect.void : emit({ _tag: "Failed", index, status, error, done, total, elapsedMs, durationMs })
+    }
+
+    const onRetryFor =
+      (index: number) =>
+      (info: RetryInfo): Effect.Effect<void> => {
+        retries[index]! += 1
+        if (silent) return Effect.void
+        return emit({
+          _tag: "Retried",
+          index,
+          attempt: info.attempt,
+          delayMs: Duration.toMillis(info.delay),
+          done,
+          total,
+          elapsedMs: clock.currentTimeMillisUnsafe() - start
+        })
+      }
+
+    // The chain of an item: its domain (and the domain's own fallbacks, or the batch's),
+    // or, without a domain, the executor's provider then the batch's fallbacks.
+    const chains = new Map<string, ReadonlyArray<string>>()
+    const namesFor = (domain: string | undefined): string | ReadonlyArray<string> => {
+      if (domain === undefined || fallback.length === 0) return domain ?? fallback
+      let names = chains.get(domain)
+      if (names === undefined) {
+        names = [domain, ...fallback]
+        chains.set(domain, names)
+      }
+      return names
+    }
+
+    const callOf = (index: number): Effect.Effect<Answer, AiError> => {
+      const parsed = parse(items[index], index)
+      if (parsed instanceof ModelError) return Effect.fail(parsed)
+      const domain = parsed.domain ?? options.domain
+      const planOptions = { lead: domain === undefined ? lead : undefined, onRetry: onRetryFor(index) }
+      return Effect.flatMap(router.plan(parsed.request, namesFor(domain), planOptions), (routed) =>
+        Effect.map(executor.run(routed.plan, routed.call), routed.answer)
+      )
+    }
+
+    const runItem = (index: number): Effect.Effect<void> => {
+      const takenAt = clock.currentTimeMillisUnsafe()
+      return permits.withPermit(
+        Effect.flatMap(
+          Effect.suspend(() => started(index, takenAt)),
+          () => Effect.flatMap(Effect.exit(callOf(index)), (exit) => settle(index, exit))
+        )
+      )
+    }
+
+    const worker: Effect.Effect<void> = Effect.suspend(() => {
+      if (stopped || next >= total) return Effect.void
+      return Effect.flatMap(runItem(next++), () => worker)
+    })
+    const workers = Math.min(total, options.concurrency ?? limit, limit)
+    const pool = Effect.all(
+      Array.from({ length: workers }, () => worker),
+      { concurrency: "unbounded", discard: true }
+    )
+
+    if (options.cancel === undefined) {
+      yield* pool
+    } else {
+      // Started before the pool: a cancel that has already happened stops the batch before its first item.
+      const poolFiber = yield* Effect.forkChild(pool)
+      const watcher = yield* Effect.forkChild(
+        Effect.andThen(
+          options.cancel,
+          Effect.sync(() => {
+            if (poolFiber.pollUnsafe() !== undefined) return
+            stopped = true
+            cancelled = true
+            poolFiber.interruptUnsafe()
+          })
+        ),
+        { startImmediately: true }
+      )
+      yield* Fiber.await(poolFiber)
+      yield* Fiber.interrupt(watcher)
+    }
+
+    const end = clock.currentTimeMillisUnsafe()
+    const notRun: Array<number> = []
+    for (let index = 0; index < total; index++) {
+      if (results[index] !== undefined) continue
+      const began = startedAt[index]!
+      const ran = !Number.isNaN(began)
+      if (!ran) notRun.push(index)
+      results[index] = { index, status: "cancelled", ran, durationMs: ran ? end - began : 0, retries: retries[index]! }
+    }
+    const elapsedMs = end - start
+    if (cancelled) yield* emit({ _tag: "Cancelled", notRun, done, total, elapsedMs })
+    return {
+      id,
+      results,
+      elapsedMs,
+      cancelled,
+      notRun,
+      stats: statsOf(results, { elapsedMs, peak, waits })
+    } satisfies BatchResult
+  })

@@ -1,0 +1,128 @@
+/**
+ * A batch's `ExecutionStats`, computed from its own item outcomes when it ends: the cost
+ * depends on the batch's size only, never on how many batches ran before it.
+ *
+ * @internal
+ */
+import { reasonOf } from "../AiError.js"
+import type { ItemResult } from "../Batch.js"
+import type { ExecutionStats, LatencyStats } from "../Stats.js"
+
+const round = (n: number): number => Math.round(n * 100) / 100
+
+const zero: LatencyStats = { avg: 0, min: 0, max: 0, p50: 0, p95: 0, p99: 0 }
+
+/** Nearest-rank percentiles of the values (sorted in place). */
+export const latencyOf = (values: Float64Array): LatencyStats => {
+  const n = values.length
+  if (n === 0) return zero
+  values.sort()
+  let sum = 0
+  for (let i = 0; i < n; i++) sum += values[i]!
+  const at = (q: number) => values[Math.min(n - 1, Math.max(0, Math.ceil(q * n) - 1))]!
+  return {
+    avg: round(sum / n),
+    min: round(values[0]!),
+    max: round(values[n - 1]!),
+    p50: round(at(0.5)),
+    p95: round(at(0.95)),
+    p99: round(at(0.99))
+  }
+}
+
+/** What the runner measured besides the outcomes. */
+export interface Measured {
+  readonly elapsedMs: number
+  /** Most items of the batch running at once. */
+  readonly peak: number
+  /** Per item: how long it waited for a permit of the shared limit (NaN: it never got one). */
+  readonly waits: Float64Array
+}
+
+/**
+ * | field | from |
+ * |---|---|
+ * | `total` | items that ran or were refused (not the ones that never started) |
+ * | `successes`, `failures`, `failuresByReason` | item outcomes; an item cancelled while running counts as `Interrupted` |
+ * | `latency` | item durations (retries, fallbacks and queueing for the provider included) |
+ * | `queueWait` | items waiting for a permit of the manager's shared limit |
+ * | `concurrencyPeak` | most items of this batch running at once |
+ * | `timeouts` | items that ended with a `TimeoutError` |
+ * | `retries` | retries of the batch's items |
+ * | `fallbacks` | hand-overs to a next domain, from answers and exhausted chains |
+ * | `hedges` | answers of hedged domains |
+ * | `tokens` | usage of the answers that came from a provider |
+ * | `serviceTime`, `timeToFirstToken` | not known per batch: zeros (see `Stats` per provider) |
+ */
+export const statsOf = (results: ReadonlyArray<ItemResult>, measured: Measured): ExecutionStats => {
+  let total = 0
+  let successes = 0
+  let failures = 0
+  let timeouts = 0
+  let retries = 0
+  let fallbacks = 0
+  let hedgesStarted = 0
+  let hedgesWon = 0
+  let inputTokens = 0
+  let outputTokens = 0
+  let timed = 0
+  let waited = 0
+  const byReason: Record<string, number> = {}
+  const durations = new Float64Array(results.length)
+  const waits = new Float64Array(results.length)
+  for (const result of results) {
+    if (!result.ran) continue
+    total++
+    retries += result.retries
+    const wait = measured.waits[result.index]!
+    if (!Number.isNaN(wait)) waits[waited++] = wait
+    const answer = result.answer
+    if (answer !== undefined) {
+      successes++
+      durations[timed++] = result.durationMs
+      if (answer.hedgeWon !== undefined) {
+        hedgesStarted += answer.domainsTried - 1
+        if (answer.hedgeWon) hedgesWon++
+      } else if (answer.domainsTried > 1) {
+        fallbacks += answer.domainsTried - 1
+      }
+      const usage = answer.source === "provider" ? answer.response.usage : undefined
+      if (usage !== undefined) {
+        inputTokens += usage.inputTokens
+        outputTokens += usage.outputTokens
+      }
+      continue
+    }
+    failures++
+    const error = result.error
+    const reason = error === undefined ? "Interrupted" : reasonOf(error)
+    byReason[reason] = (byReason[reason] ?? 0) + 1
+    if (error === undefined) continue
+    durations[timed++] = result.durationMs
+    if (error._tag === "TimeoutError") timeouts++
+    if (error._tag === "FallbackExhaustedError") fallbacks += error.attempts.length - 1
+  }
+  const finished = successes + failures
+  const elapsed = measured.elapsedMs
+  return {
+    total,
+    successes,
+    failures,
+    failuresByReason: byReason,
+    successRate: finished === 0 ? 0 : round((successes / finished) * 100),
+    latency: latencyOf(durations.subarray(0, timed)),
+    serviceTime: zero,
+    queueWait: latencyOf(waits.subarray(0, waited)),
+    timeToFirstToken: zero,
+    concurrencyPeak: measured.peak,
+    inFlight: 0,
+    queued: 0,
+    timeouts,
+    retries,
+    fallbacks,
+    hedges: { started: hedgesStarted, won: hedgesWon, lost: hedgesStarted - hedgesWon },
+    tokens: { input: inputTokens, output: outputTokens },
+    throughput: elapsed <= 0 ? 0 : round((finished / elapsed) * 1000),
+    windowMs: elapsed
+  }
+}

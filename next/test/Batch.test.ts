@@ -1,0 +1,533 @@
+import { assert, describe, it } from "@effect/vitest"
+import { Context, Effect, Exit, Fiber, Layer, Metric, Option, Scope, Stream } from "effect"
+import { TestClock } from "effect/testing"
+import type { AiError } from "../src/AiError.js"
+import * as Batch from "../src/Batch.js"
+import * as CircuitBreaker from "../src/CircuitBreaker.js"
+import type { Domain, DomainInput } from "../src/Domain.js"
+import { Executor } from "../src/Executor.js"
+import { ModelProvider, type Service as ProviderService } from "../src/Model.js"
+import * as Mock from "../src/Model/Mock.js"
+import * as Orchestra from "../src/Orchestra.js"
+import * as Policy from "../src/Policy.js"
+import { Router } from "../src/Router.js"
+import { Stats } from "../src/Stats.js"
+
+const { Outcome } = Mock
+const noRetry = Policy.retry({ maxAttempts: 1 })
+const retry3 = Policy.retry({ maxAttempts: 3, initialDelay: 100, jitter: 0 })
+
+type ManagerOptions = Omit<Orchestra.Options<Record<string, Layer.Layer<ModelProvider>>>, "providers" | "domains"> & {
+  readonly domains?: ReadonlyArray<Domain | DomainInput> | undefined
+}
+
+/**
+ * The whole manager over mocks named by their keys, with domain `d-<key>` per mock (unless
+ * `domains` is given), in a scope the test can close, with a private metric registry.
+ */
+const makeOrchestra = (mocks: Readonly<Record<string, Mock.Options>>, options: ManagerOptions = {}) =>
+  Effect.gen(function* () {
+    const controls: Record<string, Mock.Control> = {}
+    const layers: Record<string, Layer.Layer<ModelProvider>> = {}
+    for (const [key, mock] of Object.entries(mocks)) {
+      const { provider, control } = yield* Mock.make({ name: key, ...mock })
+      controls[key] = control
+      layers[key] = Layer.succeed(ModelProvider, provider)
+    }
+    const domains = options.domains ?? Object.keys(mocks).map((key) => ({ name: `d-${key}`, provider: key }))
+    const scope = yield* Scope.make()
+    const registry: Metric.MetricRegistry = new Map()
+    const context = yield* Layer.buildWithScope(
+      Orchestra.layer({ breakers: false, ...options, providers: layers, domains }),
+      scope
+    ).pipe(Effect.provideService(Metric.MetricRegistry, registry))
+    yield* Effect.addFinalizer(() => Scope.close(scope, Exit.void))
+    return {
+      scope,
+      registry,
+      controls,
+      batch: Context.get(context, Batch.Batch),
+      router: Context.get(context, Router),
+      executor: Context.get(context, Executor),
+      stats: Context.get(context, Stats),
+      breakers: Context.getOrUndefined(context, CircuitBreaker.Breakers),
+      context
+    }
+  })
+
+/** A compact trace of progress events: `tag:index@elapsed done/total`. */
+const trace = (events: ReadonlyArray<Batch.ProgressEvent>): ReadonlyArray<string> =>
+  events.map((e) =>
+    e._tag === "Cancelled"
+      ? `Cancelled:[${e.notRun.join(",")}]@${e.elapsedMs} ${e.done}/${e.total}`
+      : `${e._tag}:${e.index}@${e.elapsedMs} ${e.done}/${e.total}`
+  )
+
+const invalidField = (error: AiError | undefined) =>
+  error?._tag === "ModelError" && error.reason === "InvalidRequest" ? error.field : `${error?._tag}: ${error?.message}`
+
+const response = (name: string, text: string) => ({
+  text,
+  finishReason: "stop" as const,
+  usage: { inputTokens: 1, outputTokens: 1, totalTokens: 2 },
+  provider: name,
+  model: "m"
+})
+
+/** A provider whose `generate` is the given function (defects and self-interruptions included). */
+const custom = (name: string, generate: ProviderService["generate"]): ProviderService => ({
+  name,
+  defaultModel: "m",
+  generate,
+  stream: () => Stream.die("unused"),
+  embed: () => Effect.die("unused")
+})
+
+const customOrchestra = (provider: ProviderService, options: { readonly maxConcurrent?: number } = {}) =>
+  Effect.gen(function* () {
+    const scope = yield* Scope.make()
+    const context = yield* Layer.buildWithScope(
+      Orchestra.layer({ breakers: false, ...options, providers: { p: Layer.succeed(ModelProvider, provider) } }),
+      scope
+    ).pipe(Effect.provideService(Metric.MetricRegistry, new Map()))
+    yield* Effect.addFinalizer(() => Scope.close(scope, Exit.void))
+    return Context.get(context, Batch.Batch)
+  })
+
+describe("Batch.run outcomes", () => {
+  it.effect("one outcome per item in input order: success, error, timeout, rejected; the batch never fails", () =>
+    Effect.gen(function* () {
+      const { batch, controls } = yield* makeOrchestra(
+        {
+          a: {
+            script: [
+              Outcome.succeed("first", { latency: "100 millis" }),
+              Outcome.fail("InvalidRequest"),
+              Outcome.succeed("third", { latency: "50 millis" }),
+              Outcome.hang()
+            ]
+          },
+          b: { script: [Outcome.fail("Overloaded")] }
+        },
+        {
+          domains: [
+            { name: "d-a", provider: "a", timeout: 1000, retry: noRetry },
+            { name: "d-b", provider: "b", retry: noRetry }
+          ],
+          breakers: { failMax: 1, resetTimeout: "1 minute" }
+        }
+      )
+      const fiber = yield* Effect.forkChild(
+        batch.run(
+          [
+            "one",
+            { query: "two", domain: "d-a" },
+            { request: { prompt: "three" } },
+            "four",
+            { query: "five", domain: "d-b" },
+            { query: "six", domain: "d-b" }
+          ],
+          { domain: "d-a", concurrency: 1 }
+        )
+      )
+      yield* TestClock.adjust("5 seconds")
+      const result = yield* Fiber.join(fiber)
+      assert.deepStrictEqual(
+        result.results.map((r) => r.index),
+        [0, 1, 2, 3, 4, 5]
+      )
+      assert.deepStrictEqual(
+        result.results.map((r) => r.status),
+        ["success", "error", "success", "timeout", "error", "rejected"]
+      )
+      assert.strictEqual(result.results[0]!.answer?.response.text, "first")
+      assert.strictEqual(result.results[0]!.durationMs, 100)
+      assert.strictEqual(result.results[2]!.answer?.response.text, "third")
+      assert.strictEqual(invalidField(result.results[1]!.error), undefined)
+      assert.strictEqual(result.results[3]!.error?._tag, "TimeoutError")
+      assert.strictEqual(result.results[3]!.durationMs, 1000)
+      assert.strictEqual(result.results[5]!.error?._tag, "CircuitOpenError")
+      assert.isTrue(result.results.every((r) => r.ran))
+      assert.isFalse(result.cancelled)
+      assert.deepStrictEqual(result.notRun, [])
+      assert.strictEqual(yield* controls.a!.calls, 4)
+      assert.strictEqual(yield* controls.b!.calls, 1, "the open breaker refused the sixth item without a call")
+      assert.deepStrictEqual(
+        Batch.successes(result).map((a) => a.response.text),
+        ["first", "third"]
+      )
+      assert.strictEqual(Option.getOrNull(Option.map(Batch.firstError(result), (e) => e._tag)), "ModelError")
+    })
+  )
+
+  it.effect("a defect in one provider call becomes that item's error, on both paths", () =>
+    Effect.gen(function* () {
+      let calls = 0
+      const buggy = custom("buggy", (request) =>
+        Effect.suspend(() => {
+          calls++
+          return request.prompt === "boom"
+            ? Effect.die(new Error("provider bug"))
+            : Effect.succeed(response("buggy", "ok"))
+        })
+      )
+      const batch = yield* customOrchestra(buggy)
+      for (const domain of ["support", undefined]) {
+        const result = yield* batch.run(["a", "boom", "c"], { domain })
+        assert.deepStrictEqual(
+          result.results.map((r) => r.status),
+          ["success", "error", "success"],
+          `domain ${domain}`
+        )
+        const error = result.results[1]!.error
+        assert.strictEqual(error?._tag === "ModelError" && error.reason, "Unknown")
+        assert.include(error?.message, "provider bug")
+      }
+      assert.strictEqual(calls, 6)
+    })
+  )
+
+  it.effect("a provider that interrupts itself is that item's error, never a cancelled batch", () =>
+    Effect.gen(function* () {
+      const provider = custom("quitter", (request) =>
+        request.prompt === "quit" ? Effect.interrupt : Effect.succeed(response("quitter", "ok"))
+      )
+      const batch = yield* customOrchestra(provider)
+      for (const domain of ["support", undefined]) {
+        const result = yield* batch.run(["a", "quit", "c"], { domain })
+        assert.deepStrictEqual(
+          result.results.map((r) => r.status),
+          ["success", "error", "success"],
+          `domain ${domain}`
+        )
+        assert.isFalse(result.cancelled)
+        assert.include(result.results[1]!.error?.message, "interrupted")
+      }
+    })
+  )
+
+  it.effect("a throwing onProgress or a dying onEvent does not fail the batch", () =>
+    Effect.gen(function* () {
+      const { batch } = yield* makeOrchestra({ a: {} })
+      const result = yield* batch.run(["x", "y"], {
+        domain: "d-a",
+        onProgress: () => {
+          throw new Error("callback bug")
+        },
+        onEvent: () => Effect.die("effect bug")
+      })
+      assert.deepStrictEqual(
+        result.results.map((r) => r.status),
+        ["success", "success"]
+      )
+    })
+  )
+
+  it.effect("an empty batch completes at once", () =>
+    Effect.gen(function* () {
+      const { batch } = yield* makeOrchestra({ a: {} })
+      const result = yield* batch.run([], { domain: "d-a" })
+      assert.deepStrictEqual(result.results, [])
+      assert.strictEqual(result.stats.total, 0)
+    })
+  )
+})
+
+describe("Batch items", () => {
+  it.effect("strings, {query, domain} and {request} reach the right domain with its system prompt", () =>
+    Effect.gen(function* () {
+      const { batch, controls } = yield* makeOrchestra(
+        { a: {}, b: {} },
+        {
+          domains: [
+            { name: "d-a", provider: "a", system: "You are A." },
+            { name: "d-b", provider: "b", system: "You are B." }
+          ]
+        }
+      )
+      const result = yield* batch.run(
+        [
+          "plain",
+          { query: "routed", domain: "d-b" },
+          { request: { prompt: "full", system: "Own system", maxTokens: 7 } },
+          { request: { prompt: "full-b" }, domain: "d-b" }
+        ],
+        { domain: "d-a", concurrency: 1 }
+      )
+      assert.deepStrictEqual(
+        result.results.map((r) => r.answer?.domain),
+        ["d-a", "d-b", "d-a", "d-b"]
+      )
+      const seen = (logged: ReadonlyArray<Mock.LoggedRequest>) =>
+        logged.map((l) => {
+          const request = l.request as {
+            readonly prompt?: string
+            readonly system?: string
+            readonly maxTokens?: number
+          }
+          return [request.prompt, request.system, request.maxTokens]
+        })
+      assert.deepStrictEqual(seen(yield* controls.a!.requests), [
+        ["plain", "You are A.", undefined],
+        ["full", "Own system", 7]
+      ])
+      assert.deepStrictEqual(seen(yield* controls.b!.requests), [
+        ["routed", "You are B.", undefined],
+        ["full-b", "You are B.", undefined]
+      ])
+    })
+  )
+
+  it.effect("items without any domain go to the executor's provider, and answer as domain 'default'", () =>
+    Effect.gen(function* () {
+      const { batch, controls } = yield* makeOrchestra({ a: { respond: () => "default" }, b: {} })
+      const result = yield* batch.run(["x", { query: "y" }, { request: { prompt: "z" } }])
+      assert.deepStrictEqual(
+        result.results.map((r) => [r.answer?.domain, r.answer?.provider, r.answer?.response.text]),
+        [
+          ["default", "a", "default"],
+          ["default", "a", "default"],
+          ["default", "a", "default"]
+        ]
+      )
+      assert.strictEqual(yield* controls.b!.calls, 0)
+    })
+  )
+
+  it.effect("mixed items: with and without a domain in one batch, each on its own path", () =>
+    Effect.gen(function* () {
+      const { batch, controls } = yield* makeOrchestra({ a: { latency: "100 millis" }, b: { latency: "100 millis" } })
+      const fiber = yield* Effect.forkChild(
+        batch.run(["no domain", { query: "on b", domain: "d-b" }, { query: "on a", domain: "d-a" }, "again"], {
+          concurrency: 4
+        })
+      )
+      yield* TestClock.adjust("100 millis")
+      const result = yield* Fiber.join(fiber)
+      assert.deepStrictEqual(
+        result.results.map((r) => `${r.answer?.domain}/${r.answer?.provider}`),
+        ["default/a", "d-b/b", "d-a/a", "default/a"]
+      )
+      assert.strictEqual(yield* controls.a!.peak, 3)
+      assert.strictEqual(result.elapsedMs, 100)
+    })
+  )
+
+  it.effect("bad items get their own InvalidRequest naming the item; the others run (issue 13 item 12)", () =>
+    Effect.gen(function* () {
+      const { batch, controls, stats } = yield* makeOrchestra({ a: {} })
+      const items = [
+        null,
+        "fine",
+        123,
+        { request: null },
+        { query: 5 },
+        { query: "x", domain: 7 },
+        {},
+        ["nested"],
+        { request: { prompt: "" } },
+        { query: "to nowhere", domain: "no-such-domain" },
+        { query: "also fine", domain: "d-a" }
+      ] as unknown as ReadonlyArray<Batch.Item>
+      const result = yield* batch.run(items)
+      assert.deepStrictEqual(
+        result.results.map((r) => (r.status === "success" ? "ok" : invalidField(r.error))),
+        [
+          "items[0]",
+          "ok",
+          "items[2]",
+          "request",
+          "items[4].query",
+          "items[5].domain",
+          "items[6]",
+          "items[7]",
+          "prompt",
+          "domain",
+          "ok"
+        ]
+      )
+      assert.isTrue(result.results.every((r) => r.ran))
+      assert.strictEqual(yield* controls.a!.calls, 2)
+      assert.strictEqual(result.stats.total, 11)
+      assert.deepStrictEqual(result.stats.failuresByReason, { InvalidRequest: 9 })
+      // requests refused by the pipeline are counted on the provider, as any refused call
+      assert.strictEqual((yield* stats.snapshot({ provider: "a" })).failuresByReason.InvalidRequest, 2)
+    })
+  )
+
+  it.effect("a batch that is not an array is one typed error", () =>
+    Effect.gen(function* () {
+      const { batch, controls } = yield* makeOrchestra({ a: {} })
+      for (const items of [null, undefined, "one prompt", 5, { 0: "x", length: 1 }]) {
+        const error = yield* Effect.flip(batch.run(items as never))
+        assert.strictEqual(invalidField(error), "items", String(items))
+      }
+      assert.strictEqual(yield* controls.a!.calls, 0)
+    })
+  )
+})
+
+describe("Batch options are checked before any item runs (issue 13 item 6)", () => {
+  it.effect("a concurrency that is not a positive integer fails the run naming `concurrency`", () =>
+    Effect.gen(function* () {
+      const { batch, controls } = yield* makeOrchestra({ a: {} })
+      for (const domain of ["d-a", undefined]) {
+        for (const concurrency of [Number.NaN, 0, -1, 1.5, Number.POSITIVE_INFINITY, "2"]) {
+          const error = yield* Effect.flip(batch.run(["x", "y"], { domain, concurrency: concurrency as number }))
+          assert.strictEqual(invalidField(error), "concurrency", `${concurrency} on domain ${domain}`)
+          assert.include(error.message, "invalid concurrency")
+        }
+      }
+      assert.strictEqual(yield* controls.a!.calls, 0)
+    })
+  )
+
+  it.effect("unknown batch domains, bad fallbacks, callbacks, cancel and id fail the run naming the field", () =>
+    Effect.gen(function* () {
+      const { batch, controls } = yield* makeOrchestra({ a: {} })
+      const cases: ReadonlyArray<readonly [unknown, string]> = [
+        [{ domain: "nowhere" }, "domain"],
+        [{ domain: 5 }, "domain"],
+        [{ fallback: "d-a" }, "fallback"],
+        [{ fallback: ["d-a", "nowhere"] }, "fallback[1]"],
+        [{ onProgress: "loud" }, "onProgress"],
+        [{ onEvent: 1 }, "onEvent"],
+        [{ cancel: Promise.resolve() }, "cancel"],
+        [{ id: "" }, "id"],
+        [{ id: 7 }, "id"],
+        [null, "options"]
+      ]
+      for (const [options, field] of cases) {
+        const error = yield* Effect.flip(batch.run(["x"], options as never))
+        assert.strictEqual(invalidField(error), field, JSON.stringify(options))
+      }
+      assert.strictEqual(yield* controls.a!.calls, 0)
+    })
+  )
+
+  it.effect("a maxConcurrent that is not a positive integer fails the layer with a ConfigError naming it", () =>
+    Effect.gen(function* () {
+      for (const maxConcurrent of [Number.NaN, 0, -3, 2.5, Number.POSITIVE_INFINITY]) {
+        const error = yield* Effect.flip(
+          Effect.scoped(
+            Layer.build(
+              Orchestra.layer({ providers: { a: Mock.layer() }, maxConcurrent }).pipe(
+                Layer.provide(Layer.succeed(Metric.MetricRegistry, new Map()))
+              )
+            )
+          )
+        )
+        assert.strictEqual(error._tag, "ConfigError")
+        if (error._tag === "ConfigError") assert.strictEqual(error.path, "maxConcurrent", String(maxConcurrent))
+      }
+    })
+  )
+})
+
+describe("Batch on a domain gets the domain's policies, as Router.execute does", () => {
+  it.effect("an open breaker on the domain's provider makes the item fall back along the domain's chain", () =>
+    Effect.gen(function* () {
+      const { batch, controls, breakers } = yield* makeOrchestra(
+        { a: {}, b: { respond: () => "from b" } },
+        {
+          domains: [
+            { name: "d-a", provider: "a", fallback: ["d-b"] },
+            { name: "d-b", provider: "b" }
+          ],
+          breakers: {}
+        }
+      )
+      yield* breakers!.isolate("a")
+      const result = yield* batch.run([{ query: "q", domain: "d-a" }, "q2"], { domain: "d-a" })
+      for (const r of result.results) {
+        assert.strictEqual(r.answer?.domain, "d-b")
+        assert.isTrue(r.answer?.fallbackUsed)
+        assert.strictEqual(r.answer?.domainsTried, 2)
+      }
+      assert.strictEqual(yield* controls.a!.calls, 0, "the open breaker refused without calling")
+      assert.strictEqual(result.stats.fallbacks, 2)
+    })
+  )
+
+  it.effect("a cached answer is served without calling the provider", () =>
+    Effect.gen(function* () {
+      const { batch, controls, router } = yield* makeOrchestra(
+        { a: { respond: (r) => `answer to ${r.prompt}` } },
+        { cache: { ttl: "1 minute" } }
+      )
+      const first = yield* router.execute({ prompt: "cached" }, "d-a")
+      assert.strictEqual(first.source, "provider")
+      const result = yield* batch.run(["cached", "fresh"], { domain: "d-a", concurrency: 1 })
+      assert.deepStrictEqual(
+        result.results.map((r) => [r.answer?.source, r.answer?.response.text]),
+        [
+          ["cache", "answer to cached"],
+          ["provider", "answer to fresh"]
+        ]
+      )
+      assert.strictEqual(yield* controls.a!.calls, 2)
+    })
+  )
+
+  it.effect("the domain's provider rate limit applies to batch items", () =>
+    Effect.gen(function* () {
+      const { batch, controls } = yield* makeOrchestra(
+        { a: {} },
+        { rateLimits: { providers: { a: { requestsPerMinute: 2 } }, maxWait: 0 } }
+      )
+      const result = yield* batch.run(["1", "2", "3"], { domain: "d-a", concurrency: 1 })
+      assert.deepStrictEqual(
+        result.results.map((r) => r.status),
+        ["success", "success", "error"]
+      )
+      const error = result.results[2]!.error
+      assert.strictEqual(error?._tag === "ModelError" && error.reason, "RateLimited")
+      assert.strictEqual(yield* controls.a!.calls, 2)
+    })
+  )
+
+  it.effect("the domain's retry policy and deadline apply; Retried events count the item's retries", () =>
+    Effect.gen(function* () {
+      const { batch, controls } = yield* makeOrchestra(
+        {
+          a: {
+            script: [
+              Outcome.fail("Overloaded", { latency: "10 millis" }),
+              Outcome.hang(),
+              Outcome.succeed("finally", { latency: "10 millis" })
+            ]
+          }
+        },
+        { domains: [{ name: "d-a", provider: "a", retry: retry3, timeout: 500 }] }
+      )
+      const events: Array<Batch.ProgressEvent> = []
+      const fiber = yield* Effect.forkChild(batch.run(["q"], { domain: "d-a", onProgress: (e) => events.push(e) }))
+      yield* TestClock.adjust("5 seconds")
+      const result = yield* Fiber.join(fiber)
+      assert.deepStrictEqual(trace(events), [
+        "Started:0@0 0/1",
+        "Retried:0@10 0/1",
+        "Retried:0@610 0/1",
+        "Succeeded:0@820 1/1"
+      ])
+      assert.strictEqual(result.results[0]!.retries, 2)
+      assert.strictEqual(result.results[0]!.answer?.attempts, 3)
+      assert.strictEqual(result.stats.retries, 2)
+      assert.strictEqual(yield* controls.a!.calls, 3)
+    })
+  )
+})
+
+describe("Router (fixes found while porting Batch)", () => {
+  it.effect("a null request on a domain is an InvalidRequest naming `request`, not a defect", () =>
+    Effect.gen(function* () {
+      const { router } = yield* makeOrchestra({ a: {} })
+      const exit = yield* Effect.exit(router.execute(null as never, "d-a"))
+      assert.isTrue(Exit.isFailure(exit))
+      if (Exit.isFailure(exit)) {
+        const error = exit.cause.reasons.find((r) => r._tag === "Fail")
+        assert.strictEqual(error?._tag === "Fail" && invalidField(error.error), "request")
+      }
+    })
+  )
+})
