@@ -1,5 +1,5 @@
 import { assert, describe, it } from "@effect/vitest"
-import { Context, Effect, Exit, Fiber, Layer, Metric, Option, Scope, Stream } from "effect"
+import { Context, Deferred, Effect, Exit, Fiber, Layer, Metric, Option, Scope, Stream } from "effect"
 import { TestClock } from "effect/testing"
 import type { AiError } from "../src/AiError.js"
 import * as Batch from "../src/Batch.js"
@@ -531,3 +531,507 @@ describe("Router (fixes found while porting Batch)", () => {
     })
   )
 })
+
+describe("Batch fallback", () => {
+  it.effect("fallback domains per batch: items move on only when the error falls back", () =>
+    Effect.gen(function* () {
+      const { batch, controls } = yield* makeOrchestra(
+        {
+          a: { script: [Outcome.fail("Overloaded"), Outcome.fail("InvalidRequest"), Outcome.succeed("a")] },
+          b: { respond: () => "b" }
+        },
+        {
+          domains: [
+            { name: "d-a", provider: "a", retry: noRetry },
+            { name: "d-b", provider: "b", retry: noRetry }
+          ]
+        }
+      )
+      const result = yield* batch.run(["1", "2", "3"], { domain: "d-a", fallback: ["d-b"], concurrency: 1 })
+      assert.deepStrictEqual(
+        result.results.map((r) => r.status),
+        ["success", "error", "success"]
+      )
+      assert.strictEqual(result.results[0]!.answer?.domain, "d-b")
+      assert.isTrue(result.results[0]!.answer?.fallbackUsed)
+      assert.strictEqual(result.results[0]!.answer?.attempts, 2)
+      assert.strictEqual(result.results[2]!.answer?.domain, "d-a")
+      assert.isFalse(result.results[2]!.answer?.fallbackUsed)
+      assert.strictEqual(yield* controls.b!.calls, 1, "InvalidRequest did not fall back")
+      assert.strictEqual(result.stats.fallbacks, 1)
+    })
+  )
+
+  it.effect(
+    "items without a domain fall back from the executor's provider to the batch's fallback domains, in one plan",
+    () =>
+      Effect.gen(function* () {
+        const { batch, controls, stats } = yield* makeOrchestra(
+          {
+            a: { script: [Outcome.fail("Unavailable"), Outcome.fail("Unavailable")] },
+            b: { script: [Outcome.succeed("b"), Outcome.fail("Overloaded")] }
+          },
+          {
+            executor: { retry: { maxAttempts: 1 } },
+            domains: [{ name: "d-b", provider: "b", retry: noRetry }]
+          }
+        )
+        const result = yield* batch.run(["x", "y"], { fallback: ["d-b"], concurrency: 1 })
+        const answer = result.results[0]!.answer
+        assert.strictEqual(answer?.response.text, "b")
+        assert.strictEqual(answer?.domain, "d-b")
+        assert.isTrue(answer?.fallbackUsed)
+        assert.strictEqual(answer?.attempts, 2)
+        const error = result.results[1]!.error
+        assert.strictEqual(error?._tag, "FallbackExhaustedError")
+        if (error?._tag === "FallbackExhaustedError") {
+          assert.deepStrictEqual(
+            error.attempts.map((a) => [a.domain, a.provider]),
+            [
+              [undefined, "a"],
+              ["d-b", "b"]
+            ]
+          )
+        }
+        assert.strictEqual(result.results[1]!.status, "error")
+        assert.deepStrictEqual([yield* controls.a!.calls, yield* controls.b!.calls], [2, 2])
+        assert.strictEqual(result.stats.fallbacks, 2)
+        assert.strictEqual((yield* stats.snapshot()).fallbacks, 2, "the pipeline counted both hand-overs")
+      })
+  )
+})
+
+const modes = [
+  { name: "items with a domain", domain: "d-a" as string | undefined },
+  { name: "items without a domain (the executor's provider)", domain: undefined as string | undefined }
+] as const
+
+for (const mode of modes) {
+  describe(`Batch progress, ${mode.name}`, () => {
+    it.effect("onProgress: events in order with done/total counts and elapsed time", () =>
+      Effect.gen(function* () {
+        const { batch } = yield* makeOrchestra(
+          {
+            a: {
+              script: [
+                Outcome.succeed("0", { latency: "100 millis" }),
+                Outcome.succeed("1", { latency: "300 millis" }),
+                Outcome.fail("InvalidRequest", { latency: "100 millis" })
+              ]
+            }
+          },
+          { domains: [{ name: "d-a", provider: "a", retry: noRetry }], executor: { retry: noRetry } }
+        )
+        const events: Array<Batch.ProgressEvent> = []
+        const fiber = yield* Effect.forkChild(
+          batch.run(["0", "1", "2"], { domain: mode.domain, concurrency: 2, onProgress: (e) => events.push(e) })
+        )
+        yield* TestClock.adjust("1 second")
+        const result = yield* Fiber.join(fiber)
+        assert.deepStrictEqual(trace(events), [
+          "Started:0@0 0/3",
+          "Started:1@0 0/3",
+          "Succeeded:0@100 1/3",
+          "Started:2@100 1/3",
+          "Failed:2@200 2/3",
+          "Succeeded:1@300 3/3"
+        ])
+        const failed = events[4]
+        assert.strictEqual(failed?._tag === "Failed" && failed.status, "error")
+        assert.strictEqual(failed?._tag === "Failed" && failed.durationMs, 100)
+        const succeeded = events[5]
+        assert.strictEqual(succeeded?._tag === "Succeeded" && succeeded.durationMs, 300)
+        assert.strictEqual(result.elapsedMs, 300)
+      })
+    )
+
+    it.effect("onEvent: the same events as Effects, awaited in order", () =>
+      Effect.gen(function* () {
+        const { batch } = yield* makeOrchestra({ a: { latency: "100 millis" } })
+        const events: Array<string> = []
+        const fiber = yield* Effect.forkChild(
+          batch.run(["0", "1"], {
+            domain: mode.domain,
+            concurrency: 1,
+            onEvent: (e) => Effect.sync(() => events.push(e._tag))
+          })
+        )
+        yield* TestClock.adjust("1 second")
+        yield* Fiber.join(fiber)
+        assert.deepStrictEqual(events, ["Started", "Succeeded", "Started", "Succeeded"])
+      })
+    )
+
+    it.effect("Batch.stream: the same events as a Stream, then the result", () =>
+      Effect.gen(function* () {
+        // distinct latencies: calls ending at the same instant may complete in either order
+        const { context } = yield* makeOrchestra({
+          a: {
+            script: [
+              Outcome.succeed("0", { latency: "200 millis" }),
+              Outcome.succeed("1", { latency: "300 millis" }),
+              Outcome.succeed("2", { latency: "250 millis" }),
+              Outcome.succeed("3", { latency: "300 millis" })
+            ]
+          }
+        })
+        const fiber = yield* Effect.forkChild(
+          Stream.runCollect(Batch.stream(["0", "1", "2", "3"], { domain: mode.domain, concurrency: 2 })).pipe(
+            Effect.provide(context)
+          )
+        )
+        yield* TestClock.adjust("1 second")
+        const all = yield* Fiber.join(fiber)
+        const last = all[all.length - 1]
+        assert.strictEqual(last?._tag, "Done")
+        const events = all.slice(0, -1) as ReadonlyArray<Batch.ProgressEvent>
+        assert.deepStrictEqual(trace(events), [
+          "Started:0@0 0/4",
+          "Started:1@0 0/4",
+          "Succeeded:0@200 1/4",
+          "Started:2@200 1/4",
+          "Succeeded:1@300 2/4",
+          "Started:3@300 2/4",
+          "Succeeded:2@450 3/4",
+          "Succeeded:3@600 4/4"
+        ])
+        if (last?._tag === "Done") {
+          assert.strictEqual(last.result.results.length, 4)
+          assert.isTrue(last.result.results.every((r) => r.status === "success"))
+          assert.strictEqual(last.result.elapsedMs, 600)
+        }
+      })
+    )
+
+    it.effect("Batch.stream fails with the run's error when the batch is invalid", () =>
+      Effect.gen(function* () {
+        const { batch } = yield* makeOrchestra({ a: {} })
+        const error = yield* Effect.flip(
+          Stream.runCollect(batch.stream(["x"], { domain: mode.domain, concurrency: 0 }))
+        )
+        assert.strictEqual(invalidField(error), "concurrency")
+      })
+    )
+
+    it.effect("leaving Batch.stream early interrupts the batch's calls", () =>
+      Effect.gen(function* () {
+        const { batch, controls } = yield* makeOrchestra({ a: { latency: "1 second" } }, { maxConcurrent: 3 })
+        const fiber = yield* Effect.forkChild(
+          batch.stream(["0", "1", "2", "3", "4", "5"], { domain: mode.domain }).pipe(
+            Stream.takeUntil((e) => e._tag === "Succeeded"),
+            Stream.runCollect
+          )
+        )
+        yield* TestClock.adjust("1 second")
+        yield* Fiber.join(fiber)
+        assert.strictEqual(yield* controls.a!.inFlight, 0)
+        assert.isAtLeast(yield* controls.a!.interrupted, 1)
+        yield* TestClock.adjust("10 seconds")
+        assert.isBelow(yield* controls.a!.calls, 6, "no new item started after the consumer left")
+      })
+    )
+
+    it.effect("Retried events appear for retried items, and the item counts its retries", () =>
+      Effect.gen(function* () {
+        const { batch } = yield* makeOrchestra(
+          {
+            a: {
+              script: [
+                Outcome.fail("Overloaded", { latency: "10 millis" }),
+                Outcome.fail("RateLimited", { latency: "10 millis" }),
+                Outcome.succeed("finally", { latency: "10 millis" })
+              ]
+            }
+          },
+          { domains: [{ name: "d-a", provider: "a", retry: retry3 }], executor: { retry: retry3 } }
+        )
+        const events: Array<Batch.ProgressEvent> = []
+        const fiber = yield* Effect.forkChild(
+          batch.run(["q"], { domain: mode.domain, onProgress: (e) => events.push(e) })
+        )
+        yield* TestClock.adjust("5 seconds")
+        const result = yield* Fiber.join(fiber)
+        assert.deepStrictEqual(trace(events), [
+          "Started:0@0 0/1",
+          "Retried:0@10 0/1",
+          "Retried:0@120 0/1",
+          "Succeeded:0@330 1/1"
+        ])
+        assert.deepStrictEqual(
+          events.flatMap((e) => (e._tag === "Retried" ? [[e.attempt, e.delayMs]] : [])),
+          [
+            [1, 100],
+            [2, 200]
+          ]
+        )
+        assert.strictEqual(result.results[0]!.retries, 2)
+        assert.strictEqual(result.results[0]!.answer?.response.text, "finally")
+        assert.strictEqual(result.stats.retries, 2)
+      })
+    )
+  })
+
+  describe(`Batch concurrency, ${mode.name}`, () => {
+    it.effect("two concurrent batches of one manager share its limit: peak never above it, both progress", () =>
+      Effect.gen(function* () {
+        const { batch, controls } = yield* makeOrchestra({ a: { latency: "1 second" } }, { maxConcurrent: 3 })
+        const startsA: Array<number> = []
+        const startsB: Array<number> = []
+        const items = Array.from({ length: 10 }, (_, i) => `q${i}`)
+        const a = yield* Effect.forkChild(
+          batch.run(items, {
+            domain: mode.domain,
+            onProgress: (e) => e._tag === "Started" && startsA.push(e.elapsedMs)
+          })
+        )
+        const b = yield* Effect.forkChild(
+          batch.run(items, {
+            domain: mode.domain,
+            onProgress: (e) => e._tag === "Started" && startsB.push(e.elapsedMs)
+          })
+        )
+        yield* TestClock.adjust("1 minute")
+        const [ra, rb] = [yield* Fiber.join(a), yield* Fiber.join(b)]
+        assert.strictEqual(yield* controls.a!.peak, 3)
+        assert.strictEqual(yield* controls.a!.calls, 20)
+        assert.isTrue(ra.results.every((r) => r.status === "success"))
+        assert.isTrue(rb.results.every((r) => r.status === "success"))
+        // 20 calls of 1 s through 3 permits: ceil(20 / 3) = 7 s for both together
+        assert.strictEqual(Math.max(ra.elapsedMs, rb.elapsedMs), 7000)
+        // FIFO hand-off: B is not starved until A is done
+        assert.isBelow(startsB[2]!, 3000)
+        assert.isBelow(startsA[startsA.length - 1]!, 7000)
+        assert.isAtMost(ra.stats.concurrencyPeak, 3)
+        assert.isAbove(ra.stats.queueWait.max, 0, "A's items waited for permits B held")
+      })
+    )
+
+    it.effect("per-batch concurrency below the shared limit", () =>
+      Effect.gen(function* () {
+        const { batch, controls } = yield* makeOrchestra({ a: { latency: "1 second" } }, { maxConcurrent: 10 })
+        assert.strictEqual(batch.limit, 10)
+        const fiber = yield* Effect.forkChild(
+          batch.run(["0", "1", "2", "3", "4"], { domain: mode.domain, concurrency: 2 })
+        )
+        yield* TestClock.adjust("10 seconds")
+        const result = yield* Fiber.join(fiber)
+        assert.strictEqual(yield* controls.a!.peak, 2)
+        assert.strictEqual(result.elapsedMs, 3000)
+        assert.strictEqual(result.stats.concurrencyPeak, 2)
+      })
+    )
+
+    it.effect("a per-batch concurrency above the shared limit is capped by it", () =>
+      Effect.gen(function* () {
+        const { batch, controls } = yield* makeOrchestra({ a: { latency: "1 second" } }, { maxConcurrent: 2 })
+        const fiber = yield* Effect.forkChild(batch.run(["0", "1", "2", "3"], { domain: mode.domain, concurrency: 50 }))
+        yield* TestClock.adjust("10 seconds")
+        yield* Fiber.join(fiber)
+        assert.strictEqual(yield* controls.a!.peak, 2)
+      })
+    )
+
+    it.effect("workers take items by index: a long batch reads only the items it has reached", () =>
+      Effect.gen(function* () {
+        const { batch, controls } = yield* makeOrchestra({ a: { latency: "1 second" } }, { maxConcurrent: 4 })
+        const read = new Set<number>()
+        const backing = Array.from({ length: 100_000 }, (_, i) => `q${i}`)
+        const items = new Proxy(backing, {
+          get: (target, key, receiver) => {
+            if (typeof key === "string" && /^\d+$/.test(key)) read.add(Number(key))
+            return Reflect.get(target, key, receiver)
+          }
+        })
+        const fiber = yield* Effect.forkChild(batch.run(items, { domain: mode.domain, concurrency: 2 }))
+        yield* TestClock.adjust("2500 millis")
+        assert.strictEqual(yield* controls.a!.inFlight, 2)
+        assert.deepStrictEqual(
+          [...read].sort((x, y) => x - y),
+          [0, 1, 2, 3, 4, 5]
+        )
+        yield* Fiber.interrupt(fiber)
+      })
+    )
+  })
+
+  describe(`Batch cancellation, ${mode.name}`, () => {
+    it.effect("cancel interrupts in-flight calls and reports the items that never ran", () =>
+      Effect.gen(function* () {
+        const { batch, controls } = yield* makeOrchestra({ a: { latency: "1 second" } }, { maxConcurrent: 2 })
+        const stop = yield* Deferred.make<void>()
+        const events: Array<Batch.ProgressEvent> = []
+        const items = Array.from({ length: 8 }, (_, i) => `q${i}`)
+        const fiber = yield* Effect.forkChild(
+          batch.run(items, { domain: mode.domain, cancel: Deferred.await(stop), onProgress: (e) => events.push(e) })
+        )
+        yield* TestClock.adjust("1500 millis")
+        assert.strictEqual(yield* controls.a!.inFlight, 2)
+        yield* Deferred.succeed(stop, undefined)
+        const result = yield* Fiber.join(fiber)
+        assert.isTrue(result.cancelled)
+        assert.deepStrictEqual(
+          result.results.map((r) => [r.status, r.ran]),
+          [
+            ["success", true],
+            ["success", true],
+            ["cancelled", true],
+            ["cancelled", true],
+            ["cancelled", false],
+            ["cancelled", false],
+            ["cancelled", false],
+            ["cancelled", false]
+          ]
+        )
+        assert.deepStrictEqual(result.notRun, [4, 5, 6, 7])
+        assert.strictEqual(result.results[2]!.durationMs, 500)
+        assert.strictEqual(yield* controls.a!.interrupted, 2)
+        assert.strictEqual(yield* controls.a!.inFlight, 0)
+        assert.strictEqual(yield* controls.a!.calls, 4)
+        const last = events[events.length - 1]
+        assert.strictEqual(last?._tag, "Cancelled")
+        if (last?._tag === "Cancelled") {
+          assert.deepStrictEqual(last.notRun, [4, 5, 6, 7])
+          assert.strictEqual(last.done, 2)
+          assert.strictEqual(last.elapsedMs, 1500)
+        }
+        assert.strictEqual(result.stats.total, 4)
+        assert.deepStrictEqual(result.stats.failuresByReason, { Interrupted: 2 })
+        // the permits came back: a later batch runs at full width
+        const next = yield* Effect.forkChild(batch.run(["x", "y"], { domain: mode.domain }))
+        yield* TestClock.adjust("1 second")
+        const after = yield* Fiber.join(next)
+        assert.isTrue(after.results.every((r) => r.status === "success"))
+        assert.strictEqual(after.elapsedMs, 1000)
+      })
+    )
+
+    it.effect("a cancel that has already happened runs nothing", () =>
+      Effect.gen(function* () {
+        const { batch, controls } = yield* makeOrchestra({ a: { latency: "1 second" } })
+        const result = yield* batch.run(["0", "1", "2"], { domain: mode.domain, cancel: Effect.void })
+        assert.isTrue(result.cancelled)
+        assert.deepStrictEqual(result.notRun, [0, 1, 2])
+        assert.isTrue(result.results.every((r) => r.status === "cancelled" && !r.ran))
+        assert.strictEqual(yield* controls.a!.calls, 0)
+      })
+    )
+
+    it.effect("a cancel that never fires lets the batch finish", () =>
+      Effect.gen(function* () {
+        const { batch } = yield* makeOrchestra({ a: { latency: "1 second" } })
+        const fiber = yield* Effect.forkChild(batch.run(["0", "1"], { domain: mode.domain, cancel: Effect.never }))
+        yield* TestClock.adjust("1 second")
+        const result = yield* Fiber.join(fiber)
+        assert.isFalse(result.cancelled)
+        assert.deepStrictEqual(result.notRun, [])
+      })
+    )
+
+    it.effect("interrupting the batch fiber interrupts its calls and frees the permits", () =>
+      Effect.gen(function* () {
+        const { batch, controls } = yield* makeOrchestra({ a: { latency: "1 second" } }, { maxConcurrent: 2 })
+        const fiber = yield* Effect.forkChild(batch.run(["0", "1", "2", "3"], { domain: mode.domain }))
+        yield* TestClock.adjust("500 millis")
+        yield* Fiber.interrupt(fiber)
+        assert.strictEqual(yield* controls.a!.interrupted, 2)
+        assert.strictEqual(yield* controls.a!.inFlight, 0)
+        const next = yield* Effect.forkChild(batch.run(["x", "y"], { domain: mode.domain }))
+        yield* TestClock.adjust("1 second")
+        assert.strictEqual((yield* Fiber.join(next)).elapsedMs, 1000)
+      })
+    )
+  })
+
+  describe(`Batch shutdown, ${mode.name}`, () => {
+    it.effect("closing the manager mid-batch: the batch returns and every item has an outcome", () =>
+      Effect.gen(function* () {
+        const { batch, controls, scope } = yield* makeOrchestra(
+          { a: { latency: "1 second" } },
+          { maxConcurrent: 2, executor: { shutdownDeadline: "500 millis", retry: noRetry } }
+        )
+        const fiber = yield* Effect.forkChild(batch.run(["0", "1", "2", "3", "4", "5"], { domain: mode.domain }))
+        yield* TestClock.adjust("100 millis")
+        const closing = yield* Effect.forkChild(Scope.close(scope, Exit.void))
+        yield* TestClock.adjust("500 millis")
+        yield* Fiber.join(closing)
+        const result = yield* Fiber.join(fiber)
+        assert.deepStrictEqual(
+          result.results.map((r) => r.status),
+          ["rejected", "rejected", "rejected", "rejected", "rejected", "rejected"]
+        )
+        assert.isTrue(result.results.every((r) => r.error?._tag === "ShuttingDownError"))
+        assert.deepStrictEqual(result.notRun, [])
+        assert.strictEqual(result.results[0]!.durationMs, 600, "in flight until the shutdown deadline")
+        assert.strictEqual(yield* controls.a!.calls, 2, "queued items never reached the provider")
+        assert.strictEqual(yield* controls.a!.interrupted, 2)
+        assert.strictEqual(yield* controls.a!.inFlight, 0)
+      })
+    )
+  })
+
+  describe(`Batch stats, ${mode.name}`, () => {
+    it.effect("result.stats counts this batch only, even with another batch running at the same time", () =>
+      Effect.gen(function* () {
+        const { batch, stats } = yield* makeOrchestra(
+          { a: { latency: "100 millis" } },
+          { maxConcurrent: 4, domains: [{ name: "d-a", provider: "a", retry: noRetry }], executor: { retry: noRetry } }
+        )
+        const invalid = { request: { prompt: "bad", maxTokens: -1 } }
+        const a = yield* Effect.forkChild(batch.run(["a0", invalid, "a2"], { domain: mode.domain, concurrency: 1 }))
+        const b = yield* Effect.forkChild(
+          batch.run(["b0", "b1", "b2", "b3", "b4"], { domain: mode.domain, id: "other-batch" })
+        )
+        yield* TestClock.adjust("5 seconds")
+        const ra = yield* Fiber.join(a)
+        const rb = yield* Fiber.join(b)
+        assert.strictEqual(rb.id, "other-batch")
+        assert.notStrictEqual(ra.id, rb.id)
+        assert.deepStrictEqual(
+          ra.results.map((r) => r.status),
+          ["success", "error", "success"]
+        )
+        assert.strictEqual(ra.stats.total, 3)
+        assert.strictEqual(ra.stats.successes, 2)
+        assert.strictEqual(ra.stats.failures, 1)
+        assert.deepStrictEqual(ra.stats.failuresByReason, { InvalidRequest: 1 })
+        assert.strictEqual(ra.stats.concurrencyPeak, 1)
+        assert.strictEqual(rb.stats.total, 5)
+        assert.strictEqual(rb.stats.successes, 5)
+        assert.strictEqual(rb.stats.failures, 0)
+        assert.strictEqual(rb.stats.latency.avg, 100)
+        assert.strictEqual(rb.stats.latency.p95, 100)
+        assert.strictEqual(rb.stats.successRate, 100)
+        assert.strictEqual(rb.stats.tokens.output, 5 * 5)
+        assert.isAbove(rb.stats.concurrencyPeak, 1)
+        const all = yield* stats.snapshot()
+        assert.strictEqual(all.total, 8)
+        assert.strictEqual(all.successes, 7)
+      })
+    )
+
+    it.effect("stats come from the batch's own outcomes: many batches add no metric series", () =>
+      Effect.gen(function* () {
+        const { batch, registry } = yield* makeOrchestra({ a: { latency: "10 millis" } })
+        const run = (id: string, n: number) =>
+          Effect.gen(function* () {
+            const fiber = yield* Effect.forkChild(
+              batch.run(
+                Array.from({ length: n }, (_, i) => `${id}-${i}`),
+                { domain: mode.domain, id }
+              )
+            )
+            yield* TestClock.adjust("1 second")
+            return yield* Fiber.join(fiber)
+          })
+        yield* run("warm-up", 2)
+        const series = registry.size
+        for (let i = 0; i < 20; i++) yield* run(`batch-${i}`, 3)
+        const last = yield* run("last", 4)
+        assert.strictEqual(registry.size, series, "no series per batch")
+        assert.strictEqual(last.stats.total, 4)
+        assert.strictEqual(last.stats.successes, 4)
+        assert.strictEqual(last.stats.latency.max, 10)
+      })
+    )
+  })
+}
