@@ -12,7 +12,7 @@
  *
  * @since 0.1.0
  */
-import { Context, Duration, Effect, Layer, Metric, Result } from "effect"
+import { Context, Duration, Effect, Layer, Metric, Option, Result, Tracer } from "effect"
 import { RateLimiter, type Redis } from "effect/persistence"
 import { ModelError } from "./AiError.js"
 import * as Input from "./Input.js"
@@ -240,16 +240,86 @@ export const make = Effect.fnUntraced(function* (
   const release = (reservations: ReadonlyArray<Reservation>): Effect.Effect<void> =>
     Effect.forEach(reservations, (r) => Effect.ignore(consume(r, -r.tokens)), { discard: true, concurrency: 2 })
 
-  const acquire = Effect.fn("RateLimits.acquire")(function* (
+  // The request reservation of each key, made once.
+  const requestReservations = new Map<string, Reservation>()
+  const requestReservation = (key: string, limits: ResolvedLimits, limit: number): Reservation => {
+    let reservation = requestReservations.get(key)
+    if (reservation === undefined) {
+      reservation = { key: `${key}:rpm`, limit, tokens: 1, limits }
+      requestReservations.set(key, reservation)
+    }
+    return reservation
+  }
+
+  const decide = (
     key: string,
-    cost?: { readonly tokens?: number | undefined }
-  ) {
-    const tokens = yield* Input.orInvalidRequest(checkTokens(cost?.tokens), key)
+    reservations: ReadonlyArray<Reservation>,
+    results: ReadonlyArray<Result.Result<RateLimiter.ConsumeResult, RateLimiter.RateLimiterError>>
+  ): Effect.Effect<void, ModelError> => {
+    const metrics = metricsOf(key)
+    const taken: Array<Reservation> = []
+    let waitMillis = 0
+    let storeFailed = false
+    for (let i = 0; i < results.length; i++) {
+      const result = results[i]!
+      if (Result.isSuccess(result)) {
+        taken.push(reservations[i]!)
+        waitMillis = Math.max(waitMillis, significant(Duration.toMillis(result.success.delay)))
+      } else {
+        storeFailed = true
+      }
+    }
+    if (storeFailed && failClosed) {
+      return Effect.andThen(
+        Effect.andThen(release(taken), Metric.update(metrics.rejected, 1)),
+        Effect.fail(
+          new ModelError({
+            reason: "RateLimited",
+            message: `the rate limit of "${key}" cannot be checked (store unavailable) and onStoreError is "reject"`,
+            provider: key
+          })
+        )
+      )
+    }
+    if (waitMillis > maxWaitMillis) {
+      const retryAfter = Duration.millis(Math.ceil(waitMillis))
+      return Effect.andThen(
+        Effect.andThen(release(taken), Metric.update(metrics.rejected, 1)),
+        Effect.fail(
+          new ModelError({
+            reason: "RateLimited",
+            message: `rate limit of "${key}" reached: the next slot is in ${Duration.format(retryAfter)}, beyond maxWait ${Duration.format(config.maxWait)}`,
+            provider: key,
+            retryAfter
+          })
+        )
+      )
+    }
+    if (waitMillis <= 0) return Effect.andThen(Metric.update(metrics.wait, 0), Metric.update(metrics.immediate, 1))
+    return Effect.all(
+      [
+        Metric.update(metrics.wait, waitMillis),
+        Metric.update(metrics.delayed, 1),
+        Effect.annotateCurrentSpan({ "orchestra.rate_limit.wait_ms": waitMillis }),
+        Effect.sleep(Duration.millis(waitMillis)).pipe(Effect.onInterrupt(() => release(taken)))
+      ],
+      { discard: true }
+    )
+  }
+
+  // Plain code rather than a generator: this runs for every attempt.
+  const untraced = (key: string, cost?: { readonly tokens?: number | undefined }): Effect.Effect<void, ModelError> => {
+    let tokens = 0
+    if (cost?.tokens !== undefined) {
+      const checked = checkTokens(cost.tokens)
+      if (Result.isFailure(checked)) return Input.orInvalidRequest(checked, key).pipe(Effect.asVoid)
+      tokens = checked.success
+    }
     const limits = limitsOf(key)
-    if (limits === undefined) return
+    if (limits === undefined) return Effect.void
     const reservations: Array<Reservation> = []
     if (limits.requestsPerMinute !== undefined) {
-      reservations.push({ key: `${key}:rpm`, limit: limits.requestsPerMinute, tokens: 1, limits })
+      reservations.push(requestReservation(key, limits, limits.requestsPerMinute))
     }
     // A request larger than the whole budget waits for an empty window, then goes.
     if (limits.tokensPerMinute !== undefined && tokens > 0) {
@@ -260,48 +330,27 @@ export const make = Effect.fnUntraced(function* (
         limits
       })
     }
-    if (reservations.length === 0) return
-    const metrics = metricsOf(key)
-    const results = yield* Effect.forEach(reservations, (r) => Effect.result(consume(r, r.tokens)), {
-      concurrency: reservations.length
-    })
-    const taken: Array<Reservation> = []
-    let waitMillis = 0
-    let storeFailed = false
-    results.forEach((result, i) => {
-      if (Result.isSuccess(result)) {
-        taken.push(reservations[i]!)
-        waitMillis = Math.max(waitMillis, significant(Duration.toMillis(result.success.delay)))
-      } else {
-        storeFailed = true
-      }
-    })
-    if (storeFailed && failClosed) {
-      yield* release(taken)
-      yield* Metric.update(metrics.rejected, 1)
-      return yield* new ModelError({
-        reason: "RateLimited",
-        message: `the rate limit of "${key}" cannot be checked (store unavailable) and onStoreError is "reject"`,
-        provider: key
-      })
-    }
-    if (waitMillis > maxWaitMillis) {
-      yield* release(taken)
-      yield* Metric.update(metrics.rejected, 1)
-      const retryAfter = Duration.millis(Math.ceil(waitMillis))
-      return yield* new ModelError({
-        reason: "RateLimited",
-        message: `rate limit of "${key}" reached: the next slot is in ${Duration.format(retryAfter)}, beyond maxWait ${Duration.format(config.maxWait)}`,
-        provider: key,
-        retryAfter
-      })
-    }
-    yield* Metric.update(metrics.wait, waitMillis)
-    if (waitMillis <= 0) return yield* Metric.update(metrics.immediate, 1)
-    yield* Metric.update(metrics.delayed, 1)
-    yield* Effect.annotateCurrentSpan({ "orchestra.rate_limit.wait_ms": waitMillis })
-    yield* Effect.sleep(Duration.millis(waitMillis)).pipe(Effect.onInterrupt(() => release(taken)))
-  })
+    if (reservations.length === 0) return Effect.void
+    const [first, second] = reservations as [Reservation, Reservation | undefined]
+    const results =
+      second === undefined
+        ? Effect.map(Effect.result(consume(first, first.tokens)), (r) => [r])
+        : guard === undefined
+          ? Effect.flatMap(Effect.result(consume(first, first.tokens)), (a) =>
+              Effect.map(Effect.result(consume(second, second.tokens)), (b) => [a, b])
+            )
+          : // Redis: both round trips at once.
+            Effect.all([Effect.result(consume(first, first.tokens)), Effect.result(consume(second, second.tokens))], {
+              concurrency: 2
+            })
+    return Effect.flatMap(results, (all) => decide(key, reservations, all))
+  }
+
+  // A span only for traced callers: one costs more than a whole in-memory acquire.
+  const acquire: Service["acquire"] = (key, cost) =>
+    Effect.flatMap(Effect.serviceOption(Tracer.ParentSpan), (parent) =>
+      Option.isSome(parent) ? Effect.withSpan(untraced(key, cost), "RateLimits.acquire") : untraced(key, cost)
+    )
 
   return RateLimits.of({ acquire, limitsOf })
 })

@@ -20,9 +20,22 @@
  *
  * @since 0.2.0
  */
-import * as NodeRedis from "@effect/platform-node/NodeRedis"
-import { Clock, Config, Duration, Effect, Layer, Metric, Predicate, Redacted, References, Result, Schema } from "effect"
-import type { Redis } from "effect/persistence"
+import type * as NodeRedis from "@effect/platform-node/NodeRedis"
+import {
+  Clock,
+  Config,
+  Context,
+  Duration,
+  Effect,
+  Layer,
+  Metric,
+  Predicate,
+  Redacted,
+  References,
+  Result,
+  Schema
+} from "effect"
+import { Redis } from "effect/persistence"
 import * as Input from "./Input.js"
 import * as Metrics from "./Metrics.js"
 
@@ -42,7 +55,8 @@ export interface Options {
   readonly connectTimeout?: Input.DurationInput | undefined
   /**
    * The client's own deadline on every command, whether it was sent or not (node-redis
-   * `timeout` with `rejectInFlight`). A backstop behind each store's guard. Default 2 seconds.
+   * `timeout` with `rejectInFlight`). Guards whose `timeout` is not shorter rely on it
+   * instead of a timer of their own per call (see {@link ClientDeadline}). Default 500 ms.
    */
   readonly commandTimeout?: Input.DurationInput | undefined
   /** Longest pause between reconnection attempts (exponential from 50 ms). Default 2 seconds. */
@@ -69,7 +83,7 @@ const settings = (options: Options): Input.Checked<Settings> => {
   return Result.map(
     Input.all([
       wholeMillis("connectTimeout", options.connectTimeout, "2 seconds"),
-      wholeMillis("commandTimeout", options.commandTimeout, "2 seconds"),
+      wholeMillis("commandTimeout", options.commandTimeout, "500 millis"),
       wholeMillis("reconnectMax", options.reconnectMax, "2 seconds")
     ]),
     ([connectTimeout, commandTimeout, reconnectMax]) => ({ url: plain, connectTimeout, commandTimeout, reconnectMax })
@@ -77,11 +91,35 @@ const settings = (options: Options): Input.Checked<Settings> => {
 }
 
 /**
+ * The deadline, in milliseconds, that the `Redis` service's client puts on every command
+ * by itself, when known ({@link layer} sets it). A guard whose `timeout` is at least this
+ * long leaves the deadline to the client: an `Effect.timeout` per call forks two fibers and
+ * a timer, which tripled the cost of a Redis round trip (bench/cache.ts, part B).
+ *
+ * @since 0.2.0
+ * @category references
+ */
+export const ClientDeadline: Context.Reference<number | undefined> = Context.Reference<number | undefined>(
+  "effect-orchestra/Redis/ClientDeadline",
+  { defaultValue: () => undefined }
+)
+
+const loadNodeRedis = Effect.tryPromise({
+  try: () => import("@effect/platform-node/NodeRedis"),
+  catch: (cause) =>
+    new Redis.RedisError({
+      cause: new Error(`the redis package could not be loaded (npm install redis): ${errorText(cause)}`)
+    })
+})
+
+/**
  * `effect/persistence`'s `Redis` service (and `NodeRedis`, the node-redis client) for the
  * stores of this library. Connects when built: an unreachable Redis fails the layer with
  * a `RedisError` (after at most `connectTimeout`); later outages are the stores' business
  * (each fails open or closed as configured) while the client reconnects in the background.
  * Invalid options fail it with a `ConfigError` naming the field. Closed with the layer's scope.
+ * The `redis` package (node-redis) is loaded when the layer is built, so modules that only
+ * use the in-memory stores never need it.
  *
  * @example
  * ```ts
@@ -101,7 +139,9 @@ export const layer = (
   options: Options = {}
 ): Layer.Layer<Redis.Redis | NodeRedis.NodeRedis, Input.ConfigError | Redis.RedisError> =>
   Layer.unwrap(
-    Effect.map(Input.orConfigError(settings(options)), (s) => {
+    Effect.gen(function* () {
+      const s = yield* Input.orConfigError(settings(options))
+      const NodeRedis = yield* loadNodeRedis
       // Before the first connection a failure fails the layer (a wrong URL should not hang
       // start-up); once connected, the client never gives up reconnecting.
       const state = { connected: false }
@@ -122,7 +162,8 @@ export const layer = (
           Effect.sync(() => {
             state.connected = true
           })
-        )
+        ),
+        Layer.merge(Layer.succeed(ClientDeadline, s.commandTimeout))
       )
     })
   )
@@ -175,6 +216,23 @@ export const errorText = (failure: unknown): string => {
   }
   if (text !== "") return text
   return Predicate.hasProperty(failure, "_tag") ? String(failure._tag) : String(failure)
+}
+
+// node-redis's own deadline (`TimeoutError`: never sent, `TimeoutReadError`: no reply),
+// told apart by class, somewhere in the chain of causes.
+const isClientTimeout = (failure: unknown): boolean => {
+  let current: unknown = failure
+  for (let depth = 0; depth < 8 && typeof current === "object" && current !== null; depth++) {
+    const name = (current as { readonly constructor?: { readonly name?: unknown } }).constructor?.name
+    if (name === "TimeoutError" || name === "TimeoutReadError") return true
+    current =
+      Predicate.hasProperty(current, "reason") && typeof current.reason === "object"
+        ? current.reason
+        : Predicate.hasProperty(current, "cause")
+          ? current.cause
+          : undefined
+  }
+  return false
 }
 
 /**
@@ -254,10 +312,12 @@ export const makeGuard = (options: {
   readonly settings: GuardSettings
   readonly errors?: Metric.Metric<number, unknown> | undefined
 }): Effect.Effect<Guard> =>
-  Effect.sync(() => {
+  Effect.map(Effect.service(ClientDeadline), (clientDeadline) => {
     const { settings, store } = options
     const errors = options.errors ?? Metric.withAttributes(Metrics.storeErrors, { store })
     const timeoutMillis = Duration.toMillis(settings.timeout)
+    // The client already fails every command by this deadline: no timer of our own per call.
+    const clientBound = clientDeadline !== undefined && clientDeadline <= timeoutMillis
     const reportAfter = Duration.toMillis(settings.reportAfter)
     const probeInterval = Duration.toMillis(settings.probeInterval)
     // One store's health: plain fields in this closure, read and written synchronously.
@@ -308,19 +368,21 @@ export const makeGuard = (options: {
           }
           nextProbe = now + probeInterval
         }
-        return effect.pipe(
-          Effect.timeoutOrElse({
-            duration: settings.timeout,
-            orElse: () =>
-              Effect.fail(
-                new StoreError({
-                  store,
-                  operation,
-                  reason: "Timeout",
-                  message: `${operation} timed out after ${timeoutMillis} ms`
-                })
-              )
-          }),
+        const bounded: Effect.Effect<A, E | StoreError> = clientBound
+          ? effect
+          : Effect.timeoutOrElse(effect, {
+              duration: settings.timeout,
+              orElse: () =>
+                Effect.fail(
+                  new StoreError({
+                    store,
+                    operation,
+                    reason: "Timeout",
+                    message: `${operation} timed out after ${timeoutMillis} ms`
+                  })
+                )
+            })
+        return bounded.pipe(
           Effect.matchEffect({
             onFailure: (error) =>
               failed(
@@ -329,7 +391,7 @@ export const makeGuard = (options: {
                   : new StoreError({
                       store,
                       operation,
-                      reason: "Failed",
+                      reason: isClientTimeout(error) ? "Timeout" : "Failed",
                       message: `${operation}: ${errorText(error)}`,
                       cause: error
                     })

@@ -245,35 +245,45 @@ export const makeMemory = Effect.fnUntraced(function* (options: MemoryOptions = 
       )
     )
 
-  const getOrCompute = Effect.fn("ResponseCache.getOrCompute")(function* <E>(
-    key: string,
-    compute: Effect.Effect<GenerateResponse, E>,
-    options?: { readonly allowStale?: boolean | undefined }
-  ) {
-    const k = Internal.responseKey(key)
-    const now = yield* Effect.clockWith((clock) => Effect.succeed(clock.currentTimeMillisUnsafe()))
-    const found = table.peek(k, now)
-    if (found._tag === "Done" && now < found.stored.freshUntil) {
-      const { stored } = yield* table.run(k, Effect.flatMap(compute, storeAnswer))
-      yield* Metric.update(counters.hit, 1)
-      return { value: answer(stored), source: "hit" as Source }
-    }
+  const compute = <E>(
+    k: string,
+    effect: Effect.Effect<GenerateResponse, E>,
+    found: Internal.Peeked,
+    allowStale: boolean
+  ): Effect.Effect<{ readonly value: GenerateResponse; readonly source: Source }, E> => {
     const stale = found._tag === "Running" ? table.refreshingOf(k) : found._tag === "Done" ? found.stored : undefined
-    const result = yield* Effect.result(
-      table.run(k, Effect.flatMap(compute, storeAnswer), found._tag === "Done" ? stale : undefined)
+    return Effect.matchEffect(
+      table.run(k, Effect.flatMap(effect, storeAnswer), found._tag === "Done" ? stale : undefined),
+      {
+        onSuccess: ({ leader, stored }) => {
+          const source: Source = leader ? "miss" : "shared"
+          return Effect.as(Metric.update(counters[source], 1), { value: answer(stored), source })
+        },
+        onFailure: (error) =>
+          allowStale && stale !== undefined && stale.value._tag === "Response"
+            ? Effect.as(Metric.update(counters.stale, 1), { value: stale.value.response, source: "stale" as Source })
+            : Effect.andThen(
+                Metric.update(found._tag === "Running" ? counters.shared : counters.miss, 1),
+                Effect.fail(error)
+              )
+      }
     )
-    if (Result.isSuccess(result)) {
-      const source: Source = result.success.leader ? "miss" : "shared"
-      yield* Metric.update(counters[source], 1)
-      return { value: answer(result.success.stored), source }
-    }
-    if (options?.allowStale === true && stale !== undefined && stale.value._tag === "Response") {
-      yield* Metric.update(counters.stale, 1)
-      return { value: stale.value.response, source: "stale" as Source }
-    }
-    yield* Metric.update(found._tag === "Running" ? counters.shared : counters.miss, 1)
-    return yield* Effect.fail(result.failure)
-  })
+  }
+
+  const getOrCompute: Service["getOrCompute"] = (key, effect, options) =>
+    Internal.traced(
+      "ResponseCache.getOrCompute",
+      Effect.clockWith((clock) => {
+        const k = Internal.responseKey(key)
+        const now = clock.currentTimeMillisUnsafe()
+        const found = table.peek(k, now)
+        if (found._tag === "Done" && now < found.stored.freshUntil) {
+          table.touch(k)
+          return Effect.as(Metric.update(counters.hit, 1), { value: answer(found.stored), source: "hit" as Source })
+        }
+        return compute(k, effect, found, options?.allowStale === true)
+      })
+    )
 
   const fresh = (k: string, now: number): Option.Option<Internal.Stored> => {
     const found = table.peek(k, now)

@@ -110,7 +110,7 @@ export const make = Effect.fnUntraced(function* (options: Options = {}) {
   const answer = (stored: Internal.Stored): GenerateResponse =>
     stored.value._tag === "Response" ? stored.value.response : (undefined as never)
 
-  const getOrCompute = Effect.fn("ResponseCache.getOrCompute")(function* <E>(
+  const untraced = Effect.fnUntraced(function* <E>(
     key: string,
     compute: Effect.Effect<GenerateResponse, E>,
     options?: { readonly allowStale?: boolean | undefined }
@@ -148,6 +148,9 @@ export const make = Effect.fnUntraced(function* (options: Options = {}) {
     yield* Metric.update(joining ? counters.shared : counters.miss, 1)
     return yield* Effect.fail(result.failure)
   })
+
+  const getOrCompute: ResponseCache.Service["getOrCompute"] = (key, compute, options) =>
+    Internal.traced("ResponseCache.getOrCompute", untraced(key, compute, options))
 
   const fresh = (found: Option.Option<Internal.Stored>, at: number) => Option.filter(found, (s) => at < s.freshUntil)
 

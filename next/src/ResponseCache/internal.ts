@@ -9,7 +9,7 @@
  *
  * @internal
  */
-import { Cache, Duration, Effect, Exit, Fiber, Metric, MutableHashMap, Option } from "effect"
+import { Cache, Duration, Effect, Exit, Fiber, Metric, MutableHashMap, Option, Tracer } from "effect"
 import * as Metrics from "../Metrics.js"
 import type { GenerateResponse, StreamPart } from "../Model.js"
 
@@ -51,6 +51,8 @@ export interface Table {
   /** The stale entry a running computation of `key` replaces, if any. */
   readonly refreshingOf: (key: string) => Stored | undefined
   readonly put: (key: string, stored: Stored) => Effect.Effect<void>
+  /** Marks `key` as just used (the LRU order), as a hit through `Cache.get` would. */
+  readonly touch: (key: string) => void
   readonly remove: (key: string) => void
   /** Interrupts every running computation (the layer is closing). */
   readonly interruptAll: Effect.Effect<void>
@@ -141,6 +143,13 @@ export const makeTable = Effect.fnUntraced(function* (capacity: number) {
     run,
     refreshingOf: (key) => refreshing.get(key),
     put,
+    touch: (key) => {
+      const entry = MutableHashMap.get(cache.map, key)
+      if (Option.isSome(entry)) {
+        MutableHashMap.remove(cache.map, key)
+        MutableHashMap.set(cache.map, key, entry.value)
+      }
+    },
     remove: (key) => MutableHashMap.remove(cache.map, key),
     interruptAll
   } satisfies Table
@@ -152,6 +161,15 @@ export const lookupCounters = (cache: string): Readonly<Record<Source, Metric.Me
     Metric.withAttributes(Metrics.cacheLookups, { cache, outcome }) as Metric.Metric<number, unknown>
   return { hit: counter("hit"), miss: counter("miss"), stale: counter("stale"), shared: counter("shared") }
 }
+
+/**
+ * `effect` within a span named `name` when the caller is traced; as is otherwise (a span
+ * costs several times a cache hit, so untraced callers do not pay for one).
+ */
+export const traced = <A, E, R>(name: string, effect: Effect.Effect<A, E, R>): Effect.Effect<A, E, R> =>
+  Effect.flatMap(Effect.serviceOption(Tracer.ParentSpan), (parent) =>
+    Option.isSome(parent) ? Effect.withSpan(effect, name) : effect
+  )
 
 export const responseKey = (key: string): string => `r:${key}`
 export const partsKey = (key: string): string => `s:${key}`
