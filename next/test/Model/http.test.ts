@@ -1,8 +1,8 @@
 import { inspect } from "node:util"
 import { NodeHttpClient } from "@effect/platform-node"
 import { assert, describe, it, layer } from "@effect/vitest"
-import { Duration, Effect, Fiber, Redacted, Result, Stream, Tracer } from "effect"
-import { HttpClient, HttpClientRequest } from "effect/http"
+import { Cause, Duration, Effect, Exit, Fiber, Redacted, Result, Stream, Tracer } from "effect"
+import { HttpClient, HttpClientError, HttpClientRequest } from "effect/http"
 import { TestClock } from "effect/testing"
 import { isRetryable, ModelError, TimeoutError } from "../../src/AiError.js"
 import type * as Model from "../../src/Model.js"
@@ -401,6 +401,118 @@ layer(NodeHttpClient.layerUndici)("Client over a real server", (it) => {
       assert.strictEqual(everything?.["http.request.header.authorization"], "<redacted>")
       assert.strictEqual(everything?.["http.response.header.x-request-id"], "req-7")
       for (const span of spans) assert.notInclude(inspect(Object.fromEntries(span.attributes), { depth: 5 }), key)
+    })
+  )
+
+  it.effect(
+    "a middleware failure that repeats the key reaches no span: the client span ends with our scrubbed error",
+    () =>
+      Effect.gen(function* () {
+        const key = "sk-middleware-secret-5151"
+        const server = yield* Server.make((_, res) => Server.json(res, 200, { ok: true }))
+        const spans: Array<Tracer.NativeSpan> = []
+        const tracer = Tracer.make({
+          span(options) {
+            const span = new Tracer.NativeSpan(options)
+            spans.push(span)
+            return span
+          }
+        })
+        const seen: Array<HttpClientRequest.HttpClientRequest> = []
+        // A proxy layer that fails and repeats the request's headers (the key with them) in its error.
+        const leaky = (): HttpClient.HttpClient =>
+          HttpClient.make((request) => {
+            seen.push(request)
+            const headers = Object.entries(request.headers).map(([name, value]) => `${name}=${value}`)
+            return Effect.fail(
+              new HttpClientError.HttpClientError({
+                reason: new HttpClientError.TransportError({
+                  request,
+                  description: `proxy refused ${headers.join(" ")}`,
+                  cause: new Error(`upstream: ${key}`, { cause: new Error(key) })
+                })
+              })
+            )
+          })
+        const secrets = [Redacted.make(key)]
+        const client = yield* Client.make(settings(), leaky)
+        const request = post(server).pipe(
+          HttpClientRequest.setHeader("x-api-key", key),
+          HttpClientRequest.bearerToken(Redacted.make(key))
+        )
+        const error = yield* client.json(request, anything, { ...ctx, secrets }).pipe(
+          Effect.flip,
+          Effect.withSpan("call"),
+          Effect.provideService(HttpClient.TracerHeaderFilter, () => true),
+          Effect.provideService(Tracer.Tracer, tracer)
+        )
+        assert.strictEqual(modelError(error).reason, "Transport")
+        const streamed = yield* Stream.runDrain(client.sse(request, { ...ctx, secrets })).pipe(
+          Effect.flip,
+          Effect.provideService(Tracer.Tracer, tracer)
+        )
+        assert.strictEqual(modelError(streamed).reason, "Transport")
+        // What an exporter sends (OtlpTracer): attributes, events, and the pretty errors of a failed exit.
+        for (const span of spans) {
+          assert.notInclude(inspect(Object.fromEntries(span.attributes), { depth: 10 }), key, span.name)
+          assert.notInclude(inspect(span.events, { depth: 10 }), key, span.name)
+          if (span.status._tag === "Ended" && Exit.isFailure(span.status.exit)) {
+            for (const rendered of Cause.prettyErrors(span.status.exit.cause)) {
+              assert.notInclude(`${rendered.message}\n${rendered.stack}`, key, span.name)
+            }
+          }
+        }
+        // One client span per call, ended with the typed error, and still propagated to the request.
+        const http = spans.filter((s) => s.name === "POST")
+        assert.lengthOf(http, 2)
+        const [first] = http
+        assert.strictEqual(first?.kind, "client")
+        assert.strictEqual(first?.attributes.get("http.request.method"), "POST")
+        assert.strictEqual(first?.attributes.get("url.full"), `${server.url}/x`)
+        assert.strictEqual(first?.attributes.get("gen_ai.provider.name"), "t")
+        assert.strictEqual(first?.attributes.get("http.request.header.authorization"), "<redacted>")
+        assert.strictEqual(first?.attributes.get("http.request.header.content-type"), "application/json")
+        assert.strictEqual(first?.status._tag, "Ended")
+        if (first?.status._tag === "Ended") {
+          const failure = Cause.findErrorOption(
+            first.status.exit._tag === "Failure" ? first.status.exit.cause : Cause.empty
+          )
+          assert.isTrue(failure._tag === "Some" && failure.value instanceof ModelError)
+        }
+        assert.strictEqual(seen[0]?.headers["traceparent"], `00-${first?.traceId}-${first?.spanId}-01`)
+      })
+  )
+
+  it.effect("a status error ends the client span with our error and its status; no span when tracing is off", () =>
+    Effect.gen(function* () {
+      const server = yield* Server.make((_, res) =>
+        Server.json(res, 429, { error: { message: "slow down" } }, { "retry-after": "3" })
+      )
+      const spans: Array<Tracer.NativeSpan> = []
+      const tracer = Tracer.make({
+        span(options) {
+          const span = new Tracer.NativeSpan(options)
+          spans.push(span)
+          return span
+        }
+      })
+      const client = yield* Client.make(settings())
+      const error = yield* client
+        .json(post(server), anything, ctx)
+        .pipe(Effect.flip, Effect.provideService(Tracer.Tracer, tracer))
+      assert.strictEqual(modelError(error).reason, "RateLimited")
+      const [span] = spans.filter((s) => s.name === "POST")
+      assert.strictEqual(span?.attributes.get("http.response.status_code"), 429)
+      assert.strictEqual(span?.attributes.get("error.type"), "429")
+      assert.strictEqual(span?.attributes.get("http.response.header.retry-after"), "3")
+      assert.isTrue(span?.status._tag === "Ended" && Exit.isFailure(span.status.exit))
+      const before = spans.length
+      yield* client.json(post(server), anything, ctx).pipe(
+        Effect.flip,
+        Effect.provideService(HttpClient.TracerDisabledWhen, () => true),
+        Effect.provideService(Tracer.Tracer, tracer)
+      )
+      assert.strictEqual(spans.length, before)
     })
   )
 })

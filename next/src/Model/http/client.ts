@@ -1,8 +1,8 @@
 /**
  * The HTTP client of a provider, on `effect/http`'s `HttpClient`: every failure mapped to a
  * typed `ModelError` at this boundary, every body bounded, every call bounded in time, every
- * connection released when its call or stream ends or is interrupted, and no secret header
- * in a span.
+ * connection released when its call or stream ends or is interrupted, and no secret in a
+ * span: the client span is ours, ended with the scrubbed error (see {@link spanHeaderAllowList}).
  *
  * ```ts
  * const client = yield* Client.make(settings, options.transformClient)
@@ -12,8 +12,18 @@
  *
  * @since 0.2.0
  */
-import { Clock, Effect, Stream } from "effect"
-import { Headers, HttpClient, type HttpClientError, type HttpClientRequest, type HttpClientResponse } from "effect/http"
+import { Clock, Effect, Option, References, Result, Stream, Tracer } from "effect"
+import { constTrue } from "effect/Function"
+import {
+  Headers,
+  HttpClient,
+  type HttpClientError,
+  HttpClientRequest,
+  type HttpClientResponse,
+  HttpTraceContext as TraceContext,
+  Url,
+  UrlParams
+} from "effect/http"
 import { ModelError, type TimeoutError } from "../../AiError.js"
 import { bodyBytes, boundBytes, isJsonType, mediaType, readPrefix, readText } from "./body.js"
 import type { Decoder } from "./decode.js"
@@ -34,8 +44,9 @@ import { type Event, events } from "./sse.js"
 
 /**
  * Headers whose values may appear in the HTTP client's spans. Every other request and
- * response header is recorded as `<redacted>` when header capture is on (a response header
- * that echoes a key included); these are recorded by default.
+ * response header is recorded as `<redacted>` when header capture is on
+ * (`HttpClient.TracerHeaderFilter`; a response header that echoes a key included); these
+ * are recorded by default.
  *
  * @since 0.2.0
  * @category constants
@@ -67,21 +78,98 @@ const notAllowed = new RegExp(
   "i"
 )
 
+const redactedParamNames = (
+  request: HttpClientRequest.HttpClientRequest,
+  names: ReadonlyArray<string | RegExp>
+): ReadonlyArray<string | RegExp> => {
+  const redacted = request.urlParams.params.filter(([, value]) => typeof value !== "string").map(([name]) => name)
+  return redacted.length === 0 ? names : [...names, ...redacted]
+}
+
+const defaultPorts: Readonly<Record<string, number>> = { "http:": 80, "https:": 443 }
+
+/** The `url.*` and `server.*` attributes `effect/http` records, query values of redacted names hidden. */
+const urlAttributes = (span: Tracer.Span, request: HttpClientRequest.HttpClientRequest, names: RedactedNames) => {
+  const built = Url.make(request.url, request.urlParams, Option.getOrUndefined(request.hash))
+  if (Result.isFailure(built)) return
+  const url = built.success
+  const redacted = redactedParamNames(request, names)
+  const query = UrlParams.redactUrl(url.search, redacted).slice(1)
+  span.attribute("url.full", UrlParams.redactUrl(url.href, redacted))
+  span.attribute("url.path", url.pathname)
+  if (query !== "") span.attribute("url.query", query)
+  span.attribute("url.scheme", url.protocol.slice(0, -1))
+  if (url.hostname === "") return
+  span.attribute("server.address", url.hostname.startsWith("[") ? url.hostname.slice(1, -1) : url.hostname)
+  const port = url.port === "" ? defaultPorts[url.protocol] : Number(url.port)
+  if (port !== undefined) span.attribute("server.port", port)
+}
+
+type RedactedNames = ReadonlyArray<string | RegExp>
+type HeaderFilter = (name: string, phase: "request" | "response") => boolean
+
+const headerAttributes = (
+  span: Tracer.Span,
+  phase: "request" | "response",
+  headers: Headers.Headers,
+  filter: HeaderFilter,
+  names: RedactedNames
+) => {
+  for (const name in headers) {
+    if (!filter(name, phase)) continue
+    span.attribute(`http.${phase}.header.${name}`, Headers.isRedactedName(name, names) ? "<redacted>" : headers[name])
+  }
+}
+
 /**
- * Runs an HTTP call so that its client span records the allow-listed headers and nothing
- * but `<redacted>` for every other header, whatever header capture the caller turned on.
- *
- * @since 0.2.0
- * @category tracing
+ * `effect/http` ends its client span with the raw `HttpClientError`, and a middleware's
+ * error can repeat a key (a proxy that echoes the request's headers). So the client's own
+ * span is turned off for our calls and this one is opened instead: the same name, kind and
+ * attributes (headers through {@link spanHeaderAllowList}), the same trace propagation and
+ * the same switches (`TracerDisabledWhen`, `TracerHeaderFilter`, `SpanNameGenerator`,
+ * `TracerPropagationEnabled`), ended with our scrubbed error.
  */
-export const withSpanHeaders = <A, E, R>(effect: Effect.Effect<A, E, R>): Effect.Effect<A, E, R> =>
+const traced = <A, R>(
+  request: HttpClientRequest.HttpClientRequest,
+  ctx: CallContext,
+  exchange: (
+    request: HttpClientRequest.HttpClientRequest,
+    onResponse: ((response: HttpClientResponse.HttpClientResponse) => void) | undefined
+  ) => Effect.Effect<A, ModelError, R>
+): Effect.Effect<A, ModelError, R> =>
   Effect.withFiber((fiber) => {
-    const names = fiber.getRef(Headers.CurrentRedactedNames)
-    const filter = fiber.getRef(HttpClient.TracerHeaderFilter)
-    return effect.pipe(
-      Effect.provideService(Headers.CurrentRedactedNames, [...names, notAllowed]),
-      Effect.provideService(HttpClient.TracerHeaderFilter, (name, phase) => isAllowed(name) || filter(name, phase))
-    )
+    if (
+      !fiber.getRef(References.TracerEnabled) ||
+      fiber.getRef(Tracer.DisablePropagation) ||
+      fiber.getRef(HttpClient.TracerDisabledWhen)(request)
+    ) {
+      return exchange(request, undefined)
+    }
+    const names: RedactedNames = [...fiber.getRef(Headers.CurrentRedactedNames), notAllowed]
+    const userFilter = fiber.getRef(HttpClient.TracerHeaderFilter)
+    const filter: HeaderFilter = (name, phase) => isAllowed(name) || userFilter(name, phase)
+    return Effect.useSpan(fiber.getRef(HttpClient.SpanNameGenerator)(request), { kind: "client" }, (span) => {
+      span.attribute("http.request.method", request.method)
+      span.attribute("gen_ai.provider.name", ctx.provider)
+      if (ctx.model !== undefined) span.attribute("gen_ai.request.model", ctx.model)
+      urlAttributes(span, request, fiber.getRef(UrlParams.CurrentRedactedNames))
+      headerAttributes(span, "request", request.headers, filter, names)
+      const sent = fiber.getRef(HttpClient.TracerPropagationEnabled)
+        ? HttpClientRequest.setHeaders(request, TraceContext.toHeaders(span))
+        : request
+      return exchange(sent, (response) => {
+        span.attribute("http.response.status_code", response.status)
+        headerAttributes(span, "response", response.headers, filter, names)
+        if (response.status >= 400) span.attribute("error.type", String(response.status))
+      }).pipe(
+        Effect.tapError((error) =>
+          Effect.sync(() => {
+            if (!span.attributes.has("error.type")) span.attribute("error.type", error.reason)
+          })
+        ),
+        Effect.withParentSpan(span, { captureStackTrace: false })
+      )
+    })
   })
 
 /**
@@ -191,13 +279,23 @@ export const make = Effect.fnUntraced(function* (
   // Every request belongs to the scope of its call or stream: closing it aborts the request and its body.
   const client = HttpClient.withScope(transformClient === undefined ? base : transformClient(base))
 
-  const execute = (request: HttpClientRequest.HttpClientRequest, ctx: CallContext) =>
-    withSpanHeaders(client.execute(request)).pipe(Effect.catch((error) => clientFailure(error, ctx)))
+  const exchange = (
+    request: HttpClientRequest.HttpClientRequest,
+    ctx: CallContext,
+    onResponse: ((response: HttpClientResponse.HttpClientResponse) => void) | undefined
+  ) =>
+    client.execute(request).pipe(
+      // No span of effect/http's own (or of a client the middleware builds): ours is opened by `traced`.
+      Effect.provideService(HttpClient.TracerDisabledWhen, constTrue),
+      Effect.catch((error) => clientFailure(error, ctx)),
+      Effect.flatMap((response) => {
+        onResponse?.(response)
+        return isOk(response.status) ? Effect.succeed(response) : statusFailure(response, ctx)
+      })
+    )
 
   const open = (request: HttpClientRequest.HttpClientRequest, ctx: CallContext) =>
-    Effect.flatMap(execute(request, ctx), (response) =>
-      isOk(response.status) ? Effect.succeed(response) : statusFailure(response, ctx)
-    )
+    traced(request, ctx, (sent, onResponse) => exchange(sent, ctx, onResponse))
 
   const bytesOf = (response: HttpClientResponse.HttpClientResponse, ctx: CallContext) =>
     boundBytes(bodyBytes(response, ctx), settings.maxResponseBytes, "the stream", "maxResponseBytes", ctx)
