@@ -98,7 +98,7 @@ const variants: Record<string, Variant> = {
     scoped(
       Effect.gen(function* () {
         const breakers = yield* CircuitBreaker.makeMemory({ failMax: 5, resetTimeout: "1 hour" })
-        if (open) yield* Effect.ignore(breakers.isolate("p"))
+        if (open) yield* Effect.repeat(Effect.flip(breakers.execute("p", Effect.fail(failure))), { times: 5 })
         yield* effectForEach(() => breakers.execute("p", Effect.succeed(1)))
       })
     ),
@@ -106,7 +106,7 @@ const variants: Record<string, Variant> = {
     scoped(
       Effect.gen(function* () {
         const breakers = yield* CircuitBreaker.makeMemory({ failMax: 5, resetTimeout: "1 hour" })
-        if (open) yield* Effect.ignore(breakers.isolate("p"))
+        if (open) yield* Effect.repeat(Effect.flip(breakers.execute("p", Effect.fail(failure))), { times: 5 })
         yield* effectForEach(() =>
           Effect.scoped(Effect.flatMap(breakers.admit("p"), (permit) => permit.record(Exit.succeed(1))))
         )

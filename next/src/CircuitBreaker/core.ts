@@ -119,8 +119,21 @@ export const make = Effect.fnUntraced(function* (config: Config, backend: Backen
     return backend.onStoreError === "reject" ? reject(entry, "open") : undefined
   }
 
+  // In memory this process is the store's only client, so its view is exact: an open key
+  // (until its open time ends) and a running probe are refused here, without the store's
+  // own refusal (two more errors, each with a stack trace, per refused call).
+  const refusedHere = (entry: Entry, now: number): Effect.Effect<never, CircuitOpenError> | undefined => {
+    if (entry.isolated) return reject(entry, "isolated")
+    if (backend.shared) return undefined
+    if (entry.view === "open" && now < entry.openUntil) {
+      return reject(entry, "open", Duration.millis(entry.openUntil - now))
+    }
+    return entry.probing ? reject(entry, "half-open") : undefined
+  }
+
   const admitted = (entry: Entry, admission: Store.Admission, now: number) => {
     entry.inflight++
+    if (admission.probe && !backend.shared) entry.probing = true
     if (admission.probe) observe(entry, "half-open", now)
     else if (entry.view !== "closed") observe(entry, "closed", now)
   }
@@ -149,6 +162,7 @@ export const make = Effect.fnUntraced(function* (config: Config, backend: Backen
 
   const record = (entry: Entry, storeKey: string, admission: Store.Admission, outcome: Outcome) => {
     entry.inflight--
+    if (admission.probe && storeKey === entry.storeKey) entry.probing = false
     entry.lastActivity = clock.currentTimeMillisUnsafe()
     // A success can open a rate policy (the failures already in the window reach the rate).
     const openFor =
@@ -169,7 +183,8 @@ export const make = Effect.fnUntraced(function* (config: Config, backend: Backen
     Effect.uninterruptibleMask((restore): Effect.Effect<A, E | CircuitOpenError> => {
       const now = clock.currentTimeMillisUnsafe()
       const entry = entryFor(key, now)
-      if (entry.isolated) return reject(entry, "isolated")
+      const refusal = refusedHere(entry, now)
+      if (refusal !== undefined) return refusal
       entry.lastActivity = now
       const storeKey = entry.storeKey
       return Effect.matchCauseEffect(Scope.provide(backend.admit(storeKey), admitScope), {
@@ -195,7 +210,8 @@ export const make = Effect.fnUntraced(function* (config: Config, backend: Backen
         Effect.suspend(() => {
           const now = clock.currentTimeMillisUnsafe()
           const entry = entryFor(key, now)
-          if (entry.isolated) return reject(entry, "isolated")
+          const refusal = refusedHere(entry, now)
+          if (refusal !== undefined) return refusal
           entry.lastActivity = now
           const storeKey = entry.storeKey
           return Effect.matchCauseEffect(Scope.provide(backend.admit(storeKey), permitScope), {

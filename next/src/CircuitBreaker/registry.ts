@@ -39,6 +39,8 @@ export interface Entry {
   holdUntil: number
   /** Memory backend: refused until `reset`. */
   isolated: boolean
+  /** Memory backend: the half-open probe is running (the store holds its slot until its record). */
+  probing: boolean
   inflight: number
   lastActivity: number
   /** Used since the last eviction scan passed it (second chance). */
@@ -124,6 +126,7 @@ export const makeRegistry = Effect.fnUntraced(function* (config: Config, shared:
       openUntil: 0,
       holdUntil: 0,
       isolated: false,
+      probing: false,
       inflight: 0,
       lastActivity: now,
       touched: false,
@@ -204,6 +207,7 @@ export const makeRegistry = Effect.fnUntraced(function* (config: Config, shared:
   /** Memory backend: moves the key to a fresh store key, closed. */
   const moveStoreKey = (entry: Entry) => {
     entry.isolated = false
+    entry.probing = false
     entry.epoch++
     entry.storeKey = storeKeyOf(entry.key, entry.epoch)
   }
