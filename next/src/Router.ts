@@ -149,7 +149,7 @@ export interface Service {
     domains: ReadonlyArray<string>,
     options?: CallOptions
   ) => Effect.Effect<Answer, AiError>
-  /** Every domain's outcome, in the order given. */
+  /** Every domain's outcome, in the order given; each domain runs as `execute` runs it (its own fallback chain included). */
   readonly executeParallelDomains: {
     (
       request: GenerateRequest,
@@ -349,7 +349,10 @@ export const make = Effect.gen(function* () {
       Effect.map(executor.run(routed.plan, routed.call), routed.answer)
     )
 
-  const execute = (request: GenerateRequest, domain: string, options: CallOptions = {}) => run(request, domain, options)
+  const execute = (request: GenerateRequest, domain: string, options: CallOptions = {}) =>
+    typeof domain === "string"
+      ? run(request, domain, options)
+      : Effect.fail(invalidRequest("domain", `expected a domain name, got ${domain === null ? "null" : typeof domain}`))
 
   const executeWithFallback = (request: GenerateRequest, names: ReadonlyArray<string>, options: CallOptions = {}) =>
     run(request, names, options)
@@ -365,12 +368,12 @@ export const make = Effect.gen(function* () {
     if (mode === "all") {
       return Effect.forEach(
         names,
-        (domain) => Effect.map(Effect.result(run(request, [domain], options)), (result) => ({ domain, result })),
+        (domain) => Effect.map(Effect.result(execute(request, domain, options)), (result) => ({ domain, result })),
         { concurrency: "unbounded" }
       )
     }
     if (mode !== "first") return Effect.fail(invalidRequest("mode", `expected "all" or "first", got ${String(mode)}`))
-    return Effect.raceAll(names.map((domain) => run(request, [domain], options)))
+    return Effect.raceAll(names.map((domain) => execute(request, domain, options)))
   }) as Service["executeParallelDomains"]
 
   const hedgeDelay = (first: string, options: HedgeOptions): Effect.Effect<Duration.Duration, ModelError> =>

@@ -206,6 +206,32 @@ const unexpected = (cause: Cause.Cause<unknown>, provider: string): AiError => {
 class CurrentStep extends Context.Service<CurrentStep, Step<unknown>>()("effect-orchestra/policy/CurrentStep") {}
 
 /**
+ * Why a caller cut its own call short, set just before it interrupts the call (the Promise
+ * facade, when an `AbortSignal.timeout` fires): the steps and streams it cut are counted
+ * under this error's reason (a `TimeoutError` in `timeouts` too) instead of `Interrupted`.
+ *
+ * @internal
+ */
+export interface Cut {
+  error: AiError | undefined
+}
+
+/**
+ * The {@link Cut} of the calls run in this context, if their caller keeps one.
+ *
+ * @internal
+ */
+export const CurrentCut = Context.Reference<Cut | undefined>("effect-orchestra/policy/CurrentCut", {
+  defaultValue: () => undefined
+})
+
+/** Attempts of one call so far, and why it was cut if it was (a reason, or undefined). */
+interface Counter {
+  attempts: number
+  readonly cut: () => string | undefined
+}
+
+/**
  * Builds the engine; closing its scope stops admitting calls, waits up to the shutdown
  * deadline for the running ones, then interrupts them (their callers get `ShuttingDownError`).
  *
@@ -331,7 +357,7 @@ export const make = (options: Options): Effect.Effect<Engine, never, Scope.Scope
       step: Step<T>,
       plan: Plan<T, A>,
       call: (target: T, step: Step<T>) => Effect.Effect<A, AiError>,
-      counter: { attempts: number }
+      counter: Counter
     ): Effect.Effect<A, AiError> =>
       Effect.suspend(() => {
         const series = seriesOf(step)
@@ -378,7 +404,14 @@ export const make = (options: Options): Effect.Effect<Engine, never, Scope.Scope
               }
             } else {
               const error = Cause.findErrorOption(exit.cause)
-              series.fail(error._tag === "Some" ? reasonOf(error.value) : "Interrupted")
+              if (error._tag === "Some") {
+                series.fail(reasonOf(error.value))
+              } else {
+                // Interrupted: by a deadline of the call (counted as the timeout it is), or cancelled.
+                const cut = counter.cut()
+                if (cut === "Timeout") series.timeouts++
+                series.fail(cut ?? "Interrupted")
+              }
             }
             return Effect.void
           })
@@ -387,10 +420,11 @@ export const make = (options: Options): Effect.Effect<Engine, never, Scope.Scope
 
     const fallback = <T, A>(
       plan: Plan<T, A>,
-      call: (target: T, step: Step<T>) => Effect.Effect<A, AiError>
+      call: (target: T, step: Step<T>) => Effect.Effect<A, AiError>,
+      cut: () => string | undefined
     ): Effect.Effect<Answer<T, A>, AiError> =>
       Effect.suspend(() => {
-        const counter = { attempts: 0 }
+        const counter: Counter = { attempts: 0, cut }
         const [first, ...rest] = plan.steps
         if (rest.length === 0) {
           return Effect.map(runStep(first, plan, call, counter), (value) => ({
@@ -439,12 +473,13 @@ export const make = (options: Options): Effect.Effect<Engine, never, Scope.Scope
 
     const hedge = <T, A>(
       plan: Plan<T, A>,
-      call: (target: T, step: Step<T>) => Effect.Effect<A, AiError>
+      call: (target: T, step: Step<T>) => Effect.Effect<A, AiError>,
+      cut: () => string | undefined
     ): Effect.Effect<Answer<T, A>, AiError> =>
       Effect.suspend(() => {
         const steps = plan.steps
         const delay = plan.hedgeAfter ?? Duration.zero
-        const counter = { attempts: 0 }
+        const counter: Counter = { attempts: 0, cut }
         const started = steps.map(() => Deferred.makeUnsafe<void>())
         const failedAt = steps.map(() => Deferred.makeUnsafe<void>())
         const fatal = Deferred.makeUnsafe<never, AiError>()
@@ -502,9 +537,16 @@ export const make = (options: Options): Effect.Effect<Engine, never, Scope.Scope
       call: (target: T, step: Step<T>) => Effect.Effect<A, AiError>
     ): Effect.Effect<Answer<T, A>, AiError> => {
       if (closing) return Effect.fail(shuttingDown())
+      // Set when the call starts: its caller's cut, and the instant its total deadline passes.
+      let external: Cut | undefined
+      let deadlineAt: number | undefined
+      const cut = (): string | undefined => {
+        if (external?.error !== undefined) return reasonOf(external.error)
+        return deadlineAt !== undefined && clock.currentTimeMillisUnsafe() >= deadlineAt ? "Timeout" : undefined
+      }
       let body: Effect.Effect<Answer<T, A>, AiError> = plan.hedgeAfter !== undefined && plan.steps.length > 1
-        ? hedge(plan, call)
-        : fallback(plan, call)
+        ? hedge(plan, call, cut)
+        : fallback(plan, call, cut)
       const cache = plan.cache
       if (cache !== undefined) {
         const inner = body
@@ -531,7 +573,11 @@ export const make = (options: Options): Effect.Effect<Engine, never, Scope.Scope
         )
       }
       if (plan.totalTimeout !== undefined) body = tracked(body, plan.totalTimeout)
-      return Effect.suspend(() => {
+      return Effect.withFiber((fiber) => {
+        external = fiber.getRef(CurrentCut)
+        if (plan.totalTimeout !== undefined) {
+          deadlineAt = clock.currentTimeMillisUnsafe() + Duration.toMillis(plan.totalTimeout)
+        }
         active++
         return Effect.ensuring(body, Effect.sync(leave))
       })

@@ -58,7 +58,7 @@ import { decodeRetry, type RetryPolicy, type RetryPolicyInput, schedule as retry
 import type { Service as StatsService } from "../Stats.js"
 import type { Series } from "../stats/series.js"
 import type { Ending, Watch } from "./deadline.js"
-import type { BreakerPermit, Engine, RetryEvent, Step } from "./engine.js"
+import { type BreakerPermit, CurrentCut, type Engine, type RetryEvent, type Step } from "./engine.js"
 
 const PREFETCH = 64
 
@@ -289,6 +289,7 @@ export const make = (env: {
       }
       const clock = yield* Effect.clockWith(Effect.succeed)
       const now = () => clock.currentTimeMillisUnsafe()
+      const cut = yield* CurrentCut
       if (plan.cache !== undefined) {
         const cached = yield* plan.cache.store.getParts(plan.cache.key)
         if (Option.isSome(cached) && cached.value.length > 0) {
@@ -390,8 +391,11 @@ export const make = (env: {
           engine.leave()
           const attempt = current
           if (terminal === undefined) {
-            terminal = Exit.interrupt()
-            finishStep(attempt, Exit.interrupt())
+            // Left by its consumer: cancelled, or cut by the caller's deadline (counted as the timeout it is).
+            const error = cut?.error
+            terminal = error === undefined ? Exit.interrupt() : Exit.fail(error)
+            if (error?._tag === "TimeoutError" && attempt !== undefined && !stepClosed) attempt.series.timeouts++
+            finishStep(attempt, terminal)
           }
           return attempt === undefined ? Effect.void : closeAttempt(attempt, "ignored")
         })
@@ -806,7 +810,8 @@ export const make = (env: {
               ? undefined
               : {
                   store: { getParts: cache.getParts, setParts: cache.setParts },
-                  key: cache.key({ provider: steps[0]!.name, request: valid })
+                  // Keyed on what the first step sends (a domain's system prompt and model included).
+                  key: cache.key({ provider: steps[0]!.name, request: steps[0]!.prepare?.(valid) ?? valid })
                 },
           onRetry:
             options.onRetry === undefined
