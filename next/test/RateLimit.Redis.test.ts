@@ -238,6 +238,32 @@ describe.skipIf(skipRedis)(`RateLimit (Redis store; ${skipRedis ? skipReason : "
     )
   )
 
+  it.live(
+    "Redis hung, default settings: the client's own command deadline ends each call, and the outage is reported once",
+    () =>
+      Effect.gen(function* () {
+        const logs = yield* captureLogs
+        yield* Effect.scoped(
+          Effect.gen(function* () {
+            const server = yield* startRedis
+            const key = uniqueName("hung-default")
+            const { limits } = yield* build(server, { providers: { [key]: { requestsPerMinute: 1 } }, maxWait: 0 })
+            yield* limits.acquire(key)
+            yield* server.pause
+            const before = yield* storeErrors
+            // 500 ms each until failures have lasted a second, then skipped: a bound, not a timing assertion.
+            const results = yield* burst(limits, key, 1).pipe(Effect.repeat({ times: 4 }), Effect.timeout("20 seconds"))
+            yield* server.resume
+            assert.strictEqual(results.admitted, 1)
+            assert.isTrue((yield* storeErrors) - before >= 5)
+            const warnings = logs.lines.filter((l) => l.startsWith("Warn"))
+            assert.strictEqual(warnings.length, 1, JSON.stringify(logs.lines))
+            assert.include(warnings[0], "timed out")
+          })
+        ).pipe(Effect.provide(logs.layer))
+      })
+  )
+
   it.live("two processes sharing one Redis: the limit holds in total", () =>
     Effect.scoped(
       Effect.gen(function* () {
