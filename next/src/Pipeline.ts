@@ -1,0 +1,663 @@
+/**
+ * Pipelines of agents: named steps with dependencies (a DAG on `effect/Graph`), checked
+ * when built, run with every step starting as soon as its own dependencies are done.
+ *
+ * A step with policies (`timeout`, `totalTimeout`, `retry`, `fallback`, `breaker`,
+ * `rateLimit`, `stats`) runs through the executor's one policy pipeline (see `Policy.ts`),
+ * so its deadline, retries, breaker, rate limit and fallback behave as a model call's do,
+ * and its calls are counted in `Stats` under its name (domain `"pipeline"`). A step that
+ * calls a model goes through the `Router` or the `Executor` ({@link route},
+ * {@link generate}), so a domain keeps its own policies inside the step.
+ *
+ * @since 0.1.0
+ */
+import type { Cause, Duration, Types } from "effect"
+import { Effect, Graph, Pipeable, Result as R } from "effect"
+import { dual, identity } from "effect/Function"
+import { type AiError, isAiError, isRetryable } from "./AiError.js"
+import { Executor } from "./Executor.js"
+import type { DurationInput } from "./Input.js"
+import type { GenerateRequest, GenerateResponse } from "./Model.js"
+import * as Internal from "./pipeline/definition.js"
+import * as Errors from "./pipeline/errors.js"
+import { execute, describe } from "./pipeline/scheduler.js"
+import { makeRunner } from "./pipeline/step.js"
+import type { RetryPolicy, RetryPolicyInput } from "./Policy.js"
+import * as Router from "./Router.js"
+
+/**
+ * @since 0.1.0
+ * @category type ids
+ */
+export const TypeId: unique symbol = Symbol.for("effect-orchestra/Pipeline")
+
+/**
+ * @since 0.1.0
+ * @category type ids
+ */
+export type TypeId = typeof TypeId
+
+/**
+ * Why a pipeline definition or run was refused.
+ *
+ * @since 0.1.0
+ * @category models
+ */
+export const PipelineErrorReason = Errors.PipelineErrorReason
+
+/**
+ * A pipeline definition or run was refused, before any step ran:
+ *
+ * - `UnknownDependency`, `DuplicateStep`, `Cycle`: `steps` names the steps (for a cycle:
+ *   in cycle order).
+ * - `InvalidStep`: a step field is wrong (`dependsOn: "a"`, `timeout: "soon"`, a typo such
+ *   as `dependOn`); `field` is its path (`steps[2].dependsOn`).
+ * - `InvalidOption`: a run option is wrong (`mode: "bogus"`, `concurrency: 0`); `field`
+ *   and `option` name it.
+ *
+ * @since 0.1.0
+ * @category errors
+ */
+export const PipelineError = Errors.PipelineError
+
+/**
+ * @since 0.1.0
+ * @category errors
+ */
+export type PipelineError = Errors.PipelineError
+
+/**
+ * `Pipeline.outputs` found steps that did not succeed.
+ *
+ * @since 0.1.0
+ * @category errors
+ */
+export const PipelineFailedError = Errors.PipelineFailedError
+
+/**
+ * @since 0.1.0
+ * @category errors
+ */
+export type PipelineFailedError = Errors.PipelineFailedError
+
+/**
+ * What a step (or its fallback) receives: the pipeline's input and the outputs of the
+ * steps it depends on (a record without a prototype: any name is a key).
+ *
+ * @since 0.1.0
+ * @category models
+ */
+export interface StepContext<I, D> {
+  readonly input: I
+  readonly deps: D
+}
+
+/**
+ * Why a step's own effect did not produce an output: its error (or the pipeline's own:
+ * an open breaker, a refused rate limit), or its deadline.
+ *
+ * @since 0.1.0
+ * @category models
+ */
+export type Failure<E> =
+  | { readonly _tag: "Failed"; readonly error: E | AiError }
+  | { readonly _tag: "TimedOut"; readonly timeout: Duration.Duration }
+
+/**
+ * What replaces a failed or timed-out step: a fixed value, or another effect (which may
+ * use the failure). Defects and invalid requests never fall back.
+ *
+ * @since 0.1.0
+ * @category models
+ */
+export type Fallback<I, D, A, E, E2, R2> =
+  | { readonly value: A }
+  | { readonly step: (context: StepContext<I, D> & { readonly failure: Failure<E> }) => Effect.Effect<A, E2, R2> }
+
+/**
+ * Per-step policies; any of them runs the step through the executor's policy pipeline.
+ * Durations are checked (`"soon"`, `-1`, `NaN` are refused with a `PipelineError`).
+ *
+ * @since 0.1.0
+ * @category models
+ */
+export interface StepOptions<I, D, A2, E, E2 = never, R2 = never> {
+  /** Deadline of each attempt of the step's effect (a `TimeoutError` that is retried). */
+  readonly timeout?: DurationInput | undefined
+  /** Deadline of the whole step: attempts, retries and the fallback. */
+  readonly totalTimeout?: DurationInput | undefined
+  /**
+   * Retries of the step's effect on `Policy.schedule`: `true` for the executor's policy, or
+   * a policy. Only retryable `AiError`s are retried (timeouts, rate limits, overloads).
+   */
+  readonly retry?: boolean | RetryPolicy | RetryPolicyInput | undefined
+  /** Used when the step failed (when `shouldFallback` says so) or timed out. Joins the output type (`A | A2`). */
+  readonly fallback?: Fallback<I, D, A2, E, E2, R2> | undefined
+  /** A key of the executor's shared breakers: every attempt goes through that circuit. */
+  readonly breaker?: string | undefined
+  /** A key of the executor's rate limits: every attempt takes a slot. */
+  readonly rateLimit?: string | undefined
+  /** The name the step's calls are counted under in `Stats` (default: the step's name). */
+  readonly stats?: string | undefined
+  /** A label for diagrams (default: the step name). */
+  readonly description?: string | undefined
+}
+
+/**
+ * @since 0.1.0
+ * @category models
+ */
+export interface Timing {
+  /** Clock millis when the step started. */
+  readonly startedAt: number
+  /** Clock millis when it ended (fallback included). */
+  readonly endedAt: number
+  readonly durationMs: number
+}
+
+/**
+ * @since 0.1.0
+ * @category models
+ */
+export interface Succeeded<A, E> extends Timing {
+  readonly status: "succeeded"
+  readonly step: string
+  readonly output: A
+  /** Runs of the step's own effect (1 + retries). */
+  readonly attempts: number
+  /** Present when the output came from the fallback. */
+  readonly fallback?: { readonly kind: "value" | "step"; readonly failure: Failure<E> } | undefined
+}
+
+/**
+ * @since 0.1.0
+ * @category models
+ */
+export interface Failed<E> extends Timing {
+  readonly status: "failed"
+  readonly step: string
+  /** The typed error (absent for a defect). */
+  readonly error?: E | AiError | undefined
+  readonly cause: Cause.Cause<unknown>
+  readonly message: string
+  readonly attempts: number
+  /** When the fallback failed too: what made the step fall back. */
+  readonly primary?: Failure<E> | undefined
+}
+
+/**
+ * @since 0.1.0
+ * @category models
+ */
+export interface TimedOut extends Timing {
+  readonly status: "timedOut"
+  readonly step: string
+  readonly timeout: Duration.Duration
+  readonly attempts: number
+}
+
+/**
+ * A step that was running when a fail-fast pipeline stopped.
+ *
+ * @since 0.1.0
+ * @category models
+ */
+export interface Interrupted extends Timing {
+  readonly status: "interrupted"
+  readonly step: string
+  readonly reason: string
+  readonly failedStep: string
+}
+
+/**
+ * A step that never ran: a dependency did not succeed (`continue`), or the pipeline
+ * stopped (`failFast`).
+ *
+ * @since 0.1.0
+ * @category models
+ */
+export interface Skipped {
+  readonly status: "skipped"
+  readonly step: string
+  readonly reason: string
+  /** The dependency that did not succeed (for a stopped pipeline: the failed step). */
+  readonly dependency: string
+  /** The step whose failure caused the skip (the root of a chain of skips). */
+  readonly failedStep: string
+  /** Clock millis when the skip was decided. */
+  readonly at: number
+}
+
+/**
+ * @since 0.1.0
+ * @category models
+ */
+export type StepOutcome<A, E> = Succeeded<A, E> | Failed<E> | TimedOut | Interrupted | Skipped
+
+/**
+ * `parallel`, `sequential`, or a parallel run whose failures were run again one at a time
+ * (`parallelThenSequential`, see `fallbackToSequential`).
+ *
+ * @since 0.1.0
+ * @category models
+ */
+export type Strategy = "parallel" | "sequential" | "parallelThenSequential"
+
+/**
+ * Every step's outcome, and the figures of the run. `steps` and `outputs` are records
+ * without a prototype, so every step name is present, `__proto__` included.
+ *
+ * @since 0.1.0
+ * @category models
+ */
+export interface Result<O, E> {
+  /** `succeeded` when every step succeeded (fallbacks included). */
+  readonly status: "succeeded" | "failed"
+  readonly strategy: Strategy
+  readonly steps: { readonly [K in keyof O]: StepOutcome<O[K], E> }
+  readonly outputs: Partial<O>
+  /** Steps in the order they started. */
+  readonly started: ReadonlyArray<keyof O & string>
+  /** Steps that failed, timed out or were interrupted. */
+  readonly failedSteps: ReadonlyArray<keyof O & string>
+  readonly startedAt: number
+  readonly endedAt: number
+  readonly wallMs: number
+  /** Sum of the durations of the steps that ran. */
+  readonly busyMs: number
+  /** `busyMs / wallMs` (0 when no time passed). */
+  readonly parallelism: number
+  /** Longest dependency chain by measured durations: no schedule can beat it. */
+  readonly criticalPathMs: number
+  /** With `parallelThenSequential`: the parallel attempt's outcomes. */
+  readonly parallelAttempt?: { readonly [K in keyof O]: StepOutcome<O[K], E> } | undefined
+}
+
+/**
+ * Checked when the run starts (a `PipelineError` of reason `InvalidOption` naming it).
+ *
+ * - `mode`: `parallel` (default) or `sequential` (topological order, one at a time).
+ * - `concurrency`: most steps running at once in parallel mode (default unbounded): a
+ *   whole number of at least 1, or `Infinity`.
+ * - `onFailure`: `failFast` (default; interrupt running steps, skip the rest) or
+ *   `continue` (skip only the dependents of a failed step).
+ * - `fallbackToSequential`: after a parallel run in which a step failed for a reason that
+ *   concurrency can cause ({@link isConcurrencyRelated}), run the steps that did not
+ *   succeed again, one at a time, keeping the outputs that succeeded. A function replaces
+ *   the predicate.
+ *
+ * @since 0.1.0
+ * @category models
+ */
+export interface RunOptions {
+  readonly mode?: "parallel" | "sequential" | undefined
+  readonly concurrency?: number | undefined
+  readonly onFailure?: "failFast" | "continue" | undefined
+  readonly fallbackToSequential?: boolean | ((failure: Failure<unknown>) => boolean) | undefined
+}
+
+/**
+ * The untyped form of a step, for pipelines defined from data (`fromSteps`).
+ *
+ * @since 0.1.0
+ * @category models
+ */
+export interface StepSpec<I, A, E, R> extends StepOptions<I, Record<string, unknown>, A, E, E, R> {
+  readonly name: string
+  readonly dependsOn?: ReadonlyArray<string> | undefined
+  readonly run: (context: StepContext<I, Record<string, unknown>>) => Effect.Effect<A, E, R>
+}
+
+type DepsOf<O, D extends ReadonlyArray<PropertyKey>> = { readonly [K in D[number] & keyof O]: O[K] }
+
+/**
+ * A DAG of steps. `I` is the input, `O` the outputs by step name, `E` and `R` the union of
+ * the steps' errors and requirements (`Executor` once a step has policies).
+ *
+ * @since 0.1.0
+ * @category models
+ */
+export interface Pipeline<I, O, E = never, R = never> extends Pipeable.Pipeable {
+  readonly [TypeId]: {
+    readonly _I: Types.Invariant<I>
+    readonly _O: Types.Covariant<O>
+    readonly _E: Types.Covariant<E>
+    readonly _R: Types.Covariant<R>
+  }
+  /** Step names in topological order. */
+  readonly names: ReadonlyArray<keyof O & string>
+  readonly defaults: RunOptions
+  /** @internal */
+  readonly definition: Internal.Definition
+  /** @internal The first definition error; `run` fails with it. */
+  readonly issue: PipelineError | undefined
+  /**
+   * Adds a step. It may depend only on steps already added (so names are checked and
+   * cycles are impossible by construction); `deps` is typed from their outputs. With names
+   * widened to `string`, a duplicate or unknown name (or an invalid option) is kept as the
+   * pipeline's `PipelineError`: `run` and {@link validate} fail with it; nothing throws.
+   */
+  step<const N extends string, const D extends ReadonlyArray<keyof O & string>, A, E1 = never, R1 = never>(
+    name: N extends keyof O ? never : N,
+    dependsOn: D,
+    run: (context: StepContext<I, DepsOf<O, D>>) => Effect.Effect<A, E1, R1>
+  ): Pipeline<I, Types.Simplify<O & { readonly [K in N]: A }>, E | E1, R | R1>
+  step<
+    const N extends string,
+    const D extends ReadonlyArray<keyof O & string>,
+    A,
+    E1 = never,
+    R1 = never,
+    A2 = never,
+    E2 = never,
+    R2 = never
+  >(
+    name: N extends keyof O ? never : N,
+    dependsOn: D,
+    run: (context: StepContext<I, DepsOf<O, D>>) => Effect.Effect<A, E1, R1>,
+    options: StepOptions<I, DepsOf<O, D>, A2, NoInfer<E1>, E2, R2>
+  ): Pipeline<I, Types.Simplify<O & { readonly [K in N]: A | A2 }>, E | E1 | E2, R | R1 | R2 | Executor>
+}
+
+/**
+ * The outputs of a pipeline, by step name.
+ *
+ * @since 0.1.0
+ * @category type-level
+ */
+export type Outputs<P> = P extends Pipeline<infer _I, infer O, infer _E, infer _R> ? O : never
+
+const proto = {
+  pipe() {
+    // biome-ignore lint/complexity/noArguments: Pipeable's own implementation pattern
+    return Pipeable.pipeArguments(this, arguments)
+  }
+}
+
+const empty = R.getOrThrow(Internal.build([]))
+
+const fromDefinition = <I, O, E, R>(
+  definition: Internal.Definition,
+  defaults: RunOptions,
+  issue: PipelineError | undefined
+): Pipeline<I, O, E, R> => {
+  const self = Object.create(proto) as { -readonly [K in keyof Pipeline<I, O, E, R>]: Pipeline<I, O, E, R>[K] }
+  self[TypeId] = { _I: identity, _O: identity, _E: identity, _R: identity }
+  self.names = definition.order.map((def) => def.name) as Array<keyof O & string>
+  self.defaults = defaults
+  self.definition = definition
+  self.issue = issue
+  self.step = ((name: unknown, dependsOn: unknown, run: unknown, options?: unknown) => {
+    if (issue !== undefined) return self
+    const at = `steps[${definition.steps.length}]`
+    const next = R.flatMap(
+      R.flatMap(Internal.checkSpec({ name, dependsOn, run }, at), (def) =>
+        R.map(Internal.checkPolicies(options, at, def.name), (policies) => {
+          const merged = { ...def, ...policies }
+          return { ...merged, governed: Internal.isGoverned(merged) }
+        })
+      ),
+      (def) => Internal.build([...definition.steps, def])
+    )
+    return R.isSuccess(next)
+      ? fromDefinition(next.success, defaults, undefined)
+      : fromDefinition(definition, defaults, next.failure)
+  }) as Pipeline<I, O, E, R>["step"]
+  return self as Pipeline<I, O, E, R>
+}
+
+/**
+ * The failures `fallbackToSequential: true` runs again: timeouts and retryable `AiError`s.
+ *
+ * @since 0.1.0
+ * @category predicates
+ */
+export const isConcurrencyRelated = (failure: Failure<unknown>): boolean =>
+  failure._tag === "TimedOut" || (isAiError(failure.error) && isRetryable(failure.error))
+
+const checkDefaults = (defaults: unknown): PipelineError | undefined => {
+  const checked = Internal.checkRunOptions(defaults, isConcurrencyRelated as (f: Internal.Failure) => boolean)
+  return R.isFailure(checked) ? checked.failure : undefined
+}
+
+/**
+ * An empty pipeline taking `I`; add steps with `.step(name, dependsOn, run, options?)`.
+ * `defaults` are the run options every run starts from (checked: a bad one is the
+ * pipeline's `PipelineError`).
+ *
+ * @example
+ * ```ts
+ * import { Effect } from "effect"
+ * import * as Pipeline from "effect-orchestra/Pipeline"
+ *
+ * const research = Pipeline.make<{ readonly question: string }>()
+ *   .step("retrieve", [], ({ input }) => Effect.succeed([`doc about ${input.question}`]))
+ *   .step("recall", [], () => Effect.succeed(["a memory"]))
+ *   .step("reason", ["retrieve", "recall"], ({ deps }) => Effect.succeed(deps.retrieve.length + deps.recall.length))
+ *
+ * const program = Pipeline.run(research, { question: "why?" })
+ * ```
+ *
+ * @since 0.1.0
+ * @category constructors
+ */
+export const make = <I = void>(defaults: RunOptions = {}): Pipeline<I, {}> =>
+  fromDefinition<I, {}, never, never>(empty, defaults, checkDefaults(defaults))
+
+/**
+ * A pipeline from steps known only at runtime (configuration, task lists). Every field is
+ * checked: a wrong one, an unknown dependency, a cycle or a duplicate name fails with a
+ * `PipelineError` naming it; nothing throws. Steps with policies need the `Executor` in
+ * the run's context (types cannot see it here: the run fails with a `PipelineError`
+ * naming the step when it is missing).
+ *
+ * @since 0.1.0
+ * @category constructors
+ */
+export const fromSteps = <I, A, E, R>(
+  steps: ReadonlyArray<StepSpec<I, A, E, R>>,
+  defaults: RunOptions = {}
+): Effect.Effect<Pipeline<I, Record<string, A>, E, R>, PipelineError> =>
+  Effect.suspend(() => {
+    if (!Array.isArray(steps)) {
+      return Effect.fail(
+        Errors.invalidStep("steps", `expected an array of steps, got ${Errors.show(steps)}`, undefined)
+      )
+    }
+    const defs: Array<Internal.StepDef> = []
+    for (const [i, spec] of steps.entries()) {
+      const checked = Internal.checkSpec(spec, `steps[${i}]`)
+      if (R.isFailure(checked)) return Effect.fail(checked.failure)
+      defs.push(checked.success)
+    }
+    const invalid = checkDefaults(defaults)
+    if (invalid !== undefined) return Effect.fail(invalid)
+    const definition = Internal.build(defs)
+    return R.isSuccess(definition)
+      ? Effect.succeed(fromDefinition<I, Record<string, A>, E, R>(definition.success, defaults, undefined))
+      : Effect.fail(definition.failure)
+  })
+
+/**
+ * The pipeline if its definition holds, or its `PipelineError`.
+ *
+ * @since 0.2.0
+ * @category constructors
+ */
+export const validate = <I, O, E, R>(self: Pipeline<I, O, E, R>): Effect.Effect<Pipeline<I, O, E, R>, PipelineError> =>
+  self.issue === undefined ? Effect.succeed(self) : Effect.fail(self.issue)
+
+const noService = (def: Internal.StepDef, index: number, field: string, what: string): PipelineError =>
+  Errors.invalidStep(`steps[${index}].${field}`, what, def.name)
+
+const runImpl = <I, O, E, R>(
+  self: Pipeline<I, O, E, R>,
+  input: I,
+  options?: RunOptions
+): Effect.Effect<Result<O, E>, PipelineError, R> =>
+  Effect.gen(function* () {
+    if (self.issue !== undefined) return yield* Effect.fail(self.issue)
+    if (options !== undefined && (typeof options !== "object" || options === null)) {
+      return yield* Effect.fail(Errors.invalidOption("options", `expected an object, got ${Errors.show(options)}`))
+    }
+    const settings = Internal.checkRunOptions(
+      options === undefined ? self.defaults : { ...self.defaults, ...options },
+      isConcurrencyRelated as (f: Internal.Failure) => boolean
+    )
+    if (R.isFailure(settings)) return yield* Effect.fail(settings.failure)
+    const steps = self.definition.steps
+    const first = steps.findIndex((def) => def.governed)
+    const found = first === -1 ? undefined : yield* Effect.serviceOption(Executor)
+    if (found?._tag === "None") {
+      return yield* Effect.fail(
+        noService(
+          steps[first]!,
+          first,
+          "timeout",
+          "a step with policies runs through the Executor: provide one (Executor.layer)"
+        )
+      )
+    }
+    const executor = found?._tag === "Some" ? found.value : undefined
+    for (const [i, def] of steps.entries()) {
+      if (def.breaker !== undefined && executor?.guards.breaker === undefined) {
+        return yield* Effect.fail(
+          noService(def, i, "breaker", "the executor has no breakers (CircuitBreaker.layerMemory)")
+        )
+      }
+      if (def.rateLimit !== undefined && executor?.guards.rateLimit === undefined) {
+        return yield* Effect.fail(
+          noService(def, i, "rateLimit", "the executor has no rate limits (RateLimit.layerMemory)")
+        )
+      }
+    }
+    return (yield* execute(self.definition, input, settings.success, makeRunner(executor))) as unknown as Result<O, E>
+  }) as Effect.Effect<Result<O, E>, PipelineError, R>
+
+/**
+ * Runs a pipeline. Every step's outcome is in the result: a step that fails does not fail
+ * the run. The run fails only when the pipeline or its options are invalid (a
+ * `PipelineError`), before any step starts. In parallel mode each step starts as soon as
+ * its own dependencies succeeded, at most `concurrency` at once.
+ *
+ * @since 0.1.0
+ * @category running
+ */
+export const run: {
+  <I, O, E, R>(
+    self: Pipeline<I, O, E, R>,
+    input: I,
+    options?: RunOptions
+  ): Effect.Effect<Result<O, E>, PipelineError, R>
+  <I>(
+    input: I,
+    options?: RunOptions
+  ): <O, E, R>(self: Pipeline<I, O, E, R>) => Effect.Effect<Result<O, E>, PipelineError, R>
+} = dual((args) => typeof args[0] === "object" && args[0] !== null && TypeId in args[0], runImpl)
+
+/**
+ * All outputs of a run, or a `PipelineFailedError` naming the steps that did not succeed.
+ *
+ * @since 0.1.0
+ * @category getters
+ */
+export const outputs = <O, E>(result: Result<O, E>): Effect.Effect<O, PipelineFailedError> => {
+  if (result.status === "succeeded") return Effect.succeed(result.outputs as O)
+  const notDone = Object.values<StepOutcome<unknown, E>>(result.steps).filter((o) => o.status !== "succeeded")
+  return Effect.fail(
+    new Errors.PipelineFailedError({
+      failedSteps: result.failedSteps,
+      message: notDone.map(describeOutcome).join("; ")
+    })
+  )
+}
+
+/**
+ * One line saying how a step ended (`"reason: failed (model overloaded)"`).
+ *
+ * @since 0.1.0
+ * @category rendering
+ */
+export const describeOutcome: (outcome: StepOutcome<unknown, unknown>) => string = describe
+
+/**
+ * @since 0.1.0
+ * @category models
+ */
+export interface MermaidOptions<O = unknown, E = unknown> {
+  readonly direction?: Graph.MermaidDirection | undefined
+  /** Annotates each step with its outcome and duration. */
+  readonly result?: Result<O, E> | undefined
+}
+
+/**
+ * The pipeline as a Mermaid flowchart (edges point from a dependency to its dependent).
+ *
+ * @since 0.1.0
+ * @category rendering
+ */
+export const toMermaid = <I, O, E, R>(self: Pipeline<I, O, E, R>, options: MermaidOptions<O, E> = {}): string => {
+  const outcomes = options.result?.steps as Record<string, StepOutcome<unknown, unknown>> | undefined
+  const byName = new Map(self.definition.steps.map((s) => [s.name, s]))
+  return Graph.toMermaid(self.definition.graph, {
+    direction: options.direction ?? "LR",
+    nodeLabel: (name) => {
+      const label = byName.get(name)?.description ?? name
+      const outcome = outcomes === undefined || !Object.hasOwn(outcomes, name) ? undefined : outcomes[name]
+      if (outcome === undefined) return label
+      return outcome.status === "skipped" ? `${label}: skipped` : `${label}: ${outcome.status} ${outcome.durationMs} ms`
+    },
+    edgeLabel: () => ""
+  })
+}
+
+/**
+ * A step that calls a model through the `Router`: one domain (with its own fallback
+ * chain) or an explicit chain of domains, each with its policies (deadlines, retries, its
+ * provider's breaker, rate limit and cache). The output is the `Router.Answer`.
+ *
+ * @example
+ * ```ts
+ * import * as Pipeline from "effect-orchestra/Pipeline"
+ *
+ * const triage = Pipeline.make<string>().step(
+ *   "answer",
+ *   [],
+ *   Pipeline.route("support", ({ input }) => ({ prompt: input }))
+ * )
+ * ```
+ *
+ * @since 0.2.0
+ * @category steps
+ */
+export const route =
+  <I, D>(
+    domains: string | ReadonlyArray<string>,
+    request: (context: StepContext<I, D>) => GenerateRequest,
+    options?: Router.CallOptions
+  ) =>
+  (context: StepContext<I, D>): Effect.Effect<Router.Answer, AiError, Router.Router> =>
+    Effect.gen(function* () {
+      const router = yield* Router.Router
+      const built = request(context)
+      return typeof domains === "string"
+        ? yield* router.execute(built, domains, options)
+        : yield* router.executeWithFallback(built, domains, options)
+    })
+
+/**
+ * A step that calls the executor's model (`Executor.execute` with its options).
+ *
+ * @since 0.2.0
+ * @category steps
+ */
+export const generate =
+  <I, D>(
+    request: (context: StepContext<I, D>) => GenerateRequest,
+    options?: Parameters<Executor["Service"]["execute"]>[1]
+  ) =>
+  (context: StepContext<I, D>): Effect.Effect<GenerateResponse, AiError, Executor> =>
+    Effect.gen(function* () {
+      const executor = yield* Executor
+      return yield* executor.execute(request(context), options)
+    })

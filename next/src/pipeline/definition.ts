@@ -1,0 +1,345 @@
+/**
+ * Pipeline definitions: every step field and run option checked where it enters (a typed
+ * `PipelineError` naming the field, never a throw), and the DAG validated with
+ * `effect/Graph` (unknown dependencies, duplicate names, cycles named in order).
+ *
+ * Names are kept in `Map`s and records without a prototype, so any string, `__proto__`
+ * included, is a step name like any other.
+ *
+ * @internal
+ */
+import { type Duration, type Effect, Graph, Option, Result } from "effect"
+import * as Input from "../Input.js"
+import { decodeRetry, type RetryPolicy } from "../Policy.js"
+import { invalidOption, invalidStep, PipelineError, show } from "./errors.js"
+
+/** What a step's effect receives. */
+export interface Context {
+  readonly input: unknown
+  readonly deps: Record<string, unknown>
+}
+
+/** Why a step's own effect produced no output (see `Pipeline.Failure`). */
+export type Failure =
+  | { readonly _tag: "Failed"; readonly error: unknown }
+  | { readonly _tag: "TimedOut"; readonly timeout: Duration.Duration }
+
+export type FallbackDef =
+  | { readonly _tag: "Value"; readonly value: unknown }
+  | {
+      readonly _tag: "Step"
+      readonly run: (context: Context & { readonly failure: Failure }) => Effect.Effect<unknown, unknown, unknown>
+    }
+
+/** A step's policies, checked. */
+export interface Policies {
+  readonly timeout: Duration.Duration | undefined
+  readonly totalTimeout: Duration.Duration | undefined
+  /** `"executor"`: the executor's own policy (`retry: true`). */
+  readonly retry: RetryPolicy | "executor" | undefined
+  readonly fallback: FallbackDef | undefined
+  readonly breaker: string | undefined
+  readonly rateLimit: string | undefined
+  readonly stats: string | undefined
+  readonly description: string | undefined
+}
+
+export interface StepDef extends Policies {
+  readonly name: string
+  readonly deps: ReadonlyArray<string>
+  readonly run: (context: Context) => Effect.Effect<unknown, unknown, unknown>
+  /** Runs through the executor's policy pipeline (some policy was given). */
+  readonly governed: boolean
+}
+
+export interface Definition {
+  readonly steps: ReadonlyArray<StepDef>
+  /** Topological order. */
+  readonly order: ReadonlyArray<StepDef>
+  readonly graph: Graph.DirectedGraph<string, void>
+  /** Position of each step in `steps`. */
+  readonly index: ReadonlyMap<string, number>
+}
+
+export interface RunSettings {
+  readonly mode: "parallel" | "sequential"
+  readonly concurrency: number
+  readonly onFailure: "failFast" | "continue"
+  readonly fallbackToSequential: ((failure: Failure) => boolean) | undefined
+}
+
+type Checked<A> = Result.Result<A, PipelineError>
+
+const optionKeys: ReadonlySet<string> = new Set([
+  "timeout",
+  "totalTimeout",
+  "retry",
+  "fallback",
+  "breaker",
+  "rateLimit",
+  "stats",
+  "description"
+])
+const specKeys: ReadonlySet<string> = new Set([...optionKeys, "name", "dependsOn", "run"])
+
+const isRecord = (u: unknown): u is Record<string, unknown> => typeof u === "object" && u !== null && !Array.isArray(u)
+
+const label = (at: string, field: string): string => `${at}.${field}`
+
+const fromIssue = (issue: Input.Issue, step: string | undefined): PipelineError =>
+  invalidStep(issue.path, issue.message, step)
+
+const nonEmptyString = (
+  at: string,
+  field: string,
+  input: unknown,
+  step: string | undefined
+): Checked<string | undefined> =>
+  input === undefined || (typeof input === "string" && input.length > 0)
+    ? Result.succeed(input)
+    : Result.fail(invalidStep(label(at, field), `expected a non-empty string, got ${show(input)}`, step))
+
+const checkFallback = (at: string, input: unknown, step: string | undefined): Checked<FallbackDef | undefined> => {
+  if (input === undefined) return Result.succeed(undefined)
+  if (isRecord(input)) {
+    const keys = Object.keys(input)
+    if (keys.length === 1 && keys[0] === "value") return Result.succeed({ _tag: "Value", value: input.value })
+    if (keys.length === 1 && keys[0] === "step" && typeof input.step === "function") {
+      return Result.succeed({ _tag: "Step", run: input.step as Extract<FallbackDef, { _tag: "Step" }>["run"] })
+    }
+  }
+  return Result.fail(
+    invalidStep(label(at, "fallback"), `expected { value } or { step: (context) => Effect }, got ${show(input)}`, step)
+  )
+}
+
+const checkDuration = (
+  at: string,
+  field: string,
+  input: unknown,
+  step: string | undefined
+): Checked<Duration.Duration | undefined> => {
+  if (input === undefined) return Result.succeed(undefined)
+  const checked = Input.duration(label(at, field), input)
+  return Result.isSuccess(checked) ? Result.succeed(checked.success) : Result.fail(fromIssue(checked.failure, step))
+}
+
+const checkRetry = (
+  at: string,
+  input: unknown,
+  step: string | undefined
+): Checked<RetryPolicy | "executor" | undefined> => {
+  if (input === undefined || input === false) return Result.succeed(undefined)
+  if (input === true) return Result.succeed("executor")
+  if (!isRecord(input)) {
+    return Result.fail(
+      invalidStep(
+        label(at, "retry"),
+        `expected true, false or a retry policy such as { maxAttempts: 3 }, got ${show(input)}`,
+        step
+      )
+    )
+  }
+  const decoded = decodeRetry(input, label(at, "retry"))
+  return Result.isSuccess(decoded) ? Result.succeed(decoded.success) : Result.fail(fromIssue(decoded.failure, step))
+}
+
+/**
+ * Checks a step's options (`at` is the step's path, `steps[2]`), refusing unknown fields.
+ */
+export const checkPolicies = (
+  input: unknown,
+  at: string,
+  step: string | undefined,
+  keys: ReadonlySet<string> = optionKeys
+): Checked<Policies> => {
+  if (input === undefined) input = {}
+  if (!isRecord(input)) return Result.fail(invalidStep(at, `expected an object, got ${show(input)}`, step))
+  for (const key of Object.keys(input)) {
+    if (!keys.has(key)) return Result.fail(invalidStep(label(at, key), "unknown field", step))
+  }
+  return Result.gen(function* () {
+    const timeout = yield* checkDuration(at, "timeout", input.timeout, step)
+    const totalTimeout = yield* checkDuration(at, "totalTimeout", input.totalTimeout, step)
+    const retry = yield* checkRetry(at, input.retry, step)
+    const fallback = yield* checkFallback(at, input.fallback, step)
+    const breaker = yield* nonEmptyString(at, "breaker", input.breaker, step)
+    const rateLimit = yield* nonEmptyString(at, "rateLimit", input.rateLimit, step)
+    const stats = yield* nonEmptyString(at, "stats", input.stats, step)
+    const description = yield* nonEmptyString(at, "description", input.description, step)
+    return { timeout, totalTimeout, retry, fallback, breaker, rateLimit, stats, description }
+  })
+}
+
+export const isGoverned = (p: Policies): boolean =>
+  p.timeout !== undefined ||
+  p.totalTimeout !== undefined ||
+  p.retry !== undefined ||
+  p.fallback !== undefined ||
+  p.breaker !== undefined ||
+  p.rateLimit !== undefined ||
+  p.stats !== undefined
+
+/**
+ * Checks one step as given to `fromSteps` (or the builder): a non-empty `name`, `dependsOn`
+ * an array of names, `run` a function, and its options.
+ */
+export const checkSpec = (spec: unknown, at: string): Checked<StepDef> => {
+  if (!isRecord(spec))
+    return Result.fail(invalidStep(at, `expected a step { name, dependsOn, run }, got ${show(spec)}`, undefined))
+  const name = spec.name
+  if (typeof name !== "string" || name.length === 0) {
+    return Result.fail(invalidStep(label(at, "name"), `expected a non-empty string, got ${show(name)}`, undefined))
+  }
+  const dependsOn = spec.dependsOn ?? []
+  if (!Array.isArray(dependsOn)) {
+    return Result.fail(
+      invalidStep(label(at, "dependsOn"), `expected an array of step names, got ${show(dependsOn)}`, name)
+    )
+  }
+  for (const [i, dep] of dependsOn.entries()) {
+    if (typeof dep !== "string" || dep.length === 0) {
+      return Result.fail(invalidStep(`${at}.dependsOn[${i}]`, `expected a step name, got ${show(dep)}`, name))
+    }
+  }
+  if (typeof spec.run !== "function") {
+    return Result.fail(
+      invalidStep(label(at, "run"), `expected a function returning an Effect, got ${show(spec.run)}`, name)
+    )
+  }
+  const run = spec.run as StepDef["run"]
+  return Result.map(checkPolicies(spec, at, name, specKeys), (policies) => ({
+    ...policies,
+    name,
+    deps: Array.from(new Set(dependsOn as ReadonlyArray<string>)),
+    run,
+    governed: isGoverned(policies)
+  }))
+}
+
+const runKeys: ReadonlySet<string> = new Set(["mode", "concurrency", "onFailure", "fallbackToSequential"])
+
+/**
+ * Checks run options: `mode`, `concurrency` (a whole number of at least 1, or `Infinity`),
+ * `onFailure`, `fallbackToSequential`; unknown fields are refused.
+ */
+export const checkRunOptions = (
+  input: unknown,
+  isConcurrencyRelated: (failure: Failure) => boolean
+): Checked<RunSettings> => {
+  if (input === undefined) input = {}
+  if (!isRecord(input)) return Result.fail(invalidOption("options", `expected an object, got ${show(input)}`))
+  for (const key of Object.keys(input)) {
+    if (!runKeys.has(key)) return Result.fail(invalidOption(key, "unknown option"))
+  }
+  const mode = input.mode ?? "parallel"
+  if (mode !== "parallel" && mode !== "sequential") {
+    return Result.fail(invalidOption("mode", `expected "parallel" or "sequential", got ${show(mode)}`))
+  }
+  const onFailure = input.onFailure ?? "failFast"
+  if (onFailure !== "failFast" && onFailure !== "continue") {
+    return Result.fail(invalidOption("onFailure", `expected "failFast" or "continue", got ${show(onFailure)}`))
+  }
+  const concurrency = input.concurrency ?? Number.POSITIVE_INFINITY
+  if (
+    typeof concurrency !== "number" ||
+    !(concurrency === Number.POSITIVE_INFINITY || (Number.isInteger(concurrency) && concurrency >= 1))
+  ) {
+    return Result.fail(
+      invalidOption("concurrency", `expected a whole number of at least 1 (or Infinity), got ${show(concurrency)}`)
+    )
+  }
+  const fallback = input.fallbackToSequential
+  if (fallback !== undefined && typeof fallback !== "boolean" && typeof fallback !== "function") {
+    return Result.fail(
+      invalidOption("fallbackToSequential", `expected a boolean or a predicate over the failure, got ${show(fallback)}`)
+    )
+  }
+  return Result.succeed({
+    mode,
+    onFailure,
+    concurrency,
+    fallbackToSequential:
+      fallback === true
+        ? isConcurrencyRelated
+        : typeof fallback === "function"
+          ? (fallback as (failure: Failure) => boolean)
+          : undefined
+  })
+}
+
+const cycleIn = (component: ReadonlyArray<number>, graph: Graph.DirectedGraph<string, void>): Array<string> => {
+  const members = new Set(component)
+  const path: Array<number> = []
+  const seen = new Map<number, number>()
+  let node = component[0]!
+  while (!seen.has(node)) {
+    seen.set(node, path.length)
+    path.push(node)
+    node = Graph.successors(graph, node).find((n) => members.has(n))!
+  }
+  return [...path.slice(seen.get(node)), node].map((i) => Option.getOrThrow(Graph.getNode(graph, i)))
+}
+
+/**
+ * Validates the DAG: duplicate names, unknown dependencies, cycles.
+ */
+export const build = (steps: ReadonlyArray<StepDef>): Checked<Definition> => {
+  const index = new Map<string, number>()
+  for (const step of steps) {
+    if (index.has(step.name)) {
+      return Result.fail(
+        new PipelineError({
+          reason: "DuplicateStep",
+          steps: [step.name],
+          message: `step ${JSON.stringify(step.name)} is defined twice`
+        })
+      )
+    }
+    index.set(step.name, index.size)
+  }
+  for (const step of steps) {
+    const missing = step.deps.filter((dep) => !index.has(dep))
+    if (missing.length > 0) {
+      return Result.fail(
+        new PipelineError({
+          reason: "UnknownDependency",
+          steps: [step.name, ...missing],
+          message: `step ${JSON.stringify(step.name)} depends on unknown step${missing.length > 1 ? "s" : ""} ${missing.map((m) => JSON.stringify(m)).join(", ")}`
+        })
+      )
+    }
+  }
+  const graph = Graph.directed<string, void>((mutable) => {
+    for (const step of steps) Graph.addNode(mutable, step.name)
+    for (const step of steps) {
+      for (const dep of step.deps) Graph.addEdge(mutable, index.get(dep)!, index.get(step.name)!, undefined)
+    }
+  })
+  if (!Graph.isAcyclic(graph)) {
+    const component =
+      Graph.stronglyConnectedComponents(graph).find(
+        (c) => c.length > 1 || (c.length === 1 && Graph.hasEdge(graph, c[0]!, c[0]!))
+      ) ?? []
+    const cycle = cycleIn(component, graph)
+    return Result.fail(
+      new PipelineError({
+        reason: "Cycle",
+        steps: cycle.slice(0, -1),
+        message: `dependency cycle: ${cycle.join(" -> ")}`
+      })
+    )
+  }
+  const order = Array.from(Graph.indices(Graph.topo(graph)), (i) => steps[i]!)
+  return Result.succeed({ steps, order, graph, index })
+}
+
+/** An empty record without a prototype: `__proto__`, `constructor` are keys like any other. */
+export const record = <A>(): Record<string, A> => Object.create(null) as Record<string, A>
+
+/** The outputs of a step's dependencies, by name. */
+export const depsOf = (def: StepDef, outputs: ReadonlyMap<string, unknown>): Record<string, unknown> => {
+  const deps = record<unknown>()
+  for (const dep of def.deps) deps[dep] = outputs.get(dep)
+  return deps
+}

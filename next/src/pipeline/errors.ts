@@ -1,0 +1,85 @@
+/**
+ * The errors of pipeline definitions and runs.
+ *
+ * @internal
+ */
+import { Schema } from "effect"
+
+/**
+ * Why a pipeline definition or run was refused.
+ *
+ * @internal
+ */
+export const PipelineErrorReason = Schema.Literals([
+  "UnknownDependency",
+  "Cycle",
+  "DuplicateStep",
+  "InvalidStep",
+  "InvalidOption"
+])
+
+/**
+ * @internal
+ */
+export class PipelineError extends Schema.TaggedError<PipelineError>("effect-orchestra/PipelineError")(
+  "PipelineError",
+  {
+    reason: PipelineErrorReason,
+    steps: Schema.Array(Schema.String),
+    /** The wrong field (`steps[2].dependsOn`, `mode`), for `InvalidStep` and `InvalidOption`. */
+    field: Schema.optional(Schema.String),
+    /** The run option, for `InvalidOption` (as in v0.1). */
+    option: Schema.optional(Schema.String),
+    message: Schema.String
+  }
+) {}
+
+/**
+ * @internal
+ */
+export class PipelineFailedError extends Schema.TaggedError<PipelineFailedError>(
+  "effect-orchestra/PipelineFailedError"
+)("PipelineFailedError", {
+  failedSteps: Schema.Array(Schema.String),
+  message: Schema.String
+}) {}
+
+/**
+ * A step field refused: the path names it.
+ *
+ * @internal
+ */
+export const invalidStep = (field: string, message: string, step: string | undefined): PipelineError =>
+  new PipelineError({
+    reason: "InvalidStep",
+    steps: step === undefined ? [] : [step],
+    field,
+    message: `invalid ${field}: ${message}`
+  })
+
+/**
+ * A run option refused.
+ *
+ * @internal
+ */
+export const invalidOption = (option: string, message: string): PipelineError =>
+  new PipelineError({
+    reason: "InvalidOption",
+    steps: [],
+    field: option,
+    option,
+    message: `invalid ${option}: ${message}`
+  })
+
+/**
+ * A value as it appears in a message: strings quoted, the type of anything else.
+ *
+ * @internal
+ */
+export const show = (input: unknown): string => {
+  if (typeof input === "string") return JSON.stringify(input)
+  if (typeof input === "number" || typeof input === "boolean") return String(input)
+  if (input === null) return "null"
+  if (Array.isArray(input)) return "an array"
+  return typeof input
+}

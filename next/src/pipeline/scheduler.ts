@@ -1,0 +1,328 @@
+/**
+ * Runs a pipeline's steps: in parallel (each step as soon as its own dependencies
+ * succeeded, at most `concurrency` at once), in topological order one at a time, or in
+ * parallel and then the failures again one at a time; and sums up the run.
+ *
+ * @internal
+ */
+import { Clock, Duration, Effect, Fiber, Queue } from "effect"
+import type { Result, StepOutcome, Strategy } from "../Pipeline.js"
+import { type Definition, depsOf, type Failure, type RunSettings, record, type StepDef } from "./definition.js"
+import type { Runner } from "./step.js"
+
+type Outcome = StepOutcome<unknown, unknown>
+
+/**
+ * One line saying how a step ended.
+ *
+ * @internal
+ */
+export const describe = (outcome: Outcome): string => {
+  switch (outcome.status) {
+    case "succeeded":
+      return outcome.fallback === undefined
+        ? `${outcome.step}: succeeded`
+        : `${outcome.step}: succeeded with the fallback ${outcome.fallback.kind} (${outcome.fallback.failure._tag === "TimedOut" ? `timed out after ${Duration.format(outcome.fallback.failure.timeout)}` : "failed"})`
+    case "failed":
+      return `${outcome.step}: failed (${outcome.message})`
+    case "timedOut":
+      return `${outcome.step}: timed out after ${Duration.format(outcome.timeout)}`
+    case "interrupted":
+    case "skipped":
+      return `${outcome.step}: ${outcome.status} (${outcome.reason})`
+  }
+}
+
+const isFailure = (outcome: Outcome): boolean =>
+  outcome.status === "failed" || outcome.status === "timedOut" || outcome.status === "interrupted"
+
+const rootOf = (dependency: string, outcomes: ReadonlyMap<string, Outcome>): string => {
+  const outcome = outcomes.get(dependency)
+  return outcome?.status === "skipped" ? outcome.failedStep : dependency
+}
+
+const skipped = (step: string, blocked: string, outcomes: ReadonlyMap<string, Outcome>, at: number): Outcome => {
+  const failedStep = rootOf(blocked, outcomes)
+  return {
+    status: "skipped",
+    step,
+    reason:
+      blocked === failedStep
+        ? `dependency ${JSON.stringify(blocked)} ${outcomes.get(blocked)!.status}`
+        : `dependency ${JSON.stringify(blocked)} skipped (step ${JSON.stringify(failedStep)} did not succeed)`,
+    dependency: blocked,
+    failedStep,
+    at
+  }
+}
+
+const stopped = (step: string, stoppedBy: string, outcomes: ReadonlyMap<string, Outcome>, at: number): Outcome => ({
+  status: "skipped",
+  step,
+  reason: `pipeline stopped: step ${JSON.stringify(stoppedBy)} ${outcomes.get(stoppedBy)!.status}`,
+  dependency: stoppedBy,
+  failedStep: stoppedBy,
+  at
+})
+
+interface Run {
+  readonly outcomes: Map<string, Outcome>
+  readonly started: Array<string>
+}
+
+/** Each step starts as soon as its last dependency succeeds; at most `concurrency` run at once. */
+const runParallel = (definition: Definition, input: unknown, options: RunSettings, runStep: Runner) =>
+  Effect.scoped(
+    Effect.gen(function* () {
+      const outcomes = new Map<string, Outcome>()
+      const outputs = new Map<string, unknown>()
+      const started: Array<string> = []
+      const dependents = new Map<string, Array<StepDef>>()
+      const waiting = new Map<string, number>()
+      for (const def of definition.order) {
+        waiting.set(def.name, def.deps.length)
+        for (const dep of def.deps) {
+          const list = dependents.get(dep)
+          if (list === undefined) dependents.set(dep, [def])
+          else list.push(def)
+        }
+      }
+      // Ready steps wait as names, not as parked fibers: only `concurrency` fibers exist.
+      const ready: Array<StepDef> = definition.order.filter((def) => def.deps.length === 0)
+      const markReady = (def: StepDef) => {
+        const rank = definition.index.get(def.name)!
+        const at = ready.findIndex((r) => definition.index.get(r.name)! > rank)
+        if (at === -1) ready.push(def)
+        else ready.splice(at, 0, def)
+      }
+      const running = new Map<string, Fiber.Fiber<void>>()
+      const startedAt = new Map<string, number>()
+      const done = yield* Queue.unbounded<Outcome>()
+      let stoppedBy: string | undefined
+
+      const start = (def: StepDef) =>
+        Effect.gen(function* () {
+          const now = yield* Clock.currentTimeMillis
+          started.push(def.name)
+          startedAt.set(def.name, now)
+          const fiber = yield* Effect.uninterruptibleMask((restore) =>
+            Effect.flatMap(restore(runStep(def, { input, deps: depsOf(def, outputs) }, now)), (outcome) =>
+              Queue.offer(done, outcome)
+            )
+          ).pipe(Effect.forkScoped({ startImmediately: true }))
+          running.set(def.name, fiber as Fiber.Fiber<void>)
+        })
+
+      const settle = (outcome: Outcome, now: number) => {
+        outcomes.set(outcome.step, outcome)
+        running.delete(outcome.step)
+        if (outcome.status === "succeeded") {
+          outputs.set(outcome.step, outcome.output)
+          if (stoppedBy !== undefined) return
+          for (const next of dependents.get(outcome.step) ?? []) {
+            const left = waiting.get(next.name)! - 1
+            waiting.set(next.name, left)
+            if (left === 0 && !outcomes.has(next.name)) markReady(next)
+          }
+          return
+        }
+        if (options.onFailure === "failFast") {
+          stoppedBy ??= outcome.step
+          return
+        }
+        const queue: Array<string> = [outcome.step]
+        while (queue.length > 0) {
+          const failed = queue.shift()!
+          for (const next of dependents.get(failed) ?? []) {
+            if (outcomes.has(next.name)) continue
+            outcomes.set(next.name, skipped(next.name, failed, outcomes, now))
+            queue.push(next.name)
+          }
+        }
+      }
+
+      while (true) {
+        while (stoppedBy === undefined && ready.length > 0 && running.size < options.concurrency) {
+          yield* start(ready.shift()!)
+        }
+        if (running.size === 0) break
+        const outcome = yield* Queue.take(done)
+        settle(outcome, yield* Clock.currentTimeMillis)
+        if (stoppedBy !== undefined && running.size > 0) {
+          yield* Fiber.interruptAll(Array.from(running.values()))
+          // Steps that finished while we interrupted keep their real outcome.
+          for (const finished of yield* Queue.clear(done)) settle(finished, yield* Clock.currentTimeMillis)
+          const now = yield* Clock.currentTimeMillis
+          for (const name of running.keys()) {
+            const from = startedAt.get(name)!
+            outcomes.set(name, {
+              status: "interrupted",
+              step: name,
+              reason: `pipeline stopped: step ${JSON.stringify(stoppedBy)} ${outcomes.get(stoppedBy)!.status}`,
+              failedStep: stoppedBy,
+              startedAt: from,
+              endedAt: now,
+              durationMs: now - from
+            })
+          }
+          running.clear()
+        }
+      }
+      if (stoppedBy !== undefined) {
+        const now = yield* Clock.currentTimeMillis
+        for (const def of definition.order) {
+          if (!outcomes.has(def.name)) outcomes.set(def.name, stopped(def.name, stoppedBy, outcomes, now))
+        }
+      }
+      return { outcomes, started } satisfies Run
+    })
+  )
+
+/** Topological order, one step at a time; outcomes in `kept` are not run again. */
+const runSequential = (
+  definition: Definition,
+  input: unknown,
+  options: RunSettings,
+  kept: ReadonlyMap<string, Outcome>,
+  runStep: Runner
+) =>
+  Effect.gen(function* () {
+    const outcomes = new Map(kept)
+    const outputs = new Map<string, unknown>()
+    for (const [name, outcome] of kept) if (outcome.status === "succeeded") outputs.set(name, outcome.output)
+    const started: Array<string> = []
+    let stoppedBy: string | undefined
+    for (const def of definition.order) {
+      if (outcomes.has(def.name)) continue
+      const now = yield* Clock.currentTimeMillis
+      if (stoppedBy !== undefined) {
+        outcomes.set(def.name, stopped(def.name, stoppedBy, outcomes, now))
+        continue
+      }
+      const blocked = def.deps.find((dep) => outcomes.get(dep)?.status !== "succeeded")
+      if (blocked !== undefined) {
+        outcomes.set(def.name, skipped(def.name, blocked, outcomes, now))
+        continue
+      }
+      started.push(def.name)
+      const outcome = yield* runStep(def, { input, deps: depsOf(def, outputs) }, now)
+      outcomes.set(def.name, outcome)
+      if (outcome.status === "succeeded") outputs.set(def.name, outcome.output)
+      else if (options.onFailure === "failFast") stoppedBy = def.name
+    }
+    return { outcomes, started } satisfies Run
+  })
+
+const failureOf = (outcome: Outcome): Failure | undefined => {
+  if (outcome.status === "timedOut") return { _tag: "TimedOut", timeout: outcome.timeout }
+  if (outcome.status === "failed" && outcome.error !== undefined) {
+    return outcome.primary ?? { _tag: "Failed", error: outcome.error }
+  }
+  return undefined
+}
+
+const durationOf = (outcome: Outcome | undefined): number =>
+  outcome === undefined || outcome.status === "skipped" ? 0 : outcome.durationMs
+
+const summarize = (
+  definition: Definition,
+  run: Run,
+  startedAt: number,
+  endedAt: number,
+  strategy: Strategy,
+  parallelAttempt: ReadonlyMap<string, Outcome> | undefined,
+  replaced: ReadonlyMap<string, Outcome>
+): Result<Record<string, unknown>, unknown> => {
+  const steps = record<Outcome>()
+  const outputs = record<unknown>()
+  const failedSteps: Array<string> = []
+  const finish = new Map<string, number>()
+  let busyMs = 0
+  let criticalPathMs = 0
+  let succeeded = true
+  for (const def of definition.order) {
+    const outcome = run.outcomes.get(def.name)
+    if (outcome === undefined) {
+      succeeded = false
+      continue
+    }
+    steps[def.name] = outcome
+    if (outcome.status === "succeeded") outputs[def.name] = outcome.output
+    else succeeded = false
+    if (isFailure(outcome)) failedSteps.push(def.name)
+    // A step kept from the parallel attempt ran once: count it once.
+    const own = durationOf(outcome) + durationOf(replaced.get(def.name))
+    busyMs += own
+    const chain = own + Math.max(0, ...def.deps.map((dep) => finish.get(dep) ?? 0))
+    finish.set(def.name, chain)
+    criticalPathMs = Math.max(criticalPathMs, chain)
+  }
+  let attempt: Record<string, Outcome> | undefined
+  if (parallelAttempt !== undefined) {
+    attempt = record<Outcome>()
+    for (const [name, outcome] of parallelAttempt) attempt[name] = outcome
+  }
+  const wallMs = endedAt - startedAt
+  return {
+    status: succeeded ? "succeeded" : "failed",
+    strategy,
+    steps,
+    outputs,
+    started: run.started,
+    failedSteps,
+    startedAt,
+    endedAt,
+    wallMs,
+    busyMs,
+    parallelism: wallMs === 0 ? 0 : busyMs / wallMs,
+    criticalPathMs,
+    parallelAttempt: attempt
+  }
+}
+
+/**
+ * Runs a validated pipeline with checked options; never fails.
+ *
+ * @internal
+ */
+export const execute = (definition: Definition, input: unknown, options: RunSettings, runStep: Runner) =>
+  Effect.gen(function* () {
+    const startedAt = yield* Clock.currentTimeMillis
+    let strategy: Strategy = options.mode
+    let run: Run
+    let parallelAttempt: Map<string, Outcome> | undefined
+    // Parallel outcomes the sequential pass ran again: their time counts too.
+    const replaced = new Map<string, Outcome>()
+    if (options.mode === "sequential") {
+      run = yield* runSequential(definition, input, options, new Map(), runStep)
+    } else {
+      run = yield* runParallel(definition, input, options, runStep)
+      const retryable = options.fallbackToSequential
+      const again =
+        retryable !== undefined &&
+        Array.from(run.outcomes.values()).some((o) => {
+          const failure = failureOf(o)
+          return failure !== undefined && retryable(failure)
+        })
+      if (again) {
+        parallelAttempt = run.outcomes
+        const kept = new Map(Array.from(run.outcomes).filter(([, o]) => o.status === "succeeded"))
+        for (const [name, outcome] of run.outcomes) if (!kept.has(name)) replaced.set(name, outcome)
+        const second = yield* runSequential(definition, input, options, kept, runStep)
+        run = { outcomes: second.outcomes, started: [...run.started, ...second.started] }
+        strategy = "parallelThenSequential"
+      }
+    }
+    const endedAt = yield* Clock.currentTimeMillis
+    const result = summarize(definition, run, startedAt, endedAt, strategy, parallelAttempt, replaced)
+    yield* Effect.annotateCurrentSpan({
+      "pipeline.status": result.status,
+      "pipeline.strategy": result.strategy,
+      "pipeline.parallelism": result.parallelism
+    })
+    return result
+  }).pipe(
+    Effect.withSpan("Pipeline.run", {
+      attributes: { "pipeline.steps": definition.steps.length, "pipeline.mode": options.mode }
+    })
+  )

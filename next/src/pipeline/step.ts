@@ -1,0 +1,272 @@
+/**
+ * One step of a pipeline. A step without policies runs its effect as it is. A step with
+ * policies (a deadline, retries, a fallback, a breaker or rate-limit key, a stats name)
+ * runs through the executor's one policy pipeline: the plan's first step is the step's
+ * own effect (its deadline, `Policy.schedule` retries, breaker and rate limit), the second
+ * its fallback; the whole is under `totalTimeout`. Its calls are counted in `Stats` under
+ * its stats name, domain `"pipeline"`.
+ *
+ * The executor's pipeline speaks `AiError`: a step's own typed error travels through it as
+ * an `Unknown` `ModelError` (never retried, falls back, counts on a breaker) and a defect
+ * as an error that never falls back; both come out again as the step's original cause.
+ *
+ * @internal
+ */
+import { Cause, Clock, Duration, Effect, Exit } from "effect"
+import {
+  type AiError,
+  type CircuitOpenError,
+  isAiError,
+  ModelError,
+  StreamInterruptedError,
+  type TimeoutError
+} from "../AiError.js"
+import type { Service as ExecutorService, Step } from "../Executor.js"
+import type { StepOutcome } from "../Pipeline.js"
+import type { BreakerGuard, LimitGuard } from "../policy/engine.js"
+import type { Context, Failure, StepDef } from "./definition.js"
+
+type Outcome = StepOutcome<unknown, unknown>
+
+/** Runs a step; never fails (an interruption of the caller still interrupts). */
+export type Runner = (def: StepDef, context: Context, startedAt: number) => Effect.Effect<Outcome>
+
+/** The domain under which governed steps are counted in `Stats`. */
+export const statsDomain = "pipeline"
+
+/**
+ * The first line of what a cause says.
+ *
+ * @internal
+ */
+export const messageOf = (cause: Cause.Cause<unknown>): string => {
+  const failure = Cause.findErrorOption(cause)
+  if (failure._tag === "Some") {
+    const error = failure.value
+    if (typeof error === "object" && error !== null && "message" in error && typeof error.message === "string") {
+      return error.message
+    }
+    return String(error)
+  }
+  if (Cause.hasInterruptsOnly(cause)) return "interrupted"
+  return Cause.pretty(cause).split("\n")[0] ?? "defect"
+}
+
+/**
+ * A step's requirements are the run's: its fiber (and the executor's attempt fibers, which
+ * start on the caller's fiber) carry the run's services, span and clock.
+ */
+const inherit = <A, E>(effect: Effect.Effect<A, E, unknown>): Effect.Effect<A, E> => effect as Effect.Effect<A, E>
+
+const timing = (startedAt: number) =>
+  Effect.map(Clock.currentTimeMillis, (endedAt) => ({ startedAt, endedAt, durationMs: endedAt - startedAt }))
+
+const errorOf = (cause: Cause.Cause<unknown>): unknown => {
+  const found = Cause.findErrorOption(cause)
+  return found._tag === "Some" ? found.value : undefined
+}
+
+const direct = (def: StepDef, context: Context, startedAt: number) =>
+  Effect.gen(function* () {
+    const exit = yield* Effect.exit(inherit(Effect.suspend(() => def.run(context))))
+    if (Exit.isSuccess(exit)) {
+      return {
+        status: "succeeded",
+        step: def.name,
+        output: exit.value,
+        attempts: 1,
+        ...(yield* timing(startedAt))
+      } satisfies Outcome
+    }
+    return {
+      status: "failed",
+      step: def.name,
+      error: errorOf(exit.cause),
+      cause: exit.cause,
+      message: messageOf(exit.cause),
+      attempts: 1,
+      ...(yield* timing(startedAt))
+    } satisfies Outcome
+  })
+
+type Primary =
+  | { readonly _tag: "NotStarted" }
+  | { readonly _tag: "Running" }
+  | { readonly _tag: "Done" }
+  | { readonly _tag: "Failed"; readonly error: unknown }
+
+const governed = (def: StepDef, context: Context, startedAt: number, executor: ExecutorService) =>
+  Effect.gen(function* () {
+    const retry = def.retry === "executor" ? (yield* Effect.orDie(executor.resolve({ retry: true }))).retry : def.retry
+    let attempts = 0
+    let primary: Primary = { _tag: "NotStarted" }
+    let fellBack: Failure | undefined
+    // The step's own failures, kept as they were while their stand-ins travel the pipeline.
+    const originals = new Map<AiError, Cause.Cause<unknown>>()
+    const stepName = def.stats ?? def.name
+
+    const settle = (effect: Effect.Effect<unknown, unknown, unknown>, own: boolean) =>
+      Effect.flatMap(Effect.exit(inherit(effect)), (exit): Effect.Effect<unknown, AiError> => {
+        if (Exit.isSuccess(exit)) {
+          if (own) primary = { _tag: "Done" }
+          return Effect.succeed(exit.value)
+        }
+        const found = Cause.findErrorOption(exit.cause)
+        if (own) primary = { _tag: "Failed", error: found._tag === "Some" ? found.value : undefined }
+        if (found._tag === "Some" && isAiError(found.value)) return Effect.fail(found.value)
+        const standIn: AiError =
+          found._tag === "Some"
+            ? new ModelError({ reason: "Unknown", message: messageOf(exit.cause), provider: stepName })
+            : new StreamInterruptedError({ partialText: "", reason: "Defect", detail: messageOf(exit.cause) })
+        originals.set(standIn, exit.cause)
+        return Effect.fail(standIn)
+      })
+
+    const refusedBy = <E extends AiError>(effect: Effect.Effect<void, E>) =>
+      Effect.tapError(effect, (error) =>
+        Effect.sync(() => {
+          primary = { _tag: "Failed", error }
+        })
+      )
+    const breaker: BreakerGuard | undefined =
+      def.breaker === undefined || executor.guards.breaker === undefined
+        ? undefined
+        : keyedBreaker(executor.guards.breaker, def.breaker, (error) => {
+            primary = { _tag: "Failed", error }
+          })
+    const rateLimit: LimitGuard | undefined =
+      def.rateLimit === undefined || executor.guards.rateLimit === undefined
+        ? undefined
+        : {
+            acquire: (_key, cost) => refusedBy(executor.guards.rateLimit!.acquire(def.rateLimit!, cost))
+          }
+
+    const primaryFailure = (): Failure =>
+      primary._tag === "Failed"
+        ? { _tag: "Failed", error: primary.error }
+        : { _tag: "TimedOut", timeout: def.timeout ?? Duration.zero }
+
+    const steps: Array<Step<"own" | "fallback">> = [
+      { target: "own", name: stepName, domain: statsDomain, timeout: def.timeout, retry, breaker, rateLimit }
+    ]
+    const fallback = def.fallback
+    if (fallback !== undefined) {
+      steps.push({ target: "fallback", name: stepName, domain: statsDomain, timeout: undefined, retry: undefined })
+    }
+
+    const call = (target: "own" | "fallback"): Effect.Effect<unknown, AiError> => {
+      if (target === "own") {
+        return Effect.suspend(() => {
+          attempts++
+          primary = { _tag: "Running" }
+          return settle(
+            Effect.suspend(() => def.run(context)),
+            true
+          )
+        })
+      }
+      return Effect.suspend(() => {
+        const failure = primaryFailure()
+        fellBack = failure
+        if (fallback!._tag === "Value") return Effect.succeed(fallback!.value)
+        const run = fallback!.run
+        return settle(
+          Effect.suspend(() => run({ ...context, failure })),
+          false
+        )
+      })
+    }
+
+    const exit = yield* Effect.exit(
+      executor.run(
+        {
+          steps: steps as [Step<"own" | "fallback">, ...Array<Step<"own" | "fallback">>],
+          totalTimeout: def.totalTimeout
+        },
+        call
+      )
+    )
+    const times = yield* timing(startedAt)
+    if (Exit.isSuccess(exit)) {
+      const viaFallback = exit.value.step.target === "fallback" && fellBack !== undefined
+      return {
+        status: "succeeded",
+        step: def.name,
+        output: exit.value.value,
+        attempts,
+        ...(viaFallback
+          ? { fallback: { kind: fallback!._tag === "Value" ? "value" : "step", failure: fellBack! } }
+          : {}),
+        ...times
+      } satisfies Outcome
+    }
+    const found = Cause.findErrorOption(exit.cause)
+    if (found._tag === "None") {
+      return {
+        status: "failed",
+        step: def.name,
+        cause: exit.cause,
+        message: messageOf(exit.cause),
+        attempts,
+        ...times
+      } satisfies Outcome
+    }
+    let error: AiError = found.value
+    if (error._tag === "FallbackExhaustedError") error = error.last
+    const original = originals.get(error)
+    const cause: Cause.Cause<unknown> = original ?? Cause.fail(error)
+    const prefix = fellBack === undefined ? "" : "fallback failed: "
+    if (original === undefined && error._tag === "TimeoutError" && fellBack === undefined) {
+      return {
+        status: "timedOut",
+        step: def.name,
+        timeout: (error as TimeoutError).timeout,
+        attempts,
+        ...times
+      } satisfies Outcome
+    }
+    return {
+      status: "failed",
+      step: def.name,
+      error: original === undefined ? error : errorOf(original),
+      cause,
+      message: `${prefix}${messageOf(cause)}`,
+      attempts,
+      ...(fellBack === undefined ? {} : { primary: fellBack }),
+      ...times
+    } satisfies Outcome
+  })
+
+/**
+ * A breaker guard that keeps every step under one key, and reports refusals.
+ *
+ * @internal
+ */
+export const keyedBreaker = (
+  guard: BreakerGuard,
+  key: string,
+  onRefused?: (error: CircuitOpenError) => void
+): BreakerGuard => ({
+  execute: (_name, effect) =>
+    onRefused === undefined
+      ? guard.execute(key, effect)
+      : Effect.tapError(guard.execute(key, effect), (error) =>
+          error._tag === "CircuitOpenError" ? Effect.sync(() => onRefused(error as CircuitOpenError)) : Effect.void
+        ),
+  admit: (_name) => guard.admit(key)
+})
+
+/**
+ * The runner of a pipeline run: the executor is needed only by governed steps.
+ *
+ * @internal
+ */
+export const makeRunner =
+  (executor: ExecutorService | undefined): Runner =>
+  (def, context, startedAt) => {
+    const outcome: Effect.Effect<Outcome> =
+      def.governed && executor !== undefined
+        ? governed(def, context, startedAt, executor)
+        : direct(def, context, startedAt)
+    return Effect.withSpan(outcome, "Pipeline.step", { attributes: { "pipeline.step": def.name } })
+  }
