@@ -200,6 +200,9 @@ describe.skipIf(skipRedis)(`CircuitBreaker on Redis${skipRedis ? ` (${skipReason
       assert.instanceOf(refused, CircuitOpenError, "onStoreError reject: refused while the store is down")
       assert.strictEqual(refused.state, "open")
       assert.isTrue((yield* storeErrors) - before >= 20)
+      // A permit while the store is down: admitted unrecorded (its record does nothing).
+      const permit = yield* Effect.scoped(open.admit(key))
+      assert.isFalse(permit.probe)
       const isolate = yield* Effect.flip(open.isolate(key))
       assert.strictEqual(isolate._tag, "StoreError")
 
