@@ -11,6 +11,7 @@ import { Effect, Layer, Result } from "effect"
 import * as Batch from "./Batch.js"
 import * as CircuitBreaker from "./CircuitBreaker.js"
 import {
+  check,
   type Domain,
   type DomainInput,
   type Domains,
@@ -95,25 +96,66 @@ export const domainsOf = (options: {
   readonly domains?: ReadonlyArray<Domain | DomainInput> | undefined
   readonly extraDomains?: ReadonlyArray<Domain | DomainInput> | undefined
   readonly overrideDomains?: ReadonlyArray<Domain | DomainInput> | undefined
-}): Input.Checked<ReadonlyArray<Domain | DomainInput>> => {
-  const base: ReadonlyArray<Domain | DomainInput> = options.domains ?? predefined(options.defaultProvider)
-  const extra = options.extraDomains ?? []
-  if (!Array.isArray(extra)) return Result.fail({ path: "extraDomains", message: "expected an array of domains" })
-  const baseNames = new Set(base.map((d) => d?.name))
-  for (const [i, domain] of extra.entries()) {
-    if (domain !== null && typeof domain === "object" && baseNames.has(domain.name)) {
-      const builtIn = options.domains === undefined && predefinedNames.includes(domain.name)
+}): Input.Checked<ReadonlyArray<Domain>> => {
+  for (const path of ["domains", "extraDomains", "overrideDomains"] as const) {
+    const list: unknown = options[path]
+    if (list !== undefined && !Array.isArray(list))
+      return Result.fail({ path, message: "expected an array of domains" })
+  }
+  // Each domain with the path it was given under, so a mistake is reported where the user wrote it.
+  const entries: Array<{ readonly domain: unknown; readonly path: string }> = (
+    options.domains ?? predefined(options.defaultProvider)
+  ).map((domain, i) => ({ domain, path: `domains[${i}]` }))
+  const baseNames = new Set(entries.map((e) => nameOf(e.domain)))
+  for (const [i, domain] of (options.extraDomains ?? []).entries()) {
+    const name = nameOf(domain)
+    if (name !== undefined && baseNames.has(name)) {
+      const builtIn = options.domains === undefined && predefinedNames.includes(name)
       return Result.fail({
         path: `extraDomains[${i}].name`,
-        message: `"${domain.name}" is already a ${builtIn ? "predefined " : ""}domain: extraDomains only adds (use overrideDomains to replace it)`
+        message: `"${name}" is already a ${builtIn ? "predefined " : ""}domain: extraDomains only adds (use overrideDomains to replace it)`
       })
     }
+    entries.push({ domain, path: `extraDomains[${i}]` })
   }
-  const overrides = new Map((options.overrideDomains ?? []).map((d) => [d.name, d] as const))
-  const merged = [...base, ...extra].map((d) => overrides.get(d.name) ?? d)
-  for (const [name, domain] of overrides) if (!baseNames.has(name)) merged.push(domain)
-  return Result.succeed(merged)
+  const overridden = new Set<unknown>()
+  for (const [i, domain] of (options.overrideDomains ?? []).entries()) {
+    const name = nameOf(domain)
+    if (name !== undefined && overridden.has(name)) {
+      return Result.fail({ path: `overrideDomains[${i}].name`, message: `duplicate domain "${name}"` })
+    }
+    overridden.add(name)
+    const at = name === undefined ? -1 : entries.findIndex((e) => nameOf(e.domain) === name)
+    const entry = { domain, path: `overrideDomains[${i}]` }
+    if (at === -1) entries.push(entry)
+    else entries[at] = entry
+  }
+  const checked = check(
+    entries.map((e) => e.domain),
+    "domains"
+  )
+  if (Result.isSuccess(checked)) return checked
+  const at = /^domains\[(\d+)\](.*)$/.exec(checked.failure.path)
+  const origin = at === null ? undefined : entries[Number(at[1])]
+  return origin === undefined ? checked : Result.fail({ ...checked.failure, path: `${origin.path}${at![2]}` })
 }
+
+const nameOf = (domain: unknown): string | undefined =>
+  typeof domain === "object" && domain !== null && typeof (domain as { name?: unknown }).name === "string"
+    ? (domain as { name: string }).name
+    : undefined
+
+// A ConfigError of a layer built from the option `path` names the field under it (`executor.timeout`).
+const under =
+  (path: string) =>
+  <A, R>(layer: Layer.Layer<A, Input.ConfigError, R>): Layer.Layer<A, Input.ConfigError, R> =>
+    Layer.catchTag(layer, "ConfigError", (error) => {
+      const inner = `invalid ${error.path}: `
+      const message = error.message.startsWith(inner) ? error.message.slice(inner.length) : error.message
+      return Layer.effectDiscard(
+        Effect.fail(Input.toConfigError({ path: `${path}.${error.path}`, message }))
+      ) as unknown as Layer.Layer<A, Input.ConfigError, R>
+    })
 
 /**
  * @since 0.1.0
@@ -154,21 +196,21 @@ export const layer = <const P extends Record<string, Layer.Layer<ModelProvider, 
           ? Layer.empty
           : isLayer(options.breakers)
             ? options.breakers
-            : CircuitBreaker.layerMemory(options.breakers ?? {})
+            : under("breakers")(CircuitBreaker.layerMemory(options.breakers ?? {}))
       const limits =
         options.rateLimits === undefined || options.rateLimits === false
           ? Layer.empty
           : isLayer(options.rateLimits)
             ? options.rateLimits
-            : RateLimit.layerMemory(options.rateLimits)
+            : under("rateLimits")(RateLimit.layerMemory(options.rateLimits))
       const cache =
         options.cache === undefined || options.cache === false
           ? Layer.empty
           : isLayer(options.cache)
             ? options.cache
-            : ResponseCache.layerMemory(options.cache)
+            : under("cache")(ResponseCache.layerMemory(options.cache))
       const guards = Layer.mergeAll(breakers, limits, cache)
-      const core = Executor.layer(options.executor).pipe(
+      const core = under("executor")(Executor.layer(options.executor)).pipe(
         Layer.provideMerge(Layer.mergeAll(Stats.layer, layerDomains(domains))),
         Layer.provideMerge(defaultModel),
         Layer.provideMerge(providers),

@@ -1,0 +1,253 @@
+import { assert, describe, it } from "@effect/vitest"
+import { Context, Effect, Exit, Fiber, Layer, Metric, Scope } from "effect"
+import { TestClock } from "effect/testing"
+import * as Batch from "../src/Batch.js"
+import * as CircuitBreaker from "../src/CircuitBreaker.js"
+import { ModelProvider } from "../src/Model.js"
+import * as Mock from "../src/Model/Mock.js"
+import * as Orchestra from "../src/Orchestra.js"
+import { Router } from "../src/Router.js"
+
+const ask = { prompt: "q" }
+
+/** Builds a manager over named mocks in its own scope, with a private metric registry. */
+const build = <const M extends Record<string, Mock.Options>>(
+  mocks: M,
+  options: Omit<Orchestra.Options<Record<string, never>>, "providers"> = {}
+) =>
+  Effect.gen(function* () {
+    const made = yield* Effect.forEach(Object.entries(mocks), ([key, mock]) =>
+      Effect.map(Mock.make({ name: key, ...mock }), (m) => [key, m] as const)
+    )
+    const providers = Object.fromEntries(made.map(([key, m]) => [key, Layer.succeed(ModelProvider, m.provider)]))
+    const scope = yield* Scope.make()
+    const registry: Metric.MetricRegistry = new Map()
+    const context = yield* Layer.buildWithScope(Orchestra.layer({ ...options, providers }), scope).pipe(
+      Effect.provideService(Metric.MetricRegistry, registry)
+    )
+    yield* Effect.addFinalizer(() => Scope.close(scope, Exit.void))
+    return {
+      context,
+      router: Context.get(context, Router),
+      controls: Object.fromEntries(made.map(([key, m]) => [key, m.control])) as Record<keyof M, Mock.Control>,
+      scope,
+      registry
+    }
+  })
+
+const configError = (options: Orchestra.Options<Record<string, Layer.Layer<ModelProvider>>>) =>
+  Effect.flip(Layer.build(Orchestra.layer(options)))
+
+describe("Orchestra.layer: domains", () => {
+  it.effect("a manager without domains serves the predefined ones on its default provider", () =>
+    Effect.gen(function* () {
+      const { router, controls } = yield* build({ main: {}, other: {} })
+      for (const name of ["support", "technical", "finance"]) {
+        const answer = yield* router.execute(ask, name)
+        assert.strictEqual(answer.domain, name)
+        assert.strictEqual(answer.provider, "main")
+      }
+      const requests = (yield* controls.main.requests).map(
+        (r) => r.request as { system?: string; temperature?: number }
+      )
+      assert.include(requests[0]!.system, "customer support")
+      assert.include(requests[2]!.system, "financial analyst")
+      assert.strictEqual(requests[2]!.temperature, 0.2)
+      assert.strictEqual(yield* controls.other.calls, 0)
+    })
+  )
+
+  it.effect("defaultProvider picks the provider of the predefined domains and of calls without a domain", () =>
+    Effect.gen(function* () {
+      const { router, context, controls } = yield* build({ main: {}, other: {} }, { defaultProvider: "other" })
+      assert.strictEqual((yield* router.execute(ask, "support")).provider, "other")
+      assert.strictEqual(Context.get(context, ModelProvider).name, "other")
+      assert.strictEqual(yield* controls.main.calls, 0)
+    })
+  )
+
+  it.effect("extraDomains are added to the predefined ones", () =>
+    Effect.gen(function* () {
+      const { router } = yield* build({ a: {} }, { extraDomains: [{ name: "legal", provider: "a", system: "lawyer" }] })
+      assert.strictEqual((yield* router.execute(ask, "support")).domain, "support")
+      assert.strictEqual((yield* router.execute(ask, "legal")).domain, "legal")
+    })
+  )
+
+  it.effect(
+    "extraDomains with a built-in name is refused naming it; overrideDomains replaces it (issue 13 item 27)",
+    () =>
+      Effect.gen(function* () {
+        const main = Layer.succeed(ModelProvider, (yield* Mock.make({ name: "main" })).provider)
+        const refused = yield* configError({
+          providers: { main },
+          extraDomains: [
+            { name: "legal", provider: "main" },
+            { name: "support", provider: "main", system: "mine" }
+          ]
+        })
+        assert.strictEqual(refused._tag, "ConfigError")
+        assert.strictEqual(refused.path, "extraDomains[1].name")
+        assert.include(refused.message, "overrideDomains")
+        const duplicate = yield* configError({
+          providers: { main },
+          domains: [{ name: "only", provider: "main" }],
+          extraDomains: [{ name: "only", provider: "main" }]
+        })
+        assert.strictEqual(duplicate.path, "extraDomains[0].name")
+
+        const { router, controls } = yield* build(
+          { main: {} },
+          {
+            overrideDomains: [
+              { name: "support", provider: "main", system: "our own support voice" },
+              { name: "legal", provider: "main", system: "lawyer" }
+            ]
+          }
+        )
+        yield* router.execute(ask, "support")
+        yield* router.execute(ask, "technical")
+        yield* router.execute(ask, "legal")
+        const systems = (yield* controls.main.requests).map((r) => (r.request as { system?: string }).system)
+        assert.strictEqual(systems[0], "our own support voice")
+        assert.include(systems[1], "software engineer")
+        assert.strictEqual(systems[2], "lawyer")
+      })
+  )
+
+  it.effect("every other option is checked when the layer is built, naming the field as the options spell it", () =>
+    Effect.gen(function* () {
+      const main = Layer.succeed(ModelProvider, (yield* Mock.make({ name: "main" })).provider)
+      const cases: ReadonlyArray<readonly [Orchestra.Options<Record<string, Layer.Layer<ModelProvider>>>, string]> = [
+        [{ providers: {} }, "providers"],
+        [{ providers: { main }, defaultProvider: "nope" as never }, "defaultProvider"],
+        [{ providers: { main }, domains: [{ name: "x", provider: "main", timeout: -1 }] }, "domains[0].timeout"],
+        [
+          { providers: { main }, extraDomains: [{ name: "x", provider: "main", retry: { maxAttempts: 0 } }] },
+          "extraDomains[0].retry.maxAttempts"
+        ],
+        [{ providers: { main }, extraDomains: {} as never }, "extraDomains"],
+        [
+          {
+            providers: { main },
+            extraDomains: [{ name: "legal", provider: "main", fallback: ["support", "nowhere"] }]
+          },
+          "extraDomains[0].fallback[1]"
+        ],
+        [
+          { providers: { main }, overrideDomains: [{ name: "support", provider: "main", timeout: 0 }] },
+          "overrideDomains[0].timeout"
+        ],
+        [
+          {
+            providers: { main },
+            overrideDomains: [
+              { name: "support", provider: "main" },
+              { name: "support", provider: "main" }
+            ]
+          },
+          "overrideDomains[1].name"
+        ],
+        [{ providers: { main }, overrideDomains: "support" as never }, "overrideDomains"],
+        [{ providers: { main }, overrideDomains: [null as never] }, "overrideDomains[0]"],
+        [{ providers: { main }, maxConcurrent: 0 }, "maxConcurrent"],
+        [{ providers: { main }, maxConcurrent: Number.NaN }, "maxConcurrent"],
+        [{ providers: { main }, executor: { timeout: "soon" as never } }, "executor.timeout"],
+        [{ providers: { main }, breakers: { failMax: 1.5 } }, "breakers.failMax"],
+        [
+          { providers: { main }, rateLimits: { default: { requestsPerMinute: -1 } } },
+          "rateLimits.default.requestsPerMinute"
+        ],
+        [{ providers: { main }, cache: { ttl: Number.NaN } }, "cache.ttl"]
+      ]
+      const paths: Array<string> = []
+      for (const [options] of cases) {
+        const error = yield* configError(options)
+        paths.push(error._tag === "ConfigError" ? error.path : `${error._tag}`)
+      }
+      assert.deepStrictEqual(
+        paths,
+        cases.map(([, path]) => path)
+      )
+    })
+  )
+})
+
+describe("Orchestra.layer: shared policies", () => {
+  it.effect("one breaker per provider, shared by every domain on it; breakers: false disables them", () =>
+    Effect.gen(function* () {
+      const domains = [
+        { name: "one", provider: "main" },
+        { name: "two", provider: "main" }
+      ]
+      const { router, context, controls } = yield* build(
+        { main: { script: [Mock.Outcome.fail("Overloaded")] } },
+        { breakers: { failMax: 1, resetTimeout: "1 minute" }, domains }
+      )
+      yield* Effect.flip(router.execute(ask, "one"))
+      const refused = yield* Effect.flip(router.execute(ask, "two"))
+      assert.strictEqual(refused._tag, "CircuitOpenError")
+      assert.strictEqual(yield* controls.main.calls, 1)
+      assert.strictEqual(yield* Context.get(context, CircuitBreaker.Breakers).state("main"), "open")
+
+      const off = yield* build({ main: { script: [Mock.Outcome.fail("Overloaded")] } }, { breakers: false, domains })
+      assert.isUndefined(Context.getOrUndefined(off.context, CircuitBreaker.Breakers))
+      yield* Effect.flip(off.router.execute(ask, "one"))
+      assert.strictEqual((yield* off.router.execute(ask, "two")).response.text, "mock answer to: q")
+    })
+  )
+
+  it.effect("maxConcurrent bounds the items running at once across batches", () =>
+    Effect.gen(function* () {
+      const { context, controls } = yield* build({ main: { latency: "1 second" } }, { maxConcurrent: 2 })
+      const batch = Context.get(context, Batch.Batch)
+      assert.strictEqual(batch.limit, 2)
+      const fiber = yield* Effect.forkChild(
+        Effect.all([batch.run(["a", "b", "c"], { domain: "support" }), batch.run(["d", "e"], { domain: "support" })], {
+          concurrency: "unbounded"
+        })
+      )
+      yield* TestClock.adjust("3 seconds")
+      const [first, second] = yield* Fiber.join(fiber)
+      assert.strictEqual(first.results.length + second.results.length, 5)
+      assert.strictEqual(yield* controls.main.peak, 2)
+    })
+  )
+})
+
+describe("Orchestra lifecycle", () => {
+  it.effect("closing the scope drains, refuses new work, interrupts the rest and every caller gets an outcome", () =>
+    Effect.gen(function* () {
+      const { router, controls, scope } = yield* build(
+        { a: { script: [Mock.Outcome.succeed("done", { latency: "1 second" }), Mock.Outcome.hang()] } },
+        { executor: { shutdownDeadline: "3 seconds", timeout: "1 minute" }, domains: [{ name: "d-a", provider: "a" }] }
+      )
+      const finishing = yield* Effect.forkChild(router.execute({ prompt: "1" }, "d-a"))
+      const stuck = yield* Effect.forkChild(router.execute({ prompt: "2" }, "d-a"))
+      yield* TestClock.adjust("10 millis")
+      const closing = yield* Effect.forkChild(Scope.close(scope, Exit.void))
+      yield* TestClock.adjust("10 millis")
+      const refused = yield* Effect.flip(router.execute({ prompt: "3" }, "d-a"))
+      assert.strictEqual(refused._tag, "ShuttingDownError")
+      yield* TestClock.adjust("1 second")
+      assert.strictEqual((yield* Fiber.join(finishing)).response.text, "done")
+      assert.isUndefined(closing.pollUnsafe())
+      yield* TestClock.adjust("3 seconds")
+      yield* Fiber.join(closing)
+      const stuckError = yield* Effect.flip(Fiber.join(stuck))
+      assert.strictEqual(stuckError._tag, "ShuttingDownError")
+      assert.strictEqual(yield* controls.a.inFlight, 0)
+    })
+  )
+
+  it.effect("closing the manager removes its metric series from the registry", () =>
+    Effect.gen(function* () {
+      const { router, scope, registry } = yield* build({ main: {} })
+      yield* router.execute(ask, "support")
+      const ours = () => Array.from(registry.values()).filter((m) => m.id.startsWith("orchestra_")).length
+      assert.isAbove(ours(), 0)
+      yield* Scope.close(scope, Exit.void)
+      assert.strictEqual(ours(), 0)
+    })
+  )
+})
