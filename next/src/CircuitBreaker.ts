@@ -158,9 +158,9 @@ export interface Options {
    */
   readonly failMax?: number | undefined
   /**
-   * Open when, over the last `size` recorded calls (at least `minimumCalls` of them,
-   * default `size`), the share of failures reaches `failureRate` (in (0, 1]). Counted in
-   * calls, not time: the store offers no time-based window.
+   * Open when, over the last `size` recorded calls (at most 10,000; at least `minimumCalls`
+   * of them, default `size`), the share of failures reaches `failureRate` (in (0, 1]).
+   * Counted in calls, not time: the store offers no time-based window.
    */
   readonly rolling?:
     | { readonly size: number; readonly minimumCalls?: number | undefined; readonly failureRate: number }

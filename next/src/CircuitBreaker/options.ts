@@ -93,7 +93,7 @@ const tripPolicy = (options: Options): Input.Checked<TripPolicy> => {
   if (Result.isFailure(keys)) return Result.fail(keys.failure)
   return Result.flatMap(
     Input.all([
-      Input.positiveInt("rolling.size", rolling.size, 100_000),
+      Input.positiveInt("rolling.size", rolling.size, 10_000),
       Input.number("rolling.failureRate", rolling.failureRate, { min: 0, minExclusive: true, max: 1 })
     ]),
     ([size, threshold]) =>
