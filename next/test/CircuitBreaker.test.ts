@@ -18,6 +18,7 @@ import { TestClock } from "effect/testing"
 import {
   type AiError,
   CircuitOpenError,
+  FallbackExhaustedError,
   ModelError,
   modelError,
   ShuttingDownError,
@@ -364,6 +365,42 @@ describe("CircuitBreaker (memory)", () => {
           yield* repeat(breakers, one, effect, 2)
           assert.strictEqual(yield* breakers.state(one), "open", String(effect))
         }
+      })
+    )
+  )
+
+  it.effect("a failure that does not count is an answer (restarts the count); an ignored one is nothing", () =>
+    withBreakers({ failMax: 2 }, (breakers) =>
+      Effect.gen(function* () {
+        const answered = uniqueKey("answered")
+        yield* run(breakers, answered, overloaded)
+        yield* run(breakers, answered, Effect.fail(modelError("Unauthorized", "key")))
+        yield* run(breakers, answered, overloaded)
+        assert.strictEqual(yield* breakers.state(answered), "closed")
+
+        const ignoredOutcomes: ReadonlyArray<Effect.Effect<never, AiError>> = [
+          Effect.interrupt,
+          Effect.fail(new ShuttingDownError({ message: "closing" })),
+          Effect.fail(
+            new FallbackExhaustedError({
+              attempts: [{ provider: "other", error: new CircuitOpenError({ breaker: "other", state: "open" }) }]
+            })
+          )
+        ]
+        for (const ignored of ignoredOutcomes) {
+          const key = uniqueKey("ignored")
+          yield* run(breakers, key, overloaded)
+          yield* run(breakers, key, ignored)
+          yield* run(breakers, key, overloaded)
+          assert.strictEqual(yield* breakers.state(key), "open", String(ignored))
+        }
+
+        const exhausted = uniqueKey("exhausted")
+        const lastOverloaded = new FallbackExhaustedError({
+          attempts: [{ provider: "p", error: modelError("Overloaded", "busy") }]
+        })
+        yield* repeat(breakers, exhausted, Effect.fail(lastOverloaded), 2)
+        assert.strictEqual(yield* breakers.state(exhausted), "open")
       })
     )
   )
