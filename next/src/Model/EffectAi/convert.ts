@@ -1,0 +1,305 @@
+/**
+ * The shapes of both sides, converted both ways: our conversation and an `effect/ai`
+ * `Prompt`, our tool definitions and `effect/ai` tools, finish reasons, usage, and an
+ * answer as `effect/ai` response parts. Pure functions; failures as `Result`s.
+ *
+ * @internal
+ */
+import { Effect, type JsonSchema, Result } from "effect"
+import { AiError as Ai, type LanguageModel, Prompt, type Response, Tool, type Toolkit } from "effect/ai"
+import { invalidRequest, type ModelError } from "../../AiError.js"
+import type * as Input from "../../Input.js"
+import * as Model from "../../Model.js"
+import type { GenerationSettings } from "../EffectAi.js"
+
+/** @internal */
+export const nonEmpty = (path: string, input: unknown): Input.Checked<string> =>
+  typeof input === "string" && input.trim().length > 0
+    ? Result.succeed(input)
+    : Result.fail({ path, message: "expected a non-empty string" })
+
+/**
+ * An `effect/ai` finish reason as ours.
+ *
+ * @internal
+ */
+export const finishReasonOf = (reason: Response.FinishReason): Model.FinishReason => {
+  switch (reason) {
+    case "content-filter":
+      return "content_filter"
+    case "tool-calls":
+      return "tool_calls"
+    case "stop":
+    case "length":
+    case "error":
+      return reason
+    default:
+      return "unknown"
+  }
+}
+
+/** @internal */
+export const finishOf = (reason: Model.FinishReason): Response.FinishReason => {
+  switch (reason) {
+    case "content_filter":
+      return "content-filter"
+    case "tool_calls":
+      return "tool-calls"
+    default:
+      return reason
+  }
+}
+
+const count = (n: number): { readonly total?: number } => (Number.isSafeInteger(n) && n >= 0 ? { total: n } : {})
+
+/** @internal */
+export const usageEncoded = (usage: Model.Usage): typeof Response.Usage.Encoded => ({
+  inputTokens: count(usage.inputTokens),
+  outputTokens: count(usage.outputTokens)
+})
+
+const textOfParts = (parts: ReadonlyArray<{ readonly type: string; readonly text?: string }>): string =>
+  parts.flatMap((part) => (part.type === "text" && part.text !== undefined ? [part.text] : [])).join("\n")
+
+const resultText = (part: Prompt.ToolResultPart): string =>
+  part.modelOutput !== undefined
+    ? Prompt.toolModelOutputToText(part.modelOutput)
+    : typeof part.result === "string"
+      ? part.result
+      : (JSON.stringify(part.result) ?? "")
+
+const unsupported = (parameter: string, description: string): Ai.AiErrorReason =>
+  new Ai.InvalidRequestError({ parameter, description })
+
+/** @internal */
+export const parseArguments = (text: string): Result.Result<unknown, string> => {
+  try {
+    return Result.succeed(Tool.unsafeSecureJsonParse(text))
+  } catch {
+    return Result.fail("not JSON")
+  }
+}
+
+/**
+ * Our conversation as an effect/ai Prompt. Tool results need the tool's name: found from the call they answer.
+ *
+ * @internal
+ */
+export const toPrompt = (
+  request: Model.GenerateRequest,
+  provider: string
+): Result.Result<Prompt.Prompt, ModelError> => {
+  const names = new Map<string, string>()
+  const messages: Array<Prompt.Message> = []
+  const conversation = Model.toMessages(request)
+  const offset = request.system === undefined ? 0 : 1
+  for (const [i, message] of conversation.entries()) {
+    const path = `messages[${i - offset}]`
+    switch (message.role) {
+      case "system":
+        messages.push(Prompt.makeMessage("system", { content: message.content }))
+        break
+      case "user":
+        messages.push(Prompt.makeMessage("user", { content: [Prompt.makePart("text", { text: message.content })] }))
+        break
+      case "assistant": {
+        const content: Array<Prompt.AssistantMessagePart> = []
+        if (message.content.length > 0) content.push(Prompt.makePart("text", { text: message.content }))
+        for (const [j, call] of (message.toolCalls ?? []).entries()) {
+          const params = parseArguments(call.arguments)
+          if (Result.isFailure(params)) {
+            return Result.fail(invalidRequest(`${path}.toolCalls[${j}].arguments`, "not JSON", provider))
+          }
+          names.set(call.id, call.name)
+          content.push(
+            Prompt.makePart("tool-call", {
+              id: call.id,
+              name: call.name,
+              params: params.success,
+              providerExecuted: false
+            })
+          )
+        }
+        messages.push(Prompt.makeMessage("assistant", { content }))
+        break
+      }
+      case "tool": {
+        const name = message.toolCallId === undefined ? undefined : names.get(message.toolCallId)
+        if (name === undefined || message.toolCallId === undefined) {
+          return Result.fail(
+            invalidRequest(`${path}.toolCallId`, "does not answer a tool call of an earlier message", provider)
+          )
+        }
+        const part = Prompt.makePart("tool-result", {
+          id: message.toolCallId,
+          name,
+          isFailure: false,
+          result: message.content,
+          providerExecuted: false
+        })
+        messages.push(Prompt.makeMessage("tool", { content: [part] }))
+        break
+      }
+    }
+  }
+  return Result.succeed(Prompt.fromMessages(messages))
+}
+
+/** @internal */
+export type AnyTools = Record<string, Tool.Any>
+type AnyToolkit = Toolkit.WithHandler<AnyTools>
+
+/**
+ * Tool calls are returned to the caller, never run here: the toolkit has no handlers.
+ *
+ * @internal
+ */
+export const toolkitOf = (tools: ReadonlyArray<Model.ToolDefinition>): AnyToolkit => {
+  const record: Record<string, Tool.Any> = {}
+  for (const tool of tools) {
+    record[tool.name] = Tool.dynamic(tool.name, {
+      description: tool.description,
+      parameters: (tool.parameters ?? { type: "object", properties: {} }) as JsonSchema.JsonSchema
+    })
+  }
+  return { tools: record, handle: () => Effect.die("effect-orchestra: tool calls are returned, not run") }
+}
+
+/** @internal */
+export const usageOf = (usage: Response.Usage, input: number, output: number): Model.Usage => {
+  const inputTokens = usage.inputTokens.total ?? input
+  const outputTokens = usage.outputTokens.total ?? output
+  return { inputTokens, outputTokens, totalTokens: inputTokens + outputTokens }
+}
+
+/** An effect/ai Prompt as our conversation. */
+const toMessages = (prompt: Prompt.Prompt): Result.Result<Array<Model.Message>, Ai.AiErrorReason> => {
+  const messages: Array<Model.Message> = []
+  for (const message of prompt.content) {
+    switch (message.role) {
+      case "system":
+        messages.push({ role: "system", content: message.content })
+        break
+      case "user":
+        if (message.content.some((part) => part.type === "file")) {
+          return Result.fail(unsupported("prompt", "file parts are not supported by effect-orchestra providers"))
+        }
+        messages.push({ role: "user", content: textOfParts(message.content) })
+        break
+      case "assistant": {
+        if (message.content.some((part) => part.type === "file")) {
+          return Result.fail(unsupported("prompt", "file parts are not supported by effect-orchestra providers"))
+        }
+        const toolCalls: Array<Model.ToolCall> = []
+        const results: Array<Model.Message> = []
+        for (const part of message.content) {
+          if (part.type === "tool-call" && !part.providerExecuted) {
+            toolCalls.push({ id: part.id, name: part.name, arguments: JSON.stringify(part.params ?? {}) })
+          } else if (part.type === "tool-result" && !part.providerExecuted) {
+            results.push({ role: "tool", toolCallId: part.id, content: resultText(part) })
+          }
+        }
+        const content = textOfParts(message.content)
+        if (content.length > 0 || toolCalls.length > 0) {
+          messages.push({ role: "assistant", content, ...(toolCalls.length === 0 ? {} : { toolCalls }) })
+        }
+        messages.push(...results)
+        break
+      }
+      case "tool":
+        for (const part of message.content) {
+          if (part.type === "tool-result")
+            messages.push({ role: "tool", toolCallId: part.id, content: resultText(part) })
+        }
+        break
+    }
+  }
+  return Result.succeed(messages)
+}
+
+const toolsOf = (
+  options: LanguageModel.ProviderOptions
+): Result.Result<Pick<Model.GenerateRequest, "tools" | "toolChoice" | "responseFormat">, Ai.AiErrorReason> => {
+  const out: {
+    tools?: Array<Model.ToolDefinition>
+    toolChoice?: Model.GenerateRequest["toolChoice"]
+    responseFormat?: Model.ResponseFormat
+  } = {}
+  try {
+    if (options.tools.length > 0) {
+      const tools: Array<Model.ToolDefinition> = []
+      for (const tool of options.tools) {
+        if (Tool.isProviderDefined(tool)) {
+          return Result.fail(
+            unsupported(
+              "tools",
+              `${tool.name} is a provider-defined tool; effect-orchestra targets run user tools only`
+            )
+          )
+        }
+        const description = Tool.getDescription(tool)
+        tools.push({
+          name: tool.name,
+          ...(description === undefined ? {} : { description }),
+          parameters: Tool.getJsonSchema(tool) as Record<string, unknown>
+        })
+      }
+      const choice = options.toolChoice
+      out.tools = tools
+      out.toolChoice =
+        typeof choice === "string"
+          ? choice
+          : "tool" in choice
+            ? { name: choice.tool }
+            : choice.mode === "required"
+              ? "required"
+              : "auto"
+    }
+    if (options.responseFormat.type === "json") {
+      out.responseFormat = {
+        type: "json_schema",
+        name: options.responseFormat.objectName,
+        schema: Tool.getJsonSchemaFromSchema(options.responseFormat.schema) as Record<string, unknown>
+      }
+    }
+  } catch (cause) {
+    return Result.fail(
+      new Ai.UnsupportedSchemaError({ description: cause instanceof Error ? cause.message : String(cause) })
+    )
+  }
+  return Result.succeed(out)
+}
+
+/** @internal */
+export const requestOf = (
+  options: LanguageModel.ProviderOptions,
+  settings: GenerationSettings
+): Result.Result<Model.GenerateRequest, Ai.AiErrorReason> =>
+  Result.flatMap(toMessages(options.prompt), (messages) =>
+    Result.map(toolsOf(options), (tools) => ({ messages, ...settings, ...tools }))
+  )
+
+/** @internal */
+export const partsOf = (
+  response: Model.GenerateResponse
+): Result.Result<Array<Response.PartEncoded>, Ai.AiErrorReason> => {
+  const parts: Array<Response.PartEncoded> = [
+    {
+      type: "response-metadata",
+      modelId: response.model,
+      metadata: { "effect-orchestra": { provider: response.provider } }
+    }
+  ]
+  if (response.text.length > 0) parts.push({ type: "text", text: response.text })
+  for (const call of response.toolCalls ?? []) {
+    const params = parseArguments(call.arguments)
+    if (Result.isFailure(params)) {
+      return Result.fail(
+        new Ai.InvalidOutputError({ description: `tool call ${call.id} (${call.name}): arguments are not JSON` })
+      )
+    }
+    parts.push({ type: "tool-call", id: call.id, name: call.name, params: params.success })
+  }
+  parts.push({ type: "finish", reason: finishOf(response.finishReason), usage: usageEncoded(response.usage) })
+  return Result.succeed(parts)
+}

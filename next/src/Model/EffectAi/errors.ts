@@ -1,0 +1,187 @@
+/**
+ * Errors across the bridge, both ways, decided from data (the `effect/ai` reason class and
+ * HTTP status; our `reason`), never from message text; nothing of a request is copied.
+ *
+ * @internal
+ */
+import type { Duration } from "effect"
+import { Schema } from "effect"
+import { AiError as Ai } from "effect/ai"
+import { type AiError, isRetryable, ModelError, Reason, reasonOf } from "../../AiError.js"
+import { type CallContext, classify } from "../http/errors.js"
+
+const MAX_MESSAGE = 500
+
+// effect/ai descriptions name the request URL; a query string may carry a key.
+const safeText = (text: string): string => {
+  const cleaned = text.replace(/(https?:\/\/[^\s?#)]+)\?[^\s)#]*/g, "$1?<redacted>")
+  return cleaned.length > MAX_MESSAGE ? `${cleaned.slice(0, MAX_MESSAGE)}…` : cleaned
+}
+
+/**
+ * Maps an `effect/ai` `AiError` to our `ModelError` from its reason class and HTTP status:
+ * rate limits keep `retryAfter`, quota and credentials are `Unauthorized`, provider
+ * failures go by status (500 `Overloaded`, 503 `Unavailable`, 504 `Timeout`), malformed
+ * answers are `Decode`, bad input `InvalidRequest` with the parameter as `field`. Request
+ * details are never copied (the error keeps no cause; URLs lose their query string).
+ *
+ * @internal
+ */
+export const fromAiError = (error: Ai.AiError, ctx: CallContext): ModelError => {
+  const reason = error.reason
+  const status = "http" in reason ? reason.http?.response?.status : undefined
+  const make = (
+    kind: Reason,
+    extra: { readonly field?: string | undefined; readonly retryAfter?: Duration.Duration } = {}
+  ) =>
+    new ModelError({
+      reason: kind,
+      message: safeText(`${ctx.provider}: ${error.module}.${error.method}: ${reason.message}`),
+      provider: ctx.provider,
+      model: ctx.model,
+      status,
+      ...extra
+    })
+  switch (reason._tag) {
+    case "RateLimitError":
+      return make("RateLimited", reason.retryAfter === undefined ? {} : { retryAfter: reason.retryAfter })
+    case "QuotaExhaustedError":
+    case "AuthenticationError":
+      return make("Unauthorized")
+    case "ContentPolicyError":
+      return make("ContentFilter")
+    case "InvalidRequestError":
+      return status === 413 ? make("TooLarge") : make("InvalidRequest", { field: reason.parameter })
+    case "InternalProviderError":
+      return make(status === undefined ? "Overloaded" : classify(status, { reasons: [] }))
+    case "UnknownError":
+      return make(status === undefined ? "Unknown" : classify(status, { reasons: [] }))
+    case "NetworkError":
+      return reason.reason === "TransportError" ? make("Transport") : make("InvalidRequest", { field: "request" })
+    case "InvalidResponseError":
+    case "InvalidOutputError":
+    case "StructuredOutputError":
+      return make("Decode")
+    case "ToolNotFoundError":
+    case "ToolParameterValidationError":
+      return make("Decode", { field: "toolCalls" })
+    case "UnsupportedSchemaError":
+      return make("InvalidRequest", { field: "responseFormat" })
+    case "InvalidUserInputError":
+      return make("InvalidRequest", { field: "messages" })
+    case "InvalidToolResultError":
+    case "ToolResultEncodingError":
+    case "ToolConfigurationError":
+    case "ToolkitRequiredError":
+      return make("InvalidRequest", { field: "tools" })
+  }
+}
+
+/** The `module` of the `AiError`s we make. @internal */
+export const MODULE = "EffectOrchestra"
+
+const statusCodes = (status: number | undefined) =>
+  status === undefined ? {} : { http: { response: { status, headers: {} } } }
+
+const metadataOf = (error: AiError): Ai.ProviderMetadata => {
+  const info: Record<string, string | number> = { error: error._tag, reason: reasonOf(error) }
+  if ("provider" in error && error.provider !== undefined) info["provider"] = error.provider
+  if (error._tag === "ModelError" && error.status !== undefined) info["status"] = error.status
+  return { "effect-orchestra": info }
+}
+
+const reasonOfModelError = (
+  kind: Reason,
+  error: AiError,
+  method: string,
+  extra: {
+    readonly status?: number | undefined
+    readonly field?: string | undefined
+    readonly retryAfter?: Duration.Duration | undefined
+  }
+): Ai.AiErrorReason => {
+  const metadata = metadataOf(error)
+  const description = error.message
+  const http = statusCodes(extra.status)
+  switch (kind) {
+    case "RateLimited":
+      return new Ai.RateLimitError({
+        metadata,
+        ...http,
+        ...(extra.retryAfter === undefined ? {} : { retryAfter: extra.retryAfter })
+      })
+    case "Overloaded":
+    case "Unavailable":
+    case "Timeout":
+      return new Ai.InternalProviderError({ description, metadata, ...http })
+    case "Transport":
+      return new Ai.NetworkError({
+        reason: "TransportError",
+        method,
+        url: `effect-orchestra:${"provider" in error ? (error.provider ?? "") : ""}`,
+        description
+      })
+    case "InvalidRequest":
+      return new Ai.InvalidRequestError({
+        description,
+        metadata,
+        ...http,
+        ...(extra.field === undefined ? {} : { parameter: extra.field })
+      })
+    case "TooLarge":
+      return new Ai.InvalidRequestError({ description, constraint: "too large", metadata, ...http })
+    case "Unauthorized":
+      return new Ai.AuthenticationError({
+        kind: extra.status === 401 ? "InvalidKey" : extra.status === 403 ? "InsufficientPermissions" : "Unknown",
+        description,
+        metadata,
+        ...http
+      })
+    case "ContentFilter":
+      return new Ai.ContentPolicyError({ description, metadata, ...http })
+    case "Decode":
+      return new Ai.InvalidResponseError({ description, metadata, ...http })
+    case "Unknown":
+      return new Ai.UnknownError({ description, metadata, ...http })
+  }
+}
+
+const isReason = Schema.is(Reason)
+
+const aiReasonOf = (error: AiError, method: string): Ai.AiErrorReason => {
+  switch (error._tag) {
+    case "ModelError":
+      return reasonOfModelError(error.reason, error, method, error)
+    case "TimeoutError":
+    case "CircuitOpenError":
+      return isRetryable(error) || error._tag === "CircuitOpenError"
+        ? new Ai.InternalProviderError({ description: error.message, metadata: metadataOf(error) })
+        : new Ai.UnknownError({ description: error.message, metadata: metadataOf(error) })
+    case "ShuttingDownError":
+      return new Ai.UnknownError({ description: error.message, metadata: metadataOf(error) })
+    case "StreamInterruptedError":
+      return isReason(error.reason)
+        ? reasonOfModelError(error.reason, error, method, {})
+        : new Ai.UnknownError({ description: error.message, metadata: metadataOf(error) })
+    case "FallbackExhaustedError":
+      return aiReasonOf(error.last, method)
+  }
+}
+
+/**
+ * Maps one of our failures to `effect/ai`'s `AiError`, keeping the original as the cause of
+ * the reason (`error.reason.cause`): rate limits keep `retryAfter`; `Overloaded`,
+ * `Unavailable`, `Timeout`, a retryable `TimeoutError` and an open circuit are
+ * `InternalProviderError` (retryable); `Transport` is a `NetworkError`; `InvalidRequest` and
+ * `TooLarge` an `InvalidRequestError` (the field as `parameter`); `Unauthorized` an
+ * `AuthenticationError`; `ContentFilter` a `ContentPolicyError`; `Decode` an
+ * `InvalidResponseError`; the rest `UnknownError`. An exhausted fallback chain maps its last
+ * error. The reason's `metadata["effect-orchestra"]` names our error, reason, provider and status.
+ *
+ * @internal
+ */
+export const toAiError = (error: AiError, method: string): Ai.AiError => {
+  const reason = aiReasonOf(error, method)
+  Object.defineProperty(reason, "cause", { value: error, enumerable: false, configurable: true, writable: true })
+  return Ai.make({ module: MODULE, method, reason })
+}

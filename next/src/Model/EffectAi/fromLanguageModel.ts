@@ -1,0 +1,222 @@
+/**
+ * An `effect/ai` `LanguageModel` (and optional `EmbeddingModel`) in context as a
+ * `ModelProvider`: tools declared, never run; every call bounded (timeout, idle deadline,
+ * answer size); errors mapped by {@link fromAiError}.
+ *
+ * @internal
+ */
+import { Context, Effect, Option, Result, Stream } from "effect"
+import { AiError as Ai, EmbeddingModel, LanguageModel, Model as AiModel, type Response } from "effect/ai"
+import { type AiError, invalidRequest, ModelError } from "../../AiError.js"
+import * as Input from "../../Input.js"
+import * as Model from "../../Model.js"
+import type { Options } from "../EffectAi.js"
+import { assemble } from "../http/assemble.js"
+import { type CallContext, requestTimeout } from "../http/errors.js"
+import { defaults } from "../http/options.js"
+import { type AnyTools, finishReasonOf, nonEmpty, toolkitOf, toPrompt, usageOf } from "./convert.js"
+import { fromAiError } from "./errors.js"
+
+const settingKeys = ["temperature", "maxTokens", "topP", "stop", "seed", "responseFormat"] as const
+
+/**
+ * Builds the provider from the `LanguageModel` (and, when present, `EmbeddingModel`) in
+ * context.
+ *
+ * @internal
+ */
+export const make = Effect.fnUntraced(function* (options: Options = {}) {
+  const lm = yield* LanguageModel.LanguageModel
+  const embedder = yield* Effect.serviceOption(EmbeddingModel.EmbeddingModel)
+  const providerName = yield* Effect.serviceOption(AiModel.ProviderName)
+  const modelName = yield* Effect.serviceOption(AiModel.ModelName)
+  const checked = yield* Input.orConfigError(
+    Input.all([
+      Input.duration("timeout", options.timeout ?? defaults.timeout),
+      Input.duration("streamIdleTimeout", options.streamIdleTimeout ?? defaults.streamIdleTimeout),
+      Input.positiveInt("maxOutputChars", options.maxOutputChars ?? 1_000_000),
+      Input.optional(options.maxConcurrency, (n) => Input.positiveInt("maxConcurrency", n)),
+      nonEmpty("name", options.name ?? Option.getOrElse(providerName, () => "effect-ai")),
+      nonEmpty("model", options.model ?? Option.getOrElse(modelName, () => "unknown"))
+    ])
+  )
+  const [timeout, streamIdleTimeout, maxOutputChars, maxConcurrency, name, defaultModel] = checked
+
+  /** What every call needs: the prompt, the toolkit, and the model to report. */
+  const prepare = (request: Model.GenerateRequest) =>
+    Effect.gen(function* () {
+      const valid = yield* Model.validateGenerate(request)
+      if (options.context === undefined) {
+        if (valid.model !== undefined && Option.isSome(modelName) && valid.model !== modelName.value) {
+          return yield* invalidRequest("model", `${name} serves ${modelName.value}, not ${valid.model}`, name)
+        }
+        if (valid.responseFormat !== undefined && valid.responseFormat.type !== "text") {
+          return yield* invalidRequest(
+            "responseFormat",
+            "effect/ai generateText has no JSON mode; use generateObject",
+            name
+          )
+        }
+      }
+      const prompt = toPrompt(valid, name)
+      if (Result.isFailure(prompt)) return yield* Effect.fail(prompt.failure)
+      const ignored = settingKeys.filter((key) => valid[key] !== undefined)
+      const model = valid.model ?? defaultModel
+      yield* Effect.annotateCurrentSpan({
+        "gen_ai.provider.name": name,
+        "gen_ai.request.model": model,
+        ...(options.context === undefined && ignored.length > 0 ? { "orchestra.settings_not_sent": ignored } : {})
+      })
+      const tools = valid.tools ?? []
+      const choice = valid.toolChoice
+      const toolChoice = choice === undefined || typeof choice === "string" ? (choice ?? "auto") : { tool: choice.name }
+      return {
+        valid,
+        ctx: { provider: name, model },
+        prompt: prompt.success,
+        toolkit: tools.length === 0 ? undefined : toolkitOf(tools),
+        toolChoice
+      }
+    })
+
+  const tooLarge = (ctx: CallContext) =>
+    new ModelError({
+      reason: "TooLarge",
+      message: `${ctx.provider}: the answer exceeded ${maxOutputChars} characters (maxOutputChars)`,
+      provider: ctx.provider,
+      model: ctx.model
+    })
+
+  const generate = Effect.fn("EffectAi.generate")(function* (request: Model.GenerateRequest) {
+    const { valid, ctx, prompt, toolkit, toolChoice } = yield* prepare(request)
+    // The toolkit only declares tools (no handlers), so both calls answer the same part shapes.
+    const call = (toolkit === undefined
+      ? lm.generateText({ prompt })
+      : lm.generateText({ prompt, toolkit, toolChoice, disableToolCallResolution: true })) as unknown as Effect.Effect<
+      LanguageModel.GenerateTextResponse<AnyTools, "encoded">,
+      Ai.AiError
+    >
+    const extra = options.context?.(valid)
+    const response = yield* (
+      extra === undefined ? call : Effect.updateContext(call, (c: Context.Context<never>) => Context.merge(c, extra))
+    ).pipe(
+      Effect.mapError((error) => fromAiError(error, ctx)),
+      Effect.timeoutOrElse({ duration: timeout, orElse: () => Effect.fail(requestTimeout(ctx, timeout)) })
+    )
+    const text = response.text
+    if (text.length > maxOutputChars) return yield* tooLarge(ctx)
+    let answered: string | undefined
+    const toolCalls: Array<Model.ToolCall> = []
+    for (const part of response.content) {
+      if (part.type === "response-metadata" && part.modelId !== undefined) answered = part.modelId
+      if (part.type === "tool-call" && !part.providerExecuted) {
+        toolCalls.push({ id: part.id, name: part.name, arguments: JSON.stringify(part.params ?? {}) })
+      }
+    }
+    return {
+      text,
+      finishReason: finishReasonOf(response.finishReason),
+      usage: usageOf(response.usage, Model.estimateInputTokens(valid), Model.estimateTokens(text)),
+      provider: name,
+      model: answered ?? ctx.model,
+      ...(toolCalls.length === 0 ? {} : { toolCalls })
+    } satisfies Model.GenerateResponse
+  })
+
+  const stream = (request: Model.GenerateRequest): Stream.Stream<Model.StreamPart, AiError> =>
+    Stream.unwrap(
+      Effect.map(prepare(request), ({ valid, ctx, prompt, toolkit, toolChoice }) => {
+        let answered: string | undefined
+        let chars = 0
+        const raw = (toolkit === undefined
+          ? lm.streamText({ prompt })
+          : lm.streamText({
+              prompt,
+              toolkit,
+              toolChoice,
+              disableToolCallResolution: true
+            })) as unknown as Stream.Stream<Response.StreamPart<AnyTools, "encoded">, Ai.AiError>
+        const extra = options.context?.(valid)
+        const parts = (
+          extra === undefined ? raw : Stream.updateContext(raw, (c: Context.Context<never>) => Context.merge(c, extra))
+        ).pipe(Stream.mapError((error) => fromAiError(error, ctx)))
+        return assemble(parts, {
+          ctx,
+          idleTimeout: streamIdleTimeout,
+          step: (part): Effect.Effect<ReadonlyArray<Model.StreamPart>, ModelError> => {
+            switch (part.type) {
+              case "text-delta":
+                if (part.delta.length === 0) return Effect.succeed([])
+                chars += part.delta.length
+                if (chars > maxOutputChars) return Effect.fail(tooLarge(ctx))
+                return Effect.succeed([{ _tag: "TextDelta", text: part.delta }])
+              case "tool-call":
+                if (part.providerExecuted) return Effect.succeed([])
+                return Effect.succeed([
+                  {
+                    _tag: "ToolCall",
+                    call: { id: part.id, name: part.name, arguments: JSON.stringify(part.params ?? {}) }
+                  }
+                ])
+              case "response-metadata":
+                if (part.modelId !== undefined) answered = part.modelId
+                return Effect.succeed([])
+              case "finish":
+                return Effect.succeed([
+                  {
+                    _tag: "Finish",
+                    finishReason: finishReasonOf(part.reason),
+                    usage: usageOf(part.usage, Model.estimateInputTokens(valid), Math.ceil(chars / 4)),
+                    provider: name,
+                    model: answered ?? ctx.model
+                  }
+                ])
+              case "error":
+                return Effect.fail(
+                  Ai.isAiError(part.error)
+                    ? fromAiError(part.error, ctx)
+                    : new ModelError({
+                        reason: "Unknown",
+                        message: `${name}: the stream sent an error part`,
+                        provider: name,
+                        model: ctx.model
+                      })
+                )
+              default:
+                return Effect.succeed([])
+            }
+          },
+          onEnd: () => Effect.succeed([])
+        })
+      })
+    ).pipe(Stream.withSpan("EffectAi.stream", { attributes: { "gen_ai.provider.name": name } }))
+
+  const embed = Effect.fn("EffectAi.embed")(function* (request: Model.EmbedRequest) {
+    const valid = yield* Model.validateEmbed(request)
+    const ctx = { provider: name, model: valid.model ?? defaultModel }
+    if (Option.isNone(embedder)) {
+      return yield* invalidRequest("texts", `no effect/ai EmbeddingModel was provided to ${name}`, name)
+    }
+    const response = yield* embedder.value.embedMany(valid.texts).pipe(
+      Effect.mapError((error) => fromAiError(error, ctx)),
+      Effect.timeoutOrElse({ duration: timeout, orElse: () => Effect.fail(requestTimeout(ctx, timeout)) })
+    )
+    let estimate = 0
+    for (const text of valid.texts) estimate += Model.estimateTokens(text)
+    return {
+      vectors: response.embeddings.map((embedding) => embedding.vector),
+      usage: Model.usage(response.usage.inputTokens ?? estimate, 0),
+      provider: name,
+      model: ctx.model
+    } satisfies Model.EmbedResponse
+  })
+
+  return {
+    name,
+    defaultModel,
+    generate,
+    stream,
+    embed,
+    ...(maxConcurrency === undefined ? {} : { maxConcurrency })
+  } satisfies Model.Service
+})

@@ -1,0 +1,202 @@
+/**
+ * Anything with `generate` and `stream` as an `effect/ai` `LanguageModel` (and `embed` as an
+ * `EmbeddingModel`): the prompt checked into our request, answers as `effect/ai` parts,
+ * failures as `effect/ai` `AiError`s ({@link toAiError}), `gen_ai` span attributes set.
+ *
+ * @internal
+ */
+import { Context, Effect, Option, Result, Schema, Stream } from "effect"
+import { AiError as Ai, EmbeddingModel, LanguageModel, type Response } from "effect/ai"
+import * as Input from "../../Input.js"
+import * as Model from "../../Model.js"
+import type { EmbeddingTarget, GenerationSettings, LanguageModelOptions, Target } from "../EffectAi.js"
+import { finishOf, nonEmpty, parseArguments, partsOf, requestOf, usageEncoded } from "./convert.js"
+import { MODULE, toAiError } from "./errors.js"
+
+/**
+ * Per-call settings for a {@link languageModel}, the way `effect/ai` provider packages take
+ * theirs: `Effect.provideService(EffectAi.GenerationConfig, { temperature: 0 })` around a
+ * `LanguageModel.generateText`. Fields given here win over the layer's `settings`.
+ *
+ * @since 0.2.0
+ * @category services
+ */
+export class GenerationConfig extends Context.Service<GenerationConfig, GenerationSettings>()(
+  "effect-orchestra/Model/EffectAi/GenerationConfig"
+) {}
+
+const settingKeysOf: ReadonlySet<string> = new Set(["model", "maxTokens", "temperature", "topP", "stop", "seed"])
+const decodeRequest = Schema.decodeUnknownResult(Model.GenerateRequest, { onExcessProperty: "error" })
+
+const checkSettings = (path: string, settings: GenerationSettings): Input.Checked<GenerationSettings> => {
+  for (const key of Object.keys(settings)) {
+    if (!settingKeysOf.has(key)) return Result.fail({ path: `${path}.${key}`, message: "unknown setting" })
+  }
+  const decoded = decodeRequest({ prompt: "settings", ...settings })
+  return Result.isSuccess(decoded) ? Result.succeed(settings) : Result.fail(Input.issueOf(decoded.failure, path))
+}
+
+type Span = LanguageModel.ProviderOptions["span"]
+
+// Attribute names as effect/ai's Telemetry writes them, set directly: its key conversion costs
+// more than the rest of the adapter.
+const annotateRequest = (span: Span, name: string, request: Model.GenerateRequest): void => {
+  span.attribute("gen_ai.provider.name", name)
+  if (request.model !== undefined) span.attribute("gen_ai.request.model", request.model)
+  if (request.temperature !== undefined) span.attribute("gen_ai.request.temperature", request.temperature)
+  if (request.topP !== undefined) span.attribute("gen_ai.request.top_p", request.topP)
+  if (request.maxTokens !== undefined) span.attribute("gen_ai.request.max_tokens", request.maxTokens)
+  if (request.seed !== undefined) span.attribute("gen_ai.request.seed", request.seed)
+  if (request.stop !== undefined) span.attribute("gen_ai.request.stop_sequences", request.stop)
+}
+
+const annotateResponse = (
+  span: Span,
+  finish: { readonly model: string; readonly finishReason: Model.FinishReason; readonly usage: Model.Usage }
+): void => {
+  span.attribute("gen_ai.response.model", finish.model)
+  span.attribute("gen_ai.response.finish_reasons", [finish.finishReason])
+  span.attribute("gen_ai.usage.input_tokens", finish.usage.inputTokens)
+  span.attribute("gen_ai.usage.output_tokens", finish.usage.outputTokens)
+}
+
+/**
+ * An `effect/ai` `LanguageModel` whose calls go to `target`: `effect/ai` code
+ * (`LanguageModel.generateText`, `streamText`, `generateObject`, tool calling with a
+ * `Toolkit`, `Chat`) runs unchanged and gains the target's policies. The prompt becomes
+ * our request (system, user, assistant tool calls, tool results; files are refused), tools
+ * their JSON Schemas, `generateObject`'s schema a `json_schema` response format; the
+ * request is checked before the target sees it. Answers come back as `effect/ai` parts with
+ * the finish reason, usage and model; failures as `effect/ai` `AiError`s ({@link toAiError}).
+ *
+ * @internal
+ */
+export const languageModel = Effect.fnUntraced(function* (target: Target, options: LanguageModelOptions = {}) {
+  const [name, defaults, limits] = yield* Input.orConfigError(
+    Input.all([
+      nonEmpty("name", options.name ?? "effect-orchestra"),
+      checkSettings("settings", options.settings ?? {}),
+      Model.requestLimits(options.limits, "limits")
+    ])
+  )
+
+  const prepare = (method: string, providerOptions: LanguageModel.ProviderOptions) =>
+    Effect.gen(function* () {
+      const scoped = yield* Effect.serviceOption(GenerationConfig)
+      const settings = Option.isNone(scoped) ? defaults : { ...defaults, ...scoped.value }
+      const built = requestOf(providerOptions, settings)
+      if (Result.isFailure(built)) return yield* Ai.make({ module: MODULE, method, reason: built.failure })
+      const request = yield* Model.validateGenerate(built.success, limits).pipe(
+        Effect.mapError((error) => toAiError(error, method))
+      )
+      annotateRequest(providerOptions.span, name, request)
+      return request
+    })
+
+  return yield* LanguageModel.make({
+    generateText: (providerOptions) =>
+      Effect.gen(function* () {
+        const request = yield* prepare("generateText", providerOptions)
+        const response = yield* Effect.mapError(target.generate(request), (error) => toAiError(error, "generateText"))
+        annotateResponse(providerOptions.span, response)
+        const parts = partsOf(response)
+        if (Result.isFailure(parts))
+          return yield* Ai.make({ module: MODULE, method: "generateText", reason: parts.failure })
+        return parts.success
+      }),
+    streamText: (providerOptions) =>
+      Stream.unwrap(
+        Effect.map(prepare("streamText", providerOptions), (request) => {
+          let open = false
+          let blocks = 0
+          const close = (): Array<Response.StreamPartEncoded> => {
+            if (!open) return []
+            open = false
+            return [{ type: "text-end", id: `text-${blocks}` }]
+          }
+          const step = (
+            part: Model.StreamPart
+          ): Effect.Effect<ReadonlyArray<Response.StreamPartEncoded>, Ai.AiError> => {
+            switch (part._tag) {
+              case "TextDelta": {
+                if (part.text.length === 0) return Effect.succeed([])
+                const start: Array<Response.StreamPartEncoded> = open
+                  ? []
+                  : [{ type: "text-start", id: `text-${++blocks}` }]
+                open = true
+                return Effect.succeed([...start, { type: "text-delta", id: `text-${blocks}`, delta: part.text }])
+              }
+              case "ToolCall": {
+                const params = parseArguments(part.call.arguments)
+                if (Result.isFailure(params)) {
+                  return Effect.fail(
+                    Ai.make({
+                      module: MODULE,
+                      method: "streamText",
+                      reason: new Ai.InvalidOutputError({
+                        description: `tool call ${part.call.id} (${part.call.name}): arguments are not JSON`
+                      })
+                    })
+                  )
+                }
+                return Effect.succeed([
+                  ...close(),
+                  { type: "tool-call", id: part.call.id, name: part.call.name, params: params.success }
+                ])
+              }
+              case "Finish":
+                annotateResponse(providerOptions.span, part)
+                return Effect.succeed([
+                  ...close(),
+                  {
+                    type: "response-metadata",
+                    modelId: part.model,
+                    metadata: { "effect-orchestra": { provider: part.provider } }
+                  },
+                  { type: "finish", reason: finishOf(part.finishReason), usage: usageEncoded(part.usage) }
+                ])
+            }
+          }
+          return target.stream(request).pipe(
+            Stream.mapError((error) => toAiError(error, "streamText")),
+            Stream.mapEffect(step),
+            Stream.flattenIterable
+          )
+        })
+      )
+  })
+})
+
+/**
+ * An `effect/ai` `EmbeddingModel` whose calls go to `target.embed` (checked first; the
+ * model from `model` when given).
+ *
+ * @internal
+ */
+export const embeddingModel = (
+  target: EmbeddingTarget,
+  options: { readonly model?: string | undefined; readonly limits?: Partial<Model.RequestLimits> | undefined } = {}
+): Effect.Effect<EmbeddingModel.EmbeddingModel, Input.ConfigError> =>
+  Effect.flatMap(
+    Input.orConfigError(
+      Input.all([
+        Input.optional(options.model, (model) => nonEmpty("model", model)),
+        Model.requestLimits(options.limits, "limits")
+      ])
+    ),
+    ([model, limits]) =>
+      EmbeddingModel.make({
+        embedMany: ({ inputs }) =>
+          Model.validateEmbed(
+            { texts: inputs as Model.EmbedRequest["texts"], ...(model === undefined ? {} : { model }) },
+            limits
+          ).pipe(
+            Effect.flatMap(target.embed),
+            Effect.map((response) => ({
+              results: response.vectors.map((vector) => [...vector]),
+              usage: { inputTokens: response.usage?.inputTokens }
+            })),
+            Effect.mapError((error) => toAiError(error, "embedMany"))
+          )
+      })
+  )
