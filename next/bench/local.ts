@@ -49,20 +49,28 @@ const load = () =>
     .map((n) => n.toFixed(2))
     .join(" ")
 
-/** Median wall time (ms) of each variant, variants alternating within every round, after a warm-up round. */
-const medians = <E, R>(variants: ReadonlyArray<Effect.Effect<unknown, E, R>>, runs = RUNS) =>
+/**
+ * Wall times (ms) of each variant over `runs` rounds, after a warm-up round. Every round
+ * runs each variant once, starting from a different one each round (so drift and the cost
+ * of following another variant hit them alike).
+ */
+const rounds = <E, R>(variants: ReadonlyArray<Effect.Effect<unknown, E, R>>, runs = RUNS) =>
   Effect.gen(function* () {
     for (const variant of variants) yield* variant
     const times = variants.map(() => [] as Array<number>)
     for (let i = 0; i < runs; i++) {
-      for (const [k, variant] of variants.entries()) {
+      for (let j = 0; j < variants.length; j++) {
+        const k = (i + j) % variants.length
         const start = yield* now
-        yield* variant
+        yield* variants[k]!
         times[k]!.push((yield* now) - start)
       }
     }
-    return times.map(median)
+    return times
   })
+
+/** Rate of `x` relative to `y` (same work), the median over rounds of the paired ratios. */
+const paired = (x: ReadonlyArray<number>, y: ReadonlyArray<number>): number => median(x.map((t, i) => y[i]! / t))
 
 interface Row {
   readonly label: string
@@ -101,7 +109,7 @@ const embeddingRows = (label: string, model: Service, modelPath: string, modelId
       rate: (TEXTS / ms) * 1000,
       unit: "texts/s"
     })
-    const [a, b, c, d] = yield* medians(
+    const times = yield* rounds(
       [
         Effect.forEach(texts, (text) => model.embed({ texts: [text], model: modelId }), { discard: true }),
         Effect.forEach(texts, (text) => model.embed({ texts: [text], model: modelId }), {
@@ -116,12 +124,16 @@ const embeddingRows = (label: string, model: Service, modelPath: string, modelId
       runs
     )
     yield* Effect.promise(() => Promise.all([extractor.dispose(), encoder.dispose()]))
-    return [
-      row("(a) embed: one call at a time, provider", a!),
-      row(`(b) embed: ${CALLERS} concurrent callers, provider (batched)`, b!),
-      row(`(c) embed: one batched call of ${TEXTS}, transformers.js pipeline`, c!),
-      row(`(d) embed: ${TEXTS / CALLERS} batches of ${CALLERS}, transformers.js model direct`, d!)
-    ] as const
+    const [a, b, c, d] = times.map(median)
+    return {
+      rows: [
+        row("(a) embed: one call at a time, provider", a!),
+        row(`(b) embed: ${CALLERS} concurrent callers, provider (batched)`, b!),
+        row(`(c) embed: one batched call of ${TEXTS}, transformers.js pipeline`, c!),
+        row(`(d) embed: ${TEXTS / CALLERS} batches of ${CALLERS}, transformers.js model direct`, d!)
+      ],
+      summary: `(b)/(a) = ${paired(times[1]!, times[0]!).toFixed(2)}x, (b)/(c) = ${pct(paired(times[1]!, times[2]!))}, (b)/(d) = ${pct(paired(times[1]!, times[3]!))}`
+    }
   })
 
 /** How long after its deadline a long generation returns, and whether it decoded anything after. */
@@ -138,6 +150,8 @@ const deadlineRows = (model: Service) =>
     const sorted = [...lags].sort((x, y) => x - y)
     return { median: median(lags), max: sorted[sorted.length - 1]! }
   })
+
+const pct = (ratio: number) => `${(ratio * 100).toFixed(0)}%`
 
 const program = Effect.gen(function* () {
   console.log(`load average before: ${load()} (Node ${process.version})`)
@@ -157,24 +171,28 @@ const program = Effect.gen(function* () {
   const rows: Array<Row> = []
   const tiny = yield* embeddingRows("tiny-bert", model, bundledPath, "tiny-bert", RUNS)
   const big = yield* embeddingRows("MiniLM-sized", sized, dir, "minilm-sized-bert", quick ? 3 : 5)
-  rows.push(...tiny, ...big)
+  rows.push(...tiny.rows, ...big.rows)
 
   useModels(bundledPath)
   const tokenizer = yield* Effect.promise(() => AutoTokenizer.from_pretrained("tiny-gpt2"))
   const decoder = yield* Effect.promise(() => AutoModelForCausalLM.from_pretrained("tiny-gpt2"))
   const tokenRow = (label: string, ms: number) =>
     rows.push({ label, ms, rate: ((GENERATIONS * NEW_TOKENS) / ms) * 1000, unit: "tokens/s" })
-  const [viaGenerate, viaStream, direct] = yield* medians([
-    Effect.forEach(prompts, (prompt) => model.generate({ prompt, maxTokens: NEW_TOKENS }), { discard: true }),
-    Effect.forEach(prompts, (prompt) => Stream.runDrain(model.stream({ prompt, maxTokens: NEW_TOKENS })), {
-      discard: true
-    }),
-    Effect.forEach(
-      prompts,
-      (prompt) => Effect.promise(() => decoder.generate(tokenizer(prompt).input_ids, { max_new_tokens: NEW_TOKENS })),
-      { discard: true }
-    )
-  ])
+  const generation = yield* rounds(
+    [
+      Effect.forEach(prompts, (prompt) => model.generate({ prompt, maxTokens: NEW_TOKENS }), { discard: true }),
+      Effect.forEach(prompts, (prompt) => Stream.runDrain(model.stream({ prompt, maxTokens: NEW_TOKENS })), {
+        discard: true
+      }),
+      Effect.forEach(
+        prompts,
+        (prompt) => Effect.promise(() => decoder.generate(tokenizer(prompt).input_ids, { max_new_tokens: NEW_TOKENS })),
+        { discard: true }
+      )
+    ],
+    quick ? 7 : 21
+  )
+  const [viaGenerate, viaStream, direct] = generation.map(median)
   tokenRow(`(e) generate: ${GENERATIONS} x ${NEW_TOKENS} tokens, provider`, viaGenerate!)
   tokenRow(`(f) stream: ${GENERATIONS} x ${NEW_TOKENS} tokens, provider`, viaStream!)
   tokenRow(`(g) generate: ${GENERATIONS} x ${NEW_TOKENS} tokens, transformers.js direct`, direct!)
@@ -183,17 +201,11 @@ const program = Effect.gen(function* () {
 
   console.log(`\n| work | median ms | rate |\n|---|---:|---:|`)
   for (const row of rows) console.log(`| ${row.label} | ${row.ms.toFixed(1)} | ${row.rate.toFixed(0)} ${row.unit} |`)
-  const pct = (x: number, y: number) => `${((x / y) * 100).toFixed(0)}%`
-  for (const [label, [a, b, c, d]] of [
-    ["tiny-bert", tiny],
-    ["MiniLM-sized", big]
-  ] as const) {
-    console.log(
-      `${label}: (b)/(a) = ${(b.rate / a.rate).toFixed(2)}x, (b)/(c) = ${pct(b.rate, c.rate)}, (b)/(d) = ${pct(b.rate, d.rate)}`
-    )
-  }
-  const [e, f, g] = rows.slice(-3)
-  console.log(`generation: (e)/(g) = ${pct(e!.rate, g!.rate)}, stream (f)/(e) = ${pct(f!.rate, e!.rate)}`)
+  console.log(`tiny-bert: ${tiny.summary}`)
+  console.log(`MiniLM-sized: ${big.summary}`)
+  console.log(
+    `generation: (e)/(g) = ${pct(paired(generation[0]!, generation[2]!))}, stream (f)/(e) = ${pct(paired(generation[1]!, generation[0]!))} (paired medians)`
+  )
   console.log(
     `deadline of 50 ms on an endless generation: returned ${deadline.median.toFixed(1)} ms late (median), ${deadline.max.toFixed(1)} ms (max)`
   )

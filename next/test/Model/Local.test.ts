@@ -44,48 +44,58 @@ const turns = (n: number) =>
     for (let i = 0; i < n; i++) await nextMacrotask()
   })
 
-/** The real transformers.js loader, counting loads, disposals, running generations, decoded pieces and batches. */
-const instrumented = Effect.gen(function* () {
-  const loaded = yield* SubscriptionRef.make(0)
-  const disposed = yield* SubscriptionRef.make(0)
-  const generating = yield* SubscriptionRef.make(0)
-  const decoded = { pieces: 0 }
-  const batches: Array<number> = []
-  const instrument =
-    (real: Loader): Loader =>
-    (modelId, purpose) =>
-      real(modelId, purpose).pipe(
-        Effect.tap(() => SubscriptionRef.update(loaded, (n) => n + 1)),
-        Effect.map(
-          (instance): Instance => ({
-            ...instance,
-            generate: (input, options) =>
-              Effect.acquireUseRelease(
-                SubscriptionRef.update(generating, (n) => n + 1),
-                () =>
-                  instance.generate(input, {
-                    ...options,
-                    onDelta: (text) => {
-                      decoded.pieces += 1
-                      options?.onDelta?.(text)
-                    }
-                  }),
-                () => SubscriptionRef.update(generating, (n) => n - 1)
-              ),
-            embed: (texts) =>
-              Effect.andThen(
-                Effect.sync(() => batches.push(texts.length)),
-                instance.embed(texts)
-              ),
-            dispose: Effect.andThen(
-              instance.dispose,
-              SubscriptionRef.update(disposed, (n) => n + 1)
-            )
-          })
+/**
+ * The real transformers.js loader, counting loads, disposals, running generations, decoded
+ * pieces and batches. With `rendezvous`, a generation starts decoding only once that many
+ * are running (so concurrent calls really hold that many instances at once).
+ */
+const instrumentedWith = (rendezvous: number) =>
+  Effect.gen(function* () {
+    const loaded = yield* SubscriptionRef.make(0)
+    const disposed = yield* SubscriptionRef.make(0)
+    const generating = yield* SubscriptionRef.make(0)
+    const decoded = { pieces: 0 }
+    const batches: Array<number> = []
+    const instrument =
+      (real: Loader): Loader =>
+      (modelId, purpose) =>
+        real(modelId, purpose).pipe(
+          Effect.tap(() => SubscriptionRef.update(loaded, (n) => n + 1)),
+          Effect.map(
+            (instance): Instance => ({
+              ...instance,
+              generate: (input, options) =>
+                Effect.acquireUseRelease(
+                  SubscriptionRef.update(generating, (n) => n + 1),
+                  () =>
+                    Effect.andThen(
+                      waitFor(generating, (n) => n >= rendezvous),
+                      instance.generate(input, {
+                        ...options,
+                        onDelta: (text) => {
+                          decoded.pieces += 1
+                          options?.onDelta?.(text)
+                        }
+                      })
+                    ),
+                  () => SubscriptionRef.update(generating, (n) => n - 1)
+                ),
+              embed: (texts) =>
+                Effect.andThen(
+                  Effect.sync(() => batches.push(texts.length)),
+                  instance.embed(texts)
+                ),
+              dispose: Effect.andThen(
+                instance.dispose,
+                SubscriptionRef.update(disposed, (n) => n + 1)
+              )
+            })
+          )
         )
-      )
-  return { instrument, loaded, disposed, generating, decoded, batches }
-})
+    return { instrument, loaded, disposed, generating, decoded, batches }
+  })
+
+const instrumented = instrumentedWith(1)
 
 /** Builds a provider in its own scope (closed by the test, or with the test's scope). */
 const build = (options: Local.Options, internals: Internals = {}) =>
@@ -107,8 +117,8 @@ const twoGenerationsAndAnEmbedding = (
     const calls = yield* Effect.forkChild(
       Effect.all(
         [
-          model.generate({ prompt: "the river", maxTokens: 200 }),
-          model.generate({ prompt: "a lantern", maxTokens: 200 }),
+          model.generate({ prompt: "the river", maxTokens: 20 }),
+          model.generate({ prompt: "a lantern", maxTokens: 20 }),
           model.embed({ texts: ["x"] })
         ],
         { concurrency: "unbounded" }
@@ -506,7 +516,7 @@ console.log(JSON.stringify({ tag: error._tag, reason: error.reason, message: err
 describe("Local provider: pools and shutdown", () => {
   it.effect("closing the scope disposes every instance, then refuses calls", () =>
     Effect.gen(function* () {
-      const counted = yield* instrumented
+      const counted = yield* instrumentedWith(2)
       const { scope, model } = yield* build({ poolSize: 2 }, counted)
       yield* twoGenerationsAndAnEmbedding(model, counted)
       const loaded = yield* SubscriptionRef.get(counted.loaded)
@@ -596,7 +606,7 @@ describe("Local provider: pools and shutdown", () => {
     "idle instances above minInstances are released after the TTL, in their own scope (no leaked releases)",
     () =>
       Effect.gen(function* () {
-        const counted = yield* instrumented
+        const counted = yield* instrumentedWith(2)
         const { scope, model } = yield* build({ poolSize: 2, minInstances: 0, idleTimeToLive: "1 minute" }, counted)
         assert.strictEqual(yield* SubscriptionRef.get(counted.loaded), 2)
         assert.strictEqual(yield* SubscriptionRef.get(counted.disposed), 0)

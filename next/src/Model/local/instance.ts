@@ -102,11 +102,13 @@ export interface Instance {
  * a generation runs no timer fires and no other fiber is scheduled. The generation yields
  * a macrotask once per slice of this many milliseconds of steps (read on Effect's `Clock`),
  * or every `STEPS_PER_YIELD` steps when the clock does not move (a `TestClock`): that is
- * when a deadline can fire and interrupt it. A yield per step cost ~12% of the tokens/s of
- * the bundled decoder (bench/local.ts); one per millisecond costs a few percent.
+ * when a deadline can fire and interrupt it, and when a stream's consumer receives the
+ * text decoded so far. With a real model a step takes longer than a slice, so it yields
+ * between any two tokens; with the bundled decoder (~0.2 ms a step) a yield per step cost
+ * ~10% of its tokens/s, one per 4 ms about 1-3% (docs/benchmarks/local.md).
  */
-const SLICE_MILLIS = 1
-const STEPS_PER_YIELD = 8
+const SLICE_MILLIS = 4
+const STEPS_PER_YIELD = 32
 
 class StopSequence extends Error {}
 class Aborted extends Error {}
