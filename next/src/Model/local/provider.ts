@@ -82,9 +82,13 @@ export const makeWith = Effect.fnUntraced(function* (
       timeToLiveStrategy: "usage"
     })
     pools.set(poolKey(purpose, modelId), pool)
-    // Load once now: a missing or broken model fails the layer, not the first request.
-    yield* Pool.use(pool, () => Effect.void)
   }
+  // Load every model once now (downloads overlap): a missing or broken model fails the
+  // layer, not the first request.
+  yield* Effect.forEach(pools.values(), (pool) => Pool.use(pool, () => Effect.void), {
+    concurrency: "unbounded",
+    discard: true
+  })
   const poolOf = (purpose: Purpose, modelId: string) => pools.get(poolKey(purpose, modelId))!
 
   const batchers = new Map<string, Batcher<string, Embedded, ModelError | ShuttingDownError>>()
