@@ -1,0 +1,123 @@
+/**
+ * The Effect program behind each facade call: the same router, executor and batch
+ * entry points Effect code uses, so a domain's breaker, rate limit, cache and fallback
+ * chain apply to every call, streams included.
+ *
+ * @internal
+ */
+import { Deferred, type Duration, Effect, Exit, Stream } from "effect"
+import type { AiError } from "../AiError.js"
+import { Batch, type BatchResult, type Item, type RunOptions } from "../Batch.js"
+import { Executor } from "../Executor.js"
+import type { StreamPart } from "../Model.js"
+import type { Services } from "../Orchestra.js"
+import { type Answer, type CallOptions, type DomainOutcome, type HedgeOptions, Router } from "../Router.js"
+import { type Checked, embedRequestOf, requestOf } from "./input.js"
+
+const callOptions = (checked: Checked): CallOptions => ({
+  timeout: checked.timeout,
+  cache: checked.raw.cache as boolean | undefined,
+  allowStale: checked.raw.allowStale as boolean | undefined
+})
+
+export const execute = Effect.fn("Facade.execute")(function* (prompt: unknown, checked: Checked) {
+  const request = yield* requestOf(prompt, checked.context)
+  const router = yield* Router
+  const domain = checked.raw.domain as string | undefined
+  if (domain !== undefined) return yield* router.execute(request, domain, callOptions(checked))
+  // No domain: the default provider with the executor's retry policy, through the same pipeline
+  // (its breaker, rate limit and cache), answering with the attempts it really made.
+  const executor = yield* Executor
+  const { retry } = yield* executor.resolve({ retry: true })
+  const routed = yield* router.plan(request, [], {
+    ...callOptions(checked),
+    lead: executor.stepFor(executor.provider, { retry: retry ?? false })
+  })
+  return routed.answer(yield* executor.run(routed.plan, routed.call))
+})
+
+export const executeWithFallback = Effect.fn("Facade.executeWithFallback")(function* (
+  prompt: unknown,
+  domains: ReadonlyArray<string>,
+  checked: Checked
+) {
+  const request = yield* requestOf(prompt, checked.context)
+  return yield* (yield* Router).executeWithFallback(request, domains, callOptions(checked))
+})
+
+export const executeParallelDomains = Effect.fn("Facade.executeParallelDomains")(function* (
+  prompt: unknown,
+  domains: ReadonlyArray<string>,
+  checked: Checked
+): Effect.fn.Return<ReadonlyArray<DomainOutcome> | Answer, AiError, Router> {
+  const request = yield* requestOf(prompt, checked.context)
+  const router = yield* Router
+  // The router refuses any other mode, naming the field.
+  const mode = (checked.raw.mode ?? "all") as "all"
+  return yield* router.executeParallelDomains(request, domains, mode, callOptions(checked))
+})
+
+export const hedge = Effect.fn("Facade.hedge")(function* (
+  prompt: unknown,
+  domains: ReadonlyArray<string>,
+  given: boolean,
+  checked: Checked
+) {
+  const request = yield* requestOf(prompt, checked.context)
+  const options: HedgeOptions | undefined = given
+    ? {
+        ...callOptions(checked),
+        after: checked.raw.after as HedgeOptions["after"],
+        defaultAfter: checked.raw.defaultAfter as Duration.Input | undefined
+      }
+    : undefined
+  // Without options the router refuses the call, naming `options`.
+  return yield* (yield* Router).hedge(request, domains, options as HedgeOptions)
+})
+
+export const embed = Effect.fn("Facade.embed")(function* (input: unknown, checked: Checked) {
+  const request = yield* embedRequestOf(input)
+  const domain = checked.raw.domain as string | undefined
+  if (domain !== undefined) return yield* (yield* Router).embed(request, domain, { timeout: checked.timeout })
+  return yield* (yield* Executor).embed(request, { retry: true, totalTimeout: checked.timeout })
+})
+
+export const stream = (prompt: unknown, checked: Checked): Stream.Stream<StreamPart, AiError, Services> =>
+  Stream.unwrap(
+    Effect.gen(function* () {
+      const request = yield* requestOf(prompt, checked.context)
+      const raw = checked.raw
+      const options = {
+        totalTimeout: checked.timeout,
+        firstChunkTimeout: raw.firstChunkTimeout as Duration.Input | "none" | undefined,
+        idleTimeout: raw.idleTimeout as Duration.Input | "none" | undefined,
+        cache: raw.cache as boolean | undefined
+      }
+      // With a domain: Router.stream, so the domain's breaker, rate limit, cache and chain apply.
+      if (raw.domain === undefined) return (yield* Executor).stream(request, { ...options, retry: true })
+      return (yield* Router).stream(request, raw.domain as string | ReadonlyArray<string>, options)
+    })
+  ).pipe(Stream.withSpan("Facade.stream"))
+
+/** A batch that `signal` or `timeout` cancels: the result names the items that never ran. */
+export const batch = Effect.fn("Facade.batch")(function* (items: ReadonlyArray<Item>, checked: Checked) {
+  const runner = yield* Batch
+  const {
+    signal: _signal,
+    timeout: _timeout,
+    ...options
+  } = checked.raw as RunOptions & {
+    readonly signal?: unknown
+    readonly timeout?: unknown
+  }
+  const signal = checked.signal
+  if (signal === undefined && checked.timeout === undefined) return yield* runner.run(items, options)
+  const cancelled = yield* Deferred.make<void>()
+  const onAbort = () => Deferred.doneUnsafe(cancelled, Exit.void)
+  if (signal?.aborted) onAbort()
+  else signal?.addEventListener("abort", onAbort, { once: true })
+  const deadline = checked.timeout === undefined ? Effect.never : Effect.sleep(checked.timeout)
+  return yield* runner
+    .run(items, { ...options, cancel: Effect.raceFirst(Deferred.await(cancelled), deadline) })
+    .pipe(Effect.ensuring(Effect.sync(() => signal?.removeEventListener("abort", onAbort))))
+}) as (items: ReadonlyArray<Item>, checked: Checked) => Effect.Effect<BatchResult, AiError, Batch>

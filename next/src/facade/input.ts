@@ -1,0 +1,103 @@
+/**
+ * What the Promise facade accepts, checked before anything runs: the options of each call
+ * (unknown keys refused, every value typed), the prompt and the conversation before it.
+ * Every failure is an `InvalidRequest` naming the field, never a `TypeError`.
+ *
+ * @internal
+ */
+import { type Duration, Effect, Result, Schema } from "effect"
+import { invalidRequest, type ModelError } from "../AiError.js"
+import * as Input from "../Input.js"
+import { type EmbedRequest, type GenerateRequest, Message } from "../Model.js"
+
+/** A call's options after their checks; the rest are checked by the router, executor or batch. */
+export interface Checked {
+  readonly timeout: Duration.Duration | undefined
+  readonly signal: AbortSignal | undefined
+  readonly context: ReadonlyArray<Message> | undefined
+  readonly raw: Readonly<Record<string, unknown>>
+}
+
+export const none: Checked = { timeout: undefined, signal: undefined, context: undefined, raw: {} }
+
+const common = ["timeout", "signal", "context", "cache", "allowStale"]
+
+/** The options each call takes. */
+export const Keys = {
+  execute: new Set([...common, "domain"]),
+  fallback: new Set(common),
+  parallel: new Set([...common, "mode"]),
+  hedge: new Set([...common, "after", "defaultAfter"]),
+  stream: new Set(["timeout", "signal", "context", "cache", "domain", "firstChunkTimeout", "idleTimeout"]),
+  embed: new Set(["timeout", "signal", "domain"]),
+  batch: new Set(["timeout", "signal", "domain", "fallback", "concurrency", "onProgress", "id"])
+} as const
+
+export const kind = (u: unknown): string => (u === null ? "null" : Array.isArray(u) ? "an array" : typeof u)
+
+const decodeContext = Schema.decodeUnknownResult(Schema.Array(Message), { onExcessProperty: "error" })
+
+export const check = (options: unknown, allowed: ReadonlySet<string>): Result.Result<Checked, ModelError> => {
+  if (options === undefined) return Result.succeed(none)
+  if (typeof options !== "object" || options === null || Array.isArray(options)) {
+    return Result.fail(invalidRequest("options", `expected an object, got ${kind(options)}`))
+  }
+  const raw = options as Readonly<Record<string, unknown>>
+  for (const key of Object.keys(raw)) {
+    if (!allowed.has(key)) {
+      return Result.fail(invalidRequest(key, `unknown option (expected one of ${[...allowed].join(", ")})`))
+    }
+  }
+  for (const key of ["cache", "allowStale"]) {
+    if (raw[key] !== undefined && typeof raw[key] !== "boolean") {
+      return Result.fail(invalidRequest(key, `expected a boolean, got ${kind(raw[key])}`))
+    }
+  }
+  const domain = raw.domain
+  if (domain !== undefined && typeof domain !== "string" && !(allowed === Keys.stream && Array.isArray(domain))) {
+    return Result.fail(invalidRequest("domain", `expected a domain name, got ${kind(domain)}`))
+  }
+  const signal = raw.signal
+  if (signal !== undefined && !(signal instanceof AbortSignal)) {
+    return Result.fail(invalidRequest("signal", `expected an AbortSignal, got ${kind(signal)}`))
+  }
+  const timeout = raw.timeout === undefined ? Result.succeed(undefined) : Input.duration("timeout", raw.timeout)
+  if (Result.isFailure(timeout)) return Result.fail(invalidRequest(timeout.failure.path, timeout.failure.message))
+  let context: ReadonlyArray<Message> | undefined
+  if (raw.context !== undefined) {
+    const decoded = decodeContext(raw.context)
+    if (Result.isFailure(decoded)) {
+      const issue = Input.issueOf(decoded.failure, "context")
+      return Result.fail(invalidRequest(issue.path, issue.message))
+    }
+    context = decoded.success
+  }
+  return Result.succeed({ timeout: timeout.success, signal, context, raw })
+}
+
+/** The request of a prompt, the conversation's earlier messages first. */
+export const requestOf = (
+  prompt: unknown,
+  context: ReadonlyArray<Message> | undefined
+): Effect.Effect<GenerateRequest, ModelError> => {
+  if (typeof prompt !== "string" && (typeof prompt !== "object" || prompt === null || Array.isArray(prompt))) {
+    return Effect.fail(invalidRequest("prompt", `expected a string or a request object, got ${kind(prompt)}`))
+  }
+  const request: GenerateRequest = typeof prompt === "string" ? { prompt } : (prompt as GenerateRequest)
+  if (context === undefined || context.length === 0) return Effect.succeed(request)
+  const { prompt: text, messages, ...rest } = request
+  const own: ReadonlyArray<Message> = messages ?? (text === undefined ? [] : [{ role: "user", content: text }])
+  return Effect.succeed({ ...rest, messages: [...context, ...own] })
+}
+
+/** The embedding request of one text, several, or a whole request (checked by the pipeline). */
+export const embedRequestOf = (input: unknown): Effect.Effect<EmbedRequest, ModelError> => {
+  if (typeof input === "string") return Effect.succeed({ texts: [input] })
+  if (Array.isArray(input)) return Effect.succeed({ texts: input as unknown as EmbedRequest["texts"] })
+  if (typeof input === "object" && input !== null) return Effect.succeed(input as EmbedRequest)
+  return Effect.fail(invalidRequest("input", `expected a string, an array of strings or a request, got ${kind(input)}`))
+}
+
+/** Whether an abort reason says the caller's deadline passed (`AbortSignal.timeout` gives a `TimeoutError` DOMException). */
+export const isTimeoutReason = (reason: unknown): boolean =>
+  typeof reason === "object" && reason !== null && (reason as { readonly name?: unknown }).name === "TimeoutError"
