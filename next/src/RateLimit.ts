@@ -140,7 +140,13 @@ interface Config {
   readonly maxWait: Duration.Duration
 }
 
-const checkOptions = (options: Options): Input.Checked<Config> => {
+const optionFields: ReadonlySet<string> = new Set(["providers", "default", "maxWait"])
+const redisFields: ReadonlySet<string> = new Set([...optionFields, "prefix", "onStoreError", "redis"])
+
+const checkOptions = (options: Options, fields: ReadonlySet<string> = optionFields): Input.Checked<Config> => {
+  for (const field of Object.keys(options)) {
+    if (!fields.has(field)) return Result.fail({ path: field, message: "unknown option" })
+  }
   const providers = new Map<string, ResolvedLimits>()
   for (const [key, limits] of Object.entries(options.providers ?? {})) {
     const checked = checkLimits(limits, `providers.${key}`)
@@ -193,7 +199,7 @@ export const make = Effect.fnUntraced(function* (
     readonly guard?: SharedRedis.Guard | undefined
   } = {}
 ) {
-  const config = yield* Input.orConfigError(checkOptions(options))
+  const config = yield* Input.orConfigError(checkOptions(options, redisFields))
   const guard = policy.guard
   const guarded: RateLimiter.RateLimiterStore["Service"] =
     guard === undefined
@@ -370,7 +376,10 @@ const toLimiterError = (error: SharedRedis.StoreError): RateLimiter.RateLimiterE
 export const layerMemory = (options: Options): Layer.Layer<RateLimits, Input.ConfigError> =>
   Layer.effect(
     RateLimits,
-    Effect.flatMap(RateLimiter.RateLimiterStore, (store) => make(options, store))
+    Effect.andThen(
+      Input.orConfigError(checkOptions(options)),
+      Effect.flatMap(RateLimiter.RateLimiterStore, (store) => make(options, store))
+    )
   ).pipe(Layer.provide(RateLimiter.layerStoreMemory))
 
 /**
@@ -386,7 +395,7 @@ export const layerRedis = (options: RedisOptions): Layer.Layer<RateLimits, Input
   Layer.effect(
     RateLimits,
     Effect.gen(function* () {
-      yield* Input.orConfigError(checkOptions(options))
+      yield* Input.orConfigError(checkOptions(options, redisFields))
       const settings = yield* Input.orConfigError(SharedRedis.guardSettings(options.redis, "redis."))
       const onStoreError = options.onStoreError ?? "allow"
       if (onStoreError !== "allow" && onStoreError !== "reject") {

@@ -306,6 +306,7 @@ describe.skipIf(skipRedis)(`RateLimit (Redis store; ${skipRedis ? skipReason : "
           [{ redis: { timeout: 0 } }, "redis.timeout"],
           [{ redis: { probeInterval: -1 } }, "redis.probeInterval"],
           [{ onStoreError: "ignore" as "allow" }, "onStoreError"],
+          [{ storeTimeout: "1 second" } as RateLimit.RedisOptions, "storeTimeout"],
           [{ default: { requestsPerMinute: 1, window: 0 } }, "default.window"]
         ]
         for (const [options, path] of cases) {

@@ -226,7 +226,9 @@ describe("RateLimit (memory, TestClock)", () => {
         [{ providers: { p: { requestPerMinute: 5 } as RateLimit.Limits } }, "providers.p.requestPerMinute"],
         [{ default: { requestsPerMinute: 1, algorithm: "leaky" as "token-bucket" } }, "default.algorithm"],
         [{ maxWait: -1 }, "maxWait"],
-        [{ maxWait: Number.NaN }, "maxWait"]
+        [{ maxWait: Number.NaN }, "maxWait"],
+        [{ maxwait: 0 } as RateLimit.Options, "maxwait"],
+        [{ prefix: "p:" } as RateLimit.Options, "prefix"]
       ]
       for (const [options, path] of cases) {
         const error = yield* configError(options)
