@@ -147,8 +147,8 @@ export const layer = (options: Options = {}): Layer.Layer<ModelProvider, ModelEr
  * import * as Local from "effect-orchestra/Model/Local"
  *
  * const LocalLive = Local.layerConfig({
- *   generationModel: Config.string("LOCAL_GENERATION_MODEL").pipe(Config.withDefault("tiny-gpt2")),
- *   allowRemoteModels: Config.boolean("LOCAL_ALLOW_REMOTE").pipe(Config.withDefault(false))
+ *   generationModel: Config.String("LOCAL_GENERATION_MODEL").pipe(Config.withDefault("tiny-gpt2")),
+ *   allowRemoteModels: Config.Boolean("LOCAL_ALLOW_REMOTE").pipe(Config.withDefault(false))
  * })
  * ```
  *
