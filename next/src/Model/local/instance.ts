@@ -176,16 +176,19 @@ export const makeInstance = ({ lib, modelId, task, tokenizer, model, clock }: In
 
     let sliceStart = clock.currentTimeMillisUnsafe()
     let steps = 0
+    // The first text goes out at once (a stream's time to first token), not at the end of a slice.
+    let yieldNext = false
     const view: PretrainedModelLike = Object.create(model)
     Object.defineProperty(view, "runBeam", {
       value: (beam: unknown): Promise<unknown> => {
         steps += 1
         const now = clock.currentTimeMillisUnsafe()
-        if (now - sliceStart < SLICE_MILLIS && steps < STEPS_PER_YIELD) {
+        if (!yieldNext && now - sliceStart < SLICE_MILLIS && steps < STEPS_PER_YIELD) {
           if (signal.aborted) return Promise.reject(new Aborted())
           if (halt?.aborted) return Promise.reject(halt.reason)
           return model.runBeam(beam)
         }
+        yieldNext = false
         return nextMacrotask().then(() => {
           sliceStart = clock.currentTimeMillisUnsafe()
           steps = 0
@@ -218,6 +221,7 @@ export const makeInstance = ({ lib, modelId, task, tokenizer, model, clock }: In
             }
             const end = emittable(text, input.stop)
             if (onDelta !== undefined && end > emitted) {
+              if (emitted === 0) yieldNext = true
               onDelta(text.slice(emitted, end))
               emitted = end
             }

@@ -4,7 +4,7 @@
  *
  * @internal
  */
-import { Clock, Deferred, Effect, Option, Pool, Queue, Random, type Scope, Stream } from "effect"
+import { Clock, Deferred, Duration, Effect, Option, Pool, Queue, Random, type Scope, Stream } from "effect"
 import { type AiError, ModelError, reasonOf, ShuttingDownError, StreamInterruptedError } from "../../AiError.js"
 import type { ConfigError } from "../../Input.js"
 import * as Model from "../../Model.js"
@@ -55,7 +55,7 @@ export const makeWith = Effect.fnUntraced(function* (
         Effect.fail(
           new ModelError({
             reason: "Timeout",
-            message: `${provider}: loading model "${modelId}" took longer than loadTimeout`,
+            message: `${provider}: loading model "${modelId}" took longer than loadTimeout (${Duration.format(config.loadTimeout)})`,
             provider,
             model: modelId
           })
