@@ -696,6 +696,21 @@ describe("Local provider: streaming", () => {
   )
 })
 
+describe("Local provider: time to first token", () => {
+  it.effect("a stream delivers its first text right after the first decoding step, not at the end of a slice", () =>
+    Effect.gen(function* () {
+      const counted = yield* instrumented
+      const { model } = yield* build({}, counted)
+      const first = yield* Stream.runCollect(
+        model.stream({ prompt: "the river", maxTokens: 1_000_000 }).pipe(Stream.take(1))
+      )
+      assert.strictEqual(first.length, 1)
+      // a slice is 32 steps under a TestClock: the consumer had the first piece long before
+      assert.isTrue(counted.decoded.pieces <= 3, `decoded ${counted.decoded.pieces}`)
+    })
+  )
+})
+
 describe("embedding batcher", () => {
   it.effect("gathers concurrent callers for the window, skips callers that left, splits at maxBatchSize", () =>
     Effect.gen(function* () {
