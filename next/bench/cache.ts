@@ -13,12 +13,17 @@
  * C. 1,000 requests, 50% repeats, provider 20 ms, concurrency 50: no cache / memory / Redis;
  *    wall time and provider calls.
  *
+ * D. Not a timing: the delays the Redis rate-limit stores hand out for a burst of 3,600
+ *    requests at 3,500 per minute (window / limit = 17.14 ms), `effect`'s
+ *    `RateLimiter.layerStoreRedis` against `RateLimit/Redis.ts` and the memory store.
+ *
  * Each part runs its variants interleaved, one warm-up round then 5 counted rounds; medians.
  */
 import * as NodeRuntime from "@effect/platform-node/NodeRuntime"
-import { Context, Deferred, Effect, Exit, Layer, Option, Ref, type Scope } from "effect"
-import { Redis as PersistenceRedis } from "effect/persistence"
+import { Context, Deferred, Duration, Effect, Exit, Layer, Option, Ref, type Scope } from "effect"
+import { Redis as PersistenceRedis, RateLimiter } from "effect/persistence"
 import type { GenerateResponse } from "../src/Model.js"
+import * as RateLimitRedis from "../src/RateLimit/Redis.js"
 import * as Redis from "../src/Redis.js"
 import * as ResponseCache from "../src/ResponseCache.js"
 import * as RedisCache from "../src/ResponseCache/Redis.js"
@@ -291,6 +296,45 @@ const partC = (url: string | undefined) =>
     }
   })
 
+const partD = (url: string) =>
+  Effect.gen(function* () {
+    console.log("\nD. Delays handed out for a burst of 3,600 requests at 3,500 per minute (not a timing)\n")
+    const redis = Redis.layer({ url })
+    const stores: Record<string, Layer.Layer<RateLimiter.RateLimiterStore, unknown>> = {
+      "memory (effect's layerStoreMemory)": RateLimiter.layerStoreMemory,
+      "Redis, effect's layerStoreRedis": RateLimiter.layerStoreRedis({ prefix: "bench-effect:" }).pipe(
+        Layer.provide(redis)
+      ),
+      "Redis, RateLimit/Redis.ts": RateLimitRedis.layerStore({ prefix: "bench-ours:" }).pipe(Layer.provide(redis))
+    }
+    row(["store", "1st", "2nd", "1,000th", "3,500th", "3,501st", "delayed within the first 3,500"])
+    row(["---", "---:", "---:", "---:", "---:", "---:", "---:"])
+    for (const [name, store] of Object.entries(stores)) {
+      const limiter = Context.get(
+        yield* Layer.build(RateLimiter.layer.pipe(Layer.provide(store))),
+        RateLimiter.RateLimiter
+      )
+      const delays = yield* Effect.forEach(
+        Array.from({ length: 3600 }),
+        () =>
+          Effect.map(limiter.consume({ key: "burst", limit: 3500, window: "1 minute", onExceeded: "delay" }), (r) =>
+            Duration.toMillis(r.delay)
+          ),
+        { concurrency: 20 }
+      )
+      const ms = (x: number) => `${x.toFixed(x < 10 ? 2 : 0)} ms`
+      row([
+        name,
+        ms(delays[0]!),
+        ms(delays[1]!),
+        ms(delays[999]!),
+        ms(delays[3499]!),
+        ms(delays[3500]!),
+        delays.slice(0, 3500).filter((d) => d >= 0.01).length
+      ])
+    }
+  })
+
 const program = Effect.gen(function* () {
   const os = yield* Effect.promise(() => import("node:os"))
   console.log(
@@ -307,6 +351,7 @@ const program = Effect.gen(function* () {
     const server = yield* startRedis
     yield* partB(server.url)
     yield* partC(server.url)
+    yield* partD(server.url)
   }
   console.log(
     `\nload average at the end ${os
