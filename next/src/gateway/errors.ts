@@ -1,0 +1,278 @@
+/**
+ * The gateway's own failures (a request refused before or around the model call: its key,
+ * its budget, its body, its route) as one tagged error with a reason, and how each failure,
+ * ours or an `AiError`, is answered on the wire: an OpenAI-shaped JSON body
+ * (`{ "error": { "message", "type", "param", "code" } }`) with the right status and, for
+ * 429 and 503, a `Retry-After` header.
+ *
+ * @since 0.2.0
+ */
+import { Duration, Schema } from "effect"
+import { type AiError, reasonOf } from "../AiError.js"
+
+/**
+ * Why the gateway refused a request.
+ *
+ * @since 0.2.0
+ * @category models
+ */
+export const GatewayReason = Schema.Literals([
+  "Unauthorized",
+  "Forbidden",
+  "BudgetExceeded",
+  "RateLimited",
+  "InvalidRequest",
+  "NotFound",
+  "MethodNotAllowed",
+  "TooLarge",
+  "Unavailable",
+  "Internal"
+])
+
+/**
+ * @since 0.2.0
+ * @category models
+ */
+export type GatewayReason = typeof GatewayReason.Type
+
+/**
+ * The scope of a budget: one key, every key of a team, or one model for a key.
+ *
+ * @since 0.2.0
+ * @category models
+ */
+export const BudgetScope = Schema.Literals(["key", "team", "model"])
+
+/**
+ * @since 0.2.0
+ * @category models
+ */
+export type BudgetScope = typeof BudgetScope.Type
+
+/**
+ * A request the gateway refused, with what its answer needs: `status` (default from the
+ * reason), `retryAfter` (429, 503), `param` (the request field that was wrong), and for
+ * `BudgetExceeded` the `scope` (`key`, `team`, `model`), its id, the `unit` (`tokens` or
+ * `usd`), the amount `spent` and the `limit`.
+ *
+ * @since 0.2.0
+ * @category errors
+ */
+export class GatewayError extends Schema.TaggedError<GatewayError>("effect-orchestra/GatewayError")("GatewayError", {
+  reason: GatewayReason,
+  message: Schema.String,
+  status: Schema.optional(Schema.Number),
+  retryAfter: Schema.optional(Schema.Duration),
+  param: Schema.optional(Schema.String),
+  /** An OpenAI-style machine code (`invalid_api_key`, `budget_exceeded`, `model_not_found`); default from the reason. */
+  code: Schema.optional(Schema.String),
+  scope: Schema.optional(BudgetScope),
+  scopeId: Schema.optional(Schema.String),
+  unit: Schema.optional(Schema.Literals(["tokens", "usd"])),
+  spent: Schema.optional(Schema.Number),
+  limit: Schema.optional(Schema.Number),
+  cause: Schema.optional(Schema.Defect())
+}) {}
+
+/**
+ * The answer to a failed request: status, OpenAI-shaped body and headers.
+ *
+ * @since 0.2.0
+ * @category models
+ */
+export interface WireError {
+  readonly status: number
+  readonly body: {
+    readonly error: {
+      readonly message: string
+      readonly type: string
+      readonly param: string | null
+      readonly code: string | null
+      /** For a budget: which one, and how much of it is spent. */
+      readonly budget?:
+        | {
+            readonly scope: BudgetScope
+            readonly id?: string | undefined
+            readonly unit: "tokens" | "usd"
+            readonly spent: number
+            readonly limit: number
+          }
+        | undefined
+    }
+  }
+  /** `Retry-After` in whole seconds (at least 1), for 429 and 503. */
+  readonly retryAfterSeconds?: number | undefined
+  /** The label the failure is counted under (`errors by reason`). */
+  readonly reason: string
+}
+
+const statusOf: Readonly<Record<GatewayReason, number>> = {
+  Unauthorized: 401,
+  Forbidden: 403,
+  BudgetExceeded: 429,
+  RateLimited: 429,
+  InvalidRequest: 400,
+  NotFound: 404,
+  MethodNotAllowed: 405,
+  TooLarge: 413,
+  Unavailable: 503,
+  Internal: 500
+}
+
+const typeOf: Readonly<Record<GatewayReason, string>> = {
+  Unauthorized: "authentication_error",
+  Forbidden: "permission_error",
+  BudgetExceeded: "insufficient_quota",
+  RateLimited: "rate_limit_error",
+  InvalidRequest: "invalid_request_error",
+  NotFound: "invalid_request_error",
+  MethodNotAllowed: "invalid_request_error",
+  TooLarge: "invalid_request_error",
+  Unavailable: "service_unavailable",
+  Internal: "server_error"
+}
+
+const codeOf: Readonly<Record<GatewayReason, string>> = {
+  Unauthorized: "invalid_api_key",
+  Forbidden: "model_not_allowed",
+  BudgetExceeded: "budget_exceeded",
+  RateLimited: "rate_limit_exceeded",
+  InvalidRequest: "invalid_request",
+  NotFound: "not_found",
+  MethodNotAllowed: "method_not_allowed",
+  TooLarge: "request_too_large",
+  Unavailable: "unavailable",
+  Internal: "internal_error"
+}
+
+const seconds = (d: Duration.Duration | undefined): number | undefined =>
+  d === undefined ? undefined : Math.max(1, Math.ceil(Duration.toMillis(d) / 1000))
+
+const body = (message: string, type: string, param: string | undefined, code: string | undefined) => ({
+  error: { message, type, param: param ?? null, code: code ?? null }
+})
+
+/**
+ * How a gateway failure is answered.
+ *
+ * @since 0.2.0
+ * @category conversions
+ */
+export const fromGatewayError = (error: GatewayError): WireError => {
+  const status = error.status ?? statusOf[error.reason]
+  const wire = body(error.message, typeOf[error.reason], error.param, error.code ?? codeOf[error.reason])
+  const budget =
+    error.reason === "BudgetExceeded" &&
+    error.scope !== undefined &&
+    error.spent !== undefined &&
+    error.limit !== undefined
+      ? { scope: error.scope, id: error.scopeId, unit: error.unit ?? "tokens", spent: error.spent, limit: error.limit }
+      : undefined
+  return {
+    status,
+    body: budget === undefined ? wire : { error: { ...wire.error, budget } },
+    retryAfterSeconds: status === 429 || status === 503 ? (seconds(error.retryAfter) ?? 1) : undefined,
+    reason: error.reason
+  }
+}
+
+// An upstream refusing *our* key or model is not the client's fault: a bad gateway, not a 401.
+const modelErrorStatus = (error: Extract<AiError, { _tag: "ModelError" }>): [number, string, string] => {
+  switch (error.reason) {
+    case "InvalidRequest":
+      return [400, "invalid_request_error", error.field === "model" ? "model_not_found" : "invalid_request"]
+    case "ContentFilter":
+      return [400, "invalid_request_error", "content_filter"]
+    case "TooLarge":
+      return [400, "invalid_request_error", "context_length_exceeded"]
+    case "RateLimited":
+      return [429, "rate_limit_error", "upstream_rate_limited"]
+    case "Overloaded":
+      return [503, "service_unavailable", "upstream_overloaded"]
+    case "Unavailable":
+      return [503, "service_unavailable", "upstream_unavailable"]
+    case "Timeout":
+      return [504, "timeout", "upstream_timeout"]
+    case "Unauthorized":
+      return [502, "upstream_error", "upstream_unauthorized"]
+    case "Decode":
+      return [502, "upstream_error", "upstream_bad_response"]
+    case "Transport":
+      return [502, "upstream_error", "upstream_unreachable"]
+    case "Unknown":
+      return [502, "upstream_error", "upstream_error"]
+  }
+}
+
+/**
+ * How a model-call failure is answered: a bad request 400, an upstream limit 429, an open
+ * breaker, overload or shutdown 503, a deadline 504, any other upstream failure 502. An
+ * exhausted fallback chain is answered as its last step's failure, naming every step.
+ *
+ * @since 0.2.0
+ * @category conversions
+ */
+export const fromAiError = (error: AiError): WireError => {
+  switch (error._tag) {
+    case "ModelError": {
+      const [status, type, code] = modelErrorStatus(error)
+      return {
+        status,
+        body: body(error.message, type, error.reason === "InvalidRequest" ? error.field : undefined, code),
+        retryAfterSeconds: status === 429 || status === 503 ? (seconds(error.retryAfter) ?? 1) : undefined,
+        reason: error.reason
+      }
+    }
+    case "TimeoutError":
+      return {
+        status: 504,
+        body: body(error.message, "timeout", undefined, `${error.limit}_timeout`),
+        reason: "Timeout"
+      }
+    case "CircuitOpenError":
+      return {
+        status: 503,
+        body: body(error.message, "service_unavailable", undefined, "circuit_open"),
+        retryAfterSeconds: seconds(error.retryAfter) ?? 1,
+        reason: "CircuitOpen"
+      }
+    case "ShuttingDownError":
+      return {
+        status: 503,
+        body: body(error.message, "service_unavailable", undefined, "shutting_down"),
+        retryAfterSeconds: 1,
+        reason: "ShuttingDown"
+      }
+    case "StreamInterruptedError":
+      return {
+        status: 502,
+        body: body(error.message, "upstream_error", undefined, "stream_interrupted"),
+        reason: "StreamInterrupted"
+      }
+    case "FallbackExhaustedError": {
+      const last = fromAiError(error.last)
+      return { ...last, body: { error: { ...last.body.error, message: error.message } }, reason: reasonOf(error) }
+    }
+  }
+}
+
+/**
+ * How any failure of a request is answered.
+ *
+ * @since 0.2.0
+ * @category conversions
+ */
+export const toWire = (error: AiError | GatewayError): WireError =>
+  error._tag === "GatewayError" ? fromGatewayError(error) : fromAiError(error)
+
+/**
+ * A refusal, for the routes and the key store.
+ *
+ * @since 0.2.0
+ * @category constructors
+ */
+export const gatewayError = (
+  reason: GatewayReason,
+  message: string,
+  fields?: Omit<ConstructorParameters<typeof GatewayError>[0], "reason" | "message">
+): GatewayError => new GatewayError({ reason, message, ...fields })
