@@ -13,12 +13,20 @@ import { Cache, Duration, Effect, Exit, Fiber, Metric, MutableHashMap, Option, T
 import * as Metrics from "../Metrics.js"
 import type { GenerateResponse, StreamPart } from "../Model.js"
 
-/** A cached value: a whole answer or the parts of a completed stream. */
+/**
+ * A cached value: a whole answer or the parts of a completed stream.
+ *
+ * @internal
+ */
 export type Cached =
   | { readonly _tag: "Response"; readonly response: GenerateResponse }
   | { readonly _tag: "Stream"; readonly parts: ReadonlyArray<StreamPart> }
 
-/** An entry: fresh until `freshUntil`, servable as stale until `staleUntil` (epoch ms from the `Clock`). */
+/**
+ * An entry: fresh until `freshUntil`, servable as stale until `staleUntil` (epoch ms from the `Clock`).
+ *
+ * @internal
+ */
 export interface Stored {
   readonly value: Cached
   readonly freshUntil: number
@@ -27,13 +35,20 @@ export interface Stored {
   readonly keepFor: number
 }
 
+/** @internal */
 export type Source = "hit" | "miss" | "stale" | "shared"
 
+/** @internal */
 export type Peeked =
   | { readonly _tag: "None" }
   | { readonly _tag: "Running" }
   | { readonly _tag: "Done"; readonly stored: Stored }
 
+/**
+ * The table of entries and running computations.
+ *
+ * @internal
+ */
 export interface Table {
   readonly cache: Cache.Cache<string, Stored, unknown>
   /** What the table holds for `key`, without touching its LRU position. */
@@ -58,6 +73,11 @@ export interface Table {
   readonly interruptAll: Effect.Effect<void>
 }
 
+/**
+ * A table of at most `capacity` entries (running computations included).
+ *
+ * @internal
+ */
 export const makeTable = Effect.fnUntraced(function* (capacity: number) {
   // The computation a caller brings, handed to the lookup the `Cache.get` right after starts.
   const computes = new Map<string, Effect.Effect<Stored, unknown>>()
@@ -155,7 +175,11 @@ export const makeTable = Effect.fnUntraced(function* (capacity: number) {
   } satisfies Table
 })
 
-/** The lookup counters of one cache, by outcome. */
+/**
+ * The lookup counters of one cache, by outcome.
+ *
+ * @internal
+ */
 export const lookupCounters = (cache: string): Readonly<Record<Source, Metric.Metric<number, unknown>>> => {
   const counter = (outcome: Source) =>
     Metric.withAttributes(Metrics.cacheLookups, { cache, outcome }) as Metric.Metric<number, unknown>
@@ -165,15 +189,24 @@ export const lookupCounters = (cache: string): Readonly<Record<Source, Metric.Me
 /**
  * `effect` within a span named `name` when the caller is traced; as is otherwise (a span
  * costs several times a cache hit, so untraced callers do not pay for one).
+ *
+ * @internal
  */
 export const traced = <A, E, R>(name: string, effect: Effect.Effect<A, E, R>): Effect.Effect<A, E, R> =>
   Effect.flatMap(Effect.serviceOption(Tracer.ParentSpan), (parent) =>
     Option.isSome(parent) ? Effect.withSpan(effect, name) : effect
   )
 
+/** @internal */
 export const responseKey = (key: string): string => `r:${key}`
+/** @internal */
 export const partsKey = (key: string): string => `s:${key}`
 
+/**
+ * An entry computed at `now`; `keepFor` (default `ttl + staleFor`) is how long the table keeps it.
+ *
+ * @internal
+ */
 export const storedOf = (
   value: Cached,
   now: number,
