@@ -1,0 +1,362 @@
+/**
+ * Agent discovery: an HTTP agent task may name what it needs (a `concept` and an
+ * `intent`) instead of a URL; the {@link Discovery} service resolves it, per task, to the
+ * agents that serve it (the first is called, the others are its fallbacks).
+ *
+ * Three layers: a static map ({@link layerStatic}), a lookup against a discovery endpoint
+ * over HTTP ({@link layerHttp}), or your own effect ({@link layer}). The last two put the
+ * lookups behind their own circuit breaker, a deadline and a cache (answers are kept for
+ * `ttl`; concurrent lookups of one query share one call). When nothing is found or
+ * discovery is down, the task ends with a `service_unavailable` record.
+ *
+ * @since 0.2.0
+ */
+import { Cache, Context, Duration, Effect, Exit, Layer, Result, Schema } from "effect"
+import { HttpClientRequest } from "effect/http"
+import { type AiError, ModelError, TimeoutError } from "./AiError.js"
+import * as CircuitBreaker from "./CircuitBreaker.js"
+import * as Input from "./Input.js"
+import * as Client from "./Model/http/client.js"
+import * as Decode from "./Model/http/decode.js"
+import * as Http from "./Model/http/options.js"
+
+/**
+ * What a task needs.
+ *
+ * @since 0.2.0
+ * @category models
+ */
+export interface Query {
+  readonly concept: string
+  readonly intent: string
+}
+
+/**
+ * An agent discovery found: where it lives, its name in records and stats (default: the
+ * URL), and its per-request timeout.
+ *
+ * @since 0.2.0
+ * @category models
+ */
+export interface Endpoint {
+  readonly url: string
+  readonly name?: string | undefined
+  readonly timeout?: Input.DurationInput | undefined
+}
+
+/**
+ * @since 0.2.0
+ * @category models
+ */
+export const DiscoveryErrorReason = Schema.Literals(["NotFound", "Unavailable"])
+
+/**
+ * Discovery found no agent for the query (`NotFound`), or could not answer (`Unavailable`:
+ * the lookup failed, timed out, or its breaker is open).
+ *
+ * @since 0.2.0
+ * @category errors
+ */
+export class DiscoveryError extends Schema.TaggedError<DiscoveryError>("effect-orchestra/DiscoveryError")(
+  "DiscoveryError",
+  {
+    reason: DiscoveryErrorReason,
+    concept: Schema.String,
+    intent: Schema.String,
+    message: Schema.String
+  }
+) {}
+
+/**
+ * @since 0.2.0
+ * @category models
+ */
+export interface Service {
+  /** The name of this discovery (its breaker key is `discovery:<name>`). */
+  readonly name: string
+  /** The agents serving the query, best first; never empty. */
+  readonly resolve: (query: Query) => Effect.Effect<ReadonlyArray<Endpoint>, DiscoveryError>
+}
+
+/**
+ * @since 0.2.0
+ * @category services
+ */
+export class Discovery extends Context.Service<Discovery, Service>()("effect-orchestra/Discovery") {}
+
+/**
+ * One entry of a static map: the agents of a (concept, intent); `intent: "*"` serves every
+ * intent of the concept that has no entry of its own.
+ *
+ * @since 0.2.0
+ * @category models
+ */
+export interface Entry {
+  readonly concept: string
+  readonly intent: string
+  readonly agents: Endpoint | ReadonlyArray<Endpoint>
+}
+
+/**
+ * Options of the lookups behind a breaker and a cache ({@link layer}, {@link layerHttp}).
+ *
+ * @since 0.2.0
+ * @category models
+ */
+export interface Options {
+  /** Name in errors and the breaker key `discovery:<name>`. Default `"discovery"`. */
+  readonly name?: string | undefined
+  /** How long an answer is kept. Default 1 minute. Failures and empty answers are not kept. */
+  readonly ttl?: Input.DurationInput | undefined
+  /** Queries kept at most (least recently used go first). Default 1,000. */
+  readonly capacity?: number | undefined
+  /** Deadline of one lookup. Default 5 seconds. */
+  readonly timeout?: Input.DurationInput | undefined
+  /** The lookups' own breaker (in this process). Default: 5 consecutive failures, open 30 seconds. */
+  readonly breaker?: CircuitBreaker.Options | undefined
+}
+
+/**
+ * @since 0.2.0
+ * @category models
+ */
+export interface HttpOptions extends Options {
+  /** `GET <url>?concept=...&intent=...` answers `{ "agents": [{ "url", "name"?, "timeout"? }] }`; 404 is "not found". */
+  readonly url: string
+  /** Bound of an answer's body. Default 1 MiB. */
+  readonly maxResponseBytes?: number | undefined
+}
+
+const keyOf = (query: Query): string => JSON.stringify([query.concept, query.intent])
+
+const fail = (query: Query, reason: "NotFound" | "Unavailable", message: string) =>
+  new DiscoveryError({ reason, concept: String(query.concept), intent: String(query.intent), message })
+
+const checkQuery = (query: Query): Effect.Effect<Query, DiscoveryError> =>
+  typeof query?.concept === "string" && typeof query.intent === "string"
+    ? Effect.succeed(query)
+    : Effect.fail(fail(query ?? { concept: "", intent: "" }, "NotFound", "a query needs a concept and an intent"))
+
+const checkEndpoint = (path: string, input: unknown): Input.Checked<Endpoint> => {
+  if (typeof input !== "object" || input === null) return Result.fail({ path, message: "expected { url, name? }" })
+  const endpoint = input as Endpoint
+  return Result.map(
+    Input.all([
+      Http.baseUrl(`${path}.url`, endpoint.url),
+      endpoint.name === undefined ? Result.succeed(undefined) : Http.nonEmpty(`${path}.name`, endpoint.name),
+      endpoint.timeout === undefined ? Result.succeed(undefined) : Input.duration(`${path}.timeout`, endpoint.timeout)
+    ]),
+    () => endpoint
+  )
+}
+
+/**
+ * A static map of (concept, intent) to agents. Every entry is checked (a `ConfigError`
+ * names the field, e.g. `entries[1].agents[0].url`).
+ *
+ * @example
+ * ```ts
+ * import * as Discovery from "effect-orchestra/Discovery"
+ *
+ * export const discovery = Discovery.layerStatic([
+ *   { concept: "weather", intent: "forecast", agents: [{ url: "http://127.0.0.1:8001/task", name: "meteo" }] },
+ *   { concept: "weather", intent: "*", agents: { url: "http://127.0.0.1:8002/task" } }
+ * ])
+ * ```
+ *
+ * @since 0.2.0
+ * @category layers
+ */
+export const layerStatic = (
+  entries: ReadonlyArray<Entry>,
+  options: { readonly name?: string | undefined } = {}
+): Layer.Layer<Discovery, Input.ConfigError> =>
+  Layer.effect(
+    Discovery,
+    Effect.gen(function* () {
+      if (!Array.isArray(entries)) {
+        return yield* Input.orConfigError(Result.fail({ path: "entries", message: "expected an array of entries" }))
+      }
+      const name = yield* Input.orConfigError(Http.nonEmpty("name", options.name ?? "static"))
+      const table = new Map<string, ReadonlyArray<Endpoint>>()
+      for (const [i, entry] of entries.entries()) {
+        const at = `entries[${i}]`
+        yield* Input.orConfigError(Http.nonEmpty(`${at}.concept`, entry?.concept))
+        yield* Input.orConfigError(Http.nonEmpty(`${at}.intent`, entry?.intent))
+        const agents: ReadonlyArray<unknown> = Array.isArray(entry.agents) ? entry.agents : [entry.agents]
+        if (agents.length === 0) {
+          return yield* Input.orConfigError(
+            Result.fail({ path: `${at}.agents`, message: "expected at least one agent" })
+          )
+        }
+        const checked: Array<Endpoint> = []
+        for (const [j, agent] of agents.entries()) {
+          checked.push(yield* Input.orConfigError(checkEndpoint(`${at}.agents[${j}]`, agent)))
+        }
+        table.set(keyOf(entry), [...(table.get(keyOf(entry)) ?? []), ...checked])
+      }
+      const resolve = (query: Query) =>
+        Effect.flatMap(checkQuery(query), (q) => {
+          const found = table.get(keyOf(q)) ?? table.get(keyOf({ concept: q.concept, intent: "*" }))
+          return found === undefined
+            ? Effect.fail(fail(q, "NotFound", `no agent for concept "${q.concept}" and intent "${q.intent}"`))
+            : Effect.succeed(found)
+        })
+      return Discovery.of({ name, resolve })
+    })
+  )
+
+type Found = ReadonlyArray<Endpoint> | Endpoint | undefined | null
+
+/**
+ * Discovery on your own lookup (a registry client, a database query): behind its own
+ * breaker, deadline and cache. A lookup that fails or answers an invalid endpoint is
+ * `Unavailable` (and counts on the breaker); one that answers nothing is `NotFound`.
+ *
+ * @since 0.2.0
+ * @category constructors
+ */
+export const make = Effect.fnUntraced(function* <E>(
+  lookup: (query: Query) => Effect.Effect<Found, E>,
+  options: Options = {}
+) {
+  const [name, ttl, capacity, timeout] = yield* Input.orConfigError(
+    Input.all([
+      Http.nonEmpty("name", options.name ?? "discovery"),
+      Input.duration("ttl", options.ttl ?? "1 minute"),
+      Input.positiveInt("capacity", options.capacity ?? 1000),
+      Input.duration("timeout", options.timeout ?? "5 seconds")
+    ])
+  )
+  const breaker = yield* CircuitBreaker.makeMemory(options.breaker ?? {})
+  const breakerKey = `discovery:${name}`
+
+  const attempt = (query: Query): Effect.Effect<ReadonlyArray<Endpoint>, AiError> =>
+    Effect.suspend(() => lookup(query)).pipe(
+      Effect.mapError(
+        (error) =>
+          new ModelError({
+            reason: "Unavailable",
+            message: `${name}: the lookup failed${error instanceof Error ? ` (${error.message})` : ""}`,
+            provider: name
+          })
+      ),
+      Effect.flatMap((found): Effect.Effect<ReadonlyArray<Endpoint>, ModelError> => {
+        const list: ReadonlyArray<unknown> =
+          found === undefined || found === null ? [] : Array.isArray(found) ? found : [found]
+        for (const [i, endpoint] of list.entries()) {
+          const checked = checkEndpoint(`agents[${i}]`, endpoint)
+          if (Result.isFailure(checked)) {
+            return Effect.fail(
+              new ModelError({
+                reason: "Decode",
+                message: `${name} answered an invalid agent: ${checked.failure.path}: ${checked.failure.message}`,
+                provider: name,
+                field: checked.failure.path
+              })
+            )
+          }
+        }
+        return Effect.succeed(list as ReadonlyArray<Endpoint>)
+      }),
+      Effect.timeoutOrElse({
+        duration: timeout,
+        orElse: () => Effect.fail(new TimeoutError({ limit: "request", timeout, provider: name }))
+      })
+    )
+
+  const cache = yield* Cache.makeWith(
+    (key: string) => {
+      const [concept, intent] = JSON.parse(key) as [string, string]
+      return breaker.execute(breakerKey, attempt({ concept, intent }))
+    },
+    {
+      capacity,
+      timeToLive: (exit) => (Exit.isSuccess(exit) && exit.value.length > 0 ? ttl : Duration.zero)
+    }
+  )
+
+  const resolve = (query: Query): Effect.Effect<ReadonlyArray<Endpoint>, DiscoveryError> =>
+    Effect.flatMap(checkQuery(query), (q) =>
+      Cache.get(cache, keyOf(q)).pipe(
+        Effect.mapError((error) => fail(q, "Unavailable", `discovery is unavailable: ${error.message}`)),
+        Effect.flatMap((found) =>
+          found.length === 0
+            ? Effect.fail(fail(q, "NotFound", `no agent for concept "${q.concept}" and intent "${q.intent}"`))
+            : Effect.succeed(found)
+        )
+      )
+    )
+
+  return Discovery.of({ name, resolve: Effect.fn("Discovery.resolve")(resolve) })
+})
+
+/**
+ * {@link make} as a layer.
+ *
+ * @since 0.2.0
+ * @category layers
+ */
+export const layer = <E>(
+  lookup: (query: Query) => Effect.Effect<Found, E>,
+  options: Options = {}
+): Layer.Layer<Discovery, Input.ConfigError> => Layer.effect(Discovery, make(lookup, options))
+
+const Answer = Schema.Struct({
+  agents: Schema.Array(
+    Schema.Struct({
+      url: Schema.String,
+      name: Schema.optional(Schema.String),
+      timeout: Schema.optional(Schema.Union([Schema.Number, Schema.String]))
+    })
+  )
+})
+
+/**
+ * Discovery against an HTTP endpoint: `GET <url>?concept=...&intent=...` answering
+ * `{ "agents": [{ "url", "name"?, "timeout"? }] }` (an empty list or a 404: not found). The
+ * answer's body is bounded; everything else fails `Unavailable` and counts on the breaker.
+ *
+ * @since 0.2.0
+ * @category layers
+ */
+export const layerHttp = (options: HttpOptions) =>
+  Layer.effect(
+    Discovery,
+    Effect.gen(function* () {
+      const url = yield* Input.orConfigError(Http.baseUrl("url", options?.url))
+      const [timeout, maxResponseBytes] = yield* Input.orConfigError(
+        Input.all([
+          Input.duration("timeout", options.timeout ?? "5 seconds"),
+          Input.positiveInt("maxResponseBytes", options.maxResponseBytes ?? 1024 * 1024)
+        ])
+      )
+      const name = options.name ?? "discovery"
+      const client = yield* Client.make({
+        timeout,
+        streamIdleTimeout: timeout,
+        maxResponseBytes,
+        maxEventBytes: maxResponseBytes
+      })
+      const decode = Decode.valueDecoder(Answer)
+      const lookup = (query: Query) =>
+        client
+          .json(
+            HttpClientRequest.get(url).pipe(
+              HttpClientRequest.setUrlParams({ concept: query.concept, intent: query.intent }),
+              HttpClientRequest.acceptJson
+            ),
+            decode,
+            { provider: name }
+          )
+          .pipe(
+            // Each endpoint is checked by `make` (a bad duration is an invalid answer).
+            Effect.map((answer): Found => answer.agents as ReadonlyArray<Endpoint>),
+            Effect.catchIf(
+              (error) => error._tag === "ModelError" && error.status === 404,
+              () => Effect.succeed<Found>([])
+            )
+          )
+      return yield* make(lookup, options)
+    })
+  )

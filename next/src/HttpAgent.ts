@@ -1,0 +1,553 @@
+/**
+ * Agents over HTTP: a task is POSTed to an agent's URL as `{ task_id, intent, concept, args }`
+ * and the answer is decoded with a `Schema`. Every task ends in a status record (`success`,
+ * `error`, `timeout`, `service_unavailable`, or `skipped` in a batch), never in a failure.
+ *
+ * Each task runs through the executor's one policy pipeline (see `Policy.ts`): the
+ * per-request deadline, the agent's retry policy, its breaker (one circuit per agent URL),
+ * its rate limit, and the fallback agents, in that order; the calls are counted in `Stats`
+ * under the agent's name (domain `"agent"`), which {@link stats} reads back with the status
+ * counts. Connections are limited in total and per host for every agent together; every
+ * answer's body is bounded. A task may name a (concept, intent) instead of an agent: the
+ * `Discovery` service finds one. Batches with dependencies run on the `Pipeline` scheduler.
+ *
+ * @since 0.1.0
+ */
+import { Context, Duration, Effect, Layer, Option, Redacted, Result, Schema } from "effect"
+import type { HttpClient } from "effect/http"
+import { ModelError } from "./AiError.js"
+import * as CircuitBreaker from "./CircuitBreaker.js"
+import { Discovery } from "./Discovery.js"
+import { Executor } from "./Executor.js"
+import * as Input from "./Input.js"
+import * as Client from "./Model/http/client.js"
+import * as Decode from "./Model/http/decode.js"
+import * as Http from "./Model/http/options.js"
+import type { PipelineError } from "./Pipeline.js"
+import { decodeRetry, type RetryPolicy, type RetryPolicyInput } from "./Policy.js"
+import { ResponseCache } from "./ResponseCache.js"
+import { type ExecutionStats, type LatencyStats, Stats } from "./Stats.js"
+import { dispatch as runBatch } from "./agent/batch.js"
+import * as Connections from "./agent/connections.js"
+import { makeCall, taskCounter } from "./agent/task.js"
+
+/**
+ * The body POSTed to an agent. `dependencies` holds the results of the tasks this one
+ * depends on (batches only).
+ *
+ * @since 0.1.0
+ * @category schemas
+ */
+export const TaskBody = Schema.Struct({
+  task_id: Schema.String,
+  intent: Schema.String,
+  concept: Schema.String,
+  args: Schema.Unknown,
+  dependencies: Schema.optional(Schema.Record(Schema.String, Schema.Unknown))
+})
+
+/**
+ * @since 0.1.0
+ * @category models
+ */
+export type TaskBody = typeof TaskBody.Type
+
+/**
+ * Any JSON value. Unlike `Schema.Unknown`, a missing property fails ("is missing").
+ *
+ * @since 0.1.0
+ * @category schemas
+ */
+export const JsonValue = Schema.Union([
+  Schema.Null,
+  Schema.String,
+  Schema.Number,
+  Schema.Boolean,
+  Schema.Array(Schema.Unknown),
+  Schema.Record(Schema.String, Schema.Unknown)
+])
+
+/**
+ * The default answer of an agent. `result` is required (it may be `null`); `task_id` must
+ * be the task's own id.
+ *
+ * @since 0.1.0
+ * @category schemas
+ */
+export const Answer = Schema.Struct({
+  task_id: Schema.String,
+  status: Schema.optional(Schema.String),
+  result: JsonValue
+})
+
+/**
+ * @since 0.1.0
+ * @category models
+ */
+export type Answer = typeof Answer.Type
+
+/**
+ * What an agent's answer decodes to: the task's result, or the agent's own report that the
+ * task failed (`status: "error"`): the agent is up, so that counts on no breaker and falls
+ * back to no other agent.
+ *
+ * @since 0.2.0
+ * @category models
+ */
+export type Decoded<A> =
+  | { readonly _tag: "Result"; readonly value: A }
+  | { readonly _tag: "Reported"; readonly message: string }
+
+/**
+ * A remote agent: where it lives, how its answers decode, and its own policies. Build it
+ * with {@link agent}.
+ *
+ * @since 0.1.0
+ * @category models
+ */
+export interface Agent<A = unknown> {
+  readonly name: string
+  readonly url: string
+  /** Per-request timeout for this agent (the service default otherwise). */
+  readonly timeout?: Duration.Duration | undefined
+  /** Retries of this agent's requests (the service default otherwise). */
+  readonly retry?: RetryPolicy | undefined
+  /** Sent with every request; `Redacted` values stay redacted until the request is built. */
+  readonly headers: Readonly<Record<string, string | Redacted.Redacted<string>>>
+  /** Header values never to appear in an error message. */
+  readonly secrets: ReadonlyArray<Redacted.Redacted>
+  /** The task's result from the parsed answer, or a `Decode` error naming the field. */
+  readonly decode: (answer: unknown, taskId: string) => Effect.Effect<Decoded<A>, ModelError>
+  /** Why this agent was refused: each task sent to it ends in an `error` record naming the field. */
+  readonly issue?: Input.Issue | undefined
+}
+
+/**
+ * @since 0.1.0
+ * @category models
+ */
+export interface AgentOptions {
+  readonly url: string
+  /** Name in records, metrics and stats (default: the URL). */
+  readonly name?: string | undefined
+  readonly timeout?: Input.DurationInput | undefined
+  readonly retry?: RetryPolicy | RetryPolicyInput | undefined
+  /** Sent with every request; give secrets as `Redacted` (they are scrubbed from errors). Spans show only allow-listed headers. */
+  readonly headers?: Readonly<Record<string, string | Redacted.Redacted>> | undefined
+}
+
+const checkUrl = (input: unknown): Input.Checked<string> =>
+  Result.map(Http.baseUrl("url", input), () => input as string)
+
+const agentIssue = (
+  options: AgentOptions
+): Input.Checked<{
+  readonly name: string
+  readonly timeout: Duration.Duration | undefined
+  readonly retry: RetryPolicy | undefined
+  readonly headers: Readonly<Record<string, string | Redacted.Redacted<string>>>
+  readonly secrets: ReadonlyArray<Redacted.Redacted>
+}> => {
+  if (typeof options !== "object" || options === null)
+    return Result.fail({ path: "agent", message: "expected { url }" })
+  const headers: Record<string, string | Redacted.Redacted<string>> = {}
+  const secrets: Array<Redacted.Redacted> = []
+  for (const [name, value] of Object.entries(options.headers ?? {})) {
+    if (Redacted.isRedacted(value) && typeof Redacted.value(value) === "string") {
+      const plain = Redacted.value(value) as string
+      headers[name] = value as Redacted.Redacted<string>
+      secrets.push(value)
+      // "Bearer <token>": an agent that echoes the token alone must not leak it either.
+      const credentials = /^\S+\s+(\S{4,})$/.exec(plain)?.[1]
+      if (credentials !== undefined) secrets.push(Redacted.make(credentials))
+    } else if (typeof value === "string") {
+      headers[name] = value
+    } else {
+      return Result.fail({ path: `headers.${name}`, message: "expected a string or a Redacted string" })
+    }
+  }
+  return Result.map(
+    Input.all([
+      checkUrl(options.url),
+      Http.nonEmpty("name", options.name ?? options.url),
+      Input.optional(options.timeout, (t) => Input.duration("timeout", t)),
+      Input.optional(options.retry, (r) => decodeRetry(r, "retry"))
+    ]),
+    ([, name, timeout, retry]) => ({ name, timeout, retry, headers, secrets })
+  )
+}
+
+const decodeAnswer = Decode.valueDecoder(Answer)
+
+/**
+ * Describes an agent. Without `answer`, answers are decoded with {@link Answer} and the
+ * record's result is the answer's `result` (a `status` of `"error"` or `"failed"` makes an
+ * `error` record); with `answer`, the whole decoded answer is the result. Every option is
+ * checked: an invalid one (`timeout: NaN`, a URL with credentials) is kept as the agent's
+ * `issue`, and each task sent to it ends in an `error` record naming the field.
+ *
+ * @since 0.1.0
+ * @category constructors
+ */
+export const agent: {
+  (options: AgentOptions): Agent<unknown>
+  <A, I>(options: AgentOptions & { readonly answer: Schema.Codec<A, I> }): Agent<A>
+} = (options: AgentOptions & { readonly answer?: Schema.Codec<unknown, unknown> }): Agent<unknown> => {
+  const checked = agentIssue(options)
+  const name = Result.isSuccess(checked)
+    ? checked.success.name
+    : typeof options?.name === "string"
+      ? options.name
+      : String(options?.url)
+  const base = Result.isSuccess(checked)
+    ? { ...checked.success, url: options.url }
+    : { name, url: String(options?.url), timeout: undefined, retry: undefined, headers: {}, secrets: [] }
+  const issue = Result.isFailure(checked) ? { ...checked.failure, path: `agent.${checked.failure.path}` } : undefined
+  const ctx = { provider: name, secrets: base.secrets }
+  if (options?.answer !== undefined) {
+    const custom = Decode.valueDecoder(options.answer)
+    return { ...base, issue, decode: (value) => Effect.map(custom(value, ctx), (v) => ({ _tag: "Result", value: v })) }
+  }
+  return {
+    ...base,
+    issue,
+    decode: (value, taskId) =>
+      Effect.flatMap(decodeAnswer(value, ctx), (answer): Effect.Effect<Decoded<unknown>, ModelError> => {
+        if (answer.task_id !== taskId) {
+          return Effect.fail(
+            new ModelError({
+              reason: "Decode",
+              message: `${name} answered for task ${JSON.stringify(answer.task_id)} instead of ${JSON.stringify(taskId)}`,
+              provider: name,
+              field: "task_id"
+            })
+          )
+        }
+        if (answer.status === "error" || answer.status === "failed") {
+          const detail = typeof answer.result === "string" ? `: ${answer.result}` : ""
+          return Effect.succeed({ _tag: "Reported", message: `${name} reported status "${answer.status}"${detail}` })
+        }
+        return Effect.succeed({ _tag: "Result", value: answer.result })
+      })
+  }
+}
+
+/**
+ * A task for an agent. `dependsOn` (task ids) matters only in a batch.
+ *
+ * @since 0.1.0
+ * @category models
+ */
+export interface Task<A = unknown> {
+  readonly id: string
+  /** An agent or its URL; without one, the `Discovery` service finds agents for (concept, intent). */
+  readonly agent?: Agent<A> | string | undefined
+  /** Agents tried in order when the agent fails in a way that falls back (its breaker is open, it is down). */
+  readonly fallback?: ReadonlyArray<Agent<A> | string> | undefined
+  readonly intent: string
+  readonly concept: string
+  /** Any JSON value. */
+  readonly args?: unknown
+  readonly dependsOn?: ReadonlyArray<string> | undefined
+  /** Per-request timeout; wins over the agent's and the service's. */
+  readonly timeout?: Input.DurationInput | undefined
+  /** Key of the last good result kept for `service_unavailable` (default: url + intent + concept + args). */
+  readonly cacheKey?: string | undefined
+}
+
+/**
+ * @since 0.1.0
+ * @category models
+ */
+export type Status = "success" | "error" | "timeout" | "service_unavailable" | "skipped"
+
+/**
+ * The outcome of one task.
+ *
+ * - `success`: an agent answered 2xx and the answer decoded.
+ * - `error`: an HTTP status outside 2xx (`httpStatus`), a connection failure, an answer that
+ *   did not decode (`reason: "Decode"`, `field` names it), was too large (`TooLarge`) or
+ *   reported an error, or a task or agent that is invalid (`InvalidRequest`, `field`).
+ * - `timeout`: no answer within the request timeout.
+ * - `service_unavailable`: the agent's breaker is open (with a `ResponseCache`, `result` is
+ *   the last good result for the task's key and `fromCache` is `true`), or discovery found
+ *   no agent or is down.
+ * - `skipped` (batches): a dependency did not succeed; `error.dependency` names it.
+ *
+ * @since 0.1.0
+ * @category models
+ */
+export interface TaskRecord<A = unknown> {
+  readonly taskId: string
+  /** The agent that answered (or the last one tried). */
+  readonly agent: string
+  /** Its URL without the query string. */
+  readonly url: string
+  readonly status: Status
+  readonly result?: A | undefined
+  readonly error?:
+    | {
+        readonly message: string
+        readonly reason: string
+        readonly httpStatus?: number | undefined
+        readonly field?: string | undefined
+        readonly dependency?: string | undefined
+      }
+    | undefined
+  /** Clock millis when the task was sent (or skipped). */
+  readonly startedAt: number
+  /** Queueing for a connection, retries and fallbacks included. */
+  readonly durationMs: number
+  /** Requests made, retries and fallback agents included. */
+  readonly attempts: number
+  readonly fromCache?: boolean | undefined
+  /** A fallback agent answered. */
+  readonly fallbackUsed?: boolean | undefined
+}
+
+/**
+ * Checked when the layer is built (a `ConfigError` names the field).
+ *
+ * @since 0.1.0
+ * @category models
+ */
+export interface Options {
+  /** Requests in flight across all agents. Default 100. */
+  readonly maxConnections?: number | undefined
+  /** Requests in flight to one host (`host:port`). Default 10. */
+  readonly maxConnectionsPerHost?: number | undefined
+  /** Default per-request timeout. Default 30 seconds. */
+  readonly timeout?: Input.DurationInput | undefined
+  /** Bound of an answer's body. Default 8 MiB. */
+  readonly maxResponseBytes?: number | undefined
+  /** Default retries of agent requests. Default none (tasks need not be idempotent). */
+  readonly retry?: RetryPolicy | RetryPolicyInput | false | undefined
+  /** Breakers of the agents' own (in this process). Default: the executor's shared breakers, or these defaults. */
+  readonly breaker?: CircuitBreaker.Options | undefined
+  /** Keep good results in the `ResponseCache` in context, for `service_unavailable` records. Default true. */
+  readonly cache?: boolean | undefined
+}
+
+/**
+ * @since 0.1.0
+ * @category models
+ */
+export interface DispatchOptions {
+  /** Tasks running at once (default: no limit beyond the connection limits). A whole number of at least 1, or `Infinity`. */
+  readonly concurrency?: number | undefined
+}
+
+/**
+ * Connection-limit figures, for tests and dashboards.
+ *
+ * @since 0.1.0
+ * @category models
+ */
+export type ConnectionStats = Connections.ConnectionStats
+
+/**
+ * The figures of one agent: status counts from `orchestra_agent_tasks_total` (cumulative),
+ * and its calls from `Stats` (the current window): success rate, latency (retries included).
+ *
+ * @since 0.2.0
+ * @category models
+ */
+export interface AgentStats {
+  readonly agent: string
+  readonly tasks: number
+  readonly statuses: Readonly<Record<Status, number>>
+  /** % of the agent's finished calls that answered. */
+  readonly successRate: number
+  readonly latency: LatencyStats
+  readonly calls: ExecutionStats
+}
+
+/**
+ * @since 0.1.0
+ * @category models
+ */
+export interface Service {
+  /** Sends one task. Never fails. */
+  readonly call: <A = unknown>(task: Task<A>) => Effect.Effect<TaskRecord<A>>
+  /**
+   * Sends a batch: independent tasks concurrently, each dependent task after its
+   * dependencies succeeded (with their results in `dependencies`). One record per task, in
+   * input order. Fails only when the batch itself is invalid (a `PipelineError`: duplicate
+   * ids, unknown dependencies, cycles, a task without an id, `concurrency` not a whole
+   * number of at least 1).
+   */
+  readonly dispatch: (
+    tasks: ReadonlyArray<Task>,
+    options?: DispatchOptions
+  ) => Effect.Effect<ReadonlyArray<TaskRecord>, PipelineError>
+  readonly connections: Effect.Effect<ConnectionStats>
+  /** The figures of an agent (or agent name). */
+  readonly stats: (agent: Agent<unknown> | string) => Effect.Effect<AgentStats>
+}
+
+/**
+ * @since 0.1.0
+ * @category services
+ */
+export class HttpAgents extends Context.Service<HttpAgents, Service>()("effect-orchestra/HttpAgent") {}
+
+/**
+ * The domain under which agents' calls are counted in `Stats`.
+ *
+ * @since 0.2.0
+ * @category constants
+ */
+export const statsDomain = "agent"
+
+const optionKeys: ReadonlySet<string> = new Set([
+  "maxConnections",
+  "maxConnectionsPerHost",
+  "timeout",
+  "maxResponseBytes",
+  "retry",
+  "breaker",
+  "cache"
+])
+
+const checkOptions = (options: Options) => {
+  for (const key of Object.keys(options)) {
+    if (!optionKeys.has(key)) return Result.fail<Input.Issue>({ path: key, message: "unknown option" })
+  }
+  return Input.all([
+    Input.positiveInt("maxConnections", options.maxConnections ?? 100),
+    Input.positiveInt("maxConnectionsPerHost", options.maxConnectionsPerHost ?? 10),
+    Input.duration("timeout", options.timeout ?? "30 seconds"),
+    Input.positiveInt("maxResponseBytes", options.maxResponseBytes ?? 8 * 1024 * 1024),
+    options.retry === undefined || options.retry === false ? Result.succeed(undefined) : decodeRetry(options.retry)
+  ])
+}
+
+const statuses: ReadonlyArray<Status> = ["success", "error", "timeout", "service_unavailable", "skipped"]
+
+/**
+ * Builds the service on the `Executor` (its pipeline, shared breakers and rate limits),
+ * `Stats` and an `HttpClient`; the `Discovery` and `ResponseCache` services are used when
+ * present. One connection limiter for all agents.
+ *
+ * @since 0.1.0
+ * @category constructors
+ */
+export const make = Effect.fnUntraced(function* (options: Options = {}) {
+  const [maxConnections, perHost, timeout, maxResponseBytes, retry] = yield* Input.orConfigError(
+    checkOptions(options ?? {})
+  )
+  const executor = yield* Executor
+  const stats = yield* Stats
+  const breaker =
+    options.breaker === undefined && executor.guards.breaker !== undefined
+      ? executor.guards.breaker
+      : yield* CircuitBreaker.makeMemory(options.breaker ?? {})
+  const discovery = Option.getOrUndefined(yield* Effect.serviceOption(Discovery))
+  const cache = options.cache === false ? undefined : Option.getOrUndefined(yield* Effect.serviceOption(ResponseCache))
+  const client = yield* Client.make({
+    // The per-request deadline is the executor's; this one only bounds what nothing else does.
+    timeout: Duration.days(365),
+    streamIdleTimeout: timeout,
+    maxResponseBytes,
+    maxEventBytes: maxResponseBytes
+  })
+  const connections = Connections.make({ total: maxConnections, perHost })
+  const agentOf = (ref: Agent<unknown> | string): Agent<unknown> =>
+    typeof ref === "string" ? agent({ url: ref }) : ref
+  const metrics = yield* Effect.context<never>()
+  const call = makeCall({
+    executor,
+    breaker,
+    rateLimit: executor.guards.rateLimit,
+    connections,
+    client,
+    discovery,
+    cache,
+    timeout,
+    retry,
+    metrics,
+    agentOf,
+    fromEndpoint: (endpoint) => agent(endpoint)
+  })
+
+  const agentStats = Effect.fn("HttpAgent.stats")(function* (ref: Agent<unknown> | string) {
+    const name = typeof ref === "string" ? ref : ref.name
+    const counts = {} as Record<Status, number>
+    let tasks = 0
+    for (const status of statuses) {
+      const n = taskCounter(name, status).valueUnsafe(metrics).count
+      counts[status] = n
+      tasks += n
+    }
+    const calls = yield* stats.snapshot({ provider: name, domain: statsDomain })
+    return { agent: name, tasks, statuses: counts, successRate: calls.successRate, latency: calls.latency, calls }
+  })
+
+  return HttpAgents.of({
+    call: Effect.fn("HttpAgent.call")(function* <A>(task: Task<A>) {
+      yield* Effect.annotateCurrentSpan({ "agent.task_id": String(task?.id) })
+      return (yield* call(task as Task, undefined)) as TaskRecord<A>
+    }) as Service["call"],
+    dispatch: Effect.fn("HttpAgent.dispatch")(function* (
+      tasks: ReadonlyArray<Task>,
+      dispatchOptions?: DispatchOptions
+    ) {
+      yield* Effect.annotateCurrentSpan({ "agent.tasks": Array.isArray(tasks) ? tasks.length : 0 })
+      return yield* runBatch(tasks, dispatchOptions, { call, agentOf, metrics })
+    }),
+    connections: connections.stats,
+    stats: agentStats
+  })
+})
+
+/**
+ * The service, needing the `Executor` and `Stats` (e.g. from `Orchestra.layer`) and an
+ * `HttpClient` (`NodeHttpClient.layerUndici`); a `Discovery` and a `ResponseCache` are
+ * used when given.
+ *
+ * @since 0.1.0
+ * @category layers
+ */
+export const layer = (
+  options: Options = {}
+): Layer.Layer<HttpAgents, Input.ConfigError, HttpClient.HttpClient | Executor | Stats> =>
+  Layer.effect(HttpAgents, make(options))
+
+/**
+ * Sends one task through the `HttpAgents` service.
+ *
+ * @since 0.1.0
+ * @category accessors
+ */
+export const call = <A = unknown>(task: Task<A>): Effect.Effect<TaskRecord<A>, never, HttpAgents> =>
+  Effect.gen(function* () {
+    const service = yield* HttpAgents
+    return yield* service.call(task)
+  })
+
+/**
+ * Sends a batch through the `HttpAgents` service.
+ *
+ * @since 0.1.0
+ * @category accessors
+ */
+export const dispatch = (
+  tasks: ReadonlyArray<Task>,
+  options?: DispatchOptions
+): Effect.Effect<ReadonlyArray<TaskRecord>, PipelineError, HttpAgents> =>
+  Effect.gen(function* () {
+    const service = yield* HttpAgents
+    return yield* service.dispatch(tasks, options)
+  })
+
+/**
+ * The figures of one agent from the `HttpAgents` service.
+ *
+ * @since 0.2.0
+ * @category accessors
+ */
+export const stats = (agent: Agent<unknown> | string): Effect.Effect<AgentStats, never, HttpAgents> =>
+  Effect.gen(function* () {
+    const service = yield* HttpAgents
+    return yield* service.stats(agent)
+  })

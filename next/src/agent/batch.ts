@@ -1,0 +1,131 @@
+/**
+ * A batch of HTTP agent tasks with dependencies, on the pipeline scheduler: each task is a
+ * step named by its id (its calls are counted under its agent's name, not its id); a task
+ * that did not end usable skips its dependents, whose records say which task was at the
+ * root. One record per task, in input order.
+ *
+ * @internal
+ */
+import { Effect, Result } from "effect"
+import type { Agent, DispatchOptions, Task, TaskRecord } from "../HttpAgent.js"
+import * as Definition from "../pipeline/definition.js"
+import { invalidStep, type PipelineError, show } from "../pipeline/errors.js"
+import { describe, execute } from "../pipeline/scheduler.js"
+import { makeRunner } from "../pipeline/step.js"
+import { type Call, count, display } from "./task.js"
+import type { Context } from "effect"
+
+export interface Env {
+  readonly call: Call
+  readonly agentOf: (ref: Agent<unknown> | string) => Agent<unknown>
+  readonly metrics: Context.Context<never>
+}
+
+/** Usable by dependents: an answer, or a cached one while the agent's breaker is open. */
+const usable = (record: TaskRecord): boolean =>
+  record.status === "success" || (record.status === "service_unavailable" && record.fromCache === true)
+
+const resultsOf = (deps: Record<string, unknown>): Record<string, unknown> => {
+  const results = Definition.record<unknown>()
+  for (const id of Object.keys(deps)) results[id] = (deps[id] as TaskRecord).result
+  return results
+}
+
+const stepsOf = (
+  tasks: ReadonlyArray<Task>,
+  env: Env
+): Result.Result<ReadonlyArray<Definition.StepDef>, PipelineError> => {
+  if (!Array.isArray(tasks))
+    return Result.fail(invalidStep("tasks", `expected an array of tasks, got ${show(tasks)}`, undefined))
+  const steps: Array<Definition.StepDef> = []
+  for (const [i, task] of tasks.entries()) {
+    const checked = Definition.checkSpec(
+      { name: task?.id, dependsOn: task?.dependsOn, run: () => undefined },
+      `tasks[${i}]`
+    )
+    if (Result.isFailure(checked)) {
+      const error = checked.failure
+      const field = error.field?.replace(/\.name$/, ".id")
+      return Result.fail(
+        invalidStep(field ?? `tasks[${i}]`, error.message.replace(/^invalid \S+: /, ""), error.steps[0])
+      )
+    }
+    const hasDeps = (task.dependsOn ?? []).length > 0
+    steps.push({
+      ...checked.success,
+      run: ({ deps }) =>
+        Effect.filterOrFail(env.call(task, hasDeps ? resultsOf(deps) : undefined), usable, (record) => record)
+    })
+  }
+  return Result.succeed(steps)
+}
+
+/** Runs a batch; fails only when the batch itself is invalid. */
+export const dispatch = (
+  tasks: ReadonlyArray<Task>,
+  options: DispatchOptions | undefined,
+  env: Env
+): Effect.Effect<ReadonlyArray<TaskRecord>, PipelineError> =>
+  Effect.gen(function* () {
+    const steps = stepsOf(tasks, env)
+    if (Result.isFailure(steps)) return yield* Effect.fail(steps.failure)
+    const definition = Definition.build(steps.success)
+    if (Result.isFailure(definition)) return yield* Effect.fail(definition.failure)
+    const settings = Definition.checkRunOptions(
+      { onFailure: "continue", concurrency: options?.concurrency },
+      () => false
+    )
+    if (Result.isFailure(settings)) return yield* Effect.fail(settings.failure)
+    const result = yield* execute(definition.success, undefined, settings.success, makeRunner(undefined))
+    return tasks.map((task): TaskRecord => {
+      const outcome = result.steps[task.id]!
+      switch (outcome.status) {
+        case "succeeded":
+          return outcome.output as TaskRecord
+        case "failed":
+          if (outcome.error !== undefined) return outcome.error as TaskRecord
+          break
+        case "skipped": {
+          const target = task.agent === undefined ? undefined : env.agentOf(task.agent)
+          const root = result.steps[outcome.failedStep]
+          const rootStatus =
+            root?.status === "failed" && root.error !== undefined
+              ? (root.error as TaskRecord).status
+              : (root?.status ?? "error")
+          const record: TaskRecord = {
+            taskId: task.id,
+            agent: target?.name ?? "discovery",
+            url: target === undefined ? "" : display(target.url),
+            status: "skipped",
+            error: {
+              message:
+                outcome.dependency === outcome.failedStep
+                  ? `dependency ${JSON.stringify(outcome.dependency)} did not succeed (${rootStatus})`
+                  : `dependency ${JSON.stringify(outcome.dependency)} was skipped (task ${JSON.stringify(outcome.failedStep)}: ${rootStatus})`,
+              reason: "DependencyFailed",
+              dependency: outcome.dependency
+            },
+            startedAt: outcome.at,
+            durationMs: 0,
+            attempts: 0
+          }
+          count(record, env.metrics)
+          return record
+        }
+      }
+      // A call never fails: reaching here means it died; say so rather than lose the task.
+      const target = task.agent === undefined ? undefined : env.agentOf(task.agent)
+      const record: TaskRecord = {
+        taskId: task.id,
+        agent: target?.name ?? "discovery",
+        url: target === undefined ? "" : display(target.url),
+        status: "error",
+        error: { message: describe(outcome), reason: "Unknown" },
+        startedAt: "startedAt" in outcome ? outcome.startedAt : 0,
+        durationMs: "durationMs" in outcome ? outcome.durationMs : 0,
+        attempts: 0
+      }
+      count(record, env.metrics)
+      return record
+    })
+  })

@@ -1,0 +1,97 @@
+/**
+ * The connection limit shared by every HTTP agent: at most `total` requests in flight, at
+ * most `perHost` to one host (`host:port`). Two `Semaphore`s per request, the host's first:
+ * a request waiting for a free total slot already holds its host's, so a busy host never
+ * keeps another host's requests from the total pool. Effect 4's semaphore serves waiters
+ * in arrival order and wakes only as many as there are free permits. A host's semaphore
+ * lives while requests use it.
+ *
+ * @internal
+ */
+import { Effect, Semaphore } from "effect"
+
+/** Figures of the limiter, for tests and dashboards. */
+export interface ConnectionStats {
+  /** Requests holding a connection slot now. */
+  readonly active: number
+  /** Requests waiting for a slot now. */
+  readonly waiting: number
+  /** Most requests in flight at once so far. */
+  readonly peak: number
+  readonly activeByHost: Readonly<Record<string, number>>
+  readonly peakByHost: Readonly<Record<string, number>>
+}
+
+export interface Connections {
+  readonly withPermit: (host: string) => <A, E, R>(effect: Effect.Effect<A, E, R>) => Effect.Effect<A, E, R>
+  readonly stats: Effect.Effect<ConnectionStats>
+}
+
+interface Host {
+  readonly semaphore: Semaphore.Semaphore
+  users: number
+  active: number
+}
+
+/** Builds a limiter; `total` and `perHost` are checked by the caller. */
+export const make = (options: { readonly total: number; readonly perHost: number }): Connections => {
+  const total = Semaphore.makeUnsafe(options.total)
+  const hosts = new Map<string, Host>()
+  const peakByHost = new Map<string, number>()
+  let active = 0
+  let waiting = 0
+  let peak = 0
+
+  const withPermit =
+    (host: string) =>
+    <A, E, R>(effect: Effect.Effect<A, E, R>): Effect.Effect<A, E, R> =>
+      Effect.suspend(() => {
+        let entry = hosts.get(host)
+        if (entry === undefined) {
+          entry = { semaphore: Semaphore.makeUnsafe(options.perHost), users: 0, active: 0 }
+          hosts.set(host, entry)
+        }
+        const own = entry
+        own.users++
+        waiting++
+        let queued = true
+        const leaveQueue = () => {
+          if (!queued) return
+          queued = false
+          waiting--
+        }
+        const inFlight = Effect.suspend(() => {
+          leaveQueue()
+          active++
+          own.active++
+          if (active > peak) peak = active
+          if (own.active > (peakByHost.get(host) ?? 0)) peakByHost.set(host, own.active)
+          return Effect.ensuring(
+            effect,
+            Effect.sync(() => {
+              active--
+              own.active--
+            })
+          )
+        })
+        return own.semaphore.withPermit(total.withPermit(inFlight)).pipe(
+          Effect.ensuring(
+            Effect.sync(() => {
+              leaveQueue()
+              own.users--
+              if (own.users === 0 && hosts.get(host) === own) hosts.delete(host)
+            })
+          )
+        )
+      })
+
+  const stats = Effect.sync((): ConnectionStats => {
+    const activeByHost: Record<string, number> = Object.create(null)
+    for (const [host, entry] of hosts) if (entry.active > 0) activeByHost[host] = entry.active
+    const peaks: Record<string, number> = Object.create(null)
+    for (const [host, n] of peakByHost) peaks[host] = n
+    return { active, waiting, peak, activeByHost, peakByHost: peaks }
+  })
+
+  return { withPermit, stats }
+}

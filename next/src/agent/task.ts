@@ -1,0 +1,289 @@
+/**
+ * One HTTP agent task, start to record: its fields checked, its agents found (given, or
+ * from discovery), its body built, then one plan through the executor's pipeline (per
+ * agent: the request deadline, retries, the breaker of the agent's URL, the rate limit;
+ * the fallback agents after it), each request under the shared connection limit with a
+ * bounded body, and the outcome turned into a status record, counted in the agent metrics.
+ *
+ * @internal
+ */
+import { createHash } from "node:crypto"
+import { Clock, type Context, type Duration, Effect, Exit, Metric, Option, Redacted } from "effect"
+import { HttpClientRequest } from "effect/http"
+import { type AiError, ModelError } from "../AiError.js"
+import type { Service as DiscoveryService, Endpoint } from "../Discovery.js"
+import type { Service as ExecutorService, Step } from "../Executor.js"
+import type { Agent, Decoded, Status, Task, TaskRecord } from "../HttpAgent.js"
+import * as Input from "../Input.js"
+import * as Metrics from "../Metrics.js"
+import type { GenerateResponse } from "../Model.js"
+import type * as Client from "../Model/http/client.js"
+import { keyedBreaker } from "../pipeline/step.js"
+import type { BreakerGuard, LimitGuard } from "../policy/engine.js"
+import type { RetryPolicy } from "../Policy.js"
+import type { Service as CacheService } from "../ResponseCache.js"
+import type { Connections } from "./connections.js"
+
+/** What a task needs from the service. */
+export interface Env {
+  readonly executor: ExecutorService
+  readonly breaker: BreakerGuard
+  readonly rateLimit: LimitGuard | undefined
+  readonly connections: Connections
+  readonly client: Client.Client
+  readonly discovery: DiscoveryService | undefined
+  readonly cache: CacheService | undefined
+  readonly timeout: Duration.Duration
+  readonly retry: RetryPolicy | undefined
+  /** Where the agent metrics are recorded (the service's context). */
+  readonly metrics: Context.Context<never>
+  readonly agentOf: (ref: Agent<unknown> | string) => Agent<unknown>
+  readonly fromEndpoint: (endpoint: Endpoint) => Agent<unknown>
+}
+
+export type Call = (task: Task, dependencies: Record<string, unknown> | undefined) => Effect.Effect<TaskRecord>
+
+/** The `orchestra_agent_tasks_total` series of an agent and status. */
+export const taskCounter = (agent: string, status: Status) =>
+  Metric.withAttributes(Metrics.agentTasks, { agent, status })
+
+/** Counts a record: its status, and its duration for the tasks that went out. */
+export const count = (record: TaskRecord, metrics: Context.Context<never>): void => {
+  taskCounter(record.agent, record.status).updateUnsafe(1, metrics)
+  if (record.status !== "skipped") {
+    Metric.withAttributes(Metrics.agentLatency, { agent: record.agent }).updateUnsafe(record.durationMs, metrics)
+  }
+}
+
+/** A URL as records and spans show it: without its query string. */
+export const display = (url: string): string => {
+  const at = url.indexOf("?")
+  return at === -1 ? url : url.slice(0, at)
+}
+
+const plainHeaders = (agent: Agent<unknown>): Record<string, string> => {
+  const headers: Record<string, string> = {}
+  for (const [name, value] of Object.entries(agent.headers)) {
+    headers[name] = Redacted.isRedacted(value) ? Redacted.value(value) : value
+  }
+  return headers
+}
+
+/** A result kept in the response cache, as the answer type it stores. */
+const wrap = (agent: string, result: unknown): GenerateResponse => ({
+  text: JSON.stringify(result) ?? "null",
+  finishReason: "stop",
+  usage: { inputTokens: 0, outputTokens: 0, totalTokens: 0 },
+  provider: agent,
+  model: "agent"
+})
+
+const unwrap = (response: GenerateResponse): unknown => {
+  try {
+    return JSON.parse(response.text)
+  } catch {
+    return undefined
+  }
+}
+
+const cacheKeyOf = (task: Task, agent: Agent<unknown>): string =>
+  task.cacheKey !== undefined
+    ? `agent:key:${task.cacheKey}`
+    : `agent:${createHash("sha256")
+        .update(JSON.stringify([agent.url, task.intent, task.concept, task.args ?? null]))
+        .digest("hex")}`
+
+interface Invalid {
+  readonly field: string
+  readonly message: string
+}
+
+const checkTask = (task: Task): Invalid | undefined => {
+  if (typeof task !== "object" || task === null)
+    return { field: "task", message: "expected a task { id, intent, concept }" }
+  for (const field of ["id", "intent", "concept"] as const) {
+    if (typeof task[field] !== "string") return { field, message: `expected a string, got ${typeof task[field]}` }
+  }
+  if (task.fallback !== undefined && !Array.isArray(task.fallback)) {
+    return { field: "fallback", message: "expected an array of agents" }
+  }
+  if (task.cacheKey !== undefined && typeof task.cacheKey !== "string") {
+    return { field: "cacheKey", message: "expected a string" }
+  }
+  return undefined
+}
+
+const bodyOf = (task: Task, dependencies: Record<string, unknown> | undefined): string | undefined => {
+  try {
+    return JSON.stringify({
+      task_id: task.id,
+      intent: task.intent,
+      concept: task.concept,
+      args: task.args ?? null,
+      ...(dependencies === undefined ? {} : { dependencies })
+    })
+  } catch {
+    return undefined
+  }
+}
+
+/** Builds the service's `call`; it never fails. */
+export const makeCall = (env: Env): Call => {
+  const send = (agent: Agent<unknown>, body: string, taskId: string): Effect.Effect<Decoded<unknown>, AiError> =>
+    Effect.suspend(() => {
+      const request = HttpClientRequest.post(agent.url).pipe(
+        HttpClientRequest.setHeaders(plainHeaders(agent)),
+        HttpClientRequest.acceptJson,
+        HttpClientRequest.bodyText(body, "application/json")
+      )
+      const ctx = { provider: agent.name, secrets: agent.secrets }
+      const host = new URL(agent.url).host
+      return env.connections
+        .withPermit(host)(env.client.json(request, (value) => Effect.succeed(value), ctx))
+        .pipe(Effect.flatMap((value) => agent.decode(value, taskId)))
+    })
+
+  return (task, dependencies) =>
+    Effect.gen(function* () {
+      const startedAt = yield* Clock.currentTimeMillis
+      const finish = (record: Omit<TaskRecord, "durationMs" | "startedAt" | "taskId">) =>
+        Effect.map(Clock.currentTimeMillis, (now): TaskRecord => {
+          const done: TaskRecord = {
+            taskId: typeof task?.id === "string" ? task.id : String(task?.id),
+            startedAt,
+            durationMs: now - startedAt,
+            ...record
+          }
+          count(done, env.metrics)
+          return done
+        })
+      const invalid = (agent: Agent<unknown> | undefined, field: string, message: string) =>
+        finish({
+          agent: agent?.name ?? "unknown",
+          url: agent === undefined ? "" : display(agent.url),
+          status: "error",
+          error: { message: `invalid ${field}: ${message}`, reason: "InvalidRequest", field },
+          attempts: 0
+        })
+
+      const wrong = checkTask(task)
+      if (wrong !== undefined) return yield* invalid(undefined, wrong.field, wrong.message)
+
+      let agents: ReadonlyArray<Agent<unknown>>
+      if (task.agent !== undefined) {
+        agents = [task.agent, ...(task.fallback ?? [])].map(env.agentOf)
+      } else if (env.discovery !== undefined) {
+        const discovery = env.discovery
+        const found = yield* Effect.result(discovery.resolve({ concept: task.concept, intent: task.intent }))
+        if (found._tag === "Failure") {
+          return yield* finish({
+            agent: `discovery:${discovery.name}`,
+            url: "",
+            status: "service_unavailable",
+            error: { message: found.failure.message, reason: `Discovery${found.failure.reason}` },
+            attempts: 0
+          })
+        }
+        agents = found.success.map(env.fromEndpoint)
+      } else {
+        return yield* invalid(undefined, "agent", "give an agent (or its URL), or provide a Discovery service")
+      }
+      const primary = agents[0]!
+      for (const agent of agents) {
+        if (agent.issue !== undefined) return yield* invalid(agent, agent.issue.path, agent.issue.message)
+      }
+      let timeout: Duration.Duration | undefined
+      if (task.timeout !== undefined) {
+        const checked = Input.duration("timeout", task.timeout)
+        if (checked._tag === "Failure") return yield* invalid(primary, "timeout", checked.failure.message)
+        timeout = checked.success
+      }
+      const body = bodyOf(task, dependencies)
+      if (body === undefined)
+        return yield* invalid(primary, "args", `task ${JSON.stringify(task.id)}: args are not JSON`)
+      const cacheKey = env.cache === undefined ? undefined : cacheKeyOf(task, primary)
+
+      let last = primary
+      let attempts = 0
+      const steps = agents.map(
+        (agent): Step<Agent<unknown>> => ({
+          target: agent,
+          name: agent.name,
+          domain: "agent",
+          timeout: timeout ?? agent.timeout ?? env.timeout,
+          retry: agent.retry ?? env.retry,
+          breaker: keyedBreaker(env.breaker, agent.url, () => {
+            last = agent
+          }),
+          rateLimit: env.rateLimit
+        })
+      )
+      const exit = yield* Effect.exit(
+        env.executor.run({ steps: steps as [Step<Agent<unknown>>, ...Array<Step<Agent<unknown>>>] }, (agent) =>
+          Effect.suspend(() => {
+            last = agent
+            attempts++
+            return send(agent, body, task.id)
+          })
+        )
+      )
+      if (Exit.isSuccess(exit)) {
+        const answer = exit.value
+        const by = answer.step.target
+        const base = {
+          agent: by.name,
+          url: display(by.url),
+          attempts,
+          ...(by === primary ? {} : { fallbackUsed: true })
+        }
+        if (answer.value._tag === "Reported") {
+          return yield* finish({
+            ...base,
+            status: "error",
+            error: { message: answer.value.message, reason: "Unknown" }
+          })
+        }
+        const result = answer.value.value
+        if (cacheKey !== undefined) yield* env.cache!.setMany([{ key: cacheKey, value: wrap(by.name, result) }])
+        return yield* finish({ ...base, status: "success", result })
+      }
+      const failure = exit.cause.reasons.find((reason) => reason._tag === "Fail")
+      let error: AiError =
+        failure === undefined
+          ? new ModelError({ reason: "Unknown", message: "the task was cut short", provider: last.name })
+          : (failure.error as AiError)
+      if (error._tag === "FallbackExhaustedError") error = error.last
+      const base = { agent: last.name, url: display(last.url), attempts }
+      switch (error._tag) {
+        case "CircuitOpenError": {
+          const cached =
+            cacheKey === undefined ? Option.none() : ((yield* env.cache!.getMany([cacheKey]))[0] ?? Option.none())
+          return yield* finish({
+            ...base,
+            status: "service_unavailable",
+            error: { message: error.message, reason: "CircuitOpen" },
+            ...(Option.isSome(cached) ? { result: unwrap(cached.value), fromCache: true } : {})
+          })
+        }
+        case "TimeoutError":
+          return yield* finish({ ...base, status: "timeout", error: { message: error.message, reason: "Timeout" } })
+        case "ModelError":
+          return yield* finish({
+            ...base,
+            status: "error",
+            error: {
+              message: error.message,
+              reason: error.reason,
+              ...(error.status === undefined ? {} : { httpStatus: error.status }),
+              ...(error.field === undefined ? {} : { field: error.field })
+            }
+          })
+        default:
+          return yield* finish({
+            ...base,
+            status: "error",
+            error: { message: error.message, reason: error._tag.replace(/Error$/, "") }
+          })
+      }
+    })
+}
