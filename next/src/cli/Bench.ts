@@ -1,0 +1,44 @@
+/**
+ * `orchestra bench --prompts "a,b,c" | --file prompts.txt [--concurrency 5] [--rounds 3]`:
+ * the same prompts one at a time and `--concurrency` at once, after a warm-up, in
+ * alternating rounds. The handler is `run/bench.ts`.
+ *
+ * @since 0.1.0
+ */
+import { Command, Flag } from "effect/cli"
+import { config, json, lazy } from "./Common.js"
+import * as Prompts from "./Prompts.js"
+
+/**
+ * @since 0.2.0
+ * @category flags
+ */
+export const flags = {
+  ...Prompts.flags,
+  rounds: Flag.Int("rounds").pipe(
+    Flag.withDescription("Sequential and concurrent runs each, alternated; the wall time is their median"),
+    Flag.withDefault(3)
+  ),
+  json,
+  config
+}
+
+/**
+ * @since 0.2.0
+ * @category models
+ */
+export type Args = Command.Command.Config.Infer<typeof flags>
+
+/**
+ * @since 0.1.0
+ * @category commands
+ */
+export const command = Command.make(
+  "bench",
+  flags,
+  lazy(() => import("./run/bench.js"))
+).pipe(
+  Command.withDescription(
+    "Run prompts one at a time and concurrently, after a warm-up, in alternating rounds: wall time, speedup, p50/p95 latency, success rate"
+  )
+)

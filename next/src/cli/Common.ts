@@ -1,0 +1,197 @@
+/**
+ * What every command shares: the `--json` and `--config` flags, exit codes, output (JSON,
+ * errors), and loading a handler only when its command runs, so that `--help` imports
+ * neither the library nor its providers. Everything a command prints for people goes to
+ * stdout, diagnostics to stderr; with `--json`, stdout holds only JSON.
+ *
+ * @since 0.1.0
+ */
+import { Console, Effect, type Option, Result, Schema } from "effect"
+import { Flag } from "effect/cli"
+import { type AiError, reasonOf } from "../AiError.js"
+import type * as Input from "../Input.js"
+
+/**
+ * The exit codes: 0 ok, 1 a call (or a benchmark item) failed or a provider could not
+ * start, 2 bad usage or a bad config, 130 interrupted.
+ *
+ * @since 0.1.0
+ * @category constants
+ */
+export const exitCodes = { ok: 0, failed: 1, usage: 2, interrupted: 130 } as const
+
+/**
+ * Ends a command with an exit code; what went wrong was already printed.
+ *
+ * @since 0.1.0
+ * @category errors
+ */
+export class ExitCode extends Schema.TaggedError<ExitCode>("effect-orchestra/cli/ExitCode")("ExitCode", {
+  code: Schema.Number
+}) {}
+
+/**
+ * @since 0.1.0
+ * @category flags
+ */
+export const json = Flag.Boolean("json").pipe(
+  Flag.withDescription("Machine-readable output on stdout (one JSON document; JSON lines for `start`)"),
+  Flag.withDefault(false)
+)
+
+/**
+ * @since 0.1.0
+ * @category flags
+ */
+export const config = Flag.String("config").pipe(
+  Flag.withDescription(
+    "Config file (default: $ORCHESTRA_CONFIG, else ./orchestra.config.json if present, else the bundled local model)"
+  ),
+  Flag.optional
+)
+
+/**
+ * The flags every command has.
+ *
+ * @since 0.1.0
+ * @category models
+ */
+export interface Common {
+  readonly json: boolean
+  readonly config: Option.Option<string>
+  /** JSON lines (`start`) rather than one document. */
+  readonly jsonLines?: boolean | undefined
+}
+
+/**
+ * Prints one JSON document (pretty), or one JSON line with `jsonLines`, on stdout.
+ *
+ * @since 0.1.0
+ * @category output
+ */
+export const printJson = (common: Pick<Common, "jsonLines">, value: unknown): Effect.Effect<void> =>
+  Console.log(common.jsonLines === true ? JSON.stringify(value) : JSON.stringify(value, null, 2))
+
+/**
+ * An `AiError` as plain data: what failed and why, never a cause (which may hold a request).
+ *
+ * @since 0.1.0
+ * @category output
+ */
+export const errorJson = (error: AiError): Record<string, unknown> => {
+  const out: Record<string, unknown> = { _tag: error._tag, reason: reasonOf(error), message: error.message }
+  switch (error._tag) {
+    case "ModelError":
+      if (error.provider !== undefined) out.provider = error.provider
+      if (error.status !== undefined) out.status = error.status
+      if (error.field !== undefined) out.field = error.field
+      break
+    case "TimeoutError":
+    case "StreamInterruptedError":
+      if (error.provider !== undefined) out.provider = error.provider
+      break
+    case "FallbackExhaustedError":
+      out.attempts = error.attempts.map((a) => ({
+        ...(a.domain === undefined ? {} : { domain: a.domain }),
+        provider: a.provider,
+        error: errorJson(a.error)
+      }))
+      break
+  }
+  return out
+}
+
+/**
+ * @since 0.1.0
+ * @category output
+ */
+export const errorText = (error: AiError): string => `${error._tag}(${reasonOf(error)}): ${error.message}`
+
+/**
+ * Milliseconds for people: `812.3 ms`, `1.52 s`.
+ *
+ * @since 0.1.0
+ * @category output
+ */
+export const formatMs = (ms: number): string => (ms < 1000 ? `${ms.toFixed(1)} ms` : `${(ms / 1000).toFixed(2)} s`)
+
+/**
+ * Reports a usage or setup problem (stderr; with `--json` also a JSON document on stdout)
+ * and ends the command with `code`.
+ *
+ * @since 0.1.0
+ * @category output
+ */
+export const failWith = (
+  common: Pick<Common, "json" | "jsonLines">,
+  code: number,
+  message: string,
+  details: Record<string, unknown> = {}
+): Effect.Effect<never, ExitCode> =>
+  Effect.gen(function* () {
+    yield* Console.error(`orchestra: ${message}`)
+    if (common.json) {
+      yield* printJson(
+        common,
+        common.jsonLines
+          ? { type: "error", error: { message, ...details } }
+          : { ok: false, error: { message, ...details } }
+      )
+    }
+    return yield* new ExitCode({ code })
+  })
+
+/**
+ * A command-line value checked with the library's checks: a wrong one ends the command
+ * with exit code 2, naming the flag.
+ *
+ * @since 0.2.0
+ * @category combinators
+ */
+export const checkFlag = <A>(common: Common, checked: Input.Checked<A>): Effect.Effect<A, ExitCode> =>
+  Result.isSuccess(checked)
+    ? Effect.succeed(checked.success)
+    : failWith(common, exitCodes.usage, `${checked.failure.path}: ${checked.failure.message}`, { kind: "usage" })
+
+/**
+ * Splits `domain: query` when `domain` is a known domain; otherwise the whole line is the
+ * query. The query is trimmed and may be empty (`"finance: "`): callers refuse that.
+ *
+ * @since 0.1.0
+ * @category utils
+ */
+export const parseQuery = (
+  line: string,
+  domains: ReadonlyArray<string>
+): { readonly domain: string | undefined; readonly query: string } => {
+  const match = /^\s*([\w.-]+)\s*:([\s\S]*)$/.exec(line)
+  if (match !== null && domains.includes(match[1]!)) return { domain: match[1]!, query: match[2]!.trim() }
+  return { domain: undefined, query: line.trim() }
+}
+
+/**
+ * Comma-separated values, trimmed, empty ones dropped.
+ *
+ * @since 0.1.0
+ * @category utils
+ */
+export const splitList = (text: string): ReadonlyArray<string> =>
+  text
+    .split(",")
+    .map((s) => s.trim())
+    .filter((s) => s.length > 0)
+
+/**
+ * A command's handler from a module loaded when the command runs (not when `--help` is
+ * asked for, nor when another command runs).
+ *
+ * @since 0.2.0
+ * @category combinators
+ */
+export const lazy =
+  <A, E, R>(load: () => Promise<{ readonly run: (args: A) => Effect.Effect<void, E, R> }>) =>
+  (args: A): Effect.Effect<void, E, R> =>
+    Effect.flatMap(
+      Effect.promise(() => load()),
+      (handler) => handler.run(args)
+    )

@@ -1,0 +1,289 @@
+/**
+ * The `orchestra.config.json` file: providers, domains and policies. This module reads the
+ * file and checks its shape (every unknown field, every value of the wrong type, each with
+ * its path: `providers.openai.streamUsage`); the values themselves (durations, counts,
+ * URLs, domains) are then checked by the library's own checks (see `Setup.check`). API
+ * keys never live in the file: a provider names the environment variable it reads.
+ *
+ * @since 0.1.0
+ */
+import { Effect, FileSystem, Option, Path, Result, Schema, SchemaIssue } from "effect"
+import { ConfigFile, providerSchemas, providerTypes } from "./ConfigSchema.js"
+import * as Json from "./json.js"
+
+export type { ConfigFile, Provider } from "./ConfigSchema.js"
+
+/**
+ * One thing wrong with a config: where (`domains[1].retry.maxAttempts`) and what.
+ *
+ * @since 0.1.0
+ * @category models
+ */
+export interface Issue {
+  readonly path: string
+  readonly message: string
+}
+
+/**
+ * A config file that cannot be used: missing, not JSON, of the wrong shape, or refused by
+ * the library's checks. Lists every issue found.
+ *
+ * @since 0.1.0
+ * @category errors
+ */
+export class ConfigFileError extends Schema.TaggedError<ConfigFileError>("effect-orchestra/cli/ConfigFileError")(
+  "ConfigFileError",
+  {
+    file: Schema.String,
+    issues: Schema.Array(Schema.Struct({ path: Schema.String, message: Schema.String }))
+  }
+) {
+  override get message(): string {
+    return [`invalid config ${this.file}`, ...this.issues.map((i) => `  ${i.path}: ${i.message}`)].join("\n")
+  }
+}
+
+/**
+ * A config and where it came from (`file` is undefined for the built-in default).
+ *
+ * @since 0.1.0
+ * @category models
+ */
+export interface Loaded {
+  readonly file: string | undefined
+  /** Relative paths in the file (a local `modelPath`) are resolved against this. */
+  readonly dir: string
+  /** The file as written. Only trust its shape when `issues` is empty. */
+  readonly config: ConfigFile
+  /** What is wrong with its shape and references (the library's checks come on top: `Setup.check`). */
+  readonly issues: ReadonlyArray<Issue>
+}
+
+/**
+ * The file looked for in the working directory.
+ *
+ * @since 0.1.0
+ * @category constants
+ */
+export const defaultFileName = "orchestra.config.json"
+
+/**
+ * The provider used when the file declares none: the bundled local model.
+ *
+ * @since 0.1.0
+ * @category constants
+ */
+export const bundledProviderName = "local"
+
+/**
+ * Formats a path as `domains[1].retry.maxAttempts` (keys that are not identifiers in
+ * brackets: `providers["my key"]`).
+ *
+ * @since 0.1.0
+ * @category utils
+ */
+export const formatPath = (path: ReadonlyArray<PropertyKey>): string => {
+  let out = ""
+  for (const key of path) {
+    if (typeof key === "number") out += `[${key}]`
+    else {
+      const name = String(key)
+      out += /^[A-Za-z_$][\w$-]*$/.test(name) ? (out === "" ? name : `.${name}`) : `[${JSON.stringify(name)}]`
+    }
+  }
+  return out === "" ? "(root)" : out
+}
+
+/** Fields a v0.1 file (or a hopeful user) may hold, and what to write instead. */
+const hints: Readonly<Record<string, string>> = {
+  "random.succeed": 'renamed to "success" in 0.2',
+  "random.fail": 'renamed to "failures" in 0.2',
+  "random.seed": "moved up to the provider's own seed in 0.2",
+  apiKey: 'keys never go in the file: name the environment variable that holds it with "apiKeyEnv"'
+}
+
+const leafHook: SchemaIssue.LeafHook = (issue) =>
+  issue._tag === "UnexpectedKey"
+    ? "unknown field"
+    : issue._tag === "MissingKey"
+      ? "missing (required)"
+      : SchemaIssue.defaultLeafHook(issue)
+
+/**
+ * A message in the library's form: lower case, and short (a wrong value is echoed, and
+ * may be long).
+ *
+ * @since 0.2.0
+ * @category utils
+ */
+export const tidy = (message: string): string => {
+  const text = message.replace(/^Expected /, "expected ")
+  return text.length > 240 ? `${text.slice(0, 237)}...` : text
+}
+
+const shapeIssues = (
+  schema: Schema.Top & { readonly DecodingServices: never },
+  input: unknown,
+  prefix: ReadonlyArray<PropertyKey>
+): ReadonlyArray<Issue> => {
+  const decoded = Schema.decodeUnknownResult(schema as Schema.Codec<unknown, unknown>)(input, {
+    errors: "all",
+    onExcessProperty: "error",
+    reportInput: true
+  })
+  if (Result.isSuccess(decoded)) return []
+  return SchemaIssue.makeFormatterStandardSchemaV1({ leafHook })(decoded.failure.issue).issues.map((issue) => {
+    const keys = [...prefix, ...(issue.path ?? []).map((p) => (typeof p === "object" && p !== null ? p.key : p))]
+    const path = formatPath(keys as ReadonlyArray<PropertyKey>)
+    const hint = Object.entries(hints).find(([tail]) => path.endsWith(`.${tail}`))
+    const message =
+      issue.message === "unknown field" && hint !== undefined ? `unknown field (${hint[1]})` : issue.message
+    return { path, message: tidy(message) }
+  })
+}
+
+const isObject = (u: unknown): u is Readonly<Record<string, unknown>> =>
+  typeof u === "object" && u !== null && !Array.isArray(u)
+
+const kind = (u: unknown): string =>
+  u === null ? "null" : Array.isArray(u) ? "an array" : typeof u === "object" ? "an object" : typeof u
+
+const providerIssues = (providers: Readonly<Record<string, unknown>>): ReadonlyArray<Issue> => {
+  const issues: Array<Issue> = []
+  const entries = Object.entries(providers)
+  if (entries.length === 0) {
+    issues.push({
+      path: "providers",
+      message: "declare at least one provider (or leave `providers` out to use the bundled local model)"
+    })
+  }
+  for (const [name, spec] of entries) {
+    const at = formatPath(["providers", name])
+    if (name.trim() === "" || name.trim() !== name) {
+      issues.push({ path: at, message: "a provider name is non-empty, without surrounding spaces" })
+    }
+    if (!isObject(spec)) continue
+    const type = spec.type
+    const schema =
+      typeof type === "string" && Object.hasOwn(providerSchemas, type)
+        ? providerSchemas[type as keyof typeof providerSchemas]
+        : undefined
+    if (schema === undefined) {
+      const got = type === undefined ? "nothing" : typeof type === "string" ? JSON.stringify(type) : kind(type)
+      issues.push({
+        path: `${at}.type`,
+        message: `expected one of ${providerTypes.map((t) => `"${t}"`).join(", ")}, got ${got}`
+      })
+      continue
+    }
+    issues.push(...shapeIssues(schema, spec, ["providers", name]))
+  }
+  return issues
+}
+
+/** Which provider each domain and `defaultProvider` name; the domains themselves are `Domain.check`'s. */
+const references = (config: Readonly<Record<string, unknown>>): ReadonlyArray<Issue> => {
+  const issues: Array<Issue> = []
+  const declared = isObject(config.providers) ? Object.keys(config.providers) : [bundledProviderName]
+  const known = `declared: ${declared.join(", ")}`
+  if (typeof config.defaultProvider === "string" && !declared.includes(config.defaultProvider)) {
+    issues.push({ path: "defaultProvider", message: `unknown provider "${config.defaultProvider}" (${known})` })
+  }
+  for (const section of ["domains", "extraDomains", "overrideDomains"] as const) {
+    const domains = config[section]
+    if (!Array.isArray(domains)) continue
+    domains.forEach((domain: unknown, i) => {
+      const provider = isObject(domain) ? domain.provider : undefined
+      if (typeof provider === "string" && !declared.includes(provider)) {
+        issues.push({ path: `${section}[${i}].provider`, message: `unknown provider "${provider}" (${known})` })
+      }
+    })
+  }
+  return issues
+}
+
+/**
+ * Checks the shape of a parsed file: every unknown field and every value of the wrong
+ * type, each with its path, and the providers that domains and `defaultProvider` name.
+ *
+ * @since 0.2.0
+ * @category constructors
+ */
+export const inspect = (input: unknown): { readonly config: ConfigFile; readonly issues: ReadonlyArray<Issue> } => {
+  if (!isObject(input)) {
+    return { config: {}, issues: [{ path: "(root)", message: `expected a JSON object, got ${kind(input)}` }] }
+  }
+  const issues = [
+    ...shapeIssues(ConfigFile, input, []),
+    ...(isObject(input.providers) ? providerIssues(input.providers) : []),
+    ...references(input)
+  ]
+  return { config: input as ConfigFile, issues }
+}
+
+/**
+ * Checks the shape of a parsed file (see {@link inspect}); the values are checked by
+ * `Setup.check`.
+ *
+ * @since 0.1.0
+ * @category constructors
+ */
+export const validate = (input: unknown, file = "(config)"): Result.Result<ConfigFile, ConfigFileError> => {
+  const { config, issues } = inspect(input)
+  return issues.length > 0 ? Result.fail(new ConfigFileError({ file, issues })) : Result.succeed(config)
+}
+
+const syntaxError = (file: string, issue: Json.SyntaxIssue) =>
+  new ConfigFileError({
+    file,
+    issues: [
+      { path: "(file)", message: `not valid JSON at line ${issue.line}, column ${issue.column}: ${issue.message}` }
+    ]
+  })
+
+/**
+ * Parses and checks the shape of a config file's text. Text that is not JSON is reported
+ * with the line and column of the first error.
+ *
+ * @since 0.1.0
+ * @category constructors
+ */
+export const parse = (text: string, file = "(config)"): Result.Result<ConfigFile, ConfigFileError> => {
+  const json = Json.parse(text)
+  return Result.isFailure(json) ? Result.fail(syntaxError(file, json.failure)) : validate(json.success, file)
+}
+
+/** Config files are small; a bigger one is a mistake (a log, a model), not a config. */
+const maxFileBytes = 1024 * 1024
+
+/**
+ * Finds and reads the config: the `--config` path, else `ORCHESTRA_CONFIG`, else
+ * `orchestra.config.json` in the working directory if it exists, else the built-in
+ * default (the bundled local model with the predefined domains). A path given explicitly
+ * must exist; a file that is not JSON fails here, one of the wrong shape comes back with
+ * its `issues`.
+ *
+ * @since 0.1.0
+ * @category constructors
+ */
+export const load = Effect.fnUntraced(function* (flag: Option.Option<string>, fromEnv: Option.Option<string>) {
+  const fs = yield* FileSystem.FileSystem
+  const path = yield* Path.Path
+  const explicit = Option.orElse(flag, () => fromEnv)
+  const cwd = path.resolve(".")
+  const file = path.resolve(Option.getOrElse(explicit, () => defaultFileName))
+  const fileError = (message: string) => new ConfigFileError({ file, issues: [{ path: "(file)", message }] })
+  const info = yield* fs.stat(file).pipe(Effect.option)
+  if (Option.isNone(info)) {
+    if (Option.isSome(explicit)) return yield* fileError("no such file")
+    return { file: undefined, dir: cwd, config: {}, issues: [] } satisfies Loaded
+  }
+  if (info.value.type !== "File") return yield* fileError(`not a file (${info.value.type.toLowerCase()})`)
+  if (Number(info.value.size) > maxFileBytes) {
+    return yield* fileError(`${info.value.size} bytes: a config file is at most ${maxFileBytes} bytes`)
+  }
+  const text = yield* fs.readFileString(file).pipe(Effect.mapError((error) => fileError(error.message)))
+  const json = Json.parse(text)
+  if (Result.isFailure(json)) return yield* syntaxError(file, json.failure)
+  return { file, dir: path.dirname(file), ...inspect(json.success) } satisfies Loaded
+})

@@ -1,0 +1,110 @@
+/**
+ * What a command does before and around its calls: load and check the config (the same
+ * checks in every command), check the domains it names, provide the manager, and draw
+ * progress. Loaded with the command's handler, never for `--help`.
+ *
+ * @since 0.2.0
+ */
+import { Config, Effect, type FileSystem, Layer, Option, type Path, Stdio } from "effect"
+import type { ProgressEvent } from "../Batch.js"
+import type * as Orchestra from "../Orchestra.js"
+import { type Common, type ExitCode, exitCodes, failWith, formatMs } from "./Common.js"
+import * as CliConfig from "./Config.js"
+import * as Setup from "./Setup.js"
+
+/**
+ * Loads the config and runs every check (the same in every command); a bad one is
+ * reported with each wrong field and ends the command with exit code 2. Builds nothing.
+ *
+ * @since 0.2.0
+ * @category combinators
+ */
+export const prepare = (common: Common): Effect.Effect<Setup.Checked, ExitCode, FileSystem.FileSystem | Path.Path> =>
+  Effect.gen(function* () {
+    const fromEnv = yield* Config.option(Config.NonEmptyString("ORCHESTRA_CONFIG")).pipe(
+      Effect.orElseSucceed(() => Option.none<string>())
+    )
+    const loaded = yield* CliConfig.load(common.config, fromEnv)
+    return yield* Setup.check(loaded)
+  }).pipe(
+    Effect.catchTag("ConfigFileError", (error) =>
+      failWith(common, exitCodes.usage, error.message, { kind: "config", file: error.file, issues: error.issues })
+    )
+  )
+
+/**
+ * Runs `program` with the manager of a checked config. The manager's scope closes when
+ * `program` ends: calls in flight drain, providers are released. A provider that cannot
+ * start ends the command (exit code 1; 2 for an option a layer refused).
+ *
+ * @since 0.1.0
+ * @category combinators
+ */
+export const provideOrchestra =
+  (common: Common, checked: Setup.Checked, overrides: Setup.Overrides = {}) =>
+  <A, E, R>(program: Effect.Effect<A, E, R>): Effect.Effect<A, E | ExitCode, Exclude<R, Orchestra.Services>> =>
+    Effect.provide(
+      program,
+      Layer.catch(Setup.orchestraLayer(checked, overrides), (error) =>
+        Layer.unwrap(
+          failWith(common, error.kind === "config" ? exitCodes.usage : exitCodes.failed, error.message, {
+            kind: error.kind,
+            provider: error.provider
+          }) as Effect.Effect<Layer.Layer<Orchestra.Services>, ExitCode>
+        )
+      )
+    )
+
+/**
+ * Fails with exit code 2 when a name is not a domain of the config (checked before any
+ * provider is built).
+ *
+ * @since 0.1.0
+ * @category combinators
+ */
+export const checkDomains = (
+  common: Common,
+  checked: Setup.Checked,
+  names: ReadonlyArray<string>
+): Effect.Effect<void, ExitCode> => {
+  const known = Setup.domainNames(checked.loaded)
+  const unknown = names.find((name) => !known.includes(name))
+  return unknown === undefined
+    ? Effect.void
+    : failWith(common, exitCodes.usage, `unknown domain "${unknown}" (known: ${known.join(", ")})`, {
+        kind: "usage"
+      })
+}
+
+/**
+ * A progress bar on stderr, drawn only when stderr is a terminal that can redraw a line
+ * (not `TERM=dumb`).
+ *
+ * @since 0.1.0
+ * @category output
+ */
+export const progressBar = Effect.fnUntraced(function* (label: string, total: number) {
+  const stdio = yield* Stdio.Stdio
+  const term = yield* Config.option(Config.String("TERM")).pipe(Effect.orElseSucceed(() => Option.none<string>()))
+  const enabled = (yield* stdio.stderrIsTerminal) && Option.getOrUndefined(term) !== "dumb"
+  let failed = 0
+  const draw = (done: number, elapsedMs: number) => {
+    const width = 28
+    const filled = total === 0 ? width : Math.round((width * done) / total)
+    const failures = failed > 0 ? `, ${failed} failed` : ""
+    process.stderr.write(
+      `\r${label.padEnd(11)} [${"█".repeat(filled)}${"░".repeat(width - filled)}] ${done}/${total}${failures}  ${formatMs(elapsedMs)}\u001b[K`
+    )
+  }
+  return {
+    onEvent: (event: ProgressEvent): Effect.Effect<void> =>
+      Effect.sync(() => {
+        if (!enabled || event._tag === "Started" || event._tag === "Retried") return
+        if (event._tag === "Failed") failed++
+        draw(event.done, event.elapsedMs)
+      }),
+    end: Effect.sync(() => {
+      if (enabled) process.stderr.write("\n")
+    })
+  }
+})

@@ -1,0 +1,136 @@
+/**
+ * The prompts of `bench` and `stats`: from `--prompts "a,b"` or `--file`, each optionally
+ * `domain: question`, as batch items. A prompt whose query is empty (`"finance: "`) is
+ * refused before anything runs; prompts are numbered from 1 in every message.
+ *
+ * @since 0.2.0
+ */
+import { Effect, FileSystem, Option } from "effect"
+import { Flag } from "effect/cli"
+import type { Item } from "../Batch.js"
+import * as Input from "../Input.js"
+import { type Common, checkFlag, type ExitCode, exitCodes, failWith, parseQuery, splitList } from "./Common.js"
+
+/**
+ * The flags that choose prompts and how they run (`bench` and `stats`).
+ *
+ * @since 0.2.0
+ * @category flags
+ */
+export const flags = {
+  prompts: Flag.String("prompts").pipe(
+    Flag.withDescription("Comma-separated prompts; `domain: prompt` picks a domain per prompt"),
+    Flag.optional
+  ),
+  file: Flag.String("file").pipe(
+    Flag.withAlias("f"),
+    Flag.withDescription("A file with one prompt per line (blank lines and lines starting with # are skipped)"),
+    Flag.optional
+  ),
+  domain: Flag.String("domain").pipe(
+    Flag.withAlias("d"),
+    Flag.withDescription("Domain of prompts that name none (default: the default provider)"),
+    Flag.optional
+  ),
+  fallback: Flag.String("fallback").pipe(
+    Flag.withDescription("Comma-separated domains tried in order after a prompt's own domain"),
+    Flag.optional
+  ),
+  concurrency: Flag.Int("concurrency").pipe(
+    Flag.withAlias("c"),
+    Flag.withDescription("Calls at once (also the manager's shared limit for this run)"),
+    Flag.withDefault(5)
+  ),
+  maxTokens: Flag.Int("max-tokens").pipe(Flag.withDescription("Most tokens to generate per prompt"), Flag.optional)
+}
+
+/** Prompt files are lists of questions; a bigger file is a mistake. */
+const maxFileBytes = 16 * 1024 * 1024
+
+/**
+ * Reads the prompts from `--prompts` or `--file` (not both). `required`: none given is a
+ * usage error.
+ *
+ * @since 0.2.0
+ * @category constructors
+ */
+export const read = Effect.fnUntraced(function* (
+  common: Common,
+  prompts: Option.Option<string>,
+  file: Option.Option<string>,
+  required: boolean
+) {
+  if (Option.isSome(prompts) && Option.isSome(file)) {
+    return yield* failWith(common, exitCodes.usage, "give either --prompts or --file, not both", { kind: "usage" })
+  }
+  if (Option.isSome(prompts)) return splitList(prompts.value)
+  if (Option.isNone(file)) {
+    return required
+      ? yield* failWith(common, exitCodes.usage, 'give the prompts with --prompts "a,b,c" or --file prompts.txt', {
+          kind: "usage"
+        })
+      : []
+  }
+  const fs = yield* FileSystem.FileSystem
+  const unreadable = (why: string) =>
+    failWith(common, exitCodes.usage, `cannot read ${file.value}: ${why}`, { kind: "usage" })
+  const info = yield* fs.stat(file.value).pipe(Effect.catch((error) => unreadable(error.message)))
+  if (Number(info.size) > maxFileBytes) yield* unreadable(`${info.size} bytes (at most ${maxFileBytes})`)
+  const text = yield* fs.readFileString(file.value).pipe(Effect.catch((error) => unreadable(error.message)))
+  return text
+    .split(/\r?\n/)
+    .map((line) => line.trim())
+    .filter((line) => line.length > 0 && !line.startsWith("#"))
+})
+
+/**
+ * The run options given as flags, checked (exit code 2 naming the flag).
+ *
+ * @since 0.2.0
+ * @category constructors
+ */
+export const checkRunFlags = Effect.fnUntraced(function* (
+  common: Common,
+  args: { readonly concurrency: number; readonly maxTokens: Option.Option<number> }
+) {
+  const concurrency = yield* checkFlag(common, Input.positiveInt("--concurrency", args.concurrency, 10_000))
+  const maxTokens = Option.isNone(args.maxTokens)
+    ? undefined
+    : yield* checkFlag(common, Input.positiveInt("--max-tokens", args.maxTokens.value, 1_000_000))
+  return { concurrency, maxTokens }
+})
+
+/**
+ * Prompts as batch items, their `domain:` prefixes resolved. A prompt whose query is
+ * empty ends the command with exit code 2, naming it (`#3`).
+ *
+ * @since 0.2.0
+ * @category constructors
+ */
+export const toItems = (
+  common: Common,
+  prompts: ReadonlyArray<string>,
+  domains: ReadonlyArray<string>,
+  maxTokens: number | undefined
+): Effect.Effect<ReadonlyArray<Item>, ExitCode> => {
+  const items: Array<Item> = []
+  const empty: Array<string> = []
+  prompts.forEach((prompt, i) => {
+    const { domain, query } = parseQuery(prompt, domains)
+    if (query.length === 0) {
+      empty.push(`#${i + 1} (${JSON.stringify(prompt)})`)
+      return
+    }
+    const request = maxTokens === undefined ? { prompt: query } : { prompt: query, maxTokens }
+    items.push(domain === undefined ? { request } : { request, domain })
+  })
+  if (empty.length > 0) {
+    return failWith(
+      common,
+      exitCodes.usage,
+      `empty quer${empty.length === 1 ? "y" : "ies"} after the domain in prompt ${empty.join(", ")}: write the question after "domain:"`,
+      { kind: "usage" }
+    )
+  }
+  return Effect.succeed(items)
+}

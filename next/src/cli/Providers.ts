@@ -1,0 +1,230 @@
+/**
+ * A config file's providers as the library's provider layers. Keys are read from the
+ * environment variable each provider names, through `Config.Redacted`, and only ever held
+ * as `Redacted`. Checking a provider runs the library's own option checks without any I/O
+ * (no model is loaded, no request is sent); building it is the command's business.
+ *
+ * @since 0.2.0
+ */
+import * as NodePath from "node:path"
+import { Config, Effect, Layer, Option, Redacted, Result } from "effect"
+import { HttpClient } from "effect/http"
+import type { ModelError } from "../AiError.js"
+import type { ConfigError } from "../Input.js"
+import * as Gemini from "../Model/Gemini.js"
+import * as LocalOptions from "../Model/local/options.js"
+import * as Mock from "../Model/Mock.js"
+import * as Ollama from "../Model/Ollama.js"
+import * as OpenAiCompat from "../Model/OpenAiCompat.js"
+import * as WatsonX from "../Model/WatsonX.js"
+import { ModelProvider } from "../Model.js"
+import { formatPath, type Issue, type Provider } from "./Config.js"
+
+/**
+ * The environment variable a provider reads its key from, and whether it must be set.
+ *
+ * @since 0.2.0
+ * @category utils
+ */
+export const keyOf = (spec: Provider): { readonly env: string; readonly required: boolean } | undefined => {
+  switch (spec.type) {
+    case "openai-compatible":
+    case "ollama":
+      return spec.apiKeyEnv === undefined ? undefined : { env: spec.apiKeyEnv, required: true }
+    case "gemini":
+      return { env: spec.apiKeyEnv ?? "GEMINI_API_KEY", required: true }
+    case "watsonx":
+      return { env: spec.apiKeyEnv ?? "WATSONX_API_KEY", required: true }
+    default:
+      return undefined
+  }
+}
+
+/**
+ * Reads a provider's key from the environment (`Config.Redacted`): an unset or empty
+ * variable is an issue naming it (never its value).
+ *
+ * @since 0.2.0
+ * @category constructors
+ */
+export const readKey = (
+  name: string,
+  spec: Provider
+): Effect.Effect<Result.Result<Redacted.Redacted<string> | undefined, Issue>> => {
+  const key = keyOf(spec)
+  if (key === undefined) return Effect.succeed(Result.succeed(undefined))
+  const path = `${formatPath(["providers", name])}.apiKeyEnv`
+  const which = (spec.type === "gemini" || spec.type === "watsonx") && spec.apiKeyEnv === undefined
+  const variable = `environment variable ${key.env}${which ? " (the default of apiKeyEnv)" : ""}`
+  return Config.option(Config.Redacted(key.env)).pipe(
+    Effect.map((value) =>
+      Option.isNone(value)
+        ? Result.fail({ path, message: `${variable} is not set` })
+        : Redacted.value(value.value).trim().length === 0
+          ? Result.fail({ path, message: `${variable} is empty` })
+          : Result.succeed(value.value)
+    ),
+    Effect.catch(() => Effect.succeed(Result.fail({ path, message: `${variable} could not be read` })))
+  )
+}
+
+/**
+ * A library `ConfigError` (`path` relative to the provider's options) as an issue of the
+ * config file (`providers.<name>.<path>`).
+ *
+ * @since 0.2.0
+ * @category utils
+ */
+export const issueOf = (prefix: string, error: ConfigError): Issue => {
+  const message = error.message.startsWith(`invalid ${error.path}: `)
+    ? error.message.slice(`invalid ${error.path}: `.length)
+    : error.message
+  const path = error.path === "" || error.path === "(root)" ? prefix : `${prefix}.${error.path}`
+  return { path, message }
+}
+
+const omit = <A extends object, K extends keyof A>(a: A, ...keys: ReadonlyArray<K>): Omit<A, K> => {
+  const out: Record<PropertyKey, unknown> = { ...(a as Record<PropertyKey, unknown>) }
+  for (const k of keys) delete out[k]
+  return out as Omit<A, K>
+}
+
+/**
+ * The file's values are typed loosely (a duration is any string, a script any object): the
+ * library checks each one where it enters, exactly as for options given in code.
+ */
+const unchecked = <O>(options: object): O => options as O
+
+const withName = <A extends object>(options: A, name: string, spec: { readonly name?: string | undefined }) => ({
+  ...options,
+  name: spec.name ?? name
+})
+
+const mockOptions = (name: string, spec: Extract<Provider, { readonly type: "mock" }>): Mock.Options => {
+  const { reply, ...rest } = omit(spec, "type")
+  return unchecked<Mock.Options>({
+    ...withName(rest, name, spec),
+    ...(reply === undefined ? {} : { respond: () => reply })
+  })
+}
+
+type HttpProvider = Layer.Layer<ModelProvider, ConfigError, HttpClient.HttpClient>
+
+const httpLayer = (
+  name: string,
+  spec: Exclude<Provider, { readonly type: "local" | "mock" }>,
+  apiKey: Redacted.Redacted<string> | undefined
+): HttpProvider => {
+  const key = apiKey === undefined ? {} : { apiKey }
+  switch (spec.type) {
+    case "openai-compatible":
+      return OpenAiCompat.layer(
+        unchecked<OpenAiCompat.Options>({ ...withName(omit(spec, "type", "apiKeyEnv"), name, spec), ...key })
+      )
+    case "ollama":
+      return Ollama.layer(
+        unchecked<Ollama.Options>({ ...withName(omit(spec, "type", "apiKeyEnv"), name, spec), ...key })
+      )
+    case "gemini":
+      return Gemini.layer(
+        unchecked<Gemini.Options>({ ...withName(omit(spec, "type", "apiKeyEnv"), name, spec), ...key })
+      )
+    case "watsonx":
+      return WatsonX.layer(
+        unchecked<WatsonX.Options>({ ...withName(omit(spec, "type", "apiKeyEnv"), name, spec), ...key })
+      )
+  }
+}
+
+const localOptions = (name: string, spec: Extract<Provider, { readonly type: "local" }>, dir: string) => {
+  const { modelPath, ...rest } = omit(spec, "type")
+  return unchecked<LocalOptions.ResolvableOptions>({
+    ...withName(rest, name, spec),
+    modelPath: modelPath === undefined ? undefined : NodePath.resolve(dir, modelPath)
+  })
+}
+
+/**
+ * Runs the library's checks of a provider's options, without building it: the options a
+ * layer would refuse, as issues of the config file.
+ *
+ * @since 0.2.0
+ * @category constructors
+ */
+export const check = (
+  name: string,
+  spec: Provider,
+  dir: string,
+  apiKey: Redacted.Redacted<string> | undefined
+): Effect.Effect<ReadonlyArray<Issue>> => {
+  const prefix = formatPath(["providers", name])
+  const refused = (error: ConfigError): ReadonlyArray<Issue> => [issueOf(prefix, error)]
+  switch (spec.type) {
+    case "local": {
+      const options = localOptions(name, spec, dir)
+      // The bundled models' folder is the provider's own default; any folder name passes the check.
+      return LocalOptions.resolve({ ...options, modelPath: options.modelPath ?? "models" }).pipe(
+        Effect.as([]),
+        Effect.catch((error) => Effect.succeed(refused(error)))
+      )
+    }
+    case "mock":
+      return Mock.make(mockOptions(name, spec)).pipe(
+        Effect.as([]),
+        Effect.catch((error) => Effect.succeed(refused(error)))
+      )
+    default: {
+      // The real layer over a client that is never called: `make` only checks and wires.
+      const unused = HttpClient.make(() => Effect.die("no request is sent while checking a config"))
+      const layer = httpLayer(name, spec, apiKey ?? Redacted.make("unset")).pipe(
+        Layer.provide(Layer.succeed(HttpClient.HttpClient, unused))
+      )
+      return Layer.build(layer).pipe(
+        Effect.scoped,
+        Effect.as([]),
+        Effect.catch((error) => Effect.succeed(refused(error)))
+      )
+    }
+  }
+}
+
+/**
+ * The layer of one declared provider, with its key. Nothing is built (no model loaded,
+ * no client created) until a command provides it; transformers.js and the HTTP client
+ * are imported only then.
+ *
+ * @since 0.2.0
+ * @category layers
+ */
+export const layer = (
+  name: string,
+  spec: Provider,
+  dir: string,
+  apiKey: Redacted.Redacted<string> | undefined
+): Layer.Layer<ModelProvider, ConfigError | ModelError> => {
+  switch (spec.type) {
+    case "local": {
+      const { modelPath, ...options } = localOptions(name, spec, dir)
+      return Layer.unwrap(
+        Effect.map(
+          Effect.promise(() => import("../Model/Local.js")),
+          (Local) => Local.layer(modelPath === undefined ? options : { ...options, modelPath })
+        )
+      )
+    }
+    case "mock":
+      return Layer.effect(
+        ModelProvider,
+        Effect.map(Mock.make(mockOptions(name, spec)), ({ provider }) => provider)
+      )
+    default: {
+      const client = Layer.unwrap(
+        Effect.map(
+          Effect.promise(() => import("@effect/platform-node/NodeHttpClient")),
+          (NodeHttpClient) => NodeHttpClient.layerUndici
+        )
+      )
+      return httpLayer(name, spec, apiKey).pipe(Layer.provide(client))
+    }
+  }
+}

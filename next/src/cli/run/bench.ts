@@ -1,0 +1,261 @@
+/**
+ * The handler of `orchestra bench`: the same prompts one at a time and `--concurrency`
+ * at once, and a table comparing the two. A warm-up call per domain runs first and is
+ * not counted (a model's first call loads it); then sequential and concurrent runs
+ * alternate round by round (seq, conc, conc, seq, ...) so that a machine getting busier
+ * or quieter weighs on both alike, and each side's wall time is the median of its rounds.
+ *
+ * @since 0.2.0
+ */
+import { Console, Effect, Option } from "effect"
+import { Batch, type BatchResult, type Item } from "../../Batch.js"
+import * as Input from "../../Input.js"
+import type { Args } from "../Bench.js"
+import {
+  type Common,
+  checkFlag,
+  errorJson,
+  errorText,
+  ExitCode,
+  exitCodes,
+  formatMs,
+  printJson,
+  splitList
+} from "../Common.js"
+import { checkDomains, prepare, progressBar, provideOrchestra } from "../Manager.js"
+import * as Prompts from "../Prompts.js"
+import { domainNames } from "../Setup.js"
+
+/**
+ * The figures of one side (sequential or concurrent) over every round.
+ *
+ * @since 0.2.0
+ * @category models
+ */
+export interface Side {
+  /** Median wall time of the rounds. */
+  readonly elapsedMs: number
+  /** Wall time of each round, in the order they ran. */
+  readonly rounds: ReadonlyArray<number>
+  readonly successes: number
+  readonly failures: number
+  /** Percent of every item of every round. */
+  readonly successRate: number
+  /** Item latencies over every round (exact, from each item's own duration). */
+  readonly latency: { readonly p50: number; readonly p95: number; readonly avg: number; readonly max: number }
+}
+
+const round2 = (n: number): number => Math.round(n * 100) / 100
+
+/**
+ * The q-quantile of sorted values, interpolated between the closest ranks.
+ *
+ * @since 0.2.0
+ * @category utils
+ */
+export const quantile = (sorted: ReadonlyArray<number>, q: number): number => {
+  if (sorted.length === 0) return 0
+  const at = (sorted.length - 1) * q
+  const low = Math.floor(at)
+  const high = Math.min(low + 1, sorted.length - 1)
+  return sorted[low]! + (sorted[high]! - sorted[low]!) * (at - low)
+}
+
+/**
+ * @since 0.2.0
+ * @category utils
+ */
+export const summarise = (runs: ReadonlyArray<BatchResult>): Side => {
+  const items = runs.flatMap((run) => run.results)
+  const durations = items.map((r) => r.durationMs).sort((a, b) => a - b)
+  const successes = items.filter((r) => r.status === "success").length
+  const walls = runs.map((run) => run.elapsedMs)
+  return {
+    elapsedMs: round2(
+      quantile(
+        [...walls].sort((a, b) => a - b),
+        0.5
+      )
+    ),
+    rounds: walls.map(round2),
+    successes,
+    failures: items.length - successes,
+    successRate: items.length === 0 ? 0 : Math.round((successes / items.length) * 1000) / 10,
+    latency: {
+      p50: round2(quantile(durations, 0.5)),
+      p95: round2(quantile(durations, 0.95)),
+      avg: round2(durations.length === 0 ? 0 : durations.reduce((a, b) => a + b, 0) / durations.length),
+      max: round2(durations[durations.length - 1] ?? 0)
+    }
+  }
+}
+
+interface Failure {
+  readonly run: "sequential" | "concurrent"
+  readonly round: number
+  /** Numbered from 1, as the prompts are everywhere else. */
+  readonly item: number
+  readonly prompt: string
+  readonly status: string
+  readonly error?: Record<string, unknown> | undefined
+  readonly text: string
+}
+
+const failuresOf = (
+  run: Failure["run"],
+  round: number,
+  result: BatchResult,
+  prompts: ReadonlyArray<string>
+): ReadonlyArray<Failure> =>
+  result.results
+    .filter((r) => r.status !== "success")
+    .map((r) => ({
+      run,
+      round,
+      item: r.index + 1,
+      prompt: prompts[r.index] ?? "",
+      status: r.status,
+      ...(r.error === undefined ? {} : { error: errorJson(r.error) }),
+      text: r.error === undefined ? r.status : errorText(r.error)
+    }))
+
+/**
+ * The table `bench` prints.
+ *
+ * @since 0.1.0
+ * @category output
+ */
+export const formatTable = (title: string, sequential: Side, concurrent: Side, speedup: number, ideal: string) => {
+  const header = ["run", "wall time", "p50 latency", "p95 latency", "success"]
+  const row = (name: string, s: Side) => [
+    name,
+    formatMs(s.elapsedMs),
+    formatMs(s.latency.p50),
+    formatMs(s.latency.p95),
+    `${s.successRate.toFixed(1)} %`
+  ]
+  const rows = [header, row("sequential", sequential), row("concurrent", concurrent)]
+  const widths = header.map((_, i) => Math.max(...rows.map((r) => r[i]!.length)))
+  const render = (r: ReadonlyArray<string>) =>
+    r.map((cell, i) => (i === 0 ? cell.padEnd(widths[i]!) : cell.padStart(widths[i]!))).join("   ")
+  const line = "─".repeat(widths.reduce((a, b) => a + b, 0) + 3 * (widths.length - 1))
+  return [
+    title,
+    line,
+    ...rows.map(render),
+    line,
+    `${"speedup".padEnd(widths[0]!)}   ${speedup.toFixed(2)}×  (${ideal})`
+  ].join("\n")
+}
+
+/** One item per domain the prompts use (or the default provider), for the warm-up. */
+const warmUpItems = (items: ReadonlyArray<Item>): ReadonlyArray<Item> => {
+  const seen = new Set<string>()
+  return items.filter((item) => {
+    const key = typeof item === "object" && item.domain !== undefined ? item.domain : ""
+    if (seen.has(key)) return false
+    seen.add(key)
+    return true
+  })
+}
+
+const plural = (n: number, word: string) => `${n} ${word}${n === 1 ? "" : "s"}`
+
+/**
+ * @since 0.2.0
+ * @category handlers
+ */
+export const run = Effect.fnUntraced(function* (args: Args) {
+  const common: Common = { json: args.json, config: args.config }
+  const { concurrency, maxTokens } = yield* Prompts.checkRunFlags(common, args)
+  const rounds = yield* checkFlag(common, Input.positiveInt("--rounds", args.rounds, 100))
+  const prompts = yield* Prompts.read(common, args.prompts, args.file, true)
+  if (prompts.length === 0) {
+    return yield* Effect.andThen(Console.error("orchestra: no prompts given"), new ExitCode({ code: exitCodes.usage }))
+  }
+  const checked = yield* prepare(common)
+  const domain = Option.getOrUndefined(args.domain)
+  const fallback = Option.match(args.fallback, { onNone: () => [], onSome: splitList })
+  yield* checkDomains(common, checked, [...Option.toArray(args.domain), ...fallback])
+  const items = yield* Prompts.toItems(common, prompts, domainNames(checked.loaded), maxTokens)
+  const cache = checked.loaded.config.policies?.cache
+  if (cache !== undefined && cache !== false) {
+    yield* Console.error("orchestra: note: policies.cache is on, so repeated prompts are answered from the cache")
+  }
+
+  const program = Effect.gen(function* () {
+    const batch = yield* Batch
+    const options = { domain, fallback }
+    const warmUp = yield* batch.run(warmUpItems(items), { ...options, concurrency: 1 })
+    const runOnce = (label: string, limit: number) =>
+      Effect.gen(function* () {
+        const bar = yield* progressBar(label, items.length)
+        const result = yield* batch.run(items, { ...options, concurrency: limit, onEvent: bar.onEvent })
+        yield* bar.end
+        return result
+      })
+    const sequentialRuns: Array<BatchResult> = []
+    const concurrentRuns: Array<BatchResult> = []
+    const failures: Array<Failure> = []
+    for (let round = 1; round <= rounds; round++) {
+      const suffix = rounds === 1 ? "" : ` ${round}/${rounds}`
+      const order = round % 2 === 1 ? (["sequential", "concurrent"] as const) : (["concurrent", "sequential"] as const)
+      for (const run of order) {
+        const result = yield* runOnce(`${run}${suffix}`, run === "sequential" ? 1 : concurrency)
+        ;(run === "sequential" ? sequentialRuns : concurrentRuns).push(result)
+        failures.push(...failuresOf(run, round, result, prompts))
+      }
+    }
+    const seq = summarise(sequentialRuns)
+    const conc = summarise(concurrentRuns)
+    const speedup = conc.elapsedMs === 0 ? 0 : seq.elapsedMs / conc.elapsedMs
+    const waves = Math.ceil(items.length / Math.min(concurrency, items.length))
+    const idealSpeedup = items.length / waves
+    const warmUpFailures = warmUp.results.filter((r) => r.status !== "success").length
+    const ok = failures.length === 0
+    if (common.json) {
+      yield* printJson(common, {
+        ok,
+        prompts: items.length,
+        concurrency,
+        rounds,
+        domain: domain ?? null,
+        maxTokens: maxTokens ?? null,
+        warmUp: { calls: warmUp.results.length, elapsedMs: round2(warmUp.elapsedMs), failures: warmUpFailures },
+        sequential: seq,
+        concurrent: conc,
+        speedup: round2(speedup),
+        idealSpeedup: round2(idealSpeedup),
+        failures: failures.map(({ text: _, ...rest }) => rest)
+      })
+    } else {
+      const title = `Benchmark: ${plural(items.length, "prompt")}, concurrency ${concurrency}, ${plural(rounds, "round")}${
+        domain === undefined ? "" : `, domain ${domain}`
+      }`
+      const ideal = `ideal ${idealSpeedup.toFixed(2)}× with equal latencies: ${plural(items.length, "call")} in ${plural(waves, "wave")}`
+      const warm = `warm-up: ${plural(warmUp.results.length, "call")} in ${formatMs(warmUp.elapsedMs)}, not counted${
+        warmUpFailures > 0 ? ` (${warmUpFailures} failed)` : ""
+      }`
+      const shown = failures.slice(0, 20).map((f) => {
+        const where = rounds === 1 ? f.run : `${f.run} round ${f.round}`
+        return `  ${where} #${f.item}: ${f.text}`
+      })
+      yield* Console.log(
+        [
+          formatTable(title, seq, conc, speedup, ideal),
+          warm,
+          ...(ok
+            ? []
+            : [
+                "",
+                `${plural(failures.length, "failed item")}:`,
+                ...shown,
+                ...(failures.length > 20 ? [`  ... and ${failures.length - 20} more`] : [])
+              ])
+        ].join("\n")
+      )
+    }
+    if (!ok) return yield* new ExitCode({ code: exitCodes.failed })
+  })
+  yield* program.pipe(provideOrchestra(common, checked, { maxConcurrent: concurrency }))
+})

@@ -1,0 +1,57 @@
+/**
+ * The handler of `orchestra stats`: the config checked as every command checks it, then
+ * an empty window, or the figures of the prompts given.
+ *
+ * @since 0.2.0
+ */
+import { Console, Effect, Option } from "effect"
+import { Batch } from "../../Batch.js"
+import * as Stats from "../../Stats.js"
+import { type Common, ExitCode, exitCodes, printJson, splitList } from "../Common.js"
+import { checkDomains, prepare, provideOrchestra } from "../Manager.js"
+import * as Prompts from "../Prompts.js"
+import { domainNames } from "../Setup.js"
+import type { Args } from "../Stats.js"
+
+const print = (common: Common, stats: Stats.ExecutionStats, extra: Record<string, unknown>, title: string) =>
+  common.json ? printJson(common, { ...extra, stats }) : Console.log(Stats.format(stats, title))
+
+/**
+ * @since 0.2.0
+ * @category handlers
+ */
+export const run = Effect.fnUntraced(function* (args: Args) {
+  const common: Common = { json: args.json, config: args.config }
+  const { concurrency, maxTokens } = yield* Prompts.checkRunFlags(common, args)
+  const prompts = yield* Prompts.read(common, args.prompts, args.file, false)
+  const checked = yield* prepare(common)
+  const file = checked.loaded.file ?? null
+  if (prompts.length === 0) {
+    // Nothing to run: the config is checked, but only the statistics service is built.
+    const stats = yield* Stats.snapshot().pipe(Effect.provide(Stats.layer))
+    if (!common.json) {
+      yield* Console.error(
+        "orchestra: the config is valid. This process has made no calls, so the window is empty: use `stats` inside\n" +
+          "`orchestra start` for a live session's figures, or pass --prompts / --file to run prompts first."
+      )
+    }
+    return yield* print(common, stats, { ok: true, prompts: 0, config: file }, "Execution stats (empty)")
+  }
+  const fallback = Option.match(args.fallback, { onNone: () => [], onSome: splitList })
+  yield* checkDomains(common, checked, [...Option.toArray(args.domain), ...fallback])
+  const items = yield* Prompts.toItems(common, prompts, domainNames(checked.loaded), maxTokens)
+  const program = Effect.gen(function* () {
+    const batch = yield* Batch
+    const result = yield* batch.run(items, { domain: Option.getOrUndefined(args.domain), fallback, concurrency })
+    const stats = yield* Stats.snapshot()
+    const ok = result.results.every((r) => r.status === "success")
+    yield* print(
+      common,
+      stats,
+      { ok, prompts: items.length, config: file },
+      `Execution stats (${items.length} prompt${items.length === 1 ? "" : "s"}, concurrency ${concurrency})`
+    )
+    if (!ok) return yield* new ExitCode({ code: exitCodes.failed })
+  })
+  yield* program.pipe(provideOrchestra(common, checked, { maxConcurrent: concurrency }))
+})

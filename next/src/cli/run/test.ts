@@ -1,0 +1,161 @@
+/**
+ * The handler of `orchestra test`: one call on the default provider, a domain, or a
+ * fallback chain; the answer, its latency and where it came from.
+ *
+ * @since 0.2.0
+ */
+import { Clock, Console, Effect, Option, Result } from "effect"
+import type { AiError } from "../../AiError.js"
+import { Executor } from "../../Executor.js"
+import type { GenerateRequest } from "../../Model.js"
+import { type Answer, Router } from "../../Router.js"
+import {
+  type Common,
+  errorJson,
+  errorText,
+  ExitCode,
+  exitCodes,
+  failWith,
+  formatMs,
+  printJson,
+  splitList
+} from "../Common.js"
+import { checkDomains, prepare, provideOrchestra } from "../Manager.js"
+import { checkRunFlags } from "../Prompts.js"
+import type { Args } from "../Test.js"
+
+/**
+ * What `test --json` prints.
+ *
+ * @since 0.1.0
+ * @category models
+ */
+export interface TestOutput {
+  readonly ok: boolean
+  readonly prompt: string
+  readonly answer?: string | undefined
+  readonly latencyMs: number
+  readonly domain: string | null
+  readonly provider?: string | undefined
+  readonly model?: string | undefined
+  /** Domains tried, the answering one included. */
+  readonly attempts?: number | undefined
+  /** Retries of the same domain (across all domains tried). */
+  readonly retries: number
+  readonly fallbackUsed?: boolean | undefined
+  readonly source?: string | undefined
+  readonly finishReason?: string | undefined
+  readonly usage?: unknown
+  readonly error?: Record<string, unknown> | undefined
+}
+
+/**
+ * One call: on the default provider (no domain, the executor's retry policy), one domain
+ * (and its own fallback chain), or an explicit fallback chain.
+ *
+ * @since 0.1.0
+ * @category utils
+ */
+export const callChain = (
+  router: Router["Service"],
+  executor: Executor["Service"],
+  request: GenerateRequest,
+  chain: ReadonlyArray<string>,
+  onRetry: () => Effect.Effect<void>
+): Effect.Effect<Answer, AiError> =>
+  chain.length === 0
+    ? Effect.map(
+        executor.execute(request, { retry: true, onRetry }),
+        (response): Answer => ({
+          response,
+          domain: "",
+          provider: response.provider,
+          attempts: 1,
+          domainsTried: 1,
+          fallbackUsed: false,
+          source: "provider"
+        })
+      )
+    : chain.length === 1
+      ? router.execute(request, chain[0]!, { onRetry })
+      : router.executeWithFallback(request, chain, { onRetry })
+
+const report = (common: Common, out: TestOutput, failure: AiError | undefined): Effect.Effect<void, ExitCode> =>
+  Effect.gen(function* () {
+    if (common.json) {
+      yield* printJson(common, out)
+      if (!out.ok) return yield* new ExitCode({ code: exitCodes.failed })
+      return
+    }
+    if (failure !== undefined) {
+      yield* Console.error(`orchestra: the call failed after ${formatMs(out.latencyMs)}: ${errorText(failure)}`)
+      return yield* new ExitCode({ code: exitCodes.failed })
+    }
+    const retries = `${out.retries} retr${out.retries === 1 ? "y" : "ies"}`
+    const rows: ReadonlyArray<readonly [string, string]> = [
+      ["latency", formatMs(out.latencyMs)],
+      ["domain", out.domain ?? "(none: default provider)"],
+      ["provider", `${out.provider} (model ${out.model})`],
+      ["attempts", `${out.attempts} domain${out.attempts === 1 ? "" : "s"}, ${retries}`],
+      ["fallback", out.fallbackUsed === true ? "used" : "not used"],
+      ["source", out.source ?? "provider"],
+      ["finish", String(out.finishReason)]
+    ]
+    yield* Console.log([(out.answer ?? "").trim(), "", ...rows.map(([k, v]) => `${k.padEnd(9)} ${v}`)].join("\n"))
+  })
+
+/**
+ * @since 0.2.0
+ * @category handlers
+ */
+export const run = Effect.fnUntraced(function* (args: Args) {
+  const common: Common = { json: args.json, config: args.config }
+  const { maxTokens } = yield* checkRunFlags(common, { concurrency: 1, maxTokens: args.maxTokens })
+  const prompt = args.prompt.trim()
+  if (prompt.length === 0) {
+    return yield* failWith(common, exitCodes.usage, "--prompt is empty: give the question to send", { kind: "usage" })
+  }
+  const chain = [
+    ...Option.toArray(args.domain),
+    ...Option.match(args.fallback, { onNone: () => [], onSome: splitList })
+  ]
+  const checked = yield* prepare(common)
+  yield* checkDomains(common, checked, chain)
+  const program = Effect.gen(function* () {
+    const router = yield* Router
+    const executor = yield* Executor
+    const request: GenerateRequest = maxTokens === undefined ? { prompt } : { prompt, maxTokens }
+    let retries = 0
+    const call = callChain(router, executor, request, chain, () => Effect.sync(() => void retries++))
+    const start = yield* Clock.currentTimeMillis
+    const result = yield* Effect.result(call)
+    const latencyMs = (yield* Clock.currentTimeMillis) - start
+    const out: TestOutput = Result.match(result, {
+      onFailure: (error) => ({
+        ok: false,
+        prompt,
+        latencyMs,
+        domain: chain[0] ?? null,
+        retries,
+        error: errorJson(error)
+      }),
+      onSuccess: (answer) => ({
+        ok: true,
+        prompt,
+        answer: answer.response.text,
+        latencyMs,
+        domain: chain.length === 0 ? null : answer.domain,
+        provider: answer.provider,
+        model: answer.response.model,
+        attempts: answer.domainsTried,
+        retries,
+        fallbackUsed: answer.fallbackUsed,
+        source: answer.source,
+        finishReason: answer.response.finishReason,
+        usage: answer.response.usage
+      })
+    })
+    yield* report(common, out, Result.isFailure(result) ? result.failure : undefined)
+  })
+  yield* program.pipe(provideOrchestra(common, checked))
+})
