@@ -1,0 +1,268 @@
+import { NodeHttpClient } from "@effect/platform-node"
+import { assert, describe, it } from "@effect/vitest"
+import { Context, Deferred, Effect, Fiber, Layer, Metric, Ref } from "effect"
+import { TestClock } from "effect/testing"
+import * as CircuitBreaker from "../src/CircuitBreaker.js"
+import * as Discovery from "../src/Discovery.js"
+import * as Executor from "../src/Executor.js"
+import * as HttpAgent from "../src/HttpAgent.js"
+import * as Mock from "../src/Model/Mock.js"
+import * as AgentServer from "./utils/agentServer.js"
+import * as Server from "./utils/httpServer.js"
+
+const resolver = (layer: Layer.Layer<Discovery.Discovery, unknown>) =>
+  Effect.map(Layer.build(layer), (context) => Context.get(context, Discovery.Discovery))
+
+const httpDiscovery = (options: Discovery.HttpOptions) =>
+  resolver(Discovery.layerHttp(options).pipe(Layer.provide(NodeHttpClient.layerUndici)))
+
+/** The agents service over an executor and a mock model, with this discovery. */
+const agentsWith = (discovery: Layer.Layer<Discovery.Discovery, unknown>) =>
+  Layer.build(
+    HttpAgent.layer().pipe(
+      Layer.provideMerge(Executor.layerWithStats({ timeout: "none" })),
+      Layer.provideMerge(Layer.mergeAll(Mock.layer(), CircuitBreaker.layerMemory({ failMax: 1 }), discovery)),
+      Layer.provide(NodeHttpClient.layerUndici)
+    )
+  ).pipe(
+    Effect.provideService(Metric.MetricRegistry, new Map()),
+    Effect.map((context) => Context.get(context, HttpAgent.HttpAgents))
+  )
+
+const query = { concept: "weather", intent: "forecast" }
+
+describe("Discovery.layerStatic", () => {
+  it.effect("resolves a (concept, intent), falls back to the concept's '*' entry, and says NotFound otherwise", () =>
+    Effect.gen(function* () {
+      const discovery = yield* resolver(
+        Discovery.layerStatic([
+          { concept: "weather", intent: "forecast", agents: [{ url: "http://127.0.0.1:1/a", name: "a" }] },
+          { concept: "weather", intent: "*", agents: { url: "http://127.0.0.1:1/any" } }
+        ])
+      )
+      assert.deepStrictEqual(
+        (yield* discovery.resolve(query)).map((e) => e.url),
+        ["http://127.0.0.1:1/a"]
+      )
+      assert.deepStrictEqual(
+        (yield* discovery.resolve({ concept: "weather", intent: "history" })).map((e) => e.url),
+        ["http://127.0.0.1:1/any"]
+      )
+      const missing = yield* Effect.flip(discovery.resolve({ concept: "stocks", intent: "forecast" }))
+      assert.deepStrictEqual([missing._tag, missing.reason, missing.concept], ["DiscoveryError", "NotFound", "stocks"])
+    })
+  )
+
+  it.effect("entries are checked into ConfigErrors naming the field", () =>
+    Effect.gen(function* () {
+      const cases: ReadonlyArray<readonly [ReadonlyArray<Discovery.Entry>, string]> = [
+        [[{ concept: "", intent: "x", agents: { url: "http://127.0.0.1:1" } }], "entries[0].concept"],
+        [[{ concept: "c", intent: "x", agents: [] }], "entries[0].agents"],
+        [[{ concept: "c", intent: "x", agents: { url: "ftp://x" } }], "entries[0].agents[0].url"],
+        [[{ concept: "c", intent: "x", agents: { url: "http://u:p@127.0.0.1:1" } }], "entries[0].agents[0].url"],
+        [
+          [{ concept: "c", intent: "x", agents: { url: "http://127.0.0.1:1", timeout: -1 } }],
+          "entries[0].agents[0].timeout"
+        ]
+      ]
+      for (const [entries, path] of cases) {
+        const error = yield* Effect.flip(resolver(Discovery.layerStatic(entries)))
+        assert.strictEqual((error as { readonly path: string }).path, path)
+      }
+    })
+  )
+})
+
+describe("Discovery.layer (your own lookup)", () => {
+  it.effect("concurrent lookups of one query share one call; answers are kept for ttl; failures are not", () =>
+    Effect.gen(function* () {
+      const calls = yield* Ref.make(0)
+      const gate = yield* Deferred.make<void>()
+      const discovery = yield* resolver(
+        Discovery.layer(
+          () =>
+            Effect.andThen(
+              Effect.andThen(
+                Ref.update(calls, (n) => n + 1),
+                Deferred.await(gate)
+              ),
+              Effect.succeed([{ url: "http://127.0.0.1:1/a" }])
+            ),
+          { ttl: "1 minute" }
+        )
+      )
+      const fibers = yield* Effect.forEach([1, 2, 3], () => Effect.forkChild(discovery.resolve(query)))
+      yield* Effect.yieldNow
+      yield* Deferred.succeed(gate, undefined)
+      for (const fiber of fibers) assert.strictEqual((yield* Fiber.join(fiber)).length, 1)
+      yield* discovery.resolve(query)
+      assert.strictEqual(yield* Ref.get(calls), 1)
+      yield* TestClock.adjust("1 minute")
+      yield* discovery.resolve(query)
+      assert.strictEqual(yield* Ref.get(calls), 2)
+    })
+  )
+
+  it.effect("a failing or hanging lookup is Unavailable; its own breaker then stops calling it", () =>
+    Effect.gen(function* () {
+      const calls = yield* Ref.make(0)
+      const discovery = yield* resolver(
+        Discovery.layer(
+          () =>
+            Effect.andThen(
+              Ref.update(calls, (n) => n + 1),
+              Effect.never
+            ),
+          {
+            timeout: "2 seconds",
+            breaker: { failMax: 2, resetTimeout: "1 minute" }
+          }
+        )
+      )
+      for (let i = 0; i < 2; i++) {
+        const fiber = yield* Effect.forkChild(Effect.flip(discovery.resolve(query)))
+        yield* TestClock.adjust("2 seconds")
+        const error = yield* Fiber.join(fiber)
+        assert.strictEqual(error.reason, "Unavailable")
+        assert.include(error.message, "timeout")
+      }
+      const refused = yield* Effect.flip(discovery.resolve(query))
+      assert.strictEqual(refused.reason, "Unavailable")
+      assert.include(refused.message, "open")
+      assert.strictEqual(yield* Ref.get(calls), 2)
+    })
+  )
+
+  it.effect("an empty answer is NotFound (not a breaker failure); an invalid endpoint is Unavailable", () =>
+    Effect.gen(function* () {
+      const empty = yield* resolver(Discovery.layer(() => Effect.succeed([]), { breaker: { failMax: 1 } }))
+      for (let i = 0; i < 3; i++) assert.strictEqual((yield* Effect.flip(empty.resolve(query))).reason, "NotFound")
+      const invalid = yield* resolver(Discovery.layer(() => Effect.succeed({ url: "nope" })))
+      const error = yield* Effect.flip(invalid.resolve(query))
+      assert.strictEqual(error.reason, "Unavailable")
+      assert.include(error.message, "agents[0].url")
+    })
+  )
+
+  it.effect("options are checked into ConfigErrors", () =>
+    Effect.gen(function* () {
+      for (const [options, path] of [
+        [{ ttl: -1 }, "ttl"],
+        [{ timeout: "soon" }, "timeout"],
+        [{ capacity: 0 }, "capacity"]
+      ] as const) {
+        const error = yield* Effect.flip(resolver(Discovery.layer(() => Effect.succeed([]), options as never)))
+        assert.strictEqual((error as { readonly path: string }).path, path)
+      }
+    })
+  )
+})
+
+describe("Discovery.layerHttp", () => {
+  it.effect("GET ?concept&intent; a 404 is NotFound, a 500 or a dead endpoint Unavailable; bodies are bounded", () =>
+    Effect.gen(function* () {
+      const server = yield* Server.make((request, response) => {
+        const concept = request.search.get("concept")
+        if (concept === "weather") {
+          return Server.json(response, 200, { agents: [{ url: "http://127.0.0.1:1/w", name: "meteo", timeout: 500 }] })
+        }
+        if (concept === "missing") return Server.json(response, 404, { error: "no such concept" })
+        if (concept === "huge")
+          return Server.endless(response, { contentType: "application/json", prefix: '{"agents":"' })
+        return Server.json(response, 500, { error: "registry down" })
+      })
+      const discovery = yield* httpDiscovery({ url: `${server.url}/agents`, maxResponseBytes: 64 * 1024 })
+      const found = yield* discovery.resolve(query)
+      assert.deepStrictEqual(found, [{ url: "http://127.0.0.1:1/w", name: "meteo", timeout: 500 }])
+      const [first] = yield* server.requests
+      assert.strictEqual(first?.path, "/agents")
+      assert.strictEqual(first?.search.get("intent"), "forecast")
+      assert.strictEqual(
+        (yield* Effect.flip(discovery.resolve({ concept: "missing", intent: "x" }))).reason,
+        "NotFound"
+      )
+      assert.strictEqual(
+        (yield* Effect.flip(discovery.resolve({ concept: "broken", intent: "x" }))).reason,
+        "Unavailable"
+      )
+      const huge = yield* Effect.flip(discovery.resolve({ concept: "huge", intent: "x" }))
+      assert.strictEqual(huge.reason, "Unavailable")
+      assert.include(huge.message, "maxResponseBytes")
+      const closed = yield* Effect.scoped(
+        Effect.map(
+          Server.make(() => undefined),
+          (s) => s.url
+        )
+      )
+      const dead = yield* httpDiscovery({ url: `${closed}/agents` })
+      assert.strictEqual((yield* Effect.flip(dead.resolve(query))).reason, "Unavailable")
+    })
+  )
+
+  it.effect("options are checked into ConfigErrors naming the field", () =>
+    Effect.gen(function* () {
+      for (const [options, path] of [
+        [{ url: "http://user:pw@127.0.0.1:1" }, "url"],
+        [{ url: "http://127.0.0.1:1", timeout: -1 }, "timeout"],
+        [{ url: "http://127.0.0.1:1", maxResponseBytes: Number.NaN }, "maxResponseBytes"]
+      ] as const) {
+        const error = yield* Effect.flip(httpDiscovery(options as Discovery.HttpOptions))
+        assert.strictEqual((error as { readonly path: string }).path, path)
+      }
+    })
+  )
+})
+
+describe("HttpAgent tasks by (concept, intent)", () => {
+  it.effect("a task without an agent is sent to the discovered agent, and falls back along the discovered list", () =>
+    Effect.gen(function* () {
+      const down = yield* AgentServer.make(() => ({ status: 503 }))
+      const meteo = yield* AgentServer.make()
+      const agents = yield* agentsWith(
+        Discovery.layerStatic([
+          { concept: "weather", intent: "forecast", agents: [{ url: meteo.url, name: "meteo" }] },
+          {
+            concept: "weather",
+            intent: "history",
+            agents: [
+              { url: down.url, name: "archive" },
+              { url: meteo.url, name: "meteo" }
+            ]
+          }
+        ])
+      )
+      const forecast = yield* agents.call({ id: "f", intent: "forecast", concept: "weather" })
+      assert.deepStrictEqual([forecast.status, forecast.agent], ["success", "meteo"])
+      const history = yield* agents.call({ id: "h", intent: "history", concept: "weather" })
+      assert.deepStrictEqual([history.status, history.agent, history.fallbackUsed], ["success", "meteo", true])
+      assert.strictEqual(down.requests(), 1)
+    })
+  )
+
+  it.effect("nothing found, or discovery down: a service_unavailable record; nothing is sent", () =>
+    Effect.gen(function* () {
+      const meteo = yield* AgentServer.make()
+      const agents = yield* agentsWith(
+        Discovery.layerStatic([{ concept: "weather", intent: "forecast", agents: { url: meteo.url } }])
+      )
+      const record = yield* agents.call({ id: "s", intent: "quote", concept: "stocks" })
+      assert.strictEqual(record.status, "service_unavailable")
+      assert.strictEqual(record.error?.reason, "DiscoveryNotFound")
+      assert.strictEqual(record.agent, "discovery:static")
+      const closed = yield* Effect.scoped(
+        Effect.map(
+          Server.make(() => undefined),
+          (s) => s.url
+        )
+      )
+      const downAgents = yield* agentsWith(
+        Discovery.layerHttp({ url: `${closed}/agents` }).pipe(Layer.provide(NodeHttpClient.layerUndici))
+      )
+      const down = yield* downAgents.call({ id: "d", intent: "forecast", concept: "weather" })
+      assert.deepStrictEqual([down.status, down.error?.reason], ["service_unavailable", "DiscoveryUnavailable"])
+      assert.strictEqual(meteo.requests(), 0)
+      const stats = yield* agents.stats("discovery:static")
+      assert.strictEqual(stats.statuses.service_unavailable, 1)
+    })
+  )
+})
