@@ -48,7 +48,7 @@ import * as Metrics from "./Metrics.js"
 export interface Options {
   /**
    * `redis://[[user]:password@]host:port[/db]`. Default `redis://127.0.0.1:6379`. Pass a URL
-   * that carries a password as `Redacted` (`Config.redacted("REDIS_URL")`).
+   * that carries a password as `Redacted` (`Config.Redacted("REDIS_URL")`).
    */
   readonly url?: string | Redacted.Redacted<string> | undefined
   /** Longest wait for one connection attempt (the first one and every reconnection). Default 2 seconds. */
@@ -169,7 +169,7 @@ export const layer = (
   )
 
 /**
- * {@link layer} from configuration: `Redis.layerConfig({ url: Config.redacted("REDIS_URL") })`.
+ * {@link layer} from configuration: `Redis.layerConfig({ url: Config.Redacted("REDIS_URL") })`.
  *
  * @since 0.2.0
  * @category layers

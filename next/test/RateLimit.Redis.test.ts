@@ -1,7 +1,8 @@
 import { spawn } from "node:child_process"
 import { fileURLToPath } from "node:url"
+import { inspect } from "node:util"
 import { assert, describe, it } from "@effect/vitest"
-import { Context, Duration, Effect, Exit, Layer, Logger, Metric, Schedule } from "effect"
+import { Cause, Config, ConfigProvider, Context, Duration, Effect, Exit, Layer, Logger, Metric, Schedule } from "effect"
 import { Redis as PersistenceRedis } from "effect/persistence"
 import type { ModelError } from "../src/AiError.js"
 import * as Metrics from "../src/Metrics.js"
@@ -295,6 +296,43 @@ describe.skipIf(skipRedis)(`RateLimit (Redis store; ${skipRedis ? skipReason : "
         assert.strictEqual((yield* burst(other.limits, key, 5)).admitted, 5)
       })
     )
+  )
+
+  it.live("Redis.layerConfig takes a redacted URL; a password in it reaches no error, log or rendering", () =>
+    Effect.gen(function* () {
+      const logs = yield* captureLogs
+      const secret = "s3cr3t-pa55word"
+      yield* Effect.scoped(
+        Effect.gen(function* () {
+          const server = yield* startRedis
+          // Redis without a password accepts AUTH-less clients; the URL's password is still sent and refused.
+          const config = (url: string) =>
+            Redis.layerConfig({ url: Config.Redacted("REDIS_URL") }).pipe(
+              Layer.provide(ConfigProvider.layer(ConfigProvider.fromUnknown({ REDIS_URL: url })))
+            )
+          const ok = yield* Effect.exit(Layer.build(config(server.url)))
+          assert.isTrue(Exit.isSuccess(ok), "a URL from configuration connects")
+          for (const url of [
+            `redis://user:${secret}@127.0.0.1:1`,
+            `redis://user:${secret}@${server.url.slice(8)}`,
+            `http://user:${secret}@x`
+          ]) {
+            const exit = yield* Effect.exit(Layer.build(config(url)))
+            assert.isTrue(Exit.isFailure(exit), url)
+            if (Exit.isFailure(exit)) {
+              const rendered = [
+                Cause.pretty(exit.cause),
+                JSON.stringify(exit.cause),
+                String(Cause.squash(exit.cause)),
+                inspect(exit.cause, { depth: 10 })
+              ]
+              for (const text of rendered) assert.notInclude(text, secret)
+            }
+          }
+        })
+      ).pipe(Effect.provide(logs.layer))
+      for (const line of logs.lines) assert.notInclude(line, secret)
+    })
   )
 
   it.live("invalid Redis options fail the layer with a ConfigError naming the field", () =>
