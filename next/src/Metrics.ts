@@ -282,3 +282,89 @@ export const agentLatency = Metric.histogram("orchestra_agent_duration_ms", {
   description: "Duration of an HTTP agent task, in milliseconds",
   boundaries: latencyBoundaries
 })
+
+/**
+ * Attributes `route` (`chat`, `chat_stream`, `embeddings`, `models`, `health`, `metrics`,
+ * `admin`, `other`) and `status` (the HTTP status code).
+ *
+ * @since 0.2.0
+ * @category gateway
+ */
+export const gatewayRequests = Metric.counter("orchestra_gateway_requests_total", {
+  description: "Requests answered by the gateway, by route and status",
+  incremental: true
+})
+
+/**
+ * Attribute `route`.
+ *
+ * @since 0.2.0
+ * @category gateway
+ */
+export const gatewayLatency = Metric.histogram("orchestra_gateway_request_duration_ms", {
+  description: "Time from a request's arrival to its answer (for streams: to the last byte), in milliseconds",
+  boundaries: latencyBoundaries
+})
+
+/**
+ * Attribute `route`. For a stream, up to its first byte.
+ *
+ * @since 0.2.0
+ * @category gateway
+ */
+export const gatewayOverhead = Metric.histogram("orchestra_gateway_overhead_ms", {
+  description: "Time a request spent in the gateway itself, waits on upstream providers excluded, in milliseconds",
+  boundaries: latencyBoundaries
+})
+
+/**
+ * @since 0.2.0
+ * @category gateway
+ */
+export const gatewayTimeToFirstToken = Metric.histogram("orchestra_gateway_time_to_first_token_ms", {
+  description: "Time from a streamed request's arrival to its first content byte sent to the client, in milliseconds",
+  boundaries: latencyBoundaries
+})
+
+/**
+ * Attribute `reason`: a `GatewayError` reason (`Unauthorized`, `BudgetExceeded`, ...) or
+ * the label of a model-call failure (`AiError.reasonOf`), for answers and for streams
+ * ended by an error event.
+ *
+ * @since 0.2.0
+ * @category gateway
+ */
+export const gatewayErrors = Metric.counter("orchestra_gateway_errors_total", {
+  description: "Requests the gateway answered with an error (or streams it ended with one), by reason",
+  incremental: true
+})
+
+/**
+ * @since 0.2.0
+ * @category gateway
+ */
+export const gatewayInFlight = Metric.gauge("orchestra_gateway_in_flight", {
+  description: "Requests (and streams) the gateway is serving now"
+})
+
+/**
+ * Attribute `type`: `input` or `output`.
+ *
+ * @since 0.2.0
+ * @category gateway
+ */
+export const gatewayTokens = Metric.counter("orchestra_gateway_tokens_total", {
+  description: "Tokens of the gateway's answered requests (as the providers reported them)",
+  incremental: true
+})
+
+/**
+ * Attributes `key` (the key's id, never its secret), `scope` (`key`, `team`, `model`) and
+ * `unit` (`tokens`, `usd`).
+ *
+ * @since 0.2.0
+ * @category gateway
+ */
+export const gatewayBudgetRemaining = Metric.gauge("orchestra_gateway_budget_remaining", {
+  description: "What is left of a virtual key's budget, by scope and unit"
+})
