@@ -662,6 +662,18 @@ describe("Local provider: streaming", () => {
     })
   )
 
+  it.effect("an encoder-decoder model streams the same text it generates, piece by piece", () =>
+    Effect.gen(function* () {
+      const { model } = yield* build({ generationModel: "tiny-bart" })
+      const request = { prompt: "a silver compass", maxTokens: 40 }
+      const parts = yield* Stream.runCollect(model.stream(request))
+      const whole = yield* model.generate(request)
+      const deltas = parts.filter((p) => p._tag === "TextDelta")
+      assert.strictEqual(deltas.length, whole.usage.outputTokens)
+      assert.strictEqual(deltas.map((p) => (p._tag === "TextDelta" ? p.text : "")).join(""), whole.text)
+    })
+  )
+
   it.effect("a stream never emits a partial stop sequence, and stops before it", () =>
     Effect.gen(function* () {
       const { model } = yield* build({})
@@ -809,15 +821,18 @@ describe("incremental decoding", () => {
       const promptIds = Array.from(tokenizer(prompt).input_ids.data as BigInt64Array, Number)
       const answerIds = Array.from(tokenizer(answer).input_ids.data as BigInt64Array, Number)
       assert.isTrue(answerIds.length > 20, "byte-level tokens for the non-ASCII characters")
-      const next = makeDetokenizer(decode, promptIds.length, 5)
-      const deltas: Array<string> = []
-      for (let i = 1; i <= answerIds.length; i++) {
-        const delta = next([...promptIds, ...answerIds.slice(0, i)])
-        if (delta.length > 0) deltas.push(delta)
+      // the context moves on after every piece (window 1), now and then, or never in this text
+      for (const window of [1, 3, 16, 1_000]) {
+        const next = makeDetokenizer(decode, promptIds.length, 5, window)
+        const deltas: Array<string> = []
+        for (let i = 1; i <= answerIds.length; i++) {
+          const delta = next([...promptIds, ...answerIds.slice(0, i)])
+          if (delta.length > 0) deltas.push(delta)
+        }
+        assert.strictEqual(deltas.join(""), answer, `window ${window}`)
+        for (const delta of deltas) assert.notInclude(delta, "\uFFFD")
+        assert.isTrue(deltas.length > 8)
       }
-      assert.strictEqual(deltas.join(""), answer)
-      for (const delta of deltas) assert.notInclude(delta, "\uFFFD")
-      assert.isTrue(deltas.length > 8)
     })
   )
 })

@@ -101,21 +101,36 @@ export const seededSampler = (temperature: number, topP: number, seed: number): 
  * few tokens of left context (so tokenizers that drop a leading space keep it) and return
  * what the context did not already produce; return nothing while the text ends in a partial
  * UTF-8 character. `start` is where the generated tokens begin in the sequences passed in.
+ *
+ * The context is kept for up to `window` tokens instead of moving on after every emitted
+ * piece: the text of the context is then the previous call's text, so a token costs one
+ * decode instead of two (the context moves on, with one more decode, once per window).
  */
 export const makeDetokenizer = (
   decode: (ids: ReadonlyArray<number>) => string,
   start: number,
-  context: number
+  context: number,
+  window = 16
 ): ((ids: ReadonlyArray<number>) => string) => {
   let prefixOffset = Math.max(0, start - context)
   let readOffset = start
+  // decode(ids[prefixOffset, readOffset)), when known
+  let prefixText: string | undefined
   return (ids) => {
-    const prefixText = decode(ids.slice(prefixOffset, readOffset))
+    // transformers.js refuses to decode no tokens (an encoder-decoder's first step has no context)
+    if (prefixText === undefined)
+      prefixText = readOffset > prefixOffset ? decode(ids.slice(prefixOffset, readOffset)) : ""
     const newText = decode(ids.slice(prefixOffset))
     if (newText.length <= prefixText.length || newText.endsWith("\uFFFD")) return ""
-    prefixOffset = readOffset
+    const delta = newText.slice(prefixText.length)
+    if (ids.length - prefixOffset > window) {
+      prefixOffset = Math.max(prefixOffset, readOffset)
+      prefixText = undefined
+    } else {
+      prefixText = newText
+    }
     readOffset = ids.length
-    return newText.slice(prefixText.length)
+    return delta
   }
 }
 
