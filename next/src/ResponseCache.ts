@@ -197,15 +197,6 @@ export const isComplete = (parts: ReadonlyArray<StreamPart>): boolean =>
   parts.length > 0 && parts.findIndex((p) => p._tag === "Finish") === parts.length - 1
 
 /**
- * Counts one lookup of cache `name` by outcome. For backends.
- *
- * @since 0.2.0
- * @category metrics
- */
-export const countLookup = (name: string, outcome: Source): Effect.Effect<void> =>
-  Metric.update(Metric.withAttributes(Metrics.cacheLookups, { cache: name, outcome }), 1)
-
-/**
  * The in-process cache: `effect`'s core `Cache` holds the entries and the running
  * computations (LRU by `capacity`, expiry on the `Clock`, so `TestClock` drives it).
  * Invalid options fail the layer with a `ConfigError` naming the field. Closing the layer
