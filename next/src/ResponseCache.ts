@@ -13,7 +13,6 @@
 import { createHash } from "node:crypto"
 import { Context, Duration, Effect, Layer, Metric, Option, Result, Schema } from "effect"
 import * as Input from "./Input.js"
-import * as Metrics from "./Metrics.js"
 import { type GenerateRequest, GenerateResponse, StreamPart, toMessages } from "./Model.js"
 import * as Internal from "./ResponseCache/internal.js"
 
