@@ -18,7 +18,7 @@ export interface TensorLike {
 }
 
 interface Beam {
-  readonly output_token_ids: ReadonlyArray<number>
+  readonly output_token_ids: ReadonlyArray<number | bigint>
 }
 
 interface GenerationConfigLike {
@@ -113,7 +113,9 @@ const STEPS_PER_YIELD = 32
 class StopSequence extends Error {}
 class Aborted extends Error {}
 
-const toNumbers = (ids: ReadonlyArray<number | bigint>): Array<number> => ids.map(Number)
+/** transformers.js keeps generated ids as numbers; convert only if a model hands back bigints. */
+const toNumbers = (ids: ReadonlyArray<number | bigint>): ReadonlyArray<number> =>
+  ids.length > 0 && typeof ids[0] === "bigint" ? ids.map(Number) : (ids as ReadonlyArray<number>)
 
 const eosIds = (model: PretrainedModelLike): ReadonlySet<number> => {
   const raw = model.generation_config?.eos_token_id ?? model.config.eos_token_id
@@ -166,7 +168,8 @@ export const makeInstance = ({ lib, modelId, task, tokenizer, model, clock }: In
     const inputTokens = encoded.input_ids.dims.at(-1) ?? 0
     // Decoder-only output repeats the prompt; encoder-decoder output starts with the decoder start token.
     const skip = seq2seq ? 1 : inputTokens
-    let generated: ReadonlyArray<number> = []
+    // The ids of the sequence so far (prompt included for decoder-only models), as of the last step.
+    let sequence: ReadonlyArray<number | bigint> = []
     const track = input.stop.length > 0 || onDelta !== undefined
     const longestStop = input.stop.reduce((n, s) => Math.max(n, s.length), 0)
     const detokenizer = makeDetokenizer(decode, skip, seq2seq ? 0 : 5)
@@ -206,9 +209,8 @@ export const makeInstance = ({ lib, modelId, task, tokenizer, model, clock }: In
         ? (beams) => {
             const beam = beams[0]
             if (beam === undefined) return
-            const ids = toNumbers(beam.output_token_ids)
-            generated = ids.slice(skip)
-            const delta = detokenizer(ids)
+            sequence = beam.output_token_ids
+            const delta = detokenizer(toNumbers(sequence))
             if (delta.length === 0) return
             const searchFrom = Math.max(0, text.length - longestStop)
             text += delta
@@ -236,13 +238,14 @@ export const makeInstance = ({ lib, modelId, task, tokenizer, model, clock }: In
     try {
       const sequences = await model.generate.call(view, encoded.input_ids, config, processors)
       const first = sequences[0]
-      if (first !== undefined) generated = toNumbers(first.slice(skip))
+      if (first !== undefined) sequence = first
     } catch (error) {
       if (!(error instanceof StopSequence)) throw error
       stopped = true
     }
+    const generated = toNumbers(sequence.slice(skip))
     // The whole decode is authoritative; the incremental one is its prefix in practice.
-    const full = decode(generated)
+    const full = generated.length === 0 ? "" : decode(generated)
     const final = stopped ? text.slice(0, stoppedAt) : full.startsWith(text) ? full : text
     if (onDelta !== undefined && final.length > emitted) onDelta(final.slice(emitted))
     const last = generated[generated.length - 1]
