@@ -1,0 +1,341 @@
+/**
+ * An OpenAI-compatible gateway: every policy of the pipeline behind one URL, for clients
+ * in any language (any OpenAI SDK). `POST /v1/chat/completions` (with SSE streams),
+ * `POST /v1/embeddings`, `GET /v1/models`, `/healthz`, `/readyz` and `/metrics` on
+ * `effect/http`, mounted in an application's own `HttpRouter` ({@link layer}) or served
+ * on its own ({@link serve}, and the `orchestra serve` command).
+ *
+ * A request's `model` names a domain (its fallback chain and policies) or
+ * `provider/model`; every request runs through the executor's one pipeline: deadlines,
+ * retries, breaker, rate limit, cache, fallback, hedging. Streams fall back before their
+ * first chunk; after it, a failure ends the stream with an OpenAI-style error event,
+ * never a clean `[DONE]`; the first-chunk, idle and total deadlines apply; a client that
+ * leaves cancels the upstream call. Errors are OpenAI-shaped bodies with the right status
+ * (400, 401, 403, 404, 413, 429 with `Retry-After`, 500, 502, 503, 504).
+ *
+ * Keys, budgets and per-key limits come from a {@link KeyStore} in context (`gateway/keys`:
+ * in memory or on Redis); without one the gateway refuses to build unless
+ * `allowAnonymous: true`. Shutdown drains: new requests get 503 and `/readyz` turns 503,
+ * the running ones get up to `drainTimeout`, then calls are answered 503 and streams end
+ * with an error event. See `docs/gateway.md`.
+ *
+ * @example
+ * ```ts
+ * import { Layer } from "effect"
+ * import * as Gateway from "effect-orchestra/Gateway"
+ * import * as Orchestra from "effect-orchestra/Orchestra"
+ * import * as Mock from "effect-orchestra/Model/Mock"
+ *
+ * export const server = Gateway.serve({ port: 4000, allowAnonymous: true }).pipe(
+ *   Layer.provide(Orchestra.layer({ providers: { mock: Mock.layer({ reply: "hi" }) } }))
+ * )
+ * ```
+ *
+ * @since 0.2.0
+ */
+import { createServer } from "node:http"
+import { NodeHttpServer } from "@effect/platform-node"
+import { Context, Duration, Effect, Layer, Option, type Redacted, Result } from "effect"
+import { HttpRouter, HttpServer, type HttpServerError } from "effect/http"
+import type { Domains, Providers } from "./Domain.js"
+import type { Executor } from "./Executor.js"
+import * as Input from "./Input.js"
+import type { RetryPolicy, RetryPolicyInput } from "./Policy.js"
+import type { Stats } from "./Stats.js"
+import type { GatewayError } from "./gateway/errors.js"
+import type { Keys } from "./gateway/routes.js"
+import * as Server from "./gateway/server.js"
+
+export {
+  /**
+   * A request the gateway refused (its key, budget, body, route), with what its answer needs.
+   *
+   * @since 0.2.0
+   * @category errors
+   */
+  GatewayError,
+  /**
+   * @since 0.2.0
+   * @category constructors
+   */
+  gatewayError,
+  /**
+   * @since 0.2.0
+   * @category models
+   */
+  type BudgetScope,
+  /**
+   * @since 0.2.0
+   * @category models
+   */
+  type GatewayReason,
+  /**
+   * How any failure of a request is answered: status, OpenAI-shaped body, `Retry-After`.
+   *
+   * @since 0.2.0
+   * @category conversions
+   */
+  toWire,
+  /**
+   * @since 0.2.0
+   * @category models
+   */
+  type WireError
+} from "./gateway/errors.js"
+
+/**
+ * The identity and policy of a request's key, as the key store gives it. The gateway reads
+ * `id` (metrics, spans) and `allowedModels`; the rest is the key store's.
+ *
+ * @since 0.2.0
+ * @category models
+ */
+export interface KeyContext {
+  /** The key's public id (a prefix shown to admins), never its secret. */
+  readonly id: string
+  readonly name?: string | undefined
+  readonly team?: string | undefined
+  /**
+   * Domains and `provider/model` names the key may use (`provider/*`: every model of a
+   * provider; `*`: all). Absent: every model.
+   */
+  readonly allowedModels?: ReadonlyArray<string> | undefined
+}
+
+/**
+ * What a request's reservation is to the gateway: an opaque value it hands back to
+ * `settle` or `release`.
+ *
+ * @since 0.2.0
+ * @category models
+ */
+export type Reservation = unknown
+
+/**
+ * The key store the gateway calls: authenticate a request's bearer token; before the call
+ * reserve its estimated cost against every budget (atomically); after it settle with the
+ * real usage, or release on failure, cancellation or shutdown. Implemented by
+ * `gateway/keys` (memory, Redis) or by an application.
+ *
+ * @since 0.2.0
+ * @category models
+ */
+export interface KeyStoreService {
+  /** The key of a bearer token (`undefined`: none sent), or a 401/403 `GatewayError`. */
+  readonly authenticate: (bearer: Redacted.Redacted<string> | undefined) => Effect.Effect<KeyContext, GatewayError>
+  /** A 429 `GatewayError` naming the budget (scope, spent, limit) when one is exceeded, or the key's rate limit. */
+  readonly reserve: (
+    key: KeyContext,
+    model: string,
+    estimate: { readonly inputTokens: number; readonly maxOutputTokens: number }
+  ) => Effect.Effect<Reservation, GatewayError>
+  readonly settle: (
+    reservation: Reservation,
+    usage: { readonly inputTokens: number; readonly outputTokens: number }
+  ) => Effect.Effect<void>
+  readonly release: (reservation: Reservation) => Effect.Effect<void>
+}
+
+/**
+ * @since 0.2.0
+ * @category services
+ */
+export class KeyStore extends Context.Service<KeyStore, KeyStoreService>()("effect-orchestra/gateway/KeyStore") {}
+
+/**
+ * Options of {@link layer}. Every value is checked when the layer is built (a
+ * `ConfigError` naming the field).
+ *
+ * @since 0.2.0
+ * @category models
+ */
+export interface Options {
+  /** Path prefix of the OpenAI routes. Default `"/v1"`; `""` for none. */
+  readonly prefix?: string | undefined
+  /** Largest request body, in bytes (413 beyond). Default 4 MiB; from 1 KiB to 1 GiB. */
+  readonly maxBodyBytes?: number | undefined
+  /** Whether `model` may name `provider/model` besides the domains. Default true. */
+  readonly providerModels?: boolean | undefined
+  /**
+   * Retries of `provider/model` calls: `true` (default) for the executor's policy, a
+   * policy, or `false`. Domains use their own.
+   */
+  readonly retry?: boolean | RetryPolicy | RetryPolicyInput | undefined
+  /** Output tokens reserved against budgets for a request without `max_tokens`. Default 4,096. */
+  readonly defaultMaxTokens?: number | undefined
+  /** Stream deadlines of every gateway stream (default: the domain's, then the executor's). */
+  readonly stream?:
+    | {
+        readonly firstChunkTimeout?: Duration.Input | "none" | undefined
+        readonly idleTimeout?: Duration.Input | "none" | undefined
+        readonly totalTimeout?: Duration.Input | "none" | undefined
+      }
+    | undefined
+  /** On shutdown, how long running requests and streams may finish before they are cut. Default 10 s. */
+  readonly drainTimeout?: Duration.Input | undefined
+  /** Path of the Prometheus metrics, or `false`. Default `"/metrics"`. */
+  readonly metricsPath?: string | false | undefined
+  /** Paths of the liveness and readiness checks, or `false`. Default `/healthz` and `/readyz`. */
+  readonly healthPaths?: { readonly live?: string | undefined; readonly ready?: string | undefined } | false | undefined
+  /** Admit requests without a key when no `KeyStore` is in context. Default false (the layer fails). */
+  readonly allowAnonymous?: boolean | undefined
+  /** `x-orchestra-*` headers saying which domain and provider answered. Default true. */
+  readonly provenanceHeaders?: boolean | undefined
+}
+
+/**
+ * The running gateway.
+ *
+ * @since 0.2.0
+ * @category models
+ */
+export interface Service {
+  /**
+   * Refuses new requests (503, `/readyz` 503), waits for the running ones up to
+   * `drainTimeout`, then cuts the rest. Idempotent; closing the layer runs it too.
+   */
+  readonly drain: Effect.Effect<void>
+  readonly isDraining: () => boolean
+  /** Requests and streams being served now. */
+  readonly inFlight: () => number
+}
+
+/**
+ * @since 0.2.0
+ * @category services
+ */
+export class Gateway extends Context.Service<Gateway, Service>()("effect-orchestra/Gateway") {}
+
+/**
+ * What the gateway needs: the manager's services (`Orchestra.layer` provides them all)
+ * and an `HttpRouter` to add its routes to.
+ *
+ * @since 0.2.0
+ * @category models
+ */
+export type Requirements = HttpRouter.HttpRouter | Executor | Domains | Providers | Stats
+
+/**
+ * The gateway's routes on the `HttpRouter` in context, for an application that serves
+ * its own `HttpRouter`. The `KeyStore` comes from context when there is one.
+ *
+ * @since 0.2.0
+ * @category layers
+ */
+export const layer = (options: Options = {}): Layer.Layer<Gateway, Input.ConfigError, Requirements> =>
+  Layer.effect(
+    Gateway,
+    Effect.flatMap(Effect.serviceOption(KeyStore), (keys) =>
+      Server.make(options, Option.getOrUndefined(keys) as Keys | undefined)
+    )
+  )
+
+/**
+ * Drains the gateway before the HTTP server closes: build it after the server (it needs
+ * both), so that it is closed first.
+ *
+ * @since 0.2.0
+ * @category layers
+ */
+export const layerDrain: Layer.Layer<never, never, Gateway | HttpServer.HttpServer> = Layer.effectDiscard(
+  Effect.gen(function* () {
+    const gateway = yield* Gateway
+    yield* HttpServer.HttpServer
+    yield* Effect.addFinalizer(() => gateway.drain)
+  })
+)
+
+/**
+ * Options of {@link serve}: the gateway's and the server's.
+ *
+ * @since 0.2.0
+ * @category models
+ */
+export interface ServeOptions extends Options {
+  /** Default `"127.0.0.1"` (give `"0.0.0.0"` to listen on every interface). */
+  readonly host?: string | undefined
+  /** Default 4000; 0 for any free port. */
+  readonly port?: number | undefined
+  /** Largest request head (request line and headers), in bytes. Default 16 KiB. */
+  readonly maxHeaderBytes?: number | undefined
+  /** Longest time to receive a whole request, headers and body. Default 30 seconds. */
+  readonly requestTimeout?: Duration.Input | undefined
+  /** How long an idle keep-alive connection is kept. Default 65 seconds (above common load balancers' 60). */
+  readonly keepAliveTimeout?: Duration.Input | undefined
+  /** Log each request (effect/http's logger). Default false. */
+  readonly logRequests?: boolean | undefined
+}
+
+const serveKeys: ReadonlySet<string> = new Set([
+  "host",
+  "port",
+  "maxHeaderBytes",
+  "requestTimeout",
+  "keepAliveTimeout",
+  "logRequests"
+])
+
+const host = (input: unknown): Input.Checked<string> =>
+  typeof input === "string" && input.trim().length > 0 && input.trim() === input
+    ? Result.succeed(input)
+    : Result.fail({ path: "host", message: `expected a host name or address such as "127.0.0.1", got ${typeof input}` })
+
+const checkServe = (options: ServeOptions) =>
+  Input.all([
+    host(options.host ?? "127.0.0.1"),
+    Input.int("port", options.port ?? 4000, { min: 0, max: 65535 }),
+    Input.int("maxHeaderBytes", options.maxHeaderBytes ?? 16 * 1024, { min: 1024, max: 1024 * 1024 }),
+    Input.duration("requestTimeout", options.requestTimeout ?? Duration.seconds(30)),
+    Input.duration("keepAliveTimeout", options.keepAliveTimeout ?? Duration.seconds(65)),
+    Input.duration("drainTimeout", options.drainTimeout ?? Duration.seconds(10), { allowZero: true })
+  ])
+
+/**
+ * The gateway on its own Node HTTP server: listens on `host:port`, bounds every request
+ * head (`maxHeaderBytes`) and body (`maxBodyBytes`), and on close (SIGTERM under
+ * `NodeRuntime.runMain`) drains the gateway before the server stops. Provides the
+ * `HttpServer` (its `address` tells the port chosen for `port: 0`).
+ *
+ * @since 0.2.0
+ * @category layers
+ */
+export const serve = (
+  options: ServeOptions = {}
+): Layer.Layer<
+  Gateway | HttpServer.HttpServer,
+  Input.ConfigError | HttpServerError.ServeError,
+  Exclude<Requirements, HttpRouter.HttpRouter>
+> =>
+  Layer.unwrap(
+    Effect.gen(function* () {
+      const [hostname, port, maxHeaderBytes, requestTimeout, keepAliveTimeout, drainTimeout] =
+        yield* Input.orConfigError(checkServe(options))
+      const gatewayOptions: Record<string, unknown> = {}
+      for (const [key, value] of Object.entries(options)) if (!serveKeys.has(key)) gatewayOptions[key] = value
+      const server = NodeHttpServer.layer(
+        () =>
+          createServer({
+            maxHeaderSize: maxHeaderBytes,
+            requestTimeout: Duration.toMillis(requestTimeout),
+            headersTimeout: Math.min(Duration.toMillis(requestTimeout), 60_000),
+            keepAliveTimeout: Duration.toMillis(keepAliveTimeout),
+            noDelay: true
+          }),
+        {
+          host: hostname,
+          port,
+          // After our own drain (and its cut), the server has nothing left to wait for.
+          gracefulShutdownTimeout: Duration.sum(drainTimeout, Duration.seconds(5))
+        }
+      )
+      return layerDrain.pipe(
+        Layer.provideMerge(
+          HttpRouter.serve(layer(gatewayOptions as Options), {
+            disableLogger: options.logRequests !== true,
+            disableListenLog: true
+          })
+        ),
+        Layer.provideMerge(server)
+      )
+    })
+  ) as never

@@ -1,0 +1,261 @@
+/**
+ * `POST /v1/chat/completions`: key, body, model, budget reservation, then the call (or
+ * the stream) through the pipeline, then the settlement with the real usage (or the
+ * release of the reservation on failure, cancellation or shutdown).
+ *
+ * A stream's first part is read before the answer starts: until then, retries and
+ * fallbacks happen inside the pipeline and a failure is answered with its real status
+ * (429, 503, 504...); after it, the answer is `200 text/event-stream` and a failure ends
+ * it with an error event. A client that leaves interrupts the request, which cancels the
+ * upstream call.
+ *
+ * @internal
+ */
+import { type Cause, Effect, Exit, Pull, type Scope, Stream } from "effect"
+import type { HttpServerRequest } from "effect/http"
+import { HttpServerResponse } from "effect/http"
+import { type AiError, ModelError, reasonOf } from "../AiError.js"
+import type { ExecuteOptions } from "../Executor.js"
+import { estimateInputTokens, type GenerateRequest, type GenerateResponse, validateGenerate } from "../Model.js"
+import type { Answer } from "../Router.js"
+import type { GatewayError } from "./errors.js"
+import type { Entry } from "./lifecycle.js"
+import {
+  answered,
+  authenticate,
+  checkAllowed,
+  cuttable,
+  draining,
+  type Env,
+  errorOf,
+  failure,
+  json,
+  type KeyIdentity,
+  readJson,
+  traced
+} from "./routes.js"
+import * as Sse from "./sse.js"
+import { CurrentTracker, millis, type Target, type Tracker } from "./upstream.js"
+import * as Wire from "./wire.js"
+
+/** A request's reservation, settled or released exactly once (the request scope's finalizer releases it). */
+interface Ticket {
+  readonly reservation: unknown
+  closed: boolean
+}
+
+/**
+ * @internal
+ */
+export const make = (env: Env) => {
+  const { executor, upstream, lifecycle, metrics, clock, options } = env
+  const providerOptions = new WeakMap<Target, ExecuteOptions>()
+
+  const executeOptions = (target: Extract<Target, { _tag: "Provider" }>): ExecuteOptions => {
+    let found = providerOptions.get(target)
+    if (found === undefined) {
+      found = { provider: target.provider, retry: env.retry ?? false }
+      providerOptions.set(target, found)
+    }
+    return found
+  }
+
+  const release = (ticket: Ticket | undefined) =>
+    Effect.suspend(() => {
+      if (ticket === undefined || ticket.closed || env.keys === undefined) return Effect.void
+      ticket.closed = true
+      return env.keys.release(ticket.reservation)
+    })
+
+  const settle = (ticket: Ticket | undefined, usage: { inputTokens: number; outputTokens: number }) =>
+    Effect.suspend(() => {
+      if (ticket === undefined || ticket.closed || env.keys === undefined) return Effect.void
+      ticket.closed = true
+      return env.keys.settle(ticket.reservation, usage)
+    })
+
+  const reserve = (key: KeyIdentity | undefined, model: string, request: GenerateRequest) =>
+    key === undefined || env.keys === undefined
+      ? Effect.succeed(undefined)
+      : Effect.flatMap(
+          env.keys.reserve(key, model, {
+            inputTokens: estimateInputTokens(request),
+            maxOutputTokens: request.maxTokens ?? options.defaultMaxTokens
+          }),
+          (reservation) => {
+            const ticket: Ticket = { reservation, closed: false }
+            // Whatever happens next (an answer, a failure, a client that leaves, a stream body never
+            // started), the request scope's end releases what was not settled.
+            return Effect.as(
+              Effect.addFinalizer(() => release(ticket)),
+              ticket
+            )
+          }
+        )
+
+  const provenance = (answer: Answer): Record<string, string> =>
+    options.provenanceHeaders
+      ? {
+          "x-orchestra-domain": answer.domain,
+          "x-orchestra-provider": answer.provider,
+          "x-orchestra-attempts": String(answer.attempts),
+          "x-orchestra-fallback": String(answer.fallbackUsed),
+          "x-orchestra-source": answer.source
+        }
+      : {}
+
+  const call = (
+    target: Target,
+    request: GenerateRequest
+  ): Effect.Effect<{ readonly response: GenerateResponse; readonly headers: Record<string, string> }, AiError> =>
+    target._tag === "Domain"
+      ? Effect.map(upstream.router.execute(request, target.domain.name), (answer) => ({
+          response: answer.response,
+          headers: provenance(answer)
+        }))
+      : Effect.map(executor.execute({ ...request, model: target.model }, executeOptions(target)), (response) => ({
+          response,
+          headers: options.provenanceHeaders ? { "x-orchestra-provider": response.provider } : {}
+        }))
+
+  const complete = (
+    entry: Entry,
+    started: number,
+    model: string,
+    target: Target,
+    request: GenerateRequest,
+    reserved: Ticket | undefined
+  ) =>
+    Effect.gen(function* () {
+      const tracker: Tracker = { upstreamMs: 0 }
+      const exit = yield* cuttable(entry, Effect.provideService(call(target, request), CurrentTracker, tracker))
+      if (Exit.isFailure(exit)) {
+        yield* release(reserved)
+        if (entry.cut) return answered(env, "chat", started, draining(env), tracker.upstreamMs)
+        return answered(env, "chat", started, failure(env, yield* errorOf(exit.cause)), tracker.upstreamMs)
+      }
+      const { response, headers } = exit.value
+      yield* settle(reserved, response.usage)
+      metrics.tokens(response.usage.inputTokens, response.usage.outputTokens)
+      const body = Wire.chatCompletion(env.nextId("chatcmpl-"), created(), model, response)
+      return answered(env, "chat", started, json(200, body, headers), tracker.upstreamMs)
+    })
+
+  const created = () => Math.floor(clock.currentTimeMillisUnsafe() / 1000)
+
+  const streamed = (
+    entry: Entry,
+    started: number,
+    call: Wire.ChatCall,
+    target: Target,
+    request: GenerateRequest,
+    reserved: Ticket | undefined
+  ) =>
+    Effect.gen(function* () {
+      const tracker: Tracker = { upstreamMs: 0 }
+      const deadlines = options.stream
+      const parts =
+        target._tag === "Domain"
+          ? upstream.router.stream(request, target.domain.name, deadlines)
+          : executor.stream({ ...request, model: target.model }, { ...executeOptions(target), ...deadlines })
+      const pull = yield* Stream.toPull(
+        parts.pipe(Stream.interruptWhen(lifecycle.cutSignal), Stream.provideService(CurrentTracker, tracker))
+      )
+      const first = yield* Effect.exit(pull)
+      if (Exit.isFailure(first)) {
+        yield* release(reserved)
+        lifecycle.leave(entry)
+        const error: AiError = Pull.isDoneCause(first.cause)
+          ? new ModelError({ reason: "Transport", message: "the stream ended before its first event" })
+          : yield* errorOf(first.cause as Cause.Cause<AiError>)
+        return answered(env, "chat_stream", started, failure(env, error), tracker.upstreamMs)
+      }
+      let ended = false
+      const end = (ending: Sse.Ending) =>
+        Effect.suspend(() => {
+          if (ended) return Effect.void
+          ended = true
+          lifecycle.leave(entry)
+          const elapsed = millis(clock) - started
+          switch (ending._tag) {
+            case "Finished": {
+              const usage = ending.finish.usage
+              metrics.tokens(usage.inputTokens, usage.outputTokens)
+              metrics.answered("chat_stream", 200, elapsed, undefined)
+              return settle(reserved, usage)
+            }
+            case "Failed":
+              metrics.failed(reasonOf(ending.error))
+              metrics.answered("chat_stream", 200, elapsed, undefined)
+              return release(reserved)
+            case "Cancelled":
+              metrics.failed("ClientClosed")
+              metrics.answered("chat_stream", 499, elapsed, undefined)
+              return release(reserved)
+          }
+        })
+      // A client gone before the body starts: the server never runs it, the request scope still ends.
+      yield* Effect.addFinalizer(() => end({ _tag: "Cancelled" }))
+      const body = Sse.body(first.value, pull, {
+        id: env.nextId("chatcmpl-"),
+        created: created(),
+        model: call.model,
+        includeUsage: call.includeUsage,
+        onFirstBytes: () => {
+          const at = millis(clock) - started
+          metrics.timeToFirstToken.record(at)
+          metrics.streamOverhead(at - tracker.upstreamMs)
+        },
+        onEnd: end
+      })
+      return HttpServerResponse.stream(body, {
+        contentType: "text/event-stream",
+        headers: { "cache-control": "no-cache", "x-accel-buffering": "no" }
+      })
+    })
+
+  const handle = (request: HttpServerRequest.HttpServerRequest, started: number, entry: Entry) =>
+    Effect.gen(function* () {
+      const key = yield* authenticate(env, request)
+      const body = yield* readJson(env, request)
+      const parsed = Wire.parseChat(body)
+      if (parsed._tag === "Failure") return yield* Effect.fail(parsed.failure)
+      const chatCall = parsed.success
+      const target = yield* upstream.resolve(chatCall.model)
+      yield* checkAllowed(key, chatCall.model)
+      const valid = yield* validateGenerate(chatCall.request, executor.limits)
+      const reserved = yield* reserve(key, chatCall.model, valid)
+      const attributes = {
+        "gen_ai.operation.name": "chat",
+        "gen_ai.request.model": chatCall.model,
+        ...(valid.maxTokens === undefined ? {} : { "gen_ai.request.max_tokens": valid.maxTokens }),
+        ...(valid.temperature === undefined ? {} : { "gen_ai.request.temperature": valid.temperature }),
+        ...(key === undefined ? {} : { "orchestra.key.id": key.id })
+      }
+      return yield* traced(`chat ${chatCall.model}`, attributes, () =>
+        chatCall.stream
+          ? streamed(entry, started, chatCall, target, valid, reserved)
+          : complete(entry, started, chatCall.model, target, valid, reserved)
+      )
+    })
+
+  /** The route's handler. */
+  return (
+    request: HttpServerRequest.HttpServerRequest
+  ): Effect.Effect<HttpServerResponse.HttpServerResponse, never, Scope.Scope> =>
+    Effect.suspend(() => {
+      const started = millis(clock)
+      const entry = lifecycle.enter()
+      if (entry === undefined) return Effect.succeed(answered(env, "chat", started, draining(env), undefined))
+      return handle(request, started, entry).pipe(
+        Effect.catch((error: AiError | GatewayError) =>
+          Effect.succeed(answered(env, "chat", started, failure(env, error), 0))
+        ),
+        Effect.onExit((exit) => {
+          // A stream answer leaves when its body ends; everything else leaves here.
+          if (Exit.isFailure(exit) || exit.value.body._tag !== "Stream") lifecycle.leave(entry)
+          return Effect.void
+        })
+      )
+    })
+}

@@ -1,0 +1,106 @@
+/**
+ * `POST /v1/embeddings`: key, body, model, budget reservation (input tokens only), the
+ * embedding through the pipeline, vectors back in input order as floats or base64.
+ *
+ * @internal
+ */
+import { Effect, Exit, type Scope } from "effect"
+import type { HttpServerRequest, HttpServerResponse } from "effect/http"
+import type { AiError } from "../AiError.js"
+import { type EmbedRequest, type EmbedResponse, estimateTokens, validateEmbed } from "../Model.js"
+import type { GatewayError } from "./errors.js"
+import type { Entry } from "./lifecycle.js"
+import {
+  answered,
+  authenticate,
+  checkAllowed,
+  cuttable,
+  draining,
+  type Env,
+  errorOf,
+  failure,
+  json,
+  readJson,
+  traced
+} from "./routes.js"
+import { CurrentTracker, millis, type Target, type Tracker } from "./upstream.js"
+import * as Wire from "./wire.js"
+
+/**
+ * @internal
+ */
+export const make = (env: Env) => {
+  const { executor, upstream, lifecycle, metrics, clock } = env
+
+  const embed = (target: Target, request: EmbedRequest): Effect.Effect<EmbedResponse, AiError> =>
+    target._tag === "Domain"
+      ? upstream.router.embed(request, target.domain.name)
+      : executor.embed({ ...request, model: target.model }, { provider: target.provider, retry: env.retry ?? false })
+
+  const handle = (request: HttpServerRequest.HttpServerRequest, started: number, entry: Entry) =>
+    Effect.gen(function* () {
+      const key = yield* authenticate(env, request)
+      const body = yield* readJson(env, request)
+      const parsed = Wire.parseEmbed(body)
+      if (parsed._tag === "Failure") return yield* Effect.fail(parsed.failure)
+      const call = parsed.success
+      const target = yield* upstream.resolve(call.model)
+      yield* checkAllowed(key, call.model)
+      const valid = yield* validateEmbed(call.request, executor.limits)
+      let inputTokens = 0
+      for (const text of valid.texts) inputTokens += estimateTokens(text)
+      const keys = env.keys
+      let reservation: unknown
+      let closed = true
+      if (key !== undefined && keys !== undefined) {
+        reservation = yield* keys.reserve(key, call.model, { inputTokens, maxOutputTokens: 0 })
+        closed = false
+        yield* Effect.addFinalizer(() =>
+          Effect.suspend(() => {
+            if (closed) return Effect.void
+            closed = true
+            return keys.release(reservation)
+          })
+        )
+      }
+      const attributes = {
+        "gen_ai.operation.name": "embeddings",
+        "gen_ai.request.model": call.model,
+        ...(key === undefined ? {} : { "orchestra.key.id": key.id })
+      }
+      return yield* traced(`embeddings ${call.model}`, attributes, () =>
+        Effect.gen(function* () {
+          const tracker: Tracker = { upstreamMs: 0 }
+          const exit = yield* cuttable(entry, Effect.provideService(embed(target, valid), CurrentTracker, tracker))
+          if (Exit.isFailure(exit)) {
+            const answer = entry.cut ? draining(env) : failure(env, yield* errorOf(exit.cause))
+            return answered(env, "embeddings", started, answer, tracker.upstreamMs)
+          }
+          const usage = { inputTokens: exit.value.usage?.inputTokens ?? inputTokens, outputTokens: 0 }
+          if (!closed && keys !== undefined) {
+            closed = true
+            yield* keys.settle(reservation, usage)
+          }
+          metrics.tokens(usage.inputTokens, 0)
+          const text = Wire.embeddings(call.model, exit.value, call.encoding)
+          return answered(env, "embeddings", started, json(200, text), tracker.upstreamMs)
+        })
+      )
+    })
+
+  /** The route's handler. */
+  return (
+    request: HttpServerRequest.HttpServerRequest
+  ): Effect.Effect<HttpServerResponse.HttpServerResponse, never, Scope.Scope> =>
+    Effect.suspend(() => {
+      const started = millis(clock)
+      const entry = lifecycle.enter()
+      if (entry === undefined) return Effect.succeed(answered(env, "embeddings", started, draining(env), undefined))
+      return handle(request, started, entry).pipe(
+        Effect.catch((error: AiError | GatewayError) =>
+          Effect.succeed(answered(env, "embeddings", started, failure(env, error), 0))
+        ),
+        Effect.ensuring(Effect.sync(() => lifecycle.leave(entry)))
+      )
+    })
+}

@@ -1,0 +1,115 @@
+/**
+ * The routes that call no model: `GET /v1/models` (the domains, and each provider's
+ * default model as `provider/model`, filtered by what the key may use), `GET
+ * /v1/models/{id}`, `/healthz` (the process is up), `/readyz` (it takes requests: 503 once
+ * draining), `/metrics` (Prometheus text), and OpenAI-shaped 404 / 405 answers for the
+ * rest of the gateway's paths.
+ *
+ * @internal
+ */
+import { Effect } from "effect"
+import { HttpRouter, type HttpServerRequest, HttpServerResponse } from "effect/http"
+import * as Prometheus from "../Prometheus.js"
+import { type GatewayError, gatewayError } from "./errors.js"
+import { allows, answered, authenticate, type Env, failure, json, type KeyIdentity } from "./routes.js"
+import { millis } from "./upstream.js"
+import * as Wire from "./wire.js"
+
+/**
+ * @internal
+ */
+export const make = (env: Env) => {
+  const { upstream, clock, lifecycle, options } = env
+
+  const entries = (key: KeyIdentity | undefined) => {
+    const out: Array<ReturnType<typeof Wire.modelEntry>> = []
+    for (const domain of upstream.domains) {
+      if (allows(key, domain.name)) out.push(Wire.modelEntry(domain.name, "orchestra"))
+    }
+    for (const provider of upstream.providers) {
+      const id = `${provider.name}/${provider.defaultModel}`
+      if (allows(key, id)) out.push(Wire.modelEntry(id, provider.name))
+    }
+    return out
+  }
+
+  const withKey = <R>(
+    request: HttpServerRequest.HttpServerRequest,
+    f: (key: KeyIdentity | undefined) => Effect.Effect<HttpServerResponse.HttpServerResponse, GatewayError, R>
+  ) =>
+    Effect.suspend(() => {
+      const started = millis(clock)
+      return Effect.flatMap(authenticate(env, request), f).pipe(
+        Effect.catch((error: GatewayError) => Effect.succeed(failure(env, error))),
+        Effect.map((response) => answered(env, "models", started, response, undefined))
+      )
+    })
+
+  const models = (request: HttpServerRequest.HttpServerRequest) =>
+    withKey(request, (key) => Effect.succeed(json(200, JSON.stringify({ object: "list", data: entries(key) }))))
+
+  const model = (request: HttpServerRequest.HttpServerRequest) =>
+    withKey(request, (key) =>
+      Effect.flatMap(HttpRouter.params, (params) => {
+        const id = params["*"] ?? ""
+        const found = entries(key).find((entry) => entry.id === id)
+        return found === undefined
+          ? Effect.fail(
+              gatewayError("NotFound", `The model "${id}" does not exist`, { param: "model", code: "model_not_found" })
+            )
+          : Effect.succeed(json(200, JSON.stringify(found)))
+      })
+    )
+
+  const health = Effect.sync(() => answered(env, "health", millis(clock), json(200, '{"status":"ok"}'), undefined))
+
+  const ready = Effect.map(env.executor.isShuttingDown, (closing) =>
+    answered(
+      env,
+      "health",
+      millis(clock),
+      closing || lifecycle.isDraining()
+        ? json(503, '{"status":"draining"}', { "retry-after": "1" })
+        : json(200, `{"status":"ready","inFlight":${lifecycle.inFlight()}}`),
+      undefined
+    )
+  )
+
+  const metrics = Effect.sync(() =>
+    answered(
+      env,
+      "metrics",
+      millis(clock),
+      HttpServerResponse.text(env.metricsText(), { contentType: Prometheus.contentType }),
+      undefined
+    )
+  )
+
+  const known = new Map<string, string>([
+    [`${options.prefix}/chat/completions`, "POST"],
+    [`${options.prefix}/embeddings`, "POST"],
+    [`${options.prefix}/models`, "GET"]
+  ])
+
+  const fallback = (request: HttpServerRequest.HttpServerRequest) =>
+    Effect.sync(() => {
+      const path = request.url.split("?")[0]!
+      const method = known.get(path)
+      const error =
+        method !== undefined
+          ? gatewayError("MethodNotAllowed", `${request.method} is not allowed on ${path}: use ${method}`, {
+              status: 405
+            })
+          : gatewayError("NotFound", `no route ${request.method} ${path}`, { code: "unknown_url" })
+      const answer = failure(env, error)
+      return answered(
+        env,
+        "other",
+        millis(clock),
+        method === undefined ? answer : HttpServerResponse.setHeader(answer, "allow", method),
+        undefined
+      )
+    })
+
+  return { models, model, health, ready, metrics, fallback }
+}

@@ -1,0 +1,112 @@
+/**
+ * The gateway's shutdown: stop accepting (new requests get a 503 with `Connection: close`
+ * and `/readyz` turns 503, so a load balancer moves away), drain the requests and streams
+ * in flight up to a deadline, then cut the rest: a call still running is answered 503
+ * (`shutting_down`), a stream still running ends with an error event, never a clean
+ * `[DONE]`.
+ *
+ * @internal
+ */
+import { Deferred, Duration, Effect, Exit, type Fiber } from "effect"
+import { ShuttingDownError } from "../AiError.js"
+
+/**
+ * One request in flight.
+ *
+ * @internal
+ */
+export interface Entry {
+  /** The call of a non-streaming request, interrupted by the cut. */
+  fiber: Fiber.Fiber<unknown, unknown> | undefined
+  /** Set by the cut, so the request answers `shutting_down` rather than as cancelled. */
+  cut: boolean
+  left: boolean
+}
+
+/**
+ * @internal
+ */
+export interface Lifecycle {
+  readonly isDraining: () => boolean
+  readonly inFlight: () => number
+  /** Counts a request in; `undefined` when draining (answer 503). */
+  readonly enter: () => Entry | undefined
+  /** Counts it out (idempotent). */
+  readonly leave: (entry: Entry) => void
+  /** Fails with `ShuttingDownError` once the drain deadline passed (streams stop on it). */
+  readonly cutSignal: Effect.Effect<never, ShuttingDownError>
+  /** Drains: refuse new requests, wait for the running ones up to the deadline, cut the rest. Idempotent. */
+  readonly drain: Effect.Effect<void>
+}
+
+const cutError = () =>
+  new ShuttingDownError({ message: "the gateway is shutting down: its drain deadline passed during this request" })
+
+/**
+ * @internal
+ */
+export const make = (options: {
+  readonly drainTimeout: Duration.Duration
+  /** After the cut, how long cut requests get to send their last bytes. */
+  readonly cutGrace?: Duration.Duration | undefined
+  readonly onCount?: ((inFlight: number) => void) | undefined
+}): Effect.Effect<Lifecycle> =>
+  Effect.gen(function* () {
+    let draining = false
+    let count = 0
+    let idle: Deferred.Deferred<void> | undefined
+    const entries = new Set<Entry>()
+    const cut = yield* Deferred.make<void>()
+    const cutSignal: Effect.Effect<never, ShuttingDownError> = Effect.andThen(
+      Deferred.await(cut),
+      Effect.fail(cutError())
+    )
+
+    const enter = (): Entry | undefined => {
+      if (draining) return undefined
+      const entry: Entry = { fiber: undefined, cut: false, left: false }
+      count++
+      entries.add(entry)
+      options.onCount?.(count)
+      return entry
+    }
+
+    const leave = (entry: Entry) => {
+      if (entry.left) return
+      entry.left = true
+      count--
+      entries.delete(entry)
+      options.onCount?.(count)
+      if (count === 0 && idle !== undefined) Deferred.doneUnsafe(idle, Exit.void)
+    }
+
+    const waitIdle = (timeout: Duration.Duration) =>
+      Effect.suspend(() => {
+        if (count === 0) return Effect.void
+        idle ??= Deferred.makeUnsafe<void>()
+        return Effect.asVoid(Effect.timeoutOption(Deferred.await(idle), timeout))
+      })
+
+    const drain = yield* Effect.cached(
+      Effect.gen(function* () {
+        draining = true
+        yield* waitIdle(options.drainTimeout)
+        if (count === 0) return
+        Deferred.doneUnsafe(cut, Exit.void)
+        for (const entry of entries) {
+          entry.cut = true
+          entry.fiber?.interruptUnsafe()
+        }
+        yield* waitIdle(options.cutGrace ?? Duration.seconds(2))
+      })
+    )
+
+    return {
+      isDraining: () => draining,
+      inFlight: () => count,
+      enter,
+      leave,
+      cutSignal,
+      drain
+    } satisfies Lifecycle
+  })

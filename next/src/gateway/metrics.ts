@@ -1,0 +1,111 @@
+/**
+ * The gateway's own metrics (`Metrics.gateway*`) as plain counters and histograms updated
+ * synchronously on the request path, registered in the `Metric.MetricRegistry` of the layer
+ * that built the gateway (as the call series of `stats/series.ts` are), and removed with it.
+ * Series appear on first use: a (route, status) pair at its first answer, a reason at its
+ * first error.
+ *
+ * @internal
+ */
+import { type Context, Metric } from "effect"
+import * as Metrics from "../Metrics.js"
+import { Histogram } from "../stats/series.js"
+
+/**
+ * The `route` attribute of the gateway's series.
+ *
+ * @internal
+ */
+export type Route = "chat" | "chat_stream" | "embeddings" | "models" | "health" | "metrics" | "admin" | "other"
+
+interface RouteSeries {
+  readonly latency: Histogram
+  readonly overhead: Histogram
+  readonly statuses: Map<number, { count: number }>
+}
+
+/**
+ * @internal
+ */
+export class GatewayMetrics {
+  inFlight = 0
+  inputTokens = 0
+  outputTokens = 0
+  readonly timeToFirstToken = new Histogram()
+  private readonly routes = new Map<Route, RouteSeries>()
+  private readonly reasons = new Map<string, { count: number }>()
+  private readonly registrations: Array<Metric.Registration> = []
+
+  constructor(private readonly context: Context.Context<never>) {
+    this.register(Metrics.gatewayInFlight, {}, () => ({ value: this.inFlight }))
+    this.register(Metrics.gatewayTimeToFirstToken, {}, () => this.timeToFirstToken.state())
+    this.register(Metrics.gatewayTokens, { type: "input" }, () => ({ count: this.inputTokens, incremental: true }))
+    this.register(Metrics.gatewayTokens, { type: "output" }, () => ({ count: this.outputTokens, incremental: true }))
+  }
+
+  private register<I, S>(metric: Metric.Metric<I, S>, attributes: Record<string, string>, get: () => S): void {
+    this.registrations.push(
+      Metric.registerUnsafe(Metric.withAttributes(metric, attributes), this.context, {
+        get,
+        update: () => {},
+        modify: () => {}
+      })
+    )
+  }
+
+  private route(route: Route): RouteSeries {
+    let series = this.routes.get(route)
+    if (series === undefined) {
+      const created: RouteSeries = { latency: new Histogram(), overhead: new Histogram(), statuses: new Map() }
+      this.register(Metrics.gatewayLatency, { route }, () => created.latency.state())
+      this.register(Metrics.gatewayOverhead, { route }, () => created.overhead.state())
+      this.routes.set(route, created)
+      series = created
+    }
+    return series
+  }
+
+  /** One answered request: its status, its duration and the part of it spent in the gateway. */
+  answered(route: Route, status: number, durationMs: number, overheadMs: number | undefined): void {
+    const series = this.route(route)
+    let counter = series.statuses.get(status)
+    if (counter === undefined) {
+      const created = { count: 0 }
+      this.register(Metrics.gatewayRequests, { route, status: String(status) }, () => ({
+        count: created.count,
+        incremental: true
+      }))
+      series.statuses.set(status, created)
+      counter = created
+    }
+    counter.count++
+    series.latency.record(durationMs)
+    if (overheadMs !== undefined) series.overhead.record(overheadMs)
+  }
+
+  /** A stream's gateway share, known at its first byte (its duration comes at its end). */
+  streamOverhead(overheadMs: number): void {
+    this.route("chat_stream").overhead.record(overheadMs)
+  }
+
+  failed(reason: string): void {
+    let counter = this.reasons.get(reason)
+    if (counter === undefined) {
+      const created = { count: 0 }
+      this.register(Metrics.gatewayErrors, { reason }, () => ({ count: created.count, incremental: true }))
+      this.reasons.set(reason, created)
+      counter = created
+    }
+    counter.count++
+  }
+
+  tokens(input: number, output: number): void {
+    this.inputTokens += input
+    this.outputTokens += output
+  }
+
+  remove(): void {
+    for (const registration of this.registrations) registration.remove()
+    this.registrations.length = 0
+  }
+}

@@ -1,0 +1,172 @@
+/**
+ * The gateway's options and their checks: every number and duration through `Input.ts`
+ * (a `ConfigError` naming the field), every path a route path, unknown fields refused.
+ *
+ * @internal
+ */
+import { Duration, Result } from "effect"
+import * as Input from "../Input.js"
+import { decodeRetry, type RetryPolicy, type RetryPolicyInput } from "../Policy.js"
+
+/**
+ * The options of `Gateway.layer` (documented there).
+ *
+ * @internal
+ */
+export interface Options {
+  readonly prefix?: string | undefined
+  readonly maxBodyBytes?: number | undefined
+  readonly providerModels?: boolean | undefined
+  readonly retry?: boolean | RetryPolicy | RetryPolicyInput | undefined
+  readonly defaultMaxTokens?: number | undefined
+  readonly stream?:
+    | {
+        readonly firstChunkTimeout?: Duration.Input | "none" | undefined
+        readonly idleTimeout?: Duration.Input | "none" | undefined
+        readonly totalTimeout?: Duration.Input | "none" | undefined
+      }
+    | undefined
+  readonly drainTimeout?: Duration.Input | undefined
+  readonly metricsPath?: string | false | undefined
+  readonly healthPaths?: { readonly live?: string | undefined; readonly ready?: string | undefined } | false | undefined
+  readonly allowAnonymous?: boolean | undefined
+  readonly provenanceHeaders?: boolean | undefined
+}
+
+/**
+ * The options after their checks.
+ *
+ * @internal
+ */
+export interface Resolved {
+  readonly prefix: `/${string}` | ""
+  readonly maxBodyBytes: number
+  readonly providerModels: boolean
+  /** `"executor"`: the executor's own policy. */
+  readonly retry: RetryPolicy | false | "executor"
+  readonly defaultMaxTokens: number
+  readonly stream: {
+    readonly firstChunkTimeout: Duration.Duration | "none" | undefined
+    readonly idleTimeout: Duration.Duration | "none" | undefined
+    readonly totalTimeout: Duration.Duration | "none" | undefined
+  }
+  readonly drainTimeout: Duration.Duration
+  readonly metricsPath: `/${string}` | undefined
+  readonly livePath: `/${string}` | undefined
+  readonly readyPath: `/${string}` | undefined
+  readonly allowAnonymous: boolean
+  readonly provenanceHeaders: boolean
+}
+
+const known: ReadonlySet<string> = new Set([
+  "prefix",
+  "maxBodyBytes",
+  "providerModels",
+  "retry",
+  "defaultMaxTokens",
+  "stream",
+  "drainTimeout",
+  "metricsPath",
+  "healthPaths",
+  "allowAnonymous",
+  "provenanceHeaders"
+])
+
+const path = (field: string, input: unknown, allowEmpty: boolean): Input.Checked<`/${string}` | ""> => {
+  if (typeof input !== "string") return Result.fail({ path: field, message: `expected a path such as "/v1"` })
+  if (input === "" && allowEmpty) return Result.succeed("")
+  if (!/^\/[A-Za-z0-9._~\-/]*$/.test(input) || input.includes("//") || (input.length > 1 && input.endsWith("/"))) {
+    return Result.fail({ path: field, message: `expected a path such as "/v1", got ${JSON.stringify(input)}` })
+  }
+  return Result.succeed(input as `/${string}`)
+}
+
+const optionalPath = (field: string, input: unknown, fallback: `/${string}`) =>
+  input === false ? Result.succeed(undefined) : (path(field, input ?? fallback, false) as Input.Checked<`/${string}`>)
+
+const deadline = (field: string, input: Duration.Input | "none" | undefined) =>
+  input === undefined || input === "none" ? Result.succeed(input) : Input.duration(field, input)
+
+const boolean = (field: string, input: unknown, fallback: boolean): Input.Checked<boolean> =>
+  input === undefined
+    ? Result.succeed(fallback)
+    : typeof input === "boolean"
+      ? Result.succeed(input)
+      : Result.fail({ path: field, message: `expected true or false, got ${typeof input}` })
+
+/**
+ * Checks the options; the first wrong field is a `ConfigError` naming it.
+ *
+ * @internal
+ */
+export const check = (options: Options, at = ""): Input.Checked<Resolved> => {
+  const p = (field: string) => `${at}${field}`
+  if (typeof options !== "object" || options === null)
+    return Result.fail({ path: p("(options)"), message: "expected an object" })
+  for (const key of Object.keys(options)) {
+    if (!known.has(key)) return Result.fail({ path: p(key), message: "unknown option" })
+  }
+  const health = options.healthPaths
+  if (health !== undefined && health !== false && (typeof health !== "object" || health === null)) {
+    return Result.fail({ path: p("healthPaths"), message: "expected { live, ready } or false" })
+  }
+  const stream = options.stream ?? {}
+  for (const key of Object.keys(stream)) {
+    if (key !== "firstChunkTimeout" && key !== "idleTimeout" && key !== "totalTimeout") {
+      return Result.fail({ path: p(`stream.${key}`), message: "unknown option" })
+    }
+  }
+  const retry: Input.Checked<RetryPolicy | false | undefined> =
+    options.retry === false
+      ? Result.succeed(false)
+      : options.retry === undefined || options.retry === true
+        ? Result.succeed(undefined)
+        : decodeRetry(options.retry, p("retry"))
+  return Result.map(
+    Input.all([
+      path(p("prefix"), options.prefix ?? "/v1", true),
+      Input.int(p("maxBodyBytes"), options.maxBodyBytes ?? 4 * 1024 * 1024, { min: 1024, max: 1024 * 1024 * 1024 }),
+      boolean(p("providerModels"), options.providerModels, true),
+      retry,
+      Input.positiveInt(p("defaultMaxTokens"), options.defaultMaxTokens ?? 4096, 1_000_000),
+      deadline(p("stream.firstChunkTimeout"), stream.firstChunkTimeout),
+      deadline(p("stream.idleTimeout"), stream.idleTimeout),
+      deadline(p("stream.totalTimeout"), stream.totalTimeout),
+      Input.duration(p("drainTimeout"), options.drainTimeout ?? Duration.seconds(10), { allowZero: true }),
+      optionalPath(p("metricsPath"), options.metricsPath, "/metrics"),
+      optionalPath(p("healthPaths.live"), health === false ? false : health?.live, "/healthz"),
+      optionalPath(p("healthPaths.ready"), health === false ? false : health?.ready, "/readyz"),
+      boolean(p("allowAnonymous"), options.allowAnonymous, false),
+      boolean(p("provenanceHeaders"), options.provenanceHeaders, true)
+    ]),
+    ([
+      prefix,
+      maxBodyBytes,
+      providerModels,
+      retryPolicy,
+      defaultMaxTokens,
+      firstChunkTimeout,
+      idleTimeout,
+      totalTimeout,
+      drainTimeout,
+      metricsPath,
+      livePath,
+      readyPath,
+      allowAnonymous,
+      provenanceHeaders
+    ]): Resolved => ({
+      prefix,
+      maxBodyBytes,
+      providerModels,
+      retry: retryPolicy ?? "executor",
+      defaultMaxTokens,
+      stream: { firstChunkTimeout, idleTimeout, totalTimeout },
+      drainTimeout,
+      metricsPath,
+      livePath,
+      readyPath,
+      allowAnonymous,
+      provenanceHeaders
+    })
+  )
+}

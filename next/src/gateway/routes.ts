@@ -1,0 +1,256 @@
+/**
+ * What every route shares: the environment, the key check, the bounded body read, the
+ * error answer (OpenAI-shaped, counted by reason), the metrics of an answer, and spans
+ * with `gen_ai.*` attributes when the server is traced.
+ *
+ * @internal
+ */
+import { Cause, type Clock, Effect, type Exit, Fiber, Option, Redacted, Result, Tracer } from "effect"
+import * as ByteSize from "effect/ByteSize"
+import { HttpIncomingMessage, type HttpServerRequest, HttpServerResponse } from "effect/http"
+import type { AiError } from "../AiError.js"
+import type { Service as ExecutorService } from "../Executor.js"
+import type { RetryPolicy } from "../Policy.js"
+import { type GatewayError, gatewayError, toWire } from "./errors.js"
+import type { Entry, Lifecycle } from "./lifecycle.js"
+import type { GatewayMetrics, Route } from "./metrics.js"
+import type { Resolved } from "./options.js"
+import { millis, type Upstream } from "./upstream.js"
+
+/**
+ * The identity a key store gives a request's key (the `KeyContext` of the key store,
+ * read structurally: the gateway needs only these fields).
+ *
+ * @internal
+ */
+export interface KeyIdentity {
+  readonly id: string
+  /** Domains or `provider/model` names (`provider/*` for all of a provider's); absent: every model. */
+  readonly allowedModels?: ReadonlyArray<string> | undefined
+}
+
+/**
+ * What the gateway needs of the key store (`gateway/keys`): authenticate, then reserve
+ * before a call and settle (or release) after it.
+ *
+ * @internal
+ */
+export interface Keys<K extends KeyIdentity = KeyIdentity, R = unknown> {
+  readonly authenticate: (bearer: Redacted.Redacted<string> | undefined) => Effect.Effect<K, GatewayError>
+  readonly reserve: (
+    key: K,
+    model: string,
+    estimate: { readonly inputTokens: number; readonly maxOutputTokens: number }
+  ) => Effect.Effect<R, GatewayError>
+  readonly settle: (
+    reservation: R,
+    usage: { readonly inputTokens: number; readonly outputTokens: number }
+  ) => Effect.Effect<void>
+  readonly release: (reservation: R) => Effect.Effect<void>
+}
+
+/**
+ * @internal
+ */
+export interface Env {
+  readonly options: Resolved
+  readonly executor: ExecutorService
+  readonly upstream: Upstream
+  readonly keys: Keys | undefined
+  readonly metrics: GatewayMetrics
+  readonly lifecycle: Lifecycle
+  readonly clock: Clock.Clock
+  /** Retries of `provider/model` calls: `true` for the executor's policy, `undefined` for none. */
+  readonly retry: RetryPolicy | true | undefined
+  /** The Prometheus text of the gateway's registry. */
+  readonly metricsText: () => string
+  /** A fresh id for an answer (`chatcmpl-...`). */
+  readonly nextId: (prefix: string) => string
+}
+
+/**
+ * A JSON answer.
+ *
+ * @internal
+ */
+export const json = (
+  status: number,
+  body: string,
+  headers?: Record<string, string>
+): HttpServerResponse.HttpServerResponse =>
+  HttpServerResponse.text(body, { status, contentType: "application/json", headers })
+
+/**
+ * The answer to a failure, counted under its reason.
+ *
+ * @internal
+ */
+export const failure = (
+  env: Env,
+  error: AiError | GatewayError,
+  extraHeaders?: Record<string, string>
+): HttpServerResponse.HttpServerResponse => {
+  const wire = toWire(error)
+  env.metrics.failed(wire.reason)
+  const headers: Record<string, string> = { ...extraHeaders }
+  if (wire.retryAfterSeconds !== undefined) headers["retry-after"] = String(wire.retryAfterSeconds)
+  return json(wire.status, JSON.stringify(wire.body), headers)
+}
+
+/**
+ * Records an answer (its status, duration, and gateway share when known) and returns it.
+ *
+ * @internal
+ */
+export const answered = (
+  env: Env,
+  route: Route,
+  started: number,
+  response: HttpServerResponse.HttpServerResponse,
+  upstreamMs: number | undefined
+): HttpServerResponse.HttpServerResponse => {
+  const elapsed = millis(env.clock) - started
+  env.metrics.answered(route, response.status, elapsed, upstreamMs === undefined ? undefined : elapsed - upstreamMs)
+  return response
+}
+
+/**
+ * The answer while draining: 503, and the connection closed after it.
+ *
+ * @internal
+ */
+export const draining = (env: Env): HttpServerResponse.HttpServerResponse =>
+  failure(env, gatewayError("Unavailable", "the gateway is shutting down", { code: "shutting_down" }), {
+    connection: "close"
+  })
+
+const bearerPattern = /^Bearer[ \t]+(\S+)[ \t]*$/i
+
+/**
+ * The request's key: `Authorization: Bearer <key>` (the secret is wrapped at once).
+ *
+ * @internal
+ */
+export const bearerOf = (request: HttpServerRequest.HttpServerRequest): Redacted.Redacted<string> | undefined => {
+  const header = request.headers.authorization
+  if (header === undefined) return undefined
+  const match = bearerPattern.exec(header)
+  return match === null ? undefined : Redacted.make(match[1]!)
+}
+
+/**
+ * Authenticates a request: its key's identity, or `undefined` for an open gateway.
+ *
+ * @internal
+ */
+export const authenticate = (
+  env: Env,
+  request: HttpServerRequest.HttpServerRequest
+): Effect.Effect<KeyIdentity | undefined, GatewayError> =>
+  env.keys === undefined ? Effect.succeed(undefined) : env.keys.authenticate(bearerOf(request))
+
+/**
+ * Whether a key may use a model: listed, or its provider listed as `provider/*`, or `*`.
+ *
+ * @internal
+ */
+export const allows = (key: KeyIdentity | undefined, model: string): boolean => {
+  const allowed = key?.allowedModels
+  if (allowed === undefined) return true
+  for (const entry of allowed) {
+    if (entry === "*" || entry === model) return true
+    if (entry.endsWith("/*") && model.startsWith(entry.slice(0, -1))) return true
+  }
+  return false
+}
+
+/**
+ * Refuses a model the key may not use (403).
+ *
+ * @internal
+ */
+export const checkAllowed = (key: KeyIdentity | undefined, model: string): Effect.Effect<void, GatewayError> =>
+  allows(key, model)
+    ? Effect.void
+    : Effect.fail(
+        gatewayError("Forbidden", `this key may not use the model "${model}"`, {
+          param: "model",
+          code: "model_not_allowed"
+        })
+      )
+
+const decoder = new TextDecoder()
+
+/**
+ * Reads the body as JSON, at most `maxBodyBytes` (413 beyond; 400 when it is not JSON).
+ *
+ * @internal
+ */
+export const readJson = (
+  env: Env,
+  request: HttpServerRequest.HttpServerRequest
+): Effect.Effect<unknown, GatewayError> =>
+  request.arrayBuffer.pipe(
+    Effect.provideService(HttpIncomingMessage.MaxBodySize, ByteSize.bytes(env.options.maxBodyBytes)),
+    Effect.mapError((error) =>
+      error.reason._tag === "RequestParseError" && error.reason.reason === "BodyTooLarge"
+        ? gatewayError("TooLarge", `the request body is larger than ${env.options.maxBodyBytes} bytes`)
+        : gatewayError("InvalidRequest", "the request body could not be read", { param: "body" })
+    ),
+    Effect.flatMap((bytes) => {
+      const parsed = Result.try(() => JSON.parse(decoder.decode(bytes)) as unknown)
+      return Result.isSuccess(parsed)
+        ? Effect.succeed(parsed.success)
+        : Effect.fail(
+            gatewayError("InvalidRequest", "the request body is not valid JSON", {
+              param: "body",
+              code: "invalid_json"
+            })
+          )
+    })
+  )
+
+/**
+ * The error of a failed exit, or the cause re-raised (an interruption, a defect).
+ *
+ * @internal
+ */
+export const errorOf = <E>(cause: Cause.Cause<E>): Effect.Effect<E, never> =>
+  Option.match(Cause.findErrorOption(cause), {
+    onNone: () => Effect.failCause(cause as Cause.Cause<never>),
+    onSome: Effect.succeed
+  })
+
+/**
+ * `effect` in a span named `name` with `attributes` when the server is traced (a parent
+ * span exists); as is otherwise, so untraced servers pay nothing for it.
+ *
+ * @internal
+ */
+export const traced = <A, E, R>(
+  name: string,
+  attributes: Record<string, unknown>,
+  effect: (span: Tracer.Span | undefined) => Effect.Effect<A, E, R>
+): Effect.Effect<A, E, R> =>
+  Effect.flatMap(Effect.serviceOption(Tracer.ParentSpan), (parent) =>
+    Option.isSome(parent)
+      ? Effect.useSpan(name, { attributes, kind: "internal" }, (span) =>
+          Effect.withParentSpan(effect(span), span, { captureStackTrace: false })
+        )
+      : effect(undefined)
+  )
+
+/**
+ * Runs a request's call in a child fiber the drain can cut (its answer is then 503
+ * `shutting_down`); the client leaving interrupts it with the request.
+ *
+ * @internal
+ */
+export const cuttable = <A, E>(entry: Entry, effect: Effect.Effect<A, E>): Effect.Effect<Exit.Exit<A, E>> =>
+  Effect.flatMap(Effect.forkChild(effect, { startImmediately: true }), (fiber) => {
+    entry.fiber = fiber
+    return Effect.map(Fiber.await(fiber), (exit) => {
+      entry.fiber = undefined
+      return exit
+    })
+  })

@@ -1,0 +1,100 @@
+/**
+ * The gateway built on an `HttpRouter`: options checked, the routes registered, the
+ * metrics registered in the layer's registry, and the drain on the layer's close.
+ *
+ * @internal
+ */
+import { Clock, Effect } from "effect"
+import { HttpRouter } from "effect/http"
+import { Executor } from "../Executor.js"
+import * as Input from "../Input.js"
+import * as Prometheus from "../Prometheus.js"
+import * as Chat from "./chat.js"
+import * as Embeddings from "./embeddings.js"
+import * as Info from "./info.js"
+import * as Lifecycle from "./lifecycle.js"
+import { GatewayMetrics } from "./metrics.js"
+import { check, type Options } from "./options.js"
+import type { Env, Keys } from "./routes.js"
+import * as Upstream from "./upstream.js"
+
+/**
+ * What the running gateway offers its owner.
+ *
+ * @internal
+ */
+export interface Handle {
+  /** Refuse new requests, wait for the running ones up to `drainTimeout`, cut the rest. Idempotent. */
+  readonly drain: Effect.Effect<void>
+  readonly isDraining: () => boolean
+  readonly inFlight: () => number
+}
+
+const alphabet = "0123456789abcdefghijklmnopqrstuvwxyz"
+
+/**
+ * Builds the gateway on the `HttpRouter` in context. `keys`: the key store, or `undefined`
+ * for an open gateway (refused unless `allowAnonymous`).
+ *
+ * @internal
+ */
+export const make = Effect.fnUntraced(function* (input: Options, keys: Keys | undefined) {
+  const options = yield* Input.orConfigError(check(input))
+  if (keys === undefined && !options.allowAnonymous) {
+    return yield* Effect.fail(
+      Input.toConfigError({
+        path: "keys",
+        message:
+          "no key store in context: provide one (gateway/keys), or set allowAnonymous: true for a gateway that admits every request"
+      })
+    )
+  }
+  const executor = yield* Executor
+  const clock = yield* Clock.Clock
+  const router = yield* HttpRouter.HttpRouter
+  const upstream = yield* Upstream.make(clock, options.providerModels)
+  const context = yield* Effect.context<never>()
+  const metrics = new GatewayMetrics(context)
+  yield* Effect.addFinalizer(() => Effect.sync(() => metrics.remove()))
+  const lifecycle = yield* Lifecycle.make({
+    drainTimeout: options.drainTimeout,
+    onCount: (n) => {
+      metrics.inFlight = n
+    }
+  })
+  // Closing the layer drains (a no-op when the owner drained first, as `Gateway.serve` does).
+  yield* Effect.addFinalizer(() => lifecycle.drain)
+
+  // Ids unique across replicas: a random prefix per process, then a counter.
+  let counter = 0
+  let prefix = ""
+  for (let i = 0; i < 8; i++) prefix += alphabet[Math.floor(Math.random() * alphabet.length)]
+
+  const env: Env = {
+    options,
+    executor,
+    upstream,
+    keys,
+    metrics,
+    lifecycle,
+    clock,
+    retry: options.retry === "executor" ? true : options.retry === false ? undefined : options.retry,
+    metricsText: () => Prometheus.formatUnsafe(context),
+    nextId: (kind) => `${kind}${prefix}${(counter++).toString(36)}`
+  }
+  const chat = Chat.make(env)
+  const embeddings = Embeddings.make(env)
+  const info = Info.make(env)
+  const api = options.prefix
+  yield* router.addAll([
+    HttpRouter.route("POST", `${api}/chat/completions`, chat),
+    HttpRouter.route("POST", `${api}/embeddings`, embeddings),
+    HttpRouter.route("GET", `${api}/models`, info.models),
+    HttpRouter.route("GET", `${api}/models/*`, info.model),
+    HttpRouter.route("*", `${api}/*`, info.fallback)
+  ])
+  if (options.livePath !== undefined) yield* router.add("GET", options.livePath, info.health)
+  if (options.readyPath !== undefined) yield* router.add("GET", options.readyPath, info.ready)
+  if (options.metricsPath !== undefined) yield* router.add("GET", options.metricsPath, info.metrics)
+  return { drain: lifecycle.drain, isDraining: lifecycle.isDraining, inFlight: lifecycle.inFlight } satisfies Handle
+})

@@ -1,0 +1,137 @@
+/**
+ * The SSE body of a streamed chat completion, written from the pipeline's parts: text
+ * deltas (the first one carries the assistant role), complete tool calls, the finishing
+ * chunk, the usage chunk when `stream_options.include_usage` asked for it, then
+ * `data: [DONE]`. A failure after the first chunk ends the body with an OpenAI-style error
+ * event (`data: {"error": {...}}`, which the official clients raise) and never with
+ * `[DONE]`. Each read of the pipeline becomes one write.
+ *
+ * @internal
+ */
+import { Cause, Effect, Pull, Stream } from "effect"
+import type * as Arr from "effect/Array"
+import { type AiError, ModelError } from "../AiError.js"
+import type { Finish, StreamPart } from "../Model.js"
+import { toWire } from "./errors.js"
+import * as Wire from "./wire.js"
+
+/**
+ * How a stream ended.
+ *
+ * @internal
+ */
+export type Ending =
+  | { readonly _tag: "Finished"; readonly finish: Finish }
+  | { readonly _tag: "Failed"; readonly error: AiError }
+  | { readonly _tag: "Cancelled" }
+
+/**
+ * @internal
+ */
+export interface Options {
+  readonly id: string
+  readonly created: number
+  readonly model: string
+  readonly includeUsage: boolean
+  /** Called when the first bytes are handed to the server. */
+  readonly onFirstBytes: () => void
+  /** Called once, however the body ends (the client leaving included). */
+  readonly onEnd: (ending: Ending) => Effect.Effect<void>
+}
+
+const encoder = new TextEncoder()
+
+type Parts = Arr.NonEmptyReadonlyArray<StreamPart>
+
+/**
+ * The body: `first` (already read, to decide the status) and then the rest of `pull`.
+ *
+ * @internal
+ */
+export const body = (first: Parts, pull: Pull.Pull<Parts, AiError>, options: Options): Stream.Stream<Uint8Array> => {
+  const prefix = Wire.chunkPrefix(options.id, options.created, options.model)
+  let pending: Parts | undefined = first
+  let roleSent = false
+  let toolIndex = 0
+  let done = false
+  let ending: Ending | undefined
+
+  const delta = (fields: Record<string, unknown>): string => {
+    if (!roleSent) {
+      roleSent = true
+      return Wire.chunkEvent(prefix, Wire.deltaChoices({ role: "assistant", ...fields }))
+    }
+    return Wire.chunkEvent(prefix, Wire.deltaChoices(fields))
+  }
+
+  const encode = (parts: Parts): string => {
+    let out = ""
+    let text = ""
+    for (const part of parts) {
+      if (done) break
+      switch (part._tag) {
+        case "TextDelta":
+          text += part.text
+          break
+        case "ToolCall":
+          if (text.length > 0) {
+            out += delta({ content: text })
+            text = ""
+          }
+          out += delta(Wire.toolCallDelta(toolIndex++, part.call))
+          break
+        case "Finish":
+          if (text.length > 0) {
+            out += delta({ content: text })
+            text = ""
+          }
+          if (!roleSent) out += delta({ content: "" })
+          out += Wire.chunkEvent(prefix, Wire.finishChoices(part.finishReason))
+          if (options.includeUsage) {
+            out += Wire.chunkEvent(prefix, `"choices":[],"usage":${JSON.stringify(Wire.usageOf(part.usage))}`)
+          }
+          out += "data: [DONE]\n\n"
+          done = true
+          ending = { _tag: "Finished", finish: part }
+          break
+      }
+    }
+    if (text.length > 0) out += delta({ content: text })
+    return out
+  }
+
+  const fail = (error: AiError): string => {
+    done = true
+    ending = { _tag: "Failed", error }
+    return `data: ${JSON.stringify(toWire(error).body)}\n\n`
+  }
+
+  const emit = (text: string): Pull.Pull<Arr.NonEmptyReadonlyArray<Uint8Array>, never> =>
+    text.length === 0 ? next : Effect.succeed([encoder.encode(text)])
+
+  const next: Pull.Pull<Arr.NonEmptyReadonlyArray<Uint8Array>, never> = Effect.suspend(() => {
+    if (done) return Cause.done()
+    if (pending !== undefined) {
+      const parts = pending
+      pending = undefined
+      options.onFirstBytes()
+      return emit(encode(parts))
+    }
+    return Effect.matchCauseEffect(pull, {
+      onSuccess: (parts) => emit(encode(parts)),
+      onFailure: (cause) => {
+        if (Pull.isDoneCause(cause)) {
+          // The pipeline always ends a stream with its Finish; an end without one is a cut.
+          return emit(fail(new ModelError({ reason: "Transport", message: "the stream ended before its final event" })))
+        }
+        const error = Cause.findErrorOption(cause)
+        if (error._tag === "Some") return emit(fail(error.value as AiError))
+        return Effect.failCause(cause as Cause.Cause<never>)
+      }
+    })
+  })
+
+  return Stream.fromPull(Effect.succeed(next)).pipe(
+    Stream.onExit(() => Effect.suspend(() => options.onEnd(ending ?? { _tag: "Cancelled" })))
+  )
+}

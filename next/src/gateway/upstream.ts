@@ -1,0 +1,171 @@
+/**
+ * Where a request's `model` goes, and the time it spends there. A `model` names a domain
+ * (its fallback chain and policies, through a `Router`) or `provider/model` (one provider
+ * with the executor's defaults); either way the call runs through the executor's one
+ * pipeline (deadlines, retries, breaker, rate limit, cache, fallback, hedging).
+ *
+ * The gateway's router runs over the same providers wrapped once at build: each call,
+ * stream and embedding adds the time it waited on its provider to the request's
+ * {@link Tracker} (found in the fiber's context, so the pipeline needs no change), which
+ * is how the gateway's own overhead is told apart from upstream time.
+ *
+ * @internal
+ */
+import { type Clock, Context, Effect, Stream } from "effect"
+import type { AiError } from "../AiError.js"
+import { type Domain, Domains, makeProviders, Providers } from "../Domain.js"
+import type { Executor } from "../Executor.js"
+import type { Service as ProviderService } from "../Model.js"
+import * as Router from "../Router.js"
+import type { Stats } from "../Stats.js"
+import * as Input from "../Input.js"
+import { type GatewayError, gatewayError } from "./errors.js"
+
+/**
+ * Time a request waited on upstream providers: whole calls, and for streams the wait up to
+ * each attempt's first part.
+ *
+ * @internal
+ */
+export interface Tracker {
+  upstreamMs: number
+}
+
+/**
+ * The tracker of the request being served, if any.
+ *
+ * @internal
+ */
+export const CurrentTracker = Context.Reference<Tracker | undefined>("effect-orchestra/gateway/CurrentTracker", {
+  defaultValue: () => undefined
+})
+
+/**
+ * Milliseconds with sub-millisecond precision from a `Clock` (TestClock included).
+ *
+ * @internal
+ */
+export const millis = (clock: Clock.Clock): number => Number(clock.currentTimeNanosUnsafe()) / 1e6
+
+const timed = (clock: Clock.Clock, provider: ProviderService): ProviderService => {
+  const around = <A>(effect: Effect.Effect<A, AiError>): Effect.Effect<A, AiError> =>
+    Effect.withFiber((fiber) => {
+      const tracker = fiber.getRef(CurrentTracker)
+      if (tracker === undefined) return effect
+      const started = millis(clock)
+      return Effect.onExit(effect, () => {
+        tracker.upstreamMs += millis(clock) - started
+        return Effect.void
+      })
+    })
+  return {
+    name: provider.name,
+    defaultModel: provider.defaultModel,
+    maxConcurrency: provider.maxConcurrency,
+    generate: (request) => around(provider.generate(request)),
+    embed: (request) => around(provider.embed(request)),
+    stream: (request) =>
+      Stream.unwrap(
+        Effect.withFiber((fiber) => {
+          const tracker = fiber.getRef(CurrentTracker)
+          const upstream = provider.stream(request)
+          if (tracker === undefined) return Effect.succeed(upstream)
+          const started = millis(clock)
+          let counted = false
+          const count = () => {
+            if (counted) return
+            counted = true
+            tracker.upstreamMs += millis(clock) - started
+          }
+          return Effect.succeed(
+            upstream.pipe(
+              Stream.mapArray((parts) => {
+                count()
+                return parts
+              }),
+              Stream.onExit(() => Effect.sync(count))
+            )
+          )
+        })
+      )
+  }
+}
+
+/**
+ * What a `model` resolved to.
+ *
+ * @internal
+ */
+export type Target =
+  | { readonly _tag: "Domain"; readonly domain: Domain }
+  | { readonly _tag: "Provider"; readonly provider: ProviderService; readonly model: string }
+
+/**
+ * @internal
+ */
+export interface Upstream {
+  readonly router: Router.Service
+  readonly domains: ReadonlyArray<Domain>
+  /** Provider names reachable as `provider/model` (none when that routing is off). */
+  readonly providers: ReadonlyArray<ProviderService>
+  readonly resolve: (model: string) => Effect.Effect<Target, GatewayError>
+}
+
+/**
+ * Builds the gateway's router over timed providers. `providerModels`: whether a `model`
+ * may name `provider/model` directly (besides the domains).
+ *
+ * @internal
+ */
+export const make = Effect.fnUntraced(function* (clock: Clock.Clock, providerModels: boolean) {
+  const registry = yield* Providers
+  const domains = yield* Domains
+  const wrapped: Record<string, ProviderService> = {}
+  for (const name of registry.names) {
+    const provider = yield* registry
+      .get(name)
+      .pipe(Effect.mapError((error) => Input.toConfigError({ path: `providers.${name}`, message: error.message })))
+    wrapped[name] = timed(clock, provider)
+  }
+  const timedRegistry = makeProviders(wrapped)
+  const router = yield* Router.make.pipe(Effect.provideService(Providers, timedRegistry))
+  const byName = new Map(domains.all.map((domain) => [domain.name, domain] as const))
+  const targets = new Map<string, Target>()
+  for (const domain of domains.all) targets.set(domain.name, { _tag: "Domain", domain })
+
+  const notFound = (model: string) =>
+    gatewayError(
+      "NotFound",
+      `The model "${model}" does not exist: use a domain (${[...byName.keys()].join(", ")})${
+        providerModels ? ` or provider/model with a provider of ${registry.names.join(", ")}` : ""
+      }`,
+      { param: "model", code: "model_not_found" }
+    )
+
+  const resolve = (model: string): Effect.Effect<Target, GatewayError> => {
+    const known = targets.get(model)
+    if (known !== undefined) return Effect.succeed(known)
+    const slash = model.indexOf("/")
+    if (!providerModels || slash <= 0 || slash === model.length - 1) return Effect.fail(notFound(model))
+    const provider = Object.hasOwn(wrapped, model.slice(0, slash)) ? wrapped[model.slice(0, slash)] : undefined
+    if (provider === undefined) return Effect.fail(notFound(model))
+    const target: Target = { _tag: "Provider", provider, model: model.slice(slash + 1) }
+    // Names that resolved are kept (bounded: only provider/model pairs clients actually use, up to 1,000).
+    if (targets.size < byName.size + 1_000) targets.set(model, target)
+    return Effect.succeed(target)
+  }
+
+  return {
+    router,
+    domains: domains.all,
+    providers: providerModels ? Object.values(wrapped) : [],
+    resolve
+  } satisfies Upstream
+})
+
+/**
+ * What {@link make} needs.
+ *
+ * @internal
+ */
+export type Requirements = Executor | Domains | Providers | Stats

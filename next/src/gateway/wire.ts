@@ -1,0 +1,565 @@
+/**
+ * The OpenAI wire format on the gateway's side: chat-completion and embedding requests
+ * read into the library's `GenerateRequest` / `EmbedRequest` (checked by hand, each
+ * mistake a 400 naming the OpenAI parameter: `messages[2].content`, `max_tokens`), and the
+ * answers written back (`chat.completion`, `chat.completion.chunk`, embeddings as floats
+ * or base64, the model list).
+ *
+ * Parameters the pipeline cannot honour are refused, not dropped (`n` above 1, penalties,
+ * `logit_bias`, `logprobs`); purely informational ones (`user`, `metadata`, `store`, ...)
+ * are accepted and ignored.
+ *
+ * @internal
+ */
+import { Result } from "effect"
+import type * as Model from "../Model.js"
+import { type GatewayError, gatewayError } from "./errors.js"
+
+type Checked<A> = Result.Result<A, GatewayError>
+
+const invalid = (param: string, message: string): Checked<never> =>
+  Result.fail(gatewayError("InvalidRequest", `invalid ${param}: ${message}`, { param }))
+
+const kind = (u: unknown): string =>
+  u === null ? "null" : Array.isArray(u) ? "an array" : typeof u === "object" ? "an object" : typeof u
+
+const isObject = (u: unknown): u is Record<string, unknown> => typeof u === "object" && u !== null && !Array.isArray(u)
+
+/**
+ * A chat-completion request, read.
+ *
+ * @internal
+ */
+export interface ChatCall {
+  /** A domain name or `provider/model`. */
+  readonly model: string
+  /** The conversation and sampling options (`model` unset: the routing decides it). */
+  readonly request: Model.GenerateRequest
+  readonly stream: boolean
+  /** `stream_options.include_usage`: a final chunk with the usage and no choices. */
+  readonly includeUsage: boolean
+}
+
+/**
+ * An embeddings request, read.
+ *
+ * @internal
+ */
+export interface EmbedCall {
+  readonly model: string
+  readonly request: Model.EmbedRequest
+  readonly encoding: "float" | "base64"
+}
+
+const ignored: ReadonlySet<string> = new Set([
+  "user",
+  "metadata",
+  "store",
+  "service_tier",
+  "parallel_tool_calls",
+  "prompt_cache_key",
+  "safety_identifier"
+])
+
+const modelOf = (body: Record<string, unknown>): Checked<string> => {
+  const model = body.model
+  if (typeof model !== "string" || model.trim().length === 0) {
+    return invalid("model", `expected a model name, got ${typeof model === "string" ? '""' : kind(model)}`)
+  }
+  return Result.succeed(model)
+}
+
+const textOf = (content: unknown, at: string, nullable: boolean): Checked<string> => {
+  if (typeof content === "string") return Result.succeed(content)
+  if (content === null || content === undefined) {
+    return nullable
+      ? Result.succeed("")
+      : invalid(at, `expected a string or an array of text parts, got ${kind(content)}`)
+  }
+  if (!Array.isArray(content)) return invalid(at, `expected a string or an array of text parts, got ${kind(content)}`)
+  let text = ""
+  for (let i = 0; i < content.length; i++) {
+    const part = content[i]
+    if (!isObject(part) || (part.type !== "text" && part.type !== "refusal")) {
+      const type = isObject(part) ? JSON.stringify(part.type) : kind(part)
+      return invalid(`${at}[${i}].type`, `only text parts are supported, got ${type}`)
+    }
+    const value = part.type === "text" ? part.text : part.refusal
+    if (typeof value !== "string") return invalid(`${at}[${i}].${String(part.type)}`, "expected a string")
+    text += value
+  }
+  return Result.succeed(text)
+}
+
+const toolCallsOf = (calls: unknown, at: string): Checked<ReadonlyArray<Model.ToolCall>> => {
+  if (!Array.isArray(calls)) return invalid(at, `expected an array, got ${kind(calls)}`)
+  const out: Array<Model.ToolCall> = []
+  for (let i = 0; i < calls.length; i++) {
+    const call = calls[i]
+    const fn = isObject(call) ? call.function : undefined
+    if (!isObject(call) || typeof call.id !== "string" || !isObject(fn) || typeof fn.name !== "string") {
+      return invalid(`${at}[${i}]`, "expected { id, type: 'function', function: { name, arguments } }")
+    }
+    const args = fn.arguments ?? ""
+    if (typeof args !== "string") return invalid(`${at}[${i}].function.arguments`, "expected a JSON string")
+    out.push({ id: call.id, name: fn.name, arguments: args })
+  }
+  return Result.succeed(out)
+}
+
+const messageKeys: ReadonlySet<string> = new Set(["role", "content", "name", "tool_calls", "tool_call_id", "refusal"])
+
+interface Conversation {
+  readonly system: string | undefined
+  readonly messages: ReadonlyArray<Model.Message>
+}
+
+// Leading system (or developer) messages become the request's system prompt, so that a
+// domain's own system prompt applies only when the client gives none (`Domain.applyTo`).
+const conversationOf = (input: unknown): Checked<Conversation> => {
+  if (!Array.isArray(input)) return invalid("messages", `expected an array of messages, got ${kind(input)}`)
+  if (input.length === 0) return invalid("messages", "expected at least one message")
+  const system: Array<string> = []
+  const messages: Array<Model.Message> = []
+  for (let i = 0; i < input.length; i++) {
+    const at = `messages[${i}]`
+    const m = input[i]
+    if (!isObject(m)) return invalid(at, `expected a message object, got ${kind(m)}`)
+    for (const key in m) if (!messageKeys.has(key)) return invalid(`${at}.${key}`, "unsupported field")
+    const role = m.role
+    switch (role) {
+      case "system":
+      case "developer": {
+        const text = textOf(m.content, `${at}.content`, false)
+        if (Result.isFailure(text)) return Result.fail(text.failure)
+        if (messages.length === 0) system.push(text.success)
+        else messages.push({ role: "system", content: text.success })
+        break
+      }
+      case "user": {
+        const text = textOf(m.content, `${at}.content`, false)
+        if (Result.isFailure(text)) return Result.fail(text.failure)
+        messages.push({ role: "user", content: text.success })
+        break
+      }
+      case "assistant": {
+        const text = textOf(m.content, `${at}.content`, true)
+        if (Result.isFailure(text)) return Result.fail(text.failure)
+        if (m.tool_calls === undefined || m.tool_calls === null) {
+          messages.push({ role: "assistant", content: text.success })
+          break
+        }
+        const calls = toolCallsOf(m.tool_calls, `${at}.tool_calls`)
+        if (Result.isFailure(calls)) return Result.fail(calls.failure)
+        messages.push({ role: "assistant", content: text.success, toolCalls: calls.success })
+        break
+      }
+      case "tool": {
+        const text = textOf(m.content, `${at}.content`, false)
+        if (Result.isFailure(text)) return Result.fail(text.failure)
+        if (typeof m.tool_call_id !== "string") {
+          return invalid(`${at}.tool_call_id`, "a tool message names the call it answers")
+        }
+        messages.push({ role: "tool", content: text.success, toolCallId: m.tool_call_id })
+        break
+      }
+      default:
+        return invalid(
+          `${at}.role`,
+          `expected "system", "developer", "user", "assistant" or "tool", got ${JSON.stringify(role) ?? "nothing"}`
+        )
+    }
+  }
+  if (messages.length === 0) return invalid("messages", "expected at least one message besides system messages")
+  return Result.succeed({ system: system.length === 0 ? undefined : system.join("\n\n"), messages })
+}
+
+const numberIn = (param: string, value: unknown, min: number, max: number): Checked<number> =>
+  typeof value === "number" && Number.isFinite(value) && value >= min && value <= max
+    ? Result.succeed(value)
+    : invalid(param, `expected a number from ${min} to ${max}, got ${typeof value === "number" ? value : kind(value)}`)
+
+const positiveInt = (param: string, value: unknown): Checked<number> =>
+  typeof value === "number" && Number.isInteger(value) && value >= 1 && value <= 1_000_000
+    ? Result.succeed(value)
+    : invalid(param, `expected an integer from 1 to 1000000, got ${typeof value === "number" ? value : kind(value)}`)
+
+const toolsOf = (input: unknown): Checked<ReadonlyArray<Model.ToolDefinition>> => {
+  if (!Array.isArray(input)) return invalid("tools", `expected an array, got ${kind(input)}`)
+  if (input.length > 128) return invalid("tools", `at most 128 tools, got ${input.length}`)
+  const out: Array<Model.ToolDefinition> = []
+  for (let i = 0; i < input.length; i++) {
+    const tool = input[i]
+    const fn = isObject(tool) ? tool.function : undefined
+    if (!isObject(tool) || tool.type !== "function" || !isObject(fn)) {
+      return invalid(`tools[${i}]`, "expected { type: 'function', function: { name, description?, parameters? } }")
+    }
+    if (typeof fn.name !== "string" || fn.name.length === 0 || fn.name.length > 64) {
+      return invalid(`tools[${i}].function.name`, "expected a name of 1 to 64 characters")
+    }
+    if (fn.description !== undefined && typeof fn.description !== "string") {
+      return invalid(`tools[${i}].function.description`, "expected a string")
+    }
+    if (fn.parameters !== undefined && !isObject(fn.parameters)) {
+      return invalid(`tools[${i}].function.parameters`, "expected a JSON Schema object")
+    }
+    out.push({
+      name: fn.name,
+      ...(fn.description === undefined ? {} : { description: fn.description as string }),
+      ...(fn.parameters === undefined ? {} : { parameters: fn.parameters as Record<string, unknown> })
+    })
+  }
+  return Result.succeed(out)
+}
+
+const toolChoiceOf = (input: unknown): Checked<NonNullable<Model.GenerateRequest["toolChoice"]>> => {
+  if (input === "auto" || input === "none" || input === "required") return Result.succeed(input)
+  if (isObject(input) && input.type === "function" && isObject(input.function)) {
+    const name = input.function.name
+    if (typeof name === "string" && name.length > 0) return Result.succeed({ name })
+  }
+  return invalid("tool_choice", `expected "auto", "none", "required" or { type: "function", function: { name } }`)
+}
+
+const responseFormatOf = (input: unknown): Checked<Model.ResponseFormat> => {
+  if (!isObject(input)) return invalid("response_format", `expected an object, got ${kind(input)}`)
+  switch (input.type) {
+    case "text":
+    case "json_object":
+      return Result.succeed({ type: input.type })
+    case "json_schema": {
+      const spec = input.json_schema
+      if (!isObject(spec) || typeof spec.name !== "string" || spec.name.length === 0) {
+        return invalid("response_format.json_schema", "expected { name, schema, strict? }")
+      }
+      if (spec.schema !== undefined && !isObject(spec.schema)) {
+        return invalid("response_format.json_schema.schema", "expected a JSON Schema object")
+      }
+      if (spec.strict !== undefined && spec.strict !== null && typeof spec.strict !== "boolean") {
+        return invalid("response_format.json_schema.strict", "expected a boolean")
+      }
+      return Result.succeed({
+        type: "json_schema",
+        name: spec.name,
+        schema: (spec.schema as Record<string, unknown> | undefined) ?? {},
+        ...(typeof spec.strict === "boolean" ? { strict: spec.strict } : {})
+      })
+    }
+    default:
+      return invalid("response_format.type", `expected "text", "json_object" or "json_schema"`)
+  }
+}
+
+const stopOf = (input: unknown): Checked<ReadonlyArray<string> | undefined> => {
+  if (input === null) return Result.succeed(undefined)
+  if (typeof input === "string") return Result.succeed([input])
+  if (Array.isArray(input) && input.length <= 16 && input.every((s) => typeof s === "string")) {
+    return Result.succeed(input as ReadonlyArray<string>)
+  }
+  return invalid("stop", "expected a string or an array of at most 16 strings")
+}
+
+const refusedUnlessNeutral = (param: string, value: unknown, neutral: (v: unknown) => boolean): Checked<void> =>
+  neutral(value) ? Result.succeed(undefined) : invalid(param, "not supported by this gateway")
+
+/**
+ * Reads a chat-completion request body (parsed JSON).
+ *
+ * @internal
+ */
+export const parseChat = (body: unknown): Checked<ChatCall> => {
+  if (!isObject(body)) return invalid("body", `expected a JSON object, got ${kind(body)}`)
+  const model = modelOf(body)
+  if (Result.isFailure(model)) return Result.fail(model.failure)
+  const conversation = conversationOf(body.messages)
+  if (Result.isFailure(conversation)) return Result.fail(conversation.failure)
+  const request: {
+    -readonly [K in keyof Model.GenerateRequest]: Model.GenerateRequest[K]
+  } = { messages: conversation.success.messages }
+  if (conversation.success.system !== undefined) request.system = conversation.success.system
+  let stream = false
+  let includeUsage = false
+  let streamOptions: unknown
+  for (const key in body) {
+    const value = body[key]
+    if (value === undefined) continue
+    let checked: Checked<unknown> = Result.succeed(undefined)
+    switch (key) {
+      case "model":
+      case "messages":
+        break
+      case "max_tokens":
+      case "max_completion_tokens": {
+        if (value === null) break
+        const max = positiveInt(key, value)
+        if (Result.isFailure(max)) return Result.fail(max.failure)
+        if (request.maxTokens !== undefined && request.maxTokens !== max.success) {
+          return invalid(key, "max_tokens and max_completion_tokens differ: give one")
+        }
+        request.maxTokens = max.success
+        break
+      }
+      case "temperature":
+        if (value === null) break
+        checked = numberIn(key, value, 0, 2)
+        if (Result.isSuccess(checked)) request.temperature = value as number
+        break
+      case "top_p":
+        if (value === null) break
+        checked = numberIn(key, value, 0, 1)
+        if (Result.isSuccess(checked)) request.topP = value as number
+        break
+      case "seed":
+        if (value === null) break
+        if (!Number.isSafeInteger(value)) return invalid(key, `expected an integer, got ${kind(value)}`)
+        request.seed = value as number
+        break
+      case "stop": {
+        const stop = stopOf(value)
+        if (Result.isFailure(stop)) return Result.fail(stop.failure)
+        if (stop.success !== undefined) request.stop = stop.success
+        break
+      }
+      case "n":
+        checked = refusedUnlessNeutral(key, value, (v) => v === 1 || v === null)
+        break
+      case "stream":
+        if (value !== null && typeof value !== "boolean") return invalid(key, `expected a boolean, got ${kind(value)}`)
+        stream = value === true
+        break
+      case "stream_options":
+        streamOptions = value
+        break
+      case "tools": {
+        if (value === null) break
+        const tools = toolsOf(value)
+        if (Result.isFailure(tools)) return Result.fail(tools.failure)
+        if (tools.success.length > 0) request.tools = tools.success
+        break
+      }
+      case "tool_choice": {
+        if (value === null) break
+        const choice = toolChoiceOf(value)
+        if (Result.isFailure(choice)) return Result.fail(choice.failure)
+        request.toolChoice = choice.success
+        break
+      }
+      case "response_format": {
+        if (value === null) break
+        const format = responseFormatOf(value)
+        if (Result.isFailure(format)) return Result.fail(format.failure)
+        request.responseFormat = format.success
+        break
+      }
+      case "frequency_penalty":
+      case "presence_penalty":
+        checked = refusedUnlessNeutral(key, value, (v) => v === 0 || v === null)
+        break
+      case "logprobs":
+        checked = refusedUnlessNeutral(key, value, (v) => v === false || v === null)
+        break
+      case "top_logprobs":
+        checked = refusedUnlessNeutral(key, value, (v) => v === 0 || v === null)
+        break
+      case "logit_bias":
+        checked = refusedUnlessNeutral(key, value, (v) => v === null || (isObject(v) && Object.keys(v).length === 0))
+        break
+      default:
+        if (!ignored.has(key)) return invalid(key, "unsupported parameter")
+    }
+    if (Result.isFailure(checked)) return Result.fail(checked.failure)
+  }
+  if (streamOptions !== undefined && streamOptions !== null) {
+    if (!stream) return invalid("stream_options", "only allowed with stream: true")
+    if (!isObject(streamOptions)) return invalid("stream_options", `expected an object, got ${kind(streamOptions)}`)
+    for (const key in streamOptions) {
+      if (key !== "include_usage" && key !== "include_obfuscation") {
+        return invalid(`stream_options.${key}`, "unsupported field")
+      }
+    }
+    const include = streamOptions.include_usage
+    if (include !== undefined && include !== null && typeof include !== "boolean") {
+      return invalid("stream_options.include_usage", "expected a boolean")
+    }
+    includeUsage = include === true
+  }
+  return Result.succeed({ model: model.success, request, stream, includeUsage })
+}
+
+/**
+ * Reads an embeddings request body (parsed JSON).
+ *
+ * @internal
+ */
+export const parseEmbed = (body: unknown): Checked<EmbedCall> => {
+  if (!isObject(body)) return invalid("body", `expected a JSON object, got ${kind(body)}`)
+  const model = modelOf(body)
+  if (Result.isFailure(model)) return Result.fail(model.failure)
+  let encoding: "float" | "base64" = "float"
+  let texts: Array<string> | undefined
+  for (const key in body) {
+    const value = body[key]
+    switch (key) {
+      case "model":
+        break
+      case "input":
+        if (typeof value === "string") texts = [value]
+        else if (Array.isArray(value) && value.length > 0 && value.every((v) => typeof v === "string")) {
+          texts = value as Array<string>
+        } else {
+          return invalid("input", "expected a string or a non-empty array of strings (token arrays are not supported)")
+        }
+        break
+      case "encoding_format":
+        if (value !== undefined && value !== null && value !== "float" && value !== "base64") {
+          return invalid(key, `expected "float" or "base64"`)
+        }
+        encoding = value === "base64" ? "base64" : "float"
+        break
+      case "dimensions":
+        if (value !== undefined && value !== null) return invalid(key, "not supported by this gateway")
+        break
+      default:
+        if (!ignored.has(key)) return invalid(key, "unsupported parameter")
+    }
+  }
+  if (texts === undefined) return invalid("input", "missing (required)")
+  return Result.succeed({
+    model: model.success,
+    request: { texts: texts as unknown as Model.EmbedRequest["texts"] },
+    encoding
+  })
+}
+
+const finishReasons: Readonly<Record<Model.FinishReason, string>> = {
+  stop: "stop",
+  length: "length",
+  content_filter: "content_filter",
+  tool_calls: "tool_calls",
+  error: "stop",
+  unknown: "stop"
+}
+
+/**
+ * An OpenAI `finish_reason` for ours.
+ *
+ * @internal
+ */
+export const finishReasonOf = (reason: Model.FinishReason): string => finishReasons[reason] ?? "stop"
+
+/**
+ * An OpenAI `usage` object.
+ *
+ * @internal
+ */
+export const usageOf = (usage: Model.Usage) => ({
+  prompt_tokens: usage.inputTokens,
+  completion_tokens: usage.outputTokens,
+  total_tokens: usage.totalTokens
+})
+
+const toolCallWire = (call: Model.ToolCall) => ({
+  id: call.id,
+  type: "function",
+  function: { name: call.name, arguments: call.arguments }
+})
+
+/**
+ * The body of a `chat.completion` answer.
+ *
+ * @internal
+ */
+export const chatCompletion = (id: string, created: number, model: string, response: Model.GenerateResponse): string =>
+  JSON.stringify({
+    id,
+    object: "chat.completion",
+    created,
+    model,
+    choices: [
+      {
+        index: 0,
+        message: {
+          role: "assistant",
+          content: response.toolCalls !== undefined && response.text.length === 0 ? null : response.text,
+          refusal: null,
+          ...(response.toolCalls === undefined ? {} : { tool_calls: response.toolCalls.map(toolCallWire) })
+        },
+        logprobs: null,
+        finish_reason: finishReasonOf(response.finishReason)
+      }
+    ],
+    usage: usageOf(response.usage)
+  })
+
+/**
+ * The fields every chunk of one stream shares, as the start of its JSON text.
+ *
+ * @internal
+ */
+export const chunkPrefix = (id: string, created: number, model: string): string =>
+  `{"id":${JSON.stringify(id)},"object":"chat.completion.chunk","created":${created},"model":${JSON.stringify(model)},`
+
+/**
+ * A chunk's SSE event: `prefix` from {@link chunkPrefix}, then its choices (and usage).
+ *
+ * @internal
+ */
+export const chunkEvent = (prefix: string, rest: string): string => `data: ${prefix}${rest}}\n\n`
+
+/**
+ * The `choices` of a chunk carrying a delta (and no finish).
+ *
+ * @internal
+ */
+export const deltaChoices = (delta: Record<string, unknown>): string =>
+  `"choices":[{"index":0,"delta":${JSON.stringify(delta)},"logprobs":null,"finish_reason":null}]`
+
+/**
+ * The `choices` of the chunk that finishes the answer.
+ *
+ * @internal
+ */
+export const finishChoices = (reason: Model.FinishReason): string =>
+  `"choices":[{"index":0,"delta":{},"logprobs":null,"finish_reason":"${finishReasonOf(reason)}"}]`
+
+/**
+ * The delta of a complete tool call (sent as one piece: the pipeline assembles them).
+ *
+ * @internal
+ */
+export const toolCallDelta = (index: number, call: Model.ToolCall) => ({
+  tool_calls: [{ index, ...toolCallWire(call) }]
+})
+
+const base64Of = (vector: ReadonlyArray<number>): string => {
+  const floats = new Float32Array(vector.length)
+  for (let i = 0; i < vector.length; i++) floats[i] = vector[i]!
+  // Float32Array is little-endian on every platform Node runs on, as OpenAI's encoding is.
+  return Buffer.from(floats.buffer, floats.byteOffset, floats.byteLength).toString("base64")
+}
+
+/**
+ * The body of an embeddings answer, vectors in input order.
+ *
+ * @internal
+ */
+export const embeddings = (model: string, response: Model.EmbedResponse, encoding: "float" | "base64"): string => {
+  const input = response.usage?.inputTokens ?? 0
+  return JSON.stringify({
+    object: "list",
+    data: response.vectors.map((vector, index) => ({
+      object: "embedding",
+      index,
+      embedding: encoding === "base64" ? base64Of(vector) : vector
+    })),
+    model,
+    usage: { prompt_tokens: input, total_tokens: input }
+  })
+}
+
+/**
+ * One entry of `GET /v1/models`.
+ *
+ * @internal
+ */
+export const modelEntry = (id: string, ownedBy: string) => ({ id, object: "model", created: 0, owned_by: ownedBy })
