@@ -62,6 +62,39 @@ describe("SSE framing", () => {
     })
   )
 
+  it.effect(
+    "characters of 2, 3 and 4 bytes split at every offset of every read come out whole; a cut one is U+FFFD",
+    () =>
+      Effect.gen(function* () {
+        const texts = ["é🌍日本 ", "ok", "👩‍👩‍👧 Grüße 𝄞", "末尾€"]
+        const encoded = encoder.encode(texts.map((t) => `data: ${t}\r\n\r\n`).join(""))
+        for (let first = 1; first <= 8; first++) {
+          for (let size = 1; size <= 5; size++) {
+            const chunks: Array<Uint8Array> = [encoded.subarray(0, first)]
+            for (let i = first; i < encoded.length; i += size) chunks.push(encoded.subarray(i, i + size))
+            const events = yield* Stream.runCollect(
+              Sse.events(Stream.fromIterable(chunks), ctx, { maxEventBytes: 1024 })
+            )
+            assert.deepStrictEqual(
+              events.map((e) => e.data),
+              texts,
+              `first read ${first}, then ${size}`
+            )
+          }
+        }
+        // A character cut short (a line end where its last byte should be) is U+FFFD, as a streaming decoder gives.
+        const cut = encoder.encode("data: a€\n\ndata: b")
+        const tail = [...cut.subarray(0, cut.length), ...encoder.encode("€").subarray(0, 2), 10, 10]
+        const broken = yield* Stream.runCollect(
+          Sse.events(Stream.make(new Uint8Array(tail)), ctx, { maxEventBytes: 1024 })
+        )
+        assert.deepStrictEqual(
+          broken.map((e) => e.data),
+          ["a€", "b\uFFFD"]
+        )
+      })
+  )
+
   it.effect("an endless event fails TooLarge at its bound", () =>
     Effect.gen(function* () {
       const endless = Stream.concat(bytes("data: "), Stream.forever(bytes("x".repeat(1000))))

@@ -3,7 +3,7 @@
  *
  * Real model streams carry comments (keep-alive pings), CRLF line ends, events split across
  * reads (inside multi-byte characters and between the CR and LF of a line end too). Text is
- * decoded with a streaming UTF-8 decoder, so a character split across reads stays whole; the
+ * decoded a read at a time, a character split across reads kept whole; the
  * parser keeps a CR that ends one read to pair it with an LF that starts the next. `retry:`
  * fields are ignored (a model stream is never reconnected), and one pending event is bounded.
  *
@@ -35,6 +35,48 @@ export interface EventsOptions {
 
 const HEAD = 200
 
+/** Bytes of `bytes` that end on a character boundary: a trailing incomplete UTF-8 sequence is left out. */
+const completeLength = (bytes: Uint8Array): number => {
+  const n = bytes.length
+  for (let i = n - 1; i >= 0 && i >= n - 4; i--) {
+    const b = bytes[i]!
+    if ((b & 0xc0) === 0x80) continue
+    const size = b >= 0xf0 ? 4 : b >= 0xe0 ? 3 : b >= 0xc0 ? 2 : 1
+    return n - i < size ? i : n
+  }
+  return n
+}
+
+/**
+ * A streaming UTF-8 decoder that decodes whole characters in one plain `decode` call:
+ * Node's `TextDecoder` in `stream` mode costs ~45x its plain mode (6 vs 0.13 ms a MB of
+ * 64 KB reads, Node 24), a sixth of the CPU of a streamed answer. A character split across
+ * reads waits for its last bytes.
+ */
+const utf8 = () => {
+  const decoder = new TextDecoder()
+  let carry: Uint8Array | undefined
+  return {
+    decode: (chunk: Uint8Array): string => {
+      let bytes = chunk
+      if (carry !== undefined) {
+        bytes = new Uint8Array(carry.length + chunk.length)
+        bytes.set(carry)
+        bytes.set(chunk, carry.length)
+        carry = undefined
+      }
+      const end = completeLength(bytes)
+      if (end < bytes.length) carry = bytes.slice(end)
+      return end === 0 ? "" : decoder.decode(end === bytes.length ? bytes : bytes.subarray(0, end))
+    },
+    end: (): string => {
+      const rest = carry
+      carry = undefined
+      return rest === undefined ? "" : decoder.decode(rest)
+    }
+  }
+}
+
 /**
  * The events of a byte stream. An event past `maxEventBytes` fails `TooLarge`; a body that
  * ends without having carried a single event, but with text that is not an SSE comment,
@@ -50,7 +92,7 @@ export const events = (
 ): Stream.Stream<Event, ModelError> =>
   Stream.transformPull(bytes, (upstream) =>
     Effect.sync(() => {
-      const decoder = new TextDecoder()
+      const decoder = utf8()
       let out: Array<Event> = []
       let failure: ModelError | undefined
       let ended = false
@@ -71,7 +113,7 @@ export const events = (
         if (out.length > 0) sawEvent = true
       }
       const finish = (): void => {
-        feed(decoder.decode())
+        feed(decoder.end())
         const text = head.trim()
         if (!sawEvent && failure === undefined && text.length > 0 && !text.startsWith(":")) {
           failure = malformed(ctx, "content-type", `the body is not an event stream: ${JSON.stringify(text)}`)
@@ -88,7 +130,7 @@ export const events = (
         if (ended) return Cause.done()
         return Pull.matchEffect(upstream, {
           onSuccess: (chunks) => {
-            for (const chunk of chunks) feed(decoder.decode(chunk, { stream: true }))
+            for (const chunk of chunks) feed(decoder.decode(chunk))
             return pull
           },
           onFailure: Effect.failCause,
