@@ -8,7 +8,7 @@
  *
  * @since 0.1.0
  */
-import { Context, Duration, Effect, Layer, type Result, Stream } from "effect"
+import { Context, Duration, Effect, Layer, Result, Stream } from "effect"
 import { type AiError, invalidRequest, type ModelError } from "./AiError.js"
 import { applyTo, type Domain, Domains, Providers } from "./Domain.js"
 import {
@@ -128,6 +128,15 @@ export interface Routed {
 }
 
 /**
+ * A chain resolved by {@link Service.prepare}: the plan of one request on it, as `plan`
+ * builds it.
+ *
+ * @since 0.2.0
+ * @category models
+ */
+export type Prepared = (request: GenerateRequest, options?: CallOptions) => Effect.Effect<Routed, ModelError>
+
+/**
  * @since 0.1.0
  * @category models
  */
@@ -197,6 +206,14 @@ export interface Service {
     domains: string | ReadonlyArray<string>,
     options?: PlanOptions
   ) => Effect.Effect<Routed, ModelError>
+  /**
+   * `plan` in two steps, for many requests on the same domains (a batch): the chain is
+   * resolved once (an unknown domain fails here), then each request only gets its plan.
+   */
+  readonly prepare: (
+    domains: string | ReadonlyArray<string>,
+    options?: { readonly lead?: Step<ProviderService> | undefined }
+  ) => Effect.Effect<Prepared, ModelError>
 }
 
 /**
@@ -241,38 +258,113 @@ export const make = Effect.gen(function* () {
       return yield* Effect.forEach(names, (name) => domains.get(name))
     })
 
-  const stepOf = (domain: Domain, request: GenerateRequest) =>
-    Effect.map(providers.get(domain.provider), (provider): DomainStep => {
-      const applied = applyTo(domain, request)
-      return {
-        ...executor.stepFor(provider, {
-          domain: domain.name,
-          timeout: domain.timeout,
-          retry: domain.retry ?? false,
-          tokens: estimateInputTokens(applied) + (applied.maxTokens ?? 0)
-        }),
+  // A domain's step without the request's tokens, built once per chain.
+  const templateOf = (domain: Domain) =>
+    Effect.map(
+      providers.get(domain.provider),
+      (provider): DomainStep => ({
+        ...executor.stepFor(provider, { domain: domain.name, timeout: domain.timeout, retry: domain.retry ?? false }),
         domainConfig: domain,
         prepare: (r: GenerateRequest) => applyTo(domain, r),
         cacheable: domain.cache !== false
-      }
-    })
+      })
+    )
 
   const checkTimeout = (timeout: Duration.Input | undefined, fallback: Duration.Duration | undefined) =>
     timeout === undefined ? Effect.succeed(fallback) : Input.orInvalidRequest(Input.duration("timeout", timeout))
 
+  const tokensOf = (request: GenerateRequest) => estimateInputTokens(request) + (request.maxTokens ?? 0)
+
   // A refused call is counted on its first step's provider, as the executor counts its own.
-  const refused = (error: ModelError, provider: string, domain: string | undefined) =>
+  const refused = (error: ModelError, first: Step<ProviderService>) =>
     Effect.suspend(() => {
-      const series = stats.series(provider, domain)
+      const series = stats.series(first.name, first.domain)
       series.requests++
       series.fail(error.reason)
       return Effect.fail(error)
     })
 
-  const firstProvider = (lead: Step<ProviderService> | undefined, list: ReadonlyArray<Domain>) =>
-    lead !== undefined
-      ? Effect.succeed({ provider: lead.name, domain: lead.domain })
-      : Effect.map(providers.get(list[0]!.provider), (p) => ({ provider: p.name, domain: list[0]!.name }))
+  type Apply = (
+    request: GenerateRequest,
+    options: CallOptions,
+    hedgeAfter: Duration.Duration | undefined
+  ) => Effect.Effect<Routed, ModelError>
+
+  // Resolves the chain once; `apply` then builds a request's plan without resolving it again.
+  const prepareWith = (
+    names: string | ReadonlyArray<string>,
+    lead: Step<ProviderService> | undefined
+  ): Effect.Effect<Apply, ModelError> =>
+    Effect.gen(function* () {
+      const list = lead !== undefined && Array.isArray(names) && names.length === 0 ? [] : yield* chain(names)
+      const templates = yield* Effect.forEach(list, templateOf)
+      const firstDomain = lead === undefined ? templates[0] : undefined
+      const head = lead ?? templates[0]!
+      const ownHedge = typeof names === "string" ? firstDomain?.domainConfig.hedgeAfter : undefined
+      const build = (valid: GenerateRequest, options: CallOptions, hedgeAfter: Duration.Duration | undefined) => {
+        let totalTimeout = firstDomain?.domainConfig.totalTimeout
+        if (options.timeout !== undefined) {
+          const checked = Input.duration("timeout", options.timeout)
+          if (Result.isFailure(checked)) return Effect.fail(invalidRequest("timeout", checked.failure.message))
+          totalTimeout = checked.success
+        }
+        const steps: Array<Step<ProviderService>> = []
+        if (lead !== undefined) steps.push({ ...lead, tokens: tokensOf(valid) })
+        for (const template of templates) {
+          steps.push({ ...template, tokens: tokensOf(applyTo(template.domainConfig, valid)) })
+        }
+        const first = steps[0]!
+        const useCache = cache !== undefined && options.cache !== false && (firstDomain?.cacheable ?? true)
+        const onRetry = options.onRetry
+        const plan: Plan<ProviderService, GenerateResponse> = {
+          steps: steps as unknown as readonly [Step<ProviderService>, ...Array<Step<ProviderService>>],
+          totalTimeout,
+          hedgeAfter: hedgeAfter ?? ownHedge,
+          cache: useCache
+            ? {
+                guard: cache!,
+                key: cache!.key({
+                  provider: first.name,
+                  request: firstDomain === undefined ? valid : applyTo(firstDomain.domainConfig, valid)
+                }),
+                allowStale: options.allowStale ?? false
+              }
+            : undefined,
+          onRetry:
+            onRetry === undefined
+              ? undefined
+              : (event) =>
+                  onRetry({
+                    provider: event.step.name,
+                    domain: event.step.domain,
+                    attempt: event.attempt,
+                    error: event.error,
+                    delay: event.delay
+                  }),
+          usageOf: (response: GenerateResponse) => response.usage
+        }
+        return Effect.succeed({
+          plan,
+          call: (provider, step) => provider.generate((step as Partial<DomainStep>).prepare?.(valid) ?? valid),
+          answer: (answer) => ({
+            response: answer.value,
+            domain: answer.step.domain ?? "default",
+            provider: answer.step.name,
+            attempts: answer.attempts,
+            domainsTried: answer.stepsTried,
+            fallbackUsed: answer.step !== first,
+            source: answer.source,
+            hedgeWon: answer.hedgeWon
+          })
+        } satisfies Routed)
+      }
+      // Validated before any step reads it: a null request is an InvalidRequest, not a defect.
+      return (request, options, hedgeAfter) =>
+        Effect.flatMap(
+          Effect.catch(validateGenerate(request, executor.limits), (error) => refused(error, head)),
+          (valid) => build(valid, options, hedgeAfter)
+        )
+    })
 
   const planWith = (
     request: GenerateRequest,
@@ -280,64 +372,7 @@ export const make = Effect.gen(function* () {
     options: PlanOptions,
     hedgeAfter: Duration.Duration | undefined
   ): Effect.Effect<Routed, ModelError> =>
-    Effect.gen(function* () {
-      const lead = options.lead
-      const list = lead !== undefined && Array.isArray(names) && names.length === 0 ? [] : yield* chain(names)
-      // Validated before any step reads it: a null request is an InvalidRequest, not a defect.
-      const valid = yield* Effect.catch(validateGenerate(request, executor.limits), (error) =>
-        Effect.flatMap(firstProvider(lead, list), (first) => refused(error, first.provider, first.domain))
-      )
-      const domainSteps = yield* Effect.forEach(list, (domain) => stepOf(domain, valid))
-      const steps: ReadonlyArray<Step<ProviderService>> =
-        lead === undefined
-          ? domainSteps
-          : [{ ...lead, tokens: estimateInputTokens(valid) + (valid.maxTokens ?? 0) }, ...domainSteps]
-      const first = steps[0]!
-      const firstDomain = lead === undefined ? domainSteps[0] : undefined
-      const totalTimeout = yield* checkTimeout(options.timeout, firstDomain?.domainConfig.totalTimeout)
-      const useCache = cache !== undefined && options.cache !== false && (firstDomain?.cacheable ?? true)
-      const plan: Plan<ProviderService, GenerateResponse> = {
-        steps: steps as unknown as readonly [Step<ProviderService>, ...Array<Step<ProviderService>>],
-        totalTimeout,
-        hedgeAfter: hedgeAfter ?? (typeof names === "string" ? firstDomain?.domainConfig.hedgeAfter : undefined),
-        cache: useCache
-          ? {
-              guard: cache!,
-              key: cache!.key({
-                provider: first.name,
-                request: firstDomain === undefined ? valid : applyTo(firstDomain.domainConfig, valid)
-              }),
-              allowStale: options.allowStale ?? false
-            }
-          : undefined,
-        onRetry:
-          options.onRetry === undefined
-            ? undefined
-            : (event) =>
-                options.onRetry!({
-                  provider: event.step.name,
-                  domain: event.step.domain,
-                  attempt: event.attempt,
-                  error: event.error,
-                  delay: event.delay
-                }),
-        usageOf: (response: GenerateResponse) => response.usage
-      }
-      return {
-        plan,
-        call: (provider, step) => provider.generate((step as Partial<DomainStep>).prepare?.(valid) ?? valid),
-        answer: (answer) => ({
-          response: answer.value,
-          domain: answer.step.domain ?? "default",
-          provider: answer.step.name,
-          attempts: answer.attempts,
-          domainsTried: answer.stepsTried,
-          fallbackUsed: answer.step !== first,
-          source: answer.source,
-          hedgeWon: answer.hedgeWon
-        })
-      } satisfies Routed
-    })
+    Effect.flatMap(prepareWith(names, options.lead), (apply) => apply(request, options, hedgeAfter))
 
   const run = (
     request: GenerateRequest,
@@ -448,7 +483,14 @@ export const make = Effect.gen(function* () {
     embed,
     resolve,
     chain,
-    plan: (request, names, options = {}) => planWith(request, names, options, undefined)
+    plan: (request, names, options = {}) => planWith(request, names, options, undefined),
+    prepare: (names, options = {}) =>
+      Effect.map(
+        prepareWith(names, options.lead),
+        (apply): Prepared =>
+          (request, callOptions = {}) =>
+            apply(request, callOptions, undefined)
+      )
   } satisfies Service
 })
 

@@ -10,7 +10,7 @@ import { Cause, Clock, Duration, Effect, Exit, Fiber, type Semaphore } from "eff
 import { type AiError, ModelError } from "../AiError.js"
 import type { BatchResult, ItemResult, ProgressEvent, RunOptions, Status } from "../Batch.js"
 import type { RetryInfo, Service as ExecutorService } from "../Executor.js"
-import type { Answer, Service as RouterService } from "../Router.js"
+import type { Answer, Prepared, Service as RouterService } from "../Router.js"
 import { check, parse } from "./items.js"
 import { statsOf } from "./stats.js"
 
@@ -162,26 +162,31 @@ export const run = (deps: Deps, rawItems: unknown, rawOptions: RunOptions | unde
       }
 
     // The chain of an item: its domain (and the domain's own fallbacks, or the batch's),
-    // or, without a domain, the executor's provider then the batch's fallbacks.
-    const chains = new Map<string, ReadonlyArray<string>>()
-    const namesFor = (domain: string | undefined): string | ReadonlyArray<string> => {
-      if (domain === undefined || fallback.length === 0) return domain ?? fallback
-      let names = chains.get(domain)
-      if (names === undefined) {
-        names = [domain, ...fallback]
-        chains.set(domain, names)
-      }
-      return names
+    // or, without a domain, the executor's provider then the batch's fallbacks. Resolved
+    // once per batch and domain; each item then only gets its plan.
+    const routes = new Map<string, Prepared>()
+    const routeOf = (domain: string | undefined): Effect.Effect<Prepared, ModelError> => {
+      const key = domain ?? ""
+      const known = routes.get(key)
+      if (known !== undefined) return Effect.succeed(known)
+      const names = domain === undefined ? fallback : fallback.length === 0 ? domain : [domain, ...fallback]
+      return Effect.map(router.prepare(names, { lead: domain === undefined ? lead : undefined }), (prepared) => {
+        routes.set(key, prepared)
+        return prepared
+      })
     }
 
     const callOf = (index: number): Effect.Effect<Answer, AiError> => {
       const parsed = parse(items[index], index)
       if (parsed instanceof ModelError) return Effect.fail(parsed)
       const domain = parsed.domain ?? options.domain
-      const planOptions = { lead: domain === undefined ? lead : undefined, onRetry: onRetryFor(index) }
-      return Effect.flatMap(router.plan(parsed.request, namesFor(domain), planOptions), (routed) =>
-        Effect.map(executor.run(routed.plan, routed.call), routed.answer)
-      )
+      const callOptions = { onRetry: onRetryFor(index) }
+      const known = routes.get(domain ?? "")
+      const routed =
+        known !== undefined
+          ? known(parsed.request, callOptions)
+          : Effect.flatMap(routeOf(domain), (prepared) => prepared(parsed.request, callOptions))
+      return Effect.flatMap(routed, (r) => Effect.map(executor.run(r.plan, r.call), r.answer))
     }
 
     const runItem = (index: number): Effect.Effect<void> => {
