@@ -11,8 +11,6 @@ import { Effect, FileSystem, Option, Path, Result, Schema, SchemaIssue } from "e
 import { ConfigFile, providerSchemas, providerTypes } from "./ConfigSchema.js"
 import * as Json from "./json.js"
 
-export type { ConfigFile, Provider } from "./ConfigSchema.js"
-
 /**
  * One thing wrong with a config: where (`domains[1].retry.maxAttempts`) and what.
  *

@@ -84,6 +84,21 @@ export const read = Effect.fnUntraced(function* (
 })
 
 /**
+ * `--max-tokens` checked as the library checks a domain's `maxTokens` (exit code 2 naming
+ * the flag).
+ *
+ * @since 0.2.0
+ * @category constructors
+ */
+export const maxTokensOf = (
+  common: Common,
+  flag: Option.Option<number>
+): Effect.Effect<number | undefined, ExitCode> =>
+  Option.isNone(flag)
+    ? Effect.succeed(undefined)
+    : checkFlag(common, Input.positiveInt("--max-tokens", flag.value, 1_000_000))
+
+/**
  * The run options given as flags, checked (exit code 2 naming the flag).
  *
  * @since 0.2.0
@@ -94,9 +109,7 @@ export const checkRunFlags = Effect.fnUntraced(function* (
   args: { readonly concurrency: number; readonly maxTokens: Option.Option<number> }
 ) {
   const concurrency = yield* checkFlag(common, Input.positiveInt("--concurrency", args.concurrency, 10_000))
-  const maxTokens = Option.isNone(args.maxTokens)
-    ? undefined
-    : yield* checkFlag(common, Input.positiveInt("--max-tokens", args.maxTokens.value, 1_000_000))
+  const maxTokens = yield* maxTokensOf(common, args.maxTokens)
   return { concurrency, maxTokens }
 })
 

@@ -18,7 +18,8 @@ import * as Ollama from "../Model/Ollama.js"
 import * as OpenAiCompat from "../Model/OpenAiCompat.js"
 import * as WatsonX from "../Model/WatsonX.js"
 import { ModelProvider } from "../Model.js"
-import { formatPath, type Issue, type Provider } from "./Config.js"
+import { formatPath, type Issue } from "./Config.js"
+import type { Provider } from "./ConfigSchema.js"
 
 /**
  * The environment variable a provider reads its key from, and whether it must be set.

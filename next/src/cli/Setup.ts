@@ -17,15 +17,8 @@ import type { ModelProvider } from "../Model.js"
 import * as Orchestra from "../Orchestra.js"
 import * as RateLimit from "../RateLimit.js"
 import * as ResponseCache from "../ResponseCache.js"
-import {
-  bundledProviderName,
-  ConfigFileError,
-  formatPath,
-  type Issue,
-  type Loaded,
-  type Provider,
-  tidy
-} from "./Config.js"
+import { bundledProviderName, ConfigFileError, formatPath, type Issue, type Loaded, tidy } from "./Config.js"
+import type { Provider } from "./ConfigSchema.js"
 import * as Providers from "./Providers.js"
 
 /**
@@ -47,8 +40,14 @@ export interface Checked {
  * @since 0.2.0
  * @category utils
  */
-export const providersOf = (loaded: Loaded): Readonly<Record<string, Provider>> =>
-  loaded.config.providers ?? { [bundledProviderName]: { type: "local" } }
+export const providersOf = (loaded: Loaded): Readonly<Record<string, Provider>> => {
+  const providers: unknown = loaded.config.providers
+  if (providers === undefined) return { [bundledProviderName]: { type: "local" } }
+  // Not a map: a shape issue already says so.
+  return typeof providers === "object" && providers !== null && !Array.isArray(providers)
+    ? (providers as Readonly<Record<string, Provider>>)
+    : {}
+}
 
 const defaultProviderOf = (loaded: Loaded): string =>
   loaded.config.defaultProvider ?? Object.keys(providersOf(loaded))[0] ?? bundledProviderName
@@ -81,7 +80,9 @@ const domainIssues = (loaded: Loaded, defaultProvider: string): ReadonlyArray<Is
     const seen = new Map<string, number>()
     list.forEach((raw: unknown, i) => {
       if (loaded.issues.some((issue) => issue.path === `${section}[${i}]`)) return
-      const checked = Domain.check([raw], section)
+      // Alone, a domain's fallback names nothing: they are checked on the merged list below.
+      const alone = typeof raw === "object" && raw !== null ? { ...raw, fallback: undefined } : raw
+      const checked = Domain.check([alone], section)
       if (Result.isFailure(checked)) {
         const { path, message } = checked.failure
         issues.push({ path: path.replace(`${section}[0]`, `${section}[${i}]`), message: tidy(message) })

@@ -186,7 +186,8 @@ const position = (text: string, offset: number): { readonly line: number; readon
  */
 export const parse = (text: string): Result.Result<unknown, SyntaxIssue> => {
   try {
-    return Result.succeed(JSON.parse(text) as unknown)
+    // Editors on some systems save a byte-order mark; JSON.parse refuses it.
+    return Result.succeed(JSON.parse(text.charCodeAt(0) === 0xfeff ? text.slice(1) : text) as unknown)
   } catch {
     try {
       scan(text)

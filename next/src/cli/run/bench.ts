@@ -18,6 +18,7 @@ import {
   errorText,
   ExitCode,
   exitCodes,
+  failWith,
   formatMs,
   printJson,
   splitList
@@ -148,6 +149,16 @@ export const formatTable = (title: string, sequential: Side, concurrent: Side, s
   ].join("\n")
 }
 
+/**
+ * The side that runs first in each round alternates (seq, conc, conc, seq, ...), so that a
+ * machine growing busier or quieter during the benchmark weighs on both sides alike.
+ *
+ * @since 0.2.0
+ * @category utils
+ */
+export const roundOrder = (round: number): ReadonlyArray<"sequential" | "concurrent"> =>
+  round % 2 === 1 ? ["sequential", "concurrent"] : ["concurrent", "sequential"]
+
 /** One item per domain the prompts use (or the default provider), for the warm-up. */
 const warmUpItems = (items: ReadonlyArray<Item>): ReadonlyArray<Item> => {
   const seen = new Set<string>()
@@ -199,8 +210,7 @@ export const run = Effect.fnUntraced(function* (args: Args) {
     const failures: Array<Failure> = []
     for (let round = 1; round <= rounds; round++) {
       const suffix = rounds === 1 ? "" : ` ${round}/${rounds}`
-      const order = round % 2 === 1 ? (["sequential", "concurrent"] as const) : (["concurrent", "sequential"] as const)
-      for (const run of order) {
+      for (const run of roundOrder(round)) {
         const result = yield* runOnce(`${run}${suffix}`, run === "sequential" ? 1 : concurrency)
         ;(run === "sequential" ? sequentialRuns : concurrentRuns).push(result)
         failures.push(...failuresOf(run, round, result, prompts))
@@ -257,5 +267,9 @@ export const run = Effect.fnUntraced(function* (args: Args) {
     }
     if (!ok) return yield* new ExitCode({ code: exitCodes.failed })
   })
-  yield* program.pipe(provideOrchestra(common, checked, { maxConcurrent: concurrency }))
+  yield* program.pipe(
+    // A batch fails as a whole only on options the checks above already passed; should one slip through, it is usage.
+    Effect.catchTag("ModelError", (error) => failWith(common, exitCodes.usage, error.message, { kind: "usage" })),
+    provideOrchestra(common, checked, { maxConcurrent: concurrency })
+  )
 })

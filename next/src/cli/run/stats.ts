@@ -7,7 +7,7 @@
 import { Console, Effect, Option } from "effect"
 import { Batch } from "../../Batch.js"
 import * as Stats from "../../Stats.js"
-import { type Common, ExitCode, exitCodes, printJson, splitList } from "../Common.js"
+import { type Common, ExitCode, exitCodes, failWith, printJson, splitList } from "../Common.js"
 import { checkDomains, prepare, provideOrchestra } from "../Manager.js"
 import * as Prompts from "../Prompts.js"
 import { domainNames } from "../Setup.js"
@@ -53,5 +53,9 @@ export const run = Effect.fnUntraced(function* (args: Args) {
     )
     if (!ok) return yield* new ExitCode({ code: exitCodes.failed })
   })
-  yield* program.pipe(provideOrchestra(common, checked, { maxConcurrent: concurrency }))
+  yield* program.pipe(
+    // A batch fails as a whole only on options the checks above already passed; should one slip through, it is usage.
+    Effect.catchTag("ModelError", (error) => failWith(common, exitCodes.usage, error.message, { kind: "usage" })),
+    provideOrchestra(common, checked, { maxConcurrent: concurrency })
+  )
 })

@@ -21,7 +21,7 @@ import {
   splitList
 } from "../Common.js"
 import { checkDomains, prepare, provideOrchestra } from "../Manager.js"
-import { checkRunFlags } from "../Prompts.js"
+import { maxTokensOf } from "../Prompts.js"
 import type { Args } from "../Test.js"
 
 /**
@@ -110,7 +110,7 @@ const report = (common: Common, out: TestOutput, failure: AiError | undefined): 
  */
 export const run = Effect.fnUntraced(function* (args: Args) {
   const common: Common = { json: args.json, config: args.config }
-  const { maxTokens } = yield* checkRunFlags(common, { concurrency: 1, maxTokens: args.maxTokens })
+  const maxTokens = yield* maxTokensOf(common, args.maxTokens)
   const prompt = args.prompt.trim()
   if (prompt.length === 0) {
     return yield* failWith(common, exitCodes.usage, "--prompt is empty: give the question to send", { kind: "usage" })
