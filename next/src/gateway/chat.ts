@@ -135,7 +135,7 @@ export const make = (env: Env) => {
         return answered(env, "chat", started, failure(env, yield* errorOf(exit.cause)), tracker.upstreamMs)
       }
       const { response, headers } = exit.value
-      yield* settle(reserved, response.usage)
+      yield* settle(reserved, { inputTokens: response.usage.inputTokens, outputTokens: response.usage.outputTokens })
       metrics.tokens(response.usage.inputTokens, response.usage.outputTokens)
       const body = Wire.chatCompletion(env.nextId("chatcmpl-"), created(), model, response)
       return answered(env, "chat", started, json(200, body, headers), tracker.upstreamMs)
@@ -182,7 +182,7 @@ export const make = (env: Env) => {
               const usage = ending.finish.usage
               metrics.tokens(usage.inputTokens, usage.outputTokens)
               metrics.answered("chat_stream", 200, elapsed, undefined)
-              return settle(reserved, usage)
+              return settle(reserved, { inputTokens: usage.inputTokens, outputTokens: usage.outputTokens })
             }
             case "Failed":
               metrics.failed(reasonOf(ending.error))

@@ -102,6 +102,11 @@ export interface WireError {
   }
   /** `Retry-After` in whole seconds (at least 1), for 429 and 503. */
   readonly retryAfterSeconds?: number | undefined
+  /**
+   * `false` for a refusal that retrying cannot cure soon (an exhausted budget without a
+   * reset time): sent as `x-should-retry: false`, which the official clients obey.
+   */
+  readonly shouldRetry?: boolean | undefined
   /** The label the failure is counted under (`errors by reason`). */
   readonly reason: string
 }
@@ -168,10 +173,13 @@ export const fromGatewayError = (error: GatewayError): WireError => {
     error.limit !== undefined
       ? { scope: error.scope, id: error.scopeId, unit: error.unit ?? "tokens", spent: error.spent, limit: error.limit }
       : undefined
+  // A spent budget comes back at its reset (its retryAfter) or never: no Retry-After of 1 s for it.
+  const final = error.reason === "BudgetExceeded" && error.retryAfter === undefined
   return {
     status,
     body: budget === undefined ? wire : { error: { ...wire.error, budget } },
-    retryAfterSeconds: status === 429 || status === 503 ? (seconds(error.retryAfter) ?? 1) : undefined,
+    retryAfterSeconds: !final && (status === 429 || status === 503) ? (seconds(error.retryAfter) ?? 1) : undefined,
+    shouldRetry: final ? false : undefined,
     reason: error.reason
   }
 }
@@ -186,11 +194,17 @@ const modelErrorStatus = (error: Extract<AiError, { _tag: "ModelError" }>): [num
     case "TooLarge":
       return [400, "invalid_request_error", "context_length_exceeded"]
     case "RateLimited":
-      return [429, "rate_limit_error", "upstream_rate_limited"]
+      // Our own rate limit on the provider carries no status; the provider's 429 does.
+      return [429, "rate_limit_error", error.status === undefined ? "rate_limit_exceeded" : "upstream_rate_limited"]
     case "Overloaded":
-      return [503, "service_unavailable", "upstream_overloaded"]
     case "Unavailable":
-      return [503, "service_unavailable", "upstream_unavailable"]
+      // An upstream that answered 500 or 502 failed, rather than said it is busy: a bad gateway.
+      if (error.status === 500 || error.status === 502) return [502, "upstream_error", "upstream_error"]
+      return [
+        503,
+        "service_unavailable",
+        error.reason === "Overloaded" ? "upstream_overloaded" : "upstream_unavailable"
+      ]
     case "Timeout":
       return [504, "timeout", "upstream_timeout"]
     case "Unauthorized":

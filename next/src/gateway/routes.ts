@@ -94,6 +94,7 @@ export const failure = (
   env.metrics.failed(wire.reason)
   const headers: Record<string, string> = { ...extraHeaders }
   if (wire.retryAfterSeconds !== undefined) headers["retry-after"] = String(wire.retryAfterSeconds)
+  if (wire.shouldRetry === false) headers["x-should-retry"] = "false"
   return json(wire.status, JSON.stringify(wire.body), headers)
 }
 

@@ -1,0 +1,227 @@
+/**
+ * Refusals and failures as the official client sees them: the status, the OpenAI-shaped
+ * body, `Retry-After`; the key store's reservation released whenever a call fails.
+ */
+import { assert, describe, it } from "@effect/vitest"
+import { Duration, Effect } from "effect"
+import * as Gateway from "../../src/Gateway.js"
+import * as Server from "../utils/httpServer.js"
+import * as Harness from "./harness.js"
+import * as Up from "./upstream.js"
+
+const hi = [{ role: "user" as const, content: "hi" }]
+
+const keys = () =>
+  Harness.keyStore(
+    {
+      "sk-alice": { id: "alice", name: "Alice" },
+      "sk-bob": { id: "bob", name: "Bob", allowedModels: ["d-b"] },
+      "sk-broke": { id: "broke", name: "Broke", team: "t1" },
+      "sk-busy": { id: "busy", name: "Busy" }
+    },
+    (key) =>
+      key.id === "broke"
+        ? Gateway.gatewayError("BudgetExceeded", "the budget of team t1 is spent: 10.02 of 10 USD", {
+            scope: "team",
+            scopeId: "t1",
+            unit: "usd",
+            spent: 10.02,
+            limit: 10
+          })
+        : key.id === "busy"
+          ? Gateway.gatewayError("RateLimited", "key busy: 60 requests per minute", { retryAfter: Duration.seconds(7) })
+          : undefined
+  )
+
+describe("Gateway: keys", () => {
+  it.live("401 for a missing or unknown key; the key never appears in the answer", () =>
+    Effect.gen(function* () {
+      const upstream = yield* Server.make(Up.openAi())
+      const { service } = keys()
+      const gw = yield* Harness.make({ upstreams: { a: upstream.url }, keys: service })
+      const bad = yield* Harness.failing(() =>
+        gw.client("sk-wrong-0123456789").chat.completions.create({ model: "d-a", messages: hi })
+      )
+      assert.strictEqual(bad.status, 401)
+      assert.strictEqual(bad.type, "authentication_error")
+      assert.strictEqual(bad.code, "invalid_api_key")
+      assert.notInclude(JSON.stringify(bad.body), "sk-wrong-0123456789")
+      const models = yield* Harness.failing(() => gw.client("sk-nope").models.list())
+      assert.strictEqual(models.status, 401)
+      const none = yield* Effect.promise(() =>
+        fetch(`${gw.url}/v1/chat/completions`, { method: "POST", body: JSON.stringify({ model: "d-a", messages: hi }) })
+      )
+      assert.strictEqual(none.status, 401)
+      assert.strictEqual(
+        ((yield* Effect.promise(() => none.json())) as { error: { code: string } }).error.code,
+        "invalid_api_key"
+      )
+      assert.strictEqual((yield* upstream.requests).length, 0)
+    })
+  )
+
+  it.live("403 for a model the key may not use; the model list shows only what it may use", () =>
+    Effect.gen(function* () {
+      const upstream = yield* Server.make(Up.openAi())
+      const { service } = keys()
+      const gw = yield* Harness.make({ upstreams: { a: upstream.url, b: upstream.url }, keys: service })
+      const refused = yield* Harness.failing(() =>
+        gw.client("sk-bob").chat.completions.create({ model: "d-a", messages: hi })
+      )
+      assert.strictEqual(refused.status, 403)
+      assert.strictEqual(refused.code, "model_not_allowed")
+      assert.strictEqual(refused.param, "model")
+      const listed = yield* Harness.call(() => gw.client("sk-bob").models.list())
+      assert.deepStrictEqual(
+        listed.data.map((m) => m.id),
+        ["d-b"]
+      )
+      const all = yield* Harness.call(() => gw.client("sk-alice").models.list())
+      assert.deepStrictEqual(
+        all.data.map((m) => m.id),
+        ["d-a", "d-b", "a/a-model", "b/b-model"]
+      )
+    })
+  )
+
+  it.live(
+    "429 with Retry-After when the key's limit refuses; the budget refusal names its scope, spend and limit",
+    () =>
+      Effect.gen(function* () {
+        const upstream = yield* Server.make(Up.openAi())
+        const { service, log } = keys()
+        const gw = yield* Harness.make({ upstreams: { a: upstream.url }, keys: service })
+        const limited = yield* Harness.failing(() =>
+          gw.client("sk-busy").chat.completions.create({ model: "d-a", messages: hi })
+        )
+        assert.strictEqual(limited.status, 429)
+        assert.strictEqual(limited.headers?.get("retry-after"), "7")
+        assert.strictEqual(limited.code, "rate_limit_exceeded")
+        const broke = yield* Harness.failing(() =>
+          gw.client("sk-broke").chat.completions.create({ model: "d-a", messages: hi })
+        )
+        assert.strictEqual(broke.status, 429)
+        assert.strictEqual(broke.type, "insufficient_quota")
+        assert.strictEqual(broke.code, "budget_exceeded")
+        assert.include(broke.message, "team t1")
+        assert.deepStrictEqual((broke.body as { budget: unknown }).budget, {
+          scope: "team",
+          id: "t1",
+          unit: "usd",
+          spent: 10.02,
+          limit: 10
+        })
+        assert.strictEqual(broke.headers?.get("x-should-retry"), "false")
+        assert.strictEqual((yield* upstream.requests).length, 0)
+        assert.strictEqual(log.reserved.length, 0)
+      })
+  )
+
+  it.live(
+    "reserves before the call from max_tokens and the input, settles with the real usage, releases on failure",
+    () =>
+      Effect.gen(function* () {
+        const upstream = yield* Server.make(
+          Server.script(
+            (_, res) => Server.json(res, 200, Up.completion("ok")),
+            (_, res) => Server.json(res, 400, { error: { message: "bad things", type: "invalid_request_error" } })
+          )
+        )
+        const { service, log } = keys()
+        const gw = yield* Harness.make({ upstreams: { a: upstream.url }, keys: service })
+        yield* Harness.call(() =>
+          gw
+            .client("sk-alice")
+            .chat.completions.create({
+              model: "d-a",
+              messages: [{ role: "user", content: "12345678" }],
+              max_tokens: 50
+            })
+        )
+        assert.deepStrictEqual(log.reserved, [{ key: "alice", model: "d-a", inputTokens: 2, maxOutputTokens: 50 }])
+        assert.deepStrictEqual(log.settled, [{ id: 0, inputTokens: 11, outputTokens: 7 }])
+        const failed = yield* Harness.failing(() =>
+          gw.client("sk-alice").chat.completions.create({ model: "d-a", messages: hi })
+        )
+        assert.strictEqual(failed.status, 400)
+        assert.strictEqual(log.reserved[1]!.maxOutputTokens, 4096)
+        assert.deepStrictEqual(log.released, [1])
+        assert.strictEqual(log.settled.length, 1)
+      })
+  )
+})
+
+describe("Gateway: requests refused before any provider", () => {
+  it.live(
+    "404 for an unknown model or path, 405 for a wrong method, 413 beyond maxBodyBytes, 400 naming the parameter",
+    () =>
+      Effect.gen(function* () {
+        const upstream = yield* Server.make(Up.openAi())
+        const gw = yield* Harness.make({ upstreams: { a: upstream.url }, gateway: { maxBodyBytes: 4096 } })
+        const client = gw.client()
+        const unknown = yield* Harness.failing(() => client.chat.completions.create({ model: "gpt-9", messages: hi }))
+        assert.deepStrictEqual([unknown.status, unknown.code, unknown.param], [404, "model_not_found", "model"])
+        const noProvider = yield* Harness.failing(() => client.chat.completions.create({ model: "zz/x", messages: hi }))
+        assert.strictEqual(noProvider.status, 404)
+        const big = yield* Harness.failing(() =>
+          client.chat.completions.create({ model: "d-a", messages: [{ role: "user", content: "x".repeat(5000) }] })
+        )
+        assert.strictEqual(big.status, 413)
+        const param = yield* Harness.failing(() =>
+          client.chat.completions.create({ model: "d-a", messages: hi, temperature: 3 })
+        )
+        assert.deepStrictEqual([param.status, param.param, param.type], [400, "temperature", "invalid_request_error"])
+        const path = yield* Effect.promise(() => fetch(`${gw.url}/v1/completions`, { method: "POST", body: "{}" }))
+        assert.strictEqual(path.status, 404)
+        assert.strictEqual(
+          ((yield* Effect.promise(() => path.json())) as { error: { code: string } }).error.code,
+          "unknown_url"
+        )
+        const method = yield* Effect.promise(() => fetch(`${gw.url}/v1/chat/completions`))
+        assert.strictEqual(method.status, 405)
+        assert.strictEqual(method.headers.get("allow"), "POST")
+        const broken = yield* Effect.promise(() =>
+          fetch(`${gw.url}/v1/chat/completions`, { method: "POST", body: "{not json" })
+        )
+        assert.strictEqual(broken.status, 400)
+        assert.strictEqual(
+          ((yield* Effect.promise(() => broken.json())) as { error: { code: string } }).error.code,
+          "invalid_json"
+        )
+        assert.strictEqual((yield* upstream.requests).length, 0)
+      })
+  )
+})
+
+describe("Gateway: upstream failures", () => {
+  it.live("an upstream 500 is a 502, its 429 a 429 with its Retry-After, a deadline a 504, an open breaker a 503", () =>
+    Effect.gen(function* () {
+      const upstream = yield* Server.make((request, res) => {
+        const prompt = (request.json as { messages: Array<{ content: string }> }).messages[0]!.content
+        if (prompt === "500") return Server.json(res, 500, { error: { message: "boom" } })
+        if (prompt === "429") return Server.json(res, 429, { error: { message: "slow down" } }, { "retry-after": "3" })
+        if (prompt === "hang") return Server.hang()
+        return Server.json(res, 200, Up.completion("ok"))
+      })
+      const gw = yield* Harness.make({
+        upstreams: { a: upstream.url },
+        executor: { timeout: 300 },
+        breakers: { failMax: 3, resetTimeout: "1 minute" }
+      })
+      const ask = (content: string) =>
+        Harness.failing(() =>
+          gw.client().chat.completions.create({ model: "d-a", messages: [{ role: "user", content }] })
+        )
+      const upstream500 = yield* ask("500")
+      assert.deepStrictEqual([upstream500.status, upstream500.type], [502, "upstream_error"])
+      const upstream429 = yield* ask("429")
+      assert.deepStrictEqual([upstream429.status, upstream429.headers?.get("retry-after")], [429, "3"])
+      const hung = yield* ask("hang")
+      assert.deepStrictEqual([hung.status, hung.code], [504, "request_timeout"])
+      const open = yield* ask("ok")
+      assert.deepStrictEqual([open.status, open.code], [503, "circuit_open"])
+      assert.isString(open.headers?.get("retry-after"))
+      assert.notInclude(JSON.stringify([upstream500, upstream429, hung, open].map((e) => e.body)), Harness.UPSTREAM_KEY)
+    })
+  )
+})

@@ -1,0 +1,224 @@
+/**
+ * Reading OpenAI requests: each mistake names the OpenAI parameter; what the pipeline
+ * cannot honour is refused, not dropped; and the error mapping of every failure.
+ */
+import { assert, describe, it } from "@effect/vitest"
+import { Duration, Result } from "effect"
+import {
+  CircuitOpenError,
+  FallbackExhaustedError,
+  ModelError,
+  ShuttingDownError,
+  StreamInterruptedError,
+  TimeoutError
+} from "../../src/AiError.js"
+import { gatewayError, toWire } from "../../src/gateway/errors.js"
+import * as Wire from "../../src/gateway/wire.js"
+
+const chat = (body: Record<string, unknown>) =>
+  Wire.parseChat({ model: "m", messages: [{ role: "user", content: "hi" }], ...body })
+
+const paramOf = (result: Result.Result<unknown, { readonly param?: string | undefined }>) =>
+  Result.isFailure(result) ? result.failure.param : "accepted"
+
+describe("gateway wire: chat requests", () => {
+  it("reads the conversation: leading system/developer messages become the system prompt", () => {
+    const read = Wire.parseChat({
+      model: "support",
+      messages: [
+        { role: "system", content: "one" },
+        { role: "developer", content: [{ type: "text", text: "two" }] },
+        {
+          role: "user",
+          content: [
+            { type: "text", text: "a" },
+            { type: "text", text: "b" }
+          ],
+          name: "me"
+        },
+        {
+          role: "assistant",
+          content: null,
+          tool_calls: [{ id: "c1", type: "function", function: { name: "f", arguments: "{}" } }]
+        },
+        { role: "tool", tool_call_id: "c1", content: "42" },
+        { role: "system", content: "late" }
+      ],
+      max_completion_tokens: 9,
+      temperature: 0,
+      top_p: 1,
+      seed: 7,
+      stop: "END",
+      user: "someone",
+      metadata: { a: "b" }
+    })
+    assert.isTrue(Result.isSuccess(read))
+    const call = Result.getOrThrow(read)
+    assert.strictEqual(call.model, "support")
+    assert.isFalse(call.stream)
+    assert.deepStrictEqual(call.request, {
+      system: "one\n\ntwo",
+      messages: [
+        { role: "user", content: "ab" },
+        { role: "assistant", content: "", toolCalls: [{ id: "c1", name: "f", arguments: "{}" }] },
+        { role: "tool", content: "42", toolCallId: "c1" },
+        { role: "system", content: "late" }
+      ],
+      maxTokens: 9,
+      temperature: 0,
+      topP: 1,
+      seed: 7,
+      stop: ["END"]
+    })
+  })
+
+  it("reads tools, tool_choice, response_format and stream options", () => {
+    const call = Result.getOrThrow(
+      chat({
+        tools: [{ type: "function", function: { name: "weather", description: "d", parameters: { type: "object" } } }],
+        tool_choice: { type: "function", function: { name: "weather" } },
+        response_format: { type: "json_schema", json_schema: { name: "s", schema: { type: "object" }, strict: true } },
+        stream: true,
+        stream_options: { include_usage: true }
+      })
+    )
+    assert.deepStrictEqual(call.request.tools, [{ name: "weather", description: "d", parameters: { type: "object" } }])
+    assert.deepStrictEqual(call.request.toolChoice, { name: "weather" })
+    assert.deepStrictEqual(call.request.responseFormat, {
+      type: "json_schema",
+      name: "s",
+      schema: { type: "object" },
+      strict: true
+    })
+    assert.isTrue(call.stream)
+    assert.isTrue(call.includeUsage)
+  })
+
+  it("names the OpenAI parameter of each mistake", () => {
+    assert.strictEqual(paramOf(Wire.parseChat(null)), "body")
+    assert.strictEqual(paramOf(Wire.parseChat({ messages: [] })), "model")
+    assert.strictEqual(paramOf(Wire.parseChat({ model: "m" })), "messages")
+    assert.strictEqual(paramOf(Wire.parseChat({ model: "m", messages: [] })), "messages")
+    assert.strictEqual(paramOf(chat({ messages: [{ role: "user" }] })), "messages[0].content")
+    assert.strictEqual(paramOf(chat({ messages: [{ role: "robot", content: "x" }] })), "messages[0].role")
+    assert.strictEqual(
+      paramOf(chat({ messages: [{ role: "user", content: [{ type: "image_url", image_url: {} }] }] })),
+      "messages[0].content[0].type"
+    )
+    assert.strictEqual(paramOf(chat({ messages: [{ role: "tool", content: "x" }] })), "messages[0].tool_call_id")
+    assert.strictEqual(paramOf(chat({ messages: [{ role: "user", content: "x", audio: {} }] })), "messages[0].audio")
+    assert.strictEqual(paramOf(chat({ max_tokens: 0 })), "max_tokens")
+    assert.strictEqual(paramOf(chat({ max_tokens: 1.5 })), "max_tokens")
+    assert.strictEqual(paramOf(chat({ max_tokens: "10" })), "max_tokens")
+    assert.strictEqual(paramOf(chat({ max_tokens: 5, max_completion_tokens: 6 })), "max_completion_tokens")
+    assert.strictEqual(paramOf(chat({ temperature: 2.5 })), "temperature")
+    assert.strictEqual(paramOf(chat({ temperature: Number.NaN })), "temperature")
+    assert.strictEqual(paramOf(chat({ top_p: -0.1 })), "top_p")
+    assert.strictEqual(paramOf(chat({ seed: 1.5 })), "seed")
+    assert.strictEqual(paramOf(chat({ stop: [1] })), "stop")
+    assert.strictEqual(paramOf(chat({ stream: "yes" })), "stream")
+    assert.strictEqual(paramOf(chat({ stream_options: { include_usage: true } })), "stream_options")
+    assert.strictEqual(paramOf(chat({ stream: true, stream_options: { verbose: 1 } })), "stream_options.verbose")
+    assert.strictEqual(paramOf(chat({ tools: [{ type: "function", function: {} }] })), "tools[0].function.name")
+    assert.strictEqual(paramOf(chat({ tool_choice: "sometimes" })), "tool_choice")
+    assert.strictEqual(paramOf(chat({ response_format: { type: "xml" } })), "response_format.type")
+    assert.strictEqual(paramOf(chat({ temprature: 1 })), "temprature")
+  })
+
+  it("refuses what it cannot honour and accepts its neutral values", () => {
+    assert.strictEqual(paramOf(chat({ n: 2 })), "n")
+    assert.strictEqual(paramOf(chat({ n: 1 })), "accepted")
+    assert.strictEqual(paramOf(chat({ presence_penalty: 0.5 })), "presence_penalty")
+    assert.strictEqual(paramOf(chat({ frequency_penalty: 0 })), "accepted")
+    assert.strictEqual(paramOf(chat({ logprobs: true })), "logprobs")
+    assert.strictEqual(paramOf(chat({ logit_bias: { "1": 2 } })), "logit_bias")
+    assert.strictEqual(paramOf(chat({ logit_bias: {} })), "accepted")
+    assert.strictEqual(paramOf(chat({ max_tokens: null, temperature: null, tools: null })), "accepted")
+  })
+})
+
+describe("gateway wire: embedding requests", () => {
+  it("reads a string or strings, the encoding, and refuses token arrays and dimensions", () => {
+    const one = Result.getOrThrow(Wire.parseEmbed({ model: "e", input: "x" }))
+    assert.deepStrictEqual(one.request.texts, ["x"])
+    assert.strictEqual(one.encoding, "float")
+    const many = Result.getOrThrow(Wire.parseEmbed({ model: "e", input: ["a", "b"], encoding_format: "base64" }))
+    assert.deepStrictEqual(many.request.texts, ["a", "b"])
+    assert.strictEqual(many.encoding, "base64")
+    assert.strictEqual(paramOf(Wire.parseEmbed({ model: "e", input: [1, 2] })), "input")
+    assert.strictEqual(paramOf(Wire.parseEmbed({ model: "e", input: [] })), "input")
+    assert.strictEqual(paramOf(Wire.parseEmbed({ model: "e" })), "input")
+    assert.strictEqual(paramOf(Wire.parseEmbed({ model: "e", input: "x", dimensions: 8 })), "dimensions")
+    assert.strictEqual(paramOf(Wire.parseEmbed({ model: "e", input: "x", encoding_format: "hex" })), "encoding_format")
+  })
+
+  it("writes base64 as little-endian float32, which decodes back to the vector", () => {
+    const text = Wire.embeddings("e", { vectors: [[0.5, -2, 3.25]], provider: "p", model: "m" }, "base64")
+    const encoded = (JSON.parse(text) as { data: Array<{ embedding: string }> }).data[0]!.embedding
+    const bytes = Buffer.from(encoded, "base64")
+    const floats = Array.from({ length: bytes.length / 4 }, (_, i) => bytes.readFloatLE(i * 4))
+    assert.deepStrictEqual(floats, [0.5, -2, 3.25])
+  })
+})
+
+describe("gateway errors: statuses and bodies", () => {
+  const statusOf = (error: Parameters<typeof toWire>[0]) => toWire(error).status
+
+  it("maps every failure to its status, with Retry-After on 429 and 503", () => {
+    assert.strictEqual(statusOf(new ModelError({ reason: "InvalidRequest", message: "x", field: "prompt" })), 400)
+    assert.strictEqual(statusOf(new ModelError({ reason: "Unauthorized", message: "x", status: 401 })), 502)
+    assert.strictEqual(statusOf(new ModelError({ reason: "Transport", message: "x" })), 502)
+    assert.strictEqual(statusOf(new ModelError({ reason: "Overloaded", message: "x", status: 503 })), 503)
+    assert.strictEqual(statusOf(new TimeoutError({ limit: "request", timeout: Duration.seconds(1) })), 504)
+    assert.strictEqual(statusOf(new ShuttingDownError({ message: "x" })), 503)
+    assert.strictEqual(statusOf(new StreamInterruptedError({ partialText: "ab", reason: "Transport" })), 502)
+    const upstream429 = toWire(
+      new ModelError({ reason: "RateLimited", message: "x", status: 429, retryAfter: Duration.millis(2500) })
+    )
+    assert.strictEqual(upstream429.status, 429)
+    assert.strictEqual(upstream429.retryAfterSeconds, 3)
+    assert.strictEqual(upstream429.body.error.code, "upstream_rate_limited")
+    const ours = toWire(new ModelError({ reason: "RateLimited", message: "x", retryAfter: Duration.millis(10) }))
+    assert.strictEqual(ours.body.error.code, "rate_limit_exceeded")
+    assert.strictEqual(ours.retryAfterSeconds, 1)
+    const open = toWire(new CircuitOpenError({ breaker: "a", state: "open", retryAfter: Duration.seconds(4) }))
+    assert.deepStrictEqual([open.status, open.retryAfterSeconds, open.body.error.code], [503, 4, "circuit_open"])
+  })
+
+  it("answers an exhausted fallback as its last step, naming every step", () => {
+    const wire = toWire(
+      new FallbackExhaustedError({
+        attempts: [
+          { provider: "a", error: new ModelError({ reason: "Overloaded", message: "busy" }) },
+          { provider: "b", error: new TimeoutError({ limit: "request", timeout: Duration.seconds(1) }) }
+        ]
+      })
+    )
+    assert.strictEqual(wire.status, 504)
+    assert.include(wire.body.error.message, "a: ModelError Overloaded")
+    assert.strictEqual(wire.reason, "FallbackExhausted")
+  })
+
+  it("writes a budget refusal with its scope, spend and limit", () => {
+    const wire = toWire(
+      gatewayError("BudgetExceeded", "budget of team t exceeded", {
+        scope: "team",
+        scopeId: "t",
+        unit: "usd",
+        spent: 10.5,
+        limit: 10
+      })
+    )
+    assert.strictEqual(wire.status, 429)
+    assert.deepStrictEqual(wire.body.error.budget, { scope: "team", id: "t", unit: "usd", spent: 10.5, limit: 10 })
+    assert.strictEqual(wire.body.error.type, "insufficient_quota")
+    assert.strictEqual(wire.body.error.code, "budget_exceeded")
+    // Retrying cannot cure a spent budget before its reset: no Retry-After, and the official clients told not to.
+    assert.strictEqual(wire.retryAfterSeconds, undefined)
+    assert.strictEqual(wire.shouldRetry, false)
+    const periodic = toWire(
+      gatewayError("BudgetExceeded", "x", { scope: "key", spent: 1, limit: 1, retryAfter: Duration.minutes(5) })
+    )
+    assert.deepStrictEqual([periodic.retryAfterSeconds, periodic.shouldRetry], [300, undefined])
+  })
+})
