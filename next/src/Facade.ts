@@ -237,6 +237,28 @@ const abortError = (signal: AbortSignal, elapsedMillis: number): AiError | Abort
   return new AbortedError({ message: `the call was aborted by its signal${why}`, cause: reason })
 }
 
+/** `promise`, or the abort's error if the signal aborts first (a manager still being built, say). */
+const untilAborted = <A>(promise: Promise<A>, signal: AbortSignal | undefined, elapsed: () => number): Promise<A> =>
+  signal === undefined
+    ? promise
+    : new Promise<A>((resolve, reject) => {
+        const onAbort = () => reject(new OrchestraError(abortError(signal, elapsed())))
+        signal.addEventListener("abort", onAbort, { once: true })
+        promise.then(
+          (value) => {
+            signal.removeEventListener("abort", onAbort)
+            resolve(value)
+          },
+          (error: unknown) => {
+            signal.removeEventListener("abort", onAbort)
+            reject(error)
+          }
+        )
+      })
+
+// The facade's own clock, read before the manager (and its context) exists.
+const clock = Context.get(Context.empty() as Context.Context<never>, Clock.Clock)
+
 const isFacadeError = (u: unknown): u is FacadeError =>
   isAiError(u) || u instanceof AbortedError || u instanceof Input.ConfigError
 
@@ -299,18 +321,18 @@ export const createOrchestra = <E>(layer: Layer.Layer<Services, E, never>): Orch
     const checked = options.success
     const signal = cancels ? checked.signal : undefined
     if (signal?.aborted) return Promise.reject(new OrchestraError(abortError(signal, 0)))
-    return servicesOf().then(
+    const started = clock.currentTimeMillisUnsafe()
+    const elapsed = () => clock.currentTimeMillisUnsafe() - started
+    return untilAborted(servicesOf(), signal, elapsed).then(
       (context) =>
         new Promise<A>((resolve, reject) => {
           if (disposing !== undefined) return reject(shuttingDown())
-          if (signal?.aborted) return reject(new OrchestraError(abortError(signal, 0)))
-          const clock = Context.get(context, Clock.Clock)
-          const started = clock.currentTimeMillisUnsafe()
+          if (signal?.aborted) return reject(new OrchestraError(abortError(signal, elapsed())))
           const cut: Cut = { error: undefined }
           let aborted: FacadeError | undefined
           const fiber = Effect.runForkWith(context)(Effect.provideService(program(checked), CurrentCut, cut))
           const onAbort = () => {
-            const error = abortError(signal!, clock.currentTimeMillisUnsafe() - started)
+            const error = abortError(signal!, elapsed())
             aborted = error
             // Set before the interruption, so the cut steps are counted as what the caller sees.
             if (error._tag !== "AbortedError") cut.error = error
@@ -335,15 +357,15 @@ export const createOrchestra = <E>(layer: Layer.Layer<Services, E, never>): Orch
       if (Result.isFailure(checked)) throw new OrchestraError(checked.failure)
       const signal = checked.success.signal
       if (signal?.aborted) throw new OrchestraError(abortError(signal, 0))
-      const context = await servicesOf()
-      const clock = Context.get(context, Clock.Clock)
       const started = clock.currentTimeMillisUnsafe()
+      const elapsed = () => clock.currentTimeMillisUnsafe() - started
+      const context = await untilAborted(servicesOf(), signal, elapsed)
       const cut: Cut = { error: undefined }
       let parts: Stream.Stream<StreamPart, FacadeError, Services> = Calls.stream(prompt, checked.success)
       if (signal !== undefined) {
         const aborted = Effect.callback<never, FacadeError>((resume) => {
           const onAbort = () => {
-            const error = abortError(signal, clock.currentTimeMillisUnsafe() - started)
+            const error = abortError(signal, elapsed())
             if (error._tag !== "AbortedError") cut.error = error
             resume(Effect.fail(error))
           }

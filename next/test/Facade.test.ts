@@ -295,6 +295,19 @@ describe("createOrchestra: deadlines and signals (item 24)", () => {
     }
   })
 
+  it("a signal also bounds the wait for a manager that is still being built", async () => {
+    const never = Layer.effect(ModelProvider, Effect.never)
+    const orchestra = createOrchestra(Orchestra.layer({ providers: { main: never } }))
+    try {
+      const error = await typed(orchestra.execute("x", { signal: AbortSignal.timeout(30) }))
+      assert.strictEqual(error._tag === "TimeoutError" && error.limit, "total")
+      const streamed = await typed(collect(orchestra.stream("x", { signal: AbortSignal.timeout(30) })))
+      assert.strictEqual(streamed._tag, "TimeoutError")
+    } finally {
+      await orchestra.dispose()
+    }
+  })
+
   it("a stream cut by AbortSignal.timeout rejects the loop with a TimeoutError counted as one", async () => {
     const m = mock({ script: [Mock.Outcome.hang({ afterChunks: 1, text: "one two three" })] })
     const orchestra = createOrchestra(Orchestra.layer({ providers: { main: m.layer }, breakers: false }))
