@@ -1,13 +1,13 @@
 #!/usr/bin/env node
-// The `orchestra` command. It runs the compiled JavaScript in dist/ (`npx tsc -p tsconfig.build.json`
-// writes it): no TypeScript loader at run time. From a checkout without a build,
+// The `orchestra` command. It runs the compiled JavaScript in dist/ (`npm run build` writes it, and
+// `npm pack` runs it): no TypeScript loader at run time. From a checkout without a build,
 // `node --import tsx src/cli/bin.ts` runs the sources.
 import { existsSync } from "node:fs"
 
 const entry = new URL("../dist/cli/bin.js", import.meta.url)
 if (!existsSync(entry)) {
   process.stderr.write(
-    "orchestra: the compiled CLI is missing (dist/cli/bin.js): run `npx tsc -p tsconfig.build.json` first\n"
+    "orchestra: the compiled CLI is missing (dist/cli/bin.js): run `npm run build` first\n"
   )
   process.exit(1)
 }
