@@ -324,7 +324,10 @@ export const layerHttp = (options: HttpOptions) =>
   Layer.effect(
     Discovery,
     Effect.gen(function* () {
-      const url = yield* Input.orConfigError(Http.baseUrl("url", options?.url))
+      if (typeof options !== "object" || options === null) {
+        return yield* Input.orConfigError(Result.fail({ path: "options", message: "expected { url }" }))
+      }
+      const url = yield* Input.orConfigError(Http.baseUrl("url", options.url))
       const [timeout, maxResponseBytes] = yield* Input.orConfigError(
         Input.all([
           Input.duration("timeout", options.timeout ?? "5 seconds"),

@@ -432,10 +432,9 @@ const statuses: ReadonlyArray<Status> = ["success", "error", "timeout", "service
  * @since 0.1.0
  * @category constructors
  */
-export const make = Effect.fnUntraced(function* (options: Options = {}) {
-  const [maxConnections, perHost, timeout, maxResponseBytes, retry] = yield* Input.orConfigError(
-    checkOptions(options ?? {})
-  )
+export const make = Effect.fnUntraced(function* (given: Options = {}) {
+  const options = given ?? {}
+  const [maxConnections, perHost, timeout, maxResponseBytes, retry] = yield* Input.orConfigError(checkOptions(options))
   const executor = yield* Executor
   const stats = yield* Stats
   const breaker =

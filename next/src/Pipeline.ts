@@ -15,7 +15,7 @@ import type { Cause, Duration, Types } from "effect"
 import { Effect, Graph, Pipeable, Result as R } from "effect"
 import { dual, identity } from "effect/Function"
 import { type AiError, isAiError, isRetryable } from "./AiError.js"
-import { Executor } from "./Executor.js"
+import { type ExecuteOptions, Executor } from "./Executor.js"
 import type { DurationInput } from "./Input.js"
 import type { GenerateRequest, GenerateResponse } from "./Model.js"
 import * as Internal from "./pipeline/definition.js"
@@ -487,6 +487,8 @@ export const fromSteps = <I, A, E, R>(
 export const validate = <I, O, E, R>(self: Pipeline<I, O, E, R>): Effect.Effect<Pipeline<I, O, E, R>, PipelineError> =>
   self.issue === undefined ? Effect.succeed(self) : Effect.fail(self.issue)
 
+const policyKeys = ["timeout", "totalTimeout", "retry", "fallback", "breaker", "rateLimit", "stats"] as const
+
 const noService = (def: Internal.StepDef, index: number, field: string, what: string): PipelineError =>
   Errors.invalidStep(`steps[${index}].${field}`, what, def.name)
 
@@ -509,13 +511,10 @@ const runImpl = <I, O, E, R>(
     const first = steps.findIndex((def) => def.governed)
     const found = first === -1 ? undefined : yield* Effect.serviceOption(Executor)
     if (found?._tag === "None") {
+      const def = steps[first]!
+      const policy = policyKeys.find((key) => def[key] !== undefined) ?? "timeout"
       return yield* Effect.fail(
-        noService(
-          steps[first]!,
-          first,
-          "timeout",
-          "a step with policies runs through the Executor: provide one (Executor.layer)"
-        )
+        noService(def, first, policy, "a step with policies runs through the Executor: provide one (Executor.layer)")
       )
     }
     const executor = found?._tag === "Some" ? found.value : undefined
@@ -652,10 +651,7 @@ export const route =
  * @category steps
  */
 export const generate =
-  <I, D>(
-    request: (context: StepContext<I, D>) => GenerateRequest,
-    options?: Parameters<Executor["Service"]["execute"]>[1]
-  ) =>
+  <I, D>(request: (context: StepContext<I, D>) => GenerateRequest, options?: ExecuteOptions) =>
   (context: StepContext<I, D>): Effect.Effect<GenerateResponse, AiError, Executor> =>
     Effect.gen(function* () {
       const executor = yield* Executor
