@@ -6,9 +6,7 @@ import { existsSync } from "node:fs"
 
 const entry = new URL("../dist/cli/bin.js", import.meta.url)
 if (!existsSync(entry)) {
-  process.stderr.write(
-    "orchestra: the compiled CLI is missing (dist/cli/bin.js): run `npm run build` first\n"
-  )
+  process.stderr.write("orchestra: the compiled CLI is missing (dist/cli/bin.js): run `npm run build` first\n")
   process.exit(1)
 }
 await import(entry.href)
