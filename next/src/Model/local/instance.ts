@@ -100,14 +100,19 @@ export interface Instance {
 /**
  * ONNX Runtime runs each decoding step synchronously (inside `process.nextTick`), so while
  * a generation runs no timer fires and no other fiber is scheduled. The generation yields
- * a macrotask once per slice of this many milliseconds of steps (read on Effect's `Clock`),
- * or every `STEPS_PER_YIELD` steps when the clock does not move (a `TestClock`): that is
- * when a deadline can fire and interrupt it, and when a stream's consumer receives the
- * text decoded so far. With a real model a step takes longer than a slice, so it yields
- * between any two tokens; with the bundled decoder (~0.2 ms a step) a yield per step cost
- * ~10% of its tokens/s, one per 4 ms about 1-3% (docs/benchmarks/local.md).
+ * a macrotask once per slice of steps: that is when a deadline can fire and interrupt it,
+ * and when a stream's consumer receives the text decoded so far. A slice is at least
+ * `SLICE_MILLIS` (read on Effect's `Clock`), and `YIELD_SHARE` times what a yield has been
+ * costing, up to `MAX_SLICE_MILLIS`: on an idle machine a yield costs microseconds, but on
+ * an oversubscribed one each yield is a chance for the OS to run another process, and
+ * yields measured ~2 ms each (bench/local.ts under load 13 on 2 cores), so fixed 4 ms slices
+ * lost a third of the tokens/s there. Under a `TestClock` (time does not move) it yields
+ * every `STEPS_PER_YIELD` steps. With a real model a step takes longer than a slice, so it
+ * yields between any two tokens.
  */
 const SLICE_MILLIS = 4
+const MAX_SLICE_MILLIS = 50
+const YIELD_SHARE = 20
 const STEPS_PER_YIELD = 32
 
 class StopSequence extends Error {}
@@ -154,6 +159,8 @@ export const makeInstance = ({ lib, modelId, task, tokenizer, model, clock }: In
   const eos = eosIds(model)
   const seq2seq = task === "text2text-generation"
   const decode = (ids: ReadonlyArray<number>) => tokenizer.decode(ids, { skip_special_tokens: true })
+  // What a yield to the event loop has been costing this instance (ms, moving average).
+  let yieldCost = 0
 
   const runGeneration = async (
     input: GenerationInput,
@@ -178,6 +185,8 @@ export const makeInstance = ({ lib, modelId, task, tokenizer, model, clock }: In
     let stoppedAt = -1
 
     let sliceStart = clock.currentTimeMillisUnsafe()
+    const slice = () => Math.min(MAX_SLICE_MILLIS, Math.max(SLICE_MILLIS, YIELD_SHARE * yieldCost))
+    let sliceMillis = slice()
     let steps = 0
     // The first text goes out at once (a stream's time to first token), not at the end of a slice.
     let yieldNext = false
@@ -186,7 +195,7 @@ export const makeInstance = ({ lib, modelId, task, tokenizer, model, clock }: In
       value: (beam: unknown): Promise<unknown> => {
         steps += 1
         const now = clock.currentTimeMillisUnsafe()
-        if (!yieldNext && now - sliceStart < SLICE_MILLIS && steps < STEPS_PER_YIELD) {
+        if (!yieldNext && now - sliceStart < sliceMillis && steps < STEPS_PER_YIELD) {
           if (signal.aborted) return Promise.reject(new Aborted())
           if (halt?.aborted) return Promise.reject(halt.reason)
           return model.runBeam(beam)
@@ -194,6 +203,8 @@ export const makeInstance = ({ lib, modelId, task, tokenizer, model, clock }: In
         yieldNext = false
         return nextMacrotask().then(() => {
           sliceStart = clock.currentTimeMillisUnsafe()
+          yieldCost = 0.8 * yieldCost + 0.2 * (sliceStart - now)
+          sliceMillis = slice()
           steps = 0
           if (signal.aborted) throw new Aborted()
           if (halt?.aborted) throw halt.reason
