@@ -20,6 +20,11 @@ const callOptions = (checked: Checked): CallOptions => ({
   allowStale: checked.raw.allowStale as boolean | undefined
 })
 
+/**
+ * A domain through `Router.execute`, or the default provider as the lead step of `Router.plan`.
+ *
+ * @internal
+ */
 export const execute = Effect.fn("Facade.execute")(function* (prompt: unknown, checked: Checked) {
   const request = yield* requestOf(prompt, checked.context)
   const router = yield* Router
@@ -36,6 +41,7 @@ export const execute = Effect.fn("Facade.execute")(function* (prompt: unknown, c
   return routed.answer(yield* executor.run(routed.plan, routed.call))
 })
 
+/** @internal */
 export const executeWithFallback = Effect.fn("Facade.executeWithFallback")(function* (
   prompt: unknown,
   domains: ReadonlyArray<string>,
@@ -45,6 +51,7 @@ export const executeWithFallback = Effect.fn("Facade.executeWithFallback")(funct
   return yield* (yield* Router).executeWithFallback(request, domains, callOptions(checked))
 })
 
+/** @internal */
 export const executeParallelDomains = Effect.fn("Facade.executeParallelDomains")(function* (
   prompt: unknown,
   domains: ReadonlyArray<string>,
@@ -57,6 +64,7 @@ export const executeParallelDomains = Effect.fn("Facade.executeParallelDomains")
   return yield* router.executeParallelDomains(request, domains, mode, callOptions(checked))
 })
 
+/** `given`: whether the caller passed options at all (the router names `options` when not). @internal */
 export const hedge = Effect.fn("Facade.hedge")(function* (
   prompt: unknown,
   domains: ReadonlyArray<string>,
@@ -75,6 +83,7 @@ export const hedge = Effect.fn("Facade.hedge")(function* (
   return yield* (yield* Router).hedge(request, domains, options as HedgeOptions)
 })
 
+/** A domain through `Router.embed`, or the executor with its retry policy. @internal */
 export const embed = Effect.fn("Facade.embed")(function* (input: unknown, checked: Checked) {
   const request = yield* embedRequestOf(input)
   const domain = checked.raw.domain as string | undefined
@@ -82,6 +91,7 @@ export const embed = Effect.fn("Facade.embed")(function* (input: unknown, checke
   return yield* (yield* Executor).embed(request, { retry: true, totalTimeout: checked.timeout })
 })
 
+/** @internal */
 export const stream = (prompt: unknown, checked: Checked): Stream.Stream<StreamPart, AiError, Services> =>
   Stream.unwrap(
     Effect.gen(function* () {
@@ -99,7 +109,7 @@ export const stream = (prompt: unknown, checked: Checked): Stream.Stream<StreamP
     })
   ).pipe(Stream.withSpan("Facade.stream"))
 
-/** A batch that `signal` or `timeout` cancels: the result names the items that never ran. */
+/** A batch that `signal` or `timeout` cancels: the result names the items that never ran. @internal */
 export const batch = Effect.fn("Facade.batch")(function* (items: ReadonlyArray<Item>, checked: Checked) {
   const runner = yield* Batch
   const {

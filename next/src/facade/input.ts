@@ -10,7 +10,7 @@ import { invalidRequest, type ModelError } from "../AiError.js"
 import * as Input from "../Input.js"
 import { type EmbedRequest, type GenerateRequest, Message } from "../Model.js"
 
-/** A call's options after their checks; the rest are checked by the router, executor or batch. */
+/** A call's options after their checks; the rest are checked by the router, executor or batch. @internal */
 export interface Checked {
   readonly timeout: Duration.Duration | undefined
   readonly signal: AbortSignal | undefined
@@ -18,11 +18,12 @@ export interface Checked {
   readonly raw: Readonly<Record<string, unknown>>
 }
 
+/** No options given. @internal */
 export const none: Checked = { timeout: undefined, signal: undefined, context: undefined, raw: {} }
 
 const common = ["timeout", "signal", "context", "cache", "allowStale"]
 
-/** The options each call takes. */
+/** The options each call takes. @internal */
 export const Keys = {
   execute: new Set([...common, "domain"]),
   fallback: new Set(common),
@@ -33,10 +34,12 @@ export const Keys = {
   batch: new Set(["timeout", "signal", "domain", "fallback", "concurrency", "onProgress", "id"])
 } as const
 
+/** How a wrong value is named in messages. @internal */
 export const kind = (u: unknown): string => (u === null ? "null" : Array.isArray(u) ? "an array" : typeof u)
 
 const decodeContext = Schema.decodeUnknownResult(Schema.Array(Message), { onExcessProperty: "error" })
 
+/** Checks a call's options against the keys it takes; a failure names the field. @internal */
 export const check = (options: unknown, allowed: ReadonlySet<string>): Result.Result<Checked, ModelError> => {
   if (options === undefined) return Result.succeed(none)
   if (typeof options !== "object" || options === null || Array.isArray(options)) {
@@ -75,7 +78,7 @@ export const check = (options: unknown, allowed: ReadonlySet<string>): Result.Re
   return Result.succeed({ timeout: timeout.success, signal, context, raw })
 }
 
-/** The request of a prompt, the conversation's earlier messages first. */
+/** The request of a prompt, the conversation's earlier messages first. @internal */
 export const requestOf = (
   prompt: unknown,
   context: ReadonlyArray<Message> | undefined
@@ -90,7 +93,7 @@ export const requestOf = (
   return Effect.succeed({ ...rest, messages: [...context, ...own] })
 }
 
-/** The embedding request of one text, several, or a whole request (checked by the pipeline). */
+/** The embedding request of one text, several, or a whole request (checked by the pipeline). @internal */
 export const embedRequestOf = (input: unknown): Effect.Effect<EmbedRequest, ModelError> => {
   if (typeof input === "string") return Effect.succeed({ texts: [input] })
   if (Array.isArray(input)) return Effect.succeed({ texts: input as unknown as EmbedRequest["texts"] })
@@ -98,6 +101,11 @@ export const embedRequestOf = (input: unknown): Effect.Effect<EmbedRequest, Mode
   return Effect.fail(invalidRequest("input", `expected a string, an array of strings or a request, got ${kind(input)}`))
 }
 
-/** Whether an abort reason says the caller's deadline passed (`AbortSignal.timeout` gives a `TimeoutError` DOMException). */
+/**
+ * Whether an abort reason says the caller's deadline passed (`AbortSignal.timeout` gives a
+ * `TimeoutError` DOMException).
+ *
+ * @internal
+ */
 export const isTimeoutReason = (reason: unknown): boolean =>
   typeof reason === "object" && reason !== null && (reason as { readonly name?: unknown }).name === "TimeoutError"
