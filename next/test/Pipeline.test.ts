@@ -8,6 +8,7 @@ import * as Executor from "../src/Executor.js"
 import { ModelProvider } from "../src/Model.js"
 import * as Mock from "../src/Model/Mock.js"
 import * as Pipeline from "../src/Pipeline.js"
+import * as RateLimit from "../src/RateLimit.js"
 import * as Router from "../src/Router.js"
 import * as Stats from "../src/Stats.js"
 
@@ -534,6 +535,39 @@ describe("Pipeline steps through the executor's policy pipeline", () => {
         assert.strictEqual(yield* breakers.state("lookup-service"), "open")
         assert.strictEqual(first.outputs.lookup && (first.outputs.lookup as ModelError).reason, "Overloaded")
       })
+  )
+
+  it.effect("a step takes a slot of its rate limit per attempt; a refused slot falls back without running it", () =>
+    Effect.gen(function* () {
+      const context = yield* executorContext(
+        RateLimit.layerMemory({ providers: { "search-api": { requestsPerMinute: 2 } }, maxWait: 0 })
+      )
+      const runs = yield* Ref.make(0)
+      const p = Pipeline.make().step(
+        "search",
+        [],
+        () =>
+          Effect.as(
+            Ref.update(runs, (n) => n + 1),
+            "hits"
+          ),
+        {
+          rateLimit: "search-api",
+          fallback: { step: ({ failure }) => Effect.succeed(failure._tag === "Failed" ? `limited` : "timed out") }
+        }
+      )
+      const outputs: Array<unknown> = []
+      for (let i = 0; i < 3; i++) {
+        const result = yield* Pipeline.run(p, undefined).pipe(Effect.provideContext(context))
+        outputs.push(result.outputs.search)
+      }
+      assert.deepStrictEqual(outputs, ["hits", "hits", "limited"])
+      assert.strictEqual(yield* Ref.get(runs), 2)
+      const missing = Pipeline.make().step("x", [], () => Effect.void, { breaker: "nowhere" })
+      const context2 = yield* executorContext(Layer.empty)
+      const error = yield* Effect.flip(Pipeline.run(missing, undefined).pipe(Effect.provideContext(context2)))
+      assert.deepStrictEqual([error.reason, error.field], ["InvalidStep", "steps[0].breaker"])
+    })
   )
 
   it.effect("a defect does not fall back; a step's own typed error does", () =>
