@@ -1,0 +1,218 @@
+/**
+ * The admin routes of the key store, behind an admin key (`Authorization: Bearer <admin
+ * key>`, compared by SHA-256 in constant time):
+ *
+ * | route | answer |
+ * |---|---|
+ * | `POST {path}/keys` | 201: the key and its `secret` (shown this once; `Cache-Control: no-store`) |
+ * | `GET {path}/keys` | `{ object: "list", data: [key...] }` |
+ * | `GET {path}/keys/:id` | the key |
+ * | `POST {path}/keys/:id/disable`, `.../enable` | the key after the change |
+ * | `GET {path}/keys/:id/spend` | `{ id, budgets: [{ scope, id, unit, spent, held, limit, remaining, resetsAt }] }` |
+ *
+ * A key never shows its secret again nor its hash: only its `prefix`. Failures are
+ * OpenAI-shaped bodies (401 without the admin key, 400 naming the field, 404, 409 for an
+ * id taken, 403 for a key of the configuration, 503 when the store is down). Bodies are
+ * bounded (`maxBodyBytes`).
+ *
+ * @since 0.2.0
+ */
+import { Effect, Layer, Redacted, Result } from "effect"
+import * as ByteSize from "effect/ByteSize"
+import { HttpIncomingMessage, HttpRouter, type HttpServerRequest, HttpServerResponse } from "effect/http"
+import * as Input from "../Input.js"
+import { type GatewayError, gatewayError, toWire } from "./errors.js"
+import { KeyAdmin, type KeyInfo } from "./keys/KeyStore.js"
+import { hash, matches, sha256Pattern } from "./keys/secret.js"
+
+/**
+ * Options of {@link layer}.
+ *
+ * @since 0.2.0
+ * @category models
+ */
+export interface Options {
+  /** The admin key (`Config.Redacted("ORCHESTRA_ADMIN_KEY")`), or the SHA-256 of it in hex. */
+  readonly key: Redacted.Redacted<string> | { readonly sha256: string }
+  /** Path of the admin routes. Default `"/admin"`. */
+  readonly path?: string | undefined
+  /** Largest request body, in bytes. Default 64 KiB. */
+  readonly maxBodyBytes?: number | undefined
+}
+
+const checkPath = (input: unknown): Input.Checked<`/${string}`> =>
+  typeof input === "string" && /^\/[A-Za-z0-9._~\-/]*$/.test(input) && !input.includes("//") && !input.endsWith("/")
+    ? Result.succeed(input as `/${string}`)
+    : Result.fail({ path: "path", message: `expected a path such as "/admin"` })
+
+const checkKey = (input: unknown): Input.Checked<string> => {
+  if (Redacted.isRedacted(input)) {
+    const value = Redacted.value(input)
+    // Never echo the value.
+    return typeof value === "string" && value.length >= 16
+      ? Result.succeed(hash(value))
+      : Result.fail({ path: "key", message: "expected an admin key of at least 16 characters" })
+  }
+  if (typeof input === "object" && input !== null && "sha256" in input) {
+    const sha256 = (input as { readonly sha256: unknown }).sha256
+    return typeof sha256 === "string" && sha256Pattern.test(sha256)
+      ? Result.succeed(sha256)
+      : Result.fail({ path: "key.sha256", message: "expected 64 lowercase hex characters" })
+  }
+  return Result.fail({ path: "key", message: "expected a Redacted admin key or { sha256 }" })
+}
+
+const known: ReadonlySet<string> = new Set(["key", "path", "maxBodyBytes"])
+
+const json = (status: number, body: unknown, headers?: Record<string, string>) =>
+  HttpServerResponse.text(JSON.stringify(body), { status, contentType: "application/json", headers })
+
+const answerError = (error: GatewayError) => {
+  const wire = toWire(error)
+  return json(
+    wire.status,
+    wire.body,
+    wire.retryAfterSeconds === undefined ? undefined : { "retry-after": String(wire.retryAfterSeconds) }
+  )
+}
+
+const bearerPattern = /^Bearer[ \t]+(\S+)[ \t]*$/i
+
+const decoder = new TextDecoder()
+
+/**
+ * Adds the admin routes to the `HttpRouter` in context, over the `KeyAdmin` in context.
+ * Invalid options fail with a `ConfigError` naming the field.
+ *
+ * @since 0.2.0
+ * @category constructors
+ */
+export const make = Effect.fnUntraced(function* (options: Options) {
+  if (typeof options !== "object" || options === null) {
+    return yield* Effect.fail(Input.toConfigError({ path: "(options)", message: "expected an object" }))
+  }
+  for (const field of Object.keys(options)) {
+    if (!known.has(field)) return yield* Effect.fail(Input.toConfigError({ path: field, message: "unknown option" }))
+  }
+  const [sha256, path, maxBodyBytes] = yield* Input.orConfigError(
+    Input.all([
+      checkKey(options.key),
+      checkPath(options.path ?? "/admin"),
+      Input.int("maxBodyBytes", options.maxBodyBytes ?? 64 * 1024, { min: 1024, max: 16 * 1024 * 1024 })
+    ])
+  )
+  const store = yield* KeyAdmin
+  const router = yield* HttpRouter.HttpRouter
+
+  const authorized = (request: HttpServerRequest.HttpServerRequest): Effect.Effect<void, GatewayError> => {
+    const match = bearerPattern.exec(request.headers.authorization ?? "")
+    return match !== null && matches(Redacted.make(match[1]!), sha256)
+      ? Effect.void
+      : Effect.fail(
+          gatewayError("Unauthorized", "This route needs the admin key: 'Authorization: Bearer <admin key>'", {
+            code: "invalid_admin_key"
+          })
+        )
+  }
+
+  const readBody = (request: HttpServerRequest.HttpServerRequest): Effect.Effect<unknown, GatewayError> =>
+    request.arrayBuffer.pipe(
+      Effect.provideService(HttpIncomingMessage.MaxBodySize, ByteSize.bytes(maxBodyBytes)),
+      Effect.mapError((error) =>
+        error.reason._tag === "RequestParseError" && error.reason.reason === "BodyTooLarge"
+          ? gatewayError("TooLarge", `the request body is larger than ${maxBodyBytes} bytes`)
+          : gatewayError("InvalidRequest", "the request body could not be read", { param: "body" })
+      ),
+      Effect.flatMap((bytes) => {
+        const parsed = Result.try(() => JSON.parse(decoder.decode(bytes)) as unknown)
+        return Result.isSuccess(parsed)
+          ? Effect.succeed(parsed.success)
+          : Effect.fail(gatewayError("InvalidRequest", "the request body is not valid JSON", { param: "body" }))
+      })
+    )
+
+  // Every route: the admin key first, then the handler; every failure an OpenAI-shaped answer.
+  const route =
+    (
+      handler: (
+        request: HttpServerRequest.HttpServerRequest,
+        id: string
+      ) => Effect.Effect<HttpServerResponse.HttpServerResponse, GatewayError>
+    ) =>
+    (request: HttpServerRequest.HttpServerRequest) =>
+      Effect.flatMap(HttpRouter.params, (params) =>
+        authorized(request).pipe(
+          Effect.andThen(handler(request, params.id ?? "")),
+          Effect.catch((error: GatewayError) => Effect.succeed(answerError(error)))
+        )
+      )
+
+  const keyBody = (key: KeyInfo) => ({ object: "key", ...key })
+
+  yield* router.addAll([
+    HttpRouter.route(
+      "POST",
+      `${path}/keys`,
+      route((request) =>
+        readBody(request).pipe(
+          Effect.flatMap(store.create),
+          Effect.map((created) =>
+            json(
+              201,
+              { ...keyBody(created.key), secret: Redacted.value(created.secret) },
+              { "cache-control": "no-store" }
+            )
+          )
+        )
+      )
+    ),
+    HttpRouter.route(
+      "GET",
+      `${path}/keys`,
+      route(() => Effect.map(store.list, (keys) => json(200, { object: "list", data: keys.map(keyBody) })))
+    ),
+    HttpRouter.route(
+      "GET",
+      `${path}/keys/:id`,
+      route((_, id) => Effect.map(store.get(id), (key) => json(200, keyBody(key))))
+    ),
+    HttpRouter.route(
+      "POST",
+      `${path}/keys/:id/disable`,
+      route((_, id) => Effect.map(store.setDisabled(id, true), (key) => json(200, keyBody(key))))
+    ),
+    HttpRouter.route(
+      "POST",
+      `${path}/keys/:id/enable`,
+      route((_, id) => Effect.map(store.setDisabled(id, false), (key) => json(200, keyBody(key))))
+    ),
+    HttpRouter.route(
+      "GET",
+      `${path}/keys/:id/spend`,
+      route((_, id) => Effect.map(store.spend(id), (budgets) => json(200, { object: "spend", id, budgets })))
+    ),
+    HttpRouter.route(
+      "*",
+      `${path}/*`,
+      route(() => Effect.fail(gatewayError("NotFound", "No such admin route", { code: "not_found" })))
+    )
+  ])
+})
+
+/**
+ * The admin routes as a layer beside the gateway's, on the same `HttpRouter`.
+ *
+ * @example
+ * ```ts
+ * import { Redacted } from "effect"
+ * import * as Admin from "effect-orchestra/gateway/admin"
+ *
+ * // Beside Gateway.layer, with a KeyStore layer providing KeyAdmin.
+ * export const admin = Admin.layer({ key: Redacted.make("an admin key of 16+ characters") })
+ * ```
+ *
+ * @since 0.2.0
+ * @category layers
+ */
+export const layer = (options: Options): Layer.Layer<never, Input.ConfigError, HttpRouter.HttpRouter | KeyAdmin> =>
+  Layer.effectDiscard(make(options))

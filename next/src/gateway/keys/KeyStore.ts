@@ -1,0 +1,308 @@
+/**
+ * Virtual keys for the gateway: who may call it, which models each key may use, its
+ * per-minute limits, and its budgets in tokens and in money, kept in this process
+ * ({@link layerMemory}) or shared by every replica through Redis ({@link layerRedis}).
+ * Both layers provide the gateway's `Gateway.KeyStore` and {@link KeyAdmin} (create, list,
+ * disable keys and read their spend; the admin routes of `gateway/admin` serve it).
+ *
+ * - Secrets are never stored: a key is found by the SHA-256 of its bearer token. Keys of
+ *   the config file give that hash (`sha256`, see {@link hashSecret}); keys created by an
+ *   admin get a fresh `sk-orch-...` secret, returned once, and keep its first 12
+ *   characters (`prefix`) for admins to tell keys apart.
+ * - Before a call, `reserve` takes one request and its estimated tokens from the key's
+ *   `rpm`/`tpm` limits (on `RateLimit`, so replicas share one count), then holds the
+ *   request's largest cost (its input estimate plus `max_tokens`, in tokens and, through
+ *   the price table, in dollars) on every budget that applies: the key's, its team's and
+ *   the key's budget for the model. All at once or not at all (one Lua script on Redis),
+ *   so concurrent first requests cannot overspend. After the call `settle` gives back the
+ *   unused part and records the real usage; `release` gives it all back.
+ * - An exceeded budget is a 429 `GatewayError` (`BudgetExceeded`) naming the scope, its
+ *   id, the unit, the amount spent (with what requests in flight hold) and the limit; a
+ *   limit reached is a 429 `RateLimited` with `Retry-After`.
+ * - When Redis fails or is too slow (every call has a deadline, see `Redis.GuardOptions`):
+ *   budgets fail closed by default (503, nothing spent unaccounted), limits fail open (the
+ *   providers' own limits still apply), keys already seen stay usable from the cache.
+ *
+ * @since 0.2.0
+ */
+import { Context, Effect, Layer, type Redacted } from "effect"
+import { RateLimiter, type Redis } from "effect/persistence"
+import type { BudgetScope, GatewayError } from "../errors.js"
+// Only read inside functions: Gateway.ts may re-export this module.
+import * as Gateway from "../../Gateway.js"
+import * as Input from "../../Input.js"
+import * as RateLimitRedis from "../../RateLimit/Redis.js"
+import * as SharedRedis from "../../Redis.js"
+import type { Budgets } from "./ledger.js"
+import { makeMemory } from "./ledger.js"
+import * as KeyOptions from "./options.js"
+import * as RedisBackend from "./redis.js"
+import { hash } from "./secret.js"
+import { make } from "./store.js"
+
+export type {
+  /**
+   * A budget as configured: `tokens`, `usd` (through the price table), or both; with
+   * `period` it starts again at every multiple of the period since the Unix epoch.
+   *
+   * @since 0.2.0
+   * @category models
+   */
+  Budget,
+  /**
+   * A key of the config file: its `id`, the `sha256` of its secret, and its policy.
+   *
+   * @since 0.2.0
+   * @category models
+   */
+  KeyDefinition,
+  /**
+   * What a key may do: `allowedModels`, `rpm`, `tpm`, `budget`, `modelBudgets`, `team`.
+   *
+   * @since 0.2.0
+   * @category models
+   */
+  KeyPolicy,
+  /**
+   * A model's price in US dollars per million tokens, `input` and `output`.
+   *
+   * @since 0.2.0
+   * @category models
+   */
+  Price,
+  /**
+   * A budget after its checks (`periodMs` for the period).
+   *
+   * @since 0.2.0
+   * @category models
+   */
+  ResolvedBudget
+} from "./options.js"
+
+/**
+ * Options of {@link layerMemory}. Every value is checked when the layer is built (a
+ * `ConfigError` naming the field).
+ *
+ * @since 0.2.0
+ * @category models
+ */
+export interface Options {
+  /** Keys of the configuration (read-only to admins). */
+  readonly keys?: ReadonlyArray<KeyOptions.KeyDefinition> | undefined
+  /** Team budgets, by team id; a key's `team` names one. */
+  readonly teams?: { readonly [team: string]: { readonly budget?: KeyOptions.Budget | undefined } } | undefined
+  /**
+   * Prices by model (the request's `model`: a domain or `provider/model`; `"*"` for every
+   * other). A key with a budget in `usd` cannot use a model without a price (403).
+   */
+  readonly prices?: { readonly [model: string]: KeyOptions.Price } | undefined
+  /** How long a request may wait for a slot of its key's `rpm`/`tpm`. Default 0: 429 at once. */
+  readonly rateLimitWait?: Input.DurationInput | undefined
+  /**
+   * Longest time a reservation is held: one not settled by then (its gateway died) is
+   * given back. Longer than the longest request or stream. Default 15 minutes.
+   */
+  readonly reservationTtl?: Input.DurationInput | undefined
+  /**
+   * How long a key read from Redis is used without asking again (so a disabled key stops
+   * working on other replicas within this time). Default 2 seconds; 0: ask every time.
+   */
+  readonly cacheTtl?: Input.DurationInput | undefined
+  /** Most keys an admin may create. Default 100,000. */
+  readonly maxKeys?: number | undefined
+}
+
+/**
+ * Options of {@link layerRedis}.
+ *
+ * @since 0.2.0
+ * @category models
+ */
+export interface RedisOptions extends Options {
+  /** Prefix of every Redis key. Default `"orchestra:gateway:"`. */
+  readonly prefix?: string | undefined
+  /**
+   * When Redis fails or is too slow: `budgets` `"reject"` (default: the request is
+   * answered 503) or `"allow"` (it goes through unreserved; its usage is still recorded
+   * when Redis answers again); `limits` `"allow"` (default) or `"reject"` (429).
+   */
+  readonly onStoreError?:
+    | { readonly budgets?: "reject" | "allow" | undefined; readonly limits?: "allow" | "reject" | undefined }
+    | undefined
+  /** Deadline of each Redis call and when an outage is reported. See `Redis.GuardOptions`. */
+  readonly redis?: SharedRedis.GuardOptions | undefined
+}
+
+/**
+ * A request's key as the key store gives it: the gateway's `KeyContext` and the policy.
+ *
+ * @since 0.2.0
+ * @category models
+ */
+export interface KeyContext extends Gateway.KeyContext {
+  readonly name: string
+  readonly rpm?: number | undefined
+  readonly tpm?: number | undefined
+  readonly budgets: Budgets
+}
+
+/**
+ * A key as admins see it: never its secret nor its hash.
+ *
+ * @since 0.2.0
+ * @category models
+ */
+export interface KeyInfo {
+  readonly id: string
+  readonly name: string
+  /** The first characters of the secret (`sk-orch-ab12`), when known. */
+  readonly prefix: string | undefined
+  readonly team: string | undefined
+  readonly allowedModels: ReadonlyArray<string> | undefined
+  readonly rpm: number | undefined
+  readonly tpm: number | undefined
+  readonly budget: KeyOptions.ResolvedBudget | undefined
+  readonly modelBudgets: Readonly<Record<string, KeyOptions.ResolvedBudget>> | undefined
+  readonly disabled: boolean
+  /** ISO time of creation; `undefined` for keys of the configuration. */
+  readonly createdAt: string | undefined
+  readonly source: "config" | "store"
+}
+
+/**
+ * One budget of a key now: tokens, or dollars.
+ *
+ * @since 0.2.0
+ * @category models
+ */
+export interface SpendLine {
+  readonly scope: BudgetScope
+  /** The key's id, its team, or `<key>/<model>`. */
+  readonly id: string
+  readonly unit: "tokens" | "usd"
+  /** Settled usage in this period. */
+  readonly spent: number
+  /** Held by requests in flight. */
+  readonly held: number
+  readonly limit: number
+  readonly remaining: number
+  /** When this period's budget starts again (ISO), for budgets with a period. */
+  readonly resetsAt: string | undefined
+}
+
+/**
+ * What an admin gets back when a key is created: the key, and its secret (shown once).
+ *
+ * @since 0.2.0
+ * @category models
+ */
+export interface Created {
+  readonly key: KeyInfo
+  readonly secret: Redacted.Redacted<string>
+}
+
+/**
+ * The key store: the gateway's seam (`authenticate`, `reserve`, `settle`, `release`) and
+ * the admin operations. Admin operations fail with a `GatewayError`: `InvalidRequest`
+ * naming the field (400), `NotFound` (404), `Forbidden` for keys of the configuration
+ * (403), `Unavailable` when the store cannot be reached (503).
+ *
+ * @since 0.2.0
+ * @category models
+ */
+export interface Service extends Gateway.KeyStoreService {
+  readonly authenticate: (bearer: Redacted.Redacted<string> | undefined) => Effect.Effect<KeyContext, GatewayError>
+  /** Creates a key from its policy (`id` optional), unchecked input as an admin sends it. */
+  readonly create: (input: unknown) => Effect.Effect<Created, GatewayError>
+  readonly list: Effect.Effect<ReadonlyArray<KeyInfo>, GatewayError>
+  readonly get: (id: string) => Effect.Effect<KeyInfo, GatewayError>
+  /** Disables (or enables again) a created key: its requests get 401 at once here, within `cacheTtl` elsewhere. */
+  readonly setDisabled: (id: string, disabled: boolean) => Effect.Effect<KeyInfo, GatewayError>
+  /** Each budget of a key in its current period. */
+  readonly spend: (id: string) => Effect.Effect<ReadonlyArray<SpendLine>, GatewayError>
+}
+
+/**
+ * The key store with its admin operations (the same service as `Gateway.KeyStore`).
+ *
+ * @since 0.2.0
+ * @category services
+ */
+export class KeyAdmin extends Context.Service<KeyAdmin, Service>()("effect-orchestra/gateway/KeyAdmin") {}
+
+/**
+ * The SHA-256 of a secret in hex, as a config file's `sha256` wants it.
+ *
+ * @since 0.2.0
+ * @category utils
+ */
+export const hashSecret: (secret: Redacted.Redacted<string> | string) => string = hash
+
+const both = (service: Service): Context.Context<KeyAdmin | Gateway.KeyStore> =>
+  Context.add(Context.make(KeyAdmin, service), Gateway.KeyStore, service)
+
+/**
+ * Keys, limits and budgets in this process: for one gateway, or tests. Keys created by an
+ * admin last as long as the layer.
+ *
+ * @example
+ * ```ts
+ * import * as KeyStore from "effect-orchestra/gateway/keys/KeyStore"
+ *
+ * export const keys = KeyStore.layerMemory({
+ *   keys: [{ id: "team-a", sha256: KeyStore.hashSecret("sk-team-a-secret"), rpm: 60, budget: { usd: 50, period: "30 days" } }],
+ *   prices: { "*": { input: 0.15, output: 0.6 } }
+ * })
+ * ```
+ *
+ * @since 0.2.0
+ * @category layers
+ */
+export const layerMemory = (options: Options = {}): Layer.Layer<KeyAdmin | Gateway.KeyStore, Input.ConfigError> =>
+  Layer.effectContext(
+    Effect.gen(function* () {
+      const resolved = yield* Input.orConfigError(KeyOptions.check(options))
+      const limiter = yield* Effect.provide(RateLimiter.RateLimiterStore, RateLimiter.layerStoreMemory)
+      return both(yield* make(resolved, makeMemory(), { store: limiter, onStoreError: "allow" }, "reject"))
+    })
+  )
+
+/**
+ * Keys, limits and budgets shared by every gateway on the same Redis and prefix (keys of
+ * the configuration stay in each process). Needs `effect/persistence`'s `Redis` service
+ * (`Redis.layer` of this library builds one); not for Redis Cluster.
+ *
+ * @since 0.2.0
+ * @category layers
+ */
+export const layerRedis = (
+  options: RedisOptions = {}
+): Layer.Layer<KeyAdmin | Gateway.KeyStore, Input.ConfigError, Redis.Redis> =>
+  Layer.effectContext(
+    Effect.gen(function* () {
+      const resolved = yield* Input.orConfigError(KeyOptions.check(options, KeyOptions.redisFields))
+      const prefix = options.prefix ?? "orchestra:gateway:"
+      if (typeof prefix !== "string" || prefix.length === 0 || prefix.length > 100) {
+        return yield* Effect.fail(Input.toConfigError({ path: "prefix", message: "expected 1 to 100 characters" }))
+      }
+      const onStoreError = options.onStoreError ?? {}
+      const budgets = onStoreError.budgets ?? "reject"
+      const limits = onStoreError.limits ?? "allow"
+      if (budgets !== "reject" && budgets !== "allow") {
+        return yield* Effect.fail(
+          Input.toConfigError({ path: "onStoreError.budgets", message: `expected "reject" or "allow"` })
+        )
+      }
+      if (limits !== "reject" && limits !== "allow") {
+        return yield* Effect.fail(
+          Input.toConfigError({ path: "onStoreError.limits", message: `expected "allow" or "reject"` })
+        )
+      }
+      const settings = yield* Input.orConfigError(SharedRedis.guardSettings(options.redis, "redis."))
+      const keysGuard = yield* SharedRedis.makeGuard({ store: "gateway-keys", settings })
+      const limitsGuard = yield* SharedRedis.makeGuard({ store: "gateway-ratelimit", settings })
+      const backend = yield* RedisBackend.make({ prefix, guard: keysGuard, leaseMs: resolved.reservationTtlMs })
+      const limiter = yield* RateLimitRedis.makeStore({ prefix: `${prefix}ratelimit:` })
+      return both(yield* make(resolved, backend, { store: limiter, guard: limitsGuard, onStoreError: limits }, budgets))
+    })
+  )

@@ -1,0 +1,369 @@
+/**
+ * What a key store keeps, whatever holds it (memory or Redis): the key directory, and a
+ * ledger of budget counters. A counter is one budget of one scope in one unit (tokens, or
+ * nano-dollars so that money adds up exactly in integers) for one period window; it holds
+ * `spent` (settled) and `held` (reserved by requests in flight). A reservation checks and
+ * holds its amount on every counter at once, or on none.
+ *
+ * @internal
+ */
+import { Effect } from "effect"
+import type { StoreError } from "../../Redis.js"
+import type { BudgetScope } from "../errors.js"
+import type { KeyRecord, Price, ResolvedBudget } from "./options.js"
+
+/**
+ * @internal
+ */
+export type Unit = "tokens" | "usd"
+
+/**
+ * One budget counter.
+ *
+ * @internal
+ */
+export interface Counter {
+  readonly scope: BudgetScope
+  readonly scopeId: string
+  /** The model of a `model` scope. */
+  readonly model: string | undefined
+  readonly unit: Unit
+  /** In tokens, or in nano-dollars. */
+  readonly limit: number
+  readonly periodMs: number | undefined
+  /** Index of the period window (`floor(now / period)`); `undefined` without a period. */
+  readonly window: number | undefined
+  /** The counter's name in its store (scope, id, unit and window). */
+  readonly name: string
+}
+
+/**
+ * An amount to hold on a counter.
+ *
+ * @internal
+ */
+export interface Charge {
+  readonly counter: Counter
+  readonly amount: number
+}
+
+/**
+ * A counter's state.
+ *
+ * @internal
+ */
+export interface Level {
+  readonly spent: number
+  readonly held: number
+}
+
+/**
+ * @internal
+ */
+export type ReserveResult =
+  | { readonly _tag: "Reserved"; readonly levels: ReadonlyArray<Level> }
+  | { readonly _tag: "Exceeded"; readonly index: number; readonly level: Level }
+
+/**
+ * @internal
+ */
+export interface Ledger {
+  /** Holds every charge, or none when one would go over its limit (the first such is reported). */
+  readonly reserve: (
+    id: string,
+    charges: ReadonlyArray<Charge>,
+    leaseMs: number,
+    now: number
+  ) => Effect.Effect<ReserveResult, StoreError>
+  /** Gives back what `id` held on each counter (once) and adds `actual[i]` to its spent amount. */
+  readonly settle: (
+    id: string,
+    charges: ReadonlyArray<Charge>,
+    actual: ReadonlyArray<number>,
+    now: number
+  ) => Effect.Effect<ReadonlyArray<Level>, StoreError>
+  readonly read: (counters: ReadonlyArray<Counter>) => Effect.Effect<ReadonlyArray<Level>, StoreError>
+}
+
+/**
+ * @internal
+ */
+export type InsertResult = "inserted" | "id-taken" | "secret-taken" | "full"
+
+/**
+ * @internal
+ */
+export interface Directory {
+  readonly byHash: (sha256: string) => Effect.Effect<KeyRecord | undefined, StoreError>
+  readonly byId: (id: string) => Effect.Effect<KeyRecord | undefined, StoreError>
+  readonly insert: (record: KeyRecord, maxKeys: number) => Effect.Effect<InsertResult, StoreError>
+  readonly list: Effect.Effect<ReadonlyArray<KeyRecord>, StoreError>
+  /** The record after the change; `undefined` when there is no such key. */
+  readonly setDisabled: (id: string, disabled: boolean) => Effect.Effect<KeyRecord | undefined, StoreError>
+}
+
+/**
+ * A store: directory and ledger, and whether its calls are local (no deadline, no cache).
+ *
+ * @internal
+ */
+export interface Backend extends Directory, Ledger {
+  readonly local: boolean
+}
+
+/**
+ * Nano-dollars per dollar.
+ *
+ * @internal
+ */
+export const nano = 1e9
+
+// Same escaping as the rate-limit stores: distinct ids never share a counter.
+const escapePart = (part: string): string => part.replace(/%/g, "%25").replace(/:/g, "%3A")
+
+const counter = (
+  scope: BudgetScope,
+  scopeId: string,
+  model: string | undefined,
+  unit: Unit,
+  limit: number,
+  periodMs: number | undefined,
+  now: number
+): Counter => {
+  const window = periodMs === undefined ? undefined : Math.floor(now / periodMs)
+  const base = `${scope}:${escapePart(scopeId)}:${unit}`
+  return {
+    scope,
+    scopeId,
+    model,
+    unit,
+    limit,
+    periodMs,
+    window,
+    name: window === undefined ? base : `${base}:${periodMs}:${window}`
+  }
+}
+
+/**
+ * The counters of one budget.
+ *
+ * @internal
+ */
+export const countersOf = (
+  scope: BudgetScope,
+  scopeId: string,
+  model: string | undefined,
+  budget: ResolvedBudget,
+  now: number
+): ReadonlyArray<Counter> => {
+  const out: Array<Counter> = []
+  if (budget.tokens !== undefined)
+    out.push(counter(scope, scopeId, model, "tokens", budget.tokens, budget.periodMs, now))
+  if (budget.usd !== undefined) {
+    out.push(counter(scope, scopeId, model, "usd", Math.round(budget.usd * nano), budget.periodMs, now))
+  }
+  return out
+}
+
+/**
+ * The budgets of a key: its own, its team's, and its own per model.
+ *
+ * @internal
+ */
+export interface Budgets {
+  readonly key?: ResolvedBudget | undefined
+  readonly team?: ResolvedBudget | undefined
+  readonly models?: Readonly<Record<string, ResolvedBudget>> | undefined
+}
+
+/**
+ * Every counter a request of key `id` on `model` is charged to: the key's budget, its
+ * team's, and the key's budget for that model (`model` undefined: for every model).
+ *
+ * @internal
+ */
+export const countersFor = (
+  id: string,
+  team: string | undefined,
+  budgets: Budgets,
+  model: string | undefined,
+  now: number
+): ReadonlyArray<Counter> => {
+  const out: Array<Counter> = []
+  if (budgets.key !== undefined) out.push(...countersOf("key", id, undefined, budgets.key, now))
+  if (budgets.team !== undefined && team !== undefined) {
+    out.push(...countersOf("team", team, undefined, budgets.team, now))
+  }
+  if (budgets.models !== undefined) {
+    if (model !== undefined) {
+      const budget = Object.hasOwn(budgets.models, model) ? budgets.models[model] : undefined
+      if (budget !== undefined) out.push(...countersOf("model", `${id}/${model}`, model, budget, now))
+    } else {
+      for (const [name, budget] of Object.entries(budgets.models)) {
+        out.push(...countersOf("model", `${id}/${name}`, name, budget, now))
+      }
+    }
+  }
+  return out
+}
+
+/**
+ * The amount of a request on a counter: tokens in and out, or their price in nano-dollars
+ * (rounded up).
+ *
+ * @internal
+ */
+export const amountOf = (unit: Unit, price: Price | undefined, inputTokens: number, outputTokens: number): number =>
+  unit === "tokens"
+    ? inputTokens + outputTokens
+    : price === undefined
+      ? 0
+      : Math.ceil(inputTokens * price.input * 1000 + outputTokens * price.output * 1000)
+
+/**
+ * A counter's amount in its unit as users read it (tokens, or dollars).
+ *
+ * @internal
+ */
+export const shown = (unit: Unit, amount: number): number => (unit === "tokens" ? amount : amount / nano)
+
+/**
+ * When a counter's window ends (ms since the epoch), if it has one.
+ *
+ * @internal
+ */
+export const windowEnd = (counter: Counter): number | undefined =>
+  counter.periodMs === undefined || counter.window === undefined ? undefined : (counter.window + 1) * counter.periodMs
+
+interface MemoryCounter {
+  spent: number
+  held: number
+  /** Reservation id -> amount held and lease end. */
+  readonly leases: Map<string, { readonly amount: number; readonly expires: number }>
+  nextSweep: number
+}
+
+/**
+ * A ledger and a directory in this process. Every operation is one synchronous step, so
+ * a reservation on several counters is atomic. A counter of a past window is dropped when
+ * its next window is first used; leases not settled by their end are given back.
+ *
+ * @internal
+ */
+export const makeMemory = (): Backend => {
+  const byId = new Map<string, KeyRecord>()
+  const byHash = new Map<string, KeyRecord>()
+  const counters = new Map<string, MemoryCounter>()
+  // Base name (without window) -> the name of its current window's counter.
+  const current = new Map<string, string>()
+
+  const baseOf = (c: Counter) => `${c.scope}:${escapePart(c.scopeId)}:${c.unit}`
+
+  const get = (c: Counter, create: boolean): MemoryCounter | undefined => {
+    let found = counters.get(c.name)
+    if (found === undefined && create) {
+      if (c.window !== undefined) {
+        const base = baseOf(c)
+        const previous = current.get(base)
+        if (previous !== undefined) counters.delete(previous)
+        current.set(base, c.name)
+      }
+      found = { spent: 0, held: 0, leases: new Map(), nextSweep: 0 }
+      counters.set(c.name, found)
+    }
+    return found
+  }
+
+  const sweep = (state: MemoryCounter, now: number, leaseMs: number) => {
+    if (now < state.nextSweep) return
+    state.nextSweep = now + Math.max(1000, Math.floor(leaseMs / 4))
+    for (const [id, lease] of state.leases) {
+      if (lease.expires <= now) {
+        state.held -= lease.amount
+        state.leases.delete(id)
+      }
+    }
+  }
+
+  const reserve: Ledger["reserve"] = (id, charges, leaseMs, now) =>
+    Effect.sync(() => {
+      const states: Array<MemoryCounter> = []
+      for (let i = 0; i < charges.length; i++) {
+        const { counter: c, amount } = charges[i]!
+        const state = get(c, true)!
+        sweep(state, now, leaseMs)
+        const used = state.spent + state.held
+        if (used + amount > c.limit || used >= c.limit) {
+          return { _tag: "Exceeded", index: i, level: { spent: state.spent, held: state.held } } as const
+        }
+        states.push(state)
+      }
+      const levels: Array<Level> = []
+      for (let i = 0; i < charges.length; i++) {
+        const state = states[i]!
+        const amount = charges[i]!.amount
+        if (amount > 0) {
+          state.held += amount
+          state.leases.set(id, { amount, expires: now + leaseMs })
+        }
+        levels.push({ spent: state.spent, held: state.held })
+      }
+      return { _tag: "Reserved", levels } as const
+    })
+
+  const settle: Ledger["settle"] = (id, charges, actual) =>
+    Effect.sync(() => {
+      const levels: Array<Level> = []
+      for (let i = 0; i < charges.length; i++) {
+        const state = get(charges[i]!.counter, false)
+        if (state === undefined) {
+          levels.push({ spent: 0, held: 0 })
+          continue
+        }
+        const lease = state.leases.get(id)
+        if (lease !== undefined) {
+          state.leases.delete(id)
+          state.held -= lease.amount
+        }
+        state.spent += Math.max(0, actual[i] ?? 0)
+        levels.push({ spent: state.spent, held: state.held })
+      }
+      return levels
+    })
+
+  const read: Ledger["read"] = (list) =>
+    Effect.sync(() =>
+      list.map((c) => {
+        const state = get(c, false)
+        return state === undefined ? { spent: 0, held: 0 } : { spent: state.spent, held: state.held }
+      })
+    )
+
+  return {
+    local: true,
+    reserve,
+    settle,
+    read,
+    byHash: (sha256) => Effect.sync(() => byHash.get(sha256)),
+    byId: (id) => Effect.sync(() => byId.get(id)),
+    insert: (record, maxKeys) =>
+      Effect.sync(() => {
+        if (byId.has(record.id)) return "id-taken"
+        if (byHash.has(record.sha256)) return "secret-taken"
+        if (byId.size >= maxKeys) return "full"
+        byId.set(record.id, record)
+        byHash.set(record.sha256, record)
+        return "inserted"
+      }),
+    list: Effect.sync(() => [...byId.values()]),
+    setDisabled: (id, disabled) =>
+      Effect.sync(() => {
+        const found = byId.get(id)
+        if (found === undefined) return undefined
+        const updated = { ...found, disabled }
+        byId.set(id, updated)
+        byHash.set(updated.sha256, updated)
+        return updated
+      })
+  }
+}

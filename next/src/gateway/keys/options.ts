@@ -1,0 +1,448 @@
+/**
+ * The key store's options and their checks: every number through `Input.ts` (a
+ * `ConfigError` naming the field at layer build, a 400 naming it for an admin request),
+ * unknown fields refused, ids and model names of a bounded shape. The same checks read
+ * the keys of a config file, of an admin request and of Redis.
+ *
+ * @internal
+ */
+import { Duration, Result } from "effect"
+import * as Input from "../../Input.js"
+import type { GuardOptions } from "../../Redis.js"
+import { sha256Pattern } from "./secret.js"
+
+/**
+ * A budget of one scope: tokens (input and output), money (US dollars, from the price
+ * table), or both. With `period` it starts again at every multiple of the period since
+ * the Unix epoch (`"1 day"`: at 00:00 UTC); without, it never resets.
+ *
+ * @internal
+ */
+export interface Budget {
+  readonly tokens?: number | undefined
+  readonly usd?: number | undefined
+  readonly period?: Input.DurationInput | undefined
+}
+
+/**
+ * @internal
+ */
+export interface ResolvedBudget {
+  readonly tokens: number | undefined
+  readonly usd: number | undefined
+  readonly periodMs: number | undefined
+}
+
+/**
+ * What a key may do, as an admin creates it or a config file lists it.
+ *
+ * @internal
+ */
+export interface KeyPolicy {
+  readonly name?: string | undefined
+  readonly team?: string | undefined
+  readonly allowedModels?: ReadonlyArray<string> | undefined
+  readonly rpm?: number | undefined
+  readonly tpm?: number | undefined
+  readonly budget?: Budget | undefined
+  readonly modelBudgets?: { readonly [model: string]: Budget } | undefined
+}
+
+/**
+ * A key of the config file: its policy, its id and the SHA-256 of its secret (never the
+ * secret itself).
+ *
+ * @internal
+ */
+export interface KeyDefinition extends KeyPolicy {
+  readonly id: string
+  readonly sha256: string
+  /** What admins see of the secret (`sk-orch-ab12`). Default: none. */
+  readonly prefix?: string | undefined
+  readonly disabled?: boolean | undefined
+}
+
+/**
+ * A key as stored: the checked policy and its bookkeeping.
+ *
+ * @internal
+ */
+export interface KeyRecord {
+  readonly id: string
+  readonly name: string
+  readonly sha256: string
+  readonly prefix: string | undefined
+  readonly team: string | undefined
+  readonly allowedModels: ReadonlyArray<string> | undefined
+  readonly rpm: number | undefined
+  readonly tpm: number | undefined
+  readonly budget: ResolvedBudget | undefined
+  readonly modelBudgets: Readonly<Record<string, ResolvedBudget>> | undefined
+  readonly disabled: boolean
+  /** Milliseconds since the epoch; 0 for keys of the config file. */
+  readonly createdAt: number
+  readonly source: "config" | "store"
+}
+
+/**
+ * Prices of a model in US dollars per million tokens.
+ *
+ * @internal
+ */
+export interface Price {
+  readonly input: number
+  readonly output: number
+}
+
+/**
+ * The options of `KeyStore.layerMemory` (documented there).
+ *
+ * @internal
+ */
+export interface Options {
+  readonly keys?: ReadonlyArray<KeyDefinition> | undefined
+  readonly teams?: { readonly [team: string]: { readonly budget?: Budget | undefined } } | undefined
+  readonly prices?: { readonly [model: string]: Price } | undefined
+  readonly rateLimitWait?: Input.DurationInput | undefined
+  readonly reservationTtl?: Input.DurationInput | undefined
+  readonly cacheTtl?: Input.DurationInput | undefined
+  readonly maxKeys?: number | undefined
+}
+
+/**
+ * The options of `KeyStore.layerRedis` (documented there).
+ *
+ * @internal
+ */
+export interface RedisOptions extends Options {
+  readonly prefix?: string | undefined
+  readonly onStoreError?:
+    | { readonly budgets?: "reject" | "allow" | undefined; readonly limits?: "allow" | "reject" | undefined }
+    | undefined
+  readonly redis?: GuardOptions | undefined
+}
+
+/**
+ * The options after their checks.
+ *
+ * @internal
+ */
+export interface Resolved {
+  readonly keys: ReadonlyArray<KeyRecord>
+  readonly teams: ReadonlyMap<string, ResolvedBudget>
+  readonly prices: ReadonlyMap<string, Price>
+  readonly rateLimitWait: Duration.Duration
+  readonly reservationTtlMs: number
+  readonly cacheTtlMs: number
+  readonly maxKeys: number
+}
+
+type Checked<A> = Input.Checked<A>
+
+const idPattern = /^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$/
+const modelPattern = /^[\x21-\x7e]{1,200}$/
+
+const fail = (path: string, message: string): Checked<never> => Result.fail({ path, message })
+
+const isObject = (input: unknown): input is Record<string, unknown> =>
+  typeof input === "object" && input !== null && !Array.isArray(input)
+
+const fields = (path: string, input: unknown, known: ReadonlySet<string>): Checked<Record<string, unknown>> => {
+  if (!isObject(input)) return fail(path, "expected an object")
+  for (const key of Object.keys(input)) {
+    if (!known.has(key)) return fail(path === "" ? key : `${path}.${key}`, "unknown field")
+  }
+  return Result.succeed(input)
+}
+
+const at = (path: string, field: string) => (path === "" ? field : `${path}.${field}`)
+
+/**
+ * Checks an id (of a key or a team): 1 to 64 of `[A-Za-z0-9._-]`, starting with a letter or digit.
+ *
+ * @internal
+ */
+export const id = (path: string, input: unknown): Checked<string> =>
+  typeof input === "string" && idPattern.test(input)
+    ? Result.succeed(input)
+    : fail(path, "expected 1 to 64 of A-Z a-z 0-9 . _ - starting with a letter or digit")
+
+const model = (path: string, input: unknown): Checked<string> =>
+  typeof input === "string" && modelPattern.test(input)
+    ? Result.succeed(input)
+    : fail(path, "expected a model name: 1 to 200 printable characters without spaces")
+
+const text = (path: string, input: unknown, max: number): Checked<string> =>
+  typeof input === "string" && input.length > 0 && input.length <= max && !/\p{Cc}/u.test(input)
+    ? Result.succeed(input)
+    : fail(path, `expected a non-empty string of at most ${max} characters`)
+
+const budgetFields: ReadonlySet<string> = new Set(["tokens", "usd", "period"])
+
+/**
+ * Checks a budget; at least one of `tokens` and `usd`.
+ *
+ * @internal
+ */
+export const budget = (path: string, input: unknown): Checked<ResolvedBudget> =>
+  Result.flatMap(fields(path, input, budgetFields), (b) => {
+    if (b.tokens === undefined && b.usd === undefined) return fail(path, "expected tokens, usd or both")
+    return Result.map(
+      Input.all([
+        Input.optional(b.tokens, (n) => Input.positiveInt(at(path, "tokens"), n, Number.MAX_SAFE_INTEGER)),
+        Input.optional(b.usd, (n) => Input.number(at(path, "usd"), n, { min: 0, minExclusive: true, max: 1e9 })),
+        Input.optional(b.period, (d) =>
+          Result.flatMap(Input.duration(at(path, "period"), d), (period) => {
+            const ms = Duration.toMillis(period)
+            return Number.isInteger(ms) && ms >= 1000
+              ? Result.succeed(ms)
+              : fail(at(path, "period"), "expected whole milliseconds of at least 1 second")
+          })
+        )
+      ]),
+      ([tokens, usd, periodMs]) => ({ tokens, usd, periodMs })
+    )
+  })
+
+const optionalBudget = (path: string, input: unknown): Checked<ResolvedBudget | undefined> =>
+  input === undefined ? Result.succeed(undefined) : budget(path, input)
+
+const policyFields = ["name", "team", "allowedModels", "rpm", "tpm", "budget", "modelBudgets"] as const
+
+/**
+ * The policy part of a key, checked.
+ *
+ * @internal
+ */
+export type CheckedPolicy = Omit<KeyRecord, "id" | "sha256" | "prefix" | "disabled" | "createdAt" | "source">
+
+const policy = (path: string, b: Record<string, unknown>, fallbackName: string): Checked<CheckedPolicy> => {
+  let allowedModels: Checked<ReadonlyArray<string> | undefined> = Result.succeed(undefined)
+  if (b.allowedModels !== undefined) {
+    if (!Array.isArray(b.allowedModels) || b.allowedModels.length > 1000) {
+      allowedModels = fail(at(path, "allowedModels"), "expected an array of at most 1000 model names")
+    } else {
+      const out: Array<string> = []
+      for (let i = 0; i < b.allowedModels.length; i++) {
+        const checked = model(`${at(path, "allowedModels")}[${i}]`, b.allowedModels[i])
+        if (Result.isFailure(checked)) return Result.fail(checked.failure)
+        out.push(checked.success)
+      }
+      allowedModels = Result.succeed(out)
+    }
+  }
+  let modelBudgets: Checked<Record<string, ResolvedBudget> | undefined> = Result.succeed(undefined)
+  if (b.modelBudgets !== undefined) {
+    if (!isObject(b.modelBudgets) || Object.keys(b.modelBudgets).length > 1000) {
+      modelBudgets = fail(at(path, "modelBudgets"), "expected an object of at most 1000 budgets by model")
+    } else {
+      const out: Record<string, ResolvedBudget> = Object.create(null)
+      for (const [name, value] of Object.entries(b.modelBudgets)) {
+        const where = `${at(path, "modelBudgets")}.${name}`
+        const checked = Result.flatMap(model(where, name), () => budget(where, value))
+        if (Result.isFailure(checked)) return Result.fail(checked.failure)
+        out[name] = checked.success
+      }
+      modelBudgets = Result.succeed(out)
+    }
+  }
+  return Result.map(
+    Input.all([
+      b.name === undefined ? Result.succeed(fallbackName) : text(at(path, "name"), b.name, 200),
+      Input.optional(b.team, (t) => id(at(path, "team"), t)),
+      allowedModels,
+      Input.optional(b.rpm, (n) => Input.positiveInt(at(path, "rpm"), n, 1e9)),
+      Input.optional(b.tpm, (n) => Input.positiveInt(at(path, "tpm"), n, 1e12)),
+      optionalBudget(at(path, "budget"), b.budget),
+      modelBudgets
+    ]),
+    ([name, team, allowed, rpm, tpm, keyBudget, byModel]) => ({
+      name,
+      team,
+      allowedModels: allowed,
+      rpm,
+      tpm,
+      budget: keyBudget,
+      modelBudgets: byModel
+    })
+  )
+}
+
+const createFields: ReadonlySet<string> = new Set(["id", ...policyFields])
+
+/**
+ * Checks an admin's request to create a key (`id` optional: one is made).
+ *
+ * @internal
+ */
+export const createRequest = (
+  input: unknown
+): Checked<{
+  readonly id: string | undefined
+  readonly policy: ReturnType<typeof policy> extends Checked<infer P> ? P : never
+}> =>
+  Result.flatMap(fields("", input, createFields), (b) =>
+    Result.flatMap(
+      Input.optional(b.id, (i) => id("id", i)),
+      (keyId) => Result.map(policy("", b, keyId ?? "unnamed"), (checked) => ({ id: keyId, policy: checked }))
+    )
+  )
+
+const definitionFields: ReadonlySet<string> = new Set(["id", "sha256", "prefix", "disabled", ...policyFields])
+
+const definition = (path: string, input: unknown): Checked<KeyRecord> =>
+  Result.flatMap(fields(path, input, definitionFields), (b) =>
+    Result.flatMap(
+      Input.all([
+        id(at(path, "id"), b.id),
+        typeof b.sha256 === "string" && sha256Pattern.test(b.sha256)
+          ? Result.succeed(b.sha256)
+          : fail(at(path, "sha256"), "expected the SHA-256 of the secret as 64 lowercase hex characters"),
+        Input.optional(b.prefix, (p) => text(at(path, "prefix"), p, 16)),
+        b.disabled === undefined || typeof b.disabled === "boolean"
+          ? Result.succeed(b.disabled === true)
+          : fail(at(path, "disabled"), "expected true or false")
+      ]),
+      ([keyId, sha256, prefix, disabled]) =>
+        Result.map(
+          policy(path, b, keyId),
+          (checked): KeyRecord => ({
+            id: keyId,
+            sha256,
+            prefix,
+            disabled,
+            createdAt: 0,
+            source: "config",
+            ...checked
+          })
+        )
+    )
+  )
+
+const priceFields: ReadonlySet<string> = new Set(["input", "output"])
+
+const price = (path: string, input: unknown): Checked<Price> =>
+  Result.flatMap(fields(path, input, priceFields), (p) =>
+    Result.map(
+      Input.all([
+        Input.number(at(path, "input"), p.input, { min: 0, max: 1e6 }),
+        Input.number(at(path, "output"), p.output, { min: 0, max: 1e6 })
+      ]),
+      ([input, output]) => ({ input, output })
+    )
+  )
+
+const optionFields: ReadonlySet<string> = new Set([
+  "keys",
+  "teams",
+  "prices",
+  "rateLimitWait",
+  "reservationTtl",
+  "cacheTtl",
+  "maxKeys"
+])
+
+/**
+ * The fields `KeyStore.layerRedis` adds.
+ *
+ * @internal
+ */
+export const redisFields: ReadonlySet<string> = new Set([...optionFields, "prefix", "onStoreError", "redis"])
+
+/**
+ * Checks the options; the first wrong field is named.
+ *
+ * @internal
+ */
+export const check = (input: Options, known: ReadonlySet<string> = optionFields): Checked<Resolved> =>
+  Result.flatMap(fields("", input ?? {}, known), (o) => {
+    const keys: Array<KeyRecord> = []
+    if (o.keys !== undefined) {
+      if (!Array.isArray(o.keys)) return fail("keys", "expected an array of keys")
+      const ids = new Set<string>()
+      const hashes = new Set<string>()
+      for (let i = 0; i < o.keys.length; i++) {
+        const checked = definition(`keys[${i}]`, o.keys[i])
+        if (Result.isFailure(checked)) return Result.fail(checked.failure)
+        const key = checked.success
+        if (ids.has(key.id)) return fail(`keys[${i}].id`, `the id "${key.id}" is given twice`)
+        if (hashes.has(key.sha256)) return fail(`keys[${i}].sha256`, "the same secret is given twice")
+        ids.add(key.id)
+        hashes.add(key.sha256)
+        keys.push(key)
+      }
+    }
+    const teams = new Map<string, ResolvedBudget>()
+    if (o.teams !== undefined) {
+      if (!isObject(o.teams)) return fail("teams", "expected an object of teams by id")
+      for (const [team, value] of Object.entries(o.teams)) {
+        const checked = Result.flatMap(id(`teams.${team}`, team), () =>
+          Result.flatMap(fields(`teams.${team}`, value, new Set(["budget"])), (t) =>
+            optionalBudget(`teams.${team}.budget`, t.budget)
+          )
+        )
+        if (Result.isFailure(checked)) return Result.fail(checked.failure)
+        if (checked.success !== undefined) teams.set(team, checked.success)
+      }
+    }
+    const prices = new Map<string, Price>()
+    if (o.prices !== undefined) {
+      if (!isObject(o.prices)) return fail("prices", "expected an object of prices by model")
+      for (const [name, value] of Object.entries(o.prices)) {
+        const checked = Result.flatMap(model(`prices.${name}`, name), () => price(`prices.${name}`, value))
+        if (Result.isFailure(checked)) return Result.fail(checked.failure)
+        prices.set(name, checked.success)
+      }
+    }
+    return Result.map(
+      Input.all([
+        Input.duration("rateLimitWait", o.rateLimitWait ?? 0, { allowZero: true }),
+        Input.duration("reservationTtl", o.reservationTtl ?? "15 minutes"),
+        Input.duration("cacheTtl", o.cacheTtl ?? "2 seconds", { allowZero: true }),
+        Input.positiveInt("maxKeys", o.maxKeys ?? 100_000, 10_000_000)
+      ]),
+      ([rateLimitWait, reservationTtl, cacheTtl, maxKeys]) => ({
+        keys,
+        teams,
+        prices,
+        rateLimitWait,
+        reservationTtlMs: Math.max(1, Math.ceil(Duration.toMillis(reservationTtl))),
+        cacheTtlMs: Duration.toMillis(cacheTtl),
+        maxKeys
+      })
+    )
+  })
+
+/**
+ * A stored key read back (from Redis): checked again, since another process or version
+ * wrote it.
+ *
+ * @internal
+ */
+export const decodeRecord = (input: unknown): Checked<KeyRecord> => {
+  if (!isObject(input)) return fail("(record)", "expected an object")
+  const { createdAt, source, ...rest } = input
+  const budgetIn = (b: unknown) =>
+    isObject(b) ? { tokens: b.tokens, usd: b.usd, ...(b.periodMs === undefined ? {} : { period: b.periodMs }) } : b
+  const modelBudgets = isObject(rest.modelBudgets)
+    ? Object.fromEntries(Object.entries(rest.modelBudgets).map(([k, v]) => [k, budgetIn(v)]))
+    : rest.modelBudgets
+  const normalized = {
+    ...rest,
+    ...(rest.budget === undefined ? {} : { budget: budgetIn(rest.budget) }),
+    ...(modelBudgets === undefined ? {} : { modelBudgets })
+  }
+  for (const [k, v] of Object.entries(normalized)) if (v === null) delete (normalized as Record<string, unknown>)[k]
+  return Result.flatMap(definition("(record)", normalized), (record) =>
+    typeof createdAt === "number" && Number.isFinite(createdAt)
+      ? Result.succeed({ ...record, createdAt, source: source === "config" ? "config" : "store" })
+      : fail("(record).createdAt", "expected a number")
+  )
+}
+
+/**
+ * A record as JSON for the store (budgets with `periodMs`, absent fields left out).
+ *
+ * @internal
+ */
+export const encodeRecord = (record: KeyRecord): string => JSON.stringify(record)

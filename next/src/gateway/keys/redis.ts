@@ -1,0 +1,302 @@
+/**
+ * The key store on Redis, shared by every gateway using the same Redis and prefix.
+ *
+ * Keys: `<prefix>keys` (hash: id -> the key's JSON, secret hashed), `<prefix>hashes` (hash:
+ * SHA-256 -> id), `<prefix>disabled` (hash: id -> 1). Budgets: per counter a hash
+ * `<prefix>budget:<counter>` (`spent`, `held`) and a sorted set `<prefix>budget:<counter>:leases`
+ * of the reservations it holds (`<id>|<amount>`, scored by their lease end). Every
+ * operation is one Lua script, so a reservation on several counters is atomic across
+ * processes: 200 concurrent first requests of a key cannot hold more than its budget. A
+ * reservation whose gateway died is given back when its lease ends (the next reservation
+ * on the counter sweeps it), with the time from the Redis server's clock.
+ *
+ * Not for Redis Cluster: a reservation touches the counters of several scopes in one script.
+ *
+ * @internal
+ */
+import { Effect, Result } from "effect"
+import { Redis } from "effect/persistence"
+import type { Guard } from "../../Redis.js"
+import type { Backend, Charge, Counter, InsertResult, Level, ReserveResult } from "./ledger.js"
+import { decodeRecord, encodeRecord, type KeyRecord } from "./options.js"
+
+const lookupScript = Redis.script(
+  (hashes: string, keys: string, disabled: string, sha256: string) => [hashes, keys, disabled, sha256],
+  {
+    numberOfKeys: 3,
+    lua: `
+local id = redis.call("HGET", KEYS[1], ARGV[1])
+if not id then return false end
+local record = redis.call("HGET", KEYS[2], id)
+if not record then return false end
+return { record, redis.call("HEXISTS", KEYS[3], id) }
+`
+  }
+).withReturnType<readonly [string, number] | null>()
+
+const byIdScript = Redis.script((keys: string, disabled: string, id: string) => [keys, disabled, id], {
+  numberOfKeys: 2,
+  lua: `
+local record = redis.call("HGET", KEYS[1], ARGV[1])
+if not record then return false end
+return { record, redis.call("HEXISTS", KEYS[2], ARGV[1]) }
+`
+}).withReturnType<readonly [string, number] | null>()
+
+const insertScript = Redis.script(
+  (keys: string, hashes: string, id: string, sha256: string, json: string, maxKeys: number) => [
+    keys,
+    hashes,
+    id,
+    sha256,
+    json,
+    maxKeys
+  ],
+  {
+    numberOfKeys: 2,
+    lua: `
+if redis.call("HEXISTS", KEYS[1], ARGV[1]) == 1 then return "id-taken" end
+if redis.call("HEXISTS", KEYS[2], ARGV[2]) == 1 then return "secret-taken" end
+if redis.call("HLEN", KEYS[1]) >= tonumber(ARGV[4]) then return "full" end
+redis.call("HSET", KEYS[1], ARGV[1], ARGV[3])
+redis.call("HSET", KEYS[2], ARGV[2], ARGV[1])
+return "inserted"
+`
+  }
+).withReturnType<string>()
+
+const listScript = Redis.script((keys: string, disabled: string) => [keys, disabled], {
+  numberOfKeys: 2,
+  lua: `return { redis.call("HGETALL", KEYS[1]), redis.call("HKEYS", KEYS[2]) }`
+}).withReturnType<readonly [ReadonlyArray<string>, ReadonlyArray<string>]>()
+
+const disableScript = Redis.script(
+  (keys: string, disabled: string, id: string, flag: boolean) => [keys, disabled, id, flag ? 1 : 0],
+  {
+    numberOfKeys: 2,
+    lua: `
+local record = redis.call("HGET", KEYS[1], ARGV[1])
+if not record then return false end
+if ARGV[2] == "1" then redis.call("HSET", KEYS[2], ARGV[1], 1) else redis.call("HDEL", KEYS[2], ARGV[1]) end
+return record
+`
+  }
+).withReturnType<string | null>()
+
+// KEYS: per counter its hash and its leases. ARGV: lease ms, reservation id, then per
+// counter: limit, amount, ttl ms (0: none). Returns { 0, spent1, held1, ... } once every
+// amount is held, or { i, spent, held } for the first counter it would overrun.
+const reserveScript = Redis.script(
+  (keys: ReadonlyArray<string>, leaseMs: number, id: string, args: ReadonlyArray<number>) => [
+    ...keys,
+    leaseMs,
+    id,
+    ...args
+  ],
+  {
+    numberOfKeys: (keys: ReadonlyArray<string>) => keys.length,
+    lua: `
+local time = redis.call("TIME")
+local now = tonumber(time[1]) * 1000 + math.floor(tonumber(time[2]) / 1000)
+local lease = tonumber(ARGV[1])
+local id = ARGV[2]
+local n = #KEYS / 2
+local spent = {}
+local held = {}
+for i = 1, n do
+  local h = KEYS[2 * i - 1]
+  local z = KEYS[2 * i]
+  local expired = redis.call("ZRANGEBYSCORE", z, "-inf", now, "LIMIT", 0, 1000)
+  if #expired > 0 then
+    local back = 0
+    for _, member in ipairs(expired) do
+      back = back + tonumber(string.match(member, "|(%d+)$"))
+      redis.call("ZREM", z, member)
+    end
+    redis.call("HINCRBY", h, "held", -back)
+  end
+  local v = redis.call("HMGET", h, "spent", "held")
+  spent[i] = tonumber(v[1]) or 0
+  held[i] = tonumber(v[2]) or 0
+  local used = spent[i] + held[i]
+  local limit = tonumber(ARGV[3 * i])
+  if used + tonumber(ARGV[3 * i + 1]) > limit or used >= limit then
+    return { i, spent[i], held[i] }
+  end
+end
+local out = { 0 }
+for i = 1, n do
+  local h = KEYS[2 * i - 1]
+  local z = KEYS[2 * i]
+  local amount = tonumber(ARGV[3 * i + 1])
+  local ttl = tonumber(ARGV[3 * i + 2])
+  if amount > 0 then
+    redis.call("HINCRBY", h, "held", amount)
+    redis.call("ZADD", z, now + lease, id .. "|" .. amount)
+  end
+  if ttl > 0 then
+    redis.call("PEXPIRE", h, ttl)
+    redis.call("PEXPIRE", z, ttl)
+  end
+  out[2 * i] = spent[i]
+  out[2 * i + 1] = held[i] + amount
+end
+return out
+`
+  }
+).withReturnType<ReadonlyArray<number>>()
+
+// KEYS: as reserveScript. ARGV: reservation id, then per counter: amount held, amount
+// spent, ttl ms (0: none). A lease already swept is not given back twice.
+const settleScript = Redis.script(
+  (keys: ReadonlyArray<string>, id: string, args: ReadonlyArray<number>) => [...keys, id, ...args],
+  {
+    numberOfKeys: (keys: ReadonlyArray<string>) => keys.length,
+    lua: `
+local id = ARGV[1]
+local out = {}
+for i = 1, #KEYS / 2 do
+  local h = KEYS[2 * i - 1]
+  local z = KEYS[2 * i]
+  local reserved = tonumber(ARGV[3 * i - 1])
+  local actual = tonumber(ARGV[3 * i])
+  local ttl = tonumber(ARGV[3 * i + 1])
+  if reserved > 0 and redis.call("ZREM", z, id .. "|" .. reserved) == 1 then
+    redis.call("HINCRBY", h, "held", -reserved)
+  end
+  if actual > 0 then redis.call("HINCRBY", h, "spent", actual) end
+  if ttl > 0 then redis.call("PEXPIRE", h, ttl) end
+  local v = redis.call("HMGET", h, "spent", "held")
+  out[2 * i - 1] = tonumber(v[1]) or 0
+  out[2 * i] = tonumber(v[2]) or 0
+end
+return out
+`
+  }
+).withReturnType<ReadonlyArray<number>>()
+
+const readScript = Redis.script((keys: ReadonlyArray<string>) => keys, {
+  numberOfKeys: (keys: ReadonlyArray<string>) => keys.length,
+  lua: `
+local out = {}
+for i = 1, #KEYS do
+  local v = redis.call("HMGET", KEYS[i], "spent", "held")
+  out[2 * i - 1] = tonumber(v[1]) or 0
+  out[2 * i] = tonumber(v[2]) or 0
+end
+return out
+`
+}).withReturnType<ReadonlyArray<number>>()
+
+const levels = (reply: ReadonlyArray<unknown>, from: number, count: number): ReadonlyArray<Level> => {
+  const out: Array<Level> = []
+  for (let i = 0; i < count; i++) {
+    out.push({ spent: Number(reply[from + 2 * i] ?? 0), held: Number(reply[from + 2 * i + 1] ?? 0) })
+  }
+  return out
+}
+
+const record = (json: string, disabled: boolean): KeyRecord | undefined => {
+  let parsed: unknown
+  try {
+    parsed = JSON.parse(json)
+  } catch {
+    return undefined
+  }
+  const checked = decodeRecord(parsed)
+  return Result.isSuccess(checked) ? { ...checked.success, disabled } : undefined
+}
+
+/**
+ * The Redis backend; every call goes through `guard` (its deadline, its outage report).
+ *
+ * @internal
+ */
+export const make = Effect.fnUntraced(function* (options: {
+  readonly prefix: string
+  readonly guard: Guard
+  readonly leaseMs: number
+}) {
+  const redis = yield* Redis.Redis
+  const { prefix, guard, leaseMs: longestLease } = options
+  const keysKey = `${prefix}keys`
+  const hashesKey = `${prefix}hashes`
+  const disabledKey = `${prefix}disabled`
+  const lookup = redis.eval(lookupScript)
+  const lookupId = redis.eval(byIdScript)
+  const insert = redis.eval(insertScript)
+  const list = redis.eval(listScript)
+  const disable = redis.eval(disableScript)
+  const reserve = redis.eval(reserveScript)
+  const settle = redis.eval(settleScript)
+  const read = redis.eval(readScript)
+
+  const counterKeys = (charges: ReadonlyArray<{ readonly counter: Counter }>): Array<string> => {
+    const keys: Array<string> = []
+    for (const { counter } of charges) {
+      const base = `${prefix}budget:${counter.name}`
+      keys.push(base, `${base}:leases`)
+    }
+    return keys
+  }
+
+  // A window's counter outlives its window by the longest lease, then expires.
+  const ttlOf = (counter: Counter, now: number, leaseMs: number): number =>
+    counter.periodMs === undefined || counter.window === undefined
+      ? 0
+      : Math.max(1, (counter.window + 1) * counter.periodMs - now + leaseMs)
+
+  const fromPair = (reply: readonly [string, number] | null): KeyRecord | undefined =>
+    reply === null || !Array.isArray(reply) ? undefined : record(String(reply[0]), Number(reply[1]) === 1)
+
+  return {
+    local: false,
+    byHash: (sha256) => Effect.map(guard.call("lookup", lookup(hashesKey, keysKey, disabledKey, sha256)), fromPair),
+    byId: (id) => Effect.map(guard.call("byId", lookupId(keysKey, disabledKey, id)), fromPair),
+    insert: (key, maxKeys) =>
+      Effect.map(
+        guard.call("insert", insert(keysKey, hashesKey, key.id, key.sha256, encodeRecord(key), maxKeys)),
+        (reply) => String(reply) as InsertResult
+      ),
+    list: Effect.map(guard.call("list", list(keysKey, disabledKey)), ([flat, off]) => {
+      const disabled = new Set(off)
+      const out: Array<KeyRecord> = []
+      for (let i = 0; i + 1 < flat.length; i += 2) {
+        const found = record(String(flat[i + 1]), disabled.has(String(flat[i])))
+        if (found !== undefined) out.push(found)
+      }
+      return out
+    }),
+    setDisabled: (id, flag) =>
+      Effect.map(guard.call("disable", disable(keysKey, disabledKey, id, flag)), (json) =>
+        json === null ? undefined : record(String(json), flag)
+      ),
+    reserve: (id, charges: ReadonlyArray<Charge>, leaseMs, now) => {
+      const args: Array<number> = []
+      for (const { counter, amount } of charges) args.push(counter.limit, amount, ttlOf(counter, now, leaseMs))
+      return Effect.map(
+        guard.call("reserve", reserve(counterKeys(charges), leaseMs, id, args)),
+        (reply): ReserveResult => {
+          const index = Number(reply[0])
+          return index === 0
+            ? { _tag: "Reserved", levels: levels(reply, 1, charges.length) }
+            : { _tag: "Exceeded", index: index - 1, level: { spent: Number(reply[1]), held: Number(reply[2]) } }
+        }
+      )
+    },
+    settle: (id, charges, actual, now) => {
+      const args: Array<number> = []
+      for (let i = 0; i < charges.length; i++) {
+        const { counter, amount } = charges[i]!
+        args.push(amount, Math.max(0, actual[i] ?? 0), ttlOf(counter, now, longestLease))
+      }
+      return Effect.map(guard.call("settle", settle(counterKeys(charges), id, args)), (reply) =>
+        levels(reply, 0, charges.length)
+      )
+    },
+    read: (counters) =>
+      Effect.map(guard.call("read", read(counters.map((counter) => `${prefix}budget:${counter.name}`))), (reply) =>
+        levels(reply, 0, counters.length)
+      )
+  } satisfies Backend
+})

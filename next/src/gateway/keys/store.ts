@@ -1,0 +1,531 @@
+/**
+ * The key store on a backend (memory or Redis): authentication through a short cache,
+ * per-key limits on `RateLimit`, budget reservations on the ledger, the remaining-budget
+ * gauges, and the admin operations.
+ *
+ * @internal
+ */
+import { Clock, Duration, Effect, Metric, Redacted, Result } from "effect"
+import type { RateLimiter } from "effect/persistence"
+import type { ModelError } from "../../AiError.js"
+import type * as Gateway from "../../Gateway.js"
+import * as Metrics from "../../Metrics.js"
+import * as RateLimit from "../../RateLimit.js"
+import type { Guard } from "../../Redis.js"
+import { type GatewayError, gatewayError } from "../errors.js"
+import type { Created, KeyContext, KeyInfo, Service, SpendLine } from "./KeyStore.js"
+import {
+  amountOf,
+  type Backend,
+  type Budgets,
+  type Charge,
+  type Counter,
+  countersFor,
+  type Level,
+  nano,
+  shown,
+  windowEnd
+} from "./ledger.js"
+import { createRequest, id as checkId, type KeyRecord, type Price, type Resolved } from "./options.js"
+import { generate, hash, randomId } from "./secret.js"
+
+/** A reservation this store made; settled or released once. */
+class Held {
+  closed = false
+  constructor(
+    readonly id: string,
+    readonly keyId: string,
+    readonly model: string,
+    readonly charges: ReadonlyArray<Charge>,
+    readonly price: Price | undefined,
+    readonly inputTokens: number,
+    readonly maxOutputTokens: number,
+    /** False when the store failed and budgets fail open: nothing is held, usage is still recorded. */
+    readonly recorded: boolean
+  ) {}
+}
+
+/** The reservation of a key with no budget on the model: nothing to settle. */
+const nothingHeld: unknown = Object.freeze({ _tag: "NothingHeld" })
+
+const cacheCapacity = 10_000
+const maxCount = 1e12
+
+const usd = (amount: number): string => {
+  const text = (amount / nano).toFixed(6).replace(/0+$/, "").replace(/\.$/, "")
+  return `$${text}`
+}
+
+const amountText = (counter: Counter, amount: number): string =>
+  counter.unit === "tokens" ? `${amount} tokens` : usd(amount)
+
+const count = (input: unknown): number =>
+  typeof input === "number" && Number.isFinite(input) && input > 0 ? Math.min(Math.floor(input), maxCount) : 0
+
+const unavailable = (what: string) =>
+  gatewayError("Unavailable", `The ${what} store is unavailable; try again shortly`, {
+    code: "store_unavailable",
+    retryAfter: Duration.seconds(1)
+  })
+
+const notFound = (id: string) =>
+  gatewayError("NotFound", `No key with the id "${id}"`, { param: "id", code: "key_not_found" })
+
+/**
+ * @internal
+ */
+export const make = Effect.fnUntraced(function* (
+  resolved: Resolved,
+  backend: Backend,
+  limits: {
+    readonly store: RateLimiter.RateLimiterStore["Service"]
+    readonly guard?: Guard | undefined
+    readonly onStoreError: "allow" | "reject"
+  },
+  onBudgetStoreError: "reject" | "allow"
+) {
+  const clock = yield* Clock.Clock
+  const context = yield* Effect.context<never>()
+  const now = () => clock.currentTimeMillisUnsafe()
+  const configById = new Map(resolved.keys.map((key) => [key.id, key]))
+  const configByHash = new Map(resolved.keys.map((key) => [key.sha256, key]))
+  const processId = randomId(8)
+  let sequence = 0
+
+  // --- identities ---
+
+  const contexts = new WeakMap<KeyRecord, KeyContext>()
+  const records = new WeakMap<object, KeyRecord>()
+  const budgetsOf = (record: KeyRecord): Budgets => ({
+    key: record.budget,
+    team: record.team === undefined ? undefined : resolved.teams.get(record.team),
+    models: record.modelBudgets
+  })
+  const contextOf = (record: KeyRecord): KeyContext => {
+    let found = contexts.get(record)
+    if (found === undefined) {
+      found = {
+        id: record.id,
+        name: record.name,
+        team: record.team,
+        allowedModels: record.allowedModels,
+        rpm: record.rpm,
+        tpm: record.tpm,
+        budgets: budgetsOf(record)
+      }
+      contexts.set(record, found)
+      records.set(found, record)
+    }
+    return found
+  }
+
+  const cache = new Map<string, { readonly record: KeyRecord | undefined; readonly until: number }>()
+  const remember = (sha256: string, record: KeyRecord | undefined) => {
+    cache.delete(sha256)
+    if (cache.size >= cacheCapacity) {
+      const oldest = cache.keys().next()
+      if (!oldest.done) cache.delete(oldest.value)
+    }
+    cache.set(sha256, { record, until: now() + resolved.cacheTtlMs })
+  }
+
+  const unauthorized = () => gatewayError("Unauthorized", "Incorrect API key provided", { code: "invalid_api_key" })
+
+  const accept = (record: KeyRecord | undefined): Effect.Effect<KeyContext, GatewayError> =>
+    record === undefined
+      ? Effect.fail(unauthorized())
+      : record.disabled
+        ? Effect.fail(
+            gatewayError("Unauthorized", `The API key "${record.prefix ?? record.id}" is disabled`, {
+              code: "key_disabled"
+            })
+          )
+        : Effect.succeed(contextOf(record))
+
+  const authenticate = (bearer: Redacted.Redacted<string> | undefined): Effect.Effect<KeyContext, GatewayError> => {
+    if (bearer === undefined) {
+      return Effect.fail(
+        gatewayError("Unauthorized", "Missing API key: send it as 'Authorization: Bearer <key>'", {
+          code: "missing_api_key"
+        })
+      )
+    }
+    const secret = Redacted.value(bearer)
+    if (secret.length === 0 || secret.length > 1024) return Effect.fail(unauthorized())
+    const sha256 = hash(secret)
+    const configured = configByHash.get(sha256)
+    if (configured !== undefined) return accept(configured)
+    const cached = backend.local ? undefined : cache.get(sha256)
+    if (cached !== undefined && cached.until > now()) return accept(cached.record)
+    return Effect.matchEffect(backend.byHash(sha256), {
+      onSuccess: (record) => {
+        if (!backend.local) remember(sha256, record)
+        return accept(record)
+      },
+      // A key seen before stays usable while the store is down; an unknown one cannot be told from a wrong one.
+      onFailure: () => (cached?.record !== undefined ? accept(cached.record) : Effect.fail(unavailable("key")))
+    })
+  }
+
+  const findById = (id: string): Effect.Effect<KeyRecord, GatewayError> => {
+    if (Result.isFailure(checkId("id", id))) return Effect.fail(notFound(String(id).slice(0, 64)))
+    const configured = configById.get(id)
+    if (configured !== undefined) return Effect.succeed(configured)
+    return backend.byId(id).pipe(
+      Effect.mapError(() => unavailable("key")),
+      Effect.flatMap((record) => (record === undefined ? Effect.fail(notFound(id)) : Effect.succeed(record)))
+    )
+  }
+
+  // The gateway hands back what `authenticate` gave; an application may build its own KeyContext.
+  const recordOf = (key: Gateway.KeyContext): Effect.Effect<KeyRecord, GatewayError> => {
+    const found = records.get(key)
+    return found !== undefined ? Effect.succeed(found) : Effect.mapError(findById(key.id), () => unauthorized())
+  }
+
+  // --- gauges ---
+
+  const gauges = new Map<string, { value: number }>()
+  const registrations: Array<Metric.Registration> = []
+  yield* Effect.addFinalizer(() =>
+    Effect.sync(() => {
+      for (const registration of registrations) registration.remove()
+      registrations.length = 0
+    })
+  )
+  const gauge = (keyId: string, counter: Counter, level: Level) => {
+    const name = `${keyId}\u0000${counter.scope}\u0000${counter.unit}\u0000${counter.model ?? ""}`
+    let series = gauges.get(name)
+    if (series === undefined) {
+      const created = { value: 0 }
+      const attributes: Record<string, string> = { key: keyId, scope: counter.scope, unit: counter.unit }
+      if (counter.model !== undefined) attributes.model = counter.model
+      registrations.push(
+        Metric.registerUnsafe(Metric.withAttributes(Metrics.gatewayBudgetRemaining, attributes), context, {
+          get: () => ({ value: created.value }),
+          update: () => {},
+          modify: () => {}
+        })
+      )
+      gauges.set(name, created)
+      series = created
+    }
+    series.value = shown(counter.unit, Math.max(0, counter.limit - level.spent - level.held))
+  }
+
+  // --- limits ---
+
+  const limiters = new Map<string, RateLimit.Service>()
+  const limiterFor = (
+    rpm: number | undefined,
+    tpm: number | undefined
+  ): Effect.Effect<RateLimit.Service, GatewayError> => {
+    const name = `${rpm ?? 0}/${tpm ?? 0}`
+    const found = limiters.get(name)
+    if (found !== undefined) return Effect.succeed(found)
+    return RateLimit.make(
+      { default: { requestsPerMinute: rpm, tokensPerMinute: tpm }, maxWait: resolved.rateLimitWait },
+      limits.store,
+      { onStoreError: limits.onStoreError, guard: limits.guard }
+    ).pipe(
+      Effect.map((made) => {
+        const existing = limiters.get(name)
+        if (existing !== undefined) return existing
+        limiters.set(name, made)
+        return made
+      }),
+      Effect.mapError((error) => gatewayError("Internal", `the rate limit of a key cannot be built: ${error.message}`))
+    )
+  }
+
+  const limitError = (record: KeyRecord) => (error: ModelError) => {
+    const limitsText = [
+      record.rpm === undefined ? undefined : `${record.rpm} requests`,
+      record.tpm === undefined ? undefined : `${record.tpm} tokens`
+    ]
+      .filter((part) => part !== undefined)
+      .join(" and ")
+    const wait =
+      error.retryAfter === undefined ? "" : `; retry after ${Math.ceil(Duration.toMillis(error.retryAfter) / 1000)} s`
+    return gatewayError("RateLimited", `Rate limit reached for key "${record.id}": ${limitsText} per minute${wait}`, {
+      code: "rate_limit_exceeded",
+      ...(error.retryAfter === undefined ? {} : { retryAfter: error.retryAfter })
+    })
+  }
+
+  const limit = (record: KeyRecord, tokens: number): Effect.Effect<void, GatewayError> =>
+    record.rpm === undefined && record.tpm === undefined
+      ? Effect.void
+      : Effect.flatMap(limiterFor(record.rpm, record.tpm), (limiter) =>
+          Effect.mapError(limiter.acquire(`key:${record.id}`, { tokens }), limitError(record))
+        )
+
+  // --- budgets ---
+
+  const priceOf = (model: string): Price | undefined => resolved.prices.get(model) ?? resolved.prices.get("*")
+
+  const exceeded = (charge: Charge, level: Level, at: number): GatewayError => {
+    const { counter, amount } = charge
+    const used = level.spent + level.held
+    const end = windowEnd(counter)
+    const held = level.held > 0 ? ` (${amountText(counter, level.held)} of it held by requests in flight)` : ""
+    const resets = end === undefined ? "" : `; it starts again at ${new Date(end).toISOString()}`
+    return gatewayError(
+      "BudgetExceeded",
+      `Budget exceeded for ${counter.scope} "${counter.scopeId}": ${amountText(counter, used)} of ${amountText(counter, counter.limit)} spent${held}; this request may need up to ${amountText(counter, amount)}${resets}`,
+      {
+        code: "budget_exceeded",
+        scope: counter.scope,
+        scopeId: counter.scopeId,
+        unit: counter.unit,
+        spent: shown(counter.unit, used),
+        limit: shown(counter.unit, counter.limit),
+        ...(end === undefined ? {} : { retryAfter: Duration.millis(Math.max(1, end - at)) })
+      }
+    )
+  }
+
+  const hold = (
+    record: KeyRecord,
+    model: string,
+    inputTokens: number,
+    maxOutputTokens: number
+  ): Effect.Effect<unknown, GatewayError> => {
+    const at = now()
+    const counters = countersFor(record.id, record.team, contextOf(record).budgets, model, at)
+    if (counters.length === 0) return Effect.succeed(nothingHeld)
+    const price = priceOf(model)
+    const charges: Array<Charge> = []
+    for (const counter of counters) {
+      if (counter.unit === "usd" && price === undefined) {
+        return Effect.fail(
+          gatewayError(
+            "Forbidden",
+            `The model "${model}" has no price in the gateway's price table, and a budget of this key is in dollars`,
+            { param: "model", code: "model_not_priced" }
+          )
+        )
+      }
+      charges.push({ counter, amount: amountOf(counter.unit, price, inputTokens, maxOutputTokens) })
+    }
+    const id = `${processId}.${(sequence++).toString(36)}`
+    const held = (recorded: boolean) =>
+      new Held(id, record.id, model, charges, price, inputTokens, maxOutputTokens, recorded)
+    return Effect.matchEffect(backend.reserve(id, charges, resolved.reservationTtlMs, at), {
+      onFailure: () =>
+        onBudgetStoreError === "reject" ? Effect.fail(unavailable("budget")) : Effect.succeed(held(false)),
+      onSuccess: (result) => {
+        if (result._tag === "Exceeded") {
+          const charge = charges[result.index]!
+          gauge(record.id, charge.counter, result.level)
+          return Effect.fail(exceeded(charge, result.level, at))
+        }
+        for (let i = 0; i < charges.length; i++) gauge(record.id, charges[i]!.counter, result.levels[i]!)
+        return Effect.succeed(held(true))
+      }
+    })
+  }
+
+  const badCount = (input: unknown) =>
+    typeof input !== "number" || !Number.isInteger(input) || input < 0 || input > maxCount
+
+  const reserve = (
+    key: Gateway.KeyContext,
+    model: string,
+    estimate: { readonly inputTokens: number; readonly maxOutputTokens: number }
+  ): Effect.Effect<unknown, GatewayError> => {
+    if (badCount(estimate.inputTokens)) {
+      return Effect.fail(
+        gatewayError("InvalidRequest", `invalid input token estimate: ${String(estimate.inputTokens)}`, {
+          param: "messages"
+        })
+      )
+    }
+    if (badCount(estimate.maxOutputTokens)) {
+      return Effect.fail(
+        gatewayError("InvalidRequest", `invalid max_tokens: expected a whole number from 0 to ${maxCount}`, {
+          param: "max_tokens"
+        })
+      )
+    }
+    return Effect.flatMap(recordOf(key), (record) =>
+      Effect.andThen(
+        limit(record, estimate.inputTokens + estimate.maxOutputTokens),
+        hold(record, model, estimate.inputTokens, estimate.maxOutputTokens)
+      )
+    )
+  }
+
+  const finish = (held: Held, actual: ReadonlyArray<number>): Effect.Effect<void> => {
+    // Unrecorded (the store failed at reserve): nothing to give back, only usage to record.
+    const charges = held.recorded ? held.charges : held.charges.map((charge) => ({ ...charge, amount: 0 }))
+    if (!held.recorded && actual.every((amount) => amount === 0)) return Effect.void
+    return Effect.matchEffect(backend.settle(held.id, charges, actual, now()), {
+      onFailure: () => Effect.void,
+      onSuccess: (levels) =>
+        Effect.sync(() => {
+          for (let i = 0; i < charges.length; i++) gauge(held.keyId, charges[i]!.counter, levels[i]!)
+        })
+    })
+  }
+
+  const settle = (
+    reservation: unknown,
+    usage: { readonly inputTokens: number; readonly outputTokens: number }
+  ): Effect.Effect<void> =>
+    Effect.suspend(() => {
+      if (!(reservation instanceof Held) || reservation.closed) return Effect.void
+      reservation.closed = true
+      const inputTokens = count(usage.inputTokens)
+      const outputTokens = count(usage.outputTokens)
+      // A provider that reports no usage is charged what was reserved: a budget is never overrun unseen.
+      const reported = inputTokens + outputTokens > 0
+      const input = reported ? inputTokens : reservation.inputTokens
+      const output = reported ? outputTokens : reservation.maxOutputTokens
+      return finish(
+        reservation,
+        reservation.charges.map(({ counter }) => amountOf(counter.unit, reservation.price, input, output))
+      )
+    })
+
+  const release = (reservation: unknown): Effect.Effect<void> =>
+    Effect.suspend(() => {
+      if (!(reservation instanceof Held) || reservation.closed) return Effect.void
+      reservation.closed = true
+      return finish(
+        reservation,
+        reservation.charges.map(() => 0)
+      )
+    })
+
+  // --- admin ---
+
+  const info = (record: KeyRecord): KeyInfo => ({
+    id: record.id,
+    name: record.name,
+    prefix: record.prefix,
+    team: record.team,
+    allowedModels: record.allowedModels,
+    rpm: record.rpm,
+    tpm: record.tpm,
+    budget: record.budget,
+    modelBudgets: record.modelBudgets,
+    disabled: record.disabled,
+    createdAt: record.source === "config" ? undefined : new Date(record.createdAt).toISOString(),
+    source: record.source
+  })
+
+  const create = (input: unknown): Effect.Effect<Created, GatewayError> =>
+    Effect.suspend(() => {
+      const checked = createRequest(input)
+      if (Result.isFailure(checked)) {
+        const { path, message } = checked.failure
+        return Effect.fail(gatewayError("InvalidRequest", `invalid ${path}: ${message}`, { param: path }))
+      }
+      const id = checked.success.id ?? `key-${randomId(12)}`
+      const taken = () =>
+        gatewayError("InvalidRequest", `A key with the id "${id}" exists`, {
+          status: 409,
+          param: "id",
+          code: "key_exists"
+        })
+      if (configById.has(id)) return Effect.fail(taken())
+      const secret = generate()
+      const record: KeyRecord = {
+        ...checked.success.policy,
+        id,
+        sha256: secret.sha256,
+        prefix: secret.prefix,
+        disabled: false,
+        createdAt: now(),
+        source: "store"
+      }
+      return backend.insert(record, resolved.maxKeys).pipe(
+        Effect.mapError(() => unavailable("key")),
+        Effect.flatMap((result) => {
+          switch (result) {
+            case "inserted":
+              return Effect.succeed({ key: info(record), secret: secret.secret })
+            case "id-taken":
+              return Effect.fail(taken())
+            case "full":
+              return Effect.fail(
+                gatewayError("InvalidRequest", `The store holds its most keys (${resolved.maxKeys})`, {
+                  code: "too_many_keys"
+                })
+              )
+            default:
+              return Effect.fail(gatewayError("Internal", "a fresh secret collided with a stored one; try again"))
+          }
+        })
+      )
+    })
+
+  const list: Effect.Effect<ReadonlyArray<KeyInfo>, GatewayError> = backend.list.pipe(
+    Effect.mapError(() => unavailable("key")),
+    Effect.map((stored) => {
+      const out = resolved.keys.map(info)
+      const sorted = [...stored].sort((a, b) => a.createdAt - b.createdAt || (a.id < b.id ? -1 : 1))
+      for (const record of sorted) if (!configById.has(record.id)) out.push(info(record))
+      return out
+    })
+  )
+
+  const setDisabled = (id: string, disabled: boolean): Effect.Effect<KeyInfo, GatewayError> =>
+    Effect.suspend(() => {
+      if (configById.has(id)) {
+        return Effect.fail(
+          gatewayError("Forbidden", `The key "${id}" is defined in the configuration: change it there`, {
+            param: "id",
+            code: "key_in_configuration"
+          })
+        )
+      }
+      if (Result.isFailure(checkId("id", id))) return Effect.fail(notFound(String(id).slice(0, 64)))
+      return backend.setDisabled(id, disabled).pipe(
+        Effect.mapError(() => unavailable("key")),
+        Effect.flatMap((record) => {
+          if (record === undefined) return Effect.fail(notFound(id))
+          cache.delete(record.sha256)
+          return Effect.succeed(info(record))
+        })
+      )
+    })
+
+  const spend = (id: string): Effect.Effect<ReadonlyArray<SpendLine>, GatewayError> =>
+    Effect.flatMap(findById(id), (record) => {
+      const counters = countersFor(record.id, record.team, budgetsOf(record), undefined, now())
+      if (counters.length === 0) return Effect.succeed([])
+      return backend.read(counters).pipe(
+        Effect.mapError(() => unavailable("budget")),
+        Effect.map((levels) =>
+          counters.map((counter, i): SpendLine => {
+            const level = levels[i]!
+            const end = windowEnd(counter)
+            return {
+              scope: counter.scope,
+              id: counter.scopeId,
+              unit: counter.unit,
+              spent: shown(counter.unit, level.spent),
+              held: shown(counter.unit, level.held),
+              limit: shown(counter.unit, counter.limit),
+              remaining: shown(counter.unit, Math.max(0, counter.limit - level.spent - level.held)),
+              resetsAt: end === undefined ? undefined : new Date(end).toISOString()
+            }
+          })
+        )
+      )
+    })
+
+  return {
+    authenticate,
+    reserve,
+    settle,
+    release,
+    create,
+    list,
+    get: (id) => Effect.map(findById(id), info),
+    setDisabled,
+    spend
+  } satisfies Service
+})
