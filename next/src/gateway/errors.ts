@@ -8,7 +8,7 @@
  * @since 0.2.0
  */
 import { Duration, Schema } from "effect"
-import { type AiError, reasonOf } from "../AiError.js"
+import { type AiError, reasonOf, type TimeoutLimit } from "../AiError.js"
 
 /**
  * Why the gateway refused a request.
@@ -218,6 +218,13 @@ const modelErrorStatus = (error: Extract<AiError, { _tag: "ModelError" }>): [num
   }
 }
 
+const timeoutCodes: Readonly<Record<TimeoutLimit, string>> = {
+  request: "request_timeout",
+  firstChunk: "first_chunk_timeout",
+  idle: "idle_timeout",
+  total: "total_timeout"
+}
+
 /**
  * How a model-call failure is answered: a bad request 400, an upstream limit 429, an open
  * breaker, overload or shutdown 503, a deadline 504, any other upstream failure 502. An
@@ -240,7 +247,7 @@ export const fromAiError = (error: AiError): WireError => {
     case "TimeoutError":
       return {
         status: 504,
-        body: body(error.message, "timeout", undefined, `${error.limit}_timeout`),
+        body: body(error.message, "timeout", undefined, timeoutCodes[error.limit]),
         reason: "Timeout"
       }
     case "CircuitOpenError":

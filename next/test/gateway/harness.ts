@@ -186,3 +186,10 @@ export const failing = <A>(f: () => Promise<A>): Effect.Effect<ClientError> =>
     onSuccess: () => Effect.die(new Error("expected the call to fail")),
     onFailure: (error) => Effect.sync(() => clientError(error))
   })
+
+/** Waits (real time, polling every 5 ms, at most 10 s) until `condition` holds; for effects of I/O a test cannot await. */
+export const eventually = (condition: () => boolean): Effect.Effect<void> =>
+  Effect.promise(async () => {
+    for (let i = 0; i < 2000 && !condition(); i++) await new Promise((resolve) => setTimeout(resolve, 5))
+    if (!condition()) throw new Error("condition not met within 10 s")
+  })

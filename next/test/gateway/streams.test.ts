@@ -1,0 +1,254 @@
+/**
+ * Streams through the gateway, as the official client reads them: a failure after the
+ * first chunk raises in the client (never a clean end), a stalled upstream ends at the idle
+ * deadline, a failure before the first chunk falls back (or is answered with its status),
+ * and a client that leaves cancels the upstream call.
+ */
+import { assert, describe, it } from "@effect/vitest"
+import { Effect } from "effect"
+import type OpenAI from "openai"
+import * as Server from "../utils/httpServer.js"
+import * as Harness from "./harness.js"
+import * as Up from "./upstream.js"
+
+const hi = [{ role: "user" as const, content: "hi" }]
+
+interface Read {
+  readonly text: string
+  readonly chunks: number
+  readonly error: Harness.ClientError | undefined
+}
+
+/** Reads a stream to its end or its error. */
+const read = (client: OpenAI, body: Omit<OpenAI.ChatCompletionCreateParamsStreaming, "stream">) =>
+  Effect.promise(async (): Promise<Read> => {
+    let text = ""
+    let chunks = 0
+    try {
+      const stream = await client.chat.completions.create({ ...body, stream: true })
+      for await (const chunk of stream) {
+        chunks++
+        text += chunk.choices[0]?.delta?.content ?? ""
+      }
+      return { text, chunks, error: undefined }
+    } catch (error) {
+      return { text, chunks, error: Harness.clientError(error) }
+    }
+  })
+
+describe("Gateway: streams", () => {
+  it.live("an upstream failure after the first chunk raises in the client, with the text so far delivered", () =>
+    Effect.gen(function* () {
+      const upstream = yield* Server.make((_, res) =>
+        Server.chunked(res, [Server.sse([Up.chunk("Hel"), Up.chunk("lo")])], { end: "destroy", pauseMs: 5 })
+      )
+      const gw = yield* Harness.make({ upstreams: { a: upstream.url } })
+      const result = yield* read(gw.client(), { model: "d-a", messages: hi })
+      assert.strictEqual(result.text, "Hello")
+      assert.isDefined(result.error)
+      assert.strictEqual(result.error!.code, "stream_interrupted")
+      assert.include(result.error!.message, "stream interrupted after 5 characters")
+      const metrics = yield* gw.metrics
+      assert.include(metrics, 'orchestra_gateway_errors_total{reason="StreamInterrupted"} 1')
+    })
+  )
+
+  it.live("an upstream error event mid-stream raises in the client too", () =>
+    Effect.gen(function* () {
+      const upstream = yield* Server.make((_, res) =>
+        Server.chunked(res, [
+          Server.sse([
+            Up.chunk("partial"),
+            { event: "error", data: { error: { message: "upstream broke", type: "server_error" } } }
+          ])
+        ])
+      )
+      const gw = yield* Harness.make({ upstreams: { a: upstream.url } })
+      const result = yield* read(gw.client(), { model: "d-a", messages: hi })
+      assert.strictEqual(result.text, "partial")
+      assert.strictEqual(result.error?.code, "stream_interrupted")
+      assert.include(result.error!.message, "upstream broke")
+    })
+  )
+
+  it.live("a stalled upstream ends at the idle deadline: an error in the client, the upstream connection closed", () =>
+    Effect.gen(function* () {
+      const upstream = yield* Server.make((_, res) =>
+        Server.chunked(res, [Server.sse([Up.chunk("first")])], { end: "hang" })
+      )
+      const gw = yield* Harness.make({ upstreams: { a: upstream.url }, gateway: { stream: { idleTimeout: 300 } } })
+      const result = yield* read(gw.client(), { model: "d-a", messages: hi })
+      assert.strictEqual(result.text, "first")
+      assert.strictEqual(result.error?.code, "idle_timeout")
+      yield* upstream.awaitAborted(1)
+    })
+  )
+
+  it.live("falls back before the first chunk: the client sees only the next domain's answer", () =>
+    Effect.gen(function* () {
+      const failing = yield* Server.make((_, res) => Server.json(res, 503, { error: { message: "down" } }))
+      const working = yield* Server.make(Up.openAi(["from ", "b"]))
+      const gw = yield* Harness.make({
+        upstreams: { a: failing.url, b: working.url },
+        domains: [
+          { name: "main", provider: "a", fallback: ["backup"] },
+          { name: "backup", provider: "b" }
+        ]
+      })
+      const result = yield* read(gw.client(), { model: "main", messages: hi })
+      assert.strictEqual(result.error, undefined)
+      assert.strictEqual(result.text, "from b")
+      assert.strictEqual((yield* failing.requests).length, 1)
+    })
+  )
+
+  it.live("a failure before the first chunk without a fallback is answered with its status, not a 200 stream", () =>
+    Effect.gen(function* () {
+      const upstream = yield* Server.make((_, res) => Server.hang(res))
+      const gw = yield* Harness.make({
+        upstreams: { a: upstream.url },
+        gateway: { stream: { firstChunkTimeout: 200 } }
+      })
+      const result = yield* read(gw.client(), { model: "d-a", messages: hi })
+      assert.strictEqual(result.chunks, 0)
+      assert.strictEqual(result.error?.status, 504)
+      assert.strictEqual(result.error?.code, "first_chunk_timeout")
+    })
+  )
+
+  it.live("a client that leaves mid-stream cancels the upstream call and releases its reservation", () =>
+    Effect.gen(function* () {
+      const upstream = yield* Server.make((_, res) =>
+        Server.endless(res, { prefix: Server.sse([Up.chunk("go")]), chunk: Server.sse([Up.chunk("more")]) })
+      )
+      const { service, log } = Harness.keyStore({ "sk-a": { id: "a" } })
+      const gw = yield* Harness.make({ upstreams: { a: upstream.url }, keys: service })
+      yield* Effect.promise(async () => {
+        const stream = await gw.client("sk-a").chat.completions.create({ model: "d-a", messages: hi, stream: true })
+        for await (const _ of stream) break
+      })
+      yield* upstream.awaitAborted(1)
+      yield* Harness.eventually(() => gw.gateway.inFlight() === 0 && log.released.length > 0)
+      assert.deepStrictEqual(log.released, [0])
+      assert.strictEqual(log.settled.length, 0)
+      assert.include(yield* gw.metrics, 'orchestra_gateway_requests_total{route="chat_stream",status="499"} 1')
+    })
+  )
+
+  it.live("a client that leaves before a non-streamed answer cancels the upstream call", () =>
+    Effect.gen(function* () {
+      const upstream = yield* Server.make(Server.hang)
+      const gw = yield* Harness.make({ upstreams: { a: upstream.url } })
+      const controller = new AbortController()
+      yield* Effect.forkChild(
+        Harness.call(() =>
+          gw.client().chat.completions.create({ model: "d-a", messages: hi }, { signal: controller.signal })
+        ),
+        { startImmediately: true }
+      )
+      yield* upstream.awaitRequests(1)
+      controller.abort()
+      yield* upstream.awaitAborted(1)
+      yield* Harness.eventually(() => gw.gateway.inFlight() === 0)
+    })
+  )
+})
+
+describe("Gateway: tools", () => {
+  it.live("passes tools and tool_choice through, and the tool calls back, in answers and in streams", () =>
+    Effect.gen(function* () {
+      const call = { id: "call_1", type: "function", function: { name: "weather", arguments: '{"city":"Oslo"}' } }
+      const upstream = yield* Server.make((request, res) => {
+        const body = request.json as { stream?: boolean }
+        if (body.stream !== true) {
+          return Server.json(res, 200, Up.completion(null, { toolCalls: [call], finish: "tool_calls" }))
+        }
+        return Server.chunked(res, [
+          Server.sse([
+            {
+              ...Up.chunk(null),
+              choices: [
+                {
+                  index: 0,
+                  delta: {
+                    tool_calls: [
+                      { index: 0, id: "call_1", type: "function", function: { name: "weather", arguments: "" } }
+                    ]
+                  },
+                  finish_reason: null
+                }
+              ]
+            },
+            {
+              ...Up.chunk(null),
+              choices: [
+                {
+                  index: 0,
+                  delta: { tool_calls: [{ index: 0, function: { arguments: '{"city":"Oslo"}' } }] },
+                  finish_reason: null
+                }
+              ]
+            },
+            Up.chunk(null, "tool_calls"),
+            "[DONE]"
+          ])
+        ])
+      })
+      const gw = yield* Harness.make({ upstreams: { a: upstream.url } })
+      const tools: Array<OpenAI.ChatCompletionTool> = [
+        {
+          type: "function",
+          function: {
+            name: "weather",
+            description: "the weather",
+            parameters: { type: "object", properties: { city: { type: "string" } } }
+          }
+        }
+      ]
+      const answer = yield* Harness.call(() =>
+        gw.client().chat.completions.create({
+          model: "d-a",
+          messages: hi,
+          tools,
+          tool_choice: { type: "function", function: { name: "weather" } }
+        })
+      )
+      assert.strictEqual(answer.choices[0]!.finish_reason, "tool_calls")
+      assert.deepStrictEqual(answer.choices[0]!.message.tool_calls, [call as OpenAI.ChatCompletionMessageToolCall])
+      const [sent] = yield* upstream.requests
+      const body = sent!.json as Record<string, unknown>
+      assert.deepStrictEqual(body.tools, tools)
+      assert.deepStrictEqual(body.tool_choice, { type: "function", function: { name: "weather" } })
+      const streamed = yield* Harness.call(async () => {
+        const stream = await gw.client().chat.completions.create({ model: "d-a", messages: hi, tools, stream: true })
+        const calls: Array<unknown> = []
+        let finish: string | null = null
+        for await (const chunk of stream) {
+          for (const c of chunk.choices[0]?.delta?.tool_calls ?? []) calls.push(c)
+          finish = chunk.choices[0]?.finish_reason ?? finish
+        }
+        return { calls, finish }
+      })
+      assert.deepStrictEqual(streamed.calls, [{ index: 0, ...call }])
+      assert.strictEqual(streamed.finish, "tool_calls")
+      const replied = yield* Harness.call(() =>
+        gw.client().chat.completions.create({
+          model: "d-a",
+          messages: [
+            ...hi,
+            { role: "assistant", content: null, tool_calls: [call as OpenAI.ChatCompletionMessageToolCall] },
+            { role: "tool", tool_call_id: "call_1", content: "sunny" }
+          ],
+          tools
+        })
+      )
+      assert.strictEqual(replied.object, "chat.completion")
+      const third = (yield* upstream.requests)[2]!.json as { messages: unknown }
+      assert.deepStrictEqual(third.messages, [
+        { role: "user", content: "hi" },
+        { role: "assistant", content: null, tool_calls: [call] },
+        { role: "tool", tool_call_id: "call_1", content: "sunny" }
+      ])
+    })
+  )
+})
