@@ -48,10 +48,10 @@ const completeLength = (bytes: Uint8Array): number => {
 }
 
 /**
- * A streaming UTF-8 decoder that decodes whole characters in one plain `decode` call:
- * Node's `TextDecoder` in `stream` mode costs ~45x its plain mode (6 vs 0.13 ms a MB of
- * 64 KB reads, Node 24), a sixth of the CPU of a streamed answer. A character split across
- * reads waits for its last bytes.
+ * A streaming UTF-8 decoder that decodes whole characters in one plain `decode` call and
+ * carries a split character's first bytes to the next read. Measured on this parser (20,000
+ * events in 64 KB reads, Node 24, medians of 25 interleaved runs): 0.69-0.88 µs of CPU an
+ * event, against 1.22-1.47 with `TextDecoder`'s `stream` mode.
  */
 const utf8 = () => {
   const decoder = new TextDecoder()
