@@ -72,6 +72,113 @@ describe("Gateway: chat", () => {
   )
 })
 
+describe("Gateway: embeddings", () => {
+  it.live("answers floats and base64 in input order (the upstream answered out of order)", () =>
+    Effect.gen(function* () {
+      const upstream = yield* Server.make(Up.openAi())
+      const gw = yield* Harness.make({ upstreams: { a: upstream.url } })
+      const input = ["one", "two", "three"]
+      const floats = yield* Harness.call(() =>
+        gw.client().embeddings.create({ model: "d-a", input, encoding_format: "float" })
+      )
+      assert.deepStrictEqual(
+        floats.data.map((d) => [d.index, d.embedding]),
+        [
+          [0, [0, 0.5, -1]],
+          [1, [1, 1.5, -2]],
+          [2, [2, 2.5, -3]]
+        ]
+      )
+      assert.deepStrictEqual(floats.usage, { prompt_tokens: 9, total_tokens: 9 })
+      // The official client asks for base64 by default and decodes it.
+      const decoded = yield* Harness.call(() => gw.client().embeddings.create({ model: "d-a", input }))
+      assert.deepStrictEqual(
+        decoded.data.map((d) => d.embedding),
+        [
+          [0, 0.5, -1],
+          [1, 1.5, -2],
+          [2, 2.5, -3]
+        ]
+      )
+      const [first] = yield* upstream.requests
+      assert.deepStrictEqual((first!.json as { input: unknown }).input, input)
+    })
+  )
+})
+
+describe("Gateway: models and routing", () => {
+  it.live("routes provider/model to that provider with that model, and lists domains and providers", () =>
+    Effect.gen(function* () {
+      const a = yield* Server.make(Up.openAi(["from a"]))
+      const b = yield* Server.make(Up.openAi(["from b"]))
+      const gw = yield* Harness.make({ upstreams: { a: a.url, b: b.url } })
+      const answer = yield* Harness.call(() =>
+        gw.client().chat.completions.create({ model: "b/custom-7b", messages: [{ role: "user", content: "hi" }] })
+      )
+      assert.strictEqual(answer.choices[0]!.message.content, "from b")
+      assert.strictEqual(answer.model, "b/custom-7b")
+      assert.strictEqual(((yield* b.requests)[0]!.json as { model: string }).model, "custom-7b")
+      assert.strictEqual((yield* a.requests).length, 0)
+      const listed = yield* Harness.call(() => gw.client().models.list())
+      assert.deepStrictEqual(
+        listed.data.map((m) => [m.id, m.owned_by]),
+        [
+          ["d-a", "orchestra"],
+          ["d-b", "orchestra"],
+          ["a/a-model", "a"],
+          ["b/b-model", "b"]
+        ]
+      )
+      const one = yield* Harness.call(() => gw.client().models.retrieve("a/a-model"))
+      assert.strictEqual(one.id, "a/a-model")
+      const missing = yield* Harness.failing(() => gw.client().models.retrieve("nope"))
+      assert.strictEqual(missing.status, 404)
+    })
+  )
+
+  it.live("providerModels: false routes domains only", () =>
+    Effect.gen(function* () {
+      const a = yield* Server.make(Up.openAi())
+      const gw = yield* Harness.make({ upstreams: { a: a.url }, gateway: { providerModels: false } })
+      const refused = yield* Harness.failing(() =>
+        gw.client().chat.completions.create({ model: "a/x", messages: [{ role: "user", content: "hi" }] })
+      )
+      assert.strictEqual(refused.status, 404)
+      const listed = yield* Harness.call(() => gw.client().models.list())
+      assert.deepStrictEqual(
+        listed.data.map((m) => m.id),
+        ["d-a"]
+      )
+    })
+  )
+
+  it.live("answers with provenance headers: the domain and provider that answered, and whether it fell back", () =>
+    Effect.gen(function* () {
+      const down = yield* Server.make((_, res) => Server.json(res, 503, { error: { message: "down" } }))
+      const up = yield* Server.make(Up.openAi(["ok"]))
+      const gw = yield* Harness.make({
+        upstreams: { a: down.url, b: up.url },
+        domains: [
+          { name: "main", provider: "a", fallback: ["backup"] },
+          { name: "backup", provider: "b" }
+        ]
+      })
+      const response = yield* Effect.promise(() =>
+        fetch(`${gw.url}/v1/chat/completions`, {
+          method: "POST",
+          headers: { "content-type": "application/json" },
+          body: JSON.stringify({ model: "main", messages: [{ role: "user", content: "hi" }] })
+        })
+      )
+      assert.strictEqual(response.status, 200)
+      assert.strictEqual(response.headers.get("x-orchestra-domain"), "backup")
+      assert.strictEqual(response.headers.get("x-orchestra-provider"), "b")
+      assert.strictEqual(response.headers.get("x-orchestra-fallback"), "true")
+      assert.strictEqual(response.headers.get("x-orchestra-attempts"), "2")
+    })
+  )
+})
+
 interface OpenAIChunk {
   readonly object: string
   readonly model: string

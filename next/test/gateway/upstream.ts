@@ -54,11 +54,11 @@ export const streamEvents = (pieces: ReadonlyArray<string>): ReadonlyArray<unkno
   "[DONE]"
 ]
 
-/** Embeddings for `input`, in reverse order by `index`, each vector `[i, i + 0.5, -i]`. */
+/** Embeddings for `input`, in reverse order by `index`, each vector `[i, i + 0.5, -(i + 1)]`. */
 export const embeddings = (input: ReadonlyArray<string>) => ({
   object: "list",
   model: "upstream-embed",
-  data: input.map((_, i) => ({ object: "embedding", index: i, embedding: [i, i + 0.5, -i] })).reverse(),
+  data: input.map((_, i) => ({ object: "embedding", index: i, embedding: [i, i + 0.5, -(i + 1)] })).reverse(),
   usage: { prompt_tokens: input.length * 3, total_tokens: input.length * 3 }
 })
 
