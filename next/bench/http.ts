@@ -82,6 +82,8 @@ server.listen(0, "127.0.0.1", () => process.stdout.write(server.address().port +
 const child = spawn(process.execPath, ["-e", serverSource, String(bulkEvents), String(pacedEvents)], {
   stdio: ["ignore", "pipe", "inherit"]
 })
+// Also when a variant throws: the server must not outlive the benchmark.
+process.once("exit", () => child.kill())
 const port = await new Promise<number>((resolve, reject) => {
   child.once("error", reject)
   child.stdout.once("data", (data) => resolve(Number(String(data).trim())))
