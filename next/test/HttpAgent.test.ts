@@ -8,6 +8,7 @@ import * as CircuitBreaker from "../src/CircuitBreaker.js"
 import * as Executor from "../src/Executor.js"
 import * as HttpAgent from "../src/HttpAgent.js"
 import * as Mock from "../src/Model/Mock.js"
+import * as RateLimit from "../src/RateLimit.js"
 import * as ResponseCache from "../src/ResponseCache.js"
 import * as AgentServer from "./utils/agentServer.js"
 
@@ -15,6 +16,7 @@ interface Setup {
   readonly options?: HttpAgent.Options
   readonly breakers?: CircuitBreaker.Options
   readonly cache?: boolean
+  readonly rateLimits?: RateLimit.Options
 }
 
 /** The service over an executor (own Stats, a mock model, shared breakers), a real HTTP client and a private metric registry. */
@@ -26,7 +28,8 @@ const build = (setup: Setup = {}) =>
         Layer.mergeAll(
           Mock.layer(),
           CircuitBreaker.layerMemory(setup.breakers ?? {}),
-          setup.cache === true ? ResponseCache.layerMemory() : Layer.empty
+          setup.cache === true ? ResponseCache.layerMemory() : Layer.empty,
+          setup.rateLimits === undefined ? Layer.empty : RateLimit.layerMemory(setup.rateLimits)
         )
       ),
       Layer.provide(NodeHttpClient.layerUndici)
@@ -320,6 +323,26 @@ describe("HttpAgent: breakers, cache and fallback through the executor's pipelin
       assert.strictEqual(down.requests(), 1)
       assert.strictEqual(spare.requests(), 2)
     })
+  )
+
+  it.effect(
+    "rate limit per agent: out of slots, a task goes to its next agent or ends RateLimited, unsent (entry point)",
+    () =>
+      Effect.gen(function* () {
+        const server = yield* AgentServer.make()
+        const spare = yield* AgentServer.make()
+        const limited = HttpAgent.agent({ url: server.url, name: "limited-agent" })
+        const backup = HttpAgent.agent({ url: spare.url, name: "spare-agent" })
+        const service = yield* agents({
+          rateLimits: { providers: { "limited-agent": { requestsPerMinute: 1 } }, maxWait: 0 }
+        })
+        assert.strictEqual((yield* service.call(task("1", limited))).status, "success")
+        const refused = yield* service.call(task("2", limited))
+        assert.deepStrictEqual([refused.status, refused.error?.reason, refused.attempts], ["error", "RateLimited", 0])
+        const handedOver = yield* service.call(task("3", limited, { fallback: [backup] }))
+        assert.deepStrictEqual([handedOver.status, handedOver.agent], ["success", "spare-agent"])
+        assert.deepStrictEqual([server.requests(), spare.requests()], [1, 1])
+      })
   )
 
   it.effect("retries follow the agent's policy on Policy.schedule, then answer", () =>

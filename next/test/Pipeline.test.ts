@@ -7,6 +7,7 @@ import * as Domain from "../src/Domain.js"
 import * as Executor from "../src/Executor.js"
 import { ModelProvider } from "../src/Model.js"
 import * as Mock from "../src/Model/Mock.js"
+import * as Orchestra from "../src/Orchestra.js"
 import * as Pipeline from "../src/Pipeline.js"
 import * as RateLimit from "../src/RateLimit.js"
 import * as Router from "../src/Router.js"
@@ -697,6 +698,87 @@ describe("Pipeline steps that call models keep their domain's policies (entry po
       const outcome = result.steps.direct
       assert.strictEqual(outcome.status, "failed")
       assert.strictEqual(outcome.status === "failed" && (outcome.error as ModelError).reason, "Overloaded")
+    })
+  )
+})
+
+/**
+ * The entry-point checks (as in test/EntryPoints.test.ts) for a pipeline step that calls a
+ * domain, on a real manager: mocks `a` and `b`, domain `main` on a falling back to `spare`
+ * on b, one attempt per call.
+ */
+describe("Pipeline entry point: a step on a domain gets its breaker, rate limit, cache and fallback", () => {
+  const manager = (
+    a: Mock.Options,
+    policies: Pick<Orchestra.Options<Record<string, never>>, "breakers" | "rateLimits" | "cache">
+  ) =>
+    Effect.gen(function* () {
+      const ma = yield* Mock.make({ ...a, name: "a" })
+      const mb = yield* Mock.make({ name: "b" })
+      const layer = Orchestra.layer({
+        ...policies,
+        executor: { retry: { maxAttempts: 1 } },
+        providers: { a: Layer.succeed(ModelProvider, ma.provider), b: Layer.succeed(ModelProvider, mb.provider) },
+        domains: [
+          { name: "main", provider: "a", fallback: ["spare"] },
+          { name: "spare", provider: "b" }
+        ]
+      })
+      const services = yield* Layer.build(layer).pipe(Effect.provideService(Metric.MetricRegistry, new Map()))
+      return { a: ma.control, b: mb.control, services }
+    })
+
+  const asking = Pipeline.make<string>().step(
+    "ask",
+    [],
+    Pipeline.route("main", ({ input }) => ({ prompt: input }))
+  )
+  const run = (services: Context.Context<Orchestra.Services>, prompt: string) =>
+    Effect.map(Pipeline.run(asking, prompt).pipe(Effect.provideContext(services)), (result) => {
+      assert.strictEqual(result.status, "succeeded")
+      return result.outputs.ask!
+    })
+
+  it.effect("breaker: a tripped provider is not called again; the step falls back to the next domain", () =>
+    Effect.gen(function* () {
+      const { a, b, services } = yield* manager(
+        { script: [Mock.Outcome.fail("Overloaded")] },
+        { breakers: { failMax: 1, resetTimeout: "1 minute" } }
+      )
+      yield* run(services, "one")
+      const second = yield* run(services, "two")
+      assert.deepStrictEqual([second.provider, second.domain, second.fallbackUsed], ["b", "spare", true])
+      assert.deepStrictEqual([yield* a.calls, yield* b.calls], [1, 2])
+    })
+  )
+
+  it.effect("rate limit: a provider out of slots is skipped at once for the next domain", () =>
+    Effect.gen(function* () {
+      const { a, b, services } = yield* manager(
+        {},
+        { breakers: false, rateLimits: { default: { requestsPerMinute: 1 }, maxWait: 0 } }
+      )
+      assert.strictEqual((yield* run(services, "one")).provider, "a")
+      assert.strictEqual((yield* run(services, "two")).provider, "b")
+      assert.deepStrictEqual([yield* a.calls, yield* b.calls], [1, 1])
+    })
+  )
+
+  it.effect("cache: the same request in a second run is answered from the cache", () =>
+    Effect.gen(function* () {
+      const { a, b, services } = yield* manager({}, { breakers: false, cache: {} })
+      assert.strictEqual((yield* run(services, "same")).source, "provider")
+      assert.strictEqual((yield* run(services, "same")).source, "cache")
+      assert.deepStrictEqual([yield* a.calls, yield* b.calls], [1, 0])
+    })
+  )
+
+  it.effect("fallback: a provider failure is answered by the next domain", () =>
+    Effect.gen(function* () {
+      const { b, services } = yield* manager({ script: [Mock.Outcome.fail("Overloaded")] }, { breakers: false })
+      const answer = yield* run(services, "one")
+      assert.deepStrictEqual([answer.provider, answer.fallbackUsed], ["b", true])
+      assert.strictEqual(yield* b.calls, 1)
     })
   )
 })
