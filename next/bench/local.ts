@@ -69,8 +69,14 @@ const rounds = <E, R>(variants: ReadonlyArray<Effect.Effect<unknown, E, R>>, run
     return times
   })
 
+const pct = (ratio: number) => `${(ratio * 100).toFixed(0)}%`
+
 /** Rate of `x` relative to `y` (same work), the median over rounds of the paired ratios. */
 const paired = (x: ReadonlyArray<number>, y: ReadonlyArray<number>): number => median(x.map((t, i) => y[i]! / t))
+
+/** Rate of `x` relative to `y`: paired (the median of per-round ratios) and from the two medians. */
+const ratio = (x: ReadonlyArray<number>, y: ReadonlyArray<number>): string =>
+  `${pct(paired(x, y))} (medians: ${pct(median(y) / median(x))})`
 
 interface Row {
   readonly label: string
@@ -132,7 +138,7 @@ const embeddingRows = (label: string, model: Service, modelPath: string, modelId
         row(`(c) embed: one batched call of ${TEXTS}, transformers.js pipeline`, c!),
         row(`(d) embed: ${TEXTS / CALLERS} batches of ${CALLERS}, transformers.js model direct`, d!)
       ],
-      summary: `(b)/(a) = ${paired(times[1]!, times[0]!).toFixed(2)}x, (b)/(c) = ${pct(paired(times[1]!, times[2]!))}, (b)/(d) = ${pct(paired(times[1]!, times[3]!))}`
+      summary: `(b)/(a) = ${paired(times[1]!, times[0]!).toFixed(2)}x, (b)/(c) = ${ratio(times[1]!, times[2]!)}, (b)/(d) = ${ratio(times[1]!, times[3]!)}`
     }
   })
 
@@ -150,8 +156,6 @@ const deadlineRows = (model: Service) =>
     const sorted = [...lags].sort((x, y) => x - y)
     return { median: median(lags), max: sorted[sorted.length - 1]! }
   })
-
-const pct = (ratio: number) => `${(ratio * 100).toFixed(0)}%`
 
 const program = Effect.gen(function* () {
   console.log(`load average before: ${load()} (Node ${process.version})`)
@@ -204,7 +208,7 @@ const program = Effect.gen(function* () {
   console.log(`tiny-bert: ${tiny.summary}`)
   console.log(`MiniLM-sized: ${big.summary}`)
   console.log(
-    `generation: (e)/(g) = ${pct(paired(generation[0]!, generation[2]!))}, stream (f)/(e) = ${pct(paired(generation[1]!, generation[0]!))} (paired medians)`
+    `generation: (e)/(g) = ${ratio(generation[0]!, generation[2]!)}, stream (f)/(e) = ${ratio(generation[1]!, generation[0]!)}`
   )
   console.log(
     `deadline of 50 ms on an endless generation: returned ${deadline.median.toFixed(1)} ms late (median), ${deadline.max.toFixed(1)} ms (max)`
