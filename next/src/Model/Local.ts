@@ -82,7 +82,12 @@ export interface Options {
   readonly batchWindow?: DurationInput | undefined
   /** On scope close, how long calls in flight may finish before they are stopped. Default 10 seconds. */
   readonly shutdownDeadline?: DurationInput | undefined
-  /** Longest load of one model instance (a download included). Default 10 minutes. */
+  /**
+   * Longest load of one model instance (a download included); past it the load fails with
+   * a `"Timeout"` `ModelError`. Default 10 minutes.
+   *
+   * @since 0.2.0
+   */
   readonly loadTimeout?: DurationInput | undefined
   /** New tokens per generation when a request sets no `maxTokens`. Default 128. */
   readonly maxTokens?: number | undefined
