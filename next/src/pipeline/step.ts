@@ -89,6 +89,9 @@ const direct = (def: StepDef, context: Context, startedAt: number) =>
     } satisfies Outcome
   })
 
+/** One options object, so the executor's check of it is cached. */
+const executorRetry = { retry: true } as const
+
 type Primary =
   | { readonly _tag: "NotStarted" }
   | { readonly _tag: "Running" }
@@ -97,7 +100,8 @@ type Primary =
 
 const governed = (def: StepDef, context: Context, startedAt: number, executor: ExecutorService) =>
   Effect.gen(function* () {
-    const retry = def.retry === "executor" ? (yield* Effect.orDie(executor.resolve({ retry: true }))).retry : def.retry
+    // `{ retry: true }` only resolves to the executor's own, already checked, policy: it cannot fail.
+    const retry = def.retry === "executor" ? (yield* Effect.orDie(executor.resolve(executorRetry))).retry : def.retry
     let attempts = 0
     let primary: Primary = { _tag: "NotStarted" }
     let fellBack: Failure | undefined
