@@ -78,9 +78,10 @@ export const run = (deps: Deps, rawItems: unknown, rawOptions: RunOptions | unde
     const start = clock.currentTimeMillisUnsafe()
 
     const results: Array<ItemResult> = new Array(total)
-    const startedAt = new Float64Array(total).fill(Number.NaN)
-    const waits = new Float64Array(total).fill(Number.NaN)
-    const retries = new Uint32Array(total)
+    // Plain arrays: a typed array's fixed cost dominates the many one-item batches.
+    const startedAt: Array<number> = new Array(total).fill(Number.NaN)
+    const waits: Array<number> = new Array(total).fill(Number.NaN)
+    const retries: Array<number> = new Array(total).fill(0)
     let next = 0
     let done = 0
     let running = 0
@@ -204,10 +205,14 @@ export const run = (deps: Deps, rawItems: unknown, rawOptions: RunOptions | unde
       return Effect.flatMap(runItem(next++), () => worker)
     })
     const workers = Math.min(total, options.concurrency ?? limit, limit)
-    const pool = Effect.all(
-      Array.from({ length: workers }, () => worker),
-      { concurrency: "unbounded", discard: true }
-    )
+    // One worker runs on the batch's own fiber: a one-item batch forks nothing.
+    const pool =
+      workers <= 1
+        ? worker
+        : Effect.all(
+            Array.from({ length: workers }, () => worker),
+            { concurrency: "unbounded", discard: true }
+          )
 
     if (options.cancel === undefined) {
       yield* pool

@@ -36,7 +36,7 @@ export interface Measured {
   /** Most items of the batch running at once. */
   readonly peak: number
   /** Per item: how long it waited for a permit of the shared limit (NaN: it never got one). */
-  readonly waits: Float64Array
+  readonly waits: ReadonlyArray<number>
 }
 
 /**
