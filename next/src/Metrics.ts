@@ -359,8 +359,9 @@ export const gatewayTokens = Metric.counter("orchestra_gateway_tokens_total", {
 })
 
 /**
- * Attributes `key` (the key's id, never its secret), `scope` (`key`, `team`, `model`) and
- * `unit` (`tokens`, `usd`).
+ * Attributes `key` (the key's id, never its secret), `scope` (`key`, `team`, `model`),
+ * `budget_unit` (`tokens`, `usd`; not `unit`, which Prometheus exporters drop) and, for the
+ * `model` scope, `model`.
  *
  * @since 0.2.0
  * @category gateway

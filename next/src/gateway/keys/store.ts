@@ -198,7 +198,7 @@ export const make = Effect.fnUntraced(function* (
     let series = gauges.get(name)
     if (series === undefined) {
       const created = { value: 0 }
-      const attributes: Record<string, string> = { key: keyId, scope: counter.scope, unit: counter.unit }
+      const attributes: Record<string, string> = { key: keyId, scope: counter.scope, budget_unit: counter.unit }
       if (counter.model !== undefined) attributes.model = counter.model
       registrations.push(
         Metric.registerUnsafe(Metric.withAttributes(Metrics.gatewayBudgetRemaining, attributes), context, {

@@ -1,0 +1,871 @@
+/**
+ * The key store (gateway/keys) and its admin routes: secrets kept only as SHA-256, keys
+ * of the config and of the store, options checked, budgets reserved all-or-nothing and
+ * settled or released (memory and Redis, 200 concurrent first requests), periods on the
+ * clock, leases a dead replica cannot leak, per-key limits, Redis outages, the admin
+ * routes over HTTP, and the answers the official client reads.
+ */
+import { createServer } from "node:http"
+import { inspect } from "node:util"
+import { NodeHttpServer } from "@effect/platform-node"
+import { assert, describe, it } from "@effect/vitest"
+import { Context, Duration, Effect, Exit, Fiber, Layer, Metric, Redacted, Scope } from "effect"
+import { HttpRouter, HttpServer } from "effect/http"
+import { Redis as PersistenceRedis } from "effect/persistence"
+import { TestClock } from "effect/testing"
+import * as Gateway from "../../src/Gateway.js"
+import * as Admin from "../../src/gateway/admin.js"
+import type { GatewayError } from "../../src/gateway/errors.js"
+import * as KeyStore from "../../src/gateway/keys/KeyStore.js"
+import * as Prometheus from "../../src/Prometheus.js"
+import * as Redis from "../../src/Redis.js"
+import { type RedisServer, skipRedis, skipReason, startRedis } from "../utils/redis.js"
+import * as Server from "../utils/httpServer.js"
+import * as Harness from "./harness.js"
+import * as Up from "./upstream.js"
+
+const secretA = "sk-test-alpha-0123456789abcdef"
+const secretB = "sk-test-beta-0123456789abcdef"
+const adminSecret = "admin-secret-0123456789abcdef"
+
+let counter = 0
+const unique = (label: string) => `${label}-${++counter}-${Math.random().toString(36).slice(2, 8)}`
+
+const memory = (options: KeyStore.Options) =>
+  Effect.map(Layer.build(KeyStore.layerMemory(options)), Context.get(KeyStore.KeyAdmin))
+
+const onRedis = (server: RedisServer, options: KeyStore.RedisOptions) =>
+  Effect.gen(function* () {
+    const context = yield* Layer.build(
+      KeyStore.layerRedis({ prefix: `${unique("gw")}:`, ...options }).pipe(
+        Layer.provideMerge(Redis.layer({ url: server.url, commandTimeout: "300 millis" }))
+      )
+    )
+    return { store: Context.get(context, KeyStore.KeyAdmin), redis: Context.get(context, PersistenceRedis.Redis) }
+  })
+
+const key = (id: string, secret: string, policy: KeyStore.KeyPolicy = {}): KeyStore.KeyDefinition => ({
+  id,
+  sha256: KeyStore.hashSecret(secret),
+  ...policy
+})
+
+const failure = <A>(effect: Effect.Effect<A, GatewayError>) => Effect.flip(effect)
+
+const estimate = (inputTokens: number, maxOutputTokens: number) => ({ inputTokens, maxOutputTokens })
+
+describe("KeyStore: keys", () => {
+  it.effect("a key is found by the SHA-256 of its bearer token; wrong, missing and disabled keys are 401s", () =>
+    Effect.gen(function* () {
+      assert.strictEqual(
+        KeyStore.hashSecret("abc"),
+        "ba7816bf8f01cfea414140de5dae2223b00361a396177a9cb410ff61f20015ad",
+        "sha-256 hex"
+      )
+      const store = yield* memory({
+        keys: [
+          key("alpha", secretA, { name: "Alpha", team: "red", rpm: 10 }),
+          { ...key("beta", secretB), disabled: true }
+        ]
+      })
+      const found = yield* store.authenticate(Redacted.make(secretA))
+      assert.strictEqual(found.id, "alpha")
+      assert.strictEqual(found.name, "Alpha")
+      assert.strictEqual(found.team, "red")
+      assert.strictEqual(found.rpm, 10)
+
+      const wrong = yield* failure(store.authenticate(Redacted.make(`${secretA}x`)))
+      assert.strictEqual(wrong.reason, "Unauthorized")
+      assert.strictEqual(wrong.code, "invalid_api_key")
+      assert.notInclude(wrong.message, secretA)
+      const missing = yield* failure(store.authenticate(undefined))
+      assert.strictEqual(missing.code, "missing_api_key")
+      const disabled = yield* failure(store.authenticate(Redacted.make(secretB)))
+      assert.strictEqual(disabled.reason, "Unauthorized")
+      assert.strictEqual(disabled.code, "key_disabled")
+      const huge = yield* failure(store.authenticate(Redacted.make("x".repeat(5000))))
+      assert.strictEqual(huge.code, "invalid_api_key")
+    })
+  )
+
+  it.effect("every option is checked: a ConfigError names the field", () =>
+    Effect.gen(function* () {
+      const cases: ReadonlyArray<readonly [KeyStore.Options, string]> = [
+        [{ keys: [key("a", secretA, { rpm: 0 })] }, "keys[0].rpm"],
+        [{ keys: [key("a", secretA, { tpm: 1.5 })] }, "keys[0].tpm"],
+        [{ keys: [key("a", secretA, { budget: { tokens: Number.NaN } })] }, "keys[0].budget.tokens"],
+        [{ keys: [key("a", secretA, { budget: { usd: -1 } })] }, "keys[0].budget.usd"],
+        [{ keys: [key("a", secretA, { budget: {} })] }, "keys[0].budget"],
+        [{ keys: [key("a", secretA, { budget: { tokens: 5, period: "-1 day" } })] }, "keys[0].budget.period"],
+        [{ keys: [key("a", secretA, { modelBudgets: { m: { tokens: 0 } } })] }, "keys[0].modelBudgets.m.tokens"],
+        [{ keys: [{ id: "a", sha256: "not-a-hash" }] }, "keys[0].sha256"],
+        [{ keys: [{ ...key("a", secretA), secret: secretA } as never] }, "keys[0].secret"],
+        [{ keys: [key("a", secretA), key("a", secretB)] }, "keys[1].id"],
+        [{ keys: [key("a", secretA), key("b", secretA)] }, "keys[1].sha256"],
+        [{ keys: [key("bad id", secretA)] }, "keys[0].id"],
+        [{ teams: { red: { budget: { tokens: 2.5 } } } }, "teams.red.budget.tokens"],
+        [{ prices: { m: { input: Number.NaN, output: 1 } } }, "prices.m.input"],
+        [{ reservationTtl: 0 }, "reservationTtl"],
+        [{ cacheTtl: "soon" as never }, "cacheTtl"],
+        [{ maxKeys: 0 }, "maxKeys"],
+        [{ prefix: "p:" } as never, "prefix"]
+      ]
+      for (const [options, path] of cases) {
+        const error = yield* Effect.flip(Layer.build(KeyStore.layerMemory(options)))
+        assert.strictEqual(error._tag, "ConfigError", path)
+        assert.strictEqual(error.path, path, error.message)
+      }
+    })
+  )
+})
+
+describe("KeyStore: budgets in memory", () => {
+  it.effect("reserve holds the largest cost on every scope; settle keeps the real usage; release gives all back", () =>
+    Effect.gen(function* () {
+      const store = yield* memory({
+        keys: [
+          key("alpha", secretA, {
+            team: "red",
+            budget: { tokens: 1000 },
+            modelBudgets: { "d-small": { tokens: 300 } }
+          })
+        ],
+        teams: { red: { budget: { tokens: 5000 } } }
+      })
+      const alpha = yield* store.authenticate(Redacted.make(secretA))
+      const lines = () => Effect.map(store.spend("alpha"), (all) => all.map((l) => [l.scope, l.spent, l.held]))
+
+      const first = yield* store.reserve(alpha, "d-small", estimate(50, 200))
+      assert.deepStrictEqual(yield* lines(), [
+        ["key", 0, 250],
+        ["team", 0, 250],
+        ["model", 0, 250]
+      ])
+      // 250 held of the model's 300: a second request of up to 250 does not fit.
+      const refused = yield* failure(store.reserve(alpha, "d-small", estimate(50, 200)))
+      assert.strictEqual(refused.reason, "BudgetExceeded")
+      assert.strictEqual(refused.scope, "model")
+      assert.strictEqual(refused.scopeId, "alpha/d-small")
+      assert.strictEqual(refused.unit, "tokens")
+      assert.strictEqual(refused.spent, 250)
+      assert.strictEqual(refused.limit, 300)
+      assert.include(refused.message, "held by requests in flight")
+      // Nothing was held by the refused request on the other scopes.
+      assert.deepStrictEqual(yield* lines(), [
+        ["key", 0, 250],
+        ["team", 0, 250],
+        ["model", 0, 250]
+      ])
+
+      yield* store.settle(first, { inputTokens: 40, outputTokens: 30 })
+      yield* store.settle(first, { inputTokens: 40, outputTokens: 30 })
+      assert.deepStrictEqual(yield* lines(), [
+        ["key", 70, 0],
+        ["team", 70, 0],
+        ["model", 70, 0]
+      ])
+
+      const second = yield* store.reserve(alpha, "d-other", estimate(100, 100))
+      yield* store.release(second)
+      yield* store.release(second)
+      const spend = yield* store.spend("alpha")
+      assert.deepStrictEqual(
+        spend.map((l) => [l.scope, l.id, l.spent, l.held, l.remaining]),
+        [
+          ["key", "alpha", 70, 0, 930],
+          ["team", "red", 70, 0, 4930],
+          ["model", "alpha/d-small", 70, 0, 230]
+        ]
+      )
+    })
+  )
+
+  it.effect("the key's and the team's budgets stop a request; the error names the scope, spent and limit", () =>
+    Effect.gen(function* () {
+      const store = yield* memory({
+        keys: [key("alpha", secretA, { team: "red", budget: { tokens: 100 } }), key("beta", secretB, { team: "red" })],
+        teams: { red: { budget: { tokens: 150 } } }
+      })
+      const alpha = yield* store.authenticate(Redacted.make(secretA))
+      const beta = yield* store.authenticate(Redacted.make(secretB))
+      yield* store.settle(yield* store.reserve(alpha, "m", estimate(10, 90)), { inputTokens: 10, outputTokens: 80 })
+      const byKey = yield* failure(store.reserve(alpha, "m", estimate(5, 10)))
+      assert.deepStrictEqual([byKey.scope, byKey.scopeId, byKey.spent, byKey.limit], ["key", "alpha", 90, 100])
+      const wire = Gateway.toWire(byKey)
+      assert.strictEqual(wire.status, 429)
+      assert.strictEqual(wire.body.error.code, "budget_exceeded")
+      assert.deepStrictEqual(wire.body.error.budget, {
+        scope: "key",
+        id: "alpha",
+        unit: "tokens",
+        spent: 90,
+        limit: 100
+      })
+      // The team's 150 is shared: beta may use what alpha left of it.
+      const taken = yield* store.reserve(beta, "m", estimate(10, 50))
+      const byTeam = yield* failure(store.reserve(beta, "m", estimate(1, 1)))
+      assert.deepStrictEqual([byTeam.scope, byTeam.scopeId, byTeam.spent, byTeam.limit], ["team", "red", 150, 150])
+      yield* store.release(taken)
+      yield* store.reserve(beta, "m", estimate(1, 1))
+    })
+  )
+
+  it.effect(
+    "dollars from the price table ('*' for the rest); a model without a price is refused for a dollar budget",
+    () =>
+      Effect.gen(function* () {
+        const store = yield* memory({
+          keys: [key("alpha", secretA, { budget: { usd: 0.01 } }), key("beta", secretB, { budget: { tokens: 10 } })],
+          prices: { "d-cheap": { input: 1, output: 2 } }
+        })
+        const alpha = yield* store.authenticate(Redacted.make(secretA))
+        // 1,000 in at $1/M + 2,000 out at $2/M = $0.005
+        const held = yield* store.reserve(alpha, "d-cheap", estimate(1000, 2000))
+        assert.deepStrictEqual(
+          (yield* store.spend("alpha")).map((l) => [l.unit, l.held, l.limit]),
+          [["usd", 0.005, 0.01]]
+        )
+        const refused = yield* failure(store.reserve(alpha, "d-cheap", estimate(1000, 2001)))
+        assert.deepStrictEqual([refused.unit, refused.spent, refused.limit], ["usd", 0.005, 0.01])
+        assert.include(refused.message, "$0.005 of $0.01")
+        yield* store.settle(held, { inputTokens: 500, outputTokens: 250 })
+        assert.deepStrictEqual(
+          (yield* store.spend("alpha")).map((l) => [l.spent, l.held]),
+          [[0.001, 0]]
+        )
+        const unpriced = yield* failure(store.reserve(alpha, "d-unknown", estimate(1, 1)))
+        assert.strictEqual(unpriced.reason, "Forbidden")
+        assert.strictEqual(unpriced.code, "model_not_priced")
+        // A token budget needs no price.
+        yield* store.reserve(yield* store.authenticate(Redacted.make(secretB)), "d-unknown", estimate(1, 1))
+
+        const withDefault = yield* memory({
+          keys: [key("alpha", secretA, { budget: { usd: 1 } })],
+          prices: { "*": { input: 1, output: 1 } }
+        })
+        yield* withDefault.reserve(yield* withDefault.authenticate(Redacted.make(secretA)), "d-any", estimate(1, 1))
+      })
+  )
+
+  it.effect("a budget with a period starts again at the next window (TestClock); Retry-After until then", () =>
+    Effect.gen(function* () {
+      const store = yield* memory({ keys: [key("alpha", secretA, { budget: { tokens: 100, period: "1 hour" } })] })
+      const alpha = yield* store.authenticate(Redacted.make(secretA))
+      yield* TestClock.adjust("30 minutes")
+      yield* store.settle(yield* store.reserve(alpha, "m", estimate(50, 50)), { inputTokens: 50, outputTokens: 50 })
+      const refused = yield* failure(store.reserve(alpha, "m", estimate(1, 1)))
+      assert.strictEqual(Duration.toMillis(refused.retryAfter!), 30 * 60_000)
+      assert.strictEqual(Gateway.toWire(refused).retryAfterSeconds, 1800)
+      const [line] = yield* store.spend("alpha")
+      assert.strictEqual(line!.resetsAt, new Date(60 * 60_000).toISOString())
+      yield* TestClock.adjust("30 minutes")
+      yield* store.reserve(alpha, "m", estimate(50, 50))
+      assert.deepStrictEqual(
+        (yield* store.spend("alpha")).map((l) => [l.spent, l.held]),
+        [[0, 100]]
+      )
+    })
+  )
+
+  it.effect(
+    "no usage reported: the reservation is charged (a budget is never overrun unseen); bad estimates are 400s",
+    () =>
+      Effect.gen(function* () {
+        const store = yield* memory({ keys: [key("alpha", secretA, { budget: { tokens: 1000 } })] })
+        const alpha = yield* store.authenticate(Redacted.make(secretA))
+        yield* store.settle(yield* store.reserve(alpha, "m", estimate(10, 90)), { inputTokens: 0, outputTokens: 0 })
+        yield* store.settle(yield* store.reserve(alpha, "m", estimate(10, 90)), {
+          inputTokens: Number.NaN,
+          outputTokens: -5
+        })
+        assert.strictEqual((yield* store.spend("alpha"))[0]!.spent, 200)
+        for (const bad of [estimate(-1, 5), estimate(1.5, 5), estimate(1, Number.NaN), estimate(1, Infinity)]) {
+          const error = yield* failure(store.reserve(alpha, "m", bad))
+          assert.strictEqual(error.reason, "InvalidRequest", JSON.stringify(bad))
+        }
+      })
+  )
+
+  it.effect("200 concurrent first requests of a new key hold at most its budget", () =>
+    Effect.gen(function* () {
+      const store = yield* memory({ keys: [key("alpha", secretA, { budget: { tokens: 1000 } })] })
+      const alpha = yield* store.authenticate(Redacted.make(secretA))
+      const results = yield* Effect.forEach(
+        Array.from({ length: 200 }),
+        () => Effect.result(store.reserve(alpha, "m", estimate(30, 70))),
+        { concurrency: "unbounded" }
+      )
+      assert.strictEqual(results.filter((r) => r._tag === "Success").length, 10)
+      for (const r of results) if (r._tag === "Failure") assert.strictEqual(r.failure.scope, "key")
+      assert.strictEqual((yield* store.spend("alpha"))[0]!.held, 1000)
+    })
+  )
+
+  it.effect("rpm: the key's limit is a 429 with Retry-After; the next minute admits again (TestClock)", () =>
+    Effect.gen(function* () {
+      const store = yield* memory({ keys: [key(unique("rpm"), secretA, { rpm: 3 })] })
+      const alpha = yield* store.authenticate(Redacted.make(secretA))
+      for (let i = 0; i < 3; i++) yield* store.reserve(alpha, "m", estimate(1, 1))
+      const limited = yield* failure(store.reserve(alpha, "m", estimate(1, 1)))
+      assert.strictEqual(limited.reason, "RateLimited")
+      assert.strictEqual(limited.code, "rate_limit_exceeded")
+      assert.include(limited.message, "3 requests per minute")
+      const wire = Gateway.toWire(limited)
+      assert.strictEqual(wire.status, 429)
+      assert.isTrue(wire.retryAfterSeconds! >= 59 && wire.retryAfterSeconds! <= 60, String(wire.retryAfterSeconds))
+      yield* TestClock.adjust("1 minute")
+      yield* store.reserve(alpha, "m", estimate(1, 1))
+    })
+  )
+
+  it.effect("tpm counts the input estimate and max_tokens", () =>
+    Effect.gen(function* () {
+      const store = yield* memory({ keys: [key(unique("tpm"), secretA, { tpm: 1000 })] })
+      const alpha = yield* store.authenticate(Redacted.make(secretA))
+      yield* store.reserve(alpha, "m", estimate(100, 500))
+      yield* store.reserve(alpha, "m", estimate(100, 300))
+      const limited = yield* failure(store.reserve(alpha, "m", estimate(100, 1)))
+      assert.strictEqual(limited.reason, "RateLimited")
+    })
+  )
+
+  it.effect("the remaining budget is a gauge per key, scope and unit", () =>
+    Effect.gen(function* () {
+      const registry: Metric.MetricRegistry = new Map()
+      const id = unique("gauge")
+      const store = yield* memory({
+        keys: [key(id, secretA, { budget: { tokens: 1000, usd: 2 } })],
+        prices: { "*": { input: 1000, output: 1000 } }
+      }).pipe(Effect.provideService(Metric.MetricRegistry, registry))
+      const alpha = yield* store.authenticate(Redacted.make(secretA))
+      yield* store.settle(yield* store.reserve(alpha, "m", estimate(100, 100)), { inputTokens: 100, outputTokens: 50 })
+      const text = Prometheus.formatUnsafe(
+        Context.add(Context.empty(), Metric.MetricRegistry, registry) as Context.Context<never>
+      )
+      assert.match(
+        text,
+        new RegExp(`orchestra_gateway_budget_remaining\\{[^}]*key="${id}"[^}]*budget_unit="tokens"[^}]*\\} 850`)
+      )
+      assert.match(
+        text,
+        new RegExp(`orchestra_gateway_budget_remaining\\{[^}]*key="${id}"[^}]*budget_unit="usd"[^}]*\\} 1.85`)
+      )
+    })
+  )
+})
+
+describe("KeyStore: admin operations in memory", () => {
+  it.effect(
+    "create returns the secret once; the store keeps its hash and prefix; it authenticates; disable stops it",
+    () =>
+      Effect.gen(function* () {
+        const store = yield* memory({ keys: [key("cfg", secretA)] })
+        const created = yield* store.create({
+          id: "new-1",
+          name: "New",
+          allowedModels: ["d-a"],
+          budget: { tokens: 50 }
+        })
+        const secret = Redacted.value(created.secret)
+        assert.match(secret, /^sk-orch-[A-Za-z0-9_-]{32}$/)
+        assert.strictEqual(created.key.prefix, secret.slice(0, 12))
+        assert.notInclude(JSON.stringify(created), secret)
+        assert.notInclude(inspect(created, { depth: 10 }), secret)
+        assert.notInclude(JSON.stringify(created), KeyStore.hashSecret(secret))
+        const found = yield* store.authenticate(created.secret)
+        assert.deepStrictEqual([found.id, found.allowedModels], ["new-1", ["d-a"]])
+
+        const listed = yield* store.list
+        assert.deepStrictEqual(
+          listed.map((k) => [k.id, k.source]),
+          [
+            ["cfg", "config"],
+            ["new-1", "store"]
+          ]
+        )
+        assert.notInclude(JSON.stringify(listed), KeyStore.hashSecret(secretA))
+
+        const disabled = yield* store.setDisabled("new-1", true)
+        assert.isTrue(disabled.disabled)
+        assert.strictEqual((yield* failure(store.authenticate(created.secret))).code, "key_disabled")
+        yield* store.setDisabled("new-1", false)
+        yield* store.authenticate(created.secret)
+
+        const generated = yield* store.create({})
+        assert.match(generated.key.id, /^key-[a-z0-9]{12}$/)
+        assert.notStrictEqual(Redacted.value(generated.secret), secret)
+      })
+  )
+
+  it.effect("admin mistakes are typed: the field named, 404, 409 for an id taken, 403 for a key of the config", () =>
+    Effect.gen(function* () {
+      const store = yield* memory({ keys: [key("cfg", secretA)], maxKeys: 2 })
+      const bad = yield* failure(store.create({ rpm: -1 }))
+      assert.deepStrictEqual([bad.reason, bad.param], ["InvalidRequest", "rpm"])
+      const unknown = yield* failure(store.create({ sha256: "0".repeat(64) }))
+      assert.deepStrictEqual([unknown.reason, unknown.param], ["InvalidRequest", "sha256"])
+      const notObject = yield* failure(store.create("hello"))
+      assert.strictEqual(notObject.reason, "InvalidRequest")
+      assert.strictEqual(Gateway.toWire(yield* failure(store.create({ id: "cfg" }))).status, 409)
+      yield* store.create({ id: "x1" })
+      assert.strictEqual((yield* failure(store.create({ id: "x1" }))).code, "key_exists")
+      yield* store.create({ id: "x2" })
+      assert.strictEqual((yield* failure(store.create({ id: "x3" }))).code, "too_many_keys")
+      assert.strictEqual((yield* failure(store.get("nope"))).reason, "NotFound")
+      assert.strictEqual((yield* failure(store.spend("../etc"))).reason, "NotFound")
+      assert.strictEqual((yield* failure(store.setDisabled("nope", true))).reason, "NotFound")
+      const config = yield* failure(store.setDisabled("cfg", true))
+      assert.deepStrictEqual([config.reason, Gateway.toWire(config).status], ["Forbidden", 403])
+    })
+  )
+})
+
+describe.skipIf(skipRedis)(`KeyStore on Redis (${skipRedis ? skipReason : "needs redis-server"})`, () => {
+  it.live("keys live in Redis hashed: another store on the same prefix finds them; the secret is nowhere", () =>
+    Effect.scoped(
+      Effect.gen(function* () {
+        const server = yield* startRedis
+        const prefix = `${unique("shared")}:`
+        const one = yield* onRedis(server, { prefix, cacheTtl: 0 })
+        const two = yield* onRedis(server, { prefix, cacheTtl: 0 })
+        const created = yield* one.store.create({ id: "k1", team: "red", rpm: 5, budget: { usd: 3, period: "1 day" } })
+        const secret = Redacted.value(created.secret)
+        const found = yield* two.store.authenticate(created.secret)
+        assert.deepStrictEqual([found.id, found.team, found.rpm], ["k1", "red", 5])
+        assert.deepStrictEqual(found.budgets.key, { tokens: undefined, usd: 3, periodMs: 86_400_000 })
+        const stored = yield* one.redis.send<Array<string>>("HGETALL", `${prefix}keys`)
+        const hashes = yield* one.redis.send<Array<string>>("HGETALL", `${prefix}hashes`)
+        assert.notInclude(JSON.stringify([stored, hashes]), secret)
+        assert.include(JSON.stringify(hashes), KeyStore.hashSecret(secret))
+        assert.deepStrictEqual(
+          (yield* two.store.list).map((k) => k.id),
+          ["k1"]
+        )
+        // Disabled through one store, refused through the other (cacheTtl 0).
+        yield* one.store.setDisabled("k1", true)
+        assert.strictEqual((yield* failure(two.store.authenticate(created.secret))).code, "key_disabled")
+        assert.strictEqual((yield* failure(two.store.create({ id: "k1" }))).code, "key_exists")
+      })
+    )
+  )
+
+  it.live("200 concurrent first requests across two stores hold at most the budget; settle and release add up", () =>
+    Effect.scoped(
+      Effect.gen(function* () {
+        const server = yield* startRedis
+        const prefix = `${unique("race")}:`
+        const one = yield* onRedis(server, { prefix })
+        const two = yield* onRedis(server, { prefix })
+        const created = yield* one.store.create({ id: "racer", team: "t", budget: { tokens: 1000 } })
+        const viaOne = yield* one.store.authenticate(created.secret)
+        const viaTwo = yield* two.store.authenticate(created.secret)
+        const results = yield* Effect.forEach(
+          Array.from({ length: 200 }, (_, i) => i),
+          (i) =>
+            Effect.result(
+              (i % 2 === 0 ? one.store : two.store).reserve(i % 2 === 0 ? viaOne : viaTwo, "m", estimate(30, 70))
+            ),
+          { concurrency: "unbounded" }
+        )
+        const held = results.flatMap((r) => (r._tag === "Success" ? [r.success] : []))
+        assert.strictEqual(held.length, 10)
+        for (const r of results) {
+          if (r._tag === "Failure") {
+            assert.deepStrictEqual(
+              [r.failure.reason, r.failure.scope, r.failure.limit],
+              ["BudgetExceeded", "key", 1000]
+            )
+          }
+        }
+        assert.deepStrictEqual(
+          (yield* one.store.spend("racer")).map((l) => [l.spent, l.held]),
+          [[0, 1000]]
+        )
+        // Five settle with 40 tokens each, five are released.
+        yield* Effect.forEach(held, (r, i) =>
+          i < 5 ? one.store.settle(r, { inputTokens: 30, outputTokens: 10 }) : two.store.release(r)
+        )
+        yield* Effect.forEach(held, (r) => one.store.settle(r, { inputTokens: 30, outputTokens: 10 }))
+        assert.deepStrictEqual(
+          (yield* two.store.spend("racer")).map((l) => [l.spent, l.held, l.remaining]),
+          [[200, 0, 800]]
+        )
+      })
+    )
+  )
+
+  it.live("a reservation never settled (its gateway died) is given back when its lease ends", () =>
+    Effect.scoped(
+      Effect.gen(function* () {
+        const server = yield* startRedis
+        const prefix = `${unique("lease")}:`
+        const dying = yield* onRedis(server, { prefix, reservationTtl: "300 millis" })
+        const created = yield* dying.store.create({ id: "k", budget: { tokens: 100 } })
+        yield* dying.store.reserve(yield* dying.store.authenticate(created.secret), "m", estimate(50, 50))
+        const survivor = yield* onRedis(server, { prefix, reservationTtl: "300 millis" })
+        const key2 = yield* survivor.store.authenticate(created.secret)
+        assert.strictEqual((yield* failure(survivor.store.reserve(key2, "m", estimate(1, 1)))).reason, "BudgetExceeded")
+        // Redis's own clock ends the lease: a real wait.
+        yield* Effect.sleep("400 millis")
+        const again = yield* survivor.store.reserve(key2, "m", estimate(50, 50))
+        yield* survivor.store.settle(again, { inputTokens: 50, outputTokens: 10 })
+        assert.deepStrictEqual(
+          (yield* survivor.store.spend("k")).map((l) => [l.spent, l.held]),
+          [[60, 0]]
+        )
+      })
+    )
+  )
+
+  it.live("rpm is shared: two stores on one Redis admit the key's limit in total", () =>
+    Effect.scoped(
+      Effect.gen(function* () {
+        const server = yield* startRedis
+        const prefix = `${unique("rpm")}:`
+        const one = yield* onRedis(server, { prefix })
+        const two = yield* onRedis(server, { prefix })
+        const created = yield* one.store.create({ id: "limited", rpm: 10 })
+        const a = yield* one.store.authenticate(created.secret)
+        const b = yield* two.store.authenticate(created.secret)
+        const results = yield* Effect.forEach(
+          Array.from({ length: 30 }, (_, i) => i),
+          (i) =>
+            Effect.result(
+              i % 2 === 0 ? one.store.reserve(a, "m", estimate(1, 1)) : two.store.reserve(b, "m", estimate(1, 1))
+            ),
+          { concurrency: 10 }
+        )
+        assert.strictEqual(results.filter((r) => r._tag === "Success").length, 10)
+      })
+    )
+  )
+
+  it.live("Redis killed: budgets fail closed at once (503), limits open, keys seen stay usable, unknown keys 503", () =>
+    Effect.scoped(
+      Effect.gen(function* () {
+        const server = yield* startRedis
+        const { store } = yield* onRedis(server, {
+          cacheTtl: "1 millis",
+          redis: { timeout: "300 millis", reportAfter: 0, probeInterval: "100 millis" }
+        })
+        const budgeted = yield* store.create({ id: "b", budget: { tokens: 100 }, rpm: 1000 })
+        const free = yield* store.create({ id: "f", rpm: 1 })
+        const b = yield* store.authenticate(budgeted.secret)
+        const f = yield* store.authenticate(free.secret)
+        yield* store.reserve(f, "m", estimate(1, 1))
+        yield* server.kill
+        yield* Effect.sleep("5 millis")
+        const started = Date.now()
+        const outcomes = yield* Effect.forEach(
+          Array.from({ length: 20 }),
+          () =>
+            Effect.all([
+              Effect.result(store.authenticate(budgeted.secret)),
+              Effect.result(store.reserve(b, "m", estimate(1, 1))),
+              Effect.result(store.reserve(f, "m", estimate(1, 1))),
+              Effect.result(store.authenticate(Redacted.make("sk-never-seen-0123456789")))
+            ]),
+          { concurrency: 20 }
+        ).pipe(Effect.timeout("5 seconds"))
+        const elapsed = Date.now() - started
+        assert.isBelow(elapsed, 2000, "nothing waits on the dead Redis beyond its deadline")
+        for (const [auth, budget, limited, unknown] of outcomes) {
+          assert.strictEqual(auth._tag, "Success", "a key seen before is still known")
+          assert.strictEqual(budget._tag === "Failure" && budget.failure.reason, "Unavailable")
+          assert.strictEqual(budget._tag === "Failure" && Gateway.toWire(budget.failure).status, 503)
+          assert.strictEqual(limited._tag, "Success", "limits fail open")
+          assert.strictEqual(unknown._tag === "Failure" && unknown.failure.reason, "Unavailable")
+        }
+        const admin = yield* failure(store.create({ id: "later" }))
+        assert.strictEqual(admin.reason, "Unavailable")
+      })
+    )
+  )
+
+  it.live("onStoreError budgets 'allow': the request goes through unreserved", () =>
+    Effect.scoped(
+      Effect.gen(function* () {
+        const server = yield* startRedis
+        const { store } = yield* onRedis(server, {
+          onStoreError: { budgets: "allow", limits: "reject" },
+          redis: { timeout: "300 millis", reportAfter: 0 }
+        })
+        const created = yield* store.create({ id: "b", budget: { tokens: 100 } })
+        const b = yield* store.authenticate(created.secret)
+        yield* server.kill
+        const held = yield* store.reserve(b, "m", estimate(10, 10))
+        yield* store.settle(held, { inputTokens: 10, outputTokens: 10 })
+      })
+    )
+  )
+
+  it.effect("layerRedis checks its own options", () =>
+    Effect.gen(function* () {
+      const cases: ReadonlyArray<readonly [KeyStore.RedisOptions, string]> = [
+        [{ prefix: "" }, "prefix"],
+        [{ onStoreError: { budgets: "maybe" as never } }, "onStoreError.budgets"],
+        [{ onStoreError: { limits: "never" as never } }, "onStoreError.limits"],
+        [{ redis: { timeout: -1 } }, "redis.timeout"],
+        [{ keys: [key("a", secretA, { rpm: Number.NaN })] }, "keys[0].rpm"]
+      ]
+      const redis = Layer.succeed(PersistenceRedis.Redis, {} as PersistenceRedis.Redis["Service"])
+      for (const [options, path] of cases) {
+        const error = yield* Effect.flip(Layer.build(KeyStore.layerRedis(options).pipe(Layer.provide(redis))))
+        assert.strictEqual(error._tag, "ConfigError", path)
+        assert.strictEqual((error as { path: string }).path, path)
+      }
+    })
+  )
+})
+
+/** The admin routes on their own server over `store`; `fetch` with or without the admin key. */
+const adminServer = (store: KeyStore.Service, options: Partial<Admin.Options> = {}) =>
+  Effect.gen(function* () {
+    const scope = yield* Scope.make()
+    yield* Effect.addFinalizer(() => Scope.close(scope, Exit.void))
+    const app = HttpRouter.serve(Admin.layer({ key: Redacted.make(adminSecret), ...options }), {
+      disableLogger: true,
+      disableListenLog: true
+    }).pipe(
+      Layer.provide(Layer.succeed(KeyStore.KeyAdmin, store)),
+      Layer.provideMerge(NodeHttpServer.layer(() => createServer(), { port: 0, host: "127.0.0.1" }))
+    )
+    const context = yield* Layer.buildWithScope(app, scope).pipe(Effect.orDie)
+    const address = Context.get(context, HttpServer.HttpServer).address as { readonly port: number }
+    const base = `http://127.0.0.1:${address.port}`
+    return (path: string, init: { method?: string; body?: unknown; admin?: string | false } = {}) =>
+      Effect.promise(async () => {
+        const headers: Record<string, string> = { "content-type": "application/json" }
+        if (init.admin !== false) headers.authorization = `Bearer ${init.admin ?? adminSecret}`
+        const response = await fetch(`${base}${path}`, {
+          method: init.method ?? "GET",
+          headers,
+          ...(init.body === undefined
+            ? {}
+            : { body: typeof init.body === "string" ? init.body : JSON.stringify(init.body) })
+        })
+        // biome-ignore lint/suspicious/noExplicitAny: the test reads whatever JSON the route answers
+        return { status: response.status, headers: response.headers, body: (await response.json()) as any }
+      })
+  })
+
+describe("Admin routes", () => {
+  it.live("behind the admin key: create (secret once), list, get, disable, enable, spend; OpenAI-shaped errors", () =>
+    Effect.gen(function* () {
+      const store = yield* memory({ keys: [key("cfg", secretA, { budget: { tokens: 10 } })] })
+      const admin = yield* adminServer(store)
+
+      for (const who of [false, "wrong-admin-key-0123456789"] as const) {
+        const refused = yield* admin("/admin/keys", { admin: who })
+        assert.strictEqual(refused.status, 401)
+        assert.strictEqual(refused.body.error.code, "invalid_admin_key")
+        assert.strictEqual(refused.body.error.type, "authentication_error")
+      }
+      // A client key is not the admin key.
+      assert.strictEqual((yield* admin("/admin/keys", { admin: secretA })).status, 401)
+
+      const created = yield* admin("/admin/keys", {
+        method: "POST",
+        body: { id: "svc", name: "Service", rpm: 60, budget: { tokens: 1000 } }
+      })
+      assert.strictEqual(created.status, 201)
+      assert.strictEqual(created.headers.get("cache-control"), "no-store")
+      assert.match(created.body.secret, /^sk-orch-/)
+      assert.strictEqual(created.body.id, "svc")
+      assert.strictEqual(created.body.prefix, created.body.secret.slice(0, 12))
+      assert.isUndefined(created.body.sha256)
+
+      const listed = yield* admin("/admin/keys")
+      assert.strictEqual(listed.status, 200)
+      assert.deepStrictEqual(
+        listed.body.data.map((k: KeyStore.KeyInfo) => k.id),
+        ["cfg", "svc"]
+      )
+      assert.notInclude(JSON.stringify(listed.body), created.body.secret)
+      assert.notInclude(JSON.stringify(listed.body), KeyStore.hashSecret(created.body.secret))
+
+      assert.strictEqual((yield* admin("/admin/keys/svc")).body.rpm, 60)
+      const held = yield* store.reserve(
+        yield* store.authenticate(Redacted.make(created.body.secret)),
+        "m",
+        estimate(5, 5)
+      )
+      yield* store.settle(held, { inputTokens: 5, outputTokens: 2 })
+      const spend = yield* admin("/admin/keys/svc/spend")
+      assert.deepStrictEqual(spend.body.budgets, [
+        { scope: "key", id: "svc", unit: "tokens", spent: 7, held: 0, limit: 1000, remaining: 993 }
+      ])
+
+      const disabled = yield* admin("/admin/keys/svc/disable", { method: "POST" })
+      assert.strictEqual(disabled.body.disabled, true)
+      assert.strictEqual((yield* failure(store.authenticate(Redacted.make(created.body.secret)))).code, "key_disabled")
+      assert.strictEqual((yield* admin("/admin/keys/svc/enable", { method: "POST" })).body.disabled, false)
+
+      const invalid = yield* admin("/admin/keys", { method: "POST", body: { budget: { tokens: 0 } } })
+      assert.strictEqual(invalid.status, 400)
+      assert.strictEqual(invalid.body.error.param, "budget.tokens")
+      assert.strictEqual((yield* admin("/admin/keys", { method: "POST", body: "{nope" })).status, 400)
+      assert.strictEqual((yield* admin("/admin/keys", { method: "POST", body: { id: "svc" } })).status, 409)
+      assert.strictEqual((yield* admin("/admin/keys/nope")).status, 404)
+      assert.strictEqual((yield* admin("/admin/keys/cfg/disable", { method: "POST" })).status, 403)
+      assert.strictEqual((yield* admin("/admin/elsewhere")).status, 404)
+      const big = yield* admin("/admin/keys", { method: "POST", body: { name: "x".repeat(70_000) } })
+      assert.strictEqual(big.status, 413)
+    })
+  )
+
+  it.effect("admin options are checked", () =>
+    Effect.gen(function* () {
+      const store = yield* memory({})
+      const cases: ReadonlyArray<readonly [Admin.Options, string]> = [
+        [{ key: Redacted.make("short") }, "key"],
+        [{ key: { sha256: "abc" } }, "key.sha256"],
+        [{ key: "plain-admin-key-0123456789" as never }, "key"],
+        [{ key: Redacted.make(adminSecret), path: "admin" }, "path"],
+        [{ key: Redacted.make(adminSecret), maxBodyBytes: 10 }, "maxBodyBytes"],
+        [{ key: Redacted.make(adminSecret), extra: 1 } as never, "extra"]
+      ]
+      for (const [options, path] of cases) {
+        const error = yield* Effect.flip(
+          Layer.build(
+            Admin.layer(options).pipe(
+              Layer.provide(HttpRouter.layer),
+              Layer.provide(Layer.succeed(KeyStore.KeyAdmin, store))
+            )
+          )
+        )
+        assert.strictEqual(error.path, path)
+        assert.notInclude(error.message, "plain-admin-key")
+      }
+    })
+  )
+})
+
+interface ApiError {
+  readonly status: number
+  readonly code?: string | null
+  readonly error?: { readonly budget?: unknown; readonly code?: string; readonly param?: string | null }
+  readonly headers?: Headers | Record<string, string>
+}
+
+const header = (error: ApiError, name: string): string | null | undefined => {
+  const headers = error.headers
+  if (headers === undefined) return undefined
+  return typeof (headers as Headers).get === "function"
+    ? (headers as Headers).get(name)
+    : (headers as Record<string, string>)[name]
+}
+
+describe("Keys through the gateway (official client)", () => {
+  it.live("401 for a bad key, 403 for a model not allowed, 429 with the budget body, 429 + Retry-After for rpm", () =>
+    Effect.gen(function* () {
+      const upstream = yield* Server.make(Up.openAi(["ok"]))
+      const registry: Metric.MetricRegistry = new Map()
+      const store = yield* memory({
+        keys: [
+          key(unique("limited"), secretA, { allowedModels: ["d-a", "b/*"], rpm: 2 }),
+          key("poor", secretB, { budget: { tokens: 100 } })
+        ]
+      }).pipe(Effect.provideService(Metric.MetricRegistry, registry))
+      const gw = yield* Harness.make({ upstreams: { a: upstream.url, b: upstream.url }, keys: store })
+      const ask = (secret: string, model: string, maxTokens = 10) =>
+        Effect.flip(
+          Harness.call(() =>
+            gw.client(secret).chat.completions.create({
+              model,
+              messages: [{ role: "user", content: "hi" }],
+              max_tokens: maxTokens
+            })
+          )
+        ) as Effect.Effect<ApiError>
+
+      const bad = yield* ask("sk-wrong-key-0123456789", "d-a")
+      assert.strictEqual(bad.status, 401)
+      assert.strictEqual(bad.code, "invalid_api_key")
+
+      const forbidden = yield* ask(secretA, "d-b")
+      assert.strictEqual(forbidden.status, 403)
+      assert.strictEqual(forbidden.code, "model_not_allowed")
+
+      const answer = yield* Harness.call(() =>
+        gw.client(secretA).chat.completions.create({ model: "b/b-model", messages: [{ role: "user", content: "hi" }] })
+      )
+      assert.strictEqual(answer.choices[0]!.message.content, "ok")
+      yield* Harness.call(() =>
+        gw.client(secretA).chat.completions.create({ model: "d-a", messages: [{ role: "user", content: "hi" }] })
+      )
+      const limited = yield* ask(secretA, "d-a")
+      assert.strictEqual(limited.status, 429)
+      assert.strictEqual(limited.code, "rate_limit_exceeded")
+      const retryAfter = Number(header(limited, "retry-after"))
+      assert.isTrue(retryAfter >= 1 && retryAfter <= 60, String(retryAfter))
+
+      // The upstream reports 18 tokens per answer: 100 allows a few, then a request of up to 90 does not fit.
+      const poor = yield* Harness.call(() =>
+        gw.client(secretB).chat.completions.create({
+          model: "d-a",
+          messages: [{ role: "user", content: "hi" }],
+          max_tokens: 10
+        })
+      )
+      assert.strictEqual(poor.usage?.total_tokens, 18)
+      const over = yield* ask(secretB, "d-a", 90)
+      assert.strictEqual(over.status, 429)
+      assert.strictEqual(over.code, "budget_exceeded")
+      assert.deepStrictEqual(over.error?.budget, { scope: "key", id: "poor", unit: "tokens", spent: 18, limit: 100 })
+      assert.deepStrictEqual(
+        (yield* store.spend("poor")).map((l) => [l.spent, l.held]),
+        [[18, 0]]
+      )
+      const metrics = Prometheus.formatUnsafe(
+        Context.add(Context.empty(), Metric.MetricRegistry, registry) as Context.Context<never>
+      )
+      assert.match(metrics, /orchestra_gateway_budget_remaining\{key="poor",scope="key",budget_unit="tokens"\} 82/)
+    })
+  )
+
+  it.live("a failed or cancelled call gives its reservation back", () =>
+    Effect.gen(function* () {
+      const upstream = yield* Server.make((_, response) => Server.json(response, 400, { error: { message: "no" } }))
+      const store = yield* memory({ keys: [key("k", secretA, { budget: { tokens: 1000 } })] })
+      const gw = yield* Harness.make({ upstreams: { a: upstream.url }, keys: store })
+      const error = (yield* Effect.flip(
+        Harness.call(() =>
+          gw.client(secretA).chat.completions.create({
+            model: "d-a",
+            messages: [{ role: "user", content: "hi" }],
+            max_tokens: 500
+          })
+        )
+      )) as ApiError
+      assert.strictEqual(error.status, 400)
+      assert.deepStrictEqual(
+        (yield* store.spend("k")).map((l) => [l.spent, l.held]),
+        [[0, 0]]
+      )
+
+      yield* upstream.setHandler(Server.hang)
+      const fiber = yield* Effect.forkChild(
+        Effect.tryPromise({
+          try: (signal) =>
+            gw
+              .client(secretA)
+              .chat.completions.create(
+                { model: "d-a", messages: [{ role: "user", content: "hi" }], max_tokens: 500 },
+                { signal }
+              ),
+          catch: (e) => e
+        }),
+        { startImmediately: true }
+      )
+      yield* upstream.awaitRequests(2)
+      assert.isAbove((yield* store.spend("k"))[0]!.held, 500)
+      yield* Fiber.interrupt(fiber)
+      yield* upstream.awaitAborted(1)
+      assert.deepStrictEqual(
+        (yield* store.spend("k")).map((l) => [l.spent, l.held]),
+        [[0, 0]]
+      )
+    })
+  )
+})
