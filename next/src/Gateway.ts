@@ -33,7 +33,7 @@
  *
  * @since 0.2.0
  */
-import { createServer } from "node:http"
+import { createServer, type Server as NodeServer } from "node:http"
 import { NodeHttpServer } from "@effect/platform-node"
 import { Context, Duration, Effect, Layer, Option, type Redacted, Result } from "effect"
 import { HttpRouter, HttpServer, type HttpServerError } from "effect/http"
@@ -245,6 +245,23 @@ export const layerDrain: Layer.Layer<never, never, Gateway | HttpServer.HttpServ
   })
 )
 
+// A drained request's connection goes idle only once its last bytes are written, and Node's
+// `close` closes only the connections idle when it is called: close them as they go idle
+// (every 10 ms, for at most 2 seconds) so the server's own close finds none left.
+const closeIdle = (server: NodeServer | undefined): Effect.Effect<void> =>
+  server === undefined
+    ? Effect.void
+    : Effect.gen(function* () {
+        for (let i = 0; i < 200; i++) {
+          server.closeIdleConnections()
+          const open = yield* Effect.callback<number>((resume) => {
+            server.getConnections((error, count) => resume(Effect.succeed(error ? 0 : count)))
+          })
+          if (open === 0) return
+          yield* Effect.sleep(Duration.millis(10))
+        }
+      })
+
 /**
  * Options of {@link serve}: the gateway's and the server's.
  *
@@ -312,15 +329,18 @@ export const serve = (
         yield* Input.orConfigError(checkServe(options))
       const gatewayOptions: Record<string, unknown> = {}
       for (const [key, value] of Object.entries(options)) if (!serveKeys.has(key)) gatewayOptions[key] = value
+      let nodeServer: NodeServer | undefined
       const server = NodeHttpServer.layer(
-        () =>
-          createServer({
+        () => {
+          nodeServer = createServer({
             maxHeaderSize: maxHeaderBytes,
             requestTimeout: Duration.toMillis(requestTimeout),
             headersTimeout: Math.min(Duration.toMillis(requestTimeout), 60_000),
             keepAliveTimeout: Duration.toMillis(keepAliveTimeout),
             noDelay: true
-          }),
+          })
+          return nodeServer
+        },
         {
           host: hostname,
           port,
@@ -328,7 +348,16 @@ export const serve = (
           gracefulShutdownTimeout: Duration.sum(drainTimeout, Duration.seconds(5))
         }
       )
-      return layerDrain.pipe(
+      // Built after the server, so closed before it: drain, then close the keep-alive connections
+      // the drained requests left idle (the server's own close only closes those idle when it starts).
+      const drainFirst = Layer.effectDiscard(
+        Effect.gen(function* () {
+          const gateway = yield* Gateway
+          yield* HttpServer.HttpServer
+          yield* Effect.addFinalizer(() => Effect.andThen(gateway.drain, closeIdle(nodeServer)))
+        })
+      )
+      return drainFirst.pipe(
         Layer.provideMerge(
           HttpRouter.serve(layer(gatewayOptions as Options), {
             disableLogger: options.logRequests !== true,

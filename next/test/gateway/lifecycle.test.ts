@@ -1,0 +1,151 @@
+/**
+ * Shutdown: stop accepting (503 and `/readyz` 503), drain what is running up to the
+ * deadline, then cut: a call answered 503 `shutting_down`, a stream ended with an error
+ * event, never a clean `[DONE]`. Closing `Gateway.serve`'s layer drains before the server
+ * stops.
+ */
+import { assert, describe, it } from "@effect/vitest"
+import { Effect, Fiber } from "effect"
+import * as Server from "../utils/httpServer.js"
+import * as Harness from "./harness.js"
+import * as Up from "./upstream.js"
+
+const hi = [{ role: "user" as const, content: "hi" }]
+
+const status = (url: string, init?: RequestInit) =>
+  Effect.promise(async () => {
+    const response = await fetch(url, init)
+    return { status: response.status, body: await response.text(), connection: response.headers.get("connection") }
+  })
+
+const post = (url: string, body: unknown) =>
+  status(`${url}/v1/chat/completions`, {
+    method: "POST",
+    headers: { "content-type": "application/json" },
+    body: JSON.stringify(body)
+  })
+
+describe("Gateway: drain", () => {
+  it.live("refuses new requests with 503 while draining and lets a running stream finish", () =>
+    Effect.gen(function* () {
+      // Each chunk 60 ms apart: the stream outlives the start of the drain, not its deadline.
+      const upstream = yield* Server.make(async (_, res) => {
+        const events = Up.streamEvents(["a", "b", "c", "d", "e", "f"]).map((e) => Server.sse([e]))
+        await Server.chunked(res, events, { pauseMs: 60 })
+      })
+      const gw = yield* Harness.make({ upstreams: { a: upstream.url }, gateway: { drainTimeout: "10 seconds" } })
+      assert.strictEqual((yield* status(`${gw.url}/readyz`)).status, 200)
+      const reading = yield* Effect.forkChild(
+        Harness.call(async () => {
+          const stream = await gw.client().chat.completions.create({ model: "d-a", messages: hi, stream: true })
+          let text = ""
+          for await (const chunk of stream) text += chunk.choices[0]?.delta?.content ?? ""
+          return text
+        }),
+        { startImmediately: true }
+      )
+      yield* upstream.awaitRequests(1)
+      const draining = yield* Effect.forkChild(gw.gateway.drain, { startImmediately: true })
+      yield* Harness.eventually(() => gw.gateway.isDraining())
+      const ready = yield* status(`${gw.url}/readyz`)
+      assert.strictEqual(ready.status, 503)
+      const refused = yield* post(gw.url, { model: "d-a", messages: hi })
+      assert.strictEqual(refused.status, 503)
+      assert.strictEqual(refused.connection, "close")
+      assert.include(refused.body, "shutting_down")
+      assert.strictEqual(yield* Fiber.join(reading), "abcdef")
+      yield* Fiber.join(draining)
+      assert.strictEqual(gw.gateway.inFlight(), 0)
+      assert.strictEqual((yield* upstream.requests).length, 1)
+    })
+  )
+
+  it.live(
+    "after the deadline: a running call answers 503 shutting_down, a running stream ends with an error event",
+    () =>
+      Effect.gen(function* () {
+        const upstream = yield* Server.make((request, res) =>
+          (request.json as { stream?: boolean }).stream === true
+            ? Server.chunked(res, [Server.sse([Up.chunk("started")])], { end: "hang" })
+            : Server.hang(res)
+        )
+        const gw = yield* Harness.make({ upstreams: { a: upstream.url }, gateway: { drainTimeout: 300 } })
+        const client = gw.client()
+        const call = yield* Effect.forkChild(
+          Harness.failing(() => client.chat.completions.create({ model: "d-a", messages: hi })),
+          { startImmediately: true }
+        )
+        const stream = yield* Effect.forkChild(
+          Effect.promise(async () => {
+            let text = ""
+            try {
+              const s = await client.chat.completions.create({ model: "d-a", messages: hi, stream: true })
+              for await (const chunk of s) text += chunk.choices[0]?.delta?.content ?? ""
+              return { text, error: undefined }
+            } catch (error) {
+              return { text, error: Harness.clientError(error) }
+            }
+          }),
+          { startImmediately: true }
+        )
+        yield* upstream.awaitRequests(2)
+        yield* Harness.eventually(() => gw.gateway.inFlight() === 2)
+        yield* gw.gateway.drain
+        const answered = yield* Fiber.join(call)
+        assert.deepStrictEqual([answered.status, answered.code], [503, "shutting_down"])
+        const streamed = yield* Fiber.join(stream)
+        assert.strictEqual(streamed.text, "started")
+        assert.strictEqual(streamed.error?.code, "shutting_down")
+        assert.strictEqual(gw.gateway.inFlight(), 0)
+        yield* upstream.awaitAborted(2)
+      })
+  )
+
+  it.live(
+    "closing the served layer drains before the server stops: new requests get 503, not a refused connection",
+    () =>
+      Effect.gen(function* () {
+        const upstream = yield* Server.make(async (_, res) => {
+          const events = Up.streamEvents(["x", "y", "z"]).map((e) => Server.sse([e]))
+          await Server.chunked(res, events, { pauseMs: 80 })
+        })
+        const gw = yield* Harness.make({ upstreams: { a: upstream.url } })
+        const reading = yield* Effect.forkChild(
+          Harness.call(async () => {
+            const stream = await gw.client().chat.completions.create({ model: "d-a", messages: hi, stream: true })
+            let text = ""
+            for await (const chunk of stream) text += chunk.choices[0]?.delta?.content ?? ""
+            return text
+          }),
+          { startImmediately: true }
+        )
+        yield* upstream.awaitRequests(1)
+        const closing = yield* Effect.forkChild(gw.close, { startImmediately: true })
+        yield* Harness.eventually(() => gw.gateway.isDraining())
+        const refused = yield* post(gw.url, { model: "d-a", messages: hi })
+        assert.strictEqual(refused.status, 503)
+        assert.strictEqual(yield* Fiber.join(reading), "xyz")
+        yield* Fiber.join(closing)
+        const after = yield* Effect.promise(() =>
+          fetch(`${gw.url}/healthz`).then(
+            () => "answered",
+            () => "refused"
+          )
+        )
+        assert.strictEqual(after, "refused")
+      })
+  )
+})
+
+describe("Gateway: health", () => {
+  it.live("healthz answers while the process is up; readyz says ready with the requests in flight", () =>
+    Effect.gen(function* () {
+      const upstream = yield* Server.make(Up.openAi())
+      const gw = yield* Harness.make({ upstreams: { a: upstream.url } })
+      const live = yield* status(`${gw.url}/healthz`)
+      assert.deepStrictEqual([live.status, JSON.parse(live.body)], [200, { status: "ok" }])
+      const ready = yield* status(`${gw.url}/readyz`)
+      assert.deepStrictEqual([ready.status, JSON.parse(ready.body)], [200, { status: "ready", inFlight: 0 }])
+    })
+  )
+})
