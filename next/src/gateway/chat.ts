@@ -11,7 +11,7 @@
  *
  * @internal
  */
-import { type Cause, Effect, Exit, Pull, type Scope, Stream } from "effect"
+import { type Cause, Effect, Exit, Pull, type Scope, Stream, type Tracer } from "effect"
 import type { HttpServerRequest } from "effect/http"
 import { HttpServerResponse } from "effect/http"
 import { type AiError, ModelError, reasonOf } from "../AiError.js"
@@ -42,6 +42,20 @@ import * as Wire from "./wire.js"
 interface Ticket {
   readonly reservation: unknown
   closed: boolean
+}
+
+const annotate = (
+  span: Tracer.Span,
+  provider: string,
+  model: string,
+  finishReason: string,
+  usage: { readonly inputTokens: number; readonly outputTokens: number }
+) => {
+  span.attribute("gen_ai.provider.name", provider)
+  span.attribute("gen_ai.response.model", model)
+  span.attribute("gen_ai.response.finish_reasons", [finishReason])
+  span.attribute("gen_ai.usage.input_tokens", usage.inputTokens)
+  span.attribute("gen_ai.usage.output_tokens", usage.outputTokens)
 }
 
 /**
@@ -124,7 +138,8 @@ export const make = (env: Env) => {
     model: string,
     target: Target,
     request: GenerateRequest,
-    reserved: Ticket | undefined
+    reserved: Ticket | undefined,
+    span: Tracer.Span | undefined
   ) =>
     Effect.gen(function* () {
       const tracker: Tracker = { upstreamMs: 0 }
@@ -135,6 +150,7 @@ export const make = (env: Env) => {
         return answered(env, "chat", started, failure(env, yield* errorOf(exit.cause)), tracker.upstreamMs)
       }
       const { response, headers } = exit.value
+      if (span !== undefined) annotate(span, response.provider, response.model, response.finishReason, response.usage)
       yield* settle(reserved, { inputTokens: response.usage.inputTokens, outputTokens: response.usage.outputTokens })
       metrics.tokens(response.usage.inputTokens, response.usage.outputTokens)
       const body = Wire.chatCompletion(env.nextId("chatcmpl-"), created(), model, response)
@@ -149,7 +165,8 @@ export const make = (env: Env) => {
     call: Wire.ChatCall,
     target: Target,
     request: GenerateRequest,
-    reserved: Ticket | undefined
+    reserved: Ticket | undefined,
+    span: Tracer.Span | undefined
   ) =>
     Effect.gen(function* () {
       const tracker: Tracker = { upstreamMs: 0 }
@@ -180,6 +197,8 @@ export const make = (env: Env) => {
           switch (ending._tag) {
             case "Finished": {
               const usage = ending.finish.usage
+              const finish = ending.finish
+              if (span !== undefined) annotate(span, finish.provider, finish.model, finish.finishReason, usage)
               metrics.tokens(usage.inputTokens, usage.outputTokens)
               metrics.answered("chat_stream", 200, elapsed, undefined)
               return settle(reserved, { inputTokens: usage.inputTokens, outputTokens: usage.outputTokens })
@@ -232,10 +251,10 @@ export const make = (env: Env) => {
         ...(valid.temperature === undefined ? {} : { "gen_ai.request.temperature": valid.temperature }),
         ...(key === undefined ? {} : { "orchestra.key.id": key.id })
       }
-      return yield* traced(`chat ${chatCall.model}`, attributes, () =>
+      return yield* traced(`chat ${chatCall.model}`, attributes, (span) =>
         chatCall.stream
-          ? streamed(entry, started, chatCall, target, valid, reserved)
-          : complete(entry, started, chatCall.model, target, valid, reserved)
+          ? streamed(entry, started, chatCall, target, valid, reserved, span)
+          : complete(entry, started, chatCall.model, target, valid, reserved, span)
       )
     })
 

@@ -4,7 +4,7 @@
  * metric registry, and the official `openai` client pointed at it.
  */
 import { NodeHttpClient } from "@effect/platform-node"
-import { Context, Effect, Exit, Layer, Metric, Redacted, Scope } from "effect"
+import { Context, Effect, Exit, Layer, Metric, Redacted, Scope, Tracer } from "effect"
 import { HttpServer } from "effect/http"
 import OpenAI from "openai"
 import * as CircuitBreaker from "../../src/CircuitBreaker.js"
@@ -30,6 +30,8 @@ export interface HarnessOptions {
   readonly gateway?: Gateway.ServeOptions | undefined
   readonly keys?: Gateway.KeyStoreService | undefined
   readonly provider?: Partial<OpenAiCompat.Options> | undefined
+  /** A tracer for the whole stack (the server's request spans included). */
+  readonly tracer?: Tracer.Tracer | undefined
 }
 
 export interface Harness {
@@ -77,10 +79,10 @@ export const make = (options: HarnessOptions): Effect.Effect<Harness, never, Sco
     )
     const registry: Metric.MetricRegistry = new Map()
     const scope = yield* Scope.make()
-    const context = yield* Layer.buildWithScope(app, scope).pipe(
-      Effect.provideService(Metric.MetricRegistry, registry),
-      Effect.orDie
-    )
+    const build = Layer.buildWithScope(app, scope).pipe(Effect.provideService(Metric.MetricRegistry, registry))
+    const context = yield* (
+      options.tracer === undefined ? build : build.pipe(Effect.provideService(Tracer.Tracer, options.tracer))
+    ).pipe(Effect.orDie)
     const close = Scope.close(scope, Exit.void)
     yield* Effect.addFinalizer(() => close)
     const address = Context.get(context, HttpServer.HttpServer).address

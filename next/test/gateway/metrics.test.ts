@@ -1,0 +1,139 @@
+/**
+ * What the gateway tells: `/metrics` in the Prometheus text format (its own series and the
+ * pipeline's: fallbacks, retries, cache, breakers), the overhead histogram that excludes
+ * upstream waits, spans with `gen_ai.*` attributes when a tracer is provided, and no
+ * secret anywhere.
+ */
+import { assert, describe, it } from "@effect/vitest"
+import { Effect, Tracer } from "effect"
+import * as Server from "../utils/httpServer.js"
+import * as Harness from "./harness.js"
+import * as Up from "./upstream.js"
+
+const hi = [{ role: "user" as const, content: "hi" }]
+
+/** The value of a series line `name{labels} value` in Prometheus text. */
+const seriesValue = (text: string, series: string): number | undefined => {
+  const line = text.split("\n").find((l) => l.startsWith(`${series} `))
+  return line === undefined ? undefined : Number(line.slice(series.length + 1))
+}
+
+describe("Gateway: /metrics", () => {
+  it.live("serves the gateway's series and the pipeline's (fallbacks, retries, cache hits, breaker state)", () =>
+    Effect.gen(function* () {
+      let calls = 0
+      const flaky = yield* Server.make((_, res) => {
+        calls++
+        return calls === 1
+          ? Server.json(res, 503, { error: { message: "busy" } })
+          : Server.json(res, 200, Up.completion("ok"))
+      })
+      const down = yield* Server.make((_, res) => Server.json(res, 503, { error: { message: "down" } }))
+      const { service } = Harness.keyStore({ "sk-m": { id: "m" } })
+      const gw = yield* Harness.make({
+        upstreams: { a: flaky.url, b: down.url },
+        domains: [
+          { name: "retrying", provider: "a", retry: { maxAttempts: 2, initialDelay: 1, jitter: 0 } },
+          { name: "main", provider: "b", fallback: ["retrying"] }
+        ],
+        cache: { ttl: "1 minute" },
+        keys: service
+      })
+      const client = gw.client("sk-m")
+      yield* Harness.call(() => client.chat.completions.create({ model: "retrying", messages: hi }))
+      yield* Harness.call(() => client.chat.completions.create({ model: "retrying", messages: hi }))
+      yield* Harness.call(() =>
+        client.chat.completions.create({ model: "main", messages: [{ role: "user", content: "other" }] })
+      )
+      yield* Harness.failing(() => client.chat.completions.create({ model: "nope", messages: hi }))
+      const text = yield* Effect.promise(() => fetch(`${gw.url}/metrics`).then((r) => r.text()))
+      assert.strictEqual(seriesValue(text, 'orchestra_gateway_requests_total{route="chat",status="200"}'), 3)
+      assert.strictEqual(seriesValue(text, 'orchestra_gateway_requests_total{route="chat",status="404"}'), 1)
+      assert.strictEqual(seriesValue(text, 'orchestra_gateway_errors_total{reason="NotFound"}'), 1)
+      assert.strictEqual(seriesValue(text, 'orchestra_gateway_request_duration_ms_count{route="chat"}'), 4)
+      assert.strictEqual(seriesValue(text, 'orchestra_gateway_overhead_ms_count{route="chat"}'), 4)
+      assert.strictEqual(seriesValue(text, "orchestra_gateway_in_flight"), 0)
+      assert.strictEqual(seriesValue(text, 'orchestra_gateway_tokens_total{type="input"}'), 33)
+      assert.strictEqual(seriesValue(text, 'orchestra_gateway_tokens_total{type="output"}'), 21)
+      assert.strictEqual(seriesValue(text, 'orchestra_retries_total{provider="a",domain="retrying"}'), 1)
+      assert.strictEqual(seriesValue(text, 'orchestra_fallbacks_total{provider="a",domain="retrying"}'), 1)
+      assert.strictEqual(seriesValue(text, 'orchestra_cache_lookups_total{cache="memory",outcome="hit"}'), 1)
+      assert.isDefined(seriesValue(text, 'orchestra_breaker_state{breaker="a"}'))
+      assert.notInclude(text, "sk-m")
+      assert.notInclude(text, Harness.UPSTREAM_KEY)
+    })
+  )
+
+  it.live("the overhead histogram leaves out the time spent waiting on the upstream", () =>
+    Effect.gen(function* () {
+      // The upstream answers after at least 50 ms: that much of each request is not the gateway's.
+      const slow = yield* Server.make(async (_, res) => {
+        await Server.pause(50)
+        Server.json(res, 200, Up.completion("ok"))
+      })
+      const gw = yield* Harness.make({ upstreams: { a: slow.url } })
+      for (let i = 0; i < 3; i++) {
+        yield* Harness.call(() => gw.client().chat.completions.create({ model: "d-a", messages: hi }))
+      }
+      const text = yield* gw.metrics
+      const total = seriesValue(text, 'orchestra_gateway_request_duration_ms_sum{route="chat"}')!
+      const overhead = seriesValue(text, 'orchestra_gateway_overhead_ms_sum{route="chat"}')!
+      assert.isAtLeast(overhead, 0)
+      assert.isAtLeast(total - overhead, 3 * 45)
+    })
+  )
+
+  it.live("counts a stream's time to first token and its gateway share up to its first byte", () =>
+    Effect.gen(function* () {
+      const upstream = yield* Server.make(Up.openAi(["a", "b"]))
+      const gw = yield* Harness.make({ upstreams: { a: upstream.url } })
+      yield* Harness.call(async () => {
+        const stream = await gw.client().chat.completions.create({ model: "d-a", messages: hi, stream: true })
+        for await (const _ of stream) {
+        }
+      })
+      const text = yield* gw.metrics
+      assert.strictEqual(seriesValue(text, "orchestra_gateway_time_to_first_token_ms_count"), 1)
+      assert.strictEqual(seriesValue(text, 'orchestra_gateway_overhead_ms_count{route="chat_stream"}'), 1)
+      assert.strictEqual(seriesValue(text, 'orchestra_gateway_requests_total{route="chat_stream",status="200"}'), 1)
+      assert.strictEqual(seriesValue(text, 'orchestra_time_to_first_token_ms_count{provider="a",domain="d-a"}'), 1)
+    })
+  )
+})
+
+describe("Gateway: traces", () => {
+  it.live("a provided tracer gets a span per call with gen_ai.* attributes, and no key in any span", () =>
+    Effect.gen(function* () {
+      const spans: Array<Tracer.NativeSpan> = []
+      const tracer = Tracer.make({
+        span(options) {
+          const span = new Tracer.NativeSpan(options)
+          spans.push(span)
+          return span
+        }
+      })
+      const upstream = yield* Server.make(Up.openAi(["traced"]))
+      const { service } = Harness.keyStore({ "sk-traced-key-55": { id: "kid" } })
+      const gw = yield* Harness.make({ upstreams: { a: upstream.url }, keys: service, tracer })
+      yield* Harness.call(() =>
+        gw.client("sk-traced-key-55").chat.completions.create({ model: "d-a", messages: hi, max_tokens: 12 })
+      )
+      yield* Harness.eventually(() => spans.some((s) => s.name === "chat d-a" && s.status._tag === "Ended"))
+      const chat = spans.find((s) => s.name === "chat d-a")!
+      assert.strictEqual(chat.attributes.get("gen_ai.operation.name"), "chat")
+      assert.strictEqual(chat.attributes.get("gen_ai.request.model"), "d-a")
+      assert.strictEqual(chat.attributes.get("gen_ai.request.max_tokens"), 12)
+      assert.strictEqual(chat.attributes.get("orchestra.key.id"), "kid")
+      assert.strictEqual(chat.attributes.get("gen_ai.response.model"), "upstream-model")
+      assert.strictEqual(chat.attributes.get("gen_ai.provider.name"), "a")
+      assert.strictEqual(chat.attributes.get("gen_ai.usage.input_tokens"), 11)
+      assert.strictEqual(chat.attributes.get("gen_ai.usage.output_tokens"), 7)
+      const dump = JSON.stringify(
+        spans.map((s) => ({ name: s.name, attributes: Object.fromEntries(s.attributes) })),
+        (_, v) => (typeof v === "bigint" ? String(v) : v)
+      )
+      assert.notInclude(dump, "sk-traced-key-55")
+      assert.notInclude(dump, Harness.UPSTREAM_KEY)
+    })
+  )
+})
