@@ -123,6 +123,9 @@ export const check = (input: unknown, path = "domains"): Input.Checked<ReadonlyA
     if (Result.isFailure(decoded)) return Result.fail(Input.issueOf(decoded.failure, at))
     const domain = decoded.success
     if (names.has(domain.name)) return Result.fail({ path: `${at}.name`, message: `duplicate domain "${domain.name}"` })
+    if (domain.name === "none") {
+      return Result.fail({ path: `${at}.name`, message: `"none" is reserved: it names calls made without a domain` })
+    }
     const zero = Input.all([
       positive(`${at}.timeout`, domain.timeout),
       positive(`${at}.totalTimeout`, domain.totalTimeout)

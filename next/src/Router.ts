@@ -108,7 +108,7 @@ export interface StreamOptions {
 export interface PlanOptions extends CallOptions {
   /**
    * A step tried before the domains' own, with the request as given (its answers name the
-   * domain `"default"`), e.g. the executor's provider for a batch item that names no
+   * domain `"none"`, as the metrics do), e.g. the executor's provider for a batch item that names no
    * domain. With it, `domains` may be an empty array. Its `tokens` are set from the request.
    */
   readonly lead?: Step<ProviderService> | undefined
@@ -348,7 +348,7 @@ export const make = Effect.gen(function* () {
           call: (provider, step) => provider.generate((step as Partial<DomainStep>).prepare?.(valid) ?? valid),
           answer: (answer) => ({
             response: answer.value,
-            domain: answer.step.domain ?? "default",
+            domain: answer.step.domain ?? "none",
             provider: answer.step.name,
             attempts: answer.attempts,
             domainsTried: answer.stepsTried,

@@ -141,7 +141,7 @@ export const make: Effect.Effect<Service, never, Scope.Scope> = Effect.gen(funct
   const pairGauges = new Map<string, Gauge>()
   const global = new Gauge()
   let windowStart = clock.currentTimeMillisUnsafe()
-  const NONE = "\u0000none"
+  const NONE = "none"
 
   yield* Effect.addFinalizer(() =>
     Effect.sync(() => {

@@ -278,16 +278,16 @@ describe("Batch items", () => {
     })
   )
 
-  it.effect("items without any domain go to the executor's provider, and answer as domain 'default'", () =>
+  it.effect("items without any domain go to the executor's provider, and answer as domain 'none'", () =>
     Effect.gen(function* () {
       const { batch, controls } = yield* makeOrchestra({ a: { respond: () => "default" }, b: {} })
       const result = yield* batch.run(["x", { query: "y" }, { request: { prompt: "z" } }])
       assert.deepStrictEqual(
         result.results.map((r) => [r.answer?.domain, r.answer?.provider, r.answer?.response.text]),
         [
-          ["default", "a", "default"],
-          ["default", "a", "default"],
-          ["default", "a", "default"]
+          ["none", "a", "default"],
+          ["none", "a", "default"],
+          ["none", "a", "default"]
         ]
       )
       assert.strictEqual(yield* controls.b!.calls, 0)

@@ -59,7 +59,7 @@ describe("createOrchestra", () => {
       assert.isFalse(answer.fallbackUsed)
       assert.include(requestsOf(m.control)[0]!.system, "customer support")
       const direct = await orchestra.execute({ prompt: "no domain" })
-      assert.strictEqual(direct.domain, "default")
+      assert.strictEqual(direct.domain, "none")
       assert.strictEqual(direct.provider, m.name)
       assert.isUndefined(requestsOf(m.control)[1]!.system)
     } finally {
