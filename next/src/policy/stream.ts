@@ -346,6 +346,7 @@ export const make = (env: {
                 partialText: delivered
               })
         if (current !== undefined && current.end === undefined) {
+          if (ending === "timeout") current.series.timeouts++
           current.end = Exit.fail(error)
           current.fiber?.interruptUnsafe()
         }
