@@ -213,7 +213,7 @@ export const make = Effect.fnUntraced(function* (options: Options = {}) {
   const router = yield* Router
   const permits = yield* Semaphore.make(limit)
   let batches = 0
-  const deps = { executor, router, permits, limit, nextId: () => `batch-${++batches}` }
+  const deps = { executor, router, permits, limit, nextId: () => `batch-${++batches}`, routes: new Map() }
 
   const run = Effect.fn("Batch.run")(function* (items: ReadonlyArray<Item>, runOptions?: RunOptions) {
     return yield* runBatch(deps, items, runOptions)

@@ -306,7 +306,7 @@ describe("Batch items", () => {
       const result = yield* Fiber.join(fiber)
       assert.deepStrictEqual(
         result.results.map((r) => `${r.answer?.domain}/${r.answer?.provider}`),
-        ["default/a", "d-b/b", "d-a/a", "default/a"]
+        ["none/a", "d-b/b", "d-a/a", "none/a"]
       )
       assert.strictEqual(yield* controls.a!.peak, 3)
       assert.strictEqual(result.elapsedMs, 100)

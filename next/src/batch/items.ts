@@ -77,7 +77,8 @@ const isFunction = (u: unknown): u is (...args: ReadonlyArray<never>) => unknown
 export const check = (
   items: unknown,
   input: unknown,
-  router: RouterService
+  router: RouterService,
+  resolved: ReadonlyMap<string, unknown>
 ): Effect.Effect<{ readonly items: ReadonlyArray<unknown>; readonly options: Checked }, ModelError> =>
   Effect.gen(function* () {
     if (!Array.isArray(items)) return yield* fail("items", `expected an array of items, got ${kind(items)}`)
@@ -90,7 +91,7 @@ export const check = (
     const domain = options.domain
     if (domain !== undefined) {
       if (typeof domain !== "string") return yield* fail("domain", `expected a domain name, got ${kind(domain)}`)
-      yield* router.chain(domain)
+      if (!resolved.has(domain)) yield* router.chain(domain)
     }
     const fallback = options.fallback ?? []
     if (!Array.isArray(fallback)) return yield* fail("fallback", `expected an array of domain names`)

@@ -24,6 +24,11 @@ export interface Deps {
   readonly permits: Semaphore.Semaphore
   readonly limit: number
   readonly nextId: () => string
+  /**
+   * Routes without a batch `fallback`, resolved once per manager (keys: the domain names
+   * that resolved, and `""` for the executor's provider; so at most one per domain).
+   */
+  readonly routes: Map<string, Prepared>
 }
 
 const statusOf = (error: AiError): Status => {
@@ -64,13 +69,7 @@ const retryOnly = { retry: true } as const
 export const run = (deps: Deps, rawItems: unknown, rawOptions: RunOptions | undefined) =>
   Effect.gen(function* () {
     const { executor, router, permits, limit } = deps
-    const { items, options } = yield* check(rawItems, rawOptions === undefined ? {} : rawOptions, router)
-    const defaults = yield* executor.resolve(retryOnly)
-    // Items that name no domain start on the executor's provider, with its retry policy.
-    const lead = executor.stepFor(executor.provider, {
-      retry: defaults.retry ?? false,
-      timeout: defaults.timeout ?? "none"
-    })
+    const { items, options } = yield* check(rawItems, rawOptions === undefined ? {} : rawOptions, router, deps.routes)
     const id = options.id ?? deps.nextId()
     const total = items.length
     yield* Effect.annotateCurrentSpan({ "orchestra.batch.id": id, "orchestra.batch.items": total })
@@ -165,15 +164,27 @@ export const run = (deps: Deps, rawItems: unknown, rawOptions: RunOptions | unde
     // The chain of an item: its domain (and the domain's own fallbacks, or the batch's),
     // or, without a domain, the executor's provider then the batch's fallbacks. Resolved
     // once per batch and domain; each item then only gets its plan.
-    const routes = new Map<string, Prepared>()
+    const routes = fallback.length === 0 ? deps.routes : new Map<string, Prepared>()
     const routeOf = (domain: string | undefined): Effect.Effect<Prepared, ModelError> => {
       const key = domain ?? ""
       const known = routes.get(key)
       if (known !== undefined) return Effect.succeed(known)
       const names = domain === undefined ? fallback : fallback.length === 0 ? domain : [domain, ...fallback]
-      return Effect.map(router.prepare(names, { lead: domain === undefined ? lead : undefined }), (prepared) => {
-        routes.set(key, prepared)
-        return prepared
+      const prepared =
+        domain !== undefined
+          ? router.prepare(names)
+          : Effect.flatMap(executor.resolve(retryOnly), (defaults) =>
+              // Items that name no domain start on the executor's provider, with its retry policy.
+              router.prepare(names, {
+                lead: executor.stepFor(executor.provider, {
+                  retry: defaults.retry ?? false,
+                  timeout: defaults.timeout ?? "none"
+                })
+              })
+            )
+      return Effect.map(prepared, (route) => {
+        routes.set(key, route)
+        return route
       })
     }
 
