@@ -311,17 +311,19 @@ const checkServe = (options: ServeOptions) =>
  * The gateway on its own Node HTTP server: listens on `host:port`, bounds every request
  * head (`maxHeaderBytes`) and body (`maxBodyBytes`), and on close (SIGTERM under
  * `NodeRuntime.runMain`) drains the gateway before the server stops. Provides the
- * `HttpServer` (its `address` tells the port chosen for `port: 0`).
+ * `HttpServer` (its `address` tells the port chosen for `port: 0`). `routes` are served
+ * beside the gateway's (the key store's admin routes, `gateway/admin`).
  *
  * @since 0.2.0
  * @category layers
  */
-export const serve = (
-  options: ServeOptions = {}
+export const serve = <E = never, R = never>(
+  options: ServeOptions = {},
+  routes?: Layer.Layer<never, E, R>
 ): Layer.Layer<
   Gateway | HttpServer.HttpServer,
-  Input.ConfigError | HttpServerError.ServeError,
-  Exclude<Requirements, HttpRouter.HttpRouter>
+  Input.ConfigError | HttpServerError.ServeError | E,
+  Exclude<Requirements | R, HttpRouter.HttpRouter>
 > =>
   Layer.unwrap(
     Effect.gen(function* () {
@@ -359,7 +361,7 @@ export const serve = (
       )
       return drainFirst.pipe(
         Layer.provideMerge(
-          HttpRouter.serve(layer(gatewayOptions as Options), {
+          HttpRouter.serve(Layer.merge(layer(gatewayOptions as Options), routes ?? Layer.empty), {
             disableLogger: options.logRequests !== true,
             disableListenLog: true
           })

@@ -8,6 +8,7 @@ import { Cause, Console, Effect, Layer } from "effect"
 import { CliError, CliOutput, Command } from "effect/cli"
 import * as Bench from "./Bench.js"
 import { ExitCode, exitCodes } from "./Common.js"
+import * as Serve from "./Serve.js"
 import * as Start from "./Start.js"
 import * as Stats from "./Stats.js"
 import * as Test from "./Test.js"
@@ -24,7 +25,7 @@ export const version = "0.2.0-next"
  * @since 0.2.0
  * @category commands
  */
-export const subcommands = [Test.command, Bench.command, Start.command, Stats.command] as const
+export const subcommands = [Test.command, Bench.command, Start.command, Stats.command, Serve.command] as const
 
 /**
  * @since 0.1.0

@@ -1,0 +1,279 @@
+/**
+ * The handler of `orchestra serve`: the config's providers and domains (checked as every
+ * command checks them), the gateway file's server, keys, admin routes and Redis, then the
+ * gateway until SIGTERM / SIGINT, which drains it.
+ *
+ * The gateway file (`orchestra.gateway.json`; secrets only as names of environment
+ * variables):
+ *
+ * ```json
+ * {
+ *   "server": { "host": "0.0.0.0", "port": 4000 },
+ *   "gateway": { "drainTimeout": "20 seconds", "stream": { "idleTimeout": "30 seconds" } },
+ *   "redis": { "urlEnv": "REDIS_URL" },
+ *   "keys": { "keys": [{ "id": "team-a", "sha256": "...", "rpm": 60 }], "prices": {} },
+ *   "admin": { "keyEnv": "ORCHESTRA_ADMIN_KEY" }
+ * }
+ * ```
+ *
+ * With `redis`, the breakers, rate limits, response cache and keys are shared by every
+ * replica on that Redis; without it they are this process's own.
+ *
+ * @internal
+ */
+import { Config, Console, Context, Effect, FileSystem, Layer, Option, Path, Result, Schema } from "effect"
+import { HttpServer } from "effect/http"
+import type { Redis as PersistedRedis } from "effect/persistence"
+import * as CircuitBreaker from "../CircuitBreaker.js"
+import type * as Domain from "../Domain.js"
+import type * as Executor from "../Executor.js"
+import * as Gateway from "../Gateway.js"
+import * as Input from "../Input.js"
+import type { ModelProvider } from "../Model.js"
+import * as Orchestra from "../Orchestra.js"
+import * as RateLimit from "../RateLimit.js"
+import * as Redis from "../Redis.js"
+import type * as ResponseCache from "../ResponseCache.js"
+import { layerRedis as cacheOnRedis } from "../ResponseCache/Redis.js"
+import { type Common, ExitCode, exitCodes, failWith, printJson } from "../cli/Common.js"
+import { formatPath } from "../cli/Config.js"
+import * as Json from "../cli/json.js"
+import { prepare } from "../cli/Manager.js"
+import * as Providers from "../cli/Providers.js"
+import type { Args } from "../cli/Serve.js"
+import type { Checked } from "../cli/Setup.js"
+import * as Admin from "./admin.js"
+import * as KeyStore from "./keys/KeyStore.js"
+
+const opt = Schema.optionalKey
+const Duration = Schema.Union([Schema.Number, Schema.String]) as unknown as Schema.Codec<Input.DurationInput>
+const EnvName = Schema.String.check(Schema.isPattern(/^[A-Za-z_][A-Za-z0-9_]*$/))
+const Options = Schema.Record(Schema.String, Schema.Unknown)
+
+/**
+ * The shape of the gateway file; values are checked by the layers that take them.
+ *
+ * @internal
+ */
+export const GatewayFile = Schema.Struct({
+  $schema: opt(Schema.String),
+  server: opt(
+    Schema.Struct({
+      host: opt(Schema.String),
+      port: opt(Schema.Number),
+      maxHeaderBytes: opt(Schema.Number),
+      requestTimeout: opt(Duration),
+      keepAliveTimeout: opt(Duration),
+      logRequests: opt(Schema.Boolean)
+    })
+  ),
+  gateway: opt(Options),
+  allowAnonymous: opt(Schema.Boolean),
+  redis: opt(
+    Schema.Struct({
+      urlEnv: opt(EnvName),
+      prefix: opt(Schema.String),
+      commandTimeout: opt(Duration),
+      timeout: opt(Duration)
+    })
+  ),
+  keys: opt(Options),
+  admin: opt(Schema.Struct({ keyEnv: opt(EnvName), path: opt(Schema.String) }))
+})
+
+/**
+ * @internal
+ */
+export type GatewayFile = typeof GatewayFile.Type
+
+const decodeFile = Schema.decodeUnknownResult(GatewayFile, { onExcessProperty: "error", errors: "all" })
+
+const maxFileBytes = 1024 * 1024
+
+/** The gateway file: the flag, else `ORCHESTRA_GATEWAY`, else `./orchestra.gateway.json` if present, else none. */
+const loadFile = Effect.fnUntraced(function* (common: Common, flag: Option.Option<string>) {
+  const fs = yield* FileSystem.FileSystem
+  const path = yield* Path.Path
+  const fromEnv = yield* Config.option(Config.NonEmptyString("ORCHESTRA_GATEWAY")).pipe(
+    Effect.orElseSucceed(() => Option.none<string>())
+  )
+  const explicit = Option.orElse(flag, () => fromEnv)
+  const file = path.resolve(Option.getOrElse(explicit, () => "orchestra.gateway.json"))
+  const refuse = (message: string) => failWith(common, exitCodes.usage, `${file}: ${message}`, { kind: "config", file })
+  const info = yield* fs.stat(file).pipe(Effect.option)
+  if (Option.isNone(info)) {
+    if (Option.isSome(explicit)) return yield* refuse("no such file")
+    return { file: undefined, config: {} as GatewayFile }
+  }
+  if (Number(info.value.size) > maxFileBytes) return yield* refuse(`a gateway file is at most ${maxFileBytes} bytes`)
+  const text = yield* fs.readFileString(file).pipe(Effect.catch((error) => refuse(error.message)))
+  const json = Json.parse(text)
+  if (Result.isFailure(json)) {
+    return yield* refuse(
+      `not valid JSON at line ${json.failure.line}, column ${json.failure.column}: ${json.failure.message}`
+    )
+  }
+  const decoded = decodeFile(json.success)
+  if (Result.isFailure(decoded)) {
+    const issue = Input.issueOf(decoded.failure)
+    return yield* refuse(`${issue.path}: ${issue.message}`)
+  }
+  return { file, config: decoded.success }
+})
+
+const secret = (common: Common, name: string, what: string) =>
+  Config.Redacted(name).pipe(
+    Effect.catch(() =>
+      failWith(common, exitCodes.usage, `${what}: set the environment variable ${name}`, { kind: "config" })
+    )
+  )
+
+const loopback = (host: string) => host === "127.0.0.1" || host === "::1" || host === "localhost"
+
+/** The manager of the config, with its breakers, rate limits and cache on Redis when `redis` is given. */
+const manager = (
+  checked: Checked,
+  shared: { readonly prefix: string; readonly guard: Redis.GuardOptions } | undefined
+) => {
+  const { config, dir } = checked.loaded
+  const providers: Record<string, Layer.Layer<ModelProvider, Input.ConfigError | Error>> = {}
+  for (const [name, spec] of Object.entries(checked.providers)) {
+    providers[name] = Providers.layer(name, spec, dir, checked.keys[name]) as never
+  }
+  const policies = config.policies ?? {}
+  const onRedis = <A>(
+    option: unknown,
+    make: (options: Record<string, unknown>) => Layer.Layer<A, Input.ConfigError, PersistedRedis.Redis>
+  ) => (option === false || shared === undefined ? undefined : make((option ?? {}) as Record<string, unknown>))
+  const breakers = onRedis(policies.breakers, (o) =>
+    CircuitBreaker.layerRedis({ ...o, prefix: `${shared!.prefix}breaker:`, redis: shared!.guard })
+  )
+  const rateLimits =
+    policies.rateLimits === undefined
+      ? undefined
+      : onRedis(policies.rateLimits, (o) =>
+          RateLimit.layerRedis({ ...o, prefix: `${shared!.prefix}ratelimit:`, redis: shared!.guard })
+        )
+  const cache =
+    policies.cache === undefined
+      ? undefined
+      : onRedis(policies.cache, (o) => cacheOnRedis({ ...o, prefix: `${shared!.prefix}cache`, redis: shared!.guard }))
+  return Orchestra.layer({
+    providers,
+    defaultProvider: checked.defaultProvider,
+    domains: config.domains as ReadonlyArray<Domain.DomainInput> | undefined,
+    extraDomains: config.extraDomains as ReadonlyArray<Domain.DomainInput> | undefined,
+    overrideDomains: config.overrideDomains as ReadonlyArray<Domain.DomainInput> | undefined,
+    executor: policies.executor as Executor.Options | undefined,
+    maxConcurrent: policies.maxConcurrent,
+    breakers: breakers ?? (policies.breakers as CircuitBreaker.Options | false | undefined),
+    rateLimits: rateLimits ?? (policies.rateLimits as RateLimit.Options | false | undefined),
+    cache: cache ?? (policies.cache as ResponseCache.MemoryOptions | false | undefined)
+  })
+}
+
+/** A layer's `ConfigError` names its field under the file's section (`keys.prices.gpt`). */
+const under =
+  (section: string) =>
+  <A, E, R>(layer: Layer.Layer<A, E, R>): Layer.Layer<A, unknown, R> =>
+    Layer.catch(
+      layer,
+      (error: E) =>
+        Layer.effectDiscard(
+          Effect.fail(
+            error instanceof Input.ConfigError
+              ? Input.toConfigError({ path: `${section}.${error.path}`, message: error.message })
+              : error
+          )
+        ) as unknown as Layer.Layer<A, unknown>
+    )
+
+/**
+ * @internal
+ */
+export const run = Effect.fnUntraced(function* (args: Args) {
+  const common: Common = { json: args.json, config: args.config }
+  const checked = yield* prepare(common)
+  const { file, config } = yield* loadFile(common, args.gateway)
+  const server = config.server ?? {}
+  const host = Option.getOrElse(args.host, () => server.host ?? "127.0.0.1")
+  const port = Option.getOrElse(args.port, () => server.port ?? 4000)
+  if (file === undefined && !loopback(host)) {
+    return yield* failWith(
+      common,
+      exitCodes.usage,
+      `without a gateway file the gateway is open (no keys): it listens on loopback only, not ${host}; give --gateway with keys (or allowAnonymous: true)`,
+      { kind: "usage" }
+    )
+  }
+  const redisUrl =
+    config.redis === undefined ? undefined : yield* secret(common, config.redis.urlEnv ?? "REDIS_URL", "redis.urlEnv")
+  const adminKey =
+    config.admin === undefined
+      ? undefined
+      : yield* secret(common, config.admin.keyEnv ?? "ORCHESTRA_ADMIN_KEY", "admin.keyEnv")
+  if (adminKey !== undefined && config.keys === undefined) {
+    return yield* failWith(common, exitCodes.usage, "admin: the admin routes manage keys: add a `keys` section", {
+      kind: "config"
+    })
+  }
+  const prefix = config.redis?.prefix ?? "orchestra:"
+  const shared =
+    config.redis === undefined
+      ? undefined
+      : { prefix, guard: { timeout: config.redis.timeout ?? config.redis.commandTimeout ?? 500 } }
+  const redis =
+    redisUrl === undefined
+      ? Layer.empty
+      : Redis.layer({ url: redisUrl, commandTimeout: config.redis?.commandTimeout ?? 500 }).pipe(under("redis"))
+  const keyOptions = (config.keys ?? {}) as KeyStore.Options
+  const keys =
+    config.keys === undefined
+      ? Layer.empty
+      : (shared === undefined
+          ? KeyStore.layerMemory(keyOptions)
+          : KeyStore.layerRedis({ ...keyOptions, prefix: `${prefix}gateway:`, redis: shared.guard })
+        ).pipe(under("keys"))
+  const admin = adminKey === undefined ? Layer.empty : Admin.layer({ key: adminKey, path: config.admin?.path })
+  const gateway = Gateway.serve(
+    {
+      ...(config.gateway as Gateway.Options | undefined),
+      allowAnonymous: config.allowAnonymous ?? file === undefined,
+      host,
+      port,
+      maxHeaderBytes: server.maxHeaderBytes,
+      requestTimeout: server.requestTimeout,
+      keepAliveTimeout: server.keepAliveTimeout,
+      logRequests: server.logRequests
+    },
+    admin
+  ).pipe(under("gateway"))
+  // The admin routes exist only with `keys` (checked above), Redis layers only with `redis`:
+  // what the types cannot see, the checks above make true.
+  const app = gateway.pipe(
+    Layer.provide(Layer.merge(manager(checked, shared).pipe(under("policies")), keys)),
+    Layer.provide(redis)
+  ) as unknown as Layer.Layer<Gateway.Gateway | HttpServer.HttpServer, unknown>
+  yield* Effect.scoped(
+    Effect.gen(function* () {
+      const context = yield* Layer.build(app).pipe(
+        Effect.catch((error: unknown) =>
+          failWith(
+            common,
+            error instanceof Input.ConfigError ? exitCodes.usage : exitCodes.failed,
+            error instanceof Error ? error.message : String(error),
+            { kind: error instanceof Input.ConfigError ? "config" : "start" }
+          )
+        )
+      )
+      const address = Context.get(context, HttpServer.HttpServer).address
+      const url = address._tag === "UnixPathAddress" ? address.path : `http://${host}:${address.port}`
+      if (common.json)
+        yield* printJson(common, { ok: true, url, config: checked.loaded.file ?? null, gateway: file ?? null })
+      yield* Console.error(`orchestra: gateway listening on ${url} (OpenAI base URL ${url}/v1)`)
+      return yield* Effect.never
+    })
+  )
+})
+
+export { ExitCode, formatPath }
