@@ -1,0 +1,141 @@
+/**
+ * `orchestra serve` in a child process (node with the tsx loader on src/cli/bin.ts): keys
+ * from the gateway file, SIGTERM drains (a running stream finishes with `[DONE]`, then the
+ * process exits), and a bad gateway file is refused with exit code 2 naming the field.
+ */
+import { type ChildProcessWithoutNullStreams, spawn } from "node:child_process"
+import { mkdtempSync, rmSync, writeFileSync } from "node:fs"
+import { createRequire } from "node:module"
+import { tmpdir } from "node:os"
+import * as NodePath from "node:path"
+import { fileURLToPath, pathToFileURL } from "node:url"
+import { afterAll, assert, describe, it } from "@effect/vitest"
+import { Deferred, Effect, Exit } from "effect"
+import OpenAI from "openai"
+import { hashSecret } from "../../src/gateway/keys/KeyStore.js"
+
+const ROOT = fileURLToPath(new URL("../..", import.meta.url))
+const ENTRY = NodePath.join(ROOT, "src/cli/bin.ts")
+const TSX = pathToFileURL(createRequire(import.meta.url).resolve("tsx")).href
+const dir = mkdtempSync(NodePath.join(tmpdir(), "orchestra-serve-"))
+afterAll(() => rmSync(dir, { recursive: true, force: true }))
+
+const SECRET = "sk-serve-test-5f4e3d2c1b0a-SECRET"
+
+const write = (name: string, value: unknown): string => {
+  const file = NodePath.join(dir, name)
+  writeFileSync(file, JSON.stringify(value, null, 2))
+  return file
+}
+
+interface Serving {
+  readonly child: ChildProcessWithoutNullStreams
+  readonly url: Effect.Effect<string>
+  readonly exit: Effect.Effect<{ readonly code: number | null; readonly stdout: string; readonly stderr: string }>
+}
+
+const env = (): Record<string, string> => {
+  const out: Record<string, string> = {}
+  for (const [k, v] of Object.entries(process.env)) if (v !== undefined && !/^ORCHESTRA_/.test(k)) out[k] = v
+  return out
+}
+
+const serve = (args: ReadonlyArray<string>) =>
+  Effect.acquireRelease(
+    Effect.gen(function* () {
+      const child = spawn(process.execPath, ["--import", TSX, ENTRY, "serve", "--json", ...args], {
+        cwd: dir,
+        env: env(),
+        stdio: ["pipe", "pipe", "pipe"]
+      })
+      let stdout = ""
+      let stderr = ""
+      const listening = yield* Deferred.make<string>()
+      const closed = yield* Deferred.make<number | null>()
+      child.stdout.setEncoding("utf8").on("data", (chunk: string) => {
+        stdout += chunk
+        const match = /"url": "([^"]+)"/.exec(stdout)
+        if (match !== null) Deferred.doneUnsafe(listening, Exit.succeed(match[1]!))
+      })
+      child.stderr.setEncoding("utf8").on("data", (chunk: string) => {
+        stderr += chunk
+      })
+      child.on("close", (code) => {
+        Deferred.doneUnsafe(closed, Exit.succeed(code))
+        Deferred.doneUnsafe(listening, Exit.die(new Error(`exited with ${code}: ${stdout}\n${stderr}`)))
+      })
+      return {
+        child,
+        url: Deferred.await(listening),
+        exit: Effect.map(Deferred.await(closed), (code) => ({ code, stdout, stderr }))
+      } satisfies Serving
+    }),
+    (serving) => Effect.sync(() => serving.child.exitCode === null && serving.child.kill("SIGKILL"))
+  )
+
+const config = write("orchestra.config.json", {
+  providers: { mock: { type: "mock", reply: "one two three four five six", chunkDelay: 150 } }
+})
+
+describe("orchestra serve", () => {
+  it.live(
+    "serves with keys from the gateway file, and SIGTERM drains: a running stream ends with [DONE], then the process exits",
+    () =>
+      Effect.gen(function* () {
+        const gateway = write("gateway.json", {
+          server: { host: "127.0.0.1", port: 0 },
+          gateway: { drainTimeout: "20 seconds" },
+          keys: { keys: [{ id: "k1", sha256: hashSecret(SECRET) }] }
+        })
+        const serving = yield* serve(["--config", config, "--gateway", gateway])
+        const url = yield* serving.url
+        const client = new OpenAI({ apiKey: SECRET, baseURL: `${url}/v1`, maxRetries: 0 })
+        const refused = yield* Effect.promise(() =>
+          new OpenAI({ apiKey: "sk-wrong", baseURL: `${url}/v1`, maxRetries: 0 }).models.list().then(
+            () => 200,
+            (e: { status?: number }) => e.status
+          )
+        )
+        assert.strictEqual(refused, 401)
+        const text = yield* Effect.promise(async () => {
+          const stream = await client.chat.completions.create({
+            model: "support",
+            messages: [{ role: "user", content: "hi" }],
+            stream: true
+          })
+          let out = ""
+          let signalled = false
+          for await (const chunk of stream) {
+            out += chunk.choices[0]?.delta?.content ?? ""
+            if (!signalled) {
+              signalled = true
+              serving.child.kill("SIGTERM")
+            }
+          }
+          return out
+        })
+        assert.strictEqual(text, "one two three four five six")
+        const { code, stderr } = yield* serving.exit
+        assert.strictEqual(code, 130)
+        assert.notInclude(stderr, SECRET)
+      }),
+    120_000
+  )
+
+  it.live(
+    "refuses a bad gateway file with exit code 2 naming the field, and an open gateway off loopback",
+    () =>
+      Effect.gen(function* () {
+        const bad = write("bad.json", { gateway: { maxBodyBytes: -1 }, allowAnonymous: true })
+        const refused = yield* serve(["--config", config, "--gateway", bad, "--port", "0"])
+        const result = yield* refused.exit
+        assert.strictEqual(result.code, 2)
+        assert.include(result.stderr, "gateway.maxBodyBytes")
+        const open = yield* serve(["--config", config, "--host", "0.0.0.0", "--port", "0"])
+        const openResult = yield* open.exit
+        assert.strictEqual(openResult.code, 2)
+        assert.include(openResult.stderr, "loopback")
+      }),
+    120_000
+  )
+})
