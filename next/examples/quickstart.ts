@@ -3,7 +3,7 @@
  * a time, and the stats table. Runs offline: `npx tsx examples/quickstart.ts`.
  */
 import { NodeRuntime } from "@effect/platform-node"
-import { Console, Effect, Layer, Result } from "effect"
+import { Console, Duration, Effect, Layer, Result } from "effect"
 import * as Executor from "../src/Executor.js"
 import * as Mock from "../src/Model/Mock.js"
 import * as Stats from "../src/Stats.js"
@@ -23,7 +23,15 @@ const program = Effect.gen(function* () {
   yield* Console.log(`one call: ${one.text} (${one.provider}/${one.model})`)
 
   const questions = Array.from({ length: 10 }, (_, i) => ({ prompt: `question ${i + 1}` }))
-  const results = yield* executor.executeMany(questions, { concurrency: 5, retry: true, timeout: "1 second" })
+  const results = yield* executor.executeMany(questions, {
+    concurrency: 5,
+    retry: true,
+    timeout: "1 second",
+    onRetry: (info) =>
+      Console.log(
+        `   attempt ${info.attempt}: ${info.error.message}; retry in ${Math.round(Duration.toMillis(info.delay))} ms`
+      )
+  })
   for (const [i, result] of results.entries()) {
     yield* Console.log(
       Result.match(result, {
