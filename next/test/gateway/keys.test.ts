@@ -9,7 +9,7 @@ import { createServer } from "node:http"
 import { inspect } from "node:util"
 import { NodeHttpServer } from "@effect/platform-node"
 import { assert, describe, it } from "@effect/vitest"
-import { Context, Duration, Effect, Exit, Fiber, Layer, Metric, Redacted, Scope } from "effect"
+import { Context, Duration, Effect, Exit, Fiber, Layer, Metric, Redacted, Schedule, Scope } from "effect"
 import { HttpRouter, HttpServer } from "effect/http"
 import { Redis as PersistenceRedis } from "effect/persistence"
 import { TestClock } from "effect/testing"
@@ -34,11 +34,11 @@ const unique = (label: string) => `${label}-${++counter}-${Math.random().toStrin
 const memory = (options: KeyStore.Options) =>
   Effect.map(Layer.build(KeyStore.layerMemory(options)), Context.get(KeyStore.KeyAdmin))
 
-const onRedis = (server: RedisServer, options: KeyStore.RedisOptions) =>
+const onRedis = (server: RedisServer, options: KeyStore.RedisOptions, commandTimeout: Duration.Input = "300 millis") =>
   Effect.gen(function* () {
     const context = yield* Layer.build(
       KeyStore.layerRedis({ prefix: `${unique("gw")}:`, ...options }).pipe(
-        Layer.provideMerge(Redis.layer({ url: server.url, commandTimeout: "300 millis" }))
+        Layer.provideMerge(Redis.layer({ url: server.url, commandTimeout }))
       )
     )
     return { store: Context.get(context, KeyStore.KeyAdmin), redis: Context.get(context, PersistenceRedis.Redis) }
@@ -318,6 +318,16 @@ describe("KeyStore: budgets in memory", () => {
     })
   )
 
+  it.effect("a request refused by the key's rpm holds nothing of its budgets", () =>
+    Effect.gen(function* () {
+      const store = yield* memory({ keys: [key(unique("both"), secretA, { rpm: 1, budget: { tokens: 1000 } })] })
+      const alpha = yield* store.authenticate(Redacted.make(secretA))
+      yield* store.reserve(alpha, "m", estimate(1, 100))
+      assert.strictEqual((yield* failure(store.reserve(alpha, "m", estimate(1, 100)))).reason, "RateLimited")
+      assert.strictEqual((yield* store.spend(alpha.id))[0]!.held, 101)
+    })
+  )
+
   it.effect("tpm counts the input estimate and max_tokens", () =>
     Effect.gen(function* () {
       const store = yield* memory({ keys: [key(unique("tpm"), secretA, { tpm: 1000 })] })
@@ -578,6 +588,38 @@ describe.skipIf(skipRedis)(`KeyStore on Redis (${skipRedis ? skipReason : "needs
         }
         const admin = yield* failure(store.create({ id: "later" }))
         assert.strictEqual(admin.reason, "Unavailable")
+      })
+    )
+  )
+
+  it.live("Redis hung (SIGSTOP): every call ends within one deadline, budgets 503; it answers again once resumed", () =>
+    Effect.scoped(
+      Effect.gen(function* () {
+        const server = yield* startRedis
+        const { store } = yield* onRedis(
+          server,
+          { redis: { timeout: "1 second", reportAfter: "1 minute" } },
+          "1 second"
+        )
+        const created = yield* store.create({ id: "hung", rpm: 100, budget: { tokens: 1000 } })
+        const k = yield* store.authenticate(created.secret)
+        yield* server.pause
+        yield* Effect.addFinalizer(() => server.resume)
+        const timed = yield* Effect.forEach(
+          Array.from({ length: 10 }),
+          () => Effect.timed(Effect.result(store.reserve(k, "m", estimate(1, 1)))),
+          { concurrency: 10 }
+        )
+        for (const [elapsed, result] of timed) {
+          assert.strictEqual(result._tag === "Failure" && result.failure.reason, "Unavailable")
+          // The limit's and the budget's calls run side by side: one deadline, not two (margin for a loaded machine).
+          const ms = Duration.toMillis(elapsed)
+          assert.isTrue(ms >= 900 && ms < 1700, `one deadline per request, not two: ${ms} ms`)
+        }
+        yield* server.resume
+        yield* store
+          .reserve(k, "m", estimate(1, 1))
+          .pipe(Effect.retry({ schedule: Schedule.spaced("100 millis"), times: 30 }))
       })
     )
   )

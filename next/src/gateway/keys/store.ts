@@ -311,7 +311,10 @@ export const make = Effect.fnUntraced(function* (
     const id = `${processId}.${(sequence++).toString(36)}`
     const held = (recorded: boolean) =>
       new Held(id, record.id, model, charges, price, inputTokens, maxOutputTokens, recorded)
-    return Effect.matchEffect(backend.reserve(id, charges, resolved.reservationTtlMs, at), {
+    const reserved = backend.reserve(id, charges, resolved.reservationTtlMs, at)
+    // Once sent, the script may hold the amounts: wait for its answer (bounded by the store's deadline)
+    // so that what it holds is always handed back to be settled or released.
+    return Effect.matchEffect(Effect.uninterruptible(reserved), {
       onFailure: () =>
         onBudgetStoreError === "reject" ? Effect.fail(unavailable("budget")) : Effect.succeed(held(false)),
       onSuccess: (result) => {
@@ -348,12 +351,24 @@ export const make = Effect.fnUntraced(function* (
         })
       )
     }
-    return Effect.flatMap(recordOf(key), (record) =>
-      Effect.andThen(
-        limit(record, estimate.inputTokens + estimate.maxOutputTokens),
-        hold(record, model, estimate.inputTokens, estimate.maxOutputTokens)
+    return Effect.flatMap(recordOf(key), (record) => {
+      const held = hold(record, model, estimate.inputTokens, estimate.maxOutputTokens)
+      if (record.rpm === undefined && record.tpm === undefined) return held
+      // Both at once: one store round trip (and at most one store deadline) rather than two. A
+      // reservation made beside a refused slot is given back; a budget refusal says more than a wait.
+      return Effect.flatMap(
+        Effect.all(
+          [Effect.result(limit(record, estimate.inputTokens + estimate.maxOutputTokens)), Effect.result(held)],
+          { concurrency: 2 }
+        ),
+        ([slot, reservation]) =>
+          Result.isFailure(reservation)
+            ? Effect.fail(reservation.failure)
+            : Result.isFailure(slot)
+              ? Effect.andThen(release(reservation.success), Effect.fail(slot.failure))
+              : Effect.succeed(reservation.success)
       )
-    )
+    })
   }
 
   const finish = (held: Held, actual: ReadonlyArray<number>): Effect.Effect<void> => {
