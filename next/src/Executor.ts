@@ -21,6 +21,7 @@ import {
   requestLimits,
   type Service as ProviderService,
   type StreamPart,
+  checkGenerate,
   validateEmbed,
   validateGenerate
 } from "./Model.js"
@@ -395,25 +396,54 @@ export const make = Effect.fnUntraced(function* (options: Options = {}) {
     }
   }
 
-  const execute = (request: GenerateRequest, callOptions: ExecuteOptions = {}) =>
+  // The plan of a call depends on its request only through the rate limit's token estimate
+  // and the cache key: without those, calls with the same options share one plan.
+  const plans = new WeakMap<ExecuteOptions, Map<ProviderService, Plan<ProviderService, GenerateResponse>>>()
+  const sharedPlan = guards.rateLimit === undefined && guards.cache === undefined
+  const planOf = (
+    target: ProviderService,
+    request: GenerateRequest,
+    callOptions: ExecuteOptions,
+    resolved: ResolvedOptions
+  ): Plan<ProviderService, GenerateResponse> => {
+    if (!sharedPlan) return planFor(target, request, callOptions, resolved)
+    let byTarget = plans.get(callOptions)
+    if (byTarget === undefined) {
+      byTarget = new Map()
+      plans.set(callOptions, byTarget)
+    }
+    let plan = byTarget.get(target)
+    if (plan === undefined) {
+      plan = planFor(target, request, callOptions, resolved)
+      byTarget.set(target, plan)
+    }
+    return plan
+  }
+
+  const noOptions: ExecuteOptions = {}
+
+  const execute = (request: GenerateRequest, callOptions: ExecuteOptions = noOptions) =>
     Effect.suspend(() => {
       const target = callOptions.provider ?? provider
       const resolved = resolveSync(callOptions)
       if (Result.isFailure(resolved)) {
         return refused(invalidRequest(resolved.failure.path, resolved.failure.message), target, callOptions.domain)
       }
-      return Effect.matchEffect(validateGenerate(request, limits), {
-        onFailure: (error) => refused(error, target, callOptions.domain),
-        onSuccess: (valid) =>
-          Effect.map(
-            engine.run(planFor(target, valid, callOptions, resolved.success), (p) => p.generate(valid)),
-            (answer) => answer.value
-          )
-      })
+      const error = checkGenerate(request, limits)
+      if (error !== undefined) return refused(error, target, callOptions.domain)
+      return engine.runValue(planOf(target, request, callOptions, resolved.success), (p) => p.generate(request))
     })
 
-  const executeWithRetry = (request: GenerateRequest, callOptions: ExecuteOptions = {}) =>
-    execute(request, callOptions.retry === undefined ? { ...callOptions, retry: true } : callOptions)
+  const withRetry: ExecuteOptions = { retry: true }
+  const executeWithRetry = (request: GenerateRequest, callOptions: ExecuteOptions = noOptions) =>
+    execute(
+      request,
+      callOptions.retry !== undefined
+        ? callOptions
+        : callOptions === noOptions
+          ? withRetry
+          : { ...callOptions, retry: true }
+    )
 
   const executeMany = (requests: Iterable<GenerateRequest>, manyOptions: ManyOptions = {}) =>
     Effect.suspend(() => {

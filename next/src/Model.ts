@@ -392,7 +392,8 @@ const shapeError = (error: Schema.SchemaError, what: string): ModelError => {
   return invalidRequest(issue.path, `${issue.message} (in the ${what})`)
 }
 
-const refuse = (field: string, message: string) => Effect.fail(invalidRequest(field, message))
+const invalid = (field: string, message: string) => invalidRequest(field, message)
+const refuse = (field: string, message: string) => Effect.fail(invalid(field, message))
 
 /**
  * Checks a generation request before any provider sees it: its shape (unknown fields are
@@ -406,43 +407,58 @@ export const validateGenerate = (
   request: GenerateRequest,
   limits: RequestLimits = defaultRequestLimits
 ): Effect.Effect<GenerateRequest, ModelError> => {
+  const error = checkGenerate(request, limits)
+  return error === undefined ? Effect.succeed(request) : Effect.fail(error)
+}
+
+/**
+ * {@link validateGenerate} without an Effect, for hot paths: the error, or `undefined`
+ * when the request is valid.
+ *
+ * @since 0.2.0
+ * @category validation
+ */
+export const checkGenerate = (
+  request: GenerateRequest,
+  limits: RequestLimits = defaultRequestLimits
+): ModelError | undefined => {
   if (typeof request !== "object" || request === null) {
-    return refuse("request", `expected an object, got ${request === null ? "null" : typeof request}`)
+    return invalid("request", `expected an object, got ${request === null ? "null" : typeof request}`)
   }
   if (
     !isPlainGenerate(request as Record<string, unknown>) &&
     (!isGenerate(request) || !hasOnlyKeys(request, generateKeys))
   ) {
     const decoded = decodeGenerate(request)
-    if (Result.isFailure(decoded)) return Effect.fail(shapeError(decoded.failure, "request"))
+    if (Result.isFailure(decoded)) return shapeError(decoded.failure, "request")
   }
   if (request.prompt === undefined && request.messages === undefined) {
-    return refuse("prompt", "give either `prompt` or `messages`")
+    return invalid("prompt", "give either `prompt` or `messages`")
   }
   if (request.prompt !== undefined && request.messages !== undefined) {
-    return refuse("messages", "give either `prompt` or `messages`, not both")
+    return invalid("messages", "give either `prompt` or `messages`, not both")
   }
   let chars = request.system?.length ?? 0
   if (request.prompt !== undefined) {
-    if (request.prompt.trim().length === 0) return refuse("prompt", "the prompt is empty")
+    if (request.prompt.trim().length === 0) return invalid("prompt", "the prompt is empty")
     chars += request.prompt.length
   } else {
     const messages = request.messages!
-    if (messages.length === 0) return refuse("messages", "`messages` must not be empty")
+    if (messages.length === 0) return invalid("messages", "`messages` must not be empty")
     if (messages.length > limits.maxMessages) {
-      return refuse("messages", `${messages.length} messages exceed the limit of ${limits.maxMessages}`)
+      return invalid("messages", `${messages.length} messages exceed the limit of ${limits.maxMessages}`)
     }
     let anyContent = false
     for (const message of messages) {
       chars += message.content.length
       if (message.content.trim().length > 0 || message.toolCalls !== undefined) anyContent = true
     }
-    if (!anyContent) return refuse("messages", "every message is empty")
+    if (!anyContent) return invalid("messages", "every message is empty")
   }
   if (chars > limits.maxInputChars) {
-    return refuse("prompt", `the input has ${chars} characters, over the limit of ${limits.maxInputChars}`)
+    return invalid("prompt", `the input has ${chars} characters, over the limit of ${limits.maxInputChars}`)
   }
-  return Effect.succeed(request)
+  return undefined
 }
 
 /**

@@ -159,6 +159,11 @@ export interface Engine {
     plan: Plan<T, A>,
     call: (target: T, step: Step<T>) => Effect.Effect<A, AiError>
   ) => Effect.Effect<Answer<T, A>, AiError>
+  /** `run`, answering with the value only. */
+  readonly runValue: <T, A>(
+    plan: Plan<T, A>,
+    call: (target: T, step: Step<T>) => Effect.Effect<A, AiError>
+  ) => Effect.Effect<A, AiError>
   /** Runs `effect` as a tracked wait: shutdown interrupts it (the caller gets `ShuttingDownError`). */
   readonly tracked: <A, E>(
     effect: Effect.Effect<A, E>,
@@ -202,6 +207,8 @@ const unexpected = (cause: Cause.Cause<unknown>, provider: string): AiError => {
     cause: died.defect
   })
 }
+
+const valueOf = <T, A>(answer: Answer<T, A>): A => answer.value
 
 class CurrentStep extends Context.Service<CurrentStep, Step<unknown>>()("effect-orchestra/policy/CurrentStep") {}
 
@@ -269,6 +276,8 @@ export const make = (options: Options): Effect.Effect<Engine, never, Scope.Scope
       active--
       if (active === 0 && drained !== undefined) Deferred.doneUnsafe(drained, Exit.void)
     }
+
+    const leaveEffect = Effect.sync(leave)
 
     const admit = Effect.suspend(() => (closing ? Effect.fail(shuttingDown()) : Effect.void))
 
@@ -579,12 +588,40 @@ export const make = (options: Options): Effect.Effect<Engine, never, Scope.Scope
           deadlineAt = clock.currentTimeMillisUnsafe() + Duration.toMillis(plan.totalTimeout)
         }
         active++
-        return Effect.ensuring(body, Effect.sync(leave))
+        return Effect.ensuring(body, leaveEffect)
+      })
+    }
+
+    // `run` for callers that want only the value: a single-step plan without cache or hedge
+    // (most calls) skips building its Answer.
+    const runValue = <T, A>(
+      plan: Plan<T, A>,
+      call: (target: T, step: Step<T>) => Effect.Effect<A, AiError>
+    ): Effect.Effect<A, AiError> => {
+      if (plan.steps.length > 1 || plan.cache !== undefined) return Effect.map(run(plan, call), valueOf)
+      if (closing) return Effect.fail(shuttingDown())
+      return Effect.withFiber((fiber) => {
+        const external = fiber.getRef(CurrentCut)
+        const deadlineAt =
+          plan.totalTimeout === undefined
+            ? undefined
+            : clock.currentTimeMillisUnsafe() + Duration.toMillis(plan.totalTimeout)
+        const counter: Counter = {
+          attempts: 0,
+          cut: () => {
+            if (external?.error !== undefined) return reasonOf(external.error)
+            return deadlineAt !== undefined && clock.currentTimeMillisUnsafe() >= deadlineAt ? "Timeout" : undefined
+          }
+        }
+        const body = runStep(plan.steps[0], plan, call, counter)
+        active++
+        return Effect.ensuring(plan.totalTimeout === undefined ? body : tracked(body, plan.totalTimeout), leaveEffect)
       })
     }
 
     return {
       run,
+      runValue,
       tracked,
       lanes,
       admit,
