@@ -176,13 +176,16 @@ const parse = (output: string, dir: string, blocks: ReadonlyArray<Block>) => {
   const byFile = new Map(blocks.map((block) => [join(dir, block.file), block]))
   const problems: Array<Problem> = []
   const global: Array<string> = []
+  // The message of a diagnostic may go on over indented lines; those of a diagnostic outside the blocks are dropped.
   let last: { text: string } | undefined
+  let continued = false
   for (const line of output.split(/\r?\n/)) {
     if (line.trim().length === 0) continue
-    if (/^\s/.test(line) && last !== undefined) {
-      last.text += ` ${line.trim()}`
+    if (/^\s/.test(line) && continued) {
+      if (last !== undefined) last.text += ` ${line.trim()}`
       continue
     }
+    continued = true
     const match = DIAGNOSTIC.exec(line)
     if (match === null) {
       last = { text: line }
@@ -306,6 +309,155 @@ const runCases: ReadonlyArray<RunCase> = [
       ])
       for (const request of requests) assert.strictEqual(request.headers.authorization, `Bearer ${KEY}`)
       assert.deepStrictEqual(json(requests[1]!)["stream_options"], { include_usage: true })
+    }
+  },
+  {
+    doc: "docs/providers/ollama.md",
+    handler: (req, res) => {
+      const done = { model: "llama3.2", done: true, done_reason: "stop", prompt_eval_count: 26, eval_count: 8 }
+      if (req.path === "/api/embed") {
+        const input = json(req)["input"] as ReadonlyArray<string>
+        return Server.json(res, 200, { model: "nomic-embed-text", embeddings: input.map(() => [0.1, 0.2, 0.3]) })
+      }
+      if (json(req)["stream"] !== true) {
+        return Server.json(res, 200, { ...done, message: { role: "assistant", content: "Rayleigh scattering." } })
+      }
+      const line = (content: string) => ({ model: "llama3.2", message: { role: "assistant", content }, done: false })
+      return Server.chunked(
+        res,
+        Server.splitAwkward(Server.ndjson([line("One, two, "), line("three, four, five."), { ...done, message: {} }])),
+        { contentType: "application/x-ndjson" }
+      )
+    },
+    env: (url) => ({ OLLAMA_HOST: url.replace("http://", "") }),
+    prints: [
+      /Rayleigh scattering\. \(26 in, 8 out\)/,
+      /One, two, three, four, five\./,
+      /stop, 8 tokens/,
+      /2 vectors of 3/
+    ],
+    check: (requests) => {
+      assert.deepStrictEqual(paths(requests), ["POST /api/chat", "POST /api/chat", "POST /api/embed"])
+      assert.deepStrictEqual(json(requests[0]!)["messages"], [
+        { role: "system", content: "Answer in one line." },
+        { role: "user", content: "Why is the sky blue?" }
+      ])
+      assert.isUndefined(requests[0]!.headers.authorization)
+    }
+  },
+  {
+    doc: "docs/providers/gemini.md",
+    handler: (req, res) => {
+      const candidate = (text: string, finishReason?: string) => ({
+        candidates: [{ content: { role: "model", parts: [{ text }] }, ...(finishReason ? { finishReason } : {}) }],
+        modelVersion: "gemini-2.5-flash"
+      })
+      const usageMetadata = { promptTokenCount: 8, candidatesTokenCount: 5, totalTokenCount: 13 }
+      if (req.path.endsWith(":batchEmbedContents")) {
+        const requests = json(req)["requests"] as ReadonlyArray<unknown>
+        return Server.json(res, 200, { embeddings: requests.map(() => ({ values: [0.5, 0.25, 0.125, 1] })) })
+      }
+      if (req.path.endsWith(":generateContent")) {
+        return Server.json(res, 200, { ...candidate("2, 3 and 5.", "STOP"), usageMetadata })
+      }
+      return Server.chunked(
+        res,
+        Server.splitAwkward(
+          Server.sse([candidate("One, two, "), { ...candidate("three, four, five.", "STOP"), usageMetadata }])
+        )
+      )
+    },
+    env: (url) => ({ GEMINI_API_KEY: KEY, GEMINI_BASE_URL: url }),
+    prints: [
+      /2, 3 and 5\. \(gemini-2\.5-flash, 13 tokens\)/,
+      /One, two, three, four, five\./,
+      /stop, 5 tokens/,
+      /2 vectors of 4/
+    ],
+    check: (requests) => {
+      assert.deepStrictEqual(paths(requests), [
+        "POST /v1beta/models/gemini-2.5-flash:generateContent",
+        "POST /v1beta/models/gemini-2.5-flash:streamGenerateContent",
+        "POST /v1beta/models/gemini-embedding-001:batchEmbedContents"
+      ])
+      for (const request of requests) {
+        assert.strictEqual(request.headers["x-goog-api-key"], KEY)
+        assert.isNull(request.search.get("key"))
+      }
+      assert.strictEqual(requests[1]!.search.get("alt"), "sse")
+      assert.deepStrictEqual(json(requests[0]!)["systemInstruction"], { parts: [{ text: "Be terse." }] })
+    }
+  },
+  {
+    doc: "docs/providers/watsonx.md",
+    handler: async (req, res) => {
+      if (req.path === "/identity/token") {
+        // Slow enough that the three concurrent calls all wait on this one fetch.
+        await Server.pause(100)
+        return Server.json(res, 200, { access_token: "iam-token-1", token_type: "Bearer", expires_in: 3600 })
+      }
+      if (req.path === "/ml/v1/text/embeddings") {
+        const inputs = json(req)["inputs"] as ReadonlyArray<string>
+        return Server.json(res, 200, { results: inputs.map(() => ({ embedding: [1, 2] })), input_token_count: 2 })
+      }
+      if (req.path === "/ml/v1/text/chat") {
+        const messages = json(req)["messages"] as ReadonlyArray<{ content: ReadonlyArray<{ text: string }> }>
+        const prompt = messages.at(-1)!.content[0]!.text
+        return Server.json(res, 200, {
+          model_id: "ibm/granite-3-8b-instruct",
+          choices: [
+            { index: 0, message: { role: "assistant", content: `granite says ${prompt}` }, finish_reason: "stop" }
+          ],
+          usage: { prompt_tokens: 3, completion_tokens: 3, total_tokens: 6 }
+        })
+      }
+      const chunk = (content: string, finish: string | null = null) => ({
+        model_id: "ibm/granite-3-8b-instruct",
+        choices: [{ index: 0, delta: { content }, finish_reason: finish }],
+        ...(finish === null ? {} : { usage: { prompt_tokens: 4, completion_tokens: 9, total_tokens: 13 } })
+      })
+      return Server.chunked(
+        res,
+        Server.splitAwkward(
+          Server.sse([
+            { event: "message", data: chunk("One, two, ") },
+            { event: "message", data: chunk("three, four, five.", "stop") }
+          ])
+        )
+      )
+    },
+    env: (url) => ({
+      WATSONX_API_KEY: KEY,
+      WATSONX_PROJECT_ID: "proj-docs",
+      WATSONX_URL: url,
+      WATSONX_IAM_URL: `${url}/identity/token`
+    }),
+    prints: [
+      /granite says one\s+granite says two\s+granite says three/,
+      /One, two, three, four, five\./,
+      /stop, 9 tokens/,
+      /2 vectors of 2/
+    ],
+    check: (requests) => {
+      const iam = requests.filter((r) => r.path === "/identity/token")
+      assert.lengthOf(iam, 1)
+      assert.deepStrictEqual(Object.fromEntries(new URLSearchParams(iam[0]!.body)), {
+        grant_type: "urn:ibm:params:oauth:grant-type:apikey",
+        apikey: KEY
+      })
+      const api = requests.filter((r) => r.path.startsWith("/ml/"))
+      assert.deepStrictEqual(api.map((r) => r.path).sort(), [
+        "/ml/v1/text/chat",
+        "/ml/v1/text/chat",
+        "/ml/v1/text/chat",
+        "/ml/v1/text/chat_stream",
+        "/ml/v1/text/embeddings"
+      ])
+      for (const request of api) {
+        assert.strictEqual(request.headers.authorization, "Bearer iam-token-1")
+        assert.strictEqual(request.search.get("version"), "2024-05-31")
+        assert.strictEqual(json(request)["project_id"], "proj-docs")
+      }
     }
   }
 ]
