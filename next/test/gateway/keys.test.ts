@@ -34,12 +34,15 @@ const unique = (label: string) => `${label}-${++counter}-${Math.random().toStrin
 const memory = (options: KeyStore.Options) =>
   Effect.map(Layer.build(KeyStore.layerMemory(options)), Context.get(KeyStore.KeyAdmin))
 
-const onRedis = (server: RedisServer, options: KeyStore.RedisOptions, commandTimeout: Duration.Input = "300 millis") =>
+/** Deadlines generous enough for a loaded machine, unless a test is about them. */
+const onRedis = (server: RedisServer, options: KeyStore.RedisOptions, commandTimeout: Duration.Input = "2 seconds") =>
   Effect.gen(function* () {
     const context = yield* Layer.build(
-      KeyStore.layerRedis({ prefix: `${unique("gw")}:`, ...options }).pipe(
-        Layer.provideMerge(Redis.layer({ url: server.url, commandTimeout }))
-      )
+      KeyStore.layerRedis({
+        prefix: `${unique("gw")}:`,
+        ...options,
+        redis: { timeout: "2 seconds", ...options.redis }
+      }).pipe(Layer.provideMerge(Redis.layer({ url: server.url, commandTimeout })))
     )
     return { store: Context.get(context, KeyStore.KeyAdmin), redis: Context.get(context, PersistenceRedis.Redis) }
   })

@@ -34,7 +34,7 @@ import * as Input from "../../Input.js"
 import * as RateLimitRedis from "../../RateLimit/Redis.js"
 import * as SharedRedis from "../../Redis.js"
 import type { Budgets } from "./ledger.js"
-import { makeMemory } from "./ledger.js"
+import * as Memory from "./memory.js"
 import * as KeyOptions from "./options.js"
 import * as RedisBackend from "./redis.js"
 import { hash } from "./secret.js"
@@ -263,7 +263,7 @@ export const layerMemory = (options: Options = {}): Layer.Layer<KeyAdmin | Gatew
     Effect.gen(function* () {
       const resolved = yield* Input.orConfigError(KeyOptions.check(options))
       const limiter = yield* Effect.provide(RateLimiter.RateLimiterStore, RateLimiter.layerStoreMemory)
-      return both(yield* make(resolved, makeMemory(), { store: limiter, onStoreError: "allow" }, "reject"))
+      return both(yield* make(resolved, Memory.make(), { store: limiter, onStoreError: "allow" }, "reject"))
     })
   )
 

@@ -1,19 +1,20 @@
 /**
  * The key store on a backend (memory or Redis): authentication through a short cache,
- * per-key limits on `RateLimit`, budget reservations on the ledger, the remaining-budget
- * gauges, and the admin operations.
+ * per-key limits on `RateLimit`, budget reservations on the ledger (and the gauges of what
+ * remains), with the admin operations of `manage.ts`.
  *
  * @internal
  */
-import { Clock, Duration, Effect, Metric, Redacted, Result } from "effect"
+import { Clock, Duration, Effect, Redacted, Result } from "effect"
 import type { RateLimiter } from "effect/persistence"
 import type { ModelError } from "../../AiError.js"
 import type * as Gateway from "../../Gateway.js"
-import * as Metrics from "../../Metrics.js"
 import * as RateLimit from "../../RateLimit.js"
 import type { Guard } from "../../Redis.js"
 import { type GatewayError, gatewayError } from "../errors.js"
-import type { Created, KeyContext, KeyInfo, Service, SpendLine } from "./KeyStore.js"
+import { notFound, unavailable } from "./failures.js"
+import * as Gauges from "./gauges.js"
+import type { KeyContext, Service } from "./KeyStore.js"
 import {
   amountOf,
   type Backend,
@@ -26,8 +27,9 @@ import {
   shown,
   windowEnd
 } from "./ledger.js"
-import { createRequest, id as checkId, type KeyRecord, type Price, type Resolved } from "./options.js"
-import { generate, hash, randomId } from "./secret.js"
+import * as Manage from "./manage.js"
+import { id as checkId, type KeyRecord, type Price, type Resolved } from "./options.js"
+import { hash, randomId } from "./secret.js"
 
 /** A reservation this store made; settled or released once. */
 class Held {
@@ -61,15 +63,6 @@ const amountText = (counter: Counter, amount: number): string =>
 
 const count = (input: unknown): number =>
   typeof input === "number" && Number.isFinite(input) && input > 0 ? Math.min(Math.floor(input), maxCount) : 0
-
-const unavailable = (what: string) =>
-  gatewayError("Unavailable", `The ${what} store is unavailable; try again shortly`, {
-    code: "store_unavailable",
-    retryAfter: Duration.seconds(1)
-  })
-
-const notFound = (id: string) =>
-  gatewayError("NotFound", `No key with the id "${id}"`, { param: "id", code: "key_not_found" })
 
 /**
  * @internal
@@ -183,35 +176,9 @@ export const make = Effect.fnUntraced(function* (
     return found !== undefined ? Effect.succeed(found) : Effect.mapError(findById(key.id), () => unauthorized())
   }
 
-  // --- gauges ---
-
-  const gauges = new Map<string, { value: number }>()
-  const registrations: Array<Metric.Registration> = []
-  yield* Effect.addFinalizer(() =>
-    Effect.sync(() => {
-      for (const registration of registrations) registration.remove()
-      registrations.length = 0
-    })
-  )
-  const gauge = (keyId: string, counter: Counter, level: Level) => {
-    const name = `${keyId}\u0000${counter.scope}\u0000${counter.unit}\u0000${counter.model ?? ""}`
-    let series = gauges.get(name)
-    if (series === undefined) {
-      const created = { value: 0 }
-      const attributes: Record<string, string> = { key: keyId, scope: counter.scope, budget_unit: counter.unit }
-      if (counter.model !== undefined) attributes.model = counter.model
-      registrations.push(
-        Metric.registerUnsafe(Metric.withAttributes(Metrics.gatewayBudgetRemaining, attributes), context, {
-          get: () => ({ value: created.value }),
-          update: () => {},
-          modify: () => {}
-        })
-      )
-      gauges.set(name, created)
-      series = created
-    }
-    series.value = shown(counter.unit, Math.max(0, counter.limit - level.spent - level.held))
-  }
+  const gauges = Gauges.make(context)
+  yield* Effect.addFinalizer(() => Effect.sync(gauges.remove))
+  const gauge = gauges.set
 
   // --- limits ---
 
@@ -413,134 +380,17 @@ export const make = Effect.fnUntraced(function* (
       )
     })
 
-  // --- admin ---
-
-  const info = (record: KeyRecord): KeyInfo => ({
-    id: record.id,
-    name: record.name,
-    prefix: record.prefix,
-    team: record.team,
-    allowedModels: record.allowedModels,
-    rpm: record.rpm,
-    tpm: record.tpm,
-    budget: record.budget,
-    modelBudgets: record.modelBudgets,
-    disabled: record.disabled,
-    createdAt: record.source === "config" ? undefined : new Date(record.createdAt).toISOString(),
-    source: record.source
+  const manage = Manage.make({
+    resolved,
+    backend,
+    now,
+    configById,
+    findById,
+    budgetsOf,
+    forget: (sha256) => {
+      cache.delete(sha256)
+    }
   })
 
-  const create = (input: unknown): Effect.Effect<Created, GatewayError> =>
-    Effect.suspend(() => {
-      const checked = createRequest(input)
-      if (Result.isFailure(checked)) {
-        const { path, message } = checked.failure
-        return Effect.fail(gatewayError("InvalidRequest", `invalid ${path}: ${message}`, { param: path }))
-      }
-      const id = checked.success.id ?? `key-${randomId(12)}`
-      const taken = () =>
-        gatewayError("InvalidRequest", `A key with the id "${id}" exists`, {
-          status: 409,
-          param: "id",
-          code: "key_exists"
-        })
-      if (configById.has(id)) return Effect.fail(taken())
-      const secret = generate()
-      const record: KeyRecord = {
-        ...checked.success.policy,
-        id,
-        sha256: secret.sha256,
-        prefix: secret.prefix,
-        disabled: false,
-        createdAt: now(),
-        source: "store"
-      }
-      return backend.insert(record, resolved.maxKeys).pipe(
-        Effect.mapError(() => unavailable("key")),
-        Effect.flatMap((result) => {
-          switch (result) {
-            case "inserted":
-              return Effect.succeed({ key: info(record), secret: secret.secret })
-            case "id-taken":
-              return Effect.fail(taken())
-            case "full":
-              return Effect.fail(
-                gatewayError("InvalidRequest", `The store holds its most keys (${resolved.maxKeys})`, {
-                  code: "too_many_keys"
-                })
-              )
-            default:
-              return Effect.fail(gatewayError("Internal", "a fresh secret collided with a stored one; try again"))
-          }
-        })
-      )
-    })
-
-  const list: Effect.Effect<ReadonlyArray<KeyInfo>, GatewayError> = backend.list.pipe(
-    Effect.mapError(() => unavailable("key")),
-    Effect.map((stored) => {
-      const out = resolved.keys.map(info)
-      const sorted = [...stored].sort((a, b) => a.createdAt - b.createdAt || (a.id < b.id ? -1 : 1))
-      for (const record of sorted) if (!configById.has(record.id)) out.push(info(record))
-      return out
-    })
-  )
-
-  const setDisabled = (id: string, disabled: boolean): Effect.Effect<KeyInfo, GatewayError> =>
-    Effect.suspend(() => {
-      if (configById.has(id)) {
-        return Effect.fail(
-          gatewayError("Forbidden", `The key "${id}" is defined in the configuration: change it there`, {
-            param: "id",
-            code: "key_in_configuration"
-          })
-        )
-      }
-      if (Result.isFailure(checkId("id", id))) return Effect.fail(notFound(String(id).slice(0, 64)))
-      return backend.setDisabled(id, disabled).pipe(
-        Effect.mapError(() => unavailable("key")),
-        Effect.flatMap((record) => {
-          if (record === undefined) return Effect.fail(notFound(id))
-          cache.delete(record.sha256)
-          return Effect.succeed(info(record))
-        })
-      )
-    })
-
-  const spend = (id: string): Effect.Effect<ReadonlyArray<SpendLine>, GatewayError> =>
-    Effect.flatMap(findById(id), (record) => {
-      const counters = countersFor(record.id, record.team, budgetsOf(record), undefined, now())
-      if (counters.length === 0) return Effect.succeed([])
-      return backend.read(counters).pipe(
-        Effect.mapError(() => unavailable("budget")),
-        Effect.map((levels) =>
-          counters.map((counter, i): SpendLine => {
-            const level = levels[i]!
-            const end = windowEnd(counter)
-            return {
-              scope: counter.scope,
-              id: counter.scopeId,
-              unit: counter.unit,
-              spent: shown(counter.unit, level.spent),
-              held: shown(counter.unit, level.held),
-              limit: shown(counter.unit, counter.limit),
-              remaining: shown(counter.unit, Math.max(0, counter.limit - level.spent - level.held)),
-              resetsAt: end === undefined ? undefined : new Date(end).toISOString()
-            }
-          })
-        )
-      )
-    })
-
-  return {
-    authenticate,
-    reserve,
-    settle,
-    release,
-    create,
-    list,
-    get: (id) => Effect.map(findById(id), info),
-    setDisabled,
-    spend
-  } satisfies Service
+  return { authenticate, reserve, settle, release, ...manage } satisfies Service
 })

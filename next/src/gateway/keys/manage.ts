@@ -1,0 +1,162 @@
+/**
+ * The key store's admin operations: create a key (its secret made here and returned once),
+ * list and read keys (never a secret or a hash), disable or enable a created key, and read
+ * each budget of a key in its current period.
+ *
+ * @internal
+ */
+import { Effect, Result } from "effect"
+import { type GatewayError, gatewayError } from "../errors.js"
+import { notFound, unavailable } from "./failures.js"
+import type { Created, KeyInfo, SpendLine } from "./KeyStore.js"
+import { type Backend, type Budgets, countersFor, shown, windowEnd } from "./ledger.js"
+import { createRequest, id as checkId, type KeyRecord, type Resolved } from "./options.js"
+import { generate, randomId } from "./secret.js"
+
+/**
+ * What the admin operations share with the rest of the store.
+ *
+ * @internal
+ */
+export interface Deps {
+  readonly resolved: Resolved
+  readonly backend: Backend
+  readonly now: () => number
+  readonly configById: ReadonlyMap<string, KeyRecord>
+  readonly findById: (id: string) => Effect.Effect<KeyRecord, GatewayError>
+  readonly budgetsOf: (record: KeyRecord) => Budgets
+  /** Drops what the authentication cache holds for a secret's hash. */
+  readonly forget: (sha256: string) => void
+}
+
+/**
+ * @internal
+ */
+export const make = (deps: Deps) => {
+  const { resolved, backend, now, configById, findById, budgetsOf } = deps
+
+  const info = (record: KeyRecord): KeyInfo => ({
+    id: record.id,
+    name: record.name,
+    prefix: record.prefix,
+    team: record.team,
+    allowedModels: record.allowedModels,
+    rpm: record.rpm,
+    tpm: record.tpm,
+    budget: record.budget,
+    modelBudgets: record.modelBudgets,
+    disabled: record.disabled,
+    createdAt: record.source === "config" ? undefined : new Date(record.createdAt).toISOString(),
+    source: record.source
+  })
+
+  const create = (input: unknown): Effect.Effect<Created, GatewayError> =>
+    Effect.suspend(() => {
+      const checked = createRequest(input)
+      if (Result.isFailure(checked)) {
+        const { path, message } = checked.failure
+        return Effect.fail(gatewayError("InvalidRequest", `invalid ${path}: ${message}`, { param: path }))
+      }
+      const id = checked.success.id ?? `key-${randomId(12)}`
+      const taken = () =>
+        gatewayError("InvalidRequest", `A key with the id "${id}" exists`, {
+          status: 409,
+          param: "id",
+          code: "key_exists"
+        })
+      if (configById.has(id)) return Effect.fail(taken())
+      const secret = generate()
+      const record: KeyRecord = {
+        ...checked.success.policy,
+        id,
+        sha256: secret.sha256,
+        prefix: secret.prefix,
+        disabled: false,
+        createdAt: now(),
+        source: "store"
+      }
+      return backend.insert(record, resolved.maxKeys).pipe(
+        Effect.mapError(() => unavailable("key")),
+        Effect.flatMap((result) => {
+          switch (result) {
+            case "inserted":
+              return Effect.succeed({ key: info(record), secret: secret.secret })
+            case "id-taken":
+              return Effect.fail(taken())
+            case "full":
+              return Effect.fail(
+                gatewayError("InvalidRequest", `The store holds its most keys (${resolved.maxKeys})`, {
+                  code: "too_many_keys"
+                })
+              )
+            default:
+              return Effect.fail(gatewayError("Internal", "a fresh secret collided with a stored one; try again"))
+          }
+        })
+      )
+    })
+
+  const list: Effect.Effect<ReadonlyArray<KeyInfo>, GatewayError> = backend.list.pipe(
+    Effect.mapError(() => unavailable("key")),
+    Effect.map((stored) => {
+      const out = resolved.keys.map(info)
+      const sorted = [...stored].sort((a, b) => a.createdAt - b.createdAt || (a.id < b.id ? -1 : 1))
+      for (const record of sorted) if (!configById.has(record.id)) out.push(info(record))
+      return out
+    })
+  )
+
+  const setDisabled = (id: string, disabled: boolean): Effect.Effect<KeyInfo, GatewayError> =>
+    Effect.suspend(() => {
+      if (configById.has(id)) {
+        return Effect.fail(
+          gatewayError("Forbidden", `The key "${id}" is defined in the configuration: change it there`, {
+            param: "id",
+            code: "key_in_configuration"
+          })
+        )
+      }
+      if (Result.isFailure(checkId("id", id))) return Effect.fail(notFound(String(id).slice(0, 64)))
+      return backend.setDisabled(id, disabled).pipe(
+        Effect.mapError(() => unavailable("key")),
+        Effect.flatMap((record) => {
+          if (record === undefined) return Effect.fail(notFound(id))
+          deps.forget(record.sha256)
+          return Effect.succeed(info(record))
+        })
+      )
+    })
+
+  const spend = (id: string): Effect.Effect<ReadonlyArray<SpendLine>, GatewayError> =>
+    Effect.flatMap(findById(id), (record) => {
+      const counters = countersFor(record.id, record.team, budgetsOf(record), undefined, now())
+      if (counters.length === 0) return Effect.succeed([])
+      return backend.read(counters).pipe(
+        Effect.mapError(() => unavailable("budget")),
+        Effect.map((levels) =>
+          counters.map((counter, i): SpendLine => {
+            const level = levels[i]!
+            const end = windowEnd(counter)
+            return {
+              scope: counter.scope,
+              id: counter.scopeId,
+              unit: counter.unit,
+              spent: shown(counter.unit, level.spent),
+              held: shown(counter.unit, level.held),
+              limit: shown(counter.unit, counter.limit),
+              remaining: shown(counter.unit, Math.max(0, counter.limit - level.spent - level.held)),
+              resetsAt: end === undefined ? undefined : new Date(end).toISOString()
+            }
+          })
+        )
+      )
+    })
+
+  return {
+    create,
+    list,
+    get: (id: string): Effect.Effect<KeyInfo, GatewayError> => Effect.map(findById(id), info),
+    setDisabled,
+    spend
+  }
+}

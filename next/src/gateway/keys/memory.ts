@@ -1,0 +1,141 @@
+/**
+ * The key store in this process: a directory of created keys and a ledger of budget
+ * counters. Every operation is one synchronous step, so a reservation on several counters
+ * is atomic. A counter of a past window is dropped when its next window is first used;
+ * leases not settled by their end are given back.
+ *
+ * @internal
+ */
+import { Effect } from "effect"
+import type { Backend, Counter, Ledger, Level } from "./ledger.js"
+import { escapePart } from "./ledger.js"
+import type { KeyRecord } from "./options.js"
+
+interface MemoryCounter {
+  spent: number
+  held: number
+  /** Reservation id -> amount held and lease end. */
+  readonly leases: Map<string, { readonly amount: number; readonly expires: number }>
+  nextSweep: number
+}
+
+/**
+ * @internal
+ */
+export const make = (): Backend => {
+  const byId = new Map<string, KeyRecord>()
+  const byHash = new Map<string, KeyRecord>()
+  const counters = new Map<string, MemoryCounter>()
+  // Base name (without window) -> the name of its current window's counter.
+  const current = new Map<string, string>()
+
+  const baseOf = (c: Counter) => `${c.scope}:${escapePart(c.scopeId)}:${c.unit}`
+
+  const get = (c: Counter, create: boolean): MemoryCounter | undefined => {
+    let found = counters.get(c.name)
+    if (found === undefined && create) {
+      if (c.window !== undefined) {
+        const base = baseOf(c)
+        const previous = current.get(base)
+        if (previous !== undefined) counters.delete(previous)
+        current.set(base, c.name)
+      }
+      found = { spent: 0, held: 0, leases: new Map(), nextSweep: 0 }
+      counters.set(c.name, found)
+    }
+    return found
+  }
+
+  const sweep = (state: MemoryCounter, now: number, leaseMs: number) => {
+    if (now < state.nextSweep) return
+    state.nextSweep = now + Math.max(1000, Math.floor(leaseMs / 4))
+    for (const [id, lease] of state.leases) {
+      if (lease.expires <= now) {
+        state.held -= lease.amount
+        state.leases.delete(id)
+      }
+    }
+  }
+
+  const reserve: Ledger["reserve"] = (id, charges, leaseMs, now) =>
+    Effect.sync(() => {
+      const states: Array<MemoryCounter> = []
+      for (let i = 0; i < charges.length; i++) {
+        const { counter: c, amount } = charges[i]!
+        const state = get(c, true)!
+        sweep(state, now, leaseMs)
+        const used = state.spent + state.held
+        if (used + amount > c.limit || used >= c.limit) {
+          return { _tag: "Exceeded", index: i, level: { spent: state.spent, held: state.held } } as const
+        }
+        states.push(state)
+      }
+      const levels: Array<Level> = []
+      for (let i = 0; i < charges.length; i++) {
+        const state = states[i]!
+        const amount = charges[i]!.amount
+        if (amount > 0) {
+          state.held += amount
+          state.leases.set(id, { amount, expires: now + leaseMs })
+        }
+        levels.push({ spent: state.spent, held: state.held })
+      }
+      return { _tag: "Reserved", levels } as const
+    })
+
+  const settle: Ledger["settle"] = (id, charges, actual) =>
+    Effect.sync(() => {
+      const levels: Array<Level> = []
+      for (let i = 0; i < charges.length; i++) {
+        const state = get(charges[i]!.counter, false)
+        if (state === undefined) {
+          levels.push({ spent: 0, held: 0 })
+          continue
+        }
+        const lease = state.leases.get(id)
+        if (lease !== undefined) {
+          state.leases.delete(id)
+          state.held -= lease.amount
+        }
+        state.spent += Math.max(0, actual[i] ?? 0)
+        levels.push({ spent: state.spent, held: state.held })
+      }
+      return levels
+    })
+
+  const read: Ledger["read"] = (list) =>
+    Effect.sync(() =>
+      list.map((c) => {
+        const state = get(c, false)
+        return state === undefined ? { spent: 0, held: 0 } : { spent: state.spent, held: state.held }
+      })
+    )
+
+  return {
+    local: true,
+    reserve,
+    settle,
+    read,
+    byHash: (sha256) => Effect.sync(() => byHash.get(sha256)),
+    byId: (id) => Effect.sync(() => byId.get(id)),
+    insert: (record, maxKeys) =>
+      Effect.sync(() => {
+        if (byId.has(record.id)) return "id-taken"
+        if (byHash.has(record.sha256)) return "secret-taken"
+        if (byId.size >= maxKeys) return "full"
+        byId.set(record.id, record)
+        byHash.set(record.sha256, record)
+        return "inserted"
+      }),
+    list: Effect.sync(() => [...byId.values()]),
+    setDisabled: (id, disabled) =>
+      Effect.sync(() => {
+        const found = byId.get(id)
+        if (found === undefined) return undefined
+        const updated = { ...found, disabled }
+        byId.set(id, updated)
+        byHash.set(updated.sha256, updated)
+        return updated
+      })
+  }
+}
