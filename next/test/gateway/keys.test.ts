@@ -98,6 +98,8 @@ describe("KeyStore: keys", () => {
         [{ keys: [key("a", secretA, { tpm: 1.5 })] }, "keys[0].tpm"],
         [{ keys: [key("a", secretA, { budget: { tokens: Number.NaN } })] }, "keys[0].budget.tokens"],
         [{ keys: [key("a", secretA, { budget: { usd: -1 } })] }, "keys[0].budget.usd"],
+        [{ keys: [key("a", secretA, { budget: { usd: 2e6 } })] }, "keys[0].budget.usd"],
+        [{ keys: [key("a", secretA, { budget: { tokens: 1e16 } })] }, "keys[0].budget.tokens"],
         [{ keys: [key("a", secretA, { budget: {} })] }, "keys[0].budget"],
         [{ keys: [key("a", secretA, { budget: { tokens: 5, period: "-1 day" } })] }, "keys[0].budget.period"],
         [{ keys: [key("a", secretA, { modelBudgets: { m: { tokens: 0 } } })] }, "keys[0].modelBudgets.m.tokens"],
@@ -502,6 +504,33 @@ describe.skipIf(skipRedis)(`KeyStore on Redis (${skipRedis ? skipReason : "needs
         assert.deepStrictEqual(
           (yield* two.store.spend("racer")).map((l) => [l.spent, l.held, l.remaining]),
           [[200, 0, 800]]
+        )
+      })
+    )
+  )
+
+  it.live("large amounts stay exact integers in Redis (nano-dollars past 10^14)", () =>
+    Effect.scoped(
+      Effect.gen(function* () {
+        const server = yield* startRedis
+        const { store } = yield* onRedis(server, { prices: { big: { input: 1000, output: 1000 } } })
+        const created = yield* store.create({ id: "rich", budget: { usd: 1_000_000 } })
+        const k = yield* store.authenticate(created.secret)
+        // 300M tokens at $1,000 per million: $300,000, i.e. 3 * 10^14 nano-dollars.
+        const held = yield* store.reserve(k, "big", estimate(200_000_000, 100_000_000))
+        assert.deepStrictEqual(
+          (yield* store.spend("rich")).map((l) => [l.spent, l.held, l.remaining]),
+          [[0, 300_000, 700_000]]
+        )
+        yield* store.settle(held, { inputTokens: 123_456_789, outputTokens: 1 })
+        assert.deepStrictEqual(
+          (yield* store.spend("rich")).map((l) => [l.spent, l.held]),
+          [[123_456.79, 0]]
+        )
+        const refused = yield* failure(store.reserve(k, "big", estimate(900_000_000, 0)))
+        assert.deepStrictEqual(
+          [refused.reason, refused.spent, refused.limit],
+          ["BudgetExceeded", 123_456.79, 1_000_000]
         )
       })
     )

@@ -10,12 +10,15 @@
  *   admin get a fresh `sk-orch-...` secret, returned once, and keep its first 12
  *   characters (`prefix`) for admins to tell keys apart.
  * - Before a call, `reserve` takes one request and its estimated tokens from the key's
- *   `rpm`/`tpm` limits (on `RateLimit`, so replicas share one count), then holds the
- *   request's largest cost (its input estimate plus `max_tokens`, in tokens and, through
- *   the price table, in dollars) on every budget that applies: the key's, its team's and
- *   the key's budget for the model. All at once or not at all (one Lua script on Redis),
- *   so concurrent first requests cannot overspend. After the call `settle` gives back the
- *   unused part and records the real usage; `release` gives it all back.
+ *   `rpm`/`tpm` limits (on `RateLimit`, so replicas share one count; `tpm` counts the
+ *   estimate, as OpenAI counts `max_tokens`) and, at the same time, holds the request's
+ *   largest cost (its input estimate plus `max_tokens`, in tokens and, through the price
+ *   table, in dollars) on every budget that applies: the key's, its team's and the key's
+ *   budget for the model. All at once or not at all (one Lua script on Redis), so
+ *   concurrent first requests cannot overspend; a request refused by the limit holds
+ *   nothing. After the call `settle` gives back the unused part and records the real usage
+ *   (what was reserved, when the provider reports no usage); `release` gives it all back.
+ *   A reservation never settled (its gateway died) is given back after `reservationTtl`.
  * - An exceeded budget is a 429 `GatewayError` (`BudgetExceeded`) naming the scope, its
  *   id, the unit, the amount spent (with what requests in flight hold) and the limit; a
  *   limit reached is a 429 `RateLimited` with `Retry-After`.

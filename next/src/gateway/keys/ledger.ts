@@ -219,11 +219,15 @@ export const countersFor = (
  * @internal
  */
 export const amountOf = (unit: Unit, price: Price | undefined, inputTokens: number, outputTokens: number): number =>
-  unit === "tokens"
-    ? inputTokens + outputTokens
-    : price === undefined
-      ? 0
-      : Math.ceil(inputTokens * price.input * 1000 + outputTokens * price.output * 1000)
+  // Amounts stay exact integers (in JavaScript and in Redis's HINCRBY) however large the request.
+  Math.min(
+    Number.MAX_SAFE_INTEGER,
+    unit === "tokens"
+      ? inputTokens + outputTokens
+      : price === undefined
+        ? 0
+        : Math.ceil(inputTokens * price.input * 1000 + outputTokens * price.output * 1000)
+  )
 
 /**
  * A counter's amount in its unit as users read it (tokens, or dollars).

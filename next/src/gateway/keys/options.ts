@@ -189,8 +189,8 @@ export const budget = (path: string, input: unknown): Checked<ResolvedBudget> =>
     if (b.tokens === undefined && b.usd === undefined) return fail(path, "expected tokens, usd or both")
     return Result.map(
       Input.all([
-        Input.optional(b.tokens, (n) => Input.positiveInt(at(path, "tokens"), n, Number.MAX_SAFE_INTEGER)),
-        Input.optional(b.usd, (n) => Input.number(at(path, "usd"), n, { min: 0, minExclusive: true, max: 1e9 })),
+        Input.optional(b.tokens, (n) => Input.positiveInt(at(path, "tokens"), n, 1e15)),
+        Input.optional(b.usd, (n) => Input.number(at(path, "usd"), n, { min: 0, minExclusive: true, max: 1e6 })),
         Input.optional(b.period, (d) =>
           Result.flatMap(Input.duration(at(path, "period"), d), (period) => {
             const ms = Duration.toMillis(period)
