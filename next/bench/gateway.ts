@@ -1,0 +1,444 @@
+/**
+ * The gateway under an open-loop, fixed-rate load, beside a direct call to the upstream
+ * and beside a plain Node `http` proxy with a keep-alive agent (the floor).
+ *
+ *   npx tsc -p tsconfig.build.json            # the gateway runs on the compiled dist/
+ *   node bench/gateway.ts                     # Node 24 strips the types of this file itself
+ *   node bench/gateway.ts --quick             # shorter runs, one round
+ *
+ * Four processes: this one (the load generator), a mock upstream answering
+ * `/v1/chat/completions` after 20 ms, and the target (the gateway or the proxy; none for
+ * direct calls). The generator sends request i at t0 + i/rate whatever happened before
+ * (open loop: a slow target does not slow the sender) and measures each latency from that
+ * scheduled time, so queueing shows (autocannon -R does not hold its rate, and measures
+ * from the actual send).
+ *
+ * The gateway has every policy on: key check (an in-memory key store with a key, its rpm
+ * and a token budget reserved and settled per request), attempt deadline, retry policy,
+ * breaker, rate limit, metrics; no response cache (every request is the same, a cache would
+ * answer them all).
+ *
+ * Parts: A. added latency p50/p99, CPU per request and RSS at 500 and 1,000 requests/s
+ * (interleaved rounds, medians); B. the highest rate held with p99 under 100 ms; C. stream
+ * time to first byte added; D. RSS across 100k requests.
+ */
+import { type ChildProcess, spawn } from "node:child_process"
+import { readFileSync } from "node:fs"
+import http from "node:http"
+import { cpus, loadavg } from "node:os"
+import { fileURLToPath } from "node:url"
+
+const role = process.argv[2] === "--role" ? process.argv[3] : "driver"
+const quick = process.argv.includes("--quick")
+const UPSTREAM_DELAY_MS = 20
+const KEY = "sk-bench-0123456789abcdef"
+
+const completion = JSON.stringify({
+  id: "chatcmpl-bench",
+  object: "chat.completion",
+  created: 1_700_000_000,
+  model: "upstream",
+  choices: [{ index: 0, message: { role: "assistant", content: "benchmark answer" }, finish_reason: "stop" }],
+  usage: { prompt_tokens: 12, completion_tokens: 3, total_tokens: 15 }
+})
+
+const chunk = (content: string | null, finish: string | null = null) =>
+  `data: ${JSON.stringify({
+    id: "c",
+    object: "chat.completion.chunk",
+    created: 1,
+    model: "upstream",
+    choices: [{ index: 0, delta: content === null ? {} : { content }, finish_reason: finish }]
+  })}\n\n`
+
+/** Prints `{"port":n}` once listening. */
+const listen = (server: http.Server) =>
+  server.listen(0, "127.0.0.1", () => {
+    const address = server.address() as { port: number }
+    process.stdout.write(`${JSON.stringify({ port: address.port })}\n`)
+  })
+
+// ---------------------------------------------------------------------------------------
+// The mock upstream: 20 ms, then the answer (or a stream: first chunk at 20 ms).
+
+const upstream = () => {
+  const server = http.createServer({ keepAliveTimeout: 65_000, noDelay: true }, (req, res) => {
+    const chunks: Array<Buffer> = []
+    req.on("data", (c: Buffer) => chunks.push(c))
+    req.on("end", () => {
+      const stream = Buffer.concat(chunks).includes('"stream":true')
+      setTimeout(() => {
+        if (!stream) {
+          res.writeHead(200, { "content-type": "application/json", "content-length": Buffer.byteLength(completion) })
+          res.end(completion)
+          return
+        }
+        res.writeHead(200, { "content-type": "text/event-stream" })
+        res.write(chunk("first"))
+        res.end(`${chunk(" second")}${chunk(null, "stop")}data: [DONE]\n\n`)
+      }, UPSTREAM_DELAY_MS)
+    })
+  })
+  listen(server)
+}
+
+// ---------------------------------------------------------------------------------------
+// The floor: a plain proxy with a keep-alive agent.
+
+const proxy = (upstreamPort: number) => {
+  const agent = new http.Agent({ keepAlive: true, maxSockets: 1024 })
+  const server = http.createServer({ keepAliveTimeout: 65_000, noDelay: true }, (req, res) => {
+    const out = http.request(
+      { host: "127.0.0.1", port: upstreamPort, path: req.url, method: req.method, headers: req.headers, agent },
+      (answer) => {
+        res.writeHead(answer.statusCode ?? 502, answer.headers)
+        answer.pipe(res)
+      }
+    )
+    out.on("error", () => {
+      res.writeHead(502)
+      res.end()
+    })
+    req.pipe(out)
+  })
+  listen(server)
+}
+
+// ---------------------------------------------------------------------------------------
+// The gateway, from dist/, every policy on.
+
+const gateway = async (upstreamPort: number) => {
+  // BENCH_GATEWAY=bare|nokeys|mock|full (default full): parts left out, to see what each costs.
+  const variant = process.env.BENCH_GATEWAY ?? "full"
+  const dist = (path: string) => new URL(`../dist/${path}`, import.meta.url).href
+  const { NodeHttpClient } = await import("@effect/platform-node")
+  const { Context, Effect, Layer, Redacted } = await import("effect")
+  const { HttpServer } = await import("effect/http")
+  const Gateway: typeof import("../src/Gateway.js") = await import(dist("Gateway.js"))
+  const Orchestra: typeof import("../src/Orchestra.js") = await import(dist("Orchestra.js"))
+  const OpenAiCompat: typeof import("../src/Model/OpenAiCompat.js") = await import(dist("Model/OpenAiCompat.js"))
+  const KeyStore: typeof import("../src/gateway/keys/KeyStore.js") = await import(dist("gateway/keys/KeyStore.js"))
+  const Mock: typeof import("../src/Model/Mock.js") = await import(dist("Model/Mock.js"))
+  const manager = Orchestra.layer({
+    providers: {
+      up:
+        variant === "mock" || variant === "bare"
+          ? (Mock.layer({ name: "up", respond: () => "benchmark answer", latency: 0 }) as never)
+          : OpenAiCompat.layer({
+              baseUrl: `http://127.0.0.1:${upstreamPort}/v1`,
+              name: "up",
+              apiKey: Redacted.make("sk-up")
+            })
+    },
+    domains: [{ name: "bench", provider: "up", timeout: "5 seconds", retry: { maxAttempts: 2, initialDelay: 50 } }],
+    executor: { timeout: "5 seconds" },
+    breakers: { failMax: 1000 },
+    rateLimits: { default: { requestsPerMinute: 100_000_000 }, maxWait: 0 }
+  })
+  const keys = KeyStore.layerMemory({
+    keys: [{ id: "bench", sha256: KeyStore.hashSecret(KEY), rpm: 100_000_000, budget: { tokens: 1e15 } }]
+  })
+  if (variant === "http") {
+    // effect/http alone: the route answers a constant.
+    const { HttpRouter, HttpServerResponse } = await import("effect/http")
+    const { NodeHttpServer } = await import("@effect/platform-node")
+    const route = HttpRouter.add("POST", "/v1/chat/completions", (request) =>
+      Effect.map(request.arrayBuffer, () => HttpServerResponse.text(completion, { contentType: "application/json" }))
+    )
+    const server = HttpRouter.serve(route, { disableLogger: true, disableListenLog: true }).pipe(
+      Layer.provideMerge(NodeHttpServer.layer(() => http.createServer(), { host: "127.0.0.1", port: 0 }))
+    )
+    await Effect.runPromise(
+      Effect.scoped(
+        Effect.gen(function* () {
+          const context = yield* Layer.build(server)
+          const address = Context.get(context, HttpServer.HttpServer).address as { readonly port: number }
+          process.stdout.write(`${JSON.stringify({ port: address.port })}\n`)
+          return yield* Effect.never
+        })
+      )
+    )
+  }
+  const withKeys = variant === "full" || variant === "mock"
+  const app = Gateway.serve({ host: "127.0.0.1", port: 0, drainTimeout: "1 second", allowAnonymous: !withKeys }).pipe(
+    Layer.provide(withKeys ? Layer.merge(manager, keys) : manager),
+    Layer.provide(
+      process.env.BENCH_CLIENT === "node"
+        ? NodeHttpClient.layerNodeHttp
+        : process.env.BENCH_CLIENT === "fetch"
+          ? (await import("effect/http")).FetchHttpClient.layer
+          : NodeHttpClient.layerUndici
+    )
+  )
+  await Effect.runPromise(
+    Effect.scoped(
+      Effect.gen(function* () {
+        const context = yield* Layer.build(app)
+        const address = Context.get(context, HttpServer.HttpServer).address as { readonly port: number }
+        process.stdout.write(`${JSON.stringify({ port: address.port })}\n`)
+        return yield* Effect.never
+      })
+    )
+  )
+}
+
+// ---------------------------------------------------------------------------------------
+// The driver: processes, the load generator, the figures.
+
+interface Child {
+  readonly process: ChildProcess
+  readonly port: number
+}
+
+const self = fileURLToPath(import.meta.url)
+
+const startChild = (args: ReadonlyArray<string>): Promise<Child> =>
+  new Promise((resolve, reject) => {
+    const child = spawn(process.execPath, [self, "--role", ...args], { stdio: ["ignore", "pipe", "inherit"] })
+    let out = ""
+    child.stdout!.setEncoding("utf8").on("data", (text: string) => {
+      out += text
+      const match = /\{"port":(\d+)\}/.exec(out)
+      if (match !== null) resolve({ process: child, port: Number(match[1]) })
+    })
+    child.on("exit", (code) => reject(new Error(`${args.join(" ")} exited with ${code}`)))
+  })
+
+/** RSS (MB) and CPU time (ms, user + system) of a process, from /proc. */
+const usage = (pid: number) => {
+  const status = readFileSync(`/proc/${pid}/status`, "utf8")
+  const rss = Number(/VmRSS:\s+(\d+)/.exec(status)?.[1] ?? 0) / 1024
+  const fields = readFileSync(`/proc/${pid}/stat`, "utf8").split(") ")[1]!.split(" ")
+  const ticks = Number(fields[11]) + Number(fields[12])
+  return { rssMb: rss, cpuMs: (ticks * 1000) / 100 }
+}
+
+interface Run {
+  readonly p50: number
+  readonly p99: number
+  readonly errors: number
+  readonly sent: number
+}
+
+const percentile = (sorted: Float64Array, p: number) =>
+  sorted[Math.min(sorted.length - 1, Math.floor(p * sorted.length))]!
+
+const agent = new http.Agent({ keepAlive: true, maxSockets: 4096 })
+const chatBody = JSON.stringify({ model: "bench", messages: [{ role: "user", content: "hello" }], max_tokens: 16 })
+const upstreamBody = JSON.stringify({
+  model: "upstream",
+  messages: [{ role: "user", content: "hello" }],
+  max_tokens: 16
+})
+
+/** Open loop: request i goes at t0 + i/rate; its latency counts from then (to the last byte, or the first with `firstByte`). */
+const load = (port: number, body: string, rate: number, count: number, firstByte = false): Promise<Run> =>
+  new Promise((resolve) => {
+    const latencies = new Float64Array(count).fill(Number.NaN)
+    let errors = 0
+    let finished = 0
+    let next = 0
+    const t0 = performance.now() + 20
+    const finish = () => {
+      if (++finished < count) return
+      const ok = latencies.filter((x) => !Number.isNaN(x)).sort()
+      resolve({ p50: percentile(ok, 0.5), p99: percentile(ok, 0.99), errors, sent: count })
+    }
+    const send = (i: number, at: number) => {
+      const req = http.request(
+        {
+          host: "127.0.0.1",
+          port,
+          path: "/v1/chat/completions",
+          method: "POST",
+          agent,
+          headers: { "content-type": "application/json", authorization: `Bearer ${KEY}` }
+        },
+        (res) => {
+          let first = true
+          res.on("data", () => {
+            if (first && firstByte) latencies[i] = performance.now() - at
+            first = false
+          })
+          res.on("end", () => {
+            if (!firstByte) latencies[i] = performance.now() - at
+            if (res.statusCode !== 200) {
+              errors++
+              latencies[i] = Number.NaN
+            }
+            finish()
+          })
+        }
+      )
+      req.setTimeout(15_000, () => req.destroy())
+      req.on("error", () => {
+        errors++
+        latencies[i] = Number.NaN
+        finish()
+      })
+      req.end(body)
+    }
+    const tick = () => {
+      const now = performance.now()
+      while (next < count && t0 + (next * 1000) / rate <= now) {
+        send(next, t0 + (next * 1000) / rate)
+        next++
+      }
+      if (next < count) setTimeout(tick, Math.max(0, t0 + (next * 1000) / rate - performance.now()))
+    }
+    setTimeout(tick, 20)
+  })
+
+const median = (xs: ReadonlyArray<number>) => {
+  const s = [...xs].sort((a, b) => a - b)
+  return s.length % 2 === 1 ? s[s.length >> 1]! : (s[s.length / 2 - 1]! + s[s.length / 2]!) / 2
+}
+
+const fmt = (n: number, digits = 2) => n.toFixed(digits)
+
+const table = (title: string, header: ReadonlyArray<string>, rows: ReadonlyArray<ReadonlyArray<string>>) => {
+  const widths = header.map((h, i) => Math.max(h.length, ...rows.map((r) => r[i]!.length)))
+  const line = (cells: ReadonlyArray<string>) =>
+    `| ${cells.map((c, i) => (i === 0 ? c.padEnd(widths[i]!) : c.padStart(widths[i]!))).join(" | ")} |`
+  console.log(`\n${title}\n\n${line(header)}`)
+  console.log(`|${widths.map((w, i) => (i === 0 ? ` ${"-".repeat(w)} ` : ` ${"-".repeat(w - 1)}: `)).join("|")}|`)
+  for (const row of rows) console.log(line(row))
+}
+
+const driver = async () => {
+  console.log(
+    `# bench/gateway.ts ${quick ? "--quick " : ""}on ${cpus().length} cores, load ${loadavg()
+      .map((l) => l.toFixed(2))
+      .join(" ")}`
+  )
+  const up = await startChild(["upstream"])
+  const px = await startChild(["proxy", String(up.port)])
+  const gw = await startChild(["gateway", String(up.port)])
+  const targets = [
+    { name: "direct", port: up.port, body: upstreamBody, pid: undefined as number | undefined },
+    { name: "node proxy", port: px.port, body: upstreamBody, pid: px.process.pid },
+    { name: "gateway", port: gw.port, body: chatBody, pid: gw.process.pid }
+  ]
+  const seconds = quick ? 4 : 10
+  const rounds = quick ? 1 : 3
+  // Warm up every path (JIT, connection pools).
+  for (const t of targets) await load(t.port, t.body, 500, quick ? 1000 : 3000)
+
+  // A. Added latency at 500 and 1,000 requests/s.
+  const rowsA: Array<Array<string>> = []
+  for (const rate of [500, 1000]) {
+    const byTarget = new Map<string, Array<Run & { cpuPerReq: number; rss: number }>>()
+    for (let round = 0; round < rounds; round++) {
+      const order = round % 2 === 0 ? targets : [...targets].reverse()
+      for (const t of order) {
+        const before = t.pid === undefined ? undefined : usage(t.pid)
+        const run = await load(t.port, t.body, rate, rate * seconds)
+        const after = t.pid === undefined ? undefined : usage(t.pid)
+        const cpuPerReq = before === undefined || after === undefined ? 0 : (after.cpuMs - before.cpuMs) / run.sent
+        const list = byTarget.get(t.name) ?? []
+        list.push({ ...run, cpuPerReq, rss: after?.rssMb ?? 0 })
+        byTarget.set(t.name, list)
+      }
+    }
+    const direct = byTarget.get("direct")!
+    for (const t of targets) {
+      const runs = byTarget.get(t.name)!
+      const added = (p: "p50" | "p99") => median(runs.map((r, i) => r[p] - direct[i]![p]))
+      rowsA.push([
+        `${t.name} @ ${rate}/s`,
+        fmt(median(runs.map((r) => r.p50))),
+        fmt(median(runs.map((r) => r.p99))),
+        t.name === "direct" ? "-" : fmt(added("p50")),
+        t.name === "direct" ? "-" : fmt(added("p99")),
+        t.pid === undefined ? "-" : fmt(median(runs.map((r) => r.cpuPerReq)) * 1000, 0),
+        t.pid === undefined ? "-" : fmt(runs[runs.length - 1]!.rss, 0),
+        String(runs.reduce((n, r) => n + r.errors, 0))
+      ])
+    }
+  }
+  table(
+    `A. Latency from the scheduled send (ms; ${rounds} interleaved round(s) of ${seconds} s, medians; upstream answers in ${UPSTREAM_DELAY_MS} ms)`,
+    ["target", "p50", "p99", "added p50", "added p99", "CPU µs/req", "RSS MB", "errors"],
+    rowsA
+  )
+
+  // B. The highest rate held with p99 under 100 ms and no errors (5 s per step).
+  const rowsB: Array<Array<string>> = []
+  for (const t of targets.slice(1)) {
+    let held = 0
+    let last = ""
+    for (const rate of [1000, 1500, 2000, 2500, 3000, 3500, 4000, 5000]) {
+      const run = await load(t.port, t.body, rate, rate * (quick ? 3 : 5))
+      last = `${rate}/s: p50 ${fmt(run.p50)} p99 ${fmt(run.p99)} errors ${run.errors}`
+      if (run.p99 >= 100 || run.errors > 0) break
+      held = rate
+    }
+    rowsB.push([t.name, String(held), last])
+  }
+  table(
+    "B. Highest rate held with p99 < 100 ms and no errors",
+    ["target", "requests/s", "first step that failed (or last)"],
+    rowsB
+  )
+
+  // C. Stream time to first byte, 200 streams/s.
+  const streamBody = (body: string) => body.replace('"max_tokens":16', '"max_tokens":16,"stream":true')
+  const rowsC: Array<Array<string>> = []
+  const firstBytes = new Map<string, Array<Run>>()
+  for (let round = 0; round < rounds; round++) {
+    for (const t of round % 2 === 0 ? targets : [...targets].reverse()) {
+      const run = await load(t.port, streamBody(t.body), 200, 200 * seconds, true)
+      firstBytes.set(t.name, [...(firstBytes.get(t.name) ?? []), run])
+    }
+  }
+  const directFirst = firstBytes.get("direct")!
+  for (const t of targets) {
+    const runs = firstBytes.get(t.name)!
+    rowsC.push([
+      t.name,
+      fmt(median(runs.map((r) => r.p50))),
+      fmt(median(runs.map((r) => r.p99))),
+      t.name === "direct" ? "-" : fmt(median(runs.map((r, i) => r.p50 - directFirst[i]!.p50))),
+      String(runs.reduce((n, r) => n + r.errors, 0))
+    ])
+  }
+  table("C. Stream: time to first byte at 200 streams/s (ms)", ["target", "p50", "p99", "added p50", "errors"], rowsC)
+
+  // D. RSS of the gateway across 100k requests at 1,000/s.
+  const total = quick ? 20_000 : 100_000
+  const step = total / 10
+  const rowsD: Array<Array<string>> = [["0", fmt(usage(gw.process.pid!).rssMb, 1), "-", "-"]]
+  for (let sent = step; sent <= total; sent += step) {
+    const run = await load(gw.port, chatBody, 1000, step)
+    rowsD.push([String(sent), fmt(usage(gw.process.pid!).rssMb, 1), fmt(run.p99), String(run.errors)])
+  }
+  table(
+    `D. Gateway RSS across ${total.toLocaleString("en")} requests at 1,000/s`,
+    ["requests", "RSS MB", "p99 ms", "errors"],
+    rowsD
+  )
+
+  console.log(
+    `\nload at the end ${loadavg()
+      .map((l) => l.toFixed(2))
+      .join(" ")}`
+  )
+  for (const child of [gw, px, up]) child.process.kill("SIGTERM")
+  agent.destroy()
+}
+
+switch (role) {
+  case "upstream":
+    upstream()
+    break
+  case "proxy":
+    proxy(Number(process.argv[4]))
+    break
+  case "gateway":
+    // Exit on a signal (a profile given by --cpu-prof is written on exit).
+    for (const signal of ["SIGINT", "SIGTERM"] as const) process.once(signal, () => process.exit(0))
+    await gateway(Number(process.argv[4]))
+    break
+  default:
+    await driver()
+}
