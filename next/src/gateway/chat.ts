@@ -36,7 +36,8 @@ import {
 } from "./routes.js"
 import * as Sse from "./sse.js"
 import { CurrentTracker, millis, type Target, type Tracker } from "./upstream.js"
-import * as Wire from "./wire.js"
+import { parseChat, type ChatCall } from "./request.js"
+import * as Wire from "./response.js"
 
 /** A request's reservation, settled or released exactly once (the request scope's finalizer releases it). */
 interface Ticket {
@@ -162,7 +163,7 @@ export const make = (env: Env) => {
   const streamed = (
     entry: Entry,
     started: number,
-    call: Wire.ChatCall,
+    call: ChatCall,
     target: Target,
     request: GenerateRequest,
     reserved: Ticket | undefined,
@@ -237,7 +238,7 @@ export const make = (env: Env) => {
     Effect.gen(function* () {
       const key = yield* authenticate(env, request)
       const body = yield* readJson(env, request)
-      const parsed = Wire.parseChat(body)
+      const parsed = parseChat(body)
       if (parsed._tag === "Failure") return yield* Effect.fail(parsed.failure)
       const chatCall = parsed.success
       const target = yield* upstream.resolve(chatCall.model)

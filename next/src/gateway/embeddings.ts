@@ -24,7 +24,8 @@ import {
   traced
 } from "./routes.js"
 import { CurrentTracker, millis, type Target, type Tracker } from "./upstream.js"
-import * as Wire from "./wire.js"
+import { parseEmbed } from "./request.js"
+import * as Wire from "./response.js"
 
 /**
  * @internal
@@ -41,7 +42,7 @@ export const make = (env: Env) => {
     Effect.gen(function* () {
       const key = yield* authenticate(env, request)
       const body = yield* readJson(env, request)
-      const parsed = Wire.parseEmbed(body)
+      const parsed = parseEmbed(body)
       if (parsed._tag === "Failure") return yield* Effect.fail(parsed.failure)
       const call = parsed.success
       const target = yield* upstream.resolve(call.model)

@@ -13,7 +13,7 @@ import * as Prometheus from "../Prometheus.js"
 import { type GatewayError, gatewayError } from "./errors.js"
 import { allows, answered, authenticate, type Env, failure, json, type KeyIdentity } from "./routes.js"
 import { millis } from "./upstream.js"
-import * as Wire from "./wire.js"
+import * as Wire from "./response.js"
 
 /**
  * @internal

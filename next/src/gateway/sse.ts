@@ -13,7 +13,7 @@ import type * as Arr from "effect/Array"
 import { type AiError, ModelError } from "../AiError.js"
 import type { Finish, StreamPart } from "../Model.js"
 import { toWire } from "./errors.js"
-import * as Wire from "./wire.js"
+import * as Wire from "./response.js"
 
 /**
  * How a stream ended.

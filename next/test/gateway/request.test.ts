@@ -13,17 +13,18 @@ import {
   TimeoutError
 } from "../../src/AiError.js"
 import { gatewayError, toWire } from "../../src/gateway/errors.js"
-import * as Wire from "../../src/gateway/wire.js"
+import * as Request from "../../src/gateway/request.js"
+import * as Wire from "../../src/gateway/response.js"
 
 const chat = (body: Record<string, unknown>) =>
-  Wire.parseChat({ model: "m", messages: [{ role: "user", content: "hi" }], ...body })
+  Request.parseChat({ model: "m", messages: [{ role: "user", content: "hi" }], ...body })
 
 const paramOf = (result: Result.Result<unknown, { readonly param?: string | undefined }>) =>
   Result.isFailure(result) ? result.failure.param : "accepted"
 
 describe("gateway wire: chat requests", () => {
   it("reads the conversation: leading system/developer messages become the system prompt", () => {
-    const read = Wire.parseChat({
+    const read = Request.parseChat({
       model: "support",
       messages: [
         { role: "system", content: "one" },
@@ -95,10 +96,10 @@ describe("gateway wire: chat requests", () => {
   })
 
   it("names the OpenAI parameter of each mistake", () => {
-    assert.strictEqual(paramOf(Wire.parseChat(null)), "body")
-    assert.strictEqual(paramOf(Wire.parseChat({ messages: [] })), "model")
-    assert.strictEqual(paramOf(Wire.parseChat({ model: "m" })), "messages")
-    assert.strictEqual(paramOf(Wire.parseChat({ model: "m", messages: [] })), "messages")
+    assert.strictEqual(paramOf(Request.parseChat(null)), "body")
+    assert.strictEqual(paramOf(Request.parseChat({ messages: [] })), "model")
+    assert.strictEqual(paramOf(Request.parseChat({ model: "m" })), "messages")
+    assert.strictEqual(paramOf(Request.parseChat({ model: "m", messages: [] })), "messages")
     assert.strictEqual(paramOf(chat({ messages: [{ role: "user" }] })), "messages[0].content")
     assert.strictEqual(paramOf(chat({ messages: [{ role: "robot", content: "x" }] })), "messages[0].role")
     assert.strictEqual(
@@ -139,17 +140,20 @@ describe("gateway wire: chat requests", () => {
 
 describe("gateway wire: embedding requests", () => {
   it("reads a string or strings, the encoding, and refuses token arrays and dimensions", () => {
-    const one = Result.getOrThrow(Wire.parseEmbed({ model: "e", input: "x" }))
+    const one = Result.getOrThrow(Request.parseEmbed({ model: "e", input: "x" }))
     assert.deepStrictEqual(one.request.texts, ["x"])
     assert.strictEqual(one.encoding, "float")
-    const many = Result.getOrThrow(Wire.parseEmbed({ model: "e", input: ["a", "b"], encoding_format: "base64" }))
+    const many = Result.getOrThrow(Request.parseEmbed({ model: "e", input: ["a", "b"], encoding_format: "base64" }))
     assert.deepStrictEqual(many.request.texts, ["a", "b"])
     assert.strictEqual(many.encoding, "base64")
-    assert.strictEqual(paramOf(Wire.parseEmbed({ model: "e", input: [1, 2] })), "input")
-    assert.strictEqual(paramOf(Wire.parseEmbed({ model: "e", input: [] })), "input")
-    assert.strictEqual(paramOf(Wire.parseEmbed({ model: "e" })), "input")
-    assert.strictEqual(paramOf(Wire.parseEmbed({ model: "e", input: "x", dimensions: 8 })), "dimensions")
-    assert.strictEqual(paramOf(Wire.parseEmbed({ model: "e", input: "x", encoding_format: "hex" })), "encoding_format")
+    assert.strictEqual(paramOf(Request.parseEmbed({ model: "e", input: [1, 2] })), "input")
+    assert.strictEqual(paramOf(Request.parseEmbed({ model: "e", input: [] })), "input")
+    assert.strictEqual(paramOf(Request.parseEmbed({ model: "e" })), "input")
+    assert.strictEqual(paramOf(Request.parseEmbed({ model: "e", input: "x", dimensions: 8 })), "dimensions")
+    assert.strictEqual(
+      paramOf(Request.parseEmbed({ model: "e", input: "x", encoding_format: "hex" })),
+      "encoding_format"
+    )
   })
 
   it("writes base64 as little-endian float32, which decodes back to the vector", () => {
