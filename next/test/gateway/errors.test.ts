@@ -130,13 +130,11 @@ describe("Gateway: keys", () => {
         const { service, log } = keys()
         const gw = yield* Harness.make({ upstreams: { a: upstream.url }, keys: service })
         yield* Harness.call(() =>
-          gw
-            .client("sk-alice")
-            .chat.completions.create({
-              model: "d-a",
-              messages: [{ role: "user", content: "12345678" }],
-              max_tokens: 50
-            })
+          gw.client("sk-alice").chat.completions.create({
+            model: "d-a",
+            messages: [{ role: "user", content: "12345678" }],
+            max_tokens: 50
+          })
         )
         assert.deepStrictEqual(log.reserved, [{ key: "alice", model: "d-a", inputTokens: 2, maxOutputTokens: 50 }])
         assert.deepStrictEqual(log.settled, [{ id: 0, inputTokens: 11, outputTokens: 7 }])
