@@ -1,8 +1,9 @@
 /**
  * One batch run: `min(concurrency, limit, items)` worker fibers take the items by index
- * (a batch of 100k items never parks 100k fibers); each item's call holds a permit of the
- * manager's shared semaphore while it runs through the pipeline (`Router.plan`, then
- * `executor.run`); every item ends with exactly one outcome, written at its index.
+ * (`policy/pool.ts`: a batch of 100k items never parks 100k fibers); each item's call holds
+ * a permit of the manager's shared semaphore while it runs through the pipeline (its
+ * route's `Router.prepare`d plan, then `executor.run`); every item ends with exactly one
+ * outcome, written at its index.
  *
  * @internal
  */
@@ -11,6 +12,7 @@ import { type AiError, ModelError } from "../AiError.js"
 import type { BatchResult, ItemResult, ProgressEvent, RunOptions, Status } from "../Batch.js"
 import type { RetryInfo, Service as ExecutorService } from "../Executor.js"
 import type { Answer, Prepared, Service as RouterService } from "../Router.js"
+import { forEachPool } from "../policy/pool.js"
 import { check, parse } from "./items.js"
 import { statsOf } from "./stats.js"
 
@@ -81,11 +83,9 @@ export const run = (deps: Deps, rawItems: unknown, rawOptions: RunOptions | unde
     const startedAt: Array<number> = new Array(total).fill(Number.NaN)
     const waits: Array<number> = new Array(total).fill(Number.NaN)
     const retries: Array<number> = new Array(total).fill(0)
-    let next = 0
     let done = 0
     let running = 0
     let peak = 0
-    let stopped = false
     let cancelled = false
 
     const { onProgress, onEvent, fallback } = options
@@ -211,31 +211,19 @@ export const run = (deps: Deps, rawItems: unknown, rawOptions: RunOptions | unde
       )
     }
 
-    const worker: Effect.Effect<void> = Effect.suspend(() => {
-      if (stopped || next >= total) return Effect.void
-      return Effect.flatMap(runItem(next++), () => worker)
-    })
-    const workers = Math.min(total, options.concurrency ?? limit, limit)
     // One worker runs on the batch's own fiber: a one-item batch forks nothing.
-    const pool =
-      workers <= 1
-        ? worker
-        : Effect.all(
-            Array.from({ length: workers }, () => worker),
-            { concurrency: "unbounded", discard: true }
-          )
+    const pool = forEachPool(items, Math.min(options.concurrency ?? limit, limit), (_item, index) => runItem(index))
 
     if (options.cancel === undefined) {
       yield* pool
     } else {
-      // Started before the pool: a cancel that has already happened stops the batch before its first item.
+      // Started before the pool fiber runs: a cancel that has already happened interrupts it before its first item.
       const poolFiber = yield* Effect.forkChild(pool)
       const watcher = yield* Effect.forkChild(
         Effect.andThen(
           options.cancel,
           Effect.sync(() => {
             if (poolFiber.pollUnsafe() !== undefined) return
-            stopped = true
             cancelled = true
             poolFiber.interruptUnsafe()
           })
