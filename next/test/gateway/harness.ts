@@ -29,6 +29,8 @@ export interface HarnessOptions {
   readonly cache?: ResponseCache.MemoryOptions | undefined
   readonly gateway?: Gateway.ServeOptions | undefined
   readonly keys?: Gateway.KeyStoreService | undefined
+  /** A key store layer (the real one of `gateway/keys`), instead of `keys`. */
+  readonly keyLayer?: Layer.Layer<Gateway.KeyStore, unknown> | undefined
   readonly provider?: Partial<OpenAiCompat.Options> | undefined
   /** A tracer for the whole stack (the server's request spans included). */
   readonly tracer?: Tracer.Tracer | undefined
@@ -68,15 +70,13 @@ export const make = (options: HarnessOptions): Effect.Effect<Harness, never, Sco
       rateLimits: options.rateLimits,
       cache: options.cache
     })
+    const keys =
+      options.keyLayer ?? (options.keys === undefined ? undefined : Layer.succeed(Gateway.KeyStore, options.keys))
     const app = Gateway.serve({
       port: 0,
-      allowAnonymous: options.keys === undefined,
+      allowAnonymous: keys === undefined,
       ...options.gateway
-    }).pipe(
-      Layer.provide(options.keys === undefined ? Layer.empty : Layer.succeed(Gateway.KeyStore, options.keys)),
-      Layer.provide(manager),
-      Layer.provide(NodeHttpClient.layerUndici)
-    )
+    }).pipe(Layer.provide(keys ?? Layer.empty), Layer.provide(manager), Layer.provide(NodeHttpClient.layerUndici))
     const registry: Metric.MetricRegistry = new Map()
     const scope = yield* Scope.make()
     const build = Layer.buildWithScope(app, scope).pipe(Effect.provideService(Metric.MetricRegistry, registry))

@@ -1,0 +1,108 @@
+/**
+ * The gateway's options are checked when its layer is built (a `ConfigError` naming the
+ * field), and the real key store of `gateway/keys` behind it end to end.
+ */
+import { assert, describe, it } from "@effect/vitest"
+import { Effect, Layer } from "effect"
+import { HttpRouter } from "effect/http"
+import * as Domain from "../../src/Domain.js"
+import * as Executor from "../../src/Executor.js"
+import * as Gateway from "../../src/Gateway.js"
+import * as KeyStore from "../../src/gateway/keys/KeyStore.js"
+import { ModelProvider } from "../../src/Model.js"
+import * as Mock from "../../src/Model/Mock.js"
+import * as Stats from "../../src/Stats.js"
+import * as Server from "../utils/httpServer.js"
+import * as Harness from "./harness.js"
+import * as Up from "./upstream.js"
+
+const buildError = (options: Gateway.Options) =>
+  Effect.gen(function* () {
+    const mock = yield* Mock.make({ name: "m" })
+    const services = Executor.layer().pipe(
+      Layer.provideMerge(Stats.layer),
+      Layer.provideMerge(Layer.succeed(ModelProvider, mock.provider)),
+      Layer.provideMerge(Layer.succeed(Domain.Providers, Domain.makeProviders({ m: mock.provider }))),
+      Layer.provideMerge(Domain.layerDomains([{ name: "d", provider: "m" }])),
+      Layer.provideMerge(HttpRouter.layer)
+    )
+    const error = yield* Effect.flip(Layer.build(Gateway.layer(options).pipe(Layer.provide(services))))
+    return error._tag === "ConfigError" ? error.path : `${error._tag}: ${String(error)}`
+  }).pipe(Effect.scoped)
+
+describe("Gateway options", () => {
+  it.effect("every wrong option is a ConfigError naming it", () =>
+    Effect.gen(function* () {
+      assert.strictEqual(yield* buildError({}), "keys")
+      assert.strictEqual(yield* buildError({ allowAnonymous: true, maxBodyBytes: Number.NaN }), "maxBodyBytes")
+      assert.strictEqual(yield* buildError({ allowAnonymous: true, maxBodyBytes: 10 }), "maxBodyBytes")
+      assert.strictEqual(yield* buildError({ allowAnonymous: true, drainTimeout: -1 }), "drainTimeout")
+      assert.strictEqual(yield* buildError({ allowAnonymous: true, drainTimeout: "soon" as never }), "drainTimeout")
+      assert.strictEqual(yield* buildError({ allowAnonymous: true, defaultMaxTokens: 0 }), "defaultMaxTokens")
+      assert.strictEqual(yield* buildError({ allowAnonymous: true, defaultMaxTokens: 1.5 }), "defaultMaxTokens")
+      assert.strictEqual(yield* buildError({ allowAnonymous: true, prefix: "v1" }), "prefix")
+      assert.strictEqual(yield* buildError({ allowAnonymous: true, metricsPath: "/a//b" }), "metricsPath")
+      assert.strictEqual(yield* buildError({ allowAnonymous: true, stream: { idleTimeout: 0 } }), "stream.idleTimeout")
+      assert.strictEqual(yield* buildError({ allowAnonymous: true, stream: { idle: 5 } as never }), "stream.idle")
+      assert.strictEqual(yield* buildError({ allowAnonymous: true, retry: { maxAttempts: 0 } }), "retry.maxAttempts")
+      assert.strictEqual(yield* buildError({ allowAnonymous: true, maxBody: 5 } as never), "maxBody")
+      assert.strictEqual(yield* buildError({ allowAnonymous: "yes" } as never), "allowAnonymous")
+    })
+  )
+
+  it.effect("serve's own options too", () =>
+    Effect.gen(function* () {
+      const pathOf = (options: Gateway.ServeOptions) =>
+        Effect.gen(function* () {
+          const mock = yield* Mock.make({ name: "m" })
+          const services = Executor.layer().pipe(
+            Layer.provideMerge(Stats.layer),
+            Layer.provideMerge(Layer.succeed(ModelProvider, mock.provider)),
+            Layer.provideMerge(Layer.succeed(Domain.Providers, Domain.makeProviders({ m: mock.provider }))),
+            Layer.provideMerge(Domain.layerDomains([{ name: "d", provider: "m" }]))
+          )
+          const error = yield* Effect.flip(Layer.build(Gateway.serve(options).pipe(Layer.provide(services))))
+          return error._tag === "ConfigError" ? error.path : error._tag
+        }).pipe(Effect.scoped)
+      assert.strictEqual(yield* pathOf({ allowAnonymous: true, port: 70000 }), "port")
+      assert.strictEqual(yield* pathOf({ allowAnonymous: true, port: 1.5 }), "port")
+      assert.strictEqual(yield* pathOf({ allowAnonymous: true, host: "" }), "host")
+      assert.strictEqual(yield* pathOf({ allowAnonymous: true, maxHeaderBytes: 10 }), "maxHeaderBytes")
+      assert.strictEqual(yield* pathOf({ allowAnonymous: true, requestTimeout: 0 }), "requestTimeout")
+    })
+  )
+})
+
+describe("Gateway with the key store of gateway/keys", () => {
+  it.live("a key's token budget refuses the request that could exceed it, naming scope, spend and limit", () =>
+    Effect.gen(function* () {
+      const upstream = yield* Server.make(Up.openAi())
+      const secret = "sk-budget-test-0a1b2c3d4e5f"
+      const gw = yield* Harness.make({
+        upstreams: { a: upstream.url },
+        keyLayer: KeyStore.layerMemory({
+          keys: [{ id: "small", sha256: KeyStore.hashSecret(secret), budget: { tokens: 100 } }]
+        })
+      })
+      const client = gw.client(secret)
+      const ok = yield* Harness.call(() =>
+        client.chat.completions.create({ model: "d-a", messages: [{ role: "user", content: "hi" }], max_tokens: 20 })
+      )
+      assert.strictEqual(ok.choices[0]!.message.content, "Hello wörld!")
+      const refused = yield* Harness.failing(() =>
+        client.chat.completions.create({ model: "d-a", messages: [{ role: "user", content: "hi" }], max_tokens: 500 })
+      )
+      assert.strictEqual(refused.status, 429)
+      assert.strictEqual(refused.code, "budget_exceeded")
+      const budget = (
+        refused.body as { budget: { scope: string; id: string; unit: string; spent: number; limit: number } }
+      ).budget
+      assert.deepStrictEqual([budget.scope, budget.id, budget.unit, budget.limit], ["key", "small", "tokens", 100])
+      // The first call settled at its real usage (18 tokens), not its reservation.
+      assert.strictEqual(budget.spent, 18)
+      assert.strictEqual((yield* upstream.requests).length, 1)
+      const unknown = yield* Harness.failing(() => gw.client("sk-nope").models.list())
+      assert.strictEqual(unknown.status, 401)
+    })
+  )
+})
