@@ -32,7 +32,10 @@ import type { ExecutionStats } from "./Stats.js"
 import { run as runBatch } from "./batch/runner.js"
 
 /**
- * A bare prompt (on the batch's domain), a query with its domain, or a full request.
+ * A bare prompt (on the batch's domain), a query with its domain, or a full request. An
+ * item that is none of these (`null`, a number, `{ query: 5 }`) gets its own
+ * `InvalidRequest` naming it (`items[3]`, `items[3].query`); the others run. Answers of
+ * items that run without any domain name the domain `"none"`.
  *
  * @since 0.1.0
  * @category models
@@ -43,8 +46,10 @@ export type Item =
   | { readonly request: GenerateRequest; readonly domain?: string | undefined }
 
 /**
- * `rejected`: refused without an answer by a breaker or by shutdown. `cancelled`: the
- * batch was cancelled before the item finished (`ran` says whether it had started).
+ * `timeout`: a deadline fired. `rejected`: refused without an answer by an open breaker or
+ * by shutdown. `error`: any other failure (an exhausted fallback chain takes the status of
+ * its last step). `cancelled`: the batch was cancelled before the item finished (`ran`
+ * says whether it had started).
  *
  * @since 0.1.0
  * @category models
