@@ -84,6 +84,25 @@ export {
 } from "./gateway/errors.js"
 
 /**
+ * Virtual keys (`layerMemory`, `layerRedis`, `hashSecret`, the `KeyAdmin` service): the
+ * {@link KeyStore} of this module, with keys, budgets and per-key limits, in this process
+ * or shared through Redis.
+ *
+ * @since 0.2.0
+ * @category key store
+ */
+export * as Keys from "./gateway/keys/KeyStore.js"
+
+/**
+ * The admin routes of the key store (create, list, disable keys, read their spend) behind
+ * an admin key: `Gateway.serve(options, Admin.layer({ key }))`.
+ *
+ * @since 0.2.0
+ * @category key store
+ */
+export * as Admin from "./gateway/admin.js"
+
+/**
  * The identity and policy of a request's key, as the key store gives it. The gateway reads
  * `id` (metrics, spans) and `allowedModels`; the rest is the key store's.
  *
