@@ -27,7 +27,7 @@
  * import * as Mock from "effect-orchestra/Model/Mock"
  *
  * export const server = Gateway.serve({ port: 4000, allowAnonymous: true }).pipe(
- *   Layer.provide(Orchestra.layer({ providers: { mock: Mock.layer({ reply: "hi" }) } }))
+ *   Layer.provide(Orchestra.layer({ providers: { mock: Mock.layer({ respond: () => "hi" }) } }))
  * )
  * ```
  *
