@@ -231,6 +231,15 @@ describe("Batch.run outcomes", () => {
       assert.strictEqual(result.stats.total, 0)
     })
   )
+
+  it.effect("Batch.run runs on the Batch service in context", () =>
+    Effect.gen(function* () {
+      const { context } = yield* makeOrchestra({ a: { respond: () => "from context" } })
+      const result = yield* Batch.run(["x"], { domain: "d-a", id: "mine" }).pipe(Effect.provide(context))
+      assert.strictEqual(result.id, "mine")
+      assert.strictEqual(result.results[0]!.answer?.response.text, "from context")
+    })
+  )
 })
 
 describe("Batch items", () => {
@@ -965,6 +974,13 @@ for (const mode of modes) {
         assert.strictEqual(yield* controls.a!.calls, 2, "queued items never reached the provider")
         assert.strictEqual(yield* controls.a!.interrupted, 2)
         assert.strictEqual(yield* controls.a!.inFlight, 0)
+        // a batch started after the close: every item refused at once, none reaches the provider
+        const late = yield* batch.run(["late 0", "late 1"], { domain: mode.domain })
+        assert.deepStrictEqual(
+          late.results.map((r) => r.error?._tag),
+          ["ShuttingDownError", "ShuttingDownError"]
+        )
+        assert.strictEqual(yield* controls.a!.calls, 2)
       })
     )
   })
