@@ -1,9 +1,9 @@
 // The consumer test (issue 14): pack this package, install the tarball into a fresh project whose
 // only other dependency is `effect`, then run a plain .mjs program, type-check a strict .ts consumer
 // with moduleResolution nodenext and bundler, and run the `orchestra` bin. Run it with each Node to
-// test (`.ci/run` runs it on 22 and 24); `--reuse DIR` skips packing and installing.
+// test (`.ci/run` runs it on 22 and 24 with the same `--dir`).
 import { execFileSync, spawnSync } from "node:child_process"
-import { cpSync, mkdtempSync, readFileSync, writeFileSync } from "node:fs"
+import { cpSync, existsSync, mkdirSync, mkdtempSync, readFileSync, writeFileSync } from "node:fs"
 import { tmpdir } from "node:os"
 import { join } from "node:path"
 import { fileURLToPath } from "node:url"
@@ -12,7 +12,7 @@ const here = fileURLToPath(new URL(".", import.meta.url))
 const root = join(here, "..", "..")
 const sh = (cmd, args, cwd, extra = {}) => {
   const r = spawnSync(cmd, args, { cwd, encoding: "utf8", env: { ...process.env, ...extra } })
-  return { code: r.status, out: `${r.stdout}${r.stderr}` }
+  return { code: r.status, out: `${r.stdout}${r.stderr}`, stdout: r.stdout }
 }
 const must = (cond, what, detail = "") => {
   if (!cond) {
@@ -22,17 +22,20 @@ const must = (cond, what, detail = "") => {
   console.log(`ok - ${what}`)
 }
 
-const reuse = process.argv.indexOf("--reuse")
-let dir
-if (reuse >= 0) {
-  dir = process.argv[reuse + 1]
+// `--dir DIR`: the consumer project's folder; a second run with the same folder (another Node)
+// reuses the installed project.
+const dirArg = process.argv.indexOf("--dir")
+let dir = dirArg >= 0 ? process.argv[dirArg + 1] : undefined
+if (dir !== undefined && existsSync(join(dir, "node_modules", "effect-orchestra"))) {
+  console.log(`reusing consumer project: ${dir}`)
 } else {
   const packed = JSON.parse(execFileSync("npm", ["pack", "--json", "--pack-destination", tmpdir()], { cwd: root, encoding: "utf8" }))
   const tarball = join(tmpdir(), packed[0].filename)
   const files = packed[0].files.map((f) => f.path)
   must(files.every((f) => !/^(test|bench|examples|scripts|\.scratch|docs)\//.test(f)), "the tarball holds no tests, benches, examples or scratch files", files.filter((f) => /^(test|bench)\//.test(f)).join("\n"))
   must(files.includes("dist/index.js") && files.includes("dist/index.d.ts") && files.includes("bin/orchestra.mjs"), "the tarball holds dist/ and the bin")
-  dir = mkdtempSync(join(tmpdir(), "orchestra-consumer-"))
+  dir ??= mkdtempSync(join(tmpdir(), "orchestra-consumer-"))
+  mkdirSync(dir, { recursive: true })
   writeFileSync(join(dir, "package.json"), JSON.stringify({ name: "consumer", private: true, type: "module" }, null, 2))
   const install = sh("npm", ["install", "--no-audit", "--no-fund", tarball, "effect@^4.1.5"], dir)
   must(install.code === 0, "npm install of the tarball and effect", install.out)
@@ -66,8 +69,15 @@ for (const resolution of ["nodenext", "bundler"]) {
 const bin = join(dir, "node_modules/.bin/orchestra")
 const help = sh(process.execPath, [bin, "--help"], dir, { NO_COLOR: "" })
 must(help.code === 0 && /orchestra/.test(help.out) && !/\u001b\[/.test(help.out), "npx orchestra --help prints usage without ANSI codes into a pipe", help.out)
-const test = sh(process.execPath, [bin, "test", "--json", "--config", "mock.config.json"], dir)
-must(test.code === 0 && test.out.trim().split("\n").every((l) => { try { JSON.parse(l); return true } catch { return false } }), "npx orchestra test --json --config (mock) answers in JSON lines", test.out)
-const local = sh(process.execPath, [bin, "test", "--json"], dir)
+const test = sh(process.execPath, [bin, "test", "--json", "--prompt", "hello", "--config", "mock.config.json"], dir)
+const parsed = (() => {
+  try {
+    return JSON.parse(test.stdout)
+  } catch {
+    return undefined
+  }
+})()
+must(test.code === 0 && parsed?.source === "provider", "npx orchestra test --json --config (mock) answers one JSON document", test.out)
+const local = sh(process.execPath, [bin, "test", "--json", "--prompt", "hello"], dir)
 must(local.code !== 0 && /@xenova\/transformers/.test(local.out) && /npm install/.test(local.out), "without a config and without the local-model peer, test fails naming the package and the install command", local.out)
 console.log("consumer test passed")
