@@ -9,8 +9,10 @@
  * straight to the model (tokenizer, model, mean pooling: the work (b) does without the
  * library); on the bundled tiny-bert and on a MiniLM-sized encoder (384 hidden, 6 layers,
  * random weights, generated into a temp dir). Generation tokens/second on tiny-gpt2:
- * through the provider (generate, and stream drained) and straight to `model.generate`.
- * Then how fast a deadline stops a long generation. Variants alternate within each round
+ * through the provider (generate, and stream drained), straight to `model.generate`, and
+ * straight to a second session of the same model (an A/A control: the spread between two
+ * identical variants is this machine's noise floor for every ratio printed). Then how late
+ * a 50 ms deadline stops an endless generation. Variants alternate within each round
  * (so drift on a shared machine hits them alike); each figure is the median of the rounds
  * after a warm-up. The load average is printed before and after.
  */
@@ -180,6 +182,9 @@ const program = Effect.gen(function* () {
   useModels(bundledPath)
   const tokenizer = yield* Effect.promise(() => AutoTokenizer.from_pretrained("tiny-gpt2"))
   const decoder = yield* Effect.promise(() => AutoModelForCausalLM.from_pretrained("tiny-gpt2"))
+  // The same direct call on a second session of the same model: an A/A control, how far two
+  // identical variants drift apart on this machine in the same run.
+  const control = yield* Effect.promise(() => AutoModelForCausalLM.from_pretrained("tiny-gpt2"))
   const tokenRow = (label: string, ms: number) =>
     rows.push({ label, ms, rate: ((GENERATIONS * NEW_TOKENS) / ms) * 1000, unit: "tokens/s" })
   const generation = yield* rounds(
@@ -192,15 +197,21 @@ const program = Effect.gen(function* () {
         prompts,
         (prompt) => Effect.promise(() => decoder.generate(tokenizer(prompt).input_ids, { max_new_tokens: NEW_TOKENS })),
         { discard: true }
+      ),
+      Effect.forEach(
+        prompts,
+        (prompt) => Effect.promise(() => control.generate(tokenizer(prompt).input_ids, { max_new_tokens: NEW_TOKENS })),
+        { discard: true }
       )
     ],
     quick ? 7 : 21
   )
-  const [viaGenerate, viaStream, direct] = generation.map(median)
+  const [viaGenerate, viaStream, direct, again] = generation.map(median)
   tokenRow(`(e) generate: ${GENERATIONS} x ${NEW_TOKENS} tokens, provider`, viaGenerate!)
   tokenRow(`(f) stream: ${GENERATIONS} x ${NEW_TOKENS} tokens, provider`, viaStream!)
   tokenRow(`(g) generate: ${GENERATIONS} x ${NEW_TOKENS} tokens, transformers.js direct`, direct!)
-  yield* Effect.promise(() => decoder.dispose())
+  tokenRow(`(h) generate: ${GENERATIONS} x ${NEW_TOKENS} tokens, transformers.js direct, second session`, again!)
+  yield* Effect.promise(() => Promise.all([decoder.dispose(), control.dispose()]))
   const deadline = yield* deadlineRows(model)
 
   console.log(`\n| work | median ms | rate |\n|---|---:|---:|`)
@@ -208,7 +219,7 @@ const program = Effect.gen(function* () {
   console.log(`tiny-bert: ${tiny.summary}`)
   console.log(`MiniLM-sized: ${big.summary}`)
   console.log(
-    `generation: (e)/(g) = ${ratio(generation[0]!, generation[2]!)}, stream (f)/(e) = ${ratio(generation[1]!, generation[0]!)}`
+    `generation: (e)/(g) = ${ratio(generation[0]!, generation[2]!)}, stream (f)/(e) = ${ratio(generation[1]!, generation[0]!)}; A/A control (h)/(g) = ${ratio(generation[3]!, generation[2]!)}`
   )
   console.log(
     `deadline of 50 ms on an endless generation: returned ${deadline.median.toFixed(1)} ms late (median), ${deadline.max.toFixed(1)} ms (max)`
