@@ -607,6 +607,11 @@ describe("orchestra CLI", { timeout: 180_000 }, () => {
       )
       // Type errors elsewhere in the tree (other work in progress) do not stop the emit.
       assert.isTrue(readFileSync(NodePath.join(build, "dist/cli/bin.js"), "utf8").length > 0, compiled.stdout)
+      const bundled = yield* run([NodePath.join(ROOT, "scripts/bundle-cli.mjs"), NodePath.join(build, "dist")], {
+        command: [],
+        cwd: ROOT
+      })
+      assert.isTrue(readFileSync(NodePath.join(build, "dist/cli-bundle/bin.js"), "utf8").length > 0, bundled.stderr)
       mkdirSync(NodePath.join(build, "bin"))
       cpSync(NodePath.join(ROOT, "bin/orchestra.mjs"), NodePath.join(build, "bin/orchestra.mjs"))
       const bin = [NodePath.join(build, "bin/orchestra.mjs")]
