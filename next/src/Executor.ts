@@ -30,6 +30,7 @@ import { RateLimits } from "./RateLimit.js"
 import { ResponseCache } from "./ResponseCache.js"
 import * as Engine from "./policy/engine.js"
 import { forEachPool } from "./policy/pool.js"
+import { traced } from "./policy/span.js"
 import * as StreamEngine from "./policy/stream.js"
 import { type ExecutionStats, type Filter, layer as statsLayer, Stats } from "./Stats.js"
 
@@ -431,7 +432,16 @@ export const make = Effect.fnUntraced(function* (options: Options = {}) {
       }
       const error = checkGenerate(request, limits)
       if (error !== undefined) return refused(error, target, callOptions.domain)
-      return engine.runValue(planOf(target, request, callOptions, resolved.success), (p) => p.generate(request))
+      return traced(
+        "Executor.execute",
+        () => ({
+          "gen_ai.operation.name": "chat",
+          "gen_ai.provider.name": target.name,
+          "gen_ai.request.model": request.model ?? target.defaultModel,
+          "orchestra.domain": callOptions.domain ?? "none"
+        }),
+        engine.runValue(planOf(target, request, callOptions, resolved.success), (p) => p.generate(request))
+      )
     })
 
   const withRetry: ExecuteOptions = { retry: true }
@@ -456,7 +466,11 @@ export const make = Effect.fnUntraced(function* (options: Options = {}) {
         return Effect.fail(invalidRequest(resolved.failure.path, resolved.failure.message))
       }
       const items = Array.from(requests)
-      return forEachPool(items, concurrency.success, (request) => Effect.result(execute(request, manyOptions)))
+      return traced(
+        "Executor.executeMany",
+        () => ({ "orchestra.items": items.length, "orchestra.concurrency": concurrency.success }),
+        forEachPool(items, concurrency.success, (request) => Effect.result(execute(request, manyOptions)))
+      )
     })
 
   const embed = (request: EmbedRequest, callOptions: ExecuteOptions = {}) =>
@@ -474,9 +488,15 @@ export const make = Effect.fnUntraced(function* (options: Options = {}) {
             timeout: resolved.success.timeout,
             retry: resolved.success.retry
           }
-          return Effect.map(
-            engine.run({ steps: [step], totalTimeout: resolved.success.totalTimeout }, (p) => p.embed(valid)),
-            (answer) => answer.value
+          return traced(
+            "Executor.embed",
+            () => ({
+              "gen_ai.operation.name": "embeddings",
+              "gen_ai.provider.name": target.name,
+              "gen_ai.request.model": valid.model ?? target.defaultModel,
+              "orchestra.domain": callOptions.domain ?? "none"
+            }),
+            engine.runValue({ steps: [step], totalTimeout: resolved.success.totalTimeout }, (p) => p.embed(valid))
           )
         }
       })

@@ -9,6 +9,7 @@
  * @since 0.1.0
  */
 import { Context, Duration, Effect, Layer, Result, Stream } from "effect"
+import type { LanguageModel, Model as AiModel } from "effect/ai"
 import { type AiError, invalidRequest, type ModelError } from "./AiError.js"
 import { applyTo, type Domain, Domains, Providers } from "./Domain.js"
 import {
@@ -20,6 +21,8 @@ import {
   type Step
 } from "./Executor.js"
 import * as Input from "./Input.js"
+import type { ConfigError } from "./Input.js"
+import * as EffectAi from "./Model/EffectAi.js"
 import {
   type EmbedRequest,
   type EmbedResponse,
@@ -31,6 +34,7 @@ import {
   validateEmbed,
   validateGenerate
 } from "./Model.js"
+import { traced } from "./policy/span.js"
 import type { StreamStep } from "./policy/stream.js"
 import { Stats } from "./Stats.js"
 
@@ -384,13 +388,17 @@ export const make = Effect.gen(function* () {
       Effect.map(executor.run(routed.plan, routed.call), routed.answer)
     )
 
+  const domainsOf = (names: string | ReadonlyArray<string>) => () => ({
+    "orchestra.domains": typeof names === "string" ? names : Array.isArray(names) ? names.join(",") : String(names)
+  })
+
   const execute = (request: GenerateRequest, domain: string, options: CallOptions = {}) =>
     typeof domain === "string"
-      ? run(request, domain, options)
+      ? traced("Router.execute", domainsOf(domain), run(request, domain, options))
       : Effect.fail(invalidRequest("domain", `expected a domain name, got ${domain === null ? "null" : typeof domain}`))
 
   const executeWithFallback = (request: GenerateRequest, names: ReadonlyArray<string>, options: CallOptions = {}) =>
-    run(request, names, options)
+    traced("Router.executeWithFallback", domainsOf(names), run(request, names, options))
 
   const executeParallelDomains = ((
     request: GenerateRequest,
@@ -426,11 +434,15 @@ export const make = Effect.gen(function* () {
     })
 
   const hedge = (request: GenerateRequest, names: ReadonlyArray<string>, options: HedgeOptions) =>
-    Effect.gen(function* () {
-      if (!Array.isArray(names) || names.length === 0) return yield* Effect.fail(noDomains)
-      const delay = yield* hedgeDelay(names[0]!, options)
-      return yield* run(request, names, options, delay)
-    })
+    traced(
+      "Router.hedge",
+      domainsOf(names),
+      Effect.gen(function* () {
+        if (!Array.isArray(names) || names.length === 0) return yield* Effect.fail(noDomains)
+        const delay = yield* hedgeDelay(names[0]!, options)
+        return yield* run(request, names, options, delay)
+      })
+    )
 
   const stream = (request: GenerateRequest, names: string | ReadonlyArray<string>, options: StreamOptions = {}) =>
     Stream.unwrap(
@@ -501,3 +513,50 @@ export const make = Effect.gen(function* () {
 export const layer: Layer.Layer<Router, never, Executor | Domains | Providers | Stats> = Layer.effect(Router, make)
 
 export type { ExecuteOptions }
+
+/**
+ * A domain (or a fallback chain) as an `effect/ai` `LanguageModel`: an Effect 4 application
+ * keeps its `effect/ai` code (`LanguageModel.generateText`, `streamText`, `generateObject`,
+ * toolkits) and every call runs through the domain's policies (its chain, breaker, rate
+ * limit, cache, deadlines and retries) as `Router.execute` and `Router.stream` do.
+ *
+ * @example
+ * ```ts
+ * import { Effect, Layer } from "effect"
+ * import { LanguageModel } from "effect/ai"
+ * import { Mock, Orchestra, Router } from "effect-orchestra"
+ *
+ * const Support = Router.layerLanguageModel("support").pipe(
+ *   Layer.provide(Orchestra.layer({ providers: { mock: Mock.layer() } }))
+ * )
+ * const answer = LanguageModel.generateText({ prompt: "How do I reset my password?" }).pipe(Effect.provide(Support))
+ * ```
+ *
+ * @since 0.2.0
+ * @category layers
+ */
+export const layerLanguageModel = (
+  domains: string | ReadonlyArray<string>,
+  options: EffectAi.LanguageModelOptions & {
+    readonly call?: CallOptions | undefined
+    readonly stream?: StreamOptions | undefined
+  } = {}
+): Layer.Layer<LanguageModel.LanguageModel | AiModel.ProviderName, ConfigError, Router> =>
+  Layer.unwrap(
+    Effect.map(Router, (router) => {
+      const names = typeof domains === "string" ? domains : domains
+      return EffectAi.layerLanguageModel(
+        {
+          generate: (request) =>
+            Effect.map(
+              typeof names === "string"
+                ? router.execute(request, names, options.call)
+                : router.executeWithFallback(request, names, options.call),
+              (answer) => answer.response
+            ),
+          stream: (request) => router.stream(request, names, options.stream)
+        },
+        { ...options, name: options.name ?? (typeof names === "string" ? names : names.join(",")) }
+      )
+    })
+  )

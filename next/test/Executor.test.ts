@@ -1,5 +1,5 @@
 import { assert, describe, it } from "@effect/vitest"
-import { Context, Duration, Effect, Fiber, Metric, Result } from "effect"
+import { Context, Duration, Effect, Fiber, Metric, Result, Tracer } from "effect"
 import { TestClock } from "effect/testing"
 import type { AiError } from "../src/AiError.js"
 import type * as Executor from "../src/Executor.js"
@@ -334,5 +334,37 @@ describe("Executor.run: fallback and hedging", () => {
       const error = yield* Fiber.join(fiber)
       assert.strictEqual(error._tag === "TimeoutError" && error.limit, "total")
     })
+  )
+})
+
+describe("spans", () => {
+  it.effect(
+    "a traced caller gets Executor.execute and Policy.attempt spans with gen_ai attributes; an untraced one none",
+    () =>
+      Effect.gen(function* () {
+        const { executor } = yield* setup({ script: [Outcome.fail("Overloaded"), Outcome.succeed("ok")] })
+        const spans: Array<Tracer.NativeSpan> = []
+        const tracer = Tracer.make({
+          span(options) {
+            const span = new Tracer.NativeSpan(options)
+            spans.push(span)
+            return span
+          }
+        })
+        yield* executor.execute(ask, { retry: { initialDelay: 1, jitter: 0 } }).pipe(
+          Effect.withSpan("caller"),
+          Effect.provideService(Tracer.Tracer, tracer),
+          Effect.forkChild,
+          Effect.flatMap((f) => Effect.andThen(TestClock.adjust(10), Fiber.join(f)))
+        )
+        const names = spans.map((s) => s.name)
+        assert.deepStrictEqual(names, ["caller", "Executor.execute", "Policy.attempt", "Policy.attempt"])
+        const execute = spans[1]!
+        assert.strictEqual(execute.attributes.get("gen_ai.provider.name"), "mock")
+        assert.strictEqual(spans[2]!.parent._tag === "Some" && spans[2]!.parent.value.spanId, execute.spanId)
+        spans.length = 0
+        yield* executor.execute(ask).pipe(Effect.provideService(Tracer.Tracer, tracer))
+        assert.deepStrictEqual(spans.length, 0)
+      })
   )
 })

@@ -40,6 +40,7 @@ import { type RetryPolicy, schedule as retrySchedule } from "../Policy.js"
 import type { Service as StatsService } from "../Stats.js"
 import type { Series } from "../stats/series.js"
 import * as Deadline from "./deadline.js"
+import { traced } from "./span.js"
 
 /**
  * What the pipeline needs of a circuit breaker (the `CircuitBreaker` service provides it).
@@ -355,7 +356,11 @@ export const make = (options: Options): Effect.Effect<Engine, never, Scope.Scope
           return Effect.fail(unexpected(result.cause, step.name))
         }
       )
-      const guarded = step.breaker === undefined ? deadlined : step.breaker.execute(step.name, deadlined)
+      const guarded = traced(
+        "Policy.attempt",
+        () => ({ "gen_ai.provider.name": step.name, "orchestra.domain": step.domain ?? "none" }),
+        step.breaker === undefined ? deadlined : step.breaker.execute(step.name, deadlined)
+      )
       if (step.rateLimit === undefined) return guarded
       const limit = step.rateLimit
       return Effect.flatMap(tracked(limit.acquire(step.name, { tokens: step.tokens })), () => guarded)

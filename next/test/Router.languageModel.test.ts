@@ -1,0 +1,37 @@
+import { assert, describe, it } from "@effect/vitest"
+import { Effect, Layer, Stream } from "effect"
+import { LanguageModel } from "effect/ai"
+import * as Mock from "../src/Model/Mock.js"
+import * as Orchestra from "../src/Orchestra.js"
+import * as Router from "../src/Router.js"
+import * as Stats from "../src/Stats.js"
+
+describe("Router.layerLanguageModel: a domain as an effect/ai LanguageModel", () => {
+  const manager = Orchestra.layer({
+    providers: {
+      down: Mock.layer({ name: "down", random: { success: 0, failures: { Overloaded: 1 } } }),
+      up: Mock.layer({ name: "up", respond: () => "answered by the backup" })
+    },
+    domains: [
+      { name: "primary", provider: "down", fallback: ["backup"] },
+      { name: "backup", provider: "up" }
+    ]
+  })
+
+  it.effect("generateText runs through the domain's chain: the fallback answers and is counted", () =>
+    Effect.gen(function* () {
+      const text = yield* LanguageModel.generateText({ prompt: "hello" }).pipe(
+        Effect.map((response) => response.text)
+      )
+      assert.strictEqual(text, "answered by the backup")
+      const stats = yield* Stats.snapshot({ domain: "backup" })
+      assert.strictEqual(stats.fallbacks, 1)
+    }).pipe(Effect.provide(Router.layerLanguageModel("primary").pipe(Layer.provideMerge(manager)))))
+
+  it.effect("streamText streams through the same chain", () =>
+    Effect.gen(function* () {
+      const parts = yield* Stream.runCollect(LanguageModel.streamText({ prompt: "hello" }))
+      const text = parts.map((p) => (p.type === "text-delta" ? p.delta : "")).join("")
+      assert.strictEqual(text, "answered by the backup")
+    }).pipe(Effect.provide(Router.layerLanguageModel("primary").pipe(Layer.provideMerge(manager)))))
+})
