@@ -181,7 +181,11 @@ export interface Service {
    * (`items` not an array, or a wrong option): an `InvalidRequest` naming the field.
    */
   readonly run: (items: ReadonlyArray<Item>, options?: RunOptions) => Effect.Effect<BatchResult, ModelError>
-  /** Progress events, then the result as the last element. Leaving the stream early interrupts the batch. */
+  /**
+   * Progress events, then the result as the last element. Leaving the stream early
+   * interrupts the batch. Events wait in a queue for a slower consumer (about two per
+   * item, plus one per retry): the batch itself never waits for the consumer.
+   */
   readonly stream: (
     items: ReadonlyArray<Item>,
     options?: Omit<RunOptions, "onEvent">
