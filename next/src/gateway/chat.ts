@@ -29,6 +29,7 @@ import {
   type Env,
   errorOf,
   failure,
+  orInternalError,
   json,
   type KeyIdentity,
   readJson,
@@ -271,6 +272,7 @@ export const make = (env: Env) => {
         Effect.catch((error: AiError | GatewayError) =>
           Effect.succeed(answered(env, "chat", started, failure(env, error), 0))
         ),
+        orInternalError(env, "chat", started),
         Effect.onExit((exit) => {
           // A stream answer leaves when its body ends; everything else leaves here.
           if (Exit.isFailure(exit) || exit.value.body._tag !== "Stream") lifecycle.leave(entry)

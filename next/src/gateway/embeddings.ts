@@ -19,6 +19,7 @@ import {
   type Env,
   errorOf,
   failure,
+  orInternalError,
   json,
   readJson,
   traced
@@ -101,6 +102,7 @@ export const make = (env: Env) => {
         Effect.catch((error: AiError | GatewayError) =>
           Effect.succeed(answered(env, "embeddings", started, failure(env, error), 0))
         ),
+        orInternalError(env, "embeddings", started),
         Effect.ensuring(Effect.sync(() => lifecycle.leave(entry)))
       )
     })

@@ -255,3 +255,30 @@ export const cuttable = <A, E>(entry: Entry, effect: Effect.Effect<A, E>): Effec
       return exit
     })
   })
+
+/**
+ * A defect of a route (a bug) answered as an OpenAI-shaped 500 and logged, instead of an
+ * empty 500; an interruption (the client left, the server closes) passes through.
+ *
+ * @internal
+ */
+export const orInternalError =
+  (env: Env, route: Route, started: number) =>
+  <E, R>(
+    effect: Effect.Effect<HttpServerResponse.HttpServerResponse, E, R>
+  ): Effect.Effect<HttpServerResponse.HttpServerResponse, E, R> =>
+    Effect.catchCause(effect, (cause) => {
+      if (Cause.hasInterruptsOnly(cause) || Option.isSome(Cause.findErrorOption(cause))) {
+        return Effect.failCause(cause)
+      }
+      return Effect.as(
+        Effect.logError("gateway: unexpected failure", Cause.pretty(cause)),
+        answered(
+          env,
+          route,
+          started,
+          failure(env, gatewayError("Internal", "the gateway failed unexpectedly")),
+          undefined
+        )
+      )
+    })

@@ -3,7 +3,7 @@
  * body, `Retry-After`; the key store's reservation released whenever a call fails.
  */
 import { assert, describe, it } from "@effect/vitest"
-import { Duration, Effect } from "effect"
+import { Duration, Effect, Redacted } from "effect"
 import * as Gateway from "../../src/Gateway.js"
 import * as Server from "../utils/httpServer.js"
 import * as Harness from "./harness.js"
@@ -146,6 +146,32 @@ describe("Gateway: keys", () => {
         assert.deepStrictEqual(log.released, [1])
         assert.strictEqual(log.settled.length, 1)
       })
+  )
+})
+
+describe("Gateway: a bug", () => {
+  it.live("a defect (here in a key store) is an OpenAI-shaped 500, and the gateway goes on serving", () =>
+    Effect.gen(function* () {
+      const upstream = yield* Server.make(Up.openAi())
+      const { service } = keys()
+      const buggy: Gateway.KeyStoreService = {
+        ...service,
+        authenticate: (bearer) =>
+          bearer !== undefined && Redacted.value(bearer) === "sk-bug"
+            ? Effect.die(new Error("a bug"))
+            : service.authenticate(bearer)
+      }
+      const gw = yield* Harness.make({ upstreams: { a: upstream.url }, keys: buggy })
+      const failed = yield* Harness.failing(() =>
+        gw.client("sk-bug").chat.completions.create({ model: "d-a", messages: hi })
+      )
+      assert.deepStrictEqual([failed.status, failed.type, failed.code], [500, "server_error", "internal_error"])
+      const ok = yield* Harness.call(() =>
+        gw.client("sk-alice").chat.completions.create({ model: "d-a", messages: hi })
+      )
+      assert.strictEqual(ok.object, "chat.completion")
+      assert.strictEqual(gw.gateway.inFlight(), 0)
+    })
   )
 })
 
