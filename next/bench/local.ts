@@ -16,15 +16,21 @@
  * (so drift on a shared machine hits them alike); each figure is the median of the rounds
  * after a warm-up. The load average is printed before and after.
  */
+import { execFile } from "node:child_process"
 import { mkdir, mkdtemp, rm, writeFile } from "node:fs/promises"
 import { loadavg, tmpdir } from "node:os"
 import * as path from "node:path"
 import { fileURLToPath } from "node:url"
+import { PerformanceObserver } from "node:perf_hooks"
 import { NodeRuntime } from "@effect/platform-node"
+import * as Transformers from "@xenova/transformers"
 import { AutoModel, AutoModelForCausalLM, AutoTokenizer, env, mean_pooling, pipeline } from "@xenova/transformers"
-import { Effect, Stream } from "effect"
+import { Clock, Effect, Stream } from "effect"
 import type { Service } from "../src/Model.js"
 import * as Local from "../src/Model/Local.js"
+import { makeInstance, type PretrainedModelLike } from "../src/Model/local/instance.js"
+import { makeWith } from "../src/Model/local/provider.js"
+import type { TokenizerLike, Transformers as Lib } from "../src/Model/local/runtime.js"
 import { buildEncoderFiles, generateModels } from "../scripts/generate-models.js"
 
 const quick = process.argv.includes("--quick")
@@ -60,16 +66,28 @@ const rounds = <E, R>(variants: ReadonlyArray<Effect.Effect<unknown, E, R>>, run
   Effect.gen(function* () {
     for (const variant of variants) yield* variant
     const times = variants.map(() => [] as Array<number>)
+    const gc = variants.map(() => 0)
     for (let i = 0; i < runs; i++) {
       for (let j = 0; j < variants.length; j++) {
         const k = (i + j) % variants.length
+        const gcBefore = gcMillis
         const start = yield* now
         yield* variants[k]!
         times[k]!.push((yield* now) - start)
+        // An event-loop turn (untimed) after every variant: work a variant deferred (GC tasks)
+        // runs here rather than inside the next one, and the GC entries of this one arrive.
+        yield* turn
+        gc[k]! += gcMillis - gcBefore
       }
     }
-    return times
+    return Object.assign(times, { gc })
   })
+
+let gcMillis = 0
+new PerformanceObserver((list) => {
+  for (const entry of list.getEntries()) gcMillis += entry.duration
+}).observe({ entryTypes: ["gc"] })
+const turn = Effect.promise(() => new Promise<void>((resolve) => setImmediate(resolve)))
 
 const pct = (ratio: number) => `${(ratio * 100).toFixed(0)}%`
 
@@ -87,12 +105,27 @@ interface Row {
   readonly unit: string
 }
 
-const writeFiles = (dir: string, files: ReadonlyMap<string, Uint8Array>) =>
-  Effect.promise(async () => {
-    for (const [file, contents] of files) {
-      await mkdir(path.dirname(path.join(dir, file)), { recursive: true })
-      await writeFile(path.join(dir, file), contents)
-    }
+const writeFiles = async (dir: string, files: ReadonlyMap<string, Uint8Array>) => {
+  for (const [file, contents] of files) {
+    await mkdir(path.dirname(path.join(dir, file)), { recursive: true })
+    await writeFile(path.join(dir, file), contents)
+  }
+}
+
+/**
+ * Writes the tiny models and the MiniLM-sized encoder into `dir` in a child process. Built
+ * here, its ~100 MB of weights left garbage in this process's heap, and the major GCs it
+ * caused ran whenever a variant returned to the event loop (the provider does, direct calls
+ * do not): 0.7-1.2 s of GC landed on the provider's rounds against 0.06-0.14 s on direct's.
+ */
+const writeModels = (dir: string) =>
+  Effect.callback<void, Error>((resume) => {
+    const child = execFile(
+      process.execPath,
+      [...process.execArgv, fileURLToPath(import.meta.url), "--write-models", dir],
+      (error) => resume(error ? Effect.fail(error) : Effect.void)
+    )
+    return Effect.sync(() => child.kill())
   })
 
 const useModels = (modelPath: string) => {
@@ -165,11 +198,7 @@ const program = Effect.gen(function* () {
     Effect.promise(() => mkdtemp(path.join(tmpdir(), "orchestra-bench-"))),
     (d) => Effect.promise(() => rm(d, { recursive: true, force: true }))
   )
-  yield* Effect.promise(() => generateModels(dir))
-  yield* writeFiles(
-    dir,
-    buildEncoderFiles("minilm-sized-bert", { hidden: 384, heads: 12, ffn: 1536, layers: 6, positions: 128 })
-  )
+  yield* writeModels(dir)
   const bundledPath = fileURLToPath(Local.defaultModelPath)
   const model = yield* Local.make({ maxBatchSize: 32 })
   const sized = yield* Local.make({ modelPath: dir, embeddingModel: "minilm-sized-bert", maxBatchSize: 32 })
@@ -182,36 +211,57 @@ const program = Effect.gen(function* () {
   useModels(bundledPath)
   const tokenizer = yield* Effect.promise(() => AutoTokenizer.from_pretrained("tiny-gpt2"))
   const decoder = yield* Effect.promise(() => AutoModelForCausalLM.from_pretrained("tiny-gpt2"))
-  // The same direct call on a second session of the same model: an A/A control, how far two
-  // identical variants drift apart on this machine in the same run.
+  // A second session of the same model: two sessions of one model, called the same way, ran
+  // up to 1.4x apart (the first one loaded here being the fast one, at any load), so (e)
+  // and (f) run on the very session (g) calls, and (h) shows the spread between sessions.
   const control = yield* Effect.promise(() => AutoModelForCausalLM.from_pretrained("tiny-gpt2"))
+  const clock = yield* Clock.Clock
+  const onDecoder = yield* makeWith(
+    { modelPath: bundledPath, name: "local-shared-session" },
+    {
+      instrument: (real) => (modelId, purpose) =>
+        purpose === "generation"
+          ? Effect.succeed(
+              makeInstance({
+                lib: Transformers as unknown as Lib,
+                modelId,
+                task: "text-generation",
+                tokenizer: tokenizer as unknown as TokenizerLike,
+                model: decoder as unknown as PretrainedModelLike,
+                clock
+              })
+            )
+          : real(modelId, purpose)
+    }
+  )
   const tokenRow = (label: string, ms: number) =>
     rows.push({ label, ms, rate: ((GENERATIONS * NEW_TOKENS) / ms) * 1000, unit: "tokens/s" })
+  const direct = (session: typeof decoder) =>
+    Effect.forEach(
+      prompts,
+      (prompt) => Effect.promise(() => session.generate(tokenizer(prompt).input_ids, { max_new_tokens: NEW_TOKENS })),
+      { discard: true }
+    )
   const generation = yield* rounds(
     [
-      Effect.forEach(prompts, (prompt) => model.generate({ prompt, maxTokens: NEW_TOKENS }), { discard: true }),
-      Effect.forEach(prompts, (prompt) => Stream.runDrain(model.stream({ prompt, maxTokens: NEW_TOKENS })), {
+      Effect.forEach(prompts, (prompt) => onDecoder.generate({ prompt, maxTokens: NEW_TOKENS }), { discard: true }),
+      Effect.forEach(prompts, (prompt) => Stream.runDrain(onDecoder.stream({ prompt, maxTokens: NEW_TOKENS })), {
         discard: true
       }),
-      Effect.forEach(
-        prompts,
-        (prompt) => Effect.promise(() => decoder.generate(tokenizer(prompt).input_ids, { max_new_tokens: NEW_TOKENS })),
-        { discard: true }
-      ),
-      Effect.forEach(
-        prompts,
-        (prompt) => Effect.promise(() => control.generate(tokenizer(prompt).input_ids, { max_new_tokens: NEW_TOKENS })),
-        { discard: true }
-      )
+      direct(decoder),
+      direct(control),
+      Effect.forEach(prompts, (prompt) => model.generate({ prompt, maxTokens: NEW_TOKENS }), { discard: true })
     ],
     quick ? 7 : 21
   )
-  const [viaGenerate, viaStream, direct, again] = generation.map(median)
-  tokenRow(`(e) generate: ${GENERATIONS} x ${NEW_TOKENS} tokens, provider`, viaGenerate!)
-  tokenRow(`(f) stream: ${GENERATIONS} x ${NEW_TOKENS} tokens, provider`, viaStream!)
-  tokenRow(`(g) generate: ${GENERATIONS} x ${NEW_TOKENS} tokens, transformers.js direct`, direct!)
-  tokenRow(`(h) generate: ${GENERATIONS} x ${NEW_TOKENS} tokens, transformers.js direct, second session`, again!)
-  yield* Effect.promise(() => Promise.all([decoder.dispose(), control.dispose()]))
+  const [viaGenerate, viaStream, viaDirect, viaControl, viaOwn] = generation.map(median)
+  const run = `${GENERATIONS} x ${NEW_TOKENS} tokens`
+  tokenRow(`(e) generate: ${run}, provider, on the session (g) uses`, viaGenerate!)
+  tokenRow(`(f) stream: ${run}, provider, on the session (g) uses`, viaStream!)
+  tokenRow(`(g) generate: ${run}, transformers.js direct`, viaDirect!)
+  tokenRow(`(h) generate: ${run}, transformers.js direct, a second session`, viaControl!)
+  tokenRow(`(i) generate: ${run}, provider, its own session`, viaOwn!)
+  yield* Effect.promise(() => control.dispose())
   const deadline = yield* deadlineRows(model)
 
   console.log(`\n| work | median ms | rate |\n|---|---:|---:|`)
@@ -219,7 +269,10 @@ const program = Effect.gen(function* () {
   console.log(`tiny-bert: ${tiny.summary}`)
   console.log(`MiniLM-sized: ${big.summary}`)
   console.log(
-    `generation: (e)/(g) = ${ratio(generation[0]!, generation[2]!)}, stream (f)/(e) = ${ratio(generation[1]!, generation[0]!)}; A/A control (h)/(g) = ${ratio(generation[3]!, generation[2]!)}`
+    `generation: (e)/(g) = ${ratio(generation[0]!, generation[2]!)}, stream (f)/(e) = ${ratio(generation[1]!, generation[0]!)}; sessions: (h)/(g) = ${ratio(generation[3]!, generation[2]!)}, (i)/(g) = ${ratio(generation[4]!, generation[2]!)}, (i)/(h) = ${ratio(generation[4]!, generation[3]!)}`
+  )
+  console.log(
+    `GC during the generation rounds: ${generation.gc.map((ms, k) => `(${"efghi"[k]}) ${ms.toFixed(0)} ms`).join(", ")}`
   )
   console.log(
     `deadline of 50 ms on an endless generation: returned ${deadline.median.toFixed(1)} ms late (median), ${deadline.max.toFixed(1)} ms (max)`
@@ -227,4 +280,14 @@ const program = Effect.gen(function* () {
   console.log(`load average after: ${load()}`)
 })
 
-NodeRuntime.runMain(Effect.scoped(program))
+const writeTo = process.argv.indexOf("--write-models")
+if (writeTo >= 0) {
+  const dir = process.argv[writeTo + 1]!
+  await generateModels(dir)
+  await writeFiles(
+    dir,
+    buildEncoderFiles("minilm-sized-bert", { hidden: 384, heads: 12, ffn: 1536, layers: 6, positions: 128 })
+  )
+} else {
+  NodeRuntime.runMain(Effect.scoped(program))
+}
