@@ -8,13 +8,15 @@
  * call straight to the transformers.js `feature-extraction` pipeline, (d) 8 batches of 32
  * straight to the model (tokenizer, model, mean pooling: the work (b) does without the
  * library); on the bundled tiny-bert and on a MiniLM-sized encoder (384 hidden, 6 layers,
- * random weights, generated into a temp dir). Generation tokens/second on tiny-gpt2:
- * through the provider (generate, and stream drained), straight to `model.generate`, and
- * straight to a second session of the same model (an A/A control: the spread between two
- * identical variants is this machine's noise floor for every ratio printed). Then how late
- * a 50 ms deadline stops an endless generation. Variants alternate within each round
- * (so drift on a shared machine hits them alike); each figure is the median of the rounds
- * after a warm-up. The load average is printed before and after.
+ * random weights, written into a temp dir by a child process). Generation tokens/second
+ * on tiny-gpt2, 8 prompts x 64 new tokens: (e) `generate` and (f) `stream` through a
+ * provider running on the very session that (g) calls with `model.generate` directly,
+ * (h) direct calls on a second session of the same model (the spread between two identical
+ * variants: this machine's noise floor) and (i) the provider on its own session; with the
+ * GC time that landed in each. Then how late a 50 ms deadline stops an endless generation.
+ * Variants rotate within each round (so drift on a shared machine hits them alike), each
+ * followed by an untimed event-loop turn; every ratio is given paired (the median of the
+ * per-round ratios) and from the medians. The load average is printed before and after.
  */
 import { execFile } from "node:child_process"
 import { mkdir, mkdtemp, rm, writeFile } from "node:fs/promises"
