@@ -20,7 +20,8 @@
  *
  * Parts: A. added latency p50/p99, CPU per request and RSS at 500 and 1,000 requests/s
  * (interleaved rounds, medians); B. the highest rate held with p99 under 100 ms; C. stream
- * time to first byte added; D. RSS across 100k requests.
+ * time to first byte added; D. RSS across 100k requests; E. CPU per request with parts of
+ * the gateway left out (`BENCH_GATEWAY=http|bare|mock|nokeys|full` for the gateway role).
  */
 import { type ChildProcess, spawn } from "node:child_process"
 import { readFileSync } from "node:fs"
@@ -192,16 +193,21 @@ interface Child {
 
 const self = fileURLToPath(import.meta.url)
 
-const startChild = (args: ReadonlyArray<string>): Promise<Child> =>
+const startChild = (args: ReadonlyArray<string>, env: Record<string, string> = {}): Promise<Child> =>
   new Promise((resolve, reject) => {
-    const child = spawn(process.execPath, [self, "--role", ...args], { stdio: ["ignore", "pipe", "inherit"] })
+    const child = spawn(process.execPath, [self, "--role", ...args], {
+      stdio: ["ignore", "pipe", "inherit"],
+      env: { ...process.env, ...env }
+    })
     let out = ""
     child.stdout!.setEncoding("utf8").on("data", (text: string) => {
       out += text
       const match = /\{"port":(\d+)\}/.exec(out)
       if (match !== null) resolve({ process: child, port: Number(match[1]) })
     })
-    child.on("exit", (code) => reject(new Error(`${args.join(" ")} exited with ${code}`)))
+    child.on("exit", (code, signal) => {
+      if (signal === null) reject(new Error(`${args.join(" ")} exited with ${code}`))
+    })
   })
 
 /** RSS (MB) and CPU time (ms, user + system) of a process, from /proc. */
@@ -217,7 +223,16 @@ interface Run {
   readonly p50: number
   readonly p99: number
   readonly errors: number
+  /** Errors by kind: an HTTP status, or a socket error's code (`timeout`: 15 s without an answer). */
+  readonly kinds: ReadonlyMap<string, number>
   readonly sent: number
+}
+
+const errorText = (runs: ReadonlyArray<Run>): string => {
+  const kinds = new Map<string, number>()
+  for (const run of runs) for (const [kind, n] of run.kinds) kinds.set(kind, (kinds.get(kind) ?? 0) + n)
+  const total = [...kinds.values()].reduce((a, b) => a + b, 0)
+  return total === 0 ? "0" : `${total} (${[...kinds].map(([k, n]) => `${k}×${n}`).join(", ")})`
 }
 
 const percentile = (sorted: Float64Array, p: number) =>
@@ -236,13 +251,18 @@ const load = (port: number, body: string, rate: number, count: number, firstByte
   new Promise((resolve) => {
     const latencies = new Float64Array(count).fill(Number.NaN)
     let errors = 0
+    const kinds = new Map<string, number>()
+    const failed = (kind: string) => {
+      errors++
+      kinds.set(kind, (kinds.get(kind) ?? 0) + 1)
+    }
     let finished = 0
     let next = 0
     const t0 = performance.now() + 20
     const finish = () => {
       if (++finished < count) return
       const ok = latencies.filter((x) => !Number.isNaN(x)).sort()
-      resolve({ p50: percentile(ok, 0.5), p99: percentile(ok, 0.99), errors, sent: count })
+      resolve({ p50: percentile(ok, 0.5), p99: percentile(ok, 0.99), errors, kinds, sent: count })
     }
     const send = (i: number, at: number) => {
       const req = http.request(
@@ -263,16 +283,16 @@ const load = (port: number, body: string, rate: number, count: number, firstByte
           res.on("end", () => {
             if (!firstByte) latencies[i] = performance.now() - at
             if (res.statusCode !== 200) {
-              errors++
+              failed(String(res.statusCode))
               latencies[i] = Number.NaN
             }
             finish()
           })
         }
       )
-      req.setTimeout(15_000, () => req.destroy())
-      req.on("error", () => {
-        errors++
+      req.setTimeout(15_000, () => req.destroy(Object.assign(new Error("timeout"), { code: "timeout" })))
+      req.on("error", (error: Error & { code?: string }) => {
+        failed(error.code ?? "error")
         latencies[i] = Number.NaN
         finish()
       })
@@ -287,6 +307,34 @@ const load = (port: number, body: string, rate: number, count: number, firstByte
       if (next < count) setTimeout(tick, Math.max(0, t0 + (next * 1000) / rate - performance.now()))
     }
     setTimeout(tick, 20)
+  })
+
+/** `count` requests, `concurrency` at a time (closed loop: for CPU per request, not latency). */
+const closedLoop = (port: number, body: string, count: number, concurrency: number): Promise<void> =>
+  new Promise((resolve) => {
+    let sent = 0
+    let done = 0
+    const one = () => {
+      if (sent >= count) return
+      sent++
+      const req = http.request(
+        {
+          host: "127.0.0.1",
+          port,
+          path: "/v1/chat/completions",
+          method: "POST",
+          agent,
+          headers: { "content-type": "application/json", authorization: `Bearer ${KEY}` }
+        },
+        (res) => {
+          res.resume()
+          res.on("end", () => (++done === count ? resolve() : one()))
+        }
+      )
+      req.on("error", () => (++done === count ? resolve() : one()))
+      req.end(body)
+    }
+    for (let i = 0; i < concurrency; i++) one()
   })
 
 const median = (xs: ReadonlyArray<number>) => {
@@ -352,7 +400,7 @@ const driver = async () => {
         t.name === "direct" ? "-" : fmt(added("p99")),
         t.pid === undefined ? "-" : fmt(median(runs.map((r) => r.cpuPerReq)) * 1000, 0),
         t.pid === undefined ? "-" : fmt(runs[runs.length - 1]!.rss, 0),
-        String(runs.reduce((n, r) => n + r.errors, 0))
+        errorText(runs)
       ])
     }
   }
@@ -369,7 +417,7 @@ const driver = async () => {
     let last = ""
     for (const rate of [1000, 1500, 2000, 2500, 3000, 3500, 4000, 5000]) {
       const run = await load(t.port, t.body, rate, rate * (quick ? 3 : 5))
-      last = `${rate}/s: p50 ${fmt(run.p50)} p99 ${fmt(run.p99)} errors ${run.errors}`
+      last = `${rate}/s: p50 ${fmt(run.p50)} p99 ${fmt(run.p99)} errors ${errorText([run])}`
       if (run.p99 >= 100 || run.errors > 0) break
       held = rate
     }
@@ -399,7 +447,7 @@ const driver = async () => {
       fmt(median(runs.map((r) => r.p50))),
       fmt(median(runs.map((r) => r.p99))),
       t.name === "direct" ? "-" : fmt(median(runs.map((r, i) => r.p50 - directFirst[i]!.p50))),
-      String(runs.reduce((n, r) => n + r.errors, 0))
+      errorText(runs)
     ])
   }
   table("C. Stream: time to first byte at 200 streams/s (ms)", ["target", "p50", "p99", "added p50", "errors"], rowsC)
@@ -410,12 +458,46 @@ const driver = async () => {
   const rowsD: Array<Array<string>> = [["0", fmt(usage(gw.process.pid!).rssMb, 1), "-", "-"]]
   for (let sent = step; sent <= total; sent += step) {
     const run = await load(gw.port, chatBody, 1000, step)
-    rowsD.push([String(sent), fmt(usage(gw.process.pid!).rssMb, 1), fmt(run.p99), String(run.errors)])
+    rowsD.push([String(sent), fmt(usage(gw.process.pid!).rssMb, 1), fmt(run.p99), errorText([run])])
   }
   table(
     `D. Gateway RSS across ${total.toLocaleString("en")} requests at 1,000/s`,
     ["requests", "RSS MB", "p99 ms", "errors"],
     rowsD
+  )
+
+  // E. Where the CPU goes: the same requests, closed loop at concurrency 16, through the
+  // gateway with parts left out (each in its own process).
+  const rowsE: Array<Array<string>> = []
+  const perVariant = quick ? 2000 : 6000
+  const variants: ReadonlyArray<readonly [string, string]> = [
+    ["http", "effect/http route answering a constant (no gateway)"],
+    ["bare", "gateway, Mock provider, no key store"],
+    ["mock", "gateway, Mock provider, key store"],
+    ["nokeys", "gateway, OpenAiCompat over undici, no key store"],
+    ["full", "gateway, every policy on (as in A-D)"]
+  ]
+  for (const [variant, label] of variants) {
+    const target = await startChild(["gateway", String(up.port)], { BENCH_GATEWAY: variant })
+    await closedLoop(target.port, chatBody, 1000, 16)
+    const before = usage(target.process.pid!)
+    await closedLoop(target.port, chatBody, perVariant, 16)
+    const after = usage(target.process.pid!)
+    rowsE.push([label, fmt(((after.cpuMs - before.cpuMs) * 1000) / perVariant, 0), fmt(after.rssMb, 0)])
+    target.process.kill("SIGTERM")
+  }
+  const pxBefore = usage(px.process.pid!)
+  await closedLoop(px.port, upstreamBody, perVariant, 16)
+  const pxAfter = usage(px.process.pid!)
+  rowsE.push([
+    "node proxy (for scale)",
+    fmt(((pxAfter.cpuMs - pxBefore.cpuMs) * 1000) / perVariant, 0),
+    fmt(pxAfter.rssMb, 0)
+  ])
+  table(
+    "E. CPU per request by configuration (closed loop, concurrency 16)",
+    ["configuration", "CPU µs/req", "RSS MB"],
+    rowsE
   )
 
   console.log(
