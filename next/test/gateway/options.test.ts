@@ -103,6 +103,10 @@ describe("Gateway with the key store of gateway/keys", () => {
       assert.strictEqual((yield* upstream.requests).length, 1)
       const unknown = yield* Harness.failing(() => gw.client("sk-nope").models.list())
       assert.strictEqual(unknown.status, 401)
+      // /metrics shows what is left of the key's budget (its id, never its secret).
+      const metrics = yield* Effect.promise(() => fetch(`${gw.url}/metrics`).then((r) => r.text()))
+      assert.match(metrics, /orchestra_gateway_budget_remaining\{[^}]*key="small"[^}]*\} 82/)
+      assert.notInclude(metrics, secret)
     })
   )
 })
