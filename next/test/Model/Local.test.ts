@@ -420,7 +420,7 @@ describe("Local provider: loading", () => {
   )
 
   it.live(
-    "importing the module never loads transformers.js; only building a provider does (a child process without it)",
+    "importing the package root never loads transformers.js; only building a provider does (a child process without it)",
     () =>
       Effect.gen(function* () {
         const dir = yield* tempDir("orchestra-peer-")
@@ -444,8 +444,9 @@ registerHooks({
         )
         const script = `
 const { Effect } = await import("effect")
+const root = await import("./src/index.ts")
 const Local = await import("./src/Model/Local.ts")
-console.log("imported " + typeof Local.layer)
+console.log("imported " + typeof root.Local.layer + " " + typeof Local.layer)
 const error = await Effect.runPromise(Effect.flip(Effect.scoped(Local.make())))
 console.log(JSON.stringify({ tag: error._tag, reason: error.reason, message: error.message }))
 `
@@ -460,7 +461,7 @@ console.log(JSON.stringify({ tag: error._tag, reason: error.reason, message: err
           return Effect.sync(() => child.kill())
         })
         const lines = output.trim().split("\n")
-        assert.strictEqual(lines[0], "imported function")
+        assert.strictEqual(lines[0], "imported function function")
         const result = JSON.parse(lines[1]!) as { tag: string; reason: string; message: string }
         assert.strictEqual(result.tag, "ModelError")
         assert.strictEqual(result.reason, "Unavailable")
