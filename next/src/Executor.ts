@@ -483,10 +483,13 @@ export const make = Effect.fnUntraced(function* (options: Options = {}) {
       return Effect.matchEffect(validateEmbed(request, limits), {
         onFailure: (error) => refused(error, target, callOptions.domain),
         onSuccess: (valid) => {
+          // Embeddings skip the provider slot: a provider batches concurrent embed calls itself
+          // (the local model gathers them into one inference), which a slot of one would serialise.
           const step: Step<ProviderService> = {
             ...stepFor(target, { domain: callOptions.domain }),
             timeout: resolved.success.timeout,
-            retry: resolved.success.retry
+            retry: resolved.success.retry,
+            maxConcurrency: undefined
           }
           return traced(
             "Executor.embed",

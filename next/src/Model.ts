@@ -272,9 +272,10 @@ export interface Service {
   readonly stream: (request: GenerateRequest) => Stream.Stream<StreamPart, AiError>
   readonly embed: (request: EmbedRequest) => Effect.Effect<EmbedResponse, AiError>
   /**
-   * Calls this provider serves at once (a pool of one local model instance: 1). The
-   * executor queues calls beyond it, so its latency and concurrency figures separate the
-   * time queued from the time served. Absent: unbounded.
+   * Generations this provider serves at once (a pool of one local model instance: 1). The
+   * executor queues `generate` and `stream` calls beyond it, so its latency and concurrency
+   * figures separate the time queued from the time served. Not applied to `embed` (a
+   * provider batches concurrent embed calls itself). Absent: unbounded.
    */
   readonly maxConcurrency?: number | undefined
 }

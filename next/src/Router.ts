@@ -475,11 +475,14 @@ export const make = Effect.gen(function* () {
       const { domain, provider } = yield* resolve(name)
       const valid = yield* validateEmbed(request, executor.limits)
       const totalTimeout = yield* checkTimeout(options.timeout, domain.totalTimeout)
-      const step: Step<ProviderService> = executor.stepFor(provider, {
-        domain: domain.name,
-        timeout: domain.timeout,
-        retry: domain.retry ?? false
-      })
+      const step: Step<ProviderService> = {
+        ...executor.stepFor(provider, {
+          domain: domain.name,
+          timeout: domain.timeout,
+          retry: domain.retry ?? false
+        }),
+        maxConcurrency: undefined
+      }
       const answer = yield* executor.run({ steps: [step], totalTimeout }, (p) =>
         p.embed(domain.model === undefined || valid.model !== undefined ? valid : { ...valid, model: domain.model })
       )
