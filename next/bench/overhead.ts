@@ -2,8 +2,8 @@
  * Per-call overhead of the executor beside what a TypeScript user would write instead,
  * measured side by side in one run.
  *
- *   npx tsx bench/overhead.ts            all parts
- *   npx tsx bench/overhead.ts --quick    fewer rounds
+ *   npm run bench -- overhead            all parts, bundled and run with plain node (bench/run.ts)
+ *   npm run bench -- overhead --quick    fewer rounds
  *
  * Part A: 100,000 calls to an instant provider at concurrency 64, the full path: a deadline,
  *         a retry policy, a circuit breaker and the metrics.
@@ -32,6 +32,8 @@ import { fileURLToPath } from "node:url"
 import pLimit from "p-limit"
 import * as CircuitBreaker from "../src/CircuitBreaker.js"
 import * as Executor from "../src/Executor.js"
+import * as Policy from "../src/Policy.js"
+import * as Deadline from "../src/policy/deadline.js"
 import type { GenerateRequest, GenerateResponse, Service } from "../src/Model.js"
 import { ModelProvider, usage } from "../src/Model.js"
 import { measure, median, printTable } from "./util.js"
@@ -126,6 +128,33 @@ const partA = async () => {
           )
         }).pipe(Effect.scoped, Effect.provide(EffectBreaker.layerStoreMemory()))
       ),
+    "building block: Effect.forEach + Effect.timeout(30 s)": () =>
+      Effect.runPromise(
+        Effect.forEach(reqs, (r) => Effect.timeout(instant.generate(r), "30 seconds"), {
+          concurrency: 64,
+          discard: true
+        })
+      ),
+    "building block: Effect.forEach + deadline lanes (ours)": () =>
+      Effect.runPromise(
+        Effect.scoped(
+          Effect.flatMap(Deadline.make, (lanes) =>
+            Effect.forEach(
+              reqs,
+              (r) =>
+                lanes.attempt(instant.generate(r), Duration.seconds(30), (_: void, exit) => exit as never, undefined),
+              { concurrency: 64, discard: true }
+            )
+          )
+        )
+      ),
+    "building block: Effect.forEach + Effect.retry(Policy.schedule), first attempt succeeds": () =>
+      Effect.runPromise(
+        Effect.forEach(reqs, (r) => Effect.retry(instant.generate(r), Policy.schedule(Policy.defaultRetry)), {
+          concurrency: 64,
+          discard: true
+        })
+      ),
     "p-limit (plain Promises)": () => {
       const limit = pLimit(64)
       return Promise.all(reqs.map((r) => limit(async () => (r ? response : response))))
@@ -137,6 +166,8 @@ const partA = async () => {
     },
     "orchestra executeMany (deadline + retry + breaker + metrics)": () =>
       runExecutor(instant, (ex) => ex.executeMany(reqs, { concurrency: 64, ...perCall })),
+    "orchestra executeMany, no retry policy": () =>
+      runExecutor(instant, (ex) => ex.executeMany(reqs, { concurrency: 64, timeout: "30 seconds" })),
     "orchestra executeMany, provider suspends once": () =>
       runExecutor(instantAsync, (ex) => ex.executeMany(reqs, { concurrency: 64, ...perCall })),
     "orchestra execute in Effect.forEach": () =>
@@ -250,7 +281,8 @@ const partC = () => {
   // Rounds interleave the variants, so a burst of load from elsewhere hits all of them.
   for (let i = 0; i < rounds; i++) {
     for (const variant of partCVariants) {
-      const child = spawnSync(process.execPath, ["--import", "tsx", self, "--part-c", variant], { encoding: "utf8" })
+      const args = self.endsWith(".ts") ? ["--import", "tsx", self] : [self]
+      const child = spawnSync(process.execPath, [...args, "--part-c", variant], { encoding: "utf8" })
       if (child.status !== 0) throw new Error(`part C ${variant} failed: ${child.stderr}`)
       runs.set(variant, [...(runs.get(variant) ?? []), JSON.parse(child.stdout.trim().split("\n").pop()!)])
     }

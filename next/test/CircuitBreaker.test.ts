@@ -702,3 +702,25 @@ describe("CircuitBreaker options (item 11)", () => {
     }).pipe(Effect.provide(CircuitBreaker.layerMemory({ failMax: 1 })))
   )
 })
+
+describe("CircuitBreaker fast path (memory store, consecutive policy)", () => {
+  it.effect("a success completing after a concurrent failure still resets the streak, as the store counts", () =>
+    withBreakers({ failMax: 2, resetTimeout: "1 second" }, (breakers) =>
+      Effect.gen(function* () {
+        const key = uniqueKey("order")
+        const gate = yield* Deferred.make<void>()
+        // admitted while the streak is 0, completes after the first failure
+        const slow = yield* Effect.forkChild(breakers.execute(key, Effect.andThen(Deferred.await(gate), ok)), {
+          startImmediately: true
+        })
+        yield* run(breakers, key, overloaded)
+        yield* Deferred.succeed(gate, undefined)
+        yield* Fiber.join(slow)
+        yield* run(breakers, key, overloaded)
+        assert.strictEqual(yield* breakers.state(key), "closed", "fail, success, fail: no two in a row")
+        yield* run(breakers, key, overloaded)
+        assert.strictEqual(yield* breakers.state(key), "open")
+      })
+    )
+  )
+})

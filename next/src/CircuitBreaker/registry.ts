@@ -41,6 +41,11 @@ export interface Entry {
   isolated: boolean
   /** Memory backend: the half-open probe is running (the store holds its slot until its record). */
   probing: boolean
+  /**
+   * Memory backend, consecutive policy: the store's failure streak is 0 (the last recorded
+   * outcome while closed was a success), so a success changes nothing in the store.
+   */
+  clean: boolean
   inflight: number
   lastActivity: number
   /** Used since the last eviction scan passed it (second chance). */
@@ -127,6 +132,7 @@ export const makeRegistry = Effect.fnUntraced(function* (config: Config, shared:
       holdUntil: 0,
       isolated: false,
       probing: false,
+      clean: true,
       inflight: 0,
       lastActivity: now,
       touched: false,
@@ -208,6 +214,7 @@ export const makeRegistry = Effect.fnUntraced(function* (config: Config, shared:
   const moveStoreKey = (entry: Entry) => {
     entry.isolated = false
     entry.probing = false
+    entry.clean = true
     entry.epoch++
     entry.storeKey = storeKeyOf(entry.key, entry.epoch)
   }

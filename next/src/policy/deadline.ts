@@ -68,6 +68,18 @@ export interface Lanes {
     timeout: Duration.Duration | undefined
   ) => Effect.Effect<Exit.Exit<A, E> | Ending, never, R>
   /**
+   * `run` for the hot path: `settle` receives the attempt's exit, or the ending that cut it
+   * short, and returns what the caller continues with (the exit itself on success: nothing
+   * allocated). The attempt runs on its own fiber, started at once on the caller's context
+   * and interrupted with the caller.
+   */
+  readonly attempt: <A, E, B, E2, C>(
+    effect: Effect.Effect<A, E>,
+    timeout: Duration.Duration | undefined,
+    settle: (context: C, result: Exit.Exit<A, E> | Ending) => Effect.Effect<B, E2>,
+    context: C
+  ) => Effect.Effect<B, E2>
+  /**
    * A re-armable watch for long operations (streams): `expire` is called once when the
    * armed deadline passes or shutdown comes. Arming relinks in O(1).
    */
@@ -224,6 +236,66 @@ export const make: Effect.Effect<Lanes, never, Scope.Scope> = Effect.gen(functio
       })
     })
 
+  // One attempt waiting on its fiber: the lane node itself (no node object and closure apart).
+  class Attempt<A, E, B, E2, C> implements Node {
+    deadline = 0
+    lane: Lane = untimed
+    prev: Node | undefined = undefined
+    next: Node | undefined = undefined
+    linked = false
+    ending: Ending | undefined = undefined
+    resume: ((effect: Effect.Effect<B, E2>) => void) | undefined = undefined
+    removeObserver: (() => void) | undefined = undefined
+    constructor(
+      readonly fiber: Fiber.Fiber<A, E>,
+      readonly settleWith: (context: C, result: Exit.Exit<A, E> | Ending) => Effect.Effect<B, E2>,
+      readonly context: C
+    ) {}
+    expire(ending: Ending): void {
+      this.fiber.interruptUnsafe()
+      this.removeObserver?.()
+      const resume = this.resume
+      this.resume = undefined
+      resume?.(this.settleWith(this.context, ending))
+    }
+    observe(exit: Exit.Exit<A, E>): void {
+      if (this.ending !== undefined) return
+      settle(this)
+      const resume = this.resume
+      this.resume = undefined
+      resume?.(this.settleWith(this.context, exit))
+    }
+    cancel(): void {
+      this.removeObserver?.()
+      this.resume = undefined
+      settle(this)
+      this.fiber.interruptUnsafe()
+    }
+  }
+
+  const attempt = <A, E, B, E2, C>(
+    effect: Effect.Effect<A, E>,
+    timeout: Duration.Duration | undefined,
+    settleWith: (context: C, result: Exit.Exit<A, E> | Ending) => Effect.Effect<B, E2>,
+    context: C
+  ): Effect.Effect<B, E2> =>
+    Effect.withFiber((parent) => {
+      // A root fiber on the caller's context (its Clock, services, span): cheaper than a child
+      // fiber, and interrupted with the caller by the callback's cleanup below.
+      const fiber = Effect.runForkWith(parent.context)(effect)
+      const done = fiber.pollUnsafe()
+      if (done !== undefined) return settleWith(context, done)
+      const run = new Attempt(fiber, settleWith, context)
+      tracked++
+      place(run, timeout)
+      return Effect.callback<B, E2>((resume) => {
+        if (run.ending !== undefined) return resume(settleWith(context, run.ending))
+        run.resume = resume
+        run.removeObserver = fiber.addObserver((exit) => run.observe(exit))
+        return Effect.sync(() => run.cancel())
+      })
+    })
+
   const interruptAll = Effect.sync(() => {
     for (const lane of [untimed, ...lanes.values()]) {
       let node = lane.head
@@ -253,5 +325,5 @@ export const make: Effect.Effect<Lanes, never, Scope.Scope> = Effect.gen(functio
     }
   }
 
-  return { run, watch, interruptAll, size: () => tracked } satisfies Lanes
+  return { run, attempt, watch, interruptAll, size: () => tracked } satisfies Lanes
 })

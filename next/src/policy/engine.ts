@@ -40,7 +40,7 @@ import { type RetryPolicy, schedule as retrySchedule } from "../Policy.js"
 import type { Service as StatsService } from "../Stats.js"
 import type { Series } from "../stats/series.js"
 import * as Deadline from "./deadline.js"
-import { traced } from "./span.js"
+import { tracedWith } from "./span.js"
 
 /**
  * What the pipeline needs of a circuit breaker (the `CircuitBreaker` service provides it).
@@ -211,6 +211,11 @@ const unexpected = (cause: Cause.Cause<unknown>, provider: string): AiError => {
 
 const valueOf = <T, A>(answer: Answer<T, A>): A => answer.value
 
+const attemptAttributes = (step: Step<unknown>) => ({
+  "gen_ai.provider.name": step.name,
+  "orchestra.domain": step.domain ?? "none"
+})
+
 class CurrentStep extends Context.Service<CurrentStep, Step<unknown>>()("effect-orchestra/policy/CurrentStep") {}
 
 /**
@@ -303,6 +308,22 @@ export const make = (options: Options): Effect.Effect<Engine, never, Scope.Scope
         return result
       })
 
+    // How an attempt's fiber ended becomes the attempt's outcome; a success passes through as is.
+    const settleAttempt = <A>(
+      step: Step<unknown>,
+      result: Exit.Exit<A, AiError> | Deadline.Ending
+    ): Effect.Effect<A, AiError> => {
+      if (result === "timeout") {
+        seriesOf(step).timeouts++
+        return Effect.fail(new TimeoutError({ limit: "request", timeout: step.timeout!, provider: step.name }))
+      }
+      if (result === "shutdown") return Effect.fail(cutByShutdown())
+      if (Exit.isSuccess(result)) return result
+      const error = Cause.findErrorOption(result.cause)
+      if (error._tag === "Some") return result
+      return Effect.fail(unexpected(result.cause, step.name))
+    }
+
     // One attempt: rate limit (outside the deadline), breaker, deadline, provider slot, call.
     const attempt = <T, A>(
       step: Step<T>,
@@ -342,23 +363,11 @@ export const make = (options: Options): Effect.Effect<Engine, never, Scope.Scope
                 )
                 .pipe(Effect.onExit(() => Effect.sync(leaveQueue)))
             })
-      const deadlined: Effect.Effect<A, AiError> = Effect.flatMap(
-        lanes.run(body, step.timeout),
-        (result): Effect.Effect<A, AiError> => {
-          if (result === "timeout") {
-            series.timeouts++
-            return Effect.fail(new TimeoutError({ limit: "request", timeout: step.timeout!, provider: step.name }))
-          }
-          if (result === "shutdown") return Effect.fail(cutByShutdown())
-          if (Exit.isSuccess(result)) return result
-          const error = Cause.findErrorOption(result.cause)
-          if (error._tag === "Some") return Effect.fail(error.value)
-          return Effect.fail(unexpected(result.cause, step.name))
-        }
-      )
-      const guarded = traced(
+      const deadlined: Effect.Effect<A, AiError> = lanes.attempt(body, step.timeout, settleAttempt, step)
+      const guarded = tracedWith(
         "Policy.attempt",
-        () => ({ "gen_ai.provider.name": step.name, "orchestra.domain": step.domain ?? "none" }),
+        attemptAttributes,
+        step,
         step.breaker === undefined ? deadlined : step.breaker.execute(step.name, deadlined)
       )
       if (step.rateLimit === undefined) return guarded

@@ -23,3 +23,21 @@ export const traced = <A, E, R>(
       ? Effect.withSpan(effect, name, { attributes: attributes() })
       : effect
   )
+
+/**
+ * {@link traced} with the attributes computed from `context` by a function made once, so a
+ * hot path allocates no closure for them.
+ *
+ * @internal
+ */
+export const tracedWith = <A, E, R, C>(
+  name: string,
+  attributes: (context: C) => Record<string, unknown>,
+  context: C,
+  effect: Effect.Effect<A, E, R>
+): Effect.Effect<A, E, R> =>
+  Effect.withFiber((fiber) =>
+    Context.getOption(fiber.context, Tracer.ParentSpan)._tag === "Some"
+      ? Effect.withSpan(effect, name, { attributes: attributes(context) })
+      : effect
+  )
