@@ -6,7 +6,7 @@
  *
  * @since 0.1.0
  */
-import { Context, Duration, Effect, Layer, Option, Result, type Stream } from "effect"
+import { Context, Duration, Effect, Layer, Option, Result, type Stream, Tracer } from "effect"
 import { type AiError, invalidRequest, ModelError } from "./AiError.js"
 import { Breakers } from "./CircuitBreaker.js"
 import * as Input from "./Input.js"
@@ -423,8 +423,15 @@ export const make = Effect.fnUntraced(function* (options: Options = {}) {
 
   const noOptions: ExecuteOptions = {}
 
+  const executeAttributes = (target: ProviderService, request: GenerateRequest, domain: string | undefined) => ({
+    "gen_ai.operation.name": "chat",
+    "gen_ai.provider.name": target.name,
+    "gen_ai.request.model": request.model ?? target.defaultModel,
+    "orchestra.domain": domain ?? "none"
+  })
+
   const execute = (request: GenerateRequest, callOptions: ExecuteOptions = noOptions) =>
-    Effect.suspend(() => {
+    Effect.withFiber((fiber) => {
       const target = callOptions.provider ?? provider
       const resolved = resolveSync(callOptions)
       if (Result.isFailure(resolved)) {
@@ -432,16 +439,15 @@ export const make = Effect.fnUntraced(function* (options: Options = {}) {
       }
       const error = checkGenerate(request, limits)
       if (error !== undefined) return refused(error, target, callOptions.domain)
-      return traced(
-        "Executor.execute",
-        () => ({
-          "gen_ai.operation.name": "chat",
-          "gen_ai.provider.name": target.name,
-          "gen_ai.request.model": request.model ?? target.defaultModel,
-          "orchestra.domain": callOptions.domain ?? "none"
-        }),
-        engine.runValue(planOf(target, request, callOptions, resolved.success), (p) => p.generate(request))
+      const call = engine.runValueIn(fiber, planOf(target, request, callOptions, resolved.success), (p) =>
+        p.generate(request)
       )
+      // A span only for a traced caller (a span costs more than an instant call).
+      return Context.getOption(fiber.context, Tracer.ParentSpan)._tag === "Some"
+        ? Effect.withSpan(call, "Executor.execute", {
+            attributes: executeAttributes(target, request, callOptions.domain)
+          })
+        : call
     })
 
   const withRetry: ExecuteOptions = { retry: true }

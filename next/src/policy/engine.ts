@@ -15,6 +15,7 @@ import {
   Cause,
   Clock,
   Context,
+  type Fiber,
   Deferred,
   Duration,
   Effect,
@@ -22,7 +23,8 @@ import {
   Exit,
   Schedule,
   Semaphore,
-  type Scope
+  type Scope,
+  Tracer
 } from "effect"
 import {
   type AiError,
@@ -165,6 +167,12 @@ export interface Engine {
     plan: Plan<T, A>,
     call: (target: T, step: Step<T>) => Effect.Effect<A, AiError>
   ) => Effect.Effect<A, AiError>
+  /** `runValue` for a caller that holds its fiber. */
+  readonly runValueIn: <T, A>(
+    fiber: Fiber.Fiber<unknown, unknown>,
+    plan: Plan<T, A>,
+    call: (target: T, step: Step<T>) => Effect.Effect<A, AiError>
+  ) => Effect.Effect<A, AiError>
   /** Runs `effect` as a tracked wait: shutdown interrupts it (the caller gets `ShuttingDownError`). */
   readonly tracked: <A, E>(
     effect: Effect.Effect<A, E>,
@@ -242,7 +250,29 @@ export const CurrentCut = Context.Reference<Cut | undefined>("effect-orchestra/p
 interface Counter {
   attempts: number
   readonly cut: () => string | undefined
+  /** Whether the caller is traced (known once per call), or undefined: look at each attempt. */
+  readonly traced?: boolean | undefined
 }
+
+/** A single-step call's counter: its caller's cut and total deadline, read only when it is interrupted. */
+class CallCounter implements Counter {
+  attempts = 0
+  constructor(
+    readonly clock: Clock.Clock,
+    readonly external: Cut | undefined,
+    readonly deadlineAt: number | undefined,
+    readonly traced: boolean
+  ) {}
+  cut(): string | undefined {
+    if (this.external?.error !== undefined) return reasonOf(this.external.error)
+    return this.deadlineAt !== undefined && this.clock.currentTimeMillisUnsafe() >= this.deadlineAt
+      ? "Timeout"
+      : undefined
+  }
+}
+
+const isTraced = (fiber: Fiber.Fiber<unknown, unknown>): boolean =>
+  Context.getOption(fiber.context, Tracer.ParentSpan)._tag === "Some"
 
 /**
  * Builds the engine; closing its scope stops admitting calls, waits up to the shutdown
@@ -328,7 +358,8 @@ export const make = (options: Options): Effect.Effect<Engine, never, Scope.Scope
     const attempt = <T, A>(
       step: Step<T>,
       series: Series,
-      call: (target: T, step: Step<T>) => Effect.Effect<A, AiError>
+      call: (target: T, step: Step<T>) => Effect.Effect<A, AiError>,
+      traced: boolean | undefined
     ): Effect.Effect<A, AiError> => {
       const gauges = series.gauges
       const semaphore = slot(step.name, step.maxConcurrency)
@@ -364,12 +395,13 @@ export const make = (options: Options): Effect.Effect<Engine, never, Scope.Scope
                 .pipe(Effect.onExit(() => Effect.sync(leaveQueue)))
             })
       const deadlined: Effect.Effect<A, AiError> = lanes.attempt(body, step.timeout, settleAttempt, step)
-      const guarded = tracedWith(
-        "Policy.attempt",
-        attemptAttributes,
-        step,
-        step.breaker === undefined ? deadlined : step.breaker.execute(step.name, deadlined)
-      )
+      const breakered = step.breaker === undefined ? deadlined : step.breaker.execute(step.name, deadlined)
+      const guarded =
+        traced === undefined
+          ? tracedWith("Policy.attempt", attemptAttributes, step, breakered)
+          : traced
+            ? Effect.withSpan(breakered, "Policy.attempt", { attributes: attemptAttributes(step) })
+            : breakered
       if (step.rateLimit === undefined) return guarded
       const limit = step.rateLimit
       return Effect.flatMap(tracked(limit.acquire(step.name, { tokens: step.tokens })), () => guarded)
@@ -393,7 +425,7 @@ export const make = (options: Options): Effect.Effect<Engine, never, Scope.Scope
         const loop: Effect.Effect<A, AiError> = Effect.suspend(() => {
           attemptNo++
           counter.attempts++
-          return Effect.catch(attempt(step, series, call), (error: AiError) => {
+          return Effect.catch(attempt(step, series, call, counter.traced), (error: AiError) => {
             const policy = step.retry
             if (policy === undefined || closing || !isRetryable(error)) return Effect.fail(error)
             const next =
@@ -608,34 +640,35 @@ export const make = (options: Options): Effect.Effect<Engine, never, Scope.Scope
 
     // `run` for callers that want only the value: a single-step plan without cache or hedge
     // (most calls) skips building its Answer.
-    const runValue = <T, A>(
+    // `run` for callers that want only the value: a single-step plan without cache or hedge
+    // (most calls) skips building its Answer. `runValueIn` is for callers that already hold
+    // their fiber (one `withFiber` fewer per call).
+    const runValueIn = <T, A>(
+      fiber: Fiber.Fiber<unknown, unknown>,
       plan: Plan<T, A>,
       call: (target: T, step: Step<T>) => Effect.Effect<A, AiError>
     ): Effect.Effect<A, AiError> => {
       if (plan.steps.length > 1 || plan.cache !== undefined) return Effect.map(run(plan, call), valueOf)
       if (closing) return Effect.fail(shuttingDown())
-      return Effect.withFiber((fiber) => {
-        const external = fiber.getRef(CurrentCut)
-        const deadlineAt =
-          plan.totalTimeout === undefined
-            ? undefined
-            : clock.currentTimeMillisUnsafe() + Duration.toMillis(plan.totalTimeout)
-        const counter: Counter = {
-          attempts: 0,
-          cut: () => {
-            if (external?.error !== undefined) return reasonOf(external.error)
-            return deadlineAt !== undefined && clock.currentTimeMillisUnsafe() >= deadlineAt ? "Timeout" : undefined
-          }
-        }
-        const body = runStep(plan.steps[0], plan, call, counter)
-        active++
-        return Effect.ensuring(plan.totalTimeout === undefined ? body : tracked(body, plan.totalTimeout), leaveEffect)
-      })
+      const deadlineAt =
+        plan.totalTimeout === undefined
+          ? undefined
+          : clock.currentTimeMillisUnsafe() + Duration.toMillis(plan.totalTimeout)
+      const counter = new CallCounter(clock, fiber.getRef(CurrentCut), deadlineAt, isTraced(fiber))
+      const body = runStep(plan.steps[0], plan, call, counter)
+      active++
+      return Effect.ensuring(plan.totalTimeout === undefined ? body : tracked(body, plan.totalTimeout), leaveEffect)
     }
+
+    const runValue = <T, A>(
+      plan: Plan<T, A>,
+      call: (target: T, step: Step<T>) => Effect.Effect<A, AiError>
+    ): Effect.Effect<A, AiError> => Effect.withFiber((fiber) => runValueIn(fiber, plan, call))
 
     return {
       run,
       runValue,
+      runValueIn,
       tracked,
       lanes,
       admit,
