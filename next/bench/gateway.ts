@@ -191,11 +191,24 @@ interface Child {
   readonly port: number
 }
 
+/** The gateway's heap (MB) after a full collection (it answers SIGUSR2). */
+const heapAfterGc = (child: Child): Promise<number> =>
+  new Promise((resolve) => {
+    const onData = (text: string) => {
+      const match = /\{"heapMb":([\d.]+)\}/.exec(text)
+      if (match === null) return
+      child.process.stdout!.off("data", onData)
+      resolve(Number(match[1]))
+    }
+    child.process.stdout!.on("data", onData)
+    child.process.kill("SIGUSR2")
+  })
+
 const self = fileURLToPath(import.meta.url)
 
 const startChild = (args: ReadonlyArray<string>, env: Record<string, string> = {}): Promise<Child> =>
   new Promise((resolve, reject) => {
-    const child = spawn(process.execPath, [self, "--role", ...args], {
+    const child = spawn(process.execPath, ["--expose-gc", self, "--role", ...args], {
       stdio: ["ignore", "pipe", "inherit"],
       env: { ...process.env, ...env }
     })
@@ -455,14 +468,17 @@ const driver = async () => {
   // D. RSS of the gateway across 100k requests at 1,000/s.
   const total = quick ? 20_000 : 100_000
   const step = total / 10
-  const rowsD: Array<Array<string>> = [["0", fmt(usage(gw.process.pid!).rssMb, 1), "-", "-"]]
+  const rowsD: Array<Array<string>> = [
+    ["0", fmt(usage(gw.process.pid!).rssMb, 1), fmt(await heapAfterGc(gw), 1), "-", "-"]
+  ]
   for (let sent = step; sent <= total; sent += step) {
     const run = await load(gw.port, chatBody, 1000, step)
-    rowsD.push([String(sent), fmt(usage(gw.process.pid!).rssMb, 1), fmt(run.p99), errorText([run])])
+    const heap = await heapAfterGc(gw)
+    rowsD.push([String(sent), fmt(usage(gw.process.pid!).rssMb, 1), fmt(heap, 1), fmt(run.p99), errorText([run])])
   }
   table(
     `D. Gateway RSS across ${total.toLocaleString("en")} requests at 1,000/s`,
-    ["requests", "RSS MB", "p99 ms", "errors"],
+    ["requests", "RSS MB", "heap after GC MB", "p99 ms", "errors"],
     rowsD
   )
 
@@ -519,6 +535,11 @@ switch (role) {
   case "gateway":
     // Exit on a signal (a profile given by --cpu-prof is written on exit).
     for (const signal of ["SIGINT", "SIGTERM"] as const) process.once(signal, () => process.exit(0))
+    // SIGUSR2: collect garbage (the process runs with --expose-gc) and print the heap left, for part D.
+    process.on("SIGUSR2", () => {
+      ;(globalThis as { gc?: () => void }).gc?.()
+      process.stdout.write(`${JSON.stringify({ heapMb: process.memoryUsage().heapUsed / 1048576 })}\n`)
+    })
     await gateway(Number(process.argv[4]))
     break
   default:
