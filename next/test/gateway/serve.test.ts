@@ -13,6 +13,7 @@ import { afterAll, assert, describe, it } from "@effect/vitest"
 import { Deferred, Effect, Exit } from "effect"
 import OpenAI from "openai"
 import { hashSecret } from "../../src/gateway/keys/KeyStore.js"
+import { skipRedis, skipReason, startRedis } from "../utils/redis.js"
 
 const ROOT = fileURLToPath(new URL("../..", import.meta.url))
 const ENTRY = NodePath.join(ROOT, "src/cli/bin.ts")
@@ -40,12 +41,12 @@ const env = (): Record<string, string> => {
   return out
 }
 
-const serve = (args: ReadonlyArray<string>) =>
+const serve = (args: ReadonlyArray<string>, extraEnv: Record<string, string> = {}) =>
   Effect.acquireRelease(
     Effect.gen(function* () {
       const child = spawn(process.execPath, ["--import", TSX, ENTRY, "serve", "--json", ...args], {
         cwd: dir,
-        env: env(),
+        env: { ...env(), ...extraEnv },
         stdio: ["pipe", "pipe", "pipe"]
       })
       let stdout = ""
@@ -137,5 +138,63 @@ describe("orchestra serve", () => {
         assert.include(openResult.stderr, "loopback")
       }),
     120_000
+  )
+})
+
+describe.skipIf(skipRedis)(`orchestra serve on Redis${skipRedis ? ` (${skipReason})` : ""}`, () => {
+  it.live(
+    "two replicas on one Redis share a key's budget and see a key an admin created through the other",
+    () =>
+      Effect.gen(function* () {
+        const redis = yield* startRedis
+        const admin = "admin-key-0123456789abcdef"
+        const gateway = write("redis-gateway.json", {
+          server: { host: "127.0.0.1", port: 0 },
+          redis: { urlEnv: "TEST_REDIS_URL", prefix: "serve-test:" },
+          keys: { keys: [{ id: "shared", sha256: hashSecret(SECRET), budget: { tokens: 120 } }], cacheTtl: 0 },
+          admin: { keyEnv: "TEST_ADMIN_KEY" }
+        })
+        const environment = { TEST_REDIS_URL: redis.url, TEST_ADMIN_KEY: admin }
+        const [one, two] = yield* Effect.all(
+          [
+            serve(["--config", config, "--gateway", gateway], environment),
+            serve(["--config", config, "--gateway", gateway], environment)
+          ],
+          { concurrency: 2 }
+        )
+        const [urlOne, urlTwo] = yield* Effect.all([one.url, two.url], { concurrency: 2 })
+        const ask = (url: string, key: string, maxTokens: number) =>
+          Effect.promise(() =>
+            new OpenAI({ apiKey: key, baseURL: `${url}/v1`, maxRetries: 0 }).chat.completions
+              .create({ model: "support", messages: [{ role: "user", content: "hi" }], max_tokens: maxTokens })
+              .then(
+                () => 200,
+                (e: { status?: number; code?: string }) => `${e.status} ${e.code}`
+              )
+          )
+        // The first call (through one) settles its real usage; the budget left is then too
+        // small for a call that may need 100 tokens, through either replica.
+        assert.strictEqual(yield* ask(urlOne, SECRET, 10), 200)
+        assert.strictEqual(yield* ask(urlTwo, SECRET, 100), "429 budget_exceeded")
+        assert.strictEqual(yield* ask(urlOne, SECRET, 100), "429 budget_exceeded")
+        // A key created through one replica's admin routes works through the other.
+        const created = yield* Effect.promise(() =>
+          fetch(`${urlOne}/admin/keys`, {
+            method: "POST",
+            headers: { authorization: `Bearer ${admin}`, "content-type": "application/json" },
+            body: JSON.stringify({ id: "fresh" })
+          }).then((r) => r.json() as Promise<{ secret: string }>)
+        )
+        assert.strictEqual(yield* ask(urlTwo, created.secret, 10), 200)
+        one.child.kill("SIGTERM")
+        two.child.kill("SIGTERM")
+        const exits = yield* Effect.all([one.exit, two.exit], { concurrency: 2 })
+        assert.deepStrictEqual(
+          exits.map((e) => e.code),
+          [130, 130]
+        )
+        for (const e of exits) assert.notInclude(e.stderr, admin)
+      }),
+    180_000
   )
 })

@@ -84,6 +84,19 @@ describe("Gateway: streams", () => {
     })
   )
 
+  it.live("the total deadline ends a stream that keeps going: an error event, not a clean end", () =>
+    Effect.gen(function* () {
+      const upstream = yield* Server.make((_, res) =>
+        Server.endless(res, { prefix: Server.sse([Up.chunk("tick")]), chunk: Server.sse([Up.chunk(".")]) })
+      )
+      const gw = yield* Harness.make({ upstreams: { a: upstream.url }, gateway: { stream: { totalTimeout: 400 } } })
+      const result = yield* read(gw.client(), { model: "d-a", messages: hi })
+      assert.isTrue(result.text.startsWith("tick"))
+      assert.strictEqual(result.error?.code, "total_timeout")
+      yield* upstream.awaitAborted(1)
+    })
+  )
+
   it.live("falls back before the first chunk: the client sees only the next domain's answer", () =>
     Effect.gen(function* () {
       const failing = yield* Server.make((_, res) => Server.json(res, 503, { error: { message: "down" } }))
