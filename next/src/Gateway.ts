@@ -388,4 +388,5 @@ export const serve = <E = never, R = never>(
         Layer.provideMerge(server)
       )
     })
+    // effect/http types a route layer's needs as request markers; `routes` needs what R says.
   ) as never
