@@ -211,13 +211,13 @@ export interface Options {
 
 /**
  * Builds the batch service over the executor and router in context. A `maxConcurrent`
- * that is not a positive integer fails with a `ConfigError` naming it.
+ * that is not a positive integer fails with an `OptionError` naming it.
  *
  * @since 0.1.0
  * @category constructors
  */
 export const make = Effect.fnUntraced(function* (options: Options = {}) {
-  const limit = yield* Input.orConfigError(Input.positiveInt("maxConcurrent", options.maxConcurrent ?? 5))
+  const limit = yield* Input.orOptionError(Input.positiveInt("maxConcurrent", options.maxConcurrent ?? 5))
   const executor = yield* Executor
   const router = yield* Router
   const permits = yield* Semaphore.make(limit)
@@ -249,7 +249,7 @@ export const make = Effect.fnUntraced(function* (options: Options = {}) {
  * @since 0.1.0
  * @category layers
  */
-export const layer = (options: Options = {}): Layer.Layer<Batch, Input.ConfigError, Executor | Router> =>
+export const layer = (options: Options = {}): Layer.Layer<Batch, Input.OptionError, Executor | Router> =>
   Layer.effect(Batch, make(options))
 
 /**

@@ -146,7 +146,7 @@ export interface Service {
 export class Breakers extends Context.Service<Breakers, Service>()("effect-orchestra/CircuitBreaker/Breakers") {}
 
 /**
- * Breaker options, checked when the layer is built (a `ConfigError` names the wrong field).
+ * Breaker options, checked when the layer is built (an `OptionError` names the wrong field).
  *
  * @since 0.1.0
  * @category models
@@ -199,7 +199,7 @@ export interface Options {
  * @category constructors
  */
 export const makeMemory = Effect.fnUntraced(function* (options: Options = {}) {
-  const config = yield* Input.orConfigError(check(options))
+  const config = yield* Input.orOptionError(check(options))
   const context = yield* Layer.build(Store.layerStoreMemory({ idleTimeToLive: config.idleTimeToLive }))
   const store = Context.get(context, Store.CircuitBreakerStore)
   return yield* makeCore(config, {
@@ -236,7 +236,7 @@ export const makeMemory = Effect.fnUntraced(function* (options: Options = {}) {
  * @since 0.2.0
  * @category layers
  */
-export const layerMemory = (options: Options = {}): Layer.Layer<Breakers, Input.ConfigError> =>
+export const layerMemory = (options: Options = {}): Layer.Layer<Breakers, Input.OptionError> =>
   Layer.effect(Breakers, makeMemory(options))
 
 /**
@@ -261,5 +261,5 @@ export const layerMemory = (options: Options = {}): Layer.Layer<Breakers, Input.
  * @since 0.2.0
  * @category layers
  */
-export const layerRedis = (options: RedisOptions = {}): Layer.Layer<Breakers, Input.ConfigError, Redis.Redis> =>
+export const layerRedis = (options: RedisOptions = {}): Layer.Layer<Breakers, Input.OptionError, Redis.Redis> =>
   Layer.effect(Breakers, makeRedis(options))

@@ -151,7 +151,7 @@ const checkEndpoint = (path: string, input: unknown): Input.Checked<Endpoint> =>
 }
 
 /**
- * A static map of (concept, intent) to agents. Every entry is checked (a `ConfigError`
+ * A static map of (concept, intent) to agents. Every entry is checked (an `OptionError`
  * names the field, e.g. `entries[1].agents[0].url`).
  *
  * @example
@@ -170,28 +170,28 @@ const checkEndpoint = (path: string, input: unknown): Input.Checked<Endpoint> =>
 export const layerStatic = (
   entries: ReadonlyArray<Entry>,
   options: { readonly name?: string | undefined } = {}
-): Layer.Layer<Discovery, Input.ConfigError> =>
+): Layer.Layer<Discovery, Input.OptionError> =>
   Layer.effect(
     Discovery,
     Effect.gen(function* () {
       if (!Array.isArray(entries)) {
-        return yield* Input.orConfigError(Result.fail({ path: "entries", message: "expected an array of entries" }))
+        return yield* Input.orOptionError(Result.fail({ path: "entries", message: "expected an array of entries" }))
       }
-      const name = yield* Input.orConfigError(Http.nonEmpty("name", options.name ?? "static"))
+      const name = yield* Input.orOptionError(Http.nonEmpty("name", options.name ?? "static"))
       const table = new Map<string, ReadonlyArray<Endpoint>>()
       for (const [i, entry] of entries.entries()) {
         const at = `entries[${i}]`
-        yield* Input.orConfigError(Http.nonEmpty(`${at}.concept`, entry?.concept))
-        yield* Input.orConfigError(Http.nonEmpty(`${at}.intent`, entry?.intent))
+        yield* Input.orOptionError(Http.nonEmpty(`${at}.concept`, entry?.concept))
+        yield* Input.orOptionError(Http.nonEmpty(`${at}.intent`, entry?.intent))
         const agents: ReadonlyArray<unknown> = Array.isArray(entry.agents) ? entry.agents : [entry.agents]
         if (agents.length === 0) {
-          return yield* Input.orConfigError(
+          return yield* Input.orOptionError(
             Result.fail({ path: `${at}.agents`, message: "expected at least one agent" })
           )
         }
         const checked: Array<Endpoint> = []
         for (const [j, agent] of agents.entries()) {
-          checked.push(yield* Input.orConfigError(checkEndpoint(`${at}.agents[${j}]`, agent)))
+          checked.push(yield* Input.orOptionError(checkEndpoint(`${at}.agents[${j}]`, agent)))
         }
         table.set(keyOf(entry), [...(table.get(keyOf(entry)) ?? []), ...checked])
       }
@@ -220,7 +220,7 @@ export const make = Effect.fnUntraced(function* <E>(
   lookup: (query: Query) => Effect.Effect<Found, E>,
   options: Options = {}
 ) {
-  const [name, ttl, capacity, timeout] = yield* Input.orConfigError(
+  const [name, ttl, capacity, timeout] = yield* Input.orOptionError(
     Input.all([
       Http.nonEmpty("name", options.name ?? "discovery"),
       Input.duration("ttl", options.ttl ?? "1 minute"),
@@ -300,7 +300,7 @@ export const make = Effect.fnUntraced(function* <E>(
 export const layer = <E>(
   lookup: (query: Query) => Effect.Effect<Found, E>,
   options: Options = {}
-): Layer.Layer<Discovery, Input.ConfigError> => Layer.effect(Discovery, make(lookup, options))
+): Layer.Layer<Discovery, Input.OptionError> => Layer.effect(Discovery, make(lookup, options))
 
 const Answer = Schema.Struct({
   agents: Schema.Array(
@@ -325,10 +325,10 @@ export const layerHttp = (options: HttpOptions) =>
     Discovery,
     Effect.gen(function* () {
       if (typeof options !== "object" || options === null) {
-        return yield* Input.orConfigError(Result.fail({ path: "options", message: "expected { url }" }))
+        return yield* Input.orOptionError(Result.fail({ path: "options", message: "expected { url }" }))
       }
-      const url = yield* Input.orConfigError(Http.baseUrl("url", options.url))
-      const [timeout, maxResponseBytes] = yield* Input.orConfigError(
+      const url = yield* Input.orOptionError(Http.baseUrl("url", options.url))
+      const [timeout, maxResponseBytes] = yield* Input.orOptionError(
         Input.all([
           Input.duration("timeout", options.timeout ?? "5 seconds"),
           Input.positiveInt("maxResponseBytes", options.maxResponseBytes ?? 1024 * 1024)

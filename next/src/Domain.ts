@@ -166,13 +166,13 @@ const encodeDurations = (raw: unknown): unknown => {
 }
 
 /**
- * Validates domains from a config value (a `ConfigError` naming the field).
+ * Validates domains from a config value (an `OptionError` naming the field).
  *
  * @since 0.1.0
  * @category constructors
  */
-export const fromConfig = (input: unknown, path = "domains"): Effect.Effect<ReadonlyArray<Domain>, Input.ConfigError> =>
-  Input.orConfigError(check(input, path))
+export const fromConfig = (input: unknown, path = "domains"): Effect.Effect<ReadonlyArray<Domain>, Input.OptionError> =>
+  Input.orOptionError(check(input, path))
 
 /**
  * Applies a domain to a request: its system prompt (unless the request has one), model
@@ -228,12 +228,12 @@ export const makeDomains = (domains: ReadonlyArray<Domain>): DomainsService => {
 }
 
 /**
- * Domains given in code, checked (a `ConfigError` naming the field).
+ * Domains given in code, checked (an `OptionError` naming the field).
  *
  * @since 0.1.0
  * @category layers
  */
-export const layerDomains = (domains: ReadonlyArray<Domain | DomainInput>): Layer.Layer<Domains, Input.ConfigError> =>
+export const layerDomains = (domains: ReadonlyArray<Domain | DomainInput>): Layer.Layer<Domains, Input.OptionError> =>
   Layer.effect(Domains, Effect.map(fromConfig(domains), makeDomains))
 
 /**
@@ -242,7 +242,7 @@ export const layerDomains = (domains: ReadonlyArray<Domain | DomainInput>): Laye
  * @since 0.1.0
  * @category layers
  */
-export const layerDomainsFromConfig = (input: unknown): Layer.Layer<Domains, Input.ConfigError> =>
+export const layerDomainsFromConfig = (input: unknown): Layer.Layer<Domains, Input.OptionError> =>
   Layer.effect(Domains, Effect.map(fromConfig(input), makeDomains))
 
 /**

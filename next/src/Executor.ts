@@ -251,7 +251,7 @@ const optionalDuration = (
       : Input.duration(path, input)
 
 /**
- * Checks the executor's options (a `ConfigError` naming the field).
+ * Checks the executor's options (an `OptionError` naming the field).
  *
  * @since 0.2.0
  * @category constructors
@@ -278,7 +278,7 @@ const tokensOf = (request: GenerateRequest): number => estimateInputTokens(reque
  * @category constructors
  */
 export const make = Effect.fnUntraced(function* (options: Options = {}) {
-  const [defaultTimeout, basePolicy, shutdownDeadline, limits, firstChunk, idle, total] = yield* Input.orConfigError(
+  const [defaultTimeout, basePolicy, shutdownDeadline, limits, firstChunk, idle, total] = yield* Input.orOptionError(
     checkOptions(options)
   )
   const provider = yield* ModelProvider
@@ -547,7 +547,7 @@ const withProvider = (error: ModelError, provider: string): ModelError =>
  * @since 0.1.0
  * @category layers
  */
-export const layer = (options: Options = {}): Layer.Layer<Executor, Input.ConfigError, ModelProvider | Stats> =>
+export const layer = (options: Options = {}): Layer.Layer<Executor, Input.OptionError, ModelProvider | Stats> =>
   Layer.effect(Executor, make(options))
 
 /**
@@ -558,7 +558,7 @@ export const layer = (options: Options = {}): Layer.Layer<Executor, Input.Config
  */
 export const layerWithStats = (
   options: Options = {}
-): Layer.Layer<Executor | Stats, Input.ConfigError, ModelProvider> => Layer.provideMerge(layer(options), statsLayer)
+): Layer.Layer<Executor | Stats, Input.OptionError, ModelProvider> => Layer.provideMerge(layer(options), statsLayer)
 
 /**
  * @since 0.1.0

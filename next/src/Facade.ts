@@ -5,7 +5,7 @@
  * shared policies as Effect code; `dispose()` is the manager's graceful shutdown.
  *
  * Failures reject with an {@link OrchestraError} whose `error` is typed: an `AiError`, an
- * {@link AbortedError}, or the `ConfigError` of a manager that could not be built. Bad
+ * {@link AbortedError}, or the `OptionError` of a manager that could not be built. Bad
  * input (a `null` prompt, an unknown option, `mode: "bogus"`) is an `InvalidRequest`
  * naming the field. A `signal` cancels a call: its rejection is a `TimeoutError` (limit
  * `total`) when the signal's reason is a `TimeoutError` (`AbortSignal.timeout(ms)`), an
@@ -70,7 +70,7 @@ export class AbortedError extends Schema.TaggedError<AbortedError>("effect-orche
  * @since 0.2.0
  * @category models
  */
-export type FacadeError = AiError | AbortedError | Input.ConfigError
+export type FacadeError = AiError | AbortedError | Input.OptionError
 
 /**
  * The rejection of a failed facade call: the typed failure is in `error`.
@@ -260,7 +260,7 @@ const untilAborted = <A>(promise: Promise<A>, signal: AbortSignal | undefined, e
 const clock = Context.get(Context.empty() as Context.Context<never>, Clock.Clock)
 
 const isFacadeError = (u: unknown): u is FacadeError =>
-  isAiError(u) || u instanceof AbortedError || u instanceof Input.ConfigError
+  isAiError(u) || u instanceof AbortedError || u instanceof Input.OptionError
 
 const shuttingDown = () =>
   new OrchestraError(new ShuttingDownError({ message: "the orchestra has been disposed and admits no new calls" }))

@@ -163,7 +163,7 @@ export class KeyStore extends Context.Service<KeyStore, KeyStoreService>()("effe
 
 /**
  * Options of {@link layer}. Every value is checked when the layer is built (a
- * `ConfigError` naming the field).
+ * `OptionError` naming the field).
  *
  * @since 0.2.0
  * @category models
@@ -241,7 +241,7 @@ export type Requirements = HttpRouter.HttpRouter | Executor | Domains | Provider
  * @since 0.2.0
  * @category layers
  */
-export const layer = (options: Options = {}): Layer.Layer<Gateway, Input.ConfigError, Requirements> =>
+export const layer = (options: Options = {}): Layer.Layer<Gateway, Input.OptionError, Requirements> =>
   Layer.effect(
     Gateway,
     Effect.flatMap(Effect.serviceOption(KeyStore), (keys) =>
@@ -341,13 +341,13 @@ export const serve = <E = never, R = never>(
   routes?: Layer.Layer<never, E, R>
 ): Layer.Layer<
   Gateway | HttpServer.HttpServer,
-  Input.ConfigError | HttpServerError.ServeError | E,
+  Input.OptionError | HttpServerError.ServeError | E,
   Exclude<Requirements | R, HttpRouter.HttpRouter>
 > =>
   Layer.unwrap(
     Effect.gen(function* () {
       const [hostname, port, maxHeaderBytes, requestTimeout, keepAliveTimeout, drainTimeout] =
-        yield* Input.orConfigError(checkServe(options))
+        yield* Input.orOptionError(checkServe(options))
       const gatewayOptions: Record<string, unknown> = {}
       for (const [key, value] of Object.entries(options)) if (!serveKeys.has(key)) gatewayOptions[key] = value
       let nodeServer: NodeServer | undefined

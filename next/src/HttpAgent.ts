@@ -306,7 +306,7 @@ export interface TaskRecord<A = unknown> {
 }
 
 /**
- * Checked when the layer is built (a `ConfigError` names the field).
+ * Checked when the layer is built (an `OptionError` names the field).
  *
  * @since 0.1.0
  * @category models
@@ -434,7 +434,7 @@ const statuses: ReadonlyArray<Status> = ["success", "error", "timeout", "service
  */
 export const make = Effect.fnUntraced(function* (given: Options = {}) {
   const options = given ?? {}
-  const [maxConnections, perHost, timeout, maxResponseBytes, retry] = yield* Input.orConfigError(checkOptions(options))
+  const [maxConnections, perHost, timeout, maxResponseBytes, retry] = yield* Input.orOptionError(checkOptions(options))
   const executor = yield* Executor
   const stats = yield* Stats
   const breaker =
@@ -509,7 +509,7 @@ export const make = Effect.fnUntraced(function* (given: Options = {}) {
  */
 export const layer = (
   options: Options = {}
-): Layer.Layer<HttpAgents, Input.ConfigError, HttpClient.HttpClient | Executor | Stats> =>
+): Layer.Layer<HttpAgents, Input.OptionError, HttpClient.HttpClient | Executor | Stats> =>
   Layer.effect(HttpAgents, make(options))
 
 /**

@@ -4,7 +4,7 @@
  * and strings that do not parse are refused with the path of the field; nothing falls back
  * to a default silently.
  *
- * Options given to a constructor or layer fail it with a {@link ConfigError}; options given
+ * Options given to a constructor or layer fail it with a {@link OptionError}; options given
  * per call fail the call with an `InvalidRequest` `ModelError` (see `AiError.invalidRequest`).
  *
  * @since 0.2.0
@@ -19,7 +19,7 @@ import { invalidRequest, type ModelError } from "./AiError.js"
  * @since 0.2.0
  * @category errors
  */
-export class ConfigError extends Schema.TaggedError<ConfigError>("effect-orchestra/ConfigError")("ConfigError", {
+export class OptionError extends Schema.TaggedError<OptionError>("effect-orchestra/OptionError")("OptionError", {
   path: Schema.String,
   message: Schema.String
 }) {}
@@ -196,22 +196,22 @@ export const all = <const T extends ReadonlyArray<Checked<unknown>>>(
 }
 
 /**
- * A check's failure as a {@link ConfigError}, for constructors and layers.
+ * A check's failure as a {@link OptionError}, for constructors and layers.
  *
  * @since 0.2.0
  * @category conversions
  */
-export const toConfigError = (issue: Issue): ConfigError =>
-  new ConfigError({ path: issue.path, message: `invalid ${issue.path}: ${issue.message}` })
+export const toOptionError = (issue: Issue): OptionError =>
+  new OptionError({ path: issue.path, message: `invalid ${issue.path}: ${issue.message}` })
 
 /**
- * Runs a check in a constructor or layer: its failure is a {@link ConfigError}.
+ * Runs a check in a constructor or layer: its failure is a {@link OptionError}.
  *
  * @since 0.2.0
  * @category conversions
  */
-export const orConfigError = <A>(checked: Checked<A>): Effect.Effect<A, ConfigError> =>
-  Result.isSuccess(checked) ? Effect.succeed(checked.success) : Effect.fail(toConfigError(checked.failure))
+export const orOptionError = <A>(checked: Checked<A>): Effect.Effect<A, OptionError> =>
+  Result.isSuccess(checked) ? Effect.succeed(checked.success) : Effect.fail(toOptionError(checked.failure))
 
 /**
  * Runs a check on a per-call option: its failure is an `InvalidRequest` naming the field.
@@ -225,14 +225,14 @@ export const orInvalidRequest = <A>(checked: Checked<A>, provider?: string): Eff
     : Effect.fail(invalidRequest(checked.failure.path, checked.failure.message, provider))
 
 /**
- * A check's value, or a thrown `ConfigError`; for plain constructors outside Effect code
+ * A check's value, or a thrown `OptionError`; for plain constructors outside Effect code
  * (`Policy.retry({...})`).
  *
  * @since 0.2.0
  * @category conversions
  */
 export const getOrThrow = <A>(checked: Checked<A>): A => {
-  if (Result.isFailure(checked)) throw toConfigError(checked.failure)
+  if (Result.isFailure(checked)) throw toOptionError(checked.failure)
   return checked.success
 }
 

@@ -86,7 +86,7 @@ const isLayer = (u: unknown): u is Layer.Layer<never, unknown, unknown> => Layer
 
 /**
  * The domains of a manager: the predefined ones (or `domains`), plus `extraDomains`, with
- * `overrideDomains` replacing by name. Checked (a `ConfigError` names the field).
+ * `overrideDomains` replacing by name. Checked (an `OptionError` names the field).
  *
  * @since 0.2.0
  * @category constructors
@@ -145,16 +145,16 @@ const nameOf = (domain: unknown): string | undefined =>
     ? (domain as { name: string }).name
     : undefined
 
-// A ConfigError of a layer built from the option `path` names the field under it (`executor.timeout`).
+// An OptionError of a layer built from the option `path` names the field under it (`executor.timeout`).
 const under =
   (path: string) =>
-  <A, R>(layer: Layer.Layer<A, Input.ConfigError, R>): Layer.Layer<A, Input.ConfigError, R> =>
-    Layer.catchTag(layer, "ConfigError", (error) => {
+  <A, R>(layer: Layer.Layer<A, Input.OptionError, R>): Layer.Layer<A, Input.OptionError, R> =>
+    Layer.catchTag(layer, "OptionError", (error) => {
       const inner = `invalid ${error.path}: `
       const message = error.message.startsWith(inner) ? error.message.slice(inner.length) : error.message
       return Layer.effectDiscard(
-        Effect.fail(Input.toConfigError({ path: `${path}.${error.path}`, message }))
-      ) as unknown as Layer.Layer<A, Input.ConfigError, R>
+        Effect.fail(Input.toOptionError({ path: `${path}.${error.path}`, message }))
+      ) as unknown as Layer.Layer<A, Input.OptionError, R>
     })
 
 /**
@@ -165,7 +165,7 @@ export const layer = <const P extends Record<string, Layer.Layer<ModelProvider, 
   options: Options<P>
 ): Layer.Layer<
   Services,
-  Input.ConfigError | { [K in keyof P]: Layer.Error<P[K]> }[keyof P],
+  Input.OptionError | { [K in keyof P]: Layer.Error<P[K]> }[keyof P],
   { [K in keyof P]: Layer.Services<P[K]> }[keyof P]
 > =>
   Layer.unwrap(
@@ -173,19 +173,19 @@ export const layer = <const P extends Record<string, Layer.Layer<ModelProvider, 
       const names = Object.keys(options.providers)
       if (names.length === 0) {
         return yield* Effect.fail(
-          new Input.ConfigError({ path: "providers", message: "invalid providers: give at least one" })
+          new Input.OptionError({ path: "providers", message: "invalid providers: give at least one" })
         )
       }
       const defaultProvider = options.defaultProvider ?? names[0]!
       if (!names.includes(defaultProvider)) {
-        return yield* Input.orConfigError(
+        return yield* Input.orOptionError(
           Result.fail({
             path: "defaultProvider",
             message: `no provider named "${defaultProvider}" (given: ${names.join(", ")})`
           })
         )
       }
-      const domains = yield* Input.orConfigError(domainsOf({ ...options, defaultProvider }))
+      const domains = yield* Input.orOptionError(domainsOf({ ...options, defaultProvider }))
       const providers = layerProviders(options.providers)
       const defaultModel = Layer.effect(
         ModelProvider,

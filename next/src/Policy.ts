@@ -107,7 +107,7 @@ const isRetryPolicy = (u: unknown): u is RetryPolicy =>
 export const defaultRetry: RetryPolicy = Input.getOrThrow(decodeRetry({}))
 
 /**
- * Builds a `RetryPolicy` from partial input. Throws a `ConfigError` naming the field on
+ * Builds a `RetryPolicy` from partial input. Throws an `OptionError` naming the field on
  * invalid input; use {@link decodeRetry} for untrusted data.
  *
  * @since 0.1.0

@@ -199,7 +199,7 @@ export const make = Effect.fnUntraced(function* (
     readonly guard?: SharedRedis.Guard | undefined
   } = {}
 ) {
-  const config = yield* Input.orConfigError(checkOptions(options, redisFields))
+  const config = yield* Input.orOptionError(checkOptions(options, redisFields))
   const guard = policy.guard
   const guarded: RateLimiter.RateLimiterStore["Service"] =
     guard === undefined
@@ -368,16 +368,16 @@ const toLimiterError = (error: SharedRedis.StoreError): RateLimiter.RateLimiterE
 
 /**
  * Limits kept in this process (time from the `Clock`, so `TestClock` drives them). Invalid
- * options fail the layer with a `ConfigError` naming the field.
+ * options fail the layer with an `OptionError` naming the field.
  *
  * @since 0.1.0
  * @category layers
  */
-export const layerMemory = (options: Options): Layer.Layer<RateLimits, Input.ConfigError> =>
+export const layerMemory = (options: Options): Layer.Layer<RateLimits, Input.OptionError> =>
   Layer.effect(
     RateLimits,
     Effect.andThen(
-      Input.orConfigError(checkOptions(options)),
+      Input.orOptionError(checkOptions(options)),
       Effect.flatMap(RateLimiter.RateLimiterStore, (store) => make(options, store))
     )
   ).pipe(Layer.provide(RateLimiter.layerStoreMemory))
@@ -391,15 +391,15 @@ export const layerMemory = (options: Options): Layer.Layer<RateLimits, Input.Con
  * @since 0.1.0
  * @category layers
  */
-export const layerRedis = (options: RedisOptions): Layer.Layer<RateLimits, Input.ConfigError, Redis.Redis> =>
+export const layerRedis = (options: RedisOptions): Layer.Layer<RateLimits, Input.OptionError, Redis.Redis> =>
   Layer.effect(
     RateLimits,
     Effect.gen(function* () {
-      yield* Input.orConfigError(checkOptions(options, redisFields))
-      const settings = yield* Input.orConfigError(SharedRedis.guardSettings(options.redis, "redis."))
+      yield* Input.orOptionError(checkOptions(options, redisFields))
+      const settings = yield* Input.orOptionError(SharedRedis.guardSettings(options.redis, "redis."))
       const onStoreError = options.onStoreError ?? "allow"
       if (onStoreError !== "allow" && onStoreError !== "reject") {
-        return yield* new Input.ConfigError({
+        return yield* new Input.OptionError({
           path: "onStoreError",
           message: `invalid onStoreError: expected "allow" or "reject", got ${JSON.stringify(onStoreError)}`
         })

@@ -117,7 +117,7 @@ const loadNodeRedis = Effect.tryPromise({
  * stores of this library. Connects when built: an unreachable Redis fails the layer with
  * a `RedisError` (after at most `connectTimeout`); later outages are the stores' business
  * (each fails open or closed as configured) while the client reconnects in the background.
- * Invalid options fail it with a `ConfigError` naming the field. Closed with the layer's scope.
+ * Invalid options fail it with an `OptionError` naming the field. Closed with the layer's scope.
  * The `redis` package (node-redis) is loaded when the layer is built, so modules that only
  * use the in-memory stores never need it.
  *
@@ -137,10 +137,10 @@ const loadNodeRedis = Effect.tryPromise({
  */
 export const layer = (
   options: Options = {}
-): Layer.Layer<Redis.Redis | NodeRedis.NodeRedis, Input.ConfigError | Redis.RedisError> =>
+): Layer.Layer<Redis.Redis | NodeRedis.NodeRedis, Input.OptionError | Redis.RedisError> =>
   Layer.unwrap(
     Effect.gen(function* () {
-      const s = yield* Input.orConfigError(settings(options))
+      const s = yield* Input.orOptionError(settings(options))
       const NodeRedis = yield* loadNodeRedis
       // Before the first connection a failure fails the layer (a wrong URL should not hang
       // start-up); once connected, the client never gives up reconnecting.
@@ -176,7 +176,7 @@ export const layer = (
  */
 export const layerConfig = (
   options: Config.Wrap<Options>
-): Layer.Layer<Redis.Redis | NodeRedis.NodeRedis, Input.ConfigError | Config.ConfigError | Redis.RedisError> =>
+): Layer.Layer<Redis.Redis | NodeRedis.NodeRedis, Input.OptionError | Config.ConfigError | Redis.RedisError> =>
   Layer.unwrap(Effect.map(Config.unwrap(options), layer))
 
 /**

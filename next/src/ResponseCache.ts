@@ -198,13 +198,13 @@ export const isComplete = (parts: ReadonlyArray<StreamPart>): boolean =>
 /**
  * The in-process cache: `effect`'s core `Cache` holds the entries and the running
  * computations (LRU by `capacity`, expiry on the `Clock`, so `TestClock` drives it).
- * Invalid options fail the layer with a `ConfigError` naming the field. Closing the layer
+ * Invalid options fail the layer with an `OptionError` naming the field. Closing the layer
  * interrupts the computations still running.
  *
  * @since 0.1.0
  * @category layers
  */
-export const layerMemory = (options: MemoryOptions = {}): Layer.Layer<ResponseCache, Input.ConfigError> =>
+export const layerMemory = (options: MemoryOptions = {}): Layer.Layer<ResponseCache, Input.OptionError> =>
   Layer.effect(ResponseCache, makeMemory(options))
 
 /**
@@ -214,8 +214,8 @@ export const layerMemory = (options: MemoryOptions = {}): Layer.Layer<ResponseCa
  * @category constructors
  */
 export const makeMemory = Effect.fnUntraced(function* (options: MemoryOptions = {}) {
-  const config = yield* Input.orConfigError(settings(options, "memory", ["capacity"]))
-  const capacity = yield* Input.orConfigError(Input.positiveInt("capacity", options.capacity ?? 1000))
+  const config = yield* Input.orOptionError(settings(options, "memory", ["capacity"]))
+  const capacity = yield* Input.orOptionError(Input.positiveInt("capacity", options.capacity ?? 1000))
   const table = yield* Internal.makeTable(capacity)
   yield* Effect.addFinalizer(() => table.interruptAll)
   const counters = Internal.lookupCounters(config.name)

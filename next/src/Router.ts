@@ -21,7 +21,7 @@ import {
   type Step
 } from "./Executor.js"
 import * as Input from "./Input.js"
-import type { ConfigError } from "./Input.js"
+import type { OptionError } from "./Input.js"
 import * as EffectAi from "./Model/EffectAi.js"
 import {
   type EmbedRequest,
@@ -544,7 +544,7 @@ export const layerLanguageModel = (
     readonly call?: CallOptions | undefined
     readonly stream?: StreamOptions | undefined
   } = {}
-): Layer.Layer<LanguageModel.LanguageModel | AiModel.ProviderName, ConfigError, Router> =>
+): Layer.Layer<LanguageModel.LanguageModel | AiModel.ProviderName, OptionError, Router> =>
   Layer.unwrap(
     Effect.map(Router, (router) => {
       const names = typeof domains === "string" ? domains : domains

@@ -414,7 +414,7 @@ describe("Batch options are checked before any item runs (issue 13 item 6)", () 
     })
   )
 
-  it.effect("a maxConcurrent that is not a positive integer fails the layer with a ConfigError naming it", () =>
+  it.effect("a maxConcurrent that is not a positive integer fails the layer with an OptionError naming it", () =>
     Effect.gen(function* () {
       for (const maxConcurrent of [Number.NaN, 0, -3, 2.5, Number.POSITIVE_INFINITY]) {
         const error = yield* Effect.flip(
@@ -426,8 +426,8 @@ describe("Batch options are checked before any item runs (issue 13 item 6)", () 
             )
           )
         )
-        assert.strictEqual(error._tag, "ConfigError")
-        if (error._tag === "ConfigError") assert.strictEqual(error.path, "maxConcurrent", String(maxConcurrent))
+        assert.strictEqual(error._tag, "OptionError")
+        if (error._tag === "OptionError") assert.strictEqual(error.path, "maxConcurrent", String(maxConcurrent))
       }
     })
   )

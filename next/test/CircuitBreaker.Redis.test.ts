@@ -4,7 +4,7 @@ import { assert, describe, it } from "@effect/vitest"
 import { Context, Duration, Effect, Exit, Fiber, Layer, Metric, Option, Stream } from "effect"
 import { CircuitOpenError, modelError } from "../src/AiError.js"
 import * as CircuitBreaker from "../src/CircuitBreaker.js"
-import type { ConfigError } from "../src/Input.js"
+import type { OptionError } from "../src/Input.js"
 import * as Metrics from "../src/Metrics.js"
 import * as Redis from "../src/Redis.js"
 import { type RedisServer, skipRedis, skipReason, startRedis } from "./utils/redis.js"
@@ -247,8 +247,8 @@ describe.skipIf(skipRedis)(`CircuitBreaker on Redis${skipRedis ? ` (${skipReason
       const refused = (options: unknown, path: string) =>
         Effect.gen(function* () {
           const error = yield* Effect.flip(build(server, options as CircuitBreaker.RedisOptions))
-          assert.strictEqual(error._tag, "ConfigError")
-          assert.strictEqual((error as ConfigError).path, path, error.message)
+          assert.strictEqual(error._tag, "OptionError")
+          assert.strictEqual((error as OptionError).path, path, error.message)
         })
       yield* refused({ prefix: "" }, "prefix")
       yield* refused({ onStoreError: "maybe" }, "onStoreError")

@@ -26,7 +26,7 @@ import {
   TimeoutError
 } from "../src/AiError.js"
 import * as CircuitBreaker from "../src/CircuitBreaker.js"
-import type { ConfigError } from "../src/Input.js"
+import type { OptionError } from "../src/Input.js"
 import * as Metrics from "../src/Metrics.js"
 
 let counter = 0
@@ -628,15 +628,15 @@ describe("CircuitBreaker registry: memory and series (item 17)", () => {
 describe("CircuitBreaker options (item 11)", () => {
   const refused = (options: unknown, path: string, includes?: string) =>
     Effect.gen(function* () {
-      const error: ConfigError = yield* Effect.flip(
+      const error: OptionError = yield* Effect.flip(
         Layer.build(CircuitBreaker.layerMemory(options as CircuitBreaker.Options))
       )
-      assert.strictEqual(error._tag, "ConfigError")
+      assert.strictEqual(error._tag, "OptionError")
       assert.strictEqual(error.path, path, error.message)
       if (includes !== undefined) assert.include(error.message, includes)
     }).pipe(Effect.scoped)
 
-  it.effect("every wrong number is a ConfigError naming the field when the layer is built", () =>
+  it.effect("every wrong number is an OptionError naming the field when the layer is built", () =>
     Effect.gen(function* () {
       yield* refused({ failMax: 0 }, "failMax")
       yield* refused({ failMax: Number.NaN }, "failMax")

@@ -24,12 +24,12 @@ describe("Domain.fromConfig", () => {
     })
   )
 
-  it.effect("a bad field fails with a ConfigError naming its path", () =>
+  it.effect("a bad field fails with an OptionError naming its path", () =>
     Effect.gen(function* () {
       const error = yield* Effect.flip(
         Domain.fromConfig([good, { name: "bad", provider: "main", retry: { maxAttempts: 0 } }])
       )
-      assert.strictEqual(error._tag, "ConfigError")
+      assert.strictEqual(error._tag, "OptionError")
       assert.strictEqual(error.path, "domains[1].retry.maxAttempts")
       assert.include(error.message, "domains[1].retry.maxAttempts")
     })

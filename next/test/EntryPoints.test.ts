@@ -480,7 +480,7 @@ for (const entry of entryPoints) {
   })
 }
 
-describe("Pipeline steps and HTTP agents: a domain's policies apply (cases added by the pipeline/agents engineer)", () => {
-  it.todo("Pipeline step on a domain: breaker, rate limit, cache and fallback")
-  it.todo("HttpAgent task: breaker and rate limit per agent")
-})
+// Pipeline steps and HTTP agents go through the same Policy engine; their cases live beside
+// them: test/Pipeline.test.ts ("Pipeline.route: ... breaker", "breaker:", "rate limit:",
+// "cache:", "fallback:" on a domain step) and test/HttpAgent.test.ts (an agent's breaker,
+// rate limit and fallback to the next agent).

@@ -486,14 +486,14 @@ describe("createOrchestra: batch, stats, streams", () => {
     assert.strictEqual((await typed(orchestra.metrics()))._tag, "ShuttingDownError")
   })
 
-  it("a manager that cannot be built rejects every call with its ConfigError", async () => {
+  it("a manager that cannot be built rejects every call with its OptionError", async () => {
     const m = mock()
     const orchestra = createOrchestra(
       Orchestra.layer({ providers: { main: m.layer }, extraDomains: [{ name: "support", provider: "main" }] })
     )
     try {
       const error = await typed(orchestra.execute("x", { domain: "support" }))
-      assert.strictEqual(error._tag === "ConfigError" && error.path, "extraDomains[0].name")
+      assert.strictEqual(error._tag === "OptionError" && error.path, "extraDomains[0].name")
       assert.strictEqual(orchestra.stats().total, 0)
     } finally {
       await orchestra.dispose()

@@ -271,7 +271,7 @@ describe("HttpAgent.call", () => {
         ]
         for (const [options, path] of cases) {
           const error = yield* Effect.flip(build({ options }))
-          assert.strictEqual(error._tag, "ConfigError", path)
+          assert.strictEqual(error._tag, "OptionError", path)
           assert.strictEqual((error as { readonly path: string }).path, path)
         }
       })

@@ -86,7 +86,7 @@ describe("Orchestra.layer: domains", () => {
             { name: "support", provider: "main", system: "mine" }
           ]
         })
-        assert.strictEqual(refused._tag, "ConfigError")
+        assert.strictEqual(refused._tag, "OptionError")
         assert.strictEqual(refused.path, "extraDomains[1].name")
         assert.include(refused.message, "overrideDomains")
         const duplicate = yield* configError({
@@ -163,7 +163,7 @@ describe("Orchestra.layer: domains", () => {
       const paths: Array<string> = []
       for (const [options] of cases) {
         const error = yield* configError(options)
-        paths.push(error._tag === "ConfigError" ? error.path : `${error._tag}`)
+        paths.push(error._tag === "OptionError" ? error.path : `${error._tag}`)
       }
       assert.deepStrictEqual(
         paths,

@@ -335,7 +335,7 @@ describe.skipIf(skipRedis)(`RateLimit (Redis store; ${skipRedis ? skipReason : "
     })
   )
 
-  it.live("invalid Redis options fail the layer with a ConfigError naming the field", () =>
+  it.live("invalid Redis options fail the layer with an OptionError naming the field", () =>
     Effect.scoped(
       Effect.gen(function* () {
         const server = yield* startRedis
@@ -350,12 +350,12 @@ describe.skipIf(skipRedis)(`RateLimit (Redis store; ${skipRedis ? skipReason : "
         for (const [options, path] of cases) {
           const exit = yield* Effect.exit(build(server, options))
           const error = Exit.findErrorOption(exit)
-          assert.isTrue(error._tag === "Some" && error.value._tag === "ConfigError", JSON.stringify(options))
-          if (error._tag === "Some" && error.value._tag === "ConfigError") assert.strictEqual(error.value.path, path)
+          assert.isTrue(error._tag === "Some" && error.value._tag === "OptionError", JSON.stringify(options))
+          if (error._tag === "Some" && error.value._tag === "OptionError") assert.strictEqual(error.value.path, path)
         }
         const badUrl = yield* Effect.exit(Layer.build(Redis.layer({ url: "http://localhost" })))
         const urlError = Exit.findErrorOption(badUrl)
-        assert.isTrue(urlError._tag === "Some" && urlError.value._tag === "ConfigError")
+        assert.isTrue(urlError._tag === "Some" && urlError.value._tag === "OptionError")
       })
     )
   )

@@ -2,7 +2,7 @@ import { assert, describe, it } from "@effect/vitest"
 import { Clock, Context, Duration, Effect, Exit, Fiber, Layer, Metric } from "effect"
 import { TestClock } from "effect/testing"
 import { isRetryable, type ModelError, shouldFallback } from "../src/AiError.js"
-import type { ConfigError } from "../src/Input.js"
+import type { OptionError } from "../src/Input.js"
 import * as Metrics from "../src/Metrics.js"
 import * as RateLimit from "../src/RateLimit.js"
 
@@ -58,7 +58,7 @@ const configError = (options: RateLimit.Options) =>
     assert.isTrue(Exit.isFailure(exit), "the layer must fail")
     const error = Exit.findErrorOption(exit)
     assert.isTrue(error._tag === "Some", "a typed failure, not a defect")
-    return (error as { readonly value: ConfigError }).value
+    return (error as { readonly value: OptionError }).value
   })
 
 describe("RateLimit (memory, TestClock)", () => {
@@ -212,7 +212,7 @@ describe("RateLimit (memory, TestClock)", () => {
       })
   )
 
-  it.effect("invalid limits fail the layer with a ConfigError naming the field", () =>
+  it.effect("invalid limits fail the layer with an OptionError naming the field", () =>
     Effect.gen(function* () {
       const cases: ReadonlyArray<readonly [RateLimit.Options, string]> = [
         [{ default: { requestsPerMinute: 0 } }, "default.requestsPerMinute"],
@@ -232,7 +232,7 @@ describe("RateLimit (memory, TestClock)", () => {
       ]
       for (const [options, path] of cases) {
         const error = yield* configError(options)
-        assert.strictEqual(error._tag, "ConfigError")
+        assert.strictEqual(error._tag, "OptionError")
         assert.strictEqual(error.path, path, JSON.stringify(options))
       }
     })

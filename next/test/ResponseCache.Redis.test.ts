@@ -240,7 +240,7 @@ describe.skipIf(skipRedis)(`ResponseCache.Redis (${skipRedis ? skipReason : "nee
   )
 
   it.live(
-    "invalid options fail the layer with a ConfigError naming the field; closing the scope releases the client",
+    "invalid options fail the layer with an OptionError naming the field; closing the scope releases the client",
     () =>
       Effect.scoped(
         Effect.gen(function* () {

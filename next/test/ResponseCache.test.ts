@@ -2,7 +2,7 @@ import { assert, describe, it } from "@effect/vitest"
 import { Context, Deferred, type Duration, Effect, Exit, Fiber, Layer, Metric, Option, Ref } from "effect"
 import { TestClock } from "effect/testing"
 import { type AiError, modelError } from "../src/AiError.js"
-import type { ConfigError } from "../src/Input.js"
+import type { OptionError } from "../src/Input.js"
 import * as Metrics from "../src/Metrics.js"
 import type { GenerateRequest, GenerateResponse, StreamPart } from "../src/Model.js"
 import * as ResponseCache from "../src/ResponseCache.js"
@@ -313,7 +313,7 @@ describe("ResponseCache (memory)", () => {
   )
 
   it.effect(
-    "invalid options fail the layer with a ConfigError naming the field (capacity NaN cached nothing in v0.1)",
+    "invalid options fail the layer with an OptionError naming the field (capacity NaN cached nothing in v0.1)",
     () =>
       Effect.gen(function* () {
         const cases: ReadonlyArray<readonly [ResponseCache.MemoryOptions, string]> = [
@@ -331,7 +331,7 @@ describe("ResponseCache (memory)", () => {
           const exit = yield* Effect.exit(Layer.build(ResponseCache.layerMemory(options)))
           const error = Exit.findErrorOption(exit)
           assert.isTrue(Option.isSome(error), `${JSON.stringify(options)} must fail with a typed error`)
-          assert.strictEqual((Option.getOrThrow(error) as ConfigError).path, path, JSON.stringify(options))
+          assert.strictEqual((Option.getOrThrow(error) as OptionError).path, path, JSON.stringify(options))
         }
       })
   )

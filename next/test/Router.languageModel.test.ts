@@ -20,18 +20,18 @@ describe("Router.layerLanguageModel: a domain as an effect/ai LanguageModel", ()
 
   it.effect("generateText runs through the domain's chain: the fallback answers and is counted", () =>
     Effect.gen(function* () {
-      const text = yield* LanguageModel.generateText({ prompt: "hello" }).pipe(
-        Effect.map((response) => response.text)
-      )
+      const text = yield* LanguageModel.generateText({ prompt: "hello" }).pipe(Effect.map((response) => response.text))
       assert.strictEqual(text, "answered by the backup")
       const stats = yield* Stats.snapshot({ domain: "backup" })
       assert.strictEqual(stats.fallbacks, 1)
-    }).pipe(Effect.provide(Router.layerLanguageModel("primary").pipe(Layer.provideMerge(manager)))))
+    }).pipe(Effect.provide(Router.layerLanguageModel("primary").pipe(Layer.provideMerge(manager))))
+  )
 
   it.effect("streamText streams through the same chain", () =>
     Effect.gen(function* () {
       const parts = yield* Stream.runCollect(LanguageModel.streamText({ prompt: "hello" }))
       const text = parts.map((p) => (p.type === "text-delta" ? p.delta : "")).join("")
       assert.strictEqual(text, "answered by the backup")
-    }).pipe(Effect.provide(Router.layerLanguageModel("primary").pipe(Layer.provideMerge(manager)))))
+    }).pipe(Effect.provide(Router.layerLanguageModel("primary").pipe(Layer.provideMerge(manager))))
+  )
 })

@@ -77,23 +77,23 @@ const isRejection = (error: Store.CircuitBreakerError): boolean => error.reason.
  * @category constructors
  */
 export const makeRedis = Effect.fnUntraced(function* (options: RedisOptions = {}) {
-  const config = yield* Input.orConfigError(check(options, redisKeys))
+  const config = yield* Input.orOptionError(check(options, redisKeys))
   const prefix = options.prefix ?? "orchestra:breaker:"
   if (typeof prefix !== "string" || prefix.length === 0) {
-    return yield* new Input.ConfigError({ path: "prefix", message: "invalid prefix: expected a non-empty string" })
+    return yield* new Input.OptionError({ path: "prefix", message: "invalid prefix: expected a non-empty string" })
   }
   const onStoreError = options.onStoreError ?? "allow"
   if (onStoreError !== "allow" && onStoreError !== "reject") {
-    return yield* new Input.ConfigError({
+    return yield* new Input.OptionError({
       path: "onStoreError",
       message: `invalid onStoreError: expected "allow" or "reject", got ${JSON.stringify(onStoreError)}`
     })
   }
-  const probeLease = yield* Input.orConfigError(millis("probeLease", options.probeLease ?? "10 seconds"))
+  const probeLease = yield* Input.orOptionError(millis("probeLease", options.probeLease ?? "10 seconds"))
   if (options.redis !== undefined && !Predicate.isObject(options.redis)) {
-    return yield* new Input.ConfigError({ path: "redis", message: "invalid redis: expected an object" })
+    return yield* new Input.OptionError({ path: "redis", message: "invalid redis: expected an object" })
   }
-  const settings = yield* Input.orConfigError(SharedRedis.guardSettings(options.redis, "redis."))
+  const settings = yield* Input.orOptionError(SharedRedis.guardSettings(options.redis, "redis."))
   const guard = yield* SharedRedis.makeGuard({ store: "breaker", settings })
   const redis = yield* Redis.Redis
   const context = yield* Layer.build(

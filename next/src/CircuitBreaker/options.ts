@@ -1,6 +1,6 @@
 /**
  * Checks breaker options where they enter (a layer or constructor) and resolves the
- * defaults: every refusal is a `ConfigError` naming the field, never a schema error later.
+ * defaults: every refusal is an `OptionError` naming the field, never a schema error later.
  *
  * @internal
  */

@@ -42,7 +42,7 @@ export {
 // ---------------------------------------------------------------------------
 
 /**
- * Options of {@link make}: checked when the provider is built (a `ConfigError` naming the
+ * Options of {@link make}: checked when the provider is built (an `OptionError` naming the
  * field).
  *
  * @since 0.1.0
@@ -97,7 +97,7 @@ export const fromAiError: (error: Ai.AiError, ctx: CallContext) => ModelError = 
  * @since 0.1.0
  * @category constructors
  */
-export const make: (options?: Options) => Effect.Effect<Model.Service, Input.ConfigError, LanguageModel.LanguageModel> =
+export const make: (options?: Options) => Effect.Effect<Model.Service, Input.OptionError, LanguageModel.LanguageModel> =
   From.make
 
 /**
@@ -109,7 +109,7 @@ export const make: (options?: Options) => Effect.Effect<Model.Service, Input.Con
  */
 export const layer = (
   options: Options = {}
-): Layer.Layer<Model.ModelProvider, Input.ConfigError, LanguageModel.LanguageModel> =>
+): Layer.Layer<Model.ModelProvider, Input.OptionError, LanguageModel.LanguageModel> =>
   Layer.effect(Model.ModelProvider, make(options))
 
 /**
@@ -120,7 +120,7 @@ export const layer = (
  */
 export const layerConfig = (
   options: Config.Wrap<Options>
-): Layer.Layer<Model.ModelProvider, Config.ConfigError | Input.ConfigError, LanguageModel.LanguageModel> =>
+): Layer.Layer<Model.ModelProvider, Config.ConfigError | Input.OptionError, LanguageModel.LanguageModel> =>
   Layer.unwrap(Effect.map(Config.unwrap(options), layer))
 
 // ---------------------------------------------------------------------------
@@ -166,7 +166,7 @@ export interface GenerationSettings {
 }
 
 /**
- * Options of {@link languageModel}: checked when it is built (a `ConfigError` naming the
+ * Options of {@link languageModel}: checked when it is built (an `OptionError` naming the
  * field).
  *
  * @since 0.2.0
@@ -211,7 +211,7 @@ export const toAiError: (error: AiError, method: string) => Ai.AiError = Errors.
 export const languageModel: (
   target: Target,
   options?: LanguageModelOptions
-) => Effect.Effect<LanguageModel.LanguageModel, Input.ConfigError> = To.languageModel
+) => Effect.Effect<LanguageModel.LanguageModel, Input.OptionError> = To.languageModel
 
 /**
  * A layer with an `effect/ai` `LanguageModel` (and its `Model.ProviderName`) whose calls go
@@ -223,7 +223,7 @@ export const languageModel: (
 export const layerLanguageModel = (
   target: Target,
   options: LanguageModelOptions = {}
-): Layer.Layer<LanguageModel.LanguageModel | AiModel.ProviderName, Input.ConfigError> =>
+): Layer.Layer<LanguageModel.LanguageModel | AiModel.ProviderName, Input.OptionError> =>
   Layer.effectContext(
     Effect.map(languageModel(target, options), (service) =>
       Context.make(LanguageModel.LanguageModel, service).pipe(
@@ -240,7 +240,7 @@ export const layerLanguageModel = (
  */
 export const layerLanguageModelFromProvider = (
   options: LanguageModelOptions = {}
-): Layer.Layer<LanguageModel.LanguageModel | AiModel.ProviderName, Input.ConfigError, Model.ModelProvider> =>
+): Layer.Layer<LanguageModel.LanguageModel | AiModel.ProviderName, Input.OptionError, Model.ModelProvider> =>
   Layer.unwrap(
     Effect.gen(function* () {
       return layerLanguageModel(yield* Model.ModelProvider, options)
@@ -257,7 +257,7 @@ export const layerLanguageModelFromProvider = (
 export const embeddingModel: (
   target: EmbeddingTarget,
   options?: { readonly model?: string | undefined; readonly limits?: Partial<Model.RequestLimits> | undefined }
-) => Effect.Effect<EmbeddingModel.EmbeddingModel, Input.ConfigError> = To.embeddingModel
+) => Effect.Effect<EmbeddingModel.EmbeddingModel, Input.OptionError> = To.embeddingModel
 
 /**
  * A layer with an `effect/ai` `EmbeddingModel` whose calls go to `target.embed`.
@@ -268,5 +268,5 @@ export const embeddingModel: (
 export const layerEmbeddingModel = (
   target: EmbeddingTarget,
   options: { readonly model?: string | undefined; readonly limits?: Partial<Model.RequestLimits> | undefined } = {}
-): Layer.Layer<EmbeddingModel.EmbeddingModel, Input.ConfigError> =>
+): Layer.Layer<EmbeddingModel.EmbeddingModel, Input.OptionError> =>
   Layer.effect(EmbeddingModel.EmbeddingModel, embeddingModel(target, options))

@@ -70,15 +70,15 @@ const checkOptions = (options: Options) =>
 
 /**
  * Builds the provider from the `HttpClient` in context. Every option is checked here: a
- * wrong one fails with a `ConfigError` naming it.
+ * wrong one fails with an `OptionError` naming it.
  *
  * @since 0.1.0
  * @category constructors
  */
-export const make: (options: Options) => Effect.Effect<Model.Service, Input.ConfigError, HttpClient.HttpClient> =
+export const make: (options: Options) => Effect.Effect<Model.Service, Input.OptionError, HttpClient.HttpClient> =
   Effect.fnUntraced(function* (options: Options) {
     const [settings, apiKey, name, defaultModel, embeddingModel, dimensions, baseUrl, apiVersion, limits] =
-      yield* Input.orConfigError(checkOptions(options))
+      yield* Input.orOptionError(checkOptions(options))
     const client = yield* Client.make(settings, options.transformClient)
     const root = Http.joinUrl(baseUrl, apiVersion)
     const secrets = [apiKey]
@@ -237,7 +237,7 @@ export const requestBody = Wire.requestBody
  * @since 0.1.0
  * @category layers
  */
-export const layer = (options: Options): Layer.Layer<Model.ModelProvider, Input.ConfigError, HttpClient.HttpClient> =>
+export const layer = (options: Options): Layer.Layer<Model.ModelProvider, Input.OptionError, HttpClient.HttpClient> =>
   Layer.effect(Model.ModelProvider, make(options))
 
 /**
@@ -262,5 +262,5 @@ export const config: Config.Config<Options> = Config.all({
  */
 export const layerConfig = (
   options: Config.Wrap<Options> = config
-): Layer.Layer<Model.ModelProvider, Config.ConfigError | Input.ConfigError, HttpClient.HttpClient> =>
+): Layer.Layer<Model.ModelProvider, Config.ConfigError | Input.OptionError, HttpClient.HttpClient> =>
   Layer.unwrap(Effect.map(Config.unwrap(options), layer))

@@ -16,7 +16,7 @@
  */
 import { Config, Effect, Layer, type Scope } from "effect"
 import type { ModelError } from "../AiError.js"
-import type { ConfigError, DurationInput } from "../Input.js"
+import type { OptionError, DurationInput } from "../Input.js"
 import { ModelProvider, type Service } from "../Model.js"
 import * as internal from "./local/provider.js"
 
@@ -30,7 +30,7 @@ export const defaultModelPath: URL = new URL("../../models/", import.meta.url)
 
 /**
  * Options of the local provider. Every number is checked when the provider is built: a
- * wrong one fails it with a `ConfigError` naming the field.
+ * wrong one fails it with an `OptionError` naming the field.
  *
  * @since 0.1.0
  * @category models
@@ -96,7 +96,7 @@ export interface Options {
 /**
  * Builds the provider in a scope: imports transformers.js (a missing install fails with a
  * `ModelError` of reason `"Unavailable"` naming the package and `npm install
- * @xenova/transformers`), checks the options (`ConfigError`), sets transformers.js's
+ * @xenova/transformers`), checks the options (`OptionError`), sets transformers.js's
  * process-wide settings, loads every configured model once (a missing or broken model
  * fails here with an `"Unavailable"` `ModelError` naming the path it looked in), and
  * releases every instance when the scope closes.
@@ -119,7 +119,7 @@ export interface Options {
  * @since 0.1.0
  * @category constructors
  */
-export const make = (options: Options = {}): Effect.Effect<Service, ModelError | ConfigError, Scope.Scope> =>
+export const make = (options: Options = {}): Effect.Effect<Service, ModelError | OptionError, Scope.Scope> =>
   internal.makeWith({ ...options, modelPath: options.modelPath ?? defaultModelPath })
 
 /**
@@ -140,7 +140,7 @@ export const make = (options: Options = {}): Effect.Effect<Service, ModelError |
  * @since 0.1.0
  * @category layers
  */
-export const layer = (options: Options = {}): Layer.Layer<ModelProvider, ModelError | ConfigError> =>
+export const layer = (options: Options = {}): Layer.Layer<ModelProvider, ModelError | OptionError> =>
   Layer.effect(ModelProvider, make(options))
 
 /**
@@ -162,5 +162,5 @@ export const layer = (options: Options = {}): Layer.Layer<ModelProvider, ModelEr
  */
 export const layerConfig = (
   config: Config.Wrap<Options>
-): Layer.Layer<ModelProvider, ModelError | ConfigError | Config.ConfigError> =>
+): Layer.Layer<ModelProvider, ModelError | OptionError | Config.ConfigError> =>
   Layer.effect(ModelProvider, Effect.flatMap(Config.unwrap(config), make))

@@ -9,7 +9,7 @@
  */
 import { Context, type Duration, Effect, Layer } from "effect"
 import type { Reason } from "../AiError.js"
-import type { ConfigError } from "../Input.js"
+import type { OptionError } from "../Input.js"
 import {
   type EmbedRequest,
   type FinishReason,
@@ -131,7 +131,7 @@ export interface RandomMix {
 
 /**
  * Options of {@link make}. Every number is checked when the mock is built: a bad one
- * fails the layer with a `ConfigError` naming the field.
+ * fails the layer with an `OptionError` naming the field.
  *
  * @since 0.1.0
  * @category models
@@ -235,7 +235,7 @@ export const chunksOf: (text: string) => ReadonlyArray<string> = Behaviour.chunk
 export const embedText: (text: string, dimensions: number) => ReadonlyArray<number> = Behaviour.embedText
 
 /**
- * Builds a mock provider and its control. Fails with a `ConfigError` naming the first
+ * Builds a mock provider and its control. Fails with an `OptionError` naming the first
  * bad option.
  *
  * @since 0.1.0
@@ -243,7 +243,7 @@ export const embedText: (text: string, dimensions: number) => ReadonlyArray<numb
  */
 export const make = (
   options: Options = {}
-): Effect.Effect<{ readonly provider: Service; readonly control: Control }, ConfigError> =>
+): Effect.Effect<{ readonly provider: Service; readonly control: Control }, OptionError> =>
   Effect.map(compile(options), (config) => Behaviour.build(options, config))
 
 /**
@@ -252,7 +252,7 @@ export const make = (
  * @since 0.1.0
  * @category layers
  */
-export const layer = (options: Options = {}): Layer.Layer<ModelProvider | MockControl, ConfigError> =>
+export const layer = (options: Options = {}): Layer.Layer<ModelProvider | MockControl, OptionError> =>
   Layer.effectContext(
     Effect.map(make(options), ({ control, provider }) =>
       Context.make(ModelProvider, provider).pipe(Context.add(MockControl, control))

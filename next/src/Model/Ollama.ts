@@ -94,13 +94,13 @@ const checkOptions = (options: Options) =>
 
 /**
  * Builds the provider from an `HttpClient` in context. Options are checked here: a bad one
- * fails with a `ConfigError` naming it.
+ * fails with an `OptionError` naming it.
  *
  * @since 0.1.0
  * @category constructors
  */
 export const make = Effect.fnUntraced(function* (options: Options = {}) {
-  const [settings, host, name, defaultModel, embeddingModel, api, keepAlive] = yield* Input.orConfigError(
+  const [settings, host, name, defaultModel, embeddingModel, api, keepAlive] = yield* Input.orOptionError(
     checkOptions(options)
   )
   const client = yield* Client.make(settings, options.transformClient)
@@ -238,7 +238,7 @@ const spanAttributes = (provider: string, operation: string, model: string) => (
  */
 export const layer = (
   options: Options = {}
-): Layer.Layer<Model.ModelProvider, Input.ConfigError, HttpClient.HttpClient> =>
+): Layer.Layer<Model.ModelProvider, Input.OptionError, HttpClient.HttpClient> =>
   Layer.effect(Model.ModelProvider)(make(options))
 
 /**
@@ -265,5 +265,5 @@ export const config: Config.Config<Options> = Config.all({
  */
 export const layerConfig = (
   options: Config.Wrap<Options> = config
-): Layer.Layer<Model.ModelProvider, Config.ConfigError | Input.ConfigError, HttpClient.HttpClient> =>
+): Layer.Layer<Model.ModelProvider, Config.ConfigError | Input.OptionError, HttpClient.HttpClient> =>
   Layer.unwrap(Effect.map(Config.unwrap(options), layer))

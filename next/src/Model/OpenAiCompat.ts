@@ -110,14 +110,14 @@ const checkOptions = (options: Options) =>
 
 /**
  * Builds the provider from an `HttpClient` in context. Options are checked here: a bad one
- * fails with a `ConfigError` naming it.
+ * fails with an `OptionError` naming it.
  *
  * @since 0.1.0
  * @category constructors
  */
 export const make = Effect.fnUntraced(function* (options: Options = {}) {
   const [settings, baseUrl, name, defaultModel, embeddingModel, embeddingEncoding, maxTokensField] =
-    yield* Input.orConfigError(checkOptions(options))
+    yield* Input.orOptionError(checkOptions(options))
   const client = yield* Client.make(settings, options.transformClient)
   const apiKey = options.apiKey
   const secrets = apiKey === undefined ? [] : [apiKey]
@@ -276,7 +276,7 @@ const spanAttributes = (provider: string, operation: string, model: string) => (
  */
 export const layer = (
   options: Options = {}
-): Layer.Layer<Model.ModelProvider, Input.ConfigError, HttpClient.HttpClient> =>
+): Layer.Layer<Model.ModelProvider, Input.OptionError, HttpClient.HttpClient> =>
   Layer.effect(Model.ModelProvider)(make(options))
 
 /**
@@ -306,5 +306,5 @@ export const config: Config.Config<Options> = Config.all({
  */
 export const layerConfig = (
   options: Config.Wrap<Options> = config
-): Layer.Layer<Model.ModelProvider, Config.ConfigError | Input.ConfigError, HttpClient.HttpClient> =>
+): Layer.Layer<Model.ModelProvider, Config.ConfigError | Input.OptionError, HttpClient.HttpClient> =>
   Layer.unwrap(Effect.map(Config.unwrap(options), layer))

@@ -126,7 +126,7 @@ const scrubbed = (error: AiError, secrets: ReadonlyArray<Redacted.Redacted>): Ai
 
 /**
  * Builds the provider from the `HttpClient` in context. Every option is checked here (a
- * `ConfigError` naming the field). Token fetches run in the scope of the provider: a caller
+ * `OptionError` naming the field). Token fetches run in the scope of the provider: a caller
  * that is interrupted does not cancel a fetch others wait on; closing the scope does.
  *
  * @since 0.1.0
@@ -134,7 +134,7 @@ const scrubbed = (error: AiError, secrets: ReadonlyArray<Redacted.Redacted>): Ai
  */
 export const make: (
   options: Options
-) => Effect.Effect<Model.Service, Input.ConfigError, HttpClient.HttpClient | Scope.Scope> = Effect.fnUntraced(
+) => Effect.Effect<Model.Service, Input.OptionError, HttpClient.HttpClient | Scope.Scope> = Effect.fnUntraced(
   function* (options: Options) {
     const [
       settings,
@@ -150,7 +150,7 @@ export const make: (
       tokenTimeout,
       name,
       limits
-    ] = yield* Input.orConfigError(checkOptions(options))
+    ] = yield* Input.orOptionError(checkOptions(options))
     const client = yield* Client.make(settings, options.transformClient)
 
     const iamCtx: Errors.CallContext = { provider: `${name} IAM`, secrets: [apiKey] }
@@ -343,7 +343,7 @@ const spanAttributes = (provider: string, operation: string, model: string) => (
  * @since 0.1.0
  * @category layers
  */
-export const layer = (options: Options): Layer.Layer<Model.ModelProvider, Input.ConfigError, HttpClient.HttpClient> =>
+export const layer = (options: Options): Layer.Layer<Model.ModelProvider, Input.OptionError, HttpClient.HttpClient> =>
   Layer.effect(Model.ModelProvider, make(options))
 
 /**
@@ -373,7 +373,7 @@ export const config: Config.Config<Options> = Config.all({
  */
 export const layerConfig = (
   options: Config.Wrap<Options> = config
-): Layer.Layer<Model.ModelProvider, Config.ConfigError | Input.ConfigError, HttpClient.HttpClient> =>
+): Layer.Layer<Model.ModelProvider, Config.ConfigError | Input.OptionError, HttpClient.HttpClient> =>
   Layer.unwrap(Effect.map(Config.unwrap(options), layer))
 
 /**

@@ -44,11 +44,11 @@ const decode = Schema.decodeUnknownExit(ResponseCache.StoredEntry)
  * @category constructors
  */
 export const make = Effect.fnUntraced(function* (options: Options = {}) {
-  const config = yield* Input.orConfigError(ResponseCache.settings(options, "redis", ["prefix", "redis"]))
-  const guardSettings = yield* Input.orConfigError(SharedRedis.guardSettings(options.redis, "redis."))
+  const config = yield* Input.orOptionError(ResponseCache.settings(options, "redis", ["prefix", "redis"]))
+  const guardSettings = yield* Input.orOptionError(SharedRedis.guardSettings(options.redis, "redis."))
   const prefix = options.prefix ?? "orchestra-cache"
   if (typeof prefix !== "string" || prefix.length === 0) {
-    return yield* new Input.ConfigError({ path: "prefix", message: "invalid prefix: expected a non-empty string" })
+    return yield* new Input.OptionError({ path: "prefix", message: "invalid prefix: expected a non-empty string" })
   }
   const errors = Metric.withAttributes(Metrics.cacheErrors, { cache: config.name }) as Metric.Metric<number, unknown>
   const guard = yield* SharedRedis.makeGuard({ store: `cache:${config.name}`, settings: guardSettings, errors })
@@ -217,7 +217,7 @@ export const make = Effect.fnUntraced(function* (options: Options = {}) {
 
 /**
  * A Redis-backed response cache. Needs `effect/persistence`'s `Redis` service (`Redis.layer`
- * of this library builds one). Invalid options fail the layer with a `ConfigError` naming
+ * of this library builds one). Invalid options fail the layer with an `OptionError` naming
  * the field.
  *
  * @since 0.1.0
@@ -225,5 +225,5 @@ export const make = Effect.fnUntraced(function* (options: Options = {}) {
  */
 export const layerRedis = (
   options: Options = {}
-): Layer.Layer<ResponseCache.ResponseCache, Input.ConfigError, Redis.Redis> =>
+): Layer.Layer<ResponseCache.ResponseCache, Input.OptionError, Redis.Redis> =>
   Layer.effect(ResponseCache.ResponseCache, make(options))

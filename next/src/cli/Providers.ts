@@ -10,7 +10,7 @@ import * as NodePath from "node:path"
 import { Config, Effect, Layer, Option, Redacted, Result } from "effect"
 import { HttpClient } from "effect/http"
 import type { ModelError } from "../AiError.js"
-import type { ConfigError } from "../Input.js"
+import type { OptionError } from "../Input.js"
 import * as Gemini from "../Model/Gemini.js"
 import * as LocalOptions from "../Model/local/options.js"
 import * as Mock from "../Model/Mock.js"
@@ -70,13 +70,13 @@ export const readKey = (
 }
 
 /**
- * A library `ConfigError` (`path` relative to the provider's options) as an issue of the
+ * A library `OptionError` (`path` relative to the provider's options) as an issue of the
  * config file (`providers.<name>.<path>`).
  *
  * @since 0.2.0
  * @category utils
  */
-export const issueOf = (prefix: string, error: ConfigError): Issue => {
+export const issueOf = (prefix: string, error: OptionError): Issue => {
   const message = error.message.startsWith(`invalid ${error.path}: `)
     ? error.message.slice(`invalid ${error.path}: `.length)
     : error.message
@@ -109,7 +109,7 @@ const mockOptions = (name: string, spec: Extract<Provider, { readonly type: "moc
   })
 }
 
-type HttpProvider = Layer.Layer<ModelProvider, ConfigError, HttpClient.HttpClient>
+type HttpProvider = Layer.Layer<ModelProvider, OptionError, HttpClient.HttpClient>
 
 const httpLayer = (
   name: string,
@@ -159,7 +159,7 @@ export const check = (
   apiKey: Redacted.Redacted<string> | undefined
 ): Effect.Effect<ReadonlyArray<Issue>> => {
   const prefix = formatPath(["providers", name])
-  const refused = (error: ConfigError): ReadonlyArray<Issue> => [issueOf(prefix, error)]
+  const refused = (error: OptionError): ReadonlyArray<Issue> => [issueOf(prefix, error)]
   switch (spec.type) {
     case "local": {
       const options = localOptions(name, spec, dir)
@@ -202,7 +202,7 @@ export const layer = (
   spec: Provider,
   dir: string,
   apiKey: Redacted.Redacted<string> | undefined
-): Layer.Layer<ModelProvider, ConfigError | ModelError> => {
+): Layer.Layer<ModelProvider, OptionError | ModelError> => {
   switch (spec.type) {
     case "local": {
       const { modelPath, ...options } = localOptions(name, spec, dir)

@@ -116,7 +116,7 @@ const domainIssues = (loaded: Loaded, defaultProvider: string): ReadonlyArray<Is
   return []
 }
 
-const prefixed = (prefix: string) => (error: Input.ConfigError) => Providers.issueOf(prefix, error)
+const prefixed = (prefix: string) => (error: Input.OptionError) => Providers.issueOf(prefix, error)
 
 /** The shared policies through the checks and layers that would take them (each layer alone, in a scope closed at once). */
 const policyIssues = (loaded: Loaded): Effect.Effect<ReadonlyArray<Issue>> => {
@@ -125,13 +125,13 @@ const policyIssues = (loaded: Loaded): Effect.Effect<ReadonlyArray<Issue>> => {
   const issues: Array<Issue> = []
   if (policies.executor !== undefined && open("policies.executor")) {
     const checked = Executor.checkOptions(policies.executor as Executor.Options)
-    if (Result.isFailure(checked)) issues.push(prefixed("policies.executor")(Input.toConfigError(checked.failure)))
+    if (Result.isFailure(checked)) issues.push(prefixed("policies.executor")(Input.toOptionError(checked.failure)))
   }
   if (policies.maxConcurrent !== undefined && open("policies.maxConcurrent")) {
     const checked = Input.positiveInt("policies.maxConcurrent", policies.maxConcurrent)
     if (Result.isFailure(checked)) issues.push(checked.failure)
   }
-  const build = <A>(path: string, layer: Layer.Layer<A, Input.ConfigError>) =>
+  const build = <A>(path: string, layer: Layer.Layer<A, Input.OptionError>) =>
     Layer.build(layer).pipe(
       Effect.scoped,
       Effect.as(undefined),
@@ -245,8 +245,8 @@ const mapLayerError = <A, E, E2, R>(layer: Layer.Layer<A, E, R>, f: (error: E) =
 
 const setupError =
   (provider: string) =>
-  (error: Input.ConfigError | ModelError): SetupError =>
-    error._tag === "ConfigError"
+  (error: Input.OptionError | ModelError): SetupError =>
+    error._tag === "OptionError"
       ? new SetupError({ provider, kind: "config", detail: error.message })
       : new SetupError({ provider, kind: "provider", detail: error.message })
 

@@ -82,19 +82,19 @@ const decoder = new TextDecoder()
 
 /**
  * Adds the admin routes to the `HttpRouter` in context, over the `KeyAdmin` in context.
- * Invalid options fail with a `ConfigError` naming the field.
+ * Invalid options fail with an `OptionError` naming the field.
  *
  * @since 0.2.0
  * @category constructors
  */
 export const make = Effect.fnUntraced(function* (options: Options) {
   if (typeof options !== "object" || options === null) {
-    return yield* Effect.fail(Input.toConfigError({ path: "(options)", message: "expected an object" }))
+    return yield* Effect.fail(Input.toOptionError({ path: "(options)", message: "expected an object" }))
   }
   for (const field of Object.keys(options)) {
-    if (!known.has(field)) return yield* Effect.fail(Input.toConfigError({ path: field, message: "unknown option" }))
+    if (!known.has(field)) return yield* Effect.fail(Input.toOptionError({ path: field, message: "unknown option" }))
   }
-  const [sha256, path, maxBodyBytes] = yield* Input.orConfigError(
+  const [sha256, path, maxBodyBytes] = yield* Input.orOptionError(
     Input.all([
       checkKey(options.key),
       checkPath(options.path ?? "/admin"),
@@ -214,5 +214,5 @@ export const make = Effect.fnUntraced(function* (options: Options) {
  * @since 0.2.0
  * @category layers
  */
-export const layer = (options: Options): Layer.Layer<never, Input.ConfigError, HttpRouter.HttpRouter | KeyAdmin> =>
+export const layer = (options: Options): Layer.Layer<never, Input.OptionError, HttpRouter.HttpRouter | KeyAdmin> =>
   Layer.effectDiscard(make(options))

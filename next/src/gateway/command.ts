@@ -136,14 +136,14 @@ const manager = (
   shared: { readonly prefix: string; readonly guard: Redis.GuardOptions } | undefined
 ) => {
   const { config, dir } = checked.loaded
-  const providers: Record<string, Layer.Layer<ModelProvider, Input.ConfigError | Error>> = {}
+  const providers: Record<string, Layer.Layer<ModelProvider, Input.OptionError | Error>> = {}
   for (const [name, spec] of Object.entries(checked.providers)) {
     providers[name] = Providers.layer(name, spec, dir, checked.keys[name]) as never
   }
   const policies = config.policies ?? {}
   const onRedis = <A>(
     option: unknown,
-    make: (options: Record<string, unknown>) => Layer.Layer<A, Input.ConfigError, PersistedRedis.Redis>
+    make: (options: Record<string, unknown>) => Layer.Layer<A, Input.OptionError, PersistedRedis.Redis>
   ) => (option === false || shared === undefined ? undefined : make((option ?? {}) as Record<string, unknown>))
   const breakers = onRedis(policies.breakers, (o) =>
     CircuitBreaker.layerRedis({ ...o, prefix: `${shared!.prefix}breaker:`, redis: shared!.guard })
@@ -172,7 +172,7 @@ const manager = (
   })
 }
 
-/** A layer's `ConfigError` names its field under the file's section (`keys.prices.gpt`). */
+/** A layer's `OptionError` names its field under the file's section (`keys.prices.gpt`). */
 const under =
   (section: string) =>
   <A, E, R>(layer: Layer.Layer<A, E, R>): Layer.Layer<A, unknown, R> =>
@@ -181,8 +181,8 @@ const under =
       (error: E) =>
         Layer.effectDiscard(
           Effect.fail(
-            error instanceof Input.ConfigError
-              ? Input.toConfigError({ path: `${section}.${error.path}`, message: error.message })
+            error instanceof Input.OptionError
+              ? Input.toOptionError({ path: `${section}.${error.path}`, message: error.message })
               : error
           )
         ) as unknown as Layer.Layer<A, unknown>
@@ -260,9 +260,9 @@ export const run = Effect.fnUntraced(function* (args: Args) {
         Effect.catch((error: unknown) =>
           failWith(
             common,
-            error instanceof Input.ConfigError ? exitCodes.usage : exitCodes.failed,
+            error instanceof Input.OptionError ? exitCodes.usage : exitCodes.failed,
             error instanceof Error ? error.message : String(error),
-            { kind: error instanceof Input.ConfigError ? "config" : "start" }
+            { kind: error instanceof Input.OptionError ? "config" : "start" }
           )
         )
       )

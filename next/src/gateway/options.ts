@@ -1,6 +1,6 @@
 /**
  * The gateway's options and their checks: every number and duration through `Input.ts`
- * (a `ConfigError` naming the field), every path a route path, unknown fields refused.
+ * (an `OptionError` naming the field), every path a route path, unknown fields refused.
  *
  * @internal
  */
@@ -95,7 +95,7 @@ const boolean = (field: string, input: unknown, fallback: boolean): Input.Checke
       : Result.fail({ path: field, message: `expected true or false, got ${typeof input}` })
 
 /**
- * Checks the options; the first wrong field is a `ConfigError` naming it.
+ * Checks the options; the first wrong field is an `OptionError` naming it.
  *
  * @internal
  */

@@ -39,10 +39,10 @@ const alphabet = "0123456789abcdefghijklmnopqrstuvwxyz"
  * @internal
  */
 export const make = Effect.fnUntraced(function* (input: Options, keys: Keys | undefined) {
-  const options = yield* Input.orConfigError(check(input))
+  const options = yield* Input.orOptionError(check(input))
   if (keys === undefined && !options.allowAnonymous) {
     return yield* Effect.fail(
-      Input.toConfigError({
+      Input.toOptionError({
         path: "keys",
         message:
           "no key store in context: provide one (gateway/keys), or set allowAnonymous: true for a gateway that admits every request"

@@ -124,7 +124,7 @@ export const make = Effect.fnUntraced(function* (clock: Clock.Clock, providerMod
   for (const name of registry.names) {
     const provider = yield* registry
       .get(name)
-      .pipe(Effect.mapError((error) => Input.toConfigError({ path: `providers.${name}`, message: error.message })))
+      .pipe(Effect.mapError((error) => Input.toOptionError({ path: `providers.${name}`, message: error.message })))
     wrapped[name] = timed(clock, provider)
   }
   const timedRegistry = makeProviders(wrapped)

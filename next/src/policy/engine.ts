@@ -217,7 +217,7 @@ const unexpected = (cause: Cause.Cause<unknown>, provider: string): AiError => {
   })
 }
 
-const valueOf = <T, A>(answer: Answer<T, A>): A => answer.value
+const answerValue = <T, A>(answer: Answer<T, A>): A => answer.value
 
 const attemptAttributes = (step: Step<unknown>) => ({
   "gen_ai.provider.name": step.name,
@@ -648,7 +648,7 @@ export const make = (options: Options): Effect.Effect<Engine, never, Scope.Scope
       plan: Plan<T, A>,
       call: (target: T, step: Step<T>) => Effect.Effect<A, AiError>
     ): Effect.Effect<A, AiError> => {
-      if (plan.steps.length > 1 || plan.cache !== undefined) return Effect.map(run(plan, call), valueOf)
+      if (plan.steps.length > 1 || plan.cache !== undefined) return Effect.map(run(plan, call), answerValue)
       if (closing) return Effect.fail(shuttingDown())
       const deadlineAt =
         plan.totalTimeout === undefined

@@ -226,6 +226,19 @@ const resumeRequest = (original: GenerateRequest, partial: string, instruction: 
 const resumable = (error: AiError): boolean =>
   error._tag === "TimeoutError" ? error.limit !== "total" : shouldFallback(error) || error._tag === "ModelError"
 
+// The producer of a stream whose Finish has arrived is interrupted when the consumer is done
+// with it: the error recorded then is never seen by anyone, so it is built without the stack
+// trace (~65 µs a stream in profiles of the gateway).
+const interruptedError = (provider: string, finished: boolean): ModelError => {
+  const limit = Error.stackTraceLimit
+  if (finished) Error.stackTraceLimit = 0
+  try {
+    return new ModelError({ reason: "Unknown", message: "the provider stream was interrupted", provider })
+  } finally {
+    Error.stackTraceLimit = limit
+  }
+}
+
 const NoFinish = (provider: string) =>
   new ModelError({ reason: "Transport", message: "the stream ended before its final event", provider })
 
@@ -505,11 +518,7 @@ export const make = (env: {
                       : Exit.fail(
                           Option.getOrElse(Cause.findErrorOption(exit.cause), () =>
                             Cause.hasInterruptsOnly(exit.cause)
-                              ? new ModelError({
-                                  reason: "Unknown",
-                                  message: "the provider stream was interrupted",
-                                  provider: step.name
-                                })
+                              ? interruptedError(step.name, attempt.finish !== undefined)
                               : new ModelError({
                                   reason: "Unknown",
                                   message: `the provider stream failed unexpectedly: ${Cause.pretty(exit.cause)}`,

@@ -743,12 +743,12 @@ layer(NodeHttpClient.layerUndici)("Gemini over HTTP", (it) => {
   })
 
   describe("options", () => {
-    it.effect("every option is checked at build: a ConfigError naming the field", () =>
+    it.effect("every option is checked at build: an OptionError naming the field", () =>
       Effect.gen(function* () {
         const server = yield* Server.make((_, res) => Server.json(res, 200, response("x")))
         const pathOf = (options: Partial<Gemini.Options>) =>
           Effect.map(Effect.flip(provider(server, options)), (error) => {
-            assert.strictEqual(error._tag, "ConfigError")
+            assert.strictEqual(error._tag, "OptionError")
             return error.path
           })
         assert.strictEqual(yield* pathOf({ timeout: Number.NaN }), "timeout")

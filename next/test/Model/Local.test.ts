@@ -212,17 +212,18 @@ describe("Local provider", () => {
       const answer = yield* model.generate({ prompt: "river" })
       assert.strictEqual(answer.model, "tiny-bart")
       assert.strictEqual(answer.usage.outputTokens, 3)
+      // a variable that is not set is effect's own Config.ConfigError; a wrong value is ours
       const missing = yield* Effect.flip(Layer.build(layer).pipe(withEnv({})))
       assert.strictEqual(missing._tag, "ConfigError")
       const wrong = yield* Effect.flip(
         Layer.build(layer).pipe(withEnv({ LOCAL_GENERATION_MODEL: "tiny-gpt2", LOCAL_MAX_TOKENS: "0" }))
       )
-      assert.strictEqual(wrong._tag, "ConfigError")
+      assert.strictEqual(wrong._tag, "OptionError")
       assert.isTrue("path" in wrong && wrong.path === "maxTokens")
     })
   )
 
-  it.effect("every numeric option is checked when the provider is built: a ConfigError naming the field", () =>
+  it.effect("every numeric option is checked when the provider is built: an OptionError naming the field", () =>
     Effect.gen(function* () {
       const cases: ReadonlyArray<readonly [Local.Options, string]> = [
         [{ poolSize: 0 }, "poolSize"],
@@ -245,8 +246,8 @@ describe("Local provider", () => {
       ]
       for (const [options, field] of cases) {
         const error = yield* Effect.flip(Effect.scoped(Local.make(options)))
-        assert.strictEqual(error._tag, "ConfigError", `${field}: ${error.message}`)
-        if (error._tag === "ConfigError") assert.strictEqual(error.path, field)
+        assert.strictEqual(error._tag, "OptionError", `${field}: ${error.message}`)
+        if (error._tag === "OptionError") assert.strictEqual(error.path, field)
       }
     })
   )
@@ -315,6 +316,37 @@ describe("Local provider", () => {
       assert.isTrue(zero._tag === "ModelError" && zero.field === "maxTokens" && zero.provider === "local")
       const streamed = yield* Effect.flip(Stream.runDrain(model.stream({ prompt: "x", maxTokens: 0 })))
       assert.isTrue(streamed._tag === "ModelError" && streamed.field === "maxTokens")
+    })
+  )
+
+  it.effect("refuses tools, tool messages and a JSON response format by field instead of ignoring them", () =>
+    Effect.gen(function* () {
+      const { model } = yield* build({})
+      const tool = { name: "lookup", description: "look up", parameters: { type: "object", properties: {} } }
+      const cases: ReadonlyArray<readonly [Model.GenerateRequest, string]> = [
+        [{ prompt: "x", tools: [tool] }, "tools"],
+        [{ prompt: "x", toolChoice: "auto" }, "toolChoice"],
+        [{ prompt: "x", responseFormat: { type: "json_object" } }, "responseFormat"],
+        [
+          {
+            messages: [
+              { role: "user", content: "x" },
+              { role: "tool", content: "42", toolCallId: "c1" }
+            ]
+          },
+          "messages"
+        ]
+      ]
+      for (const [request, field] of cases) {
+        const error = yield* Effect.flip(model.generate(request))
+        assert.isTrue(error._tag === "ModelError" && error.reason === "InvalidRequest", field)
+        assert.strictEqual(error._tag === "ModelError" && error.field, field)
+        const streamed = yield* Effect.flip(Stream.runDrain(model.stream(request)))
+        assert.strictEqual(streamed._tag === "ModelError" && streamed.field, field)
+      }
+      // a plain-text response format is what the model does anyway
+      const text = yield* model.generate({ prompt: "x", maxTokens: 2, responseFormat: { type: "text" } })
+      assert.isTrue(text.text.length >= 0 && text.usage.outputTokens <= 2)
     })
   )
 

@@ -2,7 +2,7 @@ import { assert, describe, it } from "@effect/vitest"
 import { Clock, Context, Duration, Effect, Exit, Fiber, Layer, Stream } from "effect"
 import { TestClock } from "effect/testing"
 import type { ModelError } from "../../src/AiError.js"
-import type { ConfigError } from "../../src/Input.js"
+import type { OptionError } from "../../src/Input.js"
 import { ModelProvider, type StreamPart } from "../../src/Model.js"
 import * as Mock from "../../src/Model/Mock.js"
 
@@ -20,7 +20,7 @@ const timedParts = (stream: Stream.Stream<StreamPart, unknown>) =>
   })
 
 const configError = (options: Mock.Options) =>
-  Effect.map(Effect.flip(Mock.make(options)), (error: ConfigError) => error)
+  Effect.map(Effect.flip(Mock.make(options)), (error: OptionError) => error)
 
 describe("Mock", () => {
   it.effect("answers by echoing the last message, with usage, provider and model; counts and logs the call", () =>
@@ -360,7 +360,7 @@ describe("Mock", () => {
   )
 
   describe("options are checked when the mock is built", () => {
-    it.effect("bad numbers and shapes are a ConfigError naming the field", () =>
+    it.effect("bad numbers and shapes are an OptionError naming the field", () =>
       Effect.gen(function* () {
         const cases: ReadonlyArray<readonly [Mock.Options, string]> = [
           [{ latency: Number.NaN }, "latency"],
@@ -390,7 +390,7 @@ describe("Mock", () => {
         ]
         for (const [options, path] of cases) {
           const error = yield* configError(options)
-          assert.strictEqual(error._tag, "ConfigError")
+          assert.strictEqual(error._tag, "OptionError")
           assert.strictEqual(error.path, path, JSON.stringify(options))
         }
       })
@@ -407,7 +407,7 @@ describe("Mock", () => {
       })
     )
 
-    it.effect("the layer fails with the ConfigError; a good one provides the provider and its control", () =>
+    it.effect("the layer fails with the OptionError; a good one provides the provider and its control", () =>
       Effect.gen(function* () {
         const failed = yield* Effect.flip(Layer.build(Mock.layer({ latency: Number.NaN })))
         assert.strictEqual(failed.path, "latency")

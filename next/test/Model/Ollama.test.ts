@@ -523,7 +523,7 @@ layer(NodeHttpClient.layerUndici)("Ollama", (it) => {
   })
 
   describe("options", () => {
-    it.effect("bad options fail the layer with a ConfigError naming the field", () =>
+    it.effect("bad options fail the layer with an OptionError naming the field", () =>
       Effect.gen(function* () {
         const cases: ReadonlyArray<readonly [string, Ollama.Options]> = [
           ["host", { host: "http://" }],
@@ -537,7 +537,7 @@ layer(NodeHttpClient.layerUndici)("Ollama", (it) => {
         ]
         for (const [path, options] of cases) {
           const error = yield* Effect.flip(Layer.build(Ollama.layer(options)))
-          assert.strictEqual(error._tag, "ConfigError", path)
+          assert.strictEqual(error._tag, "OptionError", path)
           assert.strictEqual("path" in error ? error.path : undefined, path)
           assert.notInclude(error.message, KEY)
         }

@@ -783,7 +783,7 @@ layer(NodeHttpClient.layerUndici)("OpenAiCompat", (it) => {
   })
 
   describe("options", () => {
-    it.effect("bad options fail the layer with a ConfigError naming the field", () =>
+    it.effect("bad options fail the layer with an OptionError naming the field", () =>
       Effect.gen(function* () {
         const cases: ReadonlyArray<readonly [string, OpenAiCompat.Options]> = [
           ["timeout", { timeout: Number.NaN }],
@@ -797,7 +797,7 @@ layer(NodeHttpClient.layerUndici)("OpenAiCompat", (it) => {
         ]
         for (const [path, options] of cases) {
           const error = yield* Effect.flip(Layer.build(OpenAiCompat.layer(options)))
-          assert.strictEqual(error._tag, "ConfigError", path)
+          assert.strictEqual(error._tag, "OptionError", path)
           assert.strictEqual("path" in error ? error.path : undefined, path)
           assert.notInclude(error.message, KEY)
         }

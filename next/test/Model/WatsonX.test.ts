@@ -995,12 +995,12 @@ layer(NodeHttpClient.layerUndici)("WatsonX over HTTP", (it) => {
   })
 
   describe("options", () => {
-    it.effect("every option is checked at build: a ConfigError naming the field", () =>
+    it.effect("every option is checked at build: an OptionError naming the field", () =>
       Effect.gen(function* () {
         const { provider } = yield* makeServer((_, res) => Server.json(res, 200, chatAnswer("ok")))
         const pathOf = (options: Partial<WatsonX.Options>) =>
           Effect.map(Effect.flip(provider(options)), (error) => {
-            assert.strictEqual(error._tag, "ConfigError")
+            assert.strictEqual(error._tag, "OptionError")
             return error.path
           })
         assert.strictEqual(yield* pathOf({ timeout: Number.NaN }), "timeout")

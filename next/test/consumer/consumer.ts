@@ -1,6 +1,6 @@
 // A strict TypeScript consumer: type-checked with moduleResolution nodenext and bundler.
 import { Effect, Layer, type Result } from "effect"
-import { AiError, Executor, Mock, Orchestra, Router } from "effect-orchestra"
+import { type AiError, Executor, Mock, Orchestra, Router } from "effect-orchestra"
 import * as CircuitBreaker from "effect-orchestra/CircuitBreaker"
 import type { GenerateResponse } from "effect-orchestra/Model"
 
@@ -18,7 +18,9 @@ export const routed = Effect.gen(function* () {
   )
 )
 
-export const many = (executor: Executor.Service): Effect.Effect<ReadonlyArray<Result.Result<GenerateResponse, AiError.AiError>>, AiError.ModelError> =>
+export const many = (
+  executor: Executor.Service
+): Effect.Effect<ReadonlyArray<Result.Result<GenerateResponse, AiError.AiError>>, AiError.ModelError> =>
   executor.executeMany([{ prompt: "a" }], { concurrency: 2 })
 
 export const breakers = CircuitBreaker.layerMemory({ failMax: 5 })

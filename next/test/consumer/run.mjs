@@ -29,11 +29,20 @@ let dir = dirArg >= 0 ? process.argv[dirArg + 1] : undefined
 if (dir !== undefined && existsSync(join(dir, "node_modules", "effect-orchestra"))) {
   console.log(`reusing consumer project: ${dir}`)
 } else {
-  const packed = JSON.parse(execFileSync("npm", ["pack", "--json", "--pack-destination", tmpdir()], { cwd: root, encoding: "utf8" }))
+  const packed = JSON.parse(
+    execFileSync("npm", ["pack", "--json", "--pack-destination", tmpdir()], { cwd: root, encoding: "utf8" })
+  )
   const tarball = join(tmpdir(), packed[0].filename)
   const files = packed[0].files.map((f) => f.path)
-  must(files.every((f) => !/^(test|bench|examples|scripts|\.scratch|docs)\//.test(f)), "the tarball holds no tests, benches, examples or scratch files", files.filter((f) => /^(test|bench)\//.test(f)).join("\n"))
-  must(files.includes("dist/index.js") && files.includes("dist/index.d.ts") && files.includes("bin/orchestra.mjs"), "the tarball holds dist/ and the bin")
+  must(
+    files.every((f) => !/^(test|bench|examples|scripts|\.scratch|docs)\//.test(f)),
+    "the tarball holds no tests, benches, examples or scratch files",
+    files.filter((f) => /^(test|bench)\//.test(f)).join("\n")
+  )
+  must(
+    files.includes("dist/index.js") && files.includes("dist/index.d.ts") && files.includes("bin/orchestra.mjs"),
+    "the tarball holds dist/ and the bin"
+  )
   dir ??= mkdtempSync(join(tmpdir(), "orchestra-consumer-"))
   mkdirSync(dir, { recursive: true })
   writeFileSync(join(dir, "package.json"), JSON.stringify({ name: "consumer", private: true, type: "module" }, null, 2))
@@ -48,27 +57,52 @@ if (dir !== undefined && existsSync(join(dir, "node_modules", "effect-orchestra"
 
 const pkg = JSON.parse(readFileSync(join(dir, "node_modules/effect-orchestra/package.json"), "utf8"))
 must(pkg.version !== undefined, `installed effect-orchestra ${pkg.version}`)
-must(sh(process.execPath, ["-e", "import('@xenova/transformers').then(()=>process.exit(3),()=>process.exit(0))"], dir).code === 0, "the optional local-model peer is not installed in the consumer")
+must(
+  sh(process.execPath, ["-e", "import('@xenova/transformers').then(()=>process.exit(3),()=>process.exit(0))"], dir)
+    .code === 0,
+  "the optional local-model peer is not installed in the consumer"
+)
 
 const program = sh(process.execPath, ["program.mjs"], dir)
-must(program.code === 0 && /consumer: 20\/20 answered/.test(program.out), `a plain .mjs program runs on node ${process.version}`, program.out)
+must(
+  program.code === 0 && /consumer: 20\/20 answered/.test(program.out),
+  `a plain .mjs program runs on node ${process.version}`,
+  program.out
+)
 
 for (const resolution of ["nodenext", "bundler"]) {
   const module = resolution === "nodenext" ? "nodenext" : "esnext"
   writeFileSync(
     join(dir, `tsconfig.${resolution}.json`),
     JSON.stringify({
-      compilerOptions: { strict: true, noEmit: true, target: "es2022", module, moduleResolution: resolution, exactOptionalPropertyTypes: true, skipLibCheck: false, types: [] },
+      compilerOptions: {
+        strict: true,
+        noEmit: true,
+        target: "es2022",
+        module,
+        moduleResolution: resolution,
+        exactOptionalPropertyTypes: true,
+        skipLibCheck: false,
+        types: []
+      },
       files: ["consumer.ts"]
     })
   )
-  const tsc = sh(process.execPath, [join(root, "node_modules/typescript/bin/tsc"), "-p", `tsconfig.${resolution}.json`], dir)
+  const tsc = sh(
+    process.execPath,
+    [join(root, "node_modules/typescript/bin/tsc"), "-p", `tsconfig.${resolution}.json`],
+    dir
+  )
   must(tsc.code === 0, `a strict .ts consumer type-checks with moduleResolution ${resolution}`, tsc.out)
 }
 
 const bin = join(dir, "node_modules/.bin/orchestra")
 const help = sh(process.execPath, [bin, "--help"], dir, { NO_COLOR: "" })
-must(help.code === 0 && /orchestra/.test(help.out) && !/\u001b\[/.test(help.out), "npx orchestra --help prints usage without ANSI codes into a pipe", help.out)
+must(
+  help.code === 0 && /orchestra/.test(help.out) && !help.out.includes("\u001b["),
+  "npx orchestra --help prints usage without ANSI codes into a pipe",
+  help.out
+)
 const test = sh(process.execPath, [bin, "test", "--json", "--prompt", "hello", "--config", "mock.config.json"], dir)
 const parsed = (() => {
   try {
@@ -77,7 +111,15 @@ const parsed = (() => {
     return undefined
   }
 })()
-must(test.code === 0 && parsed?.source === "provider", "npx orchestra test --json --config (mock) answers one JSON document", test.out)
+must(
+  test.code === 0 && parsed?.source === "provider",
+  "npx orchestra test --json --config (mock) answers one JSON document",
+  test.out
+)
 const local = sh(process.execPath, [bin, "test", "--json", "--prompt", "hello"], dir)
-must(local.code !== 0 && /@xenova\/transformers/.test(local.out) && /npm install/.test(local.out), "without a config and without the local-model peer, test fails naming the package and the install command", local.out)
+must(
+  local.code !== 0 && /@xenova\/transformers/.test(local.out) && /npm install/.test(local.out),
+  "without a config and without the local-model peer, test fails naming the package and the install command",
+  local.out
+)
 console.log("consumer test passed")

@@ -91,7 +91,7 @@ describe("KeyStore: keys", () => {
     })
   )
 
-  it.effect("every option is checked: a ConfigError names the field", () =>
+  it.effect("every option is checked: an OptionError names the field", () =>
     Effect.gen(function* () {
       const cases: ReadonlyArray<readonly [KeyStore.Options, string]> = [
         [{ keys: [key("a", secretA, { rpm: 0 })] }, "keys[0].rpm"],
@@ -117,7 +117,7 @@ describe("KeyStore: keys", () => {
       ]
       for (const [options, path] of cases) {
         const error = yield* Effect.flip(Layer.build(KeyStore.layerMemory(options)))
-        assert.strictEqual(error._tag, "ConfigError", path)
+        assert.strictEqual(error._tag, "OptionError", path)
         assert.strictEqual(error.path, path, error.message)
       }
     })
@@ -685,7 +685,7 @@ describe.skipIf(skipRedis)(`KeyStore on Redis (${skipRedis ? skipReason : "needs
       const redis = Layer.succeed(PersistenceRedis.Redis, {} as PersistenceRedis.Redis["Service"])
       for (const [options, path] of cases) {
         const error = yield* Effect.flip(Layer.build(KeyStore.layerRedis(options).pipe(Layer.provide(redis))))
-        assert.strictEqual(error._tag, "ConfigError", path)
+        assert.strictEqual(error._tag, "OptionError", path)
         assert.strictEqual((error as { path: string }).path, path)
       }
     })

@@ -1,5 +1,5 @@
 /**
- * The gateway's options are checked when its layer is built (a `ConfigError` naming the
+ * The gateway's options are checked when its layer is built (an `OptionError` naming the
  * field), and the real key store of `gateway/keys` behind it end to end.
  */
 import { assert, describe, it } from "@effect/vitest"
@@ -27,11 +27,11 @@ const buildError = (options: Gateway.Options) =>
       Layer.provideMerge(HttpRouter.layer)
     )
     const error = yield* Effect.flip(Layer.build(Gateway.layer(options).pipe(Layer.provide(services))))
-    return error._tag === "ConfigError" ? error.path : `${error._tag}: ${String(error)}`
+    return error._tag === "OptionError" ? error.path : `${error._tag}: ${String(error)}`
   }).pipe(Effect.scoped)
 
 describe("Gateway options", () => {
-  it.effect("every wrong option is a ConfigError naming it", () =>
+  it.effect("every wrong option is an OptionError naming it", () =>
     Effect.gen(function* () {
       assert.strictEqual(yield* buildError({}), "keys")
       assert.strictEqual(yield* buildError({ allowAnonymous: true, maxBodyBytes: Number.NaN }), "maxBodyBytes")
@@ -62,7 +62,7 @@ describe("Gateway options", () => {
             Layer.provideMerge(Domain.layerDomains([{ name: "d", provider: "m" }]))
           )
           const error = yield* Effect.flip(Layer.build(Gateway.serve(options).pipe(Layer.provide(services))))
-          return error._tag === "ConfigError" ? error.path : error._tag
+          return error._tag === "OptionError" ? error.path : error._tag
         }).pipe(Effect.scoped)
       assert.strictEqual(yield* pathOf({ allowAnonymous: true, port: 70000 }), "port")
       assert.strictEqual(yield* pathOf({ allowAnonymous: true, port: 1.5 }), "port")

@@ -30,7 +30,7 @@ export const make = Effect.fnUntraced(function* (options: Options = {}) {
   const embedder = yield* Effect.serviceOption(EmbeddingModel.EmbeddingModel)
   const providerName = yield* Effect.serviceOption(AiModel.ProviderName)
   const modelName = yield* Effect.serviceOption(AiModel.ModelName)
-  const checked = yield* Input.orConfigError(
+  const checked = yield* Input.orOptionError(
     Input.all([
       Input.duration("timeout", options.timeout ?? defaults.timeout),
       Input.duration("streamIdleTimeout", options.streamIdleTimeout ?? defaults.streamIdleTimeout),

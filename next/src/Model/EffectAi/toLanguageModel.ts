@@ -72,7 +72,7 @@ const annotateResponse = (
  * @internal
  */
 export const languageModel = Effect.fnUntraced(function* (target: Target, options: LanguageModelOptions = {}) {
-  const [name, defaults, limits] = yield* Input.orConfigError(
+  const [name, defaults, limits] = yield* Input.orOptionError(
     Input.all([
       nonEmpty("name", options.name ?? "effect-orchestra"),
       checkSettings("settings", options.settings ?? {}),
@@ -176,9 +176,9 @@ export const languageModel = Effect.fnUntraced(function* (target: Target, option
 export const embeddingModel = (
   target: EmbeddingTarget,
   options: { readonly model?: string | undefined; readonly limits?: Partial<Model.RequestLimits> | undefined } = {}
-): Effect.Effect<EmbeddingModel.EmbeddingModel, Input.ConfigError> =>
+): Effect.Effect<EmbeddingModel.EmbeddingModel, Input.OptionError> =>
   Effect.flatMap(
-    Input.orConfigError(
+    Input.orOptionError(
       Input.all([
         Input.optional(options.model, (model) => nonEmpty("model", model)),
         Model.requestLimits(options.limits, "limits")

@@ -7,7 +7,7 @@
 import { Duration, type Effect, Result, Schema } from "effect"
 import { Reason } from "../../AiError.js"
 import * as Input from "../../Input.js"
-import type { ConfigError } from "../../Input.js"
+import type { OptionError } from "../../Input.js"
 import { FinishReason, ToolCall } from "../../Model.js"
 import type { Fail, Hang, Latency, Options, Outcome, RandomMix, Succeed } from "../Mock.js"
 
@@ -173,12 +173,12 @@ const randomOf = (mix: RandomMix): Input.Checked<(random: () => number) => Plann
   })
 
 /**
- * Checks every option once, when the mock is built: a `ConfigError` naming the first bad field.
+ * Checks every option once, when the mock is built: an `OptionError` naming the first bad field.
  *
  * @internal
  */
-export const compile = (options: Options): Effect.Effect<Compiled, ConfigError> =>
-  Input.orConfigError(
+export const compile = (options: Options): Effect.Effect<Compiled, OptionError> =>
+  Input.orOptionError(
     Result.gen(function* () {
       yield* known("", options, optionKeys)
       const name = yield* text("name", options.name ?? "mock")

@@ -1,5 +1,5 @@
 /**
- * The local provider's options, checked where they enter (a `ConfigError` naming the field)
+ * The local provider's options, checked where they enter (an `OptionError` naming the field)
  * and resolved to their defaults.
  *
  * @internal
@@ -78,8 +78,8 @@ const flag = (path: string, input: unknown, fallback: boolean): Input.Checked<bo
       ? Result.succeed(input)
       : Result.fail({ path, message: `expected a boolean, got ${JSON.stringify(input)}` })
 
-/** Checks every option (a `ConfigError` naming the first wrong one) and fills in the defaults. */
-export const resolve = (options: ResolvableOptions): Effect.Effect<Resolved, Input.ConfigError> => {
+/** Checks every option (an `OptionError` naming the first wrong one) and fills in the defaults. */
+export const resolve = (options: ResolvableOptions): Effect.Effect<Resolved, Input.OptionError> => {
   const checked = Input.all([
     text("name", options.name ?? "local"),
     text("generationModel", options.generationModel ?? "tiny-gpt2"),
@@ -100,7 +100,7 @@ export const resolve = (options: ResolvableOptions): Effect.Effect<Resolved, Inp
     Input.duration("loadTimeout", options.loadTimeout ?? "10 minutes"),
     Input.positiveInt("maxTokens", options.maxTokens ?? 128, 1_000_000)
   ])
-  if (Result.isFailure(checked)) return Effect.fail(Input.toConfigError(checked.failure))
+  if (Result.isFailure(checked)) return Effect.fail(Input.toOptionError(checked.failure))
   const [
     name,
     generationModel,
@@ -123,7 +123,7 @@ export const resolve = (options: ResolvableOptions): Effect.Effect<Resolved, Inp
   ] = checked.success
   if (minInstances > poolSize) {
     return Effect.fail(
-      Input.toConfigError({
+      Input.toOptionError({
         path: "minInstances",
         message: `expected at most poolSize (${poolSize}), got ${minInstances}`
       })

@@ -6,7 +6,7 @@
  */
 import { Clock, Deferred, Duration, Effect, Option, Pool, Queue, Random, type Scope, Stream } from "effect"
 import { type AiError, ModelError, reasonOf, ShuttingDownError, StreamInterruptedError } from "../../AiError.js"
-import type { ConfigError } from "../../Input.js"
+import type { OptionError } from "../../Input.js"
 import * as Model from "../../Model.js"
 import { type Batcher, makeBatcher } from "./batcher.js"
 import type { GenerationInput, Instance } from "./instance.js"
@@ -40,7 +40,7 @@ const poolKey = (purpose: Purpose, modelId: string): string => `${purpose}:${mod
 export const makeWith = Effect.fnUntraced(function* (
   options: ResolvableOptions,
   internals: Internals = {}
-): Effect.fn.Return<Model.Service, ModelError | ConfigError, Scope.Scope> {
+): Effect.fn.Return<Model.Service, ModelError | OptionError, Scope.Scope> {
   const config = yield* resolve(options)
   const provider = config.name
   const lib = yield* loadTransformers(internals.importer ?? importTransformers, provider)
@@ -176,6 +176,31 @@ export const makeWith = Effect.fnUntraced(function* (
         )
   }
 
+  // A small in-process model has no tool calling and no constrained decoding: a request that
+  // needs either is refused by name rather than answered as if it had been honoured.
+  const unsupported = (field: string, what: string) =>
+    Effect.fail(
+      new ModelError({
+        reason: "InvalidRequest",
+        message: `${provider} does not support ${what} (field "${field}")`,
+        provider,
+        field
+      })
+    )
+  const checkSupported = (request: Model.GenerateRequest): Effect.Effect<void, ModelError> => {
+    if (request.tools !== undefined) return unsupported("tools", "tools")
+    if (request.toolChoice !== undefined) return unsupported("toolChoice", "tools")
+    if (request.responseFormat !== undefined && request.responseFormat.type !== "text") {
+      return unsupported("responseFormat", `a ${request.responseFormat.type} response format`)
+    }
+    for (const message of request.messages ?? []) {
+      if (message.role === "tool" || message.toolCalls !== undefined) {
+        return unsupported("messages", "tool calls or tool messages")
+      }
+    }
+    return Effect.void
+  }
+
   const inputOf = (request: Model.GenerateRequest): Effect.Effect<GenerationInput> =>
     Effect.map(request.seed === undefined ? Random.nextInt : Effect.succeed(request.seed), (seed) => ({
       messages: Model.toMessages(request),
@@ -196,6 +221,7 @@ export const makeWith = Effect.fnUntraced(function* (
 
   const generate = Effect.fn("LocalModel.generate")(function* (request: Model.GenerateRequest) {
     const valid = yield* Model.validateGenerate(request)
+    yield* checkSupported(valid)
     const modelId = yield* modelFor(valid.model, "generation")
     const input = yield* inputOf(valid)
     const output = yield* admitted(
@@ -216,6 +242,7 @@ export const makeWith = Effect.fnUntraced(function* (
     Stream.callback<Model.StreamPart, AiError>((queue) =>
       Effect.gen(function* () {
         const valid = yield* Model.validateGenerate(request)
+        yield* checkSupported(valid)
         const modelId = yield* modelFor(valid.model, "generation")
         const input = yield* inputOf(valid)
         let delivered = ""

@@ -84,7 +84,7 @@ export type {
 
 /**
  * Options of {@link layerMemory}. Every value is checked when the layer is built (a
- * `ConfigError` naming the field).
+ * `OptionError` naming the field).
  *
  * @since 0.2.0
  * @category models
@@ -261,10 +261,10 @@ const both = (service: Service): Context.Context<KeyAdmin | Gateway.KeyStore> =>
  * @since 0.2.0
  * @category layers
  */
-export const layerMemory = (options: Options = {}): Layer.Layer<KeyAdmin | Gateway.KeyStore, Input.ConfigError> =>
+export const layerMemory = (options: Options = {}): Layer.Layer<KeyAdmin | Gateway.KeyStore, Input.OptionError> =>
   Layer.effectContext(
     Effect.gen(function* () {
-      const resolved = yield* Input.orConfigError(KeyOptions.check(options))
+      const resolved = yield* Input.orOptionError(KeyOptions.check(options))
       const limiter = yield* Effect.provide(RateLimiter.RateLimiterStore, RateLimiter.layerStoreMemory)
       return both(yield* make(resolved, Memory.make(), { store: limiter, onStoreError: "allow" }, "reject"))
     })
@@ -280,28 +280,28 @@ export const layerMemory = (options: Options = {}): Layer.Layer<KeyAdmin | Gatew
  */
 export const layerRedis = (
   options: RedisOptions = {}
-): Layer.Layer<KeyAdmin | Gateway.KeyStore, Input.ConfigError, Redis.Redis> =>
+): Layer.Layer<KeyAdmin | Gateway.KeyStore, Input.OptionError, Redis.Redis> =>
   Layer.effectContext(
     Effect.gen(function* () {
-      const resolved = yield* Input.orConfigError(KeyOptions.check(options, KeyOptions.redisFields))
+      const resolved = yield* Input.orOptionError(KeyOptions.check(options, KeyOptions.redisFields))
       const prefix = options.prefix ?? "orchestra:gateway:"
       if (typeof prefix !== "string" || prefix.length === 0 || prefix.length > 100) {
-        return yield* Effect.fail(Input.toConfigError({ path: "prefix", message: "expected 1 to 100 characters" }))
+        return yield* Effect.fail(Input.toOptionError({ path: "prefix", message: "expected 1 to 100 characters" }))
       }
       const onStoreError = options.onStoreError ?? {}
       const budgets = onStoreError.budgets ?? "reject"
       const limits = onStoreError.limits ?? "allow"
       if (budgets !== "reject" && budgets !== "allow") {
         return yield* Effect.fail(
-          Input.toConfigError({ path: "onStoreError.budgets", message: `expected "reject" or "allow"` })
+          Input.toOptionError({ path: "onStoreError.budgets", message: `expected "reject" or "allow"` })
         )
       }
       if (limits !== "reject" && limits !== "allow") {
         return yield* Effect.fail(
-          Input.toConfigError({ path: "onStoreError.limits", message: `expected "allow" or "reject"` })
+          Input.toOptionError({ path: "onStoreError.limits", message: `expected "allow" or "reject"` })
         )
       }
-      const settings = yield* Input.orConfigError(SharedRedis.guardSettings(options.redis, "redis."))
+      const settings = yield* Input.orOptionError(SharedRedis.guardSettings(options.redis, "redis."))
       const keysGuard = yield* SharedRedis.makeGuard({ store: "gateway-keys", settings })
       const limitsGuard = yield* SharedRedis.makeGuard({ store: "gateway-ratelimit", settings })
       const backend = yield* RedisBackend.make({ prefix, guard: keysGuard, leaseMs: resolved.reservationTtlMs })

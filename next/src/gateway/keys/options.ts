@@ -1,6 +1,6 @@
 /**
  * The key store's options and their checks: every number through `Input.ts` (a
- * `ConfigError` naming the field at layer build, a 400 naming it for an admin request),
+ * `OptionError` naming the field at layer build, a 400 naming it for an admin request),
  * unknown fields refused, ids and model names of a bounded shape. The same checks read
  * the keys of a config file, of an admin request and of Redis.
  *

@@ -1,0 +1,134 @@
+/**
+ * Target E: what the streaming pipeline costs over draining the provider's stream directly.
+ *
+ *   npm run bench -- streams            bundled and run with plain node (bench/run.ts)
+ *   npm run bench -- streams --quick    fewer rounds
+ *
+ * 1,000 streams of 50 text chunks and a Finish, 100 at a time, from a provider whose stream
+ * is ready at once (the worst case for the ratio: no network time to hide in). Beside the
+ * direct drain, `executor.stream` with all three deadlines (first chunk, idle, total) and the
+ * default retry policy and breaker, then the same without a breaker, then a provider whose
+ * chunks each arrive on a later turn of the event loop (closer to a socket). Rounds are
+ * interleaved in one process, the first discarded; medians of CPU time (user + system).
+ */
+import { Effect, Layer, Stream } from "effect"
+import { loadavg } from "node:os"
+import * as CircuitBreaker from "../src/CircuitBreaker.js"
+import * as Executor from "../src/Executor.js"
+import type { Service, StreamPart } from "../src/Model.js"
+import { ModelProvider, usage } from "../src/Model.js"
+import { measure, median, printTable } from "./util.js"
+
+const quick = process.argv.includes("--quick")
+const STREAMS = 1_000
+const CHUNKS = 50
+const CONCURRENCY = 100
+
+const parts: ReadonlyArray<StreamPart> = [
+  ...Array.from({ length: CHUNKS }, (_, i): StreamPart => ({ _tag: "TextDelta", text: `t${i} ` })),
+  { _tag: "Finish", finishReason: "stop", usage: usage(1, CHUNKS), provider: "bench", model: "bench-model" }
+]
+
+const providerWith = (stream: Service["stream"]): Service => ({
+  name: "bench",
+  defaultModel: "bench-model",
+  generate: () => Effect.die("not used"),
+  stream,
+  embed: () => Effect.die("not used")
+})
+
+const ready = providerWith(() => Stream.fromIterable(parts))
+const ticking = providerWith(() =>
+  Stream.mapEffect(Stream.fromIterable(parts), (part) => Effect.as(Effect.yieldNow, part))
+)
+
+const deadlines = { firstChunkTimeout: "30 seconds", idleTimeout: "10 seconds", totalTimeout: "2 minutes" } as const
+const indices = Array.from({ length: STREAMS }, (_, i) => i)
+
+const direct = (provider: Service) => () =>
+  Effect.runPromise(
+    Effect.forEach(indices, (i) => Stream.runDrain(provider.stream({ prompt: `q${i}` })), {
+      concurrency: CONCURRENCY,
+      discard: true
+    })
+  )
+
+const throughExecutor = (provider: Service, breaker: boolean) => () =>
+  Effect.runPromise(
+    Effect.scoped(
+      Effect.flatMap(Executor.Executor, (executor) =>
+        Effect.forEach(indices, (i) => Stream.runDrain(executor.stream({ prompt: `q${i}` }, deadlines)), {
+          concurrency: CONCURRENCY,
+          discard: true
+        })
+      ).pipe(
+        Effect.provide(
+          Executor.layerWithStats().pipe(
+            Layer.provide(Layer.succeed(ModelProvider, provider)),
+            Layer.provide(breaker ? CircuitBreaker.layerMemory() : Layer.empty)
+          )
+        )
+      )
+    )
+  ) as Promise<unknown>
+
+const groups: ReadonlyArray<{ readonly title: string; readonly variants: Record<string, () => Promise<unknown>> }> = [
+  {
+    title: "chunks ready at once",
+    variants: {
+      "provider stream drained directly": direct(ready),
+      "executor.stream, 3 deadlines + retry + breaker": throughExecutor(ready, true),
+      "executor.stream, 3 deadlines + retry, no breaker": throughExecutor(ready, false)
+    }
+  },
+  {
+    title: "each chunk on a later turn (Effect.yieldNow)",
+    variants: {
+      "provider stream drained directly": direct(ticking),
+      "executor.stream, 3 deadlines + retry + breaker": throughExecutor(ticking, true)
+    }
+  }
+]
+
+const main = async () => {
+  const rounds = quick ? 3 : 7
+  console.log(
+    `${STREAMS} streams x ${CHUNKS} chunks, concurrency ${CONCURRENCY}; ${rounds} rounds (first discarded); node ${process.version}; load ${loadavg()[0]!.toFixed(2)}`
+  )
+  for (const group of groups) {
+    const names = Object.keys(group.variants)
+    const cpu: Record<string, Array<number>> = Object.fromEntries(names.map((n) => [n, []]))
+    const wall: Record<string, Array<number>> = Object.fromEntries(names.map((n) => [n, []]))
+    for (let round = 0; round < rounds; round++) {
+      for (const name of names) {
+        globalThis.gc?.()
+        const m = await measure(group.variants[name]!)
+        if (round > 0) {
+          cpu[name]!.push(m.cpuMs)
+          wall[name]!.push(m.wallMs)
+        }
+      }
+    }
+    const base = median(cpu[names[0]!]!)
+    printTable(
+      `E. ${group.title} (load ${loadavg()[0]!.toFixed(2)})`,
+      ["variant", "CPU ms", "wall ms", "µs CPU per stream", "× direct (CPU)"],
+      names.map((name) => {
+        const c = median(cpu[name]!)
+        return [
+          name,
+          c.toFixed(0),
+          median(wall[name]!).toFixed(0),
+          ((c * 1000) / STREAMS).toFixed(1),
+          (c / base).toFixed(2)
+        ]
+      })
+    )
+  }
+  console.log("\ntarget E: executor.stream with all three deadlines at most 1.5x the CPU of the direct drain")
+}
+
+main().catch((error) => {
+  console.error(error)
+  process.exit(1)
+})
