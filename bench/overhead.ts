@@ -2,10 +2,11 @@
  * Per-call overhead of the executor beside what a TypeScript user would write instead,
  * measured side by side in one run.
  *
- *   npx tsx bench/overhead.ts            all parts
- *   npx tsx bench/overhead.ts --quick    fewer rounds
+ *   npm run bench -- overhead            all parts, bundled and run with plain node (bench/run.ts)
+ *   npm run bench -- overhead --quick    fewer rounds
  *
- * Part A: 100,000 calls to an instant provider at concurrency 64.
+ * Part A: 100,000 calls to an instant provider at concurrency 64, the full path: a deadline,
+ *         a retry policy, a circuit breaker and the metrics.
  * Part B: 2,000 calls of 20 ms at concurrency 100 (ideal 400 ms).
  * Part C: 100,000 calls of 50 ms at concurrency 10,000 (ideal 500 ms), each variant in its
  *         own process so that peak RSS is its own.
@@ -13,14 +14,26 @@
  * Wall time and CPU time (user + system of this process) are both reported: on a shared
  * machine wall time also counts other processes' turns, CPU time mostly does not.
  */
-import { ExponentialBackoff, handleAll, retry, TimeoutStrategy, timeout, wrap } from "cockatiel"
-import { Duration, Effect, Layer, Schedule } from "effect"
+import {
+  ConsecutiveBreaker,
+  circuitBreaker,
+  ExponentialBackoff,
+  handleAll,
+  retry,
+  TimeoutStrategy,
+  timeout,
+  wrap
+} from "cockatiel"
+import { Duration, Effect, Layer, Metric, Schedule } from "effect"
+import { CircuitBreaker as EffectBreaker } from "effect/persistence"
 import { spawnSync } from "node:child_process"
 import { loadavg } from "node:os"
 import { fileURLToPath } from "node:url"
 import pLimit from "p-limit"
+import * as CircuitBreaker from "../src/CircuitBreaker.js"
 import * as Executor from "../src/Executor.js"
-import { forEachBounded } from "../src/internal/workers.js"
+import * as Policy from "../src/Policy.js"
+import * as Deadline from "../src/policy/deadline.js"
 import type { GenerateRequest, GenerateResponse, Service } from "../src/Model.js"
 import { ModelProvider, usage } from "../src/Model.js"
 import { measure, median, printTable } from "./util.js"
@@ -38,31 +51,50 @@ const providerWith = (generate: Service["generate"]): Service => ({
   name: "bench",
   defaultModel: "bench-model",
   generate,
-  stream: () => Effect.dieMessage("not used"),
-  embed: () => Effect.dieMessage("not used")
+  stream: () => {
+    throw new Error("not used")
+  },
+  embed: () => Effect.die("not used")
 })
 
 const instant = providerWith(() => Effect.succeed(response))
-const instantAsync = providerWith(() => Effect.as(Effect.yieldNow(), response))
+const instantAsync = providerWith(() => Effect.as(Effect.yieldNow, response))
 const sleeping = (ms: number) => providerWith(() => Effect.as(Effect.sleep(Duration.millis(ms)), response))
 const sleepP = (ms: number) => new Promise<void>((resolve) => setTimeout(resolve, ms))
 
-const runExecutor = <A>(provider: Service, f: (executor: Executor.Service) => Effect.Effect<A>): Promise<A> =>
+// The full path: the executor with a shared breaker (picked up from context), its deadline and metrics.
+const runExecutor = <A, E>(provider: Service, f: (executor: Executor.Service) => Effect.Effect<A, E>): Promise<A> =>
   Effect.runPromise(
     Effect.scoped(
       Effect.flatMap(Executor.Executor, f).pipe(
-        Effect.provide(Executor.layerWithStats().pipe(Layer.provide(Layer.succeed(ModelProvider, provider))))
+        Effect.provide(
+          Executor.layerWithStats().pipe(
+            Layer.provide(Layer.succeed(ModelProvider, provider)),
+            Layer.provide(CircuitBreaker.layerMemory())
+          )
+        )
       )
     )
-  )
+  ) as Promise<A>
 
 const requests = (n: number): Array<GenerateRequest> => Array.from({ length: n }, (_, i) => ({ prompt: `q${i}` }))
 
 const cockatielPolicy = () =>
   wrap(
     retry(handleAll, { maxAttempts: 2, backoff: new ExponentialBackoff({ initialDelay: 200, maxDelay: 10_000 }) }),
+    circuitBreaker(handleAll, { halfOpenAfter: 30_000, breaker: new ConsecutiveBreaker(5) }),
     timeout(30_000, TimeoutStrategy.Aggressive)
   )
+
+const requestsTotal = Metric.withAttributes(Metric.counter("bench_requests_total", { incremental: true }), {
+  provider: "bench"
+})
+const latencyMs = Metric.withAttributes(
+  Metric.histogram("bench_latency_ms", {
+    boundaries: Metric.exponentialBoundaries({ start: 0.05, factor: 1.1, count: 176 })
+  }),
+  { provider: "bench" }
+)
 
 const perCall = { retry: true, timeout: "30 seconds" } as const
 
@@ -70,23 +102,58 @@ const perCall = { retry: true, timeout: "30 seconds" } as const
 const partA = async () => {
   const n = 100_000
   const reqs = requests(n)
-  const reference = "p-limit + cockatiel (timeout + retry)"
+  const reference = "p-limit + cockatiel (timeout + retry + breaker)"
   const variants: Record<string, () => Promise<unknown>> = {
     "Effect.forEach (bare)": () =>
       Effect.runPromise(Effect.forEach(reqs, (r) => instant.generate(r), { concurrency: 64, discard: true })),
-    "Effect.forEach + Effect.timeout + Effect.retry": () =>
+    "Effect 4 stock: timeout + retry + persistence breaker + Metric.update": () =>
       Effect.runPromise(
-        Effect.forEach(
-          reqs,
-          (r) =>
-            instant
-              .generate(r)
-              .pipe(
+        Effect.gen(function* () {
+          const breaker = yield* EffectBreaker.make({
+            tripPolicy: EffectBreaker.consecutive(5),
+            openDuration: "30 seconds"
+          })
+          const schedule = Schedule.max([Schedule.exponential("200 millis"), Schedule.recurs(2)])
+          yield* Effect.forEach(
+            reqs,
+            (r) =>
+              instant.generate(r).pipe(
                 Effect.timeout("30 seconds"),
-                Effect.retry(Schedule.exponential("200 millis").pipe(Schedule.intersect(Schedule.recurs(2))))
+                breaker.execute({ key: "bench" }),
+                Effect.retry({ schedule, while: () => true }),
+                Effect.tap(() => Metric.update(requestsTotal, 1)),
+                Effect.tap(() => Metric.update(latencyMs, 0.1))
               ),
-          { concurrency: 64, discard: true }
+            { concurrency: 64, discard: true }
+          )
+        }).pipe(Effect.scoped, Effect.provide(EffectBreaker.layerStoreMemory()))
+      ),
+    "building block: Effect.forEach + Effect.timeout(30 s)": () =>
+      Effect.runPromise(
+        Effect.forEach(reqs, (r) => Effect.timeout(instant.generate(r), "30 seconds"), {
+          concurrency: 64,
+          discard: true
+        })
+      ),
+    "building block: Effect.forEach + deadline lanes (ours)": () =>
+      Effect.runPromise(
+        Effect.scoped(
+          Effect.flatMap(Deadline.make, (lanes) =>
+            Effect.forEach(
+              reqs,
+              (r) =>
+                lanes.attempt(instant.generate(r), Duration.seconds(30), (_: void, exit) => exit as never, undefined),
+              { concurrency: 64, discard: true }
+            )
+          )
         )
+      ),
+    "building block: Effect.forEach + Effect.retry(Policy.schedule), first attempt succeeds": () =>
+      Effect.runPromise(
+        Effect.forEach(reqs, (r) => Effect.retry(instant.generate(r), Policy.schedule(Policy.defaultRetry)), {
+          concurrency: 64,
+          discard: true
+        })
       ),
     "p-limit (plain Promises)": () => {
       const limit = pLimit(64)
@@ -97,17 +164,19 @@ const partA = async () => {
       const policy = cockatielPolicy()
       return Promise.all(reqs.map((r) => limit(() => policy.execute(async () => (r ? response : response)))))
     },
-    "orchestra executeMany (timeout + retry + metrics)": () =>
+    "orchestra executeMany (deadline + retry + breaker + metrics)": () =>
       runExecutor(instant, (ex) => ex.executeMany(reqs, { concurrency: 64, ...perCall })),
+    "orchestra executeMany, no retry policy": () =>
+      runExecutor(instant, (ex) => ex.executeMany(reqs, { concurrency: 64, timeout: "30 seconds" })),
     "orchestra executeMany, provider suspends once": () =>
       runExecutor(instantAsync, (ex) => ex.executeMany(reqs, { concurrency: 64, ...perCall })),
     "orchestra execute in Effect.forEach": () =>
       runExecutor(instant, (ex) =>
-        Effect.forEach(reqs, (r) => Effect.either(ex.execute(r, perCall)), { concurrency: 64, discard: true })
+        Effect.forEach(reqs, (r) => Effect.result(ex.execute(r, perCall)), { concurrency: 64, discard: true })
       ),
     "orchestra execute in Effect.forEach, provider suspends once": () =>
       runExecutor(instantAsync, (ex) =>
-        Effect.forEach(reqs, (r) => Effect.either(ex.execute(r, perCall)), { concurrency: 64, discard: true })
+        Effect.forEach(reqs, (r) => Effect.result(ex.execute(r, perCall)), { concurrency: 64, discard: true })
       )
   }
   const rounds = quick ? 3 : 7
@@ -143,7 +212,7 @@ const partB = async () => {
   const reqs = requests(n)
   const rounds = quick ? 3 : 5
   const variants: Record<string, () => Promise<unknown>> = {
-    "orchestra executeMany (timeout + retry + metrics)": () =>
+    "orchestra executeMany (deadline + retry + breaker + metrics)": () =>
       runExecutor(sleeping(20), (ex) => ex.executeMany(reqs, { concurrency, retry: true })),
     "Effect.forEach (bare)": () =>
       Effect.runPromise(Effect.forEach(reqs, (r) => sleeping(20).generate(r), { concurrency, discard: true })),
@@ -174,7 +243,6 @@ const partB = async () => {
 const partCVariants = [
   "orchestra executeMany",
   "orchestra execute in Effect.forEach",
-  "bare worker pool (same provider)",
   "Effect.forEach (bare)",
   "p-limit (plain Promises)"
 ] as const
@@ -190,10 +258,8 @@ const partCVariant = async (variant: string) => {
         return runExecutor(provider, (ex) => ex.executeMany(reqs, { concurrency, retry: true }))
       case "orchestra execute in Effect.forEach":
         return runExecutor(provider, (ex) =>
-          Effect.forEach(reqs, (r) => Effect.either(ex.execute(r, { retry: true })), { concurrency, discard: true })
+          Effect.forEach(reqs, (r) => Effect.result(ex.execute(r, { retry: true })), { concurrency, discard: true })
         )
-      case "bare worker pool (same provider)":
-        return Effect.runPromise(forEachBounded(reqs, concurrency, (r) => provider.generate(r)))
       case "Effect.forEach (bare)":
         return Effect.runPromise(Effect.forEach(reqs, (r) => provider.generate(r), { concurrency, discard: true }))
       case "p-limit (plain Promises)": {
@@ -215,7 +281,8 @@ const partC = () => {
   // Rounds interleave the variants, so a burst of load from elsewhere hits all of them.
   for (let i = 0; i < rounds; i++) {
     for (const variant of partCVariants) {
-      const child = spawnSync(process.execPath, ["--import", "tsx", self, "--part-c", variant], { encoding: "utf8" })
+      const args = self.endsWith(".ts") ? ["--import", "tsx", self] : [self]
+      const child = spawnSync(process.execPath, [...args, "--part-c", variant], { encoding: "utf8" })
       if (child.status !== 0) throw new Error(`part C ${variant} failed: ${child.stderr}`)
       runs.set(variant, [...(runs.get(variant) ?? []), JSON.parse(child.stdout.trim().split("\n").pop()!)])
     }

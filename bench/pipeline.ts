@@ -4,75 +4,152 @@
  *   npx tsx bench/pipeline.ts
  *
  * 1. 10 independent HTTP tasks against a local agent that answers after 100 ms:
- *    `HttpAgent.dispatch` vs one task after the other. Also 50 tasks, where the per-host
- *    limit (10) makes the ideal ceil(50 / 10) x 100 ms.
- * 2. A seeded random 20-step DAG whose steps sleep 20-100 ms: measured parallelism
- *    (sum of step times / wall time) vs the bound sum / critical path, in parallel mode
- *    (unbounded and with concurrency 3) and in sequential mode.
+ *    `HttpAgent.dispatch` vs the same tasks one after the other (ideal 10x), and raw
+ *    `effect/http` requests all at once (the floor without any policy). Also 50 tasks,
+ *    where the per-host limit (10) makes the ideal ceil(50 / 10) x 100 ms. Variants run
+ *    interleaved, round after round, in one process.
+ * 2. A seeded random 20-step DAG whose steps sleep 20-100 ms: measured parallelism (sum
+ *    of step times / wall time) vs the bound sum / critical path, in parallel mode
+ *    (unbounded, with concurrency 3, and with every step through the executor's policy
+ *    pipeline) and in sequential mode.
  */
-import * as NodeHttpClient from "@effect/platform-node/NodeHttpClient"
-import * as NodeRuntime from "@effect/platform-node/NodeRuntime"
-import { Clock, Effect, Layer } from "effect"
+import { NodeHttpClient, NodeRuntime } from "@effect/platform-node"
+import { Effect, Layer } from "effect"
+import { HttpClient, HttpClientRequest } from "effect/http"
 import * as CircuitBreaker from "../src/CircuitBreaker.js"
+import * as Executor from "../src/Executor.js"
 import * as HttpAgent from "../src/HttpAgent.js"
+import * as Mock from "../src/Model/Mock.js"
 import * as Pipeline from "../src/Pipeline.js"
 import * as AgentServer from "../test/utils/agentServer.js"
+import { median, printTable } from "./util.js"
 
-const RUNS = 5
-
-const median = (xs: ReadonlyArray<number>): number => {
-  const sorted = [...xs].sort((a, b) => a - b)
-  const mid = Math.floor(sorted.length / 2)
-  return sorted.length % 2 === 1 ? sorted[mid]! : (sorted[mid - 1]! + sorted[mid]!) / 2
-}
+const ROUNDS = 7
+const ms = (n: number) => `${n.toFixed(0)} ms`
 
 const timed = <A, E, R>(effect: Effect.Effect<A, E, R>) =>
   Effect.gen(function* () {
-    const start = yield* Clock.currentTimeMillis
+    const cpu0 = process.cpuUsage()
+    const start = performance.now()
     const value = yield* effect
-    return { value, ms: (yield* Clock.currentTimeMillis) - start }
+    const wall = performance.now() - start
+    const cpu = process.cpuUsage(cpu0)
+    return { value, wall, cpu: (cpu.user + cpu.system) / 1000 }
   })
-
-const fmt = (ms: number) => `${ms.toFixed(0)} ms`
 
 const httpTasks = Effect.gen(function* () {
   const server = yield* AgentServer.make((task) => ({ delayMs: 100, ...AgentServer.defaultReply(task) }))
   const agents = yield* HttpAgent.HttpAgents
-  const tasks = (n: number) =>
+  const client = yield* HttpClient.HttpClient
+  const tasks = (n: number, tag: string) =>
     Array.from(
       { length: n },
-      (_, i): HttpAgent.Task => ({ id: `t${i}`, agent: server.url, intent: "lookup", concept: "bench", args: { i } })
+      (_, i): HttpAgent.Task => ({
+        id: `${tag}${i}`,
+        agent: server.url,
+        intent: "lookup",
+        concept: "bench",
+        args: { i }
+      })
     )
+  const raw = (n: number) =>
+    Effect.forEach(
+      tasks(n, "r"),
+      (task) =>
+        client.execute(HttpClientRequest.post(server.url).pipe(HttpClientRequest.bodyJsonUnsafe(task))).pipe(
+          Effect.flatMap((response) => response.json),
+          Effect.scoped
+        ),
+      { concurrency: "unbounded" }
+    )
+  const ok = (records: ReadonlyArray<HttpAgent.TaskRecord>) =>
+    records.every((r) => r.status === "success") ? Effect.void : Effect.die("a task failed")
   // warm-up: opens the keep-alive connections
-  yield* agents.dispatch(tasks(10))
+  yield* Effect.flatMap(agents.dispatch(tasks(10, "w")), ok)
+  yield* raw(10)
 
-  const rows: Array<string> = []
-  for (const n of [10, 50]) {
-    const parallel: Array<number> = []
-    const sequential: Array<number> = []
-    for (let run = 0; run < RUNS; run++) {
-      const p = yield* timed(agents.dispatch(tasks(n)))
-      if (!p.value.every((r) => r.status === "success")) return yield* Effect.dieMessage("a task failed")
-      parallel.push(p.ms)
+  const variants: ReadonlyArray<readonly [string, number, Effect.Effect<unknown, unknown>]> = [
+    [
+      "10: one after the other",
+      10,
+      Effect.flatMap(
+        Effect.forEach(tasks(10, "s"), (t) => agents.call(t)),
+        ok
+      )
+    ],
+    ["10: HttpAgent.dispatch", 10, Effect.flatMap(agents.dispatch(tasks(10, "p")), ok)],
+    ["10: raw effect/http, all at once", 10, raw(10)],
+    ["50: HttpAgent.dispatch (10 per host)", 50, Effect.flatMap(agents.dispatch(tasks(50, "q")), ok)]
+  ]
+  const walls = variants.map(() => [] as Array<number>)
+  const cpus = variants.map(() => [] as Array<number>)
+  for (let round = 0; round < ROUNDS; round++) {
+    for (const [i, [, , run]] of variants.entries()) {
+      const { wall, cpu } = yield* timed(run)
+      walls[i]!.push(wall)
+      cpus[i]!.push(cpu)
     }
-    if (n === 10) {
-      for (let run = 0; run < RUNS; run++) {
-        sequential.push((yield* timed(Effect.forEach(tasks(n), (t) => agents.call(t)))).ms)
-      }
-    }
-    const ideal = Math.ceil(n / 10) * 100
-    const seq = n === 10 ? median(sequential) : n * 100
-    rows.push(
-      `| ${n} | ${n === 10 ? fmt(seq) : `(${fmt(seq)} ideal)`} | ${fmt(median(parallel))} (min ${fmt(Math.min(...parallel))}) | ${fmt(ideal)} | ${(seq / median(parallel)).toFixed(1)}x |`
-    )
   }
+  const sequential = median(walls[0]!)
+  printTable(
+    `## 1. Independent HTTP tasks (agent answers after 100 ms), medians of ${ROUNDS} interleaved rounds`,
+    ["variant", "wall", "min", "CPU", "ideal", "speed-up vs one after the other"],
+    variants.map(([label, n], i) => {
+      const wall = median(walls[i]!)
+      const ideal = i === 0 ? n * 100 : Math.ceil(n / 10) * 100
+      return [
+        label,
+        ms(wall),
+        ms(Math.min(...walls[i]!)),
+        ms(median(cpus[i]!)),
+        ms(ideal),
+        i === 0 || n !== 10 ? "" : `${(sequential / wall).toFixed(1)}x`
+      ]
+    })
+  )
   const stats = yield* agents.connections
-  console.log("\n## 1. Independent HTTP tasks (agent answers after 100 ms; limits 100 total / 10 per host)\n")
-  console.log(`median of ${RUNS} runs\n`)
-  console.log("| tasks | sequential | dispatch | ideal | speed-up |")
-  console.log("|---|---|---|---|---|")
-  for (const row of rows) console.log(row)
-  console.log(`\npeak requests in flight to the agent: ${server.peak()} (limiter peak ${stats.peak})`)
+  console.log(`\npeak requests in flight at the agent: ${server.peak()} (limiter peak ${stats.peak})`)
+})
+
+/** What one task costs on top of a raw request: 200 calls, one after the other, to an agent that answers at once. */
+const perCall = Effect.gen(function* () {
+  const server = yield* AgentServer.make()
+  const agents = yield* HttpAgent.HttpAgents
+  const client = yield* HttpClient.HttpClient
+  const N = 200
+  const task = (i: number): HttpAgent.Task => ({ id: `c${i}`, agent: server.url, intent: "lookup", concept: "bench" })
+  const raw = Effect.forEach(
+    Array.from({ length: N }, (_, i) => task(i)),
+    (t) =>
+      client.execute(HttpClientRequest.post(server.url).pipe(HttpClientRequest.bodyJsonUnsafe(t))).pipe(
+        Effect.flatMap((response) => response.json),
+        Effect.scoped
+      )
+  )
+  const viaAgent = Effect.forEach(
+    Array.from({ length: N }, (_, i) => task(i)),
+    (t) => agents.call(t)
+  )
+  yield* raw
+  yield* viaAgent
+  const variants: ReadonlyArray<readonly [string, Effect.Effect<unknown, unknown>]> = [
+    ["raw effect/http request", raw],
+    ["HttpAgent.call", viaAgent]
+  ]
+  const walls = variants.map(() => [] as Array<number>)
+  const cpus = variants.map(() => [] as Array<number>)
+  for (let round = 0; round < ROUNDS; round++) {
+    for (const [i, [, run]] of variants.entries()) {
+      const { wall, cpu } = yield* timed(run)
+      walls[i]!.push(wall / N)
+      cpus[i]!.push(cpu / N)
+    }
+  }
+  printTable(
+    `## 1b. One task at a time to an agent that answers at once (${N} calls, medians of ${ROUNDS} interleaved rounds; the agent runs in this process)`,
+    ["variant", "wall per call", "CPU per call"],
+    variants.map(([label], i) => [label, `${median(walls[i]!).toFixed(2)} ms`, `${median(cpus[i]!).toFixed(2)} ms`])
+  )
 })
 
 /** mulberry32: a small seeded generator, so the DAG is the same on every run. */
@@ -95,52 +172,72 @@ const randomDag = (seed: number, size: number) => {
 
 const dag = Effect.gen(function* () {
   const specs = randomDag(42, 20)
-  const pipeline = yield* Pipeline.fromSteps(
+  const plain = yield* Pipeline.fromSteps(
     specs.map((s) => ({ name: s.name, dependsOn: s.dependsOn, run: () => Effect.sleep(`${s.sleepMs} millis`) }))
+  )
+  const governed = yield* Pipeline.fromSteps(
+    specs.map((s) => ({
+      name: s.name,
+      dependsOn: s.dependsOn,
+      run: () => Effect.sleep(`${s.sleepMs} millis`),
+      timeout: "1 second"
+    }))
   )
   const planned = specs.reduce((sum, s) => sum + s.sleepMs, 0)
   const finish = new Map<string, number>()
   for (const s of specs) finish.set(s.name, s.sleepMs + Math.max(0, ...s.dependsOn.map((d) => finish.get(d)!)))
   const plannedCritical = Math.max(...finish.values())
 
-  const rows: Array<string> = []
-  const configs: ReadonlyArray<readonly [string, Pipeline.RunOptions]> = [
-    ["parallel", {}],
-    ["parallel, concurrency 3", { concurrency: 3 }],
-    ["sequential", { mode: "sequential" }]
+  const configs: ReadonlyArray<readonly [string, typeof plain, Pipeline.RunOptions]> = [
+    ["parallel", plain, {}],
+    ["parallel, every step through the executor", governed, {}],
+    ["parallel, concurrency 3", plain, { concurrency: 3 }],
+    ["sequential", plain, { mode: "sequential" }]
   ]
-  for (const [label, options] of configs) {
-    const results: Array<Pipeline.Result<Record<string, void>, never>> = []
-    for (let run = 0; run < RUNS; run++) results.push(yield* Pipeline.run(pipeline, undefined, options))
-    const wall = median(results.map((r) => r.wallMs))
-    const busy = median(results.map((r) => r.busyMs))
-    const critical = median(results.map((r) => r.criticalPathMs))
-    const parallelism = median(results.map((r) => r.parallelism))
-    rows.push(
-      `| ${label} | ${fmt(wall)} | ${fmt(busy)} | ${fmt(critical)} | ${parallelism.toFixed(2)} | ${(busy / critical).toFixed(2)} |`
-    )
+  const results = configs.map(() => [] as Array<Pipeline.Result<Record<string, void>, never>>)
+  for (let round = 0; round < ROUNDS; round++) {
+    for (const [i, [, pipeline, options]] of configs.entries()) {
+      results[i]!.push(yield* Pipeline.run(pipeline, undefined, options))
+    }
   }
-  console.log(`\n## 2. Random 20-step DAG (seed 42, steps sleep 20-100 ms)\n`)
   console.log(
-    `planned: sum of sleeps ${planned} ms, critical path ${plannedCritical} ms, bound ${(planned / plannedCritical).toFixed(2)}; median of ${RUNS} runs\n`
+    `\nplanned: sum of sleeps ${planned} ms, critical path ${plannedCritical} ms, bound ${(planned / plannedCritical).toFixed(2)}`
   )
-  console.log(
-    "| mode | wall | sum of step times | measured critical path | parallelism | bound (sum / critical path) |"
+  printTable(
+    `## 2. Random 20-step DAG (seed 42, steps sleep 20-100 ms), medians of ${ROUNDS} interleaved rounds`,
+    ["mode", "wall", "sum of step times", "measured critical path", "parallelism", "bound (sum / critical path)"],
+    configs.map(([label], i) => {
+      const rs = results[i]!
+      const busy = median(rs.map((r) => r.busyMs))
+      const critical = median(rs.map((r) => r.criticalPathMs))
+      return [
+        label,
+        ms(median(rs.map((r) => r.wallMs))),
+        ms(busy),
+        ms(critical),
+        median(rs.map((r) => r.parallelism)).toFixed(2),
+        (busy / critical).toFixed(2)
+      ]
+    })
   )
-  console.log("|---|---|---|---|---|---|")
-  for (const row of rows) console.log(row)
-  console.log(`\n\`\`\`mermaid\n${Pipeline.toMermaid(pipeline, { direction: "TD" })}\n\`\`\``)
+  console.log(`\n\`\`\`mermaid\n${Pipeline.toMermaid(plain, { direction: "TD" })}\n\`\`\``)
 })
 
+const ExecutorLive = Executor.layerWithStats({ timeout: "none" }).pipe(
+  Layer.provideMerge(Mock.layer()),
+  Layer.provideMerge(CircuitBreaker.layerMemory())
+)
+
 const AgentsLive = HttpAgent.layer().pipe(
-  Layer.provide(NodeHttpClient.layerUndici),
-  Layer.provide(CircuitBreaker.layer())
+  Layer.provideMerge(ExecutorLive),
+  Layer.provideMerge(NodeHttpClient.layerUndici)
 )
 
 const main = Effect.gen(function* () {
   console.log(`# bench/pipeline.ts — node ${process.version}, ${process.platform}/${process.arch}`)
-  yield* Effect.scoped(httpTasks).pipe(Effect.provide(AgentsLive))
+  yield* Effect.scoped(httpTasks)
+  yield* Effect.scoped(perCall)
   yield* dag
 })
 
-NodeRuntime.runMain(main)
+NodeRuntime.runMain(main.pipe(Effect.provide(AgentsLive)))

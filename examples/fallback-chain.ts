@@ -2,8 +2,9 @@
  * A fallback chain across three providers: a hosted model that is overloaded, a second
  * one that is down, and the bundled local model (transformers.js, in-process, offline) as
  * the last resort. Each answer says which domain and provider answered, after how many
- * domains, and whether a fallback was used. A bad request does not fall back: every
- * provider would refuse it.
+ * domains and attempts, and whether a fallback was used. A bad request does not fall
+ * back (every provider would refuse it), and a chain whose every step fails ends with a
+ * `FallbackExhaustedError` listing each step's error.
  *
  *   npx tsx examples/fallback-chain.ts
  *
@@ -13,21 +14,26 @@
  */
 import { NodeRuntime } from "@effect/platform-node"
 import { Clock, Console, Effect } from "effect"
-import { Local, Mock, Orchestra, Policy, Router, Stats } from "effect-orchestra"
+import * as Local from "../src/Model/Local.js"
+import * as Mock from "../src/Model/Mock.js"
+import * as Orchestra from "../src/Orchestra.js"
+import * as Policy from "../src/Policy.js"
+import { Router } from "../src/Router.js"
+import * as Stats from "../src/Stats.js"
 
 // The hosted primary answers 503 Overloaded to everything for now (after 80 ms each).
 const Primary = Mock.layer({
   name: "hosted-primary",
-  random: { seed: 1, succeed: 0, fail: { Overloaded: 1 } },
+  random: { success: 0, failures: { Overloaded: 1 } },
   latency: "80 millis"
 })
-// The secondary region is down (Unavailable, after 40 ms).
-const Secondary = Mock.layer({ name: "hosted-secondary", random: { seed: 2, succeed: 0, fail: { Unavailable: 1 } } })
+// The secondary region is down (Unavailable, at once).
+const Secondary = Mock.layer({ name: "hosted-secondary", random: { success: 0, failures: { Unavailable: 1 } } })
 
 const Manager = Orchestra.layer({
   providers: { primary: Primary, secondary: Secondary, local: Local.layer({ name: "local", maxTokens: 12 }) },
   domains: [
-    // Each step has its own policy: the primary is retried twice before moving on.
+    // Each step has its own policy: the primary is retried once before moving on.
     { name: "primary", provider: "primary", retry: Policy.retry({ maxAttempts: 2, initialDelay: 50, jitter: 0 }) },
     { name: "secondary", provider: "secondary" },
     { name: "local", provider: "local", system: "Answer briefly." }
@@ -36,7 +42,7 @@ const Manager = Orchestra.layer({
 })
 
 const program = Effect.gen(function* () {
-  const router = yield* Router.Router
+  const router = yield* Router
   const chain = ["primary", "secondary", "local"]
 
   yield* Console.log(`fallback chain: ${chain.join(" -> ")}\n`)
@@ -46,7 +52,7 @@ const program = Effect.gen(function* () {
     const elapsed = (yield* Clock.currentTimeMillis) - started
     yield* Console.log(`"${prompt}"`)
     yield* Console.log(
-      `  answered by domain "${answer.domain}" (provider ${answer.provider}) after ${answer.attempts} domains, fallback used: ${answer.fallbackUsed}, ${elapsed} ms`
+      `  answered by domain "${answer.domain}" (provider ${answer.provider}) after ${answer.domainsTried} domains, fallback used: ${answer.fallbackUsed}, ${answer.attempts} attempts, ${elapsed} ms`
     )
     yield* Console.log(`  text: ${JSON.stringify(answer.response.text.slice(0, 60))}\n`)
   }
@@ -54,8 +60,14 @@ const program = Effect.gen(function* () {
   // An invalid request (maxTokens 0) is refused before any provider: no fallback.
   const refused = yield* Effect.flip(router.executeWithFallback({ prompt: "x", maxTokens: 0 }, chain))
   yield* Console.log(
-    `a bad request does not fall back: ${refused._tag} ${refused._tag === "ModelError" ? refused.reason : ""}\n`
+    `a bad request does not fall back: ${refused._tag} ${refused._tag === "ModelError" ? `${refused.reason} (field ${refused.field})` : ""}`
   )
+
+  // Every step failing: one error that lists what each step said.
+  const exhausted = yield* Effect.flip(router.executeWithFallback({ prompt: "x" }, ["primary", "secondary"]))
+  if (exhausted._tag === "FallbackExhaustedError") {
+    yield* Console.log(`every step failed: ${exhausted.message}\n`)
+  }
 
   const stats = yield* Stats.Stats
   yield* Console.log(Stats.format(yield* stats.snapshot(), "All calls (each domain tried counts as one call)"))

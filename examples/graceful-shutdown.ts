@@ -6,13 +6,25 @@
  * gets an outcome; no call is left running.
  *
  * Under `NodeRuntime.runMain`, SIGINT/SIGTERM interrupt the main fiber, which closes the
- * scope the same way.
+ * scope the same way; the Promise facade's `dispose()` does the same for non-Effect code.
  *
  *   npx tsx examples/graceful-shutdown.ts
  */
 import { NodeRuntime } from "@effect/platform-node"
-import { Clock, Console, Context, Effect, Exit, Fiber, Layer, Scope } from "effect"
-import { Mock, Model, Orchestra, Router } from "effect-orchestra"
+import { Cause, Clock, Console, Context, Effect, Exit, Fiber, Layer, Scope } from "effect"
+import { ModelProvider } from "../src/Model.js"
+import * as Mock from "../src/Model/Mock.js"
+import * as Orchestra from "../src/Orchestra.js"
+import { Router } from "../src/Router.js"
+
+const outcomeOf = (exit: Exit.Exit<{ readonly response: { readonly text: string } }, { readonly _tag: string }>) =>
+  Exit.match(exit, {
+    onSuccess: (answer) => `answered: ${answer.response.text}`,
+    onFailure: (cause) => {
+      const error = Cause.findErrorOption(cause)
+      return `failed: ${error._tag === "Some" ? error.value._tag : "interrupted"}`
+    }
+  })
 
 const program = Effect.gen(function* () {
   const latencies = ["100 millis", "250 millis", "350 millis", "2 seconds"] as const
@@ -26,28 +38,21 @@ const program = Effect.gen(function* () {
   const scope = yield* Scope.make()
   const context = yield* Layer.buildWithScope(
     Orchestra.layer({
-      providers: { main: Layer.succeed(Model.ModelProvider, mock.provider) },
+      providers: { main: Layer.succeed(ModelProvider, mock.provider) },
       executor: { shutdownDeadline: "400 millis", timeout: "1 minute" }
     }),
     scope
   )
-  const router = Context.get(context, Router.Router)
+  const router = Context.get(context, Router)
   const t0 = yield* Clock.currentTimeMillis
   const at = Effect.map(Clock.currentTimeMillis, (now) => `${String(now - t0).padStart(4)} ms`)
 
   const callers = ["A (100 ms)", "B (250 ms)", "C (350 ms)", "D (2 s)", "E (hangs)"]
   const fibers = yield* Effect.forEach(callers, (name) =>
-    Effect.fork(
+    Effect.forkChild(
       Effect.exit(router.execute({ prompt: name }, "support")).pipe(
         Effect.tap((exit) =>
-          Effect.flatMap(at, (time) =>
-            Console.log(
-              `${time}  caller ${name.padEnd(10)} ${Exit.match(exit, {
-                onSuccess: (a) => `answered: ${a.response.text}`,
-                onFailure: (cause) => `failed: ${cause._tag === "Fail" ? cause.error._tag : cause._tag}`
-              })}`
-            )
-          )
+          Effect.flatMap(at, (time) => Console.log(`${time}  caller ${name.padEnd(10)} ${outcomeOf(exit)}`))
         )
       )
     )
@@ -55,13 +60,11 @@ const program = Effect.gen(function* () {
 
   yield* Effect.sleep("150 millis")
   yield* Console.log(`${yield* at}  closing the manager (shutdown deadline 400 ms)`)
-  const closing = yield* Effect.fork(Scope.close(scope, Exit.void))
+  const closing = yield* Effect.forkChild(Scope.close(scope, Exit.void))
 
   yield* Effect.sleep("50 millis")
   const late = yield* Effect.exit(router.execute({ prompt: "F" }, "support"))
-  yield* Console.log(
-    `${yield* at}  caller F (arrives late) ${Exit.isFailure(late) && late.cause._tag === "Fail" ? `refused: ${late.cause.error._tag}` : "?"}`
-  )
+  yield* Console.log(`${yield* at}  caller F (arrives late) ${outcomeOf(late).replace("failed", "refused")}`)
 
   yield* Fiber.join(closing)
   yield* Console.log(`${yield* at}  manager closed`)

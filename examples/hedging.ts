@@ -8,12 +8,17 @@
  */
 import { NodeRuntime } from "@effect/platform-node"
 import { Clock, Console, Effect, Layer } from "effect"
-import { type AiError, Mock, Model, Orchestra, Router } from "effect-orchestra"
+import type { AiError } from "../src/AiError.js"
+import { ModelProvider } from "../src/Model.js"
+import * as Mock from "../src/Model/Mock.js"
+import * as Orchestra from "../src/Orchestra.js"
+import { Router } from "../src/Router.js"
+import * as Stats from "../src/Stats.js"
 
 const percentile = (values: ReadonlyArray<number>, p: number) =>
   [...values].sort((a, b) => a - b)[Math.min(values.length - 1, Math.floor(p * values.length))] ?? 0
 
-const timed = <A>(effect: Effect.Effect<A, AiError.AiError>) =>
+const timed = <A>(effect: Effect.Effect<A, AiError>) =>
   Effect.gen(function* () {
     const start = yield* Clock.currentTimeMillis
     const value = yield* effect
@@ -29,8 +34,8 @@ const program = Effect.gen(function* () {
   const backup = yield* Mock.make({ name: "backup", latency: { uniform: ["60 millis", "100 millis"] } })
   const manager = Orchestra.layer({
     providers: {
-      primary: Layer.succeed(Model.ModelProvider, primary.provider),
-      backup: Layer.succeed(Model.ModelProvider, backup.provider)
+      primary: Layer.succeed(ModelProvider, primary.provider),
+      backup: Layer.succeed(ModelProvider, backup.provider)
     },
     domains: [
       { name: "main", provider: "primary" },
@@ -40,7 +45,7 @@ const program = Effect.gen(function* () {
   })
 
   yield* Effect.gen(function* () {
-    const router = yield* Router.Router
+    const router = yield* Router
     const questions = Array.from({ length: 200 }, (_, i) => ({ prompt: `question ${i + 1}` }))
 
     const plain = yield* Effect.forEach(questions, (q) => timed(router.execute(q, "main")), { concurrency: 20 })
@@ -73,8 +78,9 @@ const program = Effect.gen(function* () {
     )
 
     const won = hedged.filter((r) => r.value.hedgeWon).length
+    const { hedges } = yield* Stats.snapshot()
     yield* Console.log(
-      `\nbackup calls started: ${yield* backup.control.calls}, backup answers used: ${won}, primary calls interrupted: ${yield* primary.control.interrupted}`
+      `\nbackup calls started: ${hedges.started}, backup answers used: ${won} (stats: won ${hedges.won}, lost ${hedges.lost}), primary calls interrupted: ${yield* primary.control.interrupted}`
     )
     yield* Console.log(
       `still running after the race: ${(yield* primary.control.inFlight) + (yield* backup.control.inFlight)}`

@@ -1,23 +1,32 @@
 /**
- * The main job (`npm start`), fully offline on the bundled local model:
- * domains, a provider that fails and falls back to the local model, every domain in
- * parallel, a batch with live progress, and the statistics table.
+ * The main job (`npm start`), fully offline on the bundled local model: domains, a
+ * provider that fails and falls back to the local model, every domain in parallel, a batch
+ * with live progress, and the statistics table.
+ *
+ *   npm start            (or: npx tsx examples/main.ts)
  *
  * The bundled models are tiny and have random weights: their text is NOT meaningful.
  * See docs/local-model.md to point the local provider at a real model.
  */
 import { NodeRuntime } from "@effect/platform-node"
-import { Console, Effect, Either } from "effect"
-import { Batch, Domain, Local, Mock, Orchestra, Policy, Router, Stats } from "effect-orchestra"
+import { Console, Effect, Result } from "effect"
+import * as Batch from "../src/Batch.js"
+import * as Domain from "../src/Domain.js"
+import * as Local from "../src/Model/Local.js"
+import * as Mock from "../src/Model/Mock.js"
+import * as Orchestra from "../src/Orchestra.js"
+import * as Policy from "../src/Policy.js"
+import { Router } from "../src/Router.js"
+import * as Stats from "../src/Stats.js"
 
 const Manager = Orchestra.layer({
   providers: {
     local: Local.layer({ maxTokens: 24 }),
-    // A remote model that is down today: every call fails with a retryable error.
+    // A remote model that is down today: every call fails with a retryable error after 150 ms.
     "flaky-remote": Mock.layer({
       name: "flaky-remote",
       latency: "150 millis",
-      random: { seed: 1, succeed: 0, fail: { Overloaded: 1 } }
+      random: { success: 0, failures: { Overloaded: 1 } }
     })
   },
   defaultProvider: "local",
@@ -54,7 +63,7 @@ const bar = (done: number, total: number): string => {
 }
 
 const program = Effect.gen(function* () {
-  const router = yield* Router.Router
+  const router = yield* Router
   const batch = yield* Batch.Batch
   const stats = yield* Stats.Stats
   const domains = yield* Domain.Domains
@@ -68,7 +77,7 @@ const program = Effect.gen(function* () {
     "support"
   ])
   yield* Console.log(
-    `   answered by ${fallback.domain} (${fallback.provider}) after ${fallback.attempts} domains, fallback used: ${fallback.fallbackUsed}`
+    `   answered by ${fallback.domain} (${fallback.provider}) after ${fallback.domainsTried} domains, fallback used: ${fallback.fallbackUsed} (${fallback.attempts} attempts)`
   )
   yield* Console.log(`   text: ${JSON.stringify(fallback.response.text)}\n`)
 
@@ -80,9 +89,9 @@ const program = Effect.gen(function* () {
   )
   for (const outcome of parallel) {
     yield* Console.log(
-      `   ${outcome.domain.padEnd(10)} ${Either.match(outcome.result, {
-        onRight: (a) => JSON.stringify(a.response.text),
-        onLeft: (e) => `failed: ${e.message}`
+      `   ${outcome.domain.padEnd(10)} ${Result.match(outcome.result, {
+        onSuccess: (a) => JSON.stringify(a.response.text),
+        onFailure: (e) => `failed: ${e.message}`
       })}`
     )
   }
@@ -90,11 +99,10 @@ const program = Effect.gen(function* () {
   yield* Console.log(`\n3. A batch of ${queries.length} queries, ${batch.limit} at a time, falling back to support`)
   const result = yield* batch.run(queries, {
     fallback: ["support"],
-    onProgress: (event) => {
-      if (event._tag === "Succeeded" || event._tag === "Failed") {
-        process.stdout.write(`   ${bar(event.done, event.total)}  #${event.index + 1} ${event._tag.toLowerCase()}\n`)
-      }
-    }
+    onEvent: (event) =>
+      event._tag === "Succeeded" || event._tag === "Failed"
+        ? Console.log(`   ${bar(event.done, event.total)}  #${event.index + 1} ${event._tag.toLowerCase()}`)
+        : Effect.void
   })
   for (const item of result.results) {
     const how = item.answer
@@ -102,7 +110,7 @@ const program = Effect.gen(function* () {
       : `${item.status}: ${item.error?.message ?? ""}`
     yield* Console.log(`   #${String(item.index + 1).padStart(2)} ${item.status.padEnd(7)} ${how}`)
   }
-  yield* Console.log(`   batch took ${result.elapsedMs} ms\n`)
+  yield* Console.log(`   batch ${result.id} took ${result.elapsedMs} ms\n`)
 
   yield* Console.log(Stats.format(yield* stats.snapshot(), "4. Statistics (all providers)"))
   yield* Console.log(Stats.format(yield* stats.snapshot({ provider: "flaky-remote" }), "   flaky-remote only"))

@@ -1,14 +1,18 @@
 /**
  * One question to several domains at once. `all` waits for every domain and returns each
  * outcome, failures included; `first` returns the first success and interrupts the others
- * (their calls are cancelled, not left running). Mock providers with different latencies,
- * so this runs offline:
+ * (their calls are cancelled, not left running). Each domain runs with its own policies,
+ * its fallback chain included. Mock providers with different latencies, so this runs
+ * offline:
  *
  *   npx tsx examples/parallel-domains.ts
  */
 import { NodeRuntime } from "@effect/platform-node"
-import { Clock, Console, Effect, Either, Layer } from "effect"
-import { Mock, Model, Orchestra, Router } from "effect-orchestra"
+import { Clock, Console, Effect, Layer, Result } from "effect"
+import { ModelProvider, type Service } from "../src/Model.js"
+import * as Mock from "../src/Model/Mock.js"
+import * as Orchestra from "../src/Orchestra.js"
+import { Router } from "../src/Router.js"
 
 const program = Effect.gen(function* () {
   // Providers built here so that the example can read their controls (calls, interruptions).
@@ -16,10 +20,10 @@ const program = Effect.gen(function* () {
   const slow = yield* Mock.make({ name: "slow-model", latency: "400 millis", respond: () => "Check the cable first." })
   const broken = yield* Mock.make({
     name: "broken-model",
-    random: { seed: 3, succeed: 0, fail: { Unavailable: 1 } },
+    random: { success: 0, failures: { Unavailable: 1 } },
     latency: "50 millis"
   })
-  const provider = (m: { readonly provider: Model.Service }) => Layer.succeed(Model.ModelProvider, m.provider)
+  const provider = (m: { readonly provider: Service }) => Layer.succeed(ModelProvider, m.provider)
 
   const manager = Orchestra.layer({
     providers: { fast: provider(fast), slow: provider(slow), broken: provider(broken) },
@@ -32,7 +36,7 @@ const program = Effect.gen(function* () {
   })
 
   yield* Effect.gen(function* () {
-    const router = yield* Router.Router
+    const router = yield* Router
     const request = { prompt: "My internet is down, what should I do?" }
     const domains = ["support", "technical", "finance"]
 
@@ -41,9 +45,9 @@ const program = Effect.gen(function* () {
     yield* Console.log(`mode "all" (${(yield* Clock.currentTimeMillis) - start} ms, as slow as the slowest domain):`)
     for (const outcome of all) {
       yield* Console.log(
-        `  ${outcome.domain.padEnd(10)} ${Either.match(outcome.result, {
-          onRight: (a) => `ok    ${a.provider}: ${a.response.text}`,
-          onLeft: (e) => `error ${e._tag}: ${e.message}`
+        `  ${outcome.domain.padEnd(10)} ${Result.match(outcome.result, {
+          onSuccess: (a) => `ok    ${a.provider}: ${a.response.text}`,
+          onFailure: (e) => `error ${e._tag}: ${e.message}`
         })}`
       )
     }

@@ -5,57 +5,63 @@
  *
  *   npx tsx examples/pipeline.ts
  *
- * It runs the pipeline in parallel and then sequentially, and prints every step's
- * outcome, the parallelism and the pipeline as a Mermaid diagram.
+ * It runs the pipeline in parallel and then sequentially, and prints every step's outcome,
+ * the parallelism, the stats of the steps that ran through the executor's policies, and
+ * the pipeline as a Mermaid diagram.
  */
-import * as NodeRuntime from "@effect/platform-node/NodeRuntime"
-import { Effect, Layer, Schedule } from "effect"
-import { isRetryable } from "../src/AiError.js"
+import { NodeRuntime } from "@effect/platform-node"
+import { Effect, Layer } from "effect"
 import * as Executor from "../src/Executor.js"
 import * as Mock from "../src/Model/Mock.js"
 import * as Pipeline from "../src/Pipeline.js"
+import * as Stats from "../src/Stats.js"
 
 interface Question {
   readonly question: string
 }
-
-const ask = (system: string, prompt: string) =>
-  Effect.map(Executor.execute({ system, prompt, maxTokens: 200 }), (response) => response.text)
 
 const research = Pipeline.make<Question>()
   .step(
     "retrieve",
     [],
     ({ input }) =>
-      Effect.map(ask("You search a document index.", `Sources about: ${input.question}`), (text) =>
-        text.split(". ").slice(0, 3)
-      ),
+      Effect.gen(function* () {
+        const executor = yield* Executor.Executor
+        const response = yield* executor.execute({
+          system: "You search a document index.",
+          prompt: `Sources about: ${input.question}`
+        })
+        return response.text.split(". ").slice(0, 3)
+      }),
     // a slow index must not hold the whole pipeline: after 2 s, reason without sources
-    { timeout: "2 seconds", fallback: { value: [] as ReadonlyArray<string> } }
+    { totalTimeout: "2 seconds", fallback: { value: [] as ReadonlyArray<string> } }
   )
   .step("recall", [], ({ input }) =>
-    Effect.map(Executor.embed({ texts: [input.question] }), (response) => ({
-      memories: response.vectors.length,
-      dimensions: response.vectors[0]?.length ?? 0
-    }))
+    Effect.gen(function* () {
+      const executor = yield* Executor.Executor
+      const response = yield* executor.embed({ texts: [input.question] }, { retry: true })
+      return { memories: response.vectors.length, dimensions: response.vectors[0]?.length ?? 0 }
+    })
   )
   .step(
     "reason",
     ["retrieve", "recall"],
-    ({ input, deps }) =>
-      ask(
-        "You reason step by step.",
-        `Question: ${input.question}\nSources: ${deps.retrieve.join(" | ") || "none"}\nMemories: ${deps.recall.memories}`
-      ),
-    // transient model failures are retried here, at the step, not around the whole pipeline
-    {
-      retry: Schedule.exponential("100 millis").pipe(
-        Schedule.intersect(Schedule.recurs(2)),
-        Schedule.whileInput(isRetryable)
-      )
-    }
+    Pipeline.generate(({ input, deps }) => ({
+      system: "You reason step by step.",
+      prompt: `Question: ${input.question}\nSources: ${deps.retrieve.join(" | ") || "none"}\nMemories: ${deps.recall.memories}`
+    })),
+    // transient model failures are retried here, at the step, on the executor's policy
+    { retry: true, timeout: "3 seconds" }
   )
-  .step("plan", ["reason"], ({ deps }) => ask("You turn conclusions into plans.", `Plan from: ${deps.reason}`))
+  .step(
+    "plan",
+    ["reason"],
+    Pipeline.generate(({ deps }) => ({
+      system: "You turn conclusions into plans.",
+      prompt: `Plan from: ${deps.reason.text}`
+    })),
+    { retry: true }
+  )
 
 const show = (label: string, result: Pipeline.Result<Pipeline.Outputs<typeof research>, unknown>) => {
   console.log(`\n== ${label}: ${result.status} in ${result.wallMs} ms (${result.strategy})`)
@@ -80,14 +86,20 @@ const program = Effect.gen(function* () {
   show("sequential", sequential)
 
   const outputs = yield* Pipeline.outputs(parallel)
-  console.log(`\nplan: ${outputs.plan}`)
+  console.log(`\nplan: ${outputs.plan.text}`)
+  // Steps with policies are counted under their own name, domain "pipeline".
+  const reason = yield* Stats.snapshot({ provider: "reason", domain: "pipeline" })
+  console.log(
+    `\nstep "reason" over both runs: ${reason.total} runs, p50 ${reason.latency.p50} ms, ${reason.retries} retries`
+  )
   console.log(`\n\`\`\`mermaid\n${Pipeline.toMermaid(research, { result: parallel })}\n\`\`\``)
 })
 
 const MockModels = Mock.layer({
   name: "mock",
   latency: { uniform: ["200 millis", "400 millis"] },
-  random: { seed: 7, succeed: 1 }
+  seed: 7,
+  random: { success: 0.9, failures: { Overloaded: 1 } }
 })
 
 const MainLive = Executor.layerWithStats({ timeout: "5 seconds" }).pipe(Layer.provide(MockModels))

@@ -1,8 +1,9 @@
 /**
  * The Promise facade, for code that does not use Effect: `createOrchestra(layer)` gives
  * plain async functions (`execute`, `executeWithFallback`, `batch`, `stream`, `stats`,
- * `dispose`). Failures reject with an `OrchestraError` carrying the typed error; an
- * `AbortSignal` cancels a call or a batch. Mock providers, so this runs offline:
+ * `metrics`, `dispose`). Failures reject with an `OrchestraError` carrying the typed error;
+ * `timeout` bounds a call; an `AbortSignal` cancels a call or a batch. Mock providers, so
+ * this runs offline:
  *
  *   npx tsx examples/promise-facade.ts
  *
@@ -12,16 +13,23 @@
  */
 import { NodeRuntime } from "@effect/platform-node"
 import { Effect } from "effect"
-import { createOrchestra, Facade, Mock, Orchestra, Stats } from "effect-orchestra"
+import { createOrchestra, OrchestraError } from "../src/Facade.js"
+import * as Mock from "../src/Model/Mock.js"
+import * as Orchestra from "../src/Orchestra.js"
+import * as Stats from "../src/Stats.js"
 
 async function main(): Promise<void> {
   const orchestra = createOrchestra(
     Orchestra.layer({
       providers: {
         main: Mock.layer({ name: "main-model", latency: { uniform: ["30 millis", "80 millis"] } }),
-        strict: Mock.layer({ name: "strict-model", random: { seed: 1, succeed: 0, fail: { InvalidRequest: 1 } } })
+        strict: Mock.layer({ name: "strict-model", random: { success: 0, failures: { InvalidRequest: 1 } } }),
+        slow: Mock.layer({ name: "slow-model", latency: "5 seconds" })
       },
-      extraDomains: [{ name: "strict", provider: "strict" }],
+      extraDomains: [
+        { name: "strict", provider: "strict" },
+        { name: "slow", provider: "slow" }
+      ],
       maxConcurrent: 3
     })
   )
@@ -29,12 +37,33 @@ async function main(): Promise<void> {
     const answer = await orchestra.execute("How do I reset my password?", { domain: "support" })
     console.log(`execute: ${answer.response.text} (domain ${answer.domain}, provider ${answer.provider})`)
 
+    // The conversation so far goes before the prompt.
+    const followUp = await orchestra.execute("And if I lost my phone too?", {
+      domain: "support",
+      context: [
+        { role: "user", content: "How do I reset my password?" },
+        { role: "assistant", content: answer.response.text }
+      ]
+    })
+    console.log(`with context: ${followUp.response.text}`)
+
     try {
       await orchestra.execute("Refund me twice", { domain: "strict" })
     } catch (error) {
-      if (error instanceof Facade.OrchestraError && error.error._tag === "ModelError") {
+      if (error instanceof OrchestraError && error.error._tag === "ModelError") {
         console.log(`rejected with OrchestraError: ${error.error._tag} / ${error.error.reason}`)
       } else throw error
+    }
+
+    // A deadline on the whole call, or the caller's own signal: both end as the library's TimeoutError.
+    const bounded = [
+      () => orchestra.execute("Take your time", { domain: "slow", timeout: "200 millis" }),
+      () => orchestra.execute("Take your time", { domain: "slow", signal: AbortSignal.timeout(200) })
+    ]
+    for (const [i, call] of bounded.entries()) {
+      const late = await call().catch((error: unknown) => error)
+      const how = i === 0 ? "timeout" : "AbortSignal.timeout"
+      if (late instanceof OrchestraError) console.log(`${how}: ${late.error._tag} (${late.error.message})`)
     }
 
     // Cancel a batch part-way: the result still has one outcome per item, and says which never ran.
@@ -60,13 +89,18 @@ async function main(): Promise<void> {
     console.log(`stream (left early): ${JSON.stringify(text)}`)
 
     console.log(Stats.format(orchestra.stats(), "orchestra.stats()"))
+    const metrics = await orchestra.metrics()
+    console.log(
+      metrics
+        .split("\n")
+        .filter((line) => line.startsWith("orchestra_requests_total"))
+        .join("\n")
+    )
   } finally {
     await orchestra.dispose()
   }
   const late = await orchestra.execute("still there?").catch((error: unknown) => error)
-  console.log(
-    `after dispose: ${late instanceof Facade.OrchestraError ? `OrchestraError(${late.error._tag})` : "answered?"}`
-  )
+  console.log(`after dispose: ${late instanceof OrchestraError ? `OrchestraError(${late.error._tag})` : "answered?"}`)
 }
 
 NodeRuntime.runMain(Effect.promise(main))

@@ -3,14 +3,17 @@
  * a time, and the stats table. Runs offline: `npx tsx examples/quickstart.ts`.
  */
 import { NodeRuntime } from "@effect/platform-node"
-import { Console, Effect, Either, Layer } from "effect"
-import { Executor, Mock, Stats } from "effect-orchestra"
+import { Console, Duration, Effect, Layer, Result } from "effect"
+import * as Executor from "../src/Executor.js"
+import * as Mock from "../src/Model/Mock.js"
+import * as Stats from "../src/Stats.js"
 
-// A provider that answers in ~1.5 s and fails now and then with a retryable error.
+// A provider that answers in 200-600 ms, fails now and then with a retryable error, and sometimes hangs.
 const Provider = Mock.layer({
   name: "mock",
-  latency: { uniform: ["1200 millis", "1800 millis"] },
-  random: { seed: 7, succeed: 0.85, fail: { Overloaded: 0.15 } }
+  seed: 7,
+  latency: { uniform: ["200 millis", "600 millis"] },
+  random: { success: 0.75, hang: 0.05, failures: { Overloaded: 2, RateLimited: 1, Transport: 1 } }
 })
 
 const program = Effect.gen(function* () {
@@ -20,12 +23,20 @@ const program = Effect.gen(function* () {
   yield* Console.log(`one call: ${one.text} (${one.provider}/${one.model})`)
 
   const questions = Array.from({ length: 10 }, (_, i) => ({ prompt: `question ${i + 1}` }))
-  const results = yield* executor.executeMany(questions, { concurrency: 5, retry: true, timeout: "5 seconds" })
+  const results = yield* executor.executeMany(questions, {
+    concurrency: 5,
+    retry: true,
+    timeout: "1 second",
+    onRetry: (info) =>
+      Console.log(
+        `   attempt ${info.attempt}: ${info.error.message}; retry in ${Math.round(Duration.toMillis(info.delay))} ms`
+      )
+  })
   for (const [i, result] of results.entries()) {
     yield* Console.log(
-      Either.match(result, {
-        onRight: (answer) => `#${i + 1} ok    ${answer.text}`,
-        onLeft: (error) => `#${i + 1} error ${error._tag}: ${error.message}`
+      Result.match(result, {
+        onSuccess: (answer) => `#${String(i + 1).padStart(2)} ok    ${answer.text}`,
+        onFailure: (error) => `#${String(i + 1).padStart(2)} error ${error._tag}: ${error.message}`
       })
     )
   }

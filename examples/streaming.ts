@@ -1,11 +1,14 @@
 /**
- * Streaming, fully offline:
+ * Streaming, fully offline, through the executor's stream pipeline and its three deadlines
+ * (`firstChunkTimeout`, `idleTimeout`, `totalTimeout`):
  *
  * 1. the bundled local model (transformers.js) prints its answer token by token;
- * 2. a "remote" provider that never sends its first chunk misses `firstChunkTimeout`, is
+ * 2. a consumer that leaves after three chunks: the local generation stops between two tokens;
+ * 3. a "remote" provider that never sends its first chunk misses `firstChunkTimeout`, is
  *    interrupted, and the local model takes over;
- * 3. a provider that stalls mid-answer trips `idleTimeout`: the typed error carries the text
- *    already delivered, and nothing is restarted.
+ * 4. a provider that stalls mid-answer trips `idleTimeout`: the typed error carries the text
+ *    already delivered, and nothing is restarted;
+ * 5. a provider that never stalls but goes on too long is cut by `totalTimeout`.
  *
  *   npx tsx examples/streaming.ts
  *
@@ -14,13 +17,13 @@
  * model folder for meaningful text (docs/local-model.md).
  */
 import { NodeRuntime } from "@effect/platform-node"
-import { Clock, Console, Effect, Stream } from "effect"
+import { Clock, Console, Effect, Layer, Stream } from "effect"
 import type { AiError } from "../src/AiError.js"
+import * as Executor from "../src/Executor.js"
+import type { StreamPart } from "../src/Model.js"
 import * as Local from "../src/Model/Local.js"
 import * as Mock from "../src/Model/Mock.js"
-import type { StreamPart } from "../src/Model.js"
 import * as Stats from "../src/Stats.js"
-import * as Streaming from "../src/Streaming.js"
 
 const print = (stream: Stream.Stream<StreamPart, AiError>) =>
   Effect.gen(function* () {
@@ -28,49 +31,80 @@ const print = (stream: Stream.Stream<StreamPart, AiError>) =>
     yield* Stream.runForEach(stream, (part) =>
       part._tag === "TextDelta"
         ? Effect.sync(() => process.stdout.write(part.text))
-        : Effect.flatMap(Clock.currentTimeMillis, (now) =>
-            Console.log(
-              `\n   [${part.provider}: ${part.finishReason}, ${part.usage.outputTokens} tokens, ${now - start} ms]`
+        : part._tag === "Finish"
+          ? Effect.flatMap(Clock.currentTimeMillis, (now) =>
+              Console.log(
+                `\n   [${part.provider}: ${part.finishReason}, ${part.usage.outputTokens} tokens, ${now - start} ms]`
+              )
             )
-          )
+          : Effect.void
     )
   })
 
+// Typed stream failures, printed with what they carry.
+const report = (error: AiError) =>
+  error._tag === "TimeoutError"
+    ? Console.log(`\n   -> TimeoutError(limit: ${error.limit}), partialText: ${JSON.stringify(error.partialText)}`)
+    : Console.log(`\n   -> ${error._tag}: ${error.message}`)
+
 const program = Effect.gen(function* () {
+  const executor = yield* Executor.Executor
   const stats = yield* Stats.Stats
-  const local = yield* Local.make({ maxTokens: 24 })
-  const streaming = Streaming.makeWith({ stats, provider: local })
 
-  yield* Console.log("1. The local model, token by token:\n")
-  yield* print(streaming.stream({ prompt: "In the morning" }, { firstChunkTimeout: "30 seconds" }))
-
-  yield* Console.log("\n2. A remote provider that never answers; first-chunk timeout 1 s, then the local model:\n")
-  const stalled = yield* Mock.make({ name: "remote", script: [Mock.Outcome.hang()] })
+  yield* Console.log("1. The local model, token by token (first chunk 30 s, idle 5 s, total 60 s):\n")
   yield* print(
-    streaming.stream(
-      { prompt: "The river" },
-      {
-        steps: [{ provider: stalled.provider }, { provider: local }],
-        firstChunkTimeout: "1 second"
-      }
+    executor.stream(
+      { prompt: "In the morning" },
+      { firstChunkTimeout: "30 seconds", idleTimeout: "5 seconds", totalTimeout: "60 seconds" }
     )
   )
-  yield* Console.log(`   remote: ${yield* stalled.control.interrupted} call interrupted, none left running`)
 
-  yield* Console.log("\n3. A provider that stalls after 4 chunks; idle timeout 500 ms:\n")
+  yield* Console.log("\n2. A consumer that leaves after three chunks:\n")
+  const taken = yield* executor
+    .stream({ prompt: "Tell me a long story", maxTokens: 64 })
+    .pipe(Stream.take(3), Stream.runCollect)
+  const text = taken.map((part) => (part._tag === "TextDelta" ? part.text : "")).join("")
+  const local = yield* stats.snapshot({ provider: "local" })
+  yield* Console.log(
+    `   kept ${taken.length} chunks: ${JSON.stringify(text)}; local streams still running: ${local.inFlight}`
+  )
+
+  yield* Console.log("\n3. A remote provider that never answers; first-chunk timeout 1 s, then the local model:\n")
+  const stalled = yield* Mock.make({ name: "remote", script: [Mock.Outcome.hang()] })
+  yield* print(
+    executor.stream(
+      { prompt: "The river" },
+      { steps: [{ provider: stalled.provider }, { provider: executor.provider }], firstChunkTimeout: "1 second" }
+    )
+  )
+  yield* Console.log(
+    `   remote: ${yield* stalled.control.interrupted} call interrupted, ${(yield* stalled.control.inFlight) === 0 ? "none" : "some"} left running`
+  )
+
+  yield* Console.log("\n4. A provider that stalls after 4 chunks; idle timeout 500 ms:\n")
   const flaky = yield* Mock.make({
     name: "flaky",
     respond: () => "Streams that stall are typed failures here, never a silent hang.",
     chunkDelay: "80 millis",
     script: [Mock.Outcome.hang({ afterChunks: 4 })]
   })
-  yield* print(streaming.stream({ prompt: "x" }, { provider: flaky.provider, idleTimeout: "500 millis" })).pipe(
-    Effect.catchTag("TimeoutError", (error) =>
-      Console.log(`\n   -> TimeoutError(limit: ${error.limit}), partialText: ${JSON.stringify(error.partialText)}`)
-    )
+  yield* print(executor.stream({ prompt: "x" }, { provider: flaky.provider, idleTimeout: "500 millis" })).pipe(
+    Effect.catch(report)
   )
+
+  yield* Console.log("\n5. A provider that keeps talking, a chunk every 150 ms; total timeout 1 s:\n")
+  const chatty = yield* Mock.make({
+    name: "chatty",
+    respond: () => "one two three four five six seven eight nine ten eleven twelve thirteen fourteen fifteen",
+    chunkDelay: "150 millis"
+  })
+  yield* print(
+    executor.stream({ prompt: "x" }, { provider: chatty.provider, idleTimeout: "500 millis", totalTimeout: "1 second" })
+  ).pipe(Effect.catch(report))
 
   yield* Console.log(`\n${Stats.format(yield* stats.snapshot(), "Streams")}`)
 })
 
-program.pipe(Effect.scoped, Effect.provide(Stats.layer), NodeRuntime.runMain)
+const Live = Executor.layerWithStats().pipe(Layer.provideMerge(Local.layer({ maxTokens: 24 })))
+
+program.pipe(Effect.provide(Live), NodeRuntime.runMain)

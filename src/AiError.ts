@@ -13,7 +13,7 @@ import { Duration, Predicate, Schema } from "effect"
  * @since 0.1.0
  * @category models
  */
-export const Reason = Schema.Literal(
+export const Reason = Schema.Literals([
   "RateLimited",
   "Overloaded",
   "Transport",
@@ -23,8 +23,9 @@ export const Reason = Schema.Literal(
   "Decode",
   "Unavailable",
   "ContentFilter",
+  "TooLarge",
   "Unknown"
-)
+])
 
 /**
  * @since 0.1.0
@@ -33,7 +34,8 @@ export const Reason = Schema.Literal(
 export type Reason = typeof Reason.Type
 
 /**
- * A failure reported by (or on the way to) a model provider.
+ * A failure reported by (or on the way to) a model provider, or a request refused before
+ * any provider saw it (`InvalidRequest`, with the `field` that was wrong).
  *
  * @since 0.1.0
  * @category errors
@@ -44,20 +46,21 @@ export class ModelError extends Schema.TaggedError<ModelError>("effect-orchestra
   provider: Schema.optional(Schema.String),
   model: Schema.optional(Schema.String),
   status: Schema.optional(Schema.Number),
-  retryAfter: Schema.optional(Schema.DurationFromSelf),
-  /** The request field that was wrong (InvalidRequest) or the response field that failed to decode (Decode). */
+  retryAfter: Schema.optional(Schema.Duration),
+  /** The request field or option that was wrong (InvalidRequest), or the response field that failed to decode (Decode). */
   field: Schema.optional(Schema.String),
-  cause: Schema.optional(Schema.Defect)
+  cause: Schema.optional(Schema.Defect())
 }) {}
 
 /**
- * Which deadline fired: the whole call (`request`), a stream's first chunk (`firstChunk`),
- * the gap between two chunks (`idle`), or a stream's total time (`total`).
+ * Which deadline fired: one attempt (`request`), a stream's first chunk (`firstChunk`),
+ * the gap between two chunks (`idle`), or the whole call or stream, retries and
+ * fallbacks included (`total`).
  *
  * @since 0.1.0
  * @category models
  */
-export const TimeoutLimit = Schema.Literal("request", "firstChunk", "idle", "total")
+export const TimeoutLimit = Schema.Literals(["request", "firstChunk", "idle", "total"])
 
 /**
  * @since 0.1.0
@@ -73,7 +76,7 @@ export type TimeoutLimit = typeof TimeoutLimit.Type
  */
 export class TimeoutError extends Schema.TaggedError<TimeoutError>("effect-orchestra/TimeoutError")("TimeoutError", {
   limit: TimeoutLimit,
-  timeout: Schema.DurationFromSelf,
+  timeout: Schema.Duration,
   provider: Schema.optional(Schema.String),
   /** For streams: the text already delivered to the consumer before the limit fired. */
   partialText: Schema.optional(Schema.String)
@@ -93,8 +96,8 @@ export class CircuitOpenError extends Schema.TaggedError<CircuitOpenError>("effe
   "CircuitOpenError",
   {
     breaker: Schema.String,
-    state: Schema.Literal("open", "half-open", "isolated"),
-    retryAfter: Schema.optional(Schema.DurationFromSelf)
+    state: Schema.Literals(["open", "half-open", "isolated"]),
+    retryAfter: Schema.optional(Schema.Duration)
   }
 ) {
   override get message(): string {
@@ -103,7 +106,8 @@ export class CircuitOpenError extends Schema.TaggedError<CircuitOpenError>("effe
 }
 
 /**
- * The service is closing and admits no new work.
+ * The service is closing and admits no new work, or its shutdown deadline passed while
+ * the call was running.
  *
  * @since 0.1.0
  * @category errors
@@ -115,7 +119,7 @@ export class ShuttingDownError extends Schema.TaggedError<ShuttingDownError>("ef
 
 /**
  * A stream failed after it had delivered text. It is never silently restarted: the error
- * carries what was delivered and the failure that ended it.
+ * carries what was delivered, the provider's own message and the failure that ended it.
  *
  * @since 0.1.0
  * @category errors
@@ -125,13 +129,59 @@ export class StreamInterruptedError extends Schema.TaggedError<StreamInterrupted
 )("StreamInterruptedError", {
   partialText: Schema.String,
   provider: Schema.optional(Schema.String),
+  /** The reason of the failure that cut the stream (a `ModelError` reason, `Timeout`, ...). */
   reason: Schema.String,
-  cause: Schema.optional(Schema.Defect)
+  /** The message of the failure that cut the stream, as the provider gave it. */
+  detail: Schema.optional(Schema.String),
+  cause: Schema.optional(Schema.Defect())
 }) {
   override get message(): string {
-    return `stream interrupted after ${this.partialText.length} characters: ${this.reason}`
+    const detail = this.detail === undefined ? "" : `: ${this.detail}`
+    const where = this.provider === undefined ? "" : ` (${this.provider})`
+    return `stream interrupted after ${this.partialText.length} characters${where}: ${this.reason}${detail}`
   }
 }
+
+/**
+ * One step of a fallback chain that failed, in the order tried.
+ *
+ * @since 0.2.0
+ * @category models
+ */
+export interface FailedAttempt {
+  readonly domain?: string | undefined
+  readonly provider: string
+  readonly error: AiError
+}
+
+/**
+ * Every step of a fallback chain failed. Lists each step tried with its error, in order;
+ * `last` is the error of the last step (the one a single-step call would have failed with).
+ *
+ * @since 0.2.0
+ * @category errors
+ */
+export class FallbackExhaustedError extends Schema.TaggedError<FallbackExhaustedError>(
+  "effect-orchestra/FallbackExhaustedError"
+)("FallbackExhaustedError", {
+  attempts: Schema.Array(
+    Schema.Struct({
+      domain: Schema.optional(Schema.String),
+      provider: Schema.String,
+      error: Schema.suspend((): Schema.Codec<AiError> => AiErrorSchema)
+    })
+  )
+}) {
+  get last(): AiError {
+    return this.attempts[this.attempts.length - 1]!.error
+  }
+  override get message(): string {
+    const steps = this.attempts.map((a) => `${a.domain ?? a.provider}: ${a.error._tag} ${errorSummary(a.error)}`)
+    return `all ${this.attempts.length} fallback steps failed (${steps.join("; ")})`
+  }
+}
+
+const errorSummary = (error: AiError): string => (error._tag === "ModelError" ? error.reason : error.message)
 
 /**
  * Every failure a model call can end with.
@@ -139,18 +189,44 @@ export class StreamInterruptedError extends Schema.TaggedError<StreamInterrupted
  * @since 0.1.0
  * @category models
  */
-export type AiError = ModelError | TimeoutError | CircuitOpenError | ShuttingDownError | StreamInterruptedError
+export type AiError =
+  | ModelError
+  | TimeoutError
+  | CircuitOpenError
+  | ShuttingDownError
+  | StreamInterruptedError
+  | FallbackExhaustedError
+
+/**
+ * The schema of every `AiError`.
+ *
+ * @since 0.2.0
+ * @category schemas
+ */
+export const AiErrorSchema: Schema.Codec<AiError> = Schema.Union([
+  ModelError,
+  TimeoutError,
+  CircuitOpenError,
+  ShuttingDownError,
+  StreamInterruptedError,
+  FallbackExhaustedError
+]) as unknown as Schema.Codec<AiError>
+
+const tags: ReadonlySet<string> = new Set([
+  "ModelError",
+  "TimeoutError",
+  "CircuitOpenError",
+  "ShuttingDownError",
+  "StreamInterruptedError",
+  "FallbackExhaustedError"
+])
 
 /**
  * @since 0.1.0
  * @category guards
  */
 export const isAiError = (u: unknown): u is AiError =>
-  Predicate.isTagged(u, "ModelError") ||
-  Predicate.isTagged(u, "TimeoutError") ||
-  Predicate.isTagged(u, "CircuitOpenError") ||
-  Predicate.isTagged(u, "ShuttingDownError") ||
-  Predicate.isTagged(u, "StreamInterruptedError")
+  Predicate.hasProperty(u, "_tag") && typeof u._tag === "string" && tags.has(u._tag) && u instanceof Error
 
 const retryableReasons: ReadonlySet<Reason> = new Set<Reason>([
   "RateLimited",
@@ -162,7 +238,8 @@ const retryableReasons: ReadonlySet<Reason> = new Set<Reason>([
 
 /**
  * Try the same provider again? Transient failures only. A `CircuitOpenError` never retries
- * (the breaker said no), a stream that already delivered text is never restarted.
+ * (the breaker said no), a stream that already delivered text is never restarted, and an
+ * exhausted fallback chain is final.
  *
  * @since 0.1.0
  * @category predicates
@@ -172,7 +249,7 @@ export const isRetryable = (error: AiError): boolean => {
     case "ModelError":
       return retryableReasons.has(error.reason)
     case "TimeoutError":
-      return error.partialText === undefined || error.partialText.length === 0
+      return error.limit !== "total" && (error.partialText === undefined || error.partialText.length === 0)
     default:
       return false
   }
@@ -182,7 +259,7 @@ export const isRetryable = (error: AiError): boolean => {
  * Try another provider? Everything transient, plus failures specific to this provider
  * (its breaker is open, its key is refused, its answer did not decode, it has no such model).
  * Not a bad request (every provider would refuse it), not shutdown, not a stream that
- * already delivered text.
+ * already delivered text, not the call's total deadline.
  *
  * @since 0.1.0
  * @category predicates
@@ -192,7 +269,7 @@ export const shouldFallback = (error: AiError): boolean => {
     case "ModelError":
       // A model this provider does not have is specific to it: another may serve the request.
       if (error.reason === "InvalidRequest") return error.field === "model"
-      return error.reason !== "ContentFilter"
+      return error.reason !== "ContentFilter" && error.reason !== "TooLarge"
     case "CircuitOpenError":
       return true
     case "TimeoutError":
@@ -220,6 +297,8 @@ export const reasonOf = (error: AiError): string => {
       return "ShuttingDown"
     case "StreamInterruptedError":
       return "StreamInterrupted"
+    case "FallbackExhaustedError":
+      return "FallbackExhausted"
   }
 }
 
@@ -232,3 +311,12 @@ export const modelError = (
   message: string,
   fields?: Omit<ConstructorParameters<typeof ModelError>[0], "reason" | "message">
 ): ModelError => new ModelError({ reason, message, ...fields })
+
+/**
+ * A request or call option refused before any provider ran: `InvalidRequest` naming the field.
+ *
+ * @since 0.2.0
+ * @category constructors
+ */
+export const invalidRequest = (field: string, message: string, provider?: string): ModelError =>
+  new ModelError({ reason: "InvalidRequest", field, message: `invalid ${field}: ${message}`, provider })

@@ -1,26 +1,41 @@
 /**
- * Batches of queries: one outcome per item in input order, a concurrency limit shared by
- * every caller of the same manager, progress as a `Stream` or a plain callback, and
- * cancellation that reports which items never ran.
+ * Batches of queries: one outcome per item in input order whatever happens (bad items,
+ * provider defects, cancellation, shutdown), a concurrency limit shared by every batch of
+ * the same manager, progress as a callback, an Effect or a `Stream`, cancellation that
+ * reports which items never ran, and the batch's own stats.
+ *
+ * Every item runs through the one pipeline. An item with a domain (its own or the batch's)
+ * gets the plan `Router.execute` builds for that domain: its provider, deadlines and retry
+ * policy, the provider's shared breaker, rate limit and cache, and its fallback chain (or
+ * the batch's `fallback`). An item without one runs on the executor's own provider with
+ * the executor's retry policy (then the batch's `fallback` domains, if any).
+ *
+ * Concurrency: the manager's `maxConcurrent` is one `Semaphore` shared by every batch (an
+ * item holds a permit while it runs); a batch runs `min(concurrency, maxConcurrent, items)`
+ * worker fibers that take items by index, so a batch of 100k items never parks 100k fibers.
+ *
+ * Errors: an item's failure is that item's outcome (a bad item gets its own
+ * `InvalidRequest`, a provider defect becomes a `ModelError` with reason `Unknown`). The
+ * run itself fails only when the batch as a whole is invalid: `items` is not an array, or
+ * an option is wrong (`concurrency: 0` or `NaN`, an unknown `domain` or `fallback` domain,
+ * a `cancel` that is not an Effect): an `InvalidRequest` naming the field, before any item runs.
  *
  * @since 0.1.0
  */
-import { Cause, Context, Deferred, Duration, Effect, Either, Exit, Fiber, Layer, Mailbox, Option, Stream } from "effect"
-import { type AiError, ModelError, shouldFallback } from "./AiError.js"
-import { type CallManyOptions, type CallSpec, Executor, type RetryInfo } from "./Executor.js"
-import * as Limiter from "./internal/limiter.js"
-import * as Metrics from "./Metrics.js"
-import {
-  type GenerateRequest,
-  type GenerateResponse,
-  type Service as ProviderService,
-  validateGenerate
-} from "./Model.js"
+import { Context, Effect, Layer, Option, Queue, Semaphore, Stream } from "effect"
+import type { AiError, ModelError } from "./AiError.js"
+import { Executor } from "./Executor.js"
+import * as Input from "./Input.js"
+import type { GenerateRequest } from "./Model.js"
 import { type Answer, Router } from "./Router.js"
-import { type ExecutionStats, Stats } from "./Stats.js"
+import type { ExecutionStats } from "./Stats.js"
+import { run as runBatch } from "./batch/runner.js"
 
 /**
- * A query with its domain, a full request, or a bare prompt (on the batch's domain).
+ * A bare prompt (on the batch's domain), a query with its domain, or a full request. An
+ * item that is none of these (`null`, a number, `{ query: 5 }`) gets its own
+ * `InvalidRequest` naming it (`items[3]`, `items[3].query`); the others run. Answers of
+ * items that run without any domain name the domain `"none"`.
  *
  * @since 0.1.0
  * @category models
@@ -31,6 +46,11 @@ export type Item =
   | { readonly request: GenerateRequest; readonly domain?: string | undefined }
 
 /**
+ * `timeout`: a deadline fired. `rejected`: refused without an answer by an open breaker or
+ * by shutdown. `error`: any other failure (an exhausted fallback chain takes the status of
+ * its last step). `cancelled`: the batch was cancelled before the item finished (`ran`
+ * says whether it had started).
+ *
  * @since 0.1.0
  * @category models
  */
@@ -49,6 +69,7 @@ export interface ItemResult {
   readonly error?: AiError | undefined
   /** False for items that never started (the batch was cancelled first). */
   readonly ran: boolean
+  /** From the start of its call (a permit of the shared limit held) to its outcome. */
   readonly durationMs: number
   readonly retries: number
 }
@@ -81,10 +102,12 @@ export type ProgressEvent =
       readonly done: number
       readonly total: number
       readonly elapsedMs: number
+      readonly durationMs: number
     }
   | {
       readonly _tag: "Retried"
       readonly index: number
+      /** The attempt that failed (1 for the first). */
       readonly attempt: number
       readonly delayMs: number
       readonly done: number
@@ -111,7 +134,11 @@ export interface BatchResult {
   readonly cancelled: boolean
   /** Items that never started. */
   readonly notRun: ReadonlyArray<number>
-  /** The same figures as everywhere, filtered to this batch. */
+  /**
+   * Computed from this batch's own outcomes (totals, reasons, item latencies, waits for
+   * the shared limit, retries, fallbacks, its concurrency peak); `serviceTime` and
+   * `timeToFirstToken` are zeros here (see `Stats` per provider).
+   */
   readonly stats: ExecutionStats
 }
 
@@ -120,24 +147,19 @@ export interface BatchResult {
  * @category models
  */
 export interface RunOptions {
-  /**
-   * Domain of items that name none. Items with a domain go through the router (domain
-   * policy, breaker, cache, rate limits). When no item has one and there is no `fallback`,
-   * the batch runs on the executor's worker pool against its own provider, with the
-   * executor's retry policy and without breaker or cache.
-   */
+  /** Domain of the items that name none. */
   readonly domain?: string | undefined
-  /** At most this many items of this batch at once (never above the manager's shared limit). */
+  /** At most this many items of this batch at once (a positive integer; never above the manager's shared limit). */
   readonly concurrency?: number | undefined
-  /** Fallback domains tried in order after an item's own domain. */
+  /** Domains tried in order after an item's own domain (or after the executor's provider, for items without one). */
   readonly fallback?: ReadonlyArray<string> | undefined
   /** Called synchronously for each event, on the batch's fibers: keep it quick. A throw is logged once and ignored. */
   readonly onProgress?: ((event: ProgressEvent) => void) | undefined
-  /** The same events as an Effect (the batch waits for it). */
+  /** The same events as an Effect; the batch waits for it. A failure is logged once and ignored. */
   readonly onEvent?: ((event: ProgressEvent) => Effect.Effect<void>) | undefined
-  /** Completes when the batch should stop: in-flight calls are interrupted, the rest never start. */
+  /** Completes when the batch should stop: running calls are interrupted, the rest never start. */
   readonly cancel?: Effect.Effect<void> | undefined
-  /** Batch id (metric tag); generated when absent. */
+  /** Batch id (in the span and the result); generated when absent. */
   readonly id?: string | undefined
 }
 
@@ -154,367 +176,80 @@ export type StreamEvent = ProgressEvent | { readonly _tag: "Done"; readonly resu
  * @category models
  */
 export interface Service {
-  readonly run: (items: ReadonlyArray<Item>, options?: RunOptions) => Effect.Effect<BatchResult>
-  /** Progress events, then the result as the last element. */
-  readonly stream: (items: ReadonlyArray<Item>, options?: Omit<RunOptions, "onEvent">) => Stream.Stream<StreamEvent>
-  /** The shared concurrency limit. */
+  /**
+   * One outcome per item, in input order. Fails only when the batch as a whole is invalid
+   * (`items` not an array, or a wrong option): an `InvalidRequest` naming the field.
+   */
+  readonly run: (items: ReadonlyArray<Item>, options?: RunOptions) => Effect.Effect<BatchResult, ModelError>
+  /**
+   * Progress events, then the result as the last element. Leaving the stream early
+   * interrupts the batch. Events wait in a queue for a slower consumer (about two per
+   * item, plus one per retry): the batch itself never waits for the consumer.
+   */
+  readonly stream: (
+    items: ReadonlyArray<Item>,
+    options?: Omit<RunOptions, "onEvent">
+  ) => Stream.Stream<StreamEvent, ModelError>
+  /** The shared concurrency limit (`maxConcurrent`). */
   readonly limit: number
 }
 
 /**
  * @since 0.1.0
- * @category tags
+ * @category services
  */
-export class Batch extends Context.Tag("effect-orchestra/Batch")<Batch, Service>() {}
+export class Batch extends Context.Service<Batch, Service>()("effect-orchestra/Batch") {}
 
 /**
  * @since 0.1.0
  * @category models
  */
 export interface Options {
-  /** Calls running at once across every batch of this manager. Default 5. */
+  /** Items running at once across every batch of this manager (a positive integer). Default 5. */
   readonly maxConcurrent?: number | undefined
 }
 
-const statusOf = (error: AiError): Status => {
-  switch (error._tag) {
-    case "TimeoutError":
-      return "timeout"
-    case "ShuttingDownError":
-    case "CircuitOpenError":
-      return "rejected"
-    default:
-      return "error"
-  }
-}
-
-const toRequest = (item: Item): { readonly request: GenerateRequest; readonly domain: string | undefined } =>
-  typeof item === "string"
-    ? { request: { prompt: item }, domain: undefined }
-    : "query" in item
-      ? { request: { prompt: item.query }, domain: item.domain }
-      : { request: item.request, domain: item.domain }
-
-// A defect in one item (a provider bug) must not fail the others: it becomes that item's error.
-const defectError = (cause: Cause.Cause<unknown>): ModelError =>
-  new ModelError({
-    reason: "Unknown",
-    message: `unexpected defect: ${Cause.pretty(cause).split("\n")[0] ?? "unknown"}`,
-    cause: Cause.squash(cause)
-  })
-
-// A provider that interrupted itself (not interrupted by us: then nothing would observe it).
-const selfInterrupted = (): ModelError =>
-  new ModelError({ reason: "Unknown", message: "the provider call interrupted itself" })
-
-const toFailure = (cause: Cause.Cause<AiError>): Effect.Effect<never, AiError> => {
-  const failure = Cause.failureOption(cause)
-  if (Option.isSome(failure)) return Effect.fail(failure.value)
-  return Effect.fail(Cause.isInterruptedOnly(cause) ? selfInterrupted() : defectError(cause))
-}
-
-const direct = (response: GenerateResponse): Answer => ({
-  response,
-  domain: "default",
-  provider: response.provider,
-  attempts: 1,
-  fallbackUsed: false,
-  source: "provider"
-})
-
-const isDirect = (items: ReadonlyArray<Item>, options: RunOptions): boolean =>
-  options.domain === undefined &&
-  (options.fallback === undefined || options.fallback.length === 0) &&
-  items.every((item) => typeof item === "string" || item.domain === undefined)
-
 /**
+ * Builds the batch service over the executor and router in context. A `maxConcurrent`
+ * that is not a positive integer fails with an `OptionError` naming it.
+ *
  * @since 0.1.0
  * @category constructors
  */
-export const make = (options: Options = {}) =>
-  Effect.gen(function* () {
-    const executor = yield* Executor
-    const router = yield* Router
-    const stats = yield* Effect.serviceOption(Stats)
-    const clock = yield* Effect.clock
-    const limit = Math.max(1, Math.floor(options.maxConcurrent ?? 5))
-    const limiter = yield* Limiter.make(limit)
-    let batches = 0
+export const make = Effect.fnUntraced(function* (options: Options = {}) {
+  const limit = yield* Input.orOptionError(Input.positiveInt("maxConcurrent", options.maxConcurrent ?? 5))
+  const executor = yield* Executor
+  const router = yield* Router
+  const permits = yield* Semaphore.make(limit)
+  let batches = 0
+  const deps = { executor, router, permits, limit, nextId: () => `batch-${++batches}`, routes: new Map() }
 
-    const run = (items: ReadonlyArray<Item>, runOptions: RunOptions = {}): Effect.Effect<BatchResult> =>
-      Effect.suspend(() => {
-        const id = runOptions.id ?? `batch-${++batches}`
-        const tags = { batch: id }
-        const total = items.length
-        const fallback = runOptions.fallback ?? []
-        const start = clock.unsafeCurrentTimeMillis()
-        const results: Array<ItemResult | undefined> = Array.from({ length: total }, () => undefined)
-        const startedAt: Array<number | undefined> = Array.from({ length: total }, () => undefined)
-        const retries = new Array<number>(total).fill(0)
-        let done = 0
-        let stopped = false
-        let callbackFailed = false
-        const onProgress = runOptions.onProgress
-        const onEvent = runOptions.onEvent
-        // A throwing callback is the caller's bug, not the batch's: it is logged once and ignored.
-        const emit = (event: ProgressEvent): Effect.Effect<void> => {
-          if (onProgress !== undefined) {
-            try {
-              onProgress(event)
-            } catch (error) {
-              if (!callbackFailed) {
-                callbackFailed = true
-                const warn = Effect.logWarning(
-                  "Batch: the onProgress callback threw; later throws are not logged",
-                  error
-                )
-                return onEvent === undefined ? warn : Effect.zipRight(warn, onEvent(event))
-              }
-            }
-          }
-          return onEvent === undefined ? Effect.void : onEvent(event)
-        }
-        const silent = onProgress === undefined && onEvent === undefined
-
-        const started = (index: number): Effect.Effect<void> => {
-          const now = clock.unsafeCurrentTimeMillis()
-          startedAt[index] = now
-          return silent ? Effect.void : emit({ _tag: "Started", index, done, total, elapsedMs: now - start })
-        }
-
-        const finished = (index: number, outcome: Either.Either<Answer, AiError>): Effect.Effect<void> => {
-          const now = clock.unsafeCurrentTimeMillis()
-          let began = startedAt[index]
-          // An item refused before its call began (an invalid request) still reports a start.
-          const before = began === undefined ? started(index) : Effect.void
-          began ??= now
-          const durationMs = now - began
-          done++
-          let event: ProgressEvent | undefined
-          if (outcome._tag === "Right") {
-            results[index] = {
-              index,
-              status: "success",
-              answer: outcome.right,
-              ran: true,
-              durationMs,
-              retries: retries[index]!
-            }
-            if (!silent) event = { _tag: "Succeeded", index, done, total, elapsedMs: now - start, durationMs }
-          } else {
-            const error = outcome.left
-            const status = statusOf(error)
-            results[index] = { index, status, error, ran: true, durationMs, retries: retries[index]! }
-            if (!silent) event = { _tag: "Failed", index, status, error, done, total, elapsedMs: now - start }
-          }
-          return event === undefined ? before : Effect.zipRight(before, emit(event))
-        }
-
-        const onRetryFor =
-          (index: number) =>
-          (info: RetryInfo): Effect.Effect<void> => {
-            retries[index]! += 1
-            if (silent) return Effect.void
-            return emit({
-              _tag: "Retried",
-              index,
-              attempt: info.attempt,
-              delayMs: Duration.toMillis(info.delay),
-              done,
-              total,
-              elapsedMs: clock.unsafeCurrentTimeMillis() - start
-            })
-          }
-
-        const workers = Math.max(0, Math.min(total, Math.floor(runOptions.concurrency ?? limit), limit))
-        const pool = isDirect(items, runOptions) ? directPool() : routedPool()
-
-        // Items that name no domain go straight to the executor's own provider: the executor's
-        // worker pool runs them (no fiber per call), holding a permit of the shared limiter each.
-        function directPool(): Effect.Effect<void> {
-          const rejectedSpec = (error: ModelError): AiError =>
-            error.provider === undefined
-              ? new ModelError({
-                  reason: error.reason,
-                  message: error.message,
-                  field: error.field,
-                  provider: executor.provider.name
-                })
-              : error
-          const guarded =
-            (request: GenerateRequest) =>
-            (provider: ProviderService): Effect.Effect<GenerateResponse, AiError> =>
-              Effect.catchAllCause(provider.generate(request), toFailure)
-          const manyOptions: CallManyOptions<GenerateResponse> = {
-            concurrency: workers,
-            limiter,
-            tags,
-            retry: true,
-            onStart: started,
-            onOutcome: (index, outcome) => finished(index, Either.map(outcome, direct))
-          }
-          return Effect.asVoid(
-            executor.callMany(items, manyOptions, (item, index) => {
-              // Cancelled before this item was admitted: park until the pool is interrupted.
-              if (stopped) return Effect.never
-              return Effect.mapBoth(validateGenerate(toRequest(item).request), {
-                onFailure: rejectedSpec,
-                onSuccess: (valid): CallSpec<GenerateResponse> => ({
-                  run: guarded(valid),
-                  options: { tags, retry: true, onRetry: onRetryFor(index) }
-                })
-              })
-            })
-          )
-        }
-
-        // Items with a domain go through the router (domain policy, breakers, cache, rate
-        // limits, fallbacks), one call per item under a permit of the shared limiter.
-        function routedPool(): Effect.Effect<void> {
-          const withFallback = (
-            request: GenerateRequest,
-            first: Effect.Effect<Answer, AiError>
-          ): Effect.Effect<Answer, AiError> =>
-            Effect.catchIf(first, shouldFallback, () =>
-              Effect.map(router.executeWithFallback(request, fallback, { tags }), (answer): Answer => {
-                if (Option.isSome(stats) && answer.attempts === 1) {
-                  const labels = stats.value.labels({ provider: answer.provider, domain: answer.domain, tags })
-                  Metrics.fallbacks.unsafeUpdate(1, labels.exact)
-                }
-                return { ...answer, attempts: answer.attempts + 1, fallbackUsed: true }
-              })
-            )
-
-          const callOne = (index: number): Effect.Effect<Answer, AiError> => {
-            const { request, domain: own } = toRequest(items[index]!)
-            const domain = own ?? runOptions.domain
-            const onRetry = onRetryFor(index)
-            if (domain === undefined) {
-              const first = Effect.map(executor.execute(request, { tags, retry: true, onRetry }), direct)
-              return fallback.length === 0 ? first : withFallback(request, first)
-            }
-            return fallback.length === 0
-              ? router.execute(request, domain, { tags, onRetry })
-              : router.executeWithFallback(request, [domain, ...fallback], { tags, onRetry })
-          }
-
-          const runItem = (index: number): Effect.Effect<void> =>
-            limiter.withPermit(
-              Effect.zipRight(
-                started(index),
-                Effect.matchCauseEffect(callOne(index), {
-                  onSuccess: (answer) => finished(index, Either.right(answer)),
-                  onFailure: (cause) => {
-                    // Our own interruptions never get here: an interruption is the call's own doing.
-                    const failure = Cause.failureOption(cause)
-                    if (Option.isSome(failure)) return finished(index, Either.left(failure.value))
-                    return finished(
-                      index,
-                      Either.left(Cause.isInterruptedOnly(cause) ? selfInterrupted() : defectError(cause))
-                    )
-                  }
-                })
-              )
-            )
-
-          let next = 0
-          const worker: Effect.Effect<void> = Effect.suspend(() => {
-            if (stopped || next >= total) return Effect.void
-            return Effect.zipRight(runItem(next++), worker)
-          })
-          return Effect.forEach(Array.from({ length: workers }), () => worker, {
-            concurrency: "unbounded",
-            discard: true
-          })
-        }
-
-        return Effect.gen(function* () {
-          let cancelled = false
-          if (runOptions.cancel === undefined) {
-            yield* pool
-          } else {
-            // The watcher is forked before the pool, so a cancel that has already happened
-            // stops the batch before its first item; the pools check `stopped` before each item.
-            const outcome = yield* Deferred.make<"done" | "cancel">()
-            const watcher = yield* Effect.fork(
-              Effect.zipRight(
-                runOptions.cancel,
-                Effect.suspend(() => {
-                  stopped = true
-                  return Deferred.succeed(outcome, "cancel")
-                })
-              )
-            )
-            const poolFiber = yield* Effect.fork(Effect.zipRight(pool, Deferred.succeed(outcome, "done")))
-            if ((yield* Deferred.await(outcome)) === "cancel") {
-              cancelled = true
-              yield* Fiber.interrupt(poolFiber)
-            } else {
-              yield* Fiber.join(poolFiber)
-            }
-            yield* Fiber.interrupt(watcher)
-          }
-
-          const end = clock.unsafeCurrentTimeMillis()
-          const notRun: Array<number> = []
-          const final: Array<ItemResult> = []
-          for (let index = 0; index < total; index++) {
-            const result = results[index]
-            if (result !== undefined) {
-              final.push(result)
-              continue
-            }
-            const began = startedAt[index]
-            if (began === undefined) notRun.push(index)
-            final.push({
-              index,
-              status: "cancelled",
-              ran: began !== undefined,
-              durationMs: began === undefined ? 0 : end - began,
-              retries: retries[index]!
-            })
-          }
-          if (cancelled) yield* emit({ _tag: "Cancelled", notRun, done, total, elapsedMs: end - start })
-          const batchStats = yield* executor.stats({ tags })
-          const result: BatchResult = {
-            id,
-            results: final,
-            elapsedMs: end - start,
-            cancelled,
-            notRun,
-            stats: batchStats
-          }
-          return result
-        })
-      }).pipe(Effect.withSpan("Batch.run", { attributes: { "orchestra.batch.items": items.length } }))
-
-    const stream = (items: ReadonlyArray<Item>, runOptions: Omit<RunOptions, "onEvent"> = {}) =>
-      Stream.unwrapScoped(
-        Effect.gen(function* () {
-          const mailbox = yield* Mailbox.make<StreamEvent>()
-          const user = runOptions.onProgress
-          // A synchronous offer per event (the mailbox is unbounded): no Effect per event.
-          const onProgress = (event: ProgressEvent): void => {
-            mailbox.unsafeOffer(event)
-            user?.(event)
-          }
-          yield* run(items, { ...runOptions, onProgress }).pipe(
-            Effect.flatMap((result) => mailbox.offer({ _tag: "Done", result })),
-            Effect.onExit((exit) => (Exit.isSuccess(exit) ? mailbox.end : mailbox.failCause(exit.cause))),
-            Effect.forkScoped
-          )
-          return Mailbox.toStream(mailbox)
-        })
-      )
-
-    return { run, stream, limit } satisfies Service
+  const run = Effect.fn("Batch.run")(function* (items: ReadonlyArray<Item>, runOptions?: RunOptions) {
+    return yield* runBatch(deps, items, runOptions)
   })
+
+  const stream = (items: ReadonlyArray<Item>, runOptions: Omit<RunOptions, "onEvent"> = {}) =>
+    Stream.callback<StreamEvent, ModelError>((queue) => {
+      const user = runOptions?.onProgress
+      // A synchronous offer per event (the queue is unbounded): no Effect per event.
+      const onProgress = (event: ProgressEvent): void => {
+        Queue.offerUnsafe(queue, event)
+        user?.(event)
+      }
+      return Effect.flatMap(run(items, { ...runOptions, onProgress }), (result) => {
+        Queue.offerUnsafe(queue, { _tag: "Done", result })
+        return Queue.end(queue)
+      })
+    })
+
+  return { run, stream, limit } satisfies Service
+})
 
 /**
  * @since 0.1.0
  * @category layers
  */
-export const layer = (options: Options = {}): Layer.Layer<Batch, never, Executor | Router> =>
+export const layer = (options: Options = {}): Layer.Layer<Batch, Input.OptionError, Executor | Router> =>
   Layer.effect(Batch, make(options))
 
 /**
@@ -537,7 +272,7 @@ export const layer = (options: Options = {}): Layer.Layer<Batch, never, Executor
  * @since 0.1.0
  * @category accessors
  */
-export const run = (items: ReadonlyArray<Item>, options?: RunOptions): Effect.Effect<BatchResult, never, Batch> =>
+export const run = (items: ReadonlyArray<Item>, options?: RunOptions): Effect.Effect<BatchResult, ModelError, Batch> =>
   Effect.flatMap(Batch, (batch) => batch.run(items, options))
 
 /**
@@ -550,9 +285,12 @@ export const run = (items: ReadonlyArray<Item>, options?: RunOptions): Effect.Ef
 export const stream = (
   items: ReadonlyArray<Item>,
   options?: Omit<RunOptions, "onEvent">
-): Stream.Stream<StreamEvent, never, Batch> => Stream.unwrap(Effect.map(Batch, (batch) => batch.stream(items, options)))
+): Stream.Stream<StreamEvent, ModelError, Batch> =>
+  Stream.unwrap(Effect.map(Batch, (batch) => batch.stream(items, options)))
 
 /**
+ * The answers of the items that succeeded, in input order.
+ *
  * @since 0.1.0
  * @category utils
  */
@@ -560,8 +298,10 @@ export const successes = (result: BatchResult): ReadonlyArray<Answer> =>
   result.results.flatMap((r) => (r.answer === undefined ? [] : [r.answer]))
 
 /**
+ * The error of the first item that failed, in input order.
+ *
  * @since 0.1.0
  * @category utils
  */
 export const firstError = (result: BatchResult): Option.Option<AiError> =>
-  Option.fromNullable(result.results.find((r) => r.error !== undefined)?.error)
+  Option.fromNullishOr(result.results.find((r) => r.error !== undefined)?.error)

@@ -1,30 +1,45 @@
 /**
- * Named domains (a provider, a model, a system prompt and a policy) and the registry of
- * named providers they refer to. Providers are built once per application.
+ * Named domains (a provider, a model, a system prompt, and the policies of their calls)
+ * and the registry of named providers they refer to. Providers are built once per
+ * application; their breaker, rate limit and cache are shared by every domain on them.
  *
  * @since 0.1.0
  */
-import { Context, Effect, Either, Layer, ParseResult, Schema } from "effect"
-import type { Scope } from "effect"
-import { ModelError } from "./AiError.js"
+import { Context, Duration, Effect, Layer, Result, Schema, type Scope } from "effect"
+import { invalidRequest, ModelError } from "./AiError.js"
+import * as Input from "./Input.js"
 import { type GenerateRequest, ModelProvider, type Service as ProviderService } from "./Model.js"
-import { DurationInput, RetryPolicy } from "./Policy.js"
+import { RetryPolicy } from "./Policy.js"
+
+const Name = Schema.String.check(Schema.isTrimmed(), Schema.isMinLength(1))
 
 /**
+ * A domain: where its calls go and the policies they run with.
+ *
  * @since 0.1.0
  * @category schemas
  */
 export const Domain = Schema.Struct({
-  name: Schema.NonEmptyTrimmedString,
+  name: Name,
   /** Name of a provider in the `Providers` registry. */
-  provider: Schema.NonEmptyTrimmedString,
-  model: Schema.optional(Schema.NonEmptyTrimmedString),
+  provider: Name,
+  model: Schema.optional(Name),
   system: Schema.optional(Schema.String),
   description: Schema.optional(Schema.String),
-  timeout: Schema.optional(DurationInput),
+  /** Deadline of each attempt (default: the executor's). */
+  timeout: Schema.optional(Input.DurationFromInput),
+  /** Deadline of a whole call on this domain, retries and fallbacks included. */
+  totalTimeout: Schema.optional(Input.DurationFromInput),
+  /** Retries on this domain's provider (none when absent). */
   retry: Schema.optional(RetryPolicy),
-  temperature: Schema.optional(Schema.Number.pipe(Schema.between(0, 2))),
-  maxTokens: Schema.optional(Schema.Int.pipe(Schema.between(1, 1_000_000)))
+  temperature: Schema.optional(Schema.Number.check(Schema.isBetween({ minimum: 0, maximum: 2 }))),
+  maxTokens: Schema.optional(Schema.Int.check(Schema.isBetween({ minimum: 1, maximum: 1_000_000 }))),
+  /** Domains tried in order when this one fails in a way that falls back. */
+  fallback: Schema.optional(Schema.Array(Name)),
+  /** With `fallback`: start the next domain after this long without an answer (hedging). */
+  hedgeAfter: Schema.optional(Input.DurationFromInput),
+  /** Use the response cache when the application has one (default true). */
+  cache: Schema.optional(Schema.Boolean)
 })
 
 /**
@@ -40,17 +55,6 @@ export type Domain = typeof Domain.Type
  * @category models
  */
 export type DomainInput = typeof Domain.Encoded
-
-/**
- * A domain configuration that failed validation.
- *
- * @since 0.1.0
- * @category errors
- */
-export class DomainConfigError extends Schema.TaggedError<DomainConfigError>("effect-orchestra/DomainConfigError")(
-  "DomainConfigError",
-  { message: Schema.String, path: Schema.String }
-) {}
 
 /**
  * The built-in domains, on the provider named `defaultProvider`.
@@ -86,28 +90,89 @@ export const predefined = (defaultProvider = "default"): ReadonlyArray<Domain> =
   }
 ]
 
-const DomainList = Schema.Array(Domain)
-const decodeDomains = Schema.decodeUnknownEither(DomainList, { onExcessProperty: "error", errors: "first" })
+/**
+ * The built-in domain names.
+ *
+ * @since 0.2.0
+ * @category constants
+ */
+export const predefinedNames: ReadonlyArray<string> = ["support", "technical", "finance"]
+
+const decodeDomain = Schema.decodeUnknownResult(Domain, { onExcessProperty: "error" })
+
+const positive = (path: string, d: Duration.Duration | undefined): Input.Checked<void> =>
+  d !== undefined && Duration.isZero(d)
+    ? Result.fail({ path, message: "expected a duration above zero, got 0" })
+    : Result.succeed(undefined)
 
 /**
- * Validates domains from a config value. A bad value fails with the path of the first
- * wrong field, e.g. `[1].retry.maxAttempts`.
+ * Checks domains (a config value or domains built in code). A bad value fails with the
+ * path of the first wrong field, e.g. `domains[1].retry.maxAttempts`; duplicate names and
+ * fallbacks to unknown domains are refused.
  *
  * @since 0.1.0
  * @category constructors
  */
-export const fromConfig = (input: unknown): Effect.Effect<ReadonlyArray<Domain>, DomainConfigError> => {
-  const result = decodeDomains(input)
-  if (Either.isRight(result)) return Effect.succeed(result.right)
-  const issue = ParseResult.ArrayFormatter.formatErrorSync(result.left)[0]
-  const path = (issue?.path ?? []).map((p) => (typeof p === "number" ? `[${p}]` : `.${String(p)}`)).join("")
-  return Effect.fail(
-    new DomainConfigError({
-      path: path.replace(/^\./, "") || "(root)",
-      message: `invalid domain config at ${path.replace(/^\./, "") || "(root)"}: ${issue?.message ?? "invalid"}`
-    })
-  )
+export const check = (input: unknown, path = "domains"): Input.Checked<ReadonlyArray<Domain>> => {
+  if (!Array.isArray(input)) return Result.fail({ path, message: "expected an array of domains" })
+  const domains: Array<Domain> = []
+  const names = new Set<string>()
+  for (const [i, raw] of input.entries()) {
+    const at = `${path}[${i}]`
+    const decoded = decodeDomain(encodeDurations(raw))
+    if (Result.isFailure(decoded)) return Result.fail(Input.issueOf(decoded.failure, at))
+    const domain = decoded.success
+    if (names.has(domain.name)) return Result.fail({ path: `${at}.name`, message: `duplicate domain "${domain.name}"` })
+    if (domain.name === "none") {
+      return Result.fail({ path: `${at}.name`, message: `"none" is reserved: it names calls made without a domain` })
+    }
+    const zero = Input.all([
+      positive(`${at}.timeout`, domain.timeout),
+      positive(`${at}.totalTimeout`, domain.totalTimeout)
+    ])
+    if (Result.isFailure(zero)) return Result.fail(zero.failure)
+    names.add(domain.name)
+    domains.push(domain)
+  }
+  for (const [i, domain] of domains.entries()) {
+    for (const [j, next] of (domain.fallback ?? []).entries()) {
+      if (!names.has(next)) {
+        return Result.fail({ path: `${path}[${i}].fallback[${j}]`, message: `unknown domain "${next}"` })
+      }
+      if (next === domain.name) {
+        return Result.fail({ path: `${path}[${i}].fallback[${j}]`, message: "a domain cannot fall back to itself" })
+      }
+    }
+  }
+  return Result.succeed(domains)
 }
+
+// Domains built in code may hold decoded values (Durations, a decoded RetryPolicy): encode them back.
+const encodeDurations = (raw: unknown): unknown => {
+  if (typeof raw !== "object" || raw === null) return raw
+  const out: Record<string, unknown> = { ...(raw as Record<string, unknown>) }
+  for (const key of ["timeout", "totalTimeout", "hedgeAfter"]) {
+    const v = out[key]
+    if (Duration.isDuration(v) && Duration.isFinite(v)) out[key] = Duration.toMillis(v)
+  }
+  const retry = out.retry
+  if (typeof retry === "object" && retry !== null) {
+    const r: Record<string, unknown> = { ...(retry as Record<string, unknown>) }
+    for (const [k, v] of Object.entries(r))
+      if (Duration.isDuration(v) && Duration.isFinite(v)) r[k] = Duration.toMillis(v)
+    out.retry = r
+  }
+  return out
+}
+
+/**
+ * Validates domains from a config value (an `OptionError` naming the field).
+ *
+ * @since 0.1.0
+ * @category constructors
+ */
+export const fromConfig = (input: unknown, path = "domains"): Effect.Effect<ReadonlyArray<Domain>, Input.OptionError> =>
+  Input.orOptionError(check(input, path))
 
 /**
  * Applies a domain to a request: its system prompt (unless the request has one), model
@@ -136,9 +201,9 @@ export interface DomainsService {
 
 /**
  * @since 0.1.0
- * @category tags
+ * @category services
  */
-export class Domains extends Context.Tag("effect-orchestra/Domains")<Domains, DomainsService>() {}
+export class Domains extends Context.Service<Domains, DomainsService>()("effect-orchestra/Domains") {}
 
 /**
  * @since 0.1.0
@@ -150,28 +215,26 @@ export const makeDomains = (domains: ReadonlyArray<Domain>): DomainsService => {
   return {
     all: Array.from(byName.values()),
     get: (name) => {
+      if (typeof name !== "string")
+        return Effect.fail(
+          invalidRequest("domain", `expected a domain name, got ${name === null ? "null" : typeof name}`)
+        )
       const found = byName.get(name)
       return found === undefined
-        ? Effect.fail(
-            new ModelError({
-              reason: "InvalidRequest",
-              field: "domain",
-              message: `unknown domain "${name}" (known: ${names.join(", ")})`
-            })
-          )
+        ? Effect.fail(invalidRequest("domain", `unknown domain "${name}" (known: ${names.join(", ")})`))
         : Effect.succeed(found)
     }
   }
 }
 
 /**
- * Domains given in code; later entries replace earlier ones of the same name.
+ * Domains given in code, checked (an `OptionError` naming the field).
  *
  * @since 0.1.0
  * @category layers
  */
-export const layerDomains = (domains: ReadonlyArray<Domain>): Layer.Layer<Domains> =>
-  Layer.succeed(Domains, makeDomains(domains))
+export const layerDomains = (domains: ReadonlyArray<Domain | DomainInput>): Layer.Layer<Domains, Input.OptionError> =>
+  Layer.effect(Domains, Effect.map(fromConfig(domains), makeDomains))
 
 /**
  * Domains from a config value (e.g. parsed JSON), validated.
@@ -179,7 +242,7 @@ export const layerDomains = (domains: ReadonlyArray<Domain>): Layer.Layer<Domain
  * @since 0.1.0
  * @category layers
  */
-export const layerDomainsFromConfig = (input: unknown): Layer.Layer<Domains, DomainConfigError> =>
+export const layerDomainsFromConfig = (input: unknown): Layer.Layer<Domains, Input.OptionError> =>
   Layer.effect(Domains, Effect.map(fromConfig(input), makeDomains))
 
 /**
@@ -195,9 +258,9 @@ export interface ProvidersService {
  * The application's named providers, each built once.
  *
  * @since 0.1.0
- * @category tags
+ * @category services
  */
-export class Providers extends Context.Tag("effect-orchestra/Providers")<Providers, ProvidersService>() {}
+export class Providers extends Context.Service<Providers, ProvidersService>()("effect-orchestra/Providers") {}
 
 /**
  * @since 0.1.0
@@ -232,10 +295,10 @@ export const layerProviders = <const L extends Record<string, Layer.Layer<ModelP
   layers: L
 ): Layer.Layer<
   Providers,
-  { [K in keyof L]: Layer.Layer.Error<L[K]> }[keyof L],
-  { [K in keyof L]: Layer.Layer.Context<L[K]> }[keyof L]
+  { [K in keyof L]: Layer.Error<L[K]> }[keyof L],
+  { [K in keyof L]: Layer.Services<L[K]> }[keyof L]
 > =>
-  Layer.scoped(
+  Layer.effect(
     Providers,
     Effect.map(
       Effect.forEach(Object.entries(layers), ([name, layer]) =>

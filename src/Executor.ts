@@ -1,29 +1,37 @@
 /**
- * One model call made safe: validation, a deadline, retries on an exponential schedule,
- * metrics, and a graceful shutdown. Every other component (batches, fallbacks, hedging,
- * pipelines) is built on `execute`.
+ * One model call made safe: validation, deadlines, retries on an exponential schedule, the
+ * shared breaker, rate limit and cache of its provider, metrics, and a graceful shutdown.
+ * Every other component (domains, fallbacks, batches, pipelines, agents, the facade)
+ * runs its calls through the executor's pipeline (`run`, documented in `Policy.ts`).
  *
  * @since 0.1.0
  */
-import { Context, Deferred, Duration, Effect, type Either, Layer, type Stream } from "effect"
-import type { Scope } from "effect"
-import { type AiError, ModelError, ShuttingDownError } from "./AiError.js"
-import * as Calls from "./internal/calls.js"
-import * as Streaming from "./Streaming.js"
-import type { Limiter } from "./internal/limiter.js"
-import * as Metrics from "./Metrics.js"
+import { Context, Duration, Effect, Layer, Option, Result, type Stream, Tracer } from "effect"
+import { type AiError, invalidRequest, ModelError } from "./AiError.js"
+import { Breakers } from "./CircuitBreaker.js"
+import * as Input from "./Input.js"
 import {
   type EmbedRequest,
   type EmbedResponse,
+  estimateInputTokens,
   type GenerateRequest,
   type GenerateResponse,
   ModelProvider,
+  type RequestLimits,
+  requestLimits,
   type Service as ProviderService,
   type StreamPart,
+  checkGenerate,
   validateEmbed,
   validateGenerate
 } from "./Model.js"
-import { defaultRetry, type RetryPolicy, type RetryPolicyInput, retry as makeRetry } from "./Policy.js"
+import { decodeRetry, defaultRetry, type RetryPolicy, type RetryPolicyInput } from "./Policy.js"
+import { RateLimits } from "./RateLimit.js"
+import { ResponseCache } from "./ResponseCache.js"
+import * as Engine from "./policy/engine.js"
+import { forEachPool } from "./policy/pool.js"
+import { traced } from "./policy/span.js"
+import * as StreamEngine from "./policy/stream.js"
 import { type ExecutionStats, type Filter, layer as statsLayer, Stats } from "./Stats.js"
 
 /**
@@ -33,6 +41,8 @@ import { type ExecutionStats, type Filter, layer as statsLayer, Stats } from "./
  * @category models
  */
 export interface RetryInfo {
+  readonly provider: string
+  readonly domain?: string | undefined
   /** The attempt that failed (1 for the first). */
   readonly attempt: number
   readonly error: AiError
@@ -40,20 +50,27 @@ export interface RetryInfo {
 }
 
 /**
+ * Options of one call. Every value is checked: a bad one fails the call with an
+ * `InvalidRequest` naming it.
+ *
  * @since 0.1.0
  * @category models
  */
 export interface ExecuteOptions {
   /** Deadline of each attempt (default: the executor's, 30 s). `"none"` disables it. */
-  readonly timeout?: Duration.DurationInput | "none" | undefined
-  /** `true` for the default policy, a policy (or its partial input), or `false` (default for `execute`). */
+  readonly timeout?: Duration.Input | "none" | undefined
+  /** Deadline of the whole call, retries and waits included. Default: none. */
+  readonly totalTimeout?: Duration.Input | undefined
+  /** `true` for the executor's policy, a policy (or its partial input), or `false` (the default for `execute`). */
   readonly retry?: boolean | RetryPolicy | RetryPolicyInput | undefined
-  /** Domain tag for the metrics. */
+  /** Domain dimension of the metrics. */
   readonly domain?: string | undefined
-  /** Extra metric tags (e.g. a batch id). Keep their values low-cardinality. */
-  readonly tags?: Readonly<Record<string, string>> | undefined
   /** Call this provider instead of the executor's own. */
   readonly provider?: ProviderService | undefined
+  /** Use the response cache when the executor has one (default true). */
+  readonly cache?: boolean | undefined
+  /** When the call fails, answer from an expired cache entry within its grace (default false). */
+  readonly allowStale?: boolean | undefined
   readonly onRetry?: ((info: RetryInfo) => Effect.Effect<void>) | undefined
 }
 
@@ -67,32 +84,54 @@ export interface ManyOptions extends ExecuteOptions {
 }
 
 /**
- * One item of `callMany`: the provider call, and its options (the batch's when absent).
+ * The pipeline's own types, for modules that build plans (Router, HttpAgent, Pipeline).
  *
- * @since 0.1.0
+ * @since 0.2.0
  * @category models
  */
-export interface CallSpec<A> {
-  readonly run: (provider: ProviderService) => Effect.Effect<A, AiError>
-  readonly options?: ExecuteOptions | undefined
-}
+export type Step<T> = Engine.Step<T>
 
 /**
- * Options of `callMany`. The `ExecuteOptions` fields are the defaults of every item.
- *
- * @since 0.1.0
+ * @since 0.2.0
  * @category models
  */
-export interface CallManyOptions<A> extends ManyOptions {
-  /**
-   * A limit shared with other callers: each item holds one permit from before its call
-   * starts until its outcome (retries and their waits included). Waiting is FIFO.
-   */
-  readonly limiter?: Limiter | undefined
-  /** Runs in the worker when an item's call has been admitted, before its first attempt. */
-  readonly onStart?: ((index: number) => Effect.Effect<void>) | undefined
-  /** Runs in the worker once an item has its outcome (metrics already recorded). */
-  readonly onOutcome?: ((index: number, outcome: Either.Either<A, AiError>) => Effect.Effect<void>) | undefined
+export type Plan<T, A> = Engine.Plan<T, A>
+
+/**
+ * @since 0.2.0
+ * @category models
+ */
+export type Answer<T, A> = Engine.Answer<T, A>
+
+/**
+ * @since 0.2.0
+ * @category models
+ */
+export type StreamPlan = StreamEngine.StreamPlan
+
+/**
+ * @since 0.2.0
+ * @category models
+ */
+export type StreamOptions = StreamEngine.StreamOptions
+
+/**
+ * The policies shared by every call of a provider: one breaker, one rate limit and one
+ * cache per application, looked up by provider name.
+ *
+ * @since 0.2.0
+ * @category models
+ */
+export interface Guards {
+  readonly breaker?: Engine.BreakerGuard | undefined
+  readonly rateLimit?: Engine.LimitGuard | undefined
+  readonly cache?:
+    | (Engine.CacheGuard<GenerateResponse> & {
+        readonly key: (input: { readonly provider: string; readonly request: GenerateRequest }) => string
+        readonly getParts?: StreamEngine.StreamCache["getParts"]
+        readonly setParts?: StreamEngine.StreamCache["setParts"]
+      })
+    | undefined
 }
 
 /**
@@ -101,227 +140,405 @@ export interface CallManyOptions<A> extends ManyOptions {
  */
 export interface Service {
   readonly execute: (request: GenerateRequest, options?: ExecuteOptions) => Effect.Effect<GenerateResponse, AiError>
-  /** `execute` with the default retry policy unless `options.retry` says otherwise. */
+  /** `execute` with the executor's retry policy unless `options.retry` says otherwise. */
   readonly executeWithRetry: (
     request: GenerateRequest,
     options?: ExecuteOptions
   ) => Effect.Effect<GenerateResponse, AiError>
-  /** One outcome per request, in input order; a failure never fails the others. */
+  /**
+   * One outcome per request, in input order; a failure never fails the others. Fails as a
+   * whole only when the options themselves are invalid (an `InvalidRequest` naming them).
+   */
   readonly executeMany: (
     requests: Iterable<GenerateRequest>,
     options?: ManyOptions
-  ) => Effect.Effect<ReadonlyArray<Either.Either<GenerateResponse, AiError>>>
+  ) => Effect.Effect<ReadonlyArray<Result.Result<GenerateResponse, AiError>>, ModelError>
   readonly embed: (request: EmbedRequest, options?: ExecuteOptions) => Effect.Effect<EmbedResponse, AiError>
   /**
-   * A stream of text deltas and a final `Finish`, through every policy: first-chunk, idle
-   * and total deadlines, retries and fallbacks before the first chunk, typed partial-text
-   * failures after it (see `Streaming`).
+   * A stream of text deltas and a final `Finish`, through the same pipeline: first-chunk,
+   * idle and total deadlines, retries and fallbacks before the first chunk, typed
+   * partial-text failures after it, the provider's breaker, rate limit and cache, and the
+   * graceful shutdown.
    */
-  readonly stream: (request: GenerateRequest, options?: Streaming.StreamOptions) => Stream.Stream<StreamPart, AiError>
-  /**
-   * The generic path every call takes: admission, deadline, retries and metrics around
-   * `f(provider)`. Other modules build on it.
-   */
-  readonly call: <A>(
-    f: (provider: ProviderService) => Effect.Effect<A, AiError>,
-    options?: ExecuteOptions
-  ) => Effect.Effect<A, AiError>
-  /**
-   * `call` for many items over a pool of `concurrency` worker fibers: one outcome per item,
-   * in input order. Each worker runs its items' provider calls itself (no fiber per call);
-   * a deadline interrupts the worker, and a replacement carries on with the item's retry
-   * and the next items. `f` may fail (the item's outcome, counted as a failed request
-   * without calling the provider), e.g. when the item does not validate. Interrupting the
-   * returned effect interrupts the running calls; items not started get no outcome.
-   */
-  readonly callMany: <I, A>(
-    items: Iterable<I>,
-    options: CallManyOptions<A>,
-    f: (item: I, index: number) => CallSpec<A> | Effect.Effect<CallSpec<A>, AiError>
-  ) => Effect.Effect<ReadonlyArray<Either.Either<A, AiError>>>
+  readonly stream: (request: GenerateRequest, options?: StreamOptions) => Stream.Stream<StreamPart, AiError>
+  /** The pipeline, for modules that build their own plans. */
+  readonly run: <T, A>(
+    plan: Plan<T, A>,
+    call: (target: T, step: Step<T>) => Effect.Effect<A, AiError>
+  ) => Effect.Effect<Answer<T, A>, AiError>
+  /** The streaming pipeline, for modules that build their own plans. */
+  readonly runStream: (plan: StreamPlan, request: GenerateRequest) => Stream.Stream<StreamPart, AiError>
+  /** A step on a provider with the executor's defaults and shared guards, for building plans. */
+  readonly stepFor: (
+    provider: ProviderService,
+    options?: {
+      readonly domain?: string | undefined
+      readonly timeout?: Duration.Duration | "none" | undefined
+      readonly retry?: RetryPolicy | false | undefined
+      readonly tokens?: number | undefined
+    }
+  ) => Step<ProviderService>
+  /** Checks per-call options, resolving `retry: true` to the executor's policy. */
+  readonly resolve: (options: ExecuteOptions) => Effect.Effect<ResolvedOptions, ModelError>
   readonly provider: ProviderService
+  readonly guards: Guards
+  readonly limits: RequestLimits
   readonly stats: (filter?: Filter) => Effect.Effect<ExecutionStats>
   /** True once the executor's scope has begun to close. */
   readonly isShuttingDown: Effect.Effect<boolean>
+  /** Runs an effect as a tracked wait: the shutdown interrupts it with `ShuttingDownError`. */
+  readonly tracked: <A, E>(
+    effect: Effect.Effect<A, E>,
+    timeout?: Duration.Duration | undefined
+  ) => Effect.Effect<A, E | AiError>
+}
+
+/**
+ * Per-call options after their checks.
+ *
+ * @since 0.2.0
+ * @category models
+ */
+export interface ResolvedOptions {
+  readonly timeout: Duration.Duration | undefined
+  readonly totalTimeout: Duration.Duration | undefined
+  readonly retry: RetryPolicy | undefined
 }
 
 /**
  * @since 0.1.0
- * @category tags
+ * @category services
  */
-export class Executor extends Context.Tag("effect-orchestra/Executor")<Executor, Service>() {}
+export class Executor extends Context.Service<Executor, Service>()("effect-orchestra/Executor") {}
 
 /**
  * @since 0.1.0
  * @category models
  */
 export interface Options {
-  /** Default deadline of an attempt. Default 30 seconds. */
-  readonly timeout?: Duration.DurationInput | undefined
+  /** Default deadline of an attempt. Default 30 seconds; `"none"` for no default. */
+  readonly timeout?: Duration.Input | "none" | undefined
   /** Policy used when a call asks for `retry: true` (and by `executeWithRetry`). */
   readonly retry?: RetryPolicy | RetryPolicyInput | undefined
-  /** On close: how long in-flight calls may run before they are interrupted. Default 10 seconds. */
-  readonly shutdownDeadline?: Duration.DurationInput | undefined
+  /** On close: how long in-flight calls and streams may run before they are interrupted. Default 10 seconds. */
+  readonly shutdownDeadline?: Duration.Input | undefined
+  /** Bounds on requests. */
+  readonly requestLimits?: Partial<RequestLimits> | undefined
+  /** Stream deadlines by default (see `StreamOptions`). */
+  readonly stream?:
+    | {
+        readonly firstChunkTimeout?: Duration.Input | "none" | undefined
+        readonly idleTimeout?: Duration.Input | "none" | undefined
+        readonly totalTimeout?: Duration.Input | "none" | undefined
+      }
+    | undefined
+  /**
+   * Shared policies of the providers. Default: the `CircuitBreaker.Breakers`,
+   * `RateLimit.RateLimits` and `ResponseCache.ResponseCache` in context, when present.
+   */
+  readonly guards?: Guards | undefined
 }
 
-const resolveRetry = (
-  option: ExecuteOptions["retry"],
-  fallback: RetryPolicy | undefined,
-  base: RetryPolicy
-): RetryPolicy | undefined => {
-  if (option === undefined) return fallback
-  if (option === false) return undefined
-  if (option === true) return base
-  return "maxAttempts" in option && Duration.isDuration(option.initialDelay) && Duration.isDuration(option.maxDelay)
-    ? (option as RetryPolicy)
-    : makeRetry(option as RetryPolicyInput)
-}
+const optionalDuration = (
+  path: string,
+  input: Duration.Input | "none" | undefined,
+  fallback: Duration.Duration | undefined
+) =>
+  input === undefined
+    ? Result.succeed(fallback)
+    : input === "none"
+      ? Result.succeed(undefined)
+      : Input.duration(path, input)
+
+/**
+ * Checks the executor's options (an `OptionError` naming the field).
+ *
+ * @since 0.2.0
+ * @category constructors
+ */
+export const checkOptions = (options: Options) =>
+  Input.all([
+    optionalDuration("timeout", options.timeout, Duration.seconds(30)),
+    options.retry === undefined ? Result.succeed(defaultRetry) : decodeRetry(options.retry, "retry"),
+    Input.duration("shutdownDeadline", options.shutdownDeadline ?? Duration.seconds(10), { allowZero: true }),
+    requestLimits(options.requestLimits ?? {}, "requestLimits"),
+    optionalDuration("stream.firstChunkTimeout", options.stream?.firstChunkTimeout, Duration.seconds(30)),
+    optionalDuration("stream.idleTimeout", options.stream?.idleTimeout, Duration.seconds(30)),
+    optionalDuration("stream.totalTimeout", options.stream?.totalTimeout, Duration.minutes(10))
+  ])
+
+const tokensOf = (request: GenerateRequest): number => estimateInputTokens(request) + (request.maxTokens ?? 0)
 
 /**
  * Builds an executor over the `ModelProvider` in context. Scoped: closing the scope stops
- * admitting calls, waits up to `shutdownDeadline` for the running ones, then interrupts them
- * (their callers receive `ShuttingDownError`).
+ * admitting calls, waits up to `shutdownDeadline` for the running calls and streams, then
+ * interrupts them (their callers receive `ShuttingDownError`).
  *
  * @since 0.1.0
  * @category constructors
  */
-export const make = (options: Options = {}): Effect.Effect<Service, never, ModelProvider | Stats | Scope.Scope> =>
-  Effect.gen(function* () {
-    const provider = yield* ModelProvider
-    const stats = yield* Stats
-    const clock = yield* Effect.clock
-    const runner = yield* Calls.make
-    const defaultTimeout = Duration.decode(options.timeout ?? Duration.seconds(30))
-    const basePolicy =
-      options.retry === undefined ? defaultRetry : resolveRetry(options.retry, undefined, defaultRetry)!
-    const shutdownDeadline = Duration.decode(options.shutdownDeadline ?? Duration.seconds(10))
+export const make = Effect.fnUntraced(function* (options: Options = {}) {
+  const [defaultTimeout, basePolicy, shutdownDeadline, limits, firstChunk, idle, total] = yield* Input.orOptionError(
+    checkOptions(options)
+  )
+  const provider = yield* ModelProvider
+  const stats = yield* Stats
+  // Without explicit guards, the shared ones in context (one breaker, limit and cache per application).
+  const guards: Guards = options.guards ?? {
+    breaker: Option.getOrUndefined(yield* Effect.serviceOption(Breakers)),
+    rateLimit: Option.getOrUndefined(yield* Effect.serviceOption(RateLimits)),
+    cache: Option.getOrUndefined(yield* Effect.serviceOption(ResponseCache))
+  }
+  const engine = yield* Engine.make({ stats, shutdownDeadline })
+  const streams = StreamEngine.make({
+    engine,
+    stats,
+    defaults: { firstChunkTimeout: firstChunk, idleTimeout: idle, totalTimeout: total }
+  })
 
-    let closing = false
-    let active = 0
-    const drained = yield* Deferred.make<void>()
-    const forced = yield* Deferred.make<void>()
+  const resolveCache = new WeakMap<ExecuteOptions, Result.Result<ResolvedOptions, Input.Issue>>()
+  const defaults: ResolvedOptions = { timeout: defaultTimeout, totalTimeout: undefined, retry: undefined }
 
-    const shuttingDown = (): ShuttingDownError =>
-      new ShuttingDownError({ message: "the executor is shutting down and admits no new calls" })
-    const interruptedByShutdown = (): ShuttingDownError =>
-      new ShuttingDownError({ message: "interrupted: the executor's shutdown deadline passed" })
+  const resolveSync = (callOptions: ExecuteOptions): Result.Result<ResolvedOptions, Input.Issue> => {
+    if (
+      callOptions.timeout === undefined &&
+      callOptions.retry === undefined &&
+      callOptions.totalTimeout === undefined
+    ) {
+      return Result.succeed(defaults)
+    }
+    const cached = resolveCache.get(callOptions)
+    if (cached !== undefined) return cached
+    const retryInput = callOptions.retry
+    const resolved = Result.map(
+      Input.all([
+        optionalDuration("timeout", callOptions.timeout, defaultTimeout),
+        callOptions.totalTimeout === undefined
+          ? Result.succeed(undefined)
+          : Input.duration("totalTimeout", callOptions.totalTimeout),
+        retryInput === undefined || retryInput === false
+          ? Result.succeed(undefined)
+          : retryInput === true
+            ? Result.succeed(basePolicy)
+            : decodeRetry(retryInput, "retry")
+      ]),
+      ([timeout, totalTimeout, retry]): ResolvedOptions => ({ timeout, totalTimeout, retry })
+    )
+    resolveCache.set(callOptions, resolved)
+    return resolved
+  }
 
-    yield* Effect.addFinalizer(() =>
-      Effect.gen(function* () {
-        closing = true
-        if (active > 0) {
-          yield* Deferred.await(drained).pipe(Effect.interruptible, Effect.timeoutOption(shutdownDeadline))
+  const resolve = (callOptions: ExecuteOptions) => {
+    const resolved = resolveSync(callOptions)
+    return Result.isSuccess(resolved)
+      ? Effect.succeed(resolved.success)
+      : Effect.fail(invalidRequest(resolved.failure.path, resolved.failure.message))
+  }
+
+  const stepFor: Service["stepFor"] = (target, stepOptions = {}) => ({
+    target,
+    name: target.name,
+    domain: stepOptions.domain,
+    timeout: stepOptions.timeout === "none" ? undefined : (stepOptions.timeout ?? defaultTimeout),
+    retry: stepOptions.retry === false ? undefined : stepOptions.retry,
+    breaker: guards.breaker,
+    rateLimit: guards.rateLimit,
+    tokens: stepOptions.tokens,
+    maxConcurrency: target.maxConcurrency
+  })
+
+  // A refused call is still counted: a request, and a failure with its reason.
+  const refused = (error: ModelError, target: ProviderService, domain: string | undefined) =>
+    Effect.suspend(() => {
+      const series = stats.series(target.name, domain)
+      series.requests++
+      series.fail(error.reason)
+      return Effect.fail(error.provider === undefined ? withProvider(error, target.name) : error)
+    })
+
+  const usageOf = (response: GenerateResponse) => response.usage
+
+  const planFor = (
+    target: ProviderService,
+    request: GenerateRequest,
+    callOptions: ExecuteOptions,
+    resolved: ResolvedOptions
+  ): Plan<ProviderService, GenerateResponse> => {
+    const cache = guards.cache
+    return {
+      steps: [
+        {
+          ...stepFor(target, { domain: callOptions.domain, tokens: tokensOf(request) }),
+          timeout: resolved.timeout,
+          retry: resolved.retry
         }
-        if (active > 0) {
-          yield* Deferred.succeed(forced, undefined)
-          yield* runner.interruptAll
-          yield* Deferred.await(drained).pipe(Effect.interruptible, Effect.timeoutOption(Duration.seconds(5)))
-        }
-      })
+      ],
+      totalTimeout: resolved.totalTimeout,
+      cache:
+        cache === undefined || callOptions.cache === false
+          ? undefined
+          : {
+              guard: cache,
+              key: cache.key({ provider: target.name, request }),
+              allowStale: callOptions.allowStale ?? false
+            },
+      onRetry:
+        callOptions.onRetry === undefined
+          ? undefined
+          : (event) =>
+              callOptions.onRetry!({
+                provider: event.step.name,
+                domain: event.step.domain,
+                attempt: event.attempt,
+                error: event.error,
+                delay: event.delay
+              }),
+      usageOf
+    }
+  }
+
+  // The plan of a call depends on its request only through the rate limit's token estimate
+  // and the cache key: without those, calls with the same options share one plan.
+  const plans = new WeakMap<ExecuteOptions, Map<ProviderService, Plan<ProviderService, GenerateResponse>>>()
+  const sharedPlan = guards.rateLimit === undefined && guards.cache === undefined
+  const planOf = (
+    target: ProviderService,
+    request: GenerateRequest,
+    callOptions: ExecuteOptions,
+    resolved: ResolvedOptions
+  ): Plan<ProviderService, GenerateResponse> => {
+    if (!sharedPlan) return planFor(target, request, callOptions, resolved)
+    let byTarget = plans.get(callOptions)
+    if (byTarget === undefined) {
+      byTarget = new Map()
+      plans.set(callOptions, byTarget)
+    }
+    let plan = byTarget.get(target)
+    if (plan === undefined) {
+      plan = planFor(target, request, callOptions, resolved)
+      byTarget.set(target, plan)
+    }
+    return plan
+  }
+
+  const noOptions: ExecuteOptions = {}
+
+  const executeAttributes = (target: ProviderService, request: GenerateRequest, domain: string | undefined) => ({
+    "gen_ai.operation.name": "chat",
+    "gen_ai.provider.name": target.name,
+    "gen_ai.request.model": request.model ?? target.defaultModel,
+    "orchestra.domain": domain ?? "none"
+  })
+
+  const execute = (request: GenerateRequest, callOptions: ExecuteOptions = noOptions) =>
+    Effect.withFiber((fiber) => {
+      const target = callOptions.provider ?? provider
+      const resolved = resolveSync(callOptions)
+      if (Result.isFailure(resolved)) {
+        return refused(invalidRequest(resolved.failure.path, resolved.failure.message), target, callOptions.domain)
+      }
+      const error = checkGenerate(request, limits)
+      if (error !== undefined) return refused(error, target, callOptions.domain)
+      const call = engine.runValueIn(fiber, planOf(target, request, callOptions, resolved.success), (p) =>
+        p.generate(request)
+      )
+      // A span only for a traced caller (a span costs more than an instant call).
+      return Context.getOption(fiber.context, Tracer.ParentSpan)._tag === "Some"
+        ? Effect.withSpan(call, "Executor.execute", {
+            attributes: executeAttributes(target, request, callOptions.domain)
+          })
+        : call
+    })
+
+  const withRetry: ExecuteOptions = { retry: true }
+  const executeWithRetry = (request: GenerateRequest, callOptions: ExecuteOptions = noOptions) =>
+    execute(
+      request,
+      callOptions.retry !== undefined
+        ? callOptions
+        : callOptions === noOptions
+          ? withRetry
+          : { ...callOptions, retry: true }
     )
 
-    const begin = (labels: Metrics.Labels): void => {
-      active++
-      Metrics.requests.unsafeUpdate(1, labels.exact)
-      for (const tags of labels.aggregates) {
-        Metrics.inFlight.unsafeModify(1, tags)
-        const now = Metrics.inFlight.unsafeValue(tags).value
-        if (now > Metrics.inFlightPeak.unsafeValue(tags).value) Metrics.inFlightPeak.unsafeUpdate(now, tags)
+  const executeMany = (requests: Iterable<GenerateRequest>, manyOptions: ManyOptions = {}) =>
+    Effect.suspend(() => {
+      const concurrency = Input.positiveInt("concurrency", manyOptions.concurrency ?? 5)
+      if (Result.isFailure(concurrency)) {
+        return Effect.fail(invalidRequest(concurrency.failure.path, concurrency.failure.message))
       }
-    }
-
-    const end = (labels: Metrics.Labels): void => {
-      for (const tags of labels.aggregates) Metrics.inFlight.unsafeModify(-1, tags)
-      active--
-      if (active === 0 && closing) Deferred.unsafeDone(drained, Effect.void)
-    }
-
-    const engine = Calls.engine({
-      provider,
-      stats,
-      clock,
-      runner,
-      timeoutOf: (callOptions) =>
-        callOptions.timeout === "none"
-          ? undefined
-          : callOptions.timeout === undefined
-            ? defaultTimeout
-            : Duration.decode(callOptions.timeout),
-      policyOf: (callOptions) => resolveRetry(callOptions.retry, undefined, basePolicy),
-      isClosing: () => closing,
-      begin,
-      end,
-      forced,
-      shuttingDown,
-      interruptedByShutdown
+      const resolved = resolveSync(manyOptions)
+      if (Result.isFailure(resolved)) {
+        return Effect.fail(invalidRequest(resolved.failure.path, resolved.failure.message))
+      }
+      const items = Array.from(requests)
+      return traced(
+        "Executor.executeMany",
+        () => ({ "orchestra.items": items.length, "orchestra.concurrency": concurrency.success }),
+        forEachPool(items, concurrency.success, (request) => Effect.result(execute(request, manyOptions)))
+      )
     })
-    const call = engine.call
-    const callMany = engine.callMany
 
-    const invalid = (error: ModelError, callOptions: ExecuteOptions): Effect.Effect<never, AiError> => {
+  const embed = (request: EmbedRequest, callOptions: ExecuteOptions = {}) =>
+    Effect.suspend(() => {
       const target = callOptions.provider ?? provider
-      const labels = stats.labels({ provider: target.name, domain: callOptions.domain, tags: callOptions.tags })
-      Metrics.requests.unsafeUpdate(1, labels.exact)
-      Metrics.failures.unsafeUpdate(1, labels.withReason(error.reason))
-      return Effect.fail(error.provider === undefined ? withProvider(error, target.name) : error)
-    }
-
-    const execute = (request: GenerateRequest, callOptions: ExecuteOptions = {}) =>
-      Effect.catchAll(validateGenerate(request), (error) => invalid(error, callOptions)).pipe(
-        Effect.flatMap((valid) => call((p) => p.generate(valid), callOptions))
-      )
-
-    const executeWithRetry = (request: GenerateRequest, callOptions: ExecuteOptions = {}) =>
-      execute(request, callOptions.retry === undefined ? { ...callOptions, retry: true } : callOptions)
-
-    const executeMany = (requests: Iterable<GenerateRequest>, manyOptions: ManyOptions = {}) => {
-      const target = manyOptions.provider ?? provider
-      // Per-item closures are anonymous (returned), see internal/calls.ts on tsx's keepNames.
-      const generate =
-        (valid: GenerateRequest): CallSpec<GenerateResponse>["run"] =>
-        (p) =>
-          p.generate(valid)
-      const spec = {
-        onFailure: (error: ModelError): AiError =>
-          error.provider === undefined ? withProvider(error, target.name) : error,
-        onSuccess: (valid: GenerateRequest): CallSpec<GenerateResponse> => ({ run: generate(valid) })
+      const resolved = resolveSync(callOptions)
+      if (Result.isFailure(resolved)) {
+        return refused(invalidRequest(resolved.failure.path, resolved.failure.message), target, callOptions.domain)
       }
-      return callMany(requests, manyOptions, (request: GenerateRequest) =>
-        Effect.mapBoth(validateGenerate(request), spec)
-      )
-    }
-
-    const embed = (request: EmbedRequest, callOptions: ExecuteOptions = {}) =>
-      Effect.catchAll(validateEmbed(request), (error) => invalid(error, callOptions)).pipe(
-        Effect.flatMap((valid) => call((p) => p.embed(valid), callOptions))
-      )
-
-    // Streams share the executor's stats, default provider and retry policy, and are
-    // refused (ShuttingDownError) once the executor closes.
-    const streaming = Streaming.makeWith({
-      stats,
-      provider,
-      options: {
-        retry: basePolicy,
-        admit: Effect.suspend(() => (closing ? Effect.fail(shuttingDown()) : Effect.void))
-      }
+      return Effect.matchEffect(validateEmbed(request, limits), {
+        onFailure: (error) => refused(error, target, callOptions.domain),
+        onSuccess: (valid) => {
+          // Embeddings skip the provider slot: a provider batches concurrent embed calls itself
+          // (the local model gathers them into one inference), which a slot of one would serialise.
+          const step: Step<ProviderService> = {
+            ...stepFor(target, { domain: callOptions.domain }),
+            timeout: resolved.success.timeout,
+            retry: resolved.success.retry,
+            maxConcurrency: undefined
+          }
+          return traced(
+            "Executor.embed",
+            () => ({
+              "gen_ai.operation.name": "embeddings",
+              "gen_ai.provider.name": target.name,
+              "gen_ai.request.model": valid.model ?? target.defaultModel,
+              "orchestra.domain": callOptions.domain ?? "none"
+            }),
+            engine.runValue({ steps: [step], totalTimeout: resolved.success.totalTimeout }, (p) => p.embed(valid))
+          )
+        }
+      })
     })
-    const stream = (request: GenerateRequest, streamOptions?: Streaming.StreamOptions) =>
-      streaming.stream(request, streamOptions)
 
-    return {
-      execute,
-      executeWithRetry,
-      executeMany,
-      embed,
-      stream,
-      call,
-      callMany,
-      provider,
-      stats: (filter?: Filter) => stats.snapshot(filter),
-      isShuttingDown: Effect.sync(() => closing)
-    } satisfies Service
-  })
+  const stream = (request: GenerateRequest, streamOptions: StreamOptions = {}) =>
+    streams.stream(request, {
+      ...streamOptions,
+      provider: streamOptions.provider ?? provider,
+      validate: (r) => validateGenerate(r, limits),
+      stepFor: (target, domain) => stepFor(target, { domain, tokens: tokensOf(request) }),
+      basePolicy,
+      cacheStore: guards.cache
+    })
+
+  return {
+    execute,
+    executeWithRetry,
+    executeMany,
+    embed,
+    stream,
+    run: engine.run,
+    runStream: (plan, request) => streams.run(plan, request),
+    stepFor,
+    resolve,
+    provider,
+    guards,
+    limits,
+    stats: (filter?: Filter) => stats.snapshot(filter),
+    isShuttingDown: Effect.sync(engine.isClosing),
+    tracked: engine.tracked
+  } satisfies Service
+})
 
 const withProvider = (error: ModelError, provider: string): ModelError =>
   new ModelError({ reason: error.reason, message: error.message, field: error.field, provider })
@@ -330,8 +547,8 @@ const withProvider = (error: ModelError, provider: string): ModelError =>
  * @since 0.1.0
  * @category layers
  */
-export const layer = (options: Options = {}): Layer.Layer<Executor, never, ModelProvider | Stats> =>
-  Layer.scoped(Executor, make(options))
+export const layer = (options: Options = {}): Layer.Layer<Executor, Input.OptionError, ModelProvider | Stats> =>
+  Layer.effect(Executor, make(options))
 
 /**
  * The executor with its own `Stats`, for applications that need nothing else.
@@ -339,8 +556,9 @@ export const layer = (options: Options = {}): Layer.Layer<Executor, never, Model
  * @since 0.1.0
  * @category layers
  */
-export const layerWithStats = (options: Options = {}): Layer.Layer<Executor | Stats, never, ModelProvider> =>
-  Layer.provideMerge(layer(options), statsLayer)
+export const layerWithStats = (
+  options: Options = {}
+): Layer.Layer<Executor | Stats, Input.OptionError, ModelProvider> => Layer.provideMerge(layer(options), statsLayer)
 
 /**
  * @since 0.1.0
@@ -369,7 +587,7 @@ export const executeWithRetry = (
 export const executeMany = (
   requests: Iterable<GenerateRequest>,
   options?: ManyOptions
-): Effect.Effect<ReadonlyArray<Either.Either<GenerateResponse, AiError>>, never, Executor> =>
+): Effect.Effect<ReadonlyArray<Result.Result<GenerateResponse, AiError>>, ModelError, Executor> =>
   Effect.flatMap(Executor, (executor) => executor.executeMany(requests, options))
 
 /**

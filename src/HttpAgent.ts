@@ -1,20 +1,35 @@
 /**
  * Agents over HTTP: a task is POSTed to an agent's URL as `{ task_id, intent, concept, args }`
- * and the answer is decoded with a `Schema`. Every call ends in a status record (`success`,
+ * and the answer is decoded with a `Schema`. Every task ends in a status record (`success`,
  * `error`, `timeout`, `service_unavailable`, or `skipped` in a batch), never in a failure.
- * Connection limits are shared by all agents, each agent URL has its own circuit breaker,
- * and batches of tasks with dependencies run on the `Pipeline` engine.
+ *
+ * Each task runs through the executor's one policy pipeline (see `Policy.ts`): the
+ * per-request deadline, the agent's retry policy, its breaker (one circuit per agent URL),
+ * its rate limit, and the fallback agents, in that order; the calls are counted in `Stats`
+ * under the agent's name (domain `"agent"`), which {@link stats} reads back with the status
+ * counts. Connections are limited in total and per host for every agent together; every
+ * answer's body is bounded. A task may name a (concept, intent) instead of an agent: the
+ * `Discovery` service finds one. Batches with dependencies run on the `Pipeline` scheduler.
  *
  * @since 0.1.0
  */
-import * as HttpClient from "@effect/platform/HttpClient"
-import * as HttpClientRequest from "@effect/platform/HttpClientRequest"
-import { Clock, Context, Duration, Effect, Either, Layer, Metric, Ref, Schema } from "effect"
-import { type CircuitOpenError, ModelError, TimeoutError } from "./AiError.js"
+import { Context, Duration, Effect, Layer, Option, Redacted, Result, Schema } from "effect"
+import type { HttpClient } from "effect/http"
+import { ModelError } from "./AiError.js"
 import * as CircuitBreaker from "./CircuitBreaker.js"
-import * as Http from "./internal/http.js"
-import * as Connections from "./internal/pipelineConnections.js"
-import * as Pipeline from "./Pipeline.js"
+import { Discovery } from "./Discovery.js"
+import { Executor } from "./Executor.js"
+import * as Input from "./Input.js"
+import * as Client from "./Model/http/client.js"
+import * as Decode from "./Model/http/decode.js"
+import * as Http from "./Model/http/options.js"
+import type { PipelineError } from "./Pipeline.js"
+import { decodeRetry, type RetryPolicy, type RetryPolicyInput } from "./Policy.js"
+import { ResponseCache } from "./ResponseCache.js"
+import { type ExecutionStats, type LatencyStats, Stats } from "./Stats.js"
+import { dispatch as runBatch } from "./agent/batch.js"
+import * as Connections from "./agent/connections.js"
+import { makeCall, taskCounter } from "./agent/task.js"
 
 /**
  * The body POSTed to an agent. `dependencies` holds the results of the tasks this one
@@ -28,7 +43,7 @@ export const TaskBody = Schema.Struct({
   intent: Schema.String,
   concept: Schema.String,
   args: Schema.Unknown,
-  dependencies: Schema.optional(Schema.Record({ key: Schema.String, value: Schema.Unknown }))
+  dependencies: Schema.optional(Schema.Record(Schema.String, Schema.Unknown))
 })
 
 /**
@@ -43,14 +58,14 @@ export type TaskBody = typeof TaskBody.Type
  * @since 0.1.0
  * @category schemas
  */
-export const JsonValue = Schema.Union(
+export const JsonValue = Schema.Union([
   Schema.Null,
   Schema.String,
   Schema.Number,
   Schema.Boolean,
   Schema.Array(Schema.Unknown),
-  Schema.Record({ key: Schema.String, value: Schema.Unknown })
-)
+  Schema.Record(Schema.String, Schema.Unknown)
+])
 
 /**
  * The default answer of an agent. `result` is required (it may be `null`); `task_id` must
@@ -72,7 +87,20 @@ export const Answer = Schema.Struct({
 export type Answer = typeof Answer.Type
 
 /**
- * A remote agent: where it lives and how its answers decode into a task result.
+ * What an agent's answer decodes to: the task's result, or the agent's own report that the
+ * task failed (`status: "error"`): the agent is up, so that counts on no breaker and falls
+ * back to no other agent.
+ *
+ * @since 0.2.0
+ * @category models
+ */
+export type Decoded<A> =
+  | { readonly _tag: "Result"; readonly value: A }
+  | { readonly _tag: "Reported"; readonly message: string }
+
+/**
+ * A remote agent: where it lives, how its answers decode, and its own policies. Build it
+ * with {@link agent}.
  *
  * @since 0.1.0
  * @category models
@@ -82,8 +110,16 @@ export interface Agent<A = unknown> {
   readonly url: string
   /** Per-request timeout for this agent (the service default otherwise). */
   readonly timeout?: Duration.Duration | undefined
-  /** The task's result from the answer text, or a `Decode` error naming the field. */
-  readonly decode: (text: string, taskId: string) => Effect.Effect<A, ModelError>
+  /** Retries of this agent's requests (the service default otherwise). */
+  readonly retry?: RetryPolicy | undefined
+  /** Sent with every request; `Redacted` values stay redacted until the request is built. */
+  readonly headers: Readonly<Record<string, string | Redacted.Redacted<string>>>
+  /** Header values never to appear in an error message. */
+  readonly secrets: ReadonlyArray<Redacted.Redacted>
+  /** The task's result from the parsed answer, or a `Decode` error naming the field. */
+  readonly decode: (answer: unknown, taskId: string) => Effect.Effect<Decoded<A>, ModelError>
+  /** Why this agent was refused: each task sent to it ends in an `error` record naming the field. */
+  readonly issue?: Input.Issue | undefined
 }
 
 /**
@@ -92,43 +128,96 @@ export interface Agent<A = unknown> {
  */
 export interface AgentOptions {
   readonly url: string
-  /** Name in records and metrics (default: the URL). */
+  /** Name in records, metrics and stats (default: the URL). */
   readonly name?: string | undefined
-  readonly timeout?: Duration.DurationInput | undefined
+  readonly timeout?: Input.DurationInput | undefined
+  readonly retry?: RetryPolicy | RetryPolicyInput | undefined
+  /** Sent with every request; give secrets as `Redacted` (they are scrubbed from errors). Spans show only allow-listed headers. */
+  readonly headers?: Readonly<Record<string, string | Redacted.Redacted>> | undefined
 }
 
-const decodeAnswer = Http.jsonDecoder(Answer)
+const checkUrl = (input: unknown): Input.Checked<string> =>
+  Result.map(Http.baseUrl("url", input), () => input as string)
+
+const agentIssue = (
+  options: AgentOptions
+): Input.Checked<{
+  readonly name: string
+  readonly timeout: Duration.Duration | undefined
+  readonly retry: RetryPolicy | undefined
+  readonly headers: Readonly<Record<string, string | Redacted.Redacted<string>>>
+  readonly secrets: ReadonlyArray<Redacted.Redacted>
+}> => {
+  if (typeof options !== "object" || options === null)
+    return Result.fail({ path: "agent", message: "expected { url }" })
+  const headers: Record<string, string | Redacted.Redacted<string>> = {}
+  const secrets: Array<Redacted.Redacted> = []
+  for (const [name, value] of Object.entries(options.headers ?? {})) {
+    if (Redacted.isRedacted(value) && typeof Redacted.value(value) === "string") {
+      const plain = Redacted.value(value) as string
+      headers[name] = value as Redacted.Redacted<string>
+      secrets.push(value)
+      // "Bearer <token>": an agent that echoes the token alone must not leak it either.
+      const credentials = /^\S+\s+(\S{4,})$/.exec(plain)?.[1]
+      if (credentials !== undefined) secrets.push(Redacted.make(credentials))
+    } else if (typeof value === "string") {
+      headers[name] = value
+    } else {
+      return Result.fail({ path: `headers.${name}`, message: "expected a string or a Redacted string" })
+    }
+  }
+  return Result.map(
+    Input.all([
+      checkUrl(options.url),
+      Http.nonEmpty("name", options.name ?? options.url),
+      Input.optional(options.timeout, (t) => Input.duration("timeout", t)),
+      Input.optional(options.retry, (r) => decodeRetry(r, "retry"))
+    ]),
+    ([, name, timeout, retry]) => ({ name, timeout, retry, headers, secrets })
+  )
+}
+
+const decodeAnswer = Decode.valueDecoder(Answer)
 
 /**
- * Describes an agent. Without `answer`, answers are decoded with `Answer` and the record's
- * result is the answer's `result`; with `answer`, the whole decoded answer is the result.
- * An answer whose `status` is `"error"` or `"failed"` makes an `error` record.
+ * Describes an agent. Without `answer`, answers are decoded with {@link Answer} and the
+ * record's result is the answer's `result` (a `status` of `"error"` or `"failed"` makes an
+ * `error` record); with `answer`, the whole decoded answer is the result. Every option is
+ * checked: an invalid one (`timeout: NaN`, a URL with credentials) is kept as the agent's
+ * `issue`, and each task sent to it ends in an `error` record naming the field.
  *
  * @since 0.1.0
  * @category constructors
  */
 export const agent: {
   (options: AgentOptions): Agent<unknown>
-  <A, I>(options: AgentOptions & { readonly answer: Schema.Schema<A, I> }): Agent<A>
-} = (options: AgentOptions & { readonly answer?: Schema.Schema<unknown, unknown> }): Agent<unknown> => {
-  const name = options.name ?? options.url
-  const ctx: Http.CallContext = { provider: name }
-  const timeout = options.timeout === undefined ? undefined : Duration.decode(options.timeout)
-  if (options.answer !== undefined) {
-    const decodeCustom = Http.jsonDecoder(options.answer)
-    return { name, url: options.url, timeout, decode: (text) => decodeCustom(text, ctx) }
+  <A, I>(options: AgentOptions & { readonly answer: Schema.Codec<A, I> }): Agent<A>
+} = (options: AgentOptions & { readonly answer?: Schema.Codec<unknown, unknown> }): Agent<unknown> => {
+  const checked = agentIssue(options)
+  const name = Result.isSuccess(checked)
+    ? checked.success.name
+    : typeof options?.name === "string"
+      ? options.name
+      : String(options?.url)
+  const base = Result.isSuccess(checked)
+    ? { ...checked.success, url: options.url }
+    : { name, url: String(options?.url), timeout: undefined, retry: undefined, headers: {}, secrets: [] }
+  const issue = Result.isFailure(checked) ? { ...checked.failure, path: `agent.${checked.failure.path}` } : undefined
+  const ctx = { provider: name, secrets: base.secrets }
+  if (options?.answer !== undefined) {
+    const custom = Decode.valueDecoder(options.answer)
+    return { ...base, issue, decode: (value) => Effect.map(custom(value, ctx), (v) => ({ _tag: "Result", value: v })) }
   }
   return {
-    name,
-    url: options.url,
-    timeout,
-    decode: (text, taskId) =>
-      Effect.flatMap(decodeAnswer(text, ctx), (answer) => {
+    ...base,
+    issue,
+    decode: (value, taskId) =>
+      Effect.flatMap(decodeAnswer(value, ctx), (answer): Effect.Effect<Decoded<unknown>, ModelError> => {
         if (answer.task_id !== taskId) {
           return Effect.fail(
             new ModelError({
               reason: "Decode",
-              message: `${name} answered for task "${answer.task_id}" instead of "${taskId}"`,
+              message: `${name} answered for task ${JSON.stringify(answer.task_id)} instead of ${JSON.stringify(taskId)}`,
               provider: name,
               field: "task_id"
             })
@@ -136,15 +225,9 @@ export const agent: {
         }
         if (answer.status === "error" || answer.status === "failed") {
           const detail = typeof answer.result === "string" ? `: ${answer.result}` : ""
-          return Effect.fail(
-            new ModelError({
-              reason: "Unknown",
-              message: `${name} reported status "${answer.status}"${detail}`,
-              provider: name
-            })
-          )
+          return Effect.succeed({ _tag: "Reported", message: `${name} reported status "${answer.status}"${detail}` })
         }
-        return Effect.succeed(answer.result)
+        return Effect.succeed({ _tag: "Result", value: answer.result })
       })
   }
 }
@@ -157,28 +240,38 @@ export const agent: {
  */
 export interface Task<A = unknown> {
   readonly id: string
-  /** An agent, or just its URL (default answer schema). */
-  readonly agent: Agent<A> | string
+  /** An agent or its URL; without one, the `Discovery` service finds agents for (concept, intent). */
+  readonly agent?: Agent<A> | string | undefined
+  /** Agents tried in order when the agent fails in a way that falls back (its breaker is open, it is down). */
+  readonly fallback?: ReadonlyArray<Agent<A> | string> | undefined
   readonly intent: string
   readonly concept: string
   /** Any JSON value. */
   readonly args?: unknown
   readonly dependsOn?: ReadonlyArray<string> | undefined
   /** Per-request timeout; wins over the agent's and the service's. */
-  readonly timeout?: Duration.DurationInput | undefined
+  readonly timeout?: Input.DurationInput | undefined
   /** Key of the last good result kept for `service_unavailable` (default: url + intent + concept + args). */
   readonly cacheKey?: string | undefined
 }
 
 /**
+ * @since 0.1.0
+ * @category models
+ */
+export type Status = "success" | "error" | "timeout" | "service_unavailable" | "skipped"
+
+/**
  * The outcome of one task.
  *
- * - `success`: the agent answered 2xx and the answer decoded.
+ * - `success`: an agent answered 2xx and the answer decoded.
  * - `error`: an HTTP status outside 2xx (`httpStatus`), a connection failure, an answer that
- *   did not decode (`reason: "Decode"`, `field` names it) or that reported an error.
+ *   did not decode (`reason: "Decode"`, `field` names it), was too large (`TooLarge`) or
+ *   reported an error, or a task or agent that is invalid (`InvalidRequest`, `field`).
  * - `timeout`: no answer within the request timeout.
- * - `service_unavailable`: the agent's circuit breaker is open; with the cache on, `result`
- *   is the last good result for the task's key and `fromCache` is `true`.
+ * - `service_unavailable`: the agent's breaker is open (with a `ResponseCache`, `result` is
+ *   the last good result for the task's key and `fromCache` is `true`), or discovery found
+ *   no agent or is down.
  * - `skipped` (batches): a dependency did not succeed; `error.dependency` names it.
  *
  * @since 0.1.0
@@ -186,9 +279,11 @@ export interface Task<A = unknown> {
  */
 export interface TaskRecord<A = unknown> {
   readonly taskId: string
+  /** The agent that answered (or the last one tried). */
   readonly agent: string
+  /** Its URL without the query string. */
   readonly url: string
-  readonly status: "success" | "error" | "timeout" | "service_unavailable" | "skipped"
+  readonly status: Status
   readonly result?: A | undefined
   readonly error?:
     | {
@@ -201,12 +296,18 @@ export interface TaskRecord<A = unknown> {
     | undefined
   /** Clock millis when the task was sent (or skipped). */
   readonly startedAt: number
-  /** Queueing for a connection included. */
+  /** Queueing for a connection, retries and fallbacks included. */
   readonly durationMs: number
+  /** Requests made, retries and fallback agents included. */
+  readonly attempts: number
   readonly fromCache?: boolean | undefined
+  /** A fallback agent answered. */
+  readonly fallbackUsed?: boolean | undefined
 }
 
 /**
+ * Checked when the layer is built (an `OptionError` names the field).
+ *
  * @since 0.1.0
  * @category models
  */
@@ -216,11 +317,15 @@ export interface Options {
   /** Requests in flight to one host (`host:port`). Default 10. */
   readonly maxConnectionsPerHost?: number | undefined
   /** Default per-request timeout. Default 30 seconds. */
-  readonly timeout?: Duration.DurationInput | undefined
-  /** Options of the per-URL breakers (the registry's defaults otherwise). */
-  readonly breaker?: CircuitBreaker.MakeOptions | undefined
-  /** Keep the last good result per task key for `service_unavailable` answers. Default off. */
-  readonly cache?: boolean | { readonly capacity: number } | undefined
+  readonly timeout?: Input.DurationInput | undefined
+  /** Bound of an answer's body. Default 8 MiB. */
+  readonly maxResponseBytes?: number | undefined
+  /** Default retries of agent requests. Default none (tasks need not be idempotent). */
+  readonly retry?: RetryPolicy | RetryPolicyInput | false | undefined
+  /** Breakers of the agents' own (in this process). Default: the executor's shared breakers, or these defaults. */
+  readonly breaker?: CircuitBreaker.Options | undefined
+  /** Keep good results in the `ResponseCache` in context, for `service_unavailable` records. Default true. */
+  readonly cache?: boolean | undefined
 }
 
 /**
@@ -228,11 +333,7 @@ export interface Options {
  * @category models
  */
 export interface DispatchOptions {
-  /**
-   * Tasks running at once (default: no limit beyond the connection limits). A whole
-   * number of at least 1 (or `Infinity`); anything else fails the batch with a
-   * `PipelineError` of reason `InvalidOption`.
-   */
+  /** Tasks running at once (default: no limit beyond the connection limits). A whole number of at least 1, or `Infinity`. */
   readonly concurrency?: number | undefined
 }
 
@@ -245,6 +346,23 @@ export interface DispatchOptions {
 export type ConnectionStats = Connections.ConnectionStats
 
 /**
+ * The figures of one agent: status counts from `orchestra_agent_tasks_total` (cumulative),
+ * and its calls from `Stats` (the current window): success rate, latency (retries included).
+ *
+ * @since 0.2.0
+ * @category models
+ */
+export interface AgentStats {
+  readonly agent: string
+  readonly tasks: number
+  readonly statuses: Readonly<Record<Status, number>>
+  /** % of the agent's finished calls that answered. */
+  readonly successRate: number
+  readonly latency: LatencyStats
+  readonly calls: ExecutionStats
+}
+
+/**
  * @since 0.1.0
  * @category models
  */
@@ -254,280 +372,144 @@ export interface Service {
   /**
    * Sends a batch: independent tasks concurrently, each dependent task after its
    * dependencies succeeded (with their results in `dependencies`). One record per task, in
-   * input order. Fails only when the batch itself is invalid (duplicate ids, unknown
-   * dependencies, cycles) or `concurrency` is not a whole number of at least 1.
+   * input order. Fails only when the batch itself is invalid (a `PipelineError`: duplicate
+   * ids, unknown dependencies, cycles, a task without an id, `concurrency` not a whole
+   * number of at least 1).
    */
   readonly dispatch: (
     tasks: ReadonlyArray<Task>,
     options?: DispatchOptions
-  ) => Effect.Effect<ReadonlyArray<TaskRecord>, Pipeline.PipelineError>
+  ) => Effect.Effect<ReadonlyArray<TaskRecord>, PipelineError>
   readonly connections: Effect.Effect<ConnectionStats>
+  /** The figures of an agent (or agent name). */
+  readonly stats: (agent: Agent<unknown> | string) => Effect.Effect<AgentStats>
 }
 
 /**
  * @since 0.1.0
- * @category tags
+ * @category services
  */
-export class HttpAgents extends Context.Tag("effect-orchestra/HttpAgent")<HttpAgents, Service>() {}
+export class HttpAgents extends Context.Service<HttpAgents, Service>()("effect-orchestra/HttpAgent") {}
 
 /**
- * Task records by status and agent. Defined here until `Metrics.ts` takes it.
+ * The domain under which agents' calls are counted in `Stats`.
  *
- * @since 0.1.0
- * @category metrics
+ * @since 0.2.0
+ * @category constants
  */
-export const taskRecords = Metric.counter("orchestra_agent_tasks_total", {
-  description: "HTTP agent task records, tagged by status and agent",
-  incremental: true
-})
+export const statsDomain = "agent"
 
-const hostOf = (url: string): Either.Either<string, ModelError> => {
-  try {
-    return Either.right(new URL(url).host)
-  } catch {
-    return Either.left(new ModelError({ reason: "InvalidRequest", message: `invalid agent URL: ${url}`, field: "url" }))
+const optionKeys: ReadonlySet<string> = new Set([
+  "maxConnections",
+  "maxConnectionsPerHost",
+  "timeout",
+  "maxResponseBytes",
+  "retry",
+  "breaker",
+  "cache"
+])
+
+const checkOptions = (options: Options) => {
+  for (const key of Object.keys(options)) {
+    if (!optionKeys.has(key)) return Result.fail<Input.Issue>({ path: key, message: "unknown option" })
   }
+  return Input.all([
+    Input.positiveInt("maxConnections", options.maxConnections ?? 100),
+    Input.positiveInt("maxConnectionsPerHost", options.maxConnectionsPerHost ?? 10),
+    Input.duration("timeout", options.timeout ?? "30 seconds"),
+    Input.positiveInt("maxResponseBytes", options.maxResponseBytes ?? 8 * 1024 * 1024),
+    options.retry === undefined || options.retry === false ? Result.succeed(undefined) : decodeRetry(options.retry)
+  ])
 }
 
-const argsNotJson = (task: Task<unknown>, agentName: string): ModelError =>
-  new ModelError({
-    reason: "InvalidRequest",
-    message: `task "${task.id}": args are not JSON`,
-    provider: agentName,
-    field: "args"
-  })
-
-/** The cache key; args that are not JSON (a BigInt, a cycle) cannot make one. */
-const keyOf = (task: Task<unknown>, target: Agent<unknown>): Either.Either<string, ModelError> =>
-  task.cacheKey !== undefined
-    ? Either.right(task.cacheKey)
-    : Either.try({
-        try: () => JSON.stringify([target.url, task.intent, task.concept, task.args ?? null]),
-        catch: () => argsNotJson(task, target.name)
-      })
-
-const countRecord = (record: TaskRecord<unknown>): Effect.Effect<void> =>
-  Metric.update(taskRecords.pipe(Metric.tagged("status", record.status), Metric.tagged("agent", record.agent)), 1)
-
-const usable = (record: TaskRecord<unknown>): boolean =>
-  record.status === "success" || (record.status === "service_unavailable" && record.fromCache === true)
+const statuses: ReadonlyArray<Status> = ["success", "error", "timeout", "service_unavailable", "skipped"]
 
 /**
- * Builds the service: one connection limiter and one cache for all agents; breakers come
- * from the shared `CircuitBreaker.Registry`, keyed by agent URL.
+ * Builds the service on the `Executor` (its pipeline, shared breakers and rate limits),
+ * `Stats` and an `HttpClient`; the `Discovery` and `ResponseCache` services are used when
+ * present. One connection limiter for all agents.
  *
  * @since 0.1.0
  * @category constructors
  */
-export const make = Effect.fnUntraced(function* (options: Options = {}) {
-  const client = yield* HttpClient.HttpClient
-  const registry = yield* CircuitBreaker.Registry
-  const limiter = yield* Connections.make({
-    total: options.maxConnections ?? 100,
-    perHost: options.maxConnectionsPerHost ?? 10
+export const make = Effect.fnUntraced(function* (given: Options = {}) {
+  const options = given ?? {}
+  const [maxConnections, perHost, timeout, maxResponseBytes, retry] = yield* Input.orOptionError(checkOptions(options))
+  const executor = yield* Executor
+  const stats = yield* Stats
+  const breaker =
+    options.breaker === undefined && executor.guards.breaker !== undefined
+      ? executor.guards.breaker
+      : yield* CircuitBreaker.makeMemory(options.breaker ?? {})
+  const discovery = Option.getOrUndefined(yield* Effect.serviceOption(Discovery))
+  const cache = options.cache === false ? undefined : Option.getOrUndefined(yield* Effect.serviceOption(ResponseCache))
+  const client = yield* Client.make({
+    // The per-request deadline is the executor's; this one only bounds what nothing else does.
+    timeout: Duration.days(365),
+    streamIdleTimeout: timeout,
+    maxResponseBytes,
+    maxEventBytes: maxResponseBytes
   })
-  const defaultTimeout = Duration.decode(options.timeout ?? "30 seconds")
-  const capacity =
-    options.cache === undefined || options.cache === false ? 0 : options.cache === true ? 1000 : options.cache.capacity
-  const cache = yield* Ref.make(new Map<string, unknown>())
-  const agentOf = <A>(ref: Agent<A> | string): Agent<A> =>
-    typeof ref === "string" ? (agent({ url: ref }) as Agent<A>) : ref
-
-  const remember = (key: string, result: unknown): Effect.Effect<void> =>
-    capacity === 0
-      ? Effect.void
-      : Ref.update(cache, (map) => {
-          map.delete(key)
-          map.set(key, result)
-          if (map.size > capacity) map.delete(map.keys().next().value!)
-          return map
-        })
-
-  const send = <A>(
-    task: Task<A>,
-    target: Agent<A>,
-    host: string,
-    timeout: Duration.Duration,
-    dependencies: Record<string, unknown> | undefined
-  ): Effect.Effect<A, ModelError | TimeoutError> => {
-    const body: TaskBody = {
-      task_id: task.id,
-      intent: task.intent,
-      concept: task.concept,
-      args: task.args ?? null,
-      ...(dependencies === undefined ? {} : { dependencies })
-    }
-    return HttpClientRequest.post(target.url).pipe(
-      HttpClientRequest.acceptJson,
-      HttpClientRequest.bodyJson(body),
-      Effect.mapError(() => argsNotJson(task as Task<unknown>, target.name)),
-      Effect.flatMap((request) =>
-        Http.executeText(client, request, { provider: target.name }).pipe(
-          Effect.timeoutFail({
-            duration: timeout,
-            onTimeout: () => new TimeoutError({ limit: "request", timeout, provider: target.name })
-          }),
-          limiter.withPermit(host)
-        )
-      ),
-      Effect.flatMap((text) => target.decode(text, task.id))
-    )
-  }
-
-  const callWith = <A>(
-    task: Task<A>,
-    dependencies: Record<string, unknown> | undefined
-  ): Effect.Effect<TaskRecord<A>> =>
-    Effect.gen(function* () {
-      const startedAt = yield* Clock.currentTimeMillis
-      const target = agentOf(task.agent)
-      const base = { taskId: task.id, agent: target.name, url: target.url, startedAt }
-      const timeout = task.timeout === undefined ? (target.timeout ?? defaultTimeout) : Duration.decode(task.timeout)
-      // Only the cache needs a key: without it, args go no further than `send`, which reports them.
-      const key = capacity === 0 ? Either.right(undefined) : keyOf(task as Task<unknown>, target as Agent<unknown>)
-      const checked = Either.all([hostOf(target.url), key])
-      const outcome: Either.Either<A, ModelError | TimeoutError | CircuitOpenError> = Either.isLeft(checked)
-        ? Either.left(checked.left)
-        : yield* Effect.either(
-            Effect.flatMap(registry.get(target.url, options.breaker), (breaker) =>
-              breaker.run(send(task, target, checked.right[0], timeout, dependencies))
-            )
-          )
-      const cacheKey = Either.getOrUndefined(key)
-      const durationMs = (yield* Clock.currentTimeMillis) - startedAt
-      let record: TaskRecord<A>
-      if (Either.isRight(outcome)) {
-        if (cacheKey !== undefined) yield* remember(cacheKey, outcome.right)
-        record = { ...base, status: "success", result: outcome.right, durationMs }
-      } else {
-        const error = outcome.left
-        switch (error._tag) {
-          case "CircuitOpenError": {
-            const cached = cacheKey === undefined ? undefined : (yield* Ref.get(cache)).get(cacheKey)
-            record = {
-              ...base,
-              status: "service_unavailable",
-              error: { message: error.message, reason: "CircuitOpen" },
-              durationMs,
-              ...(cached === undefined ? {} : { result: cached as A, fromCache: true })
-            }
-            break
-          }
-          case "TimeoutError":
-            record = { ...base, status: "timeout", error: { message: error.message, reason: "Timeout" }, durationMs }
-            break
-          case "ModelError":
-            record = {
-              ...base,
-              status: "error",
-              error: {
-                message: error.message,
-                reason: error.reason,
-                ...(error.status === undefined ? {} : { httpStatus: error.status }),
-                ...(error.field === undefined ? {} : { field: error.field })
-              },
-              durationMs
-            }
-        }
-      }
-      yield* countRecord(record)
-      return record
-    })
-
-  const call = Effect.fn("HttpAgent.call")(function* <A>(task: Task<A>) {
-    yield* Effect.annotateCurrentSpan({ "agent.task_id": task.id })
-    return yield* callWith(task, undefined)
-  }) as Service["call"]
-
-  const dispatch = Effect.fn("HttpAgent.dispatch")(function* (
-    tasks: ReadonlyArray<Task>,
-    dispatchOptions?: DispatchOptions
-  ) {
-    yield* Effect.annotateCurrentSpan({ "agent.tasks": tasks.length })
-    const pipeline = yield* Pipeline.fromSteps<void, TaskRecord, TaskRecord, never>(
-      tasks.map((task) => ({
-        name: task.id,
-        dependsOn: task.dependsOn,
-        run: ({ deps }) => {
-          const results = (task.dependsOn ?? []).length === 0 ? undefined : resultsOf(deps)
-          return Effect.filterOrFail(callWith(task, results), usable, (record) => record)
-        }
-      })),
-      { onFailure: "continue", concurrency: dispatchOptions?.concurrency }
-    )
-    const result = yield* Pipeline.run(pipeline, undefined)
-    // `callWith` counts the records it makes; the ones made here (skipped) are counted below.
-    const made: Array<TaskRecord> = []
-    const own = (record: TaskRecord): TaskRecord => {
-      made.push(record)
-      return record
-    }
-    const records = tasks.map((task): TaskRecord => {
-      const outcome = result.steps[task.id]!
-      switch (outcome.status) {
-        case "succeeded":
-          return outcome.output
-        case "failed":
-          if (outcome.error !== undefined) return outcome.error
-          break
-        case "skipped": {
-          const target = agentOf(task.agent)
-          const root = result.steps[outcome.failedStep]
-          const rootStatus =
-            root?.status === "failed" && root.error !== undefined ? root.error.status : (root?.status ?? "error")
-          return own({
-            taskId: task.id,
-            agent: target.name,
-            url: target.url,
-            status: "skipped",
-            error: {
-              message:
-                outcome.dependency === outcome.failedStep
-                  ? `dependency "${outcome.dependency}" did not succeed (${rootStatus})`
-                  : `dependency "${outcome.dependency}" was skipped (task "${outcome.failedStep}": ${rootStatus})`,
-              reason: "DependencyFailed",
-              dependency: outcome.dependency
-            },
-            startedAt: outcome.at,
-            durationMs: 0
-          })
-        }
-      }
-      const target = agentOf(task.agent)
-      return own({
-        taskId: task.id,
-        agent: target.name,
-        url: target.url,
-        status: "error",
-        error: { message: Pipeline.describeOutcome(outcome), reason: "Unknown" },
-        startedAt: outcome.startedAt,
-        durationMs: outcome.durationMs
-      })
-    })
-    yield* Effect.forEach(made, countRecord, { discard: true })
-    return records
+  const connections = Connections.make({ total: maxConnections, perHost })
+  const agentOf = (ref: Agent<unknown> | string): Agent<unknown> =>
+    typeof ref === "string" ? agent({ url: ref }) : ref
+  const metrics = yield* Effect.context<never>()
+  const call = makeCall({
+    executor,
+    breaker,
+    rateLimit: executor.guards.rateLimit,
+    connections,
+    client,
+    discovery,
+    cache,
+    timeout,
+    retry,
+    metrics,
+    agentOf,
+    fromEndpoint: (endpoint) => agent(endpoint)
   })
 
-  const service: Service = { call, dispatch, connections: limiter.stats }
-  return service
+  const agentStats = Effect.fn("HttpAgent.stats")(function* (ref: Agent<unknown> | string) {
+    const name = typeof ref === "string" ? ref : ref.name
+    const counts = {} as Record<Status, number>
+    let tasks = 0
+    for (const status of statuses) {
+      const n = taskCounter(name, status).valueUnsafe(metrics).count
+      counts[status] = n
+      tasks += n
+    }
+    const calls = yield* stats.snapshot({ provider: name, domain: statsDomain })
+    return { agent: name, tasks, statuses: counts, successRate: calls.successRate, latency: calls.latency, calls }
+  })
+
+  return HttpAgents.of({
+    call: Effect.fn("HttpAgent.call")(function* <A>(task: Task<A>) {
+      yield* Effect.annotateCurrentSpan({ "agent.task_id": String(task?.id) })
+      return (yield* call(task as Task, undefined)) as TaskRecord<A>
+    }) as Service["call"],
+    dispatch: Effect.fn("HttpAgent.dispatch")(function* (
+      tasks: ReadonlyArray<Task>,
+      dispatchOptions?: DispatchOptions
+    ) {
+      yield* Effect.annotateCurrentSpan({ "agent.tasks": Array.isArray(tasks) ? tasks.length : 0 })
+      return yield* runBatch(tasks, dispatchOptions, { call, agentOf, metrics })
+    }),
+    connections: connections.stats,
+    stats: agentStats
+  })
 })
 
-const resultsOf = (deps: Record<string, unknown>): Record<string, unknown> => {
-  const results: Record<string, unknown> = {}
-  for (const [id, record] of Object.entries(deps)) results[id] = (record as TaskRecord).result
-  return results
-}
-
 /**
- * The service, needing an `HttpClient` (e.g. `NodeHttpClient.layerUndici`) and a
- * `CircuitBreaker.Registry` (shared with everything else that uses breakers).
+ * The service, needing the `Executor` and `Stats` (e.g. from `Orchestra.layer`) and an
+ * `HttpClient` (`NodeHttpClient.layerUndici`); a `Discovery` and a `ResponseCache` are
+ * used when given.
  *
  * @since 0.1.0
  * @category layers
  */
 export const layer = (
   options: Options = {}
-): Layer.Layer<HttpAgents, never, HttpClient.HttpClient | CircuitBreaker.Registry> =>
+): Layer.Layer<HttpAgents, Input.OptionError, HttpClient.HttpClient | Executor | Stats> =>
   Layer.effect(HttpAgents, make(options))
 
 /**
@@ -537,7 +519,10 @@ export const layer = (
  * @category accessors
  */
 export const call = <A = unknown>(task: Task<A>): Effect.Effect<TaskRecord<A>, never, HttpAgents> =>
-  Effect.flatMap(HttpAgents, (service) => service.call(task))
+  Effect.gen(function* () {
+    const service = yield* HttpAgents
+    return yield* service.call(task)
+  })
 
 /**
  * Sends a batch through the `HttpAgents` service.
@@ -548,5 +533,20 @@ export const call = <A = unknown>(task: Task<A>): Effect.Effect<TaskRecord<A>, n
 export const dispatch = (
   tasks: ReadonlyArray<Task>,
   options?: DispatchOptions
-): Effect.Effect<ReadonlyArray<TaskRecord>, Pipeline.PipelineError, HttpAgents> =>
-  Effect.flatMap(HttpAgents, (service) => service.dispatch(tasks, options))
+): Effect.Effect<ReadonlyArray<TaskRecord>, PipelineError, HttpAgents> =>
+  Effect.gen(function* () {
+    const service = yield* HttpAgents
+    return yield* service.dispatch(tasks, options)
+  })
+
+/**
+ * The figures of one agent from the `HttpAgents` service.
+ *
+ * @since 0.2.0
+ * @category accessors
+ */
+export const stats = (agent: Agent<unknown> | string): Effect.Effect<AgentStats, never, HttpAgents> =>
+  Effect.gen(function* () {
+    const service = yield* HttpAgents
+    return yield* service.stats(agent)
+  })

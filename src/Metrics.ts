@@ -1,33 +1,43 @@
 /**
- * Every metric of the library, defined in one place. Dimensions are tags only:
- * `provider`, `domain`, `window` (advanced by `Stats.reset`) and any user tags (a batch id).
- * `Stats` reads its figures back from these metrics; nothing is counted twice.
+ * Every metric of the library, defined in one place, snake_case with the `orchestra_`
+ * prefix. Dimensions are attributes only: `provider`, `domain` (`"none"` for calls without
+ * one), and per component `breaker`, `cache`, `limit`, `agent`, `reason`, `outcome`.
+ *
+ * The call metrics (`orchestra_requests_total` ... `orchestra_queue_wait_ms`) are served by
+ * `Stats`: each (provider, domain) pair has one series object whose plain counters the
+ * call path updates, registered in the `Metric.MetricRegistry` of the layer that built it
+ * (`Metric.registerUnsafe`). Exporters (`PrometheusMetrics`, OTLP) read them like any metric,
+ * `Stats.snapshot` reads the same objects, and closing the layer removes its series.
  *
  * @since 0.1.0
  */
-import { Metric, MetricBoundaries, MetricLabel } from "effect"
+import { Metric } from "effect"
 
 /**
- * Latency buckets: 0.05 ms to ~14 min in steps of 10%, so percentiles read back from the
- * histogram are within ~5% of the true value.
+ * Latency buckets in milliseconds: 0.05 ms to ~14 minutes in steps of 10%, so percentiles
+ * read back from a histogram are within ~5% of the true value.
  *
  * @since 0.1.0
  * @category boundaries
  */
-export const latencyBoundaries = MetricBoundaries.exponential({ start: 0.05, factor: 1.1, count: 176 })
+export const latencyBoundaries: ReadonlyArray<number> = Metric.exponentialBoundaries({
+  start: 0.05,
+  factor: 1.1,
+  count: 176
+})
 
 /**
  * @since 0.1.0
- * @category metrics
+ * @category calls
  */
 export const requests = Metric.counter("orchestra_requests_total", {
-  description: "Calls started (one per execute, retries not included)",
+  description: "Calls started on a provider (one per call and fallback step; retries not included)",
   incremental: true
 })
 
 /**
  * @since 0.1.0
- * @category metrics
+ * @category calls
  */
 export const successes = Metric.counter("orchestra_successes_total", {
   description: "Calls that ended with an answer",
@@ -35,10 +45,11 @@ export const successes = Metric.counter("orchestra_successes_total", {
 })
 
 /**
- * Tagged with `reason` (ModelError reasons, Timeout, CircuitOpen, ShuttingDown, ...).
+ * Attribute `reason`: a `ModelError` reason, `Timeout`, `CircuitOpen`, `ShuttingDown`,
+ * `StreamInterrupted`, `FallbackExhausted` or `Interrupted`.
  *
  * @since 0.1.0
- * @category metrics
+ * @category calls
  */
 export const failures = Metric.counter("orchestra_failures_total", {
   description: "Calls that ended with a failure, by reason",
@@ -47,16 +58,16 @@ export const failures = Metric.counter("orchestra_failures_total", {
 
 /**
  * @since 0.1.0
- * @category metrics
+ * @category calls
  */
 export const timeouts = Metric.counter("orchestra_timeouts_total", {
-  description: "Attempts interrupted by a deadline",
+  description: "Attempts ended by one of our deadlines",
   incremental: true
 })
 
 /**
  * @since 0.1.0
- * @category metrics
+ * @category calls
  */
 export const retries = Metric.counter("orchestra_retries_total", {
   description: "Retries made (attempts after the first)",
@@ -64,175 +75,297 @@ export const retries = Metric.counter("orchestra_retries_total", {
 })
 
 /**
+ * Counted on the step that took over.
+ *
  * @since 0.1.0
- * @category metrics
+ * @category calls
  */
 export const fallbacks = Metric.counter("orchestra_fallbacks_total", {
-  description: "Calls answered by a fallback step",
+  description: "Hand-overs to the next step of a fallback chain",
   incremental: true
 })
 
 /**
+ * Attribute `outcome`: `started`, `won` or `lost`.
+ *
  * @since 0.1.0
- * @category metrics
+ * @category calls
  */
 export const hedges = Metric.counter("orchestra_hedges_total", {
-  description: "Backup calls started by hedging; tagged outcome=won|lost",
+  description: "Backup calls started by hedging, and which won",
   incremental: true
 })
 
 /**
  * @since 0.1.0
- * @category metrics
+ * @category calls
  */
-export const latency = Metric.histogram(
-  "orchestra_request_duration_ms",
-  latencyBoundaries,
-  "Duration of a call including retries, in milliseconds"
-)
+export const latency = Metric.histogram("orchestra_request_duration_ms", {
+  description: "Duration of a call as its caller saw it (queueing and retries included), in milliseconds",
+  boundaries: latencyBoundaries
+})
+
+/**
+ * @since 0.2.0
+ * @category calls
+ */
+export const serviceTime = Metric.histogram("orchestra_service_duration_ms", {
+  description: "Time a provider spent serving one attempt, in milliseconds",
+  boundaries: latencyBoundaries
+})
+
+/**
+ * @since 0.2.0
+ * @category calls
+ */
+export const queueWait = Metric.histogram("orchestra_queue_wait_ms", {
+  description: "Time an attempt waited for a free slot of its provider, in milliseconds",
+  boundaries: latencyBoundaries
+})
 
 /**
  * @since 0.1.0
- * @category metrics
+ * @category calls
  */
-export const inFlight = Metric.gauge("orchestra_in_flight", { description: "Calls running now" })
+export const inFlight = Metric.gauge("orchestra_in_flight", {
+  description: "Attempts being served by their provider now"
+})
+
+/**
+ * @since 0.2.0
+ * @category calls
+ */
+export const queued = Metric.gauge("orchestra_queued", {
+  description: "Attempts waiting for a free slot of their provider now"
+})
 
 /**
  * @since 0.1.0
- * @category metrics
+ * @category calls
  */
 export const inFlightPeak = Metric.gauge("orchestra_in_flight_peak", {
-  description: "Highest number of calls running at once in the window"
+  description: "Most attempts served at once since the stats window began"
 })
 
 /**
  * @since 0.1.0
- * @category metrics
+ * @category streams
  */
-export const timeToFirstToken = Metric.histogram(
-  "orchestra_time_to_first_token_ms",
-  latencyBoundaries,
-  "Time from a stream's start to its first text delta, in milliseconds"
-)
+export const timeToFirstToken = Metric.histogram("orchestra_time_to_first_token_ms", {
+  description: "Time from a stream's start to its first text, in milliseconds",
+  boundaries: latencyBoundaries
+})
 
 /**
- * @since 0.1.0
- * @category metrics
+ * @since 0.2.0
+ * @category calls
  */
-export const tokensPerSecond = Metric.histogram(
-  "orchestra_stream_tokens_per_second",
-  MetricBoundaries.exponential({ start: 0.5, factor: 1.25, count: 60 }),
-  "Output tokens per second of completed streams (after the first token)"
-)
-
-/**
- * @since 0.1.0
- * @category metrics
- */
-export const streamsAborted = Metric.counter("orchestra_streams_aborted_total", {
-  description: "Streams that failed or were cancelled after delivering text",
+export const inputTokens = Metric.counter("orchestra_input_tokens_total", {
+  description: "Input tokens reported by providers (estimated where a provider reports none)",
   incremental: true
 })
 
 /**
- * The label value standing for "all" in aggregate series (`provider="*"`).
- *
- * @since 0.1.0
- * @category labels
+ * @since 0.2.0
+ * @category calls
  */
-export const ALL = "*"
-
-/**
- * Stable label arrays for one combination of dimensions. Effect caches a metric's hook
- * per label-array identity, so reusing these arrays keeps updates off the registry's
- * hash lookups on the hot path.
- *
- * @since 0.1.0
- * @category labels
- */
-export interface Labels {
-  readonly dims: Dimensions
-  readonly exact: ReadonlyArray<MetricLabel.MetricLabel>
-  /** Series whose in-flight gauge and peak are kept: exact, per provider, per domain, per user tags, global. */
-  readonly aggregates: ReadonlyArray<ReadonlyArray<MetricLabel.MetricLabel>>
-  readonly withReason: (reason: string) => ReadonlyArray<MetricLabel.MetricLabel>
-  /** The `reason` series handed out so far. */
-  readonly reasons: () => IterableIterator<readonly [string, ReadonlyArray<MetricLabel.MetricLabel>]>
-  readonly with: (key: string, value: string) => ReadonlyArray<MetricLabel.MetricLabel>
-}
-
-/**
- * Dimensions of a call.
- *
- * @since 0.1.0
- * @category labels
- */
-export interface Dimensions {
-  readonly provider: string
-  readonly domain?: string | undefined
-  readonly tags?: Readonly<Record<string, string>> | undefined
-}
-
-const label = MetricLabel.make
-
-/**
- * @since 0.1.0
- * @category labels
- */
-export const makeLabels = (window: string, dims: Dimensions): Labels => {
-  const user = Object.entries(dims.tags ?? {})
-    .sort(([a], [b]) => (a < b ? -1 : a > b ? 1 : 0))
-    .map(([k, v]) => label(k, v))
-  const domain = dims.domain ?? ALL
-  const series = (provider: string, d: string, withUser: boolean) => [
-    label("window", window),
-    label("provider", provider),
-    label("domain", d),
-    ...(withUser ? user : [])
-  ]
-  const exact = series(dims.provider, domain, true)
-  const aggregates = [
-    exact,
-    series(dims.provider, ALL, false),
-    series(ALL, domain, false),
-    series(ALL, ALL, false),
-    ...(user.length > 0 ? [series(ALL, ALL, true)] : [])
-  ]
-  const unique = aggregates.filter(
-    (tags, i) => aggregates.findIndex((other) => JSON.stringify(other) === JSON.stringify(tags)) === i
-  )
-  const byReason = new Map<string, ReadonlyArray<MetricLabel.MetricLabel>>()
-  const byExtra = new Map<string, ReadonlyArray<MetricLabel.MetricLabel>>()
-  return {
-    dims,
-    exact,
-    aggregates: unique,
-    reasons: () => byReason.entries(),
-    withReason: (reason) => {
-      let tags = byReason.get(reason)
-      if (tags === undefined) {
-        tags = [...exact, label("reason", reason)]
-        byReason.set(reason, tags)
-      }
-      return tags
-    },
-    with: (key, value) => {
-      const id = `${key}\u0000${value}`
-      let tags = byExtra.get(id)
-      if (tags === undefined) {
-        tags = [...exact, label(key, value)]
-        byExtra.set(id, tags)
-      }
-      return tags
-    }
-  }
-}
-
-/**
- * @since 0.1.0
- * @category metrics
- */
-export const streamResumes = Metric.counter("orchestra_stream_resumes_total", {
-  description: "Streams resumed on another provider after a mid-stream failure (lossy continuations)",
+export const outputTokens = Metric.counter("orchestra_output_tokens_total", {
+  description: "Output tokens reported by providers",
   incremental: true
+})
+
+/**
+ * Value per state: 0 closed, 1 open, 2 half-open, 3 isolated. Attribute `breaker`.
+ *
+ * @since 0.1.0
+ * @category breakers
+ */
+export const breakerState = Metric.gauge("orchestra_breaker_state", {
+  description: "Circuit breaker state: 0 closed, 1 open, 2 half-open, 3 isolated"
+})
+
+/**
+ * Attributes `breaker`, `from`, `to`.
+ *
+ * @since 0.1.0
+ * @category breakers
+ */
+export const breakerTransitions = Metric.counter("orchestra_breaker_transitions_total", {
+  description: "Circuit breaker state changes",
+  incremental: true
+})
+
+/**
+ * Attribute `breaker`.
+ *
+ * @since 0.1.0
+ * @category breakers
+ */
+export const breakerRejections = Metric.counter("orchestra_breaker_rejections_total", {
+  description: "Calls refused by an open, half-open or isolated breaker",
+  incremental: true
+})
+
+/**
+ * Attributes `cache`, `outcome` (`hit`, `miss`, `stale`, `shared`).
+ *
+ * @since 0.1.0
+ * @category caches
+ */
+export const cacheLookups = Metric.counter("orchestra_cache_lookups_total", {
+  description: "Response cache lookups by outcome",
+  incremental: true
+})
+
+/**
+ * Attribute `cache` (the backend).
+ *
+ * @since 0.1.0
+ * @category caches
+ */
+export const cacheErrors = Metric.counter("orchestra_cache_errors_total", {
+  description: "Cache backend failures (the call went on without the cache)",
+  incremental: true
+})
+
+/**
+ * Attributes `limit` (the key), `outcome` (`immediate`, `delayed`, `rejected`).
+ *
+ * @since 0.1.0
+ * @category rate limits
+ */
+export const rateLimitAcquisitions = Metric.counter("orchestra_rate_limit_acquisitions_total", {
+  description: "Rate limit decisions by outcome",
+  incremental: true
+})
+
+/**
+ * Attribute `limit`.
+ *
+ * @since 0.1.0
+ * @category rate limits
+ */
+export const rateLimitWait = Metric.histogram("orchestra_rate_limit_wait_ms", {
+  description: "Time a call waited for a rate limit slot, in milliseconds",
+  boundaries: latencyBoundaries
+})
+
+/**
+ * Attribute `store`.
+ *
+ * @since 0.2.0
+ * @category rate limits
+ */
+export const storeErrors = Metric.counter("orchestra_store_errors_total", {
+  description: "Shared-state store failures (Redis down or slow) handled by the store's failure policy",
+  incremental: true
+})
+
+/**
+ * Attributes `agent`, `status` (`success`, `error`, `timeout`, `service_unavailable`).
+ *
+ * @since 0.1.0
+ * @category agents
+ */
+export const agentTasks = Metric.counter("orchestra_agent_tasks_total", {
+  description: "HTTP agent tasks by status",
+  incremental: true
+})
+
+/**
+ * Attribute `agent`.
+ *
+ * @since 0.2.0
+ * @category agents
+ */
+export const agentLatency = Metric.histogram("orchestra_agent_duration_ms", {
+  description: "Duration of an HTTP agent task, in milliseconds",
+  boundaries: latencyBoundaries
+})
+
+/**
+ * Attributes `route` (`chat`, `chat_stream`, `embeddings`, `models`, `health`, `metrics`,
+ * `admin`, `other`) and `status` (the HTTP status code).
+ *
+ * @since 0.2.0
+ * @category gateway
+ */
+export const gatewayRequests = Metric.counter("orchestra_gateway_requests_total", {
+  description: "Requests answered by the gateway, by route and status",
+  incremental: true
+})
+
+/**
+ * Attribute `route`.
+ *
+ * @since 0.2.0
+ * @category gateway
+ */
+export const gatewayLatency = Metric.histogram("orchestra_gateway_request_duration_ms", {
+  description: "Time from a request's arrival to its answer (for streams: to the last byte), in milliseconds",
+  boundaries: latencyBoundaries
+})
+
+/**
+ * Attribute `route`. For a stream, up to its first byte.
+ *
+ * @since 0.2.0
+ * @category gateway
+ */
+export const gatewayOverhead = Metric.histogram("orchestra_gateway_overhead_ms", {
+  description: "Time a request spent in the gateway itself, waits on upstream providers excluded, in milliseconds",
+  boundaries: latencyBoundaries
+})
+
+/**
+ * @since 0.2.0
+ * @category gateway
+ */
+export const gatewayTimeToFirstToken = Metric.histogram("orchestra_gateway_time_to_first_token_ms", {
+  description: "Time from a streamed request's arrival to its first content byte sent to the client, in milliseconds",
+  boundaries: latencyBoundaries
+})
+
+/**
+ * Attribute `reason`: a `GatewayError` reason (`Unauthorized`, `BudgetExceeded`, ...) or
+ * the label of a model-call failure (`AiError.reasonOf`), for answers and for streams
+ * ended by an error event.
+ *
+ * @since 0.2.0
+ * @category gateway
+ */
+export const gatewayErrors = Metric.counter("orchestra_gateway_errors_total", {
+  description: "Requests the gateway answered with an error (or streams it ended with one), by reason",
+  incremental: true
+})
+
+/**
+ * @since 0.2.0
+ * @category gateway
+ */
+export const gatewayInFlight = Metric.gauge("orchestra_gateway_in_flight", {
+  description: "Requests (and streams) the gateway is serving now"
+})
+
+/**
+ * Attribute `type`: `input` or `output`.
+ *
+ * @since 0.2.0
+ * @category gateway
+ */
+export const gatewayTokens = Metric.counter("orchestra_gateway_tokens_total", {
+  description: "Tokens of the gateway's answered requests (as the providers reported them)",
+  incremental: true
+})
+
+/**
+ * Attributes `key` (the key's id, never its secret), `scope` (`key`, `team`, `model`),
+ * `budget_unit` (`tokens`, `usd`; not `unit`, which Prometheus exporters drop) and, for the
+ * `model` scope, `model`.
+ *
+ * @since 0.2.0
+ * @category gateway
+ */
+export const gatewayBudgetRemaining = Metric.gauge("orchestra_gateway_budget_remaining", {
+  description: "What is left of a virtual key's budget, by scope and unit"
 })

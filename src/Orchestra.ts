@@ -1,18 +1,30 @@
 /**
- * The manager: one layer that builds the providers once and wires stats, executor,
- * domains, router, shared breakers and batches together. Closing its scope (or SIGINT /
- * SIGTERM under `NodeRuntime.runMain`) stops admitting work, lets in-flight calls finish
- * up to the shutdown deadline, interrupts the rest and releases the providers.
+ * The manager: one layer that builds the providers once and wires the stats, the shared
+ * policies of each provider (breaker, rate limit, cache), the executor, the domains, the
+ * router and batches together. Closing its scope (or SIGINT / SIGTERM under
+ * `NodeRuntime.runMain`) stops admitting work, lets running calls and streams finish up
+ * to the shutdown deadline, interrupts the rest and releases the providers.
  *
  * @since 0.1.0
  */
-import { Effect, Layer } from "effect"
-import type { ModelError } from "./AiError.js"
+import { Effect, Layer, Result } from "effect"
 import * as Batch from "./Batch.js"
 import * as CircuitBreaker from "./CircuitBreaker.js"
-import { type Domain, type Domains, layerDomains, layerProviders, predefined, Providers } from "./Domain.js"
+import {
+  check,
+  type Domain,
+  type DomainInput,
+  type Domains,
+  layerDomains,
+  layerProviders,
+  predefined,
+  predefinedNames,
+  Providers
+} from "./Domain.js"
 import * as Executor from "./Executor.js"
+import * as Input from "./Input.js"
 import { ModelProvider } from "./Model.js"
+import * as RateLimit from "./RateLimit.js"
 import * as ResponseCache from "./ResponseCache.js"
 import * as Router from "./Router.js"
 import * as Stats from "./Stats.js"
@@ -21,22 +33,37 @@ import * as Stats from "./Stats.js"
  * @since 0.1.0
  * @category models
  */
-export interface Options<Providers extends Record<string, Layer.Layer<ModelProvider, unknown, unknown>>> {
+export interface Options<P extends Record<string, Layer.Layer<ModelProvider, unknown, unknown>>> {
   /** Named provider layers; each is built once. */
-  readonly providers: Providers
+  readonly providers: P
   /** The provider of the predefined domains and of calls without a domain. Default: the first. */
-  readonly defaultProvider?: (keyof Providers & string) | undefined
-  /** Domains; default: `support`, `technical`, `finance` on the default provider. */
-  readonly domains?: ReadonlyArray<Domain> | undefined
-  /** Added to the predefined domains instead of replacing them. */
-  readonly extraDomains?: ReadonlyArray<Domain> | undefined
+  readonly defaultProvider?: (keyof P & string) | undefined
+  /** Domains replacing the predefined `support`, `technical` and `finance`. */
+  readonly domains?: ReadonlyArray<Domain | DomainInput> | undefined
+  /** Domains added to the predefined ones; a predefined name is refused (use `overrideDomains`). */
+  readonly extraDomains?: ReadonlyArray<Domain | DomainInput> | undefined
+  /** Domains replacing predefined ones of the same name, explicitly. */
+  readonly overrideDomains?: ReadonlyArray<Domain | DomainInput> | undefined
   readonly executor?: Executor.Options | undefined
-  /** Calls running at once across all batches. Default 5. */
+  /** Calls running at once across every batch. Default 5. */
   readonly maxConcurrent?: number | undefined
-  /** Shared breakers, one per provider (default on); `false` disables them. */
-  readonly breakers?: CircuitBreaker.MakeOptions | false | undefined
-  /** An in-memory response cache (default off). */
-  readonly cache?: ResponseCache.MemoryOptions | false | undefined
+  /**
+   * Shared breakers, one circuit per provider (default on, in memory); `false` disables
+   * them; a layer (`CircuitBreaker.layerRedis(...)`) shares them across processes.
+   */
+  readonly breakers?:
+    | CircuitBreaker.Options
+    | false
+    | Layer.Layer<CircuitBreaker.Breakers, unknown, unknown>
+    | undefined
+  /** Rate limits per provider (default off); a layer (`RateLimit.layerRedis(...)`) shares them. */
+  readonly rateLimits?: RateLimit.Options | false | Layer.Layer<RateLimit.RateLimits, unknown, unknown> | undefined
+  /** A response cache (default off); a layer (`ResponseCache.layerRedis(...)`) shares it. */
+  readonly cache?:
+    | ResponseCache.MemoryOptions
+    | false
+    | Layer.Layer<ResponseCache.ResponseCache, unknown, unknown>
+    | undefined
 }
 
 /**
@@ -53,7 +80,82 @@ export type Services =
   | Domains
   | Providers
   | ModelProvider
-  | CircuitBreaker.Registry
+  | CircuitBreaker.Breakers
+
+const isLayer = (u: unknown): u is Layer.Layer<never, unknown, unknown> => Layer.isLayer(u)
+
+/**
+ * The domains of a manager: the predefined ones (or `domains`), plus `extraDomains`, with
+ * `overrideDomains` replacing by name. Checked (an `OptionError` names the field).
+ *
+ * @since 0.2.0
+ * @category constructors
+ */
+export const domainsOf = (options: {
+  readonly defaultProvider: string
+  readonly domains?: ReadonlyArray<Domain | DomainInput> | undefined
+  readonly extraDomains?: ReadonlyArray<Domain | DomainInput> | undefined
+  readonly overrideDomains?: ReadonlyArray<Domain | DomainInput> | undefined
+}): Input.Checked<ReadonlyArray<Domain>> => {
+  for (const path of ["domains", "extraDomains", "overrideDomains"] as const) {
+    const list: unknown = options[path]
+    if (list !== undefined && !Array.isArray(list))
+      return Result.fail({ path, message: "expected an array of domains" })
+  }
+  // Each domain with the path it was given under, so a mistake is reported where the user wrote it.
+  const entries: Array<{ readonly domain: unknown; readonly path: string }> = (
+    options.domains ?? predefined(options.defaultProvider)
+  ).map((domain, i) => ({ domain, path: `domains[${i}]` }))
+  const baseNames = new Set(entries.map((e) => nameOf(e.domain)))
+  for (const [i, domain] of (options.extraDomains ?? []).entries()) {
+    const name = nameOf(domain)
+    if (name !== undefined && baseNames.has(name)) {
+      const builtIn = options.domains === undefined && predefinedNames.includes(name)
+      return Result.fail({
+        path: `extraDomains[${i}].name`,
+        message: `"${name}" is already a ${builtIn ? "predefined " : ""}domain: extraDomains only adds (use overrideDomains to replace it)`
+      })
+    }
+    entries.push({ domain, path: `extraDomains[${i}]` })
+  }
+  const overridden = new Set<unknown>()
+  for (const [i, domain] of (options.overrideDomains ?? []).entries()) {
+    const name = nameOf(domain)
+    if (name !== undefined && overridden.has(name)) {
+      return Result.fail({ path: `overrideDomains[${i}].name`, message: `duplicate domain "${name}"` })
+    }
+    overridden.add(name)
+    const at = name === undefined ? -1 : entries.findIndex((e) => nameOf(e.domain) === name)
+    const entry = { domain, path: `overrideDomains[${i}]` }
+    if (at === -1) entries.push(entry)
+    else entries[at] = entry
+  }
+  const checked = check(
+    entries.map((e) => e.domain),
+    "domains"
+  )
+  if (Result.isSuccess(checked)) return checked
+  const at = /^domains\[(\d+)\](.*)$/.exec(checked.failure.path)
+  const origin = at === null ? undefined : entries[Number(at[1])]
+  return origin === undefined ? checked : Result.fail({ ...checked.failure, path: `${origin.path}${at![2]}` })
+}
+
+const nameOf = (domain: unknown): string | undefined =>
+  typeof domain === "object" && domain !== null && typeof (domain as { name?: unknown }).name === "string"
+    ? (domain as { name: string }).name
+    : undefined
+
+// An OptionError of a layer built from the option `path` names the field under it (`executor.timeout`).
+const under =
+  (path: string) =>
+  <A, R>(layer: Layer.Layer<A, Input.OptionError, R>): Layer.Layer<A, Input.OptionError, R> =>
+    Layer.catchTag(layer, "OptionError", (error) => {
+      const inner = `invalid ${error.path}: `
+      const message = error.message.startsWith(inner) ? error.message.slice(inner.length) : error.message
+      return Layer.effectDiscard(
+        Effect.fail(Input.toOptionError({ path: `${path}.${error.path}`, message }))
+      ) as unknown as Layer.Layer<A, Input.OptionError, R>
+    })
 
 /**
  * @since 0.1.0
@@ -63,34 +165,58 @@ export const layer = <const P extends Record<string, Layer.Layer<ModelProvider, 
   options: Options<P>
 ): Layer.Layer<
   Services,
-  ModelError | { [K in keyof P]: Layer.Layer.Error<P[K]> }[keyof P],
-  { [K in keyof P]: Layer.Layer.Context<P[K]> }[keyof P]
-> => {
-  const names = Object.keys(options.providers)
-  const defaultProvider = options.defaultProvider ?? names[0] ?? "default"
-  const domains = [...(options.domains ?? predefined(defaultProvider)), ...(options.extraDomains ?? [])]
-  const providers = layerProviders(options.providers)
-  const defaultModel = Layer.effect(
-    ModelProvider,
-    Effect.flatMap(Providers, (registry) => registry.get(defaultProvider))
-  )
-  // The registry is always in the output (its state stream, isolate/reset); the router uses
-  // it only when breakers are on.
-  const registry = CircuitBreaker.layer(options.breakers === false ? {} : (options.breakers ?? {}))
-  const resilience = Layer.mergeAll(
-    options.breakers === false ? Layer.empty : registry,
-    options.cache === undefined || options.cache === false ? Layer.empty : ResponseCache.layerMemory(options.cache)
-  )
-  const core = Executor.layer(options.executor).pipe(
-    Layer.provideMerge(Layer.mergeAll(Stats.layer, layerDomains(domains))),
-    Layer.provideMerge(defaultModel),
-    Layer.provideMerge(providers)
-  )
-  const router = Router.layer.pipe(Layer.provide(resilience))
-  const batch = Batch.layer({ maxConcurrent: options.maxConcurrent })
-  return batch.pipe(
-    Layer.provideMerge(router),
-    Layer.provideMerge(core),
-    Layer.provideMerge(options.breakers === false ? registry : resilience)
+  Input.OptionError | { [K in keyof P]: Layer.Error<P[K]> }[keyof P],
+  { [K in keyof P]: Layer.Services<P[K]> }[keyof P]
+> =>
+  Layer.unwrap(
+    Effect.gen(function* () {
+      const names = Object.keys(options.providers)
+      if (names.length === 0) {
+        return yield* Effect.fail(
+          new Input.OptionError({ path: "providers", message: "invalid providers: give at least one" })
+        )
+      }
+      const defaultProvider = options.defaultProvider ?? names[0]!
+      if (!names.includes(defaultProvider)) {
+        return yield* Input.orOptionError(
+          Result.fail({
+            path: "defaultProvider",
+            message: `no provider named "${defaultProvider}" (given: ${names.join(", ")})`
+          })
+        )
+      }
+      const domains = yield* Input.orOptionError(domainsOf({ ...options, defaultProvider }))
+      const providers = layerProviders(options.providers)
+      const defaultModel = Layer.effect(
+        ModelProvider,
+        Effect.flatMap(Providers, (registry) => registry.get(defaultProvider))
+      )
+      const breakers =
+        options.breakers === false
+          ? Layer.empty
+          : isLayer(options.breakers)
+            ? options.breakers
+            : under("breakers")(CircuitBreaker.layerMemory(options.breakers ?? {}))
+      const limits =
+        options.rateLimits === undefined || options.rateLimits === false
+          ? Layer.empty
+          : isLayer(options.rateLimits)
+            ? options.rateLimits
+            : under("rateLimits")(RateLimit.layerMemory(options.rateLimits))
+      const cache =
+        options.cache === undefined || options.cache === false
+          ? Layer.empty
+          : isLayer(options.cache)
+            ? options.cache
+            : under("cache")(ResponseCache.layerMemory(options.cache))
+      const guards = Layer.mergeAll(breakers, limits, cache)
+      const core = under("executor")(Executor.layer(options.executor)).pipe(
+        Layer.provideMerge(Layer.mergeAll(Stats.layer, layerDomains(domains))),
+        Layer.provideMerge(defaultModel),
+        Layer.provideMerge(providers),
+        Layer.provideMerge(guards)
+      )
+      const batch = Batch.layer({ maxConcurrent: options.maxConcurrent })
+      return batch.pipe(Layer.provideMerge(Router.layer), Layer.provideMerge(core))
+    })
   ) as never
-}

@@ -1,14 +1,29 @@
 /**
- * Pipelines of agents: named steps with dependencies (a DAG), validated when built,
- * run with every step starting as soon as its dependencies are done.
+ * Pipelines of agents: named steps with dependencies (a DAG on `effect/Graph`), checked
+ * when built, run with every step starting as soon as its own dependencies are done.
+ *
+ * A step with policies (`timeout`, `totalTimeout`, `retry`, `fallback`, `breaker`,
+ * `rateLimit`, `stats`) runs through the executor's one policy pipeline (see `Policy.ts`),
+ * so its deadline, retries, breaker, rate limit and fallback behave as a model call's do,
+ * and its calls are counted in `Stats` under its name (domain `"pipeline"`). A step that
+ * calls a model goes through the `Router` or the `Executor` ({@link route},
+ * {@link generate}), so a domain keeps its own policies inside the step.
  *
  * @since 0.1.0
  */
-import type { Cause, Schedule, Types } from "effect"
-import { Duration, Effect, Either, Graph, Option, Pipeable, Schema } from "effect"
+import type { Cause, Duration, Types } from "effect"
+import { Effect, Graph, Pipeable, Result as R } from "effect"
 import { dual, identity } from "effect/Function"
 import { type AiError, isAiError, isRetryable } from "./AiError.js"
-import * as internal from "./internal/pipeline.js"
+import { type ExecuteOptions, Executor } from "./Executor.js"
+import type { DurationInput } from "./Input.js"
+import type { GenerateRequest, GenerateResponse } from "./Model.js"
+import * as Internal from "./pipeline/definition.js"
+import * as Errors from "./pipeline/errors.js"
+import { execute, describe } from "./pipeline/scheduler.js"
+import { makeRunner } from "./pipeline/step.js"
+import type { RetryPolicy, RetryPolicyInput } from "./Policy.js"
+import * as Router from "./Router.js"
 
 /**
  * @since 0.1.0
@@ -23,31 +38,33 @@ export const TypeId: unique symbol = Symbol.for("effect-orchestra/Pipeline")
 export type TypeId = typeof TypeId
 
 /**
- * Why a pipeline definition was refused.
+ * Why a pipeline definition or run was refused.
  *
  * @since 0.1.0
  * @category models
  */
-export const PipelineErrorReason = Schema.Literal("UnknownDependency", "Cycle", "DuplicateStep", "InvalidOption")
+export const PipelineErrorReason = Errors.PipelineErrorReason
 
 /**
- * A pipeline definition is invalid: a step depends on a step that does not exist, the
- * dependencies form a cycle, or two steps share a name. `steps` names the offending
- * steps (for a cycle: in cycle order). Or a run option is invalid (`InvalidOption`):
- * `option` names it and `steps` is empty.
+ * A pipeline definition or run was refused, before any step ran:
+ *
+ * - `UnknownDependency`, `DuplicateStep`, `Cycle`: `steps` names the steps (for a cycle:
+ *   in cycle order).
+ * - `InvalidStep`: a step field is wrong (`dependsOn: "a"`, `timeout: "soon"`, a typo such
+ *   as `dependOn`); `field` is its path (`steps[2].dependsOn`).
+ * - `InvalidOption`: a run option is wrong (`mode: "bogus"`, `concurrency: 0`); `field`
+ *   and `option` name it.
  *
  * @since 0.1.0
  * @category errors
  */
-export class PipelineError extends Schema.TaggedError<PipelineError>("effect-orchestra/PipelineError")(
-  "PipelineError",
-  {
-    reason: PipelineErrorReason,
-    steps: Schema.Array(Schema.String),
-    option: Schema.optional(Schema.String),
-    message: Schema.String
-  }
-) {}
+export const PipelineError = Errors.PipelineError
+
+/**
+ * @since 0.1.0
+ * @category errors
+ */
+export type PipelineError = Errors.PipelineError
 
 /**
  * `Pipeline.outputs` found steps that did not succeed.
@@ -55,16 +72,17 @@ export class PipelineError extends Schema.TaggedError<PipelineError>("effect-orc
  * @since 0.1.0
  * @category errors
  */
-export class PipelineFailedError extends Schema.TaggedError<PipelineFailedError>(
-  "effect-orchestra/PipelineFailedError"
-)("PipelineFailedError", {
-  failedSteps: Schema.Array(Schema.String),
-  message: Schema.String
-}) {}
+export const PipelineFailedError = Errors.PipelineFailedError
+
+/**
+ * @since 0.1.0
+ * @category errors
+ */
+export type PipelineFailedError = Errors.PipelineFailedError
 
 /**
  * What a step (or its fallback) receives: the pipeline's input and the outputs of the
- * steps it depends on.
+ * steps it depends on (a record without a prototype: any name is a key).
  *
  * @since 0.1.0
  * @category models
@@ -75,18 +93,19 @@ export interface StepContext<I, D> {
 }
 
 /**
- * Why a step's own effect did not produce an output.
+ * Why a step's own effect did not produce an output: its error (or the pipeline's own:
+ * an open breaker, a refused rate limit), or its deadline.
  *
  * @since 0.1.0
  * @category models
  */
 export type Failure<E> =
-  | { readonly _tag: "Failed"; readonly error: E }
+  | { readonly _tag: "Failed"; readonly error: E | AiError }
   | { readonly _tag: "TimedOut"; readonly timeout: Duration.Duration }
 
 /**
  * What replaces a failed or timed-out step: a fixed value, or another effect (which may
- * use the failure). Defects never fall back.
+ * use the failure). Defects and invalid requests never fall back.
  *
  * @since 0.1.0
  * @category models
@@ -96,21 +115,30 @@ export type Fallback<I, D, A, E, E2, R2> =
   | { readonly step: (context: StepContext<I, D> & { readonly failure: Failure<E> }) => Effect.Effect<A, E2, R2> }
 
 /**
- * Per-step policies.
- *
- * - `timeout`: a deadline for the whole step, retries included (a per-attempt deadline
- *   belongs inside the step's effect). The fallback step is not under it.
- * - `retry`: a `Schedule` fed with the step's typed errors; retries the step's effect.
- * - `fallback`: used when the step failed with a typed error or timed out.
+ * Per-step policies; any of them runs the step through the executor's policy pipeline.
+ * Durations are checked (`"soon"`, `-1`, `NaN` are refused with a `PipelineError`).
  *
  * @since 0.1.0
  * @category models
  */
 export interface StepOptions<I, D, A2, E, E2 = never, R2 = never> {
-  readonly timeout?: Duration.DurationInput | undefined
-  readonly retry?: Schedule.Schedule<unknown, E, never> | undefined
-  /** The fallback's output type joins the step's (`A | A2`). */
+  /** Deadline of each attempt of the step's effect (a `TimeoutError` that is retried). */
+  readonly timeout?: DurationInput | undefined
+  /** Deadline of the whole step: attempts, retries and the fallback. */
+  readonly totalTimeout?: DurationInput | undefined
+  /**
+   * Retries of the step's effect on `Policy.schedule`: `true` for the executor's policy, or
+   * a policy. Only retryable `AiError`s are retried (timeouts, rate limits, overloads).
+   */
+  readonly retry?: boolean | RetryPolicy | RetryPolicyInput | undefined
+  /** Used when the step failed (when `shouldFallback` says so) or timed out. Joins the output type (`A | A2`). */
   readonly fallback?: Fallback<I, D, A2, E, E2, R2> | undefined
+  /** A key of the executor's shared breakers: every attempt goes through that circuit. */
+  readonly breaker?: string | undefined
+  /** A key of the executor's rate limits: every attempt takes a slot. */
+  readonly rateLimit?: string | undefined
+  /** The name the step's calls are counted under in `Stats` (default: the step's name). */
+  readonly stats?: string | undefined
   /** A label for diagrams (default: the step name). */
   readonly description?: string | undefined
 }
@@ -149,11 +177,11 @@ export interface Failed<E> extends Timing {
   readonly status: "failed"
   readonly step: string
   /** The typed error (absent for a defect). */
-  readonly error?: E | undefined
-  readonly cause: Cause.Cause<E>
+  readonly error?: E | AiError | undefined
+  readonly cause: Cause.Cause<unknown>
   readonly message: string
   readonly attempts: number
-  /** When the fallback step failed too: what made the step fall back. */
+  /** When the fallback failed too: what made the step fall back. */
   readonly primary?: Failure<E> | undefined
 }
 
@@ -207,8 +235,8 @@ export interface Skipped {
 export type StepOutcome<A, E> = Succeeded<A, E> | Failed<E> | TimedOut | Interrupted | Skipped
 
 /**
- * How a run went about it: `parallel`, `sequential`, or a parallel run whose failures
- * were retried one at a time (`parallelThenSequential`, see `fallbackToSequential`).
+ * `parallel`, `sequential`, or a parallel run whose failures were run again one at a time
+ * (`parallelThenSequential`, see `fallbackToSequential`).
  *
  * @since 0.1.0
  * @category models
@@ -216,7 +244,8 @@ export type StepOutcome<A, E> = Succeeded<A, E> | Failed<E> | TimedOut | Interru
 export type Strategy = "parallel" | "sequential" | "parallelThenSequential"
 
 /**
- * Every step's outcome, and the figures of the run.
+ * Every step's outcome, and the figures of the run. `steps` and `outputs` are records
+ * without a prototype, so every step name is present, `__proto__` included.
  *
  * @since 0.1.0
  * @category models
@@ -245,17 +274,17 @@ export interface Result<O, E> {
 }
 
 /**
+ * Checked when the run starts (a `PipelineError` of reason `InvalidOption` naming it).
+ *
  * - `mode`: `parallel` (default) or `sequential` (topological order, one at a time).
- * - `concurrency`: most steps running at once in parallel mode (default: unbounded): a
- *   whole number of at least 1, or `Infinity`; anything else (0, negative, fractional,
- *   `NaN`) makes `run` fail with a `PipelineError` of reason `InvalidOption`.
+ * - `concurrency`: most steps running at once in parallel mode (default unbounded): a
+ *   whole number of at least 1, or `Infinity`.
  * - `onFailure`: `failFast` (default; interrupt running steps, skip the rest) or
  *   `continue` (skip only the dependents of a failed step).
  * - `fallbackToSequential`: after a parallel run in which a step failed for a reason that
- *   concurrency can cause (a timeout, or a retryable `AiError`: rate limited, overloaded,
- *   transport, unavailable), run the steps that did not succeed again, one at a time in
- *   topological order, keeping the outputs that succeeded. `true` uses that predicate;
- *   a function replaces it.
+ *   concurrency can cause ({@link isConcurrencyRelated}), run the steps that did not
+ *   succeed again, one at a time, keeping the outputs that succeeded. A function replaces
+ *   the predicate.
  *
  * @since 0.1.0
  * @category models
@@ -282,8 +311,8 @@ export interface StepSpec<I, A, E, R> extends StepOptions<I, Record<string, unkn
 type DepsOf<O, D extends ReadonlyArray<PropertyKey>> = { readonly [K in D[number] & keyof O]: O[K] }
 
 /**
- * A validated DAG of steps. `I` is the input, `O` the outputs by step name, `E` and `R`
- * the union of the steps' errors and requirements.
+ * A DAG of steps. `I` is the input, `O` the outputs by step name, `E` and `R` the union of
+ * the steps' errors and requirements (`Executor` once a step has policies).
  *
  * @since 0.1.0
  * @category models
@@ -299,13 +328,20 @@ export interface Pipeline<I, O, E = never, R = never> extends Pipeable.Pipeable 
   readonly names: ReadonlyArray<keyof O & string>
   readonly defaults: RunOptions
   /** @internal */
-  readonly definition: internal.Definition
+  readonly definition: Internal.Definition
+  /** @internal The first definition error; `run` fails with it. */
+  readonly issue: PipelineError | undefined
   /**
    * Adds a step. It may depend only on steps already added (so names are checked and
    * cycles are impossible by construction); `deps` is typed from their outputs. With names
-   * widened to `string` the types cannot check them: a duplicate or unknown name then
-   * throws the `PipelineError` (a defect). Build such pipelines with `fromSteps`.
+   * widened to `string`, a duplicate or unknown name (or an invalid option) is kept as the
+   * pipeline's `PipelineError`: `run` and {@link validate} fail with it; nothing throws.
    */
+  step<const N extends string, const D extends ReadonlyArray<keyof O & string>, A, E1 = never, R1 = never>(
+    name: N extends keyof O ? never : N,
+    dependsOn: D,
+    run: (context: StepContext<I, DepsOf<O, D>>) => Effect.Effect<A, E1, R1>
+  ): Pipeline<I, Types.Simplify<O & { readonly [K in N]: A }>, E | E1, R | R1>
   step<
     const N extends string,
     const D extends ReadonlyArray<keyof O & string>,
@@ -319,8 +355,8 @@ export interface Pipeline<I, O, E = never, R = never> extends Pipeable.Pipeable 
     name: N extends keyof O ? never : N,
     dependsOn: D,
     run: (context: StepContext<I, DepsOf<O, D>>) => Effect.Effect<A, E1, R1>,
-    options?: StepOptions<I, DepsOf<O, D>, A2, NoInfer<E1>, E2, R2>
-  ): Pipeline<I, Types.Simplify<O & { readonly [K in N]: A | A2 }>, E | E1 | E2, R | R1 | R2>
+    options: StepOptions<I, DepsOf<O, D>, A2, NoInfer<E1>, E2, R2>
+  ): Pipeline<I, Types.Simplify<O & { readonly [K in N]: A | A2 }>, E | E1 | E2, R | R1 | R2 | Executor>
 }
 
 /**
@@ -338,114 +374,56 @@ const proto = {
   }
 }
 
-const fromDefinition = <I, O, E, R>(definition: internal.Definition, defaults: RunOptions): Pipeline<I, O, E, R> => {
-  const self = Object.create(proto) as {
-    -readonly [K in keyof Pipeline<I, O, E, R>]: Pipeline<I, O, E, R>[K]
-  }
-  self[TypeId] = {
-    _I: identity,
-    _O: identity,
-    _E: identity,
-    _R: identity
-  }
+const empty = R.getOrThrow(Internal.build([]))
+
+const fromDefinition = <I, O, E, R>(
+  definition: Internal.Definition,
+  defaults: RunOptions,
+  issue: PipelineError | undefined
+): Pipeline<I, O, E, R> => {
+  const self = Object.create(proto) as { -readonly [K in keyof Pipeline<I, O, E, R>]: Pipeline<I, O, E, R>[K] }
+  self[TypeId] = { _I: identity, _O: identity, _E: identity, _R: identity }
   self.names = definition.order.map((def) => def.name) as Array<keyof O & string>
   self.defaults = defaults
   self.definition = definition
-  self.step = ((name: string, dependsOn: ReadonlyArray<string>, run: internal.StepDef["run"], options?) => {
-    const defs = [
-      ...definition.steps,
-      toDef({ ...(options ?? {}), name, dependsOn, run } as StepSpec<unknown, unknown, unknown, unknown>)
-    ]
-    const next = validate(defs)
-    // The types rule this out; reaching it means the names were widened to `string`.
-    if (Either.isLeft(next)) throw next.left
-    return fromDefinition(next.right, defaults)
+  self.issue = issue
+  self.step = ((name: unknown, dependsOn: unknown, run: unknown, options?: unknown) => {
+    if (issue !== undefined) return self
+    const at = `steps[${definition.steps.length}]`
+    const next = R.flatMap(
+      R.flatMap(Internal.checkSpec({ name, dependsOn, run }, at), (def) =>
+        R.map(Internal.checkPolicies(options, at, def.name), (policies) => {
+          const merged = { ...def, ...policies }
+          return { ...merged, governed: Internal.isGoverned(merged) }
+        })
+      ),
+      (def) => Internal.build([...definition.steps, def])
+    )
+    return R.isSuccess(next)
+      ? fromDefinition(next.success, defaults, undefined)
+      : fromDefinition(definition, defaults, next.failure)
   }) as Pipeline<I, O, E, R>["step"]
   return self as Pipeline<I, O, E, R>
 }
 
-const toDef = (spec: StepSpec<unknown, unknown, unknown, unknown>): internal.StepDef => ({
-  name: spec.name,
-  deps: spec.dependsOn ?? [],
-  run: spec.run as internal.StepDef["run"],
-  timeout: spec.timeout === undefined ? undefined : Duration.decode(spec.timeout),
-  retry: spec.retry,
-  fallback:
-    spec.fallback === undefined
-      ? undefined
-      : "step" in spec.fallback
-        ? { _tag: "Step", run: spec.fallback.step as internal.FallbackStep }
-        : { _tag: "Value", value: spec.fallback.value },
-  description: spec.description
-})
+/**
+ * The failures `fallbackToSequential: true` runs again: timeouts and retryable `AiError`s.
+ *
+ * @since 0.1.0
+ * @category predicates
+ */
+export const isConcurrencyRelated = (failure: Failure<unknown>): boolean =>
+  failure._tag === "TimedOut" || (isAiError(failure.error) && isRetryable(failure.error))
 
-const cycleIn = (component: ReadonlyArray<number>, graph: Graph.DirectedGraph<string, void>): Array<string> => {
-  const members = new Set(component)
-  const path: Array<number> = []
-  const seen = new Map<number, number>()
-  let node = component[0]!
-  while (!seen.has(node)) {
-    seen.set(node, path.length)
-    path.push(node)
-    node = Graph.successors(graph, node).find((n) => members.has(n))!
-  }
-  const cycle = path.slice(seen.get(node))
-  return [...cycle, node].map((i) => Option.getOrThrow(Graph.getNode(graph, i)))
-}
-
-const validate = (steps: ReadonlyArray<internal.StepDef>): Either.Either<internal.Definition, PipelineError> => {
-  const index = new Map<string, number>()
-  for (const step of steps) {
-    if (index.has(step.name)) {
-      return Either.left(
-        new PipelineError({
-          reason: "DuplicateStep",
-          steps: [step.name],
-          message: `step "${step.name}" is defined twice`
-        })
-      )
-    }
-    index.set(step.name, index.size)
-  }
-  for (const step of steps) {
-    const missing = step.deps.filter((dep) => !index.has(dep))
-    if (missing.length > 0) {
-      return Either.left(
-        new PipelineError({
-          reason: "UnknownDependency",
-          steps: [step.name, ...missing],
-          message: `step "${step.name}" depends on unknown step${missing.length > 1 ? "s" : ""} ${missing.map((m) => `"${m}"`).join(", ")}`
-        })
-      )
-    }
-  }
-  const graph = Graph.directed<string, void>((mutable) => {
-    for (const step of steps) Graph.addNode(mutable, step.name)
-    for (const step of steps) {
-      for (const dep of step.deps) Graph.addEdge(mutable, index.get(dep)!, index.get(step.name)!, undefined)
-    }
-  })
-  if (!Graph.isAcyclic(graph)) {
-    const component =
-      Graph.stronglyConnectedComponents(graph).find(
-        (c) => c.length > 1 || (c.length === 1 && Graph.hasEdge(graph, c[0]!, c[0]!))
-      ) ?? []
-    const cycle = cycleIn(component, graph)
-    return Either.left(
-      new PipelineError({
-        reason: "Cycle",
-        steps: cycle.slice(0, -1),
-        message: `dependency cycle: ${cycle.join(" -> ")}`
-      })
-    )
-  }
-  const order = Array.from(Graph.indices(Graph.topo(graph)), (i) => steps[i]!)
-  return Either.right({ steps, order, graph, index })
+const checkDefaults = (defaults: unknown): PipelineError | undefined => {
+  const checked = Internal.checkRunOptions(defaults, isConcurrencyRelated as (f: Internal.Failure) => boolean)
+  return R.isFailure(checked) ? checked.failure : undefined
 }
 
 /**
  * An empty pipeline taking `I`; add steps with `.step(name, dependsOn, run, options?)`.
- * `defaults` are run options every run starts from.
+ * `defaults` are the run options every run starts from (checked: a bad one is the
+ * pipeline's `PipelineError`).
  *
  * @example
  * ```ts
@@ -464,11 +442,14 @@ const validate = (steps: ReadonlyArray<internal.StepDef>): Either.Either<interna
  * @category constructors
  */
 export const make = <I = void>(defaults: RunOptions = {}): Pipeline<I, {}> =>
-  fromDefinition<I, {}, never, never>(Either.getOrThrow(validate([])), defaults)
+  fromDefinition<I, {}, never, never>(empty, defaults, checkDefaults(defaults))
 
 /**
- * A pipeline from steps known only at runtime (configuration, task lists). Unknown
- * dependencies, cycles and duplicate names fail with a `PipelineError` naming the steps.
+ * A pipeline from steps known only at runtime (configuration, task lists). Every field is
+ * checked: a wrong one, an unknown dependency, a cycle or a duplicate name fails with a
+ * `PipelineError` naming it; nothing throws. Steps with policies need the `Executor` in
+ * the run's context (types cannot see it here: the run fails with a `PipelineError`
+ * naming the step when it is missing).
  *
  * @since 0.1.0
  * @category constructors
@@ -477,45 +458,86 @@ export const fromSteps = <I, A, E, R>(
   steps: ReadonlyArray<StepSpec<I, A, E, R>>,
   defaults: RunOptions = {}
 ): Effect.Effect<Pipeline<I, Record<string, A>, E, R>, PipelineError> =>
-  Effect.map(
-    Either.match(validate(steps.map((s) => toDef(s as StepSpec<unknown, unknown, unknown, unknown>))), {
-      onLeft: Effect.fail,
-      onRight: Effect.succeed
-    }),
-    (definition) => fromDefinition<I, Record<string, A>, E, R>(definition, defaults)
-  )
+  Effect.suspend(() => {
+    if (!Array.isArray(steps)) {
+      return Effect.fail(
+        Errors.invalidStep("steps", `expected an array of steps, got ${Errors.show(steps)}`, undefined)
+      )
+    }
+    const defs: Array<Internal.StepDef> = []
+    for (const [i, spec] of steps.entries()) {
+      const checked = Internal.checkSpec(spec, `steps[${i}]`)
+      if (R.isFailure(checked)) return Effect.fail(checked.failure)
+      defs.push(checked.success)
+    }
+    const invalid = checkDefaults(defaults)
+    if (invalid !== undefined) return Effect.fail(invalid)
+    const definition = Internal.build(defs)
+    return R.isSuccess(definition)
+      ? Effect.succeed(fromDefinition<I, Record<string, A>, E, R>(definition.success, defaults, undefined))
+      : Effect.fail(definition.failure)
+  })
 
 /**
- * The failures `fallbackToSequential: true` re-runs: timeouts and retryable `AiError`s.
+ * The pipeline if its definition holds, or its `PipelineError`.
  *
- * @since 0.1.0
- * @category predicates
+ * @since 0.2.0
+ * @category constructors
  */
-export const isConcurrencyRelated = (failure: Failure<unknown>): boolean =>
-  failure._tag === "TimedOut" || (isAiError(failure.error) && isRetryable(failure.error as AiError))
+export const validate = <I, O, E, R>(self: Pipeline<I, O, E, R>): Effect.Effect<Pipeline<I, O, E, R>, PipelineError> =>
+  self.issue === undefined ? Effect.succeed(self) : Effect.fail(self.issue)
 
-const invalidOption = (options: RunOptions): PipelineError | undefined => {
-  const concurrency = options.concurrency
-  if (
-    concurrency === undefined ||
-    concurrency === Number.POSITIVE_INFINITY ||
-    (Number.isInteger(concurrency) && concurrency >= 1)
-  ) {
-    return undefined
-  }
-  return new PipelineError({
-    reason: "InvalidOption",
-    steps: [],
-    option: "concurrency",
-    message: `concurrency must be a whole number of at least 1 (or Infinity), got ${concurrency}`
-  })
-}
+const policyKeys = ["timeout", "totalTimeout", "retry", "fallback", "breaker", "rateLimit", "stats"] as const
+
+const noService = (def: Internal.StepDef, index: number, field: string, what: string): PipelineError =>
+  Errors.invalidStep(`steps[${index}].${field}`, what, def.name)
+
+const runImpl = <I, O, E, R>(
+  self: Pipeline<I, O, E, R>,
+  input: I,
+  options?: RunOptions
+): Effect.Effect<Result<O, E>, PipelineError, R> =>
+  Effect.gen(function* () {
+    if (self.issue !== undefined) return yield* Effect.fail(self.issue)
+    if (options !== undefined && (typeof options !== "object" || options === null)) {
+      return yield* Effect.fail(Errors.invalidOption("options", `expected an object, got ${Errors.show(options)}`))
+    }
+    const settings = Internal.checkRunOptions(
+      options === undefined ? self.defaults : { ...self.defaults, ...options },
+      isConcurrencyRelated as (f: Internal.Failure) => boolean
+    )
+    if (R.isFailure(settings)) return yield* Effect.fail(settings.failure)
+    const steps = self.definition.steps
+    const first = steps.findIndex((def) => def.governed)
+    const found = first === -1 ? undefined : yield* Effect.serviceOption(Executor)
+    if (found?._tag === "None") {
+      const def = steps[first]!
+      const policy = policyKeys.find((key) => def[key] !== undefined) ?? "timeout"
+      return yield* Effect.fail(
+        noService(def, first, policy, "a step with policies runs through the Executor: provide one (Executor.layer)")
+      )
+    }
+    const executor = found?._tag === "Some" ? found.value : undefined
+    for (const [i, def] of steps.entries()) {
+      if (def.breaker !== undefined && executor?.guards.breaker === undefined) {
+        return yield* Effect.fail(
+          noService(def, i, "breaker", "the executor has no breakers (CircuitBreaker.layerMemory)")
+        )
+      }
+      if (def.rateLimit !== undefined && executor?.guards.rateLimit === undefined) {
+        return yield* Effect.fail(
+          noService(def, i, "rateLimit", "the executor has no rate limits (RateLimit.layerMemory)")
+        )
+      }
+    }
+    return (yield* execute(self.definition, input, settings.success, makeRunner(executor))) as unknown as Result<O, E>
+  }) as Effect.Effect<Result<O, E>, PipelineError, R>
 
 /**
  * Runs a pipeline. Every step's outcome is in the result: a step that fails does not fail
- * the run. The run fails only when its options are invalid (`PipelineError` with reason
- * `InvalidOption`, e.g. `concurrency: 0`), before any step starts. In parallel mode each
- * step starts as soon as its dependencies succeeded, at most `concurrency` at once.
+ * the run. The run fails only when the pipeline or its options are invalid (a
+ * `PipelineError`), before any step starts. In parallel mode each step starts as soon as
+ * its own dependencies succeeded, at most `concurrency` at once.
  *
  * @since 0.1.0
  * @category running
@@ -530,30 +552,7 @@ export const run: {
     input: I,
     options?: RunOptions
   ): <O, E, R>(self: Pipeline<I, O, E, R>) => Effect.Effect<Result<O, E>, PipelineError, R>
-} = dual(
-  (args) => typeof args[0] === "object" && args[0] !== null && TypeId in args[0],
-  <I, O, E, R>(
-    self: Pipeline<I, O, E, R>,
-    input: I,
-    options?: RunOptions
-  ): Effect.Effect<Result<O, E>, PipelineError, R> => {
-    const merged = { ...self.defaults, ...options }
-    const invalid = invalidOption(merged)
-    if (invalid !== undefined) return Effect.fail(invalid)
-    const predicate =
-      merged.fallbackToSequential === true
-        ? isConcurrencyRelated
-        : typeof merged.fallbackToSequential === "function"
-          ? merged.fallbackToSequential
-          : undefined
-    return internal.execute(self.definition, input, {
-      mode: merged.mode ?? "parallel",
-      concurrency: merged.concurrency ?? Number.POSITIVE_INFINITY,
-      onFailure: merged.onFailure ?? "failFast",
-      fallbackToSequential: predicate
-    }) as Effect.Effect<Result<O, E>, never, R>
-  }
-)
+} = dual((args) => typeof args[0] === "object" && args[0] !== null && TypeId in args[0], runImpl)
 
 /**
  * All outputs of a run, or a `PipelineFailedError` naming the steps that did not succeed.
@@ -565,7 +564,7 @@ export const outputs = <O, E>(result: Result<O, E>): Effect.Effect<O, PipelineFa
   if (result.status === "succeeded") return Effect.succeed(result.outputs as O)
   const notDone = Object.values<StepOutcome<unknown, E>>(result.steps).filter((o) => o.status !== "succeeded")
   return Effect.fail(
-    new PipelineFailedError({
+    new Errors.PipelineFailedError({
       failedSteps: result.failedSteps,
       message: notDone.map(describeOutcome).join("; ")
     })
@@ -578,7 +577,7 @@ export const outputs = <O, E>(result: Result<O, E>): Effect.Effect<O, PipelineFa
  * @since 0.1.0
  * @category rendering
  */
-export const describeOutcome: (outcome: StepOutcome<unknown, unknown>) => string = internal.describe
+export const describeOutcome: (outcome: StepOutcome<unknown, unknown>) => string = describe
 
 /**
  * @since 0.1.0
@@ -603,10 +602,58 @@ export const toMermaid = <I, O, E, R>(self: Pipeline<I, O, E, R>, options: Merma
     direction: options.direction ?? "LR",
     nodeLabel: (name) => {
       const label = byName.get(name)?.description ?? name
-      const outcome = outcomes?.[name]
+      const outcome = outcomes === undefined || !Object.hasOwn(outcomes, name) ? undefined : outcomes[name]
       if (outcome === undefined) return label
       return outcome.status === "skipped" ? `${label}: skipped` : `${label}: ${outcome.status} ${outcome.durationMs} ms`
     },
     edgeLabel: () => ""
   })
 }
+
+/**
+ * A step that calls a model through the `Router`: one domain (with its own fallback
+ * chain) or an explicit chain of domains, each with its policies (deadlines, retries, its
+ * provider's breaker, rate limit and cache). The output is the `Router.Answer`.
+ *
+ * @example
+ * ```ts
+ * import * as Pipeline from "effect-orchestra/Pipeline"
+ *
+ * const triage = Pipeline.make<string>().step(
+ *   "answer",
+ *   [],
+ *   Pipeline.route("support", ({ input }) => ({ prompt: input }))
+ * )
+ * ```
+ *
+ * @since 0.2.0
+ * @category steps
+ */
+export const route =
+  <I, D>(
+    domains: string | ReadonlyArray<string>,
+    request: (context: StepContext<I, D>) => GenerateRequest,
+    options?: Router.CallOptions
+  ) =>
+  (context: StepContext<I, D>): Effect.Effect<Router.Answer, AiError, Router.Router> =>
+    Effect.gen(function* () {
+      const router = yield* Router.Router
+      const built = request(context)
+      return typeof domains === "string"
+        ? yield* router.execute(built, domains, options)
+        : yield* router.executeWithFallback(built, domains, options)
+    })
+
+/**
+ * A step that calls the executor's model (`Executor.execute` with its options).
+ *
+ * @since 0.2.0
+ * @category steps
+ */
+export const generate =
+  <I, D>(request: (context: StepContext<I, D>) => GenerateRequest, options?: ExecuteOptions) =>
+  (context: StepContext<I, D>): Effect.Effect<GenerateResponse, AiError, Executor> =>
+    Effect.gen(function* () {
+      const executor = yield* Executor
+      return yield* executor.execute(request(context), options)
+    })

@@ -1,62 +1,62 @@
 /**
- * Retry and timeout settings as plain data (Schemas), so a config file can hold them,
- * and the backoff arithmetic they imply.
+ * The policies a call goes through, as values, and the one order they are applied in.
+ *
+ * Every entry point (`Executor.execute`, `stream`, `embed`, batch items, pipeline steps,
+ * HTTP agents, the Promise facade, the gateway) runs its calls through the same pipeline
+ * (`src/policy/`), outermost first:
+ *
+ * | # | policy | applies to | why here |
+ * |---|---|---|---|
+ * | 1 | validation | the call | a bad request or option fails with `InvalidRequest` naming the field before anything runs or is counted against a provider |
+ * | 2 | admission | the call | a closing executor refuses new work (`ShuttingDownError`); admitted calls are drained on shutdown |
+ * | 3 | total deadline | the call | bounds everything below, retries, waits and fallbacks included (`TimeoutError` limit `total`) |
+ * | 4 | cache | the call | a hit skips every provider; a miss stores the answer; `allowStale` answers from an expired entry when everything below fails |
+ * | 5 | fallback / hedge | the call | the next step starts when `shouldFallback(error)` (hedge: also after a delay); every step failed: `FallbackExhaustedError` |
+ * | 6 | retry | each step | a `Schedule` (exponential, jittered, capped, `Retry-After` as a floor) over `isRetryable` errors; `CircuitOpen` never retries |
+ * | 7 | rate limit | each attempt | a slot per attempt, since each attempt is a real upstream call; waiting is outside the attempt's deadline and bounded |
+ * | 8 | breaker | each attempt | sees every attempt's outcome, so a failing provider trips during a retry loop, and an open one stops it at once |
+ * | 9 | deadline | each attempt | the attempt's timeout covers queueing for the provider and the call; it interrupts the provider call |
+ * | 10 | provider slot | each attempt | a provider that serves `maxConcurrency` calls at once queues the rest (queue wait and service time are measured apart) |
+ *
+ * Streams take the same path; before their first chunk they are ordinary attempts
+ * (retried, falling back), after it they are never restarted (see `Executor.stream`).
  *
  * @since 0.1.0
  */
-import { Duration, Either, ParseResult, Schema } from "effect"
+import { Cause, Duration, Effect, Random, Result, Schedule, Schema } from "effect"
+import { type AiError, isRetryable } from "./AiError.js"
+import * as Input from "./Input.js"
 
-/**
- * A duration in config or options: milliseconds as a number, a string such as
- * `"30 seconds"`, `"200 millis"`, `"2 minutes"`, or a `Duration`. Decodes to a `Duration`.
- * Negative durations are refused, as numbers and as strings (`"-5 seconds"` would
- * otherwise silently become zero).
- *
- * @since 0.1.0
- * @category schemas
- */
-export const DurationInput = Schema.transformOrFail(
-  Schema.Union(Schema.DurationFromSelf, Schema.Number.pipe(Schema.nonNegative()), Schema.String),
-  Schema.DurationFromSelf,
-  {
-    strict: true,
-    decode: (input, _, ast) => {
-      if (Duration.isDuration(input)) return ParseResult.succeed(input)
-      if (typeof input === "number") return ParseResult.succeed(Duration.millis(input))
-      if (input.trimStart().startsWith("-")) {
-        return ParseResult.fail(new ParseResult.Type(ast, input, `a duration cannot be negative, got "${input}"`))
-      }
-      const decoded = Duration.decodeUnknown(input)
-      return decoded._tag === "Some"
-        ? ParseResult.succeed(decoded.value)
-        : ParseResult.fail(
-            new ParseResult.Type(ast, input, `expected a duration such as 1500 or "30 seconds", got ${input}`)
-          )
-    },
-    encode: (duration) => ParseResult.succeed(Duration.toMillis(duration))
-  }
-).annotations({ identifier: "DurationInput" })
+const Attempts = Schema.Int.check(Schema.isBetween({ minimum: 1, maximum: 100 }))
+const Factor = Schema.Number.check(Schema.isBetween({ minimum: 1, maximum: 10 }))
+const Fraction = Schema.Number.check(Schema.isBetween({ minimum: 0, maximum: 1 }))
 
 /**
  * Exponential backoff with jitter and a cap.
  *
  * delay(n) = min(maxDelay, initialDelay × factor^(n-1)) × (1 − jitter × u), u uniform in [0, 1):
- * `jitter: 0` gives exact delays, `jitter: 1` is "full jitter".
- * A `retryAfter` from the provider is a floor on the delay; one longer than `maxRetryAfter`
- * ends the retries (another provider may take over through a fallback).
+ * `jitter: 0` gives exact delays, `jitter: 1` is "full jitter". A `retryAfter` from the
+ * provider is a floor on the delay; one longer than `maxRetryAfter` ends the retries (a
+ * fallback may take over).
  *
  * @since 0.1.0
  * @category schemas
  */
 export const RetryPolicy = Schema.Struct({
-  /** Total attempts, the first included. */
-  maxAttempts: Schema.optionalWith(Schema.Int.pipe(Schema.between(1, 100)), { default: () => 3 }),
-  initialDelay: Schema.optionalWith(DurationInput, { default: () => Duration.millis(200) }),
-  factor: Schema.optionalWith(Schema.Number.pipe(Schema.between(1, 10)), { default: () => 2 }),
-  maxDelay: Schema.optionalWith(DurationInput, { default: () => Duration.seconds(10) }),
-  jitter: Schema.optionalWith(Schema.Number.pipe(Schema.between(0, 1)), { default: () => 0.2 }),
-  respectRetryAfter: Schema.optionalWith(Schema.Boolean, { default: () => true }),
-  maxRetryAfter: Schema.optionalWith(DurationInput, { default: () => Duration.seconds(60) })
+  /** Total attempts, the first included. Default 3. */
+  maxAttempts: Attempts.pipe(Schema.withDecodingDefaultKey(Effect.succeed(3))),
+  /** Default 200 ms. */
+  initialDelay: Input.DurationFromInput.pipe(Schema.withDecodingDefaultKey(Effect.succeed(200))),
+  /** Default 2. */
+  factor: Factor.pipe(Schema.withDecodingDefaultKey(Effect.succeed(2))),
+  /** Default 10 s. */
+  maxDelay: Input.DurationFromInput.pipe(Schema.withDecodingDefaultKey(Effect.succeed(10_000))),
+  /** Default 0.2. */
+  jitter: Fraction.pipe(Schema.withDecodingDefaultKey(Effect.succeed(0.2))),
+  /** Default true. */
+  respectRetryAfter: Schema.Boolean.pipe(Schema.withDecodingDefaultKey(Effect.succeed(true))),
+  /** Default 60 s. */
+  maxRetryAfter: Input.DurationFromInput.pipe(Schema.withDecodingDefaultKey(Effect.succeed(60_000)))
 })
 
 /**
@@ -66,31 +66,37 @@ export const RetryPolicy = Schema.Struct({
 export type RetryPolicy = typeof RetryPolicy.Type
 
 /**
- * What a user writes: every field optional, durations as numbers or strings.
+ * What a user writes: every field optional, durations as numbers of milliseconds, strings
+ * or `Duration`s.
  *
  * @since 0.1.0
  * @category models
  */
-export type RetryPolicyInput = typeof RetryPolicy.Encoded | Partial<RetryPolicy>
+export type RetryPolicyInput = typeof RetryPolicy.Encoded
+
+const decodeRetryPolicy = Schema.decodeUnknownResult(RetryPolicy, { onExcessProperty: "error" })
 
 /**
- * Timeout and retry for one call.
+ * Checks a retry policy's input, naming the wrong field under `path`.
  *
- * @since 0.1.0
- * @category schemas
+ * @since 0.2.0
+ * @category constructors
  */
-export const CallPolicy = Schema.Struct({
-  timeout: Schema.optional(DurationInput),
-  retry: Schema.optional(RetryPolicy)
-})
+export const decodeRetry = (input: unknown, path = "retry"): Input.Checked<RetryPolicy> => {
+  if (isRetryPolicy(input)) return Result.succeed(input)
+  const decoded = decodeRetryPolicy(input ?? {})
+  return Result.isSuccess(decoded) ? Result.succeed(decoded.success) : Result.fail(Input.issueOf(decoded.failure, path))
+}
 
-/**
- * @since 0.1.0
- * @category models
- */
-export type CallPolicy = typeof CallPolicy.Type
-
-const decodeRetry = Schema.decodeUnknownEither(RetryPolicy)
+const isRetryPolicy = (u: unknown): u is RetryPolicy =>
+  typeof u === "object" &&
+  u !== null &&
+  "maxAttempts" in u &&
+  Duration.isDuration((u as RetryPolicy).initialDelay) &&
+  Duration.isDuration((u as RetryPolicy).maxDelay) &&
+  Duration.isDuration((u as RetryPolicy).maxRetryAfter) &&
+  typeof (u as RetryPolicy).jitter === "number" &&
+  typeof (u as RetryPolicy).factor === "number"
 
 /**
  * The default retry policy: 3 attempts, 200 ms doubling to at most 10 s, 20% jitter.
@@ -98,27 +104,17 @@ const decodeRetry = Schema.decodeUnknownEither(RetryPolicy)
  * @since 0.1.0
  * @category constructors
  */
-export const defaultRetry: RetryPolicy = Either.getOrThrow(decodeRetry({}))
+export const defaultRetry: RetryPolicy = Input.getOrThrow(decodeRetry({}))
 
 /**
- * Builds a `RetryPolicy` from partial input; durations may be `Duration`s, numbers of
- * milliseconds or strings. Throws on invalid input: use `Schema.decodeUnknown(RetryPolicy)`
- * for untrusted data.
+ * Builds a `RetryPolicy` from partial input. Throws an `OptionError` naming the field on
+ * invalid input; use {@link decodeRetry} for untrusted data.
  *
  * @since 0.1.0
  * @category constructors
  */
-export const retry = (input: RetryPolicyInput = {}): RetryPolicy => {
-  const normalised: Record<string, unknown> = {}
-  for (const [key, value] of Object.entries(input)) {
-    normalised[key] = Duration.isDuration(value) ? Duration.toMillis(value) : value
-  }
-  const result = decodeRetry(normalised)
-  if (Either.isLeft(result)) {
-    throw new TypeError(`invalid retry policy: ${ParseResult.TreeFormatter.formatErrorSync(result.left)}`)
-  }
-  return result.right
-}
+export const retry = (input: RetryPolicyInput | Partial<RetryPolicy> = {}): RetryPolicy =>
+  Input.getOrThrow(decodeRetry(input))
 
 /**
  * The delay before retry number `retry` (1 for the first retry), before any Retry-After floor.
@@ -153,3 +149,30 @@ export const retryDelayMillis = (
   if (floor > Duration.toMillis(policy.maxRetryAfter)) return undefined
   return Math.max(backoff, floor)
 }
+
+const retryAfterOf = (error: AiError): Duration.Duration | undefined =>
+  error._tag === "ModelError" || error._tag === "CircuitOpenError" ? error.retryAfter : undefined
+
+/**
+ * The policy as a `Schedule` over the failures of a call: it recurs only for
+ * `isRetryable` errors, at most `maxAttempts - 1` times, waiting the jittered exponential
+ * delay (the `Random` service draws the jitter) with the provider's `Retry-After` as a
+ * floor. Its output is the delay. Usable with `Effect.retry` directly; the executor steps
+ * it itself, so a call that succeeds at once pays nothing for it.
+ *
+ * @since 0.2.0
+ * @category constructors
+ */
+export const schedule = (policy: RetryPolicy): Schedule.Schedule<Duration.Duration, AiError> =>
+  Schedule.fromStepWithMetadata(
+    Effect.succeed((meta: Schedule.InputMetadata<AiError>) => {
+      const error = meta.input
+      if (meta.attempt >= policy.maxAttempts || !isRetryable(error)) return Cause.done(Duration.zero)
+      return Effect.flatMap(Random.next, (u) => {
+        const millis = retryDelayMillis(policy, meta.attempt, u, retryAfterOf(error))
+        if (millis === undefined) return Cause.done(Duration.zero)
+        const delay = Duration.millis(millis)
+        return Effect.succeed([delay, delay] as [Duration.Duration, Duration.Duration])
+      })
+    })
+  )

@@ -1,86 +1,90 @@
 /**
- * Per-provider rate limits: requests per minute and tokens per minute, kept in memory or in
- * Redis (so several processes share one limit). Built on `@effect/experimental`'s
+ * Per-provider rate limits: requests and tokens per window (one minute unless told
+ * otherwise), kept in memory (`layerMemory`, this process) or in Redis (`layerRedis`,
+ * shared by every process using the same Redis and prefix). Built on `effect/persistence`'s
  * `RateLimiter`: a call reserves its slot and sleeps until the slot's time, so waiting
  * callers are sleeping fibers, not a queue woken all at once.
  *
- * Waiting for a slot is not part of a call's time budget: call `acquire` (or `withLimit`)
- * *outside* the call's timeout, and inside the retried attempt (each attempt is a request to
- * the provider and takes a slot; the wait is not a retry delay).
+ * A call waits at most `maxWait`. When the next slot is further away, `acquire` fails at
+ * once with a `RateLimited` `ModelError` carrying `retryAfter` and gives the slot back:
+ * the policy pipeline then falls back to another provider (`shouldFallback`) instead of
+ * queueing behind a full window.
  *
  * @since 0.1.0
  */
-import * as RateLimiter from "@effect/experimental/RateLimiter"
-import { Context, Duration, Effect, Layer, Metric, Redacted, Ref, Schema } from "effect"
-import { Redis } from "ioredis"
-import { rateLimitDelayed, rateLimitWait } from "./internal/resilienceMetrics.js"
-import { DurationInput } from "./Policy.js"
+import { Context, Duration, Effect, Layer, Metric, Option, Result, Tracer } from "effect"
+import { RateLimiter, type Redis } from "effect/persistence"
+import { ModelError } from "./AiError.js"
+import * as Input from "./Input.js"
+import * as Metrics from "./Metrics.js"
+import * as RedisStore from "./RateLimit/Redis.js"
+import * as SharedRedis from "./Redis.js"
 
 /**
- * The limits of one provider. `window` (default one minute) is the period both limits count
- * over; change it only for tests or providers that count differently. It is a
- * `Policy.DurationInput` (milliseconds or `"30 seconds"`, never negative) and decodes to a
- * `Duration`.
- * `algorithm`: `fixed-window` (default: the 61st request of a 60 rpm minute waits for the
- * next window) or `token-bucket` (slots refill evenly: one a second at 60 rpm).
+ * The limits of one key (a provider). Both limits count over `window`: with `window:
+ * "2 seconds"`, `requestsPerMinute: 7` means 7 requests every 2 seconds. A key with
+ * neither limit is not limited.
  *
- * @since 0.1.0
- * @category schemas
- */
-export const Limits = Schema.Struct({
-  requestsPerMinute: Schema.optional(Schema.Int.pipe(Schema.greaterThanOrEqualTo(1))),
-  tokensPerMinute: Schema.optional(Schema.Int.pipe(Schema.greaterThanOrEqualTo(1))),
-  window: Schema.optional(DurationInput),
-  algorithm: Schema.optional(Schema.Literal("fixed-window", "token-bucket"))
-})
-
-/**
- * @since 0.1.0
- * @category models
- */
-export type Limits = typeof Limits.Type
-
-/**
- * Limits by provider name; `default` applies to providers not listed (none when absent).
- *
- * @since 0.1.0
- * @category schemas
- */
-export const Options = Schema.Struct({
-  providers: Schema.optional(Schema.Record({ key: Schema.String, value: Limits })),
-  default: Schema.optional(Limits)
-})
-
-/**
- * @since 0.1.0
- * @category models
- */
-export type Options = typeof Options.Type
-
-/**
- * The limits of one provider as code passes them: `window` in any `Duration.DurationInput` form.
+ * `algorithm`: `fixed-window` (default: the 61st request of a 60-per-minute window waits
+ * for the next window) or `token-bucket` (slots refill evenly: one a second at 60).
  *
  * @since 0.1.0
  * @category models
  */
-export interface LimitsInput {
+export interface Limits {
   readonly requestsPerMinute?: number | undefined
   readonly tokensPerMinute?: number | undefined
-  readonly window?: Duration.DurationInput | undefined
+  /** The period both limits count over. Default 1 minute. */
+  readonly window?: Input.DurationInput | undefined
   readonly algorithm?: "fixed-window" | "token-bucket" | undefined
 }
 
 /**
- * What {@link make}, {@link layerMemory} and {@link layerRedis} take: {@link Options} with
- * durations in any `Duration.DurationInput` form, decoded (and refused when invalid) when
- * the service is built.
+ * Limits by key; `default` applies to keys not listed (none when absent).
  *
  * @since 0.1.0
  * @category models
  */
-export interface MakeOptions {
-  readonly providers?: { readonly [provider: string]: LimitsInput } | undefined
-  readonly default?: LimitsInput | undefined
+export interface Options {
+  readonly providers?: { readonly [key: string]: Limits } | undefined
+  readonly default?: Limits | undefined
+  /**
+   * Longest wait for a slot. Beyond it `acquire` fails at once with `RateLimited` (and
+   * `retryAfter`). `0`: never wait; `Infinity`: wait as long as it takes. Default 30 seconds.
+   */
+  readonly maxWait?: Input.DurationInput | undefined
+}
+
+/**
+ * Options of {@link layerRedis}.
+ *
+ * @since 0.2.0
+ * @category models
+ */
+export interface RedisOptions extends Options {
+  /** Prefix of every Redis key. Default `"orchestra:ratelimit:"`. */
+  readonly prefix?: string | undefined
+  /**
+   * When Redis fails or is too slow: `"allow"` (default: fail open, the call goes through
+   * unlimited and the provider's own 429s still apply) or `"reject"` (fail closed: the call
+   * fails with `RateLimited`).
+   */
+  readonly onStoreError?: "allow" | "reject" | undefined
+  /** Deadline of each Redis call, and when an outage is reported. See `Redis.GuardOptions`. */
+  readonly redis?: SharedRedis.GuardOptions | undefined
+}
+
+/**
+ * The limits that apply to a key, checked.
+ *
+ * @since 0.2.0
+ * @category models
+ */
+export interface ResolvedLimits {
+  readonly requestsPerMinute: number | undefined
+  readonly tokensPerMinute: number | undefined
+  readonly window: Duration.Duration
+  readonly algorithm: "fixed-window" | "token-bucket"
 }
 
 /**
@@ -89,327 +93,319 @@ export interface MakeOptions {
  */
 export interface Service {
   /**
-   * Waits until `provider` may receive one more request of about `tokens` tokens (0: count
-   * the request only), and returns how long it waited. Call it outside the request timeout.
-   * The slot is taken when `acquire` starts: a caller interrupted while waiting does not
-   * give it back.
+   * Waits for a slot for one attempt on `key`: one request and `cost.tokens` estimated
+   * tokens (default 0: count the request only). Waits at most `maxWait`; beyond that fails
+   * at once with `RateLimited` and `retryAfter`. An invalid `tokens` fails with
+   * `InvalidRequest` naming `tokens`. A caller interrupted while waiting gives its slot back.
    */
-  readonly acquire: (provider: string, tokens?: number) => Effect.Effect<Duration.Duration>
-  /** `acquire`, then the effect. */
-  readonly withLimit: <A, E, R>(
-    provider: string,
-    tokensEstimate: number,
-    effect: Effect.Effect<A, E, R>
-  ) => Effect.Effect<A, E, R>
-  /** The limits that apply to `provider`, if any. */
-  readonly limitsOf: (provider: string) => Limits | undefined
+  readonly acquire: (key: string, cost?: { readonly tokens?: number | undefined }) => Effect.Effect<void, ModelError>
+  /** The limits that apply to `key`, if any. */
+  readonly limitsOf: (key: string) => ResolvedLimits | undefined
 }
 
 /**
  * @since 0.1.0
- * @category tags
+ * @category services
  */
-export class RateLimits extends Context.Tag("effect-orchestra/RateLimits")<RateLimits, Service>() {}
+export class RateLimits extends Context.Service<RateLimits, Service>()("effect-orchestra/RateLimits") {}
+
+const limitFields: ReadonlySet<string> = new Set(["requestsPerMinute", "tokensPerMinute", "window", "algorithm"])
+
+const checkLimits = (input: unknown, path: string): Input.Checked<ResolvedLimits> => {
+  if (typeof input !== "object" || input === null) return Result.fail({ path, message: "expected an object" })
+  for (const field of Object.keys(input)) {
+    if (!limitFields.has(field)) return Result.fail({ path: `${path}.${field}`, message: "unknown field" })
+  }
+  const limits = input as Limits
+  const algorithm = limits.algorithm ?? "fixed-window"
+  if (algorithm !== "fixed-window" && algorithm !== "token-bucket") {
+    return Result.fail({
+      path: `${path}.algorithm`,
+      message: `expected "fixed-window" or "token-bucket", got ${JSON.stringify(algorithm)}`
+    })
+  }
+  return Result.map(
+    Input.all([
+      Input.optional(limits.requestsPerMinute, (n) => Input.positiveInt(`${path}.requestsPerMinute`, n)),
+      Input.optional(limits.tokensPerMinute, (n) => Input.positiveInt(`${path}.tokensPerMinute`, n)),
+      Input.duration(`${path}.window`, limits.window ?? "1 minute")
+    ]),
+    ([requestsPerMinute, tokensPerMinute, window]) => ({ requestsPerMinute, tokensPerMinute, window, algorithm })
+  )
+}
+
+interface Config {
+  readonly providers: ReadonlyMap<string, ResolvedLimits>
+  readonly fallback: ResolvedLimits | undefined
+  readonly maxWait: Duration.Duration
+}
+
+const optionFields: ReadonlySet<string> = new Set(["providers", "default", "maxWait"])
+const redisFields: ReadonlySet<string> = new Set([...optionFields, "prefix", "onStoreError", "redis"])
+
+const checkOptions = (options: Options, fields: ReadonlySet<string> = optionFields): Input.Checked<Config> => {
+  for (const field of Object.keys(options)) {
+    if (!fields.has(field)) return Result.fail({ path: field, message: "unknown option" })
+  }
+  const providers = new Map<string, ResolvedLimits>()
+  for (const [key, limits] of Object.entries(options.providers ?? {})) {
+    const checked = checkLimits(limits, `providers.${key}`)
+    if (Result.isFailure(checked)) return Result.fail(checked.failure)
+    providers.set(key, checked.success)
+  }
+  return Result.map(
+    Input.all([
+      Input.optional(options.default, (limits) => checkLimits(limits, "default")),
+      Input.duration("maxWait", options.maxWait ?? "30 seconds", { allowZero: true, allowInfinite: true })
+    ]),
+    ([fallback, maxWait]) => ({ providers, fallback, maxWait })
+  )
+}
+
+const checkTokens = (tokens: number | undefined): Input.Checked<number> =>
+  tokens === undefined ? Result.succeed(0) : Result.map(Input.number("tokens", tokens, { min: 0 }), Math.ceil)
+
+// The limiter's delays carry floating-point noise (a slot due now can come back as 1e-4 ms
+// away, more so on Redis's microsecond clock): below this a slot counts as free.
+const significant = (millis: number): number => (millis < 0.01 ? 0 : millis)
+
+interface Reservation {
+  readonly key: string
+  readonly limit: number
+  readonly tokens: number
+  readonly limits: ResolvedLimits
+}
+
+interface KeyMetrics {
+  readonly immediate: Metric.Metric<number, unknown>
+  readonly delayed: Metric.Metric<number, unknown>
+  readonly rejected: Metric.Metric<number, unknown>
+  readonly wait: Metric.Metric<number, unknown>
+}
 
 /**
- * The storage of the counters: `@effect/experimental`'s `RateLimiterStore`.
+ * Builds the service on a `RateLimiterStore`. Store failures are handled by
+ * `onStoreError` (default `"allow"`); `guard` bounds every store call (the Redis layers
+ * pass one).
  *
- * @since 0.1.0
- * @category models
- */
-export type Store = Context.Tag.Service<RateLimiter.RateLimiterStore>
-
-const decodeOptions = Schema.decodeUnknownSync(Options)
-
-// `Policy.DurationInput` takes numbers, strings and `Duration`s; the rarer forms become `Duration`s first.
-const limitsData = (limits: LimitsInput | undefined): unknown =>
-  limits === undefined || (typeof limits.window !== "bigint" && !Array.isArray(limits.window))
-    ? limits
-    : { ...limits, window: Duration.decode(limits.window) }
-
-/**
- * Builds the service on a store. `storeTimeout` (none by default; `layerRedis` uses 100 ms)
- * bounds each store call; a store that fails or is too slow lets the call through (fail open: the provider's own 429s still apply),
- * counted as a zero wait and logged once per outage.
- *
- * @since 0.1.0
+ * @since 0.2.0
  * @category constructors
  */
 export const make = Effect.fnUntraced(function* (
-  input: MakeOptions,
-  store: Store,
-  config: { readonly storeTimeout?: Duration.DurationInput | undefined; readonly storeName?: string | undefined } = {}
+  options: Options,
+  store: RateLimiter.RateLimiterStore["Service"],
+  policy: {
+    readonly onStoreError?: "allow" | "reject" | undefined
+    readonly guard?: SharedRedis.Guard | undefined
+  } = {}
 ) {
-  const options = decodeOptions({
-    providers:
-      input.providers === undefined
-        ? undefined
-        : Object.fromEntries(Object.entries(input.providers).map(([name, limits]) => [name, limitsData(limits)])),
-    default: limitsData(input.default)
-  })
-  const limiter = yield* Effect.provideService(RateLimiter.make, RateLimiter.RateLimiterStore, store)
-  const bounded = <A, E>(effect: Effect.Effect<A, E>): Effect.Effect<A, E | "timed out"> =>
-    config.storeTimeout === undefined
-      ? effect
-      : Effect.timeoutFail(effect, { duration: config.storeTimeout, onTimeout: () => "timed out" as const })
-  const storeName = config.storeName ?? "memory"
-  const healthy = yield* Ref.make(true)
-  // A Map, not the record: a lookup on a plain object finds prototype members ("constructor").
-  const providers = new Map(Object.entries(options.providers ?? {}))
+  const config = yield* Input.orOptionError(checkOptions(options, redisFields))
+  const guard = policy.guard
+  const guarded: RateLimiter.RateLimiterStore["Service"] =
+    guard === undefined
+      ? store
+      : {
+          ...store,
+          fixedWindow: (o) => Effect.mapError(guard.call("fixedWindow", store.fixedWindow(o)), toLimiterError),
+          tokenBucket: (o) => Effect.mapError(guard.call("tokenBucket", store.tokenBucket(o)), toLimiterError)
+        }
+  const limiter = yield* Effect.provideService(RateLimiter.make, RateLimiter.RateLimiterStore, guarded)
+  const failClosed = policy.onStoreError === "reject"
+  const maxWaitMillis = Duration.toMillis(config.maxWait)
+  const metricsByKey = new Map<string, KeyMetrics>()
 
-  const limitsOf = (provider: string): Limits | undefined => providers.get(provider) ?? options.default
-
-  const consume = (
-    provider: string,
-    kind: "rpm" | "tpm",
-    limit: number,
-    tokens: number,
-    limits: Limits
-  ): Effect.Effect<Duration.Duration> =>
-    limiter
-      .consume({
-        key: `${provider}:${kind}`,
-        limit,
-        window: limits.window ?? Duration.minutes(1),
-        // A request larger than the whole budget waits for an empty window, then goes.
-        tokens: Math.min(tokens, limit),
-        onExceeded: "delay",
-        algorithm: limits.algorithm ?? "fixed-window"
-      })
-      .pipe(
-        bounded,
-        Effect.matchEffect({
-          onFailure: (error) =>
-            Effect.as(
-              Effect.flatMap(Ref.getAndSet(healthy, false), (was) =>
-                was
-                  ? Effect.logWarning(
-                      `rate-limit store "${storeName}" unavailable; calls to ${provider} go through unlimited`
-                    ).pipe(Effect.annotateLogs({ cause: typeof error === "string" ? error : error.message }))
-                  : Effect.void
-              ),
-              Duration.zero
-            ),
-          onSuccess: (result) =>
-            Effect.as(
-              Effect.flatMap(Ref.getAndSet(healthy, true), (was) =>
-                was ? Effect.void : Effect.logInfo(`rate-limit store "${storeName}" is back`)
-              ),
-              result.delay
-            )
-        })
-      )
-
-  const acquire = Effect.fn("RateLimits.acquire")(function* (provider: string, tokens = 0) {
-    const limits = limitsOf(provider)
-    if (limits === undefined) return Duration.zero
-    const [rpm, tpm] = yield* Effect.all(
-      [
-        limits.requestsPerMinute === undefined
-          ? Effect.succeed(Duration.zero)
-          : consume(provider, "rpm", limits.requestsPerMinute, 1, limits),
-        limits.tokensPerMinute === undefined || tokens <= 0
-          ? Effect.succeed(Duration.zero)
-          : consume(provider, "tpm", limits.tokensPerMinute, Math.ceil(tokens), limits)
-      ],
-      { concurrency: 2 }
-    )
-    const wait = Duration.max(rpm, tpm)
-    if (Duration.isZero(wait)) return wait
-    const limit = Duration.greaterThanOrEqualTo(rpm, tpm) ? "rpm" : "tpm"
-    yield* Metric.increment(Metric.tagged(Metric.tagged(rateLimitDelayed, "provider", provider), "limit", limit))
-    yield* Metric.incrementBy(
-      Metric.tagged(Metric.tagged(rateLimitWait, "provider", provider), "limit", limit),
-      Duration.toMillis(wait)
-    )
-    yield* Effect.annotateCurrentSpan({ "orchestra.rate_limit.wait_ms": Duration.toMillis(wait), limit })
-    yield* Effect.sleep(wait)
-    return wait
-  })
-
-  const service: Service = {
-    acquire,
-    withLimit: (provider, tokensEstimate, effect) => Effect.zipRight(acquire(provider, tokensEstimate), effect),
-    limitsOf
+  const metricsOf = (key: string): KeyMetrics => {
+    let metrics = metricsByKey.get(key)
+    if (metrics === undefined) {
+      const counter = (outcome: string) =>
+        Metric.withAttributes(Metrics.rateLimitAcquisitions, { limit: key, outcome }) as Metric.Metric<number, unknown>
+      metrics = {
+        immediate: counter("immediate"),
+        delayed: counter("delayed"),
+        rejected: counter("rejected"),
+        wait: Metric.withAttributes(Metrics.rateLimitWait, { limit: key }) as Metric.Metric<number, unknown>
+      }
+      metricsByKey.set(key, metrics)
+    }
+    return metrics
   }
-  return service
+
+  const limitsOf = (key: string): ResolvedLimits | undefined => config.providers.get(key) ?? config.fallback
+
+  const consume = (r: Reservation, tokens: number) =>
+    limiter.consume({
+      key: r.key,
+      limit: r.limit,
+      window: r.limits.window,
+      tokens,
+      onExceeded: "delay",
+      algorithm: r.limits.algorithm
+    })
+
+  // Negative tokens undo a reservation in both algorithms (the window or bucket moves back).
+  const release = (reservations: ReadonlyArray<Reservation>): Effect.Effect<void> =>
+    Effect.forEach(reservations, (r) => Effect.ignore(consume(r, -r.tokens)), { discard: true, concurrency: 2 })
+
+  // The request reservation of each key, made once.
+  const requestReservations = new Map<string, Reservation>()
+  const requestReservation = (key: string, limits: ResolvedLimits, limit: number): Reservation => {
+    let reservation = requestReservations.get(key)
+    if (reservation === undefined) {
+      reservation = { key: `${key}:rpm`, limit, tokens: 1, limits }
+      requestReservations.set(key, reservation)
+    }
+    return reservation
+  }
+
+  const decide = (
+    key: string,
+    reservations: ReadonlyArray<Reservation>,
+    results: ReadonlyArray<Result.Result<RateLimiter.ConsumeResult, RateLimiter.RateLimiterError>>
+  ): Effect.Effect<void, ModelError> => {
+    const metrics = metricsOf(key)
+    const taken: Array<Reservation> = []
+    let waitMillis = 0
+    let storeFailed = false
+    for (let i = 0; i < results.length; i++) {
+      const result = results[i]!
+      if (Result.isSuccess(result)) {
+        taken.push(reservations[i]!)
+        waitMillis = Math.max(waitMillis, significant(Duration.toMillis(result.success.delay)))
+      } else {
+        storeFailed = true
+      }
+    }
+    if (storeFailed && failClosed) {
+      return Effect.andThen(
+        Effect.andThen(release(taken), Metric.update(metrics.rejected, 1)),
+        Effect.fail(
+          new ModelError({
+            reason: "RateLimited",
+            message: `the rate limit of "${key}" cannot be checked (store unavailable) and onStoreError is "reject"`,
+            provider: key
+          })
+        )
+      )
+    }
+    if (waitMillis > maxWaitMillis) {
+      const retryAfter = Duration.millis(Math.ceil(waitMillis))
+      return Effect.andThen(
+        Effect.andThen(release(taken), Metric.update(metrics.rejected, 1)),
+        Effect.fail(
+          new ModelError({
+            reason: "RateLimited",
+            message: `rate limit of "${key}" reached: the next slot is in ${Duration.format(retryAfter)}, beyond maxWait ${Duration.format(config.maxWait)}`,
+            provider: key,
+            retryAfter
+          })
+        )
+      )
+    }
+    if (waitMillis <= 0) return Effect.andThen(Metric.update(metrics.wait, 0), Metric.update(metrics.immediate, 1))
+    return Effect.all(
+      [
+        Metric.update(metrics.wait, waitMillis),
+        Metric.update(metrics.delayed, 1),
+        Effect.annotateCurrentSpan({ "orchestra.rate_limit.wait_ms": waitMillis }),
+        Effect.sleep(Duration.millis(waitMillis)).pipe(Effect.onInterrupt(() => release(taken)))
+      ],
+      { discard: true }
+    )
+  }
+
+  // Plain code rather than a generator: this runs for every attempt.
+  const untraced = (key: string, cost?: { readonly tokens?: number | undefined }): Effect.Effect<void, ModelError> => {
+    let tokens = 0
+    if (cost?.tokens !== undefined) {
+      const checked = checkTokens(cost.tokens)
+      if (Result.isFailure(checked)) return Input.orInvalidRequest(checked, key).pipe(Effect.asVoid)
+      tokens = checked.success
+    }
+    const limits = limitsOf(key)
+    if (limits === undefined) return Effect.void
+    const reservations: Array<Reservation> = []
+    if (limits.requestsPerMinute !== undefined) {
+      reservations.push(requestReservation(key, limits, limits.requestsPerMinute))
+    }
+    // A request larger than the whole budget waits for an empty window, then goes.
+    if (limits.tokensPerMinute !== undefined && tokens > 0) {
+      reservations.push({
+        key: `${key}:tpm`,
+        limit: limits.tokensPerMinute,
+        tokens: Math.min(tokens, limits.tokensPerMinute),
+        limits
+      })
+    }
+    if (reservations.length === 0) return Effect.void
+    const [first, second] = reservations as [Reservation, Reservation | undefined]
+    const results =
+      second === undefined
+        ? Effect.map(Effect.result(consume(first, first.tokens)), (r) => [r])
+        : guard === undefined
+          ? Effect.flatMap(Effect.result(consume(first, first.tokens)), (a) =>
+              Effect.map(Effect.result(consume(second, second.tokens)), (b) => [a, b])
+            )
+          : // Redis: both round trips at once.
+            Effect.all([Effect.result(consume(first, first.tokens)), Effect.result(consume(second, second.tokens))], {
+              concurrency: 2
+            })
+    return Effect.flatMap(results, (all) => decide(key, reservations, all))
+  }
+
+  // A span only for traced callers: one costs more than a whole in-memory acquire.
+  const acquire: Service["acquire"] = (key, cost) =>
+    Effect.flatMap(Effect.serviceOption(Tracer.ParentSpan), (parent) =>
+      Option.isSome(parent) ? Effect.withSpan(untraced(key, cost), "RateLimits.acquire") : untraced(key, cost)
+    )
+
+  return RateLimits.of({ acquire, limitsOf })
 })
 
+const toLimiterError = (error: SharedRedis.StoreError): RateLimiter.RateLimiterError =>
+  new RateLimiter.RateLimiterError({
+    reason: new RateLimiter.RateLimitStoreError({ message: error.message, cause: error })
+  })
+
 /**
- * Counters in this process only (time from the `Clock`, so `TestClock` drives them).
+ * Limits kept in this process (time from the `Clock`, so `TestClock` drives them). Invalid
+ * options fail the layer with an `OptionError` naming the field.
  *
  * @since 0.1.0
  * @category layers
  */
-export const layerMemory = (options: MakeOptions): Layer.Layer<RateLimits> =>
+export const layerMemory = (options: Options): Layer.Layer<RateLimits, Input.OptionError> =>
   Layer.effect(
     RateLimits,
-    Effect.flatMap(Effect.provide(RateLimiter.RateLimiterStore, RateLimiter.layerStoreMemory), (store) =>
-      make(options, store)
+    Effect.andThen(
+      Input.orOptionError(checkOptions(options)),
+      Effect.flatMap(RateLimiter.RateLimiterStore, (store) => make(options, store))
     )
-  )
+  ).pipe(Layer.provide(RateLimiter.layerStoreMemory))
 
 /**
- * @since 0.1.0
- * @category models
- */
-export interface RedisOptions {
-  /** Default `redis://127.0.0.1:6379`. */
-  readonly url?: string | Redacted.Redacted<string> | undefined
-  /** Default `"orchestra:ratelimit:"`. */
-  readonly prefix?: string | undefined
-  /** Longest wait for one store call before the request goes through unlimited. Default 100 ms. */
-  readonly storeTimeout?: Duration.DurationInput | undefined
-  /** Longest pause between reconnection attempts. Default 1 second. */
-  readonly reconnectMax?: Duration.DurationInput | undefined
-}
-
-// The scripts of @effect/experimental's Redis RateLimiterStore. That store builds its own
-// client with ioredis defaults (offline queue, 20 retries per command, unbounded QUIT on
-// close), which hangs callers and shutdown while Redis is down; this one fails fast.
-const fixedWindowScript = `
-local key = KEYS[1]
-local tokens = tonumber(ARGV[1])
-local refillms = tonumber(ARGV[2])
-local limit = tonumber(ARGV[3])
-local current = tonumber(redis.call("GET", key))
-if not current then
-  local nextpttl = refillms * tokens
-  redis.call("SET", key, tokens, "PX", nextpttl)
-  return { tokens, nextpttl }
-end
-local currentpttl = tonumber(redis.call("PTTL", key) or "0")
-local next = current + tokens
-if limit and next > limit then
-  return { next, currentpttl }
-end
-local nextpttl = currentpttl + (refillms * tokens)
-redis.call("SET", key, next, "PX", nextpttl)
-return { next, nextpttl }
-`
-
-const tokenBucketScript = `
-local key = KEYS[1]
-local last_refill_key = key .. ":refill"
-local tokens = tonumber(ARGV[1])
-local refill_ms = tonumber(ARGV[2])
-local limit = tonumber(ARGV[3])
-local now = tonumber(ARGV[4])
-local overflow = ARGV[5] == "1"
-local current = tonumber(redis.call("GET", key))
-local last_refill = tonumber(redis.call("GET", last_refill_key))
-if not current then
-  current = limit
-  last_refill = now
-  redis.call("SET", key, current)
-  redis.call("SET", last_refill_key, last_refill)
-end
-local elapsed = now - last_refill
-local refill_amount = math.floor(elapsed / refill_ms)
-if refill_amount > 0 then
-  current = math.min(current + refill_amount, limit)
-  last_refill = last_refill + (refill_amount * refill_ms)
-  redis.call("SET", last_refill_key, last_refill)
-end
-local next = current - tokens
-if next < 0 and not overflow then
-  redis.call("SET", key, current)
-  return next
-end
-redis.call("SET", key, next)
-return next
-`
-
-interface Scripted {
-  fixedWindow(key: string, tokens: number, refillMillis: number, limit: number | string): Promise<[number, number]>
-  tokenBucket(
-    key: string,
-    tokens: number,
-    refillMillis: number,
-    limit: number,
-    now: number,
-    overflow: number
-  ): Promise<number>
-}
-
-/**
- * A Redis store shared by every process using the same Redis and prefix. The client fails
- * fast while disconnected, reconnects in the background and is closed with the scope.
- *
- * @since 0.1.0
- * @category constructors
- */
-export const makeRedisStore = Effect.fnUntraced(function* (options: RedisOptions = {}) {
-  const prefix = options.prefix ?? "orchestra:ratelimit:"
-  const url = options.url ?? "redis://127.0.0.1:6379"
-  const reconnectMax = Duration.toMillis(Duration.decode(options.reconnectMax ?? "1 second"))
-  const client = yield* Effect.acquireRelease(
-    Effect.sync(() => {
-      const redis = new Redis(Redacted.isRedacted(url) ? Redacted.value(url) : url, {
-        enableOfflineQueue: false,
-        maxRetriesPerRequest: 0,
-        // Commands issued in the same tick go out in one socket write (one syscall, not one each).
-        enableAutoPipelining: true,
-        retryStrategy: (times) => Math.min(50 * times, reconnectMax)
-      })
-      redis.on("error", () => {})
-      redis.defineCommand("fixedWindow", { lua: fixedWindowScript, numberOfKeys: 1 })
-      redis.defineCommand("tokenBucket", { lua: tokenBucketScript, numberOfKeys: 1 })
-      return redis as Redis & Scripted
-    }),
-    (redis) =>
-      Effect.tryPromise(() => redis.quit()).pipe(
-        Effect.interruptible,
-        Effect.timeoutOption("1 second"),
-        Effect.ignore,
-        Effect.ensuring(Effect.sync(() => redis.disconnect()))
-      )
-  )
-  yield* Effect.async<void>((resume) => {
-    if (client.status === "ready") return resume(Effect.void)
-    const ready = () => resume(Effect.void)
-    client.once("ready", ready)
-    return Effect.sync(() => client.off("ready", ready))
-  }).pipe(Effect.timeoutOption("1 second"))
-
-  const storeError = (cause: unknown) =>
-    new RateLimiter.RateLimitStoreError({ message: "Redis rate-limit store failed", cause })
-
-  const store: Store = {
-    fixedWindow: (o) =>
-      Effect.tryPromise({
-        try: () => client.fixedWindow(prefix + o.key, o.tokens, Duration.toMillis(o.refillRate), o.limit ?? ""),
-        catch: storeError
-      }),
-    tokenBucket: (o) =>
-      Effect.clockWith((clock) =>
-        Effect.tryPromise({
-          try: () =>
-            client.tokenBucket(
-              prefix + o.key,
-              o.tokens,
-              Duration.toMillis(o.refillRate),
-              o.limit,
-              clock.unsafeCurrentTimeMillis(),
-              o.allowOverflow ? 1 : 0
-            ),
-          catch: storeError
-        })
-      )
-  }
-  return store
-})
-
-/**
- * Limits shared through Redis by every process that uses the same Redis and prefix.
+ * Limits shared through Redis by every process using the same Redis and prefix. Needs
+ * `effect/persistence`'s `Redis` service (`Redis.layer` of this library builds one). Each
+ * Redis call is bounded (`redis.timeout`, default 500 ms) and counted in
+ * `orchestra_store_errors_total{store="ratelimit"}` when it fails; see `onStoreError`.
  *
  * @since 0.1.0
  * @category layers
  */
-export const layerRedis = (options: MakeOptions, redis: RedisOptions = {}): Layer.Layer<RateLimits> =>
-  Layer.scoped(
+export const layerRedis = (options: RedisOptions): Layer.Layer<RateLimits, Input.OptionError, Redis.Redis> =>
+  Layer.effect(
     RateLimits,
-    Effect.flatMap(makeRedisStore(redis), (store) =>
-      make(options, store, { storeTimeout: redis.storeTimeout ?? "100 millis", storeName: "redis" })
-    )
+    Effect.gen(function* () {
+      yield* Input.orOptionError(checkOptions(options, redisFields))
+      const settings = yield* Input.orOptionError(SharedRedis.guardSettings(options.redis, "redis."))
+      const onStoreError = options.onStoreError ?? "allow"
+      if (onStoreError !== "allow" && onStoreError !== "reject") {
+        return yield* new Input.OptionError({
+          path: "onStoreError",
+          message: `invalid onStoreError: expected "allow" or "reject", got ${JSON.stringify(onStoreError)}`
+        })
+      }
+      const guard = yield* SharedRedis.makeGuard({ store: "ratelimit", settings })
+      const store = yield* RedisStore.makeStore({ prefix: options.prefix })
+      return yield* make(options, store, { onStoreError, guard })
+    })
   )

@@ -1,23 +1,41 @@
 /**
- * Calls through named domains: one domain, a fallback chain (on `ExecutionPlan`), every
- * domain in parallel, or a hedged race. Each answer says where it came from.
- *
- * Optional services are used when present in context: a `CircuitBreaker.Registry`
- * (one shared breaker per provider), a `ResponseCache` (answers, and a fallback when a
- * breaker is open) and `RateLimits` (waiting for a slot is outside the call's deadline).
+ * Calls through named domains: one domain (with its own fallback chain), an explicit
+ * fallback chain, every domain in parallel, a hedged race, a stream, or an embedding.
+ * Every path builds the same plan from the domains (their provider, timeouts, retry
+ * policy, and the provider's shared breaker, rate limit and cache) and runs it through the
+ * executor's pipeline, so a domain has the same policies whichever entry point calls it.
+ * Each answer says where it came from.
  *
  * @since 0.1.0
  */
-import { Context, Deferred, Duration, Effect, type Either, ExecutionPlan, Layer, Option } from "effect"
-import { type AiError, isAiError, ModelError, shouldFallback } from "./AiError.js"
-import * as CircuitBreaker from "./CircuitBreaker.js"
+import { Context, Duration, Effect, Layer, Result, Stream } from "effect"
+import type { LanguageModel, Model as AiModel } from "effect/ai"
+import { type AiError, invalidRequest, type ModelError } from "./AiError.js"
 import { applyTo, type Domain, Domains, Providers } from "./Domain.js"
-import { Executor, type ExecuteOptions, type RetryInfo } from "./Executor.js"
-import * as Metrics from "./Metrics.js"
-import { estimateTokens, type GenerateRequest, type GenerateResponse, toMessages } from "./Model.js"
-import type { Service as ProviderService } from "./Model.js"
-import { RateLimits } from "./RateLimit.js"
-import * as ResponseCache from "./ResponseCache.js"
+import {
+  type Answer as PlanAnswer,
+  type ExecuteOptions,
+  Executor,
+  type Plan,
+  type RetryInfo,
+  type Step
+} from "./Executor.js"
+import * as Input from "./Input.js"
+import type { OptionError } from "./Input.js"
+import * as EffectAi from "./Model/EffectAi.js"
+import {
+  type EmbedRequest,
+  type EmbedResponse,
+  estimateInputTokens,
+  type GenerateRequest,
+  type GenerateResponse,
+  type Service as ProviderService,
+  type StreamPart,
+  validateEmbed,
+  validateGenerate
+} from "./Model.js"
+import { traced } from "./policy/span.js"
+import type { StreamStep } from "./policy/stream.js"
 import { Stats } from "./Stats.js"
 
 /**
@@ -30,25 +48,29 @@ export interface Answer {
   readonly response: GenerateResponse
   readonly domain: string
   readonly provider: string
-  /** Domains tried, the answering one included. */
+  /** Attempts made in all: retries and every domain tried included (0 for a cache hit). */
   readonly attempts: number
+  /** Domains tried, the answering one included. */
+  readonly domainsTried: number
   readonly fallbackUsed: boolean
   readonly source: "provider" | "cache" | "stale-cache"
-  /** Set by `hedge`: whether the backup call answered. */
+  /** Set by hedging: whether a backup answered. */
   readonly hedgeWon?: boolean | undefined
 }
 
 /**
+ * Options of one routed call; every value is checked (an `InvalidRequest` naming it).
+ *
  * @since 0.1.0
  * @category models
  */
 export interface CallOptions {
-  /** Extra metric tags (e.g. a batch id). */
-  readonly tags?: Readonly<Record<string, string>> | undefined
-  readonly onRetry?: ((info: RetryInfo & { readonly domain: string }) => Effect.Effect<void>) | undefined
-  /** Use the response cache when one is in context (default true). */
+  /** Deadline of the whole call, retries and fallbacks included (default: the domain's). */
+  readonly timeout?: Duration.Input | undefined
+  readonly onRetry?: ((info: RetryInfo) => Effect.Effect<void>) | undefined
+  /** Use the response cache when the application has one (default: the domain's, true). */
   readonly cache?: boolean | undefined
-  /** When the call fails (an open breaker included), answer from an expired cache entry within its grace (default false). */
+  /** When every step fails (an open breaker included), answer from an expired cache entry within its grace. */
   readonly allowStale?: boolean | undefined
 }
 
@@ -57,11 +79,66 @@ export interface CallOptions {
  * @category models
  */
 export interface HedgeOptions extends CallOptions {
-  /** When to start the backup: a duration, or `"p95"` of the primary's latency so far. */
-  readonly after: Duration.DurationInput | "p95"
-  /** Used by `"p95"` until the primary has answered 20 calls. Default 2 seconds. */
-  readonly defaultAfter?: Duration.DurationInput | undefined
+  /** When to start the next domain: a duration, or `"p95"` of the first domain's service time so far. */
+  readonly after: Duration.Input | "p95"
+  /** Used by `"p95"` until the first domain has 20 answers. Default 2 seconds. */
+  readonly defaultAfter?: Duration.Input | undefined
 }
+
+/**
+ * Options of a routed stream.
+ *
+ * @since 0.2.0
+ * @category models
+ */
+export interface StreamOptions {
+  readonly firstChunkTimeout?: Duration.Input | "none" | undefined
+  readonly idleTimeout?: Duration.Input | "none" | undefined
+  readonly totalTimeout?: Duration.Input | "none" | undefined
+  readonly resume?:
+    | boolean
+    | { readonly maxResumes?: number; readonly instruction?: string; readonly minOverlap?: number }
+    | undefined
+  readonly cache?: boolean | undefined
+  readonly onRetry?: ((info: RetryInfo) => Effect.Effect<void>) | undefined
+}
+
+/**
+ * Options of {@link Service.plan}.
+ *
+ * @since 0.2.0
+ * @category models
+ */
+export interface PlanOptions extends CallOptions {
+  /**
+   * A step tried before the domains' own, with the request as given (its answers name the
+   * domain `"none"`, as the metrics do), e.g. the executor's provider for a batch item that names no
+   * domain. With it, `domains` may be an empty array. Its `tokens` are set from the request.
+   */
+  readonly lead?: Step<ProviderService> | undefined
+}
+
+/**
+ * A routed call before it runs: `executor.run(routed.plan, routed.call)` runs it and
+ * `routed.answer` says where its answer came from.
+ *
+ * @since 0.2.0
+ * @category models
+ */
+export interface Routed {
+  readonly plan: Plan<ProviderService, GenerateResponse>
+  readonly call: (provider: ProviderService, step: Step<ProviderService>) => Effect.Effect<GenerateResponse, AiError>
+  readonly answer: (answer: PlanAnswer<ProviderService, GenerateResponse>) => Answer
+}
+
+/**
+ * A chain resolved by {@link Service.prepare}: the plan of one request on it, as `plan`
+ * builds it.
+ *
+ * @since 0.2.0
+ * @category models
+ */
+export type Prepared = (request: GenerateRequest, options?: CallOptions) => Effect.Effect<Routed, ModelError>
 
 /**
  * @since 0.1.0
@@ -69,7 +146,7 @@ export interface HedgeOptions extends CallOptions {
  */
 export interface DomainOutcome {
   readonly domain: string
-  readonly result: Either.Either<Answer, AiError>
+  readonly result: Result.Result<Answer, AiError>
 }
 
 /**
@@ -77,24 +154,22 @@ export interface DomainOutcome {
  * @category models
  */
 export interface Service {
+  /** One domain, then its own `fallback` chain when it has one. */
   readonly execute: (request: GenerateRequest, domain: string, options?: CallOptions) => Effect.Effect<Answer, AiError>
-  /**
-   * Tries the domains in order, moving on only when `shouldFallback` says so; each domain
-   * uses its own timeout and retry policy.
-   */
+  /** Tries the domains in order, moving on only when `shouldFallback` says so; each uses its own policies. */
   readonly executeWithFallback: (
     request: GenerateRequest,
     domains: ReadonlyArray<string>,
     options?: CallOptions
   ) => Effect.Effect<Answer, AiError>
-  /** Every domain's outcome, in the order given. */
+  /** Every domain's outcome, in the order given; each domain runs as `execute` runs it (its own fallback chain included). */
   readonly executeParallelDomains: {
     (
       request: GenerateRequest,
       domains: ReadonlyArray<string>,
       mode: "all",
       options?: CallOptions
-    ): Effect.Effect<ReadonlyArray<DomainOutcome>>
+    ): Effect.Effect<ReadonlyArray<DomainOutcome>, ModelError>
     /** The first success; the other calls are interrupted. Fails only when all fail. */
     (
       request: GenerateRequest,
@@ -105,34 +180,58 @@ export interface Service {
   }
   /**
    * Calls the first domain; if it has not answered after `after` (or failed in a way that
-   * falls back), starts the next one. The first success wins; the loser is interrupted
-   * and counted in `orchestra_hedges_total`.
+   * falls back), starts the next one. The first success wins; the others are interrupted.
    */
   readonly hedge: (
     request: GenerateRequest,
     domains: ReadonlyArray<string>,
     options: HedgeOptions
   ) => Effect.Effect<Answer, AiError>
+  /** A stream on a domain (and its fallback chain) or an explicit chain, through every policy. */
+  readonly stream: (
+    request: GenerateRequest,
+    domains: string | ReadonlyArray<string>,
+    options?: StreamOptions
+  ) => Stream.Stream<StreamPart, AiError>
+  readonly embed: (
+    request: EmbedRequest,
+    domain: string,
+    options?: CallOptions
+  ) => Effect.Effect<EmbedResponse, AiError>
   /** The provider and domain a name resolves to. */
   readonly resolve: (
     domain: string
   ) => Effect.Effect<{ readonly domain: Domain; readonly provider: ProviderService }, ModelError>
+  /** The chain a call on these domains runs (a single domain expands to its own fallback chain). */
+  readonly chain: (domains: string | ReadonlyArray<string>) => Effect.Effect<ReadonlyArray<Domain>, ModelError>
+  /** The plan `execute` / `executeWithFallback` run for a request, for callers that run many (batches). */
+  readonly plan: (
+    request: GenerateRequest,
+    domains: string | ReadonlyArray<string>,
+    options?: PlanOptions
+  ) => Effect.Effect<Routed, ModelError>
+  /**
+   * `plan` in two steps, for many requests on the same domains (a batch): the chain is
+   * resolved once (an unknown domain fails here), then each request only gets its plan.
+   */
+  readonly prepare: (
+    domains: string | ReadonlyArray<string>,
+    options?: { readonly lead?: Step<ProviderService> | undefined }
+  ) => Effect.Effect<Prepared, ModelError>
 }
 
 /**
  * @since 0.1.0
- * @category tags
+ * @category services
  */
-export class Router extends Context.Tag("effect-orchestra/Router")<Router, Service>() {}
+export class Router extends Context.Service<Router, Service>()("effect-orchestra/Router") {}
 
-interface Step {
-  readonly domain: Domain
-  readonly provider: ProviderService
+interface DomainStep extends StreamStep {
+  readonly domainConfig: Domain
+  readonly cacheable: boolean
 }
 
-class PlanStep extends Context.Tag("effect-orchestra/Router/PlanStep")<PlanStep, Step>() {}
-
-const noDomains = new ModelError({ reason: "InvalidRequest", field: "domains", message: "give at least one domain" })
+const noDomains = invalidRequest("domains", "give at least one domain")
 
 /**
  * @since 0.1.0
@@ -143,101 +242,163 @@ export const make = Effect.gen(function* () {
   const domains = yield* Domains
   const providers = yield* Providers
   const stats = yield* Stats
-  const breakers = yield* Effect.serviceOption(CircuitBreaker.Registry)
-  const cache = yield* Effect.serviceOption(ResponseCache.ResponseCache)
-  const limits = yield* Effect.serviceOption(RateLimits)
+  const cache = executor.guards.cache
 
   const resolve = (name: string) =>
     Effect.flatMap(domains.get(name), (domain) =>
       Effect.map(providers.get(domain.provider), (provider) => ({ domain, provider }))
     )
 
-  const cacheKey = (step: Step, request: GenerateRequest) =>
-    ResponseCache.key({ provider: step.provider.name, request: applyTo(step.domain, request) })
+  const chain = (names: string | ReadonlyArray<string>): Effect.Effect<ReadonlyArray<Domain>, ModelError> =>
+    Effect.gen(function* () {
+      if (typeof names === "string") {
+        const first = yield* domains.get(names)
+        const rest = yield* Effect.forEach(first.fallback ?? [], (name) => domains.get(name))
+        return [first, ...rest]
+      }
+      if (!Array.isArray(names))
+        return yield* Effect.fail(invalidRequest("domains", "expected an array of domain names"))
+      if (names.length === 0) return yield* Effect.fail(noDomains)
+      return yield* Effect.forEach(names, (name) => domains.get(name))
+    })
 
-  const callStep = (
-    step: Step,
-    request: GenerateRequest,
-    options: CallOptions
-  ): Effect.Effect<Omit<Answer, "attempts" | "fallbackUsed">, AiError> => {
-    const { domain, provider } = step
-    const applied = applyTo(domain, request)
-    const executeOptions: ExecuteOptions = {
-      provider,
-      domain: domain.name,
-      tags: options.tags,
-      timeout: domain.timeout,
-      retry: domain.retry ?? false,
-      onRetry: options.onRetry === undefined ? undefined : (info) => options.onRetry!({ ...info, domain: domain.name })
-    }
-    let call: Effect.Effect<GenerateResponse, AiError> = executor.execute(applied, executeOptions)
-    if (Option.isSome(breakers)) {
-      const registry = breakers.value
-      const inner = call
-      call = Effect.flatMap(registry.get(provider.name), (breaker) => breaker.run(inner))
-    }
-    if (Option.isSome(limits)) {
-      const tokens = toMessages(applied).reduce((n, m) => n + estimateTokens(m.content), 0)
-      call = Effect.zipRight(limits.value.acquire(provider.name, tokens), call)
-    }
-    let source: Answer["source"] = "provider"
-    if (Option.isSome(cache) && options.cache !== false) {
-      const inner = call
-      // With `allowStale`, an expired entry within its grace answers when the call fails,
-      // an open breaker included (stale-if-error).
-      call = Effect.map(
-        cache.value.getOrComputeDetailed(cacheKey(step, request), inner, { allowStale: options.allowStale ?? false }),
-        (r) => {
-          source = r.source === "hit" ? "cache" : r.source === "stale" ? "stale-cache" : "provider"
-          return r.value
-        }
-      )
-    }
-    return Effect.map(call, (response) => ({ response, domain: domain.name, provider: provider.name, source }))
-  }
-
-  const countFallback = (step: Step, options: CallOptions) =>
-    Effect.sync(() =>
-      Metrics.fallbacks.unsafeUpdate(
-        1,
-        stats.labels({ provider: step.provider.name, domain: step.domain.name, tags: options.tags }).exact
-      )
+  // A domain's step without the request's tokens, built once per chain.
+  const templateOf = (domain: Domain) =>
+    Effect.map(
+      providers.get(domain.provider),
+      (provider): DomainStep => ({
+        ...executor.stepFor(provider, { domain: domain.name, timeout: domain.timeout, retry: domain.retry ?? false }),
+        domainConfig: domain,
+        prepare: (r: GenerateRequest) => applyTo(domain, r),
+        cacheable: domain.cache !== false
+      })
     )
+
+  const checkTimeout = (timeout: Duration.Input | undefined, fallback: Duration.Duration | undefined) =>
+    timeout === undefined ? Effect.succeed(fallback) : Input.orInvalidRequest(Input.duration("timeout", timeout))
+
+  const tokensOf = (request: GenerateRequest) => estimateInputTokens(request) + (request.maxTokens ?? 0)
+
+  // A refused call is counted on its first step's provider, as the executor counts its own.
+  const refused = (error: ModelError, first: Step<ProviderService>) =>
+    Effect.suspend(() => {
+      const series = stats.series(first.name, first.domain)
+      series.requests++
+      series.fail(error.reason)
+      return Effect.fail(error)
+    })
+
+  type Apply = (
+    request: GenerateRequest,
+    options: CallOptions,
+    hedgeAfter: Duration.Duration | undefined
+  ) => Effect.Effect<Routed, ModelError>
+
+  // Resolves the chain once; `apply` then builds a request's plan without resolving it again.
+  const prepareWith = (
+    names: string | ReadonlyArray<string>,
+    lead: Step<ProviderService> | undefined
+  ): Effect.Effect<Apply, ModelError> =>
+    Effect.gen(function* () {
+      const list = lead !== undefined && Array.isArray(names) && names.length === 0 ? [] : yield* chain(names)
+      const templates = yield* Effect.forEach(list, templateOf)
+      const firstDomain = lead === undefined ? templates[0] : undefined
+      const head = lead ?? templates[0]!
+      const ownHedge = typeof names === "string" ? firstDomain?.domainConfig.hedgeAfter : undefined
+      const build = (valid: GenerateRequest, options: CallOptions, hedgeAfter: Duration.Duration | undefined) => {
+        let totalTimeout = firstDomain?.domainConfig.totalTimeout
+        if (options.timeout !== undefined) {
+          const checked = Input.duration("timeout", options.timeout)
+          if (Result.isFailure(checked)) return Effect.fail(invalidRequest("timeout", checked.failure.message))
+          totalTimeout = checked.success
+        }
+        const steps: Array<Step<ProviderService>> = []
+        if (lead !== undefined) steps.push({ ...lead, tokens: tokensOf(valid) })
+        for (const template of templates) {
+          steps.push({ ...template, tokens: tokensOf(applyTo(template.domainConfig, valid)) })
+        }
+        const first = steps[0]!
+        const useCache = cache !== undefined && options.cache !== false && (firstDomain?.cacheable ?? true)
+        const onRetry = options.onRetry
+        const plan: Plan<ProviderService, GenerateResponse> = {
+          steps: steps as unknown as readonly [Step<ProviderService>, ...Array<Step<ProviderService>>],
+          totalTimeout,
+          hedgeAfter: hedgeAfter ?? ownHedge,
+          cache: useCache
+            ? {
+                guard: cache!,
+                key: cache!.key({
+                  provider: first.name,
+                  request: firstDomain === undefined ? valid : applyTo(firstDomain.domainConfig, valid)
+                }),
+                allowStale: options.allowStale ?? false
+              }
+            : undefined,
+          onRetry:
+            onRetry === undefined
+              ? undefined
+              : (event) =>
+                  onRetry({
+                    provider: event.step.name,
+                    domain: event.step.domain,
+                    attempt: event.attempt,
+                    error: event.error,
+                    delay: event.delay
+                  }),
+          usageOf: (response: GenerateResponse) => response.usage
+        }
+        return Effect.succeed({
+          plan,
+          call: (provider, step) => provider.generate((step as Partial<DomainStep>).prepare?.(valid) ?? valid),
+          answer: (answer) => ({
+            response: answer.value,
+            domain: answer.step.domain ?? "none",
+            provider: answer.step.name,
+            attempts: answer.attempts,
+            domainsTried: answer.stepsTried,
+            fallbackUsed: answer.step !== first,
+            source: answer.source,
+            hedgeWon: answer.hedgeWon
+          })
+        } satisfies Routed)
+      }
+      // Validated before any step reads it: a null request is an InvalidRequest, not a defect.
+      return (request, options, hedgeAfter) =>
+        Effect.flatMap(
+          Effect.catch(validateGenerate(request, executor.limits), (error) => refused(error, head)),
+          (valid) => build(valid, options, hedgeAfter)
+        )
+    })
+
+  const planWith = (
+    request: GenerateRequest,
+    names: string | ReadonlyArray<string>,
+    options: PlanOptions,
+    hedgeAfter: Duration.Duration | undefined
+  ): Effect.Effect<Routed, ModelError> =>
+    Effect.flatMap(prepareWith(names, options.lead), (apply) => apply(request, options, hedgeAfter))
+
+  const run = (
+    request: GenerateRequest,
+    names: string | ReadonlyArray<string>,
+    options: CallOptions,
+    hedgeAfter?: Duration.Duration | undefined
+  ): Effect.Effect<Answer, AiError> =>
+    Effect.flatMap(planWith(request, names, options, hedgeAfter), (routed) =>
+      Effect.map(executor.run(routed.plan, routed.call), routed.answer)
+    )
+
+  const domainsOf = (names: string | ReadonlyArray<string>) => () => ({
+    "orchestra.domains": typeof names === "string" ? names : Array.isArray(names) ? names.join(",") : String(names)
+  })
 
   const execute = (request: GenerateRequest, domain: string, options: CallOptions = {}) =>
-    Effect.flatMap(resolve(domain), (step) =>
-      Effect.map(callStep(step, request, options), (a): Answer => ({ ...a, attempts: 1, fallbackUsed: false }))
-    )
+    typeof domain === "string"
+      ? traced("Router.execute", domainsOf(domain), run(request, domain, options))
+      : Effect.fail(invalidRequest("domain", `expected a domain name, got ${domain === null ? "null" : typeof domain}`))
 
-  const executeWithFallback = (
-    request: GenerateRequest,
-    names: ReadonlyArray<string>,
-    options: CallOptions = {}
-  ): Effect.Effect<Answer, AiError> =>
-    Effect.gen(function* () {
-      if (names.length === 0) return yield* Effect.fail(noDomains)
-      const steps = yield* Effect.forEach(names, resolve)
-      let attempts = 0
-      let stepIndex = -1
-      const attempt = Effect.flatMap(PlanStep, (step) => {
-        attempts++
-        stepIndex = steps.indexOf(step)
-        return callStep(step, request, options)
-      })
-      const [first, ...rest] = steps.map((step, i) => ({
-        provide: Context.make(PlanStep, step),
-        ...(i > 0 ? { while: (error: AiError) => Effect.succeed(isAiError(error) && shouldFallback(error)) } : {})
-      }))
-      const plan = ExecutionPlan.make(first!, ...rest)
-      // The plan's steps only provide contexts, so every failure is one of `attempt`'s.
-      const answer = yield* Effect.withExecutionPlan(attempt, plan) as Effect.Effect<
-        Omit<Answer, "attempts" | "fallbackUsed">,
-        AiError
-      >
-      if (stepIndex > 0) yield* countFallback(steps[stepIndex]!, options)
-      const result: Answer = { ...answer, attempts, fallbackUsed: stepIndex > 0 }
-      return result
-    })
+  const executeWithFallback = (request: GenerateRequest, names: ReadonlyArray<string>, options: CallOptions = {}) =>
+    traced("Router.executeWithFallback", domainsOf(names), run(request, names, options))
 
   const executeParallelDomains = ((
     request: GenerateRequest,
@@ -245,73 +406,87 @@ export const make = Effect.gen(function* () {
     mode: "all" | "first",
     options: CallOptions = {}
   ) => {
+    if (!Array.isArray(names)) return Effect.fail(invalidRequest("domains", "expected an array of domain names"))
+    if (names.length === 0) return Effect.fail(noDomains)
     if (mode === "all") {
       return Effect.forEach(
         names,
-        (domain) => Effect.map(Effect.either(execute(request, domain, options)), (result) => ({ domain, result })),
+        (domain) => Effect.map(Effect.result(execute(request, domain, options)), (result) => ({ domain, result })),
         { concurrency: "unbounded" }
       )
     }
-    if (names.length === 0) return Effect.fail(noDomains)
+    if (mode !== "first") return Effect.fail(invalidRequest("mode", `expected "all" or "first", got ${String(mode)}`))
     return Effect.raceAll(names.map((domain) => execute(request, domain, options)))
   }) as Service["executeParallelDomains"]
 
-  const hedgeLabels = (step: Step, options: CallOptions, outcome: string) =>
-    stats
-      .labels({ provider: step.provider.name, domain: step.domain.name, tags: options.tags })
-      .with("outcome", outcome)
-
-  const hedgeDelay = (step: Step, options: HedgeOptions): Effect.Effect<Duration.Duration> => {
-    if (options.after !== "p95") return Effect.succeed(Duration.decode(options.after))
-    const fallback = Duration.decode(options.defaultAfter ?? Duration.seconds(2))
-    return Effect.map(stats.snapshot({ provider: step.provider.name, domain: step.domain.name }), (s) =>
-      s.successes >= 20 ? Duration.millis(s.latency.p95) : fallback
-    )
-  }
-
-  const hedge = (
-    request: GenerateRequest,
-    names: ReadonlyArray<string>,
-    options: HedgeOptions
-  ): Effect.Effect<Answer, AiError> =>
+  const hedgeDelay = (first: string, options: HedgeOptions): Effect.Effect<Duration.Duration, ModelError> =>
     Effect.gen(function* () {
-      if (names.length === 0) return yield* Effect.fail(noDomains)
-      const steps = yield* Effect.forEach(names, resolve)
-      if (steps.length === 1) return yield* execute(request, names[0]!, options)
-      const delay = yield* hedgeDelay(steps[0]!, options)
-      // Backup i starts `delay` after backup i-1 started, or at once when i-1 failed in a way
-      // that falls back. A failure that does not fall back (a bad request) ends the hedge.
-      const started = yield* Effect.forEach(steps, () => Deferred.make<void>())
-      const failed = yield* Effect.forEach(steps, () => Deferred.make<void>())
-      const fatal = yield* Deferred.make<never, AiError>()
-      const didStart = steps.map(() => false)
-      const racers = steps.map((step, i) => {
-        const run = callStep(step, request, options).pipe(
-          Effect.map((a): Answer => ({ ...a, attempts: i + 1, fallbackUsed: i > 0, hedgeWon: i > 0 })),
-          Effect.tapError((error) =>
-            shouldFallback(error) ? Deferred.succeed(failed[i]!, undefined) : Deferred.fail(fatal, error)
-          )
-        )
-        const start = Effect.suspend(() => {
-          didStart[i] = true
-          if (i > 0) Metrics.hedges.unsafeUpdate(1, hedgeLabels(step, options, "started"))
-          return Effect.zipRight(Deferred.succeed(started[i]!, undefined), run)
-        })
-        if (i === 0) return start
-        const wait = Effect.raceFirst(
-          Effect.zipRight(Deferred.await(started[i - 1]!), Effect.sleep(delay)),
-          Deferred.await(failed[i - 1]!)
-        )
-        return Effect.zipRight(wait, start)
-      })
-      const answer = yield* Effect.raceFirst(Effect.raceAll(racers), Deferred.await(fatal))
-      const winner = steps.findIndex((s) => s.domain.name === answer.domain)
-      if (didStart.slice(1).some(Boolean)) {
-        steps.forEach((step, i) => {
-          if (didStart[i]) Metrics.hedges.unsafeUpdate(1, hedgeLabels(step, options, i === winner ? "won" : "lost"))
-        })
+      if (options === null || typeof options !== "object") {
+        return yield* Effect.fail(invalidRequest("options", "give the hedge options, e.g. { after: 500 }"))
       }
-      return answer
+      if (options.after !== "p95") return yield* Input.orInvalidRequest(Input.duration("after", options.after))
+      const fallback = yield* Input.orInvalidRequest(
+        Input.duration("defaultAfter", options.defaultAfter ?? Duration.seconds(2))
+      )
+      const { domain, provider } = yield* resolve(first)
+      const s = yield* stats.snapshot({ provider: provider.name, domain: domain.name })
+      return s.successes >= 20 ? Duration.millis(s.serviceTime.p95) : fallback
+    })
+
+  const hedge = (request: GenerateRequest, names: ReadonlyArray<string>, options: HedgeOptions) =>
+    traced(
+      "Router.hedge",
+      domainsOf(names),
+      Effect.gen(function* () {
+        if (!Array.isArray(names) || names.length === 0) return yield* Effect.fail(noDomains)
+        const delay = yield* hedgeDelay(names[0]!, options)
+        return yield* run(request, names, options, delay)
+      })
+    )
+
+  const stream = (request: GenerateRequest, names: string | ReadonlyArray<string>, options: StreamOptions = {}) =>
+    Stream.unwrap(
+      Effect.gen(function* () {
+        const list = yield* chain(names)
+        const steps = yield* Effect.forEach(list, (domain) =>
+          Effect.map(resolve(domain.name), ({ provider }) => ({
+            provider,
+            domain: domain.name,
+            retry: domain.retry ?? false,
+            prepare: (r: GenerateRequest) => applyTo(domain, r)
+          }))
+        )
+        const first = list[0]!
+        return executor.stream(request, {
+          steps,
+          firstChunkTimeout: options.firstChunkTimeout ?? first.timeout,
+          idleTimeout: options.idleTimeout,
+          totalTimeout: options.totalTimeout ?? first.totalTimeout,
+          resume: options.resume,
+          cache: options.cache ?? first.cache,
+          onRetry:
+            options.onRetry === undefined ? undefined : (info) => options.onRetry!({ ...info, domain: undefined })
+        })
+      })
+    )
+
+  const embed = (request: EmbedRequest, name: string, options: CallOptions = {}) =>
+    Effect.gen(function* () {
+      const { domain, provider } = yield* resolve(name)
+      const valid = yield* validateEmbed(request, executor.limits)
+      const totalTimeout = yield* checkTimeout(options.timeout, domain.totalTimeout)
+      const step: Step<ProviderService> = {
+        ...executor.stepFor(provider, {
+          domain: domain.name,
+          timeout: domain.timeout,
+          retry: domain.retry ?? false
+        }),
+        maxConcurrency: undefined
+      }
+      const answer = yield* executor.run({ steps: [step], totalTimeout }, (p) =>
+        p.embed(domain.model === undefined || valid.model !== undefined ? valid : { ...valid, model: domain.model })
+      )
+      return answer.value
     })
 
   return {
@@ -319,7 +494,18 @@ export const make = Effect.gen(function* () {
     executeWithFallback,
     executeParallelDomains,
     hedge,
-    resolve
+    stream,
+    embed,
+    resolve,
+    chain,
+    plan: (request, names, options = {}) => planWith(request, names, options, undefined),
+    prepare: (names, options = {}) =>
+      Effect.map(
+        prepareWith(names, options.lead),
+        (apply): Prepared =>
+          (request, callOptions = {}) =>
+            apply(request, callOptions, undefined)
+      )
   } satisfies Service
 })
 
@@ -328,3 +514,52 @@ export const make = Effect.gen(function* () {
  * @category layers
  */
 export const layer: Layer.Layer<Router, never, Executor | Domains | Providers | Stats> = Layer.effect(Router, make)
+
+export type { ExecuteOptions }
+
+/**
+ * A domain (or a fallback chain) as an `effect/ai` `LanguageModel`: an Effect 4 application
+ * keeps its `effect/ai` code (`LanguageModel.generateText`, `streamText`, `generateObject`,
+ * toolkits) and every call runs through the domain's policies (its chain, breaker, rate
+ * limit, cache, deadlines and retries) as `Router.execute` and `Router.stream` do.
+ *
+ * @example
+ * ```ts
+ * import { Effect, Layer } from "effect"
+ * import { LanguageModel } from "effect/ai"
+ * import { Mock, Orchestra, Router } from "effect-orchestra"
+ *
+ * const Support = Router.layerLanguageModel("support").pipe(
+ *   Layer.provide(Orchestra.layer({ providers: { mock: Mock.layer() } }))
+ * )
+ * const answer = LanguageModel.generateText({ prompt: "How do I reset my password?" }).pipe(Effect.provide(Support))
+ * ```
+ *
+ * @since 0.2.0
+ * @category layers
+ */
+export const layerLanguageModel = (
+  domains: string | ReadonlyArray<string>,
+  options: EffectAi.LanguageModelOptions & {
+    readonly call?: CallOptions | undefined
+    readonly stream?: StreamOptions | undefined
+  } = {}
+): Layer.Layer<LanguageModel.LanguageModel | AiModel.ProviderName, OptionError, Router> =>
+  Layer.unwrap(
+    Effect.map(Router, (router) => {
+      const names = typeof domains === "string" ? domains : domains
+      return EffectAi.layerLanguageModel(
+        {
+          generate: (request) =>
+            Effect.map(
+              typeof names === "string"
+                ? router.execute(request, names, options.call)
+                : router.executeWithFallback(request, names, options.call),
+              (answer) => answer.response
+            ),
+          stream: (request) => router.stream(request, names, options.stream)
+        },
+        { ...options, name: options.name ?? (typeof names === "string" ? names : names.join(",")) }
+      )
+    })
+  )

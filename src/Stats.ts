@@ -1,15 +1,41 @@
 /**
- * `ExecutionStats` read back from the metrics in `Metrics.ts`, filtered by provider,
- * domain or user tags, and reset by opening a new `window`.
+ * `ExecutionStats` read back from the call metrics of `Metrics.ts`, filtered by provider
+ * or domain, over a window that `reset` restarts.
+ *
+ * Each (provider, domain) pair has one series; the metric exporters read the same series
+ * (cumulative, so Prometheus counters never go backwards), and a window subtracts the
+ * figures it started with. Reading costs the number of series (providers × domains), not
+ * the number of calls or batches already run. Closing the `Stats` layer removes its series
+ * from the metric registry.
+ *
+ * | field | unit | meaning |
+ * |---|---|---|
+ * | `total` | calls | calls started on a provider (each fallback step is a call; retries are not) |
+ * | `successes`, `failures` | calls | calls that ended with an answer / a failure |
+ * | `failuresByReason` | calls | failures by reason (`RateLimited`, `Timeout`, `CircuitOpen`, `Interrupted`, ...) |
+ * | `successRate` | % | successes over finished calls (0 when none finished) |
+ * | `latency` | ms | a call as its caller saw it: queueing and retries included (avg, min, max, p50, p95, p99) |
+ * | `serviceTime` | ms | one attempt served by the provider, queueing excluded |
+ * | `queueWait` | ms | an attempt waiting for a free slot of its provider |
+ * | `concurrencyPeak` | attempts | most attempts served at once in the window (queued ones excluded) |
+ * | `inFlight`, `queued` | attempts | attempts served / waiting for a slot now |
+ * | `timeouts` | attempts | attempts ended by one of our deadlines |
+ * | `retries` | attempts | attempts after the first, on the same provider |
+ * | `fallbacks` | calls | hand-overs to the next step of a fallback chain |
+ * | `hedges` | calls | backup calls started by hedging, won and lost |
+ * | `tokens` | tokens | input and output tokens (estimated where a provider reports none) |
+ * | `throughput` | calls/s | finished calls per second over the window |
+ * | `windowMs` | ms | time since the window began |
  *
  * @since 0.1.0
  */
 import { Clock, Context, Effect, Layer } from "effect"
-import type { MetricLabel } from "effect"
-import { randomUUID } from "node:crypto"
-import * as Metrics from "./Metrics.js"
+import type { Scope } from "effect"
+import { Gauge, Series, WindowHistogram } from "./stats/series.js"
 
 /**
+ * Milliseconds. Zeros when nothing was recorded.
+ *
  * @since 0.1.0
  * @category models
  */
@@ -23,28 +49,29 @@ export interface LatencyStats {
 }
 
 /**
- * The figures of a window, in the shape the original executors reported, plus
- * percentiles and failures by reason.
+ * The figures of a window (see the module's table for units).
  *
  * @since 0.1.0
  * @category models
  */
 export interface ExecutionStats {
-  /** Calls started. */
   readonly total: number
   readonly successes: number
   readonly failures: number
   readonly failuresByReason: Readonly<Record<string, number>>
-  /** Successes over finished calls, in percent (0 when none finished). */
   readonly successRate: number
-  /** Milliseconds; zeros when no call finished. */
   readonly latency: LatencyStats
+  readonly serviceTime: LatencyStats
+  readonly queueWait: LatencyStats
+  readonly timeToFirstToken: LatencyStats
   readonly concurrencyPeak: number
   readonly inFlight: number
+  readonly queued: number
   readonly timeouts: number
   readonly retries: number
   readonly fallbacks: number
-  /** Finished calls per second over the window. */
+  readonly hedges: { readonly started: number; readonly won: number; readonly lost: number }
+  readonly tokens: { readonly input: number; readonly output: number }
   readonly throughput: number
   readonly windowMs: number
 }
@@ -58,7 +85,6 @@ export interface ExecutionStats {
 export interface Filter {
   readonly provider?: string | undefined
   readonly domain?: string | undefined
-  readonly tags?: Readonly<Record<string, string>> | undefined
 }
 
 /**
@@ -66,197 +92,190 @@ export interface Filter {
  * @category models
  */
 export interface Service {
-  /** The stable metric labels for a call's dimensions in the current window. */
-  readonly labels: (dims: Metrics.Dimensions) => Metrics.Labels
+  /**
+   * The series of a (provider, domain) pair, created on first use. The call path updates
+   * it directly.
+   */
+  readonly series: (provider: string, domain: string | undefined) => Series
   readonly snapshot: (filter?: Filter) => Effect.Effect<ExecutionStats>
+  /** `snapshot` for synchronous callers (the Promise facade): the time is read from `Date.now`-free `Clock` reads only. */
+  readonly snapshotUnsafe: (filter?: Filter) => ExecutionStats
   /** Starts a new window: later snapshots count only what happens after it. */
   readonly reset: Effect.Effect<void>
 }
 
 /**
  * @since 0.1.0
- * @category tags
+ * @category services
  */
-export class Stats extends Context.Tag("effect-orchestra/Stats")<Stats, Service>() {}
-
-interface Histo {
-  count: number
-  sum: number
-  min: number
-  max: number
-  buckets: Map<number, number>
-}
-
-const quantile = (h: Histo, q: number): number => {
-  if (h.count === 0) return 0
-  const rank = q * h.count
-  let previousBound = 0
-  let previousCount = 0
-  for (const [bound, cumulative] of Array.from(h.buckets.entries()).sort((a, b) => a[0] - b[0])) {
-    if (cumulative >= rank) {
-      const upper = Number.isFinite(bound) ? bound : h.max
-      const inBucket = cumulative - previousCount
-      const fraction = inBucket === 0 ? 1 : (rank - previousCount) / inBucket
-      const value = previousBound + (upper - previousBound) * fraction
-      return Math.min(h.max, Math.max(h.min, value))
-    }
-    previousBound = bound
-    previousCount = cumulative
-  }
-  return h.max
-}
+export class Stats extends Context.Service<Stats, Service>()("effect-orchestra/Stats") {}
 
 const round = (n: number): number => Math.round(n * 100) / 100
 
-const matches = (dims: Metrics.Dimensions, filter: Filter): boolean => {
-  if (filter.provider !== undefined && dims.provider !== filter.provider) return false
-  if (filter.domain !== undefined && (dims.domain ?? Metrics.ALL) !== filter.domain) return false
-  for (const [k, v] of Object.entries(filter.tags ?? {})) if (dims.tags?.[k] !== v) return false
-  return true
-}
+const latencyOf = (h: WindowHistogram): LatencyStats =>
+  h.count === 0
+    ? { avg: 0, min: 0, max: 0, p50: 0, p95: 0, p99: 0 }
+    : {
+        avg: round(h.sum / h.count),
+        min: round(h.min),
+        max: round(h.max),
+        p50: round(h.quantile(0.5)),
+        p95: round(h.quantile(0.95)),
+        p99: round(h.quantile(0.99))
+      }
 
 /**
- * Aggregates the series of the given call dimensions into `ExecutionStats`. Reads each
- * series directly (no registry scan), so its cost is the number of series of the window.
+ * Builds a `Stats` whose series register in the `Metric.MetricRegistry` of the context it
+ * is built in; closing the scope removes them.
  *
- * @since 0.1.0
- * @category utils
- */
-export const aggregate = (labels: Iterable<Metrics.Labels>, filter: Filter, windowMs: number): ExecutionStats => {
-  let requests = 0
-  let successes = 0
-  let failures = 0
-  let timeouts = 0
-  let retries = 0
-  let fallbacks = 0
-  const byReason: Record<string, number> = {}
-  const histo: Histo = { count: 0, sum: 0, min: Number.POSITIVE_INFINITY, max: 0, buckets: new Map() }
-  // Gauge series are kept per aggregate (exact, per provider, per domain, per user tags,
-  // global); the one whose dimensions equal the filter's is exact. Every matching series
-  // counts a subset of the filtered calls, so the largest is a lower bound otherwise.
-  const wantedProvider = filter.provider ?? Metrics.ALL
-  const wantedDomain = filter.domain ?? Metrics.ALL
-  const wantedUser = JSON.stringify(Object.entries(filter.tags ?? {}).sort())
-  const gauges = new Set<ReadonlyArray<MetricLabel.MetricLabel>>()
-  let peak = 0
-  let inFlightExact: number | undefined
-  let inFlightMax = 0
-
-  for (const l of labels) {
-    if (!matches(l.dims, filter)) continue
-    requests += Metrics.requests.unsafeValue(l.exact).count
-    successes += Metrics.successes.unsafeValue(l.exact).count
-    timeouts += Metrics.timeouts.unsafeValue(l.exact).count
-    retries += Metrics.retries.unsafeValue(l.exact).count
-    fallbacks += Metrics.fallbacks.unsafeValue(l.exact).count
-    for (const [reason, tags] of l.reasons()) {
-      const n = Metrics.failures.unsafeValue(tags).count
-      if (n === 0) continue
-      failures += n
-      byReason[reason] = (byReason[reason] ?? 0) + n
-    }
-    const h = Metrics.latency.unsafeValue(l.exact)
-    if (h.count > 0) {
-      histo.count += h.count
-      histo.sum += h.sum
-      histo.min = Math.min(histo.min, h.min)
-      histo.max = Math.max(histo.max, h.max)
-      for (const [bound, cumulative] of h.buckets)
-        histo.buckets.set(bound, (histo.buckets.get(bound) ?? 0) + cumulative)
-    }
-    for (const tags of l.aggregates) {
-      if (gauges.has(tags)) continue
-      gauges.add(tags)
-      if (!isSubsetSeries(tags, filter)) continue
-      const user = JSON.stringify(
-        tags
-          .filter((t) => t.key !== "window" && t.key !== "provider" && t.key !== "domain")
-          .map((t) => [t.key, t.value])
-          .sort()
-      )
-      const exact =
-        tags.find((t) => t.key === "provider")?.value === wantedProvider &&
-        tags.find((t) => t.key === "domain")?.value === wantedDomain &&
-        user === wantedUser
-      peak = Math.max(peak, Metrics.inFlightPeak.unsafeValue(tags).value)
-      const now = Metrics.inFlight.unsafeValue(tags).value
-      if (exact) inFlightExact = now
-      inFlightMax = Math.max(inFlightMax, now)
-    }
-  }
-  const finished = successes + failures
-  return {
-    total: requests,
-    successes,
-    failures,
-    failuresByReason: byReason,
-    successRate: finished === 0 ? 0 : round((successes / finished) * 100),
-    latency:
-      histo.count === 0
-        ? { avg: 0, min: 0, max: 0, p50: 0, p95: 0, p99: 0 }
-        : {
-            avg: round(histo.sum / histo.count),
-            min: round(histo.min),
-            max: round(histo.max),
-            p50: round(quantile(histo, 0.5)),
-            p95: round(quantile(histo, 0.95)),
-            p99: round(quantile(histo, 0.99))
-          },
-    concurrencyPeak: peak,
-    inFlight: inFlightExact ?? inFlightMax,
-    timeouts,
-    retries,
-    fallbacks,
-    throughput: windowMs <= 0 ? 0 : round((finished / windowMs) * 1000),
-    windowMs
-  }
-}
-
-// An aggregate series ("*" in some dimension) counts only the filtered calls when every
-// dimension the filter fixes is fixed by the series too.
-const isSubsetSeries = (tags: ReadonlyArray<MetricLabel.MetricLabel>, filter: Filter): boolean => {
-  const get = (key: string) => tags.find((t) => t.key === key)?.value
-  if (filter.provider !== undefined && get("provider") !== filter.provider) return false
-  if (filter.domain !== undefined && get("domain") !== filter.domain) return false
-  for (const [k, v] of Object.entries(filter.tags ?? {})) if (get(k) !== v) return false
-  return true
-}
-
-/**
  * @since 0.1.0
  * @category constructors
  */
-export const make: Effect.Effect<Service> = Effect.gen(function* () {
-  const instance = randomUUID().slice(0, 8)
-  let generation = 0
-  let window = `${instance}.${generation}`
-  let windowStart = yield* Clock.currentTimeMillis
-  let cache = new Map<string, Metrics.Labels>()
+export const make: Effect.Effect<Service, never, Scope.Scope> = Effect.gen(function* () {
+  const context = yield* Effect.context<never>()
+  const clock = yield* Clock.Clock
+  const byProvider = new Map<string, Map<string, Series>>()
+  const all: Array<Series> = []
+  const providerGauges = new Map<string, Gauge>()
+  const domainGauges = new Map<string, Gauge>()
+  const pairGauges = new Map<string, Gauge>()
+  const global = new Gauge()
+  let windowStart = clock.currentTimeMillisUnsafe()
+  const NONE = "none"
 
-  const labels = (dims: Metrics.Dimensions): Metrics.Labels => {
-    const key =
-      dims.tags === undefined
-        ? `${dims.provider}\u0000${dims.domain ?? ""}`
-        : `${dims.provider}\u0000${dims.domain ?? ""}\u0000${JSON.stringify(dims.tags)}`
-    let found = cache.get(key)
+  yield* Effect.addFinalizer(() =>
+    Effect.sync(() => {
+      for (const s of all) s.remove()
+    })
+  )
+
+  const gaugeIn = (map: Map<string, Gauge>, key: string): Gauge => {
+    let gauge = map.get(key)
+    if (gauge === undefined) {
+      gauge = new Gauge()
+      map.set(key, gauge)
+    }
+    return gauge
+  }
+
+  const series = (provider: string, domain: string | undefined): Series => {
+    let domains = byProvider.get(provider)
+    if (domains === undefined) {
+      domains = new Map()
+      byProvider.set(provider, domains)
+    }
+    const domainKey = domain ?? NONE
+    let found = domains.get(domainKey)
     if (found === undefined) {
-      found = Metrics.makeLabels(window, dims)
-      cache.set(key, found)
+      const gauges = [
+        gaugeIn(pairGauges, `${provider}\u0000${domainKey}`),
+        gaugeIn(providerGauges, provider),
+        gaugeIn(domainGauges, domainKey),
+        global
+      ]
+      found = new Series(provider, domain, gauges, context)
+      domains.set(domainKey, found)
+      all.push(found)
     }
     return found
   }
 
-  const snapshot = (filter: Filter = {}): Effect.Effect<ExecutionStats> =>
-    Effect.map(Clock.currentTimeMillis, (now) => aggregate(cache.values(), filter, now - windowStart))
+  const gaugeFor = (filter: Filter): Gauge | undefined => {
+    if (filter.provider !== undefined && filter.domain !== undefined) {
+      return pairGauges.get(`${filter.provider}\u0000${filter.domain}`)
+    }
+    if (filter.provider !== undefined) return providerGauges.get(filter.provider)
+    if (filter.domain !== undefined) return domainGauges.get(filter.domain)
+    return global
+  }
 
-  const reset = Effect.map(Clock.currentTimeMillis, (now) => {
-    generation += 1
-    window = `${instance}.${generation}`
-    windowStart = now
-    cache = new Map()
+  const snapshotUnsafe = (filter: Filter = {}): ExecutionStats => {
+    const windowMs = clock.currentTimeMillisUnsafe() - windowStart
+    let total = 0
+    let successes = 0
+    let timeouts = 0
+    let retries = 0
+    let fallbacks = 0
+    let hedgesStarted = 0
+    let hedgesWon = 0
+    let hedgesLost = 0
+    let inputTokens = 0
+    let outputTokens = 0
+    const byReason: Record<string, number> = {}
+    let failures = 0
+    const latency = new WindowHistogram()
+    const service = new WindowHistogram()
+    const queueWait = new WindowHistogram()
+    const ttft = new WindowHistogram()
+    const providers =
+      filter.provider === undefined ? byProvider.values() : [byProvider.get(filter.provider) ?? new Map()]
+    for (const domains of providers) {
+      const selected =
+        filter.domain === undefined ? domains.values() : [domains.get(filter.domain)].filter((s) => s !== undefined)
+      for (const s of selected as Iterable<Series>) {
+        const b = s.baseline
+        total += s.requests - b.requests
+        successes += s.successes - b.successes
+        timeouts += s.timeouts - b.timeouts
+        retries += s.retries - b.retries
+        fallbacks += s.fallbacks - b.fallbacks
+        hedgesStarted += s.hedgesStarted - b.hedgesStarted
+        hedgesWon += s.hedgesWon - b.hedgesWon
+        hedgesLost += s.hedgesLost - b.hedgesLost
+        inputTokens += s.inputTokens - b.inputTokens
+        outputTokens += s.outputTokens - b.outputTokens
+        for (const [reason, count] of s.reasons) {
+          const n = count - (b.reasons.get(reason) ?? 0)
+          if (n === 0) continue
+          failures += n
+          byReason[reason] = (byReason[reason] ?? 0) + n
+        }
+        latency.add(s.latency, b.latency)
+        service.add(s.service, b.service)
+        queueWait.add(s.queueWait, b.queueWait)
+        ttft.add(s.timeToFirstToken, b.timeToFirstToken)
+      }
+    }
+    const gauge = gaugeFor(filter)
+    const finished = successes + failures
+    return {
+      total,
+      successes,
+      failures,
+      failuresByReason: byReason,
+      successRate: finished === 0 ? 0 : round((successes / finished) * 100),
+      latency: latencyOf(latency),
+      serviceTime: latencyOf(service),
+      queueWait: latencyOf(queueWait),
+      timeToFirstToken: latencyOf(ttft),
+      concurrencyPeak: gauge?.peak ?? 0,
+      inFlight: gauge?.inFlight ?? 0,
+      queued: gauge?.queued ?? 0,
+      timeouts,
+      retries,
+      fallbacks,
+      hedges: { started: hedgesStarted, won: hedgesWon, lost: hedgesLost },
+      tokens: { input: inputTokens, output: outputTokens },
+      throughput: windowMs <= 0 ? 0 : round((finished / windowMs) * 1000),
+      windowMs
+    }
+  }
+
+  const reset = Effect.sync(() => {
+    windowStart = clock.currentTimeMillisUnsafe()
+    for (const s of all) s.resetWindow()
+    for (const gauges of [providerGauges, domainGauges, pairGauges]) {
+      for (const gauge of gauges.values()) gauge.peak = gauge.inFlight
+    }
+    global.peak = global.inFlight
   })
 
-  return { labels, snapshot, reset }
+  return {
+    series,
+    snapshot: (filter?: Filter) => Effect.sync(() => snapshotUnsafe(filter)),
+    snapshotUnsafe,
+    reset
+  } satisfies Service
 })
 
 /**
@@ -280,6 +299,8 @@ export const snapshot = (filter?: Filter): Effect.Effect<ExecutionStats, never, 
  */
 export const reset: Effect.Effect<void, never, Stats> = Effect.flatMap(Stats, (stats) => stats.reset)
 
+const ms = (n: number): string => n.toFixed(1)
+
 /**
  * A fixed-width table of the figures, for terminals.
  *
@@ -290,19 +311,16 @@ export const format = (stats: ExecutionStats, title = "Execution stats"): string
   const reasons = Object.entries(stats.failuresByReason)
     .map(([r, n]) => `${r} ${n}`)
     .join(", ")
+  const l = stats.latency
   const rows: Array<readonly [string, string]> = [
     ["total", String(stats.total)],
     ["successes", String(stats.successes)],
     ["failures", reasons.length > 0 ? `${stats.failures} (${reasons})` : String(stats.failures)],
     ["success rate", `${stats.successRate.toFixed(1)} %`],
-    [
-      "latency avg / min / max",
-      `${stats.latency.avg.toFixed(1)} / ${stats.latency.min.toFixed(1)} / ${stats.latency.max.toFixed(1)} ms`
-    ],
-    [
-      "latency p50 / p95 / p99",
-      `${stats.latency.p50.toFixed(1)} / ${stats.latency.p95.toFixed(1)} / ${stats.latency.p99.toFixed(1)} ms`
-    ],
+    ["latency avg / min / max", `${ms(l.avg)} / ${ms(l.min)} / ${ms(l.max)} ms`],
+    ["latency p50 / p95 / p99", `${ms(l.p50)} / ${ms(l.p95)} / ${ms(l.p99)} ms`],
+    ["service time avg / p95", `${ms(stats.serviceTime.avg)} / ${ms(stats.serviceTime.p95)} ms`],
+    ["queue wait avg / p95", `${ms(stats.queueWait.avg)} / ${ms(stats.queueWait.p95)} ms`],
     ["concurrency peak", String(stats.concurrencyPeak)],
     ["timeouts", String(stats.timeouts)],
     ["retries", String(stats.retries)],

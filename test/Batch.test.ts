@@ -1,14 +1,59 @@
 import { assert, describe, it } from "@effect/vitest"
-import { Chunk, Deferred, Duration, Effect, Exit, Fiber, Layer, Option, Scope, Stream, TestClock } from "effect"
+import { Context, Deferred, Effect, Exit, Fiber, Layer, Metric, Option, Scope, Stream } from "effect"
+import { TestClock } from "effect/testing"
+import type { AiError } from "../src/AiError.js"
 import * as Batch from "../src/Batch.js"
+import * as CircuitBreaker from "../src/CircuitBreaker.js"
+import type { Domain, DomainInput } from "../src/Domain.js"
+import { Executor } from "../src/Executor.js"
 import { ModelProvider, type Service as ProviderService } from "../src/Model.js"
-import { Outcome } from "../src/Model/Mock.js"
+import * as Mock from "../src/Model/Mock.js"
 import * as Orchestra from "../src/Orchestra.js"
 import * as Policy from "../src/Policy.js"
-import { makeOrchestra, uniqueName } from "./utils/orchestra.js"
+import { Router } from "../src/Router.js"
+import { Stats } from "../src/Stats.js"
 
+const { Outcome } = Mock
 const noRetry = Policy.retry({ maxAttempts: 1 })
 const retry3 = Policy.retry({ maxAttempts: 3, initialDelay: 100, jitter: 0 })
+
+type ManagerOptions = Omit<Orchestra.Options<Record<string, Layer.Layer<ModelProvider>>>, "providers" | "domains"> & {
+  readonly domains?: ReadonlyArray<Domain | DomainInput> | undefined
+}
+
+/**
+ * The whole manager over mocks named by their keys, with domain `d-<key>` per mock (unless
+ * `domains` is given), in a scope the test can close, with a private metric registry.
+ */
+const makeOrchestra = (mocks: Readonly<Record<string, Mock.Options>>, options: ManagerOptions = {}) =>
+  Effect.gen(function* () {
+    const controls: Record<string, Mock.Control> = {}
+    const layers: Record<string, Layer.Layer<ModelProvider>> = {}
+    for (const [key, mock] of Object.entries(mocks)) {
+      const { provider, control } = yield* Mock.make({ name: key, ...mock })
+      controls[key] = control
+      layers[key] = Layer.succeed(ModelProvider, provider)
+    }
+    const domains = options.domains ?? Object.keys(mocks).map((key) => ({ name: `d-${key}`, provider: key }))
+    const scope = yield* Scope.make()
+    const registry: Metric.MetricRegistry = new Map()
+    const context = yield* Layer.buildWithScope(
+      Orchestra.layer({ breakers: false, ...options, providers: layers, domains }),
+      scope
+    ).pipe(Effect.provideService(Metric.MetricRegistry, registry))
+    yield* Effect.addFinalizer(() => Scope.close(scope, Exit.void))
+    return {
+      scope,
+      registry,
+      controls,
+      batch: Context.get(context, Batch.Batch),
+      router: Context.get(context, Router),
+      executor: Context.get(context, Executor),
+      stats: Context.get(context, Stats),
+      breakers: Context.getOrUndefined(context, CircuitBreaker.Breakers),
+      context
+    }
+  })
 
 /** A compact trace of progress events: `tag:index@elapsed done/total`. */
 const trace = (events: ReadonlyArray<Batch.ProgressEvent>): ReadonlyArray<string> =>
@@ -17,6 +62,37 @@ const trace = (events: ReadonlyArray<Batch.ProgressEvent>): ReadonlyArray<string
       ? `Cancelled:[${e.notRun.join(",")}]@${e.elapsedMs} ${e.done}/${e.total}`
       : `${e._tag}:${e.index}@${e.elapsedMs} ${e.done}/${e.total}`
   )
+
+const invalidField = (error: AiError | undefined) =>
+  error?._tag === "ModelError" && error.reason === "InvalidRequest" ? error.field : `${error?._tag}: ${error?.message}`
+
+const response = (name: string, text: string) => ({
+  text,
+  finishReason: "stop" as const,
+  usage: { inputTokens: 1, outputTokens: 1, totalTokens: 2 },
+  provider: name,
+  model: "m"
+})
+
+/** A provider whose `generate` is the given function (defects and self-interruptions included). */
+const custom = (name: string, generate: ProviderService["generate"]): ProviderService => ({
+  name,
+  defaultModel: "m",
+  generate,
+  stream: () => Stream.die("unused"),
+  embed: () => Effect.die("unused")
+})
+
+const customOrchestra = (provider: ProviderService, options: { readonly maxConcurrent?: number } = {}) =>
+  Effect.gen(function* () {
+    const scope = yield* Scope.make()
+    const context = yield* Layer.buildWithScope(
+      Orchestra.layer({ breakers: false, ...options, providers: { p: Layer.succeed(ModelProvider, provider) } }),
+      scope
+    ).pipe(Effect.provideService(Metric.MetricRegistry, new Map()))
+    yield* Effect.addFinalizer(() => Scope.close(scope, Exit.void))
+    return Context.get(context, Batch.Batch)
+  })
 
 describe("Batch.run outcomes", () => {
   it.effect("one outcome per item in input order: success, error, timeout, rejected; the batch never fails", () =>
@@ -35,13 +111,13 @@ describe("Batch.run outcomes", () => {
         },
         {
           domains: [
-            { name: "d-a", provider: "a", timeout: Duration.seconds(1), retry: noRetry },
+            { name: "d-a", provider: "a", timeout: 1000, retry: noRetry },
             { name: "d-b", provider: "b", retry: noRetry }
           ],
           breakers: { failMax: 1, resetTimeout: "1 minute" }
         }
       )
-      const fiber = yield* Effect.fork(
+      const fiber = yield* Effect.forkChild(
         batch.run(
           [
             "one",
@@ -67,8 +143,7 @@ describe("Batch.run outcomes", () => {
       assert.strictEqual(result.results[0]!.answer?.response.text, "first")
       assert.strictEqual(result.results[0]!.durationMs, 100)
       assert.strictEqual(result.results[2]!.answer?.response.text, "third")
-      const invalid = result.results[1]!.error
-      assert.strictEqual(invalid?._tag === "ModelError" && invalid.reason, "InvalidRequest")
+      assert.strictEqual(invalidField(result.results[1]!.error), undefined)
       assert.strictEqual(result.results[3]!.error?._tag, "TimeoutError")
       assert.strictEqual(result.results[3]!.durationMs, 1000)
       assert.strictEqual(result.results[5]!.error?._tag, "CircuitOpenError")
@@ -81,59 +156,65 @@ describe("Batch.run outcomes", () => {
         Batch.successes(result).map((a) => a.response.text),
         ["first", "third"]
       )
-      assert.strictEqual(Option.map(Batch.firstError(result), (e) => e._tag).pipe(Option.getOrNull), "ModelError")
+      assert.strictEqual(Option.getOrNull(Option.map(Batch.firstError(result), (e) => e._tag)), "ModelError")
     })
   )
 
-  it.effect("a defect in one provider call becomes that item's error, not the batch's", () =>
+  it.effect("a defect in one provider call becomes that item's error, on both paths", () =>
     Effect.gen(function* () {
-      const name = uniqueName("buggy")
       let calls = 0
-      const buggy: ProviderService = {
-        name,
-        defaultModel: "m",
-        generate: (request) =>
-          Effect.suspend(() => {
-            calls++
-            return request.prompt === "boom"
-              ? Effect.dieMessage("provider bug")
-              : Effect.succeed({
-                  text: `ok ${request.prompt}`,
-                  finishReason: "stop" as const,
-                  usage: { inputTokens: 1, outputTokens: 1, totalTokens: 2 },
-                  provider: name,
-                  model: "m"
-                })
-          }),
-        stream: () => Stream.die("unused"),
-        embed: () => Effect.dieMessage("unused")
+      const buggy = custom("buggy", (request) =>
+        Effect.suspend(() => {
+          calls++
+          return request.prompt === "boom"
+            ? Effect.die(new Error("provider bug"))
+            : Effect.succeed(response("buggy", "ok"))
+        })
+      )
+      const batch = yield* customOrchestra(buggy)
+      for (const domain of ["support", undefined]) {
+        const result = yield* batch.run(["a", "boom", "c"], { domain })
+        assert.deepStrictEqual(
+          result.results.map((r) => r.status),
+          ["success", "error", "success"],
+          `domain ${domain}`
+        )
+        const error = result.results[1]!.error
+        assert.strictEqual(error?._tag === "ModelError" && error.reason, "Unknown")
+        assert.include(error?.message, "provider bug")
       }
-      const scope = yield* Scope.make()
-      const context = yield* Layer.buildWithScope(
-        Orchestra.layer({ providers: { buggy: Layer.succeed(ModelProvider, buggy) }, breakers: false }),
-        scope
-      )
-      const batch = yield* Effect.provide(Batch.Batch, context)
-      const result = yield* batch.run(["a", "boom", "c"], { domain: "support" })
-      assert.deepStrictEqual(
-        result.results.map((r) => r.status),
-        ["success", "error", "success"]
-      )
-      const error = result.results[1]!.error
-      assert.strictEqual(error?._tag === "ModelError" && error.reason, "Unknown")
-      assert.include(error?.message, "provider bug")
-      assert.strictEqual(calls, 3)
+      assert.strictEqual(calls, 6)
     })
   )
 
-  it.effect("a throwing onProgress callback does not fail the batch", () =>
+  it.effect("a provider that interrupts itself is that item's error, never a cancelled batch", () =>
+    Effect.gen(function* () {
+      const provider = custom("quitter", (request) =>
+        request.prompt === "quit" ? Effect.interrupt : Effect.succeed(response("quitter", "ok"))
+      )
+      const batch = yield* customOrchestra(provider)
+      for (const domain of ["support", undefined]) {
+        const result = yield* batch.run(["a", "quit", "c"], { domain })
+        assert.deepStrictEqual(
+          result.results.map((r) => r.status),
+          ["success", "error", "success"],
+          `domain ${domain}`
+        )
+        assert.isFalse(result.cancelled)
+        assert.include(result.results[1]!.error?.message, "interrupted")
+      }
+    })
+  )
+
+  it.effect("a throwing onProgress or a dying onEvent does not fail the batch", () =>
     Effect.gen(function* () {
       const { batch } = yield* makeOrchestra({ a: {} })
       const result = yield* batch.run(["x", "y"], {
         domain: "d-a",
         onProgress: () => {
           throw new Error("callback bug")
-        }
+        },
+        onEvent: () => Effect.die("effect bug")
       })
       assert.deepStrictEqual(
         result.results.map((r) => r.status),
@@ -148,6 +229,15 @@ describe("Batch.run outcomes", () => {
       const result = yield* batch.run([], { domain: "d-a" })
       assert.deepStrictEqual(result.results, [])
       assert.strictEqual(result.stats.total, 0)
+    })
+  )
+
+  it.effect("Batch.run runs on the Batch service in context", () =>
+    Effect.gen(function* () {
+      const { context } = yield* makeOrchestra({ a: { respond: () => "from context" } })
+      const result = yield* Batch.run(["x"], { domain: "d-a", id: "mine" }).pipe(Effect.provide(context))
+      assert.strictEqual(result.id, "mine")
+      assert.strictEqual(result.results[0]!.answer?.response.text, "from context")
     })
   )
 })
@@ -171,42 +261,282 @@ describe("Batch items", () => {
           { request: { prompt: "full", system: "Own system", maxTokens: 7 } },
           { request: { prompt: "full-b" }, domain: "d-b" }
         ],
-        { domain: "d-a" }
+        { domain: "d-a", concurrency: 1 }
       )
       assert.deepStrictEqual(
         result.results.map((r) => r.answer?.domain),
         ["d-a", "d-b", "d-a", "d-b"]
       )
-      const toA = (yield* controls.a!.requests) as ReadonlyArray<{
-        prompt?: string
-        system?: string
-        maxTokens?: number
-      }>
-      const toB = (yield* controls.b!.requests) as ReadonlyArray<{ prompt?: string; system?: string }>
-      assert.deepStrictEqual(
-        toA.map((r) => [r.prompt, r.system]),
-        [
-          ["plain", "You are A."],
-          ["full", "Own system"]
-        ]
-      )
-      assert.strictEqual(toA[1]!.maxTokens, 7)
-      assert.deepStrictEqual(
-        toB.map((r) => [r.prompt, r.system]),
-        [
-          ["routed", "You are B."],
-          ["full-b", "You are B."]
-        ]
-      )
+      const seen = (logged: ReadonlyArray<Mock.LoggedRequest>) =>
+        logged.map((l) => {
+          const request = l.request as {
+            readonly prompt?: string
+            readonly system?: string
+            readonly maxTokens?: number
+          }
+          return [request.prompt, request.system, request.maxTokens]
+        })
+      assert.deepStrictEqual(seen(yield* controls.a!.requests), [
+        ["plain", "You are A.", undefined],
+        ["full", "Own system", 7]
+      ])
+      assert.deepStrictEqual(seen(yield* controls.b!.requests), [
+        ["routed", "You are B.", undefined],
+        ["full-b", "You are B.", undefined]
+      ])
     })
   )
 
-  it.effect("items without any domain go to the default provider", () =>
+  it.effect("items without any domain go to the executor's provider, and answer as domain 'none'", () =>
     Effect.gen(function* () {
-      const { batch, controls } = yield* makeOrchestra({ a: { respond: () => "default" } })
-      const result = yield* batch.run(["x"])
-      assert.strictEqual(result.results[0]!.answer?.domain, "default")
-      assert.strictEqual(result.results[0]!.answer?.provider, controls.a!.name)
+      const { batch, controls } = yield* makeOrchestra({ a: { respond: () => "default" }, b: {} })
+      const result = yield* batch.run(["x", { query: "y" }, { request: { prompt: "z" } }])
+      assert.deepStrictEqual(
+        result.results.map((r) => [r.answer?.domain, r.answer?.provider, r.answer?.response.text]),
+        [
+          ["none", "a", "default"],
+          ["none", "a", "default"],
+          ["none", "a", "default"]
+        ]
+      )
+      assert.strictEqual(yield* controls.b!.calls, 0)
+    })
+  )
+
+  it.effect("mixed items: with and without a domain in one batch, each on its own path", () =>
+    Effect.gen(function* () {
+      const { batch, controls } = yield* makeOrchestra({ a: { latency: "100 millis" }, b: { latency: "100 millis" } })
+      const fiber = yield* Effect.forkChild(
+        batch.run(["no domain", { query: "on b", domain: "d-b" }, { query: "on a", domain: "d-a" }, "again"], {
+          concurrency: 4
+        })
+      )
+      yield* TestClock.adjust("100 millis")
+      const result = yield* Fiber.join(fiber)
+      assert.deepStrictEqual(
+        result.results.map((r) => `${r.answer?.domain}/${r.answer?.provider}`),
+        ["none/a", "d-b/b", "d-a/a", "none/a"]
+      )
+      assert.strictEqual(yield* controls.a!.peak, 3)
+      assert.strictEqual(result.elapsedMs, 100)
+    })
+  )
+
+  it.effect("bad items get their own InvalidRequest naming the item; the others run (issue 13 item 12)", () =>
+    Effect.gen(function* () {
+      const { batch, controls, stats } = yield* makeOrchestra({ a: {} })
+      const items = [
+        null,
+        "fine",
+        123,
+        { request: null },
+        { query: 5 },
+        { query: "x", domain: 7 },
+        {},
+        ["nested"],
+        { request: { prompt: "" } },
+        { query: "to nowhere", domain: "no-such-domain" },
+        { query: "also fine", domain: "d-a" }
+      ] as unknown as ReadonlyArray<Batch.Item>
+      const result = yield* batch.run(items)
+      assert.deepStrictEqual(
+        result.results.map((r) => (r.status === "success" ? "ok" : invalidField(r.error))),
+        [
+          "items[0]",
+          "ok",
+          "items[2]",
+          "request",
+          "items[4].query",
+          "items[5].domain",
+          "items[6]",
+          "items[7]",
+          "prompt",
+          "domain",
+          "ok"
+        ]
+      )
+      assert.isTrue(result.results.every((r) => r.ran))
+      assert.strictEqual(yield* controls.a!.calls, 2)
+      assert.strictEqual(result.stats.total, 11)
+      assert.deepStrictEqual(result.stats.failuresByReason, { InvalidRequest: 9 })
+      // requests refused by the pipeline are counted on the provider, as any refused call
+      assert.strictEqual((yield* stats.snapshot({ provider: "a" })).failuresByReason.InvalidRequest, 2)
+    })
+  )
+
+  it.effect("a batch that is not an array is one typed error", () =>
+    Effect.gen(function* () {
+      const { batch, controls } = yield* makeOrchestra({ a: {} })
+      for (const items of [null, undefined, "one prompt", 5, { 0: "x", length: 1 }]) {
+        const error = yield* Effect.flip(batch.run(items as never))
+        assert.strictEqual(invalidField(error), "items", String(items))
+      }
+      assert.strictEqual(yield* controls.a!.calls, 0)
+    })
+  )
+})
+
+describe("Batch options are checked before any item runs (issue 13 item 6)", () => {
+  it.effect("a concurrency that is not a positive integer fails the run naming `concurrency`", () =>
+    Effect.gen(function* () {
+      const { batch, controls } = yield* makeOrchestra({ a: {} })
+      for (const domain of ["d-a", undefined]) {
+        for (const concurrency of [Number.NaN, 0, -1, 1.5, Number.POSITIVE_INFINITY, "2"]) {
+          const error = yield* Effect.flip(batch.run(["x", "y"], { domain, concurrency: concurrency as number }))
+          assert.strictEqual(invalidField(error), "concurrency", `${concurrency} on domain ${domain}`)
+          assert.include(error.message, "invalid concurrency")
+        }
+      }
+      assert.strictEqual(yield* controls.a!.calls, 0)
+    })
+  )
+
+  it.effect("unknown batch domains, bad fallbacks, callbacks, cancel and id fail the run naming the field", () =>
+    Effect.gen(function* () {
+      const { batch, controls } = yield* makeOrchestra({ a: {} })
+      const cases: ReadonlyArray<readonly [unknown, string]> = [
+        [{ domain: "nowhere" }, "domain"],
+        [{ domain: 5 }, "domain"],
+        [{ fallback: "d-a" }, "fallback"],
+        [{ fallback: ["d-a", "nowhere"] }, "fallback[1]"],
+        [{ onProgress: "loud" }, "onProgress"],
+        [{ onEvent: 1 }, "onEvent"],
+        [{ cancel: Promise.resolve() }, "cancel"],
+        [{ id: "" }, "id"],
+        [{ id: 7 }, "id"],
+        [null, "options"]
+      ]
+      for (const [options, field] of cases) {
+        const error = yield* Effect.flip(batch.run(["x"], options as never))
+        assert.strictEqual(invalidField(error), field, JSON.stringify(options))
+      }
+      assert.strictEqual(yield* controls.a!.calls, 0)
+    })
+  )
+
+  it.effect("a maxConcurrent that is not a positive integer fails the layer with an OptionError naming it", () =>
+    Effect.gen(function* () {
+      for (const maxConcurrent of [Number.NaN, 0, -3, 2.5, Number.POSITIVE_INFINITY]) {
+        const error = yield* Effect.flip(
+          Effect.scoped(
+            Layer.build(
+              Orchestra.layer({ providers: { a: Mock.layer() }, maxConcurrent }).pipe(
+                Layer.provide(Layer.succeed(Metric.MetricRegistry, new Map()))
+              )
+            )
+          )
+        )
+        assert.strictEqual(error._tag, "OptionError")
+        if (error._tag === "OptionError") assert.strictEqual(error.path, "maxConcurrent", String(maxConcurrent))
+      }
+    })
+  )
+})
+
+describe("Batch on a domain gets the domain's policies, as Router.execute does", () => {
+  it.effect("an open breaker on the domain's provider makes the item fall back along the domain's chain", () =>
+    Effect.gen(function* () {
+      const { batch, controls, breakers } = yield* makeOrchestra(
+        { a: {}, b: { respond: () => "from b" } },
+        {
+          domains: [
+            { name: "d-a", provider: "a", fallback: ["d-b"] },
+            { name: "d-b", provider: "b" }
+          ],
+          breakers: {}
+        }
+      )
+      yield* breakers!.isolate("a")
+      const result = yield* batch.run([{ query: "q", domain: "d-a" }, "q2"], { domain: "d-a" })
+      for (const r of result.results) {
+        assert.strictEqual(r.answer?.domain, "d-b")
+        assert.isTrue(r.answer?.fallbackUsed)
+        assert.strictEqual(r.answer?.domainsTried, 2)
+      }
+      assert.strictEqual(yield* controls.a!.calls, 0, "the open breaker refused without calling")
+      assert.strictEqual(result.stats.fallbacks, 2)
+    })
+  )
+
+  it.effect("a cached answer is served without calling the provider", () =>
+    Effect.gen(function* () {
+      const { batch, controls, router } = yield* makeOrchestra(
+        { a: { respond: (r) => `answer to ${r.prompt}` } },
+        { cache: { ttl: "1 minute" } }
+      )
+      const first = yield* router.execute({ prompt: "cached" }, "d-a")
+      assert.strictEqual(first.source, "provider")
+      const result = yield* batch.run(["cached", "fresh"], { domain: "d-a", concurrency: 1 })
+      assert.deepStrictEqual(
+        result.results.map((r) => [r.answer?.source, r.answer?.response.text]),
+        [
+          ["cache", "answer to cached"],
+          ["provider", "answer to fresh"]
+        ]
+      )
+      assert.strictEqual(yield* controls.a!.calls, 2)
+    })
+  )
+
+  it.effect("the domain's provider rate limit applies to batch items", () =>
+    Effect.gen(function* () {
+      const { batch, controls } = yield* makeOrchestra(
+        { a: {} },
+        { rateLimits: { providers: { a: { requestsPerMinute: 2 } }, maxWait: 0 } }
+      )
+      const result = yield* batch.run(["1", "2", "3"], { domain: "d-a", concurrency: 1 })
+      assert.deepStrictEqual(
+        result.results.map((r) => r.status),
+        ["success", "success", "error"]
+      )
+      const error = result.results[2]!.error
+      assert.strictEqual(error?._tag === "ModelError" && error.reason, "RateLimited")
+      assert.strictEqual(yield* controls.a!.calls, 2)
+    })
+  )
+
+  it.effect("the domain's retry policy and deadline apply; Retried events count the item's retries", () =>
+    Effect.gen(function* () {
+      const { batch, controls } = yield* makeOrchestra(
+        {
+          a: {
+            script: [
+              Outcome.fail("Overloaded", { latency: "10 millis" }),
+              Outcome.hang(),
+              Outcome.succeed("finally", { latency: "10 millis" })
+            ]
+          }
+        },
+        { domains: [{ name: "d-a", provider: "a", retry: retry3, timeout: 500 }] }
+      )
+      const events: Array<Batch.ProgressEvent> = []
+      const fiber = yield* Effect.forkChild(batch.run(["q"], { domain: "d-a", onProgress: (e) => events.push(e) }))
+      yield* TestClock.adjust("5 seconds")
+      const result = yield* Fiber.join(fiber)
+      assert.deepStrictEqual(trace(events), [
+        "Started:0@0 0/1",
+        "Retried:0@10 0/1",
+        "Retried:0@610 0/1",
+        "Succeeded:0@820 1/1"
+      ])
+      assert.strictEqual(result.results[0]!.retries, 2)
+      assert.strictEqual(result.results[0]!.answer?.attempts, 3)
+      assert.strictEqual(result.stats.retries, 2)
+      assert.strictEqual(yield* controls.a!.calls, 3)
+    })
+  )
+})
+
+describe("Router (fixes found while porting Batch)", () => {
+  it.effect("a null request on a domain is an InvalidRequest naming `request`, not a defect", () =>
+    Effect.gen(function* () {
+      const { router } = yield* makeOrchestra({ a: {} })
+      const exit = yield* Effect.exit(router.execute(null as never, "d-a"))
+      assert.isTrue(Exit.isFailure(exit))
+      if (Exit.isFailure(exit)) {
+        const error = exit.cause.reasons.find((r) => r._tag === "Fail")
+        assert.strictEqual(error?._tag === "Fail" && invalidField(error.error), "request")
+      }
     })
   )
 })
@@ -241,29 +571,48 @@ describe("Batch fallback", () => {
     })
   )
 
-  it.effect("items without a domain fall back from the default provider to the batch's fallback domains", () =>
-    Effect.gen(function* () {
-      const { batch, controls } = yield* makeOrchestra(
-        { a: { script: [Outcome.fail("Unavailable")] }, b: { respond: () => "b" } },
-        {
-          executor: { retry: { maxAttempts: 1 } },
-          domains: [{ name: "d-b", provider: "b", retry: noRetry }]
+  it.effect(
+    "items without a domain fall back from the executor's provider to the batch's fallback domains, in one plan",
+    () =>
+      Effect.gen(function* () {
+        const { batch, controls, stats } = yield* makeOrchestra(
+          {
+            a: { script: [Outcome.fail("Unavailable"), Outcome.fail("Unavailable")] },
+            b: { script: [Outcome.succeed("b"), Outcome.fail("Overloaded")] }
+          },
+          {
+            executor: { retry: { maxAttempts: 1 } },
+            domains: [{ name: "d-b", provider: "b", retry: noRetry }]
+          }
+        )
+        const result = yield* batch.run(["x", "y"], { fallback: ["d-b"], concurrency: 1 })
+        const answer = result.results[0]!.answer
+        assert.strictEqual(answer?.response.text, "b")
+        assert.strictEqual(answer?.domain, "d-b")
+        assert.isTrue(answer?.fallbackUsed)
+        assert.strictEqual(answer?.attempts, 2)
+        const error = result.results[1]!.error
+        assert.strictEqual(error?._tag, "FallbackExhaustedError")
+        if (error?._tag === "FallbackExhaustedError") {
+          assert.deepStrictEqual(
+            error.attempts.map((a) => [a.domain, a.provider]),
+            [
+              [undefined, "a"],
+              ["d-b", "b"]
+            ]
+          )
         }
-      )
-      const result = yield* batch.run(["x"], { fallback: ["d-b"] })
-      const answer = result.results[0]!.answer
-      assert.strictEqual(answer?.response.text, "b")
-      assert.isTrue(answer?.fallbackUsed)
-      assert.strictEqual(answer?.attempts, 2)
-      assert.strictEqual(yield* controls.a!.calls, 1)
-      assert.strictEqual(result.stats.fallbacks, 1)
-    })
+        assert.strictEqual(result.results[1]!.status, "error")
+        assert.deepStrictEqual([yield* controls.a!.calls, yield* controls.b!.calls], [2, 2])
+        assert.strictEqual(result.stats.fallbacks, 2)
+        assert.strictEqual((yield* stats.snapshot()).fallbacks, 2, "the pipeline counted both hand-overs")
+      })
   )
 })
 
 const modes = [
-  { name: "through the router (items with a domain)", domain: "d-a" as string | undefined },
-  { name: "straight to the executor's pool (items without a domain)", domain: undefined as string | undefined }
+  { name: "items with a domain", domain: "d-a" as string | undefined },
+  { name: "items without a domain (the executor's provider)", domain: undefined as string | undefined }
 ] as const
 
 for (const mode of modes) {
@@ -283,7 +632,7 @@ for (const mode of modes) {
           { domains: [{ name: "d-a", provider: "a", retry: noRetry }], executor: { retry: noRetry } }
         )
         const events: Array<Batch.ProgressEvent> = []
-        const fiber = yield* Effect.fork(
+        const fiber = yield* Effect.forkChild(
           batch.run(["0", "1", "2"], { domain: mode.domain, concurrency: 2, onProgress: (e) => events.push(e) })
         )
         yield* TestClock.adjust("1 second")
@@ -298,16 +647,34 @@ for (const mode of modes) {
         ])
         const failed = events[4]
         assert.strictEqual(failed?._tag === "Failed" && failed.status, "error")
+        assert.strictEqual(failed?._tag === "Failed" && failed.durationMs, 100)
         const succeeded = events[5]
         assert.strictEqual(succeeded?._tag === "Succeeded" && succeeded.durationMs, 300)
         assert.strictEqual(result.elapsedMs, 300)
       })
     )
 
+    it.effect("onEvent: the same events as Effects, awaited in order", () =>
+      Effect.gen(function* () {
+        const { batch } = yield* makeOrchestra({ a: { latency: "100 millis" } })
+        const events: Array<string> = []
+        const fiber = yield* Effect.forkChild(
+          batch.run(["0", "1"], {
+            domain: mode.domain,
+            concurrency: 1,
+            onEvent: (e) => Effect.sync(() => events.push(e._tag))
+          })
+        )
+        yield* TestClock.adjust("1 second")
+        yield* Fiber.join(fiber)
+        assert.deepStrictEqual(events, ["Started", "Succeeded", "Started", "Succeeded"])
+      })
+    )
+
     it.effect("Batch.stream: the same events as a Stream, then the result", () =>
       Effect.gen(function* () {
         // distinct latencies: calls ending at the same instant may complete in either order
-        const { batch } = yield* makeOrchestra({
+        const { context } = yield* makeOrchestra({
           a: {
             script: [
               Outcome.succeed("0", { latency: "200 millis" }),
@@ -317,11 +684,13 @@ for (const mode of modes) {
             ]
           }
         })
-        const fiber = yield* Effect.fork(
-          Stream.runCollect(batch.stream(["0", "1", "2", "3"], { domain: mode.domain, concurrency: 2 }))
+        const fiber = yield* Effect.forkChild(
+          Stream.runCollect(Batch.stream(["0", "1", "2", "3"], { domain: mode.domain, concurrency: 2 })).pipe(
+            Effect.provide(context)
+          )
         )
         yield* TestClock.adjust("1 second")
-        const all = Chunk.toReadonlyArray(yield* Fiber.join(fiber))
+        const all = yield* Fiber.join(fiber)
         const last = all[all.length - 1]
         assert.strictEqual(last?._tag, "Done")
         const events = all.slice(0, -1) as ReadonlyArray<Batch.ProgressEvent>
@@ -343,10 +712,20 @@ for (const mode of modes) {
       })
     )
 
+    it.effect("Batch.stream fails with the run's error when the batch is invalid", () =>
+      Effect.gen(function* () {
+        const { batch } = yield* makeOrchestra({ a: {} })
+        const error = yield* Effect.flip(
+          Stream.runCollect(batch.stream(["x"], { domain: mode.domain, concurrency: 0 }))
+        )
+        assert.strictEqual(invalidField(error), "concurrency")
+      })
+    )
+
     it.effect("leaving Batch.stream early interrupts the batch's calls", () =>
       Effect.gen(function* () {
         const { batch, controls } = yield* makeOrchestra({ a: { latency: "1 second" } }, { maxConcurrent: 3 })
-        const fiber = yield* Effect.fork(
+        const fiber = yield* Effect.forkChild(
           batch.stream(["0", "1", "2", "3", "4", "5"], { domain: mode.domain }).pipe(
             Stream.takeUntil((e) => e._tag === "Succeeded"),
             Stream.runCollect
@@ -376,7 +755,9 @@ for (const mode of modes) {
           { domains: [{ name: "d-a", provider: "a", retry: retry3 }], executor: { retry: retry3 } }
         )
         const events: Array<Batch.ProgressEvent> = []
-        const fiber = yield* Effect.fork(batch.run(["q"], { domain: mode.domain, onProgress: (e) => events.push(e) }))
+        const fiber = yield* Effect.forkChild(
+          batch.run(["q"], { domain: mode.domain, onProgress: (e) => events.push(e) })
+        )
         yield* TestClock.adjust("5 seconds")
         const result = yield* Fiber.join(fiber)
         assert.deepStrictEqual(trace(events), [
@@ -385,9 +766,8 @@ for (const mode of modes) {
           "Retried:0@120 0/1",
           "Succeeded:0@330 1/1"
         ])
-        const retried = events.filter((e) => e._tag === "Retried")
         assert.deepStrictEqual(
-          retried.map((e) => (e._tag === "Retried" ? [e.attempt, e.delayMs] : [])),
+          events.flatMap((e) => (e._tag === "Retried" ? [[e.attempt, e.delayMs]] : [])),
           [
             [1, 100],
             [2, 200]
@@ -407,13 +787,13 @@ for (const mode of modes) {
         const startsA: Array<number> = []
         const startsB: Array<number> = []
         const items = Array.from({ length: 10 }, (_, i) => `q${i}`)
-        const a = yield* Effect.fork(
+        const a = yield* Effect.forkChild(
           batch.run(items, {
             domain: mode.domain,
             onProgress: (e) => e._tag === "Started" && startsA.push(e.elapsedMs)
           })
         )
-        const b = yield* Effect.fork(
+        const b = yield* Effect.forkChild(
           batch.run(items, {
             domain: mode.domain,
             onProgress: (e) => e._tag === "Started" && startsB.push(e.elapsedMs)
@@ -431,6 +811,7 @@ for (const mode of modes) {
         assert.isBelow(startsB[2]!, 3000)
         assert.isBelow(startsA[startsA.length - 1]!, 7000)
         assert.isAtMost(ra.stats.concurrencyPeak, 3)
+        assert.isAbove(ra.stats.queueWait.max, 0, "A's items waited for permits B held")
       })
     )
 
@@ -438,21 +819,46 @@ for (const mode of modes) {
       Effect.gen(function* () {
         const { batch, controls } = yield* makeOrchestra({ a: { latency: "1 second" } }, { maxConcurrent: 10 })
         assert.strictEqual(batch.limit, 10)
-        const fiber = yield* Effect.fork(batch.run(["0", "1", "2", "3", "4"], { domain: mode.domain, concurrency: 2 }))
+        const fiber = yield* Effect.forkChild(
+          batch.run(["0", "1", "2", "3", "4"], { domain: mode.domain, concurrency: 2 })
+        )
         yield* TestClock.adjust("10 seconds")
         const result = yield* Fiber.join(fiber)
         assert.strictEqual(yield* controls.a!.peak, 2)
         assert.strictEqual(result.elapsedMs, 3000)
+        assert.strictEqual(result.stats.concurrencyPeak, 2)
       })
     )
 
     it.effect("a per-batch concurrency above the shared limit is capped by it", () =>
       Effect.gen(function* () {
         const { batch, controls } = yield* makeOrchestra({ a: { latency: "1 second" } }, { maxConcurrent: 2 })
-        const fiber = yield* Effect.fork(batch.run(["0", "1", "2", "3"], { domain: mode.domain, concurrency: 50 }))
+        const fiber = yield* Effect.forkChild(batch.run(["0", "1", "2", "3"], { domain: mode.domain, concurrency: 50 }))
         yield* TestClock.adjust("10 seconds")
         yield* Fiber.join(fiber)
         assert.strictEqual(yield* controls.a!.peak, 2)
+      })
+    )
+
+    it.effect("workers take items by index: a long batch reads only the items it has reached", () =>
+      Effect.gen(function* () {
+        const { batch, controls } = yield* makeOrchestra({ a: { latency: "1 second" } }, { maxConcurrent: 4 })
+        const read = new Set<number>()
+        const backing = Array.from({ length: 100_000 }, (_, i) => `q${i}`)
+        const items = new Proxy(backing, {
+          get: (target, key, receiver) => {
+            if (typeof key === "string" && /^\d+$/.test(key)) read.add(Number(key))
+            return Reflect.get(target, key, receiver)
+          }
+        })
+        const fiber = yield* Effect.forkChild(batch.run(items, { domain: mode.domain, concurrency: 2 }))
+        yield* TestClock.adjust("2500 millis")
+        assert.strictEqual(yield* controls.a!.inFlight, 2)
+        assert.deepStrictEqual(
+          [...read].sort((x, y) => x - y),
+          [0, 1, 2, 3, 4, 5]
+        )
+        yield* Fiber.interrupt(fiber)
       })
     )
   })
@@ -464,7 +870,7 @@ for (const mode of modes) {
         const stop = yield* Deferred.make<void>()
         const events: Array<Batch.ProgressEvent> = []
         const items = Array.from({ length: 8 }, (_, i) => `q${i}`)
-        const fiber = yield* Effect.fork(
+        const fiber = yield* Effect.forkChild(
           batch.run(items, { domain: mode.domain, cancel: Deferred.await(stop), onProgress: (e) => events.push(e) })
         )
         yield* TestClock.adjust("1500 millis")
@@ -497,10 +903,14 @@ for (const mode of modes) {
           assert.strictEqual(last.done, 2)
           assert.strictEqual(last.elapsedMs, 1500)
         }
+        assert.strictEqual(result.stats.total, 4)
+        assert.deepStrictEqual(result.stats.failuresByReason, { Interrupted: 2 })
         // the permits came back: a later batch runs at full width
-        const next = yield* Effect.fork(batch.run(["x", "y"], { domain: mode.domain }))
+        const next = yield* Effect.forkChild(batch.run(["x", "y"], { domain: mode.domain }))
         yield* TestClock.adjust("1 second")
-        assert.isTrue((yield* Fiber.join(next)).results.every((r) => r.status === "success"))
+        const after = yield* Fiber.join(next)
+        assert.isTrue(after.results.every((r) => r.status === "success"))
+        assert.strictEqual(after.elapsedMs, 1000)
       })
     )
 
@@ -510,6 +920,7 @@ for (const mode of modes) {
         const result = yield* batch.run(["0", "1", "2"], { domain: mode.domain, cancel: Effect.void })
         assert.isTrue(result.cancelled)
         assert.deepStrictEqual(result.notRun, [0, 1, 2])
+        assert.isTrue(result.results.every((r) => r.status === "cancelled" && !r.ran))
         assert.strictEqual(yield* controls.a!.calls, 0)
       })
     )
@@ -517,7 +928,7 @@ for (const mode of modes) {
     it.effect("a cancel that never fires lets the batch finish", () =>
       Effect.gen(function* () {
         const { batch } = yield* makeOrchestra({ a: { latency: "1 second" } })
-        const fiber = yield* Effect.fork(batch.run(["0", "1"], { domain: mode.domain, cancel: Effect.never }))
+        const fiber = yield* Effect.forkChild(batch.run(["0", "1"], { domain: mode.domain, cancel: Effect.never }))
         yield* TestClock.adjust("1 second")
         const result = yield* Fiber.join(fiber)
         assert.isFalse(result.cancelled)
@@ -528,12 +939,12 @@ for (const mode of modes) {
     it.effect("interrupting the batch fiber interrupts its calls and frees the permits", () =>
       Effect.gen(function* () {
         const { batch, controls } = yield* makeOrchestra({ a: { latency: "1 second" } }, { maxConcurrent: 2 })
-        const fiber = yield* Effect.fork(batch.run(["0", "1", "2", "3"], { domain: mode.domain }))
+        const fiber = yield* Effect.forkChild(batch.run(["0", "1", "2", "3"], { domain: mode.domain }))
         yield* TestClock.adjust("500 millis")
         yield* Fiber.interrupt(fiber)
         assert.strictEqual(yield* controls.a!.interrupted, 2)
         assert.strictEqual(yield* controls.a!.inFlight, 0)
-        const next = yield* Effect.fork(batch.run(["x", "y"], { domain: mode.domain }))
+        const next = yield* Effect.forkChild(batch.run(["x", "y"], { domain: mode.domain }))
         yield* TestClock.adjust("1 second")
         assert.strictEqual((yield* Fiber.join(next)).elapsedMs, 1000)
       })
@@ -547,9 +958,9 @@ for (const mode of modes) {
           { a: { latency: "1 second" } },
           { maxConcurrent: 2, executor: { shutdownDeadline: "500 millis", retry: noRetry } }
         )
-        const fiber = yield* Effect.fork(batch.run(["0", "1", "2", "3", "4", "5"], { domain: mode.domain }))
+        const fiber = yield* Effect.forkChild(batch.run(["0", "1", "2", "3", "4", "5"], { domain: mode.domain }))
         yield* TestClock.adjust("100 millis")
-        const closing = yield* Effect.fork(Scope.close(scope, Exit.void))
+        const closing = yield* Effect.forkChild(Scope.close(scope, Exit.void))
         yield* TestClock.adjust("500 millis")
         yield* Fiber.join(closing)
         const result = yield* Fiber.join(fiber)
@@ -563,6 +974,13 @@ for (const mode of modes) {
         assert.strictEqual(yield* controls.a!.calls, 2, "queued items never reached the provider")
         assert.strictEqual(yield* controls.a!.interrupted, 2)
         assert.strictEqual(yield* controls.a!.inFlight, 0)
+        // a batch started after the close: every item refused at once, none reaches the provider
+        const late = yield* batch.run(["late 0", "late 1"], { domain: mode.domain })
+        assert.deepStrictEqual(
+          late.results.map((r) => r.error?._tag),
+          ["ShuttingDownError", "ShuttingDownError"]
+        )
+        assert.strictEqual(yield* controls.a!.calls, 2)
       })
     )
   })
@@ -575,8 +993,8 @@ for (const mode of modes) {
           { maxConcurrent: 4, domains: [{ name: "d-a", provider: "a", retry: noRetry }], executor: { retry: noRetry } }
         )
         const invalid = { request: { prompt: "bad", maxTokens: -1 } }
-        const a = yield* Effect.fork(batch.run(["a0", invalid, "a2"], { domain: mode.domain, concurrency: 1 }))
-        const b = yield* Effect.fork(
+        const a = yield* Effect.forkChild(batch.run(["a0", invalid, "a2"], { domain: mode.domain, concurrency: 1 }))
+        const b = yield* Effect.forkChild(
           batch.run(["b0", "b1", "b2", "b3", "b4"], { domain: mode.domain, id: "other-batch" })
         )
         yield* TestClock.adjust("5 seconds")
@@ -597,154 +1015,39 @@ for (const mode of modes) {
         assert.strictEqual(rb.stats.successes, 5)
         assert.strictEqual(rb.stats.failures, 0)
         assert.strictEqual(rb.stats.latency.avg, 100)
+        assert.strictEqual(rb.stats.latency.p95, 100)
+        assert.strictEqual(rb.stats.successRate, 100)
+        assert.strictEqual(rb.stats.tokens.output, 5 * 5)
         assert.isAbove(rb.stats.concurrencyPeak, 1)
         const all = yield* stats.snapshot()
         assert.strictEqual(all.total, 8)
-        assert.strictEqual(
-          ra.results.filter((r) => r.status === "success").length +
-            rb.results.filter((r) => r.status === "success").length,
-          all.successes
-        )
+        assert.strictEqual(all.successes, 7)
+      })
+    )
+
+    it.effect("stats come from the batch's own outcomes: many batches add no metric series", () =>
+      Effect.gen(function* () {
+        const { batch, registry } = yield* makeOrchestra({ a: { latency: "10 millis" } })
+        const run = (id: string, n: number) =>
+          Effect.gen(function* () {
+            const fiber = yield* Effect.forkChild(
+              batch.run(
+                Array.from({ length: n }, (_, i) => `${id}-${i}`),
+                { domain: mode.domain, id }
+              )
+            )
+            yield* TestClock.adjust("1 second")
+            return yield* Fiber.join(fiber)
+          })
+        yield* run("warm-up", 2)
+        const series = registry.size
+        for (let i = 0; i < 20; i++) yield* run(`batch-${i}`, 3)
+        const last = yield* run("last", 4)
+        assert.strictEqual(registry.size, series, "no series per batch")
+        assert.strictEqual(last.stats.total, 4)
+        assert.strictEqual(last.stats.successes, 4)
+        assert.strictEqual(last.stats.latency.max, 10)
       })
     )
   })
 }
-
-describe("Batch, items without a domain (the executor's pool)", () => {
-  it.effect(
-    "outcomes in input order: success, error, timeout, invalid request; answers name the default provider",
-    () =>
-      Effect.gen(function* () {
-        const { batch, controls } = yield* makeOrchestra(
-          {
-            a: {
-              script: [
-                Outcome.succeed("first", { latency: "100 millis" }),
-                Outcome.fail("Unauthorized"),
-                Outcome.hang(),
-                Outcome.succeed("last")
-              ]
-            }
-          },
-          { executor: { timeout: "1 second", retry: noRetry } }
-        )
-        const events: Array<Batch.ProgressEvent> = []
-        const fiber = yield* Effect.fork(
-          batch.run(["one", "two", "three", { request: { prompt: "bad", maxTokens: -1 } }, "four"], {
-            concurrency: 1,
-            onProgress: (e) => events.push(e)
-          })
-        )
-        yield* TestClock.adjust("5 seconds")
-        const result = yield* Fiber.join(fiber)
-        assert.deepStrictEqual(
-          result.results.map((r) => r.status),
-          ["success", "error", "timeout", "error", "success"]
-        )
-        assert.strictEqual(result.results[0]!.answer?.domain, "default")
-        assert.strictEqual(result.results[0]!.answer?.provider, controls.a!.name)
-        assert.strictEqual(result.results[2]!.durationMs, 1000)
-        const invalid = result.results[3]!.error
-        assert.strictEqual(invalid?._tag === "ModelError" && invalid.reason, "InvalidRequest")
-        assert.strictEqual(invalid?._tag === "ModelError" && invalid.provider, controls.a!.name)
-        assert.strictEqual(yield* controls.a!.calls, 4, "the invalid request never reached the provider")
-        // the refused item still reports a start before its failure
-        assert.deepStrictEqual(trace(events).slice(6, 8), ["Started:3@1100 3/5", "Failed:3@1100 4/5"])
-        assert.strictEqual(result.stats.total, 5)
-        assert.deepStrictEqual(result.stats.failuresByReason, { Unauthorized: 1, Timeout: 1, InvalidRequest: 1 })
-      })
-  )
-
-  it.effect("a defect in one call becomes that item's error; the pool carries on", () =>
-    Effect.gen(function* () {
-      const name = uniqueName("buggy")
-      const buggy: ProviderService = {
-        name,
-        defaultModel: "m",
-        generate: (request) =>
-          request.prompt === "boom"
-            ? Effect.dieMessage("provider bug")
-            : Effect.as(Effect.sleep("10 millis"), {
-                text: `ok ${request.prompt}`,
-                finishReason: "stop" as const,
-                usage: { inputTokens: 1, outputTokens: 1, totalTokens: 2 },
-                provider: name,
-                model: "m"
-              }),
-        stream: () => Stream.die("unused"),
-        embed: () => Effect.dieMessage("unused")
-      }
-      const scope = yield* Scope.make()
-      const context = yield* Layer.buildWithScope(
-        Orchestra.layer({ providers: { buggy: Layer.succeed(ModelProvider, buggy) }, maxConcurrent: 2 }),
-        scope
-      )
-      const batch = yield* Effect.provide(Batch.Batch, context)
-      const fiber = yield* Effect.fork(batch.run(["a", "boom", "c", "d"]))
-      yield* TestClock.adjust("1 second")
-      const result = yield* Fiber.join(fiber)
-      assert.deepStrictEqual(
-        result.results.map((r) => r.status),
-        ["success", "error", "success", "success"]
-      )
-      assert.include(result.results[1]!.error?.message, "provider bug")
-    })
-  )
-
-  it.effect("a batch through the router and one straight to the executor share the limit", () =>
-    Effect.gen(function* () {
-      const { batch, controls } = yield* makeOrchestra({ a: { latency: "1 second" } }, { maxConcurrent: 3 })
-      const items = Array.from({ length: 9 }, (_, i) => `q${i}`)
-      const routed = yield* Effect.fork(batch.run(items, { domain: "d-a" }))
-      const direct = yield* Effect.fork(batch.run(items))
-      yield* TestClock.adjust("1 minute")
-      const [r, d] = [yield* Fiber.join(routed), yield* Fiber.join(direct)]
-      assert.strictEqual(yield* controls.a!.peak, 3)
-      assert.strictEqual(Math.max(r.elapsedMs, d.elapsedMs), 6000)
-      assert.strictEqual(r.results[0]!.answer?.domain, "d-a")
-      assert.strictEqual(d.results[0]!.answer?.domain, "default")
-      assert.strictEqual(r.stats.total, 9)
-      assert.strictEqual(d.stats.total, 9)
-    })
-  )
-})
-
-describe("Batch, a provider that interrupts itself", () => {
-  it.effect("is that item's error on both paths, never a cancelled batch", () =>
-    Effect.gen(function* () {
-      const name = uniqueName("self-interrupting")
-      const provider: ProviderService = {
-        name,
-        defaultModel: "m",
-        generate: (request) =>
-          request.prompt === "quit"
-            ? Effect.interrupt
-            : Effect.succeed({
-                text: "ok",
-                finishReason: "stop" as const,
-                usage: { inputTokens: 1, outputTokens: 1, totalTokens: 2 },
-                provider: name,
-                model: "m"
-              }),
-        stream: () => Stream.die("unused"),
-        embed: () => Effect.dieMessage("unused")
-      }
-      const scope = yield* Scope.make()
-      const context = yield* Layer.buildWithScope(
-        Orchestra.layer({ providers: { p: Layer.succeed(ModelProvider, provider) }, breakers: false }),
-        scope
-      )
-      const batch = yield* Effect.provide(Batch.Batch, context)
-      for (const domain of ["support", undefined]) {
-        const result = yield* batch.run(["a", "quit", "c"], { domain })
-        assert.deepStrictEqual(
-          result.results.map((r) => r.status),
-          ["success", "error", "success"],
-          `domain ${domain}`
-        )
-        assert.isFalse(result.cancelled)
-        assert.include(result.results[1]!.error?.message, "interrupted itself")
-      }
-    })
-  )
-})

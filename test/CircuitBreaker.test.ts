@@ -1,406 +1,726 @@
 import { assert, describe, it } from "@effect/vitest"
 import {
   Cause,
-  Chunk,
+  Clock,
   Deferred,
   Duration,
   Effect,
-  Either,
   Exit,
   Fiber,
+  Layer,
   Metric,
-  Option,
-  ParseResult,
-  Queue,
   Ref,
-  Schema,
-  TestClock
+  Result,
+  Scope,
+  Stream
 } from "effect"
-import { CircuitOpenError, modelError, TimeoutError } from "../src/AiError.js"
+import { TestClock } from "effect/testing"
+import {
+  type AiError,
+  CircuitOpenError,
+  FallbackExhaustedError,
+  ModelError,
+  modelError,
+  ShuttingDownError,
+  StreamInterruptedError,
+  TimeoutError
+} from "../src/AiError.js"
 import * as CircuitBreaker from "../src/CircuitBreaker.js"
-import * as Policy from "../src/Policy.js"
-import { circuitRejected, circuitState, circuitTransitions } from "../src/internal/resilienceMetrics.js"
+import type { OptionError } from "../src/Input.js"
+import * as Metrics from "../src/Metrics.js"
 
 let counter = 0
-const uniqueName = (label: string) => `test-${label}-${++counter}-${Math.random().toString(36).slice(2, 8)}`
+const uniqueKey = (label: string) => `test-${label}-${++counter}-${Math.random().toString(36).slice(2, 8)}`
 
 const overloaded = Effect.fail(modelError("Overloaded", "busy"))
-const invalid = Effect.fail(modelError("InvalidRequest", "bad request"))
 const ok = Effect.succeed("ok")
 
-const gaugeOf = (name: string) => Effect.map(Metric.value(Metric.tagged(circuitState, "breaker", name)), (s) => s.value)
+/** Runs a test body with its own breakers and its own metric registry. */
+const withBreakers = <A, E>(
+  options: CircuitBreaker.Options,
+  body: (breakers: CircuitBreaker.Service) => Effect.Effect<A, E, Scope.Scope>
+) =>
+  Effect.gen(function* () {
+    const breakers = yield* CircuitBreaker.makeMemory(options)
+    return yield* body(breakers)
+  }).pipe(Effect.scoped, Effect.provideService(Metric.MetricRegistry, new Map()))
 
-const rejectedOf = (name: string) =>
-  Effect.map(Metric.value(Metric.tagged(circuitRejected, "breaker", name)), (s) => s.count)
+const run = <A, E extends AiError>(breakers: CircuitBreaker.Service, key: string, effect: Effect.Effect<A, E>) =>
+  Effect.exit(breakers.execute(key, effect))
 
-/** Runs `effect` through the breaker `times` times, ignoring the outcome. */
-const repeat = <A, E>(breaker: CircuitBreaker.CircuitBreaker, effect: Effect.Effect<A, E>, times: number) =>
-  Effect.forEach(Array.from({ length: times }), () => Effect.exit(breaker.run(effect)), { discard: true })
+const repeat = <A, E extends AiError>(
+  breakers: CircuitBreaker.Service,
+  key: string,
+  effect: Effect.Effect<A, E>,
+  times: number
+) => Effect.forEach(Array.from({ length: times }), () => run(breakers, key, effect), { discard: true })
 
-/** Open a breaker built with failMax 1. */
-const trip = (breaker: CircuitBreaker.CircuitBreaker) => Effect.exit(breaker.run(overloaded))
-
-const expectRejected = (breaker: CircuitBreaker.CircuitBreaker, state: "open" | "half-open" | "isolated") =>
+const expectRejected = (breakers: CircuitBreaker.Service, key: string, state: CircuitOpenError["state"]) =>
   Effect.gen(function* () {
     const ran = yield* Ref.make(false)
-    const error = yield* Effect.flip(breaker.run(Ref.set(ran, true)))
+    const error = yield* Effect.flip(breakers.execute(key, Ref.set(ran, true)))
     assert.instanceOf(error, CircuitOpenError)
-    assert.strictEqual(error._tag, "CircuitOpenError")
     assert.strictEqual(error.state, state)
-    assert.strictEqual(error.breaker, breaker.name)
+    assert.strictEqual(error.breaker, key)
     assert.isFalse(yield* Ref.get(ran), "a refused call must not run")
     return error
   })
 
-describe("CircuitBreaker", () => {
-  it.scoped("opens after failMax consecutive failures; a success in between resets the count", () =>
-    Effect.gen(function* () {
-      const breaker = yield* CircuitBreaker.make(uniqueName("failmax"), { failMax: 3, resetTimeout: "10 seconds" })
-      yield* repeat(breaker, overloaded, 2)
-      yield* breaker.run(ok)
-      yield* repeat(breaker, overloaded, 2)
-      assert.strictEqual(yield* breaker.state, "closed")
-      const last = yield* Effect.flip(breaker.run(overloaded))
-      assert.strictEqual(last._tag, "ModelError", "the tripping call keeps its own error")
-      assert.strictEqual(yield* breaker.state, "open")
-      const error = yield* expectRejected(breaker, "open")
-      assert.deepStrictEqual(
-        error.retryAfter?.pipe((d) => d.value),
-        { _tag: "Millis", millis: 10_000 }
-      )
-      assert.strictEqual(yield* rejectedOf(breaker.name), 1)
-    })
+const gauge = (key: string) =>
+  Effect.map(Metric.value(Metric.withAttributes(Metrics.breakerState, { breaker: key })), (s) => s.value)
+
+const rejections = (key: string) =>
+  Effect.map(Metric.value(Metric.withAttributes(Metrics.breakerRejections, { breaker: key })), (s) => s.count)
+
+const transitions = (key: string, from: string, to: string) =>
+  Effect.map(
+    Metric.value(Metric.withAttributes(Metrics.breakerTransitions, { breaker: key, from, to })),
+    (s) => s.count
   )
 
-  it.scoped("rolling window: does not open below the volume threshold, opens once the rate is reached", () =>
-    Effect.gen(function* () {
-      const breaker = yield* CircuitBreaker.make(uniqueName("rolling"), {
-        rolling: { window: "10 seconds", minimumCalls: 10, failureRate: 0.5 }
+/** The series of `id` in the current registry with attribute breaker=key, without creating one. */
+const series = (id: string, key?: string) =>
+  Effect.map(Metric.snapshot, (all) =>
+    all.filter((m) => m.id === id && (key === undefined || m.attributes?.["breaker"] === key))
+  )
+
+/** Starts collecting `n` changes now (the subscription is in place when this returns). */
+const collect = (breakers: CircuitBreaker.Service, n: number) =>
+  Effect.forkChild(Stream.runCollect(Stream.take(breakers.changes, n)), { startImmediately: true })
+
+const millisOf = (d: Duration.Duration | undefined) => (d === undefined ? undefined : Duration.toMillis(d))
+
+describe("CircuitBreaker (memory)", () => {
+  it.effect("opens after failMax consecutive failures; a success in between restarts the count", () =>
+    withBreakers({ failMax: 3, resetTimeout: "10 seconds" }, (breakers) =>
+      Effect.gen(function* () {
+        const key = uniqueKey("failmax")
+        yield* repeat(breakers, key, overloaded, 2)
+        yield* breakers.execute(key, ok)
+        yield* repeat(breakers, key, overloaded, 2)
+        assert.strictEqual(yield* breakers.state(key), "closed")
+        const last = yield* Effect.flip(breakers.execute(key, overloaded))
+        assert.strictEqual(last._tag, "ModelError", "the tripping call keeps its own error")
+        assert.strictEqual(yield* breakers.state(key), "open")
+        const error = yield* expectRejected(breakers, key, "open")
+        assert.strictEqual(millisOf(error.retryAfter), 10_000)
+        yield* TestClock.adjust("4 seconds")
+        assert.strictEqual(millisOf((yield* expectRejected(breakers, key, "open")).retryAfter), 6_000)
+        assert.strictEqual(yield* rejections(key), 2)
+        assert.strictEqual(yield* transitions(key, "closed", "open"), 1)
       })
-      // 9 calls, all failures: 100% but below the volume threshold of 10.
-      yield* repeat(breaker, overloaded, 9)
-      assert.strictEqual(yield* breaker.state, "closed")
-      // Those calls leave the window; the next failure sees 1 call.
-      yield* TestClock.adjust("12 seconds")
-      yield* repeat(breaker, overloaded, 1)
-      assert.strictEqual(yield* breaker.state, "closed")
-      assert.strictEqual((yield* breaker.snapshot).windowCalls, 1)
-      // 6 successes + 3 more failures: 10 calls, 40% -> stays closed (failMax is off with rolling alone).
-      yield* repeat(breaker, ok, 6)
-      yield* repeat(breaker, overloaded, 3)
-      const snap = yield* breaker.snapshot
-      assert.strictEqual(snap.windowCalls, 10)
-      assert.strictEqual(snap.windowFailures, 4)
-      assert.strictEqual(yield* breaker.state, "closed")
-      // 11 calls, 5 failures (45%): closed. 12 calls, 6 failures (50%): open.
-      yield* repeat(breaker, overloaded, 1)
-      assert.strictEqual(yield* breaker.state, "closed")
-      yield* repeat(breaker, overloaded, 1)
-      assert.strictEqual(yield* breaker.state, "open")
-    })
+    )
   )
 
-  it.scoped("the gauge moves open -> half-open with no traffic, driven by the clock", () =>
-    Effect.gen(function* () {
-      const breaker = yield* CircuitBreaker.make(uniqueName("gauge"), { failMax: 1, resetTimeout: "30 seconds" })
-      assert.strictEqual(yield* gaugeOf(breaker.name), 0)
-      yield* trip(breaker)
-      assert.strictEqual(yield* gaugeOf(breaker.name), 1)
-      yield* TestClock.adjust("29 seconds")
-      assert.strictEqual(yield* gaugeOf(breaker.name), 1)
-      yield* TestClock.adjust("1 second")
-      assert.strictEqual(yield* breaker.state, "half-open")
-      assert.strictEqual(yield* gaugeOf(breaker.name), 2)
-      yield* breaker.isolate
-      assert.strictEqual(yield* gaugeOf(breaker.name), 3)
-      yield* breaker.reset
-      assert.strictEqual(yield* gaugeOf(breaker.name), 0)
-      const toOpen = yield* Metric.value(
-        Metric.tagged(Metric.tagged(circuitTransitions, "breaker", breaker.name), "to", "open")
-      )
-      assert.strictEqual(toOpen.count, 1)
-    })
-  )
+  it.effect("rolling: the last `size` calls, below minimumCalls never opens; the rate opens it", () =>
+    withBreakers({ rolling: { size: 10, minimumCalls: 10, failureRate: 0.5 } }, (breakers) =>
+      Effect.gen(function* () {
+        const key = uniqueKey("rolling")
+        // 9 calls, all failures: 100%, but below the 10 calls needed.
+        yield* repeat(breakers, key, overloaded, 9)
+        assert.strictEqual(yield* breakers.state(key), "closed")
+        // failMax is off with rolling alone: 9 consecutive failures did not trip it either.
+        // The 10th call, a success, makes 9 failures in 10 calls: a success can trip a rate.
+        yield* breakers.execute(key, ok)
+        assert.strictEqual(yield* breakers.state(key), "open")
 
-  it.scoped("half-open admits exactly halfOpenMax probes and rejects the rest; enough successes close", () =>
-    Effect.gen(function* () {
-      const breaker = yield* CircuitBreaker.make(uniqueName("probes"), {
-        failMax: 1,
-        resetTimeout: "5 seconds",
-        halfOpenMax: 2,
-        successThreshold: 2
+        const sliding = uniqueKey("sliding")
+        // size 4 (minimumCalls defaults to size), 50%: F S S S -> 25%; S drops the F -> 0%; F F -> 50%.
+        const small = yield* CircuitBreaker.makeMemory({ rolling: { size: 4, failureRate: 0.5 } })
+        yield* run(small, sliding, overloaded)
+        yield* repeat(small, sliding, ok, 3)
+        assert.strictEqual(yield* small.state(sliding), "closed")
+        yield* run(small, sliding, ok)
+        yield* run(small, sliding, overloaded)
+        assert.strictEqual(yield* small.state(sliding), "closed")
+        yield* run(small, sliding, overloaded)
+        assert.strictEqual(yield* small.state(sliding), "open")
       })
-      yield* trip(breaker)
-      yield* TestClock.adjust("5 seconds")
-      assert.strictEqual(yield* breaker.state, "half-open")
-      const gate = yield* Deferred.make<void>()
-      const started = yield* Ref.make(0)
-      const probe = Effect.zipRight(
-        Ref.update(started, (n) => n + 1),
-        Deferred.await(gate)
-      )
-      const probes = yield* Effect.fork(Effect.all([breaker.run(probe), breaker.run(probe)], { concurrency: 2 }))
-      yield* Effect.yieldNow().pipe(Effect.repeat({ until: () => Effect.map(Ref.get(started), (n) => n === 2) }))
-      yield* expectRejected(breaker, "half-open")
-      yield* expectRejected(breaker, "half-open")
-      yield* Deferred.succeed(gate, undefined)
-      yield* Fiber.join(probes)
-      assert.strictEqual(yield* breaker.state, "closed")
-      yield* breaker.run(ok)
-    })
+    )
   )
 
-  it.scoped("a probe failure reopens; the reset timeout grows on repeated trips and resets on close", () =>
-    Effect.gen(function* () {
-      const breaker = yield* CircuitBreaker.make(uniqueName("growth"), {
-        failMax: 1,
-        resetTimeout: "10 seconds",
-        resetTimeoutMax: "35 seconds",
-        resetTimeoutMultiplier: 2
+  it.effect("open -> half-open on the clock with no traffic: state, gauge and changes", () =>
+    withBreakers({ failMax: 1, resetTimeout: "30 seconds" }, (breakers) =>
+      Effect.gen(function* () {
+        const key = uniqueKey("clock")
+        const changes = yield* collect(breakers, 4)
+        yield* run(breakers, key, overloaded)
+        assert.strictEqual(yield* gauge(key), 1)
+        yield* TestClock.adjust("29 seconds")
+        assert.strictEqual(yield* breakers.state(key), "open")
+        assert.strictEqual(yield* gauge(key), 1)
+        yield* TestClock.adjust("1 second")
+        assert.strictEqual(yield* breakers.state(key), "half-open")
+        assert.strictEqual(yield* gauge(key), 2)
+        yield* breakers.isolate(key)
+        assert.strictEqual(yield* gauge(key), 3)
+        yield* breakers.reset(key)
+        assert.strictEqual(yield* gauge(key), 0)
+        const seen = yield* Fiber.join(changes)
+        assert.deepStrictEqual(
+          seen.map((c) => [c.key, c.from, c.to, c.at]),
+          [
+            [key, "closed", "open", 0],
+            [key, "open", "half-open", 30_000],
+            [key, "half-open", "isolated", 30_000],
+            [key, "isolated", "closed", 30_000]
+          ]
+        )
+        assert.strictEqual(yield* transitions(key, "open", "half-open"), 1)
       })
-      const openFor = Effect.map(breaker.snapshot, (s) =>
-        Option.map(s.retryAfter, (d) => d.pipe((x) => (x.value._tag === "Millis" ? x.value.millis : -1)))
-      )
-      yield* trip(breaker)
-      assert.deepStrictEqual(yield* openFor, Option.some(10_000))
-      yield* TestClock.adjust("10 seconds")
-      assert.strictEqual(yield* breaker.state, "half-open")
-      yield* trip(breaker) // the probe fails
-      assert.strictEqual(yield* breaker.state, "open")
-      assert.deepStrictEqual(yield* openFor, Option.some(20_000))
-      yield* TestClock.adjust("19 seconds")
-      assert.strictEqual(yield* breaker.state, "open")
-      yield* TestClock.adjust("1 second")
-      assert.strictEqual(yield* breaker.state, "half-open")
-      yield* trip(breaker)
-      assert.deepStrictEqual(yield* openFor, Option.some(35_000), "capped at resetTimeoutMax")
-      yield* TestClock.adjust("35 seconds")
-      yield* breaker.run(ok)
-      assert.strictEqual(yield* breaker.state, "closed")
-      yield* trip(breaker)
-      assert.deepStrictEqual(yield* openFor, Option.some(10_000), "closing resets the growth")
-    })
+    )
   )
 
-  it.scoped("after the reset timeout the next call is a probe, and its success closes the breaker", () =>
-    Effect.gen(function* () {
-      const breaker = yield* CircuitBreaker.make(uniqueName("lazy"), { failMax: 1, resetTimeout: "1 second" })
-      yield* trip(breaker)
-      yield* TestClock.setTime(Date.UTC(2030, 0, 1))
-      assert.strictEqual(yield* breaker.run(ok), "ok")
-      assert.strictEqual(yield* breaker.state, "closed")
-    })
-  )
-
-  it.scoped("publishes every transition in order, with the clock's time", () =>
-    Effect.gen(function* () {
-      const breaker = yield* CircuitBreaker.make(uniqueName("stream"), { failMax: 1, resetTimeout: "1 second" })
-      const queue = yield* breaker.subscribe
-      const t0 = yield* TestClock.currentTimeMillis
-      yield* trip(breaker)
-      yield* TestClock.adjust("1 second")
-      yield* trip(breaker)
-      yield* TestClock.adjust("1 second")
-      yield* breaker.run(ok)
-      yield* breaker.isolate
-      yield* breaker.reset
-      const changes = Chunk.toReadonlyArray(yield* Queue.takeAll(queue))
-      assert.deepStrictEqual(
-        changes.map((c) => [c.from, c.to, c.at - t0]),
-        [
-          ["closed", "open", 0],
-          ["open", "half-open", 1000],
-          ["half-open", "open", 1000],
-          ["open", "half-open", 2000],
-          ["half-open", "closed", 2000],
-          ["closed", "isolated", 2000],
-          ["isolated", "closed", 2000]
-        ]
-      )
-      assert.isTrue(changes.every((c) => c.name === breaker.name))
-    })
-  )
-
-  it.scoped("concurrent transitions reach the stream in the order they happened", () =>
-    Effect.gen(function* () {
-      const breaker = yield* CircuitBreaker.make(uniqueName("order"), { failMax: 1, resetTimeout: "1 second" })
-      const queue = yield* breaker.subscribe
-      yield* Effect.forEach(Array.from({ length: 200 }), (_, i) => (i % 2 === 0 ? breaker.isolate : breaker.reset), {
-        concurrency: "unbounded",
-        discard: true
-      })
-      const changes = Chunk.toReadonlyArray(yield* Queue.takeAll(queue))
-      assert.strictEqual(changes.length, 200)
-      for (let i = 1; i < changes.length; i++) assert.strictEqual(changes[i]!.from, changes[i - 1]!.to)
-    })
-  )
-
-  it.scoped("isolate refuses every call until reset", () =>
-    Effect.gen(function* () {
-      const breaker = yield* CircuitBreaker.make(uniqueName("isolate"), { failMax: 1, resetTimeout: "1 second" })
-      yield* breaker.isolate
-      yield* expectRejected(breaker, "isolated")
-      yield* TestClock.adjust("1 hour")
-      yield* expectRejected(breaker, "isolated")
-      yield* breaker.reset
-      assert.strictEqual(yield* breaker.run(ok), "ok")
-      // isolate while open cancels the pending probe timer
-      yield* trip(breaker)
-      yield* breaker.isolate
-      yield* TestClock.adjust("2 seconds")
-      assert.strictEqual(yield* breaker.state, "isolated")
-    })
-  )
-
-  it.scoped("which outcomes count: InvalidRequest and interruptions do not, timeouts and defects do", () =>
-    Effect.gen(function* () {
-      const breaker = yield* CircuitBreaker.make(uniqueName("filter"), { failMax: 2 })
-      yield* repeat(breaker, invalid, 10)
-      yield* repeat(breaker, Effect.interrupt, 10)
-      yield* repeat(breaker, Effect.fail(modelError("Unauthorized", "no")), 10)
-      assert.strictEqual(yield* breaker.state, "closed")
-      yield* repeat(breaker, Effect.fail(new TimeoutError({ limit: "request", timeout: Duration.seconds(1) })), 1)
-      yield* repeat(breaker, Effect.dieMessage("boom"), 1)
-      assert.strictEqual(yield* breaker.state, "open")
-
-      const custom = yield* CircuitBreaker.make(uniqueName("custom"), {
-        failMax: 1,
-        isFailure: (e) => e === "counts"
-      })
-      yield* repeat(custom, Effect.fail("ignored"), 3)
-      assert.strictEqual(yield* custom.state, "closed")
-      yield* repeat(custom, Effect.fail("counts"), 1)
-      assert.strictEqual(yield* custom.state, "open")
-    })
-  )
-
-  it.scoped("a late failure of a call admitted before the trip does not affect the probe", () =>
-    Effect.gen(function* () {
-      const breaker = yield* CircuitBreaker.make(uniqueName("late"), { failMax: 1, resetTimeout: "1 second" })
-      const gate = yield* Deferred.make<void>()
-      const slow = yield* Effect.fork(breaker.run(Effect.zipRight(Deferred.await(gate), overloaded)))
-      yield* Effect.yieldNow()
-      yield* trip(breaker)
-      yield* TestClock.adjust("1 second")
-      assert.strictEqual(yield* breaker.state, "half-open")
-      yield* Deferred.succeed(gate, undefined)
-      assert.isTrue(Exit.isFailure(yield* Fiber.await(slow)))
-      assert.strictEqual(yield* breaker.state, "half-open")
-      yield* breaker.run(ok)
-      assert.strictEqual(yield* breaker.state, "closed")
-    })
-  )
-
-  it.scoped("invalid options are refused when the breaker is built", () =>
-    Effect.gen(function* () {
-      const exit = yield* Effect.exit(
-        CircuitBreaker.make(uniqueName("invalid"), {
-          rolling: { window: "10 seconds", minimumCalls: 5, failureRate: 2 }
+  it.effect("half-open admits exactly one probe and rejects the others at once; its success closes", () =>
+    withBreakers({ failMax: 1, resetTimeout: "5 seconds" }, (breakers) =>
+      Effect.gen(function* () {
+        const key = uniqueKey("probe")
+        yield* run(breakers, key, overloaded)
+        yield* TestClock.adjust("5 seconds")
+        const gate = yield* Deferred.make<void>()
+        const probe = yield* Effect.forkChild(breakers.execute(key, Effect.as(Deferred.await(gate), "probed")), {
+          startImmediately: true
         })
-      )
-      assert.isTrue(Exit.isFailure(exit))
-    })
+        const rejected = yield* expectRejected(breakers, key, "half-open")
+        assert.isUndefined(rejected.retryAfter)
+        yield* expectRejected(breakers, key, "half-open")
+        yield* Deferred.succeed(gate, undefined)
+        assert.strictEqual(yield* Fiber.join(probe), "probed")
+        assert.strictEqual(yield* breakers.state(key), "closed")
+        assert.strictEqual(yield* breakers.execute(key, ok), "ok")
+      })
+    )
+  )
+
+  it.effect("a failed probe reopens and restarts the timer; the open time grows, capped, per opening", () =>
+    withBreakers(
+      { failMax: 1, resetTimeout: "10 seconds", resetTimeoutMax: "35 seconds", resetTimeoutMultiplier: 2 },
+      (breakers) =>
+        Effect.gen(function* () {
+          const key = uniqueKey("growth")
+          const openFor = Effect.map(expectRejected(breakers, key, "open"), (e) => millisOf(e.retryAfter))
+          yield* run(breakers, key, overloaded)
+          assert.strictEqual(yield* openFor, 10_000)
+          yield* TestClock.adjust("10 seconds")
+          assert.strictEqual(yield* breakers.state(key), "half-open")
+          yield* run(breakers, key, overloaded) // the probe fails
+          assert.strictEqual(yield* breakers.state(key), "open")
+          assert.strictEqual(yield* openFor, 20_000)
+          yield* TestClock.adjust("19 seconds")
+          assert.strictEqual(yield* breakers.state(key), "open")
+          yield* TestClock.adjust("1 second")
+          assert.strictEqual(yield* breakers.state(key), "half-open")
+          yield* run(breakers, key, overloaded)
+          assert.strictEqual(yield* openFor, 35_000, "capped at resetTimeoutMax")
+          yield* TestClock.adjust("35 seconds")
+          yield* breakers.execute(key, ok)
+          assert.strictEqual(yield* breakers.state(key), "closed")
+          // Tripped again before it stayed closed as long as it was last open: still long.
+          yield* run(breakers, key, overloaded)
+          assert.strictEqual(yield* openFor, 35_000)
+          yield* TestClock.adjust("35 seconds")
+          yield* breakers.execute(key, ok)
+          // Closed for as long as it was last open: the growth starts again.
+          yield* TestClock.adjust("35 seconds")
+          yield* run(breakers, key, overloaded)
+          assert.strictEqual(yield* openFor, 10_000)
+        })
+    )
+  )
+
+  it.effect("after the open time the next call is the probe, and its success closes the circuit", () =>
+    withBreakers({ failMax: 1, resetTimeout: "1 second" }, (breakers) =>
+      Effect.gen(function* () {
+        const key = uniqueKey("lazy")
+        yield* run(breakers, key, overloaded)
+        // Jump past the open time (not past the idle time: a key idle that long is forgotten, closed).
+        yield* TestClock.setTime((yield* Clock.currentTimeMillis) + 5_000)
+        const scope = yield* Scope.make()
+        const permit = yield* breakers.admit(key).pipe(Scope.provide(scope))
+        assert.isTrue(permit.probe)
+        yield* permit.record(Exit.succeed("ok"))
+        yield* Scope.close(scope, Exit.void)
+        assert.strictEqual(yield* breakers.state(key), "closed")
+      })
+    )
+  )
+
+  it.effect("publishes every transition in order, with the clock's time", () =>
+    withBreakers({ failMax: 1, resetTimeout: "1 second" }, (breakers) =>
+      Effect.gen(function* () {
+        const key = uniqueKey("stream")
+        const changes = yield* collect(breakers, 7)
+        yield* run(breakers, key, overloaded)
+        yield* TestClock.adjust("1 second")
+        yield* run(breakers, key, overloaded)
+        yield* TestClock.adjust("1 second")
+        yield* breakers.execute(key, ok)
+        yield* breakers.isolate(key)
+        yield* breakers.reset(key)
+        const seen = yield* Fiber.join(changes)
+        assert.deepStrictEqual(
+          seen.map((c) => [c.from, c.to, c.at]),
+          [
+            ["closed", "open", 0],
+            ["open", "half-open", 1000],
+            ["half-open", "open", 1000],
+            ["open", "half-open", 2000],
+            ["half-open", "closed", 2000],
+            ["closed", "isolated", 2000],
+            ["isolated", "closed", 2000]
+          ]
+        )
+      })
+    )
+  )
+
+  it.effect("concurrent isolate and reset reach the stream as a chain (each from is the previous to)", () =>
+    withBreakers({ failMax: 1 }, (breakers) =>
+      Effect.gen(function* () {
+        const key = uniqueKey("order")
+        const changes = yield* collect(breakers, 200)
+        yield* Effect.forEach(
+          Array.from({ length: 200 }),
+          (_, i) => (i % 2 === 0 ? breakers.isolate(key) : breakers.reset(key)),
+          { concurrency: "unbounded", discard: true }
+        )
+        const seen = yield* Fiber.join(changes)
+        assert.strictEqual(seen.length, 200)
+        for (let i = 1; i < seen.length; i++) assert.strictEqual(seen[i]!.from, seen[i - 1]!.to)
+      })
+    )
+  )
+
+  it.effect("isolate refuses every call until reset; it cancels a pending half-open timer", () =>
+    withBreakers({ failMax: 1, resetTimeout: "1 second" }, (breakers) =>
+      Effect.gen(function* () {
+        const key = uniqueKey("isolate")
+        yield* breakers.isolate(key)
+        yield* expectRejected(breakers, key, "isolated")
+        yield* TestClock.adjust("1 hour")
+        yield* expectRejected(breakers, key, "isolated")
+        assert.strictEqual(yield* breakers.state(key), "isolated")
+        yield* breakers.reset(key)
+        assert.strictEqual(yield* breakers.execute(key, ok), "ok")
+        yield* run(breakers, key, overloaded)
+        yield* breakers.isolate(key)
+        yield* TestClock.adjust("2 seconds")
+        assert.strictEqual(yield* breakers.state(key), "isolated")
+        yield* expectRejected(breakers, key, "isolated")
+      })
+    )
+  )
+
+  it.effect("reset closes an open circuit at once, and outcomes of calls admitted before it no longer count", () =>
+    withBreakers({ failMax: 2, resetTimeout: "1 minute" }, (breakers) =>
+      Effect.gen(function* () {
+        const key = uniqueKey("reset")
+        const gate = yield* Deferred.make<void>()
+        const slow = yield* Effect.forkChild(breakers.execute(key, Effect.andThen(Deferred.await(gate), overloaded)), {
+          startImmediately: true
+        })
+        yield* repeat(breakers, key, overloaded, 2)
+        yield* expectRejected(breakers, key, "open")
+        yield* breakers.reset(key)
+        assert.strictEqual(yield* breakers.state(key), "closed")
+        yield* run(breakers, key, overloaded)
+        yield* Deferred.succeed(gate, undefined)
+        yield* Fiber.await(slow)
+        // One failure since the reset: the slow call's failure (admitted before it) did not count.
+        assert.strictEqual(yield* breakers.state(key), "closed")
+        yield* run(breakers, key, overloaded)
+        assert.strictEqual(yield* breakers.state(key), "open")
+      })
+    )
+  )
+
+  it.effect("which outcomes count: caller's faults, interruptions and other breakers' refusals do not", () =>
+    withBreakers({ failMax: 2 }, (breakers) =>
+      Effect.gen(function* () {
+        const key = uniqueKey("filter")
+        const notCounted: ReadonlyArray<Effect.Effect<never, AiError>> = [
+          Effect.fail(modelError("InvalidRequest", "bad")),
+          Effect.fail(modelError("ContentFilter", "no")),
+          Effect.fail(modelError("TooLarge", "big")),
+          Effect.fail(modelError("Unauthorized", "key")),
+          Effect.fail(new CircuitOpenError({ breaker: "other", state: "open" })),
+          Effect.fail(new ShuttingDownError({ message: "closing" })),
+          Effect.interrupt
+        ]
+        for (const effect of notCounted) {
+          yield* run(breakers, key, overloaded)
+          yield* repeat(breakers, key, effect, 3)
+          if ((yield* breakers.state(key)) !== "closed") assert.fail(`${key} opened`)
+          yield* breakers.execute(key, ok)
+        }
+        const counted: ReadonlyArray<Effect.Effect<never, AiError>> = [
+          Effect.fail(new TimeoutError({ limit: "request", timeout: Duration.seconds(1) })),
+          Effect.fail(modelError("Unknown", "?")),
+          Effect.fail(new StreamInterruptedError({ partialText: "Hel", reason: "Transport" })),
+          Effect.fail(modelError("RateLimited", "slow down")),
+          Effect.die("boom")
+        ]
+        for (const effect of counted) {
+          const one = uniqueKey("counted")
+          yield* repeat(breakers, one, effect, 2)
+          assert.strictEqual(yield* breakers.state(one), "open", String(effect))
+        }
+      })
+    )
+  )
+
+  it.effect("a failure that does not count is an answer (restarts the count); an ignored one is nothing", () =>
+    withBreakers({ failMax: 2 }, (breakers) =>
+      Effect.gen(function* () {
+        const answered = uniqueKey("answered")
+        yield* run(breakers, answered, overloaded)
+        yield* run(breakers, answered, Effect.fail(modelError("Unauthorized", "key")))
+        yield* run(breakers, answered, overloaded)
+        assert.strictEqual(yield* breakers.state(answered), "closed")
+
+        const ignoredOutcomes: ReadonlyArray<Effect.Effect<never, AiError>> = [
+          Effect.interrupt,
+          Effect.fail(new ShuttingDownError({ message: "closing" })),
+          Effect.fail(
+            new FallbackExhaustedError({
+              attempts: [{ provider: "other", error: new CircuitOpenError({ breaker: "other", state: "open" }) }]
+            })
+          )
+        ]
+        for (const ignored of ignoredOutcomes) {
+          const key = uniqueKey("ignored")
+          yield* run(breakers, key, overloaded)
+          yield* run(breakers, key, ignored)
+          yield* run(breakers, key, overloaded)
+          assert.strictEqual(yield* breakers.state(key), "open", String(ignored))
+        }
+
+        const exhausted = uniqueKey("exhausted")
+        const lastOverloaded = new FallbackExhaustedError({
+          attempts: [{ provider: "p", error: modelError("Overloaded", "busy") }]
+        })
+        yield* repeat(breakers, exhausted, Effect.fail(lastOverloaded), 2)
+        assert.strictEqual(yield* breakers.state(exhausted), "open")
+      })
+    )
+  )
+
+  it.effect("a custom classifier decides; one that throws counts the call as a failure and frees the probe", () =>
+    withBreakers(
+      {
+        failMax: 1,
+        resetTimeout: "1 second",
+        isFailure: (error) => {
+          if (error._tag === "ModelError" && error.reason === "Decode") throw new Error("classifier bug")
+          return error._tag === "ModelError" && error.reason === "InvalidRequest"
+        }
+      },
+      (breakers) =>
+        Effect.gen(function* () {
+          const key = uniqueKey("custom")
+          yield* repeat(breakers, key, overloaded, 3)
+          assert.strictEqual(yield* breakers.state(key), "closed")
+          yield* run(breakers, key, Effect.fail(modelError("InvalidRequest", "counts here")))
+          assert.strictEqual(yield* breakers.state(key), "open")
+
+          const throwing = uniqueKey("throwing")
+          const decode = modelError("Decode", "garbled")
+          const exit = yield* run(breakers, throwing, Effect.fail(decode))
+          assert.deepStrictEqual(exit, Exit.fail(decode), "the caller gets its own error, not a defect")
+          assert.strictEqual(yield* breakers.state(throwing), "open")
+          yield* TestClock.adjust("1 second")
+          // The probe's classifier throws too: the probe counts as failed, the circuit reopens...
+          const again = yield* run(breakers, throwing, Effect.fail(decode))
+          assert.isTrue(Exit.isFailure(again) && !Cause.hasDies(again.cause))
+          assert.strictEqual(yield* breakers.state(throwing), "open")
+          // ...and the probe slot is free: after the open time the next call is the probe.
+          yield* TestClock.adjust("1 second")
+          assert.strictEqual(yield* breakers.execute(throwing, ok), "ok")
+          assert.strictEqual(yield* breakers.state(throwing), "closed")
+        })
+    )
+  )
+
+  it.effect("a late failure of a call admitted before the trip changes nothing", () =>
+    withBreakers({ failMax: 1, resetTimeout: "1 second" }, (breakers) =>
+      Effect.gen(function* () {
+        const key = uniqueKey("late")
+        const gate = yield* Deferred.make<void>()
+        const slow = yield* Effect.forkChild(breakers.execute(key, Effect.andThen(Deferred.await(gate), overloaded)), {
+          startImmediately: true
+        })
+        yield* run(breakers, key, overloaded)
+        yield* TestClock.adjust("1 second")
+        assert.strictEqual(yield* breakers.state(key), "half-open")
+        yield* Deferred.succeed(gate, undefined)
+        assert.isTrue(Exit.isFailure(yield* Fiber.await(slow)))
+        assert.strictEqual(yield* breakers.state(key), "half-open")
+        yield* breakers.execute(key, ok)
+        assert.strictEqual(yield* breakers.state(key), "closed")
+      })
+    )
+  )
+
+  it.effect("an interrupted probe frees the slot: the next call is the probe", () =>
+    withBreakers({ failMax: 1, resetTimeout: "1 second" }, (breakers) =>
+      Effect.gen(function* () {
+        const key = uniqueKey("interrupted")
+        yield* run(breakers, key, overloaded)
+        yield* TestClock.adjust("1 second")
+        const probe = yield* Effect.forkChild(breakers.execute(key, Effect.never), { startImmediately: true })
+        yield* expectRejected(breakers, key, "half-open")
+        yield* Fiber.interrupt(probe)
+        assert.strictEqual(yield* breakers.execute(key, ok), "ok")
+        assert.strictEqual(yield* breakers.state(key), "closed")
+      })
+    )
   )
 })
 
-describe("durations (Policy.DurationInput)", () => {
-  const decode = Schema.decodeUnknownEither(Policy.DurationInput)
-  const messageOf = (either: Either.Either<unknown, ParseResult.ParseError>) =>
-    Either.isLeft(either) ? ParseResult.TreeFormatter.formatErrorSync(either.left) : "accepted"
-
-  it("negative durations are refused, as numbers and as strings", () => {
-    assert.include(messageOf(decode("-5 seconds")), 'a duration cannot be negative, got "-5 seconds"')
-    assert.include(messageOf(decode(" -1 millis")), "cannot be negative")
-    assert.isTrue(Either.isLeft(decode(-5)))
-    assert.isTrue(Either.isLeft(decode("5s")))
-    assert.deepStrictEqual(decode("1.5 minutes"), Either.right(Duration.seconds(90)))
-    assert.deepStrictEqual(decode(250), Either.right(Duration.millis(250)))
-    assert.deepStrictEqual(decode(Duration.seconds(2)), Either.right(Duration.seconds(2)))
-    assert.deepStrictEqual(decode("0 millis"), Either.right(Duration.zero))
-  })
-
-  it("breaker options in data decode to Durations; a negative resetTimeout is refused", () => {
-    const decodeOptions = Schema.decodeUnknownEither(CircuitBreaker.Options)
-    assert.include(messageOf(decodeOptions({ resetTimeout: "-30 seconds" })), "cannot be negative")
-    assert.include(
-      messageOf(decodeOptions({ rolling: { window: "-1 minute", minimumCalls: 1, failureRate: 0.5 } })),
-      "cannot be negative"
+describe("CircuitBreaker.admit (permits, streams)", () => {
+  it.effect("exactly one record counts; closing the scope without one is ignored and frees the probe", () =>
+    withBreakers({ failMax: 1, resetTimeout: "1 second" }, (breakers) =>
+      Effect.gen(function* () {
+        const key = uniqueKey("permit")
+        yield* Effect.scoped(
+          Effect.gen(function* () {
+            const permit = yield* breakers.admit(key)
+            assert.isFalse(permit.probe)
+            yield* permit.record(Exit.fail(modelError("Overloaded", "busy")))
+            yield* permit.record(Exit.succeed("late")) // ignored: one record per permit
+          })
+        )
+        assert.strictEqual(yield* breakers.state(key), "open")
+        yield* TestClock.adjust("1 second")
+        // A probe whose scope closes without a record: ignored, the slot is free again.
+        yield* Effect.scoped(
+          Effect.gen(function* () {
+            const permit = yield* breakers.admit(key)
+            assert.isTrue(permit.probe)
+            const refused = yield* Effect.flip(Effect.scoped(breakers.admit(key)))
+            assert.strictEqual(refused.state, "half-open")
+          })
+        )
+        assert.strictEqual(yield* breakers.state(key), "half-open")
+        const next = yield* Effect.scoped(
+          Effect.gen(function* () {
+            const permit = yield* breakers.admit(key)
+            yield* permit.record(Exit.succeed("ok"))
+            return permit.probe
+          })
+        )
+        assert.isTrue(next)
+        assert.strictEqual(yield* breakers.state(key), "closed")
+      })
     )
-    const decoded = decodeOptions({ resetTimeout: "30 seconds", resetTimeoutMax: 120_000 })
-    assert.deepStrictEqual(
-      decoded,
-      Either.right({ resetTimeout: Duration.seconds(30), resetTimeoutMax: Duration.minutes(2) })
-    )
-  })
+  )
 
-  it.scoped("make refuses a negative resetTimeout (it would never stay open)", () =>
+  it.effect("a provider that keeps dropping streams after the first chunk trips its breaker (item 5)", () =>
+    withBreakers({ failMax: 3, resetTimeout: "30 seconds" }, (breakers) =>
+      Effect.gen(function* () {
+        const key = uniqueKey("drops")
+        const dropping = Stream.make("Hel").pipe(
+          Stream.concat(
+            Stream.fail(
+              new StreamInterruptedError({ partialText: "Hel", reason: "Unknown", detail: "connection reset" })
+            )
+          )
+        )
+        const guarded = Stream.unwrap(
+          Effect.map(breakers.admit(key), (permit) =>
+            dropping.pipe(Stream.onExit((exit) => permit.record(exit as Exit.Exit<unknown, AiError>)))
+          )
+        )
+        for (let i = 0; i < 3; i++) {
+          const result = yield* Effect.result(Stream.runCollect(guarded))
+          assert.isTrue(Result.isFailure(result))
+        }
+        assert.strictEqual(yield* breakers.state(key), "open")
+        const refused = yield* Effect.flip(Stream.runCollect(guarded))
+        assert.strictEqual(refused._tag, "CircuitOpenError")
+      })
+    )
+  )
+})
+
+describe("CircuitBreaker registry: memory and series (item 17)", () => {
+  it.effect("10,000 keys: one gauge series each, reading the state; evicted when idle; removed on close", () =>
     Effect.gen(function* () {
-      const exit = yield* Effect.exit(CircuitBreaker.make(uniqueName("negative"), { resetTimeout: "-30 seconds" }))
-      assert.isTrue(Exit.isFailure(exit))
-      if (Exit.isFailure(exit)) assert.include(Cause.pretty(exit.cause), "cannot be negative")
+      const scope = yield* Scope.make()
+      const breakers = yield* CircuitBreaker.makeMemory({
+        failMax: 1,
+        resetTimeout: "1 minute",
+        idleTimeToLive: "10 minutes",
+        maxKeys: 20_000
+      }).pipe(Scope.provide(scope))
+      const prefix = uniqueKey("many")
+      yield* Effect.forEach(Array.from({ length: 10_000 }), (_, i) => breakers.execute(`${prefix}-${i}`, ok), {
+        discard: true
+      })
+      yield* run(breakers, `${prefix}-7`, overloaded)
+      assert.strictEqual(yield* breakers.size, 10_000)
+      assert.strictEqual((yield* series("orchestra_breaker_state")).length, 10_000)
+      assert.strictEqual(yield* gauge(`${prefix}-7`), 1)
+      assert.strictEqual(yield* gauge(`${prefix}-8`), 0)
+      // Idle keys go with their series; the open key stays until it has been idle that long past its open time.
+      yield* TestClock.adjust("10 minutes")
+      assert.deepStrictEqual(
+        (yield* series("orchestra_breaker_state")).map((m) => m.attributes?.["breaker"]),
+        [`${prefix}-7`]
+      )
+      yield* TestClock.adjust("5 minutes")
+      yield* breakers.execute(`${prefix}-9`, ok)
+      yield* TestClock.adjust("5 minutes")
+      assert.deepStrictEqual(
+        (yield* series("orchestra_breaker_state")).map((m) => m.attributes?.["breaker"]),
+        [`${prefix}-9`]
+      )
+      assert.strictEqual(yield* breakers.size, 1)
+      yield* Scope.close(scope, Exit.void)
+      assert.deepStrictEqual(yield* Metric.snapshot, [], "closing the layer removes every series")
+    }).pipe(Effect.provideService(Metric.MetricRegistry, new Map()))
+  )
+
+  it.effect("maxKeys bounds the registry: closed keys make room, open and isolated ones stay", () =>
+    withBreakers({ failMax: 1, resetTimeout: "1 minute", maxKeys: 3 }, (breakers) =>
+      Effect.gen(function* () {
+        const k = uniqueKey("bounded")
+        yield* run(breakers, `${k}-open`, overloaded)
+        yield* breakers.isolate(`${k}-isolated`)
+        yield* breakers.execute(`${k}-a`, ok)
+        yield* breakers.execute(`${k}-b`, ok)
+        yield* breakers.execute(`${k}-c`, ok)
+        assert.strictEqual(yield* breakers.size, 3)
+        assert.strictEqual(yield* breakers.state(`${k}-open`), "open")
+        assert.strictEqual(yield* breakers.state(`${k}-isolated`), "isolated")
+        yield* expectRejected(breakers, `${k}-isolated`, "isolated")
+        yield* expectRejected(breakers, `${k}-open`, "open")
+        assert.deepStrictEqual(
+          (yield* series("orchestra_breaker_state")).map((m) => m.attributes?.["breaker"]).sort(),
+          [`${k}-c`, `${k}-isolated`, `${k}-open`]
+        )
+      })
+    )
+  )
+
+  it.effect("the layer's timers stop with it: no state change after close", () =>
+    Effect.gen(function* () {
+      const key = uniqueKey("close")
+      const seen = yield* Effect.scoped(
+        Effect.gen(function* () {
+          const breakers = yield* CircuitBreaker.makeMemory({ failMax: 1, resetTimeout: "1 second" })
+          const changes = yield* collect(breakers, 10)
+          yield* run(breakers, key, overloaded)
+          return changes
+        })
+      )
+      yield* TestClock.adjust("1 minute")
+      const all = yield* Fiber.join(seen)
+      assert.deepStrictEqual(
+        all.map((c) => c.to),
+        ["open"],
+        "the stream ends when the layer closes"
+      )
+    }).pipe(Effect.provideService(Metric.MetricRegistry, new Map()))
+  )
+})
+
+describe("CircuitBreaker options (item 11)", () => {
+  const refused = (options: unknown, path: string, includes?: string) =>
+    Effect.gen(function* () {
+      const error: OptionError = yield* Effect.flip(
+        Layer.build(CircuitBreaker.layerMemory(options as CircuitBreaker.Options))
+      )
+      assert.strictEqual(error._tag, "OptionError")
+      assert.strictEqual(error.path, path, error.message)
+      if (includes !== undefined) assert.include(error.message, includes)
+    }).pipe(Effect.scoped)
+
+  it.effect("every wrong number is an OptionError naming the field when the layer is built", () =>
+    Effect.gen(function* () {
+      yield* refused({ failMax: 0 }, "failMax")
+      yield* refused({ failMax: Number.NaN }, "failMax")
+      yield* refused({ failMax: 1.5 }, "failMax")
+      yield* refused({ halfOpenMax: 0 }, "halfOpenMax")
+      yield* refused({ resetTimeout: Number.NaN }, "resetTimeout")
+      yield* refused({ resetTimeout: "-30 seconds" }, "resetTimeout", "negative")
+      yield* refused({ resetTimeout: 0 }, "resetTimeout")
+      yield* refused({ resetTimeout: "soon" }, "resetTimeout")
+      yield* refused({ resetTimeout: "10 seconds", resetTimeoutMax: "5 seconds" }, "resetTimeoutMax")
+      yield* refused({ resetTimeoutMax: "1 minute", resetTimeoutMultiplier: 0.5 }, "resetTimeoutMultiplier")
+      yield* refused({ rolling: { size: 10, failureRate: 2 } }, "rolling.failureRate")
+      yield* refused({ rolling: { size: 10, failureRate: 0 } }, "rolling.failureRate")
+      yield* refused({ rolling: { size: 0, failureRate: 0.5 } }, "rolling.size")
+      yield* refused({ rolling: { size: 10, minimumCalls: 11, failureRate: 0.5 } }, "rolling.minimumCalls")
+      yield* refused({ idleTimeToLive: -1 }, "idleTimeToLive")
+      yield* refused({ maxKeys: 0 }, "maxKeys")
     })
   )
 
-  it.scoped("make takes any Duration.DurationInput for code: a Duration, a [seconds, nanos] pair", () =>
+  it.effect("options the store cannot honour are refused, saying why", () =>
     Effect.gen(function* () {
-      for (const resetTimeout of [
-        Duration.seconds(2),
-        [2, 0],
-        "2 seconds",
-        2000
-      ] satisfies Array<Duration.DurationInput>) {
-        const breaker = yield* CircuitBreaker.make(uniqueName("forms"), { failMax: 1, resetTimeout })
-        yield* trip(breaker)
-        const error = yield* expectRejected(breaker, "open")
-        assert.deepStrictEqual(error.retryAfter, Duration.seconds(2))
-        yield* TestClock.adjust("2 seconds")
-        assert.strictEqual(yield* Effect.exit(breaker.run(ok)).pipe(Effect.map((e) => e._tag)), "Success")
+      yield* refused({ halfOpenMax: 2 }, "halfOpenMax", "one probe")
+      yield* refused({ successThreshold: 2 }, "successThreshold", "first success")
+      yield* refused(
+        { rolling: { window: "10 seconds", minimumCalls: 5, failureRate: 0.5 } },
+        "rolling.window",
+        "time-based"
+      )
+      yield* refused({ failMax: 3, rolling: { size: 10, failureRate: 0.5 } }, "failMax", "not both")
+      yield* refused({ resetTimeoutMultiplier: 3 }, "resetTimeoutMultiplier", "resetTimeoutMax")
+      yield* refused({ failmax: 3 }, "failmax", "unknown")
+      yield* refused({ isFailure: "yes" }, "isFailure")
+    })
+  )
+
+  it.effect("durations in any form: milliseconds, text, a Duration", () =>
+    Effect.gen(function* () {
+      for (const resetTimeout of [2000, "2 seconds", Duration.seconds(2)] as const) {
+        yield* withBreakers({ failMax: 1, resetTimeout }, (breakers) =>
+          Effect.gen(function* () {
+            const key = uniqueKey("forms")
+            yield* run(breakers, key, overloaded)
+            const error = yield* expectRejected(breakers, key, "open")
+            assert.strictEqual(millisOf(error.retryAfter), 2000)
+            yield* TestClock.adjust("2 seconds")
+            assert.strictEqual(yield* breakers.execute(key, ok), "ok")
+          })
+        )
       }
     })
   )
+
+  it.effect("the Breakers service from layerMemory is one shared registry", () =>
+    Effect.gen(function* () {
+      const key = uniqueKey("layer")
+      const a = yield* CircuitBreaker.Breakers
+      const b = yield* CircuitBreaker.Breakers
+      yield* run(a, key, overloaded)
+      const error = yield* Effect.flip(b.execute(key, ok))
+      assert.instanceOf(error, CircuitOpenError)
+      assert.instanceOf(modelError("Overloaded", "x"), ModelError)
+    }).pipe(Effect.provide(CircuitBreaker.layerMemory({ failMax: 1 })))
+  )
 })
 
-describe("CircuitBreaker.Registry", () => {
-  it.scoped("returns the one shared breaker per key, created with the layer defaults", () =>
-    Effect.gen(function* () {
-      const registry = yield* CircuitBreaker.Registry
-      const name = uniqueName("registry")
-      const [a, b] = yield* Effect.all([registry.get(name), registry.get(name, { failMax: 100 })], {
-        concurrency: 2
+describe("CircuitBreaker fast path (memory store, consecutive policy)", () => {
+  it.effect("a success completing after a concurrent failure still resets the streak, as the store counts", () =>
+    withBreakers({ failMax: 2, resetTimeout: "1 second" }, (breakers) =>
+      Effect.gen(function* () {
+        const key = uniqueKey("order")
+        const gate = yield* Deferred.make<void>()
+        // admitted while the streak is 0, completes after the first failure
+        const slow = yield* Effect.forkChild(breakers.execute(key, Effect.andThen(Deferred.await(gate), ok)), {
+          startImmediately: true
+        })
+        yield* run(breakers, key, overloaded)
+        yield* Deferred.succeed(gate, undefined)
+        yield* Fiber.join(slow)
+        yield* run(breakers, key, overloaded)
+        assert.strictEqual(yield* breakers.state(key), "closed", "fail, success, fail: no two in a row")
+        yield* run(breakers, key, overloaded)
+        assert.strictEqual(yield* breakers.state(key), "open")
       })
-      assert.strictEqual(a, b)
-      const other = yield* registry.get(uniqueName("other"))
-      assert.notStrictEqual(a, other)
-      // defaults (failMax 2) apply; later options are ignored
-      yield* repeat(b, overloaded, 2)
-      assert.strictEqual(yield* a.state, "open")
-      const all = yield* registry.all
-      assert.deepStrictEqual(
-        all.map((s) => s.state),
-        [...all].map((s) => (s.name === name ? "open" : "closed"))
-      )
-      assert.strictEqual(all.length, 2)
-    }).pipe(Effect.provide(CircuitBreaker.layer({ failMax: 2, resetTimeout: "1 second" })))
-  )
-
-  it.scoped("merges the changes of every breaker in order, and withBreaker uses the shared breaker", () =>
-    Effect.gen(function* () {
-      const registry = yield* CircuitBreaker.Registry
-      const queue = yield* registry.subscribe
-      const first = uniqueName("merged-a")
-      const second = uniqueName("merged-b")
-      yield* Effect.exit(overloaded.pipe(CircuitBreaker.withBreaker(first)))
-      yield* TestClock.adjust("500 millis")
-      yield* Effect.exit(overloaded.pipe(CircuitBreaker.withBreaker(second)))
-      yield* TestClock.adjust("1 second")
-      const changes = Chunk.toReadonlyArray(yield* Queue.takeAll(queue))
-      assert.deepStrictEqual(
-        changes.map((c) => `${c.name}:${c.to}`),
-        [`${first}:open`, `${second}:open`, `${first}:half-open`, `${second}:half-open`]
-      )
-      const error = yield* Effect.flip(ok.pipe(CircuitBreaker.withBreaker(first), Effect.zipRight(Effect.fail("x"))))
-      assert.strictEqual(error, "x")
-      assert.strictEqual(yield* (yield* registry.get(first)).state, "closed")
-    }).pipe(Effect.provide(CircuitBreaker.layer({ failMax: 1, resetTimeout: "1 second" })))
+    )
   )
 })

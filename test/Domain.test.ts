@@ -1,49 +1,63 @@
 import { assert, describe, it } from "@effect/vitest"
-import { Context, Duration, Effect, Exit, Layer, Scope } from "effect"
+import { Duration, Effect, Layer } from "effect"
 import * as Domain from "../src/Domain.js"
-import { ModelProvider } from "../src/Model.js"
 import * as Mock from "../src/Model/Mock.js"
-import * as Orchestra from "../src/Orchestra.js"
-import { Router } from "../src/Router.js"
-import { makeOrchestra } from "./utils/orchestra.js"
 
 const good = { name: "legal", provider: "main", system: "You are a careful lawyer.", timeout: "20 seconds" }
 
 describe("Domain.fromConfig", () => {
   it.effect("decodes durations and fills the retry policy's defaults", () =>
     Effect.gen(function* () {
-      const domains = yield* Domain.fromConfig([good, { name: "fast", provider: "main", timeout: 1500, retry: {} }])
+      const domains = yield* Domain.fromConfig([
+        good,
+        { name: "fast", provider: "main", timeout: 1500, totalTimeout: "1 minute", retry: {} }
+      ])
       assert.deepStrictEqual(
         domains.map((d) => d.name),
         ["legal", "fast"]
       )
       assert.strictEqual(Duration.toMillis(domains[0]!.timeout!), 20_000)
       assert.strictEqual(Duration.toMillis(domains[1]!.timeout!), 1500)
+      assert.strictEqual(Duration.toMillis(domains[1]!.totalTimeout!), 60_000)
       assert.strictEqual(domains[1]!.retry?.maxAttempts, 3)
+      assert.strictEqual(Duration.toMillis(domains[1]!.retry!.initialDelay), 200)
     })
   )
 
-  it.effect("a bad field fails with DomainConfigError naming its path", () =>
+  it.effect("a bad field fails with an OptionError naming its path", () =>
     Effect.gen(function* () {
       const error = yield* Effect.flip(
         Domain.fromConfig([good, { name: "bad", provider: "main", retry: { maxAttempts: 0 } }])
       )
-      assert.strictEqual(error._tag, "DomainConfigError")
-      assert.strictEqual(error.path, "[1].retry.maxAttempts")
-      assert.include(error.message, "[1].retry.maxAttempts")
+      assert.strictEqual(error._tag, "OptionError")
+      assert.strictEqual(error.path, "domains[1].retry.maxAttempts")
+      assert.include(error.message, "domains[1].retry.maxAttempts")
     })
   )
 
-  it.effect("names the path of other kinds of mistakes", () =>
+  it.effect("names the path of every other kind of mistake", () =>
     Effect.gen(function* () {
       const cases: ReadonlyArray<readonly [unknown, string]> = [
-        [[{ provider: "main" }], "[0].name"],
-        [[{ name: "  ", provider: "main" }], "[0].name"],
-        [[good, good, { name: "x", provider: "main", timeout: "soon" }], "[2].timeout"],
-        [[{ name: "x", provider: "main", temperature: 3 }], "[0].temperature"],
-        [[{ name: "x", provider: "main", retry: { jitter: 2 } }], "[0].retry.jitter"],
-        [[{ name: "x", provider: "main", sytem: "typo" }], "[0].sytem"],
-        [{ name: "not a list" }, "(root)"]
+        [[{ provider: "main" }], "domains[0].name"],
+        [[{ name: "  ", provider: "main" }], "domains[0].name"],
+        [[{ name: "x", provider: 1 }], "domains[0].provider"],
+        [
+          [good, { name: "y", provider: "main" }, { name: "x", provider: "main", timeout: "soon" }],
+          "domains[2].timeout"
+        ],
+        [[{ name: "x", provider: "main", timeout: -5 }], "domains[0].timeout"],
+        [[{ name: "x", provider: "main", timeout: Number.NaN }], "domains[0].timeout"],
+        [[{ name: "x", provider: "main", timeout: 0 }], "domains[0].timeout"],
+        [[{ name: "x", provider: "main", totalTimeout: "0 seconds" }], "domains[0].totalTimeout"],
+        [[{ name: "x", provider: "main", temperature: 3 }], "domains[0].temperature"],
+        [[{ name: "x", provider: "main", maxTokens: 1.5 }], "domains[0].maxTokens"],
+        [[{ name: "x", provider: "main", retry: { jitter: 2 } }], "domains[0].retry.jitter"],
+        [[{ name: "x", provider: "main", sytem: "typo" }], "domains[0].sytem"],
+        [[good, good], "domains[1].name"],
+        [[{ name: "x", provider: "main", fallback: ["nowhere"] }], "domains[0].fallback[0]"],
+        [[{ name: "x", provider: "main", fallback: ["x"] }], "domains[0].fallback[0]"],
+        [[null], "domains[0]"],
+        [{ name: "not a list" }, "domains"]
       ]
       for (const [input, path] of cases) {
         const error = yield* Effect.flip(Domain.fromConfig(input))
@@ -52,12 +66,18 @@ describe("Domain.fromConfig", () => {
     })
   )
 
+  it.effect("domains built in code (decoded durations and policies) pass the same checks", () =>
+    Effect.gen(function* () {
+      const [built] = yield* Domain.fromConfig([good])
+      const again = yield* Domain.fromConfig([built, { ...built!, name: "again", timeout: Duration.seconds(5) }])
+      assert.strictEqual(Duration.toMillis(again[1]!.timeout!), 5000)
+    })
+  )
+
   it.effect("layerDomainsFromConfig fails to build on a bad config", () =>
     Effect.gen(function* () {
-      const error = yield* Effect.flip(
-        Effect.scoped(Layer.build(Domain.layerDomainsFromConfig([{ name: "x", provider: 1 }])))
-      )
-      assert.strictEqual(error.path, "[0].provider")
+      const error = yield* Effect.flip(Layer.build(Domain.layerDomainsFromConfig([{ name: "x", provider: 1 }])))
+      assert.strictEqual(error.path, "domains[0].provider")
     })
   )
 })
@@ -69,43 +89,55 @@ describe("predefined domains", () => {
       domains.map((d) => d.name),
       ["support", "technical", "finance"]
     )
+    assert.deepStrictEqual(Domain.predefinedNames, ["support", "technical", "finance"])
     for (const d of domains) {
       assert.strictEqual(d.provider, "main")
       assert.isAbove(d.system?.length ?? 0, 20)
       assert.isDefined(d.retry)
     }
     assert.strictEqual(new Set(domains.map((d) => d.system)).size, 3)
+    assert.strictEqual(domains[2]!.temperature, 0.2)
   })
+})
 
-  it.effect("a manager without domains serves the predefined ones on its default provider", () =>
+describe("Domains and Providers registries", () => {
+  it.effect("an unknown or non-string domain is an InvalidRequest naming the field and the known names", () =>
     Effect.gen(function* () {
-      const scope = yield* Scope.make()
-      const { provider, control } = yield* Mock.make({ name: "predefined-mock" })
-      const context = yield* Layer.buildWithScope(
-        Orchestra.layer({ providers: { main: Layer.succeed(ModelProvider, provider) } }),
-        scope
-      )
-      const router = Context.get(context, Router)
-      for (const name of ["support", "technical", "finance"]) {
-        const answer = yield* router.execute({ prompt: "hi" }, name)
-        assert.strictEqual(answer.domain, name)
-      }
-      const requests = yield* control.requests
-      assert.include((requests[0] as { system?: string }).system, "customer support")
-      assert.include((requests[2] as { system?: string }).system, "financial analyst")
-      assert.strictEqual((requests[2] as { temperature?: number }).temperature, 0.2)
-      yield* Scope.close(scope, Exit.void)
+      const domains = Domain.makeDomains(Domain.predefined("main"))
+      assert.strictEqual((yield* domains.get("finance")).name, "finance")
+      const unknown = yield* Effect.flip(domains.get("legal"))
+      assert.strictEqual(unknown.reason, "InvalidRequest")
+      assert.strictEqual(unknown.field, "domain")
+      assert.include(unknown.message, "support, technical, finance")
+      const wrong = yield* Effect.flip(domains.get(null as never))
+      assert.strictEqual(wrong.field, "domain")
+      assert.include(wrong.message, "got null")
     })
   )
 
-  it.effect("extraDomains are added to the predefined ones", () =>
+  it.effect("a provider that is not registered is Unavailable, prototype names included", () =>
     Effect.gen(function* () {
-      const { router } = yield* makeOrchestra(
-        { a: {} },
-        { domains: undefined, extraDomains: [{ name: "legal", provider: "a", system: "lawyer" }] }
+      const { provider } = yield* Mock.make({ name: "registered" })
+      const providers = Domain.makeProviders({ main: provider })
+      assert.deepStrictEqual(providers.names, ["main"])
+      assert.strictEqual((yield* providers.get("main")).name, "registered")
+      for (const name of ["other", "toString", "__proto__", "constructor"]) {
+        const error = yield* Effect.flip(providers.get(name))
+        assert.strictEqual(error.reason, "Unavailable", name)
+        assert.include(error.message, "registered: main")
+      }
+    })
+  )
+
+  it.effect("layerProviders builds each provider layer once, and a failing one fails the registry", () =>
+    Effect.gen(function* () {
+      const context = yield* Layer.build(
+        Domain.layerProviders({ a: Mock.layer({ name: "model-a" }), b: Mock.layer({ name: "model-b" }) })
       )
-      assert.strictEqual((yield* router.execute({ prompt: "q" }, "support")).domain, "support")
-      assert.strictEqual((yield* router.execute({ prompt: "q" }, "legal")).domain, "legal")
+      const registry = yield* Effect.provideContext(Domain.Providers, context)
+      assert.strictEqual((yield* registry.get("b")).name, "model-b")
+      const error = yield* Effect.flip(Layer.build(Domain.layerProviders({ bad: Mock.layer({ latency: -1 }) })))
+      assert.strictEqual(error.path, "latency")
     })
   )
 })

@@ -1,671 +1,370 @@
 import { assert, describe, it } from "@effect/vitest"
-import { Cause, Context, Duration, Effect, Either, Exit, Fiber, Layer, Option, Scope, TestClock } from "effect"
-import * as Executor from "../src/Executor.js"
-import * as Limiter from "../src/internal/limiter.js"
-import { MockControl, Outcome } from "../src/Model/Mock.js"
-import * as Mock from "../src/Model/Mock.js"
-import * as Stats from "../src/Stats.js"
+import { Context, Duration, Effect, Fiber, Metric, Result, Tracer } from "effect"
+import { TestClock } from "effect/testing"
+import type { AiError } from "../src/AiError.js"
+import type * as Executor from "../src/Executor.js"
+import { Outcome } from "../src/Model/Mock.js"
+import { setup } from "./utils/executor.js"
 
-let counter = 0
-const uniqueName = (base: string) => `${base}-${++counter}-${Math.random().toString(36).slice(2, 8)}`
-
-const setup = (mock: Mock.Options, options?: Executor.Options) =>
-  Effect.gen(function* () {
-    const scope = yield* Scope.make()
-    const context = yield* Layer.buildWithScope(
-      Layer.provideMerge(Executor.layerWithStats(options), Mock.layer({ name: uniqueName("mock"), ...mock })),
-      scope
-    )
-    return {
-      scope,
-      ex: Context.get(context, Executor.Executor),
-      stats: Context.get(context, Stats.Stats),
-      control: Context.get(context, MockControl)
-    }
-  })
+const ask = { prompt: "hello" }
 
 describe("Executor.execute", () => {
-  it.effect("answers through the provider", () =>
+  it.effect("answers through the provider and counts the call", () =>
     Effect.gen(function* () {
-      const { ex, control } = yield* setup({ respond: () => "hello" })
-      const answer = yield* ex.execute({ prompt: "hi" })
-      assert.strictEqual(answer.text, "hello")
-      assert.strictEqual(answer.provider, control.name)
+      const { executor, control } = yield* setup({ respond: () => "hi there" })
+      const response = yield* executor.execute(ask)
+      assert.strictEqual(response.text, "hi there")
+      assert.strictEqual(response.provider, "mock")
       assert.strictEqual(yield* control.calls, 1)
+      const stats = yield* executor.stats()
+      assert.strictEqual(stats.total, 1)
+      assert.strictEqual(stats.successes, 1)
+      assert.strictEqual(stats.successRate, 100)
     })
   )
 
-  it.effect("rejects a bad request with InvalidRequest naming the field, before any provider call", () =>
+  it.effect("a deadline interrupts the provider call and fails with a TimeoutError naming the limit", () =>
     Effect.gen(function* () {
-      const { ex, control } = yield* setup({})
-      const badTemperature = yield* Effect.flip(ex.execute({ prompt: "x", temperature: 5 }))
-      assert.strictEqual(badTemperature._tag, "ModelError")
-      if (badTemperature._tag !== "ModelError") return
-      assert.strictEqual(badTemperature.reason, "InvalidRequest")
-      assert.strictEqual(badTemperature.field, "temperature")
-      const empty = yield* Effect.flip(ex.execute({}))
-      assert.strictEqual(empty._tag === "ModelError" && empty.field, "prompt")
-      const unknownField = yield* Effect.flip(ex.execute({ prompt: "x", temprature: 1 } as never))
-      assert.strictEqual(unknownField._tag === "ModelError" && unknownField.field, "temprature")
-      const badRole = yield* Effect.flip(ex.execute({ messages: [{ role: "robot", content: "x" }] } as never))
-      assert.strictEqual(badRole._tag === "ModelError" && badRole.field, "messages.0.role")
-      assert.strictEqual(yield* control.calls, 0)
-    })
-  )
-
-  it.effect("times out after the deadline and interrupts the provider call", () =>
-    Effect.gen(function* () {
-      const { ex, control } = yield* setup({ script: [Outcome.hang()] })
-      const fiber = yield* Effect.fork(ex.execute({ prompt: "x" }, { timeout: "2 seconds" }))
+      const { executor, control } = yield* setup({ script: [Outcome.hang()] }, { timeout: "2 seconds" })
+      const fiber = yield* Effect.forkChild(Effect.flip(executor.execute(ask)))
       yield* TestClock.adjust("1999 millis")
-      assert.isTrue(Option.isNone(yield* Fiber.poll(fiber)))
-      assert.strictEqual(yield* control.inFlight, 1)
+      assert.isUndefined(fiber.pollUnsafe())
       yield* TestClock.adjust("1 millis")
-      const error = yield* Effect.flip(Fiber.join(fiber))
+      const error = yield* Fiber.join(fiber)
       assert.strictEqual(error._tag, "TimeoutError")
       if (error._tag === "TimeoutError") {
         assert.strictEqual(error.limit, "request")
         assert.strictEqual(Duration.toMillis(error.timeout), 2000)
+        assert.strictEqual(error.provider, "mock")
       }
+      yield* Effect.yieldNow
       assert.strictEqual(yield* control.interrupted, 1)
-      assert.strictEqual(yield* control.inFlight, 0)
-    })
-  )
-
-  it.effect("the default deadline is 30 seconds", () =>
-    Effect.gen(function* () {
-      const { ex } = yield* setup({ script: [Outcome.hang()] })
-      const fiber = yield* Effect.fork(ex.execute({ prompt: "x" }))
-      yield* TestClock.adjust("29999 millis")
-      assert.isTrue(Option.isNone(yield* Fiber.poll(fiber)))
-      yield* TestClock.adjust("1 millis")
-      const error = yield* Effect.flip(Fiber.join(fiber))
-      assert.strictEqual(error._tag, "TimeoutError")
-    })
-  )
-
-  it.effect("a caller's interruption interrupts the provider call", () =>
-    Effect.gen(function* () {
-      const { ex, control } = yield* setup({ script: [Outcome.hang()] })
-      const fiber = yield* Effect.fork(ex.execute({ prompt: "x" }))
-      yield* TestClock.adjust("1 second")
-      yield* Fiber.interrupt(fiber)
-      assert.strictEqual(yield* control.interrupted, 1)
-      assert.strictEqual(yield* control.inFlight, 0)
-    })
-  )
-})
-
-describe("Executor.execute accounting", () => {
-  it.effect(
-    "a caller interrupted while the call runs, or during a retry's backoff, is counted once as Interrupted",
-    () =>
-      Effect.gen(function* () {
-        const { ex, control } = yield* setup({ script: [Outcome.hang(), Outcome.fail("Overloaded"), Outcome.hang()] })
-        const running = yield* Effect.fork(ex.execute({ prompt: "a" }, { timeout: "none" }))
-        const backingOff = yield* Effect.fork(
-          ex.execute({ prompt: "b" }, { retry: { maxAttempts: 3, initialDelay: "1 second", jitter: 0 } })
-        )
-        yield* TestClock.adjust("500 millis")
-        assert.strictEqual(yield* control.calls, 2)
-        assert.strictEqual((yield* ex.stats({ provider: control.name })).inFlight, 2)
-        yield* Fiber.interrupt(running)
-        yield* Fiber.interrupt(backingOff)
-        assert.strictEqual(yield* control.interrupted, 1)
-        yield* TestClock.adjust("5 seconds")
-        assert.strictEqual(yield* control.calls, 2, "no retry after the caller left")
-        const stats = yield* ex.stats({ provider: control.name })
-        assert.strictEqual(stats.total, 2)
-        assert.deepStrictEqual(stats.failuresByReason, { Interrupted: 2 })
-        assert.strictEqual(stats.retries, 1)
-        assert.strictEqual(stats.inFlight, 0)
-      })
-  )
-
-  it.effect("an uninterruptible caller still gets its timeout: the provider runs interruptibly", () =>
-    Effect.gen(function* () {
-      const { ex, control } = yield* setup({ script: [Outcome.hang()] })
-      const fiber = yield* Effect.fork(Effect.uninterruptible(ex.execute({ prompt: "x" }, { timeout: "1 second" })))
-      yield* TestClock.adjust("1 second")
-      const error = yield* Effect.flip(Fiber.join(fiber))
-      assert.strictEqual(error._tag, "TimeoutError")
-      assert.strictEqual(yield* control.interrupted, 1)
-    })
-  )
-})
-
-describe("Executor retries", () => {
-  it.effect("waits the exact exponential delays, and at least Retry-After", () =>
-    Effect.gen(function* () {
-      const { ex, control } = yield* setup({
-        script: [
-          Outcome.fail("Overloaded"),
-          Outcome.fail("Transport"),
-          Outcome.fail("RateLimited", { retryAfter: "5 seconds" }),
-          Outcome.succeed("finally")
-        ]
-      })
-      const delays: Array<number> = []
-      const fiber = yield* Effect.fork(
-        ex.execute(
-          { prompt: "x" },
-          {
-            retry: { maxAttempts: 5, initialDelay: 100, factor: 2, jitter: 0 },
-            onRetry: (info) => Effect.sync(() => delays.push(Duration.toMillis(info.delay)))
-          }
-        )
-      )
-      yield* TestClock.adjust("99 millis")
-      assert.strictEqual(yield* control.calls, 1)
-      yield* TestClock.adjust("1 millis")
-      assert.strictEqual(yield* control.calls, 2)
-      yield* TestClock.adjust("199 millis")
-      assert.strictEqual(yield* control.calls, 2)
-      yield* TestClock.adjust("1 millis")
-      assert.strictEqual(yield* control.calls, 3)
-      // backoff says 400 ms, the provider said 5 s: 5 s wins
-      yield* TestClock.adjust("4999 millis")
-      assert.strictEqual(yield* control.calls, 3)
-      yield* TestClock.adjust("1 millis")
-      const answer = yield* Fiber.join(fiber)
-      assert.strictEqual(answer.text, "finally")
-      assert.deepStrictEqual(delays, [100, 200, 5000])
-      const stats = yield* ex.stats({ provider: control.name })
-      assert.strictEqual(stats.retries, 3)
-      assert.strictEqual(stats.total, 1)
-      assert.strictEqual(stats.successes, 1)
-    })
-  )
-
-  it.effect("caps the delay at maxDelay and stops after maxAttempts", () =>
-    Effect.gen(function* () {
-      const { ex, control } = yield* setup({ random: { seed: 1, succeed: 0, fail: { Overloaded: 1 } } })
-      const delays: Array<number> = []
-      const fiber = yield* Effect.fork(
-        ex.execute(
-          { prompt: "x" },
-          {
-            retry: { maxAttempts: 4, initialDelay: "1 second", factor: 10, maxDelay: "5 seconds", jitter: 0 },
-            onRetry: (info) => Effect.sync(() => delays.push(Duration.toMillis(info.delay)))
-          }
-        )
-      )
-      yield* TestClock.adjust("1 minute")
-      const error = yield* Effect.flip(Fiber.join(fiber))
-      assert.strictEqual(error._tag === "ModelError" && error.reason, "Overloaded")
-      assert.deepStrictEqual(delays, [1000, 5000, 5000])
-      assert.strictEqual(yield* control.calls, 4)
-    })
-  )
-
-  it.effect("jitter keeps delays within [base × (1 − jitter), base]", () =>
-    Effect.gen(function* () {
-      const { ex } = yield* setup({ random: { seed: 3, succeed: 0, fail: { Transport: 1 } } })
-      const delays: Array<number> = []
-      const fiber = yield* Effect.fork(
-        ex.execute(
-          { prompt: "x" },
-          {
-            retry: { maxAttempts: 6, initialDelay: 1000, factor: 2, maxDelay: 60_000, jitter: 0.5 },
-            onRetry: (info) => Effect.sync(() => delays.push(Duration.toMillis(info.delay)))
-          }
-        )
-      )
-      yield* TestClock.adjust("5 minutes")
-      yield* Effect.flip(Fiber.join(fiber))
-      assert.strictEqual(delays.length, 5)
-      delays.forEach((d, i) => {
-        const base = 1000 * 2 ** i
-        assert.isTrue(d <= base && d >= base * 0.5, `delay ${i} = ${d} outside [${base / 2}, ${base}]`)
-      })
-      assert.isTrue(new Set(delays.map((d, i) => d / 2 ** i)).size > 1, "jitter varies the delays")
-    })
-  )
-
-  it.effect("does not retry a non-retryable error", () =>
-    Effect.gen(function* () {
-      const { ex, control } = yield* setup({ script: [Outcome.fail("Unauthorized"), Outcome.succeed()] })
-      const error = yield* Effect.flip(ex.executeWithRetry({ prompt: "x" }))
-      assert.strictEqual(error._tag === "ModelError" && error.reason, "Unauthorized")
-      assert.strictEqual(yield* control.calls, 1)
-      assert.strictEqual((yield* ex.stats({ provider: control.name })).retries, 0)
-    })
-  )
-
-  it.effect("retries a timeout, and gives up when Retry-After exceeds maxRetryAfter", () =>
-    Effect.gen(function* () {
-      const { ex, control } = yield* setup({
-        script: [Outcome.hang(), Outcome.fail("RateLimited", { retryAfter: "10 minutes" }), Outcome.succeed()]
-      })
-      const fiber = yield* Effect.fork(
-        ex.execute({ prompt: "x" }, { timeout: "1 second", retry: { initialDelay: 10, jitter: 0 } })
-      )
-      yield* TestClock.adjust("1010 millis")
-      assert.strictEqual(yield* control.calls, 2)
-      const error = yield* Effect.flip(Fiber.join(fiber))
-      assert.strictEqual(error._tag === "ModelError" && error.reason, "RateLimited")
-      assert.strictEqual(yield* control.calls, 2)
-      const stats = yield* ex.stats({ provider: control.name })
+      const stats = yield* executor.stats()
       assert.strictEqual(stats.timeouts, 1)
-      assert.strictEqual(stats.retries, 1)
+      assert.deepStrictEqual(stats.failuresByReason, { Timeout: 1 })
     })
   )
-})
 
-describe("Executor.executeMany", () => {
-  it.effect("keeps input order and isolates failures", () =>
+  it.effect("retries transient failures on the exponential schedule, then answers", () =>
     Effect.gen(function* () {
-      const { ex } = yield* setup({
-        script: [
-          Outcome.succeed("a", { latency: "300 millis" }),
-          Outcome.fail("Overloaded", { latency: "10 millis" }),
-          Outcome.succeed("c", { latency: "100 millis" }),
-          Outcome.hang(),
-          Outcome.succeed("e", { latency: "1 millis" })
-        ]
+      const { executor, control } = yield* setup({
+        script: [Outcome.fail("Overloaded"), Outcome.fail("RateLimited"), Outcome.succeed("third time")]
       })
-      const fiber = yield* Effect.fork(
-        ex.executeMany(
-          ["a", "b", "c", "d", "e"].map((prompt) => ({ prompt })),
-          { concurrency: 5, timeout: "1 second" }
-        )
-      )
-      yield* TestClock.adjust("1 second")
-      const results = yield* Fiber.join(fiber)
-      assert.strictEqual(results.length, 5)
-      assert.deepStrictEqual(
-        results.map((r) =>
-          Either.match(r, {
-            onLeft: (e) => `error:${e._tag === "ModelError" ? e.reason : e._tag}`,
-            onRight: (a) => a.text
-          })
-        ),
-        ["a", "error:Overloaded", "c", "error:TimeoutError", "e"]
-      )
-    })
-  )
-
-  it.effect("never runs more than the concurrency limit (peak 5 with 10 calls)", () =>
-    Effect.gen(function* () {
-      const { ex, control } = yield* setup({ latency: "1500 millis" })
-      const fiber = yield* Effect.fork(
-        ex.executeMany(
-          Array.from({ length: 10 }, (_, i) => ({ prompt: `q${i}` })),
-          { concurrency: 5 }
-        )
-      )
-      yield* TestClock.adjust("3 seconds")
-      const results = yield* Fiber.join(fiber)
-      assert.isTrue(results.every(Either.isRight))
-      assert.strictEqual(yield* control.peak, 5)
-      const stats = yield* ex.stats({ provider: control.name })
-      assert.strictEqual(stats.concurrencyPeak, 5)
-      assert.strictEqual(stats.inFlight, 0)
-    })
-  )
-
-  for (const [n, expected] of [
-    [1, 1500],
-    [3, 1500],
-    [5, 1500],
-    [10, 3000]
-  ] as const) {
-    it.effect(
-      `${n} queries of 1.5 s with 5 concurrent take ${expected / 1000} s (the Python version: 1.5/1.8/2.2/3.5 s)`,
-      () =>
-        Effect.gen(function* () {
-          const { ex } = yield* setup({ latency: "1500 millis" })
-          const fiber = yield* Effect.fork(
-            ex.executeMany(
-              Array.from({ length: n }, (_, i) => ({ prompt: `q${i}` })),
-              { concurrency: 5 }
-            )
-          )
-          yield* TestClock.adjust(expected - 1)
-          assert.isTrue(Option.isNone(yield* Fiber.poll(fiber)), "not done a millisecond early")
-          yield* TestClock.adjust(1)
-          const done = yield* Fiber.poll(fiber)
-          assert.isTrue(Option.isSome(done) && Exit.isSuccess(done.value), "done exactly on time")
-        })
-    )
-  }
-})
-
-describe("Executor stats", () => {
-  it.effect("reports the figures of a known script, filtered and reset", () =>
-    Effect.gen(function* () {
-      const { ex, control, stats } = yield* setup({
-        script: [
-          Outcome.succeed("1", { latency: "100 millis" }),
-          Outcome.succeed("2", { latency: "300 millis" }),
-          Outcome.fail("Overloaded", { latency: "200 millis" }),
-          Outcome.hang()
-        ]
-      })
-      const fiber = yield* Effect.fork(
-        Effect.all(
-          [
-            ex.execute({ prompt: "a" }, { domain: "support" }),
-            ex.execute({ prompt: "b" }, { domain: "support" }),
-            ex.execute({ prompt: "c" }, { domain: "finance" }),
-            ex.execute({ prompt: "d" }, { domain: "finance", timeout: "1 second" })
-          ].map(Effect.either),
-          { concurrency: "unbounded" }
-        )
-      )
-      yield* TestClock.adjust("1 second")
-      yield* Fiber.join(fiber)
-      const all = yield* ex.stats({ provider: control.name })
-      assert.strictEqual(all.total, 4)
-      assert.strictEqual(all.successes, 2)
-      assert.strictEqual(all.failures, 2)
-      assert.deepStrictEqual(all.failuresByReason, { Overloaded: 1, Timeout: 1 })
-      assert.strictEqual(all.successRate, 50)
-      assert.strictEqual(all.timeouts, 1)
-      assert.strictEqual(all.concurrencyPeak, 4)
-      assert.strictEqual(all.latency.min, 100)
-      assert.strictEqual(all.latency.max, 1000)
-      assert.strictEqual(all.latency.avg, 400)
-      assert.strictEqual(all.throughput, 4)
-      const support = yield* ex.stats({ provider: control.name, domain: "support" })
-      assert.strictEqual(support.total, 2)
-      assert.strictEqual(support.successRate, 100)
-      assert.strictEqual(support.latency.avg, 200)
-      assert.strictEqual(support.concurrencyPeak, 2)
-      const finance = yield* stats.snapshot({ domain: "finance", provider: control.name })
-      assert.strictEqual(finance.failures, 2)
-      yield* stats.reset
-      const after = yield* ex.stats({ provider: control.name })
-      assert.strictEqual(after.total, 0)
-      assert.strictEqual(after.concurrencyPeak, 0)
-    })
-  )
-})
-
-describe("Executor shutdown", () => {
-  it.effect("lets in-flight calls finish, refuses new ones, interrupts the rest at the deadline", () =>
-    Effect.gen(function* () {
-      const { ex, control, scope } = yield* setup(
-        { script: [Outcome.succeed("quick", { latency: "1 second" }), Outcome.hang()] },
-        { shutdownDeadline: "5 seconds" }
-      )
-      const quick = yield* Effect.fork(ex.execute({ prompt: "quick" }, { timeout: "none" }))
-      const stuck = yield* Effect.fork(ex.execute({ prompt: "stuck" }, { timeout: "none" }))
-      yield* TestClock.adjust("10 millis")
-      const closing = yield* Effect.fork(Scope.close(scope, Exit.void))
-      yield* TestClock.adjust("10 millis")
-      assert.isTrue(yield* ex.isShuttingDown)
-      const refused = yield* Effect.flip(ex.execute({ prompt: "late" }))
-      assert.strictEqual(refused._tag, "ShuttingDownError")
-      yield* TestClock.adjust("1 second")
-      assert.strictEqual((yield* Fiber.join(quick)).text, "quick")
-      assert.isTrue(Option.isNone(yield* Fiber.poll(closing)))
-      yield* TestClock.adjust("5 seconds")
-      yield* Fiber.join(closing)
-      const stuckError = yield* Effect.flip(Fiber.join(stuck))
-      assert.strictEqual(stuckError._tag, "ShuttingDownError")
-      assert.strictEqual(yield* control.inFlight, 0)
-      assert.strictEqual(yield* control.interrupted, 1)
-    })
-  )
-})
-
-describe("Executor.executeMany deadlines and retries (the worker is the call fiber)", () => {
-  const text = (r: Either.Either<{ readonly text: string }, { readonly _tag: string }>) =>
-    Either.match(r, {
-      onLeft: (e) => `error:${e._tag === "ModelError" && "reason" in e ? e.reason : e._tag}`,
-      onRight: (a) => a.text
-    })
-
-  it.effect("a timed-out item is retried after its backoff, and the pool carries on with the next items", () =>
-    Effect.gen(function* () {
-      const { ex, control } = yield* setup({
-        script: [
-          Outcome.hang(),
-          Outcome.succeed("a", { latency: "50 millis" }),
-          Outcome.succeed("b", { latency: "50 millis" })
-        ]
-      })
-      const fiber = yield* Effect.fork(
-        ex.executeMany([{ prompt: "a" }, { prompt: "b" }], {
-          concurrency: 1,
-          timeout: "1 second",
-          retry: { maxAttempts: 2, initialDelay: 100, jitter: 0 }
+      const delays: Array<number> = []
+      const fiber = yield* Effect.forkChild(
+        executor.execute(ask, {
+          retry: { maxAttempts: 3, initialDelay: "1 second", jitter: 0 },
+          onRetry: (info) => Effect.sync(() => delays.push(Duration.toMillis(info.delay)))
         })
       )
       yield* TestClock.adjust("999 millis")
       assert.strictEqual(yield* control.calls, 1)
       yield* TestClock.adjust("1 millis")
-      assert.strictEqual(yield* control.interrupted, 1, "the provider call was interrupted at the deadline")
-      assert.strictEqual(yield* control.inFlight, 0)
-      yield* TestClock.adjust("99 millis")
-      assert.strictEqual(yield* control.calls, 1, "no retry before the backoff")
-      yield* TestClock.adjust("1 millis")
       assert.strictEqual(yield* control.calls, 2)
-      yield* TestClock.adjust("50 millis")
-      assert.strictEqual(yield* control.calls, 3, "the next item runs after the retried one")
-      yield* TestClock.adjust("49 millis")
-      assert.isTrue(Option.isNone(yield* Fiber.poll(fiber)))
-      yield* TestClock.adjust("1 millis")
-      const results = yield* Fiber.join(fiber)
-      assert.deepStrictEqual(results.map(text), ["a", "b"])
-      const stats = yield* ex.stats({ provider: control.name })
-      assert.strictEqual(stats.total, 2)
-      assert.strictEqual(stats.successes, 2)
-      assert.strictEqual(stats.timeouts, 1)
-      assert.strictEqual(stats.retries, 1)
-      assert.strictEqual(stats.inFlight, 0)
-      assert.strictEqual(stats.latency.max, 1150)
-    })
-  )
-
-  it.effect("every item gets exactly one outcome when deadlines fire across several workers", () =>
-    Effect.gen(function* () {
-      const { ex, control } = yield* setup({
-        script: [
-          Outcome.hang(),
-          Outcome.succeed("1", { latency: "300 millis" }),
-          Outcome.hang(),
-          Outcome.fail("Unauthorized", { latency: "10 millis" }),
-          Outcome.succeed("4", { latency: "200 millis" }),
-          Outcome.hang(),
-          Outcome.succeed("6", { latency: "100 millis" })
-        ]
-      })
-      const fiber = yield* Effect.fork(
-        ex.executeMany(
-          Array.from({ length: 7 }, (_, i) => ({ prompt: `${i}` })),
-          { concurrency: 3, timeout: "500 millis" }
-        )
-      )
       yield* TestClock.adjust("2 seconds")
-      const results = yield* Fiber.join(fiber)
-      assert.deepStrictEqual(results.map(text), [
-        "error:TimeoutError",
-        "1",
-        "error:TimeoutError",
-        "error:Unauthorized",
-        "4",
-        "error:TimeoutError",
-        "6"
-      ])
-      assert.strictEqual(yield* control.interrupted, 3)
-      assert.strictEqual(yield* control.inFlight, 0)
-      assert.strictEqual(yield* control.peak, 3)
-      const stats = yield* ex.stats({ provider: control.name })
-      assert.strictEqual(stats.total, 7)
-      assert.strictEqual(stats.successes, 3)
-      assert.deepStrictEqual(stats.failuresByReason, { Timeout: 3, Unauthorized: 1 })
-      assert.strictEqual(stats.timeouts, 3)
-      assert.strictEqual(stats.inFlight, 0)
-      assert.strictEqual(stats.concurrencyPeak, 3)
+      const response = yield* Fiber.join(fiber)
+      assert.strictEqual(response.text, "third time")
+      assert.deepStrictEqual(delays, [1000, 2000])
+      const stats = yield* executor.stats()
+      assert.strictEqual(stats.total, 1)
+      assert.strictEqual(stats.retries, 2)
+      assert.strictEqual(stats.successes, 1)
     })
   )
 
-  it.effect("an invalid request is its item's InvalidRequest outcome, without a provider call", () =>
+  it.effect("a Retry-After longer than the backoff is the floor of the wait", () =>
     Effect.gen(function* () {
-      const { ex, control } = yield* setup({ respond: (request) => request.prompt ?? "" })
-      const results = yield* ex.executeMany([{ prompt: "ok" }, { prompt: "x", temperature: 9 }, { prompt: "ok2" }])
-      assert.deepStrictEqual(results.map(text), ["ok", "error:InvalidRequest", "ok2"])
-      const bad = results[1]!
-      assert.isTrue(Either.isLeft(bad) && bad.left._tag === "ModelError" && bad.left.provider === control.name)
-      assert.strictEqual(yield* control.calls, 2)
-      const stats = yield* ex.stats({ provider: control.name })
-      assert.strictEqual(stats.total, 3)
-      assert.deepStrictEqual(stats.failuresByReason, { InvalidRequest: 1 })
-    })
-  )
-
-  it.effect("interrupting executeMany interrupts the running calls; started calls are counted as interrupted", () =>
-    Effect.gen(function* () {
-      const { ex, control } = yield* setup({ script: [Outcome.hang(), Outcome.hang(), Outcome.hang()] })
-      const fiber = yield* Effect.fork(
-        ex.executeMany(
-          Array.from({ length: 10 }, (_, i) => ({ prompt: `${i}` })),
-          { concurrency: 3, timeout: "none" }
-        )
-      )
-      yield* TestClock.adjust("1 second")
-      assert.strictEqual(yield* control.inFlight, 3)
-      yield* Fiber.interrupt(fiber)
-      assert.strictEqual(yield* control.interrupted, 3)
-      assert.strictEqual(yield* control.inFlight, 0)
-      assert.strictEqual(yield* control.calls, 3, "items not started never start")
-      const stats = yield* ex.stats({ provider: control.name })
-      assert.strictEqual(stats.total, 3)
-      assert.deepStrictEqual(stats.failuresByReason, { Interrupted: 3 })
-      assert.strictEqual(stats.inFlight, 0)
-    })
-  )
-
-  it.effect("a provider defect fails executeMany (as it would forEach) and interrupts the other calls", () =>
-    Effect.gen(function* () {
-      const { ex, control } = yield* setup({ latency: "1 second" })
-      const defect = control.name
-      const results = yield* Effect.fork(
-        ex.callMany([0, 1, 2], { concurrency: 3 }, (i) => ({
-          run: (p) =>
-            i === 1
-              ? Effect.zipRight(Effect.sleep("10 millis"), Effect.dieMessage(defect))
-              : p.generate({ prompt: `${i}` })
-        }))
-      )
-      yield* TestClock.adjust("10 millis")
-      const exit = yield* Fiber.await(results)
-      assert.isTrue(Exit.isFailure(exit) && Cause.isDie(exit.cause))
-      assert.strictEqual(yield* control.interrupted, 2)
-      assert.strictEqual((yield* ex.stats({ provider: control.name })).inFlight, 0)
-    })
-  )
-
-  it.effect(
-    "shutdown during executeMany: running calls end with ShuttingDownError at the deadline, the rest are refused",
-    () =>
-      Effect.gen(function* () {
-        const { ex, control, scope } = yield* setup(
-          { script: [Outcome.hang(), Outcome.succeed("quick", { latency: "200 millis" }), Outcome.hang()] },
-          { shutdownDeadline: "1 second" }
-        )
-        const fiber = yield* Effect.fork(
-          ex.executeMany(
-            Array.from({ length: 5 }, (_, i) => ({ prompt: `${i}` })),
-            { concurrency: 2, retry: true }
-          )
-        )
-        yield* TestClock.adjust("100 millis")
-        const closing = yield* Effect.fork(Scope.close(scope, Exit.void))
-        yield* TestClock.adjust("100 millis")
-        // item 1 finished during the drain; its worker found the executor closing for item 2
-        yield* TestClock.adjust("1 second")
-        yield* Fiber.join(closing)
-        const results = yield* Fiber.join(fiber)
-        assert.deepStrictEqual(results.map(text), [
-          "error:ShuttingDownError",
-          "quick",
-          "error:ShuttingDownError",
-          "error:ShuttingDownError",
-          "error:ShuttingDownError"
-        ])
-        assert.strictEqual(yield* control.calls, 2)
-        assert.strictEqual(yield* control.interrupted, 1)
-        assert.strictEqual(yield* control.inFlight, 0)
-        const stats = yield* ex.stats({ provider: control.name })
-        assert.strictEqual(stats.total, 5)
-        assert.deepStrictEqual(stats.failuresByReason, { ShuttingDown: 4 })
-        assert.strictEqual(stats.retries, 0, "no retry once the executor is closing")
+      const { executor, control } = yield* setup({
+        script: [Outcome.fail("RateLimited", { retryAfter: "5 seconds" }), Outcome.succeed("ok")]
       })
+      const fiber = yield* Effect.forkChild(executor.execute(ask, { retry: { initialDelay: 100, jitter: 0 } }))
+      yield* TestClock.adjust("4999 millis")
+      assert.strictEqual(yield* control.calls, 1)
+      yield* TestClock.adjust("1 millis")
+      assert.strictEqual((yield* Fiber.join(fiber)).text, "ok")
+    })
+  )
+
+  it.effect("errors that are not transient are not retried", () =>
+    Effect.gen(function* () {
+      const { executor, control } = yield* setup({ script: [Outcome.fail("Unauthorized"), Outcome.succeed()] })
+      const error = yield* Effect.flip(executor.execute(ask, { retry: true }))
+      assert.strictEqual(error._tag, "ModelError")
+      assert.strictEqual(yield* control.calls, 1)
+    })
+  )
+
+  it.effect("a bad request fails with InvalidRequest naming the field, before the provider, and is counted", () =>
+    Effect.gen(function* () {
+      const { executor, control } = yield* setup()
+      const bad = [
+        [{ prompt: "x", temprature: 1 }, "temprature"],
+        [{ messages: [{ role: "robot", content: "x" }] }, "messages[0].role"],
+        [{ prompt: "" }, "prompt"],
+        [null, "request"],
+        [{ prompt: "x".repeat(1_000_001) }, "prompt"]
+      ] as const
+      for (const [request, field] of bad) {
+        const error = yield* Effect.flip(executor.execute(request as never))
+        assert.strictEqual(error._tag, "ModelError")
+        if (error._tag === "ModelError") {
+          assert.strictEqual(error.reason, "InvalidRequest")
+          assert.strictEqual(error.field, field)
+        }
+      }
+      assert.strictEqual(yield* control.calls, 0)
+      const stats = yield* executor.stats()
+      assert.strictEqual(stats.failuresByReason.InvalidRequest, bad.length)
+    })
+  )
+
+  it.effect("bad per-call options are refused naming the option, never a 0 ms deadline (issue 13 item 10)", () =>
+    Effect.gen(function* () {
+      const { executor, control } = yield* setup()
+      for (const timeout of [-1, Number.NaN, "-5 seconds", "soon"]) {
+        const error = yield* Effect.flip(executor.execute(ask, { timeout: timeout as never }))
+        assert.strictEqual(error._tag === "ModelError" && error.field, "timeout", String(timeout))
+      }
+      const retry = yield* Effect.flip(executor.execute(ask, { retry: { maxAttempts: 0 } }))
+      assert.strictEqual(retry._tag === "ModelError" && retry.field, "retry.maxAttempts")
+      assert.strictEqual(yield* control.calls, 0)
+    })
+  )
+
+  it.effect("a provider defect is that call's typed error, not a defect", () =>
+    Effect.gen(function* () {
+      const { executor } = yield* setup()
+      const broken = { ...executor.provider, name: "broken", generate: () => Effect.die(new Error("boom")) }
+      const error = yield* Effect.flip(executor.execute(ask, { provider: broken }))
+      assert.strictEqual(error._tag, "ModelError")
+      if (error._tag === "ModelError") {
+        assert.strictEqual(error.reason, "Unknown")
+        assert.include(error.message, "boom")
+        assert.strictEqual(error.provider, "broken")
+      }
+    })
   )
 })
 
-describe("Executor.callMany", () => {
-  it.effect("two batches sharing a limiter never exceed its permits, and the hooks see every item once", () =>
+describe("Executor.executeMany", () => {
+  it.effect("ten 1.5 s queries, five at a time, take 3.0 s and keep their order", () =>
     Effect.gen(function* () {
-      const { ex, control } = yield* setup({ latency: "100 millis" })
-      const limiter = Limiter.unsafeMake(2)
-      const started: Array<string> = []
-      const outcomes: Array<string> = []
-      const batch = (name: string) =>
-        ex.callMany(
-          [0, 1, 2, 3],
-          {
-            concurrency: 4,
-            limiter,
-            onStart: (i) => Effect.sync(() => started.push(`${name}${i}`)),
-            onOutcome: (i, outcome) => Effect.sync(() => outcomes.push(`${name}${i}:${Either.isRight(outcome)}`))
-          },
-          (i) => ({ run: (p) => p.generate({ prompt: `${name}${i}` }) })
-        )
-      const fiber = yield* Effect.fork(Effect.all([batch("a"), batch("b")], { concurrency: "unbounded" }))
-      yield* TestClock.adjust("399 millis")
-      assert.isTrue(Option.isNone(yield* Fiber.poll(fiber)))
+      const { executor } = yield* setup({ latency: "1500 millis", respond: (r) => `re: ${r.prompt}` })
+      const requests = Array.from({ length: 10 }, (_, i) => ({ prompt: `q${i}` }))
+      const fiber = yield* Effect.forkChild(executor.executeMany(requests, { concurrency: 5 }))
+      yield* TestClock.adjust("2999 millis")
+      assert.isUndefined(fiber.pollUnsafe())
       yield* TestClock.adjust("1 millis")
-      const [a, b] = yield* Fiber.join(fiber)
-      assert.isTrue([...a, ...b].every(Either.isRight))
-      assert.strictEqual(yield* control.peak, 2)
-      assert.strictEqual(started.length, 8)
-      assert.strictEqual(new Set(started).size, 8)
-      assert.strictEqual(outcomes.length, 8)
-      assert.strictEqual(limiter.available(), 2)
-      assert.strictEqual(limiter.waiting(), 0)
+      const results = yield* Fiber.join(fiber)
+      assert.deepStrictEqual(
+        results.map((r) => (Result.isSuccess(r) ? r.success.text : "error")),
+        requests.map((r) => `re: ${r.prompt}`)
+      )
+      assert.strictEqual((yield* executor.stats()).concurrencyPeak, 5)
     })
   )
 
-  it.effect("a permit held by a timed-out item passes to its replacement worker and is released once", () =>
+  it.effect("one bad item gets its own error; the others run", () =>
     Effect.gen(function* () {
-      const { ex, control } = yield* setup({ script: [Outcome.hang(), Outcome.succeed("retried")] })
-      const limiter = Limiter.unsafeMake(1)
-      const fiber = yield* Effect.fork(
-        ex.callMany(
-          [0, 1],
-          { concurrency: 2, limiter, timeout: "1 second", retry: { maxAttempts: 2, initialDelay: 10, jitter: 0 } },
-          (i) => ({ run: (p) => p.generate({ prompt: `${i}` }) })
+      const { executor } = yield* setup()
+      const results = yield* executor.executeMany([ask, { prompt: 1 } as never, ask])
+      assert.deepStrictEqual(
+        results.map((r) => Result.isSuccess(r)),
+        [true, false, true]
+      )
+    })
+  )
+
+  it.effect("concurrency NaN, 0 or 1.5 fails at once with InvalidRequest naming it (issue 13 item 6)", () =>
+    Effect.gen(function* () {
+      const { executor, control } = yield* setup()
+      for (const concurrency of [Number.NaN, 0, -1, 1.5]) {
+        const error = yield* Effect.flip(executor.executeMany([ask, ask], { concurrency }))
+        assert.strictEqual(error.field, "concurrency")
+      }
+      assert.strictEqual(yield* control.calls, 0)
+    })
+  )
+})
+
+describe("provider slots: queue wait apart from service time (issue 13 item 28)", () => {
+  it.effect("a provider serving one call at once reports a peak of 1 and the time queued", () =>
+    Effect.gen(function* () {
+      const { executor } = yield* setup({ latency: "1 second", maxConcurrency: 1 })
+      const fiber = yield* Effect.forkChild(
+        executor.executeMany(
+          Array.from({ length: 5 }, () => ask),
+          { concurrency: 5 }
         )
       )
       yield* TestClock.adjust("1 second")
-      assert.strictEqual(limiter.available(), 0, "the retrying item keeps its permit during the backoff")
-      assert.strictEqual(limiter.waiting(), 1)
-      yield* TestClock.adjust("10 millis")
-      const results = yield* Fiber.join(fiber)
-      assert.isTrue(results.every(Either.isRight))
-      assert.strictEqual(yield* control.calls, 3)
-      assert.strictEqual(limiter.available(), 1)
+      const during = yield* executor.stats()
+      assert.strictEqual(during.inFlight, 1)
+      assert.strictEqual(during.queued, 3)
+      yield* TestClock.adjust("4 seconds")
+      yield* Fiber.join(fiber)
+      const stats = yield* executor.stats()
+      assert.strictEqual(stats.concurrencyPeak, 1)
+      assert.closeTo(stats.serviceTime.avg, 1000, 1)
+      assert.closeTo(stats.queueWait.max, 4000, 250)
+      assert.closeTo(stats.latency.max, 5000, 250)
+    })
+  )
+})
+
+describe("graceful shutdown", () => {
+  it.effect("closing drains running calls, refuses new ones, then interrupts at the deadline", () =>
+    Effect.gen(function* () {
+      const { executor, close } = yield* setup(
+        { script: [Outcome.succeed("quick", { latency: "1 second" }), Outcome.hang()] },
+        { shutdownDeadline: "3 seconds", timeout: "none" }
+      )
+      const quick = yield* Effect.forkChild(Effect.result(executor.execute(ask)))
+      const stuck = yield* Effect.forkChild(Effect.result(executor.execute(ask)))
+      yield* Effect.yieldNow
+      const closing = yield* Effect.forkChild(close)
+      yield* Effect.yieldNow
+      const refused = yield* Effect.flip(executor.execute(ask))
+      assert.strictEqual(refused._tag, "ShuttingDownError")
+      yield* TestClock.adjust("1 second")
+      const first = yield* Fiber.join(quick)
+      assert.isTrue(Result.isSuccess(first))
+      yield* TestClock.adjust("2 seconds")
+      const second = yield* Fiber.join(stuck)
+      assert.isTrue(Result.isFailure(second) && (second.failure as AiError)._tag === "ShuttingDownError")
+      yield* Fiber.join(closing)
     })
   )
 
-  it.effect("interrupting a batch that waits on the limiter leaves no permit taken and no waiter queued", () =>
+  it.effect("closing removes the executor's metric series from the registry (issue 13 item 16)", () =>
     Effect.gen(function* () {
-      const { ex } = yield* setup({ script: [Outcome.hang(), Outcome.hang()] })
-      const limiter = Limiter.unsafeMake(1)
-      const fiber = yield* Effect.fork(
-        ex.callMany([0, 1, 2], { concurrency: 3, limiter, timeout: "none" }, (i) => ({
-          run: (p) => p.generate({ prompt: `${i}` })
-        }))
-      )
-      yield* TestClock.adjust("1 second")
-      assert.strictEqual(limiter.waiting(), 2)
-      yield* Fiber.interrupt(fiber)
-      assert.strictEqual(limiter.available(), 1)
-      assert.strictEqual(limiter.waiting(), 0)
+      const { executor, close, registry } = yield* setup()
+      yield* executor.execute(ask)
+      const before = Metric.snapshotUnsafe(Context.make(Metric.MetricRegistry, registry))
+      assert.isAbove(before.length, 0)
+      assert.isTrue(before.some((s) => s.id === "orchestra_requests_total"))
+      yield* close
+      assert.strictEqual(registry.size, 0)
     })
+  )
+})
+
+describe("Executor.run: fallback and hedging", () => {
+  const twoSteps = (executor: Executor.Service) => {
+    const p = executor.provider
+    const a = { ...p, name: "a" }
+    const b = { ...p, name: "b" }
+    return [executor.stepFor(a), executor.stepFor(b)] as const
+  }
+
+  it.effect(
+    "every step failing gives a FallbackExhaustedError listing each step, and fallbacks are counted (item 26)",
+    () =>
+      Effect.gen(function* () {
+        const { executor } = yield* setup({ script: [Outcome.fail("Overloaded"), Outcome.fail("Unavailable")] })
+        const [a, b] = twoSteps(executor)
+        const error = yield* Effect.flip(executor.run({ steps: [a, b] }, (p) => p.generate(ask)))
+        assert.strictEqual(error._tag, "FallbackExhaustedError")
+        if (error._tag === "FallbackExhaustedError") {
+          assert.deepStrictEqual(
+            error.attempts.map((x) => [x.provider, x.error._tag === "ModelError" ? x.error.reason : ""]),
+            [
+              ["a", "Overloaded"],
+              ["b", "Unavailable"]
+            ]
+          )
+        }
+        assert.strictEqual((yield* executor.stats()).fallbacks, 1)
+      })
+  )
+
+  it.effect("the next step answers when the first falls back, with provenance", () =>
+    Effect.gen(function* () {
+      const { executor } = yield* setup({ script: [Outcome.fail("Overloaded"), Outcome.succeed("from b")] })
+      const [a, b] = twoSteps(executor)
+      const answer = yield* executor.run({ steps: [a, b] }, (p) => p.generate(ask))
+      assert.strictEqual(answer.value.text, "from b")
+      assert.strictEqual(answer.step.name, "b")
+      assert.strictEqual(answer.stepsTried, 2)
+      assert.strictEqual(answer.attempts, 2)
+    })
+  )
+
+  it.effect("a failure that does not fall back ends the chain with that error", () =>
+    Effect.gen(function* () {
+      const { executor, control } = yield* setup({ script: [Outcome.fail("ContentFilter"), Outcome.succeed()] })
+      const [a, b] = twoSteps(executor)
+      const error = yield* Effect.flip(executor.run({ steps: [a, b] }, (p) => p.generate(ask)))
+      assert.strictEqual(error._tag === "ModelError" && error.reason, "ContentFilter")
+      assert.strictEqual(yield* control.calls, 1)
+    })
+  )
+
+  it.effect("hedging starts the backup after the delay and the first answer wins; the loser is interrupted", () =>
+    Effect.gen(function* () {
+      const { executor, control } = yield* setup({
+        script: [Outcome.succeed("slow", { latency: "10 seconds" }), Outcome.succeed("backup", { latency: "1 second" })]
+      })
+      const [a, b] = twoSteps(executor)
+      const fiber = yield* Effect.forkChild(
+        executor.run({ steps: [a, b], hedgeAfter: Duration.seconds(2) }, (p) => p.generate(ask))
+      )
+      yield* TestClock.adjust("2999 millis")
+      assert.isUndefined(fiber.pollUnsafe())
+      yield* TestClock.adjust("1 millis")
+      const answer = yield* Fiber.join(fiber)
+      assert.strictEqual(answer.value.text, "backup")
+      assert.isTrue(answer.hedgeWon)
+      yield* Effect.yieldNow
+      assert.strictEqual(yield* control.interrupted, 1)
+      const stats = yield* executor.stats()
+      assert.deepStrictEqual(stats.hedges, { started: 1, won: 1, lost: 0 })
+    })
+  )
+
+  it.effect("a total deadline bounds retries and waits (limit total)", () =>
+    Effect.gen(function* () {
+      const { executor } = yield* setup({ random: { success: 0, failures: { Overloaded: 1 } } })
+      const fiber = yield* Effect.forkChild(
+        Effect.flip(
+          executor.execute(ask, { retry: { maxAttempts: 10, initialDelay: "1 second" }, totalTimeout: "3 seconds" })
+        )
+      )
+      yield* TestClock.adjust("3 seconds")
+      const error = yield* Fiber.join(fiber)
+      assert.strictEqual(error._tag === "TimeoutError" && error.limit, "total")
+    })
+  )
+})
+
+describe("spans", () => {
+  it.effect(
+    "a traced caller gets Executor.execute and Policy.attempt spans with gen_ai attributes; an untraced one none",
+    () =>
+      Effect.gen(function* () {
+        const { executor } = yield* setup({ script: [Outcome.fail("Overloaded"), Outcome.succeed("ok")] })
+        const spans: Array<Tracer.NativeSpan> = []
+        const tracer = Tracer.make({
+          span(options) {
+            const span = new Tracer.NativeSpan(options)
+            spans.push(span)
+            return span
+          }
+        })
+        yield* executor.execute(ask, { retry: { initialDelay: 1, jitter: 0 } }).pipe(
+          Effect.withSpan("caller"),
+          Effect.provideService(Tracer.Tracer, tracer),
+          Effect.forkChild,
+          Effect.flatMap((f) => Effect.andThen(TestClock.adjust(10), Fiber.join(f)))
+        )
+        const names = spans.map((s) => s.name)
+        assert.deepStrictEqual(names, ["caller", "Executor.execute", "Policy.attempt", "Policy.attempt"])
+        const execute = spans[1]!
+        assert.strictEqual(execute.attributes.get("gen_ai.provider.name"), "mock")
+        assert.strictEqual(spans[2]!.parent._tag === "Some" && spans[2]!.parent.value.spanId, execute.spanId)
+        spans.length = 0
+        yield* executor.execute(ask).pipe(Effect.provideService(Tracer.Tracer, tracer))
+        assert.deepStrictEqual(spans.length, 0)
+      })
   )
 })

@@ -1,17 +1,48 @@
-import * as NodeHttpClient from "@effect/platform-node/NodeHttpClient"
+import { inspect } from "node:util"
+import { NodeHttpClient } from "@effect/platform-node"
 import { assert, describe, it } from "@effect/vitest"
-import { Effect, Layer, Metric, Schema } from "effect"
+import { Cause, Context, Effect, Exit, Fiber, Layer, Metric, Redacted, Schema, Tracer } from "effect"
+import { HttpClient } from "effect/http"
+import { TestClock } from "effect/testing"
 import * as CircuitBreaker from "../src/CircuitBreaker.js"
+import * as Executor from "../src/Executor.js"
 import * as HttpAgent from "../src/HttpAgent.js"
+import * as Mock from "../src/Model/Mock.js"
+import * as RateLimit from "../src/RateLimit.js"
+import * as ResponseCache from "../src/ResponseCache.js"
 import * as AgentServer from "./utils/agentServer.js"
 
-const agentsLayer = (options: HttpAgent.Options = {}) =>
-  HttpAgent.layer(options).pipe(Layer.provide(NodeHttpClient.layerUndici), Layer.provide(CircuitBreaker.layer()))
+interface Setup {
+  readonly options?: HttpAgent.Options
+  readonly breakers?: CircuitBreaker.Options
+  readonly cache?: boolean
+  readonly rateLimits?: RateLimit.Options
+}
 
-const withAgents = <A, E, R>(options: HttpAgent.Options, f: (agents: HttpAgent.Service) => Effect.Effect<A, E, R>) =>
-  Effect.flatMap(HttpAgent.HttpAgents, f).pipe(Effect.provide(agentsLayer(options)))
+/** The service over an executor (own Stats, a mock model, shared breakers), a real HTTP client and a private metric registry. */
+const build = (setup: Setup = {}) =>
+  Layer.build(
+    HttpAgent.layer(setup.options).pipe(
+      Layer.provideMerge(Executor.layerWithStats({ timeout: "none" })),
+      Layer.provideMerge(
+        Layer.mergeAll(
+          Mock.layer(),
+          CircuitBreaker.layerMemory(setup.breakers ?? {}),
+          setup.cache === true ? ResponseCache.layerMemory() : Layer.empty,
+          setup.rateLimits === undefined ? Layer.empty : RateLimit.layerMemory(setup.rateLimits)
+        )
+      ),
+      Layer.provide(NodeHttpClient.layerUndici)
+    )
+  ).pipe(Effect.provideService(Metric.MetricRegistry, new Map()))
 
-const task = (id: string, agent: HttpAgent.Agent | string, extra: Partial<HttpAgent.Task> = {}): HttpAgent.Task => ({
+const agents = (setup: Setup = {}) => Effect.map(build(setup), (context) => Context.get(context, HttpAgent.HttpAgents))
+
+const task = (
+  id: string,
+  agent: HttpAgent.Agent | string | undefined,
+  extra: Partial<HttpAgent.Task> = {}
+): HttpAgent.Task => ({
   id,
   agent,
   intent: "analyze",
@@ -20,23 +51,24 @@ const task = (id: string, agent: HttpAgent.Agent | string, extra: Partial<HttpAg
   ...extra
 })
 
-describe("HttpAgent", () => {
-  it.scopedLive("success: posts the task and decodes the answer", () =>
+describe("HttpAgent.call", () => {
+  it.effect("success: posts the task and decodes the answer", () =>
     Effect.gen(function* () {
       const server = yield* AgentServer.make()
-      const record = yield* withAgents({}, (agents) => agents.call(task("t1", server.url)))
+      const service = yield* agents()
+      const record = yield* service.call(task("t1", server.url))
       assert.strictEqual(record.status, "success")
       assert.strictEqual(record.taskId, "t1")
       assert.strictEqual(record.agent, server.url)
+      assert.strictEqual(record.attempts, 1)
       assert.deepStrictEqual(record.result, {
         echo: { task_id: "t1", intent: "analyze", concept: "weather", args: { city: "Oslo", days: [1, 2] } }
       })
-      assert.isAtLeast(record.durationMs, 0)
       assert.strictEqual(server.requests(), 1)
     })
   )
 
-  it.scopedLive("a user schema decodes the whole answer", () =>
+  it.effect("a user schema decodes the whole answer", () =>
     Effect.gen(function* () {
       const server = yield* AgentServer.make((t) => ({ json: { task_id: t.task_id, score: "0.75" } }))
       const scorer = HttpAgent.agent({
@@ -44,7 +76,8 @@ describe("HttpAgent", () => {
         name: "scorer",
         answer: Schema.Struct({ task_id: Schema.String, score: Schema.NumberFromString })
       })
-      const record = yield* withAgents({}, (agents) => agents.call({ ...task("s", scorer), agent: scorer }))
+      const service = yield* agents()
+      const record = yield* service.call({ id: "s", agent: scorer, intent: "score", concept: "weather" })
       assert.strictEqual(record.status, "success")
       assert.strictEqual(record.agent, "scorer")
       const score: number | undefined = record.result?.score
@@ -52,10 +85,10 @@ describe("HttpAgent", () => {
     })
   )
 
-  it.scopedLive("HTTP 500 is an error record with the status and the message", () =>
+  it.effect("HTTP 500 is an error record with the status and the message", () =>
     Effect.gen(function* () {
       const server = yield* AgentServer.make(() => ({ status: 500, json: { error: { message: "agent crashed" } } }))
-      const record = yield* withAgents({}, (agents) => agents.call(task("t1", server.url)))
+      const record = yield* (yield* agents()).call(task("t1", server.url))
       assert.strictEqual(record.status, "error")
       assert.strictEqual(record.error?.httpStatus, 500)
       assert.include(record.error?.message, "agent crashed")
@@ -63,197 +96,307 @@ describe("HttpAgent", () => {
     })
   )
 
-  it.scopedLive("a hanging agent times out after the request's own timeout", () =>
+  it.effect("a hanging agent times out after the request's own timeout, and the request is aborted", () =>
     Effect.gen(function* () {
       const server = yield* AgentServer.make(() => ({ hang: true }))
-      const [fast, slower] = yield* withAgents({ timeout: "5 seconds" }, (agents) =>
-        Effect.all(
-          [
-            agents.call(task("a", server.url, { timeout: "100 millis" })),
-            agents.call(task("b", server.url, { timeout: "300 millis" }))
-          ],
-          {
-            concurrency: 2
-          }
-        )
-      )
-      assert.strictEqual(fast.status, "timeout")
-      assert.strictEqual(slower.status, "timeout")
-      assert.include(fast.error?.message, "100ms")
-      assert.isAtLeast(fast.durationMs, 95)
-      assert.isBelow(fast.durationMs, 280)
-      assert.isAtLeast(slower.durationMs, 295)
-      assert.strictEqual(server.inFlight(), 0, "the timed-out requests were aborted")
+      const service = yield* agents({ options: { timeout: "5 seconds" } })
+      const fast = yield* Effect.forkChild(service.call(task("a", server.url, { timeout: "100 millis" })))
+      const slower = yield* Effect.forkChild(service.call(task("b", server.url, { timeout: "300 millis" })))
+      yield* server.awaitRequests(2)
+      yield* TestClock.adjust("100 millis")
+      const first = yield* Fiber.join(fast)
+      assert.strictEqual(first.status, "timeout")
+      assert.include(first.error?.message, "100")
+      assert.strictEqual(first.durationMs, 100)
+      assert.isUndefined(slower.pollUnsafe())
+      yield* TestClock.adjust("200 millis")
+      const second = yield* Fiber.join(slower)
+      assert.deepStrictEqual([second.status, second.durationMs], ["timeout", 300])
+      yield* server.awaitAborted(2)
+      assert.strictEqual(server.inFlight(), 0)
     })
   )
 
-  it.scopedLive("malformed JSON and a missing field are Decode errors naming the field", () =>
+  it.effect("malformed JSON, a missing field and a wrong task id are Decode errors naming the field", () =>
     Effect.gen(function* () {
       const server = yield* AgentServer.make((t) =>
         t.task_id === "garbage"
-          ? { raw: "{not json" }
+          ? { raw: "{not json", contentType: "application/json" }
           : t.task_id === "missing"
             ? { json: { task_id: t.task_id, status: "success" } }
             : { json: { task_id: "someone-else", result: 1 } }
       )
-      const [garbage, missing, wrongId] = yield* withAgents({}, (agents) =>
-        Effect.all([
-          agents.call(task("garbage", server.url)),
-          agents.call(task("missing", server.url)),
-          agents.call(task("wrong", server.url))
-        ])
+      const service = yield* agents()
+      const [garbage, missing, wrongId] = yield* Effect.all([
+        service.call(task("garbage", server.url)),
+        service.call(task("missing", server.url)),
+        service.call(task("wrong", server.url))
+      ])
+      assert.deepStrictEqual(
+        [garbage!.status, garbage!.error?.reason, garbage!.error?.field],
+        ["error", "Decode", "(root)"]
       )
-      assert.strictEqual(garbage.status, "error")
-      assert.strictEqual(garbage.error?.reason, "Decode")
-      assert.strictEqual(missing.status, "error")
-      assert.strictEqual(missing.error?.reason, "Decode")
-      assert.strictEqual(missing.error?.field, "result")
-      assert.include(missing.error?.message, "result")
-      assert.strictEqual(wrongId.error?.field, "task_id")
+      assert.deepStrictEqual([missing!.error?.reason, missing!.error?.field], ["Decode", "result"])
+      assert.strictEqual(wrongId!.error?.field, "task_id")
     })
   )
 
-  it.scopedLive("a refused connection is an error record, not a failure", () =>
+  it.effect("an agent that reports a failed task gives an error record and trips no breaker", () =>
+    Effect.gen(function* () {
+      const server = yield* AgentServer.make((t) => ({
+        json: { task_id: t.task_id, status: "error", result: "no data" }
+      }))
+      const service = yield* agents({ breakers: { failMax: 2 } })
+      for (let i = 0; i < 4; i++) {
+        const record = yield* service.call(task(`r${i}`, server.url))
+        assert.strictEqual(record.status, "error")
+        assert.include(record.error?.message, "no data")
+      }
+      assert.strictEqual(server.requests(), 4, "the breaker stayed closed")
+    })
+  )
+
+  it.effect("a refused connection is a Transport error record, not a failure", () =>
     Effect.gen(function* () {
       const closedUrl = yield* Effect.scoped(Effect.map(AgentServer.make(), (s) => s.url))
-      const record = yield* withAgents({}, (agents) => agents.call(task("t", closedUrl)))
+      const record = yield* (yield* agents()).call(task("t", closedUrl))
       assert.strictEqual(record.status, "error")
       assert.strictEqual(record.error?.reason, "Transport")
-      const invalid = yield* withAgents({}, (agents) => agents.call(task("u", "not a url")))
-      assert.strictEqual(invalid.status, "error")
-      assert.strictEqual(invalid.error?.field, "url")
     })
   )
 
-  it.scopedLive("args that are not JSON (a BigInt, a cycle) are an error record naming args, cache on or off", () =>
+  it.effect("invalid agents and tasks are error records naming the field; nothing is sent (issue 10)", () =>
     Effect.gen(function* () {
       const server = yield* AgentServer.make()
+      const service = yield* agents()
       const circular: Record<string, unknown> = { city: "Oslo" }
-      circular["self"] = circular
-      for (const options of [{}, { cache: true }] satisfies ReadonlyArray<HttpAgent.Options>) {
-        const records = yield* withAgents(options, (agents) =>
-          Effect.all([
-            agents.call(task("big", server.url, { args: { n: 1n } })),
-            agents.call(task("cycle", server.url, { args: circular }))
-          ])
-        )
-        for (const record of records) {
-          assert.strictEqual(record.status, "error")
-          assert.strictEqual(record.error?.reason, "InvalidRequest")
-          assert.strictEqual(record.error?.field, "args")
-          assert.include(record.error?.message, `task "${record.taskId}": args are not JSON`)
-        }
+      circular.self = circular
+      const cases: ReadonlyArray<readonly [HttpAgent.Task, string]> = [
+        [task("u", "not a url"), "agent.url"],
+        [task("c", "http://user:pw@127.0.0.1:1/x"), "agent.url"],
+        [task("n", HttpAgent.agent({ url: server.url, timeout: Number.NaN })), "agent.timeout"],
+        [task("m", HttpAgent.agent({ url: server.url, timeout: -1 })), "agent.timeout"],
+        [task("s", HttpAgent.agent({ url: server.url, timeout: "-5 seconds" as never })), "agent.timeout"],
+        [task("z", HttpAgent.agent({ url: server.url, timeout: 0 })), "agent.timeout"],
+        [task("r", HttpAgent.agent({ url: server.url, retry: { maxAttempts: 0 } })), "agent.retry.maxAttempts"],
+        [task("t", server.url, { timeout: "soon" as never }), "timeout"],
+        [task("big", server.url, { args: { n: 1n } }), "args"],
+        [task("cycle", server.url, { args: circular }), "args"],
+        [{ ...task("i", server.url), intent: 3 as never }, "intent"],
+        [task("none", undefined), "agent"]
+      ]
+      for (const [t, field] of cases) {
+        const record = yield* service.call(t)
+        assert.strictEqual(record.status, "error", field)
+        assert.strictEqual(record.error?.reason, "InvalidRequest", field)
+        assert.strictEqual(record.error?.field, field)
       }
       assert.strictEqual(server.requests(), 0)
     })
   )
 
-  it.scopedLive("the breaker opens after repeated failures, serves the cache, and closes after the reset", () =>
-    Effect.gen(function* () {
-      // request 0 succeeds, 1-3 fail, later ones succeed
-      const server = yield* AgentServer.make((t, i) =>
-        i >= 1 && i <= 3 ? { status: 503 } : { json: { task_id: t.task_id, result: `answer ${i}` } }
-      )
-      const options: HttpAgent.Options = { breaker: { failMax: 3, resetTimeout: "200 millis" }, cache: true }
-      yield* withAgents(options, (agents) =>
-        Effect.gen(function* () {
-          const same = task("t", server.url)
-          assert.strictEqual((yield* agents.call(same)).status, "success")
-          for (let i = 0; i < 3; i++) assert.strictEqual((yield* agents.call(same)).error?.httpStatus, 503)
-          const refused = yield* agents.call(same)
-          assert.strictEqual(refused.status, "service_unavailable")
-          assert.strictEqual(refused.fromCache, true)
-          assert.strictEqual(refused.result, "answer 0")
-          const other = yield* agents.call(task("other", server.url, { args: { city: "Bergen" } }))
-          assert.strictEqual(other.status, "service_unavailable")
-          assert.isUndefined(other.fromCache)
-          assert.strictEqual(server.requests(), 4, "an open breaker sends nothing")
-          yield* Effect.sleep("250 millis")
-          const probe = yield* agents.call(same)
-          assert.strictEqual(probe.status, "success")
-          assert.strictEqual(probe.result, "answer 4")
-          assert.strictEqual((yield* agents.call(same)).status, "success")
-          assert.strictEqual(server.requests(), 6)
-        })
-      )
-    })
+  it.effect(
+    "an endless 200 body ends in a TooLarge error record at the bound; the connection is closed (issue 13.15)",
+    () =>
+      Effect.gen(function* () {
+        const server = yield* AgentServer.make(() => ({ endless: true }))
+        const service = yield* agents({ options: { maxResponseBytes: 1024 * 1024 } })
+        const record = yield* service.call(task("flood", server.url))
+        assert.strictEqual(record.status, "error")
+        assert.strictEqual(record.error?.reason, "TooLarge")
+        assert.include(record.error?.message, "maxResponseBytes")
+        yield* server.awaitAborted(1)
+        assert.isBelow(server.bytesSent(), 32 * 1024 * 1024, "reading stopped near the bound")
+      })
   )
 
-  it.scopedLive("connection limits: per host and in total", () =>
+  it.effect("a secret header reaches the agent but no span, error or record", () =>
     Effect.gen(function* () {
-      const slow = () => ({ delayMs: 40 })
-      const one = yield* AgentServer.make((t) => ({ ...slow(), ...AgentServer.defaultReply(t) }))
-      const two = yield* AgentServer.make((t) => ({ ...slow(), ...AgentServer.defaultReply(t) }))
-      const tasks = [
-        ...Array.from({ length: 12 }, (_, i) => task(`one-${i}`, one.url)),
-        ...Array.from({ length: 12 }, (_, i) => task(`two-${i}`, two.url))
-      ]
-      const { records, stats } = yield* withAgents({ maxConnections: 5, maxConnectionsPerHost: 3 }, (agents) =>
-        Effect.zip(agents.dispatch(tasks), agents.connections).pipe(
-          Effect.map(([records, stats]) => ({ records, stats }))
-        )
-      )
-      assert.isTrue(records.every((r) => r.status === "success"))
-      assert.strictEqual(one.peak(), 3)
-      assert.strictEqual(two.peak(), 3)
-      assert.strictEqual(stats.peak, 5)
-      assert.deepStrictEqual(stats.peakByHost, { [one.host]: 3, [two.host]: 3 })
-      assert.strictEqual(stats.active, 0)
-      assert.strictEqual(stats.waiting, 0)
-    })
-  )
-
-  it.scopedLive("permits are handed over in arrival order", () =>
-    Effect.gen(function* () {
-      const server = yield* AgentServer.make((t) => ({ delayMs: 5, ...AgentServer.defaultReply(t) }))
-      const ids = Array.from({ length: 8 }, (_, i) => `q${i}`)
-      const records = yield* withAgents({ maxConnectionsPerHost: 1 }, (agents) =>
-        agents.dispatch(ids.map((id) => task(id, server.url)))
-      )
-      assert.isTrue(records.every((r) => r.status === "success"))
-      assert.deepStrictEqual(
-        server.received().map((t) => t.task_id),
-        ids
-      )
-      assert.strictEqual(server.peak(), 1)
-    })
-  )
-
-  it.scopedLive("interrupting a batch frees every connection slot and queue place", () =>
-    Effect.gen(function* () {
-      const server = yield* AgentServer.make(() => ({ hang: true }))
-      const stats = yield* withAgents({ maxConnectionsPerHost: 2 }, (agents) =>
-        Effect.gen(function* () {
-          const tasks = Array.from({ length: 6 }, (_, i) => task(`h${i}`, server.url))
-          const outcome = yield* agents.dispatch(tasks).pipe(Effect.timeoutOption("150 millis"))
-          assert.isTrue(outcome._tag === "None")
-          return yield* agents.connections
-        })
-      )
-      assert.strictEqual(stats.peak, 2)
-      assert.strictEqual(stats.active, 0)
-      assert.strictEqual(stats.waiting, 0)
-      assert.strictEqual(server.requests(), 2)
-    })
-  )
-
-  it.scopedLive("dispatch: dependent tasks wait for their dependencies and get their results", () =>
-    Effect.gen(function* () {
-      const good = yield* AgentServer.make((t) => ({
-        delayMs: 30,
-        json: { task_id: t.task_id, result: `${t.task_id}!` }
+      const SECRET = "agent-token-7f3c9e1d5b"
+      const server = yield* AgentServer.make(() => ({
+        status: 401,
+        json: { error: { message: `bad token ${SECRET}` } },
+        headers: { "x-echo": SECRET, "x-request-id": "req-9" }
       }))
-      const bad = yield* AgentServer.make(() => ({ status: 500 }))
-      const records = yield* withAgents({}, (agents) =>
-        agents.dispatch([
-          task("fetch", good.url),
-          task("recall", good.url),
-          task("combine", good.url, { dependsOn: ["fetch", "recall"] }),
-          task("broken", bad.url),
-          task("needsBroken", good.url, { dependsOn: ["broken"] }),
-          task("chain", good.url, { dependsOn: ["needsBroken"] })
-        ])
+      const spans: Array<Tracer.NativeSpan> = []
+      const tracer = Tracer.make({
+        span(options) {
+          const span = new Tracer.NativeSpan(options)
+          spans.push(span)
+          return span
+        }
+      })
+      const secured = HttpAgent.agent({
+        url: server.url,
+        name: "secured",
+        headers: { authorization: Redacted.make(`Bearer ${SECRET}`) }
+      })
+      const service = yield* agents()
+      const record = yield* service.call(task("s", secured)).pipe(
+        Effect.provideService(HttpClient.TracerHeaderFilter, () => true),
+        Effect.provideService(Tracer.Tracer, tracer)
       )
+      assert.strictEqual(server.headers()[0]?.authorization, `Bearer ${SECRET}`)
+      assert.strictEqual(record.error?.httpStatus, 401)
+      assert.notInclude(JSON.stringify(record), SECRET)
+      assert.notInclude(inspect(secured, { depth: 10 }), SECRET)
+      assert.isAbove(spans.length, 1)
+      for (const span of spans) {
+        assert.notInclude(inspect(Object.fromEntries(span.attributes), { depth: 10 }), SECRET, span.name)
+        if (span.status._tag === "Ended" && Exit.isFailure(span.status.exit)) {
+          assert.notInclude(Cause.pretty(span.status.exit.cause), SECRET)
+        }
+      }
+      const http = spans.find((s) => s.name === "POST")!
+      assert.strictEqual(http.attributes.get("http.request.header.authorization"), "<redacted>")
+      assert.strictEqual(http.attributes.get("http.response.header.x-request-id"), "req-9")
+    })
+  )
+
+  it.effect(
+    "layer options are checked: maxConnections 0 or NaN, maxConnectionsPerHost -1, bad durations (issue 7)",
+    () =>
+      Effect.gen(function* () {
+        const cases: ReadonlyArray<readonly [HttpAgent.Options, string]> = [
+          [{ maxConnections: 0 }, "maxConnections"],
+          [{ maxConnections: Number.NaN }, "maxConnections"],
+          [{ maxConnectionsPerHost: -1 }, "maxConnectionsPerHost"],
+          [{ maxConnectionsPerHost: 2.5 }, "maxConnectionsPerHost"],
+          [{ timeout: -1 }, "timeout"],
+          [{ timeout: Number.NaN }, "timeout"],
+          [{ timeout: "-5 seconds" as never }, "timeout"],
+          [{ maxResponseBytes: 0 }, "maxResponseBytes"],
+          [{ retry: { maxAttempts: 0 } }, "retry.maxAttempts"],
+          [{ maxConnection: 5 } as HttpAgent.Options, "maxConnection"]
+        ]
+        for (const [options, path] of cases) {
+          const error = yield* Effect.flip(build({ options }))
+          assert.strictEqual(error._tag, "OptionError", path)
+          assert.strictEqual((error as { readonly path: string }).path, path)
+        }
+      })
+  )
+})
+
+describe("HttpAgent: breakers, cache and fallback through the executor's pipeline", () => {
+  it.effect(
+    "the agent's breaker opens after repeated failures, serves the cached result, and closes after the reset",
+    () =>
+      Effect.gen(function* () {
+        // request 0 succeeds, 1-3 fail, later ones succeed
+        const server = yield* AgentServer.make((t, i) =>
+          i >= 1 && i <= 3 ? { status: 503 } : { json: { task_id: t.task_id, result: `answer ${i}` } }
+        )
+        const service = yield* agents({ breakers: { failMax: 3, resetTimeout: "200 millis" }, cache: true })
+        const same = task("t", server.url)
+        assert.strictEqual((yield* service.call(same)).status, "success")
+        for (let i = 0; i < 3; i++) assert.strictEqual((yield* service.call(same)).error?.httpStatus, 503)
+        const refused = yield* service.call(same)
+        assert.strictEqual(refused.status, "service_unavailable")
+        assert.strictEqual(refused.fromCache, true)
+        assert.strictEqual(refused.result, "answer 0")
+        const other = yield* service.call(task("other", server.url, { args: { city: "Bergen" } }))
+        assert.strictEqual(other.status, "service_unavailable")
+        assert.isUndefined(other.fromCache)
+        assert.strictEqual(server.requests(), 4, "an open breaker sends nothing")
+        yield* TestClock.adjust("200 millis")
+        const probe = yield* service.call(same)
+        assert.deepStrictEqual([probe.status, probe.result], ["success", "answer 4"])
+        assert.strictEqual(server.requests(), 5)
+      })
+  )
+
+  it.effect("a task falls back to its next agent when the first one's breaker is open (entry point)", () =>
+    Effect.gen(function* () {
+      const down = yield* AgentServer.make(() => ({ status: 503 }))
+      const spare = yield* AgentServer.make()
+      const primary = HttpAgent.agent({ url: down.url, name: "primary-agent" })
+      const backup = HttpAgent.agent({ url: spare.url, name: "backup-agent" })
+      const service = yield* agents({ breakers: { failMax: 1, resetTimeout: "1 minute" } })
+      const first = yield* service.call(task("a", primary, { fallback: [backup] }))
+      const second = yield* service.call(task("b", primary, { fallback: [backup] }))
+      for (const record of [first, second]) {
+        assert.deepStrictEqual([record.status, record.agent, record.fallbackUsed], ["success", "backup-agent", true])
+      }
+      assert.strictEqual(first.attempts, 2)
+      assert.strictEqual(second.attempts, 1, "the open breaker refused the primary without a request")
+      assert.strictEqual(down.requests(), 1)
+      assert.strictEqual(spare.requests(), 2)
+    })
+  )
+
+  it.effect(
+    "rate limit per agent: out of slots, a task goes to its next agent or ends RateLimited, unsent (entry point)",
+    () =>
+      Effect.gen(function* () {
+        const server = yield* AgentServer.make()
+        const spare = yield* AgentServer.make()
+        const limited = HttpAgent.agent({ url: server.url, name: "limited-agent" })
+        const backup = HttpAgent.agent({ url: spare.url, name: "spare-agent" })
+        const service = yield* agents({
+          rateLimits: { providers: { "limited-agent": { requestsPerMinute: 1 } }, maxWait: 0 }
+        })
+        assert.strictEqual((yield* service.call(task("1", limited))).status, "success")
+        const refused = yield* service.call(task("2", limited))
+        assert.deepStrictEqual([refused.status, refused.error?.reason, refused.attempts], ["error", "RateLimited", 0])
+        const handedOver = yield* service.call(task("3", limited, { fallback: [backup] }))
+        assert.deepStrictEqual([handedOver.status, handedOver.agent], ["success", "spare-agent"])
+        assert.deepStrictEqual([server.requests(), spare.requests()], [1, 1])
+      })
+  )
+
+  it.effect("retries follow the agent's policy on Policy.schedule, then answer", () =>
+    Effect.gen(function* () {
+      const server = yield* AgentServer.make((t, i) => (i < 2 ? { status: 503 } : AgentServer.defaultReply(t)))
+      const flaky = HttpAgent.agent({ url: server.url, retry: { maxAttempts: 3, initialDelay: 1000, jitter: 0 } })
+      const service = yield* agents()
+      const fiber = yield* Effect.forkChild(service.call(task("f", flaky)))
+      yield* server.awaitRequests(1)
+      yield* TestClock.adjust("1 second")
+      yield* server.awaitRequests(2)
+      yield* TestClock.adjust("2 seconds")
+      const record = yield* Fiber.join(fiber)
+      assert.deepStrictEqual([record.status, record.attempts, record.durationMs], ["success", 3, 3000])
+    })
+  )
+
+  it.effect("HttpAgent.stats: statuses from the agent metrics, success rate and latency from Stats (issue 34)", () =>
+    Effect.gen(function* () {
+      const server = yield* AgentServer.make((t) =>
+        t.task_id.startsWith("bad") ? { status: 500 } : AgentServer.defaultReply(t)
+      )
+      const weather = HttpAgent.agent({ url: server.url, name: "weather-agent" })
+      const service = yield* agents()
+      yield* service.call(task("ok1", weather))
+      yield* service.call(task("ok2", weather))
+      yield* service.call(task("ok3", weather))
+      yield* service.call(task("bad1", weather))
+      const stats = yield* service.stats(weather)
+      assert.strictEqual(stats.agent, "weather-agent")
+      assert.strictEqual(stats.tasks, 4)
+      assert.deepStrictEqual(stats.statuses, { success: 3, error: 1, timeout: 0, service_unavailable: 0, skipped: 0 })
+      assert.strictEqual(stats.successRate, 75)
+      assert.strictEqual(stats.calls.total, 4)
+      assert.deepStrictEqual(stats.calls.failuresByReason, { Overloaded: 1 })
+      assert.strictEqual((yield* service.stats("nobody")).tasks, 0)
+    })
+  )
+})
+
+describe("HttpAgent.dispatch", () => {
+  it.effect("dependent tasks wait for their dependencies and get their results; failures skip dependents", () =>
+    Effect.gen(function* () {
+      const good = yield* AgentServer.make((t) => ({ json: { task_id: t.task_id, result: `${t.task_id}!` } }))
+      const bad = yield* AgentServer.make(() => ({ status: 500 }))
+      const service = yield* agents()
+      const records = yield* service.dispatch([
+        task("fetch", good.url),
+        task("recall", good.url),
+        task("combine", good.url, { dependsOn: ["fetch", "recall"] }),
+        task("broken", bad.url),
+        task("needsBroken", good.url, { dependsOn: ["broken"] }),
+        task("chain", good.url, { dependsOn: ["needsBroken"] })
+      ])
       assert.deepStrictEqual(
         records.map((r) => [r.taskId, r.status]),
         [
@@ -265,74 +408,132 @@ describe("HttpAgent", () => {
           ["chain", "skipped"]
         ]
       )
-      const [fetch, recall, combine] = records
-      assert.isAtLeast(
-        combine!.startedAt,
-        Math.max(fetch!.startedAt + fetch!.durationMs, recall!.startedAt + recall!.durationMs)
-      )
-      assert.isBelow(Math.abs(fetch!.startedAt - recall!.startedAt), 25, "independent tasks start together")
       const sent = good.received().find((t) => t.task_id === "combine")
       assert.deepStrictEqual(sent?.dependencies, { fetch: "fetch!", recall: "recall!" })
       assert.strictEqual(records[4]!.error?.dependency, "broken")
-      assert.include(records[4]!.error?.message, '"broken"')
       assert.strictEqual(records[5]!.error?.dependency, "needsBroken")
       assert.include(records[5]!.error?.message, '"broken"')
       assert.isFalse(good.received().some((t) => t.task_id === "needsBroken"))
     })
   )
 
-  it.scopedLive("the taskRecords metric counts every record of a batch, skipped ones included", () =>
+  it.effect("connection limits hold per host and in total; every slot is free afterwards", () =>
+    Effect.gen(function* () {
+      const one = yield* AgentServer.make((t) => ({ delayMs: 30, ...AgentServer.defaultReply(t) }))
+      const two = yield* AgentServer.make((t) => ({ delayMs: 30, ...AgentServer.defaultReply(t) }))
+      const service = yield* agents({ options: { maxConnections: 5, maxConnectionsPerHost: 3 } })
+      const records = yield* service.dispatch([
+        ...Array.from({ length: 12 }, (_, i) => task(`one-${i}`, one.url)),
+        ...Array.from({ length: 12 }, (_, i) => task(`two-${i}`, two.url))
+      ])
+      const stats = yield* service.connections
+      assert.isTrue(records.every((r) => r.status === "success"))
+      assert.strictEqual(one.peak(), 3)
+      assert.strictEqual(two.peak(), 3)
+      assert.strictEqual(stats.peak, 5)
+      assert.deepStrictEqual({ ...stats.peakByHost }, { [one.host]: 3, [two.host]: 3 })
+      assert.deepStrictEqual([stats.active, stats.waiting], [0, 0])
+    })
+  )
+
+  it.effect("permits are handed over in arrival order", () =>
+    Effect.gen(function* () {
+      const server = yield* AgentServer.make((t) => ({ delayMs: 5, ...AgentServer.defaultReply(t) }))
+      const ids = Array.from({ length: 8 }, (_, i) => `q${i}`)
+      const service = yield* agents({ options: { maxConnectionsPerHost: 1 } })
+      const records = yield* service.dispatch(ids.map((id) => task(id, server.url)))
+      assert.isTrue(records.every((r) => r.status === "success"))
+      assert.deepStrictEqual(
+        server.received().map((t) => t.task_id),
+        ids
+      )
+      assert.strictEqual(server.peak(), 1)
+    })
+  )
+
+  it.effect("interrupting a batch frees every connection slot and queue place", () =>
+    Effect.gen(function* () {
+      const server = yield* AgentServer.make(() => ({ hang: true }))
+      const service = yield* agents({ options: { maxConnectionsPerHost: 2 } })
+      const fiber = yield* Effect.forkChild(
+        service.dispatch(Array.from({ length: 6 }, (_, i) => task(`h${i}`, server.url)))
+      )
+      yield* server.awaitRequests(2)
+      const during = yield* service.connections
+      assert.deepStrictEqual([during.active, during.waiting], [2, 4])
+      yield* Fiber.interrupt(fiber)
+      const after = yield* service.connections
+      assert.deepStrictEqual([after.peak, after.active, after.waiting], [2, 0, 0])
+      yield* server.awaitAborted(2)
+      assert.strictEqual(server.requests(), 2)
+    })
+  )
+
+  it.effect("the agent metrics count every record of a batch, skipped ones included", () =>
     Effect.gen(function* () {
       const bad = yield* AgentServer.make(() => ({ status: 500 }))
       const good = yield* AgentServer.make()
-      const failing = HttpAgent.agent({ url: bad.url, name: "metric-skip-bad" })
-      const fine = HttpAgent.agent({ url: good.url, name: "metric-skip-good" })
-      const count = (status: HttpAgent.TaskRecord["status"], agent: string) =>
-        Effect.map(
-          Metric.value(HttpAgent.taskRecords.pipe(Metric.tagged("status", status), Metric.tagged("agent", agent))),
-          (state) => state.count
-        )
-      const records = yield* withAgents({}, (agents) =>
-        agents.dispatch([
-          task("root", failing),
-          task("child", fine, { dependsOn: ["root"] }),
-          task("grandchild", fine, { dependsOn: ["child"] }),
-          task("alone", fine)
-        ])
-      )
+      const failing = HttpAgent.agent({ url: bad.url, name: "skip-bad" })
+      const fine = HttpAgent.agent({ url: good.url, name: "skip-good" })
+      const service = yield* agents()
+      const records = yield* service.dispatch([
+        task("root", failing),
+        task("child", fine, { dependsOn: ["root"] }),
+        task("grandchild", fine, { dependsOn: ["child"] }),
+        task("alone", fine)
+      ])
       assert.deepStrictEqual(
         records.map((r) => r.status),
         ["error", "skipped", "skipped", "success"]
       )
-      assert.strictEqual(yield* count("error", "metric-skip-bad"), 1)
-      assert.strictEqual(yield* count("skipped", "metric-skip-good"), 2)
-      assert.strictEqual(yield* count("success", "metric-skip-good"), 1)
+      assert.deepStrictEqual((yield* service.stats("skip-bad")).statuses.error, 1)
+      const fineStats = yield* service.stats(fine)
+      assert.deepStrictEqual([fineStats.statuses.skipped, fineStats.statuses.success], [2, 1])
     })
   )
 
-  it.scopedLive("dispatch rejects an invalid batch with the names", () =>
-    Effect.gen(function* () {
-      const error = yield* withAgents({}, (agents) =>
-        Effect.flip(agents.dispatch([task("a", "http://127.0.0.1:1/x", { dependsOn: ["ghost"] })]))
-      )
-      assert.strictEqual(error.reason, "UnknownDependency")
-      assert.deepStrictEqual(error.steps, ["a", "ghost"])
-    })
-  )
-
-  it.scopedLive("dispatch refuses concurrency 0 or NaN with a PipelineError naming it; nothing is sent", () =>
+  it.effect("an invalid batch is a PipelineError naming the task or field; nothing is sent", () =>
     Effect.gen(function* () {
       const server = yield* AgentServer.make()
+      const service = yield* agents()
+      const unknown = yield* Effect.flip(service.dispatch([task("a", server.url, { dependsOn: ["ghost"] })]))
+      assert.deepStrictEqual([unknown.reason, unknown.steps], ["UnknownDependency", ["a", "ghost"]])
+      const noId = yield* Effect.flip(service.dispatch([{ ...task("x", server.url), id: undefined as never }]))
+      assert.deepStrictEqual([noId.reason, noId.field], ["InvalidStep", "tasks[0].id"])
+      const depString = yield* Effect.flip(
+        service.dispatch([task("a", server.url), task("b", server.url, { dependsOn: "a" as never })])
+      )
+      assert.strictEqual(depString.field, "tasks[1].dependsOn")
+      const notArray = yield* Effect.flip(service.dispatch(null as never))
+      assert.strictEqual(notArray.field, "tasks")
       for (const concurrency of [0, Number.NaN, -2]) {
-        const error = yield* withAgents({}, (agents) =>
-          Effect.flip(agents.dispatch([task("a", server.url)], { concurrency }))
-        )
-        assert.strictEqual(error.reason, "InvalidOption")
-        assert.strictEqual(error.option, "concurrency")
+        const error = yield* Effect.flip(service.dispatch([task("a", server.url)], { concurrency }))
+        assert.deepStrictEqual([error.reason, error.option], ["InvalidOption", "concurrency"])
       }
       assert.strictEqual(server.requests(), 0)
-      const records = yield* withAgents({}, (agents) => agents.dispatch([task("a", server.url)], { concurrency: 1 }))
-      assert.strictEqual(records[0]?.status, "success")
+    })
+  )
+
+  it.effect("a task named __proto__ runs, is in the records and feeds its dependents", () =>
+    Effect.gen(function* () {
+      const server = yield* AgentServer.make((t) => ({ json: { task_id: t.task_id, result: t.task_id } }))
+      const service = yield* agents()
+      const records = yield* service.dispatch([
+        task("__proto__", server.url),
+        task("after", server.url, { dependsOn: ["__proto__"] })
+      ])
+      assert.deepStrictEqual(
+        records.map((r) => [r.taskId, r.status]),
+        [
+          ["__proto__", "success"],
+          ["after", "success"]
+        ]
+      )
+      const sent = server.received().find((t) => t.task_id === "after")
+      assert.strictEqual(
+        JSON.stringify(sent?.dependencies),
+        JSON.stringify(Object.fromEntries([["__proto__", "__proto__"]]))
+      )
     })
   )
 })

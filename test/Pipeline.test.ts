@@ -1,16 +1,26 @@
 import { assert, describe, it } from "@effect/vitest"
-import { Context, Duration, Effect, Fiber, Ref, Schedule, TestClock } from "effect"
+import { Context, Duration, Effect, Fiber, Layer, Metric, Ref } from "effect"
+import { TestClock } from "effect/testing"
 import { ModelError } from "../src/AiError.js"
+import * as CircuitBreaker from "../src/CircuitBreaker.js"
+import * as Domain from "../src/Domain.js"
+import * as Executor from "../src/Executor.js"
+import { ModelProvider } from "../src/Model.js"
+import * as Mock from "../src/Model/Mock.js"
+import * as Orchestra from "../src/Orchestra.js"
 import * as Pipeline from "../src/Pipeline.js"
+import * as RateLimit from "../src/RateLimit.js"
+import * as Router from "../src/Router.js"
+import * as Stats from "../src/Stats.js"
 
-class Greeter extends Context.Tag("test/Greeter")<Greeter, { readonly greet: (name: string) => string }>() {}
+class Greeter extends Context.Service<Greeter, { readonly greet: (name: string) => string }>()("test/Greeter") {}
 
 const sleepThen = <A>(millis: number, value: A) => Effect.as(Effect.sleep(Duration.millis(millis)), value)
 
 /** Runs to completion, moving the TestClock far enough for every sleep. */
 const runClocked = <I, O, E, R>(p: Pipeline.Pipeline<I, O, E, R>, input: I, options?: Pipeline.RunOptions) =>
   Effect.gen(function* () {
-    const fiber = yield* Effect.fork(Pipeline.run(p, input, options))
+    const fiber = yield* Effect.forkChild(Pipeline.run(p, input, options))
     yield* TestClock.adjust("1 hour")
     return yield* Fiber.join(fiber)
   })
@@ -20,14 +30,28 @@ const timingOf = (outcome: Pipeline.StepOutcome<unknown, unknown>) => {
   return outcome as Pipeline.Timing
 }
 
+/** An executor (with its own Stats and a private metric registry) over a mock, and optional guards. */
+const executorContext = <G>(guards: Layer.Layer<G, unknown>) =>
+  Layer.build(
+    Executor.layerWithStats({ timeout: "none" }).pipe(
+      Layer.provideMerge(Mock.layer()),
+      Layer.provideMerge(guards)
+    ) as Layer.Layer<Executor.Executor | Stats.Stats | G, unknown>
+  ).pipe(Effect.provideService(Metric.MetricRegistry, new Map()))
+
+/** A step name that an ordinary object would turn into its prototype. */
+const PROTO = "__proto__"
+
+const overloaded = () => new ModelError({ reason: "Overloaded", message: "busy" })
+
 describe("Pipeline", () => {
   const diamond = (calls: Ref.Ref<Record<string, number>>) => {
     const count = (name: string) => Ref.update(calls, (c) => ({ ...c, [name]: (c[name] ?? 0) + 1 }))
     return Pipeline.make<{ readonly n: number }>()
-      .step("a", [], ({ input }) => Effect.zipRight(count("a"), sleepThen(10, input.n)))
-      .step("b", ["a"], ({ deps }) => Effect.zipRight(count("b"), sleepThen(30, `b${deps.a}`)))
-      .step("c", ["a"], ({ deps }) => Effect.zipRight(count("c"), sleepThen(50, deps.a * 2)))
-      .step("d", ["b", "c"], ({ deps }) => Effect.zipRight(count("d"), sleepThen(10, `${deps.b}+${deps.c}`)))
+      .step("a", [], ({ input }) => Effect.andThen(count("a"), sleepThen(10, input.n)))
+      .step("b", ["a"], ({ deps }) => Effect.andThen(count("b"), sleepThen(30, `b${deps.a}`)))
+      .step("c", ["a"], ({ deps }) => Effect.andThen(count("c"), sleepThen(50, deps.a * 2)))
+      .step("d", ["b", "c"], ({ deps }) => Effect.andThen(count("d"), sleepThen(10, `${deps.b}+${deps.c}`)))
   }
 
   it.effect("diamond: b and c overlap, d runs once after both", () =>
@@ -38,10 +62,8 @@ describe("Pipeline", () => {
       assert.deepStrictEqual(yield* Ref.get(calls), { a: 1, b: 1, c: 1, d: 1 })
       const [a, b, c, d] = (["a", "b", "c", "d"] as const).map((k) => timingOf(result.steps[k]))
       assert.deepStrictEqual([a!.startedAt, a!.endedAt], [0, 10])
-      // b and c start together when a ends and run side by side
       assert.deepStrictEqual([b!.startedAt, b!.endedAt], [10, 40])
       assert.deepStrictEqual([c!.startedAt, c!.endedAt], [10, 60])
-      assert.isTrue(b!.startedAt < c!.endedAt && c!.startedAt < b!.endedAt)
       assert.deepStrictEqual([d!.startedAt, d!.endedAt], [60, 70])
       assert.strictEqual(result.wallMs, 70)
       assert.strictEqual(result.outputs.d, "b2+4")
@@ -61,13 +83,12 @@ describe("Pipeline", () => {
         .step("afterFast", ["fast"], ({ deps }) => sleepThen(10, deps.fast + 1))
       const result = yield* runClocked(p, undefined)
       assert.strictEqual(timingOf(result.steps.afterFast).startedAt, 20)
-      assert.strictEqual(timingOf(result.steps.afterFast).endedAt, 30)
       assert.strictEqual(timingOf(result.steps.slow).endedAt, 110)
       assert.strictEqual(result.wallMs, 110)
     })
   )
 
-  it.effect("a cycle is rejected with the names of its steps", () =>
+  it.effect("a cycle is rejected with the names of its steps, in order", () =>
     Effect.gen(function* () {
       const error = yield* Effect.flip(
         Pipeline.fromSteps([
@@ -109,22 +130,34 @@ describe("Pipeline", () => {
     })
   )
 
-  it("the builder rules out unknown dependencies and duplicate names statically", () => {
-    const p = Pipeline.make<string>().step("a", [], ({ input }) => Effect.succeed(input.length))
-    // @ts-expect-error "b" is not a step yet
-    assert.throws(() => p.step("c", ["b"], () => Effect.void))
-    // @ts-expect-error "a" is taken
-    assert.throws(() => p.step("a", [], () => Effect.void))
-    const typed = p.step("b", ["a"], ({ deps }) => Effect.succeed(deps.a + 1))
-    // @ts-expect-error deps only holds declared dependencies
-    typed.step("c", ["b"], ({ deps }) => Effect.succeed(deps.a))
-    assert.deepStrictEqual(typed.names, ["a", "b"])
-  })
+  it.effect("the builder rules out unknown names statically; widened names fail run and validate, never throw", () =>
+    Effect.gen(function* () {
+      const p = Pipeline.make<string>().step("a", [], ({ input }) => Effect.succeed(input.length))
+      // @ts-expect-error "b" is not a step yet
+      const unknown = p.step("c", ["b"], () => Effect.void)
+      // @ts-expect-error "a" is taken
+      const taken = p.step("a", [], () => Effect.void)
+      assert.strictEqual((yield* Effect.flip(Pipeline.run(unknown, "x"))).reason, "UnknownDependency")
+      assert.strictEqual((yield* Effect.flip(Pipeline.validate(taken))).reason, "DuplicateStep")
+      // the first error sticks: later steps do not hide it
+      const later = unknown.step("d", [], () => Effect.void)
+      assert.deepStrictEqual((yield* Effect.flip(Pipeline.run(later, "x"))).steps, ["c", "b"])
+      const typed = p.step("b", ["a"], ({ deps }) => Effect.succeed(deps.a + 1))
+      // @ts-expect-error deps only holds declared dependencies
+      typed.step("c", ["b"], ({ deps }) => Effect.succeed(deps.a))
+      assert.deepStrictEqual(typed.names, ["a", "b"])
+    })
+  )
 
   it.effect("a step's requirements become the run's requirements", () =>
     Effect.gen(function* () {
       const p = Pipeline.make<string>()
-        .step("greet", [], ({ input }) => Effect.map(Greeter, (g) => g.greet(input)))
+        .step("greet", [], ({ input }) =>
+          Effect.gen(function* () {
+            const greeter = yield* Greeter
+            return greeter.greet(input)
+          })
+        )
         .step("shout", ["greet"], ({ deps }) => Effect.succeed(deps.greet.toUpperCase()))
       const program: Effect.Effect<
         Pipeline.Result<{ readonly greet: string; readonly shout: string }, never>,
@@ -140,16 +173,15 @@ describe("Pipeline", () => {
     Effect.gen(function* () {
       const interrupted = yield* Ref.make(false)
       const p = Pipeline.make()
-        .step("boom", [], () => Effect.zipRight(Effect.sleep("10 millis"), Effect.fail("broken" as const)))
+        .step("boom", [], () => Effect.andThen(Effect.sleep("10 millis"), Effect.fail("broken" as const)))
         .step("sibling", [], () => sleepThen(100, "late").pipe(Effect.onInterrupt(() => Ref.set(interrupted, true))))
         .step("dependent", ["boom"], () => Effect.succeed(1))
       const result = yield* runClocked(p, undefined, { onFailure: "failFast" })
       assert.strictEqual(result.status, "failed")
       assert.isTrue(yield* Ref.get(interrupted))
-      assert.strictEqual(result.steps.boom.status, "failed")
-      assert.strictEqual(result.steps.boom.status === "failed" && result.steps.boom.error, "broken")
+      const boom = result.steps.boom
+      assert.strictEqual(boom.status === "failed" && boom.error, "broken")
       const sibling = result.steps.sibling
-      assert.strictEqual(sibling.status, "interrupted")
       assert.deepStrictEqual(sibling.status === "interrupted" && [sibling.failedStep, sibling.endedAt], ["boom", 10])
       assert.strictEqual(result.steps.dependent.status, "skipped")
       assert.strictEqual(result.wallMs, 10)
@@ -166,7 +198,7 @@ describe("Pipeline", () => {
         .step("x", [], () => slow("x"))
         .step("y", [], () => slow("y"))
         .step("z", ["x"], () => slow("z"))
-      const fiber = yield* Effect.fork(Pipeline.run(p, undefined))
+      const fiber = yield* Effect.forkChild(Pipeline.run(p, undefined))
       yield* TestClock.adjust("50 millis")
       yield* Fiber.interrupt(fiber)
       assert.deepStrictEqual([...(yield* Ref.get(interrupted))].sort(), ["x", "y"])
@@ -176,82 +208,24 @@ describe("Pipeline", () => {
   it.effect("continue mode skips only the dependents of a failed step", () =>
     Effect.gen(function* () {
       const p = Pipeline.make()
-        .step("a", [], () => Effect.zipRight(Effect.sleep("10 millis"), Effect.fail(new Error("a broke"))))
+        .step("a", [], () => Effect.andThen(Effect.sleep("10 millis"), Effect.fail(new Error("a broke"))))
         .step("b", [], () => sleepThen(50, "b"))
         .step("c", ["a"], () => Effect.succeed("c"))
         .step("d", ["c"], () => Effect.succeed("d"))
         .step("e", ["b"], ({ deps }) => sleepThen(10, `${deps.b}e`))
       const result = yield* runClocked(p, undefined, { onFailure: "continue" })
       assert.strictEqual(result.steps.a.status, "failed")
-      assert.strictEqual(result.steps.b.status, "succeeded")
       assert.strictEqual(result.outputs.e, "be")
       const c = result.steps.c
       const d = result.steps.d
       assert.isTrue(c.status === "skipped" && c.dependency === "a" && c.failedStep === "a")
       assert.isTrue(d.status === "skipped" && d.dependency === "c" && d.failedStep === "a")
-      assert.include(d.status === "skipped" ? d.reason : "", '"a"')
       assert.strictEqual(result.wallMs, 60)
       assert.deepStrictEqual(result.failedSteps, ["a"])
     })
   )
 
-  it.effect("per-step timeout, fallback value and fallback step", () =>
-    Effect.gen(function* () {
-      const p = Pipeline.make()
-        .step("hangs", [], () => sleepThen(1_000, "never"), { timeout: "100 millis" })
-        .step("hangsWithValue", [], () => sleepThen(1_000, "never"), {
-          timeout: "100 millis",
-          fallback: { value: "cached" }
-        })
-        .step("failsWithStep", [], () => Effect.fail("nope" as const), {
-          fallback: {
-            step: ({ failure }) =>
-              sleepThen(5, failure._tag === "Failed" ? `recovered from ${failure.error}` : "timeout")
-          }
-        })
-      const result = yield* runClocked(p, undefined, { onFailure: "continue" })
-      const hangs = result.steps.hangs
-      assert.strictEqual(hangs.status, "timedOut")
-      assert.deepStrictEqual(
-        hangs.status === "timedOut" && [hangs.endedAt, Duration.toMillis(hangs.timeout)],
-        [100, 100]
-      )
-      const value = result.steps.hangsWithValue
-      assert.strictEqual(value.status, "succeeded")
-      assert.strictEqual(result.outputs.hangsWithValue, "cached")
-      assert.deepStrictEqual(value.status === "succeeded" && value.fallback?.kind, "value")
-      assert.deepStrictEqual(value.status === "succeeded" && value.fallback?.failure._tag, "TimedOut")
-      assert.strictEqual(result.outputs.failsWithStep, "recovered from nope")
-      assert.strictEqual(timingOf(result.steps.failsWithStep).durationMs, 5)
-      assert.deepStrictEqual(result.failedSteps, ["hangs"])
-    })
-  )
-
-  it.effect("retries follow the step's schedule", () =>
-    Effect.gen(function* () {
-      const tries = yield* Ref.make(0)
-      const flaky = Effect.flatMap(
-        Ref.updateAndGet(tries, (n) => n + 1),
-        (n) => (n < 3 ? Effect.fail(`try ${n}`) : Effect.succeed(`ok after ${n}`))
-      )
-      const p = Pipeline.make()
-        .step("flaky", [], () => flaky, {
-          retry: Schedule.spaced("20 millis").pipe(Schedule.intersect(Schedule.recurs(5)))
-        })
-        .step("hopeless", [], () => Effect.fail("always"), { retry: Schedule.recurs(2) })
-      const result = yield* runClocked(p, undefined, { onFailure: "continue" })
-      const flakyOutcome = result.steps.flaky
-      assert.strictEqual(flakyOutcome.status, "succeeded")
-      assert.deepStrictEqual(
-        flakyOutcome.status === "succeeded" && [flakyOutcome.output, flakyOutcome.attempts, flakyOutcome.endedAt],
-        ["ok after 3", 3, 40]
-      )
-      const hopeless = result.steps.hopeless
-      assert.deepStrictEqual(hopeless.status === "failed" && [hopeless.attempts, hopeless.error], [3, "always"])
-    })
-  )
-
-  it.effect("the concurrency limit is respected", () =>
+  it.effect("concurrency limit is respected; sequential mode runs one at a time in order", () =>
     Effect.gen(function* () {
       const inFlight = yield* Ref.make(0)
       const peak = yield* Ref.make(0)
@@ -263,118 +237,17 @@ describe("Pipeline", () => {
         () => Effect.sleep("10 millis"),
         () => Ref.update(inFlight, (n) => n - 1)
       )
-      const specs = Array.from({ length: 5 }, (_, i) => ({ name: `s${i}`, run: () => tracked }))
-      const p = yield* Pipeline.fromSteps(specs)
+      const p = yield* Pipeline.fromSteps(Array.from({ length: 5 }, (_, i) => ({ name: `s${i}`, run: () => tracked })))
       const result = yield* runClocked(p, undefined, { concurrency: 2 })
       assert.strictEqual(yield* Ref.get(peak), 2)
       assert.strictEqual(result.wallMs, 30)
-      assert.closeTo(result.parallelism, 50 / 30, 1e-9)
-    })
-  )
-
-  it.effect("sequential mode runs in topological order one at a time", () =>
-    Effect.gen(function* () {
       const calls = yield* Ref.make<Record<string, number>>({})
-      const result = yield* runClocked(diamond(calls), { n: 1 }, { mode: "sequential" })
-      assert.strictEqual(result.strategy, "sequential")
-      assert.deepStrictEqual(result.started, ["a", "b", "c", "d"])
-      assert.strictEqual(result.wallMs, 100)
-      assert.strictEqual(result.parallelism, 1)
-      assert.strictEqual(timingOf(result.steps.c).startedAt, 40)
-      assert.strictEqual(result.outputs.d, "b1+2")
+      const sequential = yield* runClocked(diamond(calls), { n: 1 }, { mode: "sequential" })
+      assert.strictEqual(sequential.strategy, "sequential")
+      assert.deepStrictEqual(sequential.started, ["a", "b", "c", "d"])
+      assert.strictEqual(sequential.wallMs, 100)
+      assert.strictEqual(sequential.parallelism, 1)
     })
-  )
-
-  it.effect("concurrency 0, negative, fractional or NaN is refused with a PipelineError naming it; no step runs", () =>
-    Effect.gen(function* () {
-      const runs = yield* Ref.make(0)
-      const p = Pipeline.make().step("a", [], () => Ref.update(runs, (n) => n + 1))
-      for (const concurrency of [0, -1, 1.5, Number.NaN, Number.NEGATIVE_INFINITY]) {
-        const error = yield* Effect.flip(Pipeline.run(p, undefined, { concurrency }))
-        assert.strictEqual(error._tag, "PipelineError")
-        assert.strictEqual(error.reason, "InvalidOption")
-        assert.strictEqual(error.option, "concurrency")
-        assert.include(error.message, `got ${concurrency}`)
-        assert.deepStrictEqual(error.steps, [])
-      }
-      const fromDefaults = yield* Effect.flip(
-        Pipeline.run(
-          Pipeline.make({ concurrency: 0 }).step("a", [], () => Ref.update(runs, (n) => n + 1)),
-          undefined
-        )
-      )
-      assert.strictEqual(fromDefaults.option, "concurrency")
-      assert.strictEqual(yield* Ref.get(runs), 0)
-      for (const concurrency of [1, 3, Number.POSITIVE_INFINITY]) {
-        const result = yield* Pipeline.run(p, undefined, { concurrency })
-        assert.strictEqual(result.status, "succeeded")
-      }
-      assert.strictEqual(yield* Ref.get(runs), 3)
-    })
-  )
-
-  it.effect("falls back to sequential when concurrency made steps fail", () =>
-    Effect.gen(function* () {
-      const inFlight = yield* Ref.make(0)
-      // a provider that is overloaded by more than one call at a time
-      const call = (value: string) =>
-        Effect.acquireUseRelease(
-          Ref.updateAndGet(inFlight, (n) => n + 1),
-          (n) =>
-            n > 1
-              ? Effect.fail(new ModelError({ reason: "Overloaded", message: "busy" }))
-              : Effect.as(Effect.sleep("10 millis"), value),
-          () => Ref.update(inFlight, (n) => n - 1)
-        )
-      const p = Pipeline.make()
-        .step("x", [], () => call("x"))
-        .step("y", [], () => call("y"))
-        .step("z", ["x", "y"], ({ deps }) => call(deps.x + deps.y))
-      const parallelOnly = yield* runClocked(p, undefined, { onFailure: "continue" })
-      assert.strictEqual(parallelOnly.status, "failed")
-      const result = yield* runClocked(p, undefined, { onFailure: "continue", fallbackToSequential: true })
-      assert.strictEqual(result.status, "succeeded")
-      assert.strictEqual(result.strategy, "parallelThenSequential")
-      assert.strictEqual(result.outputs.z, "xy")
-      assert.strictEqual(result.parallelAttempt?.y.status, "failed")
-      // a non-retryable failure does not trigger the fallback
-      const bad = Pipeline.make().step("bad", [], () =>
-        Effect.fail(new ModelError({ reason: "InvalidRequest", message: "no" }))
-      )
-      const badResult = yield* runClocked(bad, undefined, { fallbackToSequential: true })
-      assert.strictEqual(badResult.strategy, "parallel")
-    })
-  )
-
-  it.effect(
-    "after a sequential fallback, steps kept from the parallel run count once in busyMs and criticalPathMs",
-    () =>
-      Effect.gen(function* () {
-        const bRuns = yield* Ref.make(0)
-        const p = Pipeline.make()
-          .step("a", [], () => sleepThen(1000, "a"))
-          .step("c", ["a"], () => sleepThen(100, "c"))
-          .step("b", [], () =>
-            Effect.flatMap(
-              Ref.updateAndGet(bRuns, (n) => n + 1),
-              (n) =>
-                Effect.zipRight(
-                  Effect.sleep("200 millis"),
-                  n === 1 ? Effect.fail(new ModelError({ reason: "Overloaded", message: "busy" })) : Effect.succeed("b")
-                )
-            )
-          )
-        const result = yield* runClocked(p, undefined, { onFailure: "continue", fallbackToSequential: true })
-        assert.strictEqual(result.strategy, "parallelThenSequential")
-        assert.strictEqual(result.status, "succeeded")
-        // a 0-1000 and c 1000-1100 kept from the parallel run; b 0-200 failed, then 1100-1300
-        assert.strictEqual(result.steps.a, result.parallelAttempt?.a)
-        assert.deepStrictEqual([timingOf(result.steps.b).startedAt, timingOf(result.steps.b).endedAt], [1100, 1300])
-        assert.strictEqual(result.wallMs, 1300)
-        assert.strictEqual(result.busyMs, 1000 + 100 + 200 + 200)
-        assert.strictEqual(result.criticalPathMs, 1100)
-        assert.strictEqual(result.parallelism, 1500 / 1300)
-      })
   )
 
   it.effect("outputs: all outputs, or the steps that did not succeed", () =>
@@ -383,7 +256,7 @@ describe("Pipeline", () => {
         Pipeline.make().step("one", [], () => Effect.succeed(1)),
         undefined
       )
-      assert.deepStrictEqual(yield* Pipeline.outputs(ok), { one: 1 })
+      assert.deepStrictEqual({ ...(yield* Pipeline.outputs(ok)) }, { one: 1 })
       const failing = yield* Pipeline.run(
         Pipeline.make().step("one", [], () => Effect.fail("x")),
         undefined
@@ -397,9 +270,8 @@ describe("Pipeline", () => {
     Effect.gen(function* () {
       const calls = yield* Ref.make<Record<string, number>>({})
       const p = diamond(calls)
-      const chart = Pipeline.toMermaid(p)
       assert.strictEqual(
-        chart,
+        Pipeline.toMermaid(p),
         [
           "flowchart LR",
           '  0["a"]',
@@ -414,6 +286,499 @@ describe("Pipeline", () => {
       )
       const result = yield* runClocked(p, { n: 1 })
       assert.include(Pipeline.toMermaid(p, { result, direction: "TD" }), '2["c: succeeded 50 ms"]')
+    })
+  )
+})
+
+describe("Pipeline definitions are checked (issues 10, 12, 13)", () => {
+  const ok = () => Effect.succeed(1)
+
+  it.effect(
+    "fromSteps: steps null, dependsOn a string, a typo, run not a function: PipelineError naming the field",
+    () =>
+      Effect.gen(function* () {
+        const cases: ReadonlyArray<readonly [unknown, string]> = [
+          [null, "steps"],
+          [
+            [
+              { name: "a", run: ok },
+              { name: "b", dependsOn: "a", run: ok }
+            ],
+            "steps[1].dependsOn"
+          ],
+          [[{ name: "a", dependOn: [], run: ok }], "steps[0].dependOn"],
+          [[{ name: "a", run: "go" }], "steps[0].run"],
+          [[{ name: "", run: ok }], "steps[0].name"],
+          [[{ name: "a", dependsOn: [1], run: ok }], "steps[0].dependsOn[0]"],
+          [[{ name: "a", run: ok, fallback: "cached" }], "steps[0].fallback"],
+          [[{ name: "a", run: ok, retry: { maxAttempts: 0 } }], "steps[0].retry.maxAttempts"],
+          [[{ name: "a", run: ok, breaker: 3 }], "steps[0].breaker"]
+        ]
+        for (const [steps, field] of cases) {
+          const error = yield* Effect.flip(Pipeline.fromSteps(steps as never))
+          assert.strictEqual(error._tag, "PipelineError")
+          assert.strictEqual(error.reason, "InvalidStep")
+          assert.strictEqual(error.field, field)
+          assert.include(error.message, field)
+        }
+      })
+  )
+
+  it.effect(
+    "durations: -1, NaN, '-5 seconds', 'soon' and 0 are refused in fromSteps and the builder; nothing throws",
+    () =>
+      Effect.gen(function* () {
+        for (const timeout of [-1, Number.NaN, "-5 seconds", "soon", 0, Number.POSITIVE_INFINITY]) {
+          const fromData = yield* Effect.flip(Pipeline.fromSteps([{ name: "a", run: ok, timeout: timeout as never }]))
+          assert.strictEqual(fromData.reason, "InvalidStep")
+          assert.strictEqual(fromData.field, "steps[0].timeout")
+          const built = Pipeline.make()
+            .step("first", [], ok)
+            .step("a", [], ok, { totalTimeout: timeout as never })
+          const error = yield* Effect.flip(Pipeline.validate(built))
+          assert.strictEqual(error.field, "steps[1].totalTimeout")
+          assert.deepStrictEqual(error.steps, ["a"])
+        }
+      })
+  )
+
+  it.effect(
+    "run options: mode, onFailure, concurrency, fallbackToSequential and unknown options are refused by name",
+    () =>
+      Effect.gen(function* () {
+        const runs = yield* Ref.make(0)
+        const p = Pipeline.make().step("a", [], () => Ref.update(runs, (n) => n + 1))
+        const cases: ReadonlyArray<readonly [Record<string, unknown>, string]> = [
+          [{ mode: "bogus" }, "mode"],
+          [{ onFailure: "bogus" }, "onFailure"],
+          [{ concurrency: 0 }, "concurrency"],
+          [{ concurrency: -1 }, "concurrency"],
+          [{ concurrency: 1.5 }, "concurrency"],
+          [{ concurrency: Number.NaN }, "concurrency"],
+          [{ concurrency: "2" }, "concurrency"],
+          [{ fallbackToSequential: "yes" }, "fallbackToSequential"],
+          [{ concurency: 2 }, "concurency"]
+        ]
+        for (const [options, option] of cases) {
+          const error = yield* Effect.flip(Pipeline.run(p, undefined, options as Pipeline.RunOptions))
+          assert.strictEqual(error.reason, "InvalidOption")
+          assert.strictEqual(error.option, option)
+          assert.deepStrictEqual(error.steps, [])
+        }
+        const fromDefaults = yield* Effect.flip(
+          Pipeline.fromSteps([{ name: "a", run: ok }], { mode: "bogus" as "parallel" })
+        )
+        assert.strictEqual(fromDefaults.option, "mode")
+        const madeBad = Pipeline.make({ concurrency: 0 }).step("a", [], () => Ref.update(runs, (n) => n + 1))
+        assert.strictEqual((yield* Effect.flip(Pipeline.run(madeBad, undefined))).option, "concurrency")
+        assert.strictEqual(yield* Ref.get(runs), 0)
+        for (const concurrency of [1, 3, Number.POSITIVE_INFINITY]) {
+          assert.strictEqual((yield* Pipeline.run(p, undefined, { concurrency })).status, "succeeded")
+        }
+        assert.strictEqual(yield* Ref.get(runs), 3)
+      })
+  )
+
+  it.effect(
+    "any name works: __proto__, constructor and toString are in steps, outputs and their dependents' deps",
+    () =>
+      Effect.gen(function* () {
+        const p = yield* Pipeline.fromSteps<void, unknown, never, never>([
+          { name: "__proto__", run: () => Effect.succeed("proto") },
+          { name: "constructor", run: () => Effect.succeed("ctor") },
+          {
+            name: "toString",
+            dependsOn: ["__proto__", "constructor"],
+            run: ({ deps }) => Effect.succeed(`${deps[PROTO]}+${deps["constructor"]}`)
+          }
+        ])
+        const result = yield* Pipeline.run(p, undefined)
+        assert.strictEqual(result.status, "succeeded")
+        assert.deepStrictEqual(Object.keys(result.steps).sort(), ["__proto__", "constructor", "toString"])
+        assert.strictEqual(result.steps[PROTO]?.status, "succeeded")
+        assert.strictEqual(result.outputs[PROTO], "proto")
+        assert.strictEqual(result.outputs["toString"], "proto+ctor")
+        assert.strictEqual(
+          JSON.stringify(result.outputs),
+          JSON.stringify(
+            Object.fromEntries([
+              ["__proto__", "proto"],
+              ["constructor", "ctor"],
+              ["toString", "proto+ctor"]
+            ])
+          )
+        )
+      })
+  )
+})
+
+describe("Pipeline steps through the executor's policy pipeline", () => {
+  it.effect("a step with policies and no Executor is refused by name before anything runs", () =>
+    Effect.gen(function* () {
+      const p = Pipeline.make().step("a", [], () => Effect.succeed(1), { timeout: "1 second" })
+      const error = yield* Effect.flip(Pipeline.run(p, undefined) as Effect.Effect<unknown, Pipeline.PipelineError>)
+      assert.strictEqual(error.reason, "InvalidStep")
+      assert.include(error.message, "Executor")
+    })
+  )
+
+  it.effect("per-attempt timeout, fallback value and fallback step", () =>
+    Effect.gen(function* () {
+      const context = yield* executorContext(Layer.empty)
+      const p = Pipeline.make()
+        .step("hangs", [], () => sleepThen(1_000, "never"), { timeout: "100 millis" })
+        .step("hangsWithValue", [], () => sleepThen(1_000, "never"), {
+          timeout: "100 millis",
+          fallback: { value: "cached" }
+        })
+        .step("failsWithStep", [], () => Effect.fail("nope" as const), {
+          fallback: {
+            step: ({ failure }) =>
+              sleepThen(5, failure._tag === "Failed" ? `recovered from ${String(failure.error)}` : "timeout")
+          }
+        })
+      const result = yield* runClocked(p, undefined, { onFailure: "continue" }).pipe(Effect.provideContext(context))
+      const hangs = result.steps.hangs
+      assert.deepStrictEqual(
+        hangs.status === "timedOut" && [hangs.endedAt, Duration.toMillis(hangs.timeout)],
+        [100, 100]
+      )
+      const value = result.steps.hangsWithValue
+      assert.strictEqual(result.outputs.hangsWithValue, "cached")
+      assert.deepStrictEqual(value.status === "succeeded" && value.fallback?.kind, "value")
+      assert.deepStrictEqual(value.status === "succeeded" && value.fallback?.failure._tag, "TimedOut")
+      assert.strictEqual(result.outputs.failsWithStep, "recovered from nope")
+      assert.strictEqual(timingOf(result.steps.failsWithStep).durationMs, 5)
+      assert.deepStrictEqual(result.failedSteps, ["hangs"])
+    })
+  )
+
+  it.effect("retries follow Policy.schedule: retryable AiErrors and timeouts only; totalTimeout bounds the step", () =>
+    Effect.gen(function* () {
+      const context = yield* executorContext(Layer.empty)
+      const tries = yield* Ref.make(0)
+      const flaky = Effect.flatMap(
+        Ref.updateAndGet(tries, (n) => n + 1),
+        (n) => (n < 3 ? Effect.fail(overloaded()) : Effect.succeed(`ok after ${n}`))
+      )
+      const p = Pipeline.make()
+        .step("flaky", [], () => flaky, { retry: { maxAttempts: 5, initialDelay: 20, factor: 1, jitter: 0 } })
+        .step("hopeless", [], () => Effect.fail("always"), { retry: { maxAttempts: 3 } })
+        .step("slow", [], () => sleepThen(50, "slow"), {
+          timeout: "30 millis",
+          totalTimeout: "100 millis",
+          retry: { maxAttempts: 10, initialDelay: 10, factor: 1, jitter: 0 }
+        })
+      const result = yield* runClocked(p, undefined, { onFailure: "continue" }).pipe(Effect.provideContext(context))
+      const flakyOutcome = result.steps.flaky
+      assert.deepStrictEqual(
+        flakyOutcome.status === "succeeded" && [flakyOutcome.output, flakyOutcome.attempts, flakyOutcome.endedAt],
+        ["ok after 3", 3, 40]
+      )
+      const hopeless = result.steps.hopeless
+      assert.deepStrictEqual(hopeless.status === "failed" && [hopeless.attempts, hopeless.error], [1, "always"])
+      // 30 ms attempts, 10 ms apart: the third is cut by the 100 ms total
+      const slow = result.steps.slow
+      assert.deepStrictEqual(
+        slow.status === "timedOut" && [slow.attempts, slow.endedAt, Duration.toMillis(slow.timeout)],
+        [3, 100, 100]
+      )
+    })
+  )
+
+  it.effect("a governed step is counted in Stats under its name (or `stats`), domain pipeline", () =>
+    Effect.gen(function* () {
+      const context = yield* executorContext(Layer.empty)
+      const p = Pipeline.make()
+        .step("fetch", [], () => sleepThen(20, 1), { timeout: "1 second" })
+        .step("score", ["fetch"], () => Effect.fail(overloaded()), { stats: "scorer" })
+        .step("plain", [], () => Effect.succeed(3))
+      yield* runClocked(p, undefined, { onFailure: "continue" }).pipe(Effect.provideContext(context))
+      const stats = Context.get(context, Stats.Stats)
+      const fetch = yield* stats.snapshot({ provider: "fetch", domain: "pipeline" })
+      assert.deepStrictEqual([fetch.total, fetch.successes, fetch.latency.max], [1, 1, 20])
+      const scorer = yield* stats.snapshot({ provider: "scorer", domain: "pipeline" })
+      assert.deepStrictEqual(scorer.failuresByReason, { Overloaded: 1 })
+      assert.strictEqual((yield* stats.snapshot({ provider: "plain" })).total, 0)
+    })
+  )
+
+  it.effect(
+    "a step gets its breaker: an open circuit refuses the step without running it, and the fallback answers",
+    () =>
+      Effect.gen(function* () {
+        const context = yield* executorContext(CircuitBreaker.layerMemory({ failMax: 2, resetTimeout: "1 minute" }))
+        const runs = yield* Ref.make(0)
+        const p = Pipeline.make().step(
+          "lookup",
+          [],
+          () =>
+            Effect.andThen(
+              Ref.update(runs, (n) => n + 1),
+              Effect.fail(overloaded())
+            ),
+          {
+            breaker: "lookup-service",
+            fallback: { step: ({ failure }) => Effect.succeed(failure._tag === "Failed" ? failure.error : undefined) }
+          }
+        )
+        const first = yield* Pipeline.run(p, undefined).pipe(Effect.provideContext(context))
+        const second = yield* Pipeline.run(p, undefined).pipe(Effect.provideContext(context))
+        assert.strictEqual(yield* Ref.get(runs), 2)
+        const third = yield* Pipeline.run(p, undefined).pipe(Effect.provideContext(context))
+        assert.strictEqual(yield* Ref.get(runs), 2, "an open breaker runs nothing")
+        for (const result of [first, second, third]) assert.strictEqual(result.status, "succeeded")
+        const refused = third.steps.lookup
+        assert.strictEqual(refused.status === "succeeded" && refused.fallback?.kind, "step")
+        const output = third.outputs.lookup as { readonly _tag: string } | undefined
+        assert.strictEqual(output?._tag, "CircuitOpenError")
+        const breakers = Context.get(context, CircuitBreaker.Breakers)
+        assert.strictEqual(yield* breakers.state("lookup-service"), "open")
+        assert.strictEqual(first.outputs.lookup && (first.outputs.lookup as ModelError).reason, "Overloaded")
+      })
+  )
+
+  it.effect("a step takes a slot of its rate limit per attempt; a refused slot falls back without running it", () =>
+    Effect.gen(function* () {
+      const context = yield* executorContext(
+        RateLimit.layerMemory({ providers: { "search-api": { requestsPerMinute: 2 } }, maxWait: 0 })
+      )
+      const runs = yield* Ref.make(0)
+      const p = Pipeline.make().step(
+        "search",
+        [],
+        () =>
+          Effect.as(
+            Ref.update(runs, (n) => n + 1),
+            "hits"
+          ),
+        {
+          rateLimit: "search-api",
+          fallback: { step: ({ failure }) => Effect.succeed(failure._tag === "Failed" ? `limited` : "timed out") }
+        }
+      )
+      const outputs: Array<unknown> = []
+      for (let i = 0; i < 3; i++) {
+        const result = yield* Pipeline.run(p, undefined).pipe(Effect.provideContext(context))
+        outputs.push(result.outputs.search)
+      }
+      assert.deepStrictEqual(outputs, ["hits", "hits", "limited"])
+      assert.strictEqual(yield* Ref.get(runs), 2)
+      const missing = Pipeline.make().step("x", [], () => Effect.void, { breaker: "nowhere" })
+      const context2 = yield* executorContext(Layer.empty)
+      const error = yield* Effect.flip(Pipeline.run(missing, undefined).pipe(Effect.provideContext(context2)))
+      assert.deepStrictEqual([error.reason, error.field], ["InvalidStep", "steps[0].breaker"])
+    })
+  )
+
+  it.effect("a defect does not fall back; a step's own typed error does", () =>
+    Effect.gen(function* () {
+      const context = yield* executorContext(Layer.empty)
+      const p = Pipeline.make()
+        .step("dies", [], () => Effect.die("bug"), { fallback: { value: "x" } })
+        .step("fails", [], () => Effect.fail({ code: 7 }), { fallback: { value: "y" } })
+      const result = yield* Pipeline.run(p, undefined, { onFailure: "continue" }).pipe(Effect.provideContext(context))
+      const dies = result.steps.dies
+      assert.strictEqual(dies.status, "failed")
+      assert.isUndefined(dies.status === "failed" ? dies.error : "")
+      assert.include(dies.status === "failed" ? dies.message : "", "bug")
+      const fails = result.steps.fails
+      assert.deepStrictEqual(fails.status === "succeeded" && fails.fallback?.failure, {
+        _tag: "Failed",
+        error: { code: 7 }
+      })
+    })
+  )
+
+  it.effect("falls back to sequential when concurrency made steps fail", () =>
+    Effect.gen(function* () {
+      const inFlight = yield* Ref.make(0)
+      const call = (value: string) =>
+        Effect.acquireUseRelease(
+          Ref.updateAndGet(inFlight, (n) => n + 1),
+          (n) => (n > 1 ? Effect.fail(overloaded()) : Effect.as(Effect.sleep("10 millis"), value)),
+          () => Ref.update(inFlight, (n) => n - 1)
+        )
+      const p = Pipeline.make()
+        .step("x", [], () => call("x"))
+        .step("y", [], () => call("y"))
+        .step("z", ["x", "y"], ({ deps }) => call(deps.x + deps.y))
+      const parallelOnly = yield* runClocked(p, undefined, { onFailure: "continue" })
+      assert.strictEqual(parallelOnly.status, "failed")
+      const result = yield* runClocked(p, undefined, { onFailure: "continue", fallbackToSequential: true })
+      assert.strictEqual(result.status, "succeeded")
+      assert.strictEqual(result.strategy, "parallelThenSequential")
+      assert.strictEqual(result.outputs.z, "xy")
+      assert.strictEqual(result.parallelAttempt?.y.status, "failed")
+      const bad = Pipeline.make().step("bad", [], () =>
+        Effect.fail(new ModelError({ reason: "InvalidRequest", message: "no" }))
+      )
+      assert.strictEqual((yield* runClocked(bad, undefined, { fallbackToSequential: true })).strategy, "parallel")
+    })
+  )
+
+  it.effect("after a sequential fallback, steps kept from the parallel run count once", () =>
+    Effect.gen(function* () {
+      const bRuns = yield* Ref.make(0)
+      const p = Pipeline.make()
+        .step("a", [], () => sleepThen(1000, "a"))
+        .step("c", ["a"], () => sleepThen(100, "c"))
+        .step("b", [], () =>
+          Effect.flatMap(
+            Ref.updateAndGet(bRuns, (n) => n + 1),
+            (n) => Effect.andThen(Effect.sleep("200 millis"), n === 1 ? Effect.fail(overloaded()) : Effect.succeed("b"))
+          )
+        )
+      const result = yield* runClocked(p, undefined, { onFailure: "continue", fallbackToSequential: true })
+      assert.strictEqual(result.strategy, "parallelThenSequential")
+      assert.strictEqual(result.steps.a, result.parallelAttempt?.a)
+      assert.deepStrictEqual([timingOf(result.steps.b).startedAt, timingOf(result.steps.b).endedAt], [1100, 1300])
+      assert.strictEqual(result.busyMs, 1000 + 100 + 200 + 200)
+      assert.strictEqual(result.criticalPathMs, 1100)
+    })
+  )
+})
+
+describe("Pipeline steps that call models keep their domain's policies (entry points)", () => {
+  /** Two mocks, `primary` (failing) and `backup`, a domain on each, primary falling back to backup. */
+  const routed = Effect.gen(function* () {
+    const primary = yield* Mock.make({ name: "primary", script: [Mock.Outcome.fail("Overloaded")] })
+    const backup = yield* Mock.make({ name: "backup" })
+    const providers = Domain.makeProviders({ primary: primary.provider, backup: backup.provider })
+    const layer = Router.layer.pipe(
+      Layer.provideMerge(Executor.layer({ timeout: "none" })),
+      Layer.provideMerge(
+        Layer.mergeAll(
+          Stats.layer,
+          Domain.layerDomains([
+            { name: "main", provider: "primary", fallback: ["spare"] },
+            { name: "spare", provider: "backup" }
+          ]),
+          Layer.succeed(Domain.Providers, providers),
+          Layer.succeed(ModelProvider, primary.provider)
+        )
+      ),
+      Layer.provideMerge(CircuitBreaker.layerMemory({ failMax: 1, resetTimeout: "1 minute" }))
+    )
+    const context = yield* Layer.build(layer).pipe(Effect.provideService(Metric.MetricRegistry, new Map()))
+    return { context, primary: primary.control, backup: backup.control }
+  })
+
+  it.effect("Pipeline.route: the step's call trips the provider's breaker and falls back to the next domain", () =>
+    Effect.gen(function* () {
+      const { context, primary, backup } = yield* routed
+      const p = Pipeline.make<string>().step(
+        "answer",
+        [],
+        Pipeline.route("main", ({ input }) => ({ prompt: input }))
+      )
+      const first = yield* Pipeline.run(p, "hello").pipe(Effect.provideContext(context))
+      const second = yield* Pipeline.run(p, "again").pipe(Effect.provideContext(context))
+      for (const result of [first, second]) {
+        assert.strictEqual(result.status, "succeeded")
+        assert.strictEqual(result.outputs.answer?.domain, "spare")
+        assert.isTrue(result.outputs.answer?.fallbackUsed)
+      }
+      assert.strictEqual(yield* primary.calls, 1, "the open breaker kept the second call off the primary")
+      assert.strictEqual(yield* backup.calls, 2)
+      const breakers = Context.get(context, CircuitBreaker.Breakers)
+      assert.strictEqual(yield* breakers.state("primary"), "open")
+    })
+  )
+
+  it.effect("Pipeline.generate: the executor's model, its errors as the step's", () =>
+    Effect.gen(function* () {
+      const { context } = yield* routed
+      const p = Pipeline.make<string>().step(
+        "direct",
+        [],
+        Pipeline.generate(({ input }) => ({ prompt: input }))
+      )
+      const result = yield* Pipeline.run(p, "hello").pipe(Effect.provideContext(context))
+      const outcome = result.steps.direct
+      assert.strictEqual(outcome.status, "failed")
+      assert.strictEqual(outcome.status === "failed" && (outcome.error as ModelError).reason, "Overloaded")
+    })
+  )
+})
+
+/**
+ * The entry-point checks (as in test/EntryPoints.test.ts) for a pipeline step that calls a
+ * domain, on a real manager: mocks `a` and `b`, domain `main` on a falling back to `spare`
+ * on b, one attempt per call.
+ */
+describe("Pipeline entry point: a step on a domain gets its breaker, rate limit, cache and fallback", () => {
+  const manager = (
+    a: Mock.Options,
+    policies: Pick<Orchestra.Options<Record<string, never>>, "breakers" | "rateLimits" | "cache">
+  ) =>
+    Effect.gen(function* () {
+      const ma = yield* Mock.make({ ...a, name: "a" })
+      const mb = yield* Mock.make({ name: "b" })
+      const layer = Orchestra.layer({
+        ...policies,
+        executor: { retry: { maxAttempts: 1 } },
+        providers: { a: Layer.succeed(ModelProvider, ma.provider), b: Layer.succeed(ModelProvider, mb.provider) },
+        domains: [
+          { name: "main", provider: "a", fallback: ["spare"] },
+          { name: "spare", provider: "b" }
+        ]
+      })
+      const services = yield* Layer.build(layer).pipe(Effect.provideService(Metric.MetricRegistry, new Map()))
+      return { a: ma.control, b: mb.control, services }
+    })
+
+  const asking = Pipeline.make<string>().step(
+    "ask",
+    [],
+    Pipeline.route("main", ({ input }) => ({ prompt: input }))
+  )
+  const run = (services: Context.Context<Orchestra.Services>, prompt: string) =>
+    Effect.map(Pipeline.run(asking, prompt).pipe(Effect.provideContext(services)), (result) => {
+      assert.strictEqual(result.status, "succeeded")
+      return result.outputs.ask!
+    })
+
+  it.effect("breaker: a tripped provider is not called again; the step falls back to the next domain", () =>
+    Effect.gen(function* () {
+      const { a, b, services } = yield* manager(
+        { script: [Mock.Outcome.fail("Overloaded")] },
+        { breakers: { failMax: 1, resetTimeout: "1 minute" } }
+      )
+      yield* run(services, "one")
+      const second = yield* run(services, "two")
+      assert.deepStrictEqual([second.provider, second.domain, second.fallbackUsed], ["b", "spare", true])
+      assert.deepStrictEqual([yield* a.calls, yield* b.calls], [1, 2])
+    })
+  )
+
+  it.effect("rate limit: a provider out of slots is skipped at once for the next domain", () =>
+    Effect.gen(function* () {
+      const { a, b, services } = yield* manager(
+        {},
+        { breakers: false, rateLimits: { default: { requestsPerMinute: 1 }, maxWait: 0 } }
+      )
+      assert.strictEqual((yield* run(services, "one")).provider, "a")
+      assert.strictEqual((yield* run(services, "two")).provider, "b")
+      assert.deepStrictEqual([yield* a.calls, yield* b.calls], [1, 1])
+    })
+  )
+
+  it.effect("cache: the same request in a second run is answered from the cache", () =>
+    Effect.gen(function* () {
+      const { a, b, services } = yield* manager({}, { breakers: false, cache: {} })
+      assert.strictEqual((yield* run(services, "same")).source, "provider")
+      assert.strictEqual((yield* run(services, "same")).source, "cache")
+      assert.deepStrictEqual([yield* a.calls, yield* b.calls], [1, 0])
+    })
+  )
+
+  it.effect("fallback: a provider failure is answered by the next domain", () =>
+    Effect.gen(function* () {
+      const { b, services } = yield* manager({ script: [Mock.Outcome.fail("Overloaded")] }, { breakers: false })
+      const answer = yield* run(services, "one")
+      assert.deepStrictEqual([answer.provider, answer.fallbackUsed], ["b", true])
+      assert.strictEqual(yield* b.calls, 1)
     })
   )
 })

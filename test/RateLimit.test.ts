@@ -1,198 +1,255 @@
 import { assert, describe, it } from "@effect/vitest"
-import { Cause, Context, Duration, Effect, Exit, Fiber, Layer, Metric, Option, Ref, TestClock } from "effect"
-import { rateLimitDelayed } from "../src/internal/resilienceMetrics.js"
+import { Clock, Context, Duration, Effect, Exit, Fiber, Layer, Metric } from "effect"
+import { TestClock } from "effect/testing"
+import { isRetryable, type ModelError, shouldFallback } from "../src/AiError.js"
+import type { OptionError } from "../src/Input.js"
+import * as Metrics from "../src/Metrics.js"
 import * as RateLimit from "../src/RateLimit.js"
-import { skipRedis, skipReason, startRedis } from "./utils/redis.js"
 
 let counter = 0
 const uniqueName = (label: string) => `rl-${label}-${++counter}-${Math.random().toString(36).slice(2, 8)}`
 
-const service = (options: RateLimit.MakeOptions) => Effect.provide(RateLimit.RateLimits, RateLimit.layerMemory(options))
+/** Builds the layer in the test's scope. */
+const service = (options: RateLimit.Options) =>
+  Effect.map(Layer.build(RateLimit.layerMemory(options)), Context.get(RateLimit.RateLimits))
 
-/** Builds a scoped layer in the test's scope (Effect.provide would close it right away). */
-const scopedLayer = (layer: Layer.Layer<RateLimit.RateLimits>) =>
-  Effect.map(Layer.build(layer), Context.get(RateLimit.RateLimits))
+const outcomes = (key: string) =>
+  Effect.gen(function* () {
+    const count = (outcome: string) =>
+      Effect.map(
+        Metric.value(Metric.withAttributes(Metrics.rateLimitAcquisitions, { limit: key, outcome })),
+        (s) => s.count
+      )
+    return {
+      immediate: yield* count("immediate"),
+      delayed: yield* count("delayed"),
+      rejected: yield* count("rejected")
+    }
+  })
 
-const waits = (limits: RateLimit.Service, provider: string, times: number, tokens = 0) =>
-  Effect.forEach(Array.from({ length: times }), () => Effect.map(limits.acquire(provider, tokens), Duration.toMillis))
+/** Runs `times` acquires one after another; all must pass without waiting. */
+const immediately = (limits: RateLimit.Service, key: string, times: number, tokens?: number) =>
+  Effect.gen(function* () {
+    const before = (yield* outcomes(key)).immediate
+    for (let i = 0; i < times; i++) yield* limits.acquire(key, { tokens })
+    assert.strictEqual((yield* outcomes(key)).immediate - before, times, "every acquire went through at once")
+  })
+
+/** Forks an acquire and returns the virtual time it took to finish, stepping the clock by `step`. */
+const waitOf = (limits: RateLimit.Service, key: string, tokens?: number, step: Duration.Input = "1 second") =>
+  Effect.gen(function* () {
+    const start = yield* Clock.currentTimeMillis
+    const fiber = yield* Effect.forkChild(limits.acquire(key, { tokens }))
+    yield* Effect.yieldNow
+    for (let i = 0; i < 10_000 && fiber.pollUnsafe() === undefined; i++) {
+      yield* TestClock.adjust(step)
+      yield* Effect.yieldNow
+    }
+    yield* Fiber.join(fiber)
+    return (yield* Clock.currentTimeMillis) - start
+  })
+
+const rejection = (limits: RateLimit.Service, key: string, tokens?: number) =>
+  Effect.flip(limits.acquire(key, { tokens })) as Effect.Effect<ModelError>
+
+const configError = (options: RateLimit.Options) =>
+  Effect.gen(function* () {
+    const exit = yield* Effect.exit(service(options))
+    assert.isTrue(Exit.isFailure(exit), "the layer must fail")
+    const error = Exit.findErrorOption(exit)
+    assert.isTrue(error._tag === "Some", "a typed failure, not a defect")
+    return (error as { readonly value: OptionError }).value
+  })
 
 describe("RateLimit (memory, TestClock)", () => {
-  it.effect("requests per minute: the 61st request of a minute waits until the window frees", () =>
+  it.effect("requests per window: the 61st request of a minute waits until the window frees", () =>
     Effect.gen(function* () {
-      const provider = uniqueName("rpm")
-      const limits = yield* service({ providers: { [provider]: { requestsPerMinute: 60 } } })
+      const key = uniqueName("rpm")
+      const limits = yield* service({ providers: { [key]: { requestsPerMinute: 60 } }, maxWait: "1 minute" })
       yield* TestClock.adjust("10 seconds")
-      assert.deepStrictEqual(yield* waits(limits, provider, 60), Array(60).fill(0))
+      yield* immediately(limits, key, 60)
       yield* TestClock.adjust("20 seconds")
-      const sixtyFirst = yield* Effect.fork(limits.acquire(provider))
+      const sixtyFirst = yield* Effect.forkChild(limits.acquire(key))
       yield* TestClock.adjust("39 seconds")
-      assert.isTrue(Option.isNone(yield* Fiber.poll(sixtyFirst)), "still waiting 59 s into the window")
+      assert.isUndefined(sixtyFirst.pollUnsafe(), "still waiting 59 s into the window")
       yield* TestClock.adjust("1 second")
-      const waited = yield* Fiber.join(sixtyFirst)
-      assert.strictEqual(Duration.toMillis(waited), 40_000)
-      const delayed = yield* Metric.value(
-        Metric.tagged(Metric.tagged(rateLimitDelayed, "provider", provider), "limit", "rpm")
+      yield* Fiber.join(sixtyFirst)
+      assert.deepStrictEqual(yield* outcomes(key), { immediate: 60, delayed: 1, rejected: 0 })
+      const wait = yield* Metric.value(Metric.withAttributes(Metrics.rateLimitWait, { limit: key }))
+      assert.strictEqual(wait.count, 61)
+      assert.strictEqual(wait.max, 40_000)
+    })
+  )
+
+  it.effect("7 requests per 2 seconds: 14 calls are spread over two windows", () =>
+    Effect.gen(function* () {
+      const key = uniqueName("seven")
+      const limits = yield* service({ default: { requestsPerMinute: 7, window: "2 seconds" } })
+      const start = yield* Clock.currentTimeMillis
+      const finished: Array<number> = []
+      const fiber = yield* Effect.forkChild(
+        Effect.forEach(
+          Array.from({ length: 14 }),
+          () =>
+            Effect.flatMap(limits.acquire(key), () =>
+              Effect.map(Clock.currentTimeMillis, (now) => finished.push(now - start))
+            ),
+          { concurrency: "unbounded" }
+        )
       )
-      assert.strictEqual(delayed.count, 1)
+      yield* TestClock.adjust("2 seconds")
+      yield* Fiber.join(fiber)
+      assert.deepStrictEqual(finished, [...Array(7).fill(0), ...Array(7).fill(2000)])
     })
   )
 
-  it.effect("tokens per minute: a request that does not fit waits for the next window", () =>
-    Effect.gen(function* () {
-      const provider = uniqueName("tpm")
-      const limits = yield* service({ providers: { [provider]: { tokensPerMinute: 1000 } } })
-      assert.deepStrictEqual(yield* waits(limits, provider, 2, 500), [0, 0])
-      const third = yield* Effect.fork(limits.acquire(provider, 100))
-      yield* TestClock.adjust("59 seconds")
-      assert.isTrue(Option.isNone(yield* Fiber.poll(third)))
-      yield* TestClock.adjust("1 second")
-      assert.strictEqual(Duration.toMillis(yield* Fiber.join(third)), 60_000)
-      // A request larger than the whole budget still goes once a window is empty.
-      yield* TestClock.adjust("2 minutes")
-      assert.deepStrictEqual(yield* waits(limits, provider, 1, 5000), [0])
-    })
-  )
-
-  it.effect("token-bucket: slots refill evenly (one a second at 60 rpm)", () =>
-    Effect.gen(function* () {
-      const provider = uniqueName("bucket")
-      const limits = yield* service({
-        providers: { [provider]: { requestsPerMinute: 60, algorithm: "token-bucket" } }
+  it.effect(
+    "tokens per window: a request that does not fit waits; one larger than the budget waits for an empty window",
+    () =>
+      Effect.gen(function* () {
+        const key = uniqueName("tpm")
+        const limits = yield* service({ providers: { [key]: { tokensPerMinute: 1000 } }, maxWait: "2 minutes" })
+        yield* immediately(limits, key, 2, 500)
+        assert.strictEqual(yield* waitOf(limits, key, 100), 60_000)
+        yield* TestClock.adjust("2 minutes")
+        yield* immediately(limits, key, 1, 5000)
+        // Without tokens only the request is counted: no token limit applies (and nothing waits).
+        const noTokens = yield* service({ providers: { [key]: { tokensPerMinute: 1 } }, maxWait: 0 })
+        for (let i = 0; i < 5; i++) yield* noTokens.acquire(key)
       })
-      yield* waits(limits, provider, 60)
-      const next = yield* Effect.fork(limits.acquire(provider))
-      yield* TestClock.adjust("1 second")
-      assert.strictEqual(Duration.toMillis(yield* Fiber.join(next)), 1000)
+  )
+
+  it.effect("token-bucket: slots refill evenly (one a second at 60 per minute)", () =>
+    Effect.gen(function* () {
+      const key = uniqueName("bucket")
+      const limits = yield* service({ providers: { [key]: { requestsPerMinute: 60, algorithm: "token-bucket" } } })
+      yield* immediately(limits, key, 60)
+      assert.strictEqual(yield* waitOf(limits, key, undefined, "100 millis"), 1000)
     })
   )
 
-  it.effect("limits are per provider; `default` covers unlisted providers; no limits means no wait", () =>
+  it.effect("limits are per key; `default` covers unlisted keys; no limits means no wait", () =>
     Effect.gen(function* () {
       const a = uniqueName("a")
       const b = uniqueName("b")
       const limits = yield* service({ providers: { [a]: { requestsPerMinute: 1 } } })
-      assert.deepStrictEqual(yield* waits(limits, a, 1), [0])
-      assert.deepStrictEqual(yield* waits(limits, b, 100), Array(100).fill(0))
+      yield* immediately(limits, a, 1)
+      for (let i = 0; i < 100; i++) yield* limits.acquire(b)
       assert.strictEqual(limits.limitsOf(b), undefined)
+      assert.deepStrictEqual(yield* outcomes(b), { immediate: 0, delayed: 0, rejected: 0 }, "no limit, nothing counted")
 
-      const withDefault = yield* service({ default: { requestsPerMinute: 2 } })
-      assert.deepStrictEqual(yield* waits(withDefault, a, 2), [0, 0])
-      assert.deepStrictEqual(yield* waits(withDefault, b, 2), [0, 0], "each provider has its own counter")
-      const third = yield* Effect.fork(withDefault.acquire(b))
-      yield* TestClock.adjust("1 minute")
-      assert.strictEqual(Duration.toMillis(yield* Fiber.join(third)), 60_000)
+      const withDefault = yield* service({ default: { requestsPerMinute: 2 }, maxWait: "1 minute" })
+      yield* immediately(withDefault, a, 2)
+      yield* immediately(withDefault, b, 2)
+      assert.strictEqual(yield* waitOf(withDefault, b), 60_000, "each key has its own counter")
     })
   )
 
-  it.effect("provider names like constructor or __proto__ are plain names, not prototype members", () =>
+  it.effect("keys like constructor or __proto__ are plain keys, not prototype members", () =>
     Effect.gen(function* () {
       const names = ["constructor", "toString", "__proto__", "hasOwnProperty"]
       const none = yield* service({ providers: { listed: { requestsPerMinute: 1 } } })
       for (const name of names) assert.strictEqual(none.limitsOf(name), undefined, name)
-      const fallback = { requestsPerMinute: 1 }
-      const withDefault = yield* service({ default: fallback })
-      for (const name of names) assert.deepStrictEqual(withDefault.limitsOf(name), fallback, name)
-      assert.deepStrictEqual(yield* waits(withDefault, "constructor", 1), [0])
-      const second = yield* Effect.fork(withDefault.acquire("constructor"))
+      const withDefault = yield* service({ default: { requestsPerMinute: 1 } })
+      for (const name of names) assert.strictEqual(withDefault.limitsOf(name)?.requestsPerMinute, 1, name)
+    })
+  )
+
+  it.effect("beyond maxWait: RateLimited at once with retryAfter, falls back, and the slot is given back", () =>
+    Effect.gen(function* () {
+      const key = uniqueName("maxwait")
+      const limits = yield* service({ providers: { [key]: { requestsPerMinute: 2 } }, maxWait: "10 seconds" })
+      yield* immediately(limits, key, 2)
+      const error = yield* rejection(limits, key)
+      assert.strictEqual(error.reason, "RateLimited")
+      assert.strictEqual(error.provider, key)
+      assert.strictEqual(Duration.toMillis(error.retryAfter!), 60_000)
+      assert.isTrue(shouldFallback(error), "another provider takes the call")
+      assert.isTrue(isRetryable(error))
+      assert.deepStrictEqual(yield* outcomes(key), { immediate: 2, delayed: 0, rejected: 1 })
+      // The refused call did not keep a reservation: the next window has both slots.
       yield* TestClock.adjust("1 minute")
-      assert.strictEqual(Duration.toMillis(yield* Fiber.join(second)), 60_000, "the default limit applies")
+      yield* immediately(limits, key, 2)
     })
   )
 
-  it.effect("withLimit runs the effect only after the wait; the wait happens before the effect's own time", () =>
+  it.effect("maxWait 0 never waits; an interrupted waiter gives its slot back", () =>
     Effect.gen(function* () {
-      const provider = uniqueName("with")
-      const limits = yield* service({ providers: { [provider]: { requestsPerMinute: 1 } } })
-      const started = yield* Ref.make<ReadonlyArray<number>>([])
-      const call = limits.withLimit(
-        provider,
-        10,
-        Effect.flatMap(TestClock.currentTimeMillis, (now) => Ref.update(started, (all) => [...all, now]))
-      )
-      const t0 = yield* TestClock.currentTimeMillis
-      const fiber = yield* Effect.fork(Effect.all([call, call, call], { concurrency: "unbounded" }))
-      yield* TestClock.adjust("2 minutes")
-      yield* Fiber.join(fiber)
-      assert.deepStrictEqual(
-        (yield* Ref.get(started)).map((t) => t - t0),
-        [0, 60_000, 120_000]
-      )
-    })
-  )
+      const key = uniqueName("zero")
+      const never = yield* service({ providers: { [key]: { requestsPerMinute: 1 } }, maxWait: 0 })
+      yield* immediately(never, key, 1)
+      assert.strictEqual((yield* rejection(never, key)).reason, "RateLimited")
 
-  it.effect("invalid limits are refused when the layer is built", () =>
-    Effect.gen(function* () {
-      const exit = yield* Effect.exit(service({ default: { requestsPerMinute: 0 } }))
-      assert.isTrue(exit._tag === "Failure")
-      const negative = yield* Effect.exit(service({ default: { requestsPerMinute: 1, window: "-1 minute" } }))
-      assert.isTrue(Exit.isFailure(negative))
-      if (Exit.isFailure(negative)) assert.include(Cause.pretty(negative.cause), "cannot be negative")
-    })
-  )
-
-  it.effect("window takes any Duration.DurationInput and decodes to a Duration", () =>
-    Effect.gen(function* () {
-      const provider = uniqueName("window")
-      const limits = yield* service({
-        providers: { [provider]: { requestsPerMinute: 1, window: Duration.seconds(10) } }
-      })
-      assert.deepStrictEqual(limits.limitsOf(provider)?.window, Duration.seconds(10))
-      assert.deepStrictEqual(yield* waits(limits, provider, 1), [0])
-      const second = yield* Effect.fork(limits.acquire(provider))
+      const other = uniqueName("interrupt")
+      const limits = yield* service({ providers: { [other]: { requestsPerMinute: 1 } }, maxWait: "5 minutes" })
+      yield* immediately(limits, other, 1)
+      const waiting = yield* Effect.forkChild(limits.acquire(other))
       yield* TestClock.adjust("10 seconds")
-      assert.strictEqual(Duration.toMillis(yield* Fiber.join(second)), 10_000)
-      const fromText = yield* service({ default: { window: "2 seconds" } })
+      yield* Fiber.interrupt(waiting)
+      // Had the interrupted call kept its slot, the next would wait for the window after it (110 s).
+      assert.strictEqual(yield* waitOf(limits, other), 50_000)
+    })
+  )
+
+  it.effect(
+    "a per-call token count is checked: NaN, negative or infinite tokens are InvalidRequest, and the limit still holds",
+    () =>
+      Effect.gen(function* () {
+        const key = uniqueName("nan")
+        const limits = yield* service({ providers: { [key]: { tokensPerMinute: 100 } }, maxWait: 0 })
+        for (const tokens of [Number.NaN, -1, Number.POSITIVE_INFINITY]) {
+          const error = yield* rejection(limits, key, tokens)
+          assert.strictEqual(error.reason, "InvalidRequest")
+          assert.strictEqual(error.field, "tokens")
+          assert.isFalse(shouldFallback(error))
+        }
+        yield* immediately(limits, key, 1, 100)
+        assert.strictEqual(
+          (yield* rejection(limits, key, 1)).reason,
+          "RateLimited",
+          "the token limit is still in force"
+        )
+      })
+  )
+
+  it.effect("invalid limits fail the layer with an OptionError naming the field", () =>
+    Effect.gen(function* () {
+      const cases: ReadonlyArray<readonly [RateLimit.Options, string]> = [
+        [{ default: { requestsPerMinute: 0 } }, "default.requestsPerMinute"],
+        [{ default: { requestsPerMinute: 1.5 } }, "default.requestsPerMinute"],
+        [{ default: { requestsPerMinute: Number.NaN } }, "default.requestsPerMinute"],
+        [{ providers: { p: { tokensPerMinute: -5 } } }, "providers.p.tokensPerMinute"],
+        [{ default: { requestsPerMinute: 1, window: 0 } }, "default.window"],
+        [{ default: { requestsPerMinute: 1, window: "-1 minute" } }, "default.window"],
+        [{ default: { requestsPerMinute: 1, window: Number.NaN } }, "default.window"],
+        [{ default: { requestsPerMinute: 1, window: "soon" as Duration.Input } }, "default.window"],
+        [{ providers: { p: { requestPerMinute: 5 } as RateLimit.Limits } }, "providers.p.requestPerMinute"],
+        [{ default: { requestsPerMinute: 1, algorithm: "leaky" as "token-bucket" } }, "default.algorithm"],
+        [{ maxWait: -1 }, "maxWait"],
+        [{ maxWait: Number.NaN }, "maxWait"],
+        [{ maxwait: 0 } as RateLimit.Options, "maxwait"],
+        [{ prefix: "p:" } as RateLimit.Options, "prefix"]
+      ]
+      for (const [options, path] of cases) {
+        const error = yield* configError(options)
+        assert.strictEqual(error._tag, "OptionError")
+        assert.strictEqual(error.path, path, JSON.stringify(options))
+      }
+    })
+  )
+
+  it.effect("window and maxWait take any duration form", () =>
+    Effect.gen(function* () {
+      const key = uniqueName("window")
+      const limits = yield* service({
+        providers: { [key]: { requestsPerMinute: 1, window: Duration.seconds(10) } },
+        maxWait: Number.POSITIVE_INFINITY
+      })
+      assert.deepStrictEqual(limits.limitsOf(key)?.window, Duration.seconds(10))
+      yield* immediately(limits, key, 1)
+      assert.strictEqual(yield* waitOf(limits, key), 10_000)
+      const fromText = yield* service({ default: { requestsPerMinute: 1, window: "2 seconds" } })
       assert.deepStrictEqual(fromText.limitsOf("any")?.window, Duration.seconds(2))
     })
   )
 })
-
-describe.skipIf(skipRedis)(
-  `RateLimit (Redis store; needs redis-server; ${skipRedis ? skipReason : "apt-get install -y redis-server if missing"})`,
-  () => {
-    it.live("two processes (two clients) share one limit through Redis", () =>
-      Effect.scoped(
-        Effect.gen(function* () {
-          const server = yield* startRedis
-          const prefix = `${uniqueName("shared")}:`
-          const options: RateLimit.MakeOptions = { default: { requestsPerMinute: 2, window: "500 millis" } }
-          const one = yield* scopedLayer(RateLimit.layerRedis(options, { url: server.url, prefix }))
-          const two = yield* scopedLayer(RateLimit.layerRedis(options, { url: server.url, prefix }))
-          assert.deepStrictEqual(yield* waits(one, "p", 2), [0, 0])
-          const [elapsed, waited] = yield* Effect.timed(two.acquire("p"))
-          const ms = Duration.toMillis(waited)
-          assert.isTrue(ms > 300 && ms <= 500, `the other process waited ${ms} ms`)
-          assert.isTrue(Duration.toMillis(elapsed) >= 300)
-          // another process with another prefix has its own counters
-          const other = yield* scopedLayer(
-            RateLimit.layerRedis(options, { url: server.url, prefix: `${prefix}other:` })
-          )
-          assert.deepStrictEqual(yield* waits(other, "p", 2), [0, 0])
-        })
-      )
-    )
-
-    it.live("with Redis down the limiter fails open, fast", () =>
-      Effect.scoped(
-        Effect.gen(function* () {
-          const server = yield* startRedis
-          const limits = yield* scopedLayer(
-            RateLimit.layerRedis(
-              { default: { requestsPerMinute: 1 } },
-              { url: server.url, prefix: `${uniqueName("down")}:`, storeTimeout: "50 millis" }
-            )
-          )
-          assert.deepStrictEqual(yield* waits(limits, "p", 1), [0])
-          const limited = yield* Effect.timeoutOption(limits.acquire("p"), "200 millis")
-          assert.isTrue(Option.isNone(limited), "with Redis up the second request of the minute waits")
-          yield* server.kill
-          const [elapsed, results] = yield* Effect.timed(waits(limits, "p", 5))
-          assert.deepStrictEqual(results, [0, 0, 0, 0, 0])
-          // Fails open: each call gives up on the store after 50 ms instead of waiting out the
-          // minute. The bound leaves room for a loaded CI machine.
-          assert.isTrue(Duration.toMillis(elapsed) < 2000, `took ${Duration.toMillis(elapsed)} ms`)
-        })
-      )
-    )
-  }
-)

@@ -1,225 +1,279 @@
 import { assert, describe, it } from "@effect/vitest"
-import { Duration, Effect, Logger, Metric, Option, Ref, Schedule } from "effect"
-import { Redis } from "ioredis"
-import { cacheErrors } from "../src/internal/resilienceMetrics.js"
-import type { GenerateRequest, GenerateResponse } from "../src/Model.js"
-import * as Mock from "../src/Model/Mock.js"
+import { Context, type Duration, Effect, Exit, Layer, Logger, Metric, Option, Ref, Schedule } from "effect"
+import { Redis as PersistenceRedis } from "effect/persistence"
+import { type AiError, modelError } from "../src/AiError.js"
+import * as Metrics from "../src/Metrics.js"
+import type { GenerateResponse } from "../src/Model.js"
+import * as Redis from "../src/Redis.js"
 import * as ResponseCache from "../src/ResponseCache.js"
 import * as RedisCache from "../src/ResponseCache/Redis.js"
 import { type RedisServer, skipRedis, skipReason, startRedis } from "./utils/redis.js"
 
 let counter = 0
-const uniqueName = (label: string) => `redis-${label}-${++counter}-${Math.random().toString(36).slice(2, 8)}`
+const uniqueName = (label: string) => `rcr-${label}-${++counter}-${Math.random().toString(36).slice(2, 8)}`
 
 const response = (text: string): GenerateResponse => ({
   text,
   finishReason: "stop",
   usage: { inputTokens: 1, outputTokens: 1, totalTokens: 2 },
-  provider: "mock",
-  model: "mock-model"
+  provider: "scripted",
+  model: "m"
 })
 
-/** A plain client to look inside the server. */
+/** A client of its own to look inside the server. */
 const admin = (server: RedisServer) =>
-  Effect.acquireRelease(
-    Effect.sync(() => new Redis(server.url, { lazyConnect: false })),
-    (client) => Effect.sync(() => client.disconnect())
-  )
+  Effect.map(Layer.build(Redis.layer({ url: server.url })), Context.get(PersistenceRedis.Redis))
 
-const errorsOf = (name: string) => Effect.map(Metric.value(Metric.tagged(cacheErrors, "cache", name)), (s) => s.count)
-
-/** Builds the cache in the current scope, capturing log lines. */
-const redisCache = (server: RedisServer, options: RedisCache.Options = {}) =>
+/** The cache, built in the test's scope, with its own name and prefix. */
+const build = (server: RedisServer, options: RedisCache.Options = {}) =>
   Effect.gen(function* () {
     const name = options.name ?? uniqueName("cache")
-    const store = yield* RedisCache.makeStore({ url: server.url, prefix: `${name}:`, ...options, name })
-    const cache = yield* ResponseCache.make(store, options)
-    return { cache, name }
+    const context = yield* Layer.build(
+      RedisCache.layerRedis({ prefix: name, ...options, name }).pipe(Layer.provide(Redis.layer({ url: server.url })))
+    )
+    return Context.get(context, ResponseCache.ResponseCache)
   })
 
-const captureLogs = Effect.gen(function* () {
-  const lines = yield* Ref.make<ReadonlyArray<string>>([])
-  const logger = Logger.make(({ logLevel, message }) => {
-    const text = Array.isArray(message) ? message.join(" ") : String(message)
-    Effect.runSync(Ref.update(lines, (all) => [...all, `${logLevel.label}: ${text}`]))
+const scripted = (latency: Duration.Input = "20 millis") =>
+  Effect.gen(function* () {
+    const calls = yield* Ref.make(0)
+    const call = (text: string): Effect.Effect<GenerateResponse, AiError> =>
+      Effect.flatMap(
+        Ref.updateAndGet(calls, (n) => n + 1),
+        (n) => Effect.as(Effect.sleep(latency), response(`${text} #${n}`))
+      )
+    return { call, calls: Ref.get(calls) }
   })
-  return { lines, layer: Logger.replace(Logger.defaultLogger, logger) }
+
+const errorsOf = (name: string) =>
+  Effect.map(Metric.value(Metric.withAttributes(Metrics.cacheErrors, { cache: name })), (s) => s.count)
+
+const captureLogs = Effect.sync(() => {
+  const lines: Array<string> = []
+  const logger = Logger.make(({ logLevel, message }) => {
+    lines.push(`${logLevel}: ${(Array.isArray(message) ? message : [message]).map(String).join(" ")}`)
+  })
+  return { lines, layer: Logger.layer([logger]) }
 })
 
-const timed = <A, E, R>(effect: Effect.Effect<A, E, R>) =>
-  Effect.map(Effect.timed(effect), ([d, a]) => [Duration.toMillis(d), a] as const)
+const ask = (
+  cache: ResponseCache.Service,
+  provider: { readonly call: (text: string) => Effect.Effect<GenerateResponse, AiError> },
+  prompt: string
+) => cache.getOrCompute(cache.key({ provider: "p", request: { prompt } }), provider.call(prompt))
 
-describe.skipIf(skipRedis)(
-  `ResponseCache.Redis (needs redis-server; ${skipRedis ? skipReason : "apt-get install -y redis-server if missing"})`,
-  () => {
-    it.live("round trip: a stored answer comes back, with the TTL set through Redis expiry", () =>
+describe.skipIf(skipRedis)(`ResponseCache.Redis (${skipRedis ? skipReason : "needs redis-server"})`, () => {
+  it.live(
+    "round trip: Schema-encoded values, expiry by PEXPIRE (ttl + staleFor), invalidate; an undecodable value is a counted miss",
+    () =>
       Effect.scoped(
         Effect.gen(function* () {
           const server = yield* startRedis
-          // A generous command timeout: this test is about the round trip, not the bounded wait
-          // (a loaded CI machine can take more than the default 50 ms for the first commands).
-          const { cache, name } = yield* redisCache(server, {
-            ttl: "2 seconds",
-            staleFor: "1 second",
-            timeout: "2 seconds"
-          })
-          yield* cache.set("k", response("hello"))
-          const found = yield* cache.get("k")
-          assert.deepStrictEqual(found, Option.some({ value: response("hello"), stale: false }))
-          const client = yield* admin(server)
-          const ttl = yield* Effect.promise(() => client.pttl(`${name}:r:k`))
-          assert.isTrue(ttl > 2000 && ttl <= 3000, `PX covers ttl + staleFor, got ${ttl}`)
-          const raw = yield* Effect.promise(() => client.get(`${name}:r:k`))
-          assert.strictEqual(JSON.parse(raw ?? "{}").value.response.text, "hello")
+          const name = uniqueName("round")
+          const cache = yield* build(server, { name, ttl: "2 seconds", staleFor: "1 second" })
+          const redis = yield* admin(server)
+          yield* cache.setMany([{ key: "k", value: response("hello") }])
+          assert.deepStrictEqual(yield* cache.getMany(["k"]), [Option.some(response("hello"))])
+          const ttl = yield* redis.send<number>("PTTL", `${name}:r:k`)
+          assert.isTrue(ttl > 2000 && ttl <= 3000, `PEXPIRE covers ttl + staleFor, got ${ttl}`)
+          const raw = yield* redis.send<string>("GET", `${name}:r:k`)
+          assert.strictEqual(JSON.parse(raw).value.response.text, "hello")
           yield* cache.invalidate("k")
-          assert.isTrue(Option.isNone(yield* cache.get("k")))
+          assert.deepStrictEqual(yield* cache.getMany(["k"]), [Option.none()])
           assert.strictEqual(yield* errorsOf(name), 0)
-          // A value that does not decode (another version wrote it) is a miss, counted as an error.
-          yield* Effect.promise(() => client.set(`${name}:r:bad`, JSON.stringify({ value: { _tag: "Response" } })))
-          assert.isTrue(Option.isNone(yield* cache.get("bad")))
+          // Another version wrote something else under a key: a miss, counted as an error.
+          yield* redis.send("SET", `${name}:r:bad`, JSON.stringify({ value: { _tag: "Response" } }))
+          assert.deepStrictEqual(yield* cache.getMany(["bad"]), [Option.none()])
           assert.strictEqual(yield* errorsOf(name), 1)
         })
       )
-    )
+  )
 
-    it.live("batch get/set: one MGET for many keys, one pipeline for many writes", () =>
-      Effect.scoped(
-        Effect.gen(function* () {
-          const server = yield* startRedis
-          const { cache } = yield* redisCache(server, { timeout: "2 seconds" })
-          const client = yield* admin(server)
-          yield* Effect.promise(() => client.config("RESETSTAT"))
-          yield* cache.setMany(Array.from({ length: 20 }, (_, i) => ({ key: `k${i}`, value: response(`v${i}`) })))
-          const found = yield* cache.getMany(["k3", "nope", "k0", "k19"])
-          assert.deepStrictEqual(
-            found.map((o) => Option.map(o, (h) => h.value.text)),
-            [Option.some("v3"), Option.none(), Option.some("v0"), Option.some("v19")]
-          )
-          const stats = yield* Effect.promise(() => client.info("commandstats"))
-          assert.match(stats, /cmdstat_mget:calls=1,/)
-          assert.match(stats, /cmdstat_set:calls=20,/)
-          assert.notMatch(stats, /cmdstat_get:/)
-        })
-      )
-    )
-
-    it.live("single-flight per process: 10 concurrent identical requests make one provider call", () =>
-      Effect.scoped(
-        Effect.gen(function* () {
-          const server = yield* startRedis
-          const { cache } = yield* redisCache(server)
-          const { control, provider } = yield* Mock.make({ latency: "30 millis" })
-          const request: GenerateRequest = { prompt: "same" }
-          const key = ResponseCache.key({ provider: provider.name, request })
-          const results = yield* Effect.all(
-            Array.from({ length: 10 }, () => cache.getOrCompute(key, provider.generate(request))),
-            { concurrency: "unbounded" }
-          )
-          assert.strictEqual(yield* control.calls, 1)
-          assert.strictEqual(new Set(results.map((r) => r.text)).size, 1)
-          // Right after the answer the write may still be under way: the next call joins the
-          // finished flight ("shared") or reads Redis ("hit"); either way no provider call.
-          assert.include(["hit", "shared"], (yield* cache.getOrComputeDetailed(key, provider.generate(request))).source)
-          assert.strictEqual(yield* control.calls, 1)
-        })
-      )
-    )
-
-    it.live("Redis killed mid-run: requests still succeed, one warning, and the cache comes back on restart", () =>
+  it.live("batches: one MGET for many lookups, one script call for many writes", () =>
+    Effect.scoped(
       Effect.gen(function* () {
-        const logs = yield* captureLogs
-        const body = Effect.gen(function* () {
-          const server = yield* startRedis
-          const { cache, name } = yield* redisCache(server, { reconnectMax: "100 millis" })
-          const { control, provider } = yield* Mock.make({ latency: "5 millis" })
-          const ask = (prompt: string) => {
-            const request: GenerateRequest = { prompt }
-            return cache.getOrComputeDetailed(
-              ResponseCache.key({ provider: provider.name, request }),
-              provider.generate(request)
-            )
-          }
-          assert.strictEqual((yield* ask("a")).source, "computed")
-          assert.include(["hit", "shared"], (yield* ask("a")).source)
-          assert.strictEqual(yield* control.calls, 1)
-
-          yield* server.kill
-          const during = yield* Effect.forEach(["a", "b", "c", "a", "b"], (p) => timed(ask(p)))
-          for (const [ms, result] of during) {
-            assert.strictEqual(result.source, "computed", "without Redis every call goes to the provider")
-            assert.isTrue(ms < 500, `a call waited ${ms} ms for a dead Redis`)
-          }
-          assert.strictEqual(yield* control.calls, 6)
-          assert.isTrue((yield* errorsOf(name)) >= 5)
-          const warnings = (yield* Ref.get(logs.lines)).filter((l) => l.includes("unavailable"))
-          assert.strictEqual(warnings.length, 1, `one warning per outage, got ${JSON.stringify(warnings)}`)
-
-          yield* server.start
-          // ioredis reconnects in the background; the cache works again without any action.
-          yield* cache.set("probe", response("p")).pipe(
-            Effect.zipRight(cache.get("probe")),
-            Effect.flatMap((o) => (Option.isSome(o) ? Effect.void : Effect.fail("not yet"))),
-            Effect.retry(Schedule.spaced("50 millis").pipe(Schedule.upTo("5 seconds")))
-          )
-          assert.strictEqual((yield* ask("d")).source, "computed")
-          const callsBefore = yield* control.calls
-          assert.include(["hit", "shared"], (yield* ask("d")).source)
-          assert.strictEqual(yield* control.calls, callsBefore)
-          const lines = yield* Ref.get(logs.lines)
-          assert.isTrue(
-            lines.some((l) => l.includes("is back")),
-            JSON.stringify(lines)
-          )
-        })
-        yield* Effect.scoped(body).pipe(Effect.provide(logs.layer))
+        const server = yield* startRedis
+        const cache = yield* build(server)
+        const redis = yield* admin(server)
+        // Loads the write script first so the counts below are the batch's own.
+        yield* cache.setMany([{ key: "warm", value: response("w") }])
+        yield* redis.send("CONFIG", "RESETSTAT")
+        yield* cache.setMany(Array.from({ length: 20 }, (_, i) => ({ key: `k${i}`, value: response(`v${i}`) })))
+        const found = yield* cache.getMany(["k3", "nope", "k0", "k19"])
+        assert.deepStrictEqual(
+          found.map((o) => Option.map(o, (r) => r.text)),
+          [Option.some("v3"), Option.none(), Option.some("v0"), Option.some("v19")]
+        )
+        const stats = yield* redis.send<string>("INFO", "commandstats")
+        assert.match(stats, /cmdstat_mget:calls=1,/)
+        assert.match(stats, /cmdstat_evalsha:calls=1,/)
+        assert.notMatch(stats, /cmdstat_get:/)
       })
     )
+  )
 
-    it.live("a hung Redis costs a call at most the bounded wait of one lookup", () =>
-      Effect.scoped(
-        Effect.gen(function* () {
-          const server = yield* startRedis
-          const { cache, name } = yield* redisCache(server, { timeout: "50 millis" })
-          const { provider } = yield* Mock.make()
-          yield* server.pause
-          const request: GenerateRequest = { prompt: "hung" }
-          const [ms, result] = yield* timed(
-            cache.getOrComputeDetailed(
-              ResponseCache.key({ provider: provider.name, request }),
-              provider.generate(request)
-            )
-          )
-          // The write happens after the answer was delivered; give it its 50 ms, then resume.
-          yield* Effect.sleep("150 millis")
-          yield* server.resume
-          assert.strictEqual(result.source, "computed")
-          assert.isTrue(ms >= 45 && ms < 300, `the lookup is bounded by 50 ms, the call took ${ms} ms`)
-          assert.strictEqual(yield* errorsOf(name), 2, "lookup and write both timed out")
-        })
-      )
+  it.live("single-flight per process; the answer is written after the callers have it, and the next caller hits", () =>
+    Effect.scoped(
+      Effect.gen(function* () {
+        const server = yield* startRedis
+        const cache = yield* build(server)
+        const provider = yield* scripted("30 millis")
+        const results = yield* Effect.all(
+          Array.from({ length: 10 }, () => ask(cache, provider, "same")),
+          { concurrency: "unbounded" }
+        )
+        assert.strictEqual(yield* provider.calls, 1)
+        assert.deepStrictEqual(results.map((r) => r.source).sort(), ["miss", ...Array(9).fill("shared")].sort())
+        // Right after, the write may be under way: the caller joins the finished computation or reads Redis.
+        assert.include(["hit", "shared"], (yield* ask(cache, provider, "same")).source)
+        const redis = yield* admin(server)
+        const written = `${cache.name}:r:${cache.key({ provider: "p", request: { prompt: "same" } })}`
+        yield* redis.send<number>("EXISTS", written).pipe(
+          Effect.flatMap((n) => (n === 1 ? Effect.void : Effect.fail("not written yet"))),
+          Effect.retry(Schedule.spaced("20 millis").pipe(Schedule.upTo({ duration: "5 seconds" })))
+        )
+        const other = yield* build(server, { name: `${cache.name}-2`, prefix: cache.name })
+        assert.strictEqual((yield* ask(other, provider, "same")).source, "hit")
+        assert.strictEqual(yield* provider.calls, 1, "a second cache on the same prefix finds the answer in Redis")
+      })
     )
+  )
 
-    it.live("closing the scope releases the client", () =>
+  it.live("stale-if-error through Redis", () =>
+    Effect.scoped(
+      Effect.gen(function* () {
+        const server = yield* startRedis
+        const cache = yield* build(server, { ttl: "300 millis", staleFor: "1 minute" })
+        yield* cache.setMany([{ key: "k", value: response("old") }])
+        yield* Effect.sleep("400 millis")
+        const failing = Effect.fail(modelError("Overloaded", "down"))
+        assert.strictEqual((yield* Effect.flip(cache.getOrCompute("k", failing))).reason, "Overloaded")
+        assert.deepStrictEqual(yield* cache.getOrCompute("k", failing, { allowStale: true }), {
+          value: response("old"),
+          source: "stale"
+        })
+      })
+    )
+  )
+
+  it.live(
+    "under load with Redis up: no error, no warning, no 'unavailable' / 'is back' pairs (v0.1's 50 ms deadline flapped)",
+    () =>
+      Effect.gen(function* () {
+        const logs = yield* captureLogs
+        yield* Effect.scoped(
+          Effect.gen(function* () {
+            const server = yield* startRedis
+            const cache = yield* build(server)
+            const provider = yield* scripted("1 millis")
+            const prompts = Array.from({ length: 2000 }, (_, i) => `q${i % 700}`)
+            const results = yield* Effect.forEach(prompts, (p) => ask(cache, provider, p), { concurrency: 100 })
+            assert.strictEqual(results.length, 2000)
+            assert.strictEqual(yield* errorsOf(cache.name), 0)
+          })
+        ).pipe(Effect.provide(logs.layer))
+        assert.deepStrictEqual(logs.lines, [])
+      })
+  )
+
+  it.live(
+    "Redis killed mid-run: calls still answer without waiting, one warning naming the Redis error; back on restart",
+    () =>
+      Effect.gen(function* () {
+        const logs = yield* captureLogs
+        yield* Effect.scoped(
+          Effect.gen(function* () {
+            const server = yield* startRedis
+            const cache = yield* build(server, { redis: { reportAfter: 0, probeInterval: "100 millis" } })
+            const provider = yield* scripted("5 millis")
+            assert.strictEqual((yield* ask(cache, provider, "a")).source, "miss")
+            yield* server.kill
+            const during = yield* Effect.forEach(["b", "c", "d", "e", "f"], (p) => ask(cache, provider, p)).pipe(
+              Effect.timeout("10 seconds")
+            )
+            for (const result of during) assert.strictEqual(result.source, "miss", "every call goes to the provider")
+            assert.isTrue((yield* errorsOf(cache.name)) >= 5)
+            const warnings = logs.lines.filter((l) => l.startsWith("Warn"))
+            assert.strictEqual(warnings.length, 1, JSON.stringify(logs.lines))
+            assert.match(warnings[0]!, /offline|closed|ECONNREFUSED|ECONNRESET/i)
+            assert.notInclude(warnings[0]!, "unknown error")
+
+            yield* server.start
+            yield* Effect.suspend(() => cache.setMany([{ key: "probe", value: response("p") }])).pipe(
+              Effect.andThen(cache.getMany(["probe"])),
+              Effect.flatMap(([found]) =>
+                found !== undefined && Option.isSome(found) ? Effect.void : Effect.fail("not yet")
+              ),
+              Effect.retry(Schedule.spaced("100 millis").pipe(Schedule.upTo({ duration: "15 seconds" })))
+            )
+            assert.isTrue(
+              logs.lines.some((l) => l.startsWith("Info") && l.includes("is back")),
+              JSON.stringify(logs.lines)
+            )
+          })
+        ).pipe(Effect.provide(logs.layer))
+      })
+  )
+
+  it.live("a hung Redis costs a call at most one deadline, and nothing once the outage is reported", () =>
+    Effect.scoped(
+      Effect.gen(function* () {
+        const server = yield* startRedis
+        const cache = yield* build(server, {
+          redis: { timeout: "200 millis", reportAfter: 0, probeInterval: "1 minute" }
+        })
+        const provider = yield* scripted("1 millis")
+        yield* server.pause
+        const results = yield* Effect.forEach(["a", "b", "c"], (p) => ask(cache, provider, p)).pipe(
+          Effect.timeout("10 seconds")
+        )
+        yield* server.resume
+        assert.deepStrictEqual(
+          results.map((r) => r.source),
+          ["miss", "miss", "miss"]
+        )
+        assert.strictEqual(yield* provider.calls, 3)
+        // The first lookup timed out, the rest (lookups and writes) skipped Redis.
+        assert.isTrue((yield* errorsOf(cache.name)) >= 4)
+      })
+    )
+  )
+
+  it.live(
+    "invalid options fail the layer with an OptionError naming the field; closing the scope releases the client",
+    () =>
       Effect.scoped(
         Effect.gen(function* () {
           const server = yield* startRedis
-          const client = yield* admin(server)
-          const clients = Effect.map(
-            Effect.promise(() => client.client("LIST") as Promise<string>),
-            (list) => list.trim().split("\n").length
-          )
+          const cases: ReadonlyArray<readonly [RedisCache.Options, string]> = [
+            [{ ttl: 0 }, "ttl"],
+            [{ staleFor: Number.NaN }, "staleFor"],
+            [{ prefix: "" }, "prefix"],
+            [{ redis: { timeout: Number.NaN } }, "redis.timeout"],
+            [{ redis: { reportAfter: -1 } }, "redis.reportAfter"],
+            [{ timeout: "50 millis" } as RedisCache.Options, "timeout"]
+          ]
+          for (const [options, path] of cases) {
+            const exit = yield* Effect.exit(build(server, options))
+            const error = Exit.findErrorOption(exit)
+            assert.isTrue(Option.isSome(error), JSON.stringify(options))
+            assert.strictEqual((Option.getOrThrow(error) as { readonly path: string }).path, path)
+          }
+          const redis = yield* admin(server)
+          const clients = Effect.map(redis.send<string>("CLIENT", "LIST"), (list) => list.trim().split("\n").length)
           const before = yield* clients
           yield* Effect.scoped(
             Effect.gen(function* () {
-              const { cache } = yield* redisCache(server)
-              yield* cache.set("k", response("x"))
+              const cache = yield* build(server)
+              yield* cache.setMany([{ key: "k", value: response("x") }])
               assert.strictEqual(yield* clients, before + 1)
             })
           )
-          yield* Effect.sleep("50 millis")
-          assert.strictEqual(yield* clients, before)
+          yield* Effect.suspend(() => clients).pipe(
+            Effect.flatMap((n) => (n === before ? Effect.void : Effect.fail(`${n} clients`))),
+            Effect.retry(Schedule.spaced("20 millis").pipe(Schedule.upTo({ duration: "5 seconds" })))
+          )
         })
       )
-    )
-  }
-)
+  )
+})

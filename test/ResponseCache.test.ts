@@ -1,37 +1,67 @@
 import { assert, describe, it } from "@effect/vitest"
-import { Effect, Exit, Fiber, Metric, Option, TestClock } from "effect"
-import { modelError } from "../src/AiError.js"
-import { cacheHits, cacheMisses, cacheStale } from "../src/internal/resilienceMetrics.js"
+import { Context, Deferred, type Duration, Effect, Exit, Fiber, Layer, Metric, Option, Ref } from "effect"
+import { TestClock } from "effect/testing"
+import { type AiError, modelError } from "../src/AiError.js"
+import type { OptionError } from "../src/Input.js"
+import * as Metrics from "../src/Metrics.js"
 import type { GenerateRequest, GenerateResponse, StreamPart } from "../src/Model.js"
-import * as Mock from "../src/Model/Mock.js"
 import * as ResponseCache from "../src/ResponseCache.js"
 
 let counter = 0
-const uniqueName = (label: string) => `test-${label}-${++counter}-${Math.random().toString(36).slice(2, 8)}`
+const uniqueName = (label: string) => `rc-${label}-${++counter}-${Math.random().toString(36).slice(2, 8)}`
 
+/** Builds the memory cache in the test's scope, with its own metric name. */
 const makeCache = (options: ResponseCache.MemoryOptions = {}) =>
-  Effect.gen(function* () {
-    const name = options.name ?? uniqueName("memory")
-    const store = yield* ResponseCache.makeMemoryStore({ ...options, name })
-    const cache = yield* ResponseCache.make(store, options)
-    return cache
-  })
-
-const countOf = (metric: typeof cacheHits, cache: string) =>
-  Effect.map(Metric.value(Metric.tagged(metric, "cache", cache)), (s) => s.count)
+  Effect.map(
+    Layer.build(ResponseCache.layerMemory({ name: uniqueName("memory"), ...options })),
+    Context.get(ResponseCache.ResponseCache)
+  )
 
 const response = (text: string): GenerateResponse => ({
   text,
   finishReason: "stop",
   usage: { inputTokens: 1, outputTokens: 1, totalTokens: 2 },
-  provider: "mock",
-  model: "mock-model"
+  provider: "scripted",
+  model: "m"
 })
+
+/** A scripted provider call: counts calls, started and interrupted ones; answers after `latency`. */
+const scripted = (options: { readonly latency?: Duration.Input; readonly fail?: boolean } = {}) =>
+  Effect.gen(function* () {
+    const calls = yield* Ref.make(0)
+    const interrupted = yield* Ref.make(0)
+    const call = (text: string): Effect.Effect<GenerateResponse, AiError> =>
+      Ref.updateAndGet(calls, (n) => n + 1).pipe(
+        Effect.flatMap((n) =>
+          Effect.sleep(options.latency ?? "100 millis").pipe(
+            Effect.andThen(
+              options.fail === true
+                ? Effect.fail(modelError("Overloaded", "busy"))
+                : Effect.succeed(response(`${text} #${n}`))
+            )
+          )
+        ),
+        Effect.onInterrupt(() => Ref.update(interrupted, (n) => n + 1))
+      )
+    return { call, calls: Ref.get(calls), interrupted: Ref.get(interrupted) }
+  })
+
+const lookups = (name: string) =>
+  Effect.gen(function* () {
+    const count = (outcome: string) =>
+      Effect.map(Metric.value(Metric.withAttributes(Metrics.cacheLookups, { cache: name, outcome })), (s) => s.count)
+    return {
+      hit: yield* count("hit"),
+      miss: yield* count("miss"),
+      stale: yield* count("stale"),
+      shared: yield* count("shared")
+    }
+  })
 
 const request: GenerateRequest = { prompt: "hello", temperature: 0 }
 
 describe("ResponseCache.key", () => {
-  it("is stable across key order and prompt vs one user message, and changes with what changes the output", () => {
+  it("is stable across field order and prompt vs one user message; changes with anything that changes the answer", () => {
     const base = ResponseCache.key({ provider: "p", request: { prompt: "hi", temperature: 0.5, maxTokens: 10 } })
     assert.match(base, /^[0-9a-f]{64}$/)
     assert.strictEqual(
@@ -45,7 +75,7 @@ describe("ResponseCache.key", () => {
       }),
       base
     )
-    const variants: ReadonlyArray<[string, GenerateRequest]> = [
+    const variants: ReadonlyArray<readonly [string, GenerateRequest]> = [
       ["q", { prompt: "hi", temperature: 0.5, maxTokens: 10 }],
       ["p", { prompt: "hi!", temperature: 0.5, maxTokens: 10 }],
       ["p", { prompt: "hi", temperature: 0.6, maxTokens: 10 }],
@@ -54,7 +84,9 @@ describe("ResponseCache.key", () => {
       ["p", { prompt: "hi", temperature: 0.5, maxTokens: 10, seed: 1 }],
       ["p", { prompt: "hi", temperature: 0.5, maxTokens: 10, stop: ["\n"] }],
       ["p", { prompt: "hi", temperature: 0.5, maxTokens: 10, model: "other" }],
-      ["p", { prompt: "hi", temperature: 0.5, maxTokens: 10, system: "be brief" }]
+      ["p", { prompt: "hi", temperature: 0.5, maxTokens: 10, system: "be brief" }],
+      ["p", { prompt: "hi", temperature: 0.5, maxTokens: 10, tools: [{ name: "search" }] }],
+      ["p", { prompt: "hi", temperature: 0.5, maxTokens: 10, responseFormat: { type: "json_object" } }]
     ]
     const keys = new Set(variants.map(([provider, r]) => ResponseCache.key({ provider, request: r })))
     assert.strictEqual(keys.size, variants.length)
@@ -63,204 +95,244 @@ describe("ResponseCache.key", () => {
 })
 
 describe("ResponseCache (memory)", () => {
-  it.scoped("single-flight: 10 concurrent identical requests make one provider call and share its result", () =>
+  it.effect("single-flight: 10 concurrent identical requests make one call and share it; then a hit", () =>
     Effect.gen(function* () {
       const cache = yield* makeCache()
-      const { control, provider } = yield* Mock.make({ latency: "100 millis" })
-      const key = ResponseCache.key({ provider: provider.name, request })
-      const fibers = yield* Effect.fork(
+      const provider = yield* scripted()
+      const key = cache.key({ provider: "p", request })
+      const fiber = yield* Effect.forkChild(
         Effect.all(
-          Array.from({ length: 10 }, () => cache.getOrComputeDetailed(key, provider.generate(request))),
+          Array.from({ length: 10 }, () => cache.getOrCompute(key, provider.call("hello"))),
           { concurrency: "unbounded" }
         )
       )
       yield* TestClock.adjust("100 millis")
-      const results = yield* Fiber.join(fibers)
-      assert.strictEqual(yield* control.calls, 1)
+      const results = yield* Fiber.join(fiber)
+      assert.strictEqual(yield* provider.calls, 1)
       assert.strictEqual(new Set(results.map((r) => r.value)).size, 1, "every waiter gets the same answer")
-      assert.deepStrictEqual(results.map((r) => r.source).sort(), ["computed", ...Array(9).fill("shared")].sort())
-      const again = yield* cache.getOrComputeDetailed(key, provider.generate(request))
+      assert.deepStrictEqual(results.map((r) => r.source).sort(), ["miss", ...Array(9).fill("shared")].sort())
+      const again = yield* cache.getOrCompute(key, provider.call("hello"))
       assert.strictEqual(again.source, "hit")
-      assert.strictEqual(yield* control.calls, 1)
+      assert.strictEqual(yield* provider.calls, 1)
+      assert.deepStrictEqual(yield* lookups(cache.name), { hit: 1, miss: 1, stale: 0, shared: 9 })
     })
   )
 
-  it.scoped("failures are delivered to every waiter of the flight and never cached", () =>
+  it.effect("failures reach every waiter of the flight and are never cached", () =>
     Effect.gen(function* () {
       const cache = yield* makeCache()
-      const { control, provider } = yield* Mock.make({
-        latency: "10 millis",
-        script: [Mock.Outcome.fail("Overloaded")]
-      })
-      const key = ResponseCache.key({ provider: provider.name, request })
-      const fiber = yield* Effect.fork(
+      const failing = yield* scripted({ fail: true, latency: "10 millis" })
+      const fiber = yield* Effect.forkChild(
         Effect.all(
-          Array.from({ length: 5 }, () => Effect.flip(cache.getOrCompute(key, provider.generate(request)))),
+          Array.from({ length: 5 }, () => Effect.flip(cache.getOrCompute("k", failing.call("x")))),
           { concurrency: "unbounded" }
         )
       )
       yield* TestClock.adjust("10 millis")
       const errors = yield* Fiber.join(fiber)
-      assert.strictEqual(yield* control.calls, 1)
-      for (const error of errors) {
-        assert.strictEqual(error._tag, "ModelError")
-        assert.strictEqual(error._tag === "ModelError" ? error.reason : "", "Overloaded")
-      }
-      assert.isTrue(Option.isNone(yield* cache.get(key)))
-      const retry = yield* Effect.fork(cache.getOrCompute(key, provider.generate(request)))
+      assert.strictEqual(yield* failing.calls, 1)
+      for (const error of errors) assert.strictEqual(error._tag === "ModelError" ? error.reason : "", "Overloaded")
+      assert.isTrue(Option.isNone((yield* cache.getMany(["k"]))[0]!))
+      const working = yield* scripted({ latency: "10 millis" })
+      const retry = yield* Effect.forkChild(cache.getOrCompute("k", working.call("x")))
       yield* TestClock.adjust("10 millis")
-      const answer = yield* Fiber.join(retry)
-      assert.strictEqual(yield* control.calls, 2)
-      assert.strictEqual(answer.text, "mock answer to: hello")
+      assert.deepStrictEqual(yield* Fiber.join(retry), { value: response("x #1"), source: "miss" })
     })
   )
 
-  it.scoped("an interrupted waiter leaves the flight running for the others; when all leave it stops", () =>
+  it.effect("an interrupted waiter leaves the flight to the others; when every waiter leaves, it stops", () =>
     Effect.gen(function* () {
       const cache = yield* makeCache()
-      const { control, provider } = yield* Mock.make({ latency: "100 millis" })
-      const key = ResponseCache.key({ provider: provider.name, request })
-      const first = yield* Effect.fork(cache.getOrCompute(key, provider.generate(request)))
-      const second = yield* Effect.fork(cache.getOrCompute(key, provider.generate(request)))
+      const provider = yield* scripted()
+      const first = yield* Effect.forkChild(cache.getOrCompute("k", provider.call("a")))
+      const second = yield* Effect.forkChild(cache.getOrCompute("k", provider.call("a")))
       yield* TestClock.adjust("50 millis")
       yield* Fiber.interrupt(first)
       yield* TestClock.adjust("50 millis")
-      const answer = yield* Fiber.join(second)
-      assert.strictEqual(answer.text, "mock answer to: hello")
-      assert.strictEqual(yield* control.calls, 1)
-      assert.strictEqual(yield* control.interrupted, 0)
+      assert.strictEqual((yield* Fiber.join(second)).value.text, "a #1")
+      assert.strictEqual(yield* provider.interrupted, 0)
 
-      const other: GenerateRequest = { prompt: "bye" }
-      const otherKey = ResponseCache.key({ provider: provider.name, request: other })
-      const a = yield* Effect.fork(cache.getOrCompute(otherKey, provider.generate(other)))
-      const b = yield* Effect.fork(cache.getOrCompute(otherKey, provider.generate(other)))
+      const a = yield* Effect.forkChild(cache.getOrCompute("other", provider.call("b")))
+      const b = yield* Effect.forkChild(cache.getOrCompute("other", provider.call("b")))
       yield* TestClock.adjust("10 millis")
       yield* Fiber.interrupt(a)
       yield* Fiber.interrupt(b)
-      assert.strictEqual(yield* control.interrupted, 1, "the provider call was cancelled")
-      assert.strictEqual(yield* control.inFlight, 0)
+      yield* Effect.yieldNow
+      assert.strictEqual(yield* provider.interrupted, 1, "the provider call was cancelled")
       // A new caller starts a new flight rather than joining the cancelled one.
-      const c = yield* Effect.fork(cache.getOrCompute(otherKey, provider.generate(other)))
+      const c = yield* Effect.forkChild(cache.getOrCompute("other", provider.call("b")))
       yield* TestClock.adjust("100 millis")
-      assert.strictEqual((yield* Fiber.join(c)).text, "mock answer to: bye")
-      assert.strictEqual(yield* control.calls, 3)
+      assert.deepStrictEqual(yield* Fiber.join(c), { value: response("b #3"), source: "miss" })
     })
   )
 
-  it.scoped("entries expire after their TTL (TestClock); a per-entry TTL overrides the default", () =>
+  it.effect("entries expire after their TTL on the Clock", () =>
     Effect.gen(function* () {
       const cache = yield* makeCache({ ttl: "10 seconds" })
-      yield* cache.set("a", response("A"))
-      yield* cache.set("b", response("B"), "1 minute")
+      yield* cache.setMany([{ key: "a", value: response("A") }])
       yield* TestClock.adjust("9 seconds")
-      assert.isTrue(Option.isSome(yield* cache.get("a")))
+      assert.isTrue(Option.isSome((yield* cache.getMany(["a"]))[0]!))
       yield* TestClock.adjust("1 second")
-      assert.isTrue(Option.isNone(yield* cache.get("a")))
-      assert.isTrue(Option.isSome(yield* cache.get("b")))
-      yield* TestClock.adjust("50 seconds")
-      assert.isTrue(Option.isNone(yield* cache.get("b")))
-      const computed = yield* cache.getOrComputeDetailed("a", Effect.succeed(response("A2")), { ttl: "5 seconds" })
-      assert.strictEqual(computed.source, "computed")
-      yield* TestClock.adjust("4 seconds")
-      assert.strictEqual((yield* cache.getOrComputeDetailed("a", Effect.succeed(response("A3")))).value.text, "A2")
+      assert.isTrue(Option.isNone((yield* cache.getMany(["a"]))[0]!))
+      const computed = yield* cache.getOrCompute("a", Effect.succeed(response("A2")))
+      assert.strictEqual(computed.source, "miss")
+      yield* TestClock.adjust("9 seconds")
+      assert.strictEqual((yield* cache.getOrCompute("a", Effect.succeed(response("A3")))).value.text, "A2")
       yield* TestClock.adjust("1 second")
-      assert.strictEqual((yield* cache.getOrComputeDetailed("a", Effect.succeed(response("A3")))).value.text, "A3")
+      assert.strictEqual((yield* cache.getOrCompute("a", Effect.succeed(response("A3")))).value.text, "A3")
     })
   )
 
-  it.scoped("stale entries: served only when allowed, within the grace, and when the computation fails", () =>
+  it.effect("stale-if-error: an expired entry within its grace answers a failed computation, again and again", () =>
     Effect.gen(function* () {
-      const name = uniqueName("stale")
-      const cache = yield* makeCache({ ttl: "10 seconds", staleFor: "5 seconds", name })
-      yield* cache.set("k", response("old"))
+      const cache = yield* makeCache({ ttl: "10 seconds", staleFor: "5 seconds" })
+      yield* cache.setMany([{ key: "k", value: response("old") }])
       yield* TestClock.adjust("12 seconds")
-      assert.isTrue(Option.isNone(yield* cache.get("k")))
-      const stale = yield* cache.get("k", { allowStale: true })
-      assert.deepStrictEqual(stale, Option.some({ value: response("old"), stale: true }))
+      assert.isTrue(Option.isNone((yield* cache.getMany(["k"]))[0]!), "expired entries are not fresh")
       const failing = Effect.fail(modelError("Overloaded", "down"))
-      const served = yield* cache.getOrComputeDetailed("k", failing, { allowStale: true })
-      assert.deepStrictEqual(served, { value: response("old"), source: "stale" })
       const refused = yield* Effect.flip(cache.getOrCompute("k", failing))
-      assert.strictEqual(refused.reason, "Overloaded")
+      assert.strictEqual(refused.reason, "Overloaded", "without allowStale the failure stands")
+      for (let i = 0; i < 3; i++) {
+        assert.deepStrictEqual(yield* cache.getOrCompute("k", failing, { allowStale: true }), {
+          value: response("old"),
+          source: "stale"
+        })
+      }
       yield* TestClock.adjust("3 seconds")
-      assert.isTrue(Option.isNone(yield* cache.get("k", { allowStale: true })))
-      assert.strictEqual(yield* countOf(cacheStale, name), 2)
-      assert.strictEqual(yield* countOf(cacheHits, name), 0)
-      assert.strictEqual(yield* countOf(cacheMisses, name), 4)
+      assert.strictEqual(
+        (yield* Effect.flip(cache.getOrCompute("k", failing, { allowStale: true }))).reason,
+        "Overloaded"
+      )
+      assert.deepStrictEqual(yield* lookups(cache.name), { hit: 0, miss: 3, stale: 3, shared: 0 })
     })
   )
 
-  it.scoped("capacity: the least recently used entry is evicted", () =>
+  it.effect("stale-if-error reaches callers that joined the refresh; a successful refresh replaces the entry", () =>
+    Effect.gen(function* () {
+      const cache = yield* makeCache({ ttl: "10 seconds", staleFor: "1 minute" })
+      yield* cache.setMany([{ key: "k", value: response("old") }])
+      yield* TestClock.adjust("11 seconds")
+      const failing = yield* scripted({ fail: true })
+      const fiber = yield* Effect.forkChild(
+        Effect.all(
+          Array.from({ length: 3 }, () => cache.getOrCompute("k", failing.call("k"), { allowStale: true })),
+          { concurrency: "unbounded" }
+        )
+      )
+      yield* TestClock.adjust("100 millis")
+      const results = yield* Fiber.join(fiber)
+      assert.strictEqual(yield* failing.calls, 1)
+      assert.deepStrictEqual(
+        results.map((r) => r.source),
+        ["stale", "stale", "stale"]
+      )
+      const working = yield* scripted()
+      const refresh = yield* Effect.forkChild(cache.getOrCompute("k", working.call("new"), { allowStale: true }))
+      yield* TestClock.adjust("100 millis")
+      assert.deepStrictEqual(yield* Fiber.join(refresh), { value: response("new #1"), source: "miss" })
+      assert.strictEqual((yield* cache.getOrCompute("k", working.call("new"))).source, "hit")
+    })
+  )
+
+  it.effect("capacity: the least recently used entry is evicted", () =>
     Effect.gen(function* () {
       const cache = yield* makeCache({ capacity: 2 })
-      yield* cache.set("a", response("A"))
-      yield* cache.set("b", response("B"))
-      assert.isTrue(Option.isSome(yield* cache.get("a")))
-      yield* cache.set("c", response("C"))
+      yield* cache.setMany([{ key: "a", value: response("A") }])
+      yield* cache.setMany([{ key: "b", value: response("B") }])
+      assert.strictEqual((yield* cache.getOrCompute("a", Effect.succeed(response("A2")))).source, "hit")
+      yield* cache.setMany([{ key: "c", value: response("C") }])
       const [a, b, c] = yield* cache.getMany(["a", "b", "c"])
-      assert.isTrue(a !== undefined && Option.isSome(a))
-      assert.isTrue(b !== undefined && Option.isNone(b), "b was the least recently used")
-      assert.isTrue(c !== undefined && Option.isSome(c))
+      assert.isTrue(Option.isSome(a!))
+      assert.isTrue(Option.isNone(b!), "b was the least recently used")
+      assert.isTrue(Option.isSome(c!))
     })
   )
 
-  it.scoped("getMany / setMany keep the order of the keys; hits and misses are counted", () =>
+  it.effect("getMany / setMany keep the order of the keys; hits and misses are counted", () =>
     Effect.gen(function* () {
-      const name = uniqueName("batch")
-      const cache = yield* makeCache({ name })
+      const cache = yield* makeCache()
       yield* cache.setMany([
         { key: "x", value: response("X") },
-        { key: "y", value: response("Y"), ttl: "1 second" }
+        { key: "y", value: response("Y") }
       ])
       const found = yield* cache.getMany(["y", "missing", "x"])
       assert.deepStrictEqual(
-        found.map((o) => Option.map(o, (h) => h.value.text)),
+        found.map((o) => Option.map(o, (r) => r.text)),
         [Option.some("Y"), Option.none(), Option.some("X")]
       )
-      assert.strictEqual(yield* countOf(cacheHits, name), 2)
-      assert.strictEqual(yield* countOf(cacheMisses, name), 1)
+      assert.deepStrictEqual(yield* lookups(cache.name), { hit: 2, miss: 1, stale: 0, shared: 0 })
     })
   )
 
-  it.scoped("stream replays live in their own namespace; invalidate removes both", () =>
+  it.effect("stream parts: completed streams only, kept apart from answers; invalidate removes both", () =>
     Effect.gen(function* () {
       const cache = yield* makeCache()
+      const finish: StreamPart = {
+        _tag: "Finish",
+        finishReason: "stop",
+        usage: { inputTokens: 1, outputTokens: 2, totalTokens: 3 },
+        provider: "p",
+        model: "m"
+      }
       const parts: ReadonlyArray<StreamPart> = [
         { _tag: "TextDelta", text: "hi " },
         { _tag: "TextDelta", text: "there" },
-        {
-          _tag: "Finish",
-          finishReason: "stop",
-          usage: { inputTokens: 1, outputTokens: 2, totalTokens: 3 },
-          provider: "mock",
-          model: "m"
-        }
+        finish
       ]
-      yield* cache.setStream("k", parts)
-      assert.isTrue(Option.isNone(yield* cache.get("k")), "a stream replay is not an answer")
-      yield* cache.set("k", response("whole"))
-      assert.deepStrictEqual(yield* cache.getStream("k"), Option.some({ value: parts, stale: false }))
-      assert.strictEqual(Option.map(yield* cache.get("k"), (h) => h.value.text).pipe(Option.getOrNull), "whole")
+      yield* cache.setParts("unfinished", parts.slice(0, 2))
+      assert.isTrue(Option.isNone(yield* cache.getParts("unfinished")), "a stream without its Finish is not cached")
+      yield* cache.setParts("k", parts)
+      assert.isTrue(Option.isNone((yield* cache.getMany(["k"]))[0]!), "stream parts are not an answer")
+      yield* cache.setMany([{ key: "k", value: response("whole") }])
+      assert.deepStrictEqual(yield* cache.getParts("k"), Option.some(parts))
+      assert.strictEqual(Option.getOrThrow((yield* cache.getMany(["k"]))[0]!).text, "whole")
       yield* cache.invalidate("k")
-      assert.isTrue(Option.isNone(yield* cache.get("k")))
-      assert.isTrue(Option.isNone(yield* cache.getStream("k")))
+      assert.isTrue(Option.isNone((yield* cache.getMany(["k"]))[0]!))
+      assert.isTrue(Option.isNone(yield* cache.getParts("k")))
     })
   )
 
-  it.scoped("the layer provides the service; closing its scope interrupts running computations", () =>
+  it.effect("closing the layer interrupts the computations still running", () =>
     Effect.gen(function* () {
-      const { control, provider } = yield* Mock.make({ latency: "1 minute" })
-      const exit = yield* Effect.scoped(
+      const provider = yield* scripted({ latency: "1 minute" })
+      const started = yield* Deferred.make<void>()
+      const fiber = yield* Effect.scoped(
         Effect.gen(function* () {
-          const cache = yield* ResponseCache.ResponseCache
-          assert.strictEqual(cache.backend, "memory")
-          const fiber = yield* Effect.fork(cache.getOrCompute("k", provider.generate(request)))
+          const cache = yield* makeCache()
+          const fiber = yield* Effect.forkDetach(cache.getOrCompute("k", provider.call("k")))
           yield* TestClock.adjust("1 second")
+          yield* Deferred.succeed(started, undefined)
           return fiber
-        }).pipe(Effect.provide(ResponseCache.layerMemory()))
-      ).pipe(Effect.flatMap(Fiber.await))
+        })
+      )
+      yield* Deferred.await(started)
+      const exit = yield* Fiber.await(fiber)
       assert.isTrue(Exit.isFailure(exit))
-      assert.strictEqual(yield* control.interrupted, 1)
+      assert.strictEqual(yield* provider.interrupted, 1)
     })
+  )
+
+  it.effect(
+    "invalid options fail the layer with an OptionError naming the field (capacity NaN cached nothing in v0.1)",
+    () =>
+      Effect.gen(function* () {
+        const cases: ReadonlyArray<readonly [ResponseCache.MemoryOptions, string]> = [
+          [{ capacity: Number.NaN }, "capacity"],
+          [{ capacity: 0 }, "capacity"],
+          [{ capacity: 2.5 }, "capacity"],
+          [{ ttl: 0 }, "ttl"],
+          [{ ttl: Number.NaN }, "ttl"],
+          [{ ttl: Number.POSITIVE_INFINITY }, "ttl"],
+          [{ staleFor: -1 }, "staleFor"],
+          [{ name: "" }, "name"],
+          [{ capcity: 10 } as ResponseCache.MemoryOptions, "capcity"]
+        ]
+        for (const [options, path] of cases) {
+          const exit = yield* Effect.exit(Layer.build(ResponseCache.layerMemory(options)))
+          const error = Exit.findErrorOption(exit)
+          assert.isTrue(Option.isSome(error), `${JSON.stringify(options)} must fail with a typed error`)
+          assert.strictEqual((Option.getOrThrow(error) as OptionError).path, path, JSON.stringify(options))
+        }
+      })
   )
 })

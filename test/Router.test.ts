@@ -1,22 +1,34 @@
 import { assert, describe, it } from "@effect/vitest"
-import { Effect, Either, Exit, Fiber, Metric, type MetricState, Option, Scope, TestClock } from "effect"
-import * as Policy from "../src/Policy.js"
+import { Effect, Exit, Fiber, Result, Stream } from "effect"
+import { TestClock } from "effect/testing"
+import type { AiError } from "../src/AiError.js"
+import type { StreamPart } from "../src/Model.js"
 import { Outcome } from "../src/Model/Mock.js"
-import { makeOrchestra } from "./utils/orchestra.js"
+import * as Policy from "../src/Policy.js"
+import { makeManager } from "./utils/manager.js"
+
+const ask = { prompt: "q" }
+const retry3 = Policy.retry({ maxAttempts: 3, initialDelay: 100, jitter: 0 })
+const textOf = (parts: ReadonlyArray<StreamPart>) => parts.map((p) => (p._tag === "TextDelta" ? p.text : "")).join("")
+const systemOf = (logged: { readonly request: unknown }) => (logged.request as { readonly system?: string }).system
+
+const invalidField = (error: AiError) =>
+  error._tag === "ModelError" && error.reason === "InvalidRequest" ? error.field : `${error._tag}: ${error.message}`
 
 describe("Router.executeWithFallback", () => {
   it.effect("tries domains in order and reports who answered", () =>
     Effect.gen(function* () {
-      const { router, controls } = yield* makeOrchestra({
+      const { router, controls } = yield* makeManager({
         a: { script: [Outcome.fail("Overloaded")] },
         b: { script: [Outcome.fail("Unavailable")] },
         c: { respond: () => "from c" }
       })
-      const answer = yield* router.executeWithFallback({ prompt: "q" }, ["d-a", "d-b", "d-c"])
+      const answer = yield* router.executeWithFallback(ask, ["d-a", "d-b", "d-c"])
       assert.strictEqual(answer.response.text, "from c")
       assert.strictEqual(answer.domain, "d-c")
-      assert.strictEqual(answer.provider, controls.c!.name)
+      assert.strictEqual(answer.provider, "c")
       assert.strictEqual(answer.attempts, 3)
+      assert.strictEqual(answer.domainsTried, 3)
       assert.isTrue(answer.fallbackUsed)
       assert.deepStrictEqual([yield* controls.a!.calls, yield* controls.b!.calls, yield* controls.c!.calls], [1, 1, 1])
     })
@@ -24,8 +36,8 @@ describe("Router.executeWithFallback", () => {
 
   it.effect("answers from the first domain without a fallback when it works", () =>
     Effect.gen(function* () {
-      const { router, controls } = yield* makeOrchestra({ a: {}, b: {} })
-      const answer = yield* router.executeWithFallback({ prompt: "q" }, ["d-a", "d-b"])
+      const { router, controls } = yield* makeManager({ a: {}, b: {} })
+      const answer = yield* router.executeWithFallback(ask, ["d-a", "d-b"])
       assert.strictEqual(answer.domain, "d-a")
       assert.isFalse(answer.fallbackUsed)
       assert.strictEqual(answer.attempts, 1)
@@ -35,20 +47,17 @@ describe("Router.executeWithFallback", () => {
 
   it.effect("does not fall back on an error every provider would give (InvalidRequest)", () =>
     Effect.gen(function* () {
-      const { router, controls } = yield* makeOrchestra({
-        a: { script: [Outcome.fail("InvalidRequest")] },
-        b: {}
-      })
-      const error = yield* Effect.flip(router.executeWithFallback({ prompt: "q" }, ["d-a", "d-b"]))
+      const { router, controls } = yield* makeManager({ a: { script: [Outcome.fail("InvalidRequest")] }, b: {} })
+      const error = yield* Effect.flip(router.executeWithFallback(ask, ["d-a", "d-b"]))
       assert.strictEqual(error._tag === "ModelError" && error.reason, "InvalidRequest")
       assert.strictEqual(yield* controls.b!.calls, 0)
     })
   )
 
-  it.effect("each step uses its own retry policy before falling back", () =>
+  it.effect("each step uses its own retry policy before falling back; attempts count every retry", () =>
     Effect.gen(function* () {
-      const { router, controls } = yield* makeOrchestra(
-        { a: { random: { seed: 1, succeed: 0, fail: { Overloaded: 1 } } }, b: { respond: () => "b" } },
+      const { router, controls, stats } = yield* makeManager(
+        { a: { random: { success: 0, failures: { Overloaded: 1 } } }, b: { respond: () => "b" } },
         {
           domains: [
             { name: "d-a", provider: "a", retry: retry3 },
@@ -56,56 +65,194 @@ describe("Router.executeWithFallback", () => {
           ]
         }
       )
-      const fiber = yield* Effect.fork(router.executeWithFallback({ prompt: "q" }, ["d-a", "d-b"]))
+      const fiber = yield* Effect.forkChild(router.executeWithFallback(ask, ["d-a", "d-b"]))
       yield* TestClock.adjust("10 seconds")
       const answer = yield* Fiber.join(fiber)
       assert.strictEqual(answer.response.text, "b")
       assert.strictEqual(yield* controls.a!.calls, 3)
+      assert.strictEqual(answer.attempts, 4)
+      const s = yield* stats.snapshot()
+      assert.strictEqual(s.retries, 2)
+      assert.strictEqual(s.fallbacks, 1)
     })
   )
 
-  it.effect("an unknown domain is an InvalidRequest naming the field", () =>
+  it.effect("every domain failing ends with FallbackExhaustedError listing each step (issue 13 item 26)", () =>
     Effect.gen(function* () {
-      const { router } = yield* makeOrchestra({ a: {} })
-      const error = yield* Effect.flip(router.execute({ prompt: "q" }, "nope"))
-      assert.strictEqual(error._tag === "ModelError" && error.field, "domain")
-      assert.include(error.message, "nope")
+      const { router, stats } = yield* makeManager({
+        a: { script: [Outcome.fail("Overloaded")] },
+        b: { script: [Outcome.fail("Unavailable")] }
+      })
+      const error = yield* Effect.flip(router.executeWithFallback(ask, ["d-a", "d-b"]))
+      assert.strictEqual(error._tag, "FallbackExhaustedError")
+      if (error._tag === "FallbackExhaustedError") {
+        assert.deepStrictEqual(
+          error.attempts.map((a) => [a.domain, a.provider, a.error._tag === "ModelError" && a.error.reason]),
+          [
+            ["d-a", "a", "Overloaded"],
+            ["d-b", "b", "Unavailable"]
+          ]
+        )
+      }
+      const s = yield* stats.snapshot()
+      assert.strictEqual(s.fallbacks, 1)
+      assert.deepStrictEqual(s.failuresByReason, { Overloaded: 1, Unavailable: 1 })
+    })
+  )
+
+  it.effect("a call cut by its total deadline is counted as a Timeout, not as Interrupted (issue 13 item 24)", () =>
+    Effect.gen(function* () {
+      const { router, stats, controls } = yield* makeManager(
+        { a: { script: [Outcome.hang()] } },
+        { domains: [{ name: "d-a", provider: "a", totalTimeout: "3 seconds" }] }
+      )
+      const fiber = yield* Effect.forkChild(Effect.flip(router.execute(ask, "d-a")))
+      yield* TestClock.adjust("3 seconds")
+      const error = yield* Fiber.join(fiber)
+      assert.strictEqual(error._tag === "TimeoutError" && error.limit, "total")
+      yield* Effect.yieldNow
+      assert.strictEqual(yield* controls.a!.interrupted, 1)
+      const s = yield* stats.snapshot()
+      assert.deepStrictEqual(s.failuresByReason, { Timeout: 1 })
+      assert.strictEqual(s.timeouts, 1)
+    })
+  )
+
+  it.effect("a domain's own fallback chain applies to router.execute", () =>
+    Effect.gen(function* () {
+      const { router } = yield* makeManager(
+        { a: { script: [Outcome.fail("Overloaded")] }, b: { respond: () => "b" } },
+        {
+          domains: [
+            { name: "main", provider: "a", fallback: ["spare"] },
+            { name: "spare", provider: "b" }
+          ]
+        }
+      )
+      const answer = yield* router.execute(ask, "main")
+      assert.strictEqual(answer.domain, "spare")
+      assert.isTrue(answer.fallbackUsed)
     })
   )
 })
 
-const retry3 = Policy.retry({ maxAttempts: 3, initialDelay: 100, jitter: 0 })
+describe("Router: bad input is a typed InvalidRequest naming the field, never a defect (issue 13 item 12)", () => {
+  it.effect("requests, domains, modes and options", () =>
+    Effect.gen(function* () {
+      const { router, controls } = yield* makeManager({ a: {}, b: {} })
+      const cases: ReadonlyArray<readonly [string, Effect.Effect<unknown, AiError>]> = [
+        ["request", router.execute(null as never, "d-a")],
+        ["request", router.executeWithFallback(undefined as never, ["d-a"])],
+        ["request", router.hedge(7 as never, ["d-a", "d-b"], { after: 100 })],
+        ["prompt", router.execute({ prompt: " " }, "d-a")],
+        ["temprature", router.execute({ prompt: "x", temprature: 1 } as never, "d-a")],
+        ["domain", router.execute(ask, "nope")],
+        ["domain", router.execute(ask, null as never)],
+        ["domains", router.executeWithFallback(ask, null as never)],
+        ["domains", router.executeWithFallback(ask, [])],
+        ["domain", router.executeWithFallback(ask, ["d-a", 3 as never])],
+        ["domains", router.executeParallelDomains(ask, "d-a" as never, "all")],
+        ["mode", router.executeParallelDomains(ask, ["d-a"], "bogus" as never)],
+        ["options", router.hedge(ask, ["d-a", "d-b"], undefined as never)],
+        ["after", router.hedge(ask, ["d-a", "d-b"], { after: -1 })],
+        ["timeout", router.execute(ask, "d-a", { timeout: Number.NaN })],
+        ["texts[0]", router.embed({ texts: [] } as never, "d-a")]
+      ]
+      for (const [field, effect] of cases) {
+        const exit = yield* Effect.exit(effect)
+        assert.isTrue(Exit.isFailure(exit), field)
+        if (Exit.isFailure(exit)) {
+          const error = exit.cause.reasons.find((r) => r._tag === "Fail")
+          assert.isDefined(error, `${field}: ${String(exit.cause)}`)
+          assert.strictEqual(invalidField((error as { error: AiError }).error), field)
+        }
+      }
+      const streamed = yield* Effect.flip(Stream.runCollect(router.stream(null as never, "d-a")))
+      assert.strictEqual(invalidField(streamed), "request")
+      assert.strictEqual((yield* controls.a!.calls) + (yield* controls.b!.calls), 0)
+    })
+  )
+
+  it.effect("an unknown domain's message lists the known ones", () =>
+    Effect.gen(function* () {
+      const { router } = yield* makeManager({ a: {} })
+      const error = yield* Effect.flip(router.execute(ask, "nope"))
+      assert.include(error.message, "nope")
+      assert.include(error.message, "d-a")
+    })
+  )
+
+  it.effect("a domain naming a provider that is not registered fails with Unavailable, even for prototype names", () =>
+    Effect.gen(function* () {
+      const { router } = yield* makeManager(
+        { a: {} },
+        {
+          domains: [
+            { name: "weird", provider: "toString" },
+            { name: "d-a", provider: "a" }
+          ]
+        }
+      )
+      const error = yield* Effect.flip(router.execute(ask, "weird"))
+      assert.strictEqual(error._tag === "ModelError" && error.reason, "Unavailable")
+    })
+  )
+})
 
 describe("Router.executeParallelDomains", () => {
-  it.effect("all: every domain's outcome, failures included", () =>
+  it.effect("all: every domain's outcome in the order given, failures included", () =>
     Effect.gen(function* () {
-      const { router } = yield* makeOrchestra({
-        a: { respond: () => "a" },
-        b: { script: [Outcome.fail("Overloaded")] }
-      })
-      const outcomes = yield* router.executeParallelDomains({ prompt: "q" }, ["d-a", "d-b"], "all")
-      assert.strictEqual(outcomes.length, 2)
-      assert.isTrue(Either.isRight(outcomes[0]!.result))
-      assert.isTrue(Either.isLeft(outcomes[1]!.result))
+      const { router } = yield* makeManager({ a: { respond: () => "a" }, b: { script: [Outcome.fail("Overloaded")] } })
+      const outcomes = yield* router.executeParallelDomains(ask, ["d-a", "d-b"], "all")
+      assert.deepStrictEqual(
+        outcomes.map((o) => o.domain),
+        ["d-a", "d-b"]
+      )
+      assert.isTrue(Result.isSuccess(outcomes[0]!.result))
+      assert.isTrue(Result.isFailure(outcomes[1]!.result))
     })
   )
 
   it.effect("first: the first success wins and the others are interrupted", () =>
     Effect.gen(function* () {
-      const { router, controls } = yield* makeOrchestra({
+      const { router, controls } = yield* makeManager({
         slow: { latency: "5 seconds" },
         fast: { latency: "1 second", respond: () => "fast" },
         stuck: { script: [Outcome.hang()] }
       })
-      const fiber = yield* Effect.fork(
-        router.executeParallelDomains({ prompt: "q" }, ["d-slow", "d-fast", "d-stuck"], "first")
+      const fiber = yield* Effect.forkChild(
+        router.executeParallelDomains(ask, ["d-slow", "d-fast", "d-stuck"], "first")
       )
       yield* TestClock.adjust("1 second")
       const answer = yield* Fiber.join(fiber)
       assert.strictEqual(answer.response.text, "fast")
+      yield* Effect.yieldNow
       assert.strictEqual(yield* controls.slow!.interrupted, 1)
       assert.strictEqual(yield* controls.stuck!.interrupted, 1)
       assert.strictEqual(yield* controls.slow!.inFlight, 0)
+    })
+  )
+
+  it.effect("each domain keeps its own fallback chain (a domain's policies apply at every entry point)", () =>
+    Effect.gen(function* () {
+      const { router, controls } = yield* makeManager(
+        { a: { script: [Outcome.fail("Overloaded")] }, b: { respond: () => "b" }, c: { respond: () => "c" } },
+        {
+          domains: [
+            { name: "main", provider: "a", fallback: ["spare"] },
+            { name: "spare", provider: "b" },
+            { name: "other", provider: "c" }
+          ]
+        }
+      )
+      const outcomes = yield* router.executeParallelDomains(ask, ["main", "other"], "all")
+      const main = outcomes[0]!.result
+      assert.isTrue(Result.isSuccess(main))
+      if (Result.isSuccess(main)) {
+        assert.strictEqual(main.success.domain, "spare")
+        assert.isTrue(main.success.fallbackUsed)
+      }
+      assert.strictEqual(yield* controls.b!.calls, 1)
     })
   )
 })
@@ -113,11 +260,11 @@ describe("Router.executeParallelDomains", () => {
 describe("Router.hedge", () => {
   it.effect("starts the backup only after the delay, and counts the interrupted loser", () =>
     Effect.gen(function* () {
-      const { router, controls } = yield* makeOrchestra({
+      const { router, controls, stats } = yield* makeManager({
         primary: { latency: "3 seconds", respond: () => "primary" },
         backup: { latency: "500 millis", respond: () => "backup" }
       })
-      const fiber = yield* Effect.fork(router.hedge({ prompt: "q" }, ["d-primary", "d-backup"], { after: "1 second" }))
+      const fiber = yield* Effect.forkChild(router.hedge(ask, ["d-primary", "d-backup"], { after: "1 second" }))
       yield* TestClock.adjust("999 millis")
       assert.strictEqual(yield* controls.backup!.calls, 0)
       yield* TestClock.adjust("1 millis")
@@ -126,29 +273,21 @@ describe("Router.hedge", () => {
       const answer = yield* Fiber.join(fiber)
       assert.strictEqual(answer.response.text, "backup")
       assert.isTrue(answer.hedgeWon)
+      yield* Effect.yieldNow
       assert.strictEqual(yield* controls.primary!.interrupted, 1)
-      const hedges = (yield* Metric.snapshot).filter((pair) => pair.metricKey.name === "orchestra_hedges_total")
-      const count = (provider: string, outcome: string) =>
-        hedges
-          .filter(
-            (pair) =>
-              pair.metricKey.tags.some((t) => t.key === "provider" && t.value === provider) &&
-              pair.metricKey.tags.some((t) => t.key === "outcome" && t.value === outcome)
-          )
-          .reduce((n, pair) => n + Number((pair.metricState as MetricState.MetricState.Counter<number>).count), 0)
-      assert.strictEqual(count(controls.primary!.name, "lost"), 1)
-      assert.strictEqual(count(controls.backup!.name, "won"), 1)
-      assert.strictEqual(count(controls.backup!.name, "started"), 1)
+      const s = yield* stats.snapshot()
+      assert.deepStrictEqual(s.hedges, { started: 1, won: 1, lost: 0 })
+      assert.deepStrictEqual((yield* stats.snapshot({ provider: "primary" })).failuresByReason, { Interrupted: 1 })
     })
   )
 
   it.effect("no backup when the primary answers in time", () =>
     Effect.gen(function* () {
-      const { router, controls } = yield* makeOrchestra({
+      const { router, controls } = yield* makeManager({
         primary: { latency: "200 millis", respond: () => "primary" },
         backup: {}
       })
-      const fiber = yield* Effect.fork(router.hedge({ prompt: "q" }, ["d-primary", "d-backup"], { after: "1 second" }))
+      const fiber = yield* Effect.forkChild(router.hedge(ask, ["d-primary", "d-backup"], { after: "1 second" }))
       yield* TestClock.adjust("2 seconds")
       const answer = yield* Fiber.join(fiber)
       assert.strictEqual(answer.response.text, "primary")
@@ -158,98 +297,41 @@ describe("Router.hedge", () => {
 
   it.effect("a primary that fails in a way that falls back starts the backup at once", () =>
     Effect.gen(function* () {
-      const { router, controls } = yield* makeOrchestra({
+      const { router, controls } = yield* makeManager({
         primary: { script: [Outcome.fail("Overloaded", { latency: "100 millis" })] },
         backup: { respond: () => "backup" }
       })
-      const fiber = yield* Effect.fork(router.hedge({ prompt: "q" }, ["d-primary", "d-backup"], { after: "5 seconds" }))
+      const fiber = yield* Effect.forkChild(router.hedge(ask, ["d-primary", "d-backup"], { after: "5 seconds" }))
       yield* TestClock.adjust("100 millis")
       const answer = yield* Fiber.join(fiber)
       assert.strictEqual(answer.response.text, "backup")
       assert.strictEqual(yield* controls.backup!.calls, 1)
     })
   )
-})
 
-describe("Orchestra lifecycle", () => {
-  it.effect("closing the scope drains, refuses new work, interrupts the rest and every caller gets an outcome", () =>
-    Effect.gen(function* () {
-      const { router, controls, scope } = yield* makeOrchestra(
-        { a: { script: [Outcome.succeed("done", { latency: "1 second" }), Outcome.hang()] } },
-        { executor: { shutdownDeadline: "3 seconds", timeout: "1 minute" } }
-      )
-      const finishing = yield* Effect.fork(router.execute({ prompt: "1" }, "d-a"))
-      const stuck = yield* Effect.fork(router.execute({ prompt: "2" }, "d-a"))
-      yield* TestClock.adjust("10 millis")
-      const closing = yield* Effect.fork(Scope.close(scope, Exit.void))
-      yield* TestClock.adjust("10 millis")
-      const refused = yield* Effect.flip(router.execute({ prompt: "3" }, "d-a"))
-      assert.strictEqual(refused._tag, "ShuttingDownError")
-      yield* TestClock.adjust("1 second")
-      assert.strictEqual((yield* Fiber.join(finishing)).response.text, "done")
-      assert.isTrue(Option.isNone(yield* Fiber.poll(closing)))
-      yield* TestClock.adjust("3 seconds")
-      yield* Fiber.join(closing)
-      const stuckError = yield* Effect.flip(Fiber.join(stuck))
-      assert.strictEqual(stuckError._tag, "ShuttingDownError")
-      assert.strictEqual(yield* controls.a!.inFlight, 0)
-    })
-  )
-})
-
-describe("Router with breakers and a cache", () => {
-  it.effect("an open breaker answers from a stale cache entry when allowed, and fails with CircuitOpen otherwise", () =>
-    Effect.gen(function* () {
-      const { router, controls } = yield* makeOrchestra(
-        {
-          a: {
-            script: [Outcome.succeed("cached answer"), Outcome.fail("Overloaded"), Outcome.succeed("never reached")]
-          }
-        },
-        { breakers: { failMax: 1, resetTimeout: "1 minute" }, cache: { ttl: "1 second", staleFor: "1 hour" } }
-      )
-      const first = yield* router.execute({ prompt: "q" }, "d-a")
-      assert.strictEqual(first.source, "provider")
-      const hit = yield* router.execute({ prompt: "q" }, "d-a")
-      assert.strictEqual(hit.source, "cache")
-      assert.strictEqual(yield* controls.a!.calls, 1)
-      yield* TestClock.adjust("2 seconds")
-      // Expired: the provider is called, fails, and the breaker (failMax 1) opens.
-      const failed = yield* Effect.flip(router.execute({ prompt: "q" }, "d-a"))
-      assert.strictEqual(failed._tag === "ModelError" && failed.reason, "Overloaded")
-      const refused = yield* Effect.flip(router.execute({ prompt: "q" }, "d-a"))
-      assert.strictEqual(refused._tag, "CircuitOpenError")
-      const stale = yield* router.execute({ prompt: "q" }, "d-a", { allowStale: true })
-      assert.strictEqual(stale.source, "stale-cache")
-      assert.strictEqual(stale.response.text, "cached answer")
-      assert.strictEqual(yield* controls.a!.calls, 2, "the open breaker kept the provider out")
-    })
-  )
-})
-
-describe("Router.hedge, more", () => {
   it.effect("each backup starts a delay after the previous one started, and a bad request ends the hedge", () =>
     Effect.gen(function* () {
-      const { router, controls } = yield* makeOrchestra({
+      const { router, controls } = yield* makeManager({
         a: { script: [Outcome.hang()] },
         b: { script: [Outcome.hang()] },
         c: { latency: "100 millis", respond: () => "c" }
       })
-      const fiber = yield* Effect.fork(router.hedge({ prompt: "q" }, ["d-a", "d-b", "d-c"], { after: "1 second" }))
+      const fiber = yield* Effect.forkChild(router.hedge(ask, ["d-a", "d-b", "d-c"], { after: "1 second" }))
       yield* TestClock.adjust("1 second")
       assert.deepStrictEqual([yield* controls.b!.calls, yield* controls.c!.calls], [1, 0])
       yield* TestClock.adjust("1 second")
       assert.strictEqual(yield* controls.c!.calls, 1)
       yield* TestClock.adjust("100 millis")
       assert.strictEqual((yield* Fiber.join(fiber)).response.text, "c")
+      yield* Effect.yieldNow
       assert.strictEqual(yield* controls.a!.interrupted, 1)
       assert.strictEqual(yield* controls.b!.interrupted, 1)
 
-      const bad = yield* makeOrchestra({
+      const bad = yield* makeManager({
         a: { script: [Outcome.fail("InvalidRequest", { latency: "10 millis" })] },
         b: {}
       })
-      const badFiber = yield* Effect.fork(bad.router.hedge({ prompt: "q" }, ["d-a", "d-b"], { after: "5 seconds" }))
+      const badFiber = yield* Effect.forkChild(bad.router.hedge(ask, ["d-a", "d-b"], { after: "5 seconds" }))
       yield* TestClock.adjust("10 millis")
       const error = yield* Effect.flip(Fiber.join(badFiber))
       assert.strictEqual(error._tag === "ModelError" && error.reason, "InvalidRequest")
@@ -257,19 +339,136 @@ describe("Router.hedge, more", () => {
     })
   )
 
-  it.effect("a domain naming a provider that is not registered fails with Unavailable, even for prototype names", () =>
+  it.effect('after: "p95" waits defaultAfter until the primary has 20 answers, then its p95 service time', () =>
     Effect.gen(function* () {
-      const { router } = yield* makeOrchestra(
-        { a: {} },
+      const { router, controls } = yield* makeManager({
+        // 20 answers in 100 ms, then slow ones.
+        primary: {
+          script: Array.from({ length: 20 }, () => Outcome.succeed("primary", { latency: "100 millis" })),
+          latency: "1 second"
+        },
+        backup: { latency: "10 millis", respond: () => "backup" }
+      })
+      const hedge = router.hedge(ask, ["d-primary", "d-backup"], { after: "p95", defaultAfter: "1 second" })
+      const first = yield* Effect.forkChild(hedge)
+      yield* TestClock.adjust("100 millis")
+      assert.strictEqual((yield* Fiber.join(first)).response.text, "primary")
+      assert.strictEqual(yield* controls.backup!.calls, 0)
+      for (let i = 0; i < 19; i++) {
+        const warm = yield* Effect.forkChild(router.execute(ask, "d-primary"))
+        yield* TestClock.adjust("100 millis")
+        yield* Fiber.join(warm)
+      }
+      // 20 answers in 100 ms: the backup now starts after 100 ms, not 1 second, and answers first.
+      const hedged = yield* Effect.forkChild(hedge)
+      yield* TestClock.adjust("99 millis")
+      assert.strictEqual(yield* controls.backup!.calls, 0)
+      yield* TestClock.adjust("1 millis")
+      assert.strictEqual(yield* controls.backup!.calls, 1)
+      yield* TestClock.adjust("10 millis")
+      const answer = yield* Fiber.join(hedged)
+      assert.strictEqual(answer.response.text, "backup")
+      assert.isTrue(answer.hedgeWon)
+    })
+  )
+})
+
+describe("Router with breakers and a cache", () => {
+  it.effect("an open breaker answers from a stale cache entry when allowed, and fails with CircuitOpen otherwise", () =>
+    Effect.gen(function* () {
+      const { router, controls } = yield* makeManager(
+        { a: { script: [Outcome.succeed("cached answer"), Outcome.fail("Overloaded"), Outcome.succeed("never")] } },
+        { breakers: { failMax: 1, resetTimeout: "1 minute" }, cache: { ttl: "1 second", staleFor: "1 hour" } }
+      )
+      const first = yield* router.execute(ask, "d-a")
+      assert.strictEqual(first.source, "provider")
+      const hit = yield* router.execute(ask, "d-a")
+      assert.strictEqual(hit.source, "cache")
+      assert.strictEqual(hit.attempts, 0)
+      assert.strictEqual(yield* controls.a!.calls, 1)
+      yield* TestClock.adjust("2 seconds")
+      // Expired: the provider is called, fails, and the breaker (failMax 1) opens.
+      const failed = yield* Effect.flip(router.execute(ask, "d-a"))
+      assert.strictEqual(failed._tag === "ModelError" && failed.reason, "Overloaded")
+      const refused = yield* Effect.flip(router.execute(ask, "d-a"))
+      assert.strictEqual(refused._tag, "CircuitOpenError")
+      const stale = yield* router.execute(ask, "d-a", { allowStale: true })
+      assert.strictEqual(stale.source, "stale-cache")
+      assert.strictEqual(stale.response.text, "cached answer")
+      assert.strictEqual(yield* controls.a!.calls, 2, "the open breaker kept the provider out")
+    })
+  )
+
+  it.effect("two domains on one provider never share cached answers (their system prompts differ)", () =>
+    Effect.gen(function* () {
+      const { router, controls } = yield* makeManager(
+        { a: { respond: (r) => `as ${r.system}` } },
         {
+          cache: {},
           domains: [
-            { name: "weird", provider: "toString" },
-            { name: "d-a", provider: "a" }
+            { name: "lawyer", provider: "a", system: "lawyer" },
+            { name: "poet", provider: "a", system: "poet" }
           ]
         }
       )
-      const error = yield* Effect.flip(router.execute({ prompt: "q" }, "weird"))
-      assert.strictEqual(error._tag === "ModelError" && error.reason, "Unavailable")
+      assert.strictEqual((yield* router.execute(ask, "lawyer")).response.text, "as lawyer")
+      assert.strictEqual((yield* router.execute(ask, "poet")).response.text, "as poet")
+      const lawyer = yield* Stream.runCollect(router.stream(ask, "lawyer"))
+      const poet = yield* Stream.runCollect(router.stream(ask, "poet"))
+      assert.strictEqual(textOf(lawyer), "as lawyer")
+      assert.strictEqual(textOf(poet), "as poet", "a stream is cached under its domain's request")
+      assert.strictEqual(yield* controls.a!.calls, 4)
+      const replay = yield* Stream.runCollect(router.stream(ask, "poet"))
+      assert.strictEqual(textOf(replay), "as poet")
+      assert.strictEqual(yield* controls.a!.calls, 4, "the second stream of a domain is replayed from the cache")
+    })
+  )
+})
+
+describe("Router.stream", () => {
+  it.effect("applies the domain's system prompt and falls back along its chain before the first chunk", () =>
+    Effect.gen(function* () {
+      const { router, controls } = yield* makeManager(
+        { a: { script: [Outcome.fail("Overloaded")] }, b: { respond: () => "one two" } },
+        {
+          domains: [
+            { name: "main", provider: "a", system: "main system", fallback: ["spare"] },
+            { name: "spare", provider: "b", system: "spare system" }
+          ]
+        }
+      )
+      const parts = yield* Stream.runCollect(router.stream(ask, "main"))
+      assert.strictEqual(textOf(parts), "one two")
+      const [toA] = yield* controls.a!.requests
+      const [toB] = yield* controls.b!.requests
+      assert.strictEqual(systemOf(toA!), "main system")
+      assert.strictEqual(systemOf(toB!), "spare system")
+    })
+  )
+})
+
+describe("Router.embed", () => {
+  it.effect("uses the domain's provider and model, and bounds the call by its timeout", () =>
+    Effect.gen(function* () {
+      const { router, controls } = yield* makeManager(
+        { a: {}, b: { script: [Outcome.hang()] } },
+        {
+          domains: [
+            { name: "vectors", provider: "a", model: "embedder" },
+            { name: "stuck", provider: "b" }
+          ]
+        }
+      )
+      const response = yield* router.embed({ texts: ["x", "y"] }, "vectors")
+      assert.strictEqual(response.vectors.length, 2)
+      assert.strictEqual(response.model, "embedder")
+      assert.strictEqual(yield* controls.a!.calls, 1)
+      const fiber = yield* Effect.forkChild(
+        Effect.flip(router.embed({ texts: ["x"] }, "stuck", { timeout: "2 seconds" }))
+      )
+      yield* TestClock.adjust("2 seconds")
+      const error = yield* Fiber.join(fiber)
+      assert.strictEqual(error._tag === "TimeoutError" && error.limit, "total")
     })
   )
 })

@@ -4,8 +4,9 @@ import * as path from "node:path"
 import { fileURLToPath } from "node:url"
 import { assert, describe, it } from "@effect/vitest"
 import { Effect } from "effect"
-import * as Local from "../src/Model/Local.js"
 import { generateModels } from "../scripts/generate-models.js"
+import type { Service } from "../src/Model.js"
+import * as Local from "../src/Model/Local.js"
 
 const committed = fileURLToPath(Local.defaultModelPath)
 
@@ -27,7 +28,7 @@ const tempModels = Effect.acquireRelease(
 )
 
 describe("bundled tiny models", () => {
-  it.scoped("regenerate byte for byte from scripts/generate-models.ts", () =>
+  it.effect("regenerate byte for byte from scripts/generate-models.ts", () =>
     Effect.gen(function* () {
       const dir = yield* tempModels
       const fresh = yield* Effect.promise(() => listFiles(dir))
@@ -48,13 +49,13 @@ describe("bundled tiny models", () => {
     })
   )
 
-  it.live("the regenerated models load offline and answer exactly like the committed ones", () =>
+  it.effect("the regenerated models load offline and answer exactly like the committed ones", () =>
     Effect.gen(function* () {
       const dir = yield* tempModels
       const options = { models: { generation: ["tiny-bart"] } }
       const fresh = yield* Local.make({ ...options, modelPath: dir })
       const bundled = yield* Local.make(options)
-      const ask = (model: typeof fresh) =>
+      const ask = (model: Service) =>
         Effect.all([
           model.generate({ prompt: "the river", maxTokens: 16 }),
           model.generate({ prompt: "a quiet stone", model: "tiny-bart", maxTokens: 8 }),
@@ -66,6 +67,6 @@ describe("bundled tiny models", () => {
       assert.deepStrictEqual(a[2].vectors, b[2].vectors)
       assert.strictEqual(a[0].usage.outputTokens, 16)
       assert.strictEqual(a[2].vectors[0]!.length, 32)
-    }).pipe(Effect.scoped)
+    })
   )
 })

@@ -1,155 +1,94 @@
 /**
- * Turns any `@effect/ai` `LanguageModel` (and optionally an `EmbeddingModel`) into a
- * `ModelProvider`, so the `@effect/ai` provider packages (OpenAI, Anthropic, Google,
- * Bedrock, OpenRouter, ...) run under every executor, breaker, cache and batch here.
+ * The bridge between this library and `effect/ai`, both ways.
  *
- * This is the only module that imports `@effect/ai`: it is an optional peer dependency,
- * needed only by applications that import `effect-orchestra/Model/EffectAi`.
+ * - {@link layer}: any `effect/ai` `LanguageModel` (and optionally `EmbeddingModel`) in
+ *   context becomes a `ModelProvider`, so the `effect/ai` provider packages run under every
+ *   executor, breaker, cache and batch here.
+ * - {@link layerLanguageModel}: anything with `generate` and `stream` (a `ModelProvider`,
+ *   or a domain's policy-wrapped calls) becomes an `effect/ai` `LanguageModel`, so an
+ *   application keeps its `LanguageModel.generateText` / `streamText` code and gains this
+ *   library's policies.
+ *
+ * Errors cross in both directions from data (the `effect/ai` reason class and HTTP status,
+ * our `reason`), never from message text.
  *
  * @since 0.1.0
  */
-import * as AiError from "@effect/ai/AiError"
-import * as EmbeddingModel from "@effect/ai/EmbeddingModel"
-import * as LanguageModel from "@effect/ai/LanguageModel"
-import * as AiModel from "@effect/ai/Model"
-import type * as Prompt from "@effect/ai/Prompt"
-import type * as Response from "@effect/ai/Response"
-import { Clock, Config, type ConfigError, Context, Effect, Layer, Option, ParseResult, Stream } from "effect"
-import { ModelError } from "../AiError.js"
-import * as Http from "../internal/http.js"
+import { Config, Context, Effect, Layer, type Stream } from "effect"
+import { type AiError as Ai, EmbeddingModel, LanguageModel, Model as AiModel, type Response } from "effect/ai"
+import type { AiError, ModelError } from "../AiError.js"
+import type * as Input from "../Input.js"
 import * as Model from "../Model.js"
+import * as Convert from "./EffectAi/convert.js"
+import * as Errors from "./EffectAi/errors.js"
+import * as From from "./EffectAi/fromLanguageModel.js"
+import * as To from "./EffectAi/toLanguageModel.js"
+import type { CallContext } from "./http/errors.js"
+
+export {
+  /**
+   * Per-call settings for a {@link languageModel}, the way `effect/ai` provider packages take
+   * theirs: `Effect.provideService(EffectAi.GenerationConfig, { temperature: 0 })` around a
+   * `LanguageModel.generateText`. Fields given here win over the layer's `settings`.
+   *
+   * @since 0.2.0
+   * @category services
+   */
+  GenerationConfig
+} from "./EffectAi/toLanguageModel.js"
+
+// ---------------------------------------------------------------------------
+// effect/ai LanguageModel -> ModelProvider
+// ---------------------------------------------------------------------------
 
 /**
+ * Options of {@link make}: checked when the provider is built (an `OptionError` naming the
+ * field).
+ *
  * @since 0.1.0
  * @category models
  */
 export interface Options {
-  /** Provider name. Default: the `@effect/ai` model's `ProviderName` (e.g. `openai`), else `effect-ai`. */
+  /** Provider name. Default: the `effect/ai` `Model.ProviderName` in context, else `effect-ai`. */
   readonly name?: string | undefined
-  /** The model reported when the answer names none. Default `unknown`. */
+  /** The model reported when the answer names none. Default: `Model.ModelName` in context, else `unknown`. */
   readonly model?: string | undefined
   /**
-   * Services added to every call, built from the request: the way to pass settings that
-   * `LanguageModel` does not carry (temperature, max tokens, stop, model), through your
-   * provider's config tag, e.g.
-   * `(r) => Context.make(OpenAiLanguageModel.Config, { temperature: r.temperature })`.
+   * Services added to every call, built from the request: the way to hand the settings
+   * `LanguageModel` does not carry (model, temperature, max tokens, stop, seed) to your
+   * provider package's config service. Without it those settings are not sent, and a
+   * request for another model than `Model.ModelName` is refused (`InvalidRequest`, field `model`).
    */
   readonly context?: ((request: Model.GenerateRequest) => Context.Context<never>) | undefined
+  /** Longest `generate` call. Default 10 minutes. */
+  readonly timeout?: Input.DurationInput | undefined
+  /** Longest wait for a stream's next part, the first one included. Default 60 seconds. */
+  readonly streamIdleTimeout?: Input.DurationInput | undefined
+  /** Characters of answer text accepted from one call (`TooLarge` past it). Default 1,000,000. */
+  readonly maxOutputChars?: number | undefined
+  /** Calls the provider serves at once, declared on the service. Default: unbounded. */
+  readonly maxConcurrency?: number | undefined
 }
 
 /**
- * An `@effect/ai` finish reason as ours.
+ * An `effect/ai` finish reason as ours.
  *
  * @since 0.1.0
  * @category utils
  */
-export const finishReasonOf = (reason: Response.FinishReason): Model.FinishReason => {
-  switch (reason) {
-    case "stop":
-      return "stop"
-    case "length":
-      return "length"
-    case "content-filter":
-      return "content_filter"
-    case "tool-calls":
-      return "tool_calls"
-    case "error":
-      return "error"
-    default:
-      return "unknown"
-  }
-}
-
-const headerRecord = (headers: Readonly<Record<string, string>>): Record<string, string> => {
-  const out: Record<string, string> = {}
-  for (const [key, value] of Object.entries(headers)) out[key.toLowerCase()] = value
-  return out
-}
-
-const parseBody = (body: string | undefined): unknown => {
-  if (body === undefined) return undefined
-  try {
-    return JSON.parse(body)
-  } catch {
-    return undefined
-  }
-}
+export const finishReasonOf: (reason: Response.FinishReason) => Model.FinishReason = Convert.finishReasonOf
 
 /**
- * Maps an `@effect/ai` `AiError` to our `ModelError`: statuses as every HTTP provider here
- * maps them (with `Retry-After`), transport failures as `Transport`, bad output as
- * `Decode`, bad input as `InvalidRequest`. Request details (headers carry keys) are never
- * copied into the error.
+ * Maps an `effect/ai` `AiError` to our `ModelError` from its reason class and HTTP status:
+ * rate limits keep `retryAfter`, quota and credentials are `Unauthorized`, provider
+ * failures go by status (500 `Overloaded`, 503 `Unavailable`, 504 `Timeout`), malformed
+ * answers are `Decode`, bad input `InvalidRequest` with the parameter as `field`. Request
+ * details are never copied (the error keeps no cause; URLs lose their query string).
  *
  * @since 0.1.0
  * @category errors
  */
-export const fromAiError = (error: AiError.AiError, ctx: Http.CallContext, nowMillis: number): ModelError => {
-  switch (error._tag) {
-    case "HttpRequestError":
-      return error.reason === "Transport"
-        ? Http.transportError(`${error.module}.${error.method} failed`, { message: error.description }, ctx)
-        : new ModelError({
-            reason: "InvalidRequest",
-            message: `${ctx.provider}: could not build the request (${error.reason})`,
-            provider: ctx.provider,
-            model: ctx.model
-          })
-    case "HttpResponseError": {
-      if (error.reason === "StatusCode") {
-        const headers = headerRecord(error.response.headers)
-        const body = parseBody(error.body)
-        const detail = Http.errorInfo(body).message ?? error.description
-        return Http.errorFromStatus(
-          error.response.status,
-          headers,
-          body === undefined ? (detail ?? "") : JSON.stringify(body),
-          nowMillis,
-          ctx
-        )
-      }
-      return new ModelError({
-        reason: "Decode",
-        message: `${ctx.provider} sent an unreadable response (${error.reason})${error.description ? `: ${error.description}` : ""}`,
-        provider: ctx.provider,
-        model: ctx.model,
-        status: error.response.status
-      })
-    }
-    case "MalformedInput":
-      return new ModelError({
-        reason: "InvalidRequest",
-        message: `${ctx.provider}: ${error.description ?? "malformed input"}`,
-        provider: ctx.provider,
-        model: ctx.model
-      })
-    case "MalformedOutput":
-      return ParseResult.isParseError(error.cause)
-        ? Http.decodeFailure(error.cause, ctx)
-        : new ModelError({
-            reason: "Decode",
-            message: `${ctx.provider} sent a malformed response${error.description ? `: ${error.description}` : ""}`,
-            provider: ctx.provider,
-            model: ctx.model
-          })
-    case "UnknownError":
-      return new ModelError({
-        reason: "Unknown",
-        message: `${ctx.provider}: ${error.description ?? error.message}`,
-        provider: ctx.provider,
-        model: ctx.model
-      })
-  }
-}
-
-const toPrompt = (request: Model.GenerateRequest): Prompt.RawInput =>
-  Model.toMessages(request).map((m) => ({ role: m.role, content: m.content }))
-
-const usageOf = (usage: Response.Usage, input: number, output: number): Model.Usage => {
-  const inputTokens = usage.inputTokens ?? input
-  const outputTokens = usage.outputTokens ?? output
-  return { inputTokens, outputTokens, totalTokens: usage.totalTokens ?? inputTokens + outputTokens }
-}
+export const fromAiError: (error: Ai.AiError, ctx: CallContext) => ModelError = Errors.fromAiError
 
 /**
  * Builds the provider from the `LanguageModel` (and, when present, `EmbeddingModel`) in
@@ -158,158 +97,176 @@ const usageOf = (usage: Response.Usage, input: number, output: number): Model.Us
  * @since 0.1.0
  * @category constructors
  */
-export const make = Effect.fnUntraced(function* (options: Options = {}) {
-  const lm = yield* LanguageModel.LanguageModel
-  const embedder = yield* Effect.serviceOption(EmbeddingModel.EmbeddingModel)
-  const providerName = yield* Effect.serviceOption(AiModel.ProviderName)
-  const name = options.name ?? Option.getOrElse(providerName, () => "effect-ai")
-  const defaultModel = options.model ?? "unknown"
-
-  const mapError = <A, R>(effect: Effect.Effect<A, AiError.AiError, R>, ctx: Http.CallContext) =>
-    Effect.catchIf(effect, AiError.isAiError, (error) =>
-      Effect.flatMap(Clock.currentTimeMillis, (now) => Effect.fail(fromAiError(error, ctx, now)))
-    )
-
-  const withContext = (request: Model.GenerateRequest) =>
-    options.context === undefined ? undefined : options.context(request)
-
-  const generate = Effect.fn("EffectAi.generate")(function* (request: Model.GenerateRequest) {
-    const valid = yield* Model.validateGenerate(request)
-    const model = valid.model ?? defaultModel
-    yield* Effect.annotateCurrentSpan({ "gen_ai.system": name })
-    const ctx: Http.CallContext = { provider: name, model }
-    const extra = withContext(valid)
-    const call = lm.generateText({ prompt: toPrompt(valid) })
-    const response = yield* mapError(
-      extra === undefined ? call : Effect.mapInputContext(call, (c: Context.Context<never>) => Context.merge(c, extra)),
-      ctx
-    )
-    let answeredModel: string | undefined
-    for (const part of response.content) {
-      if (part.type === "response-metadata" && Option.isSome(part.modelId)) answeredModel = part.modelId.value
-    }
-    const text = response.text
-    return {
-      text,
-      finishReason: finishReasonOf(response.finishReason),
-      usage: usageOf(response.usage, Http.estimateInput(Model.toMessages(valid)), Model.estimateTokens(text)),
-      provider: name,
-      model: answeredModel ?? model
-    } satisfies Model.GenerateResponse
-  })
-
-  const stream = (request: Model.GenerateRequest): Stream.Stream<Model.StreamPart, ModelError> =>
-    Stream.unwrap(
-      Effect.map(Model.validateGenerate(request), (valid) => {
-        const model = valid.model ?? defaultModel
-        const ctx: Http.CallContext = { provider: name, model }
-        return Stream.suspend(() => {
-          let answeredModel: string | undefined
-          let outputChars = 0
-          const extra = withContext(valid)
-          const raw = lm.streamText({ prompt: toPrompt(valid) })
-          const parts = (
-            extra === undefined
-              ? raw
-              : Stream.mapInputContext(raw, (c: Context.Context<never>) => Context.merge(c, extra))
-          ).pipe(
-            Stream.catchAll((error) =>
-              Stream.fromEffect(
-                Effect.flatMap(Clock.currentTimeMillis, (now) => Effect.fail(fromAiError(error, ctx, now)))
-              )
-            )
-          )
-          return Http.assemble(
-            parts,
-            (part): Effect.Effect<ReadonlyArray<Model.StreamPart>, ModelError> => {
-              switch (part.type) {
-                case "text-delta":
-                  if (part.delta.length === 0) return Effect.succeed([])
-                  outputChars += part.delta.length
-                  return Effect.succeed([{ _tag: "TextDelta", text: part.delta }])
-                case "response-metadata":
-                  if (Option.isSome(part.modelId)) answeredModel = part.modelId.value
-                  return Effect.succeed([])
-                case "finish":
-                  return Effect.succeed([
-                    {
-                      _tag: "Finish",
-                      finishReason: finishReasonOf(part.reason),
-                      usage: usageOf(
-                        part.usage,
-                        Http.estimateInput(Model.toMessages(valid)),
-                        Math.ceil(outputChars / 4)
-                      ),
-                      provider: name,
-                      model: answeredModel ?? model
-                    }
-                  ])
-                case "error":
-                  return Effect.flatMap(Clock.currentTimeMillis, (now) =>
-                    Effect.fail(
-                      AiError.isAiError(part.error)
-                        ? fromAiError(part.error, ctx, now)
-                        : new ModelError({
-                            reason: "Unknown",
-                            message: `${name} stream failed: ${part.error instanceof Error ? part.error.message : "error part"}`,
-                            provider: name,
-                            model
-                          })
-                    )
-                  )
-                default:
-                  return Effect.succeed([])
-              }
-            },
-            () => Effect.fail(Http.endedEarly(ctx))
-          )
-        })
-      })
-    ).pipe(Stream.withSpan("EffectAi.stream", { attributes: { "gen_ai.system": name } }))
-
-  const embed = Effect.fn("EffectAi.embed")(function* (request: Model.EmbedRequest) {
-    const valid = yield* Model.validateEmbed(request)
-    const model = valid.model ?? defaultModel
-    const ctx: Http.CallContext = { provider: name, model }
-    if (Option.isNone(embedder)) {
-      return yield* Effect.fail(
-        new ModelError({
-          reason: "InvalidRequest",
-          message: `${name}: no @effect/ai EmbeddingModel was provided to this adapter`,
-          provider: name,
-          model
-        })
-      )
-    }
-    const vectors = yield* mapError(embedder.value.embedMany(valid.texts), ctx)
-    if (vectors.length !== valid.texts.length) {
-      return yield* Effect.fail(
-        Http.malformed(ctx, "embeddings", `expected ${valid.texts.length} embeddings, got ${vectors.length}`)
-      )
-    }
-    return { vectors, provider: name, model } satisfies Model.EmbedResponse
-  })
-
-  return { name, defaultModel, generate, stream, embed } satisfies Model.Service
-})
+export const make: (options?: Options) => Effect.Effect<Model.Service, Input.OptionError, LanguageModel.LanguageModel> =
+  From.make
 
 /**
  * A `ModelProvider` from the `LanguageModel` (and optional `EmbeddingModel`) the given
- * layers provide, e.g. `layer().pipe(Layer.provide(OpenAiLanguageModel.model("gpt-4o")))`.
+ * layers provide, e.g. `EffectAi.layer().pipe(Layer.provide(OpenAiLanguageModel.model("gpt-5.2")))`.
  *
  * @since 0.1.0
  * @category layers
  */
-export const layer = (options: Options = {}): Layer.Layer<Model.ModelProvider, never, LanguageModel.LanguageModel> =>
+export const layer = (
+  options: Options = {}
+): Layer.Layer<Model.ModelProvider, Input.OptionError, LanguageModel.LanguageModel> =>
   Layer.effect(Model.ModelProvider, make(options))
 
 /**
- * The provider with `name` / `model` from `Config`.
+ * The provider with its options from `Config`.
  *
  * @since 0.1.0
  * @category layers
  */
 export const layerConfig = (
-  options: Config.Config.Wrap<Options>
-): Layer.Layer<Model.ModelProvider, ConfigError.ConfigError, LanguageModel.LanguageModel> =>
-  Layer.unwrapEffect(Effect.map(Config.unwrap(options), layer))
+  options: Config.Wrap<Options>
+): Layer.Layer<Model.ModelProvider, Config.ConfigError | Input.OptionError, LanguageModel.LanguageModel> =>
+  Layer.unwrap(Effect.map(Config.unwrap(options), layer))
+
+// ---------------------------------------------------------------------------
+// generate/stream target -> effect/ai LanguageModel (and EmbeddingModel)
+// ---------------------------------------------------------------------------
+
+/**
+ * What {@link languageModel} calls, in this library's request and response shapes. A
+ * `ModelProvider` is one; so is a domain's policy-wrapped `generate` / `stream`.
+ *
+ * @since 0.2.0
+ * @category models
+ */
+export interface Target {
+  readonly generate: (request: Model.GenerateRequest) => Effect.Effect<Model.GenerateResponse, AiError>
+  readonly stream: (request: Model.GenerateRequest) => Stream.Stream<Model.StreamPart, AiError>
+}
+
+/**
+ * What {@link embeddingModel} calls.
+ *
+ * @since 0.2.0
+ * @category models
+ */
+export interface EmbeddingTarget {
+  readonly embed: (request: Model.EmbedRequest) => Effect.Effect<Model.EmbedResponse, AiError>
+}
+
+/**
+ * Settings of a generation that `effect/ai`'s `LanguageModel` does not carry. Checked like
+ * every request (`temperature` in [0, 2], `maxTokens` a positive integer, ...).
+ *
+ * @since 0.2.0
+ * @category models
+ */
+export interface GenerationSettings {
+  readonly model?: string | undefined
+  readonly maxTokens?: number | undefined
+  readonly temperature?: number | undefined
+  readonly topP?: number | undefined
+  readonly stop?: ReadonlyArray<string> | undefined
+  readonly seed?: number | undefined
+}
+
+/**
+ * Options of {@link languageModel}: checked when it is built (an `OptionError` naming the
+ * field).
+ *
+ * @since 0.2.0
+ * @category models
+ */
+export interface LanguageModelOptions {
+  /** The provider name `effect/ai` code sees (`Model.ProviderName`, `gen_ai.provider.name`). Default `effect-orchestra`. */
+  readonly name?: string | undefined
+  /** Settings of every call; a `GenerationConfig` in context overrides them field by field. */
+  readonly settings?: GenerationSettings | undefined
+  /** Bounds on a request, checked before the target sees it. */
+  readonly limits?: Partial<Model.RequestLimits> | undefined
+}
+
+/**
+ * Maps one of our failures to `effect/ai`'s `AiError`, keeping the original as the cause of
+ * the reason (`error.reason.cause`): rate limits keep `retryAfter`; `Overloaded`,
+ * `Unavailable`, `Timeout`, a retryable `TimeoutError` and an open circuit are
+ * `InternalProviderError` (retryable); `Transport` is a `NetworkError`; `InvalidRequest` and
+ * `TooLarge` an `InvalidRequestError` (the field as `parameter`); `Unauthorized` an
+ * `AuthenticationError`; `ContentFilter` a `ContentPolicyError`; `Decode` an
+ * `InvalidResponseError`; the rest `UnknownError`. An exhausted fallback chain maps its last
+ * error. The reason's `metadata["effect-orchestra"]` names our error, reason, provider and status.
+ *
+ * @since 0.2.0
+ * @category errors
+ */
+export const toAiError: (error: AiError, method: string) => Ai.AiError = Errors.toAiError
+
+/**
+ * An `effect/ai` `LanguageModel` whose calls go to `target`: `effect/ai` code
+ * (`LanguageModel.generateText`, `streamText`, `generateObject`, tool calling with a
+ * `Toolkit`, `Chat`) runs unchanged and gains the target's policies. The prompt becomes
+ * our request (system, user, assistant tool calls, tool results; files are refused), tools
+ * their JSON Schemas, `generateObject`'s schema a `json_schema` response format; the
+ * request is checked before the target sees it. Answers come back as `effect/ai` parts with
+ * the finish reason, usage and model; failures as `effect/ai` `AiError`s ({@link toAiError}).
+ *
+ * @since 0.2.0
+ * @category constructors
+ */
+export const languageModel: (
+  target: Target,
+  options?: LanguageModelOptions
+) => Effect.Effect<LanguageModel.LanguageModel, Input.OptionError> = To.languageModel
+
+/**
+ * A layer with an `effect/ai` `LanguageModel` (and its `Model.ProviderName`) whose calls go
+ * to `target`.
+ *
+ * @since 0.2.0
+ * @category layers
+ */
+export const layerLanguageModel = (
+  target: Target,
+  options: LanguageModelOptions = {}
+): Layer.Layer<LanguageModel.LanguageModel | AiModel.ProviderName, Input.OptionError> =>
+  Layer.effectContext(
+    Effect.map(languageModel(target, options), (service) =>
+      Context.make(LanguageModel.LanguageModel, service).pipe(
+        Context.add(AiModel.ProviderName, options.name ?? "effect-orchestra")
+      )
+    )
+  )
+
+/**
+ * {@link layerLanguageModel} over the `ModelProvider` in context.
+ *
+ * @since 0.2.0
+ * @category layers
+ */
+export const layerLanguageModelFromProvider = (
+  options: LanguageModelOptions = {}
+): Layer.Layer<LanguageModel.LanguageModel | AiModel.ProviderName, Input.OptionError, Model.ModelProvider> =>
+  Layer.unwrap(
+    Effect.gen(function* () {
+      return layerLanguageModel(yield* Model.ModelProvider, options)
+    })
+  )
+
+/**
+ * An `effect/ai` `EmbeddingModel` whose calls go to `target.embed` (checked first; the
+ * model from `model` when given).
+ *
+ * @since 0.2.0
+ * @category constructors
+ */
+export const embeddingModel: (
+  target: EmbeddingTarget,
+  options?: { readonly model?: string | undefined; readonly limits?: Partial<Model.RequestLimits> | undefined }
+) => Effect.Effect<EmbeddingModel.EmbeddingModel, Input.OptionError> = To.embeddingModel
+
+/**
+ * A layer with an `effect/ai` `EmbeddingModel` whose calls go to `target.embed`.
+ *
+ * @since 0.2.0
+ * @category layers
+ */
+export const layerEmbeddingModel = (
+  target: EmbeddingTarget,
+  options: { readonly model?: string | undefined; readonly limits?: Partial<Model.RequestLimits> | undefined } = {}
+): Layer.Layer<EmbeddingModel.EmbeddingModel, Input.OptionError> =>
+  Layer.effect(EmbeddingModel.EmbeddingModel, embeddingModel(target, options))

@@ -1,24 +1,32 @@
 /**
- * Google Gemini (Generative Language API) over `@effect/platform`'s `HttpClient`:
- * `generateContent`, `streamGenerateContent` (`?alt=sse`), `embedContent` and
- * `batchEmbedContents`. The key travels in the `x-goog-api-key` header, never in the URL
- * (URLs end up in logs and span attributes).
+ * Google Gemini (Generative Language API) over `effect/http`'s `HttpClient`:
+ * `generateContent`, `streamGenerateContent` (`?alt=sse`) and `batchEmbedContents`. The
+ * key travels in the `x-goog-api-key` header, never in the URL (URLs end up in logs and
+ * span attributes). Tools map to `functionDeclarations` (JSON Schema parameters), tool
+ * calls to `functionCall` parts and tool results to `functionResponse` parts.
  *
  * @since 0.1.0
  */
-import * as HttpClient from "@effect/platform/HttpClient"
-import * as HttpClientRequest from "@effect/platform/HttpClientRequest"
-import { Config, type ConfigError, Effect, Layer, Redacted, Schema, Stream } from "effect"
-import { ModelError } from "../AiError.js"
-import * as Http from "../internal/http.js"
+import { Config, Effect, Layer, Redacted, Result, Stream } from "effect"
+import type { Sse } from "effect/encoding"
+import type { HttpClient } from "effect/http"
+import { HttpClientRequest } from "effect/http"
+import type { AiError, ModelError } from "../AiError.js"
+import * as Input from "../Input.js"
 import * as Model from "../Model.js"
+import * as Assemble from "./http/assemble.js"
+import * as Client from "./http/client.js"
+import * as Decode from "./http/decode.js"
+import * as Errors from "./http/errors.js"
+import * as Http from "./http/options.js"
+import * as Wire from "./gemini/Wire.js"
 
 /**
  * @since 0.1.0
  * @category models
  */
-export interface Options {
-  readonly apiKey: Redacted.Redacted
+export interface Options extends Http.Options {
+  readonly apiKey: Redacted.Redacted<string>
   /** Default `gemini-2.5-flash`. */
   readonly model?: string | undefined
   /** Default `gemini-embedding-001`. */
@@ -31,40 +39,183 @@ export interface Options {
   readonly apiVersion?: string | undefined
   /** Provider name in errors, metrics and provenance. Default `gemini`. */
   readonly name?: string | undefined
+  /** Extra request headers (the key header cannot be replaced). */
   readonly headers?: Readonly<Record<string, string>> | undefined
+  /** Bounds on requests, checked before any call. Default `Model.defaultRequestLimits`. */
+  readonly requestLimits?: Partial<Model.RequestLimits> | undefined
 }
 
-const Part = Schema.Struct({ text: Schema.optional(Schema.String), thought: Schema.optional(Schema.Boolean) })
+/** `batchEmbedContents` takes at most 100 requests. */
+const EMBED_BATCH = 100
 
-const UsageMetadata = Schema.Struct({
-  promptTokenCount: Schema.optional(Schema.Number),
-  candidatesTokenCount: Schema.optional(Schema.Number),
-  thoughtsTokenCount: Schema.optional(Schema.Number),
-  totalTokenCount: Schema.optional(Schema.Number)
+const decodeAnswer = Decode.valueDecoder(Wire.GenerateContentResponse)
+const decodeEmbeddings = Decode.valueDecoder(Wire.BatchEmbedResponse)
+
+const checkOptions = (options: Options) =>
+  Input.all([
+    Http.settings(options),
+    Redacted.isRedacted(options.apiKey)
+      ? Result.succeed(options.apiKey)
+      : Result.fail({ path: "apiKey", message: "expected a Redacted secret (Redacted.make or Config.Redacted)" }),
+    Http.nonEmpty("name", options.name ?? "gemini"),
+    Http.nonEmpty("model", options.model ?? "gemini-2.5-flash"),
+    Http.nonEmpty("embeddingModel", options.embeddingModel ?? "gemini-embedding-001"),
+    options.embeddingDimensions === undefined
+      ? Result.succeed(undefined)
+      : Input.positiveInt("embeddingDimensions", options.embeddingDimensions),
+    Http.baseUrl("baseUrl", options.baseUrl ?? "https://generativelanguage.googleapis.com"),
+    Http.nonEmpty("apiVersion", options.apiVersion ?? "v1beta"),
+    Model.requestLimits(options.requestLimits)
+  ])
+
+/**
+ * Builds the provider from the `HttpClient` in context. Every option is checked here: a
+ * wrong one fails with an `OptionError` naming it.
+ *
+ * @since 0.1.0
+ * @category constructors
+ */
+export const make: (options: Options) => Effect.Effect<Model.Service, Input.OptionError, HttpClient.HttpClient> =
+  Effect.fnUntraced(function* (options: Options) {
+    const [settings, apiKey, name, defaultModel, embeddingModel, dimensions, baseUrl, apiVersion, limits] =
+      yield* Input.orOptionError(checkOptions(options))
+    const client = yield* Client.make(settings, options.transformClient)
+    const root = Http.joinUrl(baseUrl, apiVersion)
+    const secrets = [apiKey]
+
+    const post = (path: string, body: unknown, accept = "application/json") =>
+      HttpClientRequest.post(Http.joinUrl(root, path)).pipe(
+        HttpClientRequest.setHeaders({ ...options.headers }),
+        HttpClientRequest.setHeader("x-goog-api-key", Redacted.value(apiKey)),
+        HttpClientRequest.setHeader("accept", accept),
+        HttpClientRequest.bodyJsonUnsafe(body)
+      )
+
+    // Every call names its model in the URL: a 404 with an error body there is an unknown model.
+    const ctxOf = (model: string): Errors.CallContext => ({ provider: name, model, secrets, notFoundField: "model" })
+
+    const prepare = Effect.fnUntraced(function* (request: Model.GenerateRequest) {
+      const valid = yield* Model.validateGenerate(request, limits)
+      const body = yield* Effect.fromResult(Wire.requestBody(valid, name))
+      const model = valid.model ?? defaultModel
+      return { valid, body, model, ctx: ctxOf(model), inputEstimate: Model.estimateInputTokens(valid) }
+    })
+
+    const generate = Effect.fn("Gemini.generate")(function* (request: Model.GenerateRequest) {
+      const { body, ctx, inputEstimate, model } = yield* prepare(request)
+      yield* Effect.annotateCurrentSpan(spanAttributes(name, "chat", model))
+      const answer = yield* client.json(post(`${Wire.modelPath(model)}:generateContent`, body), decodeAnswer, ctx)
+      if (answer.candidates === undefined || answer.candidates.length === 0) {
+        const refused = Wire.blocked(answer, name, model)
+        return yield* Effect.fail(refused ?? Errors.malformed(ctx, "candidates", "no candidate"))
+      }
+      let n = 0
+      const read = yield* Effect.fromResult(Wire.readAnswer(answer, name, model, () => `call_${n++}`))
+      return {
+        text: read.text,
+        finishReason: Wire.finalReason(read.finishReason, read.toolCalls.length > 0),
+        usage: Wire.usageOf(answer.usageMetadata, inputEstimate, Model.estimateTokens(read.text)),
+        provider: name,
+        model: answer.modelVersion ?? model,
+        ...(read.toolCalls.length > 0 ? { toolCalls: read.toolCalls } : {})
+      } satisfies Model.GenerateResponse
+    })
+
+    const stream = (request: Model.GenerateRequest): Stream.Stream<Model.StreamPart, AiError> =>
+      Stream.unwrap(
+        Effect.map(prepare(request), ({ body, ctx, inputEstimate, model }) => {
+          let finishReason: string | undefined
+          let metadata: typeof Wire.UsageMetadata.Type | undefined
+          let answeredModel: string | undefined
+          let outputChars = 0
+          let calls = 0
+          const step = (event: Sse.Event): Effect.Effect<ReadonlyArray<Model.StreamPart>, ModelError> => {
+            const payload = Decode.parseJson(event.data, ctx)
+            return Effect.flatMap(payload, (value) => {
+              if (event.event === "error" || Errors.isErrorPayload(value))
+                return Effect.fail(Errors.errorFromPayload(value, ctx))
+              return Effect.flatMap(decodeAnswer(value, ctx), (chunk) => {
+                const read = Wire.readAnswer(chunk, name, model, () => `call_${calls++}`)
+                if (Result.isFailure(read)) return Effect.fail(read.failure)
+                if (chunk.usageMetadata !== undefined) metadata = chunk.usageMetadata
+                if (chunk.modelVersion !== undefined) answeredModel = chunk.modelVersion
+                if (read.success.finishReason !== undefined) finishReason = read.success.finishReason
+                outputChars += read.success.text.length
+                const parts: Array<Model.StreamPart> = []
+                if (read.success.text.length > 0) parts.push({ _tag: "TextDelta", text: read.success.text })
+                for (const call of read.success.toolCalls) parts.push({ _tag: "ToolCall", call })
+                return Effect.succeed(parts)
+              })
+            })
+          }
+          // Gemini's SSE has no terminator: the stream is complete when it ends after a finishReason.
+          const onEnd = () =>
+            Effect.succeed<ReadonlyArray<Model.StreamPart>>(
+              finishReason === undefined
+                ? []
+                : [
+                    {
+                      _tag: "Finish",
+                      finishReason: Wire.finalReason(finishReason, calls > 0),
+                      usage: Wire.usageOf(metadata, inputEstimate, Math.ceil(outputChars / 4)),
+                      provider: name,
+                      model: answeredModel ?? model
+                    }
+                  ]
+            )
+          const url = `${Wire.modelPath(model)}:streamGenerateContent?alt=sse`
+          return Assemble.assemble(client.sse(post(url, body, "text/event-stream"), ctx), {
+            ctx,
+            idleTimeout: settings.streamIdleTimeout,
+            step,
+            onEnd
+          })
+        })
+      ).pipe(Stream.withSpan("Gemini.stream", { attributes: { "gen_ai.provider.name": name } }))
+
+    const embed = Effect.fn("Gemini.embed")(function* (request: Model.EmbedRequest) {
+      const valid = yield* Model.validateEmbed(request, limits)
+      const model = valid.model ?? embeddingModel
+      yield* Effect.annotateCurrentSpan(spanAttributes(name, "embeddings", model))
+      const ctx = ctxOf(model)
+      const batches: Array<ReadonlyArray<string>> = []
+      for (let i = 0; i < valid.texts.length; i += EMBED_BATCH) batches.push(valid.texts.slice(i, i + EMBED_BATCH))
+      const answers = yield* Effect.forEach(batches, (texts) =>
+        Effect.flatMap(
+          client.json(
+            post(`${Wire.modelPath(model)}:batchEmbedContents`, Wire.embedBody(texts, model, dimensions)),
+            decodeEmbeddings,
+            ctx
+          ),
+          (answer) =>
+            answer.embeddings.length === texts.length
+              ? Effect.succeed(answer.embeddings.map((e) => e.values))
+              : Effect.fail(
+                  Errors.malformed(
+                    ctx,
+                    "embeddings",
+                    `expected ${texts.length} embeddings, got ${answer.embeddings.length}`
+                  )
+                )
+        )
+      ).pipe(
+        // Each batch is bounded by the client; `timeout` bounds the call as a whole too.
+        Effect.timeoutOrElse({
+          duration: settings.timeout,
+          orElse: () => Effect.fail(Errors.requestTimeout(ctx, settings.timeout))
+        })
+      )
+      return { vectors: answers.flat(), provider: name, model } satisfies Model.EmbedResponse
+    })
+
+    return { name, defaultModel, generate, stream, embed } satisfies Model.Service
+  })
+
+const spanAttributes = (provider: string, operation: string, model: string) => ({
+  "gen_ai.provider.name": provider,
+  "gen_ai.operation.name": operation,
+  "gen_ai.request.model": model
 })
-
-const GenerateContentResponse = Schema.Struct({
-  candidates: Schema.optional(
-    Schema.Array(
-      Schema.Struct({
-        content: Schema.optional(Schema.Struct({ parts: Schema.optional(Schema.Array(Part)) })),
-        finishReason: Schema.optional(Schema.String)
-      })
-    )
-  ),
-  promptFeedback: Schema.optional(Schema.Struct({ blockReason: Schema.optional(Schema.String) })),
-  usageMetadata: Schema.optional(UsageMetadata),
-  modelVersion: Schema.optional(Schema.String)
-})
-
-type GenerateContentResponse = typeof GenerateContentResponse.Type
-
-const Values = Schema.Struct({ values: Schema.Array(Schema.Number) })
-
-const decodeGenerate = Http.jsonDecoder(GenerateContentResponse)
-const decodeChunk = Http.valueDecoder(GenerateContentResponse)
-const decodeEmbed = Http.jsonDecoder(Schema.Struct({ embedding: Values }))
-const decodeBatchEmbed = Http.jsonDecoder(Schema.Struct({ embeddings: Schema.Array(Values) }))
 
 /**
  * Gemini's `finishReason` as ours.
@@ -72,238 +223,21 @@ const decodeBatchEmbed = Http.jsonDecoder(Schema.Struct({ embeddings: Schema.Arr
  * @since 0.1.0
  * @category utils
  */
-export const finishReasonOf = (reason: string | undefined): Model.FinishReason => {
-  switch (reason) {
-    case "STOP":
-      return "stop"
-    case "MAX_TOKENS":
-      return "length"
-    case "SAFETY":
-    case "RECITATION":
-    case "BLOCKLIST":
-    case "PROHIBITED_CONTENT":
-    case "SPII":
-    case "IMAGE_SAFETY":
-      return "content_filter"
-    case "MALFORMED_FUNCTION_CALL":
-    case "UNEXPECTED_TOOL_CALL":
-      return "tool_calls"
-    default:
-      return "unknown"
-  }
-}
-
-const textOf = (response: GenerateContentResponse): string => {
-  const parts = response.candidates?.[0]?.content?.parts ?? []
-  let text = ""
-  for (const part of parts) if (part.thought !== true && part.text !== undefined) text += part.text
-  return text
-}
-
-/** Thinking tokens are billed as output. */
-const usageOf = (
-  metadata: typeof UsageMetadata.Type | undefined,
-  fallbackInput: number,
-  fallbackOutput: number
-): Model.Usage => {
-  if (metadata === undefined) return Model.usage(fallbackInput, fallbackOutput)
-  const input = metadata.promptTokenCount ?? fallbackInput
-  const output = (metadata.candidatesTokenCount ?? 0) + (metadata.thoughtsTokenCount ?? 0)
-  return { inputTokens: input, outputTokens: output, totalTokens: metadata.totalTokenCount ?? input + output }
-}
-
-const modelPath = (model: string): string =>
-  (model.startsWith("models/") || model.startsWith("tunedModels/") ? model : `models/${model}`)
-    .split("/")
-    .map(encodeURIComponent)
-    .join("/")
+export const finishReasonOf = Wire.finishReasonOf
 
 /**
- * The request body of `generateContent`: system messages become `systemInstruction`,
- * assistant turns are role `model`.
+ * The request body of `generateContent` (see `gemini/Wire.ts`).
  *
  * @since 0.1.0
  * @category utils
  */
-export const requestBody = (request: Model.GenerateRequest): Record<string, unknown> => {
-  const system: Array<string> = []
-  const contents: Array<unknown> = []
-  for (const message of Model.toMessages(request)) {
-    if (message.role === "system") system.push(message.content)
-    else contents.push({ role: message.role === "assistant" ? "model" : "user", parts: [{ text: message.content }] })
-  }
-  const body: Record<string, unknown> = { contents }
-  if (system.length > 0) body["systemInstruction"] = { parts: [{ text: system.join("\n\n") }] }
-  const config: Record<string, unknown> = {}
-  if (request.maxTokens !== undefined) config["maxOutputTokens"] = request.maxTokens
-  if (request.temperature !== undefined) config["temperature"] = request.temperature
-  if (request.topP !== undefined) config["topP"] = request.topP
-  if (request.stop !== undefined) config["stopSequences"] = request.stop
-  if (request.seed !== undefined) config["seed"] = request.seed
-  if (Object.keys(config).length > 0) body["generationConfig"] = config
-  return body
-}
-
-/**
- * Builds the provider from an `HttpClient` in context.
- *
- * @since 0.1.0
- * @category constructors
- */
-export const make = Effect.fnUntraced(function* (options: Options) {
-  const client = yield* HttpClient.HttpClient
-  const name = options.name ?? "gemini"
-  const baseUrl = Http.joinUrl(
-    options.baseUrl ?? "https://generativelanguage.googleapis.com",
-    options.apiVersion ?? "v1beta"
-  )
-  const defaultModel = options.model ?? "gemini-2.5-flash"
-  const embeddingModel = options.embeddingModel ?? "gemini-embedding-001"
-  const secrets = [options.apiKey]
-
-  const post = (path: string, body: unknown, accept = "application/json"): HttpClientRequest.HttpClientRequest =>
-    HttpClientRequest.post(Http.joinUrl(baseUrl, path)).pipe(
-      HttpClientRequest.setHeaders({ ...options.headers }),
-      HttpClientRequest.setHeader("x-goog-api-key", Redacted.value(options.apiKey)),
-      HttpClientRequest.setHeader("accept", accept),
-      HttpClientRequest.bodyUnsafeJson(body)
-    )
-
-  const ctxOf = (model: string): Http.CallContext => ({ provider: name, model, secrets, notFoundField: "model" })
-
-  const blocked = (response: GenerateContentResponse, ctx: Http.CallContext): ModelError | undefined => {
-    const reason = response.promptFeedback?.blockReason
-    if (reason === undefined || (response.candidates !== undefined && response.candidates.length > 0)) return undefined
-    return new ModelError({
-      reason: "ContentFilter",
-      message: `${ctx.provider} blocked the prompt: ${reason}`,
-      provider: ctx.provider,
-      model: ctx.model
-    })
-  }
-
-  const generate = Effect.fn("Gemini.generate")(function* (request: Model.GenerateRequest) {
-    const valid = yield* Model.validateGenerate(request)
-    const model = valid.model ?? defaultModel
-    yield* Effect.annotateCurrentSpan({ "gen_ai.system": name, "gen_ai.request.model": model })
-    const ctx = ctxOf(model)
-    const answer = yield* Http.executeJson(
-      client,
-      post(`${modelPath(model)}:generateContent`, requestBody(valid)),
-      decodeGenerate,
-      ctx
-    )
-    const refused = blocked(answer, ctx)
-    if (refused !== undefined) return yield* Effect.fail(refused)
-    const candidate = answer.candidates?.[0]
-    if (candidate === undefined) return yield* Effect.fail(Http.malformed(ctx, "candidates", "no candidate"))
-    const text = textOf(answer)
-    return {
-      text,
-      finishReason: finishReasonOf(candidate.finishReason),
-      usage: usageOf(answer.usageMetadata, Http.estimateInput(Model.toMessages(valid)), Model.estimateTokens(text)),
-      provider: name,
-      model: answer.modelVersion ?? model
-    } satisfies Model.GenerateResponse
-  })
-
-  const stream = (request: Model.GenerateRequest): Stream.Stream<Model.StreamPart, ModelError> =>
-    Stream.unwrap(
-      Effect.map(Model.validateGenerate(request), (valid) => {
-        const model = valid.model ?? defaultModel
-        const ctx = ctxOf(model)
-        const url = `${modelPath(model)}:streamGenerateContent?alt=sse`
-        return Stream.suspend(() => {
-          let finishReason: string | undefined
-          let metadata: typeof UsageMetadata.Type | undefined
-          let answeredModel: string | undefined
-          let outputChars = 0
-          const events = Http.sseEvents(
-            Http.executeStream(client, post(url, requestBody(valid), "text/event-stream"), ctx),
-            ctx
-          )
-          return Http.assemble(
-            events,
-            (event) =>
-              Effect.flatMap(Http.parseJson(event.data, ctx), (payload) => {
-                if (
-                  event.event === "error" ||
-                  (typeof payload === "object" && payload !== null && "error" in payload)
-                ) {
-                  return Effect.fail(Http.errorFromPayload(payload, ctx))
-                }
-                return Effect.flatMap(decodeChunk(payload, ctx), (chunk) => {
-                  const refused = blocked(chunk, ctx)
-                  if (refused !== undefined) return Effect.fail(refused)
-                  if (chunk.usageMetadata !== undefined) metadata = chunk.usageMetadata
-                  if (chunk.modelVersion !== undefined) answeredModel = chunk.modelVersion
-                  const reason = chunk.candidates?.[0]?.finishReason
-                  if (reason !== undefined) finishReason = reason
-                  const text = textOf(chunk)
-                  outputChars += text.length
-                  return Effect.succeed(text.length === 0 ? [] : [{ _tag: "TextDelta", text } as const])
-                })
-              }),
-            // Gemini's SSE has no terminator: the stream is complete when it ends after a finishReason.
-            () =>
-              finishReason === undefined
-                ? Effect.fail(Http.endedEarly(ctx))
-                : Effect.succeed([
-                    {
-                      _tag: "Finish",
-                      finishReason: finishReasonOf(finishReason),
-                      usage: usageOf(metadata, Http.estimateInput(Model.toMessages(valid)), Math.ceil(outputChars / 4)),
-                      provider: name,
-                      model: answeredModel ?? model
-                    }
-                  ])
-          )
-        })
-      })
-    ).pipe(Stream.withSpan("Gemini.stream", { attributes: { "gen_ai.system": name } }))
-
-  const embed = Effect.fn("Gemini.embed")(function* (request: Model.EmbedRequest) {
-    const valid = yield* Model.validateEmbed(request)
-    const model = valid.model ?? embeddingModel
-    yield* Effect.annotateCurrentSpan({ "gen_ai.system": name, "gen_ai.request.model": model })
-    const ctx = ctxOf(model)
-    const path = modelPath(model)
-    const one = (text: string) => ({
-      model: path,
-      content: { parts: [{ text }] },
-      ...(options.embeddingDimensions === undefined ? {} : { outputDimensionality: options.embeddingDimensions })
-    })
-    const vectors =
-      valid.texts.length === 1
-        ? yield* Effect.map(
-            Http.executeJson(client, post(`${path}:embedContent`, one(valid.texts[0])), decodeEmbed, ctx),
-            (answer) => [answer.embedding.values]
-          )
-        : yield* Effect.map(
-            Http.executeJson(
-              client,
-              post(`${path}:batchEmbedContents`, { requests: valid.texts.map(one) }),
-              decodeBatchEmbed,
-              ctx
-            ),
-            (answer) => answer.embeddings.map((e) => e.values)
-          )
-    if (vectors.length !== valid.texts.length) {
-      return yield* Effect.fail(
-        Http.malformed(ctx, "embeddings", `expected ${valid.texts.length} embeddings, got ${vectors.length}`)
-      )
-    }
-    return { vectors, provider: name, model } satisfies Model.EmbedResponse
-  })
-
-  return { name, defaultModel, generate, stream, embed } satisfies Model.Service
-})
+export const requestBody = Wire.requestBody
 
 /**
  * @since 0.1.0
  * @category layers
  */
-export const layer = (options: Options): Layer.Layer<Model.ModelProvider, never, HttpClient.HttpClient> =>
+export const layer = (options: Options): Layer.Layer<Model.ModelProvider, Input.OptionError, HttpClient.HttpClient> =>
   Layer.effect(Model.ModelProvider, make(options))
 
 /**
@@ -314,7 +248,7 @@ export const layer = (options: Options): Layer.Layer<Model.ModelProvider, never,
  * @category config
  */
 export const config: Config.Config<Options> = Config.all({
-  apiKey: Config.redacted("GEMINI_API_KEY"),
+  apiKey: Config.Redacted("GEMINI_API_KEY"),
   model: Http.optionalString("GEMINI_MODEL"),
   embeddingModel: Http.optionalString("GEMINI_EMBEDDING_MODEL"),
   baseUrl: Http.optionalString("GEMINI_BASE_URL")
@@ -327,6 +261,6 @@ export const config: Config.Config<Options> = Config.all({
  * @category layers
  */
 export const layerConfig = (
-  options: Config.Config.Wrap<Options> = config
-): Layer.Layer<Model.ModelProvider, ConfigError.ConfigError, HttpClient.HttpClient> =>
-  Layer.unwrapEffect(Effect.map(Config.unwrap(options), layer))
+  options: Config.Wrap<Options> = config
+): Layer.Layer<Model.ModelProvider, Config.ConfigError | Input.OptionError, HttpClient.HttpClient> =>
+  Layer.unwrap(Effect.map(Config.unwrap(options), layer))

@@ -1,8 +1,12 @@
 /**
  * The embedded default provider: transformers.js models run in-process. Model instances
- * live in a scoped pool (one pool per model id, idle instances released after a TTL),
- * concurrent `embed` calls are coalesced into batched inferences, and closing the scope
- * drains calls up to a deadline, interrupts the rest and disposes every instance.
+ * live in scoped pools (one per model id, idle instances released after a time to live),
+ * concurrent `embed` calls are coalesced into batched inferences, generation streams token
+ * by token and stops between two tokens when interrupted, and closing the scope drains
+ * calls up to a deadline, stops the rest and disposes every instance.
+ *
+ * `@xenova/transformers` is an optional peer dependency: it is imported when a provider is
+ * built (`npm install @xenova/transformers`), never by importing this module.
  *
  * Without options it serves the tiny models bundled in `models/`, offline. Those models
  * have random weights: their output is NOT meaningful text (see docs/local-model.md for
@@ -10,12 +14,11 @@
  *
  * @since 0.1.0
  */
-import type { Config, ConfigError, Duration, Scope } from "effect"
-import { Effect, Layer } from "effect"
-import { Config as ConfigModule } from "effect"
+import { Config, Effect, Layer, type Scope } from "effect"
 import type { ModelError } from "../AiError.js"
-import * as internal from "../internal/local/provider.js"
+import type { OptionError, DurationInput } from "../Input.js"
 import { ModelProvider, type Service } from "../Model.js"
+import * as internal from "./local/provider.js"
 
 /**
  * Where the bundled tiny models live: `models/` at the package root.
@@ -26,6 +29,9 @@ import { ModelProvider, type Service } from "../Model.js"
 export const defaultModelPath: URL = new URL("../../models/", import.meta.url)
 
 /**
+ * Options of the local provider. Every number is checked when the provider is built: a
+ * wrong one fails it with an `OptionError` naming the field.
+ *
  * @since 0.1.0
  * @category models
  */
@@ -40,47 +46,60 @@ export interface Options {
   readonly generationModel?: string | undefined
   /** Model for `embed` (mean pooling + L2 normalisation). Default `"tiny-bert"`. */
   readonly embeddingModel?: string | undefined
-  /** Further models requests may select with `model`; all are loaded when the layer is built. */
+  /** Further models requests may select with `model`; all are loaded when the provider is built. */
   readonly models?:
     | {
         readonly generation?: ReadonlyArray<string> | undefined
         readonly embedding?: ReadonlyArray<string> | undefined
       }
     | undefined
-  /** Directory with one folder per local model. Default: the bundled `models/`. */
+  /** Directory with one folder per local model. Default: the bundled `models/` ({@link defaultModelPath}). */
   readonly modelPath?: string | URL | undefined
-  /** Download missing models from the Hugging Face hub into `cacheDir`. Default `false` (offline). */
+  /** Download missing models from the hub into `cacheDir`. Default `false` (offline). */
   readonly allowRemoteModels?: boolean | undefined
   /** Where downloaded models are cached. Default: transformers.js's own (`node_modules/@xenova/transformers/.cache`). */
   readonly cacheDir?: string | undefined
-  /** Hub to download from (a mirror, say). Default `https://huggingface.co/`. */
+  /** Hub to download from (a mirror, say): an http(s) URL. Default `https://huggingface.co/`. */
   readonly remoteHost?: string | undefined
   /** Load `*_quantized.onnx` files (the transformers.js default). Default `true`. */
   readonly quantized?: boolean | undefined
-  /** Instances per model, at most (each call holds one for its duration). Default 1. */
+  /**
+   * Instances per generation model, at most (each generation or stream holds one for its
+   * duration); also the provider's `maxConcurrency`. Embedding models hold one instance,
+   * shared by batches. Default 1.
+   */
   readonly poolSize?: number | undefined
-  /** Instances per model kept loaded even when idle. Default 0. */
+  /** Instances per model kept loaded even when idle (at most `poolSize`). Default 0. */
   readonly minInstances?: number | undefined
   /** Idle instances above `minInstances` are released after this long. Default 10 minutes. */
-  readonly idleTimeToLive?: Duration.DurationInput | undefined
+  readonly idleTimeToLive?: DurationInput | undefined
   /** Most texts in one batched embedding inference. Default 32. */
   readonly maxBatchSize?: number | undefined
   /**
    * How long a batch waits for more texts before it runs (unless it fills first). Default 0:
    * a batch takes the callers that are ready when it starts, without a timer.
    */
-  readonly batchWindow?: Duration.DurationInput | undefined
-  /** On scope close, how long in-flight calls may finish before they are interrupted. Default 10 s. */
-  readonly shutdownDeadline?: Duration.DurationInput | undefined
+  readonly batchWindow?: DurationInput | undefined
+  /** On scope close, how long calls in flight may finish before they are stopped. Default 10 seconds. */
+  readonly shutdownDeadline?: DurationInput | undefined
+  /**
+   * Longest load of one model instance (a download included); past it the load fails with
+   * a `"Timeout"` `ModelError`. Default 10 minutes.
+   *
+   * @since 0.2.0
+   */
+  readonly loadTimeout?: DurationInput | undefined
   /** New tokens per generation when a request sets no `maxTokens`. Default 128. */
   readonly maxTokens?: number | undefined
 }
 
 /**
- * Builds the provider in a scope: sets transformers.js's (process-wide) environment from
- * the options, loads every configured model once (a missing or broken model fails here
- * with a `ModelError` of reason `"Unavailable"` naming the path it looked in), and releases
- * every instance when the scope closes.
+ * Builds the provider in a scope: imports transformers.js (a missing install fails with a
+ * `ModelError` of reason `"Unavailable"` naming the package and `npm install
+ * @xenova/transformers`), checks the options (`OptionError`), sets transformers.js's
+ * process-wide settings, loads every configured model once (a missing or broken model
+ * fails here with an `"Unavailable"` `ModelError` naming the path it looked in), and
+ * releases every instance when the scope closes.
  *
  * @example
  * ```ts
@@ -100,17 +119,29 @@ export interface Options {
  * @since 0.1.0
  * @category constructors
  */
-export const make = (options: Options = {}): Effect.Effect<Service, ModelError, Scope.Scope> =>
+export const make = (options: Options = {}): Effect.Effect<Service, ModelError | OptionError, Scope.Scope> =>
   internal.makeWith({ ...options, modelPath: options.modelPath ?? defaultModelPath })
 
 /**
  * The local provider as the `ModelProvider` service.
  *
+ * @example
+ * ```ts
+ * import { Effect } from "effect"
+ * import { ModelProvider } from "effect-orchestra/Model"
+ * import * as Local from "effect-orchestra/Model/Local"
+ *
+ * const program = Effect.gen(function* () {
+ *   const model = yield* ModelProvider
+ *   return yield* model.generate({ prompt: "the river", maxTokens: 8 })
+ * }).pipe(Effect.provide(Local.layer({ poolSize: 2 })))
+ * ```
+ *
  * @since 0.1.0
  * @category layers
  */
-export const layer = (options: Options = {}): Layer.Layer<ModelProvider, ModelError> =>
-  Layer.scoped(ModelProvider, make(options))
+export const layer = (options: Options = {}): Layer.Layer<ModelProvider, ModelError | OptionError> =>
+  Layer.effect(ModelProvider, make(options))
 
 /**
  * The local provider with its options read from `Config`.
@@ -121,8 +152,8 @@ export const layer = (options: Options = {}): Layer.Layer<ModelProvider, ModelEr
  * import * as Local from "effect-orchestra/Model/Local"
  *
  * const LocalLive = Local.layerConfig({
- *   generationModel: Config.string("LOCAL_GENERATION_MODEL").pipe(Config.withDefault("tiny-gpt2")),
- *   allowRemoteModels: Config.boolean("LOCAL_ALLOW_REMOTE").pipe(Config.withDefault(false))
+ *   generationModel: Config.String("LOCAL_GENERATION_MODEL").pipe(Config.withDefault("tiny-gpt2")),
+ *   allowRemoteModels: Config.Boolean("LOCAL_ALLOW_REMOTE").pipe(Config.withDefault(false))
  * })
  * ```
  *
@@ -130,6 +161,6 @@ export const layer = (options: Options = {}): Layer.Layer<ModelProvider, ModelEr
  * @category layers
  */
 export const layerConfig = (
-  config: Config.Config.Wrap<Options>
-): Layer.Layer<ModelProvider, ModelError | ConfigError.ConfigError> =>
-  Layer.scoped(ModelProvider, Effect.flatMap(ConfigModule.unwrap(config), make))
+  config: Config.Wrap<Options>
+): Layer.Layer<ModelProvider, ModelError | OptionError | Config.ConfigError> =>
+  Layer.effect(ModelProvider, Effect.flatMap(Config.unwrap(config), make))

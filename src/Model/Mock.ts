@@ -1,38 +1,94 @@
 /**
- * A scripted model provider for tests, examples and benchmarks: outcomes in order or a
- * seeded random mix, latencies fixed or drawn from a distribution, failures of every
- * reason, hangs, and chunked streams. Time passes only through `Effect.sleep`, so
- * `TestClock` drives it.
+ * A model provider for tests, examples, benchmarks and the CLI's offline mode: outcomes
+ * scripted call by call or drawn from a seeded random mix, latencies fixed or uniform,
+ * failures of every reason, hangs, and streams that pace, stall or drop. Time passes only
+ * through `Effect.sleep`, so `TestClock` drives it. `MockControl` counts calls and keeps
+ * the last requests.
  *
  * @since 0.1.0
  */
-import { Context, Duration, Effect, Exit, Layer, Random, Ref, Stream } from "effect"
-import { type AiError, ModelError, type Reason } from "../AiError.js"
+import { Context, type Duration, Effect, Layer } from "effect"
+import type { Reason } from "../AiError.js"
+import type { OptionError } from "../Input.js"
 import {
   type EmbedRequest,
-  type EmbedResponse,
-  estimateTokens,
   type FinishReason,
   type GenerateRequest,
-  type GenerateResponse,
   ModelProvider,
   type Service,
-  type StreamPart,
-  toMessages,
-  usage
+  type ToolCall
 } from "../Model.js"
+import * as Behaviour from "./Mock/behaviour.js"
+import { compile } from "./Mock/options.js"
 
 /**
- * A latency: a fixed duration, or a distribution sampled with the mock's seeded random.
+ * A latency: a fixed duration (`150`, `"150 millis"`), or a duration drawn uniformly
+ * between two bounds with the mock's seeded random (`{ uniform: [100, 300] }`).
  *
  * @since 0.1.0
  * @category models
  */
-export type Latency =
-  | Duration.DurationInput
-  | { readonly uniform: readonly [Duration.DurationInput, Duration.DurationInput] }
-  | { readonly exponential: Duration.DurationInput }
-  | { readonly normal: { readonly mean: Duration.DurationInput; readonly stddev: Duration.DurationInput } }
+export type Latency = Duration.Input | { readonly uniform: readonly [min: Duration.Input, max: Duration.Input] }
+
+/**
+ * The call answers. For streams, the text arrives in `chunks` (default: one word a
+ * chunk), the first after `latency`, the next ones `chunkDelay` apart, then the tool
+ * calls and the `Finish`.
+ *
+ * @since 0.2.0
+ * @category models
+ */
+export interface Succeed {
+  readonly _tag: "Succeed"
+  /** The answer. Default: `respond(request)`. Give `text` or `chunks`, not both. */
+  readonly text?: string | undefined
+  /** The stream's chunks, in order; the answer of `generate` is their concatenation. */
+  readonly chunks?: ReadonlyArray<string> | undefined
+  readonly toolCalls?: ReadonlyArray<ToolCall> | undefined
+  /** Default `tool_calls` when there are tool calls, else `stop`. */
+  readonly finishReason?: FinishReason | undefined
+  readonly latency?: Latency | undefined
+  readonly chunkDelay?: Latency | undefined
+}
+
+/**
+ * The call fails with a `ModelError` of this `reason`, after `latency`. A stream first
+ * delivers `afterChunks` chunks of the answer, then drops.
+ *
+ * @since 0.2.0
+ * @category models
+ */
+export interface Fail {
+  readonly _tag: "Fail"
+  readonly reason: Reason
+  /** The error's message. Default: `mock <name> failed: <reason>`. */
+  readonly message?: string | undefined
+  /** Default: the status a real provider sends for the reason (429, 503, 401, ...). */
+  readonly status?: number | undefined
+  readonly retryAfter?: Duration.Input | undefined
+  readonly latency?: Latency | undefined
+  /** For streams: chunks delivered before the failure. Default 0. */
+  readonly afterChunks?: number | undefined
+  readonly chunkDelay?: Latency | undefined
+  /** For streams: the answer whose first chunks are delivered. Default: `respond(request)`. */
+  readonly text?: string | undefined
+}
+
+/**
+ * The call never answers (until interrupted). A stream first delivers `afterChunks`
+ * chunks, then stalls.
+ *
+ * @since 0.2.0
+ * @category models
+ */
+export interface Hang {
+  readonly _tag: "Hang"
+  /** For streams: chunks delivered before the stall. Default 0. */
+  readonly afterChunks?: number | undefined
+  readonly latency?: Latency | undefined
+  readonly chunkDelay?: Latency | undefined
+  readonly text?: string | undefined
+}
 
 /**
  * What one call does.
@@ -40,82 +96,98 @@ export type Latency =
  * @since 0.1.0
  * @category models
  */
-export type Outcome =
-  | {
-      readonly _tag: "Succeed"
-      readonly text?: string | undefined
-      readonly latency?: Latency | undefined
-      readonly finishReason?: FinishReason | undefined
-    }
-  | {
-      readonly _tag: "Fail"
-      readonly reason: Reason
-      readonly status?: number | undefined
-      readonly retryAfter?: Duration.DurationInput | undefined
-      readonly latency?: Latency | undefined
-      /** For streams: how many chunks are delivered before the failure. */
-      readonly afterChunks?: number | undefined
-    }
-  | {
-      readonly _tag: "Hang"
-      /** For streams: how many chunks are delivered before it stalls. */
-      readonly afterChunks?: number | undefined
-    }
+export type Outcome = Succeed | Fail | Hang
 
 /**
  * @since 0.1.0
  * @category constructors
  */
 export const Outcome = {
-  succeed: (
-    text?: string,
-    options?: { readonly latency?: Latency; readonly finishReason?: FinishReason }
-  ): Outcome => ({ _tag: "Succeed", text, latency: options?.latency, finishReason: options?.finishReason }),
-  fail: (
-    reason: Reason,
-    options?: {
-      readonly status?: number
-      readonly retryAfter?: Duration.DurationInput
-      readonly latency?: Latency
-      readonly afterChunks?: number
-    }
-  ): Outcome => ({ _tag: "Fail", reason, ...options }),
-  hang: (options?: { readonly afterChunks?: number }): Outcome => ({ _tag: "Hang", ...options })
+  succeed: (text?: string, options?: Omit<Succeed, "_tag" | "text">): Outcome => ({
+    _tag: "Succeed",
+    text,
+    ...options
+  }),
+  fail: (reason: Reason, options?: Omit<Fail, "_tag" | "reason">): Outcome => ({ _tag: "Fail", reason, ...options }),
+  hang: (options?: Omit<Hang, "_tag">): Outcome => ({ _tag: "Hang", ...options })
 } as const
 
 /**
- * Weights of a seeded random mix of outcomes.
+ * A seeded random mix of outcomes, for the calls the script does not cover. A call
+ * succeeds with probability `success`, hangs with probability `hang`, and fails
+ * otherwise, with a reason drawn by the `failures` weights.
  *
  * @since 0.1.0
  * @category models
  */
 export interface RandomMix {
-  readonly seed: number
-  readonly succeed: number
-  readonly fail?: Partial<Record<Reason, number>> | undefined
+  /** In [0, 1]. */
+  readonly success: number
+  /** In [0, 1]; `success + hang` at most 1. Default 0. */
   readonly hang?: number | undefined
+  /** Relative weights of the failure reasons. Default `{ Overloaded: 1 }`. */
+  readonly failures?: Partial<Record<Reason, number>> | undefined
 }
 
 /**
+ * Options of {@link make}. Every number is checked when the mock is built: a bad one
+ * fails the layer with an `OptionError` naming the field.
+ *
  * @since 0.1.0
  * @category models
  */
 export interface Options {
   /** Provider name (default `"mock"`). */
   readonly name?: string | undefined
+  /** The model reported when a request names none (default `"mock-model"`). */
   readonly model?: string | undefined
-  /** Outcomes for the 1st, 2nd, ... call (by start order). */
+  /** Outcomes of the 1st, 2nd, ... valid call (generate, stream and embed, by start order). */
   readonly script?: ReadonlyArray<Outcome> | undefined
   /** After the script (or without one): a seeded random mix. Otherwise every call succeeds. */
   readonly random?: RandomMix | undefined
-  /** Default latency of a call (a stream's time to first chunk). Default 0. */
+  /** Seeds every random draw (outcomes, uniform latencies). Call n draws the same numbers in every run. Default 0. */
+  readonly seed?: number | undefined
+  /** Default latency of a call (a stream's time to its first chunk). Default 0. */
   readonly latency?: Latency | undefined
-  /** Delay between stream chunks. Default 0. */
+  /** Default delay between stream chunks. Default 0. */
   readonly chunkDelay?: Latency | undefined
-  /** The answer text for a request (default: echoes the last message). */
+  /** The answer to a request. Default: `mock answer to: <last message>`. */
   readonly respond?: ((request: GenerateRequest) => string) | undefined
   /** Dimensions of the deterministic embedding vectors. Default 8. */
   readonly dimensions?: number | undefined
+  /** Declared on the service: calls the provider serves at once (the executor queues the rest). */
+  readonly maxConcurrency?: number | undefined
+  /** Requests kept for `MockControl.requests`: the last N. Default 1,000; 0 keeps none. Counts are kept apart. */
+  readonly requestLogSize?: number | undefined
+}
+
+/**
+ * A request as the mock saw it, numbered by start order from 0.
+ *
+ * @since 0.2.0
+ * @category models
+ */
+export type LoggedRequest =
+  | { readonly index: number; readonly kind: "generate" | "stream"; readonly request: GenerateRequest }
+  | { readonly index: number; readonly kind: "embed"; readonly request: EmbedRequest }
+
+/**
+ * Counts since the mock was built. `calls = succeeded + failed + interrupted + inFlight`.
+ *
+ * @since 0.2.0
+ * @category models
+ */
+export interface Counts {
+  readonly calls: number
+  readonly generate: number
+  readonly stream: number
+  readonly embed: number
+  readonly succeeded: number
+  readonly failed: number
+  readonly interrupted: number
+  readonly inFlight: number
+  /** Highest number of calls running at once. */
+  readonly peak: number
 }
 
 /**
@@ -126,315 +198,53 @@ export interface Options {
  */
 export interface Control {
   readonly name: string
-  /** Calls started (generate, stream and embed). */
+  /** Calls started (generate, stream and embed), refused requests included. */
   readonly calls: Effect.Effect<number>
   /** Calls that ended with a success or a failure. */
   readonly completed: Effect.Effect<number>
-  /** Calls interrupted before they ended. */
+  /** Calls interrupted (or streams left by their consumer) before they ended. */
   readonly interrupted: Effect.Effect<number>
-  /** Calls currently running. */
   readonly inFlight: Effect.Effect<number>
-  /** Highest number of calls running at once. */
   readonly peak: Effect.Effect<number>
-  readonly requests: Effect.Effect<ReadonlyArray<GenerateRequest | EmbedRequest>>
+  readonly counts: Effect.Effect<Counts>
+  /** The last `requestLogSize` requests, oldest first. */
+  readonly requests: Effect.Effect<ReadonlyArray<LoggedRequest>>
 }
 
 /**
  * @since 0.1.0
- * @category tags
+ * @category services
  */
-export class MockControl extends Context.Tag("effect-orchestra/Model/Mock/MockControl")<MockControl, Control>() {}
-
-const defaultRespond = (request: GenerateRequest): string => {
-  const messages = toMessages(request)
-  const last = messages[messages.length - 1]
-  return `mock answer to: ${last?.content ?? ""}`
-}
-
-const sampleLatency = (latency: Latency | undefined, random: Random.Random): Effect.Effect<Duration.Duration> => {
-  if (latency === undefined) return Effect.succeed(Duration.zero)
-  if (typeof latency === "object" && latency !== null && !Duration.isDuration(latency) && !Array.isArray(latency)) {
-    if ("uniform" in latency) {
-      const [min, max] = latency.uniform
-      const lo = Duration.toMillis(min)
-      const hi = Duration.toMillis(max)
-      return Effect.map(random.next, (u) => Duration.millis(lo + u * (hi - lo)))
-    }
-    if ("exponential" in latency) {
-      const mean = Duration.toMillis(latency.exponential)
-      return Effect.map(random.next, (u) => Duration.millis(-mean * Math.log(1 - u)))
-    }
-    if ("normal" in latency) {
-      const mean = Duration.toMillis(latency.normal.mean)
-      const sd = Duration.toMillis(latency.normal.stddev)
-      return Effect.zipWith(random.next, random.next, (u1, u2) => {
-        const z = Math.sqrt(-2 * Math.log(1 - u1)) * Math.cos(2 * Math.PI * u2)
-        return Duration.millis(Math.max(0, mean + z * sd))
-      })
-    }
-  }
-  return Effect.succeed(Duration.decode(latency as Duration.DurationInput))
-}
-
-const pickRandom = (mix: RandomMix, random: Random.Random): Effect.Effect<Outcome> =>
-  Effect.map(random.next, (u) => {
-    const entries: Array<readonly [Outcome, number]> = [[{ _tag: "Succeed" }, mix.succeed]]
-    for (const [reason, weight] of Object.entries(mix.fail ?? {})) {
-      entries.push([{ _tag: "Fail", reason: reason as Reason }, weight ?? 0])
-    }
-    if (mix.hang) entries.push([{ _tag: "Hang" }, mix.hang])
-    const total = entries.reduce((sum, [, w]) => sum + w, 0)
-    let point = u * total
-    for (const [outcome, weight] of entries) {
-      if (point < weight) return outcome
-      point -= weight
-    }
-    return entries[0]![0]
-  })
-
-const statusOf: Partial<Record<Reason, number>> = {
-  RateLimited: 429,
-  Overloaded: 503,
-  Unauthorized: 401,
-  InvalidRequest: 400,
-  Unavailable: 503,
-  Timeout: 504
-}
+export class MockControl extends Context.Service<MockControl, Control>()("effect-orchestra/Model/Mock/MockControl") {}
 
 /**
- * Splits a text into stream chunks: one word (with its following space) a chunk.
+ * Splits a text into stream chunks: one word (with the spaces after it) a chunk.
  *
  * @since 0.1.0
  * @category utils
  */
-export const chunksOf = (text: string): ReadonlyArray<string> => text.match(/\S+\s*|\s+/g) ?? []
+export const chunksOf: (text: string) => ReadonlyArray<string> = Behaviour.chunksOf
 
 /**
- * Deterministic unit vectors from a text (a hash spread over the dimensions).
+ * A deterministic unit vector for a text (a hash spread over the dimensions): equal
+ * texts get equal vectors, in every run.
  *
  * @since 0.1.0
  * @category utils
  */
-export const embedText = (text: string, dimensions: number): ReadonlyArray<number> => {
-  const vector = new Array<number>(dimensions).fill(0)
-  let h = 2166136261
-  for (let i = 0; i < text.length; i++) {
-    h = Math.imul(h ^ text.charCodeAt(i), 16777619)
-    vector[i % dimensions]! += ((h >>> 0) % 1000) / 1000 - 0.5
-  }
-  const norm = Math.sqrt(vector.reduce((s, x) => s + x * x, 0)) || 1
-  return vector.map((x) => (text.length === 0 ? (x === 0 ? 1 / Math.sqrt(dimensions) : x) : x / norm))
-}
+export const embedText: (text: string, dimensions: number) => ReadonlyArray<number> = Behaviour.embedText
 
 /**
- * Builds a mock provider and its control.
+ * Builds a mock provider and its control. Fails with an `OptionError` naming the first
+ * bad option.
  *
  * @since 0.1.0
  * @category constructors
  */
-export const make = Effect.fnUntraced(function* (options: Options = {}) {
-  const name = options.name ?? "mock"
-  const defaultModel = options.model ?? "mock-model"
-  const script = options.script ?? []
-  const random = Random.make(options.random?.seed ?? 0)
-  const respond = options.respond ?? defaultRespond
-  const dimensions = options.dimensions ?? 8
-  const latencyIsZero =
-    options.latency === undefined ||
-    (!(typeof options.latency === "object" && options.latency !== null && !Duration.isDuration(options.latency)) &&
-      Duration.toMillis(Duration.decode(options.latency as Duration.DurationInput)) === 0)
-
-  const started = yield* Ref.make(0)
-  const completed = yield* Ref.make(0)
-  const interrupted = yield* Ref.make(0)
-  const inFlight = yield* Ref.make(0)
-  const peak = yield* Ref.make(0)
-  const requests = yield* Ref.make<Array<GenerateRequest | EmbedRequest>>([])
-
-  const nextOutcome = (index: number): Effect.Effect<Outcome> => {
-    const scripted = script[index]
-    if (scripted !== undefined) return Effect.succeed(scripted)
-    if (options.random !== undefined) return pickRandom(options.random, random)
-    return Effect.succeed({ _tag: "Succeed" })
-  }
-
-  const begin = (request: GenerateRequest | EmbedRequest): Effect.Effect<Outcome> =>
-    Effect.flatMap(
-      Ref.modify(started, (n) => [n, n + 1] as const),
-      (index) =>
-        Effect.zipRight(
-          Effect.zipRight(
-            Ref.update(requests, (all) => {
-              all.push(request)
-              return all
-            }),
-            Effect.flatMap(
-              Ref.updateAndGet(inFlight, (n) => n + 1),
-              (now) => Ref.update(peak, (p) => Math.max(now, p))
-            )
-          ),
-          nextOutcome(index)
-        )
-    )
-
-  const end = (wasInterrupted: boolean): Effect.Effect<void> =>
-    Effect.zipRight(
-      Ref.update(inFlight, (n) => n - 1),
-      Ref.update(wasInterrupted ? interrupted : completed, (n) => n + 1)
-    )
-
-  const track = <A, E>(
-    request: GenerateRequest | EmbedRequest,
-    body: (outcome: Outcome) => Effect.Effect<A, E>
-  ): Effect.Effect<A, E> =>
-    Effect.uninterruptibleMask((restore) =>
-      Effect.flatMap(begin(request), (outcome) =>
-        restore(body(outcome)).pipe(Effect.onExit((exit) => end(Exit.isInterrupted(exit))))
-      )
-    )
-
-  const failure = (outcome: Extract<Outcome, { _tag: "Fail" }>, model: string): ModelError =>
-    new ModelError({
-      reason: outcome.reason,
-      message: `mock ${name} failed: ${outcome.reason}`,
-      provider: name,
-      model,
-      status: outcome.status ?? statusOf[outcome.reason],
-      retryAfter: outcome.retryAfter === undefined ? undefined : Duration.decode(outcome.retryAfter)
-    })
-
-  const wait = (latency: Latency | undefined): Effect.Effect<void> =>
-    latency === undefined && latencyIsZero
-      ? Effect.void
-      : Effect.flatMap(sampleLatency(latency ?? options.latency, random), (d) =>
-          Duration.toMillis(d) === 0 ? Effect.void : Effect.sleep(d)
-        )
-
-  const generate = (request: GenerateRequest): Effect.Effect<GenerateResponse, AiError> =>
-    track(request, (outcome) => {
-      const model = request.model ?? defaultModel
-      switch (outcome._tag) {
-        case "Hang":
-          return Effect.never
-        case "Fail":
-          return Effect.zipRight(wait(outcome.latency), Effect.fail(failure(outcome, model)))
-        case "Succeed":
-          // Lazily, so that a throwing `respond` is a defect of this call, tracked like any end.
-          return Effect.zipRight(
-            wait(outcome.latency),
-            Effect.sync(() => responseOf(request, outcome, model))
-          )
-      }
-    })
-
-  const responseOf = (
-    request: GenerateRequest,
-    outcome: Extract<Outcome, { _tag: "Succeed" }>,
-    model: string
-  ): GenerateResponse => {
-    const text = outcome.text ?? respond(request)
-    const input = toMessages(request).reduce((n, m) => n + estimateTokens(m.content), 0)
-    return {
-      text,
-      finishReason: outcome.finishReason ?? "stop",
-      usage: usage(input, estimateTokens(text)),
-      provider: name,
-      model
-    }
-  }
-
-  const chunkStream = (
-    request: GenerateRequest,
-    outcome: Outcome,
-    model: string
-  ): Stream.Stream<StreamPart, AiError> => {
-    const succeedOutcome: Extract<Outcome, { _tag: "Succeed" }> =
-      outcome._tag === "Succeed" ? outcome : { _tag: "Succeed" }
-    const response = responseOf(request, succeedOutcome, model)
-    const chunks = chunksOf(response.text)
-    const limit = outcome._tag === "Succeed" ? chunks.length : Math.min(outcome.afterChunks ?? 0, chunks.length)
-    const deltas = Stream.fromIterable(chunks.slice(0, limit).map((text, i) => [text, i] as const)).pipe(
-      Stream.mapEffect(([text, i]) =>
-        Effect.as(i === 0 ? wait(outcome._tag === "Hang" ? undefined : outcome.latency) : waitChunk(), {
-          _tag: "TextDelta",
-          text
-        } as StreamPart)
-      )
-    )
-    const ending: Stream.Stream<StreamPart, AiError> =
-      outcome._tag === "Succeed"
-        ? Stream.succeed({
-            _tag: "Finish",
-            finishReason: response.finishReason,
-            usage: response.usage,
-            provider: name,
-            model
-          })
-        : outcome._tag === "Fail"
-          ? Stream.fromEffect(
-              Effect.zipRight(limit === 0 ? wait(outcome.latency) : waitChunk(), Effect.fail(failure(outcome, model)))
-            )
-          : Stream.fromEffect(Effect.zipRight(limit === 0 ? Effect.void : waitChunk(), Effect.never))
-    return Stream.concat(deltas, ending)
-  }
-
-  const waitChunk = (): Effect.Effect<void> =>
-    options.chunkDelay === undefined
-      ? Effect.void
-      : Effect.flatMap(sampleLatency(options.chunkDelay, random), (d) =>
-          Duration.toMillis(d) === 0 ? Effect.void : Effect.sleep(d)
-        )
-
-  const streamTracked = (request: GenerateRequest): Stream.Stream<StreamPart, AiError> =>
-    Stream.unwrapScoped(
-      Effect.gen(function* () {
-        const model = request.model ?? defaultModel
-        const ended = yield* Ref.make(false)
-        // In flight for as long as the stream's scope is open: a consumer that leaves early
-        // (or a timeout) closes it before the stream ended, which counts as an interruption.
-        const outcome = yield* Effect.acquireRelease(begin(request), () =>
-          Effect.flatMap(Ref.get(ended), (done) => end(!done))
-        )
-        return chunkStream(request, outcome, model).pipe(
-          Stream.onEnd(Ref.set(ended, true)),
-          Stream.tapErrorCause(() => Ref.set(ended, true))
-        )
-      })
-    )
-
-  const embed = (request: EmbedRequest): Effect.Effect<EmbedResponse, AiError> =>
-    track(request, (outcome) => {
-      const model = request.model ?? defaultModel
-      switch (outcome._tag) {
-        case "Hang":
-          return Effect.never
-        case "Fail":
-          return Effect.zipRight(wait(outcome.latency), Effect.fail(failure(outcome, model)))
-        case "Succeed":
-          return Effect.as(wait(outcome.latency), {
-            vectors: request.texts.map((t) => embedText(t, dimensions)),
-            usage: usage(
-              request.texts.reduce((n, t) => n + estimateTokens(t), 0),
-              0
-            ),
-            provider: name,
-            model
-          })
-      }
-    })
-
-  const provider: Service = { name, defaultModel, generate, stream: streamTracked, embed }
-  const control: Control = {
-    name,
-    calls: Ref.get(started),
-    completed: Ref.get(completed),
-    interrupted: Ref.get(interrupted),
-    inFlight: Ref.get(inFlight),
-    peak: Ref.get(peak),
-    requests: Effect.map(Ref.get(requests), (all) => all.slice())
-  }
-  return { provider, control } as const
-})
+export const make = (
+  options: Options = {}
+): Effect.Effect<{ readonly provider: Service; readonly control: Control }, OptionError> =>
+  Effect.map(compile(options), (config) => Behaviour.build(options, config))
 
 /**
  * A layer with a mock `ModelProvider` and its `MockControl`.
@@ -442,7 +252,7 @@ export const make = Effect.fnUntraced(function* (options: Options = {}) {
  * @since 0.1.0
  * @category layers
  */
-export const layer = (options: Options = {}): Layer.Layer<ModelProvider | MockControl> =>
+export const layer = (options: Options = {}): Layer.Layer<ModelProvider | MockControl, OptionError> =>
   Layer.effectContext(
     Effect.map(make(options), ({ control, provider }) =>
       Context.make(ModelProvider, provider).pipe(Context.add(MockControl, control))

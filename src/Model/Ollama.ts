@@ -1,22 +1,32 @@
 /**
- * Ollama's native API over `@effect/platform`'s `HttpClient`: `/api/chat` (or
- * `/api/generate` for plain prompts), NDJSON streaming, and `/api/embed`.
+ * Ollama's native API over `effect/http`'s `HttpClient`: `/api/chat` (tools, JSON formats),
+ * `/api/generate` for plain prompts when asked, NDJSON streaming, and `/api/embed`.
+ *
+ * The layer needs an `HttpClient` (`NodeHttpClient.layerUndici` from `@effect/platform-node`,
+ * or `FetchHttpClient.layer`). Every call is bounded (`timeout`), every stream has an idle
+ * deadline (`streamIdleTimeout`), every body a size bound (`maxResponseBytes`).
  *
  * @since 0.1.0
  */
-import * as HttpClient from "@effect/platform/HttpClient"
-import * as HttpClientRequest from "@effect/platform/HttpClientRequest"
-import { Config, type ConfigError, Effect, Layer, type Redacted, Schema, Stream } from "effect"
-import type { ModelError } from "../AiError.js"
-import * as Http from "../internal/http.js"
+import { Config, Effect, Layer, Redacted, Result, Stream } from "effect"
+import type { HttpClient } from "effect/http"
+import { HttpClientRequest } from "effect/http"
+import type { AiError, ModelError } from "../AiError.js"
+import * as Input from "../Input.js"
 import * as Model from "../Model.js"
+import * as Assemble from "./http/assemble.js"
+import * as Client from "./http/client.js"
+import * as Decode from "./http/decode.js"
+import * as Errors from "./http/errors.js"
+import * as Wire from "./http/ollamaWire.js"
+import * as Http from "./http/options.js"
 
 /**
  * @since 0.1.0
  * @category models
  */
-export interface Options {
-  /** Server URL. Default `http://127.0.0.1:11434`. */
+export interface Options extends Http.Options {
+  /** Server URL; the scheme may be left out (`127.0.0.1:11434`, as `OLLAMA_HOST` often is). Default `http://127.0.0.1:11434`. */
   readonly host?: string | undefined
   /** Default model. Default `llama3.2`. */
   readonly model?: string | undefined
@@ -24,72 +34,22 @@ export interface Options {
   readonly embeddingModel?: string | undefined
   /**
    * `chat` (default) sends every request to `/api/chat`; `generate` sends plain-prompt
-   * requests to `/api/generate` (conversations still go to `/api/chat`).
+   * requests without tools to `/api/generate` (conversations still go to `/api/chat`).
    */
   readonly api?: "chat" | "generate" | undefined
-  /** How long the server keeps the model loaded after a call (`keep_alive`, e.g. `"5m"`). */
-  readonly keepAlive?: string | undefined
+  /**
+   * How long the server keeps the model loaded after a call (`keep_alive`): a duration
+   * (`"10 minutes"`, `600000`, or Ollama's own `"10m"`), `0` to unload at once, or
+   * `"forever"`. The server's default when absent.
+   */
+  readonly keepAlive?: Input.DurationInput | `${number}${"ms" | "s" | "m" | "h"}` | "forever" | undefined
   /** A bearer token, for Ollama behind an authenticating proxy or ollama.com. */
-  readonly apiKey?: Redacted.Redacted | undefined
+  readonly apiKey?: Redacted.Redacted<string> | undefined
   /** Provider name in errors, metrics and provenance. Default `ollama`. */
   readonly name?: string | undefined
+  /** Extra headers on every request. */
   readonly headers?: Readonly<Record<string, string>> | undefined
 }
-
-const Counts = {
-  done_reason: Schema.optional(Schema.String),
-  prompt_eval_count: Schema.optional(Schema.Number),
-  eval_count: Schema.optional(Schema.Number)
-}
-
-const ChatAnswer = Schema.Struct({
-  model: Schema.optional(Schema.String),
-  message: Schema.Struct({ role: Schema.optional(Schema.String), content: Schema.String }),
-  done: Schema.Boolean,
-  ...Counts
-})
-
-const GenerateAnswer = Schema.Struct({
-  model: Schema.optional(Schema.String),
-  response: Schema.String,
-  done: Schema.Boolean,
-  ...Counts
-})
-
-const ChatLine = Schema.Struct({
-  model: Schema.optional(Schema.String),
-  message: Schema.optional(Schema.Struct({ content: Schema.optionalWith(Schema.String, { default: () => "" }) })),
-  done: Schema.Boolean,
-  ...Counts
-})
-
-const GenerateLine = Schema.Struct({
-  model: Schema.optional(Schema.String),
-  response: Schema.optionalWith(Schema.String, { default: () => "" }),
-  done: Schema.Boolean,
-  ...Counts
-})
-
-const EmbedAnswer = Schema.Struct({
-  model: Schema.optional(Schema.String),
-  embeddings: Schema.Array(Schema.Array(Schema.Number)),
-  prompt_eval_count: Schema.optional(Schema.Number)
-})
-
-interface Line {
-  readonly text: string
-  readonly done: boolean
-  readonly model?: string | undefined
-  readonly done_reason?: string | undefined
-  readonly prompt_eval_count?: number | undefined
-  readonly eval_count?: number | undefined
-}
-
-const decodeChat = Http.jsonDecoder(ChatAnswer)
-const decodeGenerate = Http.jsonDecoder(GenerateAnswer)
-const decodeChatLine = Http.valueDecoder(ChatLine)
-const decodeGenerateLine = Http.valueDecoder(GenerateLine)
-const decodeEmbed = Http.jsonDecoder(EmbedAnswer)
 
 /**
  * Ollama's `done_reason` as ours.
@@ -97,7 +57,7 @@ const decodeEmbed = Http.jsonDecoder(EmbedAnswer)
  * @since 0.1.0
  * @category utils
  */
-export const finishReasonOf = (reason: string | undefined): Model.FinishReason => {
+export const finishReasonOf = (reason: string | null | undefined): Model.FinishReason => {
   switch (reason) {
     case "stop":
       return "stop"
@@ -108,168 +68,183 @@ export const finishReasonOf = (reason: string | undefined): Model.FinishReason =
   }
 }
 
+const decodeChat = Decode.valueDecoder(Wire.ChatAnswer)
+const decodeGenerate = Decode.valueDecoder(Wire.GenerateAnswer)
+const decodeChatLine = Decode.valueDecoder(Wire.ChatLine)
+const decodeGenerateLine = Decode.valueDecoder(Wire.GenerateLine)
+const decodeEmbed = Decode.valueDecoder(Wire.EmbedAnswer)
+
 /** `OLLAMA_HOST` is often written without a scheme (`0.0.0.0:11434`). */
-const hostUrl = (host: string): string => (/^https?:\/\//i.test(host) ? host : `http://${host}`)
+const hostUrl = (host: string): string =>
+  /^[a-z][a-z0-9+.-]*:\/\//i.test(host.trim()) ? host : `http://${host.trim()}`
+
+const checkOptions = (options: Options) =>
+  Input.all([
+    Http.settings(options),
+    Http.baseUrl("host", hostUrl(options.host ?? "http://127.0.0.1:11434")),
+    Http.nonEmpty("name", options.name ?? "ollama"),
+    Http.nonEmpty("model", options.model ?? "llama3.2"),
+    Http.nonEmpty("embeddingModel", options.embeddingModel ?? "nomic-embed-text"),
+    Http.oneOf("api", options.api ?? "chat", ["chat", "generate"]),
+    Input.optional(options.keepAlive, (input) => Wire.keepAlive("keepAlive", input)),
+    options.apiKey === undefined || Redacted.isRedacted(options.apiKey)
+      ? Result.succeed(undefined)
+      : Result.fail({ path: "apiKey", message: "expected a Redacted value (Redacted.make(key) or Config.Redacted)" })
+  ])
 
 /**
- * Builds the provider from an `HttpClient` in context.
+ * Builds the provider from an `HttpClient` in context. Options are checked here: a bad one
+ * fails with an `OptionError` naming it.
  *
  * @since 0.1.0
  * @category constructors
  */
 export const make = Effect.fnUntraced(function* (options: Options = {}) {
-  const client = yield* HttpClient.HttpClient
-  const name = options.name ?? "ollama"
-  const host = hostUrl(options.host ?? "http://127.0.0.1:11434")
-  const defaultModel = options.model ?? "llama3.2"
-  const embeddingModel = options.embeddingModel ?? "nomic-embed-text"
-  const secrets = options.apiKey === undefined ? [] : [options.apiKey]
+  const [settings, host, name, defaultModel, embeddingModel, api, keepAlive] = yield* Input.orOptionError(
+    checkOptions(options)
+  )
+  const client = yield* Client.make(settings, options.transformClient)
+  const apiKey = options.apiKey
+  const secrets = apiKey === undefined ? [] : [apiKey]
 
-  const post = (path: string, body: unknown): HttpClientRequest.HttpClientRequest => {
+  const post = (path: string, body: unknown, accept: string): HttpClientRequest.HttpClientRequest => {
     const request = HttpClientRequest.post(Http.joinUrl(host, path)).pipe(
       HttpClientRequest.setHeaders({ ...options.headers }),
-      HttpClientRequest.acceptJson,
-      HttpClientRequest.bodyUnsafeJson(body)
+      HttpClientRequest.setHeader("accept", accept),
+      HttpClientRequest.bodyJsonUnsafe(body)
     )
-    return options.apiKey === undefined ? request : HttpClientRequest.bearerToken(request, options.apiKey)
+    return apiKey === undefined ? request : HttpClientRequest.bearerToken(request, apiKey)
   }
 
-  const ctxOf = (model: string): Http.CallContext => ({ provider: name, model, secrets, notFoundField: "model" })
+  // On /api/chat and /api/generate a 404 with an error body can only mean a model that is not pulled.
+  const ctxOf = (model: string): Errors.CallContext => ({ provider: name, model, secrets, notFoundField: "model" })
 
-  const modelOptions = (request: Model.GenerateRequest): Record<string, unknown> | undefined => {
-    const out: Record<string, unknown> = {}
-    if (request.maxTokens !== undefined) out["num_predict"] = request.maxTokens
-    if (request.temperature !== undefined) out["temperature"] = request.temperature
-    if (request.topP !== undefined) out["top_p"] = request.topP
-    if (request.stop !== undefined) out["stop"] = request.stop
-    if (request.seed !== undefined) out["seed"] = request.seed
-    return Object.keys(out).length === 0 ? undefined : out
-  }
-
-  const usesGenerate = (request: Model.GenerateRequest): boolean =>
-    options.api === "generate" && request.prompt !== undefined
-
-  const bodyOf = (request: Model.GenerateRequest, model: string, stream: boolean) => {
-    const body: Record<string, unknown> = usesGenerate(request)
-      ? { model, prompt: request.prompt, ...(request.system === undefined ? {} : { system: request.system }) }
-      : { model, messages: Model.toMessages(request).map((m) => ({ role: m.role, content: m.content })) }
-    body["stream"] = stream
-    const modelOpts = modelOptions(request)
-    if (modelOpts !== undefined) body["options"] = modelOpts
-    if (options.keepAlive !== undefined) body["keep_alive"] = options.keepAlive
-    return body
-  }
-
-  const usageOf = (
-    counts: { readonly prompt_eval_count?: number | undefined; readonly eval_count?: number | undefined },
-    request: Model.GenerateRequest,
-    outputChars: number
-  ): Model.Usage =>
-    Model.usage(
-      counts.prompt_eval_count ?? Http.estimateInput(Model.toMessages(request)),
-      counts.eval_count ?? Math.ceil(outputChars / 4)
-    )
+  const prepare = (request: Model.GenerateRequest, stream: boolean) =>
+    Effect.flatMap(Model.validateGenerate(request), (valid) => {
+      const model = valid.model ?? defaultModel
+      const viaGenerate = api === "generate" && valid.prompt !== undefined && valid.tools === undefined
+      const body = viaGenerate
+        ? Effect.succeed(Wire.generateBody(valid, { model, stream, keepAlive }))
+        : Wire.chatBody(valid, { model, stream, keepAlive, provider: name })
+      return Effect.map(body, (body) => ({ valid, model, body, viaGenerate, ctx: ctxOf(model) }))
+    })
 
   const generate = Effect.fn("Ollama.generate")(function* (request: Model.GenerateRequest) {
-    const valid = yield* Model.validateGenerate(request)
-    const model = valid.model ?? defaultModel
-    yield* Effect.annotateCurrentSpan({ "gen_ai.system": name, "gen_ai.request.model": model })
-    const ctx = ctxOf(model)
-    const answer = usesGenerate(valid)
-      ? yield* Effect.map(
-          Http.executeJson(client, post("api/generate", bodyOf(valid, model, false)), decodeGenerate, ctx),
-          (a) => ({ ...a, text: a.response })
-        )
-      : yield* Effect.map(
-          Http.executeJson(client, post("api/chat", bodyOf(valid, model, false)), decodeChat, ctx),
-          (a) => ({ ...a, text: a.message.content })
-        )
-    return {
+    const { valid, model, body, viaGenerate, ctx } = yield* prepare(request, false)
+    yield* Effect.annotateCurrentSpan(spanAttributes(name, "chat", model))
+    const answer: Wire.Line = viaGenerate
+      ? Wire.fromGenerate(yield* client.json(post("api/generate", body, "application/json"), decodeGenerate, ctx))
+      : Wire.fromChat(yield* client.json(post("api/chat", body, "application/json"), decodeChat, ctx))
+    const response: Model.GenerateResponse = {
       text: answer.text,
-      finishReason: finishReasonOf(answer.done_reason),
-      usage: usageOf(answer, valid, answer.text.length),
+      finishReason: finishOf(answer.done_reason, answer.toolCalls.length),
+      usage: Wire.usageOf(answer, valid, answer.text.length),
       provider: name,
-      model: answer.model ?? model
-    } satisfies Model.GenerateResponse
+      model: answer.model ?? model,
+      ...(answer.toolCalls.length > 0 ? { toolCalls: answer.toolCalls } : {})
+    }
+    return response
   })
 
-  const stream = (request: Model.GenerateRequest): Stream.Stream<Model.StreamPart, ModelError> =>
+  const stream = (request: Model.GenerateRequest): Stream.Stream<Model.StreamPart, AiError> =>
     Stream.unwrap(
-      Effect.map(Model.validateGenerate(request), (valid) => {
-        const model = valid.model ?? defaultModel
-        const ctx = ctxOf(model)
-        const viaGenerate = usesGenerate(valid)
-        return Stream.suspend(() => {
+      Effect.map(prepare(request, true), ({ valid, model, body, viaGenerate, ctx }) =>
+        Stream.suspend(() => {
           let outputChars = 0
-          const lines = Http.ndjsonLines(
-            Http.executeStream(client, post(viaGenerate ? "api/generate" : "api/chat", bodyOf(valid, model, true)), ctx)
-          )
-          return Http.assemble(
-            lines,
-            (line) =>
-              Effect.flatMap(Http.parseJson(line, ctx), (payload) => {
-                if (typeof payload === "object" && payload !== null && "error" in payload) {
-                  return Effect.fail(Http.errorFromPayload(payload, ctx))
-                }
-                const decoded: Effect.Effect<Line, ModelError> = viaGenerate
-                  ? Effect.map(decodeGenerateLine(payload, ctx), (l) => ({ ...l, text: l.response }))
-                  : Effect.map(decodeChatLine(payload, ctx), (l) => ({ ...l, text: l.message?.content ?? "" }))
-                return Effect.map(decoded, (l) => {
-                  const parts: Array<Model.StreamPart> = []
-                  if (l.text.length > 0) {
-                    outputChars += l.text.length
-                    parts.push({ _tag: "TextDelta", text: l.text })
-                  }
-                  if (l.done) {
-                    parts.push({
-                      _tag: "Finish",
-                      finishReason: finishReasonOf(l.done_reason),
-                      usage: usageOf(l, valid, outputChars),
-                      provider: name,
-                      model: l.model ?? model
-                    })
-                  }
-                  return parts
+          let toolCalls = 0
+          const step = (payload: unknown): Effect.Effect<ReadonlyArray<Model.StreamPart>, ModelError> => {
+            if (Errors.isErrorPayload(payload)) return Effect.fail(Errors.errorFromPayload(payload, ctx))
+            const line: Effect.Effect<Wire.Line, ModelError> = viaGenerate
+              ? Effect.map(decodeGenerateLine(payload, ctx), Wire.fromGenerate)
+              : Effect.map(decodeChatLine(payload, ctx), (l) => Wire.fromChat(l, toolCalls))
+            return Effect.map(line, (l) => {
+              const parts: Array<Model.StreamPart> = []
+              if (l.text.length > 0) {
+                outputChars += l.text.length
+                parts.push({ _tag: "TextDelta", text: l.text })
+              }
+              for (const call of l.toolCalls) parts.push({ _tag: "ToolCall", call })
+              toolCalls += l.toolCalls.length
+              if (l.done) {
+                parts.push({
+                  _tag: "Finish",
+                  finishReason: finishOf(l.done_reason, toolCalls),
+                  usage: Wire.usageOf(l, valid, outputChars),
+                  provider: name,
+                  model: l.model ?? model
                 })
-              }),
-            () => Effect.fail(Http.endedEarly(ctx))
-          )
+              }
+              return parts
+            })
+          }
+          const path = viaGenerate ? "api/generate" : "api/chat"
+          return Assemble.assemble(client.ndjson(post(path, body, "application/x-ndjson"), ctx), {
+            ctx,
+            idleTimeout: settings.streamIdleTimeout,
+            step,
+            // The last line says `done: true`; a body that ends before it broke off.
+            onEnd: () => Effect.succeed([])
+          })
         })
-      })
-    ).pipe(Stream.withSpan("Ollama.stream", { attributes: { "gen_ai.system": name } }))
+      )
+    ).pipe(Stream.withSpan("Ollama.stream", { attributes: { "gen_ai.provider.name": name } }))
 
   const embed = Effect.fn("Ollama.embed")(function* (request: Model.EmbedRequest) {
     const valid = yield* Model.validateEmbed(request)
     const model = valid.model ?? embeddingModel
-    yield* Effect.annotateCurrentSpan({ "gen_ai.system": name, "gen_ai.request.model": model })
+    yield* Effect.annotateCurrentSpan(spanAttributes(name, "embeddings", model))
     const ctx = ctxOf(model)
-    const answer = yield* Http.executeJson(client, post("api/embed", { model, input: valid.texts }), decodeEmbed, ctx)
+    const body = { model, input: valid.texts, ...(keepAlive === undefined ? {} : { keep_alive: keepAlive }) }
+    const answer = yield* client.json(post("api/embed", body, "application/json"), decodeEmbed, ctx)
     if (answer.embeddings.length !== valid.texts.length) {
       return yield* Effect.fail(
-        Http.malformed(ctx, "embeddings", `expected ${valid.texts.length} embeddings, got ${answer.embeddings.length}`)
+        Errors.malformed(
+          ctx,
+          "embeddings",
+          `expected ${valid.texts.length} embeddings, got ${answer.embeddings.length}`
+        )
       )
     }
-    return {
+    const response: Model.EmbedResponse = {
       vectors: answer.embeddings,
-      usage: answer.prompt_eval_count === undefined ? undefined : Model.usage(answer.prompt_eval_count, 0),
+      usage:
+        answer.prompt_eval_count === undefined || answer.prompt_eval_count === null
+          ? undefined
+          : Model.usage(answer.prompt_eval_count, 0),
       provider: name,
       model: answer.model ?? model
-    } satisfies Model.EmbedResponse
+    }
+    return response
   })
 
   return { name, defaultModel, generate, stream, embed } satisfies Model.Service
+})
+
+/** Ollama says `stop` when the model called tools. */
+const finishOf = (reason: string | null | undefined, toolCalls: number): Model.FinishReason => {
+  const finish = finishReasonOf(reason)
+  return toolCalls > 0 && finish !== "length" ? "tool_calls" : finish
+}
+
+const spanAttributes = (provider: string, operation: string, model: string) => ({
+  "gen_ai.provider.name": provider,
+  "gen_ai.operation.name": operation,
+  "gen_ai.request.model": model
 })
 
 /**
  * @since 0.1.0
  * @category layers
  */
-export const layer = (options: Options = {}): Layer.Layer<Model.ModelProvider, never, HttpClient.HttpClient> =>
-  Layer.effect(Model.ModelProvider, make(options))
+export const layer = (
+  options: Options = {}
+): Layer.Layer<Model.ModelProvider, Input.OptionError, HttpClient.HttpClient> =>
+  Layer.effect(Model.ModelProvider)(make(options))
 
 /**
- * Options from the environment: `OLLAMA_HOST` (a URL; default `http://127.0.0.1:11434`),
- * `OLLAMA_MODEL`, `OLLAMA_EMBEDDING_MODEL`, `OLLAMA_API_KEY` (optional).
+ * Options from `Config`: `OLLAMA_HOST` (a URL, the scheme may be left out; default
+ * `http://127.0.0.1:11434`), `OLLAMA_MODEL`, `OLLAMA_EMBEDDING_MODEL`, `OLLAMA_API_KEY`
+ * (optional).
  *
  * @since 0.1.0
  * @category config
@@ -282,12 +257,13 @@ export const config: Config.Config<Options> = Config.all({
 })
 
 /**
- * The provider with options from `Config` (default: {@link config}).
+ * The provider with options from `Config`. Without arguments it reads {@link config}; when
+ * options are given, only what they name is read (no key is picked up implicitly).
  *
  * @since 0.1.0
  * @category layers
  */
 export const layerConfig = (
-  options: Config.Config.Wrap<Options> = config
-): Layer.Layer<Model.ModelProvider, ConfigError.ConfigError, HttpClient.HttpClient> =>
-  Layer.unwrapEffect(Effect.map(Config.unwrap(options), layer))
+  options: Config.Wrap<Options> = config
+): Layer.Layer<Model.ModelProvider, Config.ConfigError | Input.OptionError, HttpClient.HttpClient> =>
+  Layer.unwrap(Effect.map(Config.unwrap(options), layer))

@@ -1,27 +1,38 @@
 /**
- * OpenAI-compatible chat completions and embeddings over `@effect/platform`'s `HttpClient`:
- * one layer for OpenAI, Ollama's `/v1`, vLLM, LM Studio and llama.cpp's server (set
- * `baseUrl`). Streams are SSE with `stream_options.include_usage`; embeddings are asked for
- * as floats and put back in input order by their `index`.
+ * OpenAI-compatible chat completions and embeddings over `effect/http`'s `HttpClient`: one
+ * layer for OpenAI, Ollama's `/v1`, vLLM, LM Studio and llama.cpp's server (set `baseUrl`).
+ * Streams are SSE with `stream_options.include_usage`; tool calls, tool choice and response
+ * formats pass through; embeddings are put back in input order by their `index`, as floats or
+ * decoded from base64.
+ *
+ * The layer needs an `HttpClient` (`NodeHttpClient.layerUndici` from `@effect/platform-node`,
+ * or `FetchHttpClient.layer`). Every call is bounded (`timeout`), every stream has an idle
+ * deadline (`streamIdleTimeout`), every body a size bound (`maxResponseBytes`).
  *
  * @since 0.1.0
  */
-import * as HttpClient from "@effect/platform/HttpClient"
-import * as HttpClientRequest from "@effect/platform/HttpClientRequest"
-import { Config, type ConfigError, Effect, Layer, Option, type Redacted, Schema, Stream } from "effect"
-import type { ModelError } from "../AiError.js"
-import * as Http from "../internal/http.js"
+import { Config, Effect, Layer, Redacted, Result, Stream } from "effect"
+import type { HttpClient } from "effect/http"
+import { HttpClientRequest } from "effect/http"
+import type { AiError } from "../AiError.js"
+import * as Input from "../Input.js"
 import * as Model from "../Model.js"
+import * as Assemble from "./http/assemble.js"
+import * as Client from "./http/client.js"
+import * as Decode from "./http/decode.js"
+import * as Errors from "./http/errors.js"
+import * as Http from "./http/options.js"
+import * as Wire from "./http/openAiWire.js"
 
 /**
  * @since 0.1.0
  * @category models
  */
-export interface Options {
+export interface Options extends Http.Options {
   /** Base URL including the version prefix. Default `https://api.openai.com/v1`. */
   readonly baseUrl?: string | undefined
   /** Sent as `Authorization: Bearer ...`; omit for local servers that need none. */
-  readonly apiKey?: Redacted.Redacted | undefined
+  readonly apiKey?: Redacted.Redacted<string> | undefined
   /** Sent as `OpenAI-Organization`. */
   readonly organization?: string | undefined
   /** Sent as `OpenAI-Project`. */
@@ -36,60 +47,21 @@ export interface Options {
   readonly streamUsage?: boolean | undefined
   /** Extra headers on every request. */
   readonly headers?: Readonly<Record<string, string>> | undefined
+  /**
+   * How embeddings travel: `float` (JSON numbers, the default) or `base64` (little-endian
+   * float32, a quarter of the size). Either answer is accepted whatever was asked.
+   *
+   * @since 0.2.0
+   */
+  readonly embeddingEncoding?: "float" | "base64" | undefined
+  /**
+   * The request field that carries `maxTokens`: `max_tokens` (default, what compatible
+   * servers read) or `max_completion_tokens` (what OpenAI's reasoning models require).
+   *
+   * @since 0.2.0
+   */
+  readonly maxTokensField?: "max_tokens" | "max_completion_tokens" | undefined
 }
-
-const ChatMessage = Schema.Struct({
-  role: Schema.optional(Schema.String),
-  content: Schema.optionalWith(Schema.String, { nullable: true })
-})
-
-const UsageWire = Schema.Struct({
-  prompt_tokens: Schema.Number,
-  completion_tokens: Schema.optionalWith(Schema.Number, { default: () => 0 }),
-  total_tokens: Schema.optional(Schema.Number)
-})
-
-const ChatCompletion = Schema.Struct({
-  model: Schema.optional(Schema.String),
-  choices: Schema.NonEmptyArray(
-    Schema.Struct({
-      index: Schema.optional(Schema.Number),
-      message: ChatMessage,
-      finish_reason: Schema.optionalWith(Schema.String, { nullable: true })
-    })
-  ),
-  usage: Schema.optionalWith(UsageWire, { nullable: true })
-})
-
-const ChatChunk = Schema.Struct({
-  model: Schema.optional(Schema.String),
-  choices: Schema.Array(
-    Schema.Struct({
-      index: Schema.optional(Schema.Number),
-      delta: Schema.optionalWith(ChatMessage, { nullable: true }),
-      finish_reason: Schema.optionalWith(Schema.String, { nullable: true })
-    })
-  ),
-  usage: Schema.optionalWith(UsageWire, { nullable: true })
-})
-
-const Embeddings = Schema.Struct({
-  model: Schema.optional(Schema.String),
-  data: Schema.Array(
-    Schema.Struct({
-      index: Schema.Number,
-      embedding: Schema.Union(Schema.Array(Schema.Number), Schema.String)
-    })
-  ),
-  usage: Schema.optionalWith(
-    Schema.Struct({ prompt_tokens: Schema.Number, total_tokens: Schema.optional(Schema.Number) }),
-    { nullable: true }
-  )
-})
-
-const decodeCompletion = Http.jsonDecoder(ChatCompletion)
-const decodeChunk = Http.valueDecoder(ChatChunk)
-const decodeEmbeddings = Http.jsonDecoder(Embeddings)
 
 /**
  * An OpenAI `finish_reason` as ours.
@@ -97,7 +69,7 @@ const decodeEmbeddings = Http.jsonDecoder(Embeddings)
  * @since 0.1.0
  * @category utils
  */
-export const finishReasonOf = (reason: string | undefined): Model.FinishReason => {
+export const finishReasonOf = (reason: string | null | undefined): Model.FinishReason => {
   switch (reason) {
     case "stop":
     case "eos":
@@ -114,32 +86,41 @@ export const finishReasonOf = (reason: string | undefined): Model.FinishReason =
   }
 }
 
-const usageOf = (
-  wire: typeof UsageWire.Type | undefined,
-  fallbackInput: number,
-  fallbackOutput: number
-): Model.Usage =>
-  wire === undefined
-    ? Model.usage(fallbackInput, fallbackOutput)
-    : {
-        inputTokens: wire.prompt_tokens,
-        outputTokens: wire.completion_tokens,
-        totalTokens: wire.total_tokens ?? wire.prompt_tokens + wire.completion_tokens
-      }
+/** Tool calls make the reason `tool_calls` unless the answer was cut or filtered (some servers say `stop`). */
+const withToolCalls = (reason: Model.FinishReason, toolCalls: number): Model.FinishReason =>
+  toolCalls > 0 && reason !== "length" && reason !== "content_filter" ? "tool_calls" : reason
+
+const decodeCompletion = Decode.valueDecoder(Wire.ChatCompletion)
+const decodeChunk = Decode.valueDecoder(Wire.ChatChunk)
+const decodeEmbeddings = Decode.valueDecoder(Wire.Embeddings)
+
+const checkOptions = (options: Options) =>
+  Input.all([
+    Http.settings(options),
+    Http.baseUrl("baseUrl", options.baseUrl ?? "https://api.openai.com/v1"),
+    Http.nonEmpty("name", options.name ?? "openai"),
+    Http.nonEmpty("model", options.model ?? "gpt-4o-mini"),
+    Http.nonEmpty("embeddingModel", options.embeddingModel ?? "text-embedding-3-small"),
+    Http.oneOf("embeddingEncoding", options.embeddingEncoding ?? "float", ["float", "base64"]),
+    Http.oneOf("maxTokensField", options.maxTokensField ?? "max_tokens", ["max_tokens", "max_completion_tokens"]),
+    options.apiKey === undefined || Redacted.isRedacted(options.apiKey)
+      ? Result.succeed(undefined)
+      : Result.fail({ path: "apiKey", message: "expected a Redacted value (Redacted.make(key) or Config.Redacted)" })
+  ])
 
 /**
- * Builds the provider from an `HttpClient` in context.
+ * Builds the provider from an `HttpClient` in context. Options are checked here: a bad one
+ * fails with an `OptionError` naming it.
  *
  * @since 0.1.0
  * @category constructors
  */
 export const make = Effect.fnUntraced(function* (options: Options = {}) {
-  const client = yield* HttpClient.HttpClient
-  const name = options.name ?? "openai"
-  const baseUrl = options.baseUrl ?? "https://api.openai.com/v1"
-  const defaultModel = options.model ?? "gpt-4o-mini"
-  const embeddingModel = options.embeddingModel ?? "text-embedding-3-small"
-  const secrets = options.apiKey === undefined ? [] : [options.apiKey]
+  const [settings, baseUrl, name, defaultModel, embeddingModel, embeddingEncoding, maxTokensField] =
+    yield* Input.orOptionError(checkOptions(options))
+  const client = yield* Client.make(settings, options.transformClient)
+  const apiKey = options.apiKey
+  const secrets = apiKey === undefined ? [] : [apiKey]
   const streamUsage = options.streamUsage ?? true
 
   const headers: Record<string, string> = { ...options.headers }
@@ -150,168 +131,158 @@ export const make = Effect.fnUntraced(function* (options: Options = {}) {
     const request = HttpClientRequest.post(Http.joinUrl(baseUrl, path)).pipe(
       HttpClientRequest.setHeaders(headers),
       HttpClientRequest.setHeader("accept", accept),
-      HttpClientRequest.bodyUnsafeJson(body)
+      HttpClientRequest.bodyJsonUnsafe(body)
     )
-    return options.apiKey === undefined ? request : HttpClientRequest.bearerToken(request, options.apiKey)
+    return apiKey === undefined ? request : HttpClientRequest.bearerToken(request, apiKey)
   }
 
-  const ctxOf = (model: string): Http.CallContext => ({ provider: name, model, secrets })
+  const ctxOf = (model: string): Errors.CallContext => ({ provider: name, model, secrets })
 
-  const chatBody = (request: Model.GenerateRequest, model: string, stream: boolean) => {
-    const body: Record<string, unknown> = {
-      model,
-      messages: Model.toMessages(request).map((m) => ({ role: m.role, content: m.content }))
-    }
-    if (request.maxTokens !== undefined) body["max_tokens"] = request.maxTokens
-    if (request.temperature !== undefined) body["temperature"] = request.temperature
-    if (request.topP !== undefined) body["top_p"] = request.topP
-    if (request.stop !== undefined) body["stop"] = request.stop
-    if (request.seed !== undefined) body["seed"] = request.seed
-    if (stream) {
-      body["stream"] = true
-      if (streamUsage) body["stream_options"] = { include_usage: true }
-    }
-    return body
-  }
+  const prepare = (request: Model.GenerateRequest, stream: boolean) =>
+    Effect.flatMap(Model.validateGenerate(request), (valid) => {
+      const model = valid.model ?? defaultModel
+      return Effect.map(
+        Wire.chatBody(valid, { model, stream, streamUsage, maxTokensField, provider: name }),
+        (body) => ({ valid, model, body, ctx: ctxOf(model) })
+      )
+    })
 
   const generate = Effect.fn("OpenAiCompat.generate")(function* (request: Model.GenerateRequest) {
-    const valid = yield* Model.validateGenerate(request)
-    const model = valid.model ?? defaultModel
-    yield* Effect.annotateCurrentSpan({ "gen_ai.system": name, "gen_ai.request.model": model })
-    const ctx = ctxOf(model)
-    const answer = yield* Http.executeJson(
-      client,
-      post("chat/completions", chatBody(valid, model, false), "application/json"),
-      decodeCompletion,
-      ctx
-    )
+    const { valid, model, body, ctx } = yield* prepare(request, false)
+    yield* Effect.annotateCurrentSpan(spanAttributes(name, "chat", model))
+    const answer = yield* client.json(post("chat/completions", body, "application/json"), decodeCompletion, ctx)
     const choice = answer.choices[0]
     const text = choice.message.content ?? ""
-    return {
+    const toolCalls = (choice.message.tool_calls ?? []).map(
+      (call, i): Model.ToolCall => ({
+        id: call.id ?? `call_${i}`,
+        name: call.function.name,
+        arguments: call.function.arguments ?? ""
+      })
+    )
+    const response: Model.GenerateResponse = {
       text,
-      finishReason: finishReasonOf(choice.finish_reason),
-      usage: usageOf(answer.usage, Http.estimateInput(Model.toMessages(valid)), Model.estimateTokens(text)),
+      finishReason: withToolCalls(finishReasonOf(choice.finish_reason), toolCalls.length),
+      usage: Wire.usageOf(answer.usage, Model.estimateInputTokens(valid), Model.estimateTokens(text)),
       provider: name,
-      model: answer.model ?? model
-    } satisfies Model.GenerateResponse
+      model: answer.model ?? model,
+      ...(toolCalls.length > 0 ? { toolCalls } : {})
+    }
+    return response
   })
 
-  const stream = (request: Model.GenerateRequest): Stream.Stream<Model.StreamPart, ModelError> =>
+  const stream = (request: Model.GenerateRequest): Stream.Stream<Model.StreamPart, AiError> =>
     Stream.unwrap(
-      Effect.map(Model.validateGenerate(request), (valid) => {
-        const model = valid.model ?? defaultModel
-        const ctx = ctxOf(model)
-        return Stream.suspend(() => {
+      Effect.map(prepare(request, true), ({ valid, model, body, ctx }) =>
+        Stream.suspend(() => {
           let finishReason: Model.FinishReason | undefined
-          let usage: typeof UsageWire.Type | undefined
+          let usage: Wire.UsageWire | null | undefined
           let answeredModel: string | undefined
           let outputChars = 0
-          const finish = (): Model.StreamPart => ({
-            _tag: "Finish",
-            finishReason: finishReason ?? "unknown",
-            usage: usageOf(usage, Http.estimateInput(Model.toMessages(valid)), Math.ceil(outputChars / 4)),
-            provider: name,
-            model: answeredModel ?? model
-          })
-          const events = Http.sseEvents(
-            Http.executeStream(
-              client,
-              post("chat/completions", chatBody(valid, model, true), "text/event-stream"),
-              ctx
-            ),
-            ctx
+          const calls = Assemble.toolCallAssembler()
+          const finish = Effect.map(
+            calls.parts(ctx),
+            (toolParts): ReadonlyArray<Model.StreamPart> => [
+              ...toolParts,
+              {
+                _tag: "Finish",
+                finishReason: withToolCalls(finishReason ?? "unknown", calls.size()),
+                usage: Wire.usageOf(usage, Model.estimateInputTokens(valid), Math.ceil(outputChars / 4)),
+                provider: name,
+                model: answeredModel ?? model
+              }
+            ]
           )
-          return Http.assemble(
-            events,
-            (event) => {
-              if (event.data.trim() === "[DONE]") return Effect.succeed([finish()])
-              return Effect.flatMap(Http.parseJson(event.data, ctx), (payload) => {
-                if (event.event === "error" || isErrorPayload(payload)) {
-                  return Effect.fail(Http.errorFromPayload(payload, ctx))
-                }
-                return Effect.map(decodeChunk(payload, ctx), (chunk) => {
-                  if (chunk.model !== undefined) answeredModel = chunk.model
-                  if (chunk.usage !== undefined) usage = chunk.usage
-                  const parts: Array<Model.StreamPart> = []
-                  for (const choice of chunk.choices) {
-                    if ((choice.index ?? 0) !== 0) continue
-                    const text = choice.delta?.content
-                    if (text !== undefined && text.length > 0) {
-                      outputChars += text.length
-                      parts.push({ _tag: "TextDelta", text })
-                    }
-                    if (choice.finish_reason !== undefined) finishReason = finishReasonOf(choice.finish_reason)
+          const step = (event: { readonly event: string; readonly data: string }) => {
+            if (event.data.trim() === "[DONE]") return finish
+            if (event.event === "error") {
+              return Effect.fail(Errors.errorFromPayload(Errors.parseJsonOrUndefined(event.data) ?? event.data, ctx))
+            }
+            return Decode.parseJson(event.data, ctx).pipe(
+              Effect.flatMap((payload) =>
+                Errors.isErrorPayload(payload)
+                  ? Effect.fail(Errors.errorFromPayload(payload, ctx))
+                  : decodeChunk(payload, ctx)
+              ),
+              Effect.map((chunk) => {
+                if (chunk.model !== undefined && chunk.model !== null) answeredModel = chunk.model
+                if (chunk.usage !== undefined && chunk.usage !== null) usage = chunk.usage
+                const parts: Array<Model.StreamPart> = []
+                for (const choice of chunk.choices) {
+                  if ((choice.index ?? 0) !== 0) continue
+                  const text = choice.delta?.content
+                  if (typeof text === "string" && text.length > 0) {
+                    outputChars += text.length
+                    parts.push({ _tag: "TextDelta", text })
                   }
-                  return parts
-                })
+                  for (const delta of choice.delta?.tool_calls ?? []) {
+                    calls.add({
+                      index: delta.index,
+                      id: delta.id,
+                      name: delta.function?.name,
+                      arguments: delta.function?.arguments
+                    })
+                  }
+                  if (typeof choice.finish_reason === "string") finishReason = finishReasonOf(choice.finish_reason)
+                }
+                return parts
               })
-            },
-            // No `[DONE]`: a server that sent its finish reason has finished; otherwise the stream broke.
-            () => (finishReason === undefined ? Effect.fail(Http.endedEarly(ctx)) : Effect.succeed([finish()]))
-          )
+            )
+          }
+          return Assemble.assemble(client.sse(post("chat/completions", body, "text/event-stream"), ctx), {
+            ctx,
+            idleTimeout: settings.streamIdleTimeout,
+            step,
+            // Without `[DONE]`, a server that sent its finish reason has finished; otherwise the stream broke off.
+            onEnd: () => (finishReason === undefined ? Effect.succeed([]) : finish)
+          })
         })
-      })
-    ).pipe(Stream.withSpan("OpenAiCompat.stream", { attributes: { "gen_ai.system": name } }))
+      )
+    ).pipe(Stream.withSpan("OpenAiCompat.stream", { attributes: { "gen_ai.provider.name": name } }))
 
   const embed = Effect.fn("OpenAiCompat.embed")(function* (request: Model.EmbedRequest) {
     const valid = yield* Model.validateEmbed(request)
     const model = valid.model ?? embeddingModel
-    yield* Effect.annotateCurrentSpan({ "gen_ai.system": name, "gen_ai.request.model": model })
+    yield* Effect.annotateCurrentSpan(spanAttributes(name, "embeddings", model))
     const ctx = ctxOf(model)
-    const answer = yield* Http.executeJson(
-      client,
-      post("embeddings", { model, input: valid.texts, encoding_format: "float" }, "application/json"),
+    const answer = yield* client.json(
+      post("embeddings", { model, input: valid.texts, encoding_format: embeddingEncoding }, "application/json"),
       decodeEmbeddings,
       ctx
     )
-    const vectors: Array<ReadonlyArray<number> | undefined> = Array.from(
-      { length: valid.texts.length },
-      () => undefined
-    )
-    for (const item of answer.data) {
-      if (!Number.isInteger(item.index) || item.index < 0 || item.index >= vectors.length) {
-        return yield* Effect.fail(Http.malformed(ctx, "data.index", `index ${item.index} out of range`))
-      }
-      const values =
-        typeof item.embedding === "string" ? Http.decodeBase64Floats(item.embedding) : Option.some(item.embedding)
-      if (Option.isNone(values)) {
-        return yield* Effect.fail(Http.malformed(ctx, "data.embedding", "not a float array nor base64 float32"))
-      }
-      vectors[item.index] = values.value
-    }
-    const missing = vectors.indexOf(undefined)
-    if (missing !== -1 || answer.data.length !== valid.texts.length) {
-      return yield* Effect.fail(
-        Http.malformed(ctx, "data", `expected ${valid.texts.length} embeddings, got ${answer.data.length}`)
-      )
-    }
-    return {
-      vectors: vectors as Array<ReadonlyArray<number>>,
-      usage: answer.usage === undefined ? undefined : Model.usage(answer.usage.prompt_tokens, 0),
+    const vectors = yield* Wire.vectorsByIndex(answer.data, valid.texts.length, ctx)
+    const response: Model.EmbedResponse = {
+      vectors,
+      usage:
+        answer.usage === undefined || answer.usage === null ? undefined : Model.usage(answer.usage.prompt_tokens, 0),
       provider: name,
       model: answer.model ?? model
-    } satisfies Model.EmbedResponse
+    }
+    return response
   })
 
   return { name, defaultModel, generate, stream, embed } satisfies Model.Service
 })
 
-const isErrorPayload = (payload: unknown): boolean =>
-  typeof payload === "object" &&
-  payload !== null &&
-  ("error" in payload || (payload as { readonly object?: unknown }).object === "error")
+const spanAttributes = (provider: string, operation: string, model: string) => ({
+  "gen_ai.provider.name": provider,
+  "gen_ai.operation.name": operation,
+  "gen_ai.request.model": model
+})
 
 /**
  * @since 0.1.0
  * @category layers
  */
-export const layer = (options: Options = {}): Layer.Layer<Model.ModelProvider, never, HttpClient.HttpClient> =>
-  Layer.effect(Model.ModelProvider, make(options))
+export const layer = (
+  options: Options = {}
+): Layer.Layer<Model.ModelProvider, Input.OptionError, HttpClient.HttpClient> =>
+  Layer.effect(Model.ModelProvider)(make(options))
 
 /**
- * The options read from the environment the way the official OpenAI clients read them:
- * `OPENAI_API_KEY` (optional), `OPENAI_BASE_URL`, `OPENAI_ORG_ID`, `OPENAI_PROJECT_ID`,
- * plus `OPENAI_MODEL` and `OPENAI_EMBEDDING_MODEL`.
+ * The options read the way the official OpenAI clients read them: `OPENAI_API_KEY`
+ * (optional), `OPENAI_BASE_URL`, `OPENAI_ORG_ID`, `OPENAI_PROJECT_ID`, plus `OPENAI_MODEL`
+ * and `OPENAI_EMBEDDING_MODEL`.
  *
  * @since 0.1.0
  * @category config
@@ -334,6 +305,6 @@ export const config: Config.Config<Options> = Config.all({
  * @category layers
  */
 export const layerConfig = (
-  options: Config.Config.Wrap<Options> = config
-): Layer.Layer<Model.ModelProvider, ConfigError.ConfigError, HttpClient.HttpClient> =>
-  Layer.unwrapEffect(Effect.map(Config.unwrap(options), layer))
+  options: Config.Wrap<Options> = config
+): Layer.Layer<Model.ModelProvider, Config.ConfigError | Input.OptionError, HttpClient.HttpClient> =>
+  Layer.unwrap(Effect.map(Config.unwrap(options), layer))

@@ -1,186 +1,229 @@
 /**
- * A Redis backend for the response cache (`ioredis`). Expiry is Redis's (`PX`), batches are
- * one round trip (`MGET`, a pipeline of `SET ... PX`), values are JSON encoded with the
- * `StoredEntry` schema.
+ * The response cache in Redis, shared by every process using the same Redis and prefix.
+ * Storage is `effect/persistence`'s Redis `BackingPersistence` (one `MGET` for a batch of
+ * lookups, one scripted round trip for a batch of writes, expiry by `PEXPIRE`); values are
+ * encoded with the `ResponseCache.StoredEntry` schema.
  *
- * Redis is an optimisation, never a dependency: every command has a bounded wait
- * (`timeout`, default 50 ms); when Redis is down or slow the lookup is a miss and the write
- * is dropped, the error counter goes up, one warning is logged per outage, and the call goes
- * straight to the provider. Commands are not queued while disconnected
- * (`enableOfflineQueue: false`), and ioredis reconnects in the background, so the cache
- * comes back by itself when Redis does.
+ * Redis is an optimisation, never a dependency: every call goes through this library's
+ * Redis guard (a deadline, default 500 ms; failures counted in
+ * `orchestra_cache_errors_total`; one warning once failures persist, naming the Redis
+ * error). A lookup that fails is a miss, a write that fails is dropped, and the call goes
+ * to the provider. Single-flight is per process; the answer reaches the waiting callers
+ * before the write, and callers arriving while the write is under way join the finished
+ * computation instead of missing in Redis.
  *
  * @since 0.1.0
  */
-import { Clock, Duration, Effect, Layer, Option, Redacted, Ref, Schema } from "effect"
-import { Redis } from "ioredis"
+import { Context, Duration, Effect, Exit, Layer, Metric, Option, Schema } from "effect"
+import { Persistence, type Redis } from "effect/persistence"
+import * as Input from "../Input.js"
+import * as Metrics from "../Metrics.js"
+import type { GenerateResponse } from "../Model.js"
+import * as SharedRedis from "../Redis.js"
 import * as ResponseCache from "../ResponseCache.js"
+import * as Internal from "./internal.js"
 
 /**
  * @since 0.1.0
  * @category models
  */
 export interface Options extends ResponseCache.Options {
-  /** Connection URL (`redis://[:password@]host:port[/db]`). Default `redis://127.0.0.1:6379`. */
-  readonly url?: string | Redacted.Redacted<string> | undefined
-  /** Prefix of every key. Default `"orchestra:cache:"`. */
+  /** Namespace of every key (`<prefix>:r:<hash>`). Default `"orchestra-cache"`. */
   readonly prefix?: string | undefined
-  /** Longest wait for one Redis command before the call goes on without the cache. Default 50 ms. */
-  readonly timeout?: Duration.DurationInput | undefined
-  /** Longest wait for the first connection when the layer is built. Default 1 second. */
-  readonly connectTimeout?: Duration.DurationInput | undefined
-  /** Longest pause between reconnection attempts. Default 1 second. */
-  readonly reconnectMax?: Duration.DurationInput | undefined
-  /** The `cache` tag of the metrics. Default `"redis"`. */
-  readonly name?: string | undefined
+  /** Deadline of each Redis call and when an outage is reported; see `Redis.GuardOptions`. */
+  readonly redis?: SharedRedis.GuardOptions | undefined
 }
 
-const Encoded = Schema.parseJson(ResponseCache.StoredEntry)
-const encode = Schema.encodeSync(Encoded)
-const decode = Schema.decodeUnknownOption(Encoded)
+const encode = Schema.encodeSync(ResponseCache.StoredEntry)
+const decode = Schema.decodeUnknownExit(ResponseCache.StoredEntry)
 
 /**
- * A Redis store. The client is closed (bounded `QUIT`, then disconnect) with the scope.
+ * Builds the Redis-backed cache (see {@link layerRedis}).
  *
- * @since 0.1.0
+ * @since 0.2.0
  * @category constructors
  */
-export const makeStore = Effect.fnUntraced(function* (options: Options = {}) {
-  const name = options.name ?? "redis"
-  const prefix = options.prefix ?? "orchestra:cache:"
-  const timeout = Duration.decode(options.timeout ?? "50 millis")
-  const connectTimeout = Duration.decode(options.connectTimeout ?? "1 second")
-  const reconnectMax = Duration.toMillis(Duration.decode(options.reconnectMax ?? "1 second"))
-  const url = options.url === undefined ? "redis://127.0.0.1:6379" : options.url
-
-  const client = yield* Effect.acquireRelease(
-    Effect.sync(() => {
-      const redis = new Redis(Redacted.isRedacted(url) ? Redacted.value(url) : url, {
-        enableOfflineQueue: false,
-        maxRetriesPerRequest: 0,
-        // Commands issued in the same tick go out in one socket write (one syscall, not one each).
-        enableAutoPipelining: true,
-        // The bounded wait is the client's own per-command timer: an Effect-level timeout
-        // (a fiber and a timer per call) tripled the cost of a cache hit under load.
-        commandTimeout: Math.max(1, Duration.toMillis(timeout)),
-        connectTimeout: Math.max(1, Duration.toMillis(connectTimeout)),
-        retryStrategy: (times) => Math.min(50 * times, reconnectMax),
-        lazyConnect: false
-      })
-      // Connection errors surface through the failed commands (counted and logged there).
-      redis.on("error", () => {})
-      return redis
-    }),
-    (redis) =>
-      Effect.tryPromise(() => redis.quit()).pipe(
-        Effect.interruptible,
-        Effect.timeoutOption("1 second"),
-        Effect.ignore,
-        Effect.ensuring(Effect.sync(() => redis.disconnect()))
-      )
-  )
-
-  yield* Effect.async<void>((resume) => {
-    if (client.status === "ready") return resume(Effect.void)
-    const ready = () => resume(Effect.void)
-    client.once("ready", ready)
-    return Effect.sync(() => client.off("ready", ready))
-  }).pipe(
-    Effect.timeoutOption(connectTimeout),
-    Effect.flatMap(
-      Option.match({
-        onSome: () => Effect.void,
-        onNone: () =>
-          Effect.logWarning(
-            `Redis cache "${name}" not reachable within ${Duration.format(connectTimeout)}; calls go to the provider until it is`
-          )
-      })
-    )
-  )
-
-  const healthy = yield* Ref.make(true)
-
-  const failed = (operation: string, cause: unknown): Effect.Effect<void> =>
-    Effect.zipRight(
-      ResponseCache.countError(name),
-      Effect.flatMap(Ref.getAndSet(healthy, false), (wasHealthy) =>
-        wasHealthy
-          ? Effect.logWarning(
-              `Redis cache "${name}" unavailable (${operation}); calls go straight to the provider`
-            ).pipe(Effect.annotateLogs({ cause: cause instanceof Error ? cause.message : String(cause) }))
-          : Effect.void
-      )
-    )
-
-  const succeeded: Effect.Effect<void> = Effect.flatMap(Ref.getAndSet(healthy, true), (wasHealthy) =>
-    wasHealthy ? Effect.void : Effect.logInfo(`Redis cache "${name}" is back`)
-  )
-
-  /** Runs a command with the bounded wait; `fallback` when Redis fails or is too slow. */
-  const command = <A>(operation: string, run: () => Promise<A>, fallback: A): Effect.Effect<A> =>
-    Effect.tryPromise(run).pipe(
-      Effect.matchEffect({
-        onFailure: (error) => Effect.as(failed(operation, error), fallback),
-        onSuccess: (value) => Effect.as(succeeded, value)
-      })
-    )
-
-  const store: ResponseCache.Store = {
-    name,
-    getMany: (keys) =>
-      keys.length === 0
-        ? Effect.succeed([])
-        : Effect.flatMap(
-            command(
-              "MGET",
-              () => client.mget(keys.map((k) => prefix + k)),
-              keys.map((): string | null => null)
-            ),
-            (values) => {
-              let corrupt = 0
-              const entries = values.map((value) => {
-                if (value === null) return Option.none()
-                const entry = decode(value)
-                if (Option.isNone(entry)) corrupt++
-                return entry
-              })
-              return corrupt === 0 ? Effect.succeed(entries) : Effect.as(ResponseCache.countError(name), entries)
-            }
-          ),
-    setMany: (entries) =>
-      entries.length === 0
-        ? Effect.void
-        : Effect.flatMap(Clock.currentTimeMillis, (now) =>
-            command(
-              "SET",
-              async () => {
-                const pipeline = client.pipeline()
-                for (const { entry, key } of entries) {
-                  pipeline.set(prefix + key, encode(entry), "PX", Math.max(1, Math.ceil(entry.staleUntil - now)))
-                }
-                // A pipeline resolves even when its commands failed (e.g. while disconnected).
-                const failure = (await pipeline.exec())?.find(([error]) => error !== null)
-                if (failure !== undefined) throw failure[0]
-              },
-              undefined
-            )
-          ),
-    delete: (keys) =>
-      keys.length === 0
-        ? Effect.void
-        : Effect.asVoid(command("DEL", () => client.del(...keys.map((k) => prefix + k)), 0))
+export const make = Effect.fnUntraced(function* (options: Options = {}) {
+  const config = yield* Input.orOptionError(ResponseCache.settings(options, "redis", ["prefix", "redis"]))
+  const guardSettings = yield* Input.orOptionError(SharedRedis.guardSettings(options.redis, "redis."))
+  const prefix = options.prefix ?? "orchestra-cache"
+  if (typeof prefix !== "string" || prefix.length === 0) {
+    return yield* new Input.OptionError({ path: "prefix", message: "invalid prefix: expected a non-empty string" })
   }
-  return store
+  const errors = Metric.withAttributes(Metrics.cacheErrors, { cache: config.name }) as Metric.Metric<number, unknown>
+  const guard = yield* SharedRedis.makeGuard({ store: `cache:${config.name}`, settings: guardSettings, errors })
+  const backing = Context.get(yield* Layer.build(Persistence.layerBackingRedis), Persistence.BackingPersistence)
+  const store = yield* backing.make(prefix)
+  const scope = yield* Effect.scope
+  // Answers computed here stay in the process table while their write may be under way.
+  const retain = Math.max(1000, 2 * Duration.toMillis(guardSettings.timeout))
+  const table = yield* Internal.makeTable(1000)
+  yield* Effect.addFinalizer(() => table.interruptAll)
+  const counters = Internal.lookupCounters(config.name)
+
+  /** Entries still within their grace, by key; `None` for a miss, a failure or a value that does not decode. */
+  const read = (
+    keys: ReadonlyArray<string>,
+    now: number
+  ): Effect.Effect<ReadonlyArray<Option.Option<Internal.Stored>>> => {
+    const [first, ...rest] = keys
+    if (first === undefined) return Effect.succeed([])
+    return guard.call("MGET", store.getMany([first, ...rest])).pipe(
+      Effect.flatMap((values) => {
+        let corrupt = 0
+        const found = values.map((value): Option.Option<Internal.Stored> => {
+          if (value === undefined) return Option.none()
+          const decoded = decode(value)
+          if (Exit.isFailure(decoded)) {
+            corrupt++
+            return Option.none()
+          }
+          const entry = decoded.value
+          return now < entry.staleUntil ? Option.some({ ...entry, keepFor: entry.staleUntil - now }) : Option.none()
+        })
+        return corrupt === 0 ? Effect.succeed(found) : Effect.as(Metric.update(errors, corrupt), found)
+      }),
+      Effect.orElseSucceed(() => keys.map(() => Option.none<Internal.Stored>()))
+    )
+  }
+
+  const write = (entries: ReadonlyArray<readonly [string, Internal.Stored]>, now: number): Effect.Effect<void> => {
+    const encoded = entries.flatMap(([k, stored]) =>
+      stored.staleUntil > now ? [[k, encode(stored) as object, Duration.millis(stored.staleUntil - now)] as const] : []
+    )
+    const [first, ...rest] = encoded
+    if (first === undefined) return Effect.void
+    return Effect.ignore(guard.call("SET", store.setMany([first, ...rest])))
+  }
+
+  const now = Effect.clockWith((clock) => Effect.succeed(clock.currentTimeMillisUnsafe()))
+
+  const computeAndWrite = (k: string, compute: Effect.Effect<GenerateResponse, unknown>) =>
+    Effect.flatMap(compute, (response) =>
+      Effect.flatMap(now, (at) => {
+        const stored = Internal.storedOf({ _tag: "Response", response }, at, config.ttl, config.staleFor, retain)
+        // The waiting callers get the answer now; the write goes on in the layer's scope.
+        return Effect.as(Effect.forkIn(write([[k, stored]], at), scope), stored)
+      })
+    )
+
+  const answer = (stored: Internal.Stored): GenerateResponse =>
+    stored.value._tag === "Response" ? stored.value.response : (undefined as never)
+
+  const untraced = Effect.fnUntraced(function* <E>(
+    key: string,
+    compute: Effect.Effect<GenerateResponse, E>,
+    options?: { readonly allowStale?: boolean | undefined }
+  ) {
+    const k = Internal.responseKey(key)
+    const at = yield* now
+    const local = table.peek(k, at)
+    let joining = false
+    let stale: Internal.Stored | undefined
+    if (local._tag === "Running" || (local._tag === "Done" && at < local.stored.freshUntil)) {
+      joining = true
+      stale = table.refreshingOf(k)
+    } else {
+      const [found = Option.none()] = yield* read([k], at)
+      if (Option.isSome(found)) {
+        if (at < found.value.freshUntil && found.value.value._tag === "Response") {
+          yield* Metric.update(counters.hit, 1)
+          return { value: found.value.value.response, source: "hit" as ResponseCache.Source }
+        }
+        stale = found.value
+      }
+    }
+    const result = yield* Effect.result(
+      table.run(k, computeAndWrite(k, compute) as Effect.Effect<Internal.Stored, E>, joining ? undefined : stale)
+    )
+    if (result._tag === "Success") {
+      const source: ResponseCache.Source = result.success.leader ? "miss" : "shared"
+      yield* Metric.update(counters[source], 1)
+      return { value: answer(result.success.stored), source }
+    }
+    if (options?.allowStale === true && stale !== undefined && stale.value._tag === "Response") {
+      yield* Metric.update(counters.stale, 1)
+      return { value: stale.value.response, source: "stale" as ResponseCache.Source }
+    }
+    yield* Metric.update(joining ? counters.shared : counters.miss, 1)
+    return yield* Effect.fail(result.failure)
+  })
+
+  const getOrCompute: ResponseCache.Service["getOrCompute"] = (key, compute, options) =>
+    Internal.traced("ResponseCache.getOrCompute", untraced(key, compute, options))
+
+  const fresh = (found: Option.Option<Internal.Stored>, at: number) => Option.filter(found, (s) => at < s.freshUntil)
+
+  const service: ResponseCache.Service = {
+    name: config.name,
+    key: ResponseCache.key,
+    getOrCompute,
+    getMany: (keys) =>
+      Effect.gen(function* () {
+        const at = yield* now
+        const found = (yield* read(keys.map(Internal.responseKey), at)).map((entry) =>
+          Option.map(fresh(entry, at), answer)
+        )
+        const hits = found.filter(Option.isSome).length
+        if (hits > 0) yield* Metric.update(counters.hit, hits)
+        if (hits < keys.length) yield* Metric.update(counters.miss, keys.length - hits)
+        return found
+      }),
+    setMany: (entries) =>
+      Effect.flatMap(now, (at) =>
+        write(
+          entries.map(({ key, value }) => [
+            Internal.responseKey(key),
+            Internal.storedOf({ _tag: "Response", response: value }, at, config.ttl, config.staleFor)
+          ]),
+          at
+        )
+      ),
+    getParts: (key) =>
+      Effect.gen(function* () {
+        const at = yield* now
+        const [found = Option.none()] = yield* read([Internal.partsKey(key)], at)
+        const parts = Option.flatMap(fresh(found, at), (s) =>
+          s.value._tag === "Stream" ? Option.some(s.value.parts) : Option.none()
+        )
+        yield* Metric.update(Option.isSome(parts) ? counters.hit : counters.miss, 1)
+        return parts
+      }),
+    setParts: (key, parts) =>
+      ResponseCache.isComplete(parts)
+        ? Effect.flatMap(now, (at) =>
+            write(
+              [[Internal.partsKey(key), Internal.storedOf({ _tag: "Stream", parts }, at, config.ttl, config.staleFor)]],
+              at
+            )
+          )
+        : Effect.void,
+    invalidate: (key) =>
+      Effect.suspend(() => {
+        table.remove(Internal.responseKey(key))
+        table.remove(Internal.partsKey(key))
+        return Effect.ignore(
+          guard.call(
+            "DEL",
+            Effect.all([store.remove(Internal.responseKey(key)), store.remove(Internal.partsKey(key))], {
+              concurrency: 2
+            })
+          )
+        )
+      })
+  }
+  return ResponseCache.ResponseCache.of(service)
 })
 
 /**
- * A Redis-backed response cache (single-flight per process, as in memory).
+ * A Redis-backed response cache. Needs `effect/persistence`'s `Redis` service (`Redis.layer`
+ * of this library builds one). Invalid options fail the layer with an `OptionError` naming
+ * the field.
  *
  * @since 0.1.0
  * @category layers
  */
-export const layerRedis = (options: Options = {}): Layer.Layer<ResponseCache.ResponseCache> =>
-  Layer.scoped(
-    ResponseCache.ResponseCache,
-    Effect.flatMap(makeStore(options), (store) => ResponseCache.make(store, options))
-  )
+export const layerRedis = (
+  options: Options = {}
+): Layer.Layer<ResponseCache.ResponseCache, Input.OptionError, Redis.Redis> =>
+  Layer.effect(ResponseCache.ResponseCache, make(options))

@@ -1,15 +1,14 @@
 /**
- * The `orchestra` command: `test`, `bench`, `start` and `stats`, and the mapping of every
- * outcome to an exit code.
+ * The `orchestra` command: `test`, `bench`, `start`, `stats` and `serve` (the gateway), and
+ * the mapping of every outcome to an exit code.
  *
  * @since 0.1.0
  */
-import type * as CliApp from "@effect/cli/CliApp"
-import * as Command from "@effect/cli/Command"
-import * as ValidationError from "@effect/cli/ValidationError"
-import { Cause, Console, Effect } from "effect"
-import { exitCodes } from "./Common.js"
+import { Cause, Console, Effect, Layer } from "effect"
+import { CliError, CliOutput, Command } from "effect/cli"
 import * as Bench from "./Bench.js"
+import { ExitCode, exitCodes } from "./Common.js"
+import * as Serve from "./Serve.js"
 import * as Start from "./Start.js"
 import * as Stats from "./Stats.js"
 import * as Test from "./Test.js"
@@ -18,42 +17,66 @@ import * as Test from "./Test.js"
  * @since 0.1.0
  * @category constants
  */
-export const version = "0.1.0"
+export const version = "0.2.0"
+
+/**
+ * The subcommands, in the order `--help` lists them.
+ *
+ * @since 0.2.0
+ * @category commands
+ */
+export const subcommands = [Test.command, Bench.command, Start.command, Stats.command, Serve.command] as const
 
 /**
  * @since 0.1.0
  * @category commands
  */
-export const command = Command.make("orchestra", {}, () =>
-  Console.log("orchestra: run AI-model calls with timeouts, retries, fallbacks and batches.\nTry `orchestra --help`.")
-).pipe(
+export const command = Command.make("orchestra").pipe(
   Command.withDescription("Run AI-model calls as Effect programs: test, bench, start (interactive), stats"),
-  Command.withSubcommands([Test.command, Bench.command, Start.command, Stats.command])
+  Command.withSubcommands(subcommands)
 )
 
-const cli = Command.run(command, { name: "orchestra", version })
+/**
+ * Help goes to stdout; a usage error's help and messages go to stderr, so that stdout
+ * stays empty for a `--json` consumer.
+ *
+ * @since 0.2.0
+ * @category layers
+ */
+export const presenter: Layer.Layer<never> = Layer.succeed(CliOutput.Presenter, {
+  present: (event) =>
+    event._tag === "InvalidInvocation"
+      ? Effect.gen(function* () {
+          const formatter = yield* CliOutput.Formatter
+          yield* Console.error(formatter.formatHelpDoc(event.helpDoc))
+          yield* Console.error(formatter.formatErrors(event.errors))
+        })
+      : CliOutput.defaultPresenter.present(event)
+})
+
+const cli = Command.runWith(command, { version })
 
 /**
- * Runs the command line and returns the exit code: 0 ok, 1 a call failed, 2 bad usage or
- * config. Usage errors were already printed by `@effect/cli`.
+ * Runs the command line and gives the exit code: 0 ok, 1 a call failed, 2 bad usage or a
+ * bad config (already reported). An interruption is not caught: the runtime's teardown
+ * makes it 130.
  *
  * @since 0.1.0
  * @category run
  */
-export const run = (argv: ReadonlyArray<string>): Effect.Effect<number, never, CliApp.CliApp.Environment> =>
+export const run = (argv: ReadonlyArray<string>) =>
   cli(argv).pipe(
-    Effect.as(exitCodes.ok),
-    Effect.catchAll((error) =>
-      ValidationError.isValidationError(error)
-        ? Effect.succeed(exitCodes.usage)
-        : error._tag === "ExitCode"
-          ? Effect.succeed(error.code)
-          : Effect.as(Console.error(`orchestra: ${String(error)}`), exitCodes.failed)
-    ),
+    Effect.as(exitCodes.ok as number),
+    Effect.catch((error) => {
+      if (error instanceof ExitCode) return Effect.succeed(error.code)
+      if (CliError.isCliError(error)) return Effect.succeed(exitCodes.usage as number)
+      return Effect.as(Console.error(`orchestra: ${String(error)}`), exitCodes.failed as number)
+    }),
     // A defect is a bug: report it on stderr (stdout may be a JSON consumer's) and exit with 1.
-    Effect.catchAllCause((cause) =>
-      Cause.isInterruptedOnly(cause)
+    Effect.catchCause((cause) =>
+      Cause.hasInterruptsOnly(cause)
         ? Effect.failCause(cause)
-        : Effect.as(Console.error(`orchestra: unexpected failure\n${Cause.pretty(cause)}`), exitCodes.failed)
-    )
+        : Effect.as(Console.error(`orchestra: unexpected failure\n${Cause.pretty(cause)}`), exitCodes.failed as number)
+    ),
+    Effect.provide(presenter)
   )

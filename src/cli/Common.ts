@@ -1,83 +1,102 @@
 /**
- * What every command shares: the `--json` and `--config` options, exit codes, loading the
- * config and providing the manager, and output helpers (JSON, errors, the progress bar).
+ * What every command shares: the `--json` and `--config` flags, exit codes, output (JSON,
+ * errors), and loading a handler only when its command runs, so that `--help` imports
+ * neither the library nor its providers. Everything a command prints for people goes to
+ * stdout, diagnostics to stderr; with `--json`, stdout holds only JSON.
  *
  * @since 0.1.0
  */
-import * as Options from "@effect/cli/Options"
-import type * as FileSystem from "@effect/platform/FileSystem"
-import type * as Path from "@effect/platform/Path"
-import { Console, Data, Effect, Layer, type Option } from "effect"
+import { Console, Effect, type Option, Result, Schema } from "effect"
+import { Flag } from "effect/cli"
 import { type AiError, reasonOf } from "../AiError.js"
-import type { ProgressEvent } from "../Batch.js"
-import type * as Orchestra from "../Orchestra.js"
-import * as CliConfig from "./Config.js"
-import { domainNames, orchestraLayer, type Overrides } from "./Setup.js"
+import type * as Input from "../Input.js"
 
 /**
- * The process exit code a command ends with: 0 ok, 1 a call (or a benchmark item)
- * failed or a provider could not start, 2 bad usage or a bad config, 130 interrupted.
+ * The exit codes: 0 ok, 1 a call (or a benchmark item) failed or a provider could not
+ * start, 2 bad usage or a bad config, 130 interrupted.
  *
- * @since 0.1.0
- * @category errors
- */
-export class ExitCode extends Data.TaggedError("ExitCode")<{ readonly code: number }> {}
-
-/**
  * @since 0.1.0
  * @category constants
  */
 export const exitCodes = { ok: 0, failed: 1, usage: 2, interrupted: 130 } as const
 
 /**
+ * Ends a command with an exit code; what went wrong was already printed.
+ *
  * @since 0.1.0
- * @category options
+ * @category errors
  */
-export const json = Options.boolean("json").pipe(
-  Options.withDescription("Machine-readable output on stdout (one JSON document; JSON lines for `start`)")
+export class ExitCode extends Schema.TaggedError<ExitCode>("effect-orchestra/cli/ExitCode")("ExitCode", {
+  code: Schema.Number
+}) {}
+
+/**
+ * @since 0.1.0
+ * @category flags
+ */
+export const json = Flag.Boolean("json").pipe(
+  Flag.withDescription("Machine-readable output on stdout (one JSON document; JSON lines for `start`)"),
+  Flag.withDefault(false)
 )
 
 /**
  * @since 0.1.0
- * @category options
+ * @category flags
  */
-export const config = Options.text("config").pipe(
-  Options.withDescription(
+export const config = Flag.String("config").pipe(
+  Flag.withDescription(
     "Config file (default: $ORCHESTRA_CONFIG, else ./orchestra.config.json if present, else the bundled local model)"
   ),
-  Options.optional
+  Flag.optional
 )
 
 /**
+ * The flags every command has.
+ *
  * @since 0.1.0
  * @category models
  */
 export interface Common {
   readonly json: boolean
   readonly config: Option.Option<string>
+  /** JSON lines (`start`) rather than one document. */
+  readonly jsonLines?: boolean | undefined
 }
 
 /**
- * Prints one JSON document (pretty) or one JSON line (`line: true`) on stdout.
+ * Prints one JSON document (pretty), or one JSON line with `jsonLines`, on stdout.
  *
  * @since 0.1.0
  * @category output
  */
-export const printJson = (value: unknown, line = false): Effect.Effect<void> =>
-  Console.log(line ? JSON.stringify(value) : JSON.stringify(value, null, 2))
+export const printJson = (common: Pick<Common, "jsonLines">, value: unknown): Effect.Effect<void> =>
+  Console.log(common.jsonLines === true ? JSON.stringify(value) : JSON.stringify(value, null, 2))
 
 /**
- * An `AiError` as plain data (no causes, no secrets).
+ * An `AiError` as plain data: what failed and why, never a cause (which may hold a request).
  *
  * @since 0.1.0
  * @category output
  */
 export const errorJson = (error: AiError): Record<string, unknown> => {
   const out: Record<string, unknown> = { _tag: error._tag, reason: reasonOf(error), message: error.message }
-  if (error._tag === "ModelError") {
-    if (error.provider !== undefined) out["provider"] = error.provider
-    if (error.status !== undefined) out["status"] = error.status
-    if (error.field !== undefined) out["field"] = error.field
+  switch (error._tag) {
+    case "ModelError":
+      if (error.provider !== undefined) out.provider = error.provider
+      if (error.status !== undefined) out.status = error.status
+      if (error.field !== undefined) out.field = error.field
+      break
+    case "TimeoutError":
+    case "StreamInterruptedError":
+      if (error.provider !== undefined) out.provider = error.provider
+      break
+    case "FallbackExhaustedError":
+      out.attempts = error.attempts.map((a) => ({
+        ...(a.domain === undefined ? {} : { domain: a.domain }),
+        provider: a.provider,
+        error: errorJson(a.error)
+      }))
+      break
   }
   return out
 }
@@ -104,103 +123,39 @@ export const formatMs = (ms: number): string => (ms < 1000 ? `${ms.toFixed(1)} m
  * @category output
  */
 export const failWith = (
-  common: Pick<Common, "json">,
+  common: Pick<Common, "json" | "jsonLines">,
   code: number,
   message: string,
-  details: Record<string, unknown> = {},
-  line = false
+  details: Record<string, unknown> = {}
 ): Effect.Effect<never, ExitCode> =>
-  Effect.zipRight(
-    Effect.zipRight(
-      Console.error(`orchestra: ${message}`),
-      common.json ? printJson({ ok: false, error: { message, ...details } }, line) : Effect.void
-    ),
-    Effect.fail(new ExitCode({ code }))
-  )
-
-/**
- * Runs `program` with the manager a config declares. The manager's scope closes when
- * `program` ends: in-flight calls drain, providers are released. A provider that cannot
- * start ends the command (exit code 2 for a missing key, 1 otherwise).
- *
- * @since 0.1.0
- * @category combinators
- */
-export const provideOrchestra =
-  (
-    common: Common,
-    loaded: CliConfig.Loaded,
-    overrides: Overrides = {},
-    options: { readonly jsonLines?: boolean } = {}
-  ) =>
-  <A, E, R>(program: Effect.Effect<A, E, R>): Effect.Effect<A, E | ExitCode, Exclude<R, Orchestra.Services>> =>
-    Effect.provide(
-      program,
-      orchestraLayer(loaded, overrides).pipe(
-        Layer.catchAll((error) => {
-          const reported: Effect.Effect<Layer.Layer<Orchestra.Services>, ExitCode> = failWith(
-            common,
-            error.kind === "config" ? exitCodes.usage : exitCodes.failed,
-            error.message,
-            { kind: error.kind, provider: error.provider },
-            options.jsonLines
-          )
-          return Layer.unwrapEffect(reported)
-        })
-      )
-    )
-
-/**
- * Fails with exit code 2 when a name is not a domain of the config (checked before any
- * provider is built).
- *
- * @since 0.1.0
- * @category combinators
- */
-export const checkDomains = (
-  common: Common,
-  loaded: CliConfig.Loaded,
-  names: ReadonlyArray<string>,
-  options: { readonly jsonLines?: boolean } = {}
-): Effect.Effect<void, ExitCode> => {
-  const known = domainNames(loaded)
-  const unknown = names.find((name) => !known.includes(name))
-  return unknown === undefined
-    ? Effect.void
-    : failWith(
+  Effect.gen(function* () {
+    yield* Console.error(`orchestra: ${message}`)
+    if (common.json) {
+      yield* printJson(
         common,
-        exitCodes.usage,
-        `unknown domain "${unknown}" (known: ${known.join(", ")})`,
-        { kind: "usage" },
-        options.jsonLines
+        common.jsonLines
+          ? { type: "error", error: { message, ...details } }
+          : { ok: false, error: { message, ...details } }
       )
-}
+    }
+    return yield* new ExitCode({ code })
+  })
 
 /**
- * Loads the config; a bad one is reported with every wrong field and ends the command
- * with exit code 2.
+ * A command-line value checked with the library's checks: a wrong one ends the command
+ * with exit code 2, naming the flag.
  *
- * @since 0.1.0
+ * @since 0.2.0
  * @category combinators
  */
-export const loadConfig = (
-  common: Common,
-  options: { readonly jsonLines?: boolean } = {}
-): Effect.Effect<CliConfig.Loaded, ExitCode, FileSystem.FileSystem | Path.Path> =>
-  CliConfig.load(common.config).pipe(
-    Effect.catchTag("ConfigFileError", (error) =>
-      failWith(
-        common,
-        exitCodes.usage,
-        error.message,
-        { kind: "config", file: error.file, issues: error.issues },
-        options.jsonLines
-      )
-    )
-  )
+export const checkFlag = <A>(common: Common, checked: Input.Checked<A>): Effect.Effect<A, ExitCode> =>
+  Result.isSuccess(checked)
+    ? Effect.succeed(checked.success)
+    : failWith(common, exitCodes.usage, `${checked.failure.path}: ${checked.failure.message}`, { kind: "usage" })
 
 /**
- * Splits `domain: query` when `domain` is a known domain; otherwise the whole line is the query.
+ * Splits `domain: query` when `domain` is a known domain; otherwise the whole line is the
+ * query. The query is trimmed and may be empty (`"finance: "`): callers refuse that.
  *
  * @since 0.1.0
  * @category utils
@@ -209,7 +164,7 @@ export const parseQuery = (
   line: string,
   domains: ReadonlyArray<string>
 ): { readonly domain: string | undefined; readonly query: string } => {
-  const match = /^\s*([\w.-]+)\s*:\s*([\s\S]*)$/.exec(line)
+  const match = /^\s*([\w.-]+)\s*:([\s\S]*)$/.exec(line)
   if (match !== null && domains.includes(match[1]!)) return { domain: match[1]!, query: match[2]!.trim() }
   return { domain: undefined, query: line.trim() }
 }
@@ -227,31 +182,16 @@ export const splitList = (text: string): ReadonlyArray<string> =>
     .filter((s) => s.length > 0)
 
 /**
- * A progress bar on stderr, drawn only when stderr is a terminal.
+ * A command's handler from a module loaded when the command runs (not when `--help` is
+ * asked for, nor when another command runs).
  *
- * @since 0.1.0
- * @category output
+ * @since 0.2.0
+ * @category combinators
  */
-export const progressBar = (label: string, total: number) => {
-  const enabled = process.stderr.isTTY === true
-  let failed = 0
-  const draw = (done: number, elapsedMs: number) => {
-    const width = 28
-    const filled = total === 0 ? width : Math.round((width * done) / total)
-    const failures = failed > 0 ? `, ${failed} failed` : ""
-    process.stderr.write(
-      `\r${label.padEnd(11)} [${"█".repeat(filled)}${"░".repeat(width - filled)}] ${done}/${total}${failures}  ${formatMs(elapsedMs)}\u001b[K`
+export const lazy =
+  <A, E, R>(load: () => Promise<{ readonly run: (args: A) => Effect.Effect<void, E, R> }>) =>
+  (args: A): Effect.Effect<void, E, R> =>
+    Effect.flatMap(
+      Effect.promise(() => load()),
+      (handler) => handler.run(args)
     )
-  }
-  return {
-    onEvent: (event: ProgressEvent): Effect.Effect<void> =>
-      Effect.sync(() => {
-        if (!enabled) return
-        if (event._tag === "Failed") failed++
-        draw(event.done, event.elapsedMs)
-      }),
-    end: Effect.sync(() => {
-      if (enabled) process.stderr.write("\n")
-    })
-  }
-}

@@ -1,237 +1,18 @@
 /**
- * The `orchestra.config.json` file: providers, domains and policies, validated by a
- * Schema. A bad file is reported field by field (`domains[1].retry.maxAttempts: ...`).
- * API keys never live in the file: each provider names the environment variable it reads.
+ * The `orchestra.config.json` file: providers, domains and policies. This module reads the
+ * file and checks its shape (every unknown field, every value of the wrong type, each with
+ * its path: `providers.openai.streamUsage`); the values themselves (durations, counts,
+ * URLs, domains) are then checked by the library's own checks (see `Setup.check`). API
+ * keys never live in the file: a provider names the environment variable it reads.
  *
  * @since 0.1.0
  */
-import * as FileSystem from "@effect/platform/FileSystem"
-import * as Path from "@effect/platform/Path"
-import { Config, Data, Effect, Either, Option, ParseResult, Schema } from "effect"
-import { Reason } from "../AiError.js"
-import * as CircuitBreaker from "../CircuitBreaker.js"
-import { Domain } from "../Domain.js"
-import { DurationInput, RetryPolicy } from "../Policy.js"
-
-const Name = Schema.NonEmptyTrimmedString
-const Count = Schema.Int.pipe(Schema.greaterThanOrEqualTo(1))
-const Headers = Schema.Record({ key: Schema.String, value: Schema.String })
-const EnvName = Schema.String.pipe(
-  Schema.pattern(/^[A-Za-z_][A-Za-z0-9_]*$/, { message: () => "Expected an environment variable name such as MY_KEY" })
-)
+import { Effect, FileSystem, Option, Path, Result, Schema, SchemaIssue } from "effect"
+import { ConfigFile, providerSchemas, providerTypes } from "./ConfigSchema.js"
+import * as Json from "./json.js"
 
 /**
- * The bundled transformers.js provider. `modelPath` is relative to the config file.
- *
- * @since 0.1.0
- * @category schemas
- */
-export const LocalProvider = Schema.Struct({
-  type: Schema.Literal("local"),
-  name: Schema.optional(Name),
-  generationModel: Schema.optional(Name),
-  embeddingModel: Schema.optional(Name),
-  models: Schema.optional(
-    Schema.Struct({
-      generation: Schema.optional(Schema.Array(Name)),
-      embedding: Schema.optional(Schema.Array(Name))
-    })
-  ),
-  modelPath: Schema.optional(Name),
-  allowRemoteModels: Schema.optional(Schema.Boolean),
-  cacheDir: Schema.optional(Name),
-  quantized: Schema.optional(Schema.Boolean),
-  poolSize: Schema.optional(Count),
-  minInstances: Schema.optional(Schema.Int.pipe(Schema.nonNegative())),
-  idleTimeToLive: Schema.optional(DurationInput),
-  maxBatchSize: Schema.optional(Count),
-  batchWindow: Schema.optional(DurationInput),
-  shutdownDeadline: Schema.optional(DurationInput),
-  maxTokens: Schema.optional(Count)
-})
-
-/**
- * Any server speaking OpenAI's chat completions (OpenAI, vLLM, LM Studio, llama.cpp,
- * Ollama's `/v1`). Without `apiKeyEnv` no key is sent.
- *
- * @since 0.1.0
- * @category schemas
- */
-export const OpenAiCompatibleProvider = Schema.Struct({
-  type: Schema.Literal("openai-compatible"),
-  name: Schema.optional(Name),
-  baseUrl: Schema.optional(Name),
-  model: Schema.optional(Name),
-  embeddingModel: Schema.optional(Name),
-  organization: Schema.optional(Name),
-  project: Schema.optional(Name),
-  apiKeyEnv: Schema.optional(EnvName),
-  headers: Schema.optional(Headers),
-  streamUsage: Schema.optional(Schema.Boolean)
-})
-
-/**
- * Ollama's native API. Without `apiKeyEnv` no key is sent.
- *
- * @since 0.1.0
- * @category schemas
- */
-export const OllamaProvider = Schema.Struct({
-  type: Schema.Literal("ollama"),
-  name: Schema.optional(Name),
-  host: Schema.optional(Name),
-  model: Schema.optional(Name),
-  embeddingModel: Schema.optional(Name),
-  api: Schema.optional(Schema.Literal("chat", "generate")),
-  keepAlive: Schema.optional(Name),
-  apiKeyEnv: Schema.optional(EnvName),
-  headers: Schema.optional(Headers)
-})
-
-/**
- * Google Gemini. The key is read from `apiKeyEnv` (default `GEMINI_API_KEY`).
- *
- * @since 0.1.0
- * @category schemas
- */
-export const GeminiProvider = Schema.Struct({
-  type: Schema.Literal("gemini"),
-  name: Schema.optional(Name),
-  model: Schema.optional(Name),
-  embeddingModel: Schema.optional(Name),
-  embeddingDimensions: Schema.optional(Count),
-  baseUrl: Schema.optional(Name),
-  apiVersion: Schema.optional(Name),
-  apiKeyEnv: Schema.optional(EnvName),
-  headers: Schema.optional(Headers)
-})
-
-/**
- * IBM watsonx.ai. The IBM Cloud key is read from `apiKeyEnv` (default `WATSONX_API_KEY`).
- *
- * @since 0.1.0
- * @category schemas
- */
-export const WatsonXProvider = Schema.Struct({
-  type: Schema.Literal("watsonx"),
-  name: Schema.optional(Name),
-  projectId: Schema.optional(Name),
-  spaceId: Schema.optional(Name),
-  url: Schema.optional(Name),
-  iamUrl: Schema.optional(Name),
-  version: Schema.optional(Name),
-  model: Schema.optional(Name),
-  embeddingModel: Schema.optional(Name),
-  api: Schema.optional(Schema.Literal("chat", "generation")),
-  refreshMargin: Schema.optional(DurationInput),
-  apiKeyEnv: Schema.optional(EnvName)
-})
-
-/**
- * A scripted in-process provider for demos and dry runs: a fixed or uniform latency, an
- * optional fixed reply (default: echoes the prompt), and an optional seeded failure mix.
- *
- * @since 0.1.0
- * @category schemas
- */
-export const MockProvider = Schema.Struct({
-  type: Schema.Literal("mock"),
-  name: Schema.optional(Name),
-  model: Schema.optional(Name),
-  latency: Schema.optional(
-    Schema.Union(DurationInput, Schema.Struct({ uniform: Schema.Tuple(DurationInput, DurationInput) })).annotations({
-      message: () => ({
-        message: 'Expected a duration (milliseconds, or a string such as "150 millis") or { "uniform": [min, max] }',
-        override: true
-      })
-    })
-  ),
-  reply: Schema.optional(Schema.String),
-  random: Schema.optional(
-    Schema.Struct({
-      seed: Schema.Int,
-      succeed: Schema.Number.pipe(Schema.nonNegative()),
-      fail: Schema.optional(
-        Schema.partialWith(Schema.Record({ key: Reason, value: Schema.Number.pipe(Schema.nonNegative()) }), {
-          exact: true
-        })
-      ),
-      hang: Schema.optional(Schema.Number.pipe(Schema.nonNegative()))
-    })
-  )
-})
-
-/**
- * @since 0.1.0
- * @category schemas
- */
-export const Provider = Schema.Union(
-  LocalProvider,
-  OpenAiCompatibleProvider,
-  OllamaProvider,
-  GeminiProvider,
-  WatsonXProvider,
-  MockProvider
-)
-
-/**
- * @since 0.1.0
- * @category models
- */
-export type Provider = typeof Provider.Type
-
-/**
- * Executor defaults, the shared concurrency limit, breakers and the response cache.
- *
- * @since 0.1.0
- * @category schemas
- */
-export const Policies = Schema.Struct({
-  executor: Schema.optional(
-    Schema.Struct({
-      timeout: Schema.optional(DurationInput),
-      retry: Schema.optional(RetryPolicy),
-      shutdownDeadline: Schema.optional(DurationInput)
-    })
-  ),
-  maxConcurrent: Schema.optional(Schema.Int.pipe(Schema.between(1, 10_000))),
-  breakers: Schema.optional(Schema.Union(Schema.Literal(false), CircuitBreaker.Options)),
-  cache: Schema.optional(
-    Schema.Union(
-      Schema.Literal(false),
-      Schema.Struct({
-        ttl: Schema.optional(DurationInput),
-        staleFor: Schema.optional(DurationInput),
-        capacity: Schema.optional(Count)
-      })
-    )
-  )
-})
-
-/**
- * The whole file. `domains` replaces the predefined `support`, `technical` and `finance`
- * domains; `extraDomains` adds to them.
- *
- * @since 0.1.0
- * @category schemas
- */
-export const ConfigFile = Schema.Struct({
-  $schema: Schema.optional(Schema.String),
-  providers: Schema.optional(Schema.Record({ key: Name, value: Provider })),
-  defaultProvider: Schema.optional(Name),
-  domains: Schema.optional(Schema.Array(Domain)),
-  extraDomains: Schema.optional(Schema.Array(Domain)),
-  policies: Schema.optional(Policies)
-})
-
-/**
- * @since 0.1.0
- * @category models
- */
-export type ConfigFile = typeof ConfigFile.Type
-
-/**
- * One thing wrong with a config file: where (`domains[1].retry.maxAttempts`) and what.
+ * One thing wrong with a config: where (`domains[1].retry.maxAttempts`) and what.
  *
  * @since 0.1.0
  * @category models
@@ -242,22 +23,26 @@ export interface Issue {
 }
 
 /**
- * A config file that cannot be used: missing, not JSON, or invalid.
+ * A config file that cannot be used: missing, not JSON, of the wrong shape, or refused by
+ * the library's checks. Lists every issue found.
  *
  * @since 0.1.0
  * @category errors
  */
-export class ConfigFileError extends Data.TaggedError("ConfigFileError")<{
-  readonly file: string
-  readonly issues: ReadonlyArray<Issue>
-}> {
+export class ConfigFileError extends Schema.TaggedError<ConfigFileError>("effect-orchestra/cli/ConfigFileError")(
+  "ConfigFileError",
+  {
+    file: Schema.String,
+    issues: Schema.Array(Schema.Struct({ path: Schema.String, message: Schema.String }))
+  }
+) {
   override get message(): string {
     return [`invalid config ${this.file}`, ...this.issues.map((i) => `  ${i.path}: ${i.message}`)].join("\n")
   }
 }
 
 /**
- * A validated config and where it came from (`file` is undefined for the built-in default).
+ * A config and where it came from (`file` is undefined for the built-in default).
  *
  * @since 0.1.0
  * @category models
@@ -266,7 +51,10 @@ export interface Loaded {
   readonly file: string | undefined
   /** Relative paths in the file (a local `modelPath`) are resolved against this. */
   readonly dir: string
+  /** The file as written. Only trust its shape when `issues` is empty. */
   readonly config: ConfigFile
+  /** What is wrong with its shape and references (the library's checks come on top: `Setup.check`). */
+  readonly issues: ReadonlyArray<Issue>
 }
 
 /**
@@ -278,7 +66,7 @@ export interface Loaded {
 export const defaultFileName = "orchestra.config.json"
 
 /**
- * The name of the provider used when the file declares none.
+ * The provider used when the file declares none: the bundled local model.
  *
  * @since 0.1.0
  * @category constants
@@ -286,7 +74,8 @@ export const defaultFileName = "orchestra.config.json"
 export const bundledProviderName = "local"
 
 /**
- * Formats a parse path as `domains[1].retry.maxAttempts`.
+ * Formats a path as `domains[1].retry.maxAttempts` (keys that are not identifiers in
+ * brackets: `providers["my key"]`).
  *
  * @since 0.1.0
  * @category utils
@@ -303,63 +92,108 @@ export const formatPath = (path: ReadonlyArray<PropertyKey>): string => {
   return out === "" ? "(root)" : out
 }
 
-const describe = (u: unknown): string =>
-  u === null ? "null" : Array.isArray(u) ? "an array" : typeof u === "object" ? "an object" : JSON.stringify(u)
-
-/** Schema's own wording for a struct or array is its whole type; say what kind of value was expected instead. */
-const simplify = (message: string): string =>
-  message
-    .replace(/^Expected \{[\s\S]*\}, actual ([\s\S]*)$/, "Expected an object, actual $1")
-    .replace(/^Expected ReadonlyArray<[\s\S]*>, actual ([\s\S]*)$/, "Expected an array, actual $1")
-
-/**
- * Keeps the most specific issues: an optional field's "Expected undefined" alternative,
- * and an issue at a path that has a deeper issue below it, say nothing the deeper one
- * does not. Alternatives of a union at the same path are joined.
- */
-const toIssues = (raw: ReadonlyArray<ParseResult.ArrayFormatterIssue>): ReadonlyArray<Issue> => {
-  const relevant = raw.filter((issue) => !issue.message.startsWith("Expected undefined, actual"))
-  const deeper = (a: ReadonlyArray<PropertyKey>, b: ReadonlyArray<PropertyKey>) =>
-    b.length > a.length && a.every((key, i) => key === b[i])
-  const kept = relevant.filter((issue) => !relevant.some((other) => deeper(issue.path, other.path)))
-  const byPath = new Map<string, Array<string>>()
-  for (const issue of kept) {
-    const path = formatPath(issue.path)
-    const messages = byPath.get(path) ?? []
-    const message = simplify(issue.message)
-    if (!messages.includes(message)) messages.push(message)
-    byPath.set(path, messages)
-  }
-  return Array.from(byPath, ([path, messages]) => ({ path, message: messages.join("; or ") }))
+/** Fields a v0.1 file (or a hopeful user) may hold, and what to write instead. */
+const hints: Readonly<Record<string, string>> = {
+  "random.succeed": 'renamed to "success" in 0.2',
+  "random.fail": 'renamed to "failures" in 0.2',
+  "random.seed": "moved up to the provider's own seed in 0.2",
+  apiKey: 'keys never go in the file: name the environment variable that holds it with "apiKeyEnv"'
 }
 
-const decode = Schema.decodeUnknownEither(ConfigFile, { errors: "all", onExcessProperty: "error" })
+const leafHook: SchemaIssue.LeafHook = (issue) =>
+  issue._tag === "UnexpectedKey"
+    ? "unknown field"
+    : issue._tag === "MissingKey"
+      ? "missing (required)"
+      : SchemaIssue.defaultLeafHook(issue)
 
-/** Checks that need the whole file: references between sections and duplicates. */
-const crossCheck = (config: ConfigFile): ReadonlyArray<Issue> => {
+/**
+ * A message in the library's form: lower case, and short (a wrong value is echoed, and
+ * may be long).
+ *
+ * @since 0.2.0
+ * @category utils
+ */
+export const tidy = (message: string): string => {
+  const text = message.replace(/^Expected /, "expected ")
+  return text.length > 240 ? `${text.slice(0, 237)}...` : text
+}
+
+const shapeIssues = (
+  schema: Schema.Top & { readonly DecodingServices: never },
+  input: unknown,
+  prefix: ReadonlyArray<PropertyKey>
+): ReadonlyArray<Issue> => {
+  const decoded = Schema.decodeUnknownResult(schema as Schema.Codec<unknown, unknown>)(input, {
+    errors: "all",
+    onExcessProperty: "error",
+    reportInput: true
+  })
+  if (Result.isSuccess(decoded)) return []
+  return SchemaIssue.makeFormatterStandardSchemaV1({ leafHook })(decoded.failure.issue).issues.map((issue) => {
+    const keys = [...prefix, ...(issue.path ?? []).map((p) => (typeof p === "object" && p !== null ? p.key : p))]
+    const path = formatPath(keys as ReadonlyArray<PropertyKey>)
+    const hint = Object.entries(hints).find(([tail]) => path.endsWith(`.${tail}`))
+    const message =
+      issue.message === "unknown field" && hint !== undefined ? `unknown field (${hint[1]})` : issue.message
+    return { path, message: tidy(message) }
+  })
+}
+
+const isObject = (u: unknown): u is Readonly<Record<string, unknown>> =>
+  typeof u === "object" && u !== null && !Array.isArray(u)
+
+const kind = (u: unknown): string =>
+  u === null ? "null" : Array.isArray(u) ? "an array" : typeof u === "object" ? "an object" : typeof u
+
+const providerIssues = (providers: Readonly<Record<string, unknown>>): ReadonlyArray<Issue> => {
   const issues: Array<Issue> = []
-  const declared = config.providers === undefined ? [bundledProviderName] : Object.keys(config.providers)
-  if (config.providers !== undefined && declared.length === 0) {
+  const entries = Object.entries(providers)
+  if (entries.length === 0) {
     issues.push({
       path: "providers",
       message: "declare at least one provider (or leave `providers` out to use the bundled local model)"
     })
   }
-  const known = `declared: ${declared.join(", ") || "none"}`
-  if (config.defaultProvider !== undefined && !declared.includes(config.defaultProvider)) {
+  for (const [name, spec] of entries) {
+    const at = formatPath(["providers", name])
+    if (name.trim() === "" || name.trim() !== name) {
+      issues.push({ path: at, message: "a provider name is non-empty, without surrounding spaces" })
+    }
+    if (!isObject(spec)) continue
+    const type = spec.type
+    const schema =
+      typeof type === "string" && Object.hasOwn(providerSchemas, type)
+        ? providerSchemas[type as keyof typeof providerSchemas]
+        : undefined
+    if (schema === undefined) {
+      const got = type === undefined ? "nothing" : typeof type === "string" ? JSON.stringify(type) : kind(type)
+      issues.push({
+        path: `${at}.type`,
+        message: `expected one of ${providerTypes.map((t) => `"${t}"`).join(", ")}, got ${got}`
+      })
+      continue
+    }
+    issues.push(...shapeIssues(schema, spec, ["providers", name]))
+  }
+  return issues
+}
+
+/** Which provider each domain and `defaultProvider` name; the domains themselves are `Domain.check`'s. */
+const references = (config: Readonly<Record<string, unknown>>): ReadonlyArray<Issue> => {
+  const issues: Array<Issue> = []
+  const declared = isObject(config.providers) ? Object.keys(config.providers) : [bundledProviderName]
+  const known = `declared: ${declared.join(", ")}`
+  if (typeof config.defaultProvider === "string" && !declared.includes(config.defaultProvider)) {
     issues.push({ path: "defaultProvider", message: `unknown provider "${config.defaultProvider}" (${known})` })
   }
-  const seen = new Map<string, string>()
-  for (const section of ["domains", "extraDomains"] as const) {
-    config[section]?.forEach((domain, i) => {
-      if (!declared.includes(domain.provider)) {
-        issues.push({ path: `${section}[${i}].provider`, message: `unknown provider "${domain.provider}" (${known})` })
-      }
-      const first = seen.get(domain.name)
-      if (first !== undefined) {
-        issues.push({ path: `${section}[${i}].name`, message: `duplicate domain "${domain.name}" (first at ${first})` })
-      } else {
-        seen.set(domain.name, `${section}[${i}]`)
+  for (const section of ["domains", "extraDomains", "overrideDomains"] as const) {
+    const domains = config[section]
+    if (!Array.isArray(domains)) continue
+    domains.forEach((domain: unknown, i) => {
+      const provider = isObject(domain) ? domain.provider : undefined
+      if (typeof provider === "string" && !declared.includes(provider)) {
+        issues.push({ path: `${section}[${i}].provider`, message: `unknown provider "${provider}" (${known})` })
       }
     })
   }
@@ -367,91 +201,87 @@ const crossCheck = (config: ConfigFile): ReadonlyArray<Issue> => {
 }
 
 /**
- * Validates a parsed JSON value. Every problem is reported, each with its path.
+ * Checks the shape of a parsed file: every unknown field and every value of the wrong
+ * type, each with its path, and the providers that domains and `defaultProvider` name.
  *
- * @since 0.1.0
+ * @since 0.2.0
  * @category constructors
  */
-export const validate = (input: unknown, file = "(config)"): Either.Either<ConfigFile, ConfigFileError> => {
-  if (typeof input !== "object" || input === null || Array.isArray(input)) {
-    return Either.left(
-      new ConfigFileError({
-        file,
-        issues: [{ path: "(root)", message: `Expected a JSON object, actual ${describe(input)}` }]
-      })
-    )
+export const inspect = (input: unknown): { readonly config: ConfigFile; readonly issues: ReadonlyArray<Issue> } => {
+  if (!isObject(input)) {
+    return { config: {}, issues: [{ path: "(root)", message: `expected a JSON object, got ${kind(input)}` }] }
   }
-  const result = decode(input)
-  if (Either.isLeft(result)) {
-    return Either.left(
-      new ConfigFileError({ file, issues: toIssues(ParseResult.ArrayFormatter.formatErrorSync(result.left)) })
-    )
-  }
-  const issues = crossCheck(result.right)
-  return issues.length === 0 ? Either.right(result.right) : Either.left(new ConfigFileError({ file, issues }))
+  const issues = [
+    ...shapeIssues(ConfigFile, input, []),
+    ...(isObject(input.providers) ? providerIssues(input.providers) : []),
+    ...references(input)
+  ]
+  return { config: input as ConfigFile, issues }
 }
 
 /**
- * Parses and validates the text of a config file.
+ * Checks the shape of a parsed file (see {@link inspect}); the values are checked by
+ * `Setup.check`.
  *
  * @since 0.1.0
  * @category constructors
  */
-export const parse = (text: string, file = "(config)"): Either.Either<ConfigFile, ConfigFileError> => {
-  let json: unknown
-  try {
-    json = JSON.parse(text)
-  } catch (error) {
-    return Either.left(
-      new ConfigFileError({
-        file,
-        issues: [
-          { path: "(root)", message: `not valid JSON: ${error instanceof Error ? error.message : String(error)}` }
-        ]
-      })
-    )
-  }
-  return validate(json, file)
+export const validate = (input: unknown, file = "(config)"): Result.Result<ConfigFile, ConfigFileError> => {
+  const { config, issues } = inspect(input)
+  return issues.length > 0 ? Result.fail(new ConfigFileError({ file, issues })) : Result.succeed(config)
 }
 
-/**
- * Finds and loads the config: the `--config` path, else `ORCHESTRA_CONFIG`, else
- * `orchestra.config.json` in the working directory if it exists, else the built-in default
- * (the bundled local model with the predefined domains). A path that was asked for
- * explicitly must exist.
- *
- * @since 0.1.0
- * @category constructors
- */
-export const load = (
-  flag: Option.Option<string>
-): Effect.Effect<Loaded, ConfigFileError, FileSystem.FileSystem | Path.Path> =>
-  Effect.gen(function* () {
-    const fs = yield* FileSystem.FileSystem
-    const path = yield* Path.Path
-    const fromEnv = yield* Config.option(Config.nonEmptyString("ORCHESTRA_CONFIG")).pipe(
-      Effect.orElseSucceed(() => Option.none<string>())
-    )
-    const explicit = Option.orElse(flag, () => fromEnv)
-    const cwd = path.resolve(".")
-    const candidate = path.resolve(Option.getOrElse(explicit, () => defaultFileName))
-    const exists = yield* fs.exists(candidate).pipe(Effect.orElseSucceed(() => false))
-    if (!exists) {
-      if (Option.isSome(explicit)) {
-        return yield* new ConfigFileError({
-          file: candidate,
-          issues: [{ path: "(file)", message: "no such file" }]
-        })
-      }
-      return { file: undefined, dir: cwd, config: {} }
-    }
-    const text = yield* fs
-      .readFileString(candidate)
-      .pipe(
-        Effect.mapError(
-          (error) => new ConfigFileError({ file: candidate, issues: [{ path: "(file)", message: error.message }] })
-        )
-      )
-    const config = yield* parse(text, candidate)
-    return { file: candidate, dir: path.dirname(candidate), config }
+const syntaxError = (file: string, issue: Json.SyntaxIssue) =>
+  new ConfigFileError({
+    file,
+    issues: [
+      { path: "(file)", message: `not valid JSON at line ${issue.line}, column ${issue.column}: ${issue.message}` }
+    ]
   })
+
+/**
+ * Parses and checks the shape of a config file's text. Text that is not JSON is reported
+ * with the line and column of the first error.
+ *
+ * @since 0.1.0
+ * @category constructors
+ */
+export const parse = (text: string, file = "(config)"): Result.Result<ConfigFile, ConfigFileError> => {
+  const json = Json.parse(text)
+  return Result.isFailure(json) ? Result.fail(syntaxError(file, json.failure)) : validate(json.success, file)
+}
+
+/** Config files are small; a bigger one is a mistake (a log, a model), not a config. */
+const maxFileBytes = 1024 * 1024
+
+/**
+ * Finds and reads the config: the `--config` path, else `ORCHESTRA_CONFIG`, else
+ * `orchestra.config.json` in the working directory if it exists, else the built-in
+ * default (the bundled local model with the predefined domains). A path given explicitly
+ * must exist; a file that is not JSON fails here, one of the wrong shape comes back with
+ * its `issues`.
+ *
+ * @since 0.1.0
+ * @category constructors
+ */
+export const load = Effect.fnUntraced(function* (flag: Option.Option<string>, fromEnv: Option.Option<string>) {
+  const fs = yield* FileSystem.FileSystem
+  const path = yield* Path.Path
+  const explicit = Option.orElse(flag, () => fromEnv)
+  const cwd = path.resolve(".")
+  const file = path.resolve(Option.getOrElse(explicit, () => defaultFileName))
+  const fileError = (message: string) => new ConfigFileError({ file, issues: [{ path: "(file)", message }] })
+  const info = yield* fs.stat(file).pipe(Effect.option)
+  if (Option.isNone(info)) {
+    if (Option.isSome(explicit)) return yield* fileError("no such file")
+    return { file: undefined, dir: cwd, config: {}, issues: [] } satisfies Loaded
+  }
+  if (info.value.type !== "File") return yield* fileError(`not a file (${info.value.type.toLowerCase()})`)
+  if (Number(info.value.size) > maxFileBytes) {
+    return yield* fileError(`${info.value.size} bytes: a config file is at most ${maxFileBytes} bytes`)
+  }
+  const text = yield* fs.readFileString(file).pipe(Effect.mapError((error) => fileError(error.message)))
+  const json = Json.parse(text)
+  if (Result.isFailure(json)) return yield* syntaxError(file, json.failure)
+  return { file, dir: path.dirname(file), ...inspect(json.success) } satisfies Loaded
+})

@@ -1,141 +1,56 @@
 /**
- * Turns a validated config into layers. Nothing here runs until a command provides the
- * layer, so `--help` never loads a model or reads a key; the local provider (and
- * transformers.js with it) is even imported only when a config uses it.
+ * A config file made usable: every value checked by the library's own checks (domains,
+ * executor options, breakers, rate limits, cache, each provider's options) and every key
+ * read from the environment, before anything is built; then the manager layer
+ * (`Orchestra.layer`) for it. Every command runs the same checks, so `stats` and `test`
+ * agree on what a bad config is.
  *
  * @since 0.1.0
  */
-import * as FetchHttpClient from "@effect/platform/FetchHttpClient"
-import type * as HttpClient from "@effect/platform/HttpClient"
-import * as NodePath from "node:path"
-import { Config, ConfigError, Data, Effect, Layer, type Redacted } from "effect"
+import { Effect, Layer, type Redacted, Result, Schema } from "effect"
 import type { ModelError } from "../AiError.js"
-import type * as Executor from "../Executor.js"
-import * as Gemini from "../Model/Gemini.js"
-import * as Mock from "../Model/Mock.js"
-import * as Ollama from "../Model/Ollama.js"
-import * as OpenAiCompat from "../Model/OpenAiCompat.js"
-import * as WatsonX from "../Model/WatsonX.js"
-import { ModelProvider } from "../Model.js"
+import * as CircuitBreaker from "../CircuitBreaker.js"
+import * as Domain from "../Domain.js"
+import * as Executor from "../Executor.js"
+import * as Input from "../Input.js"
+import type { ModelProvider } from "../Model.js"
 import * as Orchestra from "../Orchestra.js"
-import { predefined } from "../Domain.js"
-import { bundledProviderName, type Loaded, type Provider } from "./Config.js"
+import * as RateLimit from "../RateLimit.js"
+import * as ResponseCache from "../ResponseCache.js"
+import { bundledProviderName, ConfigFileError, formatPath, type Issue, type Loaded, tidy } from "./Config.js"
+import type { Provider } from "./ConfigSchema.js"
+import * as Providers from "./Providers.js"
 
 /**
- * A provider that could not be built: a missing key (`kind: "config"`) or a model that
- * failed to load or answer at start (`kind: "provider"`).
+ * A config that passed every check, with the keys its providers read.
  *
- * @since 0.1.0
- * @category errors
+ * @since 0.2.0
+ * @category models
  */
-export class SetupError extends Data.TaggedError("SetupError")<{
-  readonly provider: string
-  readonly kind: "config" | "provider"
-  readonly detail: string
-}> {
-  override get message(): string {
-    return `provider "${this.provider}": ${this.detail}`
-  }
+export interface Checked {
+  readonly loaded: Loaded
+  readonly providers: Readonly<Record<string, Provider>>
+  readonly keys: Readonly<Record<string, Redacted.Redacted<string> | undefined>>
+  readonly defaultProvider: string
 }
-
-/** The environment variables a config error is about (its own message may be redacted). */
-const describeConfigError = (error: ConfigError.ConfigError): string => {
-  switch (error._op) {
-    case "And":
-    case "Or":
-      return `${describeConfigError(error.left)}; ${describeConfigError(error.right)}`
-    case "MissingData":
-      return `environment variable ${error.path.join("_")} is not set`
-    case "InvalidData":
-      return `environment variable ${error.path.join("_")} is invalid`
-    default:
-      return error.message
-  }
-}
-
-const fail = (provider: string) => (error: ModelError | ConfigError.ConfigError) =>
-  ConfigError.isConfigError(error)
-    ? new SetupError({ provider, kind: "config", detail: describeConfigError(error) })
-    : new SetupError({ provider, kind: "provider", detail: error.message })
-
-const key = (env: string) => Config.redacted(env)
-const optionalKey = (env: string | undefined): Config.Config<Redacted.Redacted | undefined> =>
-  env === undefined ? Config.succeed(undefined) : Config.redacted(env)
 
 /**
- * The layer of one declared provider. Keys are read from the environment variable the
- * provider names, through `Config.redacted`, when the layer is built.
+ * The providers a config declares (without `providers`: the bundled local model).
  *
- * @since 0.1.0
- * @category layers
+ * @since 0.2.0
+ * @category utils
  */
-export const providerLayer = (name: string, spec: Provider, dir: string): Layer.Layer<ModelProvider, SetupError> => {
-  const providerName = spec.name ?? name
-  const http = <E>(layer: Layer.Layer<ModelProvider, E, HttpClient.HttpClient>) =>
-    layer.pipe(Layer.provide(FetchHttpClient.layer))
-  switch (spec.type) {
-    case "local": {
-      const { type: _, modelPath, ...options } = spec
-      return Layer.unwrapEffect(
-        Effect.map(
-          Effect.promise(() => import("../Model/Local.js")),
-          (Local) =>
-            Local.layer({
-              ...options,
-              name: providerName,
-              ...(modelPath === undefined ? {} : { modelPath: NodePath.resolve(dir, modelPath) })
-            })
-        )
-      ).pipe(Layer.mapError(fail(name)))
-    }
-    case "openai-compatible": {
-      const { type: _, apiKeyEnv, ...options } = spec
-      return http(
-        OpenAiCompat.layerConfig(
-          Config.map(optionalKey(apiKeyEnv), (apiKey) => ({ ...options, name: providerName, apiKey }))
-        )
-      ).pipe(Layer.mapError(fail(name)))
-    }
-    case "ollama": {
-      const { type: _, apiKeyEnv, ...options } = spec
-      return http(
-        Ollama.layerConfig(Config.map(optionalKey(apiKeyEnv), (apiKey) => ({ ...options, name: providerName, apiKey })))
-      ).pipe(Layer.mapError(fail(name)))
-    }
-    case "gemini": {
-      const { type: _, apiKeyEnv, ...options } = spec
-      return http(
-        Gemini.layerConfig(
-          Config.map(key(apiKeyEnv ?? "GEMINI_API_KEY"), (apiKey) => ({ ...options, name: providerName, apiKey }))
-        )
-      ).pipe(Layer.mapError(fail(name)))
-    }
-    case "watsonx": {
-      const { type: _, apiKeyEnv, ...options } = spec
-      return http(
-        WatsonX.layerConfig(
-          Config.map(key(apiKeyEnv ?? "WATSONX_API_KEY"), (apiKey) => ({ ...options, name: providerName, apiKey }))
-        )
-      ).pipe(Layer.mapError(fail(name)))
-    }
-    case "mock": {
-      const { reply } = spec
-      return Layer.effect(
-        ModelProvider,
-        Effect.map(
-          Mock.make({
-            name: providerName,
-            model: spec.model,
-            latency: spec.latency,
-            random: spec.random,
-            ...(reply === undefined ? {} : { respond: () => reply })
-          }),
-          ({ provider }) => provider
-        )
-      )
-    }
-  }
+export const providersOf = (loaded: Loaded): Readonly<Record<string, Provider>> => {
+  const providers: unknown = loaded.config.providers
+  if (providers === undefined) return { [bundledProviderName]: { type: "local" } }
+  // Not a map: a shape issue already says so.
+  return typeof providers === "object" && providers !== null && !Array.isArray(providers)
+    ? (providers as Readonly<Record<string, Provider>>)
+    : {}
 }
+
+const defaultProviderOf = (loaded: Loaded): string =>
+  loaded.config.defaultProvider ?? Object.keys(providersOf(loaded))[0] ?? bundledProviderName
 
 /**
  * The names of the domains a config declares, known without building anything.
@@ -144,10 +59,175 @@ export const providerLayer = (name: string, spec: Provider, dir: string): Layer.
  * @category utils
  */
 export const domainNames = (loaded: Loaded): ReadonlyArray<string> => {
+  const merged = Orchestra.domainsOf({ ...loaded.config, defaultProvider: defaultProviderOf(loaded) } as never)
+  return Result.isSuccess(merged) ? merged.success.map((d) => d.name) : []
+}
+
+const sections = ["domains", "extraDomains", "overrideDomains"] as const
+
+/** Whether two paths overlap: one is the other, or lies under it. */
+const overlaps = (a: string, b: string): boolean =>
+  a === b || a === "(root)" || b === "(root)" || [".", "["].some((c) => a.startsWith(b + c) || b.startsWith(a + c))
+
+/** Each domain alone (`Domain.check`), duplicates within a section, then the merged list's references. */
+const domainIssues = (loaded: Loaded, defaultProvider: string): ReadonlyArray<Issue> => {
   const { config } = loaded
-  const defaultProvider = config.defaultProvider ?? Object.keys(config.providers ?? {})[0] ?? bundledProviderName
-  const base = config.domains ?? predefined(defaultProvider)
-  return [...base, ...(config.extraDomains ?? [])].map((d) => d.name)
+  const issues: Array<Issue> = []
+  const origin = new Map<string, string>()
+  for (const section of sections) {
+    const list: unknown = config[section]
+    if (!Array.isArray(list) || loaded.issues.some((i) => i.path === section || i.path === "(root)")) continue
+    const seen = new Map<string, number>()
+    list.forEach((raw: unknown, i) => {
+      if (loaded.issues.some((issue) => issue.path === `${section}[${i}]`)) return
+      // Alone, a domain's fallback names nothing: they are checked on the merged list below.
+      const alone = typeof raw === "object" && raw !== null ? { ...raw, fallback: undefined } : raw
+      const checked = Domain.check([alone], section)
+      if (Result.isFailure(checked)) {
+        const { path, message } = checked.failure
+        issues.push({ path: path.replace(`${section}[0]`, `${section}[${i}]`), message: tidy(message) })
+        return
+      }
+      const name = checked.success[0]!.name
+      const first = seen.get(name)
+      if (first !== undefined) {
+        issues.push({
+          path: `${section}[${i}].name`,
+          message: `duplicate domain "${name}" (first at ${section}[${first}])`
+        })
+        return
+      }
+      seen.set(name, i)
+      if (section === "overrideDomains" || !origin.has(name)) origin.set(name, `${section}[${i}]`)
+    })
+  }
+  if (issues.length > 0 || loaded.issues.some((i) => sections.some((s) => overlaps(i.path, s)))) return issues
+  const merged = Orchestra.domainsOf({ ...config, defaultProvider } as never)
+  if (Result.isFailure(merged)) return [merged.failure]
+  const all = Domain.check(merged.success)
+  if (Result.isFailure(all)) {
+    // The merged list's index back to where the domain was written.
+    const { path, message } = all.failure
+    const at = /^domains\[(\d+)\]/.exec(path)
+    const domain = at === null ? undefined : merged.success[Number(at[1])]
+    const where = domain === undefined ? undefined : (origin.get(domain.name) ?? `(predefined ${domain.name})`)
+    return [{ path: at === null || where === undefined ? path : path.replace(at[0], where), message: tidy(message) }]
+  }
+  return []
+}
+
+const prefixed = (prefix: string) => (error: Input.OptionError) => Providers.issueOf(prefix, error)
+
+/** The shared policies through the checks and layers that would take them (each layer alone, in a scope closed at once). */
+const policyIssues = (loaded: Loaded): Effect.Effect<ReadonlyArray<Issue>> => {
+  const policies = loaded.config.policies ?? {}
+  const open = (path: string) => !loaded.issues.some((i) => overlaps(i.path, path))
+  const issues: Array<Issue> = []
+  if (policies.executor !== undefined && open("policies.executor")) {
+    const checked = Executor.checkOptions(policies.executor as Executor.Options)
+    if (Result.isFailure(checked)) issues.push(prefixed("policies.executor")(Input.toOptionError(checked.failure)))
+  }
+  if (policies.maxConcurrent !== undefined && open("policies.maxConcurrent")) {
+    const checked = Input.positiveInt("policies.maxConcurrent", policies.maxConcurrent)
+    if (Result.isFailure(checked)) issues.push(checked.failure)
+  }
+  const build = <A>(path: string, layer: Layer.Layer<A, Input.OptionError>) =>
+    Layer.build(layer).pipe(
+      Effect.scoped,
+      Effect.as(undefined),
+      Effect.catch((error) => Effect.succeed(prefixed(path)(error)))
+    )
+  const builds: Array<Effect.Effect<Issue | undefined>> = []
+  const on = <A>(value: A | false | undefined, path: string): value is A =>
+    value !== undefined && value !== false && open(path)
+  if (on(policies.breakers, "policies.breakers")) {
+    builds.push(build("policies.breakers", CircuitBreaker.layerMemory(policies.breakers as CircuitBreaker.Options)))
+  }
+  if (on(policies.rateLimits, "policies.rateLimits")) {
+    builds.push(build("policies.rateLimits", RateLimit.layerMemory(policies.rateLimits as RateLimit.Options)))
+  }
+  if (on(policies.cache, "policies.cache")) {
+    builds.push(build("policies.cache", ResponseCache.layerMemory(policies.cache as ResponseCache.MemoryOptions)))
+  }
+  return Effect.map(Effect.all(builds), (built) => [...issues, ...built.filter((issue) => issue !== undefined)])
+}
+
+/** Issues in the order their sections appear in the file. */
+const inFileOrder = (loaded: Loaded, issues: ReadonlyArray<Issue>): ReadonlyArray<Issue> => {
+  const order = [...Object.keys(loaded.config), "providers", "defaultProvider", ...sections, "policies"]
+  const rank = (issue: Issue) => {
+    const top = /^[^.[]*/.exec(issue.path)![0]
+    const i = order.indexOf(top)
+    return i < 0 ? order.length : i
+  }
+  const seen = new Set<string>()
+  return issues
+    .map((issue, i) => ({ issue, i, rank: rank(issue) }))
+    .sort((a, b) => a.rank - b.rank || a.i - b.i)
+    .map(({ issue }) => issue)
+    .filter((issue) => {
+      const key = `${issue.path}\u0000${issue.message}`
+      if (seen.has(key)) return false
+      seen.add(key)
+      return true
+    })
+}
+
+/**
+ * Checks a loaded config with the library's checks and reads its keys, on top of the
+ * shape issues `Config.load` found. Every issue is reported with its path in the file:
+ * each wrong field of the shape, and the first wrong value of each provider, domain and
+ * policy (the library's checks stop at the first); a part whose shape is wrong is not
+ * checked further.
+ *
+ * @since 0.2.0
+ * @category constructors
+ */
+export const check = Effect.fnUntraced(function* (loaded: Loaded) {
+  const providers = providersOf(loaded)
+  const defaultProvider = defaultProviderOf(loaded)
+  const issues: Array<Issue> = [
+    ...loaded.issues,
+    ...domainIssues(loaded, defaultProvider),
+    ...(yield* policyIssues(loaded))
+  ]
+  const keys: Record<string, Redacted.Redacted<string> | undefined> = {}
+  for (const [name, spec] of Object.entries(providers)) {
+    const at = formatPath(["providers", name])
+    if (typeof spec !== "object" || spec === null || loaded.issues.some((i) => overlaps(i.path, `${at}.type`))) continue
+    const key = loaded.issues.some((i) => overlaps(i.path, `${at}.apiKeyEnv`))
+      ? Result.succeed(undefined)
+      : yield* Providers.readKey(name, spec)
+    if (Result.isFailure(key)) issues.push(key.failure)
+    else keys[name] = key.success
+    if (!loaded.issues.some((i) => overlaps(i.path, at))) {
+      issues.push(...(yield* Providers.check(name, spec, loaded.dir, Result.getOrUndefined(key))))
+    }
+  }
+  if (issues.length > 0) {
+    return yield* new ConfigFileError({
+      file: loaded.file ?? "(built-in default)",
+      issues: inFileOrder(loaded, issues)
+    })
+  }
+  return { loaded, providers, keys, defaultProvider } satisfies Checked
+})
+
+/**
+ * A provider that could not be built (a local model that does not load), or an option
+ * the checks let through and a layer refused.
+ *
+ * @since 0.1.0
+ * @category errors
+ */
+export class SetupError extends Schema.TaggedError<SetupError>("effect-orchestra/cli/SetupError")("SetupError", {
+  provider: Schema.String,
+  kind: Schema.Literals(["config", "provider"]),
+  detail: Schema.String
+}) {
+  override get message(): string {
+    return `provider "${this.provider}": ${this.detail}`
+  }
 }
 
 /**
@@ -160,43 +240,48 @@ export interface Overrides {
   readonly maxConcurrent?: number | undefined
 }
 
+const mapLayerError = <A, E, E2, R>(layer: Layer.Layer<A, E, R>, f: (error: E) => E2): Layer.Layer<A, E2, R> =>
+  Layer.catch(layer, (error) => Layer.unwrap(Effect.fail(f(error)) as Effect.Effect<Layer.Layer<A>, E2>))
+
+const setupError =
+  (provider: string) =>
+  (error: Input.OptionError | ModelError): SetupError =>
+    error._tag === "OptionError"
+      ? new SetupError({ provider, kind: "config", detail: error.message })
+      : new SetupError({ provider, kind: "provider", detail: error.message })
+
 /**
- * The manager for a config: every declared provider (or the bundled local model), the
- * domains, and the policies.
+ * The manager for a checked config: every declared provider built once, the domains, the
+ * executor, the shared breakers, rate limits and cache, and batches.
  *
  * @since 0.1.0
  * @category layers
  */
 export const orchestraLayer = (
-  loaded: Loaded,
+  checked: Checked,
   overrides: Overrides = {}
 ): Layer.Layer<Orchestra.Services, SetupError> => {
-  const { config } = loaded
-  const specs: Record<string, Provider> = config.providers ?? { [bundledProviderName]: { type: "local" } }
+  const { config, dir } = checked.loaded
   const providers: Record<string, Layer.Layer<ModelProvider, SetupError>> = {}
-  for (const [name, spec] of Object.entries(specs)) providers[name] = providerLayer(name, spec, loaded.dir)
-  const policies = config.policies ?? {}
-  const executor: Executor.Options = {
-    ...(policies.executor?.timeout === undefined ? {} : { timeout: policies.executor.timeout }),
-    ...(policies.executor?.retry === undefined ? {} : { retry: policies.executor.retry }),
-    ...(policies.executor?.shutdownDeadline === undefined
-      ? {}
-      : { shutdownDeadline: policies.executor.shutdownDeadline })
+  for (const [name, spec] of Object.entries(checked.providers)) {
+    providers[name] = mapLayerError(Providers.layer(name, spec, dir, checked.keys[name]), setupError(name))
   }
-  return Orchestra.layer({
+  const policies = config.policies ?? {}
+  const manager = Orchestra.layer({
     providers,
-    defaultProvider: config.defaultProvider,
-    domains: config.domains,
-    extraDomains: config.extraDomains,
-    executor,
+    defaultProvider: checked.defaultProvider,
+    domains: config.domains as ReadonlyArray<Domain.DomainInput> | undefined,
+    extraDomains: config.extraDomains as ReadonlyArray<Domain.DomainInput> | undefined,
+    overrideDomains: config.overrideDomains as ReadonlyArray<Domain.DomainInput> | undefined,
+    executor: policies.executor as Executor.Options | undefined,
     maxConcurrent: overrides.maxConcurrent ?? policies.maxConcurrent,
-    breakers: policies.breakers,
-    cache: policies.cache
-  }).pipe(
-    Layer.mapError((error) =>
-      error._tag === "SetupError"
-        ? error
-        : new SetupError({ provider: "(default)", kind: "provider", detail: error.message })
-    )
+    breakers: policies.breakers as CircuitBreaker.Options | false | undefined,
+    rateLimits: policies.rateLimits as RateLimit.Options | false | undefined,
+    cache: policies.cache as ResponseCache.MemoryOptions | false | undefined
+  })
+  return mapLayerError(manager, (error) =>
+    error._tag === "SetupError"
+      ? error
+      : new SetupError({ provider: "(manager)", kind: "config", detail: error.message })
   )
 }

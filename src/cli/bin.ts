@@ -1,31 +1,31 @@
 /**
  * The `orchestra` executable: the only `runMain` of the package. SIGINT / SIGTERM
- * interrupt the command; the manager it provided then drains and releases everything.
+ * interrupt the command; the manager it provided then drains and releases everything,
+ * and the process exits with 130.
  *
  * @since 0.1.0
  */
-import * as NodeContext from "@effect/platform-node/NodeContext"
 import * as NodeRuntime from "@effect/platform-node/NodeRuntime"
-import { Cause, Effect, Exit, Logger } from "effect"
+import * as NodeServices from "@effect/platform-node/NodeServices"
+import { Cause, Effect, Exit, Layer, Logger } from "effect"
 import { run } from "./Cli.js"
 import { exitCodes } from "./Common.js"
 
 // Logs go to stderr so that `--json` output on stdout stays parseable.
-const logger = Logger.replace(Logger.defaultLogger, Logger.withConsoleError(Logger.prettyLoggerDefault))
+const environment = Layer.merge(NodeServices.layer, Layer.succeed(Logger.LogToStderr, true))
 
-run(process.argv).pipe(
-  Effect.provide(NodeContext.layer),
-  Effect.provide(logger),
+run(process.argv.slice(2)).pipe(
+  Effect.provide(environment),
   NodeRuntime.runMain({
-    disablePrettyLogger: true,
+    disableErrorReporting: true,
     teardown: (exit, onExit) => {
       const code = Exit.isSuccess(exit)
         ? Number(exit.value)
-        : Cause.isInterruptedOnly(exit.cause)
+        : Cause.hasInterruptsOnly(exit.cause)
           ? exitCodes.interrupted
           : exitCodes.failed
       onExit(code)
-      // Nothing of the command is left running; do not wait on handles a native library may keep.
+      // Nothing of the command is left running: do not wait on handles a native library may keep.
       process.exit(code)
     }
   })

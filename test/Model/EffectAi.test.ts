@@ -1,51 +1,73 @@
-import * as AiError from "@effect/ai/AiError"
-import * as EmbeddingModel from "@effect/ai/EmbeddingModel"
-import * as LanguageModel from "@effect/ai/LanguageModel"
-import * as AiModel from "@effect/ai/Model"
-import type * as Prompt from "@effect/ai/Prompt"
-import type * as Response from "@effect/ai/Response"
 import { assert, describe, it } from "@effect/vitest"
-import { Cause, Context, Duration, Effect, Exit, Layer, Option, Stream, TestClock } from "effect"
-import type { ModelError } from "../../src/AiError.js"
+import { inspect } from "node:util"
+import { Cause, Context, Duration, Effect, Exit, Fiber, Layer, Option, Schema, Stream } from "effect"
+import {
+  AiError as Ai,
+  EmbeddingModel,
+  LanguageModel,
+  Model as AiModel,
+  type Prompt,
+  type Response,
+  Tool,
+  Toolkit
+} from "effect/ai"
+import { TestClock } from "effect/testing"
+import {
+  type AiError,
+  CircuitOpenError,
+  FallbackExhaustedError,
+  ModelError,
+  StreamInterruptedError,
+  TimeoutError
+} from "../../src/AiError.js"
 import * as Model from "../../src/Model.js"
 import * as EffectAi from "../../src/Model/EffectAi.js"
+import * as Mock from "../../src/Model/Mock.js"
 
-const KEY = "sk-effect-ai-TEST-SECRET-123456"
+// ---------------------------------------------------------------------------
+// helpers
+// ---------------------------------------------------------------------------
 
-/** A provider-specific setting, the way @effect/ai provider packages read their config. */
-class Temperature extends Context.Tag("test/Temperature")<Temperature, number>() {}
+/** A provider-specific setting, the way effect/ai provider packages read their config. */
+class Temperature extends Context.Service<Temperature, number>()("test/Temperature") {}
 
 interface Script {
-  readonly generate?: Effect.Effect<Array<Response.PartEncoded>, AiError.AiError>
-  readonly stream?: Stream.Stream<Response.StreamPartEncoded, AiError.AiError>
+  readonly generate?: Effect.Effect<Array<Response.PartEncoded>, Ai.AiError>
+  readonly stream?: Stream.Stream<Response.StreamPartEncoded, Ai.AiError>
 }
 
-const finish = (reason: Response.FinishReason = "stop") =>
-  ({ type: "finish", reason, usage: { inputTokens: 7, outputTokens: 3, totalTokens: 10 } }) as const
+const usage = { inputTokens: { total: 7 }, outputTokens: { total: 3 } }
+const finish = (reason: Response.FinishReason = "stop") => ({ type: "finish", reason, usage }) as const
 
-/** A scripted `LanguageModel` built with `LanguageModel.make`, recording the prompts and settings it saw. */
+interface Seen {
+  readonly options: LanguageModel.ProviderOptions
+  readonly temperature: Option.Option<number>
+}
+
+/** A scripted effect/ai LanguageModel (built with LanguageModel.make), recording what it was asked. */
 const scripted = (script: Script) =>
   Effect.gen(function* () {
-    const seen: Array<{ readonly prompt: Prompt.Prompt; readonly temperature: Option.Option<number> }> = []
+    const seen: Array<Seen> = []
+    const record = (options: LanguageModel.ProviderOptions) =>
+      Effect.map(Effect.serviceOption(Temperature), (temperature) => void seen.push({ options, temperature }))
     const service = yield* LanguageModel.make({
       generateText: (options) =>
-        Effect.gen(function* () {
-          seen.push({ prompt: options.prompt, temperature: yield* Effect.serviceOption(Temperature) })
-          return yield* script.generate ??
+        Effect.andThen(
+          record(options),
+          script.generate ??
             Effect.succeed<Array<Response.PartEncoded>>([
-              { type: "response-metadata", modelId: "gpt-test-2025" },
+              { type: "response-metadata", modelId: "gpt-test-2026" },
               { type: "text", text: "Hello there" },
               finish()
             ])
-        }),
+        ),
       streamText: (options) =>
         Stream.unwrap(
-          Effect.gen(function* () {
-            seen.push({ prompt: options.prompt, temperature: yield* Effect.serviceOption(Temperature) })
-            return (
-              script.stream ??
+          Effect.as(
+            record(options),
+            script.stream ??
               Stream.make<Array<Response.StreamPartEncoded>>(
-                { type: "response-metadata", modelId: "gpt-test-2025" },
+                { type: "response-metadata", modelId: "gpt-test-2026" },
                 { type: "text-start", id: "t" },
                 { type: "text-delta", id: "t", delta: "Hel" },
                 { type: "reasoning-delta", id: "r", delta: "(thinking)" },
@@ -53,44 +75,10 @@ const scripted = (script: Script) =>
                 { type: "text-end", id: "t" },
                 finish()
               )
-            )
-          })
+          )
         )
     })
     return { layer: Layer.succeed(LanguageModel.LanguageModel, service), seen }
-  })
-
-const collect = (stream: Stream.Stream<Model.StreamPart, unknown>) =>
-  Effect.gen(function* () {
-    const parts: Array<Model.StreamPart> = []
-    const exit = yield* Effect.exit(Stream.runForEach(stream, (part) => Effect.sync(() => parts.push(part))))
-    const text = parts.flatMap((p) => (p._tag === "TextDelta" ? [p.text] : [])).join("")
-    return { parts, exit, text }
-  })
-
-const failureOf = (exit: Exit.Exit<unknown, unknown>): ModelError => {
-  if (Exit.isSuccess(exit)) throw new Error("expected a failure")
-  const error = Cause.failureOption(exit.cause)
-  if (error._tag === "None") throw new Error(Cause.pretty(exit.cause))
-  return error.value as ModelError
-}
-
-const request = {
-  method: "POST",
-  url: "https://api.example.com/v1/responses",
-  urlParams: [],
-  hash: Option.none(),
-  headers: { authorization: `Bearer ${KEY}` }
-} as const
-
-const statusError = (status: number, body: unknown, headers: Record<string, string> = {}) =>
-  new AiError.HttpResponseError({
-    module: "OpenAiClient",
-    method: "createResponse",
-    reason: "StatusCode",
-    request,
-    response: { status, headers },
-    body: JSON.stringify(body)
   })
 
 const providerWith = (script: Script, options: EffectAi.Options = {}) =>
@@ -100,8 +88,34 @@ const providerWith = (script: Script, options: EffectAi.Options = {}) =>
     return { provider, seen }
   })
 
-describe("EffectAi", () => {
-  it.effect("generate: the conversation goes in as a Prompt, text/finish/usage/model come back", () =>
+const collect = (stream: Stream.Stream<Model.StreamPart, AiError>) =>
+  Effect.gen(function* () {
+    const parts: Array<Model.StreamPart> = []
+    const exit = yield* Effect.exit(Stream.runForEach(stream, (part) => Effect.sync(() => void parts.push(part))))
+    const text = parts.flatMap((p) => (p._tag === "TextDelta" ? [p.text] : [])).join("")
+    return { parts, exit, text }
+  })
+
+const failureOf = <E>(exit: Exit.Exit<unknown, E>): E => {
+  if (Exit.isSuccess(exit)) throw new Error("expected a failure")
+  const reason = exit.cause.reasons[0]
+  if (reason?._tag !== "Fail") throw new Error(`expected a typed failure, got ${reason?._tag}`)
+  return reason.error
+}
+
+const aiError = (reason: Ai.AiErrorReason) => Ai.make({ module: "OpenAiClient", method: "createResponse", reason })
+
+const http = (status: number) => ({ response: { status, headers: {} } })
+
+const userText = (message: Prompt.Message | undefined): string =>
+  message?.role === "user" ? message.content.map((part) => (part.type === "text" ? part.text : "")).join("") : ""
+
+// ---------------------------------------------------------------------------
+// effect/ai LanguageModel -> ModelProvider
+// ---------------------------------------------------------------------------
+
+describe("EffectAi.make (effect/ai LanguageModel as a ModelProvider)", () => {
+  it.effect("generate: the conversation goes in as a Prompt; text, finish reason, usage and model come back", () =>
     Effect.gen(function* () {
       const { provider, seen } = yield* providerWith({}, { name: "oai" })
       const answer = yield* provider.generate({
@@ -117,14 +131,19 @@ describe("EffectAi", () => {
         finishReason: "stop",
         usage: { inputTokens: 7, outputTokens: 3, totalTokens: 10 },
         provider: "oai",
-        model: "gpt-test-2025"
+        model: "gpt-test-2026"
       })
-      const roles = seen[0]?.prompt.content.map((m) => m.role)
-      assert.deepStrictEqual(roles, ["system", "user", "assistant", "user"])
+      const prompt = seen[0]!.options.prompt.content
+      assert.deepStrictEqual(
+        prompt.map((m) => m.role),
+        ["system", "user", "assistant", "user"]
+      )
+      assert.strictEqual(userText(prompt[3]), "again")
+      assert.deepStrictEqual(seen[0]!.options.tools, [])
     })
   )
 
-  it.effect("stream: text deltas (reasoning skipped) then exactly one Finish", () =>
+  it.effect("stream: text deltas (reasoning skipped), then exactly one Finish with usage and model", () =>
     Effect.gen(function* () {
       const { provider } = yield* providerWith({}, { name: "oai" })
       const { exit, parts, text } = yield* collect(provider.stream({ prompt: "hi" }))
@@ -138,14 +157,84 @@ describe("EffectAi", () => {
             finishReason: "stop",
             usage: { inputTokens: 7, outputTokens: 3, totalTokens: 10 },
             provider: "oai",
-            model: "gpt-test-2025"
+            model: "gpt-test-2026"
           }
         ]
       )
     })
   )
 
-  it.effect("`context` passes request settings to the @effect/ai provider, in generate and stream", () =>
+  it.effect("tools go in as JSON-Schema tools; tool calls come back unresolved, in generate and stream", () =>
+    Effect.gen(function* () {
+      const call: Response.StreamPartEncoded = {
+        type: "tool-call",
+        id: "call_1",
+        name: "lookup",
+        params: { city: "Oslo" }
+      }
+      const { provider, seen } = yield* providerWith({
+        generate: Effect.succeed([call as Response.PartEncoded, finish("tool-calls")]),
+        stream: Stream.make(call, finish("tool-calls"))
+      })
+      const parameters = { type: "object", properties: { city: { type: "string" } }, required: ["city"] }
+      const request: Model.GenerateRequest = {
+        prompt: "weather in Oslo?",
+        tools: [{ name: "lookup", description: "Weather by city", parameters }],
+        toolChoice: { name: "lookup" }
+      }
+      const answer = yield* provider.generate(request)
+      assert.deepStrictEqual(answer.toolCalls, [{ id: "call_1", name: "lookup", arguments: '{"city":"Oslo"}' }])
+      assert.strictEqual(answer.finishReason, "tool_calls")
+      const tools = seen[0]!.options.tools
+      assert.deepStrictEqual(
+        tools.map((tool) => [tool.name, Tool.getDescription(tool), Tool.getJsonSchema(tool)]),
+        [["lookup", "Weather by city", parameters]]
+      )
+      assert.deepStrictEqual(seen[0]!.options.toolChoice, { tool: "lookup" })
+      const { parts } = yield* collect(provider.stream(request))
+      assert.deepStrictEqual(
+        parts.map((p) => p._tag),
+        ["ToolCall", "Finish"]
+      )
+    })
+  )
+
+  it.effect("an assistant's tool calls and the tool's answers go in as tool-call and tool-result parts", () =>
+    Effect.gen(function* () {
+      const { provider, seen } = yield* providerWith({})
+      yield* provider.generate({
+        messages: [
+          { role: "user", content: "weather?" },
+          { role: "assistant", content: "", toolCalls: [{ id: "c1", name: "lookup", arguments: '{"city":"Oslo"}' }] },
+          { role: "tool", toolCallId: "c1", content: "3 °C" }
+        ]
+      })
+      const [, assistant, tool] = seen[0]!.options.prompt.content
+      assert.deepStrictEqual(
+        assistant?.role === "assistant"
+          ? assistant.content.map((p) => (p.type === "tool-call" ? p.params : p.type))
+          : [],
+        [{ city: "Oslo" }]
+      )
+      const result = tool?.role === "tool" ? tool.content[0] : undefined
+      assert.deepStrictEqual(result?.type === "tool-result" ? [result.id, result.name, result.result] : [], [
+        "c1",
+        "lookup",
+        "3 °C"
+      ])
+      const orphan = (yield* Effect.flip(
+        provider.generate({
+          messages: [
+            { role: "user", content: "x" },
+            { role: "tool", toolCallId: "nope", content: "y" }
+          ]
+        })
+      )) as ModelError
+      assert.deepStrictEqual([orphan.reason, orphan.field], ["InvalidRequest", "messages[1].toolCallId"])
+    })
+  )
+
+  it.effect("`context` hands request settings to the provider package's config, in generate and stream", () =>
     Effect.gen(function* () {
       const { provider, seen } = yield* providerWith(
         {},
@@ -161,128 +250,191 @@ describe("EffectAi", () => {
     })
   )
 
-  it.effect("the name defaults to the @effect/ai ProviderName", () =>
+  it.effect("name and model default to the effect/ai ProviderName and ModelName; another model is refused", () =>
     Effect.gen(function* () {
-      const { layer } = yield* scripted({})
-      const provider = yield* EffectAi.make().pipe(
-        Effect.provide(Layer.merge(layer, Layer.succeed(AiModel.ProviderName, "anthropic")))
+      const { layer, seen } = yield* scripted({
+        generate: Effect.succeed([{ type: "text", text: "ok" }, finish()])
+      })
+      const names = Layer.succeedContext(
+        Context.make(AiModel.ProviderName, "anthropic").pipe(Context.add(AiModel.ModelName, "claude-test"))
       )
-      assert.strictEqual(provider.name, "anthropic")
-      assert.strictEqual((yield* provider.generate({ prompt: "x" })).provider, "anthropic")
+      const provider = yield* EffectAi.make().pipe(Effect.provide(Layer.merge(layer, names)))
+      assert.deepStrictEqual([provider.name, provider.defaultModel], ["anthropic", "claude-test"])
+      const answer = yield* provider.generate({ prompt: "x" })
+      assert.deepStrictEqual([answer.provider, answer.model], ["anthropic", "claude-test"])
+      const other = (yield* Effect.flip(provider.generate({ prompt: "x", model: "gpt-x" }))) as ModelError
+      assert.deepStrictEqual([other.reason, other.field], ["InvalidRequest", "model"])
+      const json = (yield* Effect.flip(
+        provider.generate({ prompt: "x", responseFormat: { type: "json_object" } })
+      )) as ModelError
+      assert.deepStrictEqual([json.reason, json.field], ["InvalidRequest", "responseFormat"])
+      assert.strictEqual(seen.length, 1)
     })
   )
 
-  describe("AiError mapping", () => {
-    it.effect("429 with Retry-After (seconds and HTTP-date) is RateLimited; the request's key never leaks", () =>
+  describe("effect/ai errors map to our reasons from their class and status", () => {
+    it.effect("each reason class", () =>
       Effect.gen(function* () {
-        const now = Date.parse("2026-03-01T12:00:00Z")
-        yield* TestClock.setTime(now)
-        const seconds = yield* providerWith({
-          generate: Effect.fail(
-            statusError(429, { error: { message: "Rate limit reached", type: "requests" } }, { "Retry-After": "12" })
+        const mapped = (reason: Ai.AiErrorReason) =>
+          Effect.flatMap(providerWith({ generate: Effect.fail(aiError(reason)) }), ({ provider }) =>
+            Effect.map(Effect.flip(provider.generate({ prompt: "x" })), (e) => e as ModelError)
           )
-        })
-        const exit = yield* Effect.exit(seconds.provider.generate({ prompt: "x" }))
-        const error = failureOf(exit)
-        assert.strictEqual(error.reason, "RateLimited")
-        assert.strictEqual(error.status, 429)
-        assert.deepStrictEqual(error.retryAfter, Duration.seconds(12))
-        assert.include(error.message, "Rate limit reached")
-        if (Exit.isFailure(exit)) {
-          for (const text of [JSON.stringify(error), String(error), Cause.pretty(exit.cause)])
-            assert.notInclude(text, KEY)
+        const limited = yield* mapped(new Ai.RateLimitError({ retryAfter: Duration.seconds(12), http: http(429) }))
+        assert.deepStrictEqual([limited.reason, limited.status], ["RateLimited", 429])
+        assert.deepStrictEqual(limited.retryAfter, Duration.seconds(12))
+        const cases: ReadonlyArray<readonly [Ai.AiErrorReason, string, string | undefined]> = [
+          [new Ai.AuthenticationError({ kind: "InvalidKey", http: http(401) }), "Unauthorized", undefined],
+          [new Ai.QuotaExhaustedError({}), "Unauthorized", undefined],
+          [new Ai.ContentPolicyError({ description: "no" }), "ContentFilter", undefined],
+          [new Ai.InvalidRequestError({ parameter: "model", http: http(404) }), "InvalidRequest", "model"],
+          [new Ai.InvalidRequestError({ http: http(413) }), "TooLarge", undefined],
+          [new Ai.InternalProviderError({ description: "x" }), "Overloaded", undefined],
+          [new Ai.InternalProviderError({ description: "x", http: http(503) }), "Unavailable", undefined],
+          [new Ai.InternalProviderError({ description: "x", http: http(504) }), "Timeout", undefined],
+          [new Ai.NetworkError({ reason: "TransportError", method: "POST", url: "https://x" }), "Transport", undefined],
+          [new Ai.NetworkError({ reason: "InvalidUrlError", method: "POST", url: "x" }), "InvalidRequest", "request"],
+          [new Ai.InvalidResponseError({ description: "x" }), "Decode", undefined],
+          [new Ai.InvalidOutputError({ description: "x" }), "Decode", undefined],
+          [new Ai.UnsupportedSchemaError({ description: "x" }), "InvalidRequest", "responseFormat"],
+          [new Ai.UnknownError({}), "Unknown", undefined],
+          [new Ai.UnknownError({ http: http(502) }), "Unavailable", undefined]
+        ]
+        for (const [reason, expected, field] of cases) {
+          const error = yield* mapped(reason)
+          assert.deepStrictEqual([error.reason, error.field], [expected, field], reason._tag)
         }
-        const date = yield* providerWith({
-          generate: Effect.fail(statusError(429, {}, { "retry-after": new Date(now + 90_000).toUTCString() }))
-        })
-        const dated = yield* Effect.flip(date.provider.generate({ prompt: "x" }))
-        assert.deepStrictEqual((dated as ModelError).retryAfter, Duration.seconds(90))
       })
     )
 
-    it.effect("statuses, transport, malformed output and unknown errors map to our reasons", () =>
+    it.effect("a URL's query string (which may carry a key) never reaches the message", () =>
       Effect.gen(function* () {
-        const reasonOf = (error: AiError.AiError) =>
-          Effect.flatMap(providerWith({ generate: Effect.fail(error) }), ({ provider }) =>
-            Effect.map(Effect.flip(provider.generate({ prompt: "x" })), (e) => (e as ModelError).reason)
+        const { provider } = yield* providerWith({
+          generate: Effect.fail(
+            aiError(
+              new Ai.NetworkError({
+                reason: "TransportError",
+                method: "POST",
+                url: "https://generativelanguage.example/v1/models:generate?key=SECRET-KEY-123",
+                description: "socket hang up"
+              })
+            )
           )
-        assert.strictEqual(yield* reasonOf(statusError(401, { error: { message: "bad key" } })), "Unauthorized")
-        assert.strictEqual(
-          yield* reasonOf(statusError(529, { type: "error", error: { type: "overloaded_error" } })),
-          "Overloaded"
+        })
+        const exit = yield* Effect.exit(provider.generate({ prompt: "x" }))
+        const error = failureOf(exit) as ModelError
+        assert.include(error.message, "socket hang up")
+        const renderings = [error.message, JSON.stringify(error), String(error), inspect(error, { depth: 10 })]
+        if (Exit.isFailure(exit)) renderings.push(Cause.pretty(exit.cause))
+        for (const text of renderings) assert.notInclude(text, "SECRET-KEY-123")
+      })
+    )
+
+    it.effect(
+      "a stream failing mid-way fails after its text; an error part maps; one without a finish is Transport",
+      () =>
+        Effect.gen(function* () {
+          const broken = yield* providerWith({
+            stream: Stream.concat(
+              Stream.make<Array<Response.StreamPartEncoded>>({ type: "text-delta", id: "t", delta: "partial" }),
+              Stream.fail(aiError(new Ai.InternalProviderError({ description: "died", http: http(500) })))
+            )
+          })
+          const failed = yield* collect(broken.provider.stream({ prompt: "x" }))
+          assert.strictEqual(failed.text, "partial")
+          assert.strictEqual((failureOf(failed.exit) as ModelError).reason, "Overloaded")
+          const errorPart = yield* providerWith({
+            stream: Stream.make<Array<Response.StreamPartEncoded>>(
+              { type: "text-delta", id: "t", delta: "a" },
+              { type: "error", error: aiError(new Ai.RateLimitError({})) }
+            )
+          })
+          const errored = yield* collect(errorPart.provider.stream({ prompt: "x" }))
+          assert.strictEqual(errored.text, "a")
+          assert.strictEqual((failureOf(errored.exit) as ModelError).reason, "RateLimited")
+          const unfinished = yield* providerWith({
+            stream: Stream.make<Array<Response.StreamPartEncoded>>({ type: "text-delta", id: "t", delta: "half" })
+          })
+          const ended = yield* collect(unfinished.provider.stream({ prompt: "x" }))
+          assert.strictEqual(ended.text, "half")
+          assert.strictEqual((failureOf(ended.exit) as ModelError).reason, "Transport")
+        })
+    )
+  })
+
+  describe("bounds", () => {
+    it.effect("a stream that stalls fails with an idle TimeoutError carrying the text so far", () =>
+      Effect.gen(function* () {
+        const { provider } = yield* providerWith(
+          {
+            stream: Stream.concat(
+              Stream.make<Array<Response.StreamPartEncoded>>({ type: "text-delta", id: "t", delta: "so far" }),
+              Stream.never
+            )
+          },
+          { streamIdleTimeout: "5 seconds" }
         )
-        assert.strictEqual(yield* reasonOf(statusError(503, {})), "Overloaded")
-        assert.strictEqual(yield* reasonOf(statusError(400, { error: { message: "bad" } })), "InvalidRequest")
-        assert.strictEqual(yield* reasonOf(statusError(504, {})), "Timeout")
-        assert.strictEqual(
-          yield* reasonOf(
-            new AiError.HttpRequestError({
-              module: "OpenAiClient",
-              method: "createResponse",
-              reason: "Transport",
-              request
-            })
-          ),
-          "Transport"
+        const fiber = yield* collect(provider.stream({ prompt: "x" })).pipe(
+          Effect.forkChild({ startImmediately: true })
         )
-        assert.strictEqual(
-          yield* reasonOf(
-            new AiError.MalformedOutput({ module: "OpenAiClient", method: "createResponse", description: "x" })
-          ),
-          "Decode"
-        )
-        assert.strictEqual(
-          yield* reasonOf(
-            new AiError.MalformedInput({ module: "OpenAiClient", method: "createResponse", description: "x" })
-          ),
-          "InvalidRequest"
-        )
-        assert.strictEqual(
-          yield* reasonOf(
-            new AiError.UnknownError({ module: "OpenAiClient", method: "createResponse", description: "x" })
-          ),
-          "Unknown"
+        yield* TestClock.adjust("4999 millis")
+        assert.isUndefined(fiber.pollUnsafe())
+        yield* TestClock.adjust("1 millis")
+        const { exit, text } = yield* Fiber.join(fiber)
+        const error = failureOf(exit) as TimeoutError
+        assert.deepStrictEqual(
+          [text, error._tag, error.limit, error.partialText],
+          ["so far", "TimeoutError", "idle", "so far"]
         )
       })
     )
 
-    it.effect("a stream failing mid-way fails after the delivered text; one without a finish is Transport", () =>
+    it.effect("a generate that never answers fails with a request TimeoutError", () =>
       Effect.gen(function* () {
-        const broken = yield* providerWith({
-          stream: Stream.concat(
-            Stream.make<Array<Response.StreamPartEncoded>>({ type: "text-delta", id: "t", delta: "partial" }),
-            Stream.fail(statusError(500, { error: { message: "upstream died" } }))
-          )
-        })
-        const failed = yield* collect(broken.provider.stream({ prompt: "x" }))
-        assert.strictEqual(failed.text, "partial")
-        assert.strictEqual(failureOf(failed.exit).reason, "Overloaded")
-        const unfinished = yield* providerWith({
-          stream: Stream.make<Array<Response.StreamPartEncoded>>({ type: "text-delta", id: "t", delta: "half" })
-        })
-        const ended = yield* collect(unfinished.provider.stream({ prompt: "x" }))
-        assert.strictEqual(ended.text, "half")
-        assert.strictEqual(failureOf(ended.exit).reason, "Transport")
-        const errorPart = yield* providerWith({
-          stream: Stream.make<Array<Response.StreamPartEncoded>>(
-            { type: "text-delta", id: "t", delta: "a" },
-            { type: "error", error: statusError(429, {}, { "retry-after": "1" }) }
-          )
-        })
-        const errored = yield* collect(errorPart.provider.stream({ prompt: "x" }))
-        assert.strictEqual(errored.text, "a")
-        assert.strictEqual(failureOf(errored.exit).reason, "RateLimited")
+        const { provider } = yield* providerWith({ generate: Effect.never }, { timeout: "30 seconds" })
+        const fiber = yield* Effect.forkChild(Effect.flip(provider.generate({ prompt: "x" })))
+        yield* TestClock.adjust("30 seconds")
+        const error = (yield* Fiber.join(fiber)) as TimeoutError
+        assert.deepStrictEqual([error._tag, error.limit], ["TimeoutError", "request"])
+      })
+    )
+
+    it.effect("text past maxOutputChars fails TooLarge (generate and stream)", () =>
+      Effect.gen(function* () {
+        const { provider } = yield* providerWith({}, { maxOutputChars: 4 })
+        const generated = (yield* Effect.flip(provider.generate({ prompt: "x" }))) as ModelError
+        assert.strictEqual(generated.reason, "TooLarge")
+        const streamed = yield* collect(provider.stream({ prompt: "x" }))
+        assert.strictEqual(streamed.text, "Hel")
+        assert.strictEqual((failureOf(streamed.exit) as ModelError).reason, "TooLarge")
+      })
+    )
+
+    it.effect("options are checked when the provider is built", () =>
+      Effect.gen(function* () {
+        const { layer } = yield* scripted({})
+        const paths: Array<string> = []
+        for (const options of [
+          { timeout: Number.NaN },
+          { streamIdleTimeout: -1 },
+          { maxOutputChars: 0 },
+          { maxConcurrency: 1.5 }
+        ] satisfies ReadonlyArray<EffectAi.Options>) {
+          paths.push((yield* Effect.flip(EffectAi.make(options).pipe(Effect.provide(layer)))).path)
+        }
+        assert.deepStrictEqual(paths, ["timeout", "streamIdleTimeout", "maxOutputChars", "maxConcurrency"])
+        const limited = yield* EffectAi.make({ maxConcurrency: 4 }).pipe(Effect.provide(layer))
+        assert.strictEqual(limited.maxConcurrency, 4)
       })
     )
   })
 
   describe("embed", () => {
-    it.effect("uses the EmbeddingModel in context, in input order", () =>
+    it.effect("uses the EmbeddingModel in context, in input order, with its usage", () =>
       Effect.gen(function* () {
         const { layer } = yield* scripted({})
         const embeddings = yield* EmbeddingModel.make({
-          embedMany: (inputs) =>
-            Effect.succeed(inputs.map((input, index) => ({ index, embeddings: [input.length, index] })).reverse())
+          embedMany: ({ inputs }) =>
+            Effect.succeed({ results: inputs.map((input, i) => [input.length, i]), usage: { inputTokens: 9 } })
         })
         const provider = yield* EffectAi.make({ model: "emb" }).pipe(
           Effect.provide(Layer.merge(layer, Layer.succeed(EmbeddingModel.EmbeddingModel, embeddings)))
@@ -293,14 +445,15 @@ describe("EffectAi", () => {
           [3, 1],
           [2, 2]
         ])
+        assert.deepStrictEqual([answer.usage?.inputTokens, answer.model], [9, "emb"])
       })
     )
 
     it.effect("without an EmbeddingModel, embed is InvalidRequest", () =>
       Effect.gen(function* () {
         const { provider } = yield* providerWith({})
-        const error = yield* Effect.flip(provider.embed({ texts: ["a"] }))
-        assert.strictEqual((error as ModelError).reason, "InvalidRequest")
+        const error = (yield* Effect.flip(provider.embed({ texts: ["a"] }))) as ModelError
+        assert.strictEqual(error.reason, "InvalidRequest")
       })
     )
   })
@@ -308,10 +461,311 @@ describe("EffectAi", () => {
   it.effect("layer provides a ModelProvider", () =>
     Effect.gen(function* () {
       const { layer } = yield* scripted({})
-      const answer = yield* Effect.flatMap(Model.ModelProvider, (p) => p.generate({ prompt: "x" })).pipe(
-        Effect.provide(EffectAi.layer({ name: "via-layer" }).pipe(Layer.provide(layer)))
-      )
+      const context = yield* Layer.build(EffectAi.layer({ name: "via-layer" }).pipe(Layer.provide(layer)))
+      const answer = yield* Context.get(context, Model.ModelProvider).generate({ prompt: "x" })
       assert.strictEqual(answer.provider, "via-layer")
+    })
+  )
+})
+
+// ---------------------------------------------------------------------------
+// target (here: the Mock provider) -> effect/ai LanguageModel
+// ---------------------------------------------------------------------------
+
+const modelOver = (mock: Mock.Options, options: EffectAi.LanguageModelOptions = {}) =>
+  Effect.gen(function* () {
+    const { provider, control } = yield* Mock.make(mock)
+    const context = yield* Layer.build(EffectAi.layerLanguageModel(provider, options))
+    const run = <A, E, R>(effect: Effect.Effect<A, E, R>) => Effect.provide(effect, context)
+    const runStream = <A, E>(stream: Stream.Stream<A, E, LanguageModel.LanguageModel>) =>
+      Stream.provideContext(stream, context)
+    const lastRequest = Effect.map(control.requests, (log) => log[log.length - 1]?.request as Model.GenerateRequest)
+    return { provider, control, context, run, runStream, lastRequest }
+  })
+
+const GetWeather = Tool.make("GetWeather", {
+  description: "Weather by city",
+  parameters: Schema.Struct({ city: Schema.String }),
+  success: Schema.Struct({ celsius: Schema.Number })
+})
+const WeatherToolkit = Toolkit.make(GetWeather)
+const WeatherHandlers = WeatherToolkit.toLayer({ GetWeather: ({ city }) => Effect.succeed({ celsius: city.length }) })
+
+describe("EffectAi.languageModel (a target as an effect/ai LanguageModel)", () => {
+  it.effect("generateText: the prompt reaches the target as our request; text, finish, usage and model come back", () =>
+    Effect.gen(function* () {
+      const m = yield* modelOver({ name: "mocked", respond: () => "Bonjour" }, { settings: { temperature: 0.2 } })
+      const response = yield* m.run(
+        LanguageModel.generateText({
+          prompt: [
+            { role: "system", content: "Answer in French." },
+            { role: "user", content: "Hello" }
+          ]
+        }).pipe(Effect.provideService(EffectAi.GenerationConfig, { maxTokens: 64, model: "mock-large" }))
+      )
+      assert.strictEqual(response.text, "Bonjour")
+      assert.strictEqual(response.finishReason, "stop")
+      assert.deepStrictEqual([response.usage.inputTokens.total, response.usage.outputTokens.total], [6, 2])
+      const metadata = response.content.find((part) => part.type === "response-metadata")
+      assert.strictEqual(metadata?.type === "response-metadata" ? metadata.modelId : undefined, "mock-large")
+      assert.deepStrictEqual(yield* m.lastRequest, {
+        messages: [
+          { role: "system", content: "Answer in French." },
+          { role: "user", content: "Hello" }
+        ],
+        temperature: 0.2,
+        maxTokens: 64,
+        model: "mock-large"
+      })
+      assert.strictEqual(Context.get(m.context, AiModel.ProviderName), "effect-orchestra")
+    })
+  )
+
+  it.effect("streamText: text-start, deltas, text-end, metadata and one finish, paced by the target", () =>
+    Effect.gen(function* () {
+      const m = yield* modelOver({ respond: () => "one two three", chunkDelay: 10 })
+      const fiber = yield* Effect.forkChild(Stream.runCollect(m.runStream(LanguageModel.streamText({ prompt: "x" }))))
+      yield* TestClock.adjust(100)
+      const parts = yield* Fiber.join(fiber)
+      assert.deepStrictEqual(
+        parts.map((part) => part.type),
+        ["text-start", "text-delta", "text-delta", "text-delta", "text-end", "response-metadata", "finish"]
+      )
+      assert.strictEqual(parts.map((part) => (part.type === "text-delta" ? part.delta : "")).join(""), "one two three")
+      const end = parts[parts.length - 1]
+      assert.deepStrictEqual(end?.type === "finish" ? [end.reason, end.usage.outputTokens.total] : [], ["stop", 4])
+    })
+  )
+
+  it.effect("tools: the target sees JSON-Schema tools, effect/ai resolves its tool calls with the toolkit", () =>
+    Effect.gen(function* () {
+      const call = { id: "call_7", name: "GetWeather", arguments: '{"city":"Oslo"}' }
+      const m = yield* modelOver({ script: [Mock.Outcome.succeed("", { toolCalls: [call] })] })
+      const response = yield* m
+        .run(
+          LanguageModel.generateText({ prompt: "weather in Oslo?", toolkit: WeatherToolkit, toolChoice: "required" })
+        )
+        .pipe(Effect.provide(WeatherHandlers))
+      assert.deepStrictEqual(
+        response.toolCalls.map((c) => [c.id, c.name, c.params]),
+        [["call_7", "GetWeather", { city: "Oslo" }]]
+      )
+      assert.deepStrictEqual(
+        response.toolResults.map((r) => [r.id, r.result]),
+        [["call_7", { celsius: 4 }]]
+      )
+      assert.strictEqual(response.finishReason, "tool-calls")
+      const seen = yield* m.lastRequest
+      assert.deepStrictEqual(seen.toolChoice, "required")
+      assert.deepStrictEqual(
+        seen.tools?.map((tool) => [tool.name, tool.description, (tool.parameters as { type?: string }).type]),
+        [["GetWeather", "Weather by city", "object"]]
+      )
+    })
+  )
+
+  it.effect("a second turn carries the tool call and its result as our assistant and tool messages", () =>
+    Effect.gen(function* () {
+      const m = yield* modelOver({ respond: () => "It is 4 °C." })
+      const response = yield* m.run(
+        LanguageModel.generateText({
+          prompt: [
+            { role: "user", content: "weather in Oslo?" },
+            {
+              role: "assistant",
+              content: [{ type: "tool-call", id: "c1", name: "GetWeather", params: { city: "Oslo" } }]
+            },
+            {
+              role: "tool",
+              content: [{ type: "tool-result", id: "c1", name: "GetWeather", isFailure: false, result: { celsius: 4 } }]
+            }
+          ]
+        })
+      )
+      assert.strictEqual(response.text, "It is 4 °C.")
+      assert.deepStrictEqual((yield* m.lastRequest).messages, [
+        { role: "user", content: "weather in Oslo?" },
+        { role: "assistant", content: "", toolCalls: [{ id: "c1", name: "GetWeather", arguments: '{"city":"Oslo"}' }] },
+        { role: "tool", toolCallId: "c1", content: '{"celsius":4}' }
+      ])
+    })
+  )
+
+  it.effect("generateObject: the schema goes to the target as a json_schema format; its JSON answer decodes", () =>
+    Effect.gen(function* () {
+      const m = yield* modelOver({ respond: () => '{"name":"Ada","age":36}' })
+      const Person = Schema.Struct({ name: Schema.String, age: Schema.Number })
+      const response = yield* m.run(
+        LanguageModel.generateObject({ prompt: "who?", schema: Person, objectName: "person" })
+      )
+      assert.deepStrictEqual(response.value, { name: "Ada", age: 36 })
+      const format = (yield* m.lastRequest).responseFormat
+      assert.deepStrictEqual(format?.type === "json_schema" ? [format.name, format.schema["type"]] : [], [
+        "person",
+        "object"
+      ])
+    })
+  )
+
+  describe("our failures as effect/ai AiErrors, the original kept as the cause", () => {
+    it.effect("a rate limit keeps retryAfter; Unauthorized 401 is an invalid key; the cause is our error", () =>
+      Effect.gen(function* () {
+        const m = yield* modelOver({
+          script: [Mock.Outcome.fail("RateLimited", { retryAfter: "3 seconds" }), Mock.Outcome.fail("Unauthorized")]
+        })
+        const limited = yield* Effect.flip(m.run(LanguageModel.generateText({ prompt: "x" })))
+        assert.strictEqual(limited._tag, "AiError")
+        assert.strictEqual(limited.reason._tag, "RateLimitError")
+        assert.deepStrictEqual(limited.retryAfter, Duration.seconds(3))
+        assert.isTrue(limited.isRetryable)
+        const cause = (limited.reason as { readonly cause?: unknown }).cause
+        assert.instanceOf(cause, ModelError)
+        assert.strictEqual((cause as ModelError).reason, "RateLimited")
+        assert.deepStrictEqual((limited.reason as Ai.RateLimitError).metadata["effect-orchestra"], {
+          error: "ModelError",
+          reason: "RateLimited",
+          provider: "mock",
+          status: 429
+        })
+        const denied = yield* Effect.flip(m.run(LanguageModel.generateText({ prompt: "x" })))
+        assert.deepStrictEqual(
+          denied.reason._tag === "AuthenticationError" ? [denied.reason.kind, denied.isRetryable] : [],
+          ["InvalidKey", false]
+        )
+      })
+    )
+
+    it.effect("a bad setting is an InvalidRequestError naming it, and the target is never called", () =>
+      Effect.gen(function* () {
+        const m = yield* modelOver({})
+        const error = yield* Effect.flip(
+          m.run(
+            LanguageModel.generateText({ prompt: "x" }).pipe(
+              Effect.provideService(EffectAi.GenerationConfig, { temperature: 5 })
+            )
+          )
+        )
+        assert.deepStrictEqual(
+          error.reason._tag === "InvalidRequestError" ? error.reason.parameter : undefined,
+          "temperature"
+        )
+        assert.strictEqual(yield* m.control.calls, 0)
+        const file = yield* Effect.flip(
+          m.run(
+            LanguageModel.generateText({
+              prompt: [{ role: "user", content: [{ type: "file", mediaType: "image/png", data: "AAAA" }] }]
+            })
+          )
+        )
+        assert.deepStrictEqual(file.reason._tag === "InvalidRequestError" ? file.reason.parameter : undefined, "prompt")
+      })
+    )
+
+    it.effect("a stream that drops delivers its deltas, then fails with the mapped error", () =>
+      Effect.gen(function* () {
+        const m = yield* modelOver({
+          respond: () => "a b c",
+          script: [Mock.Outcome.fail("Overloaded", { afterChunks: 2 })]
+        })
+        const deltas: Array<string> = []
+        const exit = yield* Effect.exit(
+          Stream.runForEach(m.runStream(LanguageModel.streamText({ prompt: "x" })), (part) =>
+            Effect.sync(() => void (part.type === "text-delta" && deltas.push(part.delta)))
+          )
+        )
+        assert.deepStrictEqual(deltas, ["a ", "b "])
+        const error = failureOf(exit)
+        assert.deepStrictEqual([error.reason._tag, error.isRetryable], ["InternalProviderError", true])
+      })
+    )
+
+    it("timeouts, open circuits and exhausted fallbacks map by what they mean", () => {
+      const retryable = EffectAi.toAiError(new TimeoutError({ limit: "request", timeout: Duration.seconds(1) }), "m")
+      assert.deepStrictEqual([retryable.reason._tag, retryable.isRetryable], ["InternalProviderError", true])
+      const total = EffectAi.toAiError(new TimeoutError({ limit: "total", timeout: Duration.seconds(1) }), "m")
+      assert.deepStrictEqual([total.reason._tag, total.isRetryable], ["UnknownError", false])
+      const open = EffectAi.toAiError(new CircuitOpenError({ breaker: "b", state: "open" }), "m")
+      assert.strictEqual(open.reason._tag, "InternalProviderError")
+      const last = new ModelError({ reason: "ContentFilter", message: "no", provider: "p2" })
+      const exhausted = EffectAi.toAiError(
+        new FallbackExhaustedError({
+          attempts: [
+            { provider: "p1", error: new ModelError({ reason: "Overloaded", message: "busy" }) },
+            { provider: "p2", error: last }
+          ]
+        }),
+        "m"
+      )
+      assert.strictEqual(exhausted.reason._tag, "ContentPolicyError")
+      const cut = EffectAi.toAiError(
+        new StreamInterruptedError({ partialText: "ab", reason: "Transport", provider: "p" }),
+        "streamText"
+      )
+      assert.strictEqual(cut.reason._tag, "NetworkError")
+      assert.notInclude(JSON.stringify(exhausted), '"_tag":"ModelError"')
+    })
+  })
+
+  it.effect("round trip: a ModelProvider through languageModel and back answers the same", () =>
+    Effect.gen(function* () {
+      const { provider } = yield* Mock.make({ name: "inner", respond: () => "same answer" })
+      const back = yield* EffectAi.make({ name: "outer" }).pipe(Effect.provide(EffectAi.layerLanguageModel(provider)))
+      const answer = yield* back.generate({ prompt: "x" })
+      assert.deepStrictEqual([answer.text, answer.model, answer.finishReason], ["same answer", "mock-model", "stop"])
+      const { text } = yield* collect(back.stream({ prompt: "x" }))
+      assert.strictEqual(text, "same answer")
+    })
+  )
+
+  it.effect("layerLanguageModelFromProvider uses the ModelProvider in context", () =>
+    Effect.gen(function* () {
+      const context = yield* Layer.build(
+        EffectAi.layerLanguageModelFromProvider({ name: "from-context" }).pipe(
+          Layer.provide(Mock.layer({ respond: () => "ctx" }))
+        )
+      )
+      const response = yield* Effect.provideContext(LanguageModel.generateText({ prompt: "x" }), context)
+      assert.strictEqual(response.text, "ctx")
+      assert.strictEqual(Context.get(context, AiModel.ProviderName), "from-context")
+    })
+  )
+
+  it.effect("options are checked when it is built", () =>
+    Effect.gen(function* () {
+      const { provider } = yield* Mock.make()
+      const paths: Array<string> = []
+      for (const options of [
+        { name: "" },
+        { settings: { temperature: 3 } },
+        { settings: { maxTokens: 0 } },
+        { settings: { temprature: 1 } as EffectAi.GenerationSettings },
+        { limits: { maxMessages: -1 } }
+      ] satisfies ReadonlyArray<EffectAi.LanguageModelOptions>) {
+        paths.push((yield* Effect.flip(EffectAi.languageModel(provider, options))).path)
+      }
+      assert.deepStrictEqual(paths, [
+        "name",
+        "settings.temperature",
+        "settings.maxTokens",
+        "settings.temprature",
+        "limits.maxMessages"
+      ])
+    })
+  )
+
+  it.effect("embeddingModel: effect/ai embeddings from the target, in order, with usage", () =>
+    Effect.gen(function* () {
+      const { provider } = yield* Mock.make({ dimensions: 4 })
+      const context = yield* Layer.build(EffectAi.layerEmbeddingModel(provider))
+      const model = Context.get(context, EmbeddingModel.EmbeddingModel)
+      const response = yield* model.embedMany(["alpha", "beta"])
+      assert.deepStrictEqual(
+        response.embeddings.map((e) => e.vector),
+        [Mock.embedText("alpha", 4), Mock.embedText("beta", 4)]
+      )
+      assert.strictEqual(response.usage.inputTokens, 3)
+      const single = yield* model.embed("alpha")
+      assert.deepStrictEqual(single.vector, Mock.embedText("alpha", 4))
     })
   )
 })

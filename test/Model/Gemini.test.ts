@@ -1,10 +1,190 @@
+import { inspect } from "node:util"
 import { NodeHttpClient } from "@effect/platform-node"
-import { assert, describe, layer, it as vitest } from "@effect/vitest"
-import { Cause, Duration, Effect, Exit, Redacted, Stream, Tracer } from "effect"
-import type { ModelError } from "../../src/AiError.js"
-import type * as Model from "../../src/Model.js"
+import { assert, describe, it, layer } from "@effect/vitest"
+import {
+  Cause,
+  ConfigProvider,
+  Deferred,
+  Duration,
+  Effect,
+  Exit,
+  Fiber,
+  Layer,
+  Logger,
+  Option,
+  Redacted,
+  Result,
+  Stream,
+  Tracer
+} from "effect"
+import { HttpClient, HttpClientError, HttpClientRequest } from "effect/http"
+import { TestClock } from "effect/testing"
+import type { AiError, ModelError } from "../../src/AiError.js"
 import * as Gemini from "../../src/Model/Gemini.js"
+import * as GeminiWire from "../../src/Model/gemini/Wire.js"
+import * as Model from "../../src/Model.js"
 import * as Server from "../utils/httpServer.js"
+
+const bodyOf = (request: Model.GenerateRequest): Record<string, unknown> => {
+  const body = Gemini.requestBody(request)
+  if (Result.isFailure(body)) throw new Error(body.failure.message)
+  return body.success
+}
+
+const refusalOf = (request: Model.GenerateRequest): ModelError => {
+  const body = Gemini.requestBody(request)
+  if (Result.isSuccess(body)) throw new Error("expected a refusal")
+  return body.failure
+}
+
+const weather: Model.ToolDefinition = {
+  name: "get_weather",
+  description: "Weather in a city",
+  parameters: { type: "object", properties: { city: { type: "string" } }, required: ["city"] }
+}
+
+describe("Gemini wire", () => {
+  it("tools become functionDeclarations with JSON Schema parameters; toolChoice a functionCallingConfig", () => {
+    const body = bodyOf({ prompt: "weather?", tools: [weather, { name: "now" }], toolChoice: { name: "get_weather" } })
+    assert.deepStrictEqual(body["tools"], [
+      {
+        functionDeclarations: [
+          { name: "get_weather", description: "Weather in a city", parametersJsonSchema: weather.parameters },
+          { name: "now" }
+        ]
+      }
+    ])
+    assert.deepStrictEqual(body["toolConfig"], {
+      functionCallingConfig: { mode: "ANY", allowedFunctionNames: ["get_weather"] }
+    })
+    assert.deepStrictEqual(bodyOf({ prompt: "x", tools: [weather], toolChoice: "required" })["toolConfig"], {
+      functionCallingConfig: { mode: "ANY" }
+    })
+    assert.deepStrictEqual(bodyOf({ prompt: "x", tools: [weather], toolChoice: "none" })["toolConfig"], {
+      functionCallingConfig: { mode: "NONE" }
+    })
+    const unknown = refusalOf({ prompt: "x", tools: [weather], toolChoice: { name: "nope" } })
+    assert.strictEqual(unknown.reason, "InvalidRequest")
+    assert.strictEqual(unknown.field, "toolChoice")
+  })
+
+  it("a tool conversation: calls are functionCall parts, parallel answers one user turn of functionResponse parts", () => {
+    const body = bodyOf({
+      system: "Use tools.",
+      messages: [
+        { role: "user", content: "weather in Paris and Rome?" },
+        {
+          role: "assistant",
+          content: "",
+          toolCalls: [
+            { id: "c1", name: "get_weather", arguments: `{"city":"Paris"}` },
+            { id: "c2", name: "get_weather", arguments: `{"city":"Rome"}` }
+          ]
+        },
+        { role: "tool", toolCallId: "c1", content: `{"celsius":21}` },
+        { role: "tool", toolCallId: "c2", content: "sunny" },
+        { role: "user", content: "thanks" }
+      ],
+      tools: [weather]
+    })
+    assert.deepStrictEqual(body["systemInstruction"], { parts: [{ text: "Use tools." }] })
+    assert.deepStrictEqual(body["contents"], [
+      { role: "user", parts: [{ text: "weather in Paris and Rome?" }] },
+      {
+        role: "model",
+        parts: [
+          { functionCall: { name: "get_weather", args: { city: "Paris" } } },
+          { functionCall: { name: "get_weather", args: { city: "Rome" } } }
+        ]
+      },
+      {
+        role: "user",
+        parts: [
+          { functionResponse: { name: "get_weather", response: { celsius: 21 } } },
+          { functionResponse: { name: "get_weather", response: { output: "sunny" } } }
+        ]
+      },
+      { role: "user", parts: [{ text: "thanks" }] }
+    ])
+  })
+
+  it("a tool message answering no call, or call arguments that are not a JSON object, are refused", () => {
+    const orphan = refusalOf({
+      messages: [
+        { role: "user", content: "x" },
+        { role: "tool", toolCallId: "zz", content: "1" }
+      ]
+    })
+    assert.strictEqual(orphan.reason, "InvalidRequest")
+    assert.strictEqual(orphan.field, "messages")
+    const badArgs = refusalOf({
+      messages: [{ role: "assistant", content: "", toolCalls: [{ id: "c", name: "f", arguments: "[1]" }] }]
+    })
+    assert.strictEqual(badArgs.field, "messages")
+  })
+
+  it("a JSON response format asks for application/json, with the schema when given", () => {
+    const schema = { type: "object", properties: { a: { type: "number" } } }
+    assert.deepStrictEqual(
+      bodyOf({ prompt: "x", responseFormat: { type: "json_schema", name: "s", schema } })["generationConfig"],
+      { responseMimeType: "application/json", responseJsonSchema: schema }
+    )
+    assert.deepStrictEqual(bodyOf({ prompt: "x", responseFormat: { type: "json_object" } })["generationConfig"], {
+      responseMimeType: "application/json"
+    })
+    assert.isUndefined(bodyOf({ prompt: "x", responseFormat: { type: "text" } })["generationConfig"])
+  })
+
+  it("an answer's functionCall parts are tool calls; ids from Gemini or made up; thoughts are not text", () => {
+    let n = 0
+    const read = GeminiWire.readAnswer(
+      {
+        candidates: [
+          {
+            content: {
+              parts: [
+                { text: "planning", thought: true },
+                { text: "Let me check. " },
+                { functionCall: { name: "get_weather", args: { city: "Paris" } } },
+                { functionCall: { id: "g-7", name: "now" } }
+              ]
+            },
+            finishReason: "STOP"
+          }
+        ]
+      },
+      "gemini",
+      "m",
+      () => `call_${n++}`
+    )
+    assert.isTrue(Result.isSuccess(read))
+    if (Result.isFailure(read)) return
+    assert.strictEqual(read.success.text, "Let me check. ")
+    assert.deepStrictEqual(read.success.toolCalls, [
+      { id: "call_0", name: "get_weather", arguments: `{"city":"Paris"}` },
+      { id: "g-7", name: "now", arguments: "{}" }
+    ])
+  })
+
+  it("finish reasons; a blocked prompt is ContentFilter", () => {
+    assert.strictEqual(Gemini.finishReasonOf("STOP"), "stop")
+    assert.strictEqual(Gemini.finishReasonOf("MAX_TOKENS"), "length")
+    assert.strictEqual(Gemini.finishReasonOf("SAFETY"), "content_filter")
+    assert.strictEqual(Gemini.finishReasonOf("PROHIBITED_CONTENT"), "content_filter")
+    assert.strictEqual(Gemini.finishReasonOf("MALFORMED_FUNCTION_CALL"), "error")
+    assert.strictEqual(Gemini.finishReasonOf("SOMETHING_NEW"), "unknown")
+    const read = GeminiWire.readAnswer({ promptFeedback: { blockReason: "SAFETY" } }, "gemini", "m", () => "x")
+    assert.isTrue(Result.isFailure(read))
+    if (Result.isSuccess(read)) return
+    assert.strictEqual(read.failure.reason, "ContentFilter")
+  })
+
+  it("model paths: a bare id gets models/, tuned models keep their prefix, segments are escaped", () => {
+    assert.strictEqual(GeminiWire.modelPath("gemini-2.5-flash"), "models/gemini-2.5-flash")
+    assert.strictEqual(GeminiWire.modelPath("tunedModels/my-model"), "tunedModels/my-model")
+    assert.strictEqual(GeminiWire.modelPath("a b?c"), "models/a%20b%3Fc")
+  })
+})
 
 const KEY = "AIzaSyTEST-0123456789abcdefSECRET"
 
@@ -34,13 +214,11 @@ const streamChunk = (text: string, finishReason?: string) => ({
   modelVersion: "gemini-2.5-flash"
 })
 
-const sse = (events: ReadonlyArray<unknown>): string =>
-  events.map((e) => (typeof e === "string" ? `${e}\r\n\r\n` : `data: ${JSON.stringify(e)}\r\n\r\n`)).join("")
+const googleError = (code: number, status: string, message: string, details: ReadonlyArray<unknown> = []) => ({
+  error: { code, message, status, details }
+})
 
-const bodyOf = (request: Server.Recorded | undefined): Record<string, unknown> =>
-  (request?.json ?? {}) as Record<string, unknown>
-
-const collect = (stream: Stream.Stream<Model.StreamPart, unknown>) =>
+const collect = (stream: Stream.Stream<Model.StreamPart, AiError>) =>
   Effect.gen(function* () {
     const parts: Array<Model.StreamPart> = []
     const exit = yield* Effect.exit(Stream.runForEach(stream, (part) => Effect.sync(() => parts.push(part))))
@@ -48,22 +226,54 @@ const collect = (stream: Stream.Stream<Model.StreamPart, unknown>) =>
     return { parts, exit, text }
   })
 
-const failureOf = (exit: Exit.Exit<unknown, unknown>): ModelError => {
+const failureOf = (exit: Exit.Exit<unknown, AiError>): AiError => {
   if (Exit.isSuccess(exit)) throw new Error("expected a failure")
-  const error = Cause.failureOption(exit.cause)
-  if (error._tag === "None") throw new Error(Cause.pretty(exit.cause))
-  return error.value as ModelError
+  const error = Cause.findErrorOption(exit.cause)
+  if (Option.isNone(error)) throw new Error(Cause.pretty(exit.cause))
+  return error.value
 }
 
-const modelError = (effect: Effect.Effect<unknown, unknown>) => Effect.map(Effect.flip(effect), (e) => e as ModelError)
+const modelErrorOf = (exit: Exit.Exit<unknown, AiError>): ModelError => {
+  const error = failureOf(exit)
+  if (error._tag !== "ModelError") throw new Error(`expected a ModelError, got ${error._tag}`)
+  return error
+}
 
-const googleError = (code: number, status: string, message: string, details: ReadonlyArray<unknown> = []) => ({
-  error: { code, message, status, details }
-})
+const failing = (effect: Effect.Effect<unknown, AiError>) => Effect.map(Effect.exit(effect), modelErrorOf)
 
-layer(NodeHttpClient.layerUndici)("Gemini", (it) => {
+/** Every rendering of a failure: JSON, `util.inspect`, string, its cause's message, the pretty `Cause`, logger lines. */
+const renderings = (exit: Exit.Exit<unknown, AiError>) =>
+  Effect.gen(function* () {
+    if (Exit.isSuccess(exit)) return []
+    const error = failureOf(exit)
+    const lines: Array<string> = []
+    const capture = Logger.make((options) => {
+      lines.push(String(Logger.formatLogFmt.log(options)))
+      lines.push(JSON.stringify(Logger.formatStructured.log(options)))
+    })
+    yield* Effect.logError("call failed", exit.cause).pipe(Effect.provide(Logger.layer([capture])))
+    const cause = (error as { readonly cause?: unknown }).cause
+    return [
+      JSON.stringify(error),
+      inspect(error, { depth: 10 }),
+      String(error),
+      cause instanceof Error ? cause.message : String(cause),
+      Cause.pretty(exit.cause),
+      ...lines
+    ]
+  })
+
+const assertNoKey = (texts: ReadonlyArray<string>) => {
+  assert.isAbove(texts.length, 5)
+  for (const text of texts) {
+    assert.notInclude(text, KEY)
+    assert.notInclude(text, "0123456789abcdef")
+  }
+}
+
+layer(NodeHttpClient.layerUndici)("Gemini over HTTP", (it) => {
   describe("generate", () => {
-    it.scoped("generateContent: documented body, key in the header and never in the URL", () =>
+    it.effect("generateContent: documented body, key in the header and never in the URL", () =>
       Effect.gen(function* () {
         const server = yield* Server.make((_, res) => Server.json(res, 200, response("Hi there")))
         const p = yield* provider(server)
@@ -102,37 +312,47 @@ layer(NodeHttpClient.layerUndici)("Gemini", (it) => {
       })
     )
 
-    it.scoped("thought parts are not answer text; a blocked prompt is ContentFilter", () =>
-      Effect.gen(function* () {
-        const server = yield* Server.make((req, res) =>
-          String(req.path).includes("blocked")
-            ? Server.json(res, 200, {
+    it.effect(
+      "thought parts are not answer text; a blocked prompt is ContentFilter; a SAFETY stop is content_filter",
+      () =>
+        Effect.gen(function* () {
+          const server = yield* Server.make((req, res) => {
+            if (req.path.includes("blocked")) {
+              return Server.json(res, 200, {
                 promptFeedback: { blockReason: "SAFETY" },
                 usageMetadata: { promptTokenCount: 3 }
               })
-            : Server.json(
-                res,
-                200,
-                response("", {
-                  candidates: [
-                    {
-                      content: { parts: [{ text: "thinking...", thought: true }, { text: "42" }] },
-                      finishReason: "MAX_TOKENS"
-                    }
-                  ]
-                })
-              )
-        )
-        const p = yield* provider(server)
-        const answer = yield* p.generate({ prompt: "?" })
-        assert.strictEqual(answer.text, "42")
-        assert.strictEqual(answer.finishReason, "length")
-        const error = yield* modelError(p.generate({ prompt: "?", model: "blocked" }))
-        assert.strictEqual(error.reason, "ContentFilter")
-      })
+            }
+            if (req.path.includes("unsafe")) {
+              return Server.json(res, 200, { candidates: [{ finishReason: "SAFETY", index: 0 }] })
+            }
+            return Server.json(
+              res,
+              200,
+              response("", {
+                candidates: [
+                  {
+                    content: { parts: [{ text: "thinking...", thought: true }, { text: "42" }] },
+                    finishReason: "MAX_TOKENS"
+                  }
+                ]
+              })
+            )
+          })
+          const p = yield* provider(server)
+          const answer = yield* p.generate({ prompt: "?" })
+          assert.strictEqual(answer.text, "42")
+          assert.strictEqual(answer.finishReason, "length")
+          const error = yield* failing(p.generate({ prompt: "?", model: "blocked" }))
+          assert.strictEqual(error.reason, "ContentFilter")
+          assert.include(error.message, "SAFETY")
+          const unsafe = yield* p.generate({ prompt: "?", model: "unsafe" })
+          assert.strictEqual(unsafe.text, "")
+          assert.strictEqual(unsafe.finishReason, "content_filter")
+        })
     )
 
-    it.scoped("errors: 429 RetryInfo and Retry-After, 400 API_KEY_INVALID is Unauthorized, 503, 404 model, 400", () =>
+    it.effect("errors: 429 RetryInfo and Retry-After, 400 API_KEY_INVALID, 503, 404 model, 400, 403", () =>
       Effect.gen(function* () {
         const answers: Record<string, [number, unknown, Record<string, string>?]> = {
           quota: [
@@ -164,7 +384,7 @@ layer(NodeHttpClient.layerUndici)("Gemini", (it) => {
           Server.json(res, status, body, headers)
         })
         const p = yield* provider(server)
-        const call = (model: string) => modelError(p.generate({ prompt: "x", model }))
+        const call = (model: string) => failing(p.generate({ prompt: "x", model }))
         const quota = yield* call("quota")
         assert.strictEqual(quota.reason, "RateLimited")
         assert.deepStrictEqual(quota.retryAfter, Duration.seconds(36))
@@ -173,29 +393,90 @@ layer(NodeHttpClient.layerUndici)("Gemini", (it) => {
         assert.strictEqual(badKey.reason, "Unauthorized")
         assert.strictEqual(badKey.status, 400)
         const overloaded = yield* call("overloaded")
-        assert.strictEqual(overloaded.reason, "Overloaded")
+        assert.strictEqual(overloaded.reason, "Unavailable")
         assert.include(overloaded.message, "The model is overloaded")
         const missing = yield* call("missing")
         assert.strictEqual(missing.reason, "InvalidRequest")
         assert.strictEqual(missing.field, "model")
-        assert.strictEqual((yield* call("bad")).reason, "InvalidRequest")
+        const bad = yield* call("bad")
+        assert.strictEqual(bad.reason, "InvalidRequest")
+        assert.notStrictEqual(bad.field, "model")
         assert.strictEqual((yield* call("denied")).reason, "Unauthorized")
       })
     )
 
-    it.scoped("a malformed body is Decode naming the field", () =>
+    it.effect("a malformed body is Decode naming the field", () =>
       Effect.gen(function* () {
         const server = yield* Server.make((_, res) =>
           Server.json(res, 200, response("x", { candidates: [{ content: { parts: [{ text: 7 }] } }] }))
         )
         const p = yield* provider(server)
-        const error = yield* modelError(p.generate({ prompt: "x" }))
+        const error = yield* failing(p.generate({ prompt: "x" }))
         assert.strictEqual(error.reason, "Decode")
-        assert.strictEqual(error.field, "candidates.0.content.parts.0.text")
+        assert.strictEqual(error.field, "candidates[0].content.parts[0].text")
       })
     )
 
-    it.scoped("the key appears in no error, Cause, span attribute or options rendering", () =>
+    it.effect("a tool call answer: toolCalls, finish reason tool_calls, the tools in the request", () =>
+      Effect.gen(function* () {
+        const server = yield* Server.make((_, res) =>
+          Server.json(res, 200, {
+            candidates: [
+              {
+                content: { role: "model", parts: [{ functionCall: { name: "get_weather", args: { city: "Paris" } } }] },
+                finishReason: "STOP"
+              }
+            ],
+            usageMetadata: { promptTokenCount: 20, candidatesTokenCount: 4, totalTokenCount: 24 }
+          })
+        )
+        const p = yield* provider(server)
+        const answer = yield* p.generate({ prompt: "weather in Paris?", tools: [weather] })
+        assert.strictEqual(answer.finishReason, "tool_calls")
+        assert.deepStrictEqual(answer.toolCalls, [{ id: "call_0", name: "get_weather", arguments: `{"city":"Paris"}` }])
+        const [request] = yield* server.requests
+        assert.deepStrictEqual((request!.json as Record<string, unknown>)["tools"], [
+          {
+            functionDeclarations: [
+              { name: "get_weather", description: "Weather in a city", parametersJsonSchema: weather.parameters }
+            ]
+          }
+        ])
+      })
+    )
+
+    it.effect("an answer past maxResponseBytes is TooLarge; an endless one too, without reading it all", () =>
+      Effect.gen(function* () {
+        const server = yield* Server.make((req, res) =>
+          req.path.includes("endless")
+            ? Server.endless(res, { contentType: "application/json", prefix: '{"candidates": "' })
+            : Server.json(res, 200, response("x".repeat(5000)))
+        )
+        const p = yield* provider(server, { maxResponseBytes: 4096 })
+        assert.strictEqual((yield* failing(p.generate({ prompt: "x" }))).reason, "TooLarge")
+        const endless = yield* failing(p.generate({ prompt: "x", model: "endless" }))
+        assert.strictEqual(endless.reason, "TooLarge")
+        assert.isBelow(yield* server.bytesSent, 64 * 1024 * 1024)
+      })
+    )
+
+    it.effect("timeout bounds a call that never answers: TimeoutError, and its connection is closed", () =>
+      Effect.gen(function* () {
+        const server = yield* Server.make((_, res) => Server.hang(res))
+        const p = yield* provider(server, { timeout: "2 seconds" })
+        const call = yield* Effect.forkChild(Effect.exit(p.generate({ prompt: "hi" })))
+        yield* server.awaitRequests(1)
+        yield* TestClock.adjust("1999 millis")
+        assert.isUndefined(call.pollUnsafe())
+        yield* TestClock.adjust("1 millis")
+        const error = failureOf(yield* Fiber.join(call))
+        assert.strictEqual(error._tag, "TimeoutError")
+        if (error._tag === "TimeoutError") assert.deepStrictEqual(error.timeout, Duration.seconds(2))
+        yield* server.awaitAborted(1)
+      })
+    )
+
+    it.effect("the key appears in no error, Cause, span attribute or options rendering", () =>
       Effect.gen(function* () {
         const server = yield* Server.make((req, res) =>
           Server.json(
@@ -203,14 +484,15 @@ layer(NodeHttpClient.layerUndici)("Gemini", (it) => {
             400,
             googleError(400, "INVALID_ARGUMENT", `API key not valid: ${String(req.headers["x-goog-api-key"])}`, [
               { "@type": "type.googleapis.com/google.rpc.ErrorInfo", reason: "API_KEY_INVALID" }
-            ])
+            ]),
+            { "x-echo-key": String(req.headers["x-goog-api-key"]) }
           )
         )
         const spans: Array<Tracer.Span> = []
         const native = yield* Effect.tracer
         const recording = Tracer.make({
-          span: (...args) => {
-            const span = native.span(...args)
+          span(options) {
+            const span = native.span(options)
             spans.push(span)
             return span
           },
@@ -219,28 +501,73 @@ layer(NodeHttpClient.layerUndici)("Gemini", (it) => {
         const options: Gemini.Options = { baseUrl: server.url, apiKey: Redacted.make(KEY) }
         const p = yield* Gemini.make(options)
         const exit = yield* Effect.exit(p.generate({ prompt: "x" }).pipe(Effect.withTracer(recording)))
-        const error = failureOf(exit)
+        const error = modelErrorOf(exit)
         assert.strictEqual(error.reason, "Unauthorized")
         assert.include(error.message, "API key not valid")
         if (Exit.isSuccess(exit)) return
-        for (const text of [JSON.stringify(error), String(error), Cause.pretty(exit.cause), JSON.stringify(options)]) {
+        for (const text of [
+          JSON.stringify(error),
+          String(error),
+          inspect(error, { depth: 10 }),
+          Cause.pretty(exit.cause),
+          JSON.stringify(options),
+          inspect(options)
+        ]) {
           assert.notInclude(text, KEY)
         }
         assert.isAbove(spans.length, 1)
-        const http = spans.find((s) => s.attributes.has("url.full"))
-        assert.isDefined(http)
-        assert.strictEqual(http?.attributes.get("http.request.header.x-goog-api-key"), "<redacted>")
         for (const span of spans) {
           for (const value of span.attributes.values()) assert.notInclude(String(value), KEY)
+        }
+      })
+    )
+    it.effect("the key in an error event, or in a failure of the HTTP client itself: no rendering carries it", () =>
+      Effect.gen(function* () {
+        const server = yield* Server.make((req, res) =>
+          Server.chunked(res, [
+            Server.sse([
+              streamChunk("partial "),
+              googleError(400, "INVALID_ARGUMENT", `bad key ${String(req.headers["x-goog-api-key"])}`)
+            ])
+          ])
+        )
+        const p = yield* provider(server)
+        const streamed = yield* collect(p.stream({ prompt: "x" }))
+        assert.strictEqual(streamed.text, "partial ")
+        assert.include(modelErrorOf(streamed.exit).message, "<redacted>")
+        assertNoKey(yield* renderings(streamed.exit))
+        // A proxy layer that fails and repeats the request's key in its error.
+        const leaky = yield* provider(server, {
+          transformClient: () =>
+            HttpClient.make((request) => {
+              const key = String(request.headers["x-goog-api-key"])
+              return Effect.fail(
+                new HttpClientError.HttpClientError({
+                  reason: new HttpClientError.TransportError({
+                    request,
+                    description: `proxy refused key=${key}`,
+                    cause: new Error(`upstream: ${key}`, { cause: new Error(key) })
+                  })
+                })
+              )
+            })
+        })
+        for (const exit of [
+          yield* Effect.exit(leaky.generate({ prompt: "x" })),
+          (yield* collect(leaky.stream({ prompt: "x" }))).exit,
+          yield* Effect.exit(leaky.embed({ texts: ["x"] }))
+        ]) {
+          assert.strictEqual(modelErrorOf(exit).reason, "Transport")
+          assertNoKey(yield* renderings(exit))
         }
       })
     )
   })
 
   describe("stream", () => {
-    it.scoped("streamGenerateContent?alt=sse split at awkward bytes ends in one Finish with usage", () =>
+    it.effect("streamGenerateContent?alt=sse split at awkward bytes ends in one Finish with usage", () =>
       Effect.gen(function* () {
-        const body = sse([
+        const body = Server.sse([
           streamChunk("Grüße "),
           ": keep-alive",
           streamChunk("aus 🇩🇪 "),
@@ -267,85 +594,214 @@ layer(NodeHttpClient.layerUndici)("Gemini", (it) => {
         assert.strictEqual(request?.path, "/v1beta/models/gemini-2.5-flash:streamGenerateContent")
         assert.strictEqual(request?.search.get("alt"), "sse")
         assert.isNull(request?.search.get("key") ?? null)
-        assert.deepStrictEqual(bodyOf(request)["contents"], [{ role: "user", parts: [{ text: "hi" }] }])
+        assert.strictEqual(request?.headers["x-goog-api-key"], KEY)
       })
     )
 
-    it.scoped("an error payload mid-stream fails after the delivered text", () =>
+    it.effect("a streamed function call is a ToolCall part; the stream finishes with tool_calls", () =>
       Effect.gen(function* () {
-        const body = sse([streamChunk("Hello "), googleError(500, "INTERNAL", "An internal error has occurred")])
+        const server = yield* Server.make((_, res) =>
+          Server.chunked(res, [
+            Server.sse([
+              streamChunk("Checking. "),
+              {
+                candidates: [
+                  {
+                    content: { parts: [{ functionCall: { name: "get_weather", args: { city: "Rome" } } }] },
+                    finishReason: "STOP"
+                  }
+                ]
+              }
+            ])
+          ])
+        )
+        const p = yield* provider(server)
+        const { exit, parts } = yield* collect(p.stream({ prompt: "weather?", tools: [weather] }))
+        assert.isTrue(Exit.isSuccess(exit))
+        assert.deepStrictEqual(
+          parts.map((p) => p._tag),
+          ["TextDelta", "ToolCall", "Finish"]
+        )
+        assert.deepStrictEqual(parts[1], {
+          _tag: "ToolCall",
+          call: { id: "call_0", name: "get_weather", arguments: `{"city":"Rome"}` }
+        })
+        assert.strictEqual(parts[2]?._tag === "Finish" && parts[2].finishReason, "tool_calls")
+      })
+    )
+
+    it.effect("an error payload mid-stream fails after the delivered text", () =>
+      Effect.gen(function* () {
+        const body = Server.sse([streamChunk("Hello "), googleError(500, "INTERNAL", "An internal error has occurred")])
         const server = yield* Server.make((_, res) => Server.chunked(res, [body], { end: "hang" }))
         const p = yield* provider(server)
         const { exit, text } = yield* collect(p.stream({ prompt: "hi" }))
         assert.strictEqual(text, "Hello ")
-        const error = failureOf(exit)
+        const error = modelErrorOf(exit)
         assert.strictEqual(error.reason, "Overloaded")
         assert.strictEqual(error.status, 500)
+        assert.include(error.message, "An internal error has occurred")
       })
     )
 
-    it.scoped("a stream that ends or is cut before a finishReason is Transport after its text", () =>
+    it.effect("a stream that ends or is cut before a finishReason is Transport after its text", () =>
       Effect.gen(function* () {
         const server = yield* Server.make((req, res) =>
-          Server.chunked(res, [sse([streamChunk("a")]), sse([streamChunk("b")])], {
+          Server.chunked(res, [Server.sse([streamChunk("a")]), Server.sse([streamChunk("b")])], {
             end: req.path.includes("cut") ? "destroy" : "end"
           })
         )
         const p = yield* provider(server)
         const ended = yield* collect(p.stream({ prompt: "hi" }))
         assert.strictEqual(ended.text, "ab")
-        assert.strictEqual(failureOf(ended.exit).reason, "Transport")
+        assert.strictEqual(modelErrorOf(ended.exit).reason, "Transport")
         const cut = yield* collect(p.stream({ prompt: "hi", model: "cut" }))
         assert.strictEqual(cut.text, "ab")
-        assert.strictEqual(failureOf(cut.exit).reason, "Transport")
+        assert.strictEqual(modelErrorOf(cut.exit).reason, "Transport")
+      })
+    )
+
+    it.effect(
+      "a stall mid-stream ends with TimeoutError limit idle after streamIdleTimeout, with the text so far",
+      () =>
+        Effect.gen(function* () {
+          const server = yield* Server.make((_, res) =>
+            Server.chunked(res, [Server.sse([streamChunk("half")])], { end: "hang" })
+          )
+          const p = yield* provider(server, { streamIdleTimeout: "5 seconds" })
+          const first = yield* Deferred.make<void>()
+          const consumer = yield* Effect.forkChild(
+            Effect.exit(Stream.runForEach(p.stream({ prompt: "hi" }), () => Deferred.succeed(first, undefined)))
+          )
+          yield* Deferred.await(first)
+          yield* TestClock.adjust("4999 millis")
+          assert.isUndefined(consumer.pollUnsafe())
+          yield* TestClock.adjust("1 millis")
+          const error = failureOf(yield* Fiber.join(consumer))
+          assert.strictEqual(error._tag, "TimeoutError")
+          if (error._tag !== "TimeoutError") return
+          assert.strictEqual(error.limit, "idle")
+          assert.strictEqual(error.partialText, "half")
+          yield* server.awaitAborted(1)
+        })
+    )
+
+    it.effect("an endless stream is TooLarge at maxResponseBytes", () =>
+      Effect.gen(function* () {
+        const server = yield* Server.make((_, res) =>
+          Server.endless(res, { chunk: `data: ${JSON.stringify(streamChunk("x".repeat(1000)))}\r\n\r\n` })
+        )
+        const p = yield* provider(server, { maxResponseBytes: 256 * 1024 })
+        const { exit, text } = yield* collect(p.stream({ prompt: "hi" }))
+        assert.strictEqual(modelErrorOf(exit).reason, "TooLarge")
+        assert.isAbove(text.length, 0)
       })
     )
   })
 
   describe("embed", () => {
-    it.scoped("one text uses embedContent, many use batchEmbedContents", () =>
+    it.effect("batchEmbedContents in batches of 100, vectors in input order, dimensions passed", () =>
       Effect.gen(function* () {
-        const server = yield* Server.make((req, res) =>
-          req.path.endsWith(":embedContent")
-            ? Server.json(res, 200, { embedding: { values: [0.1, 0.2, 0.3] } })
-            : Server.json(res, 200, { embeddings: [{ values: [1, 2] }, { values: [3, 4] }] })
-        )
-        const p = yield* provider(server, { embeddingDimensions: 2 })
-        const single = yield* p.embed({ texts: ["one"] })
-        assert.deepStrictEqual(single.vectors, [[0.1, 0.2, 0.3]])
-        const batch = yield* p.embed({ texts: ["a", "b"] })
-        assert.deepStrictEqual(batch.vectors, [
-          [1, 2],
-          [3, 4]
-        ])
-        const [first, second] = yield* server.requests
-        assert.strictEqual(first?.path, "/v1beta/models/gemini-embedding-001:embedContent")
-        assert.deepStrictEqual(first?.json, {
-          model: "models/gemini-embedding-001",
-          content: { parts: [{ text: "one" }] },
-          outputDimensionality: 2
+        const server = yield* Server.make((req, res) => {
+          const requests = (
+            req.json as { requests: ReadonlyArray<{ content: { parts: ReadonlyArray<{ text: string }> } }> }
+          ).requests
+          Server.json(res, 200, {
+            embeddings: requests.map((r) => ({ values: [Number(r.content.parts[0]!.text), 0] }))
+          })
         })
-        assert.strictEqual(second?.path, "/v1beta/models/gemini-embedding-001:batchEmbedContents")
-        assert.deepStrictEqual(second?.json, {
-          requests: [
-            { model: "models/gemini-embedding-001", content: { parts: [{ text: "a" }] }, outputDimensionality: 2 },
-            { model: "models/gemini-embedding-001", content: { parts: [{ text: "b" }] }, outputDimensionality: 2 }
-          ]
+        const p = yield* provider(server, { embeddingDimensions: 2 })
+        const texts = Array.from({ length: 250 }, (_, i) => String(i)) as unknown as readonly [string, ...Array<string>]
+        const answer = yield* p.embed({ texts })
+        assert.deepStrictEqual(
+          answer.vectors.map((v) => v[0]),
+          texts.map(Number)
+        )
+        const requests = yield* server.requests
+        assert.deepStrictEqual(
+          requests.map((r) => (r.json as { requests: ReadonlyArray<unknown> }).requests.length),
+          [100, 100, 50]
+        )
+        assert.strictEqual(requests[0]?.path, "/v1beta/models/gemini-embedding-001:batchEmbedContents")
+        assert.deepStrictEqual((requests[2]!.json as { requests: ReadonlyArray<unknown> }).requests[0], {
+          model: "models/gemini-embedding-001",
+          content: { parts: [{ text: "200" }] },
+          outputDimensionality: 2
         })
       })
     )
-  })
-})
 
-describe("Gemini interruption", () => {
-  vitest.scopedLive("a hanging call is interrupted by a timeout and its connection closed", () =>
-    Effect.gen(function* () {
-      const server = yield* Server.make((_, res) => Server.hang(res))
-      const p = yield* provider(server)
-      const result = yield* Effect.either(Effect.timeout(p.generate({ prompt: "hi" }), "150 millis"))
-      assert.strictEqual(result._tag === "Left" && result.left._tag, "TimeoutException")
-      yield* server.awaitAborted(1).pipe(Effect.timeout("2 seconds"))
-      assert.strictEqual(yield* server.aborted, 1)
-    }).pipe(Effect.provide(NodeHttpClient.layerUndici))
-  )
+    it.effect("a count of embeddings that does not match the texts is Decode", () =>
+      Effect.gen(function* () {
+        const server = yield* Server.make((_, res) => Server.json(res, 200, { embeddings: [{ values: [1] }] }))
+        const p = yield* provider(server)
+        const error = yield* failing(p.embed({ texts: ["a", "b"] }))
+        assert.strictEqual(error.reason, "Decode")
+        assert.strictEqual(error.field, "embeddings")
+      })
+    )
+  })
+
+  describe("options", () => {
+    it.effect("every option is checked at build: an OptionError naming the field", () =>
+      Effect.gen(function* () {
+        const server = yield* Server.make((_, res) => Server.json(res, 200, response("x")))
+        const pathOf = (options: Partial<Gemini.Options>) =>
+          Effect.map(Effect.flip(provider(server, options)), (error) => {
+            assert.strictEqual(error._tag, "OptionError")
+            return error.path
+          })
+        assert.strictEqual(yield* pathOf({ timeout: Number.NaN }), "timeout")
+        assert.strictEqual(yield* pathOf({ timeout: 0 }), "timeout")
+        assert.strictEqual(yield* pathOf({ streamIdleTimeout: -1 }), "streamIdleTimeout")
+        assert.strictEqual(yield* pathOf({ streamIdleTimeout: "soon" as Duration.Input }), "streamIdleTimeout")
+        assert.strictEqual(yield* pathOf({ maxResponseBytes: 1.5 }), "maxResponseBytes")
+        assert.strictEqual(yield* pathOf({ embeddingDimensions: 0 }), "embeddingDimensions")
+        assert.strictEqual(yield* pathOf({ baseUrl: "ftp://x" }), "baseUrl")
+        assert.strictEqual(yield* pathOf({ model: " " }), "model")
+        assert.strictEqual(yield* pathOf({ apiKey: KEY as unknown as Redacted.Redacted<string> }), "apiKey")
+        assert.strictEqual(yield* pathOf({ requestLimits: { maxMessages: 0 } }), "requestLimits.maxMessages")
+      })
+    )
+
+    it.effect("layerConfig reads the key as a secret from Config", () =>
+      Effect.gen(function* () {
+        const server = yield* Server.make((_, res) => Server.json(res, 200, response("configured")))
+        const answer = yield* Effect.gen(function* () {
+          const p = yield* Model.ModelProvider
+          return yield* p.generate({ prompt: "x" })
+        }).pipe(
+          Effect.provide(
+            Gemini.layerConfig().pipe(
+              Layer.provide(
+                ConfigProvider.layer(ConfigProvider.fromUnknown({ GEMINI_API_KEY: KEY, GEMINI_BASE_URL: server.url }))
+              )
+            )
+          )
+        )
+        assert.strictEqual(answer.text, "configured")
+        assert.strictEqual((yield* server.requests)[0]?.headers["x-goog-api-key"], KEY)
+      })
+    )
+
+    it.effect("transformClient wraps the client once, at build", () =>
+      Effect.gen(function* () {
+        const server = yield* Server.make((_, res) => Server.json(res, 200, response("ok")))
+        let built = 0
+        const p = yield* provider(server, {
+          transformClient: (client) => {
+            built++
+            return HttpClient.mapRequest(client, HttpClientRequest.setHeader("x-proxy", "yes"))
+          }
+        })
+        yield* p.generate({ prompt: "1" })
+        yield* p.generate({ prompt: "2" })
+        assert.strictEqual(built, 1)
+        assert.deepStrictEqual(
+          (yield* server.requests).map((r) => r.headers["x-proxy"]),
+          ["yes", "yes"]
+        )
+      })
+    )
+  })
 })

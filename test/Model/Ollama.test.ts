@@ -1,10 +1,14 @@
+import { inspect } from "node:util"
 import { NodeHttpClient } from "@effect/platform-node"
-import { assert, describe, layer, it as vitest } from "@effect/vitest"
-import { Cause, ConfigProvider, Duration, Effect, Exit, Layer, Stream } from "effect"
-import type { ModelError } from "../../src/AiError.js"
+import { assert, describe, it, layer } from "@effect/vitest"
+import { Cause, Config, ConfigProvider, Duration, Effect, Exit, Fiber, Layer, Option, Redacted, Stream } from "effect"
+import { TestClock } from "effect/testing"
+import { type AiError, isRetryable, ModelError, shouldFallback, TimeoutError } from "../../src/AiError.js"
 import * as Model from "../../src/Model.js"
 import * as Ollama from "../../src/Model/Ollama.js"
 import * as Server from "../utils/httpServer.js"
+
+const KEY = "ollama-key-7f3a9c2e51d0"
 
 const provider = (server: Server.TestServer, options: Ollama.Options = {}) =>
   Ollama.make({ host: server.url, ...options })
@@ -23,19 +27,17 @@ const final = (extra: Record<string, unknown> = {}) => ({
   ...extra
 })
 
-const chatLine = (content: string) => ({
+const chatLine = (content: string, extra: Record<string, unknown> = {}) => ({
   model: "llama3.2",
   created_at: "2024-07-22T20:33:28.123648Z",
-  message: { role: "assistant", content },
+  message: { role: "assistant", content, ...extra },
   done: false
 })
-
-const ndjson = (lines: ReadonlyArray<unknown>): string => lines.map((l) => `${JSON.stringify(l)}\n`).join("")
 
 const bodyOf = (request: Server.Recorded | undefined): Record<string, unknown> =>
   (request?.json ?? {}) as Record<string, unknown>
 
-const collect = (stream: Stream.Stream<Model.StreamPart, unknown>) =>
+const collect = (stream: Stream.Stream<Model.StreamPart, AiError>) =>
   Effect.gen(function* () {
     const parts: Array<Model.StreamPart> = []
     const exit = yield* Effect.exit(Stream.runForEach(stream, (part) => Effect.sync(() => parts.push(part))))
@@ -43,20 +45,36 @@ const collect = (stream: Stream.Stream<Model.StreamPart, unknown>) =>
     return { parts, exit, text }
   })
 
-const failureOf = (exit: Exit.Exit<unknown, unknown>): ModelError => {
+const failureOf = (exit: Exit.Exit<unknown, unknown>): AiError => {
   if (Exit.isSuccess(exit)) throw new Error("expected a failure")
-  const error = Cause.failureOption(exit.cause)
-  if (error._tag === "None") throw new Error(Cause.pretty(exit.cause))
-  const e = error.value as ModelError
-  assert.strictEqual(e._tag, "ModelError")
-  return e
+  const error = Cause.findErrorOption(exit.cause)
+  if (Option.isNone(error)) throw new Error(Cause.pretty(exit.cause))
+  return error.value as AiError
 }
 
-const modelError = (effect: Effect.Effect<unknown, unknown>) => Effect.map(Effect.flip(effect), (e) => e as ModelError)
+const modelErrorOf = (exit: Exit.Exit<unknown, unknown>): ModelError => {
+  const error = failureOf(exit)
+  assert.instanceOf(error, ModelError, String(error))
+  return error as ModelError
+}
+
+const flipModel = <A>(effect: Effect.Effect<A, AiError>) =>
+  Effect.map(Effect.flip(effect), (error) => {
+    assert.instanceOf(error, ModelError, String(error))
+    return error as ModelError
+  })
+
+const tools: Model.GenerateRequest["tools"] = [
+  {
+    name: "get_weather",
+    description: "Weather of a city",
+    parameters: { type: "object", properties: { city: { type: "string" } } }
+  }
+]
 
 layer(NodeHttpClient.layerUndici)("Ollama", (it) => {
   describe("generate", () => {
-    it.scoped("/api/chat: the documented request and answer", () =>
+    it.effect("/api/chat: the documented request and answer", () =>
       Effect.gen(function* () {
         const server = yield* Server.make((_, res) =>
           Server.json(res, 200, { ...final(), message: { role: "assistant", content: "Hello! How are you today?" } })
@@ -91,67 +109,117 @@ layer(NodeHttpClient.layerUndici)("Ollama", (it) => {
       })
     )
 
-    it.scoped("api: generate sends prompts to /api/generate and conversations to /api/chat", () =>
+    it.effect("api: generate sends prompts to /api/generate, conversations and tool requests to /api/chat", () =>
       Effect.gen(function* () {
         const server = yield* Server.make((req, res) =>
           req.path === "/api/generate"
             ? Server.json(res, 200, { ...final({ done_reason: "length" }), response: "The sky is blue." })
             : Server.json(res, 200, { ...final(), message: { role: "assistant", content: "chat" } })
         )
-        const p = yield* provider(server, { api: "generate", model: "mistral" })
-        const answer = yield* p.generate({ prompt: "Why is the sky blue?", system: "Short." })
+        const p = yield* provider(server, { api: "generate", model: "mistral", keepAlive: "2 minutes" })
+        const answer = yield* p.generate({
+          prompt: "Why is the sky blue?",
+          system: "Short.",
+          responseFormat: { type: "json_object" }
+        })
         assert.strictEqual(answer.text, "The sky is blue.")
         assert.strictEqual(answer.finishReason, "length")
-        const chat = yield* p.generate({ messages: [{ role: "user", content: "x" }] })
-        assert.strictEqual(chat.text, "chat")
-        const [first, second] = yield* server.requests
+        assert.strictEqual((yield* p.generate({ messages: [{ role: "user", content: "x" }] })).text, "chat")
+        assert.strictEqual((yield* p.generate({ prompt: "x", tools })).text, "chat")
+        const [first, second, third] = yield* server.requests
         assert.strictEqual(first?.path, "/api/generate")
         assert.deepStrictEqual(first?.json, {
           model: "mistral",
           prompt: "Why is the sky blue?",
           system: "Short.",
-          stream: false
+          stream: false,
+          format: "json",
+          keep_alive: "120000ms"
         })
         assert.strictEqual(second?.path, "/api/chat")
+        assert.strictEqual(third?.path, "/api/chat")
       })
     )
 
-    it.scoped(
-      "404 (model not pulled) is InvalidRequest on `model`; 500/503 Overloaded; 429 with Retry-After; 401",
-      () =>
-        Effect.gen(function* () {
-          const answers: Record<string, [number, unknown, Record<string, string>?]> = {
-            nope: [404, { error: 'model "nope" not found, try pulling it first' }],
-            crash: [500, { error: "llama runner process has terminated: signal: killed" }],
-            busy: [503, { error: "server busy, please try again.  maximum pending requests exceeded" }],
-            rate: [429, { error: "too many requests" }, { "retry-after": "2" }],
-            auth: [401, { error: "unauthorized" }]
-          }
-          const server = yield* Server.make((req, res) => {
-            const [status, body, headers] = answers[String(bodyOf(req)["model"])]!
-            Server.json(res, status, body, headers)
-          })
-          const p = yield* provider(server)
-          const nope = yield* modelError(p.generate({ prompt: "x", model: "nope" }))
-          assert.strictEqual(nope.reason, "InvalidRequest")
-          assert.strictEqual(nope.field, "model")
-          assert.include(nope.message, "try pulling it first")
-          assert.strictEqual((yield* modelError(p.generate({ prompt: "x", model: "crash" }))).reason, "Overloaded")
-          assert.strictEqual((yield* modelError(p.generate({ prompt: "x", model: "busy" }))).reason, "Overloaded")
-          const rate = yield* modelError(p.generate({ prompt: "x", model: "rate" }))
-          assert.strictEqual(rate.reason, "RateLimited")
-          assert.deepStrictEqual(rate.retryAfter, Duration.seconds(2))
-          assert.strictEqual((yield* modelError(p.generate({ prompt: "x", model: "auth" }))).reason, "Unauthorized")
+    it.effect("404 with an error body is InvalidRequest on `model` (falls back); 404 page, 500, 503, 429, 401", () =>
+      Effect.gen(function* () {
+        const answers: Record<string, readonly [number, unknown, Record<string, string>?]> = {
+          nope: [404, { error: 'model "nope" not found, try pulling it first' }],
+          page: [404, "404 page not found"],
+          crash: [500, { error: "llama runner process has terminated: signal: killed" }],
+          busy: [503, { error: "server busy, please try again.  maximum pending requests exceeded" }],
+          rate: [429, { error: "too many requests" }, { "retry-after": "2" }],
+          auth: [401, { error: "unauthorized" }]
+        }
+        const server = yield* Server.make((req, res) => {
+          const [status, body, headers] = answers[String(bodyOf(req)["model"])]!
+          if (typeof body === "string") return Server.text(res, status, body)
+          Server.json(res, status, body, headers)
         })
+        const p = yield* provider(server)
+        const call = (model: string) => flipModel(p.generate({ prompt: "x", model }))
+        const nope = yield* call("nope")
+        assert.strictEqual(nope.reason, "InvalidRequest")
+        assert.strictEqual(nope.field, "model")
+        assert.isTrue(shouldFallback(nope))
+        assert.include(nope.message, "try pulling it first")
+        const page = yield* call("page")
+        assert.strictEqual(page.reason, "InvalidRequest")
+        assert.isUndefined(page.field)
+        assert.strictEqual((yield* call("crash")).reason, "Overloaded")
+        assert.strictEqual((yield* call("busy")).reason, "Unavailable")
+        const rate = yield* call("rate")
+        assert.strictEqual(rate.reason, "RateLimited")
+        assert.deepStrictEqual(rate.retryAfter, Duration.seconds(2))
+        assert.strictEqual((yield* call("auth")).reason, "Unauthorized")
+      })
     )
 
-    it.scoped("a malformed body is Decode naming the field", () =>
+    it.effect("a malformed body is Decode naming the field", () =>
       Effect.gen(function* () {
         const server = yield* Server.make((_, res) => Server.json(res, 200, { ...final(), message: { content: 5 } }))
         const p = yield* provider(server)
-        const error = yield* modelError(p.generate({ prompt: "x" }))
+        const error = yield* flipModel(p.generate({ prompt: "x" }))
         assert.strictEqual(error.reason, "Decode")
         assert.strictEqual(error.field, "message.content")
+      })
+    )
+
+    it.effect("a server that never answers ends with a request TimeoutError at `timeout`", () =>
+      Effect.gen(function* () {
+        const server = yield* Server.make(Server.hang)
+        const p = yield* provider(server, { timeout: "2 minutes" })
+        const fiber = yield* Effect.forkChild(Effect.flip(p.generate({ prompt: "hi" })))
+        yield* server.awaitRequests(1)
+        yield* TestClock.adjust("2 minutes")
+        const error = yield* Fiber.join(fiber)
+        assert.instanceOf(error, TimeoutError)
+        assert.strictEqual((error as TimeoutError).limit, "request")
+        yield* server.awaitAborted(1)
+      })
+    )
+
+    it.effect("a key echoed by the server never appears in the error", () =>
+      Effect.gen(function* () {
+        const server = yield* Server.make((req, res) =>
+          Server.json(res, 401, { error: `invalid token ${String(req.headers.authorization).slice(7)}` })
+        )
+        const options: Ollama.Options = { host: server.url, apiKey: Redacted.make(KEY) }
+        const p = yield* Ollama.make(options)
+        const exit = yield* Effect.exit(p.generate({ prompt: "x" }))
+        const error = modelErrorOf(exit)
+        assert.strictEqual(error.reason, "Unauthorized")
+        assert.include(error.message, "invalid token")
+        const texts = [
+          JSON.stringify(error),
+          String(error),
+          error.message,
+          inspect(error, { depth: 10 }),
+          inspect(options)
+        ]
+        if (Exit.isFailure(exit)) texts.push(Cause.pretty(exit.cause))
+        for (const text of texts) assert.notInclude(text, KEY)
+        assert.strictEqual((yield* server.requests)[0]?.headers.authorization, `Bearer ${KEY}`)
       })
     )
   })
@@ -165,17 +233,20 @@ layer(NodeHttpClient.layerUndici)("Ollama", (it) => {
       { ...final(), message: { role: "assistant", content: "" } }
     ]
 
-    it.scoped("NDJSON lines split across reads (inside characters too) end in one Finish with the counts", () =>
+    it.effect("NDJSON lines split across reads (inside characters too) end in one Finish with the counts", () =>
       Effect.gen(function* () {
         const server = yield* Server.make((_, res) =>
-          Server.chunked(res, Server.splitBytes(ndjson(lines), 7), { contentType: "application/x-ndjson", pauseMs: 0 })
+          Server.chunked(res, Server.splitBytes(Server.ndjson(lines), 7), {
+            contentType: "application/x-ndjson",
+            pauseMs: 0
+          })
         )
         const p = yield* provider(server)
         const { exit, parts, text } = yield* collect(p.stream({ prompt: "hi" }))
         assert.isTrue(Exit.isSuccess(exit), Exit.isFailure(exit) ? Cause.pretty(exit.cause) : "")
         assert.strictEqual(text, "Héllo wörld 🌍, 日本語!")
         assert.deepStrictEqual(
-          parts.filter((p) => p._tag === "Finish"),
+          parts.filter((part) => part._tag === "Finish"),
           [
             {
               _tag: "Finish",
@@ -186,72 +257,230 @@ layer(NodeHttpClient.layerUndici)("Ollama", (it) => {
             }
           ]
         )
-        assert.strictEqual(bodyOf((yield* server.requests)[0])["stream"], true)
+        const [request] = yield* server.requests
+        assert.strictEqual(bodyOf(request)["stream"], true)
+        assert.strictEqual(request?.headers.accept, "application/x-ndjson")
       })
     )
 
-    it.scoped("/api/generate streams `response` fields, CRLF line ends", () =>
+    it.effect("/api/generate streams `response` fields, CRLF line ends", () =>
       Effect.gen(function* () {
-        const body = [
-          { model: "llama3.2", response: "The", done: false },
-          { model: "llama3.2", response: " sky", done: false },
-          { response: "", ...final({ done_reason: "length" }) }
-        ]
-          .map((l) => `${JSON.stringify(l)}\r\n`)
-          .join("")
-        const server = yield* Server.make((_, res) => Server.chunked(res, Server.splitAwkward(body)))
+        const body = Server.ndjson(
+          [
+            { model: "llama3.2", response: "The", done: false },
+            { model: "llama3.2", response: " sky", done: false },
+            { response: "", ...final({ done_reason: "length" }) }
+          ],
+          "\r\n"
+        )
+        const server = yield* Server.make((_, res) =>
+          Server.chunked(res, Server.splitAwkward(body), { contentType: "application/x-ndjson" })
+        )
         const p = yield* provider(server, { api: "generate" })
         const { exit, parts, text } = yield* collect(p.stream({ prompt: "Why?" }))
         assert.isTrue(Exit.isSuccess(exit))
         assert.strictEqual(text, "The sky")
-        assert.strictEqual(parts.at(-1)?._tag, "Finish")
+        assert.strictEqual(parts.at(-1)?._tag === "Finish" && parts.at(-1)?._tag, "Finish")
         assert.strictEqual((yield* server.requests)[0]?.path, "/api/generate")
       })
     )
 
-    it.scoped("an error line mid-stream fails after the delivered text", () =>
+    it.effect("an error line mid-stream fails with the provider's message after the delivered text", () =>
       Effect.gen(function* () {
         const server = yield* Server.make((_, res) =>
           Server.chunked(
             res,
             [
-              ndjson([chatLine("par"), chatLine("tial")]),
-              ndjson([{ error: "an unknown error was encountered while running the model" }])
+              Server.ndjson([chatLine("par"), chatLine("tial")]),
+              Server.ndjson([{ error: "an unknown error was encountered while running the model" }])
             ],
-            {
-              end: "hang"
-            }
+            { contentType: "application/x-ndjson", end: "hang" }
           )
         )
         const p = yield* provider(server)
         const { exit, parts, text } = yield* collect(p.stream({ prompt: "hi" }))
         assert.strictEqual(text, "partial")
-        assert.isFalse(parts.some((p) => p._tag === "Finish"))
-        const error = failureOf(exit)
-        assert.include(error.message, "unknown error was encountered")
+        assert.isFalse(parts.some((part) => part._tag === "Finish"))
+        assert.include(modelErrorOf(exit).message, "unknown error was encountered")
+        yield* server.awaitAborted(1)
       })
     )
 
-    it.scoped("a connection cut mid-stream is Transport; a clean end without done is too", () =>
+    it.effect("a connection cut mid-stream is Transport; a clean end without done is too", () =>
       Effect.gen(function* () {
         const server = yield* Server.make((req, res) =>
-          Server.chunked(res, [ndjson([chatLine("one ")]), ndjson([chatLine("two")])], {
+          Server.chunked(res, [Server.ndjson([chatLine("one ")]), Server.ndjson([chatLine("two")])], {
+            contentType: "application/x-ndjson",
             end: bodyOf(req)["model"] === "cut" ? "destroy" : "end"
           })
         )
         const p = yield* provider(server)
         const cut = yield* collect(p.stream({ prompt: "hi", model: "cut" }))
         assert.strictEqual(cut.text, "one two")
-        assert.strictEqual(failureOf(cut.exit).reason, "Transport")
+        assert.strictEqual(modelErrorOf(cut.exit).reason, "Transport")
         const ended = yield* collect(p.stream({ prompt: "hi", model: "end" }))
         assert.strictEqual(ended.text, "one two")
-        assert.strictEqual(failureOf(ended.exit).reason, "Transport")
+        assert.strictEqual(modelErrorOf(ended.exit).reason, "Transport")
+        assert.isTrue(isRetryable(modelErrorOf(ended.exit)))
+      })
+    )
+
+    it.effect("a stream that stalls after two lines ends with an idle TimeoutError naming the provider", () =>
+      Effect.gen(function* () {
+        const server = yield* Server.make((_, res) =>
+          Server.chunked(res, [Server.ndjson([chatLine("one "), chatLine("two")])], {
+            contentType: "application/x-ndjson",
+            end: "hang"
+          })
+        )
+        const p = yield* provider(server, { name: "local-ollama" })
+        const seen: Array<string> = []
+        const fiber = yield* p.stream({ prompt: "hi" }).pipe(
+          Stream.runForEach((part) => Effect.sync(() => part._tag === "TextDelta" && seen.push(part.text))),
+          Effect.flip,
+          Effect.forkChild
+        )
+        while (seen.length < 2) yield* Effect.promise(() => Server.pause(5))
+        yield* TestClock.adjust("60 seconds")
+        const error = yield* Fiber.join(fiber)
+        assert.instanceOf(error, TimeoutError)
+        if (!(error instanceof TimeoutError)) return
+        assert.strictEqual(error.limit, "idle")
+        assert.strictEqual(error.provider, "local-ollama")
+        assert.strictEqual(error.partialText, "one two")
+        yield* server.awaitAborted(1)
+      })
+    )
+
+    it.effect("an endless line and an endless stream end with TooLarge; an SSE or HTML answer is Decode", () =>
+      Effect.gen(function* () {
+        const server = yield* Server.make((req, res) => {
+          switch (bodyOf(req)["model"]) {
+            case "line":
+              return Server.endless(res, { contentType: "application/x-ndjson" })
+            case "lines":
+              return Server.endless(res, { contentType: "application/x-ndjson", chunk: Server.ndjson([chatLine("x")]) })
+            case "sse":
+              return Server.chunked(res, [Server.sse([chatLine("x")])])
+            default:
+              return Server.text(res, 200, "<html>proxy login</html>", { "content-type": "text/html" })
+          }
+        })
+        const p = yield* provider(server, { maxResponseBytes: 1024 * 1024, maxEventBytes: 64 * 1024 })
+        const line = modelErrorOf((yield* collect(p.stream({ prompt: "x", model: "line" }))).exit)
+        assert.strictEqual(line.reason, "TooLarge")
+        assert.include(line.message, "maxEventBytes")
+        const many = yield* collect(p.stream({ prompt: "x", model: "lines" }))
+        assert.isAbove(many.text.length, 0)
+        assert.strictEqual(modelErrorOf(many.exit).reason, "TooLarge")
+        assert.include(modelErrorOf(many.exit).message, "maxResponseBytes")
+        yield* server.awaitAborted(2)
+        for (const model of ["sse", "html"]) {
+          const error = modelErrorOf((yield* collect(p.stream({ prompt: "x", model }))).exit)
+          assert.strictEqual(error.reason, "Decode", model)
+          assert.strictEqual(error.field, "content-type", model)
+        }
+      })
+    )
+  })
+
+  describe("tools", () => {
+    it.effect("tools, JSON schema format and tool messages map to /api/chat; tool calls come back with ids", () =>
+      Effect.gen(function* () {
+        const server = yield* Server.make((_, res) =>
+          Server.json(res, 200, {
+            ...final(),
+            message: {
+              role: "assistant",
+              content: "",
+              tool_calls: [{ function: { name: "get_weather", arguments: { city: "Paris" } } }]
+            }
+          })
+        )
+        const p = yield* provider(server)
+        const answer = yield* p.generate({
+          messages: [
+            { role: "user", content: "Weather in Paris and Rome?" },
+            {
+              role: "assistant",
+              content: "",
+              toolCalls: [{ id: "c0", name: "get_weather", arguments: '{"city":"Rome"}' }]
+            },
+            { role: "tool", content: "sunny", toolCallId: "c0" }
+          ],
+          tools,
+          responseFormat: { type: "json_schema", name: "w", schema: { type: "object" } }
+        })
+        assert.strictEqual(answer.finishReason, "tool_calls")
+        assert.deepStrictEqual(answer.toolCalls, [{ id: "call_0", name: "get_weather", arguments: '{"city":"Paris"}' }])
+        const body = bodyOf((yield* server.requests)[0])
+        assert.deepStrictEqual(body["tools"], [{ type: "function", function: tools![0] }])
+        assert.deepStrictEqual(body["format"], { type: "object" })
+        assert.deepStrictEqual((body["messages"] as Array<unknown>).slice(1), [
+          {
+            role: "assistant",
+            content: "",
+            tool_calls: [{ function: { name: "get_weather", arguments: { city: "Rome" } } }]
+          },
+          { role: "tool", content: "sunny", tool_name: "get_weather" }
+        ])
+      })
+    )
+
+    it.effect("streamed tool calls are ToolCall parts before the Finish, whose reason is tool_calls", () =>
+      Effect.gen(function* () {
+        const server = yield* Server.make((_, res) =>
+          Server.chunked(
+            res,
+            Server.splitBytes(
+              Server.ndjson([
+                chatLine("", { tool_calls: [{ function: { name: "get_weather", arguments: { city: "Paris" } } }] }),
+                chatLine("", { tool_calls: [{ id: "t2", function: { name: "get_time", arguments: {} } }] }),
+                { ...final(), message: { role: "assistant", content: "" } }
+              ]),
+              13
+            ),
+            { contentType: "application/x-ndjson", pauseMs: 0 }
+          )
+        )
+        const p = yield* provider(server)
+        const { exit, parts } = yield* collect(p.stream({ prompt: "hi", tools }))
+        assert.isTrue(Exit.isSuccess(exit))
+        assert.deepStrictEqual(parts.slice(0, 2), [
+          { _tag: "ToolCall", call: { id: "call_0", name: "get_weather", arguments: '{"city":"Paris"}' } },
+          { _tag: "ToolCall", call: { id: "t2", name: "get_time", arguments: "{}" } }
+        ])
+        assert.strictEqual(parts[2]?._tag === "Finish" && parts[2].finishReason, "tool_calls")
+        assert.lengthOf(parts, 3)
+      })
+    )
+
+    it.effect("a tool choice Ollama cannot honour is refused before any call; `none` sends no tools", () =>
+      Effect.gen(function* () {
+        const server = yield* Server.make((_, res) =>
+          Server.json(res, 200, { ...final(), message: { role: "assistant", content: "ok" } })
+        )
+        const p = yield* provider(server)
+        const required = yield* flipModel(p.generate({ prompt: "x", tools, toolChoice: "required" }))
+        assert.strictEqual(required.reason, "InvalidRequest")
+        assert.strictEqual(required.field, "toolChoice")
+        const named = yield* flipModel(p.generate({ prompt: "x", tools, toolChoice: { name: "get_weather" } }))
+        assert.strictEqual(named.field, "toolChoice")
+        const badArgs = yield* flipModel(
+          p.generate({
+            messages: [{ role: "assistant", content: "", toolCalls: [{ id: "a", name: "f", arguments: "not json" }] }]
+          })
+        )
+        assert.strictEqual(badArgs.field, "messages[0].toolCalls[0].arguments")
+        assert.lengthOf(yield* server.requests, 0)
+        yield* p.generate({ prompt: "x", tools, toolChoice: "none" })
+        assert.isUndefined(bodyOf((yield* server.requests)[0])["tools"])
       })
     )
   })
 
   describe("embed", () => {
-    it.scoped("/api/embed with every text in one call", () =>
+    it.effect("/api/embed with every text in one call", () =>
       Effect.gen(function* () {
         const server = yield* Server.make((_, res) =>
           Server.json(res, 200, {
@@ -282,54 +511,87 @@ layer(NodeHttpClient.layerUndici)("Ollama", (it) => {
       })
     )
 
-    it.scoped("a wrong number of vectors is Decode on embeddings", () =>
+    it.effect("a wrong number of vectors is Decode on embeddings", () =>
       Effect.gen(function* () {
         const server = yield* Server.make((_, res) => Server.json(res, 200, { model: "m", embeddings: [[1]] }))
         const p = yield* provider(server)
-        const error = yield* modelError(p.embed({ texts: ["a", "b"] }))
+        const error = yield* flipModel(p.embed({ texts: ["a", "b"] }))
         assert.strictEqual(error.reason, "Decode")
         assert.strictEqual(error.field, "embeddings")
       })
     )
   })
 
-  it.scoped("layerConfig reads OLLAMA_HOST without a scheme", () =>
-    Effect.gen(function* () {
-      const server = yield* Server.make((_, res) =>
-        Server.json(res, 200, { ...final(), message: { role: "assistant", content: "ok" } })
-      )
-      const host = server.url.replace("http://", "")
-      const answer = yield* Effect.flatMap(Model.ModelProvider, (p) => p.generate({ prompt: "x" })).pipe(
-        Effect.provide(
-          Ollama.layerConfig().pipe(
-            Layer.provide(
-              Layer.setConfigProvider(
-                ConfigProvider.fromMap(
-                  new Map([
-                    ["OLLAMA_HOST", host],
-                    ["OLLAMA_MODEL", "qwen3"]
-                  ])
-                )
-              )
-            )
-          )
+  describe("options", () => {
+    it.effect("bad options fail the layer with an OptionError naming the field", () =>
+      Effect.gen(function* () {
+        const cases: ReadonlyArray<readonly [string, Ollama.Options]> = [
+          ["host", { host: "http://" }],
+          ["keepAlive", { keepAlive: "soon" as Ollama.Options["keepAlive"] }],
+          ["keepAlive", { keepAlive: -1 }],
+          ["timeout", { timeout: 0 }],
+          ["streamIdleTimeout", { streamIdleTimeout: Number.NaN }],
+          ["maxResponseBytes", { maxResponseBytes: -1 }],
+          ["api", { api: "completions" as "chat" }],
+          ["apiKey", { apiKey: KEY as unknown as Redacted.Redacted<string> }]
+        ]
+        for (const [path, options] of cases) {
+          const error = yield* Effect.flip(Layer.build(Ollama.layer(options)))
+          assert.strictEqual(error._tag, "OptionError", path)
+          assert.strictEqual("path" in error ? error.path : undefined, path)
+          assert.notInclude(error.message, KEY)
+        }
+      })
+    )
+
+    it.effect("keepAlive: durations in milliseconds, zero unloads, forever is -1", () =>
+      Effect.gen(function* () {
+        const server = yield* Server.make((_, res) => Server.json(res, 200, { model: "m", embeddings: [[1]] }))
+        for (const keepAlive of [Duration.minutes(1), 0, "forever"] as const) {
+          const p = yield* provider(server, { keepAlive })
+          yield* p.embed({ texts: ["a"] })
+        }
+        const sent = (yield* server.requests).map((r) => bodyOf(r)["keep_alive"])
+        assert.deepStrictEqual(sent, ["60000ms", "0ms", -1])
+      })
+    )
+
+    it.effect("layerConfig reads OLLAMA_HOST without a scheme; explicit options pick up no key", () =>
+      Effect.gen(function* () {
+        const server = yield* Server.make((_, res) =>
+          Server.json(res, 200, { ...final(), message: { role: "assistant", content: "ok" } })
         )
-      )
-      assert.strictEqual(answer.text, "ok")
-      assert.strictEqual(bodyOf((yield* server.requests)[0])["model"], "qwen3")
-    })
-  )
+        const env = ConfigProvider.layer(
+          ConfigProvider.fromEnv({
+            env: { OLLAMA_HOST: server.url.replace("http://", ""), OLLAMA_MODEL: "qwen3", OLLAMA_API_KEY: KEY }
+          })
+        )
+        const call = Effect.gen(function* () {
+          const p = yield* Model.ModelProvider
+          return yield* p.generate({ prompt: "x" })
+        })
+        assert.strictEqual((yield* call.pipe(Effect.provide(Ollama.layerConfig().pipe(Layer.provide(env))))).text, "ok")
+        yield* call.pipe(
+          Effect.provide(Ollama.layerConfig({ host: Config.succeed(server.url) }).pipe(Layer.provide(env)))
+        )
+        const [fromEnv, explicit] = yield* server.requests
+        assert.strictEqual(bodyOf(fromEnv)["model"], "qwen3")
+        assert.strictEqual(fromEnv?.headers.authorization, `Bearer ${KEY}`)
+        assert.isUndefined(explicit?.headers.authorization)
+        assert.strictEqual(bodyOf(explicit)["model"], "llama3.2")
+      })
+    )
+  })
 })
 
-describe("Ollama interruption", () => {
-  vitest.scopedLive("a hanging call is interrupted by a timeout and its connection closed", () =>
+describe("Ollama interruption (live)", () => {
+  it.live("a call interrupted by the caller's timeout closes its connection", () =>
     Effect.gen(function* () {
-      const server = yield* Server.make((_, res) => Server.hang(res))
+      const server = yield* Server.make(Server.hang)
       const p = yield* provider(server)
-      const result = yield* Effect.either(Effect.timeout(p.generate({ prompt: "hi" }), "150 millis"))
-      assert.strictEqual(result._tag === "Left" && result.left._tag, "TimeoutException")
-      yield* server.awaitAborted(1).pipe(Effect.timeout("2 seconds"))
-      assert.strictEqual(yield* server.aborted, 1)
+      const result = yield* Effect.result(Effect.timeout(p.generate({ prompt: "hi" }), "150 millis"))
+      assert.isTrue(result._tag === "Failure" && Cause.isTimeoutError(result.failure))
+      yield* server.awaitAborted(1).pipe(Effect.timeout("5 seconds"))
     }).pipe(Effect.provide(NodeHttpClient.layerUndici))
   )
 })

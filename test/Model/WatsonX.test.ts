@@ -1,26 +1,349 @@
+import { inspect } from "node:util"
 import { NodeHttpClient } from "@effect/platform-node"
-import { assert, describe, layer, it as vitest } from "@effect/vitest"
-import { Cause, Duration, Effect, Exit, Fiber, Option, Redacted, Stream, TestClock } from "effect"
-import type { ModelError } from "../../src/AiError.js"
-import type * as Model from "../../src/Model.js"
+import { assert, describe, it, layer } from "@effect/vitest"
+import {
+  Cause,
+  ConfigProvider,
+  Deferred,
+  Duration,
+  Effect,
+  Exit,
+  Fiber,
+  Layer,
+  Logger,
+  Option,
+  Redacted,
+  Ref,
+  Scope,
+  Stream
+} from "effect"
+import { HttpClient, HttpClientError } from "effect/http"
+import { TestClock } from "effect/testing"
+import { type AiError, ModelError } from "../../src/AiError.js"
+import * as Model from "../../src/Model.js"
 import * as WatsonX from "../../src/Model/WatsonX.js"
+import * as Iam from "../../src/Model/watsonx/Iam.js"
+import * as WatsonXWire from "../../src/Model/watsonx/Wire.js"
 import * as Server from "../utils/httpServer.js"
 
+/** A scripted IAM service: hands out `tok-1`, `tok-2`, ... after `delay`, or runs `outcome` when set. */
+const scriptedIam = Effect.gen(function* () {
+  const calls = yield* Ref.make(0)
+  const delay = yield* Ref.make(Duration.zero)
+  const expiresIn = yield* Ref.make(Duration.seconds(3600))
+  const outcome = yield* Ref.make<"ok" | "fail" | "hang">("ok")
+  const fetch: Effect.Effect<Iam.Issued, ModelError> = Effect.gen(function* () {
+    const n = yield* Ref.updateAndGet(calls, (k) => k + 1)
+    const wait = yield* Ref.get(delay)
+    if (Duration.isGreaterThan(wait, Duration.zero)) yield* Effect.sleep(wait)
+    const mode = yield* Ref.get(outcome)
+    if (mode === "hang") return yield* Effect.never
+    if (mode === "fail") {
+      return yield* Effect.fail(new ModelError({ reason: "Unauthorized", message: "key refused", status: 400 }))
+    }
+    return { token: Redacted.make(`tok-${n}`), expiresIn: yield* Ref.get(expiresIn) }
+  })
+  const cache = (options: Partial<Omit<Iam.Options, "fetch">> = {}) =>
+    Iam.make({
+      fetch,
+      refreshMargin: Duration.seconds(60),
+      timeout: Duration.seconds(30),
+      provider: "watsonx",
+      ...options
+    })
+  return { calls, delay, expiresIn, outcome, cache }
+})
+
+const tokenOf = (cache: Iam.TokenCache) => Effect.map(cache.get(), (t) => Redacted.value(t.value))
+
+describe("WatsonX IAM token cache", () => {
+  it.effect("50 concurrent callers share one fetch", () =>
+    Effect.gen(function* () {
+      const iam = yield* scriptedIam
+      yield* Ref.set(iam.delay, Duration.millis(30))
+      const cache = yield* iam.cache()
+      const all = yield* Effect.forkChild(
+        Effect.forEach(Array.from({ length: 50 }), () => tokenOf(cache), { concurrency: "unbounded" })
+      )
+      yield* TestClock.adjust("30 millis")
+      const tokens = yield* Fiber.join(all)
+      assert.lengthOf(tokens, 50)
+      assert.isTrue(tokens.every((t) => t === "tok-1"))
+      assert.strictEqual(yield* Ref.get(iam.calls), 1)
+    })
+  )
+
+  it.effect("the token is reused until refreshMargin before expiry, then fetched again", () =>
+    Effect.gen(function* () {
+      const iam = yield* scriptedIam
+      const cache = yield* iam.cache()
+      assert.strictEqual(yield* tokenOf(cache), "tok-1")
+      yield* TestClock.adjust(Duration.seconds(3600 - 60 - 1))
+      assert.strictEqual(yield* tokenOf(cache), "tok-1")
+      yield* TestClock.adjust(Duration.seconds(1))
+      assert.strictEqual(yield* tokenOf(cache), "tok-2")
+      assert.strictEqual(yield* Ref.get(iam.calls), 2)
+    })
+  )
+
+  it.effect("a short-lived token is fetched again at half its lifetime", () =>
+    Effect.gen(function* () {
+      const iam = yield* scriptedIam
+      yield* Ref.set(iam.expiresIn, Duration.seconds(20))
+      const cache = yield* iam.cache()
+      yield* tokenOf(cache)
+      yield* TestClock.adjust("9 seconds")
+      assert.strictEqual(yield* tokenOf(cache), "tok-1")
+      yield* TestClock.adjust("1 second")
+      assert.strictEqual(yield* tokenOf(cache), "tok-2")
+    })
+  )
+
+  it.effect("a hanging fetch fails every waiter with Timeout at the bound; the next call asks again", () =>
+    Effect.gen(function* () {
+      const iam = yield* scriptedIam
+      yield* Ref.set(iam.outcome, "hang")
+      const cache = yield* iam.cache({ timeout: Duration.seconds(2) })
+      const waiters = yield* Effect.forkChild(
+        Effect.all([Effect.flip(cache.get()), Effect.flip(cache.get())], { concurrency: "unbounded" })
+      )
+      yield* TestClock.adjust("1999 millis")
+      assert.isUndefined(waiters.pollUnsafe())
+      yield* TestClock.adjust("1 millis")
+      const errors = yield* Fiber.join(waiters)
+      for (const error of errors) {
+        assert.strictEqual(error.reason, "Timeout")
+        assert.strictEqual(error.provider, "watsonx")
+        assert.include(error.message, "IAM")
+        assert.include(error.message, "2s")
+      }
+      assert.strictEqual(yield* Ref.get(iam.calls), 1)
+      yield* Ref.set(iam.outcome, "ok")
+      assert.strictEqual(yield* tokenOf(cache), "tok-2")
+    })
+  )
+
+  it.effect("a failed fetch is not cached", () =>
+    Effect.gen(function* () {
+      const iam = yield* scriptedIam
+      yield* Ref.set(iam.outcome, "fail")
+      const cache = yield* iam.cache()
+      const error = yield* Effect.flip(cache.get())
+      assert.strictEqual(error.reason, "Unauthorized")
+      yield* Ref.set(iam.outcome, "ok")
+      assert.strictEqual(yield* tokenOf(cache), "tok-2")
+    })
+  )
+
+  it.effect("an interrupted caller does not cancel the fetch another caller waits on", () =>
+    Effect.gen(function* () {
+      const iam = yield* scriptedIam
+      yield* Ref.set(iam.delay, Duration.seconds(1))
+      const cache = yield* iam.cache()
+      const first = yield* Effect.forkChild(tokenOf(cache))
+      const second = yield* Effect.forkChild(tokenOf(cache))
+      yield* Effect.yieldNow
+      yield* Fiber.interrupt(first)
+      yield* TestClock.adjust("1 second")
+      assert.strictEqual(yield* Fiber.join(second), "tok-1")
+      assert.strictEqual(yield* Ref.get(iam.calls), 1)
+    })
+  )
+
+  it.effect("closing the cache's scope interrupts a fetch in flight", () =>
+    Effect.gen(function* () {
+      const iam = yield* scriptedIam
+      yield* Ref.set(iam.outcome, "hang")
+      const scope = yield* Scope.make()
+      const cache = yield* Scope.provide(iam.cache(), scope)
+      const waiter = yield* Effect.forkChild(Effect.exit(cache.get()))
+      yield* Effect.yieldNow
+      yield* Scope.close(scope, Exit.void)
+      const exit = yield* Fiber.join(waiter)
+      assert.isTrue(Exit.hasInterrupts(exit))
+    })
+  )
+
+  describe("authorized", () => {
+    const unauthorized = new ModelError({ reason: "Unauthorized", message: "expired token", status: 401 })
+
+    it.effect("a 401 fetches a fresh token and retries the call once", () =>
+      Effect.gen(function* () {
+        const iam = yield* scriptedIam
+        const cache = yield* iam.cache()
+        const seen: Array<string> = []
+        const answer = yield* cache.authorized((token) => {
+          seen.push(Redacted.value(token))
+          return seen.length === 1 ? Effect.fail(unauthorized) : Effect.succeed("ok")
+        })
+        assert.strictEqual(answer, "ok")
+        assert.deepStrictEqual(seen, ["tok-1", "tok-2"])
+      })
+    )
+
+    it.effect("a second 401 is the call's failure; other failures are not retried", () =>
+      Effect.gen(function* () {
+        const iam = yield* scriptedIam
+        const cache = yield* iam.cache()
+        let calls = 0
+        const error = yield* Effect.flip(
+          cache.authorized(() => {
+            calls++
+            return Effect.fail(unauthorized)
+          })
+        )
+        assert.strictEqual(error.status, 401)
+        assert.strictEqual(calls, 2)
+        calls = 0
+        const other = yield* Effect.flip(
+          cache.authorized(() => {
+            calls++
+            return Effect.fail(new ModelError({ reason: "Overloaded", message: "busy", status: 503 }))
+          })
+        )
+        assert.strictEqual(other.status, 503)
+        assert.strictEqual(calls, 1)
+        // The refused fresh token was not marked refused by the retry's own 401: a later call starts from it.
+        assert.strictEqual(yield* Ref.get(iam.calls), 2)
+      })
+    )
+
+    it.effect("10 concurrent 401s on one token share one refresh", () =>
+      Effect.gen(function* () {
+        const iam = yield* scriptedIam
+        const cache = yield* iam.cache()
+        yield* tokenOf(cache)
+        yield* Ref.set(iam.delay, Duration.millis(20))
+        const calls = yield* Effect.forkChild(
+          Effect.forEach(
+            Array.from({ length: 10 }),
+            () =>
+              cache.authorized((token) =>
+                Redacted.value(token) === "tok-1" ? Effect.fail(unauthorized) : Effect.succeed(Redacted.value(token))
+              ),
+            { concurrency: "unbounded" }
+          )
+        )
+        yield* TestClock.adjust("20 millis")
+        const tokens = yield* Fiber.join(calls)
+        assert.isTrue(tokens.every((t) => t === "tok-2"))
+        assert.strictEqual(yield* Ref.get(iam.calls), 2)
+      })
+    )
+  })
+})
+
+describe("WatsonX wire", () => {
+  it("tools, tool choices and tool messages are refused naming the field; a JSON format only on chat", () => {
+    const field = (request: Parameters<typeof WatsonXWire.unsupported>[0], api: WatsonXWire.Api = "chat") =>
+      WatsonXWire.unsupported(request, api, "watsonx")?.field
+    assert.strictEqual(field({ prompt: "x", tools: [{ name: "f" }] }), "tools")
+    assert.strictEqual(field({ prompt: "x", toolChoice: "auto" }), "toolChoice")
+    assert.strictEqual(field({ messages: [{ role: "tool", toolCallId: "c", content: "1" }] }), "messages")
+    assert.strictEqual(field({ prompt: "x", responseFormat: { type: "json_object" } }, "generation"), "responseFormat")
+    assert.isUndefined(field({ prompt: "x", responseFormat: { type: "json_object" } }))
+    assert.strictEqual(WatsonXWire.unsupported({ prompt: "x", tools: [] }, "chat", "watsonx")?.reason, "InvalidRequest")
+  })
+
+  it("chat body: user turns as text parts, the options by their watsonx names, a JSON schema format", () => {
+    const schema = { type: "object" }
+    assert.deepStrictEqual(
+      WatsonXWire.chatBody(
+        {
+          system: "Be nice.",
+          messages: [
+            { role: "user", content: "hi" },
+            { role: "assistant", content: "hello" }
+          ],
+          maxTokens: 5,
+          temperature: 0.5,
+          topP: 0.9,
+          stop: ["x"],
+          seed: 7,
+          responseFormat: { type: "json_schema", name: "s", schema, strict: true }
+        },
+        "m"
+      ),
+      {
+        model_id: "m",
+        messages: [
+          { role: "system", content: "Be nice." },
+          { role: "user", content: [{ type: "text", text: "hi" }] },
+          { role: "assistant", content: "hello" }
+        ],
+        max_tokens: 5,
+        temperature: 0.5,
+        top_p: 0.9,
+        stop: ["x"],
+        seed: 7,
+        response_format: { type: "json_schema", json_schema: { name: "s", schema, strict: true } }
+      }
+    )
+  })
+
+  it("generation body: a conversation flattened into Role: text paragraphs; sampling only with a temperature", () => {
+    assert.deepStrictEqual(
+      WatsonXWire.generationBody(
+        {
+          system: "S",
+          messages: [
+            { role: "user", content: "q" },
+            { role: "assistant", content: "a" }
+          ],
+          temperature: 0.7
+        },
+        "m"
+      ),
+      {
+        model_id: "m",
+        input: "System: S\n\nUser: q\n\nAssistant: a",
+        parameters: { decoding_method: "sample", temperature: 0.7 }
+      }
+    )
+    assert.deepStrictEqual(WatsonXWire.generationBody({ system: "S", prompt: "q", seed: 3 }, "m"), {
+      model_id: "m",
+      input: "S\n\nq",
+      parameters: { decoding_method: "greedy", random_seed: 3 }
+    })
+  })
+
+  it("stream state: deltas, the first event's input count, the last finish reason, one Finish", () => {
+    const state = WatsonXWire.streamState("watsonx", "m", 99)
+    const event = (text: string, input: number, output: number, stop: string) => ({
+      results: [
+        { generated_text: text, input_token_count: input, generated_token_count: output, stop_reason: stop }
+      ] as const
+    })
+    assert.deepStrictEqual(state.generation(event("", 9, 0, "not_finished")), [])
+    assert.isFalse(state.finished())
+    assert.deepStrictEqual(state.generation(event("Hi", 0, 1, "not_finished")), [{ _tag: "TextDelta", text: "Hi" }])
+    state.generation(event("!", 0, 2, "max_tokens"))
+    assert.isTrue(state.finished())
+    assert.deepStrictEqual(state.finish(), {
+      _tag: "Finish",
+      finishReason: "length",
+      usage: { inputTokens: 9, outputTokens: 2, totalTokens: 11 },
+      provider: "watsonx",
+      model: "m"
+    })
+  })
+})
+
+// ---------------------------------------------------------------------------------------
+// Over HTTP, against a loopback watsonx + IAM server
+
 const KEY = "ibm-apikey-TEST-abcdef0123456789-SECRET"
+/** Tokens the server hands out: long and unmistakable, so a leak of any part shows. */
+const tokenN = (n: number) => `eyJhbGciOiJSUzI1NiJ9.TOKEN-${n}-SECRET-abcdefghijklmnopqrstuvwxyz`
 
 interface Script {
-  /** IAM answers: access tokens handed out in order. */
   iamCalls: number
   iamStatus: number
   iamDelayMs: number
-  /** IAM never answers while set. */
   iamHang: boolean
-  /** Called when an IAM request arrives. */
-  onIam: () => void
   expiresIn: number
   /** Tokens the API refuses with 401. */
   rejected: Set<string>
-  handler: Server.Handler
 }
 
 const chatAnswer = (content: string) => ({
@@ -40,7 +363,18 @@ const generationAnswer = (text: string, stop = "eos_token") => ({
   results: [{ generated_text: text, generated_token_count: 4, input_token_count: 9, stop_reason: stop }]
 })
 
-/** A watsonx + IAM server: IAM hands out `tok-1`, `tok-2`, ...; the API refuses tokens in `rejected`. */
+const generationEvent = (text: string, stop = "not_finished", input = 0, output = 1) => ({
+  model_id: "m",
+  results: [{ generated_text: text, generated_token_count: output, input_token_count: input, stop_reason: stop }]
+})
+
+/** SSE as watsonx sends it: `id:`, `event: message`, CRLF. */
+const wsse = (events: ReadonlyArray<unknown>): string =>
+  events.map((e, i) => `id: ${i + 1}\r\nevent: message\r\ndata: ${JSON.stringify(e)}\r\n\r\n`).join("")
+
+const bearerOf = (request: Server.Recorded): string => String(request.headers.authorization).replace("Bearer ", "")
+
+/** A watsonx + IAM server: IAM hands out token 1, 2, ...; the API refuses the tokens in `rejected`. */
 const makeServer = (handler: Server.Handler) =>
   Effect.gen(function* () {
     const script: Script = {
@@ -48,18 +382,15 @@ const makeServer = (handler: Server.Handler) =>
       iamStatus: 200,
       iamDelayMs: 0,
       iamHang: false,
-      onIam: () => {},
       expiresIn: 3600,
-      rejected: new Set(),
-      handler
+      rejected: new Set()
     }
     const server = yield* Server.make(async (req, res) => {
       if (req.path === "/identity/token") {
         script.iamCalls++
         const n = script.iamCalls
-        script.onIam()
         if (script.iamHang) return Server.hang(res)
-        if (script.iamDelayMs > 0) await new Promise((r) => setTimeout(r, script.iamDelayMs))
+        if (script.iamDelayMs > 0) await Server.pause(script.iamDelayMs)
         if (script.iamStatus !== 200) {
           return Server.json(res, script.iamStatus, {
             errorCode: "BXNIM0415E",
@@ -68,7 +399,7 @@ const makeServer = (handler: Server.Handler) =>
           })
         }
         return Server.json(res, 200, {
-          access_token: `tok-${n}`,
+          access_token: tokenN(n),
           refresh_token: "not_supported",
           token_type: "Bearer",
           expires_in: script.expiresIn,
@@ -76,8 +407,7 @@ const makeServer = (handler: Server.Handler) =>
           scope: "ibm openid"
         })
       }
-      const token = String(req.headers.authorization).replace("Bearer ", "")
-      if (script.rejected.has(token)) {
+      if (script.rejected.has(bearerOf(req))) {
         return Server.json(res, 401, {
           errors: [
             {
@@ -90,7 +420,7 @@ const makeServer = (handler: Server.Handler) =>
           status_code: 401
         })
       }
-      return script.handler(req, res)
+      return handler(req, res)
     })
     const provider = (options: Partial<WatsonX.Options> = {}) =>
       WatsonX.make({
@@ -101,13 +431,11 @@ const makeServer = (handler: Server.Handler) =>
         ...options
       })
     const apiRequests = Effect.map(server.requests, (all) => all.filter((r) => r.path.startsWith("/ml/")))
-    return { server, script, provider, apiRequests }
+    const iamArrived = (n: number) => Effect.flatMap(server.requests, () => server.awaitRequests(n))
+    return { server, script, provider, apiRequests, iamArrived }
   })
 
-const sse = (events: ReadonlyArray<unknown>): string =>
-  events.map((e, i) => `id: ${i + 1}\r\nevent: message\r\ndata: ${JSON.stringify(e)}\r\n\r\n`).join("")
-
-const collect = (stream: Stream.Stream<Model.StreamPart, unknown>) =>
+const collect = (stream: Stream.Stream<Model.StreamPart, AiError>) =>
   Effect.gen(function* () {
     const parts: Array<Model.StreamPart> = []
     const exit = yield* Effect.exit(Stream.runForEach(stream, (part) => Effect.sync(() => parts.push(part))))
@@ -115,18 +443,58 @@ const collect = (stream: Stream.Stream<Model.StreamPart, unknown>) =>
     return { parts, exit, text }
   })
 
-const failureOf = (exit: Exit.Exit<unknown, unknown>): ModelError => {
+const failureOf = (exit: Exit.Exit<unknown, AiError>): AiError => {
   if (Exit.isSuccess(exit)) throw new Error("expected a failure")
-  const error = Cause.failureOption(exit.cause)
-  if (error._tag === "None") throw new Error(Cause.pretty(exit.cause))
-  return error.value as ModelError
+  const error = Cause.findErrorOption(exit.cause)
+  if (Option.isNone(error)) throw new Error(Cause.pretty(exit.cause))
+  return error.value
 }
 
-const modelError = (effect: Effect.Effect<unknown, unknown>) => Effect.map(Effect.flip(effect), (e) => e as ModelError)
+const modelErrorOf = (exit: Exit.Exit<unknown, AiError>): ModelError => {
+  const error = failureOf(exit)
+  if (error._tag !== "ModelError") throw new Error(`expected a ModelError, got ${error._tag}: ${error.message}`)
+  return error
+}
 
-layer(NodeHttpClient.layerUndici)("WatsonX", (it) => {
+const failing = (effect: Effect.Effect<unknown, AiError>) => Effect.map(Effect.exit(effect), modelErrorOf)
+
+/**
+ * Every rendering of a failure: the error as JSON, through `util.inspect`, as a string, its
+ * cause's message, the `Cause` pretty-printed, and the lines a logger writes for it.
+ */
+const renderings = (exit: Exit.Exit<unknown, AiError>) =>
+  Effect.gen(function* () {
+    if (Exit.isSuccess(exit)) return []
+    const error = failureOf(exit)
+    const lines: Array<string> = []
+    const capture = Logger.make((options) => {
+      lines.push(String(Logger.formatLogFmt.log(options)))
+      lines.push(JSON.stringify(Logger.formatStructured.log(options)))
+    })
+    yield* Effect.logError("call failed", exit.cause).pipe(Effect.provide(Logger.layer([capture])))
+    const cause = (error as { readonly cause?: unknown }).cause
+    return [
+      JSON.stringify(error),
+      inspect(error, { depth: 10 }),
+      String(error),
+      cause instanceof Error ? cause.message : String(cause),
+      Cause.pretty(exit.cause),
+      ...lines
+    ]
+  })
+
+const assertNoSecret = (texts: ReadonlyArray<string>, secrets: ReadonlyArray<string>) => {
+  assert.isAbove(texts.length, 5)
+  for (const text of texts) {
+    for (const secret of secrets) assert.notInclude(text, secret)
+    // No fragment of a token either (a truncation that cut one in two).
+    assert.notMatch(text, /TOKEN-\d+-SECRET|apikey-TEST/)
+  }
+}
+
+layer(NodeHttpClient.layerUndici)("WatsonX over HTTP", (it) => {
   describe("IAM token", () => {
-    it.scoped("the token request is the documented form; chat carries the bearer, version and project", () =>
+    it.effect("the token request is the documented form; chat carries the bearer, version and project", () =>
       Effect.gen(function* () {
         const { server, provider } = yield* makeServer((_, res) => Server.json(res, 200, chatAnswer("Hello!")))
         const p = yield* provider({ version: "2024-10-08" })
@@ -147,7 +515,7 @@ layer(NodeHttpClient.layerUndici)("WatsonX", (it) => {
         })
         assert.strictEqual(chat?.path, "/ml/v1/text/chat")
         assert.strictEqual(chat?.search.get("version"), "2024-10-08")
-        assert.strictEqual(chat?.headers.authorization, "Bearer tok-1")
+        assert.strictEqual(chat?.headers.authorization, `Bearer ${tokenN(1)}`)
         assert.deepStrictEqual(chat?.json, {
           model_id: "ibm/granite-3-8b-instruct",
           messages: [
@@ -160,7 +528,7 @@ layer(NodeHttpClient.layerUndici)("WatsonX", (it) => {
       })
     )
 
-    it.scoped("50 concurrent calls fetch the token once", () =>
+    it.effect("50 concurrent calls fetch the token once", () =>
       Effect.gen(function* () {
         const { script, provider, apiRequests } = yield* makeServer((_, res) => Server.json(res, 200, chatAnswer("ok")))
         script.iamDelayMs = 30
@@ -168,19 +536,17 @@ layer(NodeHttpClient.layerUndici)("WatsonX", (it) => {
         const answers = yield* Effect.forEach(
           Array.from({ length: 50 }, (_, i) => i),
           (i) => p.generate({ prompt: `q${i}` }),
-          {
-            concurrency: "unbounded"
-          }
+          { concurrency: "unbounded" }
         )
         assert.lengthOf(answers, 50)
         assert.strictEqual(script.iamCalls, 1)
         const api = yield* apiRequests
         assert.lengthOf(api, 50)
-        assert.isTrue(api.every((r) => r.headers.authorization === "Bearer tok-1"))
+        assert.isTrue(api.every((r) => bearerOf(r) === tokenN(1)))
       })
     )
 
-    it.scoped("the token is reused until shortly before expiry (Clock), then refreshed", () =>
+    it.effect("the token is reused until refreshMargin before expiry (TestClock), then fetched again", () =>
       Effect.gen(function* () {
         const { script, provider, apiRequests } = yield* makeServer((_, res) => Server.json(res, 200, chatAnswer("ok")))
         const p = yield* provider({ refreshMargin: "60 seconds" })
@@ -188,149 +554,107 @@ layer(NodeHttpClient.layerUndici)("WatsonX", (it) => {
         yield* TestClock.adjust(Duration.seconds(3600 - 60 - 1))
         yield* p.generate({ prompt: "2" })
         assert.strictEqual(script.iamCalls, 1)
-        yield* TestClock.adjust(Duration.seconds(2))
+        yield* TestClock.adjust(Duration.seconds(1))
         yield* p.generate({ prompt: "3" })
         assert.strictEqual(script.iamCalls, 2)
-        const api = yield* apiRequests
-        assert.deepStrictEqual(
-          api.map((r) => r.headers.authorization),
-          ["Bearer tok-1", "Bearer tok-1", "Bearer tok-2"]
-        )
+        assert.deepStrictEqual((yield* apiRequests).map(bearerOf), [tokenN(1), tokenN(1), tokenN(2)])
       })
     )
 
-    it.scoped("a short-lived token refreshes at half its lifetime", () =>
-      Effect.gen(function* () {
-        const { script, provider } = yield* makeServer((_, res) => Server.json(res, 200, chatAnswer("ok")))
-        script.expiresIn = 20
-        const p = yield* provider()
-        yield* p.generate({ prompt: "1" })
-        yield* TestClock.adjust("9 seconds")
-        yield* p.generate({ prompt: "2" })
-        assert.strictEqual(script.iamCalls, 1)
-        yield* TestClock.adjust("2 seconds")
-        yield* p.generate({ prompt: "3" })
-        assert.strictEqual(script.iamCalls, 2)
-      })
-    )
-
-    it.scoped("a 401 refreshes the token and retries the call once", () =>
+    it.effect("a 401 fetches a fresh token and retries once; a refused fresh token is the call's Unauthorized", () =>
       Effect.gen(function* () {
         const { script, provider, apiRequests } = yield* makeServer((_, res) => Server.json(res, 200, chatAnswer("ok")))
-        script.rejected.add("tok-1")
+        script.rejected.add(tokenN(1))
         const p = yield* provider()
         const answer = yield* p.generate({ prompt: "hi" })
         assert.strictEqual(answer.text, "ok")
         assert.strictEqual(script.iamCalls, 2)
-        assert.deepStrictEqual(
-          (yield* apiRequests).map((r) => r.headers.authorization),
-          ["Bearer tok-1", "Bearer tok-2"]
-        )
-      })
-    )
-
-    it.scoped("10 concurrent 401s share one refresh; a refused fresh token is Unauthorized after one retry", () =>
-      Effect.gen(function* () {
-        const { script, provider, apiRequests } = yield* makeServer((_, res) => Server.json(res, 200, chatAnswer("ok")))
-        const p = yield* provider()
-        yield* p.generate({ prompt: "warm" })
-        script.rejected.add("tok-1")
-        script.iamDelayMs = 20
-        yield* Effect.forEach(Array.from({ length: 10 }), () => p.generate({ prompt: "x" }), {
-          concurrency: "unbounded"
-        })
-        assert.strictEqual(script.iamCalls, 2)
-        script.rejected.add("tok-2")
-        script.rejected.add("tok-3")
-        const before = (yield* apiRequests).length
-        const error = yield* modelError(p.generate({ prompt: "y" }))
+        assert.deepStrictEqual((yield* apiRequests).map(bearerOf), [tokenN(1), tokenN(2)])
+        script.rejected.add(tokenN(2))
+        script.rejected.add(tokenN(3))
+        const error = yield* failing(p.generate({ prompt: "y" }))
         assert.strictEqual(error.reason, "Unauthorized")
         assert.strictEqual(error.status, 401)
         assert.include(error.message, "expired token")
-        assert.strictEqual((yield* apiRequests).length - before, 2)
+        assert.deepStrictEqual((yield* apiRequests).slice(2).map(bearerOf), [tokenN(2), tokenN(3)])
         assert.strictEqual(script.iamCalls, 3)
       })
     )
 
-    it.scoped(
-      "a hanging IAM request fails every waiter with Timeout after tokenTimeout (30 s); the next call asks again",
-      () =>
-        Effect.gen(function* () {
-          const { server, script, provider } = yield* makeServer((_, res) => Server.json(res, 200, chatAnswer("ok")))
-          script.iamHang = true
-          const arrived = Effect.async<void>((resume) => {
-            script.onIam = () => resume(Effect.void)
-          })
-          const p = yield* provider()
-          const calls = yield* Effect.fork(
-            Effect.all([modelError(p.generate({ prompt: "1" })), modelError(p.generate({ prompt: "2" }))], {
-              concurrency: "unbounded"
-            })
-          )
-          yield* arrived
-          yield* TestClock.adjust("29 seconds")
-          assert.isTrue(Option.isNone(yield* Fiber.poll(calls)))
-          yield* TestClock.adjust("1 second")
-          const errors = yield* Fiber.join(calls)
-          for (const error of errors) {
-            assert.strictEqual(error.reason, "Timeout")
-            assert.strictEqual(error.provider, "watsonx IAM")
-            assert.include(error.message, "IAM token")
-          }
-          assert.strictEqual(script.iamCalls, 1)
-          yield* server.awaitAborted(1)
-          script.iamHang = false
-          const answer = yield* p.generate({ prompt: "3" })
-          assert.strictEqual(answer.text, "ok")
-          assert.strictEqual(script.iamCalls, 2)
-        })
-    )
-
-    it.scoped("tokenTimeout bounds the IAM request", () =>
+    it.effect("a hanging IAM request fails the waiters with Timeout at tokenTimeout; the next call asks again", () =>
       Effect.gen(function* () {
-        const { script, provider } = yield* makeServer((_, res) => Server.json(res, 200, chatAnswer("ok")))
+        const { server, script, provider } = yield* makeServer((_, res) => Server.json(res, 200, chatAnswer("ok")))
         script.iamHang = true
-        const arrived = Effect.async<void>((resume) => {
-          script.onIam = () => resume(Effect.void)
-        })
         const p = yield* provider({ tokenTimeout: "2 seconds" })
-        const call = yield* Effect.fork(modelError(p.generate({ prompt: "1" })))
-        yield* arrived
-        yield* TestClock.adjust("2 seconds")
-        const error = yield* Fiber.join(call)
-        assert.strictEqual(error.reason, "Timeout")
-        assert.include(error.message, "2s")
+        const calls = yield* Effect.forkChild(
+          Effect.all([Effect.exit(p.generate({ prompt: "1" })), Effect.exit(p.generate({ prompt: "2" }))], {
+            concurrency: "unbounded"
+          })
+        )
+        yield* server.awaitRequests(1)
+        yield* TestClock.adjust("1999 millis")
+        assert.isUndefined(calls.pollUnsafe())
+        yield* TestClock.adjust("1 millis")
+        for (const exit of yield* Fiber.join(calls)) {
+          const error = modelErrorOf(exit)
+          assert.strictEqual(error.reason, "Timeout")
+          assert.strictEqual(error.provider, "watsonx")
+          assert.include(error.message, "IAM")
+        }
+        assert.strictEqual(script.iamCalls, 1)
+        yield* server.awaitAborted(1)
+        script.iamHang = false
+        assert.strictEqual((yield* p.generate({ prompt: "3" })).text, "ok")
+        assert.strictEqual(script.iamCalls, 2)
       })
     )
 
-    it.scoped("a refused API key is Unauthorized, not cached, and never in the error", () =>
+    it.effect("a refused API key is Unauthorized, not cached, and never in the error", () =>
       Effect.gen(function* () {
         const { script, provider } = yield* makeServer((_, res) => Server.json(res, 200, chatAnswer("ok")))
         script.iamStatus = 400
         const p = yield* provider()
         const exit = yield* Effect.exit(p.generate({ prompt: "hi" }))
-        const error = failureOf(exit)
+        const error = modelErrorOf(exit)
         assert.strictEqual(error.reason, "Unauthorized")
+        assert.strictEqual(error.status, 400)
         assert.include(error.message, "could not be found")
-        if (Exit.isFailure(exit)) {
-          for (const text of [JSON.stringify(error), String(error), Cause.pretty(exit.cause)])
-            assert.notInclude(text, KEY)
-        }
+        assertNoSecret(yield* renderings(exit), [KEY])
         script.iamStatus = 200
-        const answer = yield* p.generate({ prompt: "hi" })
-        assert.strictEqual(answer.text, "ok")
+        assert.strictEqual((yield* p.generate({ prompt: "hi" })).text, "ok")
         assert.strictEqual(script.iamCalls, 2)
+      })
+    )
+
+    it.effect("an IAM answer past maxResponseBytes is TooLarge", () =>
+      Effect.gen(function* () {
+        const server = yield* Server.make((_, res) =>
+          Server.endless(res, { contentType: "application/json", prefix: `{"access_token": "` })
+        )
+        const p = yield* WatsonX.make({
+          apiKey: Redacted.make(KEY),
+          projectId: "p",
+          url: server.url,
+          iamUrl: `${server.url}/identity/token`,
+          maxResponseBytes: 64 * 1024
+        })
+        assert.strictEqual((yield* failing(p.generate({ prompt: "x" }))).reason, "TooLarge")
       })
     )
   })
 
   describe("generation", () => {
-    it.scoped("text generation: documented body and answer", () =>
+    it.effect("text generation: documented body and answer; a space instead of a project", () =>
       Effect.gen(function* () {
         const { apiRequests, provider } = yield* makeServer((_, res) =>
           Server.json(res, 200, generationAnswer(" Paris.", "max_tokens"))
         )
-        const p = yield* provider({ api: "generation", model: "ibm/granite-13b-instruct-v2" })
+        const p = yield* provider({
+          api: "generation",
+          model: "ibm/granite-13b-instruct-v2",
+          projectId: undefined,
+          spaceId: "space-9"
+        })
         const answer = yield* p.generate({ prompt: "Capital of France?", maxTokens: 4, stop: ["\n"] })
         assert.deepStrictEqual(answer, {
           text: " Paris.",
@@ -346,40 +670,144 @@ layer(NodeHttpClient.layerUndici)("WatsonX", (it) => {
           model_id: "ibm/granite-13b-instruct-v2",
           input: "Capital of France?",
           parameters: { decoding_method: "greedy", max_new_tokens: 4, stop_sequences: ["\n"] },
-          project_id: "proj-1"
+          space_id: "space-9"
         })
       })
     )
 
-    it.scoped("generation_stream SSE (split at awkward bytes) ends in one Finish", () =>
+    it.effect("tools are refused before any request", () =>
+      Effect.gen(function* () {
+        const { server, provider } = yield* makeServer((_, res) => Server.json(res, 200, chatAnswer("ok")))
+        const p = yield* provider()
+        const error = yield* failing(p.generate({ prompt: "x", tools: [{ name: "f" }] }))
+        assert.strictEqual(error.reason, "InvalidRequest")
+        assert.strictEqual(error.field, "tools")
+        const streamed = yield* collect(p.stream({ prompt: "x", tools: [{ name: "f" }] }))
+        assert.strictEqual(modelErrorOf(streamed.exit).field, "tools")
+        assert.lengthOf(yield* server.requests, 0)
+      })
+    )
+
+    it.effect("429 with Retry-After, 500, 404 model and a malformed body", () =>
+      Effect.gen(function* () {
+        const { provider } = yield* makeServer((req, res) => {
+          const model = (req.json as { model_id: string }).model_id
+          if (model === "rate") {
+            return Server.json(
+              res,
+              429,
+              { errors: [{ code: "rate_limit", message: "Too many" }], status_code: 429 },
+              { "retry-after": "4" }
+            )
+          }
+          if (model === "crash") {
+            return Server.json(res, 500, { errors: [{ code: "internal", message: "boom" }], status_code: 500 })
+          }
+          if (model === "missing") {
+            return Server.json(res, 404, {
+              errors: [{ code: "model_not_supported", message: "Model 'missing' is not supported" }],
+              status_code: 404
+            })
+          }
+          return Server.json(res, 200, { model_id: "m", choices: [{ message: { content: ["not", "text"] } }] })
+        })
+        const p = yield* provider()
+        const rate = yield* failing(p.generate({ prompt: "x", model: "rate" }))
+        assert.strictEqual(rate.reason, "RateLimited")
+        assert.deepStrictEqual(rate.retryAfter, Duration.seconds(4))
+        assert.strictEqual((yield* failing(p.generate({ prompt: "x", model: "crash" }))).reason, "Overloaded")
+        const missing = yield* failing(p.generate({ prompt: "x", model: "missing" }))
+        assert.strictEqual(missing.reason, "InvalidRequest")
+        assert.strictEqual(missing.field, "model")
+        const bad = yield* failing(p.generate({ prompt: "x", model: "bad" }))
+        assert.strictEqual(bad.reason, "Decode")
+        assert.strictEqual(bad.field, "choices[0].message.content")
+      })
+    )
+
+    it.effect("timeout bounds the whole call, token fetch included", () =>
+      Effect.gen(function* () {
+        const { server, provider } = yield* makeServer((_, res) => Server.hang(res))
+        const p = yield* provider({ timeout: "3 seconds" })
+        const call = yield* Effect.forkChild(Effect.exit(p.generate({ prompt: "x" })))
+        yield* server.awaitRequests(2)
+        yield* TestClock.adjust("3 seconds")
+        const error = failureOf(yield* Fiber.join(call))
+        assert.strictEqual(error._tag, "TimeoutError")
+        yield* server.awaitAborted(1)
+      })
+    )
+
+    it.effect(
+      "embeddings: the documented body, batches of 1,000 in input order, a count that does not match is Decode",
+      () =>
+        Effect.gen(function* () {
+          const { apiRequests, provider } = yield* makeServer((_, res) =>
+            Server.json(res, 200, {
+              model_id: "ibm/slate-125m-english-rtrvr-v2",
+              results: [{ embedding: [0.1, 0.2] }, { embedding: [0.3, 0.4] }],
+              created_at: "2024-10-04T10:00:00.000Z",
+              input_token_count: 6
+            })
+          )
+          const p = yield* provider()
+          const answer = yield* p.embed({ texts: ["a", "b"] })
+          assert.deepStrictEqual(answer, {
+            vectors: [
+              [0.1, 0.2],
+              [0.3, 0.4]
+            ],
+            usage: { inputTokens: 6, outputTokens: 0, totalTokens: 6 },
+            provider: "watsonx",
+            model: "ibm/slate-125m-english-rtrvr-v2"
+          })
+          const [request] = yield* apiRequests
+          assert.strictEqual(request?.path, "/ml/v1/text/embeddings")
+          assert.deepStrictEqual(request?.json, {
+            model_id: "ibm/slate-125m-english-rtrvr-v2",
+            inputs: ["a", "b"],
+            project_id: "proj-1"
+          })
+          const many = yield* makeServer((req, res) => {
+            const inputs = (req.json as { inputs: ReadonlyArray<string> }).inputs
+            Server.json(res, 200, {
+              results: inputs.map((t) => ({ embedding: [Number(t)] })),
+              input_token_count: inputs.length
+            })
+          })
+          const texts = Array.from({ length: 2048 }, (_, i) => String(i)) as unknown as readonly [
+            string,
+            ...Array<string>
+          ]
+          const batched = yield* (yield* many.provider()).embed({ texts })
+          assert.deepStrictEqual(
+            batched.vectors.map((v) => v[0]),
+            texts.map(Number)
+          )
+          assert.deepStrictEqual(batched.usage, { inputTokens: 2048, outputTokens: 0, totalTokens: 2048 })
+          assert.deepStrictEqual(
+            (yield* many.apiRequests).map((r) => (r.json as { inputs: ReadonlyArray<string> }).inputs.length),
+            [1000, 1000, 48]
+          )
+          const short = yield* makeServer((_, res) => Server.json(res, 200, { results: [{ embedding: [1] }] }))
+          const q = yield* short.provider()
+          const error = yield* failing(q.embed({ texts: ["a", "b"] }))
+          assert.strictEqual(error.reason, "Decode")
+          assert.strictEqual(error.field, "results")
+        })
+    )
+  })
+
+  describe("streaming", () => {
+    it.effect("generation_stream SSE split at awkward bytes ends in one Finish", () =>
       Effect.gen(function* () {
         const events = [
-          {
-            model_id: "m",
-            results: [
-              { generated_text: "", generated_token_count: 0, input_token_count: 9, stop_reason: "not_finished" }
-            ]
-          },
-          {
-            model_id: "m",
-            results: [
-              {
-                generated_text: "Bonjour ",
-                generated_token_count: 2,
-                input_token_count: 0,
-                stop_reason: "not_finished"
-              }
-            ]
-          },
-          {
-            model_id: "m",
-            results: [
-              { generated_text: "à tous 👋", generated_token_count: 5, input_token_count: 0, stop_reason: "eos_token" }
-            ]
-          }
+          generationEvent("", "not_finished", 9, 0),
+          generationEvent("Bonjour ", "not_finished", 0, 2),
+          generationEvent("à tous 👋", "eos_token", 0, 5)
         ]
         const { apiRequests, provider } = yield* makeServer((_, res) =>
-          Server.chunked(res, Server.splitAwkward(`${sse(events)}event: close\r\n\r\n`))
+          Server.chunked(res, Server.splitAwkward(`${wsse(events)}event: close\r\n\r\n`))
         )
         const p = yield* provider({ api: "generation" })
         const { exit, parts, text } = yield* collect(p.stream({ prompt: "Say hi" }))
@@ -401,7 +829,7 @@ layer(NodeHttpClient.layerUndici)("WatsonX", (it) => {
       })
     )
 
-    it.scoped("chat_stream: a 401 before the stream refreshes and retries; deltas then Finish", () =>
+    it.effect("chat_stream: a 401 before the stream refreshes the token and retries; deltas then Finish", () =>
       Effect.gen(function* () {
         const chunk = (content: string, finish: string | null = null, usage?: unknown) => ({
           id: "c1",
@@ -411,14 +839,14 @@ layer(NodeHttpClient.layerUndici)("WatsonX", (it) => {
         })
         const { script, apiRequests, provider } = yield* makeServer((_, res) =>
           Server.chunked(res, [
-            sse([
+            wsse([
               chunk("Hi"),
               chunk(" there"),
               chunk("", "stop", { prompt_tokens: 5, completion_tokens: 2, total_tokens: 7 })
             ])
           ])
         )
-        script.rejected.add("tok-1")
+        script.rejected.add(tokenN(1))
         const p = yield* provider()
         const { exit, parts, text } = yield* collect(p.stream({ prompt: "hi" }))
         assert.isTrue(Exit.isSuccess(exit), Exit.isFailure(exit) ? Cause.pretty(exit.cause) : "")
@@ -430,33 +858,26 @@ layer(NodeHttpClient.layerUndici)("WatsonX", (it) => {
           provider: "watsonx",
           model: "ibm/granite-3-8b-instruct"
         })
-        const api = yield* apiRequests
         assert.deepStrictEqual(
-          api.map((r) => [r.path, r.headers.authorization]),
+          (yield* apiRequests).map((r) => [r.path, bearerOf(r)]),
           [
-            ["/ml/v1/text/chat_stream", "Bearer tok-1"],
-            ["/ml/v1/text/chat_stream", "Bearer tok-2"]
+            ["/ml/v1/text/chat_stream", tokenN(1)],
+            ["/ml/v1/text/chat_stream", tokenN(2)]
           ]
         )
       })
     )
 
-    it.scoped("a stream cut mid-way is Transport after its text; an error event is typed", () =>
+    it.effect("a stream cut mid-way is Transport after its text; an error event is typed, never retried", () =>
       Effect.gen(function* () {
-        const partial = {
-          model_id: "m",
-          results: [
-            { generated_text: "half", generated_token_count: 1, input_token_count: 3, stop_reason: "not_finished" }
-          ]
-        }
-        const { provider } = yield* makeServer((req, res) =>
+        const { provider, apiRequests } = yield* makeServer((req, res) =>
           (req.json as { input: string }).input === "cut"
-            ? Server.chunked(res, [sse([partial])], { end: "destroy" })
+            ? Server.chunked(res, [wsse([generationEvent("half", "not_finished", 3)])], { end: "destroy" })
             : Server.chunked(
                 res,
                 [
-                  sse([partial]) +
-                    `event: error\r\ndata: ${JSON.stringify({ errors: [{ code: "model_error", message: "downstream failure" }], status_code: 500 })}\r\n\r\n`
+                  wsse([generationEvent("half", "not_finished", 3)]) +
+                    `event: error\r\ndata: ${JSON.stringify({ errors: [{ code: "model_error", message: "downstream failure" }], status_code: 401 })}\r\n\r\n`
                 ],
                 { end: "hang" }
               )
@@ -464,86 +885,162 @@ layer(NodeHttpClient.layerUndici)("WatsonX", (it) => {
         const p = yield* provider({ api: "generation" })
         const cut = yield* collect(p.stream({ prompt: "cut" }))
         assert.strictEqual(cut.text, "half")
-        assert.strictEqual(failureOf(cut.exit).reason, "Transport")
+        assert.strictEqual(modelErrorOf(cut.exit).reason, "Transport")
         const failed = yield* collect(p.stream({ prompt: "err" }))
         assert.strictEqual(failed.text, "half")
-        const error = failureOf(failed.exit)
-        assert.strictEqual(error.reason, "Overloaded")
+        const error = modelErrorOf(failed.exit)
+        assert.strictEqual(error.reason, "Unauthorized")
         assert.include(error.message, "downstream failure")
+        // A 401 after text is the stream's failure, not a reason to start it again.
+        assert.lengthOf(yield* apiRequests, 2)
       })
     )
 
-    it.scoped("429 with Retry-After, 500, 404 model and a malformed body", () =>
+    it.effect("a stall mid-stream ends with TimeoutError limit idle, with the text so far", () =>
       Effect.gen(function* () {
-        const { provider } = yield* makeServer((req, res) => {
-          const model = (req.json as { model_id: string }).model_id
-          if (model === "rate")
-            return Server.json(
-              res,
-              429,
-              { errors: [{ code: "rate_limit", message: "Too many" }], status_code: 429 },
-              { "retry-after": "4" }
-            )
-          if (model === "crash")
-            return Server.json(res, 500, { errors: [{ code: "internal", message: "boom" }], status_code: 500 })
-          if (model === "missing")
-            return Server.json(res, 404, {
-              errors: [{ code: "model_not_supported", message: "Model 'missing' is not supported" }],
-              status_code: 404
-            })
-          return Server.json(res, 200, { model_id: "m", choices: [{ message: { content: ["not", "text"] } }] })
-        })
-        const p = yield* provider()
-        const rate = yield* modelError(p.generate({ prompt: "x", model: "rate" }))
-        assert.strictEqual(rate.reason, "RateLimited")
-        assert.deepStrictEqual(rate.retryAfter, Duration.seconds(4))
-        assert.strictEqual((yield* modelError(p.generate({ prompt: "x", model: "crash" }))).reason, "Overloaded")
-        const missing = yield* modelError(p.generate({ prompt: "x", model: "missing" }))
-        assert.strictEqual(missing.reason, "InvalidRequest")
-        assert.strictEqual(missing.field, "model")
-        const bad = yield* modelError(p.generate({ prompt: "x", model: "bad" }))
-        assert.strictEqual(bad.reason, "Decode")
-        assert.strictEqual(bad.field, "choices.0.message.content")
-      })
-    )
-
-    it.scoped("embeddings", () =>
-      Effect.gen(function* () {
-        const { apiRequests, provider } = yield* makeServer((_, res) =>
-          Server.json(res, 200, {
-            model_id: "ibm/slate-125m-english-rtrvr-v2",
-            results: [{ embedding: [0.1, 0.2] }, { embedding: [0.3, 0.4] }],
-            created_at: "2024-10-04T10:00:00.000Z",
-            input_token_count: 6
-          })
+        const { provider, server } = yield* makeServer((_, res) =>
+          Server.chunked(res, [wsse([generationEvent("half", "not_finished", 3)])], { end: "hang" })
         )
-        const p = yield* provider()
-        const answer = yield* p.embed({ texts: ["a", "b"] })
-        assert.deepStrictEqual(answer.vectors, [
-          [0.1, 0.2],
-          [0.3, 0.4]
-        ])
-        const [request] = yield* apiRequests
-        assert.strictEqual(request?.path, "/ml/v1/text/embeddings")
-        assert.deepStrictEqual(request?.json, {
-          model_id: "ibm/slate-125m-english-rtrvr-v2",
-          inputs: ["a", "b"],
-          project_id: "proj-1"
-        })
+        const p = yield* provider({ api: "generation", streamIdleTimeout: "5 seconds" })
+        const first = yield* Deferred.make<void>()
+        const consumer = yield* Effect.forkChild(
+          Effect.exit(Stream.runForEach(p.stream({ prompt: "hi" }), () => Deferred.succeed(first, undefined)))
+        )
+        yield* Deferred.await(first)
+        yield* TestClock.adjust("4999 millis")
+        assert.isUndefined(consumer.pollUnsafe())
+        yield* TestClock.adjust("1 millis")
+        const error = failureOf(yield* Fiber.join(consumer))
+        assert.strictEqual(error._tag, "TimeoutError")
+        if (error._tag !== "TimeoutError") return
+        assert.strictEqual(error.limit, "idle")
+        assert.strictEqual(error.partialText, "half")
+        yield* server.awaitAborted(1)
+      })
+    )
+
+    it.effect("an endless stream is TooLarge at maxResponseBytes", () =>
+      Effect.gen(function* () {
+        const { provider } = yield* makeServer((_, res) =>
+          Server.endless(res, { chunk: wsse([generationEvent("x".repeat(1000))]) })
+        )
+        const p = yield* provider({ api: "generation", maxResponseBytes: 256 * 1024 })
+        const { exit, text } = yield* collect(p.stream({ prompt: "hi" }))
+        assert.strictEqual(modelErrorOf(exit).reason, "TooLarge")
+        assert.isAbove(text.length, 0)
       })
     )
   })
-})
 
-describe("WatsonX interruption", () => {
-  vitest.scopedLive("a hanging call is interrupted by a timeout and its connection closed", () =>
-    Effect.gen(function* () {
-      const { server, provider } = yield* makeServer((_, res) => Server.hang(res))
-      const p = yield* provider()
-      const result = yield* Effect.either(Effect.timeout(p.generate({ prompt: "hi" }), "300 millis"))
-      assert.strictEqual(result._tag === "Left" && result.left._tag, "TimeoutException")
-      yield* server.awaitAborted(1).pipe(Effect.timeout("2 seconds"))
-      assert.strictEqual(yield* server.aborted, 1)
-    }).pipe(Effect.provide(NodeHttpClient.layerUndici))
-  )
+  describe("secrets (issue 19)", () => {
+    const echoToken = (req: Server.Recorded) =>
+      `invalid header Authorization: Bearer ${bearerOf(req)} for apikey ${KEY}`
+
+    it.effect("an error body echoing the token: no rendering of a generate or stream failure carries it", () =>
+      Effect.gen(function* () {
+        const { provider } = yield* makeServer((req, res) =>
+          req.path.endsWith("_stream")
+            ? Server.chunked(
+                res,
+                [
+                  wsse([generationEvent("partial")]) +
+                    `event: error\r\ndata: ${JSON.stringify({ errors: [{ code: "bad", message: echoToken(req) }], status_code: 400 })}\r\n\r\n`
+                ],
+                { end: "hang" }
+              )
+            : Server.json(res, 400, { errors: [{ code: "bad", message: echoToken(req) }], status_code: 400 })
+        )
+        const p = yield* provider({ api: "generation" })
+        const generated = yield* Effect.exit(p.generate({ prompt: "x" }))
+        assert.include(modelErrorOf(generated).message, "<redacted>")
+        assertNoSecret(yield* renderings(generated), [KEY, tokenN(1)])
+        const streamed = yield* collect(p.stream({ prompt: "x" }))
+        assert.strictEqual(streamed.text, "partial")
+        assert.include(modelErrorOf(streamed.exit).message, "<redacted>")
+        assertNoSecret(yield* renderings(streamed.exit), [KEY, tokenN(1)])
+      })
+    )
+
+    it.effect("a failure of the HTTP client itself, its description and cause holding the token: nothing leaks", () =>
+      Effect.gen(function* () {
+        const { provider } = yield* makeServer((_, res) => Server.json(res, 200, chatAnswer("ok")))
+        // A proxy layer that refuses API calls and repeats the request's credentials in its error.
+        const leakyProxy = (client: HttpClient.HttpClient): HttpClient.HttpClient =>
+          HttpClient.make((request, url) => {
+            if (!url.pathname.startsWith("/ml/")) return client.execute(request)
+            const auth = String(request.headers.authorization)
+            return Effect.fail(
+              new HttpClientError.HttpClientError({
+                reason: new HttpClientError.TransportError({
+                  request,
+                  description: `proxy refused ${auth}`,
+                  cause: new Error(`upstream said: ${auth} (key ${KEY})`, { cause: new Error(auth) })
+                })
+              })
+            )
+          })
+        for (const api of ["chat", "generation"] as const) {
+          const p = yield* provider({ api, transformClient: leakyProxy })
+          const generated = yield* Effect.exit(p.generate({ prompt: "x" }))
+          assert.strictEqual(modelErrorOf(generated).reason, "Transport")
+          assertNoSecret(yield* renderings(generated), [KEY, tokenN(1), tokenN(2)])
+          const streamed = yield* collect(p.stream({ prompt: "x" }))
+          assert.strictEqual(modelErrorOf(streamed.exit).reason, "Transport")
+          assertNoSecret(yield* renderings(streamed.exit), [KEY, tokenN(1), tokenN(2), tokenN(3)])
+          const embedded = yield* Effect.exit(p.embed({ texts: ["a"] }))
+          assertNoSecret(yield* renderings(embedded), [KEY, tokenN(1), tokenN(2), tokenN(3)])
+        }
+      })
+    )
+  })
+
+  describe("options", () => {
+    it.effect("every option is checked at build: an OptionError naming the field", () =>
+      Effect.gen(function* () {
+        const { provider } = yield* makeServer((_, res) => Server.json(res, 200, chatAnswer("ok")))
+        const pathOf = (options: Partial<WatsonX.Options>) =>
+          Effect.map(Effect.flip(provider(options)), (error) => {
+            assert.strictEqual(error._tag, "OptionError")
+            return error.path
+          })
+        assert.strictEqual(yield* pathOf({ timeout: Number.NaN }), "timeout")
+        assert.strictEqual(yield* pathOf({ streamIdleTimeout: 0 }), "streamIdleTimeout")
+        assert.strictEqual(yield* pathOf({ maxResponseBytes: -5 }), "maxResponseBytes")
+        assert.strictEqual(yield* pathOf({ tokenTimeout: 0 }), "tokenTimeout")
+        assert.strictEqual(yield* pathOf({ refreshMargin: -1 }), "refreshMargin")
+        assert.strictEqual(yield* pathOf({ projectId: undefined }), "projectId")
+        assert.strictEqual(yield* pathOf({ spaceId: "s" }), "spaceId")
+        assert.strictEqual(yield* pathOf({ version: "yesterday" }), "version")
+        assert.strictEqual(yield* pathOf({ api: "completions" as never }), "api")
+        assert.strictEqual(yield* pathOf({ iamUrl: "not a url" }), "iamUrl")
+      })
+    )
+
+    it.effect("layerConfig reads the key as a secret from Config", () =>
+      Effect.gen(function* () {
+        const { server, script } = yield* makeServer((_, res) => Server.json(res, 200, chatAnswer("configured")))
+        const answer = yield* Effect.gen(function* () {
+          const p = yield* Model.ModelProvider
+          return yield* p.generate({ prompt: "x" })
+        }).pipe(
+          Effect.provide(
+            WatsonX.layerConfig().pipe(
+              Layer.provide(
+                ConfigProvider.layer(
+                  ConfigProvider.fromUnknown({
+                    WATSONX_API_KEY: KEY,
+                    WATSONX_PROJECT_ID: "p1",
+                    WATSONX_URL: server.url,
+                    WATSONX_IAM_URL: `${server.url}/identity/token`
+                  })
+                )
+              )
+            )
+          )
+        )
+        assert.strictEqual(answer.text, "configured")
+        assert.strictEqual(script.iamCalls, 1)
+      })
+    )
+  })
 })

@@ -1,47 +1,53 @@
-import { Context, Effect, Layer, Scope } from "effect"
-import { Batch } from "../../src/Batch.js"
-import type { Domain } from "../../src/Domain.js"
-import { Executor } from "../../src/Executor.js"
+/**
+ * The manager layer (`Orchestra.layer`) over named mocks, built in its own scope with a
+ * private metric registry, with every mock's control at hand. Mock `a` is named `"a"`, so
+ * it is also the provider name in stats and the breaker key.
+ */
+import { Context, Effect, Exit, Layer, Metric, Scope } from "effect"
+import * as Batch from "../../src/Batch.js"
+import * as CircuitBreaker from "../../src/CircuitBreaker.js"
+import * as Executor from "../../src/Executor.js"
 import { ModelProvider } from "../../src/Model.js"
 import * as Mock from "../../src/Model/Mock.js"
 import * as Orchestra from "../../src/Orchestra.js"
-import { Router } from "../../src/Router.js"
-import { Stats } from "../../src/Stats.js"
+import * as Router from "../../src/Router.js"
+import * as Stats from "../../src/Stats.js"
 
-let counter = 0
+export type OrchestraOptions = Omit<Orchestra.Options<Record<string, Layer.Layer<ModelProvider>>>, "providers">
 
-/** A provider name no other test uses (the metric registry is global). */
-export const uniqueName = (base: string): string => `${base}-${++counter}-${Math.random().toString(36).slice(2, 8)}`
+export interface Built {
+  readonly batch: Batch.Service
+  readonly router: Router.Service
+  readonly executor: Executor.Service
+  readonly stats: Stats.Service
+  readonly breakers: CircuitBreaker.Service | undefined
+  readonly controls: Readonly<Record<string, Mock.Control>>
+  readonly context: Context.Context<Orchestra.Services>
+  readonly scope: Scope.Closeable
+  readonly registry: Metric.MetricRegistry
+}
 
-/**
- * Builds a manager over mock providers in a scope the test can close. Domain `d-<key>`
- * exists for every provider key.
- */
-export const makeOrchestra = (
-  mocks: Readonly<Record<string, Mock.Options>>,
-  options: Omit<Orchestra.Options<Record<string, Layer.Layer<ModelProvider>>>, "providers"> = {}
-) =>
+export const makeOrchestra = (mocks: Readonly<Record<string, Mock.Options>>, options: OrchestraOptions = {}) =>
   Effect.gen(function* () {
-    const scope = yield* Scope.make()
-    const controls: Record<string, Mock.Control> = {}
-    const layers: Record<string, Layer.Layer<ModelProvider>> = {}
-    for (const [key, mockOptions] of Object.entries(mocks)) {
-      const { provider, control } = yield* Mock.make({ name: uniqueName(key), ...mockOptions })
-      controls[key] = control
-      layers[key] = Layer.succeed(ModelProvider, provider)
-    }
-    const domains: Array<Domain> = Object.keys(mocks).map((key) => ({ name: `d-${key}`, provider: key }))
-    const context = yield* Layer.buildWithScope(
-      Orchestra.layer({ providers: layers, domains: options.domains ?? domains, ...options }),
-      scope
+    const built = yield* Effect.forEach(Object.entries(mocks), ([key, mock]) =>
+      Effect.map(Mock.make({ name: key, ...mock }), (m) => [key, m] as const)
     )
+    const providers = Object.fromEntries(built.map(([key, m]) => [key, Layer.succeed(ModelProvider, m.provider)]))
+    const scope = yield* Scope.make()
+    const registry: Metric.MetricRegistry = new Map()
+    const context = yield* Layer.buildWithScope(Orchestra.layer({ ...options, providers }), scope).pipe(
+      Effect.provideService(Metric.MetricRegistry, registry)
+    )
+    yield* Effect.addFinalizer(() => Scope.close(scope, Exit.void))
     return {
+      batch: Context.get(context, Batch.Batch),
+      router: Context.get(context, Router.Router),
+      executor: Context.get(context, Executor.Executor),
+      stats: Context.get(context, Stats.Stats),
+      breakers: Context.getOrUndefined(context, CircuitBreaker.Breakers),
+      controls: Object.fromEntries(built.map(([key, m]) => [key, m.control])),
+      context,
       scope,
-      controls,
-      router: Context.get(context, Router),
-      batch: Context.get(context, Batch),
-      executor: Context.get(context, Executor),
-      stats: Context.get(context, Stats),
-      context
-    }
+      registry
+    } satisfies Built
   })

@@ -34,7 +34,7 @@ export const skipRedis: boolean = redisServerPath === undefined && !isCI
 export const skipReason = "skipped: redis-server is not installed (install it with `apt-get install -y redis-server`)"
 
 /** A free TCP port on 127.0.0.1 (the OS picks it; released right away for redis-server to take). */
-export const freePort: Effect.Effect<number, Error> = Effect.async<number, Error>((resume) => {
+export const freePort: Effect.Effect<number, Error> = Effect.callback<number, Error>((resume) => {
   const server = createServer()
   server.once("error", (error) => resume(Effect.fail(error)))
   server.listen(0, "127.0.0.1", () => {
@@ -59,7 +59,7 @@ export interface RedisServer {
 }
 
 const spawnRedis = (binary: string, port: number, dir: string): Effect.Effect<ChildProcess, Error> =>
-  Effect.async<ChildProcess, Error>((resume) => {
+  Effect.callback<ChildProcess, Error>((resume) => {
     const child = spawn(
       binary,
       [
@@ -106,7 +106,7 @@ const spawnRedis = (binary: string, port: number, dir: string): Effect.Effect<Ch
   })
 
 const killChild = (child: ChildProcess): Effect.Effect<void> =>
-  Effect.async<void>((resume) => {
+  Effect.callback<void>((resume) => {
     if (child.exitCode !== null || child.signalCode !== null) return resume(Effect.void)
     child.once("exit", () => resume(Effect.void))
     child.kill("SIGKILL")

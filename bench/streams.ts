@@ -4,17 +4,19 @@
  *   npm run bench -- streams            bundled and run with plain node (bench/run.ts)
  *   npm run bench -- streams --quick    fewer rounds
  *
- * 1,000 streams of 50 text chunks and a Finish, 100 at a time, from a provider whose stream
- * is ready at once (the worst case for the ratio: no network time to hide in). Beside the
- * direct drain, `executor.stream` with all three deadlines (first chunk, idle, total) and the
- * default retry policy and breaker, then the same without a breaker, then a provider whose
- * chunks each arrive on a later turn of the event loop (closer to a socket). Rounds are
- * interleaved in one process, the first discarded; medians of CPU time (user + system).
+ * 1,000 concurrent streams of 50 text chunks and a Finish (v0.1's bench/stream.ts workload,
+ * where v0.1 measured 2.0x). Two providers: an instant one (51 pre-built one-part chunks, no
+ * suspension: the pure cost of the machinery, the worst case for the ratio) and the mock
+ * provider pacing its chunks 2 ms apart (a timer wait per chunk, as a network stream has).
+ * Beside the direct drain, `executor.stream` with all three deadlines (first chunk, idle,
+ * total), the default retry policy and a breaker, and the same without the breaker. Rounds
+ * are interleaved in one process, the first discarded; medians of CPU time (user + system).
  */
 import { Effect, Layer, Stream } from "effect"
 import { loadavg } from "node:os"
 import * as CircuitBreaker from "../src/CircuitBreaker.js"
 import * as Executor from "../src/Executor.js"
+import * as Mock from "../src/Model/Mock.js"
 import type { Service, StreamPart } from "../src/Model.js"
 import { ModelProvider, usage } from "../src/Model.js"
 import { measure, median, printTable } from "./util.js"
@@ -22,7 +24,6 @@ import { measure, median, printTable } from "./util.js"
 const quick = process.argv.includes("--quick")
 const STREAMS = 1_000
 const CHUNKS = 50
-const CONCURRENCY = 100
 
 const parts: ReadonlyArray<StreamPart> = [
   ...Array.from({ length: CHUNKS }, (_, i): StreamPart => ({ _tag: "TextDelta", text: `t${i} ` })),
@@ -37,10 +38,11 @@ const providerWith = (stream: Service["stream"]): Service => ({
   embed: () => Effect.die("not used")
 })
 
-const ready = providerWith(() => Stream.fromIterable(parts))
-const ticking = providerWith(() =>
-  Stream.mapEffect(Stream.fromIterable(parts), (part) => Effect.as(Effect.yieldNow, part))
-)
+const chunks = parts.map((part) => [part] as const)
+const ready = providerWith(() => Stream.fromArrays(...chunks))
+const text = parts.map((part) => (part._tag === "TextDelta" ? part.text : "")).join("")
+// The mock streams its answer word by word: CHUNKS words, 2 ms apart.
+const paced = Effect.runSync(Mock.make({ name: "bench", respond: () => text, chunkDelay: "2 millis" })).provider
 
 const deadlines = { firstChunkTimeout: "30 seconds", idleTimeout: "10 seconds", totalTimeout: "2 minutes" } as const
 const indices = Array.from({ length: STREAMS }, (_, i) => i)
@@ -48,7 +50,7 @@ const indices = Array.from({ length: STREAMS }, (_, i) => i)
 const direct = (provider: Service) => () =>
   Effect.runPromise(
     Effect.forEach(indices, (i) => Stream.runDrain(provider.stream({ prompt: `q${i}` })), {
-      concurrency: CONCURRENCY,
+      concurrency: "unbounded",
       discard: true
     })
   )
@@ -58,7 +60,7 @@ const throughExecutor = (provider: Service, breaker: boolean) => () =>
     Effect.scoped(
       Effect.flatMap(Executor.Executor, (executor) =>
         Effect.forEach(indices, (i) => Stream.runDrain(executor.stream({ prompt: `q${i}` }, deadlines)), {
-          concurrency: CONCURRENCY,
+          concurrency: "unbounded",
           discard: true
         })
       ).pipe(
@@ -74,7 +76,7 @@ const throughExecutor = (provider: Service, breaker: boolean) => () =>
 
 const groups: ReadonlyArray<{ readonly title: string; readonly variants: Record<string, () => Promise<unknown>> }> = [
   {
-    title: "chunks ready at once",
+    title: "instant provider: 51 one-part chunks, no suspension",
     variants: {
       "provider stream drained directly": direct(ready),
       "executor.stream, 3 deadlines + retry + breaker": throughExecutor(ready, true),
@@ -82,10 +84,10 @@ const groups: ReadonlyArray<{ readonly title: string; readonly variants: Record<
     }
   },
   {
-    title: "each chunk on a later turn (Effect.yieldNow)",
+    title: "mock provider, chunks 2 ms apart",
     variants: {
-      "provider stream drained directly": direct(ticking),
-      "executor.stream, 3 deadlines + retry + breaker": throughExecutor(ticking, true)
+      "provider stream drained directly": direct(paced),
+      "executor.stream, 3 deadlines + retry + breaker": throughExecutor(paced, true)
     }
   }
 ]
@@ -93,7 +95,7 @@ const groups: ReadonlyArray<{ readonly title: string; readonly variants: Record<
 const main = async () => {
   const rounds = quick ? 3 : 7
   console.log(
-    `${STREAMS} streams x ${CHUNKS} chunks, concurrency ${CONCURRENCY}; ${rounds} rounds (first discarded); node ${process.version}; load ${loadavg()[0]!.toFixed(2)}`
+    `${STREAMS} concurrent streams x ${CHUNKS} chunks; ${rounds} rounds (first discarded); node ${process.version}; load ${loadavg()[0]!.toFixed(2)}`
   )
   for (const group of groups) {
     const names = Object.keys(group.variants)
@@ -112,14 +114,14 @@ const main = async () => {
     const base = median(cpu[names[0]!]!)
     printTable(
       `E. ${group.title} (load ${loadavg()[0]!.toFixed(2)})`,
-      ["variant", "CPU ms", "wall ms", "µs CPU per stream", "× direct (CPU)"],
+      ["variant", "CPU ms", "wall ms", "CPU µs per chunk", "× direct (CPU)"],
       names.map((name) => {
         const c = median(cpu[name]!)
         return [
           name,
           c.toFixed(0),
           median(wall[name]!).toFixed(0),
-          ((c * 1000) / STREAMS).toFixed(1),
+          ((c * 1000) / (STREAMS * CHUNKS)).toFixed(2),
           (c / base).toFixed(2)
         ]
       })
