@@ -55,6 +55,18 @@ const direct = (provider: Service) => () =>
     })
   )
 
+// Effect's own read-ahead: a producer fiber filling a queue the consumer drains, the same
+// hand-over between two fibers as the executor's (which reads ahead so that a deadline can
+// stop waiting on an upstream without a fiber or a race per chunk). No deadline, no policy.
+const buffered = (provider: Service) => () =>
+  Effect.runPromise(
+    Effect.forEach(
+      indices,
+      (i) => Stream.runDrain(Stream.buffer(provider.stream({ prompt: `q${i}` }), { capacity: 64 })),
+      { concurrency: "unbounded", discard: true }
+    )
+  )
+
 const throughExecutor = (provider: Service, breaker: boolean) => () =>
   Effect.runPromise(
     Effect.scoped(
@@ -79,6 +91,7 @@ const groups: ReadonlyArray<{ readonly title: string; readonly variants: Record<
     title: "instant provider: 51 one-part chunks, no suspension",
     variants: {
       "provider stream drained directly": direct(ready),
+      "reference: Stream.buffer(64), no policy": buffered(ready),
       "executor.stream, 3 deadlines + retry + breaker": throughExecutor(ready, true),
       "executor.stream, 3 deadlines + retry, no breaker": throughExecutor(ready, false)
     }
@@ -87,6 +100,7 @@ const groups: ReadonlyArray<{ readonly title: string; readonly variants: Record<
     title: "mock provider, chunks 2 ms apart",
     variants: {
       "provider stream drained directly": direct(paced),
+      "reference: Stream.buffer(64), no policy": buffered(paced),
       "executor.stream, 3 deadlines + retry + breaker": throughExecutor(paced, true)
     }
   }
