@@ -2,9 +2,8 @@
  * The gateway under an open-loop, fixed-rate load, beside a direct call to the upstream
  * and beside a plain Node `http` proxy with a keep-alive agent (the floor).
  *
- *   npx tsc -p tsconfig.build.json            # the gateway runs on the compiled dist/
- *   node bench/gateway.ts                     # Node 24 strips the types of this file itself
- *   node bench/gateway.ts --quick             # shorter runs, one round
+ *   npm run bench -- gateway                  # bundled with esbuild, run with plain node
+ *   npm run bench -- gateway --quick          # shorter runs, one round
  *
  * Four processes: this one (the load generator), a mock upstream answering
  * `/v1/chat/completions` after 20 ms, and the target (the gateway or the proxy; none for
@@ -106,20 +105,20 @@ const proxy = (upstreamPort: number) => {
 }
 
 // ---------------------------------------------------------------------------------------
-// The gateway, from dist/, every policy on.
+// The gateway, every policy on.
 
 const gateway = async (upstreamPort: number) => {
   // BENCH_GATEWAY=bare|nokeys|mock|full (default full): parts left out, to see what each costs.
   const variant = process.env.BENCH_GATEWAY ?? "full"
-  const dist = (path: string) => new URL(`../dist/${path}`, import.meta.url).href
   const { NodeHttpClient } = await import("@effect/platform-node")
   const { Context, Effect, Layer, Redacted } = await import("effect")
   const { HttpServer } = await import("effect/http")
-  const Gateway: typeof import("../src/Gateway.js") = await import(dist("Gateway.js"))
-  const Orchestra: typeof import("../src/Orchestra.js") = await import(dist("Orchestra.js"))
-  const OpenAiCompat: typeof import("../src/Model/OpenAiCompat.js") = await import(dist("Model/OpenAiCompat.js"))
-  const KeyStore: typeof import("../src/gateway/keys/KeyStore.js") = await import(dist("gateway/keys/KeyStore.js"))
-  const Mock: typeof import("../src/Model/Mock.js") = await import(dist("Model/Mock.js"))
+  // Loaded here, in the gateway's process only (the bundle keeps a literal dynamic import lazy).
+  const Gateway = await import("../src/Gateway.js")
+  const Orchestra = await import("../src/Orchestra.js")
+  const OpenAiCompat = await import("../src/Model/OpenAiCompat.js")
+  const KeyStore = await import("../src/gateway/keys/KeyStore.js")
+  const Mock = await import("../src/Model/Mock.js")
   const manager = Orchestra.layer({
     providers: {
       up:

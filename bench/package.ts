@@ -3,17 +3,16 @@
  * time and `orchestra --help` time, without and with the optional peers, in the consumer
  * project of test/consumer/run.mjs (packed from this checkout).
  *
- *   npx tsx bench/package.ts            pack, install, measure (median of 7 runs each)
- *   npx tsx bench/package.ts --quick    3 runs each
+ *   npm run bench -- package            pack, install, measure (median of 7 runs each)
+ *   npm run bench -- package --quick    3 runs each
  */
 import { spawnSync } from "node:child_process"
 import { cpSync, existsSync, mkdtempSync, readFileSync, writeFileSync } from "node:fs"
 import { loadavg, tmpdir } from "node:os"
 import { join } from "node:path"
-import { fileURLToPath } from "node:url"
-import { median, printTable } from "./util.js"
+import { median, printTable, repoRoot } from "./util.js"
 
-const root = fileURLToPath(new URL("..", import.meta.url))
+const root = repoRoot(import.meta.url)
 const runs = process.argv.includes("--quick") ? 3 : 7
 
 const sh = (cmd: string, args: ReadonlyArray<string>, cwd: string) => {

@@ -1,6 +1,23 @@
 /**
- * Shared helpers of the benchmarks: medians and aligned tables.
+ * Shared helpers of the benchmarks: medians, aligned tables, the repository's root.
  */
+import { existsSync } from "node:fs"
+import { dirname, join } from "node:path"
+import { fileURLToPath } from "node:url"
+
+/**
+ * The repository's root: the first folder above `from` (a module's `import.meta.url`) with a
+ * package.json. A bench runs from `bench/` under tsx and from `.cache/bench/` once bundled.
+ */
+export const repoRoot = (from: string): string => {
+  let dir = dirname(fileURLToPath(from))
+  while (!existsSync(join(dir, "package.json"))) {
+    const parent = dirname(dir)
+    if (parent === dir) throw new Error(`no package.json above ${fileURLToPath(from)}`)
+    dir = parent
+  }
+  return dir
+}
 export const median = (values: ReadonlyArray<number>): number => {
   const sorted = [...values].sort((a, b) => a - b)
   const mid = Math.floor(sorted.length / 2)

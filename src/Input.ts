@@ -78,6 +78,11 @@ export interface DurationOptions {
  * @since 0.2.0
  * @category checks
  */
+// A call's options are checked per call, and most name their durations as strings ("30 seconds"):
+// the strings already parsed are kept (a few hundred at most; Durations are immutable values).
+const PARSED_STRINGS_MAX = 256
+const parsedStrings = new Map<string, Duration.Duration>()
+
 export const duration = (path: string, input: unknown, options: DurationOptions = {}): Checked<Duration.Duration> => {
   const fail = (why: string) => Result.fail({ path, message: `${why}, got ${describe(input)}` })
   let decoded: Duration.Duration
@@ -91,10 +96,16 @@ export const duration = (path: string, input: unknown, options: DurationOptions 
       decoded = Duration.millis(input)
     }
   } else if (typeof input === "string") {
-    if (input.trimStart().startsWith("-")) return fail("a duration cannot be negative")
-    const parsed = Duration.fromInput(input as Duration.Input)
-    if (parsed._tag === "None") return fail(`expected a duration such as 1500 or "30 seconds"`)
-    decoded = parsed.value
+    let parsed = parsedStrings.get(input)
+    if (parsed === undefined) {
+      if (input.trimStart().startsWith("-")) return fail("a duration cannot be negative")
+      const option = Duration.fromInput(input as Duration.Input)
+      if (option._tag === "None") return fail(`expected a duration such as 1500 or "30 seconds"`)
+      parsed = option.value
+      if (parsedStrings.size >= PARSED_STRINGS_MAX) parsedStrings.clear()
+      parsedStrings.set(input, parsed)
+    }
+    decoded = parsed
   } else if (Duration.isDuration(input)) {
     decoded = input
   } else {
