@@ -639,8 +639,6 @@ export const make = (options: Options): Effect.Effect<Engine, never, Scope.Scope
     }
 
     // `run` for callers that want only the value: a single-step plan without cache or hedge
-    // (most calls) skips building its Answer.
-    // `run` for callers that want only the value: a single-step plan without cache or hedge
     // (most calls) skips building its Answer. `runValueIn` is for callers that already hold
     // their fiber (one `withFiber` fewer per call).
     const runValueIn = <T, A>(
