@@ -17,15 +17,16 @@
  * | `latency` | ms | a call as its caller saw it: queueing and retries included (avg, min, max, p50, p95, p99) |
  * | `serviceTime` | ms | one attempt served by the provider, queueing excluded |
  * | `queueWait` | ms | an attempt waiting for a free slot of its provider |
+ * | `timeToFirstToken` | ms | a stream's start to its first text |
  * | `concurrencyPeak` | attempts | most attempts served at once in the window (queued ones excluded) |
  * | `inFlight`, `queued` | attempts | attempts served / waiting for a slot now |
- * | `timeouts` | attempts | attempts ended by one of our deadlines |
+ * | `timeouts` | attempts | attempts ended by a deadline (an attempt's, the call's, or the caller's signal timeout) |
  * | `retries` | attempts | attempts after the first, on the same provider |
  * | `fallbacks` | calls | hand-overs to the next step of a fallback chain |
  * | `hedges` | calls | backup calls started by hedging, won and lost |
  * | `tokens` | tokens | input and output tokens (estimated where a provider reports none) |
  * | `throughput` | calls/s | finished calls per second over the window |
- * | `windowMs` | ms | time since the window began |
+ * | `windowMs` | ms | time since the window began (`resetStats()` / `Stats.reset` starts a new one) |
  *
  * @since 0.1.0
  */
