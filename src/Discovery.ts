@@ -6,12 +6,13 @@
  * Three layers: a static map ({@link layerStatic}), a lookup against a discovery endpoint
  * over HTTP ({@link layerHttp}), or your own effect ({@link layer}). The last two put the
  * lookups behind their own circuit breaker, a deadline and a cache (answers are kept for
- * `ttl`; concurrent lookups of one query share one call). When nothing is found or
+ * `ttl`, and serve `staleFor` longer while lookups fail; concurrent lookups of one query
+ * share one call). When nothing is found or
  * discovery is down, the task ends with a `service_unavailable` record.
  *
  * @since 0.2.0
  */
-import { Cache, Context, Duration, Effect, Exit, Layer, Result, Schema } from "effect"
+import { Cache, Clock, Context, Duration, Effect, Exit, Layer, Result, Schema } from "effect"
 import { HttpClientRequest } from "effect/http"
 import { type AiError, ModelError, TimeoutError } from "./AiError.js"
 import * as CircuitBreaker from "./CircuitBreaker.js"
@@ -108,6 +109,12 @@ export interface Options {
   readonly name?: string | undefined
   /** How long an answer is kept. Default 1 minute. Failures and empty answers are not kept. */
   readonly ttl?: Input.DurationInput | undefined
+  /**
+   * Past its `ttl`, an answer still serves a query while lookups fail (the service is down,
+   * the lookups' breaker is open) for this long: stale-if-error. Default 10 minutes; `0`
+   * turns it off. A query never answered is `Unavailable` as before.
+   */
+  readonly staleFor?: Input.DurationInput | undefined
   /** Queries kept at most (least recently used go first). Default 1,000. */
   readonly capacity?: number | undefined
   /** Deadline of one lookup. Default 5 seconds. */
@@ -220,14 +227,26 @@ export const make = Effect.fnUntraced(function* <E>(
   lookup: (query: Query) => Effect.Effect<Found, E>,
   options: Options = {}
 ) {
-  const [name, ttl, capacity, timeout] = yield* Input.orOptionError(
+  const [name, ttl, capacity, timeout, staleFor] = yield* Input.orOptionError(
     Input.all([
       Http.nonEmpty("name", options.name ?? "discovery"),
       Input.duration("ttl", options.ttl ?? "1 minute"),
       Input.positiveInt("capacity", options.capacity ?? 1000),
-      Input.duration("timeout", options.timeout ?? "5 seconds")
+      Input.duration("timeout", options.timeout ?? "5 seconds"),
+      Input.duration("staleFor", options.staleFor ?? "10 minutes", { allowZero: true })
     ])
   )
+  // The last answer of each query and when it came, for stale-if-error (at most `capacity`,
+  // the oldest written dropped first).
+  const lastGood = new Map<string, { readonly endpoints: ReadonlyArray<Endpoint>; readonly at: number }>()
+  const servesStaleFor = Duration.toMillis(ttl) + Duration.toMillis(staleFor)
+  const remember = (key: string, endpoints: ReadonlyArray<Endpoint>) =>
+    Effect.map(Clock.currentTimeMillis, (at) => {
+      lastGood.delete(key)
+      lastGood.set(key, { endpoints, at })
+      if (lastGood.size > capacity) lastGood.delete(lastGood.keys().next().value!)
+      return endpoints
+    })
   const breaker = yield* CircuitBreaker.makeMemory(options.breaker ?? {})
   const breakerKey = `discovery:${name}`
 
@@ -268,7 +287,12 @@ export const make = Effect.fnUntraced(function* <E>(
   const cache = yield* Cache.makeWith(
     (key: string) => {
       const [concept, intent] = JSON.parse(key) as [string, string]
-      return breaker.execute(breakerKey, attempt({ concept, intent }))
+      return breaker.execute(
+        breakerKey,
+        Effect.flatMap(attempt({ concept, intent }), (endpoints) =>
+          endpoints.length > 0 && Duration.toMillis(staleFor) > 0 ? remember(key, endpoints) : Effect.succeed(endpoints)
+        )
+      )
     },
     {
       capacity,
@@ -279,7 +303,14 @@ export const make = Effect.fnUntraced(function* <E>(
   const resolve = (query: Query): Effect.Effect<ReadonlyArray<Endpoint>, DiscoveryError> =>
     Effect.flatMap(checkQuery(query), (q) =>
       Cache.get(cache, keyOf(q)).pipe(
-        Effect.mapError((error) => fail(q, "Unavailable", `discovery is unavailable: ${error.message}`)),
+        Effect.catch((error) =>
+          Effect.flatMap(Clock.currentTimeMillis, (now) => {
+            const known = lastGood.get(keyOf(q))
+            return known !== undefined && now - known.at <= servesStaleFor
+              ? Effect.succeed(known.endpoints)
+              : Effect.fail(fail(q, "Unavailable", `discovery is unavailable: ${error.message}`))
+          })
+        ),
         Effect.flatMap((found) =>
           found.length === 0
             ? Effect.fail(fail(q, "NotFound", `no agent for concept "${q.concept}" and intent "${q.intent}"`))

@@ -53,7 +53,7 @@ describe("Discovery.layerStatic", () => {
     })
   )
 
-  it.effect("entries are checked into ConfigErrors naming the field", () =>
+  it.effect("entries are checked into OptionErrors naming the field", () =>
     Effect.gen(function* () {
       const cases: ReadonlyArray<readonly [ReadonlyArray<Discovery.Entry>, string]> = [
         [[{ concept: "", intent: "x", agents: { url: "http://127.0.0.1:1" } }], "entries[0].concept"],
@@ -103,6 +103,59 @@ describe("Discovery.layer (your own lookup)", () => {
     })
   )
 
+  it.effect("stale-if-error: past its ttl a query keeps its last agents for staleFor while lookups fail", () =>
+    Effect.gen(function* () {
+      const up = yield* Ref.make(true)
+      const calls = yield* Ref.make(0)
+      const lookup = (q: Discovery.Query) =>
+        Effect.flatMap(
+          Ref.updateAndGet(calls, (n) => n + 1),
+          () =>
+            Effect.flatMap(Ref.get(up), (isUp) =>
+              isUp ? Effect.succeed([{ url: `http://127.0.0.1:1/${q.intent}` }]) : Effect.fail(new Error("down"))
+            )
+        )
+      const discovery = yield* resolver(
+        Discovery.layer(lookup, { ttl: "1 minute", staleFor: "5 minutes", breaker: { failMax: 100 } })
+      )
+      const other = { concept: query.concept, intent: "never-asked" }
+      assert.strictEqual((yield* discovery.resolve(query))[0]!.url, `http://127.0.0.1:1/${query.intent}`)
+      yield* Ref.set(up, false)
+      yield* TestClock.adjust("2 minutes")
+      // past ttl, lookups failing: the last answer, after a real attempt
+      const stale = yield* discovery.resolve(query)
+      assert.strictEqual(stale[0]!.url, `http://127.0.0.1:1/${query.intent}`)
+      assert.strictEqual(yield* Ref.get(calls), 2, "the stale answer came after a lookup was tried")
+      // a query never answered has nothing to fall back on
+      assert.strictEqual((yield* Effect.flip(discovery.resolve(other))).reason, "Unavailable")
+      // past ttl + staleFor: Unavailable
+      yield* TestClock.adjust("5 minutes")
+      assert.strictEqual((yield* Effect.flip(discovery.resolve(query))).reason, "Unavailable")
+      // back up: a fresh answer again
+      yield* Ref.set(up, true)
+      assert.strictEqual((yield* discovery.resolve(query)).length, 1)
+    })
+  )
+
+  it.effect("staleFor: 0 turns stale-if-error off", () =>
+    Effect.gen(function* () {
+      const up = yield* Ref.make(true)
+      const discovery = yield* resolver(
+        Discovery.layer(
+          () =>
+            Effect.flatMap(Ref.get(up), (isUp) =>
+              isUp ? Effect.succeed([{ url: "http://127.0.0.1:1/a" }]) : Effect.fail("down")
+            ),
+          { ttl: "1 minute", staleFor: 0 }
+        )
+      )
+      yield* discovery.resolve(query)
+      yield* Ref.set(up, false)
+      yield* TestClock.adjust("61 seconds")
+      assert.strictEqual((yield* Effect.flip(discovery.resolve(query))).reason, "Unavailable")
+    })
+  )
+
   it.effect("a failing or hanging lookup is Unavailable; its own breaker then stops calling it", () =>
     Effect.gen(function* () {
       const calls = yield* Ref.make(0)
@@ -144,12 +197,15 @@ describe("Discovery.layer (your own lookup)", () => {
     })
   )
 
-  it.effect("options are checked into ConfigErrors", () =>
+  it.effect("options are checked into OptionErrors", () =>
     Effect.gen(function* () {
       for (const [options, path] of [
         [{ ttl: -1 }, "ttl"],
         [{ timeout: "soon" }, "timeout"],
-        [{ capacity: 0 }, "capacity"]
+        [{ capacity: 0 }, "capacity"],
+        [{ staleFor: -1 }, "staleFor"],
+        [{ staleFor: "soon" }, "staleFor"],
+        [{ staleFor: Number.NaN }, "staleFor"]
       ] as const) {
         const error = yield* Effect.flip(resolver(Discovery.layer(() => Effect.succeed([]), options as never)))
         assert.strictEqual((error as { readonly path: string }).path, path)
@@ -199,7 +255,7 @@ describe("Discovery.layerHttp", () => {
     })
   )
 
-  it.effect("options are checked into ConfigErrors naming the field", () =>
+  it.effect("options are checked into OptionErrors naming the field", () =>
     Effect.gen(function* () {
       for (const [options, path] of [
         [{ url: "http://user:pw@127.0.0.1:1" }, "url"],
