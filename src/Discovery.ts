@@ -301,11 +301,12 @@ export const make = Effect.fnUntraced(function* <E>(
   )
 
   const resolve = (query: Query): Effect.Effect<ReadonlyArray<Endpoint>, DiscoveryError> =>
-    Effect.flatMap(checkQuery(query), (q) =>
-      Cache.get(cache, keyOf(q)).pipe(
+    Effect.flatMap(checkQuery(query), (q) => {
+      const key = keyOf(q)
+      return Cache.get(cache, key).pipe(
         Effect.catch((error) =>
           Effect.flatMap(Clock.currentTimeMillis, (now) => {
-            const known = lastGood.get(keyOf(q))
+            const known = lastGood.get(key)
             return known !== undefined && now - known.at <= servesStaleFor
               ? Effect.succeed(known.endpoints)
               : Effect.fail(fail(q, "Unavailable", `discovery is unavailable: ${error.message}`))
@@ -317,7 +318,7 @@ export const make = Effect.fnUntraced(function* <E>(
             : Effect.succeed(found)
         )
       )
-    )
+    })
 
   return Discovery.of({ name, resolve: Effect.fn("Discovery.resolve")(resolve) })
 })

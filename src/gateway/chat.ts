@@ -11,14 +11,13 @@
  *
  * @internal
  */
-import { type Cause, Effect, Exit, Pull, type Scope, Stream, type Tracer } from "effect"
+import { type Cause, Effect, Exit, Pull, Stream, type Tracer } from "effect"
 import type { HttpServerRequest } from "effect/http"
 import { HttpServerResponse } from "effect/http"
 import { type AiError, ModelError, reasonOf } from "../AiError.js"
 import type { ExecuteOptions } from "../Executor.js"
 import { estimateInputTokens, type GenerateRequest, type GenerateResponse, validateGenerate } from "../Model.js"
 import type { Answer } from "../Router.js"
-import type { GatewayError } from "./errors.js"
 import type { Entry } from "./lifecycle.js"
 import {
   answered,
@@ -29,7 +28,7 @@ import {
   type Env,
   errorOf,
   failure,
-  orInternalError,
+  handler,
   json,
   type KeyIdentity,
   readJson,
@@ -260,24 +259,5 @@ export const make = (env: Env) => {
       )
     })
 
-  /** The route's handler. */
-  return (
-    request: HttpServerRequest.HttpServerRequest
-  ): Effect.Effect<HttpServerResponse.HttpServerResponse, never, Scope.Scope> =>
-    Effect.suspend(() => {
-      const started = millis(clock)
-      const entry = lifecycle.enter()
-      if (entry === undefined) return Effect.succeed(answered(env, "chat", started, draining(env), undefined))
-      return handle(request, started, entry).pipe(
-        Effect.catch((error: AiError | GatewayError) =>
-          Effect.succeed(answered(env, "chat", started, failure(env, error), 0))
-        ),
-        orInternalError(env, "chat", started),
-        Effect.onExit((exit) => {
-          // A stream answer leaves when its body ends; everything else leaves here.
-          if (Exit.isFailure(exit) || exit.value.body._tag !== "Stream") lifecycle.leave(entry)
-          return Effect.void
-        })
-      )
-    })
+  return handler(env, "chat", handle)
 }

@@ -4,11 +4,10 @@
  *
  * @internal
  */
-import { Effect, Exit, type Scope } from "effect"
-import type { HttpServerRequest, HttpServerResponse } from "effect/http"
+import { Effect, Exit } from "effect"
+import type { HttpServerRequest } from "effect/http"
 import type { AiError } from "../AiError.js"
 import { type EmbedRequest, type EmbedResponse, estimateTokens, validateEmbed } from "../Model.js"
-import type { GatewayError } from "./errors.js"
 import type { Entry } from "./lifecycle.js"
 import {
   answered,
@@ -19,12 +18,12 @@ import {
   type Env,
   errorOf,
   failure,
-  orInternalError,
+  handler,
   json,
   readJson,
   traced
 } from "./routes.js"
-import { CurrentTracker, millis, type Target, type Tracker } from "./upstream.js"
+import { CurrentTracker, type Target, type Tracker } from "./upstream.js"
 import { parseEmbed } from "./request.js"
 import * as Wire from "./response.js"
 
@@ -32,7 +31,7 @@ import * as Wire from "./response.js"
  * @internal
  */
 export const make = (env: Env) => {
-  const { executor, upstream, lifecycle, metrics, clock } = env
+  const { executor, upstream, metrics } = env
 
   const embed = (target: Target, request: EmbedRequest): Effect.Effect<EmbedResponse, AiError> =>
     target._tag === "Domain"
@@ -90,20 +89,5 @@ export const make = (env: Env) => {
       )
     })
 
-  /** The route's handler. */
-  return (
-    request: HttpServerRequest.HttpServerRequest
-  ): Effect.Effect<HttpServerResponse.HttpServerResponse, never, Scope.Scope> =>
-    Effect.suspend(() => {
-      const started = millis(clock)
-      const entry = lifecycle.enter()
-      if (entry === undefined) return Effect.succeed(answered(env, "embeddings", started, draining(env), undefined))
-      return handle(request, started, entry).pipe(
-        Effect.catch((error: AiError | GatewayError) =>
-          Effect.succeed(answered(env, "embeddings", started, failure(env, error), 0))
-        ),
-        orInternalError(env, "embeddings", started),
-        Effect.ensuring(Effect.sync(() => lifecycle.leave(entry)))
-      )
-    })
+  return handler(env, "embeddings", handle)
 }

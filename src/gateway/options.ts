@@ -5,33 +5,9 @@
  * @internal
  */
 import { Duration, Result } from "effect"
+import type { Options } from "../Gateway.js"
 import * as Input from "../Input.js"
-import { decodeRetry, type RetryPolicy, type RetryPolicyInput } from "../Policy.js"
-
-/**
- * The options of `Gateway.layer` (documented there).
- *
- * @internal
- */
-export interface Options {
-  readonly prefix?: string | undefined
-  readonly maxBodyBytes?: number | undefined
-  readonly providerModels?: boolean | undefined
-  readonly retry?: boolean | RetryPolicy | RetryPolicyInput | undefined
-  readonly defaultMaxTokens?: number | undefined
-  readonly stream?:
-    | {
-        readonly firstChunkTimeout?: Duration.Input | "none" | undefined
-        readonly idleTimeout?: Duration.Input | "none" | undefined
-        readonly totalTimeout?: Duration.Input | "none" | undefined
-      }
-    | undefined
-  readonly drainTimeout?: Duration.Input | undefined
-  readonly metricsPath?: string | false | undefined
-  readonly healthPaths?: { readonly live?: string | undefined; readonly ready?: string | undefined } | false | undefined
-  readonly allowAnonymous?: boolean | undefined
-  readonly provenanceHeaders?: boolean | undefined
-}
+import { decodeRetry, type RetryPolicy } from "../Policy.js"
 
 /**
  * The options after their checks.

@@ -5,7 +5,7 @@
  *
  * @internal
  */
-import { Cause, type Clock, Effect, type Exit, Fiber, Option, Redacted, Result, Tracer } from "effect"
+import { Cause, type Clock, Effect, Exit, Fiber, Option, Redacted, Result, type Scope, Tracer } from "effect"
 import * as ByteSize from "effect/ByteSize"
 import { HttpIncomingMessage, type HttpServerRequest, HttpServerResponse } from "effect/http"
 import type { AiError } from "../AiError.js"
@@ -280,5 +280,42 @@ export const orInternalError =
           failure(env, gatewayError("Internal", "the gateway failed unexpectedly")),
           undefined
         )
+      )
+    })
+
+/**
+ * A model route's handler around its work: admitted by the lifecycle (503 while draining),
+ * every failure answered and counted, a defect answered as a 500. The request leaves the
+ * lifecycle when its answer is ready, or, for a streamed answer, when the body ends (the
+ * work leaves it then).
+ *
+ * @internal
+ */
+export const handler =
+  (
+    env: Env,
+    route: Route,
+    handle: (
+      request: HttpServerRequest.HttpServerRequest,
+      started: number,
+      entry: Entry
+    ) => Effect.Effect<HttpServerResponse.HttpServerResponse, AiError | GatewayError, Scope.Scope>
+  ) =>
+  (
+    request: HttpServerRequest.HttpServerRequest
+  ): Effect.Effect<HttpServerResponse.HttpServerResponse, never, Scope.Scope> =>
+    Effect.suspend(() => {
+      const started = millis(env.clock)
+      const entry = env.lifecycle.enter()
+      if (entry === undefined) return Effect.succeed(answered(env, route, started, draining(env), undefined))
+      return handle(request, started, entry).pipe(
+        Effect.catch((error: AiError | GatewayError) =>
+          Effect.succeed(answered(env, route, started, failure(env, error), 0))
+        ),
+        orInternalError(env, route, started),
+        Effect.onExit((exit) => {
+          if (Exit.isFailure(exit) || exit.value.body._tag !== "Stream") env.lifecycle.leave(entry)
+          return Effect.void
+        })
       )
     })
