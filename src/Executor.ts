@@ -239,17 +239,6 @@ export interface Options {
   readonly guards?: Guards | undefined
 }
 
-const optionalDuration = (
-  path: string,
-  input: Duration.Input | "none" | undefined,
-  fallback: Duration.Duration | undefined
-) =>
-  input === undefined
-    ? Result.succeed(fallback)
-    : input === "none"
-      ? Result.succeed(undefined)
-      : Input.duration(path, input)
-
 /**
  * Checks the executor's options (an `OptionError` naming the field).
  *
@@ -258,13 +247,13 @@ const optionalDuration = (
  */
 export const checkOptions = (options: Options) =>
   Input.all([
-    optionalDuration("timeout", options.timeout, Duration.seconds(30)),
+    Input.optionalDuration("timeout", options.timeout, Duration.seconds(30)),
     options.retry === undefined ? Result.succeed(defaultRetry) : decodeRetry(options.retry, "retry"),
     Input.duration("shutdownDeadline", options.shutdownDeadline ?? Duration.seconds(10), { allowZero: true }),
     requestLimits(options.requestLimits ?? {}, "requestLimits"),
-    optionalDuration("stream.firstChunkTimeout", options.stream?.firstChunkTimeout, Duration.seconds(30)),
-    optionalDuration("stream.idleTimeout", options.stream?.idleTimeout, Duration.seconds(30)),
-    optionalDuration("stream.totalTimeout", options.stream?.totalTimeout, Duration.minutes(10))
+    Input.optionalDuration("stream.firstChunkTimeout", options.stream?.firstChunkTimeout, Duration.seconds(30)),
+    Input.optionalDuration("stream.idleTimeout", options.stream?.idleTimeout, Duration.seconds(30)),
+    Input.optionalDuration("stream.totalTimeout", options.stream?.totalTimeout, Duration.minutes(10))
   ])
 
 const tokensOf = (request: GenerateRequest): number => estimateInputTokens(request) + (request.maxTokens ?? 0)
@@ -312,7 +301,7 @@ export const make = Effect.fnUntraced(function* (options: Options = {}) {
     const retryInput = callOptions.retry
     const resolved = Result.map(
       Input.all([
-        optionalDuration("timeout", callOptions.timeout, defaultTimeout),
+        Input.optionalDuration("timeout", callOptions.timeout, defaultTimeout),
         callOptions.totalTimeout === undefined
           ? Result.succeed(undefined)
           : Input.duration("totalTimeout", callOptions.totalTimeout),

@@ -118,6 +118,20 @@ export const duration = (path: string, input: unknown, options: DurationOptions 
 }
 
 /**
+ * A deadline option: absent is `fallback`, `"none"` is no deadline (`undefined`), anything
+ * else a {@link duration}.
+ *
+ * @since 0.2.0
+ * @category checks
+ */
+export const optionalDuration = (
+  path: string,
+  input: Duration.Input | "none" | undefined,
+  fallback: Duration.Duration | undefined
+): Checked<Duration.Duration | undefined> =>
+  input === undefined ? Result.succeed(fallback) : input === "none" ? Result.succeed(undefined) : duration(path, input)
+
+/**
  * Options of {@link int} and {@link number}.
  *
  * @since 0.2.0

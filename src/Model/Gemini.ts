@@ -103,7 +103,7 @@ export const make: (options: Options) => Effect.Effect<Model.Service, Input.Opti
 
     const generate = Effect.fn("Gemini.generate")(function* (request: Model.GenerateRequest) {
       const { body, ctx, inputEstimate, model } = yield* prepare(request)
-      yield* Effect.annotateCurrentSpan(spanAttributes(name, "chat", model))
+      yield* Effect.annotateCurrentSpan(Client.spanAttributes(name, "chat", model))
       const answer = yield* client.json(post(`${Wire.modelPath(model)}:generateContent`, body), decodeAnswer, ctx)
       if (answer.candidates === undefined || answer.candidates.length === 0) {
         const refused = Wire.blocked(answer, name, model)
@@ -176,7 +176,7 @@ export const make: (options: Options) => Effect.Effect<Model.Service, Input.Opti
     const embed = Effect.fn("Gemini.embed")(function* (request: Model.EmbedRequest) {
       const valid = yield* Model.validateEmbed(request, limits)
       const model = valid.model ?? embeddingModel
-      yield* Effect.annotateCurrentSpan(spanAttributes(name, "embeddings", model))
+      yield* Effect.annotateCurrentSpan(Client.spanAttributes(name, "embeddings", model))
       const ctx = ctxOf(model)
       const batches: Array<ReadonlyArray<string>> = []
       for (let i = 0; i < valid.texts.length; i += EMBED_BATCH) batches.push(valid.texts.slice(i, i + EMBED_BATCH))
@@ -210,12 +210,6 @@ export const make: (options: Options) => Effect.Effect<Model.Service, Input.Opti
 
     return { name, defaultModel, generate, stream, embed } satisfies Model.Service
   })
-
-const spanAttributes = (provider: string, operation: string, model: string) => ({
-  "gen_ai.provider.name": provider,
-  "gen_ai.operation.name": operation,
-  "gen_ai.request.model": model
-})
 
 /**
  * Gemini's `finishReason` as ours.

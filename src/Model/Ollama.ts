@@ -131,7 +131,7 @@ export const make = Effect.fnUntraced(function* (options: Options = {}) {
 
   const generate = Effect.fn("Ollama.generate")(function* (request: Model.GenerateRequest) {
     const { valid, model, body, viaGenerate, ctx } = yield* prepare(request, false)
-    yield* Effect.annotateCurrentSpan(spanAttributes(name, "chat", model))
+    yield* Effect.annotateCurrentSpan(Client.spanAttributes(name, "chat", model))
     const answer: Wire.Line = viaGenerate
       ? Wire.fromGenerate(yield* client.json(post("api/generate", body, "application/json"), decodeGenerate, ctx))
       : Wire.fromChat(yield* client.json(post("api/chat", body, "application/json"), decodeChat, ctx))
@@ -192,7 +192,7 @@ export const make = Effect.fnUntraced(function* (options: Options = {}) {
   const embed = Effect.fn("Ollama.embed")(function* (request: Model.EmbedRequest) {
     const valid = yield* Model.validateEmbed(request)
     const model = valid.model ?? embeddingModel
-    yield* Effect.annotateCurrentSpan(spanAttributes(name, "embeddings", model))
+    yield* Effect.annotateCurrentSpan(Client.spanAttributes(name, "embeddings", model))
     const ctx = ctxOf(model)
     const body = { model, input: valid.texts, ...(keepAlive === undefined ? {} : { keep_alive: keepAlive }) }
     const answer = yield* client.json(post("api/embed", body, "application/json"), decodeEmbed, ctx)
@@ -225,12 +225,6 @@ const finishOf = (reason: string | null | undefined, toolCalls: number): Model.F
   const finish = finishReasonOf(reason)
   return toolCalls > 0 && finish !== "length" ? "tool_calls" : finish
 }
-
-const spanAttributes = (provider: string, operation: string, model: string) => ({
-  "gen_ai.provider.name": provider,
-  "gen_ai.operation.name": operation,
-  "gen_ai.request.model": model
-})
 
 /**
  * @since 0.1.0

@@ -149,7 +149,7 @@ export const make = Effect.fnUntraced(function* (options: Options = {}) {
 
   const generate = Effect.fn("OpenAiCompat.generate")(function* (request: Model.GenerateRequest) {
     const { valid, model, body, ctx } = yield* prepare(request, false)
-    yield* Effect.annotateCurrentSpan(spanAttributes(name, "chat", model))
+    yield* Effect.annotateCurrentSpan(Client.spanAttributes(name, "chat", model))
     const answer = yield* client.json(post("chat/completions", body, "application/json"), decodeCompletion, ctx)
     const choice = answer.choices[0]
     const text = choice.message.content ?? ""
@@ -243,7 +243,7 @@ export const make = Effect.fnUntraced(function* (options: Options = {}) {
   const embed = Effect.fn("OpenAiCompat.embed")(function* (request: Model.EmbedRequest) {
     const valid = yield* Model.validateEmbed(request)
     const model = valid.model ?? embeddingModel
-    yield* Effect.annotateCurrentSpan(spanAttributes(name, "embeddings", model))
+    yield* Effect.annotateCurrentSpan(Client.spanAttributes(name, "embeddings", model))
     const ctx = ctxOf(model)
     const answer = yield* client.json(
       post("embeddings", { model, input: valid.texts, encoding_format: embeddingEncoding }, "application/json"),
@@ -262,12 +262,6 @@ export const make = Effect.fnUntraced(function* (options: Options = {}) {
   })
 
   return { name, defaultModel, generate, stream, embed } satisfies Model.Service
-})
-
-const spanAttributes = (provider: string, operation: string, model: string) => ({
-  "gen_ai.provider.name": provider,
-  "gen_ai.operation.name": operation,
-  "gen_ai.request.model": model
 })
 
 /**

@@ -236,7 +236,7 @@ export const make: (
 
     const generate = Effect.fn("WatsonX.generate")(function* (request: Model.GenerateRequest) {
       const { body, inputEstimate, model } = yield* prepare(request)
-      yield* Effect.annotateCurrentSpan(spanAttributes(name, "chat", model))
+      yield* Effect.annotateCurrentSpan(Client.spanAttributes(name, "chat", model))
       if (api === "chat") {
         const answer = yield* call(model, (bearer, ctx) =>
           client.json(post("ml/v1/text/chat", body, bearer, "application/json"), decodeChat, ctx)
@@ -283,7 +283,7 @@ export const make: (
     const embed = Effect.fn("WatsonX.embed")(function* (request: Model.EmbedRequest) {
       const valid = yield* Model.validateEmbed(request, limits)
       const model = valid.model ?? embeddingModel
-      yield* Effect.annotateCurrentSpan(spanAttributes(name, "embeddings", model))
+      yield* Effect.annotateCurrentSpan(Client.spanAttributes(name, "embeddings", model))
       const batches: Array<ReadonlyArray<string>> = []
       for (let i = 0; i < valid.texts.length; i += EMBED_BATCH) batches.push(valid.texts.slice(i, i + EMBED_BATCH))
       const embedBatch = (texts: ReadonlyArray<string>) =>
@@ -332,12 +332,6 @@ export const make: (
 /** watsonx sends errors inside a stream as `{"errors": [...], "status_code": n}`. */
 const hasErrors = (value: unknown): boolean =>
   typeof value === "object" && value !== null && Array.isArray((value as { readonly errors?: unknown }).errors)
-
-const spanAttributes = (provider: string, operation: string, model: string) => ({
-  "gen_ai.provider.name": provider,
-  "gen_ai.operation.name": operation,
-  "gen_ai.request.model": model
-})
 
 /**
  * @since 0.1.0

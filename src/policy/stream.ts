@@ -721,17 +721,6 @@ export const make = (env: {
       )
     ) as unknown as Stream.Stream<StreamPart, AiError>
 
-  const optionalDuration = (
-    path: string,
-    input: Duration.Input | "none" | undefined,
-    fallback: Duration.Duration | undefined
-  ) =>
-    input === undefined
-      ? Result.succeed(fallback)
-      : input === "none"
-        ? Result.succeed(undefined)
-        : Input.duration(path, input)
-
   const resolveRetry = (
     input: boolean | RetryPolicy | RetryPolicyInput | undefined,
     base: RetryPolicy,
@@ -749,9 +738,9 @@ export const make = (env: {
         const valid = yield* options.validate(request)
         const checks = yield* Input.orInvalidRequest(
           Input.all([
-            optionalDuration("firstChunkTimeout", options.firstChunkTimeout, env.defaults.firstChunkTimeout),
-            optionalDuration("idleTimeout", options.idleTimeout, env.defaults.idleTimeout),
-            optionalDuration("totalTimeout", options.totalTimeout, env.defaults.totalTimeout),
+            Input.optionalDuration("firstChunkTimeout", options.firstChunkTimeout, env.defaults.firstChunkTimeout),
+            Input.optionalDuration("idleTimeout", options.idleTimeout, env.defaults.idleTimeout),
+            Input.optionalDuration("totalTimeout", options.totalTimeout, env.defaults.totalTimeout),
             resolveRetry(options.retry, options.basePolicy, "retry"),
             options.resume === undefined || options.resume === false
               ? Result.succeed(undefined)

@@ -43,6 +43,17 @@ import type { Settings } from "./options.js"
 import { type Event, events } from "./sse.js"
 
 /**
+ * The `gen_ai.*` attributes of a provider operation's span (`chat`, `embeddings`).
+ *
+ * @internal
+ */
+export const spanAttributes = (provider: string, operation: string, model: string) => ({
+  "gen_ai.provider.name": provider,
+  "gen_ai.operation.name": operation,
+  "gen_ai.request.model": model
+})
+
+/**
  * Headers whose values may appear in the HTTP client's spans. Every other request and
  * response header is recorded as `<redacted>` when header capture is on
  * (`HttpClient.TracerHeaderFilter`; a response header that echoes a key included); these

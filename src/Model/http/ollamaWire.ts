@@ -10,6 +10,7 @@ import { Duration, Effect, Result, Schema } from "effect"
 import { invalidRequest, type ModelError } from "../../AiError.js"
 import * as Input from "../../Input.js"
 import * as Model from "../../Model.js"
+import { toolsBody } from "./openAiWire.js"
 
 const Text = Schema.optional(Schema.NullOr(Schema.String))
 const Count = Schema.optional(Schema.NullOr(Schema.Number))
@@ -271,14 +272,7 @@ export const chatBody = (
   }
   const body: Record<string, unknown> = { model: options.model, messages }
   if (request.tools !== undefined && choice !== "none") {
-    body["tools"] = request.tools.map((tool) => ({
-      type: "function",
-      function: {
-        name: tool.name,
-        ...(tool.description === undefined ? {} : { description: tool.description }),
-        parameters: tool.parameters ?? { type: "object", properties: {} }
-      }
-    }))
+    body["tools"] = toolsBody(request.tools)
   }
   return Effect.succeed(common(request, options, body))
 }

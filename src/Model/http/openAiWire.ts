@@ -175,6 +175,22 @@ const messageOf = (message: Model.Message, index: number, provider: string): Res
 }
 
 /**
+ * Tools as OpenAI's `tools` field (Ollama takes the same shape): functions, parameters an
+ * empty object schema when none are given.
+ *
+ * @internal
+ */
+export const toolsBody = (tools: ReadonlyArray<Model.ToolDefinition>): Array<unknown> =>
+  tools.map((tool) => ({
+    type: "function",
+    function: {
+      name: tool.name,
+      ...(tool.description === undefined ? {} : { description: tool.description }),
+      parameters: tool.parameters ?? { type: "object", properties: {} }
+    }
+  }))
+
+/**
  * The JSON body of a `/chat/completions` request. A tool message without the id of the call
  * it answers is refused (`InvalidRequest` naming it).
  *
@@ -201,14 +217,7 @@ export const chatBody = (
   if (request.stop !== undefined) body["stop"] = request.stop
   if (request.seed !== undefined) body["seed"] = request.seed
   if (request.tools !== undefined) {
-    body["tools"] = request.tools.map((tool) => ({
-      type: "function",
-      function: {
-        name: tool.name,
-        ...(tool.description === undefined ? {} : { description: tool.description }),
-        parameters: tool.parameters ?? { type: "object", properties: {} }
-      }
-    }))
+    body["tools"] = toolsBody(request.tools)
   }
   if (request.toolChoice !== undefined) {
     body["tool_choice"] =

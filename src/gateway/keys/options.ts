@@ -8,7 +8,7 @@
  */
 import { Duration, Result } from "effect"
 import * as Input from "../../Input.js"
-import type { GuardOptions } from "../../Redis.js"
+import type { Options } from "./KeyStore.js"
 import { sha256Pattern } from "./secret.js"
 
 /**
@@ -92,34 +92,6 @@ export interface KeyRecord {
 export interface Price {
   readonly input: number
   readonly output: number
-}
-
-/**
- * The options of `KeyStore.layerMemory` (documented there).
- *
- * @internal
- */
-export interface Options {
-  readonly keys?: ReadonlyArray<KeyDefinition> | undefined
-  readonly teams?: { readonly [team: string]: { readonly budget?: Budget | undefined } } | undefined
-  readonly prices?: { readonly [model: string]: Price } | undefined
-  readonly rateLimitWait?: Input.DurationInput | undefined
-  readonly reservationTtl?: Input.DurationInput | undefined
-  readonly cacheTtl?: Input.DurationInput | undefined
-  readonly maxKeys?: number | undefined
-}
-
-/**
- * The options of `KeyStore.layerRedis` (documented there).
- *
- * @internal
- */
-export interface RedisOptions extends Options {
-  readonly prefix?: string | undefined
-  readonly onStoreError?:
-    | { readonly budgets?: "reject" | "allow" | undefined; readonly limits?: "allow" | "reject" | undefined }
-    | undefined
-  readonly redis?: GuardOptions | undefined
 }
 
 /**
