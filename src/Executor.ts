@@ -6,7 +6,7 @@
  *
  * @since 0.1.0
  */
-import { Context, Duration, Effect, Layer, Option, Result, type Stream, Tracer } from "effect"
+import { Cause, Context, Duration, Effect, Exit, type Fiber, Layer, Option, Result, type Stream, Tracer } from "effect"
 import { type AiError, invalidRequest, ModelError } from "./AiError.js"
 import { Breakers } from "./CircuitBreaker.js"
 import * as Input from "./Input.js"
@@ -29,7 +29,8 @@ import { decodeRetry, defaultRetry, type RetryPolicy, type RetryPolicyInput } fr
 import { RateLimits } from "./RateLimit.js"
 import { ResponseCache } from "./ResponseCache.js"
 import * as Engine from "./policy/engine.js"
-import { forEachPool } from "./policy/pool.js"
+import type { Sink } from "./policy/fused.js"
+import { forEachPool, forEachStarted } from "./policy/pool.js"
 import { traced } from "./policy/span.js"
 import * as StreamEngine from "./policy/stream.js"
 import { type ExecutionStats, type Filter, layer as statsLayer, Stats } from "./Stats.js"
@@ -337,13 +338,14 @@ export const make = Effect.fnUntraced(function* (options: Options = {}) {
   })
 
   // A refused call is still counted: a request, and a failure with its reason.
+  const refuse = (error: ModelError, target: ProviderService, domain: string | undefined): ModelError => {
+    const series = stats.series(target.name, domain)
+    series.requests++
+    series.fail(error.reason)
+    return error.provider === undefined ? withProvider(error, target.name) : error
+  }
   const refused = (error: ModelError, target: ProviderService, domain: string | undefined) =>
-    Effect.suspend(() => {
-      const series = stats.series(target.name, domain)
-      series.requests++
-      series.fail(error.reason)
-      return Effect.fail(error.provider === undefined ? withProvider(error, target.name) : error)
-    })
+    Effect.suspend(() => Effect.fail(refuse(error, target, domain)))
 
   const usageOf = (response: GenerateResponse) => response.usage
 
@@ -428,9 +430,7 @@ export const make = Effect.fnUntraced(function* (options: Options = {}) {
       }
       const error = checkGenerate(request, limits)
       if (error !== undefined) return refused(error, target, callOptions.domain)
-      const call = engine.runValueIn(fiber, planOf(target, request, callOptions, resolved.success), (p) =>
-        p.generate(request)
-      )
+      const call = engine.runValueIn(fiber, planOf(target, request, callOptions, resolved.success), generateOf(request))
       // A span only for a traced caller (a span costs more than an instant call).
       return Context.getOption(fiber.context, Tracer.ParentSpan)._tag === "Some"
         ? Effect.withSpan(call, "Executor.execute", {
@@ -450,8 +450,43 @@ export const make = Effect.fnUntraced(function* (options: Options = {}) {
           : { ...callOptions, retry: true }
     )
 
+  const generateOf = (request: GenerateRequest) => (p: ProviderService) => p.generate(request)
+
+  // An item's outcome: its exit as a Result (a defect, which the pipeline does not let
+  // through, would still be one item's typed error, never the whole batch's).
+  const resultOf = (exit: Exit.Exit<unknown, AiError>): Result.Result<GenerateResponse, AiError> => {
+    if (Exit.isSuccess(exit)) return Result.succeed(exit.value as GenerateResponse)
+    const error = Cause.findErrorOption(exit.cause)
+    return Result.fail(
+      error._tag === "Some"
+        ? error.value
+        : new ModelError({
+            reason: "Unknown",
+            message: `the call ended without an answer: ${Cause.pretty(exit.cause)}`
+          })
+    )
+  }
+
+  // One request of `executeMany`, started from JavaScript on the pool's fiber (untraced).
+  const startMany = (
+    fiber: Fiber.Fiber<unknown, unknown>,
+    request: GenerateRequest,
+    manyOptions: ManyOptions,
+    resolved: ResolvedOptions,
+    sink: Sink,
+    index: number
+  ) => {
+    const target = manyOptions.provider ?? provider
+    const error = checkGenerate(request, limits)
+    if (error !== undefined) {
+      sink.done(index, Exit.fail(refuse(error, target, manyOptions.domain)))
+      return undefined
+    }
+    return engine.start(fiber, planOf(target, request, manyOptions, resolved), generateOf(request), sink, index)
+  }
+
   const executeMany = (requests: Iterable<GenerateRequest>, manyOptions: ManyOptions = {}) =>
-    Effect.suspend(() => {
+    Effect.withFiber((fiber) => {
       const concurrency = Input.positiveInt("concurrency", manyOptions.concurrency ?? 5)
       if (Result.isFailure(concurrency)) {
         return Effect.fail(invalidRequest(concurrency.failure.path, concurrency.failure.message))
@@ -461,10 +496,20 @@ export const make = Effect.fnUntraced(function* (options: Options = {}) {
         return Effect.fail(invalidRequest(resolved.failure.path, resolved.failure.message))
       }
       const items = Array.from(requests)
-      return traced(
-        "Executor.executeMany",
-        () => ({ "orchestra.items": items.length, "orchestra.concurrency": concurrency.success }),
-        forEachPool(items, concurrency.success, (request) => Effect.result(execute(request, manyOptions)))
+      if (Context.getOption(fiber.context, Tracer.ParentSpan)._tag === "Some") {
+        return Effect.withSpan(
+          forEachPool(items, concurrency.success, (request) => Effect.result(execute(request, manyOptions))),
+          "Executor.executeMany",
+          { attributes: { "orchestra.items": items.length, "orchestra.concurrency": concurrency.success } }
+        )
+      }
+      // Untraced: no worker fibers, one fiber per call in flight (policy/fused.ts).
+      const options = resolved.success
+      return Effect.map(
+        forEachStarted(items, concurrency.success, (request, sink, index) =>
+          startMany(fiber, request, manyOptions, options, sink, index)
+        ),
+        (exits) => exits.map(resultOf)
       )
     })
 

@@ -14,6 +14,7 @@ import type * as Store from "effect/persistence/CircuitBreaker"
 import type { AiError, CircuitOpenError } from "../AiError.js"
 import type { Permit, Service, State } from "../CircuitBreaker.js"
 import type { StoreError } from "../Redis.js"
+import { type FastBreaker, fastBreakers } from "../policy/fused.js"
 import { type Outcome, outcomeOf } from "./classify.js"
 import { type Config, openTime } from "./options.js"
 import { type Entry, makeRegistry } from "./registry.js"
@@ -200,6 +201,31 @@ export const make = Effect.fnUntraced(function* (config: Config, backend: Backen
           }
         })
 
+  // The same fast path for the engine's fused calls (`policy/fused.ts`), without an Effect
+  // around the call: `enter` admits (or says to take the full path), `leave` records.
+  const fastLane: FastBreaker | undefined = fast
+    ? {
+        clock,
+        enter: (key, now) => {
+          const entry = entryFor(key, now)
+          if (entry.isolated || !entry.clean || entry.view !== "closed" || entry.probing) return undefined
+          entry.lastActivity = now
+          entry.inflight++
+          return { entry, storeKey: entry.storeKey }
+        },
+        leave: (ticket, exit, now) => {
+          const entry = ticket.entry as Entry
+          entry.inflight--
+          entry.lastActivity = now
+          if (exit === undefined) return undefined
+          const outcome = outcomeOf(exit, isFailure)
+          if (outcome === "Failure") return late(entry, ticket.storeKey, "Failure")
+          if (outcome === "Success" && !entry.clean) return late(entry, ticket.storeKey, "Success")
+          return undefined
+        }
+      }
+    : undefined
+
   const run = <A, E extends AiError>(
     key: string,
     effect: Effect.Effect<A, E>,
@@ -323,5 +349,6 @@ export const make = Effect.fnUntraced(function* (config: Config, backend: Backen
     reset,
     size: registry.size
   }
+  if (fastLane !== undefined) fastBreakers.set(service, fastLane)
   return service
 })

@@ -34,6 +34,23 @@ interface Node {
   expire: (ending: Ending) => void
 }
 
+/**
+ * A node a caller keeps itself (one object per call, no closure apart): linked into a lane
+ * by {@link Lanes.link}, `expire` is called once when its deadline passes or shutdown comes,
+ * after it is unlinked.
+ *
+ * @internal
+ */
+export abstract class Tracked implements Node {
+  deadline = 0
+  lane: Lane = undefined as never
+  prev: Node | undefined = undefined
+  next: Node | undefined = undefined
+  linked = false
+  ending: Ending | undefined = undefined
+  abstract expire(ending: Ending): void
+}
+
 interface Lane {
   head: Node | undefined
   tail: Node | undefined
@@ -84,6 +101,13 @@ export interface Lanes {
    * armed deadline passes or shutdown comes. Arming relinks in O(1).
    */
   readonly watch: (expire: (ending: Ending) => void) => Watch
+  /**
+   * Tracks `node` under `timeout` from `now` (the clock's time when not given; `timeout`
+   * `undefined`: none, but shutdown still finds it).
+   */
+  readonly link: (node: Tracked, timeout: Duration.Duration | undefined, now?: number) => void
+  /** Stops tracking `node` (nothing is called afterwards); no-op when it is not linked. */
+  readonly unlink: (node: Tracked) => void
   /** Interrupts every attempt running now; their callers see `"shutdown"`. */
   readonly interruptAll: Effect.Effect<void>
   /** Attempts being tracked now (for tests). */
@@ -161,10 +185,10 @@ export const make: Effect.Effect<Lanes, never, Scope.Scope> = Effect.gen(functio
     return lane
   }
 
-  const place = (node: Node, timeout: Duration.Duration | undefined): void => {
+  const place = (node: Node, timeout: Duration.Duration | undefined, now?: number): void => {
     const millis = timeout === undefined || !Duration.isFinite(timeout) ? undefined : Duration.toMillis(timeout)
     const lane = millis === undefined ? untimed : laneFor(millis)
-    node.deadline = millis === undefined ? Number.POSITIVE_INFINITY : clock.currentTimeMillisUnsafe() + millis
+    node.deadline = millis === undefined ? Number.POSITIVE_INFINITY : (now ?? clock.currentTimeMillisUnsafe()) + millis
     node.lane = lane
     node.prev = lane.tail
     node.next = undefined
@@ -237,20 +261,16 @@ export const make: Effect.Effect<Lanes, never, Scope.Scope> = Effect.gen(functio
     })
 
   // One attempt waiting on its fiber: the lane node itself (no node object and closure apart).
-  class Attempt<A, E, B, E2, C> implements Node {
-    deadline = 0
-    lane: Lane = untimed
-    prev: Node | undefined = undefined
-    next: Node | undefined = undefined
-    linked = false
-    ending: Ending | undefined = undefined
+  class Attempt<A, E, B, E2, C> extends Tracked {
     resume: ((effect: Effect.Effect<B, E2>) => void) | undefined = undefined
     removeObserver: (() => void) | undefined = undefined
     constructor(
       readonly fiber: Fiber.Fiber<A, E>,
       readonly settleWith: (context: C, result: Exit.Exit<A, E> | Ending) => Effect.Effect<B, E2>,
       readonly context: C
-    ) {}
+    ) {
+      super()
+    }
     expire(ending: Ending): void {
       this.fiber.interruptUnsafe()
       this.removeObserver?.()
@@ -325,5 +345,18 @@ export const make: Effect.Effect<Lanes, never, Scope.Scope> = Effect.gen(functio
     }
   }
 
-  return { run, attempt, watch, interruptAll, size: () => tracked } satisfies Lanes
+  const linkTracked = (node: Tracked, timeout: Duration.Duration | undefined, now?: number): void => {
+    tracked++
+    place(node, timeout, now)
+  }
+
+  return {
+    run,
+    attempt,
+    link: linkTracked,
+    unlink: settle,
+    watch,
+    interruptAll,
+    size: () => tracked
+  } satisfies Lanes
 })

@@ -9,6 +9,10 @@
  * 3.9 µs per instant call here). Every wait (an attempt, a rate-limit slot, a backoff, the
  * whole call) runs on the deadline lanes, which shutdown interrupts.
  *
+ * A single-step plan without total deadline, cache, rate limit, provider slot or span (most
+ * calls) runs on the fused path (`fused.ts`): the same order as plain JavaScript around
+ * the attempt's fiber, until a retry hands over to the driver here.
+ *
  * @internal
  */
 import {
@@ -42,6 +46,7 @@ import { type RetryPolicy, schedule as retrySchedule } from "../Policy.js"
 import type { Service as StatsService } from "../Stats.js"
 import type { Series } from "../stats/series.js"
 import * as Deadline from "./deadline.js"
+import * as Fused from "./fused.js"
 import { tracedWith } from "./span.js"
 
 /**
@@ -173,6 +178,17 @@ export interface Engine {
     plan: Plan<T, A>,
     call: (target: T, step: Step<T>) => Effect.Effect<A, AiError>
   ) => Effect.Effect<A, AiError>
+  /**
+   * A single-value call started from JavaScript: reports to `sink` under `index` (at once
+   * when it ends at once: then it answers `undefined`), else answers its handle.
+   */
+  readonly start: <T, A>(
+    fiber: Fiber.Fiber<unknown, unknown>,
+    plan: Plan<T, A>,
+    call: (target: T, step: Step<T>) => Effect.Effect<A, AiError>,
+    sink: Fused.Sink,
+    index: number
+  ) => Fused.Running | undefined
   /** Runs `effect` as a tracked wait: shutdown interrupts it (the caller gets `ShuttingDownError`). */
   readonly tracked: <A, E>(
     effect: Effect.Effect<A, E>,
@@ -245,6 +261,12 @@ export interface Cut {
 export const CurrentCut = Context.Reference<Cut | undefined>("effect-orchestra/policy/CurrentCut", {
   defaultValue: () => undefined
 })
+
+/** Where a step's retry driver is. */
+interface RetryState {
+  attemptNo: number
+  stepper: ((now: number, error: AiError) => Effect.Effect<[Duration.Duration, Duration.Duration], unknown>) | undefined
+}
 
 /** Attempts of one call so far, and why it was cut if it was (a reason, or undefined). */
 interface Counter {
@@ -340,18 +362,18 @@ export const make = (options: Options): Effect.Effect<Engine, never, Scope.Scope
 
     // How an attempt's fiber ended becomes the attempt's outcome; a success passes through as is.
     const settleAttempt = <A>(
-      step: Step<unknown>,
+      step: Pick<Step<unknown>, "name" | "timeout">,
       result: Exit.Exit<A, AiError> | Deadline.Ending
-    ): Effect.Effect<A, AiError> => {
+    ): Exit.Exit<A, AiError> => {
       if (result === "timeout") {
-        seriesOf(step).timeouts++
-        return Effect.fail(new TimeoutError({ limit: "request", timeout: step.timeout!, provider: step.name }))
+        seriesOf(step as Step<unknown>).timeouts++
+        return Exit.fail(new TimeoutError({ limit: "request", timeout: step.timeout!, provider: step.name }))
       }
-      if (result === "shutdown") return Effect.fail(cutByShutdown())
+      if (result === "shutdown") return Exit.fail(cutByShutdown())
       if (Exit.isSuccess(result)) return result
       const error = Cause.findErrorOption(result.cause)
       if (error._tag === "Some") return result
-      return Effect.fail(unexpected(result.cause, step.name))
+      return Exit.fail(unexpected(result.cause, step.name))
     }
 
     // One attempt: rate limit (outside the deadline), breaker, deadline, provider slot, call.
@@ -407,6 +429,86 @@ export const make = (options: Options): Effect.Effect<Engine, never, Scope.Scope
       return Effect.flatMap(tracked(limit.acquire(step.name, { tokens: step.tokens })), () => guarded)
     }
 
+    // A step's outcome in its metrics (`undefined`: interrupted, by a deadline of the call or cancelled).
+    const stepEnded = (
+      series: Series,
+      started: number,
+      usageOf:
+        | ((value: never) => { readonly inputTokens: number; readonly outputTokens: number } | undefined)
+        | undefined,
+      counter: Counter,
+      exit: Exit.Exit<unknown, AiError> | undefined,
+      now: number
+    ): void => {
+      series.latency.record(now - started)
+      if (exit !== undefined && Exit.isSuccess(exit)) {
+        series.successes++
+        const usage = usageOf?.(exit.value as never)
+        if (usage !== undefined) {
+          series.inputTokens += usage.inputTokens
+          series.outputTokens += usage.outputTokens
+        }
+        return
+      }
+      const error = exit === undefined ? undefined : Cause.findErrorOption(exit.cause)
+      if (error !== undefined && error._tag === "Some") {
+        series.fail(reasonOf(error.value))
+      } else {
+        const cut = counter.cut()
+        if (cut === "Timeout") series.timeouts++
+        series.fail(cut ?? "Interrupted")
+      }
+    }
+
+    // The retry driver: after a failed attempt, the next one when the policy says so.
+    const retryOrFail = <T, A>(
+      step: Step<T>,
+      plan: Plan<T, A>,
+      call: (target: T, step: Step<T>) => Effect.Effect<A, AiError>,
+      counter: Counter,
+      series: Series,
+      state: RetryState,
+      error: AiError
+    ): Effect.Effect<A, AiError> => {
+      const policy = step.retry
+      if (policy === undefined || closing || !isRetryable(error)) return Effect.fail(error)
+      const next =
+        state.stepper === undefined
+          ? Effect.map(Schedule.toStep(retrySchedule(policy)), (s) => {
+              state.stepper = s as never
+              return s as NonNullable<RetryState["stepper"]>
+            })
+          : Effect.succeed(state.stepper)
+      return Effect.flatMap(next, (s) =>
+        Effect.flatMap(Effect.exit(s(clock.currentTimeMillisUnsafe(), error)), (decision) => {
+          if (Exit.isFailure(decision)) return Effect.fail(error)
+          const delay = decision.value[1]
+          series.retries++
+          const notify =
+            plan.onRetry === undefined ? Effect.void : plan.onRetry({ step, attempt: state.attemptNo, error, delay })
+          return Effect.flatMap(notify, () =>
+            Effect.flatMap(tracked(Effect.sleep(delay)), () => attempts(step, plan, call, counter, series, state))
+          )
+        })
+      )
+    }
+
+    const attempts = <T, A>(
+      step: Step<T>,
+      plan: Plan<T, A>,
+      call: (target: T, step: Step<T>) => Effect.Effect<A, AiError>,
+      counter: Counter,
+      series: Series,
+      state: RetryState
+    ): Effect.Effect<A, AiError> =>
+      Effect.suspend(() => {
+        state.attemptNo++
+        counter.attempts++
+        return Effect.catch(attempt(step, series, call, counter.traced), (error: AiError) =>
+          retryOrFail(step, plan, call, counter, series, state, error)
+        )
+      })
+
     // One step: the retry driver around attempts, and the step's metrics.
     const runStep = <T, A>(
       step: Step<T>,
@@ -418,59 +520,11 @@ export const make = (options: Options): Effect.Effect<Engine, never, Scope.Scope
         const series = seriesOf(step)
         series.requests++
         const started = clock.currentTimeMillisUnsafe()
-        let stepper:
-          | ((now: number, error: AiError) => Effect.Effect<[Duration.Duration, Duration.Duration], unknown>)
-          | undefined
-        let attemptNo = 0
-        const loop: Effect.Effect<A, AiError> = Effect.suspend(() => {
-          attemptNo++
-          counter.attempts++
-          return Effect.catch(attempt(step, series, call, counter.traced), (error: AiError) => {
-            const policy = step.retry
-            if (policy === undefined || closing || !isRetryable(error)) return Effect.fail(error)
-            const next =
-              stepper === undefined
-                ? Effect.map(Schedule.toStep(retrySchedule(policy)), (s) => {
-                    stepper = s as never
-                    return s
-                  })
-                : Effect.succeed(stepper)
-            return Effect.flatMap(next, (s) =>
-              Effect.flatMap(Effect.exit(s(clock.currentTimeMillisUnsafe(), error)), (decision) => {
-                if (Exit.isFailure(decision)) return Effect.fail(error)
-                const delay = decision.value[1]
-                series.retries++
-                const notify =
-                  plan.onRetry === undefined ? Effect.void : plan.onRetry({ step, attempt: attemptNo, error, delay })
-                return Effect.flatMap(notify, () => Effect.flatMap(tracked(Effect.sleep(delay)), () => loop))
-              })
-            )
-          })
+        const state: RetryState = { attemptNo: 0, stepper: undefined }
+        return Effect.onExit(attempts(step, plan, call, counter, series, state), (exit) => {
+          stepEnded(series, started, plan.usageOf as never, counter, exit, clock.currentTimeMillisUnsafe())
+          return Effect.void
         })
-        return loop.pipe(
-          Effect.onExit((exit) => {
-            series.latency.record(clock.currentTimeMillisUnsafe() - started)
-            if (Exit.isSuccess(exit)) {
-              series.successes++
-              const usage = plan.usageOf?.(exit.value)
-              if (usage !== undefined) {
-                series.inputTokens += usage.inputTokens
-                series.outputTokens += usage.outputTokens
-              }
-            } else {
-              const error = Cause.findErrorOption(exit.cause)
-              if (error._tag === "Some") {
-                series.fail(reasonOf(error.value))
-              } else {
-                // Interrupted: by a deadline of the call (counted as the timeout it is), or cancelled.
-                const cut = counter.cut()
-                if (cut === "Timeout") series.timeouts++
-                series.fail(cut ?? "Interrupted")
-              }
-            }
-            return Effect.void
-          })
-        )
       })
 
     const fallback = <T, A>(
@@ -638,6 +692,82 @@ export const make = (options: Options): Effect.Effect<Engine, never, Scope.Scope
       })
     }
 
+    const fusedEnv: Fused.Env = {
+      clock,
+      lanes,
+      settle: (call, result) => settleAttempt(call.step, result),
+      rest: (call, error) => {
+        const fused = call as Fused.Fused & { readonly plan: Plan<unknown, unknown> }
+        const step = fused.step as Step<unknown>
+        if (step.retry === undefined || closing || !isRetryable(error)) return undefined
+        const state: RetryState = { attemptNo: 1, stepper: undefined }
+        return Effect.onExit(
+          retryOrFail(step, fused.plan, fused.call as never, fused, fused.series, state, error),
+          (exit) => {
+            stepEnded(
+              fused.series,
+              fused.started,
+              fused.plan.usageOf as never,
+              fused,
+              exit,
+              clock.currentTimeMillisUnsafe()
+            )
+            return Effect.void
+          }
+        )
+      },
+      ended: (call, exit, now) => {
+        const fused = call as Fused.Fused & { readonly plan: Plan<unknown, unknown> }
+        stepEnded(fused.series, fused.started, fused.plan.usageOf as never, fused, exit, now)
+      },
+      leave,
+      leaveEffect
+    }
+
+    class Call<T, A> extends Fused.Fused {
+      constructor(
+        parent: Fiber.Fiber<unknown, unknown>,
+        step: Step<T>,
+        readonly plan: Plan<T, A>,
+        call: (target: T, step: Step<T>) => Effect.Effect<A, AiError>,
+        series: Series,
+        started: number,
+        fast: Fused.FastBreaker | undefined,
+        external: Cut | undefined
+      ) {
+        super(fusedEnv, parent, step, call as never, series, started, fast, external)
+      }
+    }
+
+    // The fused path (policy/fused.ts) takes a single-step plan without total deadline, cache,
+    // rate limit, provider slot or span, whose breaker (if any) has a fast lane open now.
+    // Answers the started call, or undefined: take the full path.
+    const fused = <T, A>(
+      fiber: Fiber.Fiber<unknown, unknown>,
+      plan: Plan<T, A>,
+      call: (target: T, step: Step<T>) => Effect.Effect<A, AiError>
+    ): Call<T, A> | undefined => {
+      if (plan.steps.length > 1 || plan.cache !== undefined || plan.totalTimeout !== undefined) return undefined
+      const step = plan.steps[0]
+      if (step.rateLimit !== undefined || slot(step.name, step.maxConcurrency) !== undefined) return undefined
+      if (isTraced(fiber)) return undefined
+      const now = clock.currentTimeMillisUnsafe()
+      let fast: Fused.FastBreaker | undefined
+      let ticket: Fused.FastTicket | undefined
+      if (step.breaker !== undefined) {
+        fast = Fused.fastBreakers.get(step.breaker)
+        if (fast === undefined) return undefined
+        ticket = fast.enter(step.name, fast.clock === clock ? now : fast.clock.currentTimeMillisUnsafe())
+        if (ticket === undefined) return undefined
+      }
+      const series = seriesOf(step)
+      series.requests++
+      const started = new Call(fiber, step, plan, call, series, now, fast, fiber.getRef(CurrentCut))
+      started.ticket = ticket
+      active++
+      return started
+    }
+
     // `run` for callers that want only the value: a single-step plan without cache or hedge
     // (most calls) skips building its Answer. `runValueIn` is for callers that already hold
     // their fiber (one `withFiber` fewer per call).
@@ -648,6 +778,8 @@ export const make = (options: Options): Effect.Effect<Engine, never, Scope.Scope
     ): Effect.Effect<A, AiError> => {
       if (plan.steps.length > 1 || plan.cache !== undefined) return Effect.map(run(plan, call), answerValue)
       if (closing) return Effect.fail(shuttingDown())
+      const fusedCall = fused(fiber, plan, call)
+      if (fusedCall !== undefined) return (fusedCall.begin() ?? fusedCall.wait()) as Effect.Effect<A, AiError>
       const deadlineAt =
         plan.totalTimeout === undefined
           ? undefined
@@ -656,6 +788,42 @@ export const make = (options: Options): Effect.Effect<Engine, never, Scope.Scope
       const body = runStep(plan.steps[0], plan, call, counter)
       active++
       return Effect.ensuring(plan.totalTimeout === undefined ? body : tracked(body, plan.totalTimeout), leaveEffect)
+    }
+
+    // A call started from JavaScript (the pools of `executeMany`): reports to `sink` under
+    // `index`; answers undefined when it already has, else its handle.
+    const start = <T, A>(
+      fiber: Fiber.Fiber<unknown, unknown>,
+      plan: Plan<T, A>,
+      call: (target: T, step: Step<T>) => Effect.Effect<A, AiError>,
+      sink: Fused.Sink,
+      index: number
+    ): Fused.Running | undefined => {
+      const fusedCall = closing ? undefined : fused(fiber, plan, call)
+      if (fusedCall !== undefined) {
+        fusedCall.sink = sink
+        fusedCall.index = index
+        const outcome = fusedCall.begin()
+        if (outcome === undefined) return fusedCall
+        return fusedCall.report(outcome) ? undefined : fusedCall
+      }
+      const child = Effect.runForkWith(fiber.context)(runValueIn(fiber, plan, call))
+      const exit = child.pollUnsafe()
+      if (exit !== undefined) {
+        sink.done(index, exit)
+        return undefined
+      }
+      let cancelled = false
+      child.addObserver((end) => {
+        if (!cancelled) sink.done(index, end)
+      })
+      return {
+        cancel: () => {
+          cancelled = true
+          child.interruptUnsafe()
+          return child
+        }
+      }
     }
 
     const runValue = <T, A>(
@@ -667,6 +835,7 @@ export const make = (options: Options): Effect.Effect<Engine, never, Scope.Scope
       run,
       runValue,
       runValueIn,
+      start,
       tracked,
       lanes,
       admit,

@@ -1,0 +1,271 @@
+/**
+ * The fused call path (src/policy/fused.ts) against the full one (src/policy/engine.ts):
+ * the same requests through the same policies must give the same outcomes, the same
+ * statistics and the same breaker transitions, whichever path runs them.
+ *
+ * An untraced caller takes the fused path; a traced one (a parent span in context) takes
+ * the full one. `Fused.prototype.begin` is counted to prove which path ran.
+ */
+import { assert, describe, it } from "@effect/vitest"
+import { Duration, Effect, Exit, Fiber, Layer, Option, Result, Scope, Stream } from "effect"
+import { TestClock } from "effect/testing"
+import { vi } from "vitest"
+import { type AiError, modelError } from "../src/AiError.js"
+import * as CircuitBreaker from "../src/CircuitBreaker.js"
+import * as Executor from "../src/Executor.js"
+import { type GenerateRequest, type GenerateResponse, ModelProvider, type Service, usage } from "../src/Model.js"
+import * as Engine from "../src/policy/engine.js"
+import * as Fused from "../src/policy/fused.js"
+import * as StatsModule from "../src/Stats.js"
+import { Stats } from "../src/Stats.js"
+
+const answer = (text: string): GenerateResponse => ({
+  text,
+  finishReason: "stop",
+  usage: usage(2, 3),
+  provider: "scripted",
+  model: "m"
+})
+
+/**
+ * A provider whose prompt says what it does: `ok`, `sleep:<ms>`, `flaky` (fails retryably
+ * the first time each prompt is seen), `overloaded` (always, retryably), `refused` (a
+ * caller's fault, not retried), `hang`, `die`.
+ */
+const scripted = (): Service => {
+  const seen = new Set<string>()
+  return {
+    name: "scripted",
+    defaultModel: "m",
+    generate: (request: GenerateRequest) =>
+      Effect.suspend(() => {
+        const prompt = request.prompt ?? ""
+        const [kind, arg] = prompt.split(":")
+        switch (kind) {
+          case "sleep":
+            return Effect.as(Effect.sleep(`${Number(arg)} millis`), answer(prompt))
+          case "flaky":
+            if (seen.has(prompt)) return Effect.succeed(answer(prompt))
+            seen.add(prompt)
+            return Effect.fail(modelError("Overloaded", "busy, try again"))
+          case "overloaded":
+            return Effect.fail(modelError("Overloaded", "busy"))
+          case "refused":
+            return Effect.fail(modelError("InvalidRequest", "bad prompt"))
+          case "hang":
+            return Effect.never
+          case "die":
+            return Effect.die(new Error("provider bug"))
+          default:
+            return Effect.succeed(answer(prompt))
+        }
+      }),
+    stream: () => Stream.die("not used"),
+    embed: () => Effect.die("not used")
+  }
+}
+
+const outcome = (result: Result.Result<GenerateResponse, AiError>): string =>
+  Result.isSuccess(result)
+    ? `ok ${result.success.text}`
+    : `${result.failure._tag} ${"reason" in result.failure ? String(result.failure.reason) : ""}`
+
+interface Run {
+  readonly outcomes: ReadonlyArray<string>
+  readonly stats: unknown
+  readonly transitions: ReadonlyArray<string>
+  readonly fusedCalls: number
+}
+
+/** Runs `requests` through `executeMany` on a fresh executor and breaker, under TestClock. */
+const runOnce = (requests: ReadonlyArray<GenerateRequest>, concurrency: number, failMax: number, traced: boolean) =>
+  Effect.gen(function* () {
+    const begin = vi.spyOn(Fused.Fused.prototype, "begin")
+    const scope = yield* Scope.make()
+    const layer = Executor.layerWithStats().pipe(
+      Layer.provideMerge(Layer.succeed(ModelProvider, scripted())),
+      Layer.provideMerge(CircuitBreaker.layerMemory({ failMax, resetTimeout: "5 seconds" }))
+    )
+    const context = yield* Layer.buildWithScope(layer, scope)
+    const executor = context.mapUnsafe.get(Executor.Executor.key) as Executor.Service
+    const stats = context.mapUnsafe.get(Stats.key) as Stats["Service"]
+    const breakers = context.mapUnsafe.get(CircuitBreaker.Breakers.key) as CircuitBreaker.Service
+    const transitions: Array<string> = []
+    yield* Effect.forkChild(
+      Stream.runForEach(breakers.changes, (change) =>
+        Effect.sync(() => transitions.push(`${change.from}>${change.to}`))
+      )
+    )
+    yield* Effect.yieldNow
+    const many = executor.executeMany(requests, {
+      concurrency,
+      timeout: "1 second",
+      retry: { maxAttempts: 3, initialDelay: 100, jitter: 0 }
+    })
+    const fiber = yield* Effect.forkChild(traced ? Effect.withSpan(many, "caller") : many)
+    for (let i = 0; i < 500 && fiber.pollUnsafe() === undefined; i++) yield* TestClock.adjust("50 millis")
+    const results = yield* Fiber.join(fiber)
+    const snapshot = yield* stats.snapshot()
+    yield* Scope.close(scope, Exit.void)
+    const fusedCalls = begin.mock.calls.length
+    begin.mockRestore()
+    const { latency, serviceTime, queueWait, timeToFirstToken, throughput, windowMs, ...counts } = snapshot
+    return {
+      outcomes: results.map(outcome),
+      stats: counts,
+      transitions,
+      fusedCalls
+    } satisfies Run
+  })
+
+const sameOnBothPaths = (requests: ReadonlyArray<GenerateRequest>, concurrency: number, failMax: number) =>
+  Effect.gen(function* () {
+    const fused = yield* runOnce(requests, concurrency, failMax, false)
+    const full = yield* runOnce(requests, concurrency, failMax, true)
+    assert.isAbove(fused.fusedCalls, 0, "the untraced run took the fused path")
+    assert.strictEqual(full.fusedCalls, 0, "the traced run took the full path")
+    assert.deepStrictEqual(fused.outcomes, full.outcomes)
+    assert.deepStrictEqual(fused.stats, full.stats)
+    assert.deepStrictEqual(fused.transitions, full.transitions)
+    return fused
+  })
+
+describe("the fused call path gives what the full path gives", () => {
+  it.effect("instant, slow, retried, refused, timed out and dying calls, one at a time, through a breaker", () =>
+    Effect.gen(function* () {
+      const prompts = ["ok:1", "sleep:200", "flaky:a", "refused", "die", "ok:2", "flaky:b", "hang", "ok:3", "sleep:10"]
+      const run = yield* sameOnBothPaths(
+        prompts.map((prompt) => ({ prompt })),
+        1,
+        3
+      )
+      assert.deepStrictEqual(run.outcomes, [
+        "ok ok:1",
+        "ok sleep:200",
+        "ok flaky:a",
+        "ModelError InvalidRequest",
+        "ModelError Unknown",
+        "ok ok:2",
+        "ok flaky:b",
+        // three attempts timed out: the breaker (failMax 3) opened
+        "TimeoutError ",
+        "CircuitOpenError ",
+        "CircuitOpenError "
+      ])
+      assert.includeMembers([...run.transitions], ["closed>open"])
+      const stats = run.stats as { total: number; retries: number; timeouts: number; inFlight: number }
+      assert.strictEqual(stats.total, prompts.length)
+      assert.strictEqual(stats.inFlight, 0)
+      assert.isAbove(stats.retries, 0)
+      assert.strictEqual(stats.timeouts, 3, "each of the three attempts of `hang` timed out")
+    })
+  )
+
+  it.effect("500 mixed calls at concurrency 20: the same outcomes and counts on both paths", () =>
+    Effect.gen(function* () {
+      const kinds = ["ok", "sleep:30", "flaky", "refused", "sleep:1500", "ok", "sleep:5"]
+      const requests = Array.from({ length: 500 }, (_, i) => {
+        const kind = kinds[i % kinds.length]!
+        return { prompt: kind === "flaky" ? `flaky:${i}` : kind === "ok" ? `ok:${i}` : kind }
+      })
+      // A breaker that stays closed: which of 20 concurrent calls a trip refuses depends on
+      // the order calls end within one instant, which the two paths need not share.
+      const run = yield* sameOnBothPaths(requests, 20, 10_000)
+      assert.strictEqual(run.outcomes.length, 500)
+      assert.strictEqual((run.stats as { total: number }).total, 500)
+    })
+  )
+})
+
+describe("the fused call path's own edges", () => {
+  const step = (timeout: string | undefined) => ({
+    target: "t",
+    name: "edge",
+    timeout: timeout === undefined ? undefined : Duration.fromInputUnsafe(timeout as Duration.Input),
+    retry: undefined
+  })
+
+  it.effect("an attempt that ends before its caller waits for it still answers (the caller yielded in between)", () =>
+    Effect.gen(function* () {
+      const stats = yield* Stats
+      const engine = yield* Engine.make({ stats, shutdownDeadline: Duration.seconds(1) })
+      const begin = vi.spyOn(Fused.Fused.prototype, "begin")
+      const pending = yield* Effect.withFiber((fiber) =>
+        Effect.succeed(
+          engine.runValueIn(fiber, { steps: [step("1 second")] }, () => Effect.as(Effect.yieldNow, "answer"))
+        )
+      )
+      // The attempt's fiber runs to its end while this one yields; only then does it wait.
+      for (let i = 0; i < 10; i++) yield* Effect.yieldNow
+      const waiting = yield* Effect.forkChild(Effect.timeoutOption(pending, "1 second"))
+      yield* TestClock.adjust("1 second")
+      const value = yield* Fiber.join(waiting)
+      assert.strictEqual(begin.mock.calls.length, 1, "the fused path ran")
+      begin.mockRestore()
+      assert.deepStrictEqual(value, Option.some("answer"))
+      const snapshot = yield* stats.snapshot()
+      assert.strictEqual(snapshot.successes, 1)
+      assert.strictEqual(snapshot.inFlight, 0)
+    }).pipe(Effect.provide(StatsModule.layer))
+  )
+
+  it.effect("a caller interrupted during its attempt: the attempt is interrupted and counted once as Interrupted", () =>
+    Effect.gen(function* () {
+      const stats = yield* Stats
+      const engine = yield* Engine.make({ stats, shutdownDeadline: Duration.seconds(1) })
+      let interrupted = 0
+      const fiber = yield* Effect.forkChild(
+        engine.runValue({ steps: [step("1 minute")] }, () =>
+          Effect.onInterrupt(Effect.never, () => Effect.sync(() => interrupted++))
+        )
+      )
+      yield* Effect.yieldNow
+      assert.strictEqual((yield* stats.snapshot()).inFlight, 1)
+      yield* Fiber.interrupt(fiber)
+      for (let i = 0; i < 5; i++) yield* Effect.yieldNow
+      const snapshot = yield* stats.snapshot()
+      assert.strictEqual(interrupted, 1)
+      assert.strictEqual(snapshot.inFlight, 0)
+      assert.deepStrictEqual(snapshot.failuresByReason, { Interrupted: 1 })
+      assert.strictEqual(engine.lanes.size(), 0, "its deadline is no longer tracked")
+    }).pipe(Effect.provide(StatsModule.layer))
+  )
+
+  it.effect(
+    "executeMany interrupted while its calls wait to retry: nothing is left running, shutdown does not wait",
+    () =>
+      Effect.gen(function* () {
+        const scope = yield* Scope.make()
+        const layer = Executor.layerWithStats({ shutdownDeadline: "1 hour" }).pipe(
+          Layer.provideMerge(
+            Layer.succeed(ModelProvider, {
+              ...scripted(),
+              generate: () => Effect.fail(modelError("Overloaded", "busy"))
+            })
+          )
+        )
+        const context = yield* Layer.buildWithScope(layer, scope)
+        const executor = context.mapUnsafe.get(Executor.Executor.key) as Executor.Service
+        const stats = context.mapUnsafe.get(Stats.key) as Stats["Service"]
+        const requests = Array.from({ length: 50 }, (_, i) => ({ prompt: `q${i}` }))
+        const fiber = yield* Effect.forkChild(
+          executor.executeMany(requests, {
+            concurrency: 50,
+            retry: { maxAttempts: 5, initialDelay: "10 minutes", jitter: 0 }
+          })
+        )
+        for (let i = 0; i < 5; i++) yield* Effect.yieldNow
+        const before = yield* stats.snapshot()
+        assert.strictEqual(before.retries, 50, "every call failed once and waits to retry")
+        yield* Fiber.interrupt(fiber)
+        const after = yield* stats.snapshot()
+        assert.strictEqual(after.total, 50)
+        assert.deepStrictEqual(after.failuresByReason, { Interrupted: 50 })
+        // With a call still counted as running, closing would wait for the 1-hour deadline,
+        // which the test clock never reaches.
+        const closed = yield* Scope.close(scope, Exit.void).pipe(Effect.timeoutOption("1 second"), Effect.forkChild)
+        yield* TestClock.adjust("1 second")
+        assert.deepStrictEqual(yield* Fiber.join(closed), Option.some(undefined))
+      })
+  )
+})
