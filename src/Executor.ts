@@ -6,7 +6,7 @@
  *
  * @since 0.1.0
  */
-import { Cause, Context, Duration, Effect, Exit, type Fiber, Layer, Option, Result, type Stream, Tracer } from "effect"
+import { Cause, Context, Duration, Effect, Exit, type Fiber, Layer, Option, Result, type Stream } from "effect"
 import { type AiError, invalidRequest, ModelError } from "./AiError.js"
 import { Breakers } from "./CircuitBreaker.js"
 import * as Input from "./Input.js"
@@ -31,7 +31,7 @@ import { ResponseCache } from "./ResponseCache.js"
 import * as Engine from "./policy/engine.js"
 import type { Sink } from "./policy/fused.js"
 import { forEachPool, forEachStarted } from "./policy/pool.js"
-import { traced } from "./policy/span.js"
+import { isTraced, traced } from "./policy/span.js"
 import * as StreamEngine from "./policy/stream.js"
 import { type ExecutionStats, type Filter, layer as statsLayer, Stats } from "./Stats.js"
 
@@ -432,7 +432,7 @@ export const make = Effect.fnUntraced(function* (options: Options = {}) {
       if (error !== undefined) return refused(error, target, callOptions.domain)
       const call = engine.runValueIn(fiber, planOf(target, request, callOptions, resolved.success), generateOf(request))
       // A span only for a traced caller (a span costs more than an instant call).
-      return Context.getOption(fiber.context, Tracer.ParentSpan)._tag === "Some"
+      return isTraced(fiber)
         ? Effect.withSpan(call, "Executor.execute", {
             attributes: executeAttributes(target, request, callOptions.domain)
           })
@@ -496,7 +496,7 @@ export const make = Effect.fnUntraced(function* (options: Options = {}) {
         return Effect.fail(invalidRequest(resolved.failure.path, resolved.failure.message))
       }
       const items = Array.from(requests)
-      if (Context.getOption(fiber.context, Tracer.ParentSpan)._tag === "Some") {
+      if (isTraced(fiber)) {
         return Effect.withSpan(
           forEachPool(items, concurrency.success, (request) => Effect.result(execute(request, manyOptions))),
           "Executor.executeMany",

@@ -12,13 +12,14 @@
  *
  * @since 0.1.0
  */
-import { Context, Duration, Effect, Layer, Metric, Option, Result, Tracer } from "effect"
+import { Context, Duration, Effect, Layer, Metric, Result } from "effect"
 import { RateLimiter, type Redis } from "effect/persistence"
 import { ModelError } from "./AiError.js"
 import * as Input from "./Input.js"
 import * as Metrics from "./Metrics.js"
 import * as RedisStore from "./RateLimit/Redis.js"
 import * as SharedRedis from "./Redis.js"
+import { isTraced } from "./policy/span.js"
 
 /**
  * The limits of one key (a provider). Both limits count over `window`: with `window:
@@ -354,8 +355,8 @@ export const make = Effect.fnUntraced(function* (
 
   // A span only for traced callers: one costs more than a whole in-memory acquire.
   const acquire: Service["acquire"] = (key, cost) =>
-    Effect.flatMap(Effect.serviceOption(Tracer.ParentSpan), (parent) =>
-      Option.isSome(parent) ? Effect.withSpan(untraced(key, cost), "RateLimits.acquire") : untraced(key, cost)
+    Effect.withFiber((fiber) =>
+      isTraced(fiber) ? Effect.withSpan(untraced(key, cost), "RateLimits.acquire") : untraced(key, cost)
     )
 
   return RateLimits.of({ acquire, limitsOf })

@@ -3,17 +3,19 @@
  * the same requests through the same policies must give the same outcomes, the same
  * statistics and the same breaker transitions, whichever path runs them.
  *
- * An untraced caller takes the fused path; a traced one (a parent span in context) takes
- * the full one. `Fused.prototype.begin` is counted to prove which path ran.
+ * An untraced caller takes the fused path; a traced one (in a span, with a tracer the
+ * application provided) takes the full one. `Fused.prototype.begin` is counted to prove which path ran.
  */
 import { assert, describe, it } from "@effect/vitest"
-import { Duration, Effect, Exit, Fiber, Layer, Option, Result, Scope, Stream } from "effect"
+import { Duration, Effect, Exit, Fiber, Layer, Option, Result, Scope, Stream, Tracer } from "effect"
 import { TestClock } from "effect/testing"
 import { vi } from "vitest"
 import { type AiError, modelError } from "../src/AiError.js"
+import * as Batch from "../src/Batch.js"
 import * as CircuitBreaker from "../src/CircuitBreaker.js"
 import * as Executor from "../src/Executor.js"
 import { type GenerateRequest, type GenerateResponse, ModelProvider, type Service, usage } from "../src/Model.js"
+import * as Orchestra from "../src/Orchestra.js"
 import * as Engine from "../src/policy/engine.js"
 import * as Fused from "../src/policy/fused.js"
 import * as StatsModule from "../src/Stats.js"
@@ -70,6 +72,9 @@ const outcome = (result: Result.Result<GenerateResponse, AiError>): string =>
     ? `ok ${result.success.text}`
     : `${result.failure._tag} ${"reason" in result.failure ? String(result.failure.reason) : ""}`
 
+/** A tracer the application provided (Effect's default one makes a caller untraced here). */
+const collecting = Tracer.make({ span: (options) => new Tracer.NativeSpan(options) })
+
 interface Run {
   readonly outcomes: ReadonlyArray<string>
   readonly stats: unknown
@@ -102,7 +107,9 @@ const runOnce = (requests: ReadonlyArray<GenerateRequest>, concurrency: number, 
       timeout: "1 second",
       retry: { maxAttempts: 3, initialDelay: 100, jitter: 0 }
     })
-    const fiber = yield* Effect.forkChild(traced ? Effect.withSpan(many, "caller") : many)
+    const fiber = yield* Effect.forkChild(
+      traced ? Effect.withSpan(many, "caller").pipe(Effect.provideService(Tracer.Tracer, collecting)) : many
+    )
     for (let i = 0; i < 500 && fiber.pollUnsafe() === undefined; i++) yield* TestClock.adjust("50 millis")
     const results = yield* Fiber.join(fiber)
     const snapshot = yield* stats.snapshot()
@@ -267,5 +274,66 @@ describe("the fused call path's own edges", () => {
         yield* TestClock.adjust("1 second")
         assert.deepStrictEqual(yield* Fiber.join(closed), Option.some(undefined))
       })
+  )
+})
+
+describe("the fused path under the manager (Router plans, Batch.run)", () => {
+  const runBatch = (prompts: ReadonlyArray<string>, traced: boolean) =>
+    Effect.gen(function* () {
+      const begin = vi.spyOn(Fused.Fused.prototype, "begin")
+      const scope = yield* Scope.make()
+      const context = yield* Layer.buildWithScope(
+        Orchestra.layer({
+          providers: { scripted: Layer.succeed(ModelProvider, scripted()) },
+          domains: [
+            {
+              name: "d",
+              provider: "scripted",
+              timeout: "1 second",
+              retry: { maxAttempts: 3, initialDelay: 100, jitter: 0 }
+            }
+          ],
+          maxConcurrent: 4,
+          // Open only after many failures, so that most items reach the provider.
+          breakers: { failMax: 20 }
+        }),
+        scope
+      )
+      const batch = context.mapUnsafe.get(Batch.Batch.key) as Batch.Service
+      const stats = context.mapUnsafe.get(Stats.key) as Stats["Service"]
+      const run = batch.run(prompts, { domain: "d" })
+      const fiber = yield* Effect.forkChild(traced ? Effect.provideService(run, Tracer.Tracer, collecting) : run)
+      for (let i = 0; i < 500 && fiber.pollUnsafe() === undefined; i++) yield* TestClock.adjust("50 millis")
+      const result = yield* Fiber.join(fiber)
+      const { latency, serviceTime, queueWait, timeToFirstToken, throughput, windowMs, ...counts } =
+        yield* stats.snapshot()
+      yield* Scope.close(scope, Exit.void)
+      const fusedCalls = begin.mock.calls.length
+      begin.mockRestore()
+      return {
+        fusedCalls,
+        counts,
+        items: result.results.map(
+          (r) =>
+            `${r.status} ${r.answer?.response.text ?? r.error?._tag ?? ""} retries=${r.retries} attempts=${r.answer?.attempts}`
+        )
+      }
+    })
+
+  it.effect("Batch.run with a domain: the same items, retries and counts on both paths", () =>
+    Effect.gen(function* () {
+      const kinds = ["ok", "flaky", "sleep:30", "refused", "hang"]
+      const prompts = Array.from({ length: 60 }, (_, i) => (kinds[i % 5] === "flaky" ? `flaky:${i}` : kinds[i % 5]!))
+      const fused = yield* runBatch(prompts, false)
+      const full = yield* runBatch(prompts, true)
+      assert.isAbove(fused.fusedCalls, 0, "an untraced Batch.run takes the fused path")
+      assert.strictEqual(full.fusedCalls, 0, "a traced one takes the full path")
+      assert.deepStrictEqual(fused.items, full.items)
+      assert.deepStrictEqual(fused.counts, full.counts)
+      const count = (prefix: string) => fused.items.filter((item) => item.startsWith(prefix)).length
+      assert.isAbove(count("success flaky"), 0, "retried items answered")
+      assert.isAbove(count("timeout"), 0, "hung items timed out")
+      assert.isAbove(count("error ModelError"), 0, "refused items failed")
+    })
   )
 })

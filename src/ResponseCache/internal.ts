@@ -9,9 +9,10 @@
  *
  * @internal
  */
-import { Cache, Duration, Effect, Exit, Fiber, Metric, MutableHashMap, Option, Tracer } from "effect"
+import { Cache, Duration, Effect, Exit, Fiber, Metric, MutableHashMap, Option } from "effect"
 import * as Metrics from "../Metrics.js"
 import type { GenerateResponse, StreamPart } from "../Model.js"
+import { isTraced } from "../policy/span.js"
 
 /**
  * A cached value: a whole answer or the parts of a completed stream.
@@ -193,9 +194,7 @@ export const lookupCounters = (cache: string): Readonly<Record<Source, Metric.Me
  * @internal
  */
 export const traced = <A, E, R>(name: string, effect: Effect.Effect<A, E, R>): Effect.Effect<A, E, R> =>
-  Effect.flatMap(Effect.serviceOption(Tracer.ParentSpan), (parent) =>
-    Option.isSome(parent) ? Effect.withSpan(effect, name) : effect
-  )
+  Effect.withFiber((fiber) => (isTraced(fiber) ? Effect.withSpan(effect, name) : effect))
 
 /** @internal */
 export const responseKey = (key: string): string => `r:${key}`

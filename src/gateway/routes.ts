@@ -5,7 +5,7 @@
  *
  * @internal
  */
-import { Cause, type Clock, Effect, Exit, Fiber, Option, Redacted, Result, type Scope, Tracer } from "effect"
+import { Cause, type Clock, Effect, Exit, Fiber, Option, Redacted, Result, type Scope, type Tracer } from "effect"
 import * as ByteSize from "effect/ByteSize"
 import { HttpIncomingMessage, type HttpServerRequest, HttpServerResponse } from "effect/http"
 import type { AiError } from "../AiError.js"
@@ -16,6 +16,7 @@ import type { Entry, Lifecycle } from "./lifecycle.js"
 import type { GatewayMetrics, Route } from "./metrics.js"
 import type { Resolved } from "./options.js"
 import { millis, type Upstream } from "./upstream.js"
+import { isTraced } from "../policy/span.js"
 
 /**
  * The identity a key store gives a request's key (the `KeyContext` of the key store,
@@ -233,8 +234,8 @@ export const traced = <A, E, R>(
   attributes: Record<string, unknown>,
   effect: (span: Tracer.Span | undefined) => Effect.Effect<A, E, R>
 ): Effect.Effect<A, E, R> =>
-  Effect.flatMap(Effect.serviceOption(Tracer.ParentSpan), (parent) =>
-    Option.isSome(parent)
+  Effect.withFiber((fiber) =>
+    isTraced(fiber)
       ? Effect.useSpan(name, { attributes, kind: "internal" }, (span) =>
           Effect.withParentSpan(effect(span), span, { captureStackTrace: false })
         )

@@ -27,8 +27,7 @@ import {
   Exit,
   Schedule,
   Semaphore,
-  type Scope,
-  Tracer
+  type Scope
 } from "effect"
 import {
   type AiError,
@@ -47,7 +46,7 @@ import type { Service as StatsService } from "../Stats.js"
 import type { Series } from "../stats/series.js"
 import * as Deadline from "./deadline.js"
 import * as Fused from "./fused.js"
-import { tracedWith } from "./span.js"
+import { isTraced, tracedWith } from "./span.js"
 
 /**
  * What the pipeline needs of a circuit breaker (the `CircuitBreaker` service provides it).
@@ -292,9 +291,6 @@ class CallCounter implements Counter {
       : undefined
   }
 }
-
-const isTraced = (fiber: Fiber.Fiber<unknown, unknown>): boolean =>
-  Context.getOption(fiber.context, Tracer.ParentSpan)._tag === "Some"
 
 /**
  * Builds the engine; closing its scope stops admitting calls, waits up to the shutdown
@@ -641,7 +637,7 @@ export const make = (options: Options): Effect.Effect<Engine, never, Scope.Scope
         )
       })
 
-    const run = <T, A>(
+    const runFull = <T, A>(
       plan: Plan<T, A>,
       call: (target: T, step: Step<T>) => Effect.Effect<A, AiError>
     ): Effect.Effect<Answer<T, A>, AiError> => {
@@ -689,6 +685,31 @@ export const make = (options: Options): Effect.Effect<Engine, never, Scope.Scope
         }
         active++
         return Effect.ensuring(body, leaveEffect)
+      })
+    }
+
+    // A single-step plan answers from the fused path when it can (see `fused` below).
+    const run = <T, A>(
+      plan: Plan<T, A>,
+      call: (target: T, step: Step<T>) => Effect.Effect<A, AiError>
+    ): Effect.Effect<Answer<T, A>, AiError> => {
+      if (closing) return Effect.fail(shuttingDown())
+      if (plan.steps.length > 1 || plan.cache !== undefined || plan.totalTimeout !== undefined) {
+        return runFull(plan, call)
+      }
+      return Effect.withFiber((fiber) => {
+        const started = closing ? undefined : fused(fiber, plan, call)
+        if (started === undefined) return runFull(plan, call)
+        return Effect.map(
+          (started.begin() ?? started.wait()) as Effect.Effect<A, AiError>,
+          (value): Answer<T, A> => ({
+            value,
+            step: plan.steps[0],
+            attempts: started.attempts,
+            stepsTried: 1,
+            source: "provider"
+          })
+        )
       })
     }
 
@@ -776,7 +797,7 @@ export const make = (options: Options): Effect.Effect<Engine, never, Scope.Scope
       plan: Plan<T, A>,
       call: (target: T, step: Step<T>) => Effect.Effect<A, AiError>
     ): Effect.Effect<A, AiError> => {
-      if (plan.steps.length > 1 || plan.cache !== undefined) return Effect.map(run(plan, call), answerValue)
+      if (plan.steps.length > 1 || plan.cache !== undefined) return Effect.map(runFull(plan, call), answerValue)
       if (closing) return Effect.fail(shuttingDown())
       const fusedCall = fused(fiber, plan, call)
       if (fusedCall !== undefined) return (fusedCall.begin() ?? fusedCall.wait()) as Effect.Effect<A, AiError>

@@ -5,11 +5,25 @@
  *
  * @internal
  */
-import { Context, Effect, Tracer } from "effect"
+import { Context, Effect, type Fiber, References, Tracer } from "effect"
 
 /**
- * Runs `effect` in a span named `name` when the calling fiber has a parent span; as is
- * otherwise. `attributes` is read only when the span is made.
+ * Whether a span made on `fiber` would reach anyone: the fiber is in a span, tracing is
+ * enabled, and the tracer is one the application provided. Effect's default tracer keeps
+ * spans in memory only (every `Effect.fn` makes one), so a caller inside an `Effect.fn`
+ * with no tracer provided is untraced here: its calls take the fused path
+ * (`policy/fused.ts`) and make no span per attempt.
+ *
+ * @internal
+ */
+export const isTraced = (fiber: Fiber.Fiber<unknown, unknown>): boolean =>
+  fiber.getRef(Tracer.Tracer) !== Tracer.nativeTracer &&
+  fiber.getRef(References.TracerEnabled) &&
+  Context.getOption(fiber.context, Tracer.ParentSpan)._tag === "Some"
+
+/**
+ * Runs `effect` in a span named `name` when the calling fiber is traced ({@link isTraced});
+ * as is otherwise. `attributes` is read only when the span is made.
  *
  * @internal
  */
@@ -18,11 +32,7 @@ export const traced = <A, E, R>(
   attributes: () => Record<string, unknown>,
   effect: Effect.Effect<A, E, R>
 ): Effect.Effect<A, E, R> =>
-  Effect.withFiber((fiber) =>
-    Context.getOption(fiber.context, Tracer.ParentSpan)._tag === "Some"
-      ? Effect.withSpan(effect, name, { attributes: attributes() })
-      : effect
-  )
+  Effect.withFiber((fiber) => (isTraced(fiber) ? Effect.withSpan(effect, name, { attributes: attributes() }) : effect))
 
 /**
  * {@link traced} with the attributes computed from `context` by a function made once, so a
@@ -37,7 +47,5 @@ export const tracedWith = <A, E, R, C>(
   effect: Effect.Effect<A, E, R>
 ): Effect.Effect<A, E, R> =>
   Effect.withFiber((fiber) =>
-    Context.getOption(fiber.context, Tracer.ParentSpan)._tag === "Some"
-      ? Effect.withSpan(effect, name, { attributes: attributes(context) })
-      : effect
+    isTraced(fiber) ? Effect.withSpan(effect, name, { attributes: attributes(context) }) : effect
   )
