@@ -498,7 +498,9 @@ export const make = Effect.fnUntraced(function* (options: Options = {}) {
       const items = Array.from(requests)
       if (isTraced(fiber)) {
         return Effect.withSpan(
-          forEachPool(items, concurrency.success, (request) => Effect.result(execute(request, manyOptions))),
+          forEachPool(items, concurrency.success, (request) =>
+            Effect.map(Effect.exit(execute(request, manyOptions)), resultOf)
+          ),
           "Executor.executeMany",
           { attributes: { "orchestra.items": items.length, "orchestra.concurrency": concurrency.success } }
         )
