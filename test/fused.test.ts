@@ -32,15 +32,17 @@ const answer = (text: string): GenerateResponse => ({
 /**
  * A provider whose prompt says what it does: `ok`, `sleep:<ms>`, `flaky` (fails retryably
  * the first time each prompt is seen), `overloaded` (always, retryably), `refused` (a
- * caller's fault, not retried), `hang`, `die`.
+ * caller's fault, not retried), `hang`, `die`, `throw` (throws instead of answering an Effect).
  */
 const scripted = (): Service => {
   const seen = new Set<string>()
   return {
     name: "scripted",
     defaultModel: "m",
-    generate: (request: GenerateRequest) =>
-      Effect.suspend(() => {
+    generate: (request: GenerateRequest) => {
+      // A provider that throws instead of returning an Effect (a bug): the attempt's defect.
+      if (request.prompt === "throw") throw new Error("provider threw")
+      return Effect.suspend(() => {
         const prompt = request.prompt ?? ""
         const [kind, arg] = prompt.split(":")
         switch (kind) {
@@ -61,7 +63,8 @@ const scripted = (): Service => {
           default:
             return Effect.succeed(answer(prompt))
         }
-      }),
+      })
+    },
     stream: () => Stream.die("not used"),
     embed: () => Effect.die("not used")
   }
@@ -170,7 +173,7 @@ describe("the fused call path gives what the full path gives", () => {
 
   it.effect("500 mixed calls at concurrency 20: the same outcomes and counts on both paths", () =>
     Effect.gen(function* () {
-      const kinds = ["ok", "sleep:30", "flaky", "refused", "sleep:1500", "ok", "sleep:5"]
+      const kinds = ["ok", "sleep:30", "flaky", "refused", "sleep:1500", "ok", "sleep:5", "throw"]
       const requests = Array.from({ length: 500 }, (_, i) => {
         const kind = kinds[i % kinds.length]!
         return { prompt: kind === "flaky" ? `flaky:${i}` : kind === "ok" ? `ok:${i}` : kind }
@@ -179,6 +182,8 @@ describe("the fused call path gives what the full path gives", () => {
       // the order calls end within one instant, which the two paths need not share.
       const run = yield* sameOnBothPaths(requests, 20, 10_000)
       assert.strictEqual(run.outcomes.length, 500)
+      assert.strictEqual(run.outcomes[7], "ModelError Unknown", "a provider that throws fails its own request")
+      assert.strictEqual((run.stats as { inFlight: number }).inFlight, 0)
       assert.strictEqual((run.stats as { total: number }).total, 500)
     })
   )

@@ -383,8 +383,16 @@ export const make = (options: Options): Effect.Effect<Engine, never, Scope.Scope
       const semaphore = slot(step.name, step.maxConcurrency)
       const serve = Effect.suspend(() => {
         const started = clock.currentTimeMillisUnsafe()
+        let provided: Effect.Effect<A, AiError>
+        try {
+          provided = call(step.target, step)
+        } catch (defect) {
+          // A provider that throws instead of returning an Effect: that attempt's defect
+          // (and its gauges, entered below, are left on exit as for any other).
+          provided = Effect.die(defect)
+        }
         for (const g of gauges) g.enter()
-        return Effect.onExit(call(step.target, step), () => {
+        return Effect.onExit(provided, () => {
           for (const g of gauges) g.exit()
           series.service.record(clock.currentTimeMillisUnsafe() - started)
           return Effect.void

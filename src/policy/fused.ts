@@ -147,7 +147,14 @@ export class Fused extends Deadline.Tracked implements Running {
   begin(): Effect.Effect<unknown, AiError> | undefined {
     const step = this.step
     for (const g of this.series.gauges) g.enter()
-    const fiber = Effect.runForkWith(this.parent.context)(this.call(step.target, step as never))
+    let call: Effect.Effect<unknown, AiError>
+    try {
+      call = this.call(step.target, step as never)
+    } catch (defect) {
+      // A provider that throws instead of returning an Effect: that attempt's defect, as on the full path.
+      call = Effect.die(defect)
+    }
+    const fiber = Effect.runForkWith(this.parent.context)(call)
     this.fiber = fiber
     const done = fiber.pollUnsafe()
     if (done !== undefined) return this.ended(done, this.served())
