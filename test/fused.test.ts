@@ -7,7 +7,7 @@
  * application provided) takes the full one. `Fused.prototype.begin` is counted to prove which path ran.
  */
 import { assert, describe, it } from "@effect/vitest"
-import { Duration, Effect, Exit, Fiber, Layer, Option, Result, Scope, Stream, Tracer } from "effect"
+import { Context, Duration, Effect, Exit, Fiber, Layer, Option, Result, Scheduler, Scope, Stream, Tracer } from "effect"
 import { TestClock } from "effect/testing"
 import { vi } from "vitest"
 import { type AiError, modelError } from "../src/AiError.js"
@@ -16,6 +16,7 @@ import * as CircuitBreaker from "../src/CircuitBreaker.js"
 import * as Executor from "../src/Executor.js"
 import { type GenerateRequest, type GenerateResponse, ModelProvider, type Service, usage } from "../src/Model.js"
 import * as Orchestra from "../src/Orchestra.js"
+import * as Policy from "../src/Policy.js"
 import * as Engine from "../src/policy/engine.js"
 import * as Fused from "../src/policy/fused.js"
 import * as StatsModule from "../src/Stats.js"
@@ -140,6 +141,14 @@ const sameOnBothPaths = (requests: ReadonlyArray<GenerateRequest>, concurrency: 
     return fused
   })
 
+/** A step of a plan built by hand (engine tests). */
+const step = (timeout: string | undefined) => ({
+  target: "t",
+  name: "edge",
+  timeout: timeout === undefined ? undefined : Duration.fromInputUnsafe(timeout as Duration.Input),
+  retry: undefined
+})
+
 describe("the fused call path gives what the full path gives", () => {
   it.effect("instant, slow, retried, refused, timed out and dying calls, one at a time, through a breaker", () =>
     Effect.gen(function* () {
@@ -190,13 +199,6 @@ describe("the fused call path gives what the full path gives", () => {
 })
 
 describe("the fused call path's own edges", () => {
-  const step = (timeout: string | undefined) => ({
-    target: "t",
-    name: "edge",
-    timeout: timeout === undefined ? undefined : Duration.fromInputUnsafe(timeout as Duration.Input),
-    retry: undefined
-  })
-
   it.effect("an attempt that ends before its caller waits for it still answers (the caller yielded in between)", () =>
     Effect.gen(function* () {
       const stats = yield* Stats
@@ -375,5 +377,103 @@ describe("executeMany: one outcome per request, whatever ends a call", () => {
           yield* Scope.close(scope, Exit.void)
         }
       })
+  )
+})
+
+describe("found in review: interruptions at any point, and lanes ending together", () => {
+  const hang = () => Effect.never
+
+  it.effect("two calls of one Effect.all time out together: each ends once, the lane is empty (both paths)", () =>
+    Effect.gen(function* () {
+      for (const traced of [false, true]) {
+        const stats = yield* Stats
+        yield* stats.reset
+        const scope = yield* Scope.make()
+        const engine = yield* Engine.make({ stats, shutdownDeadline: Duration.seconds(1) }).pipe(Scope.provide(scope))
+        const plan = { steps: [step("1 second")] as const }
+        const both = Effect.all([engine.runValue(plan, hang), engine.runValue(plan, hang)], { concurrency: 2 })
+        const fiber = yield* Effect.forkChild(
+          traced ? Effect.withSpan(both, "caller").pipe(Effect.provideService(Tracer.Tracer, collecting)) : both
+        )
+        yield* Effect.yieldNow
+        assert.strictEqual(engine.lanes.size(), 2)
+        yield* TestClock.adjust("2 seconds")
+        yield* Fiber.await(fiber)
+        // The first timeout interrupts its sibling: before, the lane then ended the sibling's
+        // already-unlinked node a second time (size -1).
+        assert.strictEqual(engine.lanes.size(), 0, `traced: ${traced}`)
+        assert.strictEqual((yield* stats.snapshot()).inFlight, 0)
+        yield* Scope.close(scope, Exit.void)
+      }
+    }).pipe(Effect.provide(StatsModule.layer))
+  )
+
+  it.effect("shutdown interrupts every call, also one linked after a pair whose first cancels the second", () =>
+    Effect.gen(function* () {
+      const stats = yield* Stats
+      const scope = yield* Scope.make()
+      const engine = yield* Engine.make({ stats, shutdownDeadline: Duration.seconds(1) }).pipe(Scope.provide(scope))
+      const plan = { steps: [step(undefined)] as const }
+      const ab = yield* Effect.forkChild(
+        Effect.all([engine.runValue(plan, hang), engine.runValue(plan, hang)], { concurrency: 2 })
+      )
+      yield* Effect.yieldNow
+      const c = yield* Effect.forkChild(engine.runValue(plan, hang))
+      yield* Effect.yieldNow
+      const closing = yield* Effect.forkChild(Scope.close(scope, Exit.void))
+      yield* TestClock.adjust("10 seconds")
+      assert.isDefined(closing.pollUnsafe(), "the engine closed")
+      assert.isDefined(ab.pollUnsafe())
+      assert.isDefined(c.pollUnsafe(), "the call linked after the pair was interrupted too")
+      assert.strictEqual(engine.lanes.size(), 0)
+    }).pipe(Effect.provide(StatsModule.layer))
+  )
+
+  it.effect("a caller interrupted wherever the runtime lets it yield: every call counted once, none left running", () =>
+    Effect.gen(function* () {
+      for (const withRetry of [false, true]) {
+        for (let k = 1; k <= 40; k++) {
+          const scope = yield* Scope.make()
+          const context = yield* Layer.buildWithScope(
+            Layer.mergeAll(StatsModule.layer, CircuitBreaker.layerMemory({ failMax: 1, resetTimeout: "5 seconds" })),
+            scope
+          )
+          const stats = context.mapUnsafe.get(Stats.key) as Stats["Service"]
+          const breakers = context.mapUnsafe.get(CircuitBreaker.Breakers.key) as CircuitBreaker.Service
+          const engine = yield* Engine.make({ stats, shutdownDeadline: Duration.seconds(1) }).pipe(Scope.provide(scope))
+          const plan = {
+            steps: [
+              {
+                ...step("1 second"),
+                name: "p",
+                breaker: breakers,
+                retry: withRetry ? Policy.retry({ maxAttempts: 3, initialDelay: 100, jitter: 0 }) : undefined
+              }
+            ] as const
+          }
+          // The caller's fiber yields every k operations, and is interrupted at once.
+          const base = Context.add(yield* Effect.context<never>(), Scheduler.MaxOpsBeforeYield, k)
+          const caller = Effect.runForkWith(base)(
+            engine.runValue(plan, () => Effect.fail(modelError("Overloaded", "busy")))
+          )
+          caller.interruptUnsafe()
+          for (let i = 0; i < 100; i++) yield* Effect.yieldNow
+          const snapshot = yield* stats.snapshot()
+          const outcomes = Object.values(snapshot.failuresByReason).reduce((a, b) => a + b, 0) + snapshot.successes
+          assert.strictEqual(
+            outcomes,
+            snapshot.total,
+            `k=${k} retry=${withRetry}: every request counted has its outcome`
+          )
+          assert.strictEqual(snapshot.inFlight, 0)
+          if (snapshot.failuresByReason.Overloaded !== undefined) {
+            assert.strictEqual(yield* breakers.state("p"), "open", `k=${k}: the failure reached the breaker`)
+          }
+          const closing = yield* Effect.forkChild(Scope.close(scope, Exit.void))
+          for (let i = 0; i < 50; i++) yield* Effect.yieldNow
+          assert.isDefined(closing.pollUnsafe(), `k=${k} retry=${withRetry}: closing did not wait for a call`)
+        }
+      }
+    })
   )
 })

@@ -149,7 +149,10 @@ export const make: Effect.Effect<Lanes, never, Scope.Scope> = Effect.gen(functio
     })
   )
 
+  // Ending a node resumes its caller at once, which may end or unlink others (a sibling its
+  // caller cancels): the loops below collect their nodes first and skip those gone since.
   const end = (node: Node, ending: Ending): void => {
+    if (!node.linked) return
     node.ending = ending
     unlink(node)
     tracked--
@@ -167,12 +170,11 @@ export const make: Effect.Effect<Lanes, never, Scope.Scope> = Effect.gen(functio
       if (head.deadline > now) {
         return Effect.flatMap(Effect.sleep(Duration.millis(head.deadline - now)), () => sleeper(lane))
       }
-      let node: Node | undefined = head
-      while (node !== undefined && node.deadline <= now) {
-        const next: Node | undefined = node.next
-        end(node, "timeout")
-        node = next
+      const expired: Array<Node> = []
+      for (let node: Node | undefined = head; node !== undefined && node.deadline <= now; node = node.next) {
+        expired.push(node)
       }
+      for (const node of expired) end(node, "timeout")
       return sleeper(lane)
     })
 
@@ -319,11 +321,9 @@ export const make: Effect.Effect<Lanes, never, Scope.Scope> = Effect.gen(functio
   const interruptAll = Effect.sync(() => {
     for (const lane of [untimed, ...lanes.values()]) {
       let node = lane.head
-      while (node !== undefined) {
-        const next: Node | undefined = node.next
-        end(node, "shutdown")
-        node = next
-      }
+      const all: Array<Node> = []
+      for (; node !== undefined; node = node.next) all.push(node)
+      for (const each of all) end(each, "shutdown")
     }
   })
 

@@ -522,13 +522,23 @@ export const make = (options: Options): Effect.Effect<Engine, never, Scope.Scope
     ): Effect.Effect<A, AiError> =>
       Effect.suspend(() => {
         const series = seriesOf(step)
-        series.requests++
-        const started = clock.currentTimeMillisUnsafe()
+        let started: number | undefined
         const state: RetryState = { attemptNo: 0, stepper: undefined }
-        return Effect.onExit(attempts(step, plan, call, counter, series, state), (exit) => {
-          stepEnded(series, started, plan.usageOf as never, counter, exit, clock.currentTimeMillisUnsafe())
-          return Effect.void
-        })
+        // The request is counted inside the region whose exit records it: a caller interrupted
+        // just before (at an auto-yield) leaves neither a request nor an outcome.
+        return Effect.onExit(
+          Effect.suspend(() => {
+            series.requests++
+            started = clock.currentTimeMillisUnsafe()
+            return attempts(step, plan, call, counter, series, state)
+          }),
+          (exit) => {
+            if (started !== undefined) {
+              stepEnded(series, started, plan.usageOf as never, counter, exit, clock.currentTimeMillisUnsafe())
+            }
+            return Effect.void
+          }
+        )
       })
 
     const fallback = <T, A>(
@@ -702,22 +712,27 @@ export const make = (options: Options): Effect.Effect<Engine, never, Scope.Scope
       call: (target: T, step: Step<T>) => Effect.Effect<A, AiError>
     ): Effect.Effect<Answer<T, A>, AiError> => {
       if (closing) return Effect.fail(shuttingDown())
-      if (plan.steps.length > 1 || plan.cache !== undefined || plan.totalTimeout !== undefined) {
-        return runFull(plan, call)
-      }
+      if (!fusable(plan)) return runFull(plan, call)
       return Effect.withFiber((fiber) => {
-        const started = closing ? undefined : fused(fiber, plan, call)
-        if (started === undefined) return runFull(plan, call)
-        return Effect.map(
-          (started.begin() ?? started.wait()) as Effect.Effect<A, AiError>,
-          (value): Answer<T, A> => ({
-            value,
-            step: plan.steps[0],
-            attempts: started.attempts,
-            stepsTried: 1,
-            source: "provider"
-          })
-        )
+        if (isTraced(fiber)) return runFull(plan, call)
+        return Effect.callback<Answer<T, A>, AiError>((resume) => {
+          const started = closing ? undefined : fused(fiber, plan, call)
+          if (started === undefined) return resume(runFull(plan, call))
+          return started.register((exit) =>
+            resume(
+              Effect.map(
+                exit as Exit.Exit<A, AiError>,
+                (value): Answer<T, A> => ({
+                  value,
+                  step: plan.steps[0],
+                  attempts: started.attempts,
+                  stepsTried: 1,
+                  source: "provider"
+                })
+              )
+            )
+          )
+        })
       })
     }
 
@@ -730,27 +745,13 @@ export const make = (options: Options): Effect.Effect<Engine, never, Scope.Scope
         const step = fused.step as Step<unknown>
         if (step.retry === undefined || closing || !isRetryable(error)) return undefined
         const state: RetryState = { attemptNo: 1, stepper: undefined }
-        return Effect.onExit(
-          retryOrFail(step, fused.plan, fused.call as never, fused, fused.series, state, error),
-          (exit) => {
-            stepEnded(
-              fused.series,
-              fused.started,
-              fused.plan.usageOf as never,
-              fused,
-              exit,
-              clock.currentTimeMillisUnsafe()
-            )
-            return Effect.void
-          }
-        )
+        return retryOrFail(step, fused.plan, fused.call as never, fused, fused.series, state, error)
       },
       ended: (call, exit, now) => {
         const fused = call as Fused.Fused & { readonly plan: Plan<unknown, unknown> }
         stepEnded(fused.series, fused.started, fused.plan.usageOf as never, fused, exit, now)
       },
-      leave,
-      leaveEffect
+      leave
     }
 
     class Call<T, A> extends Fused.Fused {
@@ -771,15 +772,22 @@ export const make = (options: Options): Effect.Effect<Engine, never, Scope.Scope
     // The fused path (policy/fused.ts) takes a single-step plan without total deadline, cache,
     // rate limit, provider slot or span, whose breaker (if any) has a fast lane open now.
     // Answers the started call, or undefined: take the full path.
+    // What the plan alone decides (no side effect; the caller checks `isTraced` apart).
+    const fusable = <T, A>(plan: Plan<T, A>): boolean => {
+      if (plan.steps.length > 1 || plan.cache !== undefined || plan.totalTimeout !== undefined) return false
+      const step = plan.steps[0]
+      return step.rateLimit === undefined && slot(step.name, step.maxConcurrency) === undefined
+    }
+
+    // Takes the call in (counted, admitted by the breaker's fast lane), or answers undefined
+    // (the full path) when the breaker has no fast lane open now. Call it where the call
+    // starts at once: inside a callback's registration, or from JavaScript.
     const fused = <T, A>(
       fiber: Fiber.Fiber<unknown, unknown>,
       plan: Plan<T, A>,
       call: (target: T, step: Step<T>) => Effect.Effect<A, AiError>
     ): Call<T, A> | undefined => {
-      if (plan.steps.length > 1 || plan.cache !== undefined || plan.totalTimeout !== undefined) return undefined
       const step = plan.steps[0]
-      if (step.rateLimit !== undefined || slot(step.name, step.maxConcurrency) !== undefined) return undefined
-      if (isTraced(fiber)) return undefined
       const now = clock.currentTimeMillisUnsafe()
       let fast: Fused.FastBreaker | undefined
       let ticket: Fused.FastTicket | undefined
@@ -807,8 +815,21 @@ export const make = (options: Options): Effect.Effect<Engine, never, Scope.Scope
     ): Effect.Effect<A, AiError> => {
       if (plan.steps.length > 1 || plan.cache !== undefined) return Effect.map(runFull(plan, call), answerValue)
       if (closing) return Effect.fail(shuttingDown())
-      const fusedCall = fused(fiber, plan, call)
-      if (fusedCall !== undefined) return (fusedCall.begin() ?? fusedCall.wait()) as Effect.Effect<A, AiError>
+      if (!fusable(plan) || isTraced(fiber)) return runStepValue(fiber, plan, call)
+      return Effect.callback<A, AiError>((resume) => {
+        const started = closing ? undefined : fused(fiber, plan, call)
+        if (started === undefined) return resume(runStepValue(fiber, plan, call))
+        return started.register(resume as (exit: Exit.Exit<unknown, AiError>) => void)
+      })
+    }
+
+    // The full path of a single-step plan without cache, answering its value.
+    const runStepValue = <T, A>(
+      fiber: Fiber.Fiber<unknown, unknown>,
+      plan: Plan<T, A>,
+      call: (target: T, step: Step<T>) => Effect.Effect<A, AiError>
+    ): Effect.Effect<A, AiError> => {
+      if (closing) return Effect.fail(shuttingDown())
       const deadlineAt =
         plan.totalTimeout === undefined
           ? undefined
@@ -828,13 +849,14 @@ export const make = (options: Options): Effect.Effect<Engine, never, Scope.Scope
       sink: Fused.Sink,
       index: number
     ): Fused.Running | undefined => {
-      const fusedCall = closing ? undefined : fused(fiber, plan, call)
+      const fusedCall = closing || !fusable(plan) || isTraced(fiber) ? undefined : fused(fiber, plan, call)
       if (fusedCall !== undefined) {
         fusedCall.sink = sink
         fusedCall.index = index
-        const outcome = fusedCall.begin()
-        if (outcome === undefined) return fusedCall
-        return fusedCall.report(outcome) ? undefined : fusedCall
+        const exit = fusedCall.begin()
+        if (exit === undefined) return fusedCall
+        sink.done(index, exit)
+        return undefined
       }
       const child = Effect.runForkWith(fiber.context)(runValueIn(fiber, plan, call))
       const exit = child.pollUnsafe()

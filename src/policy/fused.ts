@@ -8,13 +8,19 @@
  * breaker, the attempt on its own fiber under its deadline lane, the attempt's outcome
  * (`settle`), the breaker's record, the retry driver (from the second attempt on, the
  * engine's own Effect code takes over), the step's metrics, one outcome. A call can be
- * awaited from a fiber (`runValueIn`) or started from JavaScript (`start`, for the bounded
+ * awaited from a fiber (`runValueIn`, `run`: it starts inside an `Effect.callback`'s
+ * registration, with its cancellation) or started from JavaScript (`start`, for the bounded
  * pools of `executeMany`): a pool of 10,000 calls in flight then holds 10,000 fibers, not
  * 20,000. Measured in `bench/overhead.ts` (docs/benchmarks/overhead.md).
  *
+ * What is left of a call after its first attempt (a retry, or a failure taken to the
+ * breaker's store) runs on a fiber of its own whose end is observed here, never on the
+ * caller's: the in-flight count and the step's record are then kept from JavaScript, and
+ * no interruption of the caller, wherever it falls, can skip them.
+ *
  * @internal
  */
-import { Cause, type Clock, Effect, Exit, type Fiber } from "effect"
+import { Cause, type Clock, Effect, Exit, Fiber } from "effect"
 import { type AiError, reasonOf } from "../AiError.js"
 import type { Series } from "../stats/series.js"
 import * as Deadline from "./deadline.js"
@@ -85,13 +91,13 @@ export interface Env {
   readonly settle: (call: Fused, result: Exit.Exit<unknown, AiError> | Deadline.Ending) => Exit.Exit<unknown, AiError>
   /**
    * The rest of the step after its first attempt failed: the retry driver from the second
-   * attempt, with the step's metrics at its end; `undefined` when it does not retry.
+   * attempt (the step's outcome is recorded when it ends, from JavaScript); `undefined` when
+   * it does not retry.
    */
   readonly rest: (call: Fused, error: AiError) => Effect.Effect<unknown, AiError> | undefined
   /** Records the step's outcome (`undefined`: interrupted). */
   readonly ended: (call: Fused, exit: Exit.Exit<unknown, AiError> | undefined, now: number) => void
   readonly leave: () => void
-  readonly leaveEffect: Effect.Effect<void>
 }
 
 const ATTEMPT = 0
@@ -109,11 +115,9 @@ export class Fused extends Deadline.Tracked implements Running {
   phase = ATTEMPT
   ticket: FastTicket | undefined = undefined
   fiber: Fiber.Fiber<unknown, unknown> | undefined = undefined
-  resume: ((effect: Effect.Effect<unknown, AiError>) => void) | undefined = undefined
+  resume: ((exit: Exit.Exit<unknown, AiError>) => void) | undefined = undefined
   sink: Sink | undefined = undefined
   index = 0
-  /** An outcome that came before its caller waited for it (the caller's fiber yielded between). */
-  early: Effect.Effect<unknown, AiError> | undefined = undefined
 
   constructor(
     readonly env: Env,
@@ -140,11 +144,11 @@ export class Fused extends Deadline.Tracked implements Running {
   }
 
   /**
-   * Starts the first attempt. Answers the outcome when it is known at once (an exit, the
-   * call over; or an effect, the rest of the call, which ends it), or `undefined` while the
-   * attempt runs.
+   * Starts the first attempt. Answers the call's exit when it ends at once, or `undefined`
+   * while it runs (its attempt, or the rest of it on a fiber of its own); then its exit goes
+   * to `resume` or to the sink.
    */
-  begin(): Effect.Effect<unknown, AiError> | undefined {
+  begin(): Exit.Exit<unknown, AiError> | undefined {
     const step = this.step
     for (const g of this.series.gauges) g.enter()
     let call: Effect.Effect<unknown, AiError>
@@ -157,7 +161,7 @@ export class Fused extends Deadline.Tracked implements Running {
     const fiber = Effect.runForkWith(this.parent.context)(call)
     this.fiber = fiber
     const done = fiber.pollUnsafe()
-    if (done !== undefined) return this.ended(done, this.served())
+    if (done !== undefined) return this.ended(done as Exit.Exit<unknown, AiError>, this.served())
     // The attempt started with the call: its deadline counts from then (one clock read fewer).
     this.env.lanes.link(this, step.timeout, this.started)
     fiber.addObserver((exit) => this.observe(exit))
@@ -187,10 +191,14 @@ export class Fused extends Deadline.Tracked implements Running {
   }
 
   // The attempt is over: its outcome, the breaker's record, then a retry or the step's end.
-  private ended(result: Exit.Exit<unknown, AiError> | Deadline.Ending, now: number): Effect.Effect<unknown, AiError> {
+  // Answers the call's exit, or undefined while the rest of it runs on its own fiber.
+  private ended(
+    result: Exit.Exit<unknown, AiError> | Deadline.Ending,
+    now: number
+  ): Exit.Exit<unknown, AiError> | undefined {
     const env = this.env
     const exit = env.settle(this, result)
-    const late =
+    const recorded =
       this.ticket === undefined
         ? undefined
         : this.fast!.leave(
@@ -199,77 +207,90 @@ export class Fused extends Deadline.Tracked implements Running {
             this.fast!.clock === env.clock ? now : this.fast!.clock.currentTimeMillisUnsafe()
           )
     this.ticket = undefined
+    // The breaker's record is never cut short, as on the full path (it runs in an `onExit`).
+    const late = recorded === undefined ? undefined : Effect.uninterruptible(recorded)
     if (Exit.isFailure(exit)) {
       const error = Cause.findErrorOption(exit.cause)
       const rest = error._tag === "Some" ? env.rest(this, error.value) : undefined
-      if (rest !== undefined) {
-        this.phase = REST
-        return Effect.ensuring(late === undefined ? rest : Effect.andThen(late, rest), env.leaveEffect)
-      }
+      if (rest !== undefined) return this.runRest(late === undefined ? rest : Effect.andThen(late, rest), true)
     }
-    this.phase = DONE
     env.ended(this, exit, now)
     if (late === undefined) {
+      this.phase = DONE
       env.leave()
       return exit
     }
+    return this.runRest(Effect.andThen(late, exit), false)
+  }
+
+  // The rest of the call (a retry, or the breaker's record taken to its store) runs on a fiber
+  // of its own, whatever awaits the call: its end is observed from here, so the call leaves
+  // the in-flight count exactly once even if its caller is interrupted at any point.
+  // `record`: the step's outcome is recorded from the rest's exit (a retry: its last
+  // attempt, or Interrupted when cancelled), else it was recorded already.
+  private runRest(rest: Effect.Effect<unknown, AiError>, record: boolean): Exit.Exit<unknown, AiError> | undefined {
     this.phase = REST
-    return Effect.ensuring(Effect.andThen(late, exit), env.leaveEffect)
-  }
-
-  private deliver(outcome: Effect.Effect<unknown, AiError>): void {
-    const resume = this.resume
-    if (resume !== undefined) {
-      this.resume = undefined
-      resume(outcome)
-      return
-    }
-    if (this.sink !== undefined) this.report(outcome)
-    else this.early = outcome
-  }
-
-  /** Awaited from a fiber: waits for the outcome, cancelling the call if the caller is interrupted. */
-  wait(): Effect.Effect<unknown, AiError> {
-    return Effect.callback<unknown, AiError>((resume) => {
-      const early = this.early
-      if (early !== undefined) {
-        this.early = undefined
-        return resume(early)
-      }
-      this.resume = resume
-      return Effect.sync(() => {
-        this.cancel()
-      })
-    })
-  }
-
-  /** Started from JavaScript: reports `outcome` to the sink, forking what is left to run. */
-  report(outcome: Effect.Effect<unknown, AiError>): boolean {
-    if (Exit.isExit(outcome)) {
-      this.sink!.done(this.index, outcome as Exit.Exit<unknown, AiError>)
-      return true
-    }
-    const fiber = Effect.runForkWith(this.parent.context)(outcome)
+    const fiber = Effect.runForkWith(this.parent.context)(rest)
     this.fiber = fiber
     const done = fiber.pollUnsafe()
     if (done !== undefined) {
       this.phase = DONE
-      this.sink!.done(this.index, done as Exit.Exit<unknown, AiError>)
-      return true
+      this.restEnded(done as Exit.Exit<unknown, AiError>, record)
+      return done as Exit.Exit<unknown, AiError>
     }
     fiber.addObserver((exit) => {
+      this.restEnded(exit as Exit.Exit<unknown, AiError>, record)
       if (this.phase !== REST) return
       this.phase = DONE
-      this.sink!.done(this.index, exit as Exit.Exit<unknown, AiError>)
+      this.deliver(exit as Exit.Exit<unknown, AiError>)
     })
-    return false
+    return undefined
   }
 
-  /** Interrupts the call: its attempt (recorded as interrupted) or the rest of it. */
+  private restEnded(exit: Exit.Exit<unknown, AiError>, record: boolean): void {
+    if (record) this.env.ended(this, exit, this.env.clock.currentTimeMillisUnsafe())
+    this.env.leave()
+  }
+
+  private deliver(exit: Exit.Exit<unknown, AiError> | undefined): void {
+    if (exit === undefined) return
+    const resume = this.resume
+    if (resume !== undefined) {
+      this.resume = undefined
+      resume(exit)
+    } else {
+      this.sink?.done(this.index, exit)
+    }
+  }
+
+  /**
+   * Awaited from a fiber, inside an `Effect.callback`'s registration (so that the call starts
+   * and its cancellation is in place with no interruption possible between the two): starts
+   * the call and answers at once if it ends at once; otherwise `resume` is called when it
+   * ends, and the returned cleanup (for an interrupted caller) cancels it and waits for what
+   * is still ending.
+   */
+  register(resume: (exit: Exit.Exit<unknown, AiError>) => void): Effect.Effect<void> | undefined {
+    const exit = this.begin()
+    if (exit !== undefined) {
+      resume(exit)
+      return undefined
+    }
+    this.resume = resume
+    return Effect.suspend(() => {
+      const ending = this.cancel()
+      return ending === undefined ? Effect.void : Effect.asVoid(Fiber.await(ending))
+    })
+  }
+
+  /**
+   * Interrupts the call: its attempt (recorded as interrupted), or the rest of it (whose
+   * fiber records and leaves as it ends; answered so that the canceller can wait for it).
+   */
   cancel(): Fiber.Fiber<unknown, unknown> | undefined {
     if (this.phase === REST) {
-      // Only a call started from JavaScript gets here: its rest runs on a fiber of its own.
       this.phase = DONE
+      this.resume = undefined
       this.fiber!.interruptUnsafe()
       return this.fiber
     }
