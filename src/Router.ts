@@ -312,10 +312,16 @@ export const make = Effect.gen(function* () {
           if (Result.isFailure(checked)) return Effect.fail(invalidRequest("timeout", checked.failure.message))
           totalTimeout = checked.success
         }
+        // Only a rate limit reads a step's token estimate: a step without one is shared by
+        // every request as it is (no copy, no estimate per request).
         const steps: Array<Step<ProviderService>> = []
-        if (lead !== undefined) steps.push({ ...lead, tokens: tokensOf(valid) })
+        if (lead !== undefined) steps.push(lead.rateLimit === undefined ? lead : { ...lead, tokens: tokensOf(valid) })
         for (const template of templates) {
-          steps.push({ ...template, tokens: tokensOf(applyTo(template.domainConfig, valid)) })
+          steps.push(
+            template.rateLimit === undefined
+              ? template
+              : { ...template, tokens: tokensOf(applyTo(template.domainConfig, valid)) }
+          )
         }
         const first = steps[0]!
         const useCache = cache !== undefined && options.cache !== false && (firstDomain?.cacheable ?? true)

@@ -17,6 +17,7 @@ import * as Executor from "../src/Executor.js"
 import { type GenerateRequest, type GenerateResponse, ModelProvider, type Service, usage } from "../src/Model.js"
 import * as Orchestra from "../src/Orchestra.js"
 import * as Policy from "../src/Policy.js"
+import { Router } from "../src/Router.js"
 import * as Engine from "../src/policy/engine.js"
 import * as Fused from "../src/policy/fused.js"
 import * as StatsModule from "../src/Stats.js"
@@ -475,5 +476,40 @@ describe("found in review: interruptions at any point, and lanes ending together
         }
       }
     })
+  )
+})
+
+describe("Router steps and token rate limits", () => {
+  it.effect(
+    "a domain on a provider with a token limit estimates each request's tokens; one without shares its step",
+    () =>
+      Effect.gen(function* () {
+        const scope = yield* Scope.make()
+        const context = yield* Layer.buildWithScope(
+          Orchestra.layer({
+            providers: {
+              limited: Layer.succeed(ModelProvider, { ...scripted(), name: "limited" }),
+              free: Layer.succeed(ModelProvider, { ...scripted(), name: "free" })
+            },
+            domains: [
+              { name: "small", provider: "limited" },
+              { name: "open", provider: "free" }
+            ],
+            rateLimits: { providers: { limited: { tokensPerMinute: 50 } }, maxWait: 0 }
+          }),
+          scope
+        )
+        const router = context.mapUnsafe.get(Router.key) as Router["Service"]
+        const long = { prompt: `ok:${"word ".repeat(400)}` }
+        // A request larger than the whole budget passes in an empty window; the next one finds
+        // the window spent by the first's estimate and is refused (maxWait 0).
+        const first = yield* router.execute(long, "small")
+        assert.strictEqual(first.provider, "limited")
+        const refused = yield* Effect.flip(router.execute(long, "small"))
+        assert.strictEqual(refused._tag === "ModelError" ? refused.reason : refused._tag, "RateLimited")
+        // No token limit on `free`: the same requests pass (its step is the domain's own).
+        for (let i = 0; i < 3; i++) assert.strictEqual((yield* router.execute(long, "open")).provider, "free")
+        yield* Scope.close(scope, Exit.void)
+      })
   )
 })
