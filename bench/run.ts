@@ -1,6 +1,7 @@
 /**
  * `npm run bench`: every benchmark, one after another, each in its own process.
- * `npm run bench -- overhead batch` runs only those; `--quick` is passed through.
+ * `npm run bench -- overhead batch` runs only those; `--quick` (and `--only C` for
+ * bench/batch.ts) is passed through.
  *
  * Each benchmark is bundled with esbuild first (`.cache/bench/<name>.mjs`, dependencies left
  * external) and run with plain node: tsx's transform wraps every closure of this repository's
@@ -15,8 +16,18 @@ import { buildSync } from "esbuild"
 const dir = fileURLToPath(new URL(".", import.meta.url))
 const out = fileURLToPath(new URL("../.cache/bench/", import.meta.url))
 const args = process.argv.slice(2)
-const flags = args.filter((a) => a.startsWith("--"))
-const wanted = args.filter((a) => !a.startsWith("--"))
+// Flags pass through to every benchmark; `--only X` (bench/batch.ts) takes a value.
+const valued = new Set(["--only"])
+const flags: Array<string> = []
+const wanted: Array<string> = []
+for (let i = 0; i < args.length; i++) {
+  const arg = args[i]!
+  if (!arg.startsWith("--")) wanted.push(arg)
+  else {
+    flags.push(arg)
+    if (valued.has(arg) && i + 1 < args.length) flags.push(args[++i]!)
+  }
+}
 const all = readdirSync(dir)
   .filter((f) => f.endsWith(".ts") && f !== "run.ts" && f !== "util.ts")
   .map((f) => f.replace(/\.ts$/, ""))
