@@ -21,7 +21,7 @@ import { Router } from "../src/Router.js"
 import * as Engine from "../src/policy/engine.js"
 import * as Fused from "../src/policy/fused.js"
 import * as StatsModule from "../src/Stats.js"
-import { Stats } from "../src/Stats.js"
+import { type ExecutionStats, Stats } from "../src/Stats.js"
 
 const answer = (text: string): GenerateResponse => ({
   text,
@@ -87,10 +87,32 @@ interface Run {
   readonly fusedCalls: number
 }
 
+/** Joins `fiber`, moving the test clock on 50 ms at a time until it has ended. */
+const joinOnClock = <A, E>(fiber: Fiber.Fiber<A, E>) =>
+  Effect.gen(function* () {
+    for (let i = 0; i < 500 && fiber.pollUnsafe() === undefined; i++) yield* TestClock.adjust("50 millis")
+    return yield* Fiber.join(fiber)
+  })
+
+/** A snapshot's counts, without its timings (which differ between any two runs). */
+const countsOf = (snapshot: ExecutionStats) => {
+  const { latency, serviceTime, queueWait, timeToFirstToken, throughput, windowMs, ...counts } = snapshot
+  return counts
+}
+
+/** Runs `body`, answering its value and how many calls took the fused path meanwhile. */
+const countingFused = <A, E, R>(body: Effect.Effect<A, E, R>) =>
+  Effect.suspend(() => {
+    const begin = vi.spyOn(Fused.Fused.prototype, "begin")
+    return body.pipe(
+      Effect.map((value) => ({ value, fusedCalls: begin.mock.calls.length })),
+      Effect.ensuring(Effect.sync(() => begin.mockRestore()))
+    )
+  })
+
 /** Runs `requests` through `executeMany` on a fresh executor and breaker, under TestClock. */
 const runOnce = (requests: ReadonlyArray<GenerateRequest>, concurrency: number, failMax: number, traced: boolean) =>
   Effect.gen(function* () {
-    const begin = vi.spyOn(Fused.Fused.prototype, "begin")
     const scope = yield* Scope.make()
     const layer = Executor.layerWithStats().pipe(
       Layer.provideMerge(Layer.succeed(ModelProvider, scripted())),
@@ -112,16 +134,16 @@ const runOnce = (requests: ReadonlyArray<GenerateRequest>, concurrency: number, 
       timeout: "1 second",
       retry: { maxAttempts: 3, initialDelay: 100, jitter: 0 }
     })
-    const fiber = yield* Effect.forkChild(
-      traced ? Effect.withSpan(many, "caller").pipe(Effect.provideService(Tracer.Tracer, collecting)) : many
+    const { value: results, fusedCalls } = yield* countingFused(
+      Effect.flatMap(
+        Effect.forkChild(
+          traced ? Effect.withSpan(many, "caller").pipe(Effect.provideService(Tracer.Tracer, collecting)) : many
+        ),
+        joinOnClock
+      )
     )
-    for (let i = 0; i < 500 && fiber.pollUnsafe() === undefined; i++) yield* TestClock.adjust("50 millis")
-    const results = yield* Fiber.join(fiber)
-    const snapshot = yield* stats.snapshot()
+    const counts = countsOf(yield* stats.snapshot())
     yield* Scope.close(scope, Exit.void)
-    const fusedCalls = begin.mock.calls.length
-    begin.mockRestore()
-    const { latency, serviceTime, queueWait, timeToFirstToken, throughput, windowMs, ...counts } = snapshot
     return {
       outcomes: results.map(outcome),
       stats: counts,
@@ -200,7 +222,7 @@ describe("the fused call path gives what the full path gives", () => {
 })
 
 describe("the fused call path's own edges", () => {
-  it.effect("an attempt that ends before its caller waits for it still answers (the caller yielded in between)", () =>
+  it.effect("a call built, then run after its caller yielded, starts only when run and answers", () =>
     Effect.gen(function* () {
       const stats = yield* Stats
       const engine = yield* Engine.make({ stats, shutdownDeadline: Duration.seconds(1) })
@@ -210,8 +232,10 @@ describe("the fused call path's own edges", () => {
           engine.runValueIn(fiber, { steps: [step("1 second")] }, () => Effect.as(Effect.yieldNow, "answer"))
         )
       )
-      // The attempt's fiber runs to its end while this one yields; only then does it wait.
+      // Nothing may start while the effect is only built: the call starts (and can be
+      // cancelled) inside its callback's registration, when the effect runs.
       for (let i = 0; i < 10; i++) yield* Effect.yieldNow
+      assert.strictEqual(begin.mock.calls.length, 0, "nothing started before the effect ran")
       const waiting = yield* Effect.forkChild(Effect.timeoutOption(pending, "1 second"))
       yield* TestClock.adjust("1 second")
       const value = yield* Fiber.join(waiting)
@@ -288,7 +312,6 @@ describe("the fused call path's own edges", () => {
 describe("the fused path under the manager (Router plans, Batch.run)", () => {
   const runBatch = (prompts: ReadonlyArray<string>, traced: boolean) =>
     Effect.gen(function* () {
-      const begin = vi.spyOn(Fused.Fused.prototype, "begin")
       const scope = yield* Scope.make()
       const context = yield* Layer.buildWithScope(
         Orchestra.layer({
@@ -310,14 +333,14 @@ describe("the fused path under the manager (Router plans, Batch.run)", () => {
       const batch = context.mapUnsafe.get(Batch.Batch.key) as Batch.Service
       const stats = context.mapUnsafe.get(Stats.key) as Stats["Service"]
       const run = batch.run(prompts, { domain: "d" })
-      const fiber = yield* Effect.forkChild(traced ? Effect.provideService(run, Tracer.Tracer, collecting) : run)
-      for (let i = 0; i < 500 && fiber.pollUnsafe() === undefined; i++) yield* TestClock.adjust("50 millis")
-      const result = yield* Fiber.join(fiber)
-      const { latency, serviceTime, queueWait, timeToFirstToken, throughput, windowMs, ...counts } =
-        yield* stats.snapshot()
+      const { value: result, fusedCalls } = yield* countingFused(
+        Effect.flatMap(
+          Effect.forkChild(traced ? Effect.provideService(run, Tracer.Tracer, collecting) : run),
+          joinOnClock
+        )
+      )
+      const counts = countsOf(yield* stats.snapshot())
       yield* Scope.close(scope, Exit.void)
-      const fusedCalls = begin.mock.calls.length
-      begin.mockRestore()
       return {
         fusedCalls,
         counts,

@@ -205,18 +205,18 @@ export const make = Effect.fnUntraced(function* (config: Config, backend: Backen
   // around the call: `enter` admits (or says to take the full path), `leave` records.
   const fastLane: FastBreaker | undefined = fast
     ? {
-        clock,
-        enter: (key, now) => {
+        enter: (key, callerClock, callerNow) => {
+          const now = callerClock === clock ? callerNow : clock.currentTimeMillisUnsafe()
           const entry = entryFor(key, now)
           if (entry.isolated || !entry.clean || entry.view !== "closed" || entry.probing) return undefined
           entry.lastActivity = now
           entry.inflight++
           return { entry, storeKey: entry.storeKey }
         },
-        leave: (ticket, exit, now) => {
+        leave: (ticket, exit, callerClock, callerNow) => {
           const entry = ticket.entry as Entry
           entry.inflight--
-          entry.lastActivity = now
+          entry.lastActivity = callerClock === clock ? callerNow : clock.currentTimeMillisUnsafe()
           if (exit === undefined) return undefined
           const outcome = outcomeOf(exit, isFailure)
           if (outcome === "Failure") return late(entry, ticket.storeKey, "Failure")

@@ -706,6 +706,12 @@ export const make = (options: Options): Effect.Effect<Engine, never, Scope.Scope
       })
     }
 
+    const runFullIn = <T, A>(
+      _fiber: Fiber.Fiber<unknown, unknown>,
+      plan: Plan<T, A>,
+      call: (target: T, step: Step<T>) => Effect.Effect<A, AiError>
+    ) => runFull(plan, call)
+
     // A single-step plan answers from the fused path when it can (see `fused` below).
     const run = <T, A>(
       plan: Plan<T, A>,
@@ -713,13 +719,10 @@ export const make = (options: Options): Effect.Effect<Engine, never, Scope.Scope
     ): Effect.Effect<Answer<T, A>, AiError> => {
       if (closing) return Effect.fail(shuttingDown())
       if (!fusable(plan)) return runFull(plan, call)
-      return Effect.withFiber((fiber) => {
-        if (isTraced(fiber)) return runFull(plan, call)
-        return Effect.callback<Answer<T, A>, AiError>((resume) => {
-          const started = closing ? undefined : fused(fiber, plan, call)
-          if (started === undefined) return resume(runFull(plan, call))
-          return started.register((exit) =>
-            resume(
+      return Effect.withFiber((fiber) =>
+        isTraced(fiber)
+          ? runFull(plan, call)
+          : awaitFused(fiber, plan, call, runFullIn, (exit, started) =>
               Effect.map(
                 exit as Exit.Exit<A, AiError>,
                 (value): Answer<T, A> => ({
@@ -731,48 +734,49 @@ export const make = (options: Options): Effect.Effect<Engine, never, Scope.Scope
                 })
               )
             )
-          )
-        })
-      })
+      )
     }
+
+    // The call on the fused path, awaited: it is taken in and started inside the callback's
+    // registration (with its cancellation in place), or `full` runs it when the breaker has no
+    // fast lane open now. `answer` maps its exit (the exit itself when not given).
+    const awaitFused = <T, A, B>(
+      fiber: Fiber.Fiber<unknown, unknown>,
+      plan: Plan<T, A>,
+      call: (target: T, step: Step<T>) => Effect.Effect<A, AiError>,
+      full: (
+        fiber: Fiber.Fiber<unknown, unknown>,
+        plan: Plan<T, A>,
+        call: (target: T, step: Step<T>) => Effect.Effect<A, AiError>
+      ) => Effect.Effect<B, AiError>,
+      answer?: (exit: Exit.Exit<unknown, AiError>, started: Fused.Fused) => Effect.Effect<B, AiError>
+    ): Effect.Effect<B, AiError> =>
+      Effect.callback<B, AiError>((resume) => {
+        const started = closing ? undefined : fused(fiber, plan, call)
+        if (started === undefined) return resume(full(fiber, plan, call))
+        return started.register(
+          answer === undefined
+            ? (resume as (exit: Exit.Exit<unknown, AiError>) => void)
+            : (exit) => resume(answer(exit, started))
+        )
+      })
 
     const fusedEnv: Fused.Env = {
       clock,
       lanes,
       settle: (call, result) => settleAttempt(call.step, result),
       rest: (call, error) => {
-        const fused = call as Fused.Fused & { readonly plan: Plan<unknown, unknown> }
-        const step = fused.step as Step<unknown>
-        if (step.retry === undefined || closing || !isRetryable(error)) return undefined
+        if (call.step.retry === undefined || closing || !isRetryable(error)) return undefined
         const state: RetryState = { attemptNo: 1, stepper: undefined }
-        return retryOrFail(step, fused.plan, fused.call as never, fused, fused.series, state, error)
+        return retryOrFail(call.step, call.plan, call.call, call, call.series, state, error)
       },
-      ended: (call, exit, now) => {
-        const fused = call as Fused.Fused & { readonly plan: Plan<unknown, unknown> }
-        stepEnded(fused.series, fused.started, fused.plan.usageOf as never, fused, exit, now)
-      },
+      ended: (call, exit, now) => stepEnded(call.series, call.started, call.plan.usageOf as never, call, exit, now),
       leave
-    }
-
-    class Call<T, A> extends Fused.Fused {
-      constructor(
-        parent: Fiber.Fiber<unknown, unknown>,
-        step: Step<T>,
-        readonly plan: Plan<T, A>,
-        call: (target: T, step: Step<T>) => Effect.Effect<A, AiError>,
-        series: Series,
-        started: number,
-        fast: Fused.FastBreaker | undefined,
-        external: Cut | undefined
-      ) {
-        super(fusedEnv, parent, step, call as never, series, started, fast, external)
-      }
     }
 
     // The fused path (policy/fused.ts) takes a single-step plan without total deadline, cache,
     // rate limit, provider slot or span, whose breaker (if any) has a fast lane open now.
-    // Answers the started call, or undefined: take the full path.
-    // What the plan alone decides (no side effect; the caller checks `isTraced` apart).
+    // What the plan alone decides (no side effect; the caller checks `isTraced` apart):
     const fusable = <T, A>(plan: Plan<T, A>): boolean => {
       if (plan.steps.length > 1 || plan.cache !== undefined || plan.totalTimeout !== undefined) return false
       const step = plan.steps[0]
@@ -786,7 +790,7 @@ export const make = (options: Options): Effect.Effect<Engine, never, Scope.Scope
       fiber: Fiber.Fiber<unknown, unknown>,
       plan: Plan<T, A>,
       call: (target: T, step: Step<T>) => Effect.Effect<A, AiError>
-    ): Call<T, A> | undefined => {
+    ): Fused.Fused | undefined => {
       const step = plan.steps[0]
       const now = clock.currentTimeMillisUnsafe()
       let fast: Fused.FastBreaker | undefined
@@ -794,12 +798,21 @@ export const make = (options: Options): Effect.Effect<Engine, never, Scope.Scope
       if (step.breaker !== undefined) {
         fast = Fused.fastBreakers.get(step.breaker)
         if (fast === undefined) return undefined
-        ticket = fast.enter(step.name, fast.clock === clock ? now : fast.clock.currentTimeMillisUnsafe())
+        ticket = fast.enter(step.name, clock, now)
         if (ticket === undefined) return undefined
       }
       const series = seriesOf(step)
       series.requests++
-      const started = new Call(fiber, step, plan, call, series, now, fast, fiber.getRef(CurrentCut))
+      const started = new Fused.Fused(
+        fusedEnv,
+        fiber,
+        plan as Plan<unknown, unknown>,
+        call as (target: unknown, step: Step<unknown>) => Effect.Effect<unknown, AiError>,
+        series,
+        now,
+        fast,
+        fiber.getRef(CurrentCut)
+      )
       started.ticket = ticket
       active++
       return started
@@ -816,11 +829,7 @@ export const make = (options: Options): Effect.Effect<Engine, never, Scope.Scope
       if (plan.steps.length > 1 || plan.cache !== undefined) return Effect.map(runFull(plan, call), answerValue)
       if (closing) return Effect.fail(shuttingDown())
       if (!fusable(plan) || isTraced(fiber)) return runStepValue(fiber, plan, call)
-      return Effect.callback<A, AiError>((resume) => {
-        const started = closing ? undefined : fused(fiber, plan, call)
-        if (started === undefined) return resume(runStepValue(fiber, plan, call))
-        return started.register(resume as (exit: Exit.Exit<unknown, AiError>) => void)
-      })
+      return awaitFused(fiber, plan, call, runStepValue)
     }
 
     // The full path of a single-step plan without cache, answering its value.

@@ -24,6 +24,7 @@ import { Cause, type Clock, Effect, Exit, Fiber } from "effect"
 import { type AiError, reasonOf } from "../AiError.js"
 import type { Series } from "../stats/series.js"
 import * as Deadline from "./deadline.js"
+import type { Plan, Step } from "./engine.js"
 
 /**
  * A call admitted by a breaker's fast lane.
@@ -44,11 +45,12 @@ export interface FastTicket {
  * @internal
  */
 export interface FastBreaker {
-  readonly clock: Clock.Clock
-  readonly enter: (key: string, now: number) => FastTicket | undefined
+  /** `now` is the caller's reading of `clock`; a breaker on another clock reads its own. */
+  readonly enter: (key: string, clock: Clock.Clock, now: number) => FastTicket | undefined
   readonly leave: (
     ticket: FastTicket,
     exit: Exit.Exit<unknown, unknown> | undefined,
+    clock: Clock.Clock,
     now: number
   ) => Effect.Effect<void> | undefined
 }
@@ -122,12 +124,9 @@ export class Fused extends Deadline.Tracked implements Running {
   constructor(
     readonly env: Env,
     readonly parent: Fiber.Fiber<unknown, unknown>,
-    readonly step: {
-      readonly name: string
-      readonly target: unknown
-      readonly timeout: import("effect").Duration.Duration | undefined
-    },
-    readonly call: (target: unknown, step: never) => Effect.Effect<unknown, AiError>,
+    /** A plan of one step (`Engine` checks it). */
+    readonly plan: Plan<unknown, unknown>,
+    readonly call: (target: unknown, step: Step<unknown>) => Effect.Effect<unknown, AiError>,
     readonly series: Series,
     readonly started: number,
     readonly fast: FastBreaker | undefined,
@@ -135,7 +134,10 @@ export class Fused extends Deadline.Tracked implements Running {
     readonly external: { readonly error: AiError | undefined } | undefined
   ) {
     super()
+    this.step = plan.steps[0]
   }
+
+  readonly step: Step<unknown>
 
   /** Why the call was cut, read when it is interrupted (no total deadline on this path). */
   cut(): string | undefined {
@@ -153,7 +155,7 @@ export class Fused extends Deadline.Tracked implements Running {
     for (const g of this.series.gauges) g.enter()
     let call: Effect.Effect<unknown, AiError>
     try {
-      call = this.call(step.target, step as never)
+      call = this.call(step.target, step)
     } catch (defect) {
       // A provider that throws instead of returning an Effect: that attempt's defect, as on the full path.
       call = Effect.die(defect)
@@ -198,14 +200,7 @@ export class Fused extends Deadline.Tracked implements Running {
   ): Exit.Exit<unknown, AiError> | undefined {
     const env = this.env
     const exit = env.settle(this, result)
-    const recorded =
-      this.ticket === undefined
-        ? undefined
-        : this.fast!.leave(
-            this.ticket,
-            exit,
-            this.fast!.clock === env.clock ? now : this.fast!.clock.currentTimeMillisUnsafe()
-          )
+    const recorded = this.ticket === undefined ? undefined : this.fast!.leave(this.ticket, exit, env.clock, now)
     this.ticket = undefined
     // The breaker's record is never cut short, as on the full path (it runs in an `onExit`).
     const late = recorded === undefined ? undefined : Effect.uninterruptible(recorded)
@@ -302,11 +297,7 @@ export class Fused extends Deadline.Tracked implements Running {
     this.fiber!.interruptUnsafe()
     const now = env.clock.currentTimeMillisUnsafe()
     if (this.ticket !== undefined) {
-      this.fast!.leave(
-        this.ticket,
-        undefined,
-        this.fast!.clock === env.clock ? now : this.fast!.clock.currentTimeMillisUnsafe()
-      )
+      this.fast!.leave(this.ticket, undefined, env.clock, now)
       this.ticket = undefined
     }
     env.ended(this, undefined, now)
