@@ -4,6 +4,7 @@
  *
  *   npm run bench -- gateway                  # bundled with esbuild, run with plain node
  *   npm run bench -- gateway --quick          # shorter runs, one round
+ *   npm run bench -- gateway --only E         # one part (A, B, C, D or E)
  *
  * Four processes: this one (the load generator), a mock upstream answering
  * `/v1/chat/completions` after 20 ms, and the target (the gateway or the proxy; none for
@@ -20,7 +21,7 @@
  * Parts: A. added latency p50/p99, CPU per request and RSS at 500 and 1,000 requests/s
  * (interleaved rounds, medians); B. the highest rate held with p99 under 100 ms; C. stream
  * time to first byte added; D. RSS across 100k requests; E. CPU per request with parts of
- * the gateway left out (`BENCH_GATEWAY=http|bare|mock|nokeys|full` for the gateway role).
+ * the gateway left out (`BENCH_GATEWAY=http|bare|mock20|mock|nokeys|full` for the gateway role).
  */
 import { type ChildProcess, spawn } from "node:child_process"
 import { readFileSync } from "node:fs"
@@ -30,6 +31,9 @@ import { fileURLToPath } from "node:url"
 
 const role = process.argv[2] === "--role" ? process.argv[3] : "driver"
 const quick = process.argv.includes("--quick")
+const onlyIndex = process.argv.indexOf("--only")
+const only = onlyIndex >= 0 ? process.argv[onlyIndex + 1] : undefined
+const runs = (part: string): boolean => only === undefined || only === part
 const UPSTREAM_DELAY_MS = 20
 const KEY = "sk-bench-0123456789abcdef"
 
@@ -108,7 +112,7 @@ const proxy = (upstreamPort: number) => {
 // The gateway, every policy on.
 
 const gateway = async (upstreamPort: number) => {
-  // BENCH_GATEWAY=bare|nokeys|mock|full (default full): parts left out, to see what each costs.
+  // BENCH_GATEWAY=http|bare|mock20|nokeys|mock|full (default full): parts left out, to see what each costs.
   const variant = process.env.BENCH_GATEWAY ?? "full"
   const { NodeHttpClient } = await import("@effect/platform-node")
   const { Context, Effect, Layer, Redacted } = await import("effect")
@@ -122,8 +126,12 @@ const gateway = async (upstreamPort: number) => {
   const manager = Orchestra.layer({
     providers: {
       up:
-        variant === "mock" || variant === "bare"
-          ? (Mock.layer({ name: "up", respond: () => "benchmark answer", latency: 0 }) as never)
+        variant === "mock" || variant === "bare" || variant === "mock20"
+          ? (Mock.layer({
+              name: "up",
+              respond: () => "benchmark answer",
+              latency: variant === "mock20" ? UPSTREAM_DELAY_MS : 0
+            }) as never)
           : OpenAiCompat.layer({
               baseUrl: `http://127.0.0.1:${upstreamPort}/v1`,
               name: "up",
@@ -386,7 +394,7 @@ const driver = async () => {
 
   // A. Added latency at 500 and 1,000 requests/s.
   const rowsA: Array<Array<string>> = []
-  for (const rate of [500, 1000]) {
+  for (const rate of runs("A") ? [500, 1000] : []) {
     const byTarget = new Map<string, Array<Run & { cpuPerReq: number; rss: number }>>()
     for (let round = 0; round < rounds; round++) {
       const order = round % 2 === 0 ? targets : [...targets].reverse()
@@ -416,15 +424,16 @@ const driver = async () => {
       ])
     }
   }
-  table(
-    `A. Latency from the scheduled send (ms; ${rounds} interleaved round(s) of ${seconds} s, medians; upstream answers in ${UPSTREAM_DELAY_MS} ms)`,
-    ["target", "p50", "p99", "added p50", "added p99", "CPU µs/req", "RSS MB", "errors"],
-    rowsA
-  )
+  if (runs("A"))
+    table(
+      `A. Latency from the scheduled send (ms; ${rounds} interleaved round(s) of ${seconds} s, medians; upstream answers in ${UPSTREAM_DELAY_MS} ms)`,
+      ["target", "p50", "p99", "added p50", "added p99", "CPU µs/req", "RSS MB", "errors"],
+      rowsA
+    )
 
   // B. The highest rate held with p99 under 100 ms and no errors (5 s per step).
   const rowsB: Array<Array<string>> = []
-  for (const t of targets.slice(1)) {
+  for (const t of runs("B") ? targets.slice(1) : []) {
     let held = 0
     let last = ""
     for (const rate of [1000, 1500, 2000, 2500, 3000, 3500, 4000, 5000]) {
@@ -435,24 +444,25 @@ const driver = async () => {
     }
     rowsB.push([t.name, String(held), last])
   }
-  table(
-    "B. Highest rate held with p99 < 100 ms and no errors",
-    ["target", "requests/s", "first step that failed (or last)"],
-    rowsB
-  )
+  if (runs("B"))
+    table(
+      "B. Highest rate held with p99 < 100 ms and no errors",
+      ["target", "requests/s", "first step that failed (or last)"],
+      rowsB
+    )
 
   // C. Stream time to first byte, 200 streams/s.
   const streamBody = (body: string) => body.replace('"max_tokens":16', '"max_tokens":16,"stream":true')
   const rowsC: Array<Array<string>> = []
   const firstBytes = new Map<string, Array<Run>>()
-  for (let round = 0; round < rounds; round++) {
+  for (let round = 0; round < (runs("C") ? rounds : 0); round++) {
     for (const t of round % 2 === 0 ? targets : [...targets].reverse()) {
       const run = await load(t.port, streamBody(t.body), 200, 200 * seconds, true)
       firstBytes.set(t.name, [...(firstBytes.get(t.name) ?? []), run])
     }
   }
-  const directFirst = firstBytes.get("direct")!
-  for (const t of targets) {
+  const directFirst = firstBytes.get("direct") ?? []
+  for (const t of runs("C") ? targets : []) {
     const runs = firstBytes.get(t.name)!
     rowsC.push([
       t.name,
@@ -462,24 +472,26 @@ const driver = async () => {
       errorText(runs)
     ])
   }
-  table("C. Stream: time to first byte at 200 streams/s (ms)", ["target", "p50", "p99", "added p50", "errors"], rowsC)
+  if (runs("C"))
+    table("C. Stream: time to first byte at 200 streams/s (ms)", ["target", "p50", "p99", "added p50", "errors"], rowsC)
 
   // D. RSS of the gateway across 100k requests at 1,000/s.
-  const total = quick ? 20_000 : 100_000
+  const total = runs("D") ? (quick ? 20_000 : 100_000) : 0
   const step = total / 10
-  const rowsD: Array<Array<string>> = [
-    ["0", fmt(usage(gw.process.pid!).rssMb, 1), fmt(await heapAfterGc(gw), 1), "-", "-"]
-  ]
-  for (let sent = step; sent <= total; sent += step) {
+  const rowsD: Array<Array<string>> = runs("D")
+    ? [["0", fmt(usage(gw.process.pid!).rssMb, 1), fmt(await heapAfterGc(gw), 1), "-", "-"]]
+    : []
+  for (let sent = step; total > 0 && sent <= total; sent += step) {
     const run = await load(gw.port, chatBody, 1000, step)
     const heap = await heapAfterGc(gw)
     rowsD.push([String(sent), fmt(usage(gw.process.pid!).rssMb, 1), fmt(heap, 1), fmt(run.p99), errorText([run])])
   }
-  table(
-    `D. Gateway RSS across ${total.toLocaleString("en")} requests at 1,000/s`,
-    ["requests", "RSS MB", "heap after GC MB", "p99 ms", "errors"],
-    rowsD
-  )
+  if (runs("D"))
+    table(
+      `D. Gateway RSS across ${total.toLocaleString("en")} requests at 1,000/s`,
+      ["requests", "RSS MB", "heap after GC MB", "p99 ms", "errors"],
+      rowsD
+    )
 
   // E. Where the CPU goes: the same requests, closed loop at concurrency 16, through the
   // gateway with parts left out (each in its own process).
@@ -488,11 +500,12 @@ const driver = async () => {
   const variants: ReadonlyArray<readonly [string, string]> = [
     ["http", "effect/http route answering a constant (no gateway)"],
     ["bare", "gateway, Mock provider, no key store"],
+    ["mock20", `gateway, Mock provider answering in ${UPSTREAM_DELAY_MS} ms, no key store`],
     ["mock", "gateway, Mock provider, key store"],
     ["nokeys", "gateway, OpenAiCompat over undici, no key store"],
     ["full", "gateway, every policy on (as in A-D)"]
   ]
-  for (const [variant, label] of variants) {
+  for (const [variant, label] of runs("E") ? variants : []) {
     const target = await startChild(["gateway", String(up.port)], { BENCH_GATEWAY: variant })
     await closedLoop(target.port, chatBody, 1000, 16)
     const before = usage(target.process.pid!)
@@ -501,19 +514,22 @@ const driver = async () => {
     rowsE.push([label, fmt(((after.cpuMs - before.cpuMs) * 1000) / perVariant, 0), fmt(after.rssMb, 0)])
     target.process.kill("SIGTERM")
   }
-  const pxBefore = usage(px.process.pid!)
-  await closedLoop(px.port, upstreamBody, perVariant, 16)
-  const pxAfter = usage(px.process.pid!)
-  rowsE.push([
-    "node proxy (for scale)",
-    fmt(((pxAfter.cpuMs - pxBefore.cpuMs) * 1000) / perVariant, 0),
-    fmt(pxAfter.rssMb, 0)
-  ])
-  table(
-    "E. CPU per request by configuration (closed loop, concurrency 16)",
-    ["configuration", "CPU µs/req", "RSS MB"],
-    rowsE
-  )
+  if (runs("E")) {
+    const pxBefore = usage(px.process.pid!)
+    await closedLoop(px.port, upstreamBody, perVariant, 16)
+    const pxAfter = usage(px.process.pid!)
+    rowsE.push([
+      "node proxy (for scale)",
+      fmt(((pxAfter.cpuMs - pxBefore.cpuMs) * 1000) / perVariant, 0),
+      fmt(pxAfter.rssMb, 0)
+    ])
+  }
+  if (runs("E"))
+    table(
+      "E. CPU per request by configuration (closed loop, concurrency 16)",
+      ["configuration", "CPU µs/req", "RSS MB"],
+      rowsE
+    )
 
   console.log(
     `\nload at the end ${loadavg()

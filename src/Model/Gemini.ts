@@ -101,112 +101,122 @@ export const make: (options: Options) => Effect.Effect<Model.Service, Input.Opti
       return { valid, body, model, ctx: ctxOf(model), inputEstimate: Model.estimateInputTokens(valid) }
     })
 
-    const generate = Effect.fn("Gemini.generate")(function* (request: Model.GenerateRequest) {
-      const { body, ctx, inputEstimate, model } = yield* prepare(request)
-      yield* Effect.annotateCurrentSpan(Client.spanAttributes(name, "chat", model))
-      const answer = yield* client.json(post(`${Wire.modelPath(model)}:generateContent`, body), decodeAnswer, ctx)
-      if (answer.candidates === undefined || answer.candidates.length === 0) {
-        const refused = Wire.blocked(answer, name, model)
-        return yield* Effect.fail(refused ?? Errors.malformed(ctx, "candidates", "no candidate"))
-      }
-      let n = 0
-      const read = yield* Effect.fromResult(Wire.readAnswer(answer, name, model, () => `call_${n++}`))
-      return {
-        text: read.text,
-        finishReason: Wire.finalReason(read.finishReason, read.toolCalls.length > 0),
-        usage: Wire.usageOf(answer.usageMetadata, inputEstimate, Model.estimateTokens(read.text)),
-        provider: name,
-        model: answer.modelVersion ?? model,
-        ...(read.toolCalls.length > 0 ? { toolCalls: read.toolCalls } : {})
-      } satisfies Model.GenerateResponse
-    })
+    const generate = Client.operation(
+      "Gemini.generate",
+      Effect.fnUntraced(function* (request: Model.GenerateRequest) {
+        const { body, ctx, inputEstimate, model } = yield* prepare(request)
+        yield* Effect.annotateCurrentSpan(Client.spanAttributes(name, "chat", model))
+        const answer = yield* client.json(post(`${Wire.modelPath(model)}:generateContent`, body), decodeAnswer, ctx)
+        if (answer.candidates === undefined || answer.candidates.length === 0) {
+          const refused = Wire.blocked(answer, name, model)
+          return yield* Effect.fail(refused ?? Errors.malformed(ctx, "candidates", "no candidate"))
+        }
+        let n = 0
+        const read = yield* Effect.fromResult(Wire.readAnswer(answer, name, model, () => `call_${n++}`))
+        return {
+          text: read.text,
+          finishReason: Wire.finalReason(read.finishReason, read.toolCalls.length > 0),
+          usage: Wire.usageOf(answer.usageMetadata, inputEstimate, Model.estimateTokens(read.text)),
+          provider: name,
+          model: answer.modelVersion ?? model,
+          ...(read.toolCalls.length > 0 ? { toolCalls: read.toolCalls } : {})
+        } satisfies Model.GenerateResponse
+      })
+    )
 
     const stream = (request: Model.GenerateRequest): Stream.Stream<Model.StreamPart, AiError> =>
-      Stream.unwrap(
-        Effect.map(prepare(request), ({ body, ctx, inputEstimate, model }) => {
-          let finishReason: string | undefined
-          let metadata: typeof Wire.UsageMetadata.Type | undefined
-          let answeredModel: string | undefined
-          let outputChars = 0
-          let calls = 0
-          const step = (event: Sse.Event): Effect.Effect<ReadonlyArray<Model.StreamPart>, ModelError> => {
-            const payload = Decode.parseJson(event.data, ctx)
-            return Effect.flatMap(payload, (value) => {
-              if (event.event === "error" || Errors.isErrorPayload(value))
-                return Effect.fail(Errors.errorFromPayload(value, ctx))
-              return Effect.flatMap(decodeAnswer(value, ctx), (chunk) => {
-                const read = Wire.readAnswer(chunk, name, model, () => `call_${calls++}`)
-                if (Result.isFailure(read)) return Effect.fail(read.failure)
-                if (chunk.usageMetadata !== undefined) metadata = chunk.usageMetadata
-                if (chunk.modelVersion !== undefined) answeredModel = chunk.modelVersion
-                if (read.success.finishReason !== undefined) finishReason = read.success.finishReason
-                outputChars += read.success.text.length
-                const parts: Array<Model.StreamPart> = []
-                if (read.success.text.length > 0) parts.push({ _tag: "TextDelta", text: read.success.text })
-                for (const call of read.success.toolCalls) parts.push({ _tag: "ToolCall", call })
-                return Effect.succeed(parts)
+      Client.streamOperation(
+        "Gemini.stream",
+        name,
+        Stream.unwrap(
+          Effect.map(prepare(request), ({ body, ctx, inputEstimate, model }) => {
+            let finishReason: string | undefined
+            let metadata: typeof Wire.UsageMetadata.Type | undefined
+            let answeredModel: string | undefined
+            let outputChars = 0
+            let calls = 0
+            const step = (event: Sse.Event): Effect.Effect<ReadonlyArray<Model.StreamPart>, ModelError> => {
+              const payload = Decode.parseJson(event.data, ctx)
+              return Effect.flatMap(payload, (value) => {
+                if (event.event === "error" || Errors.isErrorPayload(value))
+                  return Effect.fail(Errors.errorFromPayload(value, ctx))
+                return Effect.flatMap(decodeAnswer(value, ctx), (chunk) => {
+                  const read = Wire.readAnswer(chunk, name, model, () => `call_${calls++}`)
+                  if (Result.isFailure(read)) return Effect.fail(read.failure)
+                  if (chunk.usageMetadata !== undefined) metadata = chunk.usageMetadata
+                  if (chunk.modelVersion !== undefined) answeredModel = chunk.modelVersion
+                  if (read.success.finishReason !== undefined) finishReason = read.success.finishReason
+                  outputChars += read.success.text.length
+                  const parts: Array<Model.StreamPart> = []
+                  if (read.success.text.length > 0) parts.push({ _tag: "TextDelta", text: read.success.text })
+                  for (const call of read.success.toolCalls) parts.push({ _tag: "ToolCall", call })
+                  return Effect.succeed(parts)
+                })
               })
+            }
+            // Gemini's SSE has no terminator: the stream is complete when it ends after a finishReason.
+            const onEnd = () =>
+              Effect.succeed<ReadonlyArray<Model.StreamPart>>(
+                finishReason === undefined
+                  ? []
+                  : [
+                      {
+                        _tag: "Finish",
+                        finishReason: Wire.finalReason(finishReason, calls > 0),
+                        usage: Wire.usageOf(metadata, inputEstimate, Math.ceil(outputChars / 4)),
+                        provider: name,
+                        model: answeredModel ?? model
+                      }
+                    ]
+              )
+            const url = `${Wire.modelPath(model)}:streamGenerateContent?alt=sse`
+            return Assemble.assemble(client.sse(post(url, body, "text/event-stream"), ctx), {
+              ctx,
+              idleTimeout: settings.streamIdleTimeout,
+              step,
+              onEnd
             })
-          }
-          // Gemini's SSE has no terminator: the stream is complete when it ends after a finishReason.
-          const onEnd = () =>
-            Effect.succeed<ReadonlyArray<Model.StreamPart>>(
-              finishReason === undefined
-                ? []
-                : [
-                    {
-                      _tag: "Finish",
-                      finishReason: Wire.finalReason(finishReason, calls > 0),
-                      usage: Wire.usageOf(metadata, inputEstimate, Math.ceil(outputChars / 4)),
-                      provider: name,
-                      model: answeredModel ?? model
-                    }
-                  ]
-            )
-          const url = `${Wire.modelPath(model)}:streamGenerateContent?alt=sse`
-          return Assemble.assemble(client.sse(post(url, body, "text/event-stream"), ctx), {
-            ctx,
-            idleTimeout: settings.streamIdleTimeout,
-            step,
-            onEnd
           })
-        })
-      ).pipe(Stream.withSpan("Gemini.stream", { attributes: { "gen_ai.provider.name": name } }))
-
-    const embed = Effect.fn("Gemini.embed")(function* (request: Model.EmbedRequest) {
-      const valid = yield* Model.validateEmbed(request, limits)
-      const model = valid.model ?? embeddingModel
-      yield* Effect.annotateCurrentSpan(Client.spanAttributes(name, "embeddings", model))
-      const ctx = ctxOf(model)
-      const batches: Array<ReadonlyArray<string>> = []
-      for (let i = 0; i < valid.texts.length; i += EMBED_BATCH) batches.push(valid.texts.slice(i, i + EMBED_BATCH))
-      const answers = yield* Effect.forEach(batches, (texts) =>
-        Effect.flatMap(
-          client.json(
-            post(`${Wire.modelPath(model)}:batchEmbedContents`, Wire.embedBody(texts, model, dimensions)),
-            decodeEmbeddings,
-            ctx
-          ),
-          (answer) =>
-            answer.embeddings.length === texts.length
-              ? Effect.succeed(answer.embeddings.map((e) => e.values))
-              : Effect.fail(
-                  Errors.malformed(
-                    ctx,
-                    "embeddings",
-                    `expected ${texts.length} embeddings, got ${answer.embeddings.length}`
-                  )
-                )
         )
-      ).pipe(
-        // Each batch is bounded by the client; `timeout` bounds the call as a whole too.
-        Effect.timeoutOrElse({
-          duration: settings.timeout,
-          orElse: () => Effect.fail(Errors.requestTimeout(ctx, settings.timeout))
-        })
       )
-      return { vectors: answers.flat(), provider: name, model } satisfies Model.EmbedResponse
-    })
+
+    const embed = Client.operation(
+      "Gemini.embed",
+      Effect.fnUntraced(function* (request: Model.EmbedRequest) {
+        const valid = yield* Model.validateEmbed(request, limits)
+        const model = valid.model ?? embeddingModel
+        yield* Effect.annotateCurrentSpan(Client.spanAttributes(name, "embeddings", model))
+        const ctx = ctxOf(model)
+        const batches: Array<ReadonlyArray<string>> = []
+        for (let i = 0; i < valid.texts.length; i += EMBED_BATCH) batches.push(valid.texts.slice(i, i + EMBED_BATCH))
+        const answers = yield* Effect.forEach(batches, (texts) =>
+          Effect.flatMap(
+            client.json(
+              post(`${Wire.modelPath(model)}:batchEmbedContents`, Wire.embedBody(texts, model, dimensions)),
+              decodeEmbeddings,
+              ctx
+            ),
+            (answer) =>
+              answer.embeddings.length === texts.length
+                ? Effect.succeed(answer.embeddings.map((e) => e.values))
+                : Effect.fail(
+                    Errors.malformed(
+                      ctx,
+                      "embeddings",
+                      `expected ${texts.length} embeddings, got ${answer.embeddings.length}`
+                    )
+                  )
+          )
+        ).pipe(
+          // Each batch is bounded by the client; `timeout` bounds the call as a whole too.
+          Effect.timeoutOrElse({
+            duration: settings.timeout,
+            orElse: () => Effect.fail(Errors.requestTimeout(ctx, settings.timeout))
+          })
+        )
+        return { vectors: answers.flat(), provider: name, model } satisfies Model.EmbedResponse
+      })
+    )
 
     return { name, defaultModel, generate, stream, embed } satisfies Model.Service
   })

@@ -129,93 +129,103 @@ export const make = Effect.fnUntraced(function* (options: Options = {}) {
       return Effect.map(body, (body) => ({ valid, model, body, viaGenerate, ctx: ctxOf(model) }))
     })
 
-  const generate = Effect.fn("Ollama.generate")(function* (request: Model.GenerateRequest) {
-    const { valid, model, body, viaGenerate, ctx } = yield* prepare(request, false)
-    yield* Effect.annotateCurrentSpan(Client.spanAttributes(name, "chat", model))
-    const answer: Wire.Line = viaGenerate
-      ? Wire.fromGenerate(yield* client.json(post("api/generate", body, "application/json"), decodeGenerate, ctx))
-      : Wire.fromChat(yield* client.json(post("api/chat", body, "application/json"), decodeChat, ctx))
-    const response: Model.GenerateResponse = {
-      text: answer.text,
-      finishReason: finishOf(answer.done_reason, answer.toolCalls.length),
-      usage: Wire.usageOf(answer, valid, answer.text.length),
-      provider: name,
-      model: answer.model ?? model,
-      ...(answer.toolCalls.length > 0 ? { toolCalls: answer.toolCalls } : {})
-    }
-    return response
-  })
+  const generate = Client.operation(
+    "Ollama.generate",
+    Effect.fnUntraced(function* (request: Model.GenerateRequest) {
+      const { valid, model, body, viaGenerate, ctx } = yield* prepare(request, false)
+      yield* Effect.annotateCurrentSpan(Client.spanAttributes(name, "chat", model))
+      const answer: Wire.Line = viaGenerate
+        ? Wire.fromGenerate(yield* client.json(post("api/generate", body, "application/json"), decodeGenerate, ctx))
+        : Wire.fromChat(yield* client.json(post("api/chat", body, "application/json"), decodeChat, ctx))
+      const response: Model.GenerateResponse = {
+        text: answer.text,
+        finishReason: finishOf(answer.done_reason, answer.toolCalls.length),
+        usage: Wire.usageOf(answer, valid, answer.text.length),
+        provider: name,
+        model: answer.model ?? model,
+        ...(answer.toolCalls.length > 0 ? { toolCalls: answer.toolCalls } : {})
+      }
+      return response
+    })
+  )
 
   const stream = (request: Model.GenerateRequest): Stream.Stream<Model.StreamPart, AiError> =>
-    Stream.unwrap(
-      Effect.map(prepare(request, true), ({ valid, model, body, viaGenerate, ctx }) =>
-        Stream.suspend(() => {
-          let outputChars = 0
-          let toolCalls = 0
-          const step = (payload: unknown): Effect.Effect<ReadonlyArray<Model.StreamPart>, ModelError> => {
-            if (Errors.isErrorPayload(payload)) return Effect.fail(Errors.errorFromPayload(payload, ctx))
-            const line: Effect.Effect<Wire.Line, ModelError> = viaGenerate
-              ? Effect.map(decodeGenerateLine(payload, ctx), Wire.fromGenerate)
-              : Effect.map(decodeChatLine(payload, ctx), (l) => Wire.fromChat(l, toolCalls))
-            return Effect.map(line, (l) => {
-              const parts: Array<Model.StreamPart> = []
-              if (l.text.length > 0) {
-                outputChars += l.text.length
-                parts.push({ _tag: "TextDelta", text: l.text })
-              }
-              for (const call of l.toolCalls) parts.push({ _tag: "ToolCall", call })
-              toolCalls += l.toolCalls.length
-              if (l.done) {
-                parts.push({
-                  _tag: "Finish",
-                  finishReason: finishOf(l.done_reason, toolCalls),
-                  usage: Wire.usageOf(l, valid, outputChars),
-                  provider: name,
-                  model: l.model ?? model
-                })
-              }
-              return parts
+    Client.streamOperation(
+      "Ollama.stream",
+      name,
+      Stream.unwrap(
+        Effect.map(prepare(request, true), ({ valid, model, body, viaGenerate, ctx }) =>
+          Stream.suspend(() => {
+            let outputChars = 0
+            let toolCalls = 0
+            const step = (payload: unknown): Effect.Effect<ReadonlyArray<Model.StreamPart>, ModelError> => {
+              if (Errors.isErrorPayload(payload)) return Effect.fail(Errors.errorFromPayload(payload, ctx))
+              const line: Effect.Effect<Wire.Line, ModelError> = viaGenerate
+                ? Effect.map(decodeGenerateLine(payload, ctx), Wire.fromGenerate)
+                : Effect.map(decodeChatLine(payload, ctx), (l) => Wire.fromChat(l, toolCalls))
+              return Effect.map(line, (l) => {
+                const parts: Array<Model.StreamPart> = []
+                if (l.text.length > 0) {
+                  outputChars += l.text.length
+                  parts.push({ _tag: "TextDelta", text: l.text })
+                }
+                for (const call of l.toolCalls) parts.push({ _tag: "ToolCall", call })
+                toolCalls += l.toolCalls.length
+                if (l.done) {
+                  parts.push({
+                    _tag: "Finish",
+                    finishReason: finishOf(l.done_reason, toolCalls),
+                    usage: Wire.usageOf(l, valid, outputChars),
+                    provider: name,
+                    model: l.model ?? model
+                  })
+                }
+                return parts
+              })
+            }
+            const path = viaGenerate ? "api/generate" : "api/chat"
+            return Assemble.assemble(client.ndjson(post(path, body, "application/x-ndjson"), ctx), {
+              ctx,
+              idleTimeout: settings.streamIdleTimeout,
+              step,
+              // The last line says `done: true`; a body that ends before it broke off.
+              onEnd: () => Effect.succeed([])
             })
-          }
-          const path = viaGenerate ? "api/generate" : "api/chat"
-          return Assemble.assemble(client.ndjson(post(path, body, "application/x-ndjson"), ctx), {
-            ctx,
-            idleTimeout: settings.streamIdleTimeout,
-            step,
-            // The last line says `done: true`; a body that ends before it broke off.
-            onEnd: () => Effect.succeed([])
           })
-        })
-      )
-    ).pipe(Stream.withSpan("Ollama.stream", { attributes: { "gen_ai.provider.name": name } }))
-
-  const embed = Effect.fn("Ollama.embed")(function* (request: Model.EmbedRequest) {
-    const valid = yield* Model.validateEmbed(request)
-    const model = valid.model ?? embeddingModel
-    yield* Effect.annotateCurrentSpan(Client.spanAttributes(name, "embeddings", model))
-    const ctx = ctxOf(model)
-    const body = { model, input: valid.texts, ...(keepAlive === undefined ? {} : { keep_alive: keepAlive }) }
-    const answer = yield* client.json(post("api/embed", body, "application/json"), decodeEmbed, ctx)
-    if (answer.embeddings.length !== valid.texts.length) {
-      return yield* Effect.fail(
-        Errors.malformed(
-          ctx,
-          "embeddings",
-          `expected ${valid.texts.length} embeddings, got ${answer.embeddings.length}`
         )
       )
-    }
-    const response: Model.EmbedResponse = {
-      vectors: answer.embeddings,
-      usage:
-        answer.prompt_eval_count === undefined || answer.prompt_eval_count === null
-          ? undefined
-          : Model.usage(answer.prompt_eval_count, 0),
-      provider: name,
-      model: answer.model ?? model
-    }
-    return response
-  })
+    )
+
+  const embed = Client.operation(
+    "Ollama.embed",
+    Effect.fnUntraced(function* (request: Model.EmbedRequest) {
+      const valid = yield* Model.validateEmbed(request)
+      const model = valid.model ?? embeddingModel
+      yield* Effect.annotateCurrentSpan(Client.spanAttributes(name, "embeddings", model))
+      const ctx = ctxOf(model)
+      const body = { model, input: valid.texts, ...(keepAlive === undefined ? {} : { keep_alive: keepAlive }) }
+      const answer = yield* client.json(post("api/embed", body, "application/json"), decodeEmbed, ctx)
+      if (answer.embeddings.length !== valid.texts.length) {
+        return yield* Effect.fail(
+          Errors.malformed(
+            ctx,
+            "embeddings",
+            `expected ${valid.texts.length} embeddings, got ${answer.embeddings.length}`
+          )
+        )
+      }
+      const response: Model.EmbedResponse = {
+        vectors: answer.embeddings,
+        usage:
+          answer.prompt_eval_count === undefined || answer.prompt_eval_count === null
+            ? undefined
+            : Model.usage(answer.prompt_eval_count, 0),
+        provider: name,
+        model: answer.model ?? model
+      }
+      return response
+    })
+  )
 
   return { name, defaultModel, generate, stream, embed } satisfies Model.Service
 })

@@ -147,119 +147,129 @@ export const make = Effect.fnUntraced(function* (options: Options = {}) {
       )
     })
 
-  const generate = Effect.fn("OpenAiCompat.generate")(function* (request: Model.GenerateRequest) {
-    const { valid, model, body, ctx } = yield* prepare(request, false)
-    yield* Effect.annotateCurrentSpan(Client.spanAttributes(name, "chat", model))
-    const answer = yield* client.json(post("chat/completions", body, "application/json"), decodeCompletion, ctx)
-    const choice = answer.choices[0]
-    const text = choice.message.content ?? ""
-    const toolCalls = (choice.message.tool_calls ?? []).map(
-      (call, i): Model.ToolCall => ({
-        id: call.id ?? `call_${i}`,
-        name: call.function.name,
-        arguments: call.function.arguments ?? ""
-      })
-    )
-    const response: Model.GenerateResponse = {
-      text,
-      finishReason: withToolCalls(finishReasonOf(choice.finish_reason), toolCalls.length),
-      usage: Wire.usageOf(answer.usage, Model.estimateInputTokens(valid), Model.estimateTokens(text)),
-      provider: name,
-      model: answer.model ?? model,
-      ...(toolCalls.length > 0 ? { toolCalls } : {})
-    }
-    return response
-  })
-
-  const stream = (request: Model.GenerateRequest): Stream.Stream<Model.StreamPart, AiError> =>
-    Stream.unwrap(
-      Effect.map(prepare(request, true), ({ valid, model, body, ctx }) =>
-        Stream.suspend(() => {
-          let finishReason: Model.FinishReason | undefined
-          let usage: Wire.UsageWire | null | undefined
-          let answeredModel: string | undefined
-          let outputChars = 0
-          const calls = Assemble.toolCallAssembler()
-          const finish = Effect.map(
-            calls.parts(ctx),
-            (toolParts): ReadonlyArray<Model.StreamPart> => [
-              ...toolParts,
-              {
-                _tag: "Finish",
-                finishReason: withToolCalls(finishReason ?? "unknown", calls.size()),
-                usage: Wire.usageOf(usage, Model.estimateInputTokens(valid), Math.ceil(outputChars / 4)),
-                provider: name,
-                model: answeredModel ?? model
-              }
-            ]
-          )
-          const step = (event: { readonly event: string; readonly data: string }) => {
-            if (event.data.trim() === "[DONE]") return finish
-            if (event.event === "error") {
-              return Effect.fail(Errors.errorFromPayload(Errors.parseJsonOrUndefined(event.data) ?? event.data, ctx))
-            }
-            return Decode.parseJson(event.data, ctx).pipe(
-              Effect.flatMap((payload) =>
-                Errors.isErrorPayload(payload)
-                  ? Effect.fail(Errors.errorFromPayload(payload, ctx))
-                  : decodeChunk(payload, ctx)
-              ),
-              Effect.map((chunk) => {
-                if (chunk.model !== undefined && chunk.model !== null) answeredModel = chunk.model
-                if (chunk.usage !== undefined && chunk.usage !== null) usage = chunk.usage
-                const parts: Array<Model.StreamPart> = []
-                for (const choice of chunk.choices) {
-                  if ((choice.index ?? 0) !== 0) continue
-                  const text = choice.delta?.content
-                  if (typeof text === "string" && text.length > 0) {
-                    outputChars += text.length
-                    parts.push({ _tag: "TextDelta", text })
-                  }
-                  for (const delta of choice.delta?.tool_calls ?? []) {
-                    calls.add({
-                      index: delta.index,
-                      id: delta.id,
-                      name: delta.function?.name,
-                      arguments: delta.function?.arguments
-                    })
-                  }
-                  if (typeof choice.finish_reason === "string") finishReason = finishReasonOf(choice.finish_reason)
-                }
-                return parts
-              })
-            )
-          }
-          return Assemble.assemble(client.sse(post("chat/completions", body, "text/event-stream"), ctx), {
-            ctx,
-            idleTimeout: settings.streamIdleTimeout,
-            step,
-            // Without `[DONE]`, a server that sent its finish reason has finished; otherwise the stream broke off.
-            onEnd: () => (finishReason === undefined ? Effect.succeed([]) : finish)
-          })
+  const generate = Client.operation(
+    "OpenAiCompat.generate",
+    Effect.fnUntraced(function* (request: Model.GenerateRequest) {
+      const { valid, model, body, ctx } = yield* prepare(request, false)
+      yield* Effect.annotateCurrentSpan(Client.spanAttributes(name, "chat", model))
+      const answer = yield* client.json(post("chat/completions", body, "application/json"), decodeCompletion, ctx)
+      const choice = answer.choices[0]
+      const text = choice.message.content ?? ""
+      const toolCalls = (choice.message.tool_calls ?? []).map(
+        (call, i): Model.ToolCall => ({
+          id: call.id ?? `call_${i}`,
+          name: call.function.name,
+          arguments: call.function.arguments ?? ""
         })
       )
-    ).pipe(Stream.withSpan("OpenAiCompat.stream", { attributes: { "gen_ai.provider.name": name } }))
+      const response: Model.GenerateResponse = {
+        text,
+        finishReason: withToolCalls(finishReasonOf(choice.finish_reason), toolCalls.length),
+        usage: Wire.usageOf(answer.usage, Model.estimateInputTokens(valid), Model.estimateTokens(text)),
+        provider: name,
+        model: answer.model ?? model,
+        ...(toolCalls.length > 0 ? { toolCalls } : {})
+      }
+      return response
+    })
+  )
 
-  const embed = Effect.fn("OpenAiCompat.embed")(function* (request: Model.EmbedRequest) {
-    const valid = yield* Model.validateEmbed(request)
-    const model = valid.model ?? embeddingModel
-    yield* Effect.annotateCurrentSpan(Client.spanAttributes(name, "embeddings", model))
-    const ctx = ctxOf(model)
-    const answer = yield* client.json(
-      post("embeddings", { model, input: valid.texts, encoding_format: embeddingEncoding }, "application/json"),
-      decodeEmbeddings,
-      ctx
+  const stream = (request: Model.GenerateRequest): Stream.Stream<Model.StreamPart, AiError> =>
+    Client.streamOperation(
+      "OpenAiCompat.stream",
+      name,
+      Stream.unwrap(
+        Effect.map(prepare(request, true), ({ valid, model, body, ctx }) =>
+          Stream.suspend(() => {
+            let finishReason: Model.FinishReason | undefined
+            let usage: Wire.UsageWire | null | undefined
+            let answeredModel: string | undefined
+            let outputChars = 0
+            const calls = Assemble.toolCallAssembler()
+            const finish = Effect.map(
+              calls.parts(ctx),
+              (toolParts): ReadonlyArray<Model.StreamPart> => [
+                ...toolParts,
+                {
+                  _tag: "Finish",
+                  finishReason: withToolCalls(finishReason ?? "unknown", calls.size()),
+                  usage: Wire.usageOf(usage, Model.estimateInputTokens(valid), Math.ceil(outputChars / 4)),
+                  provider: name,
+                  model: answeredModel ?? model
+                }
+              ]
+            )
+            const step = (event: { readonly event: string; readonly data: string }) => {
+              if (event.data.trim() === "[DONE]") return finish
+              if (event.event === "error") {
+                return Effect.fail(Errors.errorFromPayload(Errors.parseJsonOrUndefined(event.data) ?? event.data, ctx))
+              }
+              return Decode.parseJson(event.data, ctx).pipe(
+                Effect.flatMap((payload) =>
+                  Errors.isErrorPayload(payload)
+                    ? Effect.fail(Errors.errorFromPayload(payload, ctx))
+                    : decodeChunk(payload, ctx)
+                ),
+                Effect.map((chunk) => {
+                  if (chunk.model !== undefined && chunk.model !== null) answeredModel = chunk.model
+                  if (chunk.usage !== undefined && chunk.usage !== null) usage = chunk.usage
+                  const parts: Array<Model.StreamPart> = []
+                  for (const choice of chunk.choices) {
+                    if ((choice.index ?? 0) !== 0) continue
+                    const text = choice.delta?.content
+                    if (typeof text === "string" && text.length > 0) {
+                      outputChars += text.length
+                      parts.push({ _tag: "TextDelta", text })
+                    }
+                    for (const delta of choice.delta?.tool_calls ?? []) {
+                      calls.add({
+                        index: delta.index,
+                        id: delta.id,
+                        name: delta.function?.name,
+                        arguments: delta.function?.arguments
+                      })
+                    }
+                    if (typeof choice.finish_reason === "string") finishReason = finishReasonOf(choice.finish_reason)
+                  }
+                  return parts
+                })
+              )
+            }
+            return Assemble.assemble(client.sse(post("chat/completions", body, "text/event-stream"), ctx), {
+              ctx,
+              idleTimeout: settings.streamIdleTimeout,
+              step,
+              // Without `[DONE]`, a server that sent its finish reason has finished; otherwise the stream broke off.
+              onEnd: () => (finishReason === undefined ? Effect.succeed([]) : finish)
+            })
+          })
+        )
+      )
     )
-    const vectors = yield* Wire.vectorsByIndex(answer.data, valid.texts.length, ctx)
-    const response: Model.EmbedResponse = {
-      vectors,
-      usage:
-        answer.usage === undefined || answer.usage === null ? undefined : Model.usage(answer.usage.prompt_tokens, 0),
-      provider: name,
-      model: answer.model ?? model
-    }
-    return response
-  })
+
+  const embed = Client.operation(
+    "OpenAiCompat.embed",
+    Effect.fnUntraced(function* (request: Model.EmbedRequest) {
+      const valid = yield* Model.validateEmbed(request)
+      const model = valid.model ?? embeddingModel
+      yield* Effect.annotateCurrentSpan(Client.spanAttributes(name, "embeddings", model))
+      const ctx = ctxOf(model)
+      const answer = yield* client.json(
+        post("embeddings", { model, input: valid.texts, encoding_format: embeddingEncoding }, "application/json"),
+        decodeEmbeddings,
+        ctx
+      )
+      const vectors = yield* Wire.vectorsByIndex(answer.data, valid.texts.length, ctx)
+      const response: Model.EmbedResponse = {
+        vectors,
+        usage:
+          answer.usage === undefined || answer.usage === null ? undefined : Model.usage(answer.usage.prompt_tokens, 0),
+        provider: name,
+        model: answer.model ?? model
+      }
+      return response
+    })
+  )
 
   return { name, defaultModel, generate, stream, embed } satisfies Model.Service
 })

@@ -234,96 +234,106 @@ export const make: (
     const decodeChatChunk = Decode.valueDecoder(Wire.ChatChunk)
     const decodeEmbeddings = Decode.valueDecoder(Wire.EmbeddingsAnswer)
 
-    const generate = Effect.fn("WatsonX.generate")(function* (request: Model.GenerateRequest) {
-      const { body, inputEstimate, model } = yield* prepare(request)
-      yield* Effect.annotateCurrentSpan(Client.spanAttributes(name, "chat", model))
-      if (api === "chat") {
+    const generate = Client.operation(
+      "WatsonX.generate",
+      Effect.fnUntraced(function* (request: Model.GenerateRequest) {
+        const { body, inputEstimate, model } = yield* prepare(request)
+        yield* Effect.annotateCurrentSpan(Client.spanAttributes(name, "chat", model))
+        if (api === "chat") {
+          const answer = yield* call(model, (bearer, ctx) =>
+            client.json(post("ml/v1/text/chat", body, bearer, "application/json"), decodeChat, ctx)
+          )
+          return Wire.chatResponse(answer, name, model, inputEstimate)
+        }
         const answer = yield* call(model, (bearer, ctx) =>
-          client.json(post("ml/v1/text/chat", body, bearer, "application/json"), decodeChat, ctx)
+          client.json(post("ml/v1/text/generation", body, bearer, "application/json"), decodeGeneration, ctx)
         )
-        return Wire.chatResponse(answer, name, model, inputEstimate)
-      }
-      const answer = yield* call(model, (bearer, ctx) =>
-        client.json(post("ml/v1/text/generation", body, bearer, "application/json"), decodeGeneration, ctx)
-      )
-      return Wire.generationResponse(answer, name, model, inputEstimate)
-    })
+        return Wire.generationResponse(answer, name, model, inputEstimate)
+      })
+    )
 
     const stream = (request: Model.GenerateRequest): Stream.Stream<Model.StreamPart, AiError> =>
-      Stream.unwrap(
-        Effect.map(prepare(request), ({ body, inputEstimate, model }) => {
-          const secrets: Array<Redacted.Redacted> = [apiKey]
-          const ctx = ctxOf(model, secrets)
-          const state = Wire.streamState(name, model, inputEstimate)
-          const path = api === "chat" ? "ml/v1/text/chat_stream" : "ml/v1/text/generation_stream"
-          const events = tokens.authorizedStream((bearer) => {
-            secrets.push(bearer)
-            return client.sse(post(path, body, bearer, "text/event-stream"), ctx)
-          })
-          const step = (event: Sse.Event): Effect.Effect<ReadonlyArray<Model.StreamPart>, ModelError> => {
-            if (event.data.trim() === "[DONE]") return Effect.succeed([state.finish()])
-            return Effect.flatMap(Decode.parseJson(event.data, ctx), (value) => {
-              if (event.event === "error" || Errors.isErrorPayload(value) || hasErrors(value)) {
-                return Effect.fail(Errors.errorFromPayload(value, ctx))
-              }
-              return api === "chat"
-                ? Effect.map(decodeChatChunk(value, ctx), state.chat)
-                : Effect.map(decodeGeneration(value, ctx), state.generation)
+      Client.streamOperation(
+        "WatsonX.stream",
+        name,
+        Stream.unwrap(
+          Effect.map(prepare(request), ({ body, inputEstimate, model }) => {
+            const secrets: Array<Redacted.Redacted> = [apiKey]
+            const ctx = ctxOf(model, secrets)
+            const state = Wire.streamState(name, model, inputEstimate)
+            const path = api === "chat" ? "ml/v1/text/chat_stream" : "ml/v1/text/generation_stream"
+            const events = tokens.authorizedStream((bearer) => {
+              secrets.push(bearer)
+              return client.sse(post(path, body, bearer, "text/event-stream"), ctx)
             })
-          }
-          return Assemble.assemble(events, {
-            ctx,
-            idleTimeout: settings.streamIdleTimeout,
-            step,
-            onEnd: () => Effect.succeed(state.finished() ? [state.finish()] : [])
-          }).pipe(Stream.mapError((error) => scrubbed(error, secrets)))
-        })
-      ).pipe(Stream.withSpan("WatsonX.stream", { attributes: { "gen_ai.provider.name": name } }))
-
-    const embed = Effect.fn("WatsonX.embed")(function* (request: Model.EmbedRequest) {
-      const valid = yield* Model.validateEmbed(request, limits)
-      const model = valid.model ?? embeddingModel
-      yield* Effect.annotateCurrentSpan(Client.spanAttributes(name, "embeddings", model))
-      const batches: Array<ReadonlyArray<string>> = []
-      for (let i = 0; i < valid.texts.length; i += EMBED_BATCH) batches.push(valid.texts.slice(i, i + EMBED_BATCH))
-      const embedBatch = (texts: ReadonlyArray<string>) =>
-        call(model, (bearer, ctx) =>
-          Effect.flatMap(
-            client.json(
-              post("ml/v1/text/embeddings", { model_id: model, inputs: texts }, bearer, "application/json"),
-              decodeEmbeddings,
-              ctx
-            ),
-            (answer) =>
-              answer.results.length === texts.length
-                ? Effect.succeed(answer)
-                : Effect.fail(
-                    Errors.malformed(
-                      ctx,
-                      "results",
-                      `expected ${texts.length} embeddings, got ${answer.results.length}`
-                    )
-                  )
-          )
+            const step = (event: Sse.Event): Effect.Effect<ReadonlyArray<Model.StreamPart>, ModelError> => {
+              if (event.data.trim() === "[DONE]") return Effect.succeed([state.finish()])
+              return Effect.flatMap(Decode.parseJson(event.data, ctx), (value) => {
+                if (event.event === "error" || Errors.isErrorPayload(value) || hasErrors(value)) {
+                  return Effect.fail(Errors.errorFromPayload(value, ctx))
+                }
+                return api === "chat"
+                  ? Effect.map(decodeChatChunk(value, ctx), state.chat)
+                  : Effect.map(decodeGeneration(value, ctx), state.generation)
+              })
+            }
+            return Assemble.assemble(events, {
+              ctx,
+              idleTimeout: settings.streamIdleTimeout,
+              step,
+              onEnd: () => Effect.succeed(state.finished() ? [state.finish()] : [])
+            }).pipe(Stream.mapError((error) => scrubbed(error, secrets)))
+          })
         )
-      const answers = yield* Effect.forEach(batches, embedBatch).pipe(
-        // Each batch is bounded by `timeout`; the call as a whole too.
-        Effect.timeoutOrElse({
-          duration: settings.timeout,
-          orElse: () => Effect.fail(Errors.requestTimeout(ctxOf(model, []), settings.timeout))
-        })
       )
-      let inputTokens: number | undefined
-      for (const answer of answers) {
-        if (typeof answer.input_token_count === "number") inputTokens = (inputTokens ?? 0) + answer.input_token_count
-      }
-      return {
-        vectors: answers.flatMap((answer) => answer.results.map((r) => r.embedding)),
-        ...(inputTokens === undefined ? {} : { usage: Model.usage(inputTokens, 0) }),
-        provider: name,
-        model: answers[0]?.model_id ?? model
-      } satisfies Model.EmbedResponse
-    })
+
+    const embed = Client.operation(
+      "WatsonX.embed",
+      Effect.fnUntraced(function* (request: Model.EmbedRequest) {
+        const valid = yield* Model.validateEmbed(request, limits)
+        const model = valid.model ?? embeddingModel
+        yield* Effect.annotateCurrentSpan(Client.spanAttributes(name, "embeddings", model))
+        const batches: Array<ReadonlyArray<string>> = []
+        for (let i = 0; i < valid.texts.length; i += EMBED_BATCH) batches.push(valid.texts.slice(i, i + EMBED_BATCH))
+        const embedBatch = (texts: ReadonlyArray<string>) =>
+          call(model, (bearer, ctx) =>
+            Effect.flatMap(
+              client.json(
+                post("ml/v1/text/embeddings", { model_id: model, inputs: texts }, bearer, "application/json"),
+                decodeEmbeddings,
+                ctx
+              ),
+              (answer) =>
+                answer.results.length === texts.length
+                  ? Effect.succeed(answer)
+                  : Effect.fail(
+                      Errors.malformed(
+                        ctx,
+                        "results",
+                        `expected ${texts.length} embeddings, got ${answer.results.length}`
+                      )
+                    )
+            )
+          )
+        const answers = yield* Effect.forEach(batches, embedBatch).pipe(
+          // Each batch is bounded by `timeout`; the call as a whole too.
+          Effect.timeoutOrElse({
+            duration: settings.timeout,
+            orElse: () => Effect.fail(Errors.requestTimeout(ctxOf(model, []), settings.timeout))
+          })
+        )
+        let inputTokens: number | undefined
+        for (const answer of answers) {
+          if (typeof answer.input_token_count === "number") inputTokens = (inputTokens ?? 0) + answer.input_token_count
+        }
+        return {
+          vectors: answers.flatMap((answer) => answer.results.map((r) => r.embedding)),
+          ...(inputTokens === undefined ? {} : { usage: Model.usage(inputTokens, 0) }),
+          provider: name,
+          model: answers[0]?.model_id ?? model
+        } satisfies Model.EmbedResponse
+      })
+    )
 
     return { name, defaultModel, generate, stream, embed } satisfies Model.Service
   }

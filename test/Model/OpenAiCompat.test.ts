@@ -313,6 +313,83 @@ layer(NodeHttpClient.layerUndici)("OpenAiCompat", (it) => {
     )
   })
 
+  describe("spans", () => {
+    it.effect(
+      "generate, stream and embed make their span when a tracer is provided, as a root too; none otherwise",
+      () =>
+        Effect.gen(function* () {
+          const server = yield* Server.make((req, res) => {
+            if (req.path.endsWith("/embeddings")) {
+              return Server.json(res, 200, { data: [{ index: 0, embedding: [1, 0] }], model: "e" })
+            }
+            if (bodyOf(req)["stream"] === true) {
+              return Server.text(res, 200, Server.sse([chunk("hi"), chunk(null, "stop"), "[DONE]"]), {
+                "content-type": "text/event-stream"
+              })
+            }
+            return Server.json(res, 200, completion("Paris."))
+          })
+          // What span the HTTP request runs under, seen by the user's middleware.
+          const seen: Array<string> = []
+          const p = yield* provider(server, {
+            transformClient: HttpClient.transform((effect) =>
+              Effect.flatMap(Effect.option(Effect.currentSpan), (span) => {
+                seen.push(Option.isSome(span) ? span.value.name : "none")
+                return effect
+              })
+            )
+          })
+          const spans: Array<Tracer.NativeSpan> = []
+          const recording = Tracer.make({
+            span(options) {
+              const span = new Tracer.NativeSpan(options)
+              spans.push(span)
+              return span
+            }
+          })
+          const all = Effect.gen(function* () {
+            yield* p.generate({ prompt: "q" })
+            const streamed = yield* collect(p.stream({ prompt: "q" }))
+            assert.isTrue(Exit.isSuccess(streamed.exit))
+            yield* p.embed({ texts: ["a"] })
+          })
+
+          // Effect's default tracer: spans would reach nobody, so none is made (and none is paid for).
+          yield* all
+          assert.deepStrictEqual(seen, ["none", "none", "none"])
+          // A tracer provided, tracing switched off: none either.
+          yield* all.pipe(
+            Effect.provideService(Tracer.Tracer, recording),
+            Effect.provideService(References.TracerEnabled, false)
+          )
+          assert.deepStrictEqual(spans, [])
+
+          // A tracer provided and no span around the calls: each operation is a root span, the
+          // HTTP client's span its child.
+          seen.length = 0
+          yield* all.pipe(Effect.provideService(Tracer.Tracer, recording))
+          assert.deepStrictEqual(seen, ["POST", "POST", "POST"])
+          const named = (name: string) => spans.find((span) => span.name === name)!
+          for (const [name, operation] of [
+            ["OpenAiCompat.generate", "chat"],
+            ["OpenAiCompat.stream", undefined],
+            ["OpenAiCompat.embed", "embeddings"]
+          ] as const) {
+            const span = named(name)
+            assert.isDefined(span, name)
+            assert.isTrue(Option.isNone(span.parent), `${name} is a root`)
+            assert.strictEqual(span.attributes.get("gen_ai.provider.name"), "oai")
+            assert.strictEqual(span.attributes.get("gen_ai.operation.name"), operation)
+            assert.isTrue(span.status._tag === "Ended" && Exit.isSuccess(span.status.exit), name)
+            const children = spans.filter(
+              (s) => s.name === "POST" && Option.isSome(s.parent) && s.parent.value === span
+            )
+            assert.lengthOf(children, 1, `${name} has its HTTP span`)
+          }
+        })
+    )
+  })
+
   describe("secrets", () => {
     it.effect("the key never appears in errors, causes, inspections, options or spans", () =>
       Effect.gen(function* () {

@@ -1,8 +1,9 @@
 import { inspect } from "node:util"
+import { gzipSync } from "node:zlib"
 import { NodeHttpClient } from "@effect/platform-node"
 import { assert, describe, it, layer } from "@effect/vitest"
 import { Cause, Duration, Effect, Exit, Fiber, Redacted, Result, Stream, Tracer } from "effect"
-import { HttpClient, HttpClientError, HttpClientRequest } from "effect/http"
+import { FetchHttpClient, HttpClient, HttpClientError, HttpClientRequest } from "effect/http"
 import { TestClock } from "effect/testing"
 import { isRetryable, ModelError, TimeoutError } from "../../src/AiError.js"
 import type * as Model from "../../src/Model.js"
@@ -337,6 +338,52 @@ layer(NodeHttpClient.layerUndici)("Client over a real server", (it) => {
       const client = yield* Client.make(settings({ maxResponseBytes: 1000 }))
       assert.strictEqual(modelError(yield* Effect.flip(client.json(post(server), anything, ctx))).reason, "TooLarge")
     })
+  )
+
+  it.effect(
+    "a declared content-length within the bound is read whole, multi-byte text included; a short body is Transport",
+    () =>
+      Effect.gen(function* () {
+        const value = { text: "Grüß 🌍 ".repeat(200), n: 7 }
+        const body = JSON.stringify(value)
+        const server = yield* Server.make((req, res) => {
+          if (req.path === "/short") {
+            // Declares more than it sends, then closes the connection.
+            res.writeHead(200, { "content-type": "application/json", "content-length": "5000" })
+            res.write(body.slice(0, 100))
+            res.socket?.destroy()
+            return
+          }
+          Server.text(res, 200, body, { "content-type": "application/json" })
+        })
+        const client = yield* Client.make(settings({ maxResponseBytes: Buffer.byteLength(body) }))
+        assert.deepStrictEqual(yield* client.json(post(server), anything, ctx), value)
+        const short = yield* Effect.flip(client.json(post(server, "/short"), anything, ctx))
+        assert.strictEqual(modelError(short).reason, "Transport")
+      })
+  )
+
+  it.effect("a compressed answer is bounded by what it inflates to, not by its declared length (fetch inflates)", () =>
+    Effect.gen(function* () {
+      const big = JSON.stringify({ text: "a".repeat(2_000_000) })
+      const compressed = gzipSync(big)
+      assert.isBelow(compressed.byteLength, 10_000)
+      const server = yield* Server.make((_, res) => {
+        res.writeHead(200, {
+          "content-type": "application/json",
+          "content-encoding": "gzip",
+          "content-length": String(compressed.byteLength)
+        })
+        res.end(compressed)
+      })
+      const client = yield* Client.make(settings({ maxResponseBytes: 1_000_000 }))
+      const error = yield* Effect.flip(client.json(post(server), anything, ctx))
+      assert.strictEqual(modelError(error).reason, "TooLarge")
+      // The same answer within the bound is read.
+      const roomy = yield* Client.make(settings({ maxResponseBytes: 3_000_000 }))
+      const read = (yield* roomy.json(post(server), anything, ctx)) as { readonly text: string }
+      assert.strictEqual(read.text.length, 2_000_000)
+    }).pipe(Effect.provide(FetchHttpClient.layer))
   )
 
   it.effect("a 200 HTML page is Decode on content-type; a 200 error object is the provider's error", () =>

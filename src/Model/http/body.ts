@@ -82,6 +82,10 @@ const declaredLength = (response: HttpClientResponse.HttpClientResponse): number
   return Number(value)
 }
 
+/** A body sent as is: a compressed one (which `fetch` inflates) can be larger than its declared length. */
+const isIdentity = (encoding: string | undefined): boolean =>
+  encoding === undefined || encoding.trim() === "" || encoding.trim().toLowerCase() === "identity"
+
 const decodeUtf8 = (chunks: ReadonlyArray<Uint8Array>, total: number): string => {
   const all = new Uint8Array(total)
   let offset = 0
@@ -108,6 +112,13 @@ export const readText = (
   const declared = declaredLength(response)
   if (declared !== undefined && declared > limit) {
     return Effect.fail(tooLarge(ctx, "the response body", limit, "maxResponseBytes"))
+  }
+  // A declared length of a body sent as is bounds it: the client fails a body that goes past it.
+  // One read of the whole body then costs a fraction of collecting it through a bounded stream.
+  if (declared !== undefined && isIdentity(response.headers["content-encoding"])) {
+    return Effect.mapError(response.text, (error) =>
+      transportError("reading the response body failed", error.cause, ctx)
+    )
   }
   return Effect.map(
     Stream.runCollect(boundBytes(bodyBytes(response, ctx), limit, "the response body", "maxResponseBytes", ctx)),
