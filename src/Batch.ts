@@ -10,9 +10,12 @@
  * the batch's `fallback`). An item without one runs on the executor's own provider with
  * the executor's retry policy (then the batch's `fallback` domains, if any).
  *
- * Concurrency: the manager's `maxConcurrent` is one `Semaphore` shared by every batch (an
- * item holds a permit while it runs); a batch runs `min(concurrency, maxConcurrent, items)`
- * worker fibers that take items by index, so a batch of 100k items never parks 100k fibers.
+ * Concurrency: the manager's `maxConcurrent` permits are shared by every batch, handed over
+ * in arrival order (an item holds a permit while it runs); a batch has at most
+ * `min(concurrency, maxConcurrent)` items running. A batch without callbacks starts its
+ * items from JavaScript (one fiber per call in flight, as `Executor.executeMany`); one with
+ * `onProgress` or `onEvent` runs worker fibers that take items by index. Either way a batch
+ * of 100k items never parks 100k fibers.
  *
  * Errors: an item's failure is that item's outcome (a bad item gets its own
  * `InvalidRequest`, a provider defect becomes a `ModelError` with reason `Unknown`). The
@@ -22,13 +25,14 @@
  *
  * @since 0.1.0
  */
-import { Context, Effect, Layer, Option, Queue, Semaphore, Stream } from "effect"
+import { Context, Effect, Layer, Option, Queue, Stream } from "effect"
 import type { AiError, ModelError } from "./AiError.js"
 import { Executor } from "./Executor.js"
 import * as Input from "./Input.js"
 import type { GenerateRequest } from "./Model.js"
 import { type Answer, Router } from "./Router.js"
 import type { ExecutionStats } from "./Stats.js"
+import { Gate } from "./batch/gate.js"
 import { run as runBatch } from "./batch/runner.js"
 
 /**
@@ -220,9 +224,9 @@ export const make = Effect.fnUntraced(function* (options: Options = {}) {
   const limit = yield* Input.orOptionError(Input.positiveInt("maxConcurrent", options.maxConcurrent ?? 5))
   const executor = yield* Executor
   const router = yield* Router
-  const permits = yield* Semaphore.make(limit)
+  const gate = new Gate(limit)
   let batches = 0
-  const deps = { executor, router, permits, limit, nextId: () => `batch-${++batches}`, routes: new Map() }
+  const deps = { executor, router, gate, limit, nextId: () => `batch-${++batches}`, routes: new Map() }
 
   const run = Effect.fn("Batch.run")(function* (items: ReadonlyArray<Item>, runOptions?: RunOptions) {
     return yield* runBatch(deps, items, runOptions)

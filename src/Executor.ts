@@ -557,7 +557,7 @@ export const make = Effect.fnUntraced(function* (options: Options = {}) {
       cacheStore: guards.cache
     })
 
-  return {
+  const service = {
     execute,
     executeWithRetry,
     executeMany,
@@ -574,7 +574,18 @@ export const make = Effect.fnUntraced(function* (options: Options = {}) {
     isShuttingDown: Effect.sync(engine.isClosing),
     tracked: engine.tracked
   } satisfies Service
+  startedBy.set(service, engine.start)
+  return service
 })
+
+/**
+ * The engine's `start` of each executor: a plan started from JavaScript on a fiber's context,
+ * its exit reported to a sink (`policy/fused.ts`). For batches that start their items
+ * without a fiber each.
+ *
+ * @internal
+ */
+export const startedBy = new WeakMap<Service, Engine.Engine["start"]>()
 
 const withProvider = (error: ModelError, provider: string): ModelError =>
   new ModelError({ reason: error.reason, message: error.message, field: error.field, provider })

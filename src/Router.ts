@@ -10,7 +10,7 @@
  */
 import { Context, Duration, Effect, Layer, Result, Stream } from "effect"
 import type { LanguageModel, Model as AiModel } from "effect/ai"
-import { type AiError, invalidRequest, type ModelError } from "./AiError.js"
+import { type AiError, invalidRequest, ModelError } from "./AiError.js"
 import { applyTo, type Domain, Domains, Providers } from "./Domain.js"
 import {
   type Answer as PlanAnswer,
@@ -31,8 +31,8 @@ import {
   type GenerateResponse,
   type Service as ProviderService,
   type StreamPart,
-  validateEmbed,
-  validateGenerate
+  checkGenerate,
+  validateEmbed
 } from "./Model.js"
 import { traced } from "./policy/span.js"
 import type { StreamStep } from "./policy/stream.js"
@@ -139,6 +139,17 @@ export interface Routed {
  * @category models
  */
 export type Prepared = (request: GenerateRequest, options?: CallOptions) => Effect.Effect<Routed, ModelError>
+
+/**
+ * The plan of a {@link Prepared} chain built at once, without an Effect: the plan, or the
+ * request's refusal (already counted). For batches that start their items from JavaScript.
+ *
+ * @internal
+ */
+export const preparedNow = new WeakMap<
+  Prepared,
+  (request: GenerateRequest, options?: CallOptions) => Routed | ModelError
+>()
 
 /**
  * @since 0.1.0
@@ -280,19 +291,24 @@ export const make = Effect.gen(function* () {
   const tokensOf = (request: GenerateRequest) => estimateInputTokens(request) + (request.maxTokens ?? 0)
 
   // A refused call is counted on its first step's provider, as the executor counts its own.
-  const refused = (error: ModelError, first: Step<ProviderService>) =>
-    Effect.suspend(() => {
-      const series = stats.series(first.name, first.domain)
-      series.requests++
-      series.fail(error.reason)
-      return Effect.fail(error)
-    })
+  // A request refused before any step runs is counted on the chain's first step.
+  const refusedNow = (error: ModelError, first: Step<ProviderService>): ModelError => {
+    const series = stats.series(first.name, first.domain)
+    series.requests++
+    series.fail(error.reason)
+    return error
+  }
 
+  // A request's plan, built without an Effect (a batch starts its items from JavaScript):
+  // the plan, or the request's refusal.
   type Apply = (
     request: GenerateRequest,
     options: CallOptions,
     hedgeAfter: Duration.Duration | undefined
-  ) => Effect.Effect<Routed, ModelError>
+  ) => Routed | ModelError
+
+  const applied = (routed: Routed | ModelError): Effect.Effect<Routed, ModelError> =>
+    routed instanceof ModelError ? Effect.fail(routed) : Effect.succeed(routed)
 
   // Resolves the chain once; `apply` then builds a request's plan without resolving it again.
   const prepareWith = (
@@ -305,11 +321,15 @@ export const make = Effect.gen(function* () {
       const firstDomain = lead === undefined ? templates[0] : undefined
       const head = lead ?? templates[0]!
       const ownHedge = typeof names === "string" ? firstDomain?.domainConfig.hedgeAfter : undefined
-      const build = (valid: GenerateRequest, options: CallOptions, hedgeAfter: Duration.Duration | undefined) => {
+      const build = (
+        valid: GenerateRequest,
+        options: CallOptions,
+        hedgeAfter: Duration.Duration | undefined
+      ): Routed | ModelError => {
         let totalTimeout = firstDomain?.domainConfig.totalTimeout
         if (options.timeout !== undefined) {
           const checked = Input.duration("timeout", options.timeout)
-          if (Result.isFailure(checked)) return Effect.fail(invalidRequest("timeout", checked.failure.message))
+          if (Result.isFailure(checked)) return invalidRequest("timeout", checked.failure.message)
           totalTimeout = checked.success
         }
         // Only a rate limit reads a step's token estimate: a step without one is shared by
@@ -353,7 +373,7 @@ export const make = Effect.gen(function* () {
                   }),
           usageOf: (response: GenerateResponse) => response.usage
         }
-        return Effect.succeed({
+        return {
           plan,
           call: (provider, step) => provider.generate((step as Partial<DomainStep>).prepare?.(valid) ?? valid),
           answer: (answer) => ({
@@ -366,14 +386,13 @@ export const make = Effect.gen(function* () {
             source: answer.source,
             hedgeWon: answer.hedgeWon
           })
-        } satisfies Routed)
+        } satisfies Routed
       }
       // Validated before any step reads it: a null request is an InvalidRequest, not a defect.
-      return (request, options, hedgeAfter) =>
-        Effect.flatMap(
-          Effect.catch(validateGenerate(request, executor.limits), (error) => refused(error, head)),
-          (valid) => build(valid, options, hedgeAfter)
-        )
+      return (request, options, hedgeAfter) => {
+        const error = checkGenerate(request, executor.limits)
+        return error === undefined ? build(request, options, hedgeAfter) : refusedNow(error, head)
+      }
     })
 
   // The chain of one domain name, resolved once: domains and providers are fixed for the
@@ -400,7 +419,7 @@ export const make = Effect.gen(function* () {
     options: PlanOptions,
     hedgeAfter: Duration.Duration | undefined
   ): Effect.Effect<Routed, ModelError> =>
-    Effect.flatMap(applyOf(names, options.lead), (apply) => apply(request, options, hedgeAfter))
+    Effect.flatMap(applyOf(names, options.lead), (apply) => applied(apply(request, options, hedgeAfter)))
 
   const run = (
     request: GenerateRequest,
@@ -524,12 +543,12 @@ export const make = Effect.gen(function* () {
     chain,
     plan: (request, names, options = {}) => planWith(request, names, options, undefined),
     prepare: (names, options = {}) =>
-      Effect.map(
-        applyOf(names, options.lead),
-        (apply): Prepared =>
-          (request, callOptions = {}) =>
-            apply(request, callOptions, undefined)
-      )
+      Effect.map(applyOf(names, options.lead), (apply): Prepared => {
+        const now = (request: GenerateRequest, callOptions: CallOptions = {}) => apply(request, callOptions, undefined)
+        const prepared: Prepared = (request, callOptions) => Effect.suspend(() => applied(now(request, callOptions)))
+        preparedNow.set(prepared, now)
+        return prepared
+      })
   } satisfies Service
 })
 

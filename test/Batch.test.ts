@@ -1051,3 +1051,76 @@ for (const mode of modes) {
     )
   })
 }
+
+describe("Batch permits, batches without callbacks (items started from JavaScript)", () => {
+  it.effect("two silent batches share the limit in arrival order: neither holds it until it is done", () =>
+    Effect.gen(function* () {
+      const { batch, controls } = yield* makeOrchestra({ a: { latency: "1 second" } }, { maxConcurrent: 3 })
+      const items = Array.from({ length: 10 }, (_, i) => `q${i}`)
+      const a = yield* Effect.forkChild(batch.run(items, { domain: "d-a" }))
+      const b = yield* Effect.forkChild(batch.run(items, { domain: "d-a" }))
+      yield* TestClock.adjust("1 minute")
+      const [ra, rb] = [yield* Fiber.join(a), yield* Fiber.join(b)]
+      assert.strictEqual(yield* controls.a!.peak, 3)
+      assert.strictEqual(yield* controls.a!.calls, 20)
+      assert.isTrue([...ra.results, ...rb.results].every((r) => r.status === "success"))
+      // 20 calls of 1 s through 3 permits: 7 s for both. A batch that took its permits back at
+      // once would finish alone in 4 s and leave the other waiting until then.
+      assert.strictEqual(Math.max(ra.elapsedMs, rb.elapsedMs), 7000)
+      assert.isAtLeast(ra.elapsedMs, 6000)
+      assert.isAtLeast(rb.elapsedMs, 6000)
+      assert.isAtMost(ra.stats.concurrencyPeak, 3)
+      assert.isAbove(rb.stats.queueWait.max, 0, "B's items waited for permits A held")
+    })
+  )
+
+  it.effect("a silent batch and one with callbacks share the limit; the silent one waits its turn", () =>
+    Effect.gen(function* () {
+      const { batch, controls } = yield* makeOrchestra({ a: { latency: "1 second" } }, { maxConcurrent: 2 })
+      const items = Array.from({ length: 6 }, (_, i) => `q${i}`)
+      const startsB: Array<number> = []
+      const a = yield* Effect.forkChild(batch.run(items, { domain: "d-a" }))
+      const b = yield* Effect.forkChild(
+        batch.run(items, { domain: "d-a", onProgress: (e) => e._tag === "Started" && startsB.push(e.elapsedMs) })
+      )
+      yield* TestClock.adjust("1 minute")
+      const [ra, rb] = [yield* Fiber.join(a), yield* Fiber.join(b)]
+      assert.strictEqual(yield* controls.a!.peak, 2)
+      assert.strictEqual(Math.max(ra.elapsedMs, rb.elapsedMs), 6000)
+      assert.isAtLeast(ra.elapsedMs, 5000, "the silent batch shared the limit")
+      assert.isBelow(startsB[1]!, 3000, "the batch with callbacks was not starved")
+    })
+  )
+
+  it.effect("a silent batch interrupted while queued, and one cancelled mid-run, give every permit back", () =>
+    Effect.gen(function* () {
+      const { batch, controls } = yield* makeOrchestra({ a: { latency: "1 second" } }, { maxConcurrent: 2 })
+      const cancel = yield* Deferred.make<void>()
+      const a = yield* Effect.forkChild(
+        batch.run(["a0", "a1", "a2", "a3"], { domain: "d-a", cancel: Deferred.await(cancel) })
+      )
+      yield* TestClock.adjust("100 millis")
+      // B finds both permits held: its fiber queues for one, and is interrupted there.
+      const b = yield* Effect.forkChild(batch.run(["b0", "b1"], { domain: "d-a" }))
+      yield* TestClock.adjust("100 millis")
+      yield* Fiber.interrupt(b)
+      // A is cancelled with two items running and two never started.
+      yield* Deferred.succeed(cancel, undefined)
+      const ra = yield* Fiber.join(a)
+      assert.isTrue(ra.cancelled)
+      assert.deepStrictEqual(ra.notRun, [2, 3])
+      assert.deepStrictEqual(
+        ra.results.map((r) => r.status),
+        ["cancelled", "cancelled", "cancelled", "cancelled"]
+      )
+      // The whole limit is free again: four items on two permits take two seconds.
+      const c = yield* Effect.forkChild(batch.run(["c0", "c1", "c2", "c3"], { domain: "d-a" }))
+      yield* TestClock.adjust("5 seconds")
+      const rc = yield* Fiber.join(c)
+      assert.isTrue(rc.results.every((r) => r.status === "success"))
+      assert.strictEqual(rc.elapsedMs, 2000)
+      assert.strictEqual(rc.stats.concurrencyPeak, 2)
+      assert.strictEqual(yield* controls.a!.calls, 6, "a0, a1 and c0..c3 reached the provider; b0, b1 never")
+    })
+  )
+})

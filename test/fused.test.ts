@@ -369,6 +369,95 @@ describe("the fused path under the manager (Router plans, Batch.run)", () => {
   )
 })
 
+describe("Batch.run: items started from JavaScript against items on worker fibers", () => {
+  // A silent batch starts its items from JavaScript (batch/runner.ts `startedPool`); one with
+  // an onProgress callback runs them on worker fibers. Same items, same manager: the same
+  // outcome per item, the same answers and the same statistics.
+  const runMixed = (items: ReadonlyArray<Batch.Item>, options: Batch.RunOptions, onWorkers: boolean) =>
+    Effect.gen(function* () {
+      const scope = yield* Scope.make()
+      const context = yield* Layer.buildWithScope(
+        Orchestra.layer({
+          providers: {
+            scripted: Layer.succeed(ModelProvider, scripted()),
+            backup: Layer.succeed(ModelProvider, {
+              ...scripted(),
+              name: "backup",
+              generate: (request: GenerateRequest) => Effect.succeed(answer(`backup ${request.prompt}`))
+            })
+          },
+          domains: [
+            {
+              name: "d",
+              provider: "scripted",
+              timeout: "1 second",
+              retry: { maxAttempts: 3, initialDelay: 100, jitter: 0 }
+            },
+            { name: "e", provider: "scripted", timeout: "500 millis", retry: { maxAttempts: 1 }, fallback: ["f"] },
+            { name: "f", provider: "backup", timeout: "1 second", retry: { maxAttempts: 1 } }
+          ],
+          // Items without a domain run on the executor's provider, with its deadline.
+          executor: { timeout: "1 second" },
+          maxConcurrent: 3,
+          breakers: { failMax: 1000 }
+        }),
+        scope
+      )
+      const batch = context.mapUnsafe.get(Batch.Batch.key) as Batch.Service
+      const stats = context.mapUnsafe.get(Stats.key) as Stats["Service"]
+      let events = 0
+      const run = batch.run(items, onWorkers ? { ...options, onProgress: () => events++ } : options)
+      const result = yield* Effect.flatMap(Effect.forkChild(run), joinOnClock)
+      const counts = countsOf(yield* stats.snapshot())
+      yield* Scope.close(scope, Exit.void)
+      if (onWorkers) assert.isAbove(events, 0)
+      return {
+        counts,
+        peak: result.stats.concurrencyPeak,
+        items: result.results.map((r) =>
+          [
+            r.index,
+            r.status,
+            r.answer === undefined
+              ? `${r.error?._tag} ${r.error?._tag === "ModelError" ? `${r.error.reason} ${r.error.field ?? ""}` : ""}`
+              : `${r.answer.response.text} ${r.answer.domain}/${r.answer.provider} attempts=${r.answer.attempts} tried=${r.answer.domainsTried} fallback=${r.answer.fallbackUsed}`,
+            `retries=${r.retries}`,
+            `ran=${r.ran}`
+          ].join(" ")
+        )
+      }
+    })
+
+  it.effect("a mixed batch (bad items, domains, fallbacks, retries, hangs) gives the same outcomes either way", () =>
+    Effect.gen(function* () {
+      const kinds = ["ok", "flaky", "sleep:30", "refused", "hang", "overloaded", "die"]
+      const items: Array<Batch.Item> = []
+      for (let i = 0; i < 70; i++) {
+        const kind = kinds[i % kinds.length]!
+        const prompt = kind === "flaky" ? `flaky:${i}` : kind
+        if (i % 10 === 3) items.push(null as never)
+        else if (i % 5 === 0) items.push({ query: prompt, domain: "e" })
+        else if (i % 3 === 0) items.push({ request: { prompt } })
+        else items.push(prompt)
+      }
+      for (const options of [{ domain: "d" }, { domain: "d", fallback: ["f"] }, {}] as const) {
+        const started = yield* runMixed(items, options, false)
+        const workers = yield* runMixed(items, options, true)
+        assert.deepStrictEqual(started.items, workers.items, JSON.stringify(options))
+        assert.deepStrictEqual(started.counts, workers.counts, JSON.stringify(options))
+        assert.isAtMost(started.peak, 3)
+        const has = (text: string) => started.items.some((item) => item.includes(text))
+        assert.isTrue(has("InvalidRequest items["), "bad items have their own error")
+        assert.isTrue(has("success flaky"), "retried items answered")
+        if (!("fallback" in options)) assert.isTrue(has("timeout"), "hung items timed out")
+        // Item 4 hangs on the batch's domain: its deadline passes, and the batch's fallback answers.
+        else assert.include(started.items[4], "4 success backup hang f/backup", "the batch's fallback answered")
+        if (options.domain !== undefined) assert.isTrue(has("fallback=true"), "items fell back")
+      }
+    })
+  )
+})
+
 describe("executeMany: one outcome per request, whatever ends a call", () => {
   it.effect(
     "a call that dies outside the provider (a failing onRetry) is that request's ModelError, on both paths",

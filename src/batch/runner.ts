@@ -1,18 +1,26 @@
 /**
- * One batch run: `min(concurrency, limit, items)` worker fibers take the items by index
- * (`policy/pool.ts`: a batch of 100k items never parks 100k fibers); each item's call holds
- * a permit of the manager's shared semaphore while it runs through the pipeline (its
- * route's `Router.prepare`d plan, then `executor.run`); every item ends with exactly one
- * outcome, written at its index.
+ * One batch run. Each item holds a permit of the manager's shared limit (`gate.ts`) while it
+ * runs through the pipeline (its route's `Router.prepare`d plan, then the executor's
+ * engine); every item ends with exactly one outcome, written at its index.
+ *
+ * - A silent batch (no `onProgress`, no `onEvent`) starts its items from JavaScript, as
+ *   `executeMany` does (`startedPool` below): no worker fiber and no Effect per item, only
+ *   each call's own fiber; an item that ends starts the next at once.
+ * - A batch with callbacks runs `min(concurrency, limit, items)` worker fibers that take the
+ *   items by index (`policy/pool.ts`), so that each event is an Effect in order.
+ *
+ * Either way a batch of 100k items never parks 100k fibers.
  *
  * @internal
  */
-import { Cause, Clock, Duration, Effect, Exit, Fiber, type Semaphore } from "effect"
+import { Cause, Clock, Duration, Effect, Exit, Fiber } from "effect"
 import { type AiError, ModelError } from "../AiError.js"
 import type { BatchResult, ItemResult, ProgressEvent, RunOptions, Status } from "../Batch.js"
-import type { RetryInfo, Service as ExecutorService } from "../Executor.js"
-import type { Answer, Prepared, Service as RouterService } from "../Router.js"
+import { type RetryInfo, type Service as ExecutorService, startedBy } from "../Executor.js"
+import { type Answer, type Prepared, preparedNow, type Service as RouterService } from "../Router.js"
+import type { Running, Sink } from "../policy/fused.js"
 import { forEachPool } from "../policy/pool.js"
+import type { Gate } from "./gate.js"
 import { check, parse } from "./items.js"
 import { statsOf } from "./stats.js"
 
@@ -23,7 +31,7 @@ export interface Deps {
   readonly executor: ExecutorService
   readonly router: RouterService
   /** The manager's limit: one permit per running item, across every batch. */
-  readonly permits: Semaphore.Semaphore
+  readonly gate: Gate
   readonly limit: number
   readonly nextId: () => string
   /**
@@ -70,7 +78,7 @@ const retryOnly = { retry: true } as const
  */
 export const run = (deps: Deps, rawItems: unknown, rawOptions: RunOptions | undefined) =>
   Effect.gen(function* () {
-    const { executor, router, permits, limit } = deps
+    const { executor, router, gate, limit } = deps
     const { items, options } = yield* check(rawItems, rawOptions === undefined ? {} : rawOptions, router, deps.routes)
     const id = options.id ?? deps.nextId()
     const total = items.length
@@ -203,7 +211,7 @@ export const run = (deps: Deps, rawItems: unknown, rawOptions: RunOptions | unde
 
     const runItem = (index: number): Effect.Effect<void> => {
       const takenAt = clock.currentTimeMillisUnsafe()
-      return permits.withPermit(
+      return gate.withPermit(
         Effect.flatMap(
           Effect.suspend(() => started(index, takenAt)),
           () => Effect.flatMap(Effect.exit(callOf(index)), (exit) => settle(index, exit))
@@ -211,8 +219,163 @@ export const run = (deps: Deps, rawItems: unknown, rawOptions: RunOptions | unde
       )
     }
 
+    const concurrency = Math.min(options.concurrency ?? limit, limit)
+    const startCall = silent ? startedBy.get(executor) : undefined
+
+    // The items of a silent batch, started from JavaScript on the batch's fiber: a permit is
+    // taken at once when free, else the batch's fiber queues for it; `sink.done` settles an
+    // item, gives its permit back and starts the next. Interrupted (cancel, shutdown), the
+    // calls in flight are cancelled and their permits given back once they have ended.
+    const startedPool = (begin: NonNullable<typeof startCall>): Effect.Effect<void> =>
+      Effect.withFiber((fiber) => {
+        const handles: Array<Running | undefined> = new Array(total)
+        const answers: Array<((value: never) => Answer) | undefined> = new Array(total)
+        let next = 0
+        let inFlight = 0
+        let finished = 0
+        let pumping = false
+        let blocked = false
+        let wake: (() => void) | undefined
+        const canStart = () => inFlight < concurrency && next < total
+
+        const sink: Sink = {
+          done: (index, exit) => {
+            if (results[index] !== undefined) return
+            const answer = answers[index]
+            answers[index] = undefined
+            handles[index] = undefined
+            const outcome =
+              Exit.isSuccess(exit) && answer !== undefined ? Exit.succeed(answer(exit.value as never)) : exit
+            settle(index, outcome as Exit.Exit<Answer, AiError>)
+            inFlight--
+            finished++
+            gate.release()
+            if (pumping) return
+            if (wake !== undefined) pump(64)
+            const w = wake
+            if (w !== undefined && (finished === total || canStart())) {
+              wake = undefined
+              w()
+            }
+          }
+        }
+
+        // Starts one item, a permit held (given back by its `sink.done`).
+        const startItem = (index: number, takenAt: number): void => {
+          inFlight++
+          started(index, takenAt)
+          const parsed = parse(items[index], index)
+          if (parsed instanceof ModelError) {
+            sink.done(index, Exit.fail(parsed))
+            return
+          }
+          const domain = parsed.domain ?? options.domain
+          const prepared = routes.get(domain ?? "")
+          const now = prepared === undefined ? undefined : preparedNow.get(prepared)
+          let handle: Running | undefined
+          if (now === undefined) {
+            // The item's chain is not resolved yet: this one call resolves it on a fiber of its own.
+            const child = Effect.runForkWith(fiber.context)(Effect.exit(callOf(index)))
+            const exit = child.pollUnsafe()
+            if (exit !== undefined) {
+              sink.done(index, Exit.isSuccess(exit) ? exit.value : exit)
+              return
+            }
+            let cancelled = false
+            child.addObserver((end) => {
+              if (!cancelled) sink.done(index, Exit.isSuccess(end) ? end.value : end)
+            })
+            handle = {
+              cancel: () => {
+                cancelled = true
+                child.interruptUnsafe()
+                return child
+              }
+            }
+          } else {
+            const routed = now(parsed.request, { onRetry: onRetryFor(index) })
+            if (routed instanceof ModelError) {
+              sink.done(index, Exit.fail(routed))
+              return
+            }
+            answers[index] = routed.answer as (value: never) => Answer
+            handle = begin(fiber, routed.plan, routed.call, sink, index, true)
+          }
+          if (handle !== undefined && results[index] === undefined) handles[index] = handle
+        }
+
+        // Starts items while there is room and a free permit, at most `budget` of them.
+        const pump = (budget: number): void => {
+          pumping = true
+          try {
+            while (canStart() && budget-- > 0) {
+              if (!gate.tryTake()) {
+                blocked = true
+                return
+              }
+              startItem(next++, clock.currentTimeMillisUnsafe())
+            }
+          } finally {
+            pumping = false
+          }
+        }
+
+        // No permit free: queue for one (in arrival order, behind other batches), then start
+        // the next item with it. Uninterruptible once granted, so the permit reaches the item.
+        const queued: Effect.Effect<void> = Effect.suspend(() => {
+          const takenAt = clock.currentTimeMillisUnsafe()
+          return Effect.uninterruptibleMask((restore) =>
+            Effect.map(restore(gate.take), () => {
+              pumping = true
+              try {
+                startItem(next++, takenAt)
+              } finally {
+                pumping = false
+              }
+            })
+          )
+        })
+
+        const loop: Effect.Effect<void> = Effect.suspend(() => {
+          blocked = false
+          pump(1024)
+          if (finished === total) return Effect.void
+          if (canStart()) return Effect.flatMap(blocked ? queued : Effect.yieldNow, () => loop)
+          return Effect.flatMap(
+            Effect.callback<void>((resume) => {
+              if (canStart() || finished === total) return resume(Effect.void)
+              wake = () => resume(Effect.void)
+            }),
+            () => loop
+          )
+        })
+
+        return Effect.onInterrupt(loop, () =>
+          Effect.suspend(() => {
+            wake = undefined
+            const ending: Array<Fiber.Fiber<unknown, unknown>> = []
+            let cancelled = 0
+            for (let index = 0; index < next; index++) {
+              const handle = handles[index]
+              if (handle === undefined) continue
+              handles[index] = undefined
+              cancelled++
+              const fiber = handle.cancel()
+              if (fiber !== undefined) ending.push(fiber)
+            }
+            const giveBack = Effect.sync(() => {
+              for (let i = 0; i < cancelled; i++) gate.release()
+            })
+            return ending.length === 0 ? giveBack : Effect.andThen(Fiber.awaitAll(ending), giveBack)
+          })
+        )
+      })
+
     // One worker runs on the batch's own fiber: a one-item batch forks nothing.
-    const pool = forEachPool(items, Math.min(options.concurrency ?? limit, limit), (_item, index) => runItem(index))
+    const pool =
+      startCall === undefined
+        ? forEachPool(items, concurrency, (_item, index) => runItem(index))
+        : startedPool(startCall)
 
     if (options.cancel === undefined) {
       yield* pool

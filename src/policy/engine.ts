@@ -178,15 +178,17 @@ export interface Engine {
     call: (target: T, step: Step<T>) => Effect.Effect<A, AiError>
   ) => Effect.Effect<A, AiError>
   /**
-   * A single-value call started from JavaScript: reports to `sink` under `index` (at once
-   * when it ends at once: then it answers `undefined`), else answers its handle.
+   * A call started from JavaScript: reports to `sink` under `index` its value, or with `full`
+   * its `Answer` (at once when it ends at once: then it answers `undefined`), else answers
+   * its handle.
    */
   readonly start: <T, A>(
     fiber: Fiber.Fiber<unknown, unknown>,
     plan: Plan<T, A>,
     call: (target: T, step: Step<T>) => Effect.Effect<A, AiError>,
     sink: Fused.Sink,
-    index: number
+    index: number,
+    full?: boolean
   ) => Fused.Running | undefined
   /** Runs `effect` as a tracked wait: shutdown interrupts it (the caller gets `ShuttingDownError`). */
   readonly tracked: <A, E>(
@@ -849,25 +851,38 @@ export const make = (options: Options): Effect.Effect<Engine, never, Scope.Scope
       return Effect.ensuring(plan.totalTimeout === undefined ? body : tracked(body, plan.totalTimeout), leaveEffect)
     }
 
-    // A call started from JavaScript (the pools of `executeMany`): reports to `sink` under
-    // `index`; answers undefined when it already has, else its handle.
+    // A fused call's value reported as the Answer `run` gives (one step, its attempts).
+    const answering = <T>(sink: Fused.Sink, step: Step<T>, started: Fused.Fused): Fused.Sink => ({
+      done: (index, exit) =>
+        sink.done(
+          index,
+          Exit.map(exit, (value) => ({ value, step, attempts: started.attempts, stepsTried: 1, source: "provider" }))
+        )
+    })
+
+    // A call started from JavaScript (the pools of `executeMany` and `Batch.run`): reports to
+    // `sink` under `index` its value, or with `full` its Answer (as `run`); answers undefined
+    // when it already has, else its handle.
     const start = <T, A>(
       fiber: Fiber.Fiber<unknown, unknown>,
       plan: Plan<T, A>,
       call: (target: T, step: Step<T>) => Effect.Effect<A, AiError>,
       sink: Fused.Sink,
-      index: number
+      index: number,
+      full = false
     ): Fused.Running | undefined => {
       const fusedCall = closing || !fusable(plan) || isTraced(fiber) ? undefined : fused(fiber, plan, call)
       if (fusedCall !== undefined) {
-        fusedCall.sink = sink
+        fusedCall.sink = full ? answering(sink, plan.steps[0], fusedCall) : sink
         fusedCall.index = index
         const exit = fusedCall.begin()
         if (exit === undefined) return fusedCall
-        sink.done(index, exit)
+        fusedCall.sink.done(index, exit)
         return undefined
       }
-      const child = Effect.runForkWith(fiber.context)(runValueIn(fiber, plan, call))
+      const child = Effect.runForkWith(fiber.context)<unknown, AiError>(
+        full ? runFull(plan, call) : runValueIn(fiber, plan, call)
+      )
       const exit = child.pollUnsafe()
       if (exit !== undefined) {
         sink.done(index, exit)
