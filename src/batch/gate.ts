@@ -69,12 +69,13 @@ export class Gate {
   /** Runs `effect` holding a permit, taken in arrival order and given back however it ends. */
   withPermit<A, E, R>(effect: Effect.Effect<A, E, R>): Effect.Effect<A, E, R> {
     return Effect.uninterruptibleMask((restore) =>
-      Effect.flatMap(restore(this.take), () =>
-        Effect.ensuring(
-          restore(effect),
-          Effect.sync(() => this.release())
-        )
-      )
+      Effect.suspend(() => {
+        const run = Effect.ensuring(restore(effect), this.released)
+        // A free permit is taken without the callback that `take` waits in.
+        return this.tryTake() ? run : Effect.flatMap(restore(this.take), () => run)
+      })
     )
   }
+
+  private readonly released = Effect.sync(() => this.release())
 }
