@@ -12,6 +12,7 @@ import * as Input from "../../Input.js"
 import * as Model from "../../Model.js"
 import type { Options } from "../EffectAi.js"
 import { assemble } from "../http/assemble.js"
+import * as Client from "../http/client.js"
 import { type CallContext, requestTimeout } from "../http/errors.js"
 import { defaults } from "../http/options.js"
 import { type AnyTools, finishReasonOf, nonEmpty, toolkitOf, toPrompt, usageOf } from "./convert.js"
@@ -87,129 +88,143 @@ export const make = Effect.fnUntraced(function* (options: Options = {}) {
       model: ctx.model
     })
 
-  const generate = Effect.fn("EffectAi.generate")(function* (request: Model.GenerateRequest) {
-    const { valid, ctx, prompt, toolkit, toolChoice } = yield* prepare(request)
-    // The toolkit only declares tools (no handlers), so both calls answer the same part shapes.
-    const call = (toolkit === undefined
-      ? lm.generateText({ prompt })
-      : lm.generateText({ prompt, toolkit, toolChoice, disableToolCallResolution: true })) as unknown as Effect.Effect<
-      LanguageModel.GenerateTextResponse<AnyTools, "encoded">,
-      Ai.AiError
-    >
-    const extra = options.context?.(valid)
-    const response = yield* (
-      extra === undefined ? call : Effect.updateContext(call, (c: Context.Context<never>) => Context.merge(c, extra))
-    ).pipe(
-      Effect.mapError((error) => fromAiError(error, ctx)),
-      Effect.timeoutOrElse({ duration: timeout, orElse: () => Effect.fail(requestTimeout(ctx, timeout)) })
-    )
-    const text = response.text
-    if (text.length > maxOutputChars) return yield* tooLarge(ctx)
-    let answered: string | undefined
-    const toolCalls: Array<Model.ToolCall> = []
-    for (const part of response.content) {
-      if (part.type === "response-metadata" && part.modelId !== undefined) answered = part.modelId
-      if (part.type === "tool-call" && !part.providerExecuted) {
-        toolCalls.push({ id: part.id, name: part.name, arguments: JSON.stringify(part.params ?? {}) })
+  const generate = Client.operation(
+    "EffectAi.generate",
+    Effect.fnUntraced(function* (request: Model.GenerateRequest) {
+      const { valid, ctx, prompt, toolkit, toolChoice } = yield* prepare(request)
+      // The toolkit only declares tools (no handlers), so both calls answer the same part shapes.
+      const call = (toolkit === undefined
+        ? lm.generateText({ prompt })
+        : lm.generateText({
+            prompt,
+            toolkit,
+            toolChoice,
+            disableToolCallResolution: true
+          })) as unknown as Effect.Effect<LanguageModel.GenerateTextResponse<AnyTools, "encoded">, Ai.AiError>
+      const extra = options.context?.(valid)
+      const response = yield* (
+        extra === undefined ? call : Effect.updateContext(call, (c: Context.Context<never>) => Context.merge(c, extra))
+      ).pipe(
+        Effect.mapError((error) => fromAiError(error, ctx)),
+        Effect.timeoutOrElse({ duration: timeout, orElse: () => Effect.fail(requestTimeout(ctx, timeout)) })
+      )
+      const text = response.text
+      if (text.length > maxOutputChars) return yield* tooLarge(ctx)
+      let answered: string | undefined
+      const toolCalls: Array<Model.ToolCall> = []
+      for (const part of response.content) {
+        if (part.type === "response-metadata" && part.modelId !== undefined) answered = part.modelId
+        if (part.type === "tool-call" && !part.providerExecuted) {
+          toolCalls.push({ id: part.id, name: part.name, arguments: JSON.stringify(part.params ?? {}) })
+        }
       }
-    }
-    return {
-      text,
-      finishReason: finishReasonOf(response.finishReason),
-      usage: usageOf(response.usage, Model.estimateInputTokens(valid), Model.estimateTokens(text)),
-      provider: name,
-      model: answered ?? ctx.model,
-      ...(toolCalls.length === 0 ? {} : { toolCalls })
-    } satisfies Model.GenerateResponse
-  })
+      return {
+        text,
+        finishReason: finishReasonOf(response.finishReason),
+        usage: usageOf(response.usage, Model.estimateInputTokens(valid), Model.estimateTokens(text)),
+        provider: name,
+        model: answered ?? ctx.model,
+        ...(toolCalls.length === 0 ? {} : { toolCalls })
+      } satisfies Model.GenerateResponse
+    })
+  )
 
   const stream = (request: Model.GenerateRequest): Stream.Stream<Model.StreamPart, AiError> =>
-    Stream.unwrap(
-      Effect.map(prepare(request), ({ valid, ctx, prompt, toolkit, toolChoice }) => {
-        let answered: string | undefined
-        let chars = 0
-        const raw = (toolkit === undefined
-          ? lm.streamText({ prompt })
-          : lm.streamText({
-              prompt,
-              toolkit,
-              toolChoice,
-              disableToolCallResolution: true
-            })) as unknown as Stream.Stream<Response.StreamPart<AnyTools, "encoded">, Ai.AiError>
-        const extra = options.context?.(valid)
-        const parts = (
-          extra === undefined ? raw : Stream.updateContext(raw, (c: Context.Context<never>) => Context.merge(c, extra))
-        ).pipe(Stream.mapError((error) => fromAiError(error, ctx)))
-        return assemble(parts, {
-          ctx,
-          idleTimeout: streamIdleTimeout,
-          step: (part): Effect.Effect<ReadonlyArray<Model.StreamPart>, ModelError> => {
-            switch (part.type) {
-              case "text-delta":
-                if (part.delta.length === 0) return Effect.succeed([])
-                chars += part.delta.length
-                if (chars > maxOutputChars) return Effect.fail(tooLarge(ctx))
-                return Effect.succeed([{ _tag: "TextDelta", text: part.delta }])
-              case "tool-call":
-                if (part.providerExecuted) return Effect.succeed([])
-                return Effect.succeed([
-                  {
-                    _tag: "ToolCall",
-                    call: { id: part.id, name: part.name, arguments: JSON.stringify(part.params ?? {}) }
-                  }
-                ])
-              case "response-metadata":
-                if (part.modelId !== undefined) answered = part.modelId
-                return Effect.succeed([])
-              case "finish":
-                return Effect.succeed([
-                  {
-                    _tag: "Finish",
-                    finishReason: finishReasonOf(part.reason),
-                    usage: usageOf(part.usage, Model.estimateInputTokens(valid), Math.ceil(chars / 4)),
-                    provider: name,
-                    model: answered ?? ctx.model
-                  }
-                ])
-              case "error":
-                return Effect.fail(
-                  Ai.isAiError(part.error)
-                    ? fromAiError(part.error, ctx)
-                    : new ModelError({
-                        reason: "Unknown",
-                        message: `${name}: the stream sent an error part`,
-                        provider: name,
-                        model: ctx.model
-                      })
-                )
-              default:
-                return Effect.succeed([])
-            }
-          },
-          onEnd: () => Effect.succeed([])
+    Client.streamOperation(
+      "EffectAi.stream",
+      name,
+      Stream.unwrap(
+        Effect.map(prepare(request), ({ valid, ctx, prompt, toolkit, toolChoice }) => {
+          let answered: string | undefined
+          let chars = 0
+          const raw = (toolkit === undefined
+            ? lm.streamText({ prompt })
+            : lm.streamText({
+                prompt,
+                toolkit,
+                toolChoice,
+                disableToolCallResolution: true
+              })) as unknown as Stream.Stream<Response.StreamPart<AnyTools, "encoded">, Ai.AiError>
+          const extra = options.context?.(valid)
+          const parts = (
+            extra === undefined
+              ? raw
+              : Stream.updateContext(raw, (c: Context.Context<never>) => Context.merge(c, extra))
+          ).pipe(Stream.mapError((error) => fromAiError(error, ctx)))
+          return assemble(parts, {
+            ctx,
+            idleTimeout: streamIdleTimeout,
+            step: (part): Effect.Effect<ReadonlyArray<Model.StreamPart>, ModelError> => {
+              switch (part.type) {
+                case "text-delta":
+                  if (part.delta.length === 0) return Effect.succeed([])
+                  chars += part.delta.length
+                  if (chars > maxOutputChars) return Effect.fail(tooLarge(ctx))
+                  return Effect.succeed([{ _tag: "TextDelta", text: part.delta }])
+                case "tool-call":
+                  if (part.providerExecuted) return Effect.succeed([])
+                  return Effect.succeed([
+                    {
+                      _tag: "ToolCall",
+                      call: { id: part.id, name: part.name, arguments: JSON.stringify(part.params ?? {}) }
+                    }
+                  ])
+                case "response-metadata":
+                  if (part.modelId !== undefined) answered = part.modelId
+                  return Effect.succeed([])
+                case "finish":
+                  return Effect.succeed([
+                    {
+                      _tag: "Finish",
+                      finishReason: finishReasonOf(part.reason),
+                      usage: usageOf(part.usage, Model.estimateInputTokens(valid), Math.ceil(chars / 4)),
+                      provider: name,
+                      model: answered ?? ctx.model
+                    }
+                  ])
+                case "error":
+                  return Effect.fail(
+                    Ai.isAiError(part.error)
+                      ? fromAiError(part.error, ctx)
+                      : new ModelError({
+                          reason: "Unknown",
+                          message: `${name}: the stream sent an error part`,
+                          provider: name,
+                          model: ctx.model
+                        })
+                  )
+                default:
+                  return Effect.succeed([])
+              }
+            },
+            onEnd: () => Effect.succeed([])
+          })
         })
-      })
-    ).pipe(Stream.withSpan("EffectAi.stream", { attributes: { "gen_ai.provider.name": name } }))
-
-  const embed = Effect.fn("EffectAi.embed")(function* (request: Model.EmbedRequest) {
-    const valid = yield* Model.validateEmbed(request)
-    const ctx = { provider: name, model: valid.model ?? defaultModel }
-    if (Option.isNone(embedder)) {
-      return yield* invalidRequest("texts", `no effect/ai EmbeddingModel was provided to ${name}`, name)
-    }
-    const response = yield* embedder.value.embedMany(valid.texts).pipe(
-      Effect.mapError((error) => fromAiError(error, ctx)),
-      Effect.timeoutOrElse({ duration: timeout, orElse: () => Effect.fail(requestTimeout(ctx, timeout)) })
+      )
     )
-    let estimate = 0
-    for (const text of valid.texts) estimate += Model.estimateTokens(text)
-    return {
-      vectors: response.embeddings.map((embedding) => embedding.vector),
-      usage: Model.usage(response.usage.inputTokens ?? estimate, 0),
-      provider: name,
-      model: ctx.model
-    } satisfies Model.EmbedResponse
-  })
+
+  const embed = Client.operation(
+    "EffectAi.embed",
+    Effect.fnUntraced(function* (request: Model.EmbedRequest) {
+      const valid = yield* Model.validateEmbed(request)
+      const ctx = { provider: name, model: valid.model ?? defaultModel }
+      if (Option.isNone(embedder)) {
+        return yield* invalidRequest("texts", `no effect/ai EmbeddingModel was provided to ${name}`, name)
+      }
+      const response = yield* embedder.value.embedMany(valid.texts).pipe(
+        Effect.mapError((error) => fromAiError(error, ctx)),
+        Effect.timeoutOrElse({ duration: timeout, orElse: () => Effect.fail(requestTimeout(ctx, timeout)) })
+      )
+      let estimate = 0
+      for (const text of valid.texts) estimate += Model.estimateTokens(text)
+      return {
+        vectors: response.embeddings.map((embedding) => embedding.vector),
+        usage: Model.usage(response.usage.inputTokens ?? estimate, 0),
+        provider: name,
+        model: ctx.model
+      } satisfies Model.EmbedResponse
+    })
+  )
 
   return {
     name,
