@@ -1123,4 +1123,99 @@ describe("Batch permits, batches without callbacks (items started from JavaScrip
       assert.strictEqual(yield* controls.a!.calls, 6, "a0, a1 and c0..c3 reached the provider; b0, b1 never")
     })
   )
+
+  // Found in review of the JavaScript-started pool.
+  for (const silent of [true, false]) {
+    const kind = silent ? "silent" : "with callbacks"
+    const opts = (extra: Batch.RunOptions = {}): Batch.RunOptions =>
+      silent ? extra : { ...extra, onProgress: () => undefined }
+
+    it.effect(`1,000 batches queued behind one permit, each ending at once, all end (${kind})`, () =>
+      Effect.gen(function* () {
+        // A release used to resume the next batch inside itself: a chain of batches that end at
+        // once and hand the permit on overflowed the stack, and the rest waited for ever.
+        const { batch } = yield* makeOrchestra({ a: { latency: "1 second" } }, { maxConcurrent: 1 })
+        const blocker = yield* Effect.forkChild(batch.run(["x"], { domain: "d-a" }))
+        const queued: Array<Fiber.Fiber<Batch.BatchResult, AiError>> = []
+        for (let i = 0; i < 1000; i++) {
+          queued.push(yield* Effect.forkChild(batch.run([42 as unknown as Batch.Item], opts({ domain: "d-a" }))))
+        }
+        yield* TestClock.adjust("2 seconds")
+        assert.strictEqual((yield* Fiber.join(blocker)).results[0]!.status, "success")
+        for (const fiber of queued) {
+          const result = yield* Fiber.join(fiber)
+          assert.strictEqual(result.results[0]!.status, "error")
+        }
+      })
+    )
+
+    it.effect(`a request whose reading throws is that item's error; the batch and the limit go on (${kind})`, () =>
+      Effect.gen(function* () {
+        const batch = yield* customOrchestra(
+          custom("p", (request) => Effect.succeed(response("p", request.prompt ?? ""))),
+          { maxConcurrent: 1 }
+        )
+        // Resolves the executor's route first, so that the hostile item is started from JavaScript.
+        yield* batch.run(["warm"], opts())
+        const hostile = {
+          request: {
+            get prompt(): string {
+              throw new Error("boom")
+            }
+          }
+        } as unknown as Batch.Item
+        const result = yield* batch.run([hostile, "ok"], opts())
+        assert.deepStrictEqual(
+          result.results.map((r) => r.status),
+          ["error", "success"]
+        )
+        assert.include(result.results[0]!.error?.message ?? "", "unexpected defect: Error: boom")
+        const after = yield* batch.run(["again"], opts()).pipe(Effect.timeout("1 second"))
+        assert.strictEqual(after.results[0]!.status, "success")
+      })
+    )
+
+    it.effect(`an item's wait for a permit counts from when its place opened, as on workers (${kind})`, () =>
+      Effect.gen(function* () {
+        const { batch } = yield* makeOrchestra({ a: { latency: "1 second" } }, { maxConcurrent: 3 })
+        const a = yield* Effect.forkChild(batch.run(["a0", "a1", "a2"], { domain: "d-a" }))
+        yield* TestClock.adjust("1 millis")
+        const b = yield* Effect.forkChild(batch.run(["b0", "b1", "b2"], opts({ domain: "d-a" })))
+        yield* TestClock.adjust("5 seconds")
+        yield* Fiber.join(a)
+        const rb = yield* Fiber.join(b)
+        assert.strictEqual(rb.stats.queueWait.min, 999)
+        assert.strictEqual(rb.stats.queueWait.max, 999)
+      })
+    )
+  }
+
+  it.effect("a cancel raised from inside an item's start stops that item too and gives its permit back", () =>
+    Effect.gen(function* () {
+      const cancel = Deferred.makeUnsafe<void>()
+      const calls: Array<string> = []
+      const provider = custom("p", (request) => {
+        const prompt = request.prompt ?? ""
+        calls.push(prompt)
+        // The cancel happens synchronously, while the batch is starting this item from
+        // another item's end.
+        if (prompt === "trigger") Deferred.doneUnsafe(cancel, Exit.void)
+        return Effect.as(Effect.sleep(prompt === "slow5" ? "5 seconds" : "1 second"), response("p", prompt))
+      })
+      const batch = yield* customOrchestra(provider, { maxConcurrent: 2 })
+      const a = yield* Effect.forkChild(
+        batch.run(["slow", "slow5", "trigger", "slow", "slow"], { concurrency: 2, cancel: Deferred.await(cancel) })
+      )
+      yield* TestClock.adjust("10 seconds")
+      const ra = yield* Fiber.join(a)
+      assert.isTrue(ra.cancelled)
+      assert.deepStrictEqual(calls, ["slow", "slow5", "trigger"])
+      // Both permits are free again: four one-second items on two permits take two seconds.
+      const c = yield* Effect.forkChild(batch.run(["c0", "c1", "c2", "c3"]))
+      yield* TestClock.adjust("20 seconds")
+      const rc = yield* Fiber.join(c)
+      assert.strictEqual(rc.elapsedMs, 2000)
+      assert.strictEqual(rc.stats.concurrencyPeak, 2)
+    })
+  )
 })

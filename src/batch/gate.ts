@@ -39,14 +39,19 @@ export class Gate {
     return true
   }
 
-  /** Gives a permit back: to the first waiter if any (it keeps the count), else to the pool. */
+  /**
+   * Gives a permit back: to the first waiter if any (it keeps the count), else to the pool.
+   * The waiter's fiber is resumed on a microtask, not inside this call: resuming it here would
+   * run it inline, and a chain of batches that each end at once and hand over to the next
+   * would grow the stack until it overflows.
+   */
   release(): void {
     for (const waiter of this.waiters) {
       this.waiters.delete(waiter)
       waiter.granted = true
       const resume = waiter.resume
       waiter.resume = undefined
-      resume?.(Effect.void)
+      if (resume !== undefined) queueMicrotask(() => resume(Effect.void))
       return
     }
     this.taken--

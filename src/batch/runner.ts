@@ -4,8 +4,8 @@
  * engine); every item ends with exactly one outcome, written at its index.
  *
  * - A silent batch (no `onProgress`, no `onEvent`) starts its items from JavaScript, as
- *   `executeMany` does (`startedPool` below): no worker fiber and no Effect per item, only
- *   each call's own fiber; an item that ends starts the next at once.
+ *   `executeMany` does (`started.ts`): no worker fiber and no Effect per item, only each
+ *   call's own fiber; an item that ends starts the next at once.
  * - A batch with callbacks runs `min(concurrency, limit, items)` worker fibers that take the
  *   items by index (`policy/pool.ts`), so that each event is an Effect in order.
  *
@@ -17,11 +17,11 @@ import { Cause, Clock, Duration, Effect, Exit, Fiber } from "effect"
 import { type AiError, ModelError } from "../AiError.js"
 import type { BatchResult, ItemResult, ProgressEvent, RunOptions, Status } from "../Batch.js"
 import { type RetryInfo, type Service as ExecutorService, startedBy } from "../Executor.js"
-import { type Answer, type Prepared, preparedNow, type Service as RouterService } from "../Router.js"
-import type { Running, Sink } from "../policy/fused.js"
+import { type Answer, type Prepared, preparedNow, type Routed, type Service as RouterService } from "../Router.js"
 import { forEachPool } from "../policy/pool.js"
 import type { Gate } from "./gate.js"
 import { check, parse } from "./items.js"
+import * as Started from "./started.js"
 import { statsOf } from "./stats.js"
 
 /**
@@ -222,160 +222,36 @@ export const run = (deps: Deps, rawItems: unknown, rawOptions: RunOptions | unde
     const concurrency = Math.min(options.concurrency ?? limit, limit)
     const startCall = silent ? startedBy.get(executor) : undefined
 
-    // The items of a silent batch, started from JavaScript on the batch's fiber: a permit is
-    // taken at once when free, else the batch's fiber queues for it; `sink.done` settles an
-    // item, gives its permit back and starts the next. Interrupted (cancel, shutdown), the
-    // calls in flight are cancelled and their permits given back once they have ended.
-    const startedPool = (begin: NonNullable<typeof startCall>): Effect.Effect<void> =>
-      Effect.withFiber((fiber) => {
-        const handles: Array<Running | undefined> = new Array(total)
-        const answers: Array<((value: never) => Answer) | undefined> = new Array(total)
-        let next = 0
-        let inFlight = 0
-        let finished = 0
-        let pumping = false
-        let blocked = false
-        let wake: (() => void) | undefined
-        const canStart = () => inFlight < concurrency && next < total
-
-        const sink: Sink = {
-          done: (index, exit) => {
-            if (results[index] !== undefined) return
-            const answer = answers[index]
-            answers[index] = undefined
-            handles[index] = undefined
-            const outcome =
-              Exit.isSuccess(exit) && answer !== undefined ? Exit.succeed(answer(exit.value as never)) : exit
-            settle(index, outcome as Exit.Exit<Answer, AiError>)
-            inFlight--
-            finished++
-            gate.release()
-            if (pumping) return
-            if (wake !== undefined) pump(64)
-            const w = wake
-            if (w !== undefined && (finished === total || canStart())) {
-              wake = undefined
-              w()
-            }
-          }
-        }
-
-        // Starts one item, a permit held (given back by its `sink.done`).
-        const startItem = (index: number, takenAt: number): void => {
-          inFlight++
-          started(index, takenAt)
-          const parsed = parse(items[index], index)
-          if (parsed instanceof ModelError) {
-            sink.done(index, Exit.fail(parsed))
-            return
-          }
-          const domain = parsed.domain ?? options.domain
-          const prepared = routes.get(domain ?? "")
-          const now = prepared === undefined ? undefined : preparedNow.get(prepared)
-          let handle: Running | undefined
-          if (now === undefined) {
-            // The item's chain is not resolved yet: this one call resolves it on a fiber of its own.
-            const child = Effect.runForkWith(fiber.context)(Effect.exit(callOf(index)))
-            const exit = child.pollUnsafe()
-            if (exit !== undefined) {
-              sink.done(index, Exit.isSuccess(exit) ? exit.value : exit)
-              return
-            }
-            let cancelled = false
-            child.addObserver((end) => {
-              if (!cancelled) sink.done(index, Exit.isSuccess(end) ? end.value : end)
-            })
-            handle = {
-              cancel: () => {
-                cancelled = true
-                child.interruptUnsafe()
-                return child
-              }
-            }
-          } else {
-            const routed = now(parsed.request, { onRetry: onRetryFor(index) })
-            if (routed instanceof ModelError) {
-              sink.done(index, Exit.fail(routed))
-              return
-            }
-            answers[index] = routed.answer as (value: never) => Answer
-            handle = begin(fiber, routed.plan, routed.call, sink, index, true)
-          }
-          if (handle !== undefined && results[index] === undefined) handles[index] = handle
-        }
-
-        // Starts items while there is room and a free permit, at most `budget` of them.
-        const pump = (budget: number): void => {
-          pumping = true
-          try {
-            while (canStart() && budget-- > 0) {
-              if (!gate.tryTake()) {
-                blocked = true
-                return
-              }
-              startItem(next++, clock.currentTimeMillisUnsafe())
-            }
-          } finally {
-            pumping = false
-          }
-        }
-
-        // No permit free: queue for one (in arrival order, behind other batches), then start
-        // the next item with it. Uninterruptible once granted, so the permit reaches the item.
-        const queued: Effect.Effect<void> = Effect.suspend(() => {
-          const takenAt = clock.currentTimeMillisUnsafe()
-          return Effect.uninterruptibleMask((restore) =>
-            Effect.map(restore(gate.take), () => {
-              pumping = true
-              try {
-                startItem(next++, takenAt)
-              } finally {
-                pumping = false
-              }
-            })
-          )
-        })
-
-        const loop: Effect.Effect<void> = Effect.suspend(() => {
-          blocked = false
-          pump(1024)
-          if (finished === total) return Effect.void
-          if (canStart()) return Effect.flatMap(blocked ? queued : Effect.yieldNow, () => loop)
-          return Effect.flatMap(
-            Effect.callback<void>((resume) => {
-              if (canStart() || finished === total) return resume(Effect.void)
-              wake = () => resume(Effect.void)
-            }),
-            () => loop
-          )
-        })
-
-        return Effect.onInterrupt(loop, () =>
-          Effect.suspend(() => {
-            wake = undefined
-            const ending: Array<Fiber.Fiber<unknown, unknown>> = []
-            let cancelled = 0
-            for (let index = 0; index < next; index++) {
-              const handle = handles[index]
-              if (handle === undefined) continue
-              handles[index] = undefined
-              cancelled++
-              const fiber = handle.cancel()
-              if (fiber !== undefined) ending.push(fiber)
-            }
-            const giveBack = Effect.sync(() => {
-              for (let i = 0; i < cancelled; i++) gate.release()
-            })
-            return ending.length === 0 ? giveBack : Effect.andThen(Fiber.awaitAll(ending), giveBack)
-          })
-        )
-      })
+    // A silent batch's items, started from JavaScript (`started.ts`).
+    const call = (index: number): Routed | ModelError | Effect.Effect<Answer, AiError> => {
+      const parsed = parse(items[index], index)
+      if (parsed instanceof ModelError) return parsed
+      const prepared = routes.get(parsed.domain ?? options.domain ?? "")
+      const now = prepared === undefined ? undefined : preparedNow.get(prepared)
+      // A route not resolved yet: this one call resolves it, on a fiber of its own.
+      if (now === undefined) return callOf(index)
+      return now(parsed.request, { onRetry: onRetryFor(index) })
+    }
+    const startedBatch: Started.Batch = {
+      total,
+      concurrency,
+      gate,
+      clock,
+      started: (index, takenAt) => {
+        started(index, takenAt)
+      },
+      settle: (index, exit) => {
+        settle(index, exit)
+      },
+      settled: (index) => results[index] !== undefined,
+      call
+    }
 
     // One worker runs on the batch's own fiber: a one-item batch forks nothing.
     const pool =
       startCall === undefined
         ? forEachPool(items, concurrency, (_item, index) => runItem(index))
-        : startedPool(startCall)
+        : Started.run(startedBatch, startCall)
 
     if (options.cancel === undefined) {
       yield* pool
