@@ -287,6 +287,21 @@ export interface Service {
 export class ModelProvider extends Context.Service<ModelProvider, Service>()("effect-orchestra/ModelProvider") {}
 
 /**
+ * The longest wait for a stream's next chunk (the first one included), in milliseconds,
+ * that the code reading a provider's stream enforces itself; `undefined` when it enforces
+ * none. The executor sets it while it reads a provider's stream under its first-chunk and
+ * idle deadlines. A provider may then skip an idle timer of its own that is no stricter:
+ * the built-in ones do, which saves a fiber and a hand-over per chunk (`Stream.timeout`
+ * reads its stream on a fiber of its own).
+ *
+ * @since 0.2.0
+ * @category references
+ */
+export const ChunkDeadline = Context.Reference<number | undefined>("effect-orchestra/Model/ChunkDeadline", {
+  defaultValue: () => undefined
+})
+
+/**
  * Bounds on a request, checked before any provider sees it.
  *
  * @since 0.2.0

@@ -1,8 +1,9 @@
 import { assert, describe, it } from "@effect/vitest"
-import { Duration, Effect, Fiber, Stream } from "effect"
+import { Context, Duration, Effect, Exit, Fiber, Layer, Scope, Stream } from "effect"
 import { TestClock } from "effect/testing"
 import type { AiError } from "../src/AiError.js"
-import type { StreamPart } from "../src/Model.js"
+import * as Executor from "../src/Executor.js"
+import { ChunkDeadline, ModelProvider, type Service, type StreamPart } from "../src/Model.js"
 import { Outcome } from "../src/Model/Mock.js"
 import { setup } from "./utils/executor.js"
 
@@ -13,6 +14,47 @@ const textOf = (parts: ReadonlyArray<StreamPart>) => parts.map((p) => (p._tag ==
 const collect = (stream: Stream.Stream<StreamPart, AiError>) => Stream.runCollect(stream)
 
 describe("Executor.stream", () => {
+  it.effect(
+    "reads the provider's stream under Model.ChunkDeadline: the longer of its first-chunk and idle deadlines",
+    () =>
+      Effect.gen(function* () {
+        const seen: Array<number | undefined> = []
+        const finish: StreamPart = {
+          _tag: "Finish",
+          finishReason: "stop",
+          usage: { inputTokens: 1, outputTokens: 1, totalTokens: 2 },
+          provider: "p",
+          model: "m"
+        }
+        const provider: Service = {
+          name: "p",
+          defaultModel: "m",
+          generate: () => Effect.die("unused"),
+          embed: () => Effect.die("unused"),
+          // What a provider's own idle timer reads to know whether the reader bounds the wait itself.
+          stream: () =>
+            Stream.unwrap(
+              Effect.withFiber((fiber) => {
+                seen.push(fiber.getRef(ChunkDeadline))
+                return Effect.succeed(Stream.make(finish))
+              })
+            )
+        }
+        const scope = yield* Scope.make()
+        const context = yield* Layer.buildWithScope(
+          Executor.layerWithStats().pipe(Layer.provideMerge(Layer.succeed(ModelProvider, provider))),
+          scope
+        )
+        const executor = Context.get(context, Executor.Executor)
+        yield* Stream.runDrain(executor.stream(ask, { firstChunkTimeout: "10 seconds", idleTimeout: "30 seconds" }))
+        yield* Stream.runDrain(executor.stream(ask, { firstChunkTimeout: "40 seconds", idleTimeout: "30 seconds" }))
+        yield* Stream.runDrain(executor.stream(ask, { firstChunkTimeout: "10 seconds", idleTimeout: "none" }))
+        yield* Scope.close(scope, Exit.void)
+        // Without an idle deadline the reader does not bound the wait: the provider keeps its own timer.
+        assert.deepStrictEqual(seen, [30_000, 40_000, undefined])
+      })
+  )
+
   it.effect("streams text deltas and one Finish, and counts the stream", () =>
     Effect.gen(function* () {
       const { executor } = yield* setup({ respond: () => "one two three", latency: 100, chunkDelay: 10 })

@@ -47,6 +47,7 @@ import {
 } from "../AiError.js"
 import * as Input from "../Input.js"
 import {
+  ChunkDeadline,
   estimateTokens,
   type Finish,
   type GenerateRequest,
@@ -415,6 +416,13 @@ export const make = (env: {
         })
       )
 
+      // What the watches below bound between two chunks (the first included), for the
+      // provider's own idle timer (`Model.ChunkDeadline`): none unless both are set.
+      const chunkDeadline =
+        plan.firstChunkTimeout === undefined || plan.idleTimeout === undefined
+          ? undefined
+          : Math.max(Duration.toMillis(plan.firstChunkTimeout), Duration.toMillis(plan.idleTimeout))
+
       const producer = (attempt: Attempt, upstream: GenerateRequest): Effect.Effect<void, AiError> =>
         Effect.gen(function* () {
           const step = attempt.step
@@ -463,7 +471,7 @@ export const make = (env: {
           }
           attempt.watch.arm(undefined)
           if (attempt.finish === undefined) return yield* NoFinish(step.name)
-        }) as Effect.Effect<void, AiError>
+        }).pipe(Effect.provideService(ChunkDeadline, chunkDeadline)) as Effect.Effect<void, AiError>
 
       const startAttempt = (index: number, upstream: GenerateRequest, dedupe: Dedupe | undefined) =>
         Effect.gen(function* () {

@@ -6,7 +6,7 @@ import { Cause, Duration, Effect, Exit, Fiber, Redacted, Result, Stream, Tracer 
 import { FetchHttpClient, HttpClient, HttpClientError, HttpClientRequest } from "effect/http"
 import { TestClock } from "effect/testing"
 import { isRetryable, ModelError, TimeoutError } from "../../src/AiError.js"
-import type * as Model from "../../src/Model.js"
+import * as Model from "../../src/Model.js"
 import * as Assemble from "../../src/Model/http/assemble.js"
 import * as Client from "../../src/Model/http/client.js"
 import * as Errors from "../../src/Model/http/errors.js"
@@ -179,6 +179,33 @@ describe("Assemble", () => {
       assert.strictEqual(error.partialText, "ab")
       assert.isFalse(isRetryable(error))
     })
+  )
+
+  it.effect(
+    "a reader that bounds the wait between chunks as strictly (Model.ChunkDeadline) replaces the own idle timer",
+    () =>
+      Effect.gen(function* () {
+        // The stalled stream, read under a given outer bound (undefined: none); answers whether it
+        // failed on its own idle deadline within 5 s (the outer bound is the reader's to enforce).
+        const ownTimerFired = (outer: number | undefined) =>
+          Effect.gen(function* () {
+            const fiber = yield* Assemble.assemble(
+              Stream.concat(Stream.make("a"), Stream.never),
+              options({ idleTimeout: Duration.seconds(1) })
+            ).pipe(Stream.runDrain, Effect.provideService(Model.ChunkDeadline, outer), Effect.flip, Effect.forkChild)
+            yield* Effect.yieldNow
+            yield* TestClock.adjust("5 seconds")
+            const exit = fiber.pollUnsafe()
+            yield* Fiber.interrupt(fiber)
+            if (exit === undefined) return false
+            assert.isTrue(Exit.isSuccess(exit) && exit.value instanceof TimeoutError && exit.value.limit === "idle")
+            return true
+          })
+        assert.isTrue(yield* ownTimerFired(undefined), "no outer bound: the provider's own")
+        assert.isTrue(yield* ownTimerFired(1001), "a looser outer bound: the provider's own, which is stricter")
+        assert.isFalse(yield* ownTimerFired(1000), "as strict: the reader's")
+        assert.isFalse(yield* ownTimerFired(500), "stricter: the reader's")
+      })
   )
 
   it.effect("exactly one Finish: the stream stops at the first; no Finish at all is a failure", () =>

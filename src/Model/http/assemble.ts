@@ -15,9 +15,9 @@
  * @since 0.2.0
  */
 import type { Array as Arr } from "effect"
-import { Cause, type Duration, Effect, Pull, Stream } from "effect"
+import { Cause, Duration, Effect, Fiber, Pull, Stream } from "effect"
 import type { ModelError, TimeoutError } from "../../AiError.js"
-import type * as Model from "../../Model.js"
+import * as Model from "../../Model.js"
 import { type CallContext, endedEarly, idleTimeout, malformed } from "./errors.js"
 
 /**
@@ -55,10 +55,16 @@ export const assemble = <C>(
 ): Stream.Stream<Model.StreamPart, ModelError | TimeoutError> =>
   Stream.suspend(() => {
     let delivered = ""
-    const timed = Stream.timeoutOrElse(chunks, {
-      duration: options.idleTimeout,
-      orElse: () => Stream.fail(idleTimeout(options.ctx, options.idleTimeout, delivered))
-    })
+    // A reader that bounds the wait between chunks at least as strictly (the executor) makes
+    // our own timer redundant, and `Stream.timeoutOrElse` reads the chunks on a second fiber.
+    const outer = Fiber.getCurrent()?.getRef(Model.ChunkDeadline)
+    const timed =
+      outer !== undefined && outer <= Duration.toMillis(options.idleTimeout)
+        ? chunks
+        : Stream.timeoutOrElse(chunks, {
+            duration: options.idleTimeout,
+            orElse: () => Stream.fail(idleTimeout(options.ctx, options.idleTimeout, delivered))
+          })
     // Whole reads at a time: a Stream stage per part costs several times the parsing itself.
     return Stream.transformPull(timed, (upstream) =>
       Effect.sync(() => {
