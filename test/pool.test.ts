@@ -10,9 +10,10 @@
  * keep it that way.
  */
 import { assert, describe, it } from "@effect/vitest"
-import { Effect, Fiber } from "effect"
+import { Effect, Exit, Fiber } from "effect"
 import { TestClock } from "effect/testing"
-import { forEachPool } from "../src/policy/pool.js"
+import type { Sink } from "../src/policy/fused.js"
+import { forEachPool, runStarted } from "../src/policy/pool.js"
 import { setup } from "./utils/executor.js"
 
 const IN_FLIGHT = 3_000
@@ -120,5 +121,42 @@ describe("executeMany and the pool", () => {
         assert.strictEqual(counts.interrupted, IN_FLIGHT)
       }).pipe(Effect.scoped),
     30_000
+  )
+})
+
+describe("runStarted", () => {
+  it.effect("interrupted from inside an item's start: that item is cancelled too, nothing more starts", () =>
+    Effect.gen(function* () {
+      const started: Array<number> = []
+      const cancelled: Array<number> = []
+      let pool: Fiber.Fiber<void> | undefined
+      let sinkOf0: Sink | undefined
+      const fiber = yield* Effect.forkChild(
+        runStarted({
+          total: 10,
+          concurrency: 1,
+          done: () => undefined,
+          start: (index, sink) => {
+            started.push(index)
+            if (index === 0) sinkOf0 = sink
+            // Item 1 interrupts its own pool synchronously, while item 0's end is starting it.
+            if (index === 1) pool?.interruptUnsafe()
+            return {
+              cancel: () => {
+                cancelled.push(index)
+                return undefined
+              }
+            }
+          }
+        })
+      )
+      pool = fiber
+      yield* until(() => sinkOf0 !== undefined)
+      yield* Effect.yieldNow
+      sinkOf0!.done(0, Exit.void)
+      yield* Fiber.await(fiber)
+      assert.deepStrictEqual(started, [0, 1])
+      assert.deepStrictEqual(cancelled, [1])
+    })
   )
 })

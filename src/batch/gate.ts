@@ -27,11 +27,6 @@ export class Gate {
 
   constructor(readonly limit: number) {}
 
-  /** Permits held now. */
-  get held(): number {
-    return this.taken
-  }
-
   /** Takes a permit if one is free (never while a fiber waits for one). */
   tryTake(): boolean {
     if (this.taken >= this.limit || this.waiters.size > 0) return false

@@ -237,12 +237,8 @@ export const run = (deps: Deps, rawItems: unknown, rawOptions: RunOptions | unde
       concurrency,
       gate,
       clock,
-      started: (index, takenAt) => {
-        started(index, takenAt)
-      },
-      settle: (index, exit) => {
-        settle(index, exit)
-      },
+      started,
+      settle,
       settled: (index) => results[index] !== undefined,
       call
     }

@@ -17,9 +17,17 @@ import { Context, Effect, type Fiber, References, Tracer } from "effect"
  * @internal
  */
 export const isTraced = (fiber: Fiber.Fiber<unknown, unknown>): boolean =>
-  fiber.getRef(Tracer.Tracer) !== Tracer.nativeTracer &&
-  fiber.getRef(References.TracerEnabled) &&
-  Context.getOption(fiber.context, Tracer.ParentSpan)._tag === "Some"
+  reachesTracer(fiber) && Context.getOption(fiber.context, Tracer.ParentSpan)._tag === "Some"
+
+/**
+ * Whether a span made on `fiber` reaches a tracer: tracing is on and the tracer is one the
+ * application provided. Unlike {@link isTraced}, a root span counts (the providers' calls
+ * outside any span still get theirs).
+ *
+ * @internal
+ */
+export const reachesTracer = (fiber: Fiber.Fiber<unknown, unknown>): boolean =>
+  fiber.getRef(Tracer.Tracer) !== Tracer.nativeTracer && fiber.getRef(References.TracerEnabled)
 
 /**
  * Runs `effect` in a span named `name` when the calling fiber is traced ({@link isTraced});

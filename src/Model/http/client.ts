@@ -12,7 +12,7 @@
  *
  * @since 0.2.0
  */
-import { Clock, Effect, type Fiber, Option, References, Result, Stream, Tracer } from "effect"
+import { Clock, Effect, Option, Result, Stream, Tracer } from "effect"
 import { constTrue } from "effect/Function"
 import {
   Headers,
@@ -39,6 +39,7 @@ import {
   transportError
 } from "./errors.js"
 import { values } from "./ndjson.js"
+import { reachesTracer } from "../../policy/span.js"
 import type { Settings } from "./options.js"
 import { type Event, events } from "./sse.js"
 
@@ -54,14 +55,6 @@ export const spanAttributes = (provider: string, operation: string, model: strin
 })
 
 /**
- * Whether a span made on `fiber` reaches a tracer: tracing is on and the tracer is one the
- * application provided (Effect's default keeps spans in memory for nobody). Unlike the
- * executor's rule, a root span counts: a provider called outside any span still gets one.
- */
-const spansReachTracer = (fiber: Fiber.Fiber<unknown, unknown>): boolean =>
-  fiber.getRef(References.TracerEnabled) && fiber.getRef(Tracer.Tracer) !== Tracer.nativeTracer
-
-/**
  * A provider operation (`generate`, `embed`) in a span named `name` when a tracer would
  * receive it, and as is otherwise. `Effect.fn` costs each call a captured stack, a span and a
  * stack frame that annotates every failure and interruption under it (~10 µs of CPU a call
@@ -73,7 +66,7 @@ const spansReachTracer = (fiber: Fiber.Fiber<unknown, unknown>): boolean =>
 export const operation =
   <Args extends ReadonlyArray<unknown>, A, E, R>(name: string, body: (...args: Args) => Effect.Effect<A, E, R>) =>
   (...args: Args): Effect.Effect<A, E, R> =>
-    Effect.withFiber((fiber) => (spansReachTracer(fiber) ? Effect.withSpan(body(...args), name) : body(...args)))
+    Effect.withFiber((fiber) => (reachesTracer(fiber) ? Effect.withSpan(body(...args), name) : body(...args)))
 
 /**
  * {@link operation} for a provider's stream: the span (named `name`, with the provider's
@@ -91,7 +84,7 @@ export const streamOperation = <A, E, R>(
   Stream.unwrap(
     Effect.withFiber((fiber) =>
       Effect.succeed(
-        spansReachTracer(fiber)
+        reachesTracer(fiber)
           ? Stream.withSpan(stream, name, { attributes: { "gen_ai.provider.name": provider } })
           : stream
       )
@@ -196,7 +189,7 @@ const traced = <A, R>(
 ): Effect.Effect<A, ModelError, R> =>
   Effect.withFiber((fiber) => {
     if (
-      !spansReachTracer(fiber) ||
+      !reachesTracer(fiber) ||
       fiber.getRef(Tracer.DisablePropagation) ||
       fiber.getRef(HttpClient.TracerDisabledWhen)(request)
     ) {
