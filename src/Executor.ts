@@ -33,6 +33,7 @@ import type { Sink } from "./policy/fused.js"
 import { forEachPool, forEachStarted } from "./policy/pool.js"
 import { isTraced, traced } from "./policy/span.js"
 import * as StreamEngine from "./policy/stream.js"
+import type * as StreamPlans from "./policy/stream-plan.js"
 import { type ExecutionStats, type Filter, layer as statsLayer, Stats } from "./Stats.js"
 
 /**
@@ -108,13 +109,13 @@ export type Answer<T, A> = Engine.Answer<T, A>
  * @since 0.2.0
  * @category models
  */
-export type StreamPlan = StreamEngine.StreamPlan
+export type StreamPlan = StreamPlans.StreamPlan
 
 /**
  * @since 0.2.0
  * @category models
  */
-export type StreamOptions = StreamEngine.StreamOptions
+export type StreamOptions = StreamPlans.StreamOptions
 
 /**
  * The policies shared by every call of a provider: one breaker, one rate limit and one
@@ -129,8 +130,8 @@ export interface Guards {
   readonly cache?:
     | (Engine.CacheGuard<GenerateResponse> & {
         readonly key: (input: { readonly provider: string; readonly request: GenerateRequest }) => string
-        readonly getParts?: StreamEngine.StreamCache["getParts"]
-        readonly setParts?: StreamEngine.StreamCache["setParts"]
+        readonly getParts?: StreamPlans.StreamCache["getParts"]
+        readonly setParts?: StreamPlans.StreamCache["setParts"]
       })
     | undefined
 }

@@ -35,7 +35,7 @@ import {
   validateEmbed
 } from "./Model.js"
 import { traced } from "./policy/span.js"
-import type { StreamStep } from "./policy/stream.js"
+import type { StreamStep } from "./policy/stream-plan.js"
 import { Stats } from "./Stats.js"
 
 /**

@@ -2,7 +2,7 @@
  * Helpers for the streams `Executor.stream` and `Router.stream` return: fold a stream into
  * its text, or into its text, tool calls and `Finish`. The streaming pipeline itself (the
  * before/after-first-chunk rule, the three deadlines, resumption) is described in
- * `docs/streaming.md` and runs in `src/policy/stream.ts`.
+ * `docs/streaming.md` and runs in `src/policy/stream.ts` and the `stream-*.ts` beside it.
  *
  * @since 0.1.0
  */

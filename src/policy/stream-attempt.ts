@@ -1,0 +1,237 @@
+/**
+ * One attempt of a stream: one step's upstream, read by one producer fiber up to `PREFETCH`
+ * parts ahead of the consumer (`stream.ts`), which takes everything buffered at once. No
+ * fiber, race or timer per chunk: the first-chunk and idle deadlines are one re-armable
+ * watch per attempt on the deadline lanes (relinked in O(1) per chunk, disarmed while the
+ * buffer is full, so a slow consumer never trips it). The shutdown finds every attempt
+ * through it.
+ *
+ * Per attempt, as for calls: rate limit, breaker (admitted at the start, the stream's own
+ * outcome recorded at its end, a provider that cuts streams counts as failing), provider
+ * slot, then the upstream.
+ *
+ * @internal
+ */
+import { Cause, Duration, Effect, Exit, type Fiber, Option, Pull, Scope, Stream } from "effect"
+import { type AiError, ModelError, ShuttingDownError, TimeoutError } from "../AiError.js"
+import { ChunkDeadline, type Finish, type GenerateRequest, type StreamPart } from "../Model.js"
+import type { Series } from "../stats/series.js"
+import type { Ending, Watch } from "./deadline.js"
+import type { BreakerPermit, Engine } from "./engine.js"
+import type { StreamPlan, StreamStep } from "./stream-plan.js"
+import type { Dedupe } from "./stream-resume.js"
+
+const PREFETCH = 64
+
+// The producer of a stream whose Finish has arrived is interrupted when the consumer is done
+// with it: the error recorded then is never seen by anyone, so it is built without the stack
+// trace (~65 µs a stream in profiles of the gateway).
+const interruptedError = (provider: string, finished: boolean): ModelError => {
+  const limit = Error.stackTraceLimit
+  if (finished) Error.stackTraceLimit = 0
+  try {
+    return new ModelError({ reason: "Unknown", message: "the provider stream was interrupted", provider })
+  } finally {
+    Error.stackTraceLimit = limit
+  }
+}
+
+const NoFinish = (provider: string) =>
+  new ModelError({ reason: "Transport", message: "the stream ended before its final event", provider })
+
+/**
+ * One upstream stream on one step.
+ *
+ * @internal
+ */
+export interface Attempt {
+  readonly step: StreamStep
+  readonly index: number
+  readonly series: Series
+  readonly scope: Scope.Closeable
+  readonly watch: Watch
+  readonly buffer: Array<StreamPart>
+  readonly started: number
+  fiber: Fiber.Fiber<void, AiError> | undefined
+  end: Exit.Exit<void, AiError> | undefined
+  permit: BreakerPermit | undefined
+  finish: Finish | undefined
+  serving: boolean
+  space: (() => void) | undefined
+  dedupe: Dedupe | undefined
+}
+
+/**
+ * What the attempts of one stream share with its consumer; one per stream.
+ *
+ * @internal
+ */
+export interface AttemptHost {
+  readonly engine: Engine
+  readonly plan: StreamPlan
+  /** The stream's scope; each attempt's own is forked from it. */
+  readonly scope: Scope.Scope
+  readonly now: () => number
+  /** Wakes the consumer if it waits: parts were buffered or the attempt ended. */
+  readonly signal: () => void
+  /** Whether the consumer has received text or a tool call (a deadline missed after it is `idle`). */
+  readonly anyDelivered: () => boolean
+  /** Makes the attempt the stream's current one, before its producer starts. */
+  readonly begin: (attempt: Attempt) => void
+}
+
+/**
+ * The `startAttempt` of one stream: starts the producer of an attempt on `plan.steps[index]`
+ * with `upstream` (adapted by the step's `prepare`), its continuation deduplicated by
+ * `dedupe` when it resumes.
+ *
+ * @internal
+ */
+export const attemptStarter = (host: AttemptHost) => {
+  const { engine, plan, scope: streamScope, now, signal } = host
+
+  // What the watches below bound between two chunks (the first included), for the
+  // provider's own idle timer (`Model.ChunkDeadline`): none unless both are set.
+  const chunkDeadline =
+    plan.firstChunkTimeout === undefined || plan.idleTimeout === undefined
+      ? undefined
+      : Math.max(Duration.toMillis(plan.firstChunkTimeout), Duration.toMillis(plan.idleTimeout))
+
+  const producer = (attempt: Attempt, upstream: GenerateRequest): Effect.Effect<void, AiError> =>
+    Effect.gen(function* () {
+      const step = attempt.step
+      if (step.rateLimit !== undefined) yield* step.rateLimit.acquire(step.name, { tokens: step.tokens })
+      if (step.breaker !== undefined) {
+        attempt.permit = yield* Scope.provide(step.breaker.admit(step.name), attempt.scope)
+      }
+      const semaphore = engine.slot(step.name, step.maxConcurrency)
+      if (semaphore !== undefined) {
+        const queuedAt = now()
+        for (const g of attempt.series.gauges) g.queued++
+        yield* Effect.onExit(semaphore.take(1), () =>
+          Effect.sync(() => {
+            for (const g of attempt.series.gauges) g.queued--
+            attempt.series.queueWait.record(now() - queuedAt)
+          })
+        )
+        yield* Scope.addFinalizer(attempt.scope, semaphore.release(1))
+      }
+      attempt.serving = true
+      for (const g of attempt.series.gauges) g.enter()
+      attempt.watch.arm(plan.firstChunkTimeout)
+      const pull = yield* Scope.provide(Stream.toPull(step.target.stream(upstream)), attempt.scope)
+      let gotFirst = false
+      while (true) {
+        const chunk = yield* Effect.catchCause(pull, (cause) =>
+          Pull.isDoneCause(cause) ? Effect.succeed(undefined) : Effect.failCause(cause as Cause.Cause<AiError>)
+        )
+        if (chunk === undefined) break
+        for (const part of chunk) {
+          if (part._tag === "Finish") attempt.finish = part
+          attempt.buffer.push(part)
+        }
+        if (!gotFirst) gotFirst = true
+        signal()
+        if (attempt.buffer.length >= PREFETCH) {
+          attempt.watch.arm(undefined)
+          yield* Effect.callback<void>((resume) => {
+            attempt.space = () => resume(Effect.void)
+            return Effect.sync(() => {
+              attempt.space = undefined
+            })
+          })
+        }
+        attempt.watch.arm(plan.idleTimeout)
+      }
+      attempt.watch.arm(undefined)
+      if (attempt.finish === undefined) return yield* NoFinish(step.name)
+    }).pipe(Effect.provideService(ChunkDeadline, chunkDeadline)) as Effect.Effect<void, AiError>
+
+  return (index: number, upstream: GenerateRequest, dedupe: Dedupe | undefined) =>
+    Effect.gen(function* () {
+      const step = plan.steps[index]!
+      const series = engine.series(step)
+      const scope = yield* Scope.fork(streamScope)
+      const attempt: Attempt = {
+        step,
+        index,
+        series,
+        scope,
+        watch: engine.lanes.watch((ending: Ending) => {
+          if (attempt.end !== undefined) return
+          if (ending === "timeout") series.timeouts++
+          const limit = attempt.buffer.length > 0 || host.anyDelivered() || attempt.finish ? "idle" : "firstChunk"
+          attempt.end = Exit.fail(
+            ending === "shutdown"
+              ? new ShuttingDownError({ message: "interrupted: the executor's shutdown deadline passed" })
+              : new TimeoutError({
+                  limit,
+                  timeout: (limit === "idle" ? plan.idleTimeout : plan.firstChunkTimeout) ?? Duration.zero,
+                  provider: step.name
+                })
+          )
+          attempt.fiber?.interruptUnsafe()
+          signal()
+        }),
+        buffer: [],
+        started: now(),
+        fiber: undefined,
+        end: undefined,
+        permit: undefined,
+        finish: undefined,
+        serving: false,
+        space: undefined,
+        dedupe
+      }
+      host.begin(attempt)
+      const prepared = step.prepare === undefined ? upstream : step.prepare(upstream)
+      const fiber = yield* Effect.forkIn(
+        producer(attempt, prepared).pipe(
+          Effect.onExit((exit) =>
+            Effect.sync(() => {
+              if (attempt.serving) {
+                attempt.serving = false
+                for (const g of attempt.series.gauges) g.exit()
+                attempt.series.service.record(now() - attempt.started)
+              }
+              if (attempt.end === undefined) {
+                attempt.end = Exit.isSuccess(exit)
+                  ? exit
+                  : Exit.fail(
+                      Option.getOrElse(Cause.findErrorOption(exit.cause), () =>
+                        Cause.hasInterruptsOnly(exit.cause)
+                          ? interruptedError(step.name, attempt.finish !== undefined)
+                          : new ModelError({
+                              reason: "Unknown",
+                              message: `the provider stream failed unexpectedly: ${Cause.pretty(exit.cause)}`,
+                              provider: step.name
+                            })
+                      )
+                    )
+              }
+              signal()
+            })
+          )
+        ),
+        scope,
+        { startImmediately: true }
+      )
+      attempt.fiber = fiber as Fiber.Fiber<void, AiError>
+    })
+}
+
+/**
+ * Ends an attempt: its watch disposed, its producer interrupted, its outcome recorded on its
+ * breaker permit (`"ignored"`: left by the consumer), its scope closed.
+ *
+ * @internal
+ */
+export const closeAttempt = (attempt: Attempt, outcome: Exit.Exit<void, AiError> | "ignored") =>
+  Effect.suspend(() => {
+    attempt.watch.dispose()
+    attempt.fiber?.interruptUnsafe()
+    const permit = attempt.permit
+    attempt.permit = undefined
+    const record = permit === undefined ? Effect.void : permit.record(outcome)
+    return Effect.andThen(record, Scope.close(attempt.scope, Exit.void))
+  })

@@ -1,0 +1,229 @@
+/**
+ * What a stream runs and how it is asked for: the `StreamPlan` (its steps, deadlines,
+ * resumption, cache and retry hook) and the `StreamOptions` of `Executor.stream`, every
+ * value checked and turned into a plan by `streamFromOptions`. Plans run in `stream.ts`.
+ *
+ * @internal
+ */
+import { type Duration, Effect, type Option, Result, Stream } from "effect"
+import { type AiError, ModelError } from "../AiError.js"
+import * as Input from "../Input.js"
+import type { GenerateRequest, Service as ProviderService, StreamPart } from "../Model.js"
+import { decodeRetry, type RetryPolicy, type RetryPolicyInput } from "../Policy.js"
+import type { RetryEvent, Step } from "./engine.js"
+import { defaultInstruction, type ResumeOptions } from "./stream-resume.js"
+
+/**
+ * Completed streams, replayed on a hit.
+ *
+ * @internal
+ */
+export interface StreamCache {
+  readonly getParts: (key: string) => Effect.Effect<Option.Option<ReadonlyArray<StreamPart>>>
+  readonly setParts: (key: string, parts: ReadonlyArray<StreamPart>) => Effect.Effect<void>
+}
+
+/**
+ * One step of a stream: a provider and its policies, and how the request is adapted to it.
+ *
+ * @internal
+ */
+export interface StreamStep extends Step<ProviderService> {
+  readonly prepare?: ((request: GenerateRequest) => GenerateRequest) | undefined
+}
+
+/**
+ * @internal
+ */
+export interface StreamPlan {
+  readonly steps: readonly [StreamStep, ...Array<StreamStep>]
+  readonly firstChunkTimeout: Duration.Duration | undefined
+  readonly idleTimeout: Duration.Duration | undefined
+  readonly totalTimeout: Duration.Duration | undefined
+  readonly resume?:
+    | { readonly maxResumes: number; readonly instruction: string; readonly minOverlap: number }
+    | undefined
+  readonly cache?: { readonly store: StreamCache; readonly key: string } | undefined
+  readonly onRetry?: ((event: RetryEvent<ProviderService>) => Effect.Effect<void>) | undefined
+}
+
+/**
+ * Options of `Executor.stream`; every value is checked (an `InvalidRequest` naming it).
+ *
+ * @internal
+ */
+export interface StreamOptions {
+  /** One provider. Default: the executor's. */
+  readonly provider?: ProviderService | undefined
+  /** Providers in fallback order; takes precedence over `provider`. */
+  readonly steps?:
+    | ReadonlyArray<{
+        readonly provider: ProviderService
+        readonly domain?: string | undefined
+        readonly retry?: boolean | RetryPolicy | RetryPolicyInput | undefined
+        readonly model?: string | undefined
+        readonly prepare?: ((request: GenerateRequest) => GenerateRequest) | undefined
+      }>
+    | undefined
+  /** Domain dimension of the metrics. */
+  readonly domain?: string | undefined
+  /** Retries before the first chunk: `true` (the executor's policy), a policy, or `false` (default). */
+  readonly retry?: boolean | RetryPolicy | RetryPolicyInput | undefined
+  /** Deadline for the first chunk of each attempt. Default 30 s. */
+  readonly firstChunkTimeout?: Duration.Input | "none" | undefined
+  /** Longest wait for the next chunk while the upstream is being read (a slow consumer does not count). Default 30 s. */
+  readonly idleTimeout?: Duration.Input | "none" | undefined
+  /** Deadline of the whole stream, retries, fallbacks and consumer time included. Default 10 minutes. */
+  readonly totalTimeout?: Duration.Input | "none" | undefined
+  /** Continue on the next step after a mid-stream failure (lossy). Default off. */
+  readonly resume?: boolean | ResumeOptions | undefined
+  /** Replay completed streams from the executor's cache (default true when it has one). */
+  readonly cache?: boolean | undefined
+  readonly onRetry?:
+    | ((info: {
+        readonly provider: string
+        readonly attempt: number
+        readonly error: AiError
+        readonly delay: Duration.Duration
+      }) => Effect.Effect<void>)
+    | undefined
+}
+
+/**
+ * The `StreamOptions` of a call with what the executor adds: its provider, its check of the
+ * request, its steps, its retry policy and its cache.
+ *
+ * @internal
+ */
+export type ExecutorStreamOptions = StreamOptions & {
+  readonly provider: ProviderService
+  readonly validate: (request: GenerateRequest) => Effect.Effect<GenerateRequest, ModelError>
+  readonly stepFor: (provider: ProviderService, domain: string | undefined) => Step<ProviderService>
+  readonly basePolicy: RetryPolicy
+  readonly cacheStore?:
+    | (Partial<StreamCache> & {
+        readonly key: (input: { readonly provider: string; readonly request: GenerateRequest }) => string
+      })
+    | undefined
+}
+
+/**
+ * The executor's deadlines for the options that leave them out.
+ *
+ * @internal
+ */
+export interface StreamDefaults {
+  readonly firstChunkTimeout: Duration.Duration | undefined
+  readonly idleTimeout: Duration.Duration | undefined
+  readonly totalTimeout: Duration.Duration | undefined
+}
+
+const resolveRetry = (input: boolean | RetryPolicy | RetryPolicyInput | undefined, base: RetryPolicy, path: string) =>
+  input === undefined || input === false
+    ? Result.succeed(undefined)
+    : input === true
+      ? Result.succeed(base)
+      : decodeRetry(input, path)
+
+/**
+ * `Executor.stream` over `run`: the request validated, the options checked and turned into
+ * a plan (failing with an `InvalidRequest` naming the value), then the plan run.
+ *
+ * @internal
+ */
+export const streamFromOptions =
+  (defaults: StreamDefaults, run: (plan: StreamPlan, request: GenerateRequest) => Stream.Stream<StreamPart, AiError>) =>
+  (request: GenerateRequest, options: ExecutorStreamOptions): Stream.Stream<StreamPart, AiError> =>
+    Stream.unwrap(
+      Effect.gen(function* () {
+        const valid = yield* options.validate(request)
+        const checks = yield* Input.orInvalidRequest(
+          Input.all([
+            Input.optionalDuration("firstChunkTimeout", options.firstChunkTimeout, defaults.firstChunkTimeout),
+            Input.optionalDuration("idleTimeout", options.idleTimeout, defaults.idleTimeout),
+            Input.optionalDuration("totalTimeout", options.totalTimeout, defaults.totalTimeout),
+            resolveRetry(options.retry, options.basePolicy, "retry"),
+            options.resume === undefined || options.resume === false
+              ? Result.succeed(undefined)
+              : Result.map(
+                  Input.all([
+                    Input.int("resume.maxResumes", options.resume === true ? 1 : (options.resume.maxResumes ?? 1), {
+                      min: 1
+                    }),
+                    Input.int("resume.minOverlap", options.resume === true ? 4 : (options.resume.minOverlap ?? 4), {
+                      min: 1
+                    })
+                  ]),
+                  ([maxResumes, minOverlap]) => ({
+                    maxResumes,
+                    minOverlap,
+                    instruction:
+                      (typeof options.resume === "object" ? options.resume.instruction : undefined) ??
+                      defaultInstruction
+                  })
+                )
+          ])
+        )
+        const [firstChunkTimeout, idleTimeout, totalTimeout, retry, resume] = checks
+        const inputs = options.steps ?? [{ provider: options.provider }]
+        if (inputs.length === 0) {
+          return yield* Effect.fail(
+            new ModelError({
+              reason: "InvalidRequest",
+              field: "steps",
+              message: "invalid steps: give at least one step"
+            })
+          )
+        }
+        const steps: Array<StreamStep> = []
+        for (const [i, input] of inputs.entries()) {
+          const stepRetry =
+            input.retry === undefined
+              ? Result.succeed(retry)
+              : resolveRetry(input.retry as never, options.basePolicy, `steps[${i}].retry`)
+          const checked = yield* Input.orInvalidRequest(stepRetry)
+          const base = options.stepFor(input.provider ?? options.provider, input.domain ?? options.domain)
+          const model = input.model
+          const prepare = input.prepare
+          steps.push({
+            ...base,
+            timeout: undefined,
+            retry: checked,
+            prepare:
+              model === undefined && prepare === undefined
+                ? undefined
+                : (r: GenerateRequest) => {
+                    const withModel = model === undefined ? r : { ...r, model }
+                    return prepare === undefined ? withModel : prepare(withModel)
+                  }
+          })
+        }
+        const cache = options.cache === false ? undefined : options.cacheStore
+        const plan: StreamPlan = {
+          steps: steps as unknown as StreamPlan["steps"],
+          firstChunkTimeout,
+          idleTimeout,
+          totalTimeout,
+          resume,
+          cache:
+            cache === undefined || cache.getParts === undefined || cache.setParts === undefined
+              ? undefined
+              : {
+                  store: { getParts: cache.getParts, setParts: cache.setParts },
+                  // Keyed on what the first step sends (a domain's system prompt and model included).
+                  key: cache.key({ provider: steps[0]!.name, request: steps[0]!.prepare?.(valid) ?? valid })
+                },
+          onRetry:
+            options.onRetry === undefined
+              ? undefined
+              : (event) =>
+                  options.onRetry!({
+                    provider: event.step.name,
+                    attempt: event.attempt,
+                    error: event.error,
+                    delay: event.delay
+                  })
+        }
+        return run(plan, valid)
+      })
+    )
