@@ -283,7 +283,6 @@ export const make = Effect.fnUntraced(function* (options: Options = {}) {
   const engine = yield* Engine.make({ stats, shutdownDeadline })
   const streams = StreamEngine.make({
     engine,
-    stats,
     defaults: { firstChunkTimeout: firstChunk, idleTimeout: idle, totalTimeout: total }
   })
 

@@ -46,7 +46,6 @@ const NoFinish = (provider: string) =>
  */
 export interface Attempt {
   readonly step: StreamStep
-  readonly index: number
   readonly series: Series
   readonly scope: Scope.Closeable
   readonly watch: Watch
@@ -120,7 +119,6 @@ export const attemptStarter = (host: AttemptHost) => {
       for (const g of attempt.series.gauges) g.enter()
       attempt.watch.arm(plan.firstChunkTimeout)
       const pull = yield* Scope.provide(Stream.toPull(step.target.stream(upstream)), attempt.scope)
-      let gotFirst = false
       while (true) {
         const chunk = yield* Effect.catchCause(pull, (cause) =>
           Pull.isDoneCause(cause) ? Effect.succeed(undefined) : Effect.failCause(cause as Cause.Cause<AiError>)
@@ -130,7 +128,6 @@ export const attemptStarter = (host: AttemptHost) => {
           if (part._tag === "Finish") attempt.finish = part
           attempt.buffer.push(part)
         }
-        if (!gotFirst) gotFirst = true
         signal()
         if (attempt.buffer.length >= PREFETCH) {
           attempt.watch.arm(undefined)
@@ -154,7 +151,6 @@ export const attemptStarter = (host: AttemptHost) => {
       const scope = yield* Scope.fork(streamScope)
       const attempt: Attempt = {
         step,
-        index,
         series,
         scope,
         watch: engine.lanes.watch((ending: Ending) => {

@@ -28,7 +28,6 @@ import {
 } from "../AiError.js"
 import type { GenerateRequest, StreamPart } from "../Model.js"
 import { schedule as retrySchedule } from "../Policy.js"
-import type { Service as StatsService } from "../Stats.js"
 import type { Watch } from "./deadline.js"
 import { CurrentCut, type Engine } from "./engine.js"
 import { type Attempt, attemptStarter, closeAttempt } from "./stream-attempt.js"
@@ -48,7 +47,6 @@ export interface Streams {
  */
 export const make = (env: {
   readonly engine: Engine
-  readonly stats: StatsService
   readonly defaults: StreamDefaults
 }): Streams => {
   const { engine } = env
