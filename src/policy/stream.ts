@@ -59,7 +59,8 @@ import { decodeRetry, type RetryPolicy, type RetryPolicyInput, schedule as retry
 import type { Service as StatsService } from "../Stats.js"
 import type { Series } from "../stats/series.js"
 import type { Ending, Watch } from "./deadline.js"
-import { type BreakerPermit, CurrentCut, type Engine, type RetryEvent, type Step } from "./engine.js"
+import type { Engine } from "./engine.js"
+import { type BreakerPermit, CurrentCut, type RetryEvent, type Step } from "./plan.js"
 
 const PREFETCH = 64
 
