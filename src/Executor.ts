@@ -30,6 +30,7 @@ import { RateLimits } from "./RateLimit.js"
 import { ResponseCache } from "./ResponseCache.js"
 import * as Engine from "./policy/engine.js"
 import type { Sink } from "./policy/fused.js"
+import type * as CallPlan from "./policy/plan.js"
 import { forEachPool, forEachStarted } from "./policy/pool.js"
 import { isTraced, traced } from "./policy/span.js"
 import * as StreamEngine from "./policy/stream.js"
@@ -91,19 +92,19 @@ export interface ManyOptions extends ExecuteOptions {
  * @since 0.2.0
  * @category models
  */
-export type Step<T> = Engine.Step<T>
+export type Step<T> = CallPlan.Step<T>
 
 /**
  * @since 0.2.0
  * @category models
  */
-export type Plan<T, A> = Engine.Plan<T, A>
+export type Plan<T, A> = CallPlan.Plan<T, A>
 
 /**
  * @since 0.2.0
  * @category models
  */
-export type Answer<T, A> = Engine.Answer<T, A>
+export type Answer<T, A> = CallPlan.Answer<T, A>
 
 /**
  * @since 0.2.0
@@ -125,10 +126,10 @@ export type StreamOptions = StreamPlans.StreamOptions
  * @category models
  */
 export interface Guards {
-  readonly breaker?: Engine.BreakerGuard | undefined
-  readonly rateLimit?: Engine.LimitGuard | undefined
+  readonly breaker?: CallPlan.BreakerGuard | undefined
+  readonly rateLimit?: CallPlan.LimitGuard | undefined
   readonly cache?:
-    | (Engine.CacheGuard<GenerateResponse> & {
+    | (CallPlan.CacheGuard<GenerateResponse> & {
         readonly key: (input: { readonly provider: string; readonly request: GenerateRequest }) => string
         readonly getParts?: StreamPlans.StreamCache["getParts"]
         readonly setParts?: StreamPlans.StreamCache["setParts"]

@@ -47,7 +47,7 @@ import { type Checked, check, isTimeoutReason, Keys, kind, none } from "./facade
 import * as Input from "./Input.js"
 import type { EmbedRequest, EmbedResponse, GenerateRequest, Message, StreamPart } from "./Model.js"
 import type { Services } from "./Orchestra.js"
-import { CurrentCut, type Cut } from "./policy/engine.js"
+import { CurrentCut, type Cut } from "./policy/plan.js"
 import * as Prometheus from "./Prometheus.js"
 import type { Answer, DomainOutcome } from "./Router.js"
 import * as Stats from "./Stats.js"

@@ -23,7 +23,7 @@ import {
 } from "../AiError.js"
 import type { Service as ExecutorService, Step } from "../Executor.js"
 import type { StepOutcome } from "../Pipeline.js"
-import type { BreakerGuard, LimitGuard } from "../policy/engine.js"
+import type { BreakerGuard, LimitGuard } from "../policy/plan.js"
 import type { Context, Failure, StepDef } from "./definition.js"
 
 type Outcome = StepOutcome<unknown, unknown>

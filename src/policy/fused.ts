@@ -7,7 +7,7 @@
  * It does what `engine.ts` does for the same plan, in the same order: admission by the
  * breaker, the attempt on its own fiber under its deadline lane, the attempt's outcome
  * (`settle`), the breaker's record, the retry driver (from the second attempt on, the
- * engine's own Effect code takes over), the step's metrics, one outcome. A call can be
+ * engine's own Effect code in `step.ts` takes over), the step's metrics, one outcome. A call can be
  * awaited from a fiber (`runValueIn`, `run`: it starts inside an `Effect.callback`'s
  * registration, with its cancellation) or started from JavaScript (`start`, for the bounded
  * pools of `executeMany`): a pool of 10,000 calls in flight then holds 10,000 fibers, not
@@ -24,7 +24,7 @@ import { Cause, type Clock, Effect, Exit, Fiber } from "effect"
 import { type AiError, reasonOf } from "../AiError.js"
 import type { Series } from "../stats/series.js"
 import * as Deadline from "./deadline.js"
-import type { Plan, Step } from "./engine.js"
+import type { Plan, Step } from "./plan.js"
 
 /**
  * A call admitted by a breaker's fast lane.

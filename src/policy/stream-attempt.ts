@@ -17,7 +17,8 @@ import { type AiError, ModelError, ShuttingDownError, TimeoutError } from "../Ai
 import { ChunkDeadline, type Finish, type GenerateRequest, type StreamPart } from "../Model.js"
 import type { Series } from "../stats/series.js"
 import type { Ending, Watch } from "./deadline.js"
-import type { BreakerPermit, Engine } from "./engine.js"
+import type { Engine } from "./engine.js"
+import type { BreakerPermit } from "./plan.js"
 import type { StreamPlan, StreamStep } from "./stream-plan.js"
 import type { Dedupe } from "./stream-resume.js"
 

@@ -10,7 +10,7 @@ import { type AiError, ModelError } from "../AiError.js"
 import * as Input from "../Input.js"
 import type { GenerateRequest, Service as ProviderService, StreamPart } from "../Model.js"
 import { decodeRetry, type RetryPolicy, type RetryPolicyInput } from "../Policy.js"
-import type { RetryEvent, Step } from "./engine.js"
+import type { RetryEvent, Step } from "./plan.js"
 import { defaultInstruction, type ResumeOptions } from "./stream-resume.js"
 
 /**

@@ -29,7 +29,8 @@ import {
 import type { GenerateRequest, StreamPart } from "../Model.js"
 import { schedule as retrySchedule } from "../Policy.js"
 import type { Watch } from "./deadline.js"
-import { CurrentCut, type Engine } from "./engine.js"
+import type { Engine } from "./engine.js"
+import { CurrentCut } from "./plan.js"
 import { type Attempt, attemptStarter, closeAttempt } from "./stream-attempt.js"
 import { type ExecutorStreamOptions, type StreamDefaults, type StreamPlan, streamFromOptions } from "./stream-plan.js"
 import { Dedupe, resumable, resumeRequest } from "./stream-resume.js"
@@ -45,10 +46,7 @@ export interface Streams {
 /**
  * @internal
  */
-export const make = (env: {
-  readonly engine: Engine
-  readonly defaults: StreamDefaults
-}): Streams => {
+export const make = (env: { readonly engine: Engine; readonly defaults: StreamDefaults }): Streams => {
   const { engine } = env
 
   const open = (plan: StreamPlan, request: GenerateRequest, streamScope: Scope.Scope) =>

@@ -1,0 +1,142 @@
+/**
+ * A call's plan as the pipeline reads it: its steps (a target and its policies), the
+ * guards the services provide (breaker, rate limit, cache), the whole-call policies, the
+ * answer and where it came from, the retry event, and the caller's cut. Plans are built by
+ * the executor and the router (`Executor.Plan`) and run by `engine.ts`; `stream.ts` runs
+ * streams on the same steps.
+ *
+ * @internal
+ */
+import { Context, type Duration, type Effect, type Exit, type Scope } from "effect"
+import type { AiError, CircuitOpenError, ModelError } from "../AiError.js"
+import type { RetryPolicy } from "../Policy.js"
+
+/**
+ * What the pipeline needs of a circuit breaker (the `CircuitBreaker` service provides it).
+ *
+ * @internal
+ */
+export interface BreakerGuard {
+  readonly execute: <A, E extends AiError>(
+    key: string,
+    effect: Effect.Effect<A, E>
+  ) => Effect.Effect<A, E | CircuitOpenError>
+  readonly admit: (key: string) => Effect.Effect<BreakerPermit, CircuitOpenError, Scope.Scope>
+}
+
+/**
+ * @internal
+ */
+export interface BreakerPermit {
+  readonly record: (outcome: Exit.Exit<unknown, AiError> | "ignored") => Effect.Effect<void>
+}
+
+/**
+ * What the pipeline needs of a rate limit (the `RateLimit` service provides it).
+ *
+ * @internal
+ */
+export interface LimitGuard {
+  readonly acquire: (key: string, cost?: { readonly tokens?: number | undefined }) => Effect.Effect<void, ModelError>
+}
+
+/**
+ * What the pipeline needs of a cache (the `ResponseCache` service provides it for answers).
+ *
+ * @internal
+ */
+export interface CacheGuard<A> {
+  readonly getOrCompute: <E>(
+    key: string,
+    compute: Effect.Effect<A, E>,
+    options?: { readonly allowStale?: boolean | undefined }
+  ) => Effect.Effect<{ readonly value: A; readonly source: "hit" | "miss" | "stale" | "shared" }, E>
+}
+
+/**
+ * One target of a call (a provider, an agent) with its policies.
+ *
+ * @internal
+ */
+export interface Step<T> {
+  readonly target: T
+  /** Metrics `provider` dimension, breaker and rate-limit key. */
+  readonly name: string
+  readonly domain?: string | undefined
+  /** Deadline of each attempt; `undefined`: none. */
+  readonly timeout: Duration.Duration | undefined
+  /** `undefined`: one attempt. */
+  readonly retry: RetryPolicy | undefined
+  readonly breaker?: BreakerGuard | undefined
+  readonly rateLimit?: LimitGuard | undefined
+  /** Estimated tokens of one attempt, for token rate limits. */
+  readonly tokens?: number | undefined
+  /** Calls the target serves at once; more queue (measured apart). */
+  readonly maxConcurrency?: number | undefined
+}
+
+/**
+ * @internal
+ */
+export interface RetryEvent<T> {
+  readonly step: Step<T>
+  /** The attempt that failed (1 for the first). */
+  readonly attempt: number
+  readonly error: AiError
+  readonly delay: Duration.Duration
+}
+
+/**
+ * A call's steps and whole-call policies.
+ *
+ * @internal
+ */
+export interface Plan<T, A> {
+  readonly steps: readonly [Step<T>, ...Array<Step<T>>]
+  readonly totalTimeout?: Duration.Duration | undefined
+  /** Start the next step after this long without an answer (hedging), besides on failure. */
+  readonly hedgeAfter?: Duration.Duration | undefined
+  readonly cache?: { readonly guard: CacheGuard<A>; readonly key: string; readonly allowStale: boolean } | undefined
+  readonly onRetry?: ((event: RetryEvent<T>) => Effect.Effect<void>) | undefined
+  /** Tokens of an answer, for the token metrics. */
+  readonly usageOf?:
+    | ((value: A) => { readonly inputTokens: number; readonly outputTokens: number } | undefined)
+    | undefined
+}
+
+/**
+ * Where an answer came from.
+ *
+ * @internal
+ */
+export interface Answer<T, A> {
+  readonly value: A
+  readonly step: Step<T>
+  /** Attempts made in all, retries and every step tried included (0 for a cache hit). */
+  readonly attempts: number
+  /** Steps tried, the answering one included. */
+  readonly stepsTried: number
+  readonly source: "provider" | "cache" | "stale-cache"
+  /** Set when hedging started a backup: whether a backup answered. */
+  readonly hedgeWon?: boolean | undefined
+}
+
+/**
+ * Why a caller cut its own call short, set just before it interrupts the call (the Promise
+ * facade, when an `AbortSignal.timeout` fires): the steps and streams it cut are counted
+ * under this error's reason (a `TimeoutError` in `timeouts` too) instead of `Interrupted`.
+ *
+ * @internal
+ */
+export interface Cut {
+  error: AiError | undefined
+}
+
+/**
+ * The {@link Cut} of the calls run in this context, if their caller keeps one.
+ *
+ * @internal
+ */
+export const CurrentCut = Context.Reference<Cut | undefined>("effect-orchestra/policy/CurrentCut", {
+  defaultValue: () => undefined
+})

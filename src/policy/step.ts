@@ -1,0 +1,351 @@
+/**
+ * One step of a call: the retry driver around its attempts, each attempt under its
+ * policies (the rate limit, outside the deadline; the breaker; the attempt's deadline; the
+ * provider slot), and the step's metrics. The engine (`engine.ts`) builds one driver and
+ * runs every step through it; the fused path (`fused.ts`) hands over to it from a call's
+ * second attempt on.
+ *
+ * The retry driver steps `Policy.schedule` only after a failure, so a call that succeeds
+ * at once pays nothing for its retry policy (`Effect.retry` builds its schedule up front:
+ * 3.9 µs per instant call here). Every wait (an attempt, a rate-limit slot, a backoff) runs
+ * on the deadline lanes, which shutdown interrupts.
+ *
+ * @internal
+ */
+import { Cause, type Clock, type Duration, Effect, Exit, Schedule, type Semaphore } from "effect"
+import { type AiError, isRetryable, ModelError, reasonOf, ShuttingDownError, TimeoutError } from "../AiError.js"
+import { schedule as retrySchedule } from "../Policy.js"
+import type { Series } from "../stats/series.js"
+import type * as Deadline from "./deadline.js"
+import type { Cut, Plan, Step } from "./plan.js"
+import { tracedWith } from "./span.js"
+
+/**
+ * The error of a call or wait cut by the executor's shutdown deadline.
+ *
+ * @internal
+ */
+export const cutByShutdown = () =>
+  new ShuttingDownError({ message: "interrupted: the executor's shutdown deadline passed" })
+
+const describeDefect = (defect: unknown): string =>
+  defect instanceof Error ? `${defect.name}: ${defect.message}` : typeof defect === "string" ? defect : String(defect)
+
+/** A provider call that died or interrupted itself: that call's typed error, never a defect. */
+const unexpected = (cause: Cause.Cause<unknown>, provider: string): AiError => {
+  const died = cause.reasons.find((reason) => reason._tag === "Die")
+  if (died === undefined) {
+    return new ModelError({ reason: "Unknown", message: "the provider call was interrupted", provider })
+  }
+  return new ModelError({
+    reason: "Unknown",
+    message: `the provider call failed unexpectedly: ${describeDefect(died.defect)}`,
+    provider,
+    cause: died.defect
+  })
+}
+
+const attemptAttributes = (step: Step<unknown>) => ({
+  "gen_ai.provider.name": step.name,
+  "orchestra.domain": step.domain ?? "none"
+})
+
+/**
+ * Where a step's retry driver is.
+ *
+ * @internal
+ */
+export interface RetryState {
+  attemptNo: number
+  stepper: ((now: number, error: AiError) => Effect.Effect<[Duration.Duration, Duration.Duration], unknown>) | undefined
+}
+
+/**
+ * Attempts of one call so far, and why it was cut if it was (a reason, or undefined).
+ *
+ * @internal
+ */
+export interface Counter {
+  attempts: number
+  readonly cut: () => string | undefined
+  /** Whether the caller is traced (known once per call), or undefined: look at each attempt. */
+  readonly traced?: boolean | undefined
+}
+
+/**
+ * A single-step call's counter: its caller's cut and total deadline, read only when it is interrupted.
+ *
+ * @internal
+ */
+export class CallCounter implements Counter {
+  attempts = 0
+  constructor(
+    readonly clock: Clock.Clock,
+    readonly external: Cut | undefined,
+    readonly deadlineAt: number | undefined,
+    readonly traced: boolean
+  ) {}
+  cut(): string | undefined {
+    if (this.external?.error !== undefined) return reasonOf(this.external.error)
+    return this.deadlineAt !== undefined && this.clock.currentTimeMillisUnsafe() >= this.deadlineAt
+      ? "Timeout"
+      : undefined
+  }
+}
+
+/**
+ * A step's outcome in its metrics (`undefined`: interrupted, by a deadline of the call or cancelled).
+ *
+ * @internal
+ */
+export const stepEnded = (
+  series: Series,
+  started: number,
+  usageOf: ((value: never) => { readonly inputTokens: number; readonly outputTokens: number } | undefined) | undefined,
+  counter: Counter,
+  exit: Exit.Exit<unknown, AiError> | undefined,
+  now: number
+): void => {
+  series.latency.record(now - started)
+  if (exit !== undefined && Exit.isSuccess(exit)) {
+    series.successes++
+    const usage = usageOf?.(exit.value as never)
+    if (usage !== undefined) {
+      series.inputTokens += usage.inputTokens
+      series.outputTokens += usage.outputTokens
+    }
+    return
+  }
+  const error = exit === undefined ? undefined : Cause.findErrorOption(exit.cause)
+  if (error !== undefined && error._tag === "Some") {
+    series.fail(reasonOf(error.value))
+  } else {
+    const cut = counter.cut()
+    if (cut === "Timeout") series.timeouts++
+    series.fail(cut ?? "Interrupted")
+  }
+}
+
+/**
+ * What a step's driver needs of its engine.
+ *
+ * @internal
+ */
+export interface Env {
+  readonly clock: Clock.Clock
+  readonly lanes: Deadline.Lanes
+  readonly seriesOf: (step: Step<unknown>) => Series
+  /** The provider slot of a step, if it has one. */
+  readonly slot: (name: string, max: number | undefined) => Semaphore.Semaphore | undefined
+  /** Runs a wait on the deadline lanes (shutdown interrupts it). */
+  readonly tracked: <A, E>(
+    effect: Effect.Effect<A, E>,
+    timeout?: Duration.Duration | undefined
+  ) => Effect.Effect<A, E | AiError>
+  /** Whether the engine is closing: a failed attempt is then not retried. */
+  readonly isClosing: () => boolean
+}
+
+/**
+ * What the multi-step strategies (`fallback.ts`, `hedge.ts`) need: a step run by the
+ * driver, and a step's metrics.
+ *
+ * @internal
+ */
+export interface Runner {
+  readonly runStep: <T, A>(
+    step: Step<T>,
+    plan: Plan<T, A>,
+    call: (target: T, step: Step<T>) => Effect.Effect<A, AiError>,
+    counter: Counter
+  ) => Effect.Effect<A, AiError>
+  readonly seriesOf: (step: Step<unknown>) => Series
+}
+
+/**
+ * A step's driver, built once per engine.
+ *
+ * @internal
+ */
+export interface Driver extends Runner {
+  /** How an attempt's fiber ended, as the attempt's outcome (a timeout counted). */
+  readonly settleAttempt: <A>(
+    step: Pick<Step<unknown>, "name" | "timeout">,
+    result: Exit.Exit<A, AiError> | Deadline.Ending
+  ) => Exit.Exit<A, AiError>
+  /** After a failed attempt, the next one when the policy says so, else the failure. */
+  readonly retryOrFail: <T, A>(
+    step: Step<T>,
+    plan: Plan<T, A>,
+    call: (target: T, step: Step<T>) => Effect.Effect<A, AiError>,
+    counter: Counter,
+    series: Series,
+    state: RetryState,
+    error: AiError
+  ) => Effect.Effect<A, AiError>
+}
+
+/**
+ * Builds the driver of an engine's steps.
+ *
+ * @internal
+ */
+export const make = (env: Env): Driver => {
+  const { clock, lanes, seriesOf, slot, tracked, isClosing } = env
+
+  // How an attempt's fiber ended becomes the attempt's outcome; a success passes through as is.
+  const settleAttempt = <A>(
+    step: Pick<Step<unknown>, "name" | "timeout">,
+    result: Exit.Exit<A, AiError> | Deadline.Ending
+  ): Exit.Exit<A, AiError> => {
+    if (result === "timeout") {
+      seriesOf(step as Step<unknown>).timeouts++
+      return Exit.fail(new TimeoutError({ limit: "request", timeout: step.timeout!, provider: step.name }))
+    }
+    if (result === "shutdown") return Exit.fail(cutByShutdown())
+    if (Exit.isSuccess(result)) return result
+    const error = Cause.findErrorOption(result.cause)
+    if (error._tag === "Some") return result
+    return Exit.fail(unexpected(result.cause, step.name))
+  }
+
+  // One attempt: rate limit (outside the deadline), breaker, deadline, provider slot, call.
+  const attempt = <T, A>(
+    step: Step<T>,
+    series: Series,
+    call: (target: T, step: Step<T>) => Effect.Effect<A, AiError>,
+    traced: boolean | undefined
+  ): Effect.Effect<A, AiError> => {
+    const gauges = series.gauges
+    const semaphore = slot(step.name, step.maxConcurrency)
+    const serve = Effect.suspend(() => {
+      const started = clock.currentTimeMillisUnsafe()
+      let provided: Effect.Effect<A, AiError>
+      try {
+        provided = call(step.target, step)
+      } catch (defect) {
+        // A provider that throws instead of returning an Effect: that attempt's defect
+        // (and its gauges, entered below, are left on exit as for any other).
+        provided = Effect.die(defect)
+      }
+      for (const g of gauges) g.enter()
+      return Effect.onExit(provided, () => {
+        for (const g of gauges) g.exit()
+        series.service.record(clock.currentTimeMillisUnsafe() - started)
+        return Effect.void
+      })
+    })
+    const body =
+      semaphore === undefined
+        ? serve
+        : Effect.suspend(() => {
+            const queuedAt = clock.currentTimeMillisUnsafe()
+            for (const g of gauges) g.queued++
+            let waiting = true
+            const leaveQueue = () => {
+              if (!waiting) return
+              waiting = false
+              for (const g of gauges) g.queued--
+              series.queueWait.record(clock.currentTimeMillisUnsafe() - queuedAt)
+            }
+            return semaphore
+              .withPermit(
+                Effect.suspend(() => {
+                  leaveQueue()
+                  return serve
+                })
+              )
+              .pipe(Effect.onExit(() => Effect.sync(leaveQueue)))
+          })
+    const deadlined: Effect.Effect<A, AiError> = lanes.attempt(body, step.timeout, settleAttempt, step)
+    const breakered = step.breaker === undefined ? deadlined : step.breaker.execute(step.name, deadlined)
+    const guarded =
+      traced === undefined
+        ? tracedWith("Policy.attempt", attemptAttributes, step, breakered)
+        : traced
+          ? Effect.withSpan(breakered, "Policy.attempt", { attributes: attemptAttributes(step) })
+          : breakered
+    if (step.rateLimit === undefined) return guarded
+    const limit = step.rateLimit
+    return Effect.flatMap(tracked(limit.acquire(step.name, { tokens: step.tokens })), () => guarded)
+  }
+
+  // The retry driver: after a failed attempt, the next one when the policy says so.
+  const retryOrFail = <T, A>(
+    step: Step<T>,
+    plan: Plan<T, A>,
+    call: (target: T, step: Step<T>) => Effect.Effect<A, AiError>,
+    counter: Counter,
+    series: Series,
+    state: RetryState,
+    error: AiError
+  ): Effect.Effect<A, AiError> => {
+    const policy = step.retry
+    if (policy === undefined || isClosing() || !isRetryable(error)) return Effect.fail(error)
+    const next =
+      state.stepper === undefined
+        ? Effect.map(Schedule.toStep(retrySchedule(policy)), (s) => {
+            state.stepper = s as never
+            return s as NonNullable<RetryState["stepper"]>
+          })
+        : Effect.succeed(state.stepper)
+    return Effect.flatMap(next, (s) =>
+      Effect.flatMap(Effect.exit(s(clock.currentTimeMillisUnsafe(), error)), (decision) => {
+        if (Exit.isFailure(decision)) return Effect.fail(error)
+        const delay = decision.value[1]
+        series.retries++
+        const notify =
+          plan.onRetry === undefined ? Effect.void : plan.onRetry({ step, attempt: state.attemptNo, error, delay })
+        return Effect.flatMap(notify, () =>
+          Effect.flatMap(tracked(Effect.sleep(delay)), () => attempts(step, plan, call, counter, series, state))
+        )
+      })
+    )
+  }
+
+  const attempts = <T, A>(
+    step: Step<T>,
+    plan: Plan<T, A>,
+    call: (target: T, step: Step<T>) => Effect.Effect<A, AiError>,
+    counter: Counter,
+    series: Series,
+    state: RetryState
+  ): Effect.Effect<A, AiError> =>
+    Effect.suspend(() => {
+      state.attemptNo++
+      counter.attempts++
+      return Effect.catch(attempt(step, series, call, counter.traced), (error: AiError) =>
+        retryOrFail(step, plan, call, counter, series, state, error)
+      )
+    })
+
+  // One step: the retry driver around attempts, and the step's metrics.
+  const runStep = <T, A>(
+    step: Step<T>,
+    plan: Plan<T, A>,
+    call: (target: T, step: Step<T>) => Effect.Effect<A, AiError>,
+    counter: Counter
+  ): Effect.Effect<A, AiError> =>
+    Effect.suspend(() => {
+      const series = seriesOf(step)
+      let started: number | undefined
+      const state: RetryState = { attemptNo: 0, stepper: undefined }
+      // The request is counted inside the region whose exit records it: a caller interrupted
+      // just before (at an auto-yield) leaves neither a request nor an outcome.
+      return Effect.onExit(
+        Effect.suspend(() => {
+          series.requests++
+          started = clock.currentTimeMillisUnsafe()
+          return attempts(step, plan, call, counter, series, state)
+        }),
+        (exit) => {
+          if (started !== undefined) {
+            stepEnded(series, started, plan.usageOf as never, counter, exit, clock.currentTimeMillisUnsafe())
+          }
+          return Effect.void
+        }
+      )
+    })
+
+  return { runStep, seriesOf, settleAttempt, retryOrFail }
+}
