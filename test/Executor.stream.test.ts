@@ -55,6 +55,38 @@ describe("Executor.stream", () => {
       })
   )
 
+  it.effect(
+    "a provider stream that dies is that stream's ModelError, named as a call's is, with the defect as cause",
+    () =>
+      Effect.gen(function* () {
+        const boom = new Error("boom")
+        const provider: Service = {
+          name: "p",
+          defaultModel: "m",
+          generate: () => Effect.die(boom),
+          embed: () => Effect.die("unused"),
+          stream: () => Stream.die(boom)
+        }
+        const scope = yield* Scope.make()
+        const context = yield* Layer.buildWithScope(
+          Executor.layerWithStats().pipe(Layer.provideMerge(Layer.succeed(ModelProvider, provider))),
+          scope
+        )
+        const executor = Context.get(context, Executor.Executor)
+        const streamed = yield* Effect.flip(collect(executor.stream(ask)))
+        const called = yield* Effect.flip(executor.execute(ask))
+        yield* Scope.close(scope, Exit.void)
+        assert.strictEqual(streamed._tag, "ModelError")
+        assert.strictEqual(called._tag, "ModelError")
+        if (streamed._tag === "ModelError" && called._tag === "ModelError") {
+          assert.strictEqual(streamed.message, "the provider stream failed unexpectedly: Error: boom")
+          assert.strictEqual(called.message, "the provider call failed unexpectedly: Error: boom")
+          assert.strictEqual(streamed.cause, boom)
+          assert.strictEqual(streamed.reason, called.reason)
+        }
+      })
+  )
+
   it.effect("streams text deltas and one Finish, and counts the stream", () =>
     Effect.gen(function* () {
       const { executor } = yield* setup({ respond: () => "one two three", latency: 100, chunkDelay: 10 })

@@ -18,6 +18,7 @@ import { type AiError, ModelError } from "../AiError.js"
 import type { BatchResult, ItemResult, ProgressEvent, RunOptions, Status } from "../Batch.js"
 import { type RetryInfo, type Service as ExecutorService, startedBy } from "../Executor.js"
 import { type Answer, type Prepared, preparedNow, type Routed, type Service as RouterService } from "../Router.js"
+import { describeDefect } from "../policy/failure.js"
 import { forEachPool } from "../policy/pool.js"
 import type { Gate } from "./gate.js"
 import { check, parse } from "./items.js"
@@ -55,9 +56,6 @@ const statusOf = (error: AiError): Status => {
   }
 }
 
-const describe = (defect: unknown): string =>
-  defect instanceof Error ? `${defect.name}: ${defect.message}` : typeof defect === "string" ? defect : String(defect)
-
 // Our own interruptions never reach the item's continuation: what gets here is the call's own doing.
 const errorOf = (cause: Cause.Cause<AiError>): AiError => {
   const found = Cause.findErrorOption(cause)
@@ -66,7 +64,7 @@ const errorOf = (cause: Cause.Cause<AiError>): AiError => {
   if (died === undefined) return new ModelError({ reason: "Unknown", message: "the call interrupted itself" })
   return new ModelError({
     reason: "Unknown",
-    message: `unexpected defect: ${describe(died.defect)}`,
+    message: `unexpected defect: ${describeDefect(died.defect)}`,
     cause: died.defect
   })
 }

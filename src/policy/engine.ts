@@ -19,7 +19,7 @@
  * @internal
  */
 import { Clock, type Fiber, Deferred, Duration, Effect, Exit, Semaphore, type Scope } from "effect"
-import { type AiError, isRetryable, reasonOf, ShuttingDownError, TimeoutError } from "../AiError.js"
+import { type AiError, isRetryable, reasonOf, type ShuttingDownError, TimeoutError } from "../AiError.js"
 import type { Service as StatsService } from "../Stats.js"
 import type { Series } from "../stats/series.js"
 import * as Deadline from "./deadline.js"
@@ -28,7 +28,8 @@ import * as Fused from "./fused.js"
 import * as Hedge from "./hedge.js"
 import { type Answer, CurrentCut, type Cut, type Plan, type Step } from "./plan.js"
 import { isTraced } from "./span.js"
-import { CallCounter, cutByShutdown, make as makeDriver, type RetryState, stepEnded } from "./step.js"
+import { cutByShutdown, shuttingDown } from "./failure.js"
+import { CallCounter, make as makeDriver, type RetryState, stepEnded } from "./step.js"
 
 /**
  * @internal
@@ -85,8 +86,6 @@ export interface Options {
   readonly stats: StatsService
   readonly shutdownDeadline: Duration.Duration
 }
-
-const shuttingDown = () => new ShuttingDownError({ message: "the executor is shutting down and admits no new calls" })
 
 const answerValue = <T, A>(answer: Answer<T, A>): A => answer.value
 

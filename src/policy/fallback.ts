@@ -8,7 +8,8 @@
  * @internal
  */
 import { Context, Effect, ExecutionPlan } from "effect"
-import { type AiError, type FailedAttempt, FallbackExhaustedError, shouldFallback } from "../AiError.js"
+import { type AiError, type FailedAttempt, shouldFallback } from "../AiError.js"
+import { exhaustedOr } from "./failure.js"
 import type { Answer, Plan, Step } from "./plan.js"
 import type { Counter, Runner } from "./step.js"
 
@@ -66,11 +67,7 @@ export const make = (runner: Runner) => {
           stepsTried: index + 1,
           source: "provider" as const
         })),
-        Effect.mapError((error: AiError) =>
-          failed.length === plan.steps.length && shouldFallback(error)
-            ? new FallbackExhaustedError({ attempts: failed })
-            : error
-        )
+        Effect.mapError((error: AiError) => exhaustedOr(failed, plan.steps.length, error))
       ) as Effect.Effect<Answer<T, A>, AiError>
     })
 }

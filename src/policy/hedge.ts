@@ -9,7 +9,8 @@
  * @internal
  */
 import { Deferred, Duration, Effect, Exit } from "effect"
-import { type AiError, type FailedAttempt, FallbackExhaustedError, shouldFallback } from "../AiError.js"
+import { type AiError, type FailedAttempt, shouldFallback } from "../AiError.js"
+import { exhaustedOr } from "./failure.js"
 import type { Answer, Plan, Step } from "./plan.js"
 import type { Counter, Runner } from "./step.js"
 
@@ -73,11 +74,7 @@ export const make = (runner: Runner) => {
             hedgeWon: backups ? index > 0 : undefined
           }
         }),
-        Effect.mapError((error: AiError) =>
-          failures.length === steps.length && shouldFallback(error)
-            ? new FallbackExhaustedError({ attempts: failures })
-            : error
-        )
+        Effect.mapError((error: AiError) => exhaustedOr(failures, steps.length, error))
       )
     })
 }

@@ -13,37 +13,13 @@
  * @internal
  */
 import { Cause, type Clock, type Duration, Effect, Exit, Schedule, type Semaphore } from "effect"
-import { type AiError, isRetryable, ModelError, reasonOf, ShuttingDownError, TimeoutError } from "../AiError.js"
+import { type AiError, isRetryable, reasonOf, TimeoutError } from "../AiError.js"
 import { schedule as retrySchedule } from "../Policy.js"
 import type { Series } from "../stats/series.js"
+import { cutByShutdown, unexpected } from "./failure.js"
 import type * as Deadline from "./deadline.js"
 import type { Cut, Plan, Step } from "./plan.js"
 import { tracedWith } from "./span.js"
-
-/**
- * The error of a call or wait cut by the executor's shutdown deadline.
- *
- * @internal
- */
-export const cutByShutdown = () =>
-  new ShuttingDownError({ message: "interrupted: the executor's shutdown deadline passed" })
-
-const describeDefect = (defect: unknown): string =>
-  defect instanceof Error ? `${defect.name}: ${defect.message}` : typeof defect === "string" ? defect : String(defect)
-
-/** A provider call that died or interrupted itself: that call's typed error, never a defect. */
-const unexpected = (cause: Cause.Cause<unknown>, provider: string): AiError => {
-  const died = cause.reasons.find((reason) => reason._tag === "Die")
-  if (died === undefined) {
-    return new ModelError({ reason: "Unknown", message: "the provider call was interrupted", provider })
-  }
-  return new ModelError({
-    reason: "Unknown",
-    message: `the provider call failed unexpectedly: ${describeDefect(died.defect)}`,
-    provider,
-    cause: died.defect
-  })
-}
 
 const attemptAttributes = (step: Step<unknown>) => ({
   "gen_ai.provider.name": step.name,

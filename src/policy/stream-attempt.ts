@@ -13,11 +13,12 @@
  * @internal
  */
 import { Cause, Duration, Effect, Exit, type Fiber, Option, Pull, Scope, Stream } from "effect"
-import { type AiError, ModelError, ShuttingDownError, TimeoutError } from "../AiError.js"
+import { type AiError, ModelError, TimeoutError } from "../AiError.js"
 import { ChunkDeadline, type Finish, type GenerateRequest, type StreamPart } from "../Model.js"
 import type { Series } from "../stats/series.js"
 import type { Ending, Watch } from "./deadline.js"
 import type { Engine } from "./engine.js"
+import { cutByShutdown, unexpected } from "./failure.js"
 import type { BreakerPermit } from "./plan.js"
 import type { StreamPlan, StreamStep } from "./stream-plan.js"
 import type { Dedupe } from "./stream-resume.js"
@@ -160,7 +161,7 @@ export const attemptStarter = (host: AttemptHost) => {
           const limit = attempt.buffer.length > 0 || host.anyDelivered() || attempt.finish ? "idle" : "firstChunk"
           attempt.end = Exit.fail(
             ending === "shutdown"
-              ? new ShuttingDownError({ message: "interrupted: the executor's shutdown deadline passed" })
+              ? cutByShutdown()
               : new TimeoutError({
                   limit,
                   timeout: (limit === "idle" ? plan.idleTimeout : plan.firstChunkTimeout) ?? Duration.zero,
@@ -198,11 +199,7 @@ export const attemptStarter = (host: AttemptHost) => {
                       Option.getOrElse(Cause.findErrorOption(exit.cause), () =>
                         Cause.hasInterruptsOnly(exit.cause)
                           ? interruptedError(step.name, attempt.finish !== undefined)
-                          : new ModelError({
-                              reason: "Unknown",
-                              message: `the provider stream failed unexpectedly: ${Cause.pretty(exit.cause)}`,
-                              provider: step.name
-                            })
+                          : unexpected(exit.cause, step.name, "stream")
                       )
                     )
               }

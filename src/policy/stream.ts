@@ -18,10 +18,8 @@ import { Cause, Channel, Duration, Effect, Exit, Option, Schedule, Scope, Stream
 import {
   type AiError,
   type FailedAttempt,
-  FallbackExhaustedError,
   isRetryable,
   reasonOf,
-  ShuttingDownError,
   shouldFallback,
   StreamInterruptedError,
   TimeoutError
@@ -30,6 +28,7 @@ import type { GenerateRequest, StreamPart } from "../Model.js"
 import { schedule as retrySchedule } from "../Policy.js"
 import type { Watch } from "./deadline.js"
 import type { Engine } from "./engine.js"
+import { cutByShutdown, exhaustedOr, shuttingDown } from "./failure.js"
 import { CurrentCut } from "./plan.js"
 import { type Attempt, attemptStarter, closeAttempt } from "./stream-attempt.js"
 import { type ExecutorStreamOptions, type StreamDefaults, type StreamPlan, streamFromOptions } from "./stream-plan.js"
@@ -52,7 +51,7 @@ export const make = (env: { readonly engine: Engine; readonly defaults: StreamDe
   const open = (plan: StreamPlan, request: GenerateRequest, streamScope: Scope.Scope) =>
     Effect.gen(function* () {
       if (engine.isClosing()) {
-        return yield* new ShuttingDownError({ message: "the executor is shutting down and admits no new calls" })
+        return yield* shuttingDown()
       }
       const clock = yield* Effect.clockWith(Effect.succeed)
       const now = () => clock.currentTimeMillisUnsafe()
@@ -106,7 +105,7 @@ export const make = (env: { readonly engine: Engine; readonly defaults: StreamDe
       const total = engine.lanes.watch((ending) => {
         const error =
           ending === "shutdown"
-            ? new ShuttingDownError({ message: "interrupted: the executor's shutdown deadline passed" })
+            ? cutByShutdown()
             : new TimeoutError({
                 limit: "total",
                 timeout: plan.totalTimeout ?? Duration.zero,
@@ -219,11 +218,7 @@ export const make = (env: { readonly engine: Engine; readonly defaults: StreamDe
                 backoff = engine.lanes.watch((ending) => {
                   backoff = undefined
                   if (ending === "shutdown") {
-                    endStream(
-                      Exit.fail(
-                        new ShuttingDownError({ message: "interrupted: the executor's shutdown deadline passed" })
-                      )
-                    )
+                    endStream(Exit.fail(cutByShutdown()))
                   } else {
                     retryDue = true
                     signal()
@@ -242,13 +237,7 @@ export const make = (env: { readonly engine: Engine; readonly defaults: StreamDe
               yield* startAttempt(next, request_, undefined)
               return
             }
-            endStream(
-              Exit.fail(
-                failures.length === plan.steps.length && plan.steps.length > 1 && shouldFallback(error)
-                  ? new FallbackExhaustedError({ attempts: failures })
-                  : error
-              )
-            )
+            endStream(Exit.fail(exhaustedOr(failures, plan.steps.length, error)))
             return
           }
           // Mid-stream: never restarted silently.

@@ -1,0 +1,75 @@
+/**
+ * The errors the pipeline makes itself, in one place so that every path names them the
+ * same way: a provider that died or interrupted itself becomes that call's typed
+ * `ModelError` (never a defect of the caller), and a call whose every step failed over
+ * becomes a `FallbackExhaustedError` listing them.
+ *
+ * @internal
+ */
+import type { Cause } from "effect"
+import {
+  type AiError,
+  type FailedAttempt,
+  FallbackExhaustedError,
+  ModelError,
+  ShuttingDownError,
+  shouldFallback
+} from "../AiError.js"
+
+/**
+ * The error of a call or stream refused because the executor is closing.
+ *
+ * @internal
+ */
+export const shuttingDown = () =>
+  new ShuttingDownError({ message: "the executor is shutting down and admits no new calls" })
+
+/**
+ * The error of a call, stream or wait cut by the executor's shutdown deadline.
+ *
+ * @internal
+ */
+export const cutByShutdown = () =>
+  new ShuttingDownError({ message: "interrupted: the executor's shutdown deadline passed" })
+
+/**
+ * A defect as one line: `Name: message` for an `Error`, the value itself otherwise.
+ *
+ * @internal
+ */
+export const describeDefect = (defect: unknown): string =>
+  defect instanceof Error ? `${defect.name}: ${defect.message}` : typeof defect === "string" ? defect : String(defect)
+
+/**
+ * A provider call (or stream) that died or interrupted itself: its typed error, with the
+ * defect as its `cause`.
+ *
+ * @internal
+ */
+export const unexpected = (
+  cause: Cause.Cause<unknown>,
+  provider: string,
+  what: "call" | "stream" = "call"
+): AiError => {
+  const died = cause.reasons.find((reason) => reason._tag === "Die")
+  if (died === undefined) {
+    return new ModelError({ reason: "Unknown", message: `the provider ${what} was interrupted`, provider })
+  }
+  return new ModelError({
+    reason: "Unknown",
+    message: `the provider ${what} failed unexpectedly: ${describeDefect(died.defect)}`,
+    provider,
+    cause: died.defect
+  })
+}
+
+/**
+ * The error of a call after its last step failed with `error`: `FallbackExhaustedError`
+ * when every one of its `steps` (two or more) was tried and failed over, else `error`.
+ *
+ * @internal
+ */
+export const exhaustedOr = (failures: ReadonlyArray<FailedAttempt>, steps: number, error: AiError): AiError =>
+  steps > 1 && failures.length === steps && shouldFallback(error)
+    ? new FallbackExhaustedError({ attempts: failures })
+    : error
