@@ -20,6 +20,7 @@ import * as Metrics from "./Metrics.js"
 import * as RedisStore from "./RateLimit/Redis.js"
 import * as SharedRedis from "./Redis.js"
 import { isTraced } from "./policy/span.js"
+import { Histogram } from "./stats/series.js"
 
 /**
  * The limits of one key (a provider). Both limits count over `window`: with `window:
@@ -177,11 +178,48 @@ interface Reservation {
   readonly limits: ResolvedLimits
 }
 
-interface KeyMetrics {
-  readonly immediate: Metric.Metric<number, unknown>
-  readonly delayed: Metric.Metric<number, unknown>
-  readonly rejected: Metric.Metric<number, unknown>
-  readonly wait: Metric.Metric<number, unknown>
+// A limit's metrics as plain counters, registered once per metric registry and limit key
+// (`Metric.registerUnsafe` hooks, as the call metrics are): `Metric.update` on an attributed
+// metric copies the caller's whole context per update (~5 KB a request in the gateway).
+// Shared by every limiter on one registry, so a key's series adds up across them as the
+// registry's own series did.
+class KeyMetrics {
+  immediate = 0
+  delayed = 0
+  rejected = 0
+  readonly wait = new Histogram()
+}
+
+const keyMetrics = new WeakMap<object, Map<string, KeyMetrics>>()
+
+const noUpdate = { update: () => {}, modify: () => {} }
+
+const keyMetricsOf = (context: Context.Context<never>, key: string): KeyMetrics => {
+  const registry = Context.get(context, Metric.MetricRegistry)
+  let byKey = keyMetrics.get(registry)
+  if (byKey === undefined) {
+    byKey = new Map()
+    keyMetrics.set(registry, byKey)
+  }
+  let metrics = byKey.get(key)
+  if (metrics === undefined) {
+    const made = new KeyMetrics()
+    metrics = made
+    byKey.set(key, made)
+    const counter = (outcome: string, get: () => number) =>
+      Metric.registerUnsafe(Metric.withAttributes(Metrics.rateLimitAcquisitions, { limit: key, outcome }), context, {
+        get: () => ({ count: get(), incremental: true }),
+        ...noUpdate
+      })
+    counter("immediate", () => made.immediate)
+    counter("delayed", () => made.delayed)
+    counter("rejected", () => made.rejected)
+    Metric.registerUnsafe(Metric.withAttributes(Metrics.rateLimitWait, { limit: key }), context, {
+      get: () => made.wait.state(),
+      ...noUpdate
+    })
+  }
+  return metrics
 }
 
 /**
@@ -213,19 +251,12 @@ export const make = Effect.fnUntraced(function* (
   const limiter = yield* Effect.provideService(RateLimiter.make, RateLimiter.RateLimiterStore, guarded)
   const failClosed = policy.onStoreError === "reject"
   const maxWaitMillis = Duration.toMillis(config.maxWait)
+  const context = yield* Effect.context<never>()
   const metricsByKey = new Map<string, KeyMetrics>()
-
   const metricsOf = (key: string): KeyMetrics => {
     let metrics = metricsByKey.get(key)
     if (metrics === undefined) {
-      const counter = (outcome: string) =>
-        Metric.withAttributes(Metrics.rateLimitAcquisitions, { limit: key, outcome }) as Metric.Metric<number, unknown>
-      metrics = {
-        immediate: counter("immediate"),
-        delayed: counter("delayed"),
-        rejected: counter("rejected"),
-        wait: Metric.withAttributes(Metrics.rateLimitWait, { limit: key }) as Metric.Metric<number, unknown>
-      }
+      metrics = keyMetricsOf(context, key)
       metricsByKey.set(key, metrics)
     }
     return metrics
@@ -277,8 +308,9 @@ export const make = Effect.fnUntraced(function* (
       }
     }
     if (storeFailed && failClosed) {
+      metrics.rejected++
       return Effect.andThen(
-        Effect.andThen(release(taken), Metric.update(metrics.rejected, 1)),
+        release(taken),
         Effect.fail(
           new ModelError({
             reason: "RateLimited",
@@ -290,8 +322,9 @@ export const make = Effect.fnUntraced(function* (
     }
     if (waitMillis > maxWaitMillis) {
       const retryAfter = Duration.millis(Math.ceil(waitMillis))
+      metrics.rejected++
       return Effect.andThen(
-        Effect.andThen(release(taken), Metric.update(metrics.rejected, 1)),
+        release(taken),
         Effect.fail(
           new ModelError({
             reason: "RateLimited",
@@ -302,11 +335,15 @@ export const make = Effect.fnUntraced(function* (
         )
       )
     }
-    if (waitMillis <= 0) return Effect.andThen(Metric.update(metrics.wait, 0), Metric.update(metrics.immediate, 1))
+    if (waitMillis <= 0) {
+      metrics.wait.record(0)
+      metrics.immediate++
+      return Effect.void
+    }
+    metrics.wait.record(waitMillis)
+    metrics.delayed++
     return Effect.all(
       [
-        Metric.update(metrics.wait, waitMillis),
-        Metric.update(metrics.delayed, 1),
         Effect.annotateCurrentSpan({ "orchestra.rate_limit.wait_ms": waitMillis }),
         Effect.sleep(Duration.millis(waitMillis)).pipe(Effect.onInterrupt(() => release(taken)))
       ],

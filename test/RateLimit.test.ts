@@ -81,6 +81,19 @@ describe("RateLimit (memory, TestClock)", () => {
     })
   )
 
+  it.effect("a limit's metrics add up across the limiters of one registry, as one series", () =>
+    Effect.gen(function* () {
+      const key = uniqueName("shared")
+      const first = yield* service({ providers: { [key]: { requestsPerMinute: 100 } } })
+      const second = yield* service({ providers: { [key]: { requestsPerMinute: 100 } } })
+      for (let i = 0; i < 2; i++) yield* first.acquire(key)
+      for (let i = 0; i < 3; i++) yield* second.acquire(key)
+      assert.deepStrictEqual(yield* outcomes(key), { immediate: 5, delayed: 0, rejected: 0 })
+      const wait = yield* Metric.value(Metric.withAttributes(Metrics.rateLimitWait, { limit: key }))
+      assert.strictEqual(wait.count, 5)
+    })
+  )
+
   it.effect("7 requests per 2 seconds: 14 calls are spread over two windows", () =>
     Effect.gen(function* () {
       const key = uniqueName("seven")
