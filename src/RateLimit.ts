@@ -251,7 +251,12 @@ export const make = Effect.fnUntraced(function* (
   const limiter = yield* Effect.provideService(RateLimiter.make, RateLimiter.RateLimiterStore, guarded)
   const failClosed = policy.onStoreError === "reject"
   const maxWaitMillis = Duration.toMillis(config.maxWait)
-  const context = yield* Effect.context<never>()
+  // Only what registering a series reads: a limiter built inside a request (the gateway's key
+  // store does) must not keep that request's context alive.
+  const caller = yield* Effect.context<never>()
+  const context = Context.make(Metric.MetricRegistry, Context.get(caller, Metric.MetricRegistry)).pipe(
+    Context.add(Metric.CurrentMetricAttributes, Context.get(caller, Metric.CurrentMetricAttributes))
+  ) as Context.Context<never>
   const metricsByKey = new Map<string, KeyMetrics>()
   const metricsOf = (key: string): KeyMetrics => {
     let metrics = metricsByKey.get(key)

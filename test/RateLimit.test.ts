@@ -94,6 +94,21 @@ describe("RateLimit (memory, TestClock)", () => {
     })
   )
 
+  it.effect("a limiter counts in the metric registry it was built with, whatever the caller's", () =>
+    Effect.gen(function* () {
+      const key = uniqueName("registry")
+      const registry: Metric.MetricRegistry = new Map()
+      const limits = yield* service({ providers: { [key]: { requestsPerMinute: 100 } } }).pipe(
+        Effect.provideService(Metric.MetricRegistry, registry)
+      )
+      yield* limits.acquire(key)
+      yield* limits.acquire(key)
+      const own = yield* outcomes(key).pipe(Effect.provideService(Metric.MetricRegistry, registry))
+      assert.deepStrictEqual(own, { immediate: 2, delayed: 0, rejected: 0 })
+      assert.deepStrictEqual(yield* outcomes(key), { immediate: 0, delayed: 0, rejected: 0 }, "not in the default one")
+    })
+  )
+
   it.effect("7 requests per 2 seconds: 14 calls are spread over two windows", () =>
     Effect.gen(function* () {
       const key = uniqueName("seven")
