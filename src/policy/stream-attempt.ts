@@ -12,7 +12,7 @@
  *
  * @internal
  */
-import { Cause, Duration, Effect, Exit, type Fiber, Option, Pull, Scope, Stream } from "effect"
+import { Cause, Channel, Context, Duration, Effect, Exit, type Fiber, Option, Pull, Scope, Stream } from "effect"
 import { type AiError, ModelError, TimeoutError } from "../AiError.js"
 import { ChunkDeadline, type Finish, type GenerateRequest, type StreamPart } from "../Model.js"
 import type { Series } from "../stats/series.js"
@@ -120,7 +120,10 @@ export const attemptStarter = (host: AttemptHost) => {
       attempt.serving = true
       for (const g of attempt.series.gauges) g.enter()
       attempt.watch.arm(plan.firstChunkTimeout)
-      const pull = yield* Scope.provide(Stream.toPull(step.target.stream(upstream)), attempt.scope)
+      // The upstream's pull as is: `Stream.toPull` wraps every pull in a merge of its context
+      // into the caller's and a semaphore (~1 µs and a copy of the context a chunk); this
+      // fiber is its only reader and runs in that very context.
+      const pull = yield* Channel.toPullScoped(Stream.toChannel(step.target.stream(upstream)), attempt.scope)
       while (true) {
         const chunk = yield* Effect.catchCause(pull, (cause) =>
           Pull.isDoneCause(cause) ? Effect.succeed(undefined) : Effect.failCause(cause as Cause.Cause<AiError>)
@@ -144,7 +147,13 @@ export const attemptStarter = (host: AttemptHost) => {
       }
       attempt.watch.arm(undefined)
       if (attempt.finish === undefined) return yield* NoFinish(step.name)
-    }).pipe(Effect.provideService(ChunkDeadline, chunkDeadline)) as Effect.Effect<void, AiError>
+    }).pipe(
+      // One copy of the context per attempt: the reader's chunk deadline, and the attempt's
+      // scope for whatever the upstream's pulls open.
+      Effect.updateContext((context: Context.Context<never>) =>
+        Context.merge(context, Context.make(ChunkDeadline, chunkDeadline).pipe(Context.add(Scope.Scope, attempt.scope)))
+      )
+    ) as Effect.Effect<void, AiError>
 
   return (index: number, upstream: GenerateRequest, dedupe: Dedupe | undefined) =>
     Effect.gen(function* () {
