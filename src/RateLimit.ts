@@ -181,8 +181,8 @@ interface Reservation {
 // A limit's metrics as plain counters, registered once per metric registry and limit key
 // (`Metric.registerUnsafe` hooks, as the call metrics are): `Metric.update` on an attributed
 // metric copies the caller's whole context per update (~5 KB a request in the gateway).
-// Shared by every limiter on one registry, so a key's series adds up across them as the
-// registry's own series did.
+// Shared by every limiter on one registry with the same metric attributes, so a key's series
+// adds up across them as the registry's own series did.
 class KeyMetrics {
   immediate = 0
   delayed = 0
@@ -194,18 +194,19 @@ const keyMetrics = new WeakMap<object, Map<string, KeyMetrics>>()
 
 const noUpdate = { update: () => {}, modify: () => {} }
 
-const keyMetricsOf = (context: Context.Context<never>, key: string): KeyMetrics => {
+const keyMetricsOf = (context: Context.Context<never>, attributes: string, key: string): KeyMetrics => {
   const registry = Context.get(context, Metric.MetricRegistry)
   let byKey = keyMetrics.get(registry)
   if (byKey === undefined) {
     byKey = new Map()
     keyMetrics.set(registry, byKey)
   }
-  let metrics = byKey.get(key)
+  const id = `${attributes}\u0000${key}`
+  let metrics = byKey.get(id)
   if (metrics === undefined) {
     const made = new KeyMetrics()
     metrics = made
-    byKey.set(key, made)
+    byKey.set(id, made)
     const counter = (outcome: string, get: () => number) =>
       Metric.registerUnsafe(Metric.withAttributes(Metrics.rateLimitAcquisitions, { limit: key, outcome }), context, {
         get: () => ({ count: get(), incremental: true }),
@@ -254,14 +255,16 @@ export const make = Effect.fnUntraced(function* (
   // Only what registering a series reads: a limiter built inside a request (the gateway's key
   // store does) must not keep that request's context alive.
   const caller = yield* Effect.context<never>()
+  const attributes = Context.get(caller, Metric.CurrentMetricAttributes)
   const context = Context.make(Metric.MetricRegistry, Context.get(caller, Metric.MetricRegistry)).pipe(
-    Context.add(Metric.CurrentMetricAttributes, Context.get(caller, Metric.CurrentMetricAttributes))
+    Context.add(Metric.CurrentMetricAttributes, attributes)
   ) as Context.Context<never>
+  const attributesId = JSON.stringify(Object.entries(attributes).sort(([a], [b]) => (a < b ? -1 : a > b ? 1 : 0)))
   const metricsByKey = new Map<string, KeyMetrics>()
   const metricsOf = (key: string): KeyMetrics => {
     let metrics = metricsByKey.get(key)
     if (metrics === undefined) {
-      metrics = keyMetricsOf(context, key)
+      metrics = keyMetricsOf(context, attributesId, key)
       metricsByKey.set(key, metrics)
     }
     return metrics

@@ -109,6 +109,20 @@ describe("RateLimit (memory, TestClock)", () => {
     })
   )
 
+  it.effect("limiters built under different metric attributes keep separate series for one key", () =>
+    Effect.gen(function* () {
+      const key = uniqueName("attributes")
+      const under = (app: string) => Effect.provideService(Metric.CurrentMetricAttributes, { app })
+      const a = yield* service({ providers: { [key]: { requestsPerMinute: 100 } } }).pipe(under("a"))
+      const b = yield* service({ providers: { [key]: { requestsPerMinute: 100 } } }).pipe(under("b"))
+      yield* a.acquire(key)
+      yield* b.acquire(key)
+      yield* b.acquire(key)
+      assert.strictEqual((yield* outcomes(key).pipe(under("a"))).immediate, 1)
+      assert.strictEqual((yield* outcomes(key).pipe(under("b"))).immediate, 2)
+    })
+  )
+
   it.effect("7 requests per 2 seconds: 14 calls are spread over two windows", () =>
     Effect.gen(function* () {
       const key = uniqueName("seven")
