@@ -1,7 +1,8 @@
 import { assert, describe, it } from "@effect/vitest"
-import { Context, Duration, Effect, Exit, Fiber, Layer, Scope, Stream } from "effect"
+import { Context, Duration, Effect, Fiber, Layer, Stream } from "effect"
 import { TestClock } from "effect/testing"
 import type { AiError } from "../src/AiError.js"
+import type * as Input from "../src/Input.js"
 import * as Executor from "../src/Executor.js"
 import { ChunkDeadline, ModelProvider, type Service, type StreamPart } from "../src/Model.js"
 import { Outcome } from "../src/Model/Mock.js"
@@ -12,6 +13,18 @@ const ask = { prompt: "tell me" }
 const textOf = (parts: ReadonlyArray<StreamPart>) => parts.map((p) => (p._tag === "TextDelta" ? p.text : "")).join("")
 
 const collect = (stream: Stream.Stream<StreamPart, AiError>) => Stream.runCollect(stream)
+
+/** Runs `use` with an executor over `provider`, closed afterwards. */
+const withExecutorOver = <A, E>(
+  provider: Service,
+  use: (executor: Executor.Service) => Effect.Effect<A, E>
+): Effect.Effect<A, E | Input.OptionError> =>
+  Effect.scoped(
+    Effect.flatMap(
+      Layer.build(Executor.layerWithStats().pipe(Layer.provideMerge(Layer.succeed(ModelProvider, provider)))),
+      (context) => use(Context.get(context, Executor.Executor))
+    )
+  )
 
 describe("Executor.stream", () => {
   it.effect(
@@ -40,16 +53,13 @@ describe("Executor.stream", () => {
               })
             )
         }
-        const scope = yield* Scope.make()
-        const context = yield* Layer.buildWithScope(
-          Executor.layerWithStats().pipe(Layer.provideMerge(Layer.succeed(ModelProvider, provider))),
-          scope
+        yield* withExecutorOver(provider, (executor) =>
+          Effect.gen(function* () {
+            yield* Stream.runDrain(executor.stream(ask, { firstChunkTimeout: "10 seconds", idleTimeout: "30 seconds" }))
+            yield* Stream.runDrain(executor.stream(ask, { firstChunkTimeout: "40 seconds", idleTimeout: "30 seconds" }))
+            yield* Stream.runDrain(executor.stream(ask, { firstChunkTimeout: "10 seconds", idleTimeout: "none" }))
+          })
         )
-        const executor = Context.get(context, Executor.Executor)
-        yield* Stream.runDrain(executor.stream(ask, { firstChunkTimeout: "10 seconds", idleTimeout: "30 seconds" }))
-        yield* Stream.runDrain(executor.stream(ask, { firstChunkTimeout: "40 seconds", idleTimeout: "30 seconds" }))
-        yield* Stream.runDrain(executor.stream(ask, { firstChunkTimeout: "10 seconds", idleTimeout: "none" }))
-        yield* Scope.close(scope, Exit.void)
         // Without an idle deadline the reader does not bound the wait: the provider keeps its own timer.
         assert.deepStrictEqual(seen, [30_000, 40_000, undefined])
       })
@@ -67,15 +77,9 @@ describe("Executor.stream", () => {
           embed: () => Effect.die("unused"),
           stream: () => Stream.die(boom)
         }
-        const scope = yield* Scope.make()
-        const context = yield* Layer.buildWithScope(
-          Executor.layerWithStats().pipe(Layer.provideMerge(Layer.succeed(ModelProvider, provider))),
-          scope
+        const [streamed, called] = yield* withExecutorOver(provider, (executor) =>
+          Effect.all([Effect.flip(collect(executor.stream(ask))), Effect.flip(executor.execute(ask))])
         )
-        const executor = Context.get(context, Executor.Executor)
-        const streamed = yield* Effect.flip(collect(executor.stream(ask)))
-        const called = yield* Effect.flip(executor.execute(ask))
-        yield* Scope.close(scope, Exit.void)
         assert.strictEqual(streamed._tag, "ModelError")
         assert.strictEqual(called._tag, "ModelError")
         if (streamed._tag === "ModelError" && called._tag === "ModelError") {
