@@ -31,6 +31,7 @@ import {
   handler,
   json,
   type KeyIdentity,
+  onRequestEnd,
   readJson,
   traced
 } from "./routes.js"
@@ -101,10 +102,7 @@ export const make = (env: Env) => {
             const ticket: Ticket = { reservation, closed: false }
             // Whatever happens next (an answer, a failure, a client that leaves, a stream body never
             // started), the request scope's end releases what was not settled.
-            return Effect.as(
-              Effect.addFinalizer(() => release(ticket)),
-              ticket
-            )
+            return Effect.as(onRequestEnd(release(ticket)), ticket)
           }
         )
 
@@ -215,7 +213,7 @@ export const make = (env: Env) => {
           }
         })
       // A client gone before the body starts: the server never runs it, the request scope still ends.
-      yield* Effect.addFinalizer(() => end({ _tag: "Cancelled" }))
+      yield* onRequestEnd(end({ _tag: "Cancelled" }))
       const body = Sse.body(first.value, pull, {
         id: env.nextId("chatcmpl-"),
         created: created(),

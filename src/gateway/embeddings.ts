@@ -20,6 +20,7 @@ import {
   failure,
   handler,
   json,
+  onRequestEnd,
   readJson,
   traced
 } from "./routes.js"
@@ -56,7 +57,7 @@ export const make = (env: Env) => {
       if (key !== undefined && keys !== undefined) {
         reservation = yield* keys.reserve(key, call.model, { inputTokens, maxOutputTokens: 0 })
         closed = false
-        yield* Effect.addFinalizer(() =>
+        yield* onRequestEnd(
           Effect.suspend(() => {
             if (closed) return Effect.void
             closed = true

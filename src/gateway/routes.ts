@@ -5,7 +5,7 @@
  *
  * @internal
  */
-import { Cause, type Clock, Effect, Exit, Fiber, Option, Redacted, Result, type Scope, type Tracer } from "effect"
+import { Cause, type Clock, Effect, Exit, Fiber, Option, Redacted, Result, Scope, type Tracer } from "effect"
 import * as ByteSize from "effect/ByteSize"
 import { HttpIncomingMessage, type HttpServerRequest, HttpServerResponse } from "effect/http"
 import type { AiError } from "../AiError.js"
@@ -241,6 +241,16 @@ export const traced = <A, E, R>(
         )
       : effect(undefined)
   )
+
+/**
+ * Runs `finalizer` when the request's scope ends. Unlike `Effect.addFinalizer`, it does not
+ * capture the caller's context to provide it again at the end: that merges two copies of
+ * the request's context (~55 services) once a request.
+ *
+ * @internal
+ */
+export const onRequestEnd = (finalizer: Effect.Effect<void>): Effect.Effect<void, never, Scope.Scope> =>
+  Effect.flatMap(Effect.scope, (scope) => Scope.addFinalizer(scope, finalizer))
 
 /**
  * Runs a request's call in a child fiber the drain can cut (its answer is then 503
