@@ -6,33 +6,33 @@
  *
  * @since 0.1.0
  */
-import { Cause, Context, Duration, Effect, Exit, type Fiber, Layer, Option, Result, type Stream } from "effect"
-import { type AiError, invalidRequest, ModelError } from "./AiError.js"
+import { Context, Duration, Effect, Layer, Option, Result, type Stream } from "effect"
+import type { AiError, ModelError } from "./AiError.js"
 import { Breakers } from "./CircuitBreaker.js"
 import * as Input from "./Input.js"
 import {
   type EmbedRequest,
   type EmbedResponse,
-  estimateInputTokens,
   type GenerateRequest,
   type GenerateResponse,
   ModelProvider,
   type RequestLimits,
   requestLimits,
   type Service as ProviderService,
-  type StreamPart,
-  checkGenerate,
-  validateEmbed,
-  validateGenerate
+  type StreamPart
 } from "./Model.js"
 import { decodeRetry, defaultRetry, type RetryPolicy, type RetryPolicyInput } from "./Policy.js"
 import { RateLimits } from "./RateLimit.js"
 import { ResponseCache } from "./ResponseCache.js"
+import * as Embed from "./executor/embed.js"
+import * as Generate from "./executor/generate.js"
+import * as Many from "./executor/many.js"
+import * as CallOptions from "./executor/options.js"
+import * as Plans from "./executor/plan.js"
+import * as Refusal from "./executor/refusal.js"
+import * as StreamCall from "./executor/stream.js"
 import * as Engine from "./policy/engine.js"
-import type { Sink } from "./policy/fused.js"
 import type * as CallPlan from "./policy/plan.js"
-import { forEachPool, forEachStarted } from "./policy/pool.js"
-import { isTraced, traced } from "./policy/span.js"
 import * as StreamEngine from "./policy/stream.js"
 import type * as StreamPlans from "./policy/stream-plan.js"
 import { type ExecutionStats, type Filter, layer as statsLayer, Stats } from "./Stats.js"
@@ -259,8 +259,6 @@ export const checkOptions = (options: Options) =>
     Input.optionalDuration("stream.totalTimeout", options.stream?.totalTimeout, Duration.minutes(10))
   ])
 
-const tokensOf = (request: GenerateRequest): number => estimateInputTokens(request) + (request.maxTokens ?? 0)
-
 /**
  * Builds an executor over the `ModelProvider` in context. Scoped: closing the scope stops
  * admitting calls, waits up to `shutdownDeadline` for the running calls and streams, then
@@ -287,276 +285,13 @@ export const make = Effect.fnUntraced(function* (options: Options = {}) {
     defaults: { firstChunkTimeout: firstChunk, idleTimeout: idle, totalTimeout: total }
   })
 
-  const resolveCache = new WeakMap<ExecuteOptions, Result.Result<ResolvedOptions, Input.Issue>>()
-  const defaults: ResolvedOptions = { timeout: defaultTimeout, totalTimeout: undefined, retry: undefined }
-
-  const resolveSync = (callOptions: ExecuteOptions): Result.Result<ResolvedOptions, Input.Issue> => {
-    if (
-      callOptions.timeout === undefined &&
-      callOptions.retry === undefined &&
-      callOptions.totalTimeout === undefined
-    ) {
-      return Result.succeed(defaults)
-    }
-    const cached = resolveCache.get(callOptions)
-    if (cached !== undefined) return cached
-    const retryInput = callOptions.retry
-    const resolved = Result.map(
-      Input.all([
-        Input.optionalDuration("timeout", callOptions.timeout, defaultTimeout),
-        callOptions.totalTimeout === undefined
-          ? Result.succeed(undefined)
-          : Input.duration("totalTimeout", callOptions.totalTimeout),
-        retryInput === undefined || retryInput === false
-          ? Result.succeed(undefined)
-          : retryInput === true
-            ? Result.succeed(basePolicy)
-            : decodeRetry(retryInput, "retry")
-      ]),
-      ([timeout, totalTimeout, retry]): ResolvedOptions => ({ timeout, totalTimeout, retry })
-    )
-    resolveCache.set(callOptions, resolved)
-    return resolved
-  }
-
-  const resolve = (callOptions: ExecuteOptions) => {
-    const resolved = resolveSync(callOptions)
-    return Result.isSuccess(resolved)
-      ? Effect.succeed(resolved.success)
-      : Effect.fail(invalidRequest(resolved.failure.path, resolved.failure.message))
-  }
-
-  const stepFor: Service["stepFor"] = (target, stepOptions = {}) => ({
-    target,
-    name: target.name,
-    domain: stepOptions.domain,
-    timeout: stepOptions.timeout === "none" ? undefined : (stepOptions.timeout ?? defaultTimeout),
-    retry: stepOptions.retry === false ? undefined : stepOptions.retry,
-    breaker: guards.breaker,
-    rateLimit: guards.rateLimit,
-    tokens: stepOptions.tokens,
-    maxConcurrency: target.maxConcurrency
-  })
-
-  // A refused call is still counted: a request, and a failure with its reason.
-  const refuse = (error: ModelError, target: ProviderService, domain: string | undefined): ModelError => {
-    const series = stats.series(target.name, domain)
-    series.requests++
-    series.fail(error.reason)
-    return error.provider === undefined ? withProvider(error, target.name) : error
-  }
-  const refused = (error: ModelError, target: ProviderService, domain: string | undefined) =>
-    Effect.suspend(() => Effect.fail(refuse(error, target, domain)))
-
-  const usageOf = (response: GenerateResponse) => response.usage
-
-  const planFor = (
-    target: ProviderService,
-    request: GenerateRequest,
-    callOptions: ExecuteOptions,
-    resolved: ResolvedOptions
-  ): Plan<ProviderService, GenerateResponse> => {
-    const cache = guards.cache
-    return {
-      steps: [
-        {
-          ...stepFor(target, { domain: callOptions.domain, tokens: tokensOf(request) }),
-          timeout: resolved.timeout,
-          retry: resolved.retry
-        }
-      ],
-      totalTimeout: resolved.totalTimeout,
-      cache:
-        cache === undefined || callOptions.cache === false
-          ? undefined
-          : {
-              guard: cache,
-              key: cache.key({ provider: target.name, request }),
-              allowStale: callOptions.allowStale ?? false
-            },
-      onRetry:
-        callOptions.onRetry === undefined
-          ? undefined
-          : (event) =>
-              callOptions.onRetry!({
-                provider: event.step.name,
-                domain: event.step.domain,
-                attempt: event.attempt,
-                error: event.error,
-                delay: event.delay
-              }),
-      usageOf
-    }
-  }
-
-  // The plan of a call depends on its request only through the rate limit's token estimate
-  // and the cache key: without those, calls with the same options share one plan.
-  const plans = new WeakMap<ExecuteOptions, Map<ProviderService, Plan<ProviderService, GenerateResponse>>>()
-  const sharedPlan = guards.rateLimit === undefined && guards.cache === undefined
-  const planOf = (
-    target: ProviderService,
-    request: GenerateRequest,
-    callOptions: ExecuteOptions,
-    resolved: ResolvedOptions
-  ): Plan<ProviderService, GenerateResponse> => {
-    if (!sharedPlan) return planFor(target, request, callOptions, resolved)
-    let byTarget = plans.get(callOptions)
-    if (byTarget === undefined) {
-      byTarget = new Map()
-      plans.set(callOptions, byTarget)
-    }
-    let plan = byTarget.get(target)
-    if (plan === undefined) {
-      plan = planFor(target, request, callOptions, resolved)
-      byTarget.set(target, plan)
-    }
-    return plan
-  }
-
-  const noOptions: ExecuteOptions = {}
-
-  const executeAttributes = (target: ProviderService, request: GenerateRequest, domain: string | undefined) => ({
-    "gen_ai.operation.name": "chat",
-    "gen_ai.provider.name": target.name,
-    "gen_ai.request.model": request.model ?? target.defaultModel,
-    "orchestra.domain": domain ?? "none"
-  })
-
-  const execute = (request: GenerateRequest, callOptions: ExecuteOptions = noOptions) =>
-    Effect.withFiber((fiber) => {
-      const target = callOptions.provider ?? provider
-      const resolved = resolveSync(callOptions)
-      if (Result.isFailure(resolved)) {
-        return refused(invalidRequest(resolved.failure.path, resolved.failure.message), target, callOptions.domain)
-      }
-      const error = checkGenerate(request, limits)
-      if (error !== undefined) return refused(error, target, callOptions.domain)
-      const call = engine.runValueIn(fiber, planOf(target, request, callOptions, resolved.success), generateOf(request))
-      // A span only for a traced caller (a span costs more than an instant call).
-      return isTraced(fiber)
-        ? Effect.withSpan(call, "Executor.execute", {
-            attributes: executeAttributes(target, request, callOptions.domain)
-          })
-        : call
-    })
-
-  const withRetry: ExecuteOptions = { retry: true }
-  const executeWithRetry = (request: GenerateRequest, callOptions: ExecuteOptions = noOptions) =>
-    execute(
-      request,
-      callOptions.retry !== undefined
-        ? callOptions
-        : callOptions === noOptions
-          ? withRetry
-          : { ...callOptions, retry: true }
-    )
-
-  const generateOf = (request: GenerateRequest) => (p: ProviderService) => p.generate(request)
-
-  // An item's outcome: its exit as a Result (a defect, which the pipeline does not let
-  // through, would still be one item's typed error, never the whole batch's).
-  const resultOf = (exit: Exit.Exit<unknown, AiError>): Result.Result<GenerateResponse, AiError> => {
-    if (Exit.isSuccess(exit)) return Result.succeed(exit.value as GenerateResponse)
-    const error = Cause.findErrorOption(exit.cause)
-    return Result.fail(
-      error._tag === "Some"
-        ? error.value
-        : new ModelError({
-            reason: "Unknown",
-            message: `the call ended without an answer: ${Cause.pretty(exit.cause)}`
-          })
-    )
-  }
-
-  // One request of `executeMany`, started from JavaScript on the pool's fiber (untraced).
-  const startMany = (
-    fiber: Fiber.Fiber<unknown, unknown>,
-    request: GenerateRequest,
-    manyOptions: ManyOptions,
-    resolved: ResolvedOptions,
-    sink: Sink,
-    index: number
-  ) => {
-    const target = manyOptions.provider ?? provider
-    const error = checkGenerate(request, limits)
-    if (error !== undefined) {
-      sink.done(index, Exit.fail(refuse(error, target, manyOptions.domain)))
-      return undefined
-    }
-    return engine.start(fiber, planOf(target, request, manyOptions, resolved), generateOf(request), sink, index)
-  }
-
-  const executeMany = (requests: Iterable<GenerateRequest>, manyOptions: ManyOptions = {}) =>
-    Effect.withFiber((fiber) => {
-      const concurrency = Input.positiveInt("concurrency", manyOptions.concurrency ?? 5)
-      if (Result.isFailure(concurrency)) {
-        return Effect.fail(invalidRequest(concurrency.failure.path, concurrency.failure.message))
-      }
-      const resolved = resolveSync(manyOptions)
-      if (Result.isFailure(resolved)) {
-        return Effect.fail(invalidRequest(resolved.failure.path, resolved.failure.message))
-      }
-      const items = Array.from(requests)
-      if (isTraced(fiber)) {
-        return Effect.withSpan(
-          forEachPool(items, concurrency.success, (request) =>
-            Effect.map(Effect.exit(execute(request, manyOptions)), resultOf)
-          ),
-          "Executor.executeMany",
-          { attributes: { "orchestra.items": items.length, "orchestra.concurrency": concurrency.success } }
-        )
-      }
-      // Untraced: no worker fibers, one fiber per call in flight (policy/fused.ts).
-      const options = resolved.success
-      return Effect.map(
-        forEachStarted(items, concurrency.success, (request, sink, index) =>
-          startMany(fiber, request, manyOptions, options, sink, index)
-        ),
-        (exits) => exits.map(resultOf)
-      )
-    })
-
-  const embed = (request: EmbedRequest, callOptions: ExecuteOptions = {}) =>
-    Effect.suspend(() => {
-      const target = callOptions.provider ?? provider
-      const resolved = resolveSync(callOptions)
-      if (Result.isFailure(resolved)) {
-        return refused(invalidRequest(resolved.failure.path, resolved.failure.message), target, callOptions.domain)
-      }
-      return Effect.matchEffect(validateEmbed(request, limits), {
-        onFailure: (error) => refused(error, target, callOptions.domain),
-        onSuccess: (valid) => {
-          // Embeddings skip the provider slot: a provider batches concurrent embed calls itself
-          // (the local model gathers them into one inference), which a slot of one would serialise.
-          const step: Step<ProviderService> = {
-            ...stepFor(target, { domain: callOptions.domain }),
-            timeout: resolved.success.timeout,
-            retry: resolved.success.retry,
-            maxConcurrency: undefined
-          }
-          return traced(
-            "Executor.embed",
-            () => ({
-              "gen_ai.operation.name": "embeddings",
-              "gen_ai.provider.name": target.name,
-              "gen_ai.request.model": valid.model ?? target.defaultModel,
-              "orchestra.domain": callOptions.domain ?? "none"
-            }),
-            engine.runValue({ steps: [step], totalTimeout: resolved.success.totalTimeout }, (p) => p.embed(valid))
-          )
-        }
-      })
-    })
-
-  const stream = (request: GenerateRequest, streamOptions: StreamOptions = {}) =>
-    streams.stream(request, {
-      ...streamOptions,
-      provider: streamOptions.provider ?? provider,
-      validate: (r) => validateGenerate(r, limits),
-      stepFor: (target, domain) => stepFor(target, { domain, tokens: tokensOf(request) }),
-      basePolicy,
-      cacheStore: guards.cache
-    })
+  const { resolveSync, resolve } = CallOptions.make({ defaultTimeout, basePolicy })
+  const { refuse, refused } = Refusal.make(stats)
+  const { stepFor, planOf } = Plans.make({ defaultTimeout, guards })
+  const { execute, executeWithRetry } = Generate.make({ provider, limits, engine, resolveSync, refused, planOf })
+  const executeMany = Many.make({ provider, limits, engine, resolveSync, refuse, planOf, execute })
+  const embed = Embed.make({ provider, limits, engine, resolveSync, refused, stepFor })
+  const stream = StreamCall.make({ streams, provider, limits, basePolicy, guards, stepFor })
 
   const service = {
     execute,
@@ -587,9 +322,6 @@ export const make = Effect.fnUntraced(function* (options: Options = {}) {
  * @internal
  */
 export const startedBy = new WeakMap<Service, Engine.Engine["start"]>()
-
-const withProvider = (error: ModelError, provider: string): ModelError =>
-  new ModelError({ reason: error.reason, message: error.message, field: error.field, provider })
 
 /**
  * @since 0.1.0

@@ -1,0 +1,65 @@
+/**
+ * `embed`: one embeddings call, its options and request checked (a refusal is counted,
+ * `refusal.ts`), then a one-step plan run by the engine, under a span when the caller is
+ * traced. Unlike a generate call's, its step takes no provider slot.
+ *
+ * @internal
+ */
+import { Effect, Result } from "effect"
+import { invalidRequest } from "../AiError.js"
+import type { ExecuteOptions, Service, Step } from "../Executor.js"
+import { type EmbedRequest, type RequestLimits, type Service as ProviderService, validateEmbed } from "../Model.js"
+import type { Engine } from "../policy/engine.js"
+import { traced } from "../policy/span.js"
+import type { ResolveSync } from "./options.js"
+import type { Refused } from "./refusal.js"
+
+/**
+ * Builds an executor's `embed`.
+ *
+ * @internal
+ */
+export const make = (env: {
+  readonly provider: ProviderService
+  readonly limits: RequestLimits
+  readonly engine: Engine
+  readonly resolveSync: ResolveSync
+  readonly refused: Refused
+  readonly stepFor: Service["stepFor"]
+}) => {
+  const { provider, limits, engine, resolveSync, refused, stepFor } = env
+
+  const embed = (request: EmbedRequest, callOptions: ExecuteOptions = {}) =>
+    Effect.suspend(() => {
+      const target = callOptions.provider ?? provider
+      const resolved = resolveSync(callOptions)
+      if (Result.isFailure(resolved)) {
+        return refused(invalidRequest(resolved.failure.path, resolved.failure.message), target, callOptions.domain)
+      }
+      return Effect.matchEffect(validateEmbed(request, limits), {
+        onFailure: (error) => refused(error, target, callOptions.domain),
+        onSuccess: (valid) => {
+          // Embeddings skip the provider slot: a provider batches concurrent embed calls itself
+          // (the local model gathers them into one inference), which a slot of one would serialise.
+          const step: Step<ProviderService> = {
+            ...stepFor(target, { domain: callOptions.domain }),
+            timeout: resolved.success.timeout,
+            retry: resolved.success.retry,
+            maxConcurrency: undefined
+          }
+          return traced(
+            "Executor.embed",
+            () => ({
+              "gen_ai.operation.name": "embeddings",
+              "gen_ai.provider.name": target.name,
+              "gen_ai.request.model": valid.model ?? target.defaultModel,
+              "orchestra.domain": callOptions.domain ?? "none"
+            }),
+            engine.runValue({ steps: [step], totalTimeout: resolved.success.totalTimeout }, (p) => p.embed(valid))
+          )
+        }
+      })
+    })
+
+  return embed
+}

@@ -1,0 +1,79 @@
+/**
+ * `execute` and `executeWithRetry`: one generate call, its options and request checked
+ * synchronously (a refusal is counted, `refusal.ts`), then its plan (`plan.ts`) run on the
+ * caller's fiber by the engine, under a span only when the caller is traced.
+ *
+ * @internal
+ */
+import { Effect, Result } from "effect"
+import { invalidRequest } from "../AiError.js"
+import type { ExecuteOptions } from "../Executor.js"
+import { checkGenerate, type GenerateRequest, type RequestLimits, type Service as ProviderService } from "../Model.js"
+import type { Engine } from "../policy/engine.js"
+import { isTraced } from "../policy/span.js"
+import type { ResolveSync } from "./options.js"
+import type { PlanOf } from "./plan.js"
+import type { Refused } from "./refusal.js"
+
+/**
+ * The call of a generate plan's step.
+ *
+ * @internal
+ */
+export const generateOf = (request: GenerateRequest) => (p: ProviderService) => p.generate(request)
+
+const executeAttributes = (target: ProviderService, request: GenerateRequest, domain: string | undefined) => ({
+  "gen_ai.operation.name": "chat",
+  "gen_ai.provider.name": target.name,
+  "gen_ai.request.model": request.model ?? target.defaultModel,
+  "orchestra.domain": domain ?? "none"
+})
+
+/**
+ * Builds an executor's generate calls.
+ *
+ * @internal
+ */
+export const make = (env: {
+  readonly provider: ProviderService
+  readonly limits: RequestLimits
+  readonly engine: Engine
+  readonly resolveSync: ResolveSync
+  readonly refused: Refused
+  readonly planOf: PlanOf
+}) => {
+  const { provider, limits, engine, resolveSync, refused, planOf } = env
+
+  const noOptions: ExecuteOptions = {}
+
+  const execute = (request: GenerateRequest, callOptions: ExecuteOptions = noOptions) =>
+    Effect.withFiber((fiber) => {
+      const target = callOptions.provider ?? provider
+      const resolved = resolveSync(callOptions)
+      if (Result.isFailure(resolved)) {
+        return refused(invalidRequest(resolved.failure.path, resolved.failure.message), target, callOptions.domain)
+      }
+      const error = checkGenerate(request, limits)
+      if (error !== undefined) return refused(error, target, callOptions.domain)
+      const call = engine.runValueIn(fiber, planOf(target, request, callOptions, resolved.success), generateOf(request))
+      // A span only for a traced caller (a span costs more than an instant call).
+      return isTraced(fiber)
+        ? Effect.withSpan(call, "Executor.execute", {
+            attributes: executeAttributes(target, request, callOptions.domain)
+          })
+        : call
+    })
+
+  const withRetry: ExecuteOptions = { retry: true }
+  const executeWithRetry = (request: GenerateRequest, callOptions: ExecuteOptions = noOptions) =>
+    execute(
+      request,
+      callOptions.retry !== undefined
+        ? callOptions
+        : callOptions === noOptions
+          ? withRetry
+          : { ...callOptions, retry: true }
+    )
+
+  return { execute, executeWithRetry }
+}

@@ -1,0 +1,73 @@
+/**
+ * A call's options checked (`ExecuteOptions` into `ResolvedOptions`): the deadlines as
+ * durations, `retry: true` as the executor's policy. Options that set no deadline and no
+ * retry are the executor's defaults as they are; the others are checked once per options
+ * object, so a caller that reuses its options pays for the checks once.
+ *
+ * @internal
+ */
+import { type Duration, Effect, Result } from "effect"
+import { invalidRequest } from "../AiError.js"
+import type { ExecuteOptions, ResolvedOptions } from "../Executor.js"
+import * as Input from "../Input.js"
+import { decodeRetry, type RetryPolicy } from "../Policy.js"
+
+/**
+ * A call's options checked, or the issue that names the bad one.
+ *
+ * @internal
+ */
+export type ResolveSync = (callOptions: ExecuteOptions) => Result.Result<ResolvedOptions, Input.Issue>
+
+/**
+ * Builds the checks of an executor's per-call options, over its default deadline and policy.
+ *
+ * @internal
+ */
+export const make = (env: {
+  readonly defaultTimeout: Duration.Duration | undefined
+  readonly basePolicy: RetryPolicy
+}) => {
+  const { defaultTimeout, basePolicy } = env
+
+  const resolveCache = new WeakMap<ExecuteOptions, Result.Result<ResolvedOptions, Input.Issue>>()
+  const defaults: ResolvedOptions = { timeout: defaultTimeout, totalTimeout: undefined, retry: undefined }
+
+  const resolveSync = (callOptions: ExecuteOptions): Result.Result<ResolvedOptions, Input.Issue> => {
+    if (
+      callOptions.timeout === undefined &&
+      callOptions.retry === undefined &&
+      callOptions.totalTimeout === undefined
+    ) {
+      return Result.succeed(defaults)
+    }
+    const cached = resolveCache.get(callOptions)
+    if (cached !== undefined) return cached
+    const retryInput = callOptions.retry
+    const resolved = Result.map(
+      Input.all([
+        Input.optionalDuration("timeout", callOptions.timeout, defaultTimeout),
+        callOptions.totalTimeout === undefined
+          ? Result.succeed(undefined)
+          : Input.duration("totalTimeout", callOptions.totalTimeout),
+        retryInput === undefined || retryInput === false
+          ? Result.succeed(undefined)
+          : retryInput === true
+            ? Result.succeed(basePolicy)
+            : decodeRetry(retryInput, "retry")
+      ]),
+      ([timeout, totalTimeout, retry]): ResolvedOptions => ({ timeout, totalTimeout, retry })
+    )
+    resolveCache.set(callOptions, resolved)
+    return resolved
+  }
+
+  const resolve = (callOptions: ExecuteOptions) => {
+    const resolved = resolveSync(callOptions)
+    return Result.isSuccess(resolved)
+      ? Effect.succeed(resolved.success)
+      : Effect.fail(invalidRequest(resolved.failure.path, resolved.failure.message))
+  }
+
+  return { resolveSync, resolve }
+}

@@ -1,0 +1,123 @@
+/**
+ * The plans of the executor's own calls: a step on a provider with the executor's default
+ * deadline and the shared breaker and rate limit (`stepFor`), and a call's one-step plan
+ * with its resolved options, cache entry and `onRetry` (`planOf`), shared between calls when
+ * nothing in it depends on the request.
+ *
+ * @internal
+ */
+import type { Duration } from "effect"
+import type { ExecuteOptions, Guards, Plan, ResolvedOptions, Service } from "../Executor.js"
+import {
+  estimateInputTokens,
+  type GenerateRequest,
+  type GenerateResponse,
+  type Service as ProviderService
+} from "../Model.js"
+
+/**
+ * The plan of one call of a provider.
+ *
+ * @internal
+ */
+export type PlanOf = (
+  target: ProviderService,
+  request: GenerateRequest,
+  callOptions: ExecuteOptions,
+  resolved: ResolvedOptions
+) => Plan<ProviderService, GenerateResponse>
+
+/**
+ * What the rate limit counts for a request: its estimated input and its output bound.
+ *
+ * @internal
+ */
+export const tokensOf = (request: GenerateRequest): number => estimateInputTokens(request) + (request.maxTokens ?? 0)
+
+const usageOf = (response: GenerateResponse) => response.usage
+
+/**
+ * Builds an executor's plans over its default deadline and shared guards.
+ *
+ * @internal
+ */
+export const make = (env: { readonly defaultTimeout: Duration.Duration | undefined; readonly guards: Guards }) => {
+  const { defaultTimeout, guards } = env
+
+  const stepFor: Service["stepFor"] = (target, stepOptions = {}) => ({
+    target,
+    name: target.name,
+    domain: stepOptions.domain,
+    timeout: stepOptions.timeout === "none" ? undefined : (stepOptions.timeout ?? defaultTimeout),
+    retry: stepOptions.retry === false ? undefined : stepOptions.retry,
+    breaker: guards.breaker,
+    rateLimit: guards.rateLimit,
+    tokens: stepOptions.tokens,
+    maxConcurrency: target.maxConcurrency
+  })
+
+  const planFor = (
+    target: ProviderService,
+    request: GenerateRequest,
+    callOptions: ExecuteOptions,
+    resolved: ResolvedOptions
+  ): Plan<ProviderService, GenerateResponse> => {
+    const cache = guards.cache
+    return {
+      steps: [
+        {
+          ...stepFor(target, { domain: callOptions.domain, tokens: tokensOf(request) }),
+          timeout: resolved.timeout,
+          retry: resolved.retry
+        }
+      ],
+      totalTimeout: resolved.totalTimeout,
+      cache:
+        cache === undefined || callOptions.cache === false
+          ? undefined
+          : {
+              guard: cache,
+              key: cache.key({ provider: target.name, request }),
+              allowStale: callOptions.allowStale ?? false
+            },
+      onRetry:
+        callOptions.onRetry === undefined
+          ? undefined
+          : (event) =>
+              callOptions.onRetry!({
+                provider: event.step.name,
+                domain: event.step.domain,
+                attempt: event.attempt,
+                error: event.error,
+                delay: event.delay
+              }),
+      usageOf
+    }
+  }
+
+  // The plan of a call depends on its request only through the rate limit's token estimate
+  // and the cache key: without those, calls with the same options share one plan.
+  const plans = new WeakMap<ExecuteOptions, Map<ProviderService, Plan<ProviderService, GenerateResponse>>>()
+  const sharedPlan = guards.rateLimit === undefined && guards.cache === undefined
+  const planOf = (
+    target: ProviderService,
+    request: GenerateRequest,
+    callOptions: ExecuteOptions,
+    resolved: ResolvedOptions
+  ): Plan<ProviderService, GenerateResponse> => {
+    if (!sharedPlan) return planFor(target, request, callOptions, resolved)
+    let byTarget = plans.get(callOptions)
+    if (byTarget === undefined) {
+      byTarget = new Map()
+      plans.set(callOptions, byTarget)
+    }
+    let plan = byTarget.get(target)
+    if (plan === undefined) {
+      plan = planFor(target, request, callOptions, resolved)
+      byTarget.set(target, plan)
+    }
+    return plan
+  }
+
+  return { stepFor, planOf }
+}

@@ -1,0 +1,46 @@
+/**
+ * A call refused before it runs (a bad option, a request over the limits): still counted
+ * under the provider it was meant for, as a request and a failure with its reason, and its
+ * error names that provider.
+ *
+ * @internal
+ */
+import { Effect } from "effect"
+import { ModelError } from "../AiError.js"
+import type { Service as ProviderService } from "../Model.js"
+import type { Service as StatsService } from "../Stats.js"
+
+/**
+ * Builds the refusals of an executor, counted in its `Stats`.
+ *
+ * @internal
+ */
+export const make = (stats: StatsService) => {
+  const refuse = (error: ModelError, target: ProviderService, domain: string | undefined): ModelError => {
+    const series = stats.series(target.name, domain)
+    series.requests++
+    series.fail(error.reason)
+    return error.provider === undefined ? withProvider(error, target.name) : error
+  }
+  const refused = (error: ModelError, target: ProviderService, domain: string | undefined) =>
+    Effect.suspend(() => Effect.fail(refuse(error, target, domain)))
+
+  return { refuse, refused }
+}
+
+/**
+ * The counted refusal of a call, as its error.
+ *
+ * @internal
+ */
+export type Refuse = ReturnType<typeof make>["refuse"]
+
+/**
+ * The counted refusal of a call, as an Effect.
+ *
+ * @internal
+ */
+export type Refused = ReturnType<typeof make>["refused"]
+
+const withProvider = (error: ModelError, provider: string): ModelError =>
+  new ModelError({ reason: error.reason, message: error.message, field: error.field, provider })

@@ -1,0 +1,45 @@
+/**
+ * `stream`: the stream engine (`policy/stream.ts`) given what the executor adds to a
+ * stream's options: its provider by default, the request checks under its limits, its
+ * steps (`plan.ts`), its retry policy for `retry: true`, and the shared cache.
+ *
+ * @internal
+ */
+import type { Guards, Service, StreamOptions } from "../Executor.js"
+import {
+  type GenerateRequest,
+  type RequestLimits,
+  type Service as ProviderService,
+  validateGenerate
+} from "../Model.js"
+import type { RetryPolicy } from "../Policy.js"
+import type { Streams } from "../policy/stream.js"
+import { tokensOf } from "./plan.js"
+
+/**
+ * Builds an executor's `stream`.
+ *
+ * @internal
+ */
+export const make = (env: {
+  readonly streams: Streams
+  readonly provider: ProviderService
+  readonly limits: RequestLimits
+  readonly basePolicy: RetryPolicy
+  readonly guards: Guards
+  readonly stepFor: Service["stepFor"]
+}) => {
+  const { streams, provider, limits, basePolicy, guards, stepFor } = env
+
+  const stream = (request: GenerateRequest, streamOptions: StreamOptions = {}) =>
+    streams.stream(request, {
+      ...streamOptions,
+      provider: streamOptions.provider ?? provider,
+      validate: (r) => validateGenerate(r, limits),
+      stepFor: (target, domain) => stepFor(target, { domain, tokens: tokensOf(request) }),
+      basePolicy,
+      cacheStore: guards.cache
+    })
+
+  return stream
+}
