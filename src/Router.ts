@@ -8,10 +8,10 @@
  *
  * @since 0.1.0
  */
-import { Context, Duration, Effect, Layer, Result, Stream } from "effect"
+import { Context, type Duration, Effect, Layer, type Result, type Stream } from "effect"
 import type { LanguageModel, Model as AiModel } from "effect/ai"
-import { type AiError, invalidRequest, ModelError } from "./AiError.js"
-import { applyTo, type Domain, Domains, Providers } from "./Domain.js"
+import type { AiError, ModelError } from "./AiError.js"
+import { type Domain, Domains, Providers } from "./Domain.js"
 import {
   type Answer as PlanAnswer,
   type ExecuteOptions,
@@ -20,22 +20,19 @@ import {
   type RetryInfo,
   type Step
 } from "./Executor.js"
-import * as Input from "./Input.js"
 import type { OptionError } from "./Input.js"
-import * as EffectAi from "./Model/EffectAi.js"
-import {
-  type EmbedRequest,
-  type EmbedResponse,
-  estimateInputTokens,
-  type GenerateRequest,
-  type GenerateResponse,
-  type Service as ProviderService,
-  type StreamPart,
-  checkGenerate,
-  validateEmbed
+import type * as EffectAi from "./Model/EffectAi.js"
+import type {
+  EmbedRequest,
+  EmbedResponse,
+  GenerateRequest,
+  GenerateResponse,
+  Service as ProviderService,
+  StreamPart
 } from "./Model.js"
-import { traced } from "./policy/span.js"
-import type { StreamStep } from "./policy/stream-plan.js"
+import { makeCalls } from "./router/calls.js"
+import { languageModelLayer } from "./router/language-model.js"
+import { applied, makePlanner } from "./router/plan.js"
 import { Stats } from "./Stats.js"
 
 /**
@@ -237,13 +234,6 @@ export interface Service {
  */
 export class Router extends Context.Service<Router, Service>()("effect-orchestra/Router") {}
 
-interface DomainStep extends StreamStep {
-  readonly domainConfig: Domain
-  readonly cacheable: boolean
-}
-
-const noDomains = invalidRequest("domains", "give at least one domain")
-
 /**
  * @since 0.1.0
  * @category constructors
@@ -253,284 +243,13 @@ export const make = Effect.gen(function* () {
   const domains = yield* Domains
   const providers = yield* Providers
   const stats = yield* Stats
-  const cache = executor.guards.cache
-
-  const resolve = (name: string) =>
-    Effect.flatMap(domains.get(name), (domain) =>
-      Effect.map(providers.get(domain.provider), (provider) => ({ domain, provider }))
-    )
-
-  const chain = (names: string | ReadonlyArray<string>): Effect.Effect<ReadonlyArray<Domain>, ModelError> =>
-    Effect.gen(function* () {
-      if (typeof names === "string") {
-        const first = yield* domains.get(names)
-        const rest = yield* Effect.forEach(first.fallback ?? [], (name) => domains.get(name))
-        return [first, ...rest]
-      }
-      if (!Array.isArray(names))
-        return yield* Effect.fail(invalidRequest("domains", "expected an array of domain names"))
-      if (names.length === 0) return yield* Effect.fail(noDomains)
-      return yield* Effect.forEach(names, (name) => domains.get(name))
-    })
-
-  // A domain's step without the request's tokens, built once per chain.
-  const templateOf = (domain: Domain) =>
-    Effect.map(
-      providers.get(domain.provider),
-      (provider): DomainStep => ({
-        ...executor.stepFor(provider, { domain: domain.name, timeout: domain.timeout, retry: domain.retry ?? false }),
-        domainConfig: domain,
-        prepare: (r: GenerateRequest) => applyTo(domain, r),
-        cacheable: domain.cache !== false
-      })
-    )
-
-  const checkTimeout = (timeout: Duration.Input | undefined, fallback: Duration.Duration | undefined) =>
-    timeout === undefined ? Effect.succeed(fallback) : Input.orInvalidRequest(Input.duration("timeout", timeout))
-
-  const tokensOf = (request: GenerateRequest) => estimateInputTokens(request) + (request.maxTokens ?? 0)
-
-  // A refused call is counted on its first step's provider, as the executor counts its own.
-  // A request refused before any step runs is counted on the chain's first step.
-  const refusedNow = (error: ModelError, first: Step<ProviderService>): ModelError => {
-    const series = stats.series(first.name, first.domain)
-    series.requests++
-    series.fail(error.reason)
-    return error
-  }
-
-  // A request's plan, built without an Effect (a batch starts its items from JavaScript):
-  // the plan, or the request's refusal.
-  type Apply = (
-    request: GenerateRequest,
-    options: CallOptions,
-    hedgeAfter: Duration.Duration | undefined
-  ) => Routed | ModelError
-
-  const applied = (routed: Routed | ModelError): Effect.Effect<Routed, ModelError> =>
-    routed instanceof ModelError ? Effect.fail(routed) : Effect.succeed(routed)
-
-  // Resolves the chain once; `apply` then builds a request's plan without resolving it again.
-  const prepareWith = (
-    names: string | ReadonlyArray<string>,
-    lead: Step<ProviderService> | undefined
-  ): Effect.Effect<Apply, ModelError> =>
-    Effect.gen(function* () {
-      const list = lead !== undefined && Array.isArray(names) && names.length === 0 ? [] : yield* chain(names)
-      const templates = yield* Effect.forEach(list, templateOf)
-      const firstDomain = lead === undefined ? templates[0] : undefined
-      const head = lead ?? templates[0]!
-      const ownHedge = typeof names === "string" ? firstDomain?.domainConfig.hedgeAfter : undefined
-      const build = (
-        valid: GenerateRequest,
-        options: CallOptions,
-        hedgeAfter: Duration.Duration | undefined
-      ): Routed | ModelError => {
-        let totalTimeout = firstDomain?.domainConfig.totalTimeout
-        if (options.timeout !== undefined) {
-          const checked = Input.duration("timeout", options.timeout)
-          if (Result.isFailure(checked)) return invalidRequest("timeout", checked.failure.message)
-          totalTimeout = checked.success
-        }
-        // Only a rate limit reads a step's token estimate: a step without one is shared by
-        // every request as it is (no copy, no estimate per request).
-        const steps: Array<Step<ProviderService>> = []
-        if (lead !== undefined) steps.push(lead.rateLimit === undefined ? lead : { ...lead, tokens: tokensOf(valid) })
-        for (const template of templates) {
-          steps.push(
-            template.rateLimit === undefined
-              ? template
-              : { ...template, tokens: tokensOf(applyTo(template.domainConfig, valid)) }
-          )
-        }
-        const first = steps[0]!
-        const useCache = cache !== undefined && options.cache !== false && (firstDomain?.cacheable ?? true)
-        const onRetry = options.onRetry
-        const plan: Plan<ProviderService, GenerateResponse> = {
-          steps: steps as unknown as readonly [Step<ProviderService>, ...Array<Step<ProviderService>>],
-          totalTimeout,
-          hedgeAfter: hedgeAfter ?? ownHedge,
-          cache: useCache
-            ? {
-                guard: cache!,
-                key: cache!.key({
-                  provider: first.name,
-                  request: firstDomain === undefined ? valid : applyTo(firstDomain.domainConfig, valid)
-                }),
-                allowStale: options.allowStale ?? false
-              }
-            : undefined,
-          onRetry:
-            onRetry === undefined
-              ? undefined
-              : (event) =>
-                  onRetry({
-                    provider: event.step.name,
-                    domain: event.step.domain,
-                    attempt: event.attempt,
-                    error: event.error,
-                    delay: event.delay
-                  }),
-          usageOf: (response: GenerateResponse) => response.usage
-        }
-        return {
-          plan,
-          call: (provider, step) => provider.generate((step as Partial<DomainStep>).prepare?.(valid) ?? valid),
-          answer: (answer) => ({
-            response: answer.value,
-            domain: answer.step.domain ?? "none",
-            provider: answer.step.name,
-            attempts: answer.attempts,
-            domainsTried: answer.stepsTried,
-            fallbackUsed: answer.step !== first,
-            source: answer.source,
-            hedgeWon: answer.hedgeWon
-          })
-        } satisfies Routed
-      }
-      // Validated before any step reads it: a null request is an InvalidRequest, not a defect.
-      return (request, options, hedgeAfter) => {
-        const error = checkGenerate(request, executor.limits)
-        return error === undefined ? build(request, options, hedgeAfter) : refusedNow(error, head)
-      }
-    })
-
-  // The chain of one domain name, resolved once: domains and providers are fixed for the
-  // router's life, so `execute(request, "support")` does not look its chain and steps up on
-  // every call (~10 µs and two allocations per step). Bounded by the domains that exist
-  // (an unknown name fails and is not kept).
-  const applies = new Map<string, Apply>()
-  const applyOf = (
-    names: string | ReadonlyArray<string>,
-    lead: Step<ProviderService> | undefined
-  ): Effect.Effect<Apply, ModelError> => {
-    if (lead !== undefined || typeof names !== "string") return prepareWith(names, lead)
-    const known = applies.get(names)
-    if (known !== undefined) return Effect.succeed(known)
-    return Effect.map(prepareWith(names, undefined), (apply) => {
-      applies.set(names, apply)
-      return apply
-    })
-  }
-
-  const planWith = (
-    request: GenerateRequest,
-    names: string | ReadonlyArray<string>,
-    options: PlanOptions,
-    hedgeAfter: Duration.Duration | undefined
-  ): Effect.Effect<Routed, ModelError> =>
-    Effect.flatMap(applyOf(names, options.lead), (apply) => applied(apply(request, options, hedgeAfter)))
-
-  const run = (
-    request: GenerateRequest,
-    names: string | ReadonlyArray<string>,
-    options: CallOptions,
-    hedgeAfter?: Duration.Duration | undefined
-  ): Effect.Effect<Answer, AiError> =>
-    Effect.flatMap(planWith(request, names, options, hedgeAfter), (routed) =>
-      Effect.map(executor.run(routed.plan, routed.call), routed.answer)
-    )
-
-  const domainsOf = (names: string | ReadonlyArray<string>) => () => ({
-    "orchestra.domains": typeof names === "string" ? names : Array.isArray(names) ? names.join(",") : String(names)
+  const planner = makePlanner({ executor, domains, providers, stats })
+  const { resolve, chain, applyOf, planWith } = planner
+  const { execute, executeWithFallback, executeParallelDomains, hedge, stream, embed } = makeCalls({
+    executor,
+    stats,
+    planner
   })
-
-  const execute = (request: GenerateRequest, domain: string, options: CallOptions = {}) =>
-    typeof domain === "string"
-      ? traced("Router.execute", domainsOf(domain), run(request, domain, options))
-      : Effect.fail(invalidRequest("domain", `expected a domain name, got ${domain === null ? "null" : typeof domain}`))
-
-  const executeWithFallback = (request: GenerateRequest, names: ReadonlyArray<string>, options: CallOptions = {}) =>
-    traced("Router.executeWithFallback", domainsOf(names), run(request, names, options))
-
-  const executeParallelDomains = ((
-    request: GenerateRequest,
-    names: ReadonlyArray<string>,
-    mode: "all" | "first",
-    options: CallOptions = {}
-  ) => {
-    if (!Array.isArray(names)) return Effect.fail(invalidRequest("domains", "expected an array of domain names"))
-    if (names.length === 0) return Effect.fail(noDomains)
-    if (mode === "all") {
-      return Effect.forEach(
-        names,
-        (domain) => Effect.map(Effect.result(execute(request, domain, options)), (result) => ({ domain, result })),
-        { concurrency: "unbounded" }
-      )
-    }
-    if (mode !== "first") return Effect.fail(invalidRequest("mode", `expected "all" or "first", got ${String(mode)}`))
-    return Effect.raceAll(names.map((domain) => execute(request, domain, options)))
-  }) as Service["executeParallelDomains"]
-
-  const hedgeDelay = (first: string, options: HedgeOptions): Effect.Effect<Duration.Duration, ModelError> =>
-    Effect.gen(function* () {
-      if (options === null || typeof options !== "object") {
-        return yield* Effect.fail(invalidRequest("options", "give the hedge options, e.g. { after: 500 }"))
-      }
-      if (options.after !== "p95") return yield* Input.orInvalidRequest(Input.duration("after", options.after))
-      const fallback = yield* Input.orInvalidRequest(
-        Input.duration("defaultAfter", options.defaultAfter ?? Duration.seconds(2))
-      )
-      const { domain, provider } = yield* resolve(first)
-      const s = yield* stats.snapshot({ provider: provider.name, domain: domain.name })
-      return s.successes >= 20 ? Duration.millis(s.serviceTime.p95) : fallback
-    })
-
-  const hedge = (request: GenerateRequest, names: ReadonlyArray<string>, options: HedgeOptions) =>
-    traced(
-      "Router.hedge",
-      domainsOf(names),
-      Effect.gen(function* () {
-        if (!Array.isArray(names) || names.length === 0) return yield* Effect.fail(noDomains)
-        const delay = yield* hedgeDelay(names[0]!, options)
-        return yield* run(request, names, options, delay)
-      })
-    )
-
-  const stream = (request: GenerateRequest, names: string | ReadonlyArray<string>, options: StreamOptions = {}) =>
-    Stream.unwrap(
-      Effect.gen(function* () {
-        const list = yield* chain(names)
-        const steps = yield* Effect.forEach(list, (domain) =>
-          Effect.map(resolve(domain.name), ({ provider }) => ({
-            provider,
-            domain: domain.name,
-            retry: domain.retry ?? false,
-            prepare: (r: GenerateRequest) => applyTo(domain, r)
-          }))
-        )
-        const first = list[0]!
-        return executor.stream(request, {
-          steps,
-          firstChunkTimeout: options.firstChunkTimeout ?? first.timeout,
-          idleTimeout: options.idleTimeout,
-          totalTimeout: options.totalTimeout ?? first.totalTimeout,
-          resume: options.resume,
-          cache: options.cache ?? first.cache,
-          onRetry:
-            options.onRetry === undefined ? undefined : (info) => options.onRetry!({ ...info, domain: undefined })
-        })
-      })
-    )
-
-  const embed = (request: EmbedRequest, name: string, options: CallOptions = {}) =>
-    Effect.gen(function* () {
-      const { domain, provider } = yield* resolve(name)
-      const valid = yield* validateEmbed(request, executor.limits)
-      const totalTimeout = yield* checkTimeout(options.timeout, domain.totalTimeout)
-      const step: Step<ProviderService> = {
-        ...executor.stepFor(provider, {
-          domain: domain.name,
-          timeout: domain.timeout,
-          retry: domain.retry ?? false
-        }),
-        maxConcurrency: undefined
-      }
-      const answer = yield* executor.run({ steps: [step], totalTimeout }, (p) =>
-        p.embed(domain.model === undefined || valid.model !== undefined ? valid : { ...valid, model: domain.model })
-      )
-      return answer.value
-    })
 
   return {
     execute,
@@ -588,21 +307,4 @@ export const layerLanguageModel = (
     readonly stream?: StreamOptions | undefined
   } = {}
 ): Layer.Layer<LanguageModel.LanguageModel | AiModel.ProviderName, OptionError, Router> =>
-  Layer.unwrap(
-    Effect.map(Router, (router) => {
-      const names = typeof domains === "string" ? domains : domains
-      return EffectAi.layerLanguageModel(
-        {
-          generate: (request) =>
-            Effect.map(
-              typeof names === "string"
-                ? router.execute(request, names, options.call)
-                : router.executeWithFallback(request, names, options.call),
-              (answer) => answer.response
-            ),
-          stream: (request) => router.stream(request, names, options.stream)
-        },
-        { ...options, name: options.name ?? (typeof names === "string" ? names : names.join(",")) }
-      )
-    })
-  )
+  Layer.unwrap(Effect.map(Router, (router) => languageModelLayer(router, domains, options)))

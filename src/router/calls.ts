@@ -1,0 +1,147 @@
+/**
+ * The router's entry points on the planner (`plan.ts`): one domain, an explicit fallback
+ * chain, every domain in parallel, a hedged race (after a fixed delay or the first domain's
+ * p95), a stream, and an embedding. Each runs through the executor's pipeline; a call's
+ * answer says where it came from.
+ *
+ * @internal
+ */
+import { Duration, Effect, Stream } from "effect"
+import { type AiError, invalidRequest, type ModelError } from "../AiError.js"
+import { applyTo } from "../Domain.js"
+import type { Service as ExecutorService, Step } from "../Executor.js"
+import * as Input from "../Input.js"
+import { type EmbedRequest, type GenerateRequest, type Service as ProviderService, validateEmbed } from "../Model.js"
+import { traced } from "../policy/span.js"
+import type { Answer, CallOptions, HedgeOptions, Service, StreamOptions } from "../Router.js"
+import type { Service as StatsService } from "../Stats.js"
+import { noDomains, type Planner } from "./plan.js"
+
+/** What the entry points need from the router. */
+export interface Env {
+  readonly executor: ExecutorService
+  readonly stats: StatsService
+  readonly planner: Planner
+}
+
+const checkTimeout = (timeout: Duration.Input | undefined, fallback: Duration.Duration | undefined) =>
+  timeout === undefined ? Effect.succeed(fallback) : Input.orInvalidRequest(Input.duration("timeout", timeout))
+
+const domainsOf = (names: string | ReadonlyArray<string>) => () => ({
+  "orchestra.domains": typeof names === "string" ? names : Array.isArray(names) ? names.join(",") : String(names)
+})
+
+/** Builds the router's entry points, once. */
+export const makeCalls = (env: Env) => {
+  const { executor, stats } = env
+  const { resolve, chain, planWith } = env.planner
+
+  const run = (
+    request: GenerateRequest,
+    names: string | ReadonlyArray<string>,
+    options: CallOptions,
+    hedgeAfter?: Duration.Duration | undefined
+  ): Effect.Effect<Answer, AiError> =>
+    Effect.flatMap(planWith(request, names, options, hedgeAfter), (routed) =>
+      Effect.map(executor.run(routed.plan, routed.call), routed.answer)
+    )
+
+  const execute = (request: GenerateRequest, domain: string, options: CallOptions = {}) =>
+    typeof domain === "string"
+      ? traced("Router.execute", domainsOf(domain), run(request, domain, options))
+      : Effect.fail(invalidRequest("domain", `expected a domain name, got ${domain === null ? "null" : typeof domain}`))
+
+  const executeWithFallback = (request: GenerateRequest, names: ReadonlyArray<string>, options: CallOptions = {}) =>
+    traced("Router.executeWithFallback", domainsOf(names), run(request, names, options))
+
+  const executeParallelDomains = ((
+    request: GenerateRequest,
+    names: ReadonlyArray<string>,
+    mode: "all" | "first",
+    options: CallOptions = {}
+  ) => {
+    if (!Array.isArray(names)) return Effect.fail(invalidRequest("domains", "expected an array of domain names"))
+    if (names.length === 0) return Effect.fail(noDomains)
+    if (mode === "all") {
+      return Effect.forEach(
+        names,
+        (domain) => Effect.map(Effect.result(execute(request, domain, options)), (result) => ({ domain, result })),
+        { concurrency: "unbounded" }
+      )
+    }
+    if (mode !== "first") return Effect.fail(invalidRequest("mode", `expected "all" or "first", got ${String(mode)}`))
+    return Effect.raceAll(names.map((domain) => execute(request, domain, options)))
+  }) as Service["executeParallelDomains"]
+
+  const hedgeDelay = (first: string, options: HedgeOptions): Effect.Effect<Duration.Duration, ModelError> =>
+    Effect.gen(function* () {
+      if (options === null || typeof options !== "object") {
+        return yield* Effect.fail(invalidRequest("options", "give the hedge options, e.g. { after: 500 }"))
+      }
+      if (options.after !== "p95") return yield* Input.orInvalidRequest(Input.duration("after", options.after))
+      const fallback = yield* Input.orInvalidRequest(
+        Input.duration("defaultAfter", options.defaultAfter ?? Duration.seconds(2))
+      )
+      const { domain, provider } = yield* resolve(first)
+      const s = yield* stats.snapshot({ provider: provider.name, domain: domain.name })
+      return s.successes >= 20 ? Duration.millis(s.serviceTime.p95) : fallback
+    })
+
+  const hedge = (request: GenerateRequest, names: ReadonlyArray<string>, options: HedgeOptions) =>
+    traced(
+      "Router.hedge",
+      domainsOf(names),
+      Effect.gen(function* () {
+        if (!Array.isArray(names) || names.length === 0) return yield* Effect.fail(noDomains)
+        const delay = yield* hedgeDelay(names[0]!, options)
+        return yield* run(request, names, options, delay)
+      })
+    )
+
+  const stream = (request: GenerateRequest, names: string | ReadonlyArray<string>, options: StreamOptions = {}) =>
+    Stream.unwrap(
+      Effect.gen(function* () {
+        const list = yield* chain(names)
+        const steps = yield* Effect.forEach(list, (domain) =>
+          Effect.map(resolve(domain.name), ({ provider }) => ({
+            provider,
+            domain: domain.name,
+            retry: domain.retry ?? false,
+            prepare: (r: GenerateRequest) => applyTo(domain, r)
+          }))
+        )
+        const first = list[0]!
+        return executor.stream(request, {
+          steps,
+          firstChunkTimeout: options.firstChunkTimeout ?? first.timeout,
+          idleTimeout: options.idleTimeout,
+          totalTimeout: options.totalTimeout ?? first.totalTimeout,
+          resume: options.resume,
+          cache: options.cache ?? first.cache,
+          onRetry:
+            options.onRetry === undefined ? undefined : (info) => options.onRetry!({ ...info, domain: undefined })
+        })
+      })
+    )
+
+  const embed = (request: EmbedRequest, name: string, options: CallOptions = {}) =>
+    Effect.gen(function* () {
+      const { domain, provider } = yield* resolve(name)
+      const valid = yield* validateEmbed(request, executor.limits)
+      const totalTimeout = yield* checkTimeout(options.timeout, domain.totalTimeout)
+      const step: Step<ProviderService> = {
+        ...executor.stepFor(provider, {
+          domain: domain.name,
+          timeout: domain.timeout,
+          retry: domain.retry ?? false
+        }),
+        maxConcurrency: undefined
+      }
+      const answer = yield* executor.run({ steps: [step], totalTimeout }, (p) =>
+        p.embed(domain.model === undefined || valid.model !== undefined ? valid : { ...valid, model: domain.model })
+      )
+      return answer.value
+    })
+
+  return { execute, executeWithFallback, executeParallelDomains, hedge, stream, embed }
+}

@@ -1,0 +1,40 @@
+/**
+ * The router as an `effect/ai` `LanguageModel`: a generate call on one domain runs as
+ * `execute` (the domain's own fallback chain included), on a chain as
+ * `executeWithFallback`, and answers with the response; a stream runs as `stream`.
+ *
+ * @internal
+ */
+import { Effect, type Layer } from "effect"
+import type { LanguageModel, Model as AiModel } from "effect/ai"
+import type { OptionError } from "../Input.js"
+import * as EffectAi from "../Model/EffectAi.js"
+import type { CallOptions, Service, StreamOptions } from "../Router.js"
+
+/** `Router.layerLanguageModel`'s options. */
+export type Options = EffectAi.LanguageModelOptions & {
+  readonly call?: CallOptions | undefined
+  readonly stream?: StreamOptions | undefined
+}
+
+/** The `LanguageModel` layer over a router. */
+export const languageModelLayer = (
+  router: Service,
+  domains: string | ReadonlyArray<string>,
+  options: Options
+): Layer.Layer<LanguageModel.LanguageModel | AiModel.ProviderName, OptionError> => {
+  const names = typeof domains === "string" ? domains : domains
+  return EffectAi.layerLanguageModel(
+    {
+      generate: (request) =>
+        Effect.map(
+          typeof names === "string"
+            ? router.execute(request, names, options.call)
+            : router.executeWithFallback(request, names, options.call),
+          (answer) => answer.response
+        ),
+      stream: (request) => router.stream(request, names, options.stream)
+    },
+    { ...options, name: options.name ?? (typeof names === "string" ? names : names.join(",")) }
+  )
+}
