@@ -13,23 +13,18 @@
  *
  * @since 0.1.0
  */
-import { Context, Duration, Effect, Layer, Option, Redacted, Result, Schema } from "effect"
+import { Context, type Duration, Effect, Layer, type Redacted, Schema, type Scope } from "effect"
 import type { HttpClient } from "effect/http"
-import { ModelError } from "./AiError.js"
-import * as CircuitBreaker from "./CircuitBreaker.js"
-import { Discovery } from "./Discovery.js"
-import { Executor } from "./Executor.js"
-import * as Input from "./Input.js"
-import * as Client from "./Model/http/client.js"
-import * as Decode from "./Model/http/decode.js"
-import * as Http from "./Model/http/options.js"
+import type { ModelError } from "./AiError.js"
+import type * as CircuitBreaker from "./CircuitBreaker.js"
+import type { Executor } from "./Executor.js"
+import type * as Input from "./Input.js"
 import type { PipelineError } from "./Pipeline.js"
-import { decodeRetry, type RetryPolicy, type RetryPolicyInput } from "./Policy.js"
-import { ResponseCache } from "./ResponseCache.js"
-import { type ExecutionStats, type LatencyStats, Stats } from "./Stats.js"
-import { dispatch as runBatch } from "./agent/batch.js"
-import * as Connections from "./agent/connections.js"
-import { makeCall, taskCounter } from "./agent/task.js"
+import type { RetryPolicy, RetryPolicyInput } from "./Policy.js"
+import type { ExecutionStats, LatencyStats, Stats } from "./Stats.js"
+import type * as Connections from "./agent/connections.js"
+import { makeAgent } from "./agent/define.js"
+import { makeService } from "./agent/service.js"
 
 /**
  * The body POSTed to an agent. `dependencies` holds the results of the tasks this one
@@ -136,49 +131,6 @@ export interface AgentOptions {
   readonly headers?: Readonly<Record<string, string | Redacted.Redacted>> | undefined
 }
 
-const checkUrl = (input: unknown): Input.Checked<string> =>
-  Result.map(Http.baseUrl("url", input), () => input as string)
-
-const agentIssue = (
-  options: AgentOptions
-): Input.Checked<{
-  readonly name: string
-  readonly timeout: Duration.Duration | undefined
-  readonly retry: RetryPolicy | undefined
-  readonly headers: Readonly<Record<string, string | Redacted.Redacted<string>>>
-  readonly secrets: ReadonlyArray<Redacted.Redacted>
-}> => {
-  if (typeof options !== "object" || options === null)
-    return Result.fail({ path: "agent", message: "expected { url }" })
-  const headers: Record<string, string | Redacted.Redacted<string>> = {}
-  const secrets: Array<Redacted.Redacted> = []
-  for (const [name, value] of Object.entries(options.headers ?? {})) {
-    if (Redacted.isRedacted(value) && typeof Redacted.value(value) === "string") {
-      const plain = Redacted.value(value) as string
-      headers[name] = value as Redacted.Redacted<string>
-      secrets.push(value)
-      // "Bearer <token>": an agent that echoes the token alone must not leak it either.
-      const credentials = /^\S+\s+(\S{4,})$/.exec(plain)?.[1]
-      if (credentials !== undefined) secrets.push(Redacted.make(credentials))
-    } else if (typeof value === "string") {
-      headers[name] = value
-    } else {
-      return Result.fail({ path: `headers.${name}`, message: "expected a string or a Redacted string" })
-    }
-  }
-  return Result.map(
-    Input.all([
-      checkUrl(options.url),
-      Http.nonEmpty("name", options.name ?? options.url),
-      Input.optional(options.timeout, (t) => Input.duration("timeout", t)),
-      Input.optional(options.retry, (r) => decodeRetry(r, "retry"))
-    ]),
-    ([, name, timeout, retry]) => ({ name, timeout, retry, headers, secrets })
-  )
-}
-
-const decodeAnswer = Decode.valueDecoder(Answer)
-
 /**
  * Describes an agent. Without `answer`, answers are decoded with {@link Answer} and the
  * record's result is the answer's `result` (a `status` of `"error"` or `"failed"` makes an
@@ -192,45 +144,7 @@ const decodeAnswer = Decode.valueDecoder(Answer)
 export const agent: {
   (options: AgentOptions): Agent<unknown>
   <A, I>(options: AgentOptions & { readonly answer: Schema.Codec<A, I> }): Agent<A>
-} = (options: AgentOptions & { readonly answer?: Schema.Codec<unknown, unknown> }): Agent<unknown> => {
-  const checked = agentIssue(options)
-  const name = Result.isSuccess(checked)
-    ? checked.success.name
-    : typeof options?.name === "string"
-      ? options.name
-      : String(options?.url)
-  const base = Result.isSuccess(checked)
-    ? { ...checked.success, url: options.url }
-    : { name, url: String(options?.url), timeout: undefined, retry: undefined, headers: {}, secrets: [] }
-  const issue = Result.isFailure(checked) ? { ...checked.failure, path: `agent.${checked.failure.path}` } : undefined
-  const ctx = { provider: name, secrets: base.secrets }
-  if (options?.answer !== undefined) {
-    const custom = Decode.valueDecoder(options.answer)
-    return { ...base, issue, decode: (value) => Effect.map(custom(value, ctx), (v) => ({ _tag: "Result", value: v })) }
-  }
-  return {
-    ...base,
-    issue,
-    decode: (value, taskId) =>
-      Effect.flatMap(decodeAnswer(value, ctx), (answer): Effect.Effect<Decoded<unknown>, ModelError> => {
-        if (answer.task_id !== taskId) {
-          return Effect.fail(
-            new ModelError({
-              reason: "Decode",
-              message: `${name} answered for task ${JSON.stringify(answer.task_id)} instead of ${JSON.stringify(taskId)}`,
-              provider: name,
-              field: "task_id"
-            })
-          )
-        }
-        if (answer.status === "error" || answer.status === "failed") {
-          const detail = typeof answer.result === "string" ? `: ${answer.result}` : ""
-          return Effect.succeed({ _tag: "Reported", message: `${name} reported status "${answer.status}"${detail}` })
-        }
-        return Effect.succeed({ _tag: "Result", value: answer.result })
-      })
-  }
-}
+} = makeAgent(Answer)
 
 /**
  * A task for an agent. `dependsOn` (task ids) matters only in a batch.
@@ -399,31 +313,6 @@ export class HttpAgents extends Context.Service<HttpAgents, Service>()("effect-o
  */
 export const statsDomain = "agent"
 
-const optionKeys: ReadonlySet<string> = new Set([
-  "maxConnections",
-  "maxConnectionsPerHost",
-  "timeout",
-  "maxResponseBytes",
-  "retry",
-  "breaker",
-  "cache"
-])
-
-const checkOptions = (options: Options) => {
-  for (const key of Object.keys(options)) {
-    if (!optionKeys.has(key)) return Result.fail<Input.Issue>({ path: key, message: "unknown option" })
-  }
-  return Input.all([
-    Input.positiveInt("maxConnections", options.maxConnections ?? 100),
-    Input.positiveInt("maxConnectionsPerHost", options.maxConnectionsPerHost ?? 10),
-    Input.duration("timeout", options.timeout ?? "30 seconds"),
-    Input.positiveInt("maxResponseBytes", options.maxResponseBytes ?? 8 * 1024 * 1024),
-    options.retry === undefined || options.retry === false ? Result.succeed(undefined) : decodeRetry(options.retry)
-  ])
-}
-
-const statuses: ReadonlyArray<Status> = ["success", "error", "timeout", "service_unavailable", "skipped"]
-
 /**
  * Builds the service on the `Executor` (its pipeline, shared breakers and rate limits),
  * `Stats` and an `HttpClient`; the `Discovery` and `ResponseCache` services are used when
@@ -432,72 +321,10 @@ const statuses: ReadonlyArray<Status> = ["success", "error", "timeout", "service
  * @since 0.1.0
  * @category constructors
  */
-export const make = Effect.fnUntraced(function* (given: Options = {}) {
-  const options = given ?? {}
-  const [maxConnections, perHost, timeout, maxResponseBytes, retry] = yield* Input.orOptionError(checkOptions(options))
-  const executor = yield* Executor
-  const stats = yield* Stats
-  const breaker =
-    options.breaker === undefined && executor.guards.breaker !== undefined
-      ? executor.guards.breaker
-      : yield* CircuitBreaker.makeMemory(options.breaker ?? {})
-  const discovery = Option.getOrUndefined(yield* Effect.serviceOption(Discovery))
-  const cache = options.cache === false ? undefined : Option.getOrUndefined(yield* Effect.serviceOption(ResponseCache))
-  const client = yield* Client.make({
-    // The per-request deadline is the executor's; this one only bounds what nothing else does.
-    timeout: Duration.days(365),
-    streamIdleTimeout: timeout,
-    maxResponseBytes,
-    maxEventBytes: maxResponseBytes
-  })
-  const connections = Connections.make({ total: maxConnections, perHost })
-  const agentOf = (ref: Agent<unknown> | string): Agent<unknown> =>
-    typeof ref === "string" ? agent({ url: ref }) : ref
-  const metrics = yield* Effect.context<never>()
-  const call = makeCall({
-    executor,
-    breaker,
-    rateLimit: executor.guards.rateLimit,
-    connections,
-    client,
-    discovery,
-    cache,
-    timeout,
-    retry,
-    metrics,
-    agentOf,
-    fromEndpoint: (endpoint) => agent(endpoint)
-  })
-
-  const agentStats = Effect.fn("HttpAgent.stats")(function* (ref: Agent<unknown> | string) {
-    const name = typeof ref === "string" ? ref : ref.name
-    const counts = {} as Record<Status, number>
-    let tasks = 0
-    for (const status of statuses) {
-      const n = taskCounter(name, status).valueUnsafe(metrics).count
-      counts[status] = n
-      tasks += n
-    }
-    const calls = yield* stats.snapshot({ provider: name, domain: statsDomain })
-    return { agent: name, tasks, statuses: counts, successRate: calls.successRate, latency: calls.latency, calls }
-  })
-
-  return HttpAgents.of({
-    call: Effect.fn("HttpAgent.call")(function* <A>(task: Task<A>) {
-      yield* Effect.annotateCurrentSpan({ "agent.task_id": String(task?.id) })
-      return (yield* call(task as Task, undefined)) as TaskRecord<A>
-    }) as Service["call"],
-    dispatch: Effect.fn("HttpAgent.dispatch")(function* (
-      tasks: ReadonlyArray<Task>,
-      dispatchOptions?: DispatchOptions
-    ) {
-      yield* Effect.annotateCurrentSpan({ "agent.tasks": Array.isArray(tasks) ? tasks.length : 0 })
-      return yield* runBatch(tasks, dispatchOptions, { call, agentOf, metrics })
-    }),
-    connections: connections.stats,
-    stats: agentStats
-  })
-})
+export const make = (
+  given: Options = {}
+): Effect.Effect<Service, Input.OptionError, Executor | HttpClient.HttpClient | Scope.Scope | Stats> =>
+  makeService(given, { agent, statsDomain })
 
 /**
  * The service, needing the `Executor` and `Stats` (e.g. from `Orchestra.layer`) and an

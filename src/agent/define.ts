@@ -1,0 +1,105 @@
+/**
+ * An agent described (`HttpAgent.agent`): its options checked (a bad one is kept as the
+ * agent's `issue`, so each task sent to it ends in an `error` record naming the field),
+ * `Redacted` header values and their bare credentials kept as the secrets errors scrub, and
+ * how its answers decode: with the task's own schema, or with the default answer (the
+ * task's id checked, an `error` or `failed` status reported by the agent).
+ *
+ * @internal
+ */
+import { type Duration, Effect, Redacted, Result, type Schema } from "effect"
+import { ModelError } from "../AiError.js"
+import type { Agent, AgentOptions, Answer, Decoded } from "../HttpAgent.js"
+import * as Input from "../Input.js"
+import * as Decode from "../Model/http/decode.js"
+import * as Http from "../Model/http/options.js"
+import { decodeRetry, type RetryPolicy } from "../Policy.js"
+
+const checkUrl = (input: unknown): Input.Checked<string> =>
+  Result.map(Http.baseUrl("url", input), () => input as string)
+
+const agentIssue = (
+  options: AgentOptions
+): Input.Checked<{
+  readonly name: string
+  readonly timeout: Duration.Duration | undefined
+  readonly retry: RetryPolicy | undefined
+  readonly headers: Readonly<Record<string, string | Redacted.Redacted<string>>>
+  readonly secrets: ReadonlyArray<Redacted.Redacted>
+}> => {
+  if (typeof options !== "object" || options === null)
+    return Result.fail({ path: "agent", message: "expected { url }" })
+  const headers: Record<string, string | Redacted.Redacted<string>> = {}
+  const secrets: Array<Redacted.Redacted> = []
+  for (const [name, value] of Object.entries(options.headers ?? {})) {
+    if (Redacted.isRedacted(value) && typeof Redacted.value(value) === "string") {
+      const plain = Redacted.value(value) as string
+      headers[name] = value as Redacted.Redacted<string>
+      secrets.push(value)
+      // "Bearer <token>": an agent that echoes the token alone must not leak it either.
+      const credentials = /^\S+\s+(\S{4,})$/.exec(plain)?.[1]
+      if (credentials !== undefined) secrets.push(Redacted.make(credentials))
+    } else if (typeof value === "string") {
+      headers[name] = value
+    } else {
+      return Result.fail({ path: `headers.${name}`, message: "expected a string or a Redacted string" })
+    }
+  }
+  return Result.map(
+    Input.all([
+      checkUrl(options.url),
+      Http.nonEmpty("name", options.name ?? options.url),
+      Input.optional(options.timeout, (t) => Input.duration("timeout", t)),
+      Input.optional(options.retry, (r) => decodeRetry(r, "retry"))
+    ]),
+    ([, name, timeout, retry]) => ({ name, timeout, retry, headers, secrets })
+  )
+}
+
+/** The agent constructor, with `schema` (`HttpAgent.Answer`) the default answer; built once. */
+export const makeAgent = (schema: typeof Answer) => {
+  const decodeAnswer = Decode.valueDecoder(schema)
+  return (options: AgentOptions & { readonly answer?: Schema.Codec<unknown, unknown> }): Agent<unknown> => {
+    const checked = agentIssue(options)
+    const name = Result.isSuccess(checked)
+      ? checked.success.name
+      : typeof options?.name === "string"
+        ? options.name
+        : String(options?.url)
+    const base = Result.isSuccess(checked)
+      ? { ...checked.success, url: options.url }
+      : { name, url: String(options?.url), timeout: undefined, retry: undefined, headers: {}, secrets: [] }
+    const issue = Result.isFailure(checked) ? { ...checked.failure, path: `agent.${checked.failure.path}` } : undefined
+    const ctx = { provider: name, secrets: base.secrets }
+    if (options?.answer !== undefined) {
+      const custom = Decode.valueDecoder(options.answer)
+      return {
+        ...base,
+        issue,
+        decode: (value) => Effect.map(custom(value, ctx), (v) => ({ _tag: "Result", value: v }))
+      }
+    }
+    return {
+      ...base,
+      issue,
+      decode: (value, taskId) =>
+        Effect.flatMap(decodeAnswer(value, ctx), (answer): Effect.Effect<Decoded<unknown>, ModelError> => {
+          if (answer.task_id !== taskId) {
+            return Effect.fail(
+              new ModelError({
+                reason: "Decode",
+                message: `${name} answered for task ${JSON.stringify(answer.task_id)} instead of ${JSON.stringify(taskId)}`,
+                provider: name,
+                field: "task_id"
+              })
+            )
+          }
+          if (answer.status === "error" || answer.status === "failed") {
+            const detail = typeof answer.result === "string" ? `: ${answer.result}` : ""
+            return Effect.succeed({ _tag: "Reported", message: `${name} reported status "${answer.status}"${detail}` })
+          }
+          return Effect.succeed({ _tag: "Result", value: answer.result })
+        })
+    }
+  }
+}

@@ -1,0 +1,124 @@
+/**
+ * The `HttpAgents` service built (`HttpAgent.make`): its options checked, the breakers (the
+ * executor's shared ones, or its own), the `Discovery` and `ResponseCache` when present, one
+ * HTTP client and one connection limiter for every agent, the task call (`task.ts`) and
+ * batches (`batch.ts`) on them, and each agent's figures read back from the metrics and
+ * `Stats`.
+ *
+ * @internal
+ */
+import { Duration, Effect, Option, Result } from "effect"
+import * as CircuitBreaker from "../CircuitBreaker.js"
+import { Discovery } from "../Discovery.js"
+import { Executor } from "../Executor.js"
+import type { Agent, AgentOptions, DispatchOptions, Options, Service, Status, Task, TaskRecord } from "../HttpAgent.js"
+import * as Input from "../Input.js"
+import * as Client from "../Model/http/client.js"
+import { decodeRetry } from "../Policy.js"
+import { ResponseCache } from "../ResponseCache.js"
+import { Stats } from "../Stats.js"
+import { dispatch as runBatch } from "./batch.js"
+import * as Connections from "./connections.js"
+import { makeCall, taskCounter } from "./task.js"
+
+/** What the service takes from `HttpAgent.ts`. */
+export interface Env {
+  /** `HttpAgent.agent`: the agent of a URL or of a discovered endpoint. */
+  readonly agent: (options: AgentOptions) => Agent<unknown>
+  /** `HttpAgent.statsDomain`. */
+  readonly statsDomain: string
+}
+
+const optionKeys: ReadonlySet<string> = new Set([
+  "maxConnections",
+  "maxConnectionsPerHost",
+  "timeout",
+  "maxResponseBytes",
+  "retry",
+  "breaker",
+  "cache"
+])
+
+const checkOptions = (options: Options) => {
+  for (const key of Object.keys(options)) {
+    if (!optionKeys.has(key)) return Result.fail<Input.Issue>({ path: key, message: "unknown option" })
+  }
+  return Input.all([
+    Input.positiveInt("maxConnections", options.maxConnections ?? 100),
+    Input.positiveInt("maxConnectionsPerHost", options.maxConnectionsPerHost ?? 10),
+    Input.duration("timeout", options.timeout ?? "30 seconds"),
+    Input.positiveInt("maxResponseBytes", options.maxResponseBytes ?? 8 * 1024 * 1024),
+    options.retry === undefined || options.retry === false ? Result.succeed(undefined) : decodeRetry(options.retry)
+  ])
+}
+
+const statuses: ReadonlyArray<Status> = ["success", "error", "timeout", "service_unavailable", "skipped"]
+
+/** Builds the service; `given` as `HttpAgent.make` was given it. */
+export const makeService = Effect.fnUntraced(function* (given: Options, env: Env) {
+  const { agent, statsDomain } = env
+  const options = given ?? {}
+  const [maxConnections, perHost, timeout, maxResponseBytes, retry] = yield* Input.orOptionError(checkOptions(options))
+  const executor = yield* Executor
+  const stats = yield* Stats
+  const breaker =
+    options.breaker === undefined && executor.guards.breaker !== undefined
+      ? executor.guards.breaker
+      : yield* CircuitBreaker.makeMemory(options.breaker ?? {})
+  const discovery = Option.getOrUndefined(yield* Effect.serviceOption(Discovery))
+  const cache = options.cache === false ? undefined : Option.getOrUndefined(yield* Effect.serviceOption(ResponseCache))
+  const client = yield* Client.make({
+    // The per-request deadline is the executor's; this one only bounds what nothing else does.
+    timeout: Duration.days(365),
+    streamIdleTimeout: timeout,
+    maxResponseBytes,
+    maxEventBytes: maxResponseBytes
+  })
+  const connections = Connections.make({ total: maxConnections, perHost })
+  const agentOf = (ref: Agent<unknown> | string): Agent<unknown> =>
+    typeof ref === "string" ? agent({ url: ref }) : ref
+  const metrics = yield* Effect.context<never>()
+  const call = makeCall({
+    executor,
+    breaker,
+    rateLimit: executor.guards.rateLimit,
+    connections,
+    client,
+    discovery,
+    cache,
+    timeout,
+    retry,
+    metrics,
+    agentOf,
+    fromEndpoint: (endpoint) => agent(endpoint)
+  })
+
+  const agentStats = Effect.fn("HttpAgent.stats")(function* (ref: Agent<unknown> | string) {
+    const name = typeof ref === "string" ? ref : ref.name
+    const counts = {} as Record<Status, number>
+    let tasks = 0
+    for (const status of statuses) {
+      const n = taskCounter(name, status).valueUnsafe(metrics).count
+      counts[status] = n
+      tasks += n
+    }
+    const calls = yield* stats.snapshot({ provider: name, domain: statsDomain })
+    return { agent: name, tasks, statuses: counts, successRate: calls.successRate, latency: calls.latency, calls }
+  })
+
+  return {
+    call: Effect.fn("HttpAgent.call")(function* <A>(task: Task<A>) {
+      yield* Effect.annotateCurrentSpan({ "agent.task_id": String(task?.id) })
+      return (yield* call(task as Task, undefined)) as TaskRecord<A>
+    }) as Service["call"],
+    dispatch: Effect.fn("HttpAgent.dispatch")(function* (
+      tasks: ReadonlyArray<Task>,
+      dispatchOptions?: DispatchOptions
+    ) {
+      yield* Effect.annotateCurrentSpan({ "agent.tasks": Array.isArray(tasks) ? tasks.length : 0 })
+      return yield* runBatch(tasks, dispatchOptions, { call, agentOf, metrics })
+    }),
+    connections: connections.stats,
+    stats: agentStats
+  } satisfies Service
+})
