@@ -5,15 +5,20 @@
  *
  * @since 0.1.0
  */
-import { Context, Effect, Result, Schema, type Stream } from "effect"
-import { type AiError, invalidRequest, ModelError } from "./AiError.js"
+import { Context, type Effect, Result, type Schema, type Stream } from "effect"
+import { type AiError, ModelError } from "./AiError.js"
 import * as Input from "./Input.js"
+import * as Schemas from "./Model/schemas.js"
+import * as Validate from "./Model/validate.js"
+
+// The schemas are defined in `Model/schemas.ts`, so that the request checks (`Model/validate.ts`) build on them
+// without importing this module; `typeof` keeps their field documentation in this module's declarations.
 
 /**
  * @since 0.1.0
  * @category schemas
  */
-export const Role = Schema.Literals(["system", "user", "assistant", "tool"])
+export const Role: typeof Schemas.Role = Schemas.Role
 
 /**
  * @since 0.1.0
@@ -27,11 +32,7 @@ export type Role = typeof Role.Type
  * @since 0.2.0
  * @category schemas
  */
-export const ToolCall = Schema.Struct({
-  id: Schema.String,
-  name: Schema.String,
-  arguments: Schema.String
-})
+export const ToolCall: typeof Schemas.ToolCall = Schemas.ToolCall
 
 /**
  * @since 0.2.0
@@ -45,14 +46,7 @@ export type ToolCall = typeof ToolCall.Type
  * @since 0.1.0
  * @category schemas
  */
-export const Message = Schema.Struct({
-  role: Role,
-  content: Schema.String,
-  /** For `tool` messages: the id of the call answered. */
-  toolCallId: Schema.optional(Schema.String),
-  /** For `assistant` messages: the tool calls it made. */
-  toolCalls: Schema.optional(Schema.Array(ToolCall))
-})
+export const Message: typeof Schemas.Message = Schemas.Message
 
 /**
  * @since 0.1.0
@@ -67,11 +61,7 @@ export type Message = typeof Message.Type
  * @since 0.2.0
  * @category schemas
  */
-export const ToolDefinition = Schema.Struct({
-  name: Schema.String.check(Schema.isMinLength(1), Schema.isMaxLength(64)),
-  description: Schema.optional(Schema.String),
-  parameters: Schema.optional(Schema.Record(Schema.String, Schema.Unknown))
-})
+export const ToolDefinition: typeof Schemas.ToolDefinition = Schemas.ToolDefinition
 
 /**
  * @since 0.2.0
@@ -85,16 +75,7 @@ export type ToolDefinition = typeof ToolDefinition.Type
  * @since 0.2.0
  * @category schemas
  */
-export const ResponseFormat = Schema.Union([
-  Schema.Struct({ type: Schema.Literal("text") }),
-  Schema.Struct({ type: Schema.Literal("json_object") }),
-  Schema.Struct({
-    type: Schema.Literal("json_schema"),
-    name: Schema.String,
-    schema: Schema.Record(Schema.String, Schema.Unknown),
-    strict: Schema.optional(Schema.Boolean)
-  })
-])
+export const ResponseFormat: typeof Schemas.ResponseFormat = Schemas.ResponseFormat
 
 /**
  * @since 0.2.0
@@ -102,36 +83,13 @@ export const ResponseFormat = Schema.Union([
  */
 export type ResponseFormat = typeof ResponseFormat.Type
 
-const Temperature = Schema.Number.check(Schema.isBetween({ minimum: 0, maximum: 2 }))
-const TopP = Schema.Number.check(Schema.isBetween({ minimum: 0, maximum: 1 }))
-const MaxTokens = Schema.Int.check(Schema.isBetween({ minimum: 1, maximum: 1_000_000 }))
-const ModelId = Schema.String.check(Schema.isTrimmed(), Schema.isMinLength(1))
-
 /**
  * A generation request. Exactly one of `prompt` and `messages` carries the conversation.
  *
  * @since 0.1.0
  * @category schemas
  */
-export const GenerateRequest = Schema.Struct({
-  /** A plain prompt; sent as one user message. Give `prompt` or `messages`. */
-  prompt: Schema.optional(Schema.String),
-  messages: Schema.optional(Schema.Array(Message)),
-  /** A system prompt, placed before the messages. */
-  system: Schema.optional(Schema.String),
-  /** Provider-specific model id; the provider's default when absent. */
-  model: Schema.optional(ModelId),
-  maxTokens: Schema.optional(MaxTokens),
-  temperature: Schema.optional(Temperature),
-  topP: Schema.optional(TopP),
-  stop: Schema.optional(Schema.Array(Schema.String).check(Schema.isMaxLength(16))),
-  seed: Schema.optional(Schema.Int),
-  tools: Schema.optional(Schema.Array(ToolDefinition).check(Schema.isMaxLength(128))),
-  toolChoice: Schema.optional(
-    Schema.Union([Schema.Literals(["auto", "none", "required"]), Schema.Struct({ name: Schema.String })])
-  ),
-  responseFormat: Schema.optional(ResponseFormat)
-})
+export const GenerateRequest: typeof Schemas.GenerateRequest = Schemas.GenerateRequest
 
 /**
  * @since 0.1.0
@@ -143,7 +101,7 @@ export type GenerateRequest = typeof GenerateRequest.Type
  * @since 0.1.0
  * @category schemas
  */
-export const FinishReason = Schema.Literals(["stop", "length", "content_filter", "tool_calls", "error", "unknown"])
+export const FinishReason: typeof Schemas.FinishReason = Schemas.FinishReason
 
 /**
  * @since 0.1.0
@@ -155,11 +113,7 @@ export type FinishReason = typeof FinishReason.Type
  * @since 0.1.0
  * @category schemas
  */
-export const Usage = Schema.Struct({
-  inputTokens: Schema.Number,
-  outputTokens: Schema.Number,
-  totalTokens: Schema.Number
-})
+export const Usage: typeof Schemas.Usage = Schemas.Usage
 
 /**
  * @since 0.1.0
@@ -171,14 +125,7 @@ export type Usage = typeof Usage.Type
  * @since 0.1.0
  * @category schemas
  */
-export const GenerateResponse = Schema.Struct({
-  text: Schema.String,
-  finishReason: FinishReason,
-  usage: Usage,
-  provider: Schema.String,
-  model: Schema.String,
-  toolCalls: Schema.optional(Schema.Array(ToolCall))
-})
+export const GenerateResponse: typeof Schemas.GenerateResponse = Schemas.GenerateResponse
 
 /**
  * @since 0.1.0
@@ -193,16 +140,7 @@ export type GenerateResponse = typeof GenerateResponse.Type
  * @since 0.1.0
  * @category schemas
  */
-export const StreamPart = Schema.Union([
-  Schema.TaggedStruct("TextDelta", { text: Schema.String }),
-  Schema.TaggedStruct("ToolCall", { call: ToolCall }),
-  Schema.TaggedStruct("Finish", {
-    finishReason: FinishReason,
-    usage: Usage,
-    provider: Schema.String,
-    model: Schema.String
-  })
-])
+export const StreamPart: typeof Schemas.StreamPart = Schemas.StreamPart
 
 /**
  * @since 0.1.0
@@ -226,10 +164,7 @@ export type Finish = Extract<StreamPart, { readonly _tag: "Finish" }>
  * @since 0.1.0
  * @category schemas
  */
-export const EmbedRequest = Schema.Struct({
-  texts: Schema.NonEmptyArray(Schema.String),
-  model: Schema.optional(ModelId)
-})
+export const EmbedRequest: typeof Schemas.EmbedRequest = Schemas.EmbedRequest
 
 /**
  * @since 0.1.0
@@ -241,13 +176,7 @@ export type EmbedRequest = typeof EmbedRequest.Type
  * @since 0.1.0
  * @category schemas
  */
-export const EmbedResponse = Schema.Struct({
-  /** One vector per input text, in input order. */
-  vectors: Schema.Array(Schema.Array(Schema.Number)),
-  usage: Schema.optional(Usage),
-  provider: Schema.String,
-  model: Schema.String
-})
+export const EmbedResponse: typeof Schemas.EmbedResponse = Schemas.EmbedResponse
 
 /**
  * @since 0.1.0
@@ -320,11 +249,7 @@ export interface RequestLimits {
  * @since 0.2.0
  * @category constructors
  */
-export const defaultRequestLimits: RequestLimits = {
-  maxInputChars: 1_000_000,
-  maxMessages: 1_000,
-  maxEmbedTexts: 2_048
-}
+export const defaultRequestLimits: RequestLimits = Validate.defaultRequestLimits
 
 /**
  * Checks user-given limits (positive integers), filling in the defaults.
@@ -345,72 +270,6 @@ export const requestLimits = (
     ([maxInputChars, maxMessages, maxEmbedTexts]) => ({ maxInputChars, maxMessages, maxEmbedTexts })
   )
 
-const decodeGenerate = Schema.decodeUnknownResult(GenerateRequest, { onExcessProperty: "error" })
-const decodeEmbed = Schema.decodeUnknownResult(EmbedRequest, { onExcessProperty: "error" })
-const isGenerate = Schema.is(GenerateRequest)
-const isEmbed = Schema.is(EmbedRequest)
-const generateKeys: ReadonlySet<string> = new Set(Object.keys(GenerateRequest.fields))
-const embedKeys: ReadonlySet<string> = new Set(Object.keys(EmbedRequest.fields))
-
-const hasOnlyKeys = (value: object, keys: ReadonlySet<string>): boolean => {
-  for (const key in value) if (!keys.has(key)) return false
-  return true
-}
-
-const roles: ReadonlySet<string> = new Set(["system", "user", "assistant"])
-const optionalString = (v: unknown) => v === undefined || typeof v === "string"
-const inRange = (v: unknown, min: number, max: number) =>
-  v === undefined || (typeof v === "number" && v >= min && v <= max)
-
-// The common request shapes, checked by hand: `Schema.is` costs ~1.5 us a request on the hot
-// path. Conservative: anything unusual (tools, tool messages, stop lists...) goes to the Schema,
-// which stays the definition (a property test checks that this never accepts what it refuses).
-const isPlainGenerate = (r: Record<string, unknown>): boolean => {
-  for (const key in r) {
-    const v = r[key]
-    switch (key) {
-      case "prompt":
-      case "system":
-        if (typeof v !== "string") return false
-        break
-      case "messages": {
-        if (!Array.isArray(v)) return false
-        for (const m of v) {
-          if (typeof m !== "object" || m === null || !roles.has(m.role) || typeof m.content !== "string") return false
-          for (const k in m) if (k !== "role" && k !== "content") return false
-        }
-        break
-      }
-      case "model":
-        if (typeof v !== "string" || v.length === 0 || v.trim() !== v) return false
-        break
-      case "maxTokens":
-        if (!Number.isInteger(v) || !inRange(v, 1, 1_000_000)) return false
-        break
-      case "temperature":
-        if (!inRange(v, 0, 2) || Number.isNaN(v)) return false
-        break
-      case "topP":
-        if (!inRange(v, 0, 1) || Number.isNaN(v)) return false
-        break
-      case "seed":
-        if (!Number.isInteger(v)) return false
-        break
-      default:
-        return false
-    }
-  }
-  return optionalString(r.prompt)
-}
-
-const shapeError = (error: Schema.SchemaError, what: string): ModelError => {
-  const issue = Input.issueOf(error)
-  return invalidRequest(issue.path, `${issue.message} (in the ${what})`)
-}
-
-const invalid = (field: string, message: string) => invalidRequest(field, message)
-const refuse = (field: string, message: string) => Effect.fail(invalid(field, message))
-
 /**
  * Checks a generation request before any provider sees it: its shape (unknown fields are
  * refused, `temprature` included), that it carries a non-empty conversation, and the size
@@ -419,13 +278,10 @@ const refuse = (field: string, message: string) => Effect.fail(invalid(field, me
  * @since 0.1.0
  * @category validation
  */
-export const validateGenerate = (
+export const validateGenerate: (
   request: GenerateRequest,
-  limits: RequestLimits = defaultRequestLimits
-): Effect.Effect<GenerateRequest, ModelError> => {
-  const error = checkGenerate(request, limits)
-  return error === undefined ? Effect.succeed(request) : Effect.fail(error)
-}
+  limits?: RequestLimits
+) => Effect.Effect<GenerateRequest, ModelError> = Validate.validateGenerate
 
 /**
  * {@link validateGenerate} without an Effect, for hot paths: the error, or `undefined`
@@ -434,48 +290,8 @@ export const validateGenerate = (
  * @since 0.2.0
  * @category validation
  */
-export const checkGenerate = (
-  request: GenerateRequest,
-  limits: RequestLimits = defaultRequestLimits
-): ModelError | undefined => {
-  if (typeof request !== "object" || request === null) {
-    return invalid("request", `expected an object, got ${request === null ? "null" : typeof request}`)
-  }
-  if (
-    !isPlainGenerate(request as Record<string, unknown>) &&
-    (!isGenerate(request) || !hasOnlyKeys(request, generateKeys))
-  ) {
-    const decoded = decodeGenerate(request)
-    if (Result.isFailure(decoded)) return shapeError(decoded.failure, "request")
-  }
-  if (request.prompt === undefined && request.messages === undefined) {
-    return invalid("prompt", "give either `prompt` or `messages`")
-  }
-  if (request.prompt !== undefined && request.messages !== undefined) {
-    return invalid("messages", "give either `prompt` or `messages`, not both")
-  }
-  let chars = request.system?.length ?? 0
-  if (request.prompt !== undefined) {
-    if (request.prompt.trim().length === 0) return invalid("prompt", "the prompt is empty")
-    chars += request.prompt.length
-  } else {
-    const messages = request.messages!
-    if (messages.length === 0) return invalid("messages", "`messages` must not be empty")
-    if (messages.length > limits.maxMessages) {
-      return invalid("messages", `${messages.length} messages exceed the limit of ${limits.maxMessages}`)
-    }
-    let anyContent = false
-    for (const message of messages) {
-      chars += message.content.length
-      if (message.content.trim().length > 0 || message.toolCalls !== undefined) anyContent = true
-    }
-    if (!anyContent) return invalid("messages", "every message is empty")
-  }
-  if (chars > limits.maxInputChars) {
-    return invalid("prompt", `the input has ${chars} characters, over the limit of ${limits.maxInputChars}`)
-  }
-  return undefined
-}
+export const checkGenerate: (request: GenerateRequest, limits?: RequestLimits) => ModelError | undefined =
+  Validate.checkGenerate
 
 /**
  * Checks an embedding request before any provider sees it.
@@ -483,27 +299,8 @@ export const checkGenerate = (
  * @since 0.1.0
  * @category validation
  */
-export const validateEmbed = (
-  request: EmbedRequest,
-  limits: RequestLimits = defaultRequestLimits
-): Effect.Effect<EmbedRequest, ModelError> => {
-  if (typeof request !== "object" || request === null) {
-    return refuse("request", `expected an object, got ${request === null ? "null" : typeof request}`)
-  }
-  if (!isEmbed(request) || !hasOnlyKeys(request, embedKeys)) {
-    const decoded = decodeEmbed(request)
-    if (Result.isFailure(decoded)) return Effect.fail(shapeError(decoded.failure, "embedding request"))
-  }
-  if (request.texts.length > limits.maxEmbedTexts) {
-    return refuse("texts", `${request.texts.length} texts exceed the limit of ${limits.maxEmbedTexts}`)
-  }
-  let chars = 0
-  for (const text of request.texts) chars += text.length
-  if (chars > limits.maxInputChars) {
-    return refuse("texts", `the input has ${chars} characters, over the limit of ${limits.maxInputChars}`)
-  }
-  return Effect.succeed(request)
-}
+export const validateEmbed: (request: EmbedRequest, limits?: RequestLimits) => Effect.Effect<EmbedRequest, ModelError> =
+  Validate.validateEmbed
 
 /**
  * Turns a schema failure on a provider's answer into a `Decode` error naming the field.

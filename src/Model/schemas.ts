@@ -1,0 +1,108 @@
+/**
+ * The request and response schemas every provider speaks. `Model.ts` publishes them (with
+ * their documentation and types); they are defined here so that the request checks
+ * (`validate.ts`) can build on them without importing the public module.
+ *
+ * @internal
+ */
+import { Schema } from "effect"
+
+export const Role = Schema.Literals(["system", "user", "assistant", "tool"])
+
+export const ToolCall = Schema.Struct({
+  id: Schema.String,
+  name: Schema.String,
+  arguments: Schema.String
+})
+
+export const Message = Schema.Struct({
+  role: Role,
+  content: Schema.String,
+  /** For `tool` messages: the id of the call answered. */
+  toolCallId: Schema.optional(Schema.String),
+  /** For `assistant` messages: the tool calls it made. */
+  toolCalls: Schema.optional(Schema.Array(ToolCall))
+})
+
+export const ToolDefinition = Schema.Struct({
+  name: Schema.String.check(Schema.isMinLength(1), Schema.isMaxLength(64)),
+  description: Schema.optional(Schema.String),
+  parameters: Schema.optional(Schema.Record(Schema.String, Schema.Unknown))
+})
+
+export const ResponseFormat = Schema.Union([
+  Schema.Struct({ type: Schema.Literal("text") }),
+  Schema.Struct({ type: Schema.Literal("json_object") }),
+  Schema.Struct({
+    type: Schema.Literal("json_schema"),
+    name: Schema.String,
+    schema: Schema.Record(Schema.String, Schema.Unknown),
+    strict: Schema.optional(Schema.Boolean)
+  })
+])
+
+const Temperature = Schema.Number.check(Schema.isBetween({ minimum: 0, maximum: 2 }))
+const TopP = Schema.Number.check(Schema.isBetween({ minimum: 0, maximum: 1 }))
+const MaxTokens = Schema.Int.check(Schema.isBetween({ minimum: 1, maximum: 1_000_000 }))
+const ModelId = Schema.String.check(Schema.isTrimmed(), Schema.isMinLength(1))
+
+export const GenerateRequest = Schema.Struct({
+  /** A plain prompt; sent as one user message. Give `prompt` or `messages`. */
+  prompt: Schema.optional(Schema.String),
+  messages: Schema.optional(Schema.Array(Message)),
+  /** A system prompt, placed before the messages. */
+  system: Schema.optional(Schema.String),
+  /** Provider-specific model id; the provider's default when absent. */
+  model: Schema.optional(ModelId),
+  maxTokens: Schema.optional(MaxTokens),
+  temperature: Schema.optional(Temperature),
+  topP: Schema.optional(TopP),
+  stop: Schema.optional(Schema.Array(Schema.String).check(Schema.isMaxLength(16))),
+  seed: Schema.optional(Schema.Int),
+  tools: Schema.optional(Schema.Array(ToolDefinition).check(Schema.isMaxLength(128))),
+  toolChoice: Schema.optional(
+    Schema.Union([Schema.Literals(["auto", "none", "required"]), Schema.Struct({ name: Schema.String })])
+  ),
+  responseFormat: Schema.optional(ResponseFormat)
+})
+
+export const FinishReason = Schema.Literals(["stop", "length", "content_filter", "tool_calls", "error", "unknown"])
+
+export const Usage = Schema.Struct({
+  inputTokens: Schema.Number,
+  outputTokens: Schema.Number,
+  totalTokens: Schema.Number
+})
+
+export const GenerateResponse = Schema.Struct({
+  text: Schema.String,
+  finishReason: FinishReason,
+  usage: Usage,
+  provider: Schema.String,
+  model: Schema.String,
+  toolCalls: Schema.optional(Schema.Array(ToolCall))
+})
+
+export const StreamPart = Schema.Union([
+  Schema.TaggedStruct("TextDelta", { text: Schema.String }),
+  Schema.TaggedStruct("ToolCall", { call: ToolCall }),
+  Schema.TaggedStruct("Finish", {
+    finishReason: FinishReason,
+    usage: Usage,
+    provider: Schema.String,
+    model: Schema.String
+  })
+])
+
+export const EmbedRequest = Schema.Struct({
+  texts: Schema.NonEmptyArray(Schema.String),
+  model: Schema.optional(ModelId)
+})
+
+export const EmbedResponse = Schema.Struct({
+  /** One vector per input text, in input order. */
+  vectors: Schema.Array(Schema.Array(Schema.Number)),
+  usage: Schema.optional(Usage),
+  provider: Schema.String,
+  model: Schema.String
+})
