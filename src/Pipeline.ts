@@ -11,17 +11,19 @@
  *
  * @since 0.1.0
  */
-import type { Cause, Duration, Types } from "effect"
-import { Effect, Graph, Pipeable, Result as R } from "effect"
-import { dual, identity } from "effect/Function"
-import { type AiError, isAiError, isRetryable } from "./AiError.js"
+import type { Cause, Duration, Graph, Pipeable, Types } from "effect"
+import { Effect } from "effect"
+import { dual } from "effect/Function"
+import type { AiError } from "./AiError.js"
 import { type ExecuteOptions, Executor } from "./Executor.js"
 import type { DurationInput } from "./Input.js"
 import type { GenerateRequest, GenerateResponse } from "./Model.js"
-import * as Internal from "./pipeline/definition.js"
+import * as Builder from "./pipeline/builder.js"
+import type * as Internal from "./pipeline/definition.js"
 import * as Errors from "./pipeline/errors.js"
-import { execute, describe } from "./pipeline/scheduler.js"
-import { makeRunner } from "./pipeline/step.js"
+import * as Mermaid from "./pipeline/mermaid.js"
+import * as Run from "./pipeline/run.js"
+import { describe } from "./pipeline/scheduler.js"
 import type { RetryPolicy, RetryPolicyInput } from "./Policy.js"
 import * as Router from "./Router.js"
 
@@ -29,7 +31,7 @@ import * as Router from "./Router.js"
  * @since 0.1.0
  * @category type ids
  */
-export const TypeId: unique symbol = Symbol.for("effect-orchestra/Pipeline")
+export const TypeId: unique symbol = Builder.TypeId
 
 /**
  * @since 0.1.0
@@ -367,58 +369,13 @@ export interface Pipeline<I, O, E = never, R = never> extends Pipeable.Pipeable 
  */
 export type Outputs<P> = P extends Pipeline<infer _I, infer O, infer _E, infer _R> ? O : never
 
-const proto = {
-  pipe() {
-    // biome-ignore lint/complexity/noArguments: Pipeable's own implementation pattern
-    return Pipeable.pipeArguments(this, arguments)
-  }
-}
-
-const empty = R.getOrThrow(Internal.build([]))
-
-const fromDefinition = <I, O, E, R>(
-  definition: Internal.Definition,
-  defaults: RunOptions,
-  issue: PipelineError | undefined
-): Pipeline<I, O, E, R> => {
-  const self = Object.create(proto) as { -readonly [K in keyof Pipeline<I, O, E, R>]: Pipeline<I, O, E, R>[K] }
-  self[TypeId] = { _I: identity, _O: identity, _E: identity, _R: identity }
-  self.names = definition.order.map((def) => def.name) as Array<keyof O & string>
-  self.defaults = defaults
-  self.definition = definition
-  self.issue = issue
-  self.step = ((name: unknown, dependsOn: unknown, run: unknown, options?: unknown) => {
-    if (issue !== undefined) return self
-    const at = `steps[${definition.steps.length}]`
-    const next = R.flatMap(
-      R.flatMap(Internal.checkSpec({ name, dependsOn, run }, at), (def) =>
-        R.map(Internal.checkPolicies(options, at, def.name), (policies) => {
-          const merged = { ...def, ...policies }
-          return { ...merged, governed: Internal.isGoverned(merged) }
-        })
-      ),
-      (def) => Internal.build([...definition.steps, def])
-    )
-    return R.isSuccess(next)
-      ? fromDefinition(next.success, defaults, undefined)
-      : fromDefinition(definition, defaults, next.failure)
-  }) as Pipeline<I, O, E, R>["step"]
-  return self as Pipeline<I, O, E, R>
-}
-
 /**
  * The failures `fallbackToSequential: true` runs again: timeouts and retryable `AiError`s.
  *
  * @since 0.1.0
  * @category predicates
  */
-export const isConcurrencyRelated = (failure: Failure<unknown>): boolean =>
-  failure._tag === "TimedOut" || (isAiError(failure.error) && isRetryable(failure.error))
-
-const checkDefaults = (defaults: unknown): PipelineError | undefined => {
-  const checked = Internal.checkRunOptions(defaults, isConcurrencyRelated as (f: Internal.Failure) => boolean)
-  return R.isFailure(checked) ? checked.failure : undefined
-}
+export const isConcurrencyRelated: (failure: Failure<unknown>) => boolean = Run.isConcurrencyRelated
 
 /**
  * An empty pipeline taking `I`; add steps with `.step(name, dependsOn, run, options?)`.
@@ -441,8 +398,7 @@ const checkDefaults = (defaults: unknown): PipelineError | undefined => {
  * @since 0.1.0
  * @category constructors
  */
-export const make = <I = void>(defaults: RunOptions = {}): Pipeline<I, {}> =>
-  fromDefinition<I, {}, never, never>(empty, defaults, checkDefaults(defaults))
+export const make: <I = void>(defaults?: RunOptions) => Pipeline<I, {}> = Builder.make
 
 /**
  * A pipeline from steps known only at runtime (configuration, task lists). Every field is
@@ -454,29 +410,10 @@ export const make = <I = void>(defaults: RunOptions = {}): Pipeline<I, {}> =>
  * @since 0.1.0
  * @category constructors
  */
-export const fromSteps = <I, A, E, R>(
+export const fromSteps: <I, A, E, R>(
   steps: ReadonlyArray<StepSpec<I, A, E, R>>,
-  defaults: RunOptions = {}
-): Effect.Effect<Pipeline<I, Record<string, A>, E, R>, PipelineError> =>
-  Effect.suspend(() => {
-    if (!Array.isArray(steps)) {
-      return Effect.fail(
-        Errors.invalidStep("steps", `expected an array of steps, got ${Errors.show(steps)}`, undefined)
-      )
-    }
-    const defs: Array<Internal.StepDef> = []
-    for (const [i, spec] of steps.entries()) {
-      const checked = Internal.checkSpec(spec, `steps[${i}]`)
-      if (R.isFailure(checked)) return Effect.fail(checked.failure)
-      defs.push(checked.success)
-    }
-    const invalid = checkDefaults(defaults)
-    if (invalid !== undefined) return Effect.fail(invalid)
-    const definition = Internal.build(defs)
-    return R.isSuccess(definition)
-      ? Effect.succeed(fromDefinition<I, Record<string, A>, E, R>(definition.success, defaults, undefined))
-      : Effect.fail(definition.failure)
-  })
+  defaults?: RunOptions
+) => Effect.Effect<Pipeline<I, Record<string, A>, E, R>, PipelineError> = Builder.fromSteps
 
 /**
  * The pipeline if its definition holds, or its `PipelineError`.
@@ -486,52 +423,6 @@ export const fromSteps = <I, A, E, R>(
  */
 export const validate = <I, O, E, R>(self: Pipeline<I, O, E, R>): Effect.Effect<Pipeline<I, O, E, R>, PipelineError> =>
   self.issue === undefined ? Effect.succeed(self) : Effect.fail(self.issue)
-
-const policyKeys = ["timeout", "totalTimeout", "retry", "fallback", "breaker", "rateLimit", "stats"] as const
-
-const noService = (def: Internal.StepDef, index: number, field: string, what: string): PipelineError =>
-  Errors.invalidStep(`steps[${index}].${field}`, what, def.name)
-
-const runImpl = <I, O, E, R>(
-  self: Pipeline<I, O, E, R>,
-  input: I,
-  options?: RunOptions
-): Effect.Effect<Result<O, E>, PipelineError, R> =>
-  Effect.gen(function* () {
-    if (self.issue !== undefined) return yield* Effect.fail(self.issue)
-    if (options !== undefined && (typeof options !== "object" || options === null)) {
-      return yield* Effect.fail(Errors.invalidOption("options", `expected an object, got ${Errors.show(options)}`))
-    }
-    const settings = Internal.checkRunOptions(
-      options === undefined ? self.defaults : { ...self.defaults, ...options },
-      isConcurrencyRelated as (f: Internal.Failure) => boolean
-    )
-    if (R.isFailure(settings)) return yield* Effect.fail(settings.failure)
-    const steps = self.definition.steps
-    const first = steps.findIndex((def) => def.governed)
-    const found = first === -1 ? undefined : yield* Effect.serviceOption(Executor)
-    if (found?._tag === "None") {
-      const def = steps[first]!
-      const policy = policyKeys.find((key) => def[key] !== undefined) ?? "timeout"
-      return yield* Effect.fail(
-        noService(def, first, policy, "a step with policies runs through the Executor: provide one (Executor.layer)")
-      )
-    }
-    const executor = found?._tag === "Some" ? found.value : undefined
-    for (const [i, def] of steps.entries()) {
-      if (def.breaker !== undefined && executor?.guards.breaker === undefined) {
-        return yield* Effect.fail(
-          noService(def, i, "breaker", "the executor has no breakers (CircuitBreaker.layerMemory)")
-        )
-      }
-      if (def.rateLimit !== undefined && executor?.guards.rateLimit === undefined) {
-        return yield* Effect.fail(
-          noService(def, i, "rateLimit", "the executor has no rate limits (RateLimit.layerMemory)")
-        )
-      }
-    }
-    return (yield* execute(self.definition, input, settings.success, makeRunner(executor))) as unknown as Result<O, E>
-  }) as Effect.Effect<Result<O, E>, PipelineError, R>
 
 /**
  * Runs a pipeline. Every step's outcome is in the result: a step that fails does not fail
@@ -552,7 +443,7 @@ export const run: {
     input: I,
     options?: RunOptions
   ): <O, E, R>(self: Pipeline<I, O, E, R>) => Effect.Effect<Result<O, E>, PipelineError, R>
-} = dual((args) => typeof args[0] === "object" && args[0] !== null && TypeId in args[0], runImpl)
+} = dual((args) => typeof args[0] === "object" && args[0] !== null && TypeId in args[0], Run.run)
 
 /**
  * All outputs of a run, or a `PipelineFailedError` naming the steps that did not succeed.
@@ -595,20 +486,8 @@ export interface MermaidOptions<O = unknown, E = unknown> {
  * @since 0.1.0
  * @category rendering
  */
-export const toMermaid = <I, O, E, R>(self: Pipeline<I, O, E, R>, options: MermaidOptions<O, E> = {}): string => {
-  const outcomes = options.result?.steps as Record<string, StepOutcome<unknown, unknown>> | undefined
-  const byName = new Map(self.definition.steps.map((s) => [s.name, s]))
-  return Graph.toMermaid(self.definition.graph, {
-    direction: options.direction ?? "LR",
-    nodeLabel: (name) => {
-      const label = byName.get(name)?.description ?? name
-      const outcome = outcomes === undefined || !Object.hasOwn(outcomes, name) ? undefined : outcomes[name]
-      if (outcome === undefined) return label
-      return outcome.status === "skipped" ? `${label}: skipped` : `${label}: ${outcome.status} ${outcome.durationMs} ms`
-    },
-    edgeLabel: () => ""
-  })
-}
+export const toMermaid: <I, O, E, R>(self: Pipeline<I, O, E, R>, options?: MermaidOptions<O, E>) => string =
+  Mermaid.toMermaid
 
 /**
  * A step that calls a model through the `Router`: one domain (with its own fallback

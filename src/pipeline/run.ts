@@ -1,0 +1,64 @@
+/**
+ * Starting a run: the pipeline's own refusal, the run's options over its defaults, the
+ * `Executor` that steps with policies need (with breakers and rate limits when a step
+ * names one), each refusal a `PipelineError` before any step starts; then the scheduler.
+ *
+ * @internal
+ */
+import { Effect, Result as R } from "effect"
+import { isAiError, isRetryable } from "../AiError.js"
+import { Executor } from "../Executor.js"
+import type { Failure, Pipeline, PipelineError, Result, RunOptions } from "../Pipeline.js"
+import * as Internal from "./definition.js"
+import * as Errors from "./errors.js"
+import { execute } from "./scheduler.js"
+import { makeRunner } from "./step.js"
+
+export const isConcurrencyRelated = (failure: Failure<unknown>): boolean =>
+  failure._tag === "TimedOut" || (isAiError(failure.error) && isRetryable(failure.error))
+
+const policyKeys = ["timeout", "totalTimeout", "retry", "fallback", "breaker", "rateLimit", "stats"] as const
+
+const noService = (def: Internal.StepDef, index: number, field: string, what: string): PipelineError =>
+  Errors.invalidStep(`steps[${index}].${field}`, what, def.name)
+
+export const run = <I, O, E, R>(
+  self: Pipeline<I, O, E, R>,
+  input: I,
+  options?: RunOptions
+): Effect.Effect<Result<O, E>, PipelineError, R> =>
+  Effect.gen(function* () {
+    if (self.issue !== undefined) return yield* Effect.fail(self.issue)
+    if (options !== undefined && (typeof options !== "object" || options === null)) {
+      return yield* Effect.fail(Errors.invalidOption("options", `expected an object, got ${Errors.show(options)}`))
+    }
+    const settings = Internal.checkRunOptions(
+      options === undefined ? self.defaults : { ...self.defaults, ...options },
+      isConcurrencyRelated as (f: Internal.Failure) => boolean
+    )
+    if (R.isFailure(settings)) return yield* Effect.fail(settings.failure)
+    const steps = self.definition.steps
+    const first = steps.findIndex((def) => def.governed)
+    const found = first === -1 ? undefined : yield* Effect.serviceOption(Executor)
+    if (found?._tag === "None") {
+      const def = steps[first]!
+      const policy = policyKeys.find((key) => def[key] !== undefined) ?? "timeout"
+      return yield* Effect.fail(
+        noService(def, first, policy, "a step with policies runs through the Executor: provide one (Executor.layer)")
+      )
+    }
+    const executor = found?._tag === "Some" ? found.value : undefined
+    for (const [i, def] of steps.entries()) {
+      if (def.breaker !== undefined && executor?.guards.breaker === undefined) {
+        return yield* Effect.fail(
+          noService(def, i, "breaker", "the executor has no breakers (CircuitBreaker.layerMemory)")
+        )
+      }
+      if (def.rateLimit !== undefined && executor?.guards.rateLimit === undefined) {
+        return yield* Effect.fail(
+          noService(def, i, "rateLimit", "the executor has no rate limits (RateLimit.layerMemory)")
+        )
+      }
+    }
+    return (yield* execute(self.definition, input, settings.success, makeRunner(executor))) as unknown as Result<O, E>
+  }) as Effect.Effect<Result<O, E>, PipelineError, R>
