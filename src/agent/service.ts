@@ -79,6 +79,7 @@ export const makeService = Effect.fnUntraced(function* (given: Options, env: Env
     typeof ref === "string" ? agent({ url: ref }) : ref
   const metrics = yield* Effect.context<never>()
   const call = makeCall({
+    statsDomain,
     executor,
     breaker,
     rateLimit: executor.guards.rateLimit,

@@ -39,6 +39,8 @@ export interface Env {
   readonly metrics: Context.Context<never>
   readonly agentOf: (ref: Agent<unknown> | string) => Agent<unknown>
   readonly fromEndpoint: (endpoint: Endpoint) => Agent<unknown>
+  /** `HttpAgent.statsDomain`: the domain the calls are counted under. */
+  readonly statsDomain: string
 }
 
 export type Call = (task: Task, dependencies: Record<string, unknown> | undefined) => Effect.Effect<TaskRecord>
@@ -209,7 +211,7 @@ export const makeCall = (env: Env): Call => {
         (agent): Step<Agent<unknown>> => ({
           target: agent,
           name: agent.name,
-          domain: "agent",
+          domain: env.statsDomain,
           timeout: timeout ?? agent.timeout ?? env.timeout,
           retry: agent.retry ?? env.retry,
           breaker: keyedBreaker(env.breaker, agent.url, () => {
