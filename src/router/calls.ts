@@ -8,8 +8,8 @@
  */
 import { Duration, Effect, Stream } from "effect"
 import { type AiError, invalidRequest, type ModelError } from "../AiError.js"
-import { applyTo } from "../Domain.js"
-import type { Service as ExecutorService, Step } from "../Executor.js"
+import { applyTo, type Domain } from "../Domain.js"
+import type { Service as ExecutorService, StreamOptions as ExecutorStreamOptions, Step } from "../Executor.js"
 import * as Input from "../Input.js"
 import { type EmbedRequest, type GenerateRequest, type Service as ProviderService, validateEmbed } from "../Model.js"
 import { traced } from "../policy/span.js"
@@ -30,6 +30,11 @@ const checkTimeout = (timeout: Duration.Input | undefined, fallback: Duration.Du
 const domainsOf = (names: string | ReadonlyArray<string>) => () => ({
   "orchestra.domains": typeof names === "string" ? names : Array.isArray(names) ? names.join(",") : String(names)
 })
+
+interface StreamChain {
+  readonly first: Domain
+  readonly steps: NonNullable<ExecutorStreamOptions["steps"]>
+}
 
 /** Builds the router's entry points, once. */
 export const makeCalls = (env: Env) => {
@@ -98,20 +103,32 @@ export const makeCalls = (env: Env) => {
       })
     )
 
+  // A chain's stream steps, resolved once per domain name as `execute`'s plans are (the
+  // domains and providers are fixed for the router's life; an unknown name fails and is not kept).
+  const streamChains = new Map<string, StreamChain>()
+  const streamChain = (names: string | ReadonlyArray<string>): Effect.Effect<StreamChain, ModelError> => {
+    const known = typeof names === "string" ? streamChains.get(names) : undefined
+    if (known !== undefined) return Effect.succeed(known)
+    return Effect.gen(function* () {
+      const list = yield* chain(names)
+      const steps = yield* Effect.forEach(list, (domain) =>
+        Effect.map(resolve(domain.name), ({ provider }) => ({
+          provider,
+          domain: domain.name,
+          retry: domain.retry ?? false,
+          prepare: (r: GenerateRequest) => applyTo(domain, r)
+        }))
+      )
+      const found: StreamChain = { first: list[0]!, steps }
+      if (typeof names === "string") streamChains.set(names, found)
+      return found
+    })
+  }
+
   const stream = (request: GenerateRequest, names: string | ReadonlyArray<string>, options: StreamOptions = {}) =>
     Stream.unwrap(
-      Effect.gen(function* () {
-        const list = yield* chain(names)
-        const steps = yield* Effect.forEach(list, (domain) =>
-          Effect.map(resolve(domain.name), ({ provider }) => ({
-            provider,
-            domain: domain.name,
-            retry: domain.retry ?? false,
-            prepare: (r: GenerateRequest) => applyTo(domain, r)
-          }))
-        )
-        const first = list[0]!
-        return executor.stream(request, {
+      Effect.map(streamChain(names), ({ first, steps }) =>
+        executor.stream(request, {
           steps,
           firstChunkTimeout: options.firstChunkTimeout ?? first.timeout,
           idleTimeout: options.idleTimeout,
@@ -121,7 +138,7 @@ export const makeCalls = (env: Env) => {
           onRetry:
             options.onRetry === undefined ? undefined : (info) => options.onRetry!({ ...info, domain: undefined })
         })
-      })
+      )
     )
 
   const embed = (request: EmbedRequest, name: string, options: CallOptions = {}) =>
