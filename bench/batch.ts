@@ -61,12 +61,37 @@ interface Manager {
   readonly close: Effect.Effect<void>
 }
 
-/** The whole manager over one Mock provider (`p`, domain `bench`), default breakers on. */
-const manager = (latencyMs: number, maxConcurrent: number) =>
+/**
+ * A provider that is only a timer and a constant answer: the work `p-limit + setTimeout`
+ * and `bench/overhead.ts` part C measure, so the manager's own cost is compared with
+ * theirs (the Mock provider's bookkeeping costs more than the orchestration around it).
+ */
+const timerProvider = (latencyMs: number): ModelProvider["Service"] => {
+  const answer = {
+    text: "ok",
+    finishReason: "stop",
+    usage: { inputTokens: 1, outputTokens: 1, totalTokens: 2 },
+    provider: "p",
+    model: "timer"
+  } as const
+  return {
+    name: "p",
+    defaultModel: "timer",
+    generate: () => Effect.as(Effect.sleep(Duration.millis(latencyMs)), answer),
+    stream: () => Stream.die("not used"),
+    embed: () => Effect.die("not used")
+  }
+}
+
+/** The whole manager over one provider (`p`, domain `bench`; the Mock unless `timer`), default breakers on. */
+const manager = (latencyMs: number, maxConcurrent: number, provider_: "mock" | "timer" = "mock") =>
   Effect.gen(function* () {
     const domains: ReadonlyArray<Domain> = [{ name: "bench", provider: "p" }]
     const scope = yield* Scope.make()
-    const { provider } = yield* Mock.make({ name: "p", latency: Duration.millis(latencyMs) })
+    const provider =
+      provider_ === "timer"
+        ? timerProvider(latencyMs)
+        : (yield* Mock.make({ name: "p", latency: Duration.millis(latencyMs) })).provider
     const context = yield* Layer.buildWithScope(
       Orchestra.layer({ providers: { p: Layer.succeed(ModelProvider, provider) }, domains, maxConcurrent }),
       scope
@@ -88,10 +113,15 @@ const timed = <A, E>(effect: Effect.Effect<A, E>) =>
     return { ms: performance.now() - start, value }
   })
 
-const withManager = (latencyMs: number, maxConcurrent: number, f: (m: Manager) => Effect.Effect<number, unknown>) =>
+const withManager = (
+  latencyMs: number,
+  maxConcurrent: number,
+  f: (m: Manager) => Effect.Effect<number, unknown>,
+  provider: "mock" | "timer" = "mock"
+) =>
   Effect.runPromise(
     Effect.gen(function* () {
-      const m = yield* manager(latencyMs, maxConcurrent)
+      const m = yield* manager(latencyMs, maxConcurrent, provider)
       const ms = yield* f(m)
       yield* m.close
       return ms
@@ -224,6 +254,19 @@ const childVariants: Record<string, () => Promise<number>> = {
         yield* check(allSucceeded(value, 100_000), "C domain")
         return ms
       })
+    ),
+  "C Batch.run, domain, a provider that is only a timer": () =>
+    withManager(
+      50,
+      10_000,
+      (m) =>
+        Effect.gen(function* () {
+          const list = prompts(100_000)
+          const { ms, value } = yield* timed(m.batch.run(list, { domain: "bench" }))
+          yield* check(allSucceeded(value, 100_000), "C domain timer")
+          return ms
+        }),
+      "timer"
     ),
   "C Batch.run, domain, onProgress": () =>
     withManager(50, 10_000, (m) =>
