@@ -12,10 +12,11 @@
  *
  * Concurrency: the manager's `maxConcurrent` permits are shared by every batch, handed over
  * in arrival order (an item holds a permit while it runs); a batch has at most
- * `min(concurrency, maxConcurrent)` items running. A batch without callbacks starts its
- * items from JavaScript (one fiber per call in flight, as `Executor.executeMany`); one with
- * `onProgress` or `onEvent` runs worker fibers that take items by index. Either way a batch
- * of 100k items never parks 100k fibers.
+ * `min(concurrency, maxConcurrent)` items running. A batch without `onEvent` (no callback,
+ * or only the synchronous `onProgress`) starts its items from JavaScript (one fiber per
+ * call in flight, as `Executor.executeMany`); one with `onEvent` runs worker fibers that
+ * take items by index, so that its events are Effects run in order. Either way a batch of
+ * 100k items never parks 100k fibers.
  *
  * Errors: an item's failure is that item's outcome (a bad item gets its own
  * `InvalidRequest`, a provider defect becomes a `ModelError` with reason `Unknown`). The

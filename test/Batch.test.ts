@@ -1,5 +1,5 @@
 import { assert, describe, it } from "@effect/vitest"
-import { Context, Deferred, Effect, Exit, Fiber, Layer, Metric, Option, Scope, Stream } from "effect"
+import { Context, Deferred, Effect, Exit, Fiber, Layer, Logger, Metric, Option, Scope, Stream } from "effect"
 import { TestClock } from "effect/testing"
 import type { AiError } from "../src/AiError.js"
 import * as Batch from "../src/Batch.js"
@@ -220,6 +220,36 @@ describe("Batch.run outcomes", () => {
         result.results.map((r) => r.status),
         ["success", "success"]
       )
+    })
+  )
+
+  it.effect("a throwing onProgress alone (items started from JavaScript) still gets every event; one warning", () =>
+    Effect.gen(function* () {
+      const { batch } = yield* makeOrchestra({ a: {} })
+      const lines: Array<string> = []
+      const logger = Logger.make(({ logLevel, message }) => {
+        lines.push(`${logLevel}: ${(Array.isArray(message) ? message : [message]).map(String).join(" ")}`)
+      })
+      let calls = 0
+      const result = yield* batch
+        .run(["x", "y", "z"], {
+          domain: "d-a",
+          id: "b1",
+          onProgress: () => {
+            calls++
+            throw new Error("callback bug")
+          }
+        })
+        .pipe(Effect.provide(Logger.layer([logger])))
+      assert.deepStrictEqual(
+        result.results.map((r) => r.status),
+        ["success", "success", "success"]
+      )
+      assert.strictEqual(calls, 6, "Started and Succeeded for each item")
+      const warnings = lines.filter((line) => line.includes("onProgress callback failed"))
+      assert.deepStrictEqual(warnings.length, 1, lines.join("\n"))
+      assert.include(warnings[0]!, "Warn")
+      assert.include(warnings[0]!, "Batch b1")
     })
   )
 
@@ -617,42 +647,49 @@ const modes = [
 
 for (const mode of modes) {
   describe(`Batch progress, ${mode.name}`, () => {
-    it.effect("onProgress: events in order with done/total counts and elapsed time", () =>
-      Effect.gen(function* () {
-        const { batch } = yield* makeOrchestra(
-          {
-            a: {
-              script: [
-                Outcome.succeed("0", { latency: "100 millis" }),
-                Outcome.succeed("1", { latency: "300 millis" }),
-                Outcome.fail("InvalidRequest", { latency: "100 millis" })
-              ]
-            }
-          },
-          { domains: [{ name: "d-a", provider: "a", retry: noRetry }], executor: { retry: noRetry } }
-        )
-        const events: Array<Batch.ProgressEvent> = []
-        const fiber = yield* Effect.forkChild(
-          batch.run(["0", "1", "2"], { domain: mode.domain, concurrency: 2, onProgress: (e) => events.push(e) })
-        )
-        yield* TestClock.adjust("1 second")
-        const result = yield* Fiber.join(fiber)
-        assert.deepStrictEqual(trace(events), [
-          "Started:0@0 0/3",
-          "Started:1@0 0/3",
-          "Succeeded:0@100 1/3",
-          "Started:2@100 1/3",
-          "Failed:2@200 2/3",
-          "Succeeded:1@300 3/3"
-        ])
-        const failed = events[4]
-        assert.strictEqual(failed?._tag === "Failed" && failed.status, "error")
-        assert.strictEqual(failed?._tag === "Failed" && failed.durationMs, 100)
-        const succeeded = events[5]
-        assert.strictEqual(succeeded?._tag === "Succeeded" && succeeded.durationMs, 300)
-        assert.strictEqual(result.elapsedMs, 300)
-      })
-    )
+    // onProgress alone starts the items from JavaScript, onEvent on worker fibers: same events.
+    for (const via of ["onProgress", "onEvent"] as const) {
+      it.effect(`${via}: events in order with done/total counts and elapsed time`, () =>
+        Effect.gen(function* () {
+          const { batch } = yield* makeOrchestra(
+            {
+              a: {
+                script: [
+                  Outcome.succeed("0", { latency: "100 millis" }),
+                  Outcome.succeed("1", { latency: "300 millis" }),
+                  Outcome.fail("InvalidRequest", { latency: "100 millis" })
+                ]
+              }
+            },
+            { domains: [{ name: "d-a", provider: "a", retry: noRetry }], executor: { retry: noRetry } }
+          )
+          const events: Array<Batch.ProgressEvent> = []
+          const listen =
+            via === "onProgress"
+              ? { onProgress: (e: Batch.ProgressEvent) => events.push(e) }
+              : { onEvent: (e: Batch.ProgressEvent) => Effect.sync(() => events.push(e)) }
+          const fiber = yield* Effect.forkChild(
+            batch.run(["0", "1", "2"], { domain: mode.domain, concurrency: 2, ...listen })
+          )
+          yield* TestClock.adjust("1 second")
+          const result = yield* Fiber.join(fiber)
+          assert.deepStrictEqual(trace(events), [
+            "Started:0@0 0/3",
+            "Started:1@0 0/3",
+            "Succeeded:0@100 1/3",
+            "Started:2@100 1/3",
+            "Failed:2@200 2/3",
+            "Succeeded:1@300 3/3"
+          ])
+          const failed = events[4]
+          assert.strictEqual(failed?._tag === "Failed" && failed.status, "error")
+          assert.strictEqual(failed?._tag === "Failed" && failed.durationMs, 100)
+          const succeeded = events[5]
+          assert.strictEqual(succeeded?._tag === "Succeeded" && succeeded.durationMs, 300)
+          assert.strictEqual(result.elapsedMs, 300)
+        })
+      )
+    }
 
     it.effect("onEvent: the same events as Effects, awaited in order", () =>
       Effect.gen(function* () {
@@ -1081,7 +1118,10 @@ describe("Batch permits, batches without callbacks (items started from JavaScrip
       const startsB: Array<number> = []
       const a = yield* Effect.forkChild(batch.run(items, { domain: "d-a" }))
       const b = yield* Effect.forkChild(
-        batch.run(items, { domain: "d-a", onProgress: (e) => e._tag === "Started" && startsB.push(e.elapsedMs) })
+        batch.run(items, {
+          domain: "d-a",
+          onEvent: (e) => Effect.sync(() => e._tag === "Started" && startsB.push(e.elapsedMs))
+        })
       )
       yield* TestClock.adjust("1 minute")
       const [ra, rb] = [yield* Fiber.join(a), yield* Fiber.join(b)]
@@ -1125,10 +1165,13 @@ describe("Batch permits, batches without callbacks (items started from JavaScrip
   )
 
   // Found in review of the JavaScript-started pool.
-  for (const silent of [true, false]) {
-    const kind = silent ? "silent" : "with callbacks"
+  for (const kind of ["silent", "with onProgress", "with onEvent"] as const) {
     const opts = (extra: Batch.RunOptions = {}): Batch.RunOptions =>
-      silent ? extra : { ...extra, onProgress: () => undefined }
+      kind === "silent"
+        ? extra
+        : kind === "with onProgress"
+          ? { ...extra, onProgress: () => undefined }
+          : { ...extra, onEvent: () => Effect.void }
 
     it.effect(`1,000 batches queued behind one permit, each ending at once, all end (${kind})`, () =>
       Effect.gen(function* () {

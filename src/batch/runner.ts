@@ -3,10 +3,10 @@
  * runs through the pipeline (its route's `Router.prepare`d plan, then the executor's
  * engine); every item ends with exactly one outcome, written at its index.
  *
- * - A silent batch (no `onProgress`, no `onEvent`) starts its items from JavaScript, as
- *   `executeMany` does (`started.ts`): no worker fiber and no Effect per item, only each
- *   call's own fiber; an item that ends starts the next at once.
- * - A batch with callbacks runs `min(concurrency, limit, items)` worker fibers that take the
+ * - A batch without `onEvent` (silent, or with only the synchronous `onProgress`) starts its
+ *   items from JavaScript, as `executeMany` does (`started.ts`): no worker fiber and no
+ *   Effect per item, only each call's own fiber; an item that ends starts the next at once.
+ * - A batch with `onEvent` runs `min(concurrency, limit, items)` worker fibers that take the
  *   items by index (`policy/pool.ts`), so that each event is an Effect in order.
  *
  * Either way a batch of 100k items never parks 100k fibers.
@@ -218,9 +218,17 @@ export const run = (deps: Deps, rawItems: unknown, rawOptions: RunOptions | unde
     }
 
     const concurrency = Math.min(options.concurrency ?? limit, limit)
-    const startCall = silent ? startedBy.get(executor) : undefined
+    // `onProgress` is called synchronously, so a batch with only that callback starts its
+    // items from JavaScript too; only `onEvent` (an Effect per event, in order) needs workers.
+    const startCall = onEvent === undefined ? startedBy.get(executor) : undefined
+    // On that path the events' Effects are not run by a worker: the only one that is not
+    // `Effect.void` is the warning of a callback that threw, run on the batch's context.
+    const context = yield* Effect.context<never>()
+    const runNow = (effect: Effect.Effect<void>): void => {
+      if (effect !== Effect.void) Effect.runForkWith(context)(effect)
+    }
 
-    // A silent batch's items, started from JavaScript (`started.ts`).
+    // The items of a batch without `onEvent`, started from JavaScript (`started.ts`).
     const call = (index: number): Routed | ModelError | Effect.Effect<Answer, AiError> => {
       const parsed = parse(items[index], index)
       if (parsed instanceof ModelError) return parsed
@@ -235,8 +243,8 @@ export const run = (deps: Deps, rawItems: unknown, rawOptions: RunOptions | unde
       concurrency,
       gate,
       clock,
-      started,
-      settle,
+      started: (index, takenAt) => runNow(started(index, takenAt)),
+      settle: (index, exit) => runNow(settle(index, exit)),
       settled: (index) => results[index] !== undefined,
       call
     }

@@ -1,5 +1,5 @@
 /**
- * The pool of a silent batch (no `onProgress`, no `onEvent`): its items started from
+ * The pool of a batch without `onEvent` (silent, or with only `onProgress`): its items started from
  * JavaScript through the engine's `start`, as `executeMany` does (`policy/pool.ts`
  * `runStarted`): no worker fiber and no Effect per item, only each call's own fiber; an item
  * that ends starts the next at once. Each item holds a permit of the manager's limit
