@@ -1,11 +1,12 @@
 import { assert, describe, it } from "@effect/vitest"
 import { Context, Duration, Effect, Fiber, Layer, Stream } from "effect"
 import { TestClock } from "effect/testing"
-import type { AiError } from "../src/AiError.js"
+import { type AiError, ShuttingDownError } from "../src/AiError.js"
 import type * as Input from "../src/Input.js"
 import * as Executor from "../src/Executor.js"
 import { ChunkDeadline, ModelProvider, type Service, type StreamPart } from "../src/Model.js"
 import { Outcome } from "../src/Model/Mock.js"
+import { CurrentCut, type Cut, stopStreams } from "../src/policy/plan.js"
 import { setup } from "./utils/executor.js"
 
 const ask = { prompt: "tell me" }
@@ -237,6 +238,42 @@ describe("Executor.stream", () => {
       assert.isAbove(seen.length, 2)
       yield* Fiber.join(closing)
     })
+  )
+
+  it.effect(
+    "a stream stopped through its Cut (the gateway's drain) ends at once with that error, counted; one opened afterwards fails at once",
+    () =>
+      Effect.gen(function* () {
+        const { executor } = yield* setup({ respond: () => "a b c d e f g h", chunkDelay: "1 second" })
+        const cut: Cut = { error: undefined }
+        const seen: Array<string> = []
+        const fiber = yield* Effect.forkChild(
+          Effect.flip(
+            Stream.runForEach(executor.stream(ask), (p) =>
+              Effect.sync(() => {
+                if (p._tag === "TextDelta") seen.push(p.text)
+              })
+            ).pipe(Effect.provideService(CurrentCut, cut))
+          )
+        )
+        yield* TestClock.adjust("1500 millis")
+        assert.isUndefined(fiber.pollUnsafe(), "still streaming")
+        assert.strictEqual(cut.stops?.size, 1, "the running stream registered its stop")
+        const stopped = new ShuttingDownError({ message: "the drain deadline passed" })
+        stopStreams(cut, stopped)
+        yield* Effect.yieldNow
+        const error = yield* Fiber.join(fiber)
+        assert.strictEqual(error, stopped, "the consumer gets the cut's own error, with no clock advanced")
+        assert.deepStrictEqual(seen, ["a ", "b "])
+        assert.strictEqual(cut.stops?.size, 0, "an ended stream unregisters")
+        const stats = yield* executor.stats()
+        assert.strictEqual(stats.failuresByReason["ShuttingDown"], 1)
+        const later = yield* Effect.flip(collect(executor.stream(ask)).pipe(Effect.provideService(CurrentCut, cut)))
+        assert.strictEqual(later, stopped)
+        const other = yield* Effect.forkChild(collect(executor.stream(ask)))
+        yield* TestClock.adjust("10 seconds")
+        assert.strictEqual(textOf(yield* Fiber.join(other)), "a b c d e f g h", "a stream outside the cut runs on")
+      })
   )
 
   it.effect("resume continues on the next step and removes text it repeats", () =>

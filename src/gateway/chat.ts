@@ -37,6 +37,7 @@ import {
 } from "./routes.js"
 import * as Sse from "./sse.js"
 import { CurrentTracker, millis, type Target, type Tracker } from "./upstream.js"
+import { CurrentCut, type Cut, stopStreams } from "../policy/plan.js"
 import { parseChat, type ChatCall } from "./request.js"
 import * as Wire from "./response.js"
 
@@ -174,8 +175,11 @@ export const make = (env: Env) => {
         target._tag === "Domain"
           ? upstream.router.stream(request, target.domain.name, deadlines)
           : executor.stream({ ...request, model: target.model }, { ...executeOptions(target), ...deadlines })
+      // The drain's cut ends the stream through the pipeline (an error event, never `[DONE]`).
+      const cut: Cut = { error: undefined }
+      lifecycle.onCut(entry, (error) => stopStreams(cut, error))
       const pull = yield* Stream.toPull(
-        parts.pipe(Stream.interruptWhen(lifecycle.cutSignal), Stream.provideService(CurrentTracker, tracker))
+        parts.pipe(Stream.provideService(CurrentTracker, tracker), Stream.provideService(CurrentCut, cut))
       )
       const first = yield* Effect.exit(pull)
       if (Exit.isFailure(first)) {

@@ -18,6 +18,8 @@ import { ShuttingDownError } from "../AiError.js"
 export interface Entry {
   /** The call of a non-streaming request, interrupted by the cut. */
   fiber: Fiber.Fiber<unknown, unknown> | undefined
+  /** Ends the stream of a streaming request with the cut's error (see {@link Lifecycle.onCut}). */
+  stop: ((error: ShuttingDownError) => void) | undefined
   /** Set by the cut, so the request answers `shutting_down` rather than as cancelled. */
   cut: boolean
   left: boolean
@@ -33,8 +35,8 @@ export interface Lifecycle {
   readonly enter: () => Entry | undefined
   /** Counts it out (idempotent). */
   readonly leave: (entry: Entry) => void
-  /** Fails with `ShuttingDownError` once the drain deadline passed (streams stop on it). */
-  readonly cutSignal: Effect.Effect<never, ShuttingDownError>
+  /** Calls `stop` with a `ShuttingDownError` when the drain cuts `entry` (at once if it already has): streams stop on it. */
+  readonly onCut: (entry: Entry, stop: (error: ShuttingDownError) => void) => void
   /** Drains: refuse new requests, wait for the running ones up to the deadline, cut the rest. Idempotent. */
   readonly drain: Effect.Effect<void>
 }
@@ -56,15 +58,10 @@ export const make = (options: {
     let count = 0
     let idle: Deferred.Deferred<void> | undefined
     const entries = new Set<Entry>()
-    const cut = yield* Deferred.make<void>()
-    const cutSignal: Effect.Effect<never, ShuttingDownError> = Effect.andThen(
-      Deferred.await(cut),
-      Effect.fail(cutError())
-    )
 
     const enter = (): Entry | undefined => {
       if (draining) return undefined
-      const entry: Entry = { fiber: undefined, cut: false, left: false }
+      const entry: Entry = { fiber: undefined, stop: undefined, cut: false, left: false }
       count++
       entries.add(entry)
       options.onCount?.(count)
@@ -92,10 +89,10 @@ export const make = (options: {
         draining = true
         yield* waitIdle(options.drainTimeout)
         if (count === 0) return
-        Deferred.doneUnsafe(cut, Exit.void)
-        for (const entry of entries) {
+        for (const entry of Array.from(entries)) {
           entry.cut = true
           entry.fiber?.interruptUnsafe()
+          entry.stop?.(cutError())
         }
         yield* waitIdle(options.cutGrace ?? Duration.seconds(2))
       })
@@ -106,7 +103,10 @@ export const make = (options: {
       inFlight: () => count,
       enter,
       leave,
-      cutSignal,
+      onCut: (entry, stop) => {
+        entry.stop = stop
+        if (entry.cut) stop(cutError())
+      },
       drain
     } satisfies Lifecycle
   })

@@ -130,6 +130,25 @@ export interface Answer<T, A> {
  */
 export interface Cut {
   error: AiError | undefined
+  /** The streams running under this cut: each ends at once with the error it is given. */
+  stops?: Set<(error: AiError) => void> | undefined
+  /** Set by {@link stopStreams}: a stream opened under this cut afterwards fails with it at once. */
+  stopped?: AiError | undefined
+}
+
+/**
+ * Ends the streams running under `cut` with `error`, as their total deadline would (their
+ * consumers get the failure, their steps count it), and fails with it any stream opened
+ * under `cut` later. Without a fiber: the gateway's drain ends its streams this way, where
+ * `Stream.interruptWhen` would run every stream through a merge (two fibers, and a
+ * hand-over between them for every chunk).
+ *
+ * @internal
+ */
+export const stopStreams = (cut: Cut, error: AiError): void => {
+  cut.stopped ??= error
+  if (cut.stops === undefined) return
+  for (const stop of Array.from(cut.stops)) stop(error)
 }
 
 /**

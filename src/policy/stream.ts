@@ -67,6 +67,7 @@ export const make = (env: { readonly engine: Engine; readonly defaults: StreamDe
           })
         }
       }
+      if (cut?.stopped !== undefined) return yield* Effect.fail(cut.stopped)
       engine.enter()
 
       // Everything the consumer and the producers share (the producers through the host of
@@ -102,8 +103,19 @@ export const make = (env: { readonly engine: Engine; readonly defaults: StreamDe
         signal()
       }
 
-      const total = engine.lanes.watch((ending) => {
-        const error =
+      // Ends the stream with `error` now: its running attempt stops, its step counts the error.
+      const cutShort = (error: AiError, timedOut: boolean) => {
+        if (current !== undefined && current.end === undefined) {
+          if (timedOut) current.series.timeouts++
+          current.end = Exit.fail(error)
+          current.fiber?.interruptUnsafe()
+        }
+        finishStep(current, Exit.fail(error))
+        endStream(Exit.fail(error))
+      }
+
+      const total = engine.lanes.watch((ending) =>
+        cutShort(
           ending === "shutdown"
             ? cutByShutdown()
             : new TimeoutError({
@@ -111,16 +123,13 @@ export const make = (env: { readonly engine: Engine; readonly defaults: StreamDe
                 timeout: plan.totalTimeout ?? Duration.zero,
                 provider: current?.step.name,
                 partialText: delivered
-              })
-        if (current !== undefined && current.end === undefined) {
-          if (ending === "timeout") current.series.timeouts++
-          current.end = Exit.fail(error)
-          current.fiber?.interruptUnsafe()
-        }
-        finishStep(current, Exit.fail(error))
-        endStream(Exit.fail(error))
-      })
+              }),
+          ending === "timeout"
+        )
+      )
       total.arm(plan.totalTimeout)
+      const stop = (error: AiError) => cutShort(error, false)
+      if (cut !== undefined) (cut.stops ??= new Set()).add(stop)
 
       let stepClosed = false
       const finishStep = (attempt: Attempt | undefined, exit: Exit.Exit<void, AiError>) => {
@@ -145,6 +154,7 @@ export const make = (env: { readonly engine: Engine; readonly defaults: StreamDe
         streamScope,
         Effect.suspend(() => {
           total.dispose()
+          cut?.stops?.delete(stop)
           backoff?.dispose()
           engine.leave()
           const attempt = current
