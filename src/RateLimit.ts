@@ -12,15 +12,15 @@
  *
  * @since 0.1.0
  */
-import { Context, Duration, Effect, Layer, Metric, Result } from "effect"
+import { Context, Duration, Effect, Layer, Result } from "effect"
 import { RateLimiter, type Redis } from "effect/persistence"
 import { ModelError } from "./AiError.js"
 import * as Input from "./Input.js"
-import * as Metrics from "./Metrics.js"
+import { make as makeMetrics } from "./RateLimit/metrics.js"
+import { checkOptions, checkTokens, redisFields } from "./RateLimit/options.js"
 import * as RedisStore from "./RateLimit/Redis.js"
 import * as SharedRedis from "./Redis.js"
 import { isTraced } from "./policy/span.js"
-import { Histogram } from "./stats/series.js"
 
 /**
  * The limits of one key (a provider). Both limits count over `window`: with `window:
@@ -111,62 +111,6 @@ export interface Service {
  */
 export class RateLimits extends Context.Service<RateLimits, Service>()("effect-orchestra/RateLimits") {}
 
-const limitFields: ReadonlySet<string> = new Set(["requestsPerMinute", "tokensPerMinute", "window", "algorithm"])
-
-const checkLimits = (input: unknown, path: string): Input.Checked<ResolvedLimits> => {
-  if (typeof input !== "object" || input === null) return Result.fail({ path, message: "expected an object" })
-  for (const field of Object.keys(input)) {
-    if (!limitFields.has(field)) return Result.fail({ path: `${path}.${field}`, message: "unknown field" })
-  }
-  const limits = input as Limits
-  const algorithm = limits.algorithm ?? "fixed-window"
-  if (algorithm !== "fixed-window" && algorithm !== "token-bucket") {
-    return Result.fail({
-      path: `${path}.algorithm`,
-      message: `expected "fixed-window" or "token-bucket", got ${JSON.stringify(algorithm)}`
-    })
-  }
-  return Result.map(
-    Input.all([
-      Input.optional(limits.requestsPerMinute, (n) => Input.positiveInt(`${path}.requestsPerMinute`, n)),
-      Input.optional(limits.tokensPerMinute, (n) => Input.positiveInt(`${path}.tokensPerMinute`, n)),
-      Input.duration(`${path}.window`, limits.window ?? "1 minute")
-    ]),
-    ([requestsPerMinute, tokensPerMinute, window]) => ({ requestsPerMinute, tokensPerMinute, window, algorithm })
-  )
-}
-
-interface Config {
-  readonly providers: ReadonlyMap<string, ResolvedLimits>
-  readonly fallback: ResolvedLimits | undefined
-  readonly maxWait: Duration.Duration
-}
-
-const optionFields: ReadonlySet<string> = new Set(["providers", "default", "maxWait"])
-const redisFields: ReadonlySet<string> = new Set([...optionFields, "prefix", "onStoreError", "redis"])
-
-const checkOptions = (options: Options, fields: ReadonlySet<string> = optionFields): Input.Checked<Config> => {
-  for (const field of Object.keys(options)) {
-    if (!fields.has(field)) return Result.fail({ path: field, message: "unknown option" })
-  }
-  const providers = new Map<string, ResolvedLimits>()
-  for (const [key, limits] of Object.entries(options.providers ?? {})) {
-    const checked = checkLimits(limits, `providers.${key}`)
-    if (Result.isFailure(checked)) return Result.fail(checked.failure)
-    providers.set(key, checked.success)
-  }
-  return Result.map(
-    Input.all([
-      Input.optional(options.default, (limits) => checkLimits(limits, "default")),
-      Input.duration("maxWait", options.maxWait ?? "30 seconds", { allowZero: true, allowInfinite: true })
-    ]),
-    ([fallback, maxWait]) => ({ providers, fallback, maxWait })
-  )
-}
-
-const checkTokens = (tokens: number | undefined): Input.Checked<number> =>
-  tokens === undefined ? Result.succeed(0) : Result.map(Input.number("tokens", tokens, { min: 0 }), Math.ceil)
-
 // The limiter's delays carry floating-point noise (a slot due now can come back as 1e-4 ms
 // away, more so on Redis's microsecond clock): below this a slot counts as free.
 const significant = (millis: number): number => (millis < 0.01 ? 0 : millis)
@@ -176,51 +120,6 @@ interface Reservation {
   readonly limit: number
   readonly tokens: number
   readonly limits: ResolvedLimits
-}
-
-// A limit's metrics as plain counters, registered once per metric registry and limit key
-// (`Metric.registerUnsafe` hooks, as the call metrics are): `Metric.update` on an attributed
-// metric copies the caller's whole context per update (~5 KB a request in the gateway).
-// Shared by every limiter on one registry with the same metric attributes, so a key's series
-// adds up across them as the registry's own series did.
-class KeyMetrics {
-  immediate = 0
-  delayed = 0
-  rejected = 0
-  readonly wait = new Histogram()
-}
-
-const keyMetrics = new WeakMap<object, Map<string, KeyMetrics>>()
-
-const noUpdate = { update: () => {}, modify: () => {} }
-
-const keyMetricsOf = (context: Context.Context<never>, attributes: string, key: string): KeyMetrics => {
-  const registry = Context.get(context, Metric.MetricRegistry)
-  let byKey = keyMetrics.get(registry)
-  if (byKey === undefined) {
-    byKey = new Map()
-    keyMetrics.set(registry, byKey)
-  }
-  const id = `${attributes}\u0000${key}`
-  let metrics = byKey.get(id)
-  if (metrics === undefined) {
-    const made = new KeyMetrics()
-    metrics = made
-    byKey.set(id, made)
-    const counter = (outcome: string, get: () => number) =>
-      Metric.registerUnsafe(Metric.withAttributes(Metrics.rateLimitAcquisitions, { limit: key, outcome }), context, {
-        get: () => ({ count: get(), incremental: true }),
-        ...noUpdate
-      })
-    counter("immediate", () => made.immediate)
-    counter("delayed", () => made.delayed)
-    counter("rejected", () => made.rejected)
-    Metric.registerUnsafe(Metric.withAttributes(Metrics.rateLimitWait, { limit: key }), context, {
-      get: () => made.wait.state(),
-      ...noUpdate
-    })
-  }
-  return metrics
 }
 
 /**
@@ -252,23 +151,7 @@ export const make = Effect.fnUntraced(function* (
   const limiter = yield* Effect.provideService(RateLimiter.make, RateLimiter.RateLimiterStore, guarded)
   const failClosed = policy.onStoreError === "reject"
   const maxWaitMillis = Duration.toMillis(config.maxWait)
-  // Only what registering a series reads: a limiter built inside a request (the gateway's key
-  // store does) must not keep that request's context alive.
-  const caller = yield* Effect.context<never>()
-  const attributes = Context.get(caller, Metric.CurrentMetricAttributes)
-  const context = Context.make(Metric.MetricRegistry, Context.get(caller, Metric.MetricRegistry)).pipe(
-    Context.add(Metric.CurrentMetricAttributes, attributes)
-  ) as Context.Context<never>
-  const attributesId = JSON.stringify(Object.entries(attributes).sort(([a], [b]) => (a < b ? -1 : a > b ? 1 : 0)))
-  const metricsByKey = new Map<string, KeyMetrics>()
-  const metricsOf = (key: string): KeyMetrics => {
-    let metrics = metricsByKey.get(key)
-    if (metrics === undefined) {
-      metrics = keyMetricsOf(context, attributesId, key)
-      metricsByKey.set(key, metrics)
-    }
-    return metrics
-  }
+  const metricsOf = makeMetrics(yield* Effect.context<never>())
 
   const limitsOf = (key: string): ResolvedLimits | undefined => config.providers.get(key) ?? config.fallback
 

@@ -1,0 +1,81 @@
+/**
+ * The per-key metrics of the rate limits (`orchestra_rate_limit_acquisitions_total` by
+ * outcome, `orchestra_rate_limit_wait_ms`): plain counters and a histogram per limit key,
+ * registered once per metric registry, and a limiter's view of them by key.
+ *
+ * @internal
+ */
+import { Context, Metric } from "effect"
+import * as Metrics from "../Metrics.js"
+import { Histogram } from "../stats/series.js"
+
+// A limit's metrics as plain counters, registered once per metric registry and limit key
+// (`Metric.registerUnsafe` hooks, as the call metrics are): `Metric.update` on an attributed
+// metric copies the caller's whole context per update (~5 KB a request in the gateway).
+// Shared by every limiter on one registry with the same metric attributes, so a key's series
+// adds up across them as the registry's own series did.
+export class KeyMetrics {
+  immediate = 0
+  delayed = 0
+  rejected = 0
+  readonly wait = new Histogram()
+}
+
+const keyMetrics = new WeakMap<object, Map<string, KeyMetrics>>()
+
+const noUpdate = { update: () => {}, modify: () => {} }
+
+const keyMetricsOf = (context: Context.Context<never>, attributes: string, key: string): KeyMetrics => {
+  const registry = Context.get(context, Metric.MetricRegistry)
+  let byKey = keyMetrics.get(registry)
+  if (byKey === undefined) {
+    byKey = new Map()
+    keyMetrics.set(registry, byKey)
+  }
+  const id = `${attributes}\u0000${key}`
+  let metrics = byKey.get(id)
+  if (metrics === undefined) {
+    const made = new KeyMetrics()
+    metrics = made
+    byKey.set(id, made)
+    const counter = (outcome: string, get: () => number) =>
+      Metric.registerUnsafe(Metric.withAttributes(Metrics.rateLimitAcquisitions, { limit: key, outcome }), context, {
+        get: () => ({ count: get(), incremental: true }),
+        ...noUpdate
+      })
+    counter("immediate", () => made.immediate)
+    counter("delayed", () => made.delayed)
+    counter("rejected", () => made.rejected)
+    Metric.registerUnsafe(Metric.withAttributes(Metrics.rateLimitWait, { limit: key }), context, {
+      get: () => made.wait.state(),
+      ...noUpdate
+    })
+  }
+  return metrics
+}
+
+/**
+ * A limiter's metrics by key, each key's looked up once. Registers in `caller`'s metric
+ * registry under its metric attributes.
+ *
+ * @internal
+ */
+export const make = (caller: Context.Context<never>): ((key: string) => KeyMetrics) => {
+  // Only what registering a series reads: a limiter built inside a request (the gateway's key
+  // store does) must not keep that request's context alive.
+  const attributes = Context.get(caller, Metric.CurrentMetricAttributes)
+  const context = Context.make(Metric.MetricRegistry, Context.get(caller, Metric.MetricRegistry)).pipe(
+    Context.add(Metric.CurrentMetricAttributes, attributes)
+  ) as Context.Context<never>
+  const attributesId = JSON.stringify(Object.entries(attributes).sort(([a], [b]) => (a < b ? -1 : a > b ? 1 : 0)))
+  const metricsByKey = new Map<string, KeyMetrics>()
+  const metricsOf = (key: string): KeyMetrics => {
+    let metrics = metricsByKey.get(key)
+    if (metrics === undefined) {
+      metrics = keyMetricsOf(context, attributesId, key)
+      metricsByKey.set(key, metrics)
+    }
+    return metrics
+  }
+  return metricsOf
+}

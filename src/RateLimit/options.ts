@@ -1,0 +1,87 @@
+/**
+ * Checks rate-limit options where they enter (`make` and the layers): every refusal is an
+ * `OptionError` naming the field; the limits of each key resolved with their defaults. Also
+ * the check of an acquire's `tokens`.
+ *
+ * @internal
+ */
+import { type Duration, Result } from "effect"
+import * as Input from "../Input.js"
+import type { Limits, Options, ResolvedLimits } from "../RateLimit.js"
+
+const limitFields: ReadonlySet<string> = new Set(["requestsPerMinute", "tokensPerMinute", "window", "algorithm"])
+
+const checkLimits = (input: unknown, path: string): Input.Checked<ResolvedLimits> => {
+  if (typeof input !== "object" || input === null) return Result.fail({ path, message: "expected an object" })
+  for (const field of Object.keys(input)) {
+    if (!limitFields.has(field)) return Result.fail({ path: `${path}.${field}`, message: "unknown field" })
+  }
+  const limits = input as Limits
+  const algorithm = limits.algorithm ?? "fixed-window"
+  if (algorithm !== "fixed-window" && algorithm !== "token-bucket") {
+    return Result.fail({
+      path: `${path}.algorithm`,
+      message: `expected "fixed-window" or "token-bucket", got ${JSON.stringify(algorithm)}`
+    })
+  }
+  return Result.map(
+    Input.all([
+      Input.optional(limits.requestsPerMinute, (n) => Input.positiveInt(`${path}.requestsPerMinute`, n)),
+      Input.optional(limits.tokensPerMinute, (n) => Input.positiveInt(`${path}.tokensPerMinute`, n)),
+      Input.duration(`${path}.window`, limits.window ?? "1 minute")
+    ]),
+    ([requestsPerMinute, tokensPerMinute, window]) => ({ requestsPerMinute, tokensPerMinute, window, algorithm })
+  )
+}
+
+/**
+ * Checked options: each listed key's limits, the default's, and `maxWait`.
+ *
+ * @internal
+ */
+export interface Config {
+  readonly providers: ReadonlyMap<string, ResolvedLimits>
+  readonly fallback: ResolvedLimits | undefined
+  readonly maxWait: Duration.Duration
+}
+
+const optionFields: ReadonlySet<string> = new Set(["providers", "default", "maxWait"])
+
+/**
+ * The fields `layerRedis` takes (`make` checks against them too).
+ *
+ * @internal
+ */
+export const redisFields: ReadonlySet<string> = new Set([...optionFields, "prefix", "onStoreError", "redis"])
+
+/**
+ * Checks options, `fields` being the known ones (default: those of `layerMemory`).
+ *
+ * @internal
+ */
+export const checkOptions = (options: Options, fields: ReadonlySet<string> = optionFields): Input.Checked<Config> => {
+  for (const field of Object.keys(options)) {
+    if (!fields.has(field)) return Result.fail({ path: field, message: "unknown option" })
+  }
+  const providers = new Map<string, ResolvedLimits>()
+  for (const [key, limits] of Object.entries(options.providers ?? {})) {
+    const checked = checkLimits(limits, `providers.${key}`)
+    if (Result.isFailure(checked)) return Result.fail(checked.failure)
+    providers.set(key, checked.success)
+  }
+  return Result.map(
+    Input.all([
+      Input.optional(options.default, (limits) => checkLimits(limits, "default")),
+      Input.duration("maxWait", options.maxWait ?? "30 seconds", { allowZero: true, allowInfinite: true })
+    ]),
+    ([fallback, maxWait]) => ({ providers, fallback, maxWait })
+  )
+}
+
+/**
+ * An acquire's `tokens`, rounded up (0 when absent).
+ *
+ * @internal
+ */
+export const checkTokens = (tokens: number | undefined): Input.Checked<number> =>
+  tokens === undefined ? Result.succeed(0) : Result.map(Input.number("tokens", tokens, { min: 0 }), Math.ceil)
