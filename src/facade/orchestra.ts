@@ -1,0 +1,249 @@
+/**
+ * The Promise facade's manager (`createOrchestra`): the manager built on a `ManagedRuntime`
+ * on first use, each call's program run on it as a fiber of its own (its options checked
+ * first, `input.ts`; the programs in `calls.ts`), a call's `signal` turned into its
+ * interruption and its typed error, and the graceful `dispose`.
+ *
+ * @internal
+ */
+import {
+  Cause,
+  Clock,
+  Context,
+  Duration,
+  Effect,
+  Exit,
+  type Fiber,
+  type Layer,
+  ManagedRuntime,
+  Result,
+  Stream
+} from "effect"
+import {
+  type AiError,
+  invalidRequest,
+  isAiError,
+  type ModelError,
+  ShuttingDownError,
+  TimeoutError
+} from "../AiError.js"
+import type {
+  AbortedError,
+  FacadeError,
+  Orchestra,
+  OrchestraError,
+  ParallelOptions,
+  Prompt,
+  StreamOptions
+} from "../Facade.js"
+import * as Input from "../Input.js"
+import type { StreamPart } from "../Model.js"
+import type { Services } from "../Orchestra.js"
+import { CurrentCut, type Cut } from "../policy/plan.js"
+import * as Prometheus from "../Prometheus.js"
+import * as Stats from "../Stats.js"
+import * as Calls from "./calls.js"
+import { type Checked, check, isTimeoutReason, Keys, kind, none } from "./input.js"
+
+/** What `createOrchestra` takes from `Facade.ts`: its error classes. */
+export interface Env {
+  readonly AbortedError: typeof AbortedError
+  readonly OrchestraError: typeof OrchestraError
+}
+
+// The facade's own clock, read before the manager (and its context) exists.
+const clock = Context.get(Context.empty() as Context.Context<never>, Clock.Clock)
+
+/**
+ * Builds `createOrchestra` over the facade's error classes; `Facade.ts` calls it once, at load.
+ *
+ * @internal
+ */
+export const makeCreateOrchestra = (env: Env) => {
+  const { AbortedError, OrchestraError } = env
+
+  /** What an aborted signal means: a timeout when its reason says so, otherwise a cancellation. */
+  const abortError = (signal: AbortSignal, elapsedMillis: number): AiError | AbortedError => {
+    const reason: unknown = signal.reason
+    if (isAiError(reason)) return reason
+    if (isTimeoutReason(reason)) {
+      return new TimeoutError({ limit: "total", timeout: Duration.millis(Math.max(0, elapsedMillis)) })
+    }
+    const why = reason instanceof Error ? `: ${reason.message}` : ""
+    return new AbortedError({ message: `the call was aborted by its signal${why}`, cause: reason })
+  }
+
+  /** `promise`, or the abort's error if the signal aborts first (a manager still being built, say). */
+  const untilAborted = <A>(promise: Promise<A>, signal: AbortSignal | undefined, elapsed: () => number): Promise<A> =>
+    signal === undefined
+      ? promise
+      : new Promise<A>((resolve, reject) => {
+          const onAbort = () => reject(new OrchestraError(abortError(signal, elapsed())))
+          signal.addEventListener("abort", onAbort, { once: true })
+          promise.then(
+            (value) => {
+              signal.removeEventListener("abort", onAbort)
+              resolve(value)
+            },
+            (error: unknown) => {
+              signal.removeEventListener("abort", onAbort)
+              reject(error)
+            }
+          )
+        })
+
+  const isFacadeError = (u: unknown): u is FacadeError =>
+    isAiError(u) || u instanceof AbortedError || u instanceof Input.OptionError
+
+  const shuttingDown = () =>
+    new OrchestraError(new ShuttingDownError({ message: "the orchestra has been disposed and admits no new calls" }))
+
+  const createOrchestra = <E>(layer: Layer.Layer<Services, E, never>): Orchestra => {
+    const runtime = ManagedRuntime.make(layer)
+    let services: Context.Context<Services> | undefined
+    let statsService: Stats.Service | undefined
+    let building: Promise<Context.Context<Services>> | undefined
+    let disposing: Promise<void> | undefined
+    let emptyStats: Stats.ExecutionStats | undefined
+    // Call fibers run outside the runtime's own fiber scope, so that dispose drains them
+    // through the executor's shutdown instead of interrupting them at once.
+    const running = new Set<Fiber.Fiber<unknown, unknown>>()
+
+    const rejectionOf = (cause: Cause.Cause<unknown>, aborted: FacadeError | undefined): unknown => {
+      const failure = Cause.findErrorOption(cause)
+      if (failure._tag === "Some") {
+        return isFacadeError(failure.value) ? new OrchestraError(failure.value) : failure.value
+      }
+      if (aborted !== undefined) return new OrchestraError(aborted)
+      if (Cause.hasInterruptsOnly(cause)) {
+        return disposing !== undefined
+          ? shuttingDown()
+          : new OrchestraError(new AbortedError({ message: "the call was interrupted" }))
+      }
+      return Cause.squash(cause)
+    }
+
+    const servicesOf = (): Promise<Context.Context<Services>> => {
+      if (services !== undefined) return Promise.resolve(services)
+      building ??= Effect.runPromiseExit(runtime.contextEffect).then((exit) => {
+        if (Exit.isFailure(exit)) throw rejectionOf(exit.cause, undefined)
+        services = exit.value
+        statsService = Context.get(services, Stats.Stats)
+        return services
+      })
+      return building
+    }
+
+    /** Runs a call's program on the manager; its signal interrupts it unless `cancels` is false. */
+    const run = <A>(
+      options: Result.Result<Checked, ModelError>,
+      program: (checked: Checked) => Effect.Effect<A, unknown, Services>,
+      cancels = true
+    ): Promise<A> => {
+      if (disposing !== undefined) return Promise.reject(shuttingDown())
+      if (Result.isFailure(options)) return Promise.reject(new OrchestraError(options.failure))
+      const checked = options.success
+      const signal = cancels ? checked.signal : undefined
+      if (signal?.aborted) return Promise.reject(new OrchestraError(abortError(signal, 0)))
+      const started = clock.currentTimeMillisUnsafe()
+      const elapsed = () => clock.currentTimeMillisUnsafe() - started
+      return untilAborted(servicesOf(), signal, elapsed).then(
+        (context) =>
+          new Promise<A>((resolve, reject) => {
+            if (disposing !== undefined) return reject(shuttingDown())
+            if (signal?.aborted) return reject(new OrchestraError(abortError(signal, elapsed())))
+            const cut: Cut = { error: undefined }
+            let aborted: FacadeError | undefined
+            const fiber = Effect.runForkWith(context)(Effect.provideService(program(checked), CurrentCut, cut))
+            const onAbort = () => {
+              const error = abortError(signal!, elapsed())
+              aborted = error
+              // Set before the interruption, so the cut steps are counted as what the caller sees.
+              if (error._tag !== "AbortedError") cut.error = error
+              fiber.interruptUnsafe()
+            }
+            running.add(fiber)
+            signal?.addEventListener("abort", onAbort, { once: true })
+            fiber.addObserver((exit) => {
+              running.delete(fiber)
+              signal?.removeEventListener("abort", onAbort)
+              if (Exit.isSuccess(exit)) resolve(exit.value)
+              else reject(rejectionOf(exit.cause, aborted))
+            })
+          })
+      )
+    }
+
+    const stream = (prompt: Prompt, options?: StreamOptions): AsyncIterable<StreamPart> => ({
+      async *[Symbol.asyncIterator]() {
+        if (disposing !== undefined) throw shuttingDown()
+        const checked = check(options, Keys.stream)
+        if (Result.isFailure(checked)) throw new OrchestraError(checked.failure)
+        const signal = checked.success.signal
+        if (signal?.aborted) throw new OrchestraError(abortError(signal, 0))
+        const started = clock.currentTimeMillisUnsafe()
+        const elapsed = () => clock.currentTimeMillisUnsafe() - started
+        const context = await untilAborted(servicesOf(), signal, elapsed)
+        const cut: Cut = { error: undefined }
+        let parts: Stream.Stream<StreamPart, FacadeError, Services> = Calls.stream(prompt, checked.success)
+        if (signal !== undefined) {
+          const aborted = Effect.callback<never, FacadeError>((resume) => {
+            const onAbort = () => {
+              const error = abortError(signal, elapsed())
+              if (error._tag !== "AbortedError") cut.error = error
+              resume(Effect.fail(error))
+            }
+            if (signal.aborted) onAbort()
+            else signal.addEventListener("abort", onAbort, { once: true })
+            return Effect.sync(() => signal.removeEventListener("abort", onAbort))
+          })
+          parts = parts.pipe(Stream.interruptWhen(aborted))
+        }
+        yield* Stream.toAsyncIterableWith(
+          parts.pipe(
+            Stream.provideService(CurrentCut, cut),
+            Stream.mapError((error) => new OrchestraError(error))
+          ),
+          context
+        )
+      }
+    })
+
+    return {
+      execute: (prompt, options) => run(check(options, Keys.execute), (c) => Calls.execute(prompt, c)),
+      executeWithFallback: (prompt, domains, options) =>
+        run(check(options, Keys.fallback), (c) => Calls.executeWithFallback(prompt, domains, c)),
+      executeParallelDomains: ((prompt: Prompt, domains: ReadonlyArray<string>, options?: ParallelOptions) =>
+        run(check(options, Keys.parallel), (c) =>
+          Calls.executeParallelDomains(prompt, domains, c)
+        )) as Orchestra["executeParallelDomains"],
+      hedge: (prompt, domains, options) =>
+        run(check(options, Keys.hedge), (c) => Calls.hedge(prompt, domains, options !== undefined, c)),
+      // The signal and the timeout cancel the batch (its result names the items that never ran), not the promise.
+      batch: (items, options) => run(check(options, Keys.batch), (c) => Calls.batch(items, c), false),
+      stream,
+      embed: (input, options) => run(check(options, Keys.embed), (c) => Calls.embed(input, c)),
+      stats: (filter) => {
+        if (filter !== undefined && (typeof filter !== "object" || filter === null)) {
+          throw new OrchestraError(invalidRequest("filter", `expected { provider?, domain? }, got ${kind(filter)}`))
+        }
+        if (statsService !== undefined) return statsService.snapshotUnsafe(filter)
+        emptyStats ??= Effect.runSync(Effect.scoped(Effect.map(Stats.make, (s) => s.snapshotUnsafe())))
+        return emptyStats
+      },
+      resetStats: () => {
+        if (statsService !== undefined) Effect.runSync(statsService.reset)
+      },
+      metrics: () => run(Result.succeed(none), () => Prometheus.text),
+      dispose: () => {
+        disposing ??= runtime.dispose().then(() => {
+          // Nothing should be left once the executor has drained; anything that is ends now.
+          for (const fiber of running) fiber.interruptUnsafe()
+        })
+        return disposing
+      }
+    }
+  }
+
+  return createOrchestra
+}
