@@ -138,7 +138,7 @@ export const make = Effect.fnUntraced(function* (
     readonly guard?: SharedRedis.Guard | undefined
   } = {}
 ) {
-  const config = yield* Input.orOptionError(checkOptions(options, redisFields))
+  const config = yield* Input.orOptionError(checkOptions(options))
   const guard = policy.guard
   const guarded: RateLimiter.RateLimiterStore["Service"] =
     guard === undefined
@@ -335,6 +335,8 @@ export const layerRedis = (options: RedisOptions): Layer.Layer<RateLimits, Input
       }
       const guard = yield* SharedRedis.makeGuard({ store: "ratelimit", settings })
       const store = yield* RedisStore.makeStore({ prefix: options.prefix })
-      return yield* make(options, store, { onStoreError, guard })
+      // Only the limits: the Redis options are this layer's, and `make` refuses them.
+      const limits: Options = { providers: options.providers, default: options.default, maxWait: options.maxWait }
+      return yield* make(limits, store, { onStoreError, guard })
     })
   )

@@ -1,5 +1,6 @@
 import { assert, describe, it } from "@effect/vitest"
-import { Clock, Context, Duration, Effect, Exit, Fiber, Layer, Metric } from "effect"
+import { Cause, Clock, Context, Duration, Effect, Exit, Fiber, Layer, Metric } from "effect"
+import { RateLimiter } from "effect/persistence"
 import { TestClock } from "effect/testing"
 import { isRetryable, type ModelError, shouldFallback } from "../src/AiError.js"
 import type { OptionError } from "../src/Input.js"
@@ -276,6 +277,25 @@ describe("RateLimit (memory, TestClock)", () => {
         const error = yield* configError(options)
         assert.strictEqual(error._tag, "OptionError")
         assert.strictEqual(error.path, path, JSON.stringify(options))
+      }
+    })
+  )
+
+  it.effect("make refuses the Redis layer's options too, naming the field (they were accepted and ignored)", () =>
+    Effect.gen(function* () {
+      for (const field of ["prefix", "onStoreError", "redis"]) {
+        const options = {
+          default: { requestsPerMinute: 1 },
+          [field]: field === "redis" ? {} : "x"
+        } as RateLimit.Options
+        const exit = yield* Effect.exit(
+          Effect.flatMap(RateLimiter.RateLimiterStore, (store) => RateLimit.make(options, store)).pipe(
+            Effect.provide(RateLimiter.layerStoreMemory)
+          )
+        )
+        assert.isTrue(Exit.isFailure(exit))
+        const error = Exit.isFailure(exit) ? Cause.findErrorOption(exit.cause) : undefined
+        assert.strictEqual(error?._tag === "Some" && error.value.path, field)
       }
     })
   )
