@@ -557,6 +557,72 @@ describe("Batch on a domain gets the domain's policies, as Router.execute does",
   )
 })
 
+describe("Batch.run of one item without callbacks (its own path)", () => {
+  // The same item through the one-item path and through a batch's pool (onProgress puts
+  // it there): the same result, statistics and provider calls.
+  const hostile = {
+    request: {
+      get prompt(): string {
+        throw new Error("boom")
+      }
+    }
+  } as unknown as Batch.Item
+  const cases: ReadonlyArray<readonly [string, Batch.Item, ReadonlyArray<ReturnType<typeof Outcome.succeed>>]> = [
+    ["an answer", "q", [Outcome.succeed("fine", { latency: "100 millis" })]],
+    [
+      "two retries, then an answer",
+      "q",
+      [
+        Outcome.fail("Overloaded", { latency: "10 millis" }),
+        Outcome.hang(),
+        Outcome.succeed("finally", { latency: "10 millis" })
+      ]
+    ],
+    ["a failure that is not retried", "q", [Outcome.fail("InvalidRequest", { latency: "10 millis" })]],
+    ["a timeout after its retries", "q", [Outcome.hang(), Outcome.hang(), Outcome.hang(), Outcome.hang()]],
+    ["an item that is not a request", 42 as unknown as Batch.Item, []],
+    ["a request whose reading throws", hostile, []]
+  ]
+  for (const [name, item, script] of cases) {
+    it.effect(`${name}: the same outcome as in a batch's pool`, () =>
+      Effect.gen(function* () {
+        const runOnce = (listen: boolean) =>
+          Effect.gen(function* () {
+            const { batch, controls } = yield* makeOrchestra(
+              { a: { script } },
+              { domains: [{ name: "d-a", provider: "a", retry: retry3, timeout: 500 }] }
+            )
+            const options: Batch.RunOptions = listen
+              ? { domain: "d-a", onProgress: () => undefined }
+              : { domain: "d-a" }
+            const fiber = yield* Effect.forkChild(batch.run([item], options))
+            yield* TestClock.adjust("10 seconds")
+            const result = yield* Fiber.join(fiber)
+            const r = result.results[0]!
+            return {
+              result: {
+                status: r.status,
+                text: r.answer?.response.text,
+                attempts: r.answer?.attempts,
+                error: r.error === undefined ? undefined : `${r.error._tag}: ${r.error.message}`,
+                ran: r.ran,
+                durationMs: r.durationMs,
+                retries: r.retries
+              },
+              elapsedMs: result.elapsedMs,
+              stats: result.stats,
+              calls: yield* controls.a!.calls
+            }
+          })
+        const alone = yield* runOnce(false)
+        const pooled = yield* runOnce(true)
+        assert.deepStrictEqual(alone, pooled)
+        assert.strictEqual(alone.result.ran, true)
+      })
+    )
+  }
+})
+
 describe("Router (fixes found while porting Batch)", () => {
   it.effect("a null request on a domain is an InvalidRequest naming `request`, not a defect", () =>
     Effect.gen(function* () {

@@ -71,6 +71,108 @@ const errorOf = (cause: Cause.Cause<AiError>): AiError => {
 
 const retryOnly = { retry: true } as const
 
+/** The outcome of an item that ran, from its call's exit. */
+const resultOf = (index: number, exit: Exit.Exit<Answer, AiError>, durationMs: number, retries: number): ItemResult => {
+  if (Exit.isSuccess(exit)) return { index, status: "success", answer: exit.value, ran: true, durationMs, retries }
+  const error = errorOf(exit.cause)
+  return { index, status: statusOf(error), error, ran: true, durationMs, retries }
+}
+
+/**
+ * The chain of an item: its domain (and the domain's own fallbacks, or the batch's), or,
+ * without a domain, the executor's provider then the batch's fallbacks. Resolved once per
+ * batch and domain (`routes`); each item then only gets its plan.
+ */
+const routeOf = (
+  deps: Deps,
+  routes: Map<string, Prepared>,
+  fallback: ReadonlyArray<string>,
+  domain: string | undefined
+): Effect.Effect<Prepared, ModelError> => {
+  const { executor, router } = deps
+  const key = domain ?? ""
+  const known = routes.get(key)
+  if (known !== undefined) return Effect.succeed(known)
+  const names = domain === undefined ? fallback : fallback.length === 0 ? domain : [domain, ...fallback]
+  const prepared =
+    domain !== undefined
+      ? router.prepare(names)
+      : Effect.flatMap(executor.resolve(retryOnly), (defaults) =>
+          // Items that name no domain start on the executor's provider, with its retry policy.
+          router.prepare(names, {
+            lead: executor.stepFor(executor.provider, {
+              retry: defaults.retry ?? false,
+              timeout: defaults.timeout ?? "none"
+            })
+          })
+        )
+  return Effect.map(prepared, (route) => {
+    routes.set(key, route)
+    return route
+  })
+}
+
+/** The whole call of item `index` as an Effect: its route, its plan, the executor's run. */
+const callOf = (
+  deps: Deps,
+  routes: Map<string, Prepared>,
+  fallback: ReadonlyArray<string>,
+  item: unknown,
+  index: number,
+  domain: string | undefined,
+  onRetry: (info: RetryInfo) => Effect.Effect<void>
+): Effect.Effect<Answer, AiError> => {
+  const parsed = parse(item, index)
+  if (parsed instanceof ModelError) return Effect.fail(parsed)
+  const itemDomain = parsed.domain ?? domain
+  const callOptions = { onRetry }
+  const known = routes.get(itemDomain ?? "")
+  const routed =
+    known !== undefined
+      ? known(parsed.request, callOptions)
+      : Effect.flatMap(routeOf(deps, routes, fallback, itemDomain), (prepared) => prepared(parsed.request, callOptions))
+  return Effect.flatMap(routed, (r) => Effect.map(deps.executor.run(r.plan, r.call), r.answer))
+}
+
+/**
+ * A batch of one item without callbacks or `cancel`, the commonest use of a shared limit
+ * (one `Batch.run([item])` per caller): the item's call under a permit, on the batch's own
+ * fiber, without the pool and the per-item bookkeeping a batch of many needs.
+ */
+const runOne = (
+  deps: Deps,
+  item: unknown,
+  options: { readonly domain: string | undefined; readonly fallback: ReadonlyArray<string> },
+  id: string,
+  clock: Clock.Clock,
+  start: number
+): Effect.Effect<BatchResult> => {
+  const routes = options.fallback.length === 0 ? deps.routes : new Map<string, Prepared>()
+  let retries = 0
+  let began = Number.NaN
+  const onRetry = (): Effect.Effect<void> => {
+    retries++
+    return Effect.void
+  }
+  const call = Effect.suspend(() => {
+    began = clock.currentTimeMillisUnsafe()
+    return Effect.exit(callOf(deps, routes, options.fallback, item, 0, options.domain, onRetry))
+  })
+  return Effect.map(deps.gate.withPermit(call), (exit) => {
+    const end = clock.currentTimeMillisUnsafe()
+    const results = [resultOf(0, exit, end - began, retries)]
+    const elapsedMs = end - start
+    return {
+      id,
+      results,
+      elapsedMs,
+      cancelled: false,
+      notRun: [],
+      stats: statsOf(results, { elapsedMs, peak: 1, waits: [began - start] })
+    } satisfies BatchResult
+  })
+}
+
 /**
  * Runs a batch; fails only when the batch as a whole is invalid (see `Batch.Service.run`).
  */
@@ -83,6 +185,10 @@ export const run = (deps: Deps, rawItems: unknown, rawOptions: RunOptions | unde
     yield* Effect.annotateCurrentSpan({ "orchestra.batch.id": id, "orchestra.batch.items": total })
     const clock = yield* Clock.Clock
     const start = clock.currentTimeMillisUnsafe()
+    const { onProgress, onEvent, fallback } = options
+    if (total === 1 && onProgress === undefined && onEvent === undefined && options.cancel === undefined) {
+      return yield* runOne(deps, items[0], options, id, clock, start)
+    }
 
     const results: Array<ItemResult> = new Array(total)
     // Plain arrays: a typed array's fixed cost dominates the many one-item batches.
@@ -94,7 +200,6 @@ export const run = (deps: Deps, rawItems: unknown, rawOptions: RunOptions | unde
     let peak = 0
     let cancelled = false
 
-    const { onProgress, onEvent, fallback } = options
     const silent = onProgress === undefined && onEvent === undefined
     const warned = { onProgress: false, onEvent: false }
     // A failing callback is the caller's bug, not the batch's: logged once, then ignored.
@@ -134,21 +239,21 @@ export const run = (deps: Deps, rawItems: unknown, rawOptions: RunOptions | unde
       done++
       const durationMs = now - startedAt[index]!
       const elapsedMs = now - start
-      if (Exit.isSuccess(exit)) {
-        results[index] = {
-          index,
-          status: "success",
-          answer: exit.value,
-          ran: true,
-          durationMs,
-          retries: retries[index]!
-        }
-        return silent ? Effect.void : emit({ _tag: "Succeeded", index, done, total, elapsedMs, durationMs })
-      }
-      const error = errorOf(exit.cause)
-      const status = statusOf(error)
-      results[index] = { index, status, error, ran: true, durationMs, retries: retries[index]! }
-      return silent ? Effect.void : emit({ _tag: "Failed", index, status, error, done, total, elapsedMs, durationMs })
+      const result = resultOf(index, exit, durationMs, retries[index]!)
+      results[index] = result
+      if (silent) return Effect.void
+      return result.error === undefined
+        ? emit({ _tag: "Succeeded", index, done, total, elapsedMs, durationMs })
+        : emit({
+            _tag: "Failed",
+            index,
+            status: result.status,
+            error: result.error,
+            done,
+            total,
+            elapsedMs,
+            durationMs
+          })
     }
 
     const onRetryFor =
@@ -167,52 +272,16 @@ export const run = (deps: Deps, rawItems: unknown, rawOptions: RunOptions | unde
         })
       }
 
-    // The chain of an item: its domain (and the domain's own fallbacks, or the batch's),
-    // or, without a domain, the executor's provider then the batch's fallbacks. Resolved
-    // once per batch and domain; each item then only gets its plan.
     const routes = fallback.length === 0 ? deps.routes : new Map<string, Prepared>()
-    const routeOf = (domain: string | undefined): Effect.Effect<Prepared, ModelError> => {
-      const key = domain ?? ""
-      const known = routes.get(key)
-      if (known !== undefined) return Effect.succeed(known)
-      const names = domain === undefined ? fallback : fallback.length === 0 ? domain : [domain, ...fallback]
-      const prepared =
-        domain !== undefined
-          ? router.prepare(names)
-          : Effect.flatMap(executor.resolve(retryOnly), (defaults) =>
-              // Items that name no domain start on the executor's provider, with its retry policy.
-              router.prepare(names, {
-                lead: executor.stepFor(executor.provider, {
-                  retry: defaults.retry ?? false,
-                  timeout: defaults.timeout ?? "none"
-                })
-              })
-            )
-      return Effect.map(prepared, (route) => {
-        routes.set(key, route)
-        return route
-      })
-    }
-
-    const callOf = (index: number): Effect.Effect<Answer, AiError> => {
-      const parsed = parse(items[index], index)
-      if (parsed instanceof ModelError) return Effect.fail(parsed)
-      const domain = parsed.domain ?? options.domain
-      const callOptions = { onRetry: onRetryFor(index) }
-      const known = routes.get(domain ?? "")
-      const routed =
-        known !== undefined
-          ? known(parsed.request, callOptions)
-          : Effect.flatMap(routeOf(domain), (prepared) => prepared(parsed.request, callOptions))
-      return Effect.flatMap(routed, (r) => Effect.map(executor.run(r.plan, r.call), r.answer))
-    }
+    const callItem = (index: number): Effect.Effect<Answer, AiError> =>
+      callOf(deps, routes, fallback, items[index], index, options.domain, onRetryFor(index))
 
     const runItem = (index: number): Effect.Effect<void> => {
       const takenAt = clock.currentTimeMillisUnsafe()
       return gate.withPermit(
         Effect.flatMap(
           Effect.suspend(() => started(index, takenAt)),
-          () => Effect.flatMap(Effect.exit(callOf(index)), (exit) => settle(index, exit))
+          () => Effect.flatMap(Effect.exit(callItem(index)), (exit) => settle(index, exit))
         )
       )
     }
@@ -235,7 +304,7 @@ export const run = (deps: Deps, rawItems: unknown, rawOptions: RunOptions | unde
       const prepared = routes.get(parsed.domain ?? options.domain ?? "")
       const now = prepared === undefined ? undefined : preparedNow.get(prepared)
       // A route not resolved yet: this one call resolves it, on a fiber of its own.
-      if (now === undefined) return callOf(index)
+      if (now === undefined) return callItem(index)
       return now(parsed.request, { onRetry: onRetryFor(index) })
     }
     const startedBatch: Started.Batch = {
