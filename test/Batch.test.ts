@@ -1258,6 +1258,29 @@ describe("Batch permits, batches without callbacks (items started from JavaScrip
       })
     )
 
+    it.effect(`an item whose own field throws when read is that item's error, alone or not (${kind})`, () =>
+      Effect.gen(function* () {
+        // Found in review: read outside the item's exit, it killed a one-item batch and a worker's batch.
+        const batch = yield* customOrchestra(
+          custom("p", (request) => Effect.succeed(response("p", request.prompt ?? ""))),
+          { maxConcurrent: 1 }
+        )
+        const hostile = {
+          get query(): string {
+            throw new Error("boom")
+          }
+        } as unknown as Batch.Item
+        for (const items of [[hostile], [hostile, "ok"]]) {
+          const result = yield* batch.run(items, opts())
+          assert.strictEqual(result.results[0]!.status, "error")
+          assert.include(result.results[0]!.error?.message ?? "", "unexpected defect: Error: boom")
+          assert.strictEqual(result.results.length, items.length)
+        }
+        const after = yield* batch.run(["again"], opts()).pipe(Effect.timeout("1 second"))
+        assert.strictEqual(after.results[0]!.status, "success", "the permit was given back")
+      })
+    )
+
     it.effect(`a request whose reading throws is that item's error; the batch and the limit go on (${kind})`, () =>
       Effect.gen(function* () {
         const batch = yield* customOrchestra(

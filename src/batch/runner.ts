@@ -156,7 +156,8 @@ const runOne = (
   }
   const call = Effect.suspend(() => {
     began = clock.currentTimeMillisUnsafe()
-    return Effect.exit(callOf(deps, routes, options.fallback, item, 0, options.domain, onRetry))
+    // Reading the item may throw (a getter): that is the item's defect, not the batch's.
+    return Effect.exit(Effect.suspend(() => callOf(deps, routes, options.fallback, item, 0, options.domain, onRetry)))
   })
   return Effect.map(deps.gate.withPermit(call), (exit) => {
     const end = clock.currentTimeMillisUnsafe()
@@ -281,7 +282,7 @@ export const run = (deps: Deps, rawItems: unknown, rawOptions: RunOptions | unde
       return gate.withPermit(
         Effect.flatMap(
           Effect.suspend(() => started(index, takenAt)),
-          () => Effect.flatMap(Effect.exit(callItem(index)), (exit) => settle(index, exit))
+          () => Effect.flatMap(Effect.exit(Effect.suspend(() => callItem(index))), (exit) => settle(index, exit))
         )
       )
     }
