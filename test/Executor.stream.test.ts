@@ -5,8 +5,10 @@ import { type AiError, ShuttingDownError } from "../src/AiError.js"
 import type * as Input from "../src/Input.js"
 import * as Executor from "../src/Executor.js"
 import { ChunkDeadline, ModelProvider, type Service, type StreamPart } from "../src/Model.js"
+import * as Mock from "../src/Model/Mock.js"
 import { Outcome } from "../src/Model/Mock.js"
 import { CurrentCut, type Cut, stopStreams } from "../src/policy/plan.js"
+import * as ResponseCache from "../src/ResponseCache.js"
 import { setup } from "./utils/executor.js"
 
 const ask = { prompt: "tell me" }
@@ -274,6 +276,63 @@ describe("Executor.stream", () => {
         yield* TestClock.adjust("10 seconds")
         assert.strictEqual(textOf(yield* Fiber.join(other)), "a b c d e f g h", "a stream outside the cut runs on")
       })
+  )
+
+  it.effect("a cut during a retry's backoff ends the stream and counts its step (found in review)", () =>
+    Effect.gen(function* () {
+      const { executor } = yield* setup({
+        script: [Outcome.fail("Overloaded", { latency: "10 millis" }), Outcome.succeed("ok")]
+      })
+      const cut: Cut = { error: undefined }
+      const fiber = yield* Effect.forkChild(
+        Effect.flip(
+          Stream.runDrain(
+            executor.stream(ask, { retry: { maxAttempts: 3, initialDelay: "5 seconds", jitter: 0 } })
+          ).pipe(Effect.provideService(CurrentCut, cut))
+        )
+      )
+      yield* TestClock.adjust("100 millis")
+      stopStreams(cut, new ShuttingDownError({ message: "drain" }))
+      yield* Effect.yieldNow
+      assert.strictEqual((yield* Fiber.join(fiber))._tag, "ShuttingDownError")
+      const stats = yield* executor.stats()
+      assert.strictEqual(stats.total, 1)
+      assert.deepStrictEqual(stats.failuresByReason, { ShuttingDown: 1 })
+    })
+  )
+
+  it.effect("a consumer that leaves during a retry's backoff counts its step as interrupted", () =>
+    Effect.gen(function* () {
+      const { executor } = yield* setup({
+        script: [Outcome.fail("Overloaded", { latency: "10 millis" }), Outcome.succeed("ok")]
+      })
+      const fiber = yield* Effect.forkChild(
+        Stream.runDrain(executor.stream(ask, { retry: { maxAttempts: 3, initialDelay: "5 seconds", jitter: 0 } }))
+      )
+      yield* TestClock.adjust("100 millis")
+      yield* Fiber.interrupt(fiber)
+      const stats = yield* executor.stats()
+      assert.strictEqual(stats.total, 1)
+      assert.deepStrictEqual(stats.failuresByReason, { Interrupted: 1 })
+    })
+  )
+
+  it.effect("a stream opened under a cut already stopped is not replayed from the cache (found in review)", () =>
+    Effect.gen(function* () {
+      const context = yield* Layer.build(
+        Executor.layerWithStats().pipe(
+          Layer.provideMerge(Mock.layer({ respond: () => "a b" })),
+          Layer.provide(ResponseCache.layerMemory({ name: "cut-replay" }))
+        )
+      )
+      const executor = Context.get(context, Executor.Executor)
+      assert.strictEqual(textOf(yield* collect(executor.stream(ask))), "a b", "now cached")
+      const cut: Cut = { error: undefined }
+      const stopped = new ShuttingDownError({ message: "drain" })
+      stopStreams(cut, stopped)
+      const error = yield* Effect.flip(collect(executor.stream(ask)).pipe(Effect.provideService(CurrentCut, cut)))
+      assert.strictEqual(error, stopped)
+    })
   )
 
   it.effect("resume continues on the next step and removes text it repeats", () =>

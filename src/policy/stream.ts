@@ -56,8 +56,11 @@ export const make = (env: { readonly engine: Engine; readonly defaults: StreamDe
       const clock = yield* Effect.clockWith(Effect.succeed)
       const now = () => clock.currentTimeMillisUnsafe()
       const cut = yield* CurrentCut
+      if (cut?.stopped !== undefined) return yield* Effect.fail(cut.stopped)
       if (plan.cache !== undefined) {
         const cached = yield* plan.cache.store.getParts(plan.cache.key)
+        // A cut while the cache was read (a Redis call): no replay, no attempt.
+        if (cut?.stopped !== undefined) return yield* Effect.fail(cut.stopped)
         if (Option.isSome(cached) && cached.value.length > 0) {
           let replayed = false
           return Effect.suspend(() => {
@@ -67,12 +70,14 @@ export const make = (env: { readonly engine: Engine; readonly defaults: StreamDe
           })
         }
       }
-      if (cut?.stopped !== undefined) return yield* Effect.fail(cut.stopped)
       engine.enter()
 
       // Everything the consumer and the producers share (the producers through the host of
       // `attemptStarter` below). Mutated synchronously only.
       let current: Attempt | undefined
+      // The attempt of the step still open (`current` is cleared while the consumer decides
+      // what follows an attempt, e.g. during a retry's backoff): a cut then ends that step.
+      let stepAttempt: Attempt | undefined
       let delivered = ""
       let anyDelivered = false
       let terminal: Exit.Exit<void, AiError> | undefined
@@ -110,7 +115,7 @@ export const make = (env: { readonly engine: Engine; readonly defaults: StreamDe
           current.end = Exit.fail(error)
           current.fiber?.interruptUnsafe()
         }
-        finishStep(current, Exit.fail(error))
+        finishStep(current ?? stepAttempt, Exit.fail(error))
         endStream(Exit.fail(error))
       }
 
@@ -162,8 +167,9 @@ export const make = (env: { readonly engine: Engine; readonly defaults: StreamDe
             // Left by its consumer: cancelled, or cut by the caller's deadline (counted as the timeout it is).
             const error = cut?.error
             terminal = error === undefined ? Exit.interrupt() : Exit.fail(error)
-            if (error?._tag === "TimeoutError" && attempt !== undefined && !stepClosed) attempt.series.timeouts++
-            finishStep(attempt, terminal)
+            const open = attempt ?? stepAttempt
+            if (error?._tag === "TimeoutError" && open !== undefined && !stepClosed) open.series.timeouts++
+            finishStep(open, terminal)
           }
           return attempt === undefined ? Effect.void : closeAttempt(attempt, "ignored")
         })
@@ -178,6 +184,7 @@ export const make = (env: { readonly engine: Engine; readonly defaults: StreamDe
         anyDelivered: () => anyDelivered,
         begin: (attempt) => {
           current = attempt
+          stepAttempt = attempt
         }
       })
 
