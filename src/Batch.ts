@@ -15,7 +15,8 @@
  * `min(concurrency, maxConcurrent)` items running. A batch without `onEvent` (no callback,
  * or only the synchronous `onProgress`) starts its items from JavaScript (one fiber per
  * call in flight, as `Executor.executeMany`); one with `onEvent` runs worker fibers that
- * take items by index, so that its events are Effects run in order. Either way a batch of
+ * take items by index, so that its events are Effects run in order; a batch of one item without
+ * callbacks or `cancel` runs its call under a permit on its own fiber. Either way a batch of
  * 100k items never parks 100k fibers.
  *
  * Errors: an item's failure is that item's outcome (a bad item gets its own
