@@ -17,6 +17,16 @@ const textOf = (parts: ReadonlyArray<StreamPart>) => parts.map((p) => (p._tag ==
 
 const collect = (stream: Stream.Stream<StreamPart, AiError>) => Stream.runCollect(stream)
 
+/** The stream's failure, its text deltas pushed to `seen` as they come. */
+const failureAfterTexts = (stream: Stream.Stream<StreamPart, AiError>, seen: Array<string>) =>
+  Effect.flip(
+    Stream.runForEach(stream, (p) =>
+      Effect.sync(() => {
+        if (p._tag === "TextDelta") seen.push(p.text)
+      })
+    )
+  )
+
 /** Runs `use` with an executor over `provider`, closed afterwards. */
 const withExecutorOver = <A, E>(
   provider: Service,
@@ -218,15 +228,7 @@ describe("Executor.stream", () => {
         { shutdownDeadline: "2 seconds", stream: { totalTimeout: "none" } }
       )
       const seen: Array<string> = []
-      const fiber = yield* Effect.forkChild(
-        Effect.flip(
-          Stream.runForEach(executor.stream(ask), (p) =>
-            Effect.sync(() => {
-              if (p._tag === "TextDelta") seen.push(p.text)
-            })
-          )
-        )
-      )
+      const fiber = yield* Effect.forkChild(failureAfterTexts(executor.stream(ask), seen))
       yield* Effect.yieldNow
       const closing = yield* Effect.forkChild(close)
       yield* Effect.yieldNow
@@ -250,13 +252,7 @@ describe("Executor.stream", () => {
         const cut: Cut = { error: undefined }
         const seen: Array<string> = []
         const fiber = yield* Effect.forkChild(
-          Effect.flip(
-            Stream.runForEach(executor.stream(ask), (p) =>
-              Effect.sync(() => {
-                if (p._tag === "TextDelta") seen.push(p.text)
-              })
-            ).pipe(Effect.provideService(CurrentCut, cut))
-          )
+          failureAfterTexts(executor.stream(ask), seen).pipe(Effect.provideService(CurrentCut, cut))
         )
         yield* TestClock.adjust("1500 millis")
         assert.isUndefined(fiber.pollUnsafe(), "still streaming")
@@ -278,44 +274,38 @@ describe("Executor.stream", () => {
       })
   )
 
-  it.effect("a cut during a retry's backoff ends the stream and counts its step (found in review)", () =>
-    Effect.gen(function* () {
-      const { executor } = yield* setup({
-        script: [Outcome.fail("Overloaded", { latency: "10 millis" }), Outcome.succeed("ok")]
-      })
-      const cut: Cut = { error: undefined }
-      const fiber = yield* Effect.forkChild(
-        Effect.flip(
-          Stream.runDrain(
-            executor.stream(ask, { retry: { maxAttempts: 3, initialDelay: "5 seconds", jitter: 0 } })
-          ).pipe(Effect.provideService(CurrentCut, cut))
+  // Found in review: between two attempts the step was left without an outcome.
+  for (const [ending, reason] of [
+    ["a cut", "ShuttingDown"],
+    ["a consumer that leaves", "Interrupted"]
+  ] as const) {
+    it.effect(`${ending} during a retry's backoff ends the stream and counts its step as ${reason}`, () =>
+      Effect.gen(function* () {
+        const { executor } = yield* setup({
+          script: [Outcome.fail("Overloaded", { latency: "10 millis" }), Outcome.succeed("ok")]
+        })
+        const cut: Cut = { error: undefined }
+        const fiber = yield* Effect.forkChild(
+          Effect.flip(
+            Stream.runDrain(
+              executor.stream(ask, { retry: { maxAttempts: 3, initialDelay: "5 seconds", jitter: 0 } })
+            ).pipe(Effect.provideService(CurrentCut, cut))
+          )
         )
-      )
-      yield* TestClock.adjust("100 millis")
-      stopStreams(cut, new ShuttingDownError({ message: "drain" }))
-      yield* Effect.yieldNow
-      assert.strictEqual((yield* Fiber.join(fiber))._tag, "ShuttingDownError")
-      const stats = yield* executor.stats()
-      assert.strictEqual(stats.total, 1)
-      assert.deepStrictEqual(stats.failuresByReason, { ShuttingDown: 1 })
-    })
-  )
-
-  it.effect("a consumer that leaves during a retry's backoff counts its step as interrupted", () =>
-    Effect.gen(function* () {
-      const { executor } = yield* setup({
-        script: [Outcome.fail("Overloaded", { latency: "10 millis" }), Outcome.succeed("ok")]
+        yield* TestClock.adjust("100 millis")
+        if (ending === "a cut") {
+          stopStreams(cut, new ShuttingDownError({ message: "drain" }))
+          yield* Effect.yieldNow
+          assert.strictEqual((yield* Fiber.join(fiber))._tag, "ShuttingDownError")
+        } else {
+          yield* Fiber.interrupt(fiber)
+        }
+        const stats = yield* executor.stats()
+        assert.strictEqual(stats.total, 1)
+        assert.deepStrictEqual(stats.failuresByReason, { [reason]: 1 })
       })
-      const fiber = yield* Effect.forkChild(
-        Stream.runDrain(executor.stream(ask, { retry: { maxAttempts: 3, initialDelay: "5 seconds", jitter: 0 } }))
-      )
-      yield* TestClock.adjust("100 millis")
-      yield* Fiber.interrupt(fiber)
-      const stats = yield* executor.stats()
-      assert.strictEqual(stats.total, 1)
-      assert.deepStrictEqual(stats.failuresByReason, { Interrupted: 1 })
-    })
-  )
+    )
+  }
 
   it.effect("a stream opened under a cut already stopped is not replayed from the cache (found in review)", () =>
     Effect.gen(function* () {
