@@ -1,5 +1,5 @@
 import { assert, describe, it } from "@effect/vitest"
-import { Context, Deferred, Effect, Exit, Fiber, Layer, Logger, Metric, Option, Scope, Stream } from "effect"
+import { Context, Deferred, Effect, Exit, Fiber, Layer, Metric, Option, Scope, Stream } from "effect"
 import { TestClock } from "effect/testing"
 import type { AiError } from "../src/AiError.js"
 import * as Batch from "../src/Batch.js"
@@ -12,6 +12,7 @@ import * as Orchestra from "../src/Orchestra.js"
 import * as Policy from "../src/Policy.js"
 import { Router } from "../src/Router.js"
 import { Stats } from "../src/Stats.js"
+import { captureLogs } from "./utils/logs.js"
 
 const { Outcome } = Mock
 const noRetry = Policy.retry({ maxAttempts: 1 })
@@ -226,10 +227,7 @@ describe("Batch.run outcomes", () => {
   it.effect("a throwing onProgress alone (items started from JavaScript) still gets every event; one warning", () =>
     Effect.gen(function* () {
       const { batch } = yield* makeOrchestra({ a: {} })
-      const lines: Array<string> = []
-      const logger = Logger.make(({ logLevel, message }) => {
-        lines.push(`${logLevel}: ${(Array.isArray(message) ? message : [message]).map(String).join(" ")}`)
-      })
+      const logs = yield* captureLogs
       let calls = 0
       const result = yield* batch
         .run(["x", "y", "z"], {
@@ -240,14 +238,14 @@ describe("Batch.run outcomes", () => {
             throw new Error("callback bug")
           }
         })
-        .pipe(Effect.provide(Logger.layer([logger])))
+        .pipe(Effect.provide(logs.layer))
       assert.deepStrictEqual(
         result.results.map((r) => r.status),
         ["success", "success", "success"]
       )
       assert.strictEqual(calls, 6, "Started and Succeeded for each item")
-      const warnings = lines.filter((line) => line.includes("onProgress callback failed"))
-      assert.deepStrictEqual(warnings.length, 1, lines.join("\n"))
+      const warnings = logs.lines.filter((line) => line.includes("onProgress callback failed"))
+      assert.deepStrictEqual(warnings.length, 1, logs.lines.join("\n"))
       assert.include(warnings[0]!, "Warn")
       assert.include(warnings[0]!, "Batch b1")
     })

@@ -2,13 +2,14 @@ import { spawn } from "node:child_process"
 import { fileURLToPath } from "node:url"
 import { inspect } from "node:util"
 import { assert, describe, it } from "@effect/vitest"
-import { Cause, Config, ConfigProvider, Context, Duration, Effect, Exit, Layer, Logger, Metric, Schedule } from "effect"
+import { Cause, Config, ConfigProvider, Context, Duration, Effect, Exit, Layer, Metric, Schedule } from "effect"
 import { Redis as PersistenceRedis } from "effect/persistence"
 import type { ModelError } from "../src/AiError.js"
 import * as Metrics from "../src/Metrics.js"
 import * as RateLimit from "../src/RateLimit.js"
 import * as Redis from "../src/Redis.js"
 import { type RedisServer, skipRedis, skipReason, startRedis } from "./utils/redis.js"
+import { captureLogs } from "./utils/logs.js"
 
 let counter = 0
 const uniqueName = (label: string) => `rlr-${label}-${++counter}-${Math.random().toString(36).slice(2, 8)}`
@@ -41,14 +42,6 @@ const storeErrors = Effect.map(
   Metric.value(Metric.withAttributes(Metrics.storeErrors, { store: "ratelimit" })),
   (s) => s.count
 )
-
-const captureLogs = Effect.sync(() => {
-  const lines: Array<string> = []
-  const logger = Logger.make(({ logLevel, message }) => {
-    lines.push(`${logLevel}: ${(Array.isArray(message) ? message : [message]).map(String).join(" ")}`)
-  })
-  return { lines, layer: Logger.layer([logger]) }
-})
 
 const fixture = fileURLToPath(new URL("./fixtures/ratelimit-process.ts", import.meta.url))
 const projectRoot = fileURLToPath(new URL("..", import.meta.url))

@@ -1,5 +1,5 @@
 import { assert, describe, it } from "@effect/vitest"
-import { Context, type Duration, Effect, Exit, Layer, Logger, Metric, Option, Ref, Schedule } from "effect"
+import { Context, type Duration, Effect, Exit, Layer, Metric, Option, Ref, Schedule } from "effect"
 import { Redis as PersistenceRedis } from "effect/persistence"
 import { type AiError, modelError } from "../src/AiError.js"
 import * as Metrics from "../src/Metrics.js"
@@ -8,6 +8,7 @@ import * as Redis from "../src/Redis.js"
 import * as ResponseCache from "../src/ResponseCache.js"
 import * as RedisCache from "../src/ResponseCache/Redis.js"
 import { type RedisServer, skipRedis, skipReason, startRedis } from "./utils/redis.js"
+import { captureLogs } from "./utils/logs.js"
 
 let counter = 0
 const uniqueName = (label: string) => `rcr-${label}-${++counter}-${Math.random().toString(36).slice(2, 8)}`
@@ -47,14 +48,6 @@ const scripted = (latency: Duration.Input = "20 millis") =>
 
 const errorsOf = (name: string) =>
   Effect.map(Metric.value(Metric.withAttributes(Metrics.cacheErrors, { cache: name })), (s) => s.count)
-
-const captureLogs = Effect.sync(() => {
-  const lines: Array<string> = []
-  const logger = Logger.make(({ logLevel, message }) => {
-    lines.push(`${logLevel}: ${(Array.isArray(message) ? message : [message]).map(String).join(" ")}`)
-  })
-  return { lines, layer: Logger.layer([logger]) }
-})
 
 const ask = (
   cache: ResponseCache.Service,
