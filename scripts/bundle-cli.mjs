@@ -2,6 +2,10 @@
 // `orchestra --help` and a chunk per command, loaded when that command runs. Loading hundreds
 // of ESM modules cost ~2.5x the start-up time of the bundle (docs/benchmarks.md, package).
 // The optional peers stay external: they are imported only when a local model or Redis is built.
+// undici stays external too: @effect/platform-node's Undici module is `export * from "undici"`
+// (CommonJS), and esbuild's ESM chunks re-export only its `default` from it, so a bundled
+// undici has no `Agent` and every HTTP provider failed at its first call. Node's own import of
+// the installed package gives the named exports (undici is a dependency of this package).
 import { build } from "esbuild"
 import { rmSync } from "node:fs"
 import { fileURLToPath } from "node:url"
@@ -19,7 +23,7 @@ await build({
   target: "node22",
   sourcemap: true,
   logLevel: "warning",
-  external: ["@xenova/transformers", "onnxruntime-node", "sharp", "redis"],
+  external: ["@xenova/transformers", "onnxruntime-node", "sharp", "redis", "undici"],
   banner: {
     js: "import { createRequire as __orchestraRequire } from 'node:module'; const require = __orchestraRequire(import.meta.url);"
   }

@@ -616,17 +616,27 @@ describe("orchestra CLI", { timeout: 180_000 }, () => {
       cpSync(NodePath.join(ROOT, "bin/orchestra.mjs"), NodePath.join(build, "bin/orchestra.mjs"))
       const bin = [NodePath.join(build, "bin/orchestra.mjs")]
       const config = writeConfig("compiled.json", { providers: { m: { type: "mock", reply: "compiled answer" } } })
-      const [help, answer] = yield* Effect.all(
+      // An HTTP provider too: the bundle once shipped an undici without its named exports, so
+      // every HTTP provider failed at its first call while the mock and local ones worked.
+      const server = yield* Server.make(handler)
+      const remote = writeConfig("compiled-remote.json", remoteConfig(server.url))
+      const [help, answer, served] = yield* Effect.all(
         [
           run(["--help"], { command: bin }),
-          run(["test", "-p", "hi", "--domain", "support", "--json", "--config", config], { command: bin })
+          run(["test", "-p", "hi", "--domain", "support", "--json", "--config", config], { command: bin }),
+          run(["test", "-p", "over http", "--domain", "support", "--json", "--config", remote], {
+            command: bin,
+            env: { CLI_TEST_KEY: SECRET }
+          })
         ],
-        { concurrency: 2 }
+        { concurrency: 3 }
       )
       assert.strictEqual(help.code, 0, help.stderr)
       assert.include(help.stdout, "USAGE")
       assert.strictEqual(answer.code, 0, answer.stderr)
       assert.deepInclude(parse(answer), { ok: true, answer: "compiled answer", provider: "m" })
+      assert.strictEqual(served.code, 0, served.stderr)
+      assert.deepInclude(parse(served), { ok: true, answer: "served: over http", provider: "remote" })
     })
   )
 })
