@@ -22,7 +22,7 @@
  * @internal
  */
 import { Config, Console, Context, Effect, FileSystem, Layer, Option, Path, Result, Schema } from "effect"
-import { HttpServer } from "effect/http"
+import { HttpServer, HttpServerError } from "effect/http"
 import type { Redis as PersistedRedis } from "effect/persistence"
 import * as CircuitBreaker from "../CircuitBreaker.js"
 import type * as Domain from "../Domain.js"
@@ -172,21 +172,31 @@ const manager = (
   })
 }
 
-/** A layer's `OptionError` names its field under the file's section (`keys.prices.gpt`). */
+/**
+ * A layer's `OptionError` names its field where the user wrote it: under the file's section
+ * (`keys.prices.gpt`), or as `where` says for a field that comes from elsewhere.
+ */
 const under =
-  (section: string) =>
+  (section: string, where: (path: string) => string | undefined = () => undefined) =>
   <A, E, R>(layer: Layer.Layer<A, E, R>): Layer.Layer<A, unknown, R> =>
-    Layer.catch(
-      layer,
-      (error: E) =>
-        Layer.effectDiscard(
-          Effect.fail(
-            error instanceof Input.OptionError
-              ? Input.toOptionError({ path: `${section}.${error.path}`, message: error.message })
-              : error
-          )
-        ) as unknown as Layer.Layer<A, unknown>
-    )
+    Layer.catch(layer, (error: E) => {
+      if (!(error instanceof Input.OptionError)) return Layer.effectDiscard(Effect.fail(error)) as never
+      const own = `invalid ${error.path}: `
+      const message = error.message.startsWith(own) ? error.message.slice(own.length) : error.message
+      const path = where(error.path) ?? `${section}.${error.path}`
+      return Layer.effectDiscard(Effect.fail(Input.toOptionError({ path, message }))) as unknown as Layer.Layer<
+        A,
+        unknown
+      >
+    })
+
+/** The gateway's options that the `server` section (or a flag) gives, not the `gateway` one. */
+const serverFields: ReadonlySet<string> = new Set([
+  "maxHeaderBytes",
+  "requestTimeout",
+  "keepAliveTimeout",
+  "logRequests"
+])
 
 /**
  * @internal
@@ -247,7 +257,21 @@ export const run = Effect.fnUntraced(function* (args: Args) {
       logRequests: server.logRequests
     },
     admin
-  ).pipe(under("gateway"))
+  ).pipe(
+    under("gateway", (path) =>
+      path === "host"
+        ? Option.isSome(args.host)
+          ? "--host"
+          : "server.host"
+        : path === "port"
+          ? Option.isSome(args.port)
+            ? "--port"
+            : "server.port"
+          : serverFields.has(path)
+            ? `server.${path}`
+            : undefined
+    )
+  )
   // The admin routes exist only with `keys` (checked above), Redis layers only with `redis`:
   // what the types cannot see, the checks above make true.
   const app = gateway.pipe(
@@ -261,13 +285,16 @@ export const run = Effect.fnUntraced(function* (args: Args) {
           failWith(
             common,
             error instanceof Input.OptionError ? exitCodes.usage : exitCodes.failed,
-            error instanceof Error ? error.message : String(error),
+            startFailure(error, host, port),
             { kind: error instanceof Input.OptionError ? "config" : "start" }
           )
         )
       )
       const address = Context.get(context, HttpServer.HttpServer).address
-      const url = address._tag === "UnixPathAddress" ? address.path : `http://${host}:${address.port}`
+      const url =
+        address._tag === "UnixPathAddress"
+          ? address.path
+          : `http://${host.includes(":") ? `[${host}]` : host}:${address.port}`
       if (common.json)
         yield* printJson(common, { ok: true, url, config: checked.loaded.file ?? null, gateway: file ?? null })
       yield* Console.error(`orchestra: gateway listening on ${url} (OpenAI base URL ${url}/v1)`)
@@ -275,5 +302,24 @@ export const run = Effect.fnUntraced(function* (args: Args) {
     })
   )
 })
+
+/**
+ * What stopped the gateway from starting, as a sentence. effect/http's `ServeError` has an
+ * empty message and keeps the listener's error as its cause: the port in use or refused is
+ * said as such, naming the address.
+ *
+ * @internal
+ */
+export const startFailure = (error: unknown, host: string, port: number): string => {
+  if (!(error instanceof HttpServerError.ServeError)) return error instanceof Error ? error.message : String(error)
+  const cause = error.cause
+  const code = typeof cause === "object" && cause !== null && "code" in cause ? cause.code : undefined
+  const address = `${host.includes(":") ? `[${host}]` : host}:${port}`
+  if (code === "EADDRINUSE") return `cannot listen on ${address}: the address is already in use`
+  if (code === "EACCES") return `cannot listen on ${address}: permission denied`
+  if (code === "EADDRNOTAVAIL") return `cannot listen on ${address}: the address is not available on this machine`
+  const detail = cause instanceof Error ? cause.message : String(cause)
+  return `cannot listen on ${address}: ${detail}`
+}
 
 export { ExitCode, formatPath }

@@ -5,6 +5,7 @@
  */
 import { type ChildProcessWithoutNullStreams, spawn } from "node:child_process"
 import { mkdtempSync, rmSync, writeFileSync } from "node:fs"
+import { type AddressInfo, createServer } from "node:net"
 import { createRequire } from "node:module"
 import { tmpdir } from "node:os"
 import * as NodePath from "node:path"
@@ -136,6 +137,47 @@ describe("orchestra serve", () => {
         const openResult = yield* open.exit
         assert.strictEqual(openResult.code, 2)
         assert.include(openResult.stderr, "loopback")
+      }),
+    120_000
+  )
+})
+
+describe("orchestra serve, start-up failures", () => {
+  it.live(
+    "a port in use is a sentence naming the address (exit 1); a bad port names --port or server.port, once",
+    () =>
+      Effect.gen(function* () {
+        const taken = createServer()
+        yield* Effect.acquireRelease(
+          Effect.callback<void>((resume) => {
+            taken.listen(0, "127.0.0.1", () => resume(Effect.void))
+          }),
+          () =>
+            Effect.callback<void>((resume) => {
+              taken.close(() => resume(Effect.void))
+            })
+        )
+        const port = (taken.address() as AddressInfo).port
+        const fromFile = write("bad-port.json", { server: { port: 70_000 }, allowAnonymous: true })
+        const exitOf = (args: ReadonlyArray<string>) => Effect.flatMap(serve(args), (started) => started.exit)
+        const [inUse, flag, file] = yield* Effect.all(
+          [
+            exitOf(["--config", config, "--port", String(port)]),
+            exitOf(["--config", config, "--port", "-1"]),
+            exitOf(["--config", config, "--gateway", fromFile])
+          ],
+          { concurrency: 3 }
+        )
+        assert.strictEqual(inUse.code, 1, inUse.stderr)
+        assert.deepStrictEqual(JSON.parse(inUse.stdout), {
+          ok: false,
+          error: { message: `cannot listen on 127.0.0.1:${port}: the address is already in use`, kind: "start" }
+        })
+        assert.strictEqual(flag.code, 2, flag.stderr)
+        assert.include(flag.stderr, "invalid --port: expected a value of at least 0, got -1")
+        assert.strictEqual(file.code, 2, file.stderr)
+        assert.include(file.stderr, "invalid server.port: expected a value of at most 65535, got 70000")
+        for (const result of [flag, file]) assert.notInclude(result.stderr, "gateway.port")
       }),
     120_000
   )
