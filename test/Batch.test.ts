@@ -224,6 +224,27 @@ describe("Batch.run outcomes", () => {
     })
   )
 
+  it.effect(
+    "an onEvent that returns no Effect (undefined, a Promise) is logged once; every item gets its outcome",
+    () =>
+      Effect.gen(function* () {
+        const { batch } = yield* makeOrchestra({ a: {} })
+        for (const onEvent of [() => undefined, async () => undefined]) {
+          const logs = yield* captureLogs
+          const result = yield* batch
+            .run(["x", "y"], { domain: "d-a", id: "b2", onEvent: onEvent as never })
+            .pipe(Effect.provide(logs.layer))
+          assert.deepStrictEqual(
+            result.results.map((r) => r.status),
+            ["success", "success"]
+          )
+          const warnings = logs.lines.filter((line) => line.includes("onEvent callback failed"))
+          assert.strictEqual(warnings.length, 1, logs.lines.join("\n"))
+          assert.include(warnings[0]!, "onEvent must return an Effect")
+        }
+      })
+  )
+
   it.effect("a throwing onProgress alone (items started from JavaScript) still gets every event; one warning", () =>
     Effect.gen(function* () {
       const { batch } = yield* makeOrchestra({ a: {} })

@@ -5,6 +5,7 @@ import type { AiError } from "../src/AiError.js"
 import type * as Executor from "../src/Executor.js"
 import { Outcome } from "../src/Model/Mock.js"
 import { setup } from "./utils/executor.js"
+import { captureLogs } from "./utils/logs.js"
 
 const ask = { prompt: "hello" }
 
@@ -69,6 +70,32 @@ describe("Executor.execute", () => {
       assert.strictEqual(stats.total, 1)
       assert.strictEqual(stats.retries, 2)
       assert.strictEqual(stats.successes, 1)
+    })
+  )
+
+  it.effect("an onRetry that throws or returns no Effect does not fail the call: logged once, the retry goes on", () =>
+    Effect.gen(function* () {
+      const callbacks = [
+        () => {
+          throw new Error("logging failed")
+        },
+        () => undefined
+      ]
+      for (const onRetry of callbacks) {
+        const { executor } = yield* setup({
+          script: [Outcome.fail("Overloaded"), Outcome.fail("Overloaded"), Outcome.succeed("third try")]
+        })
+        const logs = yield* captureLogs
+        const fiber = yield* Effect.forkChild(
+          executor
+            .execute(ask, { retry: { maxAttempts: 3, initialDelay: 100, jitter: 0 }, onRetry: onRetry as never })
+            .pipe(Effect.provide(logs.layer))
+        )
+        yield* TestClock.adjust("1 second")
+        assert.strictEqual((yield* Fiber.join(fiber)).text, "third try")
+        const warnings = logs.lines.filter((line) => line.includes("onRetry callback failed"))
+        assert.strictEqual(warnings.length, 1, logs.lines.join("\n"))
+      }
     })
   )
 

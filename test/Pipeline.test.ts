@@ -189,6 +189,25 @@ describe("Pipeline", () => {
     })
   )
 
+  it.effect("a step whose run returns no Effect (a Promise, a number) fails, named; the run completes", () =>
+    Effect.gen(function* () {
+      const p = yield* Pipeline.fromSteps<undefined, string, never, never>([
+        { name: "fetch", run: (async () => "data") as never },
+        { name: "count", run: (() => 42) as never },
+        { name: "after", dependsOn: ["count"], run: () => Effect.succeed("never") }
+      ])
+      const result = yield* runClocked(p, undefined, { onFailure: "continue" })
+      assert.strictEqual(result.status, "failed")
+      const messageOf = (name: string) => {
+        const outcome = result.steps[name]
+        return outcome?.status === "failed" ? outcome.message : `not failed: ${outcome?.status}`
+      }
+      assert.include(messageOf("fetch"), 'step "fetch": run must return an Effect, got a Promise')
+      assert.include(messageOf("count"), 'step "count": run must return an Effect, got number')
+      assert.strictEqual(result.steps.after?.status, "skipped")
+    })
+  )
+
   it.effect("interrupting a run interrupts its running steps", () =>
     Effect.gen(function* () {
       const interrupted = yield* Ref.make<ReadonlyArray<string>>([])
@@ -450,6 +469,25 @@ describe("Pipeline steps through the executor's policy pipeline", () => {
       assert.strictEqual(result.outputs.failsWithStep, "recovered from nope")
       assert.strictEqual(timingOf(result.steps.failsWithStep).durationMs, 5)
       assert.deepStrictEqual(result.failedSteps, ["hangs"])
+    })
+  )
+
+  it.effect("a governed step (timeout, fallback step) whose run or fallback returns no Effect fails, named", () =>
+    Effect.gen(function* () {
+      const context = yield* executorContext(Layer.empty)
+      const p = Pipeline.make()
+        .step("own", [], (() => undefined) as never, { timeout: "1 second" })
+        .step("fallsBack", [], () => Effect.fail("nope" as const), {
+          fallback: { step: (() => "not an effect") as never }
+        })
+      const result = yield* runClocked(p, undefined, { onFailure: "continue" }).pipe(Effect.provideContext(context))
+      const own = result.steps.own
+      assert.include(own.status === "failed" ? own.message : "", 'step "own": run must return an Effect, got undefined')
+      const fallsBack = result.steps.fallsBack
+      assert.include(
+        fallsBack.status === "failed" ? fallsBack.message : "",
+        'step "fallsBack": fallback must return an Effect, got string'
+      )
     })
   )
 

@@ -5,6 +5,7 @@ import type { AiError } from "../src/AiError.js"
 import type { StreamPart } from "../src/Model.js"
 import { Outcome } from "../src/Model/Mock.js"
 import * as Policy from "../src/Policy.js"
+import { captureLogs } from "./utils/logs.js"
 import { makeManager } from "./utils/manager.js"
 
 const ask = { prompt: "q" }
@@ -396,6 +397,28 @@ describe("Router with breakers and a cache", () => {
       assert.strictEqual(stale.source, "stale-cache")
       assert.strictEqual(stale.response.text, "cached answer")
       assert.strictEqual(yield* controls.a!.calls, 2, "the open breaker kept the provider out")
+    })
+  )
+
+  it.effect("a stream's onRetry that throws does not end the stream: logged once, the retry answers", () =>
+    Effect.gen(function* () {
+      const { router } = yield* makeManager(
+        { a: { script: [Outcome.fail("Overloaded"), Outcome.succeed("streamed")] } },
+        { domains: [{ name: "d", provider: "a", retry: { maxAttempts: 2, initialDelay: 100, jitter: 0 } }] }
+      )
+      const logs = yield* captureLogs
+      const fiber = yield* Effect.forkChild(
+        Stream.runCollect(
+          router.stream(ask, "d", {
+            onRetry: () => {
+              throw new Error("observer bug")
+            }
+          })
+        ).pipe(Effect.provide(logs.layer))
+      )
+      yield* TestClock.adjust("1 second")
+      assert.strictEqual(textOf(yield* Fiber.join(fiber)), "streamed")
+      assert.strictEqual(logs.lines.filter((line) => line.includes("onRetry callback failed")).length, 1)
     })
   )
 

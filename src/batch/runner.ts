@@ -14,6 +14,7 @@
  * @internal
  */
 import { Cause, Clock, Duration, Effect, Exit, Fiber } from "effect"
+import { userEffect } from "../policy/callback.js"
 import { type AiError, ModelError } from "../AiError.js"
 import type { BatchResult, ItemResult, ProgressEvent, RunOptions, Status } from "../Batch.js"
 import { type RetryInfo, type Service as ExecutorService, startedBy } from "../Executor.js"
@@ -220,7 +221,7 @@ export const run = (deps: Deps, rawItems: unknown, rawOptions: RunOptions | unde
       }
       if (onEvent === undefined) return effect
       const guarded = Effect.flatMap(
-        Effect.exit(Effect.suspend(() => onEvent(event))),
+        Effect.exit(userEffect("onEvent", () => onEvent(event))),
         (exit): Effect.Effect<void> => (Exit.isSuccess(exit) ? Effect.void : warn("onEvent", Cause.squash(exit.cause)))
       )
       return Effect.andThen(effect, guarded)

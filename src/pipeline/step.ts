@@ -13,6 +13,7 @@
  * @internal
  */
 import { Cause, Clock, Duration, Effect, Exit } from "effect"
+import { userEffect } from "../policy/callback.js"
 import {
   type AiError,
   type CircuitOpenError,
@@ -68,7 +69,7 @@ const errorOf = (cause: Cause.Cause<unknown>): unknown => {
 
 const direct = (def: StepDef, context: Context, startedAt: number) =>
   Effect.gen(function* () {
-    const exit = yield* Effect.exit(inherit(Effect.suspend(() => def.run(context))))
+    const exit = yield* Effect.exit(inherit(userEffect(`step "${def.name}": run`, () => def.run(context))))
     if (Exit.isSuccess(exit)) {
       return {
         status: "succeeded",
@@ -164,7 +165,7 @@ const governed = (def: StepDef, context: Context, startedAt: number, executor: E
           attempts++
           primary = { _tag: "Running" }
           return settle(
-            Effect.suspend(() => def.run(context)),
+            userEffect(`step "${def.name}": run`, () => def.run(context)),
             true
           )
         })
@@ -175,7 +176,7 @@ const governed = (def: StepDef, context: Context, startedAt: number, executor: E
         if (fallback!._tag === "Value") return Effect.succeed(fallback!.value)
         const run = fallback!.run
         return settle(
-          Effect.suspend(() => run({ ...context, failure })),
+          userEffect(`step "${def.name}": fallback`, () => run({ ...context, failure })),
           false
         )
       })

@@ -13,6 +13,7 @@
  * @internal
  */
 import { Cause, type Clock, type Duration, Effect, Exit, Schedule, type Semaphore } from "effect"
+import { observe } from "./callback.js"
 import { type AiError, isRetryable, reasonOf, TimeoutError } from "../AiError.js"
 import { schedule as retrySchedule } from "../Policy.js"
 import type { Series } from "../stats/series.js"
@@ -271,7 +272,9 @@ export const make = (env: Env): Driver => {
         const delay = decision.value[1]
         series.retries++
         const notify =
-          plan.onRetry === undefined ? Effect.void : plan.onRetry({ step, attempt: state.attemptNo, error, delay })
+          plan.onRetry === undefined
+            ? Effect.void
+            : observe("onRetry", plan.onRetry, () => plan.onRetry!({ step, attempt: state.attemptNo, error, delay }))
         return Effect.flatMap(notify, () =>
           Effect.flatMap(tracked(Effect.sleep(delay)), () => attempts(step, plan, call, counter, series, state))
         )

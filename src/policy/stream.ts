@@ -15,6 +15,7 @@
  * @internal
  */
 import { Cause, Channel, Duration, Effect, Exit, Option, Schedule, Scope, Stream } from "effect"
+import { observe } from "./callback.js"
 import {
   type AiError,
   type FailedAttempt,
@@ -230,7 +231,9 @@ export const make = (env: { readonly engine: Engine; readonly defaults: StreamDe
                 const delay = decision.value[1]
                 attempt.series.retries++
                 if (plan.onRetry !== undefined) {
-                  yield* plan.onRetry({ step: attempt.step, attempt: attemptsOnStep, error, delay })
+                  yield* observe("onRetry", plan.onRetry, () =>
+                    plan.onRetry!({ step: attempt.step, attempt: attemptsOnStep, error, delay })
+                  )
                 }
                 backoff = engine.lanes.watch((ending) => {
                   backoff = undefined

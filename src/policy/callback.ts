@@ -1,0 +1,56 @@
+/**
+ * Callbacks a user gives that return Effects (`onRetry`, a batch's `onEvent`, a pipeline
+ * step's `run` and `fallback`), called so that a mistake in one is a named defect of that
+ * call and never a fiber that dies in Effect's run loop.
+ *
+ * Why: a value that is not an Effect, handed to the run loop (`Effect.suspend(() => 42)`),
+ * ends the fiber at once with the string "Not a valid effect", skipping every handler on
+ * its stack: an `Effect.exit` around it never returns, so a pipeline waiting for that step's
+ * outcome waited for ever, and a batch rejected with a string instead of an outcome per item.
+ *
+ * @internal
+ */
+import { Cause, Effect, Exit } from "effect"
+
+const describe = (value: unknown): string => {
+  if (value === null) return "null"
+  if (Array.isArray(value)) return "an array"
+  if (typeof value === "object" && typeof (value as { then?: unknown }).then === "function") {
+    return "a Promise (wrap it in Effect.promise or Effect.tryPromise)"
+  }
+  return typeof value
+}
+
+/**
+ * The Effect `run` returns; a `run` that throws is a defect, and one that returns anything
+ * else is a defect with a `TypeError` naming the callback (`name`) and what it returned.
+ *
+ * @internal
+ */
+export const userEffect = <A, E, R>(name: string, run: () => Effect.Effect<A, E, R>): Effect.Effect<A, E, R> =>
+  Effect.suspend(() => {
+    const effect: unknown = run()
+    return Effect.isEffect(effect)
+      ? (effect as Effect.Effect<A, E, R>)
+      : Effect.die(new TypeError(`${name} must return an Effect, got ${describe(effect)}`))
+  })
+
+const warned = new WeakSet<object>()
+
+/**
+ * An observer's callback (`onRetry`): what it does is the caller's business, and its failure
+ * (a throw, a defect, something not an Effect) must not fail the call it observes. It is
+ * logged as a warning once per callback and ignored; an interruption goes on as one.
+ *
+ * @internal
+ */
+export const observe = (name: string, callback: object, run: () => Effect.Effect<void>): Effect.Effect<void> =>
+  Effect.flatMap(Effect.exit(userEffect(name, run)), (exit): Effect.Effect<void> => {
+    if (Exit.isSuccess(exit) || Cause.hasInterruptsOnly(exit.cause)) return exit
+    if (warned.has(callback)) return Effect.void
+    warned.add(callback)
+    return Effect.logWarning(
+      `the ${name} callback failed; the call goes on (later failures of this callback are not logged)`,
+      Cause.squash(exit.cause)
+    )
+  })
