@@ -118,7 +118,8 @@ const significant = (millis: number): number => (millis < 0.01 ? 0 : millis)
 interface Reservation {
   readonly key: string
   readonly limit: number
-  readonly tokens: number
+  /** What was taken (a straddling token reservation grows by what it pays again: see `reserve`). */
+  tokens: number
   readonly limits: ResolvedLimits
 }
 
@@ -164,6 +165,30 @@ export const make = Effect.fnUntraced(function* (
       onExceeded: "delay",
       algorithm: r.limits.algorithm
     })
+
+  // Effect's fixed window counts tokens on one running counter and delays a reservation to the
+  // window of its last token. One that straddles a boundary left its first tokens counted in the
+  // window before, which the call never runs in: a 100-token window admitted two 60-token calls
+  // (120 tokens). The tokens counted in the earlier window are taken again in the later one, and
+  // the call waits for the later of the two answers. (One token, a request's, never straddles.)
+  const reserve = (r: Reservation): Effect.Effect<RateLimiter.ConsumeResult, RateLimiter.RateLimiterError> => {
+    if (r.tokens <= 1 || r.limits.algorithm !== "fixed-window") return consume(r, r.tokens)
+    return Effect.flatMap(consume(r, r.tokens), (first) => {
+      const count = r.limit - first.remaining
+      const before = count - r.tokens
+      const window = Math.floor((count - 1) / r.limit)
+      if (Math.floor(before / r.limit) === window) return Effect.succeed(first)
+      const again = window * r.limit - before
+      return Effect.match(consume(r, again), {
+        // The store failed after the first part was taken: that part stands, as a store failure does.
+        onFailure: () => first,
+        onSuccess: (second) => {
+          r.tokens += again
+          return Duration.isGreaterThan(second.delay, first.delay) ? second : first
+        }
+      })
+    })
+  }
 
   // Negative tokens undo a reservation in both algorithms (the window or bucket moves back).
   const release = (reservations: ReadonlyArray<Reservation>): Effect.Effect<void> =>
@@ -269,15 +294,13 @@ export const make = Effect.fnUntraced(function* (
     const [first, second] = reservations as [Reservation, Reservation | undefined]
     const results =
       second === undefined
-        ? Effect.map(Effect.result(consume(first, first.tokens)), (r) => [r])
+        ? Effect.map(Effect.result(reserve(first)), (r) => [r])
         : guard === undefined
-          ? Effect.flatMap(Effect.result(consume(first, first.tokens)), (a) =>
-              Effect.map(Effect.result(consume(second, second.tokens)), (b) => [a, b])
+          ? Effect.flatMap(Effect.result(reserve(first)), (a) =>
+              Effect.map(Effect.result(reserve(second)), (b) => [a, b])
             )
           : // Redis: both round trips at once.
-            Effect.all([Effect.result(consume(first, first.tokens)), Effect.result(consume(second, second.tokens))], {
-              concurrency: 2
-            })
+            Effect.all([Effect.result(reserve(first)), Effect.result(reserve(second))], { concurrency: 2 })
     return Effect.flatMap(results, (all) => decide(key, reservations, all))
   }
 

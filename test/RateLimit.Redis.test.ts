@@ -111,6 +111,30 @@ describe.skipIf(skipRedis)(`RateLimit (Redis store; ${skipRedis ? skipReason : "
     )
   )
 
+  it.live("tokens per window on Redis: a call straddling a window boundary is charged in the window it runs in", () =>
+    Effect.scoped(
+      Effect.gen(function* () {
+        const server = yield* startRedis
+        const key = uniqueName("straddle")
+        const { limits } = yield* build(server, {
+          providers: { [key]: { tokensPerMinute: 100, window: "1 second" } },
+          maxWait: "10 seconds"
+        })
+        // One after the other: 60 tokens fit once in a 100-token window, so only the first goes
+        // at once. The third went at once too when the second left 40 of its tokens counted in
+        // the window before the one it ran in (120 tokens in one window).
+        for (let i = 0; i < 3; i++) yield* limits.acquire(key, { tokens: 60 })
+        const count = (outcome: string) =>
+          Effect.map(
+            Metric.value(Metric.withAttributes(Metrics.rateLimitAcquisitions, { limit: key, outcome })),
+            (s) => s.count
+          )
+        assert.strictEqual(yield* count("immediate"), 1)
+        assert.strictEqual(yield* count("delayed"), 2)
+      })
+    )
+  )
+
   it.live("callers beyond the window wait for it, as in memory: 14 calls at 7 per 2 seconds", () =>
     Effect.scoped(
       Effect.gen(function* () {

@@ -162,6 +162,33 @@ describe("RateLimit (memory, TestClock)", () => {
       })
   )
 
+  it.effect("tokens per window: no window admits more than its budget (60-token calls, 100 a second)", () =>
+    Effect.gen(function* () {
+      const key = uniqueName("straddle")
+      const limits = yield* service({
+        providers: { [key]: { tokensPerMinute: 100, window: "1 second" } },
+        maxWait: "1 minute"
+      })
+      const start = yield* Clock.currentTimeMillis
+      const admitted: Array<number> = []
+      const fiber = yield* Effect.forkChild(
+        Effect.forEach(
+          Array.from({ length: 6 }),
+          () =>
+            Effect.flatMap(limits.acquire(key, { tokens: 60 }), () =>
+              Effect.map(Clock.currentTimeMillis, (now) => admitted.push(now - start))
+            ),
+          { concurrency: 1 }
+        )
+      )
+      for (let i = 0; i < 10 && fiber.pollUnsafe() === undefined; i++) yield* TestClock.adjust("1 second")
+      yield* Fiber.join(fiber)
+      // One 60-token call fits in a 100-token window; a second would make 120. (They went
+      // 1, 2, 2, 1 a window when a call straddling a boundary left its first tokens behind.)
+      assert.deepStrictEqual(admitted, [0, 1000, 2000, 3000, 4000, 5000])
+    })
+  )
+
   it.effect("token-bucket: slots refill evenly (one a second at 60 per minute)", () =>
     Effect.gen(function* () {
       const key = uniqueName("bucket")
