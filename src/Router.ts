@@ -178,7 +178,10 @@ export interface Service {
       mode: "all",
       options?: CallOptions
     ): Effect.Effect<ReadonlyArray<DomainOutcome>, ModelError>
-    /** The first success; the other calls are interrupted. Fails only when all fail. */
+    /**
+     * The first success; the other calls are interrupted. Fails only when all fail: with a
+     * `FallbackExhaustedError` listing each domain's failure in the order given.
+     */
     (
       request: GenerateRequest,
       domains: ReadonlyArray<string>,

@@ -234,6 +234,28 @@ describe("Router.executeParallelDomains", () => {
     })
   )
 
+  it.effect("first: when every domain fails, each one's failure is kept, in the order given", () =>
+    Effect.gen(function* () {
+      const { router } = yield* makeManager({
+        a: { script: [Outcome.fail("Overloaded", { latency: "2 seconds" })] },
+        b: { script: [Outcome.fail("Unauthorized", { latency: "1 second" })] }
+      })
+      const fiber = yield* Effect.forkChild(router.executeParallelDomains(ask, ["d-a", "d-b"], "first"))
+      yield* TestClock.adjust("2 seconds")
+      const error = yield* Effect.flip(Fiber.join(fiber))
+      assert.strictEqual(error._tag, "FallbackExhaustedError")
+      if (error._tag === "FallbackExhaustedError") {
+        assert.deepStrictEqual(
+          error.attempts.map((a) => [a.domain, a.provider, a.error._tag === "ModelError" && a.error.reason]),
+          [
+            ["d-a", "a", "Overloaded"],
+            ["d-b", "b", "Unauthorized"]
+          ]
+        )
+      }
+    })
+  )
+
   it.effect("each domain keeps its own fallback chain (a domain's policies apply at every entry point)", () =>
     Effect.gen(function* () {
       const { router, controls } = yield* makeManager(
@@ -338,6 +360,30 @@ describe("Router.hedge", () => {
       assert.strictEqual(error._tag === "ModelError" && error.reason, "InvalidRequest")
       assert.strictEqual(yield* bad.controls.b!.calls, 0, "the bad request never reached the backup")
     })
+  )
+
+  it.effect(
+    "when every step fails, the exhausted error lists them in the plan's order, not the order they failed",
+    () =>
+      Effect.gen(function* () {
+        const { router } = yield* makeManager({
+          a: { script: [Outcome.fail("Overloaded", { latency: "3 seconds" })] },
+          b: { script: [Outcome.fail("Unauthorized", { latency: "100 millis" })] }
+        })
+        const fiber = yield* Effect.forkChild(router.hedge(ask, ["d-a", "d-b"], { after: "1 second" }))
+        yield* TestClock.adjust("3 seconds")
+        const error = yield* Effect.flip(Fiber.join(fiber))
+        assert.strictEqual(error._tag, "FallbackExhaustedError")
+        if (error._tag === "FallbackExhaustedError") {
+          assert.deepStrictEqual(
+            error.attempts.map((a) => [a.domain, a.error._tag === "ModelError" && a.error.reason]),
+            [
+              ["d-a", "Overloaded"],
+              ["d-b", "Unauthorized"]
+            ]
+          )
+        }
+      })
   )
 
   it.effect('after: "p95" waits defaultAfter until the primary has 20 answers, then its p95 service time', () =>

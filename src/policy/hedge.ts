@@ -33,7 +33,8 @@ export const make = (runner: Runner) => {
       const started = steps.map(() => Deferred.makeUnsafe<void>())
       const failedAt = steps.map(() => Deferred.makeUnsafe<void>())
       const fatal = Deferred.makeUnsafe<never, AiError>()
-      const failures: Array<FailedAttempt> = []
+      // By step, so the exhausted error lists them in the plan's order, not the order they failed in.
+      const failures: Array<FailedAttempt | undefined> = steps.map(() => undefined)
       const didStart = steps.map(() => false)
       const racers = steps.map((step, i) => {
         const go = Effect.suspend(() => {
@@ -43,7 +44,7 @@ export const make = (runner: Runner) => {
           return runStep(step, plan, call, counter).pipe(
             Effect.map((value) => ({ value, index: i })),
             Effect.tapError((error) => {
-              failures.push({ domain: step.domain, provider: step.name, error })
+              failures[i] = { domain: step.domain, provider: step.name, error }
               return shouldFallback(error) ? Deferred.succeed(failedAt[i]!, undefined) : Deferred.fail(fatal, error)
             })
           )
@@ -74,7 +75,13 @@ export const make = (runner: Runner) => {
             hedgeWon: backups ? index > 0 : undefined
           }
         }),
-        Effect.mapError((error: AiError) => exhaustedOr(failures, steps.length, error))
+        Effect.mapError((error: AiError) =>
+          exhaustedOr(
+            failures.filter((f) => f !== undefined),
+            steps.length,
+            error
+          )
+        )
       )
     })
 }

@@ -7,7 +7,13 @@
  * @internal
  */
 import { Duration, Effect, Stream } from "effect"
-import { type AiError, invalidRequest, type ModelError } from "../AiError.js"
+import {
+  type AiError,
+  type FailedAttempt,
+  FallbackExhaustedError,
+  invalidRequest,
+  type ModelError
+} from "../AiError.js"
 import { applyTo, type Domain } from "../Domain.js"
 import type { Service as ExecutorService, StreamOptions as ExecutorStreamOptions, Step } from "../Executor.js"
 import * as Input from "../Input.js"
@@ -75,7 +81,22 @@ export const makeCalls = (env: Env) => {
       )
     }
     if (mode !== "first") return Effect.fail(invalidRequest("mode", `expected "all" or "first", got ${String(mode)}`))
-    return Effect.raceAll(names.map((domain) => execute(request, domain, options)))
+    // When every domain fails, each one's failure, in the order given (raceAll keeps only one).
+    const failures: Array<FailedAttempt | undefined> = names.map(() => undefined)
+    return Effect.raceAll(
+      names.map((domain, i) =>
+        Effect.tapError(execute(request, domain, options), (error) =>
+          Effect.sync(() => {
+            failures[i] = { domain, provider: "provider" in error && error.provider ? error.provider : domain, error }
+          })
+        )
+      )
+    ).pipe(
+      Effect.mapError((error): AiError => {
+        const all = failures.filter((f) => f !== undefined)
+        return names.length > 1 && all.length === names.length ? new FallbackExhaustedError({ attempts: all }) : error
+      })
+    )
   }) as Service["executeParallelDomains"]
 
   const hedgeDelay = (first: string, options: HedgeOptions): Effect.Effect<Duration.Duration, ModelError> =>
