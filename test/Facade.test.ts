@@ -308,7 +308,7 @@ describe("createOrchestra: deadlines and signals (item 24)", () => {
     }
   })
 
-  it("a stream cut by AbortSignal.timeout rejects the loop with a TimeoutError counted as one", async () => {
+  it("a stream cut by AbortSignal.timeout rejects the loop with a TimeoutError (its partial text) counted as one", async () => {
     const m = mock({ script: [Mock.Outcome.hang({ afterChunks: 1, text: "one two three" })] })
     const orchestra = createOrchestra(Orchestra.layer({ providers: { main: m.layer }, breakers: false }))
     try {
@@ -322,6 +322,8 @@ describe("createOrchestra: deadlines and signals (item 24)", () => {
       )
       assert.strictEqual(error._tag === "TimeoutError" && error.limit, "total")
       assert.strictEqual(textOf(parts), "one ")
+      // What was delivered, as the `timeout` option's error carries it.
+      assert.strictEqual(error._tag === "TimeoutError" && error.partialText, "one ")
       await settle(() => Effect.runSync(m.control.inFlight) === 0)
       const stats = orchestra.stats()
       assert.deepStrictEqual(stats.failuresByReason, { Timeout: 1 })

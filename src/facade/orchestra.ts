@@ -63,11 +63,16 @@ export const makeCreateOrchestra = (env: Env) => {
   const { AbortedError, OrchestraError } = env
 
   /** What an aborted signal means: a timeout when its reason says so, otherwise a cancellation. */
-  const abortError = (signal: AbortSignal, elapsedMillis: number): AiError | AbortedError => {
+  const abortError = (signal: AbortSignal, elapsedMillis: number, partialText?: string): AiError | AbortedError => {
     const reason: unknown = signal.reason
     if (isAiError(reason)) return reason
     if (isTimeoutReason(reason)) {
-      return new TimeoutError({ limit: "total", timeout: Duration.millis(Math.max(0, elapsedMillis)) })
+      return new TimeoutError({
+        limit: "total",
+        timeout: Duration.millis(Math.max(0, elapsedMillis)),
+        // A stream's text delivered before the signal fired, as a total deadline's error carries it.
+        ...(partialText ? { partialText } : {})
+      })
     }
     const why = reason instanceof Error ? `: ${reason.message}` : ""
     return new AbortedError({ message: `the call was aborted by its signal${why}`, cause: reason })
@@ -187,9 +192,16 @@ export const makeCreateOrchestra = (env: Env) => {
         const cut: Cut = { error: undefined }
         let parts: Stream.Stream<StreamPart, FacadeError, Services> = Calls.stream(prompt, checked.success)
         if (signal !== undefined) {
+          let delivered = ""
+          parts = parts.pipe(
+            Stream.map((part) => {
+              if (part._tag === "TextDelta") delivered += part.text
+              return part
+            })
+          )
           const aborted = Effect.callback<never, FacadeError>((resume) => {
             const onAbort = () => {
-              const error = abortError(signal, elapsed())
+              const error = abortError(signal, elapsed(), delivered)
               if (error._tag !== "AbortedError") cut.error = error
               resume(Effect.fail(error))
             }
