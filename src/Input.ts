@@ -195,6 +195,40 @@ export const positiveInt = (path: string, input: unknown, max?: number): Checked
   int(path, input, { min: 1, max })
 
 /**
+ * The fields of an options object or item read once, into a plain object without a prototype:
+ * a getter (or a `Proxy` trap) that throws is an issue naming the field (`prefix.key`), not an
+ * exception out of the check. `keys` are the fields to read (those present are copied, an
+ * `undefined` value included); without it, the object's own enumerable keys.
+ *
+ * @since 0.2.0
+ * @category checks
+ */
+export const readFields = (
+  input: object,
+  keys?: ReadonlyArray<string>,
+  prefix?: string
+): Checked<Readonly<Record<string, unknown>>> => {
+  const named = (key: string) => (prefix === undefined ? key : `${prefix}.${key}`)
+  const threw = (path: string, what: string, error: unknown) =>
+    Result.fail({ path, message: `${what} threw: ${error instanceof Error ? error.message : String(error)}` })
+  let names: ReadonlyArray<string>
+  try {
+    names = keys ?? Object.keys(input)
+  } catch (error) {
+    return threw(prefix ?? "options", "listing its fields", error)
+  }
+  const out: Record<string, unknown> = Object.create(null)
+  for (const key of names) {
+    try {
+      if (keys === undefined || key in input) out[key] = (input as Record<string, unknown>)[key]
+    } catch (error) {
+      return threw(named(key), "reading it", error)
+    }
+  }
+  return Result.succeed(out)
+}
+
+/**
  * Checks a value only when it is given.
  *
  * @since 0.2.0

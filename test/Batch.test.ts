@@ -453,7 +453,16 @@ describe("Batch options are checked before any item runs (issue 13 item 6)", () 
         [{ cancel: Promise.resolve() }, "cancel"],
         [{ id: "" }, "id"],
         [{ id: 7 }, "id"],
-        [null, "options"]
+        [null, "options"],
+        // A getter that throws is that field's InvalidRequest, not a defect of the run.
+        [
+          Object.defineProperty({}, "concurrency", {
+            get() {
+              throw new Error("getter")
+            }
+          }),
+          "concurrency"
+        ]
       ]
       for (const [options, field] of cases) {
         const error = yield* Effect.flip(batch.run(["x"], options as never))
@@ -1292,7 +1301,13 @@ describe("Batch permits, batches without callbacks (items started from JavaScrip
         for (const items of [[hostile], [hostile, "ok"]]) {
           const result = yield* batch.run(items, opts())
           assert.strictEqual(result.results[0]!.status, "error")
-          assert.include(result.results[0]!.error?.message ?? "", "unexpected defect: Error: boom")
+          const error = result.results[0]!.error
+          // The item's own error, naming the field: not an "unexpected defect" of reason Unknown.
+          assert.deepStrictEqual(error?._tag === "ModelError" && [error.reason, error.field], [
+            "InvalidRequest",
+            "items[0].query"
+          ])
+          assert.include(error?.message ?? "", "reading it threw: boom")
           assert.strictEqual(result.results.length, items.length)
         }
         const after = yield* batch.run(["again"], opts()).pipe(Effect.timeout("1 second"))

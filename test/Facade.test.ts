@@ -31,6 +31,15 @@ const fieldOf = async (promise: Promise<unknown>) => {
   return error._tag === "ModelError" && error.reason === "InvalidRequest" ? error.field : `${error._tag}`
 }
 
+/** Options whose `field` throws when read. */
+const hostile = (field: string) =>
+  Object.defineProperty({}, field, {
+    enumerable: true,
+    get() {
+      throw new Error(`${field} getter`)
+    }
+  })
+
 const requestsOf = (control: Mock.Control) =>
   Effect.runSync(control.requests).map((logged) => logged.request as GenerateRequest)
 
@@ -194,7 +203,10 @@ describe("createOrchestra", () => {
         ["input", o.embed!(null)],
         ["texts[0]", o.embed!([])],
         ["items", o.batch!(null)],
-        ["concurrency", o.batch!(["a"], { concurrency: 0 })]
+        ["concurrency", o.batch!(["a"], { concurrency: 0 })],
+        // A getter that throws is the field's InvalidRequest, not a plain Error out of the call.
+        ["timeout", o.execute!("x", hostile("timeout"))],
+        ["concurrency", o.batch!(["a"], hostile("concurrency"))]
       ]
       for (const [field, promise] of cases) assert.strictEqual(await fieldOf(promise), field)
       const streamed = await rejection(collect(orchestra.stream(null as never)))

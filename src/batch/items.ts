@@ -21,6 +21,8 @@ const kind = (u: unknown): string => (u === null ? "null" : Array.isArray(u) ? "
 
 const expected = "expected a string, { query } or { request }"
 
+const itemFields = ["domain", "query", "request"]
+
 /**
  * An item as a request, or the `InvalidRequest` of that item alone (`items[3]`,
  * `items[3].query`, `items[3].domain`). The request itself is checked by the pipeline.
@@ -30,7 +32,9 @@ export const parse = (item: unknown, index: number): Parsed | ModelError => {
   if (typeof item !== "object" || item === null || Array.isArray(item)) {
     return invalidRequest(`items[${index}]`, `${expected}, got ${kind(item)}`)
   }
-  const fields = item as { readonly query?: unknown; readonly request?: unknown; readonly domain?: unknown }
+  const read = Input.readFields(item, itemFields, `items[${index}]`)
+  if (Result.isFailure(read)) return invalidRequest(read.failure.path, read.failure.message)
+  const fields = read.success as { readonly query?: unknown; readonly request?: unknown; readonly domain?: unknown }
   const domain = fields.domain
   if (domain !== undefined && typeof domain !== "string") {
     return invalidRequest(`items[${index}].domain`, `expected a domain name, got ${kind(domain)}`)
@@ -66,6 +70,8 @@ interface RawOptions {
   readonly id?: unknown
 }
 
+const optionFields = ["concurrency", "domain", "fallback", "onProgress", "onEvent", "cancel", "id"]
+
 const fail = (field: string, message: string) => Effect.fail(invalidRequest(field, message))
 
 const isFunction = (u: unknown): u is (...args: ReadonlyArray<never>) => unknown => typeof u === "function"
@@ -85,7 +91,9 @@ export const check = (
     if (input === null || typeof input !== "object") {
       return yield* fail("options", `expected an object, got ${kind(input)}`)
     }
-    const options = input as RawOptions
+    const read = Input.readFields(input, optionFields)
+    if (Result.isFailure(read)) return yield* fail(read.failure.path, read.failure.message)
+    const options = read.success as RawOptions
     const concurrency = Input.optional(options.concurrency, (n) => Input.positiveInt("concurrency", n))
     if (Result.isFailure(concurrency)) return yield* fail(concurrency.failure.path, concurrency.failure.message)
     const domain = options.domain

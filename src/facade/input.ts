@@ -45,7 +45,9 @@ export const check = (options: unknown, allowed: ReadonlySet<string>): Result.Re
   if (typeof options !== "object" || options === null || Array.isArray(options)) {
     return Result.fail(invalidRequest("options", `expected an object, got ${kind(options)}`))
   }
-  const raw = options as Readonly<Record<string, unknown>>
+  const read = Input.readFields(options)
+  if (Result.isFailure(read)) return Result.fail(invalidRequest(read.failure.path, read.failure.message))
+  const raw = read.success
   for (const key of Object.keys(raw)) {
     if (!allowed.has(key)) {
       return Result.fail(invalidRequest(key, `unknown option (expected one of ${[...allowed].join(", ")})`))
