@@ -571,6 +571,29 @@ describe("orchestra CLI", { timeout: 180_000 }, () => {
     })
   )
 
+  it.live("start: a reader that closes stdout (`| head -1`) ends the session quietly with 0", () =>
+    Effect.gen(function* () {
+      const config = writeConfig("epipe.json", { providers: { m: { type: "mock" } } })
+      const p = yield* Effect.acquireRelease(start(["start", "--json", "--config", config]), (p) =>
+        Effect.sync(() => p.child.exitCode === null && p.child.kill("SIGKILL"))
+      )
+      p.child.stdin.write("first\n")
+      yield* p.waitFor('"type":"answer"').pipe(Effect.timeout("100 seconds"))
+      p.child.stdout.destroy()
+      // stdin stays open: only the closed stdout can end the session. (It used to crash with an
+      // unhandled EPIPE, or, when the console swallowed the error, answer on into the closed pipe.)
+      p.child.stdin.write("second\nthird\n")
+      const result = yield* p.exit.pipe(
+        Effect.timeoutOrElse({
+          duration: "30 seconds",
+          orElse: () => Effect.die(new Error(`did not exit: ${JSON.stringify(p.output())}`))
+        })
+      )
+      assert.strictEqual(result.code, 0, result.stderr)
+      assert.strictEqual(result.stderr, "", "no stack trace, no interruption notice")
+    })
+  )
+
   it.live("start: Ctrl-C (SIGINT) during a call interrupts it, closes its connection and exits with 130", () =>
     Effect.gen(function* () {
       const server = yield* Server.make(handler)

@@ -6,7 +6,7 @@
  *
  * @since 0.1.0
  */
-import { Console, Effect, type Option, Result, Schema } from "effect"
+import { Console, Deferred, Effect, Exit, type Option, Result, Schema } from "effect"
 import { Flag } from "effect/cli"
 import { type AiError, reasonOf } from "../AiError.js"
 import type * as Input from "../Input.js"
@@ -29,6 +29,30 @@ export const exitCodes = { ok: 0, failed: 1, usage: 2, interrupted: 130 } as con
 export class ExitCode extends Schema.TaggedError<ExitCode>("effect-orchestra/cli/ExitCode")("ExitCode", {
   code: Schema.Number
 }) {}
+
+/**
+ * The first error of writing to stdout: EPIPE once the reader went away (`orchestra start |
+ * head -1`). `bin.ts` ends the command when it completes; process.stdout is one per process,
+ * and so is this. Without a listener, such an error is an unhandled 'error' event: a stack
+ * trace and exit 1. The listener stays for the whole process, so writes made while the
+ * command winds down cannot raise it again; only the first error counts.
+ *
+ * @since 0.2.0
+ * @category output
+ */
+export const stdoutFailed: Deferred.Deferred<NodeJS.ErrnoException> = Deferred.makeUnsafe()
+process.stdout.on("error", (error: NodeJS.ErrnoException) => {
+  Deferred.doneUnsafe(stdoutFailed, Exit.succeed(error))
+})
+
+/**
+ * Whether stdout's reader went away (then the command is interrupted and nothing it says
+ * about that is news to anyone).
+ *
+ * @since 0.2.0
+ * @category output
+ */
+export const stdoutClosed: Effect.Effect<boolean> = Deferred.isDone(stdoutFailed)
 
 /**
  * @since 0.1.0

@@ -1,20 +1,29 @@
 /**
  * The `orchestra` executable: the only `runMain` of the package. SIGINT / SIGTERM
  * interrupt the command; the manager it provided then drains and releases everything,
- * and the process exits with 130.
+ * and the process exits with 130. A reader that closes stdout early (`| head`) ends the
+ * command the same way, but with 0.
  *
  * @since 0.1.0
  */
 import * as NodeRuntime from "@effect/platform-node/NodeRuntime"
 import * as NodeServices from "@effect/platform-node/NodeServices"
-import { Cause, Effect, Exit, Layer, Logger } from "effect"
+import { Cause, Console, Deferred, Effect, Exit, Layer, Logger } from "effect"
 import { run } from "./Cli.js"
-import { exitCodes } from "./Common.js"
+import { exitCodes, stdoutFailed } from "./Common.js"
 
 // Logs go to stderr so that `--json` output on stdout stays parseable.
 const environment = Layer.merge(NodeServices.layer, Layer.succeed(Logger.LogToStderr, true))
 
-run(process.argv.slice(2)).pipe(
+// The reader went away (`| head`): what it wanted was printed, so stop quietly. Any other
+// failure to write loses output: say so once, on stderr.
+const stdoutGone = Effect.flatMap(Deferred.await(stdoutFailed), (error) =>
+  error.code === "EPIPE"
+    ? Effect.succeed(exitCodes.ok as number)
+    : Effect.as(Console.error(`orchestra: cannot write to stdout: ${error.message}`), exitCodes.failed as number)
+)
+
+Effect.raceFirst(run(process.argv.slice(2)), stdoutGone).pipe(
   Effect.provide(environment),
   NodeRuntime.runMain({
     disableErrorReporting: true,

@@ -11,7 +11,7 @@ import { Domains } from "../../Domain.js"
 import { Executor } from "../../Executor.js"
 import { Router } from "../../Router.js"
 import * as Stats from "../../Stats.js"
-import { type Common, errorJson, errorText, formatMs, parseQuery, printJson } from "../Common.js"
+import { type Common, errorJson, errorText, formatMs, parseQuery, printJson, stdoutClosed } from "../Common.js"
 import { checkDomains, prepare, provideOrchestra } from "../Manager.js"
 import type { Args } from "../Start.js"
 import { callChain } from "./test.js"
@@ -182,7 +182,13 @@ export const run = Effect.fnUntraced(function* (args: Args) {
       Effect.catch((error) => Console.error(`orchestra: cannot read stdin: ${error.message}`))
     )
     if (interactive) yield* Console.log("")
-  }).pipe(Effect.onInterrupt(() => Console.error("\norchestra: interrupted; shutting down")))
+  }).pipe(
+    Effect.onInterrupt(() =>
+      Effect.flatMap(stdoutClosed, (closed) =>
+        closed ? Effect.void : Console.error("\norchestra: interrupted; shutting down")
+      )
+    )
+  )
 
   yield* session.pipe(provideOrchestra(common, checked))
 })
