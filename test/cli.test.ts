@@ -316,6 +316,49 @@ describe("orchestra CLI", { timeout: 180_000 }, () => {
     })
   )
 
+  it.live("test --fallback without --domain starts on the default provider, then the fallbacks", () =>
+    Effect.gen(function* () {
+      const config = writeConfig("fallback-default.json", {
+        providers: {
+          flaky: { type: "mock", random: { success: 0, failures: { Overloaded: 1 } } },
+          m: { type: "mock", reply: "from the fallback" }
+        },
+        defaultProvider: "flaky",
+        domains: [
+          { name: "backup", provider: "m" },
+          { name: "dead", provider: "flaky", retry: { maxAttempts: 1 } }
+        ],
+        policies: { breakers: false, executor: { retry: { maxAttempts: 1 } } }
+      })
+      const cli = (...args: ReadonlyArray<string>) => run(["test", "-p", "hi", ...args, "--json", "--config", config])
+      const [rescued, exhausted] = yield* Effect.all([cli("--fallback", "backup"), cli("--fallback", "dead")], {
+        concurrency: 2
+      })
+      // The first fallback used to be the primary: the default provider was never tried.
+      assert.strictEqual(rescued.code, 0, rescued.stderr)
+      assert.deepInclude(parse(rescued), {
+        ok: true,
+        answer: "from the fallback",
+        domain: "backup",
+        provider: "m",
+        attempts: 2,
+        fallbackUsed: true
+      })
+      assert.strictEqual(exhausted.code, 1, exhausted.stderr)
+      const failed = parse(exhausted)
+      assert.strictEqual(failed.domain, null)
+      const error = failed.error as { _tag: string; attempts: ReadonlyArray<{ domain?: string; provider: string }> }
+      assert.strictEqual(error._tag, "FallbackExhaustedError")
+      assert.deepStrictEqual(
+        error.attempts.map((a) => [a.domain ?? null, a.provider]),
+        [
+          [null, "flaky"],
+          ["dead", "flaky"]
+        ]
+      )
+    })
+  )
+
   it.live(
     "a bad config lists every wrong field with its path and exits with 2; stats agrees with test on a missing key",
     () =>

@@ -97,9 +97,7 @@ export const run = Effect.fnUntraced(function* (args: Args) {
         let retries = 0
         const start = yield* Clock.currentTimeMillis
         const result = yield* Effect.result(
-          callChain(router, executor, { prompt: parsed.query }, domain === undefined ? [] : [domain], () =>
-            Effect.sync(() => void retries++)
-          )
+          callChain(router, executor, { prompt: parsed.query }, domain, [], () => Effect.sync(() => void retries++))
         )
         const latencyMs = (yield* Clock.currentTimeMillis) - start
         if (Result.isFailure(result)) {

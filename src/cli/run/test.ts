@@ -51,7 +51,9 @@ export interface TestOutput {
 
 /**
  * One call: on the default provider (no domain, the executor's retry policy), one domain
- * (and its own fallback chain), or an explicit fallback chain.
+ * (and its own fallback chain), then the `fallback` domains in order. Without a domain the
+ * default provider is still the first step: the fallbacks come after it, as for a batch
+ * item that names no domain.
  *
  * @since 0.1.0
  * @category utils
@@ -60,25 +62,42 @@ export const callChain = (
   router: Router["Service"],
   executor: Executor["Service"],
   request: GenerateRequest,
-  chain: ReadonlyArray<string>,
+  domain: string | undefined,
+  fallback: ReadonlyArray<string>,
   onRetry: () => Effect.Effect<void>
-): Effect.Effect<Answer, AiError> =>
-  chain.length === 0
-    ? Effect.map(
-        executor.execute(request, { retry: true, onRetry }),
-        (response): Answer => ({
-          response,
-          domain: "",
-          provider: response.provider,
-          attempts: 1,
-          domainsTried: 1,
-          fallbackUsed: false,
-          source: "provider"
-        })
-      )
-    : chain.length === 1
-      ? router.execute(request, chain[0]!, { onRetry })
-      : router.executeWithFallback(request, chain, { onRetry })
+): Effect.Effect<Answer, AiError> => {
+  if (domain !== undefined) {
+    return fallback.length === 0
+      ? router.execute(request, domain, { onRetry })
+      : router.executeWithFallback(request, [domain, ...fallback], { onRetry })
+  }
+  if (fallback.length === 0) {
+    return Effect.map(
+      executor.execute(request, { retry: true, onRetry }),
+      (response): Answer => ({
+        response,
+        domain: "",
+        provider: response.provider,
+        attempts: 1,
+        domainsTried: 1,
+        fallbackUsed: false,
+        source: "provider"
+      })
+    )
+  }
+  return executor.resolve({ retry: true }).pipe(
+    Effect.flatMap((defaults) =>
+      router.plan(request, fallback, {
+        lead: executor.stepFor(executor.provider, {
+          retry: defaults.retry ?? false,
+          timeout: defaults.timeout ?? "none"
+        }),
+        onRetry
+      })
+    ),
+    Effect.flatMap((routed) => Effect.map(executor.run(routed.plan, routed.call), routed.answer))
+  )
+}
 
 const report = (common: Common, out: TestOutput, failure: AiError | undefined): Effect.Effect<void, ExitCode> =>
   Effect.gen(function* () {
@@ -115,18 +134,16 @@ export const run = Effect.fnUntraced(function* (args: Args) {
   if (prompt.length === 0) {
     return yield* failWith(common, exitCodes.usage, "--prompt is empty: give the question to send", { kind: "usage" })
   }
-  const chain = [
-    ...Option.toArray(args.domain),
-    ...Option.match(args.fallback, { onNone: () => [], onSome: splitList })
-  ]
+  const domain = Option.getOrUndefined(args.domain)
+  const fallback = Option.match(args.fallback, { onNone: () => [], onSome: splitList })
   const checked = yield* prepare(common)
-  yield* checkDomains(common, checked, chain)
+  yield* checkDomains(common, checked, [...Option.toArray(args.domain), ...fallback])
   const program = Effect.gen(function* () {
     const router = yield* Router
     const executor = yield* Executor
     const request: GenerateRequest = maxTokens === undefined ? { prompt } : { prompt, maxTokens }
     let retries = 0
-    const call = callChain(router, executor, request, chain, () => Effect.sync(() => void retries++))
+    const call = callChain(router, executor, request, domain, fallback, () => Effect.sync(() => void retries++))
     const start = yield* Clock.currentTimeMillis
     const result = yield* Effect.result(call)
     const latencyMs = (yield* Clock.currentTimeMillis) - start
@@ -135,7 +152,7 @@ export const run = Effect.fnUntraced(function* (args: Args) {
         ok: false,
         prompt,
         latencyMs,
-        domain: chain[0] ?? null,
+        domain: domain ?? null,
         retries,
         error: errorJson(error)
       }),
@@ -144,7 +161,8 @@ export const run = Effect.fnUntraced(function* (args: Args) {
         prompt,
         answer: answer.response.text,
         latencyMs,
-        domain: chain.length === 0 ? null : answer.domain,
+        // Without --domain, the default provider answers under no domain; a fallback names its own.
+        domain: domain === undefined && !answer.fallbackUsed ? null : answer.domain,
         provider: answer.provider,
         model: answer.response.model,
         attempts: answer.domainsTried,
