@@ -233,6 +233,37 @@ describe("orchestra CLI", { timeout: 180_000 }, () => {
     })
   )
 
+  it.live("a prompt source given without a prompt is a usage error, in JSON too (bench and stats)", () =>
+    Effect.gen(function* () {
+      const comments = NodePath.join(dir, "comments-only.txt")
+      writeFileSync(comments, "# nothing to ask\n\n   \n")
+      const [commas, file, statsCommas, statsFile] = yield* Effect.all(
+        [
+          run(["bench", "--prompts", ",,,", "--json"]),
+          run(["bench", "--file", comments, "--json"]),
+          run(["stats", "--prompts", " , ,", "--json"]),
+          run(["stats", "--file", comments])
+        ],
+        { concurrency: 2 }
+      )
+      // bench printed nothing on stdout under --json; stats ran no prompt and said the config was fine.
+      const onlyCommas = "no prompts given: --prompts holds only commas and spaces"
+      const onlyComments = `no prompts given: ${comments} has only blank lines and # comments`
+      for (const [out, message] of [
+        [commas, onlyCommas],
+        [file, onlyComments],
+        [statsCommas, onlyCommas]
+      ] as const) {
+        assert.strictEqual(out.code, 2, out.stderr)
+        assert.strictEqual(out.stderr, `orchestra: ${message}\n`)
+        assert.deepStrictEqual(parse(out), { ok: false, error: { message, kind: "usage" } })
+      }
+      assert.strictEqual(statsFile.code, 2, statsFile.stderr)
+      assert.strictEqual(statsFile.stderr, `orchestra: ${onlyComments}\n`)
+      assert.strictEqual(statsFile.stdout, "")
+    })
+  )
+
   it.live("test against the bundled local model (no config file): answer, latency, provenance", () =>
     Effect.gen(function* () {
       const result = yield* run(["test", "--prompt", "hello there", "--domain", "support", "--max-tokens", "6"])

@@ -49,7 +49,8 @@ const maxFileBytes = 16 * 1024 * 1024
 
 /**
  * Reads the prompts from `--prompts` or `--file` (not both). `required`: none given is a
- * usage error.
+ * usage error. A source given but without a prompt (`--prompts ",,,"`, a file of comments)
+ * is one too, whether required or not: it was meant to run something.
  *
  * @since 0.2.0
  * @category constructors
@@ -63,7 +64,12 @@ export const read = Effect.fnUntraced(function* (
   if (Option.isSome(prompts) && Option.isSome(file)) {
     return yield* failWith(common, exitCodes.usage, "give either --prompts or --file, not both", { kind: "usage" })
   }
-  if (Option.isSome(prompts)) return splitList(prompts.value)
+  const noPrompts = (where: string) =>
+    failWith(common, exitCodes.usage, `no prompts given: ${where}`, { kind: "usage" })
+  if (Option.isSome(prompts)) {
+    const list = splitList(prompts.value)
+    return list.length > 0 ? list : yield* noPrompts("--prompts holds only commas and spaces")
+  }
   if (Option.isNone(file)) {
     return required
       ? yield* failWith(common, exitCodes.usage, 'give the prompts with --prompts "a,b,c" or --file prompts.txt', {
@@ -77,10 +83,11 @@ export const read = Effect.fnUntraced(function* (
   const info = yield* fs.stat(file.value).pipe(Effect.catch((error) => unreadable(error.message)))
   if (Number(info.size) > maxFileBytes) yield* unreadable(`${info.size} bytes (at most ${maxFileBytes})`)
   const text = yield* fs.readFileString(file.value).pipe(Effect.catch((error) => unreadable(error.message)))
-  return text
+  const lines = text
     .split(/\r?\n/)
     .map((line) => line.trim())
     .filter((line) => line.length > 0 && !line.startsWith("#"))
+  return lines.length > 0 ? lines : yield* noPrompts(`${file.value} has only blank lines and # comments`)
 })
 
 /**

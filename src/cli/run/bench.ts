@@ -181,9 +181,6 @@ export const run = Effect.fnUntraced(function* (args: Args) {
   const { concurrency, maxTokens } = yield* Prompts.checkRunFlags(common, args)
   const rounds = yield* checkFlag(common, Input.positiveInt("--rounds", args.rounds, 100))
   const prompts = yield* Prompts.read(common, args.prompts, args.file, true)
-  if (prompts.length === 0) {
-    return yield* Effect.andThen(Console.error("orchestra: no prompts given"), new ExitCode({ code: exitCodes.usage }))
-  }
   const checked = yield* prepare(common)
   const domain = Option.getOrUndefined(args.domain)
   const fallback = Option.match(args.fallback, { onNone: () => [], onSome: splitList })
