@@ -598,6 +598,30 @@ describe("orchestra CLI", { timeout: 180_000 }, () => {
     })
   )
 
+  it.live(
+    "stats without prompts refuses the flags test refuses: an unknown --domain or --fallback, --max-tokens 0",
+    () =>
+      Effect.gen(function* () {
+        const [domain, fallback, maxTokens] = yield* Effect.all(
+          [
+            run(["stats", "--domain", "suport"]),
+            run(["stats", "--fallback", "support,nowhere", "--json"]),
+            run(["stats", "--max-tokens", "0"])
+          ],
+          { concurrency: 3 }
+        )
+        // The unknown domains used to pass: stats returned its empty window before checking them.
+        assert.strictEqual(domain.code, 2, domain.stderr)
+        assert.include(domain.stderr, 'unknown domain "suport" (known: support, technical, finance)')
+        assert.strictEqual(domain.stdout, "")
+        assert.strictEqual(fallback.code, 2, fallback.stderr)
+        assert.deepInclude(parse(fallback).error as object, { kind: "usage" })
+        assert.include((parse(fallback).error as { message: string }).message, 'unknown domain "nowhere"')
+        assert.strictEqual(maxTokens.code, 2, maxTokens.stderr)
+        assert.include(maxTokens.stderr, "--max-tokens: expected a value of at least 1, got 0")
+      })
+  )
+
   it.live("start on the local model, driven through stdin: an answer, stats, exit (later lines ignored)", () =>
     Effect.gen(function* () {
       const result = yield* run(["start"], { stdin: "support: hello\n\nstats\nexit\ntechnical: never asked\n" })

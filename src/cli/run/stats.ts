@@ -26,6 +26,9 @@ export const run = Effect.fnUntraced(function* (args: Args) {
   const prompts = yield* Prompts.read(common, args.prompts, args.file, false)
   const checked = yield* prepare(common)
   const file = checked.loaded.file ?? null
+  // Checked with or without prompts: `stats` is the cheap check, so it refuses what `test` refuses.
+  const fallback = Option.match(args.fallback, { onNone: () => [], onSome: splitList })
+  yield* checkDomains(common, checked, [...Option.toArray(args.domain), ...fallback])
   if (prompts.length === 0) {
     // Nothing to run: the config is checked, but only the statistics service is built.
     const stats = yield* Stats.snapshot().pipe(Effect.provide(Stats.layer))
@@ -37,8 +40,6 @@ export const run = Effect.fnUntraced(function* (args: Args) {
     }
     return yield* print(common, stats, { ok: true, prompts: 0, config: file }, "Execution stats (empty)")
   }
-  const fallback = Option.match(args.fallback, { onNone: () => [], onSome: splitList })
-  yield* checkDomains(common, checked, [...Option.toArray(args.domain), ...fallback])
   const items = yield* Prompts.toItems(common, prompts, domainNames(checked.loaded), maxTokens)
   const program = Effect.gen(function* () {
     const batch = yield* Batch
