@@ -462,6 +462,37 @@ describe("orchestra CLI", { timeout: 180_000 }, () => {
       })
   )
 
+  it.live("a secret in a field of the wrong type is described, never echoed, and the field is named", () =>
+    Effect.gen(function* () {
+      const config = writeConfig("misplaced-secrets.json", {
+        providers: {
+          a: { type: "openai-compatible", apiKeyEnv: [SECRET] },
+          b: { type: "openai-compatible", headers: `Authorization: Bearer ${SECRET}` },
+          c: { type: "ollama", headers: { Authorization: [`Bearer ${SECRET}`] } },
+          d: { type: "gemini", apiKeyEnv: { value: SECRET }, model: 5 }
+        }
+      })
+      const [text, json] = yield* Effect.all(
+        [run(["stats", "--config", config]), run(["test", "-p", "x", "--json", "--config", config])],
+        { concurrency: 2 }
+      )
+      for (const out of [text, json]) {
+        assert.strictEqual(out.code, 2, out.stderr)
+        assert.notInclude(out.stdout + out.stderr, SECRET)
+      }
+      const issues = (parse(json).error as { issues: ReadonlyArray<{ path: string; message: string }> }).issues
+      assert.deepStrictEqual(Object.fromEntries(issues.map((i) => [i.path, i.message])), {
+        "providers.a.apiKeyEnv": "expected string, got an array",
+        "providers.b.headers": "expected object, got a string",
+        "providers.c.headers.Authorization": "expected string, got an array",
+        "providers.d.apiKeyEnv": "expected string, got an object",
+        // A field that cannot hold a secret still quotes what it got.
+        "providers.d.model": "expected string, got 5"
+      })
+      assert.include(text.stderr, "  providers.a.apiKeyEnv: expected string, got an array")
+    })
+  )
+
   it.live("invalid JSON is reported by line and column; a provider that cannot start exits with 1", () =>
     Effect.gen(function* () {
       const file = writeConfig("syntax.json", '{\n  "providers": {\n    "a": { "type": "mock", }\n  }\n}\n')

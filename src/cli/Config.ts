@@ -119,6 +119,41 @@ export const tidy = (message: string): string => {
   return text.length > 240 ? `${text.slice(0, 237)}...` : text
 }
 
+const kind = (u: unknown): string =>
+  u === null ? "null" : Array.isArray(u) ? "an array" : typeof u === "object" ? "an object" : `a ${typeof u}`
+
+/** Fields whose value may be a secret put in the wrong place: a wrong value is described, never quoted. */
+const secretField = /key|token|secret|password|authorization/i
+
+/**
+ * Whether a path names a field that may hold a secret: `apiKey`, `apiKeyEnv`, anything
+ * under `headers`, any field whose name says key, token, secret, password or
+ * authorization. A provider's own name (`providers.<name>`) is not a field.
+ *
+ * @since 0.2.0
+ * @category utils
+ */
+export const isSecretPath = (path: ReadonlyArray<PropertyKey>): boolean =>
+  path.some(
+    (key, i) =>
+      typeof key === "string" && !(i === 1 && path[0] === "providers") && (key === "headers" || secretField.test(key))
+  )
+
+const valueAt = (input: unknown, path: ReadonlyArray<PropertyKey>): unknown =>
+  path.reduce<unknown>(
+    (value, key) =>
+      typeof value === "object" && value !== null && Object.hasOwn(value, key)
+        ? (value as Record<PropertyKey, unknown>)[key]
+        : undefined,
+    input
+  )
+
+/** `expected string, got ["sk-…"]` as `expected string, got an array`. */
+const withoutValue = (message: string, value: unknown): string => {
+  const got = message.indexOf(", got ")
+  return got < 0 ? message : `${message.slice(0, got)}, got ${kind(value)}`
+}
+
 const shapeIssues = (
   schema: Schema.Top & { readonly DecodingServices: never },
   input: unknown,
@@ -131,20 +166,22 @@ const shapeIssues = (
   })
   if (Result.isSuccess(decoded)) return []
   return SchemaIssue.makeFormatterStandardSchemaV1({ leafHook })(decoded.failure.issue).issues.map((issue) => {
-    const keys = [...prefix, ...(issue.path ?? []).map((p) => (typeof p === "object" && p !== null ? p.key : p))]
-    const path = formatPath(keys as ReadonlyArray<PropertyKey>)
+    const own = (issue.path ?? []).map((p) => (typeof p === "object" && p !== null ? p.key : p)) as Array<PropertyKey>
+    const keys = [...prefix, ...own]
+    const path = formatPath(keys)
     const hint = Object.entries(hints).find(([tail]) => path.endsWith(`.${tail}`))
     const message =
-      issue.message === "unknown field" && hint !== undefined ? `unknown field (${hint[1]})` : issue.message
+      issue.message === "unknown field" && hint !== undefined
+        ? `unknown field (${hint[1]})`
+        : isSecretPath(keys)
+          ? withoutValue(issue.message, valueAt(input, own))
+          : issue.message
     return { path, message: tidy(message) }
   })
 }
 
 const isObject = (u: unknown): u is Readonly<Record<string, unknown>> =>
   typeof u === "object" && u !== null && !Array.isArray(u)
-
-const kind = (u: unknown): string =>
-  u === null ? "null" : Array.isArray(u) ? "an array" : typeof u === "object" ? "an object" : typeof u
 
 const providerIssues = (providers: Readonly<Record<string, unknown>>): ReadonlyArray<Issue> => {
   const issues: Array<Issue> = []
