@@ -493,6 +493,30 @@ describe("orchestra CLI", { timeout: 180_000 }, () => {
     })
   )
 
+  it.live("a rate limit for a provider that is not declared (a typo, a renamed provider) is refused", () =>
+    Effect.gen(function* () {
+      const config = writeConfig("rate-limit-typo.json", {
+        providers: { openai: { type: "mock" }, spare: { type: "mock", name: "backup" } },
+        policies: {
+          rateLimits: { providers: { openia: { requestsPerMinute: 5 }, spare: { requestsPerMinute: 5 }, backup: {} } }
+        }
+      })
+      // It used to pass the check and limit nothing: limits are kept under the providers' names.
+      const result = yield* run(["stats", "--json", "--config", config])
+      assert.strictEqual(result.code, 2, result.stderr)
+      assert.deepStrictEqual((parse(result).error as { issues: unknown }).issues, [
+        {
+          path: "policies.rateLimits.providers.openia",
+          message: 'unknown provider "openia" (declared: openai, backup)'
+        },
+        {
+          path: "policies.rateLimits.providers.spare",
+          message: 'provider "spare" is named "backup": its limits go under that name'
+        }
+      ])
+    })
+  )
+
   it.live("invalid JSON is reported by line and column; a provider that cannot start exits with 1", () =>
     Effect.gen(function* () {
       const file = writeConfig("syntax.json", '{\n  "providers": {\n    "a": { "type": "mock", }\n  }\n}\n')

@@ -216,7 +216,10 @@ const providerIssues = (providers: Readonly<Record<string, unknown>>): ReadonlyA
   return issues
 }
 
-/** Which provider each domain and `defaultProvider` name; the domains themselves are `Domain.check`'s. */
+/**
+ * Which provider each domain, `defaultProvider` and per-provider rate limit name; the
+ * domains themselves are `Domain.check`'s.
+ */
 const references = (config: Readonly<Record<string, unknown>>): ReadonlyArray<Issue> => {
   const issues: Array<Issue> = []
   const declared = isObject(config.providers) ? Object.keys(config.providers) : [bundledProviderName]
@@ -234,12 +237,35 @@ const references = (config: Readonly<Record<string, unknown>>): ReadonlyArray<Is
       }
     })
   }
+  // A limit is kept under the provider's name (`name`, else its key): one under any other name limits nothing.
+  const limits = isObject(config.policies) && isObject(config.policies.rateLimits) ? config.policies.rateLimits : {}
+  if (isObject(limits.providers)) {
+    const named = new Map<string, string>()
+    if (isObject(config.providers)) {
+      for (const [key, spec] of Object.entries(config.providers)) {
+        named.set(isObject(spec) && typeof spec.name === "string" ? spec.name : key, key)
+      }
+    } else named.set(bundledProviderName, bundledProviderName)
+    for (const name of Object.keys(limits.providers)) {
+      if (named.has(name)) continue
+      const renamed =
+        isObject(config.providers) && isObject(config.providers[name]) ? config.providers[name] : undefined
+      issues.push({
+        path: formatPath(["policies", "rateLimits", "providers", name]),
+        message:
+          renamed !== undefined && typeof renamed.name === "string"
+            ? `provider "${name}" is named "${renamed.name}": its limits go under that name`
+            : `unknown provider "${name}" (declared: ${[...named.keys()].join(", ")})`
+      })
+    }
+  }
   return issues
 }
 
 /**
  * Checks the shape of a parsed file: every unknown field and every value of the wrong
- * type, each with its path, and the providers that domains and `defaultProvider` name.
+ * type, each with its path, and the providers that domains, `defaultProvider` and
+ * `policies.rateLimits.providers` name.
  *
  * @since 0.2.0
  * @category constructors
