@@ -214,11 +214,12 @@ describe("orchestra CLI", { timeout: 180_000 }, () => {
 
   it.live("usage errors exit with 2 and leave stdout to JSON", () =>
     Effect.gen(function* () {
-      const [missing, zero, blank] = yield* Effect.all(
+      const [missing, zero, blank, bare] = yield* Effect.all(
         [
           run(["test", "--json"]),
           run(["bench", "--prompts", "a", "--concurrency", "0", "--json"]),
-          run(["test", "-p", "   "])
+          run(["test", "-p", "   "]),
+          run([])
         ],
         { concurrency: 3 }
       )
@@ -230,6 +231,11 @@ describe("orchestra CLI", { timeout: 180_000 }, () => {
       assert.deepInclude(parse(zero), { ok: false })
       assert.strictEqual(blank.code, 2)
       assert.include(blank.stderr, "--prompt is empty")
+      // No command at all is a usage error like the others (it printed the help on stdout, with no message).
+      assert.strictEqual(bare.code, 2)
+      assert.strictEqual(bare.stdout, "")
+      assert.include(bare.stderr, "USAGE")
+      assert.include(bare.stderr, "Missing command: give one of test, bench, start, stats, serve")
     })
   )
 

@@ -37,21 +37,32 @@ export const command = Command.make("orchestra").pipe(
 )
 
 /**
- * Help goes to stdout; a usage error's help and messages go to stderr, so that stdout
- * stays empty for a `--json` consumer.
+ * Help asked for goes to stdout; a usage error's help and messages go to stderr, so that
+ * stdout stays empty for a `--json` consumer. `orchestra` alone is one: it names no command
+ * (effect/cli shows that help as if asked for, on stdout and without a message).
  *
  * @since 0.2.0
  * @category layers
  */
 export const presenter: Layer.Layer<never> = Layer.succeed(CliOutput.Presenter, {
-  present: (event) =>
-    event._tag === "InvalidInvocation"
-      ? Effect.gen(function* () {
-          const formatter = yield* CliOutput.Formatter
-          yield* Console.error(formatter.formatHelpDoc(event.helpDoc))
-          yield* Console.error(formatter.formatErrors(event.errors))
-        })
-      : CliOutput.defaultPresenter.present(event)
+  present: (event) => {
+    if (event._tag === "Version" || (event._tag === "Help" && event.reason === "Requested")) {
+      return CliOutput.defaultPresenter.present(event)
+    }
+    const errors =
+      event._tag === "InvalidInvocation"
+        ? event.errors
+        : [
+            new CliError.ValidationError({
+              message: `Missing command: give one of ${subcommands.map((c) => c.name).join(", ")}`
+            })
+          ]
+    return Effect.gen(function* () {
+      const formatter = yield* CliOutput.Formatter
+      yield* Console.error(formatter.formatHelpDoc(event.helpDoc))
+      yield* Console.error(formatter.formatErrors(errors))
+    })
+  }
 })
 
 const cli = Command.runWith(command, { version })
