@@ -523,6 +523,24 @@ describe("orchestra CLI", { timeout: 180_000 }, () => {
     })
   )
 
+  it.live('a provider named "__proto__" is refused by stats as by test', () =>
+    Effect.gen(function* () {
+      const config = writeConfig("proto-provider.json", '{ "providers": { "__proto__": { "type": "mock" } } }')
+      const [stats, test] = yield* Effect.all(
+        [run(["stats", "--config", config]), run(["test", "-p", "x", "--config", config])],
+        { concurrency: 2 }
+      )
+      // stats said the config was valid; test refused it only when building the manager ("give at least one").
+      for (const out of [stats, test]) {
+        assert.strictEqual(out.code, 2, out.stderr)
+        assert.include(
+          out.stderr,
+          `invalid config ${config}\n  providers.__proto__: "__proto__" cannot be a provider name`
+        )
+      }
+    })
+  )
+
   it.live("invalid JSON is reported by line and column; a provider that cannot start exits with 1", () =>
     Effect.gen(function* () {
       const file = writeConfig("syntax.json", '{\n  "providers": {\n    "a": { "type": "mock", }\n  }\n}\n')

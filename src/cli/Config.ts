@@ -197,6 +197,8 @@ const providerIssues = (providers: Readonly<Record<string, unknown>>): ReadonlyA
     if (name.trim() === "" || name.trim() !== name) {
       issues.push({ path: at, message: "a provider name is non-empty, without surrounding spaces" })
     }
+    // The manager keys its providers by name in a plain object, where this one would set the prototype.
+    if (name === "__proto__") issues.push({ path: at, message: '"__proto__" cannot be a provider name' })
     if (!isObject(spec)) continue
     const type = spec.type
     const schema =
