@@ -16,7 +16,8 @@ import type { HttpServerRequest } from "effect/http"
 import { HttpServerResponse } from "effect/http"
 import { type AiError, ModelError, reasonOf } from "../AiError.js"
 import type { ExecuteOptions } from "../Executor.js"
-import { estimateInputTokens, type GenerateRequest, type GenerateResponse, validateGenerate } from "../Model.js"
+import { applyTo } from "../Domain.js"
+import { type GenerateRequest, type GenerateResponse, reserveInputTokens, validateGenerate } from "../Model.js"
 import type { Answer } from "../Router.js"
 import type { Entry } from "./lifecycle.js"
 import {
@@ -91,21 +92,34 @@ export const make = (env: Env) => {
       return env.keys.settle(ticket.reservation, usage)
     })
 
-  const reserve = (key: KeyIdentity | undefined, model: string, request: GenerateRequest) =>
+  // The most any step may be charged: a domain's step sends the request with that domain's system
+  // prompt and max_tokens applied, and a fallback's may be larger than the first's.
+  const estimateOf = (target: Target, request: GenerateRequest) => {
+    if (target._tag === "Provider") {
+      return {
+        inputTokens: reserveInputTokens(request),
+        maxOutputTokens: request.maxTokens ?? options.defaultMaxTokens
+      }
+    }
+    let inputTokens = 0
+    let maxOutputTokens = 0
+    for (const domain of target.chain) {
+      const sent = applyTo(domain, request)
+      inputTokens = Math.max(inputTokens, reserveInputTokens(sent))
+      maxOutputTokens = Math.max(maxOutputTokens, sent.maxTokens ?? options.defaultMaxTokens)
+    }
+    return { inputTokens, maxOutputTokens }
+  }
+
+  const reserve = (key: KeyIdentity | undefined, model: string, target: Target, request: GenerateRequest) =>
     key === undefined || env.keys === undefined
       ? Effect.succeed(undefined)
-      : Effect.flatMap(
-          env.keys.reserve(key, model, {
-            inputTokens: estimateInputTokens(request),
-            maxOutputTokens: request.maxTokens ?? options.defaultMaxTokens
-          }),
-          (reservation) => {
-            const ticket: Ticket = { reservation, closed: false }
-            // Whatever happens next (an answer, a failure, a client that leaves, a stream body never
-            // started), the request scope's end releases what was not settled.
-            return Effect.as(onRequestEnd(release(ticket)), ticket)
-          }
-        )
+      : Effect.flatMap(env.keys.reserve(key, model, estimateOf(target, request)), (reservation) => {
+          const ticket: Ticket = { reservation, closed: false }
+          // Whatever happens next (an answer, a failure, a client that leaves, a stream body never
+          // started), the request scope's end releases what was not settled.
+          return Effect.as(onRequestEnd(release(ticket)), ticket)
+        })
 
   const provenance = (answer: Answer): Record<string, string> =>
     options.provenanceHeaders
@@ -246,7 +260,7 @@ export const make = (env: Env) => {
       const target = yield* upstream.resolve(chatCall.model)
       yield* checkAllowed(key, chatCall.model)
       const valid = yield* validateGenerate(chatCall.request, executor.limits)
-      const reserved = yield* reserve(key, chatCall.model, valid)
+      const reserved = yield* reserve(key, chatCall.model, target, valid)
       const attributes = {
         "gen_ai.operation.name": "chat",
         "gen_ai.request.model": chatCall.model,

@@ -97,7 +97,12 @@ const timed = (clock: Clock.Clock, provider: ProviderService): ProviderService =
  * @internal
  */
 export type Target =
-  | { readonly _tag: "Domain"; readonly domain: Domain }
+  | {
+      readonly _tag: "Domain"
+      readonly domain: Domain
+      /** The domain and its fallbacks: any of them may answer, with its own system prompt and defaults. */
+      readonly chain: ReadonlyArray<Domain>
+    }
   | { readonly _tag: "Provider"; readonly provider: ProviderService; readonly model: string }
 
 /**
@@ -131,7 +136,10 @@ export const make = Effect.fnUntraced(function* (clock: Clock.Clock, providerMod
   const router = yield* Router.make.pipe(Effect.provideService(Providers, timedRegistry))
   const byName = new Map(domains.all.map((domain) => [domain.name, domain] as const))
   const targets = new Map<string, Target>()
-  for (const domain of domains.all) targets.set(domain.name, { _tag: "Domain", domain })
+  for (const domain of domains.all) {
+    const chain = yield* Effect.orElseSucceed(router.chain(domain.name), () => [domain])
+    targets.set(domain.name, { _tag: "Domain", domain, chain })
+  }
 
   const notFound = (model: string) =>
     gatewayError(

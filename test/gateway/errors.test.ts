@@ -136,7 +136,8 @@ describe("Gateway: keys", () => {
             max_tokens: 50
           })
         )
-        assert.deepStrictEqual(log.reserved, [{ key: "alice", model: "d-a", inputTokens: 2, maxOutputTokens: 50 }])
+        // 8 characters at 3 a token, plus 8 for the request and 4 for its one message.
+        assert.deepStrictEqual(log.reserved, [{ key: "alice", model: "d-a", inputTokens: 15, maxOutputTokens: 50 }])
         assert.deepStrictEqual(log.settled, [{ id: 0, inputTokens: 11, outputTokens: 7 }])
         const failed = yield* Harness.failing(() =>
           gw.client("sk-alice").chat.completions.create({ model: "d-a", messages: hi })

@@ -9,7 +9,7 @@ import { createServer } from "node:http"
 import { inspect } from "node:util"
 import { NodeHttpServer } from "@effect/platform-node"
 import { assert, describe, it } from "@effect/vitest"
-import { Context, Duration, Effect, Exit, Fiber, Layer, Metric, Redacted, Schedule, Scope } from "effect"
+import { Cause, Context, Duration, Effect, Exit, Fiber, Layer, Metric, Redacted, Schedule, Scope } from "effect"
 import { HttpRouter, HttpServer } from "effect/http"
 import { Redis as PersistenceRedis } from "effect/persistence"
 import { TestClock } from "effect/testing"
@@ -895,6 +895,103 @@ describe("Keys through the gateway (official client)", () => {
         Context.add(Context.empty(), Metric.MetricRegistry, registry) as Context.Context<never>
       )
       assert.match(metrics, /orchestra_gateway_budget_remaining\{key="poor",scope="key",budget_unit="tokens"\} 82/)
+    })
+  )
+
+  // An upstream that counts what it was sent (a token per 4 bytes of the body) and answers only when
+  // released, so that every admitted request is in flight before the first one settles.
+  const countingUpstream = () =>
+    Effect.gen(function* () {
+      const pending: Array<() => void> = []
+      const server = yield* Server.make((request, response) => {
+        const input = Math.ceil(request.body.length / 4)
+        pending.push(() =>
+          Server.json(response, 200, {
+            ...Up.completion("ok"),
+            usage: { prompt_tokens: input, completion_tokens: 5, total_tokens: input + 5 }
+          })
+        )
+      })
+      const release = () => {
+        for (const answer of pending.splice(0)) answer()
+      }
+      return { server, pending, release }
+    })
+
+  it.live("concurrent first requests with large tools or a domain's system prompt spend at most the budget", () =>
+    Effect.gen(function* () {
+      const upstream = yield* countingUpstream()
+      const system = "You are helpful. ".repeat(250)
+      const store = yield* memory({
+        keys: [
+          key("tools", secretA, { budget: { tokens: 15_000 } }),
+          key("domain", secretB, { budget: { tokens: 3_000 } })
+        ]
+      })
+      const gw = yield* Harness.make({
+        upstreams: { a: upstream.server.url },
+        domains: [{ name: "support", provider: "a", system }],
+        keys: store
+      })
+      // About 5,300 tokens as the upstream counts them, sent with a two-character message.
+      const tools = Array.from({ length: 10 }, (_, i) => ({
+        type: "function" as const,
+        function: { name: `f${i}`, description: "d".repeat(2_000), parameters: { type: "object" } }
+      }))
+      const burst = (secret: string, model: string, withTools: boolean) =>
+        Effect.gen(function* () {
+          let refused = 0
+          const arrived = upstream.pending.length
+          const one = Harness.call(() =>
+            gw.client(secret).chat.completions.create({
+              model,
+              messages: [{ role: "user", content: "hi" }],
+              max_tokens: 10,
+              ...(withTools ? { tools } : {})
+            })
+          ).pipe(
+            Effect.tapError(() =>
+              Effect.sync(() => {
+                refused++
+              })
+            ),
+            Effect.exit
+          )
+          const fiber = yield* Effect.forkChild(
+            Effect.all(
+              Array.from({ length: 5 }, () => one),
+              { concurrency: 5 }
+            ),
+            {
+              startImmediately: true
+            }
+          )
+          yield* Harness.eventually(() => upstream.pending.length - arrived + refused === 5)
+          upstream.release()
+          return yield* Fiber.join(fiber)
+        })
+
+      for (const [id, secret, model, withTools, limit] of [
+        ["tools", secretA, "a/a-model", true, 15_000],
+        ["domain", secretB, "support", false, 3_000]
+      ] as const) {
+        const exits = yield* burst(secret, model, withTools)
+        const answered = exits.filter(Exit.isSuccess).length
+        const [level] = yield* store.spend(id)
+        assert.strictEqual(level!.held, 0, id)
+        assert.isAbove(level!.spent, 0, id)
+        assert.isAtMost(level!.spent, limit, `${id}: spent ${level!.spent} of ${limit}`)
+        assert.isAtLeast(answered, 1, id)
+        assert.isAtLeast(exits.length - answered, 1, id)
+        for (const exit of exits) {
+          if (Exit.isSuccess(exit)) continue
+          const error = Harness.clientError(Cause.squash(exit.cause))
+          assert.strictEqual(error.status, 429, id)
+          assert.strictEqual(error.code, "budget_exceeded", id)
+        }
+      }
+      const sent = (yield* upstream.server.requests).at(-1)!.json as { messages: ReadonlyArray<{ content: string }> }
+      assert.strictEqual(sent.messages[0]!.content, system, "the domain's system prompt was sent")
     })
   )
 
