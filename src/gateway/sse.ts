@@ -4,7 +4,8 @@
  * chunk, the usage chunk when `stream_options.include_usage` asked for it, then
  * `data: [DONE]`. A failure after the first chunk ends the body with an OpenAI-style error
  * event (`data: {"error": {...}}`, which the official clients raise) and never with
- * `[DONE]`. Each read of the pipeline becomes one write.
+ * `[DONE]`. Each read of the pipeline becomes one write; after the Finish, one more read
+ * lets the pipeline end (and store the stream in the response cache).
  *
  * @internal
  */
@@ -54,6 +55,7 @@ export const body = (first: Parts, pull: Pull.Pull<Parts, AiError>, options: Opt
   let roleSent = false
   let toolIndex = 0
   let done = false
+  let drained = false
   let ending: Ending | undefined
 
   const delta = (fields: Record<string, unknown>): string => {
@@ -109,8 +111,15 @@ export const body = (first: Parts, pull: Pull.Pull<Parts, AiError>, options: Opt
   const emit = (text: string): Pull.Pull<Arr.NonEmptyReadonlyArray<Uint8Array>, never> =>
     text.length === 0 ? next : Effect.succeed([encoder.encode(text)])
 
+  // After the Finish, one more read lets the pipeline end its attempt as a success (which is
+  // when it stores the stream in the response cache); what it answers is not sent.
+  const drain: Pull.Pull<never, never> = Effect.suspend(() => {
+    drained = true
+    return Effect.flatMap(Effect.exit(pull), () => Cause.done())
+  })
+
   const next: Pull.Pull<Arr.NonEmptyReadonlyArray<Uint8Array>, never> = Effect.suspend(() => {
-    if (done) return Cause.done()
+    if (done) return ending?._tag === "Finished" && !drained ? drain : Cause.done()
     if (pending !== undefined) {
       const parts = pending
       pending = undefined

@@ -129,6 +129,25 @@ describe("Gateway: streams", () => {
     })
   )
 
+  it.live("a finished stream is stored in the response cache: the same stream again is replayed, not called", () =>
+    Effect.gen(function* () {
+      const upstream = yield* Server.make(Up.openAi(["Hel", "lo", " wörld"]))
+      const gw = yield* Harness.make({ upstreams: { a: upstream.url }, cache: { ttl: "1 minute" } })
+      for (const model of ["d-a", "a/a-model"]) {
+        const before = (yield* upstream.requests).length
+        const first = yield* read(gw.client(), { model, messages: hi })
+        const second = yield* read(gw.client(), { model, messages: hi })
+        assert.isUndefined(first.error, model)
+        assert.isUndefined(second.error, model)
+        assert.strictEqual(first.text, "Hello wörld", model)
+        assert.strictEqual(second.text, first.text, model)
+        assert.strictEqual((yield* upstream.requests).length - before, 1, `${model}: one upstream call`)
+      }
+      const metrics = yield* gw.metrics
+      assert.match(metrics, /orchestra_cache_lookups_total\{[^}]*outcome="hit"[^}]*\} 2/)
+    })
+  )
+
   it.live("a client that leaves mid-stream cancels the upstream call and releases its reservation", () =>
     Effect.gen(function* () {
       const upstream = yield* Server.make((_, res) =>
