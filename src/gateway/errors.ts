@@ -192,6 +192,9 @@ const modelErrorStatus = (error: Extract<AiError, { _tag: "ModelError" }>): [num
     case "ContentFilter":
       return [400, "invalid_request_error", "content_filter"]
     case "TooLarge":
+      // Without a status, the bound passed is our own on the provider's answer (`maxResponseBytes`):
+      // an upstream that answered too much, not a request too long.
+      if (error.status === undefined) return [502, "upstream_error", "upstream_bad_response"]
       return [400, "invalid_request_error", "context_length_exceeded"]
     case "RateLimited":
       // Our own rate limit on the provider carries no status; the provider's 429 does.

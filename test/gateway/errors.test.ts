@@ -249,4 +249,27 @@ describe("Gateway: upstream failures", () => {
       assert.notInclude(JSON.stringify([upstream500, upstream429, hung, open].map((e) => e.body)), Harness.UPSTREAM_KEY)
     })
   )
+
+  it.live("an upstream answer over maxResponseBytes is a 502 (the upstream's fault); an upstream 413 stays a 400", () =>
+    Effect.gen(function* () {
+      const upstream = yield* Server.make((request, res) => {
+        const prompt = (request.json as { messages: Array<{ content: string }> }).messages[0]!.content
+        if (prompt === "413") return Server.json(res, 413, { error: { message: "too long" } })
+        return Server.json(res, 200, Up.completion("x".repeat(20_000)))
+      })
+      const gw = yield* Harness.make({ upstreams: { a: upstream.url }, provider: { maxResponseBytes: 4_096 } })
+      const ask = (content: string) =>
+        Harness.failing(() =>
+          gw.client().chat.completions.create({ model: "d-a", messages: [{ role: "user", content }] })
+        )
+      const huge = yield* ask("hi")
+      assert.deepStrictEqual([huge.status, huge.type, huge.code], [502, "upstream_error", "upstream_bad_response"])
+      assert.include(huge.message, "maxResponseBytes")
+      const refused = yield* ask("413")
+      assert.deepStrictEqual(
+        [refused.status, refused.type, refused.code],
+        [400, "invalid_request_error", "context_length_exceeded"]
+      )
+    })
+  )
 })
