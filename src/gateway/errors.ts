@@ -103,8 +103,8 @@ export interface WireError {
   /** `Retry-After` in whole seconds (at least 1), for 429 and 503. */
   readonly retryAfterSeconds?: number | undefined
   /**
-   * `false` for a refusal that retrying cannot cure soon (an exhausted budget without a
-   * reset time): sent as `x-should-retry: false`, which the official clients obey.
+   * `false` for a refusal that retrying cannot cure soon (an exhausted budget, even one
+   * that resets later): sent as `x-should-retry: false`, which the official clients obey.
    */
   readonly shouldRetry?: boolean | undefined
   /** The label the failure is counted under (`errors by reason`). */
@@ -173,13 +173,19 @@ export const fromGatewayError = (error: GatewayError): WireError => {
     error.limit !== undefined
       ? { scope: error.scope, id: error.scopeId, unit: error.unit ?? "tokens", spent: error.spent, limit: error.limit }
       : undefined
-  // A spent budget comes back at its reset (its retryAfter) or never: no Retry-After of 1 s for it.
-  const final = error.reason === "BudgetExceeded" && error.retryAfter === undefined
+  // A spent budget comes back at its reset (its retryAfter, for whoever waits that long) or never: no
+  // Retry-After of 1 s for it, and no client's automatic retry (seconds later) can succeed.
+  const budgetRefusal = error.reason === "BudgetExceeded"
+  const retryAfterSeconds = budgetRefusal
+    ? seconds(error.retryAfter)
+    : status === 429 || status === 503
+      ? (seconds(error.retryAfter) ?? 1)
+      : undefined
   return {
     status,
     body: budget === undefined ? wire : { error: { ...wire.error, budget } },
-    retryAfterSeconds: !final && (status === 429 || status === 503) ? (seconds(error.retryAfter) ?? 1) : undefined,
-    shouldRetry: final ? false : undefined,
+    retryAfterSeconds,
+    shouldRetry: budgetRefusal ? false : undefined,
     reason: error.reason
   }
 }

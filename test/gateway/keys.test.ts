@@ -11,6 +11,7 @@ import { NodeHttpServer } from "@effect/platform-node"
 import { assert, describe, it } from "@effect/vitest"
 import { Cause, Context, Duration, Effect, Exit, Fiber, Layer, Metric, Redacted, Schedule, Scope } from "effect"
 import { HttpRouter, HttpServer } from "effect/http"
+import OpenAI from "openai"
 import { Redis as PersistenceRedis } from "effect/persistence"
 import { TestClock } from "effect/testing"
 import * as Gateway from "../../src/Gateway.js"
@@ -817,6 +818,7 @@ describe("Admin routes", () => {
 
 interface ApiError {
   readonly status: number
+  readonly message: string
   readonly code?: string | null
   readonly error?: { readonly budget?: unknown; readonly code?: string; readonly param?: string | null }
   readonly headers?: Headers | Record<string, string>
@@ -992,6 +994,53 @@ describe("Keys through the gateway (official client)", () => {
       }
       const sent = (yield* upstream.server.requests).at(-1)!.json as { messages: ReadonlyArray<{ content: string }> }
       assert.strictEqual(sent.messages[0]!.content, system, "the domain's system prompt was sent")
+    })
+  )
+
+  it.live("budget refusals say x-should-retry: false, which the official client obeys (maxRetries left at 2)", () =>
+    Effect.gen(function* () {
+      const upstream = yield* Server.make(Up.openAi(["ok"]))
+      const store = yield* memory({ keys: [key("monthly", secretA, { budget: { tokens: 1000, period: "30 days" } })] })
+      const gw = yield* Harness.make({ upstreams: { a: upstream.url }, keys: store })
+      const client = new OpenAI({ apiKey: secretA, baseURL: `${gw.url}/v1` })
+      const ask = (maxTokens: number) =>
+        Effect.flip(
+          Harness.call(() =>
+            client.chat.completions.create({
+              model: "d-a",
+              messages: [{ role: "user", content: "hi" }],
+              max_tokens: maxTokens
+            })
+          )
+        ) as Effect.Effect<ApiError>
+      const refusals = () =>
+        Effect.map(gw.metrics, (text) => {
+          const series = 'orchestra_gateway_requests_total{route="chat",status="429"} '
+          const line = text.split("\n").find((l) => l.startsWith(series))
+          return line === undefined ? 0 : Number(line.slice(series.length))
+        })
+
+      // More than the whole limit: it never fits, so no time to come back at.
+      const alone = yield* ask(5000)
+      assert.strictEqual(alone.status, 429)
+      assert.strictEqual(alone.code, "budget_exceeded")
+      assert.strictEqual(header(alone, "x-should-retry"), "false")
+      assert.isNull(header(alone, "retry-after") ?? null)
+      assert.include(alone.message, "this request alone may need up to")
+      assert.strictEqual(yield* refusals(), 1, "one request, no retries")
+
+      // 18 tokens spent; then a request that fits the limit but not what is left: back at the reset.
+      yield* Harness.call(() =>
+        client.chat.completions.create({ model: "d-a", messages: [{ role: "user", content: "hi" }], max_tokens: 10 })
+      )
+      const later = yield* ask(980)
+      assert.strictEqual(later.status, 429)
+      assert.strictEqual(header(later, "x-should-retry"), "false")
+      const reset = Number(header(later, "retry-after"))
+      assert.isTrue(reset >= 1 && reset <= 30 * 24 * 3600, String(reset))
+      assert.notInclude(later.message, "alone")
+      assert.strictEqual(yield* refusals(), 2, "one request, no retries")
+      assert.strictEqual((yield* upstream.requests).length, 1)
     })
   )
 

@@ -234,12 +234,17 @@ export const make = Effect.fnUntraced(function* (
   const exceeded = (charge: Charge, level: Level, at: number): GatewayError => {
     const { counter, amount } = charge
     const used = level.spent + level.held
-    const end = windowEnd(counter)
+    // A request that needs more than the whole limit never fits, not even after the reset: no time to come back.
+    const never = amount > counter.limit
+    const end = never ? undefined : windowEnd(counter)
     const held = level.held > 0 ? ` (${amountText(counter, level.held)} of it held by requests in flight)` : ""
     const resets = end === undefined ? "" : `; it starts again at ${new Date(end).toISOString()}`
+    const need = never
+      ? `this request alone may need up to ${amountText(counter, amount)}, more than the budget's limit: lower max_tokens or the input`
+      : `this request may need up to ${amountText(counter, amount)}${resets}`
     return gatewayError(
       "BudgetExceeded",
-      `Budget exceeded for ${counter.scope} "${counter.scopeId}": ${amountText(counter, used)} of ${amountText(counter, counter.limit)} spent${held}; this request may need up to ${amountText(counter, amount)}${resets}`,
+      `Budget exceeded for ${counter.scope} "${counter.scopeId}": ${amountText(counter, used)} of ${amountText(counter, counter.limit)} spent${held}; ${need}`,
       {
         code: "budget_exceeded",
         scope: counter.scope,
