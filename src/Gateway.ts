@@ -356,6 +356,8 @@ export const serve = <E = never, R = never>(
           nodeServer = createServer({
             maxHeaderSize: maxHeaderBytes,
             requestTimeout: Duration.toMillis(requestTimeout),
+            // Node checks the request deadlines only this often (30 s by default, whatever the deadline).
+            connectionsCheckingInterval: Math.min(1000, Math.max(100, Duration.toMillis(requestTimeout) / 4)),
             headersTimeout: Math.min(Duration.toMillis(requestTimeout), 60_000),
             keepAliveTimeout: Duration.toMillis(keepAliveTimeout),
             noDelay: true

@@ -192,11 +192,20 @@ export const readJson = (
   env: Env,
   request: HttpServerRequest.HttpServerRequest
 ): Effect.Effect<unknown, GatewayError> =>
+  // A declared length over the bound is refused at once, not after waiting for a body never read.
+  Number(request.headers["content-length"]) > env.options.maxBodyBytes
+    ? Effect.fail(tooLarge(env))
+    : readBody(env, request)
+
+const tooLarge = (env: Env) =>
+  gatewayError("TooLarge", `the request body is larger than ${env.options.maxBodyBytes} bytes`)
+
+const readBody = (env: Env, request: HttpServerRequest.HttpServerRequest): Effect.Effect<unknown, GatewayError> =>
   request.arrayBuffer.pipe(
     Effect.provideService(HttpIncomingMessage.MaxBodySize, ByteSize.bytes(env.options.maxBodyBytes)),
     Effect.mapError((error) =>
       error.reason._tag === "RequestParseError" && error.reason.reason === "BodyTooLarge"
-        ? gatewayError("TooLarge", `the request body is larger than ${env.options.maxBodyBytes} bytes`)
+        ? tooLarge(env)
         : gatewayError("InvalidRequest", "the request body could not be read", { param: "body" })
     ),
     Effect.flatMap((bytes) => {

@@ -2,6 +2,7 @@
  * Refusals and failures as the official client sees them: the status, the OpenAI-shaped
  * body, `Retry-After`; the key store's reservation released whenever a call fails.
  */
+import { connect } from "node:net"
 import { assert, describe, it } from "@effect/vitest"
 import { Duration, Effect, Redacted } from "effect"
 import * as Gateway from "../../src/Gateway.js"
@@ -215,6 +216,52 @@ describe("Gateway: requests refused before any provider", () => {
         )
         assert.strictEqual((yield* upstream.requests).length, 0)
       })
+  )
+})
+
+/** Writes `payload` on a raw connection; the first bytes answered (the status line) and when they came. */
+const raw = (url: string, payload: string) =>
+  Effect.callback<{ readonly status: string; readonly ms: number }>((resume) => {
+    const started = performance.now()
+    const socket = connect(Number(new URL(url).port), "127.0.0.1")
+    let answer = ""
+    socket.on("data", (data: Buffer) => {
+      answer += data.toString("latin1")
+      if (answer.includes("\r\n")) {
+        resume(Effect.succeed({ status: answer.slice(0, answer.indexOf("\r\n")), ms: performance.now() - started }))
+        socket.destroy()
+      }
+    })
+    socket.on("close", () => resume(Effect.succeed({ status: answer, ms: performance.now() - started })))
+    socket.write(payload)
+    return Effect.sync(() => socket.destroy())
+  })
+
+const chatHead = (length: number) =>
+  `POST /v1/chat/completions HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\nContent-Length: ${length}\r\n\r\n`
+
+describe("Gateway: slow and oversized bodies", () => {
+  it.live("a body that never arrives is a 408 soon after requestTimeout, not at Node's 30 s check", () =>
+    Effect.gen(function* () {
+      const upstream = yield* Server.make(Up.openAi())
+      const gw = yield* Harness.make({ upstreams: { a: upstream.url }, gateway: { requestTimeout: "1 second" } })
+      const slow = yield* raw(gw.url, `${chatHead(500)}{`)
+      assert.strictEqual(slow.status, "HTTP/1.1 408 Request Timeout")
+      // Generous: the point is the order of magnitude (Node alone answers at its next 30 s check).
+      assert.isBelow(slow.ms, 10_000)
+    })
+  )
+
+  it.live("a declared Content-Length over maxBodyBytes is a 413 at once, without waiting for the body", () =>
+    Effect.gen(function* () {
+      const upstream = yield* Server.make(Up.openAi())
+      const gw = yield* Harness.make({
+        upstreams: { a: upstream.url },
+        gateway: { maxBodyBytes: 4096, requestTimeout: "1 minute" }
+      })
+      const big = yield* raw(gw.url, `${chatHead(100_000)}{`)
+      assert.strictEqual(big.status, "HTTP/1.1 413 Payload Too Large")
+    })
   )
 })
 
