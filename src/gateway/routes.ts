@@ -7,7 +7,7 @@
  */
 import { Cause, type Clock, Effect, Exit, Fiber, Option, Redacted, Result, Scope, type Tracer } from "effect"
 import * as ByteSize from "effect/ByteSize"
-import { HttpIncomingMessage, type HttpServerRequest, HttpServerResponse } from "effect/http"
+import { HttpIncomingMessage, HttpServerError, type HttpServerRequest, HttpServerResponse } from "effect/http"
 import type { AiError } from "../AiError.js"
 import type { Service as ExecutorService } from "../Executor.js"
 import type { RetryPolicy } from "../Policy.js"
@@ -303,11 +303,16 @@ export const orInternalError =
       )
     })
 
+// The server interrupts a request whose connection closed with this annotation (a shutdown does not).
+const clientLeft = (cause: Cause.Cause<unknown>): boolean =>
+  Cause.hasInterruptsOnly(cause) &&
+  cause.reasons.some((reason) => reason._tag === "Interrupt" && reason.annotations.has(HttpServerError.ClientAbort.key))
+
 /**
  * A model route's handler around its work: admitted by the lifecycle (503 while draining),
  * every failure answered and counted, a defect answered as a 500. The request leaves the
  * lifecycle when its answer is ready, or, for a streamed answer, when the body ends (the
- * work leaves it then).
+ * work leaves it then). A request its client left before the answer is counted as 499.
  *
  * @internal
  */
@@ -335,6 +340,10 @@ export const handler =
         orInternalError(env, route, started),
         Effect.onExit((exit) => {
           if (Exit.isFailure(exit) || exit.value.body._tag !== "Stream") env.lifecycle.leave(entry)
+          if (Exit.isFailure(exit) && clientLeft(exit.cause)) {
+            env.metrics.failed("ClientClosed")
+            env.metrics.answered(route, 499, millis(env.clock) - started, undefined)
+          }
           return Effect.void
         })
       )

@@ -99,6 +99,32 @@ describe("Gateway: /metrics", () => {
       assert.strictEqual(seriesValue(text, 'orchestra_time_to_first_token_ms_count{provider="a",domain="d-a"}'), 1)
     })
   )
+  it.live("a client that leaves before its answer is counted as 499 ClientClosed, streamed or not", () =>
+    Effect.gen(function* () {
+      const upstream = yield* Server.make(Server.hang)
+      const gw = yield* Harness.make({ upstreams: { a: upstream.url } })
+      const series = (text: string, name: string) => seriesValue(text, name) ?? 0
+      for (const [n, stream] of [
+        [1, false],
+        [2, true]
+      ] as const) {
+        const controller = new AbortController()
+        yield* Effect.forkChild(
+          Harness.call(() =>
+            gw.client().chat.completions.create({ model: "d-a", messages: hi, stream }, { signal: controller.signal })
+          ),
+          { startImmediately: true }
+        )
+        yield* upstream.awaitRequests(n)
+        controller.abort()
+        yield* upstream.awaitAborted(n)
+        yield* Harness.eventually(() => gw.gateway.inFlight() === 0)
+        const text = yield* gw.metrics
+        assert.strictEqual(series(text, 'orchestra_gateway_requests_total{route="chat",status="499"}'), n, `${n}`)
+        assert.strictEqual(series(text, 'orchestra_gateway_errors_total{reason="ClientClosed"}'), n, `${n}`)
+      }
+    })
+  )
 })
 
 describe("Gateway: traces", () => {
