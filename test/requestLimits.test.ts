@@ -15,6 +15,7 @@ describe("requestLimits", () => {
       )
       const refused = [
         [executor.execute({ prompt: "x".repeat(11) }), "prompt"],
+        [executor.execute({ messages: [{ role: "user", content: "x".repeat(11) }] }), "messages"],
         [
           executor.execute({
             messages: [

@@ -129,7 +129,10 @@ export const checkGenerate = (
     if (!anyContent) return invalid("messages", "every message is empty")
   }
   if (chars > limits.maxInputChars) {
-    return invalid("prompt", `the input has ${chars} characters, over the limit of ${limits.maxInputChars}`)
+    return invalid(
+      request.prompt !== undefined ? "prompt" : "messages",
+      `the input has ${chars} characters, over the limit of ${limits.maxInputChars}`
+    )
   }
   return undefined
 }
