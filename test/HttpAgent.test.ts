@@ -85,6 +85,37 @@ describe("HttpAgent.call", () => {
     })
   )
 
+  it.effect("an answer with an `error` field of its own is the answer, not a failure (no fallback runs)", () =>
+    Effect.gen(function* () {
+      const weather = yield* AgentServer.make((t) => ({
+        json: { task_id: t.task_id, status: "success", result: { n: 1 }, error: false }
+      }))
+      const finder = yield* AgentServer.make((t) => ({
+        json: { task_id: t.task_id, found: false, error: "no such city" }
+      }))
+      const mirror = yield* AgentServer.make()
+      const service = yield* agents()
+      const plain = yield* service.call(task("e1", weather.url))
+      assert.strictEqual(plain.status, "success", JSON.stringify(plain.error))
+      assert.deepStrictEqual(plain.result, { n: 1 })
+      const typed = HttpAgent.agent({
+        url: finder.url,
+        name: "finder",
+        answer: Schema.Struct({ task_id: Schema.String, found: Schema.Boolean, error: Schema.optional(Schema.String) })
+      })
+      const record = yield* service.call(task("e2", typed, { fallback: [mirror.url] }))
+      assert.strictEqual(record.status, "success", JSON.stringify(record.error))
+      assert.strictEqual(record.agent, "finder")
+      assert.deepStrictEqual(record.result, { task_id: "e2", found: false, error: "no such city" })
+      assert.strictEqual(mirror.requests(), 0, "the fallback agent was not asked")
+      // An answer its schema refuses that is an error object is still read as the agent's error.
+      const failing = yield* AgentServer.make(() => ({ json: { error: { message: "quota exhausted" } } }))
+      const refused = yield* service.call(task("e3", failing.url))
+      assert.strictEqual(refused.status, "error")
+      assert.include(refused.error?.message, "quota exhausted")
+    })
+  )
+
   it.effect("HTTP 500 is an error record with the status and the message", () =>
     Effect.gen(function* () {
       const server = yield* AgentServer.make(() => ({ status: 500, json: { error: { message: "agent crashed" } } }))

@@ -214,7 +214,10 @@ export const make: (options: Options) => Effect.Effect<Model.Service, Input.Opti
             orElse: () => Effect.fail(Errors.requestTimeout(ctx, settings.timeout))
           })
         )
-        return { vectors: answers.flat(), provider: name, model } satisfies Model.EmbedResponse
+        const vectors = answers.flat()
+        const uneven = Errors.unevenVectors(vectors, ctx, "embeddings")
+        if (uneven !== undefined) return yield* Effect.fail(uneven)
+        return { vectors, provider: name, model } satisfies Model.EmbedResponse
       })
     )
 

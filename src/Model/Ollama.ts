@@ -214,6 +214,8 @@ export const make = Effect.fnUntraced(function* (options: Options = {}) {
           )
         )
       }
+      const uneven = Errors.unevenVectors(answer.embeddings, ctx, "embeddings")
+      if (uneven !== undefined) return yield* Effect.fail(uneven)
       const response: Model.EmbedResponse = {
         vectors: answer.embeddings,
         usage:

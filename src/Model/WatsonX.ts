@@ -153,7 +153,12 @@ export const make: (
     ] = yield* Input.orOptionError(checkOptions(options))
     const client = yield* Client.make(settings, options.transformClient)
 
-    const iamCtx: Errors.CallContext = { provider: `${name} IAM`, secrets: [apiKey] }
+    // The key as sent (form-encoded) too: an IAM error that echoes the request body quotes it so.
+    const formEncoded = new URLSearchParams({ k: Redacted.value(apiKey) }).toString().slice(2)
+    const iamCtx: Errors.CallContext = {
+      provider: `${name} IAM`,
+      secrets: formEncoded === Redacted.value(apiKey) ? [apiKey] : [apiKey, Redacted.make(formEncoded)]
+    }
     const iamRequest = HttpClientRequest.post(iamUrl).pipe(
       HttpClientRequest.acceptJson,
       HttpClientRequest.bodyUrlParams({
@@ -326,8 +331,11 @@ export const make: (
         for (const answer of answers) {
           if (typeof answer.input_token_count === "number") inputTokens = (inputTokens ?? 0) + answer.input_token_count
         }
+        const vectors = answers.flatMap((answer) => answer.results.map((r) => r.embedding))
+        const uneven = Errors.unevenVectors(vectors, ctxOf(model, []), "results")
+        if (uneven !== undefined) return yield* Effect.fail(uneven)
         return {
-          vectors: answers.flatMap((answer) => answer.results.map((r) => r.embedding)),
+          vectors,
           ...(inputTokens === undefined ? {} : { usage: Model.usage(inputTokens, 0) }),
           provider: name,
           model: answers[0]?.model_id ?? model

@@ -138,11 +138,9 @@ export const makeCall = (env: Env): Call => {
         HttpClientRequest.acceptJson,
         HttpClientRequest.bodyText(body, "application/json")
       )
-      const ctx = { provider: agent.name, secrets: agent.secrets }
+      const ctx = { provider: agent.name, secrets: agent.secrets, answerFirst: true }
       const host = new URL(agent.url).host
-      return env.connections
-        .withPermit(host)(env.client.json(request, (value) => Effect.succeed(value), ctx))
-        .pipe(Effect.flatMap((value) => agent.decode(value, taskId)))
+      return env.connections.withPermit(host)(env.client.json(request, (value) => agent.decode(value, taskId), ctx))
     })
 
   return (task, dependencies) =>

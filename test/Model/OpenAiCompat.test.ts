@@ -829,33 +829,44 @@ layer(NodeHttpClient.layerUndici)("OpenAiCompat", (it) => {
       })
     )
 
-    it.effect("a missing, duplicated or out-of-range index, or bad base64, is Decode", () =>
-      Effect.gen(function* () {
-        const answers: Record<string, unknown> = {
-          dup: [
-            { index: 0, embedding: [1] },
-            { index: 0, embedding: [2] }
-          ],
-          range: [
-            { index: 0, embedding: [1] },
-            { index: 5, embedding: [2] }
-          ],
-          few: [{ index: 0, embedding: [1] }],
-          b64: [
-            { index: 0, embedding: "AAA" },
-            { index: 1, embedding: [2] }
-          ]
-        }
-        const server = yield* Server.make((req, res) =>
-          Server.json(res, 200, { data: answers[String(bodyOf(req)["model"])] })
-        )
-        const p = yield* provider(server)
-        for (const model of Object.keys(answers)) {
-          const error = yield* flipModel(p.embed({ texts: ["a", "b"], model }))
-          assert.strictEqual(error.reason, "Decode", model)
-          assert.match(error.field ?? "", /^data/, model)
-        }
-      })
+    it.effect(
+      "a missing, duplicated or out-of-range index, bad base64, or vectors of different lengths is Decode",
+      () =>
+        Effect.gen(function* () {
+          const answers: Record<string, unknown> = {
+            dup: [
+              { index: 0, embedding: [1] },
+              { index: 0, embedding: [2] }
+            ],
+            range: [
+              { index: 0, embedding: [1] },
+              { index: 5, embedding: [2] }
+            ],
+            few: [{ index: 0, embedding: [1] }],
+            b64: [
+              { index: 0, embedding: "AAA" },
+              { index: 1, embedding: [2] }
+            ],
+            // Vectors are compared dimension by dimension: all of one length, none empty.
+            uneven: [
+              { index: 0, embedding: [1, 1] },
+              { index: 1, embedding: [2, 2, 2] }
+            ],
+            empty: [
+              { index: 0, embedding: [] },
+              { index: 1, embedding: [] }
+            ]
+          }
+          const server = yield* Server.make((req, res) =>
+            Server.json(res, 200, { data: answers[String(bodyOf(req)["model"])] })
+          )
+          const p = yield* provider(server)
+          for (const model of Object.keys(answers)) {
+            const error = yield* flipModel(p.embed({ texts: ["a", "b"], model }))
+            assert.strictEqual(error.reason, "Decode", model)
+            assert.match(error.field ?? "", /^data/, model)
+          }
+        })
     )
   })
 

@@ -961,6 +961,26 @@ layer(NodeHttpClient.layerUndici)("WatsonX over HTTP", (it) => {
       })
     )
 
+    it.effect("an IAM error that echoes the form-encoded request body does not carry the key, encoded or not", () =>
+      Effect.gen(function* () {
+        const key = "wxKEY/abc+def=ghi-123456 SECRET"
+        const server = yield* Server.make((req, res) =>
+          Server.json(res, 400, { errorCode: "BXNIM0109E", errorMessage: `bad request: ${req.body}` })
+        )
+        const p = yield* WatsonX.make({
+          apiKey: Redacted.make(key),
+          projectId: "proj-1",
+          url: server.url,
+          iamUrl: `${server.url}/identity/token`
+        })
+        const generated = yield* Effect.exit(p.generate({ prompt: "x" }))
+        const message = modelErrorOf(generated).message
+        assert.include(message, "<redacted>")
+        const encoded = new URLSearchParams({ k: key }).toString().slice(2)
+        assertNoSecret(yield* renderings(generated), [key, encoded, encodeURIComponent(key)])
+      })
+    )
+
     it.effect("a failure of the HTTP client itself, its description and cause holding the token: nothing leaks", () =>
       Effect.gen(function* () {
         const { provider } = yield* makeServer((_, res) => Server.json(res, 200, chatAnswer("ok")))

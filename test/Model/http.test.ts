@@ -418,7 +418,9 @@ layer(NodeHttpClient.layerUndici)("Client over a real server", (it) => {
       const server = yield* Server.make((req, res) =>
         req.path === "/html"
           ? Server.text(res, 200, "<html>login</html>", { "content-type": "text/html" })
-          : Server.json(res, 200, { error: { message: "Upstream overloaded", type: "overloaded_error" } })
+          : req.path === "/long"
+            ? Server.json(res, 200, { error: { message: "too long", code: "context_length_exceeded" } })
+            : Server.json(res, 200, { error: { message: "Upstream overloaded", type: "overloaded_error" } })
       )
       const client = yield* Client.make(settings())
       const html = modelError(yield* Effect.flip(client.json(post(server, "/html"), anything, ctx)))
@@ -426,7 +428,9 @@ layer(NodeHttpClient.layerUndici)("Client over a real server", (it) => {
       assert.strictEqual(html.field, "content-type")
       const payload = modelError(yield* Effect.flip(client.json(post(server), anything, ctx)))
       assert.strictEqual(payload.reason, "Overloaded")
-      assert.include(payload.message, "Upstream overloaded")
+      assert.include(payload.message, "answered with an error: Upstream overloaded", "not a stream")
+      const tooLong = modelError(yield* Effect.flip(client.json(post(server, "/long"), anything, ctx)))
+      assert.strictEqual(tooLong.reason, "InvalidRequest", "OpenAI's code context_length_exceeded")
     })
   )
 

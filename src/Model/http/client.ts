@@ -298,7 +298,7 @@ const unexpectedType = (
 ): Effect.Effect<never, ModelError> =>
   Effect.flatMap(readPrefix(response, ctx), (text) => {
     const payload = isJsonType(type) ? parseJsonOrUndefined(text) : undefined
-    if (isErrorPayload(payload)) return Effect.fail(errorFromPayload(payload, ctx))
+    if (isErrorPayload(payload)) return Effect.fail(errorFromPayload(payload, ctx, "answer"))
     const what = isJsonType(type) ? (payload === undefined ? "broken JSON" : "a JSON document") : "a body"
     const snippet = text.trim().slice(0, 200)
     return Effect.fail(
@@ -364,8 +364,15 @@ export const make = Effect.fnUntraced(function* (
       const value = yield* Effect.flatMap(readText(response, settings.maxResponseBytes, ctx), (text) =>
         parseJson(text, ctx)
       )
-      if (isErrorPayload(value)) return yield* Effect.fail(errorFromPayload(value, ctx))
-      return yield* decode(value, ctx)
+      if (ctx.answerFirst !== true) {
+        if (isErrorPayload(value)) return yield* Effect.fail(errorFromPayload(value, ctx, "answer"))
+        return yield* decode(value, ctx)
+      }
+      // An answer the decoder takes is the answer, even with an `error` field of its own (an HTTP
+      // agent's `{ found: false, error: "no such city" }`); only one it refuses is read as an error object.
+      return yield* Effect.catch(decode(value, ctx), (error) =>
+        Effect.fail(isErrorPayload(value) ? errorFromPayload(value, ctx, "answer") : error)
+      )
     }).pipe(
       Effect.scoped,
       Effect.timeoutOrElse({

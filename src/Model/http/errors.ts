@@ -28,6 +28,12 @@ export interface CallContext {
    * can only mean an unknown model (Ollama's `/api/chat`).
    */
   readonly notFoundField?: string | undefined
+  /**
+   * A 200 answer goes to its decoder first, and is read as an error object (`{"error": …}`)
+   * only when the decoder refuses it: for HTTP agents, whose answers may carry an `error`
+   * field of their own. Providers' answers are checked for an error object first.
+   */
+  readonly answerFirst?: boolean | undefined
 }
 
 const MAX_MESSAGE = 500
@@ -148,7 +154,8 @@ const typeReasons: Readonly<Record<string, Reason>> = {
   PERMISSION_DENIED: "Unauthorized",
   authentication_token_expired: "Unauthorized",
   DEADLINE_EXCEEDED: "Timeout",
-  request_too_large: "TooLarge"
+  request_too_large: "TooLarge",
+  context_length_exceeded: "InvalidRequest"
 }
 
 /**
@@ -279,12 +286,20 @@ export const isErrorPayload = (payload: unknown): boolean => {
  * @since 0.2.0
  * @category errors
  */
-export const errorFromPayload = (payload: unknown, ctx: CallContext): ModelError => {
+export const errorFromPayload = (
+  payload: unknown,
+  ctx: CallContext,
+  where: "stream" | "answer" = "stream"
+): ModelError => {
   const info = typeof payload === "string" ? { message: str(payload.trim()), reasons: [] } : errorInfo(payload)
   const status = info.status !== undefined && info.status >= 400 && info.status < 600 ? info.status : undefined
+  const what = where === "stream" ? "stream failed" : "answered with an error"
   return new ModelError({
     reason: classify(status, info),
-    message: clean(`${ctx.provider} stream failed: ${info.message ?? "error event"}`, ctx),
+    message: clean(
+      `${ctx.provider} ${what}: ${info.message ?? (where === "stream" ? "error event" : "no message")}`,
+      ctx
+    ),
     provider: ctx.provider,
     model: ctx.model,
     status
@@ -337,6 +352,27 @@ export const malformed = (ctx: CallContext, field: string, detail: string): Mode
     model: ctx.model,
     field
   })
+
+/**
+ * The `Decode` error of an embeddings answer whose vectors are not all of one length, or
+ * empty (what uses them compares them dimension by dimension); `undefined` when they are.
+ *
+ * @since 0.2.0
+ * @category errors
+ */
+export const unevenVectors = (
+  vectors: ReadonlyArray<ReadonlyArray<number>>,
+  ctx: CallContext,
+  field: string
+): ModelError | undefined => {
+  const size = vectors[0]?.length
+  for (let i = 0; i < vectors.length; i++) {
+    const length = vectors[i]!.length
+    if (length === 0) return malformed(ctx, `${field}[${i}]`, "an empty vector")
+    if (length !== size) return malformed(ctx, `${field}[${i}]`, `${length} dimensions where the first has ${size}`)
+  }
+  return undefined
+}
 
 /**
  * The failure of a stream whose body ended cleanly before its final event (`Transport`).

@@ -11,7 +11,7 @@ import { Effect, Result, Schema } from "effect"
 import { Base64 } from "effect/encoding"
 import { invalidRequest, type ModelError } from "../../AiError.js"
 import * as Model from "../../Model.js"
-import { type CallContext, malformed } from "./errors.js"
+import { type CallContext, malformed, unevenVectors } from "./errors.js"
 
 const Text = Schema.optional(Schema.NullOr(Schema.String))
 const Count = Schema.optional(Schema.NullOr(Schema.Number))
@@ -292,5 +292,6 @@ export const vectorsByIndex = (
     }
     vectors[item.index] = values
   }
-  return Effect.succeed(vectors as ReadonlyArray<ReadonlyArray<number>>)
+  const uneven = unevenVectors(vectors as ReadonlyArray<ReadonlyArray<number>>, ctx, "data")
+  return uneven === undefined ? Effect.succeed(vectors as ReadonlyArray<ReadonlyArray<number>>) : Effect.fail(uneven)
 }
