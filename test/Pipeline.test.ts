@@ -208,6 +208,25 @@ describe("Pipeline", () => {
     })
   )
 
+  it.effect("ready steps start in definition order, whatever order they became ready in", () =>
+    Effect.gen(function* () {
+      const order: Array<string> = []
+      const step = (name: string) => () =>
+        Effect.andThen(
+          Effect.sync(() => order.push(name)),
+          Effect.sleep("10 millis")
+        )
+      // A, then B; A's end readies D, B's end readies C, which is defined before D: C goes first.
+      const p = Pipeline.make()
+        .step("A", [], step("A"))
+        .step("B", [], step("B"))
+        .step("C", ["B"], step("C"))
+        .step("D", ["A"], step("D"))
+      yield* runClocked(p, undefined, { concurrency: 1 })
+      assert.deepStrictEqual(order, ["A", "B", "C", "D"])
+    })
+  )
+
   it.effect("interrupting a run interrupts its running steps", () =>
     Effect.gen(function* () {
       const interrupted = yield* Ref.make<ReadonlyArray<string>>([])
