@@ -657,6 +657,48 @@ describe.skipIf(skipRedis)(`KeyStore on Redis (${skipRedis ? skipReason : "needs
     )
   )
 
+  it.live("Redis hung (SIGSTOP) through reserves that timed out: once resumed, what they held is given back", () =>
+    Effect.scoped(
+      Effect.gen(function* () {
+        const server = yield* startRedis
+        const { store } = yield* onRedis(
+          server,
+          { redis: { timeout: "500 millis", reportAfter: "1 minute" } },
+          "500 millis"
+        )
+        const created = yield* store.create({ id: "held", budget: { tokens: 1000 } })
+        const k = yield* store.authenticate(created.secret)
+        // Redis knows the scripts (EVALSHA), so the reserves sent during the hang run on resume.
+        yield* store.release(yield* store.reserve(k, "m", estimate(1, 1)))
+        yield* server.pause
+        yield* Effect.addFinalizer(() => server.resume)
+        const during = yield* Effect.forEach(
+          Array.from({ length: 5 }),
+          () => Effect.result(store.reserve(k, "m", estimate(100, 100))),
+          { concurrency: 5 }
+        )
+        for (const result of during)
+          assert.strictEqual(result._tag === "Failure" && result.failure.reason, "Unavailable")
+        yield* server.resume
+        // The five scripts sent run on resume and hold 1000 tokens; the give-backs follow them.
+        const heldNow = Effect.map(store.spend("held"), (lines) => lines.reduce((sum, line) => sum + line.held, 0))
+        const held = yield* heldNow.pipe(
+          Effect.flatMap((amount) => (amount === 0 ? Effect.succeed(amount) : Effect.fail(amount))),
+          Effect.retry({ schedule: Schedule.spaced("100 millis"), times: 80 }),
+          Effect.catch(Effect.succeed)
+        )
+        assert.strictEqual(held, 0, "nothing stays held by the reserves that timed out")
+        const lines = yield* store.spend("held")
+        assert.deepStrictEqual(
+          lines.map((line) => [line.spent, line.held]),
+          [[0, 0]]
+        )
+        const after = yield* store.reserve(k, "m", estimate(100, 100))
+        yield* store.release(after)
+      })
+    )
+  )
+
   it.live("onStoreError budgets 'allow': the request goes through unreserved", () =>
     Effect.scoped(
       Effect.gen(function* () {

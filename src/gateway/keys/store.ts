@@ -5,7 +5,7 @@
  *
  * @internal
  */
-import { Clock, Duration, Effect, Redacted, Result } from "effect"
+import { Clock, Duration, Effect, Redacted, Result, Schedule, Scope } from "effect"
 import type { RateLimiter } from "effect/persistence"
 import type { ModelError } from "../../AiError.js"
 import type * as Gateway from "../../Gateway.js"
@@ -79,6 +79,7 @@ export const make = Effect.fnUntraced(function* (
 ) {
   const clock = yield* Clock.Clock
   const context = yield* Effect.context<never>()
+  const scope = yield* Scope.Scope
   const now = () => clock.currentTimeMillisUnsafe()
   const configById = new Map(resolved.keys.map((key) => [key.id, key]))
   const configByHash = new Map(resolved.keys.map((key) => [key.sha256, key]))
@@ -257,6 +258,35 @@ export const make = Effect.fnUntraced(function* (
     )
   }
 
+  // A reserve that failed after it may have been sent (a timeout, a dropped connection) can still
+  // hold its amounts once Redis runs it, until the lease ends (reservationTtl). Release it with no
+  // usage in the background, in the layer's scope, until Redis answers or the lease is over:
+  // settling an id that holds nothing changes nothing, so releasing it early is harmless.
+  const giveBackSchedule = Schedule.exponential("100 millis").pipe(
+    Schedule.modifyDelay(({ duration }) => Effect.succeed(Duration.min(duration, Duration.seconds(5)))),
+    Schedule.upTo({ duration: Duration.millis(resolved.reservationTtlMs) })
+  )
+  const giveBack = (id: string, keyId: string, charges: ReadonlyArray<Charge>): Effect.Effect<void> =>
+    Effect.suspend(() =>
+      backend.settle(
+        id,
+        charges,
+        charges.map(() => 0),
+        now()
+      )
+    ).pipe(
+      Effect.retry(giveBackSchedule),
+      Effect.matchEffect({
+        onFailure: () => Effect.void,
+        onSuccess: (levels) =>
+          Effect.sync(() => {
+            for (let i = 0; i < charges.length; i++) gauge(keyId, charges[i]!.counter, levels[i]!)
+          })
+      }),
+      Effect.forkIn(scope),
+      Effect.asVoid
+    )
+
   const hold = (
     record: KeyRecord,
     model: string,
@@ -287,8 +317,12 @@ export const make = Effect.fnUntraced(function* (
     // Once sent, the script may hold the amounts: wait for its answer (bounded by the store's deadline)
     // so that what it holds is always handed back to be settled or released.
     return Effect.matchEffect(Effect.uninterruptible(reserved), {
-      onFailure: () =>
-        onBudgetStoreError === "reject" ? Effect.fail(unavailable("budget")) : Effect.succeed(held(false)),
+      onFailure: (error) =>
+        Effect.andThen(
+          // Skipped during an outage, it never reached Redis; otherwise a hung Redis may still run it.
+          error.reason === "Unavailable" ? Effect.void : giveBack(id, record.id, charges),
+          onBudgetStoreError === "reject" ? Effect.fail(unavailable("budget")) : Effect.succeed(held(false))
+        ),
       onSuccess: (result) => {
         if (result._tag === "Exceeded") {
           const charge = charges[result.index]!
