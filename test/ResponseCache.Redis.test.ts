@@ -82,6 +82,31 @@ describe.skipIf(skipRedis)(`ResponseCache.Redis (${skipRedis ? skipReason : "nee
       )
   )
 
+  it.live("a valid entry of the other kind under a key (stream parts under an answer's) is a counted miss", () =>
+    Effect.scoped(
+      Effect.gen(function* () {
+        const server = yield* startRedis
+        const name = uniqueName("kind")
+        const cache = yield* build(server, { name })
+        const redis = yield* admin(server)
+        const far = Date.now() + 3_600_000
+        const parts = JSON.stringify({ value: { _tag: "Stream", parts: [] }, freshUntil: far, staleUntil: far })
+        yield* redis.send("SET", `${name}:r:k`, parts)
+        assert.deepStrictEqual(yield* cache.getMany(["k"]), [Option.none()])
+        assert.strictEqual(yield* errorsOf(name), 1)
+        const computed = yield* cache.getOrCompute("k", Effect.succeed(response("computed")))
+        assert.deepStrictEqual(computed, { value: response("computed"), source: "miss" })
+        const answer = JSON.stringify({
+          value: { _tag: "Response", response: response("a") },
+          freshUntil: far,
+          staleUntil: far
+        })
+        yield* redis.send("SET", `${name}:s:p`, answer)
+        assert.deepStrictEqual(yield* cache.getParts("p"), Option.none())
+      })
+    )
+  )
+
   it.live("batches: one MGET for many lookups, one script call for many writes", () =>
     Effect.scoped(
       Effect.gen(function* () {

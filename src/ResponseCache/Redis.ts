@@ -61,10 +61,14 @@ export const make = Effect.fnUntraced(function* (options: Options = {}) {
   yield* Effect.addFinalizer(() => table.interruptAll)
   const counters = Internal.lookupCounters(config.name)
 
-  /** Entries still within their grace, by key; `None` for a miss, a failure or a value that does not decode. */
+  /**
+   * Entries of kind `tag` still within their grace, by key; `None` for a miss, a failure, a
+   * value that does not decode or one of the other kind (an answer's key holding stream parts).
+   */
   const read = (
     keys: ReadonlyArray<string>,
-    now: number
+    now: number,
+    tag: Internal.Stored["value"]["_tag"]
   ): Effect.Effect<ReadonlyArray<Option.Option<Internal.Stored>>> => {
     const [first, ...rest] = keys
     if (first === undefined) return Effect.succeed([])
@@ -74,7 +78,7 @@ export const make = Effect.fnUntraced(function* (options: Options = {}) {
         const found = values.map((value): Option.Option<Internal.Stored> => {
           if (value === undefined) return Option.none()
           const decoded = decode(value)
-          if (Exit.isFailure(decoded)) {
+          if (Exit.isFailure(decoded) || decoded.value.value._tag !== tag) {
             corrupt++
             return Option.none()
           }
@@ -124,7 +128,7 @@ export const make = Effect.fnUntraced(function* (options: Options = {}) {
       joining = true
       stale = table.refreshingOf(k)
     } else {
-      const [found = Option.none()] = yield* read([k], at)
+      const [found = Option.none()] = yield* read([k], at, "Response")
       if (Option.isSome(found)) {
         if (at < found.value.freshUntil && found.value.value._tag === "Response") {
           yield* Metric.update(counters.hit, 1)
@@ -161,7 +165,7 @@ export const make = Effect.fnUntraced(function* (options: Options = {}) {
     getMany: (keys) =>
       Effect.gen(function* () {
         const at = yield* now
-        const found = (yield* read(keys.map(Internal.responseKey), at)).map((entry) =>
+        const found = (yield* read(keys.map(Internal.responseKey), at, "Response")).map((entry) =>
           Option.map(fresh(entry, at), answer)
         )
         const hits = found.filter(Option.isSome).length
@@ -182,7 +186,7 @@ export const make = Effect.fnUntraced(function* (options: Options = {}) {
     getParts: (key) =>
       Effect.gen(function* () {
         const at = yield* now
-        const [found = Option.none()] = yield* read([Internal.partsKey(key)], at)
+        const [found = Option.none()] = yield* read([Internal.partsKey(key)], at, "Stream")
         const parts = Option.flatMap(fresh(found, at), (s) =>
           s.value._tag === "Stream" ? Option.some(s.value.parts) : Option.none()
         )
