@@ -229,6 +229,18 @@ export const cacheErrors = Metric.counter("orchestra_cache_errors_total", {
 })
 
 /**
+ * Attribute `cache`. Values not stored because their encoding is longer than the cache's
+ * `maxValueBytes`: one such write would stall every store sharing the Redis connection.
+ *
+ * @since 0.3.0
+ * @category caches
+ */
+export const cacheOversized = Metric.counter("orchestra_cache_oversized_total", {
+  description: "Cache values not stored because they exceed maxValueBytes",
+  incremental: true
+})
+
+/**
  * Attributes `limit` (the key), `outcome` (`immediate`, `delayed`, `rejected`).
  *
  * @since 0.1.0

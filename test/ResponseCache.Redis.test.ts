@@ -107,6 +107,43 @@ describe.skipIf(skipRedis)(`ResponseCache.Redis (${skipRedis ? skipReason : "nee
     )
   )
 
+  it.live("a value longer than maxValueBytes (in UTF-8 bytes) is not stored but counted; a shorter one is", () =>
+    Effect.scoped(
+      Effect.gen(function* () {
+        const server = yield* startRedis
+        const name = uniqueName("large")
+        const cache = yield* build(server, { name, maxValueBytes: 2000 })
+        const redis = yield* admin(server)
+        const oversized = Effect.map(
+          Metric.value(Metric.withAttributes(Metrics.cacheOversized, { cache: name })),
+          (s) => s.count
+        )
+        yield* cache.setMany([
+          { key: "small", value: response("x".repeat(100)) },
+          { key: "large", value: response("x".repeat(3000)) },
+          // 1,000 characters but 2,000 bytes: the bound is on bytes.
+          { key: "wide", value: response("é".repeat(1000)) }
+        ])
+        assert.deepStrictEqual((yield* cache.getMany(["small", "large", "wide"])).map(Option.isSome), [
+          true,
+          false,
+          false
+        ])
+        assert.strictEqual(yield* redis.send<number>("EXISTS", `${name}:r:large`, `${name}:r:wide`), 0)
+        assert.strictEqual(yield* oversized, 2)
+        // Computed through getOrCompute: answered, not written.
+        const computed = yield* cache.getOrCompute("big", Effect.succeed(response("y".repeat(3000))))
+        assert.strictEqual(computed.source, "miss")
+        yield* Effect.suspend(() => oversized).pipe(
+          Effect.flatMap((n) => (n === 3 ? Effect.void : Effect.fail(`${n} oversized`))),
+          Effect.retry(Schedule.spaced("20 millis").pipe(Schedule.upTo({ duration: "5 seconds" })))
+        )
+        assert.strictEqual(yield* redis.send<number>("EXISTS", `${name}:r:big`), 0)
+        assert.strictEqual(yield* errorsOf(name), 0)
+      })
+    )
+  )
+
   it.live("batches: one MGET for many lookups, one script call for many writes", () =>
     Effect.scoped(
       Effect.gen(function* () {
@@ -269,7 +306,10 @@ describe.skipIf(skipRedis)(`ResponseCache.Redis (${skipRedis ? skipReason : "nee
             [{ prefix: "" }, "prefix"],
             [{ redis: { timeout: Number.NaN } }, "redis.timeout"],
             [{ redis: { reportAfter: -1 } }, "redis.reportAfter"],
-            [{ timeout: "50 millis" } as RedisCache.Options, "timeout"]
+            [{ timeout: "50 millis" } as RedisCache.Options, "timeout"],
+            [{ maxValueBytes: Number.NaN }, "maxValueBytes"],
+            [{ maxValueBytes: -1 }, "maxValueBytes"],
+            [{ maxValueBytes: 1.5 }, "maxValueBytes"]
           ]
           for (const [options, path] of cases) {
             const exit = yield* Effect.exit(build(server, options))

@@ -32,6 +32,12 @@ export interface Options extends ResponseCache.Options {
   readonly prefix?: string | undefined
   /** Deadline of each Redis call and when an outage is reported; see `Redis.GuardOptions`. */
   readonly redis?: SharedRedis.GuardOptions | undefined
+  /**
+   * Longest value stored, in bytes of its JSON encoding; longer ones are not stored (counted in
+   * `orchestra_cache_oversized_total`). Default 1 MiB. A large value holds the Redis connection
+   * that every store shares while it is written and read.
+   */
+  readonly maxValueBytes?: number | undefined
 }
 
 const encode = Schema.encodeSync(ResponseCache.StoredEntry)
@@ -44,7 +50,12 @@ const decode = Schema.decodeUnknownExit(ResponseCache.StoredEntry)
  * @category constructors
  */
 export const make = Effect.fnUntraced(function* (options: Options = {}) {
-  const config = yield* Input.orOptionError(ResponseCache.settings(options, "redis", ["prefix", "redis"]))
+  const config = yield* Input.orOptionError(
+    ResponseCache.settings(options, "redis", ["prefix", "redis", "maxValueBytes"])
+  )
+  const maxValueBytes = yield* Input.orOptionError(
+    Input.int("maxValueBytes", options.maxValueBytes ?? 1_048_576, { min: 1 })
+  )
   const guardSettings = yield* Input.orOptionError(SharedRedis.guardSettings(options.redis, "redis."))
   const prefix = options.prefix ?? "orchestra-cache"
   if (typeof prefix !== "string" || prefix.length === 0) {
@@ -60,6 +71,16 @@ export const make = Effect.fnUntraced(function* (options: Options = {}) {
   const table = yield* Internal.makeTable(1000)
   yield* Effect.addFinalizer(() => table.interruptAll)
   const counters = Internal.lookupCounters(config.name)
+  const oversized = Metric.withAttributes(Metrics.cacheOversized, { cache: config.name }) as Metric.Metric<
+    number,
+    unknown
+  >
+  // UTF-8 takes 1 to 3 bytes per UTF-16 unit: measure only when the length alone does not decide.
+  const fits = (encoded: object): boolean => {
+    const json = JSON.stringify(encoded)
+    if (json.length > maxValueBytes) return false
+    return json.length * 3 <= maxValueBytes || Buffer.byteLength(json, "utf8") <= maxValueBytes
+  }
 
   /**
    * Entries of kind `tag` still within their grace, by key; `None` for a miss, a failure, a
@@ -92,12 +113,20 @@ export const make = Effect.fnUntraced(function* (options: Options = {}) {
   }
 
   const write = (entries: ReadonlyArray<readonly [string, Internal.Stored]>, now: number): Effect.Effect<void> => {
-    const encoded = entries.flatMap(([k, stored]) =>
-      stored.staleUntil > now ? [[k, encode(stored) as object, Duration.millis(stored.staleUntil - now)] as const] : []
-    )
+    let tooLarge = 0
+    const encoded = entries.flatMap(([k, stored]) => {
+      if (stored.staleUntil <= now) return []
+      const value = encode(stored) as object
+      if (!fits(value)) {
+        tooLarge++
+        return []
+      }
+      return [[k, value, Duration.millis(stored.staleUntil - now)] as const]
+    })
+    const counted = tooLarge === 0 ? Effect.void : Metric.update(oversized, tooLarge)
     const [first, ...rest] = encoded
-    if (first === undefined) return Effect.void
-    return Effect.ignore(guard.call("SET", store.setMany([first, ...rest])))
+    if (first === undefined) return counted
+    return Effect.andThen(counted, Effect.ignore(guard.call("SET", store.setMany([first, ...rest]))))
   }
 
   const now = Effect.clockWith((clock) => Effect.succeed(clock.currentTimeMillisUnsafe()))
