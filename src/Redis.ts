@@ -12,8 +12,10 @@
  *   metric, and reports an outage once failures persist (one warning naming the Redis
  *   error, one info line when the store is back), so a single slow reply under load
  *   does not log "unavailable" / "is back" pairs while Redis is up. While an outage is
- *   reported, calls skip Redis except one probe per `probeInterval`, so a hung Redis
- *   costs a caller nothing rather than a deadline per call.
+ *   reported, every call skips Redis at once (the store's fail-open or fail-closed choice)
+ *   and a PING in the background, one per `probeInterval`, finds when it is back: once
+ *   reported, a hung Redis costs a caller nothing. Until then, each call pays at most the
+ *   deadline.
  *
  * Stores take the `Redis` service as a requirement, so an application may also provide
  * its own (`NodeRedis.layer` with other options); the guard bounds calls either way.
@@ -29,11 +31,13 @@ import {
   Effect,
   Layer,
   Metric,
+  Option,
   Predicate,
   Redacted,
   References,
   Result,
-  Schema
+  Schema,
+  Scope
 } from "effect"
 import { Redis } from "effect/persistence"
 import * as Input from "./Input.js"
@@ -246,7 +250,10 @@ export interface GuardSettings {
   readonly timeout: Duration.Duration
   /** How long failures must last, with no success between them, before an outage is reported. */
   readonly reportAfter: Duration.Duration
-  /** While an outage is reported, one call per interval still tries Redis (a probe); the rest skip it. */
+  /**
+   * While an outage is reported, calls skip Redis and one PING per interval (in the background, given
+   * the `Redis` service and a scope; else one call per interval) probes it.
+   */
   readonly probeInterval: Duration.Duration
 }
 
@@ -261,7 +268,7 @@ export interface GuardOptions {
   readonly timeout?: Input.DurationInput | undefined
   /** Failures lasting this long (no success between) are an outage: one warning. Default 1 second; 0: at once. */
   readonly reportAfter?: Input.DurationInput | undefined
-  /** During an outage, one call per interval probes Redis; the others skip it. Default 1 second. */
+  /** During an outage, calls skip Redis and a background PING per interval probes it. Default 1 second. */
   readonly probeInterval?: Input.DurationInput | undefined
 }
 
@@ -312,7 +319,11 @@ export const makeGuard = (options: {
   readonly settings: GuardSettings
   readonly errors?: Metric.Metric<number, unknown> | undefined
 }): Effect.Effect<Guard> =>
-  Effect.map(Effect.service(ClientDeadline), (clientDeadline) => {
+  Effect.gen(function* () {
+    const clientDeadline = yield* Effect.service(ClientDeadline)
+    // With a Redis service and a scope (a store's layer), the probe is a PING in the background.
+    const redis = yield* Effect.serviceOption(Redis.Redis)
+    const scope = yield* Effect.serviceOption(Scope.Scope)
     const { settings, store } = options
     const errors = options.errors ?? Metric.withAttributes(Metrics.storeErrors, { store })
     const timeoutMillis = Duration.toMillis(settings.timeout)
@@ -330,10 +341,11 @@ export const makeGuard = (options: {
       Effect.flatMap(Clock.currentTimeMillis, (now) => {
         failures++
         if (failingSince === undefined) failingSince = now
-        const count = Metric.update(errors, 1)
+        let count = Metric.update(errors, 1)
         if (reported || now - failingSince < reportAfter) return Effect.andThen(count, Effect.fail(error))
         reported = true
         nextProbe = now + probeInterval
+        if (probing !== undefined) count = Effect.andThen(count, probing)
         const warning = Effect.logWarning(
           `Redis store "${store}" unavailable: ${failures} failed call${failures === 1 ? "" : "s"} in ${now - failingSince} ms, the last: ${error.message}`
         ).pipe(Effect.annotateLogs({ store, operation: error.operation }))
@@ -350,55 +362,77 @@ export const makeGuard = (options: {
         : Effect.void
     })
 
-    const call = <A, E>(operation: string, effect: Effect.Effect<A, E>): Effect.Effect<A, StoreError> =>
-      Effect.flatMap(Clock.currentTimeMillis, (now) => {
-        if (reported) {
-          if (now < nextProbe) {
-            return Effect.andThen(
-              Metric.update(errors, 1),
+    const run = <A, E>(operation: string, effect: Effect.Effect<A, E>): Effect.Effect<A, StoreError> => {
+      const bounded: Effect.Effect<A, E | StoreError> = clientBound
+        ? effect
+        : Effect.timeoutOrElse(effect, {
+            duration: settings.timeout,
+            orElse: () =>
               Effect.fail(
                 new StoreError({
                   store,
                   operation,
-                  reason: "Unavailable",
-                  message: `Redis store "${store}" is unavailable`
+                  reason: "Timeout",
+                  message: `${operation} timed out after ${timeoutMillis} ms`
                 })
               )
-            )
-          }
-          nextProbe = now + probeInterval
-        }
-        const bounded: Effect.Effect<A, E | StoreError> = clientBound
-          ? effect
-          : Effect.timeoutOrElse(effect, {
-              duration: settings.timeout,
-              orElse: () =>
-                Effect.fail(
-                  new StoreError({
+          })
+      return bounded.pipe(
+        Effect.matchEffect({
+          onFailure: (error) =>
+            failed(
+              error instanceof StoreError
+                ? error
+                : new StoreError({
                     store,
                     operation,
-                    reason: "Timeout",
-                    message: `${operation} timed out after ${timeoutMillis} ms`
+                    reason: isClientTimeout(error) ? "Timeout" : "Failed",
+                    message: `${operation}: ${errorText(error)}`,
+                    cause: error
                   })
-                )
-            })
-        return bounded.pipe(
-          Effect.matchEffect({
-            onFailure: (error) =>
-              failed(
-                error instanceof StoreError
-                  ? error
-                  : new StoreError({
-                      store,
-                      operation,
-                      reason: isClientTimeout(error) ? "Timeout" : "Failed",
-                      message: `${operation}: ${errorText(error)}`,
-                      cause: error
-                    })
-              ),
-            onSuccess: (value) => (failingSince === undefined ? Effect.succeed(value) : Effect.as(succeeded, value))
+            ),
+          onSuccess: (value) => (failingSince === undefined ? Effect.succeed(value) : Effect.as(succeeded, value))
+        })
+      )
+    }
+
+    // While an outage is reported, one PING per probeInterval in the layer's scope until one
+    // answers: callers never wait on the down Redis, and find it back as soon as it is.
+    const probing: Effect.Effect<void> | undefined =
+      Option.isSome(redis) && Option.isSome(scope)
+        ? Effect.suspend(() => {
+            const loop: Effect.Effect<void> = Effect.suspend(() =>
+              reported
+                ? Effect.sleep(settings.probeInterval).pipe(
+                    Effect.andThen(Effect.ignore(run("PING", redis.value.send("PING")))),
+                    Effect.andThen(loop)
+                  )
+                : Effect.void
+            )
+            return Effect.asVoid(Effect.forkIn(loop, scope.value))
+          })
+        : undefined
+
+    const skipped = (operation: string) =>
+      Effect.andThen(
+        Metric.update(errors, 1),
+        Effect.fail(
+          new StoreError({
+            store,
+            operation,
+            reason: "Unavailable",
+            message: `Redis store "${store}" is unavailable`
           })
         )
+      )
+
+    const call = <A, E>(operation: string, effect: Effect.Effect<A, E>): Effect.Effect<A, StoreError> =>
+      Effect.flatMap(Clock.currentTimeMillis, (now) => {
+        if (!reported) return run(operation, effect)
+        if (probing !== undefined || now < nextProbe) return skipped(operation)
+        // Without a Redis service and a scope to probe on its own, this call is the probe.
+        nextProbe = now + probeInterval
+        return run(operation, effect)
       })
 
     return { store, call, available: Effect.sync(() => !reported) }

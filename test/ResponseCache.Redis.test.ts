@@ -1,5 +1,5 @@
 import { assert, describe, it } from "@effect/vitest"
-import { Context, type Duration, Effect, Exit, Layer, Metric, Option, Ref, Schedule } from "effect"
+import { Context, Duration, Effect, Exit, Layer, Metric, Option, Ref, Schedule } from "effect"
 import { Redis as PersistenceRedis } from "effect/persistence"
 import { type AiError, modelError } from "../src/AiError.js"
 import * as Metrics from "../src/Metrics.js"
@@ -292,6 +292,37 @@ describe.skipIf(skipRedis)(`ResponseCache.Redis (${skipRedis ? skipReason : "nee
         assert.isTrue((yield* errorsOf(cache.name)) >= 4)
       })
     )
+  )
+
+  it.live(
+    "once a hung Redis is reported, no call waits on it: the probe runs in the background, even for slow traffic",
+    () =>
+      Effect.scoped(
+        Effect.gen(function* () {
+          const server = yield* startRedis
+          const cache = yield* build(server, {
+            redis: { timeout: "600 millis", reportAfter: 0, probeInterval: "50 millis" }
+          })
+          yield* cache.setMany([{ key: "k", value: response("kept") }])
+          yield* server.pause
+          yield* Effect.addFinalizer(() => server.resume)
+          const [first] = yield* Effect.timed(cache.getMany(["k"]))
+          assert.isAtLeast(Duration.toMillis(first), 500, "the first call pays the deadline and reports the outage")
+          // Each lookup comes after probeInterval has passed: each used to be the probe and wait 600 ms.
+          for (let i = 0; i < 5; i++) {
+            yield* Effect.sleep("100 millis")
+            const [elapsed, found] = yield* Effect.timed(cache.getMany(["k"]))
+            assert.deepStrictEqual(found, [Option.none()])
+            assert.isBelow(Duration.toMillis(elapsed), 200, `lookup ${i} waited on the hung Redis`)
+          }
+          yield* server.resume
+          const back = yield* cache.getMany(["k"]).pipe(
+            Effect.flatMap((found) => (Option.isSome(found[0]!) ? Effect.succeed(found) : Effect.fail("still a miss"))),
+            Effect.retry(Schedule.spaced("100 millis").pipe(Schedule.upTo({ duration: "10 seconds" })))
+          )
+          assert.deepStrictEqual(back, [Option.some(response("kept"))])
+        })
+      )
   )
 
   it.live(
