@@ -144,6 +144,20 @@ describe.skipIf(skipRedis)(`ResponseCache.Redis (${skipRedis ? skipReason : "nee
     )
   )
 
+  it.live("keys as documented: ':' and '%' in the prefix are escaped (%3A, %25)", () =>
+    Effect.scoped(
+      Effect.gen(function* () {
+        const server = yield* startRedis
+        const name = uniqueName("prefix")
+        const cache = yield* build(server, { name, prefix: `${name}:app%1` })
+        const redis = yield* admin(server)
+        yield* cache.setMany([{ key: "k", value: response("x") }])
+        const keys = yield* redis.send<ReadonlyArray<string>>("KEYS", `${name}*`)
+        assert.deepStrictEqual(keys, [`${name}%3Aapp%251:r:k`])
+      })
+    )
+  )
+
   it.live("batches: one MGET for many lookups, one script call for many writes", () =>
     Effect.scoped(
       Effect.gen(function* () {

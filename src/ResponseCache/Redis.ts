@@ -28,7 +28,12 @@ import * as Internal from "./internal.js"
  * @category models
  */
 export interface Options extends ResponseCache.Options {
-  /** Namespace of every key (`<prefix>:r:<hash>`). Default `"orchestra-cache"`. */
+  /**
+   * Namespace of every key: `<prefix>:r:<hash>` (answers) and `<prefix>:s:<hash>` (stream parts),
+   * where `%` and `:` in the prefix are written `%25` and `%3A` (`effect/persistence` escapes its
+   * store id): `"app1:cache"` gives `app1%3Acache:r:<hash>`, so match `app1%3Acache:*` in `SCAN`
+   * and ACL key patterns. Default `"orchestra-cache"`.
+   */
   readonly prefix?: string | undefined
   /** Deadline of each Redis call and when an outage is reported; see `Redis.GuardOptions`. */
   readonly redis?: SharedRedis.GuardOptions | undefined
