@@ -200,7 +200,7 @@ export const positiveInt = (path: string, input: unknown, max?: number): Checked
  * exception out of the check. `keys` are the fields to read (those present are copied, an
  * `undefined` value included); without it, the object's own enumerable keys.
  *
- * @since 0.2.0
+ * @since 0.3.0
  * @category checks
  */
 export const readFields = (

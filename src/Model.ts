@@ -369,7 +369,7 @@ export const estimateInputTokens = (request: GenerateRequest): number => Math.ce
  * 8 a request for the framing providers add. Tokenizers spend fewer tokens than that on
  * ordinary text and code; text made to tokenize badly (one token a character) can exceed it.
  *
- * @since 0.2.0
+ * @since 0.3.0
  * @category utils
  */
 export const reserveInputTokens = (request: GenerateRequest): number =>

@@ -37,7 +37,7 @@ export class ExitCode extends Schema.TaggedError<ExitCode>("effect-orchestra/cli
  * trace and exit 1. The listener stays for the whole process, so writes made while the
  * command winds down cannot raise it again; only the first error counts.
  *
- * @since 0.2.0
+ * @since 0.3.0
  * @category output
  */
 export const stdoutFailed: Deferred.Deferred<NodeJS.ErrnoException> = Deferred.makeUnsafe()
@@ -49,7 +49,7 @@ process.stdout.on("error", (error: NodeJS.ErrnoException) => {
  * Whether stdout's reader went away (then the command is interrupted and nothing it says
  * about that is news to anyone).
  *
- * @since 0.2.0
+ * @since 0.3.0
  * @category output
  */
 export const stdoutClosed: Effect.Effect<boolean> = Deferred.isDone(stdoutFailed)

@@ -130,7 +130,7 @@ const secretField = /key|token|secret|password|authorization/i
  * under `headers`, any field whose name says key, token, secret, password or
  * authorization. A provider's own name (`providers.<name>`) is not a field.
  *
- * @since 0.2.0
+ * @since 0.3.0
  * @category utils
  */
 export const isSecretPath = (path: ReadonlyArray<PropertyKey>): boolean =>

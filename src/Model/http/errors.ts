@@ -357,7 +357,7 @@ export const malformed = (ctx: CallContext, field: string, detail: string): Mode
  * The `Decode` error of an embeddings answer whose vectors are not all of one length, or
  * empty (what uses them compares them dimension by dimension); `undefined` when they are.
  *
- * @since 0.2.0
+ * @since 0.3.0
  * @category errors
  */
 export const unevenVectors = (
