@@ -38,6 +38,13 @@ const burst = (limits: RateLimit.Service, key: string, calls: number, tokens?: n
     })
   )
 
+/** How many acquires of `key`'s limit ended with `outcome` (immediate, delayed, rejected). */
+const acquisitions = (key: string, outcome: string) =>
+  Effect.map(
+    Metric.value(Metric.withAttributes(Metrics.rateLimitAcquisitions, { limit: key, outcome })),
+    (s) => s.count
+  )
+
 const storeErrors = Effect.map(
   Metric.value(Metric.withAttributes(Metrics.storeErrors, { store: "ratelimit" })),
   (s) => s.count
@@ -124,13 +131,8 @@ describe.skipIf(skipRedis)(`RateLimit (Redis store; ${skipRedis ? skipReason : "
         // at once. The third went at once too when the second left 40 of its tokens counted in
         // the window before the one it ran in (120 tokens in one window).
         for (let i = 0; i < 3; i++) yield* limits.acquire(key, { tokens: 60 })
-        const count = (outcome: string) =>
-          Effect.map(
-            Metric.value(Metric.withAttributes(Metrics.rateLimitAcquisitions, { limit: key, outcome })),
-            (s) => s.count
-          )
-        assert.strictEqual(yield* count("immediate"), 1)
-        assert.strictEqual(yield* count("delayed"), 2)
+        assert.strictEqual(yield* acquisitions(key, "immediate"), 1)
+        assert.strictEqual(yield* acquisitions(key, "delayed"), 2)
       })
     )
   )
@@ -146,13 +148,8 @@ describe.skipIf(skipRedis)(`RateLimit (Redis store; ${skipRedis ? skipReason : "
         })
         const result = yield* burst(limits, key, 14)
         assert.strictEqual(result.admitted, 14)
-        const count = (outcome: string) =>
-          Effect.map(
-            Metric.value(Metric.withAttributes(Metrics.rateLimitAcquisitions, { limit: key, outcome })),
-            (s) => s.count
-          )
-        assert.strictEqual(yield* count("immediate"), 7)
-        assert.strictEqual(yield* count("delayed"), 7)
+        assert.strictEqual(yield* acquisitions(key, "immediate"), 7)
+        assert.strictEqual(yield* acquisitions(key, "delayed"), 7)
         const wait = yield* Metric.value(Metric.withAttributes(Metrics.rateLimitWait, { limit: key }))
         assert.isTrue(wait.max > 1000 && wait.max <= 2000, `the 8th call waited for the next window: ${wait.max} ms`)
       })
