@@ -291,10 +291,7 @@ export const run = Effect.fnUntraced(function* (args: Args) {
         )
       )
       const address = Context.get(context, HttpServer.HttpServer).address
-      const url =
-        address._tag === "UnixPathAddress"
-          ? address.path
-          : `http://${host.includes(":") ? `[${host}]` : host}:${address.port}`
+      const url = address._tag === "UnixPathAddress" ? address.path : `http://${hostPort(host, address.port)}`
       if (common.json)
         yield* printJson(common, { ok: true, url, config: checked.loaded.file ?? null, gateway: file ?? null })
       yield* Console.error(`orchestra: gateway listening on ${url} (OpenAI base URL ${url}/v1)`)
@@ -302,6 +299,9 @@ export const run = Effect.fnUntraced(function* (args: Args) {
     })
   )
 })
+
+/** `host:port`, an IPv6 host in brackets (`[::1]:4000`), as a URL writes it. */
+const hostPort = (host: string, port: number): string => `${host.includes(":") ? `[${host}]` : host}:${port}`
 
 /**
  * What stopped the gateway from starting, as a sentence. effect/http's `ServeError` has an
@@ -314,7 +314,7 @@ export const startFailure = (error: unknown, host: string, port: number): string
   if (!(error instanceof HttpServerError.ServeError)) return error instanceof Error ? error.message : String(error)
   const cause = error.cause
   const code = typeof cause === "object" && cause !== null && "code" in cause ? cause.code : undefined
-  const address = `${host.includes(":") ? `[${host}]` : host}:${port}`
+  const address = hostPort(host, port)
   if (code === "EADDRINUSE") return `cannot listen on ${address}: the address is already in use`
   if (code === "EACCES") return `cannot listen on ${address}: permission denied`
   if (code === "EADDRNOTAVAIL") return `cannot listen on ${address}: the address is not available on this machine`
