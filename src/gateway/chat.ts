@@ -45,6 +45,8 @@ import * as Wire from "./response.js"
 /** A request's reservation, settled or released exactly once (the request scope's finalizer releases it). */
 interface Ticket {
   readonly reservation: unknown
+  /** The input tokens it was reserved with: what a stream cut after its first chunk is charged. */
+  readonly inputTokens: number
   closed: boolean
 }
 
@@ -92,6 +94,14 @@ export const make = (env: Env) => {
       return env.keys.settle(ticket.reservation, usage)
     })
 
+  // A stream cut after its first chunk (an upstream failure, a deadline, a client that left)
+  // was answered upstream: it is charged its input estimate and the output read so far (4
+  // characters a token), never released for free, or a client could stream and leave.
+  const settleCut = (ticket: Ticket | undefined, outputChars: number) =>
+    ticket === undefined
+      ? Effect.void
+      : settle(ticket, { inputTokens: ticket.inputTokens, outputTokens: Math.ceil(outputChars / 4) })
+
   // The most any step may be charged: a domain's step sends the request with that domain's system
   // prompt and max_tokens applied, and a fallback's may be larger than the first's.
   const estimateOf = (target: Target, request: GenerateRequest) => {
@@ -114,11 +124,14 @@ export const make = (env: Env) => {
   const reserve = (key: KeyIdentity | undefined, model: string, target: Target, request: GenerateRequest) =>
     key === undefined || env.keys === undefined
       ? Effect.succeed(undefined)
-      : Effect.flatMap(env.keys.reserve(key, model, estimateOf(target, request)), (reservation) => {
-          const ticket: Ticket = { reservation, closed: false }
-          // Whatever happens next (an answer, a failure, a client that leaves, a stream body never
-          // started), the request scope's end releases what was not settled.
-          return Effect.as(onRequestEnd(release(ticket)), ticket)
+      : Effect.suspend(() => {
+          const estimate = estimateOf(target, request)
+          return Effect.flatMap(env.keys!.reserve(key, model, estimate), (reservation) => {
+            const ticket: Ticket = { reservation, inputTokens: estimate.inputTokens, closed: false }
+            // Whatever happens next (an answer, a failure, a client that leaves, a stream body never
+            // started), the request scope's end releases what was not settled.
+            return Effect.as(onRequestEnd(release(ticket)), ticket)
+          })
         })
 
   const provenance = (answer: Answer): Record<string, string> =>
@@ -223,15 +236,17 @@ export const make = (env: Env) => {
             case "Failed":
               metrics.failed(reasonOf(ending.error))
               metrics.answered("chat_stream", 200, elapsed, undefined)
-              return release(reserved)
+              return settleCut(reserved, ending.outputChars)
             case "Cancelled":
               metrics.failed("ClientClosed")
               metrics.answered("chat_stream", 499, elapsed, undefined)
-              return release(reserved)
+              return settleCut(reserved, ending.outputChars)
           }
         })
       // A client gone before the body starts: the server never runs it, the request scope still ends.
-      yield* onRequestEnd(end({ _tag: "Cancelled" }))
+      let firstChars = 0
+      for (const part of first.value) firstChars += Sse.charsOf(part)
+      yield* onRequestEnd(end({ _tag: "Cancelled", outputChars: firstChars }))
       const body = Sse.body(first.value, pull, {
         id: env.nextId("chatcmpl-"),
         created: created(),

@@ -23,8 +23,8 @@ import * as Wire from "./response.js"
  */
 export type Ending =
   | { readonly _tag: "Finished"; readonly finish: Finish }
-  | { readonly _tag: "Failed"; readonly error: AiError }
-  | { readonly _tag: "Cancelled" }
+  | { readonly _tag: "Failed"; readonly error: AiError; readonly outputChars: number }
+  | { readonly _tag: "Cancelled"; readonly outputChars: number }
 
 /**
  * @internal
@@ -42,6 +42,22 @@ export interface Options {
 
 const encoder = new TextEncoder()
 
+/**
+ * The characters of output in a part (text, or a tool call's name and arguments).
+ *
+ * @internal
+ */
+export const charsOf = (part: StreamPart): number => {
+  switch (part._tag) {
+    case "TextDelta":
+      return part.text.length
+    case "ToolCall":
+      return part.call.name.length + part.call.arguments.length
+    default:
+      return 0
+  }
+}
+
 type Parts = Arr.NonEmptyReadonlyArray<StreamPart>
 
 /**
@@ -57,6 +73,14 @@ export const body = (first: Parts, pull: Pull.Pull<Parts, AiError>, options: Opt
   let done = false
   let drained = false
   let ending: Ending | undefined
+  // The characters of output read from the pipeline (text and tool calls): what a stream cut
+  // before its Finish is charged for, since the upstream produced them.
+  let outputChars = 0
+  const counted = (parts: Parts): Parts => {
+    for (const part of parts) outputChars += charsOf(part)
+    return parts
+  }
+  counted(first)
 
   const delta = (fields: Record<string, unknown>): string => {
     if (!roleSent) {
@@ -104,7 +128,7 @@ export const body = (first: Parts, pull: Pull.Pull<Parts, AiError>, options: Opt
 
   const fail = (error: AiError): string => {
     done = true
-    ending = { _tag: "Failed", error }
+    ending = { _tag: "Failed", error, outputChars }
     return `data: ${JSON.stringify(toWire(error).body)}\n\n`
   }
 
@@ -127,7 +151,7 @@ export const body = (first: Parts, pull: Pull.Pull<Parts, AiError>, options: Opt
       return emit(encode(parts))
     }
     return Effect.matchCauseEffect(pull, {
-      onSuccess: (parts) => emit(encode(parts)),
+      onSuccess: (parts) => emit(encode(counted(parts))),
       onFailure: (cause) => {
         if (Pull.isDoneCause(cause)) {
           // The pipeline always ends a stream with its Finish; an end without one is a cut.
@@ -141,6 +165,6 @@ export const body = (first: Parts, pull: Pull.Pull<Parts, AiError>, options: Opt
   })
 
   return Stream.fromPull(Effect.succeed(next)).pipe(
-    Stream.onExit(() => Effect.suspend(() => options.onEnd(ending ?? { _tag: "Cancelled" })))
+    Stream.onExit(() => Effect.suspend(() => options.onEnd(ending ?? { _tag: "Cancelled", outputChars })))
   )
 }

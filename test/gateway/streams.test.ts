@@ -53,6 +53,23 @@ describe("Gateway: streams", () => {
     })
   )
 
+  it.live("a stream cut by its upstream after the first chunk is charged its input estimate and the output sent", () =>
+    Effect.gen(function* () {
+      const upstream = yield* Server.make((_, res) =>
+        Server.chunked(res, [Server.sse([Up.chunk("Hel"), Up.chunk("lo, world")])], { end: "destroy", pauseMs: 5 })
+      )
+      const { service, log } = Harness.keyStore({ "sk-a": { id: "a" } })
+      const gw = yield* Harness.make({ upstreams: { a: upstream.url }, keys: service })
+      const result = yield* read(gw.client("sk-a"), { model: "d-a", messages: hi })
+      assert.strictEqual(result.text, "Hello, world")
+      assert.isDefined(result.error)
+      yield* Harness.eventually(() => gw.gateway.inFlight() === 0)
+      assert.deepStrictEqual(log.released, [])
+      assert.deepStrictEqual(log.settled, [{ id: 0, inputTokens: log.reserved[0]!.inputTokens, outputTokens: 3 }])
+      assert.isAbove(log.reserved[0]!.inputTokens, 0)
+    })
+  )
+
   it.live("an upstream error event mid-stream raises in the client too", () =>
     Effect.gen(function* () {
       const upstream = yield* Server.make((_, res) =>
@@ -148,7 +165,7 @@ describe("Gateway: streams", () => {
     })
   )
 
-  it.live("a client that leaves mid-stream cancels the upstream call and releases its reservation", () =>
+  it.live("a client that leaves mid-stream cancels the upstream call and is charged what it was sent", () =>
     Effect.gen(function* () {
       const upstream = yield* Server.make((_, res) =>
         Server.endless(res, { prefix: Server.sse([Up.chunk("go")]), chunk: Server.sse([Up.chunk("more")]) })
@@ -160,9 +177,15 @@ describe("Gateway: streams", () => {
         for await (const _ of stream) break
       })
       yield* upstream.awaitAborted(1)
-      yield* Harness.eventually(() => gw.gateway.inFlight() === 0 && log.released.length > 0)
-      assert.deepStrictEqual(log.released, [0])
-      assert.strictEqual(log.settled.length, 0)
+      yield* Harness.eventually(() => gw.gateway.inFlight() === 0 && log.settled.length > 0)
+      // Not released for free: the upstream answered; the input estimate and the output read
+      // (at least "go", 4 characters a token) are charged.
+      assert.deepStrictEqual(log.released, [])
+      assert.strictEqual(log.settled.length, 1)
+      const [settled] = log.settled
+      assert.strictEqual(settled!.id, 0)
+      assert.strictEqual(settled!.inputTokens, log.reserved[0]!.inputTokens)
+      assert.isAtLeast(settled!.outputTokens, 1)
       assert.include(yield* gw.metrics, 'orchestra_gateway_requests_total{route="chat_stream",status="499"} 1')
     })
   )
