@@ -210,6 +210,11 @@ describe("HttpAgent.call", () => {
         [task("s", HttpAgent.agent({ url: server.url, timeout: "-5 seconds" as never })), "agent.timeout"],
         [task("z", HttpAgent.agent({ url: server.url, timeout: 0 })), "agent.timeout"],
         [task("r", HttpAgent.agent({ url: server.url, retry: { maxAttempts: 0 } })), "agent.retry.maxAttempts"],
+        [task("h", HttpAgent.agent({ url: server.url, headers: { "x-a": "b\nc" } })), 'agent.headers["x-a"]'],
+        [
+          task("k", HttpAgent.agent({ url: server.url, headers: { authorization: Redacted.make("Bearer a\r\nb") } })),
+          'agent.headers["authorization"]'
+        ],
         [task("t", server.url, { timeout: "soon" as never }), "timeout"],
         [task("big", server.url, { args: { n: 1n } }), "args"],
         [task("cycle", server.url, { args: circular }), "args"],

@@ -65,7 +65,9 @@ const checkOptions = (options: Options) =>
       : Input.positiveInt("embeddingDimensions", options.embeddingDimensions),
     Http.baseUrl("baseUrl", options.baseUrl ?? "https://generativelanguage.googleapis.com"),
     Http.nonEmpty("apiVersion", options.apiVersion ?? "v1beta"),
-    Model.requestLimits(options.requestLimits)
+    Model.requestLimits(options.requestLimits),
+    Http.headers("headers", options.headers),
+    Http.headerOption("apiKey", "x-goog-api-key", options.apiKey)
   ])
 
 /**

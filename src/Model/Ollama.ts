@@ -89,7 +89,9 @@ const checkOptions = (options: Options) =>
     Input.optional(options.keepAlive, (input) => Wire.keepAlive("keepAlive", input)),
     options.apiKey === undefined || Redacted.isRedacted(options.apiKey)
       ? Result.succeed(undefined)
-      : Result.fail({ path: "apiKey", message: "expected a Redacted value (Redacted.make(key) or Config.Redacted)" })
+      : Result.fail({ path: "apiKey", message: "expected a Redacted value (Redacted.make(key) or Config.Redacted)" }),
+    Http.headers("headers", options.headers),
+    Http.headerOption("apiKey", "authorization", options.apiKey)
   ])
 
 /**

@@ -105,7 +105,11 @@ const checkOptions = (options: Options) =>
     Http.oneOf("maxTokensField", options.maxTokensField ?? "max_tokens", ["max_tokens", "max_completion_tokens"]),
     options.apiKey === undefined || Redacted.isRedacted(options.apiKey)
       ? Result.succeed(undefined)
-      : Result.fail({ path: "apiKey", message: "expected a Redacted value (Redacted.make(key) or Config.Redacted)" })
+      : Result.fail({ path: "apiKey", message: "expected a Redacted value (Redacted.make(key) or Config.Redacted)" }),
+    Http.headers("headers", options.headers),
+    Http.headerOption("organization", "OpenAI-Organization", options.organization),
+    Http.headerOption("project", "OpenAI-Project", options.project),
+    Http.headerOption("apiKey", "authorization", options.apiKey)
   ])
 
 /**

@@ -32,6 +32,8 @@ const agentIssue = (
   const headers: Record<string, string | Redacted.Redacted<string>> = {}
   const secrets: Array<Redacted.Redacted> = []
   for (const [name, value] of Object.entries(options.headers ?? {})) {
+    const checked = Http.headerOption(`headers[${JSON.stringify(name)}]`, name, value)
+    if (Result.isFailure(checked)) return Result.fail(checked.failure)
     if (Redacted.isRedacted(value) && typeof Redacted.value(value) === "string") {
       const plain = Redacted.value(value) as string
       headers[name] = value as Redacted.Redacted<string>
@@ -42,7 +44,10 @@ const agentIssue = (
     } else if (typeof value === "string") {
       headers[name] = value
     } else {
-      return Result.fail({ path: `headers.${name}`, message: "expected a string or a Redacted string" })
+      return Result.fail({
+        path: `headers[${JSON.stringify(name)}]`,
+        message: "expected a string or a Redacted string"
+      })
     }
   }
   return Result.map(

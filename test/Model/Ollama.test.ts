@@ -533,7 +533,9 @@ layer(NodeHttpClient.layerUndici)("Ollama", (it) => {
           ["streamIdleTimeout", { streamIdleTimeout: Number.NaN }],
           ["maxResponseBytes", { maxResponseBytes: -1 }],
           ["api", { api: "completions" as "chat" }],
-          ["apiKey", { apiKey: KEY as unknown as Redacted.Redacted<string> }]
+          ["apiKey", { apiKey: KEY as unknown as Redacted.Redacted<string> }],
+          ['headers["x-a"]', { headers: { "x-a": "\u0000" } }],
+          ["apiKey", { apiKey: Redacted.make("k\n") }]
         ]
         for (const [path, options] of cases) {
           const error = yield* Effect.flip(Layer.build(Ollama.layer(options)))

@@ -881,7 +881,13 @@ layer(NodeHttpClient.layerUndici)("OpenAiCompat", (it) => {
           ["baseUrl", { baseUrl: "localhost:8080" }],
           ["embeddingEncoding", { embeddingEncoding: "binary" as "float" }],
           ["apiKey", { apiKey: KEY as unknown as Redacted.Redacted<string> }],
-          ["name", { name: "" }]
+          ["name", { name: "" }],
+          // A header that undici would refuse at every request (or that would inject another).
+          ['headers["x-a"]', { headers: { "x-a": "b\r\nInjected: 1" } }],
+          ['headers["bad name"]', { headers: { "bad name": "v" } }],
+          ['headers["x-n"]', { headers: { "x-n": 5 as unknown as string } }],
+          ["organization", { organization: "org\n" }],
+          ["apiKey", { apiKey: Redacted.make(`${KEY}\n`) }]
         ]
         for (const [path, options] of cases) {
           const error = yield* Effect.flip(Layer.build(OpenAiCompat.layer(options)))

@@ -4,7 +4,7 @@
  *
  * @since 0.2.0
  */
-import { Config, type Duration, Option, type Redacted, Result } from "effect"
+import { Config, type Duration, Option, Redacted, Result } from "effect"
 import type { HttpClient } from "effect/http"
 import * as Input from "../../Input.js"
 
@@ -148,6 +148,65 @@ export const oneOf = <const A extends string>(
         path,
         message: `expected one of ${values.map((v) => `"${v}"`).join(", ")}, got ${JSON.stringify(input)}`
       })
+
+// RFC 9110: a field name is a token; a value holds tab, visible ASCII and obs-text bytes only
+// (no CR, LF or NUL, so no header can be injected), as undici checks it at each request.
+const headerName = /^[!#$%&'*+\-.^_`|~0-9A-Za-z]+$/
+const headerValue = /^[\t\x20-\x7e\x80-\xff]*$/
+
+/**
+ * Checks a header for a request: its name is an HTTP token and its value holds no control
+ * character (CR, LF, NUL...) or character above U+00FF. Checked when the layer is built, so
+ * that a bad header is an `OptionError` naming it instead of a failure of every call. The
+ * value is never quoted (it may be a secret).
+ *
+ * @since 0.3.0
+ * @category checks
+ */
+export const header = (path: string, name: string, value: string): Input.Checked<void> => {
+  if (!headerName.test(name)) {
+    return Result.fail({ path, message: `${JSON.stringify(name)} is not a valid header name (an HTTP token)` })
+  }
+  if (!headerValue.test(value)) {
+    return Result.fail({
+      path,
+      message: "a header value cannot hold control characters (CR, LF, NUL...) or characters above U+00FF"
+    })
+  }
+  return Result.succeed(undefined)
+}
+
+/**
+ * Checks an option sent as a header (a string or a `Redacted` one; anything else is left to
+ * the option's own check).
+ *
+ * @since 0.3.0
+ * @category checks
+ */
+export const headerOption = (path: string, name: string, input: unknown): Input.Checked<void> => {
+  const value = Redacted.isRedacted(input) ? Redacted.value(input) : input
+  return typeof value === "string" ? header(path, name, value) : Result.succeed(undefined)
+}
+
+/**
+ * Checks a provider's `headers` option (an object of string values; see {@link header}).
+ *
+ * @since 0.3.0
+ * @category checks
+ */
+export const headers = (path: string, input: unknown): Input.Checked<Readonly<Record<string, string>> | undefined> => {
+  if (input === undefined) return Result.succeed(undefined)
+  if (typeof input !== "object" || input === null || Array.isArray(input)) {
+    return Result.fail({ path, message: `expected an object of header names to strings, got ${typeof input}` })
+  }
+  for (const [name, value] of Object.entries(input)) {
+    const at = `${path}[${JSON.stringify(name)}]`
+    if (typeof value !== "string") return Result.fail({ path: at, message: `expected a string, got ${typeof value}` })
+    const checked = header(at, name, value)
+    if (Result.isFailure(checked)) return Result.fail(checked.failure)
+  }
+  return Result.succeed(input as Readonly<Record<string, string>>)
+}
 
 /**
  * Joins a base URL and a path with exactly one slash.
