@@ -83,20 +83,19 @@ const decodeRetryPolicy = Schema.decodeUnknownResult(RetryPolicy, { onExcessProp
  * @category constructors
  */
 export const decodeRetry = (input: unknown, path = "retry"): Input.Checked<RetryPolicy> => {
-  if (isRetryPolicy(input)) return Result.succeed(input)
+  // A policy this module checked (from `retry`, `defaultRetry` or an earlier call) is taken
+  // as is; anything else, a hand-built `RetryPolicy`-shaped object included, is checked:
+  // its shape alone says nothing of `maxAttempts: Infinity` or `jitter: 5`.
+  if (typeof input === "object" && input !== null && checked.has(input)) return Result.succeed(input as RetryPolicy)
   const decoded = decodeRetryPolicy(input ?? {})
-  return Result.isSuccess(decoded) ? Result.succeed(decoded.success) : Result.fail(Input.issueOf(decoded.failure, path))
+  if (Result.isFailure(decoded)) return Result.fail(Input.issueOf(decoded.failure, path))
+  const policy = Object.freeze(decoded.success)
+  checked.add(policy)
+  return Result.succeed(policy)
 }
 
-const isRetryPolicy = (u: unknown): u is RetryPolicy =>
-  typeof u === "object" &&
-  u !== null &&
-  "maxAttempts" in u &&
-  Duration.isDuration((u as RetryPolicy).initialDelay) &&
-  Duration.isDuration((u as RetryPolicy).maxDelay) &&
-  Duration.isDuration((u as RetryPolicy).maxRetryAfter) &&
-  typeof (u as RetryPolicy).jitter === "number" &&
-  typeof (u as RetryPolicy).factor === "number"
+// The policies this module decoded (frozen, so they stay what was checked).
+const checked = new WeakSet<object>()
 
 /**
  * The default retry policy: 3 attempts, 200 ms doubling to at most 10 s, 20% jitter.

@@ -4,6 +4,7 @@ import { TestClock } from "effect/testing"
 import type { AiError } from "../src/AiError.js"
 import type * as Executor from "../src/Executor.js"
 import { Outcome } from "../src/Model/Mock.js"
+import * as Policy from "../src/Policy.js"
 import { setup } from "./utils/executor.js"
 import { captureLogs } from "./utils/logs.js"
 
@@ -155,6 +156,39 @@ describe("Executor.execute", () => {
       const retry = yield* Effect.flip(executor.execute(ask, { retry: { maxAttempts: 0 } }))
       assert.strictEqual(retry._tag === "ModelError" && retry.field, "retry.maxAttempts")
       assert.strictEqual(yield* control.calls, 0)
+    })
+  )
+
+  it.effect("a hand-built RetryPolicy (Durations in it) is checked too: no endless retries, no negative delays", () =>
+    Effect.gen(function* () {
+      const { executor, control } = yield* setup()
+      const shaped = (over: Partial<Policy.RetryPolicy>): Policy.RetryPolicy => ({
+        maxAttempts: 3,
+        initialDelay: Duration.millis(1),
+        factor: 2,
+        maxDelay: Duration.millis(5),
+        jitter: 0.2,
+        respectRetryAfter: true,
+        maxRetryAfter: Duration.seconds(1),
+        ...over
+      })
+      const cases: ReadonlyArray<readonly [Partial<Policy.RetryPolicy>, string]> = [
+        [{ maxAttempts: Number.POSITIVE_INFINITY }, "retry.maxAttempts"],
+        [{ maxAttempts: Number.NaN }, "retry.maxAttempts"],
+        [{ jitter: 5 }, "retry.jitter"],
+        [{ factor: Number.NaN }, "retry.factor"],
+        [{ initialDelay: Duration.millis(-100) }, "retry.initialDelay"]
+      ]
+      for (const [over, field] of cases) {
+        const error = yield* Effect.flip(executor.execute(ask, { retry: shaped(over) }))
+        assert.strictEqual(error._tag === "ModelError" && error.field, field, field)
+        assert.throws(() => Policy.retry(shaped(over)), field)
+      }
+      assert.strictEqual(yield* control.calls, 0)
+      // A checked policy stays what was checked.
+      const policy = Policy.retry({ maxAttempts: 2 })
+      assert.isTrue(Object.isFrozen(policy))
+      assert.strictEqual(Policy.retry(policy), policy)
     })
   )
 
