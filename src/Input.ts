@@ -83,6 +83,31 @@ export interface DurationOptions {
 const PARSED_STRINGS_MAX = 256
 const parsedStrings = new Map<string, Duration.Duration>()
 
+const DURATION_FIELDS = new Set([
+  "weeks",
+  "days",
+  "hours",
+  "minutes",
+  "seconds",
+  "milliseconds",
+  "microseconds",
+  "nanoseconds"
+])
+
+// `[seconds, nanos]` or `{ seconds: 30 }` with finite numbers only (Duration reads a NaN or an
+// unknown field as zero).
+const durationParts = (input: object | bigint): boolean => {
+  if (typeof input === "bigint") return true
+  if (Array.isArray(input)) return input.length === 2 && input.every((n) => typeof n === "number" && Number.isFinite(n))
+  const entries = Object.entries(input)
+  return (
+    entries.length > 0 &&
+    entries.every(
+      ([k, n]) => DURATION_FIELDS.has(k) && (n === undefined || (typeof n === "number" && Number.isFinite(n)))
+    )
+  )
+}
+
 export const duration = (path: string, input: unknown, options: DurationOptions = {}): Checked<Duration.Duration> => {
   const fail = (why: string) => Result.fail({ path, message: `${why}, got ${describe(input)}` })
   let decoded: Duration.Duration
@@ -108,6 +133,13 @@ export const duration = (path: string, input: unknown, options: DurationOptions 
     decoded = parsed
   } else if (Duration.isDuration(input)) {
     decoded = input
+  } else if (typeof input === "bigint" || (typeof input === "object" && input !== null)) {
+    // The rest of `Duration.Input`, which the option types accept: nanoseconds as a bigint,
+    // `[seconds, nanos]`, `{ seconds: 30 }`.
+    if (!durationParts(input)) return fail(`expected a duration such as 1500 or "30 seconds"`)
+    const option = Duration.fromInput(input as Duration.Input)
+    if (option._tag === "None") return fail(`expected a duration such as 1500 or "30 seconds"`)
+    decoded = option.value
   } else {
     return fail(`expected a duration such as 1500 or "30 seconds"`)
   }

@@ -159,6 +159,20 @@ describe("Executor.execute", () => {
     })
   )
 
+  it.effect("every form of Duration.Input the option types accept is read; malformed ones are refused", () =>
+    Effect.gen(function* () {
+      const { executor } = yield* setup()
+      for (const timeout of [[1, 0] as const, { seconds: 1 }, 1_000_000_000n, { minutes: 1, seconds: 5 }]) {
+        const answer = yield* executor.execute(ask, { timeout })
+        assert.strictEqual(answer.provider, executor.provider.name, String(timeout))
+      }
+      for (const timeout of [{ foo: 1 }, {}, [1], [Number.NaN, 0], { seconds: Number.NaN }, [-1, 0], -5n]) {
+        const error = yield* Effect.flip(executor.execute(ask, { timeout: timeout as never }))
+        assert.strictEqual(error._tag === "ModelError" && error.field, "timeout", JSON.stringify(String(timeout)))
+      }
+    })
+  )
+
   it.effect("a hand-built RetryPolicy (Durations in it) is checked too: no endless retries, no negative delays", () =>
     Effect.gen(function* () {
       const { executor, control } = yield* setup()
