@@ -6,11 +6,13 @@
  * Real clock and a loopback SSE server; no timing assertion beyond "chunks arrived while
  * draining".
  */
+import { spawn } from "node:child_process"
 import { createServer, type Server } from "node:http"
 import type { AddressInfo } from "node:net"
 import { NodeHttpClient } from "@effect/platform-node"
 import { assert, describe, it } from "@effect/vitest"
-import { Layer } from "effect"
+import { fileURLToPath } from "node:url"
+import { Effect, Layer } from "effect"
 import { createOrchestra, OrchestraError } from "../src/Facade.js"
 import * as OpenAiCompat from "../src/Model/OpenAiCompat.js"
 import * as Orchestra from "../src/Orchestra.js"
@@ -93,4 +95,40 @@ describe("createOrchestra: dispose and streams on an HTTP provider", () => {
       upstream.server.close()
     }
   })
+})
+
+describe("a facade that is never disposed", () => {
+  it.live(
+    "lets its process exit once the work is done (no deadline lane, breaker sweep or half-open timer holds it)",
+    () =>
+      Effect.callback<{ readonly code: number | null; readonly out: string }>((resume) => {
+        const fixture = fileURLToPath(new URL("./fixtures/facade-undisposed.ts", import.meta.url))
+        const child = spawn(process.execPath, ["--import", "tsx", fixture], {
+          cwd: fileURLToPath(new URL("..", import.meta.url)),
+          stdio: ["ignore", "pipe", "inherit"]
+        })
+        let out = ""
+        child.stdout.on("data", (chunk: Buffer) => {
+          out += chunk.toString()
+        })
+        // Generous for a loaded CI machine; before the fix it lived on for the breakers' hour-long sweep.
+        const killer = setTimeout(() => child.kill("SIGKILL"), 45_000)
+        child.once("exit", (code) => {
+          clearTimeout(killer)
+          resume(Effect.succeed({ code, out }))
+        })
+        return Effect.sync(() => {
+          clearTimeout(killer)
+          child.kill("SIGKILL")
+        })
+      }).pipe(
+        Effect.tap(({ code, out }) =>
+          Effect.sync(() => {
+            assert.strictEqual(code, 0, `the script did not exit by itself: ${out}`)
+            assert.deepStrictEqual(JSON.parse(out.trim()), { provider: "main", failed: "ModelError" })
+          })
+        )
+      ),
+    { timeout: 60_000 }
+  )
 })

@@ -9,11 +9,12 @@
  *
  * @internal
  */
-import { Clock, Duration, Effect, Exit, FiberMap, Metric, PubSub, Scope, Stream } from "effect"
+import { Clock, type Duration, Effect, Exit, FiberMap, Metric, PubSub, Scope, Stream } from "effect"
 import type * as Take from "effect/Take"
 import { CircuitOpenError } from "../AiError.js"
 import type { State, StateChange } from "../CircuitBreaker.js"
 import * as Metrics from "../Metrics.js"
+import * as Timers from "../policy/timers.js"
 import type { Config } from "./options.js"
 
 /**
@@ -168,7 +169,7 @@ export const makeRegistry = Effect.fnUntraced(function* (config: Config, shared:
       entry.key,
       Effect.provideContext(
         Effect.andThen(
-          Effect.sleep(Duration.millis(until - now)),
+          Timers.sleep(clock, until - now, false),
           Effect.sync(() => {
             if (entry.view === "open" && entry.openUntil === until && entries.get(entry.key) === entry) {
               setView(entry, "half-open", clock.currentTimeMillisUnsafe())
@@ -224,7 +225,7 @@ export const makeRegistry = Effect.fnUntraced(function* (config: Config, shared:
   yield* Effect.forkIn(
     Effect.forever(
       Effect.andThen(
-        Effect.sleep(Duration.millis(idleTimeToLive)),
+        Timers.sleep(clock, idleTimeToLive, false),
         Effect.sync(() => sweep(clock.currentTimeMillisUnsafe()))
       )
     ),

@@ -19,6 +19,7 @@
  * @internal
  */
 import { Clock, Duration, Effect, type Exit, type Fiber, type Scope } from "effect"
+import * as Timers from "./timers.js"
 
 /** Why a tracked attempt was cut short. */
 export type Ending = "timeout" | "shutdown"
@@ -55,6 +56,9 @@ interface Lane {
   head: Node | undefined
   tail: Node | undefined
   sleeping: boolean
+  /** The real timer the lane's sleeper waits on, if any: unref'ed while the lane is empty. */
+  timer: Timers.Handle | undefined
+  unrefd: boolean
 }
 
 const unlink = (node: Node): void => {
@@ -67,6 +71,12 @@ const unlink = (node: Node): void => {
   else lane.tail = node.prev
   node.prev = undefined
   node.next = undefined
+  // An empty lane's sleeper still waits for the deadline of the node it last saw: its timer
+  // must not keep the process alive for that long after the last call.
+  if (lane.head === undefined && lane.timer !== undefined && !lane.unrefd) {
+    lane.unrefd = true
+    lane.timer.unref()
+  }
 }
 
 /**
@@ -134,7 +144,7 @@ export const make: Effect.Effect<Lanes, never, Scope.Scope> = Effect.gen(functio
   const clock: Clock.Clock = yield* Clock.Clock
   const fork = Effect.runForkWith(context)
   const lanes = new Map<number, Lane>()
-  const untimed: Lane = { head: undefined, tail: undefined, sleeping: true }
+  const untimed: Lane = { head: undefined, tail: undefined, sleeping: true, timer: undefined, unrefd: false }
   const sleepers = new Set<Fiber.Fiber<void>>()
   let closed = false
   let tracked = 0
@@ -168,7 +178,13 @@ export const make: Effect.Effect<Lanes, never, Scope.Scope> = Effect.gen(functio
       }
       const now = clock.currentTimeMillisUnsafe()
       if (head.deadline > now) {
-        return Effect.flatMap(Effect.sleep(Duration.millis(head.deadline - now)), () => sleeper(lane))
+        return Effect.flatMap(
+          Timers.sleep(clock, head.deadline - now, true, (timer) => {
+            lane.timer = timer
+            lane.unrefd = false
+          }),
+          () => sleeper(lane)
+        )
       }
       const expired: Array<Node> = []
       for (let node: Node | undefined = head; node !== undefined && node.deadline <= now; node = node.next) {
@@ -181,7 +197,7 @@ export const make: Effect.Effect<Lanes, never, Scope.Scope> = Effect.gen(functio
   const laneFor = (millis: number): Lane => {
     let lane = lanes.get(millis)
     if (lane === undefined) {
-      lane = { head: undefined, tail: undefined, sleeping: false }
+      lane = { head: undefined, tail: undefined, sleeping: false, timer: undefined, unrefd: false }
       lanes.set(millis, lane)
     }
     return lane
@@ -198,6 +214,10 @@ export const make: Effect.Effect<Lanes, never, Scope.Scope> = Effect.gen(functio
     if (lane.tail) lane.tail.next = node
     else lane.head = node
     lane.tail = node
+    if (lane.unrefd) {
+      lane.unrefd = false
+      lane.timer?.ref()
+    }
     if (!lane.sleeping && !closed) {
       lane.sleeping = true
       const sleeperFiber = fork(sleeper(lane))
