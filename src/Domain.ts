@@ -174,16 +174,24 @@ const encodeDurations = (raw: unknown): unknown => {
 export const fromConfig = (input: unknown, path = "domains"): Effect.Effect<ReadonlyArray<Domain>, Input.OptionError> =>
   Input.orOptionError(check(input, path))
 
+// A request brings its own system prompt as `system` or as a system message of its
+// conversation (effect/ai prompts, OpenAI-style `messages`, the facade's `context`).
+const hasSystem = (request: GenerateRequest): boolean => {
+  if (request.system !== undefined) return true
+  if (request.messages !== undefined) for (const message of request.messages) if (message.role === "system") return true
+  return false
+}
+
 /**
- * Applies a domain to a request: its system prompt (unless the request has one), model
- * and sampling defaults.
+ * Applies a domain to a request: its system prompt (unless the request has one, as `system`
+ * or as a system message), model and sampling defaults.
  *
  * @since 0.1.0
  * @category utils
  */
 export const applyTo = (domain: Domain, request: GenerateRequest): GenerateRequest => ({
   ...request,
-  ...(request.system === undefined && domain.system !== undefined ? { system: domain.system } : {}),
+  ...(domain.system !== undefined && !hasSystem(request) ? { system: domain.system } : {}),
   ...(request.model === undefined && domain.model !== undefined ? { model: domain.model } : {}),
   ...(request.temperature === undefined && domain.temperature !== undefined ? { temperature: domain.temperature } : {}),
   ...(request.maxTokens === undefined && domain.maxTokens !== undefined ? { maxTokens: domain.maxTokens } : {})

@@ -157,4 +157,15 @@ describe("Domain.applyTo", () => {
       { prompt: "q", system: "own", model: "x", temperature: 1, maxTokens: 1 }
     )
   })
+
+  it("a system message in the conversation is the request's own system prompt: the domain's is not added", () => {
+    const domain: Domain.Domain = { name: "d", provider: "p", system: "S" }
+    const messages = [
+      { role: "system" as const, content: "mine" },
+      { role: "user" as const, content: "q" }
+    ]
+    assert.deepStrictEqual(Domain.applyTo(domain, { messages }), { messages })
+    const userOnly = [{ role: "user" as const, content: "q" }]
+    assert.deepStrictEqual(Domain.applyTo(domain, { messages: userOnly }), { messages: userOnly, system: "S" })
+  })
 })

@@ -1,6 +1,6 @@
 import { assert, describe, it } from "@effect/vitest"
 import { Effect, Layer, Stream } from "effect"
-import { LanguageModel } from "effect/ai"
+import { LanguageModel, type Prompt } from "effect/ai"
 import * as Mock from "../src/Model/Mock.js"
 import * as Orchestra from "../src/Orchestra.js"
 import * as Router from "../src/Router.js"
@@ -25,6 +25,37 @@ describe("Router.layerLanguageModel: a domain as an effect/ai LanguageModel", ()
       const stats = yield* Stats.snapshot({ domain: "backup" })
       assert.strictEqual(stats.fallbacks, 1)
     }).pipe(Effect.provide(Router.layerLanguageModel("primary").pipe(Layer.provideMerge(manager))))
+  )
+
+  it.effect("an effect/ai system message replaces the domain's system prompt; without one the domain's applies", () =>
+    Effect.gen(function* () {
+      const seen: Array<unknown> = []
+      const layer = Orchestra.layer({
+        providers: {
+          echo: Mock.layer({
+            name: "echo",
+            respond: (request) => {
+              seen.push({ system: request.system, roles: (request.messages ?? []).map((m) => m.role) })
+              return "ok"
+            }
+          })
+        },
+        domains: [{ name: "support", provider: "echo", system: "DOMAIN SYSTEM" }]
+      })
+      const ask = (prompt: Prompt.RawInput) =>
+        LanguageModel.generateText({ prompt }).pipe(
+          Effect.provide(Router.layerLanguageModel("support").pipe(Layer.provideMerge(layer)))
+        )
+      yield* ask([
+        { role: "system", content: "MY SYSTEM" },
+        { role: "user", content: "hi" }
+      ])
+      yield* ask("hi")
+      assert.deepStrictEqual(seen, [
+        { system: undefined, roles: ["system", "user"] },
+        { system: "DOMAIN SYSTEM", roles: ["user"] }
+      ])
+    })
   )
 
   it.effect("streamText streams through the same chain", () =>
