@@ -8,10 +8,10 @@
  *
  * @since 0.1.0
  */
-import { Context, type Duration, Effect, Layer, type Result, type Stream } from "effect"
+import { Context, type Duration, Effect, Layer, Result, type Stream } from "effect"
 import type { LanguageModel, Model as AiModel } from "effect/ai"
 import type { AiError, ModelError } from "./AiError.js"
-import { type Domain, Domains, Providers } from "./Domain.js"
+import { type Domain, Domains, type DomainsService, Providers } from "./Domain.js"
 import {
   type Answer as PlanAnswer,
   type ExecuteOptions,
@@ -20,6 +20,7 @@ import {
   type RetryInfo,
   type Step
 } from "./Executor.js"
+import * as Input from "./Input.js"
 import type { OptionError } from "./Input.js"
 import type * as EffectAi from "./Model/EffectAi.js"
 import type {
@@ -310,4 +311,34 @@ export const layerLanguageModel = (
     readonly stream?: StreamOptions | undefined
   } = {}
 ): Layer.Layer<LanguageModel.LanguageModel | AiModel.ProviderName, OptionError, Router> =>
-  Layer.unwrap(Effect.map(Router, (router) => languageModelLayer(router, domains, options)))
+  Layer.unwrap(
+    Effect.gen(function* () {
+      const router = yield* Router
+      const known = yield* Effect.serviceOption(Domains)
+      yield* checkDomainNames(domains, known._tag === "Some" ? known.value : undefined)
+      return languageModelLayer(router, domains, options)
+    })
+  )
+
+// The domains a LanguageModel layer serves, checked when it is built: a name, or a non-empty
+// list of names, each known to the manager when its domains are in context.
+const checkDomainNames = (domains: unknown, known: DomainsService | undefined): Effect.Effect<void, OptionError> => {
+  const names = typeof domains === "string" ? [domains] : Array.isArray(domains) ? domains : undefined
+  if (names === undefined || names.length === 0) {
+    return Input.orOptionError(
+      Result.fail({ path: "domains", message: "expected a domain name or a non-empty list of domain names" })
+    )
+  }
+  for (let i = 0; i < names.length; i++) {
+    const name: unknown = names[i]
+    const path = typeof domains === "string" ? "domains" : `domains[${i}]`
+    if (typeof name !== "string" || name.length === 0) {
+      return Input.orOptionError(Result.fail({ path, message: "expected a non-empty domain name" }))
+    }
+    if (known !== undefined && !known.all.some((domain) => domain.name === name)) {
+      const names = known.all.map((domain) => domain.name).join(", ")
+      return Input.orOptionError(Result.fail({ path, message: `unknown domain "${name}" (known: ${names})` }))
+    }
+  }
+  return Effect.void
+}

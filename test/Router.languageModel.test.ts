@@ -58,6 +58,22 @@ describe("Router.layerLanguageModel: a domain as an effect/ai LanguageModel", ()
     })
   )
 
+  it.effect("the domains are checked when the layer is built: an empty list or an unknown name names itself", () =>
+    Effect.gen(function* () {
+      const pathOf = (domains: string | ReadonlyArray<string>) =>
+        Effect.flip(Layer.build(Router.layerLanguageModel(domains).pipe(Layer.provide(manager)))).pipe(
+          Effect.map((error) => [error.path, error.message])
+        )
+      const [emptyPath] = yield* pathOf([])
+      assert.strictEqual(emptyPath, "domains")
+      assert.strictEqual((yield* pathOf(""))[0], "domains")
+      const [unknownPath, message] = yield* pathOf(["primary", "nope"])
+      assert.strictEqual(unknownPath, "domains[1]")
+      assert.include(message, 'unknown domain "nope"')
+      assert.strictEqual((yield* pathOf("nope"))[0], "domains")
+    }).pipe(Effect.scoped)
+  )
+
   it.effect("streamText streams through the same chain", () =>
     Effect.gen(function* () {
       const parts = yield* Stream.runCollect(LanguageModel.streamText({ prompt: "hello" }))

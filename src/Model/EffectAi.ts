@@ -54,6 +54,14 @@ export interface Options {
   /** The model reported when the answer names none. Default: `Model.ModelName` in context, else `unknown`. */
   readonly model?: string | undefined
   /**
+   * The model the `EmbeddingModel` in context serves (effect/ai does not name it): what
+   * embeddings report, and the only `model` an embedding request may ask for. Default:
+   * `model`.
+   *
+   * @since 0.3.0
+   */
+  readonly embeddingModel?: string | undefined
+  /**
    * Services added to every call, built from the request: the way to hand the settings
    * `LanguageModel` does not carry (model, temperature, max tokens, stop, seed) to your
    * provider package's config service. Without it those settings are not sent, and a

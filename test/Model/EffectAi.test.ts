@@ -421,7 +421,19 @@ describe("EffectAi.make (effect/ai LanguageModel as a ModelProvider)", () => {
         ] satisfies ReadonlyArray<EffectAi.Options>) {
           paths.push((yield* Effect.flip(EffectAi.make(options).pipe(Effect.provide(layer)))).path)
         }
-        assert.deepStrictEqual(paths, ["timeout", "streamIdleTimeout", "maxOutputChars", "maxConcurrency"])
+        // A misspelt option, a `context` that is not a function, no options object at all.
+        for (const options of [{ streamIdelTimeout: "1 second" }, { context: 5 }, null]) {
+          paths.push((yield* Effect.flip(EffectAi.make(options as never).pipe(Effect.provide(layer)))).path)
+        }
+        assert.deepStrictEqual(paths, [
+          "timeout",
+          "streamIdleTimeout",
+          "maxOutputChars",
+          "maxConcurrency",
+          "streamIdelTimeout",
+          "context",
+          "options"
+        ])
         const limited = yield* EffectAi.make({ maxConcurrency: 4 }).pipe(Effect.provide(layer))
         assert.strictEqual(limited.maxConcurrency, 4)
       })
@@ -446,6 +458,16 @@ describe("EffectAi.make (effect/ai LanguageModel as a ModelProvider)", () => {
           [2, 2]
         ])
         assert.deepStrictEqual([answer.usage?.inputTokens, answer.model], [9, "emb"])
+        // Another model's vectors are not comparable: refused, not answered under its name.
+        const other = (yield* Effect.flip(provider.embed({ texts: ["a"], model: "emb-large" }))) as ModelError
+        assert.deepStrictEqual([other.reason, other.field], ["InvalidRequest", "model"])
+        assert.strictEqual((yield* provider.embed({ texts: ["a"], model: "emb" })).model, "emb")
+        // The embedding model named apart from the language model.
+        const apart = yield* EffectAi.make({ model: "chat", embeddingModel: "emb" }).pipe(
+          Effect.provide(Layer.merge(layer, Layer.succeed(EmbeddingModel.EmbeddingModel, embeddings)))
+        )
+        assert.strictEqual((yield* apart.embed({ texts: ["a"], model: "emb" })).model, "emb")
+        assert.strictEqual((yield* apart.embed({ texts: ["a"] })).model, "emb")
       })
     )
 

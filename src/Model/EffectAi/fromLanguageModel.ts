@@ -26,22 +26,58 @@ const settingKeys = ["temperature", "maxTokens", "topP", "stop", "seed", "respon
  *
  * @internal
  */
+const OPTIONS = new Set([
+  "name",
+  "model",
+  "embeddingModel",
+  "context",
+  "timeout",
+  "streamIdleTimeout",
+  "maxOutputChars",
+  "maxConcurrency"
+])
+
+// A misspelt option (`streamIdelTimeout`) would otherwise leave its default in place unseen.
+const knownOptions = (options: object): Input.Checked<void> => {
+  if (typeof options !== "object" || options === null) {
+    return Result.fail({
+      path: "options",
+      message: `expected an object, got ${options === null ? "null" : typeof options}`
+    })
+  }
+  for (const key of Object.keys(options)) {
+    if (!OPTIONS.has(key)) return Result.fail({ path: key, message: "unknown option" })
+  }
+  return Result.succeed(undefined)
+}
+
 export const make = Effect.fnUntraced(function* (options: Options = {}) {
   const lm = yield* LanguageModel.LanguageModel
   const embedder = yield* Effect.serviceOption(EmbeddingModel.EmbeddingModel)
   const providerName = yield* Effect.serviceOption(AiModel.ProviderName)
   const modelName = yield* Effect.serviceOption(AiModel.ModelName)
+  yield* Input.orOptionError(knownOptions(options))
   const checked = yield* Input.orOptionError(
     Input.all([
+      options.context === undefined || typeof options.context === "function"
+        ? Result.succeed(undefined)
+        : Result.fail({
+            path: "context",
+            message: `expected a function from the request to a Context, got ${typeof options.context}`
+          }),
       Input.duration("timeout", options.timeout ?? defaults.timeout),
       Input.duration("streamIdleTimeout", options.streamIdleTimeout ?? defaults.streamIdleTimeout),
       Input.positiveInt("maxOutputChars", options.maxOutputChars ?? 1_000_000),
       Input.optional(options.maxConcurrency, (n) => Input.positiveInt("maxConcurrency", n)),
       nonEmpty("name", options.name ?? Option.getOrElse(providerName, () => "effect-ai")),
-      nonEmpty("model", options.model ?? Option.getOrElse(modelName, () => "unknown"))
+      nonEmpty("model", options.model ?? Option.getOrElse(modelName, () => "unknown")),
+      nonEmpty(
+        "embeddingModel",
+        options.embeddingModel ?? options.model ?? Option.getOrElse(modelName, () => "unknown")
+      )
     ])
   )
-  const [timeout, streamIdleTimeout, maxOutputChars, maxConcurrency, name, defaultModel] = checked
+  const [, timeout, streamIdleTimeout, maxOutputChars, maxConcurrency, name, defaultModel, embeddingModel] = checked
 
   /** What every call needs: the prompt, the toolkit, and the model to report. */
   const prepare = (request: Model.GenerateRequest) =>
@@ -207,7 +243,12 @@ export const make = Effect.fnUntraced(function* (options: Options = {}) {
     "EffectAi.embed",
     Effect.fnUntraced(function* (request: Model.EmbedRequest) {
       const valid = yield* Model.validateEmbed(request)
-      const ctx = { provider: name, model: valid.model ?? defaultModel }
+      const ctx = { provider: name, model: embeddingModel }
+      // The EmbeddingModel in context serves one model: vectors of another are not comparable,
+      // so a request for it is refused rather than answered under the name asked for.
+      if (valid.model !== undefined && valid.model !== embeddingModel) {
+        return yield* invalidRequest("model", `${name} embeds with ${embeddingModel}, not ${valid.model}`, name)
+      }
       if (Option.isNone(embedder)) {
         return yield* invalidRequest("texts", `no effect/ai EmbeddingModel was provided to ${name}`, name)
       }
