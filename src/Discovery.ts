@@ -247,7 +247,17 @@ export const make = Effect.fnUntraced(function* <E>(
       if (lastGood.size > capacity) lastGood.delete(lastGood.keys().next().value!)
       return endpoints
     })
-  const breaker = yield* CircuitBreaker.makeMemory(options.breaker ?? {})
+  const breaker = yield* CircuitBreaker.makeMemory(options.breaker ?? {}).pipe(
+    // The breaker's own option names, under `breaker.` (Discovery has a `timeout` of its own).
+    Effect.mapError((error) =>
+      error._tag === "OptionError"
+        ? new Input.OptionError({
+            path: `breaker.${error.path}`,
+            message: error.message.replace(`invalid ${error.path}:`, `invalid breaker.${error.path}:`)
+          })
+        : error
+    )
+  )
   const breakerKey = `discovery:${name}`
 
   const attempt = (query: Query): Effect.Effect<ReadonlyArray<Endpoint>, AiError> =>

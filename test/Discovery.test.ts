@@ -205,7 +205,10 @@ describe("Discovery.layer (your own lookup)", () => {
         [{ capacity: 0 }, "capacity"],
         [{ staleFor: -1 }, "staleFor"],
         [{ staleFor: "soon" }, "staleFor"],
-        [{ staleFor: Number.NaN }, "staleFor"]
+        [{ staleFor: Number.NaN }, "staleFor"],
+        // The breaker's options are named under `breaker.` (Discovery has a timeout of its own).
+        [{ breaker: { resetTimeout: -1 } }, "breaker.resetTimeout"],
+        [{ breaker: { failureThreshold: 3 } }, "breaker.failureThreshold"]
       ] as const) {
         const error = yield* Effect.flip(resolver(Discovery.layer(() => Effect.succeed([]), options as never)))
         assert.strictEqual((error as { readonly path: string }).path, path)

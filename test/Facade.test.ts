@@ -201,7 +201,7 @@ describe("createOrchestra", () => {
         ["context[0].role", o.execute!("x", { context: [{ role: "robot", content: "hi" }] })],
         ["context", o.execute!("x", { context: "hi" })],
         ["input", o.embed!(null)],
-        ["texts[0]", o.embed!([])],
+        ["texts", o.embed!([])],
         ["items", o.batch!(null)],
         ["concurrency", o.batch!(["a"], { concurrency: 0 })],
         // A getter that throws is the field's InvalidRequest, not a plain Error out of the call.

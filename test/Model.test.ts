@@ -61,4 +61,12 @@ describe("Model.validateGenerate", () => {
       assert.strictEqual(error.field, "texts")
     })
   )
+
+  it.effect("an empty embedding request says so, naming texts (not a missing texts[0])", () =>
+    Effect.gen(function* () {
+      const error = yield* Effect.flip(validateEmbed({ texts: [] as never }))
+      assert.strictEqual(error.field, "texts")
+      assert.include(error.message, "at least one text")
+    })
+  )
 })

@@ -157,7 +157,7 @@ describe("Router: bad input is a typed InvalidRequest naming the field, never a 
         ["options", router.hedge(ask, ["d-a", "d-b"], undefined as never)],
         ["after", router.hedge(ask, ["d-a", "d-b"], { after: -1 })],
         ["timeout", router.execute(ask, "d-a", { timeout: Number.NaN })],
-        ["texts[0]", router.embed({ texts: [] } as never, "d-a")]
+        ["texts", router.embed({ texts: [] } as never, "d-a")]
       ]
       for (const [field, effect] of cases) {
         const exit = yield* Effect.exit(effect)

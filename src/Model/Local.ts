@@ -14,8 +14,9 @@
  *
  * @since 0.1.0
  */
-import { Config, Effect, Layer, type Scope } from "effect"
+import { Config, Effect, Layer, Result, type Scope } from "effect"
 import type { ModelError } from "../AiError.js"
+import * as Input from "../Input.js"
 import type { OptionError, DurationInput } from "../Input.js"
 import { ModelProvider, type Service } from "../Model.js"
 import * as internal from "./local/provider.js"
@@ -120,7 +121,14 @@ export interface Options {
  * @category constructors
  */
 export const make = (options: Options = {}): Effect.Effect<Service, ModelError | OptionError, Scope.Scope> =>
-  internal.makeWith({ ...options, modelPath: options.modelPath ?? defaultModelPath })
+  typeof options !== "object" || options === null
+    ? Input.orOptionError(
+        Result.fail({
+          path: "options",
+          message: `expected an object, got ${options === null ? "null" : typeof options}`
+        })
+      )
+    : internal.makeWith({ ...options, modelPath: options.modelPath ?? defaultModelPath })
 
 /**
  * The local provider as the `ModelProvider` service.

@@ -144,6 +144,9 @@ export const validateEmbed = (
   if (typeof request !== "object" || request === null) {
     return refuse("request", `expected an object, got ${request === null ? "null" : typeof request}`)
   }
+  if (Array.isArray((request as { readonly texts?: unknown }).texts) && request.texts.length === 0) {
+    return refuse("texts", "expected at least one text")
+  }
   if (!isEmbed(request) || !hasOnlyKeys(request, embedKeys)) {
     const decoded = decodeEmbed(request)
     if (Result.isFailure(decoded)) return Effect.fail(shapeError(decoded.failure, "embedding request"))

@@ -249,6 +249,9 @@ describe("Local provider", () => {
         assert.strictEqual(error._tag, "OptionError", `${field}: ${error.message}`)
         if (error._tag === "OptionError") assert.strictEqual(error.path, field)
       }
+      // No options object at all (a JavaScript caller, a config that yields null).
+      const none = yield* Effect.flip(Effect.scoped(Local.make(null as never)))
+      assert.strictEqual(none._tag === "OptionError" && none.path, "options")
     })
   )
 
