@@ -255,6 +255,24 @@ describe("Local provider", () => {
     })
   )
 
+  it.effect(
+    "a prompt longer than the model's context is InvalidRequest before the prompt pass; the instance serves on",
+    () =>
+      Effect.gen(function* () {
+        const { model } = yield* build({ poolSize: 1 })
+        // ~5 tokens a word: 2,500 tokens, past tiny-gpt2's 2,048 positions (the prompt pass
+        // would block the process for seconds, and a real GPT-2 would fail inside ONNX).
+        const error = yield* Effect.flip(model.generate({ prompt: "word ".repeat(500), maxTokens: 5 }))
+        assert.strictEqual(error._tag, "ModelError")
+        if (error._tag === "ModelError") {
+          assert.strictEqual(error.reason, "InvalidRequest")
+          assert.match(error.message, /the prompt has \d+ tokens; model "tiny-gpt2" reads at most 2048/)
+        }
+        const after = yield* model.generate({ prompt: "Tell me a story: once", maxTokens: 5 })
+        assert.strictEqual(after.text, " upon a time")
+      })
+  )
+
   it.effect("ends with finishReason stop at the end-of-sequence token and at a stop sequence", () =>
     Effect.gen(function* () {
       const { model } = yield* build({})

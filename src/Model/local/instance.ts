@@ -32,6 +32,9 @@ export interface PretrainedModelLike {
   readonly config: {
     readonly is_encoder_decoder?: boolean
     readonly eos_token_id?: number | ReadonlyArray<number> | null
+    readonly n_positions?: number
+    readonly n_ctx?: number
+    readonly max_position_embeddings?: number
   }
   readonly generation_config?: { readonly eos_token_id?: number | ReadonlyArray<number> | null }
   (inputs: Encoded): Promise<{ readonly last_hidden_state?: TensorLike }>
@@ -117,6 +120,14 @@ const STEPS_PER_YIELD = 32
 
 class StopSequence extends Error {}
 class Aborted extends Error {}
+/** A prompt longer than the model's context: refused before the (synchronous) prompt pass. */
+class ContextExceeded extends Error {}
+
+/** The positions a model reads (its context), from its config; `undefined` when it does not say. */
+const contextOf = (config: PretrainedModelLike["config"]): number | undefined => {
+  const n = config.n_positions ?? config.n_ctx ?? config.max_position_embeddings
+  return typeof n === "number" && Number.isInteger(n) && n > 0 ? n : undefined
+}
 
 /** transformers.js keeps generated ids as numbers; convert only if a model hands back bigints. */
 const toNumbers = (ids: ReadonlyArray<number | bigint>): ReadonlyArray<number> =>
@@ -158,6 +169,7 @@ export interface InstanceParts {
 export const makeInstance = ({ lib, modelId, task, tokenizer, model, clock }: InstanceParts): Instance => {
   const eos = eosIds(model)
   const seq2seq = task === "text2text-generation"
+  const context = contextOf(model.config)
   const decode = (ids: ReadonlyArray<number>) => tokenizer.decode(ids, { skip_special_tokens: true })
   // What a yield to the event loop has been costing this instance (ms, moving average).
   let yieldCost = 0
@@ -173,6 +185,16 @@ export const makeInstance = ({ lib, modelId, task, tokenizer, model, clock }: In
     const prompt = promptOf(tokenizer, input.messages)
     const encoded = tokenizer(prompt, { add_special_tokens: seq2seq })
     const inputTokens = encoded.input_ids.dims.at(-1) ?? 0
+    // The prompt pass is one synchronous step that grows with the square of the prompt, and a
+    // model reading past its positions fails inside ONNX: a prompt that does not fit is refused
+    // here; a decoder-only model generates at most what is left of its context.
+    if (context !== undefined && inputTokens >= context) {
+      throw new ContextExceeded(
+        `the prompt has ${inputTokens} tokens; model "${modelId}" reads at most ${context}${seq2seq ? "" : ", its answer included"}`
+      )
+    }
+    const maxNewTokens =
+      seq2seq || context === undefined ? input.maxNewTokens : Math.min(input.maxNewTokens, context - inputTokens)
     // Decoder-only output repeats the prompt; encoder-decoder output starts with the decoder start token.
     const skip = seq2seq ? 1 : inputTokens
     // The ids of the sequence so far (prompt included for decoder-only models), as of the last step.
@@ -213,7 +235,7 @@ export const makeInstance = ({ lib, modelId, task, tokenizer, model, clock }: In
       }
     })
     const config: GenerationConfigLike = {
-      max_new_tokens: input.maxNewTokens,
+      max_new_tokens: maxNewTokens,
       do_sample: false,
       num_beams: 1,
       callback_function: track
@@ -311,7 +333,16 @@ export const makeInstance = ({ lib, modelId, task, tokenizer, model, clock }: In
         : abortable(
             (signal) => runGeneration(input, signal, options),
             (error): ModelError | ShuttingDownError =>
-              error instanceof ShuttingDownError ? error : generationFailure(error)
+              error instanceof ShuttingDownError
+                ? error
+                : error instanceof ContextExceeded
+                  ? new ModelError({
+                      reason: "InvalidRequest",
+                      message: error.message,
+                      model: modelId,
+                      field: "messages"
+                    })
+                  : generationFailure(error)
           ),
     embed: (texts) =>
       task !== "feature-extraction"
