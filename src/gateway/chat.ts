@@ -11,7 +11,7 @@
  *
  * @internal
  */
-import { type Cause, Effect, Exit, Pull, Stream, type Tracer } from "effect"
+import { type Cause, Effect, Exit, Pull, Stream } from "effect"
 import type { HttpServerRequest } from "effect/http"
 import { HttpServerResponse } from "effect/http"
 import { type AiError, ModelError, reasonOf } from "../AiError.js"
@@ -34,6 +34,7 @@ import {
   type KeyIdentity,
   onRequestEnd,
   readJson,
+  type RequestSpan,
   traced
 } from "./routes.js"
 import * as Sse from "./sse.js"
@@ -50,18 +51,21 @@ interface Ticket {
   closed: boolean
 }
 
-const annotate = (
-  span: Tracer.Span,
+// The answer's attributes, then the span's end: a success.
+const answeredWith = (
+  request: RequestSpan,
   provider: string,
   model: string,
   finishReason: string,
   usage: { readonly inputTokens: number; readonly outputTokens: number }
 ) => {
+  const span = request.span
   span.attribute("gen_ai.provider.name", provider)
   span.attribute("gen_ai.response.model", model)
   span.attribute("gen_ai.response.finish_reasons", [finishReason])
   span.attribute("gen_ai.usage.input_tokens", usage.inputTokens)
   span.attribute("gen_ai.usage.output_tokens", usage.outputTokens)
+  request.end(Exit.void)
 }
 
 /**
@@ -166,18 +170,21 @@ export const make = (env: Env) => {
     target: Target,
     request: GenerateRequest,
     reserved: Ticket | undefined,
-    span: Tracer.Span | undefined
+    span: RequestSpan | undefined
   ) =>
     Effect.gen(function* () {
       const tracker: Tracker = { upstreamMs: 0 }
       const exit = yield* cuttable(entry, Effect.provideService(call(target, request), CurrentTracker, tracker))
       if (Exit.isFailure(exit)) {
+        span?.end(exit)
         yield* release(reserved)
         if (entry.cut) return answered(env, "chat", started, draining(env), tracker.upstreamMs)
         return answered(env, "chat", started, failure(env, yield* errorOf(exit.cause)), tracker.upstreamMs)
       }
       const { response, headers } = exit.value
-      if (span !== undefined) annotate(span, response.provider, response.model, response.finishReason, response.usage)
+      if (span !== undefined) {
+        answeredWith(span, response.provider, response.model, response.finishReason, response.usage)
+      }
       yield* settle(reserved, { inputTokens: response.usage.inputTokens, outputTokens: response.usage.outputTokens })
       metrics.tokens(response.usage.inputTokens, response.usage.outputTokens)
       const body = Wire.chatCompletion(env.nextId("chatcmpl-"), created(), model, response)
@@ -193,7 +200,7 @@ export const make = (env: Env) => {
     target: Target,
     request: GenerateRequest,
     reserved: Ticket | undefined,
-    span: Tracer.Span | undefined
+    span: RequestSpan | undefined
   ) =>
     Effect.gen(function* () {
       const tracker: Tracker = { upstreamMs: 0 }
@@ -215,6 +222,7 @@ export const make = (env: Env) => {
         const error: AiError = Pull.isDoneCause(first.cause)
           ? new ModelError({ reason: "Transport", message: "the stream ended before its first event" })
           : yield* errorOf(first.cause as Cause.Cause<AiError>)
+        span?.end(Exit.fail(error))
         return answered(env, "chat_stream", started, failure(env, error), tracker.upstreamMs)
       }
       let ended = false
@@ -228,16 +236,18 @@ export const make = (env: Env) => {
             case "Finished": {
               const usage = ending.finish.usage
               const finish = ending.finish
-              if (span !== undefined) annotate(span, finish.provider, finish.model, finish.finishReason, usage)
+              if (span !== undefined) answeredWith(span, finish.provider, finish.model, finish.finishReason, usage)
               metrics.tokens(usage.inputTokens, usage.outputTokens)
               metrics.answered("chat_stream", 200, elapsed, undefined)
               return settle(reserved, { inputTokens: usage.inputTokens, outputTokens: usage.outputTokens })
             }
             case "Failed":
+              span?.end(Exit.fail(ending.error))
               metrics.failed(reasonOf(ending.error))
               metrics.answered("chat_stream", 200, elapsed, undefined)
               return settleCut(reserved, ending.outputChars)
             case "Cancelled":
+              span?.end(Exit.interrupt())
               metrics.failed("ClientClosed")
               metrics.answered("chat_stream", 499, elapsed, undefined)
               return settleCut(reserved, ending.outputChars)

@@ -70,15 +70,22 @@ export const make = (env: Env) => {
         "gen_ai.request.model": call.model,
         ...(key === undefined ? {} : { "orchestra.key.id": key.id })
       }
-      return yield* traced(`embeddings ${call.model}`, attributes, () =>
+      return yield* traced(`embeddings ${call.model}`, attributes, (span) =>
         Effect.gen(function* () {
           const tracker: Tracker = { upstreamMs: 0 }
           const exit = yield* cuttable(entry, Effect.provideService(embed(target, valid), CurrentTracker, tracker))
           if (Exit.isFailure(exit)) {
+            span?.end(exit)
             const answer = entry.cut ? draining(env) : failure(env, yield* errorOf(exit.cause))
             return answered(env, "embeddings", started, answer, tracker.upstreamMs)
           }
           const usage = { inputTokens: exit.value.usage?.inputTokens ?? inputTokens, outputTokens: 0 }
+          if (span !== undefined) {
+            span.span.attribute("gen_ai.provider.name", exit.value.provider)
+            span.span.attribute("gen_ai.response.model", exit.value.model)
+            span.span.attribute("gen_ai.usage.input_tokens", usage.inputTokens)
+            span.end(exit)
+          }
           if (!closed && keys !== undefined) {
             closed = true
             yield* keys.settle(reservation, usage)

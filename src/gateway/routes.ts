@@ -5,7 +5,7 @@
  *
  * @internal
  */
-import { Cause, type Clock, Effect, Exit, Fiber, Option, Redacted, Result, Scope, type Tracer } from "effect"
+import { Cause, Clock, Effect, Exit, Fiber, Option, Redacted, Result, Scope, type Tracer } from "effect"
 import * as ByteSize from "effect/ByteSize"
 import { HttpIncomingMessage, HttpServerError, type HttpServerRequest, HttpServerResponse } from "effect/http"
 import type { AiError } from "../AiError.js"
@@ -16,7 +16,7 @@ import type { Entry, Lifecycle } from "./lifecycle.js"
 import type { GatewayMetrics, Route } from "./metrics.js"
 import type { Resolved } from "./options.js"
 import { millis, type Upstream } from "./upstream.js"
-import { isTraced } from "../policy/span.js"
+import { endSpan, isTraced } from "../policy/span.js"
 
 /**
  * The identity a key store gives a request's key (the `KeyContext` of the key store,
@@ -233,23 +233,41 @@ export const errorOf = <E>(cause: Cause.Cause<E>): Effect.Effect<E, never> =>
   })
 
 /**
- * `effect` in a span named `name` with `attributes` when the server is traced (a parent
- * span exists); as is otherwise, so untraced servers pay nothing for it.
+ * The span of a model request, which the request ends when its answer is known: a stream's
+ * when its body ends (after the route's effect has returned), a failure answered with a
+ * status as the error it is.
  *
  * @internal
  */
-export const traced = <A, E, R>(
+export interface RequestSpan {
+  readonly span: Tracer.Span
+  /** Ends the span with the request's outcome (once; later calls do nothing). */
+  readonly end: (exit: Exit.Exit<unknown, AiError>) => void
+}
+
+/**
+ * `effect` in a span named `name` with `attributes` when the server is traced (a parent
+ * span exists); as is otherwise, so untraced servers pay nothing for it. `effect` ends the
+ * span ({@link RequestSpan}); a failure or an interruption of `effect` ends it here.
+ *
+ * @internal
+ */
+export const traced = <A, E extends AiError, R>(
   name: string,
   attributes: Record<string, unknown>,
-  effect: (span: Tracer.Span | undefined) => Effect.Effect<A, E, R>
+  effect: (span: RequestSpan | undefined) => Effect.Effect<A, E, R>
 ): Effect.Effect<A, E, R> =>
-  Effect.withFiber((fiber) =>
-    isTraced(fiber)
-      ? Effect.useSpan(name, { attributes, kind: "internal" }, (span) =>
-          Effect.withParentSpan(effect(span), span, { captureStackTrace: false })
-        )
-      : effect(undefined)
-  )
+  Effect.withFiber((fiber) => {
+    if (!isTraced(fiber)) return effect(undefined)
+    const clock = fiber.getRef(Clock.Clock)
+    return Effect.flatMap(Effect.makeSpan(name, { attributes, kind: "internal" }), (span) => {
+      const request: RequestSpan = { span, end: (exit) => endSpan(span, clock, exit) }
+      return Effect.onExit(Effect.withParentSpan(effect(request), span, { captureStackTrace: false }), (exit) => {
+        if (Exit.isFailure(exit)) request.end(exit)
+        return Effect.void
+      })
+    })
+  })
 
 /**
  * Runs `finalizer` when the request's scope ends. Unlike `Effect.addFinalizer`, it does not

@@ -5,7 +5,8 @@
  *
  * @internal
  */
-import { Context, Effect, type Fiber, References, Tracer } from "effect"
+import { Cause, type Clock, Context, Effect, Exit, type Fiber, References, Tracer } from "effect"
+import { type AiError, reasonOf } from "../AiError.js"
 
 /**
  * Whether a span made on `fiber` would reach anyone: the fiber is in a span, tracing is
@@ -57,3 +58,28 @@ export const tracedWith = <A, E, R, C>(
   Effect.withFiber((fiber) =>
     isTraced(fiber) ? Effect.withSpan(effect, name, { attributes: attributes(context) }) : effect
   )
+
+/**
+ * The `error.type` of a failed exit (its error's reason), or undefined: a success, an
+ * interruption or a defect.
+ *
+ * @internal
+ */
+export const errorTypeOf = (exit: Exit.Exit<unknown, AiError>): string | undefined => {
+  if (Exit.isSuccess(exit)) return undefined
+  const error = Cause.findErrorOption(exit.cause)
+  return error._tag === "Some" ? reasonOf(error.value) : undefined
+}
+
+/**
+ * Ends a span made by hand (one whose end is not an effect's: a stream's, an answer's
+ * body) with `exit`, a failure with its `error.type`; a span already ended is left as is.
+ *
+ * @internal
+ */
+export const endSpan = (span: Tracer.Span, clock: Clock.Clock, exit: Exit.Exit<unknown, AiError>): void => {
+  if (span.status._tag === "Ended") return
+  const errorType = errorTypeOf(exit)
+  if (errorType !== undefined) span.attribute("error.type", errorType)
+  span.end(clock.currentTimeNanosUnsafe(), exit)
+}

@@ -5,7 +5,7 @@
  * secret anywhere.
  */
 import { assert, describe, it } from "@effect/vitest"
-import { Effect, Tracer } from "effect"
+import { Effect, Exit, Tracer } from "effect"
 import * as Server from "../utils/httpServer.js"
 import * as Harness from "./harness.js"
 import * as Up from "./upstream.js"
@@ -160,6 +160,75 @@ describe("Gateway: traces", () => {
       )
       assert.notInclude(dump, "sk-traced-key-55")
       assert.notInclude(dump, Harness.UPSTREAM_KEY)
+    })
+  )
+
+  it.live("a stream's span covers the stream and has the chat's attributes; a failed request's span is an error", () =>
+    Effect.gen(function* () {
+      const spans: Array<Tracer.NativeSpan> = []
+      const tracer = Tracer.make({
+        span(options) {
+          const span = new Tracer.NativeSpan(options)
+          spans.push(span)
+          return span
+        }
+      })
+      // Each event 40 ms after the last: the stream takes ~240 ms after its first event.
+      const slow = yield* Server.make((request, response) =>
+        (request.json as { readonly stream?: boolean }).stream === true
+          ? Server.chunked(
+              response,
+              [...Up.streamEvents(["a", "b", "c"])].map((e) => Server.sse([e])),
+              {
+                pauseMs: 40
+              }
+            )
+          : Server.json(response, 200, Up.completion("ok"))
+      )
+      const down = yield* Server.make((_, res) => Server.json(res, 503, { error: { message: "down" } }))
+      const gw = yield* Harness.make({ upstreams: { a: slow.url, b: down.url }, tracer })
+      const client = gw.client()
+      const chunks = yield* Harness.call(async () => {
+        const stream = await client.chat.completions.create({
+          model: "d-a",
+          messages: hi,
+          stream: true,
+          stream_options: { include_usage: true }
+        })
+        let n = 0
+        for await (const _ of stream) n++
+        return n
+      })
+      assert.isAbove(chunks, 3)
+      yield* Harness.failing(() => client.chat.completions.create({ model: "d-b", messages: hi }))
+      yield* Harness.failing(() => client.chat.completions.create({ model: "d-b", messages: hi, stream: true }))
+      yield* Harness.failing(() => client.embeddings.create({ model: "d-b", input: ["x"] }))
+      yield* Harness.eventually(
+        () => spans.filter((s) => s.name.endsWith(" d-b") && s.status._tag === "Ended").length === 3
+      )
+      const [streamed, failed, failedStream] = spans.filter((s) => s.name.startsWith("chat "))
+      const ended = (span: Tracer.NativeSpan) => {
+        assert(span.status._tag === "Ended")
+        return span.status
+      }
+
+      assert.strictEqual(streamed!.name, "chat d-a")
+      const streamEnd = ended(streamed!)
+      assert.isTrue(Exit.isSuccess(streamEnd.exit))
+      assert.isAtLeast(Number(streamEnd.endTime - streamEnd.startTime) / 1e6, 150)
+      assert.strictEqual(streamed!.attributes.get("gen_ai.operation.name"), "chat")
+      assert.strictEqual(streamed!.attributes.get("gen_ai.provider.name"), "a")
+      assert.strictEqual(streamed!.attributes.get("gen_ai.response.model"), "upstream-model")
+      assert.deepStrictEqual(streamed!.attributes.get("gen_ai.response.finish_reasons"), ["stop"])
+      assert.strictEqual(streamed!.attributes.get("gen_ai.usage.input_tokens"), 9)
+      assert.strictEqual(streamed!.attributes.get("gen_ai.usage.output_tokens"), 4)
+
+      const failedEmbed = spans.find((s) => s.name === "embeddings d-b")!
+      for (const span of [failed!, failedStream!, failedEmbed]) {
+        assert.isTrue(Exit.isFailure(ended(span).exit))
+        assert.strictEqual(span.attributes.get("error.type"), "Unavailable")
+        assert.isUndefined(span.attributes.get("gen_ai.response.model"))
+      }
     })
   )
 })
