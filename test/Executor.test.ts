@@ -1,5 +1,5 @@
 import { assert, describe, it } from "@effect/vitest"
-import { Context, Duration, Effect, Fiber, Metric, Result, Tracer } from "effect"
+import { Context, Duration, Effect, Exit, Fiber, Metric, Result, Stream, Tracer } from "effect"
 import { TestClock } from "effect/testing"
 import type { AiError } from "../src/AiError.js"
 import type * as Executor from "../src/Executor.js"
@@ -441,5 +441,92 @@ describe("spans", () => {
         yield* executor.execute(ask).pipe(Effect.provideService(Tracer.Tracer, tracer))
         assert.deepStrictEqual(spans.length, 0)
       })
+  )
+
+  const recording = () => {
+    const spans: Array<Tracer.NativeSpan> = []
+    const tracer = Tracer.make({
+      span(options) {
+        const span = new Tracer.NativeSpan(options)
+        spans.push(span)
+        return span
+      }
+    })
+    return { spans, tracer }
+  }
+  const parentOf = (span: Tracer.NativeSpan) => (span.parent._tag === "Some" ? span.parent.value.spanId : undefined)
+  const exitOf = (span: Tracer.NativeSpan) => {
+    assert(span.status._tag === "Ended", `${span.name} ended`)
+    return span.status.exit
+  }
+
+  it.effect("an attempt's span has the call's gen_ai.* attributes, its answer's, or its error's type", () =>
+    Effect.gen(function* () {
+      const { executor } = yield* setup({ script: [Outcome.fail("Overloaded"), Outcome.succeed("ok")] })
+      const { spans, tracer } = recording()
+      yield* executor.execute(ask, { retry: { initialDelay: 1, jitter: 0 } }).pipe(
+        Effect.withSpan("caller"),
+        Effect.provideService(Tracer.Tracer, tracer),
+        Effect.forkChild,
+        Effect.flatMap((f) => Effect.andThen(TestClock.adjust(10), Fiber.join(f)))
+      )
+      const [failed, answered] = spans.filter((s) => s.name === "Policy.attempt")
+      for (const attempt of [failed!, answered!]) {
+        assert.strictEqual(attempt.attributes.get("gen_ai.operation.name"), "chat")
+        assert.strictEqual(attempt.attributes.get("gen_ai.provider.name"), "mock")
+        assert.strictEqual(attempt.attributes.get("gen_ai.request.model"), "mock-model")
+      }
+      assert.isTrue(Exit.isFailure(exitOf(failed!)))
+      assert.strictEqual(failed!.attributes.get("error.type"), "Overloaded")
+      assert.isUndefined(failed!.attributes.get("gen_ai.response.model"))
+      assert.isTrue(Exit.isSuccess(exitOf(answered!)))
+      assert.strictEqual(answered!.attributes.get("gen_ai.response.model"), "mock-model")
+      assert.deepStrictEqual(answered!.attributes.get("gen_ai.response.finish_reasons"), ["stop"])
+      assert.isNumber(answered!.attributes.get("gen_ai.usage.input_tokens"))
+      assert.isNumber(answered!.attributes.get("gen_ai.usage.output_tokens"))
+
+      spans.length = 0
+      yield* executor
+        .embed({ texts: ["a"] })
+        .pipe(Effect.withSpan("caller"), Effect.provideService(Tracer.Tracer, tracer))
+      const embedAttempt = spans.find((s) => s.name === "Policy.attempt")!
+      assert.strictEqual(embedAttempt.attributes.get("gen_ai.operation.name"), "embeddings")
+      assert.isDefined(embedAttempt.attributes.get("gen_ai.response.model"))
+    })
+  )
+
+  it.effect("a traced stream gets an Executor.stream span and a Policy.attempt span per attempt; untraced, none", () =>
+    Effect.gen(function* () {
+      const { executor } = yield* setup({ script: [Outcome.fail("Overloaded"), Outcome.succeed("streamed")] })
+      const { spans, tracer } = recording()
+      yield* Stream.runDrain(executor.stream(ask, { retry: { initialDelay: 1, jitter: 0 } })).pipe(
+        Effect.withSpan("caller"),
+        Effect.provideService(Tracer.Tracer, tracer),
+        Effect.forkChild,
+        Effect.flatMap((f) => Effect.andThen(TestClock.adjust(10), Fiber.join(f)))
+      )
+      assert.deepStrictEqual(
+        spans.map((s) => s.name),
+        ["caller", "Executor.stream", "Policy.attempt", "Policy.attempt"]
+      )
+      const [caller, stream, failed, answered] = spans
+      assert.strictEqual(parentOf(stream!), caller!.spanId)
+      assert.strictEqual(parentOf(failed!), stream!.spanId)
+      assert.strictEqual(parentOf(answered!), stream!.spanId)
+      assert.strictEqual(stream!.attributes.get("gen_ai.operation.name"), "chat")
+      assert.strictEqual(stream!.attributes.get("gen_ai.provider.name"), "mock")
+      assert.isTrue(Exit.isSuccess(exitOf(stream!)))
+      assert.isTrue(Exit.isFailure(exitOf(failed!)))
+      assert.strictEqual(failed!.attributes.get("error.type"), "Overloaded")
+      assert.isTrue(Exit.isSuccess(exitOf(answered!)))
+      assert.strictEqual(answered!.attributes.get("gen_ai.operation.name"), "chat")
+      assert.strictEqual(answered!.attributes.get("gen_ai.request.model"), "mock-model")
+      assert.strictEqual(answered!.attributes.get("gen_ai.response.model"), "mock-model")
+      assert.isNumber(answered!.attributes.get("gen_ai.usage.output_tokens"))
+
+      spans.length = 0
+      yield* Stream.runDrain(executor.stream(ask)).pipe(Effect.provideService(Tracer.Tracer, tracer))
+      assert.strictEqual(spans.length, 0)
+    })
   )
 })

@@ -1,5 +1,5 @@
 import { assert, describe, it } from "@effect/vitest"
-import { Effect, Exit, Fiber, Result, Stream } from "effect"
+import { Effect, Exit, Fiber, Result, Stream, Tracer } from "effect"
 import { TestClock } from "effect/testing"
 import type { AiError } from "../src/AiError.js"
 import type { StreamPart } from "../src/Model.js"
@@ -495,6 +495,47 @@ describe("Router with breakers and a cache", () => {
 })
 
 describe("Router.stream", () => {
+  it.effect("a traced stream's fallback shows in its spans: Router.stream, Executor.stream, an attempt per step", () =>
+    Effect.gen(function* () {
+      const { router } = yield* makeManager(
+        { a: { script: [Outcome.fail("Overloaded")] }, b: { script: [Outcome.succeed("from b")] } },
+        {
+          domains: [
+            { name: "first", provider: "a", fallback: ["second"] },
+            { name: "second", provider: "b", model: "b-large" }
+          ]
+        }
+      )
+      const spans: Array<Tracer.NativeSpan> = []
+      const tracer = Tracer.make({
+        span(options) {
+          const span = new Tracer.NativeSpan(options)
+          spans.push(span)
+          return span
+        }
+      })
+      const parts = yield* Stream.runCollect(router.stream(ask, "first")).pipe(
+        Effect.withSpan("caller"),
+        Effect.provideService(Tracer.Tracer, tracer)
+      )
+      assert.strictEqual(textOf(parts), "from b")
+      assert.deepStrictEqual(
+        spans.map((s) => s.name),
+        ["caller", "Router.stream", "Executor.stream", "Policy.attempt", "Policy.attempt"]
+      )
+      const [, routed, stream, onA, onB] = spans
+      const parentOf = (span: Tracer.NativeSpan) => (span.parent._tag === "Some" ? span.parent.value.spanId : undefined)
+      assert.strictEqual(parentOf(stream!), routed!.spanId)
+      assert.strictEqual(parentOf(onA!), stream!.spanId)
+      assert.strictEqual(parentOf(onB!), stream!.spanId)
+      assert.strictEqual(onA!.attributes.get("orchestra.domain"), "first")
+      assert.strictEqual(onA!.attributes.get("error.type"), "Overloaded")
+      assert.strictEqual(onB!.attributes.get("orchestra.domain"), "second")
+      assert.strictEqual(onB!.attributes.get("gen_ai.request.model"), "b-large")
+      for (const span of spans) assert.strictEqual(span.status._tag, "Ended", span.name)
+    })
+  )
+
   it.effect("applies the domain's system prompt and falls back along its chain before the first chunk", () =>
     Effect.gen(function* () {
       const { router, controls } = yield* makeManager(

@@ -7,12 +7,36 @@
  */
 import { Effect, Result } from "effect"
 import { invalidRequest } from "../AiError.js"
-import type { ExecuteOptions, Service, Step } from "../Executor.js"
-import { type EmbedRequest, type RequestLimits, type Service as ProviderService, validateEmbed } from "../Model.js"
+import type { ExecuteOptions, Plan, Service, Step } from "../Executor.js"
+import {
+  type EmbedRequest,
+  type EmbedResponse,
+  type RequestLimits,
+  type Service as ProviderService,
+  validateEmbed
+} from "../Model.js"
 import type { Engine } from "../policy/engine.js"
-import { traced } from "../policy/span.js"
+import type { Telemetry } from "../policy/plan.js"
+import { isTraced } from "../policy/span.js"
 import type { ResolveSync } from "./options.js"
 import type { Refused } from "./refusal.js"
+
+// An embedding has no output tokens or finish reason.
+const responseAttributes = (response: EmbedResponse): Record<string, unknown> =>
+  response.usage === undefined
+    ? { "gen_ai.response.model": response.model }
+    : { "gen_ai.response.model": response.model, "gen_ai.usage.input_tokens": response.usage.inputTokens }
+
+/**
+ * What an embeddings call's attempts tell in their spans.
+ *
+ * @internal
+ */
+export const embedTelemetry = (request: EmbedRequest): Telemetry<ProviderService, EmbedResponse> => ({
+  operation: "embeddings",
+  requestModel: (step) => request.model ?? step.target.defaultModel,
+  response: responseAttributes
+})
 
 /**
  * Builds an executor's `embed`.
@@ -38,26 +62,35 @@ export const make = (env: {
       }
       return Effect.matchEffect(validateEmbed(request, limits), {
         onFailure: (error) => refused(error, target, callOptions.domain),
-        onSuccess: (valid) => {
-          // Embeddings skip the provider slot: a provider batches concurrent embed calls itself
-          // (the local model gathers them into one inference), which a slot of one would serialise.
-          const step: Step<ProviderService> = {
-            ...stepFor(target, { domain: callOptions.domain }),
-            timeout: resolved.success.timeout,
-            retry: resolved.success.retry,
-            maxConcurrency: undefined
-          }
-          return traced(
-            "Executor.embed",
-            () => ({
-              "gen_ai.operation.name": "embeddings",
-              "gen_ai.provider.name": target.name,
-              "gen_ai.request.model": valid.model ?? target.defaultModel,
-              "orchestra.domain": callOptions.domain ?? "none"
-            }),
-            engine.runValue({ steps: [step], totalTimeout: resolved.success.totalTimeout }, (p) => p.embed(valid))
-          )
-        }
+        onSuccess: (valid) =>
+          Effect.withFiber((fiber) => {
+            // Embeddings skip the provider slot: a provider batches concurrent embed calls itself
+            // (the local model gathers them into one inference), which a slot of one would serialise.
+            const step: Step<ProviderService> = {
+              ...stepFor(target, { domain: callOptions.domain }),
+              timeout: resolved.success.timeout,
+              retry: resolved.success.retry,
+              maxConcurrency: undefined
+            }
+            const plan: Plan<ProviderService, EmbedResponse> = {
+              steps: [step],
+              totalTimeout: resolved.success.totalTimeout
+            }
+            const call = (p: ProviderService) => p.embed(valid)
+            if (!isTraced(fiber)) return engine.runValueIn(fiber, plan, call)
+            return Effect.withSpan(
+              engine.runValueIn(fiber, { ...plan, telemetry: embedTelemetry(valid) }, call),
+              "Executor.embed",
+              {
+                attributes: {
+                  "gen_ai.operation.name": "embeddings",
+                  "gen_ai.provider.name": target.name,
+                  "gen_ai.request.model": valid.model ?? target.defaultModel,
+                  "orchestra.domain": callOptions.domain ?? "none"
+                }
+              }
+            )
+          })
       })
     })
 

@@ -8,9 +8,17 @@
 import { Effect, Result } from "effect"
 import { invalidRequest } from "../AiError.js"
 import type { ExecuteOptions } from "../Executor.js"
-import { checkGenerate, type GenerateRequest, type RequestLimits, type Service as ProviderService } from "../Model.js"
+import {
+  checkGenerate,
+  type GenerateRequest,
+  type GenerateResponse,
+  type RequestLimits,
+  type Service as ProviderService
+} from "../Model.js"
 import type { Engine } from "../policy/engine.js"
-import { isTraced } from "../policy/span.js"
+import type { Telemetry } from "../policy/plan.js"
+import { answerAttributes, isTraced } from "../policy/span.js"
+import type { StreamStep } from "../policy/stream-plan.js"
 import type { ResolveSync } from "./options.js"
 import type { PlanOf } from "./plan.js"
 import type { Refused } from "./refusal.js"
@@ -21,6 +29,20 @@ import type { Refused } from "./refusal.js"
  * @internal
  */
 export const generateOf = (request: GenerateRequest) => (p: ProviderService) => p.generate(request)
+
+const responseAttributes = (response: GenerateResponse) => answerAttributes(response)
+
+/**
+ * What a generate call's attempts tell in their spans: the model each step asks for (a
+ * domain's step may set it), the answer's model, usage and finish reason.
+ *
+ * @internal
+ */
+export const chatTelemetry = (request: GenerateRequest): Telemetry<ProviderService, GenerateResponse> => ({
+  operation: "chat",
+  requestModel: (step) => ((step as StreamStep).prepare?.(request) ?? request).model ?? step.target.defaultModel,
+  response: responseAttributes
+})
 
 const executeAttributes = (target: ProviderService, request: GenerateRequest, domain: string | undefined) => ({
   "gen_ai.operation.name": "chat",
@@ -55,13 +77,14 @@ export const make = (env: {
       }
       const error = checkGenerate(request, limits)
       if (error !== undefined) return refused(error, target, callOptions.domain)
-      const call = engine.runValueIn(fiber, planOf(target, request, callOptions, resolved.success), generateOf(request))
+      const plan = planOf(target, request, callOptions, resolved.success)
       // A span only for a traced caller (a span costs more than an instant call).
-      return isTraced(fiber)
-        ? Effect.withSpan(call, "Executor.execute", {
-            attributes: executeAttributes(target, request, callOptions.domain)
-          })
-        : call
+      if (!isTraced(fiber)) return engine.runValueIn(fiber, plan, generateOf(request))
+      return Effect.withSpan(
+        engine.runValueIn(fiber, { ...plan, telemetry: chatTelemetry(request) }, generateOf(request)),
+        "Executor.execute",
+        { attributes: executeAttributes(target, request, callOptions.domain) }
+      )
     })
 
   const withRetry: ExecuteOptions = { retry: true }

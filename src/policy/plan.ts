@@ -102,6 +102,23 @@ export interface Plan<T, A> {
   readonly usageOf?:
     | ((value: A) => { readonly inputTokens: number; readonly outputTokens: number } | undefined)
     | undefined
+  /** What the attempts' spans say of the call; set only for a traced caller. */
+  readonly telemetry?: Telemetry<T, A> | undefined
+}
+
+/**
+ * The `gen_ai.*` attributes of a call's attempts (OpenTelemetry's GenAI conventions), read
+ * only when an attempt has a span.
+ *
+ * @internal
+ */
+export interface Telemetry<T, A> {
+  /** `gen_ai.operation.name`: `chat`, `embeddings`. */
+  readonly operation: string
+  /** `gen_ai.request.model`: the model an attempt on `step` asks for. */
+  readonly requestModel: (step: Step<T>) => string | undefined
+  /** What an answer tells: `gen_ai.response.model`, `gen_ai.usage.*`, `gen_ai.response.finish_reasons`. */
+  readonly response: (value: A) => Record<string, unknown>
 }
 
 /**

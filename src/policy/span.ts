@@ -44,22 +44,6 @@ export const traced = <A, E, R>(
   Effect.withFiber((fiber) => (isTraced(fiber) ? Effect.withSpan(effect, name, { attributes: attributes() }) : effect))
 
 /**
- * {@link traced} with the attributes computed from `context` by a function made once, so a
- * hot path allocates no closure for them.
- *
- * @internal
- */
-export const tracedWith = <A, E, R, C>(
-  name: string,
-  attributes: (context: C) => Record<string, unknown>,
-  context: C,
-  effect: Effect.Effect<A, E, R>
-): Effect.Effect<A, E, R> =>
-  Effect.withFiber((fiber) =>
-    isTraced(fiber) ? Effect.withSpan(effect, name, { attributes: attributes(context) }) : effect
-  )
-
-/**
  * The `error.type` of a failed exit (its error's reason), or undefined: a success, an
  * interruption or a defect.
  *
@@ -83,3 +67,23 @@ export const endSpan = (span: Tracer.Span, clock: Clock.Clock, exit: Exit.Exit<u
   if (errorType !== undefined) span.attribute("error.type", errorType)
   span.end(clock.currentTimeNanosUnsafe(), exit)
 }
+
+/**
+ * The `gen_ai.*` attributes of an answer: a response, an embedding, a stream's `Finish`.
+ *
+ * @internal
+ */
+export const answerAttributes = (answer: {
+  readonly model: string
+  readonly finishReason?: string | undefined
+  readonly usage?: { readonly inputTokens: number; readonly outputTokens: number } | undefined
+}): Record<string, unknown> => ({
+  "gen_ai.response.model": answer.model,
+  ...(answer.finishReason === undefined ? {} : { "gen_ai.response.finish_reasons": [answer.finishReason] }),
+  ...(answer.usage === undefined
+    ? {}
+    : {
+        "gen_ai.usage.input_tokens": answer.usage.inputTokens,
+        "gen_ai.usage.output_tokens": answer.usage.outputTokens
+      })
+})

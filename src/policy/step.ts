@@ -19,13 +19,45 @@ import { schedule as retrySchedule } from "../Policy.js"
 import type { Series } from "../stats/series.js"
 import { cutByShutdown, unexpected } from "./failure.js"
 import type * as Deadline from "./deadline.js"
-import type { Cut, Plan, Step } from "./plan.js"
-import { tracedWith } from "./span.js"
+import type { Cut, Plan, Step, Telemetry } from "./plan.js"
+import { isTraced } from "./span.js"
 
-const attemptAttributes = (step: Step<unknown>) => ({
-  "gen_ai.provider.name": step.name,
-  "orchestra.domain": step.domain ?? "none"
-})
+/**
+ * The attributes of an attempt's span on `step`: its provider and domain, and what is known
+ * of the call before it runs (its operation, the model it asks for).
+ *
+ * @internal
+ */
+export const attemptAttributes = (
+  step: Step<unknown>,
+  operation: string | undefined,
+  requestModel: string | undefined
+): Record<string, unknown> => {
+  const attributes: Record<string, unknown> = {
+    "gen_ai.provider.name": step.name,
+    "orchestra.domain": step.domain ?? "none"
+  }
+  if (operation !== undefined) attributes["gen_ai.operation.name"] = operation
+  if (requestModel !== undefined) attributes["gen_ai.request.model"] = requestModel
+  return attributes
+}
+
+// An attempt in its span, which its answer's attributes or its error's type complete.
+const spanned = <T, A>(
+  step: Step<T>,
+  telemetry: Telemetry<T, A> | undefined,
+  effect: Effect.Effect<A, AiError>
+): Effect.Effect<A, AiError> =>
+  Effect.withSpan(
+    effect.pipe(
+      Effect.tap((value) =>
+        telemetry === undefined ? Effect.void : Effect.annotateCurrentSpan(telemetry.response(value))
+      ),
+      Effect.tapError((error) => Effect.annotateCurrentSpan("error.type", reasonOf(error)))
+    ),
+    "Policy.attempt",
+    { attributes: attemptAttributes(step, telemetry?.operation, telemetry?.requestModel(step)) }
+  )
 
 /**
  * Where a step's retry driver is.
@@ -189,6 +221,7 @@ export const make = (env: Env): Driver => {
   // One attempt: rate limit (outside the deadline), breaker, deadline, provider slot, call.
   const attempt = <T, A>(
     step: Step<T>,
+    plan: Plan<T, A>,
     series: Series,
     call: (target: T, step: Step<T>) => Effect.Effect<A, AiError>,
     traced: boolean | undefined
@@ -238,9 +271,9 @@ export const make = (env: Env): Driver => {
     const breakered = step.breaker === undefined ? deadlined : step.breaker.execute(step.name, deadlined)
     const guarded =
       traced === undefined
-        ? tracedWith("Policy.attempt", attemptAttributes, step, breakered)
+        ? Effect.withFiber((fiber) => (isTraced(fiber) ? spanned(step, plan.telemetry, breakered) : breakered))
         : traced
-          ? Effect.withSpan(breakered, "Policy.attempt", { attributes: attemptAttributes(step) })
+          ? spanned(step, plan.telemetry, breakered)
           : breakered
     if (step.rateLimit === undefined) return guarded
     const limit = step.rateLimit
@@ -293,7 +326,7 @@ export const make = (env: Env): Driver => {
     Effect.suspend(() => {
       state.attemptNo++
       counter.attempts++
-      return Effect.catch(attempt(step, series, call, counter.traced), (error: AiError) =>
+      return Effect.catch(attempt(step, plan, series, call, counter.traced), (error: AiError) =>
         retryOrFail(step, plan, call, counter, series, state, error)
       )
     })

@@ -12,7 +12,21 @@
  *
  * @internal
  */
-import { Cause, Channel, Context, Duration, Effect, Exit, type Fiber, Option, Pull, Scope, Stream } from "effect"
+import {
+  Cause,
+  Channel,
+  type Clock,
+  Context,
+  Duration,
+  Effect,
+  Exit,
+  type Fiber,
+  Option,
+  Pull,
+  Scope,
+  Stream,
+  type Tracer
+} from "effect"
 import { type AiError, ModelError, TimeoutError } from "../AiError.js"
 import { ChunkDeadline, type Finish, type GenerateRequest, type StreamPart } from "../Model.js"
 import type { Series } from "../stats/series.js"
@@ -20,6 +34,8 @@ import type { Ending, Watch } from "./deadline.js"
 import type { Engine } from "./engine.js"
 import { cutByShutdown, unexpected } from "./failure.js"
 import type { BreakerPermit } from "./plan.js"
+import { answerAttributes, endSpan } from "./span.js"
+import { attemptAttributes } from "./step.js"
 import type { StreamPlan, StreamStep } from "./stream-plan.js"
 import type { Dedupe } from "./stream-resume.js"
 
@@ -60,6 +76,18 @@ export interface Attempt {
   serving: boolean
   space: (() => void) | undefined
   dedupe: Dedupe | undefined
+  /** The attempt's span, when its stream has one. */
+  readonly span: Tracer.Span | undefined
+}
+
+/**
+ * A traced stream's span, the parent of its attempts' spans.
+ *
+ * @internal
+ */
+export interface StreamSpan {
+  readonly span: Tracer.Span
+  readonly clock: Clock.Clock
 }
 
 /**
@@ -79,6 +107,8 @@ export interface AttemptHost {
   readonly anyDelivered: () => boolean
   /** Makes the attempt the stream's current one, before its producer starts. */
   readonly begin: (attempt: Attempt) => void
+  /** The stream's span: undefined unless a tracer records it. */
+  readonly span: StreamSpan | undefined
 }
 
 /**
@@ -160,6 +190,15 @@ export const attemptStarter = (host: AttemptHost) => {
       const step = plan.steps[index]!
       const series = engine.series(step)
       const scope = yield* Scope.fork(streamScope)
+      const prepared = step.prepare === undefined ? upstream : step.prepare(upstream)
+      const span =
+        host.span === undefined
+          ? undefined
+          : yield* Effect.makeSpan("Policy.attempt", {
+              parent: host.span.span,
+              kind: "internal",
+              attributes: attemptAttributes(step, "chat", prepared.model ?? step.target.defaultModel)
+            })
       const attempt: Attempt = {
         step,
         series,
@@ -188,12 +227,13 @@ export const attemptStarter = (host: AttemptHost) => {
         finish: undefined,
         serving: false,
         space: undefined,
-        dedupe
+        dedupe,
+        span
       }
       host.begin(attempt)
-      const prepared = step.prepare === undefined ? upstream : step.prepare(upstream)
+      const produced = producer(attempt, prepared)
       const fiber = yield* Effect.forkIn(
-        producer(attempt, prepared).pipe(
+        (span === undefined ? produced : Effect.withParentSpan(produced, span, { captureStackTrace: false })).pipe(
           Effect.onExit((exit) =>
             Effect.sync(() => {
               if (attempt.serving) {
@@ -224,13 +264,20 @@ export const attemptStarter = (host: AttemptHost) => {
 }
 
 /**
- * Ends an attempt: its watch disposed, its producer interrupted, its outcome recorded on its
- * breaker permit (`"ignored"`: left by the consumer), its scope closed.
+ * Ends an attempt: its span ended (with `left`, the stream's end, when the consumer left it),
+ * its watch disposed, its producer interrupted, its outcome recorded on its breaker permit
+ * (`"ignored"`: left by the consumer), its scope closed.
  *
  * @internal
  */
-export const closeAttempt = (attempt: Attempt, outcome: Exit.Exit<void, AiError> | "ignored") =>
+export const closeAttempt = (
+  attempt: Attempt,
+  outcome: Exit.Exit<void, AiError> | "ignored",
+  clock: Clock.Clock,
+  left?: Exit.Exit<void, AiError> | undefined
+) =>
   Effect.suspend(() => {
+    if (attempt.span !== undefined) endAttemptSpan(attempt, attempt.span, outcome === "ignored" ? left : outcome, clock)
     attempt.watch.dispose()
     attempt.fiber?.interruptUnsafe()
     const permit = attempt.permit
@@ -238,3 +285,18 @@ export const closeAttempt = (attempt: Attempt, outcome: Exit.Exit<void, AiError>
     const record = permit === undefined ? Effect.void : permit.record(outcome)
     return Effect.andThen(record, Scope.close(attempt.scope, Exit.void))
   })
+
+// An attempt its consumer left ends as the stream did (cancelled, cut), not as its producer
+// (interrupted when the stream closed).
+const endAttemptSpan = (
+  attempt: Attempt,
+  span: Tracer.Span,
+  outcome: Exit.Exit<void, AiError> | undefined,
+  clock: Clock.Clock
+): void => {
+  const exit = outcome ?? Exit.interrupt()
+  if (Exit.isSuccess(exit) && attempt.finish !== undefined) {
+    for (const [key, value] of Object.entries(answerAttributes(attempt.finish))) span.attribute(key, value)
+  }
+  endSpan(span, clock, exit)
+}

@@ -14,7 +14,7 @@
  *
  * @internal
  */
-import { Cause, Channel, Duration, Effect, Exit, Option, Schedule, Scope, Stream } from "effect"
+import { Cause, Channel, Duration, Effect, Exit, Fiber, Option, Schedule, Scope, Stream } from "effect"
 import { observe } from "./callback.js"
 import {
   type AiError,
@@ -31,7 +31,8 @@ import type { Watch } from "./deadline.js"
 import type { Engine } from "./engine.js"
 import { cutByShutdown, exhaustedOr, shuttingDown } from "./failure.js"
 import { CurrentCut } from "./plan.js"
-import { type Attempt, attemptStarter, closeAttempt } from "./stream-attempt.js"
+import { endSpan, isTraced } from "./span.js"
+import { type Attempt, attemptStarter, closeAttempt, type StreamSpan } from "./stream-attempt.js"
 import { type ExecutorStreamOptions, type StreamDefaults, type StreamPlan, streamFromOptions } from "./stream-plan.js"
 import { Dedupe, resumable, resumeRequest } from "./stream-resume.js"
 
@@ -41,6 +42,17 @@ import { Dedupe, resumable, resumeRequest } from "./stream-resume.js"
 export interface Streams {
   readonly run: (plan: StreamPlan, request: GenerateRequest) => Stream.Stream<StreamPart, AiError>
   readonly stream: (request: GenerateRequest, options: ExecutorStreamOptions) => Stream.Stream<StreamPart, AiError>
+}
+
+// A stream's span attributes: as `Executor.execute`'s, for its first step.
+const streamAttributes = (plan: StreamPlan, request: GenerateRequest): Record<string, unknown> => {
+  const first = plan.steps[0]
+  return {
+    "gen_ai.operation.name": "chat",
+    "gen_ai.provider.name": first.name,
+    "gen_ai.request.model": (first.prepare?.(request) ?? request).model ?? first.target.defaultModel,
+    "orchestra.domain": first.domain ?? "none"
+  }
 }
 
 /**
@@ -58,11 +70,25 @@ export const make = (env: { readonly engine: Engine; readonly defaults: StreamDe
       const now = () => clock.currentTimeMillisUnsafe()
       const cut = yield* CurrentCut
       if (cut?.stopped !== undefined) return yield* Effect.fail(cut.stopped)
+      // How the stream ended: set once by its consumer's side (below), read by its span's end.
+      let terminal: Exit.Exit<void, AiError> | undefined
+      const fiber = Fiber.getCurrent()
+      const span: StreamSpan | undefined =
+        fiber !== undefined && isTraced(fiber)
+          ? { span: yield* Effect.makeSpan("Executor.stream", { attributes: streamAttributes(plan, request) }), clock }
+          : undefined
+      if (span !== undefined) {
+        // Added first, so it runs last: after the finalizer below has ended the stream's last attempt.
+        yield* Scope.addFinalizerExit(streamScope, (exit) =>
+          Effect.sync(() => endSpan(span.span, clock, terminal ?? exit))
+        )
+      }
       if (plan.cache !== undefined) {
         const cached = yield* plan.cache.store.getParts(plan.cache.key)
         // A cut while the cache was read (a Redis call): no replay, no attempt.
         if (cut?.stopped !== undefined) return yield* Effect.fail(cut.stopped)
         if (Option.isSome(cached) && cached.value.length > 0) {
+          span?.span.attribute("orchestra.cache", "hit")
           let replayed = false
           return Effect.suspend(() => {
             if (replayed) return Cause.done()
@@ -81,7 +107,6 @@ export const make = (env: { readonly engine: Engine; readonly defaults: StreamDe
       let stepAttempt: Attempt | undefined
       let delivered = ""
       let anyDelivered = false
-      let terminal: Exit.Exit<void, AiError> | undefined
       let wake: (() => void) | undefined
       let stepIndex = 0
       let stepStarted = 0
@@ -172,7 +197,7 @@ export const make = (env: { readonly engine: Engine; readonly defaults: StreamDe
             if (error?._tag === "TimeoutError" && open !== undefined && !stepClosed) open.series.timeouts++
             finishStep(open, terminal)
           }
-          return attempt === undefined ? Effect.void : closeAttempt(attempt, "ignored")
+          return attempt === undefined ? Effect.void : closeAttempt(attempt, "ignored", clock, terminal)
         })
       )
 
@@ -186,7 +211,8 @@ export const make = (env: { readonly engine: Engine; readonly defaults: StreamDe
         begin: (attempt) => {
           current = attempt
           stepAttempt = attempt
-        }
+        },
+        span
       })
 
       const beginStep = (index: number) => {
@@ -206,7 +232,7 @@ export const make = (env: { readonly engine: Engine; readonly defaults: StreamDe
           const exit = attempt.end!
           current = undefined
           if (Exit.isSuccess(exit)) {
-            yield* closeAttempt(attempt, exit)
+            yield* closeAttempt(attempt, exit, clock)
             finishStep(attempt, exit)
             if (plan.cache !== undefined && resumes === 0) {
               yield* plan.cache.store.setParts(plan.cache.key, collected)
@@ -215,7 +241,7 @@ export const make = (env: { readonly engine: Engine; readonly defaults: StreamDe
             return
           }
           const error = Option.getOrThrow(Cause.findErrorOption(exit.cause))
-          yield* closeAttempt(attempt, exit)
+          yield* closeAttempt(attempt, exit, clock)
           if (terminal !== undefined) return
           if (error._tag === "ShuttingDownError") {
             finishStep(attempt, exit)

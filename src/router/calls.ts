@@ -6,7 +6,7 @@
  *
  * @internal
  */
-import { Duration, Effect, Stream } from "effect"
+import { Duration, Effect, Fiber, Stream } from "effect"
 import {
   type AiError,
   type FailedAttempt,
@@ -18,7 +18,8 @@ import { applyTo, type Domain } from "../Domain.js"
 import type { Service as ExecutorService, StreamOptions as ExecutorStreamOptions, Step } from "../Executor.js"
 import * as Input from "../Input.js"
 import { type EmbedRequest, type GenerateRequest, type Service as ProviderService, validateEmbed } from "../Model.js"
-import { traced } from "../policy/span.js"
+import { chatTelemetry } from "../executor/generate.js"
+import { isTraced, traced } from "../policy/span.js"
 import type { Answer, CallOptions, HedgeOptions, Service, StreamOptions } from "../Router.js"
 import type { Service as StatsService } from "../Stats.js"
 import { noDomains, type Planner } from "./plan.js"
@@ -53,9 +54,12 @@ export const makeCalls = (env: Env) => {
     options: CallOptions,
     hedgeAfter?: Duration.Duration | undefined
   ): Effect.Effect<Answer, AiError> =>
-    Effect.flatMap(planWith(request, names, options, hedgeAfter), (routed) =>
-      Effect.map(executor.run(routed.plan, routed.call), routed.answer)
-    )
+    Effect.flatMap(planWith(request, names, options, hedgeAfter), (routed) => {
+      const fiber = Fiber.getCurrent()
+      const plan =
+        fiber !== undefined && isTraced(fiber) ? { ...routed.plan, telemetry: chatTelemetry(request) } : routed.plan
+      return Effect.map(executor.run(plan, routed.call), routed.answer)
+    })
 
   const execute = (request: GenerateRequest, domain: string, options: CallOptions = {}) =>
     typeof domain === "string"
@@ -146,10 +150,11 @@ export const makeCalls = (env: Env) => {
     })
   }
 
+  // A traced caller's stream is in a `Router.stream` span, around the executor's.
   const stream = (request: GenerateRequest, names: string | ReadonlyArray<string>, options: StreamOptions = {}) =>
     Stream.unwrap(
-      Effect.map(streamChain(names), ({ first, steps }) =>
-        executor.stream(request, {
+      Effect.map(streamChain(names), ({ first, steps }) => {
+        const parts = executor.stream(request, {
           steps,
           firstChunkTimeout: options.firstChunkTimeout ?? first.timeout,
           idleTimeout: options.idleTimeout,
@@ -159,7 +164,11 @@ export const makeCalls = (env: Env) => {
           onRetry:
             options.onRetry === undefined ? undefined : (info) => options.onRetry!({ ...info, domain: undefined })
         })
-      )
+        const fiber = Fiber.getCurrent()
+        return fiber !== undefined && isTraced(fiber)
+          ? Stream.withSpan(parts, "Router.stream", { attributes: domainsOf(names)() })
+          : parts
+      })
     )
 
   const embed = (request: EmbedRequest, name: string, options: CallOptions = {}) =>
