@@ -12,7 +12,7 @@
  *
  * @since 0.1.0
  */
-import { Context, Duration, Effect, Layer, Result } from "effect"
+import { Context, Duration, Effect, Layer, Result, type Scope } from "effect"
 import { RateLimiter, type Redis } from "effect/persistence"
 import { ModelError } from "./AiError.js"
 import * as Input from "./Input.js"
@@ -131,7 +131,17 @@ interface Reservation {
  * @since 0.2.0
  * @category constructors
  */
-export const make = Effect.fnUntraced(function* (
+export const make = (
+  options: Options,
+  store: RateLimiter.RateLimiterStore["Service"],
+  policy: {
+    readonly onStoreError?: "allow" | "reject" | undefined
+    readonly guard?: SharedRedis.Guard | undefined
+  } = {}
+): Effect.Effect<Service, Input.OptionError> => Effect.map(makeWith(options, store, policy), (built) => built.service)
+
+// `make`, and what removes its metric series from the registry (the layers call it when they close).
+const makeWith = Effect.fnUntraced(function* (
   options: Options,
   store: RateLimiter.RateLimiterStore["Service"],
   policy: {
@@ -152,7 +162,7 @@ export const make = Effect.fnUntraced(function* (
   const limiter = yield* Effect.provideService(RateLimiter.make, RateLimiter.RateLimiterStore, guarded)
   const failClosed = policy.onStoreError === "reject"
   const maxWaitMillis = Duration.toMillis(config.maxWait)
-  const metricsOf = makeMetrics(yield* Effect.context<never>())
+  const { metricsOf, release: releaseMetrics } = makeMetrics(yield* Effect.context<never>())
 
   const limitsOf = (key: string): ResolvedLimits | undefined => config.providers.get(key) ?? config.fallback
 
@@ -310,8 +320,21 @@ export const make = Effect.fnUntraced(function* (
       isTraced(fiber) ? Effect.withSpan(untraced(key, cost), "RateLimits.acquire") : untraced(key, cost)
     )
 
-  return RateLimits.of({ acquire, limitsOf })
+  return { service: RateLimits.of({ acquire, limitsOf }), release: releaseMetrics }
 })
+
+// A layer's limiter: its series leave the registry when the layer closes.
+const scoped = (
+  options: Options,
+  store: RateLimiter.RateLimiterStore["Service"],
+  policy?: Parameters<typeof makeWith>[2]
+): Effect.Effect<Service, Input.OptionError, Scope.Scope> =>
+  Effect.flatMap(makeWith(options, store, policy), ({ service, release }) =>
+    Effect.as(
+      Effect.addFinalizer(() => Effect.sync(release)),
+      service
+    )
+  )
 
 const toLimiterError = (error: SharedRedis.StoreError): RateLimiter.RateLimiterError =>
   new RateLimiter.RateLimiterError({
@@ -330,7 +353,7 @@ export const layerMemory = (options: Options): Layer.Layer<RateLimits, Input.Opt
     RateLimits,
     Effect.andThen(
       Input.orOptionError(checkOptions(options)),
-      Effect.flatMap(RateLimiter.RateLimiterStore, (store) => make(options, store))
+      Effect.flatMap(RateLimiter.RateLimiterStore, (store) => scoped(options, store))
     )
   ).pipe(Layer.provide(RateLimiter.layerStoreMemory))
 
@@ -360,6 +383,6 @@ export const layerRedis = (options: RedisOptions): Layer.Layer<RateLimits, Input
       const store = yield* RedisStore.makeStore({ prefix: options.prefix })
       // Only the limits: the Redis options are this layer's, and `make` refuses them.
       const limits: Options = { providers: options.providers, default: options.default, maxWait: options.maxWait }
-      return yield* make(limits, store, { onStoreError, guard })
+      return yield* scoped(limits, store, { onStoreError, guard })
     })
   )

@@ -11,7 +11,7 @@
  * @since 0.1.0
  */
 import { createHash } from "node:crypto"
-import { Context, Duration, Effect, Layer, Metric, Option, Result, Schema } from "effect"
+import { Context, Duration, Effect, Layer, Option, Result, Schema } from "effect"
 import * as Input from "./Input.js"
 import { type GenerateRequest, GenerateResponse, StreamPart, toMessages } from "./Model.js"
 import * as Internal from "./ResponseCache/internal.js"
@@ -218,7 +218,7 @@ export const makeMemory = Effect.fnUntraced(function* (options: MemoryOptions = 
   const capacity = yield* Input.orOptionError(Input.positiveInt("capacity", options.capacity ?? 1000))
   const table = yield* Internal.makeTable(capacity)
   yield* Effect.addFinalizer(() => table.interruptAll)
-  const counters = Internal.lookupCounters(config.name)
+  const counters = yield* Internal.lookupCounters(config.name)
 
   const answer = (stored: Internal.Stored): GenerateResponse =>
     stored.value._tag === "Response" ? stored.value.response : (undefined as never)
@@ -247,13 +247,13 @@ export const makeMemory = Effect.fnUntraced(function* (options: MemoryOptions = 
       {
         onSuccess: ({ leader, stored }) => {
           const source: Source = leader ? "miss" : "shared"
-          return Effect.as(Metric.update(counters[source], 1), { value: answer(stored), source })
+          return Effect.as(Internal.bump(counters[source], 1), { value: answer(stored), source })
         },
         onFailure: (error) =>
           allowStale && stale !== undefined && stale.value._tag === "Response"
-            ? Effect.as(Metric.update(counters.stale, 1), { value: stale.value.response, source: "stale" as Source })
+            ? Effect.as(Internal.bump(counters.stale, 1), { value: stale.value.response, source: "stale" as Source })
             : Effect.andThen(
-                Metric.update(found._tag === "Running" ? counters.shared : counters.miss, 1),
+                Internal.bump(found._tag === "Running" ? counters.shared : counters.miss, 1),
                 Effect.fail(error)
               )
       }
@@ -269,7 +269,7 @@ export const makeMemory = Effect.fnUntraced(function* (options: MemoryOptions = 
         const found = table.peek(k, now)
         if (found._tag === "Done" && now < found.stored.freshUntil) {
           table.touch(k)
-          return Effect.as(Metric.update(counters.hit, 1), { value: answer(found.stored), source: "hit" as Source })
+          return Effect.as(Internal.bump(counters.hit, 1), { value: answer(found.stored), source: "hit" as Source })
         }
         return compute(k, effect, found, options?.allowStale === true)
       })
@@ -290,8 +290,8 @@ export const makeMemory = Effect.fnUntraced(function* (options: MemoryOptions = 
           const now = clock.currentTimeMillisUnsafe()
           const found = keys.map((k) => Option.map(fresh(Internal.responseKey(k), now), answer))
           const hits = found.filter(Option.isSome).length
-          if (hits > 0) yield* Metric.update(counters.hit, hits)
-          if (hits < keys.length) yield* Metric.update(counters.miss, keys.length - hits)
+          if (hits > 0) yield* Internal.bump(counters.hit, hits)
+          if (hits < keys.length) yield* Internal.bump(counters.miss, keys.length - hits)
           return found
         })
       ),
@@ -312,7 +312,7 @@ export const makeMemory = Effect.fnUntraced(function* (options: MemoryOptions = 
       Effect.clockWith((clock) => {
         const found = fresh(Internal.partsKey(key), clock.currentTimeMillisUnsafe())
         return Effect.as(
-          Metric.update(Option.isSome(found) ? counters.hit : counters.miss, 1),
+          Internal.bump(Option.isSome(found) ? counters.hit : counters.miss, 1),
           Option.flatMap(found, (s) => (s.value._tag === "Stream" ? Option.some(s.value.parts) : Option.none()))
         )
       }),

@@ -342,3 +342,29 @@ describe("RateLimit (memory, TestClock)", () => {
     })
   )
 })
+
+describe("RateLimit: metric series and the layer's life", () => {
+  it.effect("a closed layer's series leave the registry; a new layer's counts start from zero", () =>
+    Effect.gen(function* () {
+      const series = () =>
+        Effect.map(Metric.snapshot, (all) =>
+          all
+            .filter((m) => m.id === Metrics.rateLimitAcquisitions.id)
+            .map((m) => [m.attributes?.["limit"], m.attributes?.["outcome"], (m.state as { count: number }).count])
+        )
+      const use = (calls: number) =>
+        Effect.gen(function* () {
+          const limits = yield* RateLimit.RateLimits
+          for (let i = 0; i < calls; i++) yield* limits.acquire("main")
+          return yield* series()
+        }).pipe(Effect.provide(RateLimit.layerMemory({ default: { requestsPerMinute: 100 } })))
+      assert.deepStrictEqual(yield* use(3), [
+        ["main", "immediate", 3],
+        ["main", "delayed", 0],
+        ["main", "rejected", 0]
+      ])
+      assert.deepStrictEqual(yield* series(), [], "closing the layer removes its series")
+      assert.deepStrictEqual((yield* use(1))[0], ["main", "immediate", 1])
+    }).pipe(Effect.provideService(Metric.MetricRegistry, new Map()))
+  )
+})

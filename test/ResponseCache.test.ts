@@ -336,3 +336,42 @@ describe("ResponseCache (memory)", () => {
       })
   )
 })
+
+describe("ResponseCache: metric series and the layer's life", () => {
+  it.effect("a closed cache's lookup series leave the registry; a new cache's counts start from zero", () =>
+    Effect.gen(function* () {
+      const lookups = () =>
+        Effect.map(Metric.snapshot, (all) =>
+          all
+            .filter((m) => m.id === Metrics.cacheLookups.id && (m.state as { count: number }).count > 0)
+            .map((m) => [m.attributes?.["outcome"], (m.state as { count: number }).count])
+        )
+      const answer: GenerateResponse = {
+        text: "a",
+        finishReason: "stop",
+        usage: { inputTokens: 1, outputTokens: 1, totalTokens: 2 },
+        provider: "p",
+        model: "m"
+      }
+      const use = Effect.gen(function* () {
+        const cache = yield* ResponseCache.ResponseCache
+        yield* cache.getOrCompute("k", Effect.succeed(answer))
+        yield* cache.getOrCompute("k", Effect.succeed(answer))
+        return yield* lookups()
+      }).pipe(Effect.provide(ResponseCache.layerMemory()))
+      assert.deepStrictEqual((yield* use).sort(), [
+        ["hit", 1],
+        ["miss", 1]
+      ])
+      assert.deepStrictEqual(
+        (yield* Metric.snapshot).filter((m) => m.id === Metrics.cacheLookups.id),
+        [],
+        "closing the cache removes its series"
+      )
+      assert.deepStrictEqual((yield* use).sort(), [
+        ["hit", 1],
+        ["miss", 1]
+      ])
+    }).pipe(Effect.provideService(Metric.MetricRegistry, new Map()))
+  )
+})

@@ -19,6 +19,9 @@ export class KeyMetrics {
   delayed = 0
   rejected = 0
   readonly wait = new Histogram()
+  /** Limiters using these series; the last to close removes them from the registry. */
+  users = 0
+  readonly series: Array<{ readonly remove: () => void }> = []
 }
 
 const keyMetrics = new WeakMap<object, Map<string, KeyMetrics>>()
@@ -39,19 +42,32 @@ const keyMetricsOf = (context: Context.Context<never>, attributes: string, key: 
     metrics = made
     byKey.set(id, made)
     const counter = (outcome: string, get: () => number) =>
-      Metric.registerUnsafe(Metric.withAttributes(Metrics.rateLimitAcquisitions, { limit: key, outcome }), context, {
-        get: () => ({ count: get(), incremental: true }),
-        ...noUpdate
-      })
+      made.series.push(
+        Metric.registerUnsafe(Metric.withAttributes(Metrics.rateLimitAcquisitions, { limit: key, outcome }), context, {
+          get: () => ({ count: get(), incremental: true }),
+          ...noUpdate
+        })
+      )
     counter("immediate", () => made.immediate)
     counter("delayed", () => made.delayed)
     counter("rejected", () => made.rejected)
-    Metric.registerUnsafe(Metric.withAttributes(Metrics.rateLimitWait, { limit: key }), context, {
-      get: () => made.wait.state(),
-      ...noUpdate
-    })
+    made.series.push(
+      Metric.registerUnsafe(Metric.withAttributes(Metrics.rateLimitWait, { limit: key }), context, {
+        get: () => made.wait.state(),
+        ...noUpdate
+      })
+    )
   }
+  metrics.users++
   return metrics
+}
+
+const releaseKeyMetrics = (context: Context.Context<never>, id: string, metrics: KeyMetrics): void => {
+  if (--metrics.users > 0) return
+  for (const series of metrics.series) series.remove()
+  metrics.series.length = 0
+  const byKey = keyMetrics.get(Context.get(context, Metric.MetricRegistry))
+  if (byKey?.get(id) === metrics) byKey.delete(id)
 }
 
 /**
@@ -60,7 +76,9 @@ const keyMetricsOf = (context: Context.Context<never>, attributes: string, key: 
  *
  * @internal
  */
-export const make = (caller: Context.Context<never>): ((key: string) => KeyMetrics) => {
+export const make = (
+  caller: Context.Context<never>
+): { readonly metricsOf: (key: string) => KeyMetrics; readonly release: () => void } => {
   // Only what registering a series reads: a limiter built inside a request (the gateway's key
   // store does) must not keep that request's context alive.
   const attributes = Context.get(caller, Metric.CurrentMetricAttributes)
@@ -77,5 +95,11 @@ export const make = (caller: Context.Context<never>): ((key: string) => KeyMetri
     }
     return metrics
   }
-  return metricsOf
+  // When the limiter's layer closes: its keys' series leave the registry unless another
+  // limiter on it still uses them (so a new manager's figures do not add onto a closed one's).
+  const release = () => {
+    for (const [key, metrics] of metricsByKey) releaseKeyMetrics(context, `${attributesId}\u0000${key}`, metrics)
+    metricsByKey.clear()
+  }
+  return { metricsOf, release }
 }

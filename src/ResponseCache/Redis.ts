@@ -17,6 +17,7 @@
 import { Context, Duration, Effect, Exit, Layer, Metric, Option, Schema } from "effect"
 import { Persistence, type Redis } from "effect/persistence"
 import * as Input from "../Input.js"
+import * as Counters from "../stats/counters.js"
 import * as Metrics from "../Metrics.js"
 import type { GenerateResponse } from "../Model.js"
 import * as SharedRedis from "../Redis.js"
@@ -75,11 +76,10 @@ export const make = Effect.fnUntraced(function* (options: Options = {}) {
   const retain = Math.max(1000, 2 * Duration.toMillis(guardSettings.timeout))
   const table = yield* Internal.makeTable(1000)
   yield* Effect.addFinalizer(() => table.interruptAll)
-  const counters = Internal.lookupCounters(config.name)
-  const oversized = Metric.withAttributes(Metrics.cacheOversized, { cache: config.name }) as Metric.Metric<
-    number,
-    unknown
-  >
+  const counters = yield* Internal.lookupCounters(config.name)
+  const oversized = yield* Counters.scoped(Metrics.cacheOversized as Metric.Metric<number, unknown>, {
+    cache: config.name
+  })
   // UTF-8 takes 1 to 3 bytes per UTF-16 unit: measure only when the length alone does not decide.
   const fits = (encoded: object): boolean => {
     const json = JSON.stringify(encoded)
@@ -128,7 +128,7 @@ export const make = Effect.fnUntraced(function* (options: Options = {}) {
       }
       return [[k, value, Duration.millis(stored.staleUntil - now)] as const]
     })
-    const counted = tooLarge === 0 ? Effect.void : Metric.update(oversized, tooLarge)
+    const counted = tooLarge === 0 ? Effect.void : Internal.bump(oversized, tooLarge)
     const [first, ...rest] = encoded
     if (first === undefined) return counted
     return Effect.andThen(counted, Effect.ignore(guard.call("SET", store.setMany([first, ...rest]))))
@@ -165,7 +165,7 @@ export const make = Effect.fnUntraced(function* (options: Options = {}) {
       const [found = Option.none()] = yield* read([k], at, "Response")
       if (Option.isSome(found)) {
         if (at < found.value.freshUntil && found.value.value._tag === "Response") {
-          yield* Metric.update(counters.hit, 1)
+          yield* Internal.bump(counters.hit, 1)
           return { value: found.value.value.response, source: "hit" as ResponseCache.Source }
         }
         stale = found.value
@@ -176,14 +176,14 @@ export const make = Effect.fnUntraced(function* (options: Options = {}) {
     )
     if (result._tag === "Success") {
       const source: ResponseCache.Source = result.success.leader ? "miss" : "shared"
-      yield* Metric.update(counters[source], 1)
+      yield* Internal.bump(counters[source], 1)
       return { value: answer(result.success.stored), source }
     }
     if (options?.allowStale === true && stale !== undefined && stale.value._tag === "Response") {
-      yield* Metric.update(counters.stale, 1)
+      yield* Internal.bump(counters.stale, 1)
       return { value: stale.value.response, source: "stale" as ResponseCache.Source }
     }
-    yield* Metric.update(joining ? counters.shared : counters.miss, 1)
+    yield* Internal.bump(joining ? counters.shared : counters.miss, 1)
     return yield* Effect.fail(result.failure)
   })
 
@@ -203,8 +203,8 @@ export const make = Effect.fnUntraced(function* (options: Options = {}) {
           Option.map(fresh(entry, at), answer)
         )
         const hits = found.filter(Option.isSome).length
-        if (hits > 0) yield* Metric.update(counters.hit, hits)
-        if (hits < keys.length) yield* Metric.update(counters.miss, keys.length - hits)
+        if (hits > 0) yield* Internal.bump(counters.hit, hits)
+        if (hits < keys.length) yield* Internal.bump(counters.miss, keys.length - hits)
         return found
       }),
     setMany: (entries) =>
@@ -224,7 +224,7 @@ export const make = Effect.fnUntraced(function* (options: Options = {}) {
         const parts = Option.flatMap(fresh(found, at), (s) =>
           s.value._tag === "Stream" ? Option.some(s.value.parts) : Option.none()
         )
-        yield* Metric.update(Option.isSome(parts) ? counters.hit : counters.miss, 1)
+        yield* Internal.bump(Option.isSome(parts) ? counters.hit : counters.miss, 1)
         return parts
       }),
     setParts: (key, parts) =>

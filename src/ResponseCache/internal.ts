@@ -9,8 +9,9 @@
  *
  * @internal
  */
-import { Cache, Duration, Effect, Exit, Fiber, Metric, MutableHashMap, Option } from "effect"
+import { Cache, Duration, Effect, Exit, Fiber, type Metric, MutableHashMap, Option, type Scope } from "effect"
 import * as Metrics from "../Metrics.js"
+import * as Counters from "../stats/counters.js"
 import type { GenerateResponse, StreamPart } from "../Model.js"
 import { isTraced } from "../policy/span.js"
 
@@ -181,11 +182,20 @@ export const makeTable = Effect.fnUntraced(function* (capacity: number) {
  *
  * @internal
  */
-export const lookupCounters = (cache: string): Readonly<Record<Source, Metric.Metric<number, unknown>>> => {
+export const lookupCounters = (
+  cache: string
+): Effect.Effect<Readonly<Record<Source, Counters.Counter>>, never, Scope.Scope> => {
   const counter = (outcome: Source) =>
-    Metric.withAttributes(Metrics.cacheLookups, { cache, outcome }) as Metric.Metric<number, unknown>
-  return { hit: counter("hit"), miss: counter("miss"), stale: counter("stale"), shared: counter("shared") }
+    Counters.scoped(Metrics.cacheLookups as Metric.Metric<number, unknown>, { cache, outcome })
+  return Effect.all({ hit: counter("hit"), miss: counter("miss"), stale: counter("stale"), shared: counter("shared") })
 }
+
+/**
+ * Counts `n` lookups on `counter`.
+ *
+ * @internal
+ */
+export const bump = (counter: Counters.Counter, n: number): Effect.Effect<void> => Effect.sync(() => counter.add(n))
 
 /**
  * `effect` within a span named `name` when the caller is traced; as is otherwise (a span
