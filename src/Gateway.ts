@@ -294,9 +294,16 @@ export interface ServeOptions extends Options {
   readonly port?: number | undefined
   /** Largest request head (request line and headers), in bytes. Default 16 KiB. */
   readonly maxHeaderBytes?: number | undefined
-  /** Longest time to receive a whole request, headers and body. Default 30 seconds. */
+  /**
+   * Longest time to receive a whole request, headers and body. Default 30 seconds. Rounded up
+   * to whole milliseconds; at most 2^31-1 ms (about 24.9 days, the longest Node's timers take).
+   */
   readonly requestTimeout?: Duration.Input | undefined
-  /** How long an idle keep-alive connection is kept. Default 65 seconds (above common load balancers' 60). */
+  /**
+   * How long an idle keep-alive connection is kept. Default 65 seconds (above common load
+   * balancers' 60). Rounded up to whole milliseconds; at most 2^31-1 ms less 1 second (Node's
+   * idle timer adds its `keepAliveTimeoutBuffer`).
+   */
   readonly keepAliveTimeout?: Duration.Input | undefined
   /** Log each request (effect/http's logger). Default false. */
   readonly logRequests?: boolean | undefined
@@ -321,8 +328,14 @@ const checkServe = (options: ServeOptions) =>
     host(options.host ?? "127.0.0.1"),
     Input.int("port", options.port ?? 4000, { min: 0, max: 65535 }),
     Input.int("maxHeaderBytes", options.maxHeaderBytes ?? 16 * 1024, { min: 1024, max: 1024 * 1024 }),
-    Input.duration("requestTimeout", options.requestTimeout ?? Duration.seconds(30)),
-    Input.duration("keepAliveTimeout", options.keepAliveTimeout ?? Duration.seconds(65)),
+    // Node's server takes whole milliseconds below its timers' limit, and throws a RangeError otherwise.
+    Input.wholeMillis("requestTimeout", options.requestTimeout ?? Duration.seconds(30), Input.maxTimerMillis),
+    // Node's idle timer is keepAliveTimeout plus its keepAliveTimeoutBuffer (1 second).
+    Input.wholeMillis(
+      "keepAliveTimeout",
+      options.keepAliveTimeout ?? Duration.seconds(65),
+      Input.maxTimerMillis - 1000
+    ),
     Input.duration("drainTimeout", options.drainTimeout ?? Duration.seconds(10), { allowZero: true })
   ])
 
@@ -355,11 +368,11 @@ export const serve = <E = never, R = never>(
         () => {
           nodeServer = createServer({
             maxHeaderSize: maxHeaderBytes,
-            requestTimeout: Duration.toMillis(requestTimeout),
+            requestTimeout,
             // Node checks the request deadlines only this often (30 s by default, whatever the deadline).
-            connectionsCheckingInterval: Math.min(1000, Math.max(100, Duration.toMillis(requestTimeout) / 4)),
-            headersTimeout: Math.min(Duration.toMillis(requestTimeout), 60_000),
-            keepAliveTimeout: Duration.toMillis(keepAliveTimeout),
+            connectionsCheckingInterval: Math.min(1000, Math.max(100, Math.ceil(requestTimeout / 4))),
+            headersTimeout: Math.min(requestTimeout, 60_000),
+            keepAliveTimeout,
             noDelay: true
           })
           return nodeServer

@@ -164,6 +164,64 @@ export const optionalDuration = (
   input === undefined ? Result.succeed(fallback) : input === "none" ? Result.succeed(undefined) : duration(path, input)
 
 /**
+ * The longest delay Node's timers take (`setTimeout`, an HTTP server's `requestTimeout` and
+ * `keepAliveTimeout`, a socket's timeout): 2^31-1 ms, about 24.9 days. Node refuses more,
+ * or replaces it with 1 ms and a `TimeoutOverflowWarning`.
+ *
+ * @since 0.3.0
+ * @category checks
+ */
+export const maxTimerMillis = 2 ** 31 - 1
+
+/**
+ * The longest time given to Redis (`PX`, `PEXPIRE`, a score of a Lua script): 2^50 ms, about
+ * 35,700 years, as `effect/persistence`'s own Redis scripts bound theirs. Below it a time
+ * stays an exact integer when added to the clock, and Lua writes it without an exponent
+ * (which `PEXPIRE` would refuse).
+ *
+ * @since 0.3.0
+ * @category checks
+ */
+export const maxRedisMillis = 2 ** 50
+
+const aboutMillis = (ms: number): string => {
+  const days = ms / 86_400_000
+  return days < 365
+    ? `about ${days.toFixed(1)} days`
+    : `about ${Math.round(days / 365.25).toLocaleString("en-US")} years`
+}
+
+/**
+ * Checks a duration (see {@link duration}) that goes to Node or Redis as whole milliseconds:
+ * rounded up (`0.5` and `"1500 micros"` are 1 and 2 ms; a zero stays zero where allowed), and
+ * refused above `max` ({@link maxTimerMillis}, {@link maxRedisMillis}).
+ *
+ * @since 0.3.0
+ * @category checks
+ */
+export const wholeMillis = (
+  path: string,
+  input: unknown,
+  max: number,
+  options: Omit<DurationOptions, "allowInfinite"> = {}
+): Checked<number> =>
+  Result.flatMap(duration(path, input, options), (d) => {
+    const ms = Math.ceil(Duration.toMillis(d))
+    return ms > max
+      ? Result.fail({ path, message: `expected at most ${max} ms (${aboutMillis(max)}), got ${describe(input)}` })
+      : Result.succeed(ms)
+  })
+
+/**
+ * A user's value, or `fallback` when the field is absent (`undefined`). Unlike `??`, a `null`
+ * is kept, so the field's check refuses it instead of the default standing in silently.
+ *
+ * @since 0.3.0
+ * @category checks
+ */
+export const orDefault = <A, B>(input: A | undefined, fallback: B): A | B => (input === undefined ? fallback : input)
+
+/**
  * Options of {@link int} and {@link number}.
  *
  * @since 0.2.0

@@ -3,12 +3,13 @@
  * field), and the real key store of `gateway/keys` behind it end to end.
  */
 import { assert, describe, it } from "@effect/vitest"
-import { Effect, Layer } from "effect"
-import { HttpRouter } from "effect/http"
+import { Cause, Context, Effect, Layer } from "effect"
+import { HttpRouter, HttpServer } from "effect/http"
 import * as Domain from "../../src/Domain.js"
 import * as Executor from "../../src/Executor.js"
 import * as Gateway from "../../src/Gateway.js"
 import * as KeyStore from "../../src/gateway/keys/KeyStore.js"
+import * as Input from "../../src/Input.js"
 import { ModelProvider } from "../../src/Model.js"
 import * as Mock from "../../src/Model/Mock.js"
 import * as Stats from "../../src/Stats.js"
@@ -69,6 +70,61 @@ describe("Gateway options", () => {
       assert.strictEqual(yield* pathOf({ allowAnonymous: true, host: "" }), "host")
       assert.strictEqual(yield* pathOf({ allowAnonymous: true, maxHeaderBytes: 10 }), "maxHeaderBytes")
       assert.strictEqual(yield* pathOf({ allowAnonymous: true, requestTimeout: 0 }), "requestTimeout")
+    })
+  )
+
+  it.live("serve's timeouts are whole milliseconds below Node's timer limit", () =>
+    Effect.gen(function* () {
+      const serveWith = (options: Gateway.ServeOptions) =>
+        Effect.gen(function* () {
+          const mock = yield* Mock.make({ name: "m" })
+          const services = Executor.layer().pipe(
+            Layer.provideMerge(Stats.layer),
+            Layer.provideMerge(Layer.succeed(ModelProvider, mock.provider)),
+            Layer.provideMerge(Layer.succeed(Domain.Providers, Domain.makeProviders({ m: mock.provider }))),
+            Layer.provideMerge(Domain.layerDomains([{ name: "d", provider: "m" }]))
+          )
+          const built = yield* Layer.build(
+            Gateway.serve({ allowAnonymous: true, port: 0, ...options }).pipe(Layer.provide(services))
+          ).pipe(Effect.exit)
+          if (built._tag === "Failure") {
+            const error = Cause.squash(built.cause)
+            return error instanceof Input.OptionError ? `${error.path}: ${error.message}` : String(error)
+          }
+          const address = Context.get(built.value, HttpServer.HttpServer).address
+          const port = address._tag === "UnixPathAddress" ? 0 : address.port
+          const response = yield* Effect.promise(() => fetch(`http://127.0.0.1:${port}/healthz`))
+          return `status ${response.status}`
+        }).pipe(Effect.scoped)
+      // A fraction of a millisecond is rounded up: Node's server takes only whole milliseconds.
+      assert.strictEqual(yield* serveWith({ requestTimeout: 5000.5, keepAliveTimeout: "1500500 micros" }), "status 200")
+      // 1 ms to receive a request: Node's own deadline answers 408 (or the request makes it in time).
+      assert.include(["status 200", "status 408"], yield* serveWith({ requestTimeout: 0.5 }))
+      // Above 2^31-1 ms, Node refuses the value or fires the timer at once: refused, naming the field.
+      const tooLong = "expected at most 2147483647 ms (about 24.9 days)"
+      assert.strictEqual(
+        yield* serveWith({ requestTimeout: 1e308 }),
+        `requestTimeout: invalid requestTimeout: ${tooLong}, got 1e+308`
+      )
+      assert.strictEqual(
+        yield* serveWith({ requestTimeout: "100 weeks" }),
+        `requestTimeout: invalid requestTimeout: ${tooLong}, got "100 weeks"`
+      )
+      // Node's idle timer is keepAliveTimeout plus 1 second: that sum is what must fit.
+      assert.strictEqual(
+        yield* serveWith({ keepAliveTimeout: 2 ** 31 - 1 }),
+        "keepAliveTimeout: invalid keepAliveTimeout: expected at most 2147482647 ms (about 24.9 days), got 2147483647"
+      )
+      const warnings: Array<string> = []
+      const onWarning = (warning: Error) => warnings.push(warning.name)
+      process.on("warning", onWarning)
+      assert.strictEqual(
+        yield* serveWith({ requestTimeout: 2 ** 31 - 1, keepAliveTimeout: 2 ** 31 - 1001 }),
+        "status 200"
+      )
+      yield* Effect.sleep("20 millis")
+      process.off("warning", onWarning)
+      assert.notInclude(warnings, "TimeoutOverflowWarning")
     })
   )
 })
