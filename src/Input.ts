@@ -175,7 +175,7 @@ export const maxTimerMillis = 2 ** 31 - 1
 
 /**
  * The longest time given to Redis (`PX`, `PEXPIRE`, a score of a Lua script): 2^50 ms, about
- * 35,700 years, as `effect/persistence`'s own Redis scripts bound theirs. Below it a time
+ * 35,678 years, as `effect/persistence`'s own Redis scripts bound theirs. Below it a time
  * stays an exact integer when added to the clock, and Lua writes it without an exponent
  * (which `PEXPIRE` would refuse).
  *

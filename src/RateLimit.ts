@@ -36,7 +36,7 @@ import { isTraced } from "./policy/span.js"
 export interface Limits {
   readonly requestsPerMinute?: number | undefined
   readonly tokensPerMinute?: number | undefined
-  /** The period both limits count over. Default 1 minute. */
+  /** The period both limits count over. Default 1 minute; at most 2^50 ms (about 35,678 years). */
   readonly window?: Input.DurationInput | undefined
   readonly algorithm?: "fixed-window" | "token-bucket" | undefined
 }

@@ -55,7 +55,11 @@ export interface Options {
    * that carries a password as `Redacted` (`Config.Redacted("REDIS_URL")`).
    */
   readonly url?: string | Redacted.Redacted<string> | undefined
-  /** Longest wait for one connection attempt (the first one and every reconnection). Default 2 seconds. */
+  /**
+   * Longest wait for one connection attempt (the first one and every reconnection). Default 2 seconds.
+   * This and the other durations here are rounded up to whole milliseconds and are at most 2^31-1 ms
+   * (about 24.9 days, the longest a Node timer takes).
+   */
   readonly connectTimeout?: Input.DurationInput | undefined
   /**
    * The client's own deadline on every command, whether it was sent or not (node-redis
@@ -74,8 +78,10 @@ interface Settings {
   readonly reconnectMax: number
 }
 
+// node-redis runs each of these on a Node timer (a command's deadline through AbortSignal.timeout,
+// which throws above 2^32-1 ms): whole milliseconds within what a timer takes.
 const wholeMillis = (path: string, input: unknown, fallback: Input.DurationInput): Input.Checked<number> =>
-  Result.map(Input.duration(path, input ?? fallback), (d) => Math.max(1, Math.ceil(Duration.toMillis(d))))
+  Input.wholeMillis(path, input ?? fallback, Input.maxTimerMillis)
 
 const settings = (options: Options): Input.Checked<Settings> => {
   const url = options.url === undefined ? "redis://127.0.0.1:6379" : options.url

@@ -11,7 +11,7 @@
  * @since 0.1.0
  */
 import { createHash } from "node:crypto"
-import { Context, Duration, Effect, Layer, Option, Result, Schema } from "effect"
+import { Context, Effect, Layer, Option, Result, Schema } from "effect"
 import * as Input from "./Input.js"
 import { type GenerateRequest, GenerateResponse, StreamPart, toMessages } from "./Model.js"
 import * as Internal from "./ResponseCache/internal.js"
@@ -128,7 +128,10 @@ export const StoredEntry = Schema.Struct({
  * @category models
  */
 export interface Options {
-  /** Time to live of an entry. Default 1 hour. */
+  /**
+   * Time to live of an entry. Default 1 hour. This and `staleFor` are rounded up to whole
+   * milliseconds and are at most 2^50 ms (about 35,678 years: what Redis is given stays an exact integer).
+   */
   readonly ttl?: Input.DurationInput | undefined
   /** Grace after expiry during which an entry may be served as stale when the computation fails. Default 0. */
   readonly staleFor?: Input.DurationInput | undefined
@@ -179,10 +182,11 @@ export const settings = (
   }
   return Result.map(
     Input.all([
-      Input.duration("ttl", options.ttl ?? "1 hour"),
-      Input.duration("staleFor", options.staleFor ?? 0, { allowZero: true })
+      // Both end up in Redis's PX (their sum) on the Redis backend; the bound is the same for both backends.
+      Input.wholeMillis("ttl", options.ttl ?? "1 hour", Input.maxRedisMillis),
+      Input.wholeMillis("staleFor", options.staleFor ?? 0, Input.maxRedisMillis, { allowZero: true })
     ]),
-    ([ttl, staleFor]) => ({ name, ttl: Duration.toMillis(ttl), staleFor: Duration.toMillis(staleFor) })
+    ([ttl, staleFor]) => ({ name, ttl, staleFor })
   )
 }
 

@@ -5,6 +5,7 @@ import { assert, describe, it } from "@effect/vitest"
 import { Cause, Config, ConfigProvider, Context, Duration, Effect, Exit, Layer, Metric, Schedule } from "effect"
 import { Redis as PersistenceRedis } from "effect/persistence"
 import type { ModelError } from "../src/AiError.js"
+import * as Input from "../src/Input.js"
 import * as Metrics from "../src/Metrics.js"
 import * as RateLimit from "../src/RateLimit.js"
 import * as Redis from "../src/Redis.js"
@@ -370,6 +371,61 @@ describe.skipIf(skipRedis)(`RateLimit (Redis store; ${skipRedis ? skipReason : "
         const badUrl = yield* Effect.exit(Layer.build(Redis.layer({ url: "http://localhost" })))
         const urlError = Exit.findErrorOption(badUrl)
         assert.isTrue(urlError._tag === "Some" && urlError.value._tag === "OptionError")
+      })
+    )
+  )
+
+  it.live("durations bound for a Node timer or Redis are refused above what those take; the longest still work", () =>
+    Effect.scoped(
+      Effect.gen(function* () {
+        const server = yield* startRedis
+        const refusal = <A, E, R>(layer: Layer.Layer<A, E, R>) =>
+          Effect.map(Effect.exit(Layer.build(layer)), (exit) => {
+            const error = Exit.findErrorOption(exit)
+            return error._tag === "Some" && error.value instanceof Input.OptionError
+              ? error.value.message
+              : `built: ${exit._tag}`
+          })
+        const timer = "at most 2147483647 ms (about 24.9 days)"
+        // Above 2^32-1 ms node-redis's AbortSignal.timeout threw on every command (a store that
+        // fails open then let every call through); above 2^31-1 ms its timers overflow.
+        assert.strictEqual(
+          yield* refusal(Redis.layer({ url: server.url, commandTimeout: "50 days" })),
+          `invalid commandTimeout: expected ${timer}, got "50 days"`
+        )
+        assert.strictEqual(
+          yield* refusal(Redis.layer({ url: server.url, connectTimeout: "30 days" })),
+          `invalid connectTimeout: expected ${timer}, got "30 days"`
+        )
+        assert.strictEqual(
+          yield* refusal(Redis.layer({ url: server.url, reconnectMax: 1e308 })),
+          `invalid reconnectMax: expected ${timer}, got 1e+308`
+        )
+        assert.strictEqual(
+          yield* refusal(
+            RateLimit.layerRedis({ default: { requestsPerMinute: 1, window: 1e308 } }).pipe(
+              Layer.provide(Redis.layer({ url: server.url }))
+            )
+          ),
+          "invalid default.window: expected at most 1125899906842624 ms (about 35,678 years), got 1e+308"
+        )
+        // The longest accepted: every command still answers, and a window of 2^50 ms still limits.
+        const key = uniqueName("longest")
+        const context = yield* Layer.build(
+          RateLimit.layerRedis({ providers: { [key]: { requestsPerMinute: 1, window: 2 ** 50 } }, maxWait: 0 }).pipe(
+            Layer.provideMerge(
+              Redis.layer({ url: server.url, commandTimeout: 2 ** 31 - 1, connectTimeout: 2 ** 31 - 1 })
+            )
+          )
+        )
+        const errorsBefore = yield* storeErrors
+        const { admitted, errors } = yield* burst(Context.get(context, RateLimit.RateLimits), key, 3)
+        assert.strictEqual(admitted, 1)
+        assert.deepStrictEqual(
+          errors.map((e) => e.reason),
+          ["RateLimited", "RateLimited"]
+        )
+        assert.strictEqual(yield* storeErrors, errorsBefore)
       })
     )
   )

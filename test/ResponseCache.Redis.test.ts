@@ -144,6 +144,31 @@ describe.skipIf(skipRedis)(`ResponseCache.Redis (${skipRedis ? skipReason : "nee
     )
   )
 
+  it.live("ttl and staleFor reach Redis's PX as whole milliseconds up to 2^50 each; longer ones are refused", () =>
+    Effect.scoped(
+      Effect.gen(function* () {
+        const server = yield* startRedis
+        const refused = (options: RedisCache.Options) =>
+          Effect.map(Effect.flip(build(server, options)), (error) => error.message)
+        // 1e308 was taken, and every write's PEXPIRE failed silently: the entries never expired.
+        assert.strictEqual(
+          yield* refused({ ttl: 1e308 }),
+          "invalid ttl: expected at most 1125899906842624 ms (about 35,678 years), got 1e+308"
+        )
+        assert.strictEqual(
+          yield* refused({ staleFor: 2 ** 50 + 1 }),
+          "invalid staleFor: expected at most 1125899906842624 ms (about 35,678 years), got 1125899906842625"
+        )
+        const name = uniqueName("longest")
+        const cache = yield* build(server, { name, ttl: 2 ** 50, staleFor: 2 ** 50 })
+        const redis = yield* admin(server)
+        yield* cache.setMany([{ key: "k", value: response("x") }])
+        const pttl = yield* redis.send<number>("PTTL", `${name}:r:k`)
+        assert.isTrue(pttl > 2 ** 51 - 60_000 && pttl <= 2 ** 51, `PTTL ${pttl}`)
+      })
+    )
+  )
+
   it.live("keys as documented: ':' and '%' in the prefix are escaped (%3A, %25)", () =>
     Effect.scoped(
       Effect.gen(function* () {

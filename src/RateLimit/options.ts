@@ -11,6 +11,12 @@ import type { Limits, Options, ResolvedLimits } from "../RateLimit.js"
 
 const limitFields: ReadonlySet<string> = new Set(["requestsPerMinute", "tokensPerMinute", "window", "algorithm"])
 
+// The Redis store's scripts add the window to Redis's clock and PEXPIRE the difference; above
+// 2^50 ms it is no longer an exact integer in Lua and is written with an exponent PEXPIRE refuses.
+// The window itself is kept as given (the limits divide it); only its bound is checked in milliseconds.
+const windowOf = (path: string, input: unknown): Input.Checked<Duration.Duration> =>
+  Result.flatMap(Input.wholeMillis(path, input, Input.maxRedisMillis), () => Input.duration(path, input))
+
 const checkLimits = (input: unknown, path: string): Input.Checked<ResolvedLimits> => {
   if (typeof input !== "object" || input === null) return Result.fail({ path, message: "expected an object" })
   for (const field of Object.keys(input)) {
@@ -28,7 +34,7 @@ const checkLimits = (input: unknown, path: string): Input.Checked<ResolvedLimits
     Input.all([
       Input.optional(limits.requestsPerMinute, (n) => Input.positiveInt(`${path}.requestsPerMinute`, n)),
       Input.optional(limits.tokensPerMinute, (n) => Input.positiveInt(`${path}.tokensPerMinute`, n)),
-      Input.duration(`${path}.window`, limits.window ?? "1 minute")
+      windowOf(`${path}.window`, limits.window ?? "1 minute")
     ]),
     ([requestsPerMinute, tokensPerMinute, window]) => ({ requestsPerMinute, tokensPerMinute, window, algorithm })
   )

@@ -111,7 +111,10 @@ describe("KeyStore: keys", () => {
         [{ keys: [key("bad id", secretA)] }, "keys[0].id"],
         [{ teams: { red: { budget: { tokens: 2.5 } } } }, "teams.red.budget.tokens"],
         [{ prices: { m: { input: Number.NaN, output: 1 } } }, "prices.m.input"],
+        [{ keys: [key("a", secretA, { budget: { tokens: 5, period: 1e308 } })] }, "keys[0].budget.period"],
         [{ reservationTtl: 0 }, "reservationTtl"],
+        // Both end up in a PEXPIRE of the Redis store, which refuses a Lua number written as 1e+308.
+        [{ reservationTtl: 1e308 }, "reservationTtl"],
         [{ cacheTtl: "soon" as never }, "cacheTtl"],
         [{ maxKeys: 0 }, "maxKeys"],
         [{ prefix: "p:" } as never, "prefix"]

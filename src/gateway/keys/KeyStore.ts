@@ -103,7 +103,8 @@ export interface Options {
   readonly rateLimitWait?: Input.DurationInput | undefined
   /**
    * Longest time a reservation is held: one not settled by then (its gateway died) is
-   * given back. Longer than the longest request or stream. Default 15 minutes.
+   * given back. Longer than the longest request or stream. Default 15 minutes; rounded up
+   * to whole milliseconds, at most 2^50 ms (about 35,678 years: a lease's end is a time on Redis).
    */
   readonly reservationTtl?: Input.DurationInput | undefined
   /**

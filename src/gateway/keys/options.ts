@@ -166,9 +166,13 @@ export const budget = (path: string, input: unknown): Checked<ResolvedBudget> =>
         Input.optional(b.period, (d) =>
           Result.flatMap(Input.duration(at(path, "period"), d), (period) => {
             const ms = Duration.toMillis(period)
-            return Number.isInteger(ms) && ms >= 1000
+            // A period's counters expire in Redis a period (plus the longest lease) after its start.
+            return Number.isInteger(ms) && ms >= 1000 && ms <= Input.maxRedisMillis
               ? Result.succeed(ms)
-              : fail(at(path, "period"), "expected whole milliseconds of at least 1 second")
+              : fail(
+                  at(path, "period"),
+                  `expected whole milliseconds from 1 second to ${Input.maxRedisMillis} ms (about 35,678 years), got ${ms}`
+                )
           })
         )
       ]),
@@ -369,7 +373,8 @@ export const check = (input: Options, known: ReadonlySet<string> = optionFields)
     return Result.map(
       Input.all([
         Input.duration("rateLimitWait", o.rateLimitWait ?? 0, { allowZero: true }),
-        Input.duration("reservationTtl", o.reservationTtl ?? "15 minutes"),
+        // A lease's end is a score and a PEXPIRE on Redis, and a sleep of the memory store.
+        Input.wholeMillis("reservationTtl", o.reservationTtl ?? "15 minutes", Input.maxRedisMillis),
         Input.duration("cacheTtl", o.cacheTtl ?? "2 seconds", { allowZero: true }),
         Input.positiveInt("maxKeys", o.maxKeys ?? 100_000, 10_000_000)
       ]),
@@ -378,7 +383,7 @@ export const check = (input: Options, known: ReadonlySet<string> = optionFields)
         teams,
         prices,
         rateLimitWait,
-        reservationTtlMs: Math.max(1, Math.ceil(Duration.toMillis(reservationTtl))),
+        reservationTtlMs: reservationTtl,
         cacheTtlMs: Duration.toMillis(cacheTtl),
         maxKeys
       })
