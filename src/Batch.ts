@@ -223,7 +223,9 @@ export interface Options {
  * @category constructors
  */
 export const make = Effect.fnUntraced(function* (options: Options = {}) {
-  const limit = yield* Input.orOptionError(Input.positiveInt("maxConcurrent", options.maxConcurrent ?? 5))
+  const limit = yield* Input.orOptionError(
+    Input.positiveInt("maxConcurrent", Input.orDefault(options.maxConcurrent, 5))
+  )
   const executor = yield* Executor
   const router = yield* Router
   const gate = new Gate(limit)

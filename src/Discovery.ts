@@ -184,7 +184,7 @@ export const layerStatic = (
       if (!Array.isArray(entries)) {
         return yield* Input.orOptionError(Result.fail({ path: "entries", message: "expected an array of entries" }))
       }
-      const name = yield* Input.orOptionError(Http.nonEmpty("name", options.name ?? "static"))
+      const name = yield* Input.orOptionError(Http.nonEmpty("name", Input.orDefault(options.name, "static")))
       const table = new Map<string, ReadonlyArray<Endpoint>>()
       for (const [i, entry] of entries.entries()) {
         const at = `entries[${i}]`
@@ -229,11 +229,11 @@ export const make = Effect.fnUntraced(function* <E>(
 ) {
   const [name, ttl, capacity, timeout, staleFor] = yield* Input.orOptionError(
     Input.all([
-      Http.nonEmpty("name", options.name ?? "discovery"),
-      Input.duration("ttl", options.ttl ?? "1 minute"),
-      Input.positiveInt("capacity", options.capacity ?? 1000),
-      Input.duration("timeout", options.timeout ?? "5 seconds"),
-      Input.duration("staleFor", options.staleFor ?? "10 minutes", { allowZero: true })
+      Http.nonEmpty("name", Input.orDefault(options.name, "discovery")),
+      Input.duration("ttl", Input.orDefault(options.ttl, "1 minute")),
+      Input.positiveInt("capacity", Input.orDefault(options.capacity, 1000)),
+      Input.duration("timeout", Input.orDefault(options.timeout, "5 seconds")),
+      Input.duration("staleFor", Input.orDefault(options.staleFor, "10 minutes"), { allowZero: true })
     ])
   )
   // The last answer of each query and when it came, for stale-if-error (at most `capacity`,
@@ -372,11 +372,11 @@ export const layerHttp = (options: HttpOptions) =>
       const url = yield* Input.orOptionError(Http.baseUrl("url", options.url))
       const [timeout, maxResponseBytes] = yield* Input.orOptionError(
         Input.all([
-          Input.duration("timeout", options.timeout ?? "5 seconds"),
-          Input.positiveInt("maxResponseBytes", options.maxResponseBytes ?? 1024 * 1024)
+          Input.duration("timeout", Input.orDefault(options.timeout, "5 seconds")),
+          Input.positiveInt("maxResponseBytes", Input.orDefault(options.maxResponseBytes, 1024 * 1024))
         ])
       )
-      const name = options.name ?? "discovery"
+      const name = Input.orDefault(options.name, "discovery")
       const client = yield* Client.make({
         timeout,
         streamIdleTimeout: timeout,

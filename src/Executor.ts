@@ -252,7 +252,9 @@ export const checkOptions = (options: Options) =>
   Input.all([
     Input.optionalDuration("timeout", options.timeout, Duration.seconds(30)),
     options.retry === undefined ? Result.succeed(defaultRetry) : decodeRetry(options.retry, "retry"),
-    Input.duration("shutdownDeadline", options.shutdownDeadline ?? Duration.seconds(10), { allowZero: true }),
+    Input.duration("shutdownDeadline", Input.orDefault(options.shutdownDeadline, Duration.seconds(10)), {
+      allowZero: true
+    }),
     requestLimits(options.requestLimits ?? {}, "requestLimits"),
     Input.optionalDuration("stream.firstChunkTimeout", options.stream?.firstChunkTimeout, Duration.seconds(30)),
     Input.optionalDuration("stream.idleTimeout", options.stream?.idleTimeout, Duration.seconds(30)),

@@ -325,18 +325,22 @@ const host = (input: unknown): Input.Checked<string> =>
 
 const checkServe = (options: ServeOptions) =>
   Input.all([
-    host(options.host ?? "127.0.0.1"),
-    Input.int("port", options.port ?? 4000, { min: 0, max: 65535 }),
-    Input.int("maxHeaderBytes", options.maxHeaderBytes ?? 16 * 1024, { min: 1024, max: 1024 * 1024 }),
+    host(Input.orDefault(options.host, "127.0.0.1")),
+    Input.int("port", Input.orDefault(options.port, 4000), { min: 0, max: 65535 }),
+    Input.int("maxHeaderBytes", Input.orDefault(options.maxHeaderBytes, 16 * 1024), { min: 1024, max: 1024 * 1024 }),
     // Node's server takes whole milliseconds below its timers' limit, and throws a RangeError otherwise.
-    Input.wholeMillis("requestTimeout", options.requestTimeout ?? Duration.seconds(30), Input.maxTimerMillis),
+    Input.wholeMillis(
+      "requestTimeout",
+      Input.orDefault(options.requestTimeout, Duration.seconds(30)),
+      Input.maxTimerMillis
+    ),
     // Node's idle timer is keepAliveTimeout plus its keepAliveTimeoutBuffer (1 second).
     Input.wholeMillis(
       "keepAliveTimeout",
-      options.keepAliveTimeout ?? Duration.seconds(65),
+      Input.orDefault(options.keepAliveTimeout, Duration.seconds(65)),
       Input.maxTimerMillis - 1000
     ),
-    Input.duration("drainTimeout", options.drainTimeout ?? Duration.seconds(10), { allowZero: true })
+    Input.duration("drainTimeout", Input.orDefault(options.drainTimeout, Duration.seconds(10)), { allowZero: true })
   ])
 
 /**

@@ -263,9 +263,15 @@ export const requestLimits = (
 ): Input.Checked<RequestLimits> =>
   Result.map(
     Input.all([
-      Input.positiveInt(`${path}.maxInputChars`, input.maxInputChars ?? defaultRequestLimits.maxInputChars),
-      Input.positiveInt(`${path}.maxMessages`, input.maxMessages ?? defaultRequestLimits.maxMessages),
-      Input.positiveInt(`${path}.maxEmbedTexts`, input.maxEmbedTexts ?? defaultRequestLimits.maxEmbedTexts)
+      Input.positiveInt(
+        `${path}.maxInputChars`,
+        Input.orDefault(input.maxInputChars, defaultRequestLimits.maxInputChars)
+      ),
+      Input.positiveInt(`${path}.maxMessages`, Input.orDefault(input.maxMessages, defaultRequestLimits.maxMessages)),
+      Input.positiveInt(
+        `${path}.maxEmbedTexts`,
+        Input.orDefault(input.maxEmbedTexts, defaultRequestLimits.maxEmbedTexts)
+      )
     ]),
     ([maxInputChars, maxMessages, maxEmbedTexts]) => ({ maxInputChars, maxMessages, maxEmbedTexts })
   )

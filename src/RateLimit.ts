@@ -372,7 +372,7 @@ export const layerRedis = (options: RedisOptions): Layer.Layer<RateLimits, Input
     Effect.gen(function* () {
       yield* Input.orOptionError(checkOptions(options, redisFields))
       const settings = yield* Input.orOptionError(SharedRedis.guardSettings(options.redis, "redis."))
-      const onStoreError = options.onStoreError ?? "allow"
+      const onStoreError = Input.orDefault(options.onStoreError, "allow")
       if (onStoreError !== "allow" && onStoreError !== "reject") {
         return yield* new Input.OptionError({
           path: "onStoreError",

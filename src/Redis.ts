@@ -81,7 +81,7 @@ interface Settings {
 // node-redis runs each of these on a Node timer (a command's deadline through AbortSignal.timeout,
 // which throws above 2^32-1 ms): whole milliseconds within what a timer takes.
 const wholeMillis = (path: string, input: unknown, fallback: Input.DurationInput): Input.Checked<number> =>
-  Input.wholeMillis(path, input ?? fallback, Input.maxTimerMillis)
+  Input.wholeMillis(path, Input.orDefault(input, fallback), Input.maxTimerMillis)
 
 const settings = (options: Options): Input.Checked<Settings> => {
   const url = options.url === undefined ? "redis://127.0.0.1:6379" : options.url
@@ -288,9 +288,9 @@ export interface GuardOptions {
 export const guardSettings = (options: GuardOptions = {}, prefix = ""): Input.Checked<GuardSettings> =>
   Result.map(
     Input.all([
-      Input.duration(`${prefix}timeout`, options.timeout ?? "500 millis"),
-      Input.duration(`${prefix}reportAfter`, options.reportAfter ?? "1 second", { allowZero: true }),
-      Input.duration(`${prefix}probeInterval`, options.probeInterval ?? "1 second")
+      Input.duration(`${prefix}timeout`, Input.orDefault(options.timeout, "500 millis")),
+      Input.duration(`${prefix}reportAfter`, Input.orDefault(options.reportAfter, "1 second"), { allowZero: true }),
+      Input.duration(`${prefix}probeInterval`, Input.orDefault(options.probeInterval, "1 second"))
     ]),
     ([timeout, reportAfter, probeInterval]) => ({ timeout, reportAfter, probeInterval })
   )

@@ -176,15 +176,15 @@ export const settings = (
   for (const field of Object.keys(options)) {
     if (!known.has(field)) return Result.fail({ path: field, message: "unknown option" })
   }
-  const name = options.name ?? defaultName
+  const name = Input.orDefault(options.name, defaultName)
   if (typeof name !== "string" || name.length === 0) {
     return Result.fail({ path: "name", message: "expected a non-empty string" })
   }
   return Result.map(
     Input.all([
       // Both end up in Redis's PX (their sum) on the Redis backend; the bound is the same for both backends.
-      Input.wholeMillis("ttl", options.ttl ?? "1 hour", Input.maxRedisMillis),
-      Input.wholeMillis("staleFor", options.staleFor ?? 0, Input.maxRedisMillis, { allowZero: true })
+      Input.wholeMillis("ttl", Input.orDefault(options.ttl, "1 hour"), Input.maxRedisMillis),
+      Input.wholeMillis("staleFor", Input.orDefault(options.staleFor, 0), Input.maxRedisMillis, { allowZero: true })
     ]),
     ([ttl, staleFor]) => ({ name, ttl, staleFor })
   )
@@ -219,7 +219,7 @@ export const layerMemory = (options: MemoryOptions = {}): Layer.Layer<ResponseCa
  */
 export const makeMemory = Effect.fnUntraced(function* (options: MemoryOptions = {}) {
   const config = yield* Input.orOptionError(settings(options, "memory", ["capacity"]))
-  const capacity = yield* Input.orOptionError(Input.positiveInt("capacity", options.capacity ?? 1000))
+  const capacity = yield* Input.orOptionError(Input.positiveInt("capacity", Input.orDefault(options.capacity, 1000)))
   const table = yield* Internal.makeTable(capacity)
   yield* Effect.addFinalizer(() => table.interruptAll)
   const counters = yield* Internal.lookupCounters(config.name)

@@ -657,6 +657,27 @@ describe("CircuitBreaker options (item 11)", () => {
     })
   )
 
+  it.effect("null is refused like any other wrong value, never read as the default", () =>
+    Effect.gen(function* () {
+      for (const field of ["failMax", "halfOpenMax", "successThreshold", "maxKeys"]) {
+        yield* refused({ [field]: null }, field, "expected an integer, got null")
+      }
+      yield* refused(
+        { resetTimeoutMax: "1 minute", resetTimeoutMultiplier: null },
+        "resetTimeoutMultiplier",
+        "got null"
+      )
+      for (const field of ["resetTimeout", "idleTimeToLive"]) {
+        yield* refused({ [field]: null }, field, 'expected a duration such as 1500 or "30 seconds", got null')
+      }
+      yield* refused(
+        { rolling: { size: 10, minimumCalls: null, failureRate: 0.5 } },
+        "rolling.minimumCalls",
+        "got null"
+      )
+    })
+  )
+
   it.effect("options the store cannot honour are refused, saying why", () =>
     Effect.gen(function* () {
       yield* refused({ halfOpenMax: 2 }, "halfOpenMax", "one probe")

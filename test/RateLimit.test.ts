@@ -297,6 +297,11 @@ describe("RateLimit (memory, TestClock)", () => {
         [{ default: { requestsPerMinute: 1, algorithm: "leaky" as "token-bucket" } }, "default.algorithm"],
         [{ maxWait: -1 }, "maxWait"],
         [{ maxWait: Number.NaN }, "maxWait"],
+        // null is a wrong value, not an absent one: it was read as the default (or threw, for providers).
+        [{ maxWait: null } as never, "maxWait"],
+        [{ default: { requestsPerMinute: 1, window: null } } as never, "default.window"],
+        [{ default: { requestsPerMinute: 1, algorithm: null } } as never, "default.algorithm"],
+        [{ providers: null } as never, "providers"],
         [{ maxwait: 0 } as RateLimit.Options, "maxwait"],
         [{ prefix: "p:" } as RateLimit.Options, "prefix"]
       ]

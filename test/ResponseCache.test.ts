@@ -325,7 +325,12 @@ describe("ResponseCache (memory)", () => {
           [{ ttl: Number.POSITIVE_INFINITY }, "ttl"],
           [{ staleFor: -1 }, "staleFor"],
           [{ name: "" }, "name"],
-          [{ capcity: 10 } as ResponseCache.MemoryOptions, "capcity"]
+          [{ capcity: 10 } as ResponseCache.MemoryOptions, "capcity"],
+          // null is a wrong value, not an absent one: it was read as the default.
+          [{ capacity: null } as never, "capacity"],
+          [{ ttl: null } as never, "ttl"],
+          [{ staleFor: null } as never, "staleFor"],
+          [{ name: null } as never, "name"]
         ]
         for (const [options, path] of cases) {
           const exit = yield* Effect.exit(Layer.build(ResponseCache.layerMemory(options)))

@@ -413,7 +413,12 @@ describe("orchestra CLI", { timeout: 180_000 }, () => {
             { name: "a", provider: "local" },
             { name: "c", provider: "zzz" }
           ],
-          policies: { maxConcurrent: "many", breakers: { failMax: 0 } }
+          policies: {
+            maxConcurrent: "many",
+            breakers: { failMax: 0 },
+            rateLimits: { maxWait: null },
+            cache: { capacity: null }
+          }
         })
         const noKey = writeConfig("nokey.json", {
           providers: {
@@ -445,7 +450,9 @@ describe("orchestra CLI", { timeout: 180_000 }, () => {
           "domains[1].retry.maxAttempts": "expected a value between 1 and 100",
           "domains[2].name": 'duplicate domain "a" (first at domains[0])',
           "policies.maxConcurrent": 'expected number, got "many"',
-          "policies.breakers.failMax": "expected a value of at least 1, got 0"
+          "policies.breakers.failMax": "expected a value of at least 1, got 0",
+          "policies.rateLimits.maxWait": 'expected a duration such as 1500 or "30 seconds", got null',
+          "policies.cache.capacity": "expected an integer, got null"
         })
         for (const line of [
           "  providers.local.poolSize: expected a value of at least 1, got 0",

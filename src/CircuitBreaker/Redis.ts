@@ -78,18 +78,18 @@ const isRejection = (error: Store.CircuitBreakerError): boolean => error.reason.
  */
 export const makeRedis = Effect.fnUntraced(function* (options: RedisOptions = {}) {
   const config = yield* Input.orOptionError(check(options, redisKeys))
-  const prefix = options.prefix ?? "orchestra:breaker:"
+  const prefix = Input.orDefault(options.prefix, "orchestra:breaker:")
   if (typeof prefix !== "string" || prefix.length === 0) {
     return yield* new Input.OptionError({ path: "prefix", message: "invalid prefix: expected a non-empty string" })
   }
-  const onStoreError = options.onStoreError ?? "allow"
+  const onStoreError = Input.orDefault(options.onStoreError, "allow")
   if (onStoreError !== "allow" && onStoreError !== "reject") {
     return yield* new Input.OptionError({
       path: "onStoreError",
       message: `invalid onStoreError: expected "allow" or "reject", got ${JSON.stringify(onStoreError)}`
     })
   }
-  const probeLease = yield* Input.orOptionError(millis("probeLease", options.probeLease ?? "10 seconds"))
+  const probeLease = yield* Input.orOptionError(millis("probeLease", Input.orDefault(options.probeLease, "10 seconds")))
   if (options.redis !== undefined && !Predicate.isObject(options.redis)) {
     return yield* new Input.OptionError({ path: "redis", message: "invalid redis: expected an object" })
   }

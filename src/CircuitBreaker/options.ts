@@ -74,7 +74,7 @@ export const unknownKeys = (input: object, known: ReadonlySet<string>, prefix = 
 const tripPolicy = (options: Options): Input.Checked<TripPolicy> => {
   const rolling = options.rolling
   if (rolling === undefined) {
-    return Result.map(Input.positiveInt("failMax", options.failMax ?? 5), (failures) => ({
+    return Result.map(Input.positiveInt("failMax", Input.orDefault(options.failMax, 5)), (failures) => ({
       _tag: "Consecutive" as const,
       failures
     }))
@@ -98,7 +98,7 @@ const tripPolicy = (options: Options): Input.Checked<TripPolicy> => {
     ]),
     ([size, threshold]) =>
       Result.map(
-        Input.int("rolling.minimumCalls", rolling.minimumCalls ?? size, { min: 1, max: size }),
+        Input.int("rolling.minimumCalls", Input.orDefault(rolling.minimumCalls, size), { min: 1, max: size }),
         (minimumCalls) => ({ _tag: "Rate" as const, threshold, minimumCalls, size })
       )
   )
@@ -114,12 +114,12 @@ export const check = (options: Options, extraKeys: ReadonlySet<string> = new Set
   for (const key of Object.keys(options)) {
     if (!knownKeys.has(key) && !extraKeys.has(key)) return fail(key, "unknown option")
   }
-  const halfOpenMax = Input.positiveInt("halfOpenMax", options.halfOpenMax ?? 1)
+  const halfOpenMax = Input.positiveInt("halfOpenMax", Input.orDefault(options.halfOpenMax, 1))
   if (Result.isFailure(halfOpenMax)) return Result.fail(halfOpenMax.failure)
   if (halfOpenMax.success > 1) {
     return fail("halfOpenMax", "the store admits one probe at a time while half-open; halfOpenMax must be 1")
   }
-  const successThreshold = Input.positiveInt("successThreshold", options.successThreshold ?? 1)
+  const successThreshold = Input.positiveInt("successThreshold", Input.orDefault(options.successThreshold, 1))
   if (Result.isFailure(successThreshold)) return Result.fail(successThreshold.failure)
   if (successThreshold.success > 1) {
     return fail("successThreshold", "the store closes the circuit on the probe's first success; it must be 1")
@@ -136,11 +136,11 @@ export const check = (options: Options, extraKeys: ReadonlySet<string> = new Set
   return Result.flatMap(
     Input.all([
       tripPolicy(options),
-      millis("resetTimeout", options.resetTimeout ?? "30 seconds"),
+      millis("resetTimeout", Input.orDefault(options.resetTimeout, "30 seconds")),
       Input.optional(options.resetTimeoutMax, (input) => millis("resetTimeoutMax", input)),
-      Input.number("resetTimeoutMultiplier", options.resetTimeoutMultiplier ?? 2, { min: 1, max: 100 }),
-      millis("idleTimeToLive", options.idleTimeToLive ?? "1 hour"),
-      Input.positiveInt("maxKeys", options.maxKeys ?? 10_000, 10_000_000)
+      Input.number("resetTimeoutMultiplier", Input.orDefault(options.resetTimeoutMultiplier, 2), { min: 1, max: 100 }),
+      millis("idleTimeToLive", Input.orDefault(options.idleTimeToLive, "1 hour")),
+      Input.positiveInt("maxKeys", Input.orDefault(options.maxKeys, 10_000), 10_000_000)
     ]),
     ([policy, resetTimeout, resetTimeoutMax, multiplier, idleTimeToLive, maxKeys]): Input.Checked<Config> =>
       resetTimeoutMax !== undefined && resetTimeoutMax < resetTimeout

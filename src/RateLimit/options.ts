@@ -23,7 +23,7 @@ const checkLimits = (input: unknown, path: string): Input.Checked<ResolvedLimits
     if (!limitFields.has(field)) return Result.fail({ path: `${path}.${field}`, message: "unknown field" })
   }
   const limits = input as Limits
-  const algorithm = limits.algorithm ?? "fixed-window"
+  const algorithm = Input.orDefault(limits.algorithm, "fixed-window")
   if (algorithm !== "fixed-window" && algorithm !== "token-bucket") {
     return Result.fail({
       path: `${path}.algorithm`,
@@ -34,7 +34,7 @@ const checkLimits = (input: unknown, path: string): Input.Checked<ResolvedLimits
     Input.all([
       Input.optional(limits.requestsPerMinute, (n) => Input.positiveInt(`${path}.requestsPerMinute`, n)),
       Input.optional(limits.tokensPerMinute, (n) => Input.positiveInt(`${path}.tokensPerMinute`, n)),
-      windowOf(`${path}.window`, limits.window ?? "1 minute")
+      windowOf(`${path}.window`, Input.orDefault(limits.window, "1 minute"))
     ]),
     ([requestsPerMinute, tokensPerMinute, window]) => ({ requestsPerMinute, tokensPerMinute, window, algorithm })
   )
@@ -69,6 +69,9 @@ export const checkOptions = (options: Options, fields: ReadonlySet<string> = opt
   for (const field of Object.keys(options)) {
     if (!fields.has(field)) return Result.fail({ path: field, message: "unknown option" })
   }
+  if (options.providers !== undefined && (typeof options.providers !== "object" || options.providers === null)) {
+    return Result.fail({ path: "providers", message: "expected an object of limits by key" })
+  }
   const providers = new Map<string, ResolvedLimits>()
   for (const [key, limits] of Object.entries(options.providers ?? {})) {
     const checked = checkLimits(limits, `providers.${key}`)
@@ -78,7 +81,10 @@ export const checkOptions = (options: Options, fields: ReadonlySet<string> = opt
   return Result.map(
     Input.all([
       Input.optional(options.default, (limits) => checkLimits(limits, "default")),
-      Input.duration("maxWait", options.maxWait ?? "30 seconds", { allowZero: true, allowInfinite: true })
+      Input.duration("maxWait", Input.orDefault(options.maxWait, "30 seconds"), {
+        allowZero: true,
+        allowInfinite: true
+      })
     ]),
     ([fallback, maxWait]) => ({ providers, fallback, maxWait })
   )

@@ -60,10 +60,10 @@ export const make = Effect.fnUntraced(function* (options: Options = {}) {
     ResponseCache.settings(options, "redis", ["prefix", "redis", "maxValueBytes"])
   )
   const maxValueBytes = yield* Input.orOptionError(
-    Input.int("maxValueBytes", options.maxValueBytes ?? 1_048_576, { min: 1 })
+    Input.int("maxValueBytes", Input.orDefault(options.maxValueBytes, 1_048_576), { min: 1 })
   )
   const guardSettings = yield* Input.orOptionError(SharedRedis.guardSettings(options.redis, "redis."))
-  const prefix = options.prefix ?? "orchestra-cache"
+  const prefix = Input.orDefault(options.prefix, "orchestra-cache")
   if (typeof prefix !== "string" || prefix.length === 0) {
     return yield* new Input.OptionError({ path: "prefix", message: "invalid prefix: expected a non-empty string" })
   }

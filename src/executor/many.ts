@@ -77,7 +77,7 @@ export const make = (env: {
 
   const executeMany = (requests: Iterable<GenerateRequest>, manyOptions: ManyOptions = {}) =>
     Effect.withFiber((fiber) => {
-      const concurrency = Input.positiveInt("concurrency", manyOptions.concurrency ?? 5)
+      const concurrency = Input.positiveInt("concurrency", Input.orDefault(manyOptions.concurrency, 5))
       if (Result.isFailure(concurrency)) {
         return Effect.fail(invalidRequest(concurrency.failure.path, concurrency.failure.message))
       }

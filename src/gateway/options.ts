@@ -58,7 +58,9 @@ const path = (field: string, input: unknown, allowEmpty: boolean): Input.Checked
 }
 
 const optionalPath = (field: string, input: unknown, fallback: `/${string}`) =>
-  input === false ? Result.succeed(undefined) : (path(field, input ?? fallback, false) as Input.Checked<`/${string}`>)
+  input === false
+    ? Result.succeed(undefined)
+    : (path(field, Input.orDefault(input, fallback), false) as Input.Checked<`/${string}`>)
 
 const deadline = (field: string, input: Duration.Input | "none" | undefined) =>
   input === undefined || input === "none" ? Result.succeed(input) : Input.duration(field, input)
@@ -86,6 +88,9 @@ export const check = (options: Options, at = ""): Input.Checked<Resolved> => {
   if (health !== undefined && health !== false && (typeof health !== "object" || health === null)) {
     return Result.fail({ path: p("healthPaths"), message: "expected { live, ready } or false" })
   }
+  if (options.stream !== undefined && (typeof options.stream !== "object" || options.stream === null)) {
+    return Result.fail({ path: p("stream"), message: "expected { firstChunkTimeout, idleTimeout, totalTimeout }" })
+  }
   const stream = options.stream ?? {}
   for (const key of Object.keys(stream)) {
     if (key !== "firstChunkTimeout" && key !== "idleTimeout" && key !== "totalTimeout") {
@@ -100,15 +105,20 @@ export const check = (options: Options, at = ""): Input.Checked<Resolved> => {
         : decodeRetry(options.retry, p("retry"))
   return Result.map(
     Input.all([
-      path(p("prefix"), options.prefix ?? "/v1", true),
-      Input.int(p("maxBodyBytes"), options.maxBodyBytes ?? 4 * 1024 * 1024, { min: 1024, max: 1024 * 1024 * 1024 }),
+      path(p("prefix"), Input.orDefault(options.prefix, "/v1"), true),
+      Input.int(p("maxBodyBytes"), Input.orDefault(options.maxBodyBytes, 4 * 1024 * 1024), {
+        min: 1024,
+        max: 1024 * 1024 * 1024
+      }),
       boolean(p("providerModels"), options.providerModels, true),
       retry,
-      Input.positiveInt(p("defaultMaxTokens"), options.defaultMaxTokens ?? 4096, 1_000_000),
+      Input.positiveInt(p("defaultMaxTokens"), Input.orDefault(options.defaultMaxTokens, 4096), 1_000_000),
       deadline(p("stream.firstChunkTimeout"), stream.firstChunkTimeout),
       deadline(p("stream.idleTimeout"), stream.idleTimeout),
       deadline(p("stream.totalTimeout"), stream.totalTimeout),
-      Input.duration(p("drainTimeout"), options.drainTimeout ?? Duration.seconds(10), { allowZero: true }),
+      Input.duration(p("drainTimeout"), Input.orDefault(options.drainTimeout, Duration.seconds(10)), {
+        allowZero: true
+      }),
       optionalPath(p("metricsPath"), options.metricsPath, "/metrics"),
       optionalPath(p("healthPaths.live"), health === false ? false : health?.live, "/healthz"),
       optionalPath(p("healthPaths.ready"), health === false ? false : health?.ready, "/readyz"),

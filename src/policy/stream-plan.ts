@@ -147,12 +147,20 @@ export const streamFromOptions =
               ? Result.succeed(undefined)
               : Result.map(
                   Input.all([
-                    Input.int("resume.maxResumes", options.resume === true ? 1 : (options.resume.maxResumes ?? 1), {
-                      min: 1
-                    }),
-                    Input.int("resume.minOverlap", options.resume === true ? 4 : (options.resume.minOverlap ?? 4), {
-                      min: 1
-                    })
+                    Input.int(
+                      "resume.maxResumes",
+                      options.resume === true ? 1 : Input.orDefault(options.resume.maxResumes, 1),
+                      {
+                        min: 1
+                      }
+                    ),
+                    Input.int(
+                      "resume.minOverlap",
+                      options.resume === true ? 4 : Input.orDefault(options.resume.minOverlap, 4),
+                      {
+                        min: 1
+                      }
+                    )
                   ]),
                   ([maxResumes, minOverlap]) => ({
                     maxResumes,

@@ -110,7 +110,7 @@ export const makeCalls = (env: Env) => {
       }
       if (options.after !== "p95") return yield* Input.orInvalidRequest(Input.duration("after", options.after))
       const fallback = yield* Input.orInvalidRequest(
-        Input.duration("defaultAfter", options.defaultAfter ?? Duration.seconds(2))
+        Input.duration("defaultAfter", Input.orDefault(options.defaultAfter, Duration.seconds(2)))
       )
       const { domain, provider } = yield* resolve(first)
       const s = yield* stats.snapshot({ provider: provider.name, domain: domain.name })

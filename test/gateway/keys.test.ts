@@ -117,6 +117,8 @@ describe("KeyStore: keys", () => {
         [{ reservationTtl: 1e308 }, "reservationTtl"],
         [{ cacheTtl: "soon" as never }, "cacheTtl"],
         [{ maxKeys: 0 }, "maxKeys"],
+        [{ maxKeys: null } as never, "maxKeys"],
+        [{ reservationTtl: null } as never, "reservationTtl"],
         [{ prefix: "p:" } as never, "prefix"]
       ]
       for (const [options, path] of cases) {

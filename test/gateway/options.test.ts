@@ -48,6 +48,11 @@ describe("Gateway options", () => {
       assert.strictEqual(yield* buildError({ allowAnonymous: true, retry: { maxAttempts: 0 } }), "retry.maxAttempts")
       assert.strictEqual(yield* buildError({ allowAnonymous: true, maxBody: 5 } as never), "maxBody")
       assert.strictEqual(yield* buildError({ allowAnonymous: "yes" } as never), "allowAnonymous")
+      // null is a wrong value, not an absent one (it was read as the default, or threw for stream).
+      assert.strictEqual(yield* buildError({ allowAnonymous: true, drainTimeout: null } as never), "drainTimeout")
+      assert.strictEqual(yield* buildError({ allowAnonymous: true, maxBodyBytes: null } as never), "maxBodyBytes")
+      assert.strictEqual(yield* buildError({ allowAnonymous: true, prefix: null } as never), "prefix")
+      assert.strictEqual(yield* buildError({ allowAnonymous: true, stream: null } as never), "stream")
     })
   )
 
@@ -70,6 +75,8 @@ describe("Gateway options", () => {
       assert.strictEqual(yield* pathOf({ allowAnonymous: true, host: "" }), "host")
       assert.strictEqual(yield* pathOf({ allowAnonymous: true, maxHeaderBytes: 10 }), "maxHeaderBytes")
       assert.strictEqual(yield* pathOf({ allowAnonymous: true, requestTimeout: 0 }), "requestTimeout")
+      assert.strictEqual(yield* pathOf({ allowAnonymous: true, requestTimeout: null } as never), "requestTimeout")
+      assert.strictEqual(yield* pathOf({ allowAnonymous: true, port: null } as never), "port")
     })
   )
 

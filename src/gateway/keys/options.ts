@@ -372,11 +372,11 @@ export const check = (input: Options, known: ReadonlySet<string> = optionFields)
     }
     return Result.map(
       Input.all([
-        Input.duration("rateLimitWait", o.rateLimitWait ?? 0, { allowZero: true }),
+        Input.duration("rateLimitWait", Input.orDefault(o.rateLimitWait, 0), { allowZero: true }),
         // A lease's end is a score and a PEXPIRE on Redis, and a sleep of the memory store.
-        Input.wholeMillis("reservationTtl", o.reservationTtl ?? "15 minutes", Input.maxRedisMillis),
-        Input.duration("cacheTtl", o.cacheTtl ?? "2 seconds", { allowZero: true }),
-        Input.positiveInt("maxKeys", o.maxKeys ?? 100_000, 10_000_000)
+        Input.wholeMillis("reservationTtl", Input.orDefault(o.reservationTtl, "15 minutes"), Input.maxRedisMillis),
+        Input.duration("cacheTtl", Input.orDefault(o.cacheTtl, "2 seconds"), { allowZero: true }),
+        Input.positiveInt("maxKeys", Input.orDefault(o.maxKeys, 100_000), 10_000_000)
       ]),
       ([rateLimitWait, reservationTtl, cacheTtl, maxKeys]) => ({
         keys,
