@@ -249,17 +249,20 @@ export interface Options {
  * @category constructors
  */
 export const checkOptions = (options: Options) =>
-  Input.all([
-    Input.optionalDuration("timeout", options.timeout, Duration.seconds(30)),
-    options.retry === undefined ? Result.succeed(defaultRetry) : decodeRetry(options.retry, "retry"),
-    Input.duration("shutdownDeadline", Input.orDefault(options.shutdownDeadline, Duration.seconds(10)), {
-      allowZero: true
-    }),
-    requestLimits(options.requestLimits ?? {}, "requestLimits"),
-    Input.optionalDuration("stream.firstChunkTimeout", options.stream?.firstChunkTimeout, Duration.seconds(30)),
-    Input.optionalDuration("stream.idleTimeout", options.stream?.idleTimeout, Duration.seconds(30)),
-    Input.optionalDuration("stream.totalTimeout", options.stream?.totalTimeout, Duration.minutes(10))
-  ])
+  options.stream !== undefined &&
+  (typeof options.stream !== "object" || options.stream === null || Array.isArray(options.stream))
+    ? Result.fail({ path: "stream", message: "expected an object { firstChunkTimeout, idleTimeout, totalTimeout }" })
+    : Input.all([
+        Input.optionalDuration("timeout", options.timeout, Duration.seconds(30)),
+        options.retry === undefined ? Result.succeed(defaultRetry) : decodeRetry(options.retry, "retry"),
+        Input.duration("shutdownDeadline", Input.orDefault(options.shutdownDeadline, Duration.seconds(10)), {
+          allowZero: true
+        }),
+        requestLimits(Input.orDefault(options.requestLimits, {}), "requestLimits"),
+        Input.optionalDuration("stream.firstChunkTimeout", options.stream?.firstChunkTimeout, Duration.seconds(30)),
+        Input.optionalDuration("stream.idleTimeout", options.stream?.idleTimeout, Duration.seconds(30)),
+        Input.optionalDuration("stream.totalTimeout", options.stream?.totalTimeout, Duration.minutes(10))
+      ])
 
 /**
  * Builds an executor over the `ModelProvider` in context. Scoped: closing the scope stops

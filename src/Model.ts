@@ -261,20 +261,25 @@ export const requestLimits = (
   input: Partial<RequestLimits> = {},
   path = "requestLimits"
 ): Input.Checked<RequestLimits> =>
-  Result.map(
-    Input.all([
-      Input.positiveInt(
-        `${path}.maxInputChars`,
-        Input.orDefault(input.maxInputChars, defaultRequestLimits.maxInputChars)
-      ),
-      Input.positiveInt(`${path}.maxMessages`, Input.orDefault(input.maxMessages, defaultRequestLimits.maxMessages)),
-      Input.positiveInt(
-        `${path}.maxEmbedTexts`,
-        Input.orDefault(input.maxEmbedTexts, defaultRequestLimits.maxEmbedTexts)
+  typeof input !== "object" || input === null || Array.isArray(input)
+    ? Result.fail({ path, message: "expected an object { maxInputChars, maxMessages, maxEmbedTexts }" })
+    : Result.map(
+        Input.all([
+          Input.positiveInt(
+            `${path}.maxInputChars`,
+            Input.orDefault(input.maxInputChars, defaultRequestLimits.maxInputChars)
+          ),
+          Input.positiveInt(
+            `${path}.maxMessages`,
+            Input.orDefault(input.maxMessages, defaultRequestLimits.maxMessages)
+          ),
+          Input.positiveInt(
+            `${path}.maxEmbedTexts`,
+            Input.orDefault(input.maxEmbedTexts, defaultRequestLimits.maxEmbedTexts)
+          )
+        ]),
+        ([maxInputChars, maxMessages, maxEmbedTexts]) => ({ maxInputChars, maxMessages, maxEmbedTexts })
       )
-    ]),
-    ([maxInputChars, maxMessages, maxEmbedTexts]) => ({ maxInputChars, maxMessages, maxEmbedTexts })
-  )
 
 /**
  * Checks a generation request before any provider sees it: its shape (unknown fields are

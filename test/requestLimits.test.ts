@@ -49,11 +49,24 @@ describe("requestLimits", () => {
         [{ maxInputChars: 0 }, "requestLimits.maxInputChars"],
         [{ maxInputChars: Number.NaN }, "requestLimits.maxInputChars"],
         [{ maxMessages: -1 }, "requestLimits.maxMessages"],
-        [{ maxEmbedTexts: 2.5 }, "requestLimits.maxEmbedTexts"]
+        [{ maxEmbedTexts: 2.5 }, "requestLimits.maxEmbedTexts"],
+        [{ maxMessages: null }, "requestLimits.maxMessages"],
+        // Not an object of limits at all: it was read as {} (every default).
+        [5, "requestLimits"],
+        [null, "requestLimits"]
       ] as const) {
-        const error = yield* Effect.flip(setup({}, { requestLimits: limits }))
+        const error = yield* Effect.flip(setup({}, { requestLimits: limits as never }))
         assert.strictEqual(error._tag, "OptionError", path)
         assert.strictEqual(error._tag === "OptionError" && error.path, path)
+      }
+    }).pipe(Effect.scoped)
+  )
+
+  it.effect("the executor's stream options must be an object: 5 was read as {} (every default)", () =>
+    Effect.gen(function* () {
+      for (const stream of [5, "30 seconds", null]) {
+        const error = yield* Effect.flip(setup({}, { stream: stream as never }))
+        assert.strictEqual(error._tag === "OptionError" && error.path, "stream", String(stream))
       }
     }).pipe(Effect.scoped)
   )
