@@ -52,7 +52,11 @@ export interface Answer {
   readonly domainsTried: number
   readonly fallbackUsed: boolean
   readonly source: "provider" | "cache" | "stale-cache"
-  /** Set by hedging: whether a backup answered. */
+  /**
+   * Set by hedging once a backup started: whether a backup answered (`false`: the first
+   * step won the race). `undefined` when no backup started (the first step answered within
+   * the delay) and outside hedging.
+   */
   readonly hedgeWon?: boolean | undefined
 }
 
