@@ -172,6 +172,10 @@ const manager = (
   })
 }
 
+// The errors `under` has already named: a layer inside another section's (the admin routes
+// inside the gateway's) keeps its own section rather than getting the outer one's too.
+const placed = new WeakSet<Input.OptionError>()
+
 /**
  * A layer's `OptionError` names its field where the user wrote it: under the file's section
  * (`keys.prices.gpt`), or as `where` says for a field that comes from elsewhere.
@@ -180,14 +184,15 @@ const under =
   (section: string, where: (path: string) => string | undefined = () => undefined) =>
   <A, E, R>(layer: Layer.Layer<A, E, R>): Layer.Layer<A, unknown, R> =>
     Layer.catch(layer, (error: E) => {
-      if (!(error instanceof Input.OptionError)) return Layer.effectDiscard(Effect.fail(error)) as never
+      if (!(error instanceof Input.OptionError) || placed.has(error)) {
+        return Layer.effectDiscard(Effect.fail(error)) as never
+      }
       const own = `invalid ${error.path}: `
       const message = error.message.startsWith(own) ? error.message.slice(own.length) : error.message
       const path = where(error.path) ?? `${section}.${error.path}`
-      return Layer.effectDiscard(Effect.fail(Input.toOptionError({ path, message }))) as unknown as Layer.Layer<
-        A,
-        unknown
-      >
+      const named = Input.toOptionError({ path, message })
+      placed.add(named)
+      return Layer.effectDiscard(Effect.fail(named)) as unknown as Layer.Layer<A, unknown>
     })
 
 /** The gateway's options that the `server` section (or a flag) gives, not the `gateway` one. */
@@ -244,7 +249,12 @@ export const run = Effect.fnUntraced(function* (args: Args) {
           ? KeyStore.layerMemory(keyOptions)
           : KeyStore.layerRedis({ ...keyOptions, prefix: `${prefix}gateway:`, redis: shared.guard })
         ).pipe(under("keys"))
-  const admin = adminKey === undefined ? Layer.empty : Admin.layer({ key: adminKey, path: config.admin?.path })
+  const admin =
+    adminKey === undefined
+      ? Layer.empty
+      : Admin.layer({ key: adminKey, path: config.admin?.path }).pipe(
+          under("admin", (path) => (path === "key" ? "admin.keyEnv" : undefined))
+        )
   const gateway = Gateway.serve(
     {
       ...(config.gateway as Gateway.Options | undefined),

@@ -183,6 +183,27 @@ describe("orchestra serve, start-up failures", () => {
   )
 })
 
+describe("orchestra serve, the admin routes' options", () => {
+  it.live(
+    "a wrong admin path is refused with exit code 2 naming admin.path",
+    () =>
+      Effect.gen(function* () {
+        const exitOf = (file: string) =>
+          Effect.flatMap(
+            serve(["--config", config, "--gateway", file], { TEST_ADMIN_KEY: "admin-key-0123456789abcdef" }),
+            (started) => started.exit
+          )
+        const relative = yield* exitOf(
+          write("admin-relative.json", { admin: { keyEnv: "TEST_ADMIN_KEY", path: "admin" }, keys: {} })
+        )
+        assert.strictEqual(relative.code, 2, relative.stderr)
+        assert.include(relative.stderr, 'invalid admin.path: expected a path such as "/admin"')
+        assert.notInclude(relative.stderr, "gateway.path")
+      }),
+    120_000
+  )
+})
+
 describe.skipIf(skipRedis)(`orchestra serve on Redis${skipRedis ? ` (${skipReason})` : ""}`, () => {
   it.live(
     "two replicas on one Redis share a key's budget and see a key an admin created through the other",
