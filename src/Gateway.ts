@@ -397,9 +397,11 @@ export const serve = <E = never, R = never>(
           yield* Effect.addFinalizer(() => Effect.andThen(gateway.drain, closeIdle(nodeServer)))
         })
       )
+      // `routes` after the gateway's (not merged, which builds both at once): a path of theirs that
+      // collides with the gateway's is then their OptionError (`Admin.layer`'s `path`), whatever the timing.
       return drainFirst.pipe(
         Layer.provideMerge(
-          HttpRouter.serve(Layer.merge(layer(gatewayOptions as Options), routes ?? Layer.empty), {
+          HttpRouter.serve(Layer.provideMerge(routes ?? Layer.empty, layer(gatewayOptions as Options)), {
             disableLogger: options.logRequests !== true,
             disableListenLog: true
           })

@@ -149,7 +149,7 @@ export const make = Effect.fnUntraced(function* (options: Options) {
 
   const keyBody = (key: KeyInfo) => ({ object: "key", ...key })
 
-  yield* router.addAll([
+  const routes = [
     HttpRouter.route(
       "POST",
       `${path}/keys`,
@@ -196,7 +196,19 @@ export const make = Effect.fnUntraced(function* (options: Options) {
       `${path}/*`,
       route(() => Effect.fail(gatewayError("NotFound", "No such admin route", { code: "not_found" })))
     )
-  ])
+  ]
+  // The router throws when a route is already declared (the gateway's `/v1/*` under `path: "/v1"`):
+  // a wrong option, not a defect of the server.
+  yield* router.addAll(routes).pipe(
+    Effect.catchDefect((defect) =>
+      Effect.fail(
+        Input.toOptionError({
+          path: "path",
+          message: `expected a path of the admin routes' own: "${path}" collides with routes already on the router (the gateway's prefix, health or metrics paths): ${defect instanceof Error ? defect.message : String(defect)}`
+        })
+      )
+    )
+  )
 })
 
 /**

@@ -18,6 +18,9 @@ import * as Gateway from "../../src/Gateway.js"
 import * as Admin from "../../src/gateway/admin.js"
 import type { GatewayError } from "../../src/gateway/errors.js"
 import * as KeyStore from "../../src/gateway/keys/KeyStore.js"
+import type * as Input from "../../src/Input.js"
+import * as Mock from "../../src/Model/Mock.js"
+import * as Orchestra from "../../src/Orchestra.js"
 import * as Prometheus from "../../src/Prometheus.js"
 import * as Redis from "../../src/Redis.js"
 import { type RedisServer, skipRedis, skipReason, startRedis } from "../utils/redis.js"
@@ -833,6 +836,32 @@ describe("Admin routes", () => {
       assert.strictEqual((yield* admin("/admin/elsewhere")).status, 404)
       const big = yield* admin("/admin/keys", { method: "POST", body: { name: "x".repeat(70_000) } })
       assert.strictEqual(big.status, 413)
+    })
+  )
+
+  it.effect("an admin path that collides with the gateway's routes is an OptionError naming path, not a defect", () =>
+    Effect.gen(function* () {
+      const manager = Orchestra.layer({ providers: { mock: Mock.layer({ respond: () => "hi" }) } })
+      const keys = KeyStore.layerMemory({})
+      for (const [admin, gateway] of [
+        ["/v1", {}],
+        ["/admin", { prefix: "/admin" }]
+      ] as const) {
+        const error = yield* Effect.flip(
+          Effect.scoped(
+            Layer.build(
+              Gateway.serve(
+                { port: 0, ...gateway },
+                Admin.layer({ key: Redacted.make(adminSecret), path: admin })
+              ).pipe(Layer.provide(Layer.merge(manager, keys)))
+            )
+          )
+        )
+        assert.strictEqual(error._tag, "OptionError", admin)
+        const found = error as Input.OptionError
+        assert.strictEqual(found.path, "path")
+        assert.include(found.message, `"${admin}" collides with routes already on the router`)
+      }
     })
   )
 

@@ -185,7 +185,7 @@ describe("orchestra serve, start-up failures", () => {
 
 describe("orchestra serve, the admin routes' options", () => {
   it.live(
-    "a wrong admin path is refused with exit code 2 naming admin.path",
+    "a wrong admin path, or one colliding with the gateway's routes, is refused with exit code 2 naming admin.path",
     () =>
       Effect.gen(function* () {
         const exitOf = (file: string) =>
@@ -193,12 +193,19 @@ describe("orchestra serve, the admin routes' options", () => {
             serve(["--config", config, "--gateway", file], { TEST_ADMIN_KEY: "admin-key-0123456789abcdef" }),
             (started) => started.exit
           )
-        const relative = yield* exitOf(
-          write("admin-relative.json", { admin: { keyEnv: "TEST_ADMIN_KEY", path: "admin" }, keys: {} })
+        const [relative, taken] = yield* Effect.all(
+          [
+            exitOf(write("admin-relative.json", { admin: { keyEnv: "TEST_ADMIN_KEY", path: "admin" }, keys: {} })),
+            exitOf(write("admin-taken.json", { admin: { keyEnv: "TEST_ADMIN_KEY", path: "/v1" }, keys: {} }))
+          ],
+          { concurrency: 2 }
         )
         assert.strictEqual(relative.code, 2, relative.stderr)
         assert.include(relative.stderr, 'invalid admin.path: expected a path such as "/admin"')
         assert.notInclude(relative.stderr, "gateway.path")
+        assert.strictEqual(taken.code, 2, taken.stderr)
+        assert.deepStrictEqual(JSON.parse(taken.stdout).error.kind, "config")
+        assert.include(taken.stderr, 'invalid admin.path: expected a path of the admin routes\' own: "/v1" collides')
       }),
     120_000
   )
