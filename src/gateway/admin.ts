@@ -127,7 +127,12 @@ export const make = Effect.fnUntraced(function* (options: Options) {
         const parsed = Result.try(() => JSON.parse(decoder.decode(bytes)) as unknown)
         return Result.isSuccess(parsed)
           ? Effect.succeed(parsed.success)
-          : Effect.fail(gatewayError("InvalidRequest", "the request body is not valid JSON", { param: "body" }))
+          : Effect.fail(
+              gatewayError("InvalidRequest", "the request body is not valid JSON", {
+                param: "body",
+                code: "invalid_json"
+              })
+            )
       })
     )
 

@@ -18,7 +18,12 @@ type Checked<A> = Result.Result<A, GatewayError>
 const invalid = (param: string, message: string): Checked<never> =>
   Result.fail(gatewayError("InvalidRequest", `invalid ${param}: ${message}`, { param }))
 
-const kind = (u: unknown): string =>
+/**
+ * What a JSON value is, for a message (`got an array`).
+ *
+ * @internal
+ */
+export const kind = (u: unknown): string =>
   u === null ? "null" : Array.isArray(u) ? "an array" : typeof u === "object" ? "an object" : typeof u
 
 const isObject = (u: unknown): u is Record<string, unknown> => typeof u === "object" && u !== null && !Array.isArray(u)

@@ -839,6 +839,28 @@ describe("Admin routes", () => {
     })
   )
 
+  it.live(
+    "a body that is not a JSON object names the body, and invalid JSON is invalid_json, as on the chat route",
+    () =>
+      Effect.gen(function* () {
+        const admin = yield* adminServer(yield* memory({}))
+        for (const [body, got] of [
+          ["[]", "an array"],
+          ["null", "null"],
+          ["5", "number"]
+        ] as const) {
+          const refused = yield* admin("/admin/keys", { method: "POST", body })
+          assert.strictEqual(refused.status, 400, body)
+          assert.strictEqual(refused.body.error.param, "body", body)
+          assert.strictEqual(refused.body.error.message, `invalid body: expected a JSON object, got ${got}`)
+        }
+        const notJson = yield* admin("/admin/keys", { method: "POST", body: "{nope" })
+        assert.strictEqual(notJson.status, 400)
+        assert.strictEqual(notJson.body.error.code, "invalid_json")
+        assert.strictEqual(notJson.body.error.param, "body")
+      })
+  )
+
   it.effect("an admin path that collides with the gateway's routes is an OptionError naming path, not a defect", () =>
     Effect.gen(function* () {
       const manager = Orchestra.layer({ providers: { mock: Mock.layer({ respond: () => "hi" }) } })

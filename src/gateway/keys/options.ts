@@ -8,6 +8,7 @@
  */
 import { Duration, Result } from "effect"
 import * as Input from "../../Input.js"
+import { kind } from "../request.js"
 import type { Options } from "./KeyStore.js"
 import { sha256Pattern } from "./secret.js"
 
@@ -257,12 +258,15 @@ export const createRequest = (
   readonly id: string | undefined
   readonly policy: ReturnType<typeof policy> extends Checked<infer P> ? P : never
 }> =>
-  Result.flatMap(fields("", input, createFields), (b) =>
-    Result.flatMap(
-      Input.optional(b.id, (i) => id("id", i)),
-      (keyId) => Result.map(policy("", b, keyId ?? "unnamed"), (checked) => ({ id: keyId, policy: checked }))
-    )
-  )
+  // The admin route's body: a top-level non-object is the body's fault, named as the chat route names it.
+  !isObject(input)
+    ? fail("body", `expected a JSON object, got ${kind(input)}`)
+    : Result.flatMap(fields("", input, createFields), (b) =>
+        Result.flatMap(
+          Input.optional(b.id, (i) => id("id", i)),
+          (keyId) => Result.map(policy("", b, keyId ?? "unnamed"), (checked) => ({ id: keyId, policy: checked }))
+        )
+      )
 
 const definitionFields: ReadonlySet<string> = new Set(["id", "sha256", "prefix", "disabled", ...policyFields])
 
