@@ -11,8 +11,8 @@
  * | `GET {path}/keys/:id/spend` | `{ id, budgets: [{ scope, id, unit, spent, held, limit, remaining, resetsAt }] }` |
  *
  * A key never shows its secret again nor its hash: only its `prefix`. Failures are
- * OpenAI-shaped bodies (401 without the admin key, 400 naming the field, 404, 409 for an
- * id taken, 403 for a key of the configuration, 503 when the store is down). Bodies are
+ * OpenAI-shaped bodies (401 without the admin key, 400 naming the field, 404, 405 with
+ * `Allow` for a wrong method, 409 for an id taken, 403 for a key of the configuration, 503 when the store is down). Bodies are
  * bounded (`maxBodyBytes`).
  *
  * @since 0.2.0
@@ -77,6 +77,15 @@ const answerError = (error: GatewayError) => {
 }
 
 const bearerPattern = /^Bearer[ \t]+(\S+)[ \t]*$/i
+
+/** The methods of the admin route at `rest` (the path after the admin prefix), `undefined` for none: 404. */
+const allowed = (rest: string): string | undefined => {
+  const [empty, keys, id, action, ...more] = rest.split("/")
+  if (empty !== "" || keys !== "keys" || more.length > 0 || id === "" || action === "") return undefined
+  if (id === undefined) return "GET, POST"
+  if (action === undefined || action === "spend") return "GET"
+  return action === "disable" || action === "enable" ? "POST" : undefined
+}
 
 const decoder = new TextDecoder()
 
@@ -199,7 +208,16 @@ export const make = Effect.fnUntraced(function* (options: Options) {
     HttpRouter.route(
       "*",
       `${path}/*`,
-      route(() => Effect.fail(gatewayError("NotFound", "No such admin route", { code: "not_found" })))
+      route((request) => {
+        const url = request.url.split("?")[0]!
+        const allow = allowed(url.slice(path.length))
+        if (allow === undefined)
+          return Effect.fail(gatewayError("NotFound", "No such admin route", { code: "not_found" }))
+        const refused = gatewayError("MethodNotAllowed", `${request.method} is not allowed on ${url}: use ${allow}`, {
+          status: 405
+        })
+        return Effect.succeed(HttpServerResponse.setHeader(answerError(refused), "allow", allow))
+      })
     )
   ]
   // The router throws when a route is already declared (the gateway's `/v1/*` under `path: "/v1"`):

@@ -861,6 +861,33 @@ describe("Admin routes", () => {
       })
   )
 
+  it.live(
+    "a wrong method on an admin route is a 405 with Allow, as on the gateway's routes; an unknown path a 404",
+    () =>
+      Effect.gen(function* () {
+        const admin = yield* adminServer(yield* memory({ keys: [key("cfg", secretA)] }))
+        for (const [method, path, allow] of [
+          ["GET", "/admin/keys/cfg/disable", "POST"],
+          ["PUT", "/admin/keys/cfg/enable?x=1", "POST"],
+          ["DELETE", "/admin/keys/cfg", "GET"],
+          ["POST", "/admin/keys/cfg/spend", "GET"],
+          ["DELETE", "/admin/keys", "GET, POST"]
+        ] as const) {
+          const refused = yield* admin(path, { method })
+          assert.strictEqual(refused.status, 405, `${method} ${path}`)
+          assert.strictEqual(refused.headers.get("allow"), allow)
+          assert.strictEqual(refused.body.error.code, "method_not_allowed")
+        }
+        for (const path of ["/admin/elsewhere", "/admin/keys/cfg/rename", "/admin/keys/cfg/spend/more"]) {
+          const missing = yield* admin(path, { method: "POST" })
+          assert.strictEqual(missing.status, 404, path)
+          assert.isNull(missing.headers.get("allow"))
+        }
+        // The admin key first: a wrong method tells nothing without it.
+        assert.strictEqual((yield* admin("/admin/keys/cfg", { method: "DELETE", admin: false })).status, 401)
+      })
+  )
+
   it.effect("an admin path that collides with the gateway's routes is an OptionError naming path, not a defect", () =>
     Effect.gen(function* () {
       const manager = Orchestra.layer({ providers: { mock: Mock.layer({ respond: () => "hi" }) } })
