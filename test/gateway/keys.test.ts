@@ -103,6 +103,9 @@ describe("KeyStore: keys", () => {
         [{ keys: [key("a", secretA, { budget: { tokens: Number.NaN } })] }, "keys[0].budget.tokens"],
         [{ keys: [key("a", secretA, { budget: { usd: -1 } })] }, "keys[0].budget.usd"],
         [{ keys: [key("a", secretA, { budget: { usd: 2e6 } })] }, "keys[0].budget.usd"],
+        [{ keys: [key("a", secretA, { budget: { usd: 1e-10 } })] }, "keys[0].budget.usd"],
+        [{ keys: [key("a", secretA, { modelBudgets: { m: { usd: 5e-10 } } })] }, "keys[0].modelBudgets.m.usd"],
+        [{ teams: { red: { budget: { usd: 1e-10 } } } }, "teams.red.budget.usd"],
         [{ keys: [key("a", secretA, { budget: { tokens: 1e16 } })] }, "keys[0].budget.tokens"],
         [{ keys: [key("a", secretA, { budget: {} })] }, "keys[0].budget"],
         [{ keys: [key("a", secretA, { budget: { tokens: 5, period: "-1 day" } })] }, "keys[0].budget.period"],
@@ -130,6 +133,24 @@ describe("KeyStore: keys", () => {
         assert.strictEqual(error.path, path, error.message)
       }
     })
+  )
+})
+
+describe("KeyStore: dollar budgets", () => {
+  it.effect(
+    "a budget below one nano-dollar (the ledger's unit) is refused naming budget.usd, not made a $0 limit",
+    () =>
+      Effect.gen(function* () {
+        const store = yield* memory({ prices: { m: { input: 1, output: 1 } } })
+        const refused = yield* failure(store.create({ id: "tiny", budget: { usd: 1e-10 } }))
+        assert.strictEqual(refused.reason, "InvalidRequest")
+        assert.strictEqual(refused.param, "budget.usd")
+        assert.include(refused.message, "at least 0.000000001")
+        const smallest = yield* store.create({ id: "smallest", budget: { usd: 1e-9 } })
+        assert.strictEqual(smallest.key.budget?.usd, 1e-9)
+        const spend = yield* store.spend("smallest")
+        assert.strictEqual(spend[0]!.limit, 1e-9)
+      })
   )
 })
 

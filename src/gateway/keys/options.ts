@@ -21,6 +21,7 @@ import { sha256Pattern } from "./secret.js"
  */
 export interface Budget {
   readonly tokens?: number | undefined
+  /** US dollars, at least 0.000000001 (budgets count whole nano-dollars). */
   readonly usd?: number | undefined
   readonly period?: Input.DurationInput | undefined
 }
@@ -152,6 +153,17 @@ const text = (path: string, input: unknown, max: number): Checked<string> =>
 
 const budgetFields: ReadonlySet<string> = new Set(["tokens", "usd", "period"])
 
+// The ledger counts money in whole nano-dollars: a smaller budget would round to a limit of $0.
+const usd = (path: string, input: unknown): Checked<number> =>
+  Result.flatMap(Input.number(path, input, { min: 0, minExclusive: true, max: 1e6 }), (amount) =>
+    amount >= 1e-9
+      ? Result.succeed(amount)
+      : fail(
+          path,
+          `expected at least 0.000000001 (one nano-dollar, the smallest amount a budget counts), got ${amount}`
+        )
+  )
+
 /**
  * Checks a budget; at least one of `tokens` and `usd`.
  *
@@ -163,7 +175,7 @@ export const budget = (path: string, input: unknown): Checked<ResolvedBudget> =>
     return Result.map(
       Input.all([
         Input.optional(b.tokens, (n) => Input.positiveInt(at(path, "tokens"), n, 1e15)),
-        Input.optional(b.usd, (n) => Input.number(at(path, "usd"), n, { min: 0, minExclusive: true, max: 1e6 })),
+        Input.optional(b.usd, (n) => usd(at(path, "usd"), n)),
         Input.optional(b.period, (d) =>
           Result.flatMap(Input.duration(at(path, "period"), d), (period) => {
             const ms = Duration.toMillis(period)
