@@ -283,8 +283,9 @@ export const requestLimits = (
 
 /**
  * Checks a generation request before any provider sees it: its shape (unknown fields are
- * refused, `temprature` included), that it carries a non-empty conversation, and the size
- * limits. Fails with an `InvalidRequest` naming the field.
+ * refused, `temprature` included), that it carries a non-empty conversation, the size
+ * limits, and that tool parameters and response schemas nest at most 64 levels deep. Fails
+ * with an `InvalidRequest` naming the field.
  *
  * @since 0.1.0
  * @category validation

@@ -188,3 +188,39 @@ interface OpenAIChunk {
   }>
   readonly usage?: unknown
 }
+
+describe("Gateway: request bounds", () => {
+  it.live("a tool's parameters or a response schema nested thousands deep is a 400 naming it, not a 500", () =>
+    Effect.gen(function* () {
+      const upstream = yield* Server.make(Up.openAi())
+      // A key store, so that the budget estimate (which serializes tools and schemas) runs.
+      const gw = yield* Harness.make({
+        upstreams: { a: upstream.url },
+        keys: Harness.keyStore({ "sk-client": { id: "c" } }).service
+      })
+      const deep = "[".repeat(5000) + "]".repeat(5000)
+      const post = (extra: string) =>
+        Effect.promise(async () => {
+          const response = await fetch(`${gw.url}/v1/chat/completions`, {
+            method: "POST",
+            headers: { authorization: "Bearer sk-client", "content-type": "application/json" },
+            body: `{"model":"d-a","messages":[{"role":"user","content":"hi"}],${extra}}`
+          })
+          return {
+            status: response.status,
+            body: (await response.json()) as { error: { param: string; message: string } }
+          }
+        })
+      const schema = yield* post(
+        `"response_format":{"type":"json_schema","json_schema":{"name":"x","schema":{"a":${deep}}}}`
+      )
+      assert.strictEqual(schema.status, 400)
+      assert.strictEqual(schema.body.error.param, "response_format.json_schema.schema")
+      assert.include(schema.body.error.message, "more than 64 levels deep")
+      const tools = yield* post(`"tools":[{"type":"function","function":{"name":"f","parameters":{"a":${deep}}}}]`)
+      assert.strictEqual(tools.status, 400)
+      assert.strictEqual(tools.body.error.param, "tools[0].function.parameters")
+      assert.lengthOf(yield* upstream.requests, 0)
+    })
+  )
+})

@@ -53,6 +53,36 @@ describe("Model.validateGenerate", () => {
     })
   )
 
+  it.effect(
+    "a tool's parameters or a response schema nested too deep is refused naming the field, not a stack overflow",
+    () =>
+      Effect.gen(function* () {
+        const nested = (depth: number): Record<string, unknown> => {
+          let value: unknown = {}
+          for (let i = 2; i < depth; i++) value = [value]
+          return { a: value }
+        }
+        const messages = [{ role: "user" as const, content: "hi" }]
+        const tool = yield* Effect.flip(
+          validateGenerate({ messages, tools: [{ name: "f" }, { name: "g", parameters: nested(5000) }] })
+        )
+        assert.strictEqual(tool.reason, "InvalidRequest")
+        assert.strictEqual(tool.field, "tools[1].parameters")
+        const schema = yield* Effect.flip(
+          validateGenerate({ messages, responseFormat: { type: "json_schema", name: "x", schema: nested(65) } })
+        )
+        assert.strictEqual(schema.field, "responseFormat.schema")
+        const cyclic: Record<string, unknown> = {}
+        cyclic.self = cyclic
+        assert.strictEqual(
+          (yield* Effect.flip(validateGenerate({ messages, tools: [{ name: "f", parameters: cyclic }] }))).field,
+          "tools[0].parameters"
+        )
+        // 64 levels pass, a real schema with them.
+        yield* validateGenerate({ messages, responseFormat: { type: "json_schema", name: "x", schema: nested(64) } })
+      })
+  )
+
   it.effect("an embedding request with too many texts is refused naming texts", () =>
     Effect.gen(function* () {
       const error = yield* Effect.flip(

@@ -75,6 +75,41 @@ const isPlainGenerate = (r: Record<string, unknown>): boolean => {
   return optionalString(r.prompt)
 }
 
+/**
+ * How deeply a tool's parameters or a response schema may nest arrays and objects: far
+ * beyond any real schema, and far below what `JSON.stringify` and the providers' encoders
+ * can recurse through (a few thousand levels overflow the stack).
+ *
+ * @internal
+ */
+export const maxSchemaDepth = 64
+
+/**
+ * Whether a value nests arrays and objects deeper than `max`, found without recursion (the
+ * value may be nested too deeply to recurse through; a cycle counts as too deep).
+ *
+ * @internal
+ */
+export const nestsDeeper = (value: unknown, max: number): boolean => {
+  const values: Array<unknown> = [value]
+  const depths: Array<number> = [1]
+  while (values.length > 0) {
+    const current = values.pop()
+    const depth = depths.pop()!
+    if (typeof current !== "object" || current === null) continue
+    if (depth > max) return true
+    for (const child of Array.isArray(current) ? current : Object.values(current)) {
+      if (typeof child === "object" && child !== null) {
+        values.push(child)
+        depths.push(depth + 1)
+      }
+    }
+  }
+  return false
+}
+
+const tooDeep = (field: string) => invalid(field, `nests arrays and objects more than ${maxSchemaDepth} levels deep`)
+
 const shapeError = (error: Schema.SchemaError, what: string): ModelError => {
   const issue = Input.issueOf(error)
   return invalidRequest(issue.path, `${issue.message} (in the ${what})`)
@@ -104,6 +139,14 @@ export const checkGenerate = (
   ) {
     const decoded = decodeGenerate(request)
     if (Result.isFailure(decoded)) return shapeError(decoded.failure, "request")
+  }
+  if (request.tools !== undefined) {
+    for (let i = 0; i < request.tools.length; i++) {
+      if (nestsDeeper(request.tools[i]!.parameters, maxSchemaDepth)) return tooDeep(`tools[${i}].parameters`)
+    }
+  }
+  if (request.responseFormat?.type === "json_schema" && nestsDeeper(request.responseFormat.schema, maxSchemaDepth)) {
+    return tooDeep("responseFormat.schema")
   }
   if (request.prompt === undefined && request.messages === undefined) {
     return invalid("prompt", "give either `prompt` or `messages`")

@@ -11,6 +11,7 @@
  */
 import { Result } from "effect"
 import type * as Model from "../Model.js"
+import { maxSchemaDepth, nestsDeeper } from "../Model/validate.js"
 import { type GatewayError, gatewayError } from "./errors.js"
 
 type Checked<A> = Result.Result<A, GatewayError>
@@ -25,6 +26,9 @@ const invalid = (param: string, message: string): Checked<never> =>
  */
 export const kind = (u: unknown): string =>
   u === null ? "null" : Array.isArray(u) ? "an array" : typeof u === "object" ? "an object" : typeof u
+
+const tooDeep = (param: string): Checked<never> =>
+  invalid(param, `nests arrays and objects more than ${maxSchemaDepth} levels deep`)
 
 const isObject = (u: unknown): u is Record<string, unknown> => typeof u === "object" && u !== null && !Array.isArray(u)
 
@@ -206,6 +210,7 @@ const toolsOf = (input: unknown): Checked<ReadonlyArray<Model.ToolDefinition>> =
     if (fn.parameters !== undefined && !isObject(fn.parameters)) {
       return invalid(`tools[${i}].function.parameters`, "expected a JSON Schema object")
     }
+    if (nestsDeeper(fn.parameters, maxSchemaDepth)) return tooDeep(`tools[${i}].function.parameters`)
     out.push({
       name: fn.name,
       ...(fn.description === undefined ? {} : { description: fn.description as string }),
@@ -238,6 +243,7 @@ const responseFormatOf = (input: unknown): Checked<Model.ResponseFormat> => {
       if (spec.schema !== undefined && !isObject(spec.schema)) {
         return invalid("response_format.json_schema.schema", "expected a JSON Schema object")
       }
+      if (nestsDeeper(spec.schema, maxSchemaDepth)) return tooDeep("response_format.json_schema.schema")
       if (spec.strict !== undefined && spec.strict !== null && typeof spec.strict !== "boolean") {
         return invalid("response_format.json_schema.strict", "expected a boolean")
       }
