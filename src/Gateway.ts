@@ -190,7 +190,10 @@ export interface Options {
         readonly totalTimeout?: Duration.Input | "none" | undefined
       }
     | undefined
-  /** On shutdown, how long running requests and streams may finish before they are cut. Default 10 s. */
+  /**
+   * On shutdown, how long running requests and streams may finish before they are cut.
+   * Default 10 s. `serve` stops at most 3 seconds after it, whatever the clients do.
+   */
   readonly drainTimeout?: Duration.Input | undefined
   /** Path of the Prometheus metrics, or `false`. Default `"/metrics"`. */
   readonly metricsPath?: string | false | undefined
@@ -264,14 +267,19 @@ export const layerDrain: Layer.Layer<never, never, Gateway | HttpServer.HttpServ
   })
 )
 
-// A drained request's connection goes idle only once its last bytes are written, and Node's
-// `close` closes only the connections idle when it is called: close them as they go idle
-// (every 10 ms, for at most 2 seconds) so the server's own close finds none left.
-const closeIdle = (server: NodeServer | undefined): Effect.Effect<void> =>
+// After the drain, what is left of the connections must not hold the shutdown: stop
+// listening, close the keep-alive connections as they go idle (a drained request's goes
+// idle once its last bytes are written; Node's `close` closes only those idle when it is
+// called), and after `closeGrace` destroy the rest: half-sent request heads, slow readers.
+const closeGrace = Duration.seconds(1)
+
+const closeConnections = (server: NodeServer | undefined): Effect.Effect<void> =>
   server === undefined
     ? Effect.void
     : Effect.gen(function* () {
-        for (let i = 0; i < 200; i++) {
+        if (server.listening) server.close()
+        const rounds = Duration.toMillis(closeGrace) / 10
+        for (let i = 0; i < rounds; i++) {
           server.closeIdleConnections()
           const open = yield* Effect.callback<number>((resume) => {
             server.getConnections((error, count) => resume(Effect.succeed(error ? 0 : count)))
@@ -279,6 +287,7 @@ const closeIdle = (server: NodeServer | undefined): Effect.Effect<void> =>
           if (open === 0) return
           yield* Effect.sleep(Duration.millis(10))
         }
+        server.closeAllConnections()
       })
 
 /**
@@ -339,8 +348,7 @@ const checkServe = (options: ServeOptions) =>
       "keepAliveTimeout",
       Input.orDefault(options.keepAliveTimeout, Duration.seconds(65)),
       Input.maxTimerMillis - 1000
-    ),
-    Input.duration("drainTimeout", Input.orDefault(options.drainTimeout, Duration.seconds(10)), { allowZero: true })
+    )
   ])
 
 /**
@@ -363,8 +371,9 @@ export const serve = <E = never, R = never>(
 > =>
   Layer.unwrap(
     Effect.gen(function* () {
-      const [hostname, port, maxHeaderBytes, requestTimeout, keepAliveTimeout, drainTimeout] =
-        yield* Input.orOptionError(checkServe(options))
+      const [hostname, port, maxHeaderBytes, requestTimeout, keepAliveTimeout] = yield* Input.orOptionError(
+        checkServe(options)
+      )
       const gatewayOptions: Record<string, unknown> = {}
       for (const [key, value] of Object.entries(options)) if (!serveKeys.has(key)) gatewayOptions[key] = value
       let nodeServer: NodeServer | undefined
@@ -384,17 +393,18 @@ export const serve = <E = never, R = never>(
         {
           host: hostname,
           port,
-          // After our own drain (and its cut), the server has nothing left to wait for.
-          gracefulShutdownTimeout: Duration.sum(drainTimeout, Duration.seconds(5))
+          // Our own drain (and its cut) then `closeConnections` have stopped the server and closed
+          // every connection by the time it closes: nothing is left to wait for.
+          gracefulShutdownTimeout: closeGrace
         }
       )
-      // Built after the server, so closed before it: drain, then close the keep-alive connections
-      // the drained requests left idle (the server's own close only closes those idle when it starts).
+      // Built after the server, so closed before it: drain, then close the connections, so that
+      // the whole shutdown takes at most drainTimeout + the drain's cut grace + closeGrace.
       const drainFirst = Layer.effectDiscard(
         Effect.gen(function* () {
           const gateway = yield* Gateway
           yield* HttpServer.HttpServer
-          yield* Effect.addFinalizer(() => Effect.andThen(gateway.drain, closeIdle(nodeServer)))
+          yield* Effect.addFinalizer(() => Effect.andThen(gateway.drain, closeConnections(nodeServer)))
         })
       )
       // `routes` after the gateway's (not merged, which builds both at once): a path of theirs that

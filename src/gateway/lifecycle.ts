@@ -16,9 +16,15 @@ import { ShuttingDownError } from "../AiError.js"
  * @internal
  */
 export interface Entry {
-  /** The call of a non-streaming request, interrupted by the cut. */
+  /**
+   * The stage the cut interrupts: the request up to its call (reading its body, its key),
+   * then the call of a non-streaming request; none after the call.
+   */
   fiber: Fiber.Fiber<unknown, unknown> | undefined
-  /** Ends the stream of a streaming request with the cut's error (see {@link Lifecycle.onCut}). */
+  /**
+   * Ends the stream of a streaming request with the cut's error (see {@link Lifecycle.onCut});
+   * when set, the cut calls it instead of interrupting `fiber`.
+   */
   stop: ((error: ShuttingDownError) => void) | undefined
   /** Set by the cut, so the request answers `shutting_down` rather than as cancelled. */
   cut: boolean
@@ -91,8 +97,9 @@ export const make = (options: {
         if (count === 0) return
         for (const entry of Array.from(entries)) {
           entry.cut = true
-          entry.fiber?.interruptUnsafe()
-          entry.stop?.(cutError())
+          // A stream ends through its pipeline (an error event, or before its first chunk the failure's status).
+          if (entry.stop !== undefined) entry.stop(cutError())
+          else entry.fiber?.interruptUnsafe()
         }
         yield* waitIdle(options.cutGrace ?? Duration.seconds(2))
       })

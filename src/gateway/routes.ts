@@ -280,18 +280,26 @@ export const onRequestEnd = (finalizer: Effect.Effect<void>): Effect.Effect<void
   Effect.flatMap(Effect.scope, (scope) => Scope.addFinalizer(scope, finalizer))
 
 /**
- * Runs a request's call in a child fiber the drain can cut (its answer is then 503
- * `shutting_down`); the client leaving interrupts it with the request.
+ * Runs a stage of a request (the request up to its call, then the call) in a child fiber
+ * the drain can cut (its answer is then 503 `shutting_down`); the client leaving
+ * interrupts it with the request, and waits for it. Once the stage ends nothing is cut
+ * any more: after its call, a request's answer is ready and only its settling is left.
  *
  * @internal
  */
-export const cuttable = <A, E>(entry: Entry, effect: Effect.Effect<A, E>): Effect.Effect<Exit.Exit<A, E>> =>
+export const cuttable = <A, E, R>(
+  entry: Entry,
+  effect: Effect.Effect<A, E, R>
+): Effect.Effect<Exit.Exit<A, E>, never, R> =>
   Effect.flatMap(Effect.forkChild(effect, { startImmediately: true }), (fiber) => {
     entry.fiber = fiber
-    return Effect.map(Fiber.await(fiber), (exit) => {
-      entry.fiber = undefined
-      return exit
-    })
+    return Fiber.await(fiber).pipe(
+      Effect.onInterrupt(() => Fiber.interrupt(fiber)),
+      Effect.map((exit) => {
+        entry.fiber = undefined
+        return exit
+      })
+    )
   })
 
 /**
@@ -351,7 +359,17 @@ export const handler =
       const started = millis(env.clock)
       const entry = env.lifecycle.enter()
       if (entry === undefined) return Effect.succeed(answered(env, route, started, draining(env), undefined))
-      return handle(request, started, entry).pipe(
+      // The whole request is cuttable until its call starts: one still reading its body (or
+      // waiting on the key store) at the drain's deadline is answered 503 at once (one reading
+      // its body loses its connection with the read: the rest of the body cannot be read).
+      return cuttable(entry, handle(request, started, entry)).pipe(
+        Effect.flatMap((exit) =>
+          Exit.isSuccess(exit)
+            ? Effect.succeed(exit.value)
+            : entry.cut && Cause.hasInterruptsOnly(exit.cause)
+              ? Effect.succeed(answered(env, route, started, draining(env), undefined))
+              : Effect.failCause(exit.cause)
+        ),
         Effect.catch((error: AiError | GatewayError) =>
           Effect.succeed(answered(env, route, started, failure(env, error), 0))
         ),

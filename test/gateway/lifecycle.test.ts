@@ -4,6 +4,7 @@
  * event, never a clean `[DONE]`. Closing `Gateway.serve`'s layer drains before the server
  * stops.
  */
+import { connect, type Socket } from "node:net"
 import { assert, describe, it } from "@effect/vitest"
 import { Effect, Fiber } from "effect"
 import * as Server from "../utils/httpServer.js"
@@ -134,6 +135,59 @@ describe("Gateway: drain", () => {
         )
         assert.strictEqual(after, "refused")
       })
+  )
+})
+
+/** A raw connection to the gateway: what it received, and when the server closed it. */
+const rawSocket = (url: string, bytes: string) =>
+  Effect.acquireRelease(
+    Effect.callback<{ readonly received: () => string; readonly closed: () => boolean }>((resume) => {
+      let received = ""
+      let closed = false
+      const socket = connect(Number(new URL(url).port), "127.0.0.1", () => {
+        socket.write(bytes)
+        resume(Effect.succeed({ received: () => received, closed: () => closed, socket }))
+      })
+      socket.setEncoding("utf8")
+      socket.on("data", (chunk: string) => {
+        received += chunk
+      })
+      socket.on("error", () => {})
+      socket.on("close", () => {
+        closed = true
+      })
+    }),
+    (raw) => Effect.sync(() => (raw as unknown as { socket: Socket }).socket.destroy())
+  )
+
+describe("Gateway: shutdown is bounded", () => {
+  it.live(
+    "a request still sending its body is cut at the deadline, and half-sent heads or idle connections hold nothing",
+    () =>
+      Effect.gen(function* () {
+        const upstream = yield* Server.make(Up.openAi())
+        const gw = yield* Harness.make({ upstreams: { a: upstream.url }, gateway: { drainTimeout: 300 } })
+        const body = yield* rawSocket(
+          gw.url,
+          'POST /v1/chat/completions HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\nContent-Length: 1000\r\n\r\n{"model":'
+        )
+        const head = yield* rawSocket(gw.url, "GET /healthz HTTP/1.1\r\nHost: x\r\n")
+        const idle = yield* rawSocket(gw.url, "GET /healthz HTTP/1.1\r\nHost: x\r\n\r\n")
+        yield* Harness.eventually(() => gw.gateway.inFlight() === 1 && idle.received().includes('"ok"'))
+        const started = Date.now()
+        yield* gw.close
+        const elapsed = Date.now() - started
+        // drainTimeout (300 ms), then at most the cut's grace (2 s) and the connections' (1 s); here the cut
+        // request leaves at once, so only the half-sent head waits out the connections' grace.
+        assert.isBelow(elapsed, 2_500)
+        assert.isAtLeast(elapsed, 300)
+        // The cut request's body can no longer be read: its connection is closed with it.
+        yield* Harness.eventually(() => body.closed() && head.closed() && idle.closed())
+        assert.strictEqual(body.received(), "")
+        assert.strictEqual(head.received(), "")
+        assert.lengthOf(yield* upstream.requests, 0)
+      }),
+    20_000
   )
 })
 
