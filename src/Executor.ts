@@ -343,7 +343,9 @@ export const layer = (options: Options = {}): Layer.Layer<Executor, Input.Option
  */
 export const layerWithStats = (
   options: Options = {}
-): Layer.Layer<Executor | Stats, Input.OptionError, ModelProvider> => Layer.provideMerge(layer(options), statsLayer)
+): Layer.Layer<Executor | Stats, Input.OptionError, ModelProvider> =>
+  // Fresh: the constant `Stats.layer` would otherwise be reused from an enclosing region's memo map.
+  Layer.provideMerge(layer(options), Layer.fresh(statsLayer))
 
 /**
  * @since 0.1.0

@@ -210,13 +210,15 @@ export const layer = <const P extends Record<string, Layer.Layer<ModelProvider, 
             ? options.cache
             : under("cache")(ResponseCache.layerMemory(options.cache))
       const guards = Layer.mergeAll(breakers, limits, cache)
+      // `Stats.layer` and `Router.layer` are constants: a manager provided inside another one's region
+      // would find them in the inherited memo map and reuse the outer manager's Stats and Router.
       const core = under("executor")(Executor.layer(options.executor)).pipe(
-        Layer.provideMerge(Layer.mergeAll(Stats.layer, layerDomains(domains))),
+        Layer.provideMerge(Layer.mergeAll(Layer.fresh(Stats.layer), layerDomains(domains))),
         Layer.provideMerge(defaultModel),
         Layer.provideMerge(providers),
         Layer.provideMerge(guards)
       )
       const batch = Batch.layer({ maxConcurrent: options.maxConcurrent })
-      return batch.pipe(Layer.provideMerge(Router.layer), Layer.provideMerge(core))
+      return batch.pipe(Layer.provideMerge(Layer.fresh(Router.layer)), Layer.provideMerge(core))
     })
   ) as never

@@ -7,6 +7,8 @@ import { ModelProvider } from "../src/Model.js"
 import * as Mock from "../src/Model/Mock.js"
 import * as Orchestra from "../src/Orchestra.js"
 import { Router } from "../src/Router.js"
+import * as Stats from "../src/Stats.js"
+import * as Executor from "../src/Executor.js"
 
 const ask = { prompt: "q" }
 
@@ -211,6 +213,50 @@ describe("Orchestra.layer: shared policies", () => {
       const [first, second] = yield* Fiber.join(fiber)
       assert.strictEqual(first.results.length + second.results.length, 5)
       assert.strictEqual(yield* controls.main.peak, 2)
+    })
+  )
+})
+
+describe("Orchestra.layer: nested managers", () => {
+  it.effect("a manager provided inside another one's region builds its own Router and Stats", () =>
+    Effect.gen(function* () {
+      const outer = Orchestra.layer({ providers: { "nest-a": Mock.layer({ name: "nest-a" }) } })
+      const inner = Orchestra.layer({
+        providers: { "nest-b": Mock.layer({ name: "nest-b" }) },
+        extraDomains: [{ name: "legal", provider: "nest-b" }]
+      })
+      const ask2 = Effect.gen(function* () {
+        const router = yield* Router
+        const support = yield* router.execute(ask, "support")
+        const legal = yield* Effect.exit(router.execute(ask, "legal"))
+        const stats = yield* Stats.snapshot()
+        const fromA = yield* Stats.snapshot({ provider: "nest-a" })
+        return {
+          support: support.provider,
+          legal: Exit.isSuccess(legal) ? legal.value.provider : "refused",
+          total: stats.total,
+          fromA: fromA.total
+        }
+      })
+      const [before, nested] = yield* Effect.all([ask2, ask2.pipe(Effect.provide(inner))]).pipe(Effect.provide(outer))
+      assert.deepStrictEqual([before.support, before.legal], ["nest-a", "refused"])
+      assert.deepStrictEqual([nested.support, nested.legal], ["nest-b", "nest-b"])
+      // The inner manager's Stats saw only its own two calls, not the outer one's.
+      assert.deepStrictEqual([nested.total, nested.fromA], [2, 0])
+    })
+  )
+
+  it.effect("Executor.layerWithStats inside another one's region has its own Stats", () =>
+    Effect.gen(function* () {
+      const withStats = (name: string) => Executor.layerWithStats().pipe(Layer.provide(Mock.layer({ name })))
+      const total = Effect.flatMap(Executor.Executor, (executor) => executor.execute(ask)).pipe(
+        Effect.andThen(Stats.snapshot()),
+        Effect.map((s) => s.total)
+      )
+      const [outer, inner] = yield* Effect.all([total, total.pipe(Effect.provide(withStats("nest-d")))]).pipe(
+        Effect.provide(withStats("nest-c"))
+      )
+      assert.deepStrictEqual([outer, inner], [1, 1])
     })
   )
 })
