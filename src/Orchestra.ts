@@ -93,6 +93,8 @@ const isLayer = (u: unknown): u is Layer.Layer<never, unknown, unknown> => Layer
  */
 export const domainsOf = (options: {
   readonly defaultProvider: string
+  /** The names in `providers`: when given, a domain on any other provider is refused. */
+  readonly providerNames?: ReadonlyArray<string> | undefined
   readonly domains?: ReadonlyArray<Domain | DomainInput> | undefined
   readonly extraDomains?: ReadonlyArray<Domain | DomainInput> | undefined
   readonly overrideDomains?: ReadonlyArray<Domain | DomainInput> | undefined
@@ -134,7 +136,18 @@ export const domainsOf = (options: {
     entries.map((e) => e.domain),
     "domains"
   )
-  if (Result.isSuccess(checked)) return checked
+  if (Result.isSuccess(checked)) {
+    const known = options.providerNames
+    if (known === undefined) return checked
+    // Checked here rather than at call time: a router resolves a whole chain first, so one
+    // unknown provider would fail every chain falling back to its domain.
+    const unknown = checked.success.findIndex((domain) => !known.includes(domain.provider))
+    if (unknown === -1) return checked
+    return Result.fail({
+      path: `${entries[unknown]!.path}.provider`,
+      message: `no provider named "${checked.success[unknown]!.provider}" (given: ${known.join(", ")})`
+    })
+  }
   const at = /^domains\[(\d+)\](.*)$/.exec(checked.failure.path)
   const origin = at === null ? undefined : entries[Number(at[1])]
   return origin === undefined ? checked : Result.fail({ ...checked.failure, path: `${origin.path}${at![2]}` })
@@ -185,7 +198,7 @@ export const layer = <const P extends Record<string, Layer.Layer<ModelProvider, 
           })
         )
       }
-      const domains = yield* Input.orOptionError(domainsOf({ ...options, defaultProvider }))
+      const domains = yield* Input.orOptionError(domainsOf({ ...options, defaultProvider, providerNames: names }))
       const providers = layerProviders(options.providers)
       const defaultModel = Layer.effect(
         ModelProvider,

@@ -150,6 +150,20 @@ describe("Orchestra.layer: domains", () => {
           },
           "overrideDomains[1].name"
         ],
+        [
+          {
+            providers: { main },
+            extraDomains: [
+              { name: "legal", provider: "mian" },
+              { name: "triage", provider: "main", fallback: ["legal"] }
+            ]
+          },
+          "extraDomains[0].provider"
+        ],
+        [
+          { providers: { main }, overrideDomains: [{ name: "technical", provider: "other" }] },
+          "overrideDomains[0].provider"
+        ],
         [{ providers: { main }, overrideDomains: "support" as never }, "overrideDomains"],
         [{ providers: { main }, overrideDomains: [null as never] }, "overrideDomains[0]"],
         [{ providers: { main }, maxConcurrent: 0 }, "maxConcurrent"],
