@@ -158,6 +158,35 @@ const nameOf = (domain: unknown): string | undefined =>
     ? (domain as { name: string }).name
     : undefined
 
+/**
+ * Limits are kept under a provider's `name` (the one in answers, metrics and breakers), which
+ * only the built provider knows: a key naming no provider would limit nothing, silently.
+ */
+const limitsNameProviders = (limits: RateLimit.Options): Layer.Layer<never, Input.OptionError, Providers> =>
+  Layer.effectDiscard(
+    Effect.gen(function* () {
+      const keys =
+        typeof limits.providers === "object" && limits.providers !== null ? Object.keys(limits.providers) : []
+      if (keys.length === 0) return
+      const registry = yield* Providers
+      const named = new Map<string, string>()
+      for (const key of registry.names) named.set(key, (yield* Effect.orDie(registry.get(key))).name)
+      const names = new Set(named.values())
+      const unknown = keys.find((key) => !names.has(key))
+      if (unknown === undefined) return
+      const renamed = named.get(unknown)
+      return yield* Input.orOptionError(
+        Result.fail({
+          path: `rateLimits.providers.${unknown}`,
+          message:
+            renamed === undefined
+              ? `no provider named "${unknown}" (named: ${[...names].join(", ")})`
+              : `provider "${unknown}" is named "${renamed}": its limits go under that name`
+        })
+      )
+    })
+  )
+
 // An OptionError of a layer built from the option `path` names the field under it (`executor.timeout`).
 const under =
   (path: string) =>
@@ -223,11 +252,15 @@ export const layer = <const P extends Record<string, Layer.Layer<ModelProvider, 
             ? options.cache
             : under("cache")(ResponseCache.layerMemory(options.cache))
       const guards = Layer.mergeAll(breakers, limits, cache)
+      const limitNames =
+        options.rateLimits === undefined || options.rateLimits === false || isLayer(options.rateLimits)
+          ? Layer.empty
+          : limitsNameProviders(options.rateLimits)
       // `Stats.layer` and `Router.layer` are constants: a manager provided inside another one's region
       // would find them in the inherited memo map and reuse the outer manager's Stats and Router.
       const core = under("executor")(Executor.layer(options.executor)).pipe(
         Layer.provideMerge(Layer.mergeAll(Layer.fresh(Stats.layer), layerDomains(domains))),
-        Layer.provideMerge(defaultModel),
+        Layer.provideMerge(Layer.merge(defaultModel, limitNames)),
         Layer.provideMerge(providers),
         Layer.provideMerge(guards)
       )

@@ -231,6 +231,38 @@ describe("Orchestra.layer: shared policies", () => {
   )
 })
 
+describe("Orchestra.layer: rate limits", () => {
+  it.effect("limits go under the provider's name; a key that is no provider's name is refused, naming both", () =>
+    Effect.gen(function* () {
+      const mock = Layer.succeed(ModelProvider, (yield* Mock.make({ name: "rl-mock" })).provider)
+      const main = Layer.succeed(ModelProvider, (yield* Mock.make({ name: "rl-main" })).provider)
+      const renamed = yield* configError({
+        providers: { "rl-main": mock },
+        rateLimits: { providers: { "rl-main": { requestsPerMinute: 1 } }, maxWait: 0 }
+      })
+      assert.strictEqual(renamed._tag, "OptionError")
+      assert.strictEqual(renamed._tag === "OptionError" && renamed.path, "rateLimits.providers.rl-main")
+      assert.include(renamed.message, '"rl-mock"')
+      const unknown = yield* configError({
+        providers: { "rl-main": main },
+        rateLimits: { providers: { "rl-other": { requestsPerMinute: 1 } } }
+      })
+      assert.strictEqual(unknown._tag === "OptionError" && unknown.path, "rateLimits.providers.rl-other")
+
+      const { router } = yield* build(
+        { "rl-named": {} },
+        {
+          domains: [{ name: "rl", provider: "rl-named" }],
+          rateLimits: { providers: { "rl-named": { requestsPerMinute: 1 } }, maxWait: 0 }
+        }
+      )
+      yield* router.execute(ask, "rl")
+      const limited = yield* Effect.flip(router.execute(ask, "rl"))
+      assert.strictEqual(limited._tag === "ModelError" && limited.reason, "RateLimited")
+    })
+  )
+})
+
 describe("Orchestra.layer: nested managers", () => {
   it.effect("a manager provided inside another one's region builds its own Router and Stats", () =>
     Effect.gen(function* () {
