@@ -215,6 +215,8 @@ export interface Options {
   readonly maxConcurrent?: number | undefined
 }
 
+const optionKeys: ReadonlySet<string> = new Set(["maxConcurrent"])
+
 /**
  * Builds the batch service over the executor and router in context. A `maxConcurrent`
  * that is not a positive integer fails with an `OptionError` naming it.
@@ -223,6 +225,8 @@ export interface Options {
  * @category constructors
  */
 export const make = Effect.fnUntraced(function* (options: Options = {}) {
+  const unknown = Input.unknownKey(options, optionKeys)
+  if (unknown !== undefined) return yield* Effect.fail(Input.toOptionError(unknown))
   const limit = yield* Input.orOptionError(
     Input.positiveInt("maxConcurrent", Input.orDefault(options.maxConcurrent, 5))
   )

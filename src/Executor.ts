@@ -248,21 +248,46 @@ export interface Options {
  * @since 0.2.0
  * @category constructors
  */
-export const checkOptions = (options: Options) =>
-  options.stream !== undefined &&
-  (typeof options.stream !== "object" || options.stream === null || Array.isArray(options.stream))
-    ? Result.fail({ path: "stream", message: "expected an object { firstChunkTimeout, idleTimeout, totalTimeout }" })
-    : Input.all([
-        Input.optionalDuration("timeout", options.timeout, Duration.seconds(30)),
-        options.retry === undefined ? Result.succeed(defaultRetry) : decodeRetry(options.retry, "retry"),
-        Input.duration("shutdownDeadline", Input.orDefault(options.shutdownDeadline, Duration.seconds(10)), {
-          allowZero: true
-        }),
-        requestLimits(Input.orDefault(options.requestLimits, {}), "requestLimits"),
-        Input.optionalDuration("stream.firstChunkTimeout", options.stream?.firstChunkTimeout, Duration.seconds(30)),
-        Input.optionalDuration("stream.idleTimeout", options.stream?.idleTimeout, Duration.seconds(30)),
-        Input.optionalDuration("stream.totalTimeout", options.stream?.totalTimeout, Duration.minutes(10))
-      ])
+export const checkOptions = (options: Options) => {
+  if (
+    options.stream !== undefined &&
+    (typeof options.stream !== "object" || options.stream === null || Array.isArray(options.stream))
+  ) {
+    return Result.fail({
+      path: "stream",
+      message: "expected an object { firstChunkTimeout, idleTimeout, totalTimeout }"
+    })
+  }
+  const unknown =
+    Input.unknownKey(options, optionKeys) ??
+    nestedUnknownKey(options.stream, streamDefaultKeys, "stream.") ??
+    nestedUnknownKey(options.requestLimits, requestLimitKeys, "requestLimits.")
+  if (unknown !== undefined) return Result.fail(unknown)
+  return Input.all([
+    Input.optionalDuration("timeout", options.timeout, Duration.seconds(30)),
+    options.retry === undefined ? Result.succeed(defaultRetry) : decodeRetry(options.retry, "retry"),
+    Input.duration("shutdownDeadline", Input.orDefault(options.shutdownDeadline, Duration.seconds(10)), {
+      allowZero: true
+    }),
+    requestLimits(Input.orDefault(options.requestLimits, {}), "requestLimits"),
+    Input.optionalDuration("stream.firstChunkTimeout", options.stream?.firstChunkTimeout, Duration.seconds(30)),
+    Input.optionalDuration("stream.idleTimeout", options.stream?.idleTimeout, Duration.seconds(30)),
+    Input.optionalDuration("stream.totalTimeout", options.stream?.totalTimeout, Duration.minutes(10))
+  ])
+}
+
+const optionKeys: ReadonlySet<string> = new Set([
+  "timeout",
+  "retry",
+  "shutdownDeadline",
+  "requestLimits",
+  "stream",
+  "guards"
+])
+const streamDefaultKeys: ReadonlySet<string> = new Set(["firstChunkTimeout", "idleTimeout", "totalTimeout"])
+const requestLimitKeys: ReadonlySet<string> = new Set(["maxInputChars", "maxMessages", "maxEmbedTexts"])
+const nestedUnknownKey = (input: unknown, known: ReadonlySet<string>, prefix: string) =>
+  typeof input === "object" && input !== null ? Input.unknownKey(input, known, prefix) : undefined
 
 /**
  * Builds an executor over the `ModelProvider` in context. Scoped: closing the scope stops

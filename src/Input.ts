@@ -319,6 +319,23 @@ export const readFields = (
 }
 
 /**
+ * The first key of `input` that `known` lacks (a misspelt `timout`), as the issue naming it
+ * (`prefix` + key), or `undefined`. Walks the keys without building an array: per-call
+ * options of the executor and router go through it on every call.
+ *
+ * @since 0.3.0
+ * @category checks
+ */
+export const unknownKey = (input: object, known: ReadonlySet<string>, prefix = ""): Issue | undefined => {
+  for (const key in input) {
+    if (!known.has(key)) {
+      return { path: `${prefix}${key}`, message: `unknown option (expected one of ${[...known].join(", ")})` }
+    }
+  }
+  return undefined
+}
+
+/**
  * Checks a value only when it is given.
  *
  * @since 0.2.0

@@ -82,6 +82,19 @@ export type Services =
   | ModelProvider
   | CircuitBreaker.Breakers
 
+const optionKeys: ReadonlySet<string> = new Set([
+  "providers",
+  "defaultProvider",
+  "domains",
+  "extraDomains",
+  "overrideDomains",
+  "executor",
+  "maxConcurrent",
+  "breakers",
+  "rateLimits",
+  "cache"
+])
+
 const isLayer = (u: unknown): u is Layer.Layer<never, unknown, unknown> => Layer.isLayer(u)
 
 /**
@@ -212,6 +225,8 @@ export const layer = <const P extends Record<string, Layer.Layer<ModelProvider, 
 > =>
   Layer.unwrap(
     Effect.gen(function* () {
+      const unknown = Input.unknownKey(options, optionKeys)
+      if (unknown !== undefined) return yield* Effect.fail(Input.toOptionError(unknown))
       const names = Object.keys(options.providers)
       if (names.length === 0) {
         return yield* Effect.fail(

@@ -33,7 +33,7 @@ import type {
 } from "./Model.js"
 import { makeCalls } from "./router/calls.js"
 import { languageModelLayer } from "./router/language-model.js"
-import { applied, makePlanner } from "./router/plan.js"
+import { applied, makePlanner, optionKeys, unknownOption } from "./router/plan.js"
 import { Stats } from "./Stats.js"
 
 /**
@@ -268,11 +268,19 @@ export const make = Effect.gen(function* () {
     embed,
     resolve,
     chain,
-    plan: (request, names, options = {}) => planWith(request, names, options, undefined),
+    plan: (request, names, options = {}) => {
+      const unknown = unknownOption(options, optionKeys.plan)
+      return unknown === undefined ? planWith(request, names, options, undefined) : Effect.fail(unknown)
+    },
     prepare: (names, options = {}) =>
       Effect.map(applyOf(names, options.lead), (apply): Prepared => {
         const now = (request: GenerateRequest, callOptions: CallOptions = {}) => apply(request, callOptions, undefined)
-        const prepared: Prepared = (request, callOptions) => Effect.suspend(() => applied(now(request, callOptions)))
+        // The check is the public call's: a batch calls `now` itself, with options it built.
+        const prepared: Prepared = (request, callOptions) =>
+          Effect.suspend(() => {
+            const unknown = callOptions === undefined ? undefined : unknownOption(callOptions, optionKeys.call)
+            return unknown === undefined ? applied(now(request, callOptions)) : Effect.fail(unknown)
+          })
         preparedNow.set(prepared, now)
         return prepared
       })

@@ -453,6 +453,8 @@ describe("Batch options are checked before any item runs (issue 13 item 6)", () 
         [{ cancel: Promise.resolve() }, "cancel"],
         [{ id: "" }, "id"],
         [{ id: 7 }, "id"],
+        [{ concurency: 1 }, "concurency"],
+        [{ domain: "d-a", timeout: 5 }, "timeout"],
         [null, "options"],
         // A getter that throws is that field's InvalidRequest, not a defect of the run.
         [
@@ -487,6 +489,17 @@ describe("Batch options are checked before any item runs (issue 13 item 6)", () 
         assert.strictEqual(error._tag, "OptionError")
         if (error._tag === "OptionError") assert.strictEqual(error.path, "maxConcurrent", String(maxConcurrent))
       }
+      const misspelt = yield* Effect.flip(
+        Effect.scoped(
+          Layer.build(
+            Batch.layer({ maxConcurent: 2 } as never).pipe(
+              Layer.provide(Orchestra.layer({ providers: { a: Mock.layer() } })),
+              Layer.provide(Layer.succeed(Metric.MetricRegistry, new Map()))
+            )
+          )
+        )
+      )
+      assert.strictEqual(misspelt._tag === "OptionError" && misspelt.path, "maxConcurent")
     })
   )
 })

@@ -159,6 +159,43 @@ describe("Executor.execute", () => {
     })
   )
 
+  it.effect("a misspelt option key is refused naming it, not run with the defaults", () =>
+    Effect.gen(function* () {
+      const { executor, control } = yield* setup()
+      const cases: ReadonlyArray<readonly [string, Effect.Effect<unknown, AiError>]> = [
+        ["timout", executor.execute(ask, { timout: "50 millis" } as never)],
+        ["timout", executor.executeWithRetry(ask, { timout: "50 millis" } as never)],
+        ["concurency", executor.executeMany([ask], { concurency: 1 } as never)],
+        ["timout", executor.embed({ texts: ["x"] }, { timout: 1 } as never)],
+        ["idleTimout", Stream.runDrain(executor.stream(ask, { idleTimout: 1 } as never))],
+        ["resume.maxResume", Stream.runDrain(executor.stream(ask, { resume: { maxResume: 2 } } as never))]
+      ]
+      for (const [field, effect] of cases) {
+        const error = yield* Effect.flip(effect)
+        assert.strictEqual(error._tag === "ModelError" && error.field, field)
+        assert.include(error.message, "unknown option")
+      }
+      assert.strictEqual(yield* control.calls, 0)
+      // `concurrency` is executeMany's own: not refused by the calls it makes, traced or not.
+      const traced = yield* executor.executeMany([ask, ask], { concurrency: 1 }).pipe(Effect.withSpan("test"))
+      assert.deepStrictEqual(traced.map(Result.isSuccess), [true, true])
+    })
+  )
+
+  it.effect("a misspelt key of the executor's options fails the layer naming it", () =>
+    Effect.gen(function* () {
+      const cases: ReadonlyArray<readonly [Executor.Options, string]> = [
+        [{ timout: 1 } as never, "timout"],
+        [{ stream: { idleTimout: 1 } } as never, "stream.idleTimout"],
+        [{ requestLimits: { maxMesages: 5 } } as never, "requestLimits.maxMesages"]
+      ]
+      for (const [options, path] of cases) {
+        const error = yield* Effect.flip(Effect.scoped(setup({}, options)))
+        assert.strictEqual(error._tag === "OptionError" && error.path, path)
+      }
+    })
+  )
+
   it.effect("every form of Duration.Input the option types accept is read; malformed ones are refused", () =>
     Effect.gen(function* () {
       const { executor } = yield* setup()

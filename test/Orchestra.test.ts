@@ -166,6 +166,8 @@ describe("Orchestra.layer: domains", () => {
         ],
         [{ providers: { main }, overrideDomains: "support" as never }, "overrideDomains"],
         [{ providers: { main }, overrideDomains: [null as never] }, "overrideDomains[0]"],
+        [{ providers: { main }, maxConcurent: 1 } as never, "maxConcurent"],
+        [{ providers: { main }, executor: { timout: "1 second" } } as never, "executor.timout"],
         [{ providers: { main }, maxConcurrent: 0 }, "maxConcurrent"],
         [{ providers: { main }, maxConcurrent: Number.NaN }, "maxConcurrent"],
         [{ providers: { main }, executor: { timeout: "soon" as never } }, "executor.timeout"],

@@ -174,6 +174,30 @@ describe("Router: bad input is a typed InvalidRequest naming the field, never a 
     })
   )
 
+  it.effect("a misspelt option key is refused naming it, at every entry point, before any provider call", () =>
+    Effect.gen(function* () {
+      const { router, controls } = yield* makeManager({ a: {}, b: {} })
+      const prepared = yield* router.prepare("d-a")
+      const cases: ReadonlyArray<readonly [string, Effect.Effect<unknown, AiError>]> = [
+        ["timout", router.execute(ask, "d-a", { timout: 1 } as never)],
+        ["timout", router.executeWithFallback(ask, ["d-a", "d-b"], { timout: 1 } as never)],
+        ["timout", router.executeParallelDomains(ask, ["d-a", "d-b"], "all", { timout: 1 } as never)],
+        ["aftr", router.hedge(ask, ["d-a", "d-b"], { after: 100, aftr: 1 } as never)],
+        ["timout", router.embed({ texts: ["x"] }, "d-a", { timout: 1 } as never)],
+        ["timout", router.plan(ask, "d-a", { timout: 1 } as never)],
+        ["timout", prepared(ask, { timout: 1 } as never)],
+        ["idleTimout", Stream.runDrain(router.stream(ask, "d-a", { idleTimout: 1 } as never))],
+        ["resume.maxResume", Stream.runDrain(router.stream(ask, "d-a", { resume: { maxResume: 2 } } as never))]
+      ]
+      for (const [field, effect] of cases) {
+        const error = yield* Effect.flip(effect)
+        assert.strictEqual(invalidField(error as AiError), field)
+        assert.include(error.message, "unknown option")
+      }
+      assert.strictEqual((yield* controls.a!.calls) + (yield* controls.b!.calls), 0)
+    })
+  )
+
   it.effect("an unknown domain's message lists the known ones", () =>
     Effect.gen(function* () {
       const { router } = yield* makeManager({ a: {} })

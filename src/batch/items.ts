@@ -70,7 +70,8 @@ interface RawOptions {
   readonly id?: unknown
 }
 
-const optionFields = ["concurrency", "domain", "fallback", "onProgress", "onEvent", "cancel", "id"]
+const optionNames = ["concurrency", "domain", "fallback", "onProgress", "onEvent", "cancel", "id"]
+const optionFields: ReadonlySet<string> = new Set(optionNames)
 
 const fail = (field: string, message: string) => Effect.fail(invalidRequest(field, message))
 
@@ -91,8 +92,10 @@ export const check = (
     if (input === null || typeof input !== "object") {
       return yield* fail("options", `expected an object, got ${kind(input)}`)
     }
-    const read = Input.readFields(input, optionFields)
+    const read = Input.readFields(input, optionNames)
     if (Result.isFailure(read)) return yield* fail(read.failure.path, read.failure.message)
+    const unknown = Input.unknownKey(input, optionFields)
+    if (unknown !== undefined) return yield* fail(unknown.path, unknown.message)
     const options = read.success as RawOptions
     const concurrency = Input.optional(options.concurrency, (n) => Input.positiveInt("concurrency", n))
     if (Result.isFailure(concurrency)) return yield* fail(concurrency.failure.path, concurrency.failure.message)

@@ -22,7 +22,7 @@ import type { Sink } from "../policy/fused.js"
 import { forEachPool, forEachStarted } from "../policy/pool.js"
 import { isTraced } from "../policy/span.js"
 import { generateOf } from "./generate.js"
-import type { ResolveSync } from "./options.js"
+import { manyKeys, type ResolveSync } from "./options.js"
 import type { PlanOf } from "./plan.js"
 import type { Refuse } from "./refusal.js"
 
@@ -81,15 +81,16 @@ export const make = (env: {
       if (Result.isFailure(concurrency)) {
         return Effect.fail(invalidRequest(concurrency.failure.path, concurrency.failure.message))
       }
-      const resolved = resolveSync(manyOptions)
+      const resolved = resolveSync(manyOptions, manyKeys)
       if (Result.isFailure(resolved)) {
         return Effect.fail(invalidRequest(resolved.failure.path, resolved.failure.message))
       }
       const items = Array.from(requests)
       if (isTraced(fiber)) {
+        const { concurrency: _, ...itemOptions } = manyOptions
         return Effect.withSpan(
           forEachPool(items, concurrency.success, (request) =>
-            Effect.map(Effect.exit(execute(request, manyOptions)), resultOf)
+            Effect.map(Effect.exit(execute(request, itemOptions)), resultOf)
           ),
           "Executor.executeMany",
           { attributes: { "orchestra.items": items.length, "orchestra.concurrency": concurrency.success } }

@@ -17,7 +17,33 @@ import { decodeRetry, type RetryPolicy } from "../Policy.js"
  *
  * @internal
  */
-export type ResolveSync = (callOptions: ExecuteOptions) => Result.Result<ResolvedOptions, Input.Issue>
+export type ResolveSync = (
+  callOptions: ExecuteOptions,
+  known?: ReadonlySet<string>
+) => Result.Result<ResolvedOptions, Input.Issue>
+
+/**
+ * The keys of `ExecuteOptions`.
+ *
+ * @internal
+ */
+export const executeKeys: ReadonlySet<string> = new Set([
+  "timeout",
+  "totalTimeout",
+  "retry",
+  "domain",
+  "provider",
+  "cache",
+  "allowStale",
+  "onRetry"
+])
+
+/**
+ * The keys of `ManyOptions`.
+ *
+ * @internal
+ */
+export const manyKeys: ReadonlySet<string> = new Set([...executeKeys, "concurrency"])
 
 /**
  * Builds the checks of an executor's per-call options, over its default deadline and policy.
@@ -33,7 +59,13 @@ export const make = (env: {
   const resolveCache = new WeakMap<ExecuteOptions, Result.Result<ResolvedOptions, Input.Issue>>()
   const defaults: ResolvedOptions = { timeout: defaultTimeout, totalTimeout: undefined, retry: undefined }
 
-  const resolveSync = (callOptions: ExecuteOptions): Result.Result<ResolvedOptions, Input.Issue> => {
+  const resolveSync = (
+    callOptions: ExecuteOptions,
+    known: ReadonlySet<string> = executeKeys
+  ): Result.Result<ResolvedOptions, Input.Issue> => {
+    // Before the defaults' shortcut: a misspelt `timout` sets no deadline and would take it.
+    const unknown = Input.unknownKey(callOptions, known)
+    if (unknown !== undefined) return Result.fail(unknown)
     if (
       callOptions.timeout === undefined &&
       callOptions.retry === undefined &&

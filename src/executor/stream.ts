@@ -5,7 +5,10 @@
  *
  * @internal
  */
+import { Stream } from "effect"
+import { invalidRequest } from "../AiError.js"
 import type { Guards, Service, StreamOptions } from "../Executor.js"
+import * as Input from "../Input.js"
 import {
   type GenerateRequest,
   type RequestLimits,
@@ -21,6 +24,21 @@ import { tokensOf } from "./plan.js"
  *
  * @internal
  */
+const streamKeys: ReadonlySet<string> = new Set([
+  "provider",
+  "steps",
+  "domain",
+  "retry",
+  "firstChunkTimeout",
+  "idleTimeout",
+  "totalTimeout",
+  "resume",
+  "cache",
+  "onRetry"
+])
+
+const resumeKeys: ReadonlySet<string> = new Set(["maxResumes", "instruction", "minOverlap"])
+
 export const make = (env: {
   readonly streams: Streams
   readonly provider: ProviderService
@@ -31,8 +49,14 @@ export const make = (env: {
 }) => {
   const { streams, provider, limits, basePolicy, guards, stepFor } = env
 
-  const stream = (request: GenerateRequest, streamOptions: StreamOptions = {}) =>
-    streams.stream(request, {
+  const stream = (request: GenerateRequest, streamOptions: StreamOptions = {}) => {
+    const unknown =
+      Input.unknownKey(streamOptions, streamKeys) ??
+      (typeof streamOptions.resume === "object" && streamOptions.resume !== null
+        ? Input.unknownKey(streamOptions.resume, resumeKeys, "resume.")
+        : undefined)
+    if (unknown !== undefined) return Stream.fail(invalidRequest(unknown.path, unknown.message))
+    return streams.stream(request, {
       ...streamOptions,
       provider: streamOptions.provider ?? provider,
       validate: (r) => validateGenerate(r, limits),
@@ -40,6 +64,7 @@ export const make = (env: {
       basePolicy,
       cacheStore: guards.cache
     })
+  }
 
   return stream
 }

@@ -22,7 +22,7 @@ import { chatTelemetry } from "../executor/generate.js"
 import { isTraced, traced } from "../policy/span.js"
 import type { Answer, CallOptions, HedgeOptions, Service, StreamOptions } from "../Router.js"
 import type { Service as StatsService } from "../Stats.js"
-import { noDomains, type Planner } from "./plan.js"
+import { noDomains, optionKeys, type Planner, unknownOption } from "./plan.js"
 
 /** What the entry points need from the router. */
 export interface Env {
@@ -52,14 +52,18 @@ export const makeCalls = (env: Env) => {
     request: GenerateRequest,
     names: string | ReadonlyArray<string>,
     options: CallOptions,
-    hedgeAfter?: Duration.Duration | undefined
-  ): Effect.Effect<Answer, AiError> =>
-    Effect.flatMap(planWith(request, names, options, hedgeAfter), (routed) => {
+    hedgeAfter?: Duration.Duration | undefined,
+    known: ReadonlySet<string> = optionKeys.call
+  ): Effect.Effect<Answer, AiError> => {
+    const unknown = unknownOption(options, known)
+    if (unknown !== undefined) return Effect.fail(unknown)
+    return Effect.flatMap(planWith(request, names, options, hedgeAfter), (routed) => {
       const fiber = Fiber.getCurrent()
       const plan =
         fiber !== undefined && isTraced(fiber) ? { ...routed.plan, telemetry: chatTelemetry(request) } : routed.plan
       return Effect.map(executor.run(plan, routed.call), routed.answer)
     })
+  }
 
   const execute = (request: GenerateRequest, domain: string, options: CallOptions = {}) =>
     typeof domain === "string"
@@ -77,6 +81,8 @@ export const makeCalls = (env: Env) => {
   ) => {
     if (!Array.isArray(names)) return Effect.fail(invalidRequest("domains", "expected an array of domain names"))
     if (names.length === 0) return Effect.fail(noDomains)
+    const unknown = unknownOption(options, optionKeys.call)
+    if (unknown !== undefined) return Effect.fail(unknown)
     if (mode === "all") {
       return Effect.forEach(
         names,
@@ -124,7 +130,7 @@ export const makeCalls = (env: Env) => {
       Effect.gen(function* () {
         if (!Array.isArray(names) || names.length === 0) return yield* Effect.fail(noDomains)
         const delay = yield* hedgeDelay(names[0]!, options)
-        return yield* run(request, names, options, delay)
+        return yield* run(request, names, options, delay, optionKeys.hedge)
       })
     )
 
@@ -151,8 +157,10 @@ export const makeCalls = (env: Env) => {
   }
 
   // A traced caller's stream is in a `Router.stream` span, around the executor's.
-  const stream = (request: GenerateRequest, names: string | ReadonlyArray<string>, options: StreamOptions = {}) =>
-    Stream.unwrap(
+  const stream = (request: GenerateRequest, names: string | ReadonlyArray<string>, options: StreamOptions = {}) => {
+    const unknown = unknownOption(options, optionKeys.stream)
+    if (unknown !== undefined) return Stream.fail(unknown)
+    return Stream.unwrap(
       Effect.map(streamChain(names), ({ first, steps }) => {
         const parts = executor.stream(request, {
           steps,
@@ -170,9 +178,12 @@ export const makeCalls = (env: Env) => {
           : parts
       })
     )
+  }
 
   const embed = (request: EmbedRequest, name: string, options: CallOptions = {}) =>
     Effect.gen(function* () {
+      const unknown = unknownOption(options, optionKeys.call)
+      if (unknown !== undefined) return yield* Effect.fail(unknown)
       const { domain, provider } = yield* resolve(name)
       const valid = yield* validateEmbed(request, executor.limits)
       const totalTimeout = yield* checkTimeout(options.timeout, domain.totalTimeout)

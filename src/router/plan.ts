@@ -38,6 +38,23 @@ interface DomainStep extends StreamStep {
 
 export const noDomains = invalidRequest("domains", "give at least one domain")
 
+/** The keys of the router's option types, each an entry point's. */
+export const optionKeys = (() => {
+  const call = ["timeout", "onRetry", "cache", "allowStale"]
+  return {
+    call: new Set(call),
+    hedge: new Set([...call, "after", "defaultAfter"]),
+    plan: new Set([...call, "lead"]),
+    stream: new Set(["firstChunkTimeout", "idleTimeout", "totalTimeout", "resume", "cache", "onRetry"])
+  } as const
+})()
+
+/** A key of `options` the entry point does not take (a misspelt `timout`), as its refusal. */
+export const unknownOption = (options: object, known: ReadonlySet<string>): ModelError | undefined => {
+  const issue = Input.unknownKey(options, known)
+  return issue === undefined ? undefined : invalidRequest(issue.path, issue.message)
+}
+
 // A request's plan, built without an Effect (a batch starts its items from JavaScript):
 // the plan, or the request's refusal.
 export type Apply = (
