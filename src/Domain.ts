@@ -106,14 +106,31 @@ const positive = (path: string, d: Duration.Duration | undefined): Input.Checked
     : Result.succeed(undefined)
 
 /**
+ * How {@link check} and {@link fromConfig} read a list of domains.
+ *
+ * @since 0.3.0
+ * @category models
+ */
+export interface CheckOptions {
+  /** The path of the list in messages. Default `"domains"`. */
+  readonly path?: string | undefined
+  /**
+   * Domains outside the list that its fallbacks may name: the list is added to others
+   * (`extraDomains` falling back to the predefined `support`, say `Domain.predefinedNames`).
+   */
+  readonly fallbackTo?: ReadonlyArray<string> | undefined
+}
+
+/**
  * Checks domains (a config value or domains built in code). A bad value fails with the
  * path of the first wrong field, e.g. `domains[1].retry.maxAttempts`; duplicate names and
- * fallbacks to unknown domains are refused.
+ * fallbacks to domains neither in the list nor in `fallbackTo` are refused.
  *
  * @since 0.1.0
  * @category constructors
  */
-export const check = (input: unknown, path = "domains"): Input.Checked<ReadonlyArray<Domain>> => {
+export const check = (input: unknown, options: string | CheckOptions = {}): Input.Checked<ReadonlyArray<Domain>> => {
+  const { path = "domains", fallbackTo = [] } = typeof options === "string" ? { path: options } : options
   if (!Array.isArray(input)) return Result.fail({ path, message: "expected an array of domains" })
   const domains: Array<Domain> = []
   const names = new Set<string>()
@@ -136,7 +153,7 @@ export const check = (input: unknown, path = "domains"): Input.Checked<ReadonlyA
   }
   for (const [i, domain] of domains.entries()) {
     for (const [j, next] of (domain.fallback ?? []).entries()) {
-      if (!names.has(next)) {
+      if (!names.has(next) && !fallbackTo.includes(next)) {
         return Result.fail({ path: `${path}[${i}].fallback[${j}]`, message: `unknown domain "${next}"` })
       }
       if (next === domain.name) {
@@ -166,13 +183,26 @@ const encodeDurations = (raw: unknown): unknown => {
 }
 
 /**
- * Validates domains from a config value (an `OptionError` naming the field).
+ * Validates domains from a config value (an `OptionError` naming the field). Domains meant
+ * for `extraDomains` that fall back to predefined ones name them in `fallbackTo`.
+ *
+ * @example
+ * ```ts
+ * import * as Domain from "effect-orchestra/Domain"
+ *
+ * const extra = Domain.fromConfig([{ name: "triage", provider: "main", fallback: ["support"] }], {
+ *   path: "extraDomains",
+ *   fallbackTo: Domain.predefinedNames
+ * })
+ * ```
  *
  * @since 0.1.0
  * @category constructors
  */
-export const fromConfig = (input: unknown, path = "domains"): Effect.Effect<ReadonlyArray<Domain>, Input.OptionError> =>
-  Input.orOptionError(check(input, path))
+export const fromConfig = (
+  input: unknown,
+  options: string | CheckOptions = {}
+): Effect.Effect<ReadonlyArray<Domain>, Input.OptionError> => Input.orOptionError(check(input, options))
 
 // A request brings its own system prompt as `system` or as a system message of its
 // conversation (effect/ai prompts, OpenAI-style `messages`, the facade's `context`).

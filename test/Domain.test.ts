@@ -2,6 +2,8 @@ import { assert, describe, it } from "@effect/vitest"
 import { Duration, Effect, Layer } from "effect"
 import * as Domain from "../src/Domain.js"
 import * as Mock from "../src/Model/Mock.js"
+import * as Orchestra from "../src/Orchestra.js"
+import { Router } from "../src/Router.js"
 
 const good = { name: "legal", provider: "main", system: "You are a careful lawyer.", timeout: "20 seconds" }
 
@@ -71,6 +73,27 @@ describe("Domain.fromConfig", () => {
       const [built] = yield* Domain.fromConfig([good])
       const again = yield* Domain.fromConfig([built, { ...built!, name: "again", timeout: Duration.seconds(5) }])
       assert.strictEqual(Duration.toMillis(again[1]!.timeout!), 5000)
+    })
+  )
+
+  it.effect("extra domains falling back to predefined ones name them in fallbackTo, and the manager takes them", () =>
+    Effect.gen(function* () {
+      const config: unknown = [good, { name: "triage", provider: "main", fallback: ["support"] }]
+      const alone = yield* Effect.flip(Domain.fromConfig(config))
+      assert.strictEqual(alone.path, "domains[1].fallback[0]")
+      const domains = yield* Domain.fromConfig(config, { fallbackTo: Domain.predefinedNames })
+      assert.deepStrictEqual(domains[1]!.fallback, ["support"])
+      const named = yield* Effect.flip(
+        Domain.fromConfig([{ name: "x", provider: "main", fallback: ["nowhere"] }], {
+          path: "extraDomains",
+          fallbackTo: Domain.predefinedNames
+        })
+      )
+      assert.strictEqual(named.path, "extraDomains[0].fallback[0]")
+      const answer = yield* Effect.flatMap(Router, (router) => router.execute({ prompt: "q" }, "triage")).pipe(
+        Effect.provide(Orchestra.layer({ providers: { main: Mock.layer({ name: "main" }) }, extraDomains: domains }))
+      )
+      assert.strictEqual(answer.domain, "triage")
     })
   )
 
