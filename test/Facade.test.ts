@@ -534,6 +534,21 @@ describe("createOrchestra: dispose", () => {
     assert.strictEqual(streamError._tag, "ShuttingDownError")
   })
 
+  it("a call made just before dispose(), in the same tick, is admitted and drained", async () => {
+    const m = mock({ latency: "30 millis" })
+    const orchestra = createOrchestra(Orchestra.layer({ providers: { main: m.layer } }))
+    await orchestra.execute("warm up", { domain: "support" })
+    const made = [orchestra.execute("just before", { domain: "support" }), orchestra.execute("and without a domain")]
+    const disposed = orchestra.dispose()
+    const answers = await Promise.all(made)
+    assert.deepStrictEqual(
+      answers.map((a) => a.response.text),
+      ["mock answer to: just before", "mock answer to: and without a domain"]
+    )
+    await disposed
+    assert.strictEqual((await typed(orchestra.execute("after")))._tag, "ShuttingDownError")
+  })
+
   it("a call still running at the shutdown deadline is interrupted and rejected with ShuttingDownError", async () => {
     const m = mock({ script: [Mock.Outcome.hang()] })
     const orchestra = createOrchestra(

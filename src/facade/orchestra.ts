@@ -152,31 +152,34 @@ export const makeCreateOrchestra = (env: Env) => {
       if (signal?.aborted) return Promise.reject(new OrchestraError(abortError(signal, 0)))
       const started = clock.currentTimeMillisUnsafe()
       const elapsed = () => clock.currentTimeMillisUnsafe() - started
-      return untilAborted(servicesOf(), signal, elapsed).then(
-        (context) =>
-          new Promise<A>((resolve, reject) => {
-            if (disposing !== undefined) return reject(shuttingDown())
-            if (signal?.aborted) return reject(new OrchestraError(abortError(signal, elapsed())))
-            const cut: Cut = { error: undefined }
-            let aborted: FacadeError | undefined
-            const fiber = Effect.runForkWith(context)(Effect.provideService(program(checked), CurrentCut, cut))
-            const onAbort = () => {
-              const error = abortError(signal!, elapsed())
-              aborted = error
-              // Set before the interruption, so the cut steps are counted as what the caller sees.
-              if (error._tag !== "AbortedError") cut.error = error
-              fiber.interruptUnsafe()
-            }
-            running.add(fiber)
-            signal?.addEventListener("abort", onAbort, { once: true })
-            fiber.addObserver((exit) => {
-              running.delete(fiber)
-              signal?.removeEventListener("abort", onAbort)
-              if (Exit.isSuccess(exit)) resolve(exit.value)
-              else reject(rejectionOf(exit.cause, aborted))
-            })
+      const start = (context: Context.Context<Services>) =>
+        new Promise<A>((resolve, reject) => {
+          if (signal?.aborted) return reject(new OrchestraError(abortError(signal, elapsed())))
+          const cut: Cut = { error: undefined }
+          let aborted: FacadeError | undefined
+          const fiber = Effect.runForkWith(context)(Effect.provideService(program(checked), CurrentCut, cut))
+          const onAbort = () => {
+            const error = abortError(signal!, elapsed())
+            aborted = error
+            // Set before the interruption, so the cut steps are counted as what the caller sees.
+            if (error._tag !== "AbortedError") cut.error = error
+            fiber.interruptUnsafe()
+          }
+          running.add(fiber)
+          signal?.addEventListener("abort", onAbort, { once: true })
+          fiber.addObserver((exit) => {
+            running.delete(fiber)
+            signal?.removeEventListener("abort", onAbort)
+            if (Exit.isSuccess(exit)) resolve(exit.value)
+            else reject(rejectionOf(exit.cause, aborted))
           })
-      )
+        })
+      // A built manager starts the call now: a `.then` would start it a microtask later, after a
+      // `dispose()` made in the same tick, which would refuse a call made before it.
+      if (services !== undefined) return start(services)
+      // Still building: admitted all the same. A `dispose()` meanwhile either cuts the build (the
+      // call is rejected with it) or closes the executor, which admits and drains it or refuses it.
+      return untilAborted(servicesOf(), signal, elapsed).then(start)
     }
 
     const stream = (prompt: Prompt, options?: StreamOptions): AsyncIterable<StreamPart> => ({
