@@ -188,6 +188,8 @@ describe("createOrchestra", () => {
         ["domain", o.execute!("x", { domain: "nope" })],
         ["domain", o.execute!("x", { domain: 7 })],
         ["domains", o.executeWithFallback!("x", null)],
+        ["domains", o.executeWithFallback!("x", "support")],
+        ["domains", o.hedge!("x", "support", { after: 100 })],
         ["domains", o.executeParallelDomains!("x", undefined)],
         ["mode", o.executeParallelDomains!("x", ["support"], { mode: "bogus" })],
         ["options", o.hedge!("x", ["support", "technical"], undefined)],

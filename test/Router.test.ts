@@ -151,6 +151,8 @@ describe("Router: bad input is a typed InvalidRequest naming the field, never a 
         ["domain", router.execute(ask, null as never)],
         ["domains", router.executeWithFallback(ask, null as never)],
         ["domains", router.executeWithFallback(ask, [])],
+        ["domains", router.executeWithFallback(ask, "d-a" as never)],
+        ["domains", router.hedge(ask, "d-a" as never, { after: 100 })],
         ["domain", router.executeWithFallback(ask, ["d-a", 3 as never])],
         ["domains", router.executeParallelDomains(ask, "d-a" as never, "all")],
         ["mode", router.executeParallelDomains(ask, ["d-a"], "bogus" as never)],

@@ -24,6 +24,8 @@ import type { Answer, CallOptions, HedgeOptions, Service, StreamOptions } from "
 import type { Service as StatsService } from "../Stats.js"
 import { noDomains, optionKeys, type Planner, unknownOption } from "./plan.js"
 
+const notAnArray = invalidRequest("domains", "expected an array of domain names")
+
 /** What the entry points need from the router. */
 export interface Env {
   readonly executor: ExecutorService
@@ -70,8 +72,11 @@ export const makeCalls = (env: Env) => {
       ? traced("Router.execute", domainsOf(domain), run(request, domain, options))
       : Effect.fail(invalidRequest("domain", `expected a domain name, got ${domain === null ? "null" : typeof domain}`))
 
+  // A string would be one domain (and its own chain) to `run`, silently not the chain the caller meant to give.
   const executeWithFallback = (request: GenerateRequest, names: ReadonlyArray<string>, options: CallOptions = {}) =>
-    traced("Router.executeWithFallback", domainsOf(names), run(request, names, options))
+    Array.isArray(names)
+      ? traced("Router.executeWithFallback", domainsOf(names), run(request, names, options))
+      : Effect.fail(notAnArray)
 
   const executeParallelDomains = ((
     request: GenerateRequest,
@@ -79,7 +84,7 @@ export const makeCalls = (env: Env) => {
     mode: "all" | "first",
     options: CallOptions = {}
   ) => {
-    if (!Array.isArray(names)) return Effect.fail(invalidRequest("domains", "expected an array of domain names"))
+    if (!Array.isArray(names)) return Effect.fail(notAnArray)
     if (names.length === 0) return Effect.fail(noDomains)
     const unknown = unknownOption(options, optionKeys.call)
     if (unknown !== undefined) return Effect.fail(unknown)
@@ -128,7 +133,8 @@ export const makeCalls = (env: Env) => {
       "Router.hedge",
       domainsOf(names),
       Effect.gen(function* () {
-        if (!Array.isArray(names) || names.length === 0) return yield* Effect.fail(noDomains)
+        if (!Array.isArray(names)) return yield* Effect.fail(notAnArray)
+        if (names.length === 0) return yield* Effect.fail(noDomains)
         const delay = yield* hedgeDelay(names[0]!, options)
         return yield* run(request, names, options, delay, optionKeys.hedge)
       })
