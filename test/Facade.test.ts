@@ -217,6 +217,25 @@ describe("createOrchestra", () => {
         "invalid prompt: expected a string or a request object, got null"
       )
       assert.throws(() => orchestra.stats("x" as never), OrchestraError)
+      for (const [filter, field] of [
+        [{ provder: "m" }, "filter.provder"],
+        [{ provider: 5 }, "filter.provider"],
+        [{ domain: null }, "filter.domain"],
+        [["support"], "filter"]
+      ] as const) {
+        const thrown = (() => {
+          try {
+            orchestra.stats(filter as never)
+            return undefined
+          } catch (error) {
+            return error
+          }
+        })()
+        assert.instanceOf(thrown, OrchestraError, field)
+        const error = (thrown as OrchestraError).error
+        assert.strictEqual(error._tag === "ModelError" && error.field, field)
+      }
+      assert.strictEqual(orchestra.stats({ provider: m.name, domain: undefined }).total, orchestra.stats().total)
       assert.strictEqual(Effect.runSync(m.control.calls), 0)
     } finally {
       await orchestra.dispose()

@@ -54,6 +54,8 @@ export interface Env {
 // The facade's own clock, read before the manager (and its context) exists.
 const clock = Context.get(Context.empty() as Context.Context<never>, Clock.Clock)
 
+const filterKeys: ReadonlySet<string> = new Set(["provider", "domain"])
+
 /**
  * Builds `createOrchestra` over the facade's error classes; `Facade.ts` calls it once, at load.
  *
@@ -102,6 +104,22 @@ export const makeCreateOrchestra = (env: Env) => {
 
   const shuttingDown = () =>
     new OrchestraError(new ShuttingDownError({ message: "the orchestra has been disposed and admits no new calls" }))
+
+  // A misspelt key or a name that is not a string would filter on nothing: the unfiltered totals, or zeros.
+  const filterIssue = (filter: unknown): Input.Issue | undefined => {
+    if (typeof filter !== "object" || filter === null || Array.isArray(filter)) {
+      return { path: "filter", message: `expected { provider?, domain? }, got ${kind(filter)}` }
+    }
+    const unknown = Input.unknownKey(filter, filterKeys, "filter.")
+    if (unknown !== undefined) return unknown
+    for (const key of filterKeys) {
+      const value = (filter as Record<string, unknown>)[key]
+      if (value !== undefined && typeof value !== "string") {
+        return { path: `filter.${key}`, message: `expected a name, got ${kind(value)}` }
+      }
+    }
+    return undefined
+  }
 
   const createOrchestra = <E>(layer: Layer.Layer<Services, E, never>): Orchestra => {
     const runtime = ManagedRuntime.make(layer)
@@ -239,8 +257,9 @@ export const makeCreateOrchestra = (env: Env) => {
       stream,
       embed: (input, options) => run(check(options, Keys.embed), (c) => Calls.embed(input, c)),
       stats: (filter) => {
-        if (filter !== undefined && (typeof filter !== "object" || filter === null)) {
-          throw new OrchestraError(invalidRequest("filter", `expected { provider?, domain? }, got ${kind(filter)}`))
+        if (filter !== undefined) {
+          const issue = filterIssue(filter)
+          if (issue !== undefined) throw new OrchestraError(invalidRequest(issue.path, issue.message))
         }
         if (statsService !== undefined) return statsService.snapshotUnsafe(filter)
         emptyStats ??= Effect.runSync(Effect.scoped(Effect.map(Stats.make, (s) => s.snapshotUnsafe())))
