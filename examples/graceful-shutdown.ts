@@ -5,8 +5,11 @@
  * (those callers get `ShuttingDownError` too) and releases the providers. Every caller
  * gets an outcome; no call is left running.
  *
- * Under `NodeRuntime.runMain`, SIGINT/SIGTERM interrupt the main fiber, which closes the
- * scope the same way; the Promise facade's `dispose()` does the same for non-Effect code.
+ * The Promise facade's `dispose()` does the same for non-Effect code. Under
+ * `NodeRuntime.runMain`, SIGINT/SIGTERM interrupt the main fiber: calls running on it (as the
+ * callers here, its children) are interrupted with it at once, and only then does the scope
+ * close. To give them the drain time, close the manager's scope on the interruption while they
+ * run on a detached fiber (docs/orchestration.md, "Lifecycle").
  *
  *   npx tsx examples/graceful-shutdown.ts
  */

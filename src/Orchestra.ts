@@ -1,9 +1,10 @@
 /**
  * The manager: one layer that builds the providers once and wires the stats, the shared
  * policies of each provider (breaker, rate limit, cache), the executor, the domains, the
- * router and batches together. Closing its scope (or SIGINT / SIGTERM under
- * `NodeRuntime.runMain`) stops admitting work, lets running calls and streams finish up
- * to the shutdown deadline, interrupts the rest and releases the providers.
+ * router and batches together. Closing its scope stops admitting work, lets running calls
+ * and streams finish up to the shutdown deadline, interrupts the rest and releases the
+ * providers. (SIGINT / SIGTERM under `NodeRuntime.runMain` interrupt the main fiber, and the
+ * calls running on it, before the scope closes: docs/orchestration.md shows how to drain them.)
  *
  * @since 0.1.0
  */

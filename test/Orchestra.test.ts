@@ -334,6 +334,39 @@ describe("Orchestra lifecycle", () => {
     })
   )
 
+  it.effect("docs' Ctrl-C pattern: interrupting the main fiber drains the detached batch's running calls", () =>
+    Effect.gen(function* () {
+      const manager = Orchestra.layer({
+        providers: { main: Mock.layer({ name: "ctrl-c", latency: "1 second" }) },
+        executor: { shutdownDeadline: "5 seconds" }
+      })
+      const questions = Array.from({ length: 20 }, (_, i) => `question ${i}`)
+      let reported: Batch.BatchResult | undefined
+      const main = Effect.gen(function* () {
+        const scope = yield* Scope.make()
+        const built = yield* Layer.buildWithScope(manager, scope)
+        const batch = yield* Effect.forkDetach(Batch.run(questions, { domain: "support" }).pipe(Effect.provide(built)))
+        const report = (result: Batch.BatchResult) => Effect.sync(() => (reported = result))
+        yield* Fiber.join(batch).pipe(
+          Effect.flatMap(report),
+          Effect.onInterrupt(() =>
+            Scope.close(scope, Exit.void).pipe(Effect.andThen(Fiber.join(batch)), Effect.flatMap(report), Effect.ignore)
+          ),
+          Effect.ensuring(Scope.close(scope, Exit.void))
+        )
+      })
+      const fiber = yield* Effect.forkChild(main)
+      yield* TestClock.adjust("1500 millis")
+      const interrupting = yield* Effect.forkChild(Fiber.interrupt(fiber))
+      yield* TestClock.adjust("1 second")
+      yield* Fiber.join(interrupting)
+      const statuses = reported!.results.map((r) => r.status)
+      // Five answered in the first second, the five running at Ctrl-C finished; the rest were refused.
+      assert.strictEqual(statuses.filter((s) => s === "success").length, 10)
+      assert.strictEqual(reported!.results.length, 20)
+    })
+  )
+
   it.effect("closing the manager removes its metric series from the registry", () =>
     Effect.gen(function* () {
       const { router, scope, registry } = yield* build({ main: {} })
