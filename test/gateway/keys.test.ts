@@ -73,7 +73,8 @@ describe("KeyStore: keys", () => {
         keys: [
           key("alpha", secretA, { name: "Alpha", team: "red", rpm: 10 }),
           { ...key("beta", secretB), disabled: true }
-        ]
+        ],
+        teams: { red: {} }
       })
       const found = yield* store.authenticate(Redacted.make(secretA))
       assert.strictEqual(found.id, "alpha")
@@ -116,6 +117,9 @@ describe("KeyStore: keys", () => {
         [{ keys: [key("a", secretA), key("b", secretA)] }, "keys[1].sha256"],
         [{ keys: [key("bad id", secretA)] }, "keys[0].id"],
         [{ teams: { red: { budget: { tokens: 2.5 } } } }, "teams.red.budget.tokens"],
+        // A misspelt team would escape the team's budget unseen: a key's team must be declared.
+        [{ keys: [key("a", secretA, { team: "rde" })], teams: { red: { budget: { tokens: 9 } } } }, "keys[0].team"],
+        [{ keys: [key("a", secretA, { team: "red" })] }, "keys[0].team"],
         [{ prices: { m: { input: Number.NaN, output: 1 } } }, "prices.m.input"],
         [{ keys: [key("a", secretA, { budget: { tokens: 5, period: 1e308 } })] }, "keys[0].budget.period"],
         [{ reservationTtl: 0 }, "reservationTtl"],
@@ -447,6 +451,9 @@ describe("KeyStore: admin operations in memory", () => {
       const store = yield* memory({ keys: [key("cfg", secretA)], maxKeys: 2 })
       const bad = yield* failure(store.create({ rpm: -1 }))
       assert.deepStrictEqual([bad.reason, bad.param], ["InvalidRequest", "rpm"])
+      const team = yield* failure(store.create({ team: "nobody" }))
+      assert.deepStrictEqual([team.reason, team.param], ["InvalidRequest", "team"])
+      assert.include(team.message, 'unknown team "nobody"')
       const unknown = yield* failure(store.create({ sha256: "0".repeat(64) }))
       assert.deepStrictEqual([unknown.reason, unknown.param], ["InvalidRequest", "sha256"])
       const notObject = yield* failure(store.create("hello"))
@@ -471,8 +478,8 @@ describe.skipIf(skipRedis)(`KeyStore on Redis (${skipRedis ? skipReason : "needs
       Effect.gen(function* () {
         const server = yield* startRedis
         const prefix = `${unique("shared")}:`
-        const one = yield* onRedis(server, { prefix, cacheTtl: 0 })
-        const two = yield* onRedis(server, { prefix, cacheTtl: 0 })
+        const one = yield* onRedis(server, { prefix, cacheTtl: 0, teams: { red: {} } })
+        const two = yield* onRedis(server, { prefix, cacheTtl: 0, teams: { red: {} } })
         const created = yield* one.store.create({ id: "k1", team: "red", rpm: 5, budget: { usd: 3, period: "1 day" } })
         const secret = Redacted.value(created.secret)
         const found = yield* two.store.authenticate(created.secret)
@@ -499,8 +506,8 @@ describe.skipIf(skipRedis)(`KeyStore on Redis (${skipRedis ? skipReason : "needs
       Effect.gen(function* () {
         const server = yield* startRedis
         const prefix = `${unique("race")}:`
-        const one = yield* onRedis(server, { prefix })
-        const two = yield* onRedis(server, { prefix })
+        const one = yield* onRedis(server, { prefix, teams: { t: {} } })
+        const two = yield* onRedis(server, { prefix, teams: { t: {} } })
         const created = yield* one.store.create({ id: "racer", team: "t", budget: { tokens: 1000 } })
         const viaOne = yield* one.store.authenticate(created.secret)
         const viaTwo = yield* two.store.authenticate(created.secret)

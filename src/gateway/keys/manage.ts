@@ -10,7 +10,7 @@ import { type GatewayError, gatewayError } from "../errors.js"
 import { notFound, unavailable } from "./failures.js"
 import type { Created, KeyInfo, SpendLine } from "./KeyStore.js"
 import { type Backend, type Budgets, countersFor, shown, windowEnd } from "./ledger.js"
-import { createRequest, id as checkId, type KeyRecord, type Resolved } from "./options.js"
+import { createRequest, id as checkId, type KeyRecord, type Resolved, unknownTeam } from "./options.js"
 import { generate, randomId } from "./secret.js"
 
 /**
@@ -56,6 +56,12 @@ export const make = (deps: Deps) => {
       if (Result.isFailure(checked)) {
         const { path, message } = checked.failure
         return Effect.fail(gatewayError("InvalidRequest", `invalid ${path}: ${message}`, { param: path }))
+      }
+      const team = checked.success.policy.team
+      if (team !== undefined && !resolved.teamNames.has(team)) {
+        return Effect.fail(
+          gatewayError("InvalidRequest", `invalid team: ${unknownTeam(team, resolved.teamNames)}`, { param: "team" })
+        )
       }
       const id = checked.success.id ?? `key-${randomId(12)}`
       const taken = () =>

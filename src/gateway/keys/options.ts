@@ -104,6 +104,8 @@ export interface Price {
 export interface Resolved {
   readonly keys: ReadonlyArray<KeyRecord>
   readonly teams: ReadonlyMap<string, ResolvedBudget>
+  /** Every team declared under `teams` (with a budget or not): the only ones a key may name. */
+  readonly teamNames: ReadonlySet<string>
   readonly prices: ReadonlyMap<string, Price>
   readonly rateLimitWait: Duration.Duration
   readonly reservationTtlMs: number
@@ -260,6 +262,16 @@ const policy = (path: string, b: Record<string, unknown>, fallbackName: string):
 const createFields: ReadonlySet<string> = new Set(["id", ...policyFields])
 
 /**
+ * The message for a team not declared under `teams`.
+ *
+ * @internal
+ */
+export const unknownTeam = (team: string, declared: ReadonlySet<string>): string =>
+  `unknown team "${team}": declare it under the key store's teams (${
+    declared.size === 0 ? "none is declared" : `declared: ${[...declared].join(", ")}`
+  }; a team without a budget is {})`
+
+/**
  * Checks an admin's request to create a key (`id` optional: one is made).
  *
  * @internal
@@ -365,6 +377,7 @@ export const check = (input: Options, known: ReadonlySet<string> = optionFields)
       }
     }
     const teams = new Map<string, ResolvedBudget>()
+    const teamNames = new Set<string>()
     if (o.teams !== undefined) {
       if (!isObject(o.teams)) return fail("teams", "expected an object of teams by id")
       for (const [team, value] of Object.entries(o.teams)) {
@@ -374,8 +387,14 @@ export const check = (input: Options, known: ReadonlySet<string> = optionFields)
           )
         )
         if (Result.isFailure(checked)) return Result.fail(checked.failure)
+        teamNames.add(team)
         if (checked.success !== undefined) teams.set(team, checked.success)
       }
+    }
+    // A key's team must be declared: a misspelt one would silently escape the team's budget.
+    for (let i = 0; i < keys.length; i++) {
+      const team = keys[i]!.team
+      if (team !== undefined && !teamNames.has(team)) return fail(`keys[${i}].team`, unknownTeam(team, teamNames))
     }
     const prices = new Map<string, Price>()
     if (o.prices !== undefined) {
@@ -397,6 +416,7 @@ export const check = (input: Options, known: ReadonlySet<string> = optionFields)
       ([rateLimitWait, reservationTtl, cacheTtl, maxKeys]) => ({
         keys,
         teams,
+        teamNames,
         prices,
         rateLimitWait,
         reservationTtlMs: reservationTtl,
