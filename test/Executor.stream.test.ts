@@ -1,5 +1,5 @@
 import { assert, describe, it } from "@effect/vitest"
-import { Context, Duration, Effect, Fiber, Layer, Stream } from "effect"
+import { Context, Duration, Effect, Fiber, Layer, Scope, Stream } from "effect"
 import { TestClock } from "effect/testing"
 import { type AiError, ShuttingDownError } from "../src/AiError.js"
 import type * as Input from "../src/Input.js"
@@ -240,6 +240,27 @@ describe("Executor.stream", () => {
       const error = yield* Fiber.join(fiber)
       assert.strictEqual(error._tag, "ShuttingDownError")
       assert.isAbove(seen.length, 2)
+      yield* Fiber.join(closing)
+    })
+  )
+
+  it.effect("a stream its consumer dropped without closing does not hold the shutdown past its deadline", () =>
+    Effect.gen(function* () {
+      const { executor, close } = yield* setup(
+        { respond: () => "one two three four five six seven eight nine ten", chunkDelay: "500 millis" },
+        { shutdownDeadline: "1 second", stream: { totalTimeout: "none" } }
+      )
+      // Read once, then never again and never closed (an async iterator a caller dropped).
+      const pull = yield* Stream.toPull(executor.stream(ask)).pipe(Scope.provide(yield* Scope.make()))
+      const first = pull.pipe(Effect.forkChild)
+      yield* TestClock.adjust("500 millis")
+      yield* Fiber.join(yield* first)
+      const closing = yield* Effect.forkChild(close)
+      yield* Effect.yieldNow
+      yield* TestClock.adjust("1 second")
+      yield* Effect.yieldNow
+      // Before: the engine waited 5 s more for the stream to be closed, which never happens.
+      assert.isDefined(closing.pollUnsafe(), "the executor closed at its shutdown deadline")
       yield* Fiber.join(closing)
     })
   )

@@ -145,7 +145,17 @@ export const make = (env: { readonly engine: Engine; readonly defaults: StreamDe
         endStream(Exit.fail(error))
       }
 
-      const total = engine.lanes.watch((ending) =>
+      // The engine counts a stream until its consumer closes it. Cut by the shutdown, nothing of
+      // it runs any more (its producer is interrupted): the shutdown stops waiting for it then,
+      // since a consumer that dropped its stream without closing it never will.
+      let left = false
+      const leave = () => {
+        if (left) return
+        left = true
+        engine.leave()
+      }
+
+      const total = engine.lanes.watch((ending) => {
         cutShort(
           ending === "shutdown"
             ? cutByShutdown()
@@ -157,7 +167,8 @@ export const make = (env: { readonly engine: Engine; readonly defaults: StreamDe
               }),
           ending === "timeout"
         )
-      )
+        if (ending === "shutdown") leave()
+      })
       total.arm(plan.totalTimeout)
       const stop = (error: AiError) => cutShort(error, false)
       if (cut !== undefined) (cut.stops ??= new Set()).add(stop)
@@ -187,7 +198,7 @@ export const make = (env: { readonly engine: Engine; readonly defaults: StreamDe
           total.dispose()
           cut?.stops?.delete(stop)
           backoff?.dispose()
-          engine.leave()
+          leave()
           const attempt = current
           if (terminal === undefined) {
             // Left by its consumer: cancelled, or cut by the caller's deadline (counted as the timeout it is).
