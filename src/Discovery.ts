@@ -249,14 +249,7 @@ export const make = Effect.fnUntraced(function* <E>(
     })
   const breaker = yield* CircuitBreaker.makeMemory(options.breaker ?? {}).pipe(
     // The breaker's own option names, under `breaker.` (Discovery has a `timeout` of its own).
-    Effect.mapError((error) =>
-      error._tag === "OptionError"
-        ? new Input.OptionError({
-            path: `breaker.${error.path}`,
-            message: error.message.replace(`invalid ${error.path}:`, `invalid breaker.${error.path}:`)
-          })
-        : error
-    )
+    Effect.mapError((error) => Input.underPath(error, "breaker."))
   )
   const breakerKey = `discovery:${name}`
 

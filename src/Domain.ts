@@ -341,7 +341,10 @@ export const layerProviders = <const L extends Record<string, Layer.Layer<ModelP
     Effect.map(
       Effect.forEach(Object.entries(layers), ([name, layer]) =>
         Effect.map(
-          Effect.flatMap(Effect.scope, (scope: Scope.Scope) => Layer.buildWithScope(layer, scope)),
+          Effect.flatMap(Effect.scope, (scope: Scope.Scope) =>
+            // A provider's option is named under its key: `providers.main.latency`.
+            Effect.mapError(Layer.buildWithScope(layer, scope), (error) => Input.underPath(error, `providers.${name}.`))
+          ),
           (context) => [name, Context.get(context, ModelProvider)] as const
         )
       ),

@@ -371,6 +371,21 @@ export const toOptionError = (issue: Issue): OptionError =>
   new OptionError({ path: issue.path, message: `invalid ${issue.path}: ${issue.message}` })
 
 /**
+ * An error with `OptionError`s named under `prefix` (a layer built by another, whose options
+ * are a section of the outer one's: `breaker.`, `providers.main.`); any other error as is.
+ *
+ * @since 0.3.0
+ * @category conversions
+ */
+export const underPath = <E>(error: E, prefix: string): E => {
+  if (!(error instanceof OptionError)) return error
+  const message = error.message.startsWith(`invalid ${error.path}:`)
+    ? `invalid ${prefix}${error.message.slice("invalid ".length)}`
+    : error.message
+  return new OptionError({ path: `${prefix}${error.path}`, message }) as E
+}
+
+/**
  * Runs a check in a constructor or layer: its failure is a {@link OptionError}.
  *
  * @since 0.2.0

@@ -152,15 +152,19 @@ describe("Domains and Providers registries", () => {
     })
   )
 
-  it.effect("layerProviders builds each provider layer once, and a failing one fails the registry", () =>
+  it.effect("layerProviders builds each provider layer once; a failing one fails the registry, named by its key", () =>
     Effect.gen(function* () {
       const context = yield* Layer.build(
         Domain.layerProviders({ a: Mock.layer({ name: "model-a" }), b: Mock.layer({ name: "model-b" }) })
       )
       const registry = yield* Effect.provideContext(Domain.Providers, context)
       assert.strictEqual((yield* registry.get("b")).name, "model-b")
-      const error = yield* Effect.flip(Layer.build(Domain.layerProviders({ bad: Mock.layer({ latency: -1 }) })))
-      assert.strictEqual(error.path, "latency")
+      const error = yield* Effect.flip(
+        Layer.build(Domain.layerProviders({ good: Mock.layer(), bad: Mock.layer({ latency: -1 }) }))
+      )
+      // With several providers, the key says which one was wrong.
+      assert.strictEqual(error.path, "providers.bad.latency")
+      assert.include(error.message, "invalid providers.bad.latency:")
     })
   )
 })
