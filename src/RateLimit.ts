@@ -15,6 +15,7 @@
 import { Context, Duration, Effect, Layer, Result, type Scope } from "effect"
 import { RateLimiter, type Redis } from "effect/persistence"
 import { ModelError } from "./AiError.js"
+import * as Timers from "./policy/timers.js"
 import * as Input from "./Input.js"
 import { make as makeMetrics } from "./RateLimit/metrics.js"
 import { checkOptions, checkTokens, redisFields } from "./RateLimit/options.js"
@@ -355,7 +356,10 @@ export const layerMemory = (options: Options): Layer.Layer<RateLimits, Input.Opt
       Input.orOptionError(checkOptions(options)),
       Effect.flatMap(RateLimiter.RateLimiterStore, (store) => scoped(options, store))
     )
-  ).pipe(Layer.provide(RateLimiter.layerStoreMemory))
+  ).pipe(
+    // effect's store sweeps its keys every minute: that timer must not keep a process alive.
+    Layer.provide(RateLimiter.layerStoreMemory.pipe(Layer.provide(Timers.layerBackground)))
+  )
 
 /**
  * Limits shared through Redis by every process using the same Redis and prefix. Needs

@@ -7,7 +7,7 @@
  *
  * @internal
  */
-import { Clock, Context, Duration, Effect } from "effect"
+import { Clock, Context, Duration, Effect, Layer } from "effect"
 
 /**
  * The runtime's default clock (a singleton): only its sleeps are real timers.
@@ -59,3 +59,27 @@ export const sleep = (
           onTimer?.(undefined)
         })
       })
+
+/**
+ * `clock` for a layer's own background fibers (a store's periodic sweep): the same time, but
+ * its sleeps do not keep the process alive on the real clock.
+ *
+ * @internal
+ */
+export const background = (clock: Clock.Clock): Clock.Clock =>
+  clock !== realClock
+    ? clock
+    : Object.create(clock, {
+        sleep: { value: (duration: Duration.Duration) => sleep(clock, Duration.toMillis(duration), false) }
+      })
+
+/**
+ * Provides {@link background} of the clock in context, to a layer whose background fibers
+ * are not ours to change (effect's in-memory rate-limiter store sweeps every minute).
+ *
+ * @internal
+ */
+export const layerBackground: Layer.Layer<never> = Layer.effect(
+  Clock.Clock,
+  Effect.map(Effect.service(Clock.Clock), background)
+) as Layer.Layer<never>
