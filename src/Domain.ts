@@ -9,7 +9,7 @@ import { Context, Duration, Effect, Layer, Result, Schema, type Scope } from "ef
 import { invalidRequest, ModelError } from "./AiError.js"
 import * as Input from "./Input.js"
 import { type GenerateRequest, ModelProvider, type Service as ProviderService } from "./Model.js"
-import { RetryPolicy } from "./Policy.js"
+import { RetryPolicy, retry as retryPolicy } from "./Policy.js"
 
 const Name = Schema.String.check(Schema.isTrimmed(), Schema.isMinLength(1))
 
@@ -69,7 +69,7 @@ export const predefined = (defaultProvider = "default"): ReadonlyArray<Domain> =
     description: "Customer support: friendly, short, actionable",
     system:
       "You are a customer support agent. Answer kindly and briefly, give concrete next steps, and say when a human should take over.",
-    retry: Schema.decodeSync(RetryPolicy)({ maxAttempts: 3 })
+    retry: retryPolicy({ maxAttempts: 3 })
   },
   {
     name: "technical",
@@ -77,7 +77,7 @@ export const predefined = (defaultProvider = "default"): ReadonlyArray<Domain> =
     description: "Engineering questions: precise, with code where it helps",
     system:
       "You are a senior software engineer. Answer precisely, state assumptions, and include a minimal code example when it helps.",
-    retry: Schema.decodeSync(RetryPolicy)({ maxAttempts: 3 })
+    retry: retryPolicy({ maxAttempts: 3 })
   },
   {
     name: "finance",
@@ -85,7 +85,7 @@ export const predefined = (defaultProvider = "default"): ReadonlyArray<Domain> =
     description: "Finance questions: careful, with figures and caveats",
     system:
       "You are a careful financial analyst. Show the figures you rely on, separate facts from estimates, and never give personal investment advice.",
-    retry: Schema.decodeSync(RetryPolicy)({ maxAttempts: 2 }),
+    retry: retryPolicy({ maxAttempts: 2 }),
     temperature: 0.2
   }
 ]

@@ -86,16 +86,44 @@ export const decodeRetry = (input: unknown, path = "retry"): Input.Checked<Retry
   // A policy this module checked (from `retry`, `defaultRetry` or an earlier call) is taken
   // as is; anything else, a hand-built `RetryPolicy`-shaped object included, is checked:
   // its shape alone says nothing of `maxAttempts: Infinity` or `jitter: 5`.
-  if (typeof input === "object" && input !== null && checked.has(input)) return Result.succeed(input as RetryPolicy)
+  const isObject = typeof input === "object" && input !== null
+  if (isObject) {
+    if (checked.has(input)) return Result.succeed(input as RetryPolicy)
+    // An object checked before and unchanged since (a domain's policy, decoded by the Domain
+    // schema, is read for every routed call): its fields are compared, not decoded again.
+    const seen = inputs.get(input)
+    if (seen !== undefined && sameFields(seen.fields, input)) return Result.succeed(seen.policy)
+  }
   const decoded = decodeRetryPolicy(input ?? {})
   if (Result.isFailure(decoded)) return Result.fail(Input.issueOf(decoded.failure, path))
   const policy = Object.freeze(decoded.success)
   checked.add(policy)
+  if (isObject) inputs.set(input, { fields: fieldsOf(input), policy })
   return Result.succeed(policy)
 }
 
 // The policies this module decoded (frozen, so they stay what was checked).
 const checked = new WeakSet<object>()
+// Other inputs checked, with the field values they had then (an input is not frozen: if a
+// field changed since, it is decoded again).
+const inputs = new WeakMap<object, { readonly fields: ReadonlyArray<unknown>; readonly policy: RetryPolicy }>()
+const FIELDS = [
+  "maxAttempts",
+  "initialDelay",
+  "factor",
+  "maxDelay",
+  "jitter",
+  "respectRetryAfter",
+  "maxRetryAfter"
+] as const
+const fieldsOf = (input: object): ReadonlyArray<unknown> =>
+  FIELDS.map((field) => (input as Record<string, unknown>)[field])
+const sameFields = (fields: ReadonlyArray<unknown>, input: object): boolean => {
+  let keys = 0
+  for (const _ in input) if (++keys > FIELDS.length) return false
+  for (let i = 0; i < FIELDS.length; i++) if ((input as Record<string, unknown>)[FIELDS[i]!] !== fields[i]) return false
+  return true
+}
 
 /**
  * The default retry policy: 3 attempts, 200 ms doubling to at most 10 s, 20% jitter.

@@ -240,6 +240,15 @@ describe("Executor.execute", () => {
       const policy = Policy.retry({ maxAttempts: 2 })
       assert.isTrue(Object.isFrozen(policy))
       assert.strictEqual(Policy.retry(policy), policy)
+      // A hand-built one is decoded once while unchanged (a domain's policy is read every call)...
+      const mutable = { ...shaped({}) } as { -readonly [K in keyof Policy.RetryPolicy]: Policy.RetryPolicy[K] }
+      const once = Policy.retry(mutable)
+      assert.strictEqual(Policy.retry(mutable), once)
+      // ...and checked again once changed.
+      mutable.maxAttempts = Number.POSITIVE_INFINITY
+      assert.throws(() => Policy.retry(mutable), "retry.maxAttempts")
+      mutable.maxAttempts = 5
+      assert.strictEqual(Policy.retry(mutable).maxAttempts, 5)
     })
   )
 
