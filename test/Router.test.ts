@@ -158,6 +158,8 @@ describe("Router: bad input is a typed InvalidRequest naming the field, never a 
         ["mode", router.executeParallelDomains(ask, ["d-a"], "bogus" as never)],
         ["options", router.hedge(ask, ["d-a", "d-b"], undefined as never)],
         ["after", router.hedge(ask, ["d-a", "d-b"], { after: -1 })],
+        // A misspelt key is named as written, not as the `after` it leaves missing.
+        ["aftr", router.hedge(ask, ["d-a", "d-b"], { aftr: 100 } as never)],
         ["timeout", router.execute(ask, "d-a", { timeout: Number.NaN })],
         ["texts", router.embed({ texts: [] } as never, "d-a")]
       ]

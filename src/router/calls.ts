@@ -135,6 +135,10 @@ export const makeCalls = (env: Env) => {
       Effect.gen(function* () {
         if (!Array.isArray(names)) return yield* Effect.fail(notAnArray)
         if (names.length === 0) return yield* Effect.fail(noDomains)
+        // A misspelt key (`aftr`) is named as written, before `after` is found missing.
+        const unknown =
+          typeof options === "object" && options !== null ? unknownOption(options, optionKeys.hedge) : undefined
+        if (unknown !== undefined) return yield* Effect.fail(unknown)
         const delay = yield* hedgeDelay(names[0]!, options)
         return yield* run(request, names, options, delay, optionKeys.hedge)
       })
