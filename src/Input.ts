@@ -319,6 +319,18 @@ export const readFields = (
 }
 
 /**
+ * The issue of a call's options (or another argument, `path`) that is not an object: `null`
+ * where an options object belongs must be refused, not read (a `TypeError` out of the call).
+ *
+ * @since 0.3.0
+ * @category checks
+ */
+export const notAnObject = (path: string, input: unknown): Issue | undefined =>
+  typeof input === "object" && input !== null
+    ? undefined
+    : { path, message: `expected an object, got ${describe(input)}` }
+
+/**
  * The first key of `input` that `known` lacks (a misspelt `timout`), as the issue naming it
  * (`prefix` + key), or `undefined`. Walks the keys without building an array: per-call
  * options of the executor and router go through it on every call.

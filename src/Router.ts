@@ -273,17 +273,20 @@ export const make = Effect.gen(function* () {
       return unknown === undefined ? planWith(request, names, options, undefined) : Effect.fail(unknown)
     },
     prepare: (names, options = {}) =>
-      Effect.map(applyOf(names, options.lead), (apply): Prepared => {
-        const now = (request: GenerateRequest, callOptions: CallOptions = {}) => apply(request, callOptions, undefined)
-        // The check is the public call's: a batch calls `now` itself, with options it built.
-        const prepared: Prepared = (request, callOptions) =>
-          Effect.suspend(() => {
-            const unknown = callOptions === undefined ? undefined : unknownOption(callOptions, optionKeys.call)
-            return unknown === undefined ? applied(now(request, callOptions)) : Effect.fail(unknown)
+      typeof options !== "object" || options === null
+        ? Input.orInvalidRequest(Result.fail(Input.notAnObject("options", options)!))
+        : Effect.map(applyOf(names, options.lead), (apply): Prepared => {
+            const now = (request: GenerateRequest, callOptions: CallOptions = {}) =>
+              apply(request, callOptions, undefined)
+            // The check is the public call's: a batch calls `now` itself, with options it built.
+            const prepared: Prepared = (request, callOptions) =>
+              Effect.suspend(() => {
+                const unknown = callOptions === undefined ? undefined : unknownOption(callOptions, optionKeys.call)
+                return unknown === undefined ? applied(now(request, callOptions)) : Effect.fail(unknown)
+              })
+            preparedNow.set(prepared, now)
+            return prepared
           })
-        preparedNow.set(prepared, now)
-        return prepared
-      })
   } satisfies Service
 })
 

@@ -676,6 +676,29 @@ describe("Router (fixes found while porting Batch)", () => {
       }
     })
   )
+
+  it.effect("null options of the router's calls are an InvalidRequest naming `options`, not a defect", () =>
+    Effect.gen(function* () {
+      const { router, controls } = yield* makeOrchestra({ a: {} })
+      const ask = { prompt: "x" }
+      const cases: ReadonlyArray<readonly [string, Effect.Effect<unknown, AiError>]> = [
+        ["execute", router.execute(ask, "d-a", null as never)],
+        ["executeWithFallback", router.executeWithFallback(ask, ["d-a"], null as never)],
+        ["executeParallelDomains", router.executeParallelDomains(ask, ["d-a"], "first", null as never)],
+        ["hedge", router.hedge(ask, ["d-a"], null as never)],
+        ["stream", Stream.runDrain(router.stream(ask, "d-a", null as never))],
+        ["embed", router.embed({ texts: ["x"] }, "d-a", null as never)],
+        ["plan", router.plan(ask, "d-a", null as never)],
+        ["prepare", router.prepare("d-a", null as never)]
+      ]
+      for (const [name, effect] of cases) {
+        const exit = yield* Effect.exit(effect)
+        const failed = Exit.isFailure(exit) ? exit.cause.reasons.find((r) => r._tag === "Fail") : undefined
+        assert.strictEqual(failed?._tag === "Fail" ? invalidField(failed.error) : String(exit), "options", name)
+      }
+      assert.strictEqual(yield* controls.a!.calls, 0)
+    })
+  )
 })
 
 describe("Batch fallback", () => {

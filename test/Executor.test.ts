@@ -296,6 +296,46 @@ describe("Executor.executeMany", () => {
     })
   )
 
+  it.effect(
+    "requests that are not an iterable, or null options, are an InvalidRequest naming them, not [] or a defect",
+    () =>
+      Effect.gen(function* () {
+        const { executor, control } = yield* setup()
+        // A request without its array was taken as an array-like of no length: nothing ran, Success([]).
+        for (const requests of [ask, null, undefined, "hi", 5, { 0: ask, length: 1 }]) {
+          const error = yield* Effect.flip(executor.executeMany(requests as never))
+          assert.strictEqual(error.reason === "InvalidRequest" && error.field, "requests", String(requests))
+        }
+        const throwing = {
+          *[Symbol.iterator]() {
+            yield ask
+            throw new Error("boom")
+          }
+        }
+        const threw = yield* Effect.flip(executor.executeMany(throwing))
+        assert.deepStrictEqual(
+          [threw.field, threw.message],
+          ["requests", "invalid requests: iterating them threw: boom"]
+        )
+        const cases: ReadonlyArray<Effect.Effect<unknown, AiError>> = [
+          executor.executeMany([ask], null as never),
+          executor.execute(ask, null as never),
+          executor.executeWithRetry(ask, null as never),
+          executor.embed({ texts: ["x"] }, null as never),
+          Stream.runDrain(executor.stream(ask, null as never)),
+          executor.execute(ask, "fast" as never)
+        ]
+        for (const effect of cases) {
+          const error = yield* Effect.flip(effect)
+          assert.strictEqual(error._tag === "ModelError" && error.reason === "InvalidRequest" && error.field, "options")
+        }
+        assert.strictEqual(yield* control.calls, 0)
+        // Any iterable is still requests.
+        const fromSet = yield* executor.executeMany(new Set([ask, { prompt: "two" }]))
+        assert.deepStrictEqual(fromSet.map(Result.isSuccess), [true, true])
+      })
+  )
+
   it.effect("concurrency NaN, 0 or 1.5 fails at once with InvalidRequest naming it (issue 13 item 6)", () =>
     Effect.gen(function* () {
       const { executor, control } = yield* setup()

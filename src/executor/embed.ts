@@ -55,11 +55,12 @@ export const make = (env: {
 
   const embed = (request: EmbedRequest, callOptions: ExecuteOptions = {}) =>
     Effect.suspend(() => {
-      const target = callOptions.provider ?? provider
       const resolved = resolveSync(callOptions)
       if (Result.isFailure(resolved)) {
-        return refused(invalidRequest(resolved.failure.path, resolved.failure.message), target, callOptions.domain)
+        const error = invalidRequest(resolved.failure.path, resolved.failure.message)
+        return refused(error, callOptions?.provider ?? provider, callOptions?.domain)
       }
+      const target = callOptions.provider ?? provider
       return Effect.matchEffect(validateEmbed(request, limits), {
         onFailure: (error) => refused(error, target, callOptions.domain),
         onSuccess: (valid) =>

@@ -70,11 +70,12 @@ export const make = (env: {
 
   const execute = (request: GenerateRequest, callOptions: ExecuteOptions = noOptions) =>
     Effect.withFiber((fiber) => {
-      const target = callOptions.provider ?? provider
       const resolved = resolveSync(callOptions)
       if (Result.isFailure(resolved)) {
-        return refused(invalidRequest(resolved.failure.path, resolved.failure.message), target, callOptions.domain)
+        const error = invalidRequest(resolved.failure.path, resolved.failure.message)
+        return refused(error, callOptions?.provider ?? provider, callOptions?.domain)
       }
+      const target = callOptions.provider ?? provider
       const error = checkGenerate(request, limits)
       if (error !== undefined) return refused(error, target, callOptions.domain)
       const plan = planOf(target, request, callOptions, resolved.success)
@@ -91,10 +92,11 @@ export const make = (env: {
   const executeWithRetry = (request: GenerateRequest, callOptions: ExecuteOptions = noOptions) =>
     execute(
       request,
-      callOptions.retry !== undefined
-        ? callOptions
-        : callOptions === noOptions
-          ? withRetry
+      callOptions === noOptions
+        ? withRetry
+        : // Options that are not an object go on as they are, for `execute` to refuse.
+          typeof callOptions !== "object" || callOptions === null || callOptions.retry !== undefined
+          ? callOptions
           : { ...callOptions, retry: true }
     )
 

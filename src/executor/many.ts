@@ -41,6 +41,26 @@ const resultOf = (exit: Exit.Exit<unknown, AiError>): Result.Result<GenerateResp
   )
 }
 
+// `Array.from` takes any array-like: a request given without its array (`{ prompt }`, no
+// `length`) would be no requests at all, and `null` a `TypeError`. Only an iterable is requests.
+const itemsOf = (requests: unknown): Array<GenerateRequest> | ModelError => {
+  if (Array.isArray(requests)) return Array.from(requests)
+  if (
+    typeof requests !== "object" ||
+    requests === null ||
+    typeof (requests as Partial<Iterable<unknown>>)[Symbol.iterator] !== "function"
+  ) {
+    const kind =
+      requests === null ? "null" : typeof requests === "object" ? "an object that is not iterable" : typeof requests
+    return invalidRequest("requests", `expected an array (or an iterable) of requests, got ${kind}`)
+  }
+  try {
+    return Array.from(requests as Iterable<GenerateRequest>)
+  } catch (error) {
+    return invalidRequest("requests", `iterating them threw: ${error instanceof Error ? error.message : String(error)}`)
+  }
+}
+
 /**
  * Builds an executor's `executeMany` over its `execute` (for traced callers).
  *
@@ -77,6 +97,9 @@ export const make = (env: {
 
   const executeMany = (requests: Iterable<GenerateRequest>, manyOptions: ManyOptions = {}) =>
     Effect.withFiber((fiber) => {
+      // Before any option is read: `null` options are refused, not a `TypeError`.
+      const notObject = Input.notAnObject("options", manyOptions)
+      if (notObject !== undefined) return Effect.fail(invalidRequest(notObject.path, notObject.message))
       const concurrency = Input.positiveInt("concurrency", Input.orDefault(manyOptions.concurrency, 5))
       if (Result.isFailure(concurrency)) {
         return Effect.fail(invalidRequest(concurrency.failure.path, concurrency.failure.message))
@@ -85,7 +108,8 @@ export const make = (env: {
       if (Result.isFailure(resolved)) {
         return Effect.fail(invalidRequest(resolved.failure.path, resolved.failure.message))
       }
-      const items = Array.from(requests)
+      const items = itemsOf(requests)
+      if (items instanceof ModelError) return Effect.fail(items)
       if (isTraced(fiber)) {
         const { concurrency: _, ...itemOptions } = manyOptions
         return Effect.withSpan(

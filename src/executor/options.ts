@@ -64,6 +64,8 @@ export const make = (env: {
     known: ReadonlySet<string> = executeKeys
   ): Result.Result<ResolvedOptions, Input.Issue> => {
     // Before the defaults' shortcut: a misspelt `timout` sets no deadline and would take it.
+    const notObject = Input.notAnObject("options", callOptions)
+    if (notObject !== undefined) return Result.fail(notObject)
     const unknown = Input.unknownKey(callOptions, known)
     if (unknown !== undefined) return Result.fail(unknown)
     if (

@@ -51,6 +51,7 @@ export const make = (env: {
 
   const stream = (request: GenerateRequest, streamOptions: StreamOptions = {}) => {
     const unknown =
+      Input.notAnObject("options", streamOptions) ??
       Input.unknownKey(streamOptions, streamKeys) ??
       (typeof streamOptions.resume === "object" && streamOptions.resume !== null
         ? Input.unknownKey(streamOptions.resume, resumeKeys, "resume.")

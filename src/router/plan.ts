@@ -51,7 +51,7 @@ export const optionKeys = (() => {
 
 /** A key of `options` the entry point does not take (a misspelt `timout`), as its refusal. */
 export const unknownOption = (options: object, known: ReadonlySet<string>): ModelError | undefined => {
-  const issue = Input.unknownKey(options, known)
+  const issue = Input.notAnObject("options", options) ?? Input.unknownKey(options, known)
   return issue === undefined ? undefined : invalidRequest(issue.path, issue.message)
 }
 
