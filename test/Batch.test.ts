@@ -413,6 +413,32 @@ describe("Batch items", () => {
     })
   )
 
+  it.effect("an item with an unknown key, or with both query and request, is refused naming it, on every path", () =>
+    Effect.gen(function* () {
+      const { batch, controls } = yield* makeOrchestra({ a: {}, b: {} })
+      // A misspelt `domian` ran the item on the default provider ("a"), answering domain "none".
+      const items = [
+        { query: "x", domian: "d-b" },
+        { query: "y", domain: "d-b", temprature: 0 },
+        { query: "z", request: { prompt: "w" } },
+        { query: "fine", domain: "d-b" }
+      ] as unknown as ReadonlyArray<Batch.Item>
+      const expected = ["items[0].domian", "items[1].temprature", "items[2]", "ok"]
+      for (const options of [{}, { onProgress: () => undefined }, { onEvent: () => Effect.void }]) {
+        const result = yield* batch.run(items, options)
+        assert.deepStrictEqual(
+          result.results.map((r) => (r.status === "success" ? "ok" : invalidField(r.error))),
+          expected,
+          Object.keys(options).join()
+        )
+      }
+      const alone = yield* batch.run([items[0]!])
+      assert.strictEqual(invalidField(alone.results[0]!.error), "items[0].domian")
+      assert.strictEqual(yield* controls.a!.calls, 0)
+      assert.strictEqual(yield* controls.b!.calls, 3)
+    })
+  )
+
   it.effect("a batch that is not an array is one typed error", () =>
     Effect.gen(function* () {
       const { batch, controls } = yield* makeOrchestra({ a: {} })

@@ -22,10 +22,29 @@ const kind = (u: unknown): string => (u === null ? "null" : Array.isArray(u) ? "
 const expected = "expected a string, { query } or { request }"
 
 const itemFields = ["domain", "query", "request"]
+const itemFieldSet: ReadonlySet<string> = new Set(itemFields)
+
+// Walks the keys without building an array (one item at a time, up to 100k a batch); a
+// `Proxy` whose key listing throws is that item's error, as a throwing getter is.
+const unknownField = (item: object, index: number): ModelError | undefined => {
+  try {
+    for (const key in item) {
+      if (!itemFieldSet.has(key)) {
+        return invalidRequest(`items[${index}].${key}`, `unknown field (expected one of ${itemFields.join(", ")})`)
+      }
+    }
+  } catch (error) {
+    return invalidRequest(
+      `items[${index}]`,
+      `listing its fields threw: ${error instanceof Error ? error.message : String(error)}`
+    )
+  }
+  return undefined
+}
 
 /**
  * An item as a request, or the `InvalidRequest` of that item alone (`items[3]`,
- * `items[3].query`, `items[3].domain`). The request itself is checked by the pipeline.
+ * `items[3].query`, `items[3].domain`, an unknown `items[3].domian`). The request itself is checked by the pipeline.
  */
 export const parse = (item: unknown, index: number): Parsed | ModelError => {
   if (typeof item === "string") return { request: { prompt: item }, domain: undefined }
@@ -34,7 +53,13 @@ export const parse = (item: unknown, index: number): Parsed | ModelError => {
   }
   const read = Input.readFields(item, itemFields, `items[${index}]`)
   if (Result.isFailure(read)) return invalidRequest(read.failure.path, read.failure.message)
+  // A misspelt `domian` would run the item on the default provider: refused, as a misspelt option is.
+  const unknown = unknownField(item, index)
+  if (unknown !== undefined) return unknown
   const fields = read.success as { readonly query?: unknown; readonly request?: unknown; readonly domain?: unknown }
+  if ("query" in fields && "request" in fields) {
+    return invalidRequest(`items[${index}]`, "expected either query or request, got both")
+  }
   const domain = fields.domain
   if (domain !== undefined && typeof domain !== "string") {
     return invalidRequest(`items[${index}].domain`, `expected a domain name, got ${kind(domain)}`)
