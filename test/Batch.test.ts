@@ -394,13 +394,13 @@ describe("Batch items", () => {
           "items[0]",
           "ok",
           "items[2]",
-          "request",
+          "items[3].request",
           "items[4].query",
           "items[5].domain",
           "items[6]",
           "items[7]",
-          "prompt",
-          "domain",
+          "items[8].request.prompt",
+          "items[9].domain",
           "ok"
         ]
       )
@@ -436,6 +436,47 @@ describe("Batch items", () => {
       assert.strictEqual(invalidField(alone.results[0]!.error), "items[0].domian")
       assert.strictEqual(yield* controls.a!.calls, 0)
       assert.strictEqual(yield* controls.b!.calls, 3)
+    })
+  )
+
+  it.effect("a refused request or an unknown domain names its item, in every form and on every path", () =>
+    Effect.gen(function* () {
+      const { batch } = yield* makeOrchestra({
+        a: { script: [Outcome.fail("InvalidRequest"), Outcome.succeed("ok")] }
+      })
+      // Named as the executor and the router name them (`prompt`, `domain`), nobody could tell which item it was.
+      const items = [
+        "",
+        { query: "" },
+        { request: { prompt: 5 } },
+        { request: { prompt: "x", maxTokens: -1 }, domain: "d-a" },
+        { query: "x", domain: "nope" },
+        { request: null, domain: "d-a" }
+      ] as unknown as ReadonlyArray<Batch.Item>
+      const expected = [
+        "items[0]",
+        "items[1].query",
+        "items[2].request.prompt",
+        "items[3].request.maxTokens",
+        "items[4].domain",
+        "items[5].request"
+      ]
+      for (const options of [{}, { onProgress: () => undefined }, { onEvent: () => Effect.void }]) {
+        const result = yield* batch.run(items, options)
+        const errors = result.results.map((r) => r.error)
+        assert.deepStrictEqual(errors.map(invalidField), expected, Object.keys(options).join())
+        assert.strictEqual(errors[4]?.message.startsWith('invalid items[4].domain: unknown domain "nope"'), true)
+        assert.strictEqual(Option.getOrUndefined(Batch.firstError(result)), errors[0])
+      }
+      for (const [i, item] of items.entries()) {
+        const alone = yield* batch.run([item])
+        assert.strictEqual(invalidField(alone.results[0]!.error), expected[i]!.replace(`items[${i}]`, "items[0]"))
+      }
+      // A provider's own InvalidRequest is its answer, not the item's check: left as the provider gave it.
+      const answered = yield* batch.run([{ query: "fine" }])
+      const error = answered.results[0]!.error
+      assert.isTrue(error?._tag === "ModelError" && error.reason === "InvalidRequest")
+      assert.isFalse(error?._tag === "ModelError" && (error.field ?? "").startsWith("items["))
     })
   )
 

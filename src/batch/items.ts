@@ -5,16 +5,17 @@
  * @internal
  */
 import { Effect, Result } from "effect"
-import { invalidRequest, type ModelError } from "../AiError.js"
+import { type AiError, invalidRequest, ModelError } from "../AiError.js"
 import * as Input from "../Input.js"
 import type { ProgressEvent } from "../Batch.js"
 import type { GenerateRequest } from "../Model.js"
 import type { Service as RouterService } from "../Router.js"
 
-/** An item made into a request, with the domain it names (if any). */
+/** An item made into a request, with the domain it names (if any) and the form it came in. */
 export interface Parsed {
   readonly request: GenerateRequest
   readonly domain: string | undefined
+  readonly via: "string" | "query" | "request"
 }
 
 const kind = (u: unknown): string => (u === null ? "null" : Array.isArray(u) ? "an array" : typeof u)
@@ -47,7 +48,7 @@ const unknownField = (item: object, index: number): ModelError | undefined => {
  * `items[3].query`, `items[3].domain`, an unknown `items[3].domian`). The request itself is checked by the pipeline.
  */
 export const parse = (item: unknown, index: number): Parsed | ModelError => {
-  if (typeof item === "string") return { request: { prompt: item }, domain: undefined }
+  if (typeof item === "string") return { request: { prompt: item }, domain: undefined, via: "string" }
   if (typeof item !== "object" || item === null || Array.isArray(item)) {
     return invalidRequest(`items[${index}]`, `${expected}, got ${kind(item)}`)
   }
@@ -68,10 +69,51 @@ export const parse = (item: unknown, index: number): Parsed | ModelError => {
     if (typeof fields.query !== "string") {
       return invalidRequest(`items[${index}].query`, `expected a string, got ${kind(fields.query)}`)
     }
-    return { request: { prompt: fields.query }, domain }
+    return { request: { prompt: fields.query }, domain, via: "query" }
   }
-  if ("request" in fields) return { request: fields.request as GenerateRequest, domain }
+  if ("request" in fields) return { request: fields.request as GenerateRequest, domain, via: "request" }
   return invalidRequest(`items[${index}]`, `${expected}, got an object with neither`)
+}
+
+/**
+ * A refusal of item `index` before it ran, named under the item as `parse` names its own:
+ * its request's check (`from` is the item's form: `prompt` of `{ request }` is
+ * `items[2].request.prompt`, of `{ query }` `items[2].query`, of a string `items[2]`) or its
+ * domain's lookup (`from: "domain"`: `items[4].domain`). Only an `InvalidRequest` is renamed;
+ * only the error paths call it.
+ */
+export const underItem = <E extends AiError>(error: E, index: number, from: Parsed["via"] | "domain"): E => {
+  if (error._tag !== "ModelError" || error.reason !== "InvalidRequest") return error
+  const field = error.field
+  const named = itemField(`items[${index}]`, field === "(root)" ? undefined : field, from)
+  if (named === undefined) return error
+  const message =
+    field !== undefined && error.message.startsWith(`invalid ${field}:`)
+      ? `invalid ${named}:${error.message.slice(`invalid ${field}:`.length)}`
+      : error.message
+  return new ModelError({
+    reason: error.reason,
+    message,
+    field: named,
+    provider: error.provider,
+    model: error.model,
+    status: error.status,
+    retryAfter: error.retryAfter,
+    cause: error.cause
+  }) as E
+}
+
+const itemField = (item: string, field: string | undefined, from: Parsed["via"] | "domain"): string | undefined => {
+  switch (from) {
+    case "domain":
+      return field === "domain" ? `${item}.domain` : undefined
+    case "request":
+      return field === undefined || field === "request" ? `${item}.request` : `${item}.request.${field}`
+    case "query":
+      return field === undefined ? item : field === "prompt" ? `${item}.query` : `${item}.${field}`
+    case "string":
+      return field === undefined || field === "prompt" ? item : `${item}.${field}`
+  }
 }
 
 /** A run's options after their checks. */

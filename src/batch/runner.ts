@@ -18,11 +18,18 @@ import { userEffect } from "../policy/callback.js"
 import { type AiError, ModelError } from "../AiError.js"
 import type { BatchResult, ItemResult, ProgressEvent, RunOptions, Status } from "../Batch.js"
 import { type RetryInfo, type Service as ExecutorService, startedBy } from "../Executor.js"
-import { type Answer, type Prepared, preparedNow, type Routed, type Service as RouterService } from "../Router.js"
+import {
+  type Answer,
+  type CallOptions,
+  type Prepared,
+  preparedNow,
+  type Routed,
+  type Service as RouterService
+} from "../Router.js"
 import { describeDefect } from "../policy/failure.js"
 import { forEachPool } from "../policy/pool.js"
 import type { Gate } from "./gate.js"
-import { check, parse } from "./items.js"
+import { check, type Parsed, parse, underItem } from "./items.js"
 import * as Started from "./started.js"
 import { statsOf } from "./stats.js"
 
@@ -130,9 +137,28 @@ const callOf = (
   const known = routes.get(itemDomain ?? "")
   const routed =
     known !== undefined
-      ? known(parsed.request, callOptions)
-      : Effect.flatMap(routeOf(deps, routes, fallback, itemDomain), (prepared) => prepared(parsed.request, callOptions))
+      ? routedOn(known, parsed, index, callOptions)
+      : Effect.flatMap(
+          // The batch's own domain and fallbacks were checked before: an unknown domain here is the item's.
+          Effect.mapError(routeOf(deps, routes, fallback, itemDomain), (error) => underItem(error, index, "domain")),
+          (prepared) => routedOn(prepared, parsed, index, callOptions)
+        )
   return Effect.flatMap(routed, (r) => Effect.map(deps.executor.run(r.plan, r.call), r.answer))
+}
+
+/** The plan of an item on its route, or its request's refusal named under the item. */
+const routedOn = (
+  prepared: Prepared,
+  parsed: Parsed,
+  index: number,
+  callOptions: CallOptions
+): Effect.Effect<Routed, ModelError> => {
+  const now = preparedNow.get(prepared)
+  if (now === undefined) {
+    return Effect.mapError(prepared(parsed.request, callOptions), (error) => underItem(error, index, parsed.via))
+  }
+  const routed = now(parsed.request, callOptions)
+  return routed instanceof ModelError ? Effect.fail(underItem(routed, index, parsed.via)) : Effect.succeed(routed)
 }
 
 /**
@@ -307,7 +333,8 @@ export const run = (deps: Deps, rawItems: unknown, rawOptions: RunOptions | unde
       const now = prepared === undefined ? undefined : preparedNow.get(prepared)
       // A route not resolved yet: this one call resolves it, on a fiber of its own.
       if (now === undefined) return callItem(index)
-      return now(parsed.request, { onRetry: onRetryFor(index) })
+      const routed = now(parsed.request, { onRetry: onRetryFor(index) })
+      return routed instanceof ModelError ? underItem(routed, index, parsed.via) : routed
     }
     const startedBatch: Started.Batch = {
       total,
