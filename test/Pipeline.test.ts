@@ -417,6 +417,42 @@ describe("Pipeline definitions are checked (issues 10, 12, 13)", () => {
       })
   )
 
+  it.effect("run options: null is refused by name; an option given as undefined keeps the pipeline's default", () =>
+    Effect.gen(function* () {
+      const inFlight = yield* Ref.make(0)
+      const peak = yield* Ref.make(0)
+      const tracked = Effect.acquireUseRelease(
+        Effect.flatMap(
+          Ref.updateAndGet(inFlight, (n) => n + 1),
+          (n) => Ref.update(peak, (p) => Math.max(p, n))
+        ),
+        () => Effect.sleep("10 millis"),
+        () => Ref.update(inFlight, (n) => n - 1)
+      )
+      const build = (defaults: Pipeline.RunOptions) =>
+        Array.from({ length: 6 }, (_, i) => `s${i}`).reduce<Pipeline.Pipeline<void, {}>>(
+          (p, name) => p.step(name, [], () => tracked),
+          Pipeline.make(defaults)
+        )
+      const two = build({ concurrency: 2 })
+      for (const option of ["mode", "concurrency", "onFailure"] as const) {
+        const error = yield* Effect.flip(runClocked(two, undefined, { [option]: null } as Pipeline.RunOptions))
+        assert.strictEqual(error.reason, "InvalidOption")
+        assert.strictEqual(error.option, option)
+        const made = yield* Effect.flip(runClocked(build({ [option]: null } as Pipeline.RunOptions), undefined))
+        assert.strictEqual(made.option, option)
+      }
+      assert.strictEqual(yield* Ref.get(peak), 0)
+      const result = yield* runClocked(two, undefined, { concurrency: undefined, mode: undefined })
+      assert.strictEqual(result.strategy, "parallel")
+      assert.strictEqual(yield* Ref.get(peak), 2)
+      const sequential = yield* runClocked(build({ mode: "sequential" }), undefined, { mode: undefined })
+      assert.strictEqual(sequential.strategy, "sequential")
+      const typo = yield* Effect.flip(Pipeline.run(two, undefined, { concurency: undefined } as Pipeline.RunOptions))
+      assert.strictEqual(typo.option, "concurency")
+    })
+  )
+
   it.effect(
     "any name works: __proto__, constructor and toString are in steps, outputs and their dependents' deps",
     () =>

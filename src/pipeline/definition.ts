@@ -232,15 +232,15 @@ export const checkRunOptions = (
   for (const key of Object.keys(input)) {
     if (!runKeys.has(key)) return Result.fail(invalidOption(key, "unknown option"))
   }
-  const mode = input.mode ?? "parallel"
+  const mode = Input.orDefault(input.mode, "parallel")
   if (mode !== "parallel" && mode !== "sequential") {
     return Result.fail(invalidOption("mode", `expected "parallel" or "sequential", got ${show(mode)}`))
   }
-  const onFailure = input.onFailure ?? "failFast"
+  const onFailure = Input.orDefault(input.onFailure, "failFast")
   if (onFailure !== "failFast" && onFailure !== "continue") {
     return Result.fail(invalidOption("onFailure", `expected "failFast" or "continue", got ${show(onFailure)}`))
   }
-  const concurrency = input.concurrency ?? Number.POSITIVE_INFINITY
+  const concurrency = Input.orDefault(input.concurrency, Number.POSITIVE_INFINITY)
   if (
     typeof concurrency !== "number" ||
     !(concurrency === Number.POSITIVE_INFINITY || (Number.isInteger(concurrency) && concurrency >= 1))

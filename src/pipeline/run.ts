@@ -22,6 +22,17 @@ const policyKeys = ["timeout", "totalTimeout", "retry", "fallback", "breaker", "
 const noService = (def: Internal.StepDef, index: number, field: string, what: string): PipelineError =>
   Errors.invalidStep(`steps[${index}].${field}`, what, def.name)
 
+// An option given as `undefined` is not given: the pipeline's own default stays. The key is kept
+// (as `undefined`), so a misspelt one is still refused by name.
+const overDefaults = (defaults: RunOptions, options: RunOptions): Record<string, unknown> => {
+  const merged = Internal.record<unknown>()
+  Object.assign(merged, defaults)
+  for (const [key, value] of Object.entries(options)) {
+    merged[key] = value === undefined ? (defaults as Record<string, unknown>)[key] : value
+  }
+  return merged
+}
+
 export const run = <I, O, E, R>(
   self: Pipeline<I, O, E, R>,
   input: I,
@@ -33,7 +44,7 @@ export const run = <I, O, E, R>(
       return yield* Effect.fail(Errors.invalidOption("options", `expected an object, got ${Errors.show(options)}`))
     }
     const settings = Internal.checkRunOptions(
-      options === undefined ? self.defaults : { ...self.defaults, ...options },
+      options === undefined ? self.defaults : overDefaults(self.defaults, options),
       isConcurrencyRelated as (f: Internal.Failure) => boolean
     )
     if (R.isFailure(settings)) return yield* Effect.fail(settings.failure)
