@@ -1,4 +1,4 @@
-import { assert, describe, it } from "@effect/vitest"
+import { assert, describe, it, vi } from "@effect/vitest"
 import { Context, Duration, Effect, Fiber, Layer, Metric, Ref } from "effect"
 import { TestClock } from "effect/testing"
 import { ModelError } from "../src/AiError.js"
@@ -450,6 +450,71 @@ describe("Pipeline definitions are checked (issues 10, 12, 13)", () => {
       assert.strictEqual(sequential.strategy, "sequential")
       const typo = yield* Effect.flip(Pipeline.run(two, undefined, { concurency: undefined } as Pipeline.RunOptions))
       assert.strictEqual(typo.option, "concurency")
+    })
+  )
+
+  it.effect("builder: each step checks only what it adds; the pipeline is the one fromSteps defines", () =>
+    Effect.gen(function* () {
+      /** A builder pipeline with names widened to `string`, as configuration code builds one. */
+      interface Loose {
+        readonly names: ReadonlyArray<string>
+        step(name: string, dependsOn: ReadonlyArray<string>, run: () => Effect.Effect<number>, options?: object): Loose
+      }
+      const typed = (p: Loose) => p as unknown as Pipeline.Pipeline<void, {}>
+      const refused = (p: Loose) => Effect.flip(Pipeline.validate(typed(p)))
+      const shape = (p: Pipeline.Pipeline<void, {}>) => p.definition.order.map((def) => [def.name, def.deps])
+      const n = 1000
+      const names = Array.from({ length: n }, (_, i) => `w${i}`)
+      // Each `.step` used to rebuild and re-check the whole graph (a Map of every name, the
+      // graph, its order): about n²/2 `Map.set`s for n steps.
+      const sets = vi.spyOn(Map.prototype, "set")
+      let built: Loose
+      let calls: number
+      try {
+        built = names
+          .reduce(
+            (p, name) => p.step(name, ["root"], () => Effect.succeed(1)),
+            (Pipeline.make() as unknown as Loose).step("root", [], () => Effect.succeed(0))
+          )
+          .step("join", names, () => Effect.succeed(2))
+      } finally {
+        calls = sets.mock.calls.length
+        sets.mockRestore()
+      }
+      assert.isBelow(calls, 4 * n)
+      const fromSteps = yield* Pipeline.fromSteps([
+        { name: "root", run: () => Effect.succeed(0) },
+        ...names.map((name) => ({ name, dependsOn: ["root"], run: () => Effect.succeed(1) })),
+        { name: "join", dependsOn: names, run: () => Effect.succeed(2) }
+      ])
+      assert.deepStrictEqual(built.names, fromSteps.names)
+      assert.deepStrictEqual(shape(typed(built)), shape(fromSteps as Pipeline.Pipeline<void, {}>))
+      assert.strictEqual((yield* Pipeline.run(typed(built), undefined)).status, "succeeded")
+
+      // Every refusal is still the builder's, at the step that makes it, with the same fields.
+      const base = (Pipeline.make() as unknown as Loose).step("a", [], () => Effect.succeed(1))
+      const duplicate = yield* refused(base.step("a", [], () => Effect.succeed(2)))
+      assert.deepStrictEqual([duplicate.reason, duplicate.steps], ["DuplicateStep", ["a"]])
+      const unknown = yield* refused(base.step("x", ["a", "zz", "x", "yy"], () => Effect.succeed(2)))
+      assert.deepStrictEqual([unknown.reason, unknown.steps], ["UnknownDependency", ["x", "zz", "yy"]])
+      const self = yield* refused(base.step("x", ["a", "x"], () => Effect.succeed(2)))
+      assert.deepStrictEqual([self.reason, self.steps, self.message], ["Cycle", ["x"], "dependency cycle: x -> x"])
+      const option = yield* refused(base.step("x", [], () => Effect.succeed(2), { timeout: "soon" }))
+      assert.deepStrictEqual([option.reason, option.field], ["InvalidStep", "steps[1].timeout"])
+      const later = yield* refused(base.step("a", [], () => Effect.succeed(2)).step("b", [], () => Effect.succeed(3)))
+      assert.strictEqual(later.reason, "DuplicateStep")
+
+      // Pipelines built from one another stay independent: a branch never sees its sibling's steps.
+      const left = base.step("b", [], () => Effect.succeed(2))
+      const right = base.step("c", ["a"], () => Effect.succeed(3)).step("b", ["c"], () => Effect.succeed(4))
+      const leftMore = left.step("c", ["b"], () => Effect.succeed(5))
+      assert.deepStrictEqual(
+        [base.names, left.names, right.names, leftMore.names],
+        [["a"], ["a", "b"], ["a", "c", "b"], ["a", "b", "c"]]
+      )
+      const unseen = yield* refused(left.step("d", ["c"], () => Effect.succeed(6)))
+      assert.deepStrictEqual(unseen.steps, ["d", "c"])
+      assert.deepStrictEqual({ ...(yield* Pipeline.run(typed(right), undefined)).outputs }, { a: 1, c: 3, b: 4 })
     })
   )
 

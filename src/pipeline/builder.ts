@@ -22,34 +22,69 @@ const proto = {
   }
 }
 
-const empty = R.getOrThrow(Internal.build([]))
+/**
+ * The steps of a builder pipeline and of those built from it, appended in place: each pipeline
+ * holds the first `length`. A step added to a pipeline that already has a successor (the
+ * pipeline branches) copies its prefix first, so no pipeline ever sees another's steps.
+ */
+interface Chain {
+  readonly steps: Array<Internal.StepDef>
+  readonly index: Map<string, number>
+}
 
-const fromDefinition = <I, O, E, R>(
-  definition: Internal.Definition,
+const append = (chain: Chain, length: number, def: Internal.StepDef): Chain => {
+  if (chain.steps.length !== length) {
+    const steps = chain.steps.slice(0, length)
+    chain = { steps, index: new Map(steps.map((step, i) => [step.name, i])) }
+  }
+  chain.index.set(def.name, length)
+  chain.steps.push(def)
+  return chain
+}
+
+// Each `.step` checks only what its step adds (`Internal.checkAdded`); the graph and its
+// topological order are built once, when `definition` or `names` is first read (by `run`,
+// `toMermaid`): a builder of n steps costs O(n) checks, not n graph builds.
+const fromChain = <I, O, E, R>(
+  chain: Chain,
+  length: number,
   defaults: RunOptions,
-  issue: PipelineError | undefined
+  issue: PipelineError | undefined,
+  built?: Internal.Definition
 ): Pipeline<I, O, E, R> => {
   const self = Object.create(proto) as { -readonly [K in keyof Pipeline<I, O, E, R>]: Pipeline<I, O, E, R>[K] }
+  let definition = built
+  let names: Array<keyof O & string> | undefined
+  // The per-step checks refuse everything `build` refuses, so it cannot fail here.
+  const definitionOf = () => (definition ??= R.getOrThrow(Internal.build(chain.steps.slice(0, length))))
   self[TypeId] = { _I: identity, _O: identity, _E: identity, _R: identity }
-  self.names = definition.order.map((def) => def.name) as Array<keyof O & string>
+  Object.defineProperties(self, {
+    names: {
+      enumerable: true,
+      get: () => (names ??= definitionOf().order.map((def) => def.name) as Array<keyof O & string>)
+    },
+    definition: { enumerable: true, get: definitionOf }
+  })
   self.defaults = defaults
-  self.definition = definition
   self.issue = issue
+  const has = (name: string) => {
+    const i = chain.index.get(name)
+    return i !== undefined && i < length
+  }
   self.step = ((name: unknown, dependsOn: unknown, run: unknown, options?: unknown) => {
     if (issue !== undefined) return self
-    const at = `steps[${definition.steps.length}]`
-    const next = R.flatMap(
-      R.flatMap(Internal.checkSpec({ name, dependsOn, run }, at), (def) =>
-        R.map(Internal.checkPolicies(options, at, def.name), (policies) => {
-          const merged = { ...def, ...policies }
-          return { ...merged, governed: Internal.isGoverned(merged) }
-        })
-      ),
-      (def) => Internal.build([...definition.steps, def])
+    const at = `steps[${length}]`
+    const next = R.flatMap(Internal.checkSpec({ name, dependsOn, run }, at), (def) =>
+      R.map(Internal.checkPolicies(options, at, def.name), (policies) => {
+        const merged = { ...def, ...policies }
+        return { ...merged, governed: Internal.isGoverned(merged) }
+      })
     )
-    return R.isSuccess(next)
-      ? fromDefinition(next.success, defaults, undefined)
-      : fromDefinition(definition, defaults, next.failure)
+    if (R.isFailure(next)) return fromChain(chain, length, defaults, next.failure, definition)
+    const refused = Internal.checkAdded(next.success, has)
+    return refused === undefined
+      ? fromChain(append(chain, length, next.success), length + 1, defaults, undefined)
+      : fromChain(chain, length, defaults, refused, definition)
   }) as Pipeline<I, O, E, R>["step"]
   return self as Pipeline<I, O, E, R>
 }
@@ -60,7 +95,7 @@ const checkDefaults = (defaults: unknown): PipelineError | undefined => {
 }
 
 export const make = <I = void>(defaults: RunOptions = {}): Pipeline<I, {}> =>
-  fromDefinition<I, {}, never, never>(empty, defaults, checkDefaults(defaults))
+  fromChain<I, {}, never, never>({ steps: [], index: new Map() }, 0, defaults, checkDefaults(defaults))
 
 export const fromSteps = <I, A, E, R>(
   steps: ReadonlyArray<StepSpec<I, A, E, R>>,
@@ -82,6 +117,14 @@ export const fromSteps = <I, A, E, R>(
     if (invalid !== undefined) return Effect.fail(invalid)
     const definition = Internal.build(defs)
     return R.isSuccess(definition)
-      ? Effect.succeed(fromDefinition<I, Record<string, A>, E, R>(definition.success, defaults, undefined))
+      ? Effect.succeed(
+          fromChain<I, Record<string, A>, E, R>(
+            { steps: [...defs], index: new Map(definition.success.index) },
+            defs.length,
+            defaults,
+            undefined,
+            definition.success
+          )
+        )
       : Effect.fail(definition.failure)
   })

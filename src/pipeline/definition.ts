@@ -281,34 +281,48 @@ const cycleIn = (component: ReadonlyArray<number>, graph: Graph.DirectedGraph<st
   return [...path.slice(seen.get(node)), node].map((i) => Option.getOrThrow(Graph.getNode(graph, i)))
 }
 
+const duplicateStep = (name: string): PipelineError =>
+  new PipelineError({
+    reason: "DuplicateStep",
+    steps: [name],
+    message: `step ${JSON.stringify(name)} is defined twice`
+  })
+
+const unknownDependency = (name: string, missing: ReadonlyArray<string>): PipelineError =>
+  new PipelineError({
+    reason: "UnknownDependency",
+    steps: [name, ...missing],
+    message: `step ${JSON.stringify(name)} depends on unknown step${missing.length > 1 ? "s" : ""} ${missing.map((m) => JSON.stringify(m)).join(", ")}`
+  })
+
+/** `cycle` ends where it starts: `[a, b, a]`. */
+const cycleError = (cycle: ReadonlyArray<string>): PipelineError =>
+  new PipelineError({ reason: "Cycle", steps: cycle.slice(0, -1), message: `dependency cycle: ${cycle.join(" -> ")}` })
+
+/**
+ * Checks a step added after `has`'s steps, refusing what {@link build} would refuse for the
+ * whole list. It can depend only on steps already there or on itself, so the only cycle it can
+ * close is its own.
+ */
+export const checkAdded = (step: StepDef, has: (name: string) => boolean): PipelineError | undefined => {
+  if (has(step.name)) return duplicateStep(step.name)
+  const missing = step.deps.filter((dep) => dep !== step.name && !has(dep))
+  if (missing.length > 0) return unknownDependency(step.name, missing)
+  return step.deps.includes(step.name) ? cycleError([step.name, step.name]) : undefined
+}
+
 /**
  * Validates the DAG: duplicate names, unknown dependencies, cycles.
  */
 export const build = (steps: ReadonlyArray<StepDef>): Checked<Definition> => {
   const index = new Map<string, number>()
   for (const step of steps) {
-    if (index.has(step.name)) {
-      return Result.fail(
-        new PipelineError({
-          reason: "DuplicateStep",
-          steps: [step.name],
-          message: `step ${JSON.stringify(step.name)} is defined twice`
-        })
-      )
-    }
+    if (index.has(step.name)) return Result.fail(duplicateStep(step.name))
     index.set(step.name, index.size)
   }
   for (const step of steps) {
     const missing = step.deps.filter((dep) => !index.has(dep))
-    if (missing.length > 0) {
-      return Result.fail(
-        new PipelineError({
-          reason: "UnknownDependency",
-          steps: [step.name, ...missing],
-          message: `step ${JSON.stringify(step.name)} depends on unknown step${missing.length > 1 ? "s" : ""} ${missing.map((m) => JSON.stringify(m)).join(", ")}`
-        })
-      )
-    }
+    if (missing.length > 0) return Result.fail(unknownDependency(step.name, missing))
   }
   const graph = Graph.directed<string, void>((mutable) => {
     for (const step of steps) Graph.addNode(mutable, step.name)
@@ -321,14 +335,7 @@ export const build = (steps: ReadonlyArray<StepDef>): Checked<Definition> => {
       Graph.stronglyConnectedComponents(graph).find(
         (c) => c.length > 1 || (c.length === 1 && Graph.hasEdge(graph, c[0]!, c[0]!))
       ) ?? []
-    const cycle = cycleIn(component, graph)
-    return Result.fail(
-      new PipelineError({
-        reason: "Cycle",
-        steps: cycle.slice(0, -1),
-        message: `dependency cycle: ${cycle.join(" -> ")}`
-      })
-    )
+    return Result.fail(cycleError(cycleIn(component, graph)))
   }
   const order = Array.from(Graph.indices(Graph.topo(graph)), (i) => steps[i]!)
   return Result.succeed({ steps, order, graph, index })
