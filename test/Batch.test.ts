@@ -523,6 +523,8 @@ describe("Batch options are checked before any item runs (issue 13 item 6)", () 
         [{ concurency: 1 }, "concurency"],
         [{ domain: "d-a", timeout: 5 }, "timeout"],
         [null, "options"],
+        // null is a wrong value, not the default.
+        [{ fallback: null }, "fallback"],
         // A getter that throws is that field's InvalidRequest, not a defect of the run.
         [
           Object.defineProperty({}, "concurrency", {

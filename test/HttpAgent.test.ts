@@ -303,7 +303,11 @@ describe("HttpAgent.call", () => {
           [{ timeout: "-5 seconds" as never }, "timeout"],
           [{ maxResponseBytes: 0 }, "maxResponseBytes"],
           [{ retry: { maxAttempts: 0 } }, "retry.maxAttempts"],
-          [{ maxConnection: 5 } as HttpAgent.Options, "maxConnection"]
+          [{ maxConnection: 5 } as HttpAgent.Options, "maxConnection"],
+          // null is a wrong value, not the default.
+          [{ timeout: null as never }, "timeout"],
+          [{ maxConnections: null as never }, "maxConnections"],
+          [{ maxResponseBytes: null as never }, "maxResponseBytes"]
         ]
         for (const [options, path] of cases) {
           const error = yield* Effect.flip(build({ options }))

@@ -395,7 +395,11 @@ describe("Pipeline definitions are checked (issues 10, 12, 13)", () => {
           [{ concurrency: Number.NaN }, "concurrency"],
           [{ concurrency: "2" }, "concurrency"],
           [{ fallbackToSequential: "yes" }, "fallbackToSequential"],
-          [{ concurency: 2 }, "concurency"]
+          [{ concurency: 2 }, "concurency"],
+          // null is a wrong value, not the default.
+          [{ mode: null }, "mode"],
+          [{ onFailure: null }, "onFailure"],
+          [{ concurrency: null }, "concurrency"]
         ]
         for (const [options, option] of cases) {
           const error = yield* Effect.flip(Pipeline.run(p, undefined, options as Pipeline.RunOptions))

@@ -360,7 +360,10 @@ describe.skipIf(skipRedis)(`RateLimit (Redis store; ${skipRedis ? skipReason : "
           [{ redis: { probeInterval: -1 } }, "redis.probeInterval"],
           [{ onStoreError: "ignore" as "allow" }, "onStoreError"],
           [{ storeTimeout: "1 second" } as RateLimit.RedisOptions, "storeTimeout"],
-          [{ default: { requestsPerMinute: 1, window: 0 } }, "default.window"]
+          [{ default: { requestsPerMinute: 1, window: 0 } }, "default.window"],
+          // null is a wrong value, not the default; a prefix that is not a string would be written into every key.
+          [{ prefix: null as never }, "prefix"],
+          [{ prefix: 5 as never }, "prefix"]
         ]
         for (const [options, path] of cases) {
           const exit = yield* Effect.exit(build(server, options))

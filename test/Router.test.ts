@@ -174,6 +174,11 @@ describe("Router: bad input is a typed InvalidRequest naming the field, never a 
       }
       const streamed = yield* Effect.flip(Stream.runCollect(router.stream(null as never, "d-a")))
       assert.strictEqual(invalidField(streamed), "request")
+      // null is a wrong value, not the domain's deadline.
+      for (const field of ["firstChunkTimeout", "totalTimeout"]) {
+        const error = yield* Effect.flip(Stream.runCollect(router.stream(ask, "d-a", { [field]: null } as never)))
+        assert.strictEqual(invalidField(error), field)
+      }
       assert.strictEqual((yield* controls.a!.calls) + (yield* controls.b!.calls), 0)
     })
   )

@@ -57,14 +57,14 @@ const checkOptions = (options: Options) =>
     Redacted.isRedacted(options.apiKey)
       ? Result.succeed(options.apiKey)
       : Result.fail({ path: "apiKey", message: "expected a Redacted secret (Redacted.make or Config.Redacted)" }),
-    Http.nonEmpty("name", options.name ?? "gemini"),
-    Http.nonEmpty("model", options.model ?? "gemini-2.5-flash"),
-    Http.nonEmpty("embeddingModel", options.embeddingModel ?? "gemini-embedding-001"),
+    Http.nonEmpty("name", Input.orDefault(options.name, "gemini")),
+    Http.nonEmpty("model", Input.orDefault(options.model, "gemini-2.5-flash")),
+    Http.nonEmpty("embeddingModel", Input.orDefault(options.embeddingModel, "gemini-embedding-001")),
     options.embeddingDimensions === undefined
       ? Result.succeed(undefined)
       : Input.positiveInt("embeddingDimensions", options.embeddingDimensions),
-    Http.baseUrl("baseUrl", options.baseUrl ?? "https://generativelanguage.googleapis.com"),
-    Http.nonEmpty("apiVersion", options.apiVersion ?? "v1beta"),
+    Http.baseUrl("baseUrl", Input.orDefault(options.baseUrl, "https://generativelanguage.googleapis.com")),
+    Http.nonEmpty("apiVersion", Input.orDefault(options.apiVersion, "v1beta")),
     Model.requestLimits(options.requestLimits),
     Http.headers("headers", options.headers),
     Http.headerOption("apiKey", "x-goog-api-key", options.apiKey)

@@ -128,7 +128,7 @@ export const make = (options: Options = {}): Effect.Effect<Service, ModelError |
           message: `expected an object, got ${options === null ? "null" : typeof options}`
         })
       )
-    : internal.makeWith({ ...options, modelPath: options.modelPath ?? defaultModelPath })
+    : internal.makeWith({ ...options, modelPath: Input.orDefault(options.modelPath, defaultModelPath) })
 
 /**
  * The local provider as the `ModelProvider` service.

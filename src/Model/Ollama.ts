@@ -75,17 +75,18 @@ const decodeGenerateLine = Decode.valueDecoder(Wire.GenerateLine)
 const decodeEmbed = Decode.valueDecoder(Wire.EmbedAnswer)
 
 /** `OLLAMA_HOST` is often written without a scheme (`0.0.0.0:11434`). */
+// Anything but a string goes to the URL check as it is, which names `host`.
 const hostUrl = (host: string): string =>
-  /^[a-z][a-z0-9+.-]*:\/\//i.test(host.trim()) ? host : `http://${host.trim()}`
+  typeof host !== "string" || /^[a-z][a-z0-9+.-]*:\/\//i.test(host.trim()) ? host : `http://${host.trim()}`
 
 const checkOptions = (options: Options) =>
   Input.all([
     Http.settings(options),
-    Http.baseUrl("host", hostUrl(options.host ?? "http://127.0.0.1:11434")),
-    Http.nonEmpty("name", options.name ?? "ollama"),
-    Http.nonEmpty("model", options.model ?? "llama3.2"),
-    Http.nonEmpty("embeddingModel", options.embeddingModel ?? "nomic-embed-text"),
-    Http.oneOf("api", options.api ?? "chat", ["chat", "generate"]),
+    Http.baseUrl("host", hostUrl(Input.orDefault(options.host, "http://127.0.0.1:11434"))),
+    Http.nonEmpty("name", Input.orDefault(options.name, "ollama")),
+    Http.nonEmpty("model", Input.orDefault(options.model, "llama3.2")),
+    Http.nonEmpty("embeddingModel", Input.orDefault(options.embeddingModel, "nomic-embed-text")),
+    Http.oneOf("api", Input.orDefault(options.api, "chat"), ["chat", "generate"]),
     Input.optional(options.keepAlive, (input) => Wire.keepAlive("keepAlive", input)),
     options.apiKey === undefined || Redacted.isRedacted(options.apiKey)
       ? Result.succeed(undefined)

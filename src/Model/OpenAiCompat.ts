@@ -97,19 +97,28 @@ const decodeEmbeddings = Decode.valueDecoder(Wire.Embeddings)
 const checkOptions = (options: Options) =>
   Input.all([
     Http.settings(options),
-    Http.baseUrl("baseUrl", options.baseUrl ?? "https://api.openai.com/v1"),
-    Http.nonEmpty("name", options.name ?? "openai"),
-    Http.nonEmpty("model", options.model ?? "gpt-4o-mini"),
-    Http.nonEmpty("embeddingModel", options.embeddingModel ?? "text-embedding-3-small"),
-    Http.oneOf("embeddingEncoding", options.embeddingEncoding ?? "float", ["float", "base64"]),
-    Http.oneOf("maxTokensField", options.maxTokensField ?? "max_tokens", ["max_tokens", "max_completion_tokens"]),
+    Http.baseUrl("baseUrl", Input.orDefault(options.baseUrl, "https://api.openai.com/v1")),
+    Http.nonEmpty("name", Input.orDefault(options.name, "openai")),
+    Http.nonEmpty("model", Input.orDefault(options.model, "gpt-4o-mini")),
+    Http.nonEmpty("embeddingModel", Input.orDefault(options.embeddingModel, "text-embedding-3-small")),
+    Http.oneOf("embeddingEncoding", Input.orDefault(options.embeddingEncoding, "float"), ["float", "base64"]),
+    Http.oneOf("maxTokensField", Input.orDefault(options.maxTokensField, "max_tokens"), [
+      "max_tokens",
+      "max_completion_tokens"
+    ]),
     options.apiKey === undefined || Redacted.isRedacted(options.apiKey)
       ? Result.succeed(undefined)
       : Result.fail({ path: "apiKey", message: "expected a Redacted value (Redacted.make(key) or Config.Redacted)" }),
     Http.headers("headers", options.headers),
     Http.headerOption("organization", "OpenAI-Organization", options.organization),
     Http.headerOption("project", "OpenAI-Project", options.project),
-    Http.headerOption("apiKey", "authorization", options.apiKey)
+    Http.headerOption("apiKey", "authorization", options.apiKey),
+    options.streamUsage === undefined || typeof options.streamUsage === "boolean"
+      ? Result.succeed(undefined)
+      : Result.fail({
+          path: "streamUsage",
+          message: `expected true or false, got ${JSON.stringify(options.streamUsage)}`
+        })
   ])
 
 /**
@@ -125,7 +134,7 @@ export const make = Effect.fnUntraced(function* (options: Options = {}) {
   const client = yield* Client.make(settings, options.transformClient)
   const apiKey = options.apiKey
   const secrets = apiKey === undefined ? [] : [apiKey]
-  const streamUsage = options.streamUsage ?? true
+  const streamUsage = Input.orDefault(options.streamUsage, true)
 
   const headers: Record<string, string> = { ...options.headers }
   if (options.organization !== undefined) headers["OpenAI-Organization"] = options.organization

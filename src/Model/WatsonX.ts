@@ -87,20 +87,20 @@ const checkOptions = (options: Options) =>
       : options.projectId !== undefined
         ? Result.map(Http.nonEmpty("projectId", options.projectId), (id) => ({ project_id: id }))
         : Result.map(Http.nonEmpty("spaceId", options.spaceId), (id) => ({ space_id: id })),
-    Http.baseUrl("url", options.url ?? "https://us-south.ml.cloud.ibm.com"),
-    Http.baseUrl("iamUrl", options.iamUrl ?? "https://iam.cloud.ibm.com/identity/token"),
-    VERSION.test(String(options.version ?? "2024-05-31"))
-      ? Result.succeed(options.version ?? "2024-05-31")
+    Http.baseUrl("url", Input.orDefault(options.url, "https://us-south.ml.cloud.ibm.com")),
+    Http.baseUrl("iamUrl", Input.orDefault(options.iamUrl, "https://iam.cloud.ibm.com/identity/token")),
+    VERSION.test(String(Input.orDefault(options.version, "2024-05-31")))
+      ? Result.succeed(Input.orDefault(options.version, "2024-05-31"))
       : Result.fail({
           path: "version",
           message: `expected a date such as "2024-05-31", got ${JSON.stringify(options.version)}`
         }),
-    Http.nonEmpty("model", options.model ?? "ibm/granite-3-8b-instruct"),
-    Http.nonEmpty("embeddingModel", options.embeddingModel ?? "ibm/slate-125m-english-rtrvr-v2"),
-    Http.oneOf("api", options.api ?? "chat", ["chat", "generation"] as const),
-    Input.duration("refreshMargin", options.refreshMargin ?? "60 seconds", { allowZero: true }),
-    Input.duration("tokenTimeout", options.tokenTimeout ?? "30 seconds"),
-    Http.nonEmpty("name", options.name ?? "watsonx"),
+    Http.nonEmpty("model", Input.orDefault(options.model, "ibm/granite-3-8b-instruct")),
+    Http.nonEmpty("embeddingModel", Input.orDefault(options.embeddingModel, "ibm/slate-125m-english-rtrvr-v2")),
+    Http.oneOf("api", Input.orDefault(options.api, "chat"), ["chat", "generation"] as const),
+    Input.duration("refreshMargin", Input.orDefault(options.refreshMargin, "60 seconds"), { allowZero: true }),
+    Input.duration("tokenTimeout", Input.orDefault(options.tokenTimeout, "30 seconds")),
+    Http.nonEmpty("name", Input.orDefault(options.name, "watsonx")),
     Model.requestLimits(options.requestLimits)
   ])
 

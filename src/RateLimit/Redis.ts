@@ -18,6 +18,7 @@
  */
 import { Duration, Effect, Layer } from "effect"
 import { RateLimiter, Redis } from "effect/persistence"
+import * as Input from "../Input.js"
 
 // Same escaping as effect's stores: distinct keys never share Redis state.
 const escapeKey = (key: string): string => key.replace(/%/g, "%25").replace(/:/g, "%3A")
@@ -125,7 +126,10 @@ const storeError = (operation: string) => (error: Redis.RedisError) =>
  * @category constructors
  */
 export const makeStore = Effect.fnUntraced(function* (options: { readonly prefix?: string | undefined } = {}) {
-  const prefix = options.prefix ?? "orchestra:ratelimit:"
+  const prefix = Input.orDefault(options.prefix, "orchestra:ratelimit:")
+  if (typeof prefix !== "string" || prefix.length === 0) {
+    return yield* new Input.OptionError({ path: "prefix", message: "invalid prefix: expected a non-empty string" })
+  }
   const redis = yield* Redis.Redis
   const base = yield* RateLimiter.makeStoreRedis({ prefix })
   const fixedWindow = redis.eval(fixedWindowScript)
@@ -159,5 +163,5 @@ export const makeStore = Effect.fnUntraced(function* (options: { readonly prefix
  */
 export const layerStore = (
   options: { readonly prefix?: string | undefined } = {}
-): Layer.Layer<RateLimiter.RateLimiterStore, never, Redis.Redis> =>
+): Layer.Layer<RateLimiter.RateLimiterStore, Input.OptionError, Redis.Redis> =>
   Layer.effect(RateLimiter.RateLimiterStore, makeStore(options))

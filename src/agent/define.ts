@@ -53,7 +53,7 @@ const agentIssue = (
   return Result.map(
     Input.all([
       checkUrl(options.url),
-      Http.nonEmpty("name", options.name ?? options.url),
+      Http.nonEmpty("name", Input.orDefault(options.name, options.url)),
       Input.optional(options.timeout, (t) => Input.duration("timeout", t)),
       Input.optional(options.retry, (r) => decodeRetry(r, "retry"))
     ]),

@@ -44,10 +44,10 @@ const checkOptions = (options: Options) => {
     if (!optionKeys.has(key)) return Result.fail<Input.Issue>({ path: key, message: "unknown option" })
   }
   return Input.all([
-    Input.positiveInt("maxConnections", options.maxConnections ?? 100),
-    Input.positiveInt("maxConnectionsPerHost", options.maxConnectionsPerHost ?? 10),
-    Input.duration("timeout", options.timeout ?? "30 seconds"),
-    Input.positiveInt("maxResponseBytes", options.maxResponseBytes ?? 8 * 1024 * 1024),
+    Input.positiveInt("maxConnections", Input.orDefault(options.maxConnections, 100)),
+    Input.positiveInt("maxConnectionsPerHost", Input.orDefault(options.maxConnectionsPerHost, 10)),
+    Input.duration("timeout", Input.orDefault(options.timeout, "30 seconds")),
+    Input.positiveInt("maxResponseBytes", Input.orDefault(options.maxResponseBytes, 8 * 1024 * 1024)),
     options.retry === undefined || options.retry === false ? Result.succeed(undefined) : decodeRetry(options.retry)
   ])
 }

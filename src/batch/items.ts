@@ -171,7 +171,7 @@ export const check = (
       if (typeof domain !== "string") return yield* fail("domain", `expected a domain name, got ${kind(domain)}`)
       if (!resolved.has(domain)) yield* router.chain(domain)
     }
-    const fallback = options.fallback ?? []
+    const fallback = Input.orDefault(options.fallback, [])
     if (!Array.isArray(fallback)) return yield* fail("fallback", `expected an array of domain names`)
     for (const [i, name] of fallback.entries()) {
       const found = yield* Effect.result(router.chain([name]))

@@ -106,8 +106,8 @@ export const make = Effect.fnUntraced(function* (options: Options) {
   const [sha256, path, maxBodyBytes] = yield* Input.orOptionError(
     Input.all([
       checkKey(options.key),
-      checkPath(options.path ?? "/admin"),
-      Input.int("maxBodyBytes", options.maxBodyBytes ?? 64 * 1024, { min: 1024, max: 16 * 1024 * 1024 })
+      checkPath(Input.orDefault(options.path, "/admin")),
+      Input.int("maxBodyBytes", Input.orDefault(options.maxBodyBytes, 64 * 1024), { min: 1024, max: 16 * 1024 * 1024 })
     ])
   )
   const store = yield* KeyAdmin

@@ -174,9 +174,9 @@ export const makeCalls = (env: Env) => {
       Effect.map(streamChain(names), ({ first, steps }) => {
         const parts = executor.stream(request, {
           steps,
-          firstChunkTimeout: options.firstChunkTimeout ?? first.timeout,
+          firstChunkTimeout: Input.orDefault(options.firstChunkTimeout, first.timeout),
           idleTimeout: options.idleTimeout,
-          totalTimeout: options.totalTimeout ?? first.totalTimeout,
+          totalTimeout: Input.orDefault(options.totalTimeout, first.totalTimeout),
           resume: options.resume,
           cache: options.cache ?? first.cache,
           onRetry:

@@ -421,8 +421,16 @@ describe("EffectAi.make (effect/ai LanguageModel as a ModelProvider)", () => {
         ] satisfies ReadonlyArray<EffectAi.Options>) {
           paths.push((yield* Effect.flip(EffectAi.make(options).pipe(Effect.provide(layer)))).path)
         }
-        // A misspelt option, a `context` that is not a function, no options object at all.
-        for (const options of [{ streamIdelTimeout: "1 second" }, { context: 5 }, null]) {
+        // A misspelt option, a `context` that is not a function, no options object at all; null is a
+        // wrong value, not the default.
+        for (const options of [
+          { streamIdelTimeout: "1 second" },
+          { context: 5 },
+          null,
+          { timeout: null },
+          { maxOutputChars: null },
+          { model: null }
+        ]) {
           paths.push((yield* Effect.flip(EffectAi.make(options as never).pipe(Effect.provide(layer)))).path)
         }
         assert.deepStrictEqual(paths, [
@@ -432,7 +440,10 @@ describe("EffectAi.make (effect/ai LanguageModel as a ModelProvider)", () => {
           "maxConcurrency",
           "streamIdelTimeout",
           "context",
-          "options"
+          "options",
+          "timeout",
+          "maxOutputChars",
+          "model"
         ])
         const limited = yield* EffectAi.make({ maxConcurrency: 4 }).pipe(Effect.provide(layer))
         assert.strictEqual(limited.maxConcurrency, 4)
@@ -765,12 +776,18 @@ describe("EffectAi.languageModel (a target as an effect/ai LanguageModel)", () =
       ] satisfies ReadonlyArray<EffectAi.LanguageModelOptions>) {
         paths.push((yield* Effect.flip(EffectAi.languageModel(provider, options))).path)
       }
+      // null is a wrong value, not the default.
+      for (const options of [{ name: null }, { settings: null }]) {
+        paths.push((yield* Effect.flip(EffectAi.languageModel(provider, options as never))).path)
+      }
       assert.deepStrictEqual(paths, [
         "name",
         "settings.temperature",
         "settings.maxTokens",
         "settings.temprature",
-        "limits.maxMessages"
+        "limits.maxMessages",
+        "name",
+        "settings"
       ])
     })
   )

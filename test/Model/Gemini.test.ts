@@ -763,6 +763,10 @@ layer(NodeHttpClient.layerUndici)("Gemini over HTTP", (it) => {
         assert.strictEqual(yield* pathOf({ requestLimits: { maxMessages: 0 } }), "requestLimits.maxMessages")
         assert.strictEqual(yield* pathOf({ headers: { "x-a": "b\nc" } }), 'headers["x-a"]')
         assert.strictEqual(yield* pathOf({ apiKey: Redacted.make("k\r\n") }), "apiKey")
+        // null is a wrong value, not the default.
+        assert.strictEqual(yield* pathOf({ streamIdleTimeout: null as never }), "streamIdleTimeout")
+        assert.strictEqual(yield* pathOf({ model: null as never }), "model")
+        assert.strictEqual(yield* pathOf({ apiVersion: null as never }), "apiVersion")
       })
     )
 

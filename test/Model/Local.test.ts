@@ -242,7 +242,12 @@ describe("Local provider", () => {
         [{ maxTokens: 2.5 }, "maxTokens"],
         [{ remoteHost: "ftp://mirror.example" }, "remoteHost"],
         [{ generationModel: "" }, "generationModel"],
-        [{ models: { embedding: [" x"] } }, "models.embedding[0]"]
+        [{ models: { embedding: [" x"] } }, "models.embedding[0]"],
+        // null is a wrong value, not the default.
+        [{ poolSize: null as never }, "poolSize"],
+        [{ loadTimeout: null as never }, "loadTimeout"],
+        [{ remoteHost: null as never }, "remoteHost"],
+        [{ modelPath: null as never }, "modelPath"]
       ]
       for (const [options, field] of cases) {
         const error = yield* Effect.flip(Effect.scoped(Local.make(options)))

@@ -386,7 +386,11 @@ describe("Mock", () => {
           [{ maxConcurrency: 2.5 }, "maxConcurrency"],
           [{ requestLogSize: -1 }, "requestLogSize"],
           [{ seed: 0.5 }, "seed"],
-          [{ name: "" }, "name"]
+          [{ name: "" }, "name"],
+          // null is a wrong value, not the default.
+          [{ seed: null as never }, "seed"],
+          [{ model: null as never }, "model"],
+          [{ script: null as never }, "script"]
         ]
         for (const [options, path] of cases) {
           const error = yield* configError(options)

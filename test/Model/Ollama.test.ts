@@ -535,7 +535,11 @@ layer(NodeHttpClient.layerUndici)("Ollama", (it) => {
           ["api", { api: "completions" as "chat" }],
           ["apiKey", { apiKey: KEY as unknown as Redacted.Redacted<string> }],
           ['headers["x-a"]', { headers: { "x-a": "\u0000" } }],
-          ["apiKey", { apiKey: Redacted.make("k\n") }]
+          ["apiKey", { apiKey: Redacted.make("k\n") }],
+          // null is a wrong value, not the default.
+          ["host", { host: null as never }],
+          ["timeout", { timeout: null as never }],
+          ["api", { api: null as never }]
         ]
         for (const [path, options] of cases) {
           const error = yield* Effect.flip(Layer.build(Ollama.layer(options)))

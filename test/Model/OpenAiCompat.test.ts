@@ -887,7 +887,15 @@ layer(NodeHttpClient.layerUndici)("OpenAiCompat", (it) => {
           ['headers["bad name"]', { headers: { "bad name": "v" } }],
           ['headers["x-n"]', { headers: { "x-n": 5 as unknown as string } }],
           ["organization", { organization: "org\n" }],
-          ["apiKey", { apiKey: Redacted.make(`${KEY}\n`) }]
+          ["apiKey", { apiKey: Redacted.make(`${KEY}\n`) }],
+          // null is a wrong value, not the default.
+          ["timeout", { timeout: null as never }],
+          ["maxResponseBytes", { maxResponseBytes: null as never }],
+          ["baseUrl", { baseUrl: null as never }],
+          ["model", { model: null as never }],
+          ["maxTokensField", { maxTokensField: null as never }],
+          ["streamUsage", { streamUsage: null as never }],
+          ["streamUsage", { streamUsage: "no" as never }]
         ]
         for (const [path, options] of cases) {
           const error = yield* Effect.flip(Layer.build(OpenAiCompat.layer(options)))

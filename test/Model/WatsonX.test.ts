@@ -1033,6 +1033,11 @@ layer(NodeHttpClient.layerUndici)("WatsonX over HTTP", (it) => {
         assert.strictEqual(yield* pathOf({ version: "yesterday" }), "version")
         assert.strictEqual(yield* pathOf({ api: "completions" as never }), "api")
         assert.strictEqual(yield* pathOf({ iamUrl: "not a url" }), "iamUrl")
+        // null is a wrong value, not the default.
+        assert.strictEqual(yield* pathOf({ timeout: null as never }), "timeout")
+        assert.strictEqual(yield* pathOf({ version: null as never }), "version")
+        assert.strictEqual(yield* pathOf({ tokenTimeout: null as never }), "tokenTimeout")
+        assert.strictEqual(yield* pathOf({ url: null as never }), "url")
       })
     )
 

@@ -759,7 +759,11 @@ describe.skipIf(skipRedis)(`KeyStore on Redis (${skipRedis ? skipReason : "needs
         [{ onStoreError: { budgets: "maybe" as never } }, "onStoreError.budgets"],
         [{ onStoreError: { limits: "never" as never } }, "onStoreError.limits"],
         [{ redis: { timeout: -1 } }, "redis.timeout"],
-        [{ keys: [key("a", secretA, { rpm: Number.NaN })] }, "keys[0].rpm"]
+        [{ keys: [key("a", secretA, { rpm: Number.NaN })] }, "keys[0].rpm"],
+        // null is a wrong value, not the default.
+        [{ prefix: null as never }, "prefix"],
+        [{ onStoreError: null as never }, "onStoreError"],
+        [{ onStoreError: { budgets: null as never } }, "onStoreError.budgets"]
       ]
       const redis = Layer.succeed(PersistenceRedis.Redis, {} as PersistenceRedis.Redis["Service"])
       for (const [options, path] of cases) {
@@ -951,7 +955,10 @@ describe("Admin routes", () => {
         [{ key: "plain-admin-key-0123456789" as never }, "key"],
         [{ key: Redacted.make(adminSecret), path: "admin" }, "path"],
         [{ key: Redacted.make(adminSecret), maxBodyBytes: 10 }, "maxBodyBytes"],
-        [{ key: Redacted.make(adminSecret), extra: 1 } as never, "extra"]
+        [{ key: Redacted.make(adminSecret), extra: 1 } as never, "extra"],
+        // null is a wrong value, not the default.
+        [{ key: Redacted.make(adminSecret), path: null as never }, "path"],
+        [{ key: Redacted.make(adminSecret), maxBodyBytes: null as never }, "maxBodyBytes"]
       ]
       for (const [options, path] of cases) {
         const error = yield* Effect.flip(

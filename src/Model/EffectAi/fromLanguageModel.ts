@@ -65,15 +65,33 @@ export const make = Effect.fnUntraced(function* (options: Options = {}) {
             path: "context",
             message: `expected a function from the request to a Context, got ${typeof options.context}`
           }),
-      Input.duration("timeout", options.timeout ?? defaults.timeout),
-      Input.duration("streamIdleTimeout", options.streamIdleTimeout ?? defaults.streamIdleTimeout),
-      Input.positiveInt("maxOutputChars", options.maxOutputChars ?? 1_000_000),
+      Input.duration("timeout", Input.orDefault(options.timeout, defaults.timeout)),
+      Input.duration("streamIdleTimeout", Input.orDefault(options.streamIdleTimeout, defaults.streamIdleTimeout)),
+      Input.positiveInt("maxOutputChars", Input.orDefault(options.maxOutputChars, 1_000_000)),
       Input.optional(options.maxConcurrency, (n) => Input.positiveInt("maxConcurrency", n)),
-      nonEmpty("name", options.name ?? Option.getOrElse(providerName, () => "effect-ai")),
-      nonEmpty("model", options.model ?? Option.getOrElse(modelName, () => "unknown")),
+      nonEmpty(
+        "name",
+        Input.orDefault(
+          options.name,
+          Option.getOrElse(providerName, () => "effect-ai")
+        )
+      ),
+      nonEmpty(
+        "model",
+        Input.orDefault(
+          options.model,
+          Option.getOrElse(modelName, () => "unknown")
+        )
+      ),
       nonEmpty(
         "embeddingModel",
-        options.embeddingModel ?? options.model ?? Option.getOrElse(modelName, () => "unknown")
+        Input.orDefault(
+          options.embeddingModel,
+          Input.orDefault(
+            options.model,
+            Option.getOrElse(modelName, () => "unknown")
+          )
+        )
       )
     ])
   )

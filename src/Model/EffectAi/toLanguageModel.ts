@@ -29,6 +29,9 @@ const settingKeysOf: ReadonlySet<string> = new Set(["model", "maxTokens", "tempe
 const decodeRequest = Schema.decodeUnknownResult(Model.GenerateRequest, { onExcessProperty: "error" })
 
 const checkSettings = (path: string, settings: GenerationSettings): Input.Checked<GenerationSettings> => {
+  if (typeof settings !== "object" || settings === null || Array.isArray(settings)) {
+    return Result.fail({ path, message: "expected an object of generation settings" })
+  }
   for (const key of Object.keys(settings)) {
     if (!settingKeysOf.has(key)) return Result.fail({ path: `${path}.${key}`, message: "unknown setting" })
   }
@@ -74,8 +77,8 @@ const annotateResponse = (
 export const languageModel = Effect.fnUntraced(function* (target: Target, options: LanguageModelOptions = {}) {
   const [name, defaults, limits] = yield* Input.orOptionError(
     Input.all([
-      nonEmpty("name", options.name ?? "effect-orchestra"),
-      checkSettings("settings", options.settings ?? {}),
+      nonEmpty("name", Input.orDefault(options.name, "effect-orchestra")),
+      checkSettings("settings", Input.orDefault(options.settings, {})),
       Model.requestLimits(options.limits, "limits")
     ])
   )

@@ -181,11 +181,14 @@ export const compile = (options: Options): Effect.Effect<Compiled, OptionError> 
   Input.orOptionError(
     Result.gen(function* () {
       yield* known("", options, optionKeys)
-      const name = yield* text("name", options.name ?? "mock")
-      const defaultModel = yield* text("model", options.model ?? "mock-model")
-      const seed = yield* Input.int("seed", options.seed ?? 0)
-      const dimensions = yield* Input.positiveInt("dimensions", options.dimensions ?? 8, 65_536)
-      const logSize = yield* Input.int("requestLogSize", options.requestLogSize ?? 1_000, { min: 0, max: 10_000_000 })
+      const name = yield* text("name", Input.orDefault(options.name, "mock"))
+      const defaultModel = yield* text("model", Input.orDefault(options.model, "mock-model"))
+      const seed = yield* Input.int("seed", Input.orDefault(options.seed, 0))
+      const dimensions = yield* Input.positiveInt("dimensions", Input.orDefault(options.dimensions, 8), 65_536)
+      const logSize = yield* Input.int("requestLogSize", Input.orDefault(options.requestLogSize, 1_000), {
+        min: 0,
+        max: 10_000_000
+      })
       const maxConcurrency = yield* Input.optional(options.maxConcurrency, (n) =>
         Input.positiveInt("maxConcurrency", n)
       )
@@ -193,6 +196,9 @@ export const compile = (options: Options): Effect.Effect<Compiled, OptionError> 
       const chunkDelay = yield* latencyOf("chunkDelay", options.chunkDelay)
       if (options.respond !== undefined && typeof options.respond !== "function") {
         return yield* issue("respond", "expected a function")
+      }
+      if (options.script !== undefined && !Array.isArray(options.script)) {
+        return yield* issue("script", "expected an array of outcomes")
       }
       const script: Array<Planned> = []
       for (const [i, outcome] of (options.script ?? []).entries()) script.push(yield* planOf(`script[${i}]`, outcome))

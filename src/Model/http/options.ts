@@ -72,10 +72,10 @@ export const defaults = {
 export const settings = (options: Options): Input.Checked<Settings> =>
   Result.map(
     Input.all([
-      Input.duration("timeout", options.timeout ?? defaults.timeout),
-      Input.duration("streamIdleTimeout", options.streamIdleTimeout ?? defaults.streamIdleTimeout),
-      Input.positiveInt("maxResponseBytes", options.maxResponseBytes ?? defaults.maxResponseBytes),
-      Input.positiveInt("maxEventBytes", options.maxEventBytes ?? defaults.maxEventBytes),
+      Input.duration("timeout", Input.orDefault(options.timeout, defaults.timeout)),
+      Input.duration("streamIdleTimeout", Input.orDefault(options.streamIdleTimeout, defaults.streamIdleTimeout)),
+      Input.positiveInt("maxResponseBytes", Input.orDefault(options.maxResponseBytes, defaults.maxResponseBytes)),
+      Input.positiveInt("maxEventBytes", Input.orDefault(options.maxEventBytes, defaults.maxEventBytes)),
       options.transformClient === undefined || typeof options.transformClient === "function"
         ? Result.succeed(undefined)
         : Result.fail({

@@ -81,24 +81,24 @@ const flag = (path: string, input: unknown, fallback: boolean): Input.Checked<bo
 /** Checks every option (an `OptionError` naming the first wrong one) and fills in the defaults. */
 export const resolve = (options: ResolvableOptions): Effect.Effect<Resolved, Input.OptionError> => {
   const checked = Input.all([
-    text("name", options.name ?? "local"),
-    text("generationModel", options.generationModel ?? "tiny-gpt2"),
-    text("embeddingModel", options.embeddingModel ?? "tiny-bert"),
+    text("name", Input.orDefault(options.name, "local")),
+    text("generationModel", Input.orDefault(options.generationModel, "tiny-gpt2")),
+    text("embeddingModel", Input.orDefault(options.embeddingModel, "tiny-bert")),
     texts("models.generation", options.models?.generation),
     texts("models.embedding", options.models?.embedding),
     directory("modelPath", options.modelPath),
     flag("allowRemoteModels", options.allowRemoteModels, false),
     Input.optional(options.cacheDir, (dir) => text("cacheDir", dir)),
-    hubUrl("remoteHost", options.remoteHost ?? HUGGING_FACE),
+    hubUrl("remoteHost", Input.orDefault(options.remoteHost, HUGGING_FACE)),
     flag("quantized", options.quantized, true),
-    Input.positiveInt("poolSize", options.poolSize ?? 1, 1_024),
-    Input.int("minInstances", options.minInstances ?? 0, { min: 0 }),
-    Input.duration("idleTimeToLive", options.idleTimeToLive ?? "10 minutes", { allowInfinite: true }),
-    Input.positiveInt("maxBatchSize", options.maxBatchSize ?? 32, 4_096),
-    Input.duration("batchWindow", options.batchWindow ?? 0, { allowZero: true }),
-    Input.duration("shutdownDeadline", options.shutdownDeadline ?? "10 seconds", { allowZero: true }),
-    Input.duration("loadTimeout", options.loadTimeout ?? "10 minutes"),
-    Input.positiveInt("maxTokens", options.maxTokens ?? 128, 1_000_000)
+    Input.positiveInt("poolSize", Input.orDefault(options.poolSize, 1), 1_024),
+    Input.int("minInstances", Input.orDefault(options.minInstances, 0), { min: 0 }),
+    Input.duration("idleTimeToLive", Input.orDefault(options.idleTimeToLive, "10 minutes"), { allowInfinite: true }),
+    Input.positiveInt("maxBatchSize", Input.orDefault(options.maxBatchSize, 32), 4_096),
+    Input.duration("batchWindow", Input.orDefault(options.batchWindow, 0), { allowZero: true }),
+    Input.duration("shutdownDeadline", Input.orDefault(options.shutdownDeadline, "10 seconds"), { allowZero: true }),
+    Input.duration("loadTimeout", Input.orDefault(options.loadTimeout, "10 minutes")),
+    Input.positiveInt("maxTokens", Input.orDefault(options.maxTokens, 128), 1_000_000)
   ])
   if (Result.isFailure(checked)) return Effect.fail(Input.toOptionError(checked.failure))
   const [

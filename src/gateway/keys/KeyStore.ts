@@ -285,13 +285,18 @@ export const layerRedis = (
   Layer.effectContext(
     Effect.gen(function* () {
       const resolved = yield* Input.orOptionError(KeyOptions.check(options, KeyOptions.redisFields))
-      const prefix = options.prefix ?? "orchestra:gateway:"
+      const prefix = Input.orDefault(options.prefix, "orchestra:gateway:")
       if (typeof prefix !== "string" || prefix.length === 0 || prefix.length > 100) {
         return yield* Effect.fail(Input.toOptionError({ path: "prefix", message: "expected 1 to 100 characters" }))
       }
-      const onStoreError = options.onStoreError ?? {}
-      const budgets = onStoreError.budgets ?? "reject"
-      const limits = onStoreError.limits ?? "allow"
+      const onStoreError: RedisOptions["onStoreError"] & object = Input.orDefault(options.onStoreError, {})
+      if (typeof onStoreError !== "object" || onStoreError === null || Array.isArray(onStoreError)) {
+        return yield* Effect.fail(
+          Input.toOptionError({ path: "onStoreError", message: "expected an object { budgets, limits }" })
+        )
+      }
+      const budgets = Input.orDefault(onStoreError.budgets, "reject")
+      const limits = Input.orDefault(onStoreError.limits, "allow")
       if (budgets !== "reject" && budgets !== "allow") {
         return yield* Effect.fail(
           Input.toOptionError({ path: "onStoreError.budgets", message: `expected "reject" or "allow"` })
