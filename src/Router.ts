@@ -331,9 +331,37 @@ export const layerLanguageModel = (
       const router = yield* Router
       const known = yield* Effect.serviceOption(Domains)
       yield* checkDomainNames(domains, known._tag === "Some" ? known.value : undefined)
+      yield* Input.orOptionError(checkLanguageModelKeys(options))
       return languageModelLayer(router, domains, options)
     })
   )
+
+const languageModelKeys: ReadonlySet<string> = new Set(["name", "settings", "limits", "call", "stream"])
+
+// The options' keys, checked when the layer is built: a misspelt `call` or `stream` key would
+// otherwise fail every call (or, for a stream, be ignored), and a misspelt top-level key would
+// be ignored. The values are checked by EffectAi here and by the router per call.
+const checkLanguageModelKeys = (options: unknown): Input.Checked<void> => {
+  if (options === undefined) return Result.void
+  if (typeof options !== "object" || options === null || Array.isArray(options)) {
+    return Result.fail({ path: "options", message: "expected an object" })
+  }
+  const unknown = Input.unknownKey(options, languageModelKeys)
+  if (unknown !== undefined) return Result.fail(unknown)
+  for (const [field, known] of [
+    ["call", optionKeys.call],
+    ["stream", optionKeys.stream]
+  ] as const) {
+    const nested: unknown = (options as Record<string, unknown>)[field]
+    if (nested === undefined) continue
+    if (typeof nested !== "object" || nested === null || Array.isArray(nested)) {
+      return Result.fail({ path: field, message: "expected an object of per-call options" })
+    }
+    const issue = Input.unknownKey(nested, known, `${field}.`)
+    if (issue !== undefined) return Result.fail(issue)
+  }
+  return Result.void
+}
 
 // The domains a LanguageModel layer serves, checked when it is built: a name, or a non-empty
 // list of names, each known to the manager when its domains are in context.

@@ -74,6 +74,34 @@ describe("Router.layerLanguageModel: a domain as an effect/ai LanguageModel", ()
     }).pipe(Effect.scoped)
   )
 
+  it.effect("a misspelt option is an OptionError naming it when the layer is built, not a refusal of every call", () =>
+    Effect.gen(function* () {
+      const pathOf = (options: unknown) =>
+        Effect.flip(Layer.build(Router.layerLanguageModel("primary", options as never).pipe(Layer.provide(manager))))
+      const cases: ReadonlyArray<readonly [unknown, string]> = [
+        [{ call: { timout: "1 second" } }, "call.timout"],
+        [{ stream: { idleTimout: "1 second" } }, "stream.idleTimout"],
+        [{ nmae: "x" }, "nmae"],
+        [{ call: 5 }, "call"],
+        [{ stream: null }, "stream"],
+        [null, "options"]
+      ]
+      for (const [options, path] of cases) {
+        const error = yield* pathOf(options)
+        assert.strictEqual(error._tag, "OptionError", path)
+        assert.strictEqual(error.path, path)
+      }
+      // The router's own keys are accepted.
+      yield* Layer.build(
+        Router.layerLanguageModel("primary", {
+          name: "support",
+          call: { timeout: "1 second", allowStale: true },
+          stream: { idleTimeout: "1 second", resume: { maxResumes: 1 } }
+        } as never).pipe(Layer.provide(manager))
+      )
+    }).pipe(Effect.scoped)
+  )
+
   it.effect("streamText streams through the same chain", () =>
     Effect.gen(function* () {
       const parts = yield* Stream.runCollect(LanguageModel.streamText({ prompt: "hello" }))
