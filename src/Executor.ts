@@ -261,7 +261,8 @@ export const checkOptions = (options: Options) => {
   const unknown =
     Input.unknownKey(options, optionKeys) ??
     nestedUnknownKey(options.stream, streamDefaultKeys, "stream.") ??
-    nestedUnknownKey(options.requestLimits, requestLimitKeys, "requestLimits.")
+    nestedUnknownKey(options.requestLimits, requestLimitKeys, "requestLimits.") ??
+    checkGuards(options.guards)
   if (unknown !== undefined) return Result.fail(unknown)
   return Input.all([
     Input.optionalDuration("timeout", options.timeout, Duration.seconds(30)),
@@ -288,6 +289,38 @@ const streamDefaultKeys: ReadonlySet<string> = new Set(["firstChunkTimeout", "id
 const requestLimitKeys: ReadonlySet<string> = new Set(["maxInputChars", "maxMessages", "maxEmbedTexts"])
 const nestedUnknownKey = (input: unknown, known: ReadonlySet<string>, prefix: string) =>
   typeof input === "object" && input !== null ? Input.unknownKey(input, known, prefix) : undefined
+
+// Each guard's methods, as the call plans use them.
+const guardMethods: Readonly<Record<string, ReadonlyArray<string>>> = {
+  breaker: ["execute", "admit"],
+  rateLimit: ["acquire"],
+  cache: ["getOrCompute", "key"]
+}
+const guardKeys: ReadonlySet<string> = new Set(Object.keys(guardMethods))
+
+// Guards are used unchecked at every call: a wrong one would be a defect there, or (a
+// misspelt key, `null` instead of the shared guards from context) no guard at all.
+const checkGuards = (guards: unknown): Input.Issue | undefined => {
+  if (guards === undefined) return undefined
+  if (typeof guards !== "object" || guards === null || Array.isArray(guards)) {
+    return { path: "guards", message: "expected an object { breaker, rateLimit, cache }" }
+  }
+  const unknown = Input.unknownKey(guards, guardKeys, "guards.")
+  if (unknown !== undefined) return unknown
+  for (const [name, methods] of Object.entries(guardMethods)) {
+    const guard: unknown = (guards as Record<string, unknown>)[name]
+    if (guard === undefined) continue
+    if (typeof guard !== "object" || guard === null) {
+      return { path: `guards.${name}`, message: `expected an object with ${methods.join(", ")}` }
+    }
+    for (const method of methods) {
+      if (typeof (guard as Record<string, unknown>)[method] !== "function") {
+        return { path: `guards.${name}.${method}`, message: "expected a function" }
+      }
+    }
+  }
+  return undefined
+}
 
 /**
  * Builds an executor over the `ModelProvider` in context. Scoped: closing the scope stops

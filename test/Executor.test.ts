@@ -196,6 +196,27 @@ describe("Executor.execute", () => {
     })
   )
 
+  it.effect("guards of the wrong shape fail the layer naming them, not every call", () =>
+    Effect.gen(function* () {
+      const cases: ReadonlyArray<readonly [unknown, string]> = [
+        [5, "guards"],
+        [null, "guards"],
+        [[], "guards"],
+        [{ breakr: {} }, "guards.breakr"],
+        [{ breaker: 5 }, "guards.breaker"],
+        [{ rateLimit: {} }, "guards.rateLimit.acquire"],
+        [{ cache: { getOrCompute: () => Effect.never } }, "guards.cache.key"]
+      ]
+      for (const [guards, path] of cases) {
+        const error = yield* Effect.flip(Effect.scoped(setup({}, { guards } as never)))
+        assert.strictEqual(error._tag === "OptionError" && error.path, path, JSON.stringify(guards))
+      }
+      // Guards with their methods are taken, none given included.
+      yield* Effect.scoped(setup({}, { guards: { rateLimit: { acquire: () => Effect.void } } }))
+      yield* Effect.scoped(setup({}, { guards: {} }))
+    })
+  )
+
   it.effect("every form of Duration.Input the option types accept is read; malformed ones are refused", () =>
     Effect.gen(function* () {
       const { executor } = yield* setup()
