@@ -195,8 +195,21 @@ describe("orchestra serve, the admin routes' options", () => {
           )
         const [relative, taken] = yield* Effect.all(
           [
-            exitOf(write("admin-relative.json", { admin: { keyEnv: "TEST_ADMIN_KEY", path: "admin" }, keys: {} })),
-            exitOf(write("admin-taken.json", { admin: { keyEnv: "TEST_ADMIN_KEY", path: "/v1" }, keys: {} }))
+            // Port 0: the default 4000 may be held by another test running at the same time.
+            exitOf(
+              write("admin-relative.json", {
+                server: { port: 0 },
+                admin: { keyEnv: "TEST_ADMIN_KEY", path: "admin" },
+                keys: {}
+              })
+            ),
+            exitOf(
+              write("admin-taken.json", {
+                server: { port: 0 },
+                admin: { keyEnv: "TEST_ADMIN_KEY", path: "/v1" },
+                keys: {}
+              })
+            )
           ],
           { concurrency: 2 }
         )
