@@ -383,6 +383,23 @@ export const toOptionError = (issue: Issue): OptionError =>
   new OptionError({ path: issue.path, message: `invalid ${issue.path}: ${issue.message}` })
 
 /**
+ * The issue of the first of `fields` in `options` that is given but not a boolean
+ * (`cache: 0` or `cache: "false"` would otherwise read as "on": only `false` turns it off).
+ *
+ * @since 0.3.0
+ * @category checks
+ */
+export const notABoolean = (options: object, fields: ReadonlyArray<string>): Issue | undefined => {
+  for (const field of fields) {
+    const value = (options as Record<string, unknown>)[field]
+    if (value !== undefined && typeof value !== "boolean") {
+      return { path: field, message: `expected true or false, got ${describe(value)}` }
+    }
+  }
+  return undefined
+}
+
+/**
  * An error with `OptionError`s named under `prefix` (a layer built by another, whose options
  * are a section of the outer one's: `breaker.`, `providers.main.`); any other error as is.
  *

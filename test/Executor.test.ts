@@ -155,6 +155,15 @@ describe("Executor.execute", () => {
       }
       const retry = yield* Effect.flip(executor.execute(ask, { retry: { maxAttempts: 0 } }))
       assert.strictEqual(retry._tag === "ModelError" && retry.field, "retry.maxAttempts")
+      // Only `false` turns the cache off: anything but a boolean would have read as "on".
+      for (const [field, options] of [
+        ["cache", { cache: 0 }],
+        ["cache", { cache: "false" }],
+        ["allowStale", { allowStale: null }]
+      ] as const) {
+        const error = yield* Effect.flip(executor.execute(ask, options as never))
+        assert.strictEqual(error._tag === "ModelError" && error.field, field, JSON.stringify(options))
+      }
       assert.strictEqual(yield* control.calls, 0)
     })
   )

@@ -161,6 +161,9 @@ describe("Router: bad input is a typed InvalidRequest naming the field, never a 
         // A misspelt key is named as written, not as the `after` it leaves missing.
         ["aftr", router.hedge(ask, ["d-a", "d-b"], { aftr: 100 } as never)],
         ["timeout", router.execute(ask, "d-a", { timeout: Number.NaN })],
+        ["cache", router.execute(ask, "d-a", { cache: 0 as never })],
+        ["allowStale", router.executeWithFallback(ask, ["d-a"], { allowStale: "yes" as never })],
+        ["cache", Stream.runDrain(router.stream(ask, "d-a", { cache: "no" as never }))],
         ["texts", router.embed({ texts: [] } as never, "d-a")]
       ]
       for (const [field, effect] of cases) {

@@ -17,6 +17,9 @@ import { decodeRetry, type RetryPolicy } from "../Policy.js"
  *
  * @internal
  */
+// The per-call options that take true or false.
+const flags = ["cache", "allowStale"] as const
+
 export type ResolveSync = (
   callOptions: ExecuteOptions,
   known?: ReadonlySet<string>
@@ -68,6 +71,8 @@ export const make = (env: {
     if (notObject !== undefined) return Result.fail(notObject)
     const unknown = Input.unknownKey(callOptions, known)
     if (unknown !== undefined) return Result.fail(unknown)
+    const flag = Input.notABoolean(callOptions, flags)
+    if (flag !== undefined) return Result.fail(flag)
     if (
       callOptions.timeout === undefined &&
       callOptions.retry === undefined &&

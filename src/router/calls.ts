@@ -27,6 +27,8 @@ import { noDomains, optionKeys, type Planner, unknownOption } from "./plan.js"
 const notAnArray = invalidRequest("domains", "expected an array of domain names")
 
 /** What the entry points need from the router. */
+const streamFlags = ["cache"] as const
+
 export interface Env {
   readonly executor: ExecutorService
   readonly stats: StatsService
@@ -170,6 +172,8 @@ export const makeCalls = (env: Env) => {
   const stream = (request: GenerateRequest, names: string | ReadonlyArray<string>, options: StreamOptions = {}) => {
     const unknown = unknownOption(options, optionKeys.stream)
     if (unknown !== undefined) return Stream.fail(unknown)
+    const flag = Input.notABoolean(options, streamFlags)
+    if (flag !== undefined) return Stream.fail(invalidRequest(flag.path, flag.message))
     return Stream.unwrap(
       Effect.map(streamChain(names), ({ first, steps }) => {
         const parts = executor.stream(request, {

@@ -24,6 +24,9 @@ import type { CallOptions, PlanOptions, Routed } from "../Router.js"
 import type { Service as StatsService } from "../Stats.js"
 
 /** What the planner needs from the router. */
+// The per-call options that take true or false.
+const callFlags = ["cache", "allowStale"] as const
+
 export interface Env {
   readonly executor: ExecutorService
   readonly domains: DomainsService
@@ -128,6 +131,8 @@ export const makePlanner = (env: Env) => {
         options: CallOptions,
         hedgeAfter: Duration.Duration | undefined
       ): Routed | ModelError => {
+        const flag = Input.notABoolean(options, callFlags)
+        if (flag !== undefined) return invalidRequest(flag.path, flag.message)
         let totalTimeout = firstDomain?.domainConfig.totalTimeout
         if (options.timeout !== undefined) {
           const checked = Input.duration("timeout", options.timeout)
