@@ -408,10 +408,20 @@ export const notABoolean = (options: object, fields: ReadonlyArray<string>): Iss
  */
 export const underPath = <E>(error: E, prefix: string): E => {
   if (!(error instanceof OptionError)) return error
-  const message = error.message.startsWith(`invalid ${error.path}:`)
-    ? `invalid ${prefix}${error.message.slice("invalid ".length)}`
-    : error.message
-  return new OptionError({ path: `${prefix}${error.path}`, message }) as E
+  const issue = issueOfError(error)
+  return toOptionError({ path: `${prefix}${issue.path}`, message: issue.message }) as E
+}
+
+/**
+ * An `OptionError` back as its issue: its path, and its message without the
+ * `invalid <path>: ` that {@link toOptionError} put before it.
+ *
+ * @since 0.3.0
+ * @category conversions
+ */
+export const issueOfError = (error: OptionError): Issue => {
+  const own = `invalid ${error.path}: `
+  return { path: error.path, message: error.message.startsWith(own) ? error.message.slice(own.length) : error.message }
 }
 
 /**

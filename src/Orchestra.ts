@@ -205,13 +205,16 @@ const limitsNameProviders = (limits: RateLimit.Options): Layer.Layer<never, Inpu
 const under =
   (path: string) =>
   <A, R>(layer: Layer.Layer<A, Input.OptionError, R>): Layer.Layer<A, Input.OptionError, R> =>
-    Layer.catchTag(layer, "OptionError", (error) => {
-      const inner = `invalid ${error.path}: `
-      const message = error.message.startsWith(inner) ? error.message.slice(inner.length) : error.message
-      return Layer.effectDiscard(
-        Effect.fail(Input.toOptionError({ path: `${path}.${error.path}`, message }))
-      ) as unknown as Layer.Layer<A, Input.OptionError, R>
-    })
+    Layer.catchTag(
+      layer,
+      "OptionError",
+      (error) =>
+        Layer.effectDiscard(Effect.fail(Input.underPath(error, `${path}.`))) as unknown as Layer.Layer<
+          A,
+          Input.OptionError,
+          R
+        >
+    )
 
 /**
  * @since 0.1.0

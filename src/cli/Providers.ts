@@ -10,7 +10,7 @@ import * as NodePath from "node:path"
 import { Config, Effect, Layer, Option, Redacted, Result } from "effect"
 import { HttpClient } from "effect/http"
 import type { ModelError } from "../AiError.js"
-import type { OptionError } from "../Input.js"
+import { issueOfError, type OptionError } from "../Input.js"
 import * as Gemini from "../Model/Gemini.js"
 import * as LocalOptions from "../Model/local/options.js"
 import * as Mock from "../Model/Mock.js"
@@ -77,9 +77,7 @@ export const readKey = (
  * @category utils
  */
 export const issueOf = (prefix: string, error: OptionError): Issue => {
-  const message = error.message.startsWith(`invalid ${error.path}: `)
-    ? error.message.slice(`invalid ${error.path}: `.length)
-    : error.message
+  const { message } = issueOfError(error)
   const path = error.path === "" || error.path === "(root)" ? prefix : `${prefix}.${error.path}`
   return { path, message }
 }

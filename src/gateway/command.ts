@@ -187,8 +187,7 @@ const under =
       if (!(error instanceof Input.OptionError) || placed.has(error)) {
         return Layer.effectDiscard(Effect.fail(error)) as never
       }
-      const own = `invalid ${error.path}: `
-      const message = error.message.startsWith(own) ? error.message.slice(own.length) : error.message
+      const { message } = Input.issueOfError(error)
       const path = where(error.path) ?? `${section}.${error.path}`
       const named = Input.toOptionError({ path, message })
       placed.add(named)
