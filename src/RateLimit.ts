@@ -125,6 +125,18 @@ interface Reservation {
 }
 
 /**
+ * What {@link make} does when its store fails (`onStoreError`) and what bounds each store
+ * call (`guard`).
+ *
+ * @since 0.3.0
+ * @category models
+ */
+export interface StorePolicy {
+  readonly onStoreError?: "allow" | "reject" | undefined
+  readonly guard?: SharedRedis.Guard | undefined
+}
+
+/**
  * Builds the service on a `RateLimiterStore`. Store failures are handled by
  * `onStoreError` (default `"allow"`); `guard` bounds every store call (the Redis layers
  * pass one).
@@ -135,20 +147,14 @@ interface Reservation {
 export const make = (
   options: Options,
   store: RateLimiter.RateLimiterStore["Service"],
-  policy: {
-    readonly onStoreError?: "allow" | "reject" | undefined
-    readonly guard?: SharedRedis.Guard | undefined
-  } = {}
+  policy: StorePolicy = {}
 ): Effect.Effect<Service, Input.OptionError> => Effect.map(makeWith(options, store, policy), (built) => built.service)
 
 // `make`, and what removes its metric series from the registry (the layers call it when they close).
 const makeWith = Effect.fnUntraced(function* (
   options: Options,
   store: RateLimiter.RateLimiterStore["Service"],
-  policy: {
-    readonly onStoreError?: "allow" | "reject" | undefined
-    readonly guard?: SharedRedis.Guard | undefined
-  } = {}
+  policy: StorePolicy = {}
 ) {
   const config = yield* Input.orOptionError(checkOptions(options))
   const guard = policy.guard
@@ -328,7 +334,7 @@ const makeWith = Effect.fnUntraced(function* (
 const scoped = (
   options: Options,
   store: RateLimiter.RateLimiterStore["Service"],
-  policy?: Parameters<typeof makeWith>[2]
+  policy?: StorePolicy
 ): Effect.Effect<Service, Input.OptionError, Scope.Scope> =>
   Effect.flatMap(makeWith(options, store, policy), ({ service, release }) =>
     Effect.as(

@@ -7,6 +7,7 @@ import { Outcome } from "../src/Model/Mock.js"
 import * as Policy from "../src/Policy.js"
 import { setup } from "./utils/executor.js"
 import { captureLogs } from "./utils/logs.js"
+import { recording } from "./utils/tracer.js"
 
 const ask = { prompt: "hello" }
 
@@ -534,14 +535,7 @@ describe("spans", () => {
     () =>
       Effect.gen(function* () {
         const { executor } = yield* setup({ script: [Outcome.fail("Overloaded"), Outcome.succeed("ok")] })
-        const spans: Array<Tracer.NativeSpan> = []
-        const tracer = Tracer.make({
-          span(options) {
-            const span = new Tracer.NativeSpan(options)
-            spans.push(span)
-            return span
-          }
-        })
+        const { spans, tracer } = recording()
         yield* executor.execute(ask, { retry: { initialDelay: 1, jitter: 0 } }).pipe(
           Effect.withSpan("caller"),
           Effect.provideService(Tracer.Tracer, tracer),
@@ -559,17 +553,6 @@ describe("spans", () => {
       })
   )
 
-  const recording = () => {
-    const spans: Array<Tracer.NativeSpan> = []
-    const tracer = Tracer.make({
-      span(options) {
-        const span = new Tracer.NativeSpan(options)
-        spans.push(span)
-        return span
-      }
-    })
-    return { spans, tracer }
-  }
   const parentOf = (span: Tracer.NativeSpan) => (span.parent._tag === "Some" ? span.parent.value.spanId : undefined)
   const exitOf = (span: Tracer.NativeSpan) => {
     assert(span.status._tag === "Ended", `${span.name} ended`)

@@ -11,6 +11,7 @@ import * as Mock from "../src/Model/Mock.js"
 import * as RateLimit from "../src/RateLimit.js"
 import * as ResponseCache from "../src/ResponseCache.js"
 import * as AgentServer from "./utils/agentServer.js"
+import { recording } from "./utils/tracer.js"
 
 interface Setup {
   readonly options?: HttpAgent.Options
@@ -254,14 +255,7 @@ describe("HttpAgent.call", () => {
         json: { error: { message: `bad token ${SECRET}` } },
         headers: { "x-echo": SECRET, "x-request-id": "req-9" }
       }))
-      const spans: Array<Tracer.NativeSpan> = []
-      const tracer = Tracer.make({
-        span(options) {
-          const span = new Tracer.NativeSpan(options)
-          spans.push(span)
-          return span
-        }
-      })
+      const { spans, tracer } = recording()
       const secured = HttpAgent.agent({
         url: server.url,
         name: "secured",

@@ -7,6 +7,7 @@ import { Outcome } from "../src/Model/Mock.js"
 import * as Policy from "../src/Policy.js"
 import { captureLogs } from "./utils/logs.js"
 import { makeManager } from "./utils/manager.js"
+import { recording } from "./utils/tracer.js"
 
 const ask = { prompt: "q" }
 const retry3 = Policy.retry({ maxAttempts: 3, initialDelay: 100, jitter: 0 })
@@ -542,14 +543,7 @@ describe("Router.stream", () => {
           ]
         }
       )
-      const spans: Array<Tracer.NativeSpan> = []
-      const tracer = Tracer.make({
-        span(options) {
-          const span = new Tracer.NativeSpan(options)
-          spans.push(span)
-          return span
-        }
-      })
+      const { spans, tracer } = recording()
       const parts = yield* Stream.runCollect(router.stream(ask, "first")).pipe(
         Effect.withSpan("caller"),
         Effect.provideService(Tracer.Tracer, tracer)

@@ -23,6 +23,7 @@ import { type AiError, isRetryable, ModelError, TimeoutError } from "../../src/A
 import * as Model from "../../src/Model.js"
 import * as OpenAiCompat from "../../src/Model/OpenAiCompat.js"
 import * as Server from "../utils/httpServer.js"
+import { recording } from "../utils/tracer.js"
 
 const KEY = "sk-test-9f8e7d6c5b4a3210-SECRET"
 
@@ -405,14 +406,7 @@ layer(NodeHttpClient.layerUndici)("OpenAiCompat", (it) => {
             headers
           )
         })
-        const spans: Array<Tracer.NativeSpan> = []
-        const tracer = Tracer.make({
-          span(options) {
-            const span = new Tracer.NativeSpan(options)
-            spans.push(span)
-            return span
-          }
-        })
+        const { spans, tracer } = recording()
         const options: OpenAiCompat.Options = { baseUrl: `${server.url}/v1`, apiKey: Redacted.make(KEY) }
         const p = yield* OpenAiCompat.make(options)
         const lines: Array<string> = []

@@ -14,6 +14,7 @@ import * as Ndjson from "../../src/Model/http/ndjson.js"
 import * as Options from "../../src/Model/http/options.js"
 import * as Sse from "../../src/Model/http/sse.js"
 import * as Server from "../utils/httpServer.js"
+import { recording } from "../utils/tracer.js"
 
 const ctx: Errors.CallContext = { provider: "t", model: "m" }
 const encoder = new TextEncoder()
@@ -481,14 +482,7 @@ layer(NodeHttpClient.layerUndici)("Client over a real server", (it) => {
       const server = yield* Server.make((_, res) =>
         Server.json(res, 200, { ok: true }, { "x-request-id": "req-7", "x-echo-key": key, "set-cookie": `k=${key}` })
       )
-      const spans: Array<Tracer.NativeSpan> = []
-      const tracer = Tracer.make({
-        span(options) {
-          const span = new Tracer.NativeSpan(options)
-          spans.push(span)
-          return span
-        }
-      })
+      const { spans, tracer } = recording()
       const client = yield* Client.make(settings())
       const request = post(server).pipe(
         HttpClientRequest.setHeader("x-custom-key", key),
@@ -521,14 +515,7 @@ layer(NodeHttpClient.layerUndici)("Client over a real server", (it) => {
       Effect.gen(function* () {
         const key = "sk-middleware-secret-5151"
         const server = yield* Server.make((_, res) => Server.json(res, 200, { ok: true }))
-        const spans: Array<Tracer.NativeSpan> = []
-        const tracer = Tracer.make({
-          span(options) {
-            const span = new Tracer.NativeSpan(options)
-            spans.push(span)
-            return span
-          }
-        })
+        const { spans, tracer } = recording()
         const seen: Array<HttpClientRequest.HttpClientRequest> = []
         // A proxy layer that fails and repeats the request's headers (the key with them) in its error.
         const leaky = (): HttpClient.HttpClient =>
@@ -599,14 +586,7 @@ layer(NodeHttpClient.layerUndici)("Client over a real server", (it) => {
       const server = yield* Server.make((_, res) =>
         Server.json(res, 429, { error: { message: "slow down" } }, { "retry-after": "3" })
       )
-      const spans: Array<Tracer.NativeSpan> = []
-      const tracer = Tracer.make({
-        span(options) {
-          const span = new Tracer.NativeSpan(options)
-          spans.push(span)
-          return span
-        }
-      })
+      const { spans, tracer } = recording()
       const client = yield* Client.make(settings())
       const error = yield* client
         .json(post(server), anything, ctx)

@@ -5,10 +5,11 @@
  * secret anywhere.
  */
 import { assert, describe, it } from "@effect/vitest"
-import { Effect, Exit, Tracer } from "effect"
+import { Effect, Exit, type Tracer } from "effect"
 import * as Server from "../utils/httpServer.js"
 import * as Harness from "./harness.js"
 import * as Up from "./upstream.js"
+import { recording } from "../utils/tracer.js"
 
 const hi = [{ role: "user" as const, content: "hi" }]
 
@@ -130,14 +131,7 @@ describe("Gateway: /metrics", () => {
 describe("Gateway: traces", () => {
   it.live("a provided tracer gets a span per call with gen_ai.* attributes, and no key in any span", () =>
     Effect.gen(function* () {
-      const spans: Array<Tracer.NativeSpan> = []
-      const tracer = Tracer.make({
-        span(options) {
-          const span = new Tracer.NativeSpan(options)
-          spans.push(span)
-          return span
-        }
-      })
+      const { spans, tracer } = recording()
       const upstream = yield* Server.make(Up.openAi(["traced"]))
       const { service } = Harness.keyStore({ "sk-traced-key-55": { id: "kid" } })
       const gw = yield* Harness.make({ upstreams: { a: upstream.url }, keys: service, tracer })
@@ -165,14 +159,7 @@ describe("Gateway: traces", () => {
 
   it.live("a stream's span covers the stream and has the chat's attributes; a failed request's span is an error", () =>
     Effect.gen(function* () {
-      const spans: Array<Tracer.NativeSpan> = []
-      const tracer = Tracer.make({
-        span(options) {
-          const span = new Tracer.NativeSpan(options)
-          spans.push(span)
-          return span
-        }
-      })
+      const { spans, tracer } = recording()
       // Each event 40 ms after the last: the stream takes ~240 ms after its first event.
       const slow = yield* Server.make((request, response) =>
         (request.json as { readonly stream?: boolean }).stream === true
