@@ -7,6 +7,7 @@
  */
 import { Context, Metric } from "effect"
 import * as Metrics from "../Metrics.js"
+import * as Counters from "../stats/counters.js"
 import { Histogram } from "../stats/series.js"
 
 // A limit's metrics as plain counters, registered once per metric registry and limit key
@@ -14,60 +15,36 @@ import { Histogram } from "../stats/series.js"
 // metric copies the caller's whole context per update (~5 KB a request in the gateway).
 // Shared by every limiter on one registry with the same metric attributes, so a key's series
 // adds up across them as the registry's own series did.
-export class KeyMetrics {
+export class KeyMetrics implements Counters.Shared {
   immediate = 0
   delayed = 0
   rejected = 0
   readonly wait = new Histogram()
-  /** Limiters using these series; the last to close removes them from the registry. */
   users = 0
   readonly series: Array<{ readonly remove: () => void }> = []
 }
 
-const keyMetrics = new WeakMap<object, Map<string, KeyMetrics>>()
-
 const noUpdate = { update: () => {}, modify: () => {} }
 
-const keyMetricsOf = (context: Context.Context<never>, attributes: string, key: string): KeyMetrics => {
-  const registry = Context.get(context, Metric.MetricRegistry)
-  let byKey = keyMetrics.get(registry)
-  if (byKey === undefined) {
-    byKey = new Map()
-    keyMetrics.set(registry, byKey)
-  }
-  const id = `${attributes}\u0000${key}`
-  let metrics = byKey.get(id)
-  if (metrics === undefined) {
-    const made = new KeyMetrics()
-    metrics = made
-    byKey.set(id, made)
-    const counter = (outcome: string, get: () => number) =>
-      made.series.push(
-        Metric.registerUnsafe(Metric.withAttributes(Metrics.rateLimitAcquisitions, { limit: key, outcome }), context, {
-          get: () => ({ count: get(), incremental: true }),
-          ...noUpdate
-        })
-      )
-    counter("immediate", () => made.immediate)
-    counter("delayed", () => made.delayed)
-    counter("rejected", () => made.rejected)
+const register = (context: Context.Context<never>, key: string): KeyMetrics => {
+  const made = new KeyMetrics()
+  const counter = (outcome: string, get: () => number) =>
     made.series.push(
-      Metric.registerUnsafe(Metric.withAttributes(Metrics.rateLimitWait, { limit: key }), context, {
-        get: () => made.wait.state(),
+      Metric.registerUnsafe(Metric.withAttributes(Metrics.rateLimitAcquisitions, { limit: key, outcome }), context, {
+        get: () => ({ count: get(), incremental: true }),
         ...noUpdate
       })
     )
-  }
-  metrics.users++
-  return metrics
-}
-
-const releaseKeyMetrics = (context: Context.Context<never>, id: string, metrics: KeyMetrics): void => {
-  if (--metrics.users > 0) return
-  for (const series of metrics.series) series.remove()
-  metrics.series.length = 0
-  const byKey = keyMetrics.get(Context.get(context, Metric.MetricRegistry))
-  if (byKey?.get(id) === metrics) byKey.delete(id)
+  counter("immediate", () => made.immediate)
+  counter("delayed", () => made.delayed)
+  counter("rejected", () => made.rejected)
+  made.series.push(
+    Metric.registerUnsafe(Metric.withAttributes(Metrics.rateLimitWait, { limit: key }), context, {
+      get: () => made.wait.state(),
+      ...noUpdate
+    })
+  )
+  return made
 }
 
 /**
@@ -81,16 +58,16 @@ export const make = (
 ): { readonly metricsOf: (key: string) => KeyMetrics; readonly release: () => void } => {
   // Only what registering a series reads: a limiter built inside a request (the gateway's key
   // store does) must not keep that request's context alive.
-  const attributes = Context.get(caller, Metric.CurrentMetricAttributes)
-  const context = Context.make(Metric.MetricRegistry, Context.get(caller, Metric.MetricRegistry)).pipe(
-    Context.add(Metric.CurrentMetricAttributes, attributes)
-  ) as Context.Context<never>
+  const context = Counters.registrationContext(caller)
+  const registry = Context.get(context, Metric.MetricRegistry)
+  const attributes = Context.get(context, Metric.CurrentMetricAttributes)
   const attributesId = JSON.stringify(Object.entries(attributes).sort(([a], [b]) => (a < b ? -1 : a > b ? 1 : 0)))
+  const idOf = (key: string) => `rate-limit\u0000${attributesId}\u0000${key}`
   const metricsByKey = new Map<string, KeyMetrics>()
   const metricsOf = (key: string): KeyMetrics => {
     let metrics = metricsByKey.get(key)
     if (metrics === undefined) {
-      metrics = keyMetricsOf(context, attributesId, key)
+      metrics = Counters.acquire(registry, idOf(key), () => register(context, key))
       metricsByKey.set(key, metrics)
     }
     return metrics
@@ -98,7 +75,7 @@ export const make = (
   // When the limiter's layer closes: its keys' series leave the registry unless another
   // limiter on it still uses them (so a new manager's figures do not add onto a closed one's).
   const release = () => {
-    for (const [key, metrics] of metricsByKey) releaseKeyMetrics(context, `${attributesId}\u0000${key}`, metrics)
+    for (const [key, metrics] of metricsByKey) Counters.release(registry, idOf(key), metrics)
     metricsByKey.clear()
   }
   return { metricsOf, release }

@@ -1,14 +1,71 @@
 /**
- * Counters kept as plain numbers and exposed in the metric registry through a hook
+ * Metric series kept as plain numbers and exposed in the metric registry through hooks
  * (`Metric.registerUnsafe`), as the call metrics are: `Metric.update` on an attributed
- * metric copies the caller's context per update. Counters of one metric with the same
- * attributes on one registry are shared (their series adds up across the layers using it,
- * as the registry's own counter did); the series leaves the registry when the scope of the
- * last layer using it closes, so a new layer's figures do not add onto a closed one's.
+ * metric copies the caller's context per update. Series of one id on one registry are
+ * shared (they add up across the layers using them, as the registry's own series did) and
+ * leave the registry when the last layer using them lets go, so a new layer's figures do not
+ * add onto a closed one's.
  *
  * @internal
  */
 import { Context, Effect, Metric, type Scope } from "effect"
+
+/**
+ * What {@link acquire} shares: its registrations, and how many hold it.
+ *
+ * @internal
+ */
+export interface Shared {
+  users: number
+  readonly series: Array<{ readonly remove: () => void }>
+}
+
+const byRegistry = new WeakMap<object, Map<string, Shared>>()
+
+/**
+ * The series of `id` in `registry`, made (and registered) by `make` when no one holds them;
+ * one more holder either way. Each holder calls {@link release} once.
+ *
+ * @internal
+ */
+export const acquire = <A extends Shared>(registry: object, id: string, make: () => A): A => {
+  let table = byRegistry.get(registry)
+  if (table === undefined) {
+    table = new Map()
+    byRegistry.set(registry, table)
+  }
+  let shared = table.get(id) as A | undefined
+  if (shared === undefined) {
+    shared = make()
+    table.set(id, shared)
+  }
+  shared.users++
+  return shared
+}
+
+/**
+ * Lets go of what {@link acquire} gave: the last holder removes the series from the registry.
+ *
+ * @internal
+ */
+export const release = (registry: object, id: string, shared: Shared): void => {
+  if (--shared.users > 0) return
+  for (const series of shared.series) series.remove()
+  shared.series.length = 0
+  const table = byRegistry.get(registry)
+  if (table?.get(id) === shared) table.delete(id)
+}
+
+/**
+ * The context a series is registered with: the caller's registry and metric attributes
+ * only, so that the series does not keep the caller's whole context alive.
+ *
+ * @internal
+ */
+export const registrationContext = (caller: Context.Context<never>): Context.Context<never> =>
+  Context.make(Metric.MetricRegistry, Context.get(caller, Metric.MetricRegistry)).pipe(
+    Context.add(Metric.CurrentMetricAttributes, Context.get(caller, Metric.CurrentMetricAttributes))
+  ) as Context.Context<never>
 
 /**
  * @internal
@@ -18,16 +75,15 @@ export interface Counter {
   readonly add: (n: number) => void
 }
 
-class Shared implements Counter {
+class SharedCounter implements Counter, Shared {
   count = 0
   users = 0
-  registration: { readonly remove: () => void } | undefined = undefined
+  readonly series: Array<{ readonly remove: () => void }> = []
   readonly add = (n: number): void => {
     this.count += n
   }
 }
 
-const byRegistry = new WeakMap<object, Map<string, Shared>>()
 const noop = () => {}
 
 /**
@@ -40,43 +96,24 @@ export const scoped = (
   metric: Metric.Metric<number, unknown>,
   attributes: Readonly<Record<string, string>>
 ): Effect.Effect<Counter, never, Scope.Scope> =>
-  Effect.context<never>().pipe(
-    Effect.flatMap((caller) => {
-      const registry = Context.get(caller, Metric.MetricRegistry)
-      const extra = Context.get(caller, Metric.CurrentMetricAttributes)
-      // Only what registering reads, so the series does not keep the caller's context alive.
-      const context = Context.make(Metric.MetricRegistry, registry).pipe(
-        Context.add(Metric.CurrentMetricAttributes, extra)
-      ) as Context.Context<never>
-      const id = JSON.stringify([metric.id, Object.entries({ ...extra, ...attributes }).sort()])
-      let counters = byRegistry.get(registry)
-      if (counters === undefined) {
-        counters = new Map()
-        byRegistry.set(registry, counters)
-      }
-      let shared = counters.get(id)
-      if (shared === undefined) {
-        const made = new Shared()
-        made.registration = Metric.registerUnsafe(Metric.withAttributes(metric, attributes), context, {
+  Effect.flatMap(Effect.context<never>(), (caller) => {
+    const context = registrationContext(caller)
+    const registry = Context.get(context, Metric.MetricRegistry)
+    const extra = Context.get(context, Metric.CurrentMetricAttributes)
+    const id = JSON.stringify([metric.id, Object.entries({ ...extra, ...attributes }).sort()])
+    const counter = acquire(registry, id, () => {
+      const made = new SharedCounter()
+      made.series.push(
+        Metric.registerUnsafe(Metric.withAttributes(metric, attributes), context, {
           get: () => ({ count: made.count, incremental: true }) as never,
           update: noop,
           modify: noop
         })
-        counters.set(id, made)
-        shared = made
-      }
-      const counter = shared
-      counter.users++
-      const table = counters
-      return Effect.as(
-        Effect.addFinalizer(() =>
-          Effect.sync(() => {
-            if (--counter.users > 0) return
-            counter.registration?.remove()
-            if (table.get(id) === counter) table.delete(id)
-          })
-        ),
-        counter as Counter
       )
+      return made
     })
-  )
+    return Effect.as(
+      Effect.addFinalizer(() => Effect.sync(() => release(registry, id, counter))),
+      counter as Counter
+    )
+  })
