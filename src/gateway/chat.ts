@@ -254,9 +254,7 @@ export const make = (env: Env) => {
           }
         })
       // A client gone before the body starts: the server never runs it, the request scope still ends.
-      let firstChars = 0
-      for (const part of first.value) firstChars += Sse.charsOf(part)
-      yield* onRequestEnd(end({ _tag: "Cancelled", outputChars: firstChars }))
+      yield* onRequestEnd(end({ _tag: "Cancelled", outputChars: Sse.outputCharsOf(first.value) }))
       const body = Sse.body(first.value, pull, {
         id: env.nextId("chatcmpl-"),
         created: created(),

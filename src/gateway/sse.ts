@@ -42,23 +42,22 @@ export interface Options {
 
 const encoder = new TextEncoder()
 
+type Parts = Arr.NonEmptyReadonlyArray<StreamPart>
+
 /**
- * The characters of output in a part (text, or a tool call's name and arguments).
+ * The characters of output in parts (text, and tool calls' names and arguments): what a
+ * stream cut before its Finish is charged for, since the upstream produced them.
  *
  * @internal
  */
-export const charsOf = (part: StreamPart): number => {
-  switch (part._tag) {
-    case "TextDelta":
-      return part.text.length
-    case "ToolCall":
-      return part.call.name.length + part.call.arguments.length
-    default:
-      return 0
+export const outputCharsOf = (parts: ReadonlyArray<StreamPart>): number => {
+  let chars = 0
+  for (const part of parts) {
+    if (part._tag === "TextDelta") chars += part.text.length
+    else if (part._tag === "ToolCall") chars += part.call.name.length + part.call.arguments.length
   }
+  return chars
 }
-
-type Parts = Arr.NonEmptyReadonlyArray<StreamPart>
 
 /**
  * The body: `first` (already read, to decide the status) and then the rest of `pull`.
@@ -73,14 +72,12 @@ export const body = (first: Parts, pull: Pull.Pull<Parts, AiError>, options: Opt
   let done = false
   let drained = false
   let ending: Ending | undefined
-  // The characters of output read from the pipeline (text and tool calls): what a stream cut
-  // before its Finish is charged for, since the upstream produced them.
-  let outputChars = 0
+  // The output read from the pipeline so far (see `outputCharsOf`).
+  let outputChars = outputCharsOf(first)
   const counted = (parts: Parts): Parts => {
-    for (const part of parts) outputChars += charsOf(part)
+    outputChars += outputCharsOf(parts)
     return parts
   }
-  counted(first)
 
   const delta = (fields: Record<string, unknown>): string => {
     if (!roleSent) {
