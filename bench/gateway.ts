@@ -21,7 +21,9 @@
  * Parts: A. added latency p50/p99, CPU per request and RSS at 500 and 1,000 requests/s
  * (interleaved rounds, medians); B. the highest rate held with p99 under 100 ms; C. stream
  * time to first byte added; D. RSS across 100k requests; E. CPU per request with parts of
- * the gateway left out (`BENCH_GATEWAY=http|bare|mock20|mock|nokeys|full` for the gateway role).
+ * the gateway left out (`BENCH_GATEWAY=http|bare|mock20|mock|nokeys|full` for the gateway role),
+ * and over `NodeHttpClient.layerUndici` instead of `UndiciHttpClient` (`BENCH_CLIENT=effect-undici`;
+ * also `node` or `fetch`).
  */
 import { type ChildProcess, spawn } from "node:child_process"
 import { readFileSync } from "node:fs"
@@ -171,11 +173,14 @@ const gateway = async (upstreamPort: number) => {
   const app = Gateway.serve({ host: "127.0.0.1", port: 0, drainTimeout: "1 second", allowAnonymous: !withKeys }).pipe(
     Layer.provide(withKeys ? Layer.merge(manager, keys) : manager),
     Layer.provide(
+      // BENCH_CLIENT: the gateway's own client by default (as `orchestra serve` provides it).
       process.env.BENCH_CLIENT === "node"
         ? NodeHttpClient.layerNodeHttp
-        : process.env.BENCH_CLIENT === "fetch"
-          ? (await import("effect/http")).FetchHttpClient.layer
-          : NodeHttpClient.layerUndici
+        : process.env.BENCH_CLIENT === "effect-undici"
+          ? NodeHttpClient.layerUndici
+          : process.env.BENCH_CLIENT === "fetch"
+            ? (await import("effect/http")).FetchHttpClient.layer
+            : (await import("../src/UndiciHttpClient.js")).layer
     )
   )
   await Effect.runPromise(
@@ -497,16 +502,20 @@ const driver = async () => {
   // gateway with parts left out (each in its own process).
   const rowsE: Array<Array<string>> = []
   const perVariant = quick ? 2000 : 6000
-  const variants: ReadonlyArray<readonly [string, string]> = [
+  const variants: ReadonlyArray<readonly [string, string, string?]> = [
     ["http", "effect/http route answering a constant (no gateway)"],
     ["bare", "gateway, Mock provider, no key store"],
     ["mock20", `gateway, Mock provider answering in ${UPSTREAM_DELAY_MS} ms, no key store`],
     ["mock", "gateway, Mock provider, key store"],
-    ["nokeys", "gateway, OpenAiCompat over undici, no key store"],
-    ["full", "gateway, every policy on (as in A-D)"]
+    ["nokeys", "gateway, OpenAiCompat over UndiciHttpClient, no key store"],
+    ["full", "gateway, every policy on (as in A-D)"],
+    ["full", "the same over NodeHttpClient.layerUndici", "effect-undici"]
   ]
-  for (const [variant, label] of runs("E") ? variants : []) {
-    const target = await startChild(["gateway", String(up.port)], { BENCH_GATEWAY: variant })
+  for (const [variant, label, client] of runs("E") ? variants : []) {
+    const target = await startChild(["gateway", String(up.port)], {
+      BENCH_GATEWAY: variant,
+      ...(client === undefined ? {} : { BENCH_CLIENT: client })
+    })
     await closedLoop(target.port, chatBody, 1000, 16)
     const before = usage(target.process.pid!)
     await closedLoop(target.port, chatBody, perVariant, 16)

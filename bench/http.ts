@@ -11,7 +11,8 @@
  *
  * Variants: raw `fetch` with hand parsing (SSE split on blank lines, `JSON.parse` per
  * event), `OpenAiCompat` over `FetchHttpClient` (Node's `fetch`) and over
- * `@effect/platform-node`'s `NodeHttpClient.layerUndici`, and under each of those the
+ * `@effect/platform-node`'s `NodeHttpClient.layerUndici` and over this package's
+ * `UndiciHttpClient.layer` (undici's `dispatch`, no `Readable`), and under each of those the
  * floor: the same request on the same `effect/http` client with its body drained, unparsed.
  *
  * A. One streamed answer of many events written in one go (reads of ~64 KB): per-event CPU.
@@ -27,6 +28,7 @@ import { spawn } from "node:child_process"
 import { cpus, loadavg } from "node:os"
 import * as Model from "../src/Model.js"
 import * as OpenAiCompat from "../src/Model/OpenAiCompat.js"
+import * as UndiciHttpClient from "../src/UndiciHttpClient.js"
 import { measure, median, printTable } from "./util.js"
 
 const quick = process.argv.includes("--quick")
@@ -199,7 +201,8 @@ const ours = (client: Layer.Layer<HttpClient.HttpClient>, mode: Mode | "json") =
 
 const clients = [
   ["FetchHttpClient", FetchHttpClient.layer],
-  ["NodeHttpClient.layerUndici", NodeHttpClient.layerUndici]
+  ["NodeHttpClient.layerUndici", NodeHttpClient.layerUndici],
+  ["UndiciHttpClient.layer", UndiciHttpClient.layer]
 ] as const
 const built = clients.map(([name, layer]) => ({
   name,

@@ -217,10 +217,11 @@ export const layer = (
         Effect.map(Mock.make(mockOptions(name, spec)), ({ provider }) => provider)
       )
     default: {
+      // The HTTP client of effect/http over undici's dispatch (see UndiciHttpClient: less CPU a call).
       const client = Layer.unwrap(
         Effect.map(
-          Effect.promise(() => import("@effect/platform-node/NodeHttpClient")),
-          (NodeHttpClient) => NodeHttpClient.layerUndici
+          Effect.promise(() => import("../UndiciHttpClient.js")),
+          (UndiciHttpClient) => UndiciHttpClient.layer
         )
       )
       return httpLayer(name, spec, apiKey).pipe(Layer.provide(client))

@@ -22,6 +22,7 @@ import { TestClock } from "effect/testing"
 import { type AiError, isRetryable, ModelError, TimeoutError } from "../../src/AiError.js"
 import * as Model from "../../src/Model.js"
 import * as OpenAiCompat from "../../src/Model/OpenAiCompat.js"
+import * as UndiciHttpClient from "../../src/UndiciHttpClient.js"
 import * as Server from "../utils/httpServer.js"
 import { recording } from "../utils/tracer.js"
 
@@ -105,842 +106,867 @@ const events = [
   "[DONE]"
 ]
 
-layer(NodeHttpClient.layerUndici)("OpenAiCompat", (it) => {
-  describe("generate", () => {
-    it.effect("sends the documented request and reads the answer", () =>
-      Effect.gen(function* () {
-        const server = yield* Server.make((_, res) => Server.json(res, 200, completion("Paris.")))
-        const p = yield* provider(server, { organization: "org-42" })
-        const answer = yield* p.generate({
-          system: "Be brief.",
-          prompt: "Capital of France?",
-          maxTokens: 20,
-          temperature: 0.2,
-          topP: 0.9,
-          seed: 3,
-          stop: ["\n"]
-        })
-        assert.deepStrictEqual(answer, {
-          text: "Paris.",
-          finishReason: "stop",
-          usage: { inputTokens: 12, outputTokens: 5, totalTokens: 17 },
-          provider: "oai",
-          model: "gpt-4o-mini-2024-07-18"
-        })
-        const [request] = yield* server.requests
-        assert.strictEqual(request?.method, "POST")
-        assert.strictEqual(request?.path, "/v1/chat/completions")
-        assert.strictEqual(request?.headers.authorization, `Bearer ${KEY}`)
-        assert.strictEqual(request?.headers["openai-organization"], "org-42")
-        assert.deepStrictEqual(request?.json, {
-          model: "gpt-4o-mini",
-          messages: [
-            { role: "system", content: "Be brief." },
-            { role: "user", content: "Capital of France?" }
-          ],
-          max_tokens: 20,
-          temperature: 0.2,
-          top_p: 0.9,
-          stop: ["\n"],
-          seed: 3
-        })
-      })
-    )
-
-    it.effect(
-      "estimates usage when the server reports none; sends no key when none is set; max_completion_tokens",
-      () =>
+// The same suite over effect's undici client and over this package's (the gateway's).
+for (const [name, client] of [
+  ["NodeHttpClient.layerUndici", NodeHttpClient.layerUndici],
+  ["UndiciHttpClient.layer", UndiciHttpClient.layer]
+] as const)
+  layer(client)(`OpenAiCompat over ${name}`, (it) => {
+    describe("generate", () => {
+      it.effect("sends the documented request and reads the answer", () =>
         Effect.gen(function* () {
-          const server = yield* Server.make((_, res) => Server.json(res, 200, completion("12345678", { usage: null })))
-          const p = yield* OpenAiCompat.make({
-            baseUrl: `${server.url}/v1`,
-            model: "llama3",
-            maxTokensField: "max_completion_tokens"
+          const server = yield* Server.make((_, res) => Server.json(res, 200, completion("Paris.")))
+          const p = yield* provider(server, { organization: "org-42" })
+          const answer = yield* p.generate({
+            system: "Be brief.",
+            prompt: "Capital of France?",
+            maxTokens: 20,
+            temperature: 0.2,
+            topP: 0.9,
+            seed: 3,
+            stop: ["\n"]
           })
-          const answer = yield* p.generate({ prompt: "abcd", maxTokens: 9 })
-          assert.deepStrictEqual(answer.usage, { inputTokens: 1, outputTokens: 2, totalTokens: 3 })
+          assert.deepStrictEqual(answer, {
+            text: "Paris.",
+            finishReason: "stop",
+            usage: { inputTokens: 12, outputTokens: 5, totalTokens: 17 },
+            provider: "oai",
+            model: "gpt-4o-mini-2024-07-18"
+          })
           const [request] = yield* server.requests
-          assert.isUndefined(request?.headers.authorization)
-          assert.strictEqual(bodyOf(request)["max_completion_tokens"], 9)
-          assert.isUndefined(bodyOf(request)["max_tokens"])
+          assert.strictEqual(request?.method, "POST")
+          assert.strictEqual(request?.path, "/v1/chat/completions")
+          assert.strictEqual(request?.headers.authorization, `Bearer ${KEY}`)
+          assert.strictEqual(request?.headers["openai-organization"], "org-42")
+          assert.deepStrictEqual(request?.json, {
+            model: "gpt-4o-mini",
+            messages: [
+              { role: "system", content: "Be brief." },
+              { role: "user", content: "Capital of France?" }
+            ],
+            max_tokens: 20,
+            temperature: 0.2,
+            top_p: 0.9,
+            stop: ["\n"],
+            seed: 3
+          })
         })
-    )
+      )
 
-    it.effect(
-      "a 429 is RateLimited with retryAfter from Retry-After seconds, or an HTTP date read against the Clock",
-      () =>
-        Effect.gen(function* () {
-          const now = Date.parse("2026-01-01T00:00:00Z")
-          yield* TestClock.setTime(now)
-          const server = yield* Server.make((req, res) =>
-            Server.json(
-              res,
-              429,
-              {
-                error: { message: "Rate limit reached for gpt-4o-mini", type: "requests", code: "rate_limit_exceeded" }
-              },
-              { "retry-after": promptOf(req) === "date" ? new Date(now + 42_000).toUTCString() : "7" }
+      it.effect(
+        "estimates usage when the server reports none; sends no key when none is set; max_completion_tokens",
+        () =>
+          Effect.gen(function* () {
+            const server = yield* Server.make((_, res) =>
+              Server.json(res, 200, completion("12345678", { usage: null }))
             )
+            const p = yield* OpenAiCompat.make({
+              baseUrl: `${server.url}/v1`,
+              model: "llama3",
+              maxTokensField: "max_completion_tokens"
+            })
+            const answer = yield* p.generate({ prompt: "abcd", maxTokens: 9 })
+            assert.deepStrictEqual(answer.usage, { inputTokens: 1, outputTokens: 2, totalTokens: 3 })
+            const [request] = yield* server.requests
+            assert.isUndefined(request?.headers.authorization)
+            assert.strictEqual(bodyOf(request)["max_completion_tokens"], 9)
+            assert.isUndefined(bodyOf(request)["max_tokens"])
+          })
+      )
+
+      it.effect(
+        "a 429 is RateLimited with retryAfter from Retry-After seconds, or an HTTP date read against the Clock",
+        () =>
+          Effect.gen(function* () {
+            const now = Date.parse("2026-01-01T00:00:00Z")
+            yield* TestClock.setTime(now)
+            const server = yield* Server.make((req, res) =>
+              Server.json(
+                res,
+                429,
+                {
+                  error: {
+                    message: "Rate limit reached for gpt-4o-mini",
+                    type: "requests",
+                    code: "rate_limit_exceeded"
+                  }
+                },
+                { "retry-after": promptOf(req) === "date" ? new Date(now + 42_000).toUTCString() : "7" }
+              )
+            )
+            const p = yield* provider(server)
+            const seconds = yield* flipModel(p.generate({ prompt: "seconds" }))
+            assert.strictEqual(seconds.reason, "RateLimited")
+            assert.strictEqual(seconds.status, 429)
+            assert.deepStrictEqual(seconds.retryAfter, Duration.seconds(7))
+            assert.include(seconds.message, "Rate limit reached")
+            const date = yield* flipModel(p.generate({ prompt: "date" }))
+            assert.deepStrictEqual(date.retryAfter, Duration.seconds(42))
+          })
+      )
+
+      it.effect("maps statuses to reasons from data; the provider's message is kept", () =>
+        Effect.gen(function* () {
+          const answers: Record<string, readonly [number, unknown]> = {
+            a: [500, { error: { message: "The server had an error", type: "server_error", code: null } }],
+            b: [529, { type: "error", error: { type: "overloaded_error", message: "Overloaded" } }],
+            c: [
+              401,
+              {
+                error: { message: "Incorrect API key provided", type: "invalid_request_error", code: "invalid_api_key" }
+              }
+            ],
+            d: [
+              400,
+              {
+                error: { message: "'messages' too long", type: "invalid_request_error", param: "messages", code: null }
+              }
+            ],
+            e: [404, { error: { message: "The model `nope` does not exist", param: null, code: "model_not_found" } }],
+            f: [504, "<html>gateway timeout</html>"],
+            g: [429, { error: { message: "You exceeded your current quota", code: "insufficient_quota" } }],
+            h: [
+              422,
+              { object: "error", message: "max_tokens too large", type: "BadRequestError", param: null, code: 422 }
+            ],
+            i: [413, { error: { message: "Request too large" } }],
+            j: [503, { error: { message: "Service unavailable" } }],
+            k: [403, { error: { message: "Project does not have access" } }],
+            l: [408, { error: { message: "Request timed out" } }],
+            m: [502, "Bad gateway"]
+          }
+          const server = yield* Server.make((req, res) => {
+            const [status, body] = answers[promptOf(req)]!
+            Server.json(res, status, body)
+          })
+          const p = yield* provider(server)
+          const reason = (key: string) => flipModel(p.generate({ prompt: key }))
+          const expected: Record<string, string> = {
+            a: "Overloaded",
+            b: "Overloaded",
+            c: "Unauthorized",
+            d: "InvalidRequest",
+            e: "InvalidRequest",
+            f: "Timeout",
+            g: "Unauthorized",
+            h: "InvalidRequest",
+            i: "TooLarge",
+            j: "Unavailable",
+            k: "Unauthorized",
+            l: "Timeout",
+            m: "Unavailable"
+          }
+          for (const [key, want] of Object.entries(expected)) assert.strictEqual((yield* reason(key)).reason, want, key)
+          assert.strictEqual((yield* reason("d")).field, "messages")
+          assert.strictEqual((yield* reason("e")).field, "model")
+          assert.include((yield* reason("f")).message, "gateway timeout")
+          assert.include((yield* reason("a")).message, "The server had an error")
+        })
+      )
+
+      it.effect("a malformed body is Decode naming the field; broken JSON is Decode at the root", () =>
+        Effect.gen(function* () {
+          const server = yield* Server.make((req, res) =>
+            promptOf(req) === "json" ? Server.json(res, 200, '{"choices": [') : Server.json(res, 200, completion(42))
           )
           const p = yield* provider(server)
-          const seconds = yield* flipModel(p.generate({ prompt: "seconds" }))
-          assert.strictEqual(seconds.reason, "RateLimited")
-          assert.strictEqual(seconds.status, 429)
-          assert.deepStrictEqual(seconds.retryAfter, Duration.seconds(7))
-          assert.include(seconds.message, "Rate limit reached")
-          const date = yield* flipModel(p.generate({ prompt: "date" }))
-          assert.deepStrictEqual(date.retryAfter, Duration.seconds(42))
+          const bad = yield* flipModel(p.generate({ prompt: "field" }))
+          assert.strictEqual(bad.reason, "Decode")
+          assert.strictEqual(bad.field, "choices[0].message.content")
+          const notJson = yield* flipModel(p.generate({ prompt: "json" }))
+          assert.strictEqual(notJson.reason, "Decode")
+          assert.strictEqual(notJson.field, "(root)")
         })
-    )
+      )
 
-    it.effect("maps statuses to reasons from data; the provider's message is kept", () =>
-      Effect.gen(function* () {
-        const answers: Record<string, readonly [number, unknown]> = {
-          a: [500, { error: { message: "The server had an error", type: "server_error", code: null } }],
-          b: [529, { type: "error", error: { type: "overloaded_error", message: "Overloaded" } }],
-          c: [
-            401,
-            { error: { message: "Incorrect API key provided", type: "invalid_request_error", code: "invalid_api_key" } }
-          ],
-          d: [
-            400,
-            { error: { message: "'messages' too long", type: "invalid_request_error", param: "messages", code: null } }
-          ],
-          e: [404, { error: { message: "The model `nope` does not exist", param: null, code: "model_not_found" } }],
-          f: [504, "<html>gateway timeout</html>"],
-          g: [429, { error: { message: "You exceeded your current quota", code: "insufficient_quota" } }],
-          h: [
-            422,
-            { object: "error", message: "max_tokens too large", type: "BadRequestError", param: null, code: 422 }
-          ],
-          i: [413, { error: { message: "Request too large" } }],
-          j: [503, { error: { message: "Service unavailable" } }],
-          k: [403, { error: { message: "Project does not have access" } }],
-          l: [408, { error: { message: "Request timed out" } }],
-          m: [502, "Bad gateway"]
-        }
-        const server = yield* Server.make((req, res) => {
-          const [status, body] = answers[promptOf(req)]!
-          Server.json(res, status, body)
+      it.effect("an invalid request fails before any HTTP call", () =>
+        Effect.gen(function* () {
+          const server = yield* Server.make((_, res) => Server.json(res, 200, completion("x")))
+          const p = yield* provider(server)
+          const both = yield* flipModel(p.generate({ prompt: "a", messages: [{ role: "user", content: "b" }] }))
+          assert.strictEqual(both.reason, "InvalidRequest")
+          const orphan = yield* flipModel(p.generate({ messages: [{ role: "tool", content: "42" }] }))
+          assert.strictEqual(orphan.field, "messages[0].toolCallId")
+          assert.lengthOf(yield* server.requests, 0)
         })
-        const p = yield* provider(server)
-        const reason = (key: string) => flipModel(p.generate({ prompt: key }))
-        const expected: Record<string, string> = {
-          a: "Overloaded",
-          b: "Overloaded",
-          c: "Unauthorized",
-          d: "InvalidRequest",
-          e: "InvalidRequest",
-          f: "Timeout",
-          g: "Unauthorized",
-          h: "InvalidRequest",
-          i: "TooLarge",
-          j: "Unavailable",
-          k: "Unauthorized",
-          l: "Timeout",
-          m: "Unavailable"
-        }
-        for (const [key, want] of Object.entries(expected)) assert.strictEqual((yield* reason(key)).reason, want, key)
-        assert.strictEqual((yield* reason("d")).field, "messages")
-        assert.strictEqual((yield* reason("e")).field, "model")
-        assert.include((yield* reason("f")).message, "gateway timeout")
-        assert.include((yield* reason("a")).message, "The server had an error")
-      })
-    )
+      )
 
-    it.effect("a malformed body is Decode naming the field; broken JSON is Decode at the root", () =>
-      Effect.gen(function* () {
-        const server = yield* Server.make((req, res) =>
-          promptOf(req) === "json" ? Server.json(res, 200, '{"choices": [') : Server.json(res, 200, completion(42))
-        )
-        const p = yield* provider(server)
-        const bad = yield* flipModel(p.generate({ prompt: "field" }))
-        assert.strictEqual(bad.reason, "Decode")
-        assert.strictEqual(bad.field, "choices[0].message.content")
-        const notJson = yield* flipModel(p.generate({ prompt: "json" }))
-        assert.strictEqual(notJson.reason, "Decode")
-        assert.strictEqual(notJson.field, "(root)")
-      })
-    )
+      it.effect("a refused connection is Transport", () =>
+        Effect.gen(function* () {
+          const url = yield* Effect.scoped(Effect.map(Server.make(Server.hang), (s) => s.url))
+          const p = yield* OpenAiCompat.make({ baseUrl: `${url}/v1`, apiKey: Redacted.make(KEY) })
+          const error = yield* flipModel(p.generate({ prompt: "hi" }))
+          assert.strictEqual(error.reason, "Transport")
+          assert.isTrue(isRetryable(error))
+        })
+      )
 
-    it.effect("an invalid request fails before any HTTP call", () =>
-      Effect.gen(function* () {
-        const server = yield* Server.make((_, res) => Server.json(res, 200, completion("x")))
-        const p = yield* provider(server)
-        const both = yield* flipModel(p.generate({ prompt: "a", messages: [{ role: "user", content: "b" }] }))
-        assert.strictEqual(both.reason, "InvalidRequest")
-        const orphan = yield* flipModel(p.generate({ messages: [{ role: "tool", content: "42" }] }))
-        assert.strictEqual(orphan.field, "messages[0].toolCallId")
-        assert.lengthOf(yield* server.requests, 0)
-      })
-    )
+      it.effect("a server that never answers ends with a request TimeoutError at the default 10 minutes", () =>
+        Effect.gen(function* () {
+          const server = yield* Server.make(Server.hang)
+          const p = yield* provider(server)
+          const fiber = yield* Effect.forkChild(Effect.flip(p.generate({ prompt: "hi" })))
+          yield* server.awaitRequests(1)
+          yield* TestClock.adjust("10 minutes")
+          const error = yield* Fiber.join(fiber)
+          assert.instanceOf(error, TimeoutError)
+          assert.strictEqual((error as TimeoutError).limit, "request")
+          assert.strictEqual((error as TimeoutError).provider, "oai")
+          yield* server.awaitAborted(1)
+        })
+      )
 
-    it.effect("a refused connection is Transport", () =>
-      Effect.gen(function* () {
-        const url = yield* Effect.scoped(Effect.map(Server.make(Server.hang), (s) => s.url))
-        const p = yield* OpenAiCompat.make({ baseUrl: `${url}/v1`, apiKey: Redacted.make(KEY) })
-        const error = yield* flipModel(p.generate({ prompt: "hi" }))
-        assert.strictEqual(error.reason, "Transport")
-        assert.isTrue(isRetryable(error))
-      })
-    )
+      it.effect("an endless 200 body ends with TooLarge and the connection is closed", () =>
+        Effect.gen(function* () {
+          const server = yield* Server.make((_, res) =>
+            Server.endless(res, { contentType: "application/json", prefix: '{"choices":[{"message":{"content":"' })
+          )
+          const p = yield* provider(server, { maxResponseBytes: 1024 * 1024 })
+          const error = yield* flipModel(p.generate({ prompt: "hi" }))
+          assert.strictEqual(error.reason, "TooLarge")
+          assert.include(error.message, "maxResponseBytes")
+          yield* server.awaitAborted(1)
+        })
+      )
+    })
 
-    it.effect("a server that never answers ends with a request TimeoutError at the default 10 minutes", () =>
-      Effect.gen(function* () {
-        const server = yield* Server.make(Server.hang)
-        const p = yield* provider(server)
-        const fiber = yield* Effect.forkChild(Effect.flip(p.generate({ prompt: "hi" })))
-        yield* server.awaitRequests(1)
-        yield* TestClock.adjust("10 minutes")
-        const error = yield* Fiber.join(fiber)
-        assert.instanceOf(error, TimeoutError)
-        assert.strictEqual((error as TimeoutError).limit, "request")
-        assert.strictEqual((error as TimeoutError).provider, "oai")
-        yield* server.awaitAborted(1)
-      })
-    )
+    describe("spans", () => {
+      it.effect(
+        "generate, stream and embed make their span when a tracer is provided, as a root too; none otherwise",
+        () =>
+          Effect.gen(function* () {
+            const server = yield* Server.make((req, res) => {
+              if (req.path.endsWith("/embeddings")) {
+                return Server.json(res, 200, { data: [{ index: 0, embedding: [1, 0] }], model: "e" })
+              }
+              if (bodyOf(req)["stream"] === true) {
+                return Server.text(res, 200, Server.sse([chunk("hi"), chunk(null, "stop"), "[DONE]"]), {
+                  "content-type": "text/event-stream"
+                })
+              }
+              return Server.json(res, 200, completion("Paris."))
+            })
+            // What span the HTTP request runs under, seen by the user's middleware.
+            const seen: Array<string> = []
+            const p = yield* provider(server, {
+              transformClient: HttpClient.transform((effect) =>
+                Effect.flatMap(Effect.option(Effect.currentSpan), (span) => {
+                  seen.push(Option.isSome(span) ? span.value.name : "none")
+                  return effect
+                })
+              )
+            })
+            const spans: Array<Tracer.NativeSpan> = []
+            const recording = Tracer.make({
+              span(options) {
+                const span = new Tracer.NativeSpan(options)
+                spans.push(span)
+                return span
+              }
+            })
+            const all = Effect.gen(function* () {
+              yield* p.generate({ prompt: "q" })
+              const streamed = yield* collect(p.stream({ prompt: "q" }))
+              assert.isTrue(Exit.isSuccess(streamed.exit))
+              yield* p.embed({ texts: ["a"] })
+            })
 
-    it.effect("an endless 200 body ends with TooLarge and the connection is closed", () =>
-      Effect.gen(function* () {
-        const server = yield* Server.make((_, res) =>
-          Server.endless(res, { contentType: "application/json", prefix: '{"choices":[{"message":{"content":"' })
-        )
-        const p = yield* provider(server, { maxResponseBytes: 1024 * 1024 })
-        const error = yield* flipModel(p.generate({ prompt: "hi" }))
-        assert.strictEqual(error.reason, "TooLarge")
-        assert.include(error.message, "maxResponseBytes")
-        yield* server.awaitAborted(1)
-      })
-    )
-  })
+            // Effect's default tracer: spans would reach nobody, so none is made (and none is paid for).
+            yield* all
+            assert.deepStrictEqual(seen, ["none", "none", "none"])
+            // A tracer provided, tracing switched off: none either.
+            yield* all.pipe(
+              Effect.provideService(Tracer.Tracer, recording),
+              Effect.provideService(References.TracerEnabled, false)
+            )
+            assert.deepStrictEqual(spans, [])
 
-  describe("spans", () => {
-    it.effect(
-      "generate, stream and embed make their span when a tracer is provided, as a root too; none otherwise",
-      () =>
+            // A tracer provided and no span around the calls: each operation is a root span, the
+            // HTTP client's span its child.
+            seen.length = 0
+            yield* all.pipe(Effect.provideService(Tracer.Tracer, recording))
+            assert.deepStrictEqual(seen, ["POST", "POST", "POST"])
+            const named = (name: string) => spans.find((span) => span.name === name)!
+            for (const [name, operation] of [
+              ["OpenAiCompat.generate", "chat"],
+              ["OpenAiCompat.stream", undefined],
+              ["OpenAiCompat.embed", "embeddings"]
+            ] as const) {
+              const span = named(name)
+              assert.isDefined(span, name)
+              assert.isTrue(Option.isNone(span.parent), `${name} is a root`)
+              assert.strictEqual(span.attributes.get("gen_ai.provider.name"), "oai")
+              assert.strictEqual(span.attributes.get("gen_ai.operation.name"), operation)
+              assert.isTrue(span.status._tag === "Ended" && Exit.isSuccess(span.status.exit), name)
+              const children = spans.filter(
+                (s) => s.name === "POST" && Option.isSome(s.parent) && s.parent.value === span
+              )
+              assert.lengthOf(children, 1, `${name} has its HTTP span`)
+            }
+          })
+      )
+    })
+
+    describe("secrets", () => {
+      it.effect("the key never appears in errors, causes, inspections, options or spans", () =>
         Effect.gen(function* () {
           const server = yield* Server.make((req, res) => {
-            if (req.path.endsWith("/embeddings")) {
-              return Server.json(res, 200, { data: [{ index: 0, embedding: [1, 0] }], model: "e" })
-            }
-            if (bodyOf(req)["stream"] === true) {
-              return Server.text(res, 200, Server.sse([chunk("hi"), chunk(null, "stop"), "[DONE]"]), {
-                "content-type": "text/event-stream"
-              })
-            }
-            return Server.json(res, 200, completion("Paris."))
-          })
-          // What span the HTTP request runs under, seen by the user's middleware.
-          const seen: Array<string> = []
-          const p = yield* provider(server, {
-            transformClient: HttpClient.transform((effect) =>
-              Effect.flatMap(Effect.option(Effect.currentSpan), (span) => {
-                seen.push(Option.isSome(span) ? span.value.name : "none")
-                return effect
-              })
+            const echoed = String(req.headers.authorization).slice(7)
+            const headers = { "x-echo": echoed, "x-request-id": "req-1" }
+            if (req.path.endsWith("/embeddings"))
+              return Server.text(res, 200, `oops ${echoed}`, { "content-type": "text/html", ...headers })
+            return Server.json(
+              res,
+              401,
+              { error: { message: `Incorrect API key provided: ${echoed}`, code: "invalid_api_key" } },
+              headers
             )
           })
-          const spans: Array<Tracer.NativeSpan> = []
-          const recording = Tracer.make({
-            span(options) {
-              const span = new Tracer.NativeSpan(options)
-              spans.push(span)
-              return span
-            }
+          const { spans, tracer } = recording()
+          const options: OpenAiCompat.Options = { baseUrl: `${server.url}/v1`, apiKey: Redacted.make(KEY) }
+          const p = yield* OpenAiCompat.make(options)
+          const lines: Array<string> = []
+          const capture = Logger.make((options) => {
+            lines.push(String(Logger.formatLogFmt.log(options)))
+            lines.push(JSON.stringify(Logger.formatStructured.log(options)))
           })
-          const all = Effect.gen(function* () {
-            yield* p.generate({ prompt: "q" })
-            const streamed = yield* collect(p.stream({ prompt: "q" }))
-            assert.isTrue(Exit.isSuccess(streamed.exit))
-            yield* p.embed({ texts: ["a"] })
-          })
-
-          // Effect's default tracer: spans would reach nobody, so none is made (and none is paid for).
-          yield* all
-          assert.deepStrictEqual(seen, ["none", "none", "none"])
-          // A tracer provided, tracing switched off: none either.
-          yield* all.pipe(
-            Effect.provideService(Tracer.Tracer, recording),
-            Effect.provideService(References.TracerEnabled, false)
-          )
-          assert.deepStrictEqual(spans, [])
-
-          // A tracer provided and no span around the calls: each operation is a root span, the
-          // HTTP client's span its child.
-          seen.length = 0
-          yield* all.pipe(Effect.provideService(Tracer.Tracer, recording))
-          assert.deepStrictEqual(seen, ["POST", "POST", "POST"])
-          const named = (name: string) => spans.find((span) => span.name === name)!
-          for (const [name, operation] of [
-            ["OpenAiCompat.generate", "chat"],
-            ["OpenAiCompat.stream", undefined],
-            ["OpenAiCompat.embed", "embeddings"]
-          ] as const) {
-            const span = named(name)
-            assert.isDefined(span, name)
-            assert.isTrue(Option.isNone(span.parent), `${name} is a root`)
-            assert.strictEqual(span.attributes.get("gen_ai.provider.name"), "oai")
-            assert.strictEqual(span.attributes.get("gen_ai.operation.name"), operation)
-            assert.isTrue(span.status._tag === "Ended" && Exit.isSuccess(span.status.exit), name)
-            const children = spans.filter(
-              (s) => s.name === "POST" && Option.isSome(s.parent) && s.parent.value === span
+          const traced = <A, E>(effect: Effect.Effect<A, E>) =>
+            effect.pipe(
+              Effect.provideService(HttpClient.TracerHeaderFilter, () => true),
+              Effect.provideService(Tracer.Tracer, tracer),
+              Effect.provideService(References.MinimumLogLevel, "All"),
+              Effect.provide(Logger.layer([capture]))
             )
-            assert.lengthOf(children, 1, `${name} has its HTTP span`)
+          const generated = yield* traced(Effect.exit(p.generate({ prompt: "hi" })))
+          const streamed = yield* traced(collect(p.stream({ prompt: "hi" })))
+          const embedded = yield* traced(Effect.exit(p.embed({ texts: ["a"] })))
+          const unauthorized = modelErrorOf(generated)
+          assert.strictEqual(unauthorized.reason, "Unauthorized")
+          assert.include(unauthorized.message, "Incorrect API key provided")
+          assert.strictEqual(modelErrorOf(embedded).field, "content-type")
+          const exits: ReadonlyArray<Exit.Exit<unknown, AiError>> = [generated, streamed.exit, embedded]
+          for (const exit of exits) {
+            const error = failureOf(exit)
+            const texts = [JSON.stringify(error), String(error), error.message, inspect(error, { depth: 10 })]
+            if (Exit.isFailure(exit)) {
+              texts.push(Cause.pretty(exit.cause))
+              yield* traced(Effect.logError("call failed", exit.cause))
+            }
+            for (const text of texts) assert.notInclude(text, KEY)
           }
-        })
-    )
-  })
-
-  describe("secrets", () => {
-    it.effect("the key never appears in errors, causes, inspections, options or spans", () =>
-      Effect.gen(function* () {
-        const server = yield* Server.make((req, res) => {
-          const echoed = String(req.headers.authorization).slice(7)
-          const headers = { "x-echo": echoed, "x-request-id": "req-1" }
-          if (req.path.endsWith("/embeddings"))
-            return Server.text(res, 200, `oops ${echoed}`, { "content-type": "text/html", ...headers })
-          return Server.json(
-            res,
-            401,
-            { error: { message: `Incorrect API key provided: ${echoed}`, code: "invalid_api_key" } },
-            headers
-          )
-        })
-        const { spans, tracer } = recording()
-        const options: OpenAiCompat.Options = { baseUrl: `${server.url}/v1`, apiKey: Redacted.make(KEY) }
-        const p = yield* OpenAiCompat.make(options)
-        const lines: Array<string> = []
-        const capture = Logger.make((options) => {
-          lines.push(String(Logger.formatLogFmt.log(options)))
-          lines.push(JSON.stringify(Logger.formatStructured.log(options)))
-        })
-        const traced = <A, E>(effect: Effect.Effect<A, E>) =>
-          effect.pipe(
-            Effect.provideService(HttpClient.TracerHeaderFilter, () => true),
-            Effect.provideService(Tracer.Tracer, tracer),
-            Effect.provideService(References.MinimumLogLevel, "All"),
-            Effect.provide(Logger.layer([capture]))
-          )
-        const generated = yield* traced(Effect.exit(p.generate({ prompt: "hi" })))
-        const streamed = yield* traced(collect(p.stream({ prompt: "hi" })))
-        const embedded = yield* traced(Effect.exit(p.embed({ texts: ["a"] })))
-        const unauthorized = modelErrorOf(generated)
-        assert.strictEqual(unauthorized.reason, "Unauthorized")
-        assert.include(unauthorized.message, "Incorrect API key provided")
-        assert.strictEqual(modelErrorOf(embedded).field, "content-type")
-        const exits: ReadonlyArray<Exit.Exit<unknown, AiError>> = [generated, streamed.exit, embedded]
-        for (const exit of exits) {
-          const error = failureOf(exit)
-          const texts = [JSON.stringify(error), String(error), error.message, inspect(error, { depth: 10 })]
-          if (Exit.isFailure(exit)) {
-            texts.push(Cause.pretty(exit.cause))
-            yield* traced(Effect.logError("call failed", exit.cause))
-          }
-          for (const text of texts) assert.notInclude(text, KEY)
-        }
-        assert.isAbove(lines.length, 0)
-        for (const line of lines) assert.notInclude(line, KEY)
-        assert.notInclude(JSON.stringify(options), KEY)
-        assert.notInclude(inspect(options, { depth: 10 }), KEY)
-        assert.isAbove(spans.length, 3)
-        // What an exporter sends (OtlpTracer): attributes, events, and the pretty errors of a failed exit.
-        for (const span of spans) {
-          assert.notInclude(inspect(Object.fromEntries(span.attributes), { depth: 10 }), KEY)
-          assert.notInclude(inspect(span.events, { depth: 10 }), KEY)
-          if (span.status._tag === "Ended" && Exit.isFailure(span.status.exit)) {
-            for (const error of Cause.prettyErrors(span.status.exit.cause)) {
-              assert.notInclude(`${error.message}\n${error.stack}`, KEY, span.name)
+          assert.isAbove(lines.length, 0)
+          for (const line of lines) assert.notInclude(line, KEY)
+          assert.notInclude(JSON.stringify(options), KEY)
+          assert.notInclude(inspect(options, { depth: 10 }), KEY)
+          assert.isAbove(spans.length, 3)
+          // What an exporter sends (OtlpTracer): attributes, events, and the pretty errors of a failed exit.
+          for (const span of spans) {
+            assert.notInclude(inspect(Object.fromEntries(span.attributes), { depth: 10 }), KEY)
+            assert.notInclude(inspect(span.events, { depth: 10 }), KEY)
+            if (span.status._tag === "Ended" && Exit.isFailure(span.status.exit)) {
+              for (const error of Cause.prettyErrors(span.status.exit.cause)) {
+                assert.notInclude(`${error.message}\n${error.stack}`, KEY, span.name)
+              }
             }
           }
-        }
-        const http = spans.find((s) => s.name === "POST")!
-        assert.strictEqual(http.attributes.get("http.response.header.x-echo"), "<redacted>")
-        assert.strictEqual(http.attributes.get("http.response.header.x-request-id"), "req-1")
-      })
-    )
-  })
-
-  describe("stream", () => {
-    it.effect("SSE split inside CRLF pairs and UTF-8 characters, with comments and a usage chunk", () =>
-      Effect.gen(function* () {
-        const server = yield* Server.make((_, res) => Server.chunked(res, Server.splitAwkward(Server.sse(events))))
-        const p = yield* provider(server)
-        const { exit, parts, text } = yield* collect(p.stream({ prompt: "hi" }))
-        assert.isTrue(Exit.isSuccess(exit), Exit.isFailure(exit) ? Cause.pretty(exit.cause) : "")
-        assert.strictEqual(text, UNICODE)
-        assert.lengthOf(
-          parts.filter((x) => x._tag === "Finish"),
-          1
-        )
-        assert.deepStrictEqual(parts.at(-1), {
-          _tag: "Finish",
-          finishReason: "stop",
-          usage: { inputTokens: 9, outputTokens: 4, totalTokens: 13 },
-          provider: "oai",
-          model: "gpt-4o-mini-2024-07-18"
+          const http = spans.find((s) => s.name === "POST")!
+          assert.strictEqual(http.attributes.get("http.response.header.x-echo"), "<redacted>")
+          assert.strictEqual(http.attributes.get("http.response.header.x-request-id"), "req-1")
         })
-        const [request] = yield* server.requests
-        assert.strictEqual(bodyOf(request)["stream"], true)
-        assert.deepStrictEqual(bodyOf(request)["stream_options"], { include_usage: true })
-        assert.strictEqual(request?.headers.accept, "text/event-stream")
-      })
-    )
+      )
+    })
 
-    it.effect("the same stream cut every 7 bytes with LF line ends, and with bare CR line ends", () =>
-      Effect.gen(function* () {
-        const server = yield* Server.make((req, res) =>
-          Server.chunked(res, Server.splitBytes(Server.sse(events, promptOf(req) === "cr" ? "\r" : "\n"), 7), {
-            pauseMs: 0
-          })
-        )
-        const p = yield* provider(server)
-        for (const eol of ["lf", "cr"]) {
-          const { exit, parts, text } = yield* collect(p.stream({ prompt: eol }))
-          assert.isTrue(Exit.isSuccess(exit), eol)
-          assert.strictEqual(text, UNICODE, eol)
+    describe("stream", () => {
+      it.effect("SSE split inside CRLF pairs and UTF-8 characters, with comments and a usage chunk", () =>
+        Effect.gen(function* () {
+          const server = yield* Server.make((_, res) => Server.chunked(res, Server.splitAwkward(Server.sse(events))))
+          const p = yield* provider(server)
+          const { exit, parts, text } = yield* collect(p.stream({ prompt: "hi" }))
+          assert.isTrue(Exit.isSuccess(exit), Exit.isFailure(exit) ? Cause.pretty(exit.cause) : "")
+          assert.strictEqual(text, UNICODE)
           assert.lengthOf(
             parts.filter((x) => x._tag === "Finish"),
             1
           )
-        }
-      })
-    )
-
-    it.effect("an `event: error` mid-stream fails with the provider's own message after the delivered text", () =>
-      Effect.gen(function* () {
-        const body =
-          Server.sse([chunk("Hel"), chunk("lo")]) +
-          Server.sse([
-            { event: "error", data: { error: { message: "Upstream overloaded", type: "overloaded_error" } } }
-          ])
-        const server = yield* Server.make((_, res) => Server.chunked(res, Server.splitAwkward(body), { end: "hang" }))
-        const p = yield* provider(server)
-        const { exit, parts, text } = yield* collect(p.stream({ prompt: "hi" }))
-        assert.strictEqual(text, "Hello")
-        assert.isFalse(parts.some((x) => x._tag === "Finish"))
-        const error = modelErrorOf(exit)
-        assert.strictEqual(error.reason, "Overloaded")
-        assert.include(error.message, "Upstream overloaded")
-        yield* server.awaitAborted(1)
-      })
-    )
-
-    it.effect("an error event with plain text data keeps that text; a vLLM error object keeps its status", () =>
-      Effect.gen(function* () {
-        const server = yield* Server.make((req, res) =>
-          Server.chunked(
-            res,
-            [
-              Server.sse([chunk("partial")]),
-              promptOf(req) === "text"
-                ? Server.sse([{ event: "error", data: "Upstream overloaded" }])
-                : Server.sse([
-                    { object: "error", message: "context length exceeded", type: "BadRequestError", code: 400 }
-                  ])
-            ],
-            { end: "hang" }
-          )
-        )
-        const p = yield* provider(server)
-        const text = yield* collect(p.stream({ prompt: "text" }))
-        assert.strictEqual(text.text, "partial")
-        assert.include(modelErrorOf(text.exit).message, "Upstream overloaded")
-        const vllm = yield* collect(p.stream({ prompt: "vllm" }))
-        assert.strictEqual(modelErrorOf(vllm.exit).reason, "InvalidRequest")
-        assert.strictEqual(modelErrorOf(vllm.exit).status, 400)
-      })
-    )
-
-    it.effect("a connection cut mid-stream is Transport after the delivered text; a clean end without finish too", () =>
-      Effect.gen(function* () {
-        const server = yield* Server.make((req, res) =>
-          Server.chunked(res, [Server.sse([chunk("one ")]), Server.sse([chunk("two")])], {
-            end: promptOf(req) === "cut" ? "destroy" : "end"
+          assert.deepStrictEqual(parts.at(-1), {
+            _tag: "Finish",
+            finishReason: "stop",
+            usage: { inputTokens: 9, outputTokens: 4, totalTokens: 13 },
+            provider: "oai",
+            model: "gpt-4o-mini-2024-07-18"
           })
-        )
-        const p = yield* provider(server)
-        const cut = yield* collect(p.stream({ prompt: "cut" }))
-        assert.strictEqual(cut.text, "one two")
-        assert.isFalse(cut.parts.some((x) => x._tag === "Finish"))
-        assert.strictEqual(modelErrorOf(cut.exit).reason, "Transport")
-        const ended = yield* collect(p.stream({ prompt: "end" }))
-        assert.strictEqual(ended.text, "one two")
-        assert.include(modelErrorOf(ended.exit).message, "ended before")
-      })
-    )
-
-    it.effect("a finish_reason without [DONE] or usage still finishes, usage estimated", () =>
-      Effect.gen(function* () {
-        const server = yield* Server.make((_, res) =>
-          Server.chunked(res, [Server.sse([chunk("abcdefgh"), chunk(null, "length")])])
-        )
-        const p = yield* provider(server, { streamUsage: false })
-        const { exit, parts } = yield* collect(p.stream({ prompt: "abcd" }))
-        assert.isTrue(Exit.isSuccess(exit))
-        assert.deepStrictEqual(parts.at(-1), {
-          _tag: "Finish",
-          finishReason: "length",
-          usage: { inputTokens: 1, outputTokens: 2, totalTokens: 3 },
-          provider: "oai",
-          model: "gpt-4o-mini-2024-07-18"
+          const [request] = yield* server.requests
+          assert.strictEqual(bodyOf(request)["stream"], true)
+          assert.deepStrictEqual(bodyOf(request)["stream_options"], { include_usage: true })
+          assert.strictEqual(request?.headers.accept, "text/event-stream")
         })
-        assert.isUndefined(bodyOf((yield* server.requests)[0])["stream_options"])
-      })
-    )
+      )
 
-    it.effect("a 429 before the stream starts is RateLimited with retryAfter and no parts", () =>
-      Effect.gen(function* () {
-        const server = yield* Server.make((_, res) =>
-          Server.json(res, 429, { error: { message: "slow down" } }, { "retry-after": "3" })
-        )
-        const p = yield* provider(server)
-        const { exit, parts } = yield* collect(p.stream({ prompt: "hi" }))
-        assert.lengthOf(parts, 0)
-        const error = modelErrorOf(exit)
-        assert.strictEqual(error.reason, "RateLimited")
-        assert.deepStrictEqual(error.retryAfter, Duration.seconds(3))
-      })
-    )
-
-    it.effect("a stream that stalls after two chunks ends with an idle TimeoutError naming the provider", () =>
-      Effect.gen(function* () {
-        const server = yield* Server.make((_, res) =>
-          Server.chunked(res, [Server.sse([chunk("one "), chunk("two")])], { end: "hang" })
-        )
-        const p = yield* provider(server, { streamIdleTimeout: "20 seconds" })
-        const seen: Array<string> = []
-        const fiber = yield* p.stream({ prompt: "hi" }).pipe(
-          Stream.runForEach((part) => Effect.sync(() => part._tag === "TextDelta" && seen.push(part.text))),
-          Effect.flip,
-          Effect.forkChild
-        )
-        while (seen.length < 2) yield* Effect.promise(() => Server.pause(5))
-        yield* TestClock.adjust("20 seconds")
-        const error = yield* Fiber.join(fiber)
-        assert.instanceOf(error, TimeoutError)
-        if (!(error instanceof TimeoutError)) return
-        assert.strictEqual(error.limit, "idle")
-        assert.strictEqual(error.provider, "oai")
-        assert.strictEqual(error.partialText, "one two")
-        assert.include(error.message, "oai")
-        yield* server.awaitAborted(1)
-      })
-    )
-
-    it.effect("an endless event stream ends with TooLarge; one endless event too", () =>
-      Effect.gen(function* () {
-        const server = yield* Server.make((req, res) =>
-          promptOf(req) === "events"
-            ? Server.endless(res, { chunk: Server.sse([chunk("x".repeat(1000))]) })
-            : Server.endless(res, { prefix: "data: " })
-        )
-        const p = yield* provider(server, { maxResponseBytes: 2 * 1024 * 1024, maxEventBytes: 128 * 1024 })
-        const many = yield* collect(p.stream({ prompt: "events" }))
-        assert.isAbove(many.text.length, 1000)
-        assert.strictEqual(modelErrorOf(many.exit).reason, "TooLarge")
-        assert.include(modelErrorOf(many.exit).message, "maxResponseBytes")
-        const one = yield* collect(p.stream({ prompt: "event" }))
-        assert.strictEqual(modelErrorOf(one.exit).reason, "TooLarge")
-        assert.include(modelErrorOf(one.exit).message, "maxEventBytes")
-        yield* server.awaitAborted(2)
-      })
-    )
-
-    it.effect("a 200 that is not an event stream is Decode naming what is wrong, not retryable", () =>
-      Effect.gen(function* () {
-        const server = yield* Server.make((req, res) => {
-          switch (promptOf(req)) {
-            case "json":
-              return Server.json(res, 200, completion("whole answer"))
-            case "broken":
-              return Server.json(res, 200, '{"choices": [')
-            case "sse-broken":
-              return Server.text(res, 200, '{"choices": [', { "content-type": "text/event-stream" })
-            default:
-              return Server.chunked(res, [Server.sse([{ id: "x", object: "chat.completion.chunk" }])])
-          }
-        })
-        const p = yield* provider(server)
-        const cases: Record<string, string> = {
-          json: "content-type",
-          broken: "content-type",
-          "sse-broken": "content-type",
-          "no-choices": "choices"
-        }
-        for (const [prompt, field] of Object.entries(cases)) {
-          const { exit, parts } = yield* collect(p.stream({ prompt }))
-          const error = modelErrorOf(exit)
-          assert.strictEqual(error.reason, "Decode", prompt)
-          assert.strictEqual(error.field, field, prompt)
-          assert.isFalse(isRetryable(error), prompt)
-          assert.lengthOf(parts, 0)
-        }
-        const json = modelErrorOf((yield* collect(p.stream({ prompt: "json" }))).exit)
-        assert.include(json.message, "application/json")
-        assert.include(json.message, "text/event-stream")
-        assert.include(modelErrorOf((yield* collect(p.stream({ prompt: "broken" }))).exit).message, "broken JSON")
-      })
-    )
-  })
-
-  describe("tools", () => {
-    const tools: Model.GenerateRequest["tools"] = [
-      {
-        name: "get_weather",
-        description: "Weather of a city",
-        parameters: { type: "object", properties: { city: { type: "string" } }, required: ["city"] }
-      }
-    ]
-
-    it.effect("tools, tool choice, response format and tool messages map to the wire; tool_calls come back", () =>
-      Effect.gen(function* () {
-        const server = yield* Server.make((_, res) =>
-          Server.json(res, 200, {
-            model: "m",
-            choices: [
-              {
-                index: 0,
-                message: {
-                  role: "assistant",
-                  content: null,
-                  tool_calls: [
-                    { id: "call_1", type: "function", function: { name: "get_weather", arguments: '{"city":"Paris"}' } }
-                  ]
-                },
-                finish_reason: "tool_calls"
-              }
-            ]
-          })
-        )
-        const p = yield* provider(server)
-        const answer = yield* p.generate({
-          messages: [
-            { role: "user", content: "Weather in Paris and Rome?" },
-            {
-              role: "assistant",
-              content: "",
-              toolCalls: [{ id: "call_0", name: "get_weather", arguments: '{"city":"Rome"}' }]
-            },
-            { role: "tool", content: "sunny", toolCallId: "call_0" }
-          ],
-          tools,
-          toolChoice: { name: "get_weather" },
-          responseFormat: { type: "json_schema", name: "w", schema: { type: "object" }, strict: true }
-        })
-        assert.strictEqual(answer.finishReason, "tool_calls")
-        assert.strictEqual(answer.text, "")
-        assert.deepStrictEqual(answer.toolCalls, [{ id: "call_1", name: "get_weather", arguments: '{"city":"Paris"}' }])
-        const body = bodyOf((yield* server.requests)[0])
-        assert.deepStrictEqual(body["tools"], [{ type: "function", function: tools![0] }])
-        assert.deepStrictEqual(body["tool_choice"], { type: "function", function: { name: "get_weather" } })
-        assert.deepStrictEqual(body["response_format"], {
-          type: "json_schema",
-          json_schema: { name: "w", schema: { type: "object" }, strict: true }
-        })
-        assert.deepStrictEqual((body["messages"] as Array<unknown>).slice(1), [
-          {
-            role: "assistant",
-            content: null,
-            tool_calls: [
-              { id: "call_0", type: "function", function: { name: "get_weather", arguments: '{"city":"Rome"}' } }
-            ]
-          },
-          { role: "tool", tool_call_id: "call_0", content: "sunny" }
-        ])
-      })
-    )
-
-    it.effect("streamed tool-call deltas are assembled into one ToolCall part per call before the Finish", () =>
-      Effect.gen(function* () {
-        const call = (index: number, fn: Record<string, unknown>, id?: string) =>
-          chunk(null, null, {
-            tool_calls: [{ index, ...(id === undefined ? {} : { id, type: "function" }), function: fn }]
-          })
-        const body = Server.sse([
-          chunk(null, null, { role: "assistant" }),
-          call(0, { name: "get_weather", arguments: "" }, "call_a"),
-          call(0, { arguments: '{"ci' }),
-          call(1, { name: "get_time", arguments: "{}" }, "call_b"),
-          call(0, { arguments: 'ty":"Paris"}' }),
-          chunk(null, "tool_calls"),
-          usageChunk,
-          "[DONE]"
-        ])
-        const server = yield* Server.make((_, res) => Server.chunked(res, Server.splitBytes(body, 11), { pauseMs: 0 }))
-        const p = yield* provider(server)
-        const { exit, parts } = yield* collect(p.stream({ prompt: "hi", tools }))
-        assert.isTrue(Exit.isSuccess(exit))
-        assert.deepStrictEqual(
-          parts.map((x) => x._tag),
-          ["ToolCall", "ToolCall", "Finish"]
-        )
-        assert.deepStrictEqual(parts.slice(0, 2), [
-          { _tag: "ToolCall", call: { id: "call_a", name: "get_weather", arguments: '{"city":"Paris"}' } },
-          { _tag: "ToolCall", call: { id: "call_b", name: "get_time", arguments: "{}" } }
-        ])
-        assert.strictEqual(parts[2]?._tag === "Finish" && parts[2].finishReason, "tool_calls")
-      })
-    )
-  })
-
-  describe("embed", () => {
-    const vectors = [
-      [0.5, -2],
-      [1.25, 3],
-      [0, 0.75]
-    ]
-    const base64 = (values: ReadonlyArray<number>) => Buffer.from(new Float32Array(values).buffer).toString("base64")
-
-    it.effect("orders vectors by index and asks for floats by default; base64 only when asked, and decoded", () =>
-      Effect.gen(function* () {
-        const server = yield* Server.make((req, res) => {
-          const asBase64 = bodyOf(req)["encoding_format"] === "base64"
-          Server.json(res, 200, {
-            object: "list",
-            data: [2, 0, 1].map((index) => ({
-              object: "embedding",
-              index,
-              embedding: asBase64 ? base64(vectors[index]!) : vectors[index]
-            })),
-            model: "text-embedding-3-small",
-            usage: { prompt_tokens: 6, total_tokens: 6 }
-          })
-        })
-        const floats = yield* provider(server)
-        const answer = yield* floats.embed({ texts: ["a", "b", "c"] })
-        assert.deepStrictEqual(answer.vectors, vectors)
-        assert.deepStrictEqual(answer.usage, { inputTokens: 6, outputTokens: 0, totalTokens: 6 })
-        const b64 = yield* provider(server, { embeddingEncoding: "base64" })
-        assert.deepStrictEqual((yield* b64.embed({ texts: ["a", "b", "c"] })).vectors, vectors)
-        const [first, second] = yield* server.requests
-        assert.strictEqual(first?.path, "/v1/embeddings")
-        assert.deepStrictEqual(first?.json, {
-          model: "text-embedding-3-small",
-          input: ["a", "b", "c"],
-          encoding_format: "float"
-        })
-        assert.strictEqual(bodyOf(second)["encoding_format"], "base64")
-      })
-    )
-
-    it.effect(
-      "a missing, duplicated or out-of-range index, bad base64, or vectors of different lengths is Decode",
-      () =>
+      it.effect("the same stream cut every 7 bytes with LF line ends, and with bare CR line ends", () =>
         Effect.gen(function* () {
-          const answers: Record<string, unknown> = {
-            dup: [
-              { index: 0, embedding: [1] },
-              { index: 0, embedding: [2] }
-            ],
-            range: [
-              { index: 0, embedding: [1] },
-              { index: 5, embedding: [2] }
-            ],
-            few: [{ index: 0, embedding: [1] }],
-            b64: [
-              { index: 0, embedding: "AAA" },
-              { index: 1, embedding: [2] }
-            ],
-            // Vectors are compared dimension by dimension: all of one length, none empty.
-            uneven: [
-              { index: 0, embedding: [1, 1] },
-              { index: 1, embedding: [2, 2, 2] }
-            ],
-            empty: [
-              { index: 0, embedding: [] },
-              { index: 1, embedding: [] }
-            ]
-          }
           const server = yield* Server.make((req, res) =>
-            Server.json(res, 200, { data: answers[String(bodyOf(req)["model"])] })
+            Server.chunked(res, Server.splitBytes(Server.sse(events, promptOf(req) === "cr" ? "\r" : "\n"), 7), {
+              pauseMs: 0
+            })
           )
           const p = yield* provider(server)
-          for (const model of Object.keys(answers)) {
-            const error = yield* flipModel(p.embed({ texts: ["a", "b"], model }))
-            assert.strictEqual(error.reason, "Decode", model)
-            assert.match(error.field ?? "", /^data/, model)
+          for (const eol of ["lf", "cr"]) {
+            const { exit, parts, text } = yield* collect(p.stream({ prompt: eol }))
+            assert.isTrue(Exit.isSuccess(exit), eol)
+            assert.strictEqual(text, UNICODE, eol)
+            assert.lengthOf(
+              parts.filter((x) => x._tag === "Finish"),
+              1
+            )
           }
         })
-    )
-  })
+      )
 
-  describe("options", () => {
-    it.effect("bad options fail the layer with an OptionError naming the field", () =>
-      Effect.gen(function* () {
-        const cases: ReadonlyArray<readonly [string, OpenAiCompat.Options]> = [
-          ["timeout", { timeout: Number.NaN }],
-          ["streamIdleTimeout", { streamIdleTimeout: -5 }],
-          ["maxResponseBytes", { maxResponseBytes: 0 }],
-          ["maxEventBytes", { maxEventBytes: 2.5 }],
-          ["baseUrl", { baseUrl: "localhost:8080" }],
-          ["embeddingEncoding", { embeddingEncoding: "binary" as "float" }],
-          ["apiKey", { apiKey: KEY as unknown as Redacted.Redacted<string> }],
-          ["name", { name: "" }],
-          // A header that undici would refuse at every request (or that would inject another).
-          ['headers["x-a"]', { headers: { "x-a": "b\r\nInjected: 1" } }],
-          ['headers["bad name"]', { headers: { "bad name": "v" } }],
-          ['headers["x-n"]', { headers: { "x-n": 5 as unknown as string } }],
-          ["organization", { organization: "org\n" }],
-          ["apiKey", { apiKey: Redacted.make(`${KEY}\n`) }],
-          // null is a wrong value, not the default.
-          ["timeout", { timeout: null as never }],
-          ["maxResponseBytes", { maxResponseBytes: null as never }],
-          ["baseUrl", { baseUrl: null as never }],
-          ["model", { model: null as never }],
-          ["maxTokensField", { maxTokensField: null as never }],
-          ["streamUsage", { streamUsage: null as never }],
-          ["streamUsage", { streamUsage: "no" as never }]
-        ]
-        for (const [path, options] of cases) {
-          const error = yield* Effect.flip(Layer.build(OpenAiCompat.layer(options)))
-          assert.strictEqual(error._tag, "OptionError", path)
-          assert.strictEqual("path" in error ? error.path : undefined, path)
-          assert.notInclude(error.message, KEY)
-        }
-      })
-    )
-
-    it.effect("layerConfig reads OPENAI_*; with explicit options no key is picked up", () =>
-      Effect.gen(function* () {
-        const server = yield* Server.make((_, res) => Server.json(res, 200, completion("ok")))
-        const env = ConfigProvider.layer(
-          ConfigProvider.fromEnv({
-            env: { OPENAI_API_KEY: KEY, OPENAI_BASE_URL: `${server.url}/v1`, OPENAI_MODEL: "from-env" }
-          })
-        )
-        const call = Effect.gen(function* () {
-          const p = yield* Model.ModelProvider
-          return yield* p.generate({ prompt: "x" })
+      it.effect("an `event: error` mid-stream fails with the provider's own message after the delivered text", () =>
+        Effect.gen(function* () {
+          const body =
+            Server.sse([chunk("Hel"), chunk("lo")]) +
+            Server.sse([
+              { event: "error", data: { error: { message: "Upstream overloaded", type: "overloaded_error" } } }
+            ])
+          const server = yield* Server.make((_, res) => Server.chunked(res, Server.splitAwkward(body), { end: "hang" }))
+          const p = yield* provider(server)
+          const { exit, parts, text } = yield* collect(p.stream({ prompt: "hi" }))
+          assert.strictEqual(text, "Hello")
+          assert.isFalse(parts.some((x) => x._tag === "Finish"))
+          const error = modelErrorOf(exit)
+          assert.strictEqual(error.reason, "Overloaded")
+          assert.include(error.message, "Upstream overloaded")
+          yield* server.awaitAborted(1)
         })
-        yield* call.pipe(Effect.provide(OpenAiCompat.layerConfig().pipe(Layer.provide(env))))
-        yield* call.pipe(
-          Effect.provide(
-            OpenAiCompat.layerConfig({ baseUrl: Config.succeed(`${server.url}/v1`) }).pipe(Layer.provide(env))
+      )
+
+      it.effect("an error event with plain text data keeps that text; a vLLM error object keeps its status", () =>
+        Effect.gen(function* () {
+          const server = yield* Server.make((req, res) =>
+            Server.chunked(
+              res,
+              [
+                Server.sse([chunk("partial")]),
+                promptOf(req) === "text"
+                  ? Server.sse([{ event: "error", data: "Upstream overloaded" }])
+                  : Server.sse([
+                      { object: "error", message: "context length exceeded", type: "BadRequestError", code: 400 }
+                    ])
+              ],
+              { end: "hang" }
+            )
           )
-        )
-        const [fromEnv, explicit] = yield* server.requests
-        assert.strictEqual(fromEnv?.headers.authorization, `Bearer ${KEY}`)
-        assert.strictEqual(bodyOf(fromEnv)["model"], "from-env")
-        assert.isUndefined(explicit?.headers.authorization)
-        assert.strictEqual(bodyOf(explicit)["model"], "gpt-4o-mini")
-      })
-    )
-
-    it.effect("transformClient adds the user's middleware", () =>
-      Effect.gen(function* () {
-        const server = yield* Server.make((_, res) => Server.json(res, 200, completion("ok")))
-        const p = yield* provider(server, {
-          transformClient: HttpClient.mapRequest((request) => ({
-            ...request,
-            headers: { ...request.headers, "x-mine": "1" }
-          }))
+          const p = yield* provider(server)
+          const text = yield* collect(p.stream({ prompt: "text" }))
+          assert.strictEqual(text.text, "partial")
+          assert.include(modelErrorOf(text.exit).message, "Upstream overloaded")
+          const vllm = yield* collect(p.stream({ prompt: "vllm" }))
+          assert.strictEqual(modelErrorOf(vllm.exit).reason, "InvalidRequest")
+          assert.strictEqual(modelErrorOf(vllm.exit).status, 400)
         })
-        yield* p.generate({ prompt: "x" })
-        assert.strictEqual((yield* server.requests)[0]?.headers["x-mine"], "1")
-      })
-    )
+      )
+
+      it.effect(
+        "a connection cut mid-stream is Transport after the delivered text; a clean end without finish too",
+        () =>
+          Effect.gen(function* () {
+            const server = yield* Server.make((req, res) =>
+              Server.chunked(res, [Server.sse([chunk("one ")]), Server.sse([chunk("two")])], {
+                end: promptOf(req) === "cut" ? "destroy" : "end"
+              })
+            )
+            const p = yield* provider(server)
+            const cut = yield* collect(p.stream({ prompt: "cut" }))
+            assert.strictEqual(cut.text, "one two")
+            assert.isFalse(cut.parts.some((x) => x._tag === "Finish"))
+            assert.strictEqual(modelErrorOf(cut.exit).reason, "Transport")
+            const ended = yield* collect(p.stream({ prompt: "end" }))
+            assert.strictEqual(ended.text, "one two")
+            assert.include(modelErrorOf(ended.exit).message, "ended before")
+          })
+      )
+
+      it.effect("a finish_reason without [DONE] or usage still finishes, usage estimated", () =>
+        Effect.gen(function* () {
+          const server = yield* Server.make((_, res) =>
+            Server.chunked(res, [Server.sse([chunk("abcdefgh"), chunk(null, "length")])])
+          )
+          const p = yield* provider(server, { streamUsage: false })
+          const { exit, parts } = yield* collect(p.stream({ prompt: "abcd" }))
+          assert.isTrue(Exit.isSuccess(exit))
+          assert.deepStrictEqual(parts.at(-1), {
+            _tag: "Finish",
+            finishReason: "length",
+            usage: { inputTokens: 1, outputTokens: 2, totalTokens: 3 },
+            provider: "oai",
+            model: "gpt-4o-mini-2024-07-18"
+          })
+          assert.isUndefined(bodyOf((yield* server.requests)[0])["stream_options"])
+        })
+      )
+
+      it.effect("a 429 before the stream starts is RateLimited with retryAfter and no parts", () =>
+        Effect.gen(function* () {
+          const server = yield* Server.make((_, res) =>
+            Server.json(res, 429, { error: { message: "slow down" } }, { "retry-after": "3" })
+          )
+          const p = yield* provider(server)
+          const { exit, parts } = yield* collect(p.stream({ prompt: "hi" }))
+          assert.lengthOf(parts, 0)
+          const error = modelErrorOf(exit)
+          assert.strictEqual(error.reason, "RateLimited")
+          assert.deepStrictEqual(error.retryAfter, Duration.seconds(3))
+        })
+      )
+
+      it.effect("a stream that stalls after two chunks ends with an idle TimeoutError naming the provider", () =>
+        Effect.gen(function* () {
+          const server = yield* Server.make((_, res) =>
+            Server.chunked(res, [Server.sse([chunk("one "), chunk("two")])], { end: "hang" })
+          )
+          const p = yield* provider(server, { streamIdleTimeout: "20 seconds" })
+          const seen: Array<string> = []
+          const fiber = yield* p.stream({ prompt: "hi" }).pipe(
+            Stream.runForEach((part) => Effect.sync(() => part._tag === "TextDelta" && seen.push(part.text))),
+            Effect.flip,
+            Effect.forkChild
+          )
+          while (seen.length < 2) yield* Effect.promise(() => Server.pause(5))
+          yield* TestClock.adjust("20 seconds")
+          const error = yield* Fiber.join(fiber)
+          assert.instanceOf(error, TimeoutError)
+          if (!(error instanceof TimeoutError)) return
+          assert.strictEqual(error.limit, "idle")
+          assert.strictEqual(error.provider, "oai")
+          assert.strictEqual(error.partialText, "one two")
+          assert.include(error.message, "oai")
+          yield* server.awaitAborted(1)
+        })
+      )
+
+      it.effect("an endless event stream ends with TooLarge; one endless event too", () =>
+        Effect.gen(function* () {
+          const server = yield* Server.make((req, res) =>
+            promptOf(req) === "events"
+              ? Server.endless(res, { chunk: Server.sse([chunk("x".repeat(1000))]) })
+              : Server.endless(res, { prefix: "data: " })
+          )
+          const p = yield* provider(server, { maxResponseBytes: 2 * 1024 * 1024, maxEventBytes: 128 * 1024 })
+          const many = yield* collect(p.stream({ prompt: "events" }))
+          assert.isAbove(many.text.length, 1000)
+          assert.strictEqual(modelErrorOf(many.exit).reason, "TooLarge")
+          assert.include(modelErrorOf(many.exit).message, "maxResponseBytes")
+          const one = yield* collect(p.stream({ prompt: "event" }))
+          assert.strictEqual(modelErrorOf(one.exit).reason, "TooLarge")
+          assert.include(modelErrorOf(one.exit).message, "maxEventBytes")
+          yield* server.awaitAborted(2)
+        })
+      )
+
+      it.effect("a 200 that is not an event stream is Decode naming what is wrong, not retryable", () =>
+        Effect.gen(function* () {
+          const server = yield* Server.make((req, res) => {
+            switch (promptOf(req)) {
+              case "json":
+                return Server.json(res, 200, completion("whole answer"))
+              case "broken":
+                return Server.json(res, 200, '{"choices": [')
+              case "sse-broken":
+                return Server.text(res, 200, '{"choices": [', { "content-type": "text/event-stream" })
+              default:
+                return Server.chunked(res, [Server.sse([{ id: "x", object: "chat.completion.chunk" }])])
+            }
+          })
+          const p = yield* provider(server)
+          const cases: Record<string, string> = {
+            json: "content-type",
+            broken: "content-type",
+            "sse-broken": "content-type",
+            "no-choices": "choices"
+          }
+          for (const [prompt, field] of Object.entries(cases)) {
+            const { exit, parts } = yield* collect(p.stream({ prompt }))
+            const error = modelErrorOf(exit)
+            assert.strictEqual(error.reason, "Decode", prompt)
+            assert.strictEqual(error.field, field, prompt)
+            assert.isFalse(isRetryable(error), prompt)
+            assert.lengthOf(parts, 0)
+          }
+          const json = modelErrorOf((yield* collect(p.stream({ prompt: "json" }))).exit)
+          assert.include(json.message, "application/json")
+          assert.include(json.message, "text/event-stream")
+          assert.include(modelErrorOf((yield* collect(p.stream({ prompt: "broken" }))).exit).message, "broken JSON")
+        })
+      )
+    })
+
+    describe("tools", () => {
+      const tools: Model.GenerateRequest["tools"] = [
+        {
+          name: "get_weather",
+          description: "Weather of a city",
+          parameters: { type: "object", properties: { city: { type: "string" } }, required: ["city"] }
+        }
+      ]
+
+      it.effect("tools, tool choice, response format and tool messages map to the wire; tool_calls come back", () =>
+        Effect.gen(function* () {
+          const server = yield* Server.make((_, res) =>
+            Server.json(res, 200, {
+              model: "m",
+              choices: [
+                {
+                  index: 0,
+                  message: {
+                    role: "assistant",
+                    content: null,
+                    tool_calls: [
+                      {
+                        id: "call_1",
+                        type: "function",
+                        function: { name: "get_weather", arguments: '{"city":"Paris"}' }
+                      }
+                    ]
+                  },
+                  finish_reason: "tool_calls"
+                }
+              ]
+            })
+          )
+          const p = yield* provider(server)
+          const answer = yield* p.generate({
+            messages: [
+              { role: "user", content: "Weather in Paris and Rome?" },
+              {
+                role: "assistant",
+                content: "",
+                toolCalls: [{ id: "call_0", name: "get_weather", arguments: '{"city":"Rome"}' }]
+              },
+              { role: "tool", content: "sunny", toolCallId: "call_0" }
+            ],
+            tools,
+            toolChoice: { name: "get_weather" },
+            responseFormat: { type: "json_schema", name: "w", schema: { type: "object" }, strict: true }
+          })
+          assert.strictEqual(answer.finishReason, "tool_calls")
+          assert.strictEqual(answer.text, "")
+          assert.deepStrictEqual(answer.toolCalls, [
+            { id: "call_1", name: "get_weather", arguments: '{"city":"Paris"}' }
+          ])
+          const body = bodyOf((yield* server.requests)[0])
+          assert.deepStrictEqual(body["tools"], [{ type: "function", function: tools![0] }])
+          assert.deepStrictEqual(body["tool_choice"], { type: "function", function: { name: "get_weather" } })
+          assert.deepStrictEqual(body["response_format"], {
+            type: "json_schema",
+            json_schema: { name: "w", schema: { type: "object" }, strict: true }
+          })
+          assert.deepStrictEqual((body["messages"] as Array<unknown>).slice(1), [
+            {
+              role: "assistant",
+              content: null,
+              tool_calls: [
+                { id: "call_0", type: "function", function: { name: "get_weather", arguments: '{"city":"Rome"}' } }
+              ]
+            },
+            { role: "tool", tool_call_id: "call_0", content: "sunny" }
+          ])
+        })
+      )
+
+      it.effect("streamed tool-call deltas are assembled into one ToolCall part per call before the Finish", () =>
+        Effect.gen(function* () {
+          const call = (index: number, fn: Record<string, unknown>, id?: string) =>
+            chunk(null, null, {
+              tool_calls: [{ index, ...(id === undefined ? {} : { id, type: "function" }), function: fn }]
+            })
+          const body = Server.sse([
+            chunk(null, null, { role: "assistant" }),
+            call(0, { name: "get_weather", arguments: "" }, "call_a"),
+            call(0, { arguments: '{"ci' }),
+            call(1, { name: "get_time", arguments: "{}" }, "call_b"),
+            call(0, { arguments: 'ty":"Paris"}' }),
+            chunk(null, "tool_calls"),
+            usageChunk,
+            "[DONE]"
+          ])
+          const server = yield* Server.make((_, res) =>
+            Server.chunked(res, Server.splitBytes(body, 11), { pauseMs: 0 })
+          )
+          const p = yield* provider(server)
+          const { exit, parts } = yield* collect(p.stream({ prompt: "hi", tools }))
+          assert.isTrue(Exit.isSuccess(exit))
+          assert.deepStrictEqual(
+            parts.map((x) => x._tag),
+            ["ToolCall", "ToolCall", "Finish"]
+          )
+          assert.deepStrictEqual(parts.slice(0, 2), [
+            { _tag: "ToolCall", call: { id: "call_a", name: "get_weather", arguments: '{"city":"Paris"}' } },
+            { _tag: "ToolCall", call: { id: "call_b", name: "get_time", arguments: "{}" } }
+          ])
+          assert.strictEqual(parts[2]?._tag === "Finish" && parts[2].finishReason, "tool_calls")
+        })
+      )
+    })
+
+    describe("embed", () => {
+      const vectors = [
+        [0.5, -2],
+        [1.25, 3],
+        [0, 0.75]
+      ]
+      const base64 = (values: ReadonlyArray<number>) => Buffer.from(new Float32Array(values).buffer).toString("base64")
+
+      it.effect("orders vectors by index and asks for floats by default; base64 only when asked, and decoded", () =>
+        Effect.gen(function* () {
+          const server = yield* Server.make((req, res) => {
+            const asBase64 = bodyOf(req)["encoding_format"] === "base64"
+            Server.json(res, 200, {
+              object: "list",
+              data: [2, 0, 1].map((index) => ({
+                object: "embedding",
+                index,
+                embedding: asBase64 ? base64(vectors[index]!) : vectors[index]
+              })),
+              model: "text-embedding-3-small",
+              usage: { prompt_tokens: 6, total_tokens: 6 }
+            })
+          })
+          const floats = yield* provider(server)
+          const answer = yield* floats.embed({ texts: ["a", "b", "c"] })
+          assert.deepStrictEqual(answer.vectors, vectors)
+          assert.deepStrictEqual(answer.usage, { inputTokens: 6, outputTokens: 0, totalTokens: 6 })
+          const b64 = yield* provider(server, { embeddingEncoding: "base64" })
+          assert.deepStrictEqual((yield* b64.embed({ texts: ["a", "b", "c"] })).vectors, vectors)
+          const [first, second] = yield* server.requests
+          assert.strictEqual(first?.path, "/v1/embeddings")
+          assert.deepStrictEqual(first?.json, {
+            model: "text-embedding-3-small",
+            input: ["a", "b", "c"],
+            encoding_format: "float"
+          })
+          assert.strictEqual(bodyOf(second)["encoding_format"], "base64")
+        })
+      )
+
+      it.effect(
+        "a missing, duplicated or out-of-range index, bad base64, or vectors of different lengths is Decode",
+        () =>
+          Effect.gen(function* () {
+            const answers: Record<string, unknown> = {
+              dup: [
+                { index: 0, embedding: [1] },
+                { index: 0, embedding: [2] }
+              ],
+              range: [
+                { index: 0, embedding: [1] },
+                { index: 5, embedding: [2] }
+              ],
+              few: [{ index: 0, embedding: [1] }],
+              b64: [
+                { index: 0, embedding: "AAA" },
+                { index: 1, embedding: [2] }
+              ],
+              // Vectors are compared dimension by dimension: all of one length, none empty.
+              uneven: [
+                { index: 0, embedding: [1, 1] },
+                { index: 1, embedding: [2, 2, 2] }
+              ],
+              empty: [
+                { index: 0, embedding: [] },
+                { index: 1, embedding: [] }
+              ]
+            }
+            const server = yield* Server.make((req, res) =>
+              Server.json(res, 200, { data: answers[String(bodyOf(req)["model"])] })
+            )
+            const p = yield* provider(server)
+            for (const model of Object.keys(answers)) {
+              const error = yield* flipModel(p.embed({ texts: ["a", "b"], model }))
+              assert.strictEqual(error.reason, "Decode", model)
+              assert.match(error.field ?? "", /^data/, model)
+            }
+          })
+      )
+    })
+
+    describe("options", () => {
+      it.effect("bad options fail the layer with an OptionError naming the field", () =>
+        Effect.gen(function* () {
+          const cases: ReadonlyArray<readonly [string, OpenAiCompat.Options]> = [
+            ["timeout", { timeout: Number.NaN }],
+            ["streamIdleTimeout", { streamIdleTimeout: -5 }],
+            ["maxResponseBytes", { maxResponseBytes: 0 }],
+            ["maxEventBytes", { maxEventBytes: 2.5 }],
+            ["baseUrl", { baseUrl: "localhost:8080" }],
+            ["embeddingEncoding", { embeddingEncoding: "binary" as "float" }],
+            ["apiKey", { apiKey: KEY as unknown as Redacted.Redacted<string> }],
+            ["name", { name: "" }],
+            // A header that undici would refuse at every request (or that would inject another).
+            ['headers["x-a"]', { headers: { "x-a": "b\r\nInjected: 1" } }],
+            ['headers["bad name"]', { headers: { "bad name": "v" } }],
+            ['headers["x-n"]', { headers: { "x-n": 5 as unknown as string } }],
+            ["organization", { organization: "org\n" }],
+            ["apiKey", { apiKey: Redacted.make(`${KEY}\n`) }],
+            // null is a wrong value, not the default.
+            ["timeout", { timeout: null as never }],
+            ["maxResponseBytes", { maxResponseBytes: null as never }],
+            ["baseUrl", { baseUrl: null as never }],
+            ["model", { model: null as never }],
+            ["maxTokensField", { maxTokensField: null as never }],
+            ["streamUsage", { streamUsage: null as never }],
+            ["streamUsage", { streamUsage: "no" as never }]
+          ]
+          for (const [path, options] of cases) {
+            const error = yield* Effect.flip(Layer.build(OpenAiCompat.layer(options)))
+            assert.strictEqual(error._tag, "OptionError", path)
+            assert.strictEqual("path" in error ? error.path : undefined, path)
+            assert.notInclude(error.message, KEY)
+          }
+        })
+      )
+
+      it.effect("layerConfig reads OPENAI_*; with explicit options no key is picked up", () =>
+        Effect.gen(function* () {
+          const server = yield* Server.make((_, res) => Server.json(res, 200, completion("ok")))
+          const env = ConfigProvider.layer(
+            ConfigProvider.fromEnv({
+              env: { OPENAI_API_KEY: KEY, OPENAI_BASE_URL: `${server.url}/v1`, OPENAI_MODEL: "from-env" }
+            })
+          )
+          const call = Effect.gen(function* () {
+            const p = yield* Model.ModelProvider
+            return yield* p.generate({ prompt: "x" })
+          })
+          yield* call.pipe(Effect.provide(OpenAiCompat.layerConfig().pipe(Layer.provide(env))))
+          yield* call.pipe(
+            Effect.provide(
+              OpenAiCompat.layerConfig({ baseUrl: Config.succeed(`${server.url}/v1`) }).pipe(Layer.provide(env))
+            )
+          )
+          const [fromEnv, explicit] = yield* server.requests
+          assert.strictEqual(fromEnv?.headers.authorization, `Bearer ${KEY}`)
+          assert.strictEqual(bodyOf(fromEnv)["model"], "from-env")
+          assert.isUndefined(explicit?.headers.authorization)
+          assert.strictEqual(bodyOf(explicit)["model"], "gpt-4o-mini")
+        })
+      )
+
+      it.effect("transformClient adds the user's middleware", () =>
+        Effect.gen(function* () {
+          const server = yield* Server.make((_, res) => Server.json(res, 200, completion("ok")))
+          const p = yield* provider(server, {
+            transformClient: HttpClient.mapRequest((request) => ({
+              ...request,
+              headers: { ...request.headers, "x-mine": "1" }
+            }))
+          })
+          yield* p.generate({ prompt: "x" })
+          assert.strictEqual((yield* server.requests)[0]?.headers["x-mine"], "1")
+        })
+      )
+    })
   })
-})
 
 describe("OpenAiCompat interruption (live)", () => {
   it.live("a call interrupted by the caller's timeout closes its connection", () =>

@@ -3,7 +3,6 @@
  * test writes with `test/utils/httpServer.ts`), built in the test's scope with a private
  * metric registry, and the official `openai` client pointed at it.
  */
-import { NodeHttpClient } from "@effect/platform-node"
 import { Context, Effect, Exit, Layer, Metric, Redacted, Scope, Tracer } from "effect"
 import { HttpServer } from "effect/http"
 import OpenAI from "openai"
@@ -16,6 +15,7 @@ import * as Orchestra from "../../src/Orchestra.js"
 import * as Prometheus from "../../src/Prometheus.js"
 import type * as RateLimit from "../../src/RateLimit.js"
 import type * as ResponseCache from "../../src/ResponseCache.js"
+import * as UndiciHttpClient from "../../src/UndiciHttpClient.js"
 
 export const UPSTREAM_KEY = "sk-upstream-7c1d9e2f4a6b8c0d-SECRET"
 
@@ -76,7 +76,7 @@ export const make = (options: HarnessOptions): Effect.Effect<Harness, never, Sco
       port: 0,
       allowAnonymous: keys === undefined,
       ...options.gateway
-    }).pipe(Layer.provide(keys ?? Layer.empty), Layer.provide(manager), Layer.provide(NodeHttpClient.layerUndici))
+    }).pipe(Layer.provide(keys ?? Layer.empty), Layer.provide(manager), Layer.provide(UndiciHttpClient.layer))
     const registry: Metric.MetricRegistry = new Map()
     const scope = yield* Scope.make()
     const build = Layer.buildWithScope(app, scope).pipe(Effect.provideService(Metric.MetricRegistry, registry))

@@ -1,0 +1,233 @@
+import { NodeHttpClient } from "@effect/platform-node"
+import { assert, describe, it, layer } from "@effect/vitest"
+import { Effect, Exit, Fiber, Layer, Scope, Stream } from "effect"
+import { HttpBody, HttpClient, HttpClientError, HttpClientRequest, HttpClientResponse } from "effect/http"
+import * as UndiciHttpClient from "../src/UndiciHttpClient.js"
+import * as Server from "./utils/httpServer.js"
+
+const reasonOf = (exit: Exit.Exit<unknown, unknown>): string | undefined => {
+  if (Exit.isSuccess(exit)) return undefined
+  const error = exit.cause.reasons.find((r) => r._tag === "Fail")
+  return error !== undefined && HttpClientError.isHttpClientError(error.error) ? error.error.reason._tag : "other"
+}
+
+const bytes = (n: number, fill = 97): Uint8Array => new Uint8Array(n).fill(fill)
+
+layer(UndiciHttpClient.layer)("UndiciHttpClient", (it) => {
+  it.effect("sends the method, path, query, headers and body; reads the status, headers and body", () =>
+    Effect.gen(function* () {
+      const server = yield* Server.make((req, res) => {
+        res.setHeader("set-cookie", ["a=1; Path=/", "b=2; Path=/"])
+        Server.json(res, 201, { echo: req.json, query: req.search.get("q"), auth: req.headers["x-test"] })
+      })
+      const client = yield* HttpClient.HttpClient
+      const response = yield* client.execute(
+        HttpClientRequest.post(`${server.url}/v1/things`, { urlParams: { q: "é 1" } }).pipe(
+          HttpClientRequest.setHeader("x-test", "yes"),
+          HttpClientRequest.bodyJsonUnsafe({ hello: "wörld" })
+        )
+      )
+      assert.strictEqual(response.status, 201)
+      assert.strictEqual(response.headers["content-type"], "application/json")
+      assert.deepStrictEqual(yield* response.json, { echo: { hello: "wörld" }, query: "é 1", auth: "yes" })
+      // A body is read once and kept: every reader gets it.
+      assert.deepStrictEqual(JSON.parse(yield* response.text), { echo: { hello: "wörld" }, query: "é 1", auth: "yes" })
+      assert.deepStrictEqual(
+        [...Object.keys(response.cookies.cookies)].sort(),
+        ["a", "b"],
+        "both set-cookie headers are read"
+      )
+      const [recorded] = yield* server.requests
+      assert.strictEqual(recorded!.method, "POST")
+      assert.strictEqual(recorded!.path, "/v1/things")
+    })
+  )
+
+  it.effect("sends bytes, a string, a stream and form data as bodies", () =>
+    Effect.gen(function* () {
+      const server = yield* Server.make((req, res) =>
+        Server.json(res, 200, { body: req.body, type: req.headers["content-type"] ?? null })
+      )
+      const client = yield* HttpClient.HttpClient
+      const send = (body: HttpBody.HttpBody) =>
+        Effect.flatMap(
+          client.execute(HttpClientRequest.post(server.url).pipe(HttpClientRequest.setBody(body))),
+          (response) => response.json
+        ) as Effect.Effect<{ body: string; type: string | null }, HttpClientError.HttpClientError>
+      assert.strictEqual((yield* send(HttpBody.uint8Array(new TextEncoder().encode("bytés")))).body, "bytés")
+      assert.strictEqual((yield* send(HttpBody.text("a string", "text/plain"))).body, "a string")
+      const streamed = yield* send(
+        HttpBody.stream(Stream.make("one ", "two ", "three").pipe(Stream.encodeText), "text/plain")
+      )
+      assert.strictEqual(streamed.body, "one two three")
+      const form = new FormData()
+      form.append("field", "valué")
+      const sent = yield* send(HttpBody.formData(form))
+      assert.match(sent.type ?? "", /^multipart\/form-data; boundary=/)
+      assert.include(sent.body, 'name="field"')
+      assert.include(sent.body, "valué")
+    })
+  )
+
+  it.effect("streams a large body in order, reading it at the reader's pace", () =>
+    Effect.gen(function* () {
+      const parts = Array.from({ length: 64 }, (_, i) => bytes(16 * 1024, 65 + (i % 26)))
+      const server = yield* Server.make((_, res) => Server.chunked(res, parts))
+      const client = yield* HttpClient.HttpClient
+      const response = yield* client.get(server.url)
+      let total = 0
+      let inOrder = true
+      let expected = 0
+      yield* Stream.runForEach(response.stream, (chunk) =>
+        Effect.sync(() => {
+          for (const byte of chunk) {
+            // Each 16 KiB part is one letter, the next part the next one.
+            if (byte !== 65 + (Math.floor(expected / (16 * 1024)) % 26)) inOrder = false
+            expected++
+          }
+          total += chunk.byteLength
+        })
+      )
+      assert.strictEqual(total, 64 * 16 * 1024)
+      assert.isTrue(inOrder)
+    })
+  )
+
+  it.effect("a reader that stops early closes the connection instead of reading the rest", () =>
+    Effect.gen(function* () {
+      const server = yield* Server.make((_, res) => Server.endless(res))
+      const client = yield* HttpClient.HttpClient
+      const response = yield* client.get(server.url)
+      const first = yield* Stream.runCollect(Stream.take(response.stream, 1))
+      assert.lengthOf(first, 1)
+      yield* server.awaitAborted(1)
+    })
+  )
+
+  it.effect("an unreachable server is a TransportError", () =>
+    Effect.gen(function* () {
+      const port = yield* Effect.scoped(Effect.map(Server.make(Server.hang), (server) => server.port))
+      const client = yield* HttpClient.HttpClient
+      const exit = yield* Effect.exit(client.get(`http://127.0.0.1:${port}/`))
+      assert.strictEqual(reasonOf(exit), "TransportError")
+    })
+  )
+
+  it.effect("a body cut by the server fails the reader with a DecodeError, text and stream alike", () =>
+    Effect.gen(function* () {
+      const server = yield* Server.make((_, res) => Server.chunked(res, [bytes(100)], { end: "destroy" }))
+      const client = yield* HttpClient.HttpClient
+      const text = yield* Effect.exit(Effect.flatMap(client.get(server.url), (response) => response.text))
+      assert.strictEqual(reasonOf(text), "DecodeError")
+      const streamed = yield* Effect.exit(
+        Effect.flatMap(client.get(server.url), (response) => Stream.runDrain(response.stream))
+      )
+      assert.strictEqual(reasonOf(streamed), "DecodeError")
+    })
+  )
+
+  it.effect("a request asking for an upgrade is refused, saying so", () =>
+    Effect.gen(function* () {
+      const client = yield* HttpClient.HttpClient
+      const exit = yield* Effect.exit(
+        client.execute(HttpClientRequest.upgrade(HttpClientRequest.get("http://127.0.0.1:9/"), "websocket"))
+      )
+      assert.strictEqual(reasonOf(exit), "TransportError")
+      assert.include(String(Exit.isFailure(exit) ? exit.cause : ""), "does not upgrade")
+    })
+  )
+})
+
+describe("UndiciHttpClient (live)", () => {
+  it.live("interrupting a request waiting for its answer closes the connection", () =>
+    Effect.gen(function* () {
+      const server = yield* Server.make(Server.hang)
+      const client = yield* HttpClient.HttpClient
+      const fiber = yield* Effect.forkChild(client.get(server.url))
+      yield* server.awaitRequests(1)
+      yield* Fiber.interrupt(fiber)
+      yield* server.awaitAborted(1).pipe(Effect.timeout("5 seconds"))
+    }).pipe(Effect.provide(UndiciHttpClient.layer))
+  )
+
+  it.live("interrupting a reader waiting for the body closes the connection", () =>
+    Effect.gen(function* () {
+      const server = yield* Server.make((_, res) => Server.chunked(res, [bytes(10)], { end: "hang" }))
+      const client = yield* HttpClient.HttpClient
+      const response = yield* client.get(server.url)
+      const fiber = yield* Effect.forkChild(response.text)
+      yield* Effect.sleep("20 millis")
+      yield* Fiber.interrupt(fiber)
+      yield* server.awaitAborted(1).pipe(Effect.timeout("5 seconds"))
+    }).pipe(Effect.provide(UndiciHttpClient.layer))
+  )
+
+  it.live("a body nobody reads pauses the socket: the server cannot push more than the buffers hold", () =>
+    Effect.gen(function* () {
+      const server = yield* Server.make((_, res) => Server.endless(res))
+      const client = yield* HttpClient.HttpClient
+      const response = yield* client.get(server.url)
+      yield* Effect.sleep("300 millis")
+      // Unpaused, the client would take the endless body as fast as loopback carries it (GBs a second).
+      const sent = yield* server.bytesSent
+      // Paused, ~4 MB (the socket buffers of both ends) was measured here.
+      assert.isBelow(sent, 16 * 1024 * 1024)
+      const first = yield* Stream.runCollect(Stream.take(response.stream, 1))
+      assert.lengthOf(first, 1)
+    }).pipe(Effect.provide(UndiciHttpClient.layer))
+  )
+
+  it.live("with HttpClient.withScope, closing the scope gives an unread body up", () =>
+    Effect.gen(function* () {
+      const server = yield* Server.make((_, res) => Server.chunked(res, [bytes(10)], { end: "hang" }))
+      const client = HttpClient.withScope(yield* HttpClient.HttpClient)
+      const scope = yield* Scope.make()
+      const response = yield* client.get(server.url).pipe(Scope.provide(scope))
+      assert.strictEqual(response.status, 200)
+      yield* Scope.close(scope, Exit.void)
+      yield* server.awaitAborted(1).pipe(Effect.timeout("5 seconds"))
+    }).pipe(Effect.provide(UndiciHttpClient.layer))
+  )
+
+  it.live("a body read after it ended is the whole body, after the socket went back to the pool", () =>
+    Effect.gen(function* () {
+      const server = yield* Server.make((_, res) => Server.json(res, 200, { ok: true }))
+      const client = yield* HttpClient.HttpClient
+      const response = yield* client.get(server.url)
+      yield* Effect.sleep("20 millis")
+      assert.deepStrictEqual(yield* response.json, { ok: true })
+      // The connection is reused for the next request.
+      assert.deepStrictEqual(yield* Effect.flatMap(client.get(server.url), (r) => r.json), { ok: true })
+      assert.strictEqual(yield* server.aborted, 0)
+    }).pipe(Effect.provide(UndiciHttpClient.layer))
+  )
+
+  it.live("undici options from NodeHttpClient.UndiciOptions apply to each request", () =>
+    Effect.gen(function* () {
+      const server = yield* Server.make((_, res) => Server.json(res, 200, {}))
+      const client = yield* HttpClient.HttpClient
+      yield* client.get(server.url)
+      yield* client.get(server.url).pipe(Effect.provideService(NodeHttpClient.UndiciOptions, { reset: true }))
+      const [plain, reset] = yield* server.requests
+      assert.notStrictEqual(plain!.headers.connection, "close")
+      assert.strictEqual(reset!.headers.connection, "close")
+    }).pipe(Effect.provide(UndiciHttpClient.layer))
+  )
+
+  it.live("layerNoDispatcher uses the Dispatcher given", () =>
+    Effect.gen(function* () {
+      const server = yield* Server.make((_, res) => Server.json(res, 200, { ok: 1 }))
+      const client = yield* HttpClient.HttpClient
+      const response = yield* client.get(server.url)
+      assert.deepStrictEqual(yield* HttpClientResponse.filterStatusOk(response).pipe(Effect.flatMap((r) => r.json)), {
+        ok: 1
+      })
+    }).pipe(
+      Effect.provide(
+        UndiciHttpClient.layerNoDispatcher.pipe(
+          Layer.provide(NodeHttpClient.layerDispatcherOptions({ connections: 1 }))
+        )
+      )
+    )
+  )
+})
