@@ -53,6 +53,8 @@ class Exchange implements Undici.Dispatcher.DispatchHandler {
   onHead: ((error: Error | undefined) => void) | undefined
   /** Readers waiting for the body to move (one, unless a body is read twice at once). */
   waiters: Array<Wake> = []
+  /** A wake-up of the readers is queued. */
+  scheduled = false
 
   constructor(onHead: (error: Error | undefined) => void) {
     this.onHead = onHead
@@ -80,7 +82,10 @@ class Exchange implements Undici.Dispatcher.DispatchHandler {
     this.headers = headers
     const onHead = this.onHead
     this.onHead = undefined
-    onHead?.(undefined)
+    // Resumed once undici has parsed the whole read, not inside its parser's callback: the
+    // fiber then finds the body's first bytes of the same read already here, and the caller's
+    // continuation does not run inside llhttp (that cost a gateway stream's first byte ~1.2 ms).
+    if (onHead !== undefined) queueMicrotask(() => onHead(undefined))
   }
 
   onResponseData(controller: Undici.Dispatcher.DispatchController, chunk: Uint8Array): void {
@@ -103,11 +108,16 @@ class Exchange implements Undici.Dispatcher.DispatchHandler {
     else this.notify()
   }
 
+  /** Wakes the readers once the current read is parsed: every chunk of it comes in one pull. */
   notify(): void {
-    if (this.waiters.length === 0) return
-    const waiters = this.waiters
-    this.waiters = []
-    for (const wake of waiters) wake()
+    if (this.waiters.length === 0 || this.scheduled) return
+    this.scheduled = true
+    queueMicrotask(() => {
+      this.scheduled = false
+      const waiters = this.waiters
+      this.waiters = []
+      for (const wake of waiters) wake()
+    })
   }
 
   /** The chunks read so far, handed over; the socket resumes if it was paused. */
