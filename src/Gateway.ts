@@ -131,6 +131,19 @@ export interface KeyContext {
 export type Reservation = unknown
 
 /**
+ * The names a request's `model` may take on a gateway: a domain, or `provider/model` with
+ * one of `providers`.
+ *
+ * @since 0.3.0
+ * @category models
+ */
+export interface Models {
+  readonly domains: ReadonlyArray<string>
+  /** The providers a `model` may name as `provider/model`: none when `providerModels` is false. */
+  readonly providers: ReadonlyArray<string>
+}
+
+/**
  * The key store the gateway calls: authenticate a request's bearer token; before the call
  * reserve its estimated cost against every budget (atomically); after it settle with the
  * real usage, or release on failure, cancellation or shutdown. Implemented by
@@ -153,6 +166,14 @@ export interface KeyStoreService {
     usage: { readonly inputTokens: number; readonly outputTokens: number }
   ) => Effect.Effect<void>
   readonly release: (reservation: Reservation) => Effect.Effect<void>
+  /**
+   * Called by the gateway as it starts, with the names its requests' `model` may take. A key
+   * store whose keys, budgets or prices name models refuses here, with an `OptionError` naming
+   * the field, a name that matches none (a misspelt one would lock a key out, or leave a budget
+   * or price that never applies); `gateway/keys` also refuses such names in the keys an admin
+   * creates from then on. Optional.
+   */
+  readonly useModels?: ((models: Models) => Effect.Effect<void, Input.OptionError>) | undefined
 }
 
 /**

@@ -9,6 +9,8 @@ import { Cause, Clock, Effect, Exit, Fiber, Option, Redacted, Result, Scope, typ
 import * as ByteSize from "effect/ByteSize"
 import { HttpIncomingMessage, HttpServerError, type HttpServerRequest, HttpServerResponse } from "effect/http"
 import type { AiError } from "../AiError.js"
+import type { Models } from "../Gateway.js"
+import type { OptionError } from "../Input.js"
 import type { Service as ExecutorService } from "../Executor.js"
 import type { RetryPolicy } from "../Policy.js"
 import { type GatewayError, gatewayError, toWire } from "./errors.js"
@@ -48,6 +50,8 @@ export interface Keys<K extends KeyIdentity = KeyIdentity, R = unknown> {
     usage: { readonly inputTokens: number; readonly outputTokens: number }
   ) => Effect.Effect<void>
   readonly release: (reservation: R) => Effect.Effect<void>
+  /** The names the gateway serves, told as it starts: a key store refuses names of its configuration that match none. */
+  readonly useModels?: ((models: Models) => Effect.Effect<void, OptionError>) | undefined
 }
 
 /**

@@ -54,6 +54,7 @@ export const make = Effect.fnUntraced(function* (input: Options, keys: Keys | un
   const clock = yield* Clock.Clock
   const router = yield* HttpRouter.HttpRouter
   const upstream = yield* Upstream.make(clock, options.providerModels)
+  if (keys?.useModels !== undefined) yield* keys.useModels(upstream.models)
   const context = yield* Effect.context<never>()
   const metrics = new GatewayMetrics(context)
   yield* Effect.addFinalizer(() => Effect.sync(() => metrics.remove()))

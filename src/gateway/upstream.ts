@@ -15,11 +15,13 @@ import { type Clock, Context, Effect, Stream } from "effect"
 import type { AiError } from "../AiError.js"
 import { type Domain, Domains, makeProviders, Providers } from "../Domain.js"
 import type { Executor } from "../Executor.js"
+import type { Models } from "../Gateway.js"
 import type { Service as ProviderService } from "../Model.js"
 import * as Router from "../Router.js"
 import type { Stats } from "../Stats.js"
 import * as Input from "../Input.js"
 import { type GatewayError, gatewayError } from "./errors.js"
+import { describe } from "./models.js"
 
 /**
  * Time a request waited on upstream providers: whole calls, and for streams the wait up to
@@ -113,6 +115,8 @@ export interface Upstream {
   readonly domains: ReadonlyArray<Domain>
   /** Provider names reachable as `provider/model` (none when that routing is off). */
   readonly providers: ReadonlyArray<ProviderService>
+  /** The names a `model` may take. */
+  readonly models: Models
   readonly resolve: (model: string) => Effect.Effect<Target, GatewayError>
 }
 
@@ -141,14 +145,12 @@ export const make = Effect.fnUntraced(function* (clock: Clock.Clock, providerMod
     targets.set(domain.name, { _tag: "Domain", domain, chain })
   }
 
+  const models: Models = { domains: [...byName.keys()], providers: providerModels ? registry.names : [] }
   const notFound = (model: string) =>
-    gatewayError(
-      "NotFound",
-      `The model "${model}" does not exist: use a domain (${[...byName.keys()].join(", ")})${
-        providerModels ? ` or provider/model with a provider of ${registry.names.join(", ")}` : ""
-      }`,
-      { param: "model", code: "model_not_found" }
-    )
+    gatewayError("NotFound", `The model "${model}" does not exist: use ${describe(models)}`, {
+      param: "model",
+      code: "model_not_found"
+    })
 
   const resolve = (model: string): Effect.Effect<Target, GatewayError> => {
     const known = targets.get(model)
@@ -167,6 +169,7 @@ export const make = Effect.fnUntraced(function* (clock: Clock.Clock, providerMod
     router,
     domains: domains.all,
     providers: providerModels ? Object.values(wrapped) : [],
+    models,
     resolve
   } satisfies Upstream
 })

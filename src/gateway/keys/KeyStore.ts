@@ -216,6 +216,12 @@ export interface Created {
  */
 export interface Service extends Gateway.KeyStoreService {
   readonly authenticate: (bearer: Redacted.Redacted<string> | undefined) => Effect.Effect<KeyContext, GatewayError>
+  /**
+   * Checks the configuration's keys (`allowedModels`, `modelBudgets`) and prices against the
+   * names a gateway serves (an `OptionError` naming the field), and from then on refuses an
+   * admin's new key naming none of them. The gateway calls it as it starts.
+   */
+  readonly useModels: (models: Gateway.Models) => Effect.Effect<void, Input.OptionError>
   /** Creates a key from its policy (`id` optional), unchecked input as an admin sends it. */
   readonly create: (input: unknown) => Effect.Effect<Created, GatewayError>
   readonly list: Effect.Effect<ReadonlyArray<KeyInfo>, GatewayError>

@@ -6,11 +6,12 @@
  * @internal
  */
 import { Effect, Result } from "effect"
+import type { Models } from "../../Gateway.js"
 import { type GatewayError, gatewayError } from "../errors.js"
 import { notFound, unavailable } from "./failures.js"
 import type { Created, KeyInfo, SpendLine } from "./KeyStore.js"
 import { type Backend, type Budgets, countersFor, shown, windowEnd } from "./ledger.js"
-import { createRequest, id as checkId, type KeyRecord, type Resolved, unknownTeam } from "./options.js"
+import { createRequest, id as checkId, type KeyRecord, policyModels, type Resolved, unknownTeam } from "./options.js"
 import { generate, randomId } from "./secret.js"
 
 /**
@@ -20,6 +21,8 @@ import { generate, randomId } from "./secret.js"
  */
 export interface Deps {
   readonly resolved: Resolved
+  /** The names the gateways serve (`undefined` until one starts): a new key's must be among them. */
+  readonly served: () => Models | undefined
   readonly backend: Backend
   readonly now: () => number
   readonly configById: ReadonlyMap<string, KeyRecord>
@@ -61,6 +64,13 @@ export const make = (deps: Deps) => {
       if (team !== undefined && !resolved.teamNames.has(team)) {
         return Effect.fail(
           gatewayError("InvalidRequest", `invalid team: ${unknownTeam(team, resolved.teamNames)}`, { param: "team" })
+        )
+      }
+      const models = deps.served()
+      const unknown = models === undefined ? undefined : policyModels(models, "", checked.success.policy)
+      if (unknown !== undefined) {
+        return Effect.fail(
+          gatewayError("InvalidRequest", `invalid ${unknown.path}: ${unknown.message}`, { param: unknown.path })
         )
       }
       const id = checked.success.id ?? `key-${randomId(12)}`

@@ -7,7 +7,9 @@
  * @internal
  */
 import { Duration, Result } from "effect"
+import type { Models } from "../../Gateway.js"
 import * as Input from "../../Input.js"
+import { unknownModel } from "../models.js"
 import { kind } from "../request.js"
 import type { Options } from "./KeyStore.js"
 import { sha256Pattern } from "./secret.js"
@@ -425,6 +427,47 @@ export const check = (input: Options, known: ReadonlySet<string> = optionFields)
       })
     )
   })
+
+/**
+ * The issue of a key's `allowedModels` or `modelBudgets` naming a model the gateway does not
+ * serve (fields named under `path`), or `undefined`.
+ *
+ * @internal
+ */
+export const policyModels = (
+  models: Models,
+  path: string,
+  policy: Pick<KeyRecord, "allowedModels" | "modelBudgets">
+): Input.Issue | undefined => {
+  const allowed = policy.allowedModels ?? []
+  for (let i = 0; i < allowed.length; i++) {
+    const issue = unknownModel(models, "allowed", `${at(path, "allowedModels")}[${i}]`, allowed[i]!)
+    if (issue !== undefined) return issue
+  }
+  for (const name of Object.keys(policy.modelBudgets ?? {})) {
+    const issue = unknownModel(models, "budget", `${at(path, "modelBudgets")}.${name}`, name)
+    if (issue !== undefined) return issue
+  }
+  return undefined
+}
+
+/**
+ * The issue of the configuration's keys or prices naming a model the gateway does not
+ * serve, or `undefined`.
+ *
+ * @internal
+ */
+export const configModels = (resolved: Resolved, models: Models): Input.Issue | undefined => {
+  for (let i = 0; i < resolved.keys.length; i++) {
+    const issue = policyModels(models, `keys[${i}]`, resolved.keys[i]!)
+    if (issue !== undefined) return issue
+  }
+  for (const name of resolved.prices.keys()) {
+    const issue = unknownModel(models, "price", `prices.${name}`, name)
+    if (issue !== undefined) return issue
+  }
+  return undefined
+}
 
 /**
  * A stored key read back (from Redis): checked again, since another process or version

@@ -9,9 +9,11 @@ import { Clock, Duration, Effect, Redacted, Result, Schedule, Scope } from "effe
 import type { RateLimiter } from "effect/persistence"
 import type { ModelError } from "../../AiError.js"
 import type * as Gateway from "../../Gateway.js"
+import * as Input from "../../Input.js"
 import * as RateLimit from "../../RateLimit.js"
 import type { Guard } from "../../Redis.js"
 import { type GatewayError, gatewayError } from "../errors.js"
+import { union } from "../models.js"
 import { notFound, unavailable } from "./failures.js"
 import * as Gauges from "./gauges.js"
 import type { KeyContext, Service } from "./KeyStore.js"
@@ -28,7 +30,7 @@ import {
   windowEnd
 } from "./ledger.js"
 import * as Manage from "./manage.js"
-import { id as checkId, type KeyRecord, type Price, type Resolved } from "./options.js"
+import { id as checkId, configModels, type KeyRecord, type Price, type Resolved } from "./options.js"
 import { hash, randomId } from "./secret.js"
 
 /** A reservation this store made; settled or released once. */
@@ -419,8 +421,20 @@ export const make = Effect.fnUntraced(function* (
       )
     })
 
+  // The names of the gateways this store serves (usually one), told as each starts: the
+  // configuration is checked against them then, an admin's new key when it is created.
+  let served: Gateway.Models | undefined
+  const useModels = (models: Gateway.Models): Effect.Effect<void, Input.OptionError> =>
+    Effect.suspend(() => {
+      const issue = configModels(resolved, models)
+      if (issue !== undefined) return Effect.fail(Input.toOptionError(issue))
+      served = union(served, models)
+      return Effect.void
+    })
+
   const manage = Manage.make({
     resolved,
+    served: () => served,
     backend,
     now,
     configById,
@@ -431,5 +445,5 @@ export const make = Effect.fnUntraced(function* (
     }
   })
 
-  return { authenticate, reserve, settle, release, ...manage } satisfies Service
+  return { authenticate, reserve, settle, release, useModels, ...manage } satisfies Service
 })
