@@ -268,17 +268,20 @@ export const run = Effect.fnUntraced(function* (args: Args) {
     admin
   ).pipe(
     under("gateway", (path) =>
-      path === "host"
-        ? Option.isSome(args.host)
-          ? "--host"
-          : "server.host"
-        : path === "port"
-          ? Option.isSome(args.port)
-            ? "--port"
-            : "server.port"
-          : serverFields.has(path)
-            ? `server.${path}`
-            : undefined
+      // The key store's keys and prices, checked as the gateway starts against the models it serves.
+      path.startsWith("keys[") || path.startsWith("prices.")
+        ? `keys.${path}`
+        : path === "host"
+          ? Option.isSome(args.host)
+            ? "--host"
+            : "server.host"
+          : path === "port"
+            ? Option.isSome(args.port)
+              ? "--port"
+              : "server.port"
+            : serverFields.has(path)
+              ? `server.${path}`
+              : undefined
     )
   )
   // The admin routes exist only with `keys` (checked above), Redis layers only with `redis`:

@@ -133,6 +133,18 @@ describe("orchestra serve", () => {
         const result = yield* refused.exit
         assert.strictEqual(result.code, 2)
         assert.include(result.stderr, "gateway.maxBodyBytes")
+        // A key's model the gateway does not serve is named where the file has it, under keys.
+        const misspelt = write("misspelt-model.json", {
+          server: { port: 0 },
+          keys: { keys: [{ id: "k1", sha256: hashSecret(SECRET), allowedModels: ["support", "gtp-4"] }] }
+        })
+        const locked = yield* (yield* serve(["--config", config, "--gateway", misspelt])).exit
+        assert.strictEqual(locked.code, 2, locked.stderr)
+        assert.include(
+          locked.stderr,
+          'invalid keys.keys[0].allowedModels[1]: unknown model "gtp-4": expected a domain ('
+        )
+        assert.notInclude(locked.stderr, "gateway.keys")
         const open = yield* serve(["--config", config, "--host", "0.0.0.0", "--port", "0"])
         const openResult = yield* open.exit
         assert.strictEqual(openResult.code, 2)
