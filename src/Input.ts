@@ -284,6 +284,25 @@ export const int = (path: string, input: unknown, options: RangeOptions = {}): C
 export const positiveInt = (path: string, input: unknown, max?: number): Checked<number> =>
   int(path, input, { min: 1, max })
 
+const routePathPattern = /^\/[A-Za-z0-9._~\-/]*$/
+
+/**
+ * Checks the path of a route a layer adds (`"/metrics"`, `"/v1"`): a leading `/`, then
+ * letters, digits and `.` `_` `~` `-` `/`, without `//` nor a trailing `/` (`"/"` itself is
+ * one). An empty path, a relative one, a query string or whitespace would be a route no
+ * request reaches. `example` shows a good one in the message.
+ *
+ * @since 0.3.0
+ * @category checks
+ */
+export const routePath = (path: string, input: unknown, example: `/${string}`): Checked<`/${string}`> =>
+  typeof input === "string" &&
+  routePathPattern.test(input) &&
+  !input.includes("//") &&
+  (input.length === 1 || !input.endsWith("/"))
+    ? Result.succeed(input as `/${string}`)
+    : Result.fail({ path, message: `expected a path such as ${JSON.stringify(example)}, got ${describe(input)}` })
+
 /**
  * The fields of an options object or item read once, into a plain object without a prototype:
  * a getter (or a `Proxy` trap) that throws is an issue naming the field (`prefix.key`), not an

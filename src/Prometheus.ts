@@ -20,9 +20,10 @@
  *
  * @since 0.2.0
  */
-import { Context, Effect, type Layer, Metric } from "effect"
+import { Context, Effect, Layer, Metric, Result } from "effect"
 import { HttpRouter, HttpServerResponse } from "effect/http"
 import { PrometheusMetrics } from "effect/observability"
+import * as Input from "./Input.js"
 
 /**
  * @since 0.2.0
@@ -75,8 +76,35 @@ export const format = (options?: Options): Effect.Effect<string> =>
 export const text: Effect.Effect<string> = format()
 
 /**
+ * Options of {@link layerHttp}.
+ *
+ * @since 0.3.0
+ * @category models
+ */
+export interface HttpOptions extends Options {
+  /**
+   * Path of the route. Default `"/metrics"`. A path such as `"/internal/metrics"` (letters,
+   * digits, `.` `_` `~` `-` `/`; no query string, no trailing `/`), or `"*"` for every `GET`.
+   */
+  readonly path?: HttpRouter.PathInput | undefined
+}
+
+const httpFields: ReadonlySet<string> = new Set(["all", "path"])
+
+const checkHttp = (options: HttpOptions): Input.Checked<HttpRouter.PathInput> => {
+  const issue =
+    Input.notAnObject("(options)", options) ??
+    Input.unknownKey(options, httpFields) ??
+    Input.notABoolean(options, ["all"])
+  if (issue !== undefined) return Result.fail(issue)
+  const path = Input.orDefault(options.path, "/metrics")
+  return path === "*" ? Result.succeed(path) : Input.routePath("path", path, "/metrics")
+}
+
+/**
  * Adds `GET /metrics` (or `path`) to the `HttpRouter`, answering the Prometheus text of the
- * server's context registry.
+ * server's context registry. Invalid options fail the layer with an `OptionError` naming the
+ * field.
  *
  * @example
  * ```ts
@@ -94,11 +122,13 @@ export const text: Effect.Effect<string> = format()
  * @since 0.2.0
  * @category layers
  */
-export const layerHttp = (
-  options: Options & { readonly path?: HttpRouter.PathInput | undefined } = {}
-): Layer.Layer<never, never, HttpRouter.HttpRouter> =>
-  HttpRouter.add(
-    "GET",
-    options.path ?? "/metrics",
-    Effect.map(format(options), (body) => HttpServerResponse.text(body, { contentType }))
+export const layerHttp = (options: HttpOptions = {}): Layer.Layer<never, Input.OptionError, HttpRouter.HttpRouter> =>
+  Layer.unwrap(
+    Effect.map(Input.orOptionError(checkHttp(options)), (path) =>
+      HttpRouter.add(
+        "GET",
+        path,
+        Effect.map(format({ all: options.all }), (body) => HttpServerResponse.text(body, { contentType }))
+      )
+    )
   )

@@ -1,5 +1,5 @@
 import { assert, describe, it } from "@effect/vitest"
-import { Context, Effect, Metric } from "effect"
+import { Context, Effect, Layer, Metric } from "effect"
 import { HttpRouter } from "effect/http"
 import { Outcome } from "../src/Model/Mock.js"
 import * as Prometheus from "../src/Prometheus.js"
@@ -60,6 +60,56 @@ describe("Prometheus", () => {
       assert.include(body, 'orchestra_requests_total{provider="a",domain="d-a"} 1')
       const missing = yield* Effect.promise(() => web.handler(new Request("http://localhost/metrics"), context))
       assert.strictEqual(missing.status, 404)
+    })
+  )
+
+  it.effect("layerHttp: a path that is not a route path is an OptionError naming it, not a route never matched", () =>
+    Effect.gen(function* () {
+      const refused = (options: unknown) =>
+        Effect.flip(Layer.build(Prometheus.layerHttp(options as never).pipe(Layer.provide(HttpRouter.layer)))).pipe(
+          Effect.scoped
+        )
+      const cases: ReadonlyArray<readonly [unknown, string, string]> = [
+        [{ path: "" }, "path", 'invalid path: expected a path such as "/metrics", got ""'],
+        [{ path: "metrics" }, "path", 'invalid path: expected a path such as "/metrics", got "metrics"'],
+        [
+          { path: "/metrics?format=text" },
+          "path",
+          'invalid path: expected a path such as "/metrics", got "/metrics?format=text"'
+        ],
+        [{ path: " /metrics" }, "path", 'invalid path: expected a path such as "/metrics", got " /metrics"'],
+        [{ path: "/met rics" }, "path", 'invalid path: expected a path such as "/metrics", got "/met rics"'],
+        [{ path: "/metrics/" }, "path", 'invalid path: expected a path such as "/metrics", got "/metrics/"'],
+        [{ path: "//metrics" }, "path", 'invalid path: expected a path such as "/metrics", got "//metrics"'],
+        // Not a TypeError out of the router, and null is not the default.
+        [{ path: 9464 }, "path", 'invalid path: expected a path such as "/metrics", got 9464'],
+        [{ path: null }, "path", 'invalid path: expected a path such as "/metrics", got null'],
+        [{ all: "yes" }, "all", 'invalid all: expected true or false, got "yes"'],
+        [{ pth: "/m" }, "pth", "invalid pth: unknown option (expected one of all, path)"],
+        [null, "(options)", "invalid (options): expected an object, got null"]
+      ]
+      for (const [options, path, message] of cases) {
+        const error = yield* refused(options)
+        assert.strictEqual(error._tag, "OptionError", JSON.stringify(options))
+        assert.deepStrictEqual([error.path, error.message], [path, message])
+      }
+    })
+  )
+
+  it.effect("layerHttp: * answers every GET, / the root", () =>
+    Effect.gen(function* () {
+      const context = Context.make(Metric.MetricRegistry, new Map()) as Context.Context<never>
+      for (const [path, url] of [
+        ["*", "http://localhost/anything"],
+        ["/", "http://localhost/"],
+        ["/internal/v1.metrics_x~y-z", "http://localhost/internal/v1.metrics_x~y-z"]
+      ] as const) {
+        const web = HttpRouter.toWebHandler(Prometheus.layerHttp({ path }), { disableLogger: true })
+        const response = yield* Effect.promise(() => web.handler(new Request(url), context))
+        yield* Effect.promise(() => web.dispose())
+        assert.strictEqual(response.status, 200, path)
+        assert.strictEqual(response.headers.get("content-type"), Prometheus.contentType)
+      }
     })
   )
 })
