@@ -40,10 +40,11 @@ export interface Options {
   readonly maxBodyBytes?: number | undefined
 }
 
+// Not "/": the routes are `${path}/keys...`, which "//keys" would never match.
 const checkPath = (input: unknown): Input.Checked<`/${string}`> =>
-  typeof input === "string" && /^\/[A-Za-z0-9._~\-/]*$/.test(input) && !input.includes("//") && !input.endsWith("/")
-    ? Result.succeed(input as `/${string}`)
-    : Result.fail({ path: "path", message: `expected a path such as "/admin"` })
+  input === "/"
+    ? Result.fail({ path: "path", message: `expected a path such as "/admin", got "/"` })
+    : Input.routePath("path", input, "/admin")
 
 const checkKey = (input: unknown): Input.Checked<string> => {
   if (Redacted.isRedacted(input)) {

@@ -48,19 +48,13 @@ const known: ReadonlySet<string> = new Set([
   "provenanceHeaders"
 ])
 
-const path = (field: string, input: unknown, allowEmpty: boolean): Input.Checked<`/${string}` | ""> => {
-  if (typeof input !== "string") return Result.fail({ path: field, message: `expected a path such as "/v1"` })
-  if (input === "" && allowEmpty) return Result.succeed("")
-  if (!/^\/[A-Za-z0-9._~\-/]*$/.test(input) || input.includes("//") || (input.length > 1 && input.endsWith("/"))) {
-    return Result.fail({ path: field, message: `expected a path such as "/v1", got ${JSON.stringify(input)}` })
-  }
-  return Result.succeed(input as `/${string}`)
-}
+// `""`: the OpenAI routes at the root.
+const routePrefix = (field: string, input: unknown): Input.Checked<`/${string}` | ""> =>
+  input === "" ? Result.succeed("") : Input.routePath(field, input, "/v1")
 
+// The default shows what a good path looks like.
 const optionalPath = (field: string, input: unknown, fallback: `/${string}`) =>
-  input === false
-    ? Result.succeed(undefined)
-    : (path(field, Input.orDefault(input, fallback), false) as Input.Checked<`/${string}`>)
+  input === false ? Result.succeed(undefined) : Input.routePath(field, Input.orDefault(input, fallback), fallback)
 
 const deadline = (field: string, input: Duration.Input | "none" | undefined) =>
   input === undefined || input === "none" ? Result.succeed(input) : Input.duration(field, input)
@@ -105,7 +99,7 @@ export const check = (options: Options, at = ""): Input.Checked<Resolved> => {
         : decodeRetry(options.retry, p("retry"))
   return Result.map(
     Input.all([
-      path(p("prefix"), Input.orDefault(options.prefix, "/v1"), true),
+      routePrefix(p("prefix"), Input.orDefault(options.prefix, "/v1")),
       Input.int(p("maxBodyBytes"), Input.orDefault(options.maxBodyBytes, 4 * 1024 * 1024), {
         min: 1024,
         max: 1024 * 1024 * 1024
