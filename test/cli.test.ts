@@ -971,6 +971,27 @@ describe("orchestra config (in process)", () => {
     })
   )
 
+  it.effect("a local model id that leaves the model directory is refused, naming the field", () =>
+    Effect.gen(function* () {
+      const error = yield* Effect.flip(
+        Setup.check(
+          loaded({
+            providers: {
+              local: { type: "local", modelPath: "models", generationModel: "../../../etc" },
+              other: { type: "local", models: { embedding: ["tiny-bert", "/srv/models/x"] } },
+              hub: { type: "local", embeddingModel: "Xenova/all-MiniLM-L6-v2" }
+            }
+          })
+        ).pipe(withEnv({}))
+      )
+      assert.deepStrictEqual(
+        error.issues.map((i) => i.path),
+        ["providers.local.generationModel", "providers.other.models.embedding[1]"]
+      )
+      assert.include(error.issues[0]!.message, 'got "../../../etc": it has a ".." segment')
+    })
+  )
+
   it.effect("a provider's key is read with Config.Redacted: unset or empty is refused, never echoed", () =>
     Effect.gen(function* () {
       const config = { providers: { g: { type: "gemini" }, o: { type: "openai-compatible", apiKeyEnv: "MY_KEY" } } }

@@ -41,8 +41,9 @@ export interface Options {
   readonly name?: string | undefined
   /**
    * Model for `generate`/`stream` when a request names none. A folder under `modelPath`
-   * (or, with `allowRemoteModels`, a Hugging Face id such as `Xenova/distilgpt2`).
-   * Encoder-decoder models (T5, BART) run as text2text generation. Default `"tiny-gpt2"`.
+   * (or, with `allowRemoteModels`, a Hugging Face id such as `Xenova/distilgpt2`). An id
+   * that would leave `modelPath` (absolute, a `..` or empty segment, a backslash, a colon)
+   * is refused. Encoder-decoder models (T5, BART) run as text2text generation. Default `"tiny-gpt2"`.
    */
   readonly generationModel?: string | undefined
   /** Model for `embed` (mean pooling + L2 normalisation). Default `"tiny-bert"`. */

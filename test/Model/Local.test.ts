@@ -451,6 +451,42 @@ describe("Local provider: loading", () => {
     })
   )
 
+  it.effect("a model id that leaves modelPath (absolute, .., a URL) is an OptionError naming the field", () =>
+    Effect.gen(function* () {
+      // A real model outside modelPath, where "../outside/tiny-gpt2" would find it.
+      const dir = yield* tempDir("orchestra-escape-")
+      yield* Effect.promise(async () => {
+        await cp(path.join(modelPath, "tiny-gpt2"), path.join(dir, "outside", "tiny-gpt2"), { recursive: true })
+        await cp(path.join(modelPath, "tiny-bert"), path.join(dir, "models", "tiny-bert"), { recursive: true })
+      })
+      const models = path.join(dir, "models")
+      const cases: ReadonlyArray<readonly [Local.Options, string]> = [
+        [{ generationModel: "../outside/tiny-gpt2" }, "generationModel"],
+        [{ generationModel: path.join(dir, "outside", "tiny-gpt2") }, "generationModel"],
+        [{ embeddingModel: "org/../../outside/tiny-gpt2" }, "embeddingModel"],
+        [{ embeddingModel: "..\\outside\\tiny-gpt2" }, "embeddingModel"],
+        [{ models: { generation: ["tiny-gpt2", "https://example.com/m"] } }, "models.generation[1]"],
+        [{ models: { embedding: ["C:/models/x"] } }, "models.embedding[0]"],
+        [{ models: { embedding: ["org//name"] } }, "models.embedding[0]"],
+        [{ models: { generation: ["./tiny-gpt2"] } }, "models.generation[0]"]
+      ]
+      for (const [options, field] of cases) {
+        const error = yield* Effect.flip(Effect.scoped(Local.make({ modelPath: models, ...options })))
+        assert.strictEqual(error._tag, "OptionError", `${field}: ${error.message}`)
+        if (error._tag === "OptionError") assert.strictEqual(error.path, field)
+        assert.notInclude(error.message, "config.json")
+      }
+      // org/name ids are folders under modelPath, as on the hub.
+      yield* Effect.promise(() =>
+        cp(path.join(modelPath, "tiny-gpt2"), path.join(models, "org", "tiny-gpt2"), { recursive: true })
+      )
+      const { model } = yield* build({ modelPath: models, generationModel: "org/tiny-gpt2" })
+      const answer = yield* model.generate({ prompt: "the river", maxTokens: 3 })
+      assert.strictEqual(answer.model, "org/tiny-gpt2")
+      assert.strictEqual(answer.usage.outputTokens, 3)
+    })
+  )
+
   it.effect("a corrupt model file fails when the provider is built, naming the model and the path", () =>
     Effect.gen(function* () {
       const dir = yield* tempDir("orchestra-corrupt-")

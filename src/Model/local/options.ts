@@ -40,12 +40,39 @@ const text = (path: string, input: unknown): Input.Checked<string> =>
         message: `expected a non-empty string without surrounding spaces, got ${JSON.stringify(input)}`
       })
 
-const texts = (path: string, input: ReadonlyArray<unknown> | undefined): Input.Checked<ReadonlyArray<string>> => {
+/**
+ * A model id is a folder under `modelPath` (and under `cacheDir`, and a repository path on
+ * the hub): transformers.js joins it to each as is, so an absolute id, a `..` segment or a
+ * URL would read (and, downloading, write) outside them.
+ */
+const modelId = (path: string, input: unknown): Input.Checked<string> =>
+  Result.flatMap(text(path, input), (id) => {
+    const segments = id.split("/")
+    const why = id.startsWith("/")
+      ? "it is an absolute path"
+      : id.includes("\\")
+        ? "it has a backslash (a path separator on Windows)"
+        : id.includes(":")
+          ? "it has a colon (a drive letter or a URL)"
+          : segments.includes("..")
+            ? 'it has a ".." segment'
+            : segments.includes(".") || segments.includes("")
+              ? 'it has an empty or "." segment'
+              : undefined
+    return why === undefined
+      ? Result.succeed(id)
+      : Result.fail({
+          path,
+          message: `expected a model id under modelPath (a folder name, or org/name such as Xenova/distilgpt2), got ${JSON.stringify(id)}: ${why}`
+        })
+  })
+
+const modelIds = (path: string, input: ReadonlyArray<unknown> | undefined): Input.Checked<ReadonlyArray<string>> => {
   if (input === undefined) return Result.succeed([])
   if (!Array.isArray(input)) return Result.fail({ path, message: "expected an array of model ids" })
   const out: Array<string> = []
   for (const [i, item] of input.entries()) {
-    const checked = text(`${path}[${i}]`, item)
+    const checked = modelId(`${path}[${i}]`, item)
     if (Result.isFailure(checked)) return Result.fail(checked.failure)
     out.push(checked.success)
   }
@@ -82,10 +109,10 @@ const flag = (path: string, input: unknown, fallback: boolean): Input.Checked<bo
 export const resolve = (options: ResolvableOptions): Effect.Effect<Resolved, Input.OptionError> => {
   const checked = Input.all([
     text("name", Input.orDefault(options.name, "local")),
-    text("generationModel", Input.orDefault(options.generationModel, "tiny-gpt2")),
-    text("embeddingModel", Input.orDefault(options.embeddingModel, "tiny-bert")),
-    texts("models.generation", options.models?.generation),
-    texts("models.embedding", options.models?.embedding),
+    modelId("generationModel", Input.orDefault(options.generationModel, "tiny-gpt2")),
+    modelId("embeddingModel", Input.orDefault(options.embeddingModel, "tiny-bert")),
+    modelIds("models.generation", options.models?.generation),
+    modelIds("models.embedding", options.models?.embedding),
     directory("modelPath", options.modelPath),
     flag("allowRemoteModels", options.allowRemoteModels, false),
     Input.optional(options.cacheDir, (dir) => text("cacheDir", dir)),
