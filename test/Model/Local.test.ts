@@ -305,6 +305,31 @@ describe("Local provider", () => {
     })
   )
 
+  it.effect("a seed the sampler cannot tell apart from another (past 2^32-1, negative) is refused, naming seed", () =>
+    Effect.gen(function* () {
+      const { model } = yield* build({})
+      const sampled = (seed: number) => ({ prompt: "the river", maxTokens: 16, temperature: 1.8, seed })
+      const top = yield* model.generate(sampled(2 ** 32 - 1))
+      assert.notStrictEqual(top.text, (yield* model.generate(sampled(0))).text)
+      // 2^32 + 7 read as 7 and -1 as 2^32-1: two seeds, one output.
+      for (const seed of [2 ** 32, 2 ** 32 + 7, Number.MAX_SAFE_INTEGER, -1, -(2 ** 32) + 7]) {
+        const error = yield* Effect.flip(model.generate(sampled(seed)))
+        assert.isTrue(error._tag === "ModelError" && error.reason === "InvalidRequest", `${seed}: ${error.message}`)
+        assert.deepStrictEqual(error._tag === "ModelError" && [error.field, error.provider], ["seed", "local"])
+        assert.include(error.message, "4294967295")
+        const streamed = yield* Effect.flip(Stream.runDrain(model.stream(sampled(seed))))
+        assert.strictEqual(streamed._tag === "ModelError" && streamed.field, "seed")
+      }
+      // A seed is checked even where it is not used (greedy), so a request does not pass or fail by its temperature.
+      const greedy = yield* Effect.flip(model.generate({ prompt: "the river", maxTokens: 2, seed: 2 ** 32 }))
+      assert.strictEqual(greedy._tag === "ModelError" && greedy.field, "seed")
+      for (const seed of [Number.NaN, 1.5, Number.POSITIVE_INFINITY]) {
+        const error = yield* Effect.flip(model.generate(sampled(seed)))
+        assert.strictEqual(error._tag === "ModelError" && error.field, "seed", String(seed))
+      }
+    })
+  )
+
   it.effect("text2text generation with an encoder-decoder (BART-style) model; messages become a transcript", () =>
     Effect.gen(function* () {
       const { model } = yield* build({ models: { generation: ["tiny-bart"] } })

@@ -6,6 +6,7 @@ import { connect } from "node:net"
 import { assert, describe, it } from "@effect/vitest"
 import { Duration, Effect, Redacted } from "effect"
 import * as Gateway from "../../src/Gateway.js"
+import * as Local from "../../src/Model/Local.js"
 import * as Server from "../utils/httpServer.js"
 import * as Harness from "./harness.js"
 import * as Up from "./upstream.js"
@@ -216,6 +217,23 @@ describe("Gateway: requests refused before any provider", () => {
         )
         assert.strictEqual((yield* upstream.requests).length, 0)
       })
+  )
+})
+
+describe("Gateway: requests the local model refuses", () => {
+  it.live("an OpenAI seed the local sampler cannot honour (past 2^32-1, negative) is a 400 naming seed", () =>
+    Effect.gen(function* () {
+      const gw = yield* Harness.make({ upstreams: {}, localProviders: { local: Local.layer() } })
+      const client = gw.client()
+      const ask = (seed: number) =>
+        client.chat.completions.create({ model: "d-local", messages: hi, max_tokens: 4, temperature: 1, seed })
+      const answer = yield* Harness.call(() => ask(2 ** 32 - 1))
+      assert.strictEqual(answer.choices[0]?.finish_reason, "length")
+      for (const seed of [2 ** 32, 2 ** 32 + 7, -1]) {
+        const refused = yield* Harness.failing(() => ask(seed))
+        assert.deepStrictEqual([refused.status, refused.param, refused.type], [400, "seed", "invalid_request_error"])
+      }
+    })
   )
 })
 

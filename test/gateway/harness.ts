@@ -4,12 +4,13 @@
  * metric registry, and the official `openai` client pointed at it.
  */
 import { Context, Effect, Exit, Layer, Metric, Redacted, Scope, Tracer } from "effect"
-import { HttpServer } from "effect/http"
+import { type HttpClient, HttpServer } from "effect/http"
 import OpenAI from "openai"
 import * as CircuitBreaker from "../../src/CircuitBreaker.js"
 import type * as Domain from "../../src/Domain.js"
 import type * as Executor from "../../src/Executor.js"
 import * as Gateway from "../../src/Gateway.js"
+import type { ModelProvider } from "../../src/Model.js"
 import * as OpenAiCompat from "../../src/Model/OpenAiCompat.js"
 import * as Orchestra from "../../src/Orchestra.js"
 import * as Prometheus from "../../src/Prometheus.js"
@@ -32,6 +33,8 @@ export interface HarnessOptions {
   /** A key store layer (the real one of `gateway/keys`), instead of `keys`. */
   readonly keyLayer?: Layer.Layer<Gateway.KeyStore, unknown> | undefined
   readonly provider?: Partial<OpenAiCompat.Options> | undefined
+  /** Providers beside the upstreams' (an in-process model), by name. */
+  readonly localProviders?: Readonly<Record<string, Layer.Layer<ModelProvider, unknown>>> | undefined
   /** A tracer for the whole stack (the server's request spans included). */
   readonly tracer?: Tracer.Tracer | undefined
 }
@@ -50,21 +53,24 @@ export interface Harness {
 
 export const make = (options: HarnessOptions): Effect.Effect<Harness, never, Scope.Scope> =>
   Effect.gen(function* () {
-    const providers = Object.fromEntries(
-      Object.entries(options.upstreams).map(([name, url]) => [
-        name,
-        OpenAiCompat.layer({
-          baseUrl: `${url}/v1`,
-          apiKey: Redacted.make(UPSTREAM_KEY),
+    const providers: Record<string, Layer.Layer<ModelProvider, unknown, HttpClient.HttpClient>> = {
+      ...Object.fromEntries(
+        Object.entries(options.upstreams).map(([name, url]) => [
           name,
-          model: `${name}-model`,
-          ...options.provider
-        })
-      ])
-    )
+          OpenAiCompat.layer({
+            baseUrl: `${url}/v1`,
+            apiKey: Redacted.make(UPSTREAM_KEY),
+            name,
+            model: `${name}-model`,
+            ...options.provider
+          })
+        ])
+      ),
+      ...options.localProviders
+    }
     const manager = Orchestra.layer({
       providers,
-      domains: options.domains ?? Object.keys(options.upstreams).map((name) => ({ name: `d-${name}`, provider: name })),
+      domains: options.domains ?? Object.keys(providers).map((name) => ({ name: `d-${name}`, provider: name })),
       executor: options.executor,
       breakers: options.breakers,
       rateLimits: options.rateLimits,

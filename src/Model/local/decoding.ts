@@ -39,6 +39,12 @@ const speaker = (role: Message["role"]): string => {
   }
 }
 
+/**
+ * The largest seed: the sampler's state is 32 bits, so a seed outside 0..2^32-1 would be the
+ * same as one inside (2^32 + 7 as 7, -1 as 2^32-1).
+ */
+export const MAX_SEED = 2 ** 32 - 1
+
 const mulberry32 = (seed: number): (() => number) => {
   let a = seed >>> 0
   return () => {

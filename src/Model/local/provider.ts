@@ -5,10 +5,18 @@
  * @internal
  */
 import { Clock, Deferred, Duration, Effect, Option, Pool, Queue, Random, type Scope, Stream } from "effect"
-import { type AiError, ModelError, reasonOf, ShuttingDownError, StreamInterruptedError } from "../../AiError.js"
+import {
+  type AiError,
+  invalidRequest,
+  ModelError,
+  reasonOf,
+  ShuttingDownError,
+  StreamInterruptedError
+} from "../../AiError.js"
 import type { OptionError } from "../../Input.js"
 import * as Model from "../../Model.js"
 import { type Batcher, makeBatcher } from "./batcher.js"
+import { MAX_SEED } from "./decoding.js"
 import type { GenerationInput, Instance } from "./instance.js"
 import { type ResolvableOptions, resolve } from "./options.js"
 import {
@@ -201,6 +209,18 @@ export const makeWith = Effect.fnUntraced(function* (
     return Effect.void
   }
 
+  // Checked whether or not the request samples, so the same request does not pass or fail by its temperature.
+  const checkSeed = (seed: number | undefined): Effect.Effect<void, ModelError> =>
+    seed === undefined || (seed >= 0 && seed <= MAX_SEED)
+      ? Effect.void
+      : Effect.fail(
+          invalidRequest(
+            "seed",
+            `expected an integer from 0 to ${MAX_SEED} (the sampler's seeds are 32 bits: others would repeat one of these), got ${seed}`,
+            provider
+          )
+        )
+
   const inputOf = (request: Model.GenerateRequest): Effect.Effect<GenerationInput> =>
     Effect.map(request.seed === undefined ? Random.nextInt : Effect.succeed(request.seed), (seed) => ({
       messages: Model.toMessages(request),
@@ -222,6 +242,7 @@ export const makeWith = Effect.fnUntraced(function* (
   const generate = Effect.fn("LocalModel.generate")(function* (request: Model.GenerateRequest) {
     const valid = yield* Model.validateGenerate(request)
     yield* checkSupported(valid)
+    yield* checkSeed(valid.seed)
     const modelId = yield* modelFor(valid.model, "generation")
     const input = yield* inputOf(valid)
     const output = yield* admitted(
@@ -243,6 +264,7 @@ export const makeWith = Effect.fnUntraced(function* (
       Effect.gen(function* () {
         const valid = yield* Model.validateGenerate(request)
         yield* checkSupported(valid)
+        yield* checkSeed(valid.seed)
         const modelId = yield* modelFor(valid.model, "generation")
         const input = yield* inputOf(valid)
         let delivered = ""
