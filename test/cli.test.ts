@@ -992,6 +992,28 @@ describe("orchestra config (in process)", () => {
     })
   )
 
+  it.effect("a mock's seed outside 0..2^32-1 (which would repeat another's draws) is refused, naming the field", () =>
+    Effect.gen(function* () {
+      const error = yield* Effect.flip(
+        Setup.check(
+          loaded({
+            providers: {
+              big: { type: "mock", seed: 4294967296 },
+              negative: { type: "mock", seed: -1 },
+              half: { type: "mock", seed: 1.5 },
+              top: { type: "mock", seed: 4294967295 }
+            }
+          })
+        ).pipe(withEnv({}))
+      )
+      assert.deepStrictEqual(error.issues, [
+        { path: "providers.big.seed", message: "expected a value of at most 4294967295, got 4294967296" },
+        { path: "providers.negative.seed", message: "expected a value of at least 0, got -1" },
+        { path: "providers.half.seed", message: "expected an integer, got 1.5" }
+      ])
+    })
+  )
+
   it.effect("a provider's key is read with Config.Redacted: unset or empty is refused, never echoed", () =>
     Effect.gen(function* () {
       const config = { providers: { g: { type: "gemini" }, o: { type: "openai-compatible", apiKeyEnv: "MY_KEY" } } }

@@ -145,7 +145,10 @@ export interface Options {
   readonly script?: ReadonlyArray<Outcome> | undefined
   /** After the script (or without one): a seeded random mix. Otherwise every call succeeds. */
   readonly random?: RandomMix | undefined
-  /** Seeds every random draw (outcomes, uniform latencies). Call n draws the same numbers in every run. Default 0. */
+  /**
+   * Seeds every random draw (outcomes, uniform latencies). Call n draws the same numbers in every run. An
+   * integer from 0 to 2^32-1 (4294967295). Default 0.
+   */
   readonly seed?: number | undefined
   /** Default latency of a call (a stream's time to its first chunk). Default 0. */
   readonly latency?: Latency | undefined

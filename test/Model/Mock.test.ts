@@ -274,6 +274,8 @@ describe("Mock", () => {
         const c = yield* outcomesOf(8, 2_000)
         assert.deepStrictEqual(a, b)
         assert.notDeepEqual(a, c)
+        // the ends of the range are seeds of their own
+        assert.notDeepEqual(yield* outcomesOf(2 ** 32 - 1, 200), yield* outcomesOf(0, 200))
         const share = (what: string) => a.filter((o) => o === what).length / a.length
         assert.approximately(share("Succeed"), 0.6, 0.04)
         assert.approximately(share("Hang"), 0.1, 0.02)
@@ -386,6 +388,11 @@ describe("Mock", () => {
           [{ maxConcurrency: 2.5 }, "maxConcurrency"],
           [{ requestLogSize: -1 }, "requestLogSize"],
           [{ seed: 0.5 }, "seed"],
+          [{ seed: Number.NaN }, "seed"],
+          // The draws read 32 bits of the seed: 2^32 + 3 would be 3, -1 would be 2^32-1.
+          [{ seed: 2 ** 32 }, "seed"],
+          [{ seed: 2 ** 32 + 3 }, "seed"],
+          [{ seed: -1 }, "seed"],
           [{ name: "" }, "name"],
           // null is a wrong value, not the default.
           [{ seed: null as never }, "seed"],

@@ -183,7 +183,8 @@ export const compile = (options: Options): Effect.Effect<Compiled, OptionError> 
       yield* known("", options, optionKeys)
       const name = yield* text("name", Input.orDefault(options.name, "mock"))
       const defaultModel = yield* text("model", Input.orDefault(options.model, "mock-model"))
-      const seed = yield* Input.int("seed", Input.orDefault(options.seed, 0))
+      // The draws mix the seed as 32 bits: any other would repeat one of these (2^32 + 3 as 3, -1 as 2^32-1).
+      const seed = yield* Input.int("seed", Input.orDefault(options.seed, 0), { min: 0, max: 2 ** 32 - 1 })
       const dimensions = yield* Input.positiveInt("dimensions", Input.orDefault(options.dimensions, 8), 65_536)
       const logSize = yield* Input.int("requestLogSize", Input.orDefault(options.requestLogSize, 1_000), {
         min: 0,
