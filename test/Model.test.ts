@@ -28,7 +28,7 @@ const randomRequest = (next: () => number): unknown => {
   if (next() < 0.3) r.maxTokens = pick(next, [1, 0, 1.5, 1_000_001, Number.NaN, Number.POSITIVE_INFINITY, "5"])
   if (next() < 0.3) r.temperature = pick(next, [0, 1.2, 2, 2.1, -0.1, Number.NaN])
   if (next() < 0.3) r.topP = pick(next, [0, 0.5, 1, 1.1, Number.NaN])
-  if (next() < 0.2) r.seed = pick(next, [1, 1.5, -3])
+  if (next() < 0.2) r.seed = pick(next, [1, 1.5, -3, Number.NaN, 2 ** 53, -(2 ** 60)])
   if (next() < 0.1) r.temprature = 1
   if (next() < 0.1) r.stop = pick(next, [["x"], [1]])
   return r

@@ -66,7 +66,8 @@ const isPlainGenerate = (r: Record<string, unknown>): boolean => {
         if (!inRange(v, 0, 1) || Number.isNaN(v)) return false
         break
       case "seed":
-        if (!Number.isInteger(v)) return false
+        // Schema.Int's check: past 2^53 integers are no longer exact (2^53 + 1 reads as 2^53).
+        if (!Number.isSafeInteger(v)) return false
         break
       default:
         return false
