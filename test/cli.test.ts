@@ -16,7 +16,9 @@ import { afterAll, assert, describe, it } from "@effect/vitest"
 import { ConfigProvider, Deferred, Effect, Exit, Result } from "effect"
 import type { BatchResult, ItemResult } from "../src/Batch.js"
 import * as CliConfig from "../src/cli/Config.js"
+import type { Provider } from "../src/cli/ConfigSchema.js"
 import * as Json from "../src/cli/json.js"
+import * as Providers from "../src/cli/Providers.js"
 import { quantile, roundOrder, summarise } from "../src/cli/run/bench.js"
 import * as Setup from "../src/cli/Setup.js"
 import * as Server from "./utils/httpServer.js"
@@ -1010,6 +1012,37 @@ describe("orchestra config (in process)", () => {
         { path: "providers.big.seed", message: "expected a value of at most 4294967295, got 4294967296" },
         { path: "providers.negative.seed", message: "expected a value of at least 0, got -1" },
         { path: "providers.half.seed", message: "expected an integer, got 1.5" }
+      ])
+    })
+  )
+
+  it.effect("a local modelPath that is empty, padded or null is refused as written, naming the field", () =>
+    Effect.gen(function* () {
+      const error = yield* Effect.flip(
+        Setup.check(
+          loaded({
+            providers: {
+              empty: { type: "local", modelPath: "" },
+              padded: { type: "local", modelPath: " models" },
+              none: { type: "local", modelPath: null },
+              good: { type: "local", modelPath: "models" }
+            }
+          })
+        ).pipe(withEnv({}))
+      )
+      const message = (got: string) => `expected a non-empty string without surrounding spaces, got ${got}`
+      assert.deepStrictEqual(error.issues, [
+        { path: "providers.none.modelPath", message: "expected string, got null" },
+        { path: "providers.empty.modelPath", message: message('""') },
+        { path: "providers.padded.modelPath", message: message('" models"') }
+      ])
+      // Past the file's shape check too (a spec built in code), a null is an issue, not a TypeError.
+      const unchecked = (spec: object) => Providers.check("x", spec as Provider, ROOT, undefined)
+      assert.deepStrictEqual(yield* unchecked({ type: "local", modelPath: null }), [
+        { path: "providers.x.modelPath", message: message("null") }
+      ])
+      assert.deepStrictEqual(yield* unchecked({ type: "local", name: null }), [
+        { path: "providers.x.name", message: message("null") }
       ])
     })
   )

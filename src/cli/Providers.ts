@@ -10,7 +10,7 @@ import * as NodePath from "node:path"
 import { Config, Effect, Layer, Option, Redacted, Result } from "effect"
 import { HttpClient } from "effect/http"
 import type { ModelError } from "../AiError.js"
-import { issueOfError, type OptionError } from "../Input.js"
+import { issueOfError, type OptionError, orDefault } from "../Input.js"
 import * as Gemini from "../Model/Gemini.js"
 import * as LocalOptions from "../Model/local/options.js"
 import * as Mock from "../Model/Mock.js"
@@ -96,7 +96,7 @@ const unchecked = <O>(options: object): O => options as O
 
 const withName = <A extends object>(options: A, name: string, spec: { readonly name?: string | undefined }) => ({
   ...options,
-  name: spec.name ?? name
+  name: orDefault(spec.name, name)
 })
 
 const mockOptions = (name: string, spec: Extract<Provider, { readonly type: "mock" }>): Mock.Options => {
@@ -137,9 +137,12 @@ const httpLayer = (
 
 const localOptions = (name: string, spec: Extract<Provider, { readonly type: "local" }>, dir: string) => {
   const { modelPath, ...rest } = omit(spec, "type")
+  // Only a usable path is resolved: "" would become the config's own folder, and a null a
+  // TypeError; as written, the library's check names the field and the value.
+  const usable = typeof modelPath === "string" && modelPath.trim().length > 0 && modelPath.trim() === modelPath
   return unchecked<LocalOptions.ResolvableOptions>({
     ...withName(rest, name, spec),
-    modelPath: modelPath === undefined ? undefined : NodePath.resolve(dir, modelPath)
+    modelPath: usable ? NodePath.resolve(dir, modelPath) : modelPath
   })
 }
 
@@ -162,7 +165,7 @@ export const check = (
     case "local": {
       const options = localOptions(name, spec, dir)
       // The bundled models' folder is the provider's own default; any folder name passes the check.
-      return LocalOptions.resolve({ ...options, modelPath: options.modelPath ?? "models" }).pipe(
+      return LocalOptions.resolve({ ...options, modelPath: orDefault(options.modelPath, "models") }).pipe(
         Effect.as([]),
         Effect.catch((error) => Effect.succeed(refused(error)))
       )
