@@ -189,7 +189,9 @@ export interface Orchestra {
   readonly batch: (items: ReadonlyArray<Item>, options?: BatchOptions) => Promise<BatchResult>
   /**
    * Text deltas and the final `Finish`, as an async iterable. Leaving the loop early (or the
-   * signal) cancels the call; a failure rejects the loop with an `OrchestraError`.
+   * signal) cancels the call; a failure rejects the loop with an `OrchestraError`. The signal
+   * is listened to only while the loop awaits a part: aborted between two parts, the stream
+   * ends at the next `next()`, and a loop abandoned without `return()` leaves nothing on it.
    */
   readonly stream: (prompt: Prompt, options?: StreamOptions) => AsyncIterable<StreamPart>
   /** Vectors of one text, several, or a whole request; in input order. */

@@ -1,3 +1,4 @@
+import { getEventListeners } from "node:events"
 import { assert, describe, it } from "@effect/vitest"
 import { Effect, Layer } from "effect"
 import type * as Batch from "../src/Batch.js"
@@ -361,6 +362,81 @@ describe("createOrchestra: deadlines and signals (item 24)", () => {
       const stats = orchestra.stats()
       assert.deepStrictEqual(stats.failuresByReason, { Timeout: 1 })
       assert.strictEqual(stats.timeouts, 1)
+    } finally {
+      await orchestra.dispose()
+    }
+  })
+})
+
+describe("createOrchestra: a stream's signal listener", () => {
+  it("a signal shared by many streams keeps no listener once each ended, however it ended, or was dropped", async () => {
+    const m = mock({
+      script: [
+        Mock.Outcome.succeed("a b c"),
+        Mock.Outcome.fail("InvalidRequest"),
+        Mock.Outcome.succeed("a b c"),
+        Mock.Outcome.succeed("a b c"),
+        Mock.Outcome.hang({ afterChunks: 1, text: "one two" }),
+        Mock.Outcome.hang({ afterChunks: 1, text: "one two" })
+      ]
+    })
+    const orchestra = createOrchestra(
+      Orchestra.layer({ providers: { main: m.layer }, breakers: false, executor: { shutdownDeadline: "50 millis" } })
+    )
+    const shared = new AbortController().signal
+    const listeners = (signal: AbortSignal = shared) => getEventListeners(signal, "abort").length
+    const open = () => orchestra.stream("q", { domain: "support", signal: shared })[Symbol.asyncIterator]()
+    try {
+      assert.strictEqual(textOf(await collect(orchestra.stream("q", { domain: "support", signal: shared }))), "a b c")
+      assert.strictEqual(listeners(), 0, "completed")
+      const failed = await typed(collect(orchestra.stream("q", { domain: "support", signal: shared })))
+      assert.strictEqual(failed._tag === "ModelError" && failed.reason, "InvalidRequest")
+      assert.strictEqual(listeners(), 0, "failed")
+      for await (const _ of orchestra.stream("q", { domain: "support", signal: shared })) break
+      assert.strictEqual(listeners(), 0, "left early")
+      // Dropped after its first part, without return(): nothing may stay behind on the signal.
+      const dropped = open()
+      assert.isFalse((await dropped.next()).done)
+      assert.strictEqual(listeners(), 0, "dropped")
+      open()
+      assert.strictEqual(listeners(), 0, "never iterated")
+
+      const controller = new AbortController()
+      const cancelled = orchestra.stream("q", { domain: "support", signal: controller.signal })[Symbol.asyncIterator]()
+      await cancelled.next()
+      const pending = typed(cancelled.next())
+      await settle(() => listeners(controller.signal) === 1)
+      assert.strictEqual(listeners(controller.signal), 1, "listened to while a part is awaited")
+      controller.abort(new Error("user left"))
+      assert.strictEqual((await pending)._tag, "AbortedError")
+      assert.strictEqual(listeners(controller.signal), 0, "cancelled")
+
+      const disposed = open()
+      await disposed.next()
+      const cut = typed(disposed.next())
+      await settle(() => listeners() === 1)
+      assert.strictEqual(listeners(), 1, "listened to while a part is awaited")
+      await orchestra.dispose()
+      assert.strictEqual((await cut)._tag, "ShuttingDownError")
+      assert.strictEqual(listeners(), 0, "disposed")
+    } finally {
+      await orchestra.dispose()
+    }
+  })
+
+  it("an abort between two parts ends the stream at the next next(), with the signal's error", async () => {
+    const m = mock({ script: [Mock.Outcome.succeed("one two three")] })
+    const orchestra = createOrchestra(Orchestra.layer({ providers: { main: m.layer }, breakers: false }))
+    try {
+      const controller = new AbortController()
+      const parts = orchestra.stream("q", { domain: "support", signal: controller.signal })[Symbol.asyncIterator]()
+      const first = await parts.next()
+      assert.strictEqual(!first.done && first.value._tag === "TextDelta" && first.value.text, "one ")
+      controller.abort(new DOMException("t", "TimeoutError"))
+      const error = await typed(parts.next())
+      assert.strictEqual(error._tag === "TimeoutError" && error.partialText, "one ")
+      assert.isTrue((await parts.next()).done)
+      assert.deepStrictEqual(orchestra.stats().failuresByReason, { Timeout: 1 })
     } finally {
       await orchestra.dispose()
     }

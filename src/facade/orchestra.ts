@@ -211,34 +211,47 @@ export const makeCreateOrchestra = (env: Env) => {
         const elapsed = () => clock.currentTimeMillisUnsafe() - started
         const context = await untilAborted(servicesOf(), signal, elapsed)
         const cut: Cut = { error: undefined }
-        let parts: Stream.Stream<StreamPart, FacadeError, Services> = Calls.stream(prompt, checked.success)
-        if (signal !== undefined) {
-          let delivered = ""
-          parts = parts.pipe(
-            Stream.map((part) => {
-              if (part._tag === "TextDelta") delivered += part.text
-              return part
-            })
-          )
-          const aborted = Effect.callback<never, FacadeError>((resume) => {
-            const onAbort = () => {
-              const error = abortError(signal, elapsed(), delivered)
-              if (error._tag !== "AbortedError") cut.error = error
-              resume(Effect.fail(error))
-            }
-            if (signal.aborted) onAbort()
-            else signal.addEventListener("abort", onAbort, { once: true })
-            return Effect.sync(() => signal.removeEventListener("abort", onAbort))
-          })
-          parts = parts.pipe(Stream.interruptWhen(aborted))
-        }
-        yield* Stream.toAsyncIterableWith(
-          parts.pipe(
-            Stream.provideService(CurrentCut, cut),
-            Stream.mapError((error) => new OrchestraError(error))
-          ),
-          context
+        const parts = Calls.stream(prompt, checked.success).pipe(
+          Stream.provideService(CurrentCut, cut),
+          Stream.mapError((error) => new OrchestraError(error))
         )
+        const iterator = Stream.toAsyncIterableWith(parts, context)[Symbol.asyncIterator]()
+        const close = () => iterator.return!()
+        let delivered = ""
+        let aborted: FacadeError | undefined
+        // Closing the iterator interrupts the pull it is waiting for: the pull ends, and the loop rejects.
+        const onAbort = () => {
+          aborted = abortError(signal!, elapsed(), delivered)
+          // Set before the interruption, so the cut steps are counted as what the caller sees.
+          if (aborted._tag !== "AbortedError") cut.error = aborted
+          close().catch(() => undefined)
+        }
+        // The signal is listened to only while a part is awaited, never between two: a loop left
+        // without `return()` (or never resumed) keeps nothing on a signal that may outlive it.
+        const pull = async (): Promise<IteratorResult<StreamPart>> => {
+          if (signal === undefined) return iterator.next()
+          if (signal.aborted) onAbort()
+          else signal.addEventListener("abort", onAbort, { once: true })
+          try {
+            return await iterator.next()
+          } catch (error) {
+            if (aborted === undefined) throw error
+            return { done: true, value: undefined }
+          } finally {
+            signal.removeEventListener("abort", onAbort)
+          }
+        }
+        try {
+          for (;;) {
+            const next = await pull()
+            if (aborted !== undefined) throw new OrchestraError(aborted)
+            if (next.done) return
+            if (next.value._tag === "TextDelta") delivered += next.value.text
+            yield next.value
+          }
+        } finally {
+          await close()
+        }
       }
     })
 
