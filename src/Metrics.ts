@@ -57,6 +57,19 @@ export const failures = Metric.counter("orchestra_failures_total", {
 })
 
 /**
+ * Counted on the first step of the call (the provider and domain its answer names). The
+ * failures that led to it stay in `orchestra_failures_total` (and in the breakers): the
+ * provider did fail, the caller was answered all the same.
+ *
+ * @since 0.3.0
+ * @category calls
+ */
+export const staleAnswers = Metric.counter("orchestra_stale_answers_total", {
+  description: "Calls answered from an expired cache entry (allowStale) after their provider calls failed",
+  incremental: true
+})
+
+/**
  * @since 0.1.0
  * @category calls
  */

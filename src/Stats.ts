@@ -14,6 +14,7 @@
  * | `successes`, `failures` | calls | calls that ended with an answer / a failure |
  * | `failuresByReason` | calls | failures by reason (`RateLimited`, `Timeout`, `CircuitOpen`, `Interrupted`, ...) |
  * | `successRate` | % | successes over finished calls (0 when none finished) |
+ * | `staleAnswers` | calls | calls answered from an expired cache entry (`allowStale`) after every step failed; those failures stay in `failures` |
  * | `latency` | ms | a call as its caller saw it: queueing and retries included (avg, min, max, p50, p95, p99) |
  * | `serviceTime` | ms | one attempt served by the provider, queueing excluded |
  * | `queueWait` | ms | an attempt waiting for a free slot of its provider |
@@ -61,6 +62,7 @@ export interface ExecutionStats {
   readonly failures: number
   readonly failuresByReason: Readonly<Record<string, number>>
   readonly successRate: number
+  readonly staleAnswers: number
   readonly latency: LatencyStats
   readonly serviceTime: LatencyStats
   readonly queueWait: LatencyStats
@@ -194,6 +196,7 @@ export const make: Effect.Effect<Service, never, Scope.Scope> = Effect.gen(funct
     const windowMs = clock.currentTimeMillisUnsafe() - windowStart
     let total = 0
     let successes = 0
+    let staleAnswers = 0
     let timeouts = 0
     let retries = 0
     let fallbacks = 0
@@ -217,6 +220,7 @@ export const make: Effect.Effect<Service, never, Scope.Scope> = Effect.gen(funct
         const b = s.baseline
         total += s.requests - b.requests
         successes += s.successes - b.successes
+        staleAnswers += s.staleAnswers - b.staleAnswers
         timeouts += s.timeouts - b.timeouts
         retries += s.retries - b.retries
         fallbacks += s.fallbacks - b.fallbacks
@@ -245,6 +249,7 @@ export const make: Effect.Effect<Service, never, Scope.Scope> = Effect.gen(funct
       failures,
       failuresByReason: byReason,
       successRate: finished === 0 ? 0 : round((successes / finished) * 100),
+      staleAnswers,
       latency: latencyOf(latency),
       serviceTime: latencyOf(service),
       queueWait: latencyOf(queueWait),
@@ -318,6 +323,7 @@ export const format = (stats: ExecutionStats, title = "Execution stats"): string
     ["successes", String(stats.successes)],
     ["failures", reasons.length > 0 ? `${stats.failures} (${reasons})` : String(stats.failures)],
     ["success rate", `${stats.successRate.toFixed(1)} %`],
+    ["stale answers", String(stats.staleAnswers)],
     ["latency avg / min / max", `${ms(l.avg)} / ${ms(l.min)} / ${ms(l.max)} ms`],
     ["latency p50 / p95 / p99", `${ms(l.p50)} / ${ms(l.p95)} / ${ms(l.p99)} ms`],
     ["service time avg / p95", `${ms(stats.serviceTime.avg)} / ${ms(stats.serviceTime.p95)} ms`],

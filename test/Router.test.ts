@@ -1,10 +1,12 @@
 import { assert, describe, it } from "@effect/vitest"
-import { Effect, Exit, Fiber, Result, Stream, Tracer } from "effect"
+import { Effect, Exit, Fiber, Metric, Result, Stream, Tracer } from "effect"
 import { TestClock } from "effect/testing"
 import type { AiError } from "../src/AiError.js"
 import type { StreamPart } from "../src/Model.js"
 import { Outcome } from "../src/Model/Mock.js"
 import * as Policy from "../src/Policy.js"
+import * as Prometheus from "../src/Prometheus.js"
+import * as Stats from "../src/Stats.js"
 import { captureLogs } from "./utils/logs.js"
 import { makeManager } from "./utils/manager.js"
 import { recording } from "./utils/tracer.js"
@@ -481,6 +483,36 @@ describe("Router with breakers and a cache", () => {
       assert.strictEqual(stale.response.text, "cached answer")
       assert.strictEqual(yield* controls.a!.calls, 2, "the open breaker kept the provider out")
     })
+  )
+
+  it.effect(
+    "a stale answer after a provider failure: the failure stays the provider's, the call counts as a stale answer",
+    () =>
+      Effect.gen(function* () {
+        const { router, stats, registry } = yield* makeManager(
+          { a: { script: [Outcome.succeed("cached answer"), Outcome.fail("Overloaded"), Outcome.fail("Overloaded")] } },
+          { breakers: { failMax: 3, resetTimeout: "1 minute" }, cache: { ttl: "1 second", staleFor: "1 hour" } }
+        )
+        yield* router.execute(ask, "d-a")
+        yield* TestClock.adjust("2 seconds")
+        const stale = yield* router.execute(ask, "d-a", { allowStale: true })
+        assert.strictEqual(stale.source, "stale-cache")
+        const failed = yield* Effect.flip(router.execute(ask, "d-a"))
+        assert.strictEqual(failed._tag === "ModelError" && failed.reason, "Overloaded")
+        const snapshot = yield* stats.snapshot({ provider: "a", domain: "d-a" })
+        // Two provider failures (the stale answer's and the plain failure), one call answered stale.
+        assert.deepStrictEqual(
+          [snapshot.total, snapshot.successes, snapshot.failures, snapshot.failuresByReason, snapshot.staleAnswers],
+          [3, 1, 2, { Overloaded: 2 }, 1]
+        )
+        assert.strictEqual((yield* stats.snapshot({ domain: "other" })).staleAnswers, 0)
+        const text = yield* Prometheus.text.pipe(Effect.provideService(Metric.MetricRegistry, registry))
+        assert.include(text, 'orchestra_stale_answers_total{provider="a",domain="d-a"} 1')
+        assert.include(text, 'orchestra_failures_total{provider="a",domain="d-a",reason="Overloaded"} 2')
+        assert.match(Stats.format(snapshot), /stale answers +1\n/)
+        yield* stats.reset
+        assert.strictEqual((yield* stats.snapshot()).staleAnswers, 0, "a new window starts from zero")
+      })
   )
 
   it.effect("a stream's onRetry that throws does not end the stream: logged once, the retry answers", () =>

@@ -44,6 +44,7 @@ export interface Measured {
  * |---|---|
  * | `total` | items that ran or were refused (not the ones that never started) |
  * | `successes`, `failures`, `failuresByReason` | item outcomes; an item cancelled while running counts as `Interrupted` |
+ * | `staleAnswers` | items answered from an expired cache entry (in `successes` too; batch items do not ask for one today) |
  * | `latency` | item durations (retries, fallbacks and queueing for the provider included) |
  * | `queueWait` | items waiting for a permit of the manager's shared limit |
  * | `concurrencyPeak` | most items of this batch running at once |
@@ -57,6 +58,7 @@ export interface Measured {
 export const statsOf = (results: ReadonlyArray<ItemResult>, measured: Measured): ExecutionStats => {
   let total = 0
   let successes = 0
+  let staleAnswers = 0
   let failures = 0
   let timeouts = 0
   let retries = 0
@@ -79,6 +81,7 @@ export const statsOf = (results: ReadonlyArray<ItemResult>, measured: Measured):
     const answer = result.answer
     if (answer !== undefined) {
       successes++
+      if (answer.source === "stale-cache") staleAnswers++
       durations[timed++] = result.durationMs
       if (answer.hedgeWon !== undefined) {
         hedgesStarted += answer.domainsTried - 1
@@ -110,6 +113,7 @@ export const statsOf = (results: ReadonlyArray<ItemResult>, measured: Measured):
     failures,
     failuresByReason: byReason,
     successRate: finished === 0 ? 0 : round((successes / finished) * 100),
+    staleAnswers,
     latency: latencyOf(durations.subarray(0, timed)),
     serviceTime: zero,
     queueWait: latencyOf(waits.subarray(0, waited)),

@@ -188,16 +188,18 @@ export const make = (options: Options): Effect.Effect<Engine, never, Scope.Scope
             }),
             { allowStale: cache.allowStale }
           ),
-          ({ source, value }): Answer<T, A> =>
-            answered !== undefined && source === "miss"
-              ? answered
-              : {
-                  value,
-                  step: plan.steps[0],
-                  attempts: answered?.attempts ?? 0,
-                  stepsTried: answered?.stepsTried ?? 0,
-                  source: source === "stale" ? "stale-cache" : source === "miss" ? "provider" : "cache"
-                }
+          ({ source, value }): Answer<T, A> => {
+            if (answered !== undefined && source === "miss") return answered
+            // The steps' failures are counted as theirs; the call's own outcome is this answer.
+            if (source === "stale") seriesOf(plan.steps[0]).staleAnswers++
+            return {
+              value,
+              step: plan.steps[0],
+              attempts: answered?.attempts ?? 0,
+              stepsTried: answered?.stepsTried ?? 0,
+              source: source === "stale" ? "stale-cache" : source === "miss" ? "provider" : "cache"
+            }
+          }
         )
       }
       if (plan.totalTimeout !== undefined) body = tracked(body, plan.totalTimeout)

@@ -69,6 +69,7 @@ export interface Baseline {
   readonly requests: number
   readonly successes: number
   readonly reasons: ReadonlyMap<string, number>
+  readonly staleAnswers: number
   readonly timeouts: number
   readonly retries: number
   readonly fallbacks: number
@@ -106,6 +107,8 @@ export class Series {
   requests = 0
   successes = 0
   readonly reasons = new Map<string, number>()
+  /** Calls of this pair answered from an expired cache entry after their steps failed. */
+  staleAnswers = 0
   timeouts = 0
   retries = 0
   fallbacks = 0
@@ -134,6 +137,7 @@ export class Series {
       requests: 0,
       successes: 0,
       reasons: new Map(),
+      staleAnswers: 0,
       timeouts: 0,
       retries: 0,
       fallbacks: 0,
@@ -153,6 +157,7 @@ export class Series {
     const own = gauges[0]!
     counter(Metrics.requests, () => this.requests)
     counter(Metrics.successes, () => this.successes)
+    counter(Metrics.staleAnswers, () => this.staleAnswers)
     counter(Metrics.timeouts, () => this.timeouts)
     counter(Metrics.retries, () => this.retries)
     counter(Metrics.fallbacks, () => this.fallbacks)
@@ -207,6 +212,7 @@ export class Series {
       requests: this.requests,
       successes: this.successes,
       reasons: new Map(this.reasons),
+      staleAnswers: this.staleAnswers,
       timeouts: this.timeouts,
       retries: this.retries,
       fallbacks: this.fallbacks,
