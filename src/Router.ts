@@ -46,9 +46,12 @@ export interface Answer {
   readonly response: GenerateResponse
   readonly domain: string
   readonly provider: string
-  /** Attempts made in all: retries and every domain tried included (0 for a cache hit). */
+  /**
+   * Attempts made in all: retries and every domain tried included (0 for a cache hit; for a
+   * `stale-cache` answer, the attempts that failed before it).
+   */
   readonly attempts: number
-  /** Domains tried, the answering one included. */
+  /** Domains tried, the answering one included (for a `stale-cache` answer: the ones that failed). */
   readonly domainsTried: number
   readonly fallbackUsed: boolean
   readonly source: "provider" | "cache" | "stale-cache"

@@ -515,6 +515,34 @@ describe("Router with breakers and a cache", () => {
       })
   )
 
+  it.effect("a stale answer tells the attempts and domains its failed call made, as any answer does", () =>
+    Effect.gen(function* () {
+      const { router, controls } = yield* makeManager(
+        {
+          a: { script: [Outcome.succeed("cached answer"), Outcome.fail("Overloaded"), Outcome.fail("Overloaded")] },
+          b: { script: [Outcome.fail("Unavailable")] }
+        },
+        {
+          breakers: false,
+          cache: { ttl: "1 second", staleFor: "1 hour" },
+          domains: [
+            { name: "d-a", provider: "a", retry: { maxAttempts: 2, initialDelay: 100, jitter: 0 } },
+            { name: "d-b", provider: "b" }
+          ]
+        }
+      )
+      yield* router.executeWithFallback(ask, ["d-a", "d-b"])
+      yield* TestClock.adjust("2 seconds")
+      const fiber = yield* Effect.forkChild(router.executeWithFallback(ask, ["d-a", "d-b"], { allowStale: true }))
+      yield* TestClock.adjust("1 second")
+      const stale = yield* Fiber.join(fiber)
+      assert.strictEqual(stale.source, "stale-cache")
+      assert.strictEqual(stale.response.text, "cached answer")
+      assert.deepStrictEqual([yield* controls.a!.calls, yield* controls.b!.calls], [3, 1])
+      assert.deepStrictEqual([stale.attempts, stale.domainsTried], [3, 2], "d-a twice, then d-b")
+    })
+  )
+
   it.effect("a stream's onRetry that throws does not end the stream: logged once, the retry answers", () =>
     Effect.gen(function* () {
       const { router } = yield* makeManager(

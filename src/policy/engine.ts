@@ -26,10 +26,10 @@ import * as Deadline from "./deadline.js"
 import * as Fallback from "./fallback.js"
 import * as Fused from "./fused.js"
 import * as Hedge from "./hedge.js"
-import { type Answer, CurrentCut, type Cut, type Plan, type Step } from "./plan.js"
+import { type Answer, CurrentCut, type Plan, type Step } from "./plan.js"
 import { isTraced } from "./span.js"
 import { cutByShutdown, shuttingDown } from "./failure.js"
-import { CallCounter, make as makeDriver, type RetryState, stepEnded } from "./step.js"
+import { CallCounter, type Counter, make as makeDriver, type RetryState, stepEnded } from "./step.js"
 
 /**
  * @internal
@@ -165,49 +165,50 @@ export const make = (options: Options): Effect.Effect<Engine, never, Scope.Scope
       call: (target: T, step: Step<T>) => Effect.Effect<A, AiError>
     ): Effect.Effect<Answer<T, A>, AiError> => {
       if (closing) return Effect.fail(shuttingDown())
-      // Set when the call starts: its caller's cut, and the instant its total deadline passes.
-      let external: Cut | undefined
-      let deadlineAt: number | undefined
-      const cut = (): string | undefined => {
-        if (external?.error !== undefined) return reasonOf(external.error)
-        return deadlineAt !== undefined && clock.currentTimeMillisUnsafe() >= deadlineAt ? "Timeout" : undefined
-      }
-      let body: Effect.Effect<Answer<T, A>, AiError> = plan.hedgeAfter !== undefined && plan.steps.length > 1
-        ? hedge(plan, call, cut)
-        : fallback(plan, call, cut)
-      const cache = plan.cache
-      if (cache !== undefined) {
-        const inner = body
-        let answered: Answer<T, A> | undefined
-        body = Effect.map(
-          cache.guard.getOrCompute(
-            cache.key,
-            Effect.map(inner, (answer) => {
-              answered = answer
-              return answer.value
-            }),
-            { allowStale: cache.allowStale }
-          ),
-          ({ source, value }): Answer<T, A> => {
-            if (answered !== undefined && source === "miss") return answered
-            // The steps' failures are counted as theirs; the call's own outcome is this answer.
-            if (source === "stale") seriesOf(plan.steps[0]).staleAnswers++
-            return {
-              value,
-              step: plan.steps[0],
-              attempts: answered?.attempts ?? 0,
-              stepsTried: answered?.stepsTried ?? 0,
-              source: source === "stale" ? "stale-cache" : source === "miss" ? "provider" : "cache"
-            }
-          }
-        )
-      }
-      if (plan.totalTimeout !== undefined) body = tracked(body, plan.totalTimeout)
       return Effect.withFiber((fiber) => {
-        external = fiber.getRef(CurrentCut)
-        if (plan.totalTimeout !== undefined) {
-          deadlineAt = clock.currentTimeMillisUnsafe() + Duration.toMillis(plan.totalTimeout)
+        // Its caller's cut, and the instant its total deadline passes.
+        const external = fiber.getRef(CurrentCut)
+        const deadlineAt =
+          plan.totalTimeout === undefined
+            ? undefined
+            : clock.currentTimeMillisUnsafe() + Duration.toMillis(plan.totalTimeout)
+        const cut = (): string | undefined => {
+          if (external?.error !== undefined) return reasonOf(external.error)
+          return deadlineAt !== undefined && clock.currentTimeMillisUnsafe() >= deadlineAt ? "Timeout" : undefined
         }
+        // Read after a failure too: a stale answer tells the attempts its failed steps made.
+        const counter: Counter = { attempts: 0, steps: 0, cut }
+        let body: Effect.Effect<Answer<T, A>, AiError> = plan.hedgeAfter !== undefined && plan.steps.length > 1
+          ? hedge(plan, call, counter)
+          : fallback(plan, call, counter)
+        const cache = plan.cache
+        if (cache !== undefined) {
+          const inner = body
+          let answered: Answer<T, A> | undefined
+          body = Effect.map(
+            cache.guard.getOrCompute(
+              cache.key,
+              Effect.map(inner, (answer) => {
+                answered = answer
+                return answer.value
+              }),
+              { allowStale: cache.allowStale }
+            ),
+            ({ source, value }): Answer<T, A> => {
+              if (answered !== undefined && source === "miss") return answered
+              // The steps' failures are counted as theirs; the call's own outcome is this answer.
+              if (source === "stale") seriesOf(plan.steps[0]).staleAnswers++
+              return {
+                value,
+                step: plan.steps[0],
+                attempts: counter.attempts,
+                stepsTried: counter.steps,
+                source: source === "stale" ? "stale-cache" : source === "miss" ? "provider" : "cache"
+              }
+            }
+          )
+        }
+        if (plan.totalTimeout !== undefined) body = tracked(body, plan.totalTimeout)
         active++
         return Effect.ensuring(body, leaveEffect)
       })

@@ -16,7 +16,7 @@ import type { Counter, Runner } from "./step.js"
 class CurrentStep extends Context.Service<CurrentStep, Step<unknown>>()("effect-orchestra/policy/CurrentStep") {}
 
 /**
- * Builds the engine's fallback: `cut` says why the call was cut, if it was.
+ * Builds the engine's fallback: `counter` is the call's (its attempts, and why it was cut, if it was).
  *
  * @internal
  */
@@ -25,10 +25,9 @@ export const make = (runner: Runner) => {
   return <T, A>(
     plan: Plan<T, A>,
     call: (target: T, step: Step<T>) => Effect.Effect<A, AiError>,
-    cut: () => string | undefined
+    counter: Counter
   ): Effect.Effect<Answer<T, A>, AiError> =>
     Effect.suspend(() => {
-      const counter: Counter = { attempts: 0, cut }
       const [first, ...rest] = plan.steps
       if (rest.length === 0) {
         return Effect.map(runStep(first, plan, call, counter), (value) => ({

@@ -113,6 +113,7 @@ const DONE = 2
  */
 export class Fused extends Deadline.Tracked implements Running {
   attempts = 1
+  steps = 1
   readonly traced = false
   phase = ATTEMPT
   ticket: FastTicket | undefined = undefined

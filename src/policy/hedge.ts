@@ -15,7 +15,7 @@ import type { Answer, Plan, Step } from "./plan.js"
 import type { Counter, Runner } from "./step.js"
 
 /**
- * Builds the engine's hedging: `cut` says why the call was cut, if it was.
+ * Builds the engine's hedging: `counter` is the call's (its attempts, and why it was cut, if it was).
  *
  * @internal
  */
@@ -24,12 +24,11 @@ export const make = (runner: Runner) => {
   return <T, A>(
     plan: Plan<T, A>,
     call: (target: T, step: Step<T>) => Effect.Effect<A, AiError>,
-    cut: () => string | undefined
+    counter: Counter
   ): Effect.Effect<Answer<T, A>, AiError> =>
     Effect.suspend(() => {
       const steps = plan.steps
       const delay = plan.hedgeAfter ?? Duration.zero
-      const counter: Counter = { attempts: 0, cut }
       const started = steps.map(() => Deferred.makeUnsafe<void>())
       const failedAt = steps.map(() => Deferred.makeUnsafe<void>())
       const fatal = Deferred.makeUnsafe<never, AiError>()

@@ -129,7 +129,7 @@ export interface Telemetry<T, A> {
 export interface Answer<T, A> {
   readonly value: A
   readonly step: Step<T>
-  /** Attempts made in all, retries and every step tried included (0 for a cache hit). */
+  /** Attempts made in all, retries and every step tried included (0 for a cache hit; a stale answer's failed ones). */
   readonly attempts: number
   /** Steps tried, the answering one included. */
   readonly stepsTried: number

@@ -76,6 +76,8 @@ export interface RetryState {
  */
 export interface Counter {
   attempts: number
+  /** Steps started so far. */
+  steps: number
   readonly cut: () => string | undefined
   /** Whether the caller is traced (known once per call), or undefined: look at each attempt. */
   readonly traced?: boolean | undefined
@@ -88,6 +90,7 @@ export interface Counter {
  */
 export class CallCounter implements Counter {
   attempts = 0
+  steps = 0
   constructor(
     readonly clock: Clock.Clock,
     readonly external: Cut | undefined,
@@ -347,6 +350,7 @@ export const make = (env: Env): Driver => {
       return Effect.onExit(
         Effect.suspend(() => {
           series.requests++
+          counter.steps++
           started = clock.currentTimeMillisUnsafe()
           return attempts(step, plan, call, counter, series, state)
         }),
