@@ -53,7 +53,9 @@ export const DiscoveryErrorReason = Schema.Literals(["NotFound", "Unavailable"])
 
 /**
  * Discovery found no agent for the query (`NotFound`), or could not answer (`Unavailable`:
- * the lookup failed, timed out, or its breaker is open).
+ * the lookup failed, threw, timed out, or its breaker is open). `cause`, when `Unavailable`:
+ * what the lookup failed with or threw, or else the library's error (a `TimeoutError`, the
+ * breaker's `CircuitOpenError`, a `ModelError` for an invalid answer).
  *
  * @since 0.2.0
  * @category errors
@@ -64,7 +66,8 @@ export class DiscoveryError extends Schema.TaggedError<DiscoveryError>("effect-o
     reason: DiscoveryErrorReason,
     concept: Schema.String,
     intent: Schema.String,
-    message: Schema.String
+    message: Schema.String,
+    cause: Schema.optional(Schema.Defect())
   }
 ) {}
 
@@ -136,8 +139,14 @@ export interface HttpOptions extends Options {
 
 const keyOf = (query: Query): string => JSON.stringify([query.concept, query.intent])
 
-const fail = (query: Query, reason: "NotFound" | "Unavailable", message: string) =>
-  new DiscoveryError({ reason, concept: String(query.concept), intent: String(query.intent), message })
+const fail = (query: Query, reason: "NotFound" | "Unavailable", message: string, cause?: unknown) =>
+  new DiscoveryError({
+    reason,
+    concept: String(query.concept),
+    intent: String(query.intent),
+    message,
+    ...(cause === undefined ? {} : { cause })
+  })
 
 const checkQuery = (query: Query): Effect.Effect<Query, DiscoveryError> =>
   typeof query?.concept === "string" && typeof query.intent === "string"
@@ -217,8 +226,10 @@ type Found = ReadonlyArray<Endpoint> | Endpoint | undefined | null
 
 /**
  * Discovery on your own lookup (a registry client, a database query): behind its own
- * breaker, deadline and cache. A lookup that fails or answers an invalid endpoint is
- * `Unavailable` (and counts on the breaker); one that answers nothing is `NotFound`.
+ * breaker, deadline and cache. A lookup that fails, throws (or dies), answers something
+ * other than an Effect or answers an invalid endpoint is `Unavailable`, with what it failed
+ * with or threw as the `cause` (and counts on the breaker); one that answers nothing is
+ * `NotFound`.
  *
  * @since 0.2.0
  * @category constructors
@@ -253,16 +264,34 @@ export const make = Effect.fnUntraced(function* <E>(
   )
   const breakerKey = `discovery:${name}`
 
+  const lookupError = (how: string, cause?: unknown) =>
+    new ModelError({
+      reason: "Unavailable",
+      message: `${name}: the lookup ${how}${cause instanceof Error ? ` (${cause.message})` : ""}`,
+      provider: name,
+      ...(cause === undefined ? {} : { cause })
+    })
+
   const attempt = (query: Query): Effect.Effect<ReadonlyArray<Endpoint>, AiError> =>
-    Effect.suspend(() => lookup(query)).pipe(
-      Effect.mapError(
-        (error) =>
-          new ModelError({
-            reason: "Unavailable",
-            message: `${name}: the lookup failed${error instanceof Error ? ` (${error.message})` : ""}`,
-            provider: name
-          })
-      ),
+    Effect.suspend((): Effect.Effect<Found, ModelError> => {
+      const answer: unknown = lookup(query)
+      if (Effect.isEffect(answer)) {
+        return Effect.mapError(answer as Effect.Effect<Found, E>, (error) => lookupError("failed", error))
+      }
+      const thenable = typeof (answer as PromiseLike<unknown> | null)?.then === "function"
+      // Its rejection would otherwise be unhandled: the answer is refused either way.
+      if (thenable) Promise.resolve(answer).catch(() => undefined)
+      const what = thenable
+        ? "a Promise (wrap it in Effect.tryPromise)"
+        : answer === null || answer === undefined
+          ? String(answer)
+          : Array.isArray(answer)
+            ? "an array"
+            : typeof answer === "object"
+              ? "an object"
+              : `a ${typeof answer}`
+      return Effect.fail(lookupError(`answered ${what}, not an Effect`))
+    }).pipe(
       Effect.flatMap((found): Effect.Effect<ReadonlyArray<Endpoint>, ModelError> => {
         const list: ReadonlyArray<unknown> =
           found === undefined || found === null ? [] : Array.isArray(found) ? found : [found]
@@ -281,6 +310,8 @@ export const make = Effect.fnUntraced(function* <E>(
         }
         return Effect.succeed(list as ReadonlyArray<Endpoint>)
       }),
+      // User code throwing (the lookup, or a getter of what it answered) is its failure, not ours.
+      Effect.catchDefect((defect) => Effect.fail(lookupError("threw", defect))),
       Effect.timeoutOrElse({
         duration: timeout,
         orElse: () => Effect.fail(new TimeoutError({ limit: "request", timeout, provider: name }))
@@ -312,7 +343,14 @@ export const make = Effect.fnUntraced(function* <E>(
             const known = lastGood.get(key)
             return known !== undefined && now - known.at <= servesStaleFor
               ? Effect.succeed(known.endpoints)
-              : Effect.fail(fail(q, "Unavailable", `discovery is unavailable: ${error.message}`))
+              : Effect.fail(
+                  fail(
+                    q,
+                    "Unavailable",
+                    `discovery is unavailable: ${error.message}`,
+                    error._tag === "ModelError" && error.cause !== undefined ? error.cause : error
+                  )
+                )
           })
         ),
         Effect.flatMap((found) =>

@@ -197,6 +197,61 @@ describe("Discovery.layer (your own lookup)", () => {
     })
   )
 
+  it.effect("a lookup that throws, dies or answers a Promise is Unavailable naming it, never a defect", () =>
+    Effect.gen(function* () {
+      const calls = yield* Ref.make(0)
+      const boom = new Error("registry client bug")
+      const thrower = yield* resolver(
+        Discovery.layer(
+          () => {
+            Effect.runSync(Ref.update(calls, (n) => n + 1))
+            throw boom
+          },
+          { name: "registry", breaker: { failMax: 2, resetTimeout: "1 minute" } }
+        )
+      )
+      const thrown = yield* Effect.flip(thrower.resolve(query))
+      assert.deepStrictEqual(
+        [thrown._tag, thrown.reason, thrown.concept, thrown.intent],
+        ["DiscoveryError", "Unavailable", "weather", "forecast"]
+      )
+      assert.include(thrown.message, "registry: the lookup threw (registry client bug)")
+      assert.strictEqual(thrown.cause, boom, "what the lookup threw is the cause")
+      // It counts on the lookups' breaker, as a failing lookup does.
+      yield* Effect.flip(thrower.resolve(query))
+      const refused = yield* Effect.flip(thrower.resolve(query))
+      assert.include(refused.message, "open")
+      assert.strictEqual(yield* Ref.get(calls), 2)
+
+      const inside = new Error("inside the effect")
+      const dying = yield* resolver(
+        Discovery.layer(
+          () =>
+            Effect.sync(() => {
+              throw inside
+            }),
+          { name: "registry" }
+        )
+      )
+      const died = yield* Effect.flip(dying.resolve(query))
+      assert.deepStrictEqual([died.reason, died.cause], ["Unavailable", inside])
+      assert.include(died.message, "registry: the lookup threw (inside the effect)")
+
+      const failing = yield* resolver(Discovery.layer(() => Effect.fail(boom), { name: "registry" }))
+      const failed = yield* Effect.flip(failing.resolve(query))
+      assert.deepStrictEqual([failed.reason, failed.cause], ["Unavailable", boom])
+      assert.include(failed.message, "registry: the lookup failed (registry client bug)")
+
+      // Not an Effect (a JavaScript caller's async function): refused by name, its rejection handled.
+      const promised = yield* resolver(
+        Discovery.layer((() => Promise.reject(new Error("async lookup"))) as never, { name: "registry" })
+      )
+      const promise = yield* Effect.flip(promised.resolve(query))
+      assert.strictEqual(promise.reason, "Unavailable")
+      assert.include(promise.message, "registry: the lookup answered a Promise")
+    })
+  )
+
   it.effect("options are checked into OptionErrors", () =>
     Effect.gen(function* () {
       for (const [options, path] of [
@@ -322,6 +377,25 @@ describe("HttpAgent tasks by (concept, intent)", () => {
       assert.strictEqual(meteo.requests(), 0)
       const stats = yield* agents.stats("discovery:static")
       assert.strictEqual(stats.statuses.service_unavailable, 1)
+    })
+  )
+
+  it.effect("a lookup that throws ends the task with a service_unavailable record naming it, not a defect", () =>
+    Effect.gen(function* () {
+      const agents = yield* agentsWith(
+        Discovery.layer(
+          () => {
+            throw new Error("registry client bug")
+          },
+          { name: "registry" }
+        )
+      )
+      const record = yield* agents.call({ id: "t", intent: "forecast", concept: "weather" })
+      assert.deepStrictEqual(
+        [record.status, record.agent, record.error?.reason],
+        ["service_unavailable", "discovery:registry", "DiscoveryUnavailable"]
+      )
+      assert.include(record.error?.message, "registry: the lookup threw (registry client bug)")
     })
   )
 })
