@@ -3,7 +3,7 @@
  * test writes with `test/utils/httpServer.ts`), built in the test's scope with a private
  * metric registry, and the official `openai` client pointed at it.
  */
-import { Context, Effect, Exit, Layer, Metric, Redacted, Scope, Tracer } from "effect"
+import { Context, Effect, Exit, Layer, Logger, Metric, Redacted, Scope, Tracer } from "effect"
 import { type HttpClient, HttpServer } from "effect/http"
 import OpenAI from "openai"
 import * as CircuitBreaker from "../../src/CircuitBreaker.js"
@@ -37,6 +37,8 @@ export interface HarnessOptions {
   readonly localProviders?: Readonly<Record<string, Layer.Layer<ModelProvider, unknown>>> | undefined
   /** A tracer for the whole stack (the server's request spans included). */
   readonly tracer?: Tracer.Tracer | undefined
+  /** Every log record of the stack (the server's included), as a JSON line, goes here instead of the console. */
+  readonly logs?: Array<string> | undefined
 }
 
 export interface Harness {
@@ -76,13 +78,19 @@ export const make = (options: HarnessOptions): Effect.Effect<Harness, never, Sco
       rateLimits: options.rateLimits,
       cache: options.cache
     })
+    const logs = options.logs
     const keys =
       options.keyLayer ?? (options.keys === undefined ? undefined : Layer.succeed(Gateway.KeyStore, options.keys))
     const app = Gateway.serve({
       port: 0,
       allowAnonymous: keys === undefined,
       ...options.gateway
-    }).pipe(Layer.provide(keys ?? Layer.empty), Layer.provide(manager), Layer.provide(UndiciHttpClient.layer))
+    }).pipe(
+      Layer.provide(keys ?? Layer.empty),
+      Layer.provide(manager),
+      Layer.provide(UndiciHttpClient.layer),
+      Layer.provide(logs === undefined ? Layer.empty : Logger.layer([Logger.map(Logger.formatJson, record(logs))]))
+    )
     const registry: Metric.MetricRegistry = new Map()
     const scope = yield* Scope.make()
     const build = Layer.buildWithScope(app, scope).pipe(Effect.provideService(Metric.MetricRegistry, registry))
@@ -106,6 +114,12 @@ export const make = (options: HarnessOptions): Effect.Effect<Harness, never, Sco
       close
     } satisfies Harness
   })
+
+const record =
+  (lines: Array<string>) =>
+  (line: string): void => {
+    lines.push(line)
+  }
 
 /** A promise of the client as an Effect; its rejection is the error value. */
 export const call = <A>(f: () => Promise<A>): Effect.Effect<A, unknown> =>
