@@ -216,8 +216,20 @@ export interface Options {
    * Default 10 s. `serve` stops at most 3 seconds after it, whatever the clients do.
    */
   readonly drainTimeout?: Duration.Input | undefined
-  /** Path of the Prometheus metrics, or `false`. Default `"/metrics"`. */
+  /**
+   * Path of the Prometheus metrics, or `false`. Default `"/metrics"`. Without `metricsToken`
+   * the route is open to every client of the port: the series name providers, domains, key
+   * ids and teams, and what each budget has left.
+   */
   readonly metricsPath?: string | false | undefined
+  /**
+   * The token the metrics route needs, as `Authorization: Bearer <token>` (what Prometheus
+   * sends with `authorization.credentials_file`): without it, or with another, the route
+   * answers 401 with `WWW-Authenticate: Bearer`. At least 16 visible ASCII characters
+   * (`Config.redacted("ORCHESTRA_METRICS_TOKEN")`); compared by SHA-256 in constant time.
+   * The health routes stay open. Default none: the route is open.
+   */
+  readonly metricsToken?: Redacted.Redacted<string> | undefined
   /** Paths of the liveness and readiness checks, or `false`. Default `/healthz` and `/readyz`. */
   readonly healthPaths?: { readonly live?: string | undefined; readonly ready?: string | undefined } | false | undefined
   /** Admit requests without a key when no `KeyStore` is in context. Default false (the layer fails). */

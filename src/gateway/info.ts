@@ -2,8 +2,8 @@
  * The routes that call no model: `GET /v1/models` (the domains, and each provider's
  * default model as `provider/model`, filtered by what the key may use), `GET
  * /v1/models/{id}`, `/healthz` (the process is up), `/readyz` (it takes requests: 503 once
- * draining), `/metrics` (Prometheus text), and OpenAI-shaped 404 / 405 answers for the
- * rest of the gateway's paths.
+ * draining), `/metrics` (Prometheus text, behind a bearer token with `metricsToken`), and
+ * OpenAI-shaped 404 / 405 answers for the rest of the gateway's paths.
  *
  * @internal
  */
@@ -11,7 +11,8 @@ import { Effect } from "effect"
 import { HttpRouter, type HttpServerRequest, HttpServerResponse } from "effect/http"
 import * as Prometheus from "../Prometheus.js"
 import { type GatewayError, gatewayError } from "./errors.js"
-import { allows, answered, authenticate, type Env, failure, json, type KeyIdentity } from "./routes.js"
+import { matches } from "./keys/secret.js"
+import { allows, answered, authenticate, bearerOf, type Env, failure, json, type KeyIdentity } from "./routes.js"
 import { millis } from "./upstream.js"
 import * as Wire from "./response.js"
 
@@ -75,7 +76,7 @@ export const make = (env: Env) => {
     )
   )
 
-  const metrics = Effect.sync(() =>
+  const scrape = Effect.sync(() =>
     answered(
       env,
       "metrics",
@@ -84,6 +85,34 @@ export const make = (env: Env) => {
       undefined
     )
   )
+
+  const tokenSha256 = options.metricsTokenSha256
+  const metricsRefused = gatewayError(
+    "Unauthorized",
+    "This route needs the metrics token: 'Authorization: Bearer <metrics token>'",
+    { code: "invalid_metrics_token" }
+  )
+  // RFC 6750: a challenge without an error code to a request that sent no credentials.
+  const challenge = 'Bearer realm="metrics"'
+  const invalidToken = `${challenge}, error="invalid_token"`
+
+  const metrics =
+    tokenSha256 === undefined
+      ? scrape
+      : (request: HttpServerRequest.HttpServerRequest) =>
+          matches(bearerOf(request), tokenSha256)
+            ? scrape
+            : Effect.sync(() =>
+                answered(
+                  env,
+                  "metrics",
+                  millis(clock),
+                  failure(env, metricsRefused, {
+                    "www-authenticate": request.headers.authorization === undefined ? challenge : invalidToken
+                  }),
+                  undefined
+                )
+              )
 
   const known = new Map<string, string>([
     [`${options.prefix}/chat/completions`, "POST"],

@@ -4,10 +4,11 @@
  *
  * @internal
  */
-import { Duration, Result } from "effect"
+import { Duration, Redacted, Result } from "effect"
 import type { Options } from "../Gateway.js"
 import * as Input from "../Input.js"
 import { decodeRetry, type RetryPolicy } from "../Policy.js"
+import { hash } from "./keys/secret.js"
 
 /**
  * The options after their checks.
@@ -28,6 +29,8 @@ export interface Resolved {
   }
   readonly drainTimeout: Duration.Duration
   readonly metricsPath: `/${string}` | undefined
+  /** The SHA-256 (hex) of the token `metricsPath` needs, `undefined` for an open route: the token itself is not kept. */
+  readonly metricsTokenSha256: string | undefined
   readonly livePath: `/${string}` | undefined
   readonly readyPath: `/${string}` | undefined
   readonly allowAnonymous: boolean
@@ -43,6 +46,7 @@ const known: ReadonlySet<string> = new Set([
   "stream",
   "drainTimeout",
   "metricsPath",
+  "metricsToken",
   "healthPaths",
   "allowAnonymous",
   "provenanceHeaders"
@@ -58,6 +62,28 @@ const optionalPath = (field: string, input: unknown, fallback: `/${string}`) =>
 
 const deadline = (field: string, input: Duration.Input | "none" | undefined) =>
   input === undefined || input === "none" ? Result.succeed(input) : Input.duration(field, input)
+
+// What `Authorization: Bearer <token>` carries as sent: Node reads header bytes as latin1, and a
+// space would split the token. A check naming the value would print the secret: none does.
+const visibleAscii = /^[\x21-\x7e]+$/
+
+const metricsToken = (
+  field: string,
+  input: unknown,
+  metricsPath: `/${string}` | undefined
+): Input.Checked<string | undefined> => {
+  if (input === undefined) return Result.succeed(undefined)
+  const fail = (message: string) => Result.fail({ path: field, message })
+  if (!Redacted.isRedacted(input)) return fail("expected a Redacted token (Redacted.make, Config.redacted)")
+  const token = Redacted.value(input)
+  if (typeof token !== "string") return fail("expected a Redacted token (Redacted.make, Config.redacted)")
+  if (metricsPath === undefined) return fail("there is no metrics route to protect (metricsPath: false)")
+  if (token.trim() === "") return fail("expected a token, got an empty one")
+  if (!visibleAscii.test(token)) {
+    return fail("expected visible ASCII characters only, without spaces or line breaks (it is sent in a header)")
+  }
+  return token.length >= 16 ? Result.succeed(hash(token)) : fail("expected a token of at least 16 characters")
+}
 
 const boolean = (field: string, input: unknown, fallback: boolean): Input.Checked<boolean> =>
   input === undefined
@@ -97,7 +123,7 @@ export const check = (options: Options, at = ""): Input.Checked<Resolved> => {
       : options.retry === undefined || options.retry === true
         ? Result.succeed(undefined)
         : decodeRetry(options.retry, p("retry"))
-  return Result.map(
+  return Result.flatMap(
     Input.all([
       routePrefix(p("prefix"), Input.orDefault(options.prefix, "/v1")),
       Input.int(p("maxBodyBytes"), Input.orDefault(options.maxBodyBytes, 4 * 1024 * 1024), {
@@ -134,19 +160,25 @@ export const check = (options: Options, at = ""): Input.Checked<Resolved> => {
       readyPath,
       allowAnonymous,
       provenanceHeaders
-    ]): Resolved => ({
-      prefix,
-      maxBodyBytes,
-      providerModels,
-      retry: retryPolicy ?? "executor",
-      defaultMaxTokens,
-      stream: { firstChunkTimeout, idleTimeout, totalTimeout },
-      drainTimeout,
-      metricsPath,
-      livePath,
-      readyPath,
-      allowAnonymous,
-      provenanceHeaders
-    })
+    ]) =>
+      // After the paths: a token needs a metrics route.
+      Result.map(
+        metricsToken(p("metricsToken"), options.metricsToken, metricsPath),
+        (metricsTokenSha256): Resolved => ({
+          prefix,
+          maxBodyBytes,
+          providerModels,
+          retry: retryPolicy ?? "executor",
+          defaultMaxTokens,
+          stream: { firstChunkTimeout, idleTimeout, totalTimeout },
+          drainTimeout,
+          metricsPath,
+          metricsTokenSha256,
+          livePath,
+          readyPath,
+          allowAnonymous,
+          provenanceHeaders
+        })
+      )
   )
 }

@@ -5,7 +5,7 @@
  * secret anywhere.
  */
 import { assert, describe, it } from "@effect/vitest"
-import { Effect, Exit, type Tracer } from "effect"
+import { Effect, Exit, Redacted, type Tracer } from "effect"
 import * as Server from "../utils/httpServer.js"
 import * as Harness from "./harness.js"
 import * as Up from "./upstream.js"
@@ -123,6 +123,113 @@ describe("Gateway: /metrics", () => {
         const text = yield* gw.metrics
         assert.strictEqual(series(text, 'orchestra_gateway_requests_total{route="chat",status="499"}'), n, `${n}`)
         assert.strictEqual(series(text, 'orchestra_gateway_errors_total{reason="ClientClosed"}'), n, `${n}`)
+      }
+    })
+  )
+})
+
+const METRICS_TOKEN = "mt-4b7e0c9a2d5f8136-SECRET"
+
+interface Scraped {
+  readonly status: number
+  readonly headers: Headers
+  readonly text: string
+}
+
+const get = (url: string, authorization?: string): Effect.Effect<Scraped> =>
+  Effect.promise(async () => {
+    const response = await fetch(url, { headers: authorization === undefined ? {} : { authorization } })
+    return { status: response.status, headers: response.headers, text: await response.text() }
+  })
+
+describe("Gateway: /metrics behind metricsToken", () => {
+  it.live(
+    "without the token, or with a wrong one, /metrics is a 401 with the gateway's error body and WWW-Authenticate",
+    () =>
+      Effect.gen(function* () {
+        const upstream = yield* Server.make(Up.openAi())
+        const { service } = Harness.keyStore({ "sk-metrics-client-1": { id: "client" } })
+        const logs: Array<string> = []
+        const gw = yield* Harness.make({
+          upstreams: { a: upstream.url },
+          keys: service,
+          gateway: { metricsToken: Redacted.make(METRICS_TOKEN), logRequests: true },
+          logs
+        })
+        const metrics = `${gw.url}/metrics`
+        const refusal = {
+          error: {
+            message: "This route needs the metrics token: 'Authorization: Bearer <metrics token>'",
+            type: "authentication_error",
+            param: null,
+            code: "invalid_metrics_token"
+          }
+        }
+        const missing = yield* get(metrics)
+        assert.strictEqual(missing.status, 401)
+        assert.deepStrictEqual(JSON.parse(missing.text), refusal)
+        assert.strictEqual(missing.headers.get("content-type"), "application/json")
+        // RFC 6750: no error code for a request that sent no credentials.
+        assert.strictEqual(missing.headers.get("www-authenticate"), 'Bearer realm="metrics"')
+        const wrongs = [
+          `Bearer ${METRICS_TOKEN}x`,
+          `Bearer ${METRICS_TOKEN.slice(0, -1)}`,
+          `Bearer ${METRICS_TOKEN.toLowerCase()}`,
+          // A client's API key is not the metrics token.
+          "Bearer sk-metrics-client-1",
+          `Basic ${METRICS_TOKEN}`,
+          METRICS_TOKEN,
+          "Bearer"
+        ]
+        const answers: Array<Scraped> = [missing]
+        for (const authorization of wrongs) {
+          const wrong = yield* get(metrics, authorization)
+          answers.push(wrong)
+          assert.strictEqual(wrong.status, 401, authorization)
+          assert.deepStrictEqual(JSON.parse(wrong.text), refusal, authorization)
+          assert.strictEqual(wrong.headers.get("www-authenticate"), 'Bearer realm="metrics", error="invalid_token"')
+        }
+        // The liveness and readiness checks stay open: load balancers call them without credentials.
+        assert.strictEqual((yield* get(`${gw.url}/healthz`)).status, 200)
+        assert.strictEqual((yield* get(`${gw.url}/readyz`)).status, 200)
+        // The API is the key store's, untouched.
+        const models = yield* Harness.call(() => gw.client("sk-metrics-client-1").models.list())
+        assert.isAbove(models.data.length, 0)
+
+        const ok = yield* get(metrics, `Bearer ${METRICS_TOKEN}`)
+        answers.push(ok)
+        assert.strictEqual(ok.status, 200)
+        assert.strictEqual(ok.headers.get("content-type"), "text/plain; version=0.0.4; charset=utf-8")
+        assert.isNull(ok.headers.get("www-authenticate"))
+        // The refused scrapes are counted like every other answer.
+        assert.strictEqual(seriesValue(ok.text, 'orchestra_gateway_requests_total{route="metrics",status="401"}'), 8)
+        assert.strictEqual(seriesValue(ok.text, 'orchestra_gateway_errors_total{reason="Unauthorized"}'), 8)
+        // The scheme is case-insensitive (RFC 7235), as for API keys.
+        const lower = yield* get(metrics, `bearer ${METRICS_TOKEN}`)
+        answers.push(lower)
+        assert.strictEqual(lower.status, 200)
+        assert.strictEqual(seriesValue(lower.text, 'orchestra_gateway_requests_total{route="metrics",status="200"}'), 1)
+
+        for (const answer of answers) {
+          assert.notInclude(answer.text, METRICS_TOKEN)
+          for (const [name, value] of answer.headers) assert.notInclude(value, METRICS_TOKEN, name)
+        }
+        // The server logged every request (logRequests), and never the token.
+        assert.isAtLeast(logs.filter((line) => line.includes("/metrics")).length, 10)
+        for (const line of logs) assert.notInclude(line, METRICS_TOKEN)
+      })
+  )
+
+  it.live("without metricsToken, /metrics stays open to every client, as before", () =>
+    Effect.gen(function* () {
+      const upstream = yield* Server.make(Up.openAi())
+      const { service } = Harness.keyStore({ "sk-metrics-client-2": { id: "client" } })
+      const gw = yield* Harness.make({ upstreams: { a: upstream.url }, keys: service })
+      for (const authorization of [undefined, "Bearer anything-at-all", "Basic Zm9vOmJhcg=="]) {
+        const answer = yield* get(`${gw.url}/metrics`, authorization)
+        assert.strictEqual(answer.status, 200, authorization)
+        assert.isNull(answer.headers.get("www-authenticate"))
+        assert.include(answer.text, "orchestra_gateway_in_flight")
       }
     })
   )

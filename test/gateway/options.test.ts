@@ -3,7 +3,7 @@
  * field), and the real key store of `gateway/keys` behind it end to end.
  */
 import { assert, describe, it } from "@effect/vitest"
-import { Cause, Context, Effect, Layer } from "effect"
+import { Cause, Context, Effect, Layer, Redacted } from "effect"
 import { HttpRouter, HttpServer } from "effect/http"
 import * as Domain from "../../src/Domain.js"
 import * as Executor from "../../src/Executor.js"
@@ -53,6 +53,46 @@ describe("Gateway options", () => {
       assert.strictEqual(yield* buildError({ allowAnonymous: true, maxBodyBytes: null } as never), "maxBodyBytes")
       assert.strictEqual(yield* buildError({ allowAnonymous: true, prefix: null } as never), "prefix")
       assert.strictEqual(yield* buildError({ allowAnonymous: true, stream: null } as never), "stream")
+    })
+  )
+
+  it.effect("metricsToken: a Redacted token of 16+ visible ASCII characters, for a metrics route; never echoed", () =>
+    Effect.gen(function* () {
+      const refused = (metricsToken: unknown, more: Gateway.Options = {}) =>
+        Effect.gen(function* () {
+          const mock = yield* Mock.make({ name: "m" })
+          const services = Executor.layer().pipe(
+            Layer.provideMerge(Stats.layer),
+            Layer.provideMerge(Layer.succeed(ModelProvider, mock.provider)),
+            Layer.provideMerge(Layer.succeed(Domain.Providers, Domain.makeProviders({ m: mock.provider }))),
+            Layer.provideMerge(Domain.layerDomains([{ name: "d", provider: "m" }])),
+            Layer.provideMerge(HttpRouter.layer)
+          )
+          const options = { allowAnonymous: true, metricsToken, ...more } as Gateway.Options
+          const error = yield* Effect.flip(Layer.build(Gateway.layer(options).pipe(Layer.provide(services))))
+          assert.strictEqual(error._tag, "OptionError")
+          return `${(error as Input.OptionError).path}: ${error.message}`
+        }).pipe(Effect.scoped)
+      const valid = "mt-0123456789abcdef"
+      const cases: ReadonlyArray<readonly [unknown, Gateway.Options, string]> = [
+        [Redacted.make(""), {}, "expected a token, got an empty one"],
+        [Redacted.make("   \t\n "), {}, "expected a token, got an empty one"],
+        [Redacted.make("short-token"), {}, "expected a token of at least 16 characters"],
+        [Redacted.make(" mt-0123456789abcdef"), {}, "expected visible ASCII characters only"],
+        [Redacted.make("mt-0123456789abcdef\n"), {}, "expected visible ASCII characters only"],
+        [Redacted.make("mt-0123 456789abcdef"), {}, "expected visible ASCII characters only"],
+        [Redacted.make("mt-0123456789abcdéf"), {}, "expected visible ASCII characters only"],
+        [valid, {}, "expected a Redacted token"],
+        [Redacted.make(42), {}, "expected a Redacted token"],
+        [null, {}, "expected a Redacted token"],
+        [Redacted.make(valid), { metricsPath: false }, "there is no metrics route to protect (metricsPath: false)"]
+      ]
+      for (const [token, more, message] of cases) {
+        const said = yield* refused(token, more)
+        assert.include(said, `metricsToken: invalid metricsToken: ${message}`)
+        assert.notInclude(said, "0123456789abcd")
+        assert.notInclude(said, "short-token")
+      }
     })
   )
 
