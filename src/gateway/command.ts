@@ -12,7 +12,8 @@
  *   "gateway": { "drainTimeout": "20 seconds", "stream": { "idleTimeout": "30 seconds" } },
  *   "redis": { "urlEnv": "REDIS_URL" },
  *   "keys": { "keys": [{ "id": "team-a", "sha256": "...", "rpm": 60 }], "prices": {} },
- *   "admin": { "keyEnv": "ORCHESTRA_ADMIN_KEY" }
+ *   "admin": { "keyEnv": "ORCHESTRA_ADMIN_KEY" },
+ *   "metrics": { "tokenEnv": "ORCHESTRA_METRICS_TOKEN" }
  * }
  * ```
  *
@@ -78,7 +79,10 @@ export const GatewayFile = Schema.Struct({
     })
   ),
   keys: opt(Options),
-  admin: opt(Schema.Struct({ keyEnv: opt(EnvName), path: opt(Schema.String) }))
+  admin: opt(Schema.Struct({ keyEnv: opt(EnvName), path: opt(Schema.String) })),
+  // A section of its own, as `admin` is: `gateway` goes to the layer as written, and a secret
+  // is never written in the file.
+  metrics: opt(Schema.Struct({ tokenEnv: opt(EnvName) }))
 })
 
 /**
@@ -202,6 +206,16 @@ const serverFields: ReadonlySet<string> = new Set([
   "logRequests"
 ])
 
+/** Where the file (or a flag) has a field of the gateway's options that is not in its `gateway` section. */
+const gatewayField = (args: Args, path: string): string | undefined => {
+  // The key store's keys and prices, checked as the gateway starts against the models it serves.
+  if (path.startsWith("keys[") || path.startsWith("prices.")) return `keys.${path}`
+  if (path === "metricsToken") return "metrics.tokenEnv"
+  if (path === "host") return Option.isSome(args.host) ? "--host" : "server.host"
+  if (path === "port") return Option.isSome(args.port) ? "--port" : "server.port"
+  return serverFields.has(path) ? `server.${path}` : undefined
+}
+
 /**
  * @internal
  */
@@ -226,6 +240,18 @@ export const run = Effect.fnUntraced(function* (args: Args) {
     config.admin === undefined
       ? undefined
       : yield* secret(common, config.admin.keyEnv ?? "ORCHESTRA_ADMIN_KEY", "admin.keyEnv")
+  if (config.gateway !== undefined && Object.hasOwn(config.gateway, "metricsToken")) {
+    return yield* failWith(
+      common,
+      exitCodes.usage,
+      "gateway.metricsToken: a secret is not written in the gateway file: name its environment variable in metrics.tokenEnv",
+      { kind: "config" }
+    )
+  }
+  const metricsToken =
+    config.metrics === undefined
+      ? undefined
+      : yield* secret(common, config.metrics.tokenEnv ?? "ORCHESTRA_METRICS_TOKEN", "metrics.tokenEnv")
   if (adminKey !== undefined && config.keys === undefined) {
     return yield* failWith(common, exitCodes.usage, "admin: the admin routes manage keys: add a `keys` section", {
       kind: "config"
@@ -258,6 +284,7 @@ export const run = Effect.fnUntraced(function* (args: Args) {
     {
       ...(config.gateway as Gateway.Options | undefined),
       allowAnonymous: config.allowAnonymous ?? file === undefined,
+      metricsToken,
       host,
       port,
       maxHeaderBytes: server.maxHeaderBytes,
@@ -266,24 +293,7 @@ export const run = Effect.fnUntraced(function* (args: Args) {
       logRequests: server.logRequests
     },
     admin
-  ).pipe(
-    under("gateway", (path) =>
-      // The key store's keys and prices, checked as the gateway starts against the models it serves.
-      path.startsWith("keys[") || path.startsWith("prices.")
-        ? `keys.${path}`
-        : path === "host"
-          ? Option.isSome(args.host)
-            ? "--host"
-            : "server.host"
-          : path === "port"
-            ? Option.isSome(args.port)
-              ? "--port"
-              : "server.port"
-            : serverFields.has(path)
-              ? `server.${path}`
-              : undefined
-    )
-  )
+  ).pipe(under("gateway", (path) => gatewayField(args, path)))
   // The admin routes exist only with `keys` (checked above), Redis layers only with `redis`:
   // what the types cannot see, the checks above make true.
   const app = gateway.pipe(

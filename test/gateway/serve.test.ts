@@ -236,6 +236,108 @@ describe("orchestra serve, the admin routes' options", () => {
   )
 })
 
+describe("orchestra serve, the metrics token", () => {
+  const TOKEN = "mt-serve-9e8d7c6b5a41-SECRET"
+
+  it.live(
+    "metrics.tokenEnv puts /metrics behind the token from the environment; health stays open; the token is never printed",
+    () =>
+      Effect.gen(function* () {
+        const gateway = write("metrics-token.json", {
+          server: { host: "127.0.0.1", port: 0, logRequests: true },
+          keys: { keys: [{ id: "k1", sha256: hashSecret(SECRET) }] },
+          metrics: { tokenEnv: "TEST_METRICS_TOKEN" }
+        })
+        const serving = yield* serve(["--config", config, "--gateway", gateway], { TEST_METRICS_TOKEN: TOKEN })
+        const url = yield* serving.url
+        const get = (path: string, authorization?: string) =>
+          Effect.promise(async () => {
+            const response = await fetch(`${url}${path}`, {
+              headers: authorization === undefined ? {} : { authorization }
+            })
+            return { status: response.status, headers: response.headers, text: await response.text() }
+          })
+        const missing = yield* get("/metrics")
+        assert.strictEqual(missing.status, 401)
+        assert.strictEqual(missing.headers.get("www-authenticate"), 'Bearer realm="metrics"')
+        assert.strictEqual(JSON.parse(missing.text).error.code, "invalid_metrics_token")
+        // The client's API key does not open the metrics.
+        const apiKey = yield* get("/metrics", `Bearer ${SECRET}`)
+        assert.strictEqual(apiKey.status, 401)
+        assert.strictEqual(apiKey.headers.get("www-authenticate"), 'Bearer realm="metrics", error="invalid_token"')
+        const scraped = yield* get("/metrics", `Bearer ${TOKEN}`)
+        assert.strictEqual(scraped.status, 200)
+        assert.include(scraped.text, 'orchestra_gateway_requests_total{route="metrics",status="401"} 2')
+        assert.strictEqual((yield* get("/healthz")).status, 200)
+        assert.strictEqual((yield* get("/readyz")).status, 200)
+        serving.child.kill("SIGTERM")
+        const { code, stdout, stderr } = yield* serving.exit
+        assert.strictEqual(code, 130)
+        // The requests were logged (logRequests), the token nowhere.
+        assert.include(stdout + stderr, "/metrics")
+        for (const text of [stdout, stderr, missing.text, apiKey.text, scraped.text]) assert.notInclude(text, TOKEN)
+      }),
+    120_000
+  )
+
+  it.live(
+    "an unset or empty token variable, a bad token, a token in the file, or one without a metrics route: exit 2 naming the field",
+    () =>
+      Effect.gen(function* () {
+        const exitOf = (name: string, file: Record<string, unknown>, environment: Record<string, string> = {}) =>
+          Effect.flatMap(
+            serve(
+              ["--config", config, "--gateway", write(name, { server: { port: 0 }, allowAnonymous: true, ...file })],
+              environment
+            ),
+            (started) => started.exit
+          )
+        const [unset, empty, blank, short, inFile, noRoute] = yield* Effect.all(
+          [
+            // The default variable, ORCHESTRA_METRICS_TOKEN, which the test's environment never has.
+            exitOf("metrics-unset.json", { metrics: {} }),
+            exitOf("metrics-empty.json", { metrics: { tokenEnv: "TEST_METRICS_TOKEN" } }, { TEST_METRICS_TOKEN: "" }),
+            exitOf("metrics-blank.json", { metrics: { tokenEnv: "TEST_METRICS_TOKEN" } }, { TEST_METRICS_TOKEN: "  " }),
+            exitOf(
+              "metrics-short.json",
+              { metrics: { tokenEnv: "TEST_METRICS_TOKEN" } },
+              { TEST_METRICS_TOKEN: "short-Xq7" }
+            ),
+            exitOf("metrics-in-file.json", { gateway: { metricsToken: TOKEN } }),
+            exitOf(
+              "metrics-no-route.json",
+              { gateway: { metricsPath: false }, metrics: { tokenEnv: "TEST_METRICS_TOKEN" } },
+              { TEST_METRICS_TOKEN: TOKEN }
+            )
+          ],
+          { concurrency: 2 }
+        )
+        const expected: ReadonlyArray<readonly [{ code: number | null; stderr: string; stdout: string }, string]> = [
+          [unset, "metrics.tokenEnv: set the environment variable ORCHESTRA_METRICS_TOKEN"],
+          [empty, "metrics.tokenEnv: set the environment variable TEST_METRICS_TOKEN"],
+          [blank, "invalid metrics.tokenEnv: expected a token, got an empty one"],
+          [short, "invalid metrics.tokenEnv: expected a token of at least 16 characters"],
+          [
+            inFile,
+            "gateway.metricsToken: a secret is not written in the gateway file: name its environment variable in metrics.tokenEnv"
+          ],
+          [noRoute, "invalid metrics.tokenEnv: there is no metrics route to protect (metricsPath: false)"]
+        ]
+        for (const [result, message] of expected) {
+          assert.strictEqual(result.code, 2, result.stderr)
+          assert.include(result.stderr, message)
+          assert.strictEqual(JSON.parse(result.stdout).error.kind, "config")
+          assert.notInclude(result.stderr, "invalid gateway.metricsToken")
+          for (const text of [result.stdout, result.stderr]) {
+            assert.notInclude(text, TOKEN)
+            assert.notInclude(text, "short-Xq7")
+          }
+        }
+      }),
+    180_000
+  )
+})
+
 describe.skipIf(skipRedis)(`orchestra serve on Redis${skipRedis ? ` (${skipReason})` : ""}`, () => {
   it.live(
     "two replicas on one Redis share a key's budget and see a key an admin created through the other",
