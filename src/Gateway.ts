@@ -226,7 +226,7 @@ export interface Options {
    * The token the metrics route needs, as `Authorization: Bearer <token>` (what Prometheus
    * sends with `authorization.credentials_file`): without it, or with another, the route
    * answers 401 with `WWW-Authenticate: Bearer`. At least 16 visible ASCII characters
-   * (`Config.redacted("ORCHESTRA_METRICS_TOKEN")`); compared by SHA-256 in constant time.
+   * (`Config.Redacted("ORCHESTRA_METRICS_TOKEN")`); compared by SHA-256 in constant time.
    * The health routes stay open. Default none: the route is open.
    */
   readonly metricsToken?: Redacted.Redacted<string> | undefined

@@ -74,9 +74,9 @@ const metricsToken = (
 ): Input.Checked<string | undefined> => {
   if (input === undefined) return Result.succeed(undefined)
   const fail = (message: string) => Result.fail({ path: field, message })
-  if (!Redacted.isRedacted(input)) return fail("expected a Redacted token (Redacted.make, Config.redacted)")
+  if (!Redacted.isRedacted(input)) return fail("expected a Redacted token (Redacted.make, Config.Redacted)")
   const token = Redacted.value(input)
-  if (typeof token !== "string") return fail("expected a Redacted token (Redacted.make, Config.redacted)")
+  if (typeof token !== "string") return fail("expected a Redacted token (Redacted.make, Config.Redacted)")
   if (metricsPath === undefined) return fail("there is no metrics route to protect (metricsPath: false)")
   if (token.trim() === "") return fail("expected a token, got an empty one")
   if (!visibleAscii.test(token)) {
