@@ -213,7 +213,9 @@ class UndiciResponse extends Inspectable.Class implements HttpClientResponse.Htt
   private readAll(): Effect.Effect<Uint8Array, HttpClientError.HttpClientError> {
     if (this.whole !== undefined) return Effect.succeed(this.whole)
     const exchange = this.exchange
-    for (const chunk of exchange.take()) this.collected.push(chunk)
+    // Taking resumes a paused socket, whose buffered bytes (up to the body's end) arrive before
+    // `take` returns: take again until nothing more came, or they are lost or never woken for.
+    while (exchange.chunks.length > 0) for (const chunk of exchange.take()) this.collected.push(chunk)
     if (exchange.error !== undefined) return Effect.fail(this.decodeError(exchange.error))
     if (exchange.ended) {
       this.whole = concat(this.collected)

@@ -13,6 +13,9 @@ const reasonOf = (exit: Exit.Exit<unknown, unknown>): string | undefined => {
 
 const bytes = (n: number, fill = 97): Uint8Array => new Uint8Array(n).fill(fill)
 
+/** `n` bytes that are not all alike, so a lost or moved chunk shows. */
+const pattern = (n: number): Uint8Array => Uint8Array.from({ length: n }, (_, i) => (i * 7 + (i >> 12)) & 255)
+
 layer(UndiciHttpClient.layer)("UndiciHttpClient", (it) => {
   it.effect("sends the method, path, query, headers and body; reads the status, headers and body", () =>
     Effect.gen(function* () {
@@ -229,5 +232,25 @@ describe("UndiciHttpClient (live)", () => {
         )
       )
     )
+  )
+
+  it.live("a body read whole after it paused the socket is every byte of it, neither cut nor stuck", () =>
+    Effect.gen(function* () {
+      const client = yield* HttpClient.HttpClient
+      for (const size of [150 * 1024, 300 * 1024, 1024 * 1024]) {
+        const body = pattern(size)
+        const server = yield* Server.make((_, res) => {
+          res.writeHead(200, { "content-length": String(size) })
+          res.end(body)
+        })
+        const response = yield* client.get(server.url)
+        // Unread, 64 KiB of it pause the socket with the rest buffered: taking them resumes the
+        // socket, and the buffered rest (up to the end) arrives before the reader looks again.
+        yield* Effect.sleep("50 millis")
+        const read = yield* response.arrayBuffer.pipe(Effect.timeout("2 seconds"))
+        assert.strictEqual(read.byteLength, size, `a body of ${size} bytes`)
+        assert.isTrue(Buffer.from(read).equals(body), `the bytes of a body of ${size} bytes`)
+      }
+    }).pipe(Effect.provide(UndiciHttpClient.layer))
   )
 })
