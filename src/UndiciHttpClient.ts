@@ -31,6 +31,7 @@ import {
 } from "effect/http"
 import * as Channel from "effect/Channel"
 import type * as Pull from "effect/Pull"
+import type { Readable } from "node:stream"
 import type * as Undici from "undici"
 
 /** Bytes a response body may hold unread before the socket is paused. */
@@ -364,6 +365,13 @@ export const make: Effect.Effect<HttpClient.HttpClient, never, NodeHttpClient.Di
     }
     return Effect.flatMap(convertBody(request, undici.FormData), ({ body, headers }) =>
       Effect.callback<HttpClientResponse.HttpClientResponse, HttpClientError.HttpClientError>((resume) => {
+        if (signal.aborted) {
+          // Its scope closed before it was sent: dispatched, it would wait for a connection
+          // (a pooled one, or a new one however long connecting takes), then close it.
+          if (request.body._tag === "Stream") (body as Readable).destroy()
+          resume(Effect.fail(transportError(request, signal.reason)))
+          return
+        }
         const exchange = new Exchange((error) => {
           if (error !== undefined) {
             signal.removeEventListener("abort", onAbort)
@@ -374,8 +382,7 @@ export const make: Effect.Effect<HttpClient.HttpClient, never, NodeHttpClient.Di
           signal.removeEventListener("abort", onAbort)
           exchange.abort(signal.reason instanceof globalThis.Error ? signal.reason : interrupted)
         }
-        if (signal.aborted) exchange.aborted = interrupted
-        else signal.addEventListener("abort", onAbort)
+        signal.addEventListener("abort", onAbort)
         try {
           dispatcher.dispatch(
             {

@@ -2,6 +2,7 @@ import { NodeHttpClient } from "@effect/platform-node"
 import { assert, describe, it, layer } from "@effect/vitest"
 import { Effect, Exit, Fiber, Layer, Scope, Stream } from "effect"
 import { HttpBody, HttpClient, HttpClientError, HttpClientRequest, HttpClientResponse } from "effect/http"
+import type * as Undici from "undici"
 import * as UndiciHttpClient from "../src/UndiciHttpClient.js"
 import * as Server from "./utils/httpServer.js"
 
@@ -15,6 +16,22 @@ const bytes = (n: number, fill = 97): Uint8Array => new Uint8Array(n).fill(fill)
 
 /** `n` bytes that are not all alike, so a lost or moved chunk shows. */
 const pattern = (n: number): Uint8Array => Uint8Array.from({ length: n }, (_, i) => (i * 7 + (i >> 12)) & 255)
+
+/** The Dispatcher of an undici `Agent` of these options, counting the requests dispatched to it. */
+const countingDispatcher = (options?: Undici.Agent.Options) =>
+  Effect.map(NodeHttpClient.makeDispatcherOptions(options), (agent) => {
+    const counted = { dispatched: 0, dispatcher: agent }
+    counted.dispatcher = new Proxy(agent, {
+      get: (target, key) =>
+        key === "dispatch"
+          ? (opts: Undici.Dispatcher.DispatchOptions, handler: Undici.Dispatcher.DispatchHandler) => {
+              counted.dispatched++
+              return target.dispatch(opts, handler)
+            }
+          : Reflect.get(target, key)
+    })
+    return counted
+  })
 
 layer(UndiciHttpClient.layer)("UndiciHttpClient", (it) => {
   it.effect("sends the method, path, query, headers and body; reads the status, headers and body", () =>
@@ -252,5 +269,22 @@ describe("UndiciHttpClient (live)", () => {
         assert.isTrue(Buffer.from(read).equals(body), `the bytes of a body of ${size} bytes`)
       }
     }).pipe(Effect.provide(UndiciHttpClient.layer))
+  )
+
+  it.live("a request whose scope already closed fails at once, without being dispatched", () =>
+    Effect.gen(function* () {
+      // A connect that never completes: a request dispatched would wait for it.
+      const counted = yield* countingDispatcher({ connect: () => undefined })
+      const client = HttpClient.withScope(
+        yield* UndiciHttpClient.make.pipe(Effect.provideService(NodeHttpClient.Dispatcher, counted.dispatcher))
+      )
+      const scope = yield* Scope.make()
+      yield* Scope.close(scope, Exit.void)
+      const exit = yield* Effect.exit(
+        client.get("http://127.0.0.1:9/").pipe(Scope.provide(scope), Effect.timeout("2 seconds"))
+      )
+      assert.strictEqual(reasonOf(exit), "TransportError")
+      assert.strictEqual(counted.dispatched, 0)
+    })
   )
 })
