@@ -68,8 +68,10 @@ class Exchange implements Undici.Dispatcher.DispatchHandler {
   }
 
   onRequestStart(controller: Undici.Dispatcher.DispatchController): void {
+    // Given up while it waited for a connection: `controller.abort` would close the connection
+    // it was just given, while a throw (undici fails the request with it) leaves it to the next.
+    if (this.aborted !== undefined) throw this.aborted
     this.controller = controller
-    if (this.aborted !== undefined) controller.abort(this.aborted)
   }
 
   onResponseStart(

@@ -287,4 +287,33 @@ describe("UndiciHttpClient (live)", () => {
       assert.strictEqual(counted.dispatched, 0)
     })
   )
+
+  it.live("a request given up while it waits for a connection leaves that connection to the next one", () =>
+    Effect.gen(function* () {
+      const server = yield* Server.make(async (req, res) => {
+        if (req.path === "/slow") await Server.pause(100)
+        Server.text(res, 200, req.path)
+      })
+      const client = yield* HttpClient.HttpClient
+      const slow = yield* Effect.forkChild(Effect.flatMap(client.get(`${server.url}/slow`), (r) => r.text))
+      yield* server.awaitRequests(1)
+      // One connection, busy: this one waits in undici's queue, then is interrupted.
+      const queued = yield* Effect.forkChild(client.get(`${server.url}/queued`))
+      yield* Effect.sleep("20 millis")
+      yield* Fiber.interrupt(queued)
+      assert.strictEqual(yield* Fiber.join(slow), "/slow")
+      assert.strictEqual(yield* Effect.flatMap(client.get(`${server.url}/next`), (r) => r.text), "/next")
+      assert.deepStrictEqual(
+        (yield* server.requests).map((r) => r.path),
+        ["/slow", "/next"]
+      )
+      assert.strictEqual(yield* server.connections, 1, "the connection was kept")
+    }).pipe(
+      Effect.provide(
+        UndiciHttpClient.layerNoDispatcher.pipe(
+          Layer.provide(NodeHttpClient.layerDispatcherOptions({ connections: 1 }))
+        )
+      )
+    )
+  )
 })

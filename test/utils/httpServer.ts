@@ -10,7 +10,8 @@
  *   (never answers). `script(...)` answers the n-th request with the n-th handler.
  * - `aborted` counts responses whose connection closed before the server ended them (what a
  *   client that is interrupted or stops reading does); `awaitAborted(n)` waits for them.
- *   `bytesSent` is the total of bytes written on all connections.
+ *   `bytesSent` is the total of bytes written on all connections; `connections` counts the
+ *   connections accepted (a client that reuses its connection opens one).
  * - `splitBytes` / `splitAwkward` cut a text at awkward places (inside CRLF pairs and
  *   multi-byte characters); `sse` and `ndjson` build bodies.
  *
@@ -58,6 +59,8 @@ export interface TestServer {
   readonly awaitAborted: (n?: number) => Effect.Effect<void>
   /** Bytes written on every connection so far (headers included). */
   readonly bytesSent: Effect.Effect<number>
+  /** Connections accepted so far. */
+  readonly connections: Effect.Effect<number>
   /** Replaces the handler for the requests that follow. */
   readonly setHandler: (handler: Handler) => Effect.Effect<void>
 }
@@ -82,6 +85,7 @@ export const make = (handler: Handler): Effect.Effect<TestServer, never, Scope.S
     let current = handler
     let aborted = 0
     let closedBytes = 0
+    let connections = 0
     let waiters: Array<Waiter> = []
     const sockets = new Set<Socket>()
     const notify = () => {
@@ -126,6 +130,7 @@ export const make = (handler: Handler): Effect.Effect<TestServer, never, Scope.S
       })
     })
     server.on("connection", (socket) => {
+      connections++
       socket.setNoDelay(true)
       sockets.add(socket)
       socket.on("close", () => {
@@ -156,6 +161,7 @@ export const make = (handler: Handler): Effect.Effect<TestServer, never, Scope.S
         for (const socket of sockets) open += socket.bytesWritten
         return closedBytes + open
       }),
+      connections: Effect.sync(() => connections),
       setHandler: (next) =>
         Effect.sync(() => {
           current = next
