@@ -199,9 +199,14 @@ class UndiciResponse extends Inspectable.Class implements HttpClientResponse.Htt
     return Option.none()
   }
 
-  private decodeError(cause: unknown): HttpClientError.HttpClientError {
+  private decodeError(cause: unknown, description?: string): HttpClientError.HttpClientError {
     return new HttpClientError.HttpClientError({
-      reason: new HttpClientError.DecodeError({ request: this.request, response: this, cause })
+      reason: new HttpClientError.DecodeError({
+        request: this.request,
+        response: this,
+        cause,
+        ...(description === undefined ? {} : { description })
+      })
     })
   }
 
@@ -212,9 +217,12 @@ class UndiciResponse extends Inspectable.Class implements HttpClientResponse.Htt
 
   private readonly collected: Array<Uint8Array> = []
   private whole: Uint8Array | undefined = undefined
+  /** A `stream` took chunks: what is left is not the whole body. */
+  private streamed = false
 
   private readAll(): Effect.Effect<Uint8Array, HttpClientError.HttpClientError> {
     if (this.whole !== undefined) return Effect.succeed(this.whole)
+    if (this.streamed) return Effect.fail(this.decodeError(undefined, "the body was already read as a stream"))
     const exchange = this.exchange
     // Taking resumes a paused socket, whose buffered bytes (up to the body's end) arrive before
     // `take` returns: take again until nothing more came, or they are lost or never woken for.
@@ -280,6 +288,7 @@ class UndiciResponse extends Inspectable.Class implements HttpClientResponse.Htt
     const exchange = this.exchange
     return Stream.fromChannel(
       Channel.fromTransform((_, scope) => {
+        this.streamed = true
         const pull: Pull.Pull<Arr.NonEmptyReadonlyArray<Uint8Array>, HttpClientError.HttpClientError> = Effect.suspend(
           () => {
             const chunks = exchange.take()

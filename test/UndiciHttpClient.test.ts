@@ -316,4 +316,18 @@ describe("UndiciHttpClient (live)", () => {
       )
     )
   )
+
+  it.live("a body read as a stream is not then read whole: the read fails instead of giving the rest", () =>
+    Effect.gen(function* () {
+      const server = yield* Server.make((_, res) => Server.chunked(res, ["hel", "lo"]))
+      const client = yield* HttpClient.HttpClient
+      const whole = yield* client.get(server.url)
+      assert.deepStrictEqual(yield* Stream.runCollect(Stream.decodeText(whole.stream)), ["hel", "lo"])
+      assert.strictEqual(reasonOf(yield* Effect.exit(whole.text)), "DecodeError")
+      const part = yield* client.get(server.url)
+      yield* Effect.sleep("50 millis")
+      assert.deepStrictEqual(yield* Stream.runCollect(Stream.take(Stream.decodeText(part.stream), 1)), ["hel"])
+      assert.strictEqual(reasonOf(yield* Effect.exit(part.text)), "DecodeError")
+    }).pipe(Effect.provide(UndiciHttpClient.layer))
+  )
 })
