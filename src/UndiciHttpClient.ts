@@ -40,8 +40,12 @@ const highWaterMark = 64 * 1024
 /** A body's reader's wake-up: the next chunk arrived, the body ended or failed. */
 type Wake = () => void
 
-/** One request's exchange with undici: the head, then the body's chunks, as they come. */
-class Exchange implements Undici.Dispatcher.DispatchHandler {
+/**
+ * One request's exchange with undici: the head, then the body's chunks, as they come. It
+ * listens to the request's signal (its scope closed, its response was collected unread) until
+ * the answer ended or failed.
+ */
+class Exchange implements Undici.Dispatcher.DispatchHandler, EventListenerObject {
   controller: Undici.Dispatcher.DispatchController | undefined = undefined
   status = 0
   headers: Record<string, string | Array<string> | undefined> = {}
@@ -57,8 +61,15 @@ class Exchange implements Undici.Dispatcher.DispatchHandler {
   /** A wake-up of the readers is queued. */
   scheduled = false
 
-  constructor(onHead: (error: Error | undefined) => void) {
+  readonly signal: AbortSignal
+
+  constructor(signal: AbortSignal, onHead: (error: Error | undefined) => void) {
+    this.signal = signal
     this.onHead = onHead
+  }
+
+  handleEvent(): void {
+    this.abort(this.signal.reason instanceof globalThis.Error ? this.signal.reason : interrupted)
   }
 
   abort(reason: Error): void {
@@ -100,11 +111,13 @@ class Exchange implements Undici.Dispatcher.DispatchHandler {
 
   onResponseEnd(): void {
     this.ended = true
+    this.signal.removeEventListener("abort", this)
     this.notify()
   }
 
   onResponseError(_controller: Undici.Dispatcher.DispatchController, error: Error): void {
     this.error = error
+    this.signal.removeEventListener("abort", this)
     const onHead = this.onHead
     this.onHead = undefined
     if (onHead !== undefined) onHead(error)
@@ -383,17 +396,11 @@ export const make: Effect.Effect<HttpClient.HttpClient, never, NodeHttpClient.Di
           resume(Effect.fail(transportError(request, signal.reason)))
           return
         }
-        const exchange = new Exchange((error) => {
-          if (error !== undefined) {
-            signal.removeEventListener("abort", onAbort)
-            resume(Effect.fail(transportError(request, error)))
-          } else resume(Effect.succeed(new UndiciResponse(request, url.href.split("#")[0]!, exchange)))
+        const exchange = new Exchange(signal, (error) => {
+          if (error !== undefined) resume(Effect.fail(transportError(request, error)))
+          else resume(Effect.succeed(new UndiciResponse(request, url.href.split("#")[0]!, exchange)))
         })
-        const onAbort = () => {
-          signal.removeEventListener("abort", onAbort)
-          exchange.abort(signal.reason instanceof globalThis.Error ? signal.reason : interrupted)
-        }
-        signal.addEventListener("abort", onAbort)
+        signal.addEventListener("abort", exchange)
         try {
           dispatcher.dispatch(
             {
@@ -410,7 +417,7 @@ export const make: Effect.Effect<HttpClient.HttpClient, never, NodeHttpClient.Di
             exchange
           )
         } catch (cause) {
-          signal.removeEventListener("abort", onAbort)
+          signal.removeEventListener("abort", exchange)
           resume(Effect.fail(transportError(request, cause)))
         }
         return Effect.sync(() => exchange.abort(interrupted))

@@ -1,3 +1,4 @@
+import { getEventListeners } from "node:events"
 import { NodeHttpClient } from "@effect/platform-node"
 import { assert, describe, it, layer } from "@effect/vitest"
 import { Effect, Exit, Fiber, Layer, Scope, Stream } from "effect"
@@ -328,6 +329,34 @@ describe("UndiciHttpClient (live)", () => {
       yield* Effect.sleep("50 millis")
       assert.deepStrictEqual(yield* Stream.runCollect(Stream.take(Stream.decodeText(part.stream), 1)), ["hel"])
       assert.strictEqual(reasonOf(yield* Effect.exit(part.text)), "DecodeError")
+    }).pipe(Effect.provide(UndiciHttpClient.layer))
+  )
+
+  it.live("a request's abort listener is removed once its answer ended or failed", () =>
+    Effect.gen(function* () {
+      const signals: Array<AbortSignal> = []
+      yield* Effect.acquireRelease(
+        Effect.sync(() => {
+          const add = EventTarget.prototype.addEventListener
+          AbortSignal.prototype.addEventListener = function (this: AbortSignal, ...args: Parameters<typeof add>) {
+            signals.push(this)
+            return add.apply(this, args)
+          }
+        }),
+        () => Effect.sync(() => delete (AbortSignal.prototype as { addEventListener?: unknown }).addEventListener)
+      )
+      const server = yield* Server.make((req, res) =>
+        req.path === "/cut" ? Server.chunked(res, [bytes(10)], { end: "destroy" }) : Server.json(res, 200, { ok: 1 })
+      )
+      const client = HttpClient.withScope(yield* HttpClient.HttpClient)
+      const scope = yield* Scope.make()
+      assert.deepStrictEqual(yield* Effect.flatMap(client.get(server.url), (r) => r.json).pipe(Scope.provide(scope)), {
+        ok: 1
+      })
+      yield* Effect.exit(Effect.flatMap(client.get(`${server.url}/cut`), (r) => r.text).pipe(Scope.provide(scope)))
+      assert.isAtLeast(signals.length, 2)
+      for (const signal of signals) assert.lengthOf(getEventListeners(signal, "abort"), 0)
+      yield* Scope.close(scope, Exit.void)
     }).pipe(Effect.provide(UndiciHttpClient.layer))
   )
 })
