@@ -40,6 +40,23 @@ const highWaterMark = 64 * 1024
 /** A body's reader's wake-up: the next chunk arrived, the body ended or failed. */
 type Wake = () => void
 
+const noop = () => {}
+
+/** Is this request body a Node stream (a `Stream` body's, or a `Raw` one)? */
+const isReadable = (body: unknown): body is Readable =>
+  typeof body === "object" && body !== null && typeof (body as Readable).pipe === "function"
+
+/**
+ * Releases a Node stream body of a request that failed before undici was done with it: an
+ * Effect stream's fiber is interrupted (its finalizers run), a file's descriptor closed. undici
+ * destroys a body it was writing, not one it never started or only peeked at (`read(0)`).
+ */
+const release = (body: Readable): void => {
+  if (body.destroyed) return
+  body.on("error", noop)
+  body.destroy()
+}
+
 /**
  * One request's exchange with undici: the head, then the body's chunks, as they come. It
  * listens to the request's signal (its scope closed, its response was collected unread) until
@@ -62,9 +79,12 @@ class Exchange implements Undici.Dispatcher.DispatchHandler, EventListenerObject
   scheduled = false
 
   readonly signal: AbortSignal
+  /** The request's body when it is a Node stream, released if the request fails. */
+  readonly body: Readable | undefined
 
-  constructor(signal: AbortSignal, onHead: (error: Error | undefined) => void) {
+  constructor(signal: AbortSignal, body: Readable | undefined, onHead: (error: Error | undefined) => void) {
     this.signal = signal
+    this.body = body
     this.onHead = onHead
   }
 
@@ -118,6 +138,7 @@ class Exchange implements Undici.Dispatcher.DispatchHandler, EventListenerObject
   onResponseError(_controller: Undici.Dispatcher.DispatchController, error: Error): void {
     this.error = error
     this.signal.removeEventListener("abort", this)
+    if (this.body !== undefined) release(this.body)
     const onHead = this.onHead
     this.onHead = undefined
     if (onHead !== undefined) onHead(error)
@@ -389,14 +410,15 @@ export const make: Effect.Effect<HttpClient.HttpClient, never, NodeHttpClient.Di
     }
     return Effect.flatMap(convertBody(request, undici.FormData), ({ body, headers }) =>
       Effect.callback<HttpClientResponse.HttpClientResponse, HttpClientError.HttpClientError>((resume) => {
+        const stream = isReadable(body) ? body : undefined
         if (signal.aborted) {
           // Its scope closed before it was sent: dispatched, it would wait for a connection
           // (a pooled one, or a new one however long connecting takes), then close it.
-          if (request.body._tag === "Stream") (body as Readable).destroy()
+          if (stream !== undefined) release(stream)
           resume(Effect.fail(transportError(request, signal.reason)))
           return
         }
-        const exchange = new Exchange(signal, (error) => {
+        const exchange = new Exchange(signal, stream, (error) => {
           if (error !== undefined) resume(Effect.fail(transportError(request, error)))
           else resume(Effect.succeed(new UndiciResponse(request, url.href.split("#")[0]!, exchange)))
         })
@@ -418,6 +440,7 @@ export const make: Effect.Effect<HttpClient.HttpClient, never, NodeHttpClient.Di
           )
         } catch (cause) {
           signal.removeEventListener("abort", exchange)
+          if (stream !== undefined) release(stream)
           resume(Effect.fail(transportError(request, cause)))
         }
         return Effect.sync(() => exchange.abort(interrupted))

@@ -1,4 +1,5 @@
 import { getEventListeners } from "node:events"
+import { Readable } from "node:stream"
 import { NodeHttpClient } from "@effect/platform-node"
 import { assert, describe, it, layer } from "@effect/vitest"
 import { Effect, Exit, Fiber, Layer, Scope, Stream } from "effect"
@@ -357,6 +358,76 @@ describe("UndiciHttpClient (live)", () => {
       assert.isAtLeast(signals.length, 2)
       for (const signal of signals) assert.lengthOf(getEventListeners(signal, "abort"), 0)
       yield* Scope.close(scope, Exit.void)
+    }).pipe(Effect.provide(UndiciHttpClient.layer))
+  )
+
+  it.live("a request body stream is released when its request fails before it was sent", () =>
+    Effect.gen(function* () {
+      /** A Node stream body, as a file's would be, that tells whether it was released. */
+      const readable = () => {
+        const state = { destroyed: false }
+        const body = new Readable({
+          read() {
+            this.push("x")
+          },
+          destroy(error, callback) {
+            state.destroyed = true
+            callback(error)
+          }
+        })
+        return { state, body: HttpBody.raw(body) }
+      }
+      /** An Effect stream body that never ends, telling whether it started and was finalized. */
+      const endless = () => {
+        const state = { started: false, finalized: false }
+        const body = HttpBody.stream(
+          Stream.fromEffect(Effect.sync(() => (state.started = true))).pipe(
+            Stream.flatMap(() => Stream.never),
+            Stream.ensuring(Effect.sync(() => (state.finalized = true)))
+          )
+        )
+        return { state, body }
+      }
+      const send = <R>(
+        client: HttpClient.HttpClient.With<HttpClientError.HttpClientError, R>,
+        url: string,
+        body: HttpBody.HttpBody
+      ) => client.execute(HttpClientRequest.post(url).pipe(HttpClientRequest.setBody(body)))
+
+      const refusing = yield* Effect.scoped(Effect.map(Server.make(Server.hang), (server) => server.url))
+      const refused = readable()
+      assert.strictEqual(
+        reasonOf(yield* Effect.exit(send(yield* HttpClient.HttpClient, refusing, refused.body))),
+        "TransportError"
+      )
+      assert.isTrue(refused.state.destroyed, "a connection refused")
+
+      const scope = yield* Scope.make()
+      yield* Scope.close(scope, Exit.void)
+      const closed = readable()
+      const scoped = HttpClient.withScope(yield* HttpClient.HttpClient)
+      assert.strictEqual(
+        reasonOf(yield* Effect.exit(send(scoped, refusing, closed.body).pipe(Scope.provide(scope)))),
+        "TransportError"
+      )
+      assert.isTrue(closed.state.destroyed, "a scope already closed")
+
+      const server = yield* Server.make(async (req, res) => {
+        if (req.path === "/slow") await Server.pause(100)
+        Server.text(res, 200, req.path)
+      })
+      const pool = yield* UndiciHttpClient.make.pipe(
+        Effect.provideServiceEffect(NodeHttpClient.Dispatcher, NodeHttpClient.makeDispatcherOptions({ connections: 1 }))
+      )
+      const slow = yield* Effect.forkChild(Effect.flatMap(pool.get(`${server.url}/slow`), (r) => r.text))
+      yield* server.awaitRequests(1)
+      const queued = endless()
+      const fiber = yield* Effect.forkChild(send(pool, `${server.url}/queued`, queued.body))
+      yield* Effect.sleep("20 millis")
+      yield* Fiber.interrupt(fiber)
+      yield* Fiber.join(slow)
+      yield* Effect.sleep("50 millis")
+      assert.isTrue(!queued.state.started || queued.state.finalized, "given up while it waited for a connection")
     }).pipe(Effect.provide(UndiciHttpClient.layer))
   )
 })
