@@ -10,10 +10,12 @@
  * client costs ~15-20% less CPU a request (`docs/benchmarks/gateway.md`).
  *
  * It is an `HttpClient` built with `HttpClient.make`: URLs, tracing, header redaction,
- * `HttpClient.withScope`, `NodeHttpClient.UndiciOptions` and the application's middleware work
- * as with effect's clients. A body unread past 64 KiB pauses the socket until it is read. It
- * does not upgrade connections (`HttpClientRequest.upgrade`): that request fails with a
- * `TransportError` saying so.
+ * `HttpClient.withScope` and the application's middleware work as with effect's clients.
+ * `NodeHttpClient.UndiciOptions` apply to each request's dispatch (those only undici's
+ * `request()` reads, such as `onInfo`, `highWaterMark`, `responseHeaders` or `opaque`, have no
+ * effect). A body unread past 64 KiB pauses the socket until it is read. Interrupting a reader
+ * of the body gives the request up. It does not upgrade connections
+ * (`HttpClientRequest.upgrade`): that request fails with a `TransportError` saying so.
  *
  * @since 0.3.0
  */
