@@ -230,6 +230,11 @@ export interface Options {
    * The health routes stay open. Default none: the route is open.
    */
   readonly metricsToken?: Redacted.Redacted<string> | undefined
+  /**
+   * The buckets of the latency histograms on the metrics route: `"all"` (default: 176 a
+   * histogram, in 10% steps) or `"coarse"` (21, see `Prometheus.coarseBuckets`; counts stay exact).
+   */
+  readonly metricsBuckets?: "all" | "coarse" | undefined
   /** Paths of the liveness and readiness checks, or `false`. Default `/healthz` and `/readyz`. */
   readonly healthPaths?: { readonly live?: string | undefined; readonly ready?: string | undefined } | false | undefined
   /** Admit requests without a key when no `KeyStore` is in context. Default false (the layer fails). */

@@ -24,6 +24,7 @@ import { Context, Effect, Layer, Metric, Result } from "effect"
 import { HttpRouter, HttpServerResponse } from "effect/http"
 import { PrometheusMetrics } from "effect/observability"
 import * as Input from "./Input.js"
+import { latencyBoundaries } from "./Metrics.js"
 
 /**
  * @since 0.2.0
@@ -32,7 +33,43 @@ import * as Input from "./Input.js"
 export interface Options {
   /** Every metric of the registry, not only the library's `orchestra_*` ones. Default false. */
   readonly all?: boolean | undefined
+  /**
+   * The buckets of the library's latency histograms: `"all"` (default: 176, in 10% steps, as the
+   * stats read them) or `"coarse"` (the 21 of {@link coarseBuckets}: ~40 series fewer per
+   * histogram). Counts are exact either way: a kept bucket keeps its own `le`.
+   */
+  readonly buckets?: "all" | "coarse" | undefined
 }
+
+/**
+ * The `le` bounds (milliseconds) `buckets: "coarse"` keeps of each latency histogram: for each
+ * of 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 25, 50, 100, 250, 500 ms, 1, 2.5, 5, 10, 30 s, 1, 2, 5 and
+ * 10 minutes, the largest of `Metrics.latencyBoundaries` not above it (so `le="9.7"`, not
+ * `"10"`: its count is exact), then `+Inf`.
+ *
+ * @since 0.3.0
+ * @category constants
+ */
+export const coarseBuckets: ReadonlyArray<number> = [
+  0.1, 0.25, 0.5, 1, 2.5, 5, 10, 25, 50, 100, 250, 500, 1_000, 2_500, 5_000, 10_000, 30_000, 60_000, 120_000, 300_000,
+  600_000
+].map((target) => latencyBoundaries.reduce((kept, bound) => (bound <= target ? bound : kept), latencyBoundaries[0]!))
+
+const latencyBounds: ReadonlySet<number> = new Set(latencyBoundaries)
+const coarseBounds: ReadonlySet<number> = new Set(coarseBuckets)
+const bucketLine = /^orchestra_\w+_bucket\{(?:.*,)?le="([^"]+)"\} /
+
+/** Drops the bucket lines of the library's latency histograms that `"coarse"` does not keep. */
+const coarsen = (text: string): string =>
+  text
+    .split("\n")
+    .filter((line) => {
+      const le = bucketLine.exec(line)?.[1]
+      if (le === undefined || le === "+Inf") return true
+      const bound = Number(le)
+      return !latencyBounds.has(bound) || coarseBounds.has(bound)
+    })
+    .join("\n")
 
 /**
  * The content type of the Prometheus text format.
@@ -51,12 +88,30 @@ const prefix = "orchestra_"
  * @category formatting
  */
 export const formatUnsafe = (context: Context.Context<never>, options: Options = {}): string => {
-  if (options.all === true) return PrometheusMetrics.formatUnsafe(context)
+  const text = formatAll(context, options.all === true)
+  return options.buckets === "coarse" ? coarsen(text) : text
+}
+
+const formatAll = (context: Context.Context<never>, all: boolean): string => {
+  if (all) return PrometheusMetrics.formatUnsafe(context)
   const registry = Context.get(context, Metric.MetricRegistry)
   const ours: Metric.MetricRegistry = new Map()
   for (const [key, metadata] of registry) if (metadata.id.startsWith(prefix)) ours.set(key, metadata)
   return PrometheusMetrics.formatUnsafe(Context.add(context, Metric.MetricRegistry, ours))
 }
+
+/**
+ * The issue of a `buckets` option that is neither absent, `"all"` nor `"coarse"`.
+ *
+ * @internal
+ */
+export const checkBuckets = (field: string, input: unknown): Input.Issue | undefined =>
+  input === undefined || input === "all" || input === "coarse"
+    ? undefined
+    : {
+        path: field,
+        message: `expected "all" or "coarse", got ${typeof input === "string" ? JSON.stringify(input) : input === null ? "null" : typeof input}`
+      }
 
 /**
  * The metrics of the current context's registry as Prometheus text.
@@ -89,13 +144,14 @@ export interface HttpOptions extends Options {
   readonly path?: HttpRouter.PathInput | undefined
 }
 
-const httpFields: ReadonlySet<string> = new Set(["all", "path"])
+const httpFields: ReadonlySet<string> = new Set(["all", "buckets", "path"])
 
 const checkHttp = (options: HttpOptions): Input.Checked<HttpRouter.PathInput> => {
   const issue =
     Input.notAnObject("(options)", options) ??
     Input.unknownKey(options, httpFields) ??
-    Input.notABoolean(options, ["all"])
+    Input.notABoolean(options, ["all"]) ??
+    checkBuckets("buckets", options.buckets)
   if (issue !== undefined) return Result.fail(issue)
   const path = Input.orDefault(options.path, "/metrics")
   return path === "*" ? Result.succeed(path) : Input.routePath("path", path, "/metrics")
@@ -128,7 +184,9 @@ export const layerHttp = (options: HttpOptions = {}): Layer.Layer<never, Input.O
       HttpRouter.add(
         "GET",
         path,
-        Effect.map(format({ all: options.all }), (body) => HttpServerResponse.text(body, { contentType }))
+        Effect.map(format({ all: options.all, buckets: Input.orDefault(options.buckets, "all") }), (body) =>
+          HttpServerResponse.text(body, { contentType })
+        )
       )
     )
   )

@@ -85,7 +85,9 @@ describe("Prometheus", () => {
         [{ path: 9464 }, "path", 'invalid path: expected a path such as "/metrics", got 9464'],
         [{ path: null }, "path", 'invalid path: expected a path such as "/metrics", got null'],
         [{ all: "yes" }, "all", 'invalid all: expected true or false, got "yes"'],
-        [{ pth: "/m" }, "pth", "invalid pth: unknown option (expected one of all, path)"],
+        [{ pth: "/m" }, "pth", "invalid pth: unknown option (expected one of all, buckets, path)"],
+        [{ buckets: "fine" }, "buckets", 'invalid buckets: expected "all" or "coarse", got "fine"'],
+        [{ buckets: null }, "buckets", 'invalid buckets: expected "all" or "coarse", got null'],
         [null, "(options)", "invalid (options): expected an object, got null"]
       ]
       for (const [options, path, message] of cases) {
@@ -110,6 +112,35 @@ describe("Prometheus", () => {
         assert.strictEqual(response.status, 200, path)
         assert.strictEqual(response.headers.get("content-type"), Prometheus.contentType)
       }
+    })
+  )
+  it.effect("buckets: coarse keeps 21 bounds of each latency histogram, with the counts the full text has there", () =>
+    Effect.gen(function* () {
+      const { router, registry } = yield* makeManager({ a: {} })
+      for (let i = 0; i < 5; i++) yield* router.execute({ prompt: `q${i}` }, "d-a")
+      const provide = Effect.provideService(Metric.MetricRegistry, registry)
+      const full = yield* Prometheus.format().pipe(provide)
+      const coarse = yield* Prometheus.format({ buckets: "coarse" }).pipe(provide)
+      const series = 'orchestra_request_duration_ms_bucket{provider="a",domain="d-a",'
+      const buckets = (text: string) => text.split("\n").filter((line) => line.startsWith(series))
+      assert.lengthOf(buckets(full), 176) // 175 bounds and +Inf
+      assert.lengthOf(buckets(coarse), 22)
+      assert.lengthOf(Prometheus.coarseBuckets, 21)
+      // Every kept line is the full text's own line: same le, same count; +Inf last.
+      for (const line of buckets(coarse)) assert.include(buckets(full), line)
+      assert.match(buckets(coarse).at(-1)!, /le="\+Inf"\} 5$/)
+      // Nothing but latency buckets is dropped.
+      const other = (text: string) => text.split("\n").filter((line) => !/_ms_bucket\{/.test(line))
+      assert.deepStrictEqual(other(coarse), other(full))
+      const web = HttpRouter.toWebHandler(Prometheus.layerHttp({ buckets: "coarse" }), { disableLogger: true })
+      yield* Effect.addFinalizer(() => Effect.promise(() => web.dispose()))
+      const response = yield* Effect.promise(() =>
+        web.handler(
+          new Request("http://localhost/metrics"),
+          Context.make(Metric.MetricRegistry, registry) as Context.Context<never>
+        )
+      )
+      assert.lengthOf(buckets(yield* Effect.promise(() => response.text())), 22)
     })
   )
 })

@@ -7,6 +7,7 @@
 import { Duration, Redacted, Result } from "effect"
 import type { Options } from "../Gateway.js"
 import * as Input from "../Input.js"
+import { checkBuckets } from "../Prometheus.js"
 import { decodeRetry, type RetryPolicy } from "../Policy.js"
 import { hash } from "./keys/secret.js"
 
@@ -31,6 +32,7 @@ export interface Resolved {
   readonly metricsPath: `/${string}` | undefined
   /** The SHA-256 (hex) of the token `metricsPath` needs, `undefined` for an open route: the token itself is not kept. */
   readonly metricsTokenSha256: string | undefined
+  readonly metricsBuckets: "all" | "coarse"
   readonly livePath: `/${string}` | undefined
   readonly readyPath: `/${string}` | undefined
   readonly allowAnonymous: boolean
@@ -47,6 +49,7 @@ const known: ReadonlySet<string> = new Set([
   "drainTimeout",
   "metricsPath",
   "metricsToken",
+  "metricsBuckets",
   "healthPaths",
   "allowAnonymous",
   "provenanceHeaders"
@@ -111,6 +114,11 @@ export const check = (options: Options, at = ""): Input.Checked<Resolved> => {
   if (options.stream !== undefined && (typeof options.stream !== "object" || options.stream === null)) {
     return Result.fail({ path: p("stream"), message: "expected { firstChunkTimeout, idleTimeout, totalTimeout }" })
   }
+  const buckets = checkBuckets(p("metricsBuckets"), options.metricsBuckets)
+  if (buckets !== undefined) return Result.fail(buckets)
+  if (options.metricsBuckets !== undefined && options.metricsPath === false) {
+    return Result.fail({ path: p("metricsBuckets"), message: "there is no metrics route (metricsPath: false)" })
+  }
   const stream = options.stream ?? {}
   for (const key of Object.keys(stream)) {
     if (key !== "firstChunkTimeout" && key !== "idleTimeout" && key !== "totalTimeout") {
@@ -174,6 +182,7 @@ export const check = (options: Options, at = ""): Input.Checked<Resolved> => {
           drainTimeout,
           metricsPath,
           metricsTokenSha256,
+          metricsBuckets: Input.orDefault(options.metricsBuckets, "all"),
           livePath,
           readyPath,
           allowAnonymous,

@@ -81,7 +81,7 @@ export const make = Effect.fnUntraced(function* (input: Options, keys: Keys | un
     lifecycle,
     clock,
     retry: options.retry === "executor" ? true : options.retry === false ? undefined : options.retry,
-    metricsText: () => Prometheus.formatUnsafe(context),
+    metricsText: () => Prometheus.formatUnsafe(context, { buckets: options.metricsBuckets }),
     nextId: (kind) => `${kind}${prefix}${(counter++).toString(36)}`
   }
   // Without a tracer (the native one records nowhere), the spans of every call below would

@@ -142,6 +142,34 @@ const get = (url: string, authorization?: string): Effect.Effect<Scraped> =>
     return { status: response.status, headers: response.headers, text: await response.text() }
   })
 
+describe("Gateway: metricsBuckets", () => {
+  it.live('"coarse" serves 21 bounds of each latency histogram, with the counts "all" has there', () =>
+    Effect.gen(function* () {
+      const upstream = yield* Server.make(Up.openAi())
+      const { service } = Harness.keyStore({ "sk-buckets": { id: "b" } })
+      const gateways = {
+        all: yield* Harness.make({ upstreams: { a: upstream.url }, keys: service }),
+        coarse: yield* Harness.make({
+          upstreams: { a: upstream.url },
+          keys: service,
+          gateway: { metricsBuckets: "coarse" }
+        })
+      }
+      const counts: Record<string, number> = {}
+      for (const [name, gw] of Object.entries(gateways)) {
+        yield* Harness.call(() => gw.client("sk-buckets").chat.completions.create({ model: "d-a", messages: hi }))
+        const text = yield* Effect.promise(() => fetch(`${gw.url}/metrics`).then((r) => r.text()))
+        const lines = text
+          .split("\n")
+          .filter((l) => l.startsWith('orchestra_gateway_request_duration_ms_bucket{route="chat",'))
+        counts[name] = lines.length
+        assert.match(lines.at(-1)!, /le="\+Inf"\} 1$/, name)
+      }
+      assert.deepStrictEqual(counts, { all: 176, coarse: 22 })
+    })
+  )
+})
+
 describe("Gateway: /metrics behind metricsToken", () => {
   it.live(
     "without the token, or with a wrong one, /metrics is a 401 with the gateway's error body and WWW-Authenticate",

@@ -53,6 +53,12 @@ describe("Gateway options", () => {
       assert.strictEqual(yield* buildError({ allowAnonymous: true, maxBodyBytes: null } as never), "maxBodyBytes")
       assert.strictEqual(yield* buildError({ allowAnonymous: true, prefix: null } as never), "prefix")
       assert.strictEqual(yield* buildError({ allowAnonymous: true, stream: null } as never), "stream")
+      assert.strictEqual(yield* buildError({ allowAnonymous: true, metricsBuckets: "fine" } as never), "metricsBuckets")
+      assert.strictEqual(yield* buildError({ allowAnonymous: true, metricsBuckets: null } as never), "metricsBuckets")
+      assert.strictEqual(
+        yield* buildError({ allowAnonymous: true, metricsBuckets: "coarse", metricsPath: false }),
+        "metricsBuckets"
+      )
     })
   )
 
