@@ -441,6 +441,24 @@ describe("createOrchestra: a stream's signal listener", () => {
       await orchestra.dispose()
     }
   })
+  it("an abort after the Finish part was handed over leaves the stream a success: there is nothing left to cut", async () => {
+    const m = mock({ script: [Mock.Outcome.succeed("one two")] })
+    const orchestra = createOrchestra(Orchestra.layer({ providers: { main: m.layer }, breakers: false }))
+    try {
+      const controller = new AbortController()
+      const tags: Array<string> = []
+      for await (const part of orchestra.stream("q", { domain: "support", signal: controller.signal })) {
+        tags.push(part._tag)
+        // e.g. the client of a server leaving right after the last chunk was written to it.
+        if (part._tag === "Finish") controller.abort(new DOMException("t", "TimeoutError"))
+      }
+      assert.deepStrictEqual(tags, ["TextDelta", "TextDelta", "Finish"])
+      const stats = orchestra.stats()
+      assert.deepStrictEqual([stats.successes, stats.failuresByReason], [1, {}])
+    } finally {
+      await orchestra.dispose()
+    }
+  })
 })
 
 describe("createOrchestra: batch, stats, streams", () => {

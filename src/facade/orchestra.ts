@@ -228,8 +228,11 @@ export const makeCreateOrchestra = (env: Env) => {
         }
         // The signal is listened to only while a part is awaited, never between two: a loop left
         // without `return()` (or never resumed) keeps nothing on a signal that may outlive it.
+        // After the Finish part nothing is left to cut: the last pull only ends the stream, and an
+        // abort in between (a server's client leaving once the last chunk was written) is no failure.
+        let finished = false
         const pull = async (): Promise<IteratorResult<StreamPart>> => {
-          if (signal === undefined) return iterator.next()
+          if (signal === undefined || finished) return iterator.next()
           if (signal.aborted) onAbort()
           else signal.addEventListener("abort", onAbort, { once: true })
           try {
@@ -247,6 +250,7 @@ export const makeCreateOrchestra = (env: Env) => {
             if (aborted !== undefined) throw new OrchestraError(aborted)
             if (next.done) return
             if (next.value._tag === "TextDelta") delivered += next.value.text
+            else if (next.value._tag === "Finish") finished = true
             yield next.value
           }
         } finally {
