@@ -82,12 +82,15 @@ export const contentType = "text/plain; version=0.0.4; charset=utf-8"
 const prefix = "orchestra_"
 
 /**
- * The metrics of a context's registry as Prometheus text, synchronously.
+ * The metrics of a context's registry as Prometheus text, synchronously. Throws an
+ * `OptionError` naming `buckets` for a value other than `"all"` or `"coarse"`.
  *
  * @since 0.2.0
  * @category formatting
  */
 export const formatUnsafe = (context: Context.Context<never>, options: Options = {}): string => {
+  const issue = checkBuckets("buckets", options.buckets)
+  if (issue !== undefined) throw Input.toOptionError(issue)
   const text = formatAll(context, options.all === true)
   return options.buckets === "coarse" ? coarsen(text) : text
 }
@@ -110,17 +113,22 @@ export const checkBuckets = (field: string, input: unknown): Input.Issue | undef
     ? undefined
     : {
         path: field,
-        message: `expected "all" or "coarse", got ${typeof input === "string" ? JSON.stringify(input) : input === null ? "null" : typeof input}`
+        message: `expected "all" or "coarse", got ${typeof input === "string" ? JSON.stringify(input) : typeof input === "number" || input === null ? String(input) : typeof input}`
       }
 
 /**
- * The metrics of the current context's registry as Prometheus text.
+ * The metrics of the current context's registry as Prometheus text (a `buckets` other than
+ * `"all"` or `"coarse"` dies with an `OptionError` naming it; `layerHttp` fails with it).
  *
  * @since 0.2.0
  * @category formatting
  */
 export const format = (options?: Options): Effect.Effect<string> =>
-  Effect.map(Effect.context<never>(), (context) => formatUnsafe(context, options))
+  Effect.flatMap(Effect.context<never>(), (context) => {
+    const issue = checkBuckets("buckets", options?.buckets)
+    // A value its type rules out: a defect naming the field, never the default in silence.
+    return issue === undefined ? Effect.succeed(formatUnsafe(context, options)) : Effect.die(Input.toOptionError(issue))
+  })
 
 /**
  * The library's metrics as Prometheus text.

@@ -141,6 +141,13 @@ describe("Prometheus", () => {
         )
       )
       assert.lengthOf(buckets(yield* Effect.promise(() => response.text())), 22)
+      // A value the type rules out is never the default in silence.
+      const exit = yield* Effect.exit(Prometheus.format({ buckets: "Coarse" as never }).pipe(provide))
+      assert.include(String(exit), 'invalid buckets: expected "all" or "coarse", got "Coarse"')
+      assert.throws(
+        () => Prometheus.formatUnsafe(Context.make(Metric.MetricRegistry, registry) as never, { buckets: 5 as never }),
+        /got 5/
+      )
     })
   )
 })

@@ -50,9 +50,14 @@ const checkKey = (input: unknown): Input.Checked<string> => {
   if (Redacted.isRedacted(input)) {
     const value = Redacted.value(input)
     // Never echo the value.
-    return typeof value === "string" && value.length >= 16
+    // Sent as `Authorization: Bearer <key>`: a space, a line break (a mounted secret's trailing
+    // newline) or a non-ASCII character could never match, so the admin routes would refuse every call.
+    return typeof value === "string" && value.length >= 16 && /^[\x21-\x7e]+$/.test(value)
       ? Result.succeed(hash(value))
-      : Result.fail({ path: "key", message: "expected an admin key of at least 16 characters" })
+      : Result.fail({
+          path: "key",
+          message: "expected an admin key of at least 16 visible ASCII characters (no space or line break)"
+        })
   }
   if (typeof input === "object" && input !== null && "sha256" in input) {
     const sha256 = (input as { readonly sha256: unknown }).sha256

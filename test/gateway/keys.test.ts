@@ -953,6 +953,9 @@ describe("Admin routes", () => {
         [{ key: Redacted.make("short") }, "key"],
         [{ key: { sha256: "abc" } }, "key.sha256"],
         [{ key: "plain-admin-key-0123456789" as never }, "key"],
+        // A mounted secret's trailing newline, or a space: such a key could never be sent as a bearer token.
+        [{ key: Redacted.make(`${adminSecret}\n`) }, "key"],
+        [{ key: Redacted.make(`admin key ${adminSecret}`) }, "key"],
         [{ key: Redacted.make(adminSecret), path: "admin" }, "path"],
         [{ key: Redacted.make(adminSecret), maxBodyBytes: 10 }, "maxBodyBytes"],
         [{ key: Redacted.make(adminSecret), extra: 1 } as never, "extra"],
