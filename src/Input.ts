@@ -419,6 +419,20 @@ export const notABoolean = (options: object, fields: ReadonlyArray<string>): Iss
 }
 
 /**
+ * One of `values`, exactly; anything else (`null` included) is an issue listing them.
+ *
+ * @since 0.3.0
+ * @category checks
+ */
+export const oneOf = <const A extends string>(path: string, input: unknown, values: ReadonlyArray<A>): Checked<A> =>
+  values.includes(input as A)
+    ? Result.succeed(input as A)
+    : Result.fail({
+        path,
+        message: `expected one of ${values.map((v) => `"${v}"`).join(", ")}, got ${JSON.stringify(input)}`
+      })
+
+/**
  * An error with `OptionError`s named under `prefix` (a layer built by another, whose options
  * are a section of the outer one's: `breaker.`, `providers.main.`); any other error as is.
  *

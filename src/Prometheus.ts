@@ -91,6 +91,11 @@ const prefix = "orchestra_"
 export const formatUnsafe = (context: Context.Context<never>, options: Options = {}): string => {
   const issue = checkBuckets("buckets", options.buckets)
   if (issue !== undefined) throw Input.toOptionError(issue)
+  return render(context, options)
+}
+
+/** The text, options already checked. */
+const render = (context: Context.Context<never>, options: Options): string => {
   const text = formatAll(context, options.all === true)
   return options.buckets === "coarse" ? coarsen(text) : text
 }
@@ -108,13 +113,11 @@ const formatAll = (context: Context.Context<never>, all: boolean): string => {
  *
  * @internal
  */
-export const checkBuckets = (field: string, input: unknown): Input.Issue | undefined =>
-  input === undefined || input === "all" || input === "coarse"
-    ? undefined
-    : {
-        path: field,
-        message: `expected "all" or "coarse", got ${typeof input === "string" ? JSON.stringify(input) : typeof input === "number" || input === null ? String(input) : typeof input}`
-      }
+export const checkBuckets = (field: string, input: unknown): Input.Issue | undefined => {
+  if (input === undefined) return undefined
+  const checked = Input.oneOf(field, input, ["all", "coarse"])
+  return Result.isFailure(checked) ? checked.failure : undefined
+}
 
 /**
  * The metrics of the current context's registry as Prometheus text (a `buckets` other than
@@ -127,7 +130,7 @@ export const format = (options?: Options): Effect.Effect<string> =>
   Effect.flatMap(Effect.context<never>(), (context) => {
     const issue = checkBuckets("buckets", options?.buckets)
     // A value its type rules out: a defect naming the field, never the default in silence.
-    return issue === undefined ? Effect.succeed(formatUnsafe(context, options)) : Effect.die(Input.toOptionError(issue))
+    return issue === undefined ? Effect.succeed(render(context, options ?? {})) : Effect.die(Input.toOptionError(issue))
   })
 
 /**

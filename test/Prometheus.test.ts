@@ -86,8 +86,8 @@ describe("Prometheus", () => {
         [{ path: null }, "path", 'invalid path: expected a path such as "/metrics", got null'],
         [{ all: "yes" }, "all", 'invalid all: expected true or false, got "yes"'],
         [{ pth: "/m" }, "pth", "invalid pth: unknown option (expected one of all, buckets, path)"],
-        [{ buckets: "fine" }, "buckets", 'invalid buckets: expected "all" or "coarse", got "fine"'],
-        [{ buckets: null }, "buckets", 'invalid buckets: expected "all" or "coarse", got null'],
+        [{ buckets: "fine" }, "buckets", 'invalid buckets: expected one of "all", "coarse", got "fine"'],
+        [{ buckets: null }, "buckets", 'invalid buckets: expected one of "all", "coarse", got null'],
         [null, "(options)", "invalid (options): expected an object, got null"]
       ]
       for (const [options, path, message] of cases) {
@@ -143,7 +143,7 @@ describe("Prometheus", () => {
       assert.lengthOf(buckets(yield* Effect.promise(() => response.text())), 22)
       // A value the type rules out is never the default in silence.
       const exit = yield* Effect.exit(Prometheus.format({ buckets: "Coarse" as never }).pipe(provide))
-      assert.include(String(exit), 'invalid buckets: expected "all" or "coarse", got "Coarse"')
+      assert.include(String(exit), 'invalid buckets: expected one of "all", "coarse", got "Coarse"')
       assert.throws(
         () => Prometheus.formatUnsafe(Context.make(Metric.MetricRegistry, registry) as never, { buckets: 5 as never }),
         /got 5/

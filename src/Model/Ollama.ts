@@ -86,7 +86,7 @@ const checkOptions = (options: Options) =>
     Http.nonEmpty("name", Input.orDefault(options.name, "ollama")),
     Http.nonEmpty("model", Input.orDefault(options.model, "llama3.2")),
     Http.nonEmpty("embeddingModel", Input.orDefault(options.embeddingModel, "nomic-embed-text")),
-    Http.oneOf("api", Input.orDefault(options.api, "chat"), ["chat", "generate"]),
+    Input.oneOf("api", Input.orDefault(options.api, "chat"), ["chat", "generate"]),
     Input.optional(options.keepAlive, (input) => Wire.keepAlive("keepAlive", input)),
     options.apiKey === undefined || Redacted.isRedacted(options.apiKey)
       ? Result.succeed(undefined)

@@ -101,8 +101,8 @@ const checkOptions = (options: Options) =>
     Http.nonEmpty("name", Input.orDefault(options.name, "openai")),
     Http.nonEmpty("model", Input.orDefault(options.model, "gpt-4o-mini")),
     Http.nonEmpty("embeddingModel", Input.orDefault(options.embeddingModel, "text-embedding-3-small")),
-    Http.oneOf("embeddingEncoding", Input.orDefault(options.embeddingEncoding, "float"), ["float", "base64"]),
-    Http.oneOf("maxTokensField", Input.orDefault(options.maxTokensField, "max_tokens"), [
+    Input.oneOf("embeddingEncoding", Input.orDefault(options.embeddingEncoding, "float"), ["float", "base64"]),
+    Input.oneOf("maxTokensField", Input.orDefault(options.maxTokensField, "max_tokens"), [
       "max_tokens",
       "max_completion_tokens"
     ]),

@@ -97,7 +97,7 @@ const checkOptions = (options: Options) =>
         }),
     Http.nonEmpty("model", Input.orDefault(options.model, "ibm/granite-3-8b-instruct")),
     Http.nonEmpty("embeddingModel", Input.orDefault(options.embeddingModel, "ibm/slate-125m-english-rtrvr-v2")),
-    Http.oneOf("api", Input.orDefault(options.api, "chat"), ["chat", "generation"] as const),
+    Input.oneOf("api", Input.orDefault(options.api, "chat"), ["chat", "generation"] as const),
     Input.duration("refreshMargin", Input.orDefault(options.refreshMargin, "60 seconds"), { allowZero: true }),
     Input.duration("tokenTimeout", Input.orDefault(options.tokenTimeout, "30 seconds")),
     Http.nonEmpty("name", Input.orDefault(options.name, "watsonx")),

@@ -17,16 +17,19 @@ import * as Server from "../utils/httpServer.js"
 import * as Harness from "./harness.js"
 import * as Up from "./upstream.js"
 
+/** The services a gateway needs, over one Mock provider `m` and a domain `d` (with a router for `Gateway.layer`). */
+const mockServices = Effect.map(Mock.make({ name: "m" }), (mock) =>
+  Executor.layer().pipe(
+    Layer.provideMerge(Stats.layer),
+    Layer.provideMerge(Layer.succeed(ModelProvider, mock.provider)),
+    Layer.provideMerge(Layer.succeed(Domain.Providers, Domain.makeProviders({ m: mock.provider }))),
+    Layer.provideMerge(Domain.layerDomains([{ name: "d", provider: "m" }]))
+  )
+)
+
 const buildError = (options: Gateway.Options) =>
   Effect.gen(function* () {
-    const mock = yield* Mock.make({ name: "m" })
-    const services = Executor.layer().pipe(
-      Layer.provideMerge(Stats.layer),
-      Layer.provideMerge(Layer.succeed(ModelProvider, mock.provider)),
-      Layer.provideMerge(Layer.succeed(Domain.Providers, Domain.makeProviders({ m: mock.provider }))),
-      Layer.provideMerge(Domain.layerDomains([{ name: "d", provider: "m" }])),
-      Layer.provideMerge(HttpRouter.layer)
-    )
+    const services = (yield* mockServices).pipe(Layer.provideMerge(HttpRouter.layer))
     const error = yield* Effect.flip(Layer.build(Gateway.layer(options).pipe(Layer.provide(services))))
     return error._tag === "OptionError" ? error.path : `${error._tag}: ${String(error)}`
   }).pipe(Effect.scoped)
@@ -66,14 +69,7 @@ describe("Gateway options", () => {
     Effect.gen(function* () {
       const refused = (metricsToken: unknown, more: Gateway.Options = {}) =>
         Effect.gen(function* () {
-          const mock = yield* Mock.make({ name: "m" })
-          const services = Executor.layer().pipe(
-            Layer.provideMerge(Stats.layer),
-            Layer.provideMerge(Layer.succeed(ModelProvider, mock.provider)),
-            Layer.provideMerge(Layer.succeed(Domain.Providers, Domain.makeProviders({ m: mock.provider }))),
-            Layer.provideMerge(Domain.layerDomains([{ name: "d", provider: "m" }])),
-            Layer.provideMerge(HttpRouter.layer)
-          )
+          const services = (yield* mockServices).pipe(Layer.provideMerge(HttpRouter.layer))
           const options = { allowAnonymous: true, metricsToken, ...more } as Gateway.Options
           const error = yield* Effect.flip(Layer.build(Gateway.layer(options).pipe(Layer.provide(services))))
           assert.strictEqual(error._tag, "OptionError")
@@ -106,13 +102,7 @@ describe("Gateway options", () => {
     Effect.gen(function* () {
       const pathOf = (options: Gateway.ServeOptions) =>
         Effect.gen(function* () {
-          const mock = yield* Mock.make({ name: "m" })
-          const services = Executor.layer().pipe(
-            Layer.provideMerge(Stats.layer),
-            Layer.provideMerge(Layer.succeed(ModelProvider, mock.provider)),
-            Layer.provideMerge(Layer.succeed(Domain.Providers, Domain.makeProviders({ m: mock.provider }))),
-            Layer.provideMerge(Domain.layerDomains([{ name: "d", provider: "m" }]))
-          )
+          const services = yield* mockServices
           const error = yield* Effect.flip(Layer.build(Gateway.serve(options).pipe(Layer.provide(services))))
           return error._tag === "OptionError" ? error.path : error._tag
         }).pipe(Effect.scoped)
@@ -130,13 +120,7 @@ describe("Gateway options", () => {
     Effect.gen(function* () {
       const serveWith = (options: Gateway.ServeOptions) =>
         Effect.gen(function* () {
-          const mock = yield* Mock.make({ name: "m" })
-          const services = Executor.layer().pipe(
-            Layer.provideMerge(Stats.layer),
-            Layer.provideMerge(Layer.succeed(ModelProvider, mock.provider)),
-            Layer.provideMerge(Layer.succeed(Domain.Providers, Domain.makeProviders({ m: mock.provider }))),
-            Layer.provideMerge(Domain.layerDomains([{ name: "d", provider: "m" }]))
-          )
+          const services = yield* mockServices
           const built = yield* Layer.build(
             Gateway.serve({ allowAnonymous: true, port: 0, ...options }).pipe(Layer.provide(services))
           ).pipe(Effect.exit)

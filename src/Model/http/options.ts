@@ -131,24 +131,6 @@ export const nonEmpty = (path: string, input: unknown): Input.Checked<string> =>
         message: `expected a non-empty string without surrounding spaces, got ${JSON.stringify(input)}`
       })
 
-/**
- * Checks an option that takes one of a few strings.
- *
- * @since 0.2.0
- * @category checks
- */
-export const oneOf = <const A extends string>(
-  path: string,
-  input: unknown,
-  values: ReadonlyArray<A>
-): Input.Checked<A> =>
-  values.includes(input as A)
-    ? Result.succeed(input as A)
-    : Result.fail({
-        path,
-        message: `expected one of ${values.map((v) => `"${v}"`).join(", ")}, got ${JSON.stringify(input)}`
-      })
-
 // RFC 9110: a field name is a token; a value holds tab, visible ASCII and obs-text bytes only
 // (no CR, LF or NUL, so no header can be injected), as undici checks it at each request.
 const headerName = /^[!#$%&'*+\-.^_`|~0-9A-Za-z]+$/
