@@ -56,7 +56,8 @@ export interface Options {
    */
   readonly url?: string | Redacted.Redacted<string> | undefined
   /**
-   * Longest wait for one connection attempt (the first one and every reconnection). Default 2 seconds.
+   * Longest wait for one connection attempt (the first one and every reconnection); the first one's handshake
+   * included, so a Redis that accepts connections but never answers fails the layer. Default 2 seconds.
    * This and the other durations here are rounded up to whole milliseconds and are at most 2^31-1 ms
    * (about 24.9 days, the longest a Node timer takes).
    */
@@ -125,8 +126,9 @@ const loadNodeRedis = Effect.tryPromise({
 /**
  * `effect/persistence`'s `Redis` service (and `NodeRedis`, the node-redis client) for the
  * stores of this library. Connects when built: an unreachable Redis fails the layer with
- * a `RedisError` (after at most `connectTimeout`); later outages are the stores' business
- * (each fails open or closed as configured) while the client reconnects in the background.
+ * a `RedisError` (after at most `connectTimeout`, also when it accepts the connection and
+ * never answers); later outages are the stores' business (each fails open or closed as
+ * configured) while the client reconnects in the background.
  * Invalid options fail it with an `OptionError` naming the field. Closed with the layer's scope.
  * The `redis` package (node-redis) is loaded when the layer is built, so modules that only
  * use the in-memory stores never need it.
@@ -155,7 +157,7 @@ export const layer = (
       // Before the first connection a failure fails the layer (a wrong URL should not hang
       // start-up); once connected, the client never gives up reconnecting.
       const state = { connected: false }
-      return NodeRedis.layer({
+      const client = NodeRedis.layer({
         url: s.url,
         disableOfflineQueue: true,
         commandOptions: { timeout: s.commandTimeout, rejectInFlight: true },
@@ -167,14 +169,29 @@ export const layer = (
       }).pipe(
         // NodeRedis logs a warning with a stack trace on every failed reconnection attempt;
         // the stores' guards report an outage once instead.
-        Layer.provide(Layer.succeed(References.MinimumLogLevel, "Error")),
-        Layer.tap(() =>
-          Effect.sync(() => {
-            state.connected = true
-          })
-        ),
-        Layer.merge(Layer.succeed(ClientDeadline, s.commandTimeout))
+        Layer.provide(Layer.succeed(References.MinimumLogLevel, "Error"))
       )
+      // node-redis bounds only the socket's connection by connectTimeout, not the handshake after
+      // it: a hung Redis (or another server on the port) that accepts the connection and never
+      // answers held the build for ever. The build's scope is the layer's: giving up closes the client.
+      return Layer.effectContext(
+        Layer.build(client).pipe(
+          Effect.timeoutOrElse({
+            duration: Duration.millis(s.connectTimeout),
+            orElse: () =>
+              Effect.fail(
+                new Redis.RedisError({
+                  cause: new Error(`Redis did not answer the connection's handshake within ${s.connectTimeout} ms`)
+                })
+              )
+          }),
+          Effect.tap(() =>
+            Effect.sync(() => {
+              state.connected = true
+            })
+          )
+        )
+      ).pipe(Layer.merge(Layer.succeed(ClientDeadline, s.commandTimeout)))
     })
   )
 
