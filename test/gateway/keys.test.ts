@@ -596,6 +596,37 @@ describe.skipIf(skipRedis)(`KeyStore on Redis (${skipRedis ? skipReason : "needs
     )
   )
 
+  it.live("a lease of 10^14 nano-dollars or more never settled is given back too, not a 503 for ever", () =>
+    Effect.scoped(
+      Effect.gen(function* () {
+        const server = yield* startRedis
+        const prefix = `${unique("big-lease")}:`
+        const options: KeyStore.RedisOptions = {
+          prefix,
+          reservationTtl: "300 millis",
+          prices: { big: { input: 1000, output: 1000 } }
+        }
+        const dying = yield* onRedis(server, options)
+        const created = yield* dying.store.create({ id: "rich", budget: { usd: 1_000_000 } })
+        // $300,000.001: Lua wrote this amount as 3.00000001e+14 in the lease, which its sweep could not read.
+        yield* dying.store.reserve(
+          yield* dying.store.authenticate(created.secret),
+          "big",
+          estimate(200_000_000, 100_000_001)
+        )
+        const survivor = yield* onRedis(server, options)
+        const k = yield* survivor.store.authenticate(created.secret)
+        yield* Effect.sleep("400 millis")
+        const again = yield* survivor.store.reserve(k, "big", estimate(1_000_000, 0))
+        assert.deepStrictEqual(
+          (yield* survivor.store.spend("rich")).map((l) => [l.spent, l.held]),
+          [[0, 1000]]
+        )
+        yield* survivor.store.release(again)
+      })
+    )
+  )
+
   it.live("rpm is shared: two stores on one Redis admit the key's limit in total", () =>
     Effect.scoped(
       Effect.gen(function* () {

@@ -85,7 +85,9 @@ return record
 
 // KEYS: per counter its hash and its leases. ARGV: lease ms, reservation id, then per
 // counter: limit, amount, ttl ms (0: none). Returns { 0, spent1, held1, ... } once every
-// amount is held, or { i, spent, held } for the first counter it would overrun.
+// amount is held, or { i, spent, held } for the first counter it would overrun. A lease is
+// `<id>|<amount>` with the amount in digits: Lua writes a number of 10^14 or more with an
+// exponent, and a sweep that could not read one failed every reservation on the counter.
 const reserveScript = Redis.script(
   (keys: ReadonlyArray<string>, leaseMs: number, id: string, args: ReadonlyArray<number>) => [
     ...keys,
@@ -110,7 +112,7 @@ for i = 1, n do
   if #expired > 0 then
     local back = 0
     for _, member in ipairs(expired) do
-      back = back + tonumber(string.match(member, "|(%d+)$"))
+      back = back + (tonumber(string.match(member, "|([^|]*)$")) or 0)
       redis.call("ZREM", z, member)
     end
     redis.call("HINCRBY", h, "held", -back)
@@ -132,7 +134,7 @@ for i = 1, n do
   local ttl = tonumber(ARGV[3 * i + 2])
   if amount > 0 then
     redis.call("HINCRBY", h, "held", amount)
-    redis.call("ZADD", z, now + lease, id .. "|" .. amount)
+    redis.call("ZADD", z, now + lease, id .. "|" .. string.format("%.0f", amount))
   end
   if ttl > 0 then
     redis.call("PEXPIRE", h, ttl)
@@ -161,7 +163,7 @@ for i = 1, #KEYS / 2 do
   local reserved = tonumber(ARGV[3 * i - 1])
   local actual = tonumber(ARGV[3 * i])
   local ttl = tonumber(ARGV[3 * i + 1])
-  if reserved > 0 and redis.call("ZREM", z, id .. "|" .. reserved) == 1 then
+  if reserved > 0 and redis.call("ZREM", z, id .. "|" .. string.format("%.0f", reserved)) == 1 then
     redis.call("HINCRBY", h, "held", -reserved)
   end
   if actual > 0 then redis.call("HINCRBY", h, "spent", actual) end
