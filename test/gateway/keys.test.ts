@@ -766,6 +766,39 @@ describe.skipIf(skipRedis)(`KeyStore on Redis (${skipRedis ? skipReason : "needs
     )
   )
 
+  it.live("a reserve interrupted while Redis runs it (the client left) holds nothing once Redis answers", () =>
+    Effect.scoped(
+      Effect.gen(function* () {
+        const server = yield* startRedis
+        const { store } = yield* onRedis(server, { redis: { timeout: "2 seconds", reportAfter: "1 minute" } })
+        yield* Effect.addFinalizer(() => server.resume)
+        // Without a limit, and with one (the slot's call runs beside the reservation's).
+        for (const [id, rpm] of [
+          ["left", undefined],
+          ["left-rpm", 100]
+        ] as const) {
+          const created = yield* store.create({ id, budget: { tokens: 1000 }, rpm })
+          const k = yield* store.authenticate(created.secret)
+          yield* server.pause
+          const request = yield* Effect.forkChild(store.reserve(k, "m", estimate(100, 100)))
+          yield* Effect.sleep("100 millis")
+          // The script is sent: the interruption waits for its answer, which comes once Redis resumes.
+          const interrupted = yield* Effect.forkChild(Fiber.interrupt(request))
+          yield* Effect.sleep("100 millis")
+          yield* server.resume
+          yield* Fiber.join(interrupted)
+          const held = Effect.map(store.spend(id), (lines) => lines.map((line) => [line.spent, line.held]))
+          const settled = yield* held.pipe(
+            Effect.flatMap((levels) => (levels[0]![1] === 0 ? Effect.succeed(levels) : Effect.fail(levels))),
+            Effect.retry({ schedule: Schedule.spaced("50 millis"), times: 20 }),
+            Effect.catch(Effect.succeed)
+          )
+          assert.deepStrictEqual(settled, [[0, 0]], `${id}: nobody can release what the interrupted reserve holds`)
+        }
+      })
+    )
+  )
+
   it.live("onStoreError budgets 'allow': the request goes through unreserved", () =>
     Effect.scoped(
       Effect.gen(function* () {

@@ -293,7 +293,8 @@ export const make = Effect.fnUntraced(function* (
     record: KeyRecord,
     model: string,
     inputTokens: number,
-    maxOutputTokens: number
+    maxOutputTokens: number,
+    taken: { held?: Held | undefined }
   ): Effect.Effect<unknown, GatewayError> => {
     const at = now()
     const counters = countersFor(record.id, record.team, contextOf(record).budgets, model, at)
@@ -315,7 +316,11 @@ export const make = Effect.fnUntraced(function* (
     const id = `${processId}.${(sequence++).toString(36)}`
     const held = (recorded: boolean) =>
       new Held(id, record.id, model, charges, price, inputTokens, maxOutputTokens, recorded)
-    const reserved = backend.reserve(id, charges, resolved.reservationTtlMs, at)
+    // Known to `taken` as soon as Redis answers, before an interruption pending since (see `reserve`) ends the fiber.
+    const reserved = Effect.map(backend.reserve(id, charges, resolved.reservationTtlMs, at), (result) => {
+      if (result._tag === "Reserved") taken.held = held(true)
+      return result
+    })
     // Once sent, the script may hold the amounts: wait for its answer (bounded by the store's deadline)
     // so that what it holds is always handed back to be settled or released.
     return Effect.matchEffect(Effect.uninterruptible(reserved), {
@@ -332,7 +337,7 @@ export const make = Effect.fnUntraced(function* (
           return Effect.fail(exceeded(charge, result.level, at))
         }
         for (let i = 0; i < charges.length; i++) gauge(record.id, charges[i]!.counter, result.levels[i]!)
-        return Effect.succeed(held(true))
+        return Effect.succeed(taken.held)
       }
     })
   }
@@ -360,15 +365,21 @@ export const make = Effect.fnUntraced(function* (
       )
     }
     return Effect.flatMap(recordOf(key), (record) => {
-      const held = hold(record, model, estimate.inputTokens, estimate.maxOutputTokens)
-      if (record.rpm === undefined && record.tpm === undefined) return held
+      // A caller interrupted once the script held its amounts (a client that left while Redis ran it,
+      // or while its slot waited) never gets the reservation to release: it is released here.
+      const taken: { held?: Held | undefined } = {}
+      const held = hold(record, model, estimate.inputTokens, estimate.maxOutputTokens, taken)
+      const givenBackIfInterrupted = Effect.onInterrupt(() =>
+        taken.held === undefined ? Effect.void : release(taken.held)
+      )
+      if (record.rpm === undefined && record.tpm === undefined) return givenBackIfInterrupted(held)
       // Both at once: one store round trip (and at most one store deadline) rather than two. A
       // reservation made beside a refused slot is given back; a budget refusal says more than a wait.
       return Effect.flatMap(
         Effect.all(
           [Effect.result(limit(record, estimate.inputTokens + estimate.maxOutputTokens)), Effect.result(held)],
           { concurrency: 2 }
-        ),
+        ).pipe(givenBackIfInterrupted),
         ([slot, reservation]) =>
           Result.isFailure(reservation)
             ? Effect.fail(reservation.failure)
