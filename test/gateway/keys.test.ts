@@ -799,6 +799,82 @@ describe.skipIf(skipRedis)(`KeyStore on Redis (${skipRedis ? skipReason : "needs
     )
   )
 
+  it.live("a settle that cannot reach Redis is recorded once it is back, and only once", () =>
+    Effect.scoped(
+      Effect.gen(function* () {
+        const server = yield* startRedis
+        const { store } = yield* onRedis(
+          server,
+          { redis: { timeout: "300 millis", reportAfter: 0, probeInterval: "100 millis" } },
+          "300 millis"
+        )
+        yield* Effect.addFinalizer(() => server.resume)
+        const spent = (id: string) =>
+          Effect.map(store.spend(id), (lines) => lines.map((line) => [line.spent, line.held]))
+        const eventually = (id: string, expected: ReadonlyArray<ReadonlyArray<number>>) =>
+          spent(id).pipe(
+            Effect.flatMap((levels) =>
+              JSON.stringify(levels) === JSON.stringify(expected) ? Effect.succeed(levels) : Effect.fail(levels)
+            ),
+            Effect.retry({ schedule: Schedule.spaced("100 millis"), times: 40 }),
+            Effect.catch(Effect.succeed)
+          )
+        // Skipped while the outage is reported: the settle never reached Redis.
+        const skipped = yield* store.create({ id: "skipped", budget: { tokens: 1000 } })
+        const held = yield* store.reserve(yield* store.authenticate(skipped.secret), "m", estimate(100, 100))
+        yield* server.pause
+        yield* Effect.exit(store.spend("skipped"))
+        yield* store.settle(held, { inputTokens: 30, outputTokens: 10 })
+        yield* server.resume
+        assert.deepStrictEqual(yield* eventually("skipped", [[40, 0]]), [[40, 0]])
+        // Sent, then timed out on a hung Redis, which runs it once resumed: tried again, it counts once.
+        const hung = yield* store.create({ id: "hung", budget: { tokens: 1000 } })
+        const held2 = yield* store.reserve(yield* store.authenticate(hung.secret), "m", estimate(100, 100))
+        yield* server.pause
+        yield* store.settle(held2, { inputTokens: 30, outputTokens: 10 })
+        yield* Effect.sleep("1 second")
+        yield* server.resume
+        assert.deepStrictEqual(yield* eventually("hung", [[40, 0]]), [[40, 0]])
+        yield* Effect.sleep("1 second")
+        assert.deepStrictEqual(yield* spent("hung"), [[40, 0]])
+      })
+    )
+  )
+
+  it.live("onStoreError budgets 'allow': a request let through unreserved is charged once Redis is back, once", () =>
+    Effect.scoped(
+      Effect.gen(function* () {
+        const server = yield* startRedis
+        const { store } = yield* onRedis(
+          server,
+          {
+            onStoreError: { budgets: "allow" },
+            redis: { timeout: "300 millis", reportAfter: 0, probeInterval: "100 millis" }
+          },
+          "300 millis"
+        )
+        yield* Effect.addFinalizer(() => server.resume)
+        const created = yield* store.create({ id: "open", budget: { tokens: 1000 } })
+        const k = yield* store.authenticate(created.secret)
+        yield* server.pause
+        yield* Effect.exit(store.spend("open"))
+        // Skipped: reserved nowhere, and its settle too.
+        const held = yield* store.reserve(k, "m", estimate(100, 100))
+        yield* store.settle(held, { inputTokens: 30, outputTokens: 10 })
+        yield* server.resume
+        const spent = Effect.map(store.spend("open"), (lines) => lines.map((line) => [line.spent, line.held]))
+        const levels = yield* spent.pipe(
+          Effect.flatMap((l) => (l[0]![0] === 40 ? Effect.succeed(l) : Effect.fail(l))),
+          Effect.retry({ schedule: Schedule.spaced("100 millis"), times: 40 }),
+          Effect.catch(Effect.succeed)
+        )
+        assert.deepStrictEqual(levels, [[40, 0]])
+        yield* Effect.sleep("500 millis")
+        assert.deepStrictEqual(yield* spent, [[40, 0]])
+      })
+    )
+  )
+
   it.live("onStoreError budgets 'allow': the request goes through unreserved", () =>
     Effect.scoped(
       Effect.gen(function* () {

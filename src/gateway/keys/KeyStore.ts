@@ -18,7 +18,9 @@
  *   concurrent first requests cannot overspend; a request refused by the limit holds
  *   nothing. After the call `settle` gives back the unused part and records the real usage
  *   (what was reserved, when the provider reports no usage); `release` gives it all back.
- *   A reservation never settled (its gateway died) is given back after `reservationTtl`.
+ *   A reservation never settled (its gateway died) is given back after `reservationTtl`; a
+ *   settle Redis does not answer is tried again in the background until it does (within
+ *   `reservationTtl`), and counts once.
  * - An exceeded budget is a 429 `GatewayError` (`BudgetExceeded`) naming the scope, its
  *   id, the unit, the amount spent (with what requests in flight hold) and the limit; a
  *   limit reached is a 429 `RateLimited` with `Retry-After`.

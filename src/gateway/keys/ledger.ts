@@ -75,12 +75,17 @@ export interface Ledger {
     leaseMs: number,
     now: number
   ) => Effect.Effect<ReserveResult, StoreError>
-  /** Gives back what `id` held on each counter (once) and adds `actual[i]` to its spent amount. */
+  /**
+   * Gives back what `id` held on each counter (once) and adds `actual[i]` to its spent amount. With
+   * `once`, the amounts are added only by the first settle of `id` to run: one tried again after a
+   * failure that may have reached the store, or one of a reservation that holds nothing.
+   */
   readonly settle: (
     id: string,
     charges: ReadonlyArray<Charge>,
     actual: ReadonlyArray<number>,
-    now: number
+    now: number,
+    once: boolean
   ) => Effect.Effect<ReadonlyArray<Level>, StoreError>
   readonly read: (counters: ReadonlyArray<Counter>) => Effect.Effect<ReadonlyArray<Level>, StoreError>
 }

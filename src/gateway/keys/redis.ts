@@ -148,26 +148,57 @@ return out
   }
 ).withReturnType<ReadonlyArray<number>>()
 
-// KEYS: as reserveScript. ARGV: reservation id, then per counter: amount held, amount
-// spent, ttl ms (0: none). A lease already swept is not given back twice.
+// KEYS: as reserveScript. ARGV: reservation id, once (1: see `Ledger.settle`), lease ms, then
+// per counter: amount held, amount spent, ttl ms (0: none). A lease already swept is not given
+// back twice. With once, a settle runs only while a lease of the id remains; a reservation that
+// holds nothing leaves a mark instead, an empty lease of the first counter (swept as one).
 const settleScript = Redis.script(
-  (keys: ReadonlyArray<string>, id: string, args: ReadonlyArray<number>) => [...keys, id, ...args],
+  (keys: ReadonlyArray<string>, id: string, once: boolean, leaseMs: number, args: ReadonlyArray<number>) => [
+    ...keys,
+    id,
+    once ? 1 : 0,
+    leaseMs,
+    ...args
+  ],
   {
     numberOfKeys: (keys: ReadonlyArray<string>) => keys.length,
     lua: `
 local id = ARGV[1]
+local n = #KEYS / 2
+local first = true
+if ARGV[2] == "1" then
+  first = false
+  local leased = false
+  for i = 1, n do
+    local reserved = tonumber(ARGV[3 * i + 1])
+    if reserved > 0 then
+      leased = true
+      if redis.call("ZSCORE", KEYS[2 * i], id .. "|" .. string.format("%.0f", reserved)) then first = true end
+    end
+  end
+  if not leased then
+    local time = redis.call("TIME")
+    local now = tonumber(time[1]) * 1000 + math.floor(tonumber(time[2]) / 1000)
+    first = redis.call("ZADD", KEYS[2], "NX", now + tonumber(ARGV[3]), id .. "|0") == 1
+  end
+end
 local out = {}
-for i = 1, #KEYS / 2 do
+for i = 1, n do
   local h = KEYS[2 * i - 1]
   local z = KEYS[2 * i]
-  local reserved = tonumber(ARGV[3 * i - 1])
-  local actual = tonumber(ARGV[3 * i])
-  local ttl = tonumber(ARGV[3 * i + 1])
-  if reserved > 0 and redis.call("ZREM", z, id .. "|" .. string.format("%.0f", reserved)) == 1 then
-    redis.call("HINCRBY", h, "held", -reserved)
+  local reserved = tonumber(ARGV[3 * i + 1])
+  local actual = tonumber(ARGV[3 * i + 2])
+  local ttl = tonumber(ARGV[3 * i + 3])
+  if first then
+    if reserved > 0 and redis.call("ZREM", z, id .. "|" .. string.format("%.0f", reserved)) == 1 then
+      redis.call("HINCRBY", h, "held", -reserved)
+    end
+    if actual > 0 then redis.call("HINCRBY", h, "spent", actual) end
+    if ttl > 0 then
+      redis.call("PEXPIRE", h, ttl)
+      redis.call("PEXPIRE", z, ttl)
+    end
   end
-  if actual > 0 then redis.call("HINCRBY", h, "spent", actual) end
-  if ttl > 0 then redis.call("PEXPIRE", h, ttl) end
   local v = redis.call("HMGET", h, "spent", "held")
   out[2 * i - 1] = tonumber(v[1]) or 0
   out[2 * i] = tonumber(v[2]) or 0
@@ -286,13 +317,13 @@ export const make = Effect.fnUntraced(function* (options: {
         }
       )
     },
-    settle: (id, charges, actual, now) => {
+    settle: (id, charges, actual, now, once) => {
       const args: Array<number> = []
       for (let i = 0; i < charges.length; i++) {
         const { counter, amount } = charges[i]!
         args.push(amount, Math.max(0, actual[i] ?? 0), ttlOf(counter, now, longestLease))
       }
-      return Effect.map(guard.call("settle", settle(counterKeys(charges), id, args)), (reply) =>
+      return Effect.map(guard.call("settle", settle(counterKeys(charges), id, once, longestLease, args)), (reply) =>
         levels(reply, 0, charges.length)
       )
     },

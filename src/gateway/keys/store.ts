@@ -260,24 +260,21 @@ export const make = Effect.fnUntraced(function* (
     )
   }
 
-  // A reserve that failed after it may have been sent (a timeout, a dropped connection) can still
-  // hold its amounts once Redis runs it, until the lease ends (reservationTtl). Release it with no
-  // usage in the background, in the layer's scope, until Redis answers or the lease is over:
-  // settling an id that holds nothing changes nothing, so releasing it early is harmless.
-  const giveBackSchedule = Schedule.exponential("100 millis").pipe(
+  // A settle that failed runs again in the background, in the layer's scope, until Redis answers
+  // or the lease is over (reservationTtl).
+  const laterSchedule = Schedule.exponential("100 millis").pipe(
     Schedule.modifyDelay(({ duration }) => Effect.succeed(Duration.min(duration, Duration.seconds(5)))),
     Schedule.upTo({ duration: Duration.millis(resolved.reservationTtlMs) })
   )
-  const giveBack = (id: string, keyId: string, charges: ReadonlyArray<Charge>): Effect.Effect<void> =>
-    Effect.suspend(() =>
-      backend.settle(
-        id,
-        charges,
-        charges.map(() => 0),
-        now()
-      )
-    ).pipe(
-      Effect.retry(giveBackSchedule),
+  const settleLater = (
+    id: string,
+    keyId: string,
+    charges: ReadonlyArray<Charge>,
+    actual: ReadonlyArray<number>
+  ): Effect.Effect<void> =>
+    // Once: the failed attempt may have reached Redis, which runs it late (a hung Redis), or not.
+    Effect.suspend(() => backend.settle(id, charges, actual, now(), true)).pipe(
+      Effect.retry(laterSchedule),
       Effect.matchEffect({
         onFailure: () => Effect.void,
         onSuccess: (levels) =>
@@ -287,6 +284,17 @@ export const make = Effect.fnUntraced(function* (
       }),
       Effect.forkIn(scope),
       Effect.asVoid
+    )
+
+  // A reserve that failed after it may have been sent (a timeout, a dropped connection) can still
+  // hold its amounts once Redis runs it, until the lease ends: release it with no usage. Settling
+  // an id that holds nothing changes nothing, so releasing it early is harmless.
+  const giveBack = (id: string, keyId: string, charges: ReadonlyArray<Charge>): Effect.Effect<void> =>
+    settleLater(
+      id,
+      keyId,
+      charges,
+      charges.map(() => 0)
     )
 
   const hold = (
@@ -394,8 +402,10 @@ export const make = Effect.fnUntraced(function* (
     // Unrecorded (the store failed at reserve): nothing to give back, only usage to record.
     const charges = held.recorded ? held.charges : held.charges.map((charge) => ({ ...charge, amount: 0 }))
     if (!held.recorded && actual.every((amount) => amount === 0)) return Effect.void
-    return Effect.matchEffect(backend.settle(held.id, charges, actual, now()), {
-      onFailure: () => Effect.void,
+    // An unrecorded one holds no lease to tell a second run of it: it is counted once from the start.
+    return Effect.matchEffect(backend.settle(held.id, charges, actual, now(), !held.recorded), {
+      // Redis down or slow: recorded when it answers again, not lost (nor its amount held till the lease ends).
+      onFailure: () => settleLater(held.id, held.keyId, charges, actual),
       onSuccess: (levels) =>
         Effect.sync(() => {
           for (let i = 0; i < charges.length; i++) gauge(held.keyId, charges[i]!.counter, levels[i]!)
