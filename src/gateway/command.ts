@@ -24,7 +24,7 @@
  */
 import { Config, Console, Context, Effect, FileSystem, Layer, Option, Path, Result, Schema } from "effect"
 import { HttpServer, HttpServerError } from "effect/http"
-import type { Redis as PersistedRedis } from "effect/persistence"
+import { Redis as PersistedRedis } from "effect/persistence"
 import * as CircuitBreaker from "../CircuitBreaker.js"
 import type * as Domain from "../Domain.js"
 import type * as Executor from "../Executor.js"
@@ -328,11 +328,14 @@ const hostPort = (host: string, port: number): string => `${host.includes(":") ?
 /**
  * What stopped the gateway from starting, as a sentence. effect/http's `ServeError` has an
  * empty message and keeps the listener's error as its cause: the port in use or refused is
- * said as such, naming the address.
+ * said as such, naming the address. A `RedisError` (Redis unreachable at start) is said with
+ * its client's error.
  *
  * @internal
  */
 export const startFailure = (error: unknown, host: string, port: number): string => {
+  // A RedisError has no message of its own either: the client's is in its cause (never the URL).
+  if (error instanceof PersistedRedis.RedisError) return `cannot connect to Redis: ${Redis.errorText(error)}`
   if (!(error instanceof HttpServerError.ServeError)) return error instanceof Error ? error.message : String(error)
   const cause = error.cause
   const code = typeof cause === "object" && cause !== null && "code" in cause ? cause.code : undefined

@@ -195,6 +195,40 @@ describe("orchestra serve, start-up failures", () => {
   )
 })
 
+describe("orchestra serve, an unreachable Redis", () => {
+  it.live(
+    "is a sentence naming Redis and its error (exit 1), never the URL's password",
+    () =>
+      Effect.gen(function* () {
+        // A closed port: the connection is refused at once.
+        const closed = createServer()
+        yield* Effect.callback<void>((resume) => {
+          closed.listen(0, "127.0.0.1", () => resume(Effect.void))
+        })
+        const port = (closed.address() as AddressInfo).port
+        yield* Effect.callback<void>((resume) => {
+          closed.close(() => resume(Effect.void))
+        })
+        const gateway = write("unreachable-redis.json", {
+          server: { host: "127.0.0.1", port: 0 },
+          redis: { urlEnv: "TEST_REDIS_URL" },
+          keys: { keys: [] }
+        })
+        const started = yield* serve(["--config", config, "--gateway", gateway], {
+          TEST_REDIS_URL: `redis://user:pa55-word-secret@127.0.0.1:${port}`
+        })
+        const result = yield* started.exit
+        assert.strictEqual(result.code, 1, result.stderr)
+        assert.deepStrictEqual(JSON.parse(result.stdout), {
+          ok: false,
+          error: { message: `cannot connect to Redis: connect ECONNREFUSED 127.0.0.1:${port}`, kind: "start" }
+        })
+        assert.notInclude(result.stdout + result.stderr, "pa55-word-secret")
+      }),
+    120_000
+  )
+})
+
 describe("orchestra serve, the admin routes' options", () => {
   it.live(
     "a wrong admin path, or one colliding with the gateway's routes, is refused with exit code 2 naming admin.path",
