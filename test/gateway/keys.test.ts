@@ -627,6 +627,38 @@ describe.skipIf(skipRedis)(`KeyStore on Redis (${skipRedis ? skipReason : "needs
     )
   )
 
+  it.live(
+    "the list of 100,000 stored keys (the default maxKeys) comes page by page, each within the deadline",
+    () =>
+      Effect.scoped(
+        Effect.gen(function* () {
+          const server = yield* startRedis
+          const prefix = `${unique("many")}:`
+          const { store, redis } = yield* onRedis(server, { prefix, redis: { timeout: "500 millis" } }, "500 millis")
+          yield* store.create({ id: "template", rpm: 60, budget: { usd: 50, period: "30 days" } })
+          yield* store.setDisabled("template", true)
+          const json = yield* redis.send<string>("HGET", `${prefix}keys`, "template")
+          for (let batch = 0; batch < 100; batch++) {
+            const fields: Array<string> = []
+            for (let i = 0; i < 1000; i++) {
+              const id = `key-${batch}-${i}`
+              fields.push(id, json.replace('"id":"template"', `"id":${JSON.stringify(id)}`))
+            }
+            yield* redis.send("HSET", `${prefix}keys`, ...fields)
+          }
+          // One HGETALL of ~30 MB outlived the deadline: every listing failed with a 503.
+          const listed = yield* store.list
+          assert.strictEqual(listed.length, 100_001)
+          assert.strictEqual(new Set(listed.map((k) => k.id)).size, 100_001)
+          assert.deepStrictEqual(
+            listed.filter((k) => k.disabled).map((k) => k.id),
+            ["template"]
+          )
+        })
+      ),
+    60_000
+  )
+
   it.live("rpm is shared: two stores on one Redis admit the key's limit in total", () =>
     Effect.scoped(
       Effect.gen(function* () {

@@ -5,10 +5,11 @@
  * SHA-256 -> id), `<prefix>disabled` (hash: id -> 1). Budgets: per counter a hash
  * `<prefix>budget:<counter>` (`spent`, `held`) and a sorted set `<prefix>budget:<counter>:leases`
  * of the reservations it holds (`<id>|<amount>`, scored by their lease end). Every
- * operation is one Lua script, so a reservation on several counters is atomic across
- * processes: 200 concurrent first requests of a key cannot hold more than its budget. A
- * reservation whose gateway died is given back when its lease ends (the next reservation
- * on the counter sweeps it), with the time from the Redis server's clock.
+ * operation but the listing (a page of `HSCAN` per call) is one Lua script, so a
+ * reservation on several counters is atomic across processes: 200 concurrent first
+ * requests of a key cannot hold more than its budget. A reservation whose gateway died is
+ * given back when its lease ends (the next reservation on the counter sweeps it), with the
+ * time from the Redis server's clock.
  *
  * Not for Redis Cluster: a reservation touches the counters of several scopes in one script.
  *
@@ -16,7 +17,7 @@
  */
 import { Effect, Result } from "effect"
 import { Redis } from "effect/persistence"
-import type { Guard } from "../../Redis.js"
+import type { Guard, StoreError } from "../../Redis.js"
 import type { Backend, Charge, Counter, InsertResult, Level, ReserveResult } from "./ledger.js"
 import { decodeRecord, encodeRecord, type KeyRecord } from "./options.js"
 
@@ -64,11 +65,6 @@ return "inserted"
 `
   }
 ).withReturnType<string>()
-
-const listScript = Redis.script((keys: string, disabled: string) => [keys, disabled], {
-  numberOfKeys: 2,
-  lua: `return { redis.call("HGETALL", KEYS[1]), redis.call("HKEYS", KEYS[2]) }`
-}).withReturnType<readonly [ReadonlyArray<string>, ReadonlyArray<string>]>()
 
 const disableScript = Redis.script(
   (keys: string, disabled: string, id: string, flag: boolean) => [keys, disabled, id, flag ? 1 : 0],
@@ -258,7 +254,6 @@ export const make = Effect.fnUntraced(function* (options: {
   const lookup = redis.eval(lookupScript)
   const lookupId = redis.eval(byIdScript)
   const insert = redis.eval(insertScript)
-  const list = redis.eval(listScript)
   const disable = redis.eval(disableScript)
   const reserve = redis.eval(reserveScript)
   const settle = redis.eval(settleScript)
@@ -279,6 +274,20 @@ export const make = Effect.fnUntraced(function* (options: {
       ? 0
       : Math.max(1, (counter.window + 1) * counter.periodMs - now + leaseMs)
 
+  // A hash read a page per call: one HGETALL of 100,000 keys (~30 MB) outlived every deadline, and
+  // held the connection every store shares while it came. A key changed meanwhile may show either way.
+  const scan = (hash: string, onPage: (flat: ReadonlyArray<string>) => void): Effect.Effect<void, StoreError> => {
+    const page = (cursor: string): Effect.Effect<void, StoreError> =>
+      Effect.flatMap(
+        guard.call("list", redis.send<readonly [string, ReadonlyArray<string>]>("HSCAN", hash, cursor, "COUNT", "500")),
+        ([next, flat]) => {
+          onPage(flat)
+          return String(next) === "0" ? Effect.void : page(String(next))
+        }
+      )
+    return page("0")
+  }
+
   const fromPair = (reply: readonly [string, number] | null): KeyRecord | undefined =>
     reply === null || !Array.isArray(reply) ? undefined : record(String(reply[0]), Number(reply[1]) === 1)
 
@@ -291,14 +300,28 @@ export const make = Effect.fnUntraced(function* (options: {
         guard.call("insert", insert(keysKey, hashesKey, key.id, key.sha256, encodeRecord(key), maxKeys)),
         (reply) => String(reply) as InsertResult
       ),
-    list: Effect.map(guard.call("list", list(keysKey, disabledKey)), ([flat, off]) => {
-      const disabled = new Set(off)
-      const out: Array<KeyRecord> = []
-      for (let i = 0; i + 1 < flat.length; i += 2) {
-        const found = record(String(flat[i + 1]), disabled.has(String(flat[i])))
-        if (found !== undefined) out.push(found)
-      }
-      return out
+    list: Effect.suspend(() => {
+      // By id: a page may repeat a field HSCAN gave before.
+      const stored = new Map<string, string>()
+      const disabled = new Set<string>()
+      return Effect.andThen(
+        Effect.andThen(
+          scan(keysKey, (flat) => {
+            for (let i = 0; i + 1 < flat.length; i += 2) stored.set(String(flat[i]), String(flat[i + 1]))
+          }),
+          scan(disabledKey, (flat) => {
+            for (let i = 0; i + 1 < flat.length; i += 2) disabled.add(String(flat[i]))
+          })
+        ),
+        Effect.sync(() => {
+          const out: Array<KeyRecord> = []
+          for (const [id, json] of stored) {
+            const found = record(json, disabled.has(id))
+            if (found !== undefined) out.push(found)
+          }
+          return out
+        })
+      )
     }),
     setDisabled: (id, flag) =>
       Effect.map(guard.call("disable", disable(keysKey, disabledKey, id, flag)), (json) =>
