@@ -90,6 +90,8 @@ export const make = Effect.fnUntraced(function* (options: Options = {}) {
   /**
    * Entries of kind `tag` still within their grace, by key; `None` for a miss, a failure, a
    * value that does not decode or one of the other kind (an answer's key holding stream parts).
+   * A value that is not JSON at all reaches us as a miss: `effect/persistence`'s `getMany`
+   * drops it.
    */
   const read = (
     keys: ReadonlyArray<string>,
