@@ -9,7 +9,7 @@ import { createServer } from "node:http"
 import { inspect } from "node:util"
 import { NodeHttpServer } from "@effect/platform-node"
 import { assert, describe, it } from "@effect/vitest"
-import { Cause, Context, Duration, Effect, Exit, Fiber, Layer, Metric, Redacted, Schedule, Scope } from "effect"
+import { Cause, Context, Duration, Effect, Exit, Fiber, Layer, Logger, Metric, Redacted, Schedule, Scope } from "effect"
 import { HttpRouter, HttpServer } from "effect/http"
 import OpenAI from "openai"
 import { Redis as PersistenceRedis } from "effect/persistence"
@@ -497,6 +497,43 @@ describe.skipIf(skipRedis)(`KeyStore on Redis (${skipRedis ? skipReason : "needs
         yield* one.store.setDisabled("k1", true)
         assert.strictEqual((yield* failure(two.store.authenticate(created.secret))).code, "key_disabled")
         assert.strictEqual((yield* failure(two.store.create({ id: "k1" }))).code, "key_exists")
+      })
+    )
+  )
+
+  it.live("a stored key this version cannot read is a 500 naming it (logged once), not an unknown key", () =>
+    Effect.scoped(
+      Effect.gen(function* () {
+        const server = yield* startRedis
+        const prefix = `${unique("unreadable")}:`
+        const logs: Array<string> = []
+        const { store, redis } = yield* onRedis(server, { prefix, cacheTtl: 0 })
+        const created = yield* store.create({ id: "k9" })
+        yield* store.create({ id: "k10" })
+        // A newer version's record: its rpm is no longer a number.
+        const json = yield* redis.send<string>("HGET", `${prefix}keys`, "k9")
+        yield* redis.send("HSET", `${prefix}keys`, "k9", JSON.stringify({ ...JSON.parse(json), rpm: "lots" }))
+        const withLogs = <A, E>(effect: Effect.Effect<A, E>) =>
+          effect.pipe(Effect.provide(Logger.layer([Logger.map(Logger.formatSimple, (line) => logs.push(line))])))
+        for (let i = 0; i < 2; i++) {
+          const refused = yield* withLogs(failure(store.authenticate(created.secret)))
+          assert.deepStrictEqual([refused.reason, refused.code], ["Internal", "key_record_unreadable"])
+          assert.include(refused.message, '"k9"')
+        }
+        const byId = yield* withLogs(failure(store.get("k9")))
+        assert.strictEqual(byId.code, "key_record_unreadable")
+        assert.deepStrictEqual(
+          (yield* withLogs(store.list)).map((k) => k.id),
+          ["k10"]
+        )
+        // Said once, whichever way it was met.
+        assert.strictEqual(logs.length, 1)
+        assert.include(logs[0], "k9")
+        assert.include(logs[0], "cannot read")
+        assert.notInclude(logs[0], Redacted.value(created.secret))
+        // Garbage that is not even JSON is unreadable too, without an id to name.
+        yield* redis.send("HSET", `${prefix}keys`, "k10", "{not json")
+        assert.strictEqual((yield* failure(store.get("k10"))).code, "key_record_unreadable")
       })
     )
   )

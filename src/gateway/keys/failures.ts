@@ -24,3 +24,15 @@ export const unavailable = (what: "key" | "budget") =>
  */
 export const notFound = (id: string) =>
   gatewayError("NotFound", `No key with the id "${id}"`, { param: "id", code: "key_not_found" })
+
+/**
+ * A stored key this gateway cannot read (500): edited by hand, or written by a newer version.
+ *
+ * @internal
+ */
+export const unreadable = (id: string | undefined) =>
+  gatewayError(
+    "Internal",
+    `The key store holds a record${id === undefined ? "" : ` for the key "${id}"`} that this gateway cannot read`,
+    { code: "key_record_unreadable" }
+  )

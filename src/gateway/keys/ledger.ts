@@ -7,7 +7,7 @@
  *
  * @internal
  */
-import type { Effect } from "effect"
+import { Data, type Effect } from "effect"
 import type { StoreError } from "../../Redis.js"
 import type { BudgetScope } from "../errors.js"
 import type { KeyRecord, Price, ResolvedBudget } from "./options.js"
@@ -96,15 +96,34 @@ export interface Ledger {
 export type InsertResult = "inserted" | "id-taken" | "secret-taken" | "full"
 
 /**
+ * A stored key this gateway cannot read (edited by hand, or written by a newer version):
+ * not the same as no key at all, which would answer its holder "incorrect API key" and an
+ * admin "not found" while the id is taken.
+ *
+ * @internal
+ */
+export class UnreadableRecord extends Data.TaggedError("UnreadableRecord")<{
+  /** The record's id as stored, when the key's hash names one. */
+  readonly id: string | undefined
+}> {}
+
+/**
  * @internal
  */
 export interface Directory {
-  readonly byHash: (sha256: string) => Effect.Effect<KeyRecord | undefined, StoreError>
-  readonly byId: (id: string) => Effect.Effect<KeyRecord | undefined, StoreError>
+  readonly byHash: (sha256: string) => Effect.Effect<KeyRecord | undefined, StoreError | UnreadableRecord>
+  readonly byId: (id: string) => Effect.Effect<KeyRecord | undefined, StoreError | UnreadableRecord>
   readonly insert: (record: KeyRecord, maxKeys: number) => Effect.Effect<InsertResult, StoreError>
-  readonly list: Effect.Effect<ReadonlyArray<KeyRecord>, StoreError>
+  /** The readable records, and the ids of those that are not. */
+  readonly list: Effect.Effect<
+    { readonly records: ReadonlyArray<KeyRecord>; readonly unreadable: ReadonlyArray<string> },
+    StoreError
+  >
   /** The record after the change; `undefined` when there is no such key. */
-  readonly setDisabled: (id: string, disabled: boolean) => Effect.Effect<KeyRecord | undefined, StoreError>
+  readonly setDisabled: (
+    id: string,
+    disabled: boolean
+  ) => Effect.Effect<KeyRecord | undefined, StoreError | UnreadableRecord>
 }
 
 /**

@@ -10,7 +10,8 @@ import type { Models } from "../../Gateway.js"
 import { type GatewayError, gatewayError } from "../errors.js"
 import { notFound, unavailable } from "./failures.js"
 import type { Created, KeyInfo, SpendLine } from "./KeyStore.js"
-import { type Backend, type Budgets, countersFor, shown, windowEnd } from "./ledger.js"
+import { type Backend, type Budgets, countersFor, shown, type UnreadableRecord, windowEnd } from "./ledger.js"
+import type { StoreError } from "../../Redis.js"
 import { createRequest, id as checkId, type KeyRecord, policyModels, type Resolved, unknownTeam } from "./options.js"
 import { generate, randomId } from "./secret.js"
 
@@ -27,6 +28,10 @@ export interface Deps {
   readonly now: () => number
   readonly configById: ReadonlyMap<string, KeyRecord>
   readonly findById: (id: string) => Effect.Effect<KeyRecord, GatewayError>
+  /** A directory's failure as the gateway's (a stored record it cannot read is said in the log once). */
+  readonly directoryFailure: (error: StoreError | UnreadableRecord) => Effect.Effect<never, GatewayError>
+  /** Says in the log, once each, the stored keys that cannot be read. */
+  readonly reportUnreadable: (ids: ReadonlyArray<string>) => Effect.Effect<void>
   readonly budgetsOf: (record: KeyRecord) => Budgets
   /** Drops what the authentication cache holds for a secret's hash. */
   readonly forget: (sha256: string) => void
@@ -112,11 +117,13 @@ export const make = (deps: Deps) => {
       )
     })
 
+  // A stored key that cannot be read is left out of the list, and said in the log.
   const list: Effect.Effect<ReadonlyArray<KeyInfo>, GatewayError> = backend.list.pipe(
     Effect.mapError(() => unavailable("key")),
-    Effect.map((stored) => {
+    Effect.tap(({ unreadable }) => (unreadable.length === 0 ? Effect.void : deps.reportUnreadable(unreadable))),
+    Effect.map(({ records }) => {
       const out = resolved.keys.map(info)
-      const sorted = [...stored].sort((a, b) => a.createdAt - b.createdAt || (a.id < b.id ? -1 : 1))
+      const sorted = [...records].sort((a, b) => a.createdAt - b.createdAt || (a.id < b.id ? -1 : 1))
       for (const record of sorted) if (!configById.has(record.id)) out.push(info(record))
       return out
     })
@@ -134,7 +141,7 @@ export const make = (deps: Deps) => {
       }
       if (Result.isFailure(checkId("id", id))) return Effect.fail(notFound(String(id).slice(0, 64)))
       return backend.setDisabled(id, disabled).pipe(
-        Effect.mapError(() => unavailable("key")),
+        Effect.catch(deps.directoryFailure),
         Effect.flatMap((record) => {
           if (record === undefined) return Effect.fail(notFound(id))
           deps.forget(record.sha256)

@@ -127,7 +127,7 @@ export const make = (): Backend => {
         byHash.set(record.sha256, record)
         return "inserted"
       }),
-    list: Effect.sync(() => [...byId.values()]),
+    list: Effect.sync(() => ({ records: [...byId.values()], unreadable: [] })),
     setDisabled: (id, disabled) =>
       Effect.sync(() => {
         const found = byId.get(id)

@@ -18,7 +18,15 @@
 import { Effect, Result } from "effect"
 import { Redis } from "effect/persistence"
 import type { Guard, StoreError } from "../../Redis.js"
-import type { Backend, Charge, Counter, InsertResult, Level, ReserveResult } from "./ledger.js"
+import {
+  type Backend,
+  type Charge,
+  type Counter,
+  type InsertResult,
+  type Level,
+  type ReserveResult,
+  UnreadableRecord
+} from "./ledger.js"
 import { decodeRecord, encodeRecord, type KeyRecord } from "./options.js"
 
 const lookupScript = Redis.script(
@@ -225,6 +233,7 @@ const levels = (reply: ReadonlyArray<unknown>, from: number, count: number): Rea
   return out
 }
 
+// A stored record, or `undefined` when it does not parse or decode (edited by hand, written by a newer version).
 const record = (json: string, disabled: boolean): KeyRecord | undefined => {
   let parsed: unknown
   try {
@@ -234,6 +243,17 @@ const record = (json: string, disabled: boolean): KeyRecord | undefined => {
   }
   const checked = decodeRecord(parsed)
   return Result.isSuccess(checked) ? { ...checked.success, disabled } : undefined
+}
+
+// The id a record names, when it is at least an object with a string id.
+const storedId = (json: string): string | undefined => {
+  try {
+    const parsed: unknown = JSON.parse(json)
+    const id = typeof parsed === "object" && parsed !== null ? (parsed as { id?: unknown }).id : undefined
+    return typeof id === "string" ? id.slice(0, 64) : undefined
+  } catch {
+    return undefined
+  }
 }
 
 /**
@@ -288,13 +308,27 @@ export const make = Effect.fnUntraced(function* (options: {
     return page("0")
   }
 
-  const fromPair = (reply: readonly [string, number] | null): KeyRecord | undefined =>
-    reply === null || !Array.isArray(reply) ? undefined : record(String(reply[0]), Number(reply[1]) === 1)
+  // A record that is there but cannot be read is not "no such key".
+  const fromJson = (
+    json: string,
+    disabled: boolean,
+    id: string | undefined
+  ): Effect.Effect<KeyRecord, UnreadableRecord> => {
+    const found = record(json, disabled)
+    return found !== undefined ? Effect.succeed(found) : Effect.fail(new UnreadableRecord({ id: id ?? storedId(json) }))
+  }
+  const fromPair =
+    (id: string | undefined) =>
+    (reply: readonly [string, number] | null): Effect.Effect<KeyRecord | undefined, UnreadableRecord> =>
+      reply === null || !Array.isArray(reply)
+        ? Effect.undefined
+        : fromJson(String(reply[0]), Number(reply[1]) === 1, id)
 
   return {
     local: false,
-    byHash: (sha256) => Effect.map(guard.call("lookup", lookup(hashesKey, keysKey, disabledKey, sha256)), fromPair),
-    byId: (id) => Effect.map(guard.call("byId", lookupId(keysKey, disabledKey, id)), fromPair),
+    byHash: (sha256) =>
+      Effect.flatMap(guard.call("lookup", lookup(hashesKey, keysKey, disabledKey, sha256)), fromPair(undefined)),
+    byId: (id) => Effect.flatMap(guard.call("byId", lookupId(keysKey, disabledKey, id)), fromPair(id)),
     insert: (key, maxKeys) =>
       Effect.map(
         guard.call("insert", insert(keysKey, hashesKey, key.id, key.sha256, encodeRecord(key), maxKeys)),
@@ -314,18 +348,20 @@ export const make = Effect.fnUntraced(function* (options: {
           })
         ),
         Effect.sync(() => {
-          const out: Array<KeyRecord> = []
+          const records: Array<KeyRecord> = []
+          const unreadable: Array<string> = []
           for (const [id, json] of stored) {
             const found = record(json, disabled.has(id))
-            if (found !== undefined) out.push(found)
+            if (found !== undefined) records.push(found)
+            else unreadable.push(id)
           }
-          return out
+          return { records, unreadable }
         })
       )
     }),
     setDisabled: (id, flag) =>
-      Effect.map(guard.call("disable", disable(keysKey, disabledKey, id, flag)), (json) =>
-        json === null ? undefined : record(String(json), flag)
+      Effect.flatMap(guard.call("disable", disable(keysKey, disabledKey, id, flag)), (json) =>
+        json === null ? Effect.undefined : fromJson(String(json), flag, id)
       ),
     reserve: (id, charges: ReadonlyArray<Charge>, leaseMs, now) => {
       const args: Array<number> = []

@@ -11,10 +11,10 @@ import type { ModelError } from "../../AiError.js"
 import type * as Gateway from "../../Gateway.js"
 import * as Input from "../../Input.js"
 import * as RateLimit from "../../RateLimit.js"
-import type { Guard } from "../../Redis.js"
+import type { Guard, StoreError } from "../../Redis.js"
 import { type GatewayError, gatewayError } from "../errors.js"
 import { union } from "../models.js"
-import { notFound, unavailable } from "./failures.js"
+import { notFound, unavailable, unreadable } from "./failures.js"
 import * as Gauges from "./gauges.js"
 import type { KeyContext, Service } from "./KeyStore.js"
 import {
@@ -27,6 +27,7 @@ import {
   type Level,
   nano,
   shown,
+  UnreadableRecord,
   windowEnd
 } from "./ledger.js"
 import * as Manage from "./manage.js"
@@ -159,16 +160,38 @@ export const make = Effect.fnUntraced(function* (
         return accept(record)
       },
       // A key seen before stays usable while the store is down; an unknown one cannot be told from a wrong one.
-      onFailure: () => (cached?.record !== undefined ? accept(cached.record) : Effect.fail(unavailable("key")))
+      onFailure: (error) =>
+        error._tag === "UnreadableRecord"
+          ? failUnreadable(error)
+          : cached?.record !== undefined
+            ? accept(cached.record)
+            : Effect.fail(unavailable("key"))
     })
   }
+
+  // Said once per id in the log (a client retrying its key would repeat it for ever), and to every caller.
+  const reported = new Set<string>()
+  const failUnreadable = (error: UnreadableRecord): Effect.Effect<never, GatewayError> => {
+    const failure = Effect.fail(unreadable(error.id))
+    const id = error.id ?? "(no id)"
+    if (reported.has(id) || reported.size >= 1000) return failure
+    reported.add(id)
+    return Effect.andThen(
+      Effect.logError(
+        `gateway: the key store holds a record for the key "${id}" that this version cannot read (edited by hand, or written by a newer version); its holder is answered 500 until it is replaced`
+      ),
+      failure
+    )
+  }
+  const directoryFailure = (error: StoreError | UnreadableRecord): Effect.Effect<never, GatewayError> =>
+    error._tag === "UnreadableRecord" ? failUnreadable(error) : Effect.fail(unavailable("key"))
 
   const findById = (id: string): Effect.Effect<KeyRecord, GatewayError> => {
     if (Result.isFailure(checkId("id", id))) return Effect.fail(notFound(String(id).slice(0, 64)))
     const configured = configById.get(id)
     if (configured !== undefined) return Effect.succeed(configured)
     return backend.byId(id).pipe(
-      Effect.mapError(() => unavailable("key")),
+      Effect.catch(directoryFailure),
       Effect.flatMap((record) => (record === undefined ? Effect.fail(notFound(id)) : Effect.succeed(record)))
     )
   }
@@ -460,6 +483,9 @@ export const make = Effect.fnUntraced(function* (
     now,
     configById,
     findById,
+    directoryFailure,
+    reportUnreadable: (ids) =>
+      Effect.forEach(ids, (id) => Effect.ignore(failUnreadable(new UnreadableRecord({ id }))), { discard: true }),
     budgetsOf,
     forget: (sha256) => {
       cache.delete(sha256)
