@@ -136,19 +136,21 @@ export const make: (options: Options) => Effect.Effect<Model.Service, Input.Opti
             let metadata: typeof Wire.UsageMetadata.Type | undefined
             let answeredModel: string | undefined
             let outputChars = 0
-            let calls = 0
+            let madeIds = 0
+            let sawToolCalls = false
             const step = (event: Sse.Event): Effect.Effect<ReadonlyArray<Model.StreamPart>, ModelError> => {
               const payload = Decode.parseJson(event.data, ctx)
               return Effect.flatMap(payload, (value) => {
                 if (event.event === "error" || Errors.isErrorPayload(value))
                   return Effect.fail(Errors.errorFromPayload(value, ctx))
                 return Effect.flatMap(decodeAnswer(value, ctx), (chunk) => {
-                  const read = Wire.readAnswer(chunk, name, model, () => `call_${calls++}`)
+                  const read = Wire.readAnswer(chunk, name, model, () => `call_${madeIds++}`)
                   if (Result.isFailure(read)) return Effect.fail(read.failure)
                   if (chunk.usageMetadata !== undefined) metadata = chunk.usageMetadata
                   if (chunk.modelVersion !== undefined) answeredModel = chunk.modelVersion
                   if (read.success.finishReason !== undefined) finishReason = read.success.finishReason
                   outputChars += read.success.text.length
+                  if (read.success.toolCalls.length > 0) sawToolCalls = true
                   const parts: Array<Model.StreamPart> = []
                   if (read.success.text.length > 0) parts.push({ _tag: "TextDelta", text: read.success.text })
                   for (const call of read.success.toolCalls) parts.push({ _tag: "ToolCall", call })
@@ -164,7 +166,7 @@ export const make: (options: Options) => Effect.Effect<Model.Service, Input.Opti
                   : [
                       {
                         _tag: "Finish",
-                        finishReason: Wire.finalReason(finishReason, calls > 0),
+                        finishReason: Wire.finalReason(finishReason, sawToolCalls),
                         usage: Wire.usageOf(metadata, inputEstimate, Math.ceil(outputChars / 4)),
                         provider: name,
                         model: answeredModel ?? model

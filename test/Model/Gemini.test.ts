@@ -630,6 +630,35 @@ layer(NodeHttpClient.layerUndici)("Gemini over HTTP", (it) => {
       })
     )
 
+    it.effect("a streamed function call with Gemini's own id keeps it and still finishes with tool_calls", () =>
+      Effect.gen(function* () {
+        const server = yield* Server.make((_, res) =>
+          Server.chunked(res, [
+            Server.sse([
+              {
+                candidates: [
+                  {
+                    content: {
+                      parts: [{ functionCall: { id: "fc-7", name: "get_weather", args: { city: "Rome" } } }]
+                    },
+                    finishReason: "STOP"
+                  }
+                ]
+              }
+            ])
+          ])
+        )
+        const p = yield* provider(server)
+        const { exit, parts } = yield* collect(p.stream({ prompt: "weather?", tools: [weather] }))
+        assert.isTrue(Exit.isSuccess(exit))
+        assert.deepStrictEqual(parts[0], {
+          _tag: "ToolCall",
+          call: { id: "fc-7", name: "get_weather", arguments: `{"city":"Rome"}` }
+        })
+        assert.strictEqual(parts[1]?._tag === "Finish" && parts[1].finishReason, "tool_calls")
+      })
+    )
+
     it.effect("an error payload mid-stream fails after the delivered text", () =>
       Effect.gen(function* () {
         const body = Server.sse([streamChunk("Hello "), googleError(500, "INTERNAL", "An internal error has occurred")])
