@@ -51,6 +51,18 @@ const EMBED_BATCH = 100
 const decodeAnswer = Decode.valueDecoder(Wire.GenerateContentResponse)
 const decodeEmbeddings = Decode.valueDecoder(Wire.BatchEmbedResponse)
 
+const optionKeys = Http.knownKeys([
+  "apiKey",
+  "model",
+  "embeddingModel",
+  "embeddingDimensions",
+  "baseUrl",
+  "apiVersion",
+  "name",
+  "headers",
+  "requestLimits"
+])
+
 const checkOptions = (options: Options) =>
   Input.all([
     Http.settings(options),
@@ -79,6 +91,7 @@ const checkOptions = (options: Options) =>
  */
 export const make: (options: Options) => Effect.Effect<Model.Service, Input.OptionError, HttpClient.HttpClient> =
   Effect.fnUntraced(function* (options: Options) {
+    yield* Input.orOptionError(optionKeys(options))
     const [settings, apiKey, name, defaultModel, embeddingModel, dimensions, baseUrl, apiVersion, limits] =
       yield* Input.orOptionError(checkOptions(options))
     const client = yield* Client.make(settings, options.transformClient)

@@ -79,6 +79,8 @@ const decodeEmbed = Decode.valueDecoder(Wire.EmbedAnswer)
 const hostUrl = (host: string): string =>
   typeof host !== "string" || /^[a-z][a-z0-9+.-]*:\/\//i.test(host.trim()) ? host : `http://${host.trim()}`
 
+const optionKeys = Http.knownKeys(["host", "model", "embeddingModel", "api", "keepAlive", "apiKey", "name", "headers"])
+
 const checkOptions = (options: Options) =>
   Input.all([
     Http.settings(options),
@@ -103,6 +105,7 @@ const checkOptions = (options: Options) =>
  * @category constructors
  */
 export const make = Effect.fnUntraced(function* (options: Options = {}) {
+  yield* Input.orOptionError(optionKeys(options))
   const [settings, host, name, defaultModel, embeddingModel, api, keepAlive] = yield* Input.orOptionError(
     checkOptions(options)
   )

@@ -73,6 +73,22 @@ const VERSION = /^\d{4}-\d{2}-\d{2}$/
 /** `/ml/v1/text/embeddings` takes at most 1,000 inputs. */
 const EMBED_BATCH = 1000
 
+const optionKeys = Http.knownKeys([
+  "apiKey",
+  "projectId",
+  "spaceId",
+  "url",
+  "iamUrl",
+  "version",
+  "model",
+  "embeddingModel",
+  "api",
+  "refreshMargin",
+  "tokenTimeout",
+  "name",
+  "requestLimits"
+])
+
 const checkOptions = (options: Options) =>
   Input.all([
     Http.settings(options),
@@ -136,6 +152,7 @@ export const make: (
   options: Options
 ) => Effect.Effect<Model.Service, Input.OptionError, HttpClient.HttpClient | Scope.Scope> = Effect.fnUntraced(
   function* (options: Options) {
+    yield* Input.orOptionError(optionKeys(options))
     const [
       settings,
       apiKey,

@@ -796,6 +796,10 @@ layer(NodeHttpClient.layerUndici)("Gemini over HTTP", (it) => {
         assert.strictEqual(yield* pathOf({ streamIdleTimeout: null as never }), "streamIdleTimeout")
         assert.strictEqual(yield* pathOf({ model: null as never }), "model")
         assert.strictEqual(yield* pathOf({ apiVersion: null as never }), "apiVersion")
+        // A misspelt key is refused, not left at its default; so are options that are not an object.
+        assert.strictEqual(yield* pathOf({ embedingModel: "text-embedding-004" } as never), "embedingModel")
+        const notAnObject = yield* Effect.flip(Gemini.make(null as never))
+        assert.strictEqual(notAnObject.path, "options")
       })
     )
 

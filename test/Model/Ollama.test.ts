@@ -539,7 +539,10 @@ layer(NodeHttpClient.layerUndici)("Ollama", (it) => {
           // null is a wrong value, not the default.
           ["host", { host: null as never }],
           ["timeout", { timeout: null as never }],
-          ["api", { api: null as never }]
+          ["api", { api: null as never }],
+          // A misspelt key is refused, not left at its default; so are options that are not an object.
+          ["keepAlve", { keepAlve: "10m" } as never],
+          ["options", null as never]
         ]
         for (const [path, options] of cases) {
           const error = yield* Effect.flip(Layer.build(Ollama.layer(options)))

@@ -1038,6 +1038,10 @@ layer(NodeHttpClient.layerUndici)("WatsonX over HTTP", (it) => {
         assert.strictEqual(yield* pathOf({ version: null as never }), "version")
         assert.strictEqual(yield* pathOf({ tokenTimeout: null as never }), "tokenTimeout")
         assert.strictEqual(yield* pathOf({ url: null as never }), "url")
+        // A misspelt key is refused, not left at its default; so are options that are not an object.
+        assert.strictEqual(yield* pathOf({ refreshMargn: "5 minutes" } as never), "refreshMargn")
+        const notAnObject = yield* Effect.flip(Effect.scoped(WatsonX.make(null as never)))
+        assert.strictEqual(notAnObject.path, "options")
       })
     )
 

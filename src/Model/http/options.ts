@@ -91,6 +91,31 @@ export const settings = (options: Options): Input.Checked<Settings> =>
     })
   )
 
+const sharedKeys: ReadonlyArray<keyof Options> = [
+  "timeout",
+  "streamIdleTimeout",
+  "maxResponseBytes",
+  "maxEventBytes",
+  "transformClient"
+]
+
+/**
+ * A check that a provider's options are an object holding only the keys it reads (its own
+ * `keys` and the shared {@link Options}): `null` options are refused naming `options`
+ * instead of failing with a `TypeError`, and a misspelt key (`embedingModel`) naming it
+ * instead of leaving its default in place unseen.
+ *
+ * @since 0.3.0
+ * @category checks
+ */
+export const knownKeys = (keys: ReadonlyArray<string>): ((options: unknown) => Input.Checked<void>) => {
+  const known: ReadonlySet<string> = new Set([...keys, ...sharedKeys])
+  return (options) => {
+    const issue = Input.notAnObject("options", options) ?? Input.unknownKey(options as object, known)
+    return issue === undefined ? Result.succeed(undefined) : Result.fail(issue)
+  }
+}
+
 /**
  * Checks a base URL: it parses, and its scheme is `http` or `https`. Gives it without
  * trailing slashes.
