@@ -529,6 +529,10 @@ layer(NodeHttpClient.layerUndici)("Ollama", (it) => {
           ["host", { host: "http://" }],
           ["keepAlive", { keepAlive: "soon" as Ollama.Options["keepAlive"] }],
           ["keepAlive", { keepAlive: -1 }],
+          // Past Go's time.Duration (int64 nanoseconds, ~292 years) Ollama refuses every call.
+          ["keepAlive", { keepAlive: 1e21 }],
+          ["keepAlive", { keepAlive: "20000 weeks" }],
+          ["keepAlive", { keepAlive: "99999999999h" }],
           ["timeout", { timeout: 0 }],
           ["streamIdleTimeout", { streamIdleTimeout: Number.NaN }],
           ["maxResponseBytes", { maxResponseBytes: -1 }],
@@ -556,12 +560,12 @@ layer(NodeHttpClient.layerUndici)("Ollama", (it) => {
     it.effect("keepAlive: durations in milliseconds, zero unloads, forever is -1", () =>
       Effect.gen(function* () {
         const server = yield* Server.make((_, res) => Server.json(res, 200, { model: "m", embeddings: [[1]] }))
-        for (const keepAlive of [Duration.minutes(1), 0, "forever"] as const) {
+        for (const keepAlive of [Duration.minutes(1), 0, "forever", "2562047h", "100 weeks"] as const) {
           const p = yield* provider(server, { keepAlive })
           yield* p.embed({ texts: ["a"] })
         }
         const sent = (yield* server.requests).map((r) => bodyOf(r)["keep_alive"])
-        assert.deepStrictEqual(sent, ["60000ms", "0ms", -1])
+        assert.deepStrictEqual(sent, ["60000ms", "0ms", -1, "2562047h", "60480000000ms"])
       })
     )
 

@@ -152,20 +152,28 @@ export const usageOf = (line: Line, request: Model.GenerateRequest, outputChars:
     line.eval_count ?? Math.ceil(outputChars / 4)
   )
 
-const GO_DURATION = /^\d+(?:\.\d+)?(?:ns|us|µs|ms|s|m|h)$/
+const GO_DURATION = /^(\d+(?:\.\d+)?)(ns|us|µs|ms|s|m|h)$/
+const GO_UNIT_NANOS: Readonly<Record<string, number>> = { ns: 1, us: 1e3, µs: 1e3, ms: 1e6, s: 1e9, m: 6e10, h: 3.6e12 }
+/** Go's `time.Duration` is int64 nanoseconds: Ollama answers 400 to a longer `keep_alive`. */
+const GO_MAX_NANOS = 2 ** 63 - 1
 
 /**
  * Checks a `keepAlive` option into what `keep_alive` takes: `"forever"` is `-1`, Ollama's own
  * durations (`"10m"`) pass as they are, any other duration becomes milliseconds (`"600000ms"`);
- * zero (unload at once) is accepted.
+ * zero (unload at once) is accepted, a duration Go cannot hold (about 292 years) is not.
  *
  * @since 0.2.0
  * @category checks
  */
 export const keepAlive = (path: string, input: unknown): Input.Checked<string | number> => {
   if (input === "forever") return Result.succeed(-1)
-  if (typeof input === "string" && GO_DURATION.test(input.trim())) return Result.succeed(input.trim())
-  return Result.map(Input.duration(path, input, { allowZero: true }), (d) => `${Math.round(Duration.toMillis(d))}ms`)
+  const tooLong = Result.fail({ path, message: 'Ollama keeps a model loaded at most ~292 years; use "forever"' })
+  const go = typeof input === "string" ? GO_DURATION.exec(input.trim()) : null
+  if (go !== null) return Number(go[1]) * GO_UNIT_NANOS[go[2]!]! > GO_MAX_NANOS ? tooLong : Result.succeed(go[0])
+  return Result.flatMap(Input.duration(path, input, { allowZero: true }), (d) => {
+    const millis = Duration.toMillis(d)
+    return millis * 1e6 > GO_MAX_NANOS ? tooLong : Result.succeed(`${Math.round(millis)}ms`)
+  })
 }
 
 /**
