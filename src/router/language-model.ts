@@ -35,6 +35,10 @@ export const languageModelLayer = (
         ),
       stream: (request) => router.stream(request, names, options.stream)
     },
-    { ...options, name: options.name ?? (typeof names === "string" ? names : names.join(",")) }
+    {
+      name: options.name ?? (typeof names === "string" ? names : names.join(",")),
+      settings: options.settings,
+      limits: options.limits
+    }
   )
 }

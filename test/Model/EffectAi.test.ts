@@ -780,6 +780,10 @@ describe("EffectAi.languageModel (a target as an effect/ai LanguageModel)", () =
       for (const options of [{ name: null }, { settings: null }]) {
         paths.push((yield* Effect.flip(EffectAi.languageModel(provider, options as never))).path)
       }
+      // A misspelt option is refused, not ignored; so are options that are not an object.
+      for (const options of [{ setings: { temperature: 0 } }, null]) {
+        paths.push((yield* Effect.flip(EffectAi.languageModel(provider, options as never))).path)
+      }
       assert.deepStrictEqual(paths, [
         "name",
         "settings.temperature",
@@ -787,8 +791,22 @@ describe("EffectAi.languageModel (a target as an effect/ai LanguageModel)", () =
         "settings.temprature",
         "limits.maxMessages",
         "name",
-        "settings"
+        "settings",
+        "setings",
+        "options"
       ])
+    })
+  )
+
+  it.effect("embeddingModel's options are checked when it is built: null and a misspelt key too", () =>
+    Effect.gen(function* () {
+      const { provider } = yield* Mock.make()
+      const paths: Array<string> = []
+      for (const options of [{ model: "" }, { limits: { maxEmbedTexts: 0 } }, { modle: "m" }, null]) {
+        const built = Effect.suspend(() => EffectAi.embeddingModel(provider, options as never))
+        paths.push((yield* Effect.flip(built)).path)
+      }
+      assert.deepStrictEqual(paths, ["model", "limits.maxEmbedTexts", "modle", "options"])
     })
   )
 

@@ -39,6 +39,14 @@ const checkSettings = (path: string, settings: GenerationSettings): Input.Checke
   return Result.isSuccess(decoded) ? Result.succeed(settings) : Result.fail(Input.issueOf(decoded.failure, path))
 }
 
+// `null` options, or a misspelt `setings`, would otherwise be a TypeError or a default left in place unseen.
+const knownOptions = (options: unknown, keys: ReadonlySet<string>): Input.Checked<void> => {
+  const issue = Input.notAnObject("options", options) ?? Input.unknownKey(options as object, keys)
+  return issue === undefined ? Result.succeed(undefined) : Result.fail(issue)
+}
+const languageModelKeys: ReadonlySet<string> = new Set(["name", "settings", "limits"])
+const embeddingModelKeys: ReadonlySet<string> = new Set(["model", "limits"])
+
 type Span = LanguageModel.ProviderOptions["span"]
 
 // Attribute names as effect/ai's Telemetry writes them, set directly: its key conversion costs
@@ -75,6 +83,7 @@ const annotateResponse = (
  * @internal
  */
 export const languageModel = Effect.fnUntraced(function* (target: Target, options: LanguageModelOptions = {}) {
+  yield* Input.orOptionError(knownOptions(options, languageModelKeys))
   const [name, defaults, limits] = yield* Input.orOptionError(
     Input.all([
       nonEmpty("name", Input.orDefault(options.name, "effect-orchestra")),
@@ -182,10 +191,12 @@ export const embeddingModel = (
 ): Effect.Effect<EmbeddingModel.EmbeddingModel, Input.OptionError> =>
   Effect.flatMap(
     Input.orOptionError(
-      Input.all([
-        Input.optional(options.model, (model) => nonEmpty("model", model)),
-        Model.requestLimits(options.limits, "limits")
-      ])
+      Result.flatMap(knownOptions(options, embeddingModelKeys), () =>
+        Input.all([
+          Input.optional(options.model, (model) => nonEmpty("model", model)),
+          Model.requestLimits(options.limits, "limits")
+        ])
+      )
     ),
     ([model, limits]) =>
       EmbeddingModel.make({
