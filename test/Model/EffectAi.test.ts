@@ -482,6 +482,26 @@ describe("EffectAi.make (effect/ai LanguageModel as a ModelProvider)", () => {
       })
     )
 
+    it.effect("vectors of different lengths, or empty, are Decode naming the vector, as for the HTTP providers", () =>
+      Effect.gen(function* () {
+        const { layer } = yield* scripted({})
+        const answering = (results: Array<Array<number>>) =>
+          Effect.flatMap(
+            EmbeddingModel.make({ embedMany: () => Effect.succeed({ results, usage: { inputTokens: 1 } }) }),
+            (embeddings) =>
+              EffectAi.make({ model: "emb" }).pipe(
+                Effect.provide(Layer.merge(layer, Layer.succeed(EmbeddingModel.EmbeddingModel, embeddings)))
+              )
+          )
+        const uneven = yield* answering([[1, 2], [3]])
+        const error = (yield* Effect.flip(uneven.embed({ texts: ["a", "b"] }))) as ModelError
+        assert.deepStrictEqual([error.reason, error.field], ["Decode", "embeddings[1]"])
+        const empty = yield* answering([[]])
+        const none = (yield* Effect.flip(empty.embed({ texts: ["a"] }))) as ModelError
+        assert.deepStrictEqual([none.reason, none.field], ["Decode", "embeddings[0]"])
+      })
+    )
+
     it.effect("without an EmbeddingModel, embed is InvalidRequest", () =>
       Effect.gen(function* () {
         const { provider } = yield* providerWith({})

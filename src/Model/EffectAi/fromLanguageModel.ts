@@ -13,7 +13,7 @@ import * as Model from "../../Model.js"
 import type { Options } from "../EffectAi.js"
 import { assemble } from "../http/assemble.js"
 import * as Client from "../http/client.js"
-import { type CallContext, requestTimeout } from "../http/errors.js"
+import { type CallContext, requestTimeout, unevenVectors } from "../http/errors.js"
 import { defaults } from "../http/options.js"
 import { type AnyTools, finishReasonOf, nonEmpty, toolkitOf, toPrompt, usageOf } from "./convert.js"
 import { fromAiError } from "./errors.js"
@@ -274,10 +274,13 @@ export const make = Effect.fnUntraced(function* (options: Options = {}) {
         Effect.mapError((error) => fromAiError(error, ctx)),
         Effect.timeoutOrElse({ duration: timeout, orElse: () => Effect.fail(requestTimeout(ctx, timeout)) })
       )
+      const vectors = response.embeddings.map((embedding) => embedding.vector)
+      const uneven = unevenVectors(vectors, ctx, "embeddings")
+      if (uneven !== undefined) return yield* Effect.fail(uneven)
       let estimate = 0
       for (const text of valid.texts) estimate += Model.estimateTokens(text)
       return {
-        vectors: response.embeddings.map((embedding) => embedding.vector),
+        vectors,
         usage: Model.usage(response.usage.inputTokens ?? estimate, 0),
         provider: name,
         model: ctx.model
