@@ -791,6 +791,7 @@ layer(NodeHttpClient.layerUndici)("Gemini over HTTP", (it) => {
         assert.strictEqual(yield* pathOf({ apiKey: KEY as unknown as Redacted.Redacted<string> }), "apiKey")
         assert.strictEqual(yield* pathOf({ requestLimits: { maxMessages: 0 } }), "requestLimits.maxMessages")
         assert.strictEqual(yield* pathOf({ headers: { "x-a": "b\nc" } }), 'headers["x-a"]')
+        assert.strictEqual(yield* pathOf({ headers: { expect: "100-continue" } }), 'headers["expect"]')
         assert.strictEqual(yield* pathOf({ apiKey: Redacted.make("k\r\n") }), "apiKey")
         // null is a wrong value, not the default.
         assert.strictEqual(yield* pathOf({ streamIdleTimeout: null as never }), "streamIdleTimeout")

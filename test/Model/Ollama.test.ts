@@ -539,6 +539,12 @@ layer(NodeHttpClient.layerUndici)("Ollama", (it) => {
           ["api", { api: "completions" as "chat" }],
           ["apiKey", { apiKey: KEY as unknown as Redacted.Redacted<string> }],
           ['headers["x-a"]', { headers: { "x-a": "\u0000" } }],
+          // Headers the HTTP client refuses on every request (a retryable Transport error each time).
+          ['headers["Transfer-Encoding"]', { headers: { "Transfer-Encoding": "chunked" } }],
+          ['headers["keep-alive"]', { headers: { "keep-alive": "timeout=5" } }],
+          ['headers["expect"]', { headers: { expect: "100-continue" } }],
+          ['headers["upgrade"]', { headers: { upgrade: "websocket" } }],
+          ['headers["connection"]', { headers: { connection: "upgrade" } }],
           ["apiKey", { apiKey: Redacted.make("k\n") }],
           // null is a wrong value, not the default.
           ["host", { host: null as never }],

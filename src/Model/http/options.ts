@@ -160,12 +160,17 @@ export const nonEmpty = (path: string, input: unknown): Input.Checked<string> =>
 // (no CR, LF or NUL, so no header can be injected), as undici checks it at each request.
 const headerName = /^[!#$%&'*+\-.^_`|~0-9A-Za-z]+$/
 const headerValue = /^[\t\x20-\x7e\x80-\xff]*$/
+// Connection-level headers undici refuses on every request; `connection` only takes these values.
+const clientHeaders: ReadonlySet<string> = new Set(["transfer-encoding", "keep-alive", "upgrade", "expect"])
+const connectionValues: ReadonlySet<string> = new Set(["close", "keep-alive"])
 
 /**
- * Checks a header for a request: its name is an HTTP token and its value holds no control
- * character (CR, LF, NUL...) or character above U+00FF. Checked when the layer is built, so
- * that a bad header is an `OptionError` naming it instead of a failure of every call. The
- * value is never quoted (it may be a secret).
+ * Checks a header for a request: its name is an HTTP token and not one the HTTP client sets
+ * itself (`transfer-encoding`, `keep-alive`, `upgrade`, `expect`, `connection` other than
+ * `close` or `keep-alive`), and its value holds no control character (CR, LF, NUL...) or
+ * character above U+00FF. Checked when the layer is built, so that a bad header is an
+ * `OptionError` naming it instead of a failure of every call. The value is never quoted (it
+ * may be a secret).
  *
  * @since 0.3.0
  * @category checks
@@ -173,6 +178,10 @@ const headerValue = /^[\t\x20-\x7e\x80-\xff]*$/
 export const header = (path: string, name: string, value: string): Input.Checked<void> => {
   if (!headerName.test(name)) {
     return Result.fail({ path, message: `${JSON.stringify(name)} is not a valid header name (an HTTP token)` })
+  }
+  const lower = name.toLowerCase()
+  if (clientHeaders.has(lower) || (lower === "connection" && !connectionValues.has(value.trim().toLowerCase()))) {
+    return Result.fail({ path, message: `${JSON.stringify(name)} is set by the HTTP client, not by a request` })
   }
   if (!headerValue.test(value)) {
     return Result.fail({
