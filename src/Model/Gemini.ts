@@ -152,10 +152,12 @@ export const make: (options: Options) => Effect.Effect<Model.Service, Input.Opti
             let madeIds = 0
             let sawToolCalls = false
             const step = (event: Sse.Event): Effect.Effect<ReadonlyArray<Model.StreamPart>, ModelError> => {
+              if (event.event === "error") {
+                return Effect.fail(Errors.errorFromPayload(Errors.parseJsonOrUndefined(event.data) ?? event.data, ctx))
+              }
               const payload = Decode.parseJson(event.data, ctx)
               return Effect.flatMap(payload, (value) => {
-                if (event.event === "error" || Errors.isErrorPayload(value))
-                  return Effect.fail(Errors.errorFromPayload(value, ctx))
+                if (Errors.isErrorPayload(value)) return Effect.fail(Errors.errorFromPayload(value, ctx))
                 return Effect.flatMap(decodeAnswer(value, ctx), (chunk) => {
                   const read = Wire.readAnswer(chunk, name, model, () => `call_${madeIds++}`)
                   if (Result.isFailure(read)) return Effect.fail(read.failure)

@@ -290,8 +290,11 @@ export const make: (
             })
             const step = (event: Sse.Event): Effect.Effect<ReadonlyArray<Model.StreamPart>, ModelError> => {
               if (event.data.trim() === "[DONE]") return Effect.succeed([state.finish()])
+              if (event.event === "error") {
+                return Effect.fail(Errors.errorFromPayload(Errors.parseJsonOrUndefined(event.data) ?? event.data, ctx))
+              }
               return Effect.flatMap(Decode.parseJson(event.data, ctx), (value) => {
-                if (event.event === "error" || Errors.isErrorPayload(value) || hasErrors(value)) {
+                if (Errors.isErrorPayload(value) || hasErrors(value)) {
                   return Effect.fail(Errors.errorFromPayload(value, ctx))
                 }
                 return api === "chat"

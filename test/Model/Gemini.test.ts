@@ -673,6 +673,19 @@ layer(NodeHttpClient.layerUndici)("Gemini over HTTP", (it) => {
       })
     )
 
+    it.effect("an error event whose data is plain text fails with that text, not as a malformed answer", () =>
+      Effect.gen(function* () {
+        const body = Server.sse([streamChunk("Hello "), { event: "error", data: "backend unavailable" }])
+        const server = yield* Server.make((_, res) => Server.chunked(res, [body], { end: "hang" }))
+        const p = yield* provider(server)
+        const { exit, text } = yield* collect(p.stream({ prompt: "hi" }))
+        assert.strictEqual(text, "Hello ")
+        const error = modelErrorOf(exit)
+        assert.notStrictEqual(error.reason, "Decode")
+        assert.include(error.message, "backend unavailable")
+      })
+    )
+
     it.effect("a stream that ends or is cut before a finishReason is Transport after its text", () =>
       Effect.gen(function* () {
         const server = yield* Server.make((req, res) =>

@@ -896,6 +896,26 @@ layer(NodeHttpClient.layerUndici)("WatsonX over HTTP", (it) => {
       })
     )
 
+    it.effect("an error event whose data is plain text fails with that text, not as a malformed answer", () =>
+      Effect.gen(function* () {
+        const { provider } = yield* makeServer((_, res) =>
+          Server.chunked(
+            res,
+            [
+              `${wsse([generationEvent("half", "not_finished", 3)])}event: error\r\ndata: model runtime crashed\r\n\r\n`
+            ],
+            { end: "hang" }
+          )
+        )
+        const p = yield* provider({ api: "generation" })
+        const { exit, text } = yield* collect(p.stream({ prompt: "x" }))
+        assert.strictEqual(text, "half")
+        const error = modelErrorOf(exit)
+        assert.notStrictEqual(error.reason, "Decode")
+        assert.include(error.message, "model runtime crashed")
+      })
+    )
+
     it.effect("a stall mid-stream ends with TimeoutError limit idle, with the text so far", () =>
       Effect.gen(function* () {
         const { provider, server } = yield* makeServer((_, res) =>
