@@ -94,7 +94,7 @@ export const make: (options: Options) => Effect.Effect<Model.Service, Input.Opti
     yield* Input.orOptionError(optionKeys(options))
     const [settings, apiKey, name, defaultModel, embeddingModel, dimensions, baseUrl, apiVersion, limits] =
       yield* Input.orOptionError(checkOptions(options))
-    const client = yield* Client.make(settings, options.transformClient)
+    const client = yield* Client.make(settings, options.transformClient, ["x-goog-api-key"])
     const root = Http.joinUrl(baseUrl, apiVersion)
     const secrets = [apiKey]
 

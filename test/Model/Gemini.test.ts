@@ -521,6 +521,23 @@ layer(NodeHttpClient.layerUndici)("Gemini over HTTP", (it) => {
         }
       })
     )
+    it.effect("a transformClient that logs its requests logs the key header redacted, as an authorization", () =>
+      Effect.gen(function* () {
+        const server = yield* Server.make((_, res) => Server.json(res, 200, response("ok")))
+        const lines: Array<string> = []
+        const capture = Logger.make((options) => {
+          lines.push(String(Logger.formatLogFmt.log(options)))
+          lines.push(JSON.stringify(Logger.formatStructured.log(options)))
+        })
+        const p = yield* provider(server, {
+          transformClient: (client) => HttpClient.tapRequest(client, (request) => Effect.log("sending", request))
+        })
+        yield* p.generate({ prompt: "x" }).pipe(Effect.provide(Logger.layer([capture])))
+        assert.isTrue(lines.some((line) => line.includes("x-goog-api-key")))
+        for (const line of lines) assert.notInclude(line, KEY)
+      })
+    )
+
     it.effect("the key in an error event, or in a failure of the HTTP client itself: no rendering carries it", () =>
       Effect.gen(function* () {
         const server = yield* Server.make((req, res) =>

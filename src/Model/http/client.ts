@@ -317,24 +317,38 @@ const ndjsonTypes: ReadonlySet<string> = new Set([
 
 /**
  * Builds the client from the `HttpClient` in context, with the user's middleware applied once.
+ * `secretHeaders` names the headers besides `effect/http`'s defaults (`authorization`,
+ * `x-api-key`...) that carry a secret (`x-goog-api-key`): they are rendered redacted when the
+ * middleware logs or inspects a request.
  *
  * @since 0.2.0
  * @category constructors
  */
 export const make = Effect.fnUntraced(function* (
   settings: Settings,
-  transformClient?: ((client: HttpClient.HttpClient) => HttpClient.HttpClient) | undefined
+  transformClient?: ((client: HttpClient.HttpClient) => HttpClient.HttpClient) | undefined,
+  secretHeaders?: ReadonlyArray<string> | undefined
 ) {
   const base = yield* HttpClient.HttpClient
   // Every request belongs to the scope of its call or stream: closing it aborts the request and its body.
   const client = HttpClient.withScope(transformClient === undefined ? base : transformClient(base))
+  const send =
+    secretHeaders === undefined || secretHeaders.length === 0
+      ? (request: HttpClientRequest.HttpClientRequest) => client.execute(request)
+      : (request: HttpClientRequest.HttpClientRequest) =>
+          Effect.withFiber((fiber) =>
+            Effect.provideService(client.execute(request), Headers.CurrentRedactedNames, [
+              ...fiber.getRef(Headers.CurrentRedactedNames),
+              ...secretHeaders
+            ])
+          )
 
   const exchange = (
     request: HttpClientRequest.HttpClientRequest,
     ctx: CallContext,
     onResponse: ((response: HttpClientResponse.HttpClientResponse) => void) | undefined
   ) =>
-    client.execute(request).pipe(
+    send(request).pipe(
       // No span of effect/http's own (or of a client the middleware builds): ours is opened by `traced`.
       Effect.provideService(HttpClient.TracerDisabledWhen, constTrue),
       Effect.catch((error) => clientFailure(error, ctx)),
