@@ -690,6 +690,19 @@ layer(NodeHttpClient.layerUndici)("Gemini over HTTP", (it) => {
       })
     )
 
+    it.effect("a 429 error object in the stream keeps Google's RetryInfo as retryAfter, as a 429 status does", () =>
+      Effect.gen(function* () {
+        const quota = googleError(429, "RESOURCE_EXHAUSTED", "You exceeded your current quota", [
+          { "@type": "type.googleapis.com/google.rpc.RetryInfo", retryDelay: "36s" }
+        ])
+        const server = yield* Server.make((_, res) => Server.chunked(res, [Server.sse([quota])], { end: "hang" }))
+        const p = yield* provider(server)
+        const error = modelErrorOf((yield* collect(p.stream({ prompt: "hi" }))).exit)
+        assert.strictEqual(error.reason, "RateLimited")
+        assert.deepStrictEqual(error.retryAfter, Duration.seconds(36))
+      })
+    )
+
     it.effect("an error event whose data is plain text fails with that text, not as a malformed answer", () =>
       Effect.gen(function* () {
         const body = Server.sse([streamChunk("Hello "), { event: "error", data: "backend unavailable" }])

@@ -281,7 +281,8 @@ export const isErrorPayload = (payload: unknown): boolean => {
 /**
  * The error of an error delivered inside a stream (an SSE `error` event, an NDJSON
  * `{"error": ...}` line, a 200 answer that is an error object). `payload` is the parsed
- * JSON, or the raw text when it was not JSON. The provider's own message is kept.
+ * JSON, or the raw text when it was not JSON. The provider's own message is kept, and
+ * Google's `RetryInfo` as `retryAfter`.
  *
  * @since 0.2.0
  * @category errors
@@ -302,7 +303,8 @@ export const errorFromPayload = (
     ),
     provider: ctx.provider,
     model: ctx.model,
-    status
+    status,
+    retryAfter: info.retryDelay
   })
 }
 
