@@ -75,7 +75,7 @@ const checkOptions = (options: Options) =>
     options.embeddingDimensions === undefined
       ? Result.succeed(undefined)
       : Input.positiveInt("embeddingDimensions", options.embeddingDimensions),
-    Http.baseUrl("baseUrl", Input.orDefault(options.baseUrl, "https://generativelanguage.googleapis.com")),
+    Http.rootUrl("baseUrl", Input.orDefault(options.baseUrl, "https://generativelanguage.googleapis.com")),
     Http.nonEmpty("apiVersion", Input.orDefault(options.apiVersion, "v1beta")),
     Model.requestLimits(options.requestLimits),
     Http.headers("headers", options.headers),

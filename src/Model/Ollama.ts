@@ -84,7 +84,7 @@ const optionKeys = Http.knownKeys(["host", "model", "embeddingModel", "api", "ke
 const checkOptions = (options: Options) =>
   Input.all([
     Http.settings(options),
-    Http.baseUrl("host", hostUrl(Input.orDefault(options.host, "http://127.0.0.1:11434"))),
+    Http.rootUrl("host", hostUrl(Input.orDefault(options.host, "http://127.0.0.1:11434"))),
     Http.nonEmpty("name", Input.orDefault(options.name, "ollama")),
     Http.nonEmpty("model", Input.orDefault(options.model, "llama3.2")),
     Http.nonEmpty("embeddingModel", Input.orDefault(options.embeddingModel, "nomic-embed-text")),

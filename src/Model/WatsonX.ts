@@ -103,7 +103,7 @@ const checkOptions = (options: Options) =>
       : options.projectId !== undefined
         ? Result.map(Http.nonEmpty("projectId", options.projectId), (id) => ({ project_id: id }))
         : Result.map(Http.nonEmpty("spaceId", options.spaceId), (id) => ({ space_id: id })),
-    Http.baseUrl("url", Input.orDefault(options.url, "https://us-south.ml.cloud.ibm.com")),
+    Http.rootUrl("url", Input.orDefault(options.url, "https://us-south.ml.cloud.ibm.com")),
     Http.baseUrl("iamUrl", Input.orDefault(options.iamUrl, "https://iam.cloud.ibm.com/identity/token")),
     VERSION.test(String(Input.orDefault(options.version, "2024-05-31")))
       ? Result.succeed(Input.orDefault(options.version, "2024-05-31"))

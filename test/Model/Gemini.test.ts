@@ -830,6 +830,9 @@ layer(NodeHttpClient.layerUndici)("Gemini over HTTP", (it) => {
         assert.strictEqual(yield* pathOf({ maxResponseBytes: 1.5 }), "maxResponseBytes")
         assert.strictEqual(yield* pathOf({ embeddingDimensions: 0 }), "embeddingDimensions")
         assert.strictEqual(yield* pathOf({ baseUrl: "ftp://x" }), "baseUrl")
+        // Paths are appended to it: a query or a fragment would swallow them.
+        assert.strictEqual(yield* pathOf({ baseUrl: `${server.url}/?proxy-token=abc` }), "baseUrl")
+        assert.strictEqual(yield* pathOf({ baseUrl: `${server.url}/#v1` }), "baseUrl")
         assert.strictEqual(yield* pathOf({ model: " " }), "model")
         assert.strictEqual(yield* pathOf({ apiKey: KEY as unknown as Redacted.Redacted<string> }), "apiKey")
         assert.strictEqual(yield* pathOf({ requestLimits: { maxMessages: 0 } }), "requestLimits.maxMessages")

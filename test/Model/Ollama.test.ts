@@ -527,6 +527,7 @@ layer(NodeHttpClient.layerUndici)("Ollama", (it) => {
       Effect.gen(function* () {
         const cases: ReadonlyArray<readonly [string, Ollama.Options]> = [
           ["host", { host: "http://" }],
+          ["host", { host: "127.0.0.1:11434/?token=abc" }],
           ["keepAlive", { keepAlive: "soon" as Ollama.Options["keepAlive"] }],
           ["keepAlive", { keepAlive: -1 }],
           // Past Go's time.Duration (int64 nanoseconds, ~292 years) Ollama refuses every call.

@@ -1053,6 +1053,7 @@ layer(NodeHttpClient.layerUndici)("WatsonX over HTTP", (it) => {
         assert.strictEqual(yield* pathOf({ version: "yesterday" }), "version")
         assert.strictEqual(yield* pathOf({ api: "completions" as never }), "api")
         assert.strictEqual(yield* pathOf({ iamUrl: "not a url" }), "iamUrl")
+        assert.strictEqual(yield* pathOf({ url: "https://eu-de.ml.cloud.ibm.com?region=x" }), "url")
         // null is a wrong value, not the default.
         assert.strictEqual(yield* pathOf({ timeout: null as never }), "timeout")
         assert.strictEqual(yield* pathOf({ version: null as never }), "version")

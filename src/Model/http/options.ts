@@ -143,6 +143,20 @@ export const baseUrl = (path: string, input: unknown): Input.Checked<string> => 
 }
 
 /**
+ * {@link baseUrl} for a URL the provider appends API paths to ({@link joinUrl}): a query or a
+ * fragment is refused too, since every path would land inside it (`/v1?k=x/chat/completions`).
+ *
+ * @since 0.3.0
+ * @category checks
+ */
+export const rootUrl = (path: string, input: unknown): Input.Checked<string> =>
+  Result.flatMap(baseUrl(path, input), (url) =>
+    /[?#]/.test(url)
+      ? Result.fail({ path, message: "a query or fragment is refused: the API's paths are appended to this URL" })
+      : Result.succeed(url)
+  )
+
+/**
  * Checks a non-empty string option (a provider name, a model id).
  *
  * @since 0.2.0
