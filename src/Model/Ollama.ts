@@ -26,7 +26,10 @@ import * as Http from "./http/options.js"
  * @category models
  */
 export interface Options extends Http.Options {
-  /** Server URL; the scheme may be left out (`127.0.0.1:11434`, as `OLLAMA_HOST` often is). Default `http://127.0.0.1:11434`. */
+  /**
+   * Server URL; the scheme may be left out (`127.0.0.1:11434`, as `OLLAMA_HOST` often is), and then the port
+   * too (`0.0.0.0` is `http://0.0.0.0:11434`, as the ollama CLI reads it). Default `http://127.0.0.1:11434`.
+   */
   readonly host?: string | undefined
   /** Default model. Default `llama3.2`. */
   readonly model?: string | undefined
@@ -74,10 +77,25 @@ const decodeChatLine = Decode.valueDecoder(Wire.ChatLine)
 const decodeGenerateLine = Decode.valueDecoder(Wire.GenerateLine)
 const decodeEmbed = Decode.valueDecoder(Wire.EmbedAnswer)
 
-/** `OLLAMA_HOST` is often written without a scheme (`0.0.0.0:11434`). */
+/**
+ * `OLLAMA_HOST` as the ollama CLI reads it: often without a scheme, which is then `http`, and
+ * then without a port too, which is Ollama's 11434 (`0.0.0.0` is `http://0.0.0.0:11434`, a
+ * bare IPv6 address is bracketed). With a scheme, the scheme's port.
+ */
 // Anything but a string goes to the URL check as it is, which names `host`.
-const hostUrl = (host: string): string =>
-  typeof host !== "string" || /^[a-z][a-z0-9+.-]*:\/\//i.test(host.trim()) ? host : `http://${host.trim()}`
+const hostUrl = (host: string): string => {
+  if (typeof host !== "string" || /^[a-z][a-z0-9+.-]*:\/\//i.test(host.trim())) return host
+  const bare = host.trim()
+  const slash = bare.indexOf("/")
+  const hostPort = slash === -1 ? bare : bare.slice(0, slash)
+  const path = slash === -1 ? "" : bare.slice(slash)
+  const withPort = /^(?:\[[^\]]*\]|[^:]*):\d+$/.test(hostPort)
+    ? hostPort
+    : hostPort.includes(":") && !hostPort.startsWith("[")
+      ? `[${hostPort}]:11434`
+      : `${hostPort}:11434`
+  return `http://${withPort}${path}`
+}
 
 const optionKeys = Http.knownKeys(["host", "model", "embeddingModel", "api", "keepAlive", "apiKey", "name", "headers"])
 

@@ -2,6 +2,7 @@ import { inspect } from "node:util"
 import { NodeHttpClient } from "@effect/platform-node"
 import { assert, describe, it, layer } from "@effect/vitest"
 import { Cause, Config, ConfigProvider, Duration, Effect, Exit, Fiber, Layer, Option, Redacted, Stream } from "effect"
+import { HttpClient, HttpClientError } from "effect/http"
 import { TestClock } from "effect/testing"
 import { type AiError, isRetryable, ModelError, shouldFallback, TimeoutError } from "../../src/AiError.js"
 import * as Model from "../../src/Model.js"
@@ -602,6 +603,36 @@ layer(NodeHttpClient.layerUndici)("Ollama", (it) => {
       })
     )
   })
+})
+
+describe("Ollama host", () => {
+  it.effect("a host without a scheme or a port is on Ollama's port 11434, as the ollama CLI reads OLLAMA_HOST", () =>
+    Effect.gen(function* () {
+      const urls: Array<string> = []
+      // A client that records where each request goes and answers nothing.
+      const recording = HttpClient.make((request) => {
+        urls.push(request.url)
+        return Effect.fail(
+          new HttpClientError.HttpClientError({
+            reason: new HttpClientError.TransportError({ request, description: "not sent" })
+          })
+        )
+      })
+      for (const host of ["0.0.0.0", "gpu-box", "gpu-box:8080", "[::1]", "::1", "http://gpu-box", "gpu-box/ollama"]) {
+        const p = yield* Ollama.make({ host }).pipe(Effect.provideService(HttpClient.HttpClient, recording))
+        yield* Effect.exit(p.embed({ texts: ["a"] }))
+      }
+      assert.deepStrictEqual(urls, [
+        "http://0.0.0.0:11434/api/embed",
+        "http://gpu-box:11434/api/embed",
+        "http://gpu-box:8080/api/embed",
+        "http://[::1]:11434/api/embed",
+        "http://[::1]:11434/api/embed",
+        "http://gpu-box/api/embed",
+        "http://gpu-box:11434/ollama/api/embed"
+      ])
+    })
+  )
 })
 
 describe("Ollama interruption (live)", () => {
