@@ -51,17 +51,17 @@ const EMBED_BATCH = 100
 const decodeAnswer = Decode.valueDecoder(Wire.GenerateContentResponse)
 const decodeEmbeddings = Decode.valueDecoder(Wire.BatchEmbedResponse)
 
-const optionKeys = Http.knownKeys([
-  "apiKey",
-  "model",
-  "embeddingModel",
-  "embeddingDimensions",
-  "baseUrl",
-  "apiVersion",
-  "name",
-  "headers",
-  "requestLimits"
-])
+const optionKeys = Http.knownKeys<Options>({
+  apiKey: true,
+  model: true,
+  embeddingModel: true,
+  embeddingDimensions: true,
+  baseUrl: true,
+  apiVersion: true,
+  name: true,
+  headers: true,
+  requestLimits: true
+})
 
 const checkOptions = (options: Options) =>
   Input.all([

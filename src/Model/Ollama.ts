@@ -97,7 +97,16 @@ const hostUrl = (host: string): string => {
   return `http://${withPort}${path}`
 }
 
-const optionKeys = Http.knownKeys(["host", "model", "embeddingModel", "api", "keepAlive", "apiKey", "name", "headers"])
+const optionKeys = Http.knownKeys<Options>({
+  host: true,
+  model: true,
+  embeddingModel: true,
+  api: true,
+  keepAlive: true,
+  apiKey: true,
+  name: true,
+  headers: true
+})
 
 const checkOptions = (options: Options) =>
   Input.all([

@@ -73,21 +73,21 @@ const VERSION = /^\d{4}-\d{2}-\d{2}$/
 /** `/ml/v1/text/embeddings` takes at most 1,000 inputs. */
 const EMBED_BATCH = 1000
 
-const optionKeys = Http.knownKeys([
-  "apiKey",
-  "projectId",
-  "spaceId",
-  "url",
-  "iamUrl",
-  "version",
-  "model",
-  "embeddingModel",
-  "api",
-  "refreshMargin",
-  "tokenTimeout",
-  "name",
-  "requestLimits"
-])
+const optionKeys = Http.knownKeys<Options>({
+  apiKey: true,
+  projectId: true,
+  spaceId: true,
+  url: true,
+  iamUrl: true,
+  version: true,
+  model: true,
+  embeddingModel: true,
+  api: true,
+  refreshMargin: true,
+  tokenTimeout: true,
+  name: true,
+  requestLimits: true
+})
 
 const checkOptions = (options: Options) =>
   Input.all([

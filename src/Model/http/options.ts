@@ -91,25 +91,30 @@ export const settings = (options: Options): Input.Checked<Settings> =>
     })
   )
 
-const sharedKeys: ReadonlyArray<keyof Options> = [
-  "timeout",
-  "streamIdleTimeout",
-  "maxResponseBytes",
-  "maxEventBytes",
-  "transformClient"
-]
+const sharedKeys: { readonly [K in keyof Options]-?: true } = {
+  timeout: true,
+  streamIdleTimeout: true,
+  maxResponseBytes: true,
+  maxEventBytes: true,
+  transformClient: true
+}
 
 /**
- * A check that a provider's options are an object holding only the keys it reads (its own
- * `keys` and the shared {@link Options}): `null` options are refused naming `options`
- * instead of failing with a `TypeError`, and a misspelt key (`embedingModel`) naming it
- * instead of leaving its default in place unseen.
+ * A check that a provider's options are an object holding only the keys it reads (its own,
+ * every one listed in `keys`, which the compiler holds to its options type, and the shared
+ * {@link Options}): `null` options are refused naming `options` instead of failing with a
+ * `TypeError`, and a misspelt key (`embedingModel`) naming it instead of leaving its default
+ * in place unseen.
  *
  * @since 0.3.0
  * @category checks
  */
-export const knownKeys = (keys: ReadonlyArray<string>): ((options: unknown) => Input.Checked<void>) => {
-  const known: ReadonlySet<string> = new Set([...keys, ...sharedKeys])
+export const knownKeys = <O extends Options>(
+  keys: {
+    readonly [K in Exclude<keyof O, keyof Options>]-?: true
+  }
+): ((options: unknown) => Input.Checked<void>) => {
+  const known: ReadonlySet<string> = new Set([...Object.keys(keys), ...Object.keys(sharedKeys)])
   return (options) => {
     const issue = Input.notAnObject("options", options) ?? Input.unknownKey(options as object, known)
     return issue === undefined ? Result.succeed(undefined) : Result.fail(issue)
