@@ -1071,6 +1071,26 @@ describe("orchestra config (in process)", () => {
     })
   )
 
+  it.effect("a key that cannot be sent names its environment variable, not a field the file does not have", () =>
+    Effect.gen(function* () {
+      const config = {
+        providers: {
+          o: { type: "openai-compatible", apiKeyEnv: "MY_KEY" },
+          g: { type: "gemini" }
+        }
+      }
+      const error = yield* Effect.flip(
+        Setup.check(loaded(config)).pipe(withEnv({ MY_KEY: `${SECRET}\n`, GEMINI_API_KEY: `${SECRET}\u0001` }))
+      )
+      const cannot = "a header value cannot hold control characters (CR, LF, NUL...) or characters above U+00FF"
+      assert.deepStrictEqual(error.issues, [
+        { path: "providers.o.apiKeyEnv", message: `environment variable MY_KEY: ${cannot}` },
+        { path: "providers.g.apiKeyEnv", message: `environment variable GEMINI_API_KEY: ${cannot}` }
+      ])
+      assert.notInclude(JSON.stringify(error), SECRET)
+    })
+  )
+
   it("JSON syntax errors give a line and a column", () => {
     const at = (text: string) => Result.match(Json.parse(text), { onSuccess: () => undefined, onFailure: (i) => i })
     assert.deepStrictEqual(at('{\n  "a": 1,\n}'), {

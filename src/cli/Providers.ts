@@ -160,7 +160,14 @@ export const check = (
   apiKey: Redacted.Redacted<string> | undefined
 ): Effect.Effect<ReadonlyArray<Issue>> => {
   const prefix = formatPath(["providers", name])
-  const refused = (error: OptionError): ReadonlyArray<Issue> => [issueOf(prefix, error)]
+  const key = keyOf(spec)
+  const refused = (error: OptionError): ReadonlyArray<Issue> => {
+    const issue = issueOf(prefix, error)
+    // The file has no `apiKey`: the key came from the variable `apiKeyEnv` names.
+    return error.path === "apiKey" && key !== undefined
+      ? [{ path: `${prefix}.apiKeyEnv`, message: `environment variable ${key.env}: ${issue.message}` }]
+      : [issue]
+  }
   switch (spec.type) {
     case "local": {
       const options = localOptions(name, spec, dir)
