@@ -15,6 +15,7 @@ import { fileURLToPath, pathToFileURL } from "node:url"
 import { afterAll, assert, describe, it } from "@effect/vitest"
 import { ConfigProvider, Deferred, Effect, Exit, Result } from "effect"
 import type { BatchResult, ItemResult } from "../src/Batch.js"
+import { parseQuery } from "../src/cli/Common.js"
 import * as CliConfig from "../src/cli/Config.js"
 import type { Provider } from "../src/cli/ConfigSchema.js"
 import * as Json from "../src/cli/json.js"
@@ -1154,5 +1155,31 @@ describe("orchestra bench arithmetic", () => {
     })
     assert.strictEqual(quantile([], 0.5), 0)
     assert.strictEqual(quantile([7], 0.95), 7)
+  })
+})
+
+describe("orchestra queries", () => {
+  it("`domain: question` picks any configured domain, whatever characters its name has", () => {
+    const domains = ["support", "customer care", "soporte-técnico", "finance:eu", "финансы"]
+    assert.deepStrictEqual(parseQuery(" support : my card ", domains), { domain: "support", query: "my card" })
+    assert.deepStrictEqual(parseQuery("customer care: where is it?", domains), {
+      domain: "customer care",
+      query: "where is it?"
+    })
+    assert.deepStrictEqual(parseQuery("soporte-técnico: hola", domains), { domain: "soporte-técnico", query: "hola" })
+    assert.deepStrictEqual(parseQuery("finance:eu: rates?", domains), { domain: "finance:eu", query: "rates?" })
+    assert.deepStrictEqual(parseQuery("финансы:", domains), { domain: "финансы", query: "" })
+    // A prefix that is not a domain is part of the question.
+    assert.deepStrictEqual(parseQuery("Note: it is 3:30", domains), { domain: undefined, query: "Note: it is 3:30" })
+    assert.deepStrictEqual(parseQuery("finance: rates?", domains), { domain: undefined, query: "finance: rates?" })
+    // The longest name wins.
+    assert.deepStrictEqual(parseQuery("finance:eu: rates?", ["finance", "finance:eu"]), {
+      domain: "finance:eu",
+      query: "rates?"
+    })
+    assert.deepStrictEqual(parseQuery("finance: eu: rates?", ["finance", "finance:eu"]), {
+      domain: "finance",
+      query: "eu: rates?"
+    })
   })
 })

@@ -178,7 +178,8 @@ export const checkFlag = <A>(common: Common, checked: Input.Checked<A>): Effect.
     : failWith(common, exitCodes.usage, `${checked.failure.path}: ${checked.failure.message}`, { kind: "usage" })
 
 /**
- * Splits `domain: query` when `domain` is a known domain; otherwise the whole line is the
+ * Splits `domain: query` when `domain` is a known domain (any name a domain may have:
+ * `customer care`, `soporte-técnico`, `finance:eu`); otherwise the whole line is the
  * query. The query is trimmed and may be empty (`"finance: "`): callers refuse that.
  *
  * @since 0.1.0
@@ -188,9 +189,17 @@ export const parseQuery = (
   line: string,
   domains: ReadonlyArray<string>
 ): { readonly domain: string | undefined; readonly query: string } => {
-  const match = /^\s*([\w.-]+)\s*:([\s\S]*)$/.exec(line)
-  if (match !== null && domains.includes(match[1]!)) return { domain: match[1]!, query: match[2]!.trim() }
-  return { domain: undefined, query: line.trim() }
+  const text = line.trimStart()
+  let found: { readonly domain: string; readonly query: string } | undefined
+  // The longest name wins (`finance:eu: …` over `finance: eu: …`); each name is looked up once, so a long line costs
+  // one pass per domain.
+  for (const name of domains) {
+    if (!text.startsWith(name) || (found !== undefined && found.domain.length >= name.length)) continue
+    let i = name.length
+    while (i < text.length && text[i]!.trim() === "") i++
+    if (text[i] === ":") found = { domain: name, query: text.slice(i + 1).trim() }
+  }
+  return found ?? { domain: undefined, query: line.trim() }
 }
 
 /**
