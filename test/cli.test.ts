@@ -273,6 +273,38 @@ describe("orchestra CLI", { timeout: 180_000 }, () => {
     })
   )
 
+  it.live("a prompts file or a config that is not UTF-8 is refused, naming the line (not sent as U+FFFD)", () =>
+    Effect.gen(function* () {
+      const mock = writeConfig("utf8-mock.json", { providers: { m: { type: "mock" } } })
+      const latin1 = NodePath.join(dir, "latin1.txt")
+      writeFileSync(latin1, Buffer.from("# prompts\nhello\ncaf\xe9 au lait\n", "latin1"))
+      const utf16 = NodePath.join(dir, "utf16.txt")
+      writeFileSync(utf16, Buffer.concat([Buffer.from([0xff, 0xfe]), Buffer.from("hello\nworld\n", "utf16le")]))
+      const config = NodePath.join(dir, "latin1.json")
+      const json =
+        '{\n  "providers": { "m": { "type": "mock" } },\n  "domains": [{ "name": "a", "provider": "m", "system": "R\xe9ponds" }]\n}'
+      writeFileSync(config, Buffer.from(json, "latin1"))
+      const [prompts, wide, file] = yield* Effect.all(
+        [
+          run(["stats", "--file", latin1, "--config", mock, "--json"]),
+          run(["bench", "--file", utf16, "--config", mock]),
+          run(["stats", "--config", config, "--json"])
+        ],
+        { concurrency: 3 }
+      )
+      const refused = (name: string, line: number) =>
+        `cannot read ${name}: line ${line} is not UTF-8 text (save the file as UTF-8)`
+      assert.strictEqual(prompts.code, 2, prompts.stderr)
+      assert.deepStrictEqual(parse(prompts), { ok: false, error: { message: refused(latin1, 3), kind: "usage" } })
+      assert.strictEqual(wide.code, 2, wide.stderr)
+      assert.strictEqual(wide.stderr, `orchestra: ${refused(utf16, 1)}\n`)
+      assert.strictEqual(file.code, 2, file.stderr)
+      assert.deepStrictEqual((parse(file).error as Record<string, unknown>).issues, [
+        { path: "(file)", message: "line 3 is not UTF-8 text (save the file as UTF-8)" }
+      ])
+    })
+  )
+
   it.live("test against the bundled local model (no config file): answer, latency, provenance", () =>
     Effect.gen(function* () {
       const result = yield* run(["test", "--prompt", "hello there", "--domain", "support", "--max-tokens", "6"])

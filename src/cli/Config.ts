@@ -10,6 +10,7 @@
 import { Effect, FileSystem, Option, Path, Result, Schema, SchemaIssue } from "effect"
 import { ConfigFile, providerSchemas, providerTypes } from "./ConfigSchema.js"
 import * as Json from "./json.js"
+import * as Utf8 from "./utf8.js"
 
 /**
  * One thing wrong with a config: where (`domains[1].retry.maxAttempts`) and what.
@@ -345,8 +346,12 @@ export const load = Effect.fnUntraced(function* (flag: Option.Option<string>, fr
   if (Number(info.value.size) > maxFileBytes) {
     return yield* fileError(`${info.value.size} bytes: a config file is at most ${maxFileBytes} bytes`)
   }
-  const text = yield* fs.readFileString(file).pipe(Effect.mapError((error) => fileError(error.message)))
-  const json = Json.parse(text)
+  const bytes = yield* fs.readFile(file).pipe(Effect.mapError((error) => fileError(error.message)))
+  const text = Utf8.decode(bytes)
+  if (Result.isFailure(text)) {
+    return yield* fileError(`line ${text.failure.line} is not UTF-8 text (save the file as UTF-8)`)
+  }
+  const json = Json.parse(text.success)
   if (Result.isFailure(json)) return yield* syntaxError(file, json.failure)
   return { file, dir: path.dirname(file), ...inspect(json.success) } satisfies Loaded
 })

@@ -5,11 +5,12 @@
  *
  * @since 0.2.0
  */
-import { Effect, FileSystem, Option } from "effect"
+import { Effect, FileSystem, Option, Result } from "effect"
 import { Flag } from "effect/cli"
 import type { Item } from "../Batch.js"
 import * as Input from "../Input.js"
 import { type Common, checkFlag, type ExitCode, exitCodes, failWith, parseQuery, splitList } from "./Common.js"
+import * as Utf8 from "./utf8.js"
 
 /**
  * The flags that choose prompts and how they run (`bench` and `stats`).
@@ -82,7 +83,12 @@ export const read = Effect.fnUntraced(function* (
     failWith(common, exitCodes.usage, `cannot read ${file.value}: ${why}`, { kind: "usage" })
   const info = yield* fs.stat(file.value).pipe(Effect.catch((error) => unreadable(error.message)))
   if (Number(info.size) > maxFileBytes) yield* unreadable(`${info.size} bytes (at most ${maxFileBytes})`)
-  const text = yield* fs.readFileString(file.value).pipe(Effect.catch((error) => unreadable(error.message)))
+  const bytes = yield* fs.readFile(file.value).pipe(Effect.catch((error) => unreadable(error.message)))
+  const decoded = Utf8.decode(bytes)
+  if (Result.isFailure(decoded)) {
+    return yield* unreadable(`line ${decoded.failure.line} is not UTF-8 text (save the file as UTF-8)`)
+  }
+  const text = decoded.success
   const lines = text
     .split(/\r?\n/)
     .map((line) => line.trim())
