@@ -587,10 +587,16 @@ describe("orchestra CLI", { timeout: 180_000 }, () => {
     Effect.gen(function* () {
       const file = writeConfig("syntax.json", '{\n  "providers": {\n    "a": { "type": "mock", }\n  }\n}\n')
       const missingModel = writeConfig("no-model.json", {
-        providers: { l: { type: "local", modelPath: "./no-such-models" } }
+        providers: { l: { type: "local", modelPath: "./no-such-models", cacheDir: "./model-cache" } }
       })
+      // Run from another folder: the config's relative paths are the config's, not the working directory's.
+      const elsewhere = NodePath.join(dir, "elsewhere")
+      mkdirSync(elsewhere, { recursive: true })
       const [syntax, noModel] = yield* Effect.all(
-        [run(["stats", "--config", file]), run(["test", "-p", "x", "--json", "--config", missingModel])],
+        [
+          run(["stats", "--config", file]),
+          run(["test", "-p", "x", "--json", "--config", missingModel], { cwd: elsewhere })
+        ],
         { concurrency: 2 }
       )
       assert.strictEqual(syntax.code, 2)
@@ -600,7 +606,8 @@ describe("orchestra CLI", { timeout: 180_000 }, () => {
       )
       assert.strictEqual(noModel.code, 1, noModel.stderr)
       assert.include(noModel.stderr, 'orchestra: provider "l": ')
-      assert.include(noModel.stderr, NodePath.join(dir, "no-such-models"))
+      assert.include(noModel.stderr, NodePath.join(dir, "no-such-models", "tiny-gpt2"))
+      assert.include(noModel.stderr, NodePath.join(dir, "model-cache", "tiny-gpt2"))
       assert.deepInclude(parse(noModel).error as object, { kind: "provider", provider: "l" })
     })
   )

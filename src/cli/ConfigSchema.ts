@@ -30,7 +30,7 @@ const httpFields = {
 }
 
 /**
- * The bundled transformers.js provider (`Model/Local`). `modelPath` is relative to the
+ * The bundled transformers.js provider (`Model/Local`). `modelPath` and `cacheDir` are relative to the
  * config file.
  *
  * @since 0.1.0

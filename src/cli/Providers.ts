@@ -136,13 +136,16 @@ const httpLayer = (
 }
 
 const localOptions = (name: string, spec: Extract<Provider, { readonly type: "local" }>, dir: string) => {
-  const { modelPath, ...rest } = omit(spec, "type")
-  // Only a usable path is resolved: "" would become the config's own folder, and a null a
-  // TypeError; as written, the library's check names the field and the value.
-  const usable = typeof modelPath === "string" && modelPath.trim().length > 0 && modelPath.trim() === modelPath
+  const { modelPath, cacheDir, ...rest } = omit(spec, "type")
+  // Paths in the file are the file's, whatever the working directory. Only a usable path is
+  // resolved: "" would become the config's own folder, and a null a TypeError; as written,
+  // the library's check names the field and the value.
+  const resolve = (path: unknown) =>
+    typeof path === "string" && path.trim().length > 0 && path.trim() === path ? NodePath.resolve(dir, path) : path
   return unchecked<LocalOptions.ResolvableOptions>({
     ...withName(rest, name, spec),
-    modelPath: usable ? NodePath.resolve(dir, modelPath) : modelPath
+    modelPath: resolve(modelPath),
+    ...(cacheDir === undefined ? {} : { cacheDir: resolve(cacheDir) })
   })
 }
 
