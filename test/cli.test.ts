@@ -932,6 +932,34 @@ describe("orchestra config (in process)", () => {
     })
   )
 
+  it.effect("a wrong defaultProvider is named once, not again at a domains[0] the file does not have", () =>
+    Effect.gen(function* () {
+      const issues = (defaultProvider: unknown) =>
+        Effect.map(
+          Effect.flip(Setup.check(loaded({ providers: { m: { type: "mock" } }, defaultProvider })).pipe(withEnv({}))),
+          (e) => e.issues
+        )
+      assert.deepStrictEqual(yield* issues(5), [{ path: "defaultProvider", message: "expected string, got 5" }])
+      assert.deepStrictEqual(yield* issues(""), [
+        { path: "defaultProvider", message: 'unknown provider "" (declared: m)' }
+      ])
+      // The domains are still checked meanwhile.
+      const both = yield* Effect.flip(
+        Setup.check(
+          loaded({
+            providers: { m: { type: "mock" } },
+            defaultProvider: 5,
+            extraDomains: [{ name: "x", provider: "m", fallback: ["nowhere"] }]
+          })
+        ).pipe(withEnv({}))
+      )
+      assert.deepStrictEqual(
+        both.issues.map((i) => i.path),
+        ["defaultProvider", "extraDomains[0].fallback[0]"]
+      )
+    })
+  )
+
   it("references between sections are checked; a provider type is named", () => {
     assert.deepStrictEqual(
       shapeIssues({

@@ -49,8 +49,13 @@ export const providersOf = (loaded: Loaded): Readonly<Record<string, Provider>> 
     : {}
 }
 
-const defaultProviderOf = (loaded: Loaded): string =>
-  loaded.config.defaultProvider ?? Object.keys(providersOf(loaded))[0] ?? bundledProviderName
+const defaultProviderOf = (loaded: Loaded): string => {
+  const declared = Object.keys(providersOf(loaded))
+  const given: unknown = loaded.config.defaultProvider
+  // A wrong one is an issue of its own already; meanwhile the domains are checked on a declared provider, so
+  // the predefined ones do not report it again at a `domains[0]` the file does not have.
+  return typeof given === "string" && declared.includes(given) ? given : (declared[0] ?? bundledProviderName)
+}
 
 /**
  * The names of the domains a config declares, known without building anything.
