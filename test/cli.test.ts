@@ -13,7 +13,7 @@ import { tmpdir } from "node:os"
 import * as NodePath from "node:path"
 import { fileURLToPath, pathToFileURL } from "node:url"
 import { afterAll, assert, describe, it } from "@effect/vitest"
-import { ConfigProvider, Deferred, Effect, Exit, Result } from "effect"
+import { ConfigProvider, Deferred, Effect, Exit, Result, Stream } from "effect"
 import type { BatchResult, ItemResult } from "../src/Batch.js"
 import { parseQuery } from "../src/cli/Common.js"
 import * as CliConfig from "../src/cli/Config.js"
@@ -21,6 +21,7 @@ import type { Provider } from "../src/cli/ConfigSchema.js"
 import * as Json from "../src/cli/json.js"
 import * as Providers from "../src/cli/Providers.js"
 import { quantile, roundOrder, summarise } from "../src/cli/run/bench.js"
+import { lines, notUtf8, tooLong } from "../src/cli/run/start.js"
 import * as Setup from "../src/cli/Setup.js"
 import * as Server from "./utils/httpServer.js"
 
@@ -1226,6 +1227,21 @@ describe("orchestra bench arithmetic", () => {
 })
 
 describe("orchestra queries", () => {
+  it.effect("start reads lines of UTF-8: a line in another encoding is refused, not sent with U+FFFD", () =>
+    Effect.gen(function* () {
+      const bytes = (...parts: ReadonlyArray<string | ReadonlyArray<number>>) =>
+        parts.map((p) => (typeof p === "string" ? new TextEncoder().encode(p) : Uint8Array.from(p)))
+      // "wörld" split inside its "ö" (0xc3 0xb6), a Latin-1 "café", CRLF, and no newline at the end.
+      const chunks = bytes("hello\r\nw", [0xc3], [0xb6], "rld\ncaf", [0xe9], " au lait\n\nlast")
+      const read = yield* Stream.runCollect(lines(Stream.fromIterable(chunks)))
+      assert.deepStrictEqual(Array.from(read), ["hello", "w\u00f6rld", notUtf8, "", "last"])
+      const long = yield* Stream.runCollect(
+        lines(Stream.fromIterable(bytes("a".repeat(1_000_001), "\nok\n", "\u00e9".repeat(1_000_000), "\n")))
+      )
+      assert.deepStrictEqual(Array.from(long), [tooLong, "ok", "\u00e9".repeat(1_000_000)])
+    })
+  )
+
   it("`domain: question` picks any configured domain, whatever characters its name has", () => {
     const domains = ["support", "customer care", "soporte-técnico", "finance:eu", "финансы"]
     assert.deepStrictEqual(parseQuery(" support : my card ", domains), { domain: "support", query: "my card" })

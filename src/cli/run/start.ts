@@ -18,39 +18,86 @@ import { callChain } from "./test.js"
 
 /** Longest line read; a longer one is refused whole (a paste gone wrong), not buffered without end. */
 const maxLineChars = 1_000_000
+/** UTF-8 takes at most 4 bytes a character: past this many bytes a line is too long whatever it says. */
+const maxLineBytes = 4 * maxLineChars
+
+/**
+ * A line that is not a query: longer than a million characters, or not UTF-8 text.
+ *
+ * @since 0.3.0
+ * @category models
+ */
+export interface Refused {
+  readonly refused: string
+}
+
+/**
+ * @since 0.3.0
+ * @category constants
+ */
+export const tooLong: Refused = { refused: `line longer than ${maxLineChars} characters: ignored` }
+
+/**
+ * @since 0.3.0
+ * @category constants
+ */
+export const notUtf8: Refused = { refused: "line not in UTF-8 (set the terminal or the file to UTF-8): ignored" }
 
 interface LineState {
-  readonly pending: string
+  /** The bytes of the line being read, so far. */
+  readonly pending: ReadonlyArray<Uint8Array>
+  readonly size: number
   /** The line being read is already too long: the rest of it is dropped. */
   readonly tooLong: boolean
 }
 
+const empty: LineState = { pending: [], size: 0, tooLong: false }
+
+/** One line's bytes as text, without its `\r`. */
+const decodeLine = (parts: ReadonlyArray<Uint8Array>): string | Refused => {
+  const bytes = Buffer.concat(parts)
+  const end = bytes.length > 0 && bytes[bytes.length - 1] === 0x0d ? bytes.length - 1 : bytes.length
+  try {
+    const text = new TextDecoder("utf-8", { fatal: true }).decode(bytes.subarray(0, end))
+    return text.length > maxLineChars ? tooLong : text
+  } catch {
+    return notUtf8
+  }
+}
+
 /**
- * Lines of text from a stream of bytes, each at most `maxLineChars` (a longer one comes
- * out as `undefined`, in its place).
+ * Lines of text from a stream of bytes, split before they are decoded: a line that is not
+ * UTF-8 comes out as {@link notUtf8} (it would otherwise be read with U+FFFD in place of what
+ * it says, and sent), one longer than `maxLineChars` as {@link tooLong}, in its place.
  *
  * @since 0.2.0
  * @category utils
  */
-export const lines = <E, R>(bytes: Stream.Stream<Uint8Array, E, R>): Stream.Stream<string | undefined, E, R> =>
+export const lines = <E, R>(bytes: Stream.Stream<Uint8Array, E, R>): Stream.Stream<string | Refused, E, R> =>
   bytes.pipe(
-    Stream.decodeText(),
     Stream.mapAccum(
-      (): LineState => ({ pending: "", tooLong: false }),
-      (state: LineState, chunk: string): readonly [LineState, ReadonlyArray<string | undefined>] => {
-        const parts = (state.pending + chunk).split(/\r?\n/)
-        const pending = parts.pop()!
-        const out: Array<string | undefined> = []
-        let tooLong = state.tooLong
-        for (const part of parts) {
-          out.push(tooLong || part.length > maxLineChars ? undefined : part)
-          tooLong = false
+      (): LineState => empty,
+      (state: LineState, chunk: Uint8Array): readonly [LineState, ReadonlyArray<string | Refused>] => {
+        const out: Array<string | Refused> = []
+        let { pending, size, tooLong: dropping } = state
+        let start = 0
+        for (let newline = chunk.indexOf(0x0a); newline >= 0; newline = chunk.indexOf(0x0a, start)) {
+          const part = chunk.subarray(start, newline)
+          out.push(dropping || size + part.length > maxLineBytes ? tooLong : decodeLine([...pending, part]))
+          pending = []
+          size = 0
+          dropping = false
+          start = newline + 1
         }
-        return pending.length > maxLineChars ? [{ pending: "", tooLong: true }, out] : [{ pending, tooLong }, out]
+        const rest = chunk.slice(start)
+        if (dropping || size + rest.length > maxLineBytes) return [{ pending: [], size: 0, tooLong: true }, out]
+        return [
+          { pending: rest.length === 0 ? pending : [...pending, rest], size: size + rest.length, tooLong: false },
+          out
+        ]
       },
       {
-        onHalt: (state) =>
-          state.pending.length > 0 || state.tooLong ? [state.tooLong ? undefined : state.pending] : []
+        onHalt: (state) => (state.tooLong ? [tooLong] : state.size > 0 ? [decodeLine(state.pending)] : [])
       }
     )
   )
@@ -142,10 +189,10 @@ export const run = Effect.fnUntraced(function* (args: Args) {
       description: d.description ?? null
     }))
 
-    const handle = (raw: string | undefined): Effect.Effect<boolean> => {
+    const handle = (raw: string | Refused): Effect.Effect<boolean> => {
       const next = (effect: Effect.Effect<void>) => Effect.as(Effect.andThen(effect, prompt), true)
-      if (raw === undefined) {
-        const message = `line longer than ${maxLineChars} characters: ignored`
+      if (typeof raw !== "string") {
+        const message = raw.refused
         return next(say({ type: "error", error: { kind: "usage", message } }, message, true))
       }
       const line = raw.trim()
