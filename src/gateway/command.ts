@@ -43,6 +43,7 @@ import { prepare } from "../cli/Manager.js"
 import * as Providers from "../cli/Providers.js"
 import type { Args } from "../cli/Serve.js"
 import type { Checked } from "../cli/Setup.js"
+import * as Utf8 from "../cli/utf8.js"
 import * as Admin from "./admin.js"
 import * as KeyStore from "./keys/KeyStore.js"
 
@@ -110,8 +111,11 @@ const loadFile = Effect.fnUntraced(function* (common: Common, flag: Option.Optio
     return { file: undefined, config: {} as GatewayFile }
   }
   if (Number(info.value.size) > maxFileBytes) return yield* refuse(`a gateway file is at most ${maxFileBytes} bytes`)
-  const text = yield* fs.readFileString(file).pipe(Effect.catch((error) => refuse(error.message)))
-  const json = Json.parse(text)
+  const bytes = yield* fs.readFile(file).pipe(Effect.catch((error) => refuse(error.message)))
+  const text = Utf8.decode(bytes)
+  if (Result.isFailure(text))
+    return yield* refuse(`line ${text.failure.line} is not UTF-8 text (save the file as UTF-8)`)
+  const json = Json.parse(text.success)
   if (Result.isFailure(json)) {
     return yield* refuse(
       `not valid JSON at line ${json.failure.line}, column ${json.failure.column}: ${json.failure.message}`

@@ -145,6 +145,13 @@ describe("orchestra serve", () => {
           'invalid keys.keys[0].allowedModels[1]: unknown model "gtp-4": expected a domain ('
         )
         assert.notInclude(locked.stderr, "gateway.keys")
+        // A file saved in another encoding is refused, not read with U+FFFD in its key ids.
+        const latin1 = NodePath.join(dir, "latin1.json")
+        const text = `{\n  "server": { "port": 0 },\n  "keys": { "keys": [{ "id": "\xe9quipe", "sha256": "${hashSecret(SECRET)}" }] }\n}`
+        writeFileSync(latin1, Buffer.from(text, "latin1"))
+        const encoded = yield* (yield* serve(["--config", config, "--gateway", latin1])).exit
+        assert.strictEqual(encoded.code, 2, encoded.stderr)
+        assert.include(encoded.stderr, `${latin1}: line 3 is not UTF-8 text (save the file as UTF-8)`)
         const open = yield* serve(["--config", config, "--host", "0.0.0.0", "--port", "0"])
         const openResult = yield* open.exit
         assert.strictEqual(openResult.code, 2)
