@@ -1160,6 +1160,23 @@ describe("orchestra config (in process)", () => {
     })
   )
 
+  it("a key written twice in one object is refused at the second, not silently replaced by it", () => {
+    const at = (text: string) => Result.match(Json.parse(text), { onSuccess: () => undefined, onFailure: (i) => i })
+    const text = '{\n  "providers": { "a": { "type": "mock" } },\n  "providers": { "b": { "type": "mock" } }\n}'
+    assert.deepStrictEqual(at(text), {
+      line: 3,
+      column: 3,
+      message: 'duplicate key "providers" (first at line 2, column 3): JSON would keep only the last'
+    })
+    // The same name however it is escaped; the same name in different objects is fine.
+    assert.strictEqual(at('{ "a": { "x": 1, "\\u0078": 2 } }')?.message.startsWith('duplicate key "\\u0078"'), true)
+    assert.deepStrictEqual(
+      Json.parse('{ "a": { "x": 1 }, "b": { "x": 2 } }'),
+      Result.succeed({ a: { x: 1 }, b: { x: 2 } })
+    )
+    assert.isTrue(Result.isFailure(CliConfig.parse(text)))
+  })
+
   it("JSON syntax errors give a line and a column", () => {
     const at = (text: string) => Result.match(Json.parse(text), { onSuccess: () => undefined, onFailure: (i) => i })
     assert.deepStrictEqual(at('{\n  "a": 1,\n}'), {

@@ -1,7 +1,8 @@
 /**
  * JSON text to a value, or where it went wrong as a line and a column (1-based) and what
  * was expected there, the same on every Node version (V8's own messages name a character
- * offset, or nothing at all).
+ * offset, or nothing at all). A key written twice in one object is an error too: JSON.parse
+ * would keep the last silently (a provider or a section pasted twice).
  *
  * @since 0.2.0
  */
@@ -109,11 +110,23 @@ const scan = (text: string): void => {
         i++
         return
       }
+      const keys = new Map<string, number>()
       for (;;) {
         space()
         if (text[i] !== '"')
           fail(text[i] === "}" ? 'a property name (no comma before "}")' : "a property name in quotes")
+        const start = i
         string()
+        const key = JSON.parse(text.slice(start, i)) as string
+        const first = keys.get(key)
+        if (first !== undefined) {
+          const { line, column } = position(text, first)
+          throw new Stop(
+            start,
+            `duplicate key ${text.slice(start, i)} (first at line ${line}, column ${column}): JSON would keep only the last`
+          )
+        }
+        keys.set(key, start)
         space()
         if (text[i] !== ":") fail('":" after the property name')
         i++
@@ -179,22 +192,24 @@ const position = (text: string, offset: number): { readonly line: number; readon
 }
 
 /**
- * Parses JSON text. A text that is not JSON gives the line and column of the first error.
+ * Parses JSON text. A text that is not JSON, or that writes a key twice in one object, gives
+ * the line and column of the first error.
  *
  * @since 0.2.0
  * @category parsing
  */
 export const parse = (text: string): Result.Result<unknown, SyntaxIssue> => {
+  // Scanned first, valid or not: JSON.parse keeps the last of a key written twice without a word.
+  try {
+    scan(text)
+  } catch (stop) {
+    if (stop instanceof Stop) return Result.fail({ ...position(text, stop.offset), message: stop.message })
+    throw stop
+  }
   try {
     // Editors on some systems save a byte-order mark; JSON.parse refuses it.
     return Result.succeed(JSON.parse(text.charCodeAt(0) === 0xfeff ? text.slice(1) : text) as unknown)
   } catch {
-    try {
-      scan(text)
-    } catch (stop) {
-      if (stop instanceof Stop) return Result.fail({ ...position(text, stop.offset), message: stop.message })
-      throw stop
-    }
     return Result.fail({ line: 1, column: 1, message: "not valid JSON" })
   }
 }
