@@ -87,7 +87,8 @@ const wholeMillis = (path: string, input: unknown, fallback: Input.DurationInput
 const settings = (options: Options): Input.Checked<Settings> => {
   const url = options.url === undefined ? "redis://127.0.0.1:6379" : options.url
   const plain = Redacted.isRedacted(url) ? Redacted.value(url) : url
-  if (typeof plain !== "string" || !/^rediss?:\/\//.test(plain)) {
+  // node-redis parses it with `new URL`, which throws (a defect, not a failure) on one it cannot parse.
+  if (typeof plain !== "string" || !/^rediss?:\/\//.test(plain) || !URL.canParse(plain)) {
     // Never echo the value: it may carry a password.
     return Result.fail({ path: "url", message: "expected a redis:// or rediss:// URL" })
   }

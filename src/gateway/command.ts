@@ -269,7 +269,9 @@ export const run = Effect.fnUntraced(function* (args: Args) {
   const redis =
     redisUrl === undefined
       ? Layer.empty
-      : Redis.layer({ url: redisUrl, commandTimeout: config.redis?.commandTimeout ?? 500 }).pipe(under("redis"))
+      : Redis.layer({ url: redisUrl, commandTimeout: config.redis?.commandTimeout ?? 500 }).pipe(
+          under("redis", (path) => (path === "url" ? "redis.urlEnv" : undefined))
+        )
   const keyOptions = (config.keys ?? {}) as KeyStore.Options
   const keys =
     config.keys === undefined
@@ -311,7 +313,7 @@ export const run = Effect.fnUntraced(function* (args: Args) {
           failWith(
             common,
             error instanceof Input.OptionError ? exitCodes.usage : exitCodes.failed,
-            startFailure(error, host, port),
+            startFailure(error, host, port, config.redis?.urlEnv ?? "REDIS_URL"),
             { kind: error instanceof Input.OptionError ? "config" : "start" }
           )
         )
@@ -337,9 +339,10 @@ const hostPort = (host: string, port: number): string => `${host.includes(":") ?
  *
  * @internal
  */
-export const startFailure = (error: unknown, host: string, port: number): string => {
-  // A RedisError has no message of its own either: the client's is in its cause (never the URL).
-  if (error instanceof PersistedRedis.RedisError) return `cannot connect to Redis: ${Redis.errorText(error)}`
+export const startFailure = (error: unknown, host: string, port: number, redisUrlEnv = "REDIS_URL"): string => {
+  // A RedisError has no message of its own either: the client's is in its cause (never the URL, which may hold a password).
+  if (error instanceof PersistedRedis.RedisError)
+    return `cannot connect to Redis (${redisUrlEnv}): ${Redis.errorText(error)}`
   if (!(error instanceof HttpServerError.ServeError)) return error instanceof Error ? error.message : String(error)
   const cause = error.cause
   const code = typeof cause === "object" && cause !== null && "code" in cause ? cause.code : undefined

@@ -200,6 +200,29 @@ describe("orchestra serve, start-up failures", () => {
       }),
     120_000
   )
+
+  it.live(
+    "an unreachable Redis is a sentence naming its variable (exit 1); a REDIS_URL that is no URL names redis.urlEnv (exit 2); no password printed",
+    () =>
+      Effect.gen(function* () {
+        const gateway = write("redis-gateway.json", { server: { port: 0 }, allowAnonymous: true, redis: {} })
+        const exitOf = (url: string) =>
+          Effect.flatMap(serve(["--config", config, "--gateway", gateway], { REDIS_URL: url }), (s) => s.exit)
+        const [down, malformed] = yield* Effect.all(
+          [exitOf(`redis://user:${SECRET}@127.0.0.1:1/0`), exitOf(`redis://user:${SECRET}@127.0.0.1:1:2/0`)],
+          { concurrency: 2 }
+        )
+        assert.strictEqual(down.code, 1, down.stderr)
+        const error = (JSON.parse(down.stdout) as { error: { message: string; kind: string } }).error
+        assert.strictEqual(error.kind, "start")
+        assert.match(error.message, /^cannot connect to Redis \(REDIS_URL\): .*ECONNREFUSED/)
+        assert.strictEqual(malformed.code, 2, malformed.stderr)
+        assert.include(malformed.stderr, "invalid redis.urlEnv: expected a redis:// or rediss:// URL")
+        assert.notInclude(malformed.stderr, "unexpected failure")
+        for (const result of [down, malformed]) assert.notInclude(result.stdout + result.stderr, SECRET)
+      }),
+    120_000
+  )
 })
 
 describe("orchestra serve, an unreachable Redis", () => {
@@ -228,7 +251,10 @@ describe("orchestra serve, an unreachable Redis", () => {
         assert.strictEqual(result.code, 1, result.stderr)
         assert.deepStrictEqual(JSON.parse(result.stdout), {
           ok: false,
-          error: { message: `cannot connect to Redis: connect ECONNREFUSED 127.0.0.1:${port}`, kind: "start" }
+          error: {
+            message: `cannot connect to Redis (TEST_REDIS_URL): connect ECONNREFUSED 127.0.0.1:${port}`,
+            kind: "start"
+          }
         })
         assert.notInclude(result.stdout + result.stderr, "pa55-word-secret")
       }),
