@@ -6,7 +6,7 @@
  */
 import { Effect, Exit } from "effect"
 import type { HttpServerRequest } from "effect/http"
-import type { AiError } from "../AiError.js"
+import { type AiError, invalidRequest, type ModelError } from "../AiError.js"
 import { type EmbedRequest, type EmbedResponse, estimateTokens, validateEmbed } from "../Model.js"
 import type { Entry } from "./lifecycle.js"
 import {
@@ -28,6 +28,14 @@ import { CurrentTracker, type Target, type Tracker } from "./upstream.js"
 import { parseEmbed } from "./request.js"
 import * as Wire from "./response.js"
 
+const texts = "invalid texts: "
+
+// The limits name the library's field (`texts`); the client sent `input`.
+const asInput = (error: ModelError): ModelError =>
+  error.field === "texts" && error.message.startsWith(texts)
+    ? invalidRequest("input", error.message.slice(texts.length), error.provider)
+    : error
+
 /**
  * @internal
  */
@@ -48,7 +56,7 @@ export const make = (env: Env) => {
       const call = parsed.success
       const target = yield* upstream.resolve(call.model)
       yield* checkAllowed(key, call.model)
-      const valid = yield* validateEmbed(call.request, executor.limits)
+      const valid = yield* Effect.mapError(validateEmbed(call.request, executor.limits), asInput)
       let inputTokens = 0
       for (const text of valid.texts) inputTokens += estimateTokens(text)
       const keys = env.keys

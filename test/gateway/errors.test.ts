@@ -338,3 +338,23 @@ describe("Gateway: upstream failures", () => {
     })
   )
 })
+
+describe("Gateway: refusals name what the client sent", () => {
+  it.live("embeddings over the request limits are a 400 naming input, the field the client sent", () =>
+    Effect.gen(function* () {
+      const upstream = yield* Server.make(Up.openAi())
+      const gw = yield* Harness.make({
+        upstreams: { a: upstream.url },
+        executor: { requestLimits: { maxEmbedTexts: 2, maxInputChars: 10 } }
+      })
+      const client = gw.client()
+      const many = yield* Harness.failing(() => client.embeddings.create({ model: "d-a", input: ["a", "b", "c"] }))
+      assert.deepStrictEqual([many.status, many.param, many.type], [400, "input", "invalid_request_error"])
+      assert.include(many.message, "invalid input: 3 texts exceed the limit of 2")
+      const long = yield* Harness.failing(() => client.embeddings.create({ model: "d-a", input: "x".repeat(20) }))
+      assert.deepStrictEqual([long.status, long.param], [400, "input"])
+      assert.include(long.message, "invalid input: the input has 20 characters")
+      assert.strictEqual((yield* upstream.requests).length, 0)
+    })
+  )
+})
