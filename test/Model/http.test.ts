@@ -287,6 +287,8 @@ describe("errors", () => {
     for (const [status, reason] of expected) assert.strictEqual(Errors.classify(status, info()), reason, String(status))
     assert.strictEqual(Errors.classify(429, info({ code: "insufficient_quota" })), "Unauthorized")
     assert.strictEqual(Errors.classify(503, info({ type: "overloaded_error" })), "Overloaded")
+    // OpenAI's answer to a conversation over the model's context: a 400 with this code.
+    assert.strictEqual(Errors.classify(400, info({ code: "context_length_exceeded" })), "TooLarge")
     assert.strictEqual(Errors.classify(undefined, info({ message: "rate limit exceeded" })), "Unknown")
   })
 

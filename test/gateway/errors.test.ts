@@ -337,6 +337,30 @@ describe("Gateway: upstream failures", () => {
       )
     })
   )
+
+  it.live("OpenAI's 400 context_length_exceeded keeps its code, which clients check to shorten the conversation", () =>
+    Effect.gen(function* () {
+      const upstream = yield* Server.make((_, res) =>
+        Server.json(res, 400, {
+          error: {
+            message:
+              "This model's maximum context length is 8192 tokens. However, your messages resulted in 9000 tokens.",
+            type: "invalid_request_error",
+            param: "messages",
+            code: "context_length_exceeded"
+          }
+        })
+      )
+      const gw = yield* Harness.make({ upstreams: { a: upstream.url } })
+      const refused = yield* Harness.failing(() => gw.client().chat.completions.create({ model: "d-a", messages: hi }))
+      assert.deepStrictEqual(
+        [refused.status, refused.type, refused.code],
+        [400, "invalid_request_error", "context_length_exceeded"]
+      )
+      assert.include(refused.message, "maximum context length is 8192 tokens")
+      assert.strictEqual((yield* upstream.requests).length, 1, "neither retried nor sent elsewhere")
+    })
+  )
 })
 
 describe("Gateway: refusals name what the client sent", () => {
