@@ -55,7 +55,8 @@ export const Message: typeof Schemas.Message = Schemas.Message
 export type Message = typeof Message.Type
 
 /**
- * A tool the model may call: a name, a description and a JSON Schema of its parameters.
+ * A tool the model may call: a name, a description and a JSON Schema of its parameters
+ * (`strict`: the arguments must match it exactly, where the provider supports it).
  * Passed through to providers that support tools; others refuse the request (`field: "tools"`).
  *
  * @since 0.2.0

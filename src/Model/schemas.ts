@@ -27,7 +27,9 @@ export const Message = Schema.Struct({
 export const ToolDefinition = Schema.Struct({
   name: Schema.String.check(Schema.isMinLength(1), Schema.isMaxLength(64)),
   description: Schema.optional(Schema.String),
-  parameters: Schema.optional(Schema.Record(Schema.String, Schema.Unknown))
+  parameters: Schema.optional(Schema.Record(Schema.String, Schema.Unknown)),
+  /** Arguments must match `parameters` exactly (OpenAI's structured outputs); providers without it ignore it. */
+  strict: Schema.optional(Schema.Boolean)
 })
 
 export const ResponseFormat = Schema.Union([

@@ -211,10 +211,14 @@ const toolsOf = (input: unknown): Checked<ReadonlyArray<Model.ToolDefinition>> =
       return invalid(`tools[${i}].function.parameters`, "expected a JSON Schema object")
     }
     if (nestsDeeper(fn.parameters, maxSchemaDepth)) return tooDeep(`tools[${i}].function.parameters`)
+    if (fn.strict !== undefined && fn.strict !== null && typeof fn.strict !== "boolean") {
+      return invalid(`tools[${i}].function.strict`, "expected a boolean")
+    }
     out.push({
       name: fn.name,
       ...(fn.description === undefined ? {} : { description: fn.description as string }),
-      ...(fn.parameters === undefined ? {} : { parameters: fn.parameters as Record<string, unknown> })
+      ...(fn.parameters === undefined ? {} : { parameters: fn.parameters as Record<string, unknown> }),
+      ...(typeof fn.strict === "boolean" ? { strict: fn.strict } : {})
     })
   }
   return Result.succeed(out)

@@ -121,6 +121,10 @@ describe("gateway wire: chat requests", () => {
     assert.strictEqual(paramOf(chat({ stream_options: { include_usage: true } })), "stream_options")
     assert.strictEqual(paramOf(chat({ stream: true, stream_options: { verbose: 1 } })), "stream_options.verbose")
     assert.strictEqual(paramOf(chat({ tools: [{ type: "function", function: {} }] })), "tools[0].function.name")
+    assert.strictEqual(
+      paramOf(chat({ tools: [{ type: "function", function: { name: "f", strict: "yes" } }] })),
+      "tools[0].function.strict"
+    )
     assert.strictEqual(paramOf(chat({ tool_choice: "sometimes" })), "tool_choice")
     assert.strictEqual(paramOf(chat({ response_format: { type: "xml" } })), "response_format.type")
     assert.strictEqual(paramOf(chat({ temprature: 1 })), "temprature")

@@ -186,7 +186,8 @@ export const toolsBody = (tools: ReadonlyArray<Model.ToolDefinition>): Array<unk
     function: {
       name: tool.name,
       ...(tool.description === undefined ? {} : { description: tool.description }),
-      parameters: tool.parameters ?? { type: "object", properties: {} }
+      parameters: tool.parameters ?? { type: "object", properties: {} },
+      ...(tool.strict === undefined ? {} : { strict: tool.strict })
     }
   }))
 
