@@ -168,6 +168,7 @@ export const make = Effect.fnUntraced(function* (options: Options = {}) {
       const answer = yield* client.json(post("chat/completions", body, "application/json"), decodeCompletion, ctx)
       const choice = answer.choices[0]
       const text = choice.message.content ?? ""
+      const refusal = choice.message.refusal ?? ""
       const toolCalls = (choice.message.tool_calls ?? []).map(
         (call, i): Model.ToolCall => ({
           id: call.id ?? `call_${i}`,
@@ -178,10 +179,11 @@ export const make = Effect.fnUntraced(function* (options: Options = {}) {
       const response: Model.GenerateResponse = {
         text,
         finishReason: withToolCalls(finishReasonOf(choice.finish_reason), toolCalls.length),
-        usage: Wire.usageOf(answer.usage, Model.estimateInputTokens(valid), Model.estimateTokens(text)),
+        usage: Wire.usageOf(answer.usage, Model.estimateInputTokens(valid), Model.estimateTokens(text + refusal)),
         provider: name,
         model: answer.model ?? model,
-        ...(toolCalls.length > 0 ? { toolCalls } : {})
+        ...(toolCalls.length > 0 ? { toolCalls } : {}),
+        ...(refusal.length > 0 ? { refusal } : {})
       }
       return response
     })
@@ -198,6 +200,7 @@ export const make = Effect.fnUntraced(function* (options: Options = {}) {
             let usage: Wire.UsageWire | null | undefined
             let answeredModel: string | undefined
             let outputChars = 0
+            let refusal = ""
             const calls = Assemble.toolCallAssembler()
             const finish = Effect.map(
               calls.parts(ctx),
@@ -208,7 +211,8 @@ export const make = Effect.fnUntraced(function* (options: Options = {}) {
                   finishReason: withToolCalls(finishReason ?? "unknown", calls.size()),
                   usage: Wire.usageOf(usage, Model.estimateInputTokens(valid), Math.ceil(outputChars / 4)),
                   provider: name,
-                  model: answeredModel ?? model
+                  model: answeredModel ?? model,
+                  ...(refusal.length > 0 ? { refusal } : {})
                 }
               ]
             )
@@ -233,6 +237,11 @@ export const make = Effect.fnUntraced(function* (options: Options = {}) {
                     if (typeof text === "string" && text.length > 0) {
                       outputChars += text.length
                       parts.push({ _tag: "TextDelta", text })
+                    }
+                    const refused = choice.delta?.refusal
+                    if (typeof refused === "string" && refused.length > 0) {
+                      outputChars += refused.length
+                      refusal += refused
                     }
                     for (const delta of choice.delta?.tool_calls ?? []) {
                       calls.add({

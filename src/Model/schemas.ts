@@ -82,7 +82,9 @@ export const GenerateResponse = Schema.Struct({
   usage: Usage,
   provider: Schema.String,
   model: Schema.String,
-  toolCalls: Schema.optional(Schema.Array(ToolCall))
+  toolCalls: Schema.optional(Schema.Array(ToolCall)),
+  /** The model declined to answer (OpenAI's `refusal`): why, in its words. */
+  refusal: Schema.optional(Schema.String)
 })
 
 export const StreamPart = Schema.Union([
@@ -92,7 +94,9 @@ export const StreamPart = Schema.Union([
     finishReason: FinishReason,
     usage: Usage,
     provider: Schema.String,
-    model: Schema.String
+    model: Schema.String,
+    /** The model declined to answer (OpenAI's `refusal`, whole): why, in its words. */
+    refusal: Schema.optional(Schema.String)
   })
 ])
 

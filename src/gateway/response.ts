@@ -56,8 +56,11 @@ export const chatCompletion = (id: string, created: number, model: string, respo
         index: 0,
         message: {
           role: "assistant",
-          content: response.toolCalls !== undefined && response.text.length === 0 ? null : response.text,
-          refusal: null,
+          content:
+            (response.toolCalls !== undefined || response.refusal !== undefined) && response.text.length === 0
+              ? null
+              : response.text,
+          refusal: response.refusal ?? null,
           ...(response.toolCalls === undefined ? {} : { tool_calls: response.toolCalls.map(toolCallWire) })
         },
         logprobs: null,

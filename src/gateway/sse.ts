@@ -108,6 +108,7 @@ export const body = (first: Parts, pull: Pull.Pull<Parts, AiError>, options: Opt
             out += delta({ content: text })
             text = ""
           }
+          if (part.refusal !== undefined) out += delta({ refusal: part.refusal })
           if (!roleSent) out += delta({ content: "" })
           out += Wire.chunkEvent(prefix, Wire.finishChoices(part.finishReason))
           if (options.includeUsage) {

@@ -37,3 +37,52 @@ describe("Gateway: what the client sends", () => {
     })
   )
 })
+
+describe("Gateway: what the upstream answers", () => {
+  const refusal = "I'm sorry, I can't help with that."
+  const schema = {
+    type: "json_schema" as const,
+    json_schema: {
+      name: "answer",
+      strict: true,
+      schema: { type: "object", properties: { a: { type: "number" } }, required: ["a"], additionalProperties: false }
+    }
+  }
+
+  it.live("a refusal reaches the client as its refusal, streamed or not, not as an empty answer", () =>
+    Effect.gen(function* () {
+      const upstream = yield* Server.make((request, res) => {
+        if ((request.json as { stream?: boolean }).stream !== true) {
+          return Server.json(res, 200, {
+            ...Up.completion(null),
+            choices: [{ index: 0, message: { role: "assistant", content: null, refusal }, finish_reason: "stop" }]
+          })
+        }
+        const delta = (fields: Record<string, unknown>) => ({
+          ...Up.chunk(null),
+          choices: [{ index: 0, delta: fields, logprobs: null, finish_reason: null }]
+        })
+        return Server.chunked(res, [
+          Server.sse([
+            delta({ role: "assistant", content: null, refusal: "" }),
+            delta({ refusal: refusal.slice(0, 10) }),
+            delta({ refusal: refusal.slice(10) }),
+            Up.chunk(null, "stop"),
+            Up.usageChunk(),
+            "[DONE]"
+          ])
+        ])
+      })
+      const gw = yield* Harness.make({ upstreams: { a: upstream.url } })
+      const answer = yield* Harness.call(() =>
+        gw.client().chat.completions.parse({ model: "d-a", messages: hi, response_format: schema })
+      )
+      const message = answer.choices[0]!.message
+      assert.deepStrictEqual([message.content, message.refusal, message.parsed], [null, refusal, null])
+      const streamed = yield* Harness.call(() =>
+        gw.client().chat.completions.stream({ model: "d-a", messages: hi, response_format: schema }).finalMessage()
+      )
+      assert.deepStrictEqual([streamed.content, streamed.refusal], [null, refusal])
+    })
+  )
+})

@@ -52,6 +52,7 @@ export const ChatCompletion = Schema.Struct({
       message: Schema.Struct({
         role: Text,
         content: Text,
+        refusal: Text,
         tool_calls: Schema.optional(Schema.NullOr(Schema.Array(ToolCallWire)))
       }),
       finish_reason: Text
@@ -75,6 +76,7 @@ export const ChatChunk = Schema.Struct({
         Schema.NullOr(
           Schema.Struct({
             content: Text,
+            refusal: Text,
             tool_calls: Schema.optional(
               Schema.NullOr(
                 Schema.Array(
