@@ -116,6 +116,10 @@ const toolCallsOf = (calls: unknown, at: string): Checked<ReadonlyArray<Model.To
 
 const messageKeys: ReadonlySet<string> = new Set(["role", "content", "name", "tool_calls", "tool_call_id", "refusal"])
 
+// OpenAI's nullable message fields the gateway cannot honour: null says nothing (a replayed
+// answer carries them so), anything else is refused.
+const nullableKeys: ReadonlySet<string> = new Set(["audio", "function_call"])
+
 interface Conversation {
   readonly system: string | undefined
   readonly messages: ReadonlyArray<Model.Message>
@@ -132,7 +136,11 @@ const conversationOf = (input: unknown): Checked<Conversation> => {
     const at = `messages[${i}]`
     const m = input[i]
     if (!isObject(m)) return invalid(at, `expected a message object, got ${kind(m)}`)
-    for (const key in m) if (!messageKeys.has(key)) return invalid(`${at}.${key}`, "unsupported field")
+    for (const key in m) {
+      if (!messageKeys.has(key) && !(m[key] === null && nullableKeys.has(key))) {
+        return invalid(`${at}.${key}`, "unsupported field")
+      }
+    }
     const role = m.role
     switch (role) {
       case "system":

@@ -38,6 +38,43 @@ describe("Gateway: what the client sends", () => {
   )
 })
 
+describe("Gateway: what the client replays", () => {
+  it.live("an assistant message with OpenAI's null audio and function_call is read as without them", () =>
+    Effect.gen(function* () {
+      const upstream = yield* Server.make(Up.openAi())
+      const gw = yield* Harness.make({ upstreams: { a: upstream.url } })
+      // Fields the official client's own type declares nullable, as a replayed answer may carry them.
+      const replayed: OpenAI.ChatCompletionAssistantMessageParam = {
+        role: "assistant",
+        content: "Hello",
+        refusal: null,
+        audio: null,
+        function_call: null
+      }
+      const answer = yield* Harness.call(() =>
+        gw.client().chat.completions.create({
+          model: "d-a",
+          messages: [...hi, replayed, { role: "user", content: "again" }]
+        })
+      )
+      assert.strictEqual(answer.choices[0]!.message.content, "Hello wörld!")
+      const [sent] = yield* upstream.requests
+      assert.deepStrictEqual((sent!.json as { messages: unknown }).messages, [
+        { role: "user", content: "hi" },
+        { role: "assistant", content: "Hello" },
+        { role: "user", content: "again" }
+      ])
+      const audio = yield* Harness.failing(() =>
+        gw.client().chat.completions.create({
+          model: "d-a",
+          messages: [...hi, { ...replayed, audio: { id: "audio_1" } }, { role: "user", content: "again" }]
+        })
+      )
+      assert.deepStrictEqual([audio.status, audio.param], [400, "messages[1].audio"])
+    })
+  )
+})
+
 describe("Gateway: what the upstream answers", () => {
   const refusal = "I'm sorry, I can't help with that."
   const schema = {
