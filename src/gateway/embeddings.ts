@@ -99,7 +99,7 @@ export const make = (env: Env) => {
             yield* keys.settle(reservation, usage)
           }
           metrics.tokens(usage.inputTokens, 0)
-          const text = Wire.embeddings(call.model, exit.value, call.encoding)
+          const text = Wire.embeddings(call.model, exit.value, call.encoding, usage.inputTokens)
           return answered(env, "embeddings", started, json(200, text), tracker.upstreamMs)
         })
       )

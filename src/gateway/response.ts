@@ -118,13 +118,18 @@ const base64Of = (vector: ReadonlyArray<number>): string => {
 }
 
 /**
- * The body of an embeddings answer, vectors in input order.
+ * The body of an embeddings answer, vectors in input order; `inputTokens` is what the request
+ * was charged (the provider's count, or the estimate when it reported none).
  *
  * @internal
  */
-export const embeddings = (model: string, response: Model.EmbedResponse, encoding: "float" | "base64"): string => {
-  const input = response.usage?.inputTokens ?? 0
-  return JSON.stringify({
+export const embeddings = (
+  model: string,
+  response: Model.EmbedResponse,
+  encoding: "float" | "base64",
+  inputTokens: number
+): string =>
+  JSON.stringify({
     object: "list",
     data: response.vectors.map((vector, index) => ({
       object: "embedding",
@@ -132,9 +137,8 @@ export const embeddings = (model: string, response: Model.EmbedResponse, encodin
       embedding: encoding === "base64" ? base64Of(vector) : vector
     })),
     model,
-    usage: { prompt_tokens: input, total_tokens: input }
+    usage: { prompt_tokens: inputTokens, total_tokens: inputTokens }
   })
-}
 
 /**
  * One entry of `GET /v1/models`.

@@ -161,7 +161,7 @@ describe("gateway wire: embedding requests", () => {
   })
 
   it("writes base64 as little-endian float32, which decodes back to the vector", () => {
-    const text = Wire.embeddings("e", { vectors: [[0.5, -2, 3.25]], provider: "p", model: "m" }, "base64")
+    const text = Wire.embeddings("e", { vectors: [[0.5, -2, 3.25]], provider: "p", model: "m" }, "base64", 3)
     const encoded = (JSON.parse(text) as { data: Array<{ embedding: string }> }).data[0]!.embedding
     const bytes = Buffer.from(encoded, "base64")
     const floats = Array.from({ length: bytes.length / 4 }, (_, i) => bytes.readFloatLE(i * 4))

@@ -122,4 +122,29 @@ describe("Gateway: what the upstream answers", () => {
       assert.deepStrictEqual([streamed.content, streamed.refusal], [null, refusal])
     })
   )
+
+  it.live("embeddings without the upstream's usage report the estimate the key was charged, not 0 tokens", () =>
+    Effect.gen(function* () {
+      const upstream = yield* Server.make((request, res) =>
+        Server.json(res, 200, {
+          object: "list",
+          model: "upstream-embed",
+          data: (request.json as { input: ReadonlyArray<string> }).input.map((_, index) => ({
+            object: "embedding",
+            index,
+            embedding: [index, 0.5]
+          }))
+        })
+      )
+      const { service, log } = Harness.keyStore({ "sk-a": { id: "a" } })
+      const gw = yield* Harness.make({ upstreams: { a: upstream.url }, keys: service })
+      const answer = yield* Harness.call(() =>
+        gw.client("sk-a").embeddings.create({ model: "d-a", input: ["hello world", "a longer text to embed"] })
+      )
+      yield* Harness.eventually(() => log.settled.length === 1)
+      const charged = log.settled[0]!.inputTokens
+      assert.isAbove(charged, 0)
+      assert.deepStrictEqual(answer.usage, { prompt_tokens: charged, total_tokens: charged })
+    })
+  )
 })
