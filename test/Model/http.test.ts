@@ -97,6 +97,18 @@ describe("SSE framing", () => {
       })
   )
 
+  it.effect("a U+FEFF that starts a later read is text; only the stream's first is a byte order mark", () =>
+    Effect.gen(function* () {
+      const events = yield* Stream.runCollect(
+        Sse.events(bytes("\uFEFFdata: a", "\uFEFFb\n\n"), ctx, { maxEventBytes: 1024 })
+      )
+      assert.deepStrictEqual(
+        events.map((e) => e.data),
+        ["a\uFEFFb"]
+      )
+    })
+  )
+
   it.effect("an endless event fails TooLarge at its bound", () =>
     Effect.gen(function* () {
       const endless = Stream.concat(bytes("data: "), Stream.forever(bytes("x".repeat(1000))))

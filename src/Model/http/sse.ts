@@ -54,7 +54,9 @@ const completeLength = (bytes: Uint8Array): number => {
  * event, against 1.22-1.47 with `TextDecoder`'s `stream` mode.
  */
 const utf8 = () => {
-  const decoder = new TextDecoder()
+  // Each read is decoded on its own: a default decoder would drop a U+FEFF starting any of them.
+  // The parser strips the one byte order mark the stream may start with.
+  const decoder = new TextDecoder("utf-8", { ignoreBOM: true })
   let carry: Uint8Array | undefined
   return {
     decode: (chunk: Uint8Array): string => {
