@@ -27,6 +27,17 @@ const invalid = (param: string, message: string): Checked<never> =>
 export const kind = (u: unknown): string =>
   u === null ? "null" : Array.isArray(u) ? "an array" : typeof u === "object" ? "an object" : typeof u
 
+// A client's value in a message: a scalar as written, anything else by its kind (it may nest
+// too deep for JSON.stringify, or be large).
+const shown = (u: unknown): string =>
+  typeof u === "string"
+    ? JSON.stringify(u)
+    : typeof u === "number" || typeof u === "boolean"
+      ? String(u)
+      : u === undefined
+        ? "nothing"
+        : kind(u)
+
 const tooDeep = (param: string): Checked<never> =>
   invalid(param, `nests arrays and objects more than ${maxSchemaDepth} levels deep`)
 
@@ -88,7 +99,7 @@ const textOf = (content: unknown, at: string, nullable: boolean): Checked<string
   for (let i = 0; i < content.length; i++) {
     const part = content[i]
     if (!isObject(part) || (part.type !== "text" && part.type !== "refusal")) {
-      const type = isObject(part) ? JSON.stringify(part.type) : kind(part)
+      const type = isObject(part) ? shown(part.type) : kind(part)
       return invalid(`${at}[${i}].type`, `only text parts are supported, got ${type}`)
     }
     const value = part.type === "text" ? part.text : part.refusal
@@ -181,7 +192,7 @@ const conversationOf = (input: unknown): Checked<Conversation> => {
       default:
         return invalid(
           `${at}.role`,
-          `expected "system", "developer", "user", "assistant" or "tool", got ${JSON.stringify(role) ?? "nothing"}`
+          `expected "system", "developer", "user", "assistant" or "tool", got ${shown(role)}`
         )
     }
   }

@@ -381,4 +381,26 @@ describe("Gateway: refusals name what the client sent", () => {
       assert.strictEqual((yield* upstream.requests).length, 0)
     })
   )
+
+  it.live("a role or a content part's type nested deep is a 400 naming it, not a 500", () =>
+    Effect.gen(function* () {
+      const upstream = yield* Server.make(Up.openAi())
+      const gw = yield* Harness.make({ upstreams: { a: upstream.url } })
+      const deep = `${"[".repeat(100_000)}${"]".repeat(100_000)}`
+      const send = (message: string) =>
+        Effect.promise(async () => {
+          const response = await fetch(`${gw.url}/v1/chat/completions`, {
+            method: "POST",
+            headers: { "content-type": "application/json" },
+            body: `{"model":"d-a","messages":[${message}]}`
+          })
+          return { status: response.status, body: (await response.json()) as { error: { param: string } } }
+        })
+      const role = yield* send(`{"role":${deep},"content":"x"}`)
+      assert.deepStrictEqual([role.status, role.body.error.param], [400, "messages[0].role"])
+      const part = yield* send(`{"role":"user","content":[{"type":${deep}}]}`)
+      assert.deepStrictEqual([part.status, part.body.error.param], [400, "messages[0].content[0].type"])
+      assert.strictEqual((yield* upstream.requests).length, 0)
+    })
+  )
 })
