@@ -147,4 +147,32 @@ describe("Gateway: what the upstream answers", () => {
       assert.deepStrictEqual(answer.usage, { prompt_tokens: charged, total_tokens: charged })
     })
   )
+
+  it.live("a streamed tool call whose name the upstream repeats in every delta keeps its name once", () =>
+    Effect.gen(function* () {
+      const delta = (fields: Record<string, unknown>) => ({
+        ...Up.chunk(null),
+        choices: [{ index: 0, delta: { tool_calls: [{ index: 0, ...fields }] }, logprobs: null, finish_reason: null }]
+      })
+      // As MiniMax behind NVIDIA NIM streams: the whole name again with each piece of the arguments.
+      const upstream = yield* Server.make((_, res) =>
+        Server.chunked(res, [
+          Server.sse([
+            delta({ id: "call_1", type: "function", function: { name: "read_file", arguments: "" } }),
+            delta({ function: { name: "read_file", arguments: '{"path":' } }),
+            delta({ function: { name: "read_file", arguments: '"a.txt"}' } }),
+            Up.chunk(null, "tool_calls"),
+            "[DONE]"
+          ])
+        ])
+      )
+      const gw = yield* Harness.make({ upstreams: { a: upstream.url } })
+      const message = yield* Harness.call(() =>
+        gw.client().chat.completions.stream({ model: "d-a", messages: hi }).finalMessage()
+      )
+      assert.deepStrictEqual(message.tool_calls, [
+        { id: "call_1", type: "function", function: { name: "read_file", arguments: '{"path":"a.txt"}' } }
+      ])
+    })
+  )
 })

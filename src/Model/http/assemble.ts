@@ -134,7 +134,8 @@ export const assemble = <C>(
 
 /**
  * One fragment of a tool call streamed as deltas (OpenAI's `delta.tool_calls[]`): the first
- * fragment of a call carries its id and name, the next ones pieces of its arguments.
+ * fragment of a call carries its id and name, the next ones pieces of its arguments (a name
+ * repeated whole in a later fragment counts once).
  *
  * @since 0.2.0
  * @category models
@@ -171,7 +172,8 @@ export const toolCallAssembler = (): ToolCallAssembler => {
     add: (delta) => {
       const call = calls.get(delta.index) ?? { id: undefined, name: "", arguments: "" }
       if (typeof delta.id === "string" && delta.id.length > 0) call.id = delta.id
-      if (typeof delta.name === "string") call.name += delta.name
+      // Some servers repeat the whole name in every delta (MiniMax behind NVIDIA NIM), others split it in pieces.
+      if (typeof delta.name === "string" && delta.name !== call.name) call.name += delta.name
       if (typeof delta.arguments === "string") call.arguments += delta.arguments
       calls.set(delta.index, call)
     },
