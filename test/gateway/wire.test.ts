@@ -175,4 +175,38 @@ describe("Gateway: what the upstream answers", () => {
       ])
     })
   )
+
+  it.live("streamed tool calls without an index (Gemini's OpenAI endpoint) arrive, each whole, not as a 502", () =>
+    Effect.gen(function* () {
+      const call = (id: string, name: string, args: string) => ({
+        ...Up.chunk(null),
+        choices: [
+          {
+            index: 0,
+            delta: { role: "assistant", tool_calls: [{ id, type: "function", function: { name, arguments: args } }] },
+            finish_reason: null
+          }
+        ]
+      })
+      const upstream = yield* Server.make((_, res) =>
+        Server.chunked(res, [
+          Server.sse([
+            call("call_a", "read", '{"path":"a.txt"}'),
+            call("call_b", "list", '{"dir":"."}'),
+            Up.chunk(null, "stop"),
+            "[DONE]"
+          ])
+        ])
+      )
+      const gw = yield* Harness.make({ upstreams: { a: upstream.url } })
+      const answer = yield* Harness.call(() =>
+        gw.client().chat.completions.stream({ model: "d-a", messages: hi }).finalChatCompletion()
+      )
+      assert.strictEqual(answer.choices[0]!.finish_reason, "tool_calls")
+      assert.deepStrictEqual(answer.choices[0]!.message.tool_calls, [
+        { id: "call_a", type: "function", function: { name: "read", arguments: '{"path":"a.txt"}' } },
+        { id: "call_b", type: "function", function: { name: "list", arguments: '{"dir":"."}' } }
+      ])
+    })
+  )
 })

@@ -141,7 +141,8 @@ export const assemble = <C>(
  * @category models
  */
 export interface ToolCallDelta {
-  readonly index: number
+  /** Absent from some servers' deltas (Gemini's OpenAI endpoint): a new id starts the next call, else the last goes on. */
+  readonly index?: number | null | undefined
   readonly id?: string | null | undefined
   readonly name?: string | null | undefined
   readonly arguments?: string | null | undefined
@@ -168,14 +169,24 @@ export interface ToolCallAssembler {
  */
 export const toolCallAssembler = (): ToolCallAssembler => {
   const calls = new Map<number, { id: string | undefined; name: string; arguments: string }>()
+  let last: number | undefined
+  let next = 0
+  const indexOf = (delta: ToolCallDelta): number => {
+    if (typeof delta.index === "number") return delta.index
+    const opens = typeof delta.id === "string" && delta.id.length > 0 && delta.id !== calls.get(last ?? -1)?.id
+    return opens || last === undefined ? next : last
+  }
   return {
     add: (delta) => {
-      const call = calls.get(delta.index) ?? { id: undefined, name: "", arguments: "" }
+      const index = indexOf(delta)
+      last = index
+      next = Math.max(next, index + 1)
+      const call = calls.get(index) ?? { id: undefined, name: "", arguments: "" }
       if (typeof delta.id === "string" && delta.id.length > 0) call.id = delta.id
       // Some servers repeat the whole name in every delta (MiniMax behind NVIDIA NIM), others split it in pieces.
       if (typeof delta.name === "string" && delta.name !== call.name) call.name += delta.name
       if (typeof delta.arguments === "string") call.arguments += delta.arguments
-      calls.set(delta.index, call)
+      calls.set(index, call)
     },
     size: () => calls.size,
     parts: (ctx) =>

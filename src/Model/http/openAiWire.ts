@@ -81,7 +81,7 @@ export const ChatChunk = Schema.Struct({
               Schema.NullOr(
                 Schema.Array(
                   Schema.Struct({
-                    index: Schema.Number,
+                    index: Count,
                     id: Text,
                     function: Schema.optional(Schema.NullOr(Schema.Struct({ name: Text, arguments: Text })))
                   })
