@@ -196,7 +196,10 @@ const conversationOf = (input: unknown): Checked<Conversation> => {
         )
     }
   }
-  if (messages.length === 0) return invalid("messages", "expected at least one message besides system messages")
+  // A conversation of system messages only is one OpenAI answers: they stay its messages.
+  if (messages.length === 0) {
+    return Result.succeed({ system: undefined, messages: system.map((content) => ({ role: "system", content })) })
+  }
   return Result.succeed({ system: system.length === 0 ? undefined : system.join("\n\n"), messages })
 }
 

@@ -38,6 +38,30 @@ describe("Gateway: what the client sends", () => {
   )
 })
 
+describe("Gateway: what the client sends, continued", () => {
+  it.live("a conversation of system or developer messages only is answered, as OpenAI answers it", () =>
+    Effect.gen(function* () {
+      const upstream = yield* Server.make(Up.openAi())
+      const gw = yield* Harness.make({ upstreams: { a: upstream.url } })
+      const answer = yield* Harness.call(() =>
+        gw.client().chat.completions.create({
+          model: "d-a",
+          messages: [
+            { role: "system", content: "You write haikus." },
+            { role: "developer", content: "Write one about the sea." }
+          ]
+        })
+      )
+      assert.strictEqual(answer.choices[0]!.message.content, "Hello wörld!")
+      const [sent] = yield* upstream.requests
+      assert.deepStrictEqual((sent!.json as { messages: unknown }).messages, [
+        { role: "system", content: "You write haikus." },
+        { role: "system", content: "Write one about the sea." }
+      ])
+    })
+  )
+})
+
 describe("Gateway: what the client replays", () => {
   it.live("an assistant message with OpenAI's null audio and function_call is read as without them", () =>
     Effect.gen(function* () {
