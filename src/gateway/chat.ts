@@ -40,8 +40,29 @@ import {
 import * as Sse from "./sse.js"
 import { CurrentTracker, millis, type Target, type Tracker } from "./upstream.js"
 import { CurrentCut, type Cut, stopStreams } from "../policy/plan.js"
-import { parseChat, type ChatCall } from "./request.js"
+import { type ChatCall, openAiParam, parseChat } from "./request.js"
 import * as Wire from "./response.js"
+
+// A refusal names the library's field (`toolChoice`, `messages[1]` after hoisted system
+// messages): the client is told the parameter it sent instead.
+const named = (error: AiError, hoisted: number): AiError => {
+  if (error._tag !== "ModelError" || error.reason !== "InvalidRequest" || error.field === undefined) return error
+  const param = openAiParam(error.field, hoisted)
+  if (param === error.field) return error
+  const prefix = `invalid ${error.field}: `
+  return new ModelError({
+    reason: error.reason,
+    message: error.message.startsWith(prefix)
+      ? `invalid ${param}: ${error.message.slice(prefix.length)}`
+      : error.message,
+    provider: error.provider,
+    model: error.model,
+    status: error.status,
+    retryAfter: error.retryAfter,
+    field: param,
+    cause: error.cause
+  })
+}
 
 /** A request's reservation, settled or released exactly once (the request scope's finalizer releases it). */
 interface Ticket {
@@ -167,6 +188,7 @@ export const make = (env: Env) => {
     entry: Entry,
     started: number,
     model: string,
+    hoisted: number,
     target: Target,
     request: GenerateRequest,
     reserved: Ticket | undefined,
@@ -179,7 +201,8 @@ export const make = (env: Env) => {
         span?.end(exit)
         yield* release(reserved)
         if (entry.cut) return answered(env, "chat", started, draining(env), tracker.upstreamMs)
-        return answered(env, "chat", started, failure(env, yield* errorOf(exit.cause)), tracker.upstreamMs)
+        const error = named(yield* errorOf(exit.cause), hoisted)
+        return answered(env, "chat", started, failure(env, error), tracker.upstreamMs)
       }
       const { response, headers } = exit.value
       if (span !== undefined) {
@@ -221,7 +244,7 @@ export const make = (env: Env) => {
         lifecycle.leave(entry)
         const error: AiError = Pull.isDoneCause(first.cause)
           ? new ModelError({ reason: "Transport", message: "the stream ended before its first event" })
-          : yield* errorOf(first.cause as Cause.Cause<AiError>)
+          : named(yield* errorOf(first.cause as Cause.Cause<AiError>), call.hoisted)
         span?.end(Exit.fail(error))
         return answered(env, "chat_stream", started, failure(env, error), tracker.upstreamMs)
       }
@@ -282,7 +305,9 @@ export const make = (env: Env) => {
       const chatCall = parsed.success
       const target = yield* upstream.resolve(chatCall.model)
       yield* checkAllowed(key, chatCall.model)
-      const valid = yield* validateGenerate(chatCall.request, executor.limits)
+      const valid = yield* Effect.mapError(validateGenerate(chatCall.request, executor.limits), (error) =>
+        named(error, chatCall.hoisted)
+      )
       const reserved = yield* reserve(key, chatCall.model, target, valid)
       const attributes = {
         "gen_ai.operation.name": "chat",
@@ -294,7 +319,7 @@ export const make = (env: Env) => {
       return yield* traced(`chat ${chatCall.model}`, attributes, (span) =>
         chatCall.stream
           ? streamed(entry, started, chatCall, target, valid, reserved, span)
-          : complete(entry, started, chatCall.model, target, valid, reserved, span)
+          : complete(entry, started, chatCall.model, chatCall.hoisted, target, valid, reserved, span)
       )
     })
 

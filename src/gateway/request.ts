@@ -56,6 +56,8 @@ export interface ChatCall {
   readonly stream: boolean
   /** `stream_options.include_usage`: a final chunk with the usage and no choices. */
   readonly includeUsage: boolean
+  /** The leading system messages read into `request.system`: the request's message `i` is the client's `i + hoisted`. */
+  readonly hoisted: number
 }
 
 /**
@@ -134,6 +136,7 @@ const nullableKeys: ReadonlySet<string> = new Set(["audio", "function_call"])
 interface Conversation {
   readonly system: string | undefined
   readonly messages: ReadonlyArray<Model.Message>
+  readonly hoisted: number
 }
 
 // Leading system (or developer) messages become the request's system prompt, so that a
@@ -198,9 +201,17 @@ const conversationOf = (input: unknown): Checked<Conversation> => {
   }
   // A conversation of system messages only is one OpenAI answers: they stay its messages.
   if (messages.length === 0) {
-    return Result.succeed({ system: undefined, messages: system.map((content) => ({ role: "system", content })) })
+    return Result.succeed({
+      system: undefined,
+      messages: system.map((content) => ({ role: "system", content })),
+      hoisted: 0
+    })
   }
-  return Result.succeed({ system: system.length === 0 ? undefined : system.join("\n\n"), messages })
+  return Result.succeed({
+    system: system.length === 0 ? undefined : system.join("\n\n"),
+    messages,
+    hoisted: system.length
+  })
 }
 
 const numberIn = (param: string, value: unknown, min: number, max: number): Checked<number> =>
@@ -418,7 +429,32 @@ export const parseChat = (body: unknown): Checked<ChatCall> => {
     }
     includeUsage = include === true
   }
-  return Result.succeed({ model: model.success, request, stream, includeUsage })
+  return Result.succeed({ model: model.success, request, stream, includeUsage, hoisted: conversation.success.hoisted })
+}
+
+const renames: ReadonlyArray<readonly [RegExp, string]> = [
+  [/^toolChoice/, "tool_choice"],
+  [/^responseFormat\.schema/, "response_format.json_schema.schema"],
+  [/^responseFormat/, "response_format"],
+  [/^maxTokens/, "max_tokens"],
+  [/^topP/, "top_p"],
+  [/^tools\[(\d+)\]\.(name|description|parameters)/, "tools[$1].function.$2"],
+  [/\.toolCalls\[(\d+)\]\.(name|arguments)/, ".tool_calls[$1].function.$2"],
+  [/\.toolCalls/, ".tool_calls"],
+  [/\.toolCallId/, ".tool_call_id"]
+]
+
+/**
+ * The chat-completion parameter a field of the library's request stands for (`toolChoice`:
+ * `tool_choice`; `messages[1].toolCalls[0].arguments`: `messages[2].tool_calls[0].function.arguments`
+ * after one hoisted system message), for a refusal answered to an OpenAI client.
+ *
+ * @internal
+ */
+export const openAiParam = (field: string, hoisted: number): string => {
+  let param = field.replace(/^messages\[(\d+)\]/, (_, i: string) => `messages[${Number(i) + hoisted}]`)
+  for (const [pattern, replacement] of renames) param = param.replace(pattern, replacement)
+  return param
 }
 
 /**

@@ -4,9 +4,11 @@
  */
 import { connect } from "node:net"
 import { assert, describe, it } from "@effect/vitest"
-import { Duration, Effect, Redacted } from "effect"
+import { Duration, Effect, Layer, Redacted } from "effect"
 import * as Gateway from "../../src/Gateway.js"
 import * as Local from "../../src/Model/Local.js"
+import * as Ollama from "../../src/Model/Ollama.js"
+import * as UndiciHttpClient from "../../src/UndiciHttpClient.js"
 import * as Server from "../utils/httpServer.js"
 import * as Harness from "./harness.js"
 import * as Up from "./upstream.js"
@@ -401,6 +403,43 @@ describe("Gateway: refusals name what the client sent", () => {
       const part = yield* send(`{"role":"user","content":[{"type":${deep}}]}`)
       assert.deepStrictEqual([part.status, part.body.error.param], [400, "messages[0].content[0].type"])
       assert.strictEqual((yield* upstream.requests).length, 0)
+    })
+  )
+
+  it.live("a provider's refusal names the OpenAI parameter at the client's index, not the library's field", () =>
+    Effect.gen(function* () {
+      const ollama = yield* Server.make((_, res) => Server.json(res, 200, {}))
+      const gw = yield* Harness.make({
+        upstreams: {},
+        localProviders: {
+          ollama: Ollama.layer({ host: ollama.url, name: "ollama" }).pipe(Layer.provide(UndiciHttpClient.layer))
+        }
+      })
+      const client = gw.client()
+      const tools = [{ type: "function" as const, function: { name: "f", parameters: { type: "object" } } }]
+      const choice = yield* Harness.failing(() =>
+        client.chat.completions.create({ model: "d-ollama", messages: hi, tools, tool_choice: "required" })
+      )
+      assert.deepStrictEqual([choice.status, choice.param], [400, "tool_choice"])
+      assert.include(choice.message, "invalid tool_choice: ")
+      const args = yield* Harness.failing(() =>
+        client.chat.completions.create({
+          model: "d-ollama",
+          messages: [
+            { role: "system", content: "be brief" },
+            ...hi,
+            {
+              role: "assistant",
+              content: null,
+              tool_calls: [{ id: "c1", type: "function", function: { name: "f", arguments: "[]" } }]
+            },
+            { role: "tool", tool_call_id: "c1", content: "done" }
+          ],
+          tools
+        })
+      )
+      assert.deepStrictEqual([args.status, args.param], [400, "messages[2].tool_calls[0].function.arguments"])
+      assert.strictEqual((yield* ollama.requests).length, 0)
     })
   )
 })

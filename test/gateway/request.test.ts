@@ -130,6 +130,16 @@ describe("gateway wire: chat requests", () => {
     assert.strictEqual(paramOf(chat({ temprature: 1 })), "temprature")
   })
 
+  it("names a refused field of the library's request by the client's parameter", () => {
+    const named = (field: string, hoisted = 0) => Request.openAiParam(field, hoisted)
+    assert.strictEqual(named("toolChoice"), "tool_choice")
+    assert.strictEqual(named("responseFormat.schema"), "response_format.json_schema.schema")
+    assert.strictEqual(named("tools[3].parameters"), "tools[3].function.parameters")
+    assert.strictEqual(named("messages[1].toolCalls[0].arguments", 2), "messages[3].tool_calls[0].function.arguments")
+    assert.strictEqual(named("messages[0].toolCallId", 1), "messages[1].tool_call_id")
+    assert.strictEqual(named("messages"), "messages")
+  })
+
   it("refuses what it cannot honour and accepts its neutral values", () => {
     assert.strictEqual(paramOf(chat({ n: 2 })), "n")
     assert.strictEqual(paramOf(chat({ n: 1 })), "accepted")
