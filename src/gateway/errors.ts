@@ -194,7 +194,9 @@ export const fromGatewayError = (error: GatewayError): WireError => {
 const modelErrorStatus = (error: Extract<AiError, { _tag: "ModelError" }>): [number, string, string] => {
   switch (error.reason) {
     case "InvalidRequest":
-      return [400, "invalid_request_error", error.field === "model" ? "model_not_found" : "invalid_request"]
+      // A model the provider does not have: OpenAI's 404, as the gateway answers a model it does not know.
+      if (error.field === "model") return [404, "invalid_request_error", "model_not_found"]
+      return [400, "invalid_request_error", "invalid_request"]
     case "ContentFilter":
       return [400, "invalid_request_error", "content_filter"]
     case "TooLarge":
@@ -235,9 +237,10 @@ const timeoutCodes: Readonly<Record<TimeoutLimit, string>> = {
 }
 
 /**
- * How a model-call failure is answered: a bad request 400, an upstream limit 429, an open
- * breaker, overload or shutdown 503, a deadline 504, any other upstream failure 502. An
- * exhausted fallback chain is answered as its last step's failure, naming every step.
+ * How a model-call failure is answered: a bad request 400 (a model the provider does not
+ * have 404), an upstream limit 429, an open breaker, overload or shutdown 503, a deadline
+ * 504, any other upstream failure 502. An exhausted fallback chain is answered as its last
+ * step's failure, naming every step.
  *
  * @since 0.2.0
  * @category conversions

@@ -340,6 +340,29 @@ describe("Gateway: upstream failures", () => {
     })
   )
 
+  it.live("a model the upstream does not have is a 404 model_not_found, as an unknown model of the gateway is", () =>
+    Effect.gen(function* () {
+      const upstream = yield* Server.make((_, res) =>
+        Server.json(res, 404, {
+          error: {
+            message: "The model `gpt-9` does not exist or you do not have access to it.",
+            type: "invalid_request_error",
+            param: null,
+            code: "model_not_found"
+          }
+        })
+      )
+      const gw = yield* Harness.make({ upstreams: { a: upstream.url } })
+      const missing = yield* Harness.failing(() =>
+        gw.client().chat.completions.create({ model: "a/gpt-9", messages: hi })
+      )
+      assert.deepStrictEqual(
+        [missing.status, missing.type, missing.code, missing.param],
+        [404, "invalid_request_error", "model_not_found", "model"]
+      )
+    })
+  )
+
   it.live("OpenAI's 400 context_length_exceeded keeps its code, which clients check to shorten the conversation", () =>
     Effect.gen(function* () {
       const upstream = yield* Server.make((_, res) =>
