@@ -129,9 +129,18 @@ const toolCallsOf = (calls: unknown, at: string): Checked<ReadonlyArray<Model.To
 
 const messageKeys: ReadonlySet<string> = new Set(["role", "content", "name", "tool_calls", "tool_call_id", "refusal"])
 
-// OpenAI's nullable message fields the gateway cannot honour: null says nothing (a replayed
-// answer carries them so), anything else is refused.
-const nullableKeys: ReadonlySet<string> = new Set(["audio", "function_call"])
+// OpenAI's nullable fields (of a request or a message) the gateway cannot honour: null says
+// nothing (clients that write every field, replayed answers), anything else is refused.
+const nullable: ReadonlySet<string> = new Set([
+  "audio",
+  "function_call",
+  "functions",
+  "modalities",
+  "prediction",
+  "reasoning_effort",
+  "verbosity",
+  "web_search_options"
+])
 
 interface Conversation {
   readonly system: string | undefined
@@ -151,7 +160,7 @@ const conversationOf = (input: unknown): Checked<Conversation> => {
     const m = input[i]
     if (!isObject(m)) return invalid(at, `expected a message object, got ${kind(m)}`)
     for (const key in m) {
-      if (!messageKeys.has(key) && !(m[key] === null && nullableKeys.has(key))) {
+      if (!messageKeys.has(key) && !(m[key] === null && nullable.has(key))) {
         return invalid(`${at}.${key}`, "unsupported field")
       }
     }
@@ -411,7 +420,7 @@ export const parseChat = (body: unknown): Checked<ChatCall> => {
         checked = refusedUnlessNeutral(key, value, (v) => v === null || (isObject(v) && Object.keys(v).length === 0))
         break
       default:
-        if (!ignored.has(key)) return invalid(key, "unsupported parameter")
+        if (!ignored.has(key) && !(value === null && nullable.has(key))) return invalid(key, "unsupported parameter")
     }
     if (Result.isFailure(checked)) return Result.fail(checked.failure)
   }

@@ -39,6 +39,36 @@ describe("Gateway: what the client sends", () => {
 })
 
 describe("Gateway: what the client sends, continued", () => {
+  it.live("OpenAI parameters given as null (as clients that write every field send them) read as absent", () =>
+    Effect.gen(function* () {
+      const upstream = yield* Server.make(Up.openAi())
+      const gw = yield* Harness.make({ upstreams: { a: upstream.url } })
+      const nulls = {
+        audio: null,
+        modalities: null,
+        prediction: null,
+        reasoning_effort: null,
+        web_search_options: null,
+        verbosity: null,
+        functions: null,
+        function_call: null
+      }
+      const answer = yield* Effect.promise(async () => {
+        const response = await fetch(`${gw.url}/v1/chat/completions`, {
+          method: "POST",
+          headers: { "content-type": "application/json" },
+          body: JSON.stringify({ model: "d-a", messages: hi, ...nulls })
+        })
+        return { status: response.status, body: await response.text() }
+      })
+      assert.strictEqual(answer.status, 200, answer.body)
+      const refused = yield* Harness.failing(() =>
+        gw.client().chat.completions.create({ model: "d-a", messages: hi, reasoning_effort: "high" })
+      )
+      assert.deepStrictEqual([refused.status, refused.param], [400, "reasoning_effort"])
+    })
+  )
+
   it.live("a conversation of system or developer messages only is answered, as OpenAI answers it", () =>
     Effect.gen(function* () {
       const upstream = yield* Server.make(Up.openAi())
