@@ -94,10 +94,24 @@ const decodeCompletion = Decode.valueDecoder(Wire.ChatCompletion)
 const decodeChunk = Decode.valueDecoder(Wire.ChatChunk)
 const decodeEmbeddings = Decode.valueDecoder(Wire.Embeddings)
 
+const optionKeys = Http.knownKeys<Options>({
+  baseUrl: true,
+  apiKey: true,
+  organization: true,
+  project: true,
+  model: true,
+  embeddingModel: true,
+  name: true,
+  streamUsage: true,
+  headers: true,
+  embeddingEncoding: true,
+  maxTokensField: true
+})
+
 const checkOptions = (options: Options) =>
   Input.all([
     Http.settings(options),
-    Http.baseUrl("baseUrl", Input.orDefault(options.baseUrl, "https://api.openai.com/v1")),
+    Http.rootUrl("baseUrl", Input.orDefault(options.baseUrl, "https://api.openai.com/v1")),
     Http.nonEmpty("name", Input.orDefault(options.name, "openai")),
     Http.nonEmpty("model", Input.orDefault(options.model, "gpt-4o-mini")),
     Http.nonEmpty("embeddingModel", Input.orDefault(options.embeddingModel, "text-embedding-3-small")),
@@ -129,6 +143,7 @@ const checkOptions = (options: Options) =>
  * @category constructors
  */
 export const make = Effect.fnUntraced(function* (options: Options = {}) {
+  yield* Input.orOptionError(optionKeys(options))
   const [settings, baseUrl, name, defaultModel, embeddingModel, embeddingEncoding, maxTokensField] =
     yield* Input.orOptionError(checkOptions(options))
   const client = yield* Client.make(settings, options.transformClient)
@@ -173,7 +188,8 @@ export const make = Effect.fnUntraced(function* (options: Options = {}) {
         (call, i): Model.ToolCall => ({
           id: call.id ?? `call_${i}`,
           name: call.function.name,
-          arguments: call.function.arguments ?? ""
+          // No arguments is an empty object, as Gemini's and effect/ai's calls read (both refuse "" as not JSON).
+          arguments: call.function.arguments || "{}"
         })
       )
       const response: Model.GenerateResponse = {

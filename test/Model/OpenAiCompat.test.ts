@@ -726,7 +726,10 @@ for (const [name, client] of [
                         id: "call_1",
                         type: "function",
                         function: { name: "get_weather", arguments: '{"city":"Paris"}' }
-                      }
+                      },
+                      // Some servers leave out a call's arguments when it has none, or send null.
+                      { id: "call_2", type: "function", function: { name: "get_time" } },
+                      { id: "call_3", type: "function", function: { name: "get_time", arguments: null } }
                     ]
                   },
                   finish_reason: "tool_calls"
@@ -752,7 +755,9 @@ for (const [name, client] of [
           assert.strictEqual(answer.finishReason, "tool_calls")
           assert.strictEqual(answer.text, "")
           assert.deepStrictEqual(answer.toolCalls, [
-            { id: "call_1", name: "get_weather", arguments: '{"city":"Paris"}' }
+            { id: "call_1", name: "get_weather", arguments: '{"city":"Paris"}' },
+            { id: "call_2", name: "get_time", arguments: "{}" },
+            { id: "call_3", name: "get_time", arguments: "{}" }
           ])
           const body = bodyOf((yield* server.requests)[0])
           assert.deepStrictEqual(body["tools"], [{ type: "function", function: tools![0] }])
@@ -784,7 +789,8 @@ for (const [name, client] of [
             chunk(null, null, { role: "assistant" }),
             call(0, { name: "get_weather", arguments: "" }, "call_a"),
             call(0, { arguments: '{"ci' }),
-            call(1, { name: "get_time", arguments: "{}" }, "call_b"),
+            // A call without arguments: an empty object, as the other providers read it.
+            call(1, { name: "get_time" }, "call_b"),
             call(0, { arguments: 'ty":"Paris"}' }),
             chunk(null, "tool_calls"),
             usageChunk,
@@ -915,7 +921,14 @@ for (const [name, client] of [
             ["model", { model: null as never }],
             ["maxTokensField", { maxTokensField: null as never }],
             ["streamUsage", { streamUsage: null as never }],
-            ["streamUsage", { streamUsage: "no" as never }]
+            ["streamUsage", { streamUsage: "no" as never }],
+            // Every API path would land inside a query or a fragment.
+            ["baseUrl", { baseUrl: "http://127.0.0.1:8080/v1?api-version=2024" }],
+            ["baseUrl", { baseUrl: "http://127.0.0.1:8080/v1#x" }],
+            // A misspelt key is refused, not left at its default; so are options that are not an object.
+            ["embedingModel", { embedingModel: "text-embedding-3-large" } as never],
+            ["options", null as never],
+            ["options", "gpt-4o" as never]
           ]
           for (const [path, options] of cases) {
             const error = yield* Effect.flip(Layer.build(OpenAiCompat.layer(options)))

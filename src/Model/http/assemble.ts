@@ -199,7 +199,8 @@ export const toolCallAssembler = (): ToolCallAssembler => {
           }
           parts.push({
             _tag: "ToolCall",
-            call: { id: call.id ?? `call_${index}`, name: call.name, arguments: call.arguments }
+            // No arguments is an empty object (the other providers refuse "" as not JSON).
+            call: { id: call.id ?? `call_${index}`, name: call.name, arguments: call.arguments || "{}" }
           })
         }
         return Effect.succeed(parts)
