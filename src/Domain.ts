@@ -333,12 +333,12 @@ export const layerProviders = <const L extends Record<string, Layer.Layer<ModelP
   layers: L
 ): Layer.Layer<
   Providers,
-  { [K in keyof L]: Layer.Error<L[K]> }[keyof L],
+  { [K in keyof L]: Layer.Error<L[K]> }[keyof L] | Input.OptionError,
   { [K in keyof L]: Layer.Services<L[K]> }[keyof L]
 > =>
   Layer.effect(
     Providers,
-    Effect.map(
+    Effect.flatMap(
       Effect.forEach(Object.entries(layers), ([name, layer]) =>
         Effect.map(
           Effect.flatMap(Effect.scope, (scope: Scope.Scope) =>
@@ -348,6 +348,23 @@ export const layerProviders = <const L extends Record<string, Layer.Layer<ModelP
           (context) => [name, Context.get(context, ModelProvider)] as const
         )
       ),
-      (entries) => makeProviders(Object.fromEntries(entries))
+      (entries) => {
+        // Breakers, rate limits, provider slots, cache keys, stats and metrics go by a provider's
+        // own name: two providers of one name would share them all, unseen.
+        const keyOf = new Map<string, string>()
+        for (const [key, provider] of entries) {
+          const other = keyOf.get(provider.name)
+          if (other !== undefined) {
+            return Effect.fail(
+              new Input.OptionError({
+                path: `providers.${key}.name`,
+                message: `"${provider.name}" is already the name of providers.${other}: two providers of one name would share its breaker, rate limits, cache entries and stats; give each its own name`
+              })
+            )
+          }
+          keyOf.set(provider.name, key)
+        }
+        return Effect.succeed(makeProviders(Object.fromEntries(entries)))
+      }
     )
   ) as never

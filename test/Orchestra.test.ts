@@ -77,6 +77,33 @@ describe("Orchestra.layer: domains", () => {
   )
 
   it.effect(
+    "two providers of one name are refused naming the second: they would share breakers, caches and stats",
+    () =>
+      Effect.gen(function* () {
+        // Both keep Mock's default name, "mock".
+        const refused = yield* configError({
+          providers: { first: Mock.layer() as never, second: Mock.layer({ latency: "5 millis" }) as never },
+          domains: [{ name: "one", provider: "first" }]
+        })
+        assert.strictEqual(refused._tag, "OptionError")
+        assert.strictEqual(refused.path, "providers.second.name")
+        assert.include(refused.message, "providers.first")
+        // Keys differ from names, names differ: accepted.
+        const built = yield* Effect.exit(
+          Effect.scoped(
+            Layer.build(
+              Orchestra.layer({
+                providers: { first: Mock.layer({ name: "a" }), second: Mock.layer({ name: "b" }) },
+                domains: [{ name: "one", provider: "first" }]
+              })
+            )
+          )
+        )
+        assert.isTrue(Exit.isSuccess(built))
+      })
+  )
+
+  it.effect(
     "extraDomains with a built-in name is refused naming it; overrideDomains replaces it (issue 13 item 27)",
     () =>
       Effect.gen(function* () {
