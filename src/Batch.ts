@@ -160,7 +160,10 @@ export interface RunOptions {
   readonly concurrency?: number | undefined
   /** Domains tried in order after an item's own domain (or after the executor's provider, for items without one). */
   readonly fallback?: ReadonlyArray<string> | undefined
-  /** Called synchronously for each event, on the batch's fibers: keep it quick. A throw is logged once and ignored. */
+  /**
+   * Called synchronously for each event, on the batch's fibers: keep it quick. A throw (or an async
+   * callback's rejection) is logged once and ignored.
+   */
   readonly onProgress?: ((event: ProgressEvent) => void) | undefined
   /** The same events as an Effect; the batch waits for it. A failure is logged once and ignored. */
   readonly onEvent?: ((event: ProgressEvent) => Effect.Effect<void>) | undefined
@@ -245,9 +248,10 @@ export const make = Effect.fnUntraced(function* (options: Options = {}) {
     Stream.callback<StreamEvent, ModelError>((queue) => {
       const user = runOptions?.onProgress
       // A synchronous offer per event (the queue is unbounded): no Effect per event.
-      const onProgress = (event: ProgressEvent): void => {
+      // The user's result is handed back, so that an async callback's rejection is caught as a throw is.
+      const onProgress = (event: ProgressEvent): unknown => {
         Queue.offerUnsafe(queue, event)
-        user?.(event)
+        return user?.(event)
       }
       return Effect.flatMap(run(items, { ...runOptions, onProgress }), (result) => {
         Queue.offerUnsafe(queue, { _tag: "Done", result })

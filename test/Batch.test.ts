@@ -272,6 +272,41 @@ describe("Batch.run outcomes", () => {
     })
   )
 
+  it.effect("an async onProgress or onEvent that rejects is logged once, never an unhandled rejection", () =>
+    Effect.gen(function* () {
+      const { batch } = yield* makeOrchestra({ a: {} })
+      const unhandled: Array<unknown> = []
+      const trap = (reason: unknown) => unhandled.push(reason)
+      process.on("unhandledRejection", trap)
+      yield* Effect.addFinalizer(() => Effect.sync(() => process.off("unhandledRejection", trap)))
+      const rejecting = async () => {
+        throw new Error("async callback bug")
+      }
+      const cases: ReadonlyArray<[string, "onProgress" | "onEvent", Batch.RunOptions]> = [
+        ["onProgress alone", "onProgress", { onProgress: rejecting }],
+        ["onProgress beside onEvent", "onProgress", { onProgress: rejecting, onEvent: () => Effect.void }],
+        ["onEvent", "onEvent", { onEvent: rejecting as never }]
+      ]
+      for (const [name, callback, options] of cases) {
+        const logs = yield* captureLogs
+        const result = yield* batch.run(["x", "y"], { domain: "d-a", ...options }).pipe(Effect.provide(logs.layer))
+        assert.deepStrictEqual(
+          result.results.map((r) => r.status),
+          ["success", "success"],
+          name
+        )
+        // Unhandled rejections are reported once the microtasks have run.
+        yield* Effect.promise(() => new Promise((resolve) => setImmediate(resolve)))
+        const warnings = logs.lines.filter((line) => line.includes(`${callback} callback failed`))
+        assert.strictEqual(warnings.length, 1, `${name}: ${logs.lines.join("\n")}`)
+      }
+      const streamed = yield* Stream.runCollect(batch.stream(["x", "y"], { domain: "d-a", onProgress: rejecting }))
+      assert.strictEqual(streamed.at(-1)?._tag, "Done")
+      yield* Effect.promise(() => new Promise((resolve) => setImmediate(resolve)))
+      assert.deepStrictEqual(unhandled.map(String), [])
+    })
+  )
+
   it.effect("an empty batch completes at once", () =>
     Effect.gen(function* () {
       const { batch } = yield* makeOrchestra({ a: {} })

@@ -14,7 +14,7 @@
  * @internal
  */
 import { Cause, Clock, Duration, Effect, Exit, Fiber } from "effect"
-import { userEffect } from "../policy/callback.js"
+import { isThenable, userEffect } from "../policy/callback.js"
 import { type AiError, ModelError } from "../AiError.js"
 import type { BatchResult, ItemResult, ProgressEvent, RunOptions, Status } from "../Batch.js"
 import { type RetryInfo, type Service as ExecutorService, startedBy } from "../Executor.js"
@@ -236,11 +236,20 @@ export const run = (deps: Deps, rawItems: unknown, rawOptions: RunOptions | unde
       warned[callback] = true
       return Effect.logWarning(`Batch ${id}: the ${callback} callback failed; later failures are not logged`, cause)
     }
+    // Events of items started from JavaScript are not run by a worker, nor is an async
+    // callback's rejection: the only Effect that is not `Effect.void` is the warning of a
+    // callback that failed, run on the batch's context.
+    const context = yield* Effect.context<never>()
+    const runNow = (effect: Effect.Effect<void>): void => {
+      if (effect !== Effect.void) Effect.runForkWith(context)(effect)
+    }
     const emit = (event: ProgressEvent): Effect.Effect<void> => {
       let effect: Effect.Effect<void> = Effect.void
       if (onProgress !== undefined) {
         try {
-          onProgress(event)
+          const returned: unknown = onProgress(event)
+          // An async callback throws by rejecting: left alone, that is an unhandled rejection.
+          if (isThenable(returned)) returned.then(undefined, (error: unknown) => runNow(warn("onProgress", error)))
         } catch (error) {
           effect = warn("onProgress", error)
         }
@@ -318,12 +327,6 @@ export const run = (deps: Deps, rawItems: unknown, rawOptions: RunOptions | unde
     // `onProgress` is called synchronously, so a batch with only that callback starts its
     // items from JavaScript too; only `onEvent` (an Effect per event, in order) needs workers.
     const startCall = onEvent === undefined ? startedBy.get(executor) : undefined
-    // On that path the events' Effects are not run by a worker: the only one that is not
-    // `Effect.void` is the warning of a callback that threw, run on the batch's context.
-    const context = yield* Effect.context<never>()
-    const runNow = (effect: Effect.Effect<void>): void => {
-      if (effect !== Effect.void) Effect.runForkWith(context)(effect)
-    }
 
     // The items of a batch without `onEvent`, started from JavaScript (`started.ts`).
     const call = (index: number): Routed | ModelError | Effect.Effect<Answer, AiError> => {

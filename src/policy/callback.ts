@@ -12,12 +12,19 @@
  */
 import { Cause, Effect, Exit } from "effect"
 
+/**
+ * Whether a callback's result is a Promise (or another thenable): an `async` callback given
+ * where a plain or an Effect one is expected.
+ *
+ * @internal
+ */
+export const isThenable = (value: unknown): value is PromiseLike<unknown> =>
+  typeof value === "object" && value !== null && typeof (value as { then?: unknown }).then === "function"
+
 const describe = (value: unknown): string => {
   if (value === null) return "null"
   if (Array.isArray(value)) return "an array"
-  if (typeof value === "object" && typeof (value as { then?: unknown }).then === "function") {
-    return "a Promise (wrap it in Effect.promise or Effect.tryPromise)"
-  }
+  if (isThenable(value)) return "a Promise (wrap it in Effect.promise or Effect.tryPromise)"
   return typeof value
 }
 
@@ -30,9 +37,10 @@ const describe = (value: unknown): string => {
 export const userEffect = <A, E, R>(name: string, run: () => Effect.Effect<A, E, R>): Effect.Effect<A, E, R> =>
   Effect.suspend(() => {
     const effect: unknown = run()
-    return Effect.isEffect(effect)
-      ? (effect as Effect.Effect<A, E, R>)
-      : Effect.die(new TypeError(`${name} must return an Effect, got ${describe(effect)}`))
+    if (Effect.isEffect(effect)) return effect as Effect.Effect<A, E, R>
+    // The defect says what it returned; a Promise's own rejection would be an unhandled one.
+    if (isThenable(effect)) effect.then(undefined, () => undefined)
+    return Effect.die(new TypeError(`${name} must return an Effect, got ${describe(effect)}`))
   })
 
 const warned = new WeakSet<object>()
