@@ -207,7 +207,7 @@ export interface Orchestra {
   /**
    * Graceful shutdown: new calls are refused at once, running ones finish up to the
    * executor's shutdown deadline, then the rest end with `ShuttingDownError` and everything
-   * is released. Idempotent.
+   * is released; a running batch resolves, its items not drained `rejected`. Idempotent.
    */
   readonly dispose: () => Promise<void>
 }

@@ -664,6 +664,28 @@ describe("createOrchestra: dispose", () => {
     assert.strictEqual((await typed(orchestra.execute("after")))._tag, "ShuttingDownError")
   })
 
+  it("a large batch running when dispose() is called resolves with an outcome per item, never rejects", async () => {
+    const items = Array.from({ length: 5_000 }, (_, i) => `q${i}`)
+    for (const options of [{}, { signal: new AbortController().signal }, { onProgress: () => undefined }]) {
+      const m = mock({ latency: "20 millis" })
+      const orchestra = createOrchestra(
+        Orchestra.layer({ providers: { main: m.layer }, maxConcurrent: 4, executor: { shutdownDeadline: "1 second" } })
+      )
+      await orchestra.execute("warm up")
+      const pending = orchestra.batch(items, { domain: "support", ...options })
+      await settle(() => Effect.runSync(m.control.inFlight) > 0)
+      await orchestra.dispose()
+      // The queued items are refused by the closed executor (`rejected`), the running ones drained.
+      const result = await pending
+      assert.strictEqual(result.results.length, items.length)
+      assert.isTrue(
+        result.results.every((r, i) => r.index === i && (r.status === "success" || r.status === "rejected")),
+        JSON.stringify(Object.keys(options))
+      )
+      assert.isAbove(result.results.filter((r) => r.status === "rejected").length, 0)
+    }
+  })
+
   it("a call still running at the shutdown deadline is interrupted and rejected with ShuttingDownError", async () => {
     const m = mock({ script: [Mock.Outcome.hang()] })
     const orchestra = createOrchestra(

@@ -129,7 +129,9 @@ export const makeCreateOrchestra = (env: Env) => {
     let disposing: Promise<void> | undefined
     let emptyStats: Stats.ExecutionStats | undefined
     // Call fibers run outside the runtime's own fiber scope, so that dispose drains them
-    // through the executor's shutdown instead of interrupting them at once.
+    // through the executor's shutdown instead of interrupting them at once. A batch is not
+    // among them: once the executor has closed it refuses the batch's items, which gives each
+    // its outcome, and the batch returns them; interrupted, it would lose them all.
     const running = new Set<Fiber.Fiber<unknown, unknown>>()
 
     const rejectionOf = (cause: Cause.Cause<unknown>, aborted: FacadeError | undefined): unknown => {
@@ -157,16 +159,16 @@ export const makeCreateOrchestra = (env: Env) => {
       return building
     }
 
-    /** Runs a call's program on the manager; its signal interrupts it unless `cancels` is false. */
+    /** Runs a call's program on the manager; its signal interrupts it unless it is a batch (which it cancels). */
     const run = <A>(
       options: Result.Result<Checked, ModelError>,
       program: (checked: Checked) => Effect.Effect<A, unknown, Services>,
-      cancels = true
+      batch = false
     ): Promise<A> => {
       if (disposing !== undefined) return Promise.reject(shuttingDown())
       if (Result.isFailure(options)) return Promise.reject(new OrchestraError(options.failure))
       const checked = options.success
-      const signal = cancels ? checked.signal : undefined
+      const signal = batch ? undefined : checked.signal
       if (signal?.aborted) return Promise.reject(new OrchestraError(abortError(signal, 0)))
       const started = clock.currentTimeMillisUnsafe()
       const elapsed = () => clock.currentTimeMillisUnsafe() - started
@@ -183,7 +185,7 @@ export const makeCreateOrchestra = (env: Env) => {
             if (error._tag !== "AbortedError") cut.error = error
             fiber.interruptUnsafe()
           }
-          running.add(fiber)
+          if (!batch) running.add(fiber)
           signal?.addEventListener("abort", onAbort, { once: true })
           fiber.addObserver((exit) => {
             running.delete(fiber)
@@ -270,7 +272,7 @@ export const makeCreateOrchestra = (env: Env) => {
       hedge: (prompt, domains, options) =>
         run(check(options, Keys.hedge), (c) => Calls.hedge(prompt, domains, options !== undefined, c)),
       // The signal and the timeout cancel the batch (its result names the items that never ran), not the promise.
-      batch: (items, options) => run(check(options, Keys.batch), (c) => Calls.batch(items, c), false),
+      batch: (items, options) => run(check(options, Keys.batch), (c) => Calls.batch(items, c), true),
       stream,
       embed: (input, options) => run(check(options, Keys.embed), (c) => Calls.embed(input, c)),
       stats: (filter) => {
