@@ -189,7 +189,8 @@ export interface Orchestra {
   readonly batch: (items: ReadonlyArray<Item>, options?: BatchOptions) => Promise<BatchResult>
   /**
    * Text deltas and the final `Finish`, as an async iterable. Leaving the loop early (or the
-   * signal) cancels the call; a failure rejects the loop with an `OrchestraError`. The signal
+   * signal) cancels the call, and so does its iterator's `return()` while a `next()` waits (that
+   * `next()` answers done); a failure rejects the loop with an `OrchestraError`. The signal
    * is listened to only while the loop awaits a part: aborted between two parts, the stream
    * ends at the next `next()`, and a loop abandoned without `return()` leaves nothing on it.
    */

@@ -566,6 +566,41 @@ describe("createOrchestra: batch, stats, streams", () => {
     }
   })
 
+  it("stream: return() while a next() waits cancels the call at once; the waiting next() ends the stream", async () => {
+    const within = <A>(promise: Promise<A>) =>
+      Promise.race([promise, new Promise<"still waiting">((resolve) => setTimeout(resolve, 2_000, "still waiting"))])
+    const m = mock({ script: [Mock.Outcome.hang({ afterChunks: 1, text: "one two" })] })
+    const orchestra = createOrchestra(Orchestra.layer({ providers: { main: m.layer }, breakers: false }))
+    try {
+      const parts = orchestra.stream("go", { domain: "support" })[Symbol.asyncIterator]()
+      assert.isFalse((await parts.next()).done)
+      // e.g. a Stop button, or the caller's own idle timer: the provider sends nothing more.
+      const waiting = parts.next()
+      await settle(() => Effect.runSync(m.control.inFlight) === 1)
+      assert.deepStrictEqual(await within(parts.return!()), { done: true, value: undefined })
+      assert.deepStrictEqual(await within(waiting), { done: true, value: undefined })
+      await settle(() => Effect.runSync(m.control.inFlight) === 0)
+      assert.strictEqual(Effect.runSync(m.control.interrupted), 1)
+      assert.deepStrictEqual(orchestra.stats().failuresByReason, { Interrupted: 1 })
+    } finally {
+      await orchestra.dispose()
+    }
+
+    // Closed while the manager is still being built: the stream never starts.
+    const late = Effect.runSync(Mock.make({ name: `facade-${++mocks}` }))
+    const slow = Layer.effect(ModelProvider, Effect.as(Effect.sleep("50 millis"), late.provider))
+    const building = createOrchestra(Orchestra.layer({ providers: { main: slow } }))
+    try {
+      const parts = building.stream("go")[Symbol.asyncIterator]()
+      const waiting = parts.next()
+      assert.deepStrictEqual(await within(parts.return!()), { done: true, value: undefined })
+      assert.deepStrictEqual(await within(waiting), { done: true, value: undefined })
+      assert.strictEqual(Effect.runSync(late.control.calls), 0)
+    } finally {
+      await building.dispose()
+    }
+  })
+
   it("stream: a failure after text rejects the loop with an OrchestraError carrying what was delivered", async () => {
     const m = mock({ script: [Mock.Outcome.fail("Unauthorized", { afterChunks: 1 })], respond: () => "x y z" })
     const orchestra = createOrchestra(Orchestra.layer({ providers: { main: m.layer } }))

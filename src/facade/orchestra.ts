@@ -56,6 +56,12 @@ const clock = Context.get(Context.empty() as Context.Context<never>, Clock.Clock
 
 const filterKeys: ReadonlySet<string> = new Set(["provider", "domain"])
 
+/** What a stream's `return()` reaches past a `next()` that waits: an async generator queues it behind that `next()`. */
+interface Closing {
+  closed: boolean
+  close: (() => Promise<unknown>) | undefined
+}
+
 /**
  * Builds `createOrchestra` over the facade's error classes; `Facade.ts` calls it once, at load.
  *
@@ -202,61 +208,89 @@ export const makeCreateOrchestra = (env: Env) => {
       return untilAborted(servicesOf(), signal, elapsed).then(start)
     }
 
-    const stream = (prompt: Prompt, options?: StreamOptions): AsyncIterable<StreamPart> => ({
-      async *[Symbol.asyncIterator]() {
-        if (disposing !== undefined) throw shuttingDown()
-        const checked = check(options, Keys.stream)
-        if (Result.isFailure(checked)) throw new OrchestraError(checked.failure)
-        const signal = checked.success.signal
-        if (signal?.aborted) throw new OrchestraError(abortError(signal, 0))
-        const started = clock.currentTimeMillisUnsafe()
-        const elapsed = () => clock.currentTimeMillisUnsafe() - started
-        const context = await untilAborted(servicesOf(), signal, elapsed)
-        const cut: Cut = { error: undefined }
-        const parts = Calls.stream(prompt, checked.success).pipe(
-          Stream.provideService(CurrentCut, cut),
-          Stream.mapError((error) => new OrchestraError(error))
-        )
-        const iterator = Stream.toAsyncIterableWith(parts, context)[Symbol.asyncIterator]()
-        const close = () => iterator.return!()
-        let delivered = ""
-        let aborted: FacadeError | undefined
-        // Closing the iterator interrupts the pull it is waiting for: the pull ends, and the loop rejects.
-        const onAbort = () => {
-          aborted = abortError(signal!, elapsed(), delivered)
-          // Set before the interruption, so the cut steps are counted as what the caller sees.
-          if (aborted._tag !== "AbortedError") cut.error = aborted
-          close().catch(() => undefined)
-        }
-        // The signal is listened to only while a part is awaited, never between two: a loop left
-        // without `return()` (or never resumed) keeps nothing on a signal that may outlive it.
-        // After the Finish part nothing is left to cut: the last pull only ends the stream, and an
-        // abort in between (a server's client leaving once the last chunk was written) is no failure.
-        let finished = false
-        const pull = async (): Promise<IteratorResult<StreamPart>> => {
-          if (signal === undefined || finished) return iterator.next()
-          if (signal.aborted) onAbort()
-          else signal.addEventListener("abort", onAbort, { once: true })
-          try {
-            return await iterator.next()
-          } catch (error) {
-            if (aborted === undefined) throw error
-            return { done: true, value: undefined }
-          } finally {
-            signal.removeEventListener("abort", onAbort)
-          }
-        }
+    const streamParts = async function* (prompt: Prompt, options: StreamOptions | undefined, closing: Closing) {
+      if (disposing !== undefined) throw shuttingDown()
+      const checked = check(options, Keys.stream)
+      if (Result.isFailure(checked)) throw new OrchestraError(checked.failure)
+      const signal = checked.success.signal
+      if (signal?.aborted) throw new OrchestraError(abortError(signal, 0))
+      const started = clock.currentTimeMillisUnsafe()
+      const elapsed = () => clock.currentTimeMillisUnsafe() - started
+      const context = await untilAborted(servicesOf(), signal, elapsed)
+      // Closed while the manager was being built: the stream never starts.
+      if (closing.closed) return
+      const cut: Cut = { error: undefined }
+      const parts = Calls.stream(prompt, checked.success).pipe(
+        Stream.provideService(CurrentCut, cut),
+        Stream.mapError((error) => new OrchestraError(error))
+      )
+      const iterator = Stream.toAsyncIterableWith(parts, context)[Symbol.asyncIterator]()
+      const close = () => iterator.return!()
+      closing.close = close
+      let delivered = ""
+      let aborted: FacadeError | undefined
+      // Closing the iterator interrupts the pull it is waiting for: the pull ends, and the loop rejects.
+      const onAbort = () => {
+        aborted = abortError(signal!, elapsed(), delivered)
+        // Set before the interruption, so the cut steps are counted as what the caller sees.
+        if (aborted._tag !== "AbortedError") cut.error = aborted
+        close().catch(() => undefined)
+      }
+      // The signal is listened to only while a part is awaited, never between two: a loop left
+      // without `return()` (or never resumed) keeps nothing on a signal that may outlive it.
+      // After the Finish part nothing is left to cut: the last pull only ends the stream, and an
+      // abort in between (a server's client leaving once the last chunk was written) is no failure.
+      let finished = false
+      const pull = async (): Promise<IteratorResult<StreamPart>> => {
+        if (signal === undefined || finished) return iterator.next()
+        if (signal.aborted) onAbort()
+        else signal.addEventListener("abort", onAbort, { once: true })
         try {
-          for (;;) {
-            const next = await pull()
-            if (aborted !== undefined) throw new OrchestraError(aborted)
-            if (next.done) return
-            if (next.value._tag === "TextDelta") delivered += next.value.text
-            else if (next.value._tag === "Finish") finished = true
-            yield next.value
-          }
+          return await iterator.next()
+        } catch (error) {
+          if (aborted === undefined) throw error
+          return { done: true, value: undefined }
         } finally {
-          await close()
+          signal.removeEventListener("abort", onAbort)
+        }
+      }
+      try {
+        for (;;) {
+          const next = await pull()
+          if (aborted !== undefined) throw new OrchestraError(aborted)
+          if (next.done) return
+          if (next.value._tag === "TextDelta") delivered += next.value.text
+          else if (next.value._tag === "Finish") finished = true
+          yield next.value
+        }
+      } finally {
+        await close()
+      }
+    }
+
+    const stream = (prompt: Prompt, options?: StreamOptions): AsyncIterable<StreamPart> => ({
+      [Symbol.asyncIterator]() {
+        const closing: Closing = { closed: false, close: undefined }
+        const parts = streamParts(prompt, options, closing)
+        // Closing the upstream first ends a `next()` still waiting for a part (it answers done),
+        // so that `return()` cancels the call now rather than after the provider's next chunk.
+        const closeFirst = () => {
+          closing.closed = true
+          closing.close?.().catch(() => undefined)
+        }
+        return {
+          next: () => parts.next(),
+          return: (value?: unknown) => {
+            closeFirst()
+            return parts.return(value as undefined)
+          },
+          throw: (error?: unknown) => {
+            closeFirst()
+            return parts.throw(error)
+          },
+          [Symbol.asyncIterator]() {
+            return this
+          }
         }
       }
     })
