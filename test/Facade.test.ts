@@ -264,6 +264,49 @@ describe("createOrchestra", () => {
       await orchestra.dispose()
     }
   })
+
+  it("context: a request refused without it is refused with it, naming the same field, never a TypeError", async () => {
+    const m = mock()
+    const orchestra = createOrchestra(Orchestra.layer({ providers: { main: m.layer } }))
+    try {
+      const context = [{ role: "user", content: "My order is 1234." }] as const
+      const requests: ReadonlyArray<[unknown, string]> = [
+        // merged, the prompt was dropped
+        [{ prompt: "Where is my parcel?", messages: [{ role: "user", content: "Hello" }] }, "messages"],
+        // merged, a TypeError ("own is not iterable")
+        [{ messages: 5 }, "messages"],
+        [{ messages: {} }, "messages"],
+        // merged, the context alone was sent
+        [{}, "prompt"],
+        [{ messages: null }, "messages"],
+        [{ prompt: "  " }, "prompt"],
+        // merged, named as the context's next message
+        [{ prompt: 5 }, "prompt"],
+        [
+          {
+            messages: [
+              { role: "user", content: "a" },
+              { role: "robot", content: "b" }
+            ]
+          },
+          "messages[1].role"
+        ]
+      ]
+      for (const [request, field] of requests) {
+        const label = JSON.stringify(request)
+        assert.strictEqual(await fieldOf(orchestra.execute(request as GenerateRequest)), field, label)
+        assert.strictEqual(
+          await fieldOf(orchestra.execute(request as GenerateRequest, { domain: "support", context })),
+          field,
+          label
+        )
+        assert.strictEqual(await fieldOf(collect(orchestra.stream(request as GenerateRequest, { context }))), field)
+      }
+      assert.strictEqual(Effect.runSync(m.control.calls), 0)
+    } finally {
+      await orchestra.dispose()
+    }
+  })
 })
 
 describe("createOrchestra: deadlines and signals (item 24)", () => {

@@ -8,7 +8,7 @@
 import { type Duration, Effect, Result, Schema } from "effect"
 import { invalidRequest, type ModelError } from "../AiError.js"
 import * as Input from "../Input.js"
-import { type EmbedRequest, type GenerateRequest, Message } from "../Model.js"
+import { checkGenerate, type EmbedRequest, type GenerateRequest, Message, type RequestLimits } from "../Model.js"
 
 /** A call's options after their checks; the rest are checked by the router, executor or batch. @internal */
 export interface Checked {
@@ -80,6 +80,8 @@ export const check = (options: unknown, allowed: ReadonlySet<string>): Result.Re
   return Result.succeed({ timeout: timeout.success, signal, context, raw })
 }
 
+const unbounded: RequestLimits = { maxInputChars: Infinity, maxMessages: Infinity, maxEmbedTexts: Infinity }
+
 /** The request of a prompt, the conversation's earlier messages first. @internal */
 export const requestOf = (
   prompt: unknown,
@@ -90,6 +92,11 @@ export const requestOf = (
   }
   const request: GenerateRequest = typeof prompt === "string" ? { prompt } : (prompt as GenerateRequest)
   if (context === undefined || context.length === 0) return Effect.succeed(request)
+  // The request is checked as given first (its size is checked with the context, by the pipeline):
+  // merged, a wrong `prompt` or `messages` would be named as a message of the context's (or pass,
+  // when the context alone is a conversation), and a prompt beside messages dropped unseen.
+  const refused = checkGenerate(request, unbounded)
+  if (refused !== undefined) return Effect.fail(refused)
   const { prompt: text, messages, ...rest } = request
   const own: ReadonlyArray<Message> = messages ?? (text === undefined ? [] : [{ role: "user", content: text }])
   return Effect.succeed({ ...rest, messages: [...context, ...own] })
