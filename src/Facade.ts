@@ -78,7 +78,10 @@ export class OrchestraError extends Error {
  * @category models
  */
 export interface CallOptions {
-  /** Deadline of the whole call, retries and fallbacks included: a `TimeoutError` (limit `total`) when it passes. */
+  /**
+   * Deadline of the whole call, retries, fallbacks and the wait for a manager still being built
+   * included: a `TimeoutError` (limit `total`) when it passes.
+   */
   readonly timeout?: Duration.Input | undefined
   /** Cancels the call when it aborts. */
   readonly signal?: AbortSignal | undefined

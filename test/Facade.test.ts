@@ -385,6 +385,38 @@ describe("createOrchestra: deadlines and signals (item 24)", () => {
     }
   })
 
+  it("the timeout option bounds the wait for a manager that is still being built, as a signal does", async () => {
+    const within = <A>(promise: Promise<A>) =>
+      Promise.race([promise, new Promise<"still waiting">((resolve) => setTimeout(resolve, 2_000, "still waiting"))])
+    const never = Layer.effect(ModelProvider, Effect.never)
+    const stuck = createOrchestra(Orchestra.layer({ providers: { main: never } }))
+    try {
+      for (const call of [
+        stuck.execute("x", { timeout: 30 }),
+        stuck.embed("x", { timeout: 30 }),
+        collect(stuck.stream("x", { timeout: 30 }))
+      ]) {
+        const error = await within(typed(call))
+        assert.strictEqual(typeof error === "object" && error._tag === "TimeoutError" && error.limit, "total")
+      }
+    } finally {
+      await stuck.dispose()
+    }
+
+    // A batch's timeout counts from the call too: passed while the manager was built, nothing runs.
+    const late = Effect.runSync(Mock.make({ name: `facade-${++mocks}`, latency: "200 millis" }))
+    const slow = Layer.effect(ModelProvider, Effect.as(Effect.sleep("300 millis"), late.provider))
+    const building = createOrchestra(Orchestra.layer({ providers: { main: slow } }))
+    try {
+      const result = await building.batch(["a", "b"], { timeout: 100 })
+      assert.isTrue(result.cancelled)
+      assert.deepStrictEqual(result.notRun, [0, 1])
+      assert.strictEqual(Effect.runSync(late.control.calls), 0)
+    } finally {
+      await building.dispose()
+    }
+  })
+
   it("a stream cut by AbortSignal.timeout rejects the loop with a TimeoutError (its partial text) counted as one", async () => {
     const m = mock({ script: [Mock.Outcome.hang({ afterChunks: 1, text: "one two three" })] })
     const orchestra = createOrchestra(Orchestra.layer({ providers: { main: m.layer }, breakers: false }))

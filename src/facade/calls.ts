@@ -5,7 +5,7 @@
  *
  * @internal
  */
-import { Deferred, type Duration, Effect, Exit, Stream } from "effect"
+import { Deferred, Duration, Effect, Exit, Stream } from "effect"
 import type { AiError } from "../AiError.js"
 import { Batch, type BatchResult, type Item, type RunOptions } from "../Batch.js"
 import { Executor } from "../Executor.js"
@@ -124,7 +124,8 @@ export const batch = Effect.fn("Facade.batch")(function* (items: ReadonlyArray<I
   if (signal === undefined && checked.timeout === undefined) return yield* runner.run(items, options)
   const cancelled = yield* Deferred.make<void>()
   const onAbort = () => Deferred.doneUnsafe(cancelled, Exit.void)
-  if (signal?.aborted) onAbort()
+  // A zero timeout: the call's timeout passed while the manager was being built.
+  if (signal?.aborted || (checked.timeout !== undefined && Duration.isZero(checked.timeout))) onAbort()
   else signal?.addEventListener("abort", onAbort, { once: true })
   const deadline = checked.timeout === undefined ? Effect.never : Effect.sleep(checked.timeout)
   return yield* runner

@@ -86,24 +86,49 @@ export const makeCreateOrchestra = (env: Env) => {
     return new AbortedError({ message: `the call was aborted by its signal${why}`, cause: reason })
   }
 
-  /** `promise`, or the abort's error if the signal aborts first (a manager still being built, say). */
-  const untilAborted = <A>(promise: Promise<A>, signal: AbortSignal | undefined, elapsed: () => number): Promise<A> =>
-    signal === undefined
+  /**
+   * `promise` (a manager still being built), or the abort's error if the signal aborts first, or
+   * the call's total `TimeoutError` once its `timeout` has passed: waiting for the build is part
+   * of the call.
+   */
+  const untilBuilt = <A>(
+    promise: Promise<A>,
+    signal: AbortSignal | undefined,
+    timeout: Duration.Duration | undefined,
+    elapsed: () => number
+  ): Promise<A> =>
+    signal === undefined && timeout === undefined
       ? promise
       : new Promise<A>((resolve, reject) => {
-          const onAbort = () => reject(new OrchestraError(abortError(signal, elapsed())))
-          signal.addEventListener("abort", onAbort, { once: true })
+          const onAbort = () => reject(new OrchestraError(abortError(signal!, elapsed())))
+          const deadline = timeout === undefined ? undefined : Effect.runFork(clock.sleep(timeout))
+          deadline?.addObserver((exit) => {
+            if (Exit.isFailure(exit)) return
+            reject(new OrchestraError(new TimeoutError({ limit: "total", timeout: timeout! })))
+          })
+          signal?.addEventListener("abort", onAbort, { once: true })
+          const settled = () => {
+            signal?.removeEventListener("abort", onAbort)
+            deadline?.interruptUnsafe()
+          }
           promise.then(
             (value) => {
-              signal.removeEventListener("abort", onAbort)
+              settled()
               resolve(value)
             },
             (error: unknown) => {
-              signal.removeEventListener("abort", onAbort)
+              settled()
               reject(error)
             }
           )
         })
+
+  /** The call's options once the manager is built: what is left of its `timeout` (`undefined`: nothing). */
+  const timeLeft = (checked: Checked, elapsedMillis: number): Checked | undefined => {
+    if (checked.timeout === undefined || elapsedMillis <= 0) return checked
+    const left = Duration.toMillis(checked.timeout) - elapsedMillis
+    return left > 0 ? { ...checked, timeout: Duration.millis(left) } : undefined
+  }
 
   const isFacadeError = (u: unknown): u is FacadeError =>
     isAiError(u) || u instanceof AbortedError || u instanceof Input.OptionError
@@ -178,7 +203,7 @@ export const makeCreateOrchestra = (env: Env) => {
       if (signal?.aborted) return Promise.reject(new OrchestraError(abortError(signal, 0)))
       const started = clock.currentTimeMillisUnsafe()
       const elapsed = () => clock.currentTimeMillisUnsafe() - started
-      const start = (context: Context.Context<Services>) =>
+      const start = (context: Context.Context<Services>, checked: Checked) =>
         new Promise<A>((resolve, reject) => {
           if (signal?.aborted) return reject(new OrchestraError(abortError(signal, elapsed())))
           const cut: Cut = { error: undefined }
@@ -202,10 +227,16 @@ export const makeCreateOrchestra = (env: Env) => {
         })
       // A built manager starts the call now: a `.then` would start it a microtask later, after a
       // `dispose()` made in the same tick, which would refuse a call made before it.
-      if (services !== undefined) return start(services)
+      if (services !== undefined) return start(services, checked)
       // Still building: admitted all the same. A `dispose()` meanwhile either cuts the build (the
       // call is rejected with it) or closes the executor, which admits and drains it or refuses it.
-      return untilAborted(servicesOf(), signal, elapsed).then(start)
+      // The build's wait counts in the call's timeout (a batch's: it is cancelled at once when none is left).
+      return untilBuilt(servicesOf(), signal, batch ? undefined : checked.timeout, elapsed).then((context) => {
+        const left = timeLeft(checked, elapsed())
+        if (left !== undefined) return start(context, left)
+        if (batch) return start(context, { ...checked, timeout: Duration.zero })
+        return Promise.reject(new OrchestraError(new TimeoutError({ limit: "total", timeout: checked.timeout! })))
+      })
     }
 
     const streamParts = async function* (prompt: Prompt, options: StreamOptions | undefined, closing: Closing) {
@@ -216,11 +247,14 @@ export const makeCreateOrchestra = (env: Env) => {
       if (signal?.aborted) throw new OrchestraError(abortError(signal, 0))
       const started = clock.currentTimeMillisUnsafe()
       const elapsed = () => clock.currentTimeMillisUnsafe() - started
-      const context = await untilAborted(servicesOf(), signal, elapsed)
+      const context = services ?? (await untilBuilt(servicesOf(), signal, checked.success.timeout, elapsed))
       // Closed while the manager was being built: the stream never starts.
       if (closing.closed) return
+      const left = timeLeft(checked.success, elapsed())
+      if (left === undefined)
+        throw new OrchestraError(new TimeoutError({ limit: "total", timeout: checked.success.timeout! }))
       const cut: Cut = { error: undefined }
-      const parts = Calls.stream(prompt, checked.success).pipe(
+      const parts = Calls.stream(prompt, left).pipe(
         Stream.provideService(CurrentCut, cut),
         Stream.mapError((error) => new OrchestraError(error))
       )
