@@ -740,6 +740,23 @@ describe("createOrchestra: batch, stats, streams", () => {
   })
 })
 
+describe("createOrchestra: what it is given", () => {
+  it("something other than a Layer (the manager's options themselves) rejects every call with an OptionError naming it", async () => {
+    for (const given of [{ providers: { main: Mock.layer() } }, null, undefined]) {
+      const orchestra = createOrchestra(given as never)
+      try {
+        const error = await typed(orchestra.execute("x"))
+        assert.strictEqual(error._tag === "OptionError" && error.path, "layer", String(error.message))
+        assert.include(error.message, "Orchestra.layer")
+        assert.strictEqual((await typed(collect(orchestra.stream("x"))))._tag, "OptionError")
+        assert.strictEqual(orchestra.stats().total, 0)
+      } finally {
+        await orchestra.dispose()
+      }
+    }
+  })
+})
+
 describe("createOrchestra: dispose", () => {
   it("in-flight calls finish, later calls are refused with ShuttingDownError, stats stay readable", async () => {
     const m = mock({ latency: "30 millis" })

@@ -14,7 +14,7 @@ import {
   Effect,
   Exit,
   type Fiber,
-  type Layer,
+  Layer,
   ManagedRuntime,
   Result,
   Stream
@@ -55,6 +55,16 @@ export interface Env {
 const clock = Context.get(Context.empty() as Context.Context<never>, Clock.Clock)
 
 const filterKeys: ReadonlySet<string> = new Set(["provider", "domain"])
+
+const notALayer = (given: unknown): Layer.Layer<Services, Input.OptionError> =>
+  Layer.effectContext(
+    Effect.fail(
+      Input.toOptionError({
+        path: "layer",
+        message: `expected a Layer such as Orchestra.layer({ providers }), got ${kind(given)}`
+      })
+    )
+  )
 
 /** What a stream's `return()` reaches past a `next()` that waits: an async generator queues it behind that `next()`. */
 interface Closing {
@@ -153,7 +163,8 @@ export const makeCreateOrchestra = (env: Env) => {
   }
 
   const createOrchestra = <E>(layer: Layer.Layer<Services, E, never>): Orchestra => {
-    const runtime = ManagedRuntime.make(layer)
+    // Code without types may hand over the manager's options themselves: a manager that cannot be built.
+    const runtime = ManagedRuntime.make(Layer.isLayer(layer) ? layer : notALayer(layer))
     let services: Context.Context<Services> | undefined
     let statsService: Stats.Service | undefined
     let building: Promise<Context.Context<Services>> | undefined
