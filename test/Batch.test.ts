@@ -515,6 +515,23 @@ describe("Batch items", () => {
     })
   )
 
+  it.effect("an empty domain name is unknown, whether or not items without a domain ran before", () =>
+    Effect.gen(function* () {
+      const { batch, controls } = yield* makeOrchestra({ a: {} })
+      for (const options of [{}, { onProgress: () => undefined }, { onEvent: () => Effect.void }]) {
+        // The second run's routes already hold the one of the items that name no domain.
+        for (const items of [[{ query: "x", domain: "" }], ["first", { query: "x", domain: "" }]]) {
+          const result = yield* batch.run(items, options)
+          const last = result.results.at(-1)!
+          assert.strictEqual(invalidField(last.error), `items[${items.length - 1}].domain`, JSON.stringify(items))
+        }
+        const error = yield* Effect.flip(batch.run(["y"], { ...options, domain: "" }))
+        assert.strictEqual(invalidField(error), "domain")
+      }
+      assert.strictEqual(yield* controls.a!.calls, 3, "only the items without a domain ran")
+    })
+  )
+
   it.effect("a batch that is not an array is one typed error", () =>
     Effect.gen(function* () {
       const { batch, controls } = yield* makeOrchestra({ a: {} })

@@ -152,7 +152,7 @@ export const check = (
   items: unknown,
   input: unknown,
   router: RouterService,
-  resolved: ReadonlyMap<string, unknown>
+  resolved: ReadonlyMap<string | undefined, unknown>
 ): Effect.Effect<{ readonly items: ReadonlyArray<unknown>; readonly options: Checked }, ModelError> =>
   Effect.gen(function* () {
     if (!Array.isArray(items)) return yield* fail("items", `expected an array of items, got ${kind(items)}`)

@@ -45,9 +45,10 @@ export interface Deps {
   readonly nextId: () => string
   /**
    * Routes without a batch `fallback`, resolved once per manager (keys: the domain names
-   * that resolved, and `""` for the executor's provider; so at most one per domain).
+   * that resolved, and `undefined` for the executor's provider, which no name can be, not even
+   * `""`; so at most one per domain).
    */
-  readonly routes: Map<string, Prepared>
+  readonly routes: Map<string | undefined, Prepared>
 }
 
 const statusOf = (error: AiError): Status => {
@@ -93,13 +94,12 @@ const resultOf = (index: number, exit: Exit.Exit<Answer, AiError>, durationMs: n
  */
 const routeOf = (
   deps: Deps,
-  routes: Map<string, Prepared>,
+  routes: Map<string | undefined, Prepared>,
   fallback: ReadonlyArray<string>,
   domain: string | undefined
 ): Effect.Effect<Prepared, ModelError> => {
   const { executor, router } = deps
-  const key = domain ?? ""
-  const known = routes.get(key)
+  const known = routes.get(domain)
   if (known !== undefined) return Effect.succeed(known)
   const names = domain === undefined ? fallback : fallback.length === 0 ? domain : [domain, ...fallback]
   const prepared =
@@ -115,7 +115,7 @@ const routeOf = (
           })
         )
   return Effect.map(prepared, (route) => {
-    routes.set(key, route)
+    routes.set(domain, route)
     return route
   })
 }
@@ -123,7 +123,7 @@ const routeOf = (
 /** The whole call of item `index` as an Effect: its route, its plan, the executor's run. */
 const callOf = (
   deps: Deps,
-  routes: Map<string, Prepared>,
+  routes: Map<string | undefined, Prepared>,
   fallback: ReadonlyArray<string>,
   item: unknown,
   index: number,
@@ -134,7 +134,7 @@ const callOf = (
   if (parsed instanceof ModelError) return Effect.fail(parsed)
   const itemDomain = parsed.domain ?? domain
   const callOptions = { onRetry }
-  const known = routes.get(itemDomain ?? "")
+  const known = routes.get(itemDomain)
   const routed =
     known !== undefined
       ? routedOn(known, parsed, index, callOptions)
@@ -174,7 +174,7 @@ const runOne = (
   clock: Clock.Clock,
   start: number
 ): Effect.Effect<BatchResult> => {
-  const routes = options.fallback.length === 0 ? deps.routes : new Map<string, Prepared>()
+  const routes = options.fallback.length === 0 ? deps.routes : new Map<string | undefined, Prepared>()
   let retries = 0
   let began = Number.NaN
   const onRetry = (): Effect.Effect<void> => {
@@ -309,7 +309,7 @@ export const run = (deps: Deps, rawItems: unknown, rawOptions: RunOptions | unde
         })
       }
 
-    const routes = fallback.length === 0 ? deps.routes : new Map<string, Prepared>()
+    const routes = fallback.length === 0 ? deps.routes : new Map<string | undefined, Prepared>()
     const callItem = (index: number): Effect.Effect<Answer, AiError> =>
       callOf(deps, routes, fallback, items[index], index, options.domain, onRetryFor(index))
 
@@ -332,7 +332,7 @@ export const run = (deps: Deps, rawItems: unknown, rawOptions: RunOptions | unde
     const call = (index: number): Routed | ModelError | Effect.Effect<Answer, AiError> => {
       const parsed = parse(items[index], index)
       if (parsed instanceof ModelError) return parsed
-      const prepared = routes.get(parsed.domain ?? options.domain ?? "")
+      const prepared = routes.get(parsed.domain ?? options.domain)
       const now = prepared === undefined ? undefined : preparedNow.get(prepared)
       // A route not resolved yet: this one call resolves it, on a fiber of its own.
       if (now === undefined) return callItem(index)
