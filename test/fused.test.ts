@@ -590,6 +590,35 @@ describe("found in review: interruptions at any point, and lanes ending together
   )
 })
 
+describe("the full path under interruptions", () => {
+  it.effect("a caller interrupted at any yield of the full path is not left counted as running", () =>
+    Effect.gen(function* () {
+      for (let k = 1; k <= 40; k++) {
+        const scope = yield* Scope.make()
+        const context = yield* Layer.buildWithScope(
+          Layer.mergeAll(StatsModule.layer, CircuitBreaker.layerMemory({ failMax: 2, resetTimeout: "5 seconds" })),
+          scope
+        )
+        const stats = context.mapUnsafe.get(Stats.key) as Stats["Service"]
+        const breakers = context.mapUnsafe.get(CircuitBreaker.Breakers.key) as CircuitBreaker.Service
+        const engine = yield* Engine.make({ stats, shutdownDeadline: Duration.seconds(1) }).pipe(Scope.provide(scope))
+        const plan = { steps: [{ ...step("1 second"), name: "p", breaker: breakers }] as const }
+        const failing = () => Effect.fail(modelError("Overloaded", "busy"))
+        // One failure shuts the breaker's fast lane: the next call takes the full path.
+        yield* Effect.exit(engine.runValue(plan, failing))
+        const base = Context.add(yield* Effect.context<never>(), Scheduler.MaxOpsBeforeYield, k)
+        const caller = Effect.runForkWith(base)(engine.runValue(plan, failing))
+        caller.interruptUnsafe()
+        for (let i = 0; i < 100; i++) yield* Effect.yieldNow
+        // Counted as running, it made the shutdown wait its whole deadline for nothing.
+        const closing = yield* Effect.forkChild(Scope.close(scope, Exit.void))
+        for (let i = 0; i < 50; i++) yield* Effect.yieldNow
+        assert.isDefined(closing.pollUnsafe(), `k=${k}: closing waited for a call that is not running`)
+      }
+    })
+  )
+})
+
 describe("Router steps and token rate limits", () => {
   it.effect(
     "a domain on a provider with a token limit estimates each request's tokens; one without shares its step",

@@ -130,6 +130,17 @@ export const make = (options: Options): Effect.Effect<Engine, never, Scope.Scope
 
     const leaveEffect = Effect.sync(leave)
 
+    // A call counted as running until it ends. Counted and guarded in one uninterruptible step:
+    // a caller interrupted in between (at an auto-yield) would leave it counted for ever, and
+    // the shutdown would wait its whole deadline for a call that is not running.
+    const running = <A, E>(body: Effect.Effect<A, E>): Effect.Effect<A, E> =>
+      Effect.uninterruptibleMask((restore) =>
+        Effect.suspend(() => {
+          active++
+          return Effect.ensuring(restore(body), leaveEffect)
+        })
+      )
+
     const admit = Effect.suspend(() => (closing ? Effect.fail(shuttingDown()) : Effect.void))
 
     const slot = (name: string, max: number | undefined): Semaphore.Semaphore | undefined => {
@@ -209,8 +220,7 @@ export const make = (options: Options): Effect.Effect<Engine, never, Scope.Scope
           )
         }
         if (plan.totalTimeout !== undefined) body = tracked(body, plan.totalTimeout)
-        active++
-        return Effect.ensuring(body, leaveEffect)
+        return running(body)
       })
     }
 
@@ -353,8 +363,7 @@ export const make = (options: Options): Effect.Effect<Engine, never, Scope.Scope
           : clock.currentTimeMillisUnsafe() + Duration.toMillis(plan.totalTimeout)
       const counter = new CallCounter(clock, fiber.getRef(CurrentCut), deadlineAt, isTraced(fiber))
       const body = runStep(plan.steps[0], plan, call, counter)
-      active++
-      return Effect.ensuring(plan.totalTimeout === undefined ? body : tracked(body, plan.totalTimeout), leaveEffect)
+      return running(plan.totalTimeout === undefined ? body : tracked(body, plan.totalTimeout))
     }
 
     // A fused call's value reported as the Answer `run` gives (one step, its attempts).
