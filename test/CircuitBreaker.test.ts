@@ -603,6 +603,22 @@ describe("CircuitBreaker registry: memory and series (item 17)", () => {
     )
   )
 
+  it.effect("a key maxKeys evicted with a failure streak: a success still restarts the count", () =>
+    withBreakers({ failMax: 3, maxKeys: 2 }, (breakers) =>
+      Effect.gen(function* () {
+        const k = uniqueKey("evicted-streak")
+        yield* repeat(breakers, k, overloaded, 2)
+        // Other keys push it out of the registry (the store keeps its streak of 2).
+        for (const other of ["x", "y", "z"]) yield* breakers.execute(`${k}-${other}`, ok)
+        yield* breakers.execute(k, ok)
+        yield* run(breakers, k, overloaded)
+        assert.strictEqual(yield* breakers.state(k), "closed", "fail, fail, success, fail: no three in a row")
+        yield* repeat(breakers, k, overloaded, 2)
+        assert.strictEqual(yield* breakers.state(k), "open")
+      })
+    )
+  )
+
   it.effect("the layer's timers stop with it: no state change after close", () =>
     Effect.gen(function* () {
       const key = uniqueKey("close")

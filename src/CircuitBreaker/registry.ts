@@ -44,7 +44,8 @@ export interface Entry {
   probing: boolean
   /**
    * Memory backend, consecutive policy: the store's failure streak is 0 (the last recorded
-   * outcome while closed was a success), so a success changes nothing in the store.
+   * outcome while closed was a success), so a success changes nothing in the store. False
+   * for a new entry: the store keeps the streak of a key `maxKeys` evicted from here.
    */
   clean: boolean
   inflight: number
@@ -133,7 +134,7 @@ export const makeRegistry = Effect.fnUntraced(function* (config: Config, shared:
       holdUntil: 0,
       isolated: false,
       probing: false,
-      clean: true,
+      clean: false,
       inflight: 0,
       lastActivity: now,
       touched: false,
