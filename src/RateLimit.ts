@@ -119,6 +119,8 @@ const significant = (millis: number): number => (millis < 0.01 ? 0 : millis)
 interface Reservation {
   readonly key: string
   readonly limit: number
+  /** What the call costs under this limit. */
+  readonly cost: number
   /** What was taken (a straddling token reservation grows by what it pays again: see `reserve`). */
   tokens: number
   readonly limits: ResolvedLimits
@@ -189,6 +191,7 @@ const makeWith = Effect.fnUntraced(function* (
   // (120 tokens). The tokens counted in the earlier window are taken again in the later one, and
   // the call waits for the later of the two answers. (One token, a request's, never straddles.)
   const reserve = (r: Reservation): Effect.Effect<RateLimiter.ConsumeResult, RateLimiter.RateLimiterError> => {
+    r.tokens = r.cost
     if (r.tokens <= 1 || r.limits.algorithm !== "fixed-window") return consume(r, r.tokens)
     return Effect.flatMap(consume(r, r.tokens), (first) => {
       const count = r.limit - first.remaining
@@ -216,26 +219,47 @@ const makeWith = Effect.fnUntraced(function* (
   const requestReservation = (key: string, limits: ResolvedLimits, limit: number): Reservation => {
     let reservation = requestReservations.get(key)
     if (reservation === undefined) {
-      reservation = { key: `${key}:rpm`, limit, tokens: 1, limits }
+      reservation = { key: `${key}:rpm`, limit, cost: 1, tokens: 1, limits }
       requestReservations.set(key, reservation)
     }
     return reservation
   }
 
+  // Both reservations of a call at once (Redis: both round trips at once).
+  const reserveAll = (
+    reservations: ReadonlyArray<Reservation>
+  ): Effect.Effect<ReadonlyArray<Result.Result<RateLimiter.ConsumeResult, RateLimiter.RateLimiterError>>> => {
+    const [first, second] = reservations as [Reservation, Reservation | undefined]
+    if (second === undefined) return Effect.map(Effect.result(reserve(first)), (r) => [r])
+    return guard === undefined
+      ? Effect.flatMap(Effect.result(reserve(first)), (a) => Effect.map(Effect.result(reserve(second)), (b) => [a, b]))
+      : Effect.all([Effect.result(reserve(first)), Effect.result(reserve(second))], { concurrency: 2 })
+  }
+
+  // A call is sent once, when its latest slot comes. A reservation whose slot comes earlier
+  // would count the call in a window it is not sent in: a request counted in this minute but
+  // sent in the next, after waiting for tokens, and the next minute admitted its whole limit
+  // besides. Such a reservation is given back during the wait and taken again after it.
+  // `held`: reservations whose slot is now; `waited`: the time this call has waited so far.
   const decide = (
     key: string,
     reservations: ReadonlyArray<Reservation>,
-    results: ReadonlyArray<Result.Result<RateLimiter.ConsumeResult, RateLimiter.RateLimiterError>>
+    results: ReadonlyArray<Result.Result<RateLimiter.ConsumeResult, RateLimiter.RateLimiterError>>,
+    held: ReadonlyArray<Reservation> = [],
+    waited = 0
   ): Effect.Effect<void, ModelError> => {
     const metrics = metricsOf(key)
-    const taken: Array<Reservation> = []
+    const taken: Array<Reservation> = [...held]
+    const delays: Array<number> = held.map(() => 0)
     let waitMillis = 0
     let storeFailed = false
     for (let i = 0; i < results.length; i++) {
       const result = results[i]!
       if (Result.isSuccess(result)) {
+        const delay = significant(Duration.toMillis(result.success.delay))
         taken.push(reservations[i]!)
-        waitMillis = Math.max(waitMillis, significant(Duration.toMillis(result.success.delay)))
+        delays.push(delay)
+        waitMillis = Math.max(waitMillis, delay)
       } else {
         storeFailed = true
       }
@@ -253,7 +277,7 @@ const makeWith = Effect.fnUntraced(function* (
         )
       )
     }
-    if (waitMillis > maxWaitMillis) {
+    if (waited + waitMillis > maxWaitMillis) {
       const retryAfter = Duration.millis(Math.ceil(waitMillis))
       metrics.rejected++
       return Effect.andThen(
@@ -269,18 +293,36 @@ const makeWith = Effect.fnUntraced(function* (
       )
     }
     if (waitMillis <= 0) {
-      metrics.wait.record(0)
-      metrics.immediate++
+      metrics.wait.record(waited)
+      if (waited > 0) metrics.delayed++
+      else metrics.immediate++
       return Effect.void
     }
-    metrics.wait.record(waitMillis)
-    metrics.delayed++
-    return Effect.all(
-      [
-        Effect.annotateCurrentSpan({ "orchestra.rate_limit.wait_ms": waitMillis }),
-        Effect.sleep(Duration.millis(waitMillis)).pipe(Effect.onInterrupt(() => release(taken)))
-      ],
-      { discard: true }
+    const kept: Array<Reservation> = []
+    const early: Array<Reservation> = []
+    for (let i = 0; i < taken.length; i++) (delays[i]! < waitMillis ? early : kept).push(taken[i]!)
+    const sleep = Effect.sleep(Duration.millis(waitMillis))
+    if (early.length === 0) {
+      metrics.wait.record(waited + waitMillis)
+      metrics.delayed++
+      return Effect.all(
+        [
+          Effect.annotateCurrentSpan({ "orchestra.rate_limit.wait_ms": waited + waitMillis }),
+          Effect.onInterrupt(sleep, () => release(kept))
+        ],
+        { discard: true }
+      )
+    }
+    // Uninterruptible but for the wait, until the next round holds what this one kept.
+    return Effect.uninterruptibleMask((restore) =>
+      Effect.andThen(
+        release(early),
+        Effect.matchCauseEffect(restore(sleep), {
+          onFailure: (cause) => Effect.andThen(release(kept), Effect.failCause(cause)),
+          onSuccess: () =>
+            Effect.flatMap(reserveAll(early), (again) => restore(decide(key, early, again, kept, waited + waitMillis)))
+        })
+      )
     )
   }
 
@@ -300,25 +342,11 @@ const makeWith = Effect.fnUntraced(function* (
     }
     // A request larger than the whole budget waits for an empty window, then goes.
     if (limits.tokensPerMinute !== undefined && tokens > 0) {
-      reservations.push({
-        key: `${key}:tpm`,
-        limit: limits.tokensPerMinute,
-        tokens: Math.min(tokens, limits.tokensPerMinute),
-        limits
-      })
+      const cost = Math.min(tokens, limits.tokensPerMinute)
+      reservations.push({ key: `${key}:tpm`, limit: limits.tokensPerMinute, cost, tokens: cost, limits })
     }
     if (reservations.length === 0) return Effect.void
-    const [first, second] = reservations as [Reservation, Reservation | undefined]
-    const results =
-      second === undefined
-        ? Effect.map(Effect.result(reserve(first)), (r) => [r])
-        : guard === undefined
-          ? Effect.flatMap(Effect.result(reserve(first)), (a) =>
-              Effect.map(Effect.result(reserve(second)), (b) => [a, b])
-            )
-          : // Redis: both round trips at once.
-            Effect.all([Effect.result(reserve(first)), Effect.result(reserve(second))], { concurrency: 2 })
-    return Effect.flatMap(results, (all) => decide(key, reservations, all))
+    return Effect.flatMap(reserveAll(reservations), (all) => decide(key, reservations, all))
   }
 
   // A span only for traced callers: one costs more than a whole in-memory acquire.

@@ -189,6 +189,39 @@ describe("RateLimit (memory, TestClock)", () => {
     })
   )
 
+  it.effect(
+    "requests and tokens: a call that waits for tokens is counted in the requests of the window it is sent in",
+    () =>
+      Effect.gen(function* () {
+        const key = uniqueName("both")
+        const limits = yield* service({
+          providers: { [key]: { requestsPerMinute: 2, tokensPerMinute: 100 } },
+          maxWait: "5 minutes"
+        })
+        const sent: Array<number> = []
+        const send = (tokens: number) =>
+          Effect.forkChild(
+            Effect.flatMap(limits.acquire(key, { tokens }), () =>
+              Effect.map(Clock.currentTimeMillis, (now) => sent.push(now))
+            ),
+            { startImmediately: true }
+          )
+        const start = yield* Clock.currentTimeMillis
+        // The second call's request slot is free now, its tokens only in the next window.
+        const calls = [yield* send(100), yield* send(100)]
+        yield* TestClock.adjust("1 minute")
+        calls.push(yield* send(0), yield* send(0))
+        for (let i = 0; i < 5 && calls.some((f) => f.pollUnsafe() === undefined); i++)
+          yield* TestClock.adjust("1 minute")
+        yield* Fiber.joinAll(calls)
+        // It went at 60 s with the two requests made then: three in one minute of two.
+        assert.deepStrictEqual(
+          sent.map((t) => t - start),
+          [0, 60_000, 60_000, 120_000]
+        )
+      })
+  )
+
   it.effect("token-bucket: slots refill evenly (one a second at 60 per minute)", () =>
     Effect.gen(function* () {
       const key = uniqueName("bucket")
