@@ -1,14 +1,17 @@
 import { assert, describe, it } from "@effect/vitest"
-import { Context, Duration, Effect, Fiber, Layer, Scope, Stream } from "effect"
+import { Context, Duration, Effect, Exit, Fiber, Layer, Scheduler, Scope, Stream } from "effect"
 import { TestClock } from "effect/testing"
 import { type AiError, ShuttingDownError } from "../src/AiError.js"
 import type * as Input from "../src/Input.js"
 import * as Executor from "../src/Executor.js"
-import { ChunkDeadline, ModelProvider, type Service, type StreamPart } from "../src/Model.js"
+import { ChunkDeadline, ModelProvider, type Service, type StreamPart, usage } from "../src/Model.js"
 import * as Mock from "../src/Model/Mock.js"
 import { Outcome } from "../src/Model/Mock.js"
+import * as Engine from "../src/policy/engine.js"
 import { CurrentCut, type Cut, stopStreams } from "../src/policy/plan.js"
+import * as Streams from "../src/policy/stream.js"
 import * as ResponseCache from "../src/ResponseCache.js"
+import * as StatsModule from "../src/Stats.js"
 import { setup } from "./utils/executor.js"
 
 const ask = { prompt: "tell me" }
@@ -375,6 +378,38 @@ describe("Executor.stream", () => {
       }
       assert.strictEqual(yield* control.calls, 0)
       void Duration
+    })
+  )
+})
+
+describe("Executor.stream: a consumer interrupted as its stream opens", () => {
+  it.effect("is not left counted as running, whatever yield the interruption falls on", () =>
+    Effect.gen(function* () {
+      const finish = { _tag: "Finish", finishReason: "stop", usage: usage(1, 1), provider: "p", model: "m" } as const
+      const target = { name: "p", stream: () => Stream.make({ _tag: "TextDelta" as const, text: "a" }, finish) }
+      const plan = {
+        steps: [{ target, name: "p", timeout: undefined, retry: undefined }],
+        firstChunkTimeout: undefined,
+        idleTimeout: undefined,
+        totalTimeout: Duration.seconds(30)
+      }
+      for (let k = 1; k <= 40; k++) {
+        const scope = yield* Scope.make()
+        const context = yield* Layer.buildWithScope(StatsModule.layer, scope)
+        const stats = Context.get(context, StatsModule.Stats)
+        const engine = yield* Engine.make({ stats, shutdownDeadline: Duration.seconds(1) }).pipe(Scope.provide(scope))
+        const defaults = { firstChunkTimeout: undefined, idleTimeout: undefined, totalTimeout: undefined }
+        const streams = Streams.make({ engine, defaults })
+        // The consumer's fiber yields every k operations, and is interrupted at once.
+        const base = Context.add(yield* Effect.context<never>(), Scheduler.MaxOpsBeforeYield, k)
+        const consumer = Effect.runForkWith(base)(Stream.runCollect(streams.run(plan as never, { prompt: "x" })))
+        consumer.interruptUnsafe()
+        for (let i = 0; i < 100; i++) yield* Effect.yieldNow
+        // Counted as running, it made the shutdown wait its whole deadline for nothing.
+        const closing = yield* Effect.forkChild(Scope.close(scope, Exit.void))
+        for (let i = 0; i < 50; i++) yield* Effect.yieldNow
+        assert.isDefined(closing.pollUnsafe(), `k=${k}: closing waited for a stream that is not running`)
+      }
     })
   )
 })

@@ -27,7 +27,7 @@ import {
 } from "../AiError.js"
 import type { GenerateRequest, StreamPart } from "../Model.js"
 import { schedule as retrySchedule } from "../Policy.js"
-import type { Watch } from "./deadline.js"
+import type { Ending, Watch } from "./deadline.js"
 import type { Engine } from "./engine.js"
 import { cutByShutdown, exhaustedOr, shuttingDown } from "./failure.js"
 import { CurrentCut } from "./plan.js"
@@ -97,7 +97,6 @@ export const make = (env: { readonly engine: Engine; readonly defaults: StreamDe
           })
         }
       }
-      engine.enter()
 
       // Everything the consumer and the producers share (the producers through the host of
       // `attemptStarter` below). Mutated synchronously only.
@@ -155,7 +154,7 @@ export const make = (env: { readonly engine: Engine; readonly defaults: StreamDe
         engine.leave()
       }
 
-      const total = engine.lanes.watch((ending) => {
+      const onTotal = (ending: Ending) => {
         cutShort(
           ending === "shutdown"
             ? cutByShutdown()
@@ -168,10 +167,9 @@ export const make = (env: { readonly engine: Engine; readonly defaults: StreamDe
           ending === "timeout"
         )
         if (ending === "shutdown") leave()
-      })
-      total.arm(plan.totalTimeout)
+      }
+      let total: Watch | undefined
       const stop = (error: AiError) => cutShort(error, false)
-      if (cut !== undefined) (cut.stops ??= new Set()).add(stop)
 
       let stepClosed = false
       const finishStep = (attempt: Attempt | undefined, exit: Exit.Exit<void, AiError>) => {
@@ -192,23 +190,32 @@ export const make = (env: { readonly engine: Engine; readonly defaults: StreamDe
         }
       }
 
-      yield* Scope.addFinalizer(
-        streamScope,
+      const finalizer = Effect.suspend(() => {
+        total?.dispose()
+        cut?.stops?.delete(stop)
+        backoff?.dispose()
+        leave()
+        const attempt = current
+        if (terminal === undefined) {
+          // Left by its consumer: cancelled, or cut by the caller's deadline (counted as the timeout it is).
+          const error = cut?.error
+          terminal = error === undefined ? Exit.interrupt() : Exit.fail(error)
+          const open = attempt ?? stepAttempt
+          if (error?._tag === "TimeoutError" && open !== undefined && !stepClosed) open.series.timeouts++
+          finishStep(open, terminal)
+        }
+        return attempt === undefined ? Effect.void : closeAttempt(attempt, "ignored", clock, terminal)
+      })
+      // Counted, watched and its finalizer in place in one uninterruptible step: a consumer
+      // interrupted in between left the stream counted for ever (the shutdown waited its whole
+      // deadline for it) and its total deadline armed.
+      yield* Effect.uninterruptible(
         Effect.suspend(() => {
-          total.dispose()
-          cut?.stops?.delete(stop)
-          backoff?.dispose()
-          leave()
-          const attempt = current
-          if (terminal === undefined) {
-            // Left by its consumer: cancelled, or cut by the caller's deadline (counted as the timeout it is).
-            const error = cut?.error
-            terminal = error === undefined ? Exit.interrupt() : Exit.fail(error)
-            const open = attempt ?? stepAttempt
-            if (error?._tag === "TimeoutError" && open !== undefined && !stepClosed) open.series.timeouts++
-            finishStep(open, terminal)
-          }
-          return attempt === undefined ? Effect.void : closeAttempt(attempt, "ignored", clock, terminal)
+          engine.enter()
+          total = engine.lanes.watch(onTotal)
+          total.arm(plan.totalTimeout)
+          if (cut !== undefined) (cut.stops ??= new Set()).add(stop)
+          return Scope.addFinalizer(streamScope, finalizer)
         })
       )
 
