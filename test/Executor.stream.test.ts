@@ -224,6 +224,30 @@ describe("Executor.stream", () => {
     })
   )
 
+  it.effect("a slow consumer cut by the total deadline gets no text past the error's partialText", () =>
+    Effect.gen(function* () {
+      const { executor } = yield* setup({ respond: () => "a b c d e f g h i j", chunkDelay: "1 second" })
+      const seen: Array<string> = []
+      // 3 s per part: when the deadline passes, parts read ahead of the consumer wait in the buffer.
+      const fiber = yield* Effect.forkChild(
+        Effect.flip(
+          Stream.runForEach(executor.stream(ask, { totalTimeout: "5500 millis" }), (p) =>
+            Effect.andThen(
+              Effect.sync(() => {
+                if (p._tag === "TextDelta") seen.push(p.text)
+              }),
+              Effect.sleep("3 seconds")
+            )
+          )
+        )
+      )
+      yield* TestClock.adjust("1 minute")
+      const error = yield* Fiber.join(fiber)
+      assert.strictEqual(error._tag === "TimeoutError" && error.limit, "total")
+      assert.strictEqual(error._tag === "TimeoutError" && error.partialText, seen.join(""))
+    })
+  )
+
   it.effect("streams drain on shutdown up to the deadline, then end with ShuttingDownError (item 9)", () =>
     Effect.gen(function* () {
       const { executor, close } = yield* setup(

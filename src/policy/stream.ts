@@ -365,6 +365,9 @@ export const make = (env: { readonly engine: Engine; readonly defaults: StreamDe
 
       const pull: Effect.Effect<readonly [StreamPart, ...Array<StreamPart>], AiError | Cause.Done> = Effect.suspend(
         () => {
+          // A cut (total deadline, shutdown) carries the text delivered when it struck: parts
+          // read ahead of a slow consumer then are not delivered after it.
+          if (terminal !== undefined && Exit.isFailure(terminal)) return terminal as Exit.Exit<never, AiError>
           if (retryDue) {
             retryDue = false
             attemptsOnStep++
@@ -376,9 +379,7 @@ export const make = (env: { readonly engine: Engine; readonly defaults: StreamDe
             if (parts !== undefined) return Effect.succeed(parts)
             return pull
           }
-          if (terminal !== undefined) {
-            return Exit.isSuccess(terminal) ? Cause.done() : (terminal as Exit.Exit<never, AiError>)
-          }
+          if (terminal !== undefined) return Cause.done()
           if (attempt !== undefined && attempt.end !== undefined) return Effect.andThen(onEnd(attempt), pull)
           return Effect.andThen(
             Effect.callback<void>((resume) => {
