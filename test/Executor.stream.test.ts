@@ -107,6 +107,48 @@ describe("Executor.stream", () => {
       })
   )
 
+  it.effect("a stream ends at its provider's Finish: nothing after it is delivered or waited for", () =>
+    Effect.gen(function* () {
+      const finish: StreamPart = {
+        _tag: "Finish",
+        finishReason: "stop",
+        usage: { inputTokens: 1, outputTokens: 1, totalTokens: 2 },
+        provider: "p",
+        model: "m"
+      }
+      let released = 0
+      const scripts: ReadonlyArray<Stream.Stream<StreamPart, AiError>> = [
+        // a second Finish and text after the first
+        Stream.make({ _tag: "TextDelta", text: "a" }, finish, { _tag: "TextDelta", text: "b" }, finish),
+        // an upstream that stays open after its Finish
+        Stream.concat(Stream.make<[StreamPart, StreamPart]>({ _tag: "TextDelta", text: "a" }, finish), Stream.never)
+      ]
+      let call = 0
+      const provider: Service = {
+        name: "p",
+        defaultModel: "m",
+        generate: () => Effect.die("unused"),
+        embed: () => Effect.die("unused"),
+        stream: () => scripts[call++]!.pipe(Stream.ensuring(Effect.sync(() => released++)))
+      }
+      yield* withExecutorOver(provider, (executor) =>
+        Effect.gen(function* () {
+          for (let i = 0; i < scripts.length; i++) {
+            const fiber = yield* Effect.forkChild(collect(executor.stream(ask, { idleTimeout: "5 seconds" })))
+            yield* TestClock.adjust("1 minute")
+            const parts = yield* Fiber.join(fiber)
+            assert.deepStrictEqual(
+              parts.map((p) => p._tag),
+              ["TextDelta", "Finish"],
+              `script ${i}`
+            )
+            assert.strictEqual(released, i + 1, "the upstream is closed when the stream ends")
+          }
+        })
+      )
+    })
+  )
+
   it.effect("streams text deltas and one Finish, and counts the stream", () =>
     Effect.gen(function* () {
       const { executor } = yield* setup({ respond: () => "one two three", latency: 100, chunkDelay: 10 })

@@ -159,11 +159,17 @@ export const attemptStarter = (host: AttemptHost) => {
           Pull.isDoneCause(cause) ? Effect.succeed(undefined) : Effect.failCause(cause as Cause.Cause<AiError>)
         )
         if (chunk === undefined) break
+        // A stream ends at its Finish: an upstream that goes on (more parts, a stall, a late
+        // failure) is not read further, and closes with the attempt.
         for (const part of chunk) {
-          if (part._tag === "Finish") attempt.finish = part
           attempt.buffer.push(part)
+          if (part._tag === "Finish") {
+            attempt.finish = part
+            break
+          }
         }
         signal()
+        if (attempt.finish !== undefined) break
         if (attempt.buffer.length >= PREFETCH) {
           attempt.watch.arm(undefined)
           yield* Effect.callback<void>((resume) => {
