@@ -290,6 +290,30 @@ describe("Executor.stream", () => {
     })
   )
 
+  it.effect(
+    "a stream whose Finish the consumer holds is complete: a total deadline passing after it fails nothing",
+    () =>
+      Effect.gen(function* () {
+        const { executor } = yield* setup({ respond: () => "a b c d" })
+        const seen: Array<string> = []
+        // The whole answer arrives at once; the consumer takes 1 s a part, past the total deadline.
+        const fiber = yield* Effect.forkChild(
+          Stream.runForEach(executor.stream(ask, { totalTimeout: "2500 millis" }), (p) =>
+            Effect.andThen(
+              Effect.sync(() => seen.push(p._tag)),
+              Effect.sleep("1 second")
+            )
+          )
+        )
+        yield* TestClock.adjust("1 minute")
+        yield* Fiber.join(fiber)
+        assert.deepStrictEqual(seen, ["TextDelta", "TextDelta", "TextDelta", "TextDelta", "Finish"])
+        const stats = yield* executor.stats()
+        assert.strictEqual(stats.successes, 1)
+        assert.strictEqual(stats.timeouts, 0)
+      })
+  )
+
   it.effect("streams drain on shutdown up to the deadline, then end with ShuttingDownError (item 9)", () =>
     Effect.gen(function* () {
       const { executor, close } = yield* setup(

@@ -106,6 +106,7 @@ export const make = (env: { readonly engine: Engine; readonly defaults: StreamDe
       let stepAttempt: Attempt | undefined
       let delivered = ""
       let anyDelivered = false
+      let finishDelivered = false
       let wake: (() => void) | undefined
       let stepIndex = 0
       let stepStarted = 0
@@ -134,7 +135,9 @@ export const make = (env: { readonly engine: Engine; readonly defaults: StreamDe
       }
 
       // Ends the stream with `error` now: its running attempt stops, its step counts the error.
+      // A stream whose Finish the consumer holds is complete: it ends as such at its next pull.
       const cutShort = (error: AiError, timedOut: boolean) => {
+        if (finishDelivered) return
         if (current !== undefined && current.end === undefined) {
           if (timedOut) current.series.timeouts++
           current.end = Exit.fail(error)
@@ -357,6 +360,8 @@ export const make = (env: { readonly engine: Engine; readonly defaults: StreamDe
             anyDelivered = true
           } else if (part._tag === "ToolCall") {
             anyDelivered = true
+          } else {
+            finishDelivered = true
           }
           if (plan.cache !== undefined) collected.push(part)
         }
