@@ -247,7 +247,12 @@ describe("Local provider", () => {
         [{ poolSize: null as never }, "poolSize"],
         [{ loadTimeout: null as never }, "loadTimeout"],
         [{ remoteHost: null as never }, "remoteHost"],
-        [{ modelPath: null as never }, "modelPath"]
+        [{ modelPath: null as never }, "modelPath"],
+        // A misspelt key would leave its default in place unseen.
+        [{ poolsize: 2 } as never, "poolsize"],
+        [{ models: "tiny-bart" as never }, "models"],
+        [{ models: null as never }, "models"],
+        [{ models: { generaton: ["tiny-bart"] } as never }, "models.generaton"]
       ]
       for (const [options, field] of cases) {
         const error = yield* Effect.flip(Effect.scoped(Local.make(options)))

@@ -105,8 +105,40 @@ const flag = (path: string, input: unknown, fallback: boolean): Input.Checked<bo
       ? Result.succeed(input)
       : Result.fail({ path, message: `expected a boolean, got ${JSON.stringify(input)}` })
 
+const optionKeys: ReadonlySet<string> = new Set(
+  Object.keys({
+    name: true,
+    generationModel: true,
+    embeddingModel: true,
+    models: true,
+    modelPath: true,
+    allowRemoteModels: true,
+    cacheDir: true,
+    remoteHost: true,
+    quantized: true,
+    poolSize: true,
+    minInstances: true,
+    idleTimeToLive: true,
+    maxBatchSize: true,
+    batchWindow: true,
+    shutdownDeadline: true,
+    loadTimeout: true,
+    maxTokens: true
+  } satisfies Record<keyof Options, true>)
+)
+const modelsKeys: ReadonlySet<string> = new Set(["generation", "embedding"])
+
+// A misspelt key (`poolsize`) would leave its default in place unseen.
+const unknownKey = (options: ResolvableOptions): Input.Issue | undefined =>
+  Input.unknownKey(options, optionKeys) ??
+  (options.models === undefined
+    ? undefined
+    : (Input.notAnObject("models", options.models) ?? Input.unknownKey(options.models, modelsKeys, "models.")))
+
 /** Checks every option (an `OptionError` naming the first wrong one) and fills in the defaults. */
 export const resolve = (options: ResolvableOptions): Effect.Effect<Resolved, Input.OptionError> => {
+  const unknown = unknownKey(options)
+  if (unknown !== undefined) return Effect.fail(Input.toOptionError(unknown))
   const checked = Input.all([
     text("name", Input.orDefault(options.name, "local")),
     modelId("generationModel", Input.orDefault(options.generationModel, "tiny-gpt2")),
