@@ -329,7 +329,14 @@ export const make = (env: { readonly engine: Engine; readonly defaults: StreamDe
                     partialText: delivered
                   })
                 : error._tag === "StreamInterruptedError"
-                  ? error
+                  ? // The provider's partialText is its own text: not what a resumed stream delivered before it.
+                    new StreamInterruptedError({
+                      partialText: delivered,
+                      provider: error.provider,
+                      reason: error.reason,
+                      detail: error.detail,
+                      cause: error.cause
+                    })
                   : new StreamInterruptedError({
                       partialText: delivered,
                       provider: attempt.step.name,

@@ -23,9 +23,11 @@ import {
   SubscriptionRef
 } from "effect"
 import { TestClock } from "effect/testing"
+import * as Executor from "../../src/Executor.js"
 import type * as Model from "../../src/Model.js"
 import { ModelProvider } from "../../src/Model.js"
 import * as Local from "../../src/Model/Local.js"
+import * as Mock from "../../src/Model/Mock.js"
 import { makeBatcher } from "../../src/Model/local/batcher.js"
 import { makeDetokenizer } from "../../src/Model/local/decoding.js"
 import type { Instance } from "../../src/Model/local/instance.js"
@@ -834,6 +836,45 @@ describe("Local provider: streaming", () => {
       const next = yield* model.generate({ prompt: "the river", maxTokens: 5 })
       assert.strictEqual(next.usage.outputTokens, 5)
       assert.strictEqual(yield* SubscriptionRef.get(counted.loaded), 2)
+    })
+  )
+})
+
+describe("Local provider: through the executor", () => {
+  it.effect("resumed on the local model, then cut by its shutdown: partialText is the whole text delivered", () =>
+    Effect.gen(function* () {
+      const { scope, model } = yield* build({ shutdownDeadline: 0 })
+      const mock = yield* Mock.make({
+        script: [Mock.Outcome.fail("Overloaded", { afterChunks: 2, text: "alpha beta gamma" })]
+      })
+      const context = yield* Layer.build(
+        Executor.layerWithStats().pipe(Layer.provideMerge(Layer.succeed(ModelProvider, mock.provider)))
+      )
+      const executor = Context.get(context, Executor.Executor)
+      const seen: Array<string> = []
+      const fiber = yield* Effect.forkChild(
+        Effect.flip(
+          Stream.runForEach(
+            executor.stream(
+              { prompt: "the river", maxTokens: 1_000 },
+              { steps: [{ provider: mock.provider }, { provider: model }], resume: true }
+            ),
+            (p) =>
+              Effect.sync(() => {
+                if (p._tag === "TextDelta") seen.push(p.text)
+              })
+          )
+        )
+      )
+      while (seen.length < 4) yield* turns(1)
+      yield* Scope.close(scope, Exit.void)
+      const error = yield* Fiber.join(fiber)
+      assert.strictEqual(error._tag, "StreamInterruptedError")
+      assert.isTrue(seen.join("").startsWith("alpha beta "))
+      if (error._tag === "StreamInterruptedError") {
+        assert.strictEqual(error.reason, "ShuttingDown")
+        assert.strictEqual(error.partialText, seen.join(""))
+      }
     })
   )
 })
