@@ -454,6 +454,43 @@ describe("Executor.stream", () => {
     })
   )
 
+  it.effect(
+    "a TimeoutError names the deadline that fired: a resumed step's late first chunk, a stall after a chunk",
+    () =>
+      Effect.gen(function* () {
+        const { executor } = yield* setup({
+          script: [
+            Outcome.fail("Overloaded", { afterChunks: 2, text: "alpha beta gamma" }),
+            Outcome.hang(),
+            Outcome.succeed(undefined, { chunks: ["", "late"], chunkDelay: "1 minute" })
+          ]
+        })
+        const a = { ...executor.provider, name: "a" }
+        const b = { ...executor.provider, name: "b" }
+        const deadlines = { firstChunkTimeout: "2 seconds", idleTimeout: "30 seconds" } as const
+        // b never sends its first chunk: that deadline (2 s) fired, not the idle one (30 s).
+        const resumed = yield* Effect.forkChild(
+          Effect.flip(
+            collect(executor.stream(ask, { steps: [{ provider: a }, { provider: b }], resume: true, ...deadlines }))
+          )
+        )
+        yield* TestClock.adjust("2 seconds")
+        const late = yield* Fiber.join(resumed)
+        assert.deepStrictEqual(
+          late._tag === "TimeoutError" && [late.limit, Duration.toMillis(late.timeout), late.partialText],
+          ["firstChunk", 2_000, "alpha beta "]
+        )
+        // An empty first chunk, then a stall: the idle deadline (30 s) fired, not the first-chunk one (2 s).
+        const stalled = yield* Effect.forkChild(Effect.flip(collect(executor.stream(ask, deadlines))))
+        yield* TestClock.adjust("30 seconds")
+        const idle = yield* Fiber.join(stalled)
+        assert.deepStrictEqual(idle._tag === "TimeoutError" && [idle.limit, Duration.toMillis(idle.timeout)], [
+          "idle",
+          30_000
+        ])
+      })
+  )
+
   it.effect("bad stream options are refused naming the option", () =>
     Effect.gen(function* () {
       const { executor, control } = yield* setup()

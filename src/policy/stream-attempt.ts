@@ -67,6 +67,8 @@ export interface Attempt {
   readonly series: Series
   readonly scope: Scope.Closeable
   readonly watch: Watch
+  /** The deadline its watch is armed with: the first chunk's until one arrives, then the idle one. */
+  limit: "firstChunk" | "idle"
   readonly buffer: Array<StreamPart>
   readonly started: number
   fiber: Fiber.Fiber<void, AiError> | undefined
@@ -103,8 +105,6 @@ export interface AttemptHost {
   readonly now: () => number
   /** Wakes the consumer if it waits: parts were buffered or the attempt ended. */
   readonly signal: () => void
-  /** Whether the consumer has received text or a tool call (a deadline missed after it is `idle`). */
-  readonly anyDelivered: () => boolean
   /** Makes the attempt the stream's current one, before its producer starts. */
   readonly begin: (attempt: Attempt) => void
   /** The stream's span: undefined unless a tracer records it. */
@@ -179,6 +179,7 @@ export const attemptStarter = (host: AttemptHost) => {
             })
           })
         }
+        attempt.limit = "idle"
         attempt.watch.arm(plan.idleTimeout)
       }
       attempt.watch.arm(undefined)
@@ -212,7 +213,7 @@ export const attemptStarter = (host: AttemptHost) => {
         watch: engine.lanes.watch((ending: Ending) => {
           if (attempt.end !== undefined) return
           if (ending === "timeout") series.timeouts++
-          const limit = attempt.buffer.length > 0 || host.anyDelivered() || attempt.finish ? "idle" : "firstChunk"
+          const limit = attempt.limit
           attempt.end = Exit.fail(
             ending === "shutdown"
               ? cutByShutdown()
@@ -225,6 +226,7 @@ export const attemptStarter = (host: AttemptHost) => {
           attempt.fiber?.interruptUnsafe()
           signal()
         }),
+        limit: "firstChunk",
         buffer: [],
         started: now(),
         fiber: undefined,

@@ -228,7 +228,6 @@ export const make = (env: { readonly engine: Engine; readonly defaults: StreamDe
         scope: streamScope,
         now,
         signal,
-        anyDelivered: () => anyDelivered,
         begin: (attempt) => {
           current = attempt
           stepAttempt = attempt
