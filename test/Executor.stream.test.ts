@@ -498,7 +498,12 @@ describe("Executor.stream", () => {
         [{ idleTimeout: Number.NaN }, "idleTimeout"],
         [{ firstChunkTimeout: -1 }, "firstChunkTimeout"],
         [{ totalTimeout: "soon" }, "totalTimeout"],
-        [{ resume: { maxResumes: 0 } }, "resume.maxResumes"]
+        [{ resume: { maxResumes: 0 } }, "resume.maxResumes"],
+        // A misspelt step key ran the executor's own provider, or its retry policy, unseen.
+        [{ steps: [{ provder: executor.provider }] }, "steps[0].provder"],
+        [{ steps: [{ provider: executor.provider, retyr: true }] }, "steps[0].retyr"],
+        [{ steps: [null] }, "steps[0]"],
+        [{ steps: "fast" }, "steps"]
       ] as const) {
         const error = yield* Effect.flip(collect(executor.stream(ask, options as never)))
         assert.strictEqual(error._tag === "ModelError" && error.field, field)

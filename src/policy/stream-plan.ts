@@ -6,7 +6,7 @@
  * @internal
  */
 import { type Duration, Effect, type Option, Result, Stream } from "effect"
-import { type AiError, ModelError } from "../AiError.js"
+import { type AiError, invalidRequest, ModelError } from "../AiError.js"
 import * as Input from "../Input.js"
 import type { GenerateRequest, Service as ProviderService, StreamPart } from "../Model.js"
 import { decodeRetry, type RetryPolicy, type RetryPolicyInput } from "../Policy.js"
@@ -118,6 +118,19 @@ export interface StreamDefaults {
   readonly totalTimeout: Duration.Duration | undefined
 }
 
+const stepKeys: ReadonlySet<string> = new Set(["provider", "domain", "retry", "model", "prepare"])
+
+// A misspelt key (`provder`) would run the executor's own provider unseen.
+const stepsIssue = (steps: unknown): Input.Issue | undefined => {
+  if (steps === undefined) return undefined
+  if (!Array.isArray(steps)) return { path: "steps", message: "expected an array of steps" }
+  for (const [i, step] of steps.entries()) {
+    const issue = Input.notAnObject(`steps[${i}]`, step) ?? Input.unknownKey(step as object, stepKeys, `steps[${i}].`)
+    if (issue !== undefined) return issue
+  }
+  return undefined
+}
+
 const resolveRetry = (input: boolean | RetryPolicy | RetryPolicyInput | undefined, base: RetryPolicy, path: string) =>
   input === undefined || input === false
     ? Result.succeed(undefined)
@@ -173,6 +186,8 @@ export const streamFromOptions =
           ])
         )
         const [firstChunkTimeout, idleTimeout, totalTimeout, retry, resume] = checks
+        const issue = stepsIssue(options.steps)
+        if (issue !== undefined) return yield* Effect.fail(invalidRequest(issue.path, issue.message))
         const inputs = options.steps ?? [{ provider: options.provider }]
         if (inputs.length === 0) {
           return yield* Effect.fail(
