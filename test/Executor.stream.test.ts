@@ -255,6 +255,17 @@ describe("Executor.stream", () => {
     })
   )
 
+  it.effect("a consumer that stops at the Finish without reading on counts a success", () =>
+    Effect.gen(function* () {
+      const { executor } = yield* setup({ respond: () => "a b c" })
+      const parts = yield* collect(executor.stream(ask).pipe(Stream.takeUntil((p) => p._tag === "Finish")))
+      assert.strictEqual(parts[parts.length - 1]!._tag, "Finish")
+      const stats = yield* executor.stats()
+      assert.strictEqual(stats.successes, 1)
+      assert.deepStrictEqual(stats.failuresByReason, {})
+    })
+  )
+
   it.effect("a total deadline ends the stream, consumer time included", () =>
     Effect.gen(function* () {
       const { executor } = yield* setup({ respond: () => "a b c d e f g h", chunkDelay: "1 second" })

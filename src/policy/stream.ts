@@ -199,6 +199,17 @@ export const make = (env: { readonly engine: Engine; readonly defaults: StreamDe
         backoff?.dispose()
         leave()
         const attempt = current
+        // Closed once the consumer had the Finish, without a last pull nor a cut: the stream is complete.
+        if (
+          terminal === undefined &&
+          finishDelivered &&
+          cut?.error === undefined &&
+          attempt !== undefined &&
+          attempt.end?._tag !== "Failure"
+        ) {
+          attempt.end ??= Exit.void
+          return onEnd(attempt)
+        }
         if (terminal === undefined) {
           // Left by its consumer: cancelled, or cut by the caller's deadline (counted as the timeout it is).
           const error = cut?.error
