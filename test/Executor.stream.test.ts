@@ -266,6 +266,23 @@ describe("Executor.stream", () => {
     })
   )
 
+  it.effect("a slow consumer does not hold the provider's slot once the upstream has finished", () =>
+    Effect.gen(function* () {
+      const { executor, control } = yield* setup({ respond: () => "a b c", maxConcurrency: 1 })
+      const slow = yield* Effect.forkChild(Stream.runForEach(executor.stream(ask), () => Effect.sleep("10 seconds")))
+      yield* TestClock.adjust("1 second")
+      // The first upstream has sent everything, read ahead: the second stream may start now.
+      const next = yield* Effect.forkChild(collect(executor.stream(ask)))
+      yield* Effect.yieldNow
+      const calls = yield* control.calls
+      const done = next.pollUnsafe() !== undefined
+      yield* TestClock.adjust("1 minute")
+      yield* Fiber.join(slow)
+      assert.strictEqual(textOf(yield* Fiber.join(next)), "a b c")
+      assert.deepStrictEqual([calls, done], [2, true])
+    })
+  )
+
   it.effect("a total deadline ends the stream, consumer time included", () =>
     Effect.gen(function* () {
       const { executor } = yield* setup({ respond: () => "a b c d e f g h", chunkDelay: "1 second" })

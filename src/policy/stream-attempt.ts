@@ -74,6 +74,8 @@ export interface Attempt {
   fiber: Fiber.Fiber<void, AiError> | undefined
   end: Exit.Exit<void, AiError> | undefined
   permit: BreakerPermit | undefined
+  /** Gives the provider slot back, once: when the producer ends, or else when the attempt closes. */
+  release: Effect.Effect<void> | undefined
   finish: Finish | undefined
   serving: boolean
   space: (() => void) | undefined
@@ -145,7 +147,14 @@ export const attemptStarter = (host: AttemptHost) => {
             attempt.series.queueWait.record(now() - queuedAt)
           })
         )
-        yield* Scope.addFinalizer(attempt.scope, semaphore.release(1))
+        // Given back when the upstream is done, not when a slow consumer has read the buffer.
+        let held = true
+        attempt.release = Effect.suspend(() => {
+          if (!held) return Effect.void
+          held = false
+          return semaphore.release(1)
+        })
+        yield* Scope.addFinalizer(attempt.scope, attempt.release)
       }
       attempt.serving = true
       for (const g of attempt.series.gauges) g.enter()
@@ -232,6 +241,7 @@ export const attemptStarter = (host: AttemptHost) => {
         fiber: undefined,
         end: undefined,
         permit: undefined,
+        release: undefined,
         finish: undefined,
         serving: false,
         space: undefined,
@@ -243,7 +253,7 @@ export const attemptStarter = (host: AttemptHost) => {
       const fiber = yield* Effect.forkIn(
         (span === undefined ? produced : Effect.withParentSpan(produced, span, { captureStackTrace: false })).pipe(
           Effect.onExit((exit) =>
-            Effect.sync(() => {
+            Effect.suspend(() => {
               if (attempt.serving) {
                 attempt.serving = false
                 for (const g of attempt.series.gauges) g.exit()
@@ -261,6 +271,7 @@ export const attemptStarter = (host: AttemptHost) => {
                     )
               }
               signal()
+              return attempt.release ?? Effect.void
             })
           )
         ),
