@@ -20,7 +20,7 @@ const adminSecret = "admin-secret-models-0123456789"
 
 // Domains d-a and d-b on the providers a and b.
 const manager = Orchestra.layer({
-  providers: { a: Mock.layer({ respond: () => "a" }), b: Mock.layer({ respond: () => "b" }) },
+  providers: { a: Mock.layer({ name: "a", respond: () => "a" }), b: Mock.layer({ name: "b", respond: () => "b" }) },
   domains: [
     { name: "d-a", provider: "a" },
     { name: "d-b", provider: "b" }
