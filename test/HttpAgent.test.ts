@@ -233,6 +233,42 @@ describe("HttpAgent.call", () => {
   )
 
   it.effect(
+    "an agent or fallback that is neither an agent nor a URL is an error record naming it, in a batch too",
+    () =>
+      Effect.gen(function* () {
+        const server = yield* AgentServer.make()
+        const service = yield* agents()
+        const cases: ReadonlyArray<readonly [Partial<HttpAgent.Task>, string]> = [
+          [{ agent: 5 as never }, "agent"],
+          [{ agent: { url: server.url } as never }, "agent"],
+          [{ agent: null as never }, "agent"],
+          [{ agent: server.url, fallback: [null as never] }, "fallback[0]"],
+          [{ agent: server.url, fallback: [server.url, { url: server.url } as never] }, "fallback[1]"]
+        ]
+        for (const [extra, field] of cases) {
+          const record = yield* service.call(task("bad", undefined, extra))
+          assert.deepStrictEqual(
+            [record.status, record.error?.reason, record.error?.field, record.attempts],
+            ["error", "InvalidRequest", field, 0],
+            field
+          )
+        }
+        const records = yield* service.dispatch([
+          task("root", 5 as never),
+          task("child", { url: server.url } as never, { dependsOn: ["root"] })
+        ])
+        assert.deepStrictEqual(
+          records.map((r) => [r.taskId, r.status, r.error?.field]),
+          [
+            ["root", "error", "agent"],
+            ["child", "skipped", undefined]
+          ]
+        )
+        assert.strictEqual(server.requests(), 0)
+      })
+  )
+
+  it.effect(
     "an endless 200 body ends in a TooLarge error record at the bound; the connection is closed (issue 13.15)",
     () =>
       Effect.gen(function* () {

@@ -12,7 +12,7 @@ import * as Definition from "../pipeline/definition.js"
 import { invalidStep, type PipelineError, show } from "../pipeline/errors.js"
 import { describe, execute } from "../pipeline/scheduler.js"
 import { makeRunner } from "../pipeline/step.js"
-import { type Call, count, display } from "./task.js"
+import { type Call, count, display, isAgentRef } from "./task.js"
 import type { Context } from "effect"
 
 export interface Env {
@@ -30,6 +30,10 @@ const resultsOf = (deps: Record<string, unknown>): Record<string, unknown> => {
   for (const id of Object.keys(deps)) results[id] = (deps[id] as TaskRecord).result
   return results
 }
+
+/** The task's agent for a record it never sent (none when it names no valid agent). */
+const targetOf = (task: Task, env: Env): Agent<unknown> | undefined =>
+  isAgentRef(task.agent) ? env.agentOf(task.agent) : undefined
 
 const stepsOf = (
   tasks: ReadonlyArray<Task>,
@@ -86,7 +90,7 @@ export const dispatch = (
           if (outcome.error !== undefined) return outcome.error as TaskRecord
           break
         case "skipped": {
-          const target = task.agent === undefined ? undefined : env.agentOf(task.agent)
+          const target = targetOf(task, env)
           const root = result.steps[outcome.failedStep]
           const rootStatus =
             root?.status === "failed" && root.error !== undefined
@@ -114,7 +118,7 @@ export const dispatch = (
         }
       }
       // A call never fails: reaching here means it died; say so rather than lose the task.
-      const target = task.agent === undefined ? undefined : env.agentOf(task.agent)
+      const target = targetOf(task, env)
       const record: TaskRecord = {
         taskId: task.id,
         agent: target?.name ?? "discovery",

@@ -100,14 +100,32 @@ interface Invalid {
   readonly message: string
 }
 
+/** An agent made by `HttpAgent.agent`, or a URL; anything else (`{ url }`, a number) is refused by name. */
+export const isAgentRef = (ref: unknown): ref is Agent<unknown> | string =>
+  typeof ref === "string" ||
+  (typeof ref === "object" &&
+    ref !== null &&
+    typeof (ref as Agent<unknown>).url === "string" &&
+    typeof (ref as Agent<unknown>).name === "string" &&
+    typeof (ref as Agent<unknown>).decode === "function")
+
+const notAgent = (field: string, ref: unknown): Invalid => ({
+  field,
+  message: `expected an agent (HttpAgent.agent) or its URL, got ${ref === null ? "null" : typeof ref}`
+})
+
 const checkTask = (task: Task): Invalid | undefined => {
   if (typeof task !== "object" || task === null)
     return { field: "task", message: "expected a task { id, intent, concept }" }
   for (const field of ["id", "intent", "concept"] as const) {
     if (typeof task[field] !== "string") return { field, message: `expected a string, got ${typeof task[field]}` }
   }
+  if (task.agent !== undefined && !isAgentRef(task.agent)) return notAgent("agent", task.agent)
   if (task.fallback !== undefined && !Array.isArray(task.fallback)) {
     return { field: "fallback", message: "expected an array of agents" }
+  }
+  for (const [i, ref] of (task.fallback ?? []).entries()) {
+    if (!isAgentRef(ref)) return notAgent(`fallback[${i}]`, ref)
   }
   if (task.cacheKey !== undefined && typeof task.cacheKey !== "string") {
     return { field: "cacheKey", message: "expected a string" }
