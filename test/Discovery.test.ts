@@ -353,6 +353,17 @@ describe("HttpAgent tasks by (concept, intent)", () => {
     })
   )
 
+  it.effect("a discovered endpoint's fields of the registry's own do not make an invalid agent", () =>
+    Effect.gen(function* () {
+      const meteo = yield* AgentServer.make()
+      const agents = yield* agentsWith(
+        Discovery.layer(() => Effect.succeed([{ url: meteo.url, name: "meteo", weight: 3, healthy: true }]))
+      )
+      const record = yield* agents.call({ id: "f", intent: "forecast", concept: "weather" })
+      assert.deepStrictEqual([record.status, record.agent], ["success", "meteo"])
+    })
+  )
+
   it.effect("nothing found, or discovery down: a service_unavailable record; nothing is sent", () =>
     Effect.gen(function* () {
       const meteo = yield* AgentServer.make()

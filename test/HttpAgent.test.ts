@@ -211,6 +211,8 @@ describe("HttpAgent.call", () => {
         [task("s", HttpAgent.agent({ url: server.url, timeout: "-5 seconds" as never })), "agent.timeout"],
         [task("z", HttpAgent.agent({ url: server.url, timeout: 0 })), "agent.timeout"],
         [task("r", HttpAgent.agent({ url: server.url, retry: { maxAttempts: 0 } })), "agent.retry.maxAttempts"],
+        [task("o", HttpAgent.agent({ url: server.url, timout: "1 second" } as never)), "agent.timout"],
+        [task("o2", HttpAgent.agent({ url: server.url, answr: Schema.String } as never)), "agent.answr"],
         [task("h", HttpAgent.agent({ url: server.url, headers: { "x-a": "b\nc" } })), 'agent.headers["x-a"]'],
         [
           task("k", HttpAgent.agent({ url: server.url, headers: { authorization: Redacted.make("Bearer a\r\nb") } })),

@@ -18,6 +18,8 @@ import { decodeRetry, type RetryPolicy } from "../Policy.js"
 const checkUrl = (input: unknown): Input.Checked<string> =>
   Result.map(Http.baseUrl("url", input), () => input as string)
 
+const agentKeys: ReadonlySet<string> = new Set(["url", "name", "timeout", "retry", "headers", "answer"])
+
 const agentIssue = (
   options: AgentOptions
 ): Input.Checked<{
@@ -29,6 +31,9 @@ const agentIssue = (
 }> => {
   if (typeof options !== "object" || options === null)
     return Result.fail({ path: "agent", message: "expected { url }" })
+  for (const key of Object.keys(options)) {
+    if (!agentKeys.has(key)) return Result.fail({ path: key, message: "unknown option" })
+  }
   const headers: Record<string, string | Redacted.Redacted<string>> = {}
   const secrets: Array<Redacted.Redacted> = []
   for (const [name, value] of Object.entries(options.headers ?? {})) {

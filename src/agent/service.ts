@@ -91,7 +91,8 @@ export const makeService = Effect.fnUntraced(function* (given: Options, env: Env
     retry,
     metrics,
     agentOf,
-    fromEndpoint: (endpoint) => agent(endpoint)
+    // A lookup's endpoint may carry fields of its registry's own: only these make the agent.
+    fromEndpoint: ({ url, name, timeout }) => agent({ url, name, timeout })
   })
 
   const agentStats = Effect.fn("HttpAgent.stats")(function* (ref: Agent<unknown> | string) {
