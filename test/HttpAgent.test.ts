@@ -582,6 +582,12 @@ describe("HttpAgent.dispatch", () => {
         const error = yield* Effect.flip(service.dispatch([task("a", server.url)], { concurrency }))
         assert.deepStrictEqual([error.reason, error.option], ["InvalidOption", "concurrency"])
       }
+      const typo = yield* Effect.flip(service.dispatch([task("a", server.url)], { concurency: 1 } as never))
+      assert.deepStrictEqual([typo.reason, typo.option], ["InvalidOption", "concurency"])
+      for (const options of [null, "sequential", 2]) {
+        const error = yield* Effect.flip(service.dispatch([task("a", server.url)], options as never))
+        assert.deepStrictEqual([error.reason, error.option], ["InvalidOption", "options"])
+      }
       assert.strictEqual(server.requests(), 0)
     })
   )

@@ -9,7 +9,7 @@
 import { Effect, Result } from "effect"
 import type { Agent, DispatchOptions, Task, TaskRecord } from "../HttpAgent.js"
 import * as Definition from "../pipeline/definition.js"
-import { invalidStep, type PipelineError, show } from "../pipeline/errors.js"
+import { invalidOption, invalidStep, type PipelineError, show } from "../pipeline/errors.js"
 import { describe, execute } from "../pipeline/scheduler.js"
 import { makeRunner } from "../pipeline/step.js"
 import { type Call, count, display, isAgentRef } from "./task.js"
@@ -64,6 +64,15 @@ const stepsOf = (
   return Result.succeed(steps)
 }
 
+const checkOptions = (options: unknown): PipelineError | undefined => {
+  if (options === undefined) return undefined
+  if (typeof options !== "object" || options === null || Array.isArray(options)) {
+    return invalidOption("options", `expected { concurrency }, got ${show(options)}`)
+  }
+  const unknown = Object.keys(options).find((key) => key !== "concurrency")
+  return unknown === undefined ? undefined : invalidOption(unknown, "unknown option")
+}
+
 /** Runs a batch; fails only when the batch itself is invalid. */
 export const dispatch = (
   tasks: ReadonlyArray<Task>,
@@ -75,6 +84,8 @@ export const dispatch = (
     if (Result.isFailure(steps)) return yield* Effect.fail(steps.failure)
     const definition = Definition.build(steps.success)
     if (Result.isFailure(definition)) return yield* Effect.fail(definition.failure)
+    const invalid = checkOptions(options)
+    if (invalid !== undefined) return yield* Effect.fail(invalid)
     const settings = Definition.checkRunOptions(
       { onFailure: "continue", concurrency: options?.concurrency },
       () => false
