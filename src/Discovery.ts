@@ -153,8 +153,20 @@ const checkQuery = (query: Query): Effect.Effect<Query, DiscoveryError> =>
     ? Effect.succeed(query)
     : Effect.fail(fail(query ?? { concept: "", intent: "" }, "NotFound", "a query needs a concept and an intent"))
 
-const checkEndpoint = (path: string, input: unknown): Input.Checked<Endpoint> => {
+const endpointKeys: ReadonlySet<string> = new Set(["url", "name", "timeout"])
+const entryKeys: ReadonlySet<string> = new Set(["concept", "intent", "agents"])
+const optionKeys: ReadonlySet<string> = new Set(["name", "ttl", "staleFor", "capacity", "timeout", "breaker"])
+const httpKeys: ReadonlySet<string> = new Set([...optionKeys, "url", "maxResponseBytes"])
+
+/** The options' issue: not an object, or a key `known` lacks (a misspelt `tll`). */
+const optionsIssue = (options: unknown, known: ReadonlySet<string>): Input.Issue | undefined =>
+  Input.notAnObject("options", options) ?? Input.unknownKey(options as object, known)
+
+/** `strict`: a field of no endpoint's is refused (entries written by hand; a lookup's answer may carry its own). */
+const checkEndpoint = (path: string, input: unknown, strict = false): Input.Checked<Endpoint> => {
   if (typeof input !== "object" || input === null) return Result.fail({ path, message: "expected { url, name? }" })
+  const unknown = strict ? Input.unknownKey(input, endpointKeys, `${path}.`) : undefined
+  if (unknown !== undefined) return Result.fail(unknown)
   const endpoint = input as Endpoint
   return Result.map(
     Input.all([
@@ -193,10 +205,15 @@ export const layerStatic = (
       if (!Array.isArray(entries)) {
         return yield* Input.orOptionError(Result.fail({ path: "entries", message: "expected an array of entries" }))
       }
+      const wrong = optionsIssue(options, new Set(["name"]))
+      if (wrong !== undefined) return yield* Input.orOptionError(Result.fail(wrong))
       const name = yield* Input.orOptionError(Http.nonEmpty("name", Input.orDefault(options.name, "static")))
       const table = new Map<string, ReadonlyArray<Endpoint>>()
       for (const [i, entry] of entries.entries()) {
         const at = `entries[${i}]`
+        const unknown =
+          typeof entry === "object" && entry !== null ? Input.unknownKey(entry, entryKeys, `${at}.`) : undefined
+        if (unknown !== undefined) return yield* Input.orOptionError(Result.fail(unknown))
         yield* Input.orOptionError(Http.nonEmpty(`${at}.concept`, entry?.concept))
         yield* Input.orOptionError(Http.nonEmpty(`${at}.intent`, entry?.intent))
         const agents: ReadonlyArray<unknown> = Array.isArray(entry.agents) ? entry.agents : [entry.agents]
@@ -207,7 +224,7 @@ export const layerStatic = (
         }
         const checked: Array<Endpoint> = []
         for (const [j, agent] of agents.entries()) {
-          checked.push(yield* Input.orOptionError(checkEndpoint(`${at}.agents[${j}]`, agent)))
+          checked.push(yield* Input.orOptionError(checkEndpoint(`${at}.agents[${j}]`, agent, true)))
         }
         table.set(keyOf(entry), [...(table.get(keyOf(entry)) ?? []), ...checked])
       }
@@ -238,6 +255,8 @@ export const make = Effect.fnUntraced(function* <E>(
   lookup: (query: Query) => Effect.Effect<Found, E>,
   options: Options = {}
 ) {
+  const wrong = optionsIssue(options, optionKeys)
+  if (wrong !== undefined) return yield* Input.orOptionError(Result.fail(wrong))
   const [name, ttl, capacity, timeout, staleFor] = yield* Input.orOptionError(
     Input.all([
       Http.nonEmpty("name", Input.orDefault(options.name, "discovery")),
@@ -400,6 +419,8 @@ export const layerHttp = (options: HttpOptions) =>
       if (typeof options !== "object" || options === null) {
         return yield* Input.orOptionError(Result.fail({ path: "options", message: "expected { url }" }))
       }
+      const wrong = optionsIssue(options, httpKeys)
+      if (wrong !== undefined) return yield* Input.orOptionError(Result.fail(wrong))
       const url = yield* Input.orOptionError(Http.baseUrl("url", options.url))
       const [timeout, maxResponseBytes] = yield* Input.orOptionError(
         Input.all([
@@ -433,6 +454,7 @@ export const layerHttp = (options: HttpOptions) =>
               () => Effect.succeed<Found>([])
             )
           )
-      return yield* make(lookup, options)
+      const { url: _url, maxResponseBytes: _max, ...rest } = options
+      return yield* make(lookup, rest)
     })
   )

@@ -63,10 +63,22 @@ describe("Discovery.layerStatic", () => {
         [
           [{ concept: "c", intent: "x", agents: { url: "http://127.0.0.1:1", timeout: -1 } }],
           "entries[0].agents[0].timeout"
-        ]
+        ],
+        [
+          [{ concept: "c", intent: "x", agents: { url: "http://127.0.0.1:1", timout: 500 } as never }],
+          "entries[0].agents[0].timout"
+        ],
+        [[{ concept: "c", intent: "x", agent: { url: "http://127.0.0.1:1" } } as never], "entries[0].agent"]
       ]
       for (const [entries, path] of cases) {
         const error = yield* Effect.flip(resolver(Discovery.layerStatic(entries)))
+        assert.strictEqual((error as { readonly path: string }).path, path)
+      }
+      for (const [options, path] of [
+        [null, "options"],
+        [{ nmae: "registry" }, "nmae"]
+      ] as const) {
+        const error = yield* Effect.flip(resolver(Discovery.layerStatic([], options as never)))
         assert.strictEqual((error as { readonly path: string }).path, path)
       }
     })
@@ -263,7 +275,10 @@ describe("Discovery.layer (your own lookup)", () => {
         [{ staleFor: Number.NaN }, "staleFor"],
         // The breaker's options are named under `breaker.` (Discovery has a timeout of its own).
         [{ breaker: { resetTimeout: -1 } }, "breaker.resetTimeout"],
-        [{ breaker: { failureThreshold: 3 } }, "breaker.failureThreshold"]
+        [{ breaker: { failureThreshold: 3 } }, "breaker.failureThreshold"],
+        [{ tll: "1 second" }, "tll"],
+        [{ url: "http://127.0.0.1:1" }, "url"],
+        [null, "options"]
       ] as const) {
         const error = yield* Effect.flip(resolver(Discovery.layer(() => Effect.succeed([]), options as never)))
         assert.strictEqual((error as { readonly path: string }).path, path)
@@ -318,7 +333,9 @@ describe("Discovery.layerHttp", () => {
       for (const [options, path] of [
         [{ url: "http://user:pw@127.0.0.1:1" }, "url"],
         [{ url: "http://127.0.0.1:1", timeout: -1 }, "timeout"],
-        [{ url: "http://127.0.0.1:1", maxResponseBytes: Number.NaN }, "maxResponseBytes"]
+        [{ url: "http://127.0.0.1:1", maxResponseBytes: Number.NaN }, "maxResponseBytes"],
+        [{ url: "http://127.0.0.1:1", tll: "1 second" }, "tll"],
+        [{ url: "http://127.0.0.1:1", maxResponseByte: 1024 }, "maxResponseByte"]
       ] as const) {
         const error = yield* Effect.flip(httpDiscovery(options as Discovery.HttpOptions))
         assert.strictEqual((error as { readonly path: string }).path, path)
