@@ -523,6 +523,21 @@ describe("Pipeline definitions are checked (issues 10, 12, 13)", () => {
   )
 
   it.effect(
+    "a step with 150,000 dependencies runs and its run is summed up (the critical path took them as arguments)",
+    () =>
+      Effect.gen(function* () {
+        const names = Array.from({ length: 150_000 }, (_, i) => `s${i}`)
+        const p = yield* Pipeline.fromSteps<void, number, never, never>([
+          ...names.map((name) => ({ name, run: () => Effect.succeed(1) })),
+          { name: "all", dependsOn: names, run: ({ deps }) => Effect.succeed(Object.keys(deps).length) }
+        ])
+        const result = yield* Pipeline.run(p, undefined, { mode: "sequential" })
+        assert.deepStrictEqual([result.status, result.outputs.all], ["succeeded", 150_000])
+      }),
+    60_000
+  )
+
+  it.effect(
     "any name works: __proto__, constructor and toString are in steps, outputs and their dependents' deps",
     () =>
       Effect.gen(function* () {

@@ -266,7 +266,10 @@ const summarize = (
     // A step kept from the parallel attempt ran once: count it once.
     const own = durationOf(outcome) + durationOf(replaced.get(def.name))
     busyMs += own
-    const chain = own + Math.max(0, ...def.deps.map((dep) => finish.get(dep) ?? 0))
+    // A loop, not `Math.max(...deps)`: a step with ~130,000 dependencies overflowed the stack.
+    let longest = 0
+    for (const dep of def.deps) longest = Math.max(longest, finish.get(dep) ?? 0)
+    const chain = own + longest
     finish.set(def.name, chain)
     criticalPathMs = Math.max(criticalPathMs, chain)
   }
