@@ -94,7 +94,8 @@ export const decodeRetry = (input: unknown, path = "retry"): Input.Checked<Retry
     const seen = inputs.get(input)
     if (seen !== undefined && sameFields(seen.fields, input)) return Result.succeed(seen.policy)
   }
-  const decoded = decodeRetryPolicy(input ?? {})
+  // Only an absent policy is the default one: `null` is refused (it used to turn retries on).
+  const decoded = decodeRetryPolicy(input === undefined ? {} : input)
   if (Result.isFailure(decoded)) return Result.fail(Input.issueOf(decoded.failure, path))
   const policy = Object.freeze(decoded.success)
   checked.add(policy)

@@ -339,7 +339,9 @@ describe("HttpAgent.call", () => {
           // null is a wrong value, not the default.
           [{ timeout: null as never }, "timeout"],
           [{ maxConnections: null as never }, "maxConnections"],
-          [{ maxResponseBytes: null as never }, "maxResponseBytes"]
+          [{ maxResponseBytes: null as never }, "maxResponseBytes"],
+          // It turned on the default policy: three requests of a task that need not be idempotent.
+          [{ retry: null as never }, "retry"]
         ]
         for (const [options, path] of cases) {
           const error = yield* Effect.flip(build({ options }))
@@ -347,6 +349,19 @@ describe("HttpAgent.call", () => {
           assert.strictEqual((error as { readonly path: string }).path, path)
         }
       })
+  )
+
+  it.effect("an agent's retry: null is refused by name, not three requests", () =>
+    Effect.gen(function* () {
+      const server = yield* AgentServer.make(() => ({ status: 503 }))
+      const service = yield* agents()
+      const record = yield* service.call(task("once", HttpAgent.agent({ url: server.url, retry: null as never })))
+      assert.deepStrictEqual(
+        [record.status, record.error?.reason, record.error?.field],
+        ["error", "InvalidRequest", "agent.retry"]
+      )
+      assert.strictEqual(server.requests(), 0)
+    })
   )
 })
 
