@@ -213,6 +213,13 @@ describe("HttpAgent.call", () => {
         [task("r", HttpAgent.agent({ url: server.url, retry: { maxAttempts: 0 } })), "agent.retry.maxAttempts"],
         [task("o", HttpAgent.agent({ url: server.url, timout: "1 second" } as never)), "agent.timout"],
         [task("o2", HttpAgent.agent({ url: server.url, answr: Schema.String } as never)), "agent.answr"],
+        // A string's characters were sent as headers "0", "1", ...; null read as no headers.
+        [task("hs", HttpAgent.agent({ url: server.url, headers: "abc" as never })), "agent.headers"],
+        [task("hn", HttpAgent.agent({ url: server.url, headers: null as never })), "agent.headers"],
+        [task("ha", HttpAgent.agent({ url: server.url, headers: ["x"] as never })), "agent.headers"],
+        // These threw out of HttpAgent.agent.
+        [task("an", HttpAgent.agent({ url: server.url, answer: null as never })), "agent.answer"],
+        [task("a5", HttpAgent.agent({ url: server.url, answer: 5 as never })), "agent.answer"],
         [task("h", HttpAgent.agent({ url: server.url, headers: { "x-a": "b\nc" } })), 'agent.headers["x-a"]'],
         [
           task("k", HttpAgent.agent({ url: server.url, headers: { authorization: Redacted.make("Bearer a\r\nb") } })),

@@ -7,7 +7,7 @@
  *
  * @internal
  */
-import { type Duration, Effect, Redacted, Result, type Schema } from "effect"
+import { type Duration, Effect, Redacted, Result, Schema } from "effect"
 import { ModelError } from "../AiError.js"
 import type { Agent, AgentOptions, Answer, Decoded } from "../HttpAgent.js"
 import * as Input from "../Input.js"
@@ -34,9 +34,17 @@ const agentIssue = (
   for (const key of Object.keys(options)) {
     if (!agentKeys.has(key)) return Result.fail({ path: key, message: "unknown option" })
   }
+  const given = options.headers
+  if (given !== undefined && (typeof given !== "object" || given === null || Array.isArray(given))) {
+    return Result.fail({ path: "headers", message: "expected an object of header names and values" })
+  }
+  const answer: unknown = (options as { readonly answer?: unknown }).answer
+  if (answer !== undefined && !Schema.isSchema(answer)) {
+    return Result.fail({ path: "answer", message: "expected a Schema of the agent's answer" })
+  }
   const headers: Record<string, string | Redacted.Redacted<string>> = {}
   const secrets: Array<Redacted.Redacted> = []
-  for (const [name, value] of Object.entries(options.headers ?? {})) {
+  for (const [name, value] of Object.entries(given ?? {})) {
     const checked = Http.headerOption(`headers[${JSON.stringify(name)}]`, name, value)
     if (Result.isFailure(checked)) return Result.fail(checked.failure)
     if (Redacted.isRedacted(value) && typeof Redacted.value(value) === "string") {
@@ -81,7 +89,7 @@ export const makeAgent = (schema: typeof Answer) => {
       : { name, url: String(options?.url), timeout: undefined, retry: undefined, headers: {}, secrets: [] }
     const issue = Result.isFailure(checked) ? { ...checked.failure, path: `agent.${checked.failure.path}` } : undefined
     const ctx = { provider: name, secrets: base.secrets }
-    if (options?.answer !== undefined) {
+    if (issue === undefined && options.answer !== undefined) {
       const custom = Decode.valueDecoder(options.answer)
       return {
         ...base,
