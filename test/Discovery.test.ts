@@ -370,6 +370,27 @@ describe("HttpAgent tasks by (concept, intent)", () => {
     })
   )
 
+  it.effect("an agent discovered twice is sent the task once", () =>
+    Effect.gen(function* () {
+      // A malformed answer falls back without counting on the breaker (which opens at one failure here).
+      const down = yield* AgentServer.make(() => ({ raw: "not json", contentType: "application/json" }))
+      const meteo = yield* AgentServer.make()
+      const agents = yield* agentsWith(
+        Discovery.layerStatic([
+          { concept: "weather", intent: "*", agents: [{ url: down.url, name: "archive" }] },
+          { concept: "weather", intent: "*", agents: [{ url: down.url, name: "archive" }, { url: meteo.url }] }
+        ])
+      )
+      const record = yield* agents.call({ id: "h", intent: "history", concept: "weather" })
+      assert.deepStrictEqual([record.status, record.attempts, record.fallbackUsed], ["success", 2, true])
+      assert.strictEqual(down.requests(), 1)
+      const looked = yield* agentsWith(Discovery.layer(() => Effect.succeed([{ url: down.url }, { url: down.url }])))
+      const again = yield* looked.call({ id: "h2", intent: "history", concept: "weather" })
+      assert.deepStrictEqual([again.status, again.error?.reason, again.attempts], ["error", "Decode", 1])
+      assert.strictEqual(down.requests(), 2)
+    })
+  )
+
   it.effect("a discovered endpoint's fields of the registry's own do not make an invalid agent", () =>
     Effect.gen(function* () {
       const meteo = yield* AgentServer.make()

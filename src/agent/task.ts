@@ -202,7 +202,11 @@ export const makeCall = (env: Env): Call => {
             attempts: 0
           })
         }
-        agents = found.success.map(env.fromEndpoint)
+        // An agent listed twice (two registrations, two static entries) is asked once: the second
+        // request would be a retry nobody asked for, of a task that need not be idempotent.
+        const unique = new Map<string, Endpoint>()
+        for (const endpoint of found.success) if (!unique.has(endpoint.url)) unique.set(endpoint.url, endpoint)
+        agents = Array.from(unique.values(), (endpoint) => env.fromEndpoint(endpoint))
       } else {
         return yield* invalid(undefined, "agent", "give an agent (or its URL), or provide a Discovery service")
       }
