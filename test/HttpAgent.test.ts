@@ -400,6 +400,23 @@ describe("HttpAgent: breakers, cache and fallback through the executor's pipelin
       })
   )
 
+  it.effect("an answer too deeply nested to keep in the cache is still the task's answer", () =>
+    Effect.gen(function* () {
+      // 200 KB, well within the body bound; writing it as JSON for the cache overflowed the stack.
+      const depth = 100_000
+      const server = yield* AgentServer.make((t) => ({
+        raw: `{"task_id":${JSON.stringify(t.task_id)},"result":${"[".repeat(depth)}${"]".repeat(depth)}}`,
+        contentType: "application/json"
+      }))
+      const service = yield* agents({ cache: true })
+      const record = yield* service.call(task("deep", server.url))
+      assert.strictEqual(record.status, "success")
+      assert.isTrue(Array.isArray(record.result))
+      const [batched] = yield* service.dispatch([task("deep", server.url)])
+      assert.strictEqual(batched?.status, "success")
+    })
+  )
+
   it.effect("a task falls back to its next agent when the first one's breaker is open (entry point)", () =>
     Effect.gen(function* () {
       const down = yield* AgentServer.make(() => ({ status: 503 }))

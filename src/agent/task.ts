@@ -71,14 +71,25 @@ const plainHeaders = (agent: Agent<unknown>): Record<string, string> => {
   return headers
 }
 
-/** A result kept in the response cache, as the answer type it stores. */
-const wrap = (agent: string, result: unknown): GenerateResponse => ({
-  text: JSON.stringify(result) ?? "null",
-  finishReason: "stop",
-  usage: { inputTokens: 0, outputTokens: 0, totalTokens: 0 },
-  provider: agent,
-  model: "agent"
-})
+/**
+ * A result kept in the response cache, as the answer type it stores; none for a result JSON
+ * cannot write (an agent's answer nested too deep overflows `JSON.stringify`'s stack).
+ */
+const wrap = (agent: string, result: unknown): GenerateResponse | undefined => {
+  let text: string
+  try {
+    text = JSON.stringify(result) ?? "null"
+  } catch {
+    return undefined
+  }
+  return {
+    text,
+    finishReason: "stop",
+    usage: { inputTokens: 0, outputTokens: 0, totalTokens: 0 },
+    provider: agent,
+    model: "agent"
+  }
+}
 
 const unwrap = (response: GenerateResponse): unknown => {
   try {
@@ -266,7 +277,8 @@ export const makeCall = (env: Env): Call => {
           })
         }
         const result = answer.value.value
-        if (cacheKey !== undefined) yield* env.cache!.setMany([{ key: cacheKey, value: wrap(by.name, result) }])
+        const kept = cacheKey === undefined ? undefined : wrap(by.name, result)
+        if (kept !== undefined) yield* env.cache!.setMany([{ key: cacheKey!, value: kept }])
         return yield* finish({ ...base, status: "success", result })
       }
       const failure = exit.cause.reasons.find((reason) => reason._tag === "Fail")
