@@ -412,8 +412,16 @@ describe("HttpAgent: breakers, cache and fallback through the executor's pipelin
       const record = yield* service.call(task("deep", server.url))
       assert.strictEqual(record.status, "success")
       assert.isTrue(Array.isArray(record.result))
-      const [batched] = yield* service.dispatch([task("deep", server.url)])
+      const [batched, dependent] = yield* service.dispatch([
+        task("deep", server.url),
+        task("next", server.url, { dependsOn: ["deep"] })
+      ])
       assert.strictEqual(batched?.status, "success")
+      // Its args are fine: what cannot be sent is the result it depends on.
+      assert.deepStrictEqual(
+        [dependent?.status, dependent?.error?.reason, dependent?.error?.field],
+        ["error", "InvalidRequest", "dependencies"]
+      )
     })
   )
 

@@ -144,7 +144,17 @@ const checkTask = (task: Task): Invalid | undefined => {
   return undefined
 }
 
-const bodyOf = (task: Task, dependencies: Record<string, unknown> | undefined): string | undefined => {
+const isJson = (value: unknown): boolean => {
+  try {
+    JSON.stringify(value)
+    return true
+  } catch {
+    return false
+  }
+}
+
+/** The request body, or what keeps it from being JSON: the task's args, or its dependencies' results. */
+const bodyOf = (task: Task, dependencies: Record<string, unknown> | undefined): string | Invalid => {
   try {
     return JSON.stringify({
       task_id: task.id,
@@ -154,7 +164,9 @@ const bodyOf = (task: Task, dependencies: Record<string, unknown> | undefined): 
       ...(dependencies === undefined ? {} : { dependencies })
     })
   } catch {
-    return undefined
+    return dependencies !== undefined && isJson(task.args ?? null)
+      ? { field: "dependencies", message: `task ${JSON.stringify(task.id)}: its dependencies' results are not JSON` }
+      : { field: "args", message: `task ${JSON.stringify(task.id)}: args are not JSON` }
   }
 }
 
@@ -232,8 +244,7 @@ export const makeCall = (env: Env): Call => {
         timeout = checked.success
       }
       const body = bodyOf(task, dependencies)
-      if (body === undefined)
-        return yield* invalid(primary, "args", `task ${JSON.stringify(task.id)}: args are not JSON`)
+      if (typeof body !== "string") return yield* invalid(primary, body.field, body.message)
       const cacheKey = env.cache === undefined ? undefined : cacheKeyOf(task, primary)
 
       let last = primary
