@@ -794,6 +794,30 @@ describe("Pipeline steps through the executor's policy pipeline", () => {
     })
   )
 
+  it.effect("a fallbackToSequential predicate that throws counts as no; the run's result is kept", () =>
+    Effect.gen(function* () {
+      const p = Pipeline.make()
+        .step("slow", [], () => Effect.never, { timeout: "1 second" })
+        .step("wrong", [], () => Effect.delay(Effect.fail(overloaded()), "2 seconds"))
+        .step("fine", [], () => Effect.succeed(1))
+      // A TimedOut failure has no error: a predicate reading `failure.error.reason` throws on it.
+      const wantsOverloaded = (failure: Pipeline.Failure<unknown>) =>
+        (failure as { readonly error: ModelError }).error.reason === "Overloaded"
+      const result = yield* runClocked(p, undefined, { onFailure: "continue", fallbackToSequential: wantsOverloaded })
+      assert.deepStrictEqual(
+        [result.strategy, result.steps.slow.status, result.steps.fine.status],
+        ["parallelThenSequential", "timedOut", "succeeded"]
+      )
+      const never = yield* runClocked(p, undefined, {
+        onFailure: "continue",
+        fallbackToSequential: () => {
+          throw new Error("predicate bug")
+        }
+      })
+      assert.deepStrictEqual([never.strategy, never.outputs.fine], ["parallel", 1])
+    }).pipe(Effect.provide(Executor.layerWithStats({ timeout: "none" }).pipe(Layer.provideMerge(Mock.layer()))))
+  )
+
   it.effect("after a sequential fallback, steps kept from the parallel run count once", () =>
     Effect.gen(function* () {
       const bRuns = yield* Ref.make(0)

@@ -314,12 +314,24 @@ export const execute = (definition: Definition, input: unknown, options: RunSett
     } else {
       run = yield* runParallel(definition, input, options, runStep)
       const retryable = options.fallbackToSequential
+      // The predicate is the user's: one that throws (reading `failure.error` of a timeout) says
+      // no for that failure, with a warning, rather than losing the run's every outcome.
+      let thrown: { readonly error: unknown } | undefined
       const again =
         retryable !== undefined &&
         Array.from(run.outcomes.values()).some((o) => {
           const failure = failureOf(o)
-          return failure !== undefined && retryable(failure)
+          if (failure === undefined) return false
+          try {
+            return retryable(failure)
+          } catch (error) {
+            thrown ??= { error }
+            return false
+          }
         })
+      if (thrown !== undefined) {
+        yield* Effect.logWarning("the fallbackToSequential predicate threw; it counts as false", thrown.error)
+      }
       if (again) {
         parallelAttempt = run.outcomes
         const kept = new Map(Array.from(run.outcomes).filter(([, o]) => o.status === "succeeded"))
