@@ -348,7 +348,16 @@ describe("HttpAgent.call", () => {
           [{ maxConnections: null as never }, "maxConnections"],
           [{ maxResponseBytes: null as never }, "maxResponseBytes"],
           // It turned on the default policy: three requests of a task that need not be idempotent.
-          [{ retry: null as never }, "retry"]
+          [{ retry: null as never }, "retry"],
+          // Each of these kept the cache on.
+          [{ cache: 0 as never }, "cache"],
+          [{ cache: "false" as never }, "cache"],
+          [{ cache: null as never }, "cache"],
+          // Breakers of the service's own with their defaults, instead of the shared ones.
+          [{ breaker: null as never }, "breaker"],
+          [{ breaker: 5 as never }, "breaker"],
+          [{ breaker: { failMax: 0 } }, "breaker.failMax"],
+          [null as never, "options"]
         ]
         for (const [options, path] of cases) {
           const error = yield* Effect.flip(build({ options }))

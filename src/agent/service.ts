@@ -40,8 +40,17 @@ const optionKeys: ReadonlySet<string> = new Set([
 ])
 
 const checkOptions = (options: Options) => {
+  const notObject = Input.notAnObject("options", options)
+  if (notObject !== undefined) return Result.fail(notObject)
   for (const key of Object.keys(options)) {
     if (!optionKeys.has(key)) return Result.fail<Input.Issue>({ path: key, message: "unknown option" })
+  }
+  // `cache: "false"` or `0` kept the cache on; `breaker: null` made breakers of the service's own.
+  const notBoolean = Input.notABoolean(options, ["cache"])
+  if (notBoolean !== undefined) return Result.fail(notBoolean)
+  const breaker: unknown = options.breaker
+  if (breaker !== undefined && (typeof breaker !== "object" || breaker === null || Array.isArray(breaker))) {
+    return Result.fail<Input.Issue>({ path: "breaker", message: "expected an object of breaker options" })
   }
   return Input.all([
     Input.positiveInt("maxConnections", Input.orDefault(options.maxConnections, 100)),
@@ -54,17 +63,18 @@ const checkOptions = (options: Options) => {
 
 const statuses: ReadonlyArray<Status> = ["success", "error", "timeout", "service_unavailable", "skipped"]
 
-/** Builds the service; `given` as `HttpAgent.make` was given it. */
-export const makeService = Effect.fnUntraced(function* (given: Options, env: Env) {
+/** Builds the service; `options` as `HttpAgent.make` was given them (`null` included). */
+export const makeService = Effect.fnUntraced(function* (options: Options, env: Env) {
   const { agent, statsDomain } = env
-  const options = given ?? {}
   const [maxConnections, perHost, timeout, maxResponseBytes, retry] = yield* Input.orOptionError(checkOptions(options))
   const executor = yield* Executor
   const stats = yield* Stats
   const breaker =
     options.breaker === undefined && executor.guards.breaker !== undefined
       ? executor.guards.breaker
-      : yield* CircuitBreaker.makeMemory(options.breaker ?? {})
+      : yield* CircuitBreaker.makeMemory(options.breaker ?? {}).pipe(
+          Effect.mapError((error) => Input.underPath(error, "breaker."))
+        )
   const discovery = Option.getOrUndefined(yield* Effect.serviceOption(Discovery))
   const cache = options.cache === false ? undefined : Option.getOrUndefined(yield* Effect.serviceOption(ResponseCache))
   const client = yield* Client.make({
