@@ -229,7 +229,10 @@ describe("HttpAgent.call", () => {
         [task("big", server.url, { args: { n: 1n } }), "args"],
         [task("cycle", server.url, { args: circular }), "args"],
         [{ ...task("i", server.url), intent: 3 as never }, "intent"],
-        [task("none", undefined), "agent"]
+        [task("none", undefined), "agent"],
+        // Misspelt: the default timeout stood in, the dependency was dropped.
+        [task("tt", server.url, { timout: "1 second" } as never), "timout"],
+        [task("dd", server.url, { dependOn: ["a"] } as never), "dependOn"]
       ]
       for (const [t, field] of cases) {
         const record = yield* service.call(t)

@@ -125,9 +125,26 @@ const notAgent = (field: string, ref: unknown): Invalid => ({
   message: `expected an agent (HttpAgent.agent) or its URL, got ${ref === null ? "null" : typeof ref}`
 })
 
+const taskKeys: ReadonlySet<string> = new Set([
+  "id",
+  "agent",
+  "fallback",
+  "intent",
+  "concept",
+  "args",
+  "dependsOn",
+  "timeout",
+  "cacheKey"
+])
+
 const checkTask = (task: Task): Invalid | undefined => {
   if (typeof task !== "object" || task === null)
     return { field: "task", message: "expected a task { id, intent, concept }" }
+  // A misspelt `timout` left the default deadline; a `dependOn` ran the task before its dependency.
+  for (const key of Object.keys(task)) {
+    if (!taskKeys.has(key))
+      return { field: key, message: `unknown field (expected one of ${[...taskKeys].join(", ")})` }
+  }
   for (const field of ["id", "intent", "concept"] as const) {
     if (typeof task[field] !== "string") return { field, message: `expected a string, got ${typeof task[field]}` }
   }
