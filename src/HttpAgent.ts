@@ -123,7 +123,7 @@ export interface Agent<A = unknown> {
  */
 export interface AgentOptions {
   readonly url: string
-  /** Name in records, metrics and stats (default: the URL). */
+  /** Name in records, metrics and stats (default: the URL without its query string). */
   readonly name?: string | undefined
   readonly timeout?: Input.DurationInput | undefined
   readonly retry?: RetryPolicy | RetryPolicyInput | undefined

@@ -280,6 +280,19 @@ describe("HttpAgent.call", () => {
       })
   )
 
+  it.effect("an agent named by a URL with a query shows it without the query in records, errors and stats", () =>
+    Effect.gen(function* () {
+      const server = yield* AgentServer.make(() => ({ status: 500, json: { error: "down" } }))
+      const service = yield* agents()
+      const url = `${server.url}?token=s3cret-token`
+      const record = yield* service.call(task("q", url))
+      assert.strictEqual(record.status, "error")
+      assert.notInclude(JSON.stringify(record), "s3cret")
+      assert.deepStrictEqual([record.agent, record.url], [server.url, server.url])
+      assert.strictEqual((yield* service.stats(server.url)).statuses.error, 1)
+    })
+  )
+
   it.effect(
     "an endless 200 body ends in a TooLarge error record at the bound; the connection is closed (issue 13.15)",
     () =>

@@ -14,6 +14,7 @@ import * as Input from "../Input.js"
 import * as Decode from "../Model/http/decode.js"
 import * as Http from "../Model/http/options.js"
 import { decodeRetry, type RetryPolicy } from "../Policy.js"
+import { display } from "./task.js"
 
 const checkUrl = (input: unknown): Input.Checked<string> =>
   Result.map(Http.baseUrl("url", input), () => input as string)
@@ -66,7 +67,11 @@ const agentIssue = (
   return Result.map(
     Input.all([
       checkUrl(options.url),
-      Http.nonEmpty("name", Input.orDefault(options.name, options.url)),
+      // The default name is shown in records, errors, metrics and stats: without the URL's query (a token).
+      Http.nonEmpty(
+        "name",
+        Input.orDefault(options.name, typeof options.url === "string" ? display(options.url) : options.url)
+      ),
       Input.optional(options.timeout, (t) => Input.duration("timeout", t)),
       Input.optional(options.retry, (r) => decodeRetry(r, "retry"))
     ]),
@@ -83,7 +88,7 @@ export const makeAgent = (schema: typeof Answer) => {
       ? checked.success.name
       : typeof options?.name === "string"
         ? options.name
-        : String(options?.url)
+        : display(String(options?.url))
     const base = Result.isSuccess(checked)
       ? { ...checked.success, url: options.url }
       : { name, url: String(options?.url), timeout: undefined, retry: undefined, headers: {}, secrets: [] }
