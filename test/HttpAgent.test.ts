@@ -2,7 +2,7 @@ import { inspect } from "node:util"
 import { NodeHttpClient } from "@effect/platform-node"
 import { assert, describe, it } from "@effect/vitest"
 import { Cause, Context, Effect, Exit, Fiber, Layer, Metric, Redacted, Schema, Tracer } from "effect"
-import { HttpClient } from "effect/http"
+import { FetchHttpClient, HttpClient } from "effect/http"
 import { TestClock } from "effect/testing"
 import * as CircuitBreaker from "../src/CircuitBreaker.js"
 import * as Executor from "../src/Executor.js"
@@ -278,6 +278,27 @@ describe("HttpAgent.call", () => {
         )
         assert.strictEqual(server.requests(), 0)
       })
+  )
+
+  it.effect("a redirect is the agent's error, never followed: not even by fetch, which follows them itself", () =>
+    Effect.gen(function* () {
+      const elsewhere = yield* AgentServer.make()
+      const redirecting = yield* AgentServer.make(() => ({ status: 307, headers: { location: elsewhere.url } }))
+      const service = yield* Layer.build(
+        HttpAgent.layer().pipe(
+          Layer.provideMerge(Executor.layerWithStats({ timeout: "none" })),
+          Layer.provideMerge(Layer.mergeAll(Mock.layer(), CircuitBreaker.layerMemory({}))),
+          Layer.provide(FetchHttpClient.layer)
+        )
+      ).pipe(
+        Effect.provideService(Metric.MetricRegistry, new Map()),
+        Effect.map((context) => Context.get(context, HttpAgent.HttpAgents))
+      )
+      const agent = HttpAgent.agent({ url: redirecting.url, headers: { "x-api-key": Redacted.make("agent-secret") } })
+      const record = yield* service.call(task("moved", agent))
+      assert.deepStrictEqual([record.status, record.error?.httpStatus], ["error", 307])
+      assert.strictEqual(elsewhere.requests(), 0, "the task and its secret header went nowhere else")
+    })
   )
 
   it.effect("an agent named by a URL with a query shows it without the query in records, errors and stats", () =>

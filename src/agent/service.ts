@@ -7,7 +7,8 @@
  *
  * @internal
  */
-import { Duration, Effect, Option, Result } from "effect"
+import { Context, Duration, Effect, Option, Result } from "effect"
+import { FetchHttpClient, HttpClient } from "effect/http"
 import * as CircuitBreaker from "../CircuitBreaker.js"
 import { Discovery } from "../Discovery.js"
 import { Executor } from "../Executor.js"
@@ -61,6 +62,21 @@ const checkOptions = (options: Options) => {
   ])
 }
 
+/**
+ * `fetch` follows redirects itself (undici's clients do not): an agent's 307 re-sent the task,
+ * its secret headers included, to wherever `Location` pointed. Its redirects are the agent's
+ * answer instead, a non-2xx error like any other.
+ */
+const noRedirects = (client: HttpClient.HttpClient): HttpClient.HttpClient =>
+  HttpClient.transform(client, (response) =>
+    Effect.withFiber((fiber) =>
+      Effect.provideService(response, FetchHttpClient.RequestInit, {
+        ...Context.getOrUndefined(fiber.context, FetchHttpClient.RequestInit),
+        redirect: "manual"
+      })
+    )
+  )
+
 const statuses: ReadonlyArray<Status> = ["success", "error", "timeout", "service_unavailable", "skipped"]
 
 /** Builds the service; `options` as `HttpAgent.make` was given them (`null` included). */
@@ -77,13 +93,16 @@ export const makeService = Effect.fnUntraced(function* (options: Options, env: E
         )
   const discovery = Option.getOrUndefined(yield* Effect.serviceOption(Discovery))
   const cache = options.cache === false ? undefined : Option.getOrUndefined(yield* Effect.serviceOption(ResponseCache))
-  const client = yield* Client.make({
-    // The per-request deadline is the executor's; this one only bounds what nothing else does.
-    timeout: Duration.days(365),
-    streamIdleTimeout: timeout,
-    maxResponseBytes,
-    maxEventBytes: maxResponseBytes
-  })
+  const client = yield* Client.make(
+    {
+      // The per-request deadline is the executor's; this one only bounds what nothing else does.
+      timeout: Duration.days(365),
+      streamIdleTimeout: timeout,
+      maxResponseBytes,
+      maxEventBytes: maxResponseBytes
+    },
+    noRedirects
+  )
   const connections = Connections.make({ total: maxConnections, perHost })
   const agentOf = (ref: Agent<unknown> | string): Agent<unknown> =>
     typeof ref === "string" ? agent({ url: ref }) : ref
