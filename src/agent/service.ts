@@ -7,8 +7,7 @@
  *
  * @internal
  */
-import { Context, Duration, Effect, Option, Result } from "effect"
-import { FetchHttpClient, HttpClient } from "effect/http"
+import { Duration, Effect, Option, Result } from "effect"
 import * as CircuitBreaker from "../CircuitBreaker.js"
 import { Discovery } from "../Discovery.js"
 import { Executor } from "../Executor.js"
@@ -62,21 +61,6 @@ const checkOptions = (options: Options) => {
   ])
 }
 
-/**
- * `fetch` follows redirects itself (undici's clients do not): an agent's 307 re-sent the task,
- * its secret headers included, to wherever `Location` pointed. Its redirects are the agent's
- * answer instead, a non-2xx error like any other.
- */
-const noRedirects = (client: HttpClient.HttpClient): HttpClient.HttpClient =>
-  HttpClient.transform(client, (response) =>
-    Effect.withFiber((fiber) =>
-      Effect.provideService(response, FetchHttpClient.RequestInit, {
-        ...Context.getOrUndefined(fiber.context, FetchHttpClient.RequestInit),
-        redirect: "manual"
-      })
-    )
-  )
-
 const statuses: ReadonlyArray<Status> = ["success", "error", "timeout", "service_unavailable", "skipped"]
 
 /** Builds the service; `options` as `HttpAgent.make` was given them (`null` included). */
@@ -101,7 +85,11 @@ export const makeService = Effect.fnUntraced(function* (options: Options, env: E
       maxResponseBytes,
       maxEventBytes: maxResponseBytes
     },
-    noRedirects
+    undefined,
+    undefined,
+    // `fetch` follows redirects itself (undici's clients do not): an agent's 307 re-sent the task,
+    // its secret headers included, to wherever `Location` pointed. A 3xx is the agent's error.
+    true
   )
   const connections = Connections.make({ total: maxConnections, perHost })
   const agentOf = (ref: Agent<unknown> | string): Agent<unknown> =>

@@ -17,7 +17,7 @@ import {
   Stream,
   Tracer
 } from "effect"
-import { HttpClient, HttpClientError, HttpClientRequest } from "effect/http"
+import { FetchHttpClient, HttpClient, HttpClientError, HttpClientRequest } from "effect/http"
 import { TestClock } from "effect/testing"
 import type { AiError, ModelError } from "../../src/AiError.js"
 import * as Gemini from "../../src/Model/Gemini.js"
@@ -890,4 +890,20 @@ layer(NodeHttpClient.layerUndici)("Gemini over HTTP", (it) => {
       })
     )
   })
+})
+
+describe("Gemini over fetch", () => {
+  it.live("a redirect is not followed: the key header never reaches the other origin", () =>
+    Effect.gen(function* () {
+      const elsewhere = yield* Server.make((_, res) => Server.json(res, 200, response("from elsewhere")))
+      const redirecting = yield* Server.make((req, res) => {
+        res.writeHead(307, { location: `${elsewhere.url}${req.path}` })
+        res.end()
+      })
+      const p = yield* provider(redirecting).pipe(Effect.provide(FetchHttpClient.layer))
+      const error = yield* Effect.flip(p.generate({ prompt: "hi" }))
+      assert.strictEqual(error._tag, "ModelError")
+      assert.strictEqual((yield* elsewhere.requests).length, 0)
+    })
+  )
 })

@@ -1030,3 +1030,20 @@ describe("OpenAiCompat interruption (live)", () => {
     }).pipe(Effect.provide(FetchHttpClient.layer))
   )
 })
+
+describe("OpenAiCompat over fetch with a key in headers", () => {
+  it.live("a redirect is not followed: a key in a header of the user's own never reaches the other origin", () =>
+    Effect.gen(function* () {
+      const elsewhere = yield* Server.make((_, res) => Server.json(res, 200, completion("from elsewhere")))
+      const redirecting = yield* Server.make((req, res) => {
+        res.writeHead(307, { location: `${elsewhere.url}${req.path}` })
+        res.end()
+      })
+      // As Azure OpenAI takes its key.
+      const p = yield* provider(redirecting, { apiKey: undefined, headers: { "api-key": KEY } })
+      const error = yield* Effect.flip(p.generate({ prompt: "hi" }))
+      assert.strictEqual(error._tag, "ModelError")
+      assert.strictEqual((yield* elsewhere.requests).length, 0)
+    }).pipe(Effect.provide(FetchHttpClient.layer))
+  )
+})

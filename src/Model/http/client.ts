@@ -12,9 +12,10 @@
  *
  * @since 0.2.0
  */
-import { Clock, Effect, Option, Result, Stream, Tracer } from "effect"
+import { Clock, Context, Effect, Option, Result, Stream, Tracer } from "effect"
 import { constTrue } from "effect/Function"
 import {
+  FetchHttpClient,
   Headers,
   HttpClient,
   type HttpClientError,
@@ -321,27 +322,46 @@ const ndjsonTypes: ReadonlySet<string> = new Set([
  * `x-api-key`...) that carry a secret (`x-goog-api-key`): they are rendered redacted when the
  * middleware logs or inspects a request.
  *
+ * With `manualRedirects` (default: when there are `secretHeaders`), a `fetch`-based client does
+ * not follow a redirect (undici's and Node's clients never do): `fetch` drops only
+ * `Authorization` when it follows one to another origin, so a key in another header (Gemini's,
+ * or one in a provider's `headers` option) would go to wherever `Location` pointed. The 3xx is
+ * the call's failure instead. It costs a context copy a request, so it is not the default for
+ * keys sent as `Authorization`.
+ *
  * @since 0.2.0
  * @category constructors
  */
 export const make = Effect.fnUntraced(function* (
   settings: Settings,
   transformClient?: ((client: HttpClient.HttpClient) => HttpClient.HttpClient) | undefined,
-  secretHeaders?: ReadonlyArray<string> | undefined
+  secretHeaders?: ReadonlyArray<string> | undefined,
+  manualRedirects: boolean = secretHeaders !== undefined && secretHeaders.length > 0
 ) {
   const base = yield* HttpClient.HttpClient
   // Every request belongs to the scope of its call or stream: closing it aborts the request and its body.
   const client = HttpClient.withScope(transformClient === undefined ? base : transformClient(base))
+  const secrets = secretHeaders ?? []
   const send =
-    secretHeaders === undefined || secretHeaders.length === 0
+    secrets.length === 0 && !manualRedirects
       ? (request: HttpClientRequest.HttpClientRequest) => client.execute(request)
       : (request: HttpClientRequest.HttpClientRequest) =>
-          Effect.withFiber((fiber) =>
-            Effect.provideService(client.execute(request), Headers.CurrentRedactedNames, [
-              ...fiber.getRef(Headers.CurrentRedactedNames),
-              ...secretHeaders
-            ])
-          )
+          Effect.updateContext(client.execute(request), (context: Context.Context<never>) => {
+            // One copy of the caller's context for both.
+            let extra = Context.empty() as Context.Context<never>
+            if (secrets.length > 0) {
+              const names = [...Context.get(context, Headers.CurrentRedactedNames), ...secrets]
+              extra = Context.add(extra, Headers.CurrentRedactedNames, names) as Context.Context<never>
+            }
+            if (manualRedirects) {
+              const init = {
+                ...Context.getOrUndefined(context, FetchHttpClient.RequestInit),
+                redirect: "manual" as const
+              }
+              extra = Context.add(extra, FetchHttpClient.RequestInit, init) as Context.Context<never>
+            }
+            return Context.merge(context, extra) as never
+          })
 
   const exchange = (
     request: HttpClientRequest.HttpClientRequest,
