@@ -261,6 +261,15 @@ export const run = Effect.fnUntraced(function* (args: Args) {
       kind: "config"
     })
   }
+  // Said here: the layer's own refusal would name `gateway.keys`, a field the `gateway` section refuses.
+  if (file !== undefined && config.keys === undefined && config.allowAnonymous !== true) {
+    return yield* failWith(
+      common,
+      exitCodes.usage,
+      'keys: the gateway file has no `keys` section: add one (`"keys": { "keys": [] }` for keys an admin creates), or `"allowAnonymous": true` to admit every request',
+      { kind: "config" }
+    )
+  }
   const prefix = config.redis?.prefix ?? "orchestra:"
   const shared =
     config.redis === undefined

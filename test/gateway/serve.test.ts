@@ -145,6 +145,13 @@ describe("orchestra serve", () => {
           'invalid keys.keys[0].allowedModels[1]: unknown model "gtp-4": expected a domain ('
         )
         assert.notInclude(locked.stderr, "gateway.keys")
+        // A file without keys nor allowAnonymous names the top-level section, not `gateway.keys`
+        // (a field the gateway section refuses as unknown).
+        const keyless = write("keyless.json", { server: { port: 0 } })
+        const noKeys = yield* (yield* serve(["--config", config, "--gateway", keyless])).exit
+        assert.strictEqual(noKeys.code, 2, noKeys.stderr)
+        assert.include(noKeys.stderr, "keys: the gateway file has no `keys` section")
+        assert.notInclude(noKeys.stderr, "gateway.keys")
         // A file saved in another encoding is refused, not read with U+FFFD in its key ids.
         const latin1 = NodePath.join(dir, "latin1.json")
         const text = `{\n  "server": { "port": 0 },\n  "keys": { "keys": [{ "id": "\xe9quipe", "sha256": "${hashSecret(SECRET)}" }] }\n}`
