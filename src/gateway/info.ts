@@ -1,6 +1,7 @@
 /**
  * The routes that call no model: `GET /v1/models` (the domains, and each provider's
- * default model as `provider/model`, filtered by what the key may use), `GET
+ * default model as `provider/model`, filtered by what the key may use, and the
+ * `provider/model` names of the key's `allowedModels`), `GET
  * /v1/models/{id}`, `/healthz` (the process is up), `/readyz` (it takes requests: 503 once
  * draining), `/metrics` (Prometheus text, behind a bearer token with `metricsToken`), and
  * OpenAI-shaped 404 / 405 answers for the rest of the gateway's paths.
@@ -22,14 +23,29 @@ import * as Wire from "./response.js"
 export const make = (env: Env) => {
   const { upstream, clock, lifecycle, options } = env
 
+  const providerNames = new Set(upstream.providers.map((provider) => provider.name))
+
   const entries = (key: KeyIdentity | undefined) => {
     const out: Array<ReturnType<typeof Wire.modelEntry>> = []
+    const listed = new Set<string>()
+    const add = (id: string, owner: string) => {
+      if (listed.has(id)) return
+      listed.add(id)
+      out.push(Wire.modelEntry(id, owner))
+    }
     for (const domain of upstream.domains) {
-      if (allows(key, domain.name)) out.push(Wire.modelEntry(domain.name, "orchestra"))
+      if (allows(key, domain.name)) add(domain.name, "orchestra")
     }
     for (const provider of upstream.providers) {
       const id = `${provider.name}/${provider.defaultModel}`
-      if (allows(key, id)) out.push(Wire.modelEntry(id, provider.name))
+      if (allows(key, id)) add(id, provider.name)
+    }
+    // The provider models a key names are models it may use, though not their providers' defaults.
+    for (const name of key?.allowedModels ?? []) {
+      const slash = name.indexOf("/")
+      if (slash <= 0 || name.endsWith("/*") || listed.has(name)) continue
+      const provider = name.slice(0, slash)
+      if (providerNames.has(provider)) add(name, provider)
     }
     return out
   }

@@ -20,6 +20,7 @@ const keys = () =>
     {
       "sk-alice": { id: "alice", name: "Alice" },
       "sk-bob": { id: "bob", name: "Bob", allowedModels: ["d-b"] },
+      "sk-carol": { id: "carol", name: "Carol", allowedModels: ["b/b-large", "a/*", "b/b-model"] },
       "sk-broke": { id: "broke", name: "Broke", team: "t1" },
       "sk-busy": { id: "busy", name: "Busy" }
     },
@@ -85,6 +86,22 @@ describe("Gateway: keys", () => {
         all.data.map((m) => m.id),
         ["d-a", "d-b", "a/a-model", "b/b-model"]
       )
+      // A provider model the key names is one it may use, though not its provider's default: listed, and found.
+      const named = yield* Harness.call(() => gw.client("sk-carol").models.list())
+      assert.deepStrictEqual(
+        named.data.map((m) => [m.id, m.owned_by]),
+        [
+          ["a/a-model", "a"],
+          ["b/b-model", "b"],
+          ["b/b-large", "b"]
+        ]
+      )
+      const found = yield* Harness.call(() => gw.client("sk-carol").models.retrieve("b/b-large"))
+      assert.strictEqual(found.id, "b/b-large")
+      const answered = yield* Harness.call(() =>
+        gw.client("sk-carol").chat.completions.create({ model: "b/b-large", messages: hi })
+      )
+      assert.strictEqual(answered.choices[0]!.message.role, "assistant")
     })
   )
 
