@@ -401,6 +401,43 @@ describe("KeyStore: budgets in memory", () => {
       )
     })
   )
+  it.effect(
+    "the remaining budget gauge follows the period: full again at the next window, not set back by the last",
+    () =>
+      Effect.gen(function* () {
+        const registry: Metric.MetricRegistry = new Map()
+        const id = unique("gauge-period")
+        const store = yield* memory({
+          keys: [key(id, secretA, { budget: { tokens: 100, period: "1 hour" } })]
+        }).pipe(Effect.provideService(Metric.MetricRegistry, registry))
+        const remaining = () => {
+          const text = Prometheus.formatUnsafe(
+            Context.add(Context.empty(), Metric.MetricRegistry, registry) as Context.Context<never>
+          )
+          const line = text
+            .split("\n")
+            .find((l) => l.startsWith("orchestra_gateway_budget_remaining{") && l.includes(id))
+          return Number(line?.split(" ").at(-1))
+        }
+        const alpha = yield* store.authenticate(Redacted.make(secretA))
+        yield* store.settle(yield* store.reserve(alpha, "m", estimate(50, 50)), { inputTokens: 50, outputTokens: 50 })
+        assert.strictEqual(remaining(), 0)
+        // A new window: nothing of it is spent yet.
+        yield* TestClock.adjust("1 hour")
+        assert.strictEqual(remaining(), 100)
+        // A request of the last window settled in this one does not set the gauge to that window's level.
+        const late = yield* store.reserve(alpha, "m", estimate(10, 10))
+        yield* TestClock.adjust("1 hour")
+        yield* store.settle(yield* store.reserve(alpha, "m", estimate(15, 15)), { inputTokens: 15, outputTokens: 15 })
+        assert.strictEqual(remaining(), 70)
+        yield* store.settle(late, { inputTokens: 10, outputTokens: 10 })
+        assert.strictEqual(remaining(), 70)
+        assert.deepStrictEqual(
+          (yield* store.spend(id)).map((l) => l.remaining),
+          [70]
+        )
+      })
+  )
 })
 
 describe("KeyStore: admin operations in memory", () => {

@@ -1,14 +1,14 @@
 /**
  * `orchestra_gateway_budget_remaining`: what is left of each budget a key was charged to,
- * as this process last saw it, one series per key, scope, unit (and model for the `model`
- * scope), registered in the metric registry of the layer that built the store and removed
- * with it.
+ * as this process last saw it in the budget's current period (the whole limit once a new
+ * period has begun), one series per key, scope, unit (and model for the `model` scope),
+ * registered in the metric registry of the layer that built the store and removed with it.
  *
  * @internal
  */
 import { type Context, Metric } from "effect"
 import * as Metrics from "../../Metrics.js"
-import { type Counter, type Level, shown } from "./ledger.js"
+import { type Counter, type Level, shown, windowEnd } from "./ledger.js"
 
 /**
  * @internal
@@ -18,24 +18,35 @@ export interface Gauges {
   readonly remove: () => void
 }
 
+interface Series {
+  value: number
+  full: number
+  /** The period window `value` was read in, and when it ends (none without a period). */
+  window: number | undefined
+  endsAt: number | undefined
+}
+
 /**
  * @internal
  */
-export const make = (context: Context.Context<never>): Gauges => {
-  const series = new Map<string, { value: number }>()
+export const make = (context: Context.Context<never>, now: () => number): Gauges => {
+  const series = new Map<string, Series>()
   const registrations: Array<Metric.Registration> = []
 
   const set = (keyId: string, counter: Counter, level: Level) => {
     const name = `${keyId}\u0000${counter.scope}\u0000${counter.unit}\u0000${counter.model ?? ""}`
     let found = series.get(name)
     if (found === undefined) {
-      const created = { value: 0 }
+      const created: Series = { value: 0, full: 0, window: undefined, endsAt: undefined }
       // Not `unit`: Prometheus exporters drop an attribute of that name.
       const attributes: Record<string, string> = { key: keyId, scope: counter.scope, budget_unit: counter.unit }
       if (counter.model !== undefined) attributes.model = counter.model
       registrations.push(
         Metric.registerUnsafe(Metric.withAttributes(Metrics.gatewayBudgetRemaining, attributes), context, {
-          get: () => ({ value: created.value }),
+          // Nothing is spent yet of a period begun since the last level.
+          get: () => ({
+            value: created.endsAt !== undefined && now() >= created.endsAt ? created.full : created.value
+          }),
           update: () => {},
           modify: () => {}
         })
@@ -43,7 +54,12 @@ export const make = (context: Context.Context<never>): Gauges => {
       series.set(name, created)
       found = created
     }
+    // A level of an earlier window (a request settled after its period rolled) says nothing of this one.
+    if (found.window !== undefined && counter.window !== undefined && counter.window < found.window) return
     found.value = shown(counter.unit, Math.max(0, counter.limit - level.spent - level.held))
+    found.full = shown(counter.unit, counter.limit)
+    found.window = counter.window
+    found.endsAt = windowEnd(counter)
   }
 
   const remove = () => {

@@ -202,7 +202,7 @@ export const make = Effect.fnUntraced(function* (
     return found !== undefined ? Effect.succeed(found) : Effect.mapError(findById(key.id), () => unauthorized())
   }
 
-  const gauges = Gauges.make(context)
+  const gauges = Gauges.make(context, now)
   yield* Effect.addFinalizer(() => Effect.sync(gauges.remove))
   const gauge = gauges.set
 
