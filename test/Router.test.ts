@@ -543,6 +543,33 @@ describe("Router with breakers and a cache", () => {
     })
   )
 
+  it.effect(
+    "a stream's steps each have their own domain's timeout as first-chunk deadline; a caller's applies to all",
+    () =>
+      Effect.gen(function* () {
+        // The first domain gives up after 100 ms; its fallback has no timeout of its own and answers after 500.
+        const { router } = yield* makeManager(
+          { a: { latency: "1 second" }, b: { latency: "500 millis", respond: () => "from b" } },
+          {
+            domains: [
+              { name: "fb", provider: "a", timeout: "100 millis", fallback: ["b1"] },
+              { name: "b1", provider: "b" }
+            ]
+          }
+        )
+        const fiber = yield* Effect.forkChild(Stream.runCollect(router.stream(ask, "fb")))
+        yield* TestClock.adjust("2 seconds")
+        assert.strictEqual(textOf(yield* Fiber.join(fiber)), "from b")
+        // The caller's own first-chunk deadline holds for every step.
+        const cut = yield* Effect.forkChild(
+          Effect.flip(Stream.runCollect(router.stream(ask, "fb", { firstChunkTimeout: "200 millis" })))
+        )
+        yield* TestClock.adjust("2 seconds")
+        const error = yield* Fiber.join(cut)
+        assert.strictEqual(error._tag, "FallbackExhaustedError")
+      })
+  )
+
   it.effect("a stream's onRetry that throws does not end the stream: logged once, the retry answers", () =>
     Effect.gen(function* () {
       const { router } = yield* makeManager(

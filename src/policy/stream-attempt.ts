@@ -123,12 +123,17 @@ export interface AttemptHost {
 export const attemptStarter = (host: AttemptHost) => {
   const { engine, plan, scope: streamScope, now, signal } = host
 
+  // A step's own first-chunk deadline (a fallback domain's timeout), else the stream's.
+  const firstChunkOf = (step: StreamStep): Duration.Duration | undefined => step.timeout ?? plan.firstChunkTimeout
+
   // What the watches below bound between two chunks (the first included), for the
   // provider's own idle timer (`Model.ChunkDeadline`): none unless both are set.
-  const chunkDeadline =
-    plan.firstChunkTimeout === undefined || plan.idleTimeout === undefined
+  const chunkDeadlineOf = (step: StreamStep): number | undefined => {
+    const first = firstChunkOf(step)
+    return first === undefined || plan.idleTimeout === undefined
       ? undefined
-      : Math.max(Duration.toMillis(plan.firstChunkTimeout), Duration.toMillis(plan.idleTimeout))
+      : Math.max(Duration.toMillis(first), Duration.toMillis(plan.idleTimeout))
+  }
 
   const producer = (attempt: Attempt, upstream: GenerateRequest): Effect.Effect<void, AiError> =>
     Effect.gen(function* () {
@@ -158,7 +163,7 @@ export const attemptStarter = (host: AttemptHost) => {
       }
       attempt.serving = true
       for (const g of attempt.series.gauges) g.enter()
-      attempt.watch.arm(plan.firstChunkTimeout)
+      attempt.watch.arm(firstChunkOf(step))
       // The upstream's pull as is: `Stream.toPull` wraps every pull in a merge of its context
       // into the caller's and a semaphore (~1 µs and a copy of the context a chunk); this
       // fiber is its only reader and runs in that very context.
@@ -197,7 +202,10 @@ export const attemptStarter = (host: AttemptHost) => {
       // One copy of the context per attempt: the reader's chunk deadline, and the attempt's
       // scope for whatever the upstream's pulls open.
       Effect.updateContext((context: Context.Context<never>) =>
-        Context.merge(context, Context.make(ChunkDeadline, chunkDeadline).pipe(Context.add(Scope.Scope, attempt.scope)))
+        Context.merge(
+          context,
+          Context.make(ChunkDeadline, chunkDeadlineOf(attempt.step)).pipe(Context.add(Scope.Scope, attempt.scope))
+        )
       )
     ) as Effect.Effect<void, AiError>
 
@@ -228,7 +236,7 @@ export const attemptStarter = (host: AttemptHost) => {
               ? cutByShutdown()
               : new TimeoutError({
                   limit,
-                  timeout: (limit === "idle" ? plan.idleTimeout : plan.firstChunkTimeout) ?? Duration.zero,
+                  timeout: (limit === "idle" ? plan.idleTimeout : firstChunkOf(step)) ?? Duration.zero,
                   provider: step.name
                 })
           )

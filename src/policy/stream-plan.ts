@@ -63,6 +63,8 @@ export interface StreamOptions {
         readonly retry?: boolean | RetryPolicy | RetryPolicyInput | undefined
         readonly model?: string | undefined
         readonly prepare?: ((request: GenerateRequest) => GenerateRequest) | undefined
+        /** This step's first-chunk deadline, instead of the stream's `firstChunkTimeout`. */
+        readonly firstChunkTimeout?: Duration.Input | undefined
       }>
     | undefined
   /** Domain dimension of the metrics. */
@@ -118,7 +120,7 @@ export interface StreamDefaults {
   readonly totalTimeout: Duration.Duration | undefined
 }
 
-const stepKeys: ReadonlySet<string> = new Set(["provider", "domain", "retry", "model", "prepare"])
+const stepKeys: ReadonlySet<string> = new Set(["provider", "domain", "retry", "model", "prepare", "firstChunkTimeout"])
 
 // A misspelt key (`provder`) would run the executor's own provider unseen.
 const stepsIssue = (steps: unknown): Input.Issue | undefined => {
@@ -205,12 +207,17 @@ export const streamFromOptions =
               ? Result.succeed(retry)
               : resolveRetry(input.retry as never, options.basePolicy, `steps[${i}].retry`)
           const checked = yield* Input.orInvalidRequest(stepRetry)
+          const firstChunk =
+            input.firstChunkTimeout === undefined
+              ? undefined
+              : yield* Input.orInvalidRequest(Input.duration(`steps[${i}].firstChunkTimeout`, input.firstChunkTimeout))
           const base = options.stepFor(input.provider ?? options.provider, input.domain ?? options.domain)
           const model = input.model
           const prepare = input.prepare
           steps.push({
             ...base,
-            timeout: undefined,
+            // A stream step's `timeout` is its first-chunk deadline (`undefined`: the stream's).
+            timeout: firstChunk,
             retry: checked,
             prepare:
               model === undefined && prepare === undefined

@@ -149,6 +149,7 @@ export const makeCalls = (env: Env) => {
   // A chain's stream steps, resolved once per domain name as `execute`'s plans are (the
   // domains and providers are fixed for the router's life; an unknown name fails and is not kept).
   const streamChains = new Map<string, StreamChain>()
+  // Each step's first-chunk deadline is its domain's timeout, unless the caller gives one for the stream.
   const streamChain = (names: string | ReadonlyArray<string>): Effect.Effect<StreamChain, ModelError> => {
     const known = typeof names === "string" ? streamChains.get(names) : undefined
     if (known !== undefined) return Effect.succeed(known)
@@ -159,6 +160,7 @@ export const makeCalls = (env: Env) => {
           provider,
           domain: domain.name,
           retry: domain.retry ?? false,
+          firstChunkTimeout: domain.timeout,
           prepare: (r: GenerateRequest) => applyTo(domain, r)
         }))
       )
@@ -177,8 +179,10 @@ export const makeCalls = (env: Env) => {
     return Stream.unwrap(
       Effect.map(streamChain(names), ({ first, steps }) => {
         const parts = executor.stream(request, {
-          steps,
-          firstChunkTimeout: Input.orDefault(options.firstChunkTimeout, first.timeout),
+          // The caller's firstChunkTimeout applies to every step; without it, each its domain's timeout.
+          steps:
+            options.firstChunkTimeout === undefined ? steps : steps.map(({ firstChunkTimeout: _, ...step }) => step),
+          firstChunkTimeout: options.firstChunkTimeout,
           idleTimeout: options.idleTimeout,
           totalTimeout: Input.orDefault(options.totalTimeout, first.totalTimeout),
           resume: options.resume,
