@@ -403,17 +403,28 @@ describe("createOrchestra: deadlines and signals (item 24)", () => {
       await stuck.dispose()
     }
 
-    // A batch's timeout counts from the call too: passed while the manager was built, nothing runs.
+    // A batch's timeout counts from the call too: passed while the manager is being built, it
+    // rejects then (no manager, no outcomes to give), and nothing runs once the build ends.
     const late = Effect.runSync(Mock.make({ name: `facade-${++mocks}`, latency: "200 millis" }))
     const slow = Layer.effect(ModelProvider, Effect.as(Effect.sleep("300 millis"), late.provider))
     const building = createOrchestra(Orchestra.layer({ providers: { main: slow } }))
     try {
-      const result = await building.batch(["a", "b"], { timeout: 100 })
-      assert.isTrue(result.cancelled)
-      assert.deepStrictEqual(result.notRun, [0, 1])
+      const error = await within(typed(building.batch(["a", "b"], { timeout: 100 })))
+      assert.strictEqual(typeof error === "object" && error._tag === "TimeoutError" && error.limit, "total")
+      await new Promise((resolve) => setTimeout(resolve, 400))
       assert.strictEqual(Effect.runSync(late.control.calls), 0)
     } finally {
       await building.dispose()
+    }
+    // A build that never ends: the batch's timeout or signal still settles its promise.
+    const stuckAgain = createOrchestra(Orchestra.layer({ providers: { main: never } }))
+    try {
+      const timedOut = await within(typed(stuckAgain.batch(["a"], { timeout: 30 })))
+      assert.strictEqual(typeof timedOut === "object" && timedOut._tag, "TimeoutError")
+      const aborted = await within(typed(stuckAgain.batch(["a"], { signal: AbortSignal.timeout(30) })))
+      assert.notStrictEqual(aborted, "still waiting")
+    } finally {
+      await stuckAgain.dispose()
     }
   })
 

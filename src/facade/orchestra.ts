@@ -242,7 +242,9 @@ export const makeCreateOrchestra = (env: Env) => {
       // Still building: admitted all the same. A `dispose()` meanwhile either cuts the build (the
       // call is rejected with it) or closes the executor, which admits and drains it or refuses it.
       // The build's wait counts in the call's timeout (a batch's: it is cancelled at once when none is left).
-      return untilBuilt(servicesOf(), signal, batch ? undefined : checked.timeout, elapsed).then((context) => {
+      // A batch has no result without a manager: one whose signal aborts or whose timeout passes
+      // before the manager is built rejects as a call does, instead of waiting for the build for ever.
+      return untilBuilt(servicesOf(), checked.signal, checked.timeout, elapsed).then((context) => {
         const left = timeLeft(checked, elapsed())
         if (left !== undefined) return start(context, left)
         if (batch) return start(context, { ...checked, timeout: Duration.zero })
