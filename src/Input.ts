@@ -418,6 +418,29 @@ export const notABoolean = (options: object, fields: ReadonlyArray<string>): Iss
   return undefined
 }
 
+const kindNames = { function: "a function", string: "a string", object: "an object" } as const
+
+/**
+ * The issue of the first `[field, kind]` of `fields` whose value in `options` is given but not
+ * of that kind (`null` included): an `onRetry: null` would throw on the first retry, a
+ * `domain: 5` would label the metrics `"5"`, a `provider: "openai"` would fail as a defect.
+ *
+ * @since 0.3.0
+ * @category checks
+ */
+export const notOfKind = (
+  options: object,
+  fields: ReadonlyArray<readonly [field: string, kind: keyof typeof kindNames]>
+): Issue | undefined => {
+  for (const [field, kind] of fields) {
+    const value = (options as Record<string, unknown>)[field]
+    if (value !== undefined && (typeof value !== kind || value === null)) {
+      return { path: field, message: `expected ${kindNames[kind]}, got ${describe(value)}` }
+    }
+  }
+  return undefined
+}
+
 /**
  * One of `values`, exactly; anything else (`null` included) is an issue listing them.
  *

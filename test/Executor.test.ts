@@ -192,6 +192,33 @@ describe("Executor.execute", () => {
     })
   )
 
+  it.effect("a domain, provider or onRetry of the wrong type is refused naming it, at every call", () =>
+    Effect.gen(function* () {
+      const { executor, control } = yield* setup()
+      const cases: ReadonlyArray<readonly [string, Record<string, unknown>]> = [
+        ["domain", { domain: 5 }],
+        ["domain", { domain: null }],
+        ["provider", { provider: "openai" }],
+        ["provider", { provider: null }],
+        ["onRetry", { onRetry: null }],
+        ["onRetry", { onRetry: "log" }]
+      ]
+      for (const [field, options] of cases) {
+        const calls: ReadonlyArray<Effect.Effect<unknown, AiError>> = [
+          executor.execute(ask, options as never),
+          executor.executeMany([ask], options as never),
+          executor.embed({ texts: ["x"] }, options as never),
+          Stream.runDrain(executor.stream(ask, options as never))
+        ]
+        for (const call of calls) {
+          const error = yield* Effect.flip(call)
+          assert.strictEqual(error._tag === "ModelError" && error.field, field, JSON.stringify(options))
+        }
+      }
+      assert.strictEqual(yield* control.calls, 0)
+    })
+  )
+
   it.effect("a misspelt key of the executor's options fails the layer naming it", () =>
     Effect.gen(function* () {
       const cases: ReadonlyArray<readonly [Executor.Options, string]> = [

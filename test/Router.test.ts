@@ -213,6 +213,28 @@ describe("Router: bad input is a typed InvalidRequest naming the field, never a 
     })
   )
 
+  it.effect("an onRetry that is not a function is refused naming it, at every entry point, before any call", () =>
+    Effect.gen(function* () {
+      const { router, controls } = yield* makeManager({ a: {}, b: {} })
+      const bad = { onRetry: null } as never
+      const cases: ReadonlyArray<Effect.Effect<unknown, AiError>> = [
+        router.execute(ask, "d-a", bad),
+        router.executeWithFallback(ask, ["d-a", "d-b"], bad),
+        router.executeParallelDomains(ask, ["d-a", "d-b"], "all", { onRetry: 5 } as never),
+        router.executeParallelDomains(ask, ["d-a", "d-b"], "first", bad),
+        router.hedge(ask, ["d-a", "d-b"], { after: 100, onRetry: "log" } as never),
+        router.embed({ texts: ["x"] }, "d-a", bad),
+        router.plan(ask, "d-a", bad),
+        Stream.runDrain(router.stream(ask, "d-a", bad))
+      ]
+      for (const effect of cases) {
+        const error = yield* Effect.flip(effect)
+        assert.strictEqual(invalidField(error as AiError), "onRetry")
+      }
+      assert.strictEqual((yield* controls.a!.calls) + (yield* controls.b!.calls), 0)
+    })
+  )
+
   it.effect("an unknown domain's message lists the known ones", () =>
     Effect.gen(function* () {
       const { router } = yield* makeManager({ a: {} })

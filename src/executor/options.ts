@@ -20,6 +20,17 @@ import { decodeRetry, type RetryPolicy } from "../Policy.js"
 // The per-call options that take true or false.
 const flags = ["cache", "allowStale"] as const
 
+/**
+ * The per-call options that are a value of one kind, a stream's included.
+ *
+ * @internal
+ */
+export const kinds = [
+  ["domain", "string"],
+  ["provider", "object"],
+  ["onRetry", "function"]
+] as const
+
 export type ResolveSync = (
   callOptions: ExecuteOptions,
   known?: ReadonlySet<string>
@@ -71,7 +82,7 @@ export const make = (env: {
     if (notObject !== undefined) return Result.fail(notObject)
     const unknown = Input.unknownKey(callOptions, known)
     if (unknown !== undefined) return Result.fail(unknown)
-    const flag = Input.notABoolean(callOptions, flags)
+    const flag = Input.notABoolean(callOptions, flags) ?? Input.notOfKind(callOptions, kinds)
     if (flag !== undefined) return Result.fail(flag)
     if (
       callOptions.timeout === undefined &&

@@ -17,6 +17,7 @@ import {
 } from "../Model.js"
 import type { RetryPolicy } from "../Policy.js"
 import type { Streams } from "../policy/stream.js"
+import { kinds } from "./options.js"
 import { tokensOf } from "./plan.js"
 
 /**
@@ -53,6 +54,7 @@ export const make = (env: {
     const unknown =
       Input.notAnObject("options", streamOptions) ??
       Input.unknownKey(streamOptions, streamKeys) ??
+      Input.notOfKind(streamOptions, kinds) ??
       (typeof streamOptions.resume === "object" && streamOptions.resume !== null
         ? Input.unknownKey(streamOptions.resume, resumeKeys, "resume.")
         : undefined)

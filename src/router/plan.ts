@@ -52,9 +52,15 @@ export const optionKeys = (() => {
   } as const
 })()
 
-/** A key of `options` the entry point does not take (a misspelt `timout`), as its refusal. */
+/**
+ * A key of `options` the entry point does not take (a misspelt `timout`), or an `onRetry` that
+ * is not a function, as its refusal.
+ */
 export const unknownOption = (options: object, known: ReadonlySet<string>): ModelError | undefined => {
-  const issue = Input.notAnObject("options", options) ?? Input.unknownKey(options, known)
+  const issue =
+    Input.notAnObject("options", options) ??
+    Input.unknownKey(options, known) ??
+    Input.notOfKind(options, [["onRetry", "function"]])
   return issue === undefined ? undefined : invalidRequest(issue.path, issue.message)
 }
 
