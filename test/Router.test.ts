@@ -697,6 +697,31 @@ describe("Router.stream", () => {
 })
 
 describe("Router.embed", () => {
+  it.effect("calls onRetry on each retry of the domain's policy, and refuses a cache flag that is not a boolean", () =>
+    Effect.gen(function* () {
+      const { router, controls } = yield* makeManager(
+        { a: { script: [Outcome.fail("Overloaded"), Outcome.fail("Overloaded")] } },
+        { domains: [{ name: "vectors", provider: "a", retry: { maxAttempts: 3, initialDelay: 100, jitter: 0 } }] }
+      )
+      const seen: Array<[string | undefined, number]> = []
+      const fiber = yield* Effect.forkChild(
+        router.embed({ texts: ["x"] }, "vectors", {
+          onRetry: (info) => Effect.sync(() => seen.push([info.domain, info.attempt]))
+        })
+      )
+      yield* TestClock.adjust("1 second")
+      yield* Fiber.join(fiber)
+      assert.strictEqual(yield* controls.a!.calls, 3)
+      assert.deepStrictEqual(seen, [
+        ["vectors", 1],
+        ["vectors", 2]
+      ])
+      const error = yield* Effect.flip(router.embed({ texts: ["x"] }, "vectors", { cache: "no" as never }))
+      assert.strictEqual(invalidField(error), "cache")
+      assert.strictEqual(yield* controls.a!.calls, 3)
+    })
+  )
+
   it.effect("uses the domain's provider and model, and bounds the call by its timeout", () =>
     Effect.gen(function* () {
       const { router, controls } = yield* makeManager(

@@ -22,12 +22,19 @@ import { chatTelemetry } from "../executor/generate.js"
 import { isTraced, traced } from "../policy/span.js"
 import type { Answer, CallOptions, HedgeOptions, Service, StreamOptions } from "../Router.js"
 import type { Service as StatsService } from "../Stats.js"
-import { noDomains, optionKeys, type Planner, unknownOption } from "./plan.js"
+import { noDomains, optionKeys, type Planner, retryHook, unknownOption } from "./plan.js"
 
 const notAnArray = invalidRequest("domains", "expected an array of domain names")
 
 /** What the entry points need from the router. */
 const streamFlags = ["cache"] as const
+// Embeddings are never cached, but a `cache: "no"` is as wrong there as anywhere.
+const callFlags = ["cache", "allowStale"] as const
+
+const flagIssue = (options: object, flags: ReadonlyArray<string>): ModelError | undefined => {
+  const flag = Input.notABoolean(options, flags)
+  return flag === undefined ? undefined : invalidRequest(flag.path, flag.message)
+}
 
 export interface Env {
   readonly executor: ExecutorService
@@ -174,8 +181,8 @@ export const makeCalls = (env: Env) => {
   const stream = (request: GenerateRequest, names: string | ReadonlyArray<string>, options: StreamOptions = {}) => {
     const unknown = unknownOption(options, optionKeys.stream)
     if (unknown !== undefined) return Stream.fail(unknown)
-    const flag = Input.notABoolean(options, streamFlags)
-    if (flag !== undefined) return Stream.fail(invalidRequest(flag.path, flag.message))
+    const flag = flagIssue(options, streamFlags)
+    if (flag !== undefined) return Stream.fail(flag)
     return Stream.unwrap(
       Effect.map(streamChain(names), ({ first, steps }) => {
         const parts = executor.stream(request, {
@@ -200,7 +207,7 @@ export const makeCalls = (env: Env) => {
 
   const embed = (request: EmbedRequest, name: string, options: CallOptions = {}) =>
     Effect.gen(function* () {
-      const unknown = unknownOption(options, optionKeys.call)
+      const unknown = unknownOption(options, optionKeys.call) ?? flagIssue(options, callFlags)
       if (unknown !== undefined) return yield* Effect.fail(unknown)
       const { domain, provider } = yield* resolve(name)
       const valid = yield* validateEmbed(request, executor.limits)
@@ -213,7 +220,7 @@ export const makeCalls = (env: Env) => {
         }),
         maxConcurrency: undefined
       }
-      const answer = yield* executor.run({ steps: [step], totalTimeout }, (p) =>
+      const answer = yield* executor.run({ steps: [step], totalTimeout, onRetry: retryHook(options.onRetry) }, (p) =>
         p.embed(domain.model === undefined || valid.model !== undefined ? valid : { ...valid, model: domain.model })
       )
       return answer.value

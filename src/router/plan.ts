@@ -75,6 +75,19 @@ export type Apply = (
 export const applied = (routed: Routed | ModelError): Effect.Effect<Routed, ModelError> =>
   routed instanceof ModelError ? Effect.fail(routed) : Effect.succeed(routed)
 
+/** A call's `onRetry` as its plan's hook. */
+export const retryHook = <T, A>(onRetry: CallOptions["onRetry"]): Plan<T, A>["onRetry"] =>
+  onRetry === undefined
+    ? undefined
+    : (event) =>
+        onRetry({
+          provider: event.step.name,
+          domain: event.step.domain,
+          attempt: event.attempt,
+          error: event.error,
+          delay: event.delay
+        })
+
 const tokensOf = (request: GenerateRequest) => estimateInputTokens(request) + (request.maxTokens ?? 0)
 
 /** Builds the router's planner, once. */
@@ -158,7 +171,6 @@ export const makePlanner = (env: Env) => {
         }
         const first = steps[0]!
         const useCache = cache !== undefined && options.cache !== false && (firstDomain?.cacheable ?? true)
-        const onRetry = options.onRetry
         const plan: Plan<ProviderService, GenerateResponse> = {
           steps: steps as unknown as readonly [Step<ProviderService>, ...Array<Step<ProviderService>>],
           totalTimeout,
@@ -173,17 +185,7 @@ export const makePlanner = (env: Env) => {
                 allowStale: options.allowStale ?? false
               }
             : undefined,
-          onRetry:
-            onRetry === undefined
-              ? undefined
-              : (event) =>
-                  onRetry({
-                    provider: event.step.name,
-                    domain: event.step.domain,
-                    attempt: event.attempt,
-                    error: event.error,
-                    delay: event.delay
-                  }),
+          onRetry: retryHook(options.onRetry),
           usageOf: (response: GenerateResponse) => response.usage
         }
         return {
