@@ -317,6 +317,36 @@ describe("Router.executeParallelDomains", () => {
     })
   )
 
+  it.effect("a refused request or option value fails the whole call once, in either mode, before any domain runs", () =>
+    Effect.gen(function* () {
+      const { router, controls, stats } = yield* makeManager({ a: {}, b: {} })
+      const cases: ReadonlyArray<readonly [string, Effect.Effect<unknown, AiError>]> = [
+        ["timeout", router.executeParallelDomains(ask, ["d-a", "d-b"], "first", { timeout: Number.NaN })],
+        ["timeout", router.executeParallelDomains(ask, ["d-a", "d-b"], "all", { timeout: -1 })],
+        ["cache", router.executeParallelDomains(ask, ["d-a", "d-b"], "all", { cache: null as never })],
+        ["prompt", router.executeParallelDomains({ prompt: "" }, ["d-a", "d-b"], "first")],
+        ["prompt", router.executeParallelDomains({ prompt: "" }, ["d-a", "d-b"], "all")]
+      ]
+      for (const [field, effect] of cases) {
+        const error = yield* Effect.flip(effect)
+        assert.strictEqual(invalidField(error as AiError), field)
+      }
+      assert.strictEqual((yield* controls.a!.calls) + (yield* controls.b!.calls), 0)
+      // Each refused request counted once, on the first domain, as a chain's refusal is.
+      assert.strictEqual((yield* stats.snapshot({ domain: "d-a" })).failuresByReason.InvalidRequest, 2)
+      assert.strictEqual((yield* stats.snapshot({ domain: "d-b" })).total, 0)
+      // An unknown domain is still that domain's own outcome.
+      const outcomes = yield* router.executeParallelDomains(ask, ["nope", "d-a"], "all")
+      assert.deepStrictEqual(
+        outcomes.map((o) => [o.domain, o.result._tag]),
+        [
+          ["nope", "Failure"],
+          ["d-a", "Success"]
+        ]
+      )
+    })
+  )
+
   it.effect("each domain keeps its own fallback chain (a domain's policies apply at every entry point)", () =>
     Effect.gen(function* () {
       const { router, controls } = yield* makeManager(

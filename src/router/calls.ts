@@ -7,13 +7,7 @@
  * @internal
  */
 import { Duration, Effect, Fiber, Stream } from "effect"
-import {
-  type AiError,
-  type FailedAttempt,
-  FallbackExhaustedError,
-  invalidRequest,
-  type ModelError
-} from "../AiError.js"
+import { type AiError, type FailedAttempt, FallbackExhaustedError, invalidRequest, ModelError } from "../AiError.js"
 import { applyTo, type Domain } from "../Domain.js"
 import type { Service as ExecutorService, StreamOptions as ExecutorStreamOptions, Step } from "../Executor.js"
 import * as Input from "../Input.js"
@@ -57,7 +51,7 @@ interface StreamChain {
 /** Builds the router's entry points, once. */
 export const makeCalls = (env: Env) => {
   const { executor, stats } = env
-  const { resolve, chain, planWith } = env.planner
+  const { resolve, chain, applyOf, planWith } = env.planner
 
   const run = (
     request: GenerateRequest,
@@ -97,14 +91,35 @@ export const makeCalls = (env: Env) => {
     if (names.length === 0) return Effect.fail(noDomains)
     const unknown = unknownOption(options, optionKeys.call)
     if (unknown !== undefined) return Effect.fail(unknown)
-    if (mode === "all") {
-      return Effect.forEach(
-        names,
-        (domain) => Effect.map(Effect.result(execute(request, domain, options)), (result) => ({ domain, result })),
-        { concurrency: "unbounded" }
-      )
+    if (mode !== "all" && mode !== "first") {
+      return Effect.fail(invalidRequest("mode", `expected "all" or "first", got ${String(mode)}`))
     }
-    if (mode !== "first") return Effect.fail(invalidRequest("mode", `expected "all" or "first", got ${String(mode)}`))
+    const refused = refusedOnce(request, names[0]!, options)
+    return mode === "all"
+      ? Effect.andThen(refused, allOutcomes(request, names, options))
+      : Effect.andThen(refused, firstSuccess(request, names, options))
+  }) as Service["executeParallelDomains"]
+
+  // The request and the option values are the same for every domain: refused, they fail the
+  // call once (counted on the first domain, as a chain's refusal is), not once per domain as
+  // an "all" outcome or a "first" FallbackExhaustedError. An unknown first domain is its own outcome.
+  const refusedOnce = (request: GenerateRequest, name: string, options: CallOptions) =>
+    Effect.matchEffect(applyOf(name, undefined), {
+      onFailure: () => Effect.void,
+      onSuccess: (apply) => {
+        const routed = apply(request, options, undefined)
+        return routed instanceof ModelError ? Effect.fail(routed) : Effect.void
+      }
+    })
+
+  const allOutcomes = (request: GenerateRequest, names: ReadonlyArray<string>, options: CallOptions) =>
+    Effect.forEach(
+      names,
+      (domain) => Effect.map(Effect.result(execute(request, domain, options)), (result) => ({ domain, result })),
+      { concurrency: "unbounded" }
+    )
+
+  const firstSuccess = (request: GenerateRequest, names: ReadonlyArray<string>, options: CallOptions) => {
     // When every domain fails, each one's failure, in the order given (raceAll keeps only one).
     const failures: Array<FailedAttempt | undefined> = names.map(() => undefined)
     return Effect.raceAll(
@@ -121,7 +136,7 @@ export const makeCalls = (env: Env) => {
         return names.length > 1 && all.length === names.length ? new FallbackExhaustedError({ attempts: all }) : error
       })
     )
-  }) as Service["executeParallelDomains"]
+  }
 
   const hedgeDelay = (first: string, options: HedgeOptions): Effect.Effect<Duration.Duration, ModelError> =>
     Effect.gen(function* () {
