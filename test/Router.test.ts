@@ -726,6 +726,42 @@ describe("Router.stream", () => {
   )
 })
 
+describe("Router.stream onRetry", () => {
+  it.effect("names the domain that retried, along the chain, as execute's onRetry does", () =>
+    Effect.gen(function* () {
+      const { router } = yield* makeManager(
+        {
+          a: { script: [Outcome.fail("Overloaded"), Outcome.fail("Overloaded")] },
+          b: { script: [Outcome.fail("Overloaded")] }
+        },
+        {
+          domains: [
+            {
+              name: "main",
+              provider: "a",
+              retry: { maxAttempts: 2, initialDelay: 100, jitter: 0 },
+              fallback: ["spare"]
+            },
+            { name: "spare", provider: "b", retry: { maxAttempts: 2, initialDelay: 100, jitter: 0 } }
+          ]
+        }
+      )
+      const seen: Array<[string, string | undefined]> = []
+      const fiber = yield* Effect.forkChild(
+        Stream.runCollect(
+          router.stream(ask, "main", { onRetry: (info) => Effect.sync(() => seen.push([info.provider, info.domain])) })
+        )
+      )
+      yield* TestClock.adjust("1 second")
+      yield* Fiber.join(fiber)
+      assert.deepStrictEqual(seen, [
+        ["a", "main"],
+        ["b", "spare"]
+      ])
+    })
+  )
+})
+
 describe("Router.embed", () => {
   it.effect("calls onRetry on each retry of the domain's policy, and refuses a cache flag that is not a boolean", () =>
     Effect.gen(function* () {

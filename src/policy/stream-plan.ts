@@ -84,6 +84,7 @@ export interface StreamOptions {
   readonly onRetry?:
     | ((info: {
         readonly provider: string
+        readonly domain?: string | undefined
         readonly attempt: number
         readonly error: AiError
         readonly delay: Duration.Duration
@@ -249,6 +250,7 @@ export const streamFromOptions =
               : (event) =>
                   options.onRetry!({
                     provider: event.step.name,
+                    domain: event.step.domain,
                     attempt: event.attempt,
                     error: event.error,
                     delay: event.delay

@@ -209,8 +209,7 @@ export const makeCalls = (env: Env) => {
           totalTimeout: Input.orDefault(options.totalTimeout, first.totalTimeout),
           resume: options.resume,
           cache: options.cache ?? first.cache,
-          onRetry:
-            options.onRetry === undefined ? undefined : (info) => options.onRetry!({ ...info, domain: undefined })
+          onRetry: options.onRetry
         })
         const fiber = Fiber.getCurrent()
         return fiber !== undefined && isTraced(fiber)
