@@ -347,6 +347,41 @@ describe("Router.executeParallelDomains", () => {
     })
   )
 
+  it.effect("first: each failure names its domain's provider, whatever error it is", () =>
+    Effect.gen(function* () {
+      const { router } = yield* makeManager(
+        {
+          a: { script: [Outcome.fail("Overloaded")] },
+          b: { script: [Outcome.fail("Unauthorized")] },
+          c: { script: [Outcome.hang()] }
+        },
+        {
+          breakers: { failMax: 1 },
+          domains: [
+            { name: "d-a", provider: "a" },
+            { name: "d-b", provider: "b" },
+            { name: "d-c", provider: "c", timeout: "1 second", fallback: ["d-b"] }
+          ]
+        }
+      )
+      // a's breaker opens: its next call is refused with a CircuitOpenError, which names no provider.
+      yield* Effect.flip(router.execute(ask, "d-a"))
+      const fiber = yield* Effect.forkChild(router.executeParallelDomains(ask, ["d-a", "d-c"], "first"))
+      yield* TestClock.adjust("1 second")
+      const error = yield* Effect.flip(Fiber.join(fiber))
+      assert.strictEqual(error._tag, "FallbackExhaustedError")
+      if (error._tag === "FallbackExhaustedError") {
+        assert.deepStrictEqual(
+          error.attempts.map((a) => [a.domain, a.provider, a.error._tag]),
+          [
+            ["d-a", "a", "CircuitOpenError"],
+            ["d-c", "c", "FallbackExhaustedError"]
+          ]
+        )
+      }
+    })
+  )
+
   it.effect("each domain keeps its own fallback chain (a domain's policies apply at every entry point)", () =>
     Effect.gen(function* () {
       const { router, controls } = yield* makeManager(

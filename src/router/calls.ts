@@ -119,14 +119,21 @@ export const makeCalls = (env: Env) => {
       { concurrency: "unbounded" }
     )
 
+  // The provider a failure names, or its domain's own (an open circuit, a total deadline or the
+  // domain's exhausted chain name none); an unknown domain has none but its name.
+  const providerOf = (error: AiError, domain: string): Effect.Effect<string> =>
+    "provider" in error && typeof error.provider === "string" && error.provider !== ""
+      ? Effect.succeed(error.provider)
+      : Effect.match(resolve(domain), { onFailure: () => domain, onSuccess: ({ provider }) => provider.name })
+
   const firstSuccess = (request: GenerateRequest, names: ReadonlyArray<string>, options: CallOptions) => {
     // When every domain fails, each one's failure, in the order given (raceAll keeps only one).
     const failures: Array<FailedAttempt | undefined> = names.map(() => undefined)
     return Effect.raceAll(
       names.map((domain, i) =>
         Effect.tapError(execute(request, domain, options), (error) =>
-          Effect.sync(() => {
-            failures[i] = { domain, provider: "provider" in error && error.provider ? error.provider : domain, error }
+          Effect.map(providerOf(error, domain), (provider) => {
+            failures[i] = { domain, provider, error }
           })
         )
       )
