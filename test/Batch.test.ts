@@ -823,6 +823,26 @@ describe("Router (fixes found while porting Batch)", () => {
 })
 
 describe("Batch fallback", () => {
+  it.effect("the batch's fallback comes after the domain's own chain, not instead of it", () =>
+    Effect.gen(function* () {
+      const { batch, controls } = yield* makeOrchestra(
+        { a: { script: [Outcome.fail("Overloaded")] }, b: { respond: () => "b" }, c: { respond: () => "c" } },
+        {
+          domains: [
+            { name: "d-a", provider: "a", retry: noRetry, fallback: ["d-b"] },
+            { name: "d-b", provider: "b", retry: noRetry },
+            { name: "d-c", provider: "c", retry: noRetry }
+          ]
+        }
+      )
+      const result = yield* batch.run(["1"], { domain: "d-a", fallback: ["d-c"] })
+      const answer = result.results[0]!.answer
+      assert.strictEqual(answer?.domain, "d-b", "the domain's own fallback answers first")
+      assert.strictEqual(answer?.domainsTried, 2)
+      assert.strictEqual(yield* controls.c!.calls, 0)
+    })
+  )
+
   it.effect("fallback domains per batch: items move on only when the error falls back", () =>
     Effect.gen(function* () {
       const { batch, controls } = yield* makeOrchestra(

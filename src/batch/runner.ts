@@ -101,13 +101,17 @@ const routeOf = (
   const { executor, router } = deps
   const known = routes.get(domain)
   if (known !== undefined) return Effect.succeed(known)
-  const names = domain === undefined ? fallback : fallback.length === 0 ? domain : [domain, ...fallback]
   const prepared =
     domain !== undefined
-      ? router.prepare(names)
+      ? fallback.length === 0
+        ? router.prepare(domain)
+        : // A list is taken as the whole chain: the domain's own fallbacks first, then the batch's.
+          Effect.flatMap(router.chain(domain), (chain) =>
+            router.prepare([...new Set([...chain.map((d) => d.name), ...fallback])])
+          )
       : Effect.flatMap(executor.resolve(retryOnly), (defaults) =>
           // Items that name no domain start on the executor's provider, with its retry policy.
-          router.prepare(names, {
+          router.prepare(fallback, {
             lead: executor.stepFor(executor.provider, {
               retry: defaults.retry ?? false,
               timeout: defaults.timeout ?? "none"
