@@ -275,9 +275,10 @@ export const make = Effect.gen(function* () {
       const unknown = unknownOption(options, optionKeys.plan)
       return unknown === undefined ? planWith(request, names, options, undefined) : Effect.fail(unknown)
     },
-    prepare: (names, options = {}) =>
-      typeof options !== "object" || options === null
-        ? Input.orInvalidRequest(Result.fail(Input.notAnObject("options", options)!))
+    prepare: (names, options = {}) => {
+      const unknown = unknownOption(options, optionKeys.prepare)
+      return unknown !== undefined
+        ? Effect.fail(unknown)
         : Effect.map(applyOf(names, options.lead), (apply): Prepared => {
             const now = (request: GenerateRequest, callOptions: CallOptions = {}) =>
               apply(request, callOptions, undefined)
@@ -290,6 +291,7 @@ export const make = Effect.gen(function* () {
             preparedNow.set(prepared, now)
             return prepared
           })
+    }
   } satisfies Service
 })
 

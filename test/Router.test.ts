@@ -235,6 +235,24 @@ describe("Router: bad input is a typed InvalidRequest naming the field, never a 
     })
   )
 
+  it.effect("plan and prepare refuse a misspelt option or a lead that is not a step, naming it, never dying", () =>
+    Effect.gen(function* () {
+      const { router } = yield* makeManager({ a: {}, b: {} })
+      const cases: ReadonlyArray<readonly [string, Effect.Effect<unknown, AiError>]> = [
+        ["laed", router.prepare("d-a", { laed: 1 } as never)],
+        ["lead", router.prepare("d-a", { lead: null } as never)],
+        ["lead", router.prepare("d-a", { lead: 5 } as never)],
+        ["lead", router.plan(ask, "d-a", { lead: null } as never)]
+      ]
+      for (const [field, effect] of cases) {
+        const exit = yield* Effect.exit(effect)
+        const error = Exit.isFailure(exit) ? exit.cause.reasons.find((r) => r._tag === "Fail") : undefined
+        assert.isDefined(error, `${field}: ${Exit.isFailure(exit) ? String(exit.cause) : "succeeded"}`)
+        assert.strictEqual(invalidField((error as { error: AiError }).error), field)
+      }
+    })
+  )
+
   it.effect("an unknown domain's message lists the known ones", () =>
     Effect.gen(function* () {
       const { router } = yield* makeManager({ a: {} })

@@ -48,19 +48,24 @@ export const optionKeys = (() => {
     call: new Set(call),
     hedge: new Set([...call, "after", "defaultAfter"]),
     plan: new Set([...call, "lead"]),
+    prepare: new Set(["lead"]),
     stream: new Set(["firstChunkTimeout", "idleTimeout", "totalTimeout", "resume", "cache", "onRetry"])
   } as const
 })()
 
+// A `lead` is a step, read as one when the plan is built.
+const kinds = [
+  ["onRetry", "function"],
+  ["lead", "object"]
+] as const
+
 /**
  * A key of `options` the entry point does not take (a misspelt `timout`), or an `onRetry` that
- * is not a function, as its refusal.
+ * is not a function (a `lead` not a step), as its refusal.
  */
 export const unknownOption = (options: object, known: ReadonlySet<string>): ModelError | undefined => {
   const issue =
-    Input.notAnObject("options", options) ??
-    Input.unknownKey(options, known) ??
-    Input.notOfKind(options, [["onRetry", "function"]])
+    Input.notAnObject("options", options) ?? Input.unknownKey(options, known) ?? Input.notOfKind(options, kinds)
   return issue === undefined ? undefined : invalidRequest(issue.path, issue.message)
 }
 
