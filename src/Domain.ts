@@ -159,6 +159,9 @@ export const check = (input: unknown, options: string | CheckOptions = {}): Inpu
       if (next === domain.name) {
         return Result.fail({ path: `${path}[${i}].fallback[${j}]`, message: "a domain cannot fall back to itself" })
       }
+      if (domain.fallback!.indexOf(next) < j) {
+        return Result.fail({ path: `${path}[${i}].fallback[${j}]`, message: `"${next}" is already in the chain` })
+      }
     }
   }
   return Result.succeed(domains)

@@ -58,6 +58,14 @@ describe("Domain.fromConfig", () => {
         [[good, good], "domains[1].name"],
         [[{ name: "x", provider: "main", fallback: ["nowhere"] }], "domains[0].fallback[0]"],
         [[{ name: "x", provider: "main", fallback: ["x"] }], "domains[0].fallback[0]"],
+        // A domain named twice would be called twice in one chain.
+        [
+          [
+            { name: "x", provider: "main", fallback: ["y", "y"] },
+            { name: "y", provider: "main" }
+          ],
+          "domains[0].fallback[1]"
+        ],
         [[null], "domains[0]"],
         [{ name: "not a list" }, "domains"]
       ]
