@@ -345,7 +345,8 @@ const languageModelKeys: ReadonlySet<string> = new Set(["name", "settings", "lim
 
 // The options' keys, checked when the layer is built: a misspelt `call` or `stream` key would
 // otherwise fail every call (or, for a stream, be ignored), and a misspelt top-level key would
-// be ignored. The values are checked by EffectAi here and by the router per call.
+// be ignored. So are the call's deadlines, flags and onRetry, which would fail every call; the
+// other values are checked by EffectAi here and by the router per call.
 const checkLanguageModelKeys = (options: unknown): Input.Checked<void> => {
   if (options === undefined) return Result.void
   if (typeof options !== "object" || options === null || Array.isArray(options)) {
@@ -364,8 +365,24 @@ const checkLanguageModelKeys = (options: unknown): Input.Checked<void> => {
     }
     const issue = Input.unknownKey(nested, known, `${field}.`)
     if (issue !== undefined) return Result.fail(issue)
+    const value = valueIssue(nested as Record<string, unknown>)
+    if (value !== undefined) return Result.fail({ ...value, path: `${field}.${value.path}` })
   }
   return Result.void
+}
+
+// The values a router call checks, checked once here: a bad one would fail every call.
+const valueIssue = (options: Record<string, unknown>): Input.Issue | undefined => {
+  if (options.timeout !== undefined) {
+    const checked = Input.duration("timeout", options.timeout)
+    if (Result.isFailure(checked)) return checked.failure
+  }
+  // A stream's deadlines, which take "none".
+  for (const key of ["firstChunkTimeout", "idleTimeout", "totalTimeout"]) {
+    const checked = Input.optionalDuration(key, options[key] as Duration.Input | "none" | undefined, undefined)
+    if (Result.isFailure(checked)) return checked.failure
+  }
+  return Input.notABoolean(options, ["cache", "allowStale"]) ?? Input.notOfKind(options, [["onRetry", "function"]])
 }
 
 // The domains a LanguageModel layer serves, checked when it is built: a name, or a non-empty

@@ -91,6 +91,20 @@ describe("Router.layerLanguageModel: a domain as an effect/ai LanguageModel", ()
         assert.strictEqual(error._tag, "OptionError", path)
         assert.strictEqual(error.path, path)
       }
+      // A bad value would build and then fail every call: named when the layer is built too.
+      const values: ReadonlyArray<readonly [unknown, string]> = [
+        [{ call: { timeout: Number.NaN } }, "call.timeout"],
+        [{ call: { timeout: null } }, "call.timeout"],
+        [{ call: { cache: "no" } }, "call.cache"],
+        [{ call: { onRetry: null } }, "call.onRetry"],
+        [{ stream: { idleTimeout: -1 } }, "stream.idleTimeout"],
+        [{ stream: { firstChunkTimeout: null } }, "stream.firstChunkTimeout"],
+        [{ stream: { cache: 1 } }, "stream.cache"]
+      ]
+      for (const [options, path] of values) {
+        const error = yield* pathOf(options)
+        assert.strictEqual(error._tag === "OptionError" && error.path, path, JSON.stringify(options))
+      }
       // The router's own keys are accepted.
       yield* Layer.build(
         Router.layerLanguageModel("primary", {
