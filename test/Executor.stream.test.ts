@@ -542,6 +542,30 @@ describe("Executor.stream", () => {
   )
 })
 
+describe("Executor.stream: a step's own first-chunk deadline", () => {
+  it.effect("bounds that step's first chunk instead of the stream's, and a bad one is refused naming it", () =>
+    Effect.gen(function* () {
+      const { executor } = yield* setup()
+      const slow = yield* Mock.make({ name: "slow", latency: "3 seconds", respond: () => "late" })
+      const fiber = yield* Effect.forkChild(
+        Stream.runCollect(
+          executor.stream(ask, {
+            firstChunkTimeout: "1 second",
+            steps: [{ provider: slow.provider, firstChunkTimeout: "5 seconds" }]
+          })
+        )
+      )
+      yield* TestClock.adjust("3 seconds")
+      const parts = yield* Fiber.join(fiber)
+      assert.isTrue(parts.some((p) => p._tag === "TextDelta"))
+      const error = yield* Effect.flip(
+        Stream.runDrain(executor.stream(ask, { steps: [{ provider: slow.provider, firstChunkTimeout: Number.NaN }] }))
+      )
+      assert.strictEqual(error._tag === "ModelError" && error.field, "steps[0].firstChunkTimeout")
+    })
+  )
+})
+
 describe("Executor.stream: a consumer interrupted as its stream opens", () => {
   it.effect("is not left counted as running, whatever yield the interruption falls on", () =>
     Effect.gen(function* () {

@@ -1,5 +1,5 @@
 import { assert, describe, it } from "@effect/vitest"
-import { Effect, Exit, Fiber, Metric, Result, Stream, Tracer } from "effect"
+import { Duration, Effect, Exit, Fiber, Metric, Result, Stream, Tracer } from "effect"
 import { TestClock } from "effect/testing"
 import type { AiError } from "../src/AiError.js"
 import type { StreamPart } from "../src/Model.js"
@@ -648,33 +648,6 @@ describe("Router with breakers and a cache", () => {
     })
   )
 
-  it.effect(
-    "a stream's steps each have their own domain's timeout as first-chunk deadline; a caller's applies to all",
-    () =>
-      Effect.gen(function* () {
-        // The first domain gives up after 100 ms; its fallback has no timeout of its own and answers after 500.
-        const { router } = yield* makeManager(
-          { a: { latency: "1 second" }, b: { latency: "500 millis", respond: () => "from b" } },
-          {
-            domains: [
-              { name: "fb", provider: "a", timeout: "100 millis", fallback: ["b1"] },
-              { name: "b1", provider: "b" }
-            ]
-          }
-        )
-        const fiber = yield* Effect.forkChild(Stream.runCollect(router.stream(ask, "fb")))
-        yield* TestClock.adjust("2 seconds")
-        assert.strictEqual(textOf(yield* Fiber.join(fiber)), "from b")
-        // The caller's own first-chunk deadline holds for every step.
-        const cut = yield* Effect.forkChild(
-          Effect.flip(Stream.runCollect(router.stream(ask, "fb", { firstChunkTimeout: "200 millis" })))
-        )
-        yield* TestClock.adjust("2 seconds")
-        const error = yield* Fiber.join(cut)
-        assert.strictEqual(error._tag, "FallbackExhaustedError")
-      })
-  )
-
   it.effect("a stream's onRetry that throws does not end the stream: logged once, the retry answers", () =>
     Effect.gen(function* () {
       const { router } = yield* makeManager(
@@ -776,6 +749,38 @@ describe("Router.stream", () => {
       assert.strictEqual(systemOf(toA!), "main system")
       assert.strictEqual(systemOf(toB!), "spare system")
     })
+  )
+})
+
+describe("Router.stream deadlines", () => {
+  it.effect(
+    "each step of the chain waits for its first chunk as long as its own domain's timeout, as execute does",
+    () =>
+      Effect.gen(function* () {
+        const { router } = yield* makeManager(
+          {
+            a: { script: [Outcome.fail("Overloaded"), Outcome.fail("Overloaded")] },
+            b: { latency: "3 seconds", respond: () => "slow but sure" }
+          },
+          {
+            domains: [
+              { name: "main", provider: "a", timeout: "1 second", fallback: ["local"] },
+              { name: "local", provider: "b", timeout: "10 seconds" }
+            ]
+          }
+        )
+        const fiber = yield* Effect.forkChild(Stream.runCollect(router.stream(ask, "main")))
+        yield* TestClock.adjust("3 seconds")
+        assert.strictEqual(textOf(yield* Fiber.join(fiber)), "slow but sure")
+        // The caller's own firstChunkTimeout still bounds every step.
+        const bounded = yield* Effect.forkChild(
+          Effect.flip(Stream.runCollect(router.stream(ask, "main", { firstChunkTimeout: "2 seconds" })))
+        )
+        yield* TestClock.adjust("2 seconds")
+        const error = yield* Fiber.join(bounded)
+        const last = error._tag === "FallbackExhaustedError" ? error.last : error
+        assert.strictEqual(last._tag === "TimeoutError" && Duration.toMillis(last.timeout), 2000)
+      })
   )
 })
 
