@@ -14,9 +14,12 @@ const LOG_FACTOR = Math.log(1.1)
 const BOUNDS = Metrics.latencyBoundaries
 const SIZE = BOUNDS.length
 
-/** A histogram over `Metrics.latencyBoundaries`; bucket i counts values in (bound[i-1], bound[i]]. */
+/**
+ * A histogram over `Metrics.latencyBoundaries`; bucket i counts values in (bound[i-1], bound[i]].
+ * The last bound is `Infinity`, so the last bucket holds every value past the last finite one.
+ */
 export class Histogram {
-  readonly buckets = new Float64Array(SIZE + 1)
+  readonly buckets = new Float64Array(SIZE)
   count = 0
   sum = 0
   min = Number.POSITIVE_INFINITY
@@ -31,7 +34,7 @@ export class Histogram {
     if (i < 0) i = 0
     if (i < SIZE && v > BOUNDS[i]!) i++
     if (i > 0 && i <= SIZE && v <= BOUNDS[i - 1]!) i--
-    this.buckets[Math.min(i, SIZE)]! += 1
+    this.buckets[Math.min(i, SIZE - 1)]! += 1
     this.count++
     this.sum += v
     if (v < this.min) this.min = v
@@ -98,7 +101,7 @@ export class Gauge {
   }
 }
 
-const zeroBase = (): HistogramBase => ({ buckets: new Float64Array(SIZE + 1), count: 0, sum: 0 })
+const zeroBase = (): HistogramBase => ({ buckets: new Float64Array(SIZE), count: 0, sum: 0 })
 
 const baseOf = (h: Histogram): HistogramBase => ({ buckets: h.buckets.slice(), count: h.count, sum: h.sum })
 
@@ -241,7 +244,7 @@ export class Series {
 
 /** Bucket counts of a window: the cumulative ones minus the baseline's, summed over series. */
 export class WindowHistogram {
-  readonly buckets = new Float64Array(SIZE + 1)
+  readonly buckets = new Float64Array(SIZE)
   count = 0
   sum = 0
   min = Number.POSITIVE_INFINITY
@@ -250,24 +253,25 @@ export class WindowHistogram {
   add(h: Histogram, base: HistogramBase): void {
     const n = h.count - base.count
     if (n <= 0) return
-    for (let i = 0; i <= SIZE; i++) this.buckets[i]! += h.buckets[i]! - base.buckets[i]!
+    for (let i = 0; i < SIZE; i++) this.buckets[i]! += h.buckets[i]! - base.buckets[i]!
     this.count += n
     this.sum += h.sum - base.sum
     if (h.windowMin < this.min) this.min = h.windowMin
     if (h.windowMax > this.max) this.max = h.windowMax
   }
 
-  /** A quantile interpolated inside its bucket, clamped to the window's min and max. */
+  /** A quantile interpolated inside its bucket (the last one: its lower bound), clamped to the window's min and max. */
   quantile(q: number): number {
     if (this.count === 0) return 0
     const rank = q * this.count
     let cumulative = 0
-    for (let i = 0; i <= SIZE; i++) {
+    for (let i = 0; i < SIZE; i++) {
       const inBucket = this.buckets[i]!
       if (inBucket > 0 && cumulative + inBucket >= rank) {
         const lower = i === 0 ? 0 : BOUNDS[i - 1]!
-        const upper = i < SIZE ? BOUNDS[i]! : this.max
-        const value = lower + (upper - lower) * ((rank - cumulative) / inBucket)
+        // The last bucket has no upper bound: interpolating up to the window's max would make
+        // one very slow call everyone's percentile, so (as Prometheus does) read its lower bound.
+        const value = i === SIZE - 1 ? lower : lower + (BOUNDS[i]! - lower) * ((rank - cumulative) / inBucket)
         return Math.min(this.max, Math.max(this.min, value))
       }
       cumulative += inBucket

@@ -1,0 +1,39 @@
+import { assert, describe, it } from "@effect/vitest"
+import { Effect, Metric } from "effect"
+import * as Stats from "../src/Stats.js"
+
+const make = Stats.make.pipe(Effect.provideService(Metric.MetricRegistry, new Map()))
+
+describe("Stats", () => {
+  it.effect("percentiles of calls longer than the last latency bucket (~13 minutes) are not the slowest call's", () =>
+    Effect.gen(function* () {
+      const stats = yield* make
+      const series = stats.series("p", "d")
+      // 99 calls of 15 minutes and one of 10 hours: the median is 15 minutes, not 10 hours.
+      for (let i = 0; i < 99; i++) series.latency.record(900_000)
+      series.latency.record(36_000_000)
+      const { latency } = yield* stats.snapshot()
+      assert.strictEqual(latency.max, 36_000_000)
+      assert.strictEqual(latency.p50, 900_000)
+      assert.strictEqual(latency.p95, 900_000)
+      // Every call is in a bucket the exporters see: the le="+Inf" bucket counts all 100.
+      assert.strictEqual(series.latency.state().buckets.at(-1)![1], 100)
+    })
+  )
+
+  it.effect("percentiles at the edges: no call, one call, calls all equal, calls of 0 ms", () =>
+    Effect.gen(function* () {
+      const stats = yield* make
+      assert.deepStrictEqual((yield* stats.snapshot()).latency, { avg: 0, min: 0, max: 0, p50: 0, p95: 0, p99: 0 })
+      stats.series("one", "d").latency.record(1234)
+      const one = (yield* stats.snapshot({ provider: "one" })).latency
+      assert.deepStrictEqual(one, { avg: 1234, min: 1234, max: 1234, p50: 1234, p95: 1234, p99: 1234 })
+      for (let i = 0; i < 7; i++) stats.series("equal", "d").latency.record(42)
+      const equal = (yield* stats.snapshot({ provider: "equal" })).latency
+      assert.deepStrictEqual(equal, { avg: 42, min: 42, max: 42, p50: 42, p95: 42, p99: 42 })
+      for (let i = 0; i < 3; i++) stats.series("zero", "d").latency.record(0)
+      const zero = (yield* stats.snapshot({ provider: "zero" })).latency
+      assert.deepStrictEqual(zero, { avg: 0, min: 0, max: 0, p50: 0, p95: 0, p99: 0 })
+    })
+  )
+})
