@@ -1,6 +1,7 @@
 import { assert, describe, it } from "@effect/vitest"
 import { Effect, Metric } from "effect"
 import * as Stats from "../src/Stats.js"
+import { makeManager } from "./utils/manager.js"
 
 const make = Stats.make.pipe(Effect.provideService(Metric.MetricRegistry, new Map()))
 
@@ -34,6 +35,17 @@ describe("Stats", () => {
       for (let i = 0; i < 3; i++) stats.series("zero", "d").latency.record(0)
       const zero = (yield* stats.snapshot({ provider: "zero" })).latency
       assert.deepStrictEqual(zero, { avg: 0, min: 0, max: 0, p50: 0, p95: 0, p99: 0 })
+    })
+  )
+
+  it.effect("embeddings count the input tokens their provider reports, through the router and the executor", () =>
+    Effect.gen(function* () {
+      const { router, executor, stats } = yield* makeManager({ a: {} })
+      const routed = yield* router.embed({ texts: ["the first text to embed", "a second one"] }, "d-a")
+      const direct = yield* executor.embed({ texts: ["one more text"] })
+      assert.isAbove(routed.usage!.inputTokens, 0)
+      const { tokens } = yield* stats.snapshot({ provider: "a" })
+      assert.deepStrictEqual(tokens, { input: routed.usage!.inputTokens + direct.usage!.inputTokens, output: 0 })
     })
   )
 })

@@ -28,6 +28,13 @@ const responseAttributes = (response: EmbedResponse): Record<string, unknown> =>
     : { "gen_ai.response.model": response.model, "gen_ai.usage.input_tokens": response.usage.inputTokens }
 
 /**
+ * The tokens of an embeddings answer, for the token metrics (input only; providers may report none).
+ *
+ * @internal
+ */
+export const embedUsageOf = (response: EmbedResponse): EmbedResponse["usage"] => response.usage
+
+/**
  * What an embeddings call's attempts tell in their spans.
  *
  * @internal
@@ -75,7 +82,8 @@ export const make = (env: {
             }
             const plan: Plan<ProviderService, EmbedResponse> = {
               steps: [step],
-              totalTimeout: resolved.success.totalTimeout
+              totalTimeout: resolved.success.totalTimeout,
+              usageOf: embedUsageOf
             }
             const call = (p: ProviderService) => p.embed(valid)
             if (!isTraced(fiber)) return engine.runValueIn(fiber, plan, call)

@@ -12,6 +12,7 @@ import { applyTo, type Domain } from "../Domain.js"
 import type { Service as ExecutorService, StreamOptions as ExecutorStreamOptions, Step } from "../Executor.js"
 import * as Input from "../Input.js"
 import { type EmbedRequest, type GenerateRequest, type Service as ProviderService, validateEmbed } from "../Model.js"
+import { embedUsageOf } from "../executor/embed.js"
 import { chatTelemetry } from "../executor/generate.js"
 import { isTraced, traced } from "../policy/span.js"
 import type { Answer, CallOptions, HedgeOptions, Service, StreamOptions } from "../Router.js"
@@ -241,8 +242,10 @@ export const makeCalls = (env: Env) => {
         }),
         maxConcurrency: undefined
       }
-      const answer = yield* executor.run({ steps: [step], totalTimeout, onRetry: retryHook(options.onRetry) }, (p) =>
-        p.embed(domain.model === undefined || valid.model !== undefined ? valid : { ...valid, model: domain.model })
+      const answer = yield* executor.run(
+        { steps: [step], totalTimeout, onRetry: retryHook(options.onRetry), usageOf: embedUsageOf },
+        (p) =>
+          p.embed(domain.model === undefined || valid.model !== undefined ? valid : { ...valid, model: domain.model })
       )
       return answer.value
     })
