@@ -1,5 +1,7 @@
 import { assert, describe, it } from "@effect/vitest"
-import { Effect, Metric } from "effect"
+import { Effect, Fiber, Metric, Stream } from "effect"
+import { TestClock } from "effect/testing"
+import { Outcome } from "../src/Model/Mock.js"
 import * as Stats from "../src/Stats.js"
 import { makeManager } from "./utils/manager.js"
 
@@ -46,6 +48,33 @@ describe("Stats", () => {
       assert.isAbove(routed.usage!.inputTokens, 0)
       const { tokens } = yield* stats.snapshot({ provider: "a" })
       assert.deepStrictEqual(tokens, { input: routed.usage!.inputTokens + direct.usage!.inputTokens, output: 0 })
+    })
+  )
+
+  it.effect("a retry that the call's deadline cuts during its backoff is not counted: it never ran", () =>
+    Effect.gen(function* () {
+      const { router, stats, controls } = yield* makeManager(
+        { a: { script: [Outcome.fail("Overloaded"), Outcome.fail("Overloaded")] } },
+        {
+          breakers: false,
+          domains: [
+            {
+              name: "d-a",
+              provider: "a",
+              totalTimeout: "100 millis",
+              retry: { maxAttempts: 3, initialDelay: "1 second", jitter: 0 }
+            }
+          ]
+        }
+      )
+      const call = yield* Effect.forkChild(Effect.flip(router.execute({ prompt: "q" }, "d-a")))
+      const stream = yield* Effect.forkChild(Effect.flip(Stream.runCollect(router.stream({ prompt: "s" }, "d-a"))))
+      yield* TestClock.adjust("10 seconds")
+      assert.strictEqual((yield* Fiber.join(call))._tag, "TimeoutError")
+      assert.strictEqual((yield* Fiber.join(stream))._tag, "TimeoutError")
+      assert.strictEqual(yield* controls.a!.calls, 2)
+      const figures = yield* stats.snapshot({ provider: "a" })
+      assert.deepStrictEqual([figures.total, figures.failures, figures.retries], [2, 2, 0])
     })
   )
 })

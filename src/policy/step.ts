@@ -306,13 +306,16 @@ export const make = (env: Env): Driver => {
       Effect.flatMap(Effect.exit(s(clock.currentTimeMillisUnsafe(), error)), (decision) => {
         if (Exit.isFailure(decision)) return Effect.fail(error)
         const delay = decision.value[1]
-        series.retries++
         const notify =
           plan.onRetry === undefined
             ? Effect.void
             : observe("onRetry", plan.onRetry, () => plan.onRetry!({ step, attempt: state.attemptNo, error, delay }))
         return Effect.flatMap(notify, () =>
-          Effect.flatMap(tracked(Effect.sleep(delay)), () => attempts(step, plan, call, counter, series, state))
+          Effect.flatMap(tracked(Effect.sleep(delay)), () => {
+            // Counted once the backoff is over: a deadline that cuts it leaves no retry made.
+            series.retries++
+            return attempts(step, plan, call, counter, series, state)
+          })
         )
       })
     )

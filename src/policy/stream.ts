@@ -286,7 +286,6 @@ export const make = (env: { readonly engine: Engine; readonly defaults: StreamDe
               const decision = yield* Effect.exit(stepper!(now(), error))
               if (Exit.isSuccess(decision)) {
                 const delay = decision.value[1]
-                attempt.series.retries++
                 if (plan.onRetry !== undefined) {
                   yield* observe("onRetry", plan.onRetry, () =>
                     plan.onRetry!({ step: attempt.step, attempt: attemptsOnStep, error, delay })
@@ -393,6 +392,8 @@ export const make = (env: { readonly engine: Engine; readonly defaults: StreamDe
           if (retryDue) {
             retryDue = false
             attemptsOnStep++
+            // Counted when it starts: a deadline that cuts the backoff leaves no retry made.
+            engine.series(plan.steps[stepIndex]!).retries++
             return Effect.andThen(startAttempt(stepIndex, request_, undefined), pull)
           }
           const attempt = current
