@@ -151,3 +151,155 @@ describe("Prometheus", () => {
     })
   )
 })
+
+/**
+ * A strict reading of the text exposition format (0.0.4): every line a comment or a sample;
+ * names and label names by the spec's rules; label values with only \\, \" and \n escaped;
+ * HELP and TYPE at most once per family, before its samples, and a family's samples together;
+ * no series twice; histograms with increasing `le`, monotone buckets, `+Inf` equal to
+ * `_count`, and a `_sum`. Answers the samples, unescaped.
+ */
+const parseExposition = (text: string) => {
+  const metricName = /^[a-zA-Z_:][a-zA-Z0-9_:]*$/
+  const labelName = /^[a-zA-Z_][a-zA-Z0-9_]*$/
+  assert.isTrue(text === "" || text.endsWith("\n"), "the text ends with a newline")
+  const samples: Array<{ name: string; labels: Record<string, string>; value: number }> = []
+  const typed = new Map<string, string>()
+  const helped = new Set<string>()
+  const closed = new Set<string>()
+  const seen = new Set<string>()
+  let current: string | undefined
+  const familyOf = (name: string) => {
+    for (const suffix of ["_bucket", "_sum", "_count"]) {
+      const base = name.slice(0, -suffix.length)
+      if (name.endsWith(suffix) && typed.get(base) === "histogram") return base
+    }
+    return name
+  }
+  const enter = (family: string) => {
+    if (current === family) return
+    assert.isFalse(closed.has(family), `family ${family} is split`)
+    if (current !== undefined) closed.add(current)
+    current = family
+  }
+  for (const line of text.split("\n").slice(0, -1)) {
+    const comment = /^# (HELP|TYPE) (\S+) (.*)$/.exec(line)
+    if (comment !== null) {
+      const [, kind, name, rest] = comment as unknown as [string, string, string, string]
+      assert.match(name, metricName, line)
+      enter(name)
+      if (kind === "TYPE") {
+        assert.isFalse(typed.has(name), `TYPE ${name} twice`)
+        assert.include(["counter", "gauge", "histogram", "summary", "untyped"], rest, line)
+        typed.set(name, rest)
+      } else {
+        assert.isFalse(helped.has(name), `HELP ${name} twice`)
+        assert.notMatch(rest.replace(/\\[\\n]/g, ""), /\\/, line)
+        helped.add(name)
+      }
+      continue
+    }
+    assert.isFalse(line.startsWith("#") || line.trim() === "", `unexpected line ${JSON.stringify(line)}`)
+    const head = /^([a-zA-Z_:][a-zA-Z0-9_:]*)/.exec(line)
+    assert.isNotNull(head, line)
+    const name = head![1]!
+    let at = name.length
+    const labels: Record<string, string> = {}
+    if (line[at] === "{") {
+      at++
+      while (line[at] !== "}") {
+        const key = /^([^=]*)="/.exec(line.slice(at))
+        assert.isNotNull(key, `label at ${at} of ${JSON.stringify(line)}`)
+        assert.match(key![1]!, labelName, line)
+        assert.isFalse(key![1]! in labels, `label ${key![1]} twice in ${line}`)
+        at += key![0].length
+        let value = ""
+        for (;;) {
+          const c = line[at]
+          assert.isDefined(c, `unterminated label value in ${JSON.stringify(line)}`)
+          if (c === '"') break
+          if (c === "\\") {
+            const next = line[at + 1]
+            assert.include(["\\", '"', "n"], next, `bad escape in ${JSON.stringify(line)}`)
+            value += next === "n" ? "\n" : next
+            at += 2
+          } else {
+            value += c
+            at++
+          }
+        }
+        labels[key![1]!] = value
+        at++
+        if (line[at] === ",") at++
+      }
+      at++
+    }
+    const rest = /^ (\S+)$/.exec(line.slice(at))
+    assert.isNotNull(rest, `value of ${JSON.stringify(line)}`)
+    const value = rest![1] === "+Inf" ? Infinity : rest![1] === "-Inf" ? -Infinity : Number(rest![1])
+    assert.isFalse(rest![1] !== "NaN" && Number.isNaN(value), line)
+    const family = familyOf(name)
+    enter(family)
+    assert.isTrue(typed.has(family), `no TYPE before ${line}`)
+    const id = JSON.stringify([name, Object.entries(labels).sort()])
+    assert.isFalse(seen.has(id), `series twice: ${line}`)
+    seen.add(id)
+    samples.push({ name, labels, value })
+  }
+  for (const [family, type] of typed) {
+    if (type !== "histogram") continue
+    const groups = new Map<string, Array<{ le: number; value: number }>>()
+    for (const s of samples.filter((s) => s.name === `${family}_bucket`)) {
+      const { le, ...rest } = s.labels
+      const key = JSON.stringify(Object.entries(rest).sort())
+      groups.set(key, [...(groups.get(key) ?? []), { le: le === "+Inf" ? Infinity : Number(le), value: s.value }])
+    }
+    for (const [key, buckets] of groups) {
+      for (let i = 1; i < buckets.length; i++) {
+        assert.isAbove(buckets[i]!.le, buckets[i - 1]!.le, `${family}${key} le order`)
+        assert.isAtLeast(buckets[i]!.value, buckets[i - 1]!.value, `${family}${key} buckets monotone`)
+      }
+      assert.strictEqual(buckets.at(-1)!.le, Infinity, `${family}${key} ends with +Inf`)
+      const same = (s: { labels: Record<string, string> }) => JSON.stringify(Object.entries(s.labels).sort()) === key
+      const count = samples.find((s) => s.name === `${family}_count` && same(s))
+      assert.isDefined(count, `${family}${key} _count`)
+      assert.strictEqual(buckets.at(-1)!.value, count!.value, `${family}${key} +Inf is _count`)
+      assert.isDefined(
+        samples.find((s) => s.name === `${family}_sum` && same(s)),
+        `${family}${key} _sum`
+      )
+    }
+  }
+  return samples
+}
+
+describe("Prometheus text format", () => {
+  it.effect("is valid exposition text, whatever the provider, domain and reason names hold", () =>
+    Effect.gen(function* () {
+      const odd = ['q"uote', "back\\slash", "new\nline", "ünï-çødé 名前", "trailing\\"]
+      const mocks = Object.fromEntries(
+        odd.map((name, i) => [name, { script: i % 2 === 0 ? [Outcome.succeed()] : [Outcome.fail("Overloaded")] }])
+      )
+      const { router, registry } = yield* makeManager(mocks, {
+        domains: odd.map((name) => ({ name: `dom ${name}`, provider: name })),
+        rateLimits: { default: { requestsPerMinute: 100 } },
+        cache: {}
+      })
+      for (const name of odd) yield* Effect.exit(router.execute({ prompt: "q" }, `dom ${name}`))
+      for (const name of odd) yield* Effect.exit(router.execute({ prompt: "q" }, `dom ${name}`))
+      const provide = Effect.provideService(Metric.MetricRegistry, registry)
+      for (const buckets of ["all", "coarse"] as const) {
+        const text = yield* Prometheus.format({ buckets }).pipe(provide)
+        const samples = parseExposition(text)
+        for (const name of odd) {
+          const requests = samples.find(
+            (s) =>
+              s.name === "orchestra_requests_total" && s.labels.provider === name && s.labels.domain === `dom ${name}`
+          )
+          assert.isDefined(requests, `requests of ${JSON.stringify(name)}`)
+          assert.isTrue(samples.some((s) => s.name === "orchestra_breaker_state" && s.labels.breaker === name))
+        }
+      }
+    })
+  )
+})
