@@ -77,4 +77,20 @@ describe("Stats", () => {
       assert.deepStrictEqual([figures.total, figures.failures, figures.retries], [2, 2, 0])
     })
   )
+
+  it.effect("a stream's service time leaves out its wait for a provider slot, as a call's does", () =>
+    Effect.gen(function* () {
+      const { router, stats } = yield* makeManager({ a: { latency: 100, maxConcurrency: 1 } }, { breakers: false })
+      const streams = yield* Effect.forkChild(
+        Effect.forEach([1, 2], (i) => Stream.runCollect(router.stream({ prompt: `s${i}` }, "d-a")), {
+          concurrency: "unbounded"
+        })
+      )
+      yield* TestClock.adjust("1 second")
+      yield* Fiber.join(streams)
+      const { queueWait, serviceTime } = yield* stats.snapshot({ provider: "a" })
+      assert.deepStrictEqual([queueWait.min, queueWait.max], [0, 100])
+      assert.deepStrictEqual([serviceTime.min, serviceTime.max], [100, 100])
+    })
+  )
 })

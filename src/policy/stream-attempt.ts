@@ -70,7 +70,8 @@ export interface Attempt {
   /** The deadline its watch is armed with: the first chunk's until one arrives, then the idle one. */
   limit: "firstChunk" | "idle"
   readonly buffer: Array<StreamPart>
-  readonly started: number
+  /** When its provider began serving it, past the rate limit, the breaker and the slot queue. */
+  started: number
   fiber: Fiber.Fiber<void, AiError> | undefined
   end: Exit.Exit<void, AiError> | undefined
   permit: BreakerPermit | undefined
@@ -162,6 +163,7 @@ export const attemptStarter = (host: AttemptHost) => {
         yield* Scope.addFinalizer(attempt.scope, attempt.release)
       }
       attempt.serving = true
+      attempt.started = now()
       for (const g of attempt.series.gauges) g.enter()
       attempt.watch.arm(firstChunkOf(step))
       // The upstream's pull as is: `Stream.toPull` wraps every pull in a merge of its context
