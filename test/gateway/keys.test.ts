@@ -438,6 +438,31 @@ describe("KeyStore: budgets in memory", () => {
         )
       })
   )
+
+  it.effect("a team's remaining budget is the same in the series of every key of the team", () =>
+    Effect.gen(function* () {
+      const registry: Metric.MetricRegistry = new Map()
+      const [a, b] = [unique("team-a"), unique("team-b")]
+      const store = yield* memory({
+        keys: [key(a, secretA, { team: "red" }), key(b, secretB, { team: "red" })],
+        teams: { red: { budget: { tokens: 1000 } } }
+      }).pipe(Effect.provideService(Metric.MetricRegistry, registry))
+      const alpha = yield* store.authenticate(Redacted.make(secretA))
+      const beta = yield* store.authenticate(Redacted.make(secretB))
+      yield* store.settle(yield* store.reserve(alpha, "m", estimate(100, 100)), { inputTokens: 100, outputTokens: 50 })
+      yield* store.settle(yield* store.reserve(beta, "m", estimate(100, 100)), { inputTokens: 100, outputTokens: 100 })
+      const text = Prometheus.formatUnsafe(
+        Context.add(Context.empty(), Metric.MetricRegistry, registry) as Context.Context<never>
+      )
+      for (const id of [a, b]) {
+        assert.match(
+          text,
+          new RegExp(`orchestra_gateway_budget_remaining\\{key="${id}",scope="team"[^}]*\\} 650\n`),
+          id
+        )
+      }
+    })
+  )
 })
 
 describe("KeyStore: admin operations in memory", () => {

@@ -31,9 +31,12 @@ interface Series {
  */
 export const make = (context: Context.Context<never>, now: () => number): Gauges => {
   const series = new Map<string, Series>()
+  // The series of every key charged to one budget: a team's, shared by its keys, shows one level.
+  const byBudget = new Map<string, Array<Series>>()
   const registrations: Array<Metric.Registration> = []
 
   const set = (keyId: string, counter: Counter, level: Level) => {
+    const budget = `${counter.scope}\u0000${counter.scopeId}\u0000${counter.unit}\u0000${counter.model ?? ""}`
     const name = `${keyId}\u0000${counter.scope}\u0000${counter.unit}\u0000${counter.model ?? ""}`
     let found = series.get(name)
     if (found === undefined) {
@@ -52,20 +55,30 @@ export const make = (context: Context.Context<never>, now: () => number): Gauges
         })
       )
       series.set(name, created)
+      const sharing = byBudget.get(budget)
+      if (sharing === undefined) byBudget.set(budget, [created])
+      else sharing.push(created)
       found = created
     }
     // A level of an earlier window (a request settled after its period rolled) says nothing of this one.
     if (found.window !== undefined && counter.window !== undefined && counter.window < found.window) return
-    found.value = shown(counter.unit, Math.max(0, counter.limit - level.spent - level.held))
-    found.full = shown(counter.unit, counter.limit)
-    found.window = counter.window
-    found.endsAt = windowEnd(counter)
+    const value = shown(counter.unit, Math.max(0, counter.limit - level.spent - level.held))
+    const full = shown(counter.unit, counter.limit)
+    const endsAt = windowEnd(counter)
+    for (const each of byBudget.get(budget) ?? [found]) {
+      if (each.window !== undefined && counter.window !== undefined && counter.window < each.window) continue
+      each.value = value
+      each.full = full
+      each.window = counter.window
+      each.endsAt = endsAt
+    }
   }
 
   const remove = () => {
     for (const registration of registrations) registration.remove()
     registrations.length = 0
     series.clear()
+    byBudget.clear()
   }
 
   return { set, remove }
