@@ -24,7 +24,7 @@
  * | `timeouts` | attempts | attempts ended by a deadline (an attempt's, the call's, or the caller's signal timeout) |
  * | `retries` | attempts | attempts after the first, on the same provider |
  * | `fallbacks` | calls | hand-overs to the next step of a fallback chain |
- * | `hedges` | calls | backup calls started by hedging, won and lost |
+ * | `hedges` | calls | backup calls started by hedging; each is won (it answered first) or lost |
  * | `tokens` | tokens | input and output tokens (estimated where a provider reports none) |
  * | `throughput` | calls/s | finished calls per second over the window |
  * | `windowMs` | ms | time since the window began (`resetStats()` / `Stats.reset` starts a new one) |

@@ -93,4 +93,21 @@ describe("Stats", () => {
       assert.deepStrictEqual([serviceTime.min, serviceTime.max], [100, 100])
     })
   )
+
+  it.effect("a hedge's backups that did not win are lost, also when no domain answered", () =>
+    Effect.gen(function* () {
+      const { router, stats } = yield* makeManager(
+        {
+          a: { script: [Outcome.fail("Overloaded", { latency: 200 })] },
+          b: { script: [Outcome.fail("Overloaded", { latency: 200 })] }
+        },
+        { breakers: false }
+      )
+      const hedged = yield* Effect.forkChild(Effect.flip(router.hedge({ prompt: "q" }, ["d-a", "d-b"], { after: 50 })))
+      yield* TestClock.adjust("1 second")
+      assert.strictEqual((yield* Fiber.join(hedged))._tag, "FallbackExhaustedError")
+      const { hedges } = yield* stats.snapshot()
+      assert.deepStrictEqual(hedges, { started: 1, won: 0, lost: 1 })
+    })
+  )
 })

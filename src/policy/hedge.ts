@@ -55,16 +55,11 @@ export const make = (runner: Runner) => {
         )
         return Effect.andThen(wait, go)
       })
+      let winner = -1
       return Effect.raceFirst(Effect.raceAll(racers), Deferred.await(fatal)).pipe(
         Effect.map(({ index, value }): Answer<T, A> => {
+          winner = index
           const backups = didStart.slice(1).some(Boolean)
-          if (backups) {
-            steps.forEach((step, i) => {
-              if (i === 0 || !didStart[i]) return
-              if (i === index) seriesOf(step).hedgesWon++
-              else seriesOf(step).hedgesLost++
-            })
-          }
           return {
             value,
             step: steps[index]!,
@@ -80,6 +75,16 @@ export const make = (runner: Runner) => {
             steps.length,
             error
           )
+        ),
+        // Every backup started is won or lost, whether the call answered, failed or was cut.
+        Effect.onExit(() =>
+          Effect.sync(() => {
+            steps.forEach((step, i) => {
+              if (i === 0 || !didStart[i]) return
+              if (i === winner) seriesOf(step).hedgesWon++
+              else seriesOf(step).hedgesLost++
+            })
+          })
         )
       )
     })
