@@ -110,4 +110,31 @@ describe("Stats", () => {
       assert.deepStrictEqual(hedges, { started: 1, won: 0, lost: 1 })
     })
   )
+
+  it.effect("a request refused before it runs is counted on every entry point, streams and embeddings too", () =>
+    Effect.gen(function* () {
+      const { router, executor, stats } = yield* makeManager({ a: {} })
+      const empty = { prompt: "" }
+      const refusals: ReadonlyArray<readonly [string, Effect.Effect<unknown, unknown>]> = [
+        ["router.execute", router.execute(empty, "d-a")],
+        ["router.stream", Stream.runCollect(router.stream(empty, "d-a"))],
+        ["router.embed", router.embed({ texts: [] as never }, "d-a")],
+        ["executor.execute", executor.execute(empty)],
+        ["executor.stream", Stream.runCollect(executor.stream(empty))],
+        ["executor.embed", executor.embed({ texts: [] as never })]
+      ]
+      for (const [name, call] of refusals) {
+        const before = yield* stats.snapshot({ provider: "a" })
+        assert.strictEqual((yield* Effect.flip(call)) instanceof Error, true, name)
+        const after = yield* stats.snapshot({ provider: "a" })
+        assert.deepStrictEqual(
+          [after.total - before.total, after.failures - before.failures, after.failuresByReason.InvalidRequest],
+          [1, 1, (before.failuresByReason.InvalidRequest ?? 0) + 1],
+          name
+        )
+      }
+      // Under the domain the call named.
+      assert.strictEqual((yield* stats.snapshot({ provider: "a", domain: "d-a" })).total, 3)
+    })
+  )
 })

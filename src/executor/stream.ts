@@ -5,7 +5,7 @@
  *
  * @internal
  */
-import { Stream } from "effect"
+import { Effect, Stream } from "effect"
 import { invalidRequest } from "../AiError.js"
 import type { Guards, Service, StreamOptions } from "../Executor.js"
 import * as Input from "../Input.js"
@@ -19,6 +19,7 @@ import type { RetryPolicy } from "../Policy.js"
 import type { Streams } from "../policy/stream.js"
 import { kinds } from "./options.js"
 import { tokensOf } from "./plan.js"
+import type { Refuse } from "./refusal.js"
 
 /**
  * Builds an executor's `stream`.
@@ -47,8 +48,9 @@ export const make = (env: {
   readonly basePolicy: RetryPolicy
   readonly guards: Guards
   readonly stepFor: Service["stepFor"]
+  readonly refuse: Refuse
 }) => {
-  const { streams, provider, limits, basePolicy, guards, stepFor } = env
+  const { streams, provider, limits, basePolicy, guards, stepFor, refuse } = env
 
   const stream = (request: GenerateRequest, streamOptions: StreamOptions = {}) => {
     const unknown =
@@ -62,7 +64,16 @@ export const make = (env: {
     return streams.stream(request, {
       ...streamOptions,
       provider: streamOptions.provider ?? provider,
-      validate: (r) => validateGenerate(r, limits),
+      // A request refused is counted on its first step, as a call's is.
+      validate: (r) =>
+        Effect.mapError(validateGenerate(r, limits), (error) => {
+          const first = Array.isArray(streamOptions.steps) ? streamOptions.steps[0] : undefined
+          return refuse(
+            error,
+            first?.provider ?? streamOptions.provider ?? provider,
+            first?.domain ?? streamOptions.domain
+          )
+        }),
       stepFor: (target, domain) => stepFor(target, { domain, tokens: tokensOf(request) }),
       basePolicy,
       cacheStore: guards.cache

@@ -232,7 +232,13 @@ export const makeCalls = (env: Env) => {
       const unknown = unknownOption(options, optionKeys.call) ?? flagIssue(options, callFlags)
       if (unknown !== undefined) return yield* Effect.fail(unknown)
       const { domain, provider } = yield* resolve(name)
-      const valid = yield* validateEmbed(request, executor.limits)
+      // A request refused is counted on its provider, as the executor counts its own.
+      const valid = yield* Effect.mapError(validateEmbed(request, executor.limits), (error) => {
+        const series = stats.series(provider.name, domain.name)
+        series.requests++
+        series.fail(error.reason)
+        return error
+      })
       const totalTimeout = yield* checkTimeout(options.timeout, domain.totalTimeout)
       const step: Step<ProviderService> = {
         ...executor.stepFor(provider, {
