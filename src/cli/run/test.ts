@@ -67,9 +67,11 @@ export const callChain = (
   onRetry: () => Effect.Effect<void>
 ): Effect.Effect<Answer, AiError> => {
   if (domain !== undefined) {
-    return fallback.length === 0
-      ? router.execute(request, domain, { onRetry })
-      : router.executeWithFallback(request, [domain, ...fallback], { onRetry })
+    if (fallback.length === 0) return router.execute(request, domain, { onRetry })
+    // A list is the whole chain: the domain's own fallbacks first, then --fallback's, once each (as a batch's).
+    return Effect.flatMap(router.chain(domain), (chain) =>
+      router.executeWithFallback(request, [...new Set([...chain.map((d) => d.name), ...fallback])], { onRetry })
+    )
   }
   if (fallback.length === 0) {
     return Effect.map(
