@@ -136,13 +136,7 @@ export const make = Effect.fnUntraced(function* (options: Options = {}) {
   const [settings, host, name, defaultModel, embeddingModel, api, keepAlive] = yield* Input.orOptionError(
     checkOptions(options)
   )
-  const client = yield* Client.make(
-    settings,
-    options.transformClient,
-    undefined,
-    // A key in a header of the user's own (Azure's api-key) must not follow a fetch redirect elsewhere.
-    options.headers !== undefined && Object.keys(options.headers).length > 0
-  )
+  const client = yield* Client.make(settings, options.transformClient)
   const apiKey = options.apiKey
   const secrets = apiKey === undefined ? [] : [apiKey]
 

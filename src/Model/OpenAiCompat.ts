@@ -146,13 +146,7 @@ export const make = Effect.fnUntraced(function* (options: Options = {}) {
   yield* Input.orOptionError(optionKeys(options))
   const [settings, baseUrl, name, defaultModel, embeddingModel, embeddingEncoding, maxTokensField] =
     yield* Input.orOptionError(checkOptions(options))
-  const client = yield* Client.make(
-    settings,
-    options.transformClient,
-    undefined,
-    // A key in a header of the user's own (Azure's api-key) must not follow a fetch redirect elsewhere.
-    options.headers !== undefined && Object.keys(options.headers).length > 0
-  )
+  const client = yield* Client.make(settings, options.transformClient)
   const apiKey = options.apiKey
   const secrets = apiKey === undefined ? [] : [apiKey]
   const streamUsage = Input.orDefault(options.streamUsage, true)

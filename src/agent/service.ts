@@ -77,20 +77,13 @@ export const makeService = Effect.fnUntraced(function* (options: Options, env: E
         )
   const discovery = Option.getOrUndefined(yield* Effect.serviceOption(Discovery))
   const cache = options.cache === false ? undefined : Option.getOrUndefined(yield* Effect.serviceOption(ResponseCache))
-  const client = yield* Client.make(
-    {
-      // The per-request deadline is the executor's; this one only bounds what nothing else does.
-      timeout: Duration.days(365),
-      streamIdleTimeout: timeout,
-      maxResponseBytes,
-      maxEventBytes: maxResponseBytes
-    },
-    undefined,
-    undefined,
-    // `fetch` follows redirects itself (undici's clients do not): an agent's 307 re-sent the task,
-    // its secret headers included, to wherever `Location` pointed. A 3xx is the agent's error.
-    true
-  )
+  const client = yield* Client.make({
+    // The per-request deadline is the executor's; this one only bounds what nothing else does.
+    timeout: Duration.days(365),
+    streamIdleTimeout: timeout,
+    maxResponseBytes,
+    maxEventBytes: maxResponseBytes
+  })
   const connections = Connections.make({ total: maxConnections, perHost })
   const agentOf = (ref: Agent<unknown> | string): Agent<unknown> =>
     typeof ref === "string" ? agent({ url: ref }) : ref

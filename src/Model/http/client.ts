@@ -322,12 +322,10 @@ const ndjsonTypes: ReadonlySet<string> = new Set([
  * `x-api-key`...) that carry a secret (`x-goog-api-key`): they are rendered redacted when the
  * middleware logs or inspects a request.
  *
- * With `manualRedirects` (default: when there are `secretHeaders`), a `fetch`-based client does
- * not follow a redirect (undici's and Node's clients never do): `fetch` drops only
- * `Authorization` when it follows one to another origin, so a key in another header (Gemini's,
- * or one in a provider's `headers` option) would go to wherever `Location` pointed. The 3xx is
- * the call's failure instead. It costs a context copy a request, so it is not the default for
- * keys sent as `Authorization`.
+ * A `fetch`-based client does not follow a redirect either (undici's and Node's clients never
+ * do): `fetch` drops only `Authorization` when it follows one to another origin, so a key in
+ * another header (Gemini's, an HTTP agent's, one in a provider's `headers` option) would go to
+ * wherever `Location` pointed. The 3xx is the call's failure instead.
  *
  * @since 0.2.0
  * @category constructors
@@ -335,42 +333,32 @@ const ndjsonTypes: ReadonlySet<string> = new Set([
 export const make = Effect.fnUntraced(function* (
   settings: Settings,
   transformClient?: ((client: HttpClient.HttpClient) => HttpClient.HttpClient) | undefined,
-  secretHeaders?: ReadonlyArray<string> | undefined,
-  manualRedirects: boolean = secretHeaders !== undefined && secretHeaders.length > 0
+  secretHeaders?: ReadonlyArray<string> | undefined
 ) {
   const base = yield* HttpClient.HttpClient
   // Every request belongs to the scope of its call or stream: closing it aborts the request and its body.
   const client = HttpClient.withScope(transformClient === undefined ? base : transformClient(base))
   const secrets = secretHeaders ?? []
-  const send =
-    secrets.length === 0 && !manualRedirects
-      ? (request: HttpClientRequest.HttpClientRequest) => client.execute(request)
-      : (request: HttpClientRequest.HttpClientRequest) =>
-          Effect.updateContext(client.execute(request), (context: Context.Context<never>) => {
-            // One copy of the caller's context for both.
-            let extra = Context.empty() as Context.Context<never>
-            if (secrets.length > 0) {
-              const names = [...Context.get(context, Headers.CurrentRedactedNames), ...secrets]
-              extra = Context.add(extra, Headers.CurrentRedactedNames, names) as Context.Context<never>
-            }
-            if (manualRedirects) {
-              const init = {
-                ...Context.getOrUndefined(context, FetchHttpClient.RequestInit),
-                redirect: "manual" as const
-              }
-              extra = Context.add(extra, FetchHttpClient.RequestInit, init) as Context.Context<never>
-            }
-            return Context.merge(context, extra) as never
-          })
+  // What a request adds to its caller's context, in one copy of it: no span of effect/http's own
+  // (or of a client the middleware builds: ours is opened by `traced`), the secret headers'
+  // names, fetch's redirect mode.
+  const extend = (context: Context.Context<never>): Context.Context<never> => {
+    let extra = Context.make(HttpClient.TracerDisabledWhen, constTrue) as Context.Context<never>
+    if (secrets.length > 0) {
+      const names = [...Context.get(context, Headers.CurrentRedactedNames), ...secrets]
+      extra = Context.add(extra, Headers.CurrentRedactedNames, names) as Context.Context<never>
+    }
+    const init = { ...Context.getOrUndefined(context, FetchHttpClient.RequestInit), redirect: "manual" as const }
+    extra = Context.add(extra, FetchHttpClient.RequestInit, init) as Context.Context<never>
+    return Context.merge(context, extra)
+  }
 
   const exchange = (
     request: HttpClientRequest.HttpClientRequest,
     ctx: CallContext,
     onResponse: ((response: HttpClientResponse.HttpClientResponse) => void) | undefined
   ) =>
-    send(request).pipe(
-      // No span of effect/http's own (or of a client the middleware builds): ours is opened by `traced`.
-      Effect.provideService(HttpClient.TracerDisabledWhen, constTrue),
+    Effect.updateContext(client.execute(request), (context: Context.Context<never>) => extend(context) as never).pipe(
       Effect.catch((error) => clientFailure(error, ctx)),
       Effect.flatMap((response) => {
         onResponse?.(response)
