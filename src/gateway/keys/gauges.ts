@@ -38,8 +38,7 @@ export const make = (context: Context.Context<never>, now: () => number): Gauges
   const set = (keyId: string, counter: Counter, level: Level) => {
     const budget = `${counter.scope}\u0000${counter.scopeId}\u0000${counter.unit}\u0000${counter.model ?? ""}`
     const name = `${keyId}\u0000${counter.scope}\u0000${counter.unit}\u0000${counter.model ?? ""}`
-    let found = series.get(name)
-    if (found === undefined) {
+    if (!series.has(name)) {
       const created: Series = { value: 0, full: 0, window: undefined, endsAt: undefined }
       // Not `unit`: Prometheus exporters drop an attribute of that name.
       const attributes: Record<string, string> = { key: keyId, scope: counter.scope, budget_unit: counter.unit }
@@ -58,14 +57,13 @@ export const make = (context: Context.Context<never>, now: () => number): Gauges
       const sharing = byBudget.get(budget)
       if (sharing === undefined) byBudget.set(budget, [created])
       else sharing.push(created)
-      found = created
     }
-    // A level of an earlier window (a request settled after its period rolled) says nothing of this one.
-    if (found.window !== undefined && counter.window !== undefined && counter.window < found.window) return
+    // A level of an earlier window (a request settled after its period rolled) says nothing of a later one.
     const value = shown(counter.unit, Math.max(0, counter.limit - level.spent - level.held))
     const full = shown(counter.unit, counter.limit)
     const endsAt = windowEnd(counter)
-    for (const each of byBudget.get(budget) ?? [found]) {
+    // Every series of the budget, this key's among them (added when it was created).
+    for (const each of byBudget.get(budget)!) {
       if (each.window !== undefined && counter.window !== undefined && counter.window < each.window) continue
       each.value = value
       each.full = full

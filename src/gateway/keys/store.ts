@@ -161,11 +161,9 @@ export const make = Effect.fnUntraced(function* (
       },
       // A key seen before stays usable while the store is down; an unknown one cannot be told from a wrong one.
       onFailure: (error) =>
-        error._tag === "UnreadableRecord"
-          ? failUnreadable(error)
-          : cached?.record !== undefined
-            ? accept(cached.record)
-            : Effect.fail(unavailable("key"))
+        error._tag !== "UnreadableRecord" && cached?.record !== undefined
+          ? accept(cached.record)
+          : directoryFailure(error)
     })
   }
 
