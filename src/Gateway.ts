@@ -283,10 +283,13 @@ export type Requirements = HttpRouter.HttpRouter | Executor | Domains | Provider
  * @category layers
  */
 export const layer = (options: Options = {}): Layer.Layer<Gateway, Input.OptionError, Requirements> =>
+  layerWith(options, false)
+
+const layerWith = (options: Options, catchAll: boolean): Layer.Layer<Gateway, Input.OptionError, Requirements> =>
   Layer.effect(
     Gateway,
     Effect.flatMap(Effect.serviceOption(KeyStore), (keys) =>
-      Server.make(options, Option.getOrUndefined(keys) as Keys | undefined)
+      Server.make(options, Option.getOrUndefined(keys) as Keys | undefined, catchAll)
     )
   )
 
@@ -394,7 +397,8 @@ const checkServe = (options: ServeOptions) =>
  * head (`maxHeaderBytes`) and body (`maxBodyBytes`), and on close (SIGTERM under
  * `NodeRuntime.runMain`) drains the gateway before the server stops. Provides the
  * `HttpServer` (its `address` tells the port chosen for `port: 0`). `routes` are served
- * beside the gateway's (the key store's admin routes, `gateway/admin`).
+ * beside the gateway's (the key store's admin routes, `gateway/admin`); any other path is
+ * the gateway's OpenAI-shaped 404 (`code: "unknown_url"`), counted in its metrics.
  *
  * @since 0.2.0
  * @category layers
@@ -449,7 +453,7 @@ export const serve = <E = never, R = never>(
       // collides with the gateway's is then their OptionError (`Admin.layer`'s `path`), whatever the timing.
       return drainFirst.pipe(
         Layer.provideMerge(
-          HttpRouter.serve(Layer.provideMerge(routes ?? Layer.empty, layer(gatewayOptions as Options)), {
+          HttpRouter.serve(Layer.provideMerge(routes ?? Layer.empty, layerWith(gatewayOptions as Options, true)), {
             disableLogger: options.logRequests !== true,
             disableListenLog: true
           })

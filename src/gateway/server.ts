@@ -35,11 +35,13 @@ const alphabet = "0123456789abcdefghijklmnopqrstuvwxyz"
 
 /**
  * Builds the gateway on the `HttpRouter` in context. `keys`: the key store, or `undefined`
- * for an open gateway (refused unless `allowAnonymous`).
+ * for an open gateway (refused unless `allowAnonymous`). `catchAll`: answer every path no
+ * route takes with the gateway's OpenAI-shaped 404 (its own server), not only those under
+ * the prefix (a router the application shares, where the rest of the paths are its own).
  *
  * @internal
  */
-export const make = Effect.fnUntraced(function* (input: Options, keys: Keys | undefined) {
+export const make = Effect.fnUntraced(function* (input: Options, keys: Keys | undefined, catchAll = false) {
   const options = yield* Input.orOptionError(check(input))
   if (keys === undefined && !options.allowAnonymous) {
     return yield* Effect.fail(
@@ -103,6 +105,9 @@ export const make = Effect.fnUntraced(function* (input: Options, keys: Keys | un
     HttpRouter.route("GET", `${api}/models/*`, info.model),
     HttpRouter.route("*", `${api}/*`, info.fallback)
   ])
+  // The router prefers any other route to a wildcard, so routes added later (`Gateway.serve`'s
+  // `routes`, the health paths below) still win over this one.
+  if (catchAll && api !== "") yield* router.add("*", "/*", info.fallback)
   if (options.livePath !== undefined) yield* router.add("GET", options.livePath, info.health)
   if (options.readyPath !== undefined) yield* router.add("GET", options.readyPath, info.ready)
   if (options.metricsPath !== undefined) yield* router.add("GET", options.metricsPath, info.metrics)

@@ -223,6 +223,13 @@ describe("Gateway: requests refused before any provider", () => {
           ((yield* Effect.promise(() => path.json())) as { error: { code: string } }).error.code,
           "unknown_url"
         )
+        // Outside the prefix too (the gateway's own server), and the root itself.
+        for (const outside of ["/v2/chat/completions", "/", "/favicon.ico"]) {
+          const answer = yield* Effect.promise(() => fetch(`${gw.url}${outside}`))
+          assert.strictEqual(answer.status, 404, outside)
+          const body = (yield* Effect.promise(() => answer.json())) as { error: { code: string; type: string } }
+          assert.deepStrictEqual([body.error.code, body.error.type], ["unknown_url", "invalid_request_error"], outside)
+        }
         const method = yield* Effect.promise(() => fetch(`${gw.url}/v1/chat/completions`))
         assert.strictEqual(method.status, 405)
         assert.strictEqual(method.headers.get("allow"), "POST")
