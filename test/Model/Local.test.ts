@@ -23,6 +23,7 @@ import {
   SubscriptionRef
 } from "effect"
 import { TestClock } from "effect/testing"
+import { ModelError } from "../../src/AiError.js"
 import * as Executor from "../../src/Executor.js"
 import type * as Model from "../../src/Model.js"
 import { ModelProvider } from "../../src/Model.js"
@@ -840,7 +841,119 @@ describe("Local provider: streaming", () => {
   )
 })
 
+/** A loader whose generations throw (as a failing ONNX step would) once they have decoded `pieces` pieces. */
+const breakingAfter = (pieces: number): Internals => ({
+  instrument:
+    (real: Loader): Loader =>
+    (modelId, purpose) =>
+      real(modelId, purpose).pipe(
+        Effect.map(
+          (instance): Instance => ({
+            ...instance,
+            generate: (input, options) => {
+              let n = 0
+              return instance.generate(input, {
+                ...options,
+                onDelta: (text) => {
+                  if (n === pieces) throw new Error("onnxruntime: the session failed")
+                  n += 1
+                  options?.onDelta?.(text)
+                }
+              })
+            }
+          })
+        )
+      )
+})
+
+describe("Local provider: a stream that breaks", () => {
+  it.effect(
+    "a generation that fails after text was delivered fails its stream with the provider's own ModelError, as every provider does",
+    () =>
+      Effect.gen(function* () {
+        const { model } = yield* build({}, breakingAfter(2))
+        const seen: Array<string> = []
+        const error = yield* Effect.flip(
+          Stream.runForEach(model.stream({ prompt: "the river", maxTokens: 20 }), (p) =>
+            Effect.sync(() => {
+              if (p._tag === "TextDelta") seen.push(p.text)
+            })
+          )
+        )
+        assert.strictEqual(seen.length, 2)
+        // Not a StreamInterruptedError of its own: that is the executor's (it carries what the
+        // consumer received, and refuses resumption); HTTP providers and Mock fail with the ModelError.
+        assert.strictEqual(error._tag, "ModelError")
+        if (error._tag === "ModelError") {
+          assert.strictEqual(error.reason, "Unknown")
+          assert.strictEqual(error.provider, "local")
+          assert.strictEqual(error.model, "tiny-gpt2")
+          assert.include(error.message, "onnxruntime: the session failed")
+        }
+      })
+  )
+})
+
 describe("Local provider: through the executor", () => {
+  it.effect("through the executor, a mid-stream failure of the local model resumes on the next step", () =>
+    Effect.gen(function* () {
+      const { model } = yield* build({}, breakingAfter(2))
+      const mock = yield* Mock.make({ script: [Mock.Outcome.succeed("kept going")] })
+      const context = yield* Layer.build(
+        Executor.layerWithStats().pipe(Layer.provideMerge(Layer.succeed(ModelProvider, mock.provider)))
+      )
+      const executor = Context.get(context, Executor.Executor)
+      const parts = yield* Stream.runCollect(
+        executor.stream(
+          { prompt: "the river", maxTokens: 100 },
+          { steps: [{ provider: model }, { provider: mock.provider }], resume: true }
+        )
+      )
+      const text = parts.map((p) => (p._tag === "TextDelta" ? p.text : "")).join("")
+      const local = yield* Stream.runCollect((yield* build({})).model.stream({ prompt: "the river", maxTokens: 2 }))
+      const delivered = local.map((p) => (p._tag === "TextDelta" ? p.text : "")).join("")
+      assert.strictEqual(text, `${delivered}kept going`)
+      const finish = parts.at(-1)
+      assert.strictEqual(finish?._tag === "Finish" && finish.provider, "mock")
+      // counted under the provider's own reason, as for an HTTP provider's drop
+      assert.deepStrictEqual((yield* executor.stats({ provider: "local" })).failuresByReason, { Unknown: 1 })
+    })
+  )
+
+  it.effect(
+    "through the executor without resume: a StreamInterruptedError with the text and the provider's error as cause",
+    () =>
+      Effect.gen(function* () {
+        const { model } = yield* build({}, breakingAfter(2))
+        const context = yield* Layer.build(
+          Executor.layerWithStats().pipe(Layer.provideMerge(Layer.succeed(ModelProvider, model)))
+        )
+        const executor = Context.get(context, Executor.Executor)
+        const seen: Array<string> = []
+        const error = yield* Effect.flip(
+          Stream.runForEach(executor.stream({ prompt: "the river", maxTokens: 100 }, { retry: true }), (p) =>
+            Effect.sync(() => {
+              if (p._tag === "TextDelta") seen.push(p.text)
+            })
+          )
+        )
+        assert.strictEqual(error._tag, "StreamInterruptedError")
+        if (error._tag === "StreamInterruptedError") {
+          assert.strictEqual(error.partialText, seen.join(""))
+          assert.strictEqual(error.provider, "local")
+          assert.strictEqual(error.reason, "Unknown")
+          assert.include(error.detail ?? "", "onnxruntime: the session failed")
+          // the provider's own failure is the cause, naming the provider as its generate would
+          const cause = error.cause
+          assert.isTrue(cause instanceof ModelError)
+          if (cause instanceof ModelError) {
+            assert.strictEqual(cause.provider, "local")
+            assert.strictEqual(cause.reason, "Unknown")
+          }
+        }
+      })
+  )
+
   it.effect("resumed on the local model, then cut by its shutdown: partialText is the whole text delivered", () =>
     Effect.gen(function* () {
       const { scope, model } = yield* build({ shutdownDeadline: 0 })

@@ -277,9 +277,15 @@ export const makeWith = Effect.fnUntraced(function* (
             instance.generate(input, { onDelta, halt: halt.signal })
           )
         ).pipe(
+          // A failure after text is the provider's own error, as from every provider (an HTTP
+          // stream's mid-stream error, Mock's drop): the executor turns it into a
+          // `StreamInterruptedError` with the text its consumer holds, or resumes on its next
+          // step; a `StreamInterruptedError` of our own would refuse resumption and count
+          // under `StreamInterrupted` instead of the failure's reason. Only a shutdown is
+          // wrapped: a `ShuttingDownError` carries no text, and ends an executor's stream as is.
           Effect.mapError(
             (error): AiError =>
-              delivered.length === 0
+              delivered.length === 0 || error._tag !== "ShuttingDownError"
                 ? error
                 : new StreamInterruptedError({
                     partialText: delivered,
