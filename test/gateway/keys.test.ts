@@ -18,6 +18,9 @@ import * as Gateway from "../../src/Gateway.js"
 import * as Admin from "../../src/gateway/admin.js"
 import type { GatewayError } from "../../src/gateway/errors.js"
 import * as KeyStore from "../../src/gateway/keys/KeyStore.js"
+import { type Backend, countersOf } from "../../src/gateway/keys/ledger.js"
+import * as MemoryBackend from "../../src/gateway/keys/memory.js"
+import * as RedisBackend from "../../src/gateway/keys/redis.js"
 import type * as Input from "../../src/Input.js"
 import * as Mock from "../../src/Model/Mock.js"
 import * as Orchestra from "../../src/Orchestra.js"
@@ -465,6 +468,92 @@ describe("KeyStore: budgets in memory", () => {
   )
 })
 
+describe("KeyStore: a period's boundary", () => {
+  const hour = 3_600_000
+
+  it.effect(
+    "a request reserved just before its period ends and settled after changes its own window, never the new one",
+    () =>
+      Effect.gen(function* () {
+        const store = yield* memory({ keys: [key("alpha", secretA, { budget: { tokens: 100, period: "1 hour" } })] })
+        const alpha = yield* store.authenticate(Redacted.make(secretA))
+        const levels = () => Effect.map(store.spend("alpha"), (lines) => lines.map((l) => [l.spent, l.held]))
+        yield* TestClock.setTime(hour - 1)
+        const late = yield* store.reserve(alpha, "m", estimate(50, 50))
+        // The new window: the late request's 100 held is not in it.
+        yield* TestClock.setTime(hour)
+        const fresh = yield* store.reserve(alpha, "m", estimate(10, 10))
+        assert.deepStrictEqual(yield* levels(), [[0, 20]])
+        // Settled in the new window, given back to the old: no refund of what the new one never held.
+        yield* store.settle(late, { inputTokens: 30, outputTokens: 30 })
+        assert.deepStrictEqual(yield* levels(), [[0, 20]])
+        yield* store.settle(fresh, { inputTokens: 5, outputTokens: 5 })
+        assert.deepStrictEqual(yield* levels(), [[10, 0]])
+        // Released after the boundary, before the new window was used: the new window starts whole.
+        yield* TestClock.setTime(2 * hour - 1)
+        const released = yield* store.reserve(alpha, "m", estimate(40, 40))
+        yield* TestClock.setTime(2 * hour)
+        yield* store.release(released)
+        assert.deepStrictEqual(yield* levels(), [[0, 0]])
+        yield* store.reserve(alpha, "m", estimate(50, 50))
+        assert.deepStrictEqual(yield* levels(), [[0, 100]])
+      })
+  )
+})
+
+/**
+ * The same steps on a ledger (memory or Redis) around a period's boundary: a reserve begun in
+ * a window that ended before it reached the ledger (it waited for its key's rate-limit slot,
+ * or for Redis) is counted in its own window, and the new window keeps what it holds.
+ */
+const boundaryOnLedger = (backend: Backend) =>
+  Effect.gen(function* () {
+    const hour = 3_600_000
+    const budget = { tokens: 100, usd: undefined, periodMs: hour }
+    const id = unique("boundary")
+    const at = (now: number) => countersOf("key", id, undefined, budget, now)
+    const on = (now: number, amount: number) => at(now).map((counter) => ({ counter, amount }))
+    const level = (now: number) => Effect.map(backend.read(at(now)), (levels) => [levels[0]!.spent, levels[0]!.held])
+    const before = 5 * hour - 1
+    const after = 5 * hour
+    yield* backend.reserve("r1", on(before, 30), 60_000, before)
+    yield* backend.reserve("r2", on(after, 20), 60_000, after)
+    // r3 read the clock before the boundary and reached the ledger after r2.
+    const r3 = yield* backend.reserve("r3", on(before, 50), 60_000, before)
+    assert.strictEqual(r3._tag, "Reserved")
+    assert.deepStrictEqual(yield* level(after), [0, 20], "the new window keeps what r2 holds")
+    assert.deepStrictEqual(yield* level(before), [0, 80], "r1 and r3 in their own window")
+    yield* backend.settle("r3", on(before, 50), [40], after, false)
+    yield* backend.settle("r1", on(before, 30), [30], after, false)
+    assert.deepStrictEqual(yield* level(after), [0, 20])
+    assert.deepStrictEqual(yield* level(before), [70, 0])
+    yield* backend.settle("r2", on(after, 20), [15], after, false)
+    assert.deepStrictEqual(yield* level(after), [15, 0])
+    // A new reservation in the new window sees only its own window's spend.
+    const r4 = yield* backend.reserve("r4", on(after, 85), 60_000, after)
+    assert.strictEqual(r4._tag, "Reserved")
+    assert.deepStrictEqual(yield* level(after), [15, 85])
+  })
+
+describe("KeyStore: the ledgers agree around a period's boundary", () => {
+  it.effect("in memory", () => boundaryOnLedger(MemoryBackend.make()))
+
+  it.live.skipIf(skipRedis)("on Redis", () =>
+    Effect.scoped(
+      Effect.gen(function* () {
+        const server = yield* startRedis
+        const settings = yield* Effect.fromResult(Redis.guardSettings({ timeout: "2 seconds" }))
+        const redis = yield* Layer.build(Redis.layer({ url: server.url, commandTimeout: "2 seconds" }))
+        const backend = yield* Effect.gen(function* () {
+          const guard = yield* Redis.makeGuard({ store: "test-keys", settings })
+          return yield* RedisBackend.make({ prefix: `${unique("ledger")}:`, guard, leaseMs: 60_000 })
+        }).pipe(Effect.provideContext(redis))
+        yield* boundaryOnLedger(backend)
+      })
+    )
+  )
+})
+
 describe("KeyStore: admin operations in memory", () => {
   it.effect(
     "create returns the secret once; the store keeps its hash and prefix; it authenticates; disable stops it",
@@ -598,6 +687,127 @@ describe.skipIf(skipRedis)(`KeyStore on Redis (${skipRedis ? skipReason : "needs
         assert.strictEqual((yield* failure(store.get("k10"))).code, "key_record_unreadable")
       })
     )
+  )
+
+  it.live(
+    "a budget counter with a spent or held that is not a whole number (edited by hand) fails closed: a 500 naming it, logged once",
+    () =>
+      Effect.scoped(
+        Effect.gen(function* () {
+          const server = yield* startRedis
+          const prefix = `${unique("bad-counter")}:`
+          const logs: Array<string> = []
+          const withLogs = <A, E>(effect: Effect.Effect<A, E>) =>
+            effect.pipe(Effect.provide(Logger.layer([Logger.map(Logger.formatSimple, (line) => logs.push(line))])))
+          // Even with budgets failing open on an outage: a counter that is there but unreadable is no outage.
+          const { store, redis } = yield* onRedis(server, {
+            prefix,
+            cacheTtl: 0,
+            onStoreError: { budgets: "allow" },
+            redis: { reportAfter: 0 }
+          })
+          const created = yield* store.create({ id: "k", budget: { tokens: 100 } })
+          const other = yield* store.create({ id: "other", budget: { tokens: 100 } })
+          const k = yield* store.authenticate(created.secret)
+          yield* store.settle(yield* store.reserve(k, "m", estimate(40, 40)), { inputTokens: 40, outputTokens: 40 })
+          const counter = `${prefix}budget:key:k:tokens`
+          for (const [field, value] of [
+            ["spent", "abc"],
+            ["spent", "12.5"],
+            ["spent", "1e3"],
+            ["held", "x"]
+          ] as const) {
+            yield* redis.send("DEL", counter)
+            yield* redis.send("HSET", counter, "spent", "80", "held", "0")
+            yield* redis.send("HSET", counter, field, value)
+            const stored = yield* redis.send<Array<string>>("HGETALL", counter)
+            for (let i = 0; i < 3; i++) {
+              const refused = yield* withLogs(failure(store.reserve(k, "m", estimate(40, 40))))
+              assert.deepStrictEqual(
+                [refused.reason, refused.code, Gateway.toWire(refused).status],
+                ["Internal", "key_record_unreadable", 500],
+                `${field} ${value}: ${refused.message}`
+              )
+              assert.include(refused.message, '"k"')
+            }
+            const spend = yield* withLogs(failure(store.spend("k")))
+            assert.strictEqual(spend.code, "key_record_unreadable", `${field} ${value}`)
+            // Nothing written: the counter is left for the operator to see and mend.
+            assert.deepStrictEqual(yield* redis.send<Array<string>>("HGETALL", counter), stored)
+            // Other keys are served, and the store is not reported down.
+            const o = yield* store.authenticate(other.secret)
+            yield* store.release(yield* store.reserve(o, "m", estimate(1, 1)))
+          }
+          // Said once in the log, naming the Redis key to mend.
+          assert.strictEqual(logs.length, 1, logs.join("\n"))
+          assert.include(logs[0], counter)
+          // Mended by hand (a whole number), it is read again.
+          yield* redis.send("HSET", counter, "spent", "10", "held", "0")
+          yield* store.reserve(k, "m", estimate(40, 40))
+          assert.deepStrictEqual(
+            (yield* store.spend("k")).map((l) => [l.spent, l.held]),
+            [[10, 80]]
+          )
+        })
+      )
+  )
+
+  it.live("a budget counter made unreadable while a request runs: its settle records the other budgets, once", () =>
+    Effect.scoped(
+      Effect.gen(function* () {
+        const server = yield* startRedis
+        const prefix = `${unique("bad-settle")}:`
+        const { store, redis } = yield* onRedis(server, {
+          prefix,
+          cacheTtl: 0,
+          teams: { red: { budget: { tokens: 1000 } } },
+          redis: { reportAfter: 0 }
+        })
+        const created = yield* store.create({ id: "k", team: "red", budget: { tokens: 100 } })
+        const other = yield* store.create({ id: "other", team: "red" })
+        const k = yield* store.authenticate(created.secret)
+        const held = yield* store.reserve(k, "m", estimate(40, 40))
+        yield* redis.send("HSET", `${prefix}budget:key:k:tokens`, "spent", "abc")
+        yield* store.settle(held, { inputTokens: 20, outputTokens: 10 })
+        const team = () => Effect.map(store.spend("other"), (lines) => lines.map((l) => [l.scope, l.spent, l.held]))
+        assert.deepStrictEqual(yield* team(), [["team", 30, 0]])
+        // Not an outage: the store still answers for the other keys.
+        yield* store.release(yield* store.reserve(yield* store.authenticate(other.secret), "m", estimate(1, 1)))
+        // Nor tried again in the background, counted twice.
+        yield* Effect.sleep("500 millis")
+        assert.deepStrictEqual(yield* team(), [["team", 30, 0]])
+        assert.deepStrictEqual(
+          yield* redis.send<Array<string>>("HMGET", `${prefix}budget:key:k:tokens`, "spent", "held"),
+          ["abc", "80"]
+        )
+      })
+    )
+  )
+
+  it.live(
+    "a budget counter's Redis key holding another type (set by hand) is a 500 for its key, not a Redis outage",
+    () =>
+      Effect.scoped(
+        Effect.gen(function* () {
+          const server = yield* startRedis
+          const prefix = `${unique("bad-type")}:`
+          const { store, redis } = yield* onRedis(server, { prefix, cacheTtl: 0, redis: { reportAfter: 0 } })
+          const created = yield* store.create({ id: "k", budget: { tokens: 100 } })
+          const other = yield* store.create({ id: "other", budget: { tokens: 100 } })
+          const k = yield* store.authenticate(created.secret)
+          for (const [name, command] of [
+            [`${prefix}budget:key:k:tokens`, ["SET", `${prefix}budget:key:k:tokens`, "80"]],
+            [`${prefix}budget:key:k:tokens:leases`, ["SET", `${prefix}budget:key:k:tokens:leases`, "x"]]
+          ] as const) {
+            yield* redis.send("DEL", `${prefix}budget:key:k:tokens`, `${prefix}budget:key:k:tokens:leases`)
+            yield* redis.send(command[0], command[1], command[2])
+            const refused = yield* failure(store.reserve(k, "m", estimate(40, 40)))
+            assert.deepStrictEqual([refused.reason, refused.code], ["Internal", "key_record_unreadable"], name)
+            const o = yield* store.authenticate(other.secret)
+            yield* store.release(yield* store.reserve(o, "m", estimate(1, 1)))
+          }
+        })
+      )
   )
 
   it.live("200 concurrent first requests across two stores hold at most the budget; settle and release add up", () =>

@@ -211,7 +211,8 @@ export interface Created {
  * The key store: the gateway's seam (`authenticate`, `reserve`, `settle`, `release`) and
  * the admin operations. Admin operations fail with a `GatewayError`: `InvalidRequest`
  * naming the field (400), `NotFound` (404), `Forbidden` for keys of the configuration
- * (403), `Unavailable` when the store cannot be reached (503).
+ * (403), `Unavailable` when the store cannot be reached (503), `Internal` for a stored key or
+ * budget this version cannot read (500 `key_record_unreadable`: a budget is never read as unspent).
  *
  * @since 0.2.0
  * @category models

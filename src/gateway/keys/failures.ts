@@ -4,7 +4,7 @@
  * @internal
  */
 import { Duration } from "effect"
-import { gatewayError } from "../errors.js"
+import { type BudgetScope, gatewayError } from "../errors.js"
 
 /**
  * The store could not be reached in time (503, `Retry-After: 1`).
@@ -34,5 +34,17 @@ export const unreadable = (id: string | undefined) =>
   gatewayError(
     "Internal",
     `The key store holds a record${id === undefined ? "" : ` for the key "${id}"`} that this gateway cannot read`,
+    { code: "key_record_unreadable" }
+  )
+
+/**
+ * A stored budget counter this gateway cannot read (500): edited by hand, or written by another version.
+ *
+ * @internal
+ */
+export const unreadableBudget = (scope: BudgetScope, scopeId: string) =>
+  gatewayError(
+    "Internal",
+    `The key store holds the budget of the ${scope} "${scopeId}" in a form this gateway cannot read`,
     { code: "key_record_unreadable" }
   )

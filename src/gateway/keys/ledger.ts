@@ -65,20 +65,38 @@ export type ReserveResult =
   | { readonly _tag: "Exceeded"; readonly index: number; readonly level: Level }
 
 /**
+ * A stored budget counter this gateway cannot read: a `spent` or `held` that is not a whole
+ * number, or a key of another type (edited by hand, or written by another version). Not an
+ * empty counter, which would let its budget be spent again from zero, nor an outage: the
+ * requests charged to it are refused (500) until it is mended, and the rest are served.
+ *
+ * @internal
+ */
+export class UnreadableCounter extends Data.TaggedError("UnreadableCounter")<{
+  readonly counter: Counter
+  /** Where the store keeps it (the Redis key), for the operator to mend. */
+  readonly key: string
+}> {}
+
+/**
  * @internal
  */
 export interface Ledger {
-  /** Holds every charge, or none when one would go over its limit (the first such is reported). */
+  /**
+   * Holds every charge, or none when one would go over its limit (the first such is reported)
+   * or cannot be read (nothing is written then).
+   */
   readonly reserve: (
     id: string,
     charges: ReadonlyArray<Charge>,
     leaseMs: number,
     now: number
-  ) => Effect.Effect<ReserveResult, StoreError>
+  ) => Effect.Effect<ReserveResult, StoreError | UnreadableCounter>
   /**
    * Gives back what `id` held on each counter (once) and adds `actual[i]` to its spent amount. With
    * `once`, the amounts are added only by the first settle of `id` to run: one tried again after a
-   * failure that may have reached the store, or one of a reservation that holds nothing.
+   * failure that may have reached the store, or one of a reservation that holds nothing. A
+   * counter that cannot be read is left as it is, the others settled: it is told in its place.
    */
   readonly settle: (
     id: string,
@@ -86,8 +104,10 @@ export interface Ledger {
     actual: ReadonlyArray<number>,
     now: number,
     once: boolean
-  ) => Effect.Effect<ReadonlyArray<Level>, StoreError>
-  readonly read: (counters: ReadonlyArray<Counter>) => Effect.Effect<ReadonlyArray<Level>, StoreError>
+  ) => Effect.Effect<ReadonlyArray<Level | UnreadableCounter>, StoreError>
+  readonly read: (
+    counters: ReadonlyArray<Counter>
+  ) => Effect.Effect<ReadonlyArray<Level>, StoreError | UnreadableCounter>
 }
 
 /**

@@ -10,7 +10,15 @@ import type { Models } from "../../Gateway.js"
 import { type GatewayError, gatewayError } from "../errors.js"
 import { notFound, unavailable } from "./failures.js"
 import type { Created, KeyInfo, SpendLine } from "./KeyStore.js"
-import { type Backend, type Budgets, countersFor, shown, type UnreadableRecord, windowEnd } from "./ledger.js"
+import {
+  type Backend,
+  type Budgets,
+  countersFor,
+  shown,
+  type UnreadableCounter,
+  type UnreadableRecord,
+  windowEnd
+} from "./ledger.js"
 import type { StoreError } from "../../Redis.js"
 import { createRequest, id as checkId, type KeyRecord, policyModels, type Resolved, unknownTeam } from "./options.js"
 import { generate, randomId } from "./secret.js"
@@ -30,6 +38,8 @@ export interface Deps {
   readonly findById: (id: string) => Effect.Effect<KeyRecord, GatewayError>
   /** A directory's failure as the gateway's (a stored record it cannot read is said in the log once). */
   readonly directoryFailure: (error: StoreError | UnreadableRecord) => Effect.Effect<never, GatewayError>
+  /** A ledger's failure as the gateway's (a budget counter it cannot read is said in the log once). */
+  readonly budgetFailure: (error: StoreError | UnreadableCounter) => Effect.Effect<never, GatewayError>
   /** Says in the log, once each, the stored keys that cannot be read. */
   readonly reportUnreadable: (ids: ReadonlyArray<string>) => Effect.Effect<void>
   readonly budgetsOf: (record: KeyRecord) => Budgets
@@ -155,7 +165,7 @@ export const make = (deps: Deps) => {
       const counters = countersFor(record.id, record.team, budgetsOf(record), undefined, now())
       if (counters.length === 0) return Effect.succeed([])
       return backend.read(counters).pipe(
-        Effect.mapError(() => unavailable("budget")),
+        Effect.catch(deps.budgetFailure),
         Effect.map((levels) =>
           counters.map((counter, i): SpendLine => {
             const level = levels[i]!

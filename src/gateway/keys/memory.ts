@@ -1,8 +1,8 @@
 /**
  * The key store in this process: a directory of created keys and a ledger of budget
  * counters. Every operation is one synchronous step, so a reservation on several counters
- * is atomic. A counter of a past window is dropped when its next window is first used;
- * leases not settled by their end are given back.
+ * is atomic. A counter of a past window is dropped when the window after its next one is first
+ * used; leases not settled by their end are given back.
  *
  * @internal
  */
@@ -26,24 +26,31 @@ export const make = (): Backend => {
   const byId = new Map<string, KeyRecord>()
   const byHash = new Map<string, KeyRecord>()
   const counters = new Map<string, MemoryCounter>()
-  // Base name (without window) -> the name of its current window's counter.
-  const current = new Map<string, string>()
+  // Base name (without window) -> its latest two windows' counters, oldest first. The one before
+  // the latest is kept for the requests reserved in it and settled after it ended, and for a
+  // reserve that read the clock before the boundary and came after a reserve of the new window:
+  // both count in their own window, as on Redis (where a window's counter outlives it by the
+  // longest lease), and never replace the new window's counter with an empty one.
+  const windows = new Map<string, Array<{ readonly window: number; readonly name: string }>>()
 
   const baseOf = (c: Counter) => `${c.scope}:${escapePart(c.scopeId)}:${c.unit}`
 
   const get = (c: Counter, create: boolean): MemoryCounter | undefined => {
-    let found = counters.get(c.name)
-    if (found === undefined && create) {
-      if (c.window !== undefined) {
-        const base = baseOf(c)
-        const previous = current.get(base)
-        if (previous !== undefined) counters.delete(previous)
-        current.set(base, c.name)
-      }
-      found = { spent: 0, held: 0, leases: new Map(), nextSweep: 0 }
-      counters.set(c.name, found)
+    const found = counters.get(c.name)
+    if (found !== undefined || !create) return found
+    const made: MemoryCounter = { spent: 0, held: 0, leases: new Map(), nextSweep: 0 }
+    if (c.window !== undefined) {
+      const base = baseOf(c)
+      const kept = windows.get(base) ?? []
+      // Older than both windows kept (it waited past two boundaries): counted apart, kept nowhere.
+      if (kept.length >= 2 && c.window < kept[0]!.window) return made
+      kept.push({ window: c.window, name: c.name })
+      kept.sort((a, b) => a.window - b.window)
+      while (kept.length > 2) counters.delete(kept.shift()!.name)
+      windows.set(base, kept)
     }
-    return found
+    counters.set(c.name, made)
+    return made
   }
 
   const sweep = (state: MemoryCounter, now: number, leaseMs: number) => {

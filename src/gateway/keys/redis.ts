@@ -9,7 +9,9 @@
  * reservation on several counters is atomic across processes: 200 concurrent first
  * requests of a key cannot hold more than its budget. A reservation whose gateway died is
  * given back when its lease ends (the next reservation on the counter sweeps it), with the
- * time from the Redis server's clock.
+ * time from the Redis server's clock. A counter whose `spent` or `held` is not a whole number,
+ * or whose key holds another type (edited by hand, written by another version), is read by
+ * no script as empty: it is reported (`UnreadableCounter`), and nothing is written to it.
  *
  * Not for Redis Cluster: a reservation touches the counters of several scopes in one script.
  *
@@ -25,6 +27,7 @@ import {
   type InsertResult,
   type Level,
   type ReserveResult,
+  UnreadableCounter,
   UnreadableRecord
 } from "./ledger.js"
 import { decodeRecord, encodeRecord, type KeyRecord } from "./options.js"
@@ -87,9 +90,29 @@ return record
   }
 ).withReturnType<string | null>()
 
+// Whether a counter (its hash and its leases) can be read: `readable(h, z)`. A field absent is
+// 0; one present is a whole number as HINCRBY writes it (at most 18 digits, within its range).
+// Another value (`12.5`, `abc`) read as 0 would start the budget again from nothing, and HINCRBY
+// would fail on it half-way through a script; a key of another type would fail every command.
+const readableLua = `
+local function whole(v)
+  if v == false or v == "0" then return true end
+  local digits = string.match(v, "^%-?([1-9]%d*)$")
+  return digits ~= nil and #digits <= 18
+end
+local function readable(h, z)
+  local th = redis.call("TYPE", h)["ok"]
+  local tz = redis.call("TYPE", z)["ok"]
+  if (th ~= "hash" and th ~= "none") or (tz ~= "zset" and tz ~= "none") then return false end
+  local v = redis.call("HMGET", h, "spent", "held")
+  return whole(v[1]) and whole(v[2])
+end
+`
+
 // KEYS: per counter its hash and its leases. ARGV: lease ms, reservation id, then per
 // counter: limit, amount, ttl ms (0: none). Returns { 0, spent1, held1, ... } once every
-// amount is held, or { i, spent, held } for the first counter it would overrun. A lease is
+// amount is held, { i, spent, held } for the first counter it would overrun, or { -i } for
+// the first that cannot be read (checked before anything is written). A lease is
 // `<id>|<amount>` with the amount in digits: Lua writes a number of 10^14 or more with an
 // exponent, and a sweep that could not read one failed every reservation on the counter.
 const reserveScript = Redis.script(
@@ -101,12 +124,15 @@ const reserveScript = Redis.script(
   ],
   {
     numberOfKeys: (keys: ReadonlyArray<string>) => keys.length,
-    lua: `
+    lua: `${readableLua}
+local n = #KEYS / 2
+for i = 1, n do
+  if not readable(KEYS[2 * i - 1], KEYS[2 * i]) then return { -i } end
+end
 local time = redis.call("TIME")
 local now = tonumber(time[1]) * 1000 + math.floor(tonumber(time[2]) / 1000)
 local lease = tonumber(ARGV[1])
 local id = ARGV[2]
-local n = #KEYS / 2
 local spent = {}
 local held = {}
 for i = 1, n do
@@ -155,7 +181,9 @@ return out
 // KEYS: as reserveScript. ARGV: reservation id, once (1: see `Ledger.settle`), lease ms, then
 // per counter: amount held, amount spent, ttl ms (0: none). A lease already swept is not given
 // back twice. With once, a settle runs only while a lease of the id remains; a reservation that
-// holds nothing leaves a mark instead, an empty lease of the first counter (swept as one).
+// holds nothing leaves a mark instead, an empty lease of the first counter (swept as one). A
+// counter that cannot be read is left as it is (and out of that test): the others are settled.
+// Returns per counter { 1, spent, held }, or { 0, 0, 0 } for one that cannot be read.
 const settleScript = Redis.script(
   (keys: ReadonlyArray<string>, id: string, once: boolean, leaseMs: number, args: ReadonlyArray<number>) => [
     ...keys,
@@ -166,24 +194,30 @@ const settleScript = Redis.script(
   ],
   {
     numberOfKeys: (keys: ReadonlyArray<string>) => keys.length,
-    lua: `
+    lua: `${readableLua}
 local id = ARGV[1]
 local n = #KEYS / 2
+local ok = {}
+local mark = false
+for i = 1, n do
+  ok[i] = readable(KEYS[2 * i - 1], KEYS[2 * i])
+  if ok[i] and not mark then mark = KEYS[2 * i] end
+end
 local first = true
 if ARGV[2] == "1" then
   first = false
   local leased = false
   for i = 1, n do
     local reserved = tonumber(ARGV[3 * i + 1])
-    if reserved > 0 then
+    if ok[i] and reserved > 0 then
       leased = true
       if redis.call("ZSCORE", KEYS[2 * i], id .. "|" .. string.format("%.0f", reserved)) then first = true end
     end
   end
-  if not leased then
+  if not leased and mark then
     local time = redis.call("TIME")
     local now = tonumber(time[1]) * 1000 + math.floor(tonumber(time[2]) / 1000)
-    first = redis.call("ZADD", KEYS[2], "NX", now + tonumber(ARGV[3]), id .. "|0") == 1
+    first = redis.call("ZADD", mark, "NX", now + tonumber(ARGV[3]), id .. "|0") == 1
   end
 end
 local out = {}
@@ -193,33 +227,44 @@ for i = 1, n do
   local reserved = tonumber(ARGV[3 * i + 1])
   local actual = tonumber(ARGV[3 * i + 2])
   local ttl = tonumber(ARGV[3 * i + 3])
-  if first then
-    if reserved > 0 and redis.call("ZREM", z, id .. "|" .. string.format("%.0f", reserved)) == 1 then
-      redis.call("HINCRBY", h, "held", -reserved)
+  if ok[i] then
+    if first then
+      if reserved > 0 and redis.call("ZREM", z, id .. "|" .. string.format("%.0f", reserved)) == 1 then
+        redis.call("HINCRBY", h, "held", -reserved)
+      end
+      if actual > 0 then redis.call("HINCRBY", h, "spent", actual) end
+      if ttl > 0 then
+        redis.call("PEXPIRE", h, ttl)
+        redis.call("PEXPIRE", z, ttl)
+      end
     end
-    if actual > 0 then redis.call("HINCRBY", h, "spent", actual) end
-    if ttl > 0 then
-      redis.call("PEXPIRE", h, ttl)
-      redis.call("PEXPIRE", z, ttl)
-    end
+    local v = redis.call("HMGET", h, "spent", "held")
+    out[3 * i - 2] = 1
+    out[3 * i - 1] = tonumber(v[1]) or 0
+    out[3 * i] = tonumber(v[2]) or 0
+  else
+    out[3 * i - 2] = 0
+    out[3 * i - 1] = 0
+    out[3 * i] = 0
   end
-  local v = redis.call("HMGET", h, "spent", "held")
-  out[2 * i - 1] = tonumber(v[1]) or 0
-  out[2 * i] = tonumber(v[2]) or 0
 end
 return out
 `
   }
 ).withReturnType<ReadonlyArray<number>>()
 
+// KEYS: as reserveScript. Returns { 0, spent1, held1, ... }, or { -i } for the first counter
+// that cannot be read.
 const readScript = Redis.script((keys: ReadonlyArray<string>) => keys, {
   numberOfKeys: (keys: ReadonlyArray<string>) => keys.length,
-  lua: `
-local out = {}
-for i = 1, #KEYS do
-  local v = redis.call("HMGET", KEYS[i], "spent", "held")
-  out[2 * i - 1] = tonumber(v[1]) or 0
-  out[2 * i] = tonumber(v[2]) or 0
+  lua: `${readableLua}
+local n = #KEYS / 2
+local out = { 0 }
+for i = 1, n do
+  if not readable(KEYS[2 * i - 1], KEYS[2 * i]) then return { -i } end
+  local v = redis.call("HMGET", KEYS[2 * i - 1], "spent", "held")
+  out[2 * i] = tonumber(v[1]) or 0
+  out[2 * i + 1] = tonumber(v[2]) or 0
 end
 return out
 `
@@ -279,13 +324,20 @@ export const make = Effect.fnUntraced(function* (options: {
   const settle = redis.eval(settleScript)
   const read = redis.eval(readScript)
 
-  const counterKeys = (charges: ReadonlyArray<{ readonly counter: Counter }>): Array<string> => {
+  const keyOf = (counter: Counter) => `${prefix}budget:${counter.name}`
+  const counterKeys = (counters: ReadonlyArray<Counter>): Array<string> => {
     const keys: Array<string> = []
-    for (const { counter } of charges) {
-      const base = `${prefix}budget:${counter.name}`
+    for (const counter of counters) {
+      const base = keyOf(counter)
       keys.push(base, `${base}:leases`)
     }
     return keys
+  }
+  const countersOf = (charges: ReadonlyArray<Charge>) => charges.map((charge) => charge.counter)
+  // The counter a script's `{ -i }` names.
+  const unreadable = (counters: ReadonlyArray<Counter>, index: number) => {
+    const counter = counters[-index - 1]!
+    return new UnreadableCounter({ counter, key: keyOf(counter) })
   }
 
   // A window's counter outlives its window by the longest lease, then expires.
@@ -366,13 +418,17 @@ export const make = Effect.fnUntraced(function* (options: {
     reserve: (id, charges: ReadonlyArray<Charge>, leaseMs, now) => {
       const args: Array<number> = []
       for (const { counter, amount } of charges) args.push(counter.limit, amount, ttlOf(counter, now, leaseMs))
-      return Effect.map(
-        guard.call("reserve", reserve(counterKeys(charges), leaseMs, id, args)),
-        (reply): ReserveResult => {
+      const counters = countersOf(charges)
+      return Effect.flatMap(
+        guard.call("reserve", reserve(counterKeys(counters), leaseMs, id, args)),
+        (reply): Effect.Effect<ReserveResult, UnreadableCounter> => {
           const index = Number(reply[0])
-          return index === 0
-            ? { _tag: "Reserved", levels: levels(reply, 1, charges.length) }
-            : { _tag: "Exceeded", index: index - 1, level: { spent: Number(reply[1]), held: Number(reply[2]) } }
+          if (index < 0) return Effect.fail(unreadable(counters, index))
+          return Effect.succeed(
+            index === 0
+              ? { _tag: "Reserved", levels: levels(reply, 1, charges.length) }
+              : { _tag: "Exceeded", index: index - 1, level: { spent: Number(reply[1]), held: Number(reply[2]) } }
+          )
         }
       )
     },
@@ -382,13 +438,20 @@ export const make = Effect.fnUntraced(function* (options: {
         const { counter, amount } = charges[i]!
         args.push(amount, Math.max(0, actual[i] ?? 0), ttlOf(counter, now, longestLease))
       }
-      return Effect.map(guard.call("settle", settle(counterKeys(charges), id, once, longestLease, args)), (reply) =>
-        levels(reply, 0, charges.length)
+      return Effect.map(
+        guard.call("settle", settle(counterKeys(countersOf(charges)), id, once, longestLease, args)),
+        (reply) =>
+          charges.map(({ counter }, i): Level | UnreadableCounter =>
+            Number(reply[3 * i]) === 1
+              ? { spent: Number(reply[3 * i + 1] ?? 0), held: Number(reply[3 * i + 2] ?? 0) }
+              : new UnreadableCounter({ counter, key: keyOf(counter) })
+          )
       )
     },
     read: (counters) =>
-      Effect.map(guard.call("read", read(counters.map((counter) => `${prefix}budget:${counter.name}`))), (reply) =>
-        levels(reply, 0, counters.length)
-      )
+      Effect.flatMap(guard.call("read", read(counterKeys(counters))), (reply) => {
+        const index = Number(reply[0])
+        return index < 0 ? Effect.fail(unreadable(counters, index)) : Effect.succeed(levels(reply, 1, counters.length))
+      })
   } satisfies Backend
 })

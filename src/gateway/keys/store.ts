@@ -14,7 +14,7 @@ import * as RateLimit from "../../RateLimit.js"
 import type { Guard, StoreError } from "../../Redis.js"
 import { type GatewayError, gatewayError } from "../errors.js"
 import { union } from "../models.js"
-import { notFound, unavailable, unreadable } from "./failures.js"
+import { notFound, unavailable, unreadable, unreadableBudget } from "./failures.js"
 import * as Gauges from "./gauges.js"
 import type { KeyContext, Service } from "./KeyStore.js"
 import {
@@ -27,6 +27,7 @@ import {
   type Level,
   nano,
   shown,
+  UnreadableCounter,
   UnreadableRecord,
   windowEnd
 } from "./ledger.js"
@@ -184,6 +185,22 @@ export const make = Effect.fnUntraced(function* (
   const directoryFailure = (error: StoreError | UnreadableRecord): Effect.Effect<never, GatewayError> =>
     error._tag === "UnreadableRecord" ? failUnreadable(error) : Effect.fail(unavailable("key"))
 
+  // A budget counter that cannot be read: said once per counter in the log, with where it is kept.
+  const reportCounter = (error: UnreadableCounter): Effect.Effect<void> => {
+    const name = `budget\u0000${error.key}`
+    if (reported.has(name) || reported.size >= 1000) return Effect.void
+    reported.add(name)
+    const { scope, scopeId } = error.counter
+    return Effect.logError(
+      `gateway: the key store holds the budget of the ${scope} "${scopeId}" (${error.key}) with a spent or held amount that is not a whole number, or of another type (edited by hand, or written by another version); the requests charged to it are answered 500 until it is mended or removed`
+    )
+  }
+  // Refused, whatever onStoreError says: a budget that cannot be read is no outage, and is not read as unspent.
+  const failCounter = (error: UnreadableCounter): Effect.Effect<never, GatewayError> =>
+    Effect.andThen(reportCounter(error), Effect.fail(unreadableBudget(error.counter.scope, error.counter.scopeId)))
+  const budgetFailure = (error: StoreError | UnreadableCounter): Effect.Effect<never, GatewayError> =>
+    error._tag === "UnreadableCounter" ? failCounter(error) : Effect.fail(unavailable("budget"))
+
   const findById = (id: string): Effect.Effect<KeyRecord, GatewayError> => {
     if (Result.isFailure(checkId("id", id))) return Effect.fail(notFound(String(id).slice(0, 64)))
     const configured = configById.get(id)
@@ -281,6 +298,22 @@ export const make = Effect.fnUntraced(function* (
     )
   }
 
+  // The levels a settle left: each to its gauge; a counter that cannot be read (left as it was) is said in the log.
+  const settled = (
+    keyId: string,
+    charges: ReadonlyArray<Charge>,
+    levels: ReadonlyArray<Level | UnreadableCounter>
+  ): Effect.Effect<void> =>
+    Effect.suspend(() => {
+      const unreadable: Array<UnreadableCounter> = []
+      for (let i = 0; i < charges.length; i++) {
+        const level = levels[i]!
+        if (level instanceof UnreadableCounter) unreadable.push(level)
+        else gauge(keyId, charges[i]!.counter, level)
+      }
+      return unreadable.length === 0 ? Effect.void : Effect.forEach(unreadable, reportCounter, { discard: true })
+    })
+
   // A settle that failed runs again in the background, in the layer's scope, until Redis answers
   // or the lease is over (reservationTtl).
   const laterSchedule = Schedule.exponential("100 millis").pipe(
@@ -298,10 +331,7 @@ export const make = Effect.fnUntraced(function* (
       Effect.retry(laterSchedule),
       Effect.matchEffect({
         onFailure: () => Effect.void,
-        onSuccess: (levels) =>
-          Effect.sync(() => {
-            for (let i = 0; i < charges.length; i++) gauge(keyId, charges[i]!.counter, levels[i]!)
-          })
+        onSuccess: (levels) => settled(keyId, charges, levels)
       }),
       Effect.forkIn(scope),
       Effect.asVoid
@@ -354,11 +384,14 @@ export const make = Effect.fnUntraced(function* (
     // so that what it holds is always handed back to be settled or released.
     return Effect.matchEffect(Effect.uninterruptible(reserved), {
       onFailure: (error) =>
-        Effect.andThen(
-          // Skipped during an outage, it never reached Redis; otherwise a hung Redis may still run it.
-          error.reason === "Unavailable" ? Effect.void : giveBack(id, record.id, charges),
-          onBudgetStoreError === "reject" ? Effect.fail(unavailable("budget")) : Effect.succeed(held(false))
-        ),
+        error._tag === "UnreadableCounter"
+          ? // Refused before anything was written.
+            failCounter(error)
+          : Effect.andThen(
+              // Skipped during an outage, it never reached Redis; otherwise a hung Redis may still run it.
+              error.reason === "Unavailable" ? Effect.void : giveBack(id, record.id, charges),
+              onBudgetStoreError === "reject" ? Effect.fail(unavailable("budget")) : Effect.succeed(held(false))
+            ),
       onSuccess: (result) => {
         if (result._tag === "Exceeded") {
           const charge = charges[result.index]!
@@ -427,10 +460,7 @@ export const make = Effect.fnUntraced(function* (
     return Effect.matchEffect(backend.settle(held.id, charges, actual, now(), !held.recorded), {
       // Redis down or slow: recorded when it answers again, not lost (nor its amount held till the lease ends).
       onFailure: () => settleLater(held.id, held.keyId, charges, actual),
-      onSuccess: (levels) =>
-        Effect.sync(() => {
-          for (let i = 0; i < charges.length; i++) gauge(held.keyId, charges[i]!.counter, levels[i]!)
-        })
+      onSuccess: (levels) => settled(held.keyId, charges, levels)
     })
   }
 
@@ -482,6 +512,7 @@ export const make = Effect.fnUntraced(function* (
     configById,
     findById,
     directoryFailure,
+    budgetFailure,
     reportUnreadable: (ids) =>
       Effect.forEach(ids, (id) => Effect.ignore(failUnreadable(new UnreadableRecord({ id }))), { discard: true }),
     budgetsOf,
