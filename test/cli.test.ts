@@ -13,8 +13,10 @@ import { tmpdir } from "node:os"
 import * as NodePath from "node:path"
 import { fileURLToPath, pathToFileURL } from "node:url"
 import { afterAll, assert, describe, it } from "@effect/vitest"
-import { ConfigProvider, Deferred, Effect, Exit, Result, Stream } from "effect"
+import * as NodeServices from "@effect/platform-node/NodeServices"
+import { ConfigProvider, Console, Deferred, Effect, Exit, Layer, PlatformError, Result, Stdio, Stream } from "effect"
 import type { BatchResult, ItemResult } from "../src/Batch.js"
+import * as Cli from "../src/cli/Cli.js"
 import { parseQuery } from "../src/cli/Common.js"
 import * as CliConfig from "../src/cli/Config.js"
 import type { Provider } from "../src/cli/ConfigSchema.js"
@@ -303,6 +305,39 @@ describe("orchestra CLI", { timeout: 180_000 }, () => {
       assert.deepStrictEqual((parse(file).error as Record<string, unknown>).issues, [
         { path: "(file)", message: "line 3 is not UTF-8 text (save the file as UTF-8)" }
       ])
+    })
+  )
+
+  it.live("a prompts file or --config that cannot be read says why in words (missing, a folder, empty), exit 2", () =>
+    Effect.gen(function* () {
+      const mock = writeConfig("unreadable-mock.json", { providers: { m: { type: "mock" } } })
+      const missing = NodePath.join(dir, "no-such-prompts.txt")
+      const [notThere, folder, emptyFile, emptyConfig] = yield* Effect.all(
+        [
+          run(["bench", "--file", missing, "--config", mock]),
+          run(["stats", "--file", dir, "--config", mock, "--json"]),
+          run(["stats", "--file", "", "--config", mock]),
+          run(["test", "-p", "hi", "--config", "", "--json"])
+        ],
+        { concurrency: 2 }
+      )
+      // They used to print the platform's error as it came: `NotFound: FileSystem.stat (…)`,
+      // `BadResource: FileSystem.readFile (…)`, and an empty --config named the working directory.
+      assert.strictEqual(notThere.code, 2, notThere.stderr)
+      assert.strictEqual(notThere.stderr, `orchestra: cannot read ${missing}: no such file\n`)
+      assert.strictEqual(folder.code, 2, folder.stderr)
+      assert.deepStrictEqual(parse(folder), {
+        ok: false,
+        error: { message: `cannot read ${dir}: not a file (directory)`, kind: "usage" }
+      })
+      assert.strictEqual(emptyFile.code, 2, emptyFile.stderr)
+      assert.strictEqual(emptyFile.stderr, "orchestra: --file is empty: give the path of a prompts file\n")
+      assert.strictEqual(emptyConfig.code, 2, emptyConfig.stderr)
+      assert.strictEqual(emptyConfig.stderr, "orchestra: --config is empty: give the path of a config file\n")
+      assert.deepStrictEqual(parse(emptyConfig), {
+        ok: false,
+        error: { message: "--config is empty: give the path of a config file", kind: "usage" }
+      })
     })
   )
 
@@ -1258,6 +1293,49 @@ describe("orchestra queries", () => {
         lines(Stream.fromIterable(bytes("a".repeat(1_000_001), "\nok\n", "\u00e9".repeat(1_000_000), "\n")))
       )
       assert.deepStrictEqual(Array.from(long), [tooLong, "ok", "\u00e9".repeat(1_000_000)])
+    })
+  )
+
+  it.live("start: stdin that cannot be read ends the session with 1, not 0, saying why", () =>
+    Effect.gen(function* () {
+      const config = writeConfig("stdin-error.json", { providers: { m: { type: "mock" } } })
+      const failing = Stream.fail(
+        PlatformError.systemError({
+          module: "Stdio",
+          method: "stdin",
+          _tag: "Unknown",
+          cause: Object.assign(new Error("EIO: i/o error, read"), { code: "EIO" })
+        })
+      )
+      const session = (json: boolean) =>
+        Effect.gen(function* () {
+          const out: Array<string> = []
+          const err: Array<string> = []
+          const console: Console.Console = {
+            ...globalThis.console,
+            log: (...args: ReadonlyArray<unknown>) => void out.push(args.join(" ")),
+            error: (...args: ReadonlyArray<unknown>) => void err.push(args.join(" "))
+          }
+          const code = yield* Cli.run(["start", "--config", config, ...(json ? ["--json"] : [])]).pipe(
+            Effect.provide(
+              Layer.merge(
+                NodeServices.layer,
+                Stdio.layerTest({ stdin: failing, stdinIsTerminal: Effect.succeed(false) })
+              )
+            ),
+            Effect.provideService(Console.Console, console)
+          )
+          return { code, out, err }
+        })
+      const [text, json] = yield* Effect.all([session(false), session(true)])
+      // It printed the error, then exited with 0 as if the input had ended.
+      assert.strictEqual(text.code, 1, text.err.join("\n"))
+      assert.deepStrictEqual(text.err, ["orchestra: cannot read stdin: EIO: i/o error, read"])
+      assert.strictEqual(json.code, 1, json.err.join("\n"))
+      assert.deepStrictEqual(
+        json.out.map((line) => JSON.parse(line) as unknown),
+        [{ type: "error", error: { message: "cannot read stdin: EIO: i/o error, read", kind: "stdin" } }]
+      )
     })
   )
 

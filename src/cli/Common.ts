@@ -6,7 +6,7 @@
  *
  * @since 0.1.0
  */
-import { Console, Deferred, Effect, Exit, type Option, Result, Schema } from "effect"
+import { Console, Deferred, Effect, Exit, type Option, type PlatformError, Result, Schema } from "effect"
 import { Flag } from "effect/cli"
 import { type AiError, reasonOf } from "../AiError.js"
 import type * as Input from "../Input.js"
@@ -130,6 +130,34 @@ export const errorJson = (error: AiError): Record<string, unknown> => {
  * @category output
  */
 export const errorText = (error: AiError): string => `${error._tag}(${reasonOf(error)}): ${error.message}`
+
+/**
+ * A file or stdin that could not be read, in words (`no such file`, `permission denied`,
+ * `not a file (directory)`), else the system's own message (`EIO: i/o error, read`): never
+ * the platform's `NotFound: FileSystem.stat (…)`.
+ *
+ * @since 0.3.0
+ * @category output
+ */
+export const platformErrorText = (error: PlatformError.PlatformError): string => {
+  const cause: unknown = error.reason.cause
+  const code = typeof cause === "object" && cause !== null && "code" in cause ? cause.code : undefined
+  switch (code) {
+    case "ENOENT":
+      return "no such file"
+    case "EACCES":
+    case "EPERM":
+      return "permission denied"
+    case "EISDIR":
+      return "not a file (directory)"
+    case "ENOTDIR":
+      return "no such file (a part of the path is not a folder)"
+    case "ELOOP":
+      return "too many levels of symbolic links"
+  }
+  if (cause instanceof Error && cause.message.length > 0) return cause.message
+  return error.reason.description ?? error.message
+}
 
 /**
  * Milliseconds for people: `812.3 ms`, `1.52 s`.

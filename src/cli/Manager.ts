@@ -21,6 +21,12 @@ import * as Setup from "./Setup.js"
  */
 export const prepare = (common: Common): Effect.Effect<Setup.Checked, ExitCode, FileSystem.FileSystem | Path.Path> =>
   Effect.gen(function* () {
+    // `--config "$UNSET"`: resolved as it stands, "" would name the working directory.
+    if (Option.isSome(common.config) && common.config.value.trim().length === 0) {
+      return yield* failWith(common, exitCodes.usage, "--config is empty: give the path of a config file", {
+        kind: "usage"
+      })
+    }
     const fromEnv = yield* Config.option(Config.NonEmptyString("ORCHESTRA_CONFIG")).pipe(
       Effect.orElseSucceed(() => Option.none<string>())
     )

@@ -9,7 +9,16 @@ import { Effect, FileSystem, Option, Result } from "effect"
 import { Flag } from "effect/cli"
 import type { Item } from "../Batch.js"
 import * as Input from "../Input.js"
-import { type Common, checkFlag, type ExitCode, exitCodes, failWith, parseQuery, splitList } from "./Common.js"
+import {
+  type Common,
+  checkFlag,
+  type ExitCode,
+  exitCodes,
+  failWith,
+  parseQuery,
+  platformErrorText,
+  splitList
+} from "./Common.js"
 import * as Utf8 from "./utf8.js"
 
 /**
@@ -78,12 +87,19 @@ export const read = Effect.fnUntraced(function* (
         })
       : []
   }
+  if (file.value.trim().length === 0) {
+    return yield* failWith(common, exitCodes.usage, "--file is empty: give the path of a prompts file", {
+      kind: "usage"
+    })
+  }
   const fs = yield* FileSystem.FileSystem
   const unreadable = (why: string) =>
     failWith(common, exitCodes.usage, `cannot read ${file.value}: ${why}`, { kind: "usage" })
-  const info = yield* fs.stat(file.value).pipe(Effect.catch((error) => unreadable(error.message)))
+  const info = yield* fs.stat(file.value).pipe(Effect.catch((error) => unreadable(platformErrorText(error))))
+  // A pipe (`--file /dev/stdin`) is read as a file is; a folder is not.
+  if (info.type === "Directory") yield* unreadable("not a file (directory)")
   if (Number(info.size) > maxFileBytes) yield* unreadable(`${info.size} bytes (at most ${maxFileBytes})`)
-  const bytes = yield* fs.readFile(file.value).pipe(Effect.catch((error) => unreadable(error.message)))
+  const bytes = yield* fs.readFile(file.value).pipe(Effect.catch((error) => unreadable(platformErrorText(error))))
   const decoded = Utf8.decode(bytes)
   if (Result.isFailure(decoded)) {
     return yield* unreadable(`line ${decoded.failure.line} is not UTF-8 text (save the file as UTF-8)`)

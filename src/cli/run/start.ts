@@ -11,7 +11,18 @@ import { Domains } from "../../Domain.js"
 import { Executor } from "../../Executor.js"
 import { Router } from "../../Router.js"
 import * as Stats from "../../Stats.js"
-import { type Common, errorJson, errorText, formatMs, parseQuery, printJson, stdoutClosed } from "../Common.js"
+import {
+  type Common,
+  errorJson,
+  errorText,
+  exitCodes,
+  failWith,
+  formatMs,
+  parseQuery,
+  platformErrorText,
+  printJson,
+  stdoutClosed
+} from "../Common.js"
 import { checkDomains, prepare, provideOrchestra } from "../Manager.js"
 import type { Args } from "../Start.js"
 import { callChain } from "./test.js"
@@ -223,8 +234,11 @@ export const run = Effect.fnUntraced(function* (args: Args) {
       )
     }
     yield* prompt
+    // Input that cannot be read did not end: the session failed (exit 1), it was not left.
     yield* Stream.runForEachWhile(lines(stdio.stdin), handle).pipe(
-      Effect.catch((error) => Console.error(`orchestra: cannot read stdin: ${error.message}`))
+      Effect.catch((error) =>
+        failWith(common, exitCodes.failed, `cannot read stdin: ${platformErrorText(error)}`, { kind: "stdin" })
+      )
     )
     if (interactive) yield* Console.log("")
   }).pipe(
