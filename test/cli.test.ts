@@ -878,6 +878,43 @@ describe("orchestra CLI", { timeout: 180_000 }, () => {
     })
   )
 
+  it.live("the bin on a Node.js older than package.json's engines says so, not a stack trace later", () =>
+    Effect.gen(function* () {
+      const bin = NodePath.join(ROOT, "bin/orchestra.mjs")
+      const engines = (
+        JSON.parse(readFileSync(NodePath.join(ROOT, "package.json"), "utf8")) as { engines: { node: string } }
+      ).engines.node
+      const [major, minor] = /^>=(\d+)\.(\d+)$/.exec(engines)!.slice(1).map(Number) as [number, number]
+      // The version the process reports, set before the bin runs (as an older node would report it).
+      const as = (version: string) => [
+        "--import",
+        `data:text/javascript,Object.defineProperty(process.versions,"node",{value:${JSON.stringify(version)}})`,
+        bin
+      ]
+      const [old, oldMinor, current] = yield* Effect.all(
+        [
+          run(["--help"], { command: as("20.20.2") }),
+          run(["--help"], { command: as(`${major}.${minor - 1}.0`) }),
+          run(["--help"], { command: as(`${major}.${minor}.0`), cwd: ROOT })
+        ],
+        { concurrency: 3 }
+      )
+      // On Node 20, `--help` and the mock ran, and the first HTTP provider died in undici with a stack trace.
+      for (const [out, version] of [
+        [old, "20.20.2"],
+        [oldMinor, `${major}.${minor - 1}.0`]
+      ] as const) {
+        assert.strictEqual(out.code, 1, out.stderr)
+        assert.strictEqual(
+          out.stderr,
+          `orchestra: needs Node.js ${major}.${minor} or later (this is ${version}): install a newer Node.js\n`
+        )
+        assert.strictEqual(out.stdout, "")
+      }
+      assert.notInclude(current.stderr, "needs Node.js")
+    })
+  )
+
   it.live("the compiled bin runs with plain node (no TypeScript loader)", () =>
     Effect.gen(function* () {
       // A build of its own, beside a link to the package's node_modules, removed afterwards.
