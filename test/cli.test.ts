@@ -6,7 +6,17 @@
  * runs as few as it can. Below them, the config checks and the bench arithmetic in process.
  */
 import { type ChildProcessWithoutNullStreams, spawn } from "node:child_process"
-import { cpSync, mkdirSync, mkdtempSync, readFileSync, rmSync, symlinkSync, writeFileSync } from "node:fs"
+import {
+  closeSync,
+  cpSync,
+  mkdirSync,
+  mkdtempSync,
+  openSync,
+  readFileSync,
+  rmSync,
+  symlinkSync,
+  writeFileSync
+} from "node:fs"
 import type { ServerResponse } from "node:http"
 import { createRequire } from "node:module"
 import { tmpdir } from "node:os"
@@ -875,6 +885,40 @@ describe("orchestra CLI", { timeout: 180_000 }, () => {
       assert.strictEqual(result.code, 130, result.stderr)
       assert.include(result.stderr, "interrupted")
       yield* server.awaitAborted(1).pipe(Effect.timeout("10 seconds"))
+    })
+  )
+
+  it.live("output that cannot be written (a full disk: stdout on /dev/full) exits with 1, saying so", () =>
+    Effect.gen(function* () {
+      const config = writeConfig("full-disk.json", { providers: { m: { type: "mock" } } })
+      const toFullDisk = (args: ReadonlyArray<string>) =>
+        Effect.callback<{ readonly code: number | null; readonly stderr: string }>((resume) => {
+          const full = openSync("/dev/full", "w")
+          const child = spawn(process.execPath, ["--import", TSX, ENTRY, ...args], {
+            cwd: dir,
+            env: baseEnv(),
+            stdio: ["ignore", full, "pipe"]
+          })
+          closeSync(full)
+          let stderr = ""
+          child.stderr?.setEncoding("utf8").on("data", (chunk: string) => void (stderr += chunk))
+          child.on("close", (code) => resume(Effect.succeed({ code, stderr })))
+          return Effect.sync(() => child.kill("SIGKILL"))
+        }).pipe(Effect.timeout("100 seconds"))
+      const results = yield* Effect.all(
+        [
+          toFullDisk(["--help"]),
+          toFullDisk(["stats", "--json", "--config", config]),
+          toFullDisk(["test", "-p", "hi", "--config", config])
+        ],
+        { concurrency: 3 }
+      )
+      // Each exited with 0, its output lost without a word (`cat` says "write error" and exits with 1).
+      for (const out of results) {
+        assert.strictEqual(out.code, 1, out.stderr)
+        assert.match(out.stderr, /^orchestra: cannot write to stdout: ENOSPC: no space left on device/m)
+        assert.notInclude(out.stderr, "    at ", "no stack trace")
+      }
     })
   )
 

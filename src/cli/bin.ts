@@ -23,7 +23,22 @@ const stdoutGone = Effect.flatMap(Deferred.await(stdoutFailed), (error) =>
     : Effect.as(Console.error(`orchestra: cannot write to stdout: ${error.message}`), exitCodes.failed as number)
 )
 
-Effect.raceFirst(run(process.argv.slice(2)), stdoutGone).pipe(
+// What the command printed, written out: a write that failed (a full disk) fails the command as
+// the error event would, which Node emits only after the command has ended. (stdout is
+// synchronous on Linux for files, pipes and terminals; `write("")` calls back after the writes
+// before it, with the first one's error.)
+const flushStdout = Effect.callback<void>((resume) => {
+  process.stdout.write("", (error) => {
+    if (error === null || error === undefined) return resume(Effect.void)
+    // stdoutGone says what it is, and wins the race: this never resumes.
+    Deferred.doneUnsafe(stdoutFailed, Exit.succeed(error as NodeJS.ErrnoException))
+  })
+})
+
+Effect.raceFirst(
+  Effect.tap(run(process.argv.slice(2)), () => flushStdout),
+  stdoutGone
+).pipe(
   Effect.provide(environment),
   NodeRuntime.runMain({
     disableErrorReporting: true,
