@@ -24,7 +24,19 @@ import * as NodePath from "node:path"
 import { fileURLToPath, pathToFileURL } from "node:url"
 import { afterAll, assert, describe, it } from "@effect/vitest"
 import * as NodeServices from "@effect/platform-node/NodeServices"
-import { ConfigProvider, Console, Deferred, Effect, Exit, Layer, PlatformError, Result, Stdio, Stream } from "effect"
+import {
+  ConfigProvider,
+  Console,
+  Deferred,
+  Effect,
+  Exit,
+  Layer,
+  Option,
+  PlatformError,
+  Result,
+  Stdio,
+  Stream
+} from "effect"
 import type { BatchResult, ItemResult } from "../src/Batch.js"
 import * as Cli from "../src/cli/Cli.js"
 import { parseQuery } from "../src/cli/Common.js"
@@ -1018,6 +1030,26 @@ describe("orchestra config (in process)", () => {
     dir: ROOT,
     ...CliConfig.inspect(config)
   })
+
+  it.effect(
+    "a missing file named by ORCHESTRA_CONFIG says so (the user may not know it is set); by --config, not",
+    () =>
+      Effect.gen(function* () {
+        const missing = NodePath.join(dir, "stale-config.json")
+        const issues = (flag: Option.Option<string>, fromEnv: Option.Option<string>) =>
+          CliConfig.load(flag, fromEnv).pipe(
+            Effect.flip,
+            Effect.map((error) => error.issues),
+            Effect.provide(NodeServices.layer)
+          )
+        assert.deepStrictEqual(yield* issues(Option.none(), Option.some(missing)), [
+          { path: "(file)", message: "no such file (named by the environment variable ORCHESTRA_CONFIG)" }
+        ])
+        assert.deepStrictEqual(yield* issues(Option.some(missing), Option.some("/elsewhere.json")), [
+          { path: "(file)", message: "no such file" }
+        ])
+      })
+  )
 
   it.effect("the example config is valid, with its keys set", () =>
     Effect.gen(function* () {

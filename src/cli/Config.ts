@@ -339,7 +339,10 @@ export const load = Effect.fnUntraced(function* (flag: Option.Option<string>, fr
   const fileError = (message: string) => new ConfigFileError({ file, issues: [{ path: "(file)", message }] })
   const info = yield* fs.stat(file).pipe(Effect.option)
   if (Option.isNone(info)) {
-    if (Option.isSome(explicit)) return yield* fileError("no such file")
+    // A variable set long ago (or by someone else) is easy to forget: say where the path came from.
+    if (Option.isSome(flag)) return yield* fileError("no such file")
+    if (Option.isSome(fromEnv))
+      return yield* fileError("no such file (named by the environment variable ORCHESTRA_CONFIG)")
     return { file: undefined, dir: cwd, config: {}, issues: [] } satisfies Loaded
   }
   if (info.value.type !== "File") return yield* fileError(`not a file (${info.value.type.toLowerCase()})`)
