@@ -122,8 +122,10 @@ export interface Service {
    */
   readonly admit: (key: string) => Effect.Effect<Permit, CircuitOpenError, Scope.Scope>
   /**
-   * The state of `key`'s circuit: `"half-open"` as soon as the open time has passed, with no
-   * traffic. With Redis, read from the store shared by every process.
+   * The state of `key`'s circuit, read from the store as the next call's admission is:
+   * `"half-open"` as soon as the open time has passed, with no traffic; `"closed"` once the
+   * store has forgotten the key (idle past `idleTimeToLive`). With Redis, the store shared by
+   * every process.
    */
   readonly state: (key: string) => Effect.Effect<State>
   /**
@@ -185,7 +187,10 @@ export interface Options {
    * throws counts the call as a failure.
    */
   readonly isFailure?: ((error: AiError) => boolean) | undefined
-  /** A key with no call for this long is forgotten (state, counts, metric series). Default 1 hour. */
+  /**
+   * A key with no call for this long (past its open time when open) is forgotten: it reads
+   * closed again, with fresh counts, and its metric series go. Default 1 hour.
+   */
   readonly idleTimeToLive?: Input.DurationInput | undefined
   /** Keys held at most (closed, idle-most keys make room first). Default 10,000. */
   readonly maxKeys?: number | undefined

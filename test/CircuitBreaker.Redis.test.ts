@@ -2,6 +2,7 @@ import { spawn } from "node:child_process"
 import { fileURLToPath } from "node:url"
 import { assert, describe, it } from "@effect/vitest"
 import { Context, Duration, Effect, Exit, Fiber, Layer, Metric, Option, Stream } from "effect"
+import * as PersistenceRedis from "effect/persistence/Redis"
 import { CircuitOpenError, modelError } from "../src/AiError.js"
 import * as CircuitBreaker from "../src/CircuitBreaker.js"
 import type { OptionError } from "../src/Input.js"
@@ -171,6 +172,47 @@ describe.skipIf(skipRedis)(`CircuitBreaker on Redis${skipRedis ? ` (${skipReason
         ["closed>open", "open>half-open", "half-open>closed"]
       )
     }).pipe(Effect.scoped)
+  )
+
+  it.live(
+    "a key Redis expired (idle past its open time + idleTimeToLive) reads as closed: gauge, changes, execute",
+    () =>
+      Effect.gen(function* () {
+        const server = yield* startRedis
+        const prefix = `${uniqueKey("p")}:`
+        const breakers = yield* build(server, {
+          prefix,
+          failMax: 2,
+          resetTimeout: "300 millis",
+          idleTimeToLive: "1 second"
+        })
+        const redis = Context.get(yield* Layer.build(Redis.layer({ url: server.url })), PersistenceRedis.Redis)
+        const key = uniqueKey("expired")
+        const changes = yield* Effect.forkChild(Stream.runCollect(Stream.take(breakers.changes, 3)), {
+          startImmediately: true
+        })
+        yield* Effect.exit(breakers.execute(key, overloaded))
+        yield* Effect.exit(breakers.execute(key, overloaded))
+        assert.strictEqual(yield* breakers.state(key), "open")
+        // Redis drops the hash 1.3 s after the trip; nothing reads the state meanwhile.
+        yield* eventually(redis.send<number>("EXISTS", `${prefix}${key}`), (n) => n === 0, "the hash to expire")
+        yield* eventually(
+          Effect.map(Metric.value(Metric.withAttributes(Metrics.breakerState, { breaker: key })), (s) => s.value),
+          (v) => v === 0,
+          "the gauge to read closed"
+        )
+        const seen = yield* Effect.timeoutOption(Fiber.join(changes), "5 seconds")
+        assert.deepStrictEqual(
+          Option.map(seen, (all) => all.map((c) => `${c.from}>${c.to}`)),
+          Option.some(["closed>open", "open>half-open", "half-open>closed"])
+        )
+        assert.strictEqual(yield* breakers.state(key), "closed")
+        // What execute does next agrees: not a probe, and a fresh count (one failure of failMax 2).
+        const probe = yield* Effect.scoped(Effect.map(breakers.admit(key), (permit) => permit.probe))
+        assert.isFalse(probe)
+        yield* Effect.exit(breakers.execute(key, overloaded))
+        assert.strictEqual(yield* breakers.state(key), "closed")
+      }).pipe(Effect.scoped)
   )
 
   it.live("Redis killed mid-run: every call still answers within the deadline (fail open, or refused)", () =>

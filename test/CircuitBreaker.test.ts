@@ -761,3 +761,67 @@ describe("CircuitBreaker fast path (memory store, consecutive policy)", () => {
     )
   )
 })
+
+describe("CircuitBreaker: a key the store has forgotten reads as closed", () => {
+  it.effect("tripped, then idle past its open time + idleTimeToLive: state, gauge, changes and execute agree", () =>
+    withBreakers({ failMax: 2, resetTimeout: "1 second", idleTimeToLive: "10 seconds" }, (breakers) =>
+      Effect.gen(function* () {
+        const key = uniqueKey("forgotten")
+        const changes = yield* collect(breakers, 3)
+        yield* repeat(breakers, key, overloaded, 2)
+        assert.strictEqual(yield* breakers.state(key), "open")
+        yield* TestClock.adjust("1 second")
+        assert.strictEqual(yield* breakers.state(key), "half-open")
+        // The store keeps an open key idleTimeToLive past its open time: still half-open just before.
+        yield* TestClock.adjust("9999 millis")
+        assert.strictEqual(yield* breakers.state(key), "half-open")
+        assert.strictEqual(yield* gauge(key), 2)
+        yield* TestClock.adjust("1 millis")
+        assert.strictEqual(yield* breakers.state(key), "closed", "the store forgot the key: a fresh breaker")
+        assert.strictEqual(yield* gauge(key), 0)
+        const seen = yield* Fiber.join(changes)
+        assert.deepStrictEqual(
+          seen.map((c) => [c.from, c.to, c.at]),
+          [
+            ["closed", "open", 0],
+            ["open", "half-open", 1000],
+            ["half-open", "closed", 11_000]
+          ]
+        )
+        // What execute does next agrees: not a probe, and a fresh count (one failure of failMax 2).
+        const probe = yield* Effect.scoped(Effect.map(breakers.admit(key), (permit) => permit.probe))
+        assert.isFalse(probe, "a forgotten key's next call is not a probe")
+        yield* run(breakers, key, overloaded)
+        assert.strictEqual(yield* breakers.state(key), "closed")
+        yield* run(breakers, key, overloaded)
+        assert.strictEqual(yield* breakers.state(key), "open")
+      })
+    )
+  )
+
+  it.effect("a probe ignored, then idle past idleTimeToLive: forgotten as well", () =>
+    withBreakers({ failMax: 1, resetTimeout: "1 second", idleTimeToLive: "10 seconds" }, (breakers) =>
+      Effect.gen(function* () {
+        const key = uniqueKey("forgotten-probe")
+        yield* run(breakers, key, overloaded)
+        yield* TestClock.adjust("5 seconds")
+        // The probe gives up (interrupted): the slot is free, the key half-open, idle from now.
+        const probe = yield* Effect.forkChild(breakers.execute(key, Effect.never), { startImmediately: true })
+        yield* Fiber.interrupt(probe)
+        assert.strictEqual(yield* breakers.state(key), "half-open")
+        const changes = yield* collect(breakers, 1)
+        yield* TestClock.adjust("9999 millis")
+        assert.strictEqual(yield* breakers.state(key), "half-open")
+        yield* TestClock.adjust("1 millis")
+        assert.strictEqual(yield* breakers.state(key), "closed")
+        assert.strictEqual(yield* gauge(key), 0)
+        assert.deepStrictEqual(
+          (yield* Fiber.join(changes)).map((c) => [c.from, c.to, c.at]),
+          [["half-open", "closed", 15_000]]
+        )
+        const next = yield* Effect.scoped(Effect.map(breakers.admit(key), (permit) => permit.probe))
+        assert.isFalse(next)
+      })
+    )
+  )
+})

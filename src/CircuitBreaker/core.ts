@@ -65,29 +65,53 @@ const zero = Duration.zero
  */
 export const make = Effect.fnUntraced(function* (config: Config, backend: Backend) {
   const scope = yield* Effect.scope
-  const registry = yield* makeRegistry(config, backend.shared)
+  const registry = yield* makeRegistry(config, backend.shared, (entry) => readStore(entry))
   const { clock, entryFor, observe, reject, setView } = registry
   const { tripPolicy, isFailure } = config
   const consecutive = tripPolicy._tag === "Consecutive"
 
-  const fromStore = (entry: Entry | undefined, state: Store.State, now: number): Effect.Effect<State> => {
-    let to: State
-    let until = 0
+  // What a store's state reads as here, and its open end (a key the store forgot reads Closed).
+  const viewOf = (state: Store.State, now: number): { readonly to: State; readonly until: number } => {
     switch (state._tag) {
       case "Closed":
-        to = "closed"
-        break
+        return { to: "closed", until: 0 }
       case "HalfOpen":
-        to = "half-open"
-        break
+        return { to: "half-open", until: 0 }
       case "Open": {
         const left = Duration.toMillis(state.retryAfter)
-        to = left >= isolatedMillis ? "isolated" : left > 0 ? "open" : "half-open"
-        until = now + left
+        return { to: left >= isolatedMillis ? "isolated" : left > 0 ? "open" : "half-open", until: now + left }
       }
     }
+  }
+
+  const fromStore = (entry: Entry | undefined, state: Store.State, now: number): Effect.Effect<State> => {
+    const { to, until } = viewOf(state, now)
     const timer = entry === undefined ? undefined : observe(entry, to, now, until)
     return timer === undefined ? Effect.succeed(to) : Effect.as(timer, to)
+  }
+
+  // The watcher's read (registry.ts): a key the store forgot closes the view; one still there
+  // (another process used it, or this read raced a change) is waited on again from now.
+  const readStore = (entry: Entry): Effect.Effect<void> => {
+    const seq = entry.seq
+    const storeKey = entry.storeKey
+    return Effect.match(backend.state(storeKey), {
+      onFailure: () => {
+        entry.quietSince = clock.currentTimeMillisUnsafe()
+      },
+      onSuccess: (state) => {
+        const now = clock.currentTimeMillisUnsafe()
+        entry.quietSince = now
+        if (entry.seq !== seq || entry.storeKey !== storeKey || entry.isolated) return
+        const { to, until } = viewOf(state, now)
+        if (to === "open") {
+          entry.openUntil = until
+          if (until > entry.holdUntil) entry.holdUntil = until
+          entry.seq++
+        }
+        setView(entry, to, now)
+      }
+    })
   }
 
   // A store refusal updates the view and fails the call; a store failure (the Redis guard
@@ -113,8 +137,9 @@ export const make = Effect.fnUntraced(function* (config: Config, backend: Backen
         return timer === undefined ? rejection : Effect.andThen(timer, rejection)
       }
       if (reason._tag === "CircuitHalfOpen") {
-        observe(entry, "half-open", now)
-        return reject(entry, "half-open")
+        const timer = observe(entry, "half-open", now)
+        const rejection = reject(entry, "half-open")
+        return timer === undefined ? rejection : Effect.andThen(timer, rejection)
       }
     }
     return backend.onStoreError === "reject" ? reject(entry, "open") : undefined
@@ -152,8 +177,7 @@ export const make = Effect.fnUntraced(function* (config: Config, backend: Backen
         case "Open":
           return observe(entry, "open", now, now + Duration.toMillis(transition.retryAfter)) ?? Effect.void
         case "HalfOpen":
-          observe(entry, "half-open", now)
-          return Effect.void
+          return observe(entry, "half-open", now) ?? Effect.void
         case "Closed":
           observe(entry, "closed", now)
           return Effect.void
@@ -174,10 +198,24 @@ export const make = Effect.fnUntraced(function* (config: Config, backend: Backen
       outcome === "Ignored" || (outcome === "Success" && (admission.probe || consecutive))
         ? zero
         : Duration.millis(openTime(config, admission.consecutiveOpenings + 1))
-    return Effect.matchCauseEffect(
+    const recording = Effect.matchCauseEffect(
       backend.record({ key: storeKey, generation: admission.generation, outcome, tripPolicy, openFor }),
       recorded
     )
+    return admission.probe
+      ? Effect.andThen(
+          recording,
+          Effect.suspend(() => probeEnded(entry, storeKey))
+        )
+      : recording
+  }
+
+  // A probe whose record left the key half-open (ignored, or the store failed): the store counts
+  // the key idle from now, so its watcher waits from now.
+  const probeEnded = (entry: Entry, storeKey: string): Effect.Effect<void> => {
+    if (storeKey !== entry.storeKey || entry.view !== "half-open" || entry.isolated) return Effect.void
+    entry.quietSince = clock.currentTimeMillisUnsafe()
+    return registry.arm(entry)
   }
 
   // The fast path (memory store, consecutive policy): a closed circuit whose failure streak is
@@ -310,7 +348,11 @@ export const make = Effect.fnUntraced(function* (config: Config, backend: Backen
   const state: Service["state"] = Effect.fn("CircuitBreaker.state")(function* (key: string) {
     const now = clock.currentTimeMillisUnsafe()
     const entry = registry.get(key)
-    if (backend.shared && entry?.isolated !== true) {
+    if (entry?.isolated === true) return "isolated"
+    // Read from the store, as the next call's admission is: a key it has forgotten (idle past
+    // idleTimeToLive) reads closed, and the view follows. In memory, a key this registry does not
+    // hold is one the store has forgotten (or a closed one).
+    if (backend.shared || entry !== undefined) {
       const read = yield* Effect.result(backend.state(entry?.storeKey ?? key))
       if (read._tag === "Success") return yield* fromStore(entry, read.success, now)
     }

@@ -35,7 +35,15 @@ export interface Entry {
   epoch: number
   storeKey: string
   view: State
+  /** Bumped by every change of `view` or `openUntil` (a store read that raced one is dropped). */
+  seq: number
   openUntil: number
+  /**
+   * While the view is open or half-open: the store counts the key idle from the later of this
+   * and `openUntil` (an ignored probe, a read that found the key still there), and forgets it
+   * `idleTimeToLive` later.
+   */
+  quietSince: number
   /** Memory backend: the latest open end a store key left behind by `reset` may still hold. */
   holdUntil: number
   /** Memory backend: refused until `reset`. */
@@ -64,7 +72,15 @@ const noop = () => {}
  *
  * @internal
  */
-export const makeRegistry = Effect.fnUntraced(function* (config: Config, shared: boolean) {
+export const makeRegistry = Effect.fnUntraced(function* (
+  config: Config,
+  shared: boolean,
+  /**
+   * Reads the key's state from the store and applies it to the entry (without starting a
+   * watcher): closed once the store has forgotten the key. Its failure is its own to handle.
+   */
+  readStore: (entry: Entry) => Effect.Effect<void>
+) {
   const scope = yield* Effect.scope
   const context = yield* Effect.context<never>()
   const clock = yield* Clock.Clock
@@ -92,10 +108,12 @@ export const makeRegistry = Effect.fnUntraced(function* (config: Config, shared:
     removeSeries(entry)
   }
 
+  // Only a closed key goes: an open or half-open one is closed by its watcher once the store
+  // has forgotten it (so the view, the gauge and the changes never disagree with the store).
   const idle = (entry: Entry, now: number) =>
     entry.inflight === 0 &&
     !entry.isolated &&
-    entry.view !== "isolated" &&
+    entry.view === "closed" &&
     now - Math.max(entry.lastActivity, entry.openUntil, entry.holdUntil) >= idleTimeToLive
 
   // A closed key the store can forget without losing more than its counts.
@@ -130,7 +148,9 @@ export const makeRegistry = Effect.fnUntraced(function* (config: Config, shared:
       epoch: 0,
       storeKey: storeKeyOf(key, 0),
       view: "closed",
+      seq: 0,
       openUntil: 0,
+      quietSince: 0,
       holdUntil: 0,
       isolated: false,
       probing: false,
@@ -151,6 +171,7 @@ export const makeRegistry = Effect.fnUntraced(function* (config: Config, shared:
     const from = entry.view
     if (from === to) return
     entry.view = to
+    entry.seq++
     const name = `${from}>${to}`
     entry.transitions ??= new Map()
     let counter = entry.transitions.get(name)
@@ -164,35 +185,49 @@ export const makeRegistry = Effect.fnUntraced(function* (config: Config, shared:
     PubSub.publishUnsafe(pubsub, [{ key: entry.key, from, to, at: now }])
   }
 
-  const sleeper = (entry: Entry, until: number, now: number): Effect.Effect<void> =>
-    FiberMap.run(
-      sleepers,
-      entry.key,
-      Effect.provideContext(
-        Effect.andThen(
-          Timers.sleep(clock, until - now, false),
-          Effect.sync(() => {
-            if (entry.view === "open" && entry.openUntil === until && entries.get(entry.key) === entry) {
-              setView(entry, "half-open", clock.currentTimeMillisUnsafe())
-            }
-          })
-        ),
-        context
-      )
-    ).pipe(Effect.asVoid)
+  // The watcher of a key that is not closed: open -> half-open at the open end, with no
+  // traffic; then, once the store should have forgotten the key (idle `idleTimeToLive` past
+  // the later of its open end and `quietSince`), a read of the store, which closes the view
+  // when the key is gone (or restarts the wait when it is still there: another process used
+  // it, or the store failed). A running probe (memory) keeps the key: its record restarts it.
+  const watch = (entry: Entry): Effect.Effect<void> =>
+    Effect.suspend(() => {
+      if (entries.get(entry.key) !== entry || entry.isolated) return Effect.void
+      const view = entry.view
+      if (view === "closed" || view === "isolated" || (!shared && entry.probing)) return Effect.void
+      const now = clock.currentTimeMillisUnsafe()
+      if (view === "open") {
+        if (now < entry.openUntil)
+          return Effect.andThen(Timers.sleep(clock, entry.openUntil - now, false), watch(entry))
+        setView(entry, "half-open", now)
+      }
+      const forgetAt = Math.max(entry.openUntil, entry.quietSince) + idleTimeToLive
+      if (now < forgetAt) return Effect.andThen(Timers.sleep(clock, forgetAt - now, false), watch(entry))
+      return Effect.andThen(readStore(entry), watch(entry))
+    })
 
-  // Applies what the store said about a key; returns the timer to start when it opened.
+  /** (Re)starts the key's watcher. */
+  const arm = (entry: Entry): Effect.Effect<void> =>
+    FiberMap.run(sleepers, entry.key, Effect.provideContext(watch(entry), context)).pipe(Effect.asVoid)
+
+  // Applies what the store said about a key; returns the watcher to start when there is a new
+  // one to start (the caller runs it).
   const observe = (entry: Entry, to: State, now: number, openUntil = 0): Effect.Effect<void> | undefined => {
     if (entry.isolated) return undefined
+    const from = entry.view
     if (to !== "open") {
       setView(entry, to, now)
-      return undefined
+      if (to !== "half-open") return undefined
+      return from !== "half-open" || !FiberMap.hasUnsafe(sleepers, entry.key) ? arm(entry) : undefined
     }
-    const known = entry.view === "open" && entry.openUntil === openUntil
-    entry.openUntil = openUntil
+    const known = from === "open" && entry.openUntil === openUntil
+    if (entry.openUntil !== openUntil) {
+      entry.openUntil = openUntil
+      entry.seq++
+    }
     if (openUntil > entry.holdUntil) entry.holdUntil = openUntil
     setView(entry, "open", now)
-    return known || openUntil <= now ? undefined : sleeper(entry, openUntil, now)
+    return known ? undefined : arm(entry)
   }
 
   const reject = (
@@ -253,6 +288,7 @@ export const makeRegistry = Effect.fnUntraced(function* (config: Config, shared:
     moveStoreKey,
     setView,
     observe,
+    arm,
     reject,
     cancelTimer,
     changes: Stream.fromPubSubTake(pubsub),
