@@ -10,6 +10,7 @@ import {
   Layer,
   Metric,
   Ref,
+  Scheduler,
   Result,
   Scope,
   Stream
@@ -821,6 +822,31 @@ describe("CircuitBreaker: a key the store has forgotten reads as closed", () => 
         )
         const next = yield* Effect.scoped(Effect.map(breakers.admit(key), (permit) => permit.probe))
         assert.isFalse(next)
+      })
+    )
+  )
+})
+
+describe("CircuitBreaker: a probe's record once started always reaches the store", () => {
+  it.effect("a permit's record interrupted midway: the probe does not hold half-open for ever", () =>
+    withBreakers({ failMax: 1, resetTimeout: "1 second" }, (breakers) =>
+      Effect.gen(function* () {
+        const key = uniqueKey("record-interrupted")
+        yield* run(breakers, key, overloaded)
+        yield* TestClock.adjust("1 second")
+        const scope = yield* Scope.make()
+        const permit = yield* breakers.admit(key).pipe(Scope.provide(scope))
+        assert.isTrue(permit.probe)
+        // The consumer that records is interrupted while its record runs (it yields after each step).
+        const recording = yield* Effect.forkChild(permit.record(Exit.succeed("ok")), { startImmediately: true }).pipe(
+          Effect.provideService(Scheduler.MaxOpsBeforeYield, 1)
+        )
+        yield* Fiber.interrupt(recording)
+        yield* Scope.close(scope, Exit.void)
+        yield* TestClock.adjust("1 hour")
+        // Whatever the record did, the probe is over: the next call runs (closed, or the probe).
+        assert.strictEqual(yield* breakers.execute(key, ok), "ok")
+        assert.strictEqual(yield* breakers.state(key), "closed")
       })
     )
   )

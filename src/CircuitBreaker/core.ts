@@ -326,17 +326,22 @@ export const make = Effect.fnUntraced(function* (config: Config, backend: Backen
               const permit: Permit = {
                 key,
                 probe: admission.probe,
+                // Uninterruptible: once a record has begun (and made later ones no-ops), it reaches
+                // the store. Cut midway, a probe's record left the memory store's probe slot held
+                // for ever, every other call refused half-open.
                 record: (outcome) =>
-                  Effect.suspend(() => {
-                    if (done) return Effect.void
-                    done = true
-                    return record(
-                      entry,
-                      storeKey,
-                      admission,
-                      outcome === "ignored" ? "Ignored" : outcomeOf(outcome, isFailure)
-                    )
-                  })
+                  Effect.uninterruptible(
+                    Effect.suspend(() => {
+                      if (done) return Effect.void
+                      done = true
+                      return record(
+                        entry,
+                        storeKey,
+                        admission,
+                        outcome === "ignored" ? "Ignored" : outcomeOf(outcome, isFailure)
+                      )
+                    })
+                  )
               }
               return Effect.as(Scope.addFinalizer(permitScope, permit.record("ignored")), permit)
             }
