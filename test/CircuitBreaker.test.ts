@@ -851,3 +851,72 @@ describe("CircuitBreaker: a probe's record once started always reaches the store
     )
   )
 })
+
+describe("CircuitBreaker: reset and isolate racing calls in flight", () => {
+  it.effect("a call admitted before a reset that trips the old circuit later: the key stays closed, even idle", () =>
+    withBreakers({ failMax: 2, resetTimeout: "1 minute", idleTimeToLive: "10 seconds" }, (breakers) =>
+      Effect.gen(function* () {
+        const key = uniqueKey("reset-late-trip")
+        const gate = yield* Deferred.make<void>()
+        const slow = yield* Effect.forkChild(breakers.execute(key, Effect.andThen(Deferred.await(gate), overloaded)), {
+          startImmediately: true
+        })
+        yield* run(breakers, key, overloaded)
+        yield* breakers.reset(key)
+        // The slow call fails after the reset: the second failure in a row of the old circuit.
+        yield* Deferred.succeed(gate, undefined)
+        yield* Fiber.await(slow)
+        assert.strictEqual(yield* breakers.state(key), "closed")
+        // Idle long enough for this registry to let the key go, not for the old circuit to be forgotten.
+        yield* TestClock.adjust("20 seconds")
+        assert.strictEqual(yield* breakers.state(key), "closed")
+        assert.strictEqual(yield* breakers.execute(key, ok), "ok", "the reset key must not come back open")
+      })
+    )
+  )
+
+  it.effect("a probe that fails while the key is isolated, then a reset: the key stays closed, even idle", () =>
+    withBreakers({ failMax: 1, resetTimeout: "1 minute", idleTimeToLive: "10 seconds" }, (breakers) =>
+      Effect.gen(function* () {
+        const key = uniqueKey("isolate-probe")
+        yield* run(breakers, key, overloaded)
+        yield* TestClock.adjust("1 minute")
+        const gate = yield* Deferred.make<void>()
+        const probe = yield* Effect.forkChild(breakers.execute(key, Effect.andThen(Deferred.await(gate), overloaded)), {
+          startImmediately: true
+        })
+        yield* breakers.isolate(key)
+        yield* Deferred.succeed(gate, undefined)
+        yield* Fiber.await(probe)
+        assert.strictEqual(yield* breakers.state(key), "isolated")
+        yield* breakers.reset(key)
+        yield* TestClock.adjust("20 seconds")
+        assert.strictEqual(yield* breakers.state(key), "closed")
+        assert.strictEqual(yield* breakers.execute(key, ok), "ok", "the reset key must not come back open")
+      })
+    )
+  )
+
+  it.effect("a probe in flight across a reset that then fails: the key stays closed, even idle", () =>
+    withBreakers({ failMax: 1, resetTimeout: "1 minute", idleTimeToLive: "10 seconds" }, (breakers) =>
+      Effect.gen(function* () {
+        const key = uniqueKey("reset-probe")
+        yield* run(breakers, key, overloaded)
+        yield* TestClock.adjust("1 minute")
+        const gate = yield* Deferred.make<void>()
+        const probe = yield* Effect.forkChild(breakers.execute(key, Effect.andThen(Deferred.await(gate), overloaded)), {
+          startImmediately: true
+        })
+        yield* expectRejected(breakers, key, "half-open")
+        yield* breakers.reset(key)
+        assert.strictEqual(yield* breakers.execute(key, ok), "ok")
+        yield* Deferred.succeed(gate, undefined)
+        yield* Fiber.await(probe)
+        assert.strictEqual(yield* breakers.state(key), "closed")
+        yield* TestClock.adjust("20 seconds")
+        assert.strictEqual(yield* breakers.state(key), "closed")
+        assert.strictEqual(yield* breakers.execute(key, ok), "ok", "the reset key must not come back open")
+      })
+    )
+  )
+})

@@ -170,9 +170,16 @@ export const make = Effect.fnUntraced(function* (config: Config, backend: Backen
     onFailure: (): Effect.Effect<void> => Effect.void,
     onSuccess: (transition: Store.Transition | undefined): Effect.Effect<void> => {
       if (transition === undefined) return Effect.void
+      const now = clock.currentTimeMillisUnsafe()
+      if (transition.to === "Open") {
+        // Kept whatever the view: a store key a reset left behind (a call admitted before it
+        // tripped it), or the key of an isolated circuit (its probe failed), holds this open end,
+        // and the key must not be let go, and come back on that store key, before the store
+        // forgets it.
+        registry.hold(transition.key, now + Duration.toMillis(transition.retryAfter))
+      }
       const entry = registry.entryOfStoreKey(transition.key)
       if (entry === undefined) return Effect.void
-      const now = clock.currentTimeMillisUnsafe()
       switch (transition.to) {
         case "Open":
           return observe(entry, "open", now, now + Duration.toMillis(transition.retryAfter)) ?? Effect.void

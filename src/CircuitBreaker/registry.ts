@@ -247,6 +247,12 @@ export const makeRegistry = Effect.fnUntraced(function* (
     return entry !== undefined && entry.storeKey === storeKey ? entry : undefined
   }
 
+  /** The held key of a store key (current or left by a reset) keeps it until `until`. */
+  const hold = (storeKey: string, until: number) => {
+    const entry = entries.get(keyOf(storeKey))
+    if (entry !== undefined && until > entry.holdUntil) entry.holdUntil = until
+  }
+
   /** Memory backend: moves the key to a fresh store key, closed. */
   const moveStoreKey = (entry: Entry) => {
     entry.isolated = false
@@ -285,6 +291,7 @@ export const makeRegistry = Effect.fnUntraced(function* (
     /** The key's entry if held. */
     get: (key: string): Entry | undefined => entries.get(key),
     entryOfStoreKey,
+    hold,
     moveStoreKey,
     setView,
     observe,
