@@ -828,6 +828,25 @@ describe("CircuitBreaker: a key the store has forgotten reads as closed", () => 
 })
 
 describe("CircuitBreaker: a probe's record once started always reaches the store", () => {
+  it.effect("a probe failing with a FallbackExhaustedError without steps: recorded as a failure, never stuck", () =>
+    withBreakers({ failMax: 1, resetTimeout: "1 second" }, (breakers) =>
+      Effect.gen(function* () {
+        const key = uniqueKey("empty-exhausted")
+        yield* run(breakers, key, overloaded)
+        yield* TestClock.adjust("1 second")
+        const empty = new FallbackExhaustedError({ attempts: [] })
+        // The caller gets its own error (no defect from the classification)...
+        assert.deepStrictEqual(yield* run(breakers, key, Effect.fail(empty)), Exit.fail(empty))
+        // ...and the probe counted as failed: reopened, then the next probe runs.
+        assert.strictEqual(yield* breakers.state(key), "open")
+        yield* TestClock.adjust("1 second")
+        assert.strictEqual(yield* breakers.execute(key, ok), "ok")
+        assert.strictEqual(yield* breakers.state(key), "closed")
+        assert.isTrue(CircuitBreaker.defaultIsFailure(empty))
+      })
+    )
+  )
+
   it.effect("a permit's record interrupted midway: the probe does not hold half-open for ever", () =>
     withBreakers({ failMax: 1, resetTimeout: "1 second" }, (breakers) =>
       Effect.gen(function* () {

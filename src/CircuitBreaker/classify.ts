@@ -36,7 +36,9 @@ export const defaultIsFailure = (error: AiError): boolean => {
     case "StreamInterruptedError":
       return !callersFault.has(error.reason)
     case "FallbackExhaustedError":
-      return defaultIsFailure(error.last)
+      // Without a step (never from this library; a hand-made or decoded one) there is no last
+      // error to judge: it counts, as a failure that says nothing else does.
+      return error.attempts.length === 0 || defaultIsFailure(error.last)
     case "CircuitOpenError":
     case "ShuttingDownError":
       return false
@@ -65,9 +67,12 @@ export const outcomeOf = (exit: Exit.Exit<unknown, unknown>, isFailure: (error: 
   const found = Cause.findErrorOption(cause)
   if (found._tag === "None") return "Ignored"
   if (!isAiError(found.value)) return "Failure"
-  const error = found.value._tag === "FallbackExhaustedError" ? found.value.last : found.value
-  if (error._tag === "CircuitOpenError" || error._tag === "ShuttingDownError") return "Ignored"
+  // Never throws (a throw here would skip the record, and leave a probe's slot held for ever):
+  // whatever throws, the unwrapping or the classifier, counts the call as a failure.
   try {
+    const error =
+      found.value._tag === "FallbackExhaustedError" && found.value.attempts.length > 0 ? found.value.last : found.value
+    if (error._tag === "CircuitOpenError" || error._tag === "ShuttingDownError") return "Ignored"
     return isFailure(error) ? "Failure" : "Success"
   } catch {
     return "Failure"
