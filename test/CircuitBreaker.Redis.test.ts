@@ -297,6 +297,8 @@ describe.skipIf(skipRedis)(`CircuitBreaker on Redis${skipRedis ? ` (${skipReason
       yield* refused({ probeLease: Number.NaN }, "probeLease")
       yield* refused({ redis: { timeout: Number.NaN } }, "redis.timeout")
       yield* refused({ failMax: 0 }, "failMax")
+      // Above 2^50 the store's scripts refuse every record: the circuit would never open.
+      yield* refused({ failMax: Number.MAX_SAFE_INTEGER }, "failMax")
       yield* refused({ halfOpenMax: 2 }, "halfOpenMax")
     })
   )

@@ -78,6 +78,14 @@ const isRejection = (error: Store.CircuitBreakerError): boolean => error.reason.
  */
 export const makeRedis = Effect.fnUntraced(function* (options: RedisOptions = {}) {
   const config = yield* Input.orOptionError(check(options, redisKeys))
+  if (config.tripPolicy._tag === "Consecutive" && config.tripPolicy.failures > Input.maxRedisMillis) {
+    // The store's scripts refuse a count above 2^50: every record would be a store error, and
+    // the circuit would never open.
+    return yield* new Input.OptionError({
+      path: "failMax",
+      message: `expected at most 2^50 (${Input.maxRedisMillis}) with Redis, got ${config.tripPolicy.failures}`
+    })
+  }
   const prefix = Input.orDefault(options.prefix, "orchestra:breaker:")
   if (typeof prefix !== "string" || prefix.length === 0) {
     return yield* new Input.OptionError({ path: "prefix", message: "invalid prefix: expected a non-empty string" })
