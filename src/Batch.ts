@@ -144,7 +144,8 @@ export interface BatchResult {
   /**
    * Computed from this batch's own outcomes (totals, reasons, item latencies, waits for
    * the shared limit, retries, fallbacks, its concurrency peak); `serviceTime` and
-   * `timeToFirstToken` are zeros here (see `Stats` per provider).
+   * `timeToFirstToken` are zeros here (see `Stats` per provider). `timeouts` counts the items
+   * of status `timeout` (an exhausted fallback chain whose last step timed out included).
    */
   readonly stats: ExecutionStats
 }
@@ -167,7 +168,10 @@ export interface RunOptions {
   readonly onProgress?: ((event: ProgressEvent) => void) | undefined
   /** The same events as an Effect; the batch waits for it. A failure is logged once and ignored. */
   readonly onEvent?: ((event: ProgressEvent) => Effect.Effect<void>) | undefined
-  /** Completes when the batch should stop: running calls are interrupted, the rest never start. */
+  /**
+   * Completes when the batch should stop: running calls are interrupted, the rest never start
+   * (completed from a progress callback, no item starts after that callback).
+   */
   readonly cancel?: Effect.Effect<void> | undefined
   /** Batch id (in the span and the result); generated when absent. */
   readonly id?: string | undefined

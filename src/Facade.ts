@@ -6,11 +6,11 @@
  *
  * Failures reject with an {@link OrchestraError} whose `error` is typed: an `AiError`, an
  * {@link AbortedError}, or the `OptionError` of a manager that could not be built. Bad
- * input (a `null` prompt, an unknown option, `mode: "bogus"`) is an `InvalidRequest`
- * naming the field. A `signal` cancels a call: its rejection is a `TimeoutError` (limit
- * `total`) when the signal's reason is a `TimeoutError` (`AbortSignal.timeout(ms)`), an
- * `AbortedError` otherwise, and the stats count it the same way (see
- * `docs/orchestration.md`).
+ * input (a `null` prompt, an unknown option, `mode: "bogus"`, a getter that throws) is an
+ * `InvalidRequest` naming the field; a call never throws, it rejects. A `signal` cancels a
+ * call: its rejection is a `TimeoutError` (limit `total`) when the signal's reason is a
+ * `TimeoutError` (`AbortSignal.timeout(ms)`), an `AbortedError` otherwise, and the stats count
+ * it the same way (see `docs/orchestration.md`).
  *
  * @example
  * ```ts
@@ -212,6 +212,11 @@ export interface Orchestra {
    * Graceful shutdown: new calls are refused at once, running ones finish up to the
    * executor's shutdown deadline, then the rest end with `ShuttingDownError` and everything
    * is released; a running batch resolves, its items not drained `rejected`. Idempotent.
+   *
+   * A finalizer that fails (a layer's release) does not stop the others: once everything else
+   * is released, the promise rejects with an {@link OrchestraError} whose `error` is a
+   * `ModelError` with reason `Unknown` naming the failure, its `cause` what the finalizer threw
+   * (an `AggregateError` of them when several did).
    */
   readonly dispose: () => Promise<void>
 }
@@ -222,7 +227,7 @@ export interface Orchestra {
  *
  * Rejections: an {@link OrchestraError} carrying the typed failure; a failure of a
  * provider layer that is not one of the library's errors is rejected as it is; a defect
- * (a bug) as its squashed error.
+ * (a bug) of a call as its squashed error. `dispose()` rejects only with an `OrchestraError`.
  *
  * @since 0.1.0
  * @category constructors

@@ -10,7 +10,7 @@
  * @since 0.2.0
  */
 import { Duration, Effect, Result, Schema, SchemaIssue, SchemaTransformation } from "effect"
-import { invalidRequest, type ModelError } from "./AiError.js"
+import { invalidRequest, ModelError } from "./AiError.js"
 
 /**
  * An option or configuration value was refused. `path` names the field
@@ -21,7 +21,9 @@ import { invalidRequest, type ModelError } from "./AiError.js"
  */
 export class OptionError extends Schema.TaggedError<OptionError>("effect-orchestra/OptionError")("OptionError", {
   path: Schema.String,
-  message: Schema.String
+  message: Schema.String,
+  /** What reading the field threw (a getter or a `Proxy` trap), when that is why it was refused. */
+  cause: Schema.optional(Schema.Defect())
 }) {}
 
 /**
@@ -33,6 +35,8 @@ export class OptionError extends Schema.TaggedError<OptionError>("effect-orchest
 export interface Issue {
   readonly path: string
   readonly message: string
+  /** What was thrown while reading the field (a getter or a `Proxy` trap), when that is the issue. */
+  readonly cause?: unknown
 }
 
 /**
@@ -108,6 +112,12 @@ const durationParts = (input: object | bigint): boolean => {
   )
 }
 
+const threwWhile = (path: string, what: string, error: unknown): Issue => ({
+  path,
+  message: `${what} threw: ${error instanceof Error ? error.message : String(error)}`,
+  cause: error
+})
+
 export const duration = (path: string, input: unknown, options: DurationOptions = {}): Checked<Duration.Duration> => {
   const fail = (why: string) => Result.fail({ path, message: `${why}, got ${describe(input)}` })
   let decoded: Duration.Duration
@@ -135,10 +145,14 @@ export const duration = (path: string, input: unknown, options: DurationOptions 
     decoded = input
   } else if (typeof input === "bigint" || (typeof input === "object" && input !== null)) {
     // The rest of `Duration.Input`, which the option types accept: nanoseconds as a bigint,
-    // `[seconds, nanos]`, `{ seconds: 30 }`.
-    if (!durationParts(input)) return fail(`expected a duration such as 1500 or "30 seconds"`)
-    const option = Duration.fromInput(input as Duration.Input)
-    if (option._tag === "None") return fail(`expected a duration such as 1500 or "30 seconds"`)
+    // `[seconds, nanos]`, `{ seconds: 30 }`. Their fields are read here: a getter that throws is the field's issue.
+    let option: ReturnType<typeof Duration.fromInput> | undefined
+    try {
+      option = durationParts(input) ? Duration.fromInput(input as Duration.Input) : undefined
+    } catch (error) {
+      return Result.fail(threwWhile(path, "reading it", error))
+    }
+    if (option === undefined || option._tag === "None") return fail(`expected a duration such as 1500 or "30 seconds"`)
     decoded = option.value
   } else {
     return fail(`expected a duration such as 1500 or "30 seconds"`)
@@ -318,8 +332,7 @@ export const readFields = (
   prefix?: string
 ): Checked<Readonly<Record<string, unknown>>> => {
   const named = (key: string) => (prefix === undefined ? key : `${prefix}.${key}`)
-  const threw = (path: string, what: string, error: unknown) =>
-    Result.fail({ path, message: `${what} threw: ${error instanceof Error ? error.message : String(error)}` })
+  const threw = (path: string, what: string, error: unknown) => Result.fail(threwWhile(path, what, error))
   let names: ReadonlyArray<string>
   try {
     names = keys ?? Object.keys(input)
@@ -335,6 +348,99 @@ export const readFields = (
     }
   }
   return Result.succeed(out)
+}
+
+const isPlainObject = (u: object): boolean => {
+  const proto = Object.getPrototypeOf(u)
+  return proto === Object.prototype || proto === null
+}
+
+// How a read that threw leaves the recursion of `snapshot`, with the issue naming the field.
+class Unreadable {
+  constructor(readonly issue: Issue) {}
+}
+
+const fieldPath = (at: string, key: string): string => (at === "" ? key : `${at}.${key}`)
+
+const copyOf = (value: unknown, at: string, whole: string, copies: Map<object, unknown>): unknown => {
+  if (typeof value !== "object" || value === null) return value
+  const known = copies.get(value)
+  if (known !== undefined) return known
+  let length: number | undefined
+  let names: ReadonlyArray<string> | undefined
+  let what = "listing its fields"
+  try {
+    if (Array.isArray(value)) {
+      what = "reading its length"
+      length = (value as ReadonlyArray<unknown>).length
+    } else if (isPlainObject(value)) {
+      names = Object.keys(value)
+    }
+  } catch (error) {
+    throw new Unreadable(threwWhile(whole, what, error))
+  }
+  if (length !== undefined) {
+    if (!Number.isSafeInteger(length) || length < 0) {
+      throw new Unreadable({ path: whole, message: `expected an array, got a length of ${String(length)}` })
+    }
+    const out: Array<unknown> = []
+    copies.set(value, out)
+    for (let i = 0; i < length; i++) {
+      const path = `${at}[${i}]`
+      let element: unknown
+      try {
+        element = (value as ReadonlyArray<unknown>)[i]
+      } catch (error) {
+        throw new Unreadable(threwWhile(path, "reading it", error))
+      }
+      out.push(copyOf(element, path, path, copies))
+    }
+    return out
+  }
+  // A class instance (a `Duration`, an `AbortSignal`, a `Layer`) is the caller's object, kept as it is.
+  if (names === undefined) return value
+  const out: Record<string, unknown> = {}
+  copies.set(value, out)
+  for (const key of names) {
+    const path = fieldPath(at, key)
+    let field: unknown
+    try {
+      field = (value as Record<string, unknown>)[key]
+    } catch (error) {
+      throw new Unreadable(threwWhile(path, "reading it", error))
+    }
+    const copied = copyOf(field, path, path, copies)
+    if (key === "__proto__") {
+      Object.defineProperty(out, key, { value: copied, enumerable: true, writable: true, configurable: true })
+    } else {
+      out[key] = copied
+    }
+  }
+  return out
+}
+
+/**
+ * A copy of a caller's plain data, read once and all of it: arrays, and objects whose
+ * prototype is `Object.prototype` or `null` (their own enumerable fields), at every level. A
+ * getter (or a `Proxy` trap) that throws anywhere is an issue naming that field
+ * (`messages[1].content`, with what it threw as `cause`), not an exception out of a check, and
+ * nothing that reads the copy later can throw or see another value. Anything else (strings,
+ * numbers, functions, class instances such as a `Duration`, an `AbortSignal` or a `Layer`) is
+ * kept as it is; a cycle stays a cycle. `path` is the value's own path (`""`: its fields are
+ * named bare, `prompt`, `messages[0].role`); `name` names the value when listing its fields
+ * throws (default: `path`).
+ *
+ * @since 0.3.0
+ * @category checks
+ */
+export const snapshot = <A>(input: A, path: string, name: string = path): Checked<A> => {
+  if (typeof input !== "object" || input === null) return Result.succeed(input)
+  try {
+    return Result.succeed(copyOf(input, path, name === "" ? "(root)" : name, new Map()) as A)
+  } catch (error) {
+    if (error instanceof Unreadable) return Result.fail(error.issue)
+    throw error
+  }
 }
 
 /**
@@ -399,7 +505,9 @@ export const all = <const T extends ReadonlyArray<Checked<unknown>>>(
  * @category conversions
  */
 export const toOptionError = (issue: Issue): OptionError =>
-  new OptionError({ path: issue.path, message: `invalid ${issue.path}: ${issue.message}` })
+  "cause" in issue
+    ? new OptionError({ path: issue.path, message: `invalid ${issue.path}: ${issue.message}`, cause: issue.cause })
+    : new OptionError({ path: issue.path, message: `invalid ${issue.path}: ${issue.message}` })
 
 /**
  * The issue of the first of `fields` in `options` that is given but not a boolean
@@ -465,7 +573,7 @@ export const oneOf = <const A extends string>(path: string, input: unknown, valu
 export const underPath = <E>(error: E, prefix: string): E => {
   if (!(error instanceof OptionError)) return error
   const issue = issueOfError(error)
-  return toOptionError({ path: `${prefix}${issue.path}`, message: issue.message }) as E
+  return toOptionError({ ...issue, path: `${prefix}${issue.path}` }) as E
 }
 
 /**
@@ -477,7 +585,8 @@ export const underPath = <E>(error: E, prefix: string): E => {
  */
 export const issueOfError = (error: OptionError): Issue => {
   const own = `invalid ${error.path}: `
-  return { path: error.path, message: error.message.startsWith(own) ? error.message.slice(own.length) : error.message }
+  const message = error.message.startsWith(own) ? error.message.slice(own.length) : error.message
+  return error.cause === undefined ? { path: error.path, message } : { path: error.path, message, cause: error.cause }
 }
 
 /**
@@ -496,9 +605,25 @@ export const orOptionError = <A>(checked: Checked<A>): Effect.Effect<A, OptionEr
  * @category conversions
  */
 export const orInvalidRequest = <A>(checked: Checked<A>, provider?: string): Effect.Effect<A, ModelError> =>
-  Result.isSuccess(checked)
-    ? Effect.succeed(checked.success)
-    : Effect.fail(invalidRequest(checked.failure.path, checked.failure.message, provider))
+  Result.isSuccess(checked) ? Effect.succeed(checked.success) : Effect.fail(toInvalidRequest(checked.failure, provider))
+
+/**
+ * A check's failure as an `InvalidRequest` naming the field, for per-call options; what a
+ * getter threw (the issue's `cause`) is the error's `cause`.
+ *
+ * @since 0.3.0
+ * @category conversions
+ */
+export const toInvalidRequest = (issue: Issue, provider?: string): ModelError =>
+  "cause" in issue
+    ? new ModelError({
+        reason: "InvalidRequest",
+        field: issue.path,
+        message: `invalid ${issue.path}: ${issue.message}`,
+        provider,
+        cause: issue.cause
+      })
+    : invalidRequest(issue.path, issue.message, provider)
 
 /**
  * A check's value, or a thrown `OptionError`; for plain constructors outside Effect code

@@ -221,7 +221,7 @@ const under =
  * @category layers
  */
 export const layer = <const P extends Record<string, Layer.Layer<ModelProvider, unknown, unknown>>>(
-  options: Options<P>
+  given: Options<P>
 ): Layer.Layer<
   Services,
   Input.OptionError | { [K in keyof P]: Layer.Error<P[K]> }[keyof P],
@@ -229,6 +229,9 @@ export const layer = <const P extends Record<string, Layer.Layer<ModelProvider, 
 > =>
   Layer.unwrap(
     Effect.gen(function* () {
+      // Read once, all of it: a getter that throws is an OptionError naming the field (not a
+      // defect of the build), and no layer below reads the caller's objects again.
+      const options = yield* Input.orOptionError(Input.snapshot(given, "", "options"))
       const unknown = Input.unknownKey(options, optionKeys)
       if (unknown !== undefined) return yield* Effect.fail(Input.toOptionError(unknown))
       const names = Object.keys(options.providers)

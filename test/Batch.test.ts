@@ -161,6 +161,58 @@ describe("Batch.run outcomes", () => {
     })
   )
 
+  it.effect(
+    "stats.timeouts counts every item whose status is timeout, an exhausted chain whose last step timed out too",
+    () =>
+      Effect.gen(function* () {
+        // Found in review: only a bare TimeoutError was counted; an item of status `timeout` whose
+        // error is a FallbackExhaustedError (its last step timed out) was left out.
+        const { batch, stats } = yield* makeOrchestra(
+          {
+            a: { script: [Outcome.hang(), Outcome.hang(), Outcome.hang()] },
+            b: { script: [Outcome.hang(), Outcome.fail("Overloaded")] },
+            c: { script: [Outcome.hang()] }
+          },
+          {
+            domains: [
+              { name: "d-a", provider: "a", timeout: 1000, retry: noRetry, fallback: ["d-b"] },
+              { name: "d-b", provider: "b", timeout: 1000, retry: noRetry },
+              { name: "d-c", provider: "c", timeout: 1000, retry: noRetry }
+            ]
+          }
+        )
+        const fiber = yield* Effect.forkChild(
+          batch.run(
+            [
+              { query: "both steps time out", domain: "d-a" },
+              { query: "a times out, b is overloaded", domain: "d-a" },
+              { query: "one step, timed out", domain: "d-c" }
+            ],
+            { concurrency: 1 }
+          )
+        )
+        yield* TestClock.adjust("10 seconds")
+        const result = yield* Fiber.join(fiber)
+        assert.deepStrictEqual(
+          result.results.map((r) => [r.status, r.error?._tag]),
+          [
+            ["timeout", "FallbackExhaustedError"],
+            ["error", "FallbackExhaustedError"],
+            ["timeout", "TimeoutError"]
+          ]
+        )
+        assert.strictEqual(result.stats.timeouts, 2, "the items of status timeout")
+        assert.strictEqual(
+          result.stats.timeouts,
+          result.results.filter((r) => r.status === "timeout").length,
+          "as the statuses say"
+        )
+        // The executor counts attempts ended by a deadline: the same two items' last steps, and the
+        // earlier step of the second that timed out before it fell back.
+        assert.strictEqual((yield* stats.snapshot()).timeouts, 4)
+      })
+  )
+
   it.effect("a defect in one provider call becomes that item's error, on both paths", () =>
     Effect.gen(function* () {
       let calls = 0
@@ -1512,7 +1564,14 @@ describe("Batch permits, batches without callbacks (items started from JavaScrip
           result.results.map((r) => r.status),
           ["error", "success"]
         )
-        assert.include(result.results[0]!.error?.message ?? "", "unexpected defect: Error: boom")
+        // The field's InvalidRequest, what it threw as its cause (was "unexpected defect: Error: boom").
+        const error = result.results[0]!.error
+        assert.deepStrictEqual(error?._tag === "ModelError" && [error.reason, error.field, error.message], [
+          "InvalidRequest",
+          "items[0].request.prompt",
+          "invalid items[0].request.prompt: reading it threw: boom"
+        ])
+        assert.strictEqual(error?._tag === "ModelError" && (error.cause as Error).message, "boom")
         const after = yield* batch.run(["again"], opts()).pipe(Effect.timeout("1 second"))
         assert.strictEqual(after.results[0]!.status, "success")
       })
@@ -1561,4 +1620,49 @@ describe("Batch permits, batches without callbacks (items started from JavaScrip
       assert.strictEqual(rc.stats.concurrencyPeak, 2)
     })
   )
+})
+
+describe("Batch cancellation from a progress callback (items that answer at once)", () => {
+  // Found in review: a `cancel` completed from `onProgress` was seen only once the pool had
+  // started up to 1,024 more items (it starts them in a loop from JavaScript, and the
+  // cancellation reached it only when that loop yielded).
+  const instant = custom("p", (request) => Effect.succeed(response("p", request.prompt ?? "")))
+  for (const kind of ["onProgress", "onEvent"] as const) {
+    it.effect(`no item starts after the cancel; every item has one outcome (${kind})`, () =>
+      Effect.gen(function* () {
+        const batch = yield* customOrchestra(instant, { maxConcurrent: 4 })
+        // Resolves the executor's route first, so that the items are started from JavaScript.
+        yield* batch.run(["warm", "up"])
+        const stop = yield* Deferred.make<void>()
+        let startedAfter = 0
+        let started = 0
+        const on = (event: Batch.ProgressEvent): void => {
+          if (event._tag === "Started") {
+            started++
+            if (Deferred.isDoneUnsafe(stop)) startedAfter++
+          }
+          if (event._tag === "Succeeded" && event.done === 10) Deferred.doneUnsafe(stop, Exit.void)
+        }
+        const items = Array.from({ length: 3000 }, (_, i) => `q${i}`)
+        const result = yield* batch.run(items, {
+          cancel: Deferred.await(stop),
+          ...(kind === "onProgress" ? { onProgress: on } : { onEvent: (e) => Effect.sync(() => on(e)) })
+        })
+        assert.isTrue(result.cancelled)
+        assert.strictEqual(startedAfter, 0, "no item started after the cancel")
+        assert.strictEqual(result.results.length, items.length)
+        assert.isTrue(result.results.every((r, i) => r.index === i))
+        assert.isTrue(result.results.every((r) => r.status === "success" || r.status === "cancelled"))
+        assert.strictEqual(result.notRun.length, items.length - started, "the items that never started")
+        assert.isTrue(result.notRun.every((i) => !result.results[i]!.ran))
+        assert.isAtMost(started, 10 + 4, "at most the concurrency past the tenth answer")
+        const after = yield* batch.run(["again", "and again"]).pipe(Effect.timeout("1 second"))
+        assert.deepStrictEqual(
+          after.results.map((r) => r.status),
+          ["success", "success"],
+          "every permit was given back"
+        )
+      })
+    )
+  }
 })

@@ -243,6 +243,102 @@ describe("createOrchestra", () => {
     }
   })
 
+  it("a getter (or a Proxy trap) that throws anywhere in what a call is given is that field's InvalidRequest, its cause kept, as a rejection", async () => {
+    // Found in review: a request, a context message, an embed request, a duration object or a
+    // domains list whose getter throws rejected with the raw Error (a context's threw out of the call).
+    const m = mock()
+    const orchestra = createOrchestra(Orchestra.layer({ providers: { main: m.layer } }))
+    const o = orchestra as unknown as Record<string, (...args: ReadonlyArray<unknown>) => Promise<unknown>>
+    const throwingLength = new Proxy(["support"], {
+      get: (target, key, receiver) => {
+        if (key === "length") throw new Error("length getter")
+        return Reflect.get(target, key, receiver)
+      }
+    })
+    try {
+      const cases: ReadonlyArray<readonly [string, string, () => unknown]> = [
+        ["prompt", "prompt getter", () => o.execute!(hostile("prompt"), { domain: "support" })],
+        ["prompt", "prompt getter", () => o.execute!(hostile("prompt"))],
+        ["messages", "messages getter", () => o.executeWithFallback!(hostile("messages"), ["support"])],
+        [
+          "messages[1].content",
+          "content getter",
+          () => o.execute!({ messages: [{ role: "user", content: "a" }, hostile("content")] })
+        ],
+        ["prompt", "prompt getter", () => o.execute!(hostile("prompt"), { context: [{ role: "user", content: "a" }] })],
+        ["context[0].content", "content getter", () => o.execute!("x", { context: [hostile("content")] })],
+        ["timeout.seconds", "seconds getter", () => o.execute!("x", { timeout: hostile("seconds") })],
+        [
+          "after.seconds",
+          "seconds getter",
+          () => o.hedge!("x", ["support", "technical"], { after: hostile("seconds") })
+        ],
+        ["prompt", "prompt getter", () => o.executeParallelDomains!(hostile("prompt"), ["support"])],
+        ["domains", "length getter", () => o.executeWithFallback!("x", throwingLength)],
+        ["domains", "length getter", () => o.hedge!("x", throwingLength, { after: 10 })],
+        ["texts", "texts getter", () => o.embed!(hostile("texts"))],
+        ["items", "length getter", () => o.batch!(throwingLength)],
+        ["concurrency", "concurrency getter", () => o.batch!(["a"], hostile("concurrency"))]
+      ]
+      for (const [field, thrown, call] of cases) {
+        let promise: unknown
+        assert.doesNotThrow(() => {
+          promise = call()
+        }, field)
+        assert.instanceOf(promise, Promise, field)
+        const error = await typed(promise as Promise<unknown>)
+        assert.strictEqual(error._tag === "ModelError" && error.reason === "InvalidRequest" && error.field, field)
+        assert.include(error.message, `reading`)
+        const cause = error._tag === "ModelError" ? error.cause : undefined
+        assert.strictEqual(cause instanceof Error && cause.message, thrown, field)
+      }
+      const streamed = await typed(collect(orchestra.stream(hostile("prompt") as never)))
+      assert.strictEqual(streamed._tag === "ModelError" && streamed.field, "prompt")
+      // A batch item's own request: that item's error, the batch goes on.
+      const batch = await orchestra.batch([{ request: hostile("prompt") as never }, "fine"])
+      const itemError = batch.results[0]!.error
+      assert.strictEqual(itemError?._tag === "ModelError" && itemError.field, "items[0].request.prompt")
+      assert.strictEqual(batch.results[1]!.status, "success")
+      // stats() is synchronous: it throws the OrchestraError.
+      const thrown = (() => {
+        try {
+          orchestra.stats(hostile("provider") as never)
+          return undefined
+        } catch (error) {
+          return error
+        }
+      })()
+      assert.instanceOf(thrown, OrchestraError)
+      const statsError = (thrown as OrchestraError).error
+      assert.strictEqual(statsError._tag === "ModelError" && statsError.field, "filter.provider")
+      assert.strictEqual(Effect.runSync(m.control.calls), 1, "only the batch's good item called the provider")
+    } finally {
+      await orchestra.dispose()
+    }
+    // The manager's options given to createOrchestra: an OptionError naming the field, the build's own failure.
+    for (const [options, path] of [
+      [hostile("providers"), "providers"],
+      [
+        Object.defineProperty({ providers: { main: m.layer } }, "executor", {
+          enumerable: true,
+          value: hostile("timeout")
+        }),
+        "executor.timeout"
+      ]
+    ] as const) {
+      const broken = createOrchestra(Orchestra.layer(options as unknown as { providers: { main: typeof m.layer } }))
+      try {
+        const error = await typed(broken.execute("x"))
+        assert.strictEqual(error._tag === "OptionError" && error.path, path)
+        assert.include(error.message, "reading it threw")
+        const cause = error._tag === "OptionError" ? error.cause : undefined
+        assert.instanceOf(cause, Error, path)
+      } finally {
+        await broken.dispose()
+      }
+    }
+  })
+
   it("context: the conversation's earlier messages are sent before the prompt (item 36)", async () => {
     const m = mock()
     const orchestra = createOrchestra(Orchestra.layer({ providers: { main: m.layer } }))
@@ -593,6 +689,44 @@ describe("createOrchestra: batch, stats, streams", () => {
     }
   })
 
+  it("batch: a signal aborted from onProgress on items answered at once starts no item after it", async () => {
+    // Found in review: the abort was seen only once up to 1,024 more items had started.
+    const m = mock()
+    const orchestra = createOrchestra(Orchestra.layer({ providers: { main: m.layer }, maxConcurrent: 4 }))
+    try {
+      for (const domain of [undefined, "support"]) {
+        // Resolves the route first, so that the items are started from JavaScript.
+        await orchestra.batch(["warm", "up"], { domain })
+        const before = Effect.runSync(m.control.calls)
+        const controller = new AbortController()
+        let started = 0
+        let startedAfter = 0
+        const items = Array.from({ length: 3000 }, (_, i) => `q${i}`)
+        const result = await orchestra.batch(items, {
+          domain,
+          signal: controller.signal,
+          onProgress: (event) => {
+            if (event._tag === "Started") {
+              started++
+              if (controller.signal.aborted) startedAfter++
+            }
+            if (event._tag === "Succeeded" && event.done === 10) controller.abort()
+          }
+        })
+        assert.isTrue(result.cancelled)
+        assert.strictEqual(startedAfter, 0, `no item started after the abort (${domain})`)
+        assert.strictEqual(result.results.length, items.length)
+        assert.isTrue(result.results.every((r, i) => r.index === i && ["success", "cancelled"].includes(r.status)))
+        assert.strictEqual(result.notRun.length, items.length - started)
+        assert.isAtMost(started, 10 + 4)
+        await settle(() => Effect.runSync(m.control.inFlight) === 0)
+        assert.strictEqual(Effect.runSync(m.control.calls) - before, started, "a provider call per started item only")
+      }
+    } finally {
+      await orchestra.dispose()
+    }
+  })
+
   it("stats(): the figures of every call so far, filterable, zeros before anything ran", async () => {
     const m = mock({ script: [Mock.Outcome.succeed(), Mock.Outcome.fail("Unauthorized"), Mock.Outcome.succeed()] })
     const orchestra = createOrchestra(
@@ -822,6 +956,57 @@ describe("createOrchestra: dispose", () => {
       )
       assert.isAbove(result.results.filter((r) => r.status === "rejected").length, 0)
     }
+  })
+
+  it("a finalizer that fails: everything else is released, then dispose() rejects with a typed ModelError carrying it", async () => {
+    // Found in review: dispose() rejected with the finalizer's raw Error.
+    const m = mock()
+    const released: Array<string> = []
+    const releasing = (name: string) =>
+      Layer.effectDiscard(Effect.addFinalizer(() => Effect.sync(() => released.push(name))))
+    // A function: the same layer value twice would be built once (layers are memoized).
+    const failingLayer = () =>
+      Layer.effectDiscard(
+        Effect.addFinalizer(() =>
+          Effect.sync(() => {
+            released.push("failing")
+            throw new Error("pool would not close")
+          })
+        )
+      )
+    const failing = failingLayer()
+    const orchestra = createOrchestra(
+      Layer.mergeAll(
+        Orchestra.layer({ providers: { main: m.layer } }),
+        releasing("before"),
+        failing,
+        releasing("after")
+      )
+    )
+    await orchestra.execute("x", { domain: "support" })
+    const disposed = orchestra.dispose()
+    const error = await typed(disposed)
+    assert.strictEqual(error._tag === "ModelError" && error.reason, "Unknown")
+    assert.include(error.message, "dispose: releasing the manager failed")
+    assert.include(error.message, "Error: pool would not close")
+    const cause = error._tag === "ModelError" ? error.cause : undefined
+    assert.instanceOf(cause, Error)
+    assert.strictEqual((cause as Error).message, "pool would not close")
+    assert.sameMembers(released, ["before", "failing", "after"], "every other finalizer ran")
+    // Idempotent, and shut all the same: the same rejection, new calls refused, stats readable.
+    assert.strictEqual(orchestra.dispose(), disposed)
+    assert.strictEqual((await typed(orchestra.execute("late")))._tag, "ShuttingDownError")
+    assert.strictEqual(orchestra.stats().successes, 1)
+
+    // Two that fail: both are in the message, and the cause is an AggregateError of them.
+    const twice = createOrchestra(
+      Layer.mergeAll(Orchestra.layer({ providers: { main: m.layer } }), failingLayer(), failingLayer())
+    )
+    await twice.execute("x")
+    const both = await typed(twice.dispose())
+    const aggregate = both._tag === "ModelError" ? both.cause : undefined
+    assert.instanceOf(aggregate, AggregateError)
+    assert.lengthOf((aggregate as AggregateError).errors, 2)
   })
 
   it("a call still running at the shutdown deadline is interrupted and rejected with ShuttingDownError", async () => {

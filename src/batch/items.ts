@@ -25,6 +25,31 @@ const expected = "expected a string, { query } or { request }"
 const itemFields = ["domain", "query", "request"]
 const itemFieldSet: ReadonlySet<string> = new Set(itemFields)
 
+/** An item whose own reading threw (a trap of an items `Proxy`): that item's error, not the batch's. */
+class UnreadableItem {
+  constructor(readonly error: unknown) {}
+}
+
+const threw = (path: string, what: string, error: unknown): ModelError =>
+  Input.toInvalidRequest({
+    path,
+    message: `${what} threw: ${error instanceof Error ? error.message : String(error)}`,
+    cause: error
+  })
+
+/**
+ * Item `index` of a batch's items, read when the batch reaches it (a batch reads only the items
+ * it has reached): an element whose reading throws (a trap of an items `Proxy`) is that item's
+ * error, not the batch's.
+ */
+export const itemAt = (items: ReadonlyArray<unknown>, index: number): unknown => {
+  try {
+    return items[index]
+  } catch (error) {
+    return new UnreadableItem(error)
+  }
+}
+
 // Walks the keys without building an array (one item at a time, up to 100k a batch); a
 // `Proxy` whose key listing throws is that item's error, as a throwing getter is.
 const unknownField = (item: object, index: number): ModelError | undefined => {
@@ -35,10 +60,7 @@ const unknownField = (item: object, index: number): ModelError | undefined => {
       }
     }
   } catch (error) {
-    return invalidRequest(
-      `items[${index}]`,
-      `listing its fields threw: ${error instanceof Error ? error.message : String(error)}`
-    )
+    return threw(`items[${index}]`, "listing its fields", error)
   }
   return undefined
 }
@@ -49,11 +71,12 @@ const unknownField = (item: object, index: number): ModelError | undefined => {
  */
 export const parse = (item: unknown, index: number): Parsed | ModelError => {
   if (typeof item === "string") return { request: { prompt: item }, domain: undefined, via: "string" }
+  if (item instanceof UnreadableItem) return threw(`items[${index}]`, "reading it", item.error)
   if (typeof item !== "object" || item === null || Array.isArray(item)) {
     return invalidRequest(`items[${index}]`, `${expected}, got ${kind(item)}`)
   }
   const read = Input.readFields(item, itemFields, `items[${index}]`)
-  if (Result.isFailure(read)) return invalidRequest(read.failure.path, read.failure.message)
+  if (Result.isFailure(read)) return Input.toInvalidRequest(read.failure)
   // A misspelt `domian` would run the item on the default provider: refused, as a misspelt option is.
   const unknown = unknownField(item, index)
   if (unknown !== undefined) return unknown
@@ -71,7 +94,13 @@ export const parse = (item: unknown, index: number): Parsed | ModelError => {
     }
     return { request: { prompt: fields.query }, domain, via: "query" }
   }
-  if ("request" in fields) return { request: fields.request as GenerateRequest, domain, via: "request" }
+  if ("request" in fields) {
+    // The request read once, all of it: a getter that throws is its field's error
+    // (`items[2].request.prompt`), and the pipeline and the provider read the copy.
+    const request = Input.snapshot(fields.request, "", "request")
+    if (Result.isFailure(request)) return underItem(Input.toInvalidRequest(request.failure), index, "request")
+    return { request: request.success as GenerateRequest, domain, via: "request" }
+  }
   return invalidRequest(`items[${index}]`, `${expected}, got an object with neither`)
 }
 
@@ -153,15 +182,24 @@ export const check = (
   input: unknown,
   router: RouterService,
   resolved: ReadonlyMap<string | undefined, unknown>
-): Effect.Effect<{ readonly items: ReadonlyArray<unknown>; readonly options: Checked }, ModelError> =>
+): Effect.Effect<
+  { readonly items: ReadonlyArray<unknown>; readonly total: number; readonly options: Checked },
+  ModelError
+> =>
   Effect.gen(function* () {
     if (!Array.isArray(items)) return yield* fail("items", `expected an array of items, got ${kind(items)}`)
     if (input === null || typeof input !== "object") {
       return yield* fail("options", `expected an object, got ${kind(input)}`)
     }
     const read = Input.readFields(input, optionNames)
-    if (Result.isFailure(read)) return yield* fail(read.failure.path, read.failure.message)
-    const unknown = Input.unknownKey(input, optionFields)
+    if (Result.isFailure(read)) return yield* Effect.fail(Input.toInvalidRequest(read.failure))
+    let unknown: Input.Issue | undefined
+    try {
+      unknown = Input.unknownKey(input, optionFields)
+    } catch (error) {
+      // A `Proxy` whose key listing throws.
+      return yield* Effect.fail(threw("options", "listing its fields", error))
+    }
     if (unknown !== undefined) return yield* fail(unknown.path, unknown.message)
     const options = read.success as RawOptions
     const concurrency = Input.optional(options.concurrency, (n) => Input.positiveInt("concurrency", n))
@@ -188,8 +226,16 @@ export const check = (
     if (id !== undefined && (typeof id !== "string" || id.trim().length === 0)) {
       return yield* fail("id", `expected a non-empty string, got ${typeof id === "string" ? '""' : kind(id)}`)
     }
+    // Read once, here: a length that cannot be read is `items`' error, not a defect of the run.
+    let total: number
+    try {
+      total = items.length
+    } catch (error) {
+      return yield* Effect.fail(threw("items", "reading its length", error))
+    }
     return {
       items,
+      total,
       options: {
         concurrency: concurrency.success,
         domain,

@@ -29,7 +29,7 @@ import {
 import { describeDefect } from "../policy/failure.js"
 import { forEachPool } from "../policy/pool.js"
 import type { Gate } from "./gate.js"
-import { check, type Parsed, parse, underItem } from "./items.js"
+import { check, itemAt, type Parsed, parse, underItem } from "./items.js"
 import * as Started from "./started.js"
 import { statsOf } from "./stats.js"
 
@@ -211,15 +211,19 @@ const runOne = (
 export const run = (deps: Deps, rawItems: unknown, rawOptions: RunOptions | undefined) =>
   Effect.gen(function* () {
     const { executor, router, gate, limit } = deps
-    const { items, options } = yield* check(rawItems, rawOptions === undefined ? {} : rawOptions, router, deps.routes)
+    const { items, total, options } = yield* check(
+      rawItems,
+      rawOptions === undefined ? {} : rawOptions,
+      router,
+      deps.routes
+    )
     const id = options.id ?? deps.nextId()
-    const total = items.length
     yield* Effect.annotateCurrentSpan({ "orchestra.batch.id": id, "orchestra.batch.items": total })
     const clock = yield* Clock.Clock
     const start = clock.currentTimeMillisUnsafe()
     const { onProgress, onEvent, fallback } = options
     if (total === 1 && onProgress === undefined && onEvent === undefined && options.cancel === undefined) {
-      return yield* runOne(deps, items[0], options, id, clock, start)
+      return yield* runOne(deps, itemAt(items, 0), options, id, clock, start)
     }
 
     const results: Array<ItemResult> = new Array(total)
@@ -315,9 +319,12 @@ export const run = (deps: Deps, rawItems: unknown, rawOptions: RunOptions | unde
 
     const routes = fallback.length === 0 ? deps.routes : new Map<string | undefined, Prepared>()
     const callItem = (index: number): Effect.Effect<Answer, AiError> =>
-      callOf(deps, routes, fallback, items[index], index, options.domain, onRetryFor(index))
+      callOf(deps, routes, fallback, itemAt(items, index), index, options.domain, onRetryFor(index))
 
     const runItem = (index: number): Effect.Effect<void> => {
+      // Cancelled (by an event callback of this very worker, say): no item starts any more; the
+      // interruption of the pool that follows the cancellation ends this worker.
+      if (cancelled) return Effect.never
       const takenAt = clock.currentTimeMillisUnsafe()
       return gate.withPermit(
         Effect.flatMap(
@@ -334,7 +341,7 @@ export const run = (deps: Deps, rawItems: unknown, rawOptions: RunOptions | unde
 
     // The items of a batch without `onEvent`, started from JavaScript (`started.ts`).
     const call = (index: number): Routed | ModelError | Effect.Effect<Answer, AiError> => {
-      const parsed = parse(items[index], index)
+      const parsed = parse(itemAt(items, index), index)
       if (parsed instanceof ModelError) return parsed
       const prepared = routes.get(parsed.domain ?? options.domain)
       const now = prepared === undefined ? undefined : preparedNow.get(prepared)
@@ -351,13 +358,15 @@ export const run = (deps: Deps, rawItems: unknown, rawOptions: RunOptions | unde
       started: (index, takenAt) => runNow(started(index, takenAt)),
       settle: (index, exit) => runNow(settle(index, exit)),
       settled: (index) => results[index] !== undefined,
+      halted: () => cancelled,
       call
     }
 
     // One worker runs on the batch's own fiber: a one-item batch forks nothing.
     const pool =
       startCall === undefined
-        ? forEachPool(items, concurrency, (_item, index) => runItem(index))
+        ? // Each worker reads its item when it takes its index (`itemAt`), not through the pool.
+          forEachPool({ length: total }, concurrency, (_item, index) => runItem(index))
         : Started.run(startedBatch, startCall)
 
     if (options.cancel === undefined) {

@@ -40,6 +40,12 @@ export interface Batch {
   /** Whether the item has its outcome (a cancelled batch fills in those it stopped). */
   readonly settled: (index: number) => boolean
   /**
+   * Whether the batch was cancelled: from then on no item starts, even inside the loop that is
+   * starting items (an `onProgress` that aborts the batch's signal is called from it), before
+   * the pool's fiber sees its interruption.
+   */
+  readonly halted: () => boolean
+  /**
    * The item's call: its plan (started from JavaScript), its refusal, or an Effect of the
    * whole call when its route is not resolved yet (run on a fiber of its own).
    */
@@ -72,9 +78,11 @@ export const run = (batch: Batch, start: Start): Effect.Effect<void> =>
     return runStarted({
       total,
       concurrency,
+      // A halted batch takes no more permits: the pool stops starting items at once (it waits
+      // for one instead, where the interruption that follows the halt reaches it).
       permits: {
-        tryTake: () => gate.tryTake(),
-        take: gate.take,
+        tryTake: () => !batch.halted() && gate.tryTake(),
+        take: Effect.suspend(() => (batch.halted() ? Effect.never : gate.take)),
         release: () => {
           freedAt.push(clock.currentTimeMillisUnsafe())
           gate.release()

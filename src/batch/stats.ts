@@ -48,7 +48,7 @@ export interface Measured {
  * | `latency` | item durations (retries, fallbacks and queueing for the provider included) |
  * | `queueWait` | items waiting for a permit of the manager's shared limit |
  * | `concurrencyPeak` | most items of this batch running at once |
- * | `timeouts` | items that ended with a `TimeoutError` |
+ * | `timeouts` | items that ended with a deadline: status `timeout` (a `TimeoutError`, or a fallback chain exhausted with one as its last step's error) |
  * | `retries` | retries of the batch's items |
  * | `fallbacks` | hand-overs to a next domain, from answers and exhausted chains |
  * | `hedges` | answers of hedged domains |
@@ -102,7 +102,9 @@ export const statsOf = (results: ReadonlyArray<ItemResult>, measured: Measured):
     byReason[reason] = (byReason[reason] ?? 0) + 1
     if (error === undefined) continue
     durations[timed++] = result.durationMs
-    if (error._tag === "TimeoutError") timeouts++
+    // As the item's status says: an exhausted chain ends as its last step did (the executor
+    // counts that step's attempt in its own `timeouts` too).
+    if (result.status === "timeout") timeouts++
     if (error._tag === "FallbackExhaustedError") fallbacks += error.attempts.length - 1
   }
   const finished = successes + failures

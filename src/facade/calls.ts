@@ -12,7 +12,7 @@ import { Executor } from "../Executor.js"
 import type { StreamPart } from "../Model.js"
 import type { Services } from "../Orchestra.js"
 import { type Answer, type CallOptions, type DomainOutcome, type HedgeOptions, Router } from "../Router.js"
-import { type Checked, embedRequestOf, requestOf } from "./input.js"
+import { type Checked, domainsOf, embedRequestOf, requestOf } from "./input.js"
 
 const callOptions = (checked: Checked): CallOptions => ({
   timeout: checked.timeout,
@@ -48,7 +48,7 @@ export const executeWithFallback = Effect.fn("Facade.executeWithFallback")(funct
   checked: Checked
 ) {
   const request = yield* requestOf(prompt, checked.context)
-  return yield* (yield* Router).executeWithFallback(request, domains, callOptions(checked))
+  return yield* (yield* Router).executeWithFallback(request, yield* domainsOf(domains), callOptions(checked))
 })
 
 /** @internal */
@@ -61,7 +61,7 @@ export const executeParallelDomains = Effect.fn("Facade.executeParallelDomains")
   const router = yield* Router
   // The router refuses any other mode, naming the field.
   const mode = (checked.raw.mode ?? "all") as "all"
-  return yield* router.executeParallelDomains(request, domains, mode, callOptions(checked))
+  return yield* router.executeParallelDomains(request, yield* domainsOf(domains), mode, callOptions(checked))
 })
 
 /** `given`: whether the caller passed options at all (the router names `options` when not). @internal */
@@ -80,7 +80,7 @@ export const hedge = Effect.fn("Facade.hedge")(function* (
       }
     : undefined
   // Without options the router refuses the call, naming `options`.
-  return yield* (yield* Router).hedge(request, domains, options as HedgeOptions)
+  return yield* (yield* Router).hedge(request, yield* domainsOf(domains), options as HedgeOptions)
 })
 
 /** A domain through `Router.embed`, or the executor with its retry policy. @internal */
@@ -128,6 +128,8 @@ export const batch = Effect.fn("Facade.batch")(function* (items: ReadonlyArray<I
   if (signal?.aborted || (checked.timeout !== undefined && Duration.isZero(checked.timeout))) onAbort()
   else signal?.addEventListener("abort", onAbort, { once: true })
   const deadline = checked.timeout === undefined ? Effect.never : Effect.sleep(checked.timeout)
+  // An abort (from `onProgress`, say) completes the cancel inside the abort: the batch stops
+  // starting items then (`batch/runner.ts`), not once its loop yields.
   return yield* runner
     .run(items, { ...options, cancel: Effect.raceFirst(Deferred.await(cancelled), deadline) })
     .pipe(Effect.ensuring(Effect.sync(() => signal?.removeEventListener("abort", onAbort))))

@@ -46,12 +46,17 @@ export const check = (options: unknown, allowed: ReadonlySet<string>): Result.Re
     return Result.fail(invalidRequest("options", `expected an object, got ${kind(options)}`))
   }
   const read = Input.readFields(options)
-  if (Result.isFailure(read)) return Result.fail(invalidRequest(read.failure.path, read.failure.message))
-  const raw = read.success
-  for (const key of Object.keys(raw)) {
+  if (Result.isFailure(read)) return Result.fail(Input.toInvalidRequest(read.failure))
+  // Each value read once, all of it (a `context`'s messages, a `{ seconds }` duration): a getter
+  // that throws is the field's InvalidRequest, and nothing later reads the caller's objects.
+  const raw: Record<string, unknown> = Object.create(null)
+  for (const key of Object.keys(read.success)) {
     if (!allowed.has(key)) {
       return Result.fail(invalidRequest(key, `unknown option (expected one of ${[...allowed].join(", ")})`))
     }
+    const value = Input.snapshot(read.success[key], key)
+    if (Result.isFailure(value)) return Result.fail(Input.toInvalidRequest(value.failure))
+    raw[key] = value.success
   }
   for (const key of ["cache", "allowStale"]) {
     if (raw[key] !== undefined && typeof raw[key] !== "boolean") {
@@ -67,7 +72,7 @@ export const check = (options: unknown, allowed: ReadonlySet<string>): Result.Re
     return Result.fail(invalidRequest("signal", `expected an AbortSignal, got ${kind(signal)}`))
   }
   const timeout = raw.timeout === undefined ? Result.succeed(undefined) : Input.duration("timeout", raw.timeout)
-  if (Result.isFailure(timeout)) return Result.fail(invalidRequest(timeout.failure.path, timeout.failure.message))
+  if (Result.isFailure(timeout)) return Result.fail(Input.toInvalidRequest(timeout.failure))
   let context: ReadonlyArray<Message> | undefined
   if (raw.context !== undefined) {
     const decoded = decodeContext(raw.context)
@@ -90,7 +95,11 @@ export const requestOf = (
   if (typeof prompt !== "string" && (typeof prompt !== "object" || prompt === null || Array.isArray(prompt))) {
     return Effect.fail(invalidRequest("prompt", `expected a string or a request object, got ${kind(prompt)}`))
   }
-  const request: GenerateRequest = typeof prompt === "string" ? { prompt } : (prompt as GenerateRequest)
+  // A request object is read once, all of it: a getter that throws is the field's InvalidRequest
+  // (`prompt`, `messages[1].content`), and the pipeline and the provider read the copy.
+  const read = Input.snapshot(prompt, "", "prompt")
+  if (Result.isFailure(read)) return Effect.fail(Input.toInvalidRequest(read.failure))
+  const request: GenerateRequest = typeof prompt === "string" ? { prompt } : (read.success as GenerateRequest)
   if (context === undefined || context.length === 0) return Effect.succeed(request)
   // The request is checked as given first (its size is checked with the context, by the pipeline):
   // merged, a wrong `prompt` or `messages` would be named as a message of the context's (or pass,
@@ -105,9 +114,32 @@ export const requestOf = (
 /** The embedding request of one text, several, or a whole request (checked by the pipeline). @internal */
 export const embedRequestOf = (input: unknown): Effect.Effect<EmbedRequest, ModelError> => {
   if (typeof input === "string") return Effect.succeed({ texts: [input] })
-  if (Array.isArray(input)) return Effect.succeed({ texts: input as unknown as EmbedRequest["texts"] })
-  if (typeof input === "object" && input !== null) return Effect.succeed(input as EmbedRequest)
-  return Effect.fail(invalidRequest("input", `expected a string, an array of strings or a request, got ${kind(input)}`))
+  if (typeof input !== "object" || input === null) {
+    return Effect.fail(
+      invalidRequest("input", `expected a string, an array of strings or a request, got ${kind(input)}`)
+    )
+  }
+  // Read once, as a prompt's request is: the texts of an array are the request's `texts`.
+  let array: boolean
+  try {
+    array = Array.isArray(input)
+  } catch {
+    // A revoked `Proxy`: its snapshot names `input`.
+    array = false
+  }
+  const read = array ? Input.snapshot(input, "texts") : Input.snapshot(input, "", "input")
+  if (Result.isFailure(read)) return Effect.fail(Input.toInvalidRequest(read.failure))
+  return Effect.succeed(
+    array ? { texts: read.success as unknown as EmbedRequest["texts"] } : (read.success as EmbedRequest)
+  )
+}
+
+/** The domains of a call, read once (a `Proxy` or a getter that throws is `domains`' InvalidRequest). @internal */
+export const domainsOf = (domains: unknown): Effect.Effect<ReadonlyArray<string>, ModelError> => {
+  const read = Input.snapshot(domains, "domains")
+  return Result.isFailure(read)
+    ? Effect.fail(Input.toInvalidRequest(read.failure))
+    : Effect.succeed(read.success as ReadonlyArray<string>)
 }
 
 /**

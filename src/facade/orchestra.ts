@@ -19,14 +19,7 @@ import {
   Result,
   Stream
 } from "effect"
-import {
-  type AiError,
-  invalidRequest,
-  isAiError,
-  type ModelError,
-  ShuttingDownError,
-  TimeoutError
-} from "../AiError.js"
+import { type AiError, isAiError, ModelError, ShuttingDownError, TimeoutError } from "../AiError.js"
 import type {
   AbortedError,
   FacadeError,
@@ -39,6 +32,7 @@ import type {
 import * as Input from "../Input.js"
 import type { StreamPart } from "../Model.js"
 import type { Services } from "../Orchestra.js"
+import { describeDefect } from "../policy/failure.js"
 import { CurrentCut, type Cut } from "../policy/plan.js"
 import * as Prometheus from "../Prometheus.js"
 import * as Stats from "../Stats.js"
@@ -140,6 +134,51 @@ export const makeCreateOrchestra = (env: Env) => {
     return left > 0 ? { ...checked, timeout: Duration.millis(left) } : undefined
   }
 
+  /**
+   * What `dispose()` rejects with when releasing the manager failed (a finalizer of a layer died,
+   * a provider's connection pool would not close): a `ModelError` of reason `Unknown` naming
+   * what failed, its `cause` what the finalizer threw (an `AggregateError` of them all when
+   * several did). Every other finalizer has run by then.
+   */
+  const releaseFailure = (cause: Cause.Cause<unknown>): ModelError => {
+    const failures: Array<unknown> = []
+    for (const reason of cause.reasons) {
+      if (reason._tag === "Die") failures.push(reason.defect)
+      else if (reason._tag === "Fail") failures.push(reason.error)
+    }
+    if (failures.length === 0) {
+      return new ModelError({ reason: "Unknown", message: "dispose: releasing the manager was interrupted" })
+    }
+    const what = failures.map(describeDefect).join("; ")
+    return new ModelError({
+      reason: "Unknown",
+      message: `dispose: releasing the manager failed (everything else was released): ${what}`,
+      cause:
+        failures.length === 1
+          ? failures[0]
+          : new AggregateError(failures, `dispose: ${failures.length} finalizers failed`)
+    })
+  }
+
+  /**
+   * A call's options checked; whatever the check itself throws (it should throw nothing: every
+   * read of the caller's objects is guarded) is the options' InvalidRequest, a rejection, never
+   * an exception out of a call that returns a Promise.
+   */
+  const checkOptions = (options: unknown, keys: ReadonlySet<string>): Result.Result<Checked, ModelError> => {
+    try {
+      return check(options, keys)
+    } catch (error) {
+      return Result.fail(
+        Input.toInvalidRequest({
+          path: "options",
+          message: `checking them threw: ${error instanceof Error ? error.message : String(error)}`,
+          cause: error
+        })
+      )
+    }
+  }
+
   const isFacadeError = (u: unknown): u is FacadeError =>
     isAiError(u) || u instanceof AbortedError || u instanceof Input.OptionError
 
@@ -147,19 +186,22 @@ export const makeCreateOrchestra = (env: Env) => {
     new OrchestraError(new ShuttingDownError({ message: "the orchestra has been disposed and admits no new calls" }))
 
   // A misspelt key or a name that is not a string would filter on nothing: the unfiltered totals, or zeros.
-  const filterIssue = (filter: unknown): Input.Issue | undefined => {
+  // Its fields are read once: a getter (or a `Proxy` trap) that throws is the field's issue.
+  const checkFilter = (filter: unknown): Result.Result<Stats.Filter, Input.Issue> => {
     if (typeof filter !== "object" || filter === null || Array.isArray(filter)) {
-      return { path: "filter", message: `expected { provider?, domain? }, got ${kind(filter)}` }
+      return Result.fail({ path: "filter", message: `expected { provider?, domain? }, got ${kind(filter)}` })
     }
-    const unknown = Input.unknownKey(filter, filterKeys, "filter.")
-    if (unknown !== undefined) return unknown
+    const read = Input.readFields(filter, undefined, "filter")
+    if (Result.isFailure(read)) return read
+    const unknown = Input.unknownKey(read.success, filterKeys, "filter.")
+    if (unknown !== undefined) return Result.fail(unknown)
     for (const key of filterKeys) {
-      const value = (filter as Record<string, unknown>)[key]
+      const value = read.success[key]
       if (value !== undefined && typeof value !== "string") {
-        return { path: `filter.${key}`, message: `expected a name, got ${kind(value)}` }
+        return Result.fail({ path: `filter.${key}`, message: `expected a name, got ${kind(value)}` })
       }
     }
-    return undefined
+    return Result.succeed(read.success as Stats.Filter)
   }
 
   const createOrchestra = <E>(layer: Layer.Layer<Services, E, never>): Orchestra => {
@@ -203,11 +245,13 @@ export const makeCreateOrchestra = (env: Env) => {
 
     /** Runs a call's program on the manager; its signal interrupts it unless it is a batch (which it cancels). */
     const run = <A>(
-      options: Result.Result<Checked, ModelError>,
+      given: unknown,
+      keys: ReadonlySet<string> | undefined,
       program: (checked: Checked) => Effect.Effect<A, unknown, Services>,
       batch = false
     ): Promise<A> => {
       if (disposing !== undefined) return Promise.reject(shuttingDown())
+      const options = keys === undefined ? Result.succeed(none) : checkOptions(given, keys)
       if (Result.isFailure(options)) return Promise.reject(new OrchestraError(options.failure))
       const checked = options.success
       const signal = batch ? undefined : checked.signal
@@ -254,18 +298,18 @@ export const makeCreateOrchestra = (env: Env) => {
 
     const streamParts = async function* (prompt: Prompt, options: StreamOptions | undefined, closing: Closing) {
       if (disposing !== undefined) throw shuttingDown()
-      const checked = check(options, Keys.stream)
-      if (Result.isFailure(checked)) throw new OrchestraError(checked.failure)
-      const signal = checked.success.signal
+      const read = checkOptions(options, Keys.stream)
+      if (Result.isFailure(read)) throw new OrchestraError(read.failure)
+      const signal = read.success.signal
       if (signal?.aborted) throw new OrchestraError(abortError(signal, 0))
       const started = clock.currentTimeMillisUnsafe()
       const elapsed = () => clock.currentTimeMillisUnsafe() - started
-      const context = services ?? (await untilBuilt(servicesOf(), signal, checked.success.timeout, elapsed))
+      const context = services ?? (await untilBuilt(servicesOf(), signal, read.success.timeout, elapsed))
       // Closed while the manager was being built: the stream never starts.
       if (closing.closed) return
-      const left = timeLeft(checked.success, elapsed())
+      const left = timeLeft(read.success, elapsed())
       if (left === undefined)
-        throw new OrchestraError(new TimeoutError({ limit: "total", timeout: checked.success.timeout! }))
+        throw new OrchestraError(new TimeoutError({ limit: "total", timeout: read.success.timeout! }))
       const cut: Cut = { error: undefined }
       const parts = Calls.stream(prompt, left).pipe(
         Stream.provideService(CurrentCut, cut),
@@ -343,36 +387,41 @@ export const makeCreateOrchestra = (env: Env) => {
     })
 
     return {
-      execute: (prompt, options) => run(check(options, Keys.execute), (c) => Calls.execute(prompt, c)),
+      execute: (prompt, options) => run(options, Keys.execute, (c) => Calls.execute(prompt, c)),
       executeWithFallback: (prompt, domains, options) =>
-        run(check(options, Keys.fallback), (c) => Calls.executeWithFallback(prompt, domains, c)),
+        run(options, Keys.fallback, (c) => Calls.executeWithFallback(prompt, domains, c)),
       executeParallelDomains: ((prompt: Prompt, domains: ReadonlyArray<string>, options?: ParallelOptions) =>
-        run(check(options, Keys.parallel), (c) =>
+        run(options, Keys.parallel, (c) =>
           Calls.executeParallelDomains(prompt, domains, c)
         )) as Orchestra["executeParallelDomains"],
       hedge: (prompt, domains, options) =>
-        run(check(options, Keys.hedge), (c) => Calls.hedge(prompt, domains, options !== undefined, c)),
+        run(options, Keys.hedge, (c) => Calls.hedge(prompt, domains, options !== undefined, c)),
       // The signal and the timeout cancel the batch (its result names the items that never ran), not the promise.
-      batch: (items, options) => run(check(options, Keys.batch), (c) => Calls.batch(items, c), true),
+      batch: (items, options) => run(options, Keys.batch, (c) => Calls.batch(items, c), true),
       stream,
-      embed: (input, options) => run(check(options, Keys.embed), (c) => Calls.embed(input, c)),
+      embed: (input, options) => run(options, Keys.embed, (c) => Calls.embed(input, c)),
       stats: (filter) => {
+        let checked: Stats.Filter | undefined
         if (filter !== undefined) {
-          const issue = filterIssue(filter)
-          if (issue !== undefined) throw new OrchestraError(invalidRequest(issue.path, issue.message))
+          const read = checkFilter(filter)
+          if (Result.isFailure(read)) throw new OrchestraError(Input.toInvalidRequest(read.failure))
+          // The fields as the check read them: a getter is not read again.
+          checked = read.success
         }
-        if (statsService !== undefined) return statsService.snapshotUnsafe(filter)
+        if (statsService !== undefined) return statsService.snapshotUnsafe(checked)
         emptyStats ??= Effect.runSync(Effect.scoped(Effect.map(Stats.make, (s) => s.snapshotUnsafe())))
         return emptyStats
       },
       resetStats: () => {
         if (statsService !== undefined) Effect.runSync(statsService.reset)
       },
-      metrics: () => run(Result.succeed(none), () => Prometheus.text),
+      metrics: () => run(undefined, undefined, () => Prometheus.text),
       dispose: () => {
-        disposing ??= runtime.dispose().then(() => {
+        disposing ??= Effect.runPromiseExit(runtime.disposeEffect).then((exit) => {
           // Nothing should be left once the executor has drained; anything that is ends now.
           for (const fiber of running) fiber.interruptUnsafe()
+          // The scope ran every finalizer whatever one of them did: only then is a failure told.
+          if (Exit.isFailure(exit)) throw new OrchestraError(releaseFailure(exit.cause))
         })
         return disposing
       }

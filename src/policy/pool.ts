@@ -16,7 +16,7 @@ import type { Running, Sink } from "./fused.js"
  * @internal
  */
 export const forEachPool = <I, A>(
-  items: ReadonlyArray<I>,
+  items: ArrayLike<I>,
   concurrency: number,
   f: (item: I, index: number) => Effect.Effect<A>
 ): Effect.Effect<Array<A>> =>
