@@ -234,7 +234,27 @@ export const layer = <const P extends Record<string, Layer.Layer<ModelProvider, 
       const options = yield* Input.orOptionError(Input.snapshot(given, "", "options"))
       const unknown = Input.unknownKey(options, optionKeys)
       if (unknown !== undefined) return yield* Effect.fail(Input.toOptionError(unknown))
+      const providersGiven = options.providers as unknown
+      if (typeof providersGiven !== "object" || providersGiven === null || Array.isArray(providersGiven)) {
+        return yield* Effect.fail(
+          new Input.OptionError({
+            path: "providers",
+            message: `expected an object of provider layers ({ main: Mock.layer() }), got ${providersGiven === null ? "null" : Array.isArray(providersGiven) ? "an array" : typeof providersGiven}`
+          })
+        )
+      }
       const names = Object.keys(options.providers)
+      for (const name of names) {
+        const provider: unknown = options.providers[name]
+        if (!isLayer(provider)) {
+          return yield* Effect.fail(
+            new Input.OptionError({
+              path: `providers.${name}`,
+              message: `expected a provider layer (Mock.layer(), OpenAiCompat.layer(...)), got ${provider === null ? "null" : typeof provider}`
+            })
+          )
+        }
+      }
       if (names.length === 0) {
         return yield* Effect.fail(
           new Input.OptionError({ path: "providers", message: "invalid providers: give at least one" })

@@ -149,6 +149,11 @@ describe("Orchestra.layer: domains", () => {
       const main = Layer.succeed(ModelProvider, (yield* Mock.make({ name: "main" })).provider)
       const cases: ReadonlyArray<readonly [Orchestra.Options<Record<string, Layer.Layer<ModelProvider>>>, string]> = [
         [{ providers: {} }, "providers"],
+        [{} as never, "providers"],
+        [{ providers: null } as never, "providers"],
+        [{ providers: [main] } as never, "providers"],
+        [{ providers: { main, other: Mock.layer } } as never, "providers.other"],
+        [{ providers: { main: undefined } } as never, "providers.main"],
         [{ providers: { main }, defaultProvider: "nope" as never }, "defaultProvider"],
         [{ providers: { main }, domains: [{ name: "x", provider: "main", timeout: -1 }] }, "domains[0].timeout"],
         [
