@@ -36,7 +36,7 @@ import * as RateLimit from "../RateLimit.js"
 import * as Redis from "../Redis.js"
 import type * as ResponseCache from "../ResponseCache.js"
 import { layerRedis as cacheOnRedis } from "../ResponseCache/Redis.js"
-import { type Common, ExitCode, exitCodes, failWith, printJson } from "../cli/Common.js"
+import { type Common, ExitCode, exitCodes, failWith, platformErrorText, printJson } from "../cli/Common.js"
 import { formatPath } from "../cli/Config.js"
 import * as Json from "../cli/json.js"
 import { prepare } from "../cli/Manager.js"
@@ -102,6 +102,12 @@ const loadFile = Effect.fnUntraced(function* (common: Common, flag: Option.Optio
   const fromEnv = yield* Config.option(Config.NonEmptyString("ORCHESTRA_GATEWAY")).pipe(
     Effect.orElseSucceed(() => Option.none<string>())
   )
+  if (Option.isSome(flag) && flag.value.trim() === "") {
+    // `--gateway "$UNSET"`: resolved, "" would name the working directory.
+    return yield* failWith(common, exitCodes.usage, "--gateway is empty: give the gateway file's path", {
+      kind: "usage"
+    })
+  }
   const explicit = Option.orElse(flag, () => fromEnv)
   const file = path.resolve(Option.getOrElse(explicit, () => "orchestra.gateway.json"))
   const refuse = (message: string) => failWith(common, exitCodes.usage, `${file}: ${message}`, { kind: "config", file })
@@ -110,8 +116,9 @@ const loadFile = Effect.fnUntraced(function* (common: Common, flag: Option.Optio
     if (Option.isSome(explicit)) return yield* refuse("no such file")
     return { file: undefined, config: {} as GatewayFile }
   }
+  if (info.value.type !== "File") return yield* refuse(`not a file (${info.value.type.toLowerCase()})`)
   if (Number(info.value.size) > maxFileBytes) return yield* refuse(`a gateway file is at most ${maxFileBytes} bytes`)
-  const bytes = yield* fs.readFile(file).pipe(Effect.catch((error) => refuse(error.message)))
+  const bytes = yield* fs.readFile(file).pipe(Effect.catch((error) => refuse(platformErrorText(error))))
   const text = Utf8.decode(bytes)
   if (Result.isFailure(text))
     return yield* refuse(`line ${text.failure.line} is not UTF-8 text (save the file as UTF-8)`)
@@ -230,6 +237,12 @@ export const run = Effect.fnUntraced(function* (args: Args) {
   const server = config.server ?? {}
   const host = Option.getOrElse(args.host, () => server.host ?? "127.0.0.1")
   const port = Option.getOrElse(args.port, () => server.port ?? 4000)
+  if (typeof host === "string" && host.trim() === "") {
+    const where = Option.isSome(args.host) ? "--host" : "server.host"
+    return yield* failWith(common, exitCodes.usage, `${where} is empty: give an address such as 127.0.0.1`, {
+      kind: "usage"
+    })
+  }
   if (file === undefined && !loopback(host)) {
     return yield* failWith(
       common,

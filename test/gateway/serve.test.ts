@@ -159,6 +159,17 @@ describe("orchestra serve", () => {
         const encoded = yield* (yield* serve(["--config", config, "--gateway", latin1])).exit
         assert.strictEqual(encoded.code, 2, encoded.stderr)
         assert.include(encoded.stderr, `${latin1}: line 3 is not UTF-8 text (save the file as UTF-8)`)
+        // An empty path (an unset variable), a folder and an empty host are said in words, exit 2.
+        for (const [flags, said] of [
+          [["--gateway", ""], "--gateway is empty"],
+          [["--gateway", dir], `${dir}: not a file (directory)`],
+          [["--gateway", keyless, "--host", " "], "--host is empty"]
+        ] as const) {
+          const refusedFlag = yield* (yield* serve(["--config", config, ...flags])).exit
+          assert.strictEqual(refusedFlag.code, 2, refusedFlag.stderr)
+          assert.include(refusedFlag.stderr, said)
+          assert.notInclude(refusedFlag.stderr, "FileSystem")
+        }
         const open = yield* serve(["--config", config, "--host", "0.0.0.0", "--port", "0"])
         const openResult = yield* open.exit
         assert.strictEqual(openResult.code, 2)
