@@ -232,7 +232,11 @@ describe("HttpAgent.call", () => {
         [task("none", undefined), "agent"],
         // Misspelt: the default timeout stood in, the dependency was dropped.
         [task("tt", server.url, { timout: "1 second" } as never), "timout"],
-        [task("dd", server.url, { dependOn: ["a"] } as never), "dependOn"]
+        [task("dd", server.url, { dependOn: ["a"] } as never), "dependOn"],
+        // Ignored outside a batch, but refused as a batch refuses it.
+        [task("dn", server.url, { dependsOn: null as never }), "dependsOn"],
+        [task("ds", server.url, { dependsOn: "a" as never }), "dependsOn"],
+        [task("d1", server.url, { dependsOn: [1] as never }), "dependsOn[0]"]
       ]
       for (const [t, field] of cases) {
         const record = yield* service.call(t)
@@ -669,6 +673,14 @@ describe("HttpAgent.dispatch", () => {
         service.dispatch([task("a", server.url), task("b", server.url, { dependsOn: "a" as never })])
       )
       assert.strictEqual(depString.field, "tasks[1].dependsOn")
+      // It ran the task at once, as if it had no dependencies.
+      const depNull = yield* Effect.flip(
+        service.dispatch([task("a", server.url), task("b", server.url, { dependsOn: null as never })])
+      )
+      assert.deepStrictEqual(
+        [depNull.reason, depNull.field, depNull.steps],
+        ["InvalidStep", "tasks[1].dependsOn", ["b"]]
+      )
       const notArray = yield* Effect.flip(service.dispatch(null as never))
       assert.strictEqual(notArray.field, "tasks")
       for (const concurrency of [0, Number.NaN, -2]) {

@@ -350,7 +350,15 @@ describe("Pipeline definitions are checked (issues 10, 12, 13)", () => {
           [[{ name: "a", dependsOn: [1], run: ok }], "steps[0].dependsOn[0]"],
           [[{ name: "a", run: ok, fallback: "cached" }], "steps[0].fallback"],
           [[{ name: "a", run: ok, retry: { maxAttempts: 0 } }], "steps[0].retry.maxAttempts"],
-          [[{ name: "a", run: ok, breaker: 3 }], "steps[0].breaker"]
+          [[{ name: "a", run: ok, breaker: 3 }], "steps[0].breaker"],
+          // It ran the step with no dependencies, while every other field refuses null.
+          [
+            [
+              { name: "a", run: ok },
+              { name: "b", dependsOn: null, run: ok }
+            ],
+            "steps[1].dependsOn"
+          ]
         ]
         for (const [steps, field] of cases) {
           const error = yield* Effect.flip(Pipeline.fromSteps(steps as never))
@@ -359,6 +367,11 @@ describe("Pipeline definitions are checked (issues 10, 12, 13)", () => {
           assert.strictEqual(error.field, field)
           assert.include(error.message, field)
         }
+        const built = Pipeline.make()
+          .step("a", [], ok)
+          .step("b", null as never, ok)
+        const error = yield* Effect.flip(Pipeline.validate(built))
+        assert.deepStrictEqual([error.reason, error.field, error.steps], ["InvalidStep", "steps[1].dependsOn", ["b"]])
       })
   )
 

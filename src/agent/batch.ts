@@ -54,7 +54,7 @@ const stepsOf = (
         invalidStep(field ?? `tasks[${i}]`, error.message.replace(/^invalid \S+: /, ""), error.steps[0])
       )
     }
-    const hasDeps = (task.dependsOn ?? []).length > 0
+    const hasDeps = checked.success.deps.length > 0
     steps.push({
       ...checked.success,
       run: ({ deps }) =>

@@ -8,7 +8,7 @@
  * @internal
  */
 import { createHash } from "node:crypto"
-import { Clock, type Context, type Duration, Effect, Exit, Metric, Option, Redacted } from "effect"
+import { Clock, type Context, type Duration, Effect, Exit, Metric, Option, Redacted, Result } from "effect"
 import { HttpClientRequest } from "effect/http"
 import { type AiError, ModelError } from "../AiError.js"
 import type { Service as DiscoveryService, Endpoint } from "../Discovery.js"
@@ -18,6 +18,7 @@ import * as Input from "../Input.js"
 import * as Metrics from "../Metrics.js"
 import type { GenerateResponse } from "../Model.js"
 import type * as Client from "../Model/http/client.js"
+import { checkDependsOn } from "../pipeline/definition.js"
 import { keyedBreaker } from "../pipeline/step.js"
 import type { BreakerGuard, LimitGuard } from "../policy/plan.js"
 import type { RetryPolicy } from "../Policy.js"
@@ -158,7 +159,9 @@ const checkTask = (task: Task): Invalid | undefined => {
   if (task.cacheKey !== undefined && typeof task.cacheKey !== "string") {
     return { field: "cacheKey", message: "expected a string" }
   }
-  return undefined
+  // Unused outside a batch, but refused as a batch refuses it (`null` ran a batch task at once).
+  const dependsOn = checkDependsOn(task.dependsOn)
+  return Result.isFailure(dependsOn) ? { field: dependsOn.failure.path, message: dependsOn.failure.message } : undefined
 }
 
 const isJson = (value: unknown): boolean => {

@@ -86,8 +86,26 @@ const isRecord = (u: unknown): u is Record<string, unknown> => typeof u === "obj
 
 const label = (at: string, field: string): string => `${at}.${field}`
 
-const fromIssue = (issue: Input.Issue, step: string | undefined): PipelineError =>
-  invalidStep(issue.path, issue.message, step)
+const fromIssue = (issue: Input.Issue, step: string | undefined, prefix = ""): PipelineError =>
+  invalidStep(`${prefix}${issue.path}`, issue.message, step)
+
+/**
+ * A step's (or a batch task's) `dependsOn`: absent is none; anything but an array of
+ * non-empty names is refused, `null` included (as every other field refuses it). The path
+ * is `dependsOn` or `dependsOn[i]`.
+ */
+export const checkDependsOn = (input: unknown): Input.Checked<ReadonlyArray<string>> => {
+  if (input === undefined) return Result.succeed([])
+  if (!Array.isArray(input)) {
+    return Result.fail({ path: "dependsOn", message: `expected an array of step names, got ${show(input)}` })
+  }
+  for (const [i, dep] of input.entries()) {
+    if (typeof dep !== "string" || dep.length === 0) {
+      return Result.fail({ path: `dependsOn[${i}]`, message: `expected a step name, got ${show(dep)}` })
+    }
+  }
+  return Result.succeed(input as ReadonlyArray<string>)
+}
 
 const nonEmptyString = (
   at: string,
@@ -191,17 +209,8 @@ export const checkSpec = (spec: unknown, at: string): Checked<StepDef> => {
   if (typeof name !== "string" || name.length === 0) {
     return Result.fail(invalidStep(label(at, "name"), `expected a non-empty string, got ${show(name)}`, undefined))
   }
-  const dependsOn = spec.dependsOn ?? []
-  if (!Array.isArray(dependsOn)) {
-    return Result.fail(
-      invalidStep(label(at, "dependsOn"), `expected an array of step names, got ${show(dependsOn)}`, name)
-    )
-  }
-  for (const [i, dep] of dependsOn.entries()) {
-    if (typeof dep !== "string" || dep.length === 0) {
-      return Result.fail(invalidStep(`${at}.dependsOn[${i}]`, `expected a step name, got ${show(dep)}`, name))
-    }
-  }
+  const dependsOn = checkDependsOn(spec.dependsOn)
+  if (Result.isFailure(dependsOn)) return Result.fail(fromIssue(dependsOn.failure, name, `${at}.`))
   if (typeof spec.run !== "function") {
     return Result.fail(
       invalidStep(label(at, "run"), `expected a function returning an Effect, got ${show(spec.run)}`, name)
@@ -211,7 +220,7 @@ export const checkSpec = (spec: unknown, at: string): Checked<StepDef> => {
   return Result.map(checkPolicies(spec, at, name, specKeys), (policies) => ({
     ...policies,
     name,
-    deps: Array.from(new Set(dependsOn as ReadonlyArray<string>)),
+    deps: Array.from(new Set(dependsOn.success)),
     run,
     governed: isGoverned(policies)
   }))
