@@ -193,7 +193,11 @@ export type Status = "success" | "error" | "timeout" | "service_unavailable" | "
  */
 export interface TaskRecord<A = unknown> {
   readonly taskId: string
-  /** The agent that answered (or the last one tried). */
+  /**
+   * The agent that answered (or the last one tried). A task that sent nothing names its own
+   * agent, `discovery:<name>` when discovery was to find one, or `unknown` when it names no
+   * valid agent.
+   */
   readonly agent: string
   /** Its URL without the query string. */
   readonly url: string

@@ -426,6 +426,18 @@ describe("HttpAgent tasks by (concept, intent)", () => {
       assert.strictEqual(meteo.requests(), 0)
       const stats = yield* agents.stats("discovery:static")
       assert.strictEqual(stats.statuses.service_unavailable, 1)
+      // A task skipped before discovery ran is labelled as discovery's records are.
+      const batch = yield* agents.dispatch([
+        { id: "root", intent: "quote", concept: "stocks" },
+        { id: "child", intent: "forecast", concept: "weather", dependsOn: ["root"] }
+      ])
+      assert.deepStrictEqual(
+        batch.map((r) => [r.status, r.agent, r.url]),
+        [
+          ["service_unavailable", "discovery:static", ""],
+          ["skipped", "discovery:static", ""]
+        ]
+      )
     })
   )
 

@@ -271,15 +271,22 @@ describe("HttpAgent.call", () => {
         }
         const records = yield* service.dispatch([
           task("root", 5 as never),
-          task("child", { url: server.url } as never, { dependsOn: ["root"] })
+          task("child", { url: server.url } as never, { dependsOn: ["root"] }),
+          // No agent and no Discovery service: as invalid as the others.
+          task("orphan", undefined, { dependsOn: ["root"] })
         ])
+        // The skipped tasks name no agent, as the invalid one does: it was their agent that was wrong
+        // (they were labelled "discovery", which had nothing to do with it).
         assert.deepStrictEqual(
-          records.map((r) => [r.taskId, r.status, r.error?.field]),
+          records.map((r) => [r.taskId, r.status, r.error?.field, r.agent, r.url]),
           [
-            ["root", "error", "agent"],
-            ["child", "skipped", undefined]
+            ["root", "error", "agent", "unknown", ""],
+            ["child", "skipped", undefined, "unknown", ""],
+            ["orphan", "skipped", undefined, "unknown", ""]
           ]
         )
+        assert.deepStrictEqual((yield* service.stats("unknown")).statuses.skipped, 2)
+        assert.strictEqual((yield* service.stats("discovery")).tasks, 0)
         assert.strictEqual(server.requests(), 0)
       })
   )

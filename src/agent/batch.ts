@@ -7,17 +7,18 @@
  * @internal
  */
 import { Effect, Result } from "effect"
-import type { Agent, DispatchOptions, Task, TaskRecord } from "../HttpAgent.js"
+import type { DispatchOptions, Task, TaskRecord } from "../HttpAgent.js"
 import * as Definition from "../pipeline/definition.js"
 import { invalidOption, invalidStep, type PipelineError, show } from "../pipeline/errors.js"
 import { describe, execute } from "../pipeline/scheduler.js"
 import { makeRunner } from "../pipeline/step.js"
-import { type Call, count, display, isAgentRef } from "./task.js"
+import { type Call, count } from "./task.js"
 import type { Context } from "effect"
 
 export interface Env {
   readonly call: Call
-  readonly agentOf: (ref: Agent<unknown> | string) => Agent<unknown>
+  /** The agent and URL of a record for a task that sent nothing (`task.ts`'s `labelOf`). */
+  readonly labelOf: (task: Task) => { readonly agent: string; readonly url: string }
   readonly metrics: Context.Context<never>
 }
 
@@ -30,10 +31,6 @@ const resultsOf = (deps: Record<string, unknown>): Record<string, unknown> => {
   for (const id of Object.keys(deps)) results[id] = (deps[id] as TaskRecord).result
   return results
 }
-
-/** The task's agent for a record it never sent (none when it names no valid agent). */
-const targetOf = (task: Task, env: Env): Agent<unknown> | undefined =>
-  isAgentRef(task.agent) ? env.agentOf(task.agent) : undefined
 
 const stepsOf = (
   tasks: ReadonlyArray<Task>,
@@ -101,7 +98,6 @@ export const dispatch = (
           if (outcome.error !== undefined) return outcome.error as TaskRecord
           break
         case "skipped": {
-          const target = targetOf(task, env)
           const root = result.steps[outcome.failedStep]
           const rootStatus =
             root?.status === "failed" && root.error !== undefined
@@ -109,8 +105,7 @@ export const dispatch = (
               : (root?.status ?? "error")
           const record: TaskRecord = {
             taskId: task.id,
-            agent: target?.name ?? "discovery",
-            url: target === undefined ? "" : display(target.url),
+            ...env.labelOf(task),
             status: "skipped",
             error: {
               message:
@@ -129,11 +124,9 @@ export const dispatch = (
         }
       }
       // A call never fails: reaching here means it died; say so rather than lose the task.
-      const target = targetOf(task, env)
       const record: TaskRecord = {
         taskId: task.id,
-        agent: target?.name ?? "discovery",
-        url: target === undefined ? "" : display(target.url),
+        ...env.labelOf(task),
         status: "error",
         error: { message: describe(outcome), reason: "Unknown" },
         startedAt: "startedAt" in outcome ? outcome.startedAt : 0,

@@ -19,7 +19,7 @@ import { ResponseCache } from "../ResponseCache.js"
 import { Stats } from "../Stats.js"
 import { dispatch as runBatch } from "./batch.js"
 import * as Connections from "./connections.js"
-import { makeCall, taskCounter } from "./task.js"
+import { labelOf as taskLabel, makeCall, taskCounter } from "./task.js"
 
 /** What the service takes from `HttpAgent.ts`. */
 export interface Env {
@@ -105,6 +105,8 @@ export const makeService = Effect.fnUntraced(function* (options: Options, env: E
     fromEndpoint: ({ url, name, timeout }) => agent({ url, name, timeout })
   })
 
+  const labelOf = (task: Task) => taskLabel(task, agentOf, discovery)
+
   const agentStats = Effect.fn("HttpAgent.stats")(function* (ref: Agent<unknown> | string) {
     const name = typeof ref === "string" ? ref : ref.name
     const counts = {} as Record<Status, number>
@@ -128,7 +130,7 @@ export const makeService = Effect.fnUntraced(function* (options: Options, env: E
       dispatchOptions?: DispatchOptions
     ) {
       yield* Effect.annotateCurrentSpan({ "agent.tasks": Array.isArray(tasks) ? tasks.length : 0 })
-      return yield* runBatch(tasks, dispatchOptions, { call, agentOf, metrics })
+      return yield* runBatch(tasks, dispatchOptions, { call, labelOf, metrics })
     }),
     connections: connections.stats,
     stats: agentStats

@@ -121,6 +121,29 @@ export const isAgentRef = (ref: unknown): ref is Agent<unknown> | string =>
     typeof (ref as Agent<unknown>).name === "string" &&
     typeof (ref as Agent<unknown>).decode === "function")
 
+/** The agent of a record for a task that names no valid agent (an invalid task's, and its dependents' in a batch). */
+const noAgent = "unknown"
+
+/** The agent of the records discovery decides: nothing found, discovery down. */
+const discoveryAgent = (discovery: DiscoveryService): string => `discovery:${discovery.name}`
+
+/**
+ * The agent and URL of a record for a task that sent nothing (skipped in a batch): its
+ * agent; for a task without one, discovery's label (or none without a Discovery service);
+ * for an agent that is not one, none, as the invalid task's own record says.
+ */
+export const labelOf = (
+  task: Task,
+  agentOf: Env["agentOf"],
+  discovery: DiscoveryService | undefined
+): { readonly agent: string; readonly url: string } => {
+  if (isAgentRef(task.agent)) {
+    const agent = agentOf(task.agent)
+    return { agent: agent.name, url: display(agent.url) }
+  }
+  return { agent: task.agent === undefined && discovery !== undefined ? discoveryAgent(discovery) : noAgent, url: "" }
+}
+
 const notAgent = (field: string, ref: unknown): Invalid => ({
   field,
   message: `expected an agent (HttpAgent.agent) or its URL, got ${ref === null ? "null" : typeof ref}`
@@ -220,7 +243,7 @@ export const makeCall = (env: Env): Call => {
         })
       const invalid = (agent: Agent<unknown> | undefined, field: string, message: string) =>
         finish({
-          agent: agent?.name ?? "unknown",
+          agent: agent?.name ?? noAgent,
           url: agent === undefined ? "" : display(agent.url),
           status: "error",
           error: { message: `invalid ${field}: ${message}`, reason: "InvalidRequest", field },
@@ -238,7 +261,7 @@ export const makeCall = (env: Env): Call => {
         const found = yield* Effect.result(discovery.resolve({ concept: task.concept, intent: task.intent }))
         if (found._tag === "Failure") {
           return yield* finish({
-            agent: `discovery:${discovery.name}`,
+            agent: discoveryAgent(discovery),
             url: "",
             status: "service_unavailable",
             error: { message: found.failure.message, reason: `Discovery${found.failure.reason}` },
