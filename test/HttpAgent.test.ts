@@ -188,6 +188,33 @@ describe("HttpAgent.call", () => {
     })
   )
 
+  it.effect("an agent's report of a failed task is scrubbed of secret headers and bounded in the record", () =>
+    Effect.gen(function* () {
+      const SECRET = "agent-token-4b7e2a9c1d"
+      const server = yield* AgentServer.make((t) => ({
+        json: {
+          task_id: t.task_id,
+          status: "error",
+          result: t.task_id === "echo" ? `rejected token ${SECRET}` : `stack: ${"x".repeat(1024 * 1024)}`
+        }
+      }))
+      const secured = HttpAgent.agent({
+        url: server.url,
+        headers: { authorization: Redacted.make(`Bearer ${SECRET}`) }
+      })
+      const service = yield* agents()
+      const echoed = yield* service.call(task("echo", secured))
+      assert.strictEqual(echoed.status, "error")
+      assert.include(echoed.error?.message, "rejected token <redacted>")
+      assert.notInclude(JSON.stringify(echoed), SECRET)
+      // A 1 MiB report made a 1 MiB message; the agent's other errors are cut at 500 characters.
+      const long = yield* service.call(task("long", secured))
+      assert.strictEqual(long.status, "error")
+      assert.include(long.error?.message, "stack: xxx")
+      assert.isBelow(long.error!.message.length, 1000)
+    })
+  )
+
   it.effect("a refused connection is a Transport error record, not a failure", () =>
     Effect.gen(function* () {
       const closedUrl = yield* Effect.scoped(Effect.map(AgentServer.make(), (s) => s.url))

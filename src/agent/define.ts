@@ -12,6 +12,7 @@ import { ModelError } from "../AiError.js"
 import type { Agent, AgentOptions, Answer, Decoded } from "../HttpAgent.js"
 import * as Input from "../Input.js"
 import * as Decode from "../Model/http/decode.js"
+import * as Errors from "../Model/http/errors.js"
 import * as Http from "../Model/http/options.js"
 import { decodeRetry, type RetryPolicy } from "../Policy.js"
 import { display } from "./task.js"
@@ -118,7 +119,8 @@ export const makeAgent = (schema: typeof Answer) => {
             )
           }
           if (answer.status === "error" || answer.status === "failed") {
-            const detail = typeof answer.result === "string" ? `: ${answer.result}` : ""
+            // The agent's own words, kept as its error messages are: without secrets, cut short.
+            const detail = typeof answer.result === "string" ? `: ${Errors.clean(answer.result, ctx)}` : ""
             return Effect.succeed({ _tag: "Reported", message: `${name} reported status "${answer.status}"${detail}` })
           }
           return Effect.succeed({ _tag: "Result", value: answer.result })

@@ -56,8 +56,14 @@ export const scrub = (text: string, secrets: ReadonlyArray<Redacted.Redacted> | 
 
 const truncate = (text: string, max = MAX_MESSAGE): string => (text.length > max ? `${text.slice(0, max)}…` : text)
 
-/** Scrubbed before truncation, so a secret cut in two by the truncation leaks no part of it. */
-const clean = (text: string, ctx: CallContext): string => truncate(scrub(text, ctx.secrets))
+/**
+ * A message of the other side's, as errors carry it: scrubbed of `ctx`'s secrets, then
+ * truncated (so a secret cut in two by the truncation leaks no part of it).
+ *
+ * @since 0.2.0
+ * @category utils
+ */
+export const clean = (text: string, ctx: CallContext): string => truncate(scrub(text, ctx.secrets))
 
 /**
  * What a provider's error body says, whatever its shape (OpenAI, vLLM, Anthropic, Gemini,
