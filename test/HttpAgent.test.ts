@@ -215,6 +215,23 @@ describe("HttpAgent.call", () => {
     })
   )
 
+  it.effect("an answer for another task id names it without secrets, cut short", () =>
+    Effect.gen(function* () {
+      const SECRET = "agent-token-9c3d5e7f1a"
+      const server = yield* AgentServer.make((t) => ({
+        json: { task_id: t.task_id === "echo" ? `Bearer ${SECRET}` : "y".repeat(1024 * 1024), result: 1 }
+      }))
+      const secured = HttpAgent.agent({ url: server.url, headers: { authorization: Redacted.make(`Bearer ${SECRET}`) } })
+      const service = yield* agents()
+      for (const id of ["echo", "long"]) {
+        const record = yield* service.call(task(id, secured))
+        assert.deepStrictEqual([record.status, record.error?.reason, record.error?.field], ["error", "Decode", "task_id"])
+        assert.notInclude(JSON.stringify(record), SECRET)
+        assert.isBelow(record.error!.message.length, 1000)
+      }
+    })
+  )
+
   it.effect("a refused connection is a Transport error record, not a failure", () =>
     Effect.gen(function* () {
       const closedUrl = yield* Effect.scoped(Effect.map(AgentServer.make(), (s) => s.url))

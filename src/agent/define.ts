@@ -112,7 +112,7 @@ export const makeAgent = (schema: typeof Answer) => {
             return Effect.fail(
               new ModelError({
                 reason: "Decode",
-                message: `${name} answered for task ${JSON.stringify(answer.task_id)} instead of ${JSON.stringify(taskId)}`,
+                message: `${name} answered for task ${JSON.stringify(Errors.clean(answer.task_id, ctx))} instead of ${JSON.stringify(taskId)}`,
                 provider: name,
                 field: "task_id"
               })
