@@ -156,7 +156,10 @@ export interface Task<A = unknown> {
   readonly id: string
   /** An agent or its URL; without one, the `Discovery` service finds agents for (concept, intent). */
   readonly agent?: Agent<A> | string | undefined
-  /** Agents tried in order when the agent fails in a way that falls back (its breaker is open, it is down). */
+  /**
+   * Agents tried in order when the agent fails in a way that falls back (its breaker is open, it is down);
+   * for a task left to discovery, after the agents discovery found.
+   */
   readonly fallback?: ReadonlyArray<Agent<A> | string> | undefined
   readonly intent: string
   readonly concept: string

@@ -370,6 +370,28 @@ describe("HttpAgent tasks by (concept, intent)", () => {
     })
   )
 
+  it.effect("a task's own fallback agents follow the agents discovery found", () =>
+    Effect.gen(function* () {
+      const down = yield* AgentServer.make(() => ({ status: 503 }))
+      const spare = yield* AgentServer.make()
+      const agents = yield* agentsWith(
+        Discovery.layerStatic([{ concept: "weather", intent: "*", agents: [{ url: down.url, name: "archive" }] }])
+      )
+      // The fallback was dropped: the task ended with the discovered agent's 503.
+      const record = yield* agents.call({
+        id: "h",
+        intent: "history",
+        concept: "weather",
+        fallback: [HttpAgent.agent({ url: spare.url, name: "spare" }), down.url]
+      })
+      assert.deepStrictEqual(
+        [record.status, record.agent, record.fallbackUsed, record.attempts],
+        ["success", "spare", true, 2]
+      )
+      assert.deepStrictEqual([down.requests(), spare.requests()], [1, 1])
+    })
+  )
+
   it.effect("an agent discovered twice is sent the task once", () =>
     Effect.gen(function* () {
       // A malformed answer falls back without counting on the breaker (which opens at one failure here).

@@ -268,11 +268,18 @@ export const makeCall = (env: Env): Call => {
             attempts: 0
           })
         }
-        // An agent listed twice (two registrations, two static entries) is asked once: the second
-        // request would be a retry nobody asked for, of a task that need not be idempotent.
-        const unique = new Map<string, Endpoint>()
-        for (const endpoint of found.success) if (!unique.has(endpoint.url)) unique.set(endpoint.url, endpoint)
-        agents = Array.from(unique.values(), (endpoint) => env.fromEndpoint(endpoint))
+        // An agent listed twice (two registrations, two static entries, a fallback discovery found
+        // too) is asked once: the second request would be a retry nobody asked for, of a task that
+        // need not be idempotent. The task's own fallback agents follow the ones discovery found.
+        const unique = new Map<string, Agent<unknown>>()
+        for (const endpoint of found.success) {
+          if (!unique.has(endpoint.url)) unique.set(endpoint.url, env.fromEndpoint(endpoint))
+        }
+        for (const ref of task.fallback ?? []) {
+          const agent = env.agentOf(ref)
+          if (!unique.has(agent.url)) unique.set(agent.url, agent)
+        }
+        agents = Array.from(unique.values())
       } else {
         return yield* invalid(undefined, "agent", "give an agent (or its URL), or provide a Discovery service")
       }
