@@ -216,10 +216,14 @@ export const layerStatic = (
         if (unknown !== undefined) return yield* Input.orOptionError(Result.fail(unknown))
         yield* Input.orOptionError(Http.nonEmpty(`${at}.concept`, entry?.concept))
         yield* Input.orOptionError(Http.nonEmpty(`${at}.intent`, entry?.intent))
-        const agents: ReadonlyArray<unknown> = Array.isArray(entry.agents) ? entry.agents : [entry.agents]
-        if (agents.length === 0) {
+        const given: unknown = entry.agents
+        const agents: ReadonlyArray<unknown> = Array.isArray(given) ? given : [given]
+        if (agents.length === 0 || typeof given !== "object" || given === null) {
           return yield* Input.orOptionError(
-            Result.fail({ path: `${at}.agents`, message: "expected at least one agent" })
+            Result.fail({
+              path: `${at}.agents`,
+              message: "expected an agent { url, name? } or a non-empty array of them"
+            })
           )
         }
         const checked: Array<Endpoint> = []

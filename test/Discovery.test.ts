@@ -68,7 +68,11 @@ describe("Discovery.layerStatic", () => {
           [{ concept: "c", intent: "x", agents: { url: "http://127.0.0.1:1", timout: 500 } as never }],
           "entries[0].agents[0].timout"
         ],
-        [[{ concept: "c", intent: "x", agent: { url: "http://127.0.0.1:1" } } as never], "entries[0].agent"]
+        [[{ concept: "c", intent: "x", agent: { url: "http://127.0.0.1:1" } } as never], "entries[0].agent"],
+        // These named entries[0].agents[0], an agent that is not there.
+        [[{ concept: "c", intent: "x", agents: null } as never], "entries[0].agents"],
+        [[{ concept: "c", intent: "x" } as never], "entries[0].agents"],
+        [[{ concept: "c", intent: "x", agents: "http://127.0.0.1:1" } as never], "entries[0].agents"]
       ]
       for (const [entries, path] of cases) {
         const error = yield* Effect.flip(resolver(Discovery.layerStatic(entries)))
