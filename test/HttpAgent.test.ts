@@ -221,11 +221,17 @@ describe("HttpAgent.call", () => {
       const server = yield* AgentServer.make((t) => ({
         json: { task_id: t.task_id === "echo" ? `Bearer ${SECRET}` : "y".repeat(1024 * 1024), result: 1 }
       }))
-      const secured = HttpAgent.agent({ url: server.url, headers: { authorization: Redacted.make(`Bearer ${SECRET}`) } })
+      const secured = HttpAgent.agent({
+        url: server.url,
+        headers: { authorization: Redacted.make(`Bearer ${SECRET}`) }
+      })
       const service = yield* agents()
       for (const id of ["echo", "long"]) {
         const record = yield* service.call(task(id, secured))
-        assert.deepStrictEqual([record.status, record.error?.reason, record.error?.field], ["error", "Decode", "task_id"])
+        assert.deepStrictEqual(
+          [record.status, record.error?.reason, record.error?.field],
+          ["error", "Decode", "task_id"]
+        )
         assert.notInclude(JSON.stringify(record), SECRET)
         assert.isBelow(record.error!.message.length, 1000)
       }
@@ -499,6 +505,31 @@ describe("HttpAgent: breakers, cache and fallback through the executor's pipelin
         assert.deepStrictEqual([probe.status, probe.result], ["success", "answer 4"])
         assert.strictEqual(server.requests(), 5)
       })
+  )
+
+  it.effect("a cached result of an agent with its own answer schema comes back as that schema decodes it", () =>
+    Effect.gen(function* () {
+      const server = yield* AgentServer.make((t, i) =>
+        i === 0 ? { json: { task_id: t.task_id, at: "2026-01-02T03:04:05.000Z", n: "7" } } : { status: 503 }
+      )
+      const dated = HttpAgent.agent({
+        url: server.url,
+        name: "dated",
+        answer: Schema.Struct({ task_id: Schema.String, at: Schema.DateFromString, n: Schema.NumberFromString })
+      })
+      const service = yield* agents({ breakers: { failMax: 1, resetTimeout: "1 minute" }, cache: true })
+      const dateTask = { id: "d", agent: dated, intent: "analyze", concept: "weather" }
+      const fresh = yield* service.call(dateTask)
+      assert.strictEqual(fresh.status, "success")
+      assert.instanceOf(fresh.result?.at, Date)
+      assert.strictEqual((yield* service.call(dateTask)).error?.httpStatus, 503)
+      const cached = yield* service.call(dateTask)
+      assert.deepStrictEqual([cached.status, cached.fromCache], ["service_unavailable", true])
+      // It came back as the JSON of the decoded value: a string where the type says Date.
+      assert.instanceOf(cached.result?.at, Date)
+      assert.strictEqual(cached.result?.at.getTime(), Date.UTC(2026, 0, 2, 3, 4, 5))
+      assert.strictEqual(cached.result?.n, 7)
+    })
   )
 
   it.effect("an answer too deeply nested to keep in the cache is still the task's answer", () =>

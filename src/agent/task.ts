@@ -73,13 +73,15 @@ const plainHeaders = (agent: Agent<unknown>): Record<string, string> => {
 }
 
 /**
- * A result kept in the response cache, as the answer type it stores; none for a result JSON
- * cannot write (an agent's answer nested too deep overflows `JSON.stringify`'s stack).
+ * What an agent answered, as the response cache keeps it: the answer as it came (before its
+ * schema decoded it) and the task it answered, so that reading it back decodes it again into
+ * what the agent's schema makes (a `Date`, not its JSON string). None for an answer JSON
+ * cannot write (one nested too deep overflows `JSON.stringify`'s stack).
  */
-const wrap = (agent: string, result: unknown): GenerateResponse | undefined => {
+const wrap = (agent: string, taskId: string, answer: unknown): GenerateResponse | undefined => {
   let text: string
   try {
-    text = JSON.stringify(result) ?? "null"
+    text = JSON.stringify({ task_id: taskId, answer }) ?? "null"
   } catch {
     return undefined
   }
@@ -88,16 +90,34 @@ const wrap = (agent: string, result: unknown): GenerateResponse | undefined => {
     finishReason: "stop",
     usage: { inputTokens: 0, outputTokens: 0, totalTokens: 0 },
     provider: agent,
-    model: "agent"
+    model: keptModel
   }
 }
 
-const unwrap = (response: GenerateResponse): unknown => {
+/** Marks what {@link wrap} kept: entries of earlier versions held the decoded result, and are not read. */
+const keptModel = "agent-answer"
+
+/** A kept answer decoded again by the agent that gave it (or the task's first agent). */
+const unwrap = (
+  response: GenerateResponse,
+  agents: ReadonlyArray<Agent<unknown>>
+): Effect.Effect<Option.Option<unknown>> => {
+  if (response.model !== keptModel) return Effect.succeedNone
+  let kept: unknown
   try {
-    return JSON.parse(response.text)
+    kept = JSON.parse(response.text)
   } catch {
-    return undefined
+    return Effect.succeedNone
   }
+  if (typeof kept !== "object" || kept === null || typeof (kept as { task_id?: unknown }).task_id !== "string") {
+    return Effect.succeedNone
+  }
+  const { task_id, answer } = kept as { readonly task_id: string; readonly answer: unknown }
+  const by = agents.find((agent) => agent.name === response.provider) ?? agents[0]!
+  return Effect.match(by.decode(answer, task_id), {
+    onFailure: () => Option.none(),
+    onSuccess: (decoded) => (decoded._tag === "Result" ? Option.some(decoded.value) : Option.none())
+  })
 }
 
 const cacheKeyOf = (task: Task, agent: Agent<unknown>): string =>
@@ -213,9 +233,15 @@ const bodyOf = (task: Task, dependencies: Record<string, unknown> | undefined): 
   }
 }
 
+/** An answer as its agent's schema decoded it, and as it came (for the response cache). */
+interface Sent {
+  readonly decoded: Decoded<unknown>
+  readonly answer: unknown
+}
+
 /** Builds the service's `call`; it never fails. */
 export const makeCall = (env: Env): Call => {
-  const send = (agent: Agent<unknown>, body: string, taskId: string): Effect.Effect<Decoded<unknown>, AiError> =>
+  const send = (agent: Agent<unknown>, body: string, taskId: string): Effect.Effect<Sent, AiError> =>
     Effect.suspend(() => {
       const request = HttpClientRequest.post(agent.url).pipe(
         HttpClientRequest.setHeaders(plainHeaders(agent)),
@@ -224,7 +250,8 @@ export const makeCall = (env: Env): Call => {
       )
       const ctx = { provider: agent.name, secrets: agent.secrets, answerFirst: true }
       const host = new URL(agent.url).host
-      return env.connections.withPermit(host)(env.client.json(request, (value) => agent.decode(value, taskId), ctx))
+      const decode = (answer: unknown) => Effect.map(agent.decode(answer, taskId), (decoded) => ({ decoded, answer }))
+      return env.connections.withPermit(host)(env.client.json(request, decode, ctx))
     })
 
   return (task, dependencies) =>
@@ -322,23 +349,23 @@ export const makeCall = (env: Env): Call => {
         )
       )
       if (Exit.isSuccess(exit)) {
-        const answer = exit.value
-        const by = answer.step.target
+        const { decoded, answer } = exit.value.value
+        const by = exit.value.step.target
         const base = {
           agent: by.name,
           url: display(by.url),
           attempts,
           ...(by === primary ? {} : { fallbackUsed: true })
         }
-        if (answer.value._tag === "Reported") {
+        if (decoded._tag === "Reported") {
           return yield* finish({
             ...base,
             status: "error",
-            error: { message: answer.value.message, reason: "Unknown" }
+            error: { message: decoded.message, reason: "Unknown" }
           })
         }
-        const result = answer.value.value
-        const kept = cacheKey === undefined ? undefined : wrap(by.name, result)
+        const result = decoded.value
+        const kept = cacheKey === undefined ? undefined : wrap(by.name, task.id, answer)
         if (kept !== undefined) yield* env.cache!.setMany([{ key: cacheKey!, value: kept }])
         return yield* finish({ ...base, status: "success", result })
       }
@@ -351,13 +378,14 @@ export const makeCall = (env: Env): Call => {
       const base = { agent: last.name, url: display(last.url), attempts }
       switch (error._tag) {
         case "CircuitOpenError": {
-          const cached =
+          const kept =
             cacheKey === undefined ? Option.none() : ((yield* env.cache!.getMany([cacheKey]))[0] ?? Option.none())
+          const cached = Option.isSome(kept) ? yield* unwrap(kept.value, agents) : Option.none()
           return yield* finish({
             ...base,
             status: "service_unavailable",
             error: { message: error.message, reason: "CircuitOpen" },
-            ...(Option.isSome(cached) ? { result: unwrap(cached.value), fromCache: true } : {})
+            ...(Option.isSome(cached) ? { result: cached.value, fromCache: true } : {})
           })
         }
         case "TimeoutError":
