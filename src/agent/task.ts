@@ -286,15 +286,15 @@ export const makeCall = (env: Env): Call => {
       } else if (env.discovery !== undefined) {
         const discovery = env.discovery
         const found = yield* Effect.result(discovery.resolve({ concept: task.concept, intent: task.intent }))
-        if (found._tag === "Failure") {
-          return yield* finish({
+        const unavailable = (message: string, reason: string) =>
+          finish({
             agent: discoveryAgent(discovery),
             url: "",
             status: "service_unavailable",
-            error: { message: found.failure.message, reason: `Discovery${found.failure.reason}` },
+            error: { message, reason: `Discovery${reason}` },
             attempts: 0
           })
-        }
+        if (found._tag === "Failure") return yield* unavailable(found.failure.message, found.failure.reason)
         // An agent listed twice (two registrations, two static entries, a fallback discovery found
         // too) is asked once: the second request would be a retry nobody asked for, of a task that
         // need not be idempotent. The task's own fallback agents follow the ones discovery found.
@@ -307,6 +307,13 @@ export const makeCall = (env: Env): Call => {
           if (!unique.has(agent.url)) unique.set(agent.url, agent)
         }
         agents = Array.from(unique.values())
+        // A Discovery service of the application's own may answer none (the library's never do).
+        if (agents.length === 0) {
+          return yield* unavailable(
+            `${discovery.name}: no agent for concept ${JSON.stringify(task.concept)} and intent ${JSON.stringify(task.intent)}`,
+            "NotFound"
+          )
+        }
       } else {
         return yield* invalid(undefined, "agent", "give an agent (or its URL), or provide a Discovery service")
       }
