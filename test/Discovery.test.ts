@@ -467,29 +467,48 @@ describe("HttpAgent tasks by (concept, intent)", () => {
     })
   )
 
-  it.effect("a Discovery service of your own that answers no agent ends the task as not found, not in a defect", () =>
-    Effect.gen(function* () {
-      const spare = yield* AgentServer.make()
-      const agents = yield* agentsWith(
-        Layer.succeed(
-          Discovery.Discovery,
-          Discovery.Discovery.of({ name: "custom", resolve: () => Effect.succeed([]) })
+  it.effect(
+    "a Discovery service of your own that answers no agent, throws or dies ends the task unavailable, not in a defect",
+    () =>
+      Effect.gen(function* () {
+        const spare = yield* AgentServer.make()
+        const agents = yield* agentsWith(
+          Layer.succeed(
+            Discovery.Discovery,
+            Discovery.Discovery.of({ name: "custom", resolve: () => Effect.succeed([]) })
+          )
         )
-      )
-      // The call died (the first agent of none was read).
-      const record = yield* agents.call({ id: "e", intent: "forecast", concept: "weather" })
-      assert.deepStrictEqual(
-        [record.status, record.agent, record.error?.reason],
-        ["service_unavailable", "discovery:custom", "DiscoveryNotFound"]
-      )
-      const withFallback = yield* agents.call({
-        id: "f",
-        intent: "forecast",
-        concept: "weather",
-        fallback: [spare.url]
+        // The call died (the first agent of none was read).
+        const record = yield* agents.call({ id: "e", intent: "forecast", concept: "weather" })
+        assert.deepStrictEqual(
+          [record.status, record.agent, record.error?.reason],
+          ["service_unavailable", "discovery:custom", "DiscoveryNotFound"]
+        )
+        const withFallback = yield* agents.call({
+          id: "f",
+          intent: "forecast",
+          concept: "weather",
+          fallback: [spare.url]
+        })
+        assert.deepStrictEqual([withFallback.status, withFallback.agent], ["success", spare.url])
+        // One that throws, or dies, made the call die: a call never fails.
+        for (const resolve of [
+          () => {
+            throw new Error("registry client bug")
+          },
+          () => Effect.die(new Error("registry client bug"))
+        ]) {
+          const broken = yield* agentsWith(
+            Layer.succeed(Discovery.Discovery, Discovery.Discovery.of({ name: "custom", resolve }))
+          )
+          const record = yield* broken.call({ id: "t", intent: "forecast", concept: "weather" })
+          assert.deepStrictEqual(
+            [record.status, record.agent, record.error?.reason],
+            ["service_unavailable", "discovery:custom", "DiscoveryUnavailable"]
+          )
+          assert.include(record.error?.message, "registry client bug")
+        }
       })
-      assert.deepStrictEqual([withFallback.status, withFallback.agent], ["success", spare.url])
-    })
   )
 
   it.effect("a lookup that throws ends the task with a service_unavailable record naming it, not a defect", () =>

@@ -285,7 +285,20 @@ export const makeCall = (env: Env): Call => {
         agents = [task.agent, ...(task.fallback ?? [])].map(env.agentOf)
       } else if (env.discovery !== undefined) {
         const discovery = env.discovery
-        const found = yield* Effect.result(discovery.resolve({ concept: task.concept, intent: task.intent }))
+        // A Discovery service of the application's own may throw or die (the library's catch their lookups').
+        const found = yield* Effect.suspend(() =>
+          discovery.resolve({ concept: task.concept, intent: task.intent })
+        ).pipe(
+          Effect.result,
+          Effect.catchDefect((defect) =>
+            Effect.succeed(
+              Result.fail({
+                reason: "Unavailable",
+                message: `${discovery.name}: resolve threw (${defect instanceof Error ? defect.message : String(defect)})`
+              })
+            )
+          )
+        )
         const unavailable = (message: string, reason: string) =>
           finish({
             agent: discoveryAgent(discovery),
