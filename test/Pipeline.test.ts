@@ -208,6 +208,36 @@ describe("Pipeline", () => {
     })
   )
 
+  it.effect("a step failing with something that cannot be written as a message (no prototype) fails; no hang", () =>
+    Effect.gen(function* () {
+      const bare = Object.create(null) as object
+      const throwing = {
+        get message(): string {
+          throw new Error("a getter that throws")
+        }
+      }
+      // Each of these made its step's fiber die: the run waited for its outcome for ever (or,
+      // beside a failing step, called it "interrupted").
+      const p = yield* Pipeline.fromSteps<undefined, unknown, unknown, never>([
+        { name: "bare", run: () => Effect.fail(bare) },
+        { name: "getter", run: () => Effect.fail(throwing) },
+        { name: "dies", run: () => Effect.die(bare) },
+        { name: "after", dependsOn: ["bare"], run: () => Effect.succeed(1) },
+        { name: "governed", run: () => Effect.fail(bare), timeout: "1 second", fallback: { value: "stood in" } }
+      ])
+      const context = yield* executorContext(Layer.empty)
+      const result = yield* runClocked(p, undefined, { onFailure: "continue" }).pipe(Effect.provide(context))
+      const messages = ["bare", "getter", "dies"].map((name) => {
+        const outcome = result.steps[name]
+        return outcome?.status === "failed" ? outcome.message : `not failed: ${outcome?.status}`
+      })
+      assert.deepStrictEqual(messages, ["[object Object]", "[object Object]", "Error: {}"])
+      assert.strictEqual((result.steps.bare as Pipeline.Failed<unknown>).error, bare)
+      assert.strictEqual(result.steps.after?.status, "skipped")
+      assert.deepStrictEqual([result.steps.governed?.status, result.outputs.governed], ["succeeded", "stood in"])
+    })
+  )
+
   it.effect("ready steps start in definition order, whatever order they became ready in", () =>
     Effect.gen(function* () {
       const order: Array<string> = []

@@ -41,16 +41,27 @@ export const statsDomain = "pipeline"
  * @internal
  */
 export const messageOf = (cause: Cause.Cause<unknown>): string => {
-  const failure = Cause.findErrorOption(cause)
-  if (failure._tag === "Some") {
-    const error = failure.value
+  // What a step failed with is the user's: an object without a prototype (`String` throws on it)
+  // or a `message` getter that throws made the step's fiber die, and the run wait for it for ever.
+  try {
+    const failure = Cause.findErrorOption(cause)
+    if (failure._tag === "Some") return shown(failure.value)
+    if (Cause.hasInterruptsOnly(cause)) return "interrupted"
+    return Cause.pretty(cause).split("\n")[0] ?? "defect"
+  } catch {
+    return "defect (it cannot be shown)"
+  }
+}
+
+const shown = (error: unknown): string => {
+  try {
     if (typeof error === "object" && error !== null && "message" in error && typeof error.message === "string") {
       return error.message
     }
     return String(error)
+  } catch {
+    return Object.prototype.toString.call(error)
   }
-  if (Cause.hasInterruptsOnly(cause)) return "interrupted"
-  return Cause.pretty(cause).split("\n")[0] ?? "defect"
 }
 
 /**
