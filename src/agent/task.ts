@@ -8,7 +8,7 @@
  * @internal
  */
 import { createHash } from "node:crypto"
-import { Clock, type Context, type Duration, Effect, Exit, Metric, Option, Redacted, Result } from "effect"
+import { Cause, Clock, type Context, type Duration, Effect, Exit, Metric, Option, Redacted, Result } from "effect"
 import { HttpClientRequest } from "effect/http"
 import { type AiError, ModelError } from "../AiError.js"
 import type { Service as DiscoveryService, Endpoint } from "../Discovery.js"
@@ -19,7 +19,7 @@ import * as Metrics from "../Metrics.js"
 import type { GenerateResponse } from "../Model.js"
 import type * as Client from "../Model/http/client.js"
 import { checkDependsOn } from "../pipeline/definition.js"
-import { keyedBreaker } from "../pipeline/step.js"
+import { keyedBreaker, messageOf } from "../pipeline/step.js"
 import type { BreakerGuard, LimitGuard } from "../policy/plan.js"
 import type { RetryPolicy } from "../Policy.js"
 import type { Service as CacheService } from "../ResponseCache.js"
@@ -114,10 +114,14 @@ const unwrap = (
   }
   const { task_id, answer } = kept as { readonly task_id: string; readonly answer: unknown }
   const by = agents.find((agent) => agent.name === response.provider) ?? agents[0]!
-  return Effect.match(by.decode(answer, task_id), {
-    onFailure: () => Option.none(),
-    onSuccess: (decoded) => (decoded._tag === "Result" ? Option.some(decoded.value) : Option.none())
-  })
+  // What an agent's schema refuses (or throws on) now is no cached result, not the call's failure.
+  return Effect.matchCause(
+    Effect.suspend(() => by.decode(answer, task_id)),
+    {
+      onFailure: () => Option.none(),
+      onSuccess: (decoded) => (decoded._tag === "Result" ? Option.some(decoded.value) : Option.none())
+    }
+  )
 }
 
 const cacheKeyOf = (task: Task, agent: Agent<unknown>): string =>
@@ -294,7 +298,7 @@ export const makeCall = (env: Env): Call => {
             Effect.succeed(
               Result.fail({
                 reason: "Unavailable",
-                message: `${discovery.name}: resolve threw (${defect instanceof Error ? defect.message : String(defect)})`
+                message: `${discovery.name}: resolve threw (${messageOf(Cause.die(defect))})`
               })
             )
           )
