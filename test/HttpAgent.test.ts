@@ -576,6 +576,20 @@ describe("HttpAgent: breakers, cache and fallback through the executor's pipelin
     })
   )
 
+  it.effect("an agent listed again among a task's fallbacks is asked once", () =>
+    Effect.gen(function* () {
+      const down = yield* AgentServer.make(() => ({ status: 503 }))
+      const spare = yield* AgentServer.make()
+      const service = yield* agents()
+      // The same URL as a string, and as an agent: the second request was a retry nobody asked for.
+      const record = yield* service.call(
+        task("once", down.url, { fallback: [HttpAgent.agent({ url: down.url, name: "again" }), down.url, spare.url] })
+      )
+      assert.deepStrictEqual([record.status, record.agent, record.attempts], ["success", spare.url, 2])
+      assert.deepStrictEqual([down.requests(), spare.requests()], [1, 1])
+    })
+  )
+
   it.effect(
     "rate limit per agent: out of slots, a task goes to its next agent or ends RateLimited, unsent (entry point)",
     () =>

@@ -284,9 +284,10 @@ export const makeCall = (env: Env): Call => {
       const wrong = checkTask(task)
       if (wrong !== undefined) return yield* invalid(undefined, wrong.field, wrong.message)
 
-      let agents: ReadonlyArray<Agent<unknown>>
+      // The task's agent, or the ones discovery found for it, then its own fallback agents.
+      let listed: Array<Agent<unknown>>
       if (task.agent !== undefined) {
-        agents = [task.agent, ...(task.fallback ?? [])].map(env.agentOf)
+        listed = [env.agentOf(task.agent)]
       } else if (env.discovery !== undefined) {
         const discovery = env.discovery
         // A Discovery service of the application's own may throw or die (the library's catch their lookups').
@@ -312,32 +313,27 @@ export const makeCall = (env: Env): Call => {
             attempts: 0
           })
         if (found._tag === "Failure") return yield* unavailable(found.failure.message, found.failure.reason)
-        // An agent listed twice (two registrations, two static entries, a fallback discovery found
-        // too) is asked once: the second request would be a retry nobody asked for, of a task that
-        // need not be idempotent. The task's own fallback agents follow the ones discovery found.
-        const unique = new Map<string, Agent<unknown>>()
-        for (const endpoint of found.success) {
-          if (!unique.has(endpoint.url)) unique.set(endpoint.url, env.fromEndpoint(endpoint))
-        }
-        for (const ref of task.fallback ?? []) {
-          const agent = env.agentOf(ref)
-          if (!unique.has(agent.url)) unique.set(agent.url, agent)
-        }
-        agents = Array.from(unique.values())
         // A Discovery service of the application's own may answer none (the library's never do).
-        if (agents.length === 0) {
+        if (found.success.length === 0 && (task.fallback ?? []).length === 0) {
           return yield* unavailable(
             `${discovery.name}: no agent for concept ${JSON.stringify(task.concept)} and intent ${JSON.stringify(task.intent)}`,
             "NotFound"
           )
         }
+        listed = found.success.map(env.fromEndpoint)
       } else {
         return yield* invalid(undefined, "agent", "give an agent (or its URL), or provide a Discovery service")
       }
-      const primary = agents[0]!
-      for (const agent of agents) {
+      for (const ref of task.fallback ?? []) listed.push(env.agentOf(ref))
+      for (const agent of listed) {
         if (agent.issue !== undefined) return yield* invalid(agent, agent.issue.path, agent.issue.message)
       }
+      // An agent (URL) listed twice (two registrations, a fallback that is the agent again) is asked
+      // once: the second request would be a retry nobody asked for, of a task that need not be idempotent.
+      const unique = new Map<string, Agent<unknown>>()
+      for (const agent of listed) if (!unique.has(agent.url)) unique.set(agent.url, agent)
+      const agents = Array.from(unique.values())
+      const primary = agents[0]!
       let timeout: Duration.Duration | undefined
       if (task.timeout !== undefined) {
         const checked = Input.duration("timeout", task.timeout)
