@@ -8,6 +8,7 @@ import { TestClock } from "effect/testing"
 import { isRetryable, ModelError, TimeoutError } from "../../src/AiError.js"
 import * as Model from "../../src/Model.js"
 import * as Assemble from "../../src/Model/http/assemble.js"
+import * as Body from "../../src/Model/http/body.js"
 import * as Client from "../../src/Model/http/client.js"
 import * as Errors from "../../src/Model/http/errors.js"
 import * as Ndjson from "../../src/Model/http/ndjson.js"
@@ -460,6 +461,30 @@ layer(NodeHttpClient.layerUndici)("Client over a real server", (it) => {
       assert.instanceOf(error, TimeoutError)
       assert.strictEqual((error as TimeoutError).limit, "request")
       yield* server.awaitAborted(1)
+    })
+  )
+
+  it.effect("an error answer whose body stalls after its head fails with its status's error, not a timeout", () =>
+    Effect.gen(function* () {
+      const server = yield* Server.make((_, res) =>
+        Server.chunked(res, ['{"error":{"message":"Incorrect API key"'], {
+          status: 401,
+          contentType: "application/json",
+          end: "hang"
+        })
+      )
+      const client = yield* Client.make(settings({ timeout: "30 seconds" }))
+      const fiber = yield* Effect.forkChild(Effect.flip(client.json(post(server), anything, ctx)))
+      // The request's deadline is one sleep; the error body's read, once the head arrived, another
+      // (the test clock's pending sleeps: the head arrives over real I/O, at no test-clock time).
+      const sleeping = TestClock.testClockWith((clock) =>
+        Effect.sync(() => (clock as unknown as { readonly sleeps: ReadonlyArray<unknown> }).sleeps.length)
+      )
+      while ((yield* sleeping) < 2) yield* Effect.promise(() => new Promise((resolve) => setImmediate(resolve)))
+      yield* TestClock.adjust(Body.errorBodyTimeout)
+      const error = modelError(yield* Fiber.join(fiber))
+      assert.strictEqual(error.reason, "Unauthorized")
+      assert.isFalse(isRetryable(error))
     })
   )
 

@@ -5,7 +5,7 @@
  *
  * @since 0.2.0
  */
-import { Effect, Stream } from "effect"
+import { Duration, Effect, Stream } from "effect"
 import type { HttpClientResponse } from "effect/http"
 import type { ModelError } from "../../AiError.js"
 import { type CallContext, tooLarge, transportError } from "./errors.js"
@@ -131,8 +131,19 @@ export const readText = (
 }
 
 /**
+ * How long an error body (or an unexpected answer's) is read: its status and headers
+ * already say what failed; a body that stalls after them must not turn, say, a 401 into a
+ * request timeout.
+ *
+ * @since 0.3.0
+ * @category reading
+ */
+export const errorBodyTimeout: Duration.Duration = Duration.seconds(2)
+
+/**
  * Reads at most the first `limit` bytes of a body as text (for error bodies and for
- * describing an unexpected answer); a body that breaks gives what was read.
+ * describing an unexpected answer), for at most {@link errorBodyTimeout}; a body that
+ * breaks or stalls gives what was read.
  *
  * @since 0.2.0
  * @category reading
@@ -154,6 +165,7 @@ export const readPrefix = (
       }),
       Stream.runDrain,
       Effect.ignore,
+      Effect.timeoutOption(errorBodyTimeout),
       Effect.map(() => decodeUtf8(chunks, Math.min(total, limit)))
     )
   })
