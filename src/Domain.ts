@@ -8,6 +8,7 @@
 import { Context, Duration, Effect, Layer, Result, Schema, type Scope } from "effect"
 import { invalidRequest, ModelError } from "./AiError.js"
 import * as Input from "./Input.js"
+import { noDomain } from "./Metrics.js"
 import { type GenerateRequest, ModelProvider, type Service as ProviderService } from "./Model.js"
 import { RetryPolicy, retry as retryPolicy } from "./Policy.js"
 
@@ -123,8 +124,9 @@ export interface CheckOptions {
 
 /**
  * Checks domains (a config value or domains built in code). A bad value fails with the
- * path of the first wrong field, e.g. `domains[1].retry.maxAttempts`; duplicate names and
- * fallbacks to domains neither in the list nor in `fallbackTo` are refused.
+ * path of the first wrong field, e.g. `domains[1].retry.maxAttempts`; duplicate names,
+ * fallbacks to domains neither in the list nor in `fallbackTo`, and the name `"none"` (the
+ * `domain` of calls made without one, `Metrics.noDomain`) are refused.
  *
  * @since 0.1.0
  * @category constructors
@@ -140,8 +142,11 @@ export const check = (input: unknown, options: string | CheckOptions = {}): Inpu
     if (Result.isFailure(decoded)) return Result.fail(Input.issueOf(decoded.failure, at))
     const domain = decoded.success
     if (names.has(domain.name)) return Result.fail({ path: `${at}.name`, message: `duplicate domain "${domain.name}"` })
-    if (domain.name === "none") {
-      return Result.fail({ path: `${at}.name`, message: `"none" is reserved: it names calls made without a domain` })
+    if (domain.name === noDomain) {
+      return Result.fail({
+        path: `${at}.name`,
+        message: `"${noDomain}" is reserved: it names the calls made without a domain in stats and metrics; give the domain another name`
+      })
     }
     const zero = Input.all([
       positive(`${at}.timeout`, domain.timeout),

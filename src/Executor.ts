@@ -66,7 +66,10 @@ export interface ExecuteOptions {
   readonly totalTimeout?: Duration.Input | undefined
   /** `true` for the executor's policy, a policy (or its partial input), or `false` (the default for `execute`). */
   readonly retry?: boolean | RetryPolicy | RetryPolicyInput | undefined
-  /** Domain dimension of the metrics. */
+  /**
+   * Domain dimension of the metrics. Not `"none"` (`Metrics.noDomain`, the calls made without
+   * a domain) nor empty: either is an `InvalidRequest` naming `domain`.
+   */
   readonly domain?: string | undefined
   /** Call this provider instead of the executor's own. */
   readonly provider?: ProviderService | undefined
@@ -349,7 +352,7 @@ export const make = Effect.fnUntraced(function* (options: Options = {}) {
   })
 
   const { resolveSync, resolve } = CallOptions.make({ defaultTimeout, basePolicy })
-  const { refuse, refused } = Refusal.make(stats)
+  const { refuse, refused } = Refusal.make(stats, provider)
   const { stepFor, planOf } = Plans.make({ defaultTimeout, guards })
   const { execute, executeWithRetry } = Generate.make({ provider, limits, engine, resolveSync, refused, planOf })
   const executeMany = Many.make({ provider, limits, engine, resolveSync, refuse, planOf, execute })

@@ -1,7 +1,8 @@
 /**
  * Every metric of the library, defined in one place, snake_case with the `orchestra_`
  * prefix. Dimensions are attributes only: `provider`, `domain` (`"none"` for calls without
- * one), and per component `breaker`, `cache`, `limit`, `agent`, `reason`, `outcome`.
+ * one, {@link noDomain}: no domain may take that name), and per component `breaker`,
+ * `cache`, `limit`, `agent`, `reason`, `outcome`.
  *
  * The call metrics (`orchestra_requests_total` ... `orchestra_queue_wait_ms`) are served by
  * `Stats`: each (provider, domain) pair has one series object whose plain counters the
@@ -12,6 +13,18 @@
  * @since 0.1.0
  */
 import { Metric } from "effect"
+
+/**
+ * The `domain` of the calls made without one, in metrics, `Stats` filters and answers. It is
+ * reserved: a domain of that name (`Domain.check`, `Orchestra.layer`'s `domains`,
+ * `extraDomains` and `overrideDomains`, the CLI's and gateway's config files) is an
+ * `OptionError` at its `name`, and an executor call's `domain: "none"` an `InvalidRequest`
+ * naming `domain`, so the series of calls without a domain is theirs alone.
+ *
+ * @since 0.3.0
+ * @category attributes
+ */
+export const noDomain = "none"
 
 /**
  * Latency buckets in milliseconds: 0.05 ms to ~14 minutes in steps of 10%, so percentiles

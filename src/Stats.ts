@@ -33,6 +33,7 @@
  */
 import { Clock, Context, Effect, Layer } from "effect"
 import type { Scope } from "effect"
+import { noDomain } from "./Metrics.js"
 import { Gauge, Series, WindowHistogram } from "./stats/series.js"
 
 /**
@@ -144,7 +145,6 @@ export const make: Effect.Effect<Service, never, Scope.Scope> = Effect.gen(funct
   const pairGauges = new Map<string, Gauge>()
   const global = new Gauge()
   let windowStart = clock.currentTimeMillisUnsafe()
-  const NONE = "none"
 
   yield* Effect.addFinalizer(() =>
     Effect.sync(() => {
@@ -167,7 +167,7 @@ export const make: Effect.Effect<Service, never, Scope.Scope> = Effect.gen(funct
       domains = new Map()
       byProvider.set(provider, domains)
     }
-    const domainKey = domain ?? NONE
+    const domainKey = domain ?? noDomain
     let found = domains.get(domainKey)
     if (found === undefined) {
       const gauges = [

@@ -56,6 +56,8 @@ describe("Domain.fromConfig", () => {
         [[{ name: "x", provider: "main", retry: { jitter: 2 } }], "domains[0].retry.jitter"],
         [[{ name: "x", provider: "main", sytem: "typo" }], "domains[0].sytem"],
         [[good, good], "domains[1].name"],
+        // The `domain` of calls made without one: a domain of that name would share their series.
+        [[good, { name: "none", provider: "main" }], "domains[1].name"],
         [[{ name: "x", provider: "main", fallback: ["nowhere"] }], "domains[0].fallback[0]"],
         [[{ name: "x", provider: "main", fallback: ["x"] }], "domains[0].fallback[0]"],
         // A domain named twice would be called twice in one chain.

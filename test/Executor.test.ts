@@ -219,6 +219,32 @@ describe("Executor.execute", () => {
     })
   )
 
+  it.effect('domain "none" (the label of calls without a domain) and an empty domain are refused naming domain', () =>
+    Effect.gen(function* () {
+      const { executor, control } = yield* setup()
+      for (const domain of ["none", ""]) {
+        const calls: ReadonlyArray<Effect.Effect<unknown, AiError>> = [
+          executor.execute(ask, { domain }),
+          executor.executeWithRetry(ask, { domain }),
+          executor.executeMany([ask], { domain }),
+          executor.embed({ texts: ["x"] }, { domain }),
+          Stream.runDrain(executor.stream(ask, { domain }))
+        ]
+        for (const call of calls) {
+          const error = yield* Effect.flip(call)
+          assert.strictEqual(error._tag === "ModelError" && error.field, "domain", JSON.stringify(domain))
+        }
+      }
+      assert.strictEqual(yield* control.calls, 0)
+      // No series of a domain "none" or "" beside the calls without one.
+      yield* executor.execute(ask)
+      yield* executor.execute(ask, { domain: "labelled" })
+      assert.strictEqual((yield* executor.stats({ domain: "none" })).successes, 1)
+      assert.strictEqual((yield* executor.stats({ domain: "labelled" })).successes, 1)
+      assert.strictEqual((yield* executor.stats({ domain: "" })).total, 0)
+    })
+  )
+
   it.effect("a misspelt key of the executor's options fails the layer naming it", () =>
     Effect.gen(function* () {
       const cases: ReadonlyArray<readonly [Executor.Options, string]> = [

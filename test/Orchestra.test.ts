@@ -124,6 +124,12 @@ describe("Orchestra.layer: domains", () => {
           extraDomains: [{ name: "only", provider: "main" }]
         })
         assert.strictEqual(duplicate.path, "extraDomains[0].name")
+        // "none" is the domain of calls made without one (`Metrics.noDomain`), in every list.
+        for (const list of ["domains", "extraDomains", "overrideDomains"] as const) {
+          const reserved = yield* configError({ providers: { main }, [list]: [{ name: "none", provider: "main" }] })
+          assert.strictEqual(reserved.path, `${list}[0].name`)
+          assert.include(reserved.message, '"none" is reserved')
+        }
 
         const { router, controls } = yield* build(
           { main: {} },

@@ -1,8 +1,9 @@
 import { assert, describe, it } from "@effect/vitest"
-import { Context, Effect, Layer, Metric } from "effect"
+import { Context, Effect, Layer, Metric, Stream } from "effect"
 import { HttpRouter } from "effect/http"
 import { Outcome } from "../src/Model/Mock.js"
 import * as Prometheus from "../src/Prometheus.js"
+import { setup } from "./utils/executor.js"
 import { makeManager } from "./utils/manager.js"
 
 describe("Prometheus", () => {
@@ -301,5 +302,44 @@ describe("Prometheus text format", () => {
         }
       }
     })
+  )
+
+  it.effect(
+    "a call refused for its provider or domain option leaves the text valid: counted under the executor's provider, no domain",
+    () =>
+      Effect.gen(function* () {
+        // Each of these once made a series whose provider or domain label was no string (`5`,
+        // undefined): every scrape of the registry then died with a TypeError.
+        const { executor, registry } = yield* setup()
+        const refused: ReadonlyArray<Record<string, unknown>> = [
+          { domain: 5 },
+          { domain: "none" },
+          { domain: "" },
+          { provider: "openai" },
+          { provider: {} },
+          { provider: { name: 5 } }
+        ]
+        for (const options of refused) {
+          const error = yield* Effect.flip(executor.execute({ prompt: "q" }, options as never))
+          assert.strictEqual(error._tag, "ModelError", JSON.stringify(options))
+          yield* Effect.flip(executor.executeMany([{ prompt: "q" }], options as never))
+          yield* Effect.flip(executor.embed({ texts: ["q"] }, options as never))
+          yield* Effect.flip(Stream.runDrain(executor.stream({ prompt: "q" }, options as never)))
+          // A stream step's provider and domain label its series too.
+          const step = { provider: executor.provider, ...options }
+          const stepError = yield* Effect.flip(
+            Stream.runDrain(executor.stream({ prompt: "q" }, { steps: [step as never] }))
+          )
+          assert.match(
+            stepError._tag === "ModelError" ? (stepError.field ?? "") : "",
+            /^steps\[0\]\.(domain|provider)$/
+          )
+        }
+        const text = yield* Prometheus.text.pipe(Effect.provideService(Metric.MetricRegistry, registry))
+        const requests = parseExposition(text).filter((s) => s.name === "orchestra_requests_total")
+        assert.deepStrictEqual(requests, [
+          { name: "orchestra_requests_total", labels: { provider: "mock", domain: "none" }, value: 2 * refused.length }
+        ])
+      })
   )
 })

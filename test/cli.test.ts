@@ -1189,6 +1189,20 @@ describe("orchestra config (in process)", () => {
         }),
         [{ path: "extraDomains[0].fallback[0]", message: 'unknown domain "nowhere"' }]
       )
+      // "none" names the calls made without a domain in stats and metrics (`orchestra serve`'s
+      // /metrics too): a domain of that name would share their series.
+      for (const section of ["domains", "extraDomains", "overrideDomains"]) {
+        const [issue, ...others] = yield* issues({
+          providers: { m: { type: "mock" } },
+          [section]: [
+            { name: "x", provider: "m" },
+            { name: "none", provider: "m" }
+          ]
+        })
+        assert.strictEqual(others.length, 0, section)
+        assert.strictEqual(issue!.path, `${section}[1].name`)
+        assert.include(issue!.message, '"none" is reserved')
+      }
     })
   )
 

@@ -11,6 +11,7 @@ import { invalidRequest } from "../AiError.js"
 import type { ExecuteOptions, ResolvedOptions } from "../Executor.js"
 import * as Input from "../Input.js"
 import { decodeRetry, type RetryPolicy } from "../Policy.js"
+import { labelIssue } from "../stats/labels.js"
 
 /**
  * A call's options checked, or the issue that names the bad one.
@@ -82,7 +83,7 @@ export const make = (env: {
     if (notObject !== undefined) return Result.fail(notObject)
     const unknown = Input.unknownKey(callOptions, known)
     if (unknown !== undefined) return Result.fail(unknown)
-    const flag = Input.notABoolean(callOptions, flags) ?? Input.notOfKind(callOptions, kinds)
+    const flag = Input.notABoolean(callOptions, flags) ?? Input.notOfKind(callOptions, kinds) ?? labelIssue(callOptions)
     if (flag !== undefined) return Result.fail(flag)
     if (
       callOptions.timeout === undefined &&

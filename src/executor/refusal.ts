@@ -9,18 +9,23 @@ import { Effect } from "effect"
 import { ModelError } from "../AiError.js"
 import type { Service as ProviderService } from "../Model.js"
 import type { Service as StatsService } from "../Stats.js"
+import { isDomainLabel, isNamed } from "../stats/labels.js"
 
 /**
  * Builds the refusals of an executor, counted in its `Stats`.
  *
  * @internal
  */
-export const make = (stats: StatsService) => {
+export const make = (stats: StatsService, provider: ProviderService) => {
   const refuse = (error: ModelError, target: ProviderService, domain: string | undefined): ModelError => {
-    const series = stats.series(target.name, domain)
+    // A call refused for its `provider` or `domain` option (`provider: "openai"`, `domain: 5`) is
+    // counted under the executor's provider and no domain: a label that is no name would end
+    // every Prometheus scrape of the registry with a TypeError, for as long as the series lives.
+    const named = isNamed(target) ? target : provider
+    const series = stats.series(named.name, isDomainLabel(domain) ? domain : undefined)
     series.requests++
     series.fail(error.reason)
-    return error.provider === undefined ? withProvider(error, target.name) : error
+    return error.provider === undefined ? withProvider(error, named.name) : error
   }
   const refused = (error: ModelError, target: ProviderService, domain: string | undefined) =>
     Effect.suspend(() => Effect.fail(refuse(error, target, domain)))

@@ -17,6 +17,7 @@ import {
 } from "../Model.js"
 import type { RetryPolicy } from "../Policy.js"
 import type { Streams } from "../policy/stream.js"
+import { labelIssue } from "../stats/labels.js"
 import { kinds } from "./options.js"
 import { tokensOf } from "./plan.js"
 import type { Refuse } from "./refusal.js"
@@ -57,6 +58,7 @@ export const make = (env: {
       Input.notAnObject("options", streamOptions) ??
       Input.unknownKey(streamOptions, streamKeys) ??
       Input.notOfKind(streamOptions, kinds) ??
+      labelIssue(streamOptions) ??
       (typeof streamOptions.resume === "object" && streamOptions.resume !== null
         ? Input.unknownKey(streamOptions.resume, resumeKeys, "resume.")
         : undefined)

@@ -10,6 +10,7 @@ import { type AiError, invalidRequest, ModelError } from "../AiError.js"
 import * as Input from "../Input.js"
 import type { GenerateRequest, Service as ProviderService, StreamPart } from "../Model.js"
 import { decodeRetry, type RetryPolicy, type RetryPolicyInput } from "../Policy.js"
+import { labelIssue } from "../stats/labels.js"
 import type { RetryEvent, Step } from "./plan.js"
 import { defaultInstruction, type ResumeOptions } from "./stream-resume.js"
 
@@ -123,6 +124,11 @@ export interface StreamDefaults {
 
 const stepKeys: ReadonlySet<string> = new Set(["provider", "domain", "retry", "model", "prepare", "firstChunkTimeout"])
 
+const stepKinds = [
+  ["provider", "object"],
+  ["domain", "string"]
+] as const
+
 // A misspelt key (`provder`) would run the executor's own provider unseen.
 const stepsIssue = (steps: unknown): Input.Issue | undefined => {
   if (steps === undefined) return undefined
@@ -130,6 +136,9 @@ const stepsIssue = (steps: unknown): Input.Issue | undefined => {
   for (const [i, step] of steps.entries()) {
     const issue = Input.notAnObject(`steps[${i}]`, step) ?? Input.unknownKey(step as object, stepKeys, `steps[${i}].`)
     if (issue !== undefined) return issue
+    // A step's provider and domain label its series, as a call's do.
+    const label = Input.notOfKind(step as object, stepKinds) ?? labelIssue(step as object)
+    if (label !== undefined) return { path: `steps[${i}].${label.path}`, message: label.message }
   }
   return undefined
 }

@@ -135,7 +135,7 @@ export class Series {
     readonly gauges: ReadonlyArray<Gauge>,
     private readonly context: Context.Context<never> | undefined
   ) {
-    this.attributes = { provider, domain: domain ?? "none" }
+    this.attributes = { provider, domain: domain ?? Metrics.noDomain }
     this.baseline = {
       requests: 0,
       successes: 0,

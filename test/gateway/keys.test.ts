@@ -289,6 +289,70 @@ describe("KeyStore: budgets in memory", () => {
       })
   )
 
+  it.effect("prices are exact decimals: $0.07/M and $1.10/M cost whole nano-dollars, reserved and settled alike", () =>
+    Effect.gen(function* () {
+      // 100 in at $0.07/M (7,000 nano-dollars) + 100 out at $1.10/M (110,000): $0.000117 exactly.
+      // In floats 100 * 0.07 * 1000 is 7000.000000000001, rounded up to one nano-dollar too many.
+      const store = yield* memory({
+        keys: [key("alpha", secretA, { budget: { usd: 0.000117 } })],
+        prices: { m: { input: 0.07, output: 1.1 } }
+      })
+      const alpha = yield* store.authenticate(Redacted.make(secretA))
+      // The request fits the budget exactly: held in full, not refused for one nano-dollar.
+      const held = yield* store.reserve(alpha, "m", estimate(100, 100))
+      assert.deepStrictEqual(
+        (yield* store.spend("alpha")).map((l) => [l.held, l.remaining]),
+        [[0.000117, 0]]
+      )
+      // Settled with the same arithmetic: 3 * 70 + 7 * 1,100 = 7,910 nano-dollars.
+      yield* store.settle(held, { inputTokens: 3, outputTokens: 7 })
+      assert.deepStrictEqual(
+        (yield* store.spend("alpha")).map((l) => [l.spent, l.held]),
+        [[0.00000791, 0]]
+      )
+      // 333 in at $0.035/M (11,655) + 1,234 out at $0.14/M (172,760) = 184,415 nano-dollars.
+      const other = yield* memory({
+        keys: [key("alpha", secretA, { budget: { usd: 1 } })],
+        prices: { cheap: { input: 0.035, output: 0.14 } }
+      })
+      const reserved = yield* other.reserve(
+        yield* other.authenticate(Redacted.make(secretA)),
+        "cheap",
+        estimate(333, 1234)
+      )
+      assert.deepStrictEqual(
+        (yield* other.spend("alpha")).map((l) => l.held),
+        [0.000184415]
+      )
+      yield* other.settle(reserved, { inputTokens: 333, outputTokens: 1234 })
+      assert.deepStrictEqual(
+        (yield* other.spend("alpha")).map((l) => [l.spent, l.held]),
+        [[0.000184415, 0]]
+      )
+      // A price finer than a nano-dollar a token still rounds the request's total up, once.
+      const fine = yield* memory({
+        keys: [key("alpha", secretA, { budget: { usd: 1 } })],
+        prices: { m: { input: 0.0001, output: 1e-7 } }
+      })
+      yield* fine.reserve(yield* fine.authenticate(Redacted.make(secretA)), "m", estimate(15, 3))
+      // 15 * 0.1 + 3 * 0.0001 = 1.5003 nano-dollars: 2.
+      assert.deepStrictEqual(
+        (yield* fine.spend("alpha")).map((l) => l.held),
+        [2e-9]
+      )
+      // A refusal names amounts under a micro-dollar to the nano-dollar (not "$0 of $0").
+      const tiny = yield* memory({
+        keys: [key("alpha", secretA, { budget: { usd: 5e-7 } })],
+        prices: { m: { input: 0.07, output: 1.1 } }
+      })
+      const refused = yield* failure(
+        tiny.reserve(yield* tiny.authenticate(Redacted.make(secretA)), "m", estimate(10, 0))
+      )
+      assert.include(refused.message, "$0 of $0.0000005 spent")
+      assert.include(refused.message, "may need up to $0.0000007, more than")
+    })
+  )
+
   it.effect("a budget with a period starts again at the next window (TestClock); Retry-After until then", () =>
     Effect.gen(function* () {
       const store = yield* memory({ keys: [key("alpha", secretA, { budget: { tokens: 100, period: "1 hour" } })] })

@@ -256,9 +256,62 @@ export const countersFor = (
   return out
 }
 
+// A number as the decimal it was written as: its shortest representation (`String`) as an
+// integer and a count of decimals, 0.07 -> [7n, 2], 1e-7 -> [1n, 7], 2e21 -> [2000...n, 0].
+const decimal = (n: number): readonly [bigint, number] => {
+  const [mantissa = "0", exponent = "0"] = String(n).split("e")
+  const [whole = "0", fraction = ""] = mantissa.split(".")
+  const decimals = fraction.length - Number(exponent)
+  const digits = BigInt(whole + fraction)
+  return decimals < 0 ? [digits * 10n ** BigInt(-decimals), 0] : [digits, decimals]
+}
+
+/** A price as exact fractions: nano-dollars per token, `input / scale` and `output / scale`. */
+interface ExactPrice {
+  readonly input: bigint
+  readonly output: bigint
+  readonly scale: bigint
+}
+
+const exactPrices = new WeakMap<Price, ExactPrice>()
+
+// Per million tokens in dollars is per token in thousandths of a nano-dollar: 0.07 $/M is 70 nano-dollars a token.
+const exactOf = (price: Price): ExactPrice => {
+  let exact = exactPrices.get(price)
+  if (exact === undefined) {
+    const [input, inputDecimals] = decimal(price.input)
+    const [output, outputDecimals] = decimal(price.output)
+    const decimals = Math.max(inputDecimals, outputDecimals)
+    exact = {
+      input: input * 10n ** BigInt(decimals - inputDecimals + 3),
+      output: output * 10n ** BigInt(decimals - outputDecimals + 3),
+      scale: 10n ** BigInt(decimals)
+    }
+    exactPrices.set(price, exact)
+  }
+  return exact
+}
+
+/**
+ * The price of a request in nano-dollars, rounded up once over the whole request. Prices
+ * are read as the decimals they were written as and multiplied in integers: in floats
+ * `100 * 0.07 * 1000` is `7000.000000000001`, which rounds up to a nano-dollar too many.
+ *
+ * @internal
+ */
+export const nanoDollarsOf = (price: Price, inputTokens: number, outputTokens: number): number => {
+  if (!Number.isSafeInteger(inputTokens) || !Number.isSafeInteger(outputTokens)) {
+    return Math.ceil(inputTokens * price.input * 1000 + outputTokens * price.output * 1000)
+  }
+  const { input, output, scale } = exactOf(price)
+  const total = BigInt(inputTokens) * input + BigInt(outputTokens) * output
+  const nanos = (total + scale - 1n) / scale
+  return nanos > BigInt(Number.MAX_SAFE_INTEGER) ? Number.MAX_SAFE_INTEGER : Number(nanos)
+}
+
 /**
  * The amount of a request on a counter: tokens in and out, or their price in nano-dollars
- * (rounded up).
+ * (rounded up, {@link nanoDollarsOf}). A reservation and its settlement both count with it.
  *
  * @internal
  */
@@ -270,7 +323,7 @@ export const amountOf = (unit: Unit, price: Price | undefined, inputTokens: numb
       ? inputTokens + outputTokens
       : price === undefined
         ? 0
-        : Math.ceil(inputTokens * price.input * 1000 + outputTokens * price.output * 1000)
+        : nanoDollarsOf(price, inputTokens, outputTokens)
   )
 
 /**

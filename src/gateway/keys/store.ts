@@ -57,9 +57,13 @@ const nothingHeld: unknown = Object.freeze({ _tag: "NothingHeld" })
 const cacheCapacity = 10_000
 const maxCount = 1e12
 
+// Every nano-dollar shown: a budget may be as small as $0.000000001, and six decimals would
+// print "$0 of $0" for one under a micro-dollar.
 const usd = (amount: number): string => {
-  const text = (amount / nano).toFixed(6).replace(/0+$/, "").replace(/\.$/, "")
-  return `$${text}`
+  const nanos = amount % nano
+  const whole = (amount - nanos) / nano
+  const fraction = String(nanos).padStart(9, "0").replace(/0+$/, "")
+  return fraction === "" ? `$${whole}` : `$${whole}.${fraction}`
 }
 
 const amountText = (counter: Counter, amount: number): string =>

@@ -1,0 +1,53 @@
+/**
+ * The `provider` and `domain` labels a call's options may give its series: each must be a
+ * name the metrics can tell apart and Prometheus can print.
+ *
+ * @internal
+ */
+import type { Issue } from "../Input.js"
+import { noDomain } from "../Metrics.js"
+
+/**
+ * The issue of a `domain` or `provider` option the metrics could not tell apart or name:
+ * `"none"` labels the calls made without a domain (`Metrics.noDomain`), an empty label is no
+ * label to Prometheus, and a provider without a name has no `provider` label. Their kinds
+ * (a string, an object) are checked before.
+ *
+ * @internal
+ */
+export const labelIssue = (options: { readonly domain?: unknown; readonly provider?: unknown }): Issue | undefined => {
+  const { domain, provider } = options
+  if (domain === noDomain) {
+    return {
+      path: "domain",
+      message: `"${noDomain}" is reserved: it labels the calls made without a domain (leave domain out)`
+    }
+  }
+  if (domain === "") return { path: "domain", message: "expected a domain name, got an empty string" }
+  if (typeof provider === "object" && provider !== null && !isNamed(provider)) {
+    return {
+      path: "provider",
+      message: "expected a provider (a ModelProvider service with a name), got an object without a name"
+    }
+  }
+  return undefined
+}
+
+/**
+ * Whether a value is an object with a non-empty `name`, as a provider is.
+ *
+ * @internal
+ */
+export const isNamed = (target: unknown): target is { readonly name: string } =>
+  typeof target === "object" &&
+  target !== null &&
+  typeof (target as { readonly name?: unknown }).name === "string" &&
+  (target as { readonly name: string }).name !== ""
+
+/**
+ * Whether a value may label a series as its domain: a non-empty string other than `"none"`.
+ *
+ * @internal
+ */
+export const isDomainLabel = (domain: unknown): domain is string =>
+  typeof domain === "string" && domain !== "" && domain !== noDomain
