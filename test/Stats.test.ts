@@ -2,7 +2,10 @@ import { assert, describe, it } from "@effect/vitest"
 import { Effect, Fiber, Metric, Stream } from "effect"
 import { TestClock } from "effect/testing"
 import { Outcome } from "../src/Model/Mock.js"
+import type { Service as ProviderService } from "../src/Model.js"
+import * as Prometheus from "../src/Prometheus.js"
 import * as Stats from "../src/Stats.js"
+import { setup } from "./utils/executor.js"
 import { makeManager } from "./utils/manager.js"
 
 const make = Stats.make.pipe(Effect.provideService(Metric.MetricRegistry, new Map()))
@@ -136,5 +139,47 @@ describe("Stats", () => {
       // Under the domain the call named.
       assert.strictEqual((yield* stats.snapshot({ provider: "a", domain: "d-a" })).total, 3)
     })
+  )
+
+  it.effect(
+    "a provider's usage that is negative, NaN or infinite adds no tokens: the counters never go down nor turn NaN",
+    () =>
+      Effect.gen(function* () {
+        const { executor, registry } = yield* setup()
+        const usage = (inputTokens: number, outputTokens: number) => ({ inputTokens, outputTokens, totalTokens: 0 })
+        const provider = (inputTokens: number, outputTokens: number): ProviderService => ({
+          name: "odd",
+          defaultModel: "m",
+          generate: () =>
+            Effect.succeed({
+              text: "x",
+              finishReason: "stop",
+              usage: usage(inputTokens, outputTokens),
+              provider: "odd",
+              model: "m"
+            }),
+          stream: () =>
+            Stream.make({
+              _tag: "Finish",
+              finishReason: "stop",
+              usage: usage(inputTokens, outputTokens),
+              provider: "odd",
+              model: "m"
+            }),
+          embed: () => Effect.die("unused")
+        })
+        yield* executor.execute({ prompt: "q" }, { provider: provider(10, 20) })
+        for (const [input, output] of [
+          [-5, Number.NaN],
+          [Number.POSITIVE_INFINITY, -1]
+        ] as const) {
+          yield* executor.execute({ prompt: "q" }, { provider: provider(input, output) })
+          yield* Stream.runDrain(executor.stream({ prompt: "q" }, { provider: provider(input, output) }))
+        }
+        assert.deepStrictEqual((yield* executor.stats({ provider: "odd" })).tokens, { input: 10, output: 20 })
+        const text = yield* Prometheus.text.pipe(Effect.provideService(Metric.MetricRegistry, registry))
+        assert.include(text, 'orchestra_input_tokens_total{provider="odd",domain="none"} 10\n')
+        assert.include(text, 'orchestra_output_tokens_total{provider="odd",domain="none"} 20\n')
+      })
   )
 })

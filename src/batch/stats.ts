@@ -7,6 +7,7 @@
 import { reasonOf } from "../AiError.js"
 import type { ItemResult } from "../Batch.js"
 import type { ExecutionStats, LatencyStats } from "../Stats.js"
+import { tokenCount } from "../stats/series.js"
 
 const round = (n: number): number => Math.round(n * 100) / 100
 
@@ -91,8 +92,8 @@ export const statsOf = (results: ReadonlyArray<ItemResult>, measured: Measured):
       }
       const usage = answer.source === "provider" ? answer.response.usage : undefined
       if (usage !== undefined) {
-        inputTokens += usage.inputTokens
-        outputTokens += usage.outputTokens
+        inputTokens += tokenCount(usage.inputTokens)
+        outputTokens += tokenCount(usage.outputTokens)
       }
       continue
     }

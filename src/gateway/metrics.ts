@@ -9,7 +9,7 @@
  */
 import { type Context, Metric } from "effect"
 import * as Metrics from "../Metrics.js"
-import { Histogram } from "../stats/series.js"
+import { Histogram, tokenCount } from "../stats/series.js"
 
 /**
  * The `route` attribute of the gateway's series.
@@ -100,8 +100,8 @@ export class GatewayMetrics {
   }
 
   tokens(input: number, output: number): void {
-    this.inputTokens += input
-    this.outputTokens += output
+    this.inputTokens += tokenCount(input)
+    this.outputTokens += tokenCount(output)
   }
 
   remove(): void {

@@ -122,10 +122,7 @@ export const stepEnded = (
   if (exit !== undefined && Exit.isSuccess(exit)) {
     series.successes++
     const usage = usageOf?.(exit.value as never)
-    if (usage !== undefined) {
-      series.inputTokens += usage.inputTokens
-      series.outputTokens += usage.outputTokens
-    }
+    if (usage !== undefined) series.addUsage(usage)
     return
   }
   const error = exit === undefined ? undefined : Cause.findErrorOption(exit.cause)

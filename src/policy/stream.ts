@@ -183,10 +183,7 @@ export const make = (env: { readonly engine: Engine; readonly defaults: StreamDe
         if (Exit.isSuccess(exit)) {
           series.successes++
           const usage = attempt.finish?.usage
-          if (usage !== undefined) {
-            series.inputTokens += usage.inputTokens
-            series.outputTokens += usage.outputTokens
-          }
+          if (usage !== undefined) series.addUsage(usage)
         } else {
           const error = Cause.findErrorOption(exit.cause)
           series.fail(error._tag === "Some" ? reasonOf(error.value) : "Interrupted")

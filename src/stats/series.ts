@@ -101,6 +101,15 @@ export class Gauge {
   }
 }
 
+/**
+ * A token count as the counters take it: a provider's count that is negative, NaN or
+ * infinite (a proxy's `prompt_tokens: -1`, a provider's own estimate gone wrong) adds
+ * nothing, so a `_total` counter never goes down nor turns `NaN` for good.
+ *
+ * @internal
+ */
+export const tokenCount = (n: number): number => (n > 0 && Number.isFinite(n) ? n : 0)
+
 const zeroBase = (): HistogramBase => ({ buckets: new Float64Array(SIZE), count: 0, sum: 0 })
 
 const baseOf = (h: Histogram): HistogramBase => ({ buckets: h.buckets.slice(), count: h.count, sum: h.sum })
@@ -187,6 +196,12 @@ export class Series {
         modify: () => {}
       })
     )
+  }
+
+  /** A call's usage as its provider reported it; see {@link tokenCount}. */
+  addUsage(usage: { readonly inputTokens: number; readonly outputTokens: number }): void {
+    this.inputTokens += tokenCount(usage.inputTokens)
+    this.outputTokens += tokenCount(usage.outputTokens)
   }
 
   fail(reason: string): void {
