@@ -145,9 +145,13 @@ export const make: Effect.Effect<Service, never, Scope.Scope> = Effect.gen(funct
   const pairGauges = new Map<string, Gauge>()
   const global = new Gauge()
   let windowStart = clock.currentTimeMillisUnsafe()
+  // Once closed, a series first used (a call refused after the executor closed) counts
+  // without entering the registry: nothing would remove it, and exporters would show it for good.
+  let closed = false
 
   yield* Effect.addFinalizer(() =>
     Effect.sync(() => {
+      closed = true
       for (const s of all) s.remove()
     })
   )
@@ -176,7 +180,7 @@ export const make: Effect.Effect<Service, never, Scope.Scope> = Effect.gen(funct
         gaugeIn(domainGauges, domainKey),
         global
       ]
-      found = new Series(provider, domain, gauges, context)
+      found = new Series(provider, domain, gauges, closed ? undefined : context)
       domains.set(domainKey, found)
       all.push(found)
     }

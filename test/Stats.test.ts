@@ -182,4 +182,24 @@ describe("Stats", () => {
         assert.include(text, 'orchestra_output_tokens_total{provider="odd",domain="none"} 20\n')
       })
   )
+
+  it.effect("a series first used after its layer closed (a call refused then) never enters the registry", () =>
+    Effect.gen(function* () {
+      const { executor, registry, close } = yield* setup()
+      yield* executor.execute({ prompt: "q" }, { domain: "before" })
+      assert.isAbove(registry.size, 0)
+      yield* close
+      assert.strictEqual(registry.size, 0)
+      // Refused before the executor's shutdown check: it is still counted, in a series of its own.
+      const refused = yield* Effect.flip(executor.execute({ prompt: "" }, { domain: "late" }))
+      assert.strictEqual(refused._tag, "ModelError")
+      yield* Effect.exit(executor.execute({ prompt: "q" }, { domain: "later" }))
+      // A series removed at the close: a failure of a reason it had not seen registers nothing either.
+      yield* Effect.flip(executor.execute({ prompt: "" }, { domain: "before" }))
+      assert.deepStrictEqual(
+        [...registry.values()].map((metric) => `${metric.id} ${JSON.stringify(metric.attributes)}`),
+        []
+      )
+    })
+  )
 })

@@ -35,6 +35,7 @@ export class GatewayMetrics {
   private readonly routes = new Map<Route, RouteSeries>()
   private readonly reasons = new Map<string, { count: number }>()
   private readonly registrations: Array<Metric.Registration> = []
+  private removed = false
 
   constructor(private readonly context: Context.Context<never>) {
     this.register(Metrics.gatewayInFlight, {}, () => ({ value: this.inFlight }))
@@ -44,6 +45,8 @@ export class GatewayMetrics {
   }
 
   private register<I, S>(metric: Metric.Metric<I, S>, attributes: Record<string, string>, get: () => S): void {
+    // Removed with the gateway: a request answered after that (refused by the drain) leaves no series behind.
+    if (this.removed) return
     this.registrations.push(
       Metric.registerUnsafe(Metric.withAttributes(metric, attributes), this.context, {
         get,
@@ -105,6 +108,7 @@ export class GatewayMetrics {
   }
 
   remove(): void {
+    this.removed = true
     for (const registration of this.registrations) registration.remove()
     this.registrations.length = 0
   }

@@ -135,6 +135,7 @@ export class Series {
   readonly timeToFirstToken = new Histogram()
   baseline: Baseline
   private readonly registrations: Array<Metric.Registration> = []
+  private removed = false
   private readonly attributes: Readonly<Record<string, string>>
 
   constructor(
@@ -188,6 +189,8 @@ export class Series {
   }
 
   private register<I, S>(metric: Metric.Metric<I, S>, get: () => S, extra?: Record<string, string>): void {
+    // Removed (its owner closed): a failure of a new reason after that registers nothing to leave behind.
+    if (this.removed) return
     const attributes = extra === undefined ? this.attributes : { ...this.attributes, ...extra }
     this.registrations.push(
       Metric.registerUnsafe(Metric.withAttributes(metric, attributes), this.context!, {
@@ -252,6 +255,7 @@ export class Series {
 
   /** Removes this series from the registry (its owner closed). */
   remove(): void {
+    this.removed = true
     for (const registration of this.registrations) registration.remove()
     this.registrations.length = 0
   }

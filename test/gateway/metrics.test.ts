@@ -5,7 +5,9 @@
  * secret anywhere.
  */
 import { assert, describe, it } from "@effect/vitest"
-import { Effect, Exit, Redacted, type Tracer } from "effect"
+import { Context, Effect, Exit, Metric, Redacted, type Tracer } from "effect"
+import * as Gauges from "../../src/gateway/keys/gauges.js"
+import { GatewayMetrics } from "../../src/gateway/metrics.js"
 import * as Server from "../utils/httpServer.js"
 import * as Harness from "./harness.js"
 import * as Up from "./upstream.js"
@@ -353,4 +355,38 @@ describe("Gateway: traces", () => {
       }
     })
   )
+})
+
+describe("Gateway: series after their layer closed", () => {
+  it("a request answered, or a budget level read, once the series were removed registers nothing to leave behind", () => {
+    const registry: Metric.MetricRegistry = new Map()
+    const context = Context.make(Metric.MetricRegistry, registry) as Context.Context<never>
+    const metrics = new GatewayMetrics(context)
+    metrics.answered("chat", 200, 5, 1)
+    const gauges = Gauges.make(context, () => 0)
+    const counter = {
+      scope: "key",
+      scopeId: "k",
+      model: undefined,
+      unit: "tokens",
+      limit: 100,
+      periodMs: undefined,
+      window: undefined,
+      name: "key:k:tokens"
+    } as const
+    gauges.set("k", counter, { spent: 1, held: 0 })
+    assert.isAbove(registry.size, 0)
+    metrics.remove()
+    gauges.remove()
+    assert.strictEqual(registry.size, 0)
+    // A request refused by the drain (a status not seen before), an error, a settle that came late.
+    metrics.answered("chat", 503, 1, 1)
+    metrics.answered("embeddings", 200, 1, 1)
+    metrics.failed("ShuttingDown")
+    gauges.set("late", { ...counter, scopeId: "late" }, { spent: 1, held: 0 })
+    assert.deepStrictEqual(
+      [...registry.values()].map((m) => `${m.id} ${JSON.stringify(m.attributes)}`),
+      []
+    )
+  })
 })

@@ -35,7 +35,11 @@ export const make = (context: Context.Context<never>, now: () => number): Gauges
   const byBudget = new Map<string, Array<Series>>()
   const registrations: Array<Metric.Registration> = []
 
+  let removed = false
+
   const set = (keyId: string, counter: Counter, level: Level) => {
+    // Removed with the store: a settle that ends after that leaves no series behind.
+    if (removed) return
     const budget = `${counter.scope}\u0000${counter.scopeId}\u0000${counter.unit}\u0000${counter.model ?? ""}`
     const name = `${keyId}\u0000${counter.scope}\u0000${counter.unit}\u0000${counter.model ?? ""}`
     if (!series.has(name)) {
@@ -73,6 +77,7 @@ export const make = (context: Context.Context<never>, now: () => number): Gauges
   }
 
   const remove = () => {
+    removed = true
     for (const registration of registrations) registration.remove()
     registrations.length = 0
     series.clear()
