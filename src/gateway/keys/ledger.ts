@@ -257,7 +257,7 @@ export const countersFor = (
 }
 
 // A number as the decimal it was written as: its shortest representation (`String`) as an
-// integer and a count of decimals, 0.07 -> [7n, 2], 1e-7 -> [1n, 7], 2e21 -> [2000...n, 0].
+// integer and a count of decimals: 0.07 -> [7n, 2], 1.5e-7 -> [15n, 8], 2e21 -> [2n * 10n ** 21n, 0].
 const decimal = (n: number): readonly [bigint, number] => {
   const [mantissa = "0", exponent = "0"] = String(n).split("e")
   const [whole = "0", fraction = ""] = mantissa.split(".")
