@@ -754,7 +754,7 @@ describe.skipIf(skipRedis)(`KeyStore on Redis (${skipRedis ? skipReason : "needs
   )
 
   it.live(
-    "a budget counter with a spent or held that is not a whole number (edited by hand) fails closed: a 500 naming it, logged once",
+    "a budget counter with a spent or held that is not a whole number of 0 or more (edited by hand) fails closed: a 500 naming it, logged once",
     () =>
       Effect.scoped(
         Effect.gen(function* () {
@@ -779,7 +779,9 @@ describe.skipIf(skipRedis)(`KeyStore on Redis (${skipRedis ? skipReason : "needs
             ["spent", "abc"],
             ["spent", "12.5"],
             ["spent", "1e3"],
-            ["held", "x"]
+            ["spent", "-500"],
+            ["held", "x"],
+            ["held", "-80"]
           ] as const) {
             yield* redis.send("DEL", counter)
             yield* redis.send("HSET", counter, "spent", "80", "held", "0")

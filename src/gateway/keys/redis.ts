@@ -9,8 +9,8 @@
  * reservation on several counters is atomic across processes: 200 concurrent first
  * requests of a key cannot hold more than its budget. A reservation whose gateway died is
  * given back when its lease ends (the next reservation on the counter sweeps it), with the
- * time from the Redis server's clock. A counter whose `spent` or `held` is not a whole number,
- * or whose key holds another type (edited by hand, written by another version), is read by
+ * time from the Redis server's clock. A counter whose `spent` or `held` is not a whole number
+ * of 0 or more, or whose key holds another type (edited by hand, written by another version), is read by
  * no script as empty: it is reported (`UnreadableCounter`), and nothing is written to it.
  *
  * Not for Redis Cluster: a reservation touches the counters of several scopes in one script.
@@ -91,13 +91,15 @@ return record
 ).withReturnType<string | null>()
 
 // Whether a counter (its hash and its leases) can be read: `readable(h, z)`. A field absent is
-// 0; one present is a whole number as HINCRBY writes it (at most 18 digits, within its range).
+// 0; one present is a whole number as HINCRBY writes it (at most 18 digits, within its range),
+// never below 0 (the scripts only add what was spent, and take back only what a lease held).
 // Another value (`12.5`, `abc`) read as 0 would start the budget again from nothing, and HINCRBY
-// would fail on it half-way through a script; a key of another type would fail every command.
+// would fail on it half-way through a script; a negative one (`-500`) would give the budget more
+// than its limit; a key of another type would fail every command.
 const readableLua = `
 local function whole(v)
   if v == false or v == "0" then return true end
-  local digits = string.match(v, "^%-?([1-9]%d*)$")
+  local digits = string.match(v, "^([1-9]%d*)$")
   return digits ~= nil and #digits <= 18
 end
 local function readable(h, z)

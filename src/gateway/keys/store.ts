@@ -196,7 +196,7 @@ export const make = Effect.fnUntraced(function* (
     reported.add(name)
     const { scope, scopeId } = error.counter
     return Effect.logError(
-      `gateway: the key store holds the budget of the ${scope} "${scopeId}" (${error.key}) with a spent or held amount that is not a whole number, or of another type (edited by hand, or written by another version); the requests charged to it are answered 500 until it is mended or removed`
+      `gateway: the key store holds the budget of the ${scope} "${scopeId}" (${error.key}) with a spent or held amount that is not a whole number of 0 or more, or of another type (edited by hand, or written by another version); the requests charged to it are answered 500 until it is mended or removed`
     )
   }
   // Refused, whatever onStoreError says: a budget that cannot be read is no outage, and is not read as unspent.
