@@ -13,6 +13,8 @@
  * loader, which reads the same `paths`) against a loopback server that speaks the provider's
  * API, with the environment the example reads: it must exit 0 on its own, print what the
  * server answered, and send what the page says it sends.
+ *
+ * The metric names the pages give (benchmarks aside) are those of src/Metrics.ts, and each of those is named.
  */
 import { spawn } from "node:child_process"
 import { mkdirSync, mkdtempSync, readdirSync, readFileSync, rmSync, writeFileSync } from "node:fs"
@@ -464,6 +466,36 @@ const runCases: ReadonlyArray<RunCase> = [
 
 // ---------------------------------------------------------------------------------------
 // Tests
+
+describe("metric names", () => {
+  // Pages about the library (benchmarks are measurements, and may name metrics of another version).
+  const pages = docs.filter((doc) => !doc.startsWith("docs/benchmarks"))
+  const defined = [
+    ...readFileSync(join(ROOT, "src", "Metrics.ts"), "utf8").matchAll(/Metric\.\w+\("(orchestra_\w+)"/g)
+  ].map((match) => match[1]!)
+  const named = new Map<string, string>()
+  for (const doc of pages) {
+    for (const match of readFileSync(join(ROOT, doc), "utf8").matchAll(/\borchestra_\w+/g)) {
+      if (!named.has(match[0])) named.set(match[0], doc)
+    }
+  }
+
+  it("every metric of src/Metrics.ts is named in the docs", () => {
+    assert.isAbove(defined.length, 30)
+    assert.deepStrictEqual(
+      defined.filter((name) => !named.has(name)),
+      []
+    )
+  })
+
+  it("every metric the docs name is one of src/Metrics.ts", () => {
+    const known = new Set(defined)
+    assert.deepStrictEqual(
+      [...named].filter(([name]) => !known.has(name)).map(([name, doc]) => `${doc}: ${name}`),
+      []
+    )
+  })
+})
 
 describe("extract", () => {
   it("finds ts blocks with the line they start on, indented ones too, and the skip-check flag", () => {
