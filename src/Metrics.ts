@@ -323,7 +323,8 @@ export const agentLatency = Metric.histogram("orchestra_agent_duration_ms", {
 
 /**
  * Attributes `route` (`chat`, `chat_stream`, `embeddings`, `models`, `health`, `metrics`,
- * `admin`, `other`) and `status` (the HTTP status code).
+ * `other`) and `status` (the HTTP status code). The admin routes (`gateway/admin`, a layer of
+ * their own beside the gateway) are not counted here.
  *
  * @since 0.2.0
  * @category gateway

@@ -16,7 +16,7 @@ import { Histogram, tokenCount } from "../stats/series.js"
  *
  * @internal
  */
-export type Route = "chat" | "chat_stream" | "embeddings" | "models" | "health" | "metrics" | "admin" | "other"
+export type Route = "chat" | "chat_stream" | "embeddings" | "models" | "health" | "metrics" | "other"
 
 interface RouteSeries {
   readonly latency: Histogram
