@@ -51,7 +51,8 @@ import * as Metrics from "./Metrics.js"
  */
 export interface Options {
   /**
-   * `redis://[[user]:password@]host:port[/db]`. Default `redis://127.0.0.1:6379`. Pass a URL
+   * `redis://[[user]:password@]host:port[/db]` (user and password percent-encoded, `db` a whole number).
+   * Default `redis://127.0.0.1:6379`. Pass a URL
    * that carries a password as `Redacted` (`Config.Redacted("REDIS_URL")`).
    */
   readonly url?: string | Redacted.Redacted<string> | undefined
@@ -84,6 +85,15 @@ interface Settings {
 const wholeMillis = (path: string, input: unknown, fallback: Input.DurationInput): Input.Checked<number> =>
   Input.wholeMillis(path, Input.orDefault(input, fallback), Input.maxTimerMillis)
 
+const decodes = (component: string): boolean => {
+  try {
+    decodeURIComponent(component)
+    return true
+  } catch {
+    return false
+  }
+}
+
 const settings = (options: Options): Input.Checked<Settings> => {
   const url = options.url === undefined ? "redis://127.0.0.1:6379" : options.url
   const plain = Redacted.isRedacted(url) ? Redacted.value(url) : url
@@ -91,6 +101,19 @@ const settings = (options: Options): Input.Checked<Settings> => {
   if (typeof plain !== "string" || !/^rediss?:\/\//.test(plain) || !URL.canParse(plain)) {
     // Never echo the value: it may carry a password.
     return Result.fail({ path: "url", message: "expected a redis:// or rediss:// URL" })
+  }
+  // What node-redis reads of it next and throws on (a defect again): the database number in the
+  // path, and the percent-decoded user and password. Redis refuses a database that is negative or
+  // not whole only once connected.
+  const parsed = new URL(plain)
+  if (parsed.pathname.length > 1 && !/^\/\d+$/.test(parsed.pathname)) {
+    return Result.fail({ path: "url", message: "expected a database number (a whole number) as the path" })
+  }
+  if (!decodes(parsed.username) || !decodes(parsed.password)) {
+    return Result.fail({
+      path: "url",
+      message: "expected a user and password percent-encoded (a literal % is %25)"
+    })
   }
   return Result.map(
     Input.all([

@@ -1,6 +1,7 @@
 import type { Socket } from "node:net"
 import { assert, describe, it } from "@effect/vitest"
 import { Effect, Exit, Layer, Option } from "effect"
+import type { OptionError } from "../src/Input.js"
 import * as Redis from "../src/Redis.js"
 import { skipRedis, skipReason, startRedis } from "./utils/redis.js"
 
@@ -34,5 +35,28 @@ describe.skipIf(skipRedis)(`Redis.layer (${skipRedis ? skipReason : "needs redis
         assert.strictEqual(openSockets(server.port), 0)
       })
     )
+  )
+})
+
+describe("Redis.layer options", () => {
+  it.effect("a URL node-redis cannot read (a database that is not a number, a stray %) is an OptionError on url", () =>
+    Effect.gen(function* () {
+      for (const url of [
+        "redis://127.0.0.1:1/abc",
+        "redis://127.0.0.1:1/1.5",
+        "redis://127.0.0.1:1/-1",
+        "redis://:s3cr%et@127.0.0.1:1",
+        "redis://us%er@127.0.0.1:1"
+      ]) {
+        const exit = yield* Effect.exit(Effect.scoped(Layer.build(Redis.layer({ url }))))
+        const error = Exit.isFailure(exit) ? Exit.findErrorOption(exit) : Option.none()
+        assert.isTrue(Option.isSome(error) && error.value._tag === "OptionError", `${url}: ${String(exit)}`)
+        if (Option.isSome(error)) {
+          assert.strictEqual((error.value as OptionError).path, "url")
+          // Never the value: it may carry a password.
+          assert.notInclude(error.value.message, "s3cr")
+        }
+      }
+    })
   )
 })
