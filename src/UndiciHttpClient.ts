@@ -13,8 +13,10 @@
  * `HttpClient.withScope` and the application's middleware work as with effect's clients.
  * `NodeHttpClient.UndiciOptions` apply to each request's dispatch (those only undici's
  * `request()` reads, such as `onInfo`, `highWaterMark`, `responseHeaders` or `opaque`, have no
- * effect). A body unread past 64 KiB pauses the socket until it is read. Interrupting a reader
- * of the body gives the request up. It does not upgrade connections
+ * effect). A body unread past 64 KiB pauses the socket until it is read. A body read whole
+ * (`text`, `json`, `arrayBuffer`...) is kept: every later reader, a `stream` too, gets all of it;
+ * a body read as a `stream` is not read again (that read fails with a `DecodeError`, not with
+ * what is left). Interrupting a reader of the body gives the request up. It does not upgrade connections
  * (`HttpClientRequest.upgrade`): that request fails with a `TransportError` saying so.
  *
  * @since 0.3.0
@@ -255,10 +257,13 @@ class UndiciResponse extends Inspectable.Class implements HttpClientResponse.Htt
   private whole: Uint8Array | undefined = undefined
   /** A `stream` took chunks: what is left is not the whole body. */
   private streamed = false
+  /** The body is (being) read whole: a `stream` of it is those bytes, not what is left after them. */
+  private readWhole = false
 
   private readAll(): Effect.Effect<Uint8Array, HttpClientError.HttpClientError> {
     if (this.whole !== undefined) return Effect.succeed(this.whole)
     if (this.streamed) return Effect.fail(this.decodeError(undefined, "the body was already read as a stream"))
+    this.readWhole = true
     const exchange = this.exchange
     // Taking resumes a paused socket, whose buffered bytes (up to the body's end) arrive before
     // `take` returns: take again until nothing more came, or they are lost or never woken for.
@@ -324,6 +329,22 @@ class UndiciResponse extends Inspectable.Class implements HttpClientResponse.Htt
     const exchange = this.exchange
     return Stream.fromChannel(
       Channel.fromTransform((_, scope) => {
+        if (this.readWhole) {
+          let pulled = false
+          const whole: Pull.Pull<
+            Arr.NonEmptyReadonlyArray<Uint8Array>,
+            HttpClientError.HttpClientError
+          > = Effect.suspend(() => {
+            if (pulled) return Cause.done()
+            pulled = true
+            return Effect.flatMap(this.bytes, (bytes) =>
+              bytes.byteLength === 0 ? Cause.done() : Effect.succeed([bytes])
+            )
+          })
+          return Effect.succeed(whole)
+        }
+        // Its chunks were handed over: a second stream would end at once, as if the body were empty.
+        if (this.streamed) return Effect.fail(this.decodeError(undefined, "the body was already read as a stream"))
         this.streamed = true
         const pull: Pull.Pull<Arr.NonEmptyReadonlyArray<Uint8Array>, HttpClientError.HttpClientError> = Effect.suspend(
           () => {

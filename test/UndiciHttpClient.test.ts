@@ -333,6 +333,26 @@ describe("UndiciHttpClient (live)", () => {
     }).pipe(Effect.provide(UndiciHttpClient.layer))
   )
 
+  it.live("a body read whole is what a stream of it reads later; a body streamed once is not streamed again", () =>
+    Effect.gen(function* () {
+      const server = yield* Server.make((_, res) => Server.chunked(res, ["hel", "lo"]))
+      const client = yield* HttpClient.HttpClient
+      const read = yield* client.get(server.url)
+      assert.strictEqual(yield* read.text, "hello")
+      // A middleware that logs the text, then a caller that streams it: not an empty body.
+      assert.strictEqual(yield* Stream.mkString(Stream.decodeText(read.stream)), "hello")
+      // Read whole while a stream of it waits: both get every byte.
+      const racing = yield* client.get(server.url)
+      const [text, streamed] = yield* Effect.all([racing.text, Stream.mkString(Stream.decodeText(racing.stream))], {
+        concurrency: 2
+      })
+      assert.deepStrictEqual([text, streamed], ["hello", "hello"])
+      const twice = yield* client.get(server.url)
+      assert.strictEqual(yield* Stream.mkString(Stream.decodeText(twice.stream)), "hello")
+      assert.strictEqual(reasonOf(yield* Effect.exit(Stream.runDrain(twice.stream))), "DecodeError")
+    }).pipe(Effect.provide(UndiciHttpClient.layer))
+  )
+
   it.live("a request's abort listener is removed once its answer ended or failed", () =>
     Effect.gen(function* () {
       const signals: Array<AbortSignal> = []
