@@ -13,7 +13,9 @@
  * `HttpClient.withScope` and the application's middleware work as with effect's clients.
  * `NodeHttpClient.UndiciOptions` apply to each request's dispatch (those only undici's
  * `request()` reads, such as `onInfo`, `highWaterMark`, `responseHeaders` or `opaque`, have no
- * effect). A body unread past 64 KiB pauses the socket until it is read. A body read whole
+ * effect). Without them undici puts no deadline on a request (its header timeout is an hour,
+ * its body timeout off: the `Agent`'s are overridden); their `headersTimeout` and `bodyTimeout`
+ * are undici's deadlines for that request. A body unread past 64 KiB pauses the socket until it is read. A body read whole
  * (`text`, `json`, `arrayBuffer`...) is kept: every later reader, a `stream` too, gets all of it;
  * a body read as a `stream` is not read again (that read fails with a `DecodeError`, not with
  * what is left). Interrupting a reader of the body gives the request up. It does not upgrade connections
@@ -449,15 +451,16 @@ export const make: Effect.Effect<HttpClient.HttpClient, never, NodeHttpClient.Di
         try {
           dispatcher.dispatch(
             {
+              // Deadlines are the caller's (Effect.timeout and the like), unless the
+              // UndiciOptions in context give undici's own.
+              headersTimeout: 60 * 60 * 1000,
+              bodyTimeout: 0,
               ...fiber.getRef(NodeHttpClient.UndiciOptions),
               method: request.method,
               headers: headers as Record<string, string>,
               origin: url.origin,
               path: url.pathname + url.search,
-              body: body as never,
-              // Deadlines are the caller's (Effect.timeout and the like).
-              headersTimeout: 60 * 60 * 1000,
-              bodyTimeout: 0
+              body: body as never
             },
             exchange
           )

@@ -236,6 +236,30 @@ describe("UndiciHttpClient (live)", () => {
     }).pipe(Effect.provide(UndiciHttpClient.layer))
   )
 
+  it.live("headersTimeout and bodyTimeout given in NodeHttpClient.UndiciOptions bound the request", () =>
+    Effect.gen(function* () {
+      const stalled = yield* Server.make((_, res) => Server.chunked(res, [bytes(10)], { end: "hang" }))
+      const silent = yield* Server.make(Server.hang)
+      const client = yield* HttpClient.HttpClient
+      const body = yield* Effect.exit(
+        Effect.flatMap(client.get(stalled.url), (response) => response.text).pipe(
+          Effect.provideService(NodeHttpClient.UndiciOptions, { bodyTimeout: 100 }),
+          Effect.timeout("3 seconds")
+        )
+      )
+      assert.strictEqual(reasonOf(body), "DecodeError", String(body))
+      const head = yield* Effect.exit(
+        client
+          .get(silent.url)
+          .pipe(
+            Effect.provideService(NodeHttpClient.UndiciOptions, { headersTimeout: 100 }),
+            Effect.timeout("3 seconds")
+          )
+      )
+      assert.strictEqual(reasonOf(head), "TransportError", String(head))
+    }).pipe(Effect.provide(UndiciHttpClient.layer))
+  )
+
   it.live("layerNoDispatcher uses the Dispatcher given", () =>
     Effect.gen(function* () {
       const server = yield* Server.make((_, res) => Server.json(res, 200, { ok: 1 }))
