@@ -94,7 +94,12 @@ const decodes = (component: string): boolean => {
   }
 }
 
+const optionKeys: ReadonlySet<string> = new Set(["url", "connectTimeout", "commandTimeout", "reconnectMax"])
+
 const settings = (options: Options): Input.Checked<Settings> => {
+  // `null` (a JSON config's) would fail reading its first field; a misspelt `urll` would connect to the default.
+  const issue = Input.notAnObject("options", options) ?? Input.unknownKey(options, optionKeys)
+  if (issue !== undefined) return Result.fail(issue)
   const url = options.url === undefined ? "redis://127.0.0.1:6379" : options.url
   const plain = Redacted.isRedacted(url) ? Redacted.value(url) : url
   // node-redis parses it with `new URL`, which throws (a defect, not a failure) on one it cannot parse.

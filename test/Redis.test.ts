@@ -59,4 +59,20 @@ describe("Redis.layer options", () => {
       }
     })
   )
+
+  it.effect("options that are not an object, or with a misspelt key, are an OptionError naming it", () =>
+    Effect.gen(function* () {
+      for (const [options, path] of [
+        [null, "options"],
+        ["redis://127.0.0.1:1", "options"],
+        [{ urll: "redis://127.0.0.1:1" }, "urll"],
+        [{ url: "redis://127.0.0.1:1", commandTimout: 100 }, "commandTimout"]
+      ] as const) {
+        const exit = yield* Effect.exit(Effect.scoped(Layer.build(Redis.layer(options as never))))
+        const error = Exit.isFailure(exit) ? Exit.findErrorOption(exit) : Option.none()
+        assert.isTrue(Option.isSome(error) && error.value._tag === "OptionError", `${String(options)}: ${String(exit)}`)
+        if (Option.isSome(error)) assert.strictEqual((error.value as OptionError).path, path)
+      }
+    })
+  )
 })
