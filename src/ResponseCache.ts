@@ -144,7 +144,10 @@ export interface Options {
  * @category models
  */
 export interface MemoryOptions extends Options {
-  /** Most entries kept (answers and stream replays together); the least recently used go first. Default 1,000. */
+  /**
+   * Most entries kept (answers and stream replays together); the least recently used go first.
+   * Computations still running are never evicted (nor counted). Default 1,000.
+   */
   readonly capacity?: number | undefined
 }
 

@@ -248,6 +248,25 @@ describe("ResponseCache (memory)", () => {
     })
   )
 
+  it.effect("capacity never evicts a running computation: a caller arriving later still joins it (one call)", () =>
+    Effect.gen(function* () {
+      const cache = yield* makeCache({ capacity: 2 })
+      const slow = yield* scripted({ latency: "10 seconds" })
+      const first = yield* Effect.forkChild(cache.getOrCompute("slow", slow.call("slow")))
+      yield* TestClock.adjust("1 second")
+      // Two other answers fill the cache meanwhile: the running computation was the oldest entry.
+      yield* cache.setMany([{ key: "b", value: response("B") }])
+      yield* cache.setMany([{ key: "c", value: response("C") }])
+      yield* cache.getOrCompute("d", Effect.succeed(response("D")))
+      const second = yield* Effect.forkChild(cache.getOrCompute("slow", slow.call("slow")))
+      yield* TestClock.adjust("10 seconds")
+      const [a, b] = [yield* Fiber.join(first), yield* Fiber.join(second)]
+      assert.strictEqual(yield* slow.calls, 1, "the second caller joined the running call")
+      assert.deepStrictEqual([a.source, b.source], ["miss", "shared"])
+      assert.strictEqual(b.value, a.value)
+    })
+  )
+
   it.effect("getMany / setMany keep the order of the keys; hits and misses are counted", () =>
     Effect.gen(function* () {
       const cache = yield* makeCache()

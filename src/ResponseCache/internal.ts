@@ -76,7 +76,8 @@ export interface Table {
 }
 
 /**
- * A table of at most `capacity` entries (running computations included).
+ * A table of at most `capacity` finished entries, least recently used evicted first, plus the
+ * computations running (never evicted: a caller arriving later joins them).
  *
  * @internal
  */
@@ -92,10 +93,27 @@ export const makeTable = Effect.fnUntraced(function* (capacity: number) {
         return compute ?? Effect.die(`no computation for cache key ${key}`)
       }),
     {
-      capacity,
+      // The core `Cache` evicts by insertion order whatever the entry: a running computation
+      // too, and a caller arriving later then started a second one. `evict` below keeps them.
+      capacity: Number.POSITIVE_INFINITY,
       timeToLive: (exit) => (Exit.isSuccess(exit) ? Duration.millis(exit.value.keepFor) : Duration.zero)
     }
   )
+
+  // Removes the least recently used finished entries until at most `limit` remain; running
+  // computations are never evicted (they leave when they end), so the table holds at most
+  // `capacity` entries plus the computations running.
+  const evict = (limit: number): void => {
+    let excess = MutableHashMap.size(cache.map) - limit
+    if (excess <= 0) return
+    const finished: Array<string> = []
+    for (const [key, entry] of cache.map) {
+      if (entry.fiber.pollUnsafe() === undefined) continue
+      finished.push(key)
+      if (--excess === 0) break
+    }
+    for (const key of finished) MutableHashMap.remove(cache.map, key)
+  }
 
   const peek = (key: string, now: number): Peeked => {
     const entry = MutableHashMap.get(cache.map, key)
@@ -108,7 +126,11 @@ export const makeTable = Effect.fnUntraced(function* (capacity: number) {
     return { _tag: "Done", stored: exit.value }
   }
 
-  const put = (key: string, stored: Stored): Effect.Effect<void> => Cache.set(cache, key, stored)
+  const put = (key: string, stored: Stored): Effect.Effect<void> =>
+    Effect.andThen(
+      Cache.set(cache, key, stored),
+      Effect.sync(() => evict(capacity))
+    )
 
   const run = <E>(
     key: string,
@@ -142,6 +164,8 @@ export const makeTable = Effect.fnUntraced(function* (capacity: number) {
         refreshing.set(key, stale)
         MutableHashMap.remove(cache.map, key)
       }
+      // Room for the entry `Cache.get` is about to add (none when it joins or replaces one).
+      if (!MutableHashMap.has(cache.map, key)) evict(capacity - 1)
       return (Cache.get(cache, key) as Effect.Effect<Stored, E>).pipe(
         Effect.map((stored) => ({ stored, leader })),
         Effect.ensuring(
