@@ -1,7 +1,7 @@
 /**
  * A cache of model answers keyed by a stable hash of the request, with single-flight:
  * concurrent identical requests make one provider call and share its result. Failures are
- * never cached. Entries expire after `ttl` and may be served for a grace period
+ * never cached, nor answers that finished in error (`finishReason: "error"`). Entries expire after `ttl` and may be served for a grace period
  * (`staleFor`) when the provider call fails and the caller allows it (stale-if-error).
  * Completed streams can be cached as their parts, for replay.
  *
@@ -38,7 +38,8 @@ export interface Service {
   /** The key of a request to a provider; see {@link key}. */
   readonly key: (input: { readonly provider: string; readonly request: GenerateRequest }) => string
   /**
-   * The cached answer, or the result of `compute` (cached on success). Concurrent calls for
+   * The cached answer, or the result of `compute` (cached on success, unless it finished in
+   * error: `finishReason: "error"`). Concurrent calls for
    * the same key share one computation; its failure reaches every waiter and is not cached.
    * A waiter that is interrupted leaves; the computation stops when every waiter has left.
    * Calls sharing a key must be interchangeable (the first caller's effect runs for all).
@@ -52,13 +53,16 @@ export interface Service {
   ) => Effect.Effect<{ readonly value: GenerateResponse; readonly source: Source }, E>
   /** Fresh answers of several keys, in the order of `keys` (Redis: one `MGET`). */
   readonly getMany: (keys: ReadonlyArray<string>) => Effect.Effect<ReadonlyArray<Option.Option<GenerateResponse>>>
-  /** Stores several answers (Redis: one round trip). */
+  /** Stores several answers (Redis: one round trip); those that finished in error are left out. */
   readonly setMany: (
     entries: ReadonlyArray<{ readonly key: string; readonly value: GenerateResponse }>
   ) => Effect.Effect<void>
   /** The parts of a completed stream cached under `key` (kept apart from the answer of the same key). */
   readonly getParts: (key: string) => Effect.Effect<Option.Option<ReadonlyArray<StreamPart>>>
-  /** Caches the parts of a stream that completed (ends with its `Finish` part); others are not stored. */
+  /**
+   * Caches the parts of a stream that completed (ends with its `Finish` part) other than in
+   * error (`finishReason: "error"`); others are not stored.
+   */
   readonly setParts: (key: string, parts: ReadonlyArray<StreamPart>) => Effect.Effect<void>
   /** Removes the answer and the stream parts of `key`. */
   readonly invalidate: (key: string) => Effect.Effect<void>
@@ -203,6 +207,19 @@ export const isComplete = (parts: ReadonlyArray<StreamPart>): boolean =>
   parts.length > 0 && parts.findIndex((p) => p._tag === "Finish") === parts.length - 1
 
 /**
+ * True for the parts of a stream the cache keeps: a completed stream that did not finish in
+ * error (`finishReason: "error"`).
+ *
+ * @since 0.3.0
+ * @category utils
+ */
+export const isStorable = (parts: ReadonlyArray<StreamPart>): boolean => {
+  if (!isComplete(parts)) return false
+  const finish = parts[parts.length - 1]!
+  return finish._tag === "Finish" && Internal.keepable(finish.finishReason)
+}
+
+/**
  * The in-process cache: `effect`'s core `Cache` holds the entries and the running
  * computations (LRU by `capacity`, expiry on the `Clock`, so `TestClock` drives it).
  * Invalid options fail the layer with an `OptionError` naming the field. Closing the layer
@@ -230,6 +247,7 @@ export const makeMemory = Effect.fnUntraced(function* (options: MemoryOptions = 
   const answer = (stored: Internal.Stored): GenerateResponse =>
     stored.value._tag === "Response" ? stored.value.response : (undefined as never)
 
+  // An answer that finished in error reaches the flight's callers but is not kept (keepFor 0).
   const storeAnswer = (value: GenerateResponse) =>
     Effect.clockWith((clock) =>
       Effect.succeed(
@@ -237,7 +255,8 @@ export const makeMemory = Effect.fnUntraced(function* (options: MemoryOptions = 
           { _tag: "Response", response: value },
           clock.currentTimeMillisUnsafe(),
           config.ttl,
-          config.staleFor
+          config.staleFor,
+          Internal.keepable(value.finishReason) ? config.ttl + config.staleFor : 0
         )
       )
     )
@@ -306,7 +325,7 @@ export const makeMemory = Effect.fnUntraced(function* (options: MemoryOptions = 
       Effect.clockWith((clock) => {
         const now = clock.currentTimeMillisUnsafe()
         return Effect.forEach(
-          entries,
+          entries.filter(({ value }) => Internal.keepable(value.finishReason)),
           ({ key: k, value }) =>
             table.put(
               Internal.responseKey(k),
@@ -324,7 +343,7 @@ export const makeMemory = Effect.fnUntraced(function* (options: MemoryOptions = 
         )
       }),
     setParts: (key, parts) =>
-      isComplete(parts)
+      isStorable(parts)
         ? Effect.clockWith((clock) =>
             table.put(
               Internal.partsKey(key),

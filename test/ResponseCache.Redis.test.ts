@@ -233,6 +233,32 @@ describe.skipIf(skipRedis)(`ResponseCache.Redis (${skipRedis ? skipReason : "nee
     )
   )
 
+  it.live('an answer or a stream that finished in error (finishReason "error") is not written nor kept', () =>
+    Effect.scoped(
+      Effect.gen(function* () {
+        const server = yield* startRedis
+        const cache = yield* build(server)
+        const broken: GenerateResponse = { ...response("malformed call"), finishReason: "error" }
+        const calls = yield* Ref.make(0)
+        const call = Effect.as(
+          Ref.update(calls, (n) => n + 1),
+          broken
+        )
+        assert.deepStrictEqual(yield* cache.getOrCompute("k", call), { value: broken, source: "miss" })
+        yield* cache.setMany([{ key: "m", value: broken }])
+        yield* cache.setParts("s", [
+          { _tag: "TextDelta", text: "x" },
+          { _tag: "Finish", finishReason: "error", usage: broken.usage, provider: "p", model: "m" }
+        ])
+        yield* Effect.sleep("100 millis")
+        const redis = yield* admin(server)
+        assert.deepStrictEqual(yield* redis.send<Array<string>>("KEYS", `${cache.name}:*`), [])
+        assert.strictEqual((yield* cache.getOrCompute("k", call)).source, "miss", "asked again")
+        assert.strictEqual(yield* Ref.get(calls), 2)
+      })
+    )
+  )
+
   it.live("stale-if-error through Redis", () =>
     Effect.scoped(
       Effect.gen(function* () {

@@ -267,6 +267,39 @@ describe("ResponseCache (memory)", () => {
     })
   )
 
+  it.effect('an answer that ended in error (finishReason "error") reaches its callers but is not cached', () =>
+    Effect.gen(function* () {
+      const cache = yield* makeCache()
+      const broken: GenerateResponse = { ...response("malformed call"), finishReason: "error" }
+      const calls = yield* Ref.make(0)
+      const call = Effect.as(
+        Ref.update(calls, (n) => n + 1),
+        broken
+      )
+      assert.deepStrictEqual(yield* cache.getOrCompute("k", call), { value: broken, source: "miss" })
+      assert.strictEqual(
+        (yield* cache.getOrCompute("k", call)).source,
+        "miss",
+        "asked again, not answered from the cache"
+      )
+      assert.strictEqual(yield* Ref.get(calls), 2)
+      yield* cache.setMany([{ key: "m", value: broken }])
+      assert.isTrue(Option.isNone((yield* cache.getMany(["m"]))[0]!))
+      const parts: ReadonlyArray<StreamPart> = [
+        { _tag: "TextDelta", text: "x" },
+        {
+          _tag: "Finish",
+          finishReason: "error",
+          usage: { inputTokens: 1, outputTokens: 1, totalTokens: 2 },
+          provider: "p",
+          model: "m"
+        }
+      ]
+      yield* cache.setParts("s", parts)
+      assert.isTrue(Option.isNone(yield* cache.getParts("s")), "a stream that finished in error is not replayed")
+    })
+  )
+
   it.effect("getMany / setMany keep the order of the keys; hits and misses are counted", () =>
     Effect.gen(function* () {
       const cache = yield* makeCache()

@@ -141,6 +141,10 @@ export const make = Effect.fnUntraced(function* (options: Options = {}) {
   const computeAndWrite = (k: string, compute: Effect.Effect<GenerateResponse, unknown>) =>
     Effect.flatMap(compute, (response) =>
       Effect.flatMap(now, (at) => {
+        // An answer that finished in error reaches the flight's callers, and is neither kept nor written.
+        if (!Internal.keepable(response.finishReason)) {
+          return Effect.succeed(Internal.storedOf({ _tag: "Response", response }, at, config.ttl, config.staleFor, 0))
+        }
         const stored = Internal.storedOf({ _tag: "Response", response }, at, config.ttl, config.staleFor, retain)
         // The waiting callers get the answer now; the write goes on in the layer's scope.
         return Effect.as(Effect.forkIn(write([[k, stored]], at), scope), stored)
@@ -212,10 +216,16 @@ export const make = Effect.fnUntraced(function* (options: Options = {}) {
     setMany: (entries) =>
       Effect.flatMap(now, (at) =>
         write(
-          entries.map(({ key, value }) => [
-            Internal.responseKey(key),
-            Internal.storedOf({ _tag: "Response", response: value }, at, config.ttl, config.staleFor)
-          ]),
+          entries.flatMap(({ key, value }) =>
+            Internal.keepable(value.finishReason)
+              ? [
+                  [
+                    Internal.responseKey(key),
+                    Internal.storedOf({ _tag: "Response", response: value }, at, config.ttl, config.staleFor)
+                  ] as const
+                ]
+              : []
+          ),
           at
         )
       ),
@@ -230,7 +240,7 @@ export const make = Effect.fnUntraced(function* (options: Options = {}) {
         return parts
       }),
     setParts: (key, parts) =>
-      ResponseCache.isComplete(parts)
+      ResponseCache.isStorable(parts)
         ? Effect.flatMap(now, (at) =>
             write(
               [[Internal.partsKey(key), Internal.storedOf({ _tag: "Stream", parts }, at, config.ttl, config.staleFor)]],

@@ -247,3 +247,11 @@ export const storedOf = (
   staleFor: number,
   keepFor = ttl + staleFor
 ): Stored => ({ value, freshUntil: now + ttl, staleUntil: now + ttl + staleFor, keepFor })
+
+/**
+ * Whether an answer may be kept: not one that finished in error (`finishReason: "error"`,
+ * such as Gemini's malformed function call), which the next call may well not repeat.
+ *
+ * @internal
+ */
+export const keepable = (finishReason: GenerateResponse["finishReason"]): boolean => finishReason !== "error"
