@@ -259,6 +259,23 @@ describe.skipIf(skipRedis)(`ResponseCache.Redis (${skipRedis ? skipReason : "nee
     )
   )
 
+  it.live("an answer kept in the process while its write is under way is not served past its ttl", () =>
+    Effect.scoped(
+      Effect.gen(function* () {
+        const server = yield* startRedis
+        // The process keeps an answer at least a second (2 x redis.timeout) after computing it.
+        const cache = yield* build(server, { ttl: "100 millis" })
+        const provider = yield* scripted("1 millis")
+        assert.strictEqual((yield* ask(cache, provider, "q")).source, "miss")
+        yield* Effect.sleep("300 millis")
+        const again = yield* ask(cache, provider, "q")
+        assert.strictEqual(again.source, "miss", "expired: the provider is asked again")
+        assert.strictEqual(again.value.text, "q #2")
+        assert.strictEqual(yield* provider.calls, 2)
+      })
+    )
+  )
+
   it.live("stale-if-error through Redis", () =>
     Effect.scoped(
       Effect.gen(function* () {

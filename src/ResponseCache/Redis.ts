@@ -168,6 +168,9 @@ export const make = Effect.fnUntraced(function* (options: Options = {}) {
       joining = true
       stale = table.refreshingOf(k)
     } else {
+      // An answer this process keeps past its ttl (it keeps one at least a second for the
+      // write) is not joined: it answered as "shared" after it expired.
+      if (local._tag === "Done") table.remove(k)
       const [found = Option.none()] = yield* read([k], at, "Response")
       if (Option.isSome(found)) {
         if (at < found.value.freshUntil && found.value.value._tag === "Response") {
