@@ -301,9 +301,12 @@ export const makeMemory = Effect.fnUntraced(function* (options: MemoryOptions = 
       })
     )
 
+  // A fresh entry, marked as just used (a replay or a batch hit is a use as much as a getOrCompute hit).
   const fresh = (k: string, now: number): Option.Option<Internal.Stored> => {
     const found = table.peek(k, now)
-    return found._tag === "Done" && now < found.stored.freshUntil ? Option.some(found.stored) : Option.none()
+    if (found._tag !== "Done" || now >= found.stored.freshUntil) return Option.none()
+    table.touch(k)
+    return Option.some(found.stored)
   }
 
   const service: Service = {

@@ -300,6 +300,26 @@ describe("ResponseCache (memory)", () => {
     })
   )
 
+  it.effect("capacity: a stream replay or a getMany hit is a use (least recently used goes first)", () =>
+    Effect.gen(function* () {
+      const cache = yield* makeCache({ capacity: 2 })
+      const parts: ReadonlyArray<StreamPart> = [
+        { _tag: "TextDelta", text: "hi" },
+        { _tag: "Finish", finishReason: "stop", usage: response("").usage, provider: "p", model: "m" }
+      ]
+      yield* cache.setParts("a", parts)
+      yield* cache.setMany([{ key: "b", value: response("B") }])
+      assert.isTrue(Option.isSome(yield* cache.getParts("a")))
+      yield* cache.setMany([{ key: "c", value: response("C") }])
+      assert.isTrue(Option.isSome(yield* cache.getParts("a")), "replayed just before: b was the least recently used")
+      assert.isTrue(Option.isNone((yield* cache.getMany(["b"]))[0]!))
+      assert.isTrue(Option.isSome((yield* cache.getMany(["c"]))[0]!))
+      yield* cache.setMany([{ key: "d", value: response("D") }])
+      assert.isTrue(Option.isSome((yield* cache.getMany(["c"]))[0]!), "read just before: a was the least recently used")
+      assert.isTrue(Option.isNone(yield* cache.getParts("a")))
+    })
+  )
+
   it.effect("getMany / setMany keep the order of the keys; hits and misses are counted", () =>
     Effect.gen(function* () {
       const cache = yield* makeCache()
