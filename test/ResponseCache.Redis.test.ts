@@ -276,6 +276,26 @@ describe.skipIf(skipRedis)(`ResponseCache.Redis (${skipRedis ? skipReason : "nee
     )
   )
 
+  it.live('an answer this process computed and still keeps is a hit, not "shared" (no computation joined)', () =>
+    Effect.scoped(
+      Effect.gen(function* () {
+        const server = yield* startRedis
+        const cache = yield* build(server)
+        const provider = yield* scripted("1 millis")
+        assert.strictEqual((yield* ask(cache, provider, "q")).source, "miss")
+        yield* Effect.sleep("50 millis")
+        const again = yield* ask(cache, provider, "q")
+        assert.deepStrictEqual(again, { value: response("q #1"), source: "hit" })
+        const count = (outcome: string) =>
+          Effect.map(
+            Metric.value(Metric.withAttributes(Metrics.cacheLookups, { cache: cache.name, outcome })),
+            (s) => s.count
+          )
+        assert.deepStrictEqual([yield* count("hit"), yield* count("shared")], [1, 0])
+      })
+    )
+  )
+
   it.live("stale-if-error through Redis", () =>
     Effect.scoped(
       Effect.gen(function* () {

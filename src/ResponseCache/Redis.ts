@@ -9,8 +9,8 @@
  * `orchestra_cache_errors_total`; one warning once failures persist, naming the Redis
  * error). A lookup that fails is a miss, a write that fails is dropped, and the call goes
  * to the provider. Single-flight is per process; the answer reaches the waiting callers
- * before the write, and callers arriving while the write is under way join the finished
- * computation instead of missing in Redis.
+ * before the write, and callers arriving while the write is under way find the answer in the
+ * process (a hit, while it is fresh) instead of missing in Redis.
  *
  * @since 0.1.0
  */
@@ -164,7 +164,14 @@ export const make = Effect.fnUntraced(function* (options: Options = {}) {
     const local = table.peek(k, at)
     let joining = false
     let stale: Internal.Stored | undefined
-    if (local._tag === "Running" || (local._tag === "Done" && at < local.stored.freshUntil)) {
+    if (local._tag === "Done" && at < local.stored.freshUntil) {
+      // An answer this process computed and keeps while its write may be under way: a hit
+      // (no computation is joined), as the same answer read back from Redis would be.
+      table.touch(k)
+      yield* Internal.bump(counters.hit, 1)
+      return { value: answer(local.stored), source: "hit" as ResponseCache.Source }
+    }
+    if (local._tag === "Running") {
       joining = true
       stale = table.refreshingOf(k)
     } else {

@@ -5,7 +5,7 @@
  *
  * - Memory backend: the table is the cache (an entry lives `ttl + staleFor`).
  * - Redis backend: the table holds running computations and, briefly, their answers while
- *   the Redis write is under way, so a caller arriving meanwhile joins instead of missing.
+ *   the Redis write is under way, so a caller arriving meanwhile finds it instead of missing.
  *
  * @internal
  */
