@@ -296,6 +296,23 @@ describe.skipIf(skipRedis)(`ResponseCache.Redis (${skipRedis ? skipReason : "nee
     )
   )
 
+  it.live("invalidate right after an answer: the write still under way does not bring it back", () =>
+    Effect.scoped(
+      Effect.gen(function* () {
+        const server = yield* startRedis
+        const cache = yield* build(server)
+        const provider = yield* scripted("1 millis")
+        assert.strictEqual((yield* ask(cache, provider, "q")).source, "miss")
+        yield* cache.invalidate(cache.key({ provider: "p", request: { prompt: "q" } }))
+        yield* Effect.sleep("200 millis")
+        const redis = yield* admin(server)
+        assert.deepStrictEqual(yield* redis.send<Array<string>>("KEYS", `${cache.name}:*`), [])
+        assert.strictEqual((yield* ask(cache, provider, "q")).source, "miss")
+        assert.strictEqual(yield* provider.calls, 2)
+      })
+    )
+  )
+
   it.live("stale-if-error through Redis", () =>
     Effect.scoped(
       Effect.gen(function* () {

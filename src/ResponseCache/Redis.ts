@@ -14,7 +14,7 @@
  *
  * @since 0.1.0
  */
-import { Context, Duration, Effect, Exit, Layer, Metric, Option, Schema } from "effect"
+import { Context, Duration, Effect, Exit, Fiber, Layer, Metric, Option, Schema } from "effect"
 import { Persistence, type Redis } from "effect/persistence"
 import * as Input from "../Input.js"
 import * as Counters from "../stats/counters.js"
@@ -138,6 +138,10 @@ export const make = Effect.fnUntraced(function* (options: Options = {}) {
 
   const now = Effect.clockWith((clock) => Effect.succeed(clock.currentTimeMillisUnsafe()))
 
+  // The background writes of answers under way, by key: `invalidate` waits for them, or
+  // one landing after its DEL brought the invalidated answer back.
+  const writing = new Map<string, Fiber.Fiber<void>>()
+
   const computeAndWrite = (k: string, compute: Effect.Effect<GenerateResponse, unknown>) =>
     Effect.flatMap(compute, (response) =>
       Effect.flatMap(now, (at) => {
@@ -147,7 +151,13 @@ export const make = Effect.fnUntraced(function* (options: Options = {}) {
         }
         const stored = Internal.storedOf({ _tag: "Response", response }, at, config.ttl, config.staleFor, retain)
         // The waiting callers get the answer now; the write goes on in the layer's scope.
-        return Effect.as(Effect.forkIn(write([[k, stored]], at), scope), stored)
+        return Effect.map(Effect.forkIn(write([[k, stored]], at), scope), (fiber) => {
+          writing.set(k, fiber)
+          fiber.addObserver(() => {
+            if (writing.get(k) === fiber) writing.delete(k)
+          })
+          return stored
+        })
       })
     )
 
@@ -262,7 +272,8 @@ export const make = Effect.fnUntraced(function* (options: Options = {}) {
       Effect.suspend(() => {
         table.remove(Internal.responseKey(key))
         table.remove(Internal.partsKey(key))
-        return Effect.ignore(
+        const pending = writing.get(Internal.responseKey(key))
+        const remove = Effect.ignore(
           guard.call(
             "DEL",
             Effect.all([store.remove(Internal.responseKey(key)), store.remove(Internal.partsKey(key))], {
@@ -270,6 +281,8 @@ export const make = Effect.fnUntraced(function* (options: Options = {}) {
             })
           )
         )
+        // A write under way ends within the Redis deadline (a write is bounded by the guard).
+        return pending === undefined ? remove : Effect.andThen(Fiber.await(pending), remove)
       })
   }
   return ResponseCache.ResponseCache.of(service)
