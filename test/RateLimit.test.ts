@@ -335,6 +335,12 @@ describe("RateLimit (memory, TestClock)", () => {
         [{ default: { requestsPerMinute: 1, window: null } } as never, "default.window"],
         [{ default: { requestsPerMinute: 1, algorithm: null } } as never, "default.algorithm"],
         [{ providers: null } as never, "providers"],
+        // An array is no map of keys (it limited keys "0", "1"...) nor limits (it limited nothing).
+        [{ providers: [{ requestsPerMinute: 1 }] } as never, "providers"],
+        [{ default: [] } as never, "default"],
+        [{ providers: { p: [] } } as never, "providers.p"],
+        // No options object at all was a defect (a TypeError from Object.keys).
+        [null as never, "options"],
         [{ maxwait: 0 } as RateLimit.Options, "maxwait"],
         [{ prefix: "p:" } as RateLimit.Options, "prefix"]
       ]

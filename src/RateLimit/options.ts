@@ -18,7 +18,9 @@ const windowOf = (path: string, input: unknown): Input.Checked<Duration.Duration
   Result.flatMap(Input.wholeMillis(path, input, Input.maxRedisMillis), () => Input.duration(path, input))
 
 const checkLimits = (input: unknown, path: string): Input.Checked<ResolvedLimits> => {
-  if (typeof input !== "object" || input === null) return Result.fail({ path, message: "expected an object" })
+  if (typeof input !== "object" || input === null || Array.isArray(input)) {
+    return Result.fail({ path, message: "expected an object" })
+  }
   for (const field of Object.keys(input)) {
     if (!limitFields.has(field)) return Result.fail({ path: `${path}.${field}`, message: "unknown field" })
   }
@@ -66,10 +68,17 @@ export const redisFields: ReadonlySet<string> = new Set([...optionFields, "prefi
  * @internal
  */
 export const checkOptions = (options: Options, fields: ReadonlySet<string> = optionFields): Input.Checked<Config> => {
+  if (typeof options !== "object" || options === null || Array.isArray(options)) {
+    return Result.fail({ path: "options", message: "expected an object" })
+  }
   for (const field of Object.keys(options)) {
     if (!fields.has(field)) return Result.fail({ path: field, message: "unknown option" })
   }
-  if (options.providers !== undefined && (typeof options.providers !== "object" || options.providers === null)) {
+  const providersGiven = options.providers
+  if (
+    providersGiven !== undefined &&
+    (typeof providersGiven !== "object" || providersGiven === null || Array.isArray(providersGiven))
+  ) {
     return Result.fail({ path: "providers", message: "expected an object of limits by key" })
   }
   const providers = new Map<string, ResolvedLimits>()
