@@ -241,10 +241,12 @@ const makeWith = Effect.fnUntraced(function* (
   // sent in the next, after waiting for tokens, and the next minute admitted its whole limit
   // besides. Such a reservation is given back during the wait and taken again after it.
   // `held`: reservations whose slot is now; `waited`: the time this call has waited so far.
+  // Runs uninterruptibly (see `untraced`): `restore` makes a wait interruptible.
   const decide = (
     key: string,
     reservations: ReadonlyArray<Reservation>,
     results: ReadonlyArray<Result.Result<RateLimiter.ConsumeResult, RateLimiter.RateLimiterError>>,
+    restore: <A, E>(effect: Effect.Effect<A, E>) => Effect.Effect<A, E>,
     held: ReadonlyArray<Reservation> = [],
     waited = 0
   ): Effect.Effect<void, ModelError> => {
@@ -293,10 +295,16 @@ const makeWith = Effect.fnUntraced(function* (
       )
     }
     if (waitMillis <= 0) {
-      metrics.wait.record(waited)
-      if (waited > 0) metrics.delayed++
-      else metrics.immediate++
-      return Effect.void
+      // A caller interrupted while the store counted it is not sent: it gives back what it took.
+      return Effect.matchCauseEffect(restore(Effect.void), {
+        onFailure: (cause) => Effect.andThen(release(taken), Effect.failCause(cause)),
+        onSuccess: () => {
+          metrics.wait.record(waited)
+          if (waited > 0) metrics.delayed++
+          else metrics.immediate++
+          return Effect.void
+        }
+      })
     }
     const kept: Array<Reservation> = []
     const early: Array<Reservation> = []
@@ -308,21 +316,18 @@ const makeWith = Effect.fnUntraced(function* (
       return Effect.all(
         [
           Effect.annotateCurrentSpan({ "orchestra.rate_limit.wait_ms": waited + waitMillis }),
-          Effect.onInterrupt(sleep, () => release(kept))
+          Effect.onInterrupt(restore(sleep), () => release(kept))
         ],
         { discard: true }
       )
     }
-    // Uninterruptible but for the wait, until the next round holds what this one kept.
-    return Effect.uninterruptibleMask((restore) =>
-      Effect.andThen(
-        release(early),
-        Effect.matchCauseEffect(restore(sleep), {
-          onFailure: (cause) => Effect.andThen(release(kept), Effect.failCause(cause)),
-          onSuccess: () =>
-            Effect.flatMap(reserveAll(early), (again) => restore(decide(key, early, again, kept, waited + waitMillis)))
-        })
-      )
+    return Effect.andThen(
+      release(early),
+      Effect.matchCauseEffect(restore(sleep), {
+        onFailure: (cause) => Effect.andThen(release(kept), Effect.failCause(cause)),
+        onSuccess: () =>
+          Effect.flatMap(reserveAll(early), (again) => decide(key, early, again, restore, kept, waited + waitMillis))
+      })
     )
   }
 
@@ -346,7 +351,12 @@ const makeWith = Effect.fnUntraced(function* (
       reservations.push({ key: `${key}:tpm`, limit: limits.tokensPerMinute, cost, tokens: cost, limits })
     }
     if (reservations.length === 0) return Effect.void
-    return Effect.flatMap(reserveAll(reservations), (all) => decide(key, reservations, all))
+    // Uninterruptible but for the waits: a caller interrupted while the store counts it (a
+    // Redis round trip in flight) kept its slot, which the store had counted and no one gave
+    // back. Store calls are bounded (the guard's deadline), so an interruption waits at most that.
+    return Effect.uninterruptibleMask((restore) =>
+      Effect.flatMap(reserveAll(reservations), (all) => decide(key, reservations, all, restore))
+    )
   }
 
   // A span only for traced callers: one costs more than a whole in-memory acquire.

@@ -294,6 +294,34 @@ describe("RateLimit (memory, TestClock)", () => {
     })
   )
 
+  it.effect("a caller interrupted during the store's round trip gives back what the store already counted", () =>
+    Effect.gen(function* () {
+      // A store whose answer arrives 10 ms after it has counted the call, as Redis's does.
+      const memory = Context.get(yield* Layer.build(RateLimiter.layerStoreMemory), RateLimiter.RateLimiterStore)
+      const slow: RateLimiter.RateLimiterStore["Service"] = {
+        ...memory,
+        fixedWindow: (o) => Effect.tap(memory.fixedWindow(o), () => Effect.sleep("10 millis"))
+      }
+      const key = uniqueName("round-trip")
+      const limits = yield* RateLimit.make(
+        { providers: { [key]: { requestsPerMinute: 1, tokensPerMinute: 100 } }, maxWait: 0 },
+        slow
+      )
+      const interrupted = yield* Effect.forkChild(limits.acquire(key, { tokens: 100 }))
+      yield* TestClock.adjust("5 millis")
+      // The interruption waits for the store's answer (it is bounded), then gives the slots back.
+      const interrupting = yield* Effect.forkChild(Fiber.interrupt(interrupted))
+      yield* TestClock.adjust("100 millis")
+      yield* Fiber.join(interrupting)
+      assert.isTrue(Exit.hasInterrupts(yield* Fiber.await(interrupted)), "the interrupted call was not admitted")
+      // The interrupted call was never sent: the window's request and tokens are still free.
+      const next = yield* Effect.forkChild(Effect.exit(limits.acquire(key, { tokens: 100 })))
+      yield* TestClock.adjust("100 millis")
+      const exit = yield* Fiber.join(next)
+      assert.isTrue(Exit.isSuccess(exit), String(Exit.isFailure(exit) && Cause.pretty(exit.cause)))
+    })
+  )
+
   it.effect(
     "a per-call token count is checked: NaN, negative or infinite tokens are InvalidRequest, and the limit still holds",
     () =>
