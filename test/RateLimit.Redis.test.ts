@@ -363,7 +363,11 @@ describe.skipIf(skipRedis)(`RateLimit (Redis store; ${skipRedis ? skipReason : "
           [{ default: { requestsPerMinute: 1, window: 0 } }, "default.window"],
           // null is a wrong value, not the default; a prefix that is not a string would be written into every key.
           [{ prefix: null as never }, "prefix"],
-          [{ prefix: 5 as never }, "prefix"]
+          [{ prefix: 5 as never }, "prefix"],
+          // A misspelt guard option was ignored (the default 500 ms deadline applied); null threw a TypeError.
+          [{ redis: { timout: "100 millis" } as Redis.GuardOptions }, "redis.timout"],
+          [{ redis: null as never }, "redis"],
+          [{ redis: "fast" as never }, "redis"]
         ]
         for (const [options, path] of cases) {
           const exit = yield* Effect.exit(build(server, options))
