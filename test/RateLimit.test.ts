@@ -1,5 +1,5 @@
 import { assert, describe, it } from "@effect/vitest"
-import { Cause, Clock, Context, Duration, Effect, Exit, Fiber, Layer, Metric } from "effect"
+import { Cause, Clock, Context, Duration, Effect, Exit, Fiber, Layer, Metric, Scope } from "effect"
 import { RateLimiter } from "effect/persistence"
 import { TestClock } from "effect/testing"
 import { isRetryable, type ModelError, shouldFallback } from "../src/AiError.js"
@@ -437,6 +437,19 @@ describe("RateLimit: metric series and the layer's life", () => {
       ])
       assert.deepStrictEqual(yield* series(), [], "closing the layer removes its series")
       assert.deepStrictEqual((yield* use(1))[0], ["main", "immediate", 1])
+    }).pipe(Effect.provideService(Metric.MetricRegistry, new Map()))
+  )
+
+  it.effect("a key first used after its layer closed never enters the registry", () =>
+    Effect.gen(function* () {
+      const key = uniqueName("late")
+      const scope = yield* Scope.make()
+      const limits = yield* Scope.provide(service({ default: { requestsPerMinute: 100 } }), scope)
+      yield* Scope.close(scope, Exit.void)
+      // A call still running when the layer closed (a disposed runtime's last request).
+      yield* limits.acquire(key)
+      const series = (yield* Metric.snapshot).filter((m) => m.attributes?.["limit"] === key)
+      assert.deepStrictEqual(series, [], "nothing would remove it: exporters showed it for good")
     }).pipe(Effect.provideService(Metric.MetricRegistry, new Map()))
   )
 })

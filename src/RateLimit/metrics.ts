@@ -64,10 +64,13 @@ export const make = (
   const attributesId = JSON.stringify(Object.entries(attributes).sort(([a], [b]) => (a < b ? -1 : a > b ? 1 : 0)))
   const idOf = (key: string) => `rate-limit\u0000${attributesId}\u0000${key}`
   const metricsByKey = new Map<string, KeyMetrics>()
+  // Once released, a key first used (a call still running when the layer closed) counts
+  // without entering the registry: nothing would remove its series, and exporters would show it for good.
+  let released = false
   const metricsOf = (key: string): KeyMetrics => {
     let metrics = metricsByKey.get(key)
     if (metrics === undefined) {
-      metrics = Counters.acquire(registry, idOf(key), () => register(context, key))
+      metrics = released ? new KeyMetrics() : Counters.acquire(registry, idOf(key), () => register(context, key))
       metricsByKey.set(key, metrics)
     }
     return metrics
@@ -75,6 +78,8 @@ export const make = (
   // When the limiter's layer closes: its keys' series leave the registry unless another
   // limiter on it still uses them (so a new manager's figures do not add onto a closed one's).
   const release = () => {
+    if (released) return
+    released = true
     for (const [key, metrics] of metricsByKey) Counters.release(registry, idOf(key), metrics)
     metricsByKey.clear()
   }
