@@ -169,6 +169,13 @@ const makeWith = Effect.fnUntraced(function* (
           tokenBucket: (o) => Effect.mapError(guard.call("tokenBucket", store.tokenBucket(o)), toLimiterError)
         }
   const limiter = yield* Effect.provideService(RateLimiter.make, RateLimiter.RateLimiterStore, guarded)
+  // The Redis store places a token reservation in one call (see `reserve`).
+  const alignedRaw =
+    "fixedWindowAligned" in store ? (store as RedisStore.AlignedFixedWindow).fixedWindowAligned : undefined
+  const aligned: RedisStore.AlignedFixedWindow["fixedWindowAligned"] | undefined =
+    alignedRaw === undefined || guard === undefined
+      ? alignedRaw
+      : (o) => Effect.mapError(guard.call("fixedWindow", alignedRaw(o)), toLimiterError)
   const failClosed = policy.onStoreError === "reject"
   const maxWaitMillis = Duration.toMillis(config.maxWait)
   const { metricsOf, release: releaseMetrics } = makeMetrics(yield* Effect.context<never>())
@@ -190,9 +197,14 @@ const makeWith = Effect.fnUntraced(function* (
   // window before, which the call never runs in: a 100-token window admitted two 60-token calls
   // (120 tokens). The tokens counted in the earlier window are taken again in the later one, and
   // the call waits for the later of the two answers. (One token, a request's, never straddles.)
+  // A store that places the reservation in one call (`AlignedFixedWindow`, the Redis store's) does
+  // the same atomically: with two calls, other calls' tokens landed between them and pushed the part
+  // taken again into a later window still, where the call ran with only that part counted (three
+  // 60-token calls in one 100-token window on Redis).
   const reserve = (r: Reservation): Effect.Effect<RateLimiter.ConsumeResult, RateLimiter.RateLimiterError> => {
     r.tokens = r.cost
     if (r.tokens <= 1 || r.limits.algorithm !== "fixed-window") return consume(r, r.tokens)
+    if (aligned !== undefined) return reserveAligned(r, aligned)
     return Effect.flatMap(consume(r, r.tokens), (first) => {
       const count = r.limit - first.remaining
       const before = count - r.tokens
@@ -208,6 +220,30 @@ const makeWith = Effect.fnUntraced(function* (
         }
       })
     })
+  }
+
+  // The delay of a fixed-window answer, as effect's `RateLimiter.consume` computes it.
+  const reserveAligned = (
+    r: Reservation,
+    place: RedisStore.AlignedFixedWindow["fixedWindowAligned"]
+  ): Effect.Effect<RateLimiter.ConsumeResult, RateLimiter.RateLimiterError> => {
+    const window = Duration.max(r.limits.window, Duration.millis(1))
+    const windowMillis = Duration.toMillis(window)
+    const refillRate = Duration.divideUnsafe(window, r.limit)
+    const refillMillis = Duration.toMillis(refillRate)
+    return Effect.map(
+      place({ key: r.key, tokens: r.cost, refillRate, windowLimit: r.limit }),
+      ([count, ttl, taken]): RateLimiter.ConsumeResult => {
+        r.tokens = taken
+        const remaining = Math.floor((count - 1) / r.limit) * windowMillis - (count * refillMillis - ttl)
+        return {
+          delay: remaining <= 0 ? Duration.zero : Duration.millis(remaining),
+          limit: r.limit,
+          remaining: r.limit - count,
+          resetAfter: Duration.millis(ttl)
+        }
+      }
+    )
   }
 
   // Negative tokens undo a reservation in both algorithms (the window or bucket moves back).

@@ -138,6 +138,37 @@ describe.skipIf(skipRedis)(`RateLimit (Redis store; ${skipRedis ? skipReason : "
     )
   )
 
+  it.live("tokens per window on Redis hold under concurrent calls: no two 60-token calls in one 100-token window", () =>
+    Effect.scoped(
+      Effect.gen(function* () {
+        const server = yield* startRedis
+        const key = uniqueName("straddle-concurrent")
+        const { limits } = yield* build(server, {
+          providers: { [key]: { tokensPerMinute: 100, window: "200 millis" } },
+          maxWait: "10 seconds"
+        })
+        const windows: Array<number> = []
+        let start: number | undefined
+        yield* Effect.forEach(
+          Array.from({ length: 10 }),
+          () =>
+            Effect.flatMap(limits.acquire(key, { tokens: 60 }), () =>
+              Effect.sync(() => {
+                const now = performance.now()
+                start ??= now
+                windows.push(Math.round((now - start) / 200))
+              })
+            ),
+          { concurrency: "unbounded" }
+        )
+        // Each call goes at the start of a window of its own. Two went in one window when another
+        // call's tokens landed between the two parts of a straddling call (two round trips).
+        windows.sort((a, b) => a - b)
+        assert.deepStrictEqual(windows, [...new Set(windows)], `windows of the calls: ${windows.join(", ")}`)
+      })
+    )
+  )
+
   it.live("callers beyond the window wait for it, as in memory: 14 calls at 7 per 2 seconds", () =>
     Effect.scoped(
       Effect.gen(function* () {

@@ -24,11 +24,12 @@ import * as Input from "../Input.js"
 const escapeKey = (key: string): string => key.replace(/%/g, "%25").replace(/:/g, "%3A")
 
 const fixedWindowScript = Redis.script(
-  (key: string, tokens: number, refillMillis: number, limit: number | undefined) => [
+  (key: string, tokens: number, refillMillis: number, limit: number | undefined, align: number | undefined) => [
     key,
     tokens,
     refillMillis,
-    limit ?? ""
+    limit ?? "",
+    align ?? ""
   ],
   {
     numberOfKeys: 1,
@@ -37,6 +38,7 @@ local key = KEYS[1]
 local tokens = tonumber(ARGV[1])
 local refillms = tonumber(ARGV[2])
 local limit = tonumber(ARGV[3])
+local align = tonumber(ARGV[4])
 local time = redis.call("TIME")
 local now = tonumber(time[1]) * 1000 + tonumber(time[2]) / 1000
 local count = tonumber(redis.call("HGET", key, "count"))
@@ -47,6 +49,14 @@ if not count or not expires or expires <= now then
 end
 if limit and count + tokens > limit then
   return { string.format("%.17g", count + tokens), string.format("%.17g", expires - now) }
+end
+-- Aligned (windows of align tokens): a reservation that would straddle a boundary also takes the
+-- rest of the window before, so that all its tokens count in the window of its last one.
+if align and not limit and tokens > 1 then
+  local window = math.floor((count + tokens - 1) / align)
+  if math.floor(count / align) ~= window then
+    tokens = tokens + window * align - count
+  end
 end
 count = count + tokens
 if not limit then
@@ -60,10 +70,10 @@ if expires <= now then
 end
 redis.call("HSET", key, "count", string.format("%.17g", count), "expires", string.format("%.17g", expires))
 redis.call("PEXPIRE", key, math.ceil(expires - now))
-return { string.format("%.17g", count), string.format("%.17g", expires - now) }
+return { string.format("%.17g", count), string.format("%.17g", expires - now), string.format("%.17g", tokens) }
 `
   }
-).withReturnType<readonly [count: string, ttl: string]>()
+).withReturnType<readonly [count: string, ttl: string, taken?: string]>()
 
 const tokenBucketScript = Redis.script(
   (key: string, tokens: number, refillMillis: number, limit: number, overflow: boolean) => [
@@ -113,6 +123,26 @@ return { string.format("%.17g", next), string.format("%.17g", math.max(0, now - 
   }
 ).withReturnType<readonly [remaining: string, elapsed: string]>()
 
+/**
+ * A fixed window (delay mode: a running counter) that places a reservation atomically so that
+ * all its tokens count in the window of its last one: one that would straddle a boundary also
+ * takes the rest of the window before. Two store calls (take, then take the straddled part
+ * again) let other callers' tokens land between them, and a call then ran in a window that
+ * counted only part of its tokens. `windowLimit` is the tokens of one window; the answer is the
+ * counter after the call, the time until it expires (ms), and the tokens taken.
+ *
+ * @since 0.3.0
+ * @category models
+ */
+export interface AlignedFixedWindow {
+  readonly fixedWindowAligned: (options: {
+    readonly key: string
+    readonly tokens: number
+    readonly refillRate: Duration.Duration
+    readonly windowLimit: number
+  }) => Effect.Effect<readonly [count: number, ttl: number, taken: number], RateLimiter.RateLimiterError>
+}
+
 const storeError = (operation: string) => (error: Redis.RedisError) =>
   new RateLimiter.RateLimiterError({
     reason: new RateLimiter.RateLimitStoreError({ message: `Redis ${operation} failed`, cause: error.cause })
@@ -134,10 +164,22 @@ export const makeStore = Effect.fnUntraced(function* (options: { readonly prefix
   const base = yield* RateLimiter.makeStoreRedis({ prefix })
   const fixedWindow = redis.eval(fixedWindowScript)
   const tokenBucket = redis.eval(tokenBucketScript)
-  return RateLimiter.RateLimiterStore.of({
+  const fixedWindowAligned: AlignedFixedWindow["fixedWindowAligned"] = (o) =>
+    fixedWindow(
+      `${prefix}${escapeKey(o.key)}`,
+      o.tokens,
+      Duration.toMillis(o.refillRate),
+      undefined,
+      o.windowLimit
+    ).pipe(
+      Effect.map(([count, ttl, taken]) => [Number(count), Number(ttl), Number(taken ?? o.tokens)] as const),
+      Effect.mapError(storeError("fixedWindow"))
+    )
+  const store: RateLimiter.RateLimiterStore["Service"] & AlignedFixedWindow = {
     ...base,
+    fixedWindowAligned,
     fixedWindow: (o) =>
-      fixedWindow(`${prefix}${escapeKey(o.key)}`, o.tokens, Duration.toMillis(o.refillRate), o.limit).pipe(
+      fixedWindow(`${prefix}${escapeKey(o.key)}`, o.tokens, Duration.toMillis(o.refillRate), o.limit, undefined).pipe(
         Effect.map(([count, ttl]) => [Number(count), Number(ttl)] as const),
         Effect.mapError(storeError("fixedWindow"))
       ),
@@ -152,7 +194,8 @@ export const makeStore = Effect.fnUntraced(function* (options: { readonly prefix
         Effect.map(([remaining, elapsed]) => [Number(remaining), Number(elapsed)] as const),
         Effect.mapError(storeError("tokenBucket"))
       )
-  })
+  }
+  return store
 })
 
 /**
