@@ -18,7 +18,7 @@ import { ModelError } from "./AiError.js"
 import * as Timers from "./policy/timers.js"
 import * as Input from "./Input.js"
 import { make as makeMetrics } from "./RateLimit/metrics.js"
-import { checkGuardFields, checkOptions, checkTokens, redisFields } from "./RateLimit/options.js"
+import { checkOptions, checkTokens, redisFields } from "./RateLimit/options.js"
 import * as RedisStore from "./RateLimit/Redis.js"
 import * as SharedRedis from "./Redis.js"
 import { isTraced } from "./policy/span.js"
@@ -455,7 +455,6 @@ export const layerRedis = (options: RedisOptions): Layer.Layer<RateLimits, Input
     RateLimits,
     Effect.gen(function* () {
       yield* Input.orOptionError(checkOptions(options, redisFields))
-      yield* Input.orOptionError(checkGuardFields(options.redis))
       const settings = yield* Input.orOptionError(SharedRedis.guardSettings(options.redis, "redis."))
       const onStoreError = Input.orDefault(options.onStoreError, "allow")
       if (onStoreError !== "allow" && onStoreError !== "reject") {

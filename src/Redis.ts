@@ -331,8 +331,15 @@ export interface GuardOptions {
  * @since 0.2.0
  * @category constructors
  */
-export const guardSettings = (options: GuardOptions = {}, prefix = ""): Input.Checked<GuardSettings> =>
-  Result.map(
+export const guardSettings = (options: GuardOptions = {}, prefix = ""): Input.Checked<GuardSettings> => {
+  // `redis: null` would fail reading its first field; a misspelt `timout` would keep the default deadline unsaid.
+  const issue =
+    Input.notAnObject(prefix === "" ? "options" : prefix.slice(0, -1), options) ??
+    (Array.isArray(options)
+      ? { path: prefix === "" ? "options" : prefix.slice(0, -1), message: "expected an object, got an array" }
+      : Input.unknownKey(options, guardKeys, prefix))
+  if (issue !== undefined) return Result.fail(issue)
+  return Result.map(
     Input.all([
       Input.duration(`${prefix}timeout`, Input.orDefault(options.timeout, "500 millis")),
       Input.duration(`${prefix}reportAfter`, Input.orDefault(options.reportAfter, "1 second"), { allowZero: true }),
@@ -340,6 +347,9 @@ export const guardSettings = (options: GuardOptions = {}, prefix = ""): Input.Ch
     ]),
     ([timeout, reportAfter, probeInterval]) => ({ timeout, reportAfter, probeInterval })
   )
+}
+
+const guardKeys: ReadonlySet<string> = new Set(["timeout", "reportAfter", "probeInterval"])
 
 /**
  * Bounds and accounts the Redis calls of one store.

@@ -296,6 +296,10 @@ describe.skipIf(skipRedis)(`CircuitBreaker on Redis${skipRedis ? ` (${skipReason
       yield* refused({ onStoreError: "maybe" }, "onStoreError")
       yield* refused({ probeLease: Number.NaN }, "probeLease")
       yield* refused({ redis: { timeout: Number.NaN } }, "redis.timeout")
+      // A misspelt guard option kept the default deadline without a word; null failed reading it.
+      yield* refused({ redis: { timout: 100 } }, "redis.timout")
+      yield* refused({ redis: null }, "redis")
+      yield* refused({ redis: [] }, "redis")
       yield* refused({ failMax: 0 }, "failMax")
       // Above 2^50 the store's scripts refuse every record: the circuit would never open.
       yield* refused({ failMax: Number.MAX_SAFE_INTEGER }, "failMax")

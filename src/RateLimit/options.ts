@@ -62,25 +62,6 @@ const optionFields: ReadonlySet<string> = new Set(["providers", "default", "maxW
  */
 export const redisFields: ReadonlySet<string> = new Set([...optionFields, "prefix", "onStoreError", "redis"])
 
-const guardFields: ReadonlySet<string> = new Set(["timeout", "reportAfter", "probeInterval"])
-
-/**
- * The shape of `layerRedis`'s `redis` (its durations are `Redis.guardSettings`'s to check):
- * an object of the guard's fields, so a misspelt one is refused rather than ignored.
- *
- * @internal
- */
-export const checkGuardFields = (input: unknown): Input.Checked<void> => {
-  if (input === undefined) return Result.void
-  if (typeof input !== "object" || input === null || Array.isArray(input)) {
-    return Result.fail({ path: "redis", message: "expected an object of timeout, reportAfter and probeInterval" })
-  }
-  for (const field of Object.keys(input)) {
-    if (!guardFields.has(field)) return Result.fail({ path: `redis.${field}`, message: "unknown field" })
-  }
-  return Result.void
-}
-
 /**
  * Checks options, `fields` being the known ones (default: those of `layerMemory`).
  *
