@@ -242,6 +242,32 @@ describe("Executor.stream", () => {
     })
   )
 
+  it.effect("a Retry-After past the total deadline is not waited for: the next step streams at once", () =>
+    Effect.gen(function* () {
+      const { executor, control } = yield* setup({
+        script: [Outcome.fail("RateLimited", { retryAfter: "30 seconds" }), Outcome.succeed("from backup")]
+      })
+      const a = { ...executor.provider, name: "a" }
+      const b = { ...executor.provider, name: "b" }
+      const fiber = yield* Effect.forkChild(
+        collect(
+          executor.stream(ask, {
+            steps: [{ provider: a }, { provider: b }],
+            retry: { initialDelay: 100, jitter: 0 },
+            totalTimeout: "10 seconds"
+          })
+        )
+      )
+      yield* Effect.yieldNow
+      const done = fiber.pollUnsafe()
+      if (done === undefined) yield* Fiber.interrupt(fiber)
+      assert.isDefined(done, "the stream waited for a Retry-After its total deadline cuts")
+      assert.strictEqual(textOf(yield* Fiber.join(fiber)), "from backup")
+      assert.strictEqual(yield* control.calls, 2)
+      assert.strictEqual((yield* executor.stats()).retries, 0)
+    })
+  )
+
   it.effect("a consumer that leaves early interrupts the upstream", () =>
     Effect.gen(function* () {
       const { executor, control } = yield* setup({ respond: () => "a b c d e f g", chunkDelay: 100 })

@@ -567,17 +567,79 @@ describe("Executor.run: fallback and hedging", () => {
     })
   )
 
-  it.effect("a total deadline bounds retries and waits (limit total)", () =>
+  it.effect("a Retry-After past the total deadline is not waited for: the next step answers at once", () =>
     Effect.gen(function* () {
-      const { executor } = yield* setup({ random: { success: 0, failures: { Overloaded: 1 } } })
+      const { executor, control } = yield* setup({
+        script: [Outcome.fail("RateLimited", { retryAfter: "30 seconds" }), Outcome.succeed("from b")]
+      })
+      const p = executor.provider
+      const retry = Policy.retry({ initialDelay: 100, jitter: 0 })
+      const a = executor.stepFor({ ...p, name: "a" }, { retry })
+      const b = executor.stepFor({ ...p, name: "b" }, { retry })
+      const retried: Array<number> = []
       const fiber = yield* Effect.forkChild(
-        Effect.flip(
-          executor.execute(ask, { retry: { maxAttempts: 10, initialDelay: "1 second" }, totalTimeout: "3 seconds" })
+        executor.run(
+          {
+            steps: [a, b],
+            totalTimeout: Duration.seconds(10),
+            onRetry: (event) => Effect.sync(() => retried.push(event.attempt))
+          },
+          (provider) => provider.generate(ask)
         )
       )
+      yield* Effect.yieldNow
+      const answer = fiber.pollUnsafe()
+      if (answer === undefined) yield* Fiber.interrupt(fiber)
+      assert.isDefined(answer, "the call waited for a Retry-After its total deadline cuts")
+      const value = yield* Fiber.join(fiber)
+      assert.strictEqual(value.value.text, "from b")
+      assert.strictEqual(value.step.name, "b")
+      assert.strictEqual(yield* control.calls, 2)
+      assert.deepStrictEqual(retried, [])
+      assert.strictEqual((yield* executor.stats()).retries, 0)
+    })
+  )
+
+  it.effect(
+    "a single step whose Retry-After ends past the total deadline fails at once with the provider's error",
+    () =>
+      Effect.gen(function* () {
+        const { executor, control } = yield* setup({
+          script: [Outcome.fail("RateLimited", { retryAfter: "30 seconds" }), Outcome.succeed("late")]
+        })
+        const fiber = yield* Effect.forkChild(
+          Effect.flip(executor.execute(ask, { retry: { initialDelay: 100, jitter: 0 }, totalTimeout: "10 seconds" }))
+        )
+        yield* Effect.yieldNow
+        const done = fiber.pollUnsafe()
+        if (done === undefined) yield* Fiber.interrupt(fiber)
+        assert.isDefined(done, "the call waited for a Retry-After its total deadline cuts")
+        const error = yield* Fiber.join(fiber)
+        assert.strictEqual(error._tag === "ModelError" && error.reason, "RateLimited")
+        assert.strictEqual(yield* control.calls, 1)
+        const stats = yield* executor.stats()
+        assert.strictEqual(stats.retries, 0)
+        assert.deepStrictEqual(stats.failuresByReason, { RateLimited: 1 })
+      })
+  )
+
+  it.effect("a total deadline bounds retries and waits (limit total); a wait it would cut is not made", () =>
+    Effect.gen(function* () {
+      const { executor, control } = yield* setup({
+        script: [Outcome.fail("Overloaded"), Outcome.fail("Overloaded"), Outcome.hang()]
+      })
+      const retry = { maxAttempts: 10, initialDelay: "1 second", jitter: 0 } as const
+      // Attempts at 0 s and 1 s; the next wait (2 s) would end at the deadline: the call fails with its error then.
+      const early = yield* Effect.forkChild(Effect.flip(executor.execute(ask, { retry, totalTimeout: "3 seconds" })))
+      yield* TestClock.adjust("1 second")
+      const error = yield* Fiber.join(early)
+      assert.strictEqual(error._tag === "ModelError" && error.reason, "Overloaded")
+      assert.strictEqual(yield* control.calls, 2)
+      // An attempt running when the deadline passes is cut by it.
+      const cut = yield* Effect.forkChild(Effect.flip(executor.execute(ask, { retry, totalTimeout: "3 seconds" })))
       yield* TestClock.adjust("3 seconds")
-      const error = yield* Fiber.join(fiber)
-      assert.strictEqual(error._tag === "TimeoutError" && error.limit, "total")
+      const timeout = yield* Fiber.join(cut)
+      assert.strictEqual(timeout._tag === "TimeoutError" && timeout.limit, "total")
     })
   )
 })

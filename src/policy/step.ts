@@ -12,7 +12,7 @@
  *
  * @internal
  */
-import { Cause, type Clock, type Duration, Effect, Exit, Schedule, type Semaphore } from "effect"
+import { Cause, type Clock, Duration, Effect, Exit, Schedule, type Semaphore } from "effect"
 import { observe } from "./callback.js"
 import { type AiError, isRetryable, reasonOf, TimeoutError } from "../AiError.js"
 import { schedule as retrySchedule } from "../Policy.js"
@@ -79,6 +79,8 @@ export interface Counter {
   /** Steps started so far. */
   steps: number
   readonly cut: () => string | undefined
+  /** The instant the call's total deadline passes, if it has one: no retry waits past it. */
+  readonly deadlineAt?: number | undefined
   /** Whether the caller is traced (known once per call), or undefined: look at each attempt. */
   readonly traced?: boolean | undefined
 }
@@ -299,10 +301,15 @@ export const make = (env: Env): Driver => {
             return s as NonNullable<RetryState["stepper"]>
           })
         : Effect.succeed(state.stepper)
+    const now = clock.currentTimeMillisUnsafe()
     return Effect.flatMap(next, (s) =>
-      Effect.flatMap(Effect.exit(s(clock.currentTimeMillisUnsafe(), error)), (decision) => {
+      Effect.flatMap(Effect.exit(s(now, error)), (decision) => {
         if (Exit.isFailure(decision)) return Effect.fail(error)
         const delay = decision.value[1]
+        // A wait the call's total deadline would cut (a long Retry-After) is not waited for: the
+        // step fails with its error now, and a fallback gets the time that is left.
+        const deadlineAt = counter.deadlineAt
+        if (deadlineAt !== undefined && now + Duration.toMillis(delay) >= deadlineAt) return Effect.fail(error)
         const notify =
           plan.onRetry === undefined
             ? Effect.void

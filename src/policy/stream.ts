@@ -172,6 +172,8 @@ export const make = (env: { readonly engine: Engine; readonly defaults: StreamDe
         if (ending === "shutdown") leave()
       }
       let total: Watch | undefined
+      // When the total deadline passes (armed below): no retry's backoff waits past it.
+      let totalAt = Number.POSITIVE_INFINITY
       const stop = (error: AiError) => cutShort(error, false)
 
       let stepClosed = false
@@ -225,6 +227,7 @@ export const make = (env: { readonly engine: Engine; readonly defaults: StreamDe
           engine.enter()
           total = engine.lanes.watch(onTotal)
           total.arm(plan.totalTimeout)
+          if (plan.totalTimeout !== undefined) totalAt = now() + Duration.toMillis(plan.totalTimeout)
           if (cut !== undefined) (cut.stops ??= new Set()).add(stop)
           return Scope.addFinalizer(streamScope, finalizer)
         })
@@ -280,8 +283,11 @@ export const make = (env: { readonly engine: Engine; readonly defaults: StreamDe
             const policy = attempt.step.retry
             if (policy !== undefined && isRetryable(error) && !engine.isClosing()) {
               if (stepper === undefined) stepper = (yield* Schedule.toStep(retrySchedule(policy))) as never
-              const decision = yield* Effect.exit(stepper!(now(), error))
-              if (Exit.isSuccess(decision)) {
+              const decidedAt = now()
+              const decision = yield* Effect.exit(stepper!(decidedAt, error))
+              // A backoff the total deadline would cut (a long Retry-After) is not waited for: the
+              // step fails with its error now, and the next step gets the time that is left.
+              if (Exit.isSuccess(decision) && decidedAt + Duration.toMillis(decision.value[1]) < totalAt) {
                 const delay = decision.value[1]
                 if (plan.onRetry !== undefined) {
                   yield* observe("onRetry", plan.onRetry, () =>
