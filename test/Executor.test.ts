@@ -381,6 +381,28 @@ describe("Executor.executeMany", () => {
   )
 
   it.effect(
+    "a request whose field throws when read is its own InvalidRequest naming request, not a defect of all",
+    () =>
+      Effect.gen(function* () {
+        const { executor } = yield* setup({ respond: () => "ok" })
+        const throwing = {
+          get prompt(): string {
+            throw new Error("prompt getter threw")
+          }
+        }
+        const results = yield* executor.executeMany([ask, throwing, ask])
+        assert.deepStrictEqual(
+          results.map((r) => (Result.isSuccess(r) ? "ok" : r.failure._tag === "ModelError" && r.failure.field)),
+          ["ok", "request", "ok"]
+        )
+        const failure = results[1]!
+        assert.include(Result.isFailure(failure) ? failure.failure.message : "", "prompt getter threw")
+        const error = yield* Effect.flip(executor.execute(throwing))
+        assert.strictEqual(error._tag === "ModelError" && `${error.reason} ${error.field}`, "InvalidRequest request")
+      })
+  )
+
+  it.effect(
     "requests that are not an iterable, or null options, are an InvalidRequest naming them, not [] or a defect",
     () =>
       Effect.gen(function* () {

@@ -6,7 +6,7 @@
  * @internal
  */
 import { Effect, Result } from "effect"
-import { invalidRequest } from "../AiError.js"
+import { invalidRequest, type ModelError } from "../AiError.js"
 import type { ExecuteOptions } from "../Executor.js"
 import {
   checkGenerate,
@@ -16,6 +16,7 @@ import {
   type Service as ProviderService
 } from "../Model.js"
 import type { Engine } from "../policy/engine.js"
+import { describeDefect } from "../policy/failure.js"
 import type { Telemetry } from "../policy/plan.js"
 import { answerAttributes, isTraced } from "../policy/span.js"
 import type { StreamStep } from "../policy/stream-plan.js"
@@ -29,6 +30,21 @@ import type { Refused } from "./refusal.js"
  * @internal
  */
 export const generateOf = (request: GenerateRequest) => (p: ProviderService) => p.generate(request)
+
+/**
+ * `checkGenerate`, with a request that throws when read (a getter, a `Proxy`) refused as an
+ * `InvalidRequest` naming `request`: that call's typed error, never a defect of the caller
+ * (of a whole `executeMany`).
+ *
+ * @internal
+ */
+export const checkRequest = (request: GenerateRequest, limits: RequestLimits): ModelError | undefined => {
+  try {
+    return checkGenerate(request, limits)
+  } catch (defect) {
+    return invalidRequest("request", `reading it threw: ${describeDefect(defect)}`)
+  }
+}
 
 const responseAttributes = (response: GenerateResponse) => answerAttributes(response)
 
@@ -76,7 +92,7 @@ export const make = (env: {
         return refused(error, callOptions?.provider ?? provider, callOptions?.domain)
       }
       const target = callOptions.provider ?? provider
-      const error = checkGenerate(request, limits)
+      const error = checkRequest(request, limits)
       if (error !== undefined) return refused(error, target, callOptions.domain)
       const plan = planOf(target, request, callOptions, resolved.success)
       // A span only for a traced caller (a span costs more than an instant call).

@@ -10,18 +10,12 @@ import { Cause, Effect, Exit, type Fiber, Result } from "effect"
 import { type AiError, invalidRequest, ModelError } from "../AiError.js"
 import type { ManyOptions, ResolvedOptions, Service } from "../Executor.js"
 import * as Input from "../Input.js"
-import {
-  checkGenerate,
-  type GenerateRequest,
-  type GenerateResponse,
-  type RequestLimits,
-  type Service as ProviderService
-} from "../Model.js"
+import type { GenerateRequest, GenerateResponse, RequestLimits, Service as ProviderService } from "../Model.js"
 import type { Engine } from "../policy/engine.js"
 import type { Sink } from "../policy/fused.js"
 import { forEachPool, forEachStarted } from "../policy/pool.js"
 import { isTraced } from "../policy/span.js"
-import { generateOf } from "./generate.js"
+import { checkRequest, generateOf } from "./generate.js"
 import { manyKeys, type ResolveSync } from "./options.js"
 import type { PlanOf } from "./plan.js"
 import type { Refuse } from "./refusal.js"
@@ -87,7 +81,7 @@ export const make = (env: {
     index: number
   ) => {
     const target = manyOptions.provider ?? provider
-    const error = checkGenerate(request, limits)
+    const error = checkRequest(request, limits)
     if (error !== undefined) {
       sink.done(index, Exit.fail(refuse(error, target, manyOptions.domain)))
       return undefined
