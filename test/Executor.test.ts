@@ -397,8 +397,20 @@ describe("Executor.executeMany", () => {
         )
         const failure = results[1]!
         assert.include(Result.isFailure(failure) ? failure.failure.message : "", "prompt getter threw")
-        const error = yield* Effect.flip(executor.execute(throwing))
-        assert.strictEqual(error._tag === "ModelError" && `${error.reason} ${error.field}`, "InvalidRequest request")
+        const embedding = {
+          get texts(): readonly [string] {
+            throw new Error("texts getter threw")
+          }
+        }
+        const errors = [
+          yield* Effect.flip(executor.execute(throwing)),
+          yield* Effect.flip(Stream.runDrain(executor.stream(throwing))),
+          yield* Effect.flip(executor.embed(embedding))
+        ]
+        assert.deepStrictEqual(
+          errors.map((error) => error._tag === "ModelError" && `${error.reason} ${error.field}`),
+          ["InvalidRequest request", "InvalidRequest request", "InvalidRequest request"]
+        )
       })
   )
 

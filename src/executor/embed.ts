@@ -6,7 +6,7 @@
  * @internal
  */
 import { Effect, Result } from "effect"
-import { invalidRequest } from "../AiError.js"
+import { invalidRequest, type ModelError } from "../AiError.js"
 import type { ExecuteOptions, Plan, Service, Step } from "../Executor.js"
 import {
   type EmbedRequest,
@@ -16,6 +16,7 @@ import {
   validateEmbed
 } from "../Model.js"
 import type { Engine } from "../policy/engine.js"
+import { describeDefect } from "../policy/failure.js"
 import type { Telemetry } from "../policy/plan.js"
 import { isTraced } from "../policy/span.js"
 import type { ResolveSync } from "./options.js"
@@ -68,7 +69,14 @@ export const make = (env: {
         return refused(error, callOptions?.provider ?? provider, callOptions?.domain)
       }
       const target = callOptions.provider ?? provider
-      return Effect.matchEffect(validateEmbed(request, limits), {
+      // A request that throws when read (a getter, a `Proxy`) is refused naming it, not a defect.
+      let checked: Effect.Effect<EmbedRequest, ModelError>
+      try {
+        checked = validateEmbed(request, limits)
+      } catch (defect) {
+        checked = Effect.fail(invalidRequest("request", `reading it threw: ${describeDefect(defect)}`))
+      }
+      return Effect.matchEffect(checked, {
         onFailure: (error) => refused(error, target, callOptions.domain),
         onSuccess: (valid) =>
           Effect.withFiber((fiber) => {

@@ -9,18 +9,20 @@ import { Effect, Stream } from "effect"
 import { invalidRequest } from "../AiError.js"
 import type { Guards, Service, StreamOptions } from "../Executor.js"
 import * as Input from "../Input.js"
-import {
-  type GenerateRequest,
-  type RequestLimits,
-  type Service as ProviderService,
-  validateGenerate
-} from "../Model.js"
+import type { GenerateRequest, RequestLimits, Service as ProviderService } from "../Model.js"
 import type { RetryPolicy } from "../Policy.js"
 import type { Streams } from "../policy/stream.js"
 import { labelIssue } from "../stats/labels.js"
+import { checkRequest } from "./generate.js"
 import { kinds } from "./options.js"
 import { tokensOf } from "./plan.js"
 import type { Refuse } from "./refusal.js"
+
+// The request checked (`checkRequest`: one that throws when read is refused, not a defect).
+const validated = (request: GenerateRequest, limits: RequestLimits) => {
+  const error = checkRequest(request, limits)
+  return error === undefined ? Effect.succeed(request) : Effect.fail(error)
+}
 
 /**
  * Builds an executor's `stream`.
@@ -68,7 +70,7 @@ export const make = (env: {
       provider: streamOptions.provider ?? provider,
       // A request refused is counted on its first step, as a call's is.
       validate: (r) =>
-        Effect.mapError(validateGenerate(r, limits), (error) => {
+        Effect.mapError(validated(r, limits), (error) => {
           const first = Array.isArray(streamOptions.steps) ? streamOptions.steps[0] : undefined
           return refuse(
             error,
