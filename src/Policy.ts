@@ -13,7 +13,7 @@
  * | 4 | cache | the call | a hit skips every provider; a miss stores the answer; `allowStale` answers from an expired entry when everything below fails |
  * | 5 | fallback / hedge | the call | the next step starts when `shouldFallback(error)` (hedge: also after a delay); every step failed: `FallbackExhaustedError` |
  * | 6 | retry | each step | a `Schedule` (exponential, jittered, capped, `Retry-After` as a floor) over `isRetryable` errors; `CircuitOpen` never retries; no wait that would end past the total deadline |
- * | 7 | rate limit | each attempt | a slot per attempt, since each attempt is a real upstream call; waiting is outside the attempt's deadline and bounded |
+ * | 7 | rate limit | each attempt | a slot per attempt, since each attempt is a real upstream call; waiting is outside the attempt's deadline, bounded by `maxWait` and never past the total deadline |
  * | 8 | breaker | each attempt | sees every attempt's outcome, so a failing provider trips during a retry loop, and an open one stops it at once |
  * | 9 | deadline | each attempt | the attempt's timeout covers queueing for the provider and the call; it interrupts the provider call |
  * | 10 | provider slot | each attempt | a provider that serves `maxConcurrency` calls at once queues the rest (queue wait and service time are measured apart) |

@@ -12,7 +12,7 @@
  *
  * @since 0.1.0
  */
-import { Context, Duration, Effect, Layer, Result, type Scope } from "effect"
+import { Clock, Context, Duration, Effect, Layer, Result, type Scope } from "effect"
 import { RateLimiter, type Redis } from "effect/persistence"
 import { ModelError } from "./AiError.js"
 import * as Timers from "./policy/timers.js"
@@ -91,17 +91,32 @@ export interface ResolvedLimits {
 }
 
 /**
+ * What one `acquire` takes and how long it may wait.
+ *
+ * @since 0.3.0
+ * @category models
+ */
+export interface AcquireCost {
+  /** Estimated tokens of the attempt (default 0: the request only). */
+  readonly tokens?: number | undefined
+  /** No wait ends past this instant (`Clock` milliseconds), whatever `maxWait` allows. */
+  readonly waitUntil?: number | undefined
+}
+
+/**
  * @since 0.1.0
  * @category models
  */
 export interface Service {
   /**
    * Waits for a slot for one attempt on `key`: one request and `cost.tokens` estimated
-   * tokens (default 0: count the request only). Waits at most `maxWait`; beyond that fails
-   * at once with `RateLimited` and `retryAfter`. An invalid `tokens` fails with
-   * `InvalidRequest` naming `tokens`. A caller interrupted while waiting gives its slot back.
+   * tokens (default 0: count the request only). Waits at most `maxWait`, and never past
+   * `cost.waitUntil` (the clock's milliseconds: the executor gives a call's total deadline);
+   * beyond either it fails at once with `RateLimited` and `retryAfter`, so a fallback can use
+   * the time left. An invalid `tokens` fails with `InvalidRequest` naming `tokens`. A caller
+   * interrupted while waiting gives its slot back.
    */
-  readonly acquire: (key: string, cost?: { readonly tokens?: number | undefined }) => Effect.Effect<void, ModelError>
+  readonly acquire: (key: string, cost?: AcquireCost) => Effect.Effect<void, ModelError>
   /** The limits that apply to `key`, if any. */
   readonly limitsOf: (key: string) => ResolvedLimits | undefined
 }
@@ -159,6 +174,7 @@ const makeWith = Effect.fnUntraced(function* (
   policy: StorePolicy = {}
 ) {
   const config = yield* Input.orOptionError(checkOptions(options))
+  const clock = yield* Clock.Clock
   const guard = policy.guard
   const guarded: RateLimiter.RateLimiterStore["Service"] =
     guard === undefined
@@ -284,7 +300,8 @@ const makeWith = Effect.fnUntraced(function* (
     results: ReadonlyArray<Result.Result<RateLimiter.ConsumeResult, RateLimiter.RateLimiterError>>,
     restore: <A, E>(effect: Effect.Effect<A, E>) => Effect.Effect<A, E>,
     held: ReadonlyArray<Reservation> = [],
-    waited = 0
+    waited = 0,
+    waitUntil?: number
   ): Effect.Effect<void, ModelError> => {
     const metrics = metricsOf(key)
     const taken: Array<Reservation> = [...held]
@@ -315,7 +332,10 @@ const makeWith = Effect.fnUntraced(function* (
         )
       )
     }
-    if (waited + waitMillis > maxWaitMillis) {
+    // A wait the caller's deadline would cut is not made: it fails now, and a fallback gets the time left.
+    const pastDeadline =
+      waitMillis > 0 && waitUntil !== undefined && clock.currentTimeMillisUnsafe() + waitMillis >= waitUntil
+    if (waited + waitMillis > maxWaitMillis || pastDeadline) {
       const retryAfter = Duration.millis(Math.ceil(waitMillis))
       metrics.rejected++
       return Effect.andThen(
@@ -323,7 +343,7 @@ const makeWith = Effect.fnUntraced(function* (
         Effect.fail(
           new ModelError({
             reason: "RateLimited",
-            message: `rate limit of "${key}" reached: the next slot is in ${Duration.format(retryAfter)}, beyond maxWait ${Duration.format(config.maxWait)}`,
+            message: `rate limit of "${key}" reached: the next slot is in ${Duration.format(retryAfter)}, beyond ${pastDeadline ? "the call's total deadline" : `maxWait ${Duration.format(config.maxWait)}`}`,
             provider: key,
             retryAfter
           })
@@ -362,13 +382,15 @@ const makeWith = Effect.fnUntraced(function* (
       Effect.matchCauseEffect(restore(sleep), {
         onFailure: (cause) => Effect.andThen(release(kept), Effect.failCause(cause)),
         onSuccess: () =>
-          Effect.flatMap(reserveAll(early), (again) => decide(key, early, again, restore, kept, waited + waitMillis))
+          Effect.flatMap(reserveAll(early), (again) =>
+            decide(key, early, again, restore, kept, waited + waitMillis, waitUntil)
+          )
       })
     )
   }
 
   // Plain code rather than a generator: this runs for every attempt.
-  const untraced = (key: string, cost?: { readonly tokens?: number | undefined }): Effect.Effect<void, ModelError> => {
+  const untraced = (key: string, cost?: AcquireCost): Effect.Effect<void, ModelError> => {
     let tokens = 0
     if (cost?.tokens !== undefined) {
       const checked = checkTokens(cost.tokens)
@@ -391,7 +413,7 @@ const makeWith = Effect.fnUntraced(function* (
     // Redis round trip in flight) kept its slot, which the store had counted and no one gave
     // back. Store calls are bounded (the guard's deadline), so an interruption waits at most that.
     return Effect.uninterruptibleMask((restore) =>
-      Effect.flatMap(reserveAll(reservations), (all) => decide(key, reservations, all, restore))
+      Effect.flatMap(reserveAll(reservations), (all) => decide(key, reservations, all, restore, [], 0, cost?.waitUntil))
     )
   }
 

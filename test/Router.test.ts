@@ -38,6 +38,38 @@ describe("Router.executeWithFallback", () => {
     })
   )
 
+  it.effect("a rate-limit wait past the call's total deadline is not made: the next domain answers at once", () =>
+    Effect.gen(function* () {
+      // One request a minute on a, and callers may wait ten minutes for a slot; the call has 5 seconds.
+      const { router, controls } = yield* makeManager(
+        { a: {}, b: { respond: () => "from b" } },
+        {
+          domains: [
+            { name: "d-a", provider: "a", fallback: ["d-b"] },
+            { name: "d-b", provider: "b" }
+          ],
+          rateLimits: { providers: { a: { requestsPerMinute: 1 } }, maxWait: "10 minutes" }
+        }
+      )
+      yield* router.execute(ask, "d-a", { timeout: "5 seconds" })
+      const fiber = yield* Effect.forkChild(router.execute(ask, "d-a", { timeout: "5 seconds" }))
+      yield* Effect.yieldNow
+      const done = fiber.pollUnsafe()
+      if (done === undefined) yield* Fiber.interrupt(fiber)
+      assert.isDefined(done, "the call waited for a slot its total deadline cuts")
+      const answer = yield* Fiber.join(fiber)
+      assert.strictEqual(answer.response.text, "from b")
+      assert.strictEqual(answer.domain, "d-b")
+      assert.deepStrictEqual([yield* controls.a!.calls, yield* controls.b!.calls], [1, 1])
+      // Without a deadline, the caller waits for the slot as maxWait allows.
+      const patient = yield* Effect.forkChild(router.execute(ask, "d-a"))
+      yield* Effect.yieldNow
+      assert.isUndefined(patient.pollUnsafe())
+      yield* TestClock.adjust("1 minute")
+      assert.strictEqual((yield* Fiber.join(patient)).domain, "d-a")
+    })
+  )
+
   it.effect("answers from the first domain without a fallback when it works", () =>
     Effect.gen(function* () {
       const { router, controls } = yield* makeManager({ a: {}, b: {} })

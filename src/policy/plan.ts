@@ -37,7 +37,10 @@ export interface BreakerPermit {
  * @internal
  */
 export interface LimitGuard {
-  readonly acquire: (key: string, cost?: { readonly tokens?: number | undefined }) => Effect.Effect<void, ModelError>
+  readonly acquire: (
+    key: string,
+    cost?: { readonly tokens?: number | undefined; readonly waitUntil?: number | undefined }
+  ) => Effect.Effect<void, ModelError>
 }
 
 /**

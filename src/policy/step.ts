@@ -226,7 +226,8 @@ export const make = (env: Env): Driver => {
     plan: Plan<T, A>,
     series: Series,
     call: (target: T, step: Step<T>) => Effect.Effect<A, AiError>,
-    traced: boolean | undefined
+    traced: boolean | undefined,
+    deadlineAt: number | undefined
   ): Effect.Effect<A, AiError> => {
     const gauges = series.gauges
     const semaphore = slot(step.name, step.maxConcurrency)
@@ -279,7 +280,11 @@ export const make = (env: Env): Driver => {
           : breakered
     if (step.rateLimit === undefined) return guarded
     const limit = step.rateLimit
-    return Effect.flatMap(tracked(limit.acquire(step.name, { tokens: step.tokens })), () => guarded)
+    // No wait past the call's total deadline: a fallback gets the time that is left.
+    return Effect.flatMap(
+      tracked(limit.acquire(step.name, { tokens: step.tokens, waitUntil: deadlineAt })),
+      () => guarded
+    )
   }
 
   // The retry driver: after a failed attempt, the next one when the policy says so.
@@ -336,7 +341,7 @@ export const make = (env: Env): Driver => {
     Effect.suspend(() => {
       state.attemptNo++
       counter.attempts++
-      return Effect.catch(attempt(step, plan, series, call, counter.traced), (error: AiError) =>
+      return Effect.catch(attempt(step, plan, series, call, counter.traced, counter.deadlineAt), (error: AiError) =>
         retryOrFail(step, plan, call, counter, series, state, error)
       )
     })

@@ -112,6 +112,8 @@ export interface AttemptHost {
   readonly begin: (attempt: Attempt) => void
   /** The stream's span: undefined unless a tracer records it. */
   readonly span: StreamSpan | undefined
+  /** When its total deadline passes (`Infinity`: none): no rate-limit wait ends past it. */
+  readonly totalAt: () => number
 }
 
 /**
@@ -139,7 +141,10 @@ export const attemptStarter = (host: AttemptHost) => {
   const producer = (attempt: Attempt, upstream: GenerateRequest): Effect.Effect<void, AiError> =>
     Effect.gen(function* () {
       const step = attempt.step
-      if (step.rateLimit !== undefined) yield* step.rateLimit.acquire(step.name, { tokens: step.tokens })
+      if (step.rateLimit !== undefined) {
+        const at = host.totalAt()
+        yield* step.rateLimit.acquire(step.name, { tokens: step.tokens, waitUntil: at === Infinity ? undefined : at })
+      }
       if (step.breaker !== undefined) {
         attempt.permit = yield* Scope.provide(step.breaker.admit(step.name), attempt.scope)
       }

@@ -243,7 +243,8 @@ export const make = (env: { readonly engine: Engine; readonly defaults: StreamDe
           current = attempt
           stepAttempt = attempt
         },
-        span
+        span,
+        totalAt: () => totalAt
       })
 
       const beginStep = (index: number) => {
