@@ -98,7 +98,9 @@ const optionKeys: ReadonlySet<string> = new Set(["url", "connectTimeout", "comma
 
 const settings = (options: Options): Input.Checked<Settings> => {
   // `null` (a JSON config's) would fail reading its first field; a misspelt `urll` would connect to the default.
-  const issue = Input.notAnObject("options", options) ?? Input.unknownKey(options, optionKeys)
+  const issue = Array.isArray(options)
+    ? { path: "options", message: "expected an object, got an array" }
+    : (Input.notAnObject("options", options) ?? Input.unknownKey(options, optionKeys))
   if (issue !== undefined) return Result.fail(issue)
   const url = options.url === undefined ? "redis://127.0.0.1:6379" : options.url
   const plain = Redacted.isRedacted(url) ? Redacted.value(url) : url
@@ -333,11 +335,10 @@ export interface GuardOptions {
  */
 export const guardSettings = (options: GuardOptions = {}, prefix = ""): Input.Checked<GuardSettings> => {
   // `redis: null` would fail reading its first field; a misspelt `timout` would keep the default deadline unsaid.
-  const issue =
-    Input.notAnObject(prefix === "" ? "options" : prefix.slice(0, -1), options) ??
-    (Array.isArray(options)
-      ? { path: prefix === "" ? "options" : prefix.slice(0, -1), message: "expected an object, got an array" }
-      : Input.unknownKey(options, guardKeys, prefix))
+  const where = prefix === "" ? "options" : prefix.slice(0, -1)
+  const issue = Array.isArray(options)
+    ? { path: where, message: "expected an object, got an array" }
+    : (Input.notAnObject(where, options) ?? Input.unknownKey(options, guardKeys, prefix))
   if (issue !== undefined) return Result.fail(issue)
   return Result.map(
     Input.all([

@@ -65,6 +65,7 @@ describe("Redis.layer options", () => {
       for (const [options, path] of [
         [null, "options"],
         ["redis://127.0.0.1:1", "options"],
+        [[], "options"],
         [{ urll: "redis://127.0.0.1:1" }, "urll"],
         [{ url: "redis://127.0.0.1:1", commandTimout: 100 }, "commandTimout"]
       ] as const) {
