@@ -324,13 +324,26 @@ export const agentLatency = Metric.histogram("orchestra_agent_duration_ms", {
 /**
  * Attributes `route` (`chat`, `chat_stream`, `embeddings`, `models`, `health`, `metrics`,
  * `other`) and `status` (the HTTP status code). The admin routes (`gateway/admin`, a layer of
- * their own beside the gateway) are not counted here.
+ * their own beside the gateway) are counted in {@link gatewayAdminRequests}.
  *
  * @since 0.2.0
  * @category gateway
  */
 export const gatewayRequests = Metric.counter("orchestra_gateway_requests_total", {
   description: "Requests answered by the gateway, by route and status",
+  incremental: true
+})
+
+/**
+ * Attributes `route` (`keys_create`, `keys_list`, `key`, `key_disable`, `key_enable`,
+ * `key_spend`, and `other` for any other path or method under the admin path) and `status`
+ * (the HTTP status code; 401 for a missing or wrong admin key, 499 when the client left).
+ *
+ * @since 0.3.0
+ * @category gateway
+ */
+export const gatewayAdminRequests = Metric.counter("orchestra_gateway_admin_requests_total", {
+  description: "Requests answered by the gateway's admin routes (gateway/admin), by route and status",
   incremental: true
 })
 

@@ -13,14 +13,15 @@
  * A key never shows its secret again nor its hash: only its `prefix`. Failures are
  * OpenAI-shaped bodies (401 without the admin key, 400 naming the field, 404, 405 with
  * `Allow` for a wrong method, 409 for an id taken, 403 for a key of the configuration, 503 when the store is down). Bodies are
- * bounded (`maxBodyBytes`).
+ * bounded (`maxBodyBytes`). Every answer is counted in `orchestra_gateway_admin_requests_total` by route and status.
  *
  * @since 0.2.0
  */
-import { Effect, Layer, Redacted, Result } from "effect"
+import { Cause, Effect, Exit, Layer, Metric, Redacted, Result } from "effect"
 import * as ByteSize from "effect/ByteSize"
 import { HttpIncomingMessage, HttpRouter, type HttpServerRequest, HttpServerResponse } from "effect/http"
 import * as Input from "../Input.js"
+import * as Metrics from "../Metrics.js"
 import { type GatewayError, gatewayError, toWire } from "./errors.js"
 import { KeyAdmin, type KeyInfo } from "./keys/KeyStore.js"
 import { hash, matches, sha256Pattern } from "./keys/secret.js"
@@ -95,6 +96,9 @@ const allowed = (rest: string): string | undefined => {
 
 const decoder = new TextDecoder()
 
+/** The `route` attribute of `orchestra_gateway_admin_requests_total`. */
+type AdminRoute = "keys_create" | "keys_list" | "key" | "key_disable" | "key_enable" | "key_spend" | "other"
+
 /**
  * Adds the admin routes to the `HttpRouter` in context, over the `KeyAdmin` in context.
  * Invalid options fail with an `OptionError` naming the field.
@@ -151,9 +155,23 @@ export const make = Effect.fnUntraced(function* (options: Options) {
       })
     )
 
-  // Every route: the admin key first, then the handler; every failure an OpenAI-shaped answer.
+  // One series per (route, status): `route` names a declared route, never the path asked for.
+  const series = new Map<string, Metric.Metric<number, unknown>>()
+  const count = (route: AdminRoute, status: number): Effect.Effect<void> => {
+    const name = `${route} ${status}`
+    let counter = series.get(name)
+    if (counter === undefined) {
+      counter = Metric.withAttributes(Metrics.gatewayAdminRequests, { route, status: String(status) })
+      series.set(name, counter)
+    }
+    return Metric.update(counter, 1)
+  }
+
+  // Every route: the admin key first, then the handler; every failure an OpenAI-shaped answer;
+  // every answer counted (a defect as the router's 500, a client that left as 499).
   const route =
     (
+      name: AdminRoute,
       handler: (
         request: HttpServerRequest.HttpServerRequest,
         id: string
@@ -163,7 +181,10 @@ export const make = Effect.fnUntraced(function* (options: Options) {
       Effect.flatMap(HttpRouter.params, (params) =>
         authorized(request).pipe(
           Effect.andThen(handler(request, params.id ?? "")),
-          Effect.catch((error: GatewayError) => Effect.succeed(answerError(error)))
+          Effect.catch((error: GatewayError) => Effect.succeed(answerError(error))),
+          Effect.onExit((exit) =>
+            count(name, Exit.isSuccess(exit) ? exit.value.status : Cause.hasInterruptsOnly(exit.cause) ? 499 : 500)
+          )
         )
       )
 
@@ -173,7 +194,7 @@ export const make = Effect.fnUntraced(function* (options: Options) {
     HttpRouter.route(
       "POST",
       `${path}/keys`,
-      route((request) =>
+      route("keys_create", (request) =>
         readBody(request).pipe(
           Effect.flatMap(store.create),
           Effect.map((created) =>
@@ -189,32 +210,34 @@ export const make = Effect.fnUntraced(function* (options: Options) {
     HttpRouter.route(
       "GET",
       `${path}/keys`,
-      route(() => Effect.map(store.list, (keys) => json(200, { object: "list", data: keys.map(keyBody) })))
+      route("keys_list", () => Effect.map(store.list, (keys) => json(200, { object: "list", data: keys.map(keyBody) })))
     ),
     HttpRouter.route(
       "GET",
       `${path}/keys/:id`,
-      route((_, id) => Effect.map(store.get(id), (key) => json(200, keyBody(key))))
+      route("key", (_, id) => Effect.map(store.get(id), (key) => json(200, keyBody(key))))
     ),
     HttpRouter.route(
       "POST",
       `${path}/keys/:id/disable`,
-      route((_, id) => Effect.map(store.setDisabled(id, true), (key) => json(200, keyBody(key))))
+      route("key_disable", (_, id) => Effect.map(store.setDisabled(id, true), (key) => json(200, keyBody(key))))
     ),
     HttpRouter.route(
       "POST",
       `${path}/keys/:id/enable`,
-      route((_, id) => Effect.map(store.setDisabled(id, false), (key) => json(200, keyBody(key))))
+      route("key_enable", (_, id) => Effect.map(store.setDisabled(id, false), (key) => json(200, keyBody(key))))
     ),
     HttpRouter.route(
       "GET",
       `${path}/keys/:id/spend`,
-      route((_, id) => Effect.map(store.spend(id), (budgets) => json(200, { object: "spend", id, budgets })))
+      route("key_spend", (_, id) =>
+        Effect.map(store.spend(id), (budgets) => json(200, { object: "spend", id, budgets }))
+      )
     ),
     HttpRouter.route(
       "*",
       `${path}/*`,
-      route((request) => {
+      route("other", (request) => {
         const url = request.url.split("?")[0]!
         const allow = allowed(url.slice(path.length))
         if (allow === undefined)

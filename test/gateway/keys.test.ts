@@ -22,6 +22,7 @@ import { type Backend, countersOf } from "../../src/gateway/keys/ledger.js"
 import * as MemoryBackend from "../../src/gateway/keys/memory.js"
 import * as RedisBackend from "../../src/gateway/keys/redis.js"
 import type * as Input from "../../src/Input.js"
+import * as Metrics from "../../src/Metrics.js"
 import * as Mock from "../../src/Model/Mock.js"
 import * as Orchestra from "../../src/Orchestra.js"
 import * as Prometheus from "../../src/Prometheus.js"
@@ -1416,6 +1417,52 @@ describe("Admin routes", () => {
       const big = yield* admin("/admin/keys", { method: "POST", body: { name: "x".repeat(70_000) } })
       assert.strictEqual(big.status, 413)
     })
+  )
+
+  it.live(
+    "admin answers are counted by route and status (bad admin keys included); unknown paths share one route",
+    () =>
+      Effect.gen(function* () {
+        const admin = yield* adminServer(yield* memory({ keys: [key("cfg", secretA)] }))
+        const count = (route: string, status: number) =>
+          Effect.map(
+            Metric.value(Metric.withAttributes(Metrics.gatewayAdminRequests, { route, status: String(status) })),
+            (s) => s.count
+          )
+        const counts = Effect.all([
+          count("keys_list", 401),
+          count("keys_list", 200),
+          count("keys_create", 201),
+          count("key", 404),
+          count("key_spend", 200),
+          count("key_disable", 403),
+          count("other", 404),
+          count("other", 405)
+        ])
+        const before = yield* counts
+        for (let i = 0; i < 3; i++) yield* admin("/admin/keys", { admin: "wrong-admin-key-0123456789" })
+        yield* admin("/admin/keys")
+        yield* admin("/admin/keys", { method: "POST", body: { id: "svc" } })
+        yield* admin("/admin/keys/nope")
+        yield* admin("/admin/keys/cfg/spend")
+        yield* admin("/admin/keys/cfg/disable", { method: "POST" })
+        for (const path of ["/admin/a", "/admin/b", "/admin/keys/cfg/rename"]) yield* admin(path)
+        yield* admin("/admin/keys", { method: "DELETE" })
+        const after = yield* counts
+        assert.deepStrictEqual(
+          after.map((n, i) => n - before[i]!),
+          [3, 1, 1, 1, 1, 1, 3, 1]
+        )
+        // One series per (route, status): the unknown paths made none of their own.
+        const text = yield* Prometheus.text
+        const routes = new Set(
+          [...text.matchAll(/orchestra_gateway_admin_requests_total\{[^}]*route="([^"]+)"/g)].map((m) => m[1])
+        )
+        assert.includeMembers(
+          ["keys_list", "keys_create", "key", "key_spend", "key_disable", "key_enable", "other"],
+          [...routes]
+        )
+      })
   )
 
   it.live(
