@@ -354,6 +354,37 @@ describe("KeyStore: budgets in memory", () => {
     })
   )
 
+  it.effect(
+    "a reservation past its reservationTtl holds nothing at once: not in spend, not against a reserve (TestClock)",
+    () =>
+      Effect.gen(function* () {
+        const store = yield* memory({
+          reservationTtl: "10 seconds",
+          keys: [key("alpha", secretA, { budget: { tokens: 100 } })]
+        })
+        const alpha = yield* store.authenticate(Redacted.make(secretA))
+        // Never settled: its gateway died.
+        yield* store.reserve(alpha, "m", estimate(50, 50))
+        yield* TestClock.adjust("9999 millis")
+        assert.strictEqual((yield* failure(store.reserve(alpha, "m", estimate(1, 0)))).reason, "BudgetExceeded")
+        assert.deepStrictEqual(
+          (yield* store.spend("alpha")).map((l) => [l.spent, l.held]),
+          [[0, 100]]
+        )
+        yield* TestClock.adjust("1 millis")
+        assert.deepStrictEqual(
+          (yield* store.spend("alpha")).map((l) => [l.spent, l.held, l.remaining]),
+          [[0, 0, 100]]
+        )
+        const again = yield* store.reserve(alpha, "m", estimate(50, 50))
+        yield* store.settle(again, { inputTokens: 50, outputTokens: 10 })
+        assert.deepStrictEqual(
+          (yield* store.spend("alpha")).map((l) => [l.spent, l.held]),
+          [[60, 0]]
+        )
+      })
+  )
+
   it.effect("a budget with a period starts again at the next window (TestClock); Retry-After until then", () =>
     Effect.gen(function* () {
       const store = yield* memory({ keys: [key("alpha", secretA, { budget: { tokens: 100, period: "1 hour" } })] })
@@ -578,7 +609,8 @@ const boundaryOnLedger = (backend: Backend) =>
     const id = unique("boundary")
     const at = (now: number) => countersOf("key", id, undefined, budget, now)
     const on = (now: number, amount: number) => at(now).map((counter) => ({ counter, amount }))
-    const level = (now: number) => Effect.map(backend.read(at(now)), (levels) => [levels[0]!.spent, levels[0]!.held])
+    const level = (now: number) =>
+      Effect.map(backend.read(at(now), now), (levels) => [levels[0]!.spent, levels[0]!.held])
     const before = 5 * hour - 1
     const after = 5 * hour
     yield* backend.reserve("r1", on(before, 30), 60_000, before)
@@ -962,6 +994,11 @@ describe.skipIf(skipRedis)(`KeyStore on Redis (${skipRedis ? skipReason : "needs
         assert.strictEqual((yield* failure(survivor.store.reserve(key2, "m", estimate(1, 1)))).reason, "BudgetExceeded")
         // Redis's own clock ends the lease: a real wait.
         yield* Effect.sleep("400 millis")
+        // Given back as soon as it ends, for a read too (no reserve has swept it yet).
+        assert.deepStrictEqual(
+          (yield* survivor.store.spend("k")).map((l) => [l.spent, l.held]),
+          [[0, 0]]
+        )
         const again = yield* survivor.store.reserve(key2, "m", estimate(50, 50))
         yield* survivor.store.settle(again, { inputTokens: 50, outputTokens: 10 })
         assert.deepStrictEqual(

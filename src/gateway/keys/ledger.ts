@@ -105,8 +105,10 @@ export interface Ledger {
     now: number,
     once: boolean
   ) => Effect.Effect<ReadonlyArray<Level | UnreadableCounter>, StoreError>
+  /** The levels at `now` (Redis: at its own time): a lease that has ended holds nothing. */
   readonly read: (
-    counters: ReadonlyArray<Counter>
+    counters: ReadonlyArray<Counter>,
+    now: number
   ) => Effect.Effect<ReadonlyArray<Level>, StoreError | UnreadableCounter>
 }
 

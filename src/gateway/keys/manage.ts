@@ -162,9 +162,10 @@ export const make = (deps: Deps) => {
 
   const spend = (id: string): Effect.Effect<ReadonlyArray<SpendLine>, GatewayError> =>
     Effect.flatMap(findById(id), (record) => {
-      const counters = countersFor(record.id, record.team, budgetsOf(record), undefined, now())
+      const at = now()
+      const counters = countersFor(record.id, record.team, budgetsOf(record), undefined, at)
       if (counters.length === 0) return Effect.succeed([])
-      return backend.read(counters).pipe(
+      return backend.read(counters, at).pipe(
         Effect.catch(deps.budgetFailure),
         Effect.map((levels) =>
           counters.map((counter, i): SpendLine => {

@@ -2,7 +2,7 @@
  * The key store in this process: a directory of created keys and a ledger of budget
  * counters. Every operation is one synchronous step, so a reservation on several counters
  * is atomic. A counter of a past window is dropped when the window after its next one is first
- * used; leases not settled by their end are given back.
+ * used; leases not settled by their end are given back at their end (no longer counted by a read or a reserve).
  *
  * @internal
  */
@@ -53,8 +53,20 @@ export const make = (): Backend => {
     return made
   }
 
+  // A lease ends exactly at its end, for reads and reserves alike. Leases are kept in the order
+  // they were taken, which is the order they end (one lease length per store): the expired ones
+  // are at the front, so the check stops at the first live lease. A full pass now and then gives
+  // back one out of order (the clock went back).
+  const expire = (state: MemoryCounter, now: number) => {
+    for (const [id, lease] of state.leases) {
+      if (lease.expires > now) return
+      state.held -= lease.amount
+      state.leases.delete(id)
+    }
+  }
+
   const sweep = (state: MemoryCounter, now: number, leaseMs: number) => {
-    if (now < state.nextSweep) return
+    if (now < state.nextSweep) return expire(state, now)
     state.nextSweep = now + Math.max(1000, Math.floor(leaseMs / 4))
     for (const [id, lease] of state.leases) {
       if (lease.expires <= now) {
@@ -110,11 +122,13 @@ export const make = (): Backend => {
       return levels
     })
 
-  const read: Ledger["read"] = (list) =>
+  const read: Ledger["read"] = (list, now) =>
     Effect.sync(() =>
       list.map((c) => {
         const state = get(c, false)
-        return state === undefined ? { spent: 0, held: 0 } : { spent: state.spent, held: state.held }
+        if (state === undefined) return { spent: 0, held: 0 }
+        expire(state, now)
+        return { spent: state.spent, held: state.held }
       })
     )
 

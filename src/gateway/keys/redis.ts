@@ -256,17 +256,24 @@ return out
 ).withReturnType<ReadonlyArray<number>>()
 
 // KEYS: as reserveScript. Returns { 0, spent1, held1, ... }, or { -i } for the first counter
-// that cannot be read.
+// that cannot be read. A lease that has ended holds nothing, as for a reserve (which gives it
+// back); the read writes nothing.
 const readScript = Redis.script((keys: ReadonlyArray<string>) => keys, {
   numberOfKeys: (keys: ReadonlyArray<string>) => keys.length,
   lua: `${readableLua}
 local n = #KEYS / 2
+local time = redis.call("TIME")
+local now = tonumber(time[1]) * 1000 + math.floor(tonumber(time[2]) / 1000)
 local out = { 0 }
 for i = 1, n do
   if not readable(KEYS[2 * i - 1], KEYS[2 * i]) then return { -i } end
   local v = redis.call("HMGET", KEYS[2 * i - 1], "spent", "held")
+  local held = tonumber(v[2]) or 0
+  for _, member in ipairs(redis.call("ZRANGEBYSCORE", KEYS[2 * i], "-inf", now, "LIMIT", 0, 1000)) do
+    held = held - (tonumber(string.match(member, "|([^|]*)$")) or 0)
+  end
   out[2 * i] = tonumber(v[1]) or 0
-  out[2 * i + 1] = tonumber(v[2]) or 0
+  out[2 * i + 1] = math.max(0, held)
 end
 return out
 `
