@@ -6,7 +6,8 @@
  * - {@link layer} builds `effect/persistence`'s `Redis` service on `@effect/platform-node`'s
  *   `NodeRedis` with settings that never leave a caller waiting on a dead Redis: commands
  *   are refused at once while disconnected (`disableOfflineQueue`), every command has a
- *   client-side deadline (sent or not), connections time out, and the client reconnects
+ *   client-side deadline (sent or not), a script's `eval` (one EVALSHA, and one EVAL after a
+ *   NOSCRIPT) shares one such deadline, connections time out, and the client reconnects
  *   in the background for as long as the layer lives.
  * - {@link makeGuard} bounds one Redis call with a deadline, counts its failures in a
  *   metric, and reports an outage once failures persist (one warning naming the Redis
@@ -22,8 +23,10 @@
  *
  * @since 0.2.0
  */
+import { createHash } from "node:crypto"
 import type * as NodeRedis from "@effect/platform-node/NodeRedis"
 import {
+  Cause,
   Clock,
   Config,
   Context,
@@ -207,6 +210,10 @@ export const layer = (
       // answers held the build for ever. The build's scope is the layer's: giving up closes the client.
       return Layer.effectContext(
         Layer.build(client).pipe(
+          Effect.map((context) => {
+            const redis = Context.get(context, Redis.Redis)
+            return Context.add(context, Redis.Redis, { ...redis, eval: evalWithin(redis.send, s.commandTimeout) })
+          }),
           Effect.timeoutOrElse({
             duration: Duration.millis(s.connectTimeout),
             orElse: () =>
@@ -225,6 +232,39 @@ export const layer = (
       ).pipe(Layer.merge(Layer.succeed(ClientDeadline, s.commandTimeout)))
     })
   )
+
+const isNoScript = (error: Redis.RedisError): boolean =>
+  error.cause instanceof Error && error.cause.message.startsWith("NOSCRIPT")
+
+// effect's `eval` loads a script (SCRIPT LOAD) before its first EVALSHA and again after a
+// NOSCRIPT (Redis restarted, SCRIPT FLUSH): up to three commands, each with the client's own
+// deadline, so a guard relying on that deadline (see ClientDeadline) waited up to 3x it. Here
+// the SHA-1 is known without asking Redis: one EVALSHA, and after a NOSCRIPT one EVAL (which
+// loads the script too) within what is left of the first command's deadline.
+const evalWithin =
+  (send: Redis.Redis["Service"]["send"], deadline: number): Redis.Redis["Service"]["eval"] =>
+  <Config extends { readonly params: ReadonlyArray<unknown>; readonly result: unknown }>(
+    script: Redis.Script<Config>
+  ) => {
+    const sha = createHash("sha1").update(script.lua).digest("hex")
+    return (...params: Config["params"]): Effect.Effect<Config["result"], Redis.RedisError> =>
+      Effect.clockWith((clock) => {
+        const started = clock.currentTimeMillisUnsafe()
+        const args = [script.numberOfKeys(...params).toString(), ...script.params(...params).map(String)]
+        return Effect.catchIf(send<Config["result"]>("EVALSHA", sha, ...args), isNoScript, () => {
+          const left = deadline - (clock.currentTimeMillisUnsafe() - started)
+          const timedOut = Effect.fail(
+            new Redis.RedisError({ cause: new Cause.TimeoutError(`EVAL did not answer within ${deadline} ms`) })
+          )
+          return left <= 0
+            ? timedOut
+            : Effect.timeoutOrElse(send<Config["result"]>("EVAL", script.lua, ...args), {
+                duration: Duration.millis(left),
+                orElse: () => timedOut
+              })
+        })
+      })
+  }
 
 /**
  * {@link layer} from configuration: `Redis.layerConfig({ url: Config.Redacted("REDIS_URL") })`.

@@ -1,6 +1,7 @@
-import type { Socket } from "node:net"
+import { createServer, type Socket } from "node:net"
 import { assert, describe, it } from "@effect/vitest"
-import { Effect, Exit, Layer, Option } from "effect"
+import { Context, Effect, Exit, Layer, Option, type Scope } from "effect"
+import { Redis as PersistenceRedis } from "effect/persistence"
 import type { OptionError } from "../src/Input.js"
 import * as Redis from "../src/Redis.js"
 import { skipRedis, skipReason, startRedis } from "./utils/redis.js"
@@ -33,6 +34,33 @@ describe.skipIf(skipRedis)(`Redis.layer (${skipRedis ? skipReason : "needs redis
         assert.isTrue(elapsed < 2000, `failed after ${elapsed} ms`)
         // The client given up is closed, not left connected to the hung server.
         assert.strictEqual(openSockets(server.port), 0)
+      })
+    )
+  )
+})
+
+describe.skipIf(skipRedis)(`Redis.layer's eval (${skipRedis ? skipReason : "needs redis-server"})`, () => {
+  it.live("runs a script the server does not hold yet, and again after SCRIPT FLUSH (NOSCRIPT: EVAL loads it)", () =>
+    Effect.scoped(
+      Effect.gen(function* () {
+        const server = yield* startRedis
+        const redis = Context.get(yield* Layer.build(Redis.layer({ url: server.url })), PersistenceRedis.Redis)
+        const add = redis.eval(
+          PersistenceRedis.script((key: string, by: number) => [key, by], {
+            numberOfKeys: 1,
+            lua: `return redis.call("INCRBY", KEYS[1], ARGV[1])`
+          }).withReturnType<number>()
+        )
+        assert.strictEqual(yield* add("n", 2), 2)
+        assert.strictEqual(yield* add("n", 3), 5)
+        yield* redis.send("SCRIPT", "FLUSH")
+        assert.strictEqual(yield* add("n", 4), 9)
+        // A script error is the script's, not a NOSCRIPT taken for one.
+        const broken = redis.eval(
+          PersistenceRedis.script(() => [], { numberOfKeys: 0, lua: "return redis.call('NOPE')" })
+        )
+        const error = yield* Effect.flip(broken())
+        assert.include(Redis.errorText(error), "Unknown Redis command")
       })
     )
   )
@@ -75,5 +103,105 @@ describe("Redis.layer options", () => {
         if (Option.isSome(error)) assert.strictEqual((error.value as OptionError).path, path)
       }
     })
+  )
+})
+
+/**
+ * A server on 127.0.0.1 that speaks just enough RESP for node-redis: `answer` gets each
+ * command (its words) and returns the raw reply, a delay and a reply, or `undefined` for none
+ * (a Redis that hangs on it). Closed with the scope.
+ */
+const scriptedRedis = (
+  answer: (command: ReadonlyArray<string>) => string | readonly [number, string] | undefined
+): Effect.Effect<{ readonly url: string; readonly commands: Array<string> }, never, Scope.Scope> =>
+  Effect.acquireRelease(
+    Effect.callback<{
+      readonly server: ReturnType<typeof createServer>
+      readonly sockets: Set<Socket>
+      readonly url: string
+      readonly commands: Array<string>
+    }>((resume) => {
+      const commands: Array<string> = []
+      const sockets = new Set<Socket>()
+      const server = createServer((socket) => {
+        sockets.add(socket)
+        socket.on("close", () => sockets.delete(socket))
+        let buffer = ""
+        socket.on("error", () => {})
+        socket.on("data", (chunk) => {
+          buffer += chunk.toString("latin1")
+          for (;;) {
+            const words: Array<string> = []
+            const head = /^\*(\d+)\r\n/.exec(buffer)
+            if (head === null) return
+            let at = head[0].length
+            let complete = true
+            for (let i = 0; i < Number(head[1]); i++) {
+              const size = /^\$(\d+)\r\n/.exec(buffer.slice(at))
+              if (size === null || buffer.length < at + size[0].length + Number(size[1]) + 2) {
+                complete = false
+                break
+              }
+              at += size[0].length
+              words.push(buffer.slice(at, at + Number(size[1])))
+              at += Number(size[1]) + 2
+            }
+            if (!complete) return
+            buffer = buffer.slice(at)
+            commands.push(words.join(" ").slice(0, 40))
+            const reply = answer(words)
+            if (typeof reply === "string") socket.write(reply)
+            else if (reply !== undefined) setTimeout(() => socket.writable && socket.write(reply[1]), reply[0])
+          }
+        })
+      })
+      server.listen(0, "127.0.0.1", () => {
+        const address = server.address() as { readonly port: number }
+        resume(Effect.succeed({ server, sockets, url: `redis://127.0.0.1:${address.port}`, commands }))
+      })
+    }),
+    ({ server, sockets }) =>
+      Effect.callback<void>((resume) => {
+        server.close(() => resume(Effect.void))
+        for (const socket of sockets) socket.destroy()
+      })
+  ).pipe(Effect.map(({ url, commands }) => ({ url, commands })))
+
+describe("Redis guard: a script's NOSCRIPT retry", () => {
+  it.live(
+    "shares the call's one deadline: a Redis that said NOSCRIPT late and then hangs costs commandTimeout, not 2-3x",
+    () =>
+      Effect.scoped(
+        Effect.gen(function* () {
+          const sha = "e0e1f9fabfc9d4800c877a703b823ac0578ff8db"
+          let loads = 0
+          const fake = yield* scriptedRedis(([command]) => {
+            switch (command?.toUpperCase()) {
+              case "SCRIPT":
+                // The first load answers; after the script cache was flushed, Redis hangs.
+                return loads++ === 0 ? `$40\r\n${sha}\r\n` : undefined
+              case "EVALSHA":
+                return [250, "-NOSCRIPT No matching script. Please use EVAL.\r\n"]
+              case "EVAL":
+                return undefined
+              default:
+                return "+OK\r\n"
+            }
+          })
+          const context = yield* Layer.build(Redis.layer({ url: fake.url, commandTimeout: "400 millis" }))
+          const redis = Context.get(context, PersistenceRedis.Redis)
+          const guard = yield* Redis.makeGuard({
+            store: "noscript-test",
+            settings: yield* Effect.fromResult(Redis.guardSettings({ timeout: "2 seconds", reportAfter: "1 minute" }))
+          }).pipe(Effect.provideContext(context))
+          const run = redis.eval(PersistenceRedis.script(() => [], { numberOfKeys: 0, lua: "return 1" }))
+          const started = Date.now()
+          const error = yield* Effect.flip(guard.call("eval", run()))
+          const elapsed = Date.now() - started
+          assert.strictEqual(error.reason, "Timeout", error.message)
+          assert.isAtLeast(elapsed, 350)
+          assert.isBelow(elapsed, 550, `the guarded call took ${elapsed} ms: ${fake.commands.join(", ")}`)
+        })
+      )
   )
 })
