@@ -141,6 +141,39 @@ describe.skipIf(skipRedis)(`CircuitBreaker on Redis${skipRedis ? ` (${skipReason
     120_000
   )
 
+  it.live("isolate and reset racing: the one Redis ran last is this process's view and last change too", () =>
+    Effect.gen(function* () {
+      const server = yield* startRedis
+      const prefix = `${uniqueKey("p")}:`
+      const breakers = yield* build(server, { prefix, failMax: 1, resetTimeout: "1 minute" })
+      const raw = Context.get(yield* Layer.build(Redis.layer({ url: server.url })), PersistenceRedis.Redis)
+      const gauge = (key: string) =>
+        Effect.map(Metric.value(Metric.withAttributes(Metrics.breakerState, { breaker: key })), (s) => s.value)
+      for (const order of ["isolate, reset", "reset, isolate"] as const) {
+        for (let round = 0; round < 5; round++) {
+          const key = uniqueKey("race")
+          // Open, so a half-open timer runs for the key (the operations stop it).
+          yield* Effect.exit(breakers.execute(key, overloaded))
+          assert.strictEqual(yield* gauge(key), 1)
+          const last = yield* Effect.forkChild(Stream.runCollect(Stream.take(breakers.changes, 2)), {
+            startImmediately: true
+          })
+          const ops = [breakers.isolate(key), breakers.reset(key)]
+          yield* Effect.all(order === "isolate, reset" ? ops : ops.reverse(), { concurrency: "unbounded" })
+          // Whichever Redis ran last: the store, the view and the last change all say it.
+          const stored = yield* raw.send<string | null>("HGET", `${prefix}${key}`, "state")
+          const changes = yield* Fiber.join(last)
+          const seen = [...changes].filter((change) => change.key === key).pop()
+          assert.deepStrictEqual(
+            { view: yield* gauge(key), last: seen?.to },
+            stored === null ? { view: 0, last: "closed" } : { view: 3, last: "isolated" },
+            `${order} #${round}: stored ${stored}`
+          )
+        }
+      }
+    })
+  )
+
   it.live("half-open with no traffic, one probe across processes; its success closes the circuit for all", () =>
     Effect.gen(function* () {
       const server = yield* startRedis
