@@ -26,7 +26,6 @@
 import { createHash } from "node:crypto"
 import type * as NodeRedis from "@effect/platform-node/NodeRedis"
 import {
-  Cause,
   Clock,
   Config,
   Context,
@@ -233,6 +232,9 @@ export const layer = (
     })
   )
 
+// An EVAL that did not answer within what was left of its deadline (see evalWithin): sent, maybe run.
+class EvalTimeoutError extends Error {}
+
 const isNoScript = (error: Redis.RedisError): boolean =>
   error.cause instanceof Error && error.cause.message.startsWith("NOSCRIPT")
 
@@ -254,7 +256,7 @@ const evalWithin =
         return Effect.catchIf(send<Config["result"]>("EVALSHA", sha, ...args), isNoScript, () => {
           const left = deadline - (clock.currentTimeMillisUnsafe() - started)
           const timedOut = Effect.fail(
-            new Redis.RedisError({ cause: new Cause.TimeoutError(`EVAL did not answer within ${deadline} ms`) })
+            new Redis.RedisError({ cause: new EvalTimeoutError(`EVAL did not answer within ${deadline} ms`) })
           )
           return left <= 0
             ? timedOut
@@ -316,13 +318,13 @@ export const errorText = (failure: unknown): string => {
   return Predicate.hasProperty(failure, "_tag") ? String(failure._tag) : String(failure)
 }
 
-// node-redis's own deadline (`TimeoutError`: never sent, `TimeoutReadError`: no reply),
-// told apart by class, somewhere in the chain of causes.
-const isClientTimeout = (failure: unknown): boolean => {
+// Whether a class named in `names` is somewhere in the chain of causes (node-redis's errors
+// are told apart by class).
+const hasCause = (failure: unknown, names: ReadonlySet<string>): boolean => {
   let current: unknown = failure
   for (let depth = 0; depth < 8 && typeof current === "object" && current !== null; depth++) {
     const name = (current as { readonly constructor?: { readonly name?: unknown } }).constructor?.name
-    if (name === "TimeoutError" || name === "TimeoutReadError") return true
+    if (typeof name === "string" && names.has(name)) return true
     current =
       Predicate.hasProperty(current, "reason") && typeof current.reason === "object"
         ? current.reason
@@ -332,6 +334,26 @@ const isClientTimeout = (failure: unknown): boolean => {
   }
   return false
 }
+
+// node-redis's own deadline (`TimeoutError`: never sent, `TimeoutReadError`: no reply), and evalWithin's.
+const clientTimeouts: ReadonlySet<string> = new Set(["TimeoutError", "TimeoutReadError", "EvalTimeoutError"])
+const isClientTimeout = (failure: unknown): boolean => hasCause(failure, clientTimeouts)
+
+// node-redis refused the command before writing it: offline (commands are not queued), closed, or its
+// deadline passed while still queued.
+const unsent: ReadonlySet<string> = new Set(["ClientOfflineError", "ClientClosedError", "TimeoutError"])
+
+/**
+ * Whether the failed call certainly never reached Redis: skipped during a reported outage, or
+ * refused by the client before it was written (offline, closed, its deadline passed while
+ * queued). Such a write can be made again without running twice; any other failure (no reply,
+ * a dropped connection, an error reply) may have run.
+ *
+ * @since 0.3.0
+ * @category utils
+ */
+export const neverSent = (error: StoreError): boolean =>
+  error.reason === "Unavailable" || (error.cause !== undefined && hasCause(error.cause, unsent))
 
 /**
  * What a {@link Guard} does, checked (see {@link guardSettings}).

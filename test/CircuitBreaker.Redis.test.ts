@@ -174,6 +174,83 @@ describe.skipIf(skipRedis)(`CircuitBreaker on Redis${skipRedis ? ` (${skipReason
     })
   )
 
+  it.live(
+    "a record that never reached Redis (its connection dropped) is written later: the probe's success closes the circuit",
+    () =>
+      Effect.gen(function* () {
+        const server = yield* startRedis
+        const prefix = `${uniqueKey("p")}:`
+        const breakers = yield* build(server, {
+          prefix,
+          failMax: 1,
+          resetTimeout: "200 millis",
+          probeLease: "1 minute",
+          redis: { timeout: "300 millis", reportAfter: "1 minute" }
+        })
+        const raw = Context.get(yield* Layer.build(Redis.layer({ url: server.url })), PersistenceRedis.Redis)
+        const key = uniqueKey("lost-record")
+        yield* Effect.exit(breakers.execute(key, overloaded))
+        yield* Effect.sleep("250 millis")
+        // The probe succeeds, but the breakers' connection is gone when its outcome is written.
+        const probe = breakers.execute(
+          key,
+          Effect.andThen(Effect.orDie(raw.send("CLIENT", "KILL", "TYPE", "normal", "SKIPME", "yes")), ok)
+        )
+        assert.strictEqual(yield* probe, "ok")
+        // Without the write the store holds the probe's slot until its lease ends (a minute):
+        // every call is refused half-open.
+        yield* eventually(
+          raw.send<string | null>("HGET", `${prefix}${key}`, "state"),
+          (state) => state === "Closed",
+          "the probe's success to reach the store"
+        )
+        assert.strictEqual(yield* breakers.execute(key, ok), "ok")
+        const gauge = yield* Metric.value(Metric.withAttributes(Metrics.breakerState, { breaker: key }))
+        assert.strictEqual(gauge.value, 0)
+      })
+  )
+
+  it.live("a failure whose record was refused before it was sent (client offline) is counted later: it trips", () =>
+    Effect.gen(function* () {
+      const server = yield* startRedis
+      const prefix = `${uniqueKey("p")}:`
+      const breakers = yield* build(server, {
+        prefix,
+        failMax: 1,
+        resetTimeout: "1 minute",
+        redis: { timeout: "300 millis", reportAfter: "1 minute" }
+      })
+      const raw = Context.get(yield* Layer.build(Redis.layer({ url: server.url })), PersistenceRedis.Redis)
+      const key = uniqueKey("lost-failure")
+      assert.strictEqual(yield* breakers.execute(key, ok), "ok")
+      const send = (...args: ReadonlyArray<string>) => Effect.orDie(raw.send(args[0]!, ...args.slice(1)))
+      // The breakers' connection dropped, and it cannot come back (a password it does not have) until
+      // the call has failed: its record finds the client offline, never sent.
+      const offline = Effect.andThen(
+        Effect.andThen(
+          send("CONFIG", "SET", "requirepass", "p4ssw0rd"),
+          send("CLIENT", "KILL", "TYPE", "normal", "SKIPME", "yes")
+        ),
+        Effect.sleep("100 millis")
+      )
+      const errorsBefore = yield* storeErrors
+      yield* Effect.exit(breakers.execute(key, Effect.andThen(offline, overloaded)))
+      assert.strictEqual((yield* storeErrors) - errorsBefore, 1)
+      assert.notStrictEqual(yield* raw.send<string | null>("HGET", `${prefix}${key}`, "state"), "Open")
+      yield* send("CONFIG", "SET", "requirepass", "")
+      yield* eventually(
+        raw.send<string | null>("HGET", `${prefix}${key}`, "state"),
+        (state) => state === "Open",
+        "the failure to reach the store"
+      )
+      yield* eventually(
+        Effect.map(Metric.value(Metric.withAttributes(Metrics.breakerState, { breaker: key })), (s) => s.value),
+        (value) => value === 1,
+        "the view to open"
+      )
+    })
+  )
+
   it.live("half-open with no traffic, one probe across processes; its success closes the circuit for all", () =>
     Effect.gen(function* () {
       const server = yield* startRedis

@@ -205,3 +205,31 @@ describe("Redis guard: a script's NOSCRIPT retry", () => {
       )
   )
 })
+
+describe("Redis.neverSent", () => {
+  it("only a call skipped in an outage or refused by the client before writing it", () => {
+    class ClientOfflineError extends Error {}
+    class ClientClosedError extends Error {}
+    class TimeoutError extends Error {}
+    class TimeoutReadError extends Error {}
+    class SocketClosedUnexpectedlyError extends Error {}
+    const failed = (reason: "Failed" | "Timeout" | "Unavailable", cause?: Error) =>
+      new Redis.StoreError({
+        store: "s",
+        operation: "o",
+        reason,
+        message: "m",
+        ...(cause === undefined ? {} : { cause: new PersistenceRedis.RedisError({ cause }) })
+      })
+    assert.isTrue(Redis.neverSent(failed("Unavailable")))
+    assert.isTrue(Redis.neverSent(failed("Failed", new ClientOfflineError("offline"))))
+    assert.isTrue(Redis.neverSent(failed("Failed", new ClientClosedError("closed"))))
+    assert.isTrue(Redis.neverSent(failed("Timeout", new TimeoutError("queued"))))
+    // Written, perhaps run.
+    assert.isFalse(Redis.neverSent(failed("Timeout", new TimeoutReadError("no reply"))))
+    assert.isFalse(Redis.neverSent(failed("Failed", new SocketClosedUnexpectedlyError("dropped"))))
+    assert.isFalse(Redis.neverSent(failed("Failed", new Error("ERR wrong"))))
+    // The guard's own deadline: the command may be on its way.
+    assert.isFalse(Redis.neverSent(failed("Timeout")))
+  })
+})

@@ -6,7 +6,7 @@
  *
  * @since 0.2.0
  */
-import { Context, Effect, Layer, Predicate, Scope } from "effect"
+import { Context, Duration, Effect, Layer, Predicate, Schedule, Scope } from "effect"
 import * as Store from "effect/persistence/CircuitBreaker"
 import * as Redis from "effect/persistence/Redis"
 import type { Options } from "../CircuitBreaker.js"
@@ -132,6 +132,14 @@ export const makeRedis = Effect.fnUntraced(function* (options: RedisOptions = {}
     record: (record) => guard.call("record", store.record(record)),
     state: (key) => guard.call("state", store.state(key)),
     isolate: (key) => Effect.asVoid(guard.call("isolate", isolate(`${prefix}${key}`, isolatedUntil))),
-    reset: (key) => Effect.asVoid(guard.call("reset", redis.send("DEL", `${prefix}${key}`)))
+    reset: (key) => Effect.asVoid(guard.call("reset", redis.send("DEL", `${prefix}${key}`))),
+    // Until the probe's lease would have freed its slot anyway; a lost failure matters no longer either.
+    retryRecord: {
+      schedule: Schedule.exponential("100 millis").pipe(
+        Schedule.modifyDelay(({ duration }) => Effect.succeed(Duration.min(duration, Duration.seconds(2)))),
+        Schedule.upTo({ duration: Duration.millis(probeLease) })
+      ),
+      neverSent: SharedRedis.neverSent
+    }
   })
 })

@@ -9,7 +9,7 @@
  *
  * @internal
  */
-import { Cause, Duration, Effect, Scope } from "effect"
+import { Cause, Duration, Effect, type Schedule, Scope } from "effect"
 import type * as Store from "effect/persistence/CircuitBreaker"
 import type { AiError, CircuitOpenError } from "../AiError.js"
 import type { Permit, Service, State } from "../CircuitBreaker.js"
@@ -46,6 +46,17 @@ export interface Backend {
   readonly isolate: (storeKey: string) => Effect.Effect<void, StoreError>
   /** Shared backends only. */
   readonly reset: (storeKey: string) => Effect.Effect<void, StoreError>
+  /**
+   * A record the store did not take is tried again in the background on this schedule: a
+   * probe's always (the store ignores a repeat: the probe's record moved its generation), any
+   * other only when `neverSent` says it never reached the store (a repeat would count twice).
+   */
+  readonly retryRecord?:
+    | {
+        readonly schedule: Schedule.Schedule<unknown, Store.CircuitBreakerError | StoreError>
+        readonly neverSent: (error: StoreError) => boolean
+      }
+    | undefined
 }
 
 /**
@@ -205,9 +216,12 @@ export const make = Effect.fnUntraced(function* (config: Config, backend: Backen
       outcome === "Ignored" || (outcome === "Success" && (admission.probe || consecutive))
         ? zero
         : Duration.millis(openTime(config, admission.consecutiveOpenings + 1))
+    const options = { key: storeKey, generation: admission.generation, outcome, tripPolicy, openFor }
     const recording = Effect.matchCauseEffect(
-      backend.record({ key: storeKey, generation: admission.generation, outcome, tripPolicy, openFor }),
-      recorded
+      backend.record(options),
+      retryRecord === undefined
+        ? recorded
+        : { onFailure: (cause) => recordLater(options, admission.probe, cause), onSuccess: recorded.onSuccess }
     )
     return admission.probe
       ? Effect.andThen(
@@ -215,6 +229,24 @@ export const make = Effect.fnUntraced(function* (config: Config, backend: Backen
           Effect.suspend(() => probeEnded(entry, storeKey))
         )
       : recording
+  }
+
+  // Cut by its deadline or refused, the record is lost to every process unless made again: a
+  // failure never counted, or (a probe's) the store's probe slot held until its lease ends, every
+  // call refused half-open meanwhile. Made again in the layer's scope; its answer updates the view.
+  const retryRecord = backend.retryRecord
+  const recordLater = (
+    options: Parameters<Backend["record"]>[0],
+    probe: boolean,
+    cause: Cause.Cause<Store.CircuitBreakerError | StoreError>
+  ): Effect.Effect<void> => {
+    const found = Cause.findErrorOption(cause)
+    if (retryRecord === undefined || found._tag === "None") return Effect.void
+    const error = found.value
+    if (!probe && (error._tag !== "StoreError" || !retryRecord.neverSent(error))) return Effect.void
+    return backend
+      .record(options)
+      .pipe(Effect.retry(retryRecord.schedule), Effect.matchCauseEffect(recorded), Effect.forkIn(scope), Effect.asVoid)
   }
 
   // A probe whose record left the key half-open (ignored, or the store failed): the store counts
