@@ -251,6 +251,38 @@ describe.skipIf(skipRedis)(`CircuitBreaker on Redis${skipRedis ? ` (${skipReason
     })
   )
 
+  it.live(
+    "a record whose answer was lost (Redis hung past the deadline, then ran it) is read back: the view opens",
+    () =>
+      Effect.gen(function* () {
+        const server = yield* startRedis
+        const prefix = `${uniqueKey("p")}:`
+        const breakers = yield* build(server, {
+          prefix,
+          failMax: 1,
+          resetTimeout: "1 minute",
+          redis: { timeout: "300 millis", reportAfter: "1 minute" }
+        })
+        const raw = Context.get(yield* Layer.build(Redis.layer({ url: server.url })), PersistenceRedis.Redis)
+        const key = uniqueKey("late-record")
+        // Redis holds the scripts (a first call loads them).
+        assert.strictEqual(yield* breakers.execute(uniqueKey("warm"), ok), "ok")
+        // Admitted, then Redis stops answering: the failure's record is sent and times out.
+        yield* Effect.exit(breakers.execute(key, Effect.andThen(server.pause, overloaded)))
+        yield* server.resume
+        yield* eventually(
+          raw.send<string | null>("HGET", `${prefix}${key}`, "state"),
+          (state) => state === "Open",
+          "Redis to run the record"
+        )
+        yield* eventually(
+          Effect.map(Metric.value(Metric.withAttributes(Metrics.breakerState, { breaker: key })), (s) => s.value),
+          (value) => value === 1,
+          "the view to open"
+        )
+      })
+  )
+
   it.live("half-open with no traffic, one probe across processes; its success closes the circuit for all", () =>
     Effect.gen(function* () {
       const server = yield* startRedis

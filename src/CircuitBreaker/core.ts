@@ -49,7 +49,8 @@ export interface Backend {
   /**
    * A record the store did not take is tried again in the background on this schedule: a
    * probe's always (the store ignores a repeat: the probe's record moved its generation), any
-   * other only when `neverSent` says it never reached the store (a repeat would count twice).
+   * other only when `neverSent` says it never reached the store (a repeat would count twice);
+   * for one that may have run, the key's state is read back instead.
    */
   readonly retryRecord?:
     | {
@@ -243,11 +244,34 @@ export const make = Effect.fnUntraced(function* (config: Config, backend: Backen
     const found = Cause.findErrorOption(cause)
     if (retryRecord === undefined || found._tag === "None") return Effect.void
     const error = found.value
-    if (!probe && (error._tag !== "StoreError" || !retryRecord.neverSent(error))) return Effect.void
+    if (!probe && (error._tag !== "StoreError" || !retryRecord.neverSent(error))) {
+      return readBack(options.key, retryRecord.schedule)
+    }
     return backend
       .record(options)
       .pipe(Effect.retry(retryRecord.schedule), Effect.matchCauseEffect(recorded), Effect.forkIn(scope), Effect.asVoid)
   }
+
+  // A record that may have run without its answer reaching here (it may have tripped the
+  // circuit): the view follows what the store holds once it answers a read.
+  const readBack = (
+    storeKey: string,
+    schedule: Schedule.Schedule<unknown, Store.CircuitBreakerError | StoreError>
+  ): Effect.Effect<void> =>
+    backend.state(storeKey).pipe(
+      Effect.retry(schedule),
+      Effect.matchCauseEffect({
+        onFailure: () => Effect.void,
+        onSuccess: (state) => {
+          const entry = registry.entryOfStoreKey(storeKey)
+          return entry === undefined
+            ? Effect.void
+            : Effect.asVoid(fromStore(entry, state, clock.currentTimeMillisUnsafe()))
+        }
+      }),
+      Effect.forkIn(scope),
+      Effect.asVoid
+    )
 
   // A probe whose record left the key half-open (ignored, or the store failed): the store counts
   // the key idle from now, so its watcher waits from now.
