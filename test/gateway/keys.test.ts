@@ -12,12 +12,14 @@ import { assert, describe, it } from "@effect/vitest"
 import { Cause, Context, Duration, Effect, Exit, Fiber, Layer, Logger, Metric, Redacted, Schedule, Scope } from "effect"
 import { HttpRouter, HttpServer } from "effect/http"
 import OpenAI from "openai"
-import { Redis as PersistenceRedis } from "effect/persistence"
+import { Redis as PersistenceRedis, RateLimiter } from "effect/persistence"
 import { TestClock } from "effect/testing"
 import * as Gateway from "../../src/Gateway.js"
 import * as Admin from "../../src/gateway/admin.js"
 import type { GatewayError } from "../../src/gateway/errors.js"
 import * as KeyStore from "../../src/gateway/keys/KeyStore.js"
+import * as KeyOptions from "../../src/gateway/keys/options.js"
+import { make as KeyStoreMake } from "../../src/gateway/keys/store.js"
 import { type Backend, countersOf } from "../../src/gateway/keys/ledger.js"
 import * as MemoryBackend from "../../src/gateway/keys/memory.js"
 import * as RedisBackend from "../../src/gateway/keys/redis.js"
@@ -383,6 +385,44 @@ describe("KeyStore: budgets in memory", () => {
           [[60, 0]]
         )
       })
+  )
+
+  it.effect("a settle cut by an interruption while the store is slow still settles (later, if the store failed)", () =>
+    Effect.gen(function* () {
+      const memoryBackend = MemoryBackend.make()
+      let slow = true
+      // The store takes a second to fail the first settle (a slow Redis), then works.
+      const backend: Backend = {
+        ...memoryBackend,
+        settle: (...args) => {
+          if (!slow) return memoryBackend.settle(...args)
+          slow = false
+          return Effect.andThen(
+            Effect.sleep("1 second"),
+            Effect.fail(new Redis.StoreError({ store: "t", operation: "settle", reason: "Timeout", message: "slow" }))
+          )
+        }
+      }
+      const resolved = yield* Effect.fromResult(
+        KeyOptions.check({ keys: [key("alpha", secretA, { budget: { tokens: 100 } })] })
+      )
+      const limiter = yield* Effect.provide(RateLimiter.RateLimiterStore, RateLimiter.layerStoreMemory)
+      const store = yield* KeyStoreMake(resolved, backend, { store: limiter, onStoreError: "allow" }, "reject")
+      const alpha = yield* store.authenticate(Redacted.make(secretA))
+      const held = yield* store.reserve(alpha, "m", estimate(30, 30))
+      // The request's fiber settles, and its client leaves meanwhile.
+      const settling = yield* Effect.forkChild(store.settle(held, { inputTokens: 30, outputTokens: 10 }), {
+        startImmediately: true
+      })
+      const interrupting = yield* Effect.forkChild(Fiber.interrupt(settling), { startImmediately: true })
+      yield* TestClock.adjust("1 second")
+      yield* Fiber.join(interrupting)
+      yield* TestClock.adjust("1 second")
+      assert.deepStrictEqual(
+        (yield* store.spend("alpha")).map((l) => [l.spent, l.held]),
+        [[40, 0]]
+      )
+    })
   )
 
   it.effect("a budget with a period starts again at the next window (TestClock); Retry-After until then", () =>

@@ -461,11 +461,15 @@ export const make = Effect.fnUntraced(function* (
     const charges = held.recorded ? held.charges : held.charges.map((charge) => ({ ...charge, amount: 0 }))
     if (!held.recorded && actual.every((amount) => amount === 0)) return Effect.void
     // An unrecorded one holds no lease to tell a second run of it: it is counted once from the start.
-    return Effect.matchEffect(backend.settle(held.id, charges, actual, now(), !held.recorded), {
-      // Redis down or slow: recorded when it answers again, not lost (nor its amount held till the lease ends).
-      onFailure: () => settleLater(held.id, held.keyId, charges, actual),
-      onSuccess: (levels) => settled(held.keyId, charges, levels)
-    })
+    // Uninterruptible (bounded by the store's deadline): the reservation is closed already, so a settle
+    // cut by its client leaving was never made again, its usage uncharged and its amount held till the lease ended.
+    return Effect.uninterruptible(
+      Effect.matchEffect(backend.settle(held.id, charges, actual, now(), !held.recorded), {
+        // Redis down or slow: recorded when it answers again, not lost (nor its amount held till the lease ends).
+        onFailure: () => settleLater(held.id, held.keyId, charges, actual),
+        onSuccess: (levels) => settled(held.keyId, charges, levels)
+      })
+    )
   }
 
   const settle = (
