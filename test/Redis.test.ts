@@ -181,7 +181,7 @@ describe("Redis guard: a script's NOSCRIPT retry", () => {
                 // The first load answers; after the script cache was flushed, Redis hangs.
                 return loads++ === 0 ? `$40\r\n${sha}\r\n` : undefined
               case "EVALSHA":
-                return [250, "-NOSCRIPT No matching script. Please use EVAL.\r\n"]
+                return [300, "-NOSCRIPT No matching script. Please use EVAL.\r\n"]
               case "EVAL":
                 return undefined
               default:
@@ -200,7 +200,7 @@ describe("Redis guard: a script's NOSCRIPT retry", () => {
           const elapsed = Date.now() - started
           assert.strictEqual(error.reason, "Timeout", error.message)
           assert.isAtLeast(elapsed, 350)
-          assert.isBelow(elapsed, 550, `the guarded call took ${elapsed} ms: ${fake.commands.join(", ")}`)
+          assert.isBelow(elapsed, 600, `the guarded call took ${elapsed} ms: ${fake.commands.join(", ")}`)
         })
       )
   )
