@@ -8,7 +8,7 @@
 import { Context, Duration, Effect, Layer, Result, Schema, type Scope } from "effect"
 import { invalidRequest, ModelError } from "./AiError.js"
 import * as Input from "./Input.js"
-import { noDomain } from "./Metrics.js"
+import { agentDomain, noDomain, pipelineDomain } from "./Metrics.js"
 import { type GenerateRequest, ModelProvider, type Service as ProviderService } from "./Model.js"
 import { RetryPolicy, retry as retryPolicy } from "./Policy.js"
 
@@ -101,6 +101,13 @@ export const predefinedNames: ReadonlyArray<string> = ["support", "technical", "
 
 const decodeDomain = Schema.decodeUnknownResult(Domain, { onExcessProperty: "error" })
 
+// Domain names that label other series; `Object.create(null)`: "toString" is a fine domain name.
+const reserved: Readonly<Record<string, string>> = Object.assign(Object.create(null), {
+  [noDomain]: "the calls made without a domain",
+  [pipelineDomain]: "the steps of pipelines",
+  [agentDomain]: "the calls of HTTP agents"
+})
+
 const positive = (path: string, d: Duration.Duration | undefined): Input.Checked<void> =>
   d !== undefined && Duration.isZero(d)
     ? Result.fail({ path, message: "expected a duration above zero, got 0" })
@@ -126,7 +133,9 @@ export interface CheckOptions {
  * Checks domains (a config value or domains built in code). A bad value fails with the
  * path of the first wrong field, e.g. `domains[1].retry.maxAttempts`; duplicate names,
  * fallbacks to domains neither in the list nor in `fallbackTo`, and the name `"none"` (the
- * `domain` of calls made without one, `Metrics.noDomain`) are refused.
+ * `domain` of calls made without one, `Metrics.noDomain`), `"pipeline"` and `"agent"` (the
+ * `domain` of a pipeline's steps and of the HTTP agents' calls: a domain of either name would
+ * add its figures to theirs) are refused.
  *
  * @since 0.1.0
  * @category constructors
@@ -142,10 +151,11 @@ export const check = (input: unknown, options: string | CheckOptions = {}): Inpu
     if (Result.isFailure(decoded)) return Result.fail(Input.issueOf(decoded.failure, at))
     const domain = decoded.success
     if (names.has(domain.name)) return Result.fail({ path: `${at}.name`, message: `duplicate domain "${domain.name}"` })
-    if (domain.name === noDomain) {
+    const reservedFor = reserved[domain.name]
+    if (reservedFor !== undefined) {
       return Result.fail({
         path: `${at}.name`,
-        message: `"${noDomain}" is reserved: it names the calls made without a domain in stats and metrics; give the domain another name`
+        message: `"${domain.name}" is reserved: it names ${reservedFor} in stats and metrics; give the domain another name`
       })
     }
     const zero = Input.all([
@@ -252,10 +262,18 @@ export interface DomainsService {
 export class Domains extends Context.Service<Domains, DomainsService>()("effect-orchestra/Domains") {}
 
 /**
+ * The registry of domains, checked as {@link fromConfig} checks them (duplicate names,
+ * fallbacks to domains not in the list, reserved names, bad fields): an `OptionError`
+ * naming the field, e.g. `domains[1].name`.
+ *
  * @since 0.1.0
  * @category constructors
  */
-export const makeDomains = (domains: ReadonlyArray<Domain>): DomainsService => {
+export const makeDomains = (
+  domains: ReadonlyArray<Domain | DomainInput>
+): Effect.Effect<DomainsService, Input.OptionError> => Effect.map(fromConfig(domains), registry)
+
+const registry = (domains: ReadonlyArray<Domain>): DomainsService => {
   const byName = new Map(domains.map((d) => [d.name, d] as const))
   const names = Array.from(byName.keys())
   return {
@@ -280,7 +298,7 @@ export const makeDomains = (domains: ReadonlyArray<Domain>): DomainsService => {
  * @category layers
  */
 export const layerDomains = (domains: ReadonlyArray<Domain | DomainInput>): Layer.Layer<Domains, Input.OptionError> =>
-  Layer.effect(Domains, Effect.map(fromConfig(domains), makeDomains))
+  Layer.effect(Domains, makeDomains(domains))
 
 /**
  * Domains from a config value (e.g. parsed JSON), validated.
@@ -289,7 +307,7 @@ export const layerDomains = (domains: ReadonlyArray<Domain | DomainInput>): Laye
  * @category layers
  */
 export const layerDomainsFromConfig = (input: unknown): Layer.Layer<Domains, Input.OptionError> =>
-  Layer.effect(Domains, Effect.map(fromConfig(input), makeDomains))
+  Layer.effect(Domains, Effect.map(fromConfig(input), registry))
 
 /**
  * @since 0.1.0

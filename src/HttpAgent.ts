@@ -19,6 +19,7 @@ import type { ModelError } from "./AiError.js"
 import type * as CircuitBreaker from "./CircuitBreaker.js"
 import type { Executor } from "./Executor.js"
 import type * as Input from "./Input.js"
+import { agentDomain } from "./Metrics.js"
 import type { PipelineError } from "./Pipeline.js"
 import type { RetryPolicy, RetryPolicyInput } from "./Policy.js"
 import type { ExecutionStats, LatencyStats, Stats } from "./Stats.js"
@@ -318,7 +319,7 @@ export class HttpAgents extends Context.Service<HttpAgents, Service>()("effect-o
  * @since 0.2.0
  * @category constants
  */
-export const statsDomain = "agent"
+export const statsDomain: typeof agentDomain = agentDomain
 
 /**
  * Builds the service on the `Executor` (its pipeline, shared breakers and rate limits),

@@ -27,6 +27,25 @@ import { Metric } from "effect"
 export const noDomain = "none"
 
 /**
+ * The `domain` a pipeline's steps are counted under (`provider` is the step's stats name).
+ * Reserved as {@link noDomain} is: no domain may take that name, so that a domain's figures
+ * and the steps' never add up in one series, `Stats` filter or metric.
+ *
+ * @since 0.3.0
+ * @category attributes
+ */
+export const pipelineDomain = "pipeline"
+
+/**
+ * The `domain` the HTTP agents' calls are counted under (`provider` is the agent's name),
+ * `HttpAgent.statsDomain`. Reserved as {@link noDomain} is.
+ *
+ * @since 0.3.0
+ * @category attributes
+ */
+export const agentDomain = "agent"
+
+/**
  * Latency buckets in milliseconds: 0.05 ms to ~14 minutes in steps of 10%, so percentiles
  * read back from a histogram are within ~5% of the true value.
  *

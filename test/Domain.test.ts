@@ -1,6 +1,8 @@
 import { assert, describe, it } from "@effect/vitest"
 import { Duration, Effect, Layer } from "effect"
 import * as Domain from "../src/Domain.js"
+import * as HttpAgent from "../src/HttpAgent.js"
+import * as Metrics from "../src/Metrics.js"
 import * as Mock from "../src/Model/Mock.js"
 import * as Orchestra from "../src/Orchestra.js"
 import { Router } from "../src/Router.js"
@@ -58,6 +60,9 @@ describe("Domain.fromConfig", () => {
         [[good, good], "domains[1].name"],
         // The `domain` of calls made without one: a domain of that name would share their series.
         [[good, { name: "none", provider: "main" }], "domains[1].name"],
+        // The domains the pipelines' steps and the HTTP agents are counted under: figures would mix with theirs.
+        [[good, { name: "pipeline", provider: "main" }], "domains[1].name"],
+        [[{ name: "agent", provider: "main" }], "domains[0].name"],
         [[{ name: "x", provider: "main", fallback: ["nowhere"] }], "domains[0].fallback[0]"],
         [[{ name: "x", provider: "main", fallback: ["x"] }], "domains[0].fallback[0]"],
         // A domain named twice would be called twice in one chain.
@@ -107,6 +112,17 @@ describe("Domain.fromConfig", () => {
     })
   )
 
+  it.effect("the names of the pipelines' and agents' series are refused, saying why", () =>
+    Effect.gen(function* () {
+      for (const name of [Metrics.pipelineDomain, HttpAgent.statsDomain, Metrics.agentDomain]) {
+        const error = yield* Effect.flip(Domain.fromConfig([{ name, provider: "main" }]))
+        assert.strictEqual(error._tag, "OptionError")
+        assert.strictEqual(error.path, "domains[0].name")
+        assert.include(error.message, `"${name}" is reserved`)
+      }
+    })
+  )
+
   it.effect("layerDomainsFromConfig fails to build on a bad config", () =>
     Effect.gen(function* () {
       const error = yield* Effect.flip(Layer.build(Domain.layerDomainsFromConfig([{ name: "x", provider: 1 }])))
@@ -136,7 +152,7 @@ describe("predefined domains", () => {
 describe("Domains and Providers registries", () => {
   it.effect("an unknown or non-string domain is an InvalidRequest naming the field and the known names", () =>
     Effect.gen(function* () {
-      const domains = Domain.makeDomains(Domain.predefined("main"))
+      const domains = yield* Domain.makeDomains(Domain.predefined("main"))
       assert.strictEqual((yield* domains.get("finance")).name, "finance")
       const unknown = yield* Effect.flip(domains.get("legal"))
       assert.strictEqual(unknown.reason, "InvalidRequest")
@@ -145,6 +161,26 @@ describe("Domains and Providers registries", () => {
       const wrong = yield* Effect.flip(domains.get(null as never))
       assert.strictEqual(wrong.field, "domain")
       assert.include(wrong.message, "got null")
+    })
+  )
+
+  it.effect("makeDomains checks its domains as fromConfig does: a bad list is an OptionError naming the field", () =>
+    Effect.gen(function* () {
+      const support = Domain.predefined("main")[0]!
+      const cases: ReadonlyArray<readonly [ReadonlyArray<Domain.Domain | Domain.DomainInput>, string]> = [
+        // The second "support" replaced the first, unseen.
+        [[support, { ...support, system: "other" }], "domains[1].name"],
+        [[{ name: "x", provider: "main", temperature: 7 }], "domains[0].temperature"],
+        [[{ name: "x", provider: "main", fallback: ["nowhere"] }], "domains[0].fallback[0]"],
+        [[{ name: "none", provider: "main" }], "domains[0].name"]
+      ]
+      for (const [input, path] of cases) {
+        const error = yield* Effect.flip(Domain.makeDomains(input))
+        assert.strictEqual(error._tag, "OptionError")
+        assert.strictEqual(error.path, path, JSON.stringify(input))
+      }
+      const built = yield* Domain.makeDomains([{ name: "x", provider: "main", timeout: "2 seconds" }])
+      assert.strictEqual(Duration.toMillis((yield* built.get("x")).timeout!), 2000)
     })
   )
 

@@ -23,6 +23,7 @@ import {
   type TimeoutError
 } from "../AiError.js"
 import type { Service as ExecutorService, Step } from "../Executor.js"
+import { pipelineDomain } from "../Metrics.js"
 import type { StepOutcome } from "../Pipeline.js"
 import type { BreakerGuard, LimitGuard } from "../policy/plan.js"
 import type { Context, Failure, StepDef } from "./definition.js"
@@ -33,7 +34,7 @@ type Outcome = StepOutcome<unknown, unknown>
 export type Runner = (def: StepDef, context: Context, startedAt: number) => Effect.Effect<Outcome>
 
 /** The domain under which governed steps are counted in `Stats`. */
-export const statsDomain = "pipeline"
+export const statsDomain = pipelineDomain
 
 /**
  * The first line of what a cause says.
