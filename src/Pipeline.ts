@@ -482,6 +482,7 @@ export interface MermaidOptions<O = unknown, E = unknown> {
 
 /**
  * The pipeline as a Mermaid flowchart (edges point from a dependency to its dependent).
+ * `null` options, like absent ones, draw it without annotations.
  *
  * @since 0.1.0
  * @category rendering

@@ -356,6 +356,15 @@ describe("Pipeline", () => {
       assert.include(Pipeline.toMermaid(p, { result, direction: "TD" }), '2["c: succeeded 50 ms"]')
     })
   )
+
+  it.effect("toMermaid: null options (or fields) are no options, as undefined ones are; it threw a TypeError", () =>
+    Effect.gen(function* () {
+      const p = diamond(yield* Ref.make<Record<string, number>>({}))
+      const plain = Pipeline.toMermaid(p)
+      assert.strictEqual(Pipeline.toMermaid(p, null as never), plain)
+      assert.strictEqual(Pipeline.toMermaid(p, { direction: null, result: null } as never), plain)
+    })
+  )
 })
 
 describe("Pipeline definitions are checked (issues 10, 12, 13)", () => {

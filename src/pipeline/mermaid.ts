@@ -6,7 +6,12 @@
 import { Graph } from "effect"
 import type { MermaidOptions, Pipeline, StepOutcome } from "../Pipeline.js"
 
-export const toMermaid = <I, O, E, R>(self: Pipeline<I, O, E, R>, options: MermaidOptions<O, E> = {}): string => {
+// A renderer has no error channel, and a diagram without annotations is a sound answer: `null` is no options.
+export const toMermaid = <I, O, E, R>(
+  self: Pipeline<I, O, E, R>,
+  given?: MermaidOptions<O, E> | null | undefined
+): string => {
+  const options: MermaidOptions<O, E> = given ?? {}
   const outcomes = options.result?.steps as Record<string, StepOutcome<unknown, unknown>> | undefined
   const byName = new Map(self.definition.steps.map((s) => [s.name, s]))
   return Graph.toMermaid(self.definition.graph, {
