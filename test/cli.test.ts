@@ -1490,3 +1490,74 @@ describe("orchestra queries", () => {
     })
   })
 })
+
+describe("orchestra on a terminal", () => {
+  // ESC ] 0 ; title BEL (sets the window title), CSI 2 J (clears the screen), a C1 CSI, a carriage return, DEL.
+  const evil = "ok\u001b]0;pwned\u0007 \u001b[2Jgone\u009b31m\rX\u007f\ttab\r\nnext"
+  const shown = "ok\\x1b]0;pwned\\x07 \\x1b[2Jgone\\x9b31m\\rX\\x7f\ttab\nnext"
+  const noControls = (text: string) =>
+    assert.isFalse(
+      [...text].some((c) => "\u001b\u0007\u009b\r\u007f".includes(c)),
+      JSON.stringify(text)
+    )
+  const inProcess = (argv: ReadonlyArray<string>, terminal: boolean, stdin = "") =>
+    Effect.gen(function* () {
+      const out: Array<string> = []
+      const err: Array<string> = []
+      const console: Console.Console = {
+        ...globalThis.console,
+        log: (...args: ReadonlyArray<unknown>) => void out.push(args.join(" ")),
+        error: (...args: ReadonlyArray<unknown>) => void err.push(args.join(" "))
+      }
+      const code = yield* Cli.run(argv).pipe(
+        Effect.provide(
+          Layer.merge(
+            NodeServices.layer,
+            Stdio.layerTest({
+              stdin: Stream.make(new TextEncoder().encode(stdin)),
+              stdinIsTerminal: Effect.succeed(false),
+              stdoutIsTerminal: Effect.succeed(terminal),
+              stderrIsTerminal: Effect.succeed(terminal)
+            })
+          )
+        ),
+        Effect.provideService(Console.Console, console)
+      )
+      return { code, out: out.join("\n"), err: err.join("\n") }
+    })
+
+  it.live("model text and upstream errors are escaped on a terminal, exact in a pipe and in JSON", () =>
+    Effect.gen(function* () {
+      const config = writeConfig("terminal.json", {
+        providers: { m: { type: "mock", reply: evil, model: "mod\u001b[2J" } }
+      })
+      const failing = writeConfig("terminal-fail.json", {
+        providers: { m: { type: "mock", script: [{ _tag: "Fail", reason: "InvalidRequest", message: evil }] } }
+      })
+      const tty = yield* inProcess(["test", "--prompt", "hi", "--config", config], true)
+      assert.strictEqual(tty.code, 0, tty.err)
+      assert.include(tty.out, shown)
+      assert.include(tty.out, "mod\\x1b[2J")
+      noControls(tty.out)
+      const pipe = yield* inProcess(["test", "--prompt", "hi", "--config", config], false)
+      assert.include(pipe.out, evil)
+      const json = yield* inProcess(["test", "--prompt", "hi", "--config", config, "--json"], true)
+      assert.strictEqual((JSON.parse(json.out) as { answer: string }).answer, evil)
+
+      const ttyError = yield* inProcess(["test", "--prompt", "hi", "--config", failing], true)
+      assert.strictEqual(ttyError.code, 1)
+      assert.include(ttyError.err, shown)
+      noControls(ttyError.err)
+      const pipeError = yield* inProcess(["test", "--prompt", "hi", "--config", failing], false)
+      assert.include(pipeError.err, evil)
+
+      const session = yield* inProcess(["start", "--config", config], true, "hi\n")
+      assert.strictEqual(session.code, 0, session.err)
+      assert.include(session.out, shown)
+      noControls(session.out)
+      const sessionError = yield* inProcess(["start", "--config", failing], true, "hi\n")
+      assert.include(sessionError.err, shown)
+      noControls(sessionError.err)
+    })
+  )
+})

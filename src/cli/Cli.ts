@@ -7,7 +7,7 @@
 import { Cause, Console, Effect, Layer } from "effect"
 import { CliError, CliOutput, Command } from "effect/cli"
 import * as Bench from "./Bench.js"
-import { ExitCode, exitCodes } from "./Common.js"
+import { ExitCode, exitCodes, printError } from "./Common.js"
 import * as Serve from "./Serve.js"
 import * as Start from "./Start.js"
 import * as Stats from "./Stats.js"
@@ -81,13 +81,13 @@ export const run = (argv: ReadonlyArray<string>) =>
     Effect.catch((error) => {
       if (error instanceof ExitCode) return Effect.succeed(error.code)
       if (CliError.isCliError(error)) return Effect.succeed(exitCodes.usage as number)
-      return Effect.as(Console.error(`orchestra: ${String(error)}`), exitCodes.failed as number)
+      return Effect.as(printError(`orchestra: ${String(error)}`), exitCodes.failed as number)
     }),
     // A defect is a bug: report it on stderr (stdout may be a JSON consumer's) and exit with 1.
     Effect.catchCause((cause) =>
       Cause.hasInterruptsOnly(cause)
         ? Effect.failCause(cause)
-        : Effect.as(Console.error(`orchestra: unexpected failure\n${Cause.pretty(cause)}`), exitCodes.failed as number)
+        : Effect.as(printError(`orchestra: unexpected failure\n${Cause.pretty(cause)}`), exitCodes.failed as number)
     ),
     Effect.provide(presenter)
   )

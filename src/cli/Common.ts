@@ -2,11 +2,13 @@
  * What every command shares: the `--json` and `--config` flags, exit codes, output (JSON,
  * errors), and loading a handler only when its command runs, so that `--help` imports
  * neither the library nor its providers. Everything a command prints for people goes to
- * stdout, diagnostics to stderr; with `--json`, stdout holds only JSON.
+ * stdout, diagnostics to stderr; with `--json`, stdout holds only JSON. Text that may hold a
+ * provider's words (answers, model ids, error messages) goes through {@link printText} and
+ * {@link printError}: on a terminal its control characters are shown escaped, not obeyed.
  *
  * @since 0.1.0
  */
-import { Console, Deferred, Effect, Exit, type Option, type PlatformError, Result, Schema } from "effect"
+import { Console, Deferred, Effect, Exit, Option, type PlatformError, Result, Schema, Stdio } from "effect"
 import { Flag } from "effect/cli"
 import { type AiError, reasonOf } from "../AiError.js"
 import type * as Input from "../Input.js"
@@ -86,6 +88,56 @@ export interface Common {
   /** JSON lines (`start`) rather than one document. */
   readonly jsonLines?: boolean | undefined
 }
+
+// C0 controls but tab and newline, DEL, and C1 controls (0x9b is a CSI on its own for some terminals).
+const isControl = (code: number): boolean =>
+  (code < 0x20 && code !== 0x09 && code !== 0x0a) || (code >= 0x7f && code <= 0x9f)
+
+/**
+ * Text for a terminal: its control characters (ESC sequences that set the title, move the
+ * cursor or clear the screen; a carriage return that overwrites the line; C1 controls) shown
+ * as `\x1b`, `\r`, ..., so that a model or an upstream error cannot rewrite the user's
+ * terminal. Tabs and newlines are kept (a CRLF is a newline).
+ *
+ * @since 0.3.0
+ * @category output
+ */
+export const forTerminal = (text: string): string => {
+  let out = ""
+  let from = 0
+  for (let i = 0; i < text.length; i++) {
+    const code = text.charCodeAt(i)
+    if (!isControl(code)) continue
+    const crlf = code === 0x0d && text.charCodeAt(i + 1) === 0x0a
+    out += text.slice(from, i) + (crlf ? "" : code === 0x0d ? "\\r" : `\\x${code.toString(16).padStart(2, "0")}`)
+    from = i + 1
+  }
+  return from === 0 ? text : out + text.slice(from)
+}
+
+const isTerminal = (which: "stdoutIsTerminal" | "stderrIsTerminal"): Effect.Effect<boolean> =>
+  Effect.flatMap(Effect.serviceOption(Stdio.Stdio), (stdio) =>
+    Option.isSome(stdio) ? stdio.value[which] : Effect.succeed(false)
+  )
+
+/**
+ * Prints a line for people on stdout: {@link forTerminal} when stdout is a terminal, the
+ * text as it is when it goes to a file or a pipe.
+ *
+ * @since 0.3.0
+ * @category output
+ */
+export const printText = (text: string): Effect.Effect<void> =>
+  Effect.flatMap(isTerminal("stdoutIsTerminal"), (terminal) => Console.log(terminal ? forTerminal(text) : text))
+
+/**
+ * {@link printText} on stderr.
+ *
+ * @since 0.3.0
+ * @category output
+ */
+export const printError = (text: string): Effect.Effect<void> =>
+  Effect.flatMap(isTerminal("stderrIsTerminal"), (terminal) => Console.error(terminal ? forTerminal(text) : text))
 
 /**
  * Prints one JSON document (pretty), or one JSON line with `jsonLines`, on stdout.
@@ -181,7 +233,7 @@ export const failWith = (
   details: Record<string, unknown> = {}
 ): Effect.Effect<never, ExitCode> =>
   Effect.gen(function* () {
-    yield* Console.error(`orchestra: ${message}`)
+    yield* printError(`orchestra: ${message}`)
     if (common.json) {
       yield* printJson(
         common,

@@ -21,6 +21,7 @@ import {
   failWith,
   formatMs,
   printJson,
+  printText,
   splitList
 } from "../Common.js"
 import { checkDomains, prepare, progressBar, provideOrchestra } from "../Manager.js"
@@ -247,7 +248,7 @@ export const run = Effect.fnUntraced(function* (args: Args) {
         const where = rounds === 1 ? f.run : `${f.run} round ${f.round}`
         return `  ${where} #${f.item}: ${f.text}`
       })
-      yield* Console.log(
+      yield* printText(
         [
           formatTable(title, seq, conc, speedup, ideal),
           warm,

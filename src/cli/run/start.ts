@@ -20,7 +20,9 @@ import {
   formatMs,
   parseQuery,
   platformErrorText,
+  printError,
   printJson,
+  printText,
   stdoutClosed
 } from "../Common.js"
 import { checkDomains, prepare, provideOrchestra } from "../Manager.js"
@@ -142,7 +144,7 @@ export const run = Effect.fnUntraced(function* (args: Args) {
     const names = domains.all.map((d) => d.name)
     const prompt = interactive ? Effect.sync(() => void process.stdout.write("orchestra> ")) : Effect.void
     const say = (value: Record<string, unknown>, text: string, toStderr = false) =>
-      common.json ? printJson(common, value) : toStderr ? Console.error(text) : Console.log(text)
+      common.json ? printJson(common, value) : toStderr ? printError(text) : printText(text)
 
     const ask = (line: string) =>
       Effect.gen(function* () {

@@ -4,7 +4,7 @@
  *
  * @since 0.2.0
  */
-import { Clock, Console, Effect, Option, Result } from "effect"
+import { Clock, Effect, Option, Result } from "effect"
 import type { AiError } from "../../AiError.js"
 import { Executor } from "../../Executor.js"
 import type { GenerateRequest } from "../../Model.js"
@@ -17,7 +17,9 @@ import {
   exitCodes,
   failWith,
   formatMs,
+  printError,
   printJson,
+  printText,
   splitList
 } from "../Common.js"
 import { checkDomains, prepare, provideOrchestra } from "../Manager.js"
@@ -109,7 +111,7 @@ const report = (common: Common, out: TestOutput, failure: AiError | undefined): 
       return
     }
     if (failure !== undefined) {
-      yield* Console.error(`orchestra: the call failed after ${formatMs(out.latencyMs)}: ${errorText(failure)}`)
+      yield* printError(`orchestra: the call failed after ${formatMs(out.latencyMs)}: ${errorText(failure)}`)
       return yield* new ExitCode({ code: exitCodes.failed })
     }
     const retries = `${out.retries} retr${out.retries === 1 ? "y" : "ies"}`
@@ -122,7 +124,7 @@ const report = (common: Common, out: TestOutput, failure: AiError | undefined): 
       ["source", out.source ?? "provider"],
       ["finish", String(out.finishReason)]
     ]
-    yield* Console.log([(out.answer ?? "").trim(), "", ...rows.map(([k, v]) => `${k.padEnd(9)} ${v}`)].join("\n"))
+    yield* printText([(out.answer ?? "").trim(), "", ...rows.map(([k, v]) => `${k.padEnd(9)} ${v}`)].join("\n"))
   })
 
 /**
