@@ -1,11 +1,12 @@
 import { inspect } from "node:util"
 import { NodeHttpClient } from "@effect/platform-node"
 import { assert, describe, it } from "@effect/vitest"
-import { Cause, Context, Effect, Exit, Fiber, Layer, Metric, Redacted, Schema, Tracer } from "effect"
+import { Cause, Context, Deferred, Effect, Exit, Fiber, Layer, Metric, Redacted, Schema, Tracer } from "effect"
 import { FetchHttpClient, HttpClient } from "effect/http"
 import { TestClock } from "effect/testing"
 import * as CircuitBreaker from "../src/CircuitBreaker.js"
 import * as Executor from "../src/Executor.js"
+import * as Connections from "../src/agent/connections.js"
 import * as HttpAgent from "../src/HttpAgent.js"
 import * as Mock from "../src/Model/Mock.js"
 import * as RateLimit from "../src/RateLimit.js"
@@ -699,6 +700,41 @@ describe("HttpAgent.dispatch", () => {
       assert.deepStrictEqual({ ...stats.peakByHost }, { [one.host]: 3, [two.host]: 3 })
       assert.deepStrictEqual([stats.active, stats.waiting], [0, 0])
     })
+  )
+
+  it.effect(
+    "peakByHost keeps the hosts in use and the most recent idle ones: many hosts do not grow it without bound",
+    () =>
+      Effect.gen(function* () {
+        const limiter = Connections.make({ total: 10, perHost: 2 })
+        const held = yield* Deferred.make<void>()
+        const busy = yield* Effect.forkChild(
+          Effect.all(
+            [limiter.withPermit("busy:1")(Deferred.await(held)), limiter.withPermit("busy:1")(Deferred.await(held))],
+            {
+              concurrency: "unbounded"
+            }
+          )
+        )
+        yield* Effect.yieldNow
+        const hosts = Array.from({ length: Connections.maxIdleHosts + 50 }, (_, i) => `h${i}:80`)
+        for (const host of hosts) yield* limiter.withPermit(host)(Effect.void)
+        const during = yield* limiter.stats
+        assert.strictEqual(Object.keys(during.peakByHost).length, Connections.maxIdleHosts + 1)
+        assert.strictEqual(during.peakByHost["busy:1"], 2)
+        assert.isUndefined(during.peakByHost["h0:80"])
+        assert.strictEqual(during.peakByHost[hosts.at(-1)!], 1)
+        // A host used again is recent again, its peak kept.
+        yield* limiter.withPermit("h60:80")(Effect.void)
+        yield* Deferred.succeed(held, undefined)
+        yield* Fiber.join(busy)
+        const after = yield* limiter.stats
+        assert.strictEqual(Object.keys(after.peakByHost).length, Connections.maxIdleHosts)
+        assert.strictEqual(after.peakByHost["busy:1"], 2)
+        assert.strictEqual(after.peakByHost["h60:80"], 1)
+        assert.isUndefined(after.peakByHost["h50:80"])
+        assert.deepStrictEqual([after.active, after.waiting, after.peak], [0, 0, 3])
+      })
   )
 
   it.effect("permits are handed over in arrival order", () =>

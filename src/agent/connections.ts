@@ -4,7 +4,8 @@
  * a request waiting for a free total slot already holds its host's, so a busy host never
  * keeps another host's requests from the total pool. Effect 4's semaphore serves waiters
  * in arrival order and wakes only as many as there are free permits. A host's semaphore
- * lives while requests use it.
+ * lives while requests use it; its peak outlives it among the {@link maxIdleHosts} hosts
+ * used last, so a process that talks to many hosts keeps a bounded table.
  *
  * @internal
  */
@@ -19,8 +20,15 @@ export interface ConnectionStats {
   /** Most requests in flight at once so far. */
   readonly peak: number
   readonly activeByHost: Readonly<Record<string, number>>
+  /**
+   * Most requests in flight at once to each host: the hosts in use now, and the
+   * {@link maxIdleHosts} used last (an older idle host's figure is dropped).
+   */
   readonly peakByHost: Readonly<Record<string, number>>
 }
+
+/** How many idle hosts keep their figure in `peakByHost`, besides the hosts in use. */
+export const maxIdleHosts = 1000
 
 export interface Connections {
   readonly withPermit: (host: string) => <A, E, R>(effect: Effect.Effect<A, E, R>) => Effect.Effect<A, E, R>
@@ -31,13 +39,15 @@ interface Host {
   readonly semaphore: Semaphore.Semaphore
   users: number
   active: number
+  peak: number
 }
 
 /** Builds a limiter; `total` and `perHost` are checked by the caller. */
 export const make = (options: { readonly total: number; readonly perHost: number }): Connections => {
   const total = Semaphore.makeUnsafe(options.total)
   const hosts = new Map<string, Host>()
-  const peakByHost = new Map<string, number>()
+  // Peaks of the hosts no request uses, oldest first (a Map keeps insertion order).
+  const idlePeaks = new Map<string, number>()
   let active = 0
   let waiting = 0
   let peak = 0
@@ -48,7 +58,13 @@ export const make = (options: { readonly total: number; readonly perHost: number
       Effect.suspend(() => {
         let entry = hosts.get(host)
         if (entry === undefined) {
-          entry = { semaphore: Semaphore.makeUnsafe(options.perHost), users: 0, active: 0 }
+          entry = {
+            semaphore: Semaphore.makeUnsafe(options.perHost),
+            users: 0,
+            active: 0,
+            peak: idlePeaks.get(host) ?? 0
+          }
+          idlePeaks.delete(host)
           hosts.set(host, entry)
         }
         const own = entry
@@ -65,7 +81,7 @@ export const make = (options: { readonly total: number; readonly perHost: number
           active++
           own.active++
           if (active > peak) peak = active
-          if (own.active > (peakByHost.get(host) ?? 0)) peakByHost.set(host, own.active)
+          if (own.active > own.peak) own.peak = own.active
           return Effect.ensuring(
             effect,
             Effect.sync(() => {
@@ -79,7 +95,11 @@ export const make = (options: { readonly total: number; readonly perHost: number
             Effect.sync(() => {
               leaveQueue()
               own.users--
-              if (own.users === 0 && hosts.get(host) === own) hosts.delete(host)
+              if (own.users === 0 && hosts.get(host) === own) {
+                hosts.delete(host)
+                if (own.peak > 0) idlePeaks.set(host, own.peak)
+                if (idlePeaks.size > maxIdleHosts) idlePeaks.delete(idlePeaks.keys().next().value!)
+              }
             })
           )
         )
@@ -89,7 +109,8 @@ export const make = (options: { readonly total: number; readonly perHost: number
     const activeByHost: Record<string, number> = Object.create(null)
     for (const [host, entry] of hosts) if (entry.active > 0) activeByHost[host] = entry.active
     const peaks: Record<string, number> = Object.create(null)
-    for (const [host, n] of peakByHost) peaks[host] = n
+    for (const [host, n] of idlePeaks) peaks[host] = n
+    for (const [host, entry] of hosts) if (entry.peak > 0) peaks[host] = entry.peak
     return { active, waiting, peak, activeByHost, peakByHost: peaks }
   })
 
