@@ -170,7 +170,11 @@ const checkEndpoint = (path: string, input: unknown, strict = false): Input.Chec
   const endpoint = input as Endpoint
   return Result.map(
     Input.all([
-      Http.baseUrl(`${path}.url`, endpoint.url),
+      Http.baseUrl(
+        `${path}.url`,
+        endpoint.url,
+        "an endpoint takes none (HttpAgent.agent takes them as a Redacted header)"
+      ),
       endpoint.name === undefined ? Result.succeed(undefined) : Http.nonEmpty(`${path}.name`, endpoint.name),
       endpoint.timeout === undefined ? Result.succeed(undefined) : Input.duration(`${path}.timeout`, endpoint.timeout)
     ]),
@@ -425,7 +429,9 @@ export const layerHttp = (options: HttpOptions) =>
       }
       const wrong = optionsIssue(options, httpKeys)
       if (wrong !== undefined) return yield* Input.orOptionError(Result.fail(wrong))
-      const url = yield* Input.orOptionError(Http.baseUrl("url", options.url))
+      const url = yield* Input.orOptionError(
+        Http.baseUrl("url", options.url, "the registry is asked without credentials")
+      )
       const [timeout, maxResponseBytes] = yield* Input.orOptionError(
         Input.all([
           Input.duration("timeout", Input.orDefault(options.timeout, "5 seconds")),

@@ -239,6 +239,23 @@ describe("HttpAgent.call", () => {
     })
   )
 
+  it.effect("an agent URL with credentials is refused, saying what to use instead, and never shows the password", () =>
+    Effect.gen(function* () {
+      const service = yield* agents()
+      for (const url of ["http://user:s3cret-pw@127.0.0.1:1/x", "http://s3cret-pw@127.0.0.1:1/x?k=v"]) {
+        const record = yield* service.call(task("c", url))
+        assert.strictEqual(record.status, "error")
+        assert.strictEqual(record.error?.field, "agent.url")
+        assert.include(record.error?.message, "headers")
+        assert.notInclude(inspect(record, { depth: 10 }), "s3cret-pw")
+        assert.notInclude(JSON.stringify(record), "s3cret-pw")
+        const agent = HttpAgent.agent({ url })
+        assert.notInclude(agent.name, "s3cret-pw")
+        assert.strictEqual(agent.name, "http://127.0.0.1:1/x")
+      }
+    })
+  )
+
   it.effect("a refused connection is a Transport error record, not a failure", () =>
     Effect.gen(function* () {
       const closedUrl = yield* Effect.scoped(Effect.map(AgentServer.make(), (s) => s.url))

@@ -18,7 +18,10 @@ import { decodeRetry, type RetryPolicy } from "../Policy.js"
 import { display } from "./task.js"
 
 const checkUrl = (input: unknown): Input.Checked<string> =>
-  Result.map(Http.baseUrl("url", input), () => input as string)
+  Result.map(
+    Http.baseUrl("url", input, "give them as a Redacted header (headers: { authorization: Redacted.make(...) })"),
+    () => input as string
+  )
 
 const agentKeys: ReadonlySet<string> = new Set(["url", "name", "timeout", "retry", "headers", "answer"])
 

@@ -58,10 +58,10 @@ export const count = (record: TaskRecord, metrics: Context.Context<never>): void
   }
 }
 
-/** A URL as records and spans show it: without its query string. */
+/** A URL as records and spans show it: without its query string nor credentials (a refused URL is shown too). */
 export const display = (url: string): string => {
   const at = url.indexOf("?")
-  return at === -1 ? url : url.slice(0, at)
+  return (at === -1 ? url : url.slice(0, at)).replace(/^([a-z][a-z0-9+.-]*:\/\/)[^/?#]*@/i, "$1")
 }
 
 const plainHeaders = (agent: Agent<unknown>): Record<string, string> => {

@@ -2,10 +2,11 @@ import { inspect } from "node:util"
 import { gzipSync } from "node:zlib"
 import { NodeHttpClient } from "@effect/platform-node"
 import { assert, describe, it, layer } from "@effect/vitest"
-import { Cause, Duration, Effect, Exit, Fiber, Redacted, Result, Stream, Tracer } from "effect"
+import { Cause, Duration, Effect, Exit, Fiber, Redacted, Result, type Scope, Stream, Tracer } from "effect"
 import { FetchHttpClient, HttpClient, HttpClientError, HttpClientRequest } from "effect/http"
 import { TestClock } from "effect/testing"
 import { isRetryable, ModelError, TimeoutError } from "../../src/AiError.js"
+import type * as Input from "../../src/Input.js"
 import * as Model from "../../src/Model.js"
 import * as Assemble from "../../src/Model/http/assemble.js"
 import * as Body from "../../src/Model/http/body.js"
@@ -644,5 +645,34 @@ layer(NodeHttpClient.layerUndici)("Client over a real server", (it) => {
       )
       assert.strictEqual(spans.length, before)
     })
+  )
+})
+
+describe("credentials in a base URL", () => {
+  it.effect("every provider refuses them at its URL option, saying to use apiKey, never repeating the password", () =>
+    Effect.gen(function* () {
+      const { make: openAi } = yield* Effect.promise(() => import("../../src/Model/OpenAiCompat.js"))
+      const { make: ollama } = yield* Effect.promise(() => import("../../src/Model/Ollama.js"))
+      const { make: gemini } = yield* Effect.promise(() => import("../../src/Model/Gemini.js"))
+      const { make: watsonX } = yield* Effect.promise(() => import("../../src/Model/WatsonX.js"))
+      const url = "http://user:s3cret-pw@127.0.0.1:1/v1"
+      const key = Redacted.make("k")
+      const cases = [
+        [openAi({ baseUrl: url }), "baseUrl"],
+        [ollama({ host: url }), "host"],
+        [gemini({ apiKey: key, baseUrl: url }), "baseUrl"],
+        [watsonX({ apiKey: key, projectId: "p", url }), "url"],
+        [watsonX({ apiKey: key, projectId: "p", iamUrl: url }), "iamUrl"]
+      ] as const
+      for (const [made, path] of cases) {
+        const error = yield* Effect.flip(
+          Effect.scoped(made as Effect.Effect<unknown, Input.OptionError, HttpClient.HttpClient | Scope.Scope>)
+        )
+        assert.strictEqual(error.path, path)
+        assert.include(error.message, "credentials in the URL are refused")
+        assert.include(error.message, "apiKey")
+        assert.notInclude(inspect(error, { depth: 10 }), "s3cret-pw")
+      }
+    }).pipe(Effect.provide(FetchHttpClient.layer))
   )
 })

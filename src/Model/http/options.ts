@@ -123,12 +123,18 @@ export const knownKeys = <O extends Options>(
 
 /**
  * Checks a base URL: it parses, and its scheme is `http` or `https`. Gives it without
- * trailing slashes.
+ * trailing slashes. Credentials in it (`http://user:pass@host/`) are refused, never
+ * repeated: they would land in logs, spans and error messages; `instead` says where they go
+ * (default: the `apiKey` option).
  *
  * @since 0.2.0
  * @category checks
  */
-export const baseUrl = (path: string, input: unknown): Input.Checked<string> => {
+export const baseUrl = (
+  path: string,
+  input: unknown,
+  instead = "give the key as the apiKey option (or a Redacted header) instead"
+): Input.Checked<string> => {
   if (typeof input !== "string" || input.trim().length === 0) {
     return Result.fail({ path, message: `expected a URL such as "http://127.0.0.1:8080/v1", got ${typeof input}` })
   }
@@ -142,7 +148,10 @@ export const baseUrl = (path: string, input: unknown): Input.Checked<string> => 
     return Result.fail({ path, message: `expected an http or https URL, got ${url.protocol}` })
   }
   if (url.username !== "" || url.password !== "") {
-    return Result.fail({ path, message: "credentials in the URL are refused (they would land in logs and spans)" })
+    return Result.fail({
+      path,
+      message: `credentials in the URL are refused (they would land in logs and spans): ${instead}`
+    })
   }
   return Result.succeed(input.trim().replace(/\/+$/, ""))
 }
