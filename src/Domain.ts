@@ -141,7 +141,15 @@ export interface CheckOptions {
  * @category constructors
  */
 export const check = (input: unknown, options: string | CheckOptions = {}): Input.Checked<ReadonlyArray<Domain>> => {
-  const { path = "domains", fallbackTo = [] } = typeof options === "string" ? { path: options } : options
+  if (typeof options !== "string" && (typeof options !== "object" || options === null || Array.isArray(options))) {
+    return Result.fail({
+      path: "options",
+      message: `expected a path or { path, fallbackTo }, got ${options === null ? "null" : Array.isArray(options) ? "an array" : typeof options}`
+    })
+  }
+  const given: CheckOptions = typeof options === "string" ? { path: options } : options
+  const path = given.path ?? "domains"
+  const fallbackTo = given.fallbackTo ?? []
   if (!Array.isArray(input)) return Result.fail({ path, message: "expected an array of domains" })
   const domains: Array<Domain> = []
   const names = new Set<string>()

@@ -123,6 +123,20 @@ describe("Domain.fromConfig", () => {
     })
   )
 
+  it.effect(
+    "options that are neither a path nor an object are an OptionError naming options; null threw a TypeError",
+    () =>
+      Effect.gen(function* () {
+        for (const options of [null, 5, ["domains"]]) {
+          const error = yield* Effect.flip(Domain.fromConfig([good], options as never))
+          assert.strictEqual(error._tag, "OptionError")
+          assert.strictEqual(error.path, "options")
+        }
+        assert.strictEqual((yield* Domain.fromConfig([good], "extra")).length, 1)
+        assert.strictEqual((yield* Domain.fromConfig([good], { path: null, fallbackTo: null } as never)).length, 1)
+      })
+  )
+
   it.effect("layerDomainsFromConfig fails to build on a bad config", () =>
     Effect.gen(function* () {
       const error = yield* Effect.flip(Layer.build(Domain.layerDomainsFromConfig([{ name: "x", provider: 1 }])))
