@@ -81,7 +81,7 @@ export interface ExecutionStats {
 }
 
 /**
- * Which calls to count. Absent fields match everything.
+ * Which calls to count. Absent (or `null`) fields match everything.
  *
  * @since 0.1.0
  * @category models
@@ -196,7 +196,9 @@ export const make: Effect.Effect<Service, never, Scope.Scope> = Effect.gen(funct
     return global
   }
 
-  const snapshotUnsafe = (filter: Filter = {}): ExecutionStats => {
+  const snapshotUnsafe = (given?: Filter | null): ExecutionStats => {
+    // A read has no error channel: null (a filter or a field of it) is no filter, as absent is.
+    const filter: Filter = { provider: given?.provider ?? undefined, domain: given?.domain ?? undefined }
     const windowMs = clock.currentTimeMillisUnsafe() - windowStart
     let total = 0
     let successes = 0

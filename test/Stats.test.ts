@@ -27,6 +27,17 @@ describe("Stats", () => {
     })
   )
 
+  it.effect("a null filter (or null fields) is no filter, as an absent one is: snapshot died of a TypeError", () =>
+    Effect.gen(function* () {
+      const stats = yield* make
+      stats.series("p", "d").requests += 2
+      stats.series("q", undefined).requests += 1
+      assert.strictEqual((yield* stats.snapshot(null as never)).total, 3)
+      assert.strictEqual(stats.snapshotUnsafe(null as never).total, 3)
+      assert.strictEqual((yield* stats.snapshot({ provider: null, domain: "d" } as never)).total, 2)
+    })
+  )
+
   it.effect("percentiles at the edges: no call, one call, calls all equal, calls of 0 ms", () =>
     Effect.gen(function* () {
       const stats = yield* make
