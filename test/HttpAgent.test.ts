@@ -525,6 +525,32 @@ describe("HttpAgent: breakers, cache and fallback through the executor's pipelin
       })
   )
 
+  it.effect(
+    "an agent URL's query (a token) names neither its breaker nor its metrics; two queries are two breakers",
+    () =>
+      Effect.gen(function* () {
+        const server = yield* AgentServer.make((t) =>
+          t.intent === "fail" ? { status: 503 } : AgentServer.defaultReply(t)
+        )
+        const registry = new Map()
+        const service = yield* Effect.map(
+          build({ breakers: { failMax: 1, resetTimeout: "1 minute" } }).pipe(
+            Effect.provideService(Metric.MetricRegistry, registry)
+          ),
+          (context) => Context.get(context, HttpAgent.HttpAgents)
+        ).pipe(Effect.provideService(Metric.MetricRegistry, registry))
+        const secret = `${server.url}/x?key=s3cret-token`
+        assert.strictEqual((yield* service.call(task("a", secret, { intent: "fail" }))).error?.httpStatus, 503)
+        const refused = yield* service.call(task("b", secret))
+        assert.strictEqual(refused.status, "service_unavailable")
+        // Another query is another agent (a tenant, a key): its breaker is its own.
+        assert.strictEqual((yield* service.call(task("c", `${server.url}/x?key=other`))).status, "success")
+        const seen = `${inspect(refused, { depth: 10 })}${JSON.stringify(refused)}${inspect([...registry.keys()], { depth: 10 })}`
+        assert.notInclude(seen, "s3cret-token")
+        assert.include(seen, `${server.url}/x`)
+      })
+  )
+
   it.effect("a cached result of an agent with its own answer schema comes back as that schema decodes it", () =>
     Effect.gen(function* () {
       const server = yield* AgentServer.make((t, i) =>

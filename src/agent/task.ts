@@ -124,6 +124,19 @@ const unwrap = (
   )
 }
 
+/**
+ * The breaker of an agent URL: one per URL, named as records show URLs (no query), with a
+ * digest of the query so that two queries (two tenants, two keys) keep two breakers. The
+ * name is in `CircuitOpenError` messages, records and the `breaker` metric attribute, where a
+ * token of the query must not appear.
+ */
+export const breakerKey = (url: string): string => {
+  const at = url.indexOf("?")
+  return at === -1
+    ? display(url)
+    : `${display(url)}?#${createHash("sha256").update(url.slice(at)).digest("hex").slice(0, 12)}`
+}
+
 const cacheKeyOf = (task: Task, agent: Agent<unknown>): string =>
   task.cacheKey !== undefined
     ? `agent:key:${task.cacheKey}`
@@ -353,7 +366,7 @@ export const makeCall = (env: Env): Call => {
           domain: env.statsDomain,
           timeout: timeout ?? agent.timeout ?? env.timeout,
           retry: agent.retry ?? env.retry,
-          breaker: keyedBreaker(env.breaker, agent.url, () => {
+          breaker: keyedBreaker(env.breaker, breakerKey(agent.url), () => {
             last = agent
           }),
           rateLimit: env.rateLimit
