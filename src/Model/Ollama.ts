@@ -87,14 +87,18 @@ const hostUrl = (host: string): string => {
   if (typeof host !== "string" || /^[a-z][a-z0-9+.-]*:\/\//i.test(host.trim())) return host
   const bare = host.trim()
   const slash = bare.indexOf("/")
-  const hostPort = slash === -1 ? bare : bare.slice(0, slash)
+  const authority = slash === -1 ? bare : bare.slice(0, slash)
   const path = slash === -1 ? "" : bare.slice(slash)
+  // `user:pass@host` keeps its credentials, for the URL check to refuse them by name (not as an IPv6 address).
+  const at = authority.lastIndexOf("@")
+  const userinfo = at === -1 ? "" : authority.slice(0, at + 1)
+  const hostPort = authority.slice(at + 1)
   const withPort = /^(?:\[[^\]]*\]|[^:]*):\d+$/.test(hostPort)
     ? hostPort
     : hostPort.includes(":") && !hostPort.startsWith("[")
       ? `[${hostPort}]:11434`
       : `${hostPort}:11434`
-  return `http://${withPort}${path}`
+  return `http://${userinfo}${withPort}${path}`
 }
 
 const optionKeys = Http.knownKeys<Options>({

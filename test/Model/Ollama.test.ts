@@ -2,7 +2,7 @@ import { inspect } from "node:util"
 import { NodeHttpClient } from "@effect/platform-node"
 import { assert, describe, it, layer } from "@effect/vitest"
 import { Cause, Config, ConfigProvider, Duration, Effect, Exit, Fiber, Layer, Option, Redacted, Stream } from "effect"
-import { HttpClient, HttpClientError } from "effect/http"
+import { FetchHttpClient, HttpClient, HttpClientError } from "effect/http"
 import { TestClock } from "effect/testing"
 import { type AiError, isRetryable, ModelError, shouldFallback, TimeoutError } from "../../src/AiError.js"
 import * as Model from "../../src/Model.js"
@@ -632,6 +632,22 @@ describe("Ollama host", () => {
         "http://gpu-box:11434/ollama/api/embed"
       ])
     })
+  )
+})
+
+describe("Ollama host credentials", () => {
+  it.effect(
+    "a host without a scheme but with credentials is refused as one with a scheme is, without the password",
+    () =>
+      Effect.gen(function* () {
+        for (const host of ["user:s3cret-pw@gpu-box", "user:s3cret-pw@gpu-box:8080", "s3cret-pw@gpu-box/ollama"]) {
+          const error = yield* Effect.flip(Effect.scoped(Ollama.make({ host })))
+          assert.strictEqual(error.path, "host", host)
+          assert.include(error.message, "credentials in the URL are refused", host)
+          assert.include(error.message, "apiKey", host)
+          assert.notInclude(error.message, "s3cret-pw", host)
+        }
+      }).pipe(Effect.provide(FetchHttpClient.layer))
   )
 })
 
