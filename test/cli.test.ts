@@ -1560,4 +1560,18 @@ describe("orchestra on a terminal", () => {
       noControls(sessionError.err)
     })
   )
+
+  it.live("a provider URL with credentials is refused naming the field and apiKeyEnv, never the password", () =>
+    Effect.gen(function* () {
+      // A URL with credentials is refused naming the field and the config's own key option, without the password.
+      const creds = writeConfig("terminal-creds.json", {
+        providers: { o: { type: "openai-compatible", baseUrl: "http://user:s3cret-pw@127.0.0.1:1/v1" } }
+      })
+      const refused = yield* inProcess(["test", "--prompt", "hi", "--config", creds], false)
+      assert.strictEqual(refused.code, 2, refused.err)
+      assert.include(refused.err, "providers.o.baseUrl")
+      assert.include(refused.err, "apiKeyEnv")
+      assert.notInclude(refused.err + refused.out, "s3cret-pw")
+    })
+  )
 })

@@ -133,7 +133,7 @@ export const knownKeys = <O extends Options>(
 export const baseUrl = (
   path: string,
   input: unknown,
-  instead = "give the key as the apiKey option (or a Redacted header) instead"
+  instead = "give the key as the apiKey option instead (apiKeyEnv in the CLI's config)"
 ): Input.Checked<string> => {
   if (typeof input !== "string" || input.trim().length === 0) {
     return Result.fail({ path, message: `expected a URL such as "http://127.0.0.1:8080/v1", got ${typeof input}` })
