@@ -1543,6 +1543,8 @@ describe("orchestra on a terminal", () => {
       assert.include(pipe.out, evil)
       const json = yield* inProcess(["test", "--prompt", "hi", "--config", config, "--json"], true)
       assert.strictEqual((JSON.parse(json.out) as { answer: string }).answer, evil)
+      // JSON.stringify leaves DEL and C1 controls (a CSI) raw: they are written as \u escapes, the data the same.
+      noControls(json.out)
 
       const ttyError = yield* inProcess(["test", "--prompt", "hi", "--config", failing], true)
       assert.strictEqual(ttyError.code, 1)

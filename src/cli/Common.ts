@@ -146,7 +146,21 @@ export const printError = (text: string): Effect.Effect<void> =>
  * @category output
  */
 export const printJson = (common: Pick<Common, "jsonLines">, value: unknown): Effect.Effect<void> =>
-  Console.log(common.jsonLines === true ? JSON.stringify(value) : JSON.stringify(value, null, 2))
+  Console.log(asciiControls(common.jsonLines === true ? JSON.stringify(value) : JSON.stringify(value, null, 2)))
+
+// JSON.stringify escapes C0 controls but writes DEL and C1 controls (0x9b, a CSI) as they are; as
+// `\u` escapes they are the same data, and no terminal a JSON document is shown on obeys them.
+const asciiControls = (json: string): string => {
+  let out = ""
+  let from = 0
+  for (let i = 0; i < json.length; i++) {
+    const code = json.charCodeAt(i)
+    if (code < 0x7f || code > 0x9f) continue
+    out += `${json.slice(from, i)}\\u00${code.toString(16)}`
+    from = i + 1
+  }
+  return from === 0 ? json : out + json.slice(from)
+}
 
 /**
  * An `AiError` as plain data: what failed and why, never a cause (which may hold a request).
