@@ -10,7 +10,7 @@
  *
  * | field | unit | meaning |
  * |---|---|---|
- * | `total` | calls | calls started on a provider (each fallback step is a call; retries are not) |
+ * | `total` | calls | calls started on a provider (each fallback step is a call; retries are not); a hedge's step cut because the race was decided counts here only |
  * | `successes`, `failures` | calls | calls that ended with an answer / a failure |
  * | `failuresByReason` | calls | failures by reason (`RateLimited`, `Timeout`, `CircuitOpen`, `Interrupted`, ...) |
  * | `successRate` | % | successes over finished calls (0 when none finished) |
@@ -23,8 +23,8 @@
  * | `inFlight`, `queued` | attempts | attempts served / waiting for a slot now |
  * | `timeouts` | attempts | attempts ended by a deadline (an attempt's, the call's, or the caller's signal timeout) |
  * | `retries` | attempts | attempts after the first, on the same provider |
- * | `fallbacks` | calls | hand-overs to the next step of a fallback chain |
- * | `hedges` | calls | backup calls started by hedging; each is won (it answered first) or lost |
+ * | `fallbacks` | calls | hand-overs to the next step of a fallback chain (or of a hedge, after a step failed before its delay) |
+ * | `hedges` | calls | backup calls started by hedging (the delay passed, the step before still running); each is won (it answered first) or lost |
  * | `tokens` | tokens | input and output tokens (estimated where a provider reports none) |
  * | `throughput` | calls/s | finished calls per second over the window |
  * | `windowMs` | ms | time since the window began (`resetStats()` / `Stats.reset` starts a new one) |

@@ -457,12 +457,15 @@ describe("Router.executeParallelDomains", () => {
 })
 
 describe("Router.hedge", () => {
-  it.effect("starts the backup only after the delay, and counts the interrupted loser", () =>
+  it.effect("starts the backup only after the delay; the loser it cuts is no failure of its provider", () =>
     Effect.gen(function* () {
-      const { router, controls, stats } = yield* makeManager({
-        primary: { latency: "3 seconds", respond: () => "primary" },
-        backup: { latency: "500 millis", respond: () => "backup" }
-      })
+      const { router, controls, stats } = yield* makeManager(
+        {
+          primary: { latency: "3 seconds", respond: () => "primary" },
+          backup: { latency: "500 millis", respond: () => "backup" }
+        },
+        { breakers: { failMax: 1, resetTimeout: "1 minute" } }
+      )
       const fiber = yield* Effect.forkChild(router.hedge(ask, ["d-primary", "d-backup"], { after: "1 second" }))
       yield* TestClock.adjust("999 millis")
       assert.strictEqual(yield* controls.backup!.calls, 0)
@@ -476,7 +479,49 @@ describe("Router.hedge", () => {
       assert.strictEqual(yield* controls.primary!.interrupted, 1)
       const s = yield* stats.snapshot()
       assert.deepStrictEqual(s.hedges, { started: 1, won: 1, lost: 0 })
-      assert.deepStrictEqual((yield* stats.snapshot({ provider: "primary" })).failuresByReason, { Interrupted: 1 })
+      const primary = yield* stats.snapshot({ provider: "primary" })
+      assert.deepStrictEqual(
+        [primary.total, primary.successes, primary.failures, primary.failuresByReason],
+        [1, 0, 0, {}],
+        "cut because the backup answered: started, neither answered nor failed"
+      )
+      // Its breaker (failMax 1) did not count it either: the next call reaches the primary.
+      const next = yield* Effect.forkChild(router.execute(ask, "d-primary"))
+      yield* TestClock.adjust("3 seconds")
+      assert.strictEqual((yield* Fiber.join(next)).response.text, "primary")
+    })
+  )
+
+  it.effect("a backup cut because the primary answered first is lost, not failed", () =>
+    Effect.gen(function* () {
+      const { router, stats } = yield* makeManager({
+        primary: { latency: "1500 millis", respond: () => "primary" },
+        backup: { latency: "2 seconds", respond: () => "backup" }
+      })
+      const fiber = yield* Effect.forkChild(router.hedge(ask, ["d-primary", "d-backup"], { after: "1 second" }))
+      yield* TestClock.adjust("1500 millis")
+      const answer = yield* Fiber.join(fiber)
+      assert.strictEqual(answer.response.text, "primary")
+      assert.isFalse(answer.hedgeWon)
+      assert.deepStrictEqual((yield* stats.snapshot()).hedges, { started: 1, won: 0, lost: 1 })
+      const backup = yield* stats.snapshot({ provider: "backup" })
+      assert.deepStrictEqual([backup.total, backup.failures, backup.failuresByReason], [1, 0, {}])
+    })
+  )
+
+  it.effect("a step cut because another one failed in a way that ends the call is no failure either", () =>
+    Effect.gen(function* () {
+      const { router, stats } = yield* makeManager({
+        a: { script: [Outcome.hang()] },
+        b: { script: [Outcome.fail("InvalidRequest", { latency: "100 millis" })] }
+      })
+      const fiber = yield* Effect.forkChild(router.hedge(ask, ["d-a", "d-b"], { after: "1 second" }))
+      yield* TestClock.adjust("1100 millis")
+      const error = yield* Effect.flip(Fiber.join(fiber))
+      assert.strictEqual(error._tag === "ModelError" && error.reason, "InvalidRequest")
+      const a = yield* stats.snapshot({ provider: "a" })
+      assert.deepStrictEqual([a.total, a.failures, a.failuresByReason], [1, 0, {}])
+      assert.deepStrictEqual((yield* stats.snapshot({ provider: "b" })).failuresByReason, { InvalidRequest: 1 })
     })
   )
 
@@ -496,7 +541,7 @@ describe("Router.hedge", () => {
 
   it.effect("a primary that fails in a way that falls back starts the backup at once", () =>
     Effect.gen(function* () {
-      const { router, controls } = yield* makeManager({
+      const { router, controls, stats } = yield* makeManager({
         primary: { script: [Outcome.fail("Overloaded", { latency: "100 millis" })] },
         backup: { respond: () => "backup" }
       })
@@ -505,6 +550,10 @@ describe("Router.hedge", () => {
       const answer = yield* Fiber.join(fiber)
       assert.strictEqual(answer.response.text, "backup")
       assert.strictEqual(yield* controls.backup!.calls, 1)
+      // Started because the primary failed, before the delay: a fallback, not a hedge.
+      assert.isUndefined(answer.hedgeWon)
+      const s = yield* stats.snapshot()
+      assert.deepStrictEqual([s.hedges, s.fallbacks], [{ started: 0, won: 0, lost: 0 }, 1])
     })
   )
 

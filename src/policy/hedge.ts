@@ -3,8 +3,10 @@
  * `hedgeAfter` after the one before it started, or as soon as that one failed so that
  * `shouldFallback`; the first answer wins and the other steps are interrupted. A failure
  * that does not fall back ends the call; when every step failed, it fails with
- * `FallbackExhaustedError`. Each step runs under the retry driver (`step.ts`); the backups
- * started, won and lost are counted on their steps' metrics.
+ * `FallbackExhaustedError`. Each step runs under the retry driver (`step.ts`). A step started
+ * because the delay passed with the one before still running is a hedge (started, then won
+ * or lost on its step's metrics); one started because the one before failed is a fallback. A
+ * step cut because the race was decided is no failure of its provider (see `stepEnded`).
  *
  * @internal
  */
@@ -35,31 +37,41 @@ export const make = (runner: Runner) => {
       // By step, so the exhausted error lists them in the plan's order, not the order they failed in.
       const failures: Array<FailedAttempt | undefined> = steps.map(() => undefined)
       const didStart = steps.map(() => false)
+      // Started because the delay passed with the step before still running (not because it failed).
+      const hedged = steps.map(() => false)
       const racers = steps.map((step, i) => {
-        const go = Effect.suspend(() => {
-          didStart[i] = true
-          if (i > 0) seriesOf(step).hedgesStarted++
-          Deferred.doneUnsafe(started[i]!, Exit.void)
-          return runStep(step, plan, call, counter).pipe(
-            Effect.map((value) => ({ value, index: i })),
-            Effect.tapError((error) => {
-              failures[i] = { domain: step.domain, provider: step.name, error }
-              return shouldFallback(error) ? Deferred.succeed(failedAt[i]!, undefined) : Deferred.fail(fatal, error)
-            })
-          )
-        })
-        if (i === 0) return go
+        const go = (hedge: boolean) =>
+          Effect.suspend(() => {
+            didStart[i] = true
+            hedged[i] = hedge
+            if (hedge) seriesOf(step).hedgesStarted++
+            else if (i > 0) seriesOf(step).fallbacks++
+            Deferred.doneUnsafe(started[i]!, Exit.void)
+            return runStep(step, plan, call, counter).pipe(
+              Effect.map((value) => {
+                counter.raceOver = true
+                return { value, index: i }
+              }),
+              Effect.tapError((error) => {
+                failures[i] = { domain: step.domain, provider: step.name, error }
+                if (shouldFallback(error)) return Deferred.succeed(failedAt[i]!, undefined)
+                counter.raceOver = true
+                return Deferred.fail(fatal, error)
+              })
+            )
+          })
+        if (i === 0) return go(false)
         const wait = Effect.raceFirst(
-          Effect.andThen(Deferred.await(started[i - 1]!), Effect.sleep(delay)),
-          Deferred.await(failedAt[i - 1]!)
+          Effect.as(Effect.andThen(Deferred.await(started[i - 1]!), Effect.sleep(delay)), true),
+          Effect.as(Deferred.await(failedAt[i - 1]!), false)
         )
-        return Effect.andThen(wait, go)
+        return Effect.flatMap(wait, go)
       })
       let winner = -1
       return Effect.raceFirst(Effect.raceAll(racers), Deferred.await(fatal)).pipe(
         Effect.map(({ index, value }): Answer<T, A> => {
           winner = index
-          const backups = didStart.slice(1).some(Boolean)
+          const backups = hedged.some(Boolean)
           return {
             value,
             step: steps[index]!,
@@ -76,11 +88,11 @@ export const make = (runner: Runner) => {
             error
           )
         ),
-        // Every backup started is won or lost, whether the call answered, failed or was cut.
+        // Every hedge started is won or lost, whether the call answered, failed or was cut.
         Effect.onExit(() =>
           Effect.sync(() => {
             steps.forEach((step, i) => {
-              if (i === 0 || !didStart[i]) return
+              if (!hedged[i]) return
               if (i === winner) seriesOf(step).hedgesWon++
               else seriesOf(step).hedgesLost++
             })

@@ -83,6 +83,11 @@ export interface Counter {
   readonly deadlineAt?: number | undefined
   /** Whether the caller is traced (known once per call), or undefined: look at each attempt. */
   readonly traced?: boolean | undefined
+  /**
+   * Set by a hedge once its race is decided (a step answered, or failed so that the call ends):
+   * the steps it then cuts lost the race, which is no failure of their providers.
+   */
+  raceOver?: boolean | undefined
 }
 
 /**
@@ -109,6 +114,8 @@ export class CallCounter implements Counter {
 
 /**
  * A step's outcome in its metrics (`undefined`: interrupted, by a deadline of the call or cancelled).
+ * A step cut because its hedge's race was decided is neither answered nor failed: it stays
+ * counted as a request only.
  *
  * @internal
  */
@@ -120,8 +127,8 @@ export const stepEnded = (
   exit: Exit.Exit<unknown, AiError> | undefined,
   now: number
 ): void => {
-  series.latency.record(now - started)
   if (exit !== undefined && Exit.isSuccess(exit)) {
+    series.latency.record(now - started)
     series.successes++
     const usage = usageOf?.(exit.value as never)
     if (usage !== undefined) series.addUsage(usage)
@@ -129,8 +136,12 @@ export const stepEnded = (
   }
   const error = exit === undefined ? undefined : Cause.findErrorOption(exit.cause)
   if (error !== undefined && error._tag === "Some") {
+    series.latency.record(now - started)
     series.fail(reasonOf(error.value))
   } else {
+    // Not its provider's failure, and not a latency anyone waited for.
+    if (counter.raceOver === true) return
+    series.latency.record(now - started)
     const cut = counter.cut()
     if (cut === "Timeout") series.timeouts++
     series.fail(cut ?? "Interrupted")
