@@ -70,7 +70,7 @@ export interface RedisOptions extends Options {
   /**
    * When Redis fails or is too slow: `"allow"` (default: fail open, the call goes through
    * unlimited and the provider's own 429s still apply) or `"reject"` (fail closed: the call
-   * fails with `RateLimited`).
+   * fails with `RateLimited`, its `retryAfter` the guard's `probeInterval`).
    */
   readonly onStoreError?: "allow" | "reject" | undefined
   /** Deadline of each Redis call, and when an outage is reported. See `Redis.GuardOptions`. */
@@ -151,6 +151,14 @@ interface Reservation {
 export interface StorePolicy {
   readonly onStoreError?: "allow" | "reject" | undefined
   readonly guard?: SharedRedis.Guard | undefined
+  /**
+   * The `retryAfter` of a call refused because the store failed and `onStoreError` is
+   * `"reject"`: when trying again may find the store back. Default 1 second; `layerRedis`
+   * gives its `redis.probeInterval` (how often a Redis reported down is probed).
+   *
+   * @since 0.3.0
+   */
+  readonly retryAfter?: Input.DurationInput | undefined
 }
 
 /**
@@ -174,6 +182,9 @@ const makeWith = Effect.fnUntraced(function* (
   policy: StorePolicy = {}
 ) {
   const config = yield* Input.orOptionError(checkOptions(options))
+  const storeRetryAfter = yield* Input.orOptionError(
+    Input.duration("retryAfter", Input.orDefault(policy.retryAfter, "1 second"))
+  )
   const clock = yield* Clock.Clock
   const guard = policy.guard
   const guarded: RateLimiter.RateLimiterStore["Service"] =
@@ -327,7 +338,8 @@ const makeWith = Effect.fnUntraced(function* (
           new ModelError({
             reason: "RateLimited",
             message: `the rate limit of "${key}" cannot be checked (store unavailable) and onStoreError is "reject"`,
-            provider: key
+            provider: key,
+            retryAfter: storeRetryAfter
           })
         )
       )
@@ -489,6 +501,6 @@ export const layerRedis = (options: RedisOptions): Layer.Layer<RateLimits, Input
       const store = yield* RedisStore.makeStore({ prefix: options.prefix })
       // Only the limits: the Redis options are this layer's, and `make` refuses them.
       const limits: Options = { providers: options.providers, default: options.default, maxWait: options.maxWait }
-      return yield* scoped(limits, store, { onStoreError, guard })
+      return yield* scoped(limits, store, { onStoreError, guard, retryAfter: settings.probeInterval })
     })
   )

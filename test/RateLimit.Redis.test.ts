@@ -221,6 +221,14 @@ describe.skipIf(skipRedis)(`RateLimit (Redis store; ${skipRedis ? skipReason : "
           const refused = yield* burst(closed.limits, key, 2)
           assert.strictEqual(refused.admitted, 0)
           assert.strictEqual(refused.errors[0]?.reason, "RateLimited")
+          // Try again once Redis is probed again (probeInterval, default 1 second).
+          assert.deepStrictEqual(refused.errors[0]?.retryAfter, Duration.seconds(1))
+          const probed = yield* build(server, {
+            ...options,
+            onStoreError: "reject",
+            redis: { reportAfter: "1 minute", probeInterval: "3 seconds" }
+          })
+          assert.deepStrictEqual((yield* burst(probed.limits, key, 1)).errors[0]?.retryAfter, Duration.seconds(3))
         })
       ).pipe(Effect.provide(logs.layer))
     })

@@ -294,6 +294,35 @@ describe("RateLimit (memory, TestClock)", () => {
     })
   )
 
+  it.effect(
+    "a store that fails with onStoreError reject refuses with a bounded retryAfter (the policy's, 1 s by default)",
+    () =>
+      Effect.gen(function* () {
+        const memory = Context.get(yield* Layer.build(RateLimiter.layerStoreMemory), RateLimiter.RateLimiterStore)
+        const down: RateLimiter.RateLimiterStore["Service"] = {
+          ...memory,
+          fixedWindow: () =>
+            Effect.fail(
+              new RateLimiter.RateLimiterError({ reason: new RateLimiter.RateLimitStoreError({ message: "down" }) })
+            )
+        }
+        const key = uniqueName("down")
+        const options = { providers: { [key]: { requestsPerMinute: 10 } } }
+        const closed = yield* RateLimit.make(options, down, { onStoreError: "reject" })
+        const error = yield* rejection(closed, key)
+        assert.strictEqual(error.reason, "RateLimited")
+        assert.deepStrictEqual(error.retryAfter, Duration.seconds(1))
+        const own = yield* RateLimit.make(options, down, { onStoreError: "reject", retryAfter: "250 millis" })
+        assert.deepStrictEqual((yield* rejection(own, key)).retryAfter, Duration.millis(250))
+        for (const retryAfter of [-1, Number.NaN, 0, "soon"]) {
+          const refused = yield* Effect.flip(
+            RateLimit.make(options, down, { onStoreError: "reject", retryAfter: retryAfter as never })
+          )
+          assert.strictEqual(refused.path, "retryAfter", String(retryAfter))
+        }
+      })
+  )
+
   it.effect("a caller interrupted during the store's round trip gives back what the store already counted", () =>
     Effect.gen(function* () {
       // A store whose answer arrives 10 ms after it has counted the call, as Redis's does.
