@@ -77,7 +77,7 @@ export interface DurationOptions {
 
 /**
  * Checks a duration: a finite, non-negative number of milliseconds, a string that parses
- * (`"-5 seconds"` and `"soon"` are refused), or a `Duration`.
+ * (`"-5 seconds"` and `"soon"` are refused), or a `Duration`; at most {@link maxDurationMillis}.
  *
  * @since 0.2.0
  * @category checks
@@ -118,7 +118,18 @@ const threwWhile = (path: string, what: string, error: unknown): Issue => ({
   cause: error
 })
 
-export const duration = (path: string, input: unknown, options: DurationOptions = {}): Checked<Duration.Duration> => {
+export const duration = (path: string, input: unknown, options: DurationOptions = {}): Checked<Duration.Duration> =>
+  Result.flatMap(decodeDuration(path, input, options), (decoded) =>
+    Duration.isFinite(decoded) && Duration.toMillis(decoded) > maxDurationMillis
+      ? Result.fail({
+          path,
+          message: `expected at most ${maxDurationMillis} ms (${aboutMillis(maxDurationMillis)})${options.allowInfinite ? ", or Infinity for no bound" : ""}, got ${describe(input)}`
+        })
+      : Result.succeed(decoded)
+  )
+
+// `duration` but for its bound (`wholeMillis` checks a lower one of its own, naming it).
+const decodeDuration = (path: string, input: unknown, options: DurationOptions): Checked<Duration.Duration> => {
   const fail = (why: string) => Result.fail({ path, message: `${why}, got ${describe(input)}` })
   let decoded: Duration.Duration
   if (typeof input === "number") {
@@ -178,6 +189,17 @@ export const optionalDuration = (
   input === undefined ? Result.succeed(fallback) : input === "none" ? Result.succeed(undefined) : duration(path, input)
 
 /**
+ * The longest finite duration an option takes: `Number.MAX_SAFE_INTEGER` ms (about 285,000
+ * years). Past it the milliseconds are no longer exact integers, and a deadline or wait that
+ * long is a mistake (an option that means "no bound" says so: `Infinity`, `"none"`). Waits
+ * past Node's timer limit ({@link maxTimerMillis}) are chained, so they do not fire at once.
+ *
+ * @since 0.3.0
+ * @category checks
+ */
+export const maxDurationMillis = Number.MAX_SAFE_INTEGER
+
+/**
  * The longest delay Node's timers take (`setTimeout`, an HTTP server's `requestTimeout` and
  * `keepAliveTimeout`, a socket's timeout): 2^31-1 ms, about 24.9 days. Node refuses more,
  * or replaces it with 1 ms and a `TimeoutOverflowWarning`.
@@ -219,7 +241,7 @@ export const wholeMillis = (
   max: number,
   options: Omit<DurationOptions, "allowInfinite"> = {}
 ): Checked<number> =>
-  Result.flatMap(duration(path, input, options), (d) => {
+  Result.flatMap(decodeDuration(path, input, options), (d) => {
     const ms = Math.ceil(Duration.toMillis(d))
     return ms > max
       ? Result.fail({ path, message: `expected at most ${max} ms (${aboutMillis(max)}), got ${describe(input)}` })
@@ -243,11 +265,14 @@ export const orDefault = <A, B>(input: A | undefined, fallback: B): A | B => (in
  */
 export interface RangeOptions {
   readonly min?: number | undefined
+  /** Default `Number.MAX_SAFE_INTEGER`. */
   readonly max?: number | undefined
   /** `min` itself is refused. */
   readonly minExclusive?: boolean | undefined
 }
 
+// Without a `max` of its own, a number is bounded by the largest exact integer: a limit, a count or
+// a size of 1e300 is a mistake, and the arithmetic on it (a rate's refill, a window's count) is not exact.
 const range = (path: string, input: number, options: RangeOptions): Checked<number> => {
   if (options.min !== undefined) {
     if (options.minExclusive ? input <= options.min : input < options.min) {
@@ -257,9 +282,8 @@ const range = (path: string, input: number, options: RangeOptions): Checked<numb
       })
     }
   }
-  if (options.max !== undefined && input > options.max) {
-    return Result.fail({ path, message: `expected a value of at most ${options.max}, got ${input}` })
-  }
+  const max = options.max ?? Number.MAX_SAFE_INTEGER
+  if (input > max) return Result.fail({ path, message: `expected a value of at most ${max}, got ${input}` })
   return Result.succeed(input)
 }
 

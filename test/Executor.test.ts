@@ -150,7 +150,15 @@ describe("Executor.execute", () => {
   it.effect("bad per-call options are refused naming the option, never a 0 ms deadline (issue 13 item 10)", () =>
     Effect.gen(function* () {
       const { executor, control } = yield* setup()
-      for (const timeout of [-1, Number.NaN, "-5 seconds", "soon"]) {
+      for (const timeout of [
+        -1,
+        Number.NaN,
+        "-5 seconds",
+        "soon",
+        1e300,
+        Duration.millis(2 ** 53),
+        "999999999999999999 weeks"
+      ]) {
         const error = yield* Effect.flip(executor.execute(ask, { timeout: timeout as never }))
         assert.strictEqual(error._tag === "ModelError" && error.field, "timeout", String(timeout))
       }
@@ -457,7 +465,7 @@ describe("Executor.executeMany", () => {
   it.effect("concurrency NaN, 0 or 1.5 fails at once with InvalidRequest naming it (issue 13 item 6)", () =>
     Effect.gen(function* () {
       const { executor, control } = yield* setup()
-      for (const concurrency of [Number.NaN, 0, -1, 1.5]) {
+      for (const concurrency of [Number.NaN, 0, -1, 1.5, 1e300, 2 ** 53]) {
         const error = yield* Effect.flip(executor.executeMany([ask, ask], { concurrency }))
         assert.strictEqual(error.field, "concurrency")
       }

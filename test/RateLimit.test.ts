@@ -357,7 +357,7 @@ describe("RateLimit (memory, TestClock)", () => {
       Effect.gen(function* () {
         const key = uniqueName("nan")
         const limits = yield* service({ providers: { [key]: { tokensPerMinute: 100 } }, maxWait: 0 })
-        for (const tokens of [Number.NaN, -1, Number.POSITIVE_INFINITY]) {
+        for (const tokens of [Number.NaN, -1, Number.POSITIVE_INFINITY, 1e300]) {
           const error = yield* rejection(limits, key, tokens)
           assert.strictEqual(error.reason, "InvalidRequest")
           assert.strictEqual(error.field, "tokens")
@@ -399,7 +399,14 @@ describe("RateLimit (memory, TestClock)", () => {
         // No options object at all was a defect (a TypeError from Object.keys).
         [null as never, "options"],
         [{ maxwait: 0 } as RateLimit.Options, "maxwait"],
-        [{ prefix: "p:" } as RateLimit.Options, "prefix"]
+        [{ prefix: "p:" } as RateLimit.Options, "prefix"],
+        // Absurdly large: no exact integer, no wait anyone means (Infinity says "as long as it takes").
+        [{ providers: { p: { requestsPerMinute: 1e300 } } }, "providers.p.requestsPerMinute"],
+        [{ default: { tokensPerMinute: 2 ** 53 } }, "default.tokensPerMinute"],
+        [{ maxWait: 1e300 }, "maxWait"],
+        [{ maxWait: Duration.millis(1e300) }, "maxWait"],
+        [{ maxWait: Duration.nanos(10n ** 30n) }, "maxWait"],
+        [{ maxWait: "999999999999999999 weeks" }, "maxWait"]
       ]
       for (const [options, path] of cases) {
         const error = yield* configError(options)
