@@ -17,6 +17,7 @@ import { RateLimiter, type Redis } from "effect/persistence"
 import { ModelError } from "./AiError.js"
 import * as Timers from "./policy/timers.js"
 import * as Input from "./Input.js"
+import { withAlignedFixedWindow } from "./RateLimit/memory.js"
 import { make as makeMetrics } from "./RateLimit/metrics.js"
 import { checkOptions, checkTokens, redisFields } from "./RateLimit/options.js"
 import * as RedisStore from "./RateLimit/Redis.js"
@@ -224,8 +225,8 @@ const makeWith = Effect.fnUntraced(function* (
   // window before, which the call never runs in: a 100-token window admitted two 60-token calls
   // (120 tokens). The tokens counted in the earlier window are taken again in the later one, and
   // the call waits for the later of the two answers. (One token, a request's, never straddles.)
-  // A store that places the reservation in one call (`AlignedFixedWindow`, the Redis store's) does
-  // the same atomically: with two calls, other calls' tokens landed between them and pushed the part
+  // A store that places the reservation in one call (`AlignedFixedWindow`: the Redis store's, and
+  // `layerMemory`'s, since a fiber may yield between two calls) does the same atomically: with two calls, other calls' tokens landed between them and pushed the part
   // taken again into a later window still, where the call ran with only that part counted (three
   // 60-token calls in one 100-token window on Redis).
   const reserve = (r: Reservation): Effect.Effect<RateLimiter.ConsumeResult, RateLimiter.RateLimiterError> => {
@@ -468,7 +469,7 @@ export const layerMemory = (options: Options): Layer.Layer<RateLimits, Input.Opt
     RateLimits,
     Effect.andThen(
       Input.orOptionError(checkOptions(options)),
-      Effect.flatMap(RateLimiter.RateLimiterStore, (store) => scoped(options, store))
+      Effect.flatMap(RateLimiter.RateLimiterStore, (store) => scoped(options, withAlignedFixedWindow(store)))
     )
   ).pipe(
     // effect's store sweeps its keys every minute: that timer must not keep a process alive.

@@ -1,5 +1,5 @@
 import { assert, describe, it } from "@effect/vitest"
-import { Cause, Clock, Context, Duration, Effect, Exit, Fiber, Layer, Metric, Scope } from "effect"
+import { Cause, Clock, Context, Duration, Effect, Exit, Fiber, Layer, Metric, Scheduler, Scope } from "effect"
 import { RateLimiter } from "effect/persistence"
 import { TestClock } from "effect/testing"
 import { isRetryable, type ModelError, shouldFallback } from "../src/AiError.js"
@@ -187,6 +187,35 @@ describe("RateLimit (memory, TestClock)", () => {
       // 1, 2, 2, 1 a window when a call straddling a boundary left its first tokens behind.)
       assert.deepStrictEqual(admitted, [0, 1000, 2000, 3000, 4000, 5000])
     })
+  )
+
+  it.effect(
+    "tokens per window hold under concurrent calls that yield anywhere: no two 60-token calls in one window",
+    () =>
+      Effect.gen(function* () {
+        const key = uniqueName("straddle-concurrent")
+        const limits = yield* service({
+          providers: { [key]: { tokensPerMinute: 100, window: "1 second" } },
+          maxWait: "1 minute"
+        })
+        const start = yield* Clock.currentTimeMillis
+        const windows: Array<number> = []
+        // A yield after every step: another call's tokens can land between any two store calls of one acquire.
+        const fiber = yield* Effect.forkChild(
+          Effect.forEach(
+            Array.from({ length: 8 }),
+            () =>
+              Effect.flatMap(limits.acquire(key, { tokens: 60 }), () =>
+                Effect.map(Clock.currentTimeMillis, (now) => windows.push(Math.floor((now - start) / 1000)))
+              ),
+            { concurrency: "unbounded" }
+          ).pipe(Effect.provideService(Scheduler.MaxOpsBeforeYield, 1))
+        )
+        for (let i = 0; i < 1000 && fiber.pollUnsafe() === undefined; i++) yield* TestClock.adjust("100 millis")
+        yield* Fiber.join(fiber)
+        windows.sort((a, b) => a - b)
+        assert.deepStrictEqual(windows, [...new Set(windows)], `windows of the calls: ${windows.join(", ")}`)
+      })
   )
 
   it.effect(
