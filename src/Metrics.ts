@@ -120,7 +120,7 @@ export const retries = Metric.counter("orchestra_retries_total", {
 })
 
 /**
- * Counted on the step that took over.
+ * Counted on the step that took over (in a hedge too, when the step before failed).
  *
  * @since 0.1.0
  * @category calls
@@ -131,7 +131,8 @@ export const fallbacks = Metric.counter("orchestra_fallbacks_total", {
 })
 
 /**
- * Attribute `outcome`: `started`, `won` or `lost`.
+ * Attribute `outcome`: `started`, `won` or `lost`. A backup started because the delay passed
+ * with the step before still running; one started because that step failed is a fallback.
  *
  * @since 0.1.0
  * @category calls

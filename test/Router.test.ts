@@ -613,7 +613,7 @@ describe("Router.hedge", () => {
 
   it.effect('after: "p95" waits defaultAfter until the primary has 20 answers, then its p95 service time', () =>
     Effect.gen(function* () {
-      const { router, controls } = yield* makeManager({
+      const { router, controls, stats } = yield* makeManager({
         // 20 answers in 100 ms, then slow ones.
         primary: {
           script: Array.from({ length: 20 }, () => Outcome.succeed("primary", { latency: "100 millis" })),
@@ -641,6 +641,23 @@ describe("Router.hedge", () => {
       const answer = yield* Fiber.join(hedged)
       assert.strictEqual(answer.response.text, "backup")
       assert.isTrue(answer.hedgeWon)
+      // The primaries the backups cut were not served: their 110 ms do not raise the p95, which
+      // would start each next backup later (one backup's latency more each time).
+      for (let i = 0; i < 4; i++) {
+        const again = yield* Effect.forkChild(hedge)
+        yield* TestClock.adjust("110 millis")
+        const done = again.pollUnsafe() !== undefined
+        if (!done) yield* Fiber.interrupt(again)
+        assert.isTrue(done, `hedged call ${i + 1} answered by the backup within 110 ms`)
+        assert.strictEqual((yield* Fiber.join(again)).response.text, "backup")
+      }
+      const last = yield* Effect.forkChild(hedge)
+      const before = yield* controls.backup!.calls
+      yield* TestClock.adjust("100 millis")
+      const backups = yield* controls.backup!.calls
+      yield* Fiber.interrupt(last)
+      assert.strictEqual(backups, before + 1, "the backup starts after the p95 of 100 ms")
+      assert.strictEqual((yield* stats.snapshot({ provider: "primary" })).serviceTime.max, 100)
     })
   )
 })

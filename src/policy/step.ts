@@ -237,8 +237,7 @@ export const make = (env: Env): Driver => {
     plan: Plan<T, A>,
     series: Series,
     call: (target: T, step: Step<T>) => Effect.Effect<A, AiError>,
-    traced: boolean | undefined,
-    deadlineAt: number | undefined
+    counter: Counter
   ): Effect.Effect<A, AiError> => {
     const gauges = series.gauges
     const semaphore = slot(step.name, step.maxConcurrency)
@@ -253,9 +252,12 @@ export const make = (env: Env): Driver => {
         provided = Effect.die(defect)
       }
       for (const g of gauges) g.enter()
-      return Effect.onExit(provided, () => {
+      return Effect.onExit(provided, (exit) => {
         for (const g of gauges) g.exit()
-        series.service.record(clock.currentTimeMillisUnsafe() - started)
+        // An attempt its hedge's race cut was not served: its time would raise the p95 that `after: "p95"` reads.
+        if (exit._tag === "Success" || counter.raceOver !== true) {
+          series.service.record(clock.currentTimeMillisUnsafe() - started)
+        }
         return Effect.void
       })
     })
@@ -283,6 +285,7 @@ export const make = (env: Env): Driver => {
           })
     const deadlined: Effect.Effect<A, AiError> = lanes.attempt(body, step.timeout, settleAttempt, step)
     const breakered = step.breaker === undefined ? deadlined : step.breaker.execute(step.name, deadlined)
+    const traced = counter.traced
     const guarded =
       traced === undefined
         ? Effect.withFiber((fiber) => (isTraced(fiber) ? spanned(step, plan.telemetry, breakered) : breakered))
@@ -293,7 +296,7 @@ export const make = (env: Env): Driver => {
     const limit = step.rateLimit
     // No wait past the call's total deadline: a fallback gets the time that is left.
     return Effect.flatMap(
-      tracked(limit.acquire(step.name, { tokens: step.tokens, waitUntil: deadlineAt })),
+      tracked(limit.acquire(step.name, { tokens: step.tokens, waitUntil: counter.deadlineAt })),
       () => guarded
     )
   }
@@ -352,7 +355,7 @@ export const make = (env: Env): Driver => {
     Effect.suspend(() => {
       state.attemptNo++
       counter.attempts++
-      return Effect.catch(attempt(step, plan, series, call, counter.traced, counter.deadlineAt), (error: AiError) =>
+      return Effect.catch(attempt(step, plan, series, call, counter), (error: AiError) =>
         retryOrFail(step, plan, call, counter, series, state, error)
       )
     })
