@@ -56,9 +56,9 @@ export interface Answer {
   readonly fallbackUsed: boolean
   readonly source: "provider" | "cache" | "stale-cache"
   /**
-   * Set by hedging once a backup started: whether a backup answered (`false`: the first
-   * step won the race). `undefined` when no backup started (the first step answered within
-   * the delay) and outside hedging.
+   * Set by hedging once a backup started on its delay: whether a backup answered (`false`:
+   * the first step won the race). `undefined` when none did (the first step answered within
+   * the delay, or failed and the next took over as a fallback) and outside hedging.
    */
   readonly hedgeWon?: boolean | undefined
 }

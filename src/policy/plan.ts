@@ -137,7 +137,7 @@ export interface Answer<T, A> {
   /** Steps tried, the answering one included. */
   readonly stepsTried: number
   readonly source: "provider" | "cache" | "stale-cache"
-  /** Set when hedging started a backup: whether a backup answered. */
+  /** Set when hedging started a backup on its delay (not after a failure): whether a backup answered. */
   readonly hedgeWon?: boolean | undefined
 }
 
