@@ -9,7 +9,22 @@ import { createServer } from "node:http"
 import { inspect } from "node:util"
 import { NodeHttpServer } from "@effect/platform-node"
 import { assert, describe, it } from "@effect/vitest"
-import { Cause, Context, Duration, Effect, Exit, Fiber, Layer, Logger, Metric, Redacted, Schedule, Scope } from "effect"
+import {
+  Cause,
+  Clock,
+  Context,
+  Duration,
+  Effect,
+  Exit,
+  Fiber,
+  Layer,
+  Logger,
+  Metric,
+  Redacted,
+  Schedule,
+  Scheduler,
+  Scope
+} from "effect"
 import { HttpRouter, HttpServer } from "effect/http"
 import OpenAI from "openai"
 import { Redis as PersistenceRedis, RateLimiter } from "effect/persistence"
@@ -514,6 +529,38 @@ describe("KeyStore: budgets in memory", () => {
       yield* store.reserve(alpha, "m", estimate(100, 300))
       const limited = yield* failure(store.reserve(alpha, "m", estimate(100, 1)))
       assert.strictEqual(limited.reason, "RateLimited")
+    })
+  )
+
+  it.effect("tpm holds under concurrent calls that wait and yield anywhere: no two 60-token calls in one window", () =>
+    Effect.gen(function* () {
+      const store = yield* memory({
+        keys: [key(unique("tpm-straddle"), secretA, { tpm: 100 })],
+        rateLimitWait: "1 hour"
+      })
+      const alpha = yield* store.authenticate(Redacted.make(secretA))
+      const windows: Array<number> = []
+      // A yield after every step: another call's tokens can land between any two store calls of one reserve.
+      const fiber = yield* Effect.forkChild(
+        Effect.forEach(
+          Array.from({ length: 6 }),
+          () =>
+            Effect.flatMap(store.reserve(alpha, "m", estimate(10, 50)), () =>
+              Effect.map(Clock.currentTimeMillis, (now) => windows.push(now))
+            ),
+          { concurrency: "unbounded" }
+        ).pipe(Effect.provideService(Scheduler.MaxOpsBeforeYield, 1))
+      )
+      for (let i = 0; i < 5000 && fiber.pollUnsafe() === undefined; i++) yield* TestClock.adjust("100 millis")
+      yield* Fiber.join(fiber)
+      // One 60-token call per 100-token minute: each goes about a minute after the one before (the
+      // times are taken once the whole reserve returned, on a clock moved in 100 ms steps).
+      const times = windows.sort((a, b) => a - b)
+      const gaps = times.slice(1).map((t, i) => t - times[i]!)
+      assert.isTrue(
+        gaps.every((gap) => gap > 50_000),
+        `admitted at ${times.join(", ")} ms: two calls of one window`
+      )
     })
   )
 

@@ -36,6 +36,7 @@ import type { BudgetScope, GatewayError } from "../errors.js"
 // Only read inside functions: Gateway.ts may re-export this module.
 import * as Gateway from "../../Gateway.js"
 import * as Input from "../../Input.js"
+import { withAlignedFixedWindow } from "../../RateLimit/memory.js"
 import * as RateLimitRedis from "../../RateLimit/Redis.js"
 import * as SharedRedis from "../../Redis.js"
 import type { Budgets } from "./ledger.js"
@@ -276,7 +277,8 @@ export const layerMemory = (options: Options = {}): Layer.Layer<KeyAdmin | Gatew
     Effect.gen(function* () {
       const resolved = yield* Input.orOptionError(KeyOptions.check(options))
       const limiter = yield* Effect.provide(RateLimiter.RateLimiterStore, RateLimiter.layerStoreMemory)
-      return both(yield* make(resolved, Memory.make(), { store: limiter, onStoreError: "allow" }, "reject"))
+      const store = withAlignedFixedWindow(limiter)
+      return both(yield* make(resolved, Memory.make(), { store, onStoreError: "allow" }, "reject"))
     })
   )
 
