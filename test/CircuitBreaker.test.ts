@@ -346,6 +346,8 @@ describe("CircuitBreaker (memory)", () => {
           Effect.fail(modelError("Unauthorized", "key")),
           Effect.fail(new CircuitOpenError({ breaker: "other", state: "open" })),
           Effect.fail(new ShuttingDownError({ message: "closing" })),
+          // a stream its provider's shutdown cut after text (the local provider's)
+          Effect.fail(new StreamInterruptedError({ partialText: "Hel", reason: "ShuttingDown" })),
           Effect.interrupt
         ]
         for (const effect of notCounted) {

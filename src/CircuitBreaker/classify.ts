@@ -19,6 +19,13 @@ const countedReasons: ReadonlySet<Reason> = new Set<Reason>([
 const callersFault: ReadonlySet<string> = new Set(["InvalidRequest", "ContentFilter", "TooLarge"])
 
 /**
+ * A stream its provider's own shutdown cut after text (`reason` `"ShuttingDown"`, as
+ * `reasonOf` labels a `ShuttingDownError`): the provider was closed, it did not fail.
+ */
+const cutByShutdown = (error: AiError): boolean =>
+  error._tag === "StreamInterruptedError" && error.reason === "ShuttingDown"
+
+/**
  * The default classifier (the table in `docs/circuit-breaker.md`): transient provider
  * failures, timeouts and streams the provider cut count; the caller's mistakes
  * (`InvalidRequest`, `ContentFilter`, `TooLarge`) and answers that show the provider is up
@@ -34,7 +41,7 @@ export const defaultIsFailure = (error: AiError): boolean => {
     case "TimeoutError":
       return true
     case "StreamInterruptedError":
-      return !callersFault.has(error.reason)
+      return !callersFault.has(error.reason) && !cutByShutdown(error)
     case "FallbackExhaustedError":
       // Without a step (never from this library; a hand-made or decoded one) there is no last
       // error to judge: it counts, as a failure that says nothing else does.
@@ -53,9 +60,10 @@ export const defaultIsFailure = (error: AiError): boolean => {
 export type Outcome = "Success" | "Failure" | "Ignored"
 
 /**
- * Classifies a call's exit. Interruption, another breaker's refusal and shutdown say nothing
- * about the provider (`Ignored`, whatever the classifier says); defects and failures that
- * are not `AiError`s count; a classifier that throws counts the call as a failure.
+ * Classifies a call's exit. Interruption, another breaker's refusal and shutdown (a stream
+ * cut by it included) say nothing about the provider (`Ignored`, whatever the classifier
+ * says); defects and failures that are not `AiError`s count; a classifier that throws counts
+ * the call as a failure.
  *
  * @internal
  */
@@ -72,7 +80,8 @@ export const outcomeOf = (exit: Exit.Exit<unknown, unknown>, isFailure: (error: 
   try {
     const error =
       found.value._tag === "FallbackExhaustedError" && found.value.attempts.length > 0 ? found.value.last : found.value
-    if (error._tag === "CircuitOpenError" || error._tag === "ShuttingDownError") return "Ignored"
+    if (error._tag === "CircuitOpenError" || error._tag === "ShuttingDownError" || cutByShutdown(error))
+      return "Ignored"
     return isFailure(error) ? "Failure" : "Success"
   } catch {
     return "Failure"

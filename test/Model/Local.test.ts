@@ -24,6 +24,7 @@ import {
 } from "effect"
 import { TestClock } from "effect/testing"
 import { ModelError } from "../../src/AiError.js"
+import * as CircuitBreaker from "../../src/CircuitBreaker.js"
 import * as Executor from "../../src/Executor.js"
 import type * as Model from "../../src/Model.js"
 import { ModelProvider } from "../../src/Model.js"
@@ -988,6 +989,35 @@ describe("Local provider: through the executor", () => {
         assert.strictEqual(error.reason, "ShuttingDown")
         assert.strictEqual(error.partialText, seen.join(""))
       }
+    })
+  )
+  it.effect("a stream cut by the local provider's shutdown does not count against its breaker", () =>
+    Effect.gen(function* () {
+      const { scope, model } = yield* build({ shutdownDeadline: 0 })
+      const context = yield* Layer.build(
+        Executor.layerWithStats().pipe(
+          Layer.provideMerge(Layer.succeed(ModelProvider, model)),
+          Layer.provideMerge(CircuitBreaker.layerMemory({ failMax: 1, resetTimeout: "1 minute" }))
+        )
+      )
+      const executor = Context.get(context, Executor.Executor)
+      const breakers = Context.get(context, CircuitBreaker.Breakers)
+      const seen: Array<string> = []
+      const fiber = yield* Effect.forkChild(
+        Effect.flip(
+          Stream.runForEach(executor.stream({ prompt: "the river", maxTokens: 100_000 }), (p) =>
+            Effect.sync(() => {
+              if (p._tag === "TextDelta") seen.push(p.text)
+            })
+          )
+        )
+      )
+      while (seen.length < 2) yield* turns(1)
+      yield* Scope.close(scope, Exit.void)
+      const error = yield* Fiber.join(fiber)
+      assert.isTrue(error._tag === "StreamInterruptedError" && error.reason === "ShuttingDown")
+      // a failure would have opened it (failMax 1): the shutdown was not the provider's fault
+      assert.strictEqual(yield* breakers.state("local"), "closed")
     })
   )
 })
