@@ -86,7 +86,8 @@ export interface Options {
   readonly shutdownDeadline?: DurationInput | undefined
   /**
    * Longest load of one model instance (a download included); past it the load fails with
-   * a `"Timeout"` `ModelError`. Default 10 minutes.
+   * a `"Timeout"` `ModelError` (the instance, if it arrives later, is disposed). Closing the
+   * provider does not wait for a load in progress. Default 10 minutes.
    *
    * @since 0.2.0
    */

@@ -7,6 +7,7 @@ import * as path from "node:path"
 import { setImmediate as nextMacrotask } from "node:timers/promises"
 import { fileURLToPath } from "node:url"
 import { assert, describe, it } from "@effect/vitest"
+import * as Transformers from "@xenova/transformers"
 import { AutoTokenizer, env } from "@xenova/transformers"
 import {
   Config,
@@ -173,6 +174,59 @@ const fakeHub = (behaviour: "serve" | "stall") =>
         })
     )
     return { requests, url: `http://127.0.0.1:${(server.address() as AddressInfo).port}/` }
+  })
+
+/**
+ * The real transformers.js with its causal-LM loads from the `from`-th on held until `open()`
+ * (a slow download, say), counting the loads begun and the decoders disposed.
+ */
+const gatedLoads = (from: number) => {
+  let open = () => {}
+  const gate = new Promise<void>((resolve) => {
+    open = resolve
+  })
+  const counts = { started: 0, loaded: 0, disposed: 0 }
+  const real = Transformers.AutoModelForCausalLM
+  const AutoModelForCausalLM = Object.assign(() => {}, {
+    from_pretrained: async (id: string, options: object) => {
+      counts.started += 1
+      if (counts.started >= from) await gate
+      const model = await real.from_pretrained(id, options)
+      counts.loaded += 1
+      const dispose = model.dispose.bind(model)
+      model.dispose = () => {
+        counts.disposed += 1
+        return dispose()
+      }
+      return model
+    }
+  })
+  const internals: Internals = { importer: async () => ({ ...Transformers, AutoModelForCausalLM }) }
+  return { internals, counts, open: () => open() }
+}
+
+/** A test holding loads with `gatedLoads`: the gate opens when it ends, pass or fail, so nothing is left waiting. */
+const withGate = <A, E, R>(from: number, body: (gated: ReturnType<typeof gatedLoads>) => Effect.Effect<A, E, R>) =>
+  Effect.suspend(() => {
+    const gated = gatedLoads(from)
+    return Effect.ensuring(
+      body(gated),
+      Effect.sync(() => gated.open())
+    )
+  })
+
+/** Whether the fiber has ended within `n` real event-loop turns (no clock involved). */
+const endsWithin = (fiber: Fiber.Fiber<unknown, unknown>, n: number) =>
+  Effect.gen(function* () {
+    for (let i = 0; i < n && fiber.pollUnsafe() === undefined; i++) yield* turns(1)
+    return fiber.pollUnsafe() !== undefined
+  })
+
+/** Real event-loop turns until `done()`, at most `n`. */
+const until = (done: () => boolean, n = 2_000) =>
+  Effect.gen(function* () {
+    for (let i = 0; i < n && !done(); i++) yield* turns(1)
+    return done()
   })
 
 describe("Local provider", () => {
@@ -648,6 +702,70 @@ console.log(JSON.stringify({ tag: error._tag, reason: error.reason, message: err
 })
 
 describe("Local provider: pools and shutdown", () => {
+  it.effect(
+    "closing the scope while a model loads does not wait for the load; the instance is disposed when it arrives",
+    () =>
+      withGate(1, (gated) =>
+        Effect.gen(function* () {
+          const scope = yield* Scope.make()
+          const building = yield* makeWith({ modelPath }, gated.internals).pipe(Scope.provide(scope), Effect.forkChild)
+          assert.isTrue(yield* until(() => gated.counts.started === 1))
+          yield* Fiber.interrupt(building)
+          const closing = yield* Effect.forkChild(Scope.close(scope, Exit.void))
+          // loadTimeout (10 minutes) has not passed, nor has the load ended: the close does not wait for it
+          assert.isTrue(yield* endsWithin(closing, 200), "the close waited for the load")
+          assert.strictEqual(gated.counts.loaded, 0)
+          gated.open()
+          assert.isTrue(yield* until(() => gated.counts.disposed === 1), "the late instance was not disposed")
+          assert.strictEqual(gated.counts.loaded, 1)
+        })
+      )
+  )
+
+  it.effect("a load past loadTimeout fails the build, and its instance is disposed when it arrives", () =>
+    withGate(1, (gated) =>
+      Effect.gen(function* () {
+        const building = yield* build({ loadTimeout: "30 seconds" }, gated.internals).pipe(
+          Effect.flip,
+          Effect.forkChild
+        )
+        assert.isTrue(yield* until(() => gated.counts.started === 1))
+        yield* TestClock.adjust("30 seconds")
+        const error = yield* Fiber.join(building)
+        assert.isTrue(error._tag === "ModelError" && error.reason === "Timeout" && error.model === "tiny-gpt2")
+        gated.open()
+        assert.isTrue(yield* until(() => gated.counts.disposed === 1), "the late instance was not disposed")
+      })
+    )
+  )
+
+  it.effect("past the deadline, a call waiting for an instance that is still loading is stopped (ShuttingDown)", () =>
+    withGate(2, (gated) =>
+      Effect.gen(function* () {
+        const counted = yield* instrumented
+        const { scope, model } = yield* build(
+          { shutdownDeadline: "1 second", poolSize: 2 },
+          { ...gated.internals, instrument: counted.instrument }
+        )
+        const running = yield* Effect.forkChild(
+          Effect.flip(model.generate({ prompt: "the river", maxTokens: 1_000_000 }))
+        )
+        yield* waitFor(counted.generating, (n) => n === 1)
+        const waiting = yield* Effect.forkChild(Effect.flip(model.generate({ prompt: "a lantern", maxTokens: 4 })))
+        assert.isTrue(yield* until(() => gated.counts.started === 2))
+        const closing = yield* Effect.forkChild(Scope.close(scope, Exit.void))
+        yield* TestClock.adjust("1 second")
+        assert.isTrue(yield* endsWithin(closing, 200), "the close waited for the load")
+        assert.strictEqual((yield* Fiber.join(running))._tag, "ShuttingDownError")
+        assert.strictEqual((yield* Fiber.join(waiting))._tag, "ShuttingDownError")
+        assert.strictEqual(yield* SubscriptionRef.get(counted.disposed), yield* SubscriptionRef.get(counted.loaded))
+        gated.open()
+        assert.isTrue(yield* until(() => gated.counts.disposed === 2), "the late instance was not disposed")
+        assert.strictEqual(gated.counts.loaded, 2)
+      })
+    )
+  )
+
   it.effect("closing the scope disposes every instance, then refuses calls", () =>
     Effect.gen(function* () {
       const counted = yield* instrumentedWith(2)

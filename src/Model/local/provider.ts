@@ -53,7 +53,10 @@ export const makeWith = Effect.fnUntraced(function* (
   const provider = config.name
   const lib = yield* loadTransformers(internals.importer ?? importTransformers, provider)
   const clock = yield* Clock.Clock
-  const real = makeLoader(lib, config.load, clock)
+  // Aborted by the shutdown: running generations stop at their next step, loads in progress are abandoned.
+  const halt = new AbortController()
+  const late = () => new ShuttingDownError({ message: `${provider}: the provider closed before the call finished` })
+  const real = makeLoader(lib, config.load, clock, halt.signal)
   const load = internals.instrument === undefined ? real : internals.instrument(real)
 
   const loadBounded = (modelId: string, purpose: Purpose) =>
@@ -73,7 +76,7 @@ export const makeWith = Effect.fnUntraced(function* (
   // One pool per model; each item is acquired in its own scope (Pool.allocate), so an idle
   // instance past its time to live is disposed then, not when the provider closes.
   // Embedding models hold one instance: inference holds the thread, so batches run one at a time.
-  const pools = new Map<string, Pool.Pool<Instance, ModelError>>()
+  const pools = new Map<string, Pool.Pool<Instance, ModelError | ShuttingDownError>>()
   const models: ReadonlyArray<readonly [Purpose, string]> = [
     ...config.generationModels.map((id) => ["generation", id] as const),
     ...config.embeddingModels.map((id) => ["embedding", id] as const)
@@ -91,12 +94,16 @@ export const makeWith = Effect.fnUntraced(function* (
     })
     pools.set(poolKey(purpose, modelId), pool)
   }
+  // Registered after the pools, so it runs before their finalizers (which would wait for
+  // every load in progress, up to loadTimeout): those loads are abandoned now, and their
+  // instances disposed when they arrive. Calls in flight have drained or been stopped by then.
+  yield* Effect.addFinalizer(() => Effect.sync(() => halt.abort(late())))
   // Load every model once now (downloads overlap): a missing or broken model fails the
-  // layer, not the first request.
+  // layer, not the first request. Stopped by the shutdown, the build was interrupted.
   yield* Effect.forEach(pools.values(), (pool) => Pool.use(pool, () => Effect.void), {
     concurrency: "unbounded",
     discard: true
-  })
+  }).pipe(Effect.catchTag("ShuttingDownError", () => Effect.interrupt))
   const poolOf = (purpose: Purpose, modelId: string) => pools.get(poolKey(purpose, modelId))!
 
   const batchers = new Map<string, Batcher<string, Embedded, ModelError | ShuttingDownError>>()
@@ -124,8 +131,6 @@ export const makeWith = Effect.fnUntraced(function* (
   let closing = false
   let inFlight = 0
   const idle = Deferred.makeUnsafe<void>()
-  const halt = new AbortController()
-  const late = () => new ShuttingDownError({ message: `${provider}: the provider closed before the call finished` })
   const leave = Effect.sync(() => {
     inFlight -= 1
     if (closing && inFlight === 0) Deferred.doneUnsafe(idle, Effect.void)

@@ -8,9 +8,9 @@
 import { access } from "node:fs/promises"
 import * as path from "node:path"
 import { type Clock, Effect } from "effect"
-import { ModelError } from "../../AiError.js"
+import { ModelError, ShuttingDownError } from "../../AiError.js"
 import type { PromptTokenizer } from "./decoding.js"
-import { type Instance, makeInstance, type PretrainedModelLike, type TensorLike } from "./instance.js"
+import { type Instance, makeInstance, type PretrainedModelLike, type Task, type TensorLike } from "./instance.js"
 
 /** The optional peer dependency, and how to install it. */
 export const PACKAGE = "@xenova/transformers"
@@ -124,8 +124,12 @@ export const loadTransformers = (importer: Importer, provider: string): Effect.E
 /** What a model is loaded for: generation models are causal or encoder-decoder by their config. */
 export type Purpose = "generation" | "embedding"
 
-/** Loads one instance of a model for a purpose. */
-export type Loader = (modelId: string, purpose: Purpose) => Effect.Effect<Instance, ModelError>
+/**
+ * Loads one instance of a model for a purpose. Interrupted, or stopped by the provider's
+ * shutdown, it returns at once: the load it abandons goes on (transformers.js cannot stop it)
+ * and what it loads is disposed when it arrives.
+ */
+export type Loader = (modelId: string, purpose: Purpose) => Effect.Effect<Instance, ModelError | ShuttingDownError>
 
 export interface LoadOptions {
   readonly provider: string
@@ -158,9 +162,13 @@ const unavailable = (options: LoadOptions, modelId: string, message: string, cau
     ...(cause === undefined ? {} : { cause })
   })
 
-/** The transformers.js loader: every instance gets its own sessions. */
+/**
+ * The transformers.js loader: every instance gets its own sessions. `halt`, aborted by the
+ * provider's shutdown, abandons the loads in progress: they fail with its reason (a
+ * `ShuttingDownError`).
+ */
 export const makeLoader =
-  (lib: Transformers, options: LoadOptions, clock: Clock.Clock): Loader =>
+  (lib: Transformers, options: LoadOptions, clock: Clock.Clock, halt: AbortSignal): Loader =>
   (modelId, purpose) =>
     Effect.gen(function* () {
       const folder = path.join(options.modelPath, modelId)
@@ -191,32 +199,84 @@ export const makeLoader =
       const where = options.allowRemoteModels
         ? `${folder} or ${options.remoteHost}${modelId} (cache: ${cacheDir ?? "none"})`
         : folder
-      return yield* Effect.tryPromise({
-        try: () => loadInstance(lib, modelId, purpose, pretrained, clock),
-        catch: (cause) =>
-          unavailable(options, modelId, `cannot load model "${modelId}" from ${where}: ${messageOf(cause)}`, cause)
+      return yield* Effect.callback<Instance, ModelError | ShuttingDownError>((resume, interrupted) => {
+        let settled = false
+        const settle = (effect: Effect.Effect<Instance, ModelError | ShuttingDownError>) => {
+          settled = true
+          halt.removeEventListener("abort", onHalt)
+          resume(effect)
+        }
+        const onHalt = () => {
+          if (!settled) settle(Effect.fail(stoppedBy(halt, options, modelId)))
+        }
+        // Abandoned: interrupted (loadTimeout, a closing pool) or stopped by the shutdown.
+        const abandoned = () => settled || interrupted.aborted
+        if (halt.aborted) return onHalt()
+        halt.addEventListener("abort", onHalt)
+        loadInstance(lib, modelId, purpose, pretrained, clock, abandoned).then(
+          (loaded) => {
+            if (!abandoned()) return settle(Effect.succeed(loaded.instance))
+            // Nobody will take it: its sessions are released now (a failure to do so has no one to report to).
+            Promise.resolve()
+              .then(loaded.release)
+              .catch(() => undefined)
+          },
+          (cause: unknown) => {
+            if (abandoned()) return
+            settle(
+              Effect.fail(
+                unavailable(
+                  options,
+                  modelId,
+                  `cannot load model "${modelId}" from ${where}: ${messageOf(cause)}`,
+                  cause
+                )
+              )
+            )
+          }
+        )
+        return Effect.sync(() => halt.removeEventListener("abort", onHalt))
       })
     })
+
+const stoppedBy = (halt: AbortSignal, options: LoadOptions, modelId: string): ShuttingDownError =>
+  halt.reason instanceof ShuttingDownError
+    ? halt.reason
+    : new ShuttingDownError({
+        message: `${options.provider}: the provider closed while model "${modelId}" was loading`
+      })
+
+class Abandoned extends Error {}
+
+interface Loaded {
+  readonly instance: Instance
+  /** Releases the model's sessions (of an instance nobody took). */
+  readonly release: () => Promise<unknown>
+}
 
 const loadInstance = async (
   lib: Transformers,
   modelId: string,
   purpose: Purpose,
   options: PretrainedOptions,
-  clock: Clock.Clock
-): Promise<Instance> => {
+  clock: Clock.Clock,
+  abandoned: () => boolean
+): Promise<Loaded> => {
   const [config, tokenizer] = await Promise.all([
     lib.AutoConfig.from_pretrained(modelId, options),
     lib.AutoTokenizer.from_pretrained(modelId, options)
   ])
-  if (purpose === "embedding") {
-    const model = await lib.AutoModel.from_pretrained(modelId, options)
-    return makeInstance({ lib, modelId, task: "feature-extraction", tokenizer, model, clock })
+  // Nothing holds sessions yet: an abandoned load stops before its (largest) part.
+  if (abandoned()) throw new Abandoned()
+  const [task, auto]: readonly [Task, AutoClass<PretrainedModelLike>] =
+    purpose === "embedding"
+      ? ["feature-extraction", lib.AutoModel]
+      : config.is_encoder_decoder === true
+        ? ["text2text-generation", lib.AutoModelForSeq2SeqLM]
+        : ["text-generation", lib.AutoModelForCausalLM]
+  const model = await auto.from_pretrained(modelId, options)
+  return {
+    instance: makeInstance({ lib, modelId, task, tokenizer, model, clock }),
+    release: () => model.dispose()
   }
-  if (config.is_encoder_decoder === true) {
-    const model = await lib.AutoModelForSeq2SeqLM.from_pretrained(modelId, options)
-    return makeInstance({ lib, modelId, task: "text2text-generation", tokenizer, model, clock })
-  }
-  const model = await lib.AutoModelForCausalLM.from_pretrained(modelId, options)
-  return makeInstance({ lib, modelId, task: "text-generation", tokenizer, model, clock })
 }
