@@ -34,7 +34,7 @@ import * as Mock from "../../src/Model/Mock.js"
 import { makeBatcher } from "../../src/Model/local/batcher.js"
 import { makeDetokenizer } from "../../src/Model/local/decoding.js"
 import type { Instance } from "../../src/Model/local/instance.js"
-import { type Internals, makeWith } from "../../src/Model/local/provider.js"
+import { BUFFERED, type Internals, makeWith } from "../../src/Model/local/provider.js"
 import type { Loader } from "../../src/Model/local/runtime.js"
 
 const modelPath = fileURLToPath(Local.defaultModelPath)
@@ -952,6 +952,59 @@ describe("Local provider: streaming", () => {
       assert.strictEqual(text, words.slice(0, 4).join(" "))
       const last = parts[parts.length - 1]!
       assert.isTrue(last._tag === "Finish" && last.finishReason === "stop")
+    })
+  )
+
+  it.effect(
+    "a consumer that lags holds the generation back (a bounded buffer); it goes on when the consumer reads",
+    () =>
+      Effect.gen(function* () {
+        const counted = yield* instrumented
+        const { model } = yield* build({}, counted)
+        const scope = yield* Scope.make()
+        const pull = yield* Stream.toPull(model.stream({ prompt: "the river", maxTokens: 1_000_000 })).pipe(
+          Scope.provide(scope)
+        )
+        let read = (yield* pull).length
+        // a turn decodes up to 32 tokens under a TestClock: unbounded, this decodes to the end of
+        // the model's context (2,044 tokens), twice BUFFERED
+        yield* turns(1_000)
+        const held = counted.decoded.pieces
+        assert.isTrue(held <= BUFFERED + 32, `decoded ${held} ahead of a consumer that read ${read}`)
+        yield* turns(50)
+        assert.strictEqual(counted.decoded.pieces, held)
+        while (read < held + 100) read += (yield* pull).length
+        assert.isTrue(counted.decoded.pieces > held)
+        // held back or not, leaving stops the generation and frees its instance
+        const closing = yield* Effect.forkChild(Scope.close(scope, Exit.void))
+        yield* turns(300)
+        const leaving = counted.decoded.pieces
+        assert.isTrue(yield* endsWithin(closing, 5_000))
+        assert.strictEqual(yield* SubscriptionRef.get(counted.generating), 0)
+        yield* turns(20)
+        assert.strictEqual(counted.decoded.pieces, leaving)
+      })
+  )
+
+  it.effect("a generation held back by a lagging consumer is still stopped by the provider's shutdown", () =>
+    Effect.gen(function* () {
+      const counted = yield* instrumented
+      const { scope: provider, model } = yield* build({ shutdownDeadline: "1 second" }, counted)
+      const scope = yield* Scope.make()
+      const pull = yield* Stream.toPull(model.stream({ prompt: "the river", maxTokens: 1_000_000 })).pipe(
+        Scope.provide(scope)
+      )
+      let read = (yield* pull).length
+      yield* turns(1_000)
+      const closing = yield* Effect.forkChild(Scope.close(provider, Exit.void))
+      yield* TestClock.adjust("1 second")
+      assert.isTrue(yield* endsWithin(closing, 5_000), "the shutdown waited for the consumer")
+      assert.strictEqual(yield* SubscriptionRef.get(counted.generating), 0)
+      // the consumer reads what was decoded, then the shutdown
+      const error = yield* Effect.flip(Effect.forever(Effect.map(pull, (parts) => (read += parts.length))))
+      assert.isTrue(error._tag === "StreamInterruptedError" && error.reason === "ShuttingDown")
+      assert.isTrue(read > 0 && read <= counted.decoded.pieces)
+      yield* Scope.close(scope, Exit.void)
     })
   )
 

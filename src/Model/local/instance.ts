@@ -80,6 +80,11 @@ export interface GenerateOptions {
   readonly onDelta?: ((text: string) => void) | undefined
   /** Aborted by the provider's shutdown: the generation stops and fails with the signal's reason. */
   readonly halt?: AbortSignal | undefined
+  /**
+   * Asked before each decoding step: a Promise while the consumer of `onDelta` lags, which the
+   * step waits for (interrupting the generation, or `halt`, still stops it meanwhile).
+   */
+  readonly pace?: (() => Promise<void> | undefined) | undefined
 }
 
 /** One loaded model: a pool item. */
@@ -181,6 +186,7 @@ export const makeInstance = ({ lib, modelId, task, tokenizer, model, clock }: In
   ): Promise<GenerationOutput> => {
     const onDelta = options?.onDelta
     const halt = options?.halt
+    const pace = options?.pace
     if (halt?.aborted) throw halt.reason
     const prompt = promptOf(tokenizer, input.messages)
     const encoded = tokenizer(prompt, { add_special_tokens: seq2seq })
@@ -212,10 +218,36 @@ export const makeInstance = ({ lib, modelId, task, tokenizer, model, clock }: In
     let steps = 0
     // The first text goes out at once (a stream's time to first token), not at the end of a slice.
     let yieldNext = false
+    // Settles when `wait` does, or when the generation is stopped meanwhile.
+    const heldBack = (wait: Promise<void>): Promise<void> =>
+      new Promise<void>((resolve) => {
+        const done = () => {
+          signal.removeEventListener("abort", done)
+          halt?.removeEventListener("abort", done)
+          resolve()
+        }
+        // A signal aborted already fires no event.
+        if (signal.aborted || halt?.aborted) return resolve()
+        signal.addEventListener("abort", done)
+        halt?.addEventListener("abort", done)
+        wait.then(done)
+      })
     const view: PretrainedModelLike = Object.create(model)
     Object.defineProperty(view, "runBeam", {
       value: (beam: unknown): Promise<unknown> => {
         steps += 1
+        const wait = pace?.()
+        if (wait !== undefined) {
+          return heldBack(wait).then(() => {
+            // The wait was a yield: a new slice starts.
+            yieldNext = false
+            sliceStart = clock.currentTimeMillisUnsafe()
+            steps = 0
+            if (signal.aborted) throw new Aborted()
+            if (halt?.aborted) throw halt.reason
+            return model.runBeam(beam)
+          })
+        }
         const now = clock.currentTimeMillisUnsafe()
         if (!yieldNext && now - sliceStart < sliceMillis && steps < STEPS_PER_YIELD) {
           if (signal.aborted) return Promise.reject(new Aborted())

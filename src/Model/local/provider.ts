@@ -4,7 +4,7 @@
  *
  * @internal
  */
-import { Clock, Deferred, Duration, Effect, Option, Pool, Queue, Random, type Scope, Stream } from "effect"
+import { Clock, Deferred, Duration, Effect, Option, Pool, Random, type Scope, type Stream } from "effect"
 import {
   type AiError,
   invalidRequest,
@@ -17,6 +17,7 @@ import type { OptionError } from "../../Input.js"
 import * as Model from "../../Model.js"
 import { type Batcher, makeBatcher } from "./batcher.js"
 import { MAX_SEED } from "./decoding.js"
+import { paced } from "./paced.js"
 import type { GenerationInput, Instance } from "./instance.js"
 import { type ResolvableOptions, resolve } from "./options.js"
 import {
@@ -40,6 +41,13 @@ interface Embedded {
 }
 
 const poolKey = (purpose: Purpose, modelId: string): string => `${purpose}:${modelId}`
+
+/**
+ * Parts of a stream decoded ahead of its consumer, at most (then the generation waits). A
+ * consumer that keeps up holds at most one slice's parts (the bundled decoder: ~250 in a
+ * 50 ms slice), so it never waits.
+ */
+export const BUFFERED = 1024
 
 /**
  * Builds the provider. Every configured model is loaded once before this returns, so a
@@ -264,49 +272,54 @@ export const makeWith = Effect.fnUntraced(function* (
     } satisfies Model.GenerateResponse
   }, Effect.mapError(withProvider))
 
-  const stream = (request: Model.GenerateRequest): Stream.Stream<Model.StreamPart, AiError> =>
-    Stream.callback<Model.StreamPart, AiError>((queue) =>
-      Effect.gen(function* () {
-        const valid = yield* Model.validateGenerate(request)
-        yield* checkSupported(valid)
-        yield* checkSeed(valid.seed)
-        const modelId = yield* modelFor(valid.model, "generation")
-        const input = yield* inputOf(valid)
-        let delivered = ""
-        const onDelta = (text: string) => {
-          delivered += text
-          Queue.offerUnsafe(queue, { _tag: "TextDelta", text })
-        }
-        const output = yield* admitted(
-          Pool.use(poolOf("generation", modelId), (instance) =>
-            instance.generate(input, { onDelta, halt: halt.signal })
-          )
-        ).pipe(
-          // A failure after text is the provider's own error, as from every provider (an HTTP
-          // stream's mid-stream error, Mock's drop): the executor turns it into a
-          // `StreamInterruptedError` with the text its consumer holds, or resumes on its next
-          // step; a `StreamInterruptedError` of our own would refuse resumption and count
-          // under `StreamInterrupted` instead of the failure's reason. Only a shutdown is
-          // wrapped: a `ShuttingDownError` carries no text, and ends an executor's stream as is.
-          Effect.mapError(
-            (error): AiError =>
-              delivered.length === 0 || error._tag !== "ShuttingDownError"
-                ? error
-                : new StreamInterruptedError({
-                    partialText: delivered,
-                    provider,
-                    reason: reasonOf(error),
-                    detail: error.message,
-                    cause: error
-                  })
-          )
+  // One stream's generation: its parts go to `push`; `pace` holds it back while the consumer lags.
+  const generation = (
+    request: Model.GenerateRequest,
+    push: (part: Model.StreamPart) => void,
+    pace: () => Promise<void> | undefined
+  ): Effect.Effect<void, AiError> =>
+    Effect.gen(function* () {
+      const valid = yield* Model.validateGenerate(request)
+      yield* checkSupported(valid)
+      yield* checkSeed(valid.seed)
+      const modelId = yield* modelFor(valid.model, "generation")
+      const input = yield* inputOf(valid)
+      let delivered = ""
+      const onDelta = (text: string) => {
+        delivered += text
+        push({ _tag: "TextDelta", text })
+      }
+      const output = yield* admitted(
+        Pool.use(poolOf("generation", modelId), (instance) =>
+          instance.generate(input, { onDelta, pace, halt: halt.signal })
         )
-        const usage = Model.usage(output.inputTokens, output.outputTokens)
-        yield* annotate(modelId, usage)
-        Queue.offerUnsafe(queue, { _tag: "Finish", finishReason: output.finishReason, usage, provider, model: modelId })
-        Queue.endUnsafe(queue)
-      }).pipe(Effect.mapError(withProvider), Effect.withSpan("LocalModel.stream"))
-    )
+      ).pipe(
+        // A failure after text is the provider's own error, as from every provider (an HTTP
+        // stream's mid-stream error, Mock's drop): the executor turns it into a
+        // `StreamInterruptedError` with the text its consumer holds, or resumes on its next
+        // step; a `StreamInterruptedError` of our own would refuse resumption and count
+        // under `StreamInterrupted` instead of the failure's reason. Only a shutdown is
+        // wrapped: a `ShuttingDownError` carries no text, and ends an executor's stream as is.
+        Effect.mapError(
+          (error): AiError =>
+            delivered.length === 0 || error._tag !== "ShuttingDownError"
+              ? error
+              : new StreamInterruptedError({
+                  partialText: delivered,
+                  provider,
+                  reason: reasonOf(error),
+                  detail: error.message,
+                  cause: error
+                })
+        )
+      )
+      const usage = Model.usage(output.inputTokens, output.outputTokens)
+      yield* annotate(modelId, usage)
+      push({ _tag: "Finish", finishReason: output.finishReason, usage, provider, model: modelId })
+    }).pipe(Effect.mapError(withProvider), Effect.withSpan("LocalModel.stream"))
+
+  const stream = (request: Model.GenerateRequest): Stream.Stream<Model.StreamPart, AiError> =>
+    paced(BUFFERED, (push, pace) => generation(request, push, pace))
 
   // A span per batch ("LocalModel.embedBatch"), not per call: see docs/benchmarks/local.md.
   const embed = Effect.fnUntraced(function* (request: Model.EmbedRequest) {
