@@ -33,9 +33,10 @@ export {
   /**
    * The default classifier (see the table in `docs/circuit-breaker.md`): transient provider
    * failures (`RateLimited`, `Overloaded`, `Transport`, `Timeout`, `Unavailable`,
-   * `Unknown`), `TimeoutError`s and streams the provider cut (`StreamInterruptedError`)
-   * count; the caller's mistakes (`InvalidRequest`, `ContentFilter`, `TooLarge`) and answers
-   * that show the provider is up (`Unauthorized`, `Decode`) do not.
+   * `Unknown`), `TimeoutError`s and streams the provider cut (`StreamInterruptedError`, not
+   * of reason `ShuttingDown`: a stream its provider's own shutdown cut) count; the caller's
+   * mistakes (`InvalidRequest`, `ContentFilter`, `TooLarge`) and answers that show the
+   * provider is up (`Unauthorized`, `Decode`) do not.
    *
    * @since 0.1.0
    * @category predicates
@@ -183,8 +184,8 @@ export interface Options {
   /**
    * Which typed failures count ({@link defaultIsFailure} by default). A failure that does not
    * count is recorded as an answer (the provider is up). Defects always count;
-   * interruption, `CircuitOpenError` and `ShuttingDownError` never do. A classifier that
-   * throws counts the call as a failure.
+   * interruption, `CircuitOpenError` and `ShuttingDownError` (a stream cut by a shutdown
+   * included) never do. A classifier that throws counts the call as a failure.
    */
   readonly isFailure?: ((error: AiError) => boolean) | undefined
   /**
