@@ -13,7 +13,15 @@
 import { createHash } from "node:crypto"
 import { Context, Effect, Layer, Option, Result, Schema } from "effect"
 import * as Input from "./Input.js"
-import { type GenerateRequest, GenerateResponse, StreamPart, toMessages } from "./Model.js"
+import {
+  type GenerateRequest,
+  GenerateResponse,
+  type Message,
+  type ResponseFormat,
+  StreamPart,
+  type ToolDefinition,
+  toMessages
+} from "./Model.js"
 import * as Internal from "./ResponseCache/internal.js"
 
 /**
@@ -74,31 +82,75 @@ export interface Service {
  */
 export class ResponseCache extends Context.Service<ResponseCache, Service>()("effect-orchestra/ResponseCache") {}
 
-const canonical = (value: unknown): string => {
-  if (Array.isArray(value)) return `[${value.map(canonical).join(",")}]`
-  if (typeof value === "object" && value !== null) {
-    const fields = Object.keys(value)
-      .filter((k) => (value as Record<string, unknown>)[k] !== undefined)
-      .sort()
-      .map((k) => `${JSON.stringify(k)}:${canonical((value as Record<string, unknown>)[k])}`)
-    return `{${fields.join(",")}}`
-  }
-  return JSON.stringify(value) ?? "null"
+// Free-form JSON (a tool's parameters, a response schema): object keys sorted, so their order does not
+// count. No prototype: a `__proto__` key (JSON.parse makes one) stays a key instead of vanishing.
+const sortedJson = (value: unknown): unknown => {
+  if (typeof value !== "object" || value === null) return value
+  if (Array.isArray(value)) return value.map(sortedJson)
+  const out: Record<string, unknown> = Object.create(null)
+  for (const k of Object.keys(value).sort()) out[k] = sortedJson((value as Record<string, unknown>)[k])
+  return out
+}
+
+const messageForm = (m: Message): unknown => [
+  m.role,
+  m.content,
+  m.toolCallId ?? null,
+  m.toolCalls === undefined || m.toolCalls.length === 0 ? null : m.toolCalls.map((c) => [c.id, c.name, c.arguments])
+]
+
+// `strict: false` is every provider's default, so it is the same tool as no `strict`.
+const toolForm = (t: ToolDefinition): unknown => [
+  t.name,
+  t.description ?? null,
+  t.parameters === undefined ? null : sortedJson(t.parameters),
+  t.strict === true
+]
+
+// Stop sequences are a set: generation stops where any of them first occurs, in whatever order they are given.
+const stopForm = (stop: ReadonlyArray<string> | undefined): unknown => {
+  if (stop === undefined || stop.length === 0) return null
+  return stop.length === 1 ? stop : Array.from(new Set(stop)).sort()
+}
+
+const formatForm = (format: ResponseFormat | undefined): unknown => {
+  if (format === undefined || format.type === "text") return null
+  if (format.type === "json_object") return format.type
+  return [format.type, format.name, sortedJson(format.schema), format.strict === true]
 }
 
 /**
- * The key of a request to a provider: the hex sha256 of the provider name and the whole
- * request in a canonical form (object keys sorted; `prompt: "x"` and one user message
- * `"x"` alike, the system prompt as the first message). Every field that changes the
- * answer changes the key (model, sampling, tools, response format, ...); field order does not.
+ * The key of a request to a provider: the hex sha256 of the provider name and the request
+ * in a canonical form, where requests that mean the same are written alike: `prompt: "x"`
+ * and one user message `"x"`, the system prompt and a first system message; an absent field,
+ * one set to `undefined`, and an empty `tools`, `stop` or `toolCalls` list; `stop` sequences
+ * in any order or repeated (a set); the defaults `responseFormat: { type: "text" }`,
+ * `strict: false` and, with tools, `toolChoice: "auto"`; the key order of a tool's
+ * parameters or a response schema. Every field that changes the answer changes the key
+ * (model, sampling, tools and their order, messages and their order, response format, ...).
  *
  * @since 0.1.0
  * @category keys
  */
 export const key = (input: { readonly provider: string; readonly request: GenerateRequest }): string => {
-  const { messages: _messages, prompt: _prompt, system: _system, ...rest } = input.request
-  const normalised = ["v2", input.provider, toMessages(input.request), rest]
-  return createHash("sha256").update(canonical(normalised)).digest("hex")
+  const r = input.request
+  const tools = r.tools === undefined || r.tools.length === 0 ? undefined : r.tools
+  const choice = r.toolChoice === undefined || (r.toolChoice === "auto" && tools !== undefined) ? null : r.toolChoice
+  const form = [
+    "v3",
+    input.provider,
+    toMessages(r).map(messageForm),
+    r.model ?? null,
+    r.maxTokens ?? null,
+    r.temperature ?? null,
+    r.topP ?? null,
+    stopForm(r.stop),
+    r.seed ?? null,
+    tools === undefined ? null : tools.map(toolForm),
+    choice === null || typeof choice === "string" ? choice : [choice.name],
+    formatForm(r.responseFormat)
+  ]
+  return createHash("sha256").update(JSON.stringify(form)).digest("hex")
 }
 
 /**

@@ -4,7 +4,12 @@ import { TestClock } from "effect/testing"
 import { type AiError, modelError } from "../src/AiError.js"
 import type { OptionError } from "../src/Input.js"
 import * as Metrics from "../src/Metrics.js"
-import type { GenerateRequest, GenerateResponse, StreamPart } from "../src/Model.js"
+import {
+  type GenerateRequest,
+  GenerateRequest as GenerateRequestSchema,
+  type GenerateResponse,
+  type StreamPart
+} from "../src/Model.js"
 import * as ResponseCache from "../src/ResponseCache.js"
 
 let counter = 0
@@ -91,6 +96,122 @@ describe("ResponseCache.key", () => {
     const keys = new Set(variants.map(([provider, r]) => ResponseCache.key({ provider, request: r })))
     assert.strictEqual(keys.size, variants.length)
     assert.isFalse(keys.has(base))
+  })
+
+  const keyOf = (request: GenerateRequest) => ResponseCache.key({ provider: "p", request })
+  const tool = { name: "search", parameters: { type: "object", properties: { q: { type: "string" } } } }
+  const schema = { type: "object", properties: { a: { type: "string" }, b: { type: "number" } } }
+
+  it("requests that mean the same share a key: empty lists, defaults, undefined fields, the order of stop sequences", () => {
+    const call = { id: "c1", name: "search", arguments: "{}" }
+    const same: ReadonlyArray<readonly [GenerateRequest, GenerateRequest]> = [
+      [{ prompt: "hi", tools: [] }, { prompt: "hi" }],
+      [{ prompt: "hi", stop: [] }, { prompt: "hi" }],
+      [
+        { prompt: "hi", stop: ["b", "a"] },
+        { prompt: "hi", stop: ["a", "b"] }
+      ],
+      [
+        { prompt: "hi", stop: ["a", "a"] },
+        { prompt: "hi", stop: ["a"] }
+      ],
+      [{ prompt: "hi", model: undefined, temperature: undefined, tools: undefined }, { prompt: "hi" }],
+      [{ prompt: "hi", responseFormat: { type: "text" } }, { prompt: "hi" }],
+      [
+        { prompt: "hi", tools: [tool], toolChoice: "auto" },
+        { prompt: "hi", tools: [tool] }
+      ],
+      [
+        { prompt: "hi", tools: [{ ...tool, strict: false }] },
+        { prompt: "hi", tools: [tool] }
+      ],
+      [
+        {
+          prompt: "hi",
+          tools: [{ parameters: { properties: { q: { type: "string" } }, type: "object" }, name: "search" }]
+        },
+        { prompt: "hi", tools: [tool] }
+      ],
+      [
+        { prompt: "hi", responseFormat: { type: "json_schema", name: "s", schema, strict: false } },
+        { prompt: "hi", responseFormat: { type: "json_schema", name: "s", schema } }
+      ],
+      [{ messages: [{ role: "user", content: "hi", toolCalls: [] }] }, { messages: [{ role: "user", content: "hi" }] }],
+      [
+        { messages: [{ role: "assistant", content: "", toolCalls: [call], toolCallId: undefined }] },
+        { messages: [{ role: "assistant", content: "", toolCalls: [{ arguments: "{}", name: "search", id: "c1" }] }] }
+      ]
+    ]
+    for (const [a, b] of same) assert.strictEqual(keyOf(a), keyOf(b), JSON.stringify(a))
+  })
+
+  it("requests that differ in meaning never share a key; every request field is part of it", () => {
+    const base: GenerateRequest = { prompt: "hi" }
+    // One variant per field of the request schema (a field added later without a variant fails here).
+    const changed: Record<keyof GenerateRequest, GenerateRequest> = {
+      prompt: { prompt: "ho" },
+      messages: {
+        messages: [
+          { role: "user", content: "hi" },
+          { role: "assistant", content: "x" }
+        ]
+      },
+      system: { prompt: "hi", system: "be brief" },
+      model: { prompt: "hi", model: "m2" },
+      maxTokens: { prompt: "hi", maxTokens: 5 },
+      temperature: { prompt: "hi", temperature: 0 },
+      topP: { prompt: "hi", topP: 0.5 },
+      stop: { prompt: "hi", stop: [""] },
+      seed: { prompt: "hi", seed: 0 },
+      tools: { prompt: "hi", tools: [tool] },
+      toolChoice: { prompt: "hi", toolChoice: "none" },
+      responseFormat: { prompt: "hi", responseFormat: { type: "json_object" } }
+    }
+    assert.deepStrictEqual(Object.keys(changed).sort(), Object.keys(GenerateRequestSchema.fields).sort())
+    const different: ReadonlyArray<GenerateRequest> = [
+      base,
+      ...Object.values(changed),
+      // Order matters in tools and messages; a tool choice without tools is not the default.
+      { prompt: "hi", tools: [tool, { name: "fetch" }] },
+      { prompt: "hi", tools: [{ name: "fetch" }, tool] },
+      { prompt: "hi", toolChoice: "auto" },
+      { prompt: "hi", tools: [tool], toolChoice: "required" },
+      { prompt: "hi", tools: [tool], toolChoice: { name: "search" } },
+      { prompt: "hi", tools: [{ ...tool, strict: true }] },
+      { prompt: "hi", tools: [{ ...tool, description: "" }] },
+      { prompt: "hi", responseFormat: { type: "json_schema", name: "s", schema } },
+      { prompt: "hi", responseFormat: { type: "json_schema", name: "s", schema, strict: true } },
+      { prompt: "hi", responseFormat: { type: "json_schema", name: "t", schema } },
+      { prompt: "hi", stop: ["a"] },
+      { prompt: "hi", stop: ["a", "b"] },
+      {
+        messages: [
+          { role: "user", content: "hi" },
+          { role: "user", content: "ho" }
+        ]
+      },
+      {
+        messages: [
+          { role: "user", content: "ho" },
+          { role: "user", content: "hi" }
+        ]
+      },
+      { messages: [{ role: "tool", content: "hi", toolCallId: "c1" }] },
+      { messages: [{ role: "assistant", content: "hi", toolCalls: [{ id: "c1", name: "f", arguments: "{}" }] }] },
+      // A "__proto__" key of a schema (JSON.parse makes one) is a key like any other.
+      { prompt: "hi", tools: [{ name: "search", parameters: JSON.parse('{"__proto__":{"type":"string"}}') }] },
+      { prompt: "hi", tools: [{ name: "search", parameters: {} }] },
+      // A string that looks like the encoding of another field does not collide with it.
+      { prompt: 'hi","model":"m2' },
+      { prompt: "hi", model: "m2", temperature: 1 },
+      { prompt: "hi", temperature: 1, model: "m3" }
+    ]
+    const keys = new Set(different.map(keyOf))
+    assert.strictEqual(keys.size, different.length)
+    assert.notStrictEqual(
+      ResponseCache.key({ provider: "p", request: base }),
+      ResponseCache.key({ provider: "q", request: base })
+    )
   })
 })
 
