@@ -75,7 +75,10 @@ export interface ExecuteOptions {
   readonly provider?: ProviderService | undefined
   /** Use the response cache when the executor has one (default true). */
   readonly cache?: boolean | undefined
-  /** When the call fails, answer from an expired cache entry within its grace (default false). */
+  /**
+   * When the call fails (`totalTimeout` passing included), answer from an expired cache entry within its grace
+   * (default false).
+   */
   readonly allowStale?: boolean | undefined
   readonly onRetry?: ((info: RetryInfo) => Effect.Effect<void>) | undefined
 }

@@ -89,7 +89,7 @@ export interface CallOptions {
   readonly context?: ReadonlyArray<Message> | undefined
   /** Use the response cache when the manager has one (default true). */
   readonly cache?: boolean | undefined
-  /** When every step fails, answer from an expired cache entry within its grace. */
+  /** When every step fails or `timeout` passes, answer from an expired cache entry within its grace. */
   readonly allowStale?: boolean | undefined
 }
 

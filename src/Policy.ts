@@ -9,8 +9,8 @@
  * |---|---|---|---|
  * | 1 | validation | the call | a bad request or option fails with `InvalidRequest` naming the field before anything runs or is counted against a provider |
  * | 2 | admission | the call | a closing executor refuses new work (`ShuttingDownError`); admitted calls are drained on shutdown |
- * | 3 | total deadline | the call | bounds everything below, retries, waits and fallbacks included (`TimeoutError` limit `total`) |
- * | 4 | cache | the call | a hit skips every provider; a miss stores the answer; `allowStale` answers from an expired entry when everything below fails |
+ * | 3 | cache | the call | a hit skips every provider; a miss stores the answer; `allowStale` answers from an expired entry when everything below fails, the total deadline included |
+ * | 4 | total deadline | the call | bounds everything below, retries, waits and fallbacks included, and the caller's wait in the cache (its lookup, a computation it joins) (`TimeoutError` limit `total`) |
  * | 5 | fallback / hedge | the call | the next step starts when `shouldFallback(error)` (hedge: also after a delay); every step failed: `FallbackExhaustedError` |
  * | 6 | retry | each step | a `Schedule` (exponential, jittered, capped, `Retry-After` as a floor) over `isRetryable` errors; `CircuitOpen` never retries; no wait that would end past the total deadline |
  * | 7 | rate limit | each attempt | a slot per attempt, since each attempt is a real upstream call; waiting is outside the attempt's deadline, bounded by `maxWait` and never past the total deadline |

@@ -35,6 +35,56 @@ import * as Internal from "./ResponseCache/internal.js"
 export type Source = "hit" | "miss" | "stale" | "shared"
 
 /**
+ * Who produced a cached answer when it was not the request its key names (the provider and
+ * domain of the fallback step that answered), kept with the answer.
+ *
+ * @since 0.3.0
+ * @category schemas
+ */
+export const Origin = Schema.Struct({ provider: Schema.String, domain: Schema.optionalKey(Schema.String) })
+
+/**
+ * @since 0.3.0
+ * @category models
+ */
+export type Origin = typeof Origin.Type
+
+/**
+ * Options of `getOrCompute`.
+ *
+ * @since 0.3.0
+ * @category models
+ */
+export interface GetOrComputeOptions<E> {
+  /** Answer a failure from the expired entry while it is within its grace (`source: "stale"`). */
+  readonly allowStale?: boolean | undefined
+  /**
+   * Bounds what this caller waits for (the lookup, and the computation it runs or joins),
+   * e.g. with its deadline. The bound failing is answered as a failed computation is (with
+   * `allowStale`, from the stale entry); the computation goes on while other callers wait for it.
+   */
+  readonly bound?: (<A>(wait: Effect.Effect<A, E>) => Effect.Effect<A, E>) | undefined
+  /**
+   * Who produced an answer of `compute` when it was not the request the key names (a
+   * fallback's provider and domain), kept with the answer and handed to every caller it answers.
+   */
+  readonly originOf?: ((value: GenerateResponse) => Origin | undefined) | undefined
+}
+
+/**
+ * What `getOrCompute` answers: the value, where it was found, and who produced it when it
+ * was not the request the key names.
+ *
+ * @since 0.3.0
+ * @category models
+ */
+export interface Computed {
+  readonly value: GenerateResponse
+  readonly source: Source
+  readonly origin?: Origin | undefined
+}
+
+/**
  * The response cache.
  *
  * @since 0.1.0
@@ -57,8 +107,8 @@ export interface Service {
   readonly getOrCompute: <E>(
     key: string,
     compute: Effect.Effect<GenerateResponse, E>,
-    options?: { readonly allowStale?: boolean | undefined }
-  ) => Effect.Effect<{ readonly value: GenerateResponse; readonly source: Source }, E>
+    options?: GetOrComputeOptions<E>
+  ) => Effect.Effect<Computed, E>
   /** Fresh answers of several keys, in the order of `keys` (Redis: one `MGET`). */
   readonly getMany: (keys: ReadonlyArray<string>) => Effect.Effect<ReadonlyArray<Option.Option<GenerateResponse>>>
   /** Stores several answers (Redis: one round trip); those that finished in error are left out. */
@@ -160,7 +210,7 @@ export const key = (input: { readonly provider: string; readonly request: Genera
  * @category schemas
  */
 export const Cached = Schema.Union([
-  Schema.TaggedStruct("Response", { response: GenerateResponse }),
+  Schema.TaggedStruct("Response", { response: GenerateResponse, origin: Schema.optionalKey(Origin) }),
   Schema.TaggedStruct("Stream", { parts: Schema.Array(StreamPart) })
 ])
 
@@ -300,11 +350,11 @@ export const makeMemory = Effect.fnUntraced(function* (options: MemoryOptions = 
     stored.value._tag === "Response" ? stored.value.response : (undefined as never)
 
   // An answer that finished in error reaches the flight's callers but is not kept (keepFor 0).
-  const storeAnswer = (value: GenerateResponse) =>
+  const storeAnswer = (value: GenerateResponse, origin: Origin | undefined) =>
     Effect.clockWith((clock) =>
       Effect.succeed(
         Internal.storedOf(
-          { _tag: "Response", response: value },
+          Internal.responseOf(value, origin),
           clock.currentTimeMillisUnsafe(),
           config.ttl,
           config.staleFor,
@@ -317,25 +367,28 @@ export const makeMemory = Effect.fnUntraced(function* (options: MemoryOptions = 
     k: string,
     effect: Effect.Effect<GenerateResponse, E>,
     found: Internal.Peeked,
-    allowStale: boolean
-  ): Effect.Effect<{ readonly value: GenerateResponse; readonly source: Source }, E> => {
+    options: GetOrComputeOptions<E>
+  ): Effect.Effect<Computed, E> => {
     const stale = found._tag === "Running" ? table.refreshingOf(k) : found._tag === "Done" ? found.stored : undefined
-    return Effect.matchEffect(
-      table.run(k, Effect.flatMap(effect, storeAnswer), found._tag === "Done" ? stale : undefined),
-      {
-        onSuccess: ({ leader, stored }) => {
-          const source: Source = leader ? "miss" : "shared"
-          return Effect.as(Internal.bump(counters[source], 1), { value: answer(stored), source })
-        },
-        onFailure: (error) =>
-          allowStale && stale !== undefined && stale.value._tag === "Response"
-            ? Effect.as(Internal.bump(counters.stale, 1), { value: stale.value.response, source: "stale" as Source })
-            : Effect.andThen(
-                Internal.bump(found._tag === "Running" ? counters.shared : counters.miss, 1),
-                Effect.fail(error)
-              )
-      }
+    const originOf = options.originOf
+    const run = table.run(
+      k,
+      Effect.flatMap(effect, (value) => storeAnswer(value, originOf?.(value))),
+      found._tag === "Done" ? stale : undefined
     )
+    return Effect.matchEffect(options.bound === undefined ? run : options.bound(run), {
+      onSuccess: ({ leader, stored }) => {
+        const source: Source = leader ? "miss" : "shared"
+        return Effect.as(Internal.bump(counters[source], 1), Internal.computed(stored, source))
+      },
+      onFailure: (error) =>
+        options.allowStale === true && stale !== undefined && stale.value._tag === "Response"
+          ? Effect.as(Internal.bump(counters.stale, 1), Internal.computed(stale, "stale"))
+          : Effect.andThen(
+              Internal.bump(found._tag === "Running" ? counters.shared : counters.miss, 1),
+              Effect.fail(error)
+            )
+    })
   }
 
   const getOrCompute: Service["getOrCompute"] = (key, effect, options) =>
@@ -347,9 +400,9 @@ export const makeMemory = Effect.fnUntraced(function* (options: MemoryOptions = 
         const found = table.peek(k, now)
         if (found._tag === "Done" && now < found.stored.freshUntil) {
           table.touch(k)
-          return Effect.as(Internal.bump(counters.hit, 1), { value: answer(found.stored), source: "hit" as Source })
+          return Effect.as(Internal.bump(counters.hit, 1), Internal.computed(found.stored, "hit"))
         }
-        return compute(k, effect, found, options?.allowStale === true)
+        return compute(k, effect, found, options ?? {})
       })
     )
 

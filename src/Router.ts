@@ -44,6 +44,10 @@ import { Stats } from "./Stats.js"
  */
 export interface Answer {
   readonly response: GenerateResponse
+  /**
+   * The domain and provider that produced the response; for one from the cache, those that
+   * produced it when it was stored (a fallback domain's answer names that domain, with `fallbackUsed`).
+   */
   readonly domain: string
   readonly provider: string
   /**
@@ -75,7 +79,10 @@ export interface CallOptions {
   readonly onRetry?: ((info: RetryInfo) => Effect.Effect<void>) | undefined
   /** Use the response cache when the application has one (default: the domain's, true). */
   readonly cache?: boolean | undefined
-  /** When every step fails (an open breaker included), answer from an expired cache entry within its grace. */
+  /**
+   * When every step fails (an open breaker included) or `timeout` passes, answer from an expired cache entry within
+   * its grace.
+   */
   readonly allowStale?: boolean | undefined
 }
 

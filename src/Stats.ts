@@ -14,7 +14,7 @@
  * | `successes`, `failures` | calls | calls that ended with an answer / a failure |
  * | `failuresByReason` | calls | failures by reason (`RateLimited`, `Timeout`, `CircuitOpen`, `Interrupted`, ...) |
  * | `successRate` | % | successes over finished calls (0 when none finished) |
- * | `staleAnswers` | calls | calls answered from an expired cache entry (`allowStale`) after every step failed; those failures stay in `failures` |
+ * | `staleAnswers` | calls | calls answered from an expired cache entry (`allowStale`) after every step failed or the total deadline cut the call; those failures stay in `failures` |
  * | `latency` | ms | a call as its caller saw it: queueing and retries included (avg, min, max, p50, p95, p99) |
  * | `serviceTime` | ms | one attempt served by the provider, queueing excluded |
  * | `queueWait` | ms | an attempt waiting for a free slot of its provider |

@@ -4,6 +4,7 @@ import { TestClock } from "effect/testing"
 import type { AiError } from "../src/AiError.js"
 import type * as Executor from "../src/Executor.js"
 import { Outcome } from "../src/Model/Mock.js"
+import * as ResponseCache from "../src/ResponseCache.js"
 import * as Policy from "../src/Policy.js"
 import { setup } from "./utils/executor.js"
 import { captureLogs } from "./utils/logs.js"
@@ -683,6 +684,44 @@ describe("Executor.run: fallback and hedging", () => {
       const timeout = yield* Fiber.join(cut)
       assert.strictEqual(timeout._tag === "TimeoutError" && timeout.limit, "total")
     })
+  )
+
+  it.effect("with allowStale, a call its total deadline cuts is answered from the stale cache entry", () =>
+    Effect.gen(function* () {
+      const cache = yield* ResponseCache.makeMemory({ ttl: "1 second", staleFor: "1 hour" })
+      const { executor, control } = yield* setup(
+        { script: [Outcome.succeed("cached"), Outcome.hang(), Outcome.hang()] },
+        { timeout: "none", guards: { cache } }
+      )
+      yield* executor.execute(ask)
+      yield* TestClock.adjust("2 seconds")
+      const stale = yield* Effect.forkChild(executor.execute(ask, { totalTimeout: "3 seconds", allowStale: true }))
+      const cut = yield* Effect.forkChild(Effect.flip(executor.execute(ask, { totalTimeout: "3 seconds" })))
+      yield* TestClock.adjust("3 seconds")
+      assert.strictEqual((yield* Fiber.join(stale)).text, "cached")
+      const error = yield* Fiber.join(cut)
+      assert.strictEqual(error._tag === "TimeoutError" && error.limit, "total")
+      assert.strictEqual(yield* control.calls, 2, "the second call joined the first one's refresh")
+    })
+  )
+
+  it.effect(
+    "a cache guard of one's own that does not apply the deadline it is given still has the call cut by it",
+    () =>
+      Effect.gen(function* () {
+        const cache: NonNullable<Executor.Guards["cache"]> = {
+          key: ResponseCache.key,
+          getOrCompute: (_key, compute) => Effect.map(compute, (value) => ({ value, source: "miss" as const }))
+        }
+        const { executor } = yield* setup({ script: [Outcome.hang()] }, { timeout: "none", guards: { cache } })
+        const fiber = yield* Effect.forkChild(Effect.flip(executor.execute(ask, { totalTimeout: "3 seconds" })))
+        yield* TestClock.adjust("3 seconds")
+        const done = fiber.pollUnsafe()
+        if (done === undefined) yield* Fiber.interrupt(fiber)
+        assert.isDefined(done, "the call outlived its total deadline")
+        const error = yield* Fiber.join(fiber)
+        assert.strictEqual(error._tag === "TimeoutError" && error.limit, "total")
+      })
   )
 })
 

@@ -330,6 +330,40 @@ describe.skipIf(skipRedis)(`ResponseCache.Redis (${skipRedis ? skipReason : "nee
     )
   )
 
+  it.live("a caller's bound cuts its wait and is answered stale; an answer's origin is kept in Redis", () =>
+    Effect.scoped(
+      Effect.gen(function* () {
+        const server = yield* startRedis
+        const cache = yield* build(server, { ttl: "300 millis", staleFor: "1 minute" })
+        const origin: ResponseCache.Origin = { provider: "b", domain: "d-b" }
+        assert.deepStrictEqual(
+          yield* cache.getOrCompute("k", Effect.succeed(response("old")), { originOf: () => origin }),
+          { value: response("old"), source: "miss", origin }
+        )
+        const redis = yield* admin(server)
+        yield* redis.send<number>("EXISTS", `${cache.name}:r:k`).pipe(
+          Effect.flatMap((n) => (n === 1 ? Effect.void : Effect.fail("not written yet"))),
+          Effect.retry(Schedule.spaced("20 millis").pipe(Schedule.upTo({ duration: "5 seconds" })))
+        )
+        // Another process on the same prefix reads the answer and who produced it.
+        const other = yield* build(server, { name: `${cache.name}-2`, prefix: cache.name, ttl: "300 millis" })
+        assert.deepStrictEqual(yield* other.getOrCompute("k", Effect.die("not called")), {
+          value: response("old"),
+          source: "hit",
+          origin
+        })
+        yield* Effect.sleep("400 millis")
+        const cut = modelError("Timeout", "the caller's deadline")
+        const bound = <A>(wait: Effect.Effect<A, AiError>) =>
+          Effect.timeoutOrElse(wait, { duration: "100 millis", orElse: () => Effect.fail(cut) })
+        const [elapsed, stale] = yield* Effect.timed(cache.getOrCompute("k", Effect.never, { allowStale: true, bound }))
+        assert.deepStrictEqual(stale, { value: response("old"), source: "stale", origin })
+        assert.isBelow(Duration.toMillis(elapsed), 1000)
+        assert.strictEqual(yield* Effect.flip(cache.getOrCompute("k", Effect.never, { bound })), cut)
+      })
+    )
+  )
+
   it.live(
     "under load with Redis up: no error, no warning, no 'unavailable' / 'is back' pairs (v0.1's 50 ms deadline flapped)",
     () =>

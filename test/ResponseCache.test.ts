@@ -355,6 +355,71 @@ describe("ResponseCache (memory)", () => {
     })
   )
 
+  it.effect(
+    "bound: a caller's bound cuts its own wait (stale with allowStale); the computation goes on for the rest",
+    () =>
+      Effect.gen(function* () {
+        const cache = yield* makeCache({ ttl: "10 seconds", staleFor: "1 minute" })
+        yield* cache.getOrCompute("k", Effect.succeed(response("old")))
+        yield* TestClock.adjust("11 seconds")
+        const slow = yield* scripted({ latency: "5 seconds" })
+        const cut = modelError("Timeout", "the caller's deadline")
+        const bound = <A>(wait: Effect.Effect<A, AiError>) =>
+          Effect.timeoutOrElse(wait, { duration: "1 second", orElse: () => Effect.fail(cut) })
+        const leader = yield* Effect.forkChild(cache.getOrCompute("k", slow.call("new")))
+        const staleJoiner = yield* Effect.forkChild(
+          cache.getOrCompute("k", slow.call("new"), { allowStale: true, bound })
+        )
+        const strictJoiner = yield* Effect.forkChild(Effect.flip(cache.getOrCompute("k", slow.call("new"), { bound })))
+        yield* TestClock.adjust("1 second")
+        assert.deepStrictEqual(yield* Fiber.join(staleJoiner), { value: response("old"), source: "stale" })
+        assert.strictEqual(yield* Fiber.join(strictJoiner), cut)
+        assert.isUndefined(leader.pollUnsafe())
+        yield* TestClock.adjust("4 seconds")
+        assert.deepStrictEqual(yield* Fiber.join(leader), { value: response("new #1"), source: "miss" })
+        // A leader cut by its bound: stale, and the computation stops once nobody waits for it.
+        yield* TestClock.adjust("11 seconds")
+        const alone = yield* Effect.forkChild(cache.getOrCompute("k", slow.call("newer"), { allowStale: true, bound }))
+        yield* TestClock.adjust("1 second")
+        assert.deepStrictEqual(yield* Fiber.join(alone), { value: response("new #1"), source: "stale" })
+        assert.strictEqual(yield* slow.interrupted, 1)
+        assert.deepStrictEqual(yield* lookups(cache.name), { hit: 0, miss: 2, stale: 2, shared: 1 })
+      })
+  )
+
+  it.effect("originOf: who produced an answer is kept with it and handed to every caller it answers", () =>
+    Effect.gen(function* () {
+      const cache = yield* makeCache({ ttl: "10 seconds", staleFor: "1 minute" })
+      const origin: ResponseCache.Origin = { provider: "b", domain: "d-b" }
+      const provider = yield* scripted()
+      const leader = yield* Effect.forkChild(cache.getOrCompute("k", provider.call("x"), { originOf: () => origin }))
+      const joiner = yield* Effect.forkChild(cache.getOrCompute("k", provider.call("x")))
+      yield* TestClock.adjust("100 millis")
+      assert.deepStrictEqual(yield* Fiber.join(leader), { value: response("x #1"), source: "miss", origin })
+      assert.deepStrictEqual(yield* Fiber.join(joiner), { value: response("x #1"), source: "shared", origin })
+      assert.deepStrictEqual(yield* cache.getOrCompute("k", provider.call("x")), {
+        value: response("x #1"),
+        source: "hit",
+        origin
+      })
+      yield* TestClock.adjust("11 seconds")
+      const failing = Effect.fail(modelError("Overloaded", "busy"))
+      assert.deepStrictEqual(yield* cache.getOrCompute("k", failing, { allowStale: true }), {
+        value: response("x #1"),
+        source: "stale",
+        origin
+      })
+      // An answer of the request the key names has no origin.
+      assert.deepStrictEqual(
+        yield* cache.getOrCompute("j", Effect.succeed(response("j")), { originOf: () => undefined }),
+        {
+          value: response("j"),
+          source: "miss"
+        }
+      )
+    })
+  )
+
   it.effect("capacity: the least recently used entry is evicted", () =>
     Effect.gen(function* () {
       const cache = yield* makeCache({ capacity: 2 })

@@ -7,6 +7,7 @@ import { Outcome } from "../src/Model/Mock.js"
 import * as Policy from "../src/Policy.js"
 import * as Prometheus from "../src/Prometheus.js"
 import * as Stats from "../src/Stats.js"
+import type * as Router from "../src/Router.js"
 import { captureLogs } from "./utils/logs.js"
 import { makeManager } from "./utils/manager.js"
 import { recording } from "./utils/tracer.js"
@@ -765,6 +766,111 @@ describe("Router with breakers and a cache", () => {
       yield* TestClock.adjust("1 second")
       assert.strictEqual(textOf(yield* Fiber.join(fiber)), "streamed")
       assert.strictEqual(logs.lines.filter((line) => line.includes("onRetry callback failed")).length, 1)
+    })
+  )
+
+  it.effect("allowStale answers a call its total deadline cuts from the stale entry; without it, TimeoutError", () =>
+    Effect.gen(function* () {
+      const { router, controls, stats } = yield* makeManager(
+        { a: { script: [Outcome.succeed("cached answer"), Outcome.hang(), Outcome.hang()] } },
+        {
+          breakers: false,
+          cache: { ttl: "1 second", staleFor: "1 hour" },
+          domains: [{ name: "d-a", provider: "a", timeout: "1 minute" }]
+        }
+      )
+      yield* router.execute(ask, "d-a")
+      yield* TestClock.adjust("2 seconds")
+      const fiber = yield* Effect.forkChild(router.execute(ask, "d-a", { timeout: "5 seconds", allowStale: true }))
+      yield* TestClock.adjust("5 seconds")
+      const stale = yield* Fiber.join(fiber)
+      assert.strictEqual(stale.source, "stale-cache")
+      assert.strictEqual(stale.response.text, "cached answer")
+      assert.deepStrictEqual([stale.domain, stale.attempts, stale.domainsTried], ["d-a", 1, 1])
+      const cut = yield* Effect.forkChild(Effect.flip(router.execute(ask, "d-a", { timeout: "5 seconds" })))
+      yield* TestClock.adjust("5 seconds")
+      const error = yield* Fiber.join(cut)
+      assert.strictEqual(error._tag === "TimeoutError" && error.limit, "total")
+      assert.strictEqual(yield* controls.a!.calls, 3)
+      const snapshot = yield* stats.snapshot({ provider: "a", domain: "d-a" })
+      // Both cut calls count their timeout; one of them was answered stale.
+      assert.deepStrictEqual([snapshot.timeouts, snapshot.staleAnswers], [2, 1])
+    })
+  )
+
+  it.effect(
+    "a caller joining a running refresh is held to its own total deadline, and answered stale when allowed",
+    () =>
+      Effect.gen(function* () {
+        const { router, controls } = yield* makeManager(
+          { a: { script: [Outcome.succeed("cached answer"), Outcome.succeed("fresh", { latency: "1 minute" })] } },
+          {
+            breakers: false,
+            cache: { ttl: "1 second", staleFor: "1 hour" },
+            domains: [{ name: "d-a", provider: "a", timeout: "10 minutes" }]
+          }
+        )
+        yield* router.execute(ask, "d-a")
+        yield* TestClock.adjust("2 seconds")
+        // The refresh has no deadline of its own; the callers joining it have 5 seconds.
+        const leader = yield* Effect.forkChild(router.execute(ask, "d-a"))
+        yield* Effect.yieldNow
+        const patient = yield* Effect.forkChild(Effect.flip(router.execute(ask, "d-a", { timeout: "5 seconds" })))
+        const allowing = yield* Effect.forkChild(router.execute(ask, "d-a", { timeout: "5 seconds", allowStale: true }))
+        yield* TestClock.adjust("5 seconds")
+        const error = yield* Fiber.join(patient)
+        assert.strictEqual(error._tag === "TimeoutError" && error.limit, "total")
+        const stale = yield* Fiber.join(allowing)
+        assert.strictEqual(stale.source, "stale-cache")
+        assert.strictEqual(stale.response.text, "cached answer")
+        assert.isUndefined(leader.pollUnsafe(), "the refresh goes on for its own caller")
+        yield* TestClock.adjust("1 minute")
+        assert.strictEqual((yield* Fiber.join(leader)).response.text, "fresh")
+        assert.strictEqual(yield* controls.a!.calls, 2)
+      })
+  )
+
+  it.effect("a cached answer a fallback domain gave names that domain: joined, a hit, stale, from another chain", () =>
+    Effect.gen(function* () {
+      const { router, controls } = yield* makeManager(
+        {
+          a: { random: { success: 0, failures: { Overloaded: 1 } } },
+          b: { script: [Outcome.succeed("from b", { latency: "100 millis" }), Outcome.fail("Unavailable")] },
+          c: {}
+        },
+        {
+          breakers: false,
+          cache: { ttl: "1 second", staleFor: "1 hour" },
+          domains: [
+            { name: "d-a", provider: "a", fallback: ["d-b"] },
+            { name: "d-b", provider: "b" },
+            { name: "d-c", provider: "c" }
+          ]
+        }
+      )
+      const fellBack = (answer: Router.Answer) => [
+        answer.response.text,
+        answer.domain,
+        answer.provider,
+        answer.fallbackUsed,
+        answer.source
+      ]
+      const leader = yield* Effect.forkChild(router.execute(ask, "d-a"))
+      yield* Effect.yieldNow
+      const joiner = yield* Effect.forkChild(router.execute(ask, "d-a"))
+      yield* TestClock.adjust("100 millis")
+      assert.deepStrictEqual(fellBack(yield* Fiber.join(leader)), ["from b", "d-b", "b", true, "provider"])
+      assert.deepStrictEqual(fellBack(yield* Fiber.join(joiner)), ["from b", "d-b", "b", true, "cache"])
+      const hit = yield* router.execute(ask, "d-a")
+      assert.deepStrictEqual(fellBack(hit), ["from b", "d-b", "b", true, "cache"])
+      assert.strictEqual(hit.attempts, 0)
+      // Another chain from d-a shares the key: the answer is still d-b's, not its first domain's.
+      const other = yield* router.executeWithFallback(ask, ["d-a", "d-c"])
+      assert.deepStrictEqual(fellBack(other), ["from b", "d-b", "b", true, "cache"])
+      yield* TestClock.adjust("2 seconds")
+      const stale = yield* router.execute(ask, "d-a", { allowStale: true })
+      assert.deepStrictEqual(fellBack(stale), ["from b", "d-b", "b", true, "stale-cache"])
+      assert.deepStrictEqual([yield* controls.a!.calls, yield* controls.b!.calls, yield* controls.c!.calls], [2, 2, 0])
     })
   )
 

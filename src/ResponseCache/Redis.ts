@@ -142,79 +142,92 @@ export const make = Effect.fnUntraced(function* (options: Options = {}) {
   // one landing after its DEL brought the invalidated answer back.
   const writing = new Map<string, Fiber.Fiber<void>>()
 
-  const computeAndWrite = (k: string, compute: Effect.Effect<GenerateResponse, unknown>) =>
+  // Keeps `stored` in the process and writes it to Redis in the layer's scope: the caller
+  // goes on at once, and callers arriving while the write is under way find the value here.
+  const writeBehind = (k: string, stored: Internal.Stored, at: number): Effect.Effect<Internal.Stored> =>
+    Effect.map(Effect.forkIn(write([[k, stored]], at), scope), (fiber) => {
+      writing.set(k, fiber)
+      fiber.addObserver(() => {
+        if (writing.get(k) === fiber) writing.delete(k)
+      })
+      return stored
+    })
+
+  const computeAndWrite = (
+    k: string,
+    compute: Effect.Effect<GenerateResponse, unknown>,
+    originOf: ((value: GenerateResponse) => ResponseCache.Origin | undefined) | undefined
+  ) =>
     Effect.flatMap(compute, (response) =>
       Effect.flatMap(now, (at) => {
+        const value = Internal.responseOf(response, originOf?.(response))
         // An answer that finished in error reaches the flight's callers, and is neither kept nor written.
         if (!Internal.keepable(response.finishReason)) {
-          return Effect.succeed(Internal.storedOf({ _tag: "Response", response }, at, config.ttl, config.staleFor, 0))
+          return Effect.succeed(Internal.storedOf(value, at, config.ttl, config.staleFor, 0))
         }
-        const stored = Internal.storedOf({ _tag: "Response", response }, at, config.ttl, config.staleFor, retain)
-        // The waiting callers get the answer now; the write goes on in the layer's scope.
-        return Effect.map(Effect.forkIn(write([[k, stored]], at), scope), (fiber) => {
-          writing.set(k, fiber)
-          fiber.addObserver(() => {
-            if (writing.get(k) === fiber) writing.delete(k)
-          })
-          return stored
-        })
+        return writeBehind(k, Internal.storedOf(value, at, config.ttl, config.staleFor, retain), at)
       })
     )
 
   const answer = (stored: Internal.Stored): GenerateResponse =>
     stored.value._tag === "Response" ? stored.value.response : (undefined as never)
 
-  const untraced = Effect.fnUntraced(function* <E>(
+  // An entry this process computed and keeps while its write may be under way, while it is fresh.
+  const local = (k: string, at: number): Internal.Stored | undefined => {
+    const found = table.peek(k, at)
+    if (found._tag !== "Done" || at >= found.stored.freshUntil) return undefined
+    table.touch(k)
+    return found.stored
+  }
+
+  const untraced = <E>(
     key: string,
     compute: Effect.Effect<GenerateResponse, E>,
-    options?: { readonly allowStale?: boolean | undefined }
-  ) {
-    const k = Internal.responseKey(key)
-    const at = yield* now
-    const local = table.peek(k, at)
-    let joining = false
-    let stale: Internal.Stored | undefined
-    if (local._tag === "Done" && at < local.stored.freshUntil) {
-      // An answer this process computed and keeps while its write may be under way: a hit
-      // (no computation is joined), as the same answer read back from Redis would be.
-      table.touch(k)
-      yield* Internal.bump(counters.hit, 1)
-      return { value: answer(local.stored), source: "hit" as ResponseCache.Source }
-    }
-    if (local._tag === "Running") {
-      joining = true
-      stale = table.refreshingOf(k)
-    } else {
-      // An answer this process keeps past its ttl (it keeps one at least a second for the
-      // write) is not joined: it answered as "shared" after it expired.
-      if (local._tag === "Done") table.remove(k)
-      const [found = Option.none()] = yield* read([k], at, "Response")
-      if (Option.isSome(found)) {
-        if (at < found.value.freshUntil && found.value.value._tag === "Response") {
-          yield* Internal.bump(counters.hit, 1)
-          return { value: found.value.value.response, source: "hit" as ResponseCache.Source }
+    options: ResponseCache.GetOrComputeOptions<E>
+  ): Effect.Effect<ResponseCache.Computed, E> =>
+    Effect.suspend(() => {
+      const k = Internal.responseKey(key)
+      let joining = false
+      let stale: Internal.Stored | undefined
+      // What this caller waits for: the lookups, then the computation it runs or joins.
+      const wait = Effect.gen(function* () {
+        const at = yield* now
+        const kept = local(k, at)
+        // An answer this process computed and keeps while its write may be under way: a hit
+        // (no computation is joined), as the same answer read back from Redis would be.
+        if (kept !== undefined) return Internal.computed(kept, "hit")
+        const running = table.peek(k, at)
+        if (running._tag === "Running") {
+          joining = true
+          stale = table.refreshingOf(k)
+        } else {
+          // An answer this process keeps past its ttl (it keeps one at least a second for the
+          // write) is not joined: it answered as "shared" after it expired.
+          if (running._tag === "Done") table.remove(k)
+          const [found = Option.none()] = yield* read([k], at, "Response")
+          if (Option.isSome(found)) {
+            if (at < found.value.freshUntil) return Internal.computed(found.value, "hit")
+            stale = found.value
+          }
         }
-        stale = found.value
-      }
-    }
-    const result = yield* Effect.result(
-      table.run(k, computeAndWrite(k, compute) as Effect.Effect<Internal.Stored, E>, joining ? undefined : stale)
-    )
-    if (result._tag === "Success") {
-      const source: ResponseCache.Source = result.success.leader ? "miss" : "shared"
-      yield* Internal.bump(counters[source], 1)
-      return { value: answer(result.success.stored), source }
-    }
-    if (options?.allowStale === true && stale !== undefined && stale.value._tag === "Response") {
-      yield* Internal.bump(counters.stale, 1)
-      return { value: stale.value.response, source: "stale" as ResponseCache.Source }
-    }
-    yield* Internal.bump(joining ? counters.shared : counters.miss, 1)
-    return yield* Effect.fail(result.failure)
-  })
+        const { leader, stored } = yield* table.run(
+          k,
+          computeAndWrite(k, compute, options.originOf) as Effect.Effect<Internal.Stored, E>,
+          joining ? undefined : stale
+        )
+        return Internal.computed(stored, leader ? "miss" : "shared")
+      })
+      return Effect.matchEffect(options.bound === undefined ? wait : options.bound(wait), {
+        onSuccess: (found) => Effect.as(Internal.bump(counters[found.source], 1), found),
+        onFailure: (error) =>
+          options.allowStale === true && stale !== undefined && stale.value._tag === "Response"
+            ? Effect.as(Internal.bump(counters.stale, 1), Internal.computed(stale, "stale"))
+            : Effect.andThen(Internal.bump(joining ? counters.shared : counters.miss, 1), Effect.fail(error))
+      })
+    })
 
   const getOrCompute: ResponseCache.Service["getOrCompute"] = (key, compute, options) =>
-    Internal.traced("ResponseCache.getOrCompute", untraced(key, compute, options))
+    Internal.traced("ResponseCache.getOrCompute", untraced(key, compute, options ?? {}))
 
   const fresh = (found: Option.Option<Internal.Stored>, at: number) => Option.filter(found, (s) => at < s.freshUntil)
 

@@ -13,6 +13,7 @@ import { Cache, Duration, Effect, Exit, Fiber, type Metric, MutableHashMap, Opti
 import * as Metrics from "../Metrics.js"
 import * as Counters from "../stats/counters.js"
 import type { GenerateResponse, StreamPart } from "../Model.js"
+import type { Origin } from "../ResponseCache.js"
 import { isTraced } from "../policy/span.js"
 
 /**
@@ -21,7 +22,7 @@ import { isTraced } from "../policy/span.js"
  * @internal
  */
 export type Cached =
-  | { readonly _tag: "Response"; readonly response: GenerateResponse }
+  | { readonly _tag: "Response"; readonly response: GenerateResponse; readonly origin?: Origin }
   | { readonly _tag: "Stream"; readonly parts: ReadonlyArray<StreamPart> }
 
 /**
@@ -229,6 +230,29 @@ export const bump = (counter: Counters.Counter, n: number): Effect.Effect<void> 
  */
 export const traced = <A, E, R>(name: string, effect: Effect.Effect<A, E, R>): Effect.Effect<A, E, R> =>
   Effect.withFiber((fiber) => (isTraced(fiber) ? Effect.withSpan(effect, name) : effect))
+
+/**
+ * An answer as `getOrCompute` hands it over: `origin` only when the entry has one.
+ *
+ * @internal
+ */
+export const computed = (
+  stored: Stored,
+  source: Source
+): { readonly value: GenerateResponse; readonly source: Source; readonly origin?: Origin } => {
+  const cached = stored.value as Extract<Cached, { readonly _tag: "Response" }>
+  return cached.origin === undefined
+    ? { value: cached.response, source }
+    : { value: cached.response, source, origin: cached.origin }
+}
+
+/**
+ * An answer to keep, with who produced it when that is not the request its key names.
+ *
+ * @internal
+ */
+export const responseOf = (response: GenerateResponse, origin: Origin | undefined): Cached =>
+  origin === undefined ? { _tag: "Response", response } : { _tag: "Response", response, origin }
 
 /** @internal */
 export const responseKey = (key: string): string => `r:${key}`

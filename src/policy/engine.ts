@@ -1,11 +1,11 @@
 /**
  * The one policy pipeline for calls (the order is documented in `Policy.ts`): admission,
- * total deadline, cache, fallback (on `ExecutionPlan`) or hedge, then per step the retry
+ * cache, total deadline, fallback (on `ExecutionPlan`) or hedge, then per step the retry
  * driver, and per attempt the rate limit, the breaker, the deadline and the provider slot,
  * with the call metrics recorded on the way.
  *
  * This module is the engine itself: admission and the drain on shutdown, the provider
- * slots, the total deadline and the cache, and the entry points (`run`, `runValue`,
+ * slots, the cache and the total deadline, and the entry points (`run`, `runValue`,
  * `runValueIn`, `start`). It wires the parts that live beside it: a plan's types
  * (`plan.ts`), one step with its retry driver and attempts (`step.ts`), fallback
  * (`fallback.ts`) and hedging (`hedge.ts`). Every wait (an attempt, a rate-limit slot and a
@@ -26,7 +26,7 @@ import * as Deadline from "./deadline.js"
 import * as Fallback from "./fallback.js"
 import * as Fused from "./fused.js"
 import * as Hedge from "./hedge.js"
-import { type Answer, CurrentCut, type Plan, type Step } from "./plan.js"
+import { type Answer, CurrentCut, type Origin, type Plan, type Step } from "./plan.js"
 import { isTraced } from "./span.js"
 import { cutByShutdown, shuttingDown } from "./failure.js"
 import { CallCounter, type Counter, make as makeDriver, type RetryState, stepEnded } from "./step.js"
@@ -88,6 +88,22 @@ export interface Options {
 }
 
 const answerValue = <T, A>(answer: Answer<T, A>): A => answer.value
+
+// Who produced an answer to keep with it in the cache: nobody for the plan's first step, whose
+// request the key names; a later step (a fallback, a hedge's backup) by its provider and domain.
+const originOf = <T, A>(plan: Plan<T, A>, answer: Answer<T, A> | undefined): Origin | undefined => {
+  if (answer === undefined || answer.step === plan.steps[0]) return undefined
+  const { name, domain } = answer.step
+  return domain === undefined ? { provider: name } : { provider: name, domain }
+}
+
+// The step a cached answer came from: the plan's own when it has that step, else (another
+// plan sharing the key produced it) one naming its provider and domain, which no call is made on.
+const stepOf = <T, A>(plan: Plan<T, A>, origin: Origin | undefined): Step<T> => {
+  if (origin === undefined) return plan.steps[0]
+  const found = plan.steps.find((step) => step.name === origin.provider && step.domain === origin.domain)
+  return found ?? { ...plan.steps[0], name: origin.provider, domain: origin.domain }
+}
 
 /**
  * Builds the engine; closing its scope stops admitting calls, waits up to the shutdown
@@ -193,25 +209,40 @@ export const make = (options: Options): Effect.Effect<Engine, never, Scope.Scope
           ? hedge(plan, call, counter)
           : fallback(plan, call, counter)
         const cache = plan.cache
-        if (cache !== undefined) {
+        const total = plan.totalTimeout
+        if (cache === undefined) {
+          if (total !== undefined) body = tracked(body, total)
+        } else {
+          // The total deadline bounds the caller's wait inside the cache (its lookup, the
+          // computation it runs or joins), so that a call it cuts can be answered stale.
+          let bounded = false
+          const bound =
+            total === undefined
+              ? undefined
+              : <B>(wait: Effect.Effect<B, AiError>) => {
+                  bounded = true
+                  return tracked(wait, total)
+                }
           const inner = body
           let answered: Answer<T, A> | undefined
+          const compute = Effect.map(inner, (answer) => {
+            answered = answer
+            return answer.value
+          })
           body = Effect.map(
             cache.guard.getOrCompute(
               cache.key,
-              Effect.map(inner, (answer) => {
-                answered = answer
-                return answer.value
-              }),
-              { allowStale: cache.allowStale }
+              // A guard that left `bound` unused still has its computation under the deadline.
+              bound === undefined ? compute : Effect.suspend(() => (bounded ? compute : bound(compute))),
+              { allowStale: cache.allowStale, bound, originOf: () => originOf(plan, answered) }
             ),
-            ({ source, value }): Answer<T, A> => {
+            ({ source, value, origin }): Answer<T, A> => {
               if (answered !== undefined && source === "miss") return answered
               // The steps' failures are counted as theirs; the call's own outcome is this answer.
               if (source === "stale") seriesOf(plan.steps[0]).staleAnswers++
               return {
                 value,
-                step: plan.steps[0],
+                step: stepOf(plan, origin),
                 attempts: counter.attempts,
                 stepsTried: counter.steps,
                 source: source === "stale" ? "stale-cache" : source === "miss" ? "provider" : "cache"
@@ -219,7 +250,6 @@ export const make = (options: Options): Effect.Effect<Engine, never, Scope.Scope
             }
           )
         }
-        if (plan.totalTimeout !== undefined) body = tracked(body, plan.totalTimeout)
         return running(body)
       })
     }

@@ -45,6 +45,10 @@ export interface LimitGuard {
 
 /**
  * What the pipeline needs of a cache (the `ResponseCache` service provides it for answers).
+ * `bound` carries the call's total deadline: the guard must apply it to everything the
+ * caller waits for, so that with `allowStale` a call the deadline cuts is answered stale.
+ * `originOf` names the step that produced an answer when it is not the plan's first (a
+ * fallback's): kept with the answer, it is handed back (`origin`) to every call it answers.
  *
  * @internal
  */
@@ -52,8 +56,29 @@ export interface CacheGuard<A> {
   readonly getOrCompute: <E>(
     key: string,
     compute: Effect.Effect<A, E>,
-    options?: { readonly allowStale?: boolean | undefined }
-  ) => Effect.Effect<{ readonly value: A; readonly source: "hit" | "miss" | "stale" | "shared" }, E>
+    options?: {
+      readonly allowStale?: boolean | undefined
+      readonly bound?: (<B>(wait: Effect.Effect<B, E>) => Effect.Effect<B, E>) | undefined
+      readonly originOf?: ((value: A) => Origin | undefined) | undefined
+    }
+  ) => Effect.Effect<
+    {
+      readonly value: A
+      readonly source: "hit" | "miss" | "stale" | "shared"
+      readonly origin?: Origin | undefined
+    },
+    E
+  >
+}
+
+/**
+ * The step that produced a cached answer, by its provider (`Step.name`) and domain.
+ *
+ * @internal
+ */
+export interface Origin {
+  readonly provider: string
+  readonly domain?: string
 }
 
 /**
