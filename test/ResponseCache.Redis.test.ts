@@ -3,7 +3,7 @@ import { Context, Duration, Effect, Exit, Layer, Metric, Option, Ref, Schedule }
 import { Redis as PersistenceRedis } from "effect/persistence"
 import { type AiError, modelError } from "../src/AiError.js"
 import * as Metrics from "../src/Metrics.js"
-import type { GenerateResponse } from "../src/Model.js"
+import type { GenerateResponse, StreamPart } from "../src/Model.js"
 import * as Redis from "../src/Redis.js"
 import * as ResponseCache from "../src/ResponseCache.js"
 import * as RedisCache from "../src/ResponseCache/Redis.js"
@@ -309,6 +309,44 @@ describe.skipIf(skipRedis)(`ResponseCache.Redis (${skipRedis ? skipReason : "nee
         assert.deepStrictEqual(yield* redis.send<Array<string>>("KEYS", `${cache.name}:*`), [])
         assert.strictEqual((yield* ask(cache, provider, "q")).source, "miss")
         assert.strictEqual(yield* provider.calls, 2)
+      })
+    )
+  )
+
+  it.live("a stream's parts are written in the background: a hung Redis holds no caller, the failure is counted", () =>
+    Effect.scoped(
+      Effect.gen(function* () {
+        const server = yield* startRedis
+        const cache = yield* build(server, { redis: { timeout: "400 millis", reportAfter: "1 minute" } })
+        const parts: ReadonlyArray<StreamPart> = [
+          { _tag: "TextDelta", text: "streamed" },
+          { _tag: "Finish", finishReason: "stop", usage: response("x").usage, provider: "p", model: "m" }
+        ]
+        yield* server.pause
+        yield* Effect.addFinalizer(() => server.resume)
+        const [elapsed] = yield* Effect.timed(cache.setParts("s", parts))
+        assert.isBelow(Duration.toMillis(elapsed), 100, "setParts waited for the Redis write")
+        // Until the write has ended, a replay finds the parts in the process.
+        const [replayed, found] = yield* Effect.timed(cache.getParts("s"))
+        assert.deepStrictEqual(found, Option.some(parts))
+        assert.isBelow(Duration.toMillis(replayed), 100)
+        // The write the hung Redis cut is not lost silently: the cache's errors count it.
+        yield* errorsOf(cache.name).pipe(
+          Effect.flatMap((n) => (n >= 1 ? Effect.void : Effect.fail("not counted yet"))),
+          Effect.retry(Schedule.spaced("50 millis").pipe(Schedule.upTo({ duration: "5 seconds" })))
+        )
+        yield* server.resume
+        // With Redis back, parts written in the background land, and invalidate waits for a write under way.
+        yield* cache.setParts("t", parts)
+        yield* cache.invalidate("t")
+        yield* Effect.sleep("100 millis")
+        const redis = yield* admin(server)
+        assert.deepStrictEqual(yield* redis.send<Array<string>>("KEYS", `${cache.name}:s:t`), [])
+        yield* cache.setParts("u", parts)
+        yield* redis.send<number>("EXISTS", `${cache.name}:s:u`).pipe(
+          Effect.flatMap((n) => (n === 1 ? Effect.void : Effect.fail("not written yet"))),
+          Effect.retry(Schedule.spaced("20 millis").pipe(Schedule.upTo({ duration: "5 seconds" })))
+        )
       })
     )
   )

@@ -138,8 +138,8 @@ export const make = Effect.fnUntraced(function* (options: Options = {}) {
 
   const now = Effect.clockWith((clock) => Effect.succeed(clock.currentTimeMillisUnsafe()))
 
-  // The background writes of answers under way, by key: `invalidate` waits for them, or
-  // one landing after its DEL brought the invalidated answer back.
+  // The background writes under way (answers and stream parts), by key: `invalidate` waits
+  // for them, or one landing after its DEL brought the invalidated value back.
   const writing = new Map<string, Fiber.Fiber<void>>()
 
   // Keeps `stored` in the process and writes it to Redis in the layer's scope: the caller
@@ -265,37 +265,49 @@ export const make = Effect.fnUntraced(function* (options: Options = {}) {
     getParts: (key) =>
       Effect.gen(function* () {
         const at = yield* now
-        const [found = Option.none()] = yield* read([Internal.partsKey(key)], at, "Stream")
-        const parts = Option.flatMap(fresh(found, at), (s) =>
+        const k = Internal.partsKey(key)
+        const kept = local(k, at)
+        const found =
+          kept !== undefined ? Option.some(kept) : fresh((yield* read([k], at, "Stream"))[0] ?? Option.none(), at)
+        const parts = Option.flatMap(found, (s) =>
           s.value._tag === "Stream" ? Option.some(s.value.parts) : Option.none()
         )
         yield* Internal.bump(Option.isSome(parts) ? counters.hit : counters.miss, 1)
         return parts
       }),
+    // Written in the background as answers are: a stream's end does not wait for Redis.
     setParts: (key, parts) =>
       ResponseCache.isStorable(parts)
         ? Effect.flatMap(now, (at) =>
-            write(
-              [[Internal.partsKey(key), Internal.storedOf({ _tag: "Stream", parts }, at, config.ttl, config.staleFor)]],
-              at
+            Effect.flatMap(
+              writeBehind(
+                Internal.partsKey(key),
+                Internal.storedOf({ _tag: "Stream", parts }, at, config.ttl, config.staleFor, retain),
+                at
+              ),
+              (stored) => table.put(Internal.partsKey(key), stored)
             )
           )
         : Effect.void,
     invalidate: (key) =>
       Effect.suspend(() => {
-        table.remove(Internal.responseKey(key))
-        table.remove(Internal.partsKey(key))
-        const pending = writing.get(Internal.responseKey(key))
+        const keys = [Internal.responseKey(key), Internal.partsKey(key)]
+        for (const k of keys) table.remove(k)
+        const pending = keys.flatMap((k) => {
+          const fiber = writing.get(k)
+          return fiber === undefined ? [] : [fiber]
+        })
         const remove = Effect.ignore(
           guard.call(
             "DEL",
-            Effect.all([store.remove(Internal.responseKey(key)), store.remove(Internal.partsKey(key))], {
-              concurrency: 2
-            })
+            Effect.all(
+              keys.map((k) => store.remove(k)),
+              { concurrency: 2 }
+            )
           )
         )
         // A write under way ends within the Redis deadline (a write is bounded by the guard).
-        return pending === undefined ? remove : Effect.andThen(Fiber.await(pending), remove)
+        return pending.length === 0 ? remove : Effect.andThen(Fiber.awaitAll(pending), remove)
       })
   }
   return ResponseCache.ResponseCache.of(service)
