@@ -1,5 +1,5 @@
 import { assert, describe, it } from "@effect/vitest"
-import { Context, Duration, Effect, Exit, Layer, Metric, Option, Ref, Schedule } from "effect"
+import { Context, Duration, Effect, Exit, Layer, Metric, Option, Ref, Schedule, Scope } from "effect"
 import { Redis as PersistenceRedis } from "effect/persistence"
 import { type AiError, modelError } from "../src/AiError.js"
 import * as Metrics from "../src/Metrics.js"
@@ -347,6 +347,41 @@ describe.skipIf(skipRedis)(`ResponseCache.Redis (${skipRedis ? skipReason : "nee
           Effect.flatMap((n) => (n === 1 ? Effect.void : Effect.fail("not written yet"))),
           Effect.retry(Schedule.spaced("20 millis").pipe(Schedule.upTo({ duration: "5 seconds" })))
         )
+      })
+    )
+  )
+
+  it.live("writes under way when the layer closes still land: an answer's, a stream's parts", () =>
+    Effect.scoped(
+      Effect.gen(function* () {
+        const server = yield* startRedis
+        const name = uniqueName("close")
+        const parts: ReadonlyArray<StreamPart> = [
+          { _tag: "TextDelta", text: "streamed" },
+          { _tag: "Finish", finishReason: "stop", usage: response("x").usage, provider: "p", model: "m" }
+        ]
+        yield* Effect.scoped(
+          Effect.gen(function* () {
+            const cache = yield* build(server, { name })
+            yield* cache.getOrCompute("k", Effect.succeed(response("answer")))
+            yield* cache.setParts("s", parts)
+          })
+        )
+        const redis = yield* admin(server)
+        assert.deepStrictEqual((yield* redis.send<Array<string>>("KEYS", `${name}:*`)).sort(), [
+          `${name}:r:k`,
+          `${name}:s:s`
+        ])
+        // With Redis hung, closing waits for a write under way no longer than the Redis deadline.
+        const layerScope = yield* Scope.make()
+        const cache = yield* build(server, { redis: { timeout: "300 millis", reportAfter: "1 minute" } }).pipe(
+          Scope.provide(layerScope)
+        )
+        yield* server.pause
+        yield* Effect.addFinalizer(() => server.resume)
+        yield* cache.setParts("t", parts)
+        const [closing] = yield* Effect.timed(Scope.close(layerScope, Exit.void))
+        assert.isBelow(Duration.toMillis(closing), 1500)
       })
     )
   )

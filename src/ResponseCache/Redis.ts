@@ -14,7 +14,7 @@
  *
  * @since 0.1.0
  */
-import { Context, Duration, Effect, Exit, Fiber, Layer, Metric, Option, Schema } from "effect"
+import { Context, Duration, Effect, Exit, Fiber, Layer, Metric, Option, Schema, Scope } from "effect"
 import { Persistence, type Redis } from "effect/persistence"
 import * as Input from "../Input.js"
 import * as Counters from "../stats/counters.js"
@@ -71,7 +71,11 @@ export const make = Effect.fnUntraced(function* (options: Options = {}) {
   const guard = yield* SharedRedis.makeGuard({ store: `cache:${config.name}`, settings: guardSettings, errors })
   const backing = Context.get(yield* Layer.build(Persistence.layerBackingRedis), Persistence.BackingPersistence)
   const store = yield* backing.make(prefix)
-  const scope = yield* Effect.scope
+  // Background writes run in a scope of their own: closing, the layer first waits for those
+  // under way (each bounded by the Redis deadline), so that none is dropped silently.
+  const writes = yield* Scope.make()
+  const pending = new Set<Fiber.Fiber<void>>()
+  yield* Effect.addFinalizer(() => Effect.andThen(Fiber.awaitAll(pending), Scope.close(writes, Exit.void)))
   // Answers computed here stay in the process table while their write may be under way.
   const retain = Math.max(1000, 2 * Duration.toMillis(guardSettings.timeout))
   const table = yield* Internal.makeTable(1000)
@@ -142,12 +146,14 @@ export const make = Effect.fnUntraced(function* (options: Options = {}) {
   // for them, or one landing after its DEL brought the invalidated value back.
   const writing = new Map<string, Fiber.Fiber<void>>()
 
-  // Keeps `stored` in the process and writes it to Redis in the layer's scope: the caller
-  // goes on at once, and callers arriving while the write is under way find the value here.
+  // Writes `stored` to Redis in the background: the caller goes on at once (and keeps the
+  // value in the process table meanwhile, so callers arriving during the write find it).
   const writeBehind = (k: string, stored: Internal.Stored, at: number): Effect.Effect<Internal.Stored> =>
-    Effect.map(Effect.forkIn(write([[k, stored]], at), scope), (fiber) => {
+    Effect.map(Effect.forkIn(write([[k, stored]], at), writes), (fiber) => {
       writing.set(k, fiber)
+      pending.add(fiber)
       fiber.addObserver(() => {
+        pending.delete(fiber)
         if (writing.get(k) === fiber) writing.delete(k)
       })
       return stored
@@ -293,7 +299,7 @@ export const make = Effect.fnUntraced(function* (options: Options = {}) {
       Effect.suspend(() => {
         const keys = [Internal.responseKey(key), Internal.partsKey(key)]
         for (const k of keys) table.remove(k)
-        const pending = keys.flatMap((k) => {
+        const underWay = keys.flatMap((k) => {
           const fiber = writing.get(k)
           return fiber === undefined ? [] : [fiber]
         })
@@ -307,7 +313,7 @@ export const make = Effect.fnUntraced(function* (options: Options = {}) {
           )
         )
         // A write under way ends within the Redis deadline (a write is bounded by the guard).
-        return pending.length === 0 ? remove : Effect.andThen(Fiber.awaitAll(pending), remove)
+        return underWay.length === 0 ? remove : Effect.andThen(Fiber.awaitAll(underWay), remove)
       })
   }
   return ResponseCache.ResponseCache.of(service)
