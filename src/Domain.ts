@@ -39,7 +39,10 @@ export const Domain = Schema.Struct({
   fallback: Schema.optional(Schema.Array(Name)),
   /** With `fallback`: start the next domain after this long without an answer (hedging). */
   hedgeAfter: Schema.optional(Input.DurationFromInput),
-  /** Use the response cache when the application has one (default true). */
+  /**
+   * Use the response cache when the application has one (default true). `false`: its calls
+   * are not cached, and what it answers as another domain's fallback is not kept either.
+   */
   cache: Schema.optional(Schema.Boolean)
 })
 

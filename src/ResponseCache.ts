@@ -69,6 +69,14 @@ export interface GetOrComputeOptions<E> {
    * fallback's provider and domain), kept with the answer and handed to every caller it answers.
    */
   readonly originOf?: ((value: GenerateResponse) => Origin | undefined) | undefined
+  /**
+   * `false` for an answer of `compute` that must not be kept (it came from a domain with
+   * `cache: false`, reached as a fallback): it answers the callers of this computation and
+   * is neither kept nor written. Default: every answer but one that finished in error is kept.
+   *
+   * @since 0.3.0
+   */
+  readonly keep?: ((value: GenerateResponse) => boolean) | undefined
 }
 
 /**
@@ -350,7 +358,7 @@ export const makeMemory = Effect.fnUntraced(function* (options: MemoryOptions = 
     stored.value._tag === "Response" ? stored.value.response : (undefined as never)
 
   // An answer that finished in error reaches the flight's callers but is not kept (keepFor 0).
-  const storeAnswer = (value: GenerateResponse, origin: Origin | undefined) =>
+  const storeAnswer = (value: GenerateResponse, origin: Origin | undefined, keep: boolean) =>
     Effect.clockWith((clock) =>
       Effect.succeed(
         Internal.storedOf(
@@ -358,7 +366,7 @@ export const makeMemory = Effect.fnUntraced(function* (options: MemoryOptions = 
           clock.currentTimeMillisUnsafe(),
           config.ttl,
           config.staleFor,
-          Internal.keepable(value.finishReason) ? config.ttl + config.staleFor : 0
+          keep && Internal.keepable(value.finishReason) ? config.ttl + config.staleFor : 0
         )
       )
     )
@@ -373,7 +381,7 @@ export const makeMemory = Effect.fnUntraced(function* (options: MemoryOptions = 
     const originOf = options.originOf
     const run = table.run(
       k,
-      Effect.flatMap(effect, (value) => storeAnswer(value, originOf?.(value))),
+      Effect.flatMap(effect, (value) => storeAnswer(value, originOf?.(value), options.keep?.(value) !== false)),
       found._tag === "Done" ? stale : undefined
     )
     return Effect.matchEffect(options.bound === undefined ? run : options.bound(run), {

@@ -556,6 +556,7 @@ describe("Executor.stream", () => {
         // A misspelt step key ran the executor's own provider, or its retry policy, unseen.
         [{ steps: [{ provder: executor.provider }] }, "steps[0].provder"],
         [{ steps: [{ provider: executor.provider, retyr: true }] }, "steps[0].retyr"],
+        [{ steps: [{ provider: executor.provider, cache: "no" }] }, "steps[0].cache"],
         [{ steps: [null] }, "steps[0]"],
         [{ steps: "fast" }, "steps"]
       ] as const) {

@@ -403,6 +403,33 @@ describe.skipIf(skipRedis)(`ResponseCache.Redis (${skipRedis ? skipReason : "nee
     )
   )
 
+  it.live("keep false: the answer reaches its caller but is neither kept in the process nor written", () =>
+    Effect.scoped(
+      Effect.gen(function* () {
+        const server = yield* startRedis
+        const cache = yield* build(server, { ttl: "1 minute" })
+        assert.deepStrictEqual(
+          yield* cache.getOrCompute("k", Effect.succeed(response("not kept")), { keep: () => false }),
+          { value: response("not kept"), source: "miss" }
+        )
+        assert.deepStrictEqual(yield* cache.getOrCompute("k", Effect.succeed(response("kept"))), {
+          value: response("kept"),
+          source: "miss"
+        })
+        const redis = yield* admin(server)
+        yield* redis.send<number>("EXISTS", `${cache.name}:r:k`).pipe(
+          Effect.flatMap((n) => (n === 1 ? Effect.void : Effect.fail("not written yet"))),
+          Effect.retry(Schedule.spaced("20 millis").pipe(Schedule.upTo({ duration: "5 seconds" })))
+        )
+        const other = yield* build(server, { name: `${cache.name}-2`, prefix: cache.name, ttl: "1 minute" })
+        assert.deepStrictEqual(yield* other.getOrCompute("k", Effect.die("not called")), {
+          value: response("kept"),
+          source: "hit"
+        })
+      })
+    )
+  )
+
   it.live("a caller's bound cuts its wait and is answered stale; an answer's origin is kept in Redis", () =>
     Effect.scoped(
       Effect.gen(function* () {

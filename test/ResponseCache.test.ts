@@ -420,6 +420,26 @@ describe("ResponseCache (memory)", () => {
     })
   )
 
+  it.effect("keep false: the answer reaches the callers of its computation but is not kept", () =>
+    Effect.gen(function* () {
+      const cache = yield* makeCache({ ttl: "10 seconds" })
+      const provider = yield* scripted()
+      const keep = () => false
+      const leader = yield* Effect.forkChild(cache.getOrCompute("k", provider.call("x"), { keep }))
+      const joiner = yield* Effect.forkChild(cache.getOrCompute("k", provider.call("x")))
+      yield* TestClock.adjust("100 millis")
+      assert.deepStrictEqual(yield* Fiber.join(leader), { value: response("x #1"), source: "miss" })
+      assert.deepStrictEqual(yield* Fiber.join(joiner), { value: response("x #1"), source: "shared" })
+      const next = yield* Effect.forkChild(cache.getOrCompute("k", provider.call("x")))
+      yield* TestClock.adjust("100 millis")
+      assert.deepStrictEqual(yield* Fiber.join(next), { value: response("x #2"), source: "miss" })
+      assert.deepStrictEqual(yield* cache.getOrCompute("k", provider.call("x")), {
+        value: response("x #2"),
+        source: "hit"
+      })
+    })
+  )
+
   it.effect("capacity: the least recently used entry is evicted", () =>
     Effect.gen(function* () {
       const cache = yield* makeCache({ capacity: 2 })

@@ -874,6 +874,42 @@ describe("Router with breakers and a cache", () => {
     })
   )
 
+  it.effect("a fallback domain with cache: false answers its call, but its answer and its stream are not kept", () =>
+    Effect.gen(function* () {
+      const { router, controls } = yield* makeManager(
+        {
+          a: { random: { success: 0, failures: { Overloaded: 1 } } },
+          b: { respond: () => "from b" },
+          c: { respond: () => "from c" }
+        },
+        {
+          breakers: false,
+          cache: { ttl: "1 hour" },
+          domains: [
+            { name: "d-a", provider: "a", fallback: ["d-b"] },
+            { name: "d-b", provider: "b", cache: false },
+            { name: "d-c", provider: "c" }
+          ]
+        }
+      )
+      const first = yield* router.execute(ask, "d-a")
+      const second = yield* router.execute(ask, "d-a")
+      assert.deepStrictEqual(
+        [first.response.text, first.domain, second.response.text, second.source],
+        ["from b", "d-b", "from b", "provider"]
+      )
+      assert.strictEqual(yield* controls.b!.calls, 2, "d-b's answer was not kept under d-a's key")
+      assert.strictEqual(textOf(yield* Stream.runCollect(router.stream(ask, "d-a"))), "from b")
+      assert.strictEqual(textOf(yield* Stream.runCollect(router.stream(ask, "d-a"))), "from b")
+      assert.strictEqual(yield* controls.b!.calls, 4, "nor was its stream")
+      // A fallback domain that keeps the cache on still has its answer kept.
+      yield* router.executeWithFallback(ask, ["d-a", "d-c"])
+      const kept = yield* router.executeWithFallback(ask, ["d-a", "d-c"])
+      assert.deepStrictEqual([kept.response.text, kept.source], ["from c", "cache"])
+      assert.strictEqual(yield* controls.c!.calls, 1)
+    })
+  )
+
   it.effect("two domains on one provider never share cached answers (their system prompts differ)", () =>
     Effect.gen(function* () {
       const { router, controls } = yield* makeManager(

@@ -162,13 +162,15 @@ export const make = Effect.fnUntraced(function* (options: Options = {}) {
   const computeAndWrite = (
     k: string,
     compute: Effect.Effect<GenerateResponse, unknown>,
-    originOf: ((value: GenerateResponse) => ResponseCache.Origin | undefined) | undefined
+    originOf: ((value: GenerateResponse) => ResponseCache.Origin | undefined) | undefined,
+    keep: ((value: GenerateResponse) => boolean) | undefined
   ) =>
     Effect.flatMap(compute, (response) =>
       Effect.flatMap(now, (at) => {
         const value = Internal.responseOf(response, originOf?.(response))
-        // An answer that finished in error reaches the flight's callers, and is neither kept nor written.
-        if (!Internal.keepable(response.finishReason)) {
+        // An answer that finished in error (or that `keep` refuses) reaches the flight's callers,
+        // and is neither kept nor written.
+        if (!Internal.keepable(response.finishReason) || keep?.(response) === false) {
           return Effect.succeed(Internal.storedOf(value, at, config.ttl, config.staleFor, 0))
         }
         return writeBehind(k, Internal.storedOf(value, at, config.ttl, config.staleFor, retain), at)
@@ -218,7 +220,7 @@ export const make = Effect.fnUntraced(function* (options: Options = {}) {
         }
         const { leader, stored } = yield* table.run(
           k,
-          computeAndWrite(k, compute, options.originOf) as Effect.Effect<Internal.Stored, E>,
+          computeAndWrite(k, compute, options.originOf, options.keep) as Effect.Effect<Internal.Stored, E>,
           joining ? undefined : stale
         )
         return Internal.computed(stored, leader ? "miss" : "shared")

@@ -234,7 +234,12 @@ export const make = (options: Options): Effect.Effect<Engine, never, Scope.Scope
               cache.key,
               // A guard that left `bound` unused still has its computation under the deadline.
               bound === undefined ? compute : Effect.suspend(() => (bounded ? compute : bound(compute))),
-              { allowStale: cache.allowStale, bound, originOf: () => originOf(plan, answered) }
+              {
+                allowStale: cache.allowStale,
+                bound,
+                originOf: () => originOf(plan, answered),
+                keep: () => answered?.step.cacheable !== false
+              }
             ),
             ({ source, value, origin }): Answer<T, A> => {
               if (answered !== undefined && source === "miss") return answered

@@ -49,6 +49,8 @@ export interface LimitGuard {
  * caller waits for, so that with `allowStale` a call the deadline cuts is answered stale.
  * `originOf` names the step that produced an answer when it is not the plan's first (a
  * fallback's): kept with the answer, it is handed back (`origin`) to every call it answers.
+ * `keep` false: the answer reaches the callers of its computation but is not kept (its step
+ * is not `cacheable`).
  *
  * @internal
  */
@@ -60,6 +62,7 @@ export interface CacheGuard<A> {
       readonly allowStale?: boolean | undefined
       readonly bound?: (<B>(wait: Effect.Effect<B, E>) => Effect.Effect<B, E>) | undefined
       readonly originOf?: ((value: A) => Origin | undefined) | undefined
+      readonly keep?: ((value: A) => boolean) | undefined
     }
   ) => Effect.Effect<
     {
@@ -101,6 +104,11 @@ export interface Step<T> {
   readonly tokens?: number | undefined
   /** Calls the target serves at once; more queue (measured apart). */
   readonly maxConcurrency?: number | undefined
+  /**
+   * `false`: what this step answers is not kept in the cache (a domain with `cache: false`
+   * reached as a fallback); it still answers the callers of its call. Default: kept.
+   */
+  readonly cacheable?: boolean | undefined
 }
 
 /**

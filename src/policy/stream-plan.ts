@@ -66,6 +66,8 @@ export interface StreamOptions {
         readonly prepare?: ((request: GenerateRequest) => GenerateRequest) | undefined
         /** This step's first-chunk deadline, instead of the stream's `firstChunkTimeout`. */
         readonly firstChunkTimeout?: Duration.Input | undefined
+        /** `false`: a stream this step served is not kept in the cache (default: kept). */
+        readonly cache?: boolean | undefined
       }>
     | undefined
   /** Domain dimension of the metrics. */
@@ -122,7 +124,15 @@ export interface StreamDefaults {
   readonly totalTimeout: Duration.Duration | undefined
 }
 
-const stepKeys: ReadonlySet<string> = new Set(["provider", "domain", "retry", "model", "prepare", "firstChunkTimeout"])
+const stepKeys: ReadonlySet<string> = new Set([
+  "provider",
+  "domain",
+  "retry",
+  "model",
+  "prepare",
+  "firstChunkTimeout",
+  "cache"
+])
 
 const stepKinds = [
   ["provider", "object"],
@@ -137,7 +147,8 @@ const stepsIssue = (steps: unknown): Input.Issue | undefined => {
     const issue = Input.notAnObject(`steps[${i}]`, step) ?? Input.unknownKey(step as object, stepKeys, `steps[${i}].`)
     if (issue !== undefined) return issue
     // A step's provider and domain label its series, as a call's do.
-    const label = Input.notOfKind(step as object, stepKinds) ?? labelIssue(step as object)
+    const label =
+      Input.notOfKind(step as object, stepKinds) ?? labelIssue(step as object) ?? Input.notABoolean(step, ["cache"])
     if (label !== undefined) return { path: `steps[${i}].${label.path}`, message: label.message }
   }
   return undefined
@@ -228,6 +239,7 @@ export const streamFromOptions =
             ...base,
             // A stream step's `timeout` is its first-chunk deadline (`undefined`: the stream's).
             timeout: firstChunk,
+            cacheable: input.cache !== false,
             retry: checked,
             prepare:
               model === undefined && prepare === undefined

@@ -266,7 +266,7 @@ export const make = (env: { readonly engine: Engine; readonly defaults: StreamDe
           if (Exit.isSuccess(exit)) {
             yield* closeAttempt(attempt, exit, clock)
             finishStep(attempt, exit)
-            if (plan.cache !== undefined && resumes === 0) {
+            if (plan.cache !== undefined && resumes === 0 && attempt.step.cacheable !== false) {
               yield* plan.cache.store.setParts(plan.cache.key, collected)
             }
             endStream(Exit.void)

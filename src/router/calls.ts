@@ -191,6 +191,7 @@ export const makeCalls = (env: Env) => {
           domain: domain.name,
           retry: domain.retry ?? false,
           firstChunkTimeout: domain.timeout,
+          cache: domain.cache,
           prepare: (r: GenerateRequest) => applyTo(domain, r)
         }))
       )
