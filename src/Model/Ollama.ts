@@ -159,7 +159,8 @@ export const make = Effect.fnUntraced(function* (options: Options = {}) {
   const prepare = (request: Model.GenerateRequest, stream: boolean) =>
     Effect.flatMap(Model.validateGenerate(request), (valid) => {
       const model = valid.model ?? defaultModel
-      const viaGenerate = api === "generate" && valid.prompt !== undefined && valid.tools === undefined
+      const viaGenerate =
+        api === "generate" && valid.prompt !== undefined && (valid.tools === undefined || valid.tools.length === 0)
       const body = viaGenerate
         ? Effect.succeed(Wire.generateBody(valid, { model, stream, keepAlive }))
         : Wire.chatBody(valid, { model, stream, keepAlive, provider: name })

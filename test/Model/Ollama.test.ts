@@ -127,7 +127,9 @@ layer(NodeHttpClient.layerUndici)("Ollama", (it) => {
         assert.strictEqual(answer.finishReason, "length")
         assert.strictEqual((yield* p.generate({ messages: [{ role: "user", content: "x" }] })).text, "chat")
         assert.strictEqual((yield* p.generate({ prompt: "x", tools })).text, "chat")
-        const [first, second, third] = yield* server.requests
+        // An empty tools list is no tools: a plain prompt, to /api/generate.
+        assert.strictEqual((yield* p.generate({ prompt: "x", tools: [] })).text, "The sky is blue.")
+        const [first, second, third, fourth] = yield* server.requests
         assert.strictEqual(first?.path, "/api/generate")
         assert.deepStrictEqual(first?.json, {
           model: "mistral",
@@ -139,6 +141,8 @@ layer(NodeHttpClient.layerUndici)("Ollama", (it) => {
         })
         assert.strictEqual(second?.path, "/api/chat")
         assert.strictEqual(third?.path, "/api/chat")
+        assert.strictEqual(fourth?.path, "/api/generate")
+        assert.isFalse("tools" in (fourth?.json as object))
       })
     )
 

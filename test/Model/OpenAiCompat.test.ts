@@ -710,6 +710,21 @@ for (const [name, client] of [
         }
       ]
 
+      it.effect("an empty tools list is sent as no tools (OpenAI refuses tools: [])", () =>
+        Effect.gen(function* () {
+          const server = yield* Server.make((_, res) =>
+            Server.json(res, 200, {
+              model: "m",
+              choices: [{ index: 0, message: { role: "assistant", content: "ok" }, finish_reason: "stop" }]
+            })
+          )
+          const p = yield* provider(server)
+          assert.strictEqual((yield* p.generate({ prompt: "x", tools: [] })).text, "ok")
+          const body = bodyOf((yield* server.requests)[0])
+          assert.isFalse("tools" in body)
+        })
+      )
+
       it.effect("tools, tool choice, response format and tool messages map to the wire; tool_calls come back", () =>
         Effect.gen(function* () {
           const server = yield* Server.make((_, res) =>

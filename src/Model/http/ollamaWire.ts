@@ -279,7 +279,7 @@ export const chatBody = (
     }
   }
   const body: Record<string, unknown> = { model: options.model, messages }
-  if (request.tools !== undefined && choice !== "none") {
+  if (request.tools !== undefined && request.tools.length > 0 && choice !== "none") {
     body["tools"] = toolsBody(request.tools)
   }
   return Effect.succeed(common(request, options, body))

@@ -219,7 +219,8 @@ export const chatBody = (
   if (request.topP !== undefined) body["top_p"] = request.topP
   if (request.stop !== undefined) body["stop"] = request.stop
   if (request.seed !== undefined) body["seed"] = request.seed
-  if (request.tools !== undefined) {
+  // No tools is sent as no field: OpenAI refuses `tools: []` (an array too short).
+  if (request.tools !== undefined && request.tools.length > 0) {
     body["tools"] = toolsBody(request.tools)
   }
   if (request.toolChoice !== undefined) {

@@ -209,7 +209,7 @@ export const makeWith = Effect.fnUntraced(function* (
       })
     )
   const checkSupported = (request: Model.GenerateRequest): Effect.Effect<void, ModelError> => {
-    if (request.tools !== undefined) return unsupported("tools", "tools")
+    if (request.tools !== undefined && request.tools.length > 0) return unsupported("tools", "tools")
     if (request.toolChoice !== undefined) return unsupported("toolChoice", "tools")
     if (request.responseFormat !== undefined && request.responseFormat.type !== "text") {
       return unsupported("responseFormat", `a ${request.responseFormat.type} response format`)

@@ -138,7 +138,10 @@ export const finishReasonOf = (reason: string | null | undefined): Model.FinishR
  * @category validation
  */
 export const unsupported = (request: Model.GenerateRequest, api: Api, provider: string): ModelError | undefined => {
-  if (request.tools !== undefined) return invalidRequest("tools", "watsonx does not take tools here", provider)
+  // `tools: []` is no tools (as the cache key and the gateway read it).
+  if (request.tools !== undefined && request.tools.length > 0) {
+    return invalidRequest("tools", "watsonx does not take tools here", provider)
+  }
   if (request.toolChoice !== undefined) {
     return invalidRequest("toolChoice", "watsonx does not take tools here", provider)
   }
