@@ -30,7 +30,8 @@ import { isTraced } from "./policy/span.js"
  * neither limit is not limited.
  *
  * `algorithm`: `fixed-window` (default: the 61st request of a 60-per-minute window waits
- * for the next window) or `token-bucket` (slots refill evenly: one a second at 60).
+ * for the next window; a window starts at the first call after the ones before have ended and
+ * lasts `window` whatever was used of it) or `token-bucket` (slots refill evenly: one a second at 60).
  *
  * @since 0.1.0
  * @category models
@@ -132,14 +133,25 @@ export class RateLimits extends Context.Service<RateLimits, Service>()("effect-o
 // away, more so on Redis's microsecond clock): below this a slot counts as free.
 const significant = (millis: number): number => (millis < 0.01 ? 0 : millis)
 
+const oneMilli = Duration.millis(1)
+
 interface Reservation {
   readonly key: string
   readonly limit: number
   /** What the call costs under this limit. */
   readonly cost: number
-  /** What was taken (a straddling token reservation grows by what it pays again: see `reserve`). */
-  tokens: number
   readonly limits: ResolvedLimits
+}
+
+// A reservation as the store took it: the wait for its slot (ms), the tokens taken (effect's counter:
+// a straddling reservation grows by what it pays again, see `reserve`), and for the store's own fixed
+// windows (`AlignedFixedWindow`) the window they went in, which a give-back names; `index` -1 otherwise.
+interface Taken {
+  readonly reservation: Reservation
+  readonly delay: number
+  readonly tokens: number
+  readonly start: number
+  readonly index: number
 }
 
 /**
@@ -197,13 +209,25 @@ const makeWith = Effect.fnUntraced(function* (
           tokenBucket: (o) => Effect.mapError(guard.call("tokenBucket", store.tokenBucket(o)), toLimiterError)
         }
   const limiter = yield* Effect.provideService(RateLimiter.make, RateLimiter.RateLimiterStore, guarded)
-  // The Redis store places a token reservation in one call (see `reserve`).
-  const alignedRaw =
-    "fixedWindowAligned" in store ? (store as RedisStore.AlignedFixedWindow).fixedWindowAligned : undefined
-  const aligned: RedisStore.AlignedFixedWindow["fixedWindowAligned"] | undefined =
-    alignedRaw === undefined || guard === undefined
-      ? alignedRaw
-      : (o) => Effect.mapError(guard.call("fixedWindow", alignedRaw(o)), toLimiterError)
+  // The stores of the layers keep fixed windows of their own (`AlignedFixedWindow`): effect's counter
+  // lasts `window / limit` per token taken, so a window used at 60% ended after 60% of its length.
+  const windows: RedisStore.AlignedFixedWindow | undefined =
+    "fixedWindowAligned" in store && "fixedWindowRelease" in store
+      ? guard === undefined
+        ? (store as RedisStore.AlignedFixedWindow)
+        : {
+            fixedWindowAligned: (o) =>
+              Effect.mapError(
+                guard.call("fixedWindow", (store as RedisStore.AlignedFixedWindow).fixedWindowAligned(o)),
+                toLimiterError
+              ),
+            fixedWindowRelease: (o) =>
+              Effect.mapError(
+                guard.call("fixedWindow", (store as RedisStore.AlignedFixedWindow).fixedWindowRelease(o)),
+                toLimiterError
+              )
+          }
+      : undefined
   const failClosed = policy.onStoreError === "reject"
   const maxWaitMillis = Duration.toMillis(config.maxWait)
   const { metricsOf, release: releaseMetrics } = makeMetrics(yield* Effect.context<never>())
@@ -220,70 +244,70 @@ const makeWith = Effect.fnUntraced(function* (
       algorithm: r.limits.algorithm
     })
 
-  // Effect's fixed window counts tokens on one running counter and delays a reservation to the
-  // window of its last token. One that straddles a boundary left its first tokens counted in the
-  // window before, which the call never runs in: a 100-token window admitted two 60-token calls
-  // (120 tokens). The tokens counted in the earlier window are taken again in the later one, and
-  // the call waits for the later of the two answers. (One token, a request's, never straddles.)
-  // A store that places the reservation in one call (`AlignedFixedWindow`: the Redis store's, and
-  // `layerMemory`'s, since a fiber may yield between two calls) does the same atomically: with two calls, other calls' tokens landed between them and pushed the part
-  // taken again into a later window still, where the call ran with only that part counted (three
-  // 60-token calls in one 100-token window on Redis).
-  const reserve = (r: Reservation): Effect.Effect<RateLimiter.ConsumeResult, RateLimiter.RateLimiterError> => {
-    r.tokens = r.cost
-    if (r.tokens <= 1 || r.limits.algorithm !== "fixed-window") return consume(r, r.tokens)
-    if (aligned !== undefined) return reserveAligned(r, aligned)
-    return Effect.flatMap(consume(r, r.tokens), (first) => {
+  const counted = (r: Reservation, result: RateLimiter.ConsumeResult, tokens: number): Taken => ({
+    reservation: r,
+    delay: significant(Duration.toMillis(result.delay)),
+    tokens,
+    start: 0,
+    index: -1
+  })
+
+  const reserve = (r: Reservation): Effect.Effect<Taken, RateLimiter.RateLimiterError> => {
+    if (r.limits.algorithm === "fixed-window" && windows !== undefined) {
+      return Effect.map(
+        windows.fixedWindowAligned({
+          key: r.key,
+          tokens: r.cost,
+          // As effect's limiter: a window under a millisecond counts as one.
+          window: Duration.max(r.limits.window, oneMilli),
+          limit: r.limit
+        }),
+        ([delay, start, index]): Taken => ({ reservation: r, delay: significant(delay), tokens: r.cost, start, index })
+      )
+    }
+    if (r.cost <= 1 || r.limits.algorithm !== "fixed-window") {
+      return Effect.map(consume(r, r.cost), (result) => counted(r, result, r.cost))
+    }
+    // A store of the caller's own, with effect's fixed window: one running counter, a reservation
+    // delayed to the window of its last token. One that straddles a boundary left its first tokens
+    // counted in the window before, which the call never runs in: a 100-token window admitted two
+    // 60-token calls. The tokens counted in the earlier window are taken again in the later one, and
+    // the call waits for the later of the two answers. (One token, a request's, never straddles.)
+    // Two store calls: other callers' tokens can land between them (see docs/rate-limits.md).
+    return Effect.flatMap(consume(r, r.cost), (first) => {
       const count = r.limit - first.remaining
-      const before = count - r.tokens
+      const before = count - r.cost
       const window = Math.floor((count - 1) / r.limit)
-      if (Math.floor(before / r.limit) === window) return Effect.succeed(first)
+      if (Math.floor(before / r.limit) === window) return Effect.succeed(counted(r, first, r.cost))
       const again = window * r.limit - before
       return Effect.match(consume(r, again), {
         // The store failed after the first part was taken: that part stands, as a store failure does.
-        onFailure: () => first,
-        onSuccess: (second) => {
-          r.tokens += again
-          return Duration.isGreaterThan(second.delay, first.delay) ? second : first
-        }
+        onFailure: () => counted(r, first, r.cost),
+        onSuccess: (second) =>
+          counted(r, Duration.isGreaterThan(second.delay, first.delay) ? second : first, r.cost + again)
       })
     })
   }
 
-  // The delay of a fixed-window answer, as effect's `RateLimiter.consume` computes it.
-  const reserveAligned = (
-    r: Reservation,
-    place: RedisStore.AlignedFixedWindow["fixedWindowAligned"]
-  ): Effect.Effect<RateLimiter.ConsumeResult, RateLimiter.RateLimiterError> => {
-    const window = Duration.max(r.limits.window, Duration.millis(1))
-    const windowMillis = Duration.toMillis(window)
-    const refillRate = Duration.divideUnsafe(window, r.limit)
-    const refillMillis = Duration.toMillis(refillRate)
-    return Effect.map(
-      place({ key: r.key, tokens: r.cost, refillRate, windowLimit: r.limit }),
-      ([count, ttl, taken]): RateLimiter.ConsumeResult => {
-        r.tokens = taken
-        const remaining = Math.floor((count - 1) / r.limit) * windowMillis - (count * refillMillis - ttl)
-        return {
-          delay: remaining <= 0 ? Duration.zero : Duration.millis(remaining),
-          limit: r.limit,
-          remaining: r.limit - count,
-          resetAfter: Duration.millis(ttl)
-        }
-      }
+  // Negative tokens undo a reservation in effect's algorithms (the window or bucket moves back).
+  const release = (taken: ReadonlyArray<Taken>): Effect.Effect<void> =>
+    Effect.forEach(
+      taken,
+      (t) =>
+        Effect.ignore(
+          t.index >= 0 && windows !== undefined
+            ? windows.fixedWindowRelease({ key: t.reservation.key, tokens: t.tokens, start: t.start, index: t.index })
+            : consume(t.reservation, -t.tokens)
+        ),
+      { discard: true, concurrency: 2 }
     )
-  }
-
-  // Negative tokens undo a reservation in both algorithms (the window or bucket moves back).
-  const release = (reservations: ReadonlyArray<Reservation>): Effect.Effect<void> =>
-    Effect.forEach(reservations, (r) => Effect.ignore(consume(r, -r.tokens)), { discard: true, concurrency: 2 })
 
   // The request reservation of each key, made once.
   const requestReservations = new Map<string, Reservation>()
   const requestReservation = (key: string, limits: ResolvedLimits, limit: number): Reservation => {
     let reservation = requestReservations.get(key)
     if (reservation === undefined) {
-      reservation = { key: `${key}:rpm`, limit, cost: 1, tokens: 1, limits }
+      reservation = { key: `${key}:rpm`, limit, cost: 1, limits }
       requestReservations.set(key, reservation)
     }
     return reservation
@@ -292,7 +316,7 @@ const makeWith = Effect.fnUntraced(function* (
   // Both reservations of a call at once (Redis: both round trips at once).
   const reserveAll = (
     reservations: ReadonlyArray<Reservation>
-  ): Effect.Effect<ReadonlyArray<Result.Result<RateLimiter.ConsumeResult, RateLimiter.RateLimiterError>>> => {
+  ): Effect.Effect<ReadonlyArray<Result.Result<Taken, RateLimiter.RateLimiterError>>> => {
     const [first, second] = reservations as [Reservation, Reservation | undefined]
     if (second === undefined) return Effect.map(Effect.result(reserve(first)), (r) => [r])
     return guard === undefined
@@ -308,25 +332,21 @@ const makeWith = Effect.fnUntraced(function* (
   // Runs uninterruptibly (see `untraced`): `restore` makes a wait interruptible.
   const decide = (
     key: string,
-    reservations: ReadonlyArray<Reservation>,
-    results: ReadonlyArray<Result.Result<RateLimiter.ConsumeResult, RateLimiter.RateLimiterError>>,
+    results: ReadonlyArray<Result.Result<Taken, RateLimiter.RateLimiterError>>,
     restore: <A, E>(effect: Effect.Effect<A, E>) => Effect.Effect<A, E>,
-    held: ReadonlyArray<Reservation> = [],
+    held: ReadonlyArray<Taken> = [],
     waited = 0,
     waitUntil?: number
   ): Effect.Effect<void, ModelError> => {
     const metrics = metricsOf(key)
-    const taken: Array<Reservation> = [...held]
-    const delays: Array<number> = held.map(() => 0)
+    const taken: Array<Taken> = [...held]
     let waitMillis = 0
     let storeFailed = false
     for (let i = 0; i < results.length; i++) {
       const result = results[i]!
       if (Result.isSuccess(result)) {
-        const delay = significant(Duration.toMillis(result.success.delay))
-        taken.push(reservations[i]!)
-        delays.push(delay)
-        waitMillis = Math.max(waitMillis, delay)
+        taken.push(result.success)
+        waitMillis = Math.max(waitMillis, result.success.delay)
       } else {
         storeFailed = true
       }
@@ -375,9 +395,11 @@ const makeWith = Effect.fnUntraced(function* (
         }
       })
     }
-    const kept: Array<Reservation> = []
-    const early: Array<Reservation> = []
-    for (let i = 0; i < taken.length; i++) (delays[i]! < waitMillis ? early : kept).push(taken[i]!)
+    // `held` ones are due now.
+    const kept: Array<Taken> = []
+    const early: Array<Taken> = []
+    for (let i = 0; i < taken.length; i++)
+      (i < held.length || taken[i]!.delay < waitMillis ? early : kept).push(taken[i]!)
     const sleep = Effect.sleep(Duration.millis(waitMillis))
     if (early.length === 0) {
       metrics.wait.record(waited + waitMillis)
@@ -395,8 +417,8 @@ const makeWith = Effect.fnUntraced(function* (
       Effect.matchCauseEffect(restore(sleep), {
         onFailure: (cause) => Effect.andThen(release(kept), Effect.failCause(cause)),
         onSuccess: () =>
-          Effect.flatMap(reserveAll(early), (again) =>
-            decide(key, early, again, restore, kept, waited + waitMillis, waitUntil)
+          Effect.flatMap(reserveAll(early.map((t) => t.reservation)), (again) =>
+            decide(key, again, restore, kept, waited + waitMillis, waitUntil)
           )
       })
     )
@@ -419,14 +441,14 @@ const makeWith = Effect.fnUntraced(function* (
     // A request larger than the whole budget waits for an empty window, then goes.
     if (limits.tokensPerMinute !== undefined && tokens > 0) {
       const cost = Math.min(tokens, limits.tokensPerMinute)
-      reservations.push({ key: `${key}:tpm`, limit: limits.tokensPerMinute, cost, tokens: cost, limits })
+      reservations.push({ key: `${key}:tpm`, limit: limits.tokensPerMinute, cost, limits })
     }
     if (reservations.length === 0) return Effect.void
     // Uninterruptible but for the waits: a caller interrupted while the store counts it (a
     // Redis round trip in flight) kept its slot, which the store had counted and no one gave
     // back. Store calls are bounded (the guard's deadline), so an interruption waits at most that.
     return Effect.uninterruptibleMask((restore) =>
-      Effect.flatMap(reserveAll(reservations), (all) => decide(key, reservations, all, restore, [], 0, cost?.waitUntil))
+      Effect.flatMap(reserveAll(reservations), (all) => decide(key, all, restore, [], 0, cost?.waitUntil))
     )
   }
 

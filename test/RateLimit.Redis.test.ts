@@ -169,6 +169,53 @@ describe.skipIf(skipRedis)(`RateLimit (Redis store; ${skipRedis ? skipReason : "
     )
   )
 
+  it.live("a window on Redis lasts its whole length however little was used (requests and tokens)", () =>
+    Effect.scoped(
+      Effect.gen(function* () {
+        const server = yield* startRedis
+        const requests = uniqueName("window-requests")
+        const tokens = uniqueName("window-tokens")
+        const { limits } = yield* build(server, {
+          providers: {
+            [requests]: { requestsPerMinute: 100, window: "2 seconds" },
+            [tokens]: { tokensPerMinute: 100, window: "2 seconds" }
+          },
+          maxWait: "10 seconds"
+        })
+        assert.strictEqual((yield* burst(limits, requests, 60)).admitted, 60)
+        yield* limits.acquire(tokens, { tokens: 60 })
+        // Redis's clock (TIME) moves on its own: past 60% of the window (1.2 s), well before its end.
+        yield* Effect.sleep("1500 millis")
+        assert.strictEqual((yield* burst(limits, requests, 40)).admitted, 40)
+        assert.strictEqual(yield* acquisitions(requests, "immediate"), 100)
+        const started = performance.now()
+        yield* limits.acquire(requests)
+        yield* limits.acquire(tokens, { tokens: 60 })
+        const waited = performance.now() - started
+        // Both went at once when the window ended after the share of it its calls had used: 120 in one window.
+        assert.strictEqual(yield* acquisitions(requests, "delayed"), 1)
+        assert.strictEqual(yield* acquisitions(tokens, "delayed"), 1)
+        assert.isTrue(waited < 1500, `they went at the next window, after ${waited} ms`)
+      })
+    )
+  )
+
+  it.live("on Redis a call refused for its wait gives its tokens back to its own window", () =>
+    Effect.scoped(
+      Effect.gen(function* () {
+        const server = yield* startRedis
+        const key = uniqueName("give-back")
+        const { limits } = yield* build(server, { providers: { [key]: { tokensPerMinute: 100 } }, maxWait: 0 })
+        yield* limits.acquire(key, { tokens: 50 })
+        assert.strictEqual((yield* Effect.flip(limits.acquire(key, { tokens: 60 }))).reason, "RateLimited")
+        // The refused call took the next window and gave it back: the rest of this one is still free.
+        yield* limits.acquire(key, { tokens: 50 })
+        assert.strictEqual((yield* Effect.flip(limits.acquire(key, { tokens: 1 }))).reason, "RateLimited")
+        assert.strictEqual(yield* acquisitions(key, "immediate"), 2)
+      })
+    )
+  )
+
   it.live("callers beyond the window wait for it, as in memory: 14 calls at 7 per 2 seconds", () =>
     Effect.scoped(
       Effect.gen(function* () {
@@ -204,7 +251,7 @@ describe.skipIf(skipRedis)(`RateLimit (Redis store; ${skipRedis ? skipReason : "
           }
           const { limits, redis } = yield* build(server, options)
           // The key's state is a hash; a string under its name makes every script call fail.
-          yield* redis.send("SET", `${prefix}${key}%3Arpm`, "not a hash")
+          yield* redis.send("SET", `${prefix}${key}%3Arpm:window`, "not a hash")
           const before = yield* storeErrors
           const result = yield* burst(limits, key, 3)
           assert.strictEqual(result.admitted, 3, "fail open: the calls go through")

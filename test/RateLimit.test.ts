@@ -190,6 +190,61 @@ describe("RateLimit (memory, TestClock)", () => {
   )
 
   it.effect(
+    "a window lasts its whole length however little was used: 60 tokens at 0 s and at 40 s of a 100-token minute",
+    () =>
+      Effect.gen(function* () {
+        const key = uniqueName("window-length")
+        const limits = yield* service({ providers: { [key]: { tokensPerMinute: 100 } }, maxWait: "5 minutes" })
+        yield* TestClock.adjust("10 seconds")
+        yield* immediately(limits, key, 1, 60)
+        yield* TestClock.adjust("40 seconds")
+        // The window ended when 60 tokens' share of it (36 s) had passed, and both went at once: 120 tokens in a minute.
+        assert.strictEqual(yield* waitOf(limits, key, 60, "100 millis"), 20_000, "the second waits for the next window")
+        yield* TestClock.adjust("59 seconds")
+        assert.strictEqual(yield* waitOf(limits, key, 60, "100 millis"), 1_000, "and the third for the one after")
+      })
+  )
+
+  it.effect("requests per window: 60 at 0 s leave 40 for the rest of the minute, not 100 after 36 s", () =>
+    Effect.gen(function* () {
+      const key = uniqueName("window-requests")
+      const limits = yield* service({ providers: { [key]: { requestsPerMinute: 100 } }, maxWait: "5 minutes" })
+      yield* immediately(limits, key, 60)
+      yield* TestClock.adjust("40 seconds")
+      yield* immediately(limits, key, 40)
+      assert.strictEqual(yield* waitOf(limits, key, undefined, "100 millis"), 20_000)
+      // The next window starts at 60 s and holds 100 with the one above.
+      yield* immediately(limits, key, 99)
+      assert.strictEqual(yield* waitOf(limits, key, undefined, "100 millis"), 60_000)
+    })
+  )
+
+  it.effect("a waiter that gives its slot back frees it in its own window, not in a later caller's", () =>
+    Effect.gen(function* () {
+      const key = uniqueName("give-back")
+      const limits = yield* service({ providers: { [key]: { requestsPerMinute: 2 } }, maxWait: "10 minutes" })
+      const sent: Array<number> = []
+      const send = Effect.forkChild(
+        Effect.flatMap(limits.acquire(key), () => Effect.map(Clock.currentTimeMillis, (now) => sent.push(now))),
+        { startImmediately: true }
+      )
+      yield* immediately(limits, key, 2)
+      const [c, d, e] = [yield* send, yield* send, yield* send]
+      yield* TestClock.adjust("10 seconds")
+      yield* Fiber.interrupt(c)
+      yield* TestClock.adjust("50 seconds")
+      const [f, g] = [yield* send, yield* send]
+      for (let i = 0; i < 10 && [d, e, f, g].some((x) => x.pollUnsafe() === undefined); i++) {
+        yield* TestClock.adjust("1 minute")
+      }
+      yield* Fiber.joinAll([d, e, f, g])
+      // With one running counter, the give-back moved e's slot into the second minute (where only d
+      // went), and the third minute then sent e, f and g.
+      assert.deepStrictEqual(sent, [60_000, 120_000, 120_000, 180_000])
+    })
+  )
+
+  it.effect(
     "tokens per window hold under concurrent calls that yield anywhere: no two 60-token calls in one window",
     () =>
       Effect.gen(function* () {

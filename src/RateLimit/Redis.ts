@@ -24,12 +24,11 @@ import * as Input from "../Input.js"
 const escapeKey = (key: string): string => key.replace(/%/g, "%25").replace(/:/g, "%3A")
 
 const fixedWindowScript = Redis.script(
-  (key: string, tokens: number, refillMillis: number, limit: number | undefined, align: number | undefined) => [
+  (key: string, tokens: number, refillMillis: number, limit: number | undefined) => [
     key,
     tokens,
     refillMillis,
-    limit ?? "",
-    align ?? ""
+    limit ?? ""
   ],
   {
     numberOfKeys: 1,
@@ -38,7 +37,6 @@ local key = KEYS[1]
 local tokens = tonumber(ARGV[1])
 local refillms = tonumber(ARGV[2])
 local limit = tonumber(ARGV[3])
-local align = tonumber(ARGV[4])
 local time = redis.call("TIME")
 local now = tonumber(time[1]) * 1000 + tonumber(time[2]) / 1000
 local count = tonumber(redis.call("HGET", key, "count"))
@@ -49,14 +47,6 @@ if not count or not expires or expires <= now then
 end
 if limit and count + tokens > limit then
   return { string.format("%.17g", count + tokens), string.format("%.17g", expires - now) }
-end
--- Aligned (windows of align tokens): a reservation that would straddle a boundary also takes the
--- rest of the window before, so that all its tokens count in the window of its last one.
-if align and not limit and tokens > 1 then
-  local window = math.floor((count + tokens - 1) / align)
-  if math.floor(count / align) ~= window then
-    tokens = tokens + window * align - count
-  end
 end
 count = count + tokens
 if not limit then
@@ -70,10 +60,85 @@ if expires <= now then
 end
 redis.call("HSET", key, "count", string.format("%.17g", count), "expires", string.format("%.17g", expires))
 redis.call("PEXPIRE", key, math.ceil(expires - now))
-return { string.format("%.17g", count), string.format("%.17g", expires - now), string.format("%.17g", tokens) }
+return { string.format("%.17g", count), string.format("%.17g", expires - now) }
 `
   }
-).withReturnType<readonly [count: string, ttl: string, taken?: string]>()
+).withReturnType<readonly [count: string, ttl: string]>()
+
+// The windows of \`AlignedFixedWindow\`, as the in-memory ones (RateLimit/memory.ts): window 0 starts
+// at the first call after the windows before have all ended; a call goes in the last window holding
+// a reservation (the tail) when it fits, else in the one after. Negative tokens give back what a
+// call took from the window it took it in (ARGV[4] and ARGV[5] name it).
+const windowsScript = Redis.script(
+  (key: string, tokens: number, windowMillis: number, limit: number, start: string, index: number) => [
+    key,
+    tokens,
+    windowMillis,
+    limit,
+    start,
+    index
+  ],
+  {
+    numberOfKeys: 1,
+    lua: `
+local key = KEYS[1]
+local tokens = tonumber(ARGV[1])
+local window = tonumber(ARGV[2])
+local limit = tonumber(ARGV[3])
+local start = tonumber(redis.call("HGET", key, "start"))
+local head = tonumber(redis.call("HGET", key, "head"))
+local tail = tonumber(redis.call("HGET", key, "tail"))
+if tokens < 0 then
+  if not start or not head or not tail or start ~= tonumber(ARGV[4]) then
+    return { "0", "0", 0 }
+  end
+  local field = string.format("c%d", tonumber(ARGV[5]))
+  local left = (tonumber(redis.call("HGET", key, field)) or 0) + tokens
+  if left > 0 then
+    redis.call("HSET", key, field, string.format("%.17g", left))
+  else
+    redis.call("HDEL", key, field)
+  end
+  local last = tail
+  while last > head and redis.call("HEXISTS", key, string.format("c%d", last)) == 0 do
+    last = last - 1
+  end
+  if last ~= tail then
+    redis.call("HSET", key, "tail", string.format("%d", last))
+  end
+  return { "0", "0", 0 }
+end
+local time = redis.call("TIME")
+local now = tonumber(time[1]) * 1000 + tonumber(time[2]) / 1000
+if not start or not head or not tail or now >= start + (tail + 1) * window then
+  redis.call("DEL", key)
+  start = now
+  head = 0
+  tail = 0
+end
+local current = math.floor((now - start) / window)
+while head < current do
+  redis.call("HDEL", key, string.format("c%d", head))
+  head = head + 1
+end
+local index = tail
+local used = tonumber(redis.call("HGET", key, string.format("c%d", index))) or 0
+if used > 0 and used + tokens > limit then
+  index = index + 1
+  used = 0
+end
+redis.call(
+  "HSET", key,
+  string.format("c%d", index), string.format("%.17g", used + tokens),
+  "start", string.format("%.17g", start),
+  "head", string.format("%d", head),
+  "tail", string.format("%d", index)
+)
+redis.call("PEXPIRE", key, string.format("%.0f", math.ceil(start + (index + 1) * window - now)))
+return { string.format("%.17g", math.max(0, start + index * window - now)), string.format("%.17g", start), index }
+`
+  }
+).withReturnType<readonly [delay: string, start: string, index: number]>()
 
 const tokenBucketScript = Redis.script(
   (key: string, tokens: number, refillMillis: number, limit: number, overflow: boolean) => [
@@ -124,12 +189,15 @@ return { string.format("%.17g", next), string.format("%.17g", math.max(0, now - 
 ).withReturnType<readonly [remaining: string, elapsed: string]>()
 
 /**
- * A fixed window (delay mode: a running counter) that places a reservation atomically so that
- * all its tokens count in the window of its last one: one that would straddle a boundary also
- * takes the rest of the window before. Two store calls (take, then take the straddled part
- * again) let other callers' tokens land between them, and a call then ran in a window that
- * counted only part of its tokens. `windowLimit` is the tokens of one window; the answer is the
- * counter after the call, the time until it expires (ms), and the tokens taken.
+ * Fixed windows that hold at most `limit` tokens each (effect's store keeps a running counter
+ * that lasts `window / limit` per token taken, so a window used at 60% ended after 60% of its
+ * length). Window 0 starts at the first call after the windows before have all ended, and each
+ * lasts `window`; a call's tokens all go in one window (the last holding a reservation when they
+ * fit, else the one after), placed in one step so concurrent callers cannot land between two
+ * parts of it. `fixedWindowAligned` answers how long until that window starts (ms) and which it
+ * is (`start`, `index`); `fixedWindowRelease` gives the tokens back to it.
+ *
+ * A store given to `RateLimit.make` without these uses effect's `fixedWindow` instead.
  *
  * @since 0.3.0
  * @category models
@@ -138,9 +206,15 @@ export interface AlignedFixedWindow {
   readonly fixedWindowAligned: (options: {
     readonly key: string
     readonly tokens: number
-    readonly refillRate: Duration.Duration
-    readonly windowLimit: number
-  }) => Effect.Effect<readonly [count: number, ttl: number, taken: number], RateLimiter.RateLimiterError>
+    readonly window: Duration.Duration
+    readonly limit: number
+  }) => Effect.Effect<readonly [delay: number, start: number, index: number], RateLimiter.RateLimiterError>
+  readonly fixedWindowRelease: (options: {
+    readonly key: string
+    readonly tokens: number
+    readonly start: number
+    readonly index: number
+  }) => Effect.Effect<void, RateLimiter.RateLimiterError>
 }
 
 const storeError = (operation: string) => (error: Redis.RedisError) =>
@@ -150,7 +224,8 @@ const storeError = (operation: string) => (error: Redis.RedisError) =>
 
 /**
  * Builds the store. State for a key lives under `<prefix><key>` (`%` and `:` in the key
- * escaped). `adaptiveConsume` and `adaptiveFeedback` are `effect`'s own.
+ * escaped), `<prefix><key>:window` for `AlignedFixedWindow`'s windows and `<prefix><key>:bucket`
+ * for the token bucket. `adaptiveConsume` and `adaptiveFeedback` are `effect`'s own.
  *
  * @since 0.2.0
  * @category constructors
@@ -164,22 +239,22 @@ export const makeStore = Effect.fnUntraced(function* (options: { readonly prefix
   const base = yield* RateLimiter.makeStoreRedis({ prefix })
   const fixedWindow = redis.eval(fixedWindowScript)
   const tokenBucket = redis.eval(tokenBucketScript)
-  const fixedWindowAligned: AlignedFixedWindow["fixedWindowAligned"] = (o) =>
-    fixedWindow(
-      `${prefix}${escapeKey(o.key)}`,
-      o.tokens,
-      Duration.toMillis(o.refillRate),
-      undefined,
-      o.windowLimit
-    ).pipe(
-      Effect.map(([count, ttl, taken]) => [Number(count), Number(ttl), Number(taken ?? o.tokens)] as const),
-      Effect.mapError(storeError("fixedWindow"))
-    )
+  const windows = redis.eval(windowsScript)
+  const windowKey = (key: string) => `${prefix}${escapeKey(key)}:window`
   const store: RateLimiter.RateLimiterStore["Service"] & AlignedFixedWindow = {
     ...base,
-    fixedWindowAligned,
+    fixedWindowAligned: (o) =>
+      windows(windowKey(o.key), o.tokens, Duration.toMillis(o.window), o.limit, "", 0).pipe(
+        Effect.map(([delay, start, index]) => [Number(delay), Number(start), Number(index)] as const),
+        Effect.mapError(storeError("fixedWindow"))
+      ),
+    fixedWindowRelease: (o) =>
+      windows(windowKey(o.key), -o.tokens, 1, 1, String(o.start), o.index).pipe(
+        Effect.asVoid,
+        Effect.mapError(storeError("fixedWindow"))
+      ),
     fixedWindow: (o) =>
-      fixedWindow(`${prefix}${escapeKey(o.key)}`, o.tokens, Duration.toMillis(o.refillRate), o.limit, undefined).pipe(
+      fixedWindow(`${prefix}${escapeKey(o.key)}`, o.tokens, Duration.toMillis(o.refillRate), o.limit).pipe(
         Effect.map(([count, ttl]) => [Number(count), Number(ttl)] as const),
         Effect.mapError(storeError("fixedWindow"))
       ),

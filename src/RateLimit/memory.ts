@@ -1,11 +1,9 @@
 /**
- * The in-memory fixed window of `layerMemory`, placing a token reservation in one step as the
- * Redis store's script does (`AlignedFixedWindow`): one that would straddle a window boundary
- * also takes the rest of the window before, so all its tokens count in the window of its last
- * one. With effect's memory store that took two store calls, and a fiber yields between any
- * two steps (its scheduler's op budget): another call's tokens landed between them, and two
- * 60-token calls ran in one 100-token window. The token bucket and the adaptive limiter stay
- * effect's own.
+ * The in-memory fixed window of `layerMemory`, with the same decisions as the Redis store's
+ * script (`AlignedFixedWindow`). The store's own `fixedWindow` stays effect's (a running counter
+ * that lasts `window / limit` per token taken, so a window used at 60% ended after 60% of its
+ * length and two 60-token calls 40 s apart went in one 100-token minute); the token bucket and
+ * the adaptive limiter stay effect's own.
  *
  * @internal
  */
@@ -13,81 +11,65 @@ import { Duration, Effect } from "effect"
 import type { RateLimiter } from "effect/persistence"
 import type { AlignedFixedWindow } from "./Redis.js"
 
-interface Counter {
-  count: number
-  expiresAt: number
+interface Windows {
+  /** When window 0 started: the first call after the windows before had all ended. */
+  readonly start: number
+  /** Windows before this one have ended and their counts are dropped. */
+  head: number
+  /** The last window holding a reservation. */
+  tail: number
+  /** Tokens reserved in each window from `start`, by its index. */
+  readonly counts: Map<number, number>
 }
 
 /**
- * `store` with its fixed window kept here (the same decisions as effect's memory store), and the
- * aligned placement beside it on the same counters. A counter is dropped once it has expired
- * and is read again; there is one per limited key, a provider's requests and tokens.
+ * `store` with fixed windows kept here beside it. A key's windows are dropped once the last
+ * one holding a reservation has ended and the key is used again; there is one entry per
+ * limited key, a provider's requests and tokens.
  *
  * @internal
  */
 export const withAlignedFixedWindow = (
   store: RateLimiter.RateLimiterStore["Service"]
 ): RateLimiter.RateLimiterStore["Service"] & AlignedFixedWindow => {
-  const counters = new Map<string, Counter>()
+  const windows = new Map<string, Windows>()
 
-  // As the Redis store's script: `limit` caps the window (fail mode), `align` places a reservation
-  // in the window of its last token (delay mode). Answers the count, the time to expiry and the tokens taken.
-  const place = (
-    key: string,
-    requested: number,
-    refillMillis: number,
-    limit: number | undefined,
-    align: number | undefined,
-    now: number
-  ): readonly [count: number, ttl: number, taken: number] => {
-    let counter = counters.get(key)
-    if (counter === undefined || counter.expiresAt <= now) {
-      counter = { count: 0, expiresAt: now }
-      counters.set(key, counter)
+  const place = (key: string, tokens: number, windowMillis: number, limit: number, now: number) => {
+    let state = windows.get(key)
+    if (state === undefined || now >= state.start + (state.tail + 1) * windowMillis) {
+      state = { start: now, head: 0, tail: 0, counts: new Map() }
+      windows.set(key, state)
     }
-    if (limit !== undefined && counter.count + requested > limit) {
-      return [counter.count + requested, counter.expiresAt - now, 0]
+    const current = Math.floor((now - state.start) / windowMillis)
+    for (; state.head < current; state.head++) state.counts.delete(state.head)
+    let index = state.tail
+    let used = state.counts.get(index) ?? 0
+    if (used + tokens > limit && used > 0) {
+      index++
+      used = 0
     }
-    let tokens = requested
-    if (align !== undefined && limit === undefined && tokens > 1) {
-      const window = Math.floor((counter.count + tokens - 1) / align)
-      if (Math.floor(counter.count / align) !== window) tokens += window * align - counter.count
-    }
-    counter.count += tokens
-    if (limit === undefined) counter.expiresAt += refillMillis * tokens
-    else if (counter.expiresAt === now && tokens > 0) counter.expiresAt = now + refillMillis * limit
-    if (counter.expiresAt <= now) counters.delete(key)
-    return [counter.count, Math.max(0, counter.expiresAt - now), tokens]
+    state.counts.set(index, used + tokens)
+    state.tail = index
+    const delay = state.start + index * windowMillis - now
+    return [Math.max(delay, 0), state.start, index] as const
+  }
+
+  const release = (key: string, tokens: number, start: number, index: number) => {
+    const state = windows.get(key)
+    if (state === undefined || state.start !== start) return
+    const left = (state.counts.get(index) ?? 0) - tokens
+    if (left > 0) state.counts.set(index, left)
+    else state.counts.delete(index)
+    // Last windows emptied by give-backs are free again (a call refused for its wait must not push the next ones back).
+    while (state.tail > state.head && !state.counts.has(state.tail)) state.tail--
   }
 
   return {
     ...store,
-    fixedWindow: (o) =>
-      Effect.clockWith((clock) =>
-        Effect.sync(() => {
-          const [count, ttl] = place(
-            o.key,
-            o.tokens,
-            Duration.toMillis(o.refillRate),
-            o.limit,
-            undefined,
-            clock.currentTimeMillisUnsafe()
-          )
-          return [count, ttl] as const
-        })
-      ),
     fixedWindowAligned: (o) =>
       Effect.clockWith((clock) =>
-        Effect.sync(() =>
-          place(
-            o.key,
-            o.tokens,
-            Duration.toMillis(o.refillRate),
-            undefined,
-            o.windowLimit,
-            clock.currentTimeMillisUnsafe()
-          )
-        )
-      )
+        Effect.sync(() => place(o.key, o.tokens, Duration.toMillis(o.window), o.limit, clock.currentTimeMillisUnsafe()))
+      ),
+    fixedWindowRelease: (o) => Effect.sync(() => release(o.key, o.tokens, o.start, o.index))
   }
 }

@@ -532,6 +532,23 @@ describe("KeyStore: budgets in memory", () => {
     })
   )
 
+  it.effect("tpm holds for the whole minute: 60 tokens at 0 s leave 40 until 60 s (TestClock)", () =>
+    Effect.gen(function* () {
+      const store = yield* memory({ keys: [key(unique("tpm-minute"), secretA, { tpm: 100 })] })
+      const alpha = yield* store.authenticate(Redacted.make(secretA))
+      yield* store.reserve(alpha, "m", estimate(10, 50))
+      yield* TestClock.adjust("40 seconds")
+      // The minute ended once 60 tokens' share of it (36 s) had passed, and a second 60 went through.
+      const limited = yield* failure(store.reserve(alpha, "m", estimate(10, 50)))
+      assert.strictEqual(limited.reason, "RateLimited")
+      assert.strictEqual(Gateway.toWire(limited).retryAfterSeconds, 20)
+      yield* store.reserve(alpha, "m", estimate(10, 30))
+      assert.strictEqual((yield* failure(store.reserve(alpha, "m", estimate(0, 1)))).reason, "RateLimited")
+      yield* TestClock.adjust("20 seconds")
+      yield* store.reserve(alpha, "m", estimate(10, 50))
+    })
+  )
+
   it.effect("tpm holds under concurrent calls that wait and yield anywhere: no two 60-token calls in one window", () =>
     Effect.gen(function* () {
       const store = yield* memory({
