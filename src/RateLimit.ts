@@ -175,9 +175,26 @@ export interface StorePolicy {
 }
 
 /**
+ * What a store given to {@link make} adds to effect's `RateLimiterStore` to keep fixed windows
+ * exact (the stores of `layerMemory` and `layerRedis` have it): windows of `window` that hold at
+ * most `limit` each, a call's tokens placed in one of them in one step, and given back to that one.
+ *
+ * @since 0.3.0
+ * @category models
+ */
+export type AlignedFixedWindow = RedisStore.AlignedFixedWindow
+
+/**
  * Builds the service on a `RateLimiterStore`. Store failures are handled by
  * `onStoreError` (default `"allow"`); `guard` bounds every store call (the Redis layers
  * pass one).
+ *
+ * Fixed windows are exact only on a store that also has {@link AlignedFixedWindow}'s methods.
+ * On one without them (effect's `layerStoreMemory` or `layerStoreRedis`, or your own), they are
+ * effect's: one running counter that ends when `window / limit` per token taken has passed (a
+ * window used at 60% ends after 60% of its length, and the next starts then), and a token
+ * reservation that straddles a window boundary takes two store calls, between which other
+ * callers' tokens can land.
  *
  * @since 0.2.0
  * @category constructors
