@@ -68,7 +68,8 @@ export interface ExecuteOptions {
   readonly retry?: boolean | RetryPolicy | RetryPolicyInput | undefined
   /**
    * Domain dimension of the metrics. Not `"none"` (`Metrics.noDomain`, the calls made without
-   * a domain) nor empty: either is an `InvalidRequest` naming `domain`.
+   * a domain), `"pipeline"` or `"agent"` (`Metrics.pipelineDomain`, `Metrics.agentDomain`: the
+   * pipelines' steps and the HTTP agents' calls) nor empty: each is an `InvalidRequest` naming `domain`.
    */
   readonly domain?: string | undefined
   /** Call this provider instead of the executor's own. */

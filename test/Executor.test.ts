@@ -1,8 +1,9 @@
 import { assert, describe, it } from "@effect/vitest"
 import { Context, Duration, Effect, Exit, Fiber, Metric, Result, Stream, Tracer } from "effect"
 import { TestClock } from "effect/testing"
-import type { AiError } from "../src/AiError.js"
+import type { AiError, ModelError } from "../src/AiError.js"
 import type * as Executor from "../src/Executor.js"
+import * as Metrics from "../src/Metrics.js"
 import { Outcome } from "../src/Model/Mock.js"
 import * as ResponseCache from "../src/ResponseCache.js"
 import * as Policy from "../src/Policy.js"
@@ -252,6 +253,34 @@ describe("Executor.execute", () => {
       assert.strictEqual((yield* executor.stats({ domain: "labelled" })).successes, 1)
       assert.strictEqual((yield* executor.stats({ domain: "" })).total, 0)
     })
+  )
+
+  it.effect(
+    'domain "pipeline" or "agent" (the series of pipelines\' steps and HTTP agents) is refused naming domain',
+    () =>
+      Effect.gen(function* () {
+        const { executor, control } = yield* setup()
+        for (const domain of [Metrics.pipelineDomain, Metrics.agentDomain]) {
+          const calls: ReadonlyArray<Effect.Effect<unknown, AiError>> = [
+            executor.execute(ask, { domain }),
+            executor.executeWithRetry(ask, { domain }),
+            executor.executeMany([ask], { domain }),
+            executor.embed({ texts: ["x"] }, { domain }),
+            Stream.runDrain(executor.stream(ask, { domain })),
+            Stream.runDrain(executor.stream(ask, { steps: [{ provider: executor.provider, domain }] }))
+          ]
+          for (const call of calls) {
+            const error = yield* Effect.flip(call)
+            assert.strictEqual(error._tag, "ModelError", domain)
+            assert.strictEqual((error as ModelError).reason, "InvalidRequest", domain)
+            assert.match((error as ModelError).field ?? "", /domain$/, domain)
+            assert.include(error.message, `"${domain}" is reserved`)
+          }
+          // The refusals count under no domain: nothing joins the steps' or the agents' figures.
+          assert.strictEqual((yield* executor.stats({ domain })).total, 0, domain)
+        }
+        assert.strictEqual(yield* control.calls, 0)
+      })
   )
 
   it.effect("a misspelt key of the executor's options fails the layer naming it", () =>

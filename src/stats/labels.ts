@@ -5,24 +5,29 @@
  * @internal
  */
 import type { Issue } from "../Input.js"
-import { noDomain } from "../Metrics.js"
+import { agentDomain, noDomain, pipelineDomain } from "../Metrics.js"
+
+// Domains that label other series (as `Domain.check` refuses them for a domain's name). The
+// pipelines' and agents' own calls set theirs on their steps, which this check never sees.
+const reserved: ReadonlyMap<string, string> = new Map([
+  [noDomain, "it labels the calls made without a domain (leave domain out)"],
+  [pipelineDomain, "it labels the steps of pipelines"],
+  [agentDomain, "it labels the calls of HTTP agents"]
+])
 
 /**
  * The issue of a `domain` or `provider` option the metrics could not tell apart or name:
- * `"none"` labels the calls made without a domain (`Metrics.noDomain`), an empty label is no
- * label to Prometheus, and a provider without a name has no `provider` label. Their kinds
- * (a string, an object) are checked before.
+ * `"none"` labels the calls made without a domain (`Metrics.noDomain`), `"pipeline"` and
+ * `"agent"` the pipelines' steps and the HTTP agents' calls, an empty label is no label to
+ * Prometheus, and a provider without a name has no `provider` label. Their kinds (a string,
+ * an object) are checked before.
  *
  * @internal
  */
 export const labelIssue = (options: { readonly domain?: unknown; readonly provider?: unknown }): Issue | undefined => {
   const { domain, provider } = options
-  if (domain === noDomain) {
-    return {
-      path: "domain",
-      message: `"${noDomain}" is reserved: it labels the calls made without a domain (leave domain out)`
-    }
-  }
+  const why = typeof domain === "string" ? reserved.get(domain) : undefined
+  if (why !== undefined) return { path: "domain", message: `"${domain}" is reserved: ${why}` }
   if (domain === "") return { path: "domain", message: "expected a domain name, got an empty string" }
   if (typeof provider === "object" && provider !== null && !isNamed(provider)) {
     return {
@@ -45,9 +50,10 @@ export const isNamed = (target: unknown): target is { readonly name: string } =>
   (target as { readonly name: string }).name !== ""
 
 /**
- * Whether a value may label a series as its domain: a non-empty string other than `"none"`.
+ * Whether a value may label a call's series as its domain: a non-empty string other than the
+ * reserved ones.
  *
  * @internal
  */
 export const isDomainLabel = (domain: unknown): domain is string =>
-  typeof domain === "string" && domain !== "" && domain !== noDomain
+  typeof domain === "string" && domain !== "" && !reserved.has(domain)
