@@ -280,7 +280,10 @@ export const shouldFallback = (error: AiError): boolean => {
 }
 
 /**
- * The label a failure is counted under in the metrics.
+ * The label a failure is counted under in the metrics. A `StreamInterruptedError` of reason
+ * `"ShuttingDown"` (a stream its provider's own shutdown cut after text, as the local
+ * provider's layer closing does) is `"ShuttingDown"`, as the executor's own shutdown is;
+ * any other is `"StreamInterrupted"`.
  *
  * @since 0.1.0
  * @category utils
@@ -296,7 +299,7 @@ export const reasonOf = (error: AiError): string => {
     case "ShuttingDownError":
       return "ShuttingDown"
     case "StreamInterruptedError":
-      return "StreamInterrupted"
+      return error.reason === "ShuttingDown" ? "ShuttingDown" : "StreamInterrupted"
     case "FallbackExhaustedError":
       return "FallbackExhausted"
   }

@@ -77,8 +77,9 @@ export const successes = Metric.counter("orchestra_successes_total", {
 })
 
 /**
- * Attribute `reason`: a `ModelError` reason, `Timeout`, `CircuitOpen`, `ShuttingDown`,
- * `StreamInterrupted`, `FallbackExhausted` or `Interrupted`.
+ * Attribute `reason`: a `ModelError` reason, `Timeout`, `CircuitOpen`, `ShuttingDown` (a
+ * stream its provider's own shutdown cut after text included), `StreamInterrupted`,
+ * `FallbackExhausted` or `Interrupted`.
  *
  * @since 0.1.0
  * @category calls

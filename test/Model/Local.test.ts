@@ -1204,6 +1204,9 @@ describe("Local provider: through the executor", () => {
       assert.isTrue(error._tag === "StreamInterruptedError" && error.reason === "ShuttingDown")
       // a failure would have opened it (failMax 1): the shutdown was not the provider's fault
       assert.strictEqual(yield* breakers.state("local"), "closed")
+      // counted as the executor's own shutdown is, not as a stream the provider dropped
+      const stats = yield* executor.stats()
+      assert.deepStrictEqual(stats.failuresByReason, { ShuttingDown: 1 })
     })
   )
 })
