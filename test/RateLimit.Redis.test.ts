@@ -3,11 +3,13 @@ import { fileURLToPath } from "node:url"
 import { inspect } from "node:util"
 import { assert, describe, it } from "@effect/vitest"
 import { Cause, Config, ConfigProvider, Context, Duration, Effect, Exit, Layer, Metric, Schedule } from "effect"
-import { Redis as PersistenceRedis } from "effect/persistence"
+import { RateLimiter, Redis as PersistenceRedis } from "effect/persistence"
 import type { ModelError } from "../src/AiError.js"
 import * as Input from "../src/Input.js"
 import * as Metrics from "../src/Metrics.js"
 import * as RateLimit from "../src/RateLimit.js"
+import { withAlignedFixedWindow } from "../src/RateLimit/memory.js"
+import * as RateLimitRedis from "../src/RateLimit/Redis.js"
 import * as Redis from "../src/Redis.js"
 import { type RedisServer, skipRedis, skipReason, startRedis } from "./utils/redis.js"
 import { captureLogs } from "./utils/logs.js"
@@ -212,6 +214,47 @@ describe.skipIf(skipRedis)(`RateLimit (Redis store; ${skipRedis ? skipReason : "
         yield* limits.acquire(key, { tokens: 50 })
         assert.strictEqual((yield* Effect.flip(limits.acquire(key, { tokens: 1 }))).reason, "RateLimited")
         assert.strictEqual(yield* acquisitions(key, "immediate"), 2)
+      })
+    )
+  )
+
+  it.live("the Redis store's windows make the memory store's decisions: places, give-backs, the tail moving back", () =>
+    Effect.scoped(
+      Effect.gen(function* () {
+        const server = yield* startRedis
+        const context = yield* Layer.build(Redis.layer({ url: server.url }))
+        const redisStore = yield* RateLimitRedis.makeStore({ prefix: `${uniqueName("p")}:` }).pipe(
+          Effect.provide(context)
+        )
+        const memoryStore = withAlignedFixedWindow(
+          Context.get(yield* Layer.build(RateLimiter.layerStoreMemory), RateLimiter.RateLimiterStore)
+        )
+        // Each operation's window index (or "-" for a give-back), with 2 per minute and 100 tokens per minute.
+        const run = (store: RateLimitRedis.AlignedFixedWindow) =>
+          Effect.gen(function* () {
+            const window = Duration.minutes(1)
+            const placed: Array<readonly [number, number]> = []
+            const place = (key: string, tokens: number, limit: number) =>
+              Effect.map(store.fixedWindowAligned({ key, tokens, window, limit }), ([delay, start, index]) => {
+                placed.push([start, index])
+                return `${index}@${Math.round(delay / 60_000)}`
+              })
+            const giveBack = (key: string, tokens: number, i: number) =>
+              Effect.as(store.fixedWindowRelease({ key, tokens, start: placed[i]![0], index: placed[i]![1] }), "-")
+            const steps: Array<string> = []
+            for (let i = 0; i < 5; i++) steps.push(yield* place("r", 1, 2))
+            steps.push(yield* giveBack("r", 1, 2), yield* place("r", 1, 2), yield* place("r", 1, 2))
+            steps.push(yield* place("t", 50, 100), yield* place("t", 60, 100), yield* giveBack("t", 60, 8))
+            steps.push(yield* place("t", 50, 100), yield* place("t", 1, 100), yield* place("t", 100, 100))
+            return steps
+          })
+        const inRedis = yield* run(redisStore)
+        assert.deepStrictEqual(inRedis, yield* run(memoryStore))
+        assert.deepStrictEqual(inRedis, [
+          ...["0@0", "0@0", "1@1", "1@1", "2@2"],
+          ...["-", "2@2", "3@3"],
+          ...["0@0", "1@1", "-", "0@0", "1@1", "2@2"]
+        ])
       })
     )
   )
