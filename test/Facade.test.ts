@@ -524,6 +524,26 @@ describe("createOrchestra: deadlines and signals (item 24)", () => {
     }
   })
 
+  it("a call whose timeout passed while the manager is being built keeps no listener on its signal", async () => {
+    const never = Layer.effect(ModelProvider, Effect.never)
+    const orchestra = createOrchestra(Orchestra.layer({ providers: { main: never } }))
+    try {
+      // A long-lived signal (a server's shutdown signal, say) shared by the calls of a build that takes long.
+      const controller = new AbortController()
+      for (const call of [
+        () => orchestra.execute("x", { signal: controller.signal, timeout: 20 }),
+        () => orchestra.batch(["x"], { signal: controller.signal, timeout: 20 }),
+        () => collect(orchestra.stream("x", { signal: controller.signal, timeout: 20 }))
+      ]) {
+        const error = await typed(call())
+        assert.strictEqual(error._tag === "TimeoutError" && error.limit, "total")
+        assert.strictEqual(getEventListeners(controller.signal, "abort").length, 0)
+      }
+    } finally {
+      await orchestra.dispose()
+    }
+  })
+
   it("a stream cut by AbortSignal.timeout rejects the loop with a TimeoutError (its partial text) counted as one", async () => {
     const m = mock({ script: [Mock.Outcome.hang({ afterChunks: 1, text: "one two three" })] })
     const orchestra = createOrchestra(Orchestra.layer({ providers: { main: m.layer }, breakers: false }))

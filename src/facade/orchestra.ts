@@ -104,17 +104,23 @@ export const makeCreateOrchestra = (env: Env) => {
     signal === undefined && timeout === undefined
       ? promise
       : new Promise<A>((resolve, reject) => {
-          const onAbort = () => reject(new OrchestraError(abortError(signal!, elapsed())))
-          const deadline = timeout === undefined ? undefined : Effect.runFork(clock.sleep(timeout))
-          deadline?.addObserver((exit) => {
-            if (Exit.isFailure(exit)) return
-            reject(new OrchestraError(new TimeoutError({ limit: "total", timeout: timeout! })))
-          })
-          signal?.addEventListener("abort", onAbort, { once: true })
+          // Whichever settles the call first releases the other two: a build that takes long
+          // (or never ends) keeps neither a listener on a signal that outlives the call nor a timer.
           const settled = () => {
             signal?.removeEventListener("abort", onAbort)
             deadline?.interruptUnsafe()
           }
+          const onAbort = () => {
+            settled()
+            reject(new OrchestraError(abortError(signal!, elapsed())))
+          }
+          const deadline = timeout === undefined ? undefined : Effect.runFork(clock.sleep(timeout))
+          deadline?.addObserver((exit) => {
+            if (Exit.isFailure(exit)) return
+            settled()
+            reject(new OrchestraError(new TimeoutError({ limit: "total", timeout: timeout! })))
+          })
+          signal?.addEventListener("abort", onAbort, { once: true })
           promise.then(
             (value) => {
               settled()
