@@ -468,6 +468,50 @@ describe("createOrchestra: deadlines and signals (item 24)", () => {
     }
   })
 
+  it("an abort reason that throws when read still cancels the call with an AbortedError carrying it, never a throw", async () => {
+    const within = <A>(promise: Promise<A>) =>
+      Promise.race([promise, new Promise<"still waiting">((resolve) => setTimeout(resolve, 2_000, "still waiting"))])
+    // A reason whose every read throws (a revoked or hostile Proxy, a getter on `name`).
+    const hostile = new Proxy(
+      {},
+      {
+        get() {
+          throw new Error("reason getter")
+        },
+        getPrototypeOf() {
+          throw new Error("reason prototype")
+        }
+      }
+    )
+    const m = mock({ latency: "10 seconds" })
+    const orchestra = createOrchestra(Orchestra.layer({ providers: { main: m.layer }, breakers: false }))
+    try {
+      let made: Promise<unknown> | undefined
+      assert.doesNotThrow(() => {
+        made = orchestra.execute("x", { signal: AbortSignal.abort(hostile) })
+      })
+      const already = await typed(made!)
+      assert.strictEqual(already._tag, "AbortedError")
+      assert.strictEqual((already as AbortedError).cause, hostile)
+
+      const controller = new AbortController()
+      const pending = orchestra.execute("slow", { signal: controller.signal })
+      setTimeout(() => controller.abort(hostile), 20)
+      const cut = await within(typed(pending))
+      assert.strictEqual(typeof cut === "object" && cut._tag, "AbortedError")
+
+      const streaming = new AbortController()
+      const streamed = collect(orchestra.stream("slow", { signal: streaming.signal }))
+      setTimeout(() => streaming.abort(hostile), 20)
+      const streamCut = await within(typed(streamed))
+      assert.strictEqual(typeof streamCut === "object" && streamCut._tag, "AbortedError")
+      await settle(() => Effect.runSync(m.control.inFlight) === 0)
+      assert.strictEqual(Effect.runSync(m.control.interrupted), 2)
+    } finally {
+      await orchestra.dispose()
+    }
+  })
+
   it("a signal also bounds the wait for a manager that is still being built", async () => {
     const never = Layer.effect(ModelProvider, Effect.never)
     const orchestra = createOrchestra(Orchestra.layer({ providers: { main: never } }))

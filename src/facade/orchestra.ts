@@ -77,16 +77,23 @@ export const makeCreateOrchestra = (env: Env) => {
   /** What an aborted signal means: a timeout when its reason says so, otherwise a cancellation. */
   const abortError = (signal: AbortSignal, elapsedMillis: number, partialText?: string): AiError | AbortedError => {
     const reason: unknown = signal.reason
-    if (isAiError(reason)) return reason
-    if (isTimeoutReason(reason)) {
-      return new TimeoutError({
-        limit: "total",
-        timeout: Duration.millis(Math.max(0, elapsedMillis)),
-        // A stream's text delivered before the signal fired, as a total deadline's error carries it.
-        ...(partialText ? { partialText } : {})
-      })
+    let why = ""
+    // Reading the reason may throw (a `Proxy`, a getter): it runs in the signal's listener, where a
+    // throw would be an uncaught exception and leave the call running. Such a reason is a cancellation.
+    try {
+      if (isAiError(reason)) return reason
+      if (isTimeoutReason(reason)) {
+        return new TimeoutError({
+          limit: "total",
+          timeout: Duration.millis(Math.max(0, elapsedMillis)),
+          // A stream's text delivered before the signal fired, as a total deadline's error carries it.
+          ...(partialText ? { partialText } : {})
+        })
+      }
+      if (reason instanceof Error) why = `: ${reason.message}`
+    } catch {
+      why = ""
     }
-    const why = reason instanceof Error ? `: ${reason.message}` : ""
     return new AbortedError({ message: `the call was aborted by its signal${why}`, cause: reason })
   }
 
