@@ -200,6 +200,11 @@ describe("createOrchestra", () => {
         ["timeout", o.execute!("x", { timeout: -1 })],
         ["timeout", o.executeWithFallback!("x", ["support"], { timeout: "soon" })],
         ["signal", o.execute!("x", { signal: "stop" })],
+        // An AbortSignal by its prototype only: reading its state throws (a TypeError out of the call, before).
+        ["signal", o.execute!("x", { signal: Object.create(AbortSignal.prototype) })],
+        ["signal", o.embed!("x", { signal: Object.create(AbortSignal.prototype) })],
+        ["signal", o.batch!(["a"], { signal: Object.create(AbortSignal.prototype) })],
+        ["signal", collect(orchestra.stream("x", { signal: Object.create(AbortSignal.prototype) }))],
         ["cache", o.execute!("x", { cache: "no" })],
         ["context[0].role", o.execute!("x", { context: [{ role: "robot", content: "hi" }] })],
         ["context", o.execute!("x", { context: "hi" })],

@@ -37,6 +37,16 @@ export const Keys = {
 /** How a wrong value is named in messages. @internal */
 export const kind = (u: unknown): string => (u === null ? "null" : Array.isArray(u) ? "an array" : typeof u)
 
+// `Object.create(AbortSignal.prototype)` or a `Proxy` of a signal passes `instanceof`, but reading
+// its state throws (a TypeError out of the call, or in its listener): only a signal itself is taken.
+const isRealSignal = (signal: AbortSignal): boolean => {
+  try {
+    return typeof signal.aborted === "boolean"
+  } catch {
+    return false
+  }
+}
+
 const decodeContext = Schema.decodeUnknownResult(Schema.Array(Message), { onExcessProperty: "error" })
 
 /** Checks a call's options against the keys it takes; a failure names the field. @internal */
@@ -70,6 +80,9 @@ export const check = (options: unknown, allowed: ReadonlySet<string>): Result.Re
   const signal = raw.signal
   if (signal !== undefined && !(signal instanceof AbortSignal)) {
     return Result.fail(invalidRequest("signal", `expected an AbortSignal, got ${kind(signal)}`))
+  }
+  if (signal !== undefined && !isRealSignal(signal)) {
+    return Result.fail(invalidRequest("signal", "expected an AbortSignal, got an object that only inherits from one"))
   }
   const timeout = raw.timeout === undefined ? Result.succeed(undefined) : Input.duration("timeout", raw.timeout)
   if (Result.isFailure(timeout)) return Result.fail(Input.toInvalidRequest(timeout.failure))
