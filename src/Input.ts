@@ -112,9 +112,25 @@ const durationParts = (input: object | bigint): boolean => {
   )
 }
 
+/**
+ * What a caller's code threw, as text for a message, whatever it is: an `Error`'s message, a
+ * string, or what `String` makes of it; never itself a throw (a value without a prototype, a
+ * `message` getter that throws).
+ *
+ * @since 0.3.0
+ * @category checks
+ */
+export const thrownMessage = (thrown: unknown): string => {
+  try {
+    return thrown instanceof Error ? String(thrown.message) : String(thrown)
+  } catch {
+    return `a value that cannot be shown (${thrown === null ? "null" : typeof thrown})`
+  }
+}
+
 const threwWhile = (path: string, what: string, error: unknown): Issue => ({
   path,
-  message: `${what} threw: ${error instanceof Error ? error.message : String(error)}`,
+  message: `${what} threw: ${thrownMessage(error)}`,
   cause: error
 })
 
@@ -452,7 +468,7 @@ const copyOf = (value: unknown, at: string, whole: string, copies: Map<object, u
  * numbers, functions, class instances such as a `Duration`, an `AbortSignal` or a `Layer`) is
  * kept as it is; a cycle stays a cycle. `path` is the value's own path (`""`: its fields are
  * named bare, `prompt`, `messages[0].role`); `name` names the value when listing its fields
- * throws (default: `path`).
+ * throws, or when it is nested too deep to be read (default: `path`).
  *
  * @since 0.3.0
  * @category checks
@@ -463,7 +479,8 @@ export const snapshot = <A>(input: A, path: string, name: string = path): Checke
     return Result.succeed(copyOf(input, path, name === "" ? "(root)" : name, new Map()) as A)
   } catch (error) {
     if (error instanceof Unreadable) return Result.fail(error.issue)
-    throw error
+    // A value nested past the stack's depth (a `RangeError`): the whole value's issue.
+    return Result.fail(threwWhile(name === "" ? "(root)" : name, "reading it", error))
   }
 }
 

@@ -344,6 +344,62 @@ describe("createOrchestra", () => {
     }
   })
 
+  it("what a getter throws need not print, and a request may be nested past the stack: still the field's InvalidRequest", async () => {
+    const m = mock()
+    const orchestra = createOrchestra(Orchestra.layer({ providers: { main: m.layer } }))
+    const o = orchestra as unknown as Record<string, (...args: ReadonlyArray<unknown>) => Promise<unknown>>
+    // A thrown value that `String()` cannot convert (no prototype, so no toString).
+    const unprintable = Object.create(null)
+    const throwing = (field: string, fields: Record<string, unknown> = {}) =>
+      Object.defineProperty(fields, field, {
+        enumerable: true,
+        get() {
+          throw unprintable
+        }
+      })
+    let deep: Record<string, unknown> = {}
+    const nested = deep
+    for (let i = 0; i < 100_000; i++) {
+      const next: Record<string, unknown> = {}
+      deep.x = next
+      deep = next
+    }
+    try {
+      const cases: ReadonlyArray<readonly [string, () => unknown]> = [
+        ["prompt", () => o.execute!(throwing("prompt"))],
+        ["timeout", () => o.execute!("x", throwing("timeout"))],
+        ["context[0].content", () => o.execute!("x", { context: [throwing("content", { role: "user" })] })],
+        ["timeout.seconds", () => o.execute!("x", { timeout: throwing("seconds") })],
+        ["texts", () => o.embed!(throwing("texts"))],
+        ["prompt", () => o.execute!({ prompt: "x", tools: [nested] })],
+        ["input", () => o.embed!({ texts: ["x"], nested })],
+        ["context", () => o.execute!("x", { context: [nested] })]
+      ]
+      for (const [field, call] of cases) {
+        let promise: unknown
+        try {
+          promise = call()
+        } catch (error) {
+          assert.fail(`${field}: the call threw ${typeof error}`)
+        }
+        const error = await typed(promise as Promise<unknown>)
+        assert.strictEqual(error._tag === "ModelError" && error.reason === "InvalidRequest" && error.field, field)
+      }
+      const thrown = (() => {
+        try {
+          orchestra.stats(throwing("provider") as never)
+          return undefined
+        } catch (error) {
+          return error
+        }
+      })()
+      assert.instanceOf(thrown, OrchestraError)
+      assert.strictEqual(Effect.runSync(m.control.calls), 0)
+    } finally {
+      await orchestra.dispose()
+    }
+  })
+
   it("context: the conversation's earlier messages are sent before the prompt (item 36)", async () => {
     const m = mock()
     const orchestra = createOrchestra(Orchestra.layer({ providers: { main: m.layer } }))

@@ -185,7 +185,7 @@ export const makeCreateOrchestra = (env: Env) => {
       return Result.fail(
         Input.toInvalidRequest({
           path: "options",
-          message: `checking them threw: ${error instanceof Error ? error.message : String(error)}`,
+          message: `checking them threw: ${Input.thrownMessage(error)}`,
           cause: error
         })
       )
