@@ -38,7 +38,7 @@ import type * as Stats from "./Stats.js"
 
 /**
  * A call cancelled by its `signal` (for a reason other than a timeout). Its `cause` is the
- * signal's `reason`.
+ * signal's `reason`; its message names the reason when it is an `Error` (its message) or a string.
  *
  * @since 0.2.0
  * @category errors

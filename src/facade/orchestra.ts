@@ -91,6 +91,7 @@ export const makeCreateOrchestra = (env: Env) => {
         })
       }
       if (reason instanceof Error) why = `: ${reason.message}`
+      else if (typeof reason === "string" && reason !== "") why = `: ${reason}`
     } catch {
       why = ""
     }
