@@ -948,6 +948,22 @@ describe("createOrchestra: batch, stats, streams", () => {
     } finally {
       await building.dispose()
     }
+
+    // A build that takes long (a local model loading) or never ends: return() does not wait for it,
+    // and the wait leaves nothing on the signal.
+    const never = Layer.effect(ModelProvider, Effect.never)
+    const stuck = createOrchestra(Orchestra.layer({ providers: { main: never } }))
+    try {
+      const controller = new AbortController()
+      const parts = stuck.stream("go", { signal: controller.signal })[Symbol.asyncIterator]()
+      const waiting = parts.next()
+      await new Promise((resolve) => setTimeout(resolve, 10))
+      assert.deepStrictEqual(await within(parts.return!()), { done: true, value: undefined })
+      assert.deepStrictEqual(await within(waiting), { done: true, value: undefined })
+      assert.strictEqual(getEventListeners(controller.signal, "abort").length, 0)
+    } finally {
+      await stuck.dispose()
+    }
   })
 
   it("stream: a failure after text rejects the loop with an OrchestraError carrying what was delivered", async () => {

@@ -64,6 +64,8 @@ const notALayer = (given: unknown): Layer.Layer<Services, Input.OptionError> =>
 interface Closing {
   closed: boolean
   close: (() => Promise<unknown>) | undefined
+  /** Ends the wait for a manager still being built. */
+  wake: (() => void) | undefined
 }
 
 /**
@@ -101,22 +103,30 @@ export const makeCreateOrchestra = (env: Env) => {
   /**
    * `promise` (a manager still being built), or the abort's error if the signal aborts first, or
    * the call's total `TimeoutError` once its `timeout` has passed: waiting for the build is part
-   * of the call.
+   * of the call. A stream's wait also ends, with `undefined`, when its iterator is closed.
    */
   const untilBuilt = <A>(
     promise: Promise<A>,
     signal: AbortSignal | undefined,
     timeout: Duration.Duration | undefined,
-    elapsed: () => number
-  ): Promise<A> =>
-    signal === undefined && timeout === undefined
+    elapsed: () => number,
+    closing?: Closing
+  ): Promise<A | undefined> =>
+    signal === undefined && timeout === undefined && closing === undefined
       ? promise
-      : new Promise<A>((resolve, reject) => {
-          // Whichever settles the call first releases the other two: a build that takes long
+      : new Promise<A | undefined>((resolve, reject) => {
+          // Whichever settles the call first releases the others: a build that takes long
           // (or never ends) keeps neither a listener on a signal that outlives the call nor a timer.
           const settled = () => {
             signal?.removeEventListener("abort", onAbort)
             deadline?.interruptUnsafe()
+            if (closing !== undefined) closing.wake = undefined
+          }
+          if (closing !== undefined) {
+            closing.wake = () => {
+              settled()
+              resolve(undefined)
+            }
           }
           const onAbort = () => {
             settled()
@@ -302,7 +312,9 @@ export const makeCreateOrchestra = (env: Env) => {
       // The build's wait counts in the call's timeout (a batch's: it is cancelled at once when none is left).
       // A batch has no result without a manager: one whose signal aborts or whose timeout passes
       // before the manager is built rejects as a call does, instead of waiting for the build for ever.
-      return untilBuilt(servicesOf(), checked.signal, checked.timeout, elapsed).then((context) => {
+      return untilBuilt(servicesOf(), checked.signal, checked.timeout, elapsed).then((built) => {
+        // Only a stream's wait (given its `Closing`) ends without a manager.
+        const context = built!
         const left = timeLeft(checked, elapsed())
         if (left !== undefined) return start(context, left)
         if (batch) return start(context, { ...checked, timeout: Duration.zero })
@@ -318,9 +330,9 @@ export const makeCreateOrchestra = (env: Env) => {
       if (signal?.aborted) throw new OrchestraError(abortError(signal, 0))
       const started = clock.currentTimeMillisUnsafe()
       const elapsed = () => clock.currentTimeMillisUnsafe() - started
-      const context = services ?? (await untilBuilt(servicesOf(), signal, read.success.timeout, elapsed))
-      // Closed while the manager was being built: the stream never starts.
-      if (closing.closed) return
+      const context = services ?? (await untilBuilt(servicesOf(), signal, read.success.timeout, elapsed, closing))
+      // Closed while the manager was being built: the stream never starts, and `return()` does not wait for the build.
+      if (context === undefined || closing.closed) return
       const left = timeLeft(read.success, elapsed())
       if (left === undefined)
         throw new OrchestraError(new TimeoutError({ limit: "total", timeout: read.success.timeout! }))
@@ -375,12 +387,13 @@ export const makeCreateOrchestra = (env: Env) => {
 
     const stream = (prompt: Prompt, options?: StreamOptions): AsyncIterable<StreamPart> => ({
       [Symbol.asyncIterator]() {
-        const closing: Closing = { closed: false, close: undefined }
+        const closing: Closing = { closed: false, close: undefined, wake: undefined }
         const parts = streamParts(prompt, options, closing)
         // Closing the upstream first ends a `next()` still waiting for a part (it answers done),
         // so that `return()` cancels the call now rather than after the provider's next chunk.
         const closeFirst = () => {
           closing.closed = true
+          closing.wake?.()
           closing.close?.().catch(() => undefined)
         }
         return {
