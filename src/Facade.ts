@@ -145,7 +145,8 @@ export interface EmbedOptions {
 
 /**
  * Options of a batch. `signal` and `timeout` cancel the batch: the promise still resolves,
- * with `cancelled: true` and the items that never ran.
+ * with `cancelled: true` and the items that never ran (unless the manager is still being built
+ * then, an already aborted signal included: with no manager, the batch rejects as a call does).
  *
  * @since 0.1.0
  * @category models

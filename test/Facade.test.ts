@@ -633,6 +633,24 @@ describe("createOrchestra: deadlines and signals (item 24)", () => {
     }
   })
 
+  it("a batch whose signal had already aborted, made while the manager is being built, rejects at once", async () => {
+    const within = <A>(promise: Promise<A>) =>
+      Promise.race([promise, new Promise<"still waiting">((resolve) => setTimeout(resolve, 2_000, "still waiting"))])
+    const never = Layer.effect(ModelProvider, Effect.never)
+    const orchestra = createOrchestra(Orchestra.layer({ providers: { main: never } }))
+    try {
+      // As a call with an aborted signal does: the abort event never fires again, so nothing else would end the wait.
+      const error = await within(typed(orchestra.batch(["x"], { signal: AbortSignal.abort(new Error("gone")) })))
+      assert.strictEqual(typeof error === "object" && error._tag, "AbortedError")
+      const timedOut = await within(
+        typed(orchestra.batch(["x"], { signal: AbortSignal.abort(new DOMException("t", "TimeoutError")) }))
+      )
+      assert.strictEqual(typeof timedOut === "object" && timedOut._tag === "TimeoutError" && timedOut.limit, "total")
+    } finally {
+      await orchestra.dispose()
+    }
+  })
+
   it("a call whose timeout passed while the manager is being built keeps no listener on its signal", async () => {
     const never = Layer.effect(ModelProvider, Effect.never)
     const orchestra = createOrchestra(Orchestra.layer({ providers: { main: never } }))

@@ -138,7 +138,6 @@ export const makeCreateOrchestra = (env: Env) => {
             settled()
             reject(new OrchestraError(new TimeoutError({ limit: "total", timeout: timeout! })))
           })
-          signal?.addEventListener("abort", onAbort, { once: true })
           promise.then(
             (value) => {
               settled()
@@ -149,6 +148,9 @@ export const makeCreateOrchestra = (env: Env) => {
               reject(error)
             }
           )
+          // Already aborted (a batch's signal, which the call does not refuse first): no event will come.
+          if (signal?.aborted) onAbort()
+          else signal?.addEventListener("abort", onAbort, { once: true })
         })
 
   /** The call's options once the manager is built: what is left of its `timeout` (`undefined`: nothing). */
