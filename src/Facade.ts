@@ -192,7 +192,9 @@ export interface Orchestra {
   /** One outcome per item, in order; never rejects because an item failed. */
   readonly batch: (items: ReadonlyArray<Item>, options?: BatchOptions) => Promise<BatchResult>
   /**
-   * Text deltas and the final `Finish`, as an async iterable. Leaving the loop early (or the
+   * Text deltas and the final `Finish`, as an async iterable. Nothing starts before the loop does, and
+   * each loop over the same iterable (each `[Symbol.asyncIterator]()`) is a provider call of its own: keep
+   * the parts to read them twice. Leaving the loop early (or the
    * signal) cancels the call, and so does its iterator's `return()` while a `next()` waits (that
    * `next()` answers done); a failure rejects the loop with an `OrchestraError`. The signal
    * is listened to only while the loop awaits a part: aborted between two parts, the stream

@@ -915,6 +915,22 @@ describe("createOrchestra: batch, stats, streams", () => {
     }
   })
 
+  it("stream: nothing starts before the loop, and each loop over the same iterable is a call of its own", async () => {
+    const m = mock()
+    const orchestra = createOrchestra(Orchestra.layer({ providers: { main: m.layer } }))
+    try {
+      const parts = orchestra.stream("one two")
+      await orchestra.metrics()
+      assert.strictEqual(Effect.runSync(m.control.calls), 0)
+      const first = await collect(parts)
+      const second = await collect(parts)
+      assert.strictEqual(textOf(second), textOf(first))
+      assert.strictEqual(Effect.runSync(m.control.calls), 2)
+    } finally {
+      await orchestra.dispose()
+    }
+  })
+
   it("stream: breaking out of the loop early cancels the call", async () => {
     const m = mock({ respond: () => "a b c d e f g h", chunkDelay: "5 millis" })
     const orchestra = createOrchestra(Orchestra.layer({ providers: { main: m.layer } }))
