@@ -1,6 +1,6 @@
 import { getEventListeners } from "node:events"
 import { assert, describe, it } from "@effect/vitest"
-import { Effect, Layer } from "effect"
+import { Effect, Layer, Stream } from "effect"
 import type * as Batch from "../src/Batch.js"
 import { AbortedError, createOrchestra, OrchestraError } from "../src/Facade.js"
 import { type GenerateRequest, ModelProvider, type StreamPart } from "../src/Model.js"
@@ -1047,6 +1047,37 @@ describe("createOrchestra: batch, stats, streams", () => {
       await orchestra.dispose()
     }
     assert.strictEqual((await typed(orchestra.metrics()))._tag, "ShuttingDownError")
+  })
+
+  it("a provider that dies with a value String() cannot convert: each call, stream and item still gets its typed error", async () => {
+    const within = <A>(promise: Promise<A>) =>
+      Promise.race([promise, new Promise<"still waiting">((resolve) => setTimeout(resolve, 2_000, "still waiting"))])
+    // A defect without a prototype (so no toString): describing it threw, the stream never ended.
+    const unprintable = () => Object.create(null)
+    const { provider } = Effect.runSync(Mock.make({ name: `facade-${++mocks}` }))
+    const dying = Layer.succeed(ModelProvider, {
+      ...provider,
+      generate: () => Effect.die(unprintable()),
+      stream: () => Stream.die(unprintable()),
+      embed: () => Effect.die(unprintable())
+    })
+    const orchestra = createOrchestra(Orchestra.layer({ providers: { main: dying }, breakers: false }))
+    try {
+      const expected = "a value that cannot be shown (object)"
+      for (const call of [
+        () => orchestra.execute("x"),
+        () => orchestra.embed("x"),
+        () => collect(orchestra.stream("x"))
+      ]) {
+        const error = await within(typed(call()))
+        assert.strictEqual(typeof error === "object" && error._tag === "ModelError" && error.reason, "Unknown")
+        assert.include(typeof error === "object" ? error.message : "", expected)
+      }
+      const batch = await orchestra.batch(["x", "y"])
+      assert.include(batch.results[0]!.error?.message, expected)
+    } finally {
+      await orchestra.dispose()
+    }
   })
 
   it("a manager that cannot be built rejects every call with its OptionError", async () => {

@@ -33,12 +33,23 @@ export const cutByShutdown = () =>
   new ShuttingDownError({ message: "interrupted: the executor's shutdown deadline passed" })
 
 /**
- * A defect as one line: `Name: message` for an `Error`, the value itself otherwise.
+ * A defect as one line: `Name: message` for an `Error`, the value itself otherwise. Never a throw:
+ * describing what a provider died with must not become a second defect where the first is handled.
  *
  * @internal
  */
-export const describeDefect = (defect: unknown): string =>
-  defect instanceof Error ? `${defect.name}: ${defect.message}` : typeof defect === "string" ? defect : String(defect)
+export const describeDefect = (defect: unknown): string => {
+  try {
+    return defect instanceof Error
+      ? `${defect.name}: ${defect.message}`
+      : typeof defect === "string"
+        ? defect
+        : String(defect)
+  } catch {
+    // A value without a prototype, a `message` getter or `toString` that throws, a revoked `Proxy`.
+    return `a value that cannot be shown (${defect === null ? "null" : typeof defect})`
+  }
+}
 
 /**
  * A provider call (or stream) that died or interrupted itself: its typed error, with the
