@@ -98,6 +98,15 @@ const optionKeys: ReadonlySet<string> = new Set([
 
 const isLayer = (u: unknown): u is Layer.Layer<never, unknown, unknown> => Layer.isLayer(u)
 
+const partOptions = [
+  ["executor", "an object of executor options"],
+  ["breakers", "an object of breaker options, false or a layer"],
+  ["rateLimits", "an object of rate limits, false or a layer"],
+  ["cache", "an object of cache options, false or a layer"]
+] as const
+
+const kind = (u: unknown): string => (u === null ? "null" : Array.isArray(u) ? "an array" : typeof u)
+
 /**
  * The domains of a manager: the predefined ones (or `domains`), plus `extraDomains`, with
  * `overrideDomains` replacing by name. Checked (an `OptionError` names the field).
@@ -268,6 +277,17 @@ export const layer = <const P extends Record<string, Layer.Layer<ModelProvider, 
             message: `no provider named "${defaultProvider}" (given: ${names.join(", ")})`
           })
         )
+      }
+      // A part's options that are not an object would be read key by key (`"yes"` as `cache.0`, an
+      // array as no options at all): refused here, naming the part.
+      for (const [part, expected] of partOptions) {
+        const value: unknown = options[part]
+        if (value === undefined || (part !== "executor" && (value === false || isLayer(value)))) continue
+        if (typeof value !== "object" || value === null || Array.isArray(value)) {
+          return yield* Input.orOptionError(
+            Result.fail({ path: part, message: `expected ${expected}, got ${kind(value)}` })
+          )
+        }
       }
       const domains = yield* Input.orOptionError(domainsOf({ ...options, defaultProvider, providerNames: names }))
       const providers = layerProviders(options.providers)

@@ -214,7 +214,17 @@ describe("Orchestra.layer: domains", () => {
           { providers: { main }, rateLimits: { default: { requestsPerMinute: -1 } } },
           "rateLimits.default.requestsPerMinute"
         ],
-        [{ providers: { main }, cache: { ttl: Number.NaN } }, "cache.ttl"]
+        [{ providers: { main }, cache: { ttl: Number.NaN } }, "cache.ttl"],
+        // Options of a part that are not an object: the part named, not `breakers.(root)`, `cache.0`,
+        // `rateLimits.options` (and an array taken for empty options).
+        [{ providers: { main }, breakers: "yes" as never }, "breakers"],
+        [{ providers: { main }, breakers: [] as never }, "breakers"],
+        [{ providers: { main }, rateLimits: "yes" as never }, "rateLimits"],
+        [{ providers: { main }, rateLimits: null as never }, "rateLimits"],
+        [{ providers: { main }, cache: "yes" as never }, "cache"],
+        [{ providers: { main }, cache: [] as never }, "cache"],
+        [{ providers: { main }, executor: "x" as never }, "executor"],
+        [{ providers: { main }, executor: false as never }, "executor"]
       ]
       const paths: Array<string> = []
       for (const [options] of cases) {
