@@ -37,8 +37,8 @@ export const Keys = {
 /** How a wrong value is named in messages. @internal */
 export const kind = (u: unknown): string => (u === null ? "null" : Array.isArray(u) ? "an array" : typeof u)
 
-// `Object.create(AbortSignal.prototype)` or a `Proxy` of a signal passes `instanceof`, but reading
-// its state throws (a TypeError out of the call, or in its listener): only a signal itself is taken.
+// `Object.create(AbortSignal.prototype)` passes `instanceof`, but reading its state throws (a
+// TypeError out of the call): only a signal itself is taken (a `Proxy` of one reads through to it).
 const isRealSignal = (signal: AbortSignal): boolean => {
   try {
     return typeof signal.aborted === "boolean"
