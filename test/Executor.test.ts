@@ -387,6 +387,40 @@ describe("Executor.execute", () => {
       }
     })
   )
+
+  it.effect(
+    "a defect that cannot be made a string (no prototype, a throwing toString) is still that call's typed error",
+    () =>
+      Effect.gen(function* () {
+        const { executor, close } = yield* setup({}, { retry: Policy.retry({ maxAttempts: 1 }) })
+        const defects: ReadonlyArray<unknown> = [
+          Object.create(null),
+          {
+            toString: () => {
+              throw new Error("no string")
+            }
+          }
+        ]
+        for (const defect of defects) {
+          const broken = { ...executor.provider, name: "broken", generate: () => Effect.die(defect) }
+          const error = yield* Effect.flip(executor.execute(ask, { provider: broken }))
+          assert.strictEqual(error._tag === "ModelError" && error.reason, "Unknown")
+          assert.strictEqual(error.cause, defect)
+          const many = yield* executor.executeMany([ask, ask], { provider: broken, concurrency: 2 })
+          assert.deepStrictEqual(
+            many.map((r) => Result.isFailure(r) && r.failure._tag === "ModelError" && r.failure.reason),
+            ["Unknown", "Unknown"]
+          )
+        }
+        const stats = yield* executor.stats()
+        assert.strictEqual(stats.inFlight, 0, "every call left the in-flight count")
+        assert.deepStrictEqual(stats.failuresByReason, { Unknown: 6 })
+        // Nothing left in flight: the shutdown does not wait for its deadline.
+        const closing = yield* Effect.forkChild(close)
+        yield* Effect.yieldNow
+        assert.isDefined(closing.pollUnsafe())
+      })
+  )
 })
 
 describe("Executor.executeMany", () => {
