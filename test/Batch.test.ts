@@ -1541,6 +1541,19 @@ describe("Batch permits, batches without callbacks (items started from JavaScrip
         }
         const after = yield* batch.run(["again"], opts()).pipe(Effect.timeout("1 second"))
         assert.strictEqual(after.results[0]!.status, "success", "the permit was given back")
+        // What the getter throws is the caller's: a value without a string form names the item all the same.
+        const bare = {
+          get query(): string {
+            throw Object.create(null)
+          }
+        } as unknown as Batch.Item
+        const result = yield* batch.run([bare, "ok"], opts())
+        const error = result.results[0]!.error
+        assert.deepStrictEqual(error?._tag === "ModelError" && [error.reason, error.field], [
+          "InvalidRequest",
+          "items[0].query"
+        ])
+        assert.strictEqual(result.results[1]!.status, "success")
       })
     )
 

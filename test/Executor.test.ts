@@ -507,6 +507,15 @@ describe("Executor.executeMany", () => {
           [threw.field, threw.message],
           ["requests", "invalid requests: iterating them threw: boom"]
         )
+        // What the iteration throws is the caller's: a value without a string form is still this typed error.
+        const throwingBare = {
+          *[Symbol.iterator]() {
+            yield ask
+            throw Object.create(null)
+          }
+        }
+        const bare = yield* Effect.flip(executor.executeMany(throwingBare))
+        assert.deepStrictEqual([bare.reason, bare.field], ["InvalidRequest", "requests"])
         const cases: ReadonlyArray<Effect.Effect<unknown, AiError>> = [
           executor.executeMany([ask], null as never),
           executor.execute(ask, null as never),

@@ -33,7 +33,7 @@ class UnreadableItem {
 const threw = (path: string, what: string, error: unknown): ModelError =>
   Input.toInvalidRequest({
     path,
-    message: `${what} threw: ${error instanceof Error ? error.message : String(error)}`,
+    message: `${what} threw: ${Input.thrownMessage(error)}`,
     cause: error
   })
 

@@ -51,7 +51,7 @@ const itemsOf = (requests: unknown): Array<GenerateRequest> | ModelError => {
   try {
     return Array.from(requests as Iterable<GenerateRequest>)
   } catch (error) {
-    return invalidRequest("requests", `iterating them threw: ${error instanceof Error ? error.message : String(error)}`)
+    return invalidRequest("requests", `iterating them threw: ${Input.thrownMessage(error)}`)
   }
 }
 
