@@ -240,6 +240,30 @@ describe("Batch.run outcomes", () => {
     })
   )
 
+  it.effect("a provider failing with a value that is not an AiError is that item's ModelError, on every path", () =>
+    Effect.gen(function* () {
+      const provider = custom("sloppy", (request) =>
+        request.prompt === "bad" ? Effect.fail("not an AiError" as never) : Effect.succeed(response("sloppy", "ok"))
+      )
+      const batch = yield* customOrchestra(provider)
+      for (const domain of ["support", undefined]) {
+        for (const onProgress of [undefined, () => {}]) {
+          for (const items of [["a", "bad", "c"], ["bad"]]) {
+            const result = yield* batch.run(items, { domain, onProgress })
+            const failed = result.results[items.indexOf("bad")]!
+            assert.strictEqual(failed.status, "error")
+            assert.deepStrictEqual(
+              failed.error?._tag === "ModelError" && [failed.error.reason, failed.error.cause],
+              ["Unknown", "not an AiError"],
+              `domain ${domain}`
+            )
+            assert.deepStrictEqual(result.stats.failuresByReason, { Unknown: 1 })
+          }
+        }
+      }
+    })
+  )
+
   it.effect("a provider that interrupts itself is that item's error, never a cancelled batch", () =>
     Effect.gen(function* () {
       const provider = custom("quitter", (request) =>

@@ -389,6 +389,40 @@ describe("Executor.execute", () => {
   )
 
   it.effect(
+    "a provider failing with a value that is not an AiError gets a typed ModelError naming it, not that value",
+    () =>
+      Effect.gen(function* () {
+        const { executor, close } = yield* setup({}, { retry: Policy.retry({ maxAttempts: 1 }) })
+        const hostile = {
+          get _tag(): string {
+            throw new Error("no tag")
+          }
+        }
+        const values: ReadonlyArray<unknown> = [new Error("plain"), "bad", undefined, 7, Object.create(null), hostile]
+        for (const value of values) {
+          const broken = { ...executor.provider, name: "broken", generate: () => Effect.fail(value as AiError) }
+          const error = yield* Effect.flip(executor.execute(ask, { provider: broken }))
+          assert.deepStrictEqual(
+            error._tag === "ModelError" && [error.reason, error.provider, error.cause],
+            ["Unknown", "broken", value],
+            typeof value
+          )
+          const many = yield* executor.executeMany([ask, ask], { provider: broken, concurrency: 2 })
+          assert.deepStrictEqual(
+            many.map((r) => Result.isFailure(r) && r.failure._tag === "ModelError" && r.failure.reason),
+            ["Unknown", "Unknown"]
+          )
+        }
+        const stats = yield* executor.stats()
+        assert.strictEqual(stats.inFlight, 0)
+        assert.deepStrictEqual(stats.failuresByReason, { Unknown: 18 })
+        const closing = yield* Effect.forkChild(close)
+        yield* Effect.yieldNow
+        assert.isTrue(closing.pollUnsafe() !== undefined && Exit.isSuccess(closing.pollUnsafe()!))
+      })
+  )
+
+  it.effect(
     "a defect that cannot be made a string (no prototype, a throwing toString) is still that call's typed error",
     () =>
       Effect.gen(function* () {

@@ -11,6 +11,7 @@ import {
   type AiError,
   type FailedAttempt,
   FallbackExhaustedError,
+  isAiError,
   ModelError,
   ShuttingDownError,
   shouldFallback
@@ -71,6 +72,29 @@ export const unexpected = (
     message: `the provider ${what} failed unexpectedly: ${describeDefect(died.defect)}`,
     provider,
     cause: died.defect
+  })
+}
+
+/**
+ * A provider call's typed failure as the call's error: an `AiError` as is; anything else (a
+ * provider that breaks its contract: a plain `Error`, a string, `undefined`) becomes a
+ * `ModelError` of reason `Unknown` with the value as its `cause`, so that the retry and
+ * fallback predicates, the stats and the callers only ever see an `AiError`. `undefined`
+ * when `failure` is an `AiError`.
+ *
+ * @internal
+ */
+export const notAnAiError = (failure: unknown, provider: string): AiError | undefined => {
+  try {
+    if (isAiError(failure)) return undefined
+  } catch {
+    // A `_tag` getter that throws: not an AiError.
+  }
+  return new ModelError({
+    reason: "Unknown",
+    message: `the provider call failed with a value that is not an AiError: ${describeDefect(failure)}`,
+    provider,
+    cause: failure
   })
 }
 

@@ -17,7 +17,7 @@ import { observe } from "./callback.js"
 import { type AiError, isRetryable, reasonOf, TimeoutError } from "../AiError.js"
 import { schedule as retrySchedule } from "../Policy.js"
 import type { Series } from "../stats/series.js"
-import { cutByShutdown, unexpected } from "./failure.js"
+import { cutByShutdown, notAnAiError, unexpected } from "./failure.js"
 import type * as Deadline from "./deadline.js"
 import type { Cut, Plan, Step, Telemetry } from "./plan.js"
 import { isTraced } from "./span.js"
@@ -227,8 +227,9 @@ export const make = (env: Env): Driver => {
     if (result === "shutdown") return Exit.fail(cutByShutdown())
     if (Exit.isSuccess(result)) return result
     const error = Cause.findErrorOption(result.cause)
-    if (error._tag === "Some") return result
-    return Exit.fail(unexpected(result.cause, step.name))
+    if (error._tag === "None") return Exit.fail(unexpected(result.cause, step.name))
+    const replaced = notAnAiError(error.value, step.name)
+    return replaced === undefined ? result : Exit.fail(replaced)
   }
 
   // One attempt: rate limit (outside the deadline), breaker, deadline, provider slot, call.
