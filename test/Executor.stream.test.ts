@@ -545,6 +545,48 @@ describe("Executor.stream", () => {
       })
   )
 
+  it.effect(
+    "a provider stream failing with a value that is not an AiError ends with a typed ModelError naming it",
+    () =>
+      Effect.gen(function* () {
+        const { executor } = yield* setup()
+        const values: ReadonlyArray<unknown> = [new Error("plain"), "bad", undefined, 7, Object.create(null)]
+        for (const value of values) {
+          const broken = {
+            ...executor.provider,
+            name: "broken",
+            stream: () =>
+              Stream.concat(
+                Stream.make({ _tag: "TextDelta", text: "partial" } as StreamPart),
+                Stream.fail(value as AiError)
+              )
+          }
+          const before = yield* Effect.flip(collect(executor.stream(ask, { provider: broken })))
+          // After text: the typed interruption, its reason and cause the provider's ModelError.
+          assert.deepStrictEqual(
+            before._tag === "StreamInterruptedError" && [
+              before.partialText,
+              before.reason,
+              (before.cause as { _tag?: string })?._tag,
+              (before.cause as { cause?: unknown })?.cause
+            ],
+            ["partial", "Unknown", "ModelError", value],
+            typeof value
+          )
+          const first = yield* Effect.flip(
+            collect(executor.stream(ask, { provider: { ...broken, stream: () => Stream.fail(value as AiError) } }))
+          )
+          assert.deepStrictEqual(
+            first._tag === "ModelError" && [first.reason, first.provider, first.cause],
+            ["Unknown", "broken", value],
+            typeof value
+          )
+        }
+        const stats = yield* executor.stats()
+        assert.strictEqual(stats.inFlight, 0)
+      })
+  )
+
   it.effect("bad stream options are refused naming the option", () =>
     Effect.gen(function* () {
       const { executor, control } = yield* setup()

@@ -365,7 +365,7 @@ export const startFailure = (error: unknown, host: string, port: number, redisUr
   // A RedisError has no message of its own either: the client's is in its cause (never the URL, which may hold a password).
   if (error instanceof PersistedRedis.RedisError)
     return `cannot connect to Redis (${redisUrlEnv}): ${Redis.errorText(error)}`
-  if (!(error instanceof HttpServerError.ServeError)) return error instanceof Error ? error.message : String(error)
+  if (!(error instanceof HttpServerError.ServeError)) return Input.thrownMessage(error)
   const cause = error.cause
   const code = typeof cause === "object" && cause !== null && "code" in cause ? cause.code : undefined
   const address = hostPort(host, port)

@@ -32,7 +32,7 @@ import { ChunkDeadline, type Finish, type GenerateRequest, type StreamPart } fro
 import type { Series } from "../stats/series.js"
 import type { Ending, Watch } from "./deadline.js"
 import type { Engine } from "./engine.js"
-import { cutByShutdown, unexpected } from "./failure.js"
+import { cutByShutdown, notAnAiError, unexpected } from "./failure.js"
 import type { BreakerPermit } from "./plan.js"
 import { answerAttributes, endSpan } from "./span.js"
 import { attemptAttributes } from "./step.js"
@@ -278,11 +278,14 @@ export const attemptStarter = (host: AttemptHost) => {
                 attempt.end = Exit.isSuccess(exit)
                   ? exit
                   : Exit.fail(
-                      Option.getOrElse(Cause.findErrorOption(exit.cause), () =>
-                        Cause.hasInterruptsOnly(exit.cause)
-                          ? interruptedError(step.name, attempt.finish !== undefined)
-                          : unexpected(exit.cause, step.name, "stream")
-                      )
+                      Option.match(Cause.findErrorOption(exit.cause), {
+                        // A provider's stream that failed with what is not an AiError: its ModelError.
+                        onSome: (error) => notAnAiError(error, step.name) ?? error,
+                        onNone: () =>
+                          Cause.hasInterruptsOnly(exit.cause)
+                            ? interruptedError(step.name, attempt.finish !== undefined)
+                            : unexpected(exit.cause, step.name, "stream")
+                      })
                     )
               }
               signal()

@@ -142,7 +142,7 @@ layer(NodeHttpClient.layerUndici)("Ollama", (it) => {
         assert.strictEqual(second?.path, "/api/chat")
         assert.strictEqual(third?.path, "/api/chat")
         assert.strictEqual(fourth?.path, "/api/generate")
-        assert.isFalse("tools" in (fourth?.json as object))
+        assert.isFalse("tools" in (fourth!.json as object))
       })
     )
 
