@@ -357,7 +357,8 @@ export const makeMemory = Effect.fnUntraced(function* (options: MemoryOptions = 
   const answer = (stored: Internal.Stored): GenerateResponse =>
     stored.value._tag === "Response" ? stored.value.response : (undefined as never)
 
-  // An answer that finished in error reaches the flight's callers but is not kept (keepFor 0).
+  // An answer not kept (`Internal.keeps`: finished in error, or refused by `keep`) reaches the
+  // flight's callers, but the table drops it at once (keepFor 0).
   const storeAnswer = (value: GenerateResponse, origin: Origin | undefined, keep: boolean) =>
     Effect.clockWith((clock) =>
       Effect.succeed(
@@ -366,7 +367,7 @@ export const makeMemory = Effect.fnUntraced(function* (options: MemoryOptions = 
           clock.currentTimeMillisUnsafe(),
           config.ttl,
           config.staleFor,
-          keep && Internal.keepable(value.finishReason) ? config.ttl + config.staleFor : 0
+          keep ? config.ttl + config.staleFor : 0
         )
       )
     )
@@ -381,22 +382,16 @@ export const makeMemory = Effect.fnUntraced(function* (options: MemoryOptions = 
     const originOf = options.originOf
     const run = table.run(
       k,
-      Effect.flatMap(effect, (value) => storeAnswer(value, originOf?.(value), options.keep?.(value) !== false)),
+      Effect.flatMap(effect, (value) => storeAnswer(value, originOf?.(value), Internal.keeps(value, options.keep))),
       found._tag === "Done" ? stale : undefined
     )
-    return Effect.matchEffect(options.bound === undefined ? run : options.bound(run), {
-      onSuccess: ({ leader, stored }) => {
-        const source: Source = leader ? "miss" : "shared"
-        return Effect.as(Internal.bump(counters[source], 1), Internal.computed(stored, source))
-      },
-      onFailure: (error) =>
-        options.allowStale === true && stale !== undefined && stale.value._tag === "Response"
-          ? Effect.as(Internal.bump(counters.stale, 1), Internal.computed(stale, "stale"))
-          : Effect.andThen(
-              Internal.bump(found._tag === "Running" ? counters.shared : counters.miss, 1),
-              Effect.fail(error)
-            )
-    })
+    return Internal.answerOrStale(
+      Effect.map(run, ({ leader, stored }) => Internal.computed(stored, leader ? "miss" : "shared")),
+      options,
+      counters,
+      () => stale,
+      () => (found._tag === "Running" ? "shared" : "miss")
+    )
   }
 
   const getOrCompute: Service["getOrCompute"] = (key, effect, options) =>

@@ -170,7 +170,7 @@ export const make = Effect.fnUntraced(function* (options: Options = {}) {
         const value = Internal.responseOf(response, originOf?.(response))
         // An answer that finished in error (or that `keep` refuses) reaches the flight's callers,
         // and is neither kept nor written.
-        if (!Internal.keepable(response.finishReason) || keep?.(response) === false) {
+        if (!Internal.keeps(response, keep)) {
           return Effect.succeed(Internal.storedOf(value, at, config.ttl, config.staleFor, 0))
         }
         return writeBehind(k, Internal.storedOf(value, at, config.ttl, config.staleFor, retain), at)
@@ -225,13 +225,13 @@ export const make = Effect.fnUntraced(function* (options: Options = {}) {
         )
         return Internal.computed(stored, leader ? "miss" : "shared")
       })
-      return Effect.matchEffect(options.bound === undefined ? wait : options.bound(wait), {
-        onSuccess: (found) => Effect.as(Internal.bump(counters[found.source], 1), found),
-        onFailure: (error) =>
-          options.allowStale === true && stale !== undefined && stale.value._tag === "Response"
-            ? Effect.as(Internal.bump(counters.stale, 1), Internal.computed(stale, "stale"))
-            : Effect.andThen(Internal.bump(joining ? counters.shared : counters.miss, 1), Effect.fail(error))
-      })
+      return Internal.answerOrStale(
+        wait,
+        options,
+        counters,
+        () => stale,
+        () => (joining ? "shared" : "miss")
+      )
     })
 
   const getOrCompute: ResponseCache.Service["getOrCompute"] = (key, compute, options) =>

@@ -13,7 +13,7 @@ import { Cache, Duration, Effect, Exit, Fiber, type Metric, MutableHashMap, Opti
 import * as Metrics from "../Metrics.js"
 import * as Counters from "../stats/counters.js"
 import type { GenerateResponse, StreamPart } from "../Model.js"
-import type { Origin } from "../ResponseCache.js"
+import type { Computed, GetOrComputeOptions, Origin } from "../ResponseCache.js"
 import { isTraced } from "../policy/span.js"
 
 /**
@@ -279,3 +279,37 @@ export const storedOf = (
  * @internal
  */
 export const keepable = (finishReason: GenerateResponse["finishReason"]): boolean => finishReason !== "error"
+
+/**
+ * Whether `getOrCompute` keeps an answer its computation produced: one it may keep
+ * ({@link keepable}) that the caller's `keep` does not refuse.
+ *
+ * @internal
+ */
+export const keeps = (value: GenerateResponse, keep: ((value: GenerateResponse) => boolean) | undefined): boolean =>
+  keepable(value.finishReason) && keep?.(value) !== false
+
+/**
+ * How both backends end a `getOrCompute` that did not hit at once: `wait` (the lookups, the
+ * computation the caller runs or joins) under the caller's `bound`, its answer counted by
+ * source; a failure answered from the stale entry (`staleOf`, read once `wait` has failed)
+ * with `allowStale`, else counted as `failedAs` and passed on.
+ *
+ * @internal
+ */
+export const answerOrStale = <E>(
+  wait: Effect.Effect<Computed, E>,
+  options: GetOrComputeOptions<E>,
+  counters: Readonly<Record<Source, Counters.Counter>>,
+  staleOf: () => Stored | undefined,
+  failedAs: () => Source
+): Effect.Effect<Computed, E> =>
+  Effect.matchEffect(options.bound === undefined ? wait : options.bound(wait), {
+    onSuccess: (found) => Effect.as(bump(counters[found.source], 1), found),
+    onFailure: (error) => {
+      const stale = staleOf()
+      return options.allowStale === true && stale !== undefined && stale.value._tag === "Response"
+        ? Effect.as(bump(counters.stale, 1), computed(stale, "stale"))
+        : Effect.andThen(bump(counters[failedAs()], 1), Effect.fail(error))
+    }
+  })

@@ -102,14 +102,23 @@ const isControl = (code: number): boolean =>
  * @since 0.3.0
  * @category output
  */
-export const forTerminal = (text: string): string => {
+export const forTerminal = (text: string): string =>
+  replaceWhere(text, isControl, (code, next) =>
+    code === 0x0d ? (next === 0x0a ? "" : "\\r") : `\\x${code.toString(16).padStart(2, "0")}`
+  )
+
+// `text` with each character `test` picks replaced by `by` (given its code and the next one's); no copy when none is.
+const replaceWhere = (
+  text: string,
+  test: (code: number) => boolean,
+  by: (code: number, next: number) => string
+): string => {
   let out = ""
   let from = 0
   for (let i = 0; i < text.length; i++) {
     const code = text.charCodeAt(i)
-    if (!isControl(code)) continue
-    const crlf = code === 0x0d && text.charCodeAt(i + 1) === 0x0a
-    out += text.slice(from, i) + (crlf ? "" : code === 0x0d ? "\\r" : `\\x${code.toString(16).padStart(2, "0")}`)
+    if (!test(code)) continue
+    out += text.slice(from, i) + by(code, text.charCodeAt(i + 1))
     from = i + 1
   }
   return from === 0 ? text : out + text.slice(from)
@@ -150,17 +159,12 @@ export const printJson = (common: Pick<Common, "jsonLines">, value: unknown): Ef
 
 // JSON.stringify escapes C0 controls but writes DEL and C1 controls (0x9b, a CSI) as they are; as
 // `\u` escapes they are the same data, and no terminal a JSON document is shown on obeys them.
-const asciiControls = (json: string): string => {
-  let out = ""
-  let from = 0
-  for (let i = 0; i < json.length; i++) {
-    const code = json.charCodeAt(i)
-    if (code < 0x7f || code > 0x9f) continue
-    out += `${json.slice(from, i)}\\u00${code.toString(16)}`
-    from = i + 1
-  }
-  return from === 0 ? json : out + json.slice(from)
-}
+const asciiControls = (json: string): string =>
+  replaceWhere(
+    json,
+    (code) => code >= 0x7f && code <= 0x9f,
+    (code) => `\\u00${code.toString(16)}`
+  )
 
 /**
  * An `AiError` as plain data: what failed and why, never a cause (which may hold a request).

@@ -16,6 +16,7 @@ import {
   ShuttingDownError,
   shouldFallback
 } from "../AiError.js"
+import * as Input from "../Input.js"
 
 /**
  * The error of a call or stream refused because the executor is closing.
@@ -41,15 +42,11 @@ export const cutByShutdown = () =>
  */
 export const describeDefect = (defect: unknown): string => {
   try {
-    return defect instanceof Error
-      ? `${defect.name}: ${defect.message}`
-      : typeof defect === "string"
-        ? defect
-        : String(defect)
+    if (defect instanceof Error) return `${defect.name}: ${defect.message}`
   } catch {
-    // A value without a prototype, a `message` getter or `toString` that throws, a revoked `Proxy`.
-    return `a value that cannot be shown (${defect === null ? "null" : typeof defect})`
+    // A `name` or `message` getter that throws: shown as any other value is.
   }
+  return Input.thrownMessage(defect)
 }
 
 /**
