@@ -256,7 +256,7 @@ export const make = Effect.fnUntraced(function* (options: Options) {
       Effect.fail(
         Input.toOptionError({
           path: "path",
-          message: `expected a path of the admin routes' own: "${path}" collides with routes already on the router (the gateway's prefix, health or metrics paths): ${defect instanceof Error ? defect.message : String(defect)}`
+          message: `expected a path of the admin routes' own: "${path}" collides with routes already on the router (the gateway's prefix, health or metrics paths): ${Input.thrownMessage(defect)}`
         })
       )
     )

@@ -372,7 +372,7 @@ export const startFailure = (error: unknown, host: string, port: number, redisUr
   if (code === "EADDRINUSE") return `cannot listen on ${address}: the address is already in use`
   if (code === "EACCES") return `cannot listen on ${address}: permission denied`
   if (code === "EADDRNOTAVAIL") return `cannot listen on ${address}: the address is not available on this machine`
-  const detail = cause instanceof Error ? cause.message : String(cause)
+  const detail = Input.thrownMessage(cause)
   return `cannot listen on ${address}: ${detail}`
 }
 

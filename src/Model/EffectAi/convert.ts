@@ -8,7 +8,7 @@
 import { Effect, type JsonSchema, Result } from "effect"
 import { AiError as Ai, type LanguageModel, Prompt, type Response, Tool, type Toolkit } from "effect/ai"
 import { invalidRequest, type ModelError } from "../../AiError.js"
-import type * as Input from "../../Input.js"
+import * as Input from "../../Input.js"
 import * as Model from "../../Model.js"
 import type { GenerationSettings } from "../EffectAi.js"
 
@@ -263,9 +263,7 @@ const toolsOf = (
       }
     }
   } catch (cause) {
-    return Result.fail(
-      new Ai.UnsupportedSchemaError({ description: cause instanceof Error ? cause.message : String(cause) })
-    )
+    return Result.fail(new Ai.UnsupportedSchemaError({ description: Input.thrownMessage(cause) }))
   }
   return Result.succeed(out)
 }

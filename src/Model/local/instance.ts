@@ -7,6 +7,7 @@
 import { setImmediate as nextMacrotask } from "node:timers/promises"
 import { type Clock, Effect } from "effect"
 import { ModelError, ShuttingDownError } from "../../AiError.js"
+import * as Input from "../../Input.js"
 import type { Message } from "../../Model.js"
 import { emittable, firstStop, type LogitsProcessor, makeDetokenizer, promptOf, seededSampler } from "./decoding.js"
 import type { Encoded, TokenizerLike, Transformers } from "./runtime.js"
@@ -143,8 +144,6 @@ const eosIds = (model: PretrainedModelLike): ReadonlySet<number> => {
   if (raw === null || raw === undefined) return new Set()
   return new Set(typeof raw === "number" ? [raw] : raw)
 }
-
-const messageOf = (u: unknown): string => (u instanceof Error ? u.message : String(u))
 
 /**
  * A Promise-returning job as an Effect that, when interrupted, aborts the job and waits
@@ -347,7 +346,7 @@ export const makeInstance = ({ lib, modelId, task, tokenizer, model, clock }: In
   const failure = (what: string) => (error: unknown) =>
     new ModelError({
       reason: "Unknown",
-      message: `${what} failed on model "${modelId}": ${messageOf(error)}`,
+      message: `${what} failed on model "${modelId}": ${Input.thrownMessage(error)}`,
       model: modelId,
       cause: error
     })

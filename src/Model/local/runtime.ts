@@ -9,6 +9,7 @@ import { access } from "node:fs/promises"
 import * as path from "node:path"
 import { type Clock, Effect } from "effect"
 import { ModelError, ShuttingDownError } from "../../AiError.js"
+import * as Input from "../../Input.js"
 import type { PromptTokenizer } from "./decoding.js"
 import { type Instance, makeInstance, type PretrainedModelLike, type Task, type TensorLike } from "./instance.js"
 
@@ -68,8 +69,6 @@ export type Importer = () => Promise<unknown>
 const specifier: string = PACKAGE
 export const importTransformers: Importer = () => import(specifier)
 
-const messageOf = (u: unknown): string => (u instanceof Error ? u.message : String(u))
-
 const codeOf = (u: unknown): string | undefined =>
   typeof u === "object" && u !== null && "code" in u && typeof u.code === "string" ? u.code : undefined
 
@@ -100,7 +99,7 @@ export const loadTransformers = (importer: Importer, provider: string): Effect.E
       return new ModelError({
         reason: "Unavailable",
         provider,
-        message: `${provider}: cannot load the optional peer dependency ${PACKAGE}${code === undefined ? "" : ` (${code})`}: ${messageOf(cause)}. Install it with \`${INSTALL}\``,
+        message: `${provider}: cannot load the optional peer dependency ${PACKAGE}${code === undefined ? "" : ` (${code})`}: ${Input.thrownMessage(cause)}. Install it with \`${INSTALL}\``,
         cause
       })
     }
@@ -228,7 +227,7 @@ export const makeLoader =
                 unavailable(
                   options,
                   modelId,
-                  `cannot load model "${modelId}" from ${where}: ${messageOf(cause)}`,
+                  `cannot load model "${modelId}" from ${where}: ${Input.thrownMessage(cause)}`,
                   cause
                 )
               )
