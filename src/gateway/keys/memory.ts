@@ -55,25 +55,23 @@ export const make = (): Backend => {
 
   // A lease ends exactly at its end, for reads and reserves alike. Leases are kept in the order
   // they were taken, which is the order they end (one lease length per store): the expired ones
-  // are at the front, so the check stops at the first live lease. A full pass now and then gives
-  // back one out of order (the clock went back).
-  const expire = (state: MemoryCounter, now: number) => {
+  // are at the front, so the check stops at the first live lease. `all` looks at every lease, as
+  // the sweep does now and then, to give back one out of order (the clock went back).
+  const expire = (state: MemoryCounter, now: number, all = false) => {
     for (const [id, lease] of state.leases) {
-      if (lease.expires > now) return
+      if (lease.expires > now) {
+        if (all) continue
+        return
+      }
       state.held -= lease.amount
       state.leases.delete(id)
     }
   }
 
   const sweep = (state: MemoryCounter, now: number, leaseMs: number) => {
-    if (now < state.nextSweep) return expire(state, now)
-    state.nextSweep = now + Math.max(1000, Math.floor(leaseMs / 4))
-    for (const [id, lease] of state.leases) {
-      if (lease.expires <= now) {
-        state.held -= lease.amount
-        state.leases.delete(id)
-      }
-    }
+    const all = now >= state.nextSweep
+    if (all) state.nextSweep = now + Math.max(1000, Math.floor(leaseMs / 4))
+    expire(state, now, all)
   }
 
   const reserve: Ledger["reserve"] = (id, charges, leaseMs, now) =>
