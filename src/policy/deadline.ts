@@ -53,6 +53,8 @@ export abstract class Tracked implements Node {
 }
 
 interface Lane {
+  /** Its timeout in milliseconds: its key in the map of lanes (`undefined`: the untimed lane). */
+  readonly millis: number | undefined
   head: Node | undefined
   tail: Node | undefined
   sleeping: boolean
@@ -122,6 +124,8 @@ export interface Lanes {
   readonly interruptAll: Effect.Effect<void>
   /** Attempts being tracked now (for tests). */
   readonly size: () => number
+  /** Lanes kept now, one per timeout duration in use (for tests). */
+  readonly lanes: () => number
 }
 
 /**
@@ -144,7 +148,14 @@ export const make: Effect.Effect<Lanes, never, Scope.Scope> = Effect.gen(functio
   const clock: Clock.Clock = yield* Clock.Clock
   const fork = Effect.runForkWith(context)
   const lanes = new Map<number, Lane>()
-  const untimed: Lane = { head: undefined, tail: undefined, sleeping: true, timer: undefined, unrefd: false }
+  const untimed: Lane = {
+    millis: undefined,
+    head: undefined,
+    tail: undefined,
+    sleeping: true,
+    timer: undefined,
+    unrefd: false
+  }
   const sleepers = new Set<Fiber.Fiber<void>>()
   let closed = false
   let tracked = 0
@@ -174,6 +185,9 @@ export const make: Effect.Effect<Lanes, never, Scope.Scope> = Effect.gen(functio
       const head = lane.head
       if (head === undefined || closed) {
         lane.sleeping = false
+        // Nothing left in it: a lane per distinct duration (jittered backoffs, a caller's
+        // remaining time) would otherwise stay in the map for ever.
+        if (lane.millis !== undefined && lanes.get(lane.millis) === lane) lanes.delete(lane.millis)
         return Effect.void
       }
       const now = clock.currentTimeMillisUnsafe()
@@ -197,7 +211,7 @@ export const make: Effect.Effect<Lanes, never, Scope.Scope> = Effect.gen(functio
   const laneFor = (millis: number): Lane => {
     let lane = lanes.get(millis)
     if (lane === undefined) {
-      lane = { head: undefined, tail: undefined, sleeping: false, timer: undefined, unrefd: false }
+      lane = { millis, head: undefined, tail: undefined, sleeping: false, timer: undefined, unrefd: false }
       lanes.set(millis, lane)
     }
     return lane
@@ -377,6 +391,7 @@ export const make: Effect.Effect<Lanes, never, Scope.Scope> = Effect.gen(functio
     unlink: settle,
     watch,
     interruptAll,
-    size: () => tracked
+    size: () => tracked,
+    lanes: () => lanes.size
   } satisfies Lanes
 })
