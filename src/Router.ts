@@ -91,7 +91,11 @@ export interface CallOptions {
  * @category models
  */
 export interface HedgeOptions extends CallOptions {
-  /** When to start the next domain: a duration, or `"p95"` of the first domain's service time so far. */
+  /**
+   * When to start the next domain: a duration, or `"p95"` of the first domain's service time so
+   * far, never less than 10 ms (a cache or a local model answering in under a millisecond has a
+   * p95 of 0, which would start a backup on every call; give a duration to hedge sooner).
+   */
   readonly after: Duration.Input | "p95"
   /** Used by `"p95"` until the first domain has 20 answers. Default 2 seconds. */
   readonly defaultAfter?: Duration.Input | undefined

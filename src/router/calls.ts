@@ -146,6 +146,11 @@ export const makeCalls = (env: Env) => {
     )
   }
 
+  // The p95 is read off a millisecond clock: for a first domain that answers in under a few
+  // milliseconds (a cache, a local model) it is rounding, often 0, and a backup that early
+  // starts on every call, doubling the load on the next domain for no gain.
+  const minP95After = Duration.millis(10)
+
   const hedgeDelay = (first: string, options: HedgeOptions): Effect.Effect<Duration.Duration, ModelError> =>
     Effect.gen(function* () {
       if (options === null || typeof options !== "object") {
@@ -157,7 +162,7 @@ export const makeCalls = (env: Env) => {
       )
       const { domain, provider } = yield* resolve(first)
       const s = yield* stats.snapshot({ provider: provider.name, domain: domain.name })
-      return s.successes >= 20 ? Duration.millis(s.serviceTime.p95) : fallback
+      return s.successes >= 20 ? Duration.max(Duration.millis(s.serviceTime.p95), minP95After) : fallback
     })
 
   const hedge = (request: GenerateRequest, names: ReadonlyArray<string>, options: HedgeOptions) =>

@@ -1,0 +1,50 @@
+import { assert, describe, it } from "@effect/vitest"
+import { Effect, Fiber } from "effect"
+import { TestClock } from "effect/testing"
+import { Outcome } from "../src/Model/Mock.js"
+import { makeManager } from "./utils/manager.js"
+
+const ask = { prompt: "q" }
+
+describe('Router.hedge after: "p95"', () => {
+  it.effect("a first domain that answers in under a millisecond does not start a backup at once on every call", () =>
+    Effect.gen(function* () {
+      const { router, controls, stats } = yield* makeManager({
+        // 20 instant answers (a cache, a local model: a p95 of 0 ms), then one 3 ms late, then one that stalls.
+        primary: {
+          script: [
+            ...Array.from({ length: 20 }, () => Outcome.succeed("primary")),
+            Outcome.succeed("primary", { latency: "3 millis" }),
+            Outcome.succeed("primary", { latency: "1 second" })
+          ]
+        },
+        backup: { latency: "5 millis", respond: () => "backup" }
+      })
+      for (let i = 0; i < 20; i++) yield* router.execute(ask, "d-primary")
+      assert.strictEqual((yield* stats.snapshot({ provider: "primary" })).serviceTime.p95, 0)
+      const hedge = router.hedge(ask, ["d-primary", "d-backup"], { after: "p95", defaultAfter: "2 seconds" })
+      // 3 ms late is no tail worth a second call: the primary answers, no backup started.
+      const quick = yield* Effect.forkChild(hedge)
+      yield* Effect.yieldNow
+      const atOnce = yield* controls.backup!.calls
+      yield* TestClock.adjust("3 millis")
+      const answer = yield* Fiber.join(quick)
+      assert.strictEqual(atOnce, 0, "a p95 of 0 ms started the backup at once")
+      assert.strictEqual(answer.response.text, "primary")
+      assert.isUndefined(answer.hedgeWon)
+      assert.strictEqual(yield* controls.backup!.calls, 0)
+      // A primary that stalls still gets its backup, after the floor (10 ms), not after defaultAfter.
+      const stalled = yield* Effect.forkChild(hedge)
+      yield* TestClock.adjust("9 millis")
+      const early = yield* controls.backup!.calls
+      yield* TestClock.adjust("1 millis")
+      const onTime = yield* controls.backup!.calls
+      yield* TestClock.adjust("5 millis")
+      const backup = yield* Fiber.join(stalled)
+      assert.deepStrictEqual([early, onTime], [0, 1])
+      assert.strictEqual(backup.response.text, "backup")
+      assert.isTrue(backup.hedgeWon)
+      assert.deepStrictEqual((yield* stats.snapshot()).hedges, { started: 1, won: 1, lost: 0 })
+    })
+  )
+})
