@@ -1,10 +1,14 @@
 import { assert, describe, it } from "@effect/vitest"
 import { Effect, Fiber } from "effect"
+import type { AiError } from "../src/AiError.js"
 import { TestClock } from "effect/testing"
 import { Outcome } from "../src/Model/Mock.js"
 import { makeManager } from "./utils/manager.js"
 
 const ask = { prompt: "q" }
+
+const invalidField = (error: AiError) =>
+  error._tag === "ModelError" && error.reason === "InvalidRequest" ? error.field : `${error._tag}: ${error.message}`
 
 describe('Router.hedge after: "p95"', () => {
   it.effect("a first domain that answers in under a millisecond does not start a backup at once on every call", () =>
@@ -45,6 +49,19 @@ describe('Router.hedge after: "p95"', () => {
       assert.strictEqual(backup.response.text, "backup")
       assert.isTrue(backup.hedgeWon)
       assert.deepStrictEqual((yield* stats.snapshot()).hedges, { started: 1, won: 1, lost: 0 })
+    })
+  )
+})
+
+describe("Router.hedge options", () => {
+  it.effect("a bad defaultAfter is refused naming it even when after is a duration, before any call", () =>
+    Effect.gen(function* () {
+      const { router, controls } = yield* makeManager({ a: {}, b: {} })
+      for (const defaultAfter of [-5, Number.NaN, "soon", null]) {
+        const error = yield* Effect.flip(router.hedge(ask, ["d-a", "d-b"], { after: 100, defaultAfter } as never))
+        assert.strictEqual(invalidField(error), "defaultAfter", String(defaultAfter))
+      }
+      assert.strictEqual((yield* controls.a!.calls) + (yield* controls.b!.calls), 0)
     })
   )
 })

@@ -156,10 +156,13 @@ export const makeCalls = (env: Env) => {
       if (options === null || typeof options !== "object") {
         return yield* Effect.fail(invalidRequest("options", "give the hedge options, e.g. { after: 500 }"))
       }
-      if (options.after !== "p95") return yield* Input.orInvalidRequest(Input.duration("after", options.after))
+      const after =
+        options.after === "p95" ? undefined : yield* Input.orInvalidRequest(Input.duration("after", options.after))
+      // Checked whatever `after` is: a bad value is a mistake even where it would not be read.
       const fallback = yield* Input.orInvalidRequest(
         Input.duration("defaultAfter", Input.orDefault(options.defaultAfter, Duration.seconds(2)))
       )
+      if (after !== undefined) return after
       const { domain, provider } = yield* resolve(first)
       const s = yield* stats.snapshot({ provider: provider.name, domain: domain.name })
       return s.successes >= 20 ? Duration.max(Duration.millis(s.serviceTime.p95), minP95After) : fallback
