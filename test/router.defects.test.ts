@@ -1,5 +1,5 @@
 import { assert, describe, it } from "@effect/vitest"
-import { Effect, Fiber } from "effect"
+import { Effect, Exit, Fiber } from "effect"
 import type { AiError } from "../src/AiError.js"
 import { TestClock } from "effect/testing"
 import { Outcome } from "../src/Model/Mock.js"
@@ -62,6 +62,34 @@ describe("Router.hedge options", () => {
         assert.strictEqual(invalidField(error), "defaultAfter", String(defaultAfter))
       }
       assert.strictEqual((yield* controls.a!.calls) + (yield* controls.b!.calls), 0)
+    })
+  )
+})
+
+describe("Router: a call whose every domain failed fails once", () => {
+  it.effect("hedge and executeParallelDomains first: one FallbackExhaustedError in the cause, not one per racer", () =>
+    Effect.gen(function* () {
+      const { router } = yield* makeManager({
+        a: { random: { success: 0, failures: { Overloaded: 1 } }, latency: "2 seconds" },
+        b: { random: { success: 0, failures: { Unauthorized: 1 } }, latency: "1 second" }
+      })
+      const calls = [
+        ["hedge", router.hedge(ask, ["d-a", "d-b"], { after: "500 millis" })],
+        ["first", router.executeParallelDomains(ask, ["d-a", "d-b"], "first")]
+      ] as const
+      for (const [name, call] of calls) {
+        const fiber = yield* Effect.forkChild(Effect.exit(call))
+        yield* TestClock.adjust("2 seconds")
+        const exit = yield* Fiber.join(fiber)
+        assert.isTrue(Exit.isFailure(exit), name)
+        if (Exit.isFailure(exit)) {
+          assert.deepStrictEqual(
+            exit.cause.reasons.map((r) => (r._tag === "Fail" ? r.error._tag : r._tag)),
+            ["FallbackExhaustedError"],
+            `${name}: ${String(exit.cause)}`
+          )
+        }
+      }
     })
   )
 })

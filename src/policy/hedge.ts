@@ -81,11 +81,15 @@ export const make = (runner: Runner) => {
             hedgeWon: backups ? index > 0 : undefined
           }
         }),
-        Effect.mapError((error: AiError) =>
-          exhaustedOr(
-            failures.filter((f) => f !== undefined),
-            steps.length,
-            error
+        // `catch`, not `mapError`: when every step failed, the race's cause holds each step's
+        // failure, and the call fails once, not once per step.
+        Effect.catch((error: AiError) =>
+          Effect.fail(
+            exhaustedOr(
+              failures.filter((f) => f !== undefined),
+              steps.length,
+              error
+            )
           )
         ),
         // Every hedge started is won or lost, whether the call answered, failed or was cut.

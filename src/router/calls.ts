@@ -139,9 +139,12 @@ export const makeCalls = (env: Env) => {
         )
       )
     ).pipe(
-      Effect.mapError((error): AiError => {
+      // `catch`, not `mapError`: the race's cause holds every domain's failure; the call fails once.
+      Effect.catch((error) => {
         const all = failures.filter((f) => f !== undefined)
-        return names.length > 1 && all.length === names.length ? new FallbackExhaustedError({ attempts: all }) : error
+        return Effect.fail(
+          names.length > 1 && all.length === names.length ? new FallbackExhaustedError({ attempts: all }) : error
+        )
       })
     )
   }
