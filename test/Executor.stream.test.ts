@@ -595,6 +595,13 @@ describe("Executor.stream", () => {
         [{ firstChunkTimeout: -1 }, "firstChunkTimeout"],
         [{ totalTimeout: "soon" }, "totalTimeout"],
         [{ resume: { maxResumes: 0 } }, "resume.maxResumes"],
+        // `null` threw a TypeError out of the stream; the others were taken as "resume on".
+        [{ resume: null }, "resume"],
+        [{ resume: "yes" }, "resume"],
+        [{ resume: 1 }, "resume"],
+        [{ resume: [] }, "resume"],
+        [{ resume: { instruction: 5 } }, "resume.instruction"],
+        [{ resume: { maxResume: 2 } }, "resume.maxResume"],
         // A misspelt step key ran the executor's own provider, or its retry policy, unseen.
         [{ steps: [{ provder: executor.provider }] }, "steps[0].provder"],
         [{ steps: [{ provider: executor.provider, retyr: true }] }, "steps[0].retyr"],

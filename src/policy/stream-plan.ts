@@ -161,6 +161,32 @@ const resolveRetry = (input: boolean | RetryPolicy | RetryPolicyInput | undefine
       ? Result.succeed(base)
       : decodeRetry(input, path)
 
+const resumeKeys: ReadonlySet<string> = new Set(["maxResumes", "instruction", "minOverlap"])
+
+// `resume`: `true`, `false` or its options; `null`, `"yes"` or `1` are mistakes, not "on".
+const resumeOf = (
+  resume: unknown
+): Input.Checked<{ maxResumes: number; minOverlap: number; instruction: string } | undefined> => {
+  if (resume === undefined || resume === false) return Result.succeed(undefined)
+  if (resume === true) return Result.succeed({ maxResumes: 1, minOverlap: 4, instruction: defaultInstruction })
+  if (typeof resume !== "object" || resume === null || Array.isArray(resume)) {
+    return Result.fail({ path: "resume", message: `expected true, false or an object, got ${JSON.stringify(resume)}` })
+  }
+  const options = resume as ResumeOptions
+  const issue =
+    Input.unknownKey(options, resumeKeys, "resume.") ?? Input.notOfKind(options, [["instruction", "string"]])
+  if (issue !== undefined) {
+    return Result.fail(issue.path === "instruction" ? { ...issue, path: "resume.instruction" } : issue)
+  }
+  return Result.map(
+    Input.all([
+      Input.int("resume.maxResumes", Input.orDefault(options.maxResumes, 1), { min: 1 }),
+      Input.int("resume.minOverlap", Input.orDefault(options.minOverlap, 4), { min: 1 })
+    ]),
+    ([maxResumes, minOverlap]) => ({ maxResumes, minOverlap, instruction: options.instruction ?? defaultInstruction })
+  )
+}
+
 /**
  * `Executor.stream` over `run`: the request validated, the options checked and turned into
  * a plan (failing with an `InvalidRequest` naming the value), then the plan run.
@@ -179,33 +205,7 @@ export const streamFromOptions =
             Input.optionalDuration("idleTimeout", options.idleTimeout, defaults.idleTimeout),
             Input.optionalDuration("totalTimeout", options.totalTimeout, defaults.totalTimeout),
             resolveRetry(options.retry, options.basePolicy, "retry"),
-            options.resume === undefined || options.resume === false
-              ? Result.succeed(undefined)
-              : Result.map(
-                  Input.all([
-                    Input.int(
-                      "resume.maxResumes",
-                      options.resume === true ? 1 : Input.orDefault(options.resume.maxResumes, 1),
-                      {
-                        min: 1
-                      }
-                    ),
-                    Input.int(
-                      "resume.minOverlap",
-                      options.resume === true ? 4 : Input.orDefault(options.resume.minOverlap, 4),
-                      {
-                        min: 1
-                      }
-                    )
-                  ]),
-                  ([maxResumes, minOverlap]) => ({
-                    maxResumes,
-                    minOverlap,
-                    instruction:
-                      (typeof options.resume === "object" ? options.resume.instruction : undefined) ??
-                      defaultInstruction
-                  })
-                )
+            resumeOf(options.resume)
           ])
         )
         const [firstChunkTimeout, idleTimeout, totalTimeout, retry, resume] = checks
