@@ -1,11 +1,12 @@
 import { assert, describe, it } from "@effect/vitest"
-import { Effect, Exit, Fiber } from "effect"
+import { Effect, Exit, Fiber, Tracer } from "effect"
 import type { AiError } from "../src/AiError.js"
 import { TestClock } from "effect/testing"
 import { Outcome } from "../src/Model/Mock.js"
 import { makeManager } from "./utils/manager.js"
 
 const ask = { prompt: "q" }
+const collecting = Tracer.make({ span: (options) => new Tracer.NativeSpan(options) })
 
 const invalidField = (error: AiError) =>
   error._tag === "ModelError" && error.reason === "InvalidRequest" ? error.field : `${error._tag}: ${error.message}`
@@ -89,6 +90,30 @@ describe("Router: a call whose every domain failed fails once", () => {
             `${name}: ${String(exit.cause)}`
           )
         }
+      }
+    })
+  )
+})
+
+describe('Router.executeParallelDomains "first": the domains the winner cuts', () => {
+  it.effect("lost the race: no failure of their providers, as a hedge's loser is not (both call paths)", () =>
+    Effect.gen(function* () {
+      const { router, stats } = yield* makeManager({
+        fast: { latency: "10 millis", respond: () => "fast" },
+        slow: { latency: "1 second", respond: () => "slow" }
+      })
+      for (const traced of [false, true]) {
+        yield* stats.reset
+        const call = router.executeParallelDomains(ask, ["d-fast", "d-slow"], "first")
+        const fiber = yield* Effect.forkChild(
+          traced ? Effect.withSpan(call, "caller").pipe(Effect.provideService(Tracer.Tracer, collecting)) : call
+        )
+        yield* TestClock.adjust("10 millis")
+        const winner = yield* Fiber.join(fiber)
+        assert.strictEqual(winner.response.text, "fast")
+        const slow = yield* stats.snapshot({ provider: "slow" })
+        assert.deepStrictEqual([slow.failures, slow.failuresByReason], [0, {}], `traced: ${traced}`)
+        assert.strictEqual((yield* stats.snapshot()).inFlight, 0)
       }
     })
   )

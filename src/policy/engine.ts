@@ -204,7 +204,7 @@ export const make = (options: Options): Effect.Effect<Engine, never, Scope.Scope
           return deadlineAt !== undefined && clock.currentTimeMillisUnsafe() >= deadlineAt ? "Timeout" : undefined
         }
         // Read after a failure too: a stale answer tells the attempts its failed steps made.
-        const counter: Counter = { attempts: 0, steps: 0, cut, deadlineAt }
+        const counter: Counter = { attempts: 0, steps: 0, cut, deadlineAt, external }
         let body: Effect.Effect<Answer<T, A>, AiError> = plan.hedgeAfter !== undefined && plan.steps.length > 1
           ? hedge(plan, call, counter)
           : fallback(plan, call, counter)

@@ -24,7 +24,7 @@ import { Cause, type Clock, Effect, Exit, Fiber } from "effect"
 import { type AiError, reasonOf } from "../AiError.js"
 import type { Series } from "../stats/series.js"
 import * as Deadline from "./deadline.js"
-import type { Plan, Step } from "./plan.js"
+import type { Cut, Plan, Step } from "./plan.js"
 
 /**
  * A call admitted by a breaker's fast lane.
@@ -132,7 +132,7 @@ export class Fused extends Deadline.Tracked implements Running {
     readonly started: number,
     readonly fast: FastBreaker | undefined,
     /** Where the caller says why it cut the call (`CurrentCut`). */
-    readonly external: { readonly error: AiError | undefined } | undefined
+    readonly external: Cut | undefined
   ) {
     super()
     this.step = plan.steps[0]
@@ -164,24 +164,24 @@ export class Fused extends Deadline.Tracked implements Running {
     const fiber = Effect.runForkWith(this.parent.context)(call)
     this.fiber = fiber
     const done = fiber.pollUnsafe()
-    if (done !== undefined) return this.ended(done as Exit.Exit<unknown, AiError>, this.served())
+    if (done !== undefined) return this.ended(done as Exit.Exit<unknown, AiError>, this.served(done))
     // The attempt started with the call: its deadline counts from then (one clock read fewer).
     this.env.lanes.link(this, step.timeout, this.started)
     fiber.addObserver((exit) => this.observe(exit))
     return undefined
   }
 
-  // The provider's call ended (its time of service); answers the time.
-  private served(): number {
+  // The provider's call ended (its time of service, unless its caller's race cut it); answers the time.
+  private served(exit: Exit.Exit<unknown, unknown>): number {
     const now = this.env.clock.currentTimeMillisUnsafe()
     for (const g of this.series.gauges) g.exit()
-    this.series.service.record(now - this.started)
+    if (exit._tag === "Success" || this.external?.lost !== true) this.series.service.record(now - this.started)
     return now
   }
 
   private observe(exit: Exit.Exit<unknown, unknown>): void {
     // The provider's slot in the gauges is held until its fiber really ends, even past a deadline.
-    const now = this.served()
+    const now = this.served(exit)
     if (this.phase !== ATTEMPT || this.ending !== undefined) return
     this.env.lanes.unlink(this)
     this.deliver(this.ended(exit as Exit.Exit<unknown, AiError>, now))

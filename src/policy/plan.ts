@@ -187,6 +187,11 @@ export interface Cut {
   stops?: Set<(error: AiError) => void> | undefined
   /** Set by {@link stopStreams}: a stream opened under this cut afterwards fails with it at once. */
   stopped?: AiError | undefined
+  /**
+   * Set by a race between calls (`executeParallelDomains(..., "first")`) once one has won:
+   * the calls it then cuts lost the race, which is no failure of their providers.
+   */
+  lost?: boolean | undefined
 }
 
 /**

@@ -88,6 +88,8 @@ export interface Counter {
    * the steps it then cuts lost the race, which is no failure of their providers.
    */
   raceOver?: boolean | undefined
+  /** The caller's cut, if it keeps one: a call it marks `lost` lost a race between calls. */
+  readonly external?: Cut | undefined
 }
 
 /**
@@ -140,7 +142,7 @@ export const stepEnded = (
     series.fail(reasonOf(error.value))
   } else {
     // Not its provider's failure, and not a latency anyone waited for.
-    if (counter.raceOver === true) return
+    if (counter.raceOver === true || counter.external?.lost === true) return
     series.latency.record(now - started)
     const cut = counter.cut()
     if (cut === "Timeout") series.timeouts++
@@ -255,8 +257,9 @@ export const make = (env: Env): Driver => {
       for (const g of gauges) g.enter()
       return Effect.onExit(provided, (exit) => {
         for (const g of gauges) g.exit()
-        // An attempt its hedge's race cut was not served: its time would raise the p95 that `after: "p95"` reads.
-        if (exit._tag === "Success" || counter.raceOver !== true) {
+        // An attempt its hedge's race (or its caller's) cut was not served: its time would raise
+        // the p95 that `after: "p95"` reads.
+        if (exit._tag === "Success" || (counter.raceOver !== true && counter.external?.lost !== true)) {
           series.service.record(clock.currentTimeMillisUnsafe() - started)
         }
         return Effect.void

@@ -14,6 +14,7 @@ import * as Input from "../Input.js"
 import { type EmbedRequest, type GenerateRequest, type Service as ProviderService, validateEmbed } from "../Model.js"
 import { embedUsageOf } from "../executor/embed.js"
 import { chatTelemetry } from "../executor/generate.js"
+import { CurrentCut, type Cut } from "../policy/plan.js"
 import { isTraced, traced } from "../policy/span.js"
 import type { Answer, CallOptions, HedgeOptions, Service, StreamOptions } from "../Router.js"
 import type { Service as StatsService } from "../Stats.js"
@@ -127,27 +128,45 @@ export const makeCalls = (env: Env) => {
       ? Effect.succeed(error.provider)
       : Effect.match(resolve(domain), { onFailure: () => domain, onSuccess: ({ provider }) => provider.name })
 
-  const firstSuccess = (request: GenerateRequest, names: ReadonlyArray<string>, options: CallOptions) => {
-    // When every domain fails, each one's failure, in the order given (raceAll keeps only one).
-    const failures: Array<FailedAttempt | undefined> = names.map(() => undefined)
-    return Effect.raceAll(
-      names.map((domain, i) =>
-        Effect.tapError(execute(request, domain, options), (error) =>
-          Effect.map(providerOf(error, domain), (provider) => {
-            failures[i] = { domain, provider, error }
-          })
-        )
-      )
-    ).pipe(
-      // `catch`, not `mapError`: the race's cause holds every domain's failure; the call fails once.
-      Effect.catch((error) => {
-        const all = failures.filter((f) => f !== undefined)
-        return Effect.fail(
-          names.length > 1 && all.length === names.length ? new FallbackExhaustedError({ attempts: all }) : error
-        )
+  const firstSuccess = (request: GenerateRequest, names: ReadonlyArray<string>, options: CallOptions) =>
+    Effect.withFiber((fiber) => {
+      // When every domain fails, each one's failure, in the order given (raceAll keeps only one).
+      const failures: Array<FailedAttempt | undefined> = names.map(() => undefined)
+      // The racers' cut: the caller's own reason read through it (a facade's abort), and
+      // `lost` set by the winner before the race cuts the others, which is no failure of
+      // their providers (as a hedge's loser is not).
+      const outer = fiber.getRef(CurrentCut)
+      const race: Cut = {
+        get error() {
+          return outer?.error
+        },
+        lost: false
+      }
+      const won = Effect.sync(() => {
+        race.lost = true
       })
-    )
-  }
+      return Effect.raceAll(
+        names.map((domain, i) =>
+          execute(request, domain, options).pipe(
+            Effect.tap(() => won),
+            Effect.tapError((error) =>
+              Effect.map(providerOf(error, domain), (provider) => {
+                failures[i] = { domain, provider, error }
+              })
+            ),
+            Effect.provideService(CurrentCut, race)
+          )
+        )
+      ).pipe(
+        // `catch`, not `mapError`: the race's cause holds every domain's failure; the call fails once.
+        Effect.catch((error) => {
+          const all = failures.filter((f) => f !== undefined)
+          return Effect.fail(
+            names.length > 1 && all.length === names.length ? new FallbackExhaustedError({ attempts: all }) : error
+          )
+        })
+      )
+    })
 
   // The p95 is read off a millisecond clock: for a first domain that answers in under a few
   // milliseconds (a cache, a local model) it is rounding, often 0, and a backup that early
