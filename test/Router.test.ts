@@ -510,19 +510,40 @@ describe("Router.hedge", () => {
     })
   )
 
-  it.effect("a step cut because another one failed in a way that ends the call is no failure either", () =>
+  it.effect("a backup failing in a way that falls back nowhere does not cut a primary still running", () =>
     Effect.gen(function* () {
+      // The backup's model refuses the request (TooLarge: a smaller context); the primary may yet answer it.
       const { router, stats } = yield* makeManager({
-        a: { script: [Outcome.hang()] },
-        b: { script: [Outcome.fail("InvalidRequest", { latency: "100 millis" })] }
+        a: {
+          script: [
+            Outcome.succeed("primary", { latency: "2 seconds" }),
+            Outcome.fail("Overloaded", { latency: "2 seconds" })
+          ]
+        },
+        b: {
+          script: [
+            Outcome.fail("TooLarge", { latency: "100 millis" }),
+            Outcome.fail("TooLarge", { latency: "100 millis" })
+          ]
+        },
+        c: {}
       })
-      const fiber = yield* Effect.forkChild(router.hedge(ask, ["d-a", "d-b"], { after: "1 second" }))
+      const hedge = router.hedge(ask, ["d-a", "d-b", "d-c"], { after: "1 second" })
+      const fiber = yield* Effect.forkChild(hedge)
       yield* TestClock.adjust("1100 millis")
-      const error = yield* Effect.flip(Fiber.join(fiber))
-      assert.strictEqual(error._tag === "ModelError" && error.reason, "InvalidRequest")
-      const a = yield* stats.snapshot({ provider: "a" })
-      assert.deepStrictEqual([a.total, a.failures, a.failuresByReason], [1, 0, {}])
-      assert.deepStrictEqual((yield* stats.snapshot({ provider: "b" })).failuresByReason, { InvalidRequest: 1 })
+      assert.isUndefined(fiber.pollUnsafe(), "the backup's TooLarge ended the call while the primary ran")
+      yield* TestClock.adjust("900 millis")
+      const answer = yield* Fiber.join(fiber)
+      assert.strictEqual(answer.response.text, "primary")
+      // No later step starts once a step failed that way, and when no step answers the call
+      // fails with that step's error.
+      const failed = yield* Effect.forkChild(hedge)
+      yield* TestClock.adjust("3 seconds")
+      const error = yield* Effect.flip(Fiber.join(failed))
+      assert.strictEqual(error._tag === "ModelError" && error.reason, "TooLarge")
+      assert.strictEqual((yield* stats.snapshot({ provider: "c" })).total, 0)
+      assert.deepStrictEqual((yield* stats.snapshot({ provider: "a" })).failuresByReason, { Overloaded: 1 })
+      assert.deepStrictEqual((yield* stats.snapshot({ provider: "b" })).failuresByReason, { TooLarge: 2 })
     })
   )
 

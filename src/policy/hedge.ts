@@ -1,9 +1,11 @@
 /**
  * Hedging over a plan's steps (`Plan.hedgeAfter`): each step after the first starts
  * `hedgeAfter` after the one before it started, or as soon as that one failed so that
- * `shouldFallback`; the first answer wins and the other steps are interrupted. A failure
- * that does not fall back ends the call; when every step failed, it fails with
- * `FallbackExhaustedError`. Each step runs under the retry driver (`step.ts`). A step started
+ * `shouldFallback`; the first answer wins and the other steps are interrupted. After a failure
+ * that does not fall back (`TooLarge` from a smaller backup model) no further step starts, but
+ * a step still running may yet answer: a hedge never ends worse than its first step alone
+ * would; with none left running the call fails with that error. When every step failed, it
+ * fails with `FallbackExhaustedError`. Each step runs under the retry driver (`step.ts`). A step started
  * because the delay passed with the one before still running is a hedge (started, then won
  * or lost on its step's metrics); one started because the one before failed is a fallback. A
  * step cut because the race was decided is no failure of its provider (see `stepEnded`).
@@ -39,24 +41,35 @@ export const make = (runner: Runner) => {
       const didStart = steps.map(() => false)
       // Started because the delay passed with the step before still running (not because it failed).
       const hedged = steps.map(() => false)
+      // Steps started and not ended yet, and the failure that falls back nowhere, once one has.
+      let running = 0
+      let halted: AiError | undefined
       const racers = steps.map((step, i) => {
         const go = (hedge: boolean) =>
           Effect.suspend(() => {
+            // Nothing starts after a failure that falls back nowhere (not counted: never started).
+            if (halted !== undefined) return Effect.fail(halted)
             didStart[i] = true
+            running++
             hedged[i] = hedge
             if (hedge) seriesOf(step).hedgesStarted++
             else if (i > 0) seriesOf(step).fallbacks++
             Deferred.doneUnsafe(started[i]!, Exit.void)
             return runStep(step, plan, call, counter).pipe(
               Effect.map((value) => {
+                running--
                 counter.raceOver = true
                 return { value, index: i }
               }),
               Effect.tapError((error) => {
+                running--
                 failures[i] = { domain: step.domain, provider: step.name, error }
-                if (shouldFallback(error)) return Deferred.succeed(failedAt[i]!, undefined)
+                if (!shouldFallback(error)) halted ??= error
+                else if (halted === undefined) return Deferred.succeed(failedAt[i]!, undefined)
+                // A step still running may yet answer.
+                if (running > 0) return Effect.void
                 counter.raceOver = true
-                return Deferred.fail(fatal, error)
+                return Deferred.fail(fatal, halted)
               })
             )
           })
