@@ -199,6 +199,9 @@ export interface Orchestra {
    * `next()` answers done); a failure rejects the loop with an `OrchestraError`. The signal
    * is listened to only while the loop awaits a part: aborted between two parts, the stream
    * ends at the next `next()`, and a loop abandoned without `return()` leaves nothing on it.
+   * An iterator dropped without `return()` (and no `next()` waiting) is cancelled once the garbage
+   * collector reclaims it; until then the stream's total deadline (`timeout`, else the executor's
+   * `stream.totalTimeout`) gives its provider slot back. Call `return()` to free everything at once.
    */
   readonly stream: (prompt: Prompt, options?: StreamOptions) => AsyncIterable<StreamPart>
   /** Vectors of one text, several, or a whole request; in input order. */

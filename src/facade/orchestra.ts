@@ -68,6 +68,13 @@ interface Closing {
   wake: (() => void) | undefined
 }
 
+/** Cancels a stream whose iterator is closed (or dropped): the upstream first, then a wait for the manager. */
+const closeStream = (closing: Closing): void => {
+  closing.closed = true
+  closing.wake?.()
+  closing.close?.().catch(() => undefined)
+}
+
 /**
  * Builds `createOrchestra` over the facade's error classes; `Facade.ts` calls it once, at load.
  *
@@ -243,6 +250,13 @@ export const makeCreateOrchestra = (env: Env) => {
     // among them: once the executor has closed it refuses the batch's items, which gives each
     // its outcome, and the batch returns them; interrupted, it would lose them all.
     const running = new Set<Fiber.Fiber<unknown, unknown>>()
+    // A stream's iterator dropped without `return()` (a `next()` result read, the loop left by a
+    // function that never resumes it) would hold its upstream and provider slot up to the stream's
+    // total deadline: it is cancelled once the garbage collector reclaims it. An iterator with a
+    // `next()` waiting is kept in `pulling`, so the part a caller awaits is never cut away under it.
+    // The registry holds only the stream's `Closing`, never the iterator.
+    const abandoned = new FinalizationRegistry<Closing>(closeStream)
+    const pulling = new Set<AsyncIterator<StreamPart>>()
 
     const rejectionOf = (cause: Cause.Cause<unknown>, aborted: FacadeError | undefined): unknown => {
       const failure = Cause.findErrorOption(cause)
@@ -383,6 +397,7 @@ export const makeCreateOrchestra = (env: Env) => {
           yield next.value
         }
       } finally {
+        abandoned.unregister(closing)
         await close()
       }
     }
@@ -394,12 +409,17 @@ export const makeCreateOrchestra = (env: Env) => {
         // Closing the upstream first ends a `next()` still waiting for a part (it answers done),
         // so that `return()` cancels the call now rather than after the provider's next chunk.
         const closeFirst = () => {
-          closing.closed = true
-          closing.wake?.()
-          closing.close?.().catch(() => undefined)
+          abandoned.unregister(closing)
+          closeStream(closing)
         }
-        return {
-          next: () => parts.next(),
+        let waiting = 0
+        const iterator: AsyncIterableIterator<StreamPart> = {
+          next: () => {
+            if (waiting++ === 0) pulling.add(iterator)
+            return parts.next().finally(() => {
+              if (--waiting === 0) pulling.delete(iterator)
+            })
+          },
           return: (value?: unknown) => {
             closeFirst()
             return parts.return(value as undefined)
@@ -412,6 +432,8 @@ export const makeCreateOrchestra = (env: Env) => {
             return this
           }
         }
+        abandoned.register(iterator, closing, closing)
+        return iterator
       }
     })
 

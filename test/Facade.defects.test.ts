@@ -1,0 +1,88 @@
+/**
+ * The Promise facade as a JavaScript caller uses it: iterators abandoned in every way the
+ * language allows, what a stream keeps while it runs, and input from code without types.
+ * A Promise API on the real clock, as `Facade.test.ts`: no timing assertions.
+ */
+import { setFlagsFromString } from "node:v8"
+import { runInNewContext } from "node:vm"
+import { assert, describe, it } from "@effect/vitest"
+import { Effect, Layer } from "effect"
+import { createOrchestra } from "../src/Facade.js"
+import { ModelProvider, type StreamPart } from "../src/Model.js"
+import * as Mock from "../src/Model/Mock.js"
+import * as Orchestra from "../src/Orchestra.js"
+
+setFlagsFromString("--expose-gc")
+const gc = runInNewContext("gc") as () => void
+
+let mocks = 0
+const mock = (options: Mock.Options = {}) => {
+  const { control, provider } = Effect.runSync(Mock.make({ name: `facade-defects-${++mocks}`, ...options }))
+  return { control, name: control.name, layer: Layer.succeed(ModelProvider, provider) }
+}
+
+const settle = async (check: () => boolean) => {
+  for (let i = 0; i < 200 && !check(); i++) await new Promise((resolve) => setTimeout(resolve, 5))
+}
+
+/** A long answer: more parts than a stream reads ahead of its consumer, so its upstream stays open. */
+const long = () => Array.from({ length: 300 }, (_, i) => `w${i}`).join(" ")
+
+const inFlight = (control: Mock.Control) => Effect.runSync(control.inFlight)
+
+describe("createOrchestra: a stream abandoned by its consumer", () => {
+  it("an iterator dropped after a part, without return(), is cancelled once collected: upstream closed, slot freed", async () => {
+    const m = mock({ respond: long, maxConcurrency: 1 })
+    const orchestra = createOrchestra(Orchestra.layer({ providers: { main: m.layer }, breakers: false }))
+    try {
+      // In a function of its own, so that nothing in this frame keeps the iterator.
+      const first = await (async () => {
+        const parts = orchestra.stream("go")[Symbol.asyncIterator]()
+        return (await parts.next()).value as StreamPart
+      })()
+      assert.strictEqual(first._tag, "TextDelta")
+      await settle(() => inFlight(m.control) === 1)
+      assert.strictEqual(inFlight(m.control), 1, "the upstream is open while the iterator may be resumed")
+      await settle(() => {
+        gc()
+        return inFlight(m.control) === 0
+      })
+      assert.strictEqual(inFlight(m.control), 0, "the dropped iterator's upstream is closed")
+      assert.strictEqual(Effect.runSync(m.control.interrupted), 1)
+      // The provider's only slot is free again: a new stream runs to its end.
+      let text = ""
+      for await (const part of orchestra.stream("again")) if (part._tag === "TextDelta") text += part.text
+      assert.strictEqual(text, long())
+      assert.deepStrictEqual(orchestra.stats().failuresByReason, { Interrupted: 1 })
+    } finally {
+      await orchestra.dispose()
+    }
+  })
+
+  it("an iterator nobody keeps while its next() waits still answers that next() with the part", async () => {
+    const m = mock({ respond: long, latency: "100 millis" })
+    const orchestra = createOrchestra(Orchestra.layer({ providers: { main: m.layer }, breakers: false }))
+    try {
+      // The one-shot "first part" pattern: only the promise of next() is kept.
+      const first = orchestra.stream("go")[Symbol.asyncIterator]().next()
+      let settled = false
+      void first.finally(() => {
+        settled = true
+      })
+      await settle(() => {
+        gc()
+        return settled
+      })
+      const result = await first
+      assert.strictEqual(!result.done && result.value._tag === "TextDelta" && result.value.text, "w0 ")
+      // Dropped once answered: cancelled when collected.
+      await settle(() => {
+        gc()
+        return inFlight(m.control) === 0
+      })
+      assert.strictEqual(Effect.runSync(m.control.interrupted), 1)
+    } finally {
+      await orchestra.dispose()
+    }
+  })
+})
