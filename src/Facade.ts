@@ -202,6 +202,7 @@ export interface Orchestra {
    * An iterator dropped without `return()` (and no `next()` waiting) is cancelled once the garbage
    * collector reclaims it; until then the stream's total deadline (`timeout`, else the executor's
    * `stream.totalTimeout`) gives its provider slot back. Call `return()` to free everything at once.
+   * The text handed over is kept only with a `signal`, for the `partialText` of its abort's error.
    */
   readonly stream: (prompt: Prompt, options?: StreamOptions) => AsyncIterable<StreamPart>
   /** Vectors of one text, several, or a whole request; in input order. */

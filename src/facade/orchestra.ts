@@ -392,8 +392,10 @@ export const makeCreateOrchestra = (env: Env) => {
           const next = await pull()
           if (aborted !== undefined) throw new OrchestraError(aborted)
           if (next.done) return
-          if (next.value._tag === "TextDelta") delivered += next.value.text
-          else if (next.value._tag === "Finish") finished = true
+          // Only an abort's error carries the text: without a signal, none is kept (a long stream's whole answer).
+          if (next.value._tag === "TextDelta") {
+            if (signal !== undefined) delivered += next.value.text
+          } else if (next.value._tag === "Finish") finished = true
           yield next.value
         }
       } finally {
