@@ -7,7 +7,7 @@ import { setFlagsFromString } from "node:v8"
 import { runInNewContext } from "node:vm"
 import { assert, describe, it } from "@effect/vitest"
 import { Effect, Layer, Stream } from "effect"
-import { createOrchestra } from "../src/Facade.js"
+import { createOrchestra, OrchestraError } from "../src/Facade.js"
 import { ModelProvider, type StreamPart } from "../src/Model.js"
 import * as Mock from "../src/Model/Mock.js"
 import * as Orchestra from "../src/Orchestra.js"
@@ -127,6 +127,77 @@ describe("createOrchestra: what a stream keeps while it runs", () => {
       const without = await grownBy({})
       // A copy is a string node a part (32 bytes), on top of what both streams hold.
       assert.isBelow(without, withSignal - words * 16, `without a signal ${without} B, with one ${withSignal} B`)
+    } finally {
+      await orchestra.dispose()
+    }
+  })
+})
+
+/** The typed error of a rejection, which must be an OrchestraError. */
+const typed = async (promise: Promise<unknown>) => {
+  const error = await promise.then(
+    () => assert.fail("expected a rejection"),
+    (error: unknown) => error
+  )
+  assert.instanceOf(error, OrchestraError, String(error))
+  return (error as OrchestraError).error
+}
+
+const invalid = async (promise: Promise<unknown>) => {
+  const error = await typed(promise)
+  assert.isTrue(error._tag === "ModelError" && error.reason === "InvalidRequest", `${error._tag}: ${error.message}`)
+  return error as { readonly field?: string | undefined; readonly message: string }
+}
+
+const drain = async (iterable: AsyncIterable<StreamPart>) => {
+  for await (const _ of iterable);
+}
+
+describe("createOrchestra: input from code without types", () => {
+  it("a signal (or another object that is not options) given for the options is refused, naming options, not ignored", async () => {
+    const m = mock()
+    const orchestra = createOrchestra(Orchestra.layer({ providers: { main: m.layer }, breakers: false }))
+    const { signal } = new AbortController()
+    const bare = signal as never
+    try {
+      for (const call of [
+        () => orchestra.execute("q", bare),
+        () => orchestra.executeWithFallback("q", ["support"], bare),
+        () => orchestra.executeParallelDomains("q", ["support"], bare),
+        () => orchestra.hedge("q", ["support"], bare),
+        () => orchestra.batch(["q"], bare),
+        () => orchestra.embed("q", bare),
+        () => drain(orchestra.stream("q", bare))
+      ]) {
+        const error = await invalid(call())
+        assert.strictEqual(error.field, "options")
+        assert.include(error.message, "{ signal }")
+      }
+      for (const other of [new AbortController(), new Map([["domain", "support"]]), new Date()]) {
+        assert.strictEqual((await invalid(orchestra.execute("q", other as never))).field, "options")
+      }
+      assert.throws(() => orchestra.stats(bare), OrchestraError, "filter")
+      // Options built by a class, with fields of their own, are options.
+      const answer = await orchestra.execute(
+        "q",
+        new (class {
+          readonly domain = "support"
+        })()
+      )
+      assert.strictEqual(answer.domain, "support")
+      assert.strictEqual(Effect.runSync(m.control.calls), 1)
+    } finally {
+      await orchestra.dispose()
+    }
+  })
+
+  it("mode: null is refused naming mode, as null is for every other option", async () => {
+    const m = mock()
+    const orchestra = createOrchestra(Orchestra.layer({ providers: { main: m.layer }, breakers: false }))
+    try {
+      const error = await invalid(orchestra.executeParallelDomains("q", ["support"], { mode: null as never }))
+      assert.strictEqual(error.field, "mode")
+      assert.strictEqual(Effect.runSync(m.control.calls), 0)
     } finally {
       await orchestra.dispose()
     }

@@ -47,6 +47,27 @@ const isRealSignal = (signal: AbortSignal): boolean => {
   }
 }
 
+/**
+ * What an object given for options is when it cannot be options: a class instance without fields
+ * of its own (a signal passed bare instead of `{ signal }`, a `Map`), whose keys would be none, so
+ * the call would run as if given no options. `undefined`: a plain object, or one with fields.
+ *
+ * @internal
+ */
+export const notOptions = (u: object): string | undefined => {
+  try {
+    if (u instanceof AbortSignal) return "an AbortSignal (pass it as { signal })"
+    const proto: unknown = Object.getPrototypeOf(u)
+    if (proto === Object.prototype || proto === null || Object.keys(u).length > 0) return undefined
+    const maker: unknown = (proto as { readonly constructor?: unknown }).constructor
+    const name = typeof maker === "function" ? maker.name : ""
+    return name === "" ? "an object without fields of its own" : `an instance of ${name}`
+  } catch {
+    // A `Proxy` whose trap throws: reading its fields names it.
+    return undefined
+  }
+}
+
 const decodeContext = Schema.decodeUnknownResult(Schema.Array(Message), { onExcessProperty: "error" })
 
 /** Checks a call's options against the keys it takes; a failure names the field. @internal */
@@ -55,6 +76,9 @@ export const check = (options: unknown, allowed: ReadonlySet<string>): Result.Re
   if (typeof options !== "object" || options === null || Array.isArray(options)) {
     return Result.fail(invalidRequest("options", `expected an object, got ${kind(options)}`))
   }
+  const foreign = notOptions(options)
+  if (foreign !== undefined)
+    return Result.fail(invalidRequest("options", `expected an object of options, got ${foreign}`))
   const read = Input.readFields(options)
   if (Result.isFailure(read)) return Result.fail(Input.toInvalidRequest(read.failure))
   // Each value read once, all of it (a `context`'s messages, a `{ seconds }` duration): a getter

@@ -37,7 +37,7 @@ import { CurrentCut, type Cut } from "../policy/plan.js"
 import * as Prometheus from "../Prometheus.js"
 import * as Stats from "../Stats.js"
 import * as Calls from "./calls.js"
-import { type Checked, check, isTimeoutReason, Keys, kind, none } from "./input.js"
+import { type Checked, check, isTimeoutReason, Keys, kind, none, notOptions } from "./input.js"
 
 /** What `createOrchestra` takes from `Facade.ts`: its error classes. */
 export interface Env {
@@ -224,6 +224,9 @@ export const makeCreateOrchestra = (env: Env) => {
     if (typeof filter !== "object" || filter === null || Array.isArray(filter)) {
       return Result.fail({ path: "filter", message: `expected { provider?, domain? }, got ${kind(filter)}` })
     }
+    const foreign = notOptions(filter)
+    if (foreign !== undefined)
+      return Result.fail({ path: "filter", message: `expected { provider?, domain? }, got ${foreign}` })
     const read = Input.readFields(filter, undefined, "filter")
     if (Result.isFailure(read)) return read
     const unknown = Input.unknownKey(read.success, filterKeys, "filter.")
