@@ -59,8 +59,8 @@ export const executeParallelDomains = Effect.fn("Facade.executeParallelDomains")
 ): Effect.fn.Return<ReadonlyArray<DomainOutcome> | Answer, AiError, Router> {
   const request = yield* requestOf(prompt, checked.context)
   const router = yield* Router
-  // The router refuses any other mode, naming the field.
-  const mode = (checked.raw.mode ?? "all") as "all"
+  // The router refuses any other mode (`null` included), naming the field.
+  const mode = (checked.raw.mode === undefined ? "all" : checked.raw.mode) as "all"
   return yield* router.executeParallelDomains(request, yield* domainsOf(domains), mode, callOptions(checked))
 })
 
