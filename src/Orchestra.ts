@@ -241,6 +241,11 @@ export const layer = <const P extends Record<string, Layer.Layer<ModelProvider, 
       // Read once, all of it: a getter that throws is an OptionError naming the field (not a
       // defect of the build), and no layer below reads the caller's objects again.
       const options = yield* Input.orOptionError(Input.snapshot(given, "", "options"))
+      if (typeof options !== "object" || options === null || Array.isArray(options)) {
+        return yield* Input.orOptionError(
+          Result.fail({ path: "options", message: `expected an object ({ providers }), got ${kind(options)}` })
+        )
+      }
       const unknown = Input.unknownKey(options, optionKeys)
       if (unknown !== undefined) return yield* Effect.fail(Input.toOptionError(unknown))
       const providersGiven = options.providers as unknown
@@ -269,7 +274,13 @@ export const layer = <const P extends Record<string, Layer.Layer<ModelProvider, 
           new Input.OptionError({ path: "providers", message: "invalid providers: give at least one" })
         )
       }
-      const defaultProvider = options.defaultProvider ?? names[0]!
+      const givenDefault: unknown = options.defaultProvider
+      if (givenDefault !== undefined && typeof givenDefault !== "string") {
+        return yield* Input.orOptionError(
+          Result.fail({ path: "defaultProvider", message: `expected a provider name, got ${kind(givenDefault)}` })
+        )
+      }
+      const defaultProvider = givenDefault ?? names[0]!
       if (!names.includes(defaultProvider)) {
         return yield* Input.orOptionError(
           Result.fail({

@@ -224,7 +224,14 @@ describe("Orchestra.layer: domains", () => {
         [{ providers: { main }, cache: "yes" as never }, "cache"],
         [{ providers: { main }, cache: [] as never }, "cache"],
         [{ providers: { main }, executor: "x" as never }, "executor"],
-        [{ providers: { main }, executor: false as never }, "executor"]
+        [{ providers: { main }, executor: false as never }, "executor"],
+        // From code without types: no options object at all, and a default provider that is no name.
+        [null as never, "options"],
+        [undefined as never, "options"],
+        ["main" as never, "options"],
+        [[{ providers: { main } }] as never, "options"],
+        [{ providers: { main }, defaultProvider: null as never }, "defaultProvider"],
+        [{ providers: { main }, defaultProvider: 1 as never }, "defaultProvider"]
       ]
       const paths: Array<string> = []
       for (const [options] of cases) {
