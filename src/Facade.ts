@@ -10,7 +10,9 @@
  * `InvalidRequest` naming the field; a call never throws, it rejects. A `signal` cancels a
  * call: its rejection is a `TimeoutError` (limit `total`) when the signal's reason is a
  * `TimeoutError` (`AbortSignal.timeout(ms)`), an `AbortedError` otherwise, and the stats count
- * it the same way (see `docs/orchestration.md`).
+ * it the same way (see `docs/orchestration.md`). A call reads its prompt, domains and input when it
+ * is made (a stream: at its first `next()`), so changing them afterwards changes nothing of it; a
+ * batch reads each item when it reaches it.
  *
  * @example
  * ```ts

@@ -191,6 +191,20 @@ describe("createOrchestra: input from code without types", () => {
     }
   })
 
+  it("a revoked Proxy given as the prompt is the prompt's InvalidRequest, not a TypeError", async () => {
+    const m = mock()
+    const orchestra = createOrchestra(Orchestra.layer({ providers: { main: m.layer }, breakers: false }))
+    const { proxy, revoke } = Proxy.revocable({ prompt: "q" }, {})
+    revoke()
+    try {
+      assert.strictEqual((await invalid(orchestra.execute(proxy))).field, "prompt")
+      assert.strictEqual((await invalid(drain(orchestra.stream(proxy)))).field, "prompt")
+      assert.strictEqual(Effect.runSync(m.control.calls), 0)
+    } finally {
+      await orchestra.dispose()
+    }
+  })
+
   it("mode: null is refused naming mode, as null is for every other option", async () => {
     const m = mock()
     const orchestra = createOrchestra(Orchestra.layer({ providers: { main: m.layer }, breakers: false }))
@@ -198,6 +212,40 @@ describe("createOrchestra: input from code without types", () => {
       const error = await invalid(orchestra.executeParallelDomains("q", ["support"], { mode: null as never }))
       assert.strictEqual(error.field, "mode")
       assert.strictEqual(Effect.runSync(m.control.calls), 0)
+    } finally {
+      await orchestra.dispose()
+    }
+  })
+})
+
+describe("createOrchestra: a call's arguments", () => {
+  it("are read when the call is made, also while the manager is still being built: a later change is not sent", async () => {
+    const made = Effect.runSync(
+      Mock.make({ name: `facade-defects-${++mocks}`, respond: (r) => `${r.messages?.length}` })
+    )
+    // A manager that takes a moment to build (a provider checking its endpoint, a local model loading).
+    const slow = Layer.effect(ModelProvider, Effect.as(Effect.sleep("20 millis"), made.provider))
+    const orchestra = createOrchestra(Orchestra.layer({ providers: { main: slow }, breakers: false }))
+    try {
+      const messages = [{ role: "user" as const, content: "one" }]
+      const domains = ["support"]
+      const texts = ["a"]
+      const answer = orchestra.execute({ messages })
+      const fallback = orchestra.executeWithFallback({ messages }, domains)
+      const vectors = orchestra.embed(texts)
+      const parts = orchestra.stream({ messages })[Symbol.asyncIterator]()
+      const first = parts.next()
+      // The caller goes on with its conversation (or reuses its arrays) before the answers come.
+      messages.push({ role: "user", content: "two" })
+      domains[0] = "nowhere"
+      texts.push("b")
+      assert.strictEqual((await answer).response.text, "1")
+      const fell = await fallback
+      assert.deepStrictEqual([fell.domain, fell.response.text], ["support", "1"])
+      assert.strictEqual((await vectors).vectors.length, 1)
+      const part = await first
+      assert.strictEqual(!part.done && part.value._tag === "TextDelta" && part.value.text, "1")
+      await parts.return!()
     } finally {
       await orchestra.dispose()
     }

@@ -9,10 +9,10 @@ import { Deferred, Duration, Effect, Exit, Stream } from "effect"
 import type { AiError } from "../AiError.js"
 import { Batch, type BatchResult, type Item, type RunOptions } from "../Batch.js"
 import { Executor } from "../Executor.js"
-import type { StreamPart } from "../Model.js"
+import type { EmbedRequest, GenerateRequest, StreamPart } from "../Model.js"
 import type { Services } from "../Orchestra.js"
 import { type Answer, type CallOptions, type DomainOutcome, type HedgeOptions, Router } from "../Router.js"
-import { type Checked, domainsOf, embedRequestOf, requestOf } from "./input.js"
+import type { Checked } from "./input.js"
 
 const callOptions = (checked: Checked): CallOptions => ({
   timeout: checked.timeout,
@@ -25,8 +25,7 @@ const callOptions = (checked: Checked): CallOptions => ({
  *
  * @internal
  */
-export const execute = Effect.fn("Facade.execute")(function* (prompt: unknown, checked: Checked) {
-  const request = yield* requestOf(prompt, checked.context)
+export const execute = Effect.fn("Facade.execute")(function* (request: GenerateRequest, checked: Checked) {
   const router = yield* Router
   const domain = checked.raw.domain as string | undefined
   if (domain !== undefined) return yield* router.execute(request, domain, callOptions(checked))
@@ -43,35 +42,32 @@ export const execute = Effect.fn("Facade.execute")(function* (prompt: unknown, c
 
 /** @internal */
 export const executeWithFallback = Effect.fn("Facade.executeWithFallback")(function* (
-  prompt: unknown,
+  request: GenerateRequest,
   domains: ReadonlyArray<string>,
   checked: Checked
 ) {
-  const request = yield* requestOf(prompt, checked.context)
-  return yield* (yield* Router).executeWithFallback(request, yield* domainsOf(domains), callOptions(checked))
+  return yield* (yield* Router).executeWithFallback(request, domains, callOptions(checked))
 })
 
 /** @internal */
 export const executeParallelDomains = Effect.fn("Facade.executeParallelDomains")(function* (
-  prompt: unknown,
+  request: GenerateRequest,
   domains: ReadonlyArray<string>,
   checked: Checked
 ): Effect.fn.Return<ReadonlyArray<DomainOutcome> | Answer, AiError, Router> {
-  const request = yield* requestOf(prompt, checked.context)
   const router = yield* Router
   // The router refuses any other mode (`null` included), naming the field.
   const mode = (checked.raw.mode === undefined ? "all" : checked.raw.mode) as "all"
-  return yield* router.executeParallelDomains(request, yield* domainsOf(domains), mode, callOptions(checked))
+  return yield* router.executeParallelDomains(request, domains, mode, callOptions(checked))
 })
 
 /** `given`: whether the caller passed options at all (the router names `options` when not). @internal */
 export const hedge = Effect.fn("Facade.hedge")(function* (
-  prompt: unknown,
+  request: GenerateRequest,
   domains: ReadonlyArray<string>,
   given: boolean,
   checked: Checked
 ) {
-  const request = yield* requestOf(prompt, checked.context)
   const options: HedgeOptions | undefined = given
     ? {
         ...callOptions(checked),
@@ -80,22 +76,20 @@ export const hedge = Effect.fn("Facade.hedge")(function* (
       }
     : undefined
   // Without options the router refuses the call, naming `options`.
-  return yield* (yield* Router).hedge(request, yield* domainsOf(domains), options as HedgeOptions)
+  return yield* (yield* Router).hedge(request, domains, options as HedgeOptions)
 })
 
 /** A domain through `Router.embed`, or the executor with its retry policy. @internal */
-export const embed = Effect.fn("Facade.embed")(function* (input: unknown, checked: Checked) {
-  const request = yield* embedRequestOf(input)
+export const embed = Effect.fn("Facade.embed")(function* (request: EmbedRequest, checked: Checked) {
   const domain = checked.raw.domain as string | undefined
   if (domain !== undefined) return yield* (yield* Router).embed(request, domain, { timeout: checked.timeout })
   return yield* (yield* Executor).embed(request, { retry: true, totalTimeout: checked.timeout })
 })
 
 /** @internal */
-export const stream = (prompt: unknown, checked: Checked): Stream.Stream<StreamPart, AiError, Services> =>
+export const stream = (request: GenerateRequest, checked: Checked): Stream.Stream<StreamPart, AiError, Services> =>
   Stream.unwrap(
     Effect.gen(function* () {
-      const request = yield* requestOf(prompt, checked.context)
       const raw = checked.raw
       const options = {
         totalTimeout: checked.timeout,

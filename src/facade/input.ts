@@ -5,7 +5,7 @@
  *
  * @internal
  */
-import { type Duration, Effect, Result, Schema } from "effect"
+import { type Duration, Result, Schema } from "effect"
 import { invalidRequest, type ModelError } from "../AiError.js"
 import * as Input from "../Input.js"
 import { checkGenerate, type EmbedRequest, type GenerateRequest, Message, type RequestLimits } from "../Model.js"
@@ -124,35 +124,46 @@ export const check = (options: unknown, allowed: ReadonlySet<string>): Result.Re
 
 const unbounded: RequestLimits = { maxInputChars: Infinity, maxMessages: Infinity, maxEmbedTexts: Infinity }
 
-/** The request of a prompt, the conversation's earlier messages first. @internal */
+/**
+ * The request of a prompt, the conversation's earlier messages first. Read when the call is made
+ * (as the domains and an embedding's input are), not once the manager is built: a caller that
+ * goes on changing its objects changes nothing of the call. @internal
+ */
 export const requestOf = (
   prompt: unknown,
   context: ReadonlyArray<Message> | undefined
-): Effect.Effect<GenerateRequest, ModelError> => {
-  if (typeof prompt !== "string" && (typeof prompt !== "object" || prompt === null || Array.isArray(prompt))) {
-    return Effect.fail(invalidRequest("prompt", `expected a string or a request object, got ${kind(prompt)}`))
+): Result.Result<GenerateRequest, ModelError> => {
+  let array: boolean
+  try {
+    array = Array.isArray(prompt)
+  } catch {
+    // A revoked `Proxy`: its snapshot names `prompt`.
+    array = false
+  }
+  if (typeof prompt !== "string" && (typeof prompt !== "object" || prompt === null || array)) {
+    return Result.fail(invalidRequest("prompt", `expected a string or a request object, got ${kind(prompt)}`))
   }
   // A request object is read once, all of it: a getter that throws is the field's InvalidRequest
   // (`prompt`, `messages[1].content`), and the pipeline and the provider read the copy.
   const read = Input.snapshot(prompt, "", "prompt")
-  if (Result.isFailure(read)) return Effect.fail(Input.toInvalidRequest(read.failure))
+  if (Result.isFailure(read)) return Result.fail(Input.toInvalidRequest(read.failure))
   const request: GenerateRequest = typeof prompt === "string" ? { prompt } : (read.success as GenerateRequest)
-  if (context === undefined || context.length === 0) return Effect.succeed(request)
+  if (context === undefined || context.length === 0) return Result.succeed(request)
   // The request is checked as given first (its size is checked with the context, by the pipeline):
   // merged, a wrong `prompt` or `messages` would be named as a message of the context's (or pass,
   // when the context alone is a conversation), and a prompt beside messages dropped unseen.
   const refused = checkGenerate(request, unbounded)
-  if (refused !== undefined) return Effect.fail(refused)
+  if (refused !== undefined) return Result.fail(refused)
   const { prompt: text, messages, ...rest } = request
   const own: ReadonlyArray<Message> = messages ?? (text === undefined ? [] : [{ role: "user", content: text }])
-  return Effect.succeed({ ...rest, messages: [...context, ...own] })
+  return Result.succeed({ ...rest, messages: [...context, ...own] })
 }
 
 /** The embedding request of one text, several, or a whole request (checked by the pipeline). @internal */
-export const embedRequestOf = (input: unknown): Effect.Effect<EmbedRequest, ModelError> => {
-  if (typeof input === "string") return Effect.succeed({ texts: [input] })
+export const embedRequestOf = (input: unknown): Result.Result<EmbedRequest, ModelError> => {
+  if (typeof input === "string") return Result.succeed({ texts: [input] })
   if (typeof input !== "object" || input === null) {
-    return Effect.fail(
+    return Result.fail(
       invalidRequest("input", `expected a string, an array of strings or a request, got ${kind(input)}`)
     )
   }
@@ -165,18 +176,18 @@ export const embedRequestOf = (input: unknown): Effect.Effect<EmbedRequest, Mode
     array = false
   }
   const read = array ? Input.snapshot(input, "texts") : Input.snapshot(input, "", "input")
-  if (Result.isFailure(read)) return Effect.fail(Input.toInvalidRequest(read.failure))
-  return Effect.succeed(
+  if (Result.isFailure(read)) return Result.fail(Input.toInvalidRequest(read.failure))
+  return Result.succeed(
     array ? { texts: read.success as unknown as EmbedRequest["texts"] } : (read.success as EmbedRequest)
   )
 }
 
 /** The domains of a call, read once (a `Proxy` or a getter that throws is `domains`' InvalidRequest). @internal */
-export const domainsOf = (domains: unknown): Effect.Effect<ReadonlyArray<string>, ModelError> => {
+export const domainsOf = (domains: unknown): Result.Result<ReadonlyArray<string>, ModelError> => {
   const read = Input.snapshot(domains, "domains")
   return Result.isFailure(read)
-    ? Effect.fail(Input.toInvalidRequest(read.failure))
-    : Effect.succeed(read.success as ReadonlyArray<string>)
+    ? Result.fail(Input.toInvalidRequest(read.failure))
+    : Result.succeed(read.success as ReadonlyArray<string>)
 }
 
 /**

@@ -30,14 +30,25 @@ import type {
   StreamOptions
 } from "../Facade.js"
 import * as Input from "../Input.js"
-import type { StreamPart } from "../Model.js"
+import type { GenerateRequest, StreamPart } from "../Model.js"
 import type { Services } from "../Orchestra.js"
 import { describeDefect } from "../policy/failure.js"
 import { CurrentCut, type Cut } from "../policy/plan.js"
 import * as Prometheus from "../Prometheus.js"
 import * as Stats from "../Stats.js"
 import * as Calls from "./calls.js"
-import { type Checked, check, isTimeoutReason, Keys, kind, none, notOptions } from "./input.js"
+import {
+  type Checked,
+  check,
+  domainsOf,
+  embedRequestOf,
+  isTimeoutReason,
+  Keys,
+  kind,
+  none,
+  notOptions,
+  requestOf
+} from "./input.js"
 
 /** What `createOrchestra` takes from `Facade.ts`: its error classes. */
 export interface Env {
@@ -67,6 +78,16 @@ interface Closing {
   /** Ends the wait for a manager still being built. */
   wake: (() => void) | undefined
 }
+
+/** A call's request and its domains, read in that order. */
+const withDomains = (
+  prompt: unknown,
+  domains: unknown,
+  checked: Checked
+): Result.Result<readonly [GenerateRequest, ReadonlyArray<string>], ModelError> =>
+  Result.flatMap(requestOf(prompt, checked.context), (request) =>
+    Result.map(domainsOf(domains), (names) => [request, names] as const)
+  )
 
 /** Cancels a stream whose iterator is closed (or dropped): the upstream first, then a wait for the manager. */
 const closeStream = (closing: Closing): void => {
@@ -286,11 +307,15 @@ export const makeCreateOrchestra = (env: Env) => {
       return building
     }
 
-    /** Runs a call's program on the manager; its signal interrupts it unless it is a batch (which it cancels). */
-    const run = <A>(
+    /**
+     * Runs a call's program on the manager; its signal interrupts it unless it is a batch (which it
+     * cancels). `read` reads the call's arguments now, at the call, for the program to run on.
+     */
+    const run = <I, A>(
       given: unknown,
       keys: ReadonlySet<string> | undefined,
-      program: (checked: Checked) => Effect.Effect<A, unknown, Services>,
+      read: (checked: Checked) => Result.Result<I, ModelError>,
+      program: (input: I, checked: Checked) => Effect.Effect<A, unknown, Services>,
       batch = false
     ): Promise<A> => {
       if (disposing !== undefined) return Promise.reject(shuttingDown())
@@ -299,6 +324,14 @@ export const makeCreateOrchestra = (env: Env) => {
       const checked = options.success
       const signal = batch ? undefined : checked.signal
       if (signal?.aborted) return Promise.reject(new OrchestraError(abortError(signal, 0)))
+      let input: Result.Result<I, ModelError>
+      try {
+        input = read(checked)
+      } catch (error) {
+        // Every read of the caller's objects is guarded: what throws anyway is a defect, rejected as one.
+        return Promise.reject(error)
+      }
+      if (Result.isFailure(input)) return Promise.reject(new OrchestraError(input.failure))
       const started = clock.currentTimeMillisUnsafe()
       const elapsed = () => clock.currentTimeMillisUnsafe() - started
       const start = (context: Context.Context<Services>, checked: Checked) =>
@@ -306,7 +339,9 @@ export const makeCreateOrchestra = (env: Env) => {
           if (signal?.aborted) return reject(new OrchestraError(abortError(signal, elapsed())))
           const cut: Cut = { error: undefined }
           let aborted: FacadeError | undefined
-          const fiber = Effect.runForkWith(context)(Effect.provideService(program(checked), CurrentCut, cut))
+          const fiber = Effect.runForkWith(context)(
+            Effect.provideService(program(input.success, checked), CurrentCut, cut)
+          )
           const onAbort = () => {
             const error = abortError(signal!, elapsed())
             aborted = error
@@ -347,6 +382,9 @@ export const makeCreateOrchestra = (env: Env) => {
       if (Result.isFailure(read)) throw new OrchestraError(read.failure)
       const signal = read.success.signal
       if (signal?.aborted) throw new OrchestraError(abortError(signal, 0))
+      // Read at the first `next()`, before the wait for a manager still being built.
+      const request = requestOf(prompt, read.success.context)
+      if (Result.isFailure(request)) throw new OrchestraError(request.failure)
       const started = clock.currentTimeMillisUnsafe()
       const elapsed = () => clock.currentTimeMillisUnsafe() - started
       const context = services ?? (await untilBuilt(servicesOf(), signal, read.success.timeout, elapsed, closing))
@@ -356,7 +394,7 @@ export const makeCreateOrchestra = (env: Env) => {
       if (left === undefined)
         throw new OrchestraError(new TimeoutError({ limit: "total", timeout: read.success.timeout! }))
       const cut: Cut = { error: undefined }
-      const parts = Calls.stream(prompt, left).pipe(
+      const parts = Calls.stream(request.success, left).pipe(
         Stream.provideService(CurrentCut, cut),
         Stream.mapError((error) => new OrchestraError(error))
       )
@@ -443,19 +481,33 @@ export const makeCreateOrchestra = (env: Env) => {
     })
 
     return {
-      execute: (prompt, options) => run(options, Keys.execute, (c) => Calls.execute(prompt, c)),
+      execute: (prompt, options) => run(options, Keys.execute, (c) => requestOf(prompt, c.context), Calls.execute),
       executeWithFallback: (prompt, domains, options) =>
-        run(options, Keys.fallback, (c) => Calls.executeWithFallback(prompt, domains, c)),
+        run(
+          options,
+          Keys.fallback,
+          (c) => withDomains(prompt, domains, c),
+          ([r, d], c) => Calls.executeWithFallback(r, d, c)
+        ),
       executeParallelDomains: ((prompt: Prompt, domains: ReadonlyArray<string>, options?: ParallelOptions) =>
-        run(options, Keys.parallel, (c) =>
-          Calls.executeParallelDomains(prompt, domains, c)
+        run(
+          options,
+          Keys.parallel,
+          (c) => withDomains(prompt, domains, c),
+          ([r, d], c) => Calls.executeParallelDomains(r, d, c)
         )) as Orchestra["executeParallelDomains"],
       hedge: (prompt, domains, options) =>
-        run(options, Keys.hedge, (c) => Calls.hedge(prompt, domains, options !== undefined, c)),
-      // The signal and the timeout cancel the batch (its result names the items that never ran), not the promise.
-      batch: (items, options) => run(options, Keys.batch, (c) => Calls.batch(items, c), true),
+        run(
+          options,
+          Keys.hedge,
+          (c) => withDomains(prompt, domains, c),
+          ([r, d], c) => Calls.hedge(r, d, options !== undefined, c)
+        ),
+      // The signal and the timeout cancel the batch (its result names the items that never ran), not the
+      // promise. Its items are read as the batch reaches them (a batch of 100k reads one at a time).
+      batch: (items, options) => run(options, Keys.batch, () => Result.succeed(items), Calls.batch, true),
       stream,
-      embed: (input, options) => run(options, Keys.embed, (c) => Calls.embed(input, c)),
+      embed: (input, options) => run(options, Keys.embed, () => embedRequestOf(input), Calls.embed),
       stats: (filter) => {
         let checked: Stats.Filter | undefined
         if (filter !== undefined) {
@@ -471,7 +523,13 @@ export const makeCreateOrchestra = (env: Env) => {
       resetStats: () => {
         if (statsService !== undefined) Effect.runSync(statsService.reset)
       },
-      metrics: () => run(undefined, undefined, () => Prometheus.text),
+      metrics: () =>
+        run(
+          undefined,
+          undefined,
+          () => Result.succeed(undefined),
+          () => Prometheus.text
+        ),
       dispose: () => {
         disposing ??= Effect.runPromiseExit(runtime.disposeEffect).then((exit) => {
           // Nothing should be left once the executor has drained; anything that is ends now.
