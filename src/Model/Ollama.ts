@@ -254,12 +254,10 @@ export const make = Effect.fnUntraced(function* (options: Options = {}) {
       }
       const uneven = Errors.unevenVectors(answer.embeddings, ctx, "embeddings")
       if (uneven !== undefined) return yield* Effect.fail(uneven)
+      const inputTokens = Decode.tokenCount(answer.prompt_eval_count)
       const response: Model.EmbedResponse = {
         vectors: answer.embeddings,
-        usage:
-          answer.prompt_eval_count === undefined || answer.prompt_eval_count === null
-            ? undefined
-            : Model.usage(answer.prompt_eval_count, 0),
+        usage: inputTokens === undefined ? undefined : Model.usage(inputTokens, 0),
         provider: name,
         model: answer.model ?? model
       }

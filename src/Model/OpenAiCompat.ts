@@ -300,8 +300,7 @@ export const make = Effect.fnUntraced(function* (options: Options = {}) {
       const vectors = yield* Wire.vectorsByIndex(answer.data, valid.texts.length, ctx)
       const response: Model.EmbedResponse = {
         vectors,
-        usage:
-          answer.usage === undefined || answer.usage === null ? undefined : Model.usage(answer.usage.prompt_tokens, 0),
+        usage: Wire.embedUsageOf(answer.usage),
         provider: name,
         model: answer.model ?? model
       }

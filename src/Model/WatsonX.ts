@@ -349,7 +349,8 @@ export const make: (
         )
         let inputTokens: number | undefined
         for (const answer of answers) {
-          if (typeof answer.input_token_count === "number") inputTokens = (inputTokens ?? 0) + answer.input_token_count
+          const counted = Decode.tokenCount(answer.input_token_count)
+          if (counted !== undefined) inputTokens = (inputTokens ?? 0) + counted
         }
         const vectors = answers.flatMap((answer) => answer.results.map((r) => r.embedding))
         const uneven = Errors.unevenVectors(vectors, ctxOf(model, []), "results")

@@ -352,6 +352,30 @@ layer(NodeHttpClient.layerUndici)("Gemini over HTTP", (it) => {
         })
     )
 
+    it.effect(
+      "token counts that are no counts (negative, fractional) are estimated; a total below the parts is not kept",
+      () =>
+        Effect.gen(function* () {
+          const server = yield* Server.make((_, res) =>
+            Server.json(
+              res,
+              200,
+              response("12345678", {
+                usageMetadata: {
+                  promptTokenCount: -8,
+                  candidatesTokenCount: 2.5,
+                  thoughtsTokenCount: 3,
+                  totalTokenCount: 1
+                }
+              })
+            )
+          )
+          const p = yield* provider(server)
+          const answer = yield* p.generate({ prompt: "abcd" })
+          assert.deepStrictEqual(answer.usage, { inputTokens: 1, outputTokens: 5, totalTokens: 6 })
+        })
+    )
+
     it.effect("errors: 429 RetryInfo and Retry-After, 400 API_KEY_INVALID, 503, 404 model, 400, 403", () =>
       Effect.gen(function* () {
         const answers: Record<string, [number, unknown, Record<string, string>?]> = {

@@ -110,6 +110,20 @@ layer(NodeHttpClient.layerUndici)("Ollama", (it) => {
       })
     )
 
+    it.effect("eval counts that are no counts (negative, fractional) are estimated, not summed into usage", () =>
+      Effect.gen(function* () {
+        const server = yield* Server.make((_, res) =>
+          Server.json(res, 200, {
+            ...final({ prompt_eval_count: -3, eval_count: 2.5 }),
+            message: { role: "assistant", content: "12345678" }
+          })
+        )
+        const p = yield* provider(server)
+        const answer = yield* p.generate({ prompt: "abcd" })
+        assert.deepStrictEqual(answer.usage, { inputTokens: 1, outputTokens: 2, totalTokens: 3 })
+      })
+    )
+
     it.effect("api: generate sends prompts to /api/generate, conversations and tool requests to /api/chat", () =>
       Effect.gen(function* () {
         const server = yield* Server.make((req, res) =>

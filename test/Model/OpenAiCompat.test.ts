@@ -174,6 +174,37 @@ for (const [name, client] of [
           })
       )
 
+      it.effect("partial or invalid usage: what the server counted is kept, the rest estimated, never a Decode", () =>
+        Effect.gen(function* () {
+          const server = yield* Server.make((req, res) =>
+            Server.json(res, 200, completion("12345678", { usage: JSON.parse(promptOf(req)) }))
+          )
+          const p = yield* provider(server)
+          const usageOf = (usage: unknown) =>
+            Effect.map(p.generate({ prompt: JSON.stringify(usage) }), (answer) => answer.usage)
+          // The prompts differ in length: estimates are a quarter of their characters.
+          const noPrompt = { completion_tokens: 5 }
+          assert.deepStrictEqual(yield* usageOf(noPrompt), {
+            inputTokens: Math.ceil(JSON.stringify(noPrompt).length / 4),
+            outputTokens: 5,
+            totalTokens: Math.ceil(JSON.stringify(noPrompt).length / 4) + 5
+          })
+          assert.deepStrictEqual(yield* usageOf({ prompt_tokens: 3 }), {
+            inputTokens: 3,
+            outputTokens: 2,
+            totalTokens: 5
+          })
+          const empty = {}
+          assert.deepStrictEqual(yield* usageOf(empty), { inputTokens: 1, outputTokens: 2, totalTokens: 3 })
+          const invalid = { prompt_tokens: -4, completion_tokens: 1.5, total_tokens: -2.5 }
+          assert.deepStrictEqual(yield* usageOf(invalid), {
+            inputTokens: Math.ceil(JSON.stringify(invalid).length / 4),
+            outputTokens: 2,
+            totalTokens: Math.ceil(JSON.stringify(invalid).length / 4) + 2
+          })
+        })
+      )
+
       it.effect(
         "a 429 is RateLimited with retryAfter from Retry-After seconds, or an HTTP date read against the Clock",
         () =>
@@ -606,6 +637,31 @@ for (const [name, client] of [
         })
       )
 
+      it.effect("a usage chunk without prompt_tokens still finishes: the input estimated, the output counted", () =>
+        Effect.gen(function* () {
+          const server = yield* Server.make((_, res) =>
+            Server.chunked(res, [
+              Server.sse([
+                chunk("abcdefgh"),
+                chunk(null, "stop"),
+                { ...usageChunk, usage: { completion_tokens: 4 } },
+                "[DONE]"
+              ])
+            ])
+          )
+          const p = yield* provider(server)
+          const { exit, parts } = yield* collect(p.stream({ prompt: "abcd" }))
+          assert.isTrue(Exit.isSuccess(exit))
+          assert.deepStrictEqual(parts.at(-1), {
+            _tag: "Finish",
+            finishReason: "stop",
+            usage: { inputTokens: 1, outputTokens: 4, totalTokens: 5 },
+            provider: "oai",
+            model: "gpt-4o-mini-2024-07-18"
+          })
+        })
+      )
+
       it.effect("a 429 before the stream starts is RateLimited with retryAfter and no parts", () =>
         Effect.gen(function* () {
           const server = yield* Server.make((_, res) =>
@@ -867,6 +923,22 @@ for (const [name, client] of [
             encoding_format: "float"
           })
           assert.strictEqual(bodyOf(second)["encoding_format"], "base64")
+        })
+      )
+
+      it.effect("embeddings usage with total_tokens only counts it as input; a bogus count is no usage", () =>
+        Effect.gen(function* () {
+          const server = yield* Server.make((req, res) =>
+            Server.json(res, 200, {
+              data: [{ index: 0, embedding: [1, 2] }],
+              usage: bodyOf(req)["model"] === "total" ? { total_tokens: 6 } : { prompt_tokens: -1 }
+            })
+          )
+          const p = yield* provider(server)
+          const total = yield* p.embed({ texts: ["a"], model: "total" })
+          assert.deepStrictEqual(total.usage, { inputTokens: 6, outputTokens: 0, totalTokens: 6 })
+          const bogus = yield* p.embed({ texts: ["a"], model: "bogus" })
+          assert.isUndefined(bogus.usage)
         })
       )
 

@@ -328,6 +328,29 @@ describe("WatsonX wire", () => {
       model: "m"
     })
   })
+
+  it("token counts that are no counts (negative, fractional) are estimated, in answers and streams alike", () => {
+    const chat = WatsonXWire.chatResponse(
+      {
+        choices: [{ message: { content: "12345678" }, finish_reason: "stop" }],
+        usage: { prompt_tokens: -5, completion_tokens: 1.5 }
+      },
+      "watsonx",
+      "m",
+      7
+    )
+    assert.deepStrictEqual(chat.usage, { inputTokens: 7, outputTokens: 2, totalTokens: 9 })
+    const state = WatsonXWire.streamState("watsonx", "m", 7)
+    state.chat({
+      choices: [{ delta: { content: "12345678" }, finish_reason: "stop" }],
+      usage: { prompt_tokens: -1, completion_tokens: 0.5 }
+    })
+    assert.deepStrictEqual((state.finish() as { readonly usage: Model.Usage }).usage, {
+      inputTokens: 7,
+      outputTokens: 2,
+      totalTokens: 9
+    })
+  })
 })
 
 // ---------------------------------------------------------------------------------------

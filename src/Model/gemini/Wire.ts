@@ -8,6 +8,7 @@
 import { Result, Schema } from "effect"
 import { invalidRequest, ModelError } from "../../AiError.js"
 import * as Model from "../../Model.js"
+import { tokenCount } from "../http/decode.js"
 
 const Part = Schema.Struct({
   text: Schema.optional(Schema.String),
@@ -270,9 +271,15 @@ export const usageOf = (
   fallbackOutput: number
 ): Model.Usage => {
   if (metadata === undefined) return Model.usage(fallbackInput, fallbackOutput)
-  const input = metadata.promptTokenCount ?? fallbackInput
-  const output = (metadata.candidatesTokenCount ?? fallbackOutput) + (metadata.thoughtsTokenCount ?? 0)
-  return { inputTokens: input, outputTokens: output, totalTokens: metadata.totalTokenCount ?? input + output }
+  const input = tokenCount(metadata.promptTokenCount) ?? fallbackInput
+  const output =
+    (tokenCount(metadata.candidatesTokenCount) ?? fallbackOutput) + (tokenCount(metadata.thoughtsTokenCount) ?? 0)
+  const total = tokenCount(metadata.totalTokenCount)
+  return {
+    inputTokens: input,
+    outputTokens: output,
+    totalTokens: total !== undefined && total >= input + output ? total : input + output
+  }
 }
 
 /**

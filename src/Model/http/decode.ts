@@ -81,3 +81,14 @@ export const jsonDecoder = <S extends Schema.ConstraintDecoder<unknown>>(
   const decode = valueDecoder(schema, options)
   return (text, ctx) => Effect.flatMap(parseJson(text, ctx), (value) => decode(value, ctx))
 }
+
+/**
+ * A token count as a server reported it, when it is one: a non-negative safe integer.
+ * Anything else (absent, `null`, negative, fractional) is `undefined`, for the caller to
+ * estimate instead of summing a bogus count into budgets and metrics.
+ *
+ * @since 0.3.0
+ * @category decoding
+ */
+export const tokenCount = (value: number | null | undefined): number | undefined =>
+  typeof value === "number" && Number.isSafeInteger(value) && value >= 0 ? value : undefined

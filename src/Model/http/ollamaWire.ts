@@ -10,6 +10,7 @@ import { Duration, Effect, Result, Schema } from "effect"
 import { invalidRequest, type ModelError } from "../../AiError.js"
 import * as Input from "../../Input.js"
 import * as Model from "../../Model.js"
+import { tokenCount } from "./decode.js"
 import { toolsBody } from "./openAiWire.js"
 
 const Text = Schema.optional(Schema.NullOr(Schema.String))
@@ -148,8 +149,8 @@ export const fromGenerate = (answer: typeof GenerateAnswer.Type | typeof Generat
  */
 export const usageOf = (line: Line, request: Model.GenerateRequest, outputChars: number): Model.Usage =>
   Model.usage(
-    line.prompt_eval_count ?? Model.estimateInputTokens(request),
-    line.eval_count ?? Math.ceil(outputChars / 4)
+    tokenCount(line.prompt_eval_count) ?? Model.estimateInputTokens(request),
+    tokenCount(line.eval_count) ?? Math.ceil(outputChars / 4)
   )
 
 const GO_DURATION = /^(\d+(?:\.\d+)?)(ns|us|µs|ms|s|m|h)$/

@@ -11,6 +11,7 @@ import { Effect, Result, Schema } from "effect"
 import { Base64 } from "effect/encoding"
 import { invalidRequest, type ModelError } from "../../AiError.js"
 import * as Model from "../../Model.js"
+import { tokenCount } from "./decode.js"
 import { type CallContext, malformed, unevenVectors } from "./errors.js"
 
 const Text = Schema.optional(Schema.NullOr(Schema.String))
@@ -21,7 +22,7 @@ const Count = Schema.optional(Schema.NullOr(Schema.Number))
  * @category schemas
  */
 export const UsageWire = Schema.Struct({
-  prompt_tokens: Schema.Number,
+  prompt_tokens: Count,
   completion_tokens: Count,
   total_tokens: Count
 })
@@ -111,11 +112,12 @@ export const Embeddings = Schema.Struct({
       embedding: Schema.Union([Schema.Array(Schema.Number), Schema.String])
     })
   ),
-  usage: Schema.optional(Schema.NullOr(Schema.Struct({ prompt_tokens: Schema.Number, total_tokens: Count })))
+  usage: Schema.optional(Schema.NullOr(Schema.Struct({ prompt_tokens: Count, total_tokens: Count })))
 })
 
 /**
- * Usage from the wire, or estimated when the server reports none.
+ * Usage from the wire, each count the server left out (or sent as no count: negative,
+ * fractional) estimated; the server's total only when it counted both sides.
  *
  * @since 0.2.0
  * @category utils
@@ -125,13 +127,30 @@ export const usageOf = (
   fallbackInput: number,
   fallbackOutput: number
 ): Model.Usage => {
-  if (wire === undefined || wire === null) return Model.usage(fallbackInput, fallbackOutput)
-  const output = wire.completion_tokens ?? 0
-  return {
-    inputTokens: wire.prompt_tokens,
-    outputTokens: output,
-    totalTokens: wire.total_tokens ?? wire.prompt_tokens + output
+  const input = tokenCount(wire?.prompt_tokens)
+  const output = tokenCount(wire?.completion_tokens)
+  const total = tokenCount(wire?.total_tokens)
+  if (input !== undefined && output !== undefined && total !== undefined && total >= input + output) {
+    return { inputTokens: input, outputTokens: output, totalTokens: total }
   }
+  return Model.usage(input ?? fallbackInput, output ?? fallbackOutput)
+}
+
+/**
+ * The input tokens of an embeddings answer (`prompt_tokens`, else `total_tokens`: an
+ * embedding has no output), `undefined` when the server counted none.
+ *
+ * @since 0.3.0
+ * @category utils
+ */
+export const embedUsageOf = (
+  wire:
+    | { readonly prompt_tokens?: number | null | undefined; readonly total_tokens?: number | null | undefined }
+    | null
+    | undefined
+): Model.Usage | undefined => {
+  const input = tokenCount(wire?.prompt_tokens) ?? tokenCount(wire?.total_tokens)
+  return input === undefined ? undefined : Model.usage(input, 0)
 }
 
 /**

@@ -8,6 +8,7 @@
 import { Duration, Redacted, Schema } from "effect"
 import { invalidRequest, type ModelError } from "../../AiError.js"
 import * as Model from "../../Model.js"
+import { tokenCount } from "../http/decode.js"
 
 /**
  * Which API a generation request goes to.
@@ -235,8 +236,8 @@ export const chatResponse = (
     text,
     finishReason: finishReasonOf(choice.finish_reason),
     usage: Model.usage(
-      answer.usage?.prompt_tokens ?? inputEstimate,
-      answer.usage?.completion_tokens ?? Model.estimateTokens(text)
+      tokenCount(answer.usage?.prompt_tokens) ?? inputEstimate,
+      tokenCount(answer.usage?.completion_tokens) ?? Model.estimateTokens(text)
     ),
     provider,
     model: answer.model_id ?? model
@@ -258,8 +259,8 @@ export const generationResponse = (
     text: result.generated_text,
     finishReason: finishReasonOf(result.stop_reason),
     usage: Model.usage(
-      result.input_token_count ?? inputEstimate,
-      result.generated_token_count ?? Model.estimateTokens(result.generated_text)
+      tokenCount(result.input_token_count) ?? inputEstimate,
+      tokenCount(result.generated_token_count) ?? Model.estimateTokens(result.generated_text)
     ),
     provider,
     model: answer.model_id ?? model
@@ -300,8 +301,8 @@ export const streamState = (provider: string, model: string, inputEstimate: numb
   return {
     chat: (chunk) => {
       if (chunk.model_id !== undefined) answeredModel = chunk.model_id
-      if (typeof chunk.usage?.prompt_tokens === "number") inputTokens = chunk.usage.prompt_tokens
-      if (typeof chunk.usage?.completion_tokens === "number") outputTokens = chunk.usage.completion_tokens
+      inputTokens = tokenCount(chunk.usage?.prompt_tokens) ?? inputTokens
+      outputTokens = tokenCount(chunk.usage?.completion_tokens) ?? outputTokens
       const parts: Array<Model.StreamPart> = []
       for (const choice of chunk.choices) {
         if ((choice.index ?? 0) !== 0) continue
@@ -314,10 +315,9 @@ export const streamState = (provider: string, model: string, inputEstimate: numb
       if (chunk.model_id !== undefined) answeredModel = chunk.model_id
       const result = chunk.results[0]
       // Only the first event counts the input; later ones say 0.
-      if (typeof result.input_token_count === "number" && result.input_token_count > 0) {
-        inputTokens = result.input_token_count
-      }
-      if (typeof result.generated_token_count === "number") outputTokens = result.generated_token_count
+      const input = tokenCount(result.input_token_count)
+      if (input !== undefined && input > 0) inputTokens = input
+      outputTokens = tokenCount(result.generated_token_count) ?? outputTokens
       if (typeof result.stop_reason === "string" && result.stop_reason !== "not_finished") {
         finishReason = result.stop_reason
       }
