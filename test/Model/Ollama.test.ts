@@ -530,6 +530,18 @@ layer(NodeHttpClient.layerUndici)("Ollama", (it) => {
       })
     )
 
+    it.effect("a value past float range (1e400 reads as Infinity) is Decode naming the vector, not a vector", () =>
+      Effect.gen(function* () {
+        const server = yield* Server.make((_, res) =>
+          Server.json(res, 200, '{"model":"m","embeddings":[[0.5,1],[1e400,1]]}')
+        )
+        const p = yield* provider(server)
+        const error = yield* flipModel(p.embed({ texts: ["a", "b"] }))
+        assert.strictEqual(error.reason, "Decode")
+        assert.strictEqual(error.field, "embeddings[1]")
+      })
+    )
+
     it.effect("a wrong number of vectors is Decode on embeddings", () =>
       Effect.gen(function* () {
         const server = yield* Server.make((_, res) => Server.json(res, 200, { model: "m", embeddings: [[1]] }))

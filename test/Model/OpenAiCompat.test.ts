@@ -960,6 +960,11 @@ for (const [name, client] of [
                 { index: 0, embedding: "AAA" },
                 { index: 1, embedding: [2] }
               ],
+              // Float32 NaN and Infinity travel in base64; a vector holding one compares as nothing.
+              nan: [
+                { index: 0, embedding: base64([Number.NaN, 1]) },
+                { index: 1, embedding: base64([2, Number.POSITIVE_INFINITY]) }
+              ],
               // Vectors are compared dimension by dimension: all of one length, none empty.
               uneven: [
                 { index: 0, embedding: [1, 1] },

@@ -364,7 +364,9 @@ export const malformed = (ctx: CallContext, field: string, detail: string): Mode
 
 /**
  * The `Decode` error of an embeddings answer whose vectors are not all of one length, or
- * empty (what uses them compares them dimension by dimension); `undefined` when they are.
+ * empty, or hold a value that is not a finite number (what uses them compares them dimension
+ * by dimension; base64 float32 carries NaN and Infinity, and JSON's `1e400` reads as
+ * Infinity); `undefined` when they are sound.
  *
  * @since 0.3.0
  * @category errors
@@ -379,6 +381,9 @@ export const unevenVectors = (
     const length = vectors[i]!.length
     if (length === 0) return malformed(ctx, `${field}[${i}]`, "an empty vector")
     if (length !== size) return malformed(ctx, `${field}[${i}]`, `${length} dimensions where the first has ${size}`)
+    for (const value of vectors[i]!) {
+      if (!Number.isFinite(value)) return malformed(ctx, `${field}[${i}]`, "a value that is not a finite number")
+    }
   }
   return undefined
 }
