@@ -164,7 +164,8 @@ export const make = Effect.fnUntraced(function* (options: Options = {}) {
     return apiKey === undefined ? request : HttpClientRequest.bearerToken(request, apiKey)
   }
 
-  const ctxOf = (model: string): Errors.CallContext => ({ provider: name, model, secrets })
+  // Ollama's /v1, vLLM and LM Studio answer an unknown model with a 404 and an error body, without OpenAI's code.
+  const ctxOf = (model: string): Errors.CallContext => ({ provider: name, model, secrets, notFoundField: "model" })
 
   const prepare = (request: Model.GenerateRequest, stream: boolean) =>
     Effect.flatMap(Model.validateGenerate(request), (valid) => {

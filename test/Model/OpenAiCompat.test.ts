@@ -264,7 +264,21 @@ for (const [name, client] of [
             j: [503, { error: { message: "Service unavailable" } }],
             k: [403, { error: { message: "Project does not have access" } }],
             l: [408, { error: { message: "Request timed out" } }],
-            m: [502, "Bad gateway"]
+            m: [502, "Bad gateway"],
+            n: [409, { error: { message: "Another request is in progress", type: "conflict", code: null } }],
+            // Ollama's /v1 and vLLM answer an unknown model with a 404 and no model_not_found code.
+            o: [
+              404,
+              {
+                error: {
+                  message: 'model "nope" not found, try pulling it first',
+                  type: "api_error",
+                  param: null,
+                  code: null
+                }
+              }
+            ],
+            p: [404, { object: "error", message: "The model `nope` does not exist.", type: "NotFoundError", code: 404 }]
           }
           const server = yield* Server.make((req, res) => {
             const [status, body] = answers[promptOf(req)]!
@@ -285,11 +299,17 @@ for (const [name, client] of [
             j: "Unavailable",
             k: "Unauthorized",
             l: "Timeout",
-            m: "Unavailable"
+            m: "Unavailable",
+            n: "Unavailable",
+            o: "InvalidRequest",
+            p: "InvalidRequest"
           }
           for (const [key, want] of Object.entries(expected)) assert.strictEqual((yield* reason(key)).reason, want, key)
           assert.strictEqual((yield* reason("d")).field, "messages")
           assert.strictEqual((yield* reason("e")).field, "model")
+          assert.strictEqual((yield* reason("o")).field, "model")
+          assert.strictEqual((yield* reason("p")).field, "model")
+          assert.isTrue(isRetryable(yield* reason("n")))
           assert.include((yield* reason("f")).message, "gateway timeout")
           assert.include((yield* reason("a")).message, "The server had an error")
         })

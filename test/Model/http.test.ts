@@ -291,6 +291,8 @@ describe("errors", () => {
       [422, "InvalidRequest"],
       [404, "InvalidRequest"],
       [413, "TooLarge"],
+      // A conflict with a request in flight (OpenAI's and Anthropic's clients retry it): transient.
+      [409, "Unavailable"],
       [408, "Timeout"],
       [504, "Timeout"],
       [500, "Overloaded"],
