@@ -39,8 +39,11 @@ export interface Options extends Http.Options {
   readonly apiVersion?: string | undefined
   /** Provider name in errors, metrics and provenance. Default `gemini`. */
   readonly name?: string | undefined
-  /** Extra request headers (the key header cannot be replaced). */
-  readonly headers?: Readonly<Record<string, string>> | undefined
+  /**
+   * Extra request headers (the key header cannot be replaced). A header that carries a secret
+   * takes a `Redacted` value: it is then scrubbed from errors and shown redacted in logs.
+   */
+  readonly headers?: Http.HeadersOption | undefined
   /** Bounds on requests, checked before any call. Default `Model.defaultRequestLimits`. */
   readonly requestLimits?: Partial<Model.RequestLimits> | undefined
 }
@@ -92,15 +95,15 @@ const checkOptions = (options: Options) =>
 export const make: (options: Options) => Effect.Effect<Model.Service, Input.OptionError, HttpClient.HttpClient> =
   Effect.fnUntraced(function* (options: Options) {
     yield* Input.orOptionError(optionKeys(options))
-    const [settings, apiKey, name, defaultModel, embeddingModel, dimensions, baseUrl, apiVersion, limits] =
+    const [settings, apiKey, name, defaultModel, embeddingModel, dimensions, baseUrl, apiVersion, limits, headerSet] =
       yield* Input.orOptionError(checkOptions(options))
-    const client = yield* Client.make(settings, options.transformClient, ["x-goog-api-key"])
+    const client = yield* Client.make(settings, options.transformClient, ["x-goog-api-key", ...headerSet.secretNames])
     const root = Http.joinUrl(baseUrl, apiVersion)
-    const secrets = [apiKey]
+    const secrets = [apiKey, ...headerSet.secrets]
 
     const post = (path: string, body: unknown, accept = "application/json") =>
       HttpClientRequest.post(Http.joinUrl(root, path)).pipe(
-        HttpClientRequest.setHeaders({ ...options.headers }),
+        HttpClientRequest.setHeaders(headerSet.values),
         HttpClientRequest.setHeader("x-goog-api-key", Redacted.value(apiKey)),
         HttpClientRequest.setHeader("accept", accept),
         HttpClientRequest.bodyJsonUnsafe(body)

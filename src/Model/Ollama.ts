@@ -50,8 +50,11 @@ export interface Options extends Http.Options {
   readonly apiKey?: Redacted.Redacted<string> | undefined
   /** Provider name in errors, metrics and provenance. Default `ollama`. */
   readonly name?: string | undefined
-  /** Extra headers on every request. */
-  readonly headers?: Readonly<Record<string, string>> | undefined
+  /**
+   * Extra headers on every request. A header that carries a secret takes a `Redacted` value: it
+   * is then scrubbed from errors and shown redacted when middleware logs a request.
+   */
+  readonly headers?: Http.HeadersOption | undefined
 }
 
 /**
@@ -121,10 +124,10 @@ const checkOptions = (options: Options) =>
     Http.nonEmpty("embeddingModel", Input.orDefault(options.embeddingModel, "nomic-embed-text")),
     Input.oneOf("api", Input.orDefault(options.api, "chat"), ["chat", "generate"]),
     Input.optional(options.keepAlive, (input) => Wire.keepAlive("keepAlive", input)),
+    Http.headers("headers", options.headers),
     options.apiKey === undefined || Redacted.isRedacted(options.apiKey)
       ? Result.succeed(undefined)
       : Result.fail({ path: "apiKey", message: "expected a Redacted value (Redacted.make(key) or Config.Redacted)" }),
-    Http.headers("headers", options.headers),
     Http.headerOption("apiKey", "authorization", options.apiKey)
   ])
 
@@ -137,16 +140,16 @@ const checkOptions = (options: Options) =>
  */
 export const make = Effect.fnUntraced(function* (options: Options = {}) {
   yield* Input.orOptionError(optionKeys(options))
-  const [settings, host, name, defaultModel, embeddingModel, api, keepAlive] = yield* Input.orOptionError(
+  const [settings, host, name, defaultModel, embeddingModel, api, keepAlive, headerSet] = yield* Input.orOptionError(
     checkOptions(options)
   )
-  const client = yield* Client.make(settings, options.transformClient)
+  const client = yield* Client.make(settings, options.transformClient, headerSet.secretNames)
   const apiKey = options.apiKey
-  const secrets = apiKey === undefined ? [] : [apiKey]
+  const secrets = apiKey === undefined ? headerSet.secrets : [apiKey, ...headerSet.secrets]
 
   const post = (path: string, body: unknown, accept: string): HttpClientRequest.HttpClientRequest => {
     const request = HttpClientRequest.post(Http.joinUrl(host, path)).pipe(
-      HttpClientRequest.setHeaders({ ...options.headers }),
+      HttpClientRequest.setHeaders(headerSet.values),
       HttpClientRequest.setHeader("accept", accept),
       HttpClientRequest.bodyJsonUnsafe(body)
     )

@@ -45,8 +45,11 @@ export interface Options extends Http.Options {
   readonly name?: string | undefined
   /** Ask for a final usage chunk when streaming (`stream_options.include_usage`). Default true; some older servers reject it. */
   readonly streamUsage?: boolean | undefined
-  /** Extra headers on every request. */
-  readonly headers?: Readonly<Record<string, string>> | undefined
+  /**
+   * Extra headers on every request. A header that carries a secret takes a `Redacted` value: it
+   * is then scrubbed from errors and shown redacted when middleware logs a request.
+   */
+  readonly headers?: Http.HeadersOption | undefined
   /**
    * How embeddings travel: `float` (JSON numbers, the default) or `base64` (little-endian
    * float32, a quarter of the size). Either answer is accepted whatever was asked.
@@ -120,10 +123,10 @@ const checkOptions = (options: Options) =>
       "max_tokens",
       "max_completion_tokens"
     ]),
+    Http.headers("headers", options.headers),
     options.apiKey === undefined || Redacted.isRedacted(options.apiKey)
       ? Result.succeed(undefined)
       : Result.fail({ path: "apiKey", message: "expected a Redacted value (Redacted.make(key) or Config.Redacted)" }),
-    Http.headers("headers", options.headers),
     Http.headerOption("organization", "OpenAI-Organization", options.organization),
     Http.headerOption("project", "OpenAI-Project", options.project),
     Http.headerOption("apiKey", "authorization", options.apiKey),
@@ -144,14 +147,14 @@ const checkOptions = (options: Options) =>
  */
 export const make = Effect.fnUntraced(function* (options: Options = {}) {
   yield* Input.orOptionError(optionKeys(options))
-  const [settings, baseUrl, name, defaultModel, embeddingModel, embeddingEncoding, maxTokensField] =
+  const [settings, baseUrl, name, defaultModel, embeddingModel, embeddingEncoding, maxTokensField, headerSet] =
     yield* Input.orOptionError(checkOptions(options))
-  const client = yield* Client.make(settings, options.transformClient)
+  const client = yield* Client.make(settings, options.transformClient, headerSet.secretNames)
   const apiKey = options.apiKey
-  const secrets = apiKey === undefined ? [] : [apiKey]
+  const secrets = apiKey === undefined ? headerSet.secrets : [apiKey, ...headerSet.secrets]
   const streamUsage = Input.orDefault(options.streamUsage, true)
 
-  const headers: Record<string, string> = { ...options.headers }
+  const headers: Record<string, string> = { ...headerSet.values }
   if (options.organization !== undefined) headers["OpenAI-Organization"] = options.organization
   if (options.project !== undefined) headers["OpenAI-Project"] = options.project
 

@@ -241,6 +241,19 @@ layer(NodeHttpClient.layerUndici)("Ollama", (it) => {
         assert.strictEqual((yield* server.requests)[0]?.headers.authorization, `Bearer ${KEY}`)
       })
     )
+    it.effect("a proxy's token given in `headers` as Redacted is sent, and an echo of it is scrubbed", () =>
+      Effect.gen(function* () {
+        const TOKEN = "proxy-token-0a1b2c3d4e5f"
+        const server = yield* Server.make((req, res) =>
+          Server.json(res, 401, { error: `bad proxy token ${String(req.headers["x-proxy-token"])}` })
+        )
+        const p = yield* provider(server, { headers: { "x-proxy-token": Redacted.make(TOKEN) } })
+        const error = yield* flipModel(p.generate({ prompt: "x" }))
+        assert.include(error.message, "bad proxy token <redacted>")
+        assert.notInclude(inspect(error, { depth: 10 }), TOKEN)
+        assert.strictEqual((yield* server.requests)[0]?.headers["x-proxy-token"], TOKEN)
+      })
+    )
   })
 
   describe("stream", () => {

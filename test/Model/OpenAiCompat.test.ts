@@ -527,6 +527,60 @@ for (const [name, client] of [
       )
     })
 
+    describe("secret headers", () => {
+      const AZURE = "azure-key-5e4d3c2b1a-SECRET"
+      it.effect("a key given in `headers` as Redacted is sent, and never appears in errors, logs or options", () =>
+        Effect.gen(function* () {
+          const server = yield* Server.make((req, res) =>
+            Server.json(res, 401, { error: { message: `Access denied for key ${String(req.headers["api-key"])}` } })
+          )
+          const lines: Array<string> = []
+          const capture = Logger.make((options) => {
+            lines.push(String(Logger.formatLogFmt.log(options)))
+            lines.push(JSON.stringify(Logger.formatStructured.log(options)))
+          })
+          const options: OpenAiCompat.Options = {
+            baseUrl: `${server.url}/v1`,
+            headers: { "api-key": Redacted.make(AZURE), "x-tenant": "t-1" },
+            transformClient: (client) => HttpClient.tapRequest(client, (request) => Effect.log("sending", request))
+          }
+          const p = yield* OpenAiCompat.make(options)
+          const generated = yield* Effect.exit(p.generate({ prompt: "hi" })).pipe(
+            Effect.provide(Logger.layer([capture]))
+          )
+          const streamed = yield* collect(p.stream({ prompt: "hi" })).pipe(Effect.provide(Logger.layer([capture])))
+          const [request] = yield* server.requests
+          assert.strictEqual(request?.headers["api-key"], AZURE)
+          assert.strictEqual(request?.headers["x-tenant"], "t-1")
+          for (const exit of [generated, streamed.exit]) {
+            const error = modelErrorOf(exit)
+            assert.strictEqual(error.reason, "Unauthorized")
+            assert.include(error.message, "Access denied for key <redacted>")
+            for (const text of [
+              JSON.stringify(error),
+              inspect(error, { depth: 10 }),
+              Cause.pretty((exit as Exit.Failure<unknown, unknown>).cause)
+            ]) {
+              assert.notInclude(text, AZURE)
+            }
+          }
+          assert.isTrue(lines.some((line) => line.includes("api-key")))
+          for (const line of lines) assert.notInclude(line, AZURE)
+          assert.notInclude(inspect(options, { depth: 10 }), AZURE)
+        })
+      )
+
+      it.effect("a Redacted header value with CR or LF is refused naming it, without quoting it", () =>
+        Effect.gen(function* () {
+          const error = yield* Effect.flip(
+            OpenAiCompat.make({ headers: { "api-key": Redacted.make(`${AZURE}\r\nx: y`) } })
+          )
+          assert.strictEqual(error.path, 'headers["api-key"]')
+          assert.notInclude(error.message, AZURE)
+        })
+      )
+    })
+
     describe("stream", () => {
       it.effect("SSE split inside CRLF pairs and UTF-8 characters, with comments and a usage chunk", () =>
         Effect.gen(function* () {

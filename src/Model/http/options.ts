@@ -233,23 +233,62 @@ export const headerOption = (path: string, name: string, input: unknown): Input.
 }
 
 /**
- * Checks a provider's `headers` option (an object of string values; see {@link header}).
+ * A provider's `headers` option: each value a string, or a `Redacted` one for a header that
+ * carries a secret (Azure's `api-key`, a proxy's token).
+ *
+ * @since 0.3.0
+ * @category models
+ */
+export type HeadersOption = Readonly<Record<string, string | Redacted.Redacted<string>>>
+
+/**
+ * A checked `headers` option.
+ *
+ * @since 0.3.0
+ * @category models
+ */
+export interface HeaderSet {
+  /** Every header as sent. */
+  readonly values: Readonly<Record<string, string>>
+  /** The `Redacted` values (and the credentials of a `Bearer <token>` one): scrubbed from every error. */
+  readonly secrets: ReadonlyArray<Redacted.Redacted>
+  /** The names of the `Redacted` headers (lowercase): rendered redacted when middleware logs a request. */
+  readonly secretNames: ReadonlyArray<string>
+}
+
+/**
+ * Checks a provider's `headers` option (an object of strings or `Redacted` strings; see
+ * {@link header}).
  *
  * @since 0.3.0
  * @category checks
  */
-export const headers = (path: string, input: unknown): Input.Checked<Readonly<Record<string, string>> | undefined> => {
-  if (input === undefined) return Result.succeed(undefined)
+export const headers = (path: string, input: unknown): Input.Checked<HeaderSet> => {
+  if (input === undefined) return Result.succeed({ values: {}, secrets: [], secretNames: [] })
   if (typeof input !== "object" || input === null || Array.isArray(input)) {
     return Result.fail({ path, message: `expected an object of header names to strings, got ${typeof input}` })
   }
-  for (const [name, value] of Object.entries(input)) {
+  const values: Record<string, string> = {}
+  const secrets: Array<Redacted.Redacted> = []
+  const secretNames: Array<string> = []
+  for (const [name, given] of Object.entries(input)) {
     const at = `${path}[${JSON.stringify(name)}]`
-    if (typeof value !== "string") return Result.fail({ path: at, message: `expected a string, got ${typeof value}` })
+    const value: unknown = Redacted.isRedacted(given) ? Redacted.value(given) : given
+    if (typeof value !== "string") {
+      return Result.fail({ path: at, message: `expected a string or a Redacted string, got ${typeof value}` })
+    }
     const checked = header(at, name, value)
     if (Result.isFailure(checked)) return Result.fail(checked.failure)
+    values[name] = value
+    if (Redacted.isRedacted(given)) {
+      secrets.push(given as Redacted.Redacted<string>)
+      secretNames.push(name.toLowerCase())
+      // "Bearer <token>": a server that echoes the token alone must not leak it either.
+      const credentials = /^\S+\s+(\S{4,})$/.exec(value)?.[1]
+      if (credentials !== undefined) secrets.push(Redacted.make(credentials))
+    }
   }
-  return Result.succeed(input as Readonly<Record<string, string>>)
+  return Result.succeed({ values, secrets, secretNames })
 }
 
 /**
