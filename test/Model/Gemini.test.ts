@@ -429,6 +429,23 @@ layer(NodeHttpClient.layerUndici)("Gemini over HTTP", (it) => {
       })
     )
 
+    it.effect("function-call args nested too deeply to serialise are Decode naming them, not a defect", () =>
+      Effect.gen(function* () {
+        const deep = `${"[".repeat(100_000)}${"]".repeat(100_000)}`
+        const server = yield* Server.make((_, res) =>
+          Server.json(
+            res,
+            200,
+            `{"candidates":[{"content":{"parts":[{"functionCall":{"name":"f","args":{"a":${deep}}}}]},"finishReason":"STOP"}]}`
+          )
+        )
+        const p = yield* provider(server)
+        const error = yield* failing(p.generate({ prompt: "x" }))
+        assert.strictEqual(error.reason, "Decode")
+        assert.strictEqual(error.field, "candidates[0].content.parts[0].functionCall.args")
+      })
+    )
+
     it.effect("a malformed body is Decode naming the field", () =>
       Effect.gen(function* () {
         const server = yield* Server.make((_, res) =>

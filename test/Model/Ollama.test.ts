@@ -204,6 +204,26 @@ layer(NodeHttpClient.layerUndici)("Ollama", (it) => {
       })
     )
 
+    it.effect("tool-call arguments nested too deeply to serialise are Decode naming them, in answers and streams", () =>
+      Effect.gen(function* () {
+        const deep = `${"[".repeat(100_000)}${"]".repeat(100_000)}`
+        const call = `{"function":{"name":"f","arguments":{"a":${deep}}}}`
+        const server = yield* Server.make((req, res) =>
+          bodyOf(req)["stream"] === true
+            ? Server.text(res, 200, `{"model":"m","message":{"content":"","tool_calls":[${call}]},"done":false}\n`, {
+                "content-type": "application/x-ndjson"
+              })
+            : Server.json(res, 200, `{"model":"m","message":{"role":"assistant","tool_calls":[${call}]},"done":true}`)
+        )
+        const p = yield* provider(server)
+        const error = yield* flipModel(p.generate({ prompt: "x" }))
+        assert.strictEqual(error.reason, "Decode")
+        assert.strictEqual(error.field, "message.tool_calls[0].function.arguments")
+        const { exit } = yield* collect(p.stream({ prompt: "x" }))
+        assert.strictEqual(modelErrorOf(exit).field, "message.tool_calls[0].function.arguments")
+      })
+    )
+
     it.effect("a server that never answers ends with a request TimeoutError at `timeout`", () =>
       Effect.gen(function* () {
         const server = yield* Server.make(Server.hang)

@@ -8,6 +8,7 @@
 import { Effect, Result, Schema } from "effect"
 import type { ModelError } from "../../AiError.js"
 import * as Input from "../../Input.js"
+import { maxSchemaDepth, nestsDeeper } from "../validate.js"
 import { type CallContext, malformed } from "./errors.js"
 
 /**
@@ -92,3 +93,15 @@ export const jsonDecoder = <S extends Schema.ConstraintDecoder<unknown>>(
  */
 export const tokenCount = (value: number | null | undefined): number | undefined =>
   typeof value === "number" && Number.isSafeInteger(value) && value >= 0 ? value : undefined
+
+/**
+ * A check for a JSON value of an answer that is serialised again (tool-call arguments): it
+ * nests arrays and objects at most as deeply as a tool's parameters may, since
+ * `JSON.stringify` overflows the stack on a value a server nested some thousands deep.
+ *
+ * @since 0.3.0
+ * @category decoding
+ */
+export const shallow = Schema.makeFilter<unknown>((value) =>
+  nestsDeeper(value, maxSchemaDepth) ? `nests arrays and objects more than ${maxSchemaDepth} levels deep` : undefined
+)

@@ -10,7 +10,7 @@ import { Duration, Effect, Result, Schema } from "effect"
 import { invalidRequest, type ModelError } from "../../AiError.js"
 import * as Input from "../../Input.js"
 import * as Model from "../../Model.js"
-import { tokenCount } from "./decode.js"
+import { shallow, tokenCount } from "./decode.js"
 import { toolsBody } from "./openAiWire.js"
 
 const Text = Schema.optional(Schema.NullOr(Schema.String))
@@ -27,7 +27,7 @@ const ToolCalls = Schema.optional(
     Schema.Array(
       Schema.Struct({
         id: Text,
-        function: Schema.Struct({ name: Schema.String, arguments: Schema.optional(Schema.Unknown) })
+        function: Schema.Struct({ name: Schema.String, arguments: Schema.optional(Schema.Unknown.check(shallow)) })
       })
     )
   )
