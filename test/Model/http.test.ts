@@ -325,6 +325,14 @@ describe("errors", () => {
     )
     assert.isUndefined(Errors.parseRetryAfter({ "retry-after": "soon" }, now))
     assert.isUndefined(Errors.parseRetryAfter({ "retry-after": "-5" }, now))
+    // A delay past what a number holds is still a (very long) finite wait, never an infinite one.
+    for (const name of ["retry-after", "retry-after-ms"]) {
+      const huge = Errors.parseRetryAfter({ [name]: "9".repeat(400) }, now)
+      assert.isTrue(huge !== undefined && Duration.isFinite(huge), name)
+      assert.isAbove(Duration.toMillis(huge!), 1e15, name)
+    }
+    const google = Errors.errorInfo({ error: { details: [{ retryDelay: `${"9".repeat(400)}s` }] } }).retryDelay
+    assert.isTrue(google !== undefined && Duration.isFinite(google))
   })
 
   it("a 404 names the model only with a JSON error body; secrets are scrubbed from the provider's message", () => {

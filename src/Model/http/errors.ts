@@ -85,10 +85,14 @@ export interface ErrorInfo {
 const str = (u: unknown): string | undefined => (typeof u === "string" && u.length > 0 ? u : undefined)
 const num = (u: unknown): number | undefined => (typeof u === "number" && Number.isFinite(u) ? u : undefined)
 
+/** A delay past what a number holds (`9` four hundred times) is a very long wait, not an infinite one. */
+const delay = (millis: number): Duration.Duration =>
+  Duration.millis(Math.min(Math.round(millis), Number.MAX_SAFE_INTEGER))
+
 const parseGoogleDuration = (u: unknown): Duration.Duration | undefined => {
   if (typeof u !== "string") return undefined
   const match = /^(\d+(?:\.\d+)?)s$/.exec(u.trim())
-  return match?.[1] === undefined ? undefined : Duration.millis(Math.round(Number(match[1]) * 1000))
+  return match?.[1] === undefined ? undefined : delay(Number(match[1]) * 1000)
 }
 
 /**
@@ -214,10 +218,10 @@ export const parseRetryAfter = (
   info?: ErrorInfo
 ): Duration.Duration | undefined => {
   const ms = headers["retry-after-ms"]?.trim()
-  if (ms !== undefined && DELAY_SECONDS.test(ms)) return Duration.millis(Math.round(Number(ms)))
+  if (ms !== undefined && DELAY_SECONDS.test(ms)) return delay(Number(ms))
   const value = headers["retry-after"]?.trim()
   if (value !== undefined && value.length > 0) {
-    if (DELAY_SECONDS.test(value)) return Duration.millis(Math.round(Number(value) * 1000))
+    if (DELAY_SECONDS.test(value)) return delay(Number(value) * 1000)
     // An HTTP-date starts with the day's name. Date.parse reads it; the current time comes from the Clock.
     const date = /^[A-Za-z]{3}/.test(value) ? Date.parse(value) : Number.NaN
     if (!Number.isNaN(date)) return Duration.millis(Math.max(0, date - nowMillis))
