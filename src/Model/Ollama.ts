@@ -74,6 +74,9 @@ export const finishReasonOf = (reason: string | null | undefined): Model.FinishR
   }
 }
 
+/** Texts a request embeds at most, so that an answer of long vectors stays within `maxResponseBytes`. */
+const EMBED_BATCH = 256
+
 const decodeChat = Decode.valueDecoder(Wire.ChatAnswer)
 const decodeGenerate = Decode.valueDecoder(Wire.GenerateAnswer)
 const decodeChatLine = Decode.valueDecoder(Wire.ChatLine)
@@ -244,25 +247,41 @@ export const make = Effect.fnUntraced(function* (options: Options = {}) {
       const model = valid.model ?? embeddingModel
       yield* Effect.annotateCurrentSpan(Client.spanAttributes(name, "embeddings", model))
       const ctx = ctxOf(model)
-      const body = { model, input: valid.texts, ...(keepAlive === undefined ? {} : { keep_alive: keepAlive }) }
-      const answer = yield* client.json(post("api/embed", body, "application/json"), decodeEmbed, ctx)
-      if (answer.embeddings.length !== valid.texts.length) {
-        return yield* Effect.fail(
-          Errors.malformed(
-            ctx,
-            "embeddings",
-            `expected ${valid.texts.length} embeddings, got ${answer.embeddings.length}`
-          )
+      const batches: Array<ReadonlyArray<string>> = []
+      for (let i = 0; i < valid.texts.length; i += EMBED_BATCH) batches.push(valid.texts.slice(i, i + EMBED_BATCH))
+      const answers = yield* Effect.forEach(batches, (texts) => {
+        const body = { model, input: texts, ...(keepAlive === undefined ? {} : { keep_alive: keepAlive }) }
+        return Effect.flatMap(client.json(post("api/embed", body, "application/json"), decodeEmbed, ctx), (answer) =>
+          answer.embeddings.length === texts.length
+            ? Effect.succeed(answer)
+            : Effect.fail(
+                Errors.malformed(
+                  ctx,
+                  "embeddings",
+                  `expected ${texts.length} embeddings, got ${answer.embeddings.length}`
+                )
+              )
         )
-      }
-      const uneven = Errors.unevenVectors(answer.embeddings, ctx, "embeddings")
+      }).pipe(
+        // Each batch is bounded by the client; `timeout` bounds the call as a whole too.
+        Effect.timeoutOrElse({
+          duration: settings.timeout,
+          orElse: () => Effect.fail(Errors.requestTimeout(ctx, settings.timeout))
+        })
+      )
+      const vectors = answers.length === 1 ? answers[0]!.embeddings : answers.flatMap((a) => a.embeddings)
+      const uneven = Errors.unevenVectors(vectors, ctx, "embeddings")
       if (uneven !== undefined) return yield* Effect.fail(uneven)
-      const inputTokens = Decode.tokenCount(answer.prompt_eval_count)
+      let inputTokens: number | undefined = 0
+      for (const answer of answers) {
+        const counted = Decode.tokenCount(answer.prompt_eval_count)
+        inputTokens = counted === undefined || inputTokens === undefined ? undefined : inputTokens + counted
+      }
       const response: Model.EmbedResponse = {
-        vectors: answer.embeddings,
+        vectors,
         usage: inputTokens === undefined ? undefined : Model.usage(inputTokens, 0),
         provider: name,
-        model: answer.model ?? model
+        model: answers[0]!.model ?? model
       }
       return response
     })

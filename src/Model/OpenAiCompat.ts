@@ -93,6 +93,12 @@ export const finishReasonOf = (reason: string | null | undefined): Model.FinishR
 const withToolCalls = (reason: Model.FinishReason, toolCalls: number): Model.FinishReason =>
   toolCalls > 0 && reason !== "length" && reason !== "content_filter" ? "tool_calls" : reason
 
+/**
+ * Texts a request embeds at most: OpenAI pretty-prints ~28 bytes a float, so 256 vectors of
+ * 3072 dimensions are ~22 MB, within the default `maxResponseBytes` where 2048 would be ~176 MB.
+ */
+const EMBED_BATCH = 256
+
 const decodeCompletion = Decode.valueDecoder(Wire.ChatCompletion)
 const decodeChunk = Decode.valueDecoder(Wire.ChatChunk)
 const decodeEmbeddings = Decode.valueDecoder(Wire.Embeddings)
@@ -296,17 +302,38 @@ export const make = Effect.fnUntraced(function* (options: Options = {}) {
       const model = valid.model ?? embeddingModel
       yield* Effect.annotateCurrentSpan(Client.spanAttributes(name, "embeddings", model))
       const ctx = ctxOf(model)
-      const answer = yield* client.json(
-        post("embeddings", { model, input: valid.texts, encoding_format: embeddingEncoding }, "application/json"),
-        decodeEmbeddings,
-        ctx
+      const batches: Array<ReadonlyArray<string>> = []
+      for (let i = 0; i < valid.texts.length; i += EMBED_BATCH) batches.push(valid.texts.slice(i, i + EMBED_BATCH))
+      const answers = yield* Effect.forEach(batches, (texts) =>
+        Effect.flatMap(
+          client.json(
+            post("embeddings", { model, input: texts, encoding_format: embeddingEncoding }, "application/json"),
+            decodeEmbeddings,
+            ctx
+          ),
+          (answer) =>
+            Effect.map(Wire.vectorsByIndex(answer.data, texts.length, ctx), (vectors) => ({ answer, vectors }))
+        )
+      ).pipe(
+        // Each batch is bounded by the client; `timeout` bounds the call as a whole too.
+        Effect.timeoutOrElse({
+          duration: settings.timeout,
+          orElse: () => Effect.fail(Errors.requestTimeout(ctx, settings.timeout))
+        })
       )
-      const vectors = yield* Wire.vectorsByIndex(answer.data, valid.texts.length, ctx)
+      const vectors = answers.length === 1 ? answers[0]!.vectors : answers.flatMap((a) => a.vectors)
+      const uneven = answers.length === 1 ? undefined : Errors.unevenVectors(vectors, ctx, "data")
+      if (uneven !== undefined) return yield* Effect.fail(uneven)
+      let inputTokens: number | undefined = 0
+      for (const { answer } of answers) {
+        const usage = Wire.embedUsageOf(answer.usage)
+        inputTokens = usage === undefined || inputTokens === undefined ? undefined : inputTokens + usage.inputTokens
+      }
       const response: Model.EmbedResponse = {
         vectors,
-        usage: Wire.embedUsageOf(answer.usage),
+        usage: inputTokens === undefined ? undefined : Model.usage(inputTokens, 0),
         provider: name,
-        model: answer.model ?? model
+        model: answers[0]!.answer.model ?? model
       }
       return response
     })

@@ -575,6 +575,29 @@ layer(NodeHttpClient.layerUndici)("Ollama", (it) => {
       })
     )
 
+    it.effect("many texts go in batches of 256 (an answer of 2048 long vectors passes 32 MiB); counts summed", () =>
+      Effect.gen(function* () {
+        const server = yield* Server.make((req, res) => {
+          const input = bodyOf(req)["input"] as ReadonlyArray<string>
+          Server.json(res, 200, {
+            model: "m",
+            embeddings: input.map((t) => [Number(t), 1]),
+            prompt_eval_count: input.length
+          })
+        })
+        const p = yield* provider(server)
+        const texts = Array.from({ length: 300 }, (_, i) => String(i))
+        const answer = yield* p.embed({ texts: texts as [string, ...Array<string>] })
+        assert.deepStrictEqual(
+          answer.vectors,
+          texts.map((t) => [Number(t), 1])
+        )
+        assert.deepStrictEqual(answer.usage, { inputTokens: 300, outputTokens: 0, totalTokens: 300 })
+        const sizes = (yield* server.requests).map((r) => (bodyOf(r)["input"] as ReadonlyArray<string>).length)
+        assert.deepStrictEqual(sizes, [256, 44])
+      })
+    )
+
     it.effect("a wrong number of vectors is Decode on embeddings", () =>
       Effect.gen(function* () {
         const server = yield* Server.make((_, res) => Server.json(res, 200, { model: "m", embeddings: [[1]] }))

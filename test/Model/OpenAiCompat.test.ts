@@ -1000,6 +1000,31 @@ for (const [name, client] of [
         })
       )
 
+      it.effect(
+        "many texts go in batches of 256, each answer well within maxResponseBytes; vectors in input order, usage summed",
+        () =>
+          Effect.gen(function* () {
+            // OpenAI pretty-prints ~28 bytes a float: 2048 texts of 1536 dimensions in one answer are ~88 MB.
+            const server = yield* Server.make((req, res) => {
+              const input = bodyOf(req)["input"] as ReadonlyArray<string>
+              Server.json(res, 200, {
+                data: input.map((_, i) => ({ index: i, embedding: [Number(input[i]), 1] })).reverse(),
+                usage: { prompt_tokens: input.length, total_tokens: input.length }
+              })
+            })
+            const p = yield* provider(server)
+            const texts = Array.from({ length: 600 }, (_, i) => String(i))
+            const answer = yield* p.embed({ texts: texts as [string, ...Array<string>] })
+            assert.deepStrictEqual(
+              answer.vectors,
+              texts.map((t) => [Number(t), 1])
+            )
+            assert.deepStrictEqual(answer.usage, { inputTokens: 600, outputTokens: 0, totalTokens: 600 })
+            const sizes = (yield* server.requests).map((r) => (bodyOf(r)["input"] as ReadonlyArray<string>).length)
+            assert.deepStrictEqual(sizes, [256, 256, 88])
+          })
+      )
+
       it.effect("embeddings usage with total_tokens only counts it as input; a bogus count is no usage", () =>
         Effect.gen(function* () {
           const server = yield* Server.make((req, res) =>
