@@ -527,6 +527,28 @@ for (const [name, client] of [
       )
     })
 
+    describe("echoed key at the edge of a quoted snippet", () => {
+      it.effect("an answer that is not JSON or not an event stream quotes its start without any part of the key", () =>
+        Effect.gen(function* () {
+          // The key straddles the 200th character, where the quoted start of the body is cut.
+          const page = `${"x".repeat(190)}${KEY} and more text after it`
+          const server = yield* Server.make((_, res) => Server.text(res, 200, page, { "content-type": "text/html" }))
+          const p = yield* provider(server)
+          const embedded = yield* flipModel(p.embed({ texts: ["a"] }))
+          assert.strictEqual(embedded.field, "content-type")
+          const sseServer = yield* Server.make((_, res) =>
+            Server.text(res, 200, page, { "content-type": "text/event-stream" })
+          )
+          const streamed = modelErrorOf((yield* collect((yield* provider(sseServer)).stream({ prompt: "hi" }))).exit)
+          assert.strictEqual(streamed.field, "content-type")
+          for (const error of [embedded, streamed]) {
+            assert.include(error.message, "xxxxx")
+            assert.notInclude(error.message, KEY.slice(0, 6))
+          }
+        })
+      )
+    })
+
     describe("secret headers", () => {
       const AZURE = "azure-key-5e4d3c2b1a-SECRET"
       it.effect("a key given in `headers` as Redacted is sent, and never appears in errors, logs or options", () =>

@@ -37,6 +37,7 @@ import {
   malformed,
   parseJsonOrUndefined,
   requestTimeout,
+  scrubbedHead,
   transportError
 } from "./errors.js"
 import { values } from "./ndjson.js"
@@ -301,7 +302,7 @@ const unexpectedType = (
     const payload = isJsonType(type) ? parseJsonOrUndefined(text) : undefined
     if (isErrorPayload(payload)) return Effect.fail(errorFromPayload(payload, ctx, "answer"))
     const what = isJsonType(type) ? (payload === undefined ? "broken JSON" : "a JSON document") : "a body"
-    const snippet = text.trim().slice(0, 200)
+    const snippet = scrubbedHead(text.trim(), 200, ctx.secrets)
     return Effect.fail(
       malformed(ctx, "content-type", `expected ${expected}, got ${type} (${what}${snippet ? `: ${snippet}` : ""})`)
     )

@@ -54,6 +54,56 @@ export const scrub = (text: string, secrets: ReadonlyArray<Redacted.Redacted> | 
   return out
 }
 
+/**
+ * The length of the longest secret (of 4 characters or more): how far past a cut a text must
+ * reach for {@link scrubbedHead} to see whole every secret that starts before the cut.
+ *
+ * @since 0.3.0
+ * @category utils
+ */
+export const longestSecret = (secrets: ReadonlyArray<Redacted.Redacted> | undefined): number => {
+  let longest = 0
+  for (const secret of secrets ?? []) {
+    const value = Redacted.value(secret)
+    if (typeof value === "string" && value.length >= 4 && value.length > longest) longest = value.length
+  }
+  return longest
+}
+
+/**
+ * The first `max` characters of `text` with every secret that starts among them replaced
+ * whole by `<redacted>`: cutting first and scrubbing after would leave the start of a secret
+ * that straddles the cut. `text` should reach {@link longestSecret} characters past `max`.
+ *
+ * @since 0.3.0
+ * @category utils
+ */
+export const scrubbedHead = (
+  text: string,
+  max: number,
+  secrets: ReadonlyArray<Redacted.Redacted> | undefined
+): string => {
+  const values: Array<string> = []
+  for (const secret of secrets ?? []) {
+    const value = Redacted.value(secret)
+    if (typeof value === "string" && value.length >= 4) values.push(value)
+  }
+  if (values.length === 0) return text.slice(0, max)
+  let out = ""
+  let i = 0
+  while (i < max && i < text.length) {
+    const found = values.find((value) => text.startsWith(value, i))
+    if (found === undefined) {
+      out += text[i]
+      i += 1
+    } else {
+      out += "<redacted>"
+      i += found.length
+    }
+  }
+  return out
+}
+
 const truncate = (text: string, max = MAX_MESSAGE): string => (text.length > max ? `${text.slice(0, max)}…` : text)
 
 /**

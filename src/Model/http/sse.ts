@@ -12,7 +12,7 @@
 import { Cause, Effect, Pull, Stream } from "effect"
 import { Sse } from "effect/encoding"
 import type { ModelError } from "../../AiError.js"
-import { type CallContext, malformed, tooLarge } from "./errors.js"
+import { type CallContext, longestSecret, malformed, scrubbedHead, tooLarge } from "./errors.js"
 
 /**
  * One event: its name (`message` when unnamed) and its data lines joined with `\n`.
@@ -100,6 +100,8 @@ export const events = (
       let ended = false
       let sawEvent = false
       let head = ""
+      // A body that is not an event stream is quoted from its start: read on past the cut, to see whole a key across it.
+      const headLength = HEAD + longestSecret(ctx.secrets)
       const parser = Sse.makeParser(
         (event) => {
           if (event._tag === "Event") out.push(event)
@@ -108,7 +110,7 @@ export const events = (
       )
       const feed = (text: string): void => {
         if (failure !== undefined || text.length === 0) return
-        if (!sawEvent && head.length < HEAD) head += text.slice(0, HEAD - head.length)
+        if (!sawEvent && head.length < headLength) head += text.slice(0, headLength - head.length)
         if (parser.feed(text) !== undefined) {
           failure = tooLarge(ctx, "one stream event", options.maxEventBytes, "maxEventBytes")
         }
@@ -118,7 +120,8 @@ export const events = (
         feed(decoder.end())
         const text = head.trim()
         if (!sawEvent && failure === undefined && text.length > 0 && !text.startsWith(":")) {
-          failure = malformed(ctx, "content-type", `the body is not an event stream: ${JSON.stringify(text)}`)
+          const quoted = JSON.stringify(scrubbedHead(text, HEAD, ctx.secrets))
+          failure = malformed(ctx, "content-type", `the body is not an event stream: ${quoted}`)
         }
         ended = true
       }
