@@ -377,6 +377,23 @@ layer(NodeHttpClient.layerUndici)("Ollama", (it) => {
       })
     )
 
+    it.effect("a body that ends cleanly inside a line broke off: Transport after the text, as an SSE stream's", () =>
+      Effect.gen(function* () {
+        const server = yield* Server.make((_, res) =>
+          Server.chunked(res, [Server.ndjson([chatLine("one ")]), '{"model":"llama3.2","message":{"content":"tw'], {
+            contentType: "application/x-ndjson",
+            end: "end"
+          })
+        )
+        const p = yield* provider(server)
+        const { exit, text } = yield* collect(p.stream({ prompt: "hi" }))
+        assert.strictEqual(text, "one ")
+        const error = modelErrorOf(exit)
+        assert.strictEqual(error.reason, "Transport")
+        assert.isTrue(isRetryable(error))
+      })
+    )
+
     it.effect("a stream that stalls after two lines ends with an idle TimeoutError naming the provider", () =>
       Effect.gen(function* () {
         const server = yield* Server.make((_, res) =>

@@ -8,7 +8,7 @@
 import { Stream } from "effect"
 import { Ndjson } from "effect/encoding"
 import { ModelError } from "../../AiError.js"
-import { type CallContext, malformed, tooLarge } from "./errors.js"
+import { type CallContext, endedEarly, malformed, tooLarge } from "./errors.js"
 
 /**
  * Options of {@link values}.
@@ -23,7 +23,8 @@ export interface ValuesOptions {
 
 /**
  * The parsed JSON values of a byte stream. A line past `maxEventBytes` fails `TooLarge` as
- * soon as the bound is passed; a line that is not JSON (or not UTF-8) fails `Decode`.
+ * soon as the bound is passed; a line that is not JSON (or not UTF-8) fails `Decode`; a body
+ * that ends inside a line fails `Transport`, as ended early.
  *
  * @since 0.2.0
  * @category streaming
@@ -45,11 +46,8 @@ export const values = (
         case "InvalidUtf8":
           return malformed(ctx, "(root)", "a stream line is not valid UTF-8")
         default:
-          return malformed(
-            ctx,
-            "(root)",
-            error.unterminated === true ? "the stream ended inside a line" : "a stream line is not JSON"
-          )
+          // A body that ends inside a line broke off (as an SSE stream ending inside an event does): Transport.
+          return error.unterminated === true ? endedEarly(ctx) : malformed(ctx, "(root)", "a stream line is not JSON")
       }
     })
   )
