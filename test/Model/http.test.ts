@@ -287,6 +287,8 @@ describe("errors", () => {
       [429, "RateLimited"],
       [401, "Unauthorized"],
       [403, "Unauthorized"],
+      // A proxy on the way refused our credentials: this route's failure, not the request's.
+      [407, "Unauthorized"],
       [400, "InvalidRequest"],
       [422, "InvalidRequest"],
       [404, "InvalidRequest"],

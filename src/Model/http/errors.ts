@@ -220,7 +220,7 @@ const typeReasons: Readonly<Record<string, Reason>> = {
 
 /**
  * The reason of an HTTP status, refined by the structured fields of the error body (codes
- * and types, never message text): 429 `RateLimited`, 401/402/403 `Unauthorized`, 408/504
+ * and types, never message text): 429 `RateLimited`, 401/402/403/407 `Unauthorized`, 408/504
  * `Timeout`, 409 `Unavailable`, 413 (and a 4xx of code `context_length_exceeded`) `TooLarge`, 500/529
  * `Overloaded`, 502/503 and other 5xx `Unavailable`, other 4xx `InvalidRequest`. Without a
  * status (an error inside a stream), the body's type or code decides, else `Unknown`.
@@ -238,7 +238,7 @@ export const classify = (status: number | undefined, info: ErrorInfo): Reason =>
   if (status === 529 || info.type === "overloaded_error") return "Overloaded"
   if (status !== undefined && status > 0) {
     if (status === 429) return "RateLimited"
-    if (status === 401 || status === 402 || status === 403) return "Unauthorized"
+    if (status === 401 || status === 402 || status === 403 || status === 407) return "Unauthorized"
     if (status === 408 || status === 504) return "Timeout"
     // A conflict with another request in flight: OpenAI's and Anthropic's own clients retry it.
     if (status === 409) return "Unavailable"
