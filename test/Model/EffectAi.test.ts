@@ -143,6 +143,19 @@ describe("EffectAi.make (effect/ai LanguageModel as a ModelProvider)", () => {
     })
   )
 
+  it.effect("negative token counts are estimated, not summed into usage", () =>
+    Effect.gen(function* () {
+      const { provider } = yield* providerWith({
+        generate: Effect.succeed<Array<Response.PartEncoded>>([
+          { type: "text", text: "12345678" },
+          { type: "finish", reason: "stop", usage: { inputTokens: { total: -7 }, outputTokens: { total: -2 } } }
+        ])
+      })
+      const answer = yield* provider.generate({ prompt: "abcd" })
+      assert.deepStrictEqual(answer.usage, { inputTokens: 1, outputTokens: 2, totalTokens: 3 })
+    })
+  )
+
   it.effect("stream: text deltas (reasoning skipped), then exactly one Finish with usage and model", () =>
     Effect.gen(function* () {
       const { provider } = yield* providerWith({}, { name: "oai" })

@@ -11,6 +11,7 @@ import { invalidRequest, type ModelError } from "../../AiError.js"
 import * as Input from "../../Input.js"
 import * as Model from "../../Model.js"
 import type { GenerationSettings } from "../EffectAi.js"
+import { tokenCount } from "../http/decode.js"
 
 /** @internal */
 export const nonEmpty = (path: string, input: unknown): Input.Checked<string> =>
@@ -167,8 +168,8 @@ export const toolkitOf = (tools: ReadonlyArray<Model.ToolDefinition>): AnyToolki
 
 /** @internal */
 export const usageOf = (usage: Response.Usage, input: number, output: number): Model.Usage => {
-  const inputTokens = usage.inputTokens.total ?? input
-  const outputTokens = usage.outputTokens.total ?? output
+  const inputTokens = tokenCount(usage.inputTokens.total) ?? input
+  const outputTokens = tokenCount(usage.outputTokens.total) ?? output
   return { inputTokens, outputTokens, totalTokens: inputTokens + outputTokens }
 }
 
