@@ -221,13 +221,21 @@ export class Batch extends Context.Service<Batch, Service>()("effect-orchestra/B
 export interface Options {
   /** Items running at once across every batch of this manager (a positive integer). Default 5. */
   readonly maxConcurrent?: number | undefined
+  /**
+   * The most items one batch takes (a positive integer). Default 1,000,000. A longer batch (a
+   * sparse `new Array(2 ** 32 - 1)` included) fails its run with an `InvalidRequest` naming
+   * `items`, before anything is allocated for its items.
+   *
+   * @since 0.4.0
+   */
+  readonly maxItems?: number | undefined
 }
 
-const optionKeys: ReadonlySet<string> = new Set(["maxConcurrent"])
+const optionKeys: ReadonlySet<string> = new Set(["maxConcurrent", "maxItems"])
 
 /**
- * Builds the batch service over the executor and router in context. A `maxConcurrent`
- * that is not a positive integer fails with an `OptionError` naming it.
+ * Builds the batch service over the executor and router in context. A `maxConcurrent` or
+ * `maxItems` that is not a positive integer fails with an `OptionError` naming it.
  *
  * @since 0.1.0
  * @category constructors
@@ -238,11 +246,14 @@ export const make = Effect.fnUntraced(function* (options: Options = {}) {
   const limit = yield* Input.orOptionError(
     Input.positiveInt("maxConcurrent", Input.orDefault(options.maxConcurrent, 5))
   )
+  const maxItems = yield* Input.orOptionError(
+    Input.positiveInt("maxItems", Input.orDefault(options.maxItems, 1_000_000))
+  )
   const executor = yield* Executor
   const router = yield* Router
   const gate = new Gate(limit)
   let batches = 0
-  const deps = { executor, router, gate, limit, nextId: () => `batch-${++batches}`, routes: new Map() }
+  const deps = { executor, router, gate, limit, maxItems, nextId: () => `batch-${++batches}`, routes: new Map() }
 
   const run = Effect.fn("Batch.run")(function* (items: ReadonlyArray<Item>, runOptions?: RunOptions) {
     return yield* runBatch(deps, items, runOptions)

@@ -487,7 +487,7 @@ describe("Executor.executeMany", () => {
   )
 
   it.effect(
-    "a request whose field throws when read is its own InvalidRequest naming request, not a defect of all",
+    "a request whose field throws when read is its own InvalidRequest naming it (requests[1]), not a defect of all",
     () =>
       Effect.gen(function* () {
         const { executor } = yield* setup({ respond: () => "ok" })
@@ -499,7 +499,7 @@ describe("Executor.executeMany", () => {
         const results = yield* executor.executeMany([ask, throwing, ask])
         assert.deepStrictEqual(
           results.map((r) => (Result.isSuccess(r) ? "ok" : r.failure._tag === "ModelError" && r.failure.field)),
-          ["ok", "request", "ok"]
+          ["ok", "requests[1]", "ok"]
         )
         const failure = results[1]!
         assert.include(Result.isFailure(failure) ? failure.failure.message : "", "prompt getter threw")

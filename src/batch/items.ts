@@ -115,7 +115,16 @@ export const underItem = <E extends AiError>(error: E, index: number, from: Pars
   if (error._tag !== "ModelError" || error.reason !== "InvalidRequest") return error
   const field = error.field
   const named = itemField(`items[${index}]`, field === "(root)" ? undefined : field, from)
-  if (named === undefined) return error
+  return named === undefined ? error : renamed(error, named)
+}
+
+/**
+ * An `InvalidRequest` naming `named` instead of its own field (`prompt` of the third request
+ * of a batch is `requests[2].prompt`), its message too; everything else kept.
+ */
+export const renamed = <E extends AiError>(error: E, named: string): E => {
+  if (error._tag !== "ModelError" || error.reason !== "InvalidRequest") return error
+  const field = error.field
   const message =
     field !== undefined && error.message.startsWith(`invalid ${field}:`)
       ? `invalid ${named}:${error.message.slice(`invalid ${field}:`.length)}`
@@ -174,14 +183,15 @@ const fail = (field: string, message: string) => Effect.fail(invalidRequest(fiel
 const isFunction = (u: unknown): u is (...args: ReadonlyArray<never>) => unknown => typeof u === "function"
 
 /**
- * Checks the items' container and a run's options; the batch's `domain` and `fallback`
- * must be known domains. Fails with an `InvalidRequest` naming the field.
+ * Checks the items' container (an array of at most `maxItems`) and a run's options; the
+ * batch's `domain` and `fallback` must be known domains. Fails with an `InvalidRequest` naming the field.
  */
 export const check = (
   items: unknown,
   input: unknown,
   router: RouterService,
-  resolved: ReadonlyMap<string | undefined, unknown>
+  resolved: ReadonlyMap<string | undefined, unknown>,
+  maxItems: number
 ): Effect.Effect<
   { readonly items: ReadonlyArray<unknown>; readonly total: number; readonly options: Checked },
   ModelError
@@ -233,6 +243,15 @@ export const check = (
     } catch (error) {
       return yield* Effect.fail(threw("items", "reading its length", error))
     }
+    // An array's length is a whole number, but a `Proxy`'s may be anything: `-1` or `1.5` would
+    // be a `RangeError` where the run allocates, and a huge one would allocate (and walk) it all.
+    if (!Number.isSafeInteger(total) || total < 0) {
+      return yield* fail(
+        "items",
+        `expected an array, got a length of ${typeof total === "number" ? total : typeof total}`
+      )
+    }
+    if (total > maxItems) return yield* fail("items", `expected at most ${maxItems} items (maxItems), got ${total}`)
     return {
       items,
       total,

@@ -42,6 +42,8 @@ export interface Deps {
   /** The manager's limit: one permit per running item, across every batch. */
   readonly gate: Gate
   readonly limit: number
+  /** The most items one batch takes. */
+  readonly maxItems: number
   readonly nextId: () => string
   /**
    * Routes without a batch `fallback`, resolved once per manager (keys: the domain names
@@ -215,7 +217,8 @@ export const run = (deps: Deps, rawItems: unknown, rawOptions: RunOptions | unde
       rawItems,
       rawOptions === undefined ? {} : rawOptions,
       router,
-      deps.routes
+      deps.routes,
+      deps.maxItems
     )
     const id = options.id ?? deps.nextId()
     yield* Effect.annotateCurrentSpan({ "orchestra.batch.id": id, "orchestra.batch.items": total })

@@ -15,6 +15,7 @@ import type { Engine } from "../policy/engine.js"
 import type { Sink } from "../policy/fused.js"
 import { forEachPool, forEachStarted } from "../policy/pool.js"
 import { isTraced } from "../policy/span.js"
+import { renamed } from "../batch/items.js"
 import { checkRequest, generateOf } from "./generate.js"
 import { manyKeys, type ResolveSync } from "./options.js"
 import type { PlanOf } from "./plan.js"
@@ -35,10 +36,21 @@ const resultOf = (exit: Exit.Exit<unknown, AiError>): Result.Result<GenerateResp
   )
 }
 
+/**
+ * The most requests one `executeMany` takes: a longer batch (a sparse `new Array(2 ** 32 - 1)`,
+ * an endless iterable) is refused naming `requests`, before any is read.
+ *
+ * @internal
+ */
+export const maxRequests = 1_000_000
+
+const tooMany = (got: string): ModelError =>
+  invalidRequest("requests", `expected at most ${maxRequests} requests, got ${got}`)
+
 // `Array.from` takes any array-like: a request given without its array (`{ prompt }`, no
 // `length`) would be no requests at all, and `null` a `TypeError`. Only an iterable is requests.
 const itemsOf = (requests: unknown): Array<GenerateRequest> | ModelError => {
-  if (Array.isArray(requests)) return Array.from(requests)
+  if (Array.isArray(requests)) return arrayOf(requests)
   if (
     typeof requests !== "object" ||
     requests === null ||
@@ -48,11 +60,51 @@ const itemsOf = (requests: unknown): Array<GenerateRequest> | ModelError => {
       requests === null ? "null" : typeof requests === "object" ? "an object that is not iterable" : typeof requests
     return invalidRequest("requests", `expected an array (or an iterable) of requests, got ${kind}`)
   }
+  const items: Array<GenerateRequest> = []
   try {
-    return Array.from(requests as Iterable<GenerateRequest>)
+    for (const request of requests as Iterable<GenerateRequest>) {
+      if (items.length === maxRequests) return tooMany("more")
+      items.push(request)
+    }
   } catch (error) {
     return invalidRequest("requests", `iterating them threw: ${Input.thrownMessage(error)}`)
   }
+  return items
+}
+
+// An array's length is read first (a `Proxy` may claim any), then its elements by index:
+// a hole is `undefined`, that request's own refusal.
+const arrayOf = (requests: ReadonlyArray<unknown>): Array<GenerateRequest> | ModelError => {
+  let length: number
+  try {
+    length = requests.length
+  } catch (error) {
+    return invalidRequest("requests", `reading its length threw: ${Input.thrownMessage(error)}`)
+  }
+  if (!Number.isSafeInteger(length) || length < 0) {
+    return invalidRequest(
+      "requests",
+      `expected an array, got a length of ${typeof length === "number" ? length : typeof length}`
+    )
+  }
+  if (length > maxRequests) return tooMany(String(length))
+  const items = new Array<GenerateRequest>(length)
+  for (let index = 0; index < length; index++) {
+    try {
+      items[index] = requests[index] as GenerateRequest
+    } catch (error) {
+      return invalidRequest(`requests[${index}]`, `reading it threw: ${Input.thrownMessage(error)}`)
+    }
+  }
+  return items
+}
+
+// A request's refusal names its place in the batch (`requests[3].prompt`), as `Batch.run`
+// names its items: "prompt" alone does not tell which of 10,000 requests it was.
+const atIndex = (error: ModelError, index: number): ModelError => {
+  const field = error.field
+  const item = `requests[${index}]`
+  return renamed(error, field === undefined || field === "request" || field === "(root)" ? item : `${item}.${field}`)
 }
 
 /**
@@ -83,7 +135,7 @@ export const make = (env: {
     const target = manyOptions.provider ?? provider
     const error = checkRequest(request, limits)
     if (error !== undefined) {
-      sink.done(index, Exit.fail(refuse(error, target, manyOptions.domain)))
+      sink.done(index, Exit.fail(refuse(atIndex(error, index), target, manyOptions.domain)))
       return undefined
     }
     return engine.start(fiber, planOf(target, request, manyOptions, resolved), generateOf(request), sink, index)
@@ -107,9 +159,15 @@ export const make = (env: {
       if (isTraced(fiber)) {
         const { concurrency: _, ...itemOptions } = manyOptions
         return Effect.withSpan(
-          forEachPool(items, concurrency.success, (request) =>
-            Effect.map(Effect.exit(execute(request, itemOptions)), resultOf)
-          ),
+          forEachPool(items, concurrency.success, (request, index) => {
+            // Checked here too, so that a refusal names its request (`execute` checks it again).
+            const error = checkRequest(request, limits)
+            if (error !== undefined) {
+              const target = manyOptions.provider ?? provider
+              return Effect.succeed(Result.fail(refuse(atIndex(error, index), target, manyOptions.domain)))
+            }
+            return Effect.map(Effect.exit(execute(request, itemOptions)), resultOf)
+          }),
           "Executor.executeMany",
           { attributes: { "orchestra.items": items.length, "orchestra.concurrency": concurrency.success } }
         )

@@ -1,0 +1,230 @@
+/**
+ * Defects found in review of the batch entry points (`Executor.executeMany`, `Batch.run`,
+ * `Batch.stream`): each test failed before its fix.
+ */
+import { assert, describe, it } from "@effect/vitest"
+import { Context, Effect, Exit, Layer, Metric, Result, Scope, Stream } from "effect"
+import type { AiError } from "../src/AiError.js"
+import * as Batch from "../src/Batch.js"
+import { ModelProvider, type Service as ProviderService } from "../src/Model.js"
+import * as Orchestra from "../src/Orchestra.js"
+import * as Policy from "../src/Policy.js"
+import { Router } from "../src/Router.js"
+import { Executor } from "../src/Executor.js"
+import { setup } from "./utils/executor.js"
+
+const custom = (name: string, generate: ProviderService["generate"]): ProviderService => ({
+  name,
+  defaultModel: "m",
+  generate,
+  stream: () => Stream.die("unused"),
+  embed: () => Effect.die("unused")
+})
+
+const response = (text: string) => ({
+  text,
+  finishReason: "stop" as const,
+  usage: { inputTokens: 1, outputTokens: 1, totalTokens: 2 },
+  provider: "p",
+  model: "m"
+})
+
+/** A manager over one provider `p` (domain `d`, 1 s deadline, no retry), in a scope of the test. */
+const managerOver = (provider: ProviderService, options: { readonly maxConcurrent?: number } = {}) =>
+  Effect.gen(function* () {
+    const scope = yield* Scope.make()
+    const context = yield* Layer.buildWithScope(
+      Orchestra.layer({
+        breakers: false,
+        ...options,
+        providers: { p: Layer.succeed(ModelProvider, provider) },
+        domains: [{ name: "d", provider: "p", timeout: 1000, retry: Policy.retry({ maxAttempts: 1 }) }]
+      }),
+      scope
+    ).pipe(Effect.provideService(Metric.MetricRegistry, new Map()))
+    yield* Effect.addFinalizer(() => Scope.close(scope, Exit.void))
+    return {
+      batch: Context.get(context, Batch.Batch),
+      executor: Context.get(context, Executor),
+      router: Context.get(context, Router)
+    }
+  })
+
+const fieldOf = (error: AiError | undefined): string | undefined =>
+  error?._tag === "ModelError" && error.reason === "InvalidRequest" ? error.field : `${error?._tag}`
+
+describe("executeMany names the request that was refused", () => {
+  for (const traced of [false, true]) {
+    it.effect(`requests[i] and its field, not request or prompt (${traced ? "traced" : "untraced"})`, () =>
+      Effect.gen(function* () {
+        const { executor, control } = yield* setup({ respond: () => "ok" })
+        const sparse: Array<{ prompt: string }> = [{ prompt: "a" }]
+        sparse.length = 2
+        const requests = [
+          { prompt: "a" },
+          { prompt: 1 },
+          { prompt: "" },
+          undefined,
+          { messages: [{ role: "user", content: 5 }] },
+          ...sparse
+        ] as never
+        const many = executor.executeMany(requests)
+        const results = yield* traced ? many.pipe(Effect.withSpan("test")) : many
+        assert.deepStrictEqual(
+          results.map((r) => (Result.isSuccess(r) ? "ok" : fieldOf(r.failure))),
+          [
+            "ok",
+            "requests[1].prompt",
+            "requests[2].prompt",
+            "requests[3]",
+            "requests[4].messages[0].content",
+            "ok",
+            "requests[6]"
+          ]
+        )
+        const empty = results[2]!
+        assert.strictEqual(
+          Result.isFailure(empty) && empty.failure.message,
+          "invalid requests[2].prompt: the prompt is empty"
+        )
+        assert.strictEqual(yield* control.calls, 2)
+        // A single call still names its own request.
+        const alone = yield* Effect.flip(executor.execute({ prompt: "" }))
+        assert.strictEqual(fieldOf(alone), "prompt")
+      })
+    )
+  }
+})
+
+describe("a batch has a bounded length", () => {
+  it.effect("executeMany refuses more than 1,000,000 requests before reading them, naming requests", () =>
+    Effect.gen(function* () {
+      const { executor, control } = yield* setup()
+      let reads = 0
+      const huge = new Proxy([] as Array<{ prompt: string }>, {
+        get: (target, key) => {
+          if (key === "length") return 2 ** 32 - 1
+          if (typeof key === "string" && /^\d+$/.test(key)) {
+            if (++reads > 10) throw new Error("read the items of a batch that is too long")
+            return { prompt: "x" }
+          }
+          return Reflect.get(target, key)
+        }
+      })
+      const sparse: Array<{ prompt: string }> = []
+      sparse.length = 2 ** 32 - 1
+      for (const requests of [huge, sparse]) {
+        const error = yield* Effect.flip(executor.executeMany(requests))
+        assert.deepStrictEqual(
+          [error.reason, error.field, error.message],
+          ["InvalidRequest", "requests", "invalid requests: expected at most 1000000 requests, got 4294967295"]
+        )
+      }
+      assert.strictEqual(reads, 0)
+      // An iterable has no length: it is read up to the limit, then refused (an endless one too).
+      let yielded = 0
+      const endless = {
+        *[Symbol.iterator]() {
+          while (true) {
+            if (++yielded > 2_000_000) throw new Error("iterated past the limit")
+            yield { prompt: "x" }
+          }
+        }
+      }
+      const error = yield* Effect.flip(executor.executeMany(endless))
+      assert.deepStrictEqual(
+        [error.field, error.message],
+        ["requests", "invalid requests: expected at most 1000000 requests, got more"]
+      )
+      assert.strictEqual(yielded, 1_000_001)
+      assert.strictEqual(yield* control.calls, 0)
+    })
+  )
+
+  it.effect("an array whose length or items cannot be read is executeMany's InvalidRequest, not a defect", () =>
+    Effect.gen(function* () {
+      const { executor } = yield* setup()
+      const throwing = (key: string) =>
+        new Proxy([{ prompt: "x" }], {
+          get: (target, k) => {
+            if (k === key) throw new Error(`${key} trap threw`)
+            return Reflect.get(target, k)
+          }
+        })
+      const length = yield* Effect.flip(executor.executeMany(throwing("length")))
+      assert.deepStrictEqual(
+        [length.field, length.message],
+        ["requests", "invalid requests: reading its length threw: length trap threw"]
+      )
+      const item = yield* Effect.flip(executor.executeMany(throwing("0")))
+      assert.deepStrictEqual(
+        [item.field, item.message],
+        ["requests[0]", "invalid requests[0]: reading it threw: 0 trap threw"]
+      )
+    })
+  )
+
+  it.effect("Batch.run refuses a batch longer than maxItems (default 1,000,000) before allocating, naming items", () =>
+    Effect.gen(function* () {
+      let reads = 0
+      const provider = custom("p", () => Effect.succeed(response("ok")))
+      const { batch } = yield* managerOver(provider)
+      const lengths: ReadonlyArray<unknown> = [2 ** 32 - 1, 1_000_001]
+      for (const length of lengths) {
+        const huge = new Proxy([] as Array<string>, {
+          get: (target, key) => {
+            if (key === "length") return length
+            if (typeof key === "string" && /^\d+$/.test(key)) reads++
+            return Reflect.get(target, key)
+          }
+        })
+        const error = yield* Effect.flip(batch.run(huge))
+        assert.deepStrictEqual(
+          [error.reason, error.field, error.message],
+          ["InvalidRequest", "items", `invalid items: expected at most 1000000 items (maxItems), got ${length}`]
+        )
+        const streamed = yield* Effect.flip(Stream.runDrain(batch.stream(huge)))
+        assert.strictEqual(streamed.field, "items")
+      }
+      // A length that is no array's (a Proxy's): refused naming items, not a RangeError.
+      for (const length of [-1, 1.5, Number.NaN, "2", Number.POSITIVE_INFINITY]) {
+        const odd = new Proxy(["a", "b"], { get: (t, k) => (k === "length" ? length : Reflect.get(t, k)) })
+        const error = yield* Effect.flip(batch.run(odd))
+        assert.deepStrictEqual([error.reason, error.field], ["InvalidRequest", "items"], String(length))
+      }
+      assert.strictEqual(reads, 0)
+      // A sparse array of an acceptable length: each hole is that item's error, the rest run.
+      const sparse: Array<string> = []
+      sparse[1] = "q"
+      sparse.length = 3
+      const result = yield* batch.run(sparse)
+      assert.deepStrictEqual(
+        result.results.map((r) => (r.status === "success" ? "ok" : fieldOf(r.error))),
+        ["items[0]", "ok", "items[2]"]
+      )
+    })
+  )
+
+  it.effect("maxItems is the manager's option, checked as maxConcurrent is", () =>
+    Effect.gen(function* () {
+      const provider = custom("p", () => Effect.succeed(response("ok")))
+      const { executor, router } = yield* managerOver(provider)
+      const make = (options: Batch.Options) =>
+        Batch.make(options).pipe(Effect.provideService(Executor, executor), Effect.provideService(Router, router))
+      const small = yield* make({ maxItems: 2 })
+      const error = yield* Effect.flip(small.run(["a", "b", "c"]))
+      assert.deepStrictEqual(
+        [error.field, error.message],
+        ["items", "invalid items: expected at most 2 items (maxItems), got 3"]
+      )
+      assert.deepStrictEqual(
+        (yield* small.run(["a", "b"])).results.map((r) => r.status),
+        ["success", "success"]
+      )
+      for (const maxItems of [0, -1, 2.5, Number.NaN, "10"]) {
+        const bad = yield* Effect.flip(make({ maxItems } as never))
+        assert.strictEqual(bad._tag === "OptionError" && bad.path, "maxItems", String(maxItems))
+      }
+    })
+  )
+})
