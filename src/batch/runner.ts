@@ -29,6 +29,7 @@ import {
 import { describeDefect } from "../policy/failure.js"
 import { forEachPool } from "../policy/pool.js"
 import type { Gate } from "./gate.js"
+import { Attempts } from "./attempts.js"
 import { check, itemAt, type Parsed, parse, underItem } from "./items.js"
 import * as Started from "./started.js"
 import { statsOf } from "./stats.js"
@@ -134,7 +135,8 @@ const callOf = (
   item: unknown,
   index: number,
   domain: string | undefined,
-  onRetry: (info: RetryInfo) => Effect.Effect<void>
+  onRetry: (info: RetryInfo) => Effect.Effect<void>,
+  attempts: Attempts
 ): Effect.Effect<Answer, AiError> => {
   const parsed = parse(item, index)
   if (parsed instanceof ModelError) return Effect.fail(parsed)
@@ -149,7 +151,7 @@ const callOf = (
           Effect.mapError(routeOf(deps, routes, fallback, itemDomain), (error) => underItem(error, index, "domain")),
           (prepared) => routedOn(prepared, parsed, index, callOptions)
         )
-  return Effect.flatMap(routed, (r) => Effect.map(deps.executor.run(r.plan, r.call), r.answer))
+  return Effect.flatMap(routed, (r) => Effect.map(deps.executor.run(r.plan, attempts.track(index, r.call)), r.answer))
 }
 
 /** The plan of an item on its route, or its request's refusal named under the item. */
@@ -183,6 +185,7 @@ const runOne = (
   const routes = options.fallback.length === 0 ? deps.routes : new Map<string | undefined, Prepared>()
   let retries = 0
   let began = Number.NaN
+  const attempts = new Attempts()
   const onRetry = (): Effect.Effect<void> => {
     retries++
     return Effect.void
@@ -190,9 +193,12 @@ const runOne = (
   const call = Effect.suspend(() => {
     began = clock.currentTimeMillisUnsafe()
     // Reading the item may throw (a getter): that is the item's defect, not the batch's.
-    return Effect.exit(Effect.suspend(() => callOf(deps, routes, options.fallback, item, 0, options.domain, onRetry)))
+    return Effect.exit(
+      Effect.suspend(() => callOf(deps, routes, options.fallback, item, 0, options.domain, onRetry, attempts))
+    )
   })
-  return Effect.map(deps.gate.withPermit(call), (exit) => {
+  const held = deps.gate.withPermit(call, (release) => attempts.whenStopped(0, release))
+  return Effect.map(held, (exit) => {
     const end = clock.currentTimeMillisUnsafe()
     const results = [resultOf(0, exit, end - began, retries)]
     const elapsedMs = end - start
@@ -238,6 +244,7 @@ export const run = (deps: Deps, rawItems: unknown, rawOptions: RunOptions | unde
     let running = 0
     let peak = 0
     let cancelled = false
+    const attempts = new Attempts()
 
     const silent = onProgress === undefined && onEvent === undefined
     const warned = { onProgress: false, onEvent: false }
@@ -322,7 +329,7 @@ export const run = (deps: Deps, rawItems: unknown, rawOptions: RunOptions | unde
 
     const routes = fallback.length === 0 ? deps.routes : new Map<string | undefined, Prepared>()
     const callItem = (index: number): Effect.Effect<Answer, AiError> =>
-      callOf(deps, routes, fallback, itemAt(items, index), index, options.domain, onRetryFor(index))
+      callOf(deps, routes, fallback, itemAt(items, index), index, options.domain, onRetryFor(index), attempts)
 
     const runItem = (index: number): Effect.Effect<void> => {
       // Cancelled (by an event callback of this very worker, say): no item starts any more; the
@@ -333,7 +340,8 @@ export const run = (deps: Deps, rawItems: unknown, rawOptions: RunOptions | unde
         Effect.flatMap(
           Effect.suspend(() => started(index, takenAt)),
           () => Effect.flatMap(Effect.exit(Effect.suspend(() => callItem(index))), (exit) => settle(index, exit))
-        )
+        ),
+        (release) => attempts.whenStopped(index, release)
       )
     }
 
@@ -351,7 +359,8 @@ export const run = (deps: Deps, rawItems: unknown, rawOptions: RunOptions | unde
       // A route not resolved yet: this one call resolves it, on a fiber of its own.
       if (now === undefined) return callItem(index)
       const routed = now(parsed.request, { onRetry: onRetryFor(index) })
-      return routed instanceof ModelError ? underItem(routed, index, parsed.via) : routed
+      if (routed instanceof ModelError) return underItem(routed, index, parsed.via)
+      return { plan: routed.plan, call: attempts.track(index, routed.call), answer: routed.answer }
     }
     const startedBatch: Started.Batch = {
       total,
@@ -362,7 +371,8 @@ export const run = (deps: Deps, rawItems: unknown, rawOptions: RunOptions | unde
       settle: (index, exit) => runNow(settle(index, exit)),
       settled: (index) => results[index] !== undefined,
       halted: () => cancelled,
-      call
+      call,
+      whenStopped: (index, then) => attempts.whenStopped(index, then)
     }
 
     // One worker runs on the batch's own fiber: a one-item batch forks nothing.
