@@ -256,24 +256,28 @@ export const make = Effect.fnUntraced(function* (options: Options = {}) {
   let batches = 0
   const deps = { executor, router, gate, limit, maxItems, nextId: () => `batch-${++batches}`, routes: new Map() }
 
-  const run = Effect.fn("Batch.run")(function* (items: ReadonlyArray<Item>, runOptions?: RunOptions) {
-    return yield* runBatch(deps, items, runOptions)
+  const runTapped = Effect.fn("Batch.run")(function* (
+    items: ReadonlyArray<Item>,
+    runOptions: RunOptions | undefined,
+    tap: ((event: ProgressEvent) => void) | undefined
+  ) {
+    return yield* runBatch(deps, items, runOptions, tap)
   })
+  const run = (items: ReadonlyArray<Item>, runOptions?: RunOptions) => runTapped(items, runOptions, undefined)
 
-  const stream = (items: ReadonlyArray<Item>, runOptions: Omit<RunOptions, "onEvent"> = {}) =>
-    Stream.callback<StreamEvent, ModelError>((queue) => {
-      const user = runOptions?.onProgress
-      // A synchronous offer per event (the queue is unbounded): no Effect per event.
-      // The user's result is handed back, so that an async callback's rejection is caught as a throw is.
-      const onProgress = (event: ProgressEvent): unknown => {
-        Queue.offerUnsafe(queue, event)
-        return user?.(event)
-      }
-      return Effect.flatMap(run(items, { ...runOptions, onProgress }), (result) => {
-        Queue.offerUnsafe(queue, { _tag: "Done", result })
-        return Queue.end(queue)
-      })
-    })
+  // The options go to the run as they are, checked as `run` checks them (`onProgress: 5` is
+  // refused, not called); the stream's own tap sees each event before them.
+  const stream = (items: ReadonlyArray<Item>, runOptions?: Omit<RunOptions, "onEvent">) =>
+    Stream.callback<StreamEvent, ModelError>((queue) =>
+      Effect.flatMap(
+        // A synchronous offer per event (the queue is unbounded): no Effect per event.
+        runTapped(items, runOptions, (event) => Queue.offerUnsafe(queue, event)),
+        (result) => {
+          Queue.offerUnsafe(queue, { _tag: "Done", result })
+          return Queue.end(queue)
+        }
+      )
+    )
 
   return { run, stream, limit } satisfies Service
 })

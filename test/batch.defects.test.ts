@@ -329,3 +329,15 @@ describe("a permit is held until its call has stopped", () => {
     })
   )
 })
+
+describe("Batch.stream checks its options as run does", () => {
+  it.effect("an onProgress that is not a function, or options that are not an object, fail naming them", () =>
+    Effect.gen(function* () {
+      const { batch } = yield* managerOver(custom("p", () => Effect.succeed(response("ok"))))
+      const onProgress = yield* Effect.flip(Stream.runDrain(batch.stream(["a"], { onProgress: 5 as never })))
+      assert.deepStrictEqual([onProgress.reason, onProgress.field], ["InvalidRequest", "onProgress"])
+      const options = yield* Effect.flip(Stream.runDrain(batch.stream(["a"], null as never)))
+      assert.deepStrictEqual([options.reason, options.field], ["InvalidRequest", "options"])
+    })
+  )
+})

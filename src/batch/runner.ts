@@ -216,7 +216,13 @@ const runOne = (
 /**
  * Runs a batch; fails only when the batch as a whole is invalid (see `Batch.Service.run`).
  */
-export const run = (deps: Deps, rawItems: unknown, rawOptions: RunOptions | undefined) =>
+export const run = (
+  deps: Deps,
+  rawItems: unknown,
+  rawOptions: RunOptions | undefined,
+  /** Sees every event first (`Batch.stream`'s queue); it must not throw. */
+  tap?: ((event: ProgressEvent) => void) | undefined
+) =>
   Effect.gen(function* () {
     const { executor, router, gate, limit } = deps
     const { items, total, options } = yield* check(
@@ -231,7 +237,8 @@ export const run = (deps: Deps, rawItems: unknown, rawOptions: RunOptions | unde
     const clock = yield* Clock.Clock
     const start = clock.currentTimeMillisUnsafe()
     const { onProgress, onEvent, fallback } = options
-    if (total === 1 && onProgress === undefined && onEvent === undefined && options.cancel === undefined) {
+    const silent = onProgress === undefined && onEvent === undefined && tap === undefined
+    if (total === 1 && silent && options.cancel === undefined) {
       return yield* runOne(deps, itemAt(items, 0), options, id, clock, start)
     }
 
@@ -246,7 +253,6 @@ export const run = (deps: Deps, rawItems: unknown, rawOptions: RunOptions | unde
     let cancelled = false
     const attempts = new Attempts()
 
-    const silent = onProgress === undefined && onEvent === undefined
     const warned = { onProgress: false, onEvent: false }
     // A failing callback is the caller's bug, not the batch's: logged once, then ignored.
     const warn = (callback: "onProgress" | "onEvent", cause: unknown): Effect.Effect<void> => {
@@ -262,6 +268,7 @@ export const run = (deps: Deps, rawItems: unknown, rawOptions: RunOptions | unde
       if (effect !== Effect.void) Effect.runForkWith(context)(effect)
     }
     const emit = (event: ProgressEvent): Effect.Effect<void> => {
+      tap?.(event)
       let effect: Effect.Effect<void> = Effect.void
       if (onProgress !== undefined) {
         try {
