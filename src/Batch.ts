@@ -42,8 +42,9 @@ import { run as runBatch } from "./batch/runner.js"
  * A bare prompt (on the batch's domain), a query with its domain, or a full request. An
  * item that is none of these (`null`, a number, `{ query: 5 }`, an unknown key), or whose
  * request is refused or domain unknown, gets its own `InvalidRequest` naming it (`items[3]`,
- * `items[3].query`, `items[3].request.prompt`, `items[3].domain`); the others run. Answers of
- * items that run without any domain name the domain `"none"`.
+ * `items[3].query`, `items[3].request.prompt`, `items[3].domain`, an array of its request
+ * longer than 1,000,000: `items[3].request.messages`); the others run. Answers of items that
+ * run without any domain name the domain `"none"`.
  *
  * @since 0.1.0
  * @category models

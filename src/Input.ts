@@ -402,7 +402,13 @@ class Unreadable {
 
 const fieldPath = (at: string, key: string): string => (at === "" ? key : `${at}.${key}`)
 
-const copyOf = (value: unknown, at: string, whole: string, copies: Map<object, unknown>): unknown => {
+const copyOf = (
+  value: unknown,
+  at: string,
+  whole: string,
+  copies: Map<object, unknown>,
+  maxLength: number
+): unknown => {
   if (typeof value !== "object" || value === null) return value
   const known = copies.get(value)
   if (known !== undefined) return known
@@ -423,6 +429,8 @@ const copyOf = (value: unknown, at: string, whole: string, copies: Map<object, u
     if (!Number.isSafeInteger(length) || length < 0) {
       throw new Unreadable({ path: whole, message: `expected an array, got a length of ${String(length)}` })
     }
+    if (length > maxLength)
+      throw new Unreadable({ path: whole, message: `expected at most ${maxLength} items, got ${length}` })
     const out: Array<unknown> = []
     copies.set(value, out)
     for (let i = 0; i < length; i++) {
@@ -433,7 +441,7 @@ const copyOf = (value: unknown, at: string, whole: string, copies: Map<object, u
       } catch (error) {
         throw new Unreadable(threwWhile(path, "reading it", error))
       }
-      out.push(copyOf(element, path, path, copies))
+      out.push(copyOf(element, path, path, copies, maxLength))
     }
     return out
   }
@@ -449,7 +457,7 @@ const copyOf = (value: unknown, at: string, whole: string, copies: Map<object, u
     } catch (error) {
       throw new Unreadable(threwWhile(path, "reading it", error))
     }
-    const copied = copyOf(field, path, path, copies)
+    const copied = copyOf(field, path, path, copies, maxLength)
     if (key === "__proto__") {
       Object.defineProperty(out, key, { value: copied, enumerable: true, writable: true, configurable: true })
     } else {
@@ -468,15 +476,22 @@ const copyOf = (value: unknown, at: string, whole: string, copies: Map<object, u
  * numbers, functions, class instances such as a `Duration`, an `AbortSignal` or a `Layer`) is
  * kept as it is; a cycle stays a cycle. `path` is the value's own path (`""`: its fields are
  * named bare, `prompt`, `messages[0].role`); `name` names the value when listing its fields
- * throws, or when it is nested too deep to be read (default: `path`).
+ * throws, or when it is nested too deep to be read (default: `path`). An array longer than
+ * `maxLength` (default: none) is an issue naming it, before any of it is copied: a sparse
+ * `messages.length = 2 ** 32 - 1` costs nothing to make and would take the memory to copy.
  *
  * @since 0.3.0
  * @category checks
  */
-export const snapshot = <A>(input: A, path: string, name: string = path): Checked<A> => {
+export const snapshot = <A>(
+  input: A,
+  path: string,
+  name: string = path,
+  maxLength: number = Number.POSITIVE_INFINITY
+): Checked<A> => {
   if (typeof input !== "object" || input === null) return Result.succeed(input)
   try {
-    return Result.succeed(copyOf(input, path, name === "" ? "(root)" : name, new Map()) as A)
+    return Result.succeed(copyOf(input, path, name === "" ? "(root)" : name, new Map(), maxLength) as A)
   } catch (error) {
     if (error instanceof Unreadable) return Result.fail(error.issue)
     // A value nested past the stack's depth (a `RangeError`): the whole value's issue.

@@ -206,6 +206,21 @@ describe("a batch has a bounded length", () => {
     })
   )
 
+  it.effect("an item's request with an array longer than 1,000,000 is refused naming it, before it is copied", () =>
+    Effect.gen(function* () {
+      const { batch } = yield* managerOver(custom("p", () => Effect.succeed(response("ok"))))
+      const messages: Array<unknown> = [{ role: "user", content: "x" }]
+      messages.length = 2 ** 21
+      const result = yield* batch.run([{ request: { messages } as never }, "b"])
+      const error = result.results[0]!.error
+      assert.deepStrictEqual(
+        [fieldOf(error), error?.message],
+        ["items[0].request.messages", "invalid items[0].request.messages: expected at most 1000000 items, got 2097152"]
+      )
+      assert.strictEqual(result.results[1]!.status, "success")
+    })
+  )
+
   it.effect("maxItems is the manager's option, checked as maxConcurrent is", () =>
     Effect.gen(function* () {
       const provider = custom("p", () => Effect.succeed(response("ok")))

@@ -18,6 +18,13 @@ export interface Parsed {
   readonly via: "string" | "query" | "request"
 }
 
+/**
+ * The longest array a `{ request }` item's request may hold anywhere (its `messages`, a
+ * content's parts, a schema's `enum`): far above any request a provider takes, low enough that
+ * a sparse `messages.length = 2 ** 32 - 1` is refused before it is copied.
+ */
+export const maxRequestArray = 1_000_000
+
 const kind = (u: unknown): string => (u === null ? "null" : Array.isArray(u) ? "an array" : typeof u)
 
 const expected = "expected a string, { query } or { request }"
@@ -97,7 +104,7 @@ export const parse = (item: unknown, index: number): Parsed | ModelError => {
   if ("request" in fields) {
     // The request read once, all of it: a getter that throws is its field's error
     // (`items[2].request.prompt`), and the pipeline and the provider read the copy.
-    const request = Input.snapshot(fields.request, "", "request")
+    const request = Input.snapshot(fields.request, "", "request", maxRequestArray)
     if (Result.isFailure(request)) return underItem(Input.toInvalidRequest(request.failure), index, "request")
     return { request: request.success as GenerateRequest, domain, via: "request" }
   }
