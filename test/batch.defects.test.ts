@@ -3,7 +3,7 @@
  * `Batch.stream`): each test failed before its fix.
  */
 import { assert, describe, it } from "@effect/vitest"
-import { Context, Deferred, Effect, Exit, Fiber, Layer, Metric, Result, Scope, Stream } from "effect"
+import { Context, Deferred, Effect, Exit, Fiber, Layer, Metric, Result, Scope, Stream, Tracer } from "effect"
 import { TestClock } from "effect/testing"
 import type { AiError } from "../src/AiError.js"
 import * as Batch from "../src/Batch.js"
@@ -13,6 +13,7 @@ import * as Policy from "../src/Policy.js"
 import { Router } from "../src/Router.js"
 import { Executor } from "../src/Executor.js"
 import { setup } from "./utils/executor.js"
+import { recording } from "./utils/tracer.js"
 
 const custom = (name: string, generate: ProviderService["generate"]): ProviderService => ({
   name,
@@ -51,6 +52,10 @@ const managerOver = (provider: ProviderService, options: { readonly maxConcurren
     }
   })
 
+/** `effect` in a span of a tracer the application provided: the executor's traced path. */
+const inSpan = <A, E, R>(effect: Effect.Effect<A, E, R>) =>
+  effect.pipe(Effect.withSpan("test"), Effect.provideService(Tracer.Tracer, recording().tracer))
+
 const fieldOf = (error: AiError | undefined): string | undefined =>
   error?._tag === "ModelError" && error.reason === "InvalidRequest" ? error.field : `${error?._tag}`
 
@@ -70,7 +75,7 @@ describe("executeMany names the request that was refused", () => {
           ...sparse
         ] as never
         const many = executor.executeMany(requests)
-        const results = yield* traced ? many.pipe(Effect.withSpan("test")) : many
+        const results = yield* traced ? inSpan(many) : many
         assert.deepStrictEqual(
           results.map((r) => (Result.isSuccess(r) ? "ok" : fieldOf(r.failure))),
           [
@@ -93,6 +98,38 @@ describe("executeMany names the request that was refused", () => {
         const alone = yield* Effect.flip(executor.execute({ prompt: "" }))
         assert.strictEqual(fieldOf(alone), "prompt")
       })
+    )
+  }
+})
+
+describe("executeMany gives every request its own outcome", () => {
+  for (const traced of [false, true]) {
+    it.effect(
+      `a request whose getter throws on any later read is that request's outcome (${traced ? "traced" : "untraced"})`,
+      () =>
+        Effect.gen(function* () {
+          const { executor } = yield* setup({ respond: () => "ok" })
+          // Whichever read throws (the check's, the plan's, the provider's): one outcome each, never a dead call.
+          for (let reads = 1; reads <= 30; reads++) {
+            let read = 0
+            const request = {
+              get prompt(): string {
+                if (++read >= reads) throw new Error(`read ${read}`)
+                return "hi"
+              }
+            }
+            const many = executor.executeMany([request, { prompt: "x" }])
+            const exit = yield* Effect.exit(traced ? inSpan(many) : many)
+            assert.isTrue(Exit.isSuccess(exit), `throwing on read ${reads}: ${Exit.isFailure(exit) ? exit.cause : ""}`)
+            if (Exit.isSuccess(exit)) {
+              assert.deepStrictEqual(
+                exit.value.map((r) => Result.isSuccess(r)),
+                [read < reads, true],
+                `throwing on read ${reads}`
+              )
+            }
+          }
+        })
     )
   }
 })

@@ -138,7 +138,17 @@ export const make = (env: {
       sink.done(index, Exit.fail(refuse(atIndex(error, index), target, manyOptions.domain)))
       return undefined
     }
-    return engine.start(fiber, planOf(target, request, manyOptions, resolved), generateOf(request), sink, index)
+    let plan: ReturnType<PlanOf>
+    try {
+      plan = planOf(target, request, manyOptions, resolved)
+    } catch (defect) {
+      // A getter that throws only on a later read (the plan estimates the request's tokens):
+      // that request's refusal, as in the check, not an exception out of the pool that ends every request.
+      const unreadable = invalidRequest(`requests[${index}]`, `reading it threw: ${Input.thrownMessage(defect)}`)
+      sink.done(index, Exit.fail(refuse(unreadable, target, manyOptions.domain)))
+      return undefined
+    }
+    return engine.start(fiber, plan, generateOf(request), sink, index)
   }
 
   const executeMany = (requests: Iterable<GenerateRequest>, manyOptions: ManyOptions = {}) =>
