@@ -172,7 +172,8 @@ export interface RunOptions {
   readonly onEvent?: ((event: ProgressEvent) => Effect.Effect<void>) | undefined
   /**
    * Completes when the batch should stop: running calls are interrupted, the rest never start
-   * (completed from a progress callback, no item starts after that callback).
+   * (completed from a progress callback, no item starts after that callback). A cancel that
+   * fails (or dies) never completes: the batch runs on, and the failure is logged as a warning.
    */
   readonly cancel?: Effect.Effect<void> | undefined
   /** Batch id (in the span and the result); generated when absent. */

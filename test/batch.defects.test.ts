@@ -13,6 +13,7 @@ import * as Policy from "../src/Policy.js"
 import { Router } from "../src/Router.js"
 import { Executor } from "../src/Executor.js"
 import { setup } from "./utils/executor.js"
+import { captureLogs } from "./utils/logs.js"
 import { recording } from "./utils/tracer.js"
 
 const custom = (name: string, generate: ProviderService["generate"]): ProviderService => ({
@@ -378,6 +379,34 @@ describe("a permit is held until its call has stopped", () => {
       yield* TestClock.adjust("1 second")
       assert.strictEqual((yield* Fiber.join(next)).results[0]!.status, "success")
       assert.strictEqual(state.peak, 1)
+    })
+  )
+})
+
+describe("a cancel that fails", () => {
+  it.effect("is logged once (the batch is not cancelled and runs on), never silently lost", () =>
+    Effect.gen(function* () {
+      const { batch } = yield* managerOver(
+        custom("p", () => Effect.succeed(response("ok")).pipe(Effect.delay("1 second")))
+      )
+      for (const [cancel, says] of [
+        [Effect.fail("no reason"), "no reason"],
+        [Effect.die(new Error("cancel died")), "cancel died"]
+      ] as const) {
+        const logs = yield* captureLogs
+        const fiber = yield* Effect.forkChild(
+          batch
+            .run(["a", "b"], { id: "with-cancel", cancel: cancel as Effect.Effect<void> })
+            .pipe(Effect.provide(logs.layer))
+        )
+        yield* TestClock.adjust("1 second")
+        const result = yield* Fiber.join(fiber)
+        assert.deepStrictEqual([result.cancelled, result.results.map((r) => r.status)], [false, ["success", "success"]])
+        const warnings = logs.lines.filter((line) => line.includes("cancel"))
+        assert.strictEqual(warnings.length, 1, logs.lines.join("\n"))
+        assert.include(warnings[0]!, "Batch with-cancel: the cancel Effect failed")
+        assert.include(warnings[0]!, says)
+      }
     })
   )
 })

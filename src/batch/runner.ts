@@ -402,6 +402,16 @@ export const run = (
             cancelled = true
             poolFiber.interruptUnsafe()
           })
+        ).pipe(
+          // A cancel that fails never completes: the batch runs on, and says why it was not cancelled.
+          Effect.catchCause((cause) =>
+            Cause.hasInterruptsOnly(cause)
+              ? Effect.void
+              : Effect.logWarning(
+                  `Batch ${id}: the cancel Effect failed, so the batch was not cancelled`,
+                  Cause.squash(cause)
+                )
+          )
         ),
         { startImmediately: true }
       )
