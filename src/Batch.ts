@@ -229,7 +229,7 @@ export interface Options {
    * sparse `new Array(2 ** 32 - 1)` included) fails its run with an `InvalidRequest` naming
    * `items`, before anything is allocated for its items.
    *
-   * @since 0.4.0
+   * @since 0.3.0
    */
   readonly maxItems?: number | undefined
 }
