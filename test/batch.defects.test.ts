@@ -383,6 +383,35 @@ describe("a permit is held until its call has stopped", () => {
   )
 })
 
+describe("a call that never stops", () => {
+  it.effect("gives its permit back 30 s after it was cut, with a warning: the limit is not lost for good", () =>
+    Effect.gen(function* () {
+      let calls = 0
+      const provider = custom("p", () =>
+        Effect.suspend(() =>
+          ++calls === 1 ? Effect.never.pipe(Effect.onInterrupt(() => Effect.never)) : Effect.succeed(response("ok"))
+        )
+      )
+      const { batch } = yield* managerOver(provider, { maxConcurrent: 1 })
+      const logs = yield* captureLogs
+      const first = yield* Effect.forkChild(
+        batch.run([{ query: "a", domain: "d" }], { id: "stuck", onProgress: () => {} }).pipe(Effect.provide(logs.layer))
+      )
+      yield* TestClock.adjust("1 second")
+      assert.strictEqual((yield* Fiber.join(first)).results[0]!.status, "timeout")
+      const next = yield* Effect.forkChild(batch.run(["b"]))
+      yield* TestClock.adjust("29 seconds")
+      assert.strictEqual(calls, 1, "the permit is held while the call may still stop")
+      yield* TestClock.adjust("1 second")
+      assert.strictEqual((yield* Fiber.join(next)).results[0]!.status, "success")
+      const warnings = logs.lines.filter((line) => line.includes("has not stopped"))
+      assert.deepStrictEqual(warnings, [
+        "Warn: Batch stuck: the call of item 0 has not stopped 30 seconds after it was cut; its permit is given back"
+      ])
+    })
+  )
+})
+
 describe("a cancel that fails", () => {
   it.effect("is logged once (the batch is not cancelled and runs on), never silently lost", () =>
     Effect.gen(function* () {

@@ -3,11 +3,20 @@
  * an item's call, and the engine gives the item its outcome at once, without waiting for the
  * provider's call to stop (an HTTP abort, a slow finalizer). An item's permit of the manager's
  * limit is given back only once its last call has stopped ({@link Attempts.whenStopped}), so
- * that `maxConcurrent` bounds the provider calls really running, stopping ones included.
+ * that `maxConcurrent` bounds the provider calls really running, stopping ones included; but
+ * at most {@link stopGrace} after it was cut (logged): a provider call that never stops (an
+ * uninterruptible hang) would otherwise take a permit for good, and every batch would wait.
  *
  * @internal
  */
-import { Effect } from "effect"
+import { type Context, Effect } from "effect"
+
+/**
+ * How long an item's permit waits for its cut call to stop.
+ *
+ * @internal
+ */
+export const stopGrace = "30 seconds"
 
 /**
  * @internal
@@ -15,6 +24,12 @@ import { Effect } from "effect"
 export class Attempts {
   private readonly live = new Map<number, number>()
   private readonly waiting = new Map<number, Array<() => void>>()
+
+  constructor(
+    /** Where the grace's timers run (the batch's context: its clock and logger). */
+    private readonly context: Context.Context<never>,
+    private readonly batchId: string
+  ) {}
 
   /** `call` with each of its runs counted under item `index` until it has stopped, however it ends. */
   track<T, S, A, E>(
@@ -35,15 +50,38 @@ export class Attempts {
       )
   }
 
-  /** Calls `then` once item `index` has no call running: at once, or when its last one stops. */
+  /**
+   * Calls `then` once item `index` has no call running: at once, or when its last one stops,
+   * or {@link stopGrace} from now if it has not stopped by then.
+   */
   whenStopped(index: number, then: () => void): void {
     if (!this.live.has(index)) {
       then()
       return
     }
+    let called = false
+    const timer = Effect.runForkWith(this.context)(
+      Effect.andThen(
+        Effect.sleep(stopGrace),
+        Effect.suspend(() => {
+          if (called) return Effect.void
+          called = true
+          then()
+          return Effect.logWarning(
+            `Batch ${this.batchId}: the call of item ${index} has not stopped ${stopGrace} after it was cut; its permit is given back`
+          )
+        })
+      )
+    )
+    const once = () => {
+      if (called) return
+      called = true
+      timer.interruptUnsafe()
+      then()
+    }
     const waiting = this.waiting.get(index)
-    if (waiting === undefined) this.waiting.set(index, [then])
-    else waiting.push(then)
+    if (waiting === undefined) this.waiting.set(index, [once])
+    else waiting.push(once)
   }
 
   private end(index: number): void {

@@ -13,7 +13,7 @@
  *
  * @internal
  */
-import { Cause, Clock, Duration, Effect, Exit, Fiber } from "effect"
+import { Cause, Clock, type Context, Duration, Effect, Exit, Fiber } from "effect"
 import { isThenable, userEffect } from "../policy/callback.js"
 import { type AiError, ModelError } from "../AiError.js"
 import type { BatchResult, ItemResult, ProgressEvent, RunOptions, Status } from "../Batch.js"
@@ -180,12 +180,13 @@ const runOne = (
   options: { readonly domain: string | undefined; readonly fallback: ReadonlyArray<string> },
   id: string,
   clock: Clock.Clock,
-  start: number
+  start: number,
+  context: Context.Context<never>
 ): Effect.Effect<BatchResult> => {
   const routes = options.fallback.length === 0 ? deps.routes : new Map<string | undefined, Prepared>()
   let retries = 0
   let began = Number.NaN
-  const attempts = new Attempts()
+  const attempts = new Attempts(context, id)
   const onRetry = (): Effect.Effect<void> => {
     retries++
     return Effect.void
@@ -238,8 +239,9 @@ export const run = (
     const start = clock.currentTimeMillisUnsafe()
     const { onProgress, onEvent, fallback } = options
     const silent = onProgress === undefined && onEvent === undefined && tap === undefined
+    const context = yield* Effect.context<never>()
     if (total === 1 && silent && options.cancel === undefined) {
-      return yield* runOne(deps, itemAt(items, 0), options, id, clock, start)
+      return yield* runOne(deps, itemAt(items, 0), options, id, clock, start, context)
     }
 
     const results: Array<ItemResult> = new Array(total)
@@ -251,7 +253,7 @@ export const run = (
     let running = 0
     let peak = 0
     let cancelled = false
-    const attempts = new Attempts()
+    const attempts = new Attempts(context, id)
 
     const warned = { onProgress: false, onEvent: false }
     // A failing callback is the caller's bug, not the batch's: logged once, then ignored.
@@ -263,7 +265,6 @@ export const run = (
     // Events of items started from JavaScript are not run by a worker, nor is an async
     // callback's rejection: the only Effect that is not `Effect.void` is the warning of a
     // callback that failed, run on the batch's context.
-    const context = yield* Effect.context<never>()
     const runNow = (effect: Effect.Effect<void>): void => {
       if (effect !== Effect.void) Effect.runForkWith(context)(effect)
     }
