@@ -23,9 +23,10 @@
  *
  * Errors: an item's failure is that item's outcome (a bad item gets its own
  * `InvalidRequest`, a provider defect becomes a `ModelError` with reason `Unknown`). The
- * run itself fails only when the batch as a whole is invalid: `items` is not an array, or
- * an option is wrong (`concurrency: 0` or `NaN`, an unknown `domain` or `fallback` domain,
- * a `cancel` that is not an Effect): an `InvalidRequest` naming the field, before any item runs.
+ * run itself fails only when the batch as a whole is invalid: `items` is not an array (or
+ * is longer than the manager's `maxItems`), or an option is wrong (`concurrency: 0` or
+ * `NaN`, an unknown `domain` or `fallback` domain, a `cancel` that is not an Effect): an
+ * `InvalidRequest` naming the field, before any item runs.
  *
  * @since 0.1.0
  */
@@ -196,7 +197,7 @@ export type StreamEvent = ProgressEvent | { readonly _tag: "Done"; readonly resu
 export interface Service {
   /**
    * One outcome per item, in input order. Fails only when the batch as a whole is invalid
-   * (`items` not an array, or a wrong option): an `InvalidRequest` naming the field.
+   * (`items` not an array or longer than `maxItems`, or a wrong option): an `InvalidRequest` naming the field.
    */
   readonly run: (items: ReadonlyArray<Item>, options?: RunOptions) => Effect.Effect<BatchResult, ModelError>
   /**

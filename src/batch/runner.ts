@@ -1,7 +1,8 @@
 /**
- * One batch run. Each item holds a permit of the manager's shared limit (`gate.ts`) while it
- * runs through the pipeline (its route's `Router.prepare`d plan, then the executor's
- * engine); every item ends with exactly one outcome, written at its index.
+ * One batch run. Each item runs through the pipeline (its route's `Router.prepare`d plan,
+ * then the executor's engine) holding a permit of the manager's shared limit (`gate.ts`),
+ * kept until its provider calls have stopped (`attempts.ts`); every item ends with exactly
+ * one outcome, written at its index.
  *
  * - A batch without `onEvent` (silent, or with only the synchronous `onProgress`) starts its
  *   items from JavaScript, as `executeMany` does (`started.ts`): no worker fiber and no
