@@ -259,6 +259,51 @@ describe("a batch has a bounded length", () => {
     })
   )
 
+  it.effect("a fallback list is bounded and read once: a huge or throwing one is an InvalidRequest naming it", () =>
+    Effect.gen(function* () {
+      const { batch } = yield* managerOver(custom("p", () => Effect.succeed(response("ok"))))
+      let reads = 0
+      const huge = new Proxy([] as Array<string>, {
+        get: (target, key) => {
+          if (key === "length") return 2 ** 32 - 1
+          if (typeof key === "string" && /^\d+$/.test(key)) {
+            if (++reads > 2_000) throw new Error("read past the limit")
+            return "d"
+          }
+          return Reflect.get(target, key)
+        }
+      })
+      const tooLong = yield* Effect.flip(batch.run(["a"], { fallback: huge }))
+      assert.deepStrictEqual(
+        [tooLong.reason, tooLong.field, tooLong.message],
+        ["InvalidRequest", "fallback", "invalid fallback: expected at most 1000 domain names, got 4294967295"]
+      )
+      assert.strictEqual(reads, 0)
+      const throwing = new Proxy(["d", "d"], {
+        get: (target, key) => {
+          if (key === "1") throw new Error("fallback trap threw")
+          return Reflect.get(target, key)
+        }
+      })
+      const threw = yield* Effect.flip(batch.run(["a"], { fallback: throwing }))
+      assert.deepStrictEqual(
+        [threw.reason, threw.field, threw.message],
+        ["InvalidRequest", "fallback[1]", "invalid fallback[1]: reading it threw: fallback trap threw"]
+      )
+      // Read once: a list that changes after the check runs as it was checked.
+      let flips = 0
+      const changing = new Proxy(["d"], {
+        get: (target, key) => (key === "0" ? (++flips === 1 ? "d" : "nope") : Reflect.get(target, key))
+      })
+      const result = yield* batch.run(["a", "b"], { fallback: changing })
+      assert.deepStrictEqual(
+        result.results.map((r) => r.status),
+        ["success", "success"]
+      )
+      assert.strictEqual(flips, 1)
+    })
+  )
+
   it.effect("maxItems is the manager's option, checked as maxConcurrent is", () =>
     Effect.gen(function* () {
       const provider = custom("p", () => Effect.succeed(response("ok")))

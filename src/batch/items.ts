@@ -185,6 +185,9 @@ interface RawOptions {
 const optionNames = ["concurrency", "domain", "fallback", "onProgress", "onEvent", "cancel", "id"]
 const optionFields: ReadonlySet<string> = new Set(optionNames)
 
+/** The most domains a batch's `fallback` lists (a chain longer than this is a mistake, not a plan). */
+const maxFallback = 1_000
+
 const fail = (field: string, message: string) => Effect.fail(invalidRequest(field, message))
 
 const isFunction = (u: unknown): u is (...args: ReadonlyArray<never>) => unknown => typeof u === "function"
@@ -226,11 +229,30 @@ export const check = (
       if (typeof domain !== "string") return yield* fail("domain", `expected a domain name, got ${kind(domain)}`)
       if (!resolved.has(domain)) yield* router.chain(domain)
     }
-    const fallback = Input.orDefault(options.fallback, [])
-    if (!Array.isArray(fallback)) return yield* fail("fallback", `expected an array of domain names`)
-    for (const [i, name] of fallback.entries()) {
-      const found = yield* Effect.result(router.chain([name]))
+    const given = Input.orDefault(options.fallback, [])
+    if (!Array.isArray(given)) return yield* fail("fallback", `expected an array of domain names`)
+    // Read once, into a list of our own, and bounded: a `Proxy` may claim any length, and throw.
+    let length: number
+    try {
+      length = given.length
+    } catch (error) {
+      return yield* Effect.fail(threw("fallback", "reading its length", error))
+    }
+    if (!Number.isSafeInteger(length) || length > maxFallback) {
+      const got = typeof length === "number" ? length : typeof length
+      return yield* fail("fallback", `expected at most ${maxFallback} domain names, got ${got}`)
+    }
+    const fallback: Array<string> = []
+    for (let i = 0; i < length; i++) {
+      let name: unknown
+      try {
+        name = given[i]
+      } catch (error) {
+        return yield* Effect.fail(threw(`fallback[${i}]`, "reading it", error))
+      }
+      const found = yield* Effect.result(router.chain([name as string]))
       if (Result.isFailure(found)) return yield* fail(`fallback[${i}]`, found.failure.message)
+      fallback.push(name as string)
     }
     for (const field of ["onProgress", "onEvent"] as const) {
       const f = options[field]
@@ -265,7 +287,7 @@ export const check = (
       options: {
         concurrency: concurrency.success,
         domain,
-        fallback: fallback as ReadonlyArray<string>,
+        fallback,
         onProgress: options.onProgress as Checked["onProgress"],
         onEvent: options.onEvent as Checked["onEvent"],
         cancel: options.cancel as Effect.Effect<void> | undefined,
