@@ -33,8 +33,10 @@ import * as Refusal from "./executor/refusal.js"
 import * as StreamCall from "./executor/stream.js"
 import * as Engine from "./policy/engine.js"
 import type * as CallPlan from "./policy/plan.js"
+import type { Answer, Plan, Step } from "./policy/plan.js"
 import * as StreamEngine from "./policy/stream.js"
 import type * as StreamPlans from "./policy/stream-plan.js"
+import type { StreamOptions, StreamPlan } from "./policy/stream-plan.js"
 import { type ExecutionStats, type Filter, layer as statsLayer, Stats } from "./Stats.js"
 
 /**
@@ -93,37 +95,10 @@ export interface ManyOptions extends ExecuteOptions {
   readonly concurrency?: number | undefined
 }
 
-/**
- * The pipeline's own types, for modules that build plans (Router, HttpAgent, Pipeline).
- *
- * @since 0.2.0
- * @category models
- */
-export type Step<T> = CallPlan.Step<T>
-
-/**
- * @since 0.2.0
- * @category models
- */
-export type Plan<T, A> = CallPlan.Plan<T, A>
-
-/**
- * @since 0.2.0
- * @category models
- */
-export type Answer<T, A> = CallPlan.Answer<T, A>
-
-/**
- * @since 0.2.0
- * @category models
- */
-export type StreamPlan = StreamPlans.StreamPlan
-
-/**
- * @since 0.2.0
- * @category models
- */
-export type StreamOptions = StreamPlans.StreamOptions
+// The pipeline's own types, for modules that build plans (Router, HttpAgent, Pipeline).
+// Re-exported by name, not as aliases: a type an application infers from them (a declaration
+// file it emits) must name them through this module, not the internal `policy/*.js`.
+export type { Answer, Plan, Step, StreamOptions, StreamPlan }
 
 /**
  * The policies shared by every call of a provider: one breaker, one rate limit and one

@@ -23,7 +23,7 @@ import { agentDomain } from "./Metrics.js"
 import type { PipelineError } from "./Pipeline.js"
 import type { RetryPolicy, RetryPolicyInput } from "./Policy.js"
 import type { ExecutionStats, LatencyStats, Stats } from "./Stats.js"
-import type * as Connections from "./agent/connections.js"
+import type { ConnectionStats } from "./agent/connections.js"
 import { makeAgent } from "./agent/define.js"
 import { makeService } from "./agent/service.js"
 
@@ -259,14 +259,8 @@ export interface DispatchOptions {
   readonly concurrency?: number | undefined
 }
 
-/**
- * Connection-limit figures, for tests and dashboards. `peakByHost` holds the hosts in use and
- * the 1,000 idle ones used last.
- *
- * @since 0.1.0
- * @category models
- */
-export type ConnectionStats = Connections.ConnectionStats
+// Re-exported by name: a type an application infers from it must be nameable through this module.
+export type { ConnectionStats }
 
 /**
  * The figures of one agent: status counts from `orchestra_agent_tasks_total` (cumulative),

@@ -21,6 +21,7 @@ import type { GenerateRequest, GenerateResponse } from "./Model.js"
 import * as Builder from "./pipeline/builder.js"
 import type * as Internal from "./pipeline/definition.js"
 import * as Errors from "./pipeline/errors.js"
+import { PipelineError, PipelineFailedError } from "./pipeline/errors.js"
 import * as Mermaid from "./pipeline/mermaid.js"
 import * as Run from "./pipeline/run.js"
 import { describe } from "./pipeline/scheduler.js"
@@ -47,40 +48,9 @@ export type TypeId = typeof TypeId
  */
 export const PipelineErrorReason = Errors.PipelineErrorReason
 
-/**
- * A pipeline definition or run was refused, before any step ran:
- *
- * - `UnknownDependency`, `DuplicateStep`, `Cycle`: `steps` names the steps (for a cycle:
- *   in cycle order).
- * - `InvalidStep`: a step field is wrong (`dependsOn: "a"`, `timeout: "soon"`, a typo such
- *   as `dependOn`); `field` is its path (`steps[2].dependsOn`).
- * - `InvalidOption`: a run option is wrong (`mode: "bogus"`, `concurrency: 0`); `field`
- *   and `option` name it.
- *
- * @since 0.1.0
- * @category errors
- */
-export const PipelineError = Errors.PipelineError
-
-/**
- * @since 0.1.0
- * @category errors
- */
-export type PipelineError = Errors.PipelineError
-
-/**
- * `Pipeline.outputs` found steps that did not succeed.
- *
- * @since 0.1.0
- * @category errors
- */
-export const PipelineFailedError = Errors.PipelineFailedError
-
-/**
- * @since 0.1.0
- * @category errors
- */
-export type PipelineFailedError = Errors.PipelineFailedError
+// Re-exported by name, not as `const` + `type` aliases: a type an application infers from them
+// (a declaration file it emits) must name them through this module, not `pipeline/errors.js`.
+export { PipelineError, PipelineFailedError }
 
 /**
  * What a step (or its fallback) receives: the pipeline's input and the outputs of the

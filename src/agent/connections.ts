@@ -11,7 +11,13 @@
  */
 import { Effect, Semaphore } from "effect"
 
-/** Figures of the limiter, for tests and dashboards. */
+/**
+ * Connection-limit figures, for tests and dashboards. `peakByHost` holds the hosts in use and
+ * the 1,000 idle ones used last.
+ *
+ * @since 0.1.0
+ * @category models
+ */
 export interface ConnectionStats {
   /** Requests holding a connection slot now. */
   readonly active: number

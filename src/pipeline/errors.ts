@@ -19,7 +19,17 @@ export const PipelineErrorReason = Schema.Literals([
 ])
 
 /**
- * @internal
+ * A pipeline definition or run was refused, before any step ran:
+ *
+ * - `UnknownDependency`, `DuplicateStep`, `Cycle`: `steps` names the steps (for a cycle:
+ *   in cycle order).
+ * - `InvalidStep`: a step field is wrong (`dependsOn: "a"`, `timeout: "soon"`, a typo such
+ *   as `dependOn`); `field` is its path (`steps[2].dependsOn`).
+ * - `InvalidOption`: a run option is wrong (`mode: "bogus"`, `concurrency: 0`); `field`
+ *   and `option` name it.
+ *
+ * @since 0.1.0
+ * @category errors
  */
 export class PipelineError extends Schema.TaggedError<PipelineError>("effect-orchestra/PipelineError")(
   "PipelineError",
@@ -35,7 +45,10 @@ export class PipelineError extends Schema.TaggedError<PipelineError>("effect-orc
 ) {}
 
 /**
- * @internal
+ * `Pipeline.outputs` found steps that did not succeed.
+ *
+ * @since 0.1.0
+ * @category errors
  */
 export class PipelineFailedError extends Schema.TaggedError<PipelineFailedError>(
   "effect-orchestra/PipelineFailedError"
