@@ -66,9 +66,9 @@ return { string.format("%.17g", count), string.format("%.17g", expires - now) }
 ).withReturnType<readonly [count: string, ttl: string]>()
 
 // The windows of \`AlignedFixedWindow\`, as the in-memory ones (RateLimit/memory.ts): window 0 starts
-// at the first call after the windows before have all ended; a call goes in the last window holding
-// a reservation (the tail) when it fits, else in the one after. Negative tokens give back what a
-// call took from the window it took it in (ARGV[4] and ARGV[5] name it).
+// at the first call after the windows before have all ended; a call goes in the first window from
+// the current one that has room for it (a give-back can leave room before the last). Negative tokens
+// give back what a call took from the window it took it in (ARGV[4] and ARGV[5] name it).
 const windowsScript = Redis.script(
   (key: string, tokens: number, windowMillis: number, limit: number, start: string, index: number) => [
     key,
@@ -121,20 +121,21 @@ while head < current do
   redis.call("HDEL", key, string.format("c%d", head))
   head = head + 1
 end
-local index = tail
+local index = current
 local used = tonumber(redis.call("HGET", key, string.format("c%d", index))) or 0
-if used > 0 and used + tokens > limit then
+while used > 0 and used + tokens > limit do
   index = index + 1
-  used = 0
+  used = tonumber(redis.call("HGET", key, string.format("c%d", index))) or 0
 end
+tail = math.max(tail, index)
 redis.call(
   "HSET", key,
   string.format("c%d", index), string.format("%.17g", used + tokens),
   "start", string.format("%.17g", start),
   "head", string.format("%d", head),
-  "tail", string.format("%d", index)
+  "tail", string.format("%d", tail)
 )
-redis.call("PEXPIRE", key, string.format("%.0f", math.ceil(start + (index + 1) * window - now)))
+redis.call("PEXPIRE", key, string.format("%.0f", math.ceil(start + (tail + 1) * window - now)))
 return { string.format("%.17g", math.max(0, start + index * window - now)), string.format("%.17g", start), index }
 `
   }
@@ -192,8 +193,8 @@ return { string.format("%.17g", next), string.format("%.17g", math.max(0, now - 
  * Fixed windows that hold at most `limit` tokens each (effect's store keeps a running counter
  * that lasts `window / limit` per token taken, so a window used at 60% ended after 60% of its
  * length). Window 0 starts at the first call after the windows before have all ended, and each
- * lasts `window`; a call's tokens all go in one window (the last holding a reservation when they
- * fit, else the one after), placed in one step so concurrent callers cannot land between two
+ * lasts `window`; a call's tokens all go in one window (the first from the current one with room
+ * for them: a give-back frees room in its own window, wherever it is), placed in one step so concurrent callers cannot land between two
  * parts of it. `fixedWindowAligned` answers how long until that window starts (ms) and which it
  * is (`start`, `index`); `fixedWindowRelease` gives the tokens back to it.
  *

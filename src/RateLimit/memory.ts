@@ -16,7 +16,7 @@ interface Windows {
   readonly start: number
   /** Windows before this one have ended and their counts are dropped. */
   head: number
-  /** The last window holding a reservation. */
+  /** The last window holding a reservation: the windows from `head` to it are the ones a call can go in. */
   tail: number
   /** Tokens reserved in each window from `start`, by its index. */
   readonly counts: Map<number, number>
@@ -42,14 +42,12 @@ export const withAlignedFixedWindow = (
     }
     const current = Math.floor((now - state.start) / windowMillis)
     for (; state.head < current; state.head++) state.counts.delete(state.head)
-    let index = state.tail
+    // The first window from now with room: a give-back can leave room in any of them, not only in the last.
+    let index = current
     let used = state.counts.get(index) ?? 0
-    if (used + tokens > limit && used > 0) {
-      index++
-      used = 0
-    }
+    while (used > 0 && used + tokens > limit) used = state.counts.get(++index) ?? 0
     state.counts.set(index, used + tokens)
-    state.tail = index
+    if (index > state.tail) state.tail = index
     const delay = state.start + index * windowMillis - now
     return [Math.max(delay, 0), state.start, index] as const
   }

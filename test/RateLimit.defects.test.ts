@@ -1,0 +1,110 @@
+import { assert, describe, it } from "@effect/vitest"
+import { Clock, Context, Duration, Effect, Fiber, Layer } from "effect"
+import { RateLimiter } from "effect/persistence"
+import { TestClock } from "effect/testing"
+import * as RateLimit from "../src/RateLimit.js"
+import { withAlignedFixedWindow } from "../src/RateLimit/memory.js"
+import * as RateLimitRedis from "../src/RateLimit/Redis.js"
+import * as Redis from "../src/Redis.js"
+import { skipRedis, skipReason, startRedis } from "./utils/redis.js"
+
+let counter = 0
+const uniqueName = (label: string) => `rld-${label}-${++counter}-${Math.random().toString(36).slice(2, 8)}`
+
+const service = (options: RateLimit.Options) =>
+  Effect.map(Layer.build(RateLimit.layerMemory(options)), Context.get(RateLimit.RateLimits))
+
+const effectMemoryStore = Effect.map(Layer.build(RateLimiter.layerStoreMemory), (context) =>
+  Context.get(context, RateLimiter.RateLimiterStore)
+)
+
+/** Forks an acquire and returns the virtual time it took to be admitted, stepping the clock by `step`. */
+const waitOf = (limits: RateLimit.Service, key: string, tokens?: number, step: Duration.Input = "1 second") =>
+  Effect.gen(function* () {
+    const start = yield* Clock.currentTimeMillis
+    const fiber = yield* Effect.forkChild(limits.acquire(key, { tokens }))
+    yield* Effect.yieldNow
+    for (let i = 0; i < 10_000 && fiber.pollUnsafe() === undefined; i++) {
+      yield* TestClock.adjust(step)
+      yield* Effect.yieldNow
+    }
+    yield* Fiber.join(fiber)
+    return (yield* Clock.currentTimeMillis) - start
+  })
+
+const waiting = (limits: RateLimit.Service, key: string, tokens?: number) =>
+  Effect.forkChild(limits.acquire(key, { tokens }), { startImmediately: true })
+
+describe("RateLimit: give-backs free their own window, wherever it is", () => {
+  it.effect("a waiter interrupted in a middle window frees that window for the next caller", () =>
+    Effect.gen(function* () {
+      const key = uniqueName("middle")
+      const limits = yield* service({ providers: { [key]: { requestsPerMinute: 1 } }, maxWait: "3 minutes" })
+      yield* limits.acquire(key)
+      const second = yield* waiting(limits, key) // the window from 60 s
+      const third = yield* waiting(limits, key) // the window from 120 s
+      yield* Effect.yieldNow
+      yield* Fiber.interrupt(second)
+      // The window from 60 s is empty again: the next caller goes there, not after the third.
+      assert.strictEqual(yield* waitOf(limits, key), 60_000)
+      yield* TestClock.adjust("5 minutes")
+      yield* Fiber.join(third)
+    })
+  )
+
+  it.effect("tokens given back in a middle window are taken by a later call that fits there", () =>
+    Effect.gen(function* () {
+      const key = uniqueName("middle-tokens")
+      const limits = yield* service({ providers: { [key]: { tokensPerMinute: 100 } }, maxWait: "3 minutes" })
+      yield* limits.acquire(key, { tokens: 100 })
+      const sixty = yield* waiting(limits, key, 60) // the next window: 60 of 100
+      const forty = yield* waiting(limits, key, 40) // the next window: 100
+      const last = yield* waiting(limits, key, 60) // the window after
+      yield* Effect.yieldNow
+      yield* Fiber.interrupt(sixty)
+      // 60 of the next window are free again: 60 tokens wait for it (60 s), not for the one after the last (180 s).
+      assert.strictEqual(yield* waitOf(limits, key, 60), 60_000)
+      yield* TestClock.adjust("5 minutes")
+      yield* Fiber.joinAll([forty, last])
+    })
+  )
+})
+
+describe.skipIf(skipRedis)(`RateLimit: Redis give-backs (${skipRedis ? skipReason : "needs redis-server"})`, () => {
+  it.live("the Redis store and the memory store both reuse a middle window emptied or lowered by a give-back", () =>
+    Effect.scoped(
+      Effect.gen(function* () {
+        const server = yield* startRedis
+        const context = yield* Layer.build(Redis.layer({ url: server.url }))
+        const redisStore = yield* RateLimitRedis.makeStore({ prefix: `${uniqueName("p")}:` }).pipe(
+          Effect.provide(context)
+        )
+        const memoryStore = withAlignedFixedWindow(yield* effectMemoryStore)
+        const run = (store: RateLimitRedis.AlignedFixedWindow) =>
+          Effect.gen(function* () {
+            const window = Duration.minutes(1)
+            const placed: Array<readonly [number, number]> = []
+            const place = (key: string, tokens: number, limit: number) =>
+              Effect.map(store.fixedWindowAligned({ key, tokens, window, limit }), ([delay, start, index]) => {
+                placed.push([start, index])
+                return `${index}@${Math.round(delay / 60_000)}`
+              })
+            const giveBack = (key: string, tokens: number, i: number) =>
+              Effect.as(store.fixedWindowRelease({ key, tokens, start: placed[i]![0], index: placed[i]![1] }), "-")
+            const steps: Array<string> = []
+            for (let i = 0; i < 3; i++) steps.push(yield* place("r", 1, 1))
+            steps.push(yield* giveBack("r", 1, 1), yield* place("r", 1, 1), yield* place("r", 1, 1))
+            steps.push(yield* place("t", 50, 100), yield* place("t", 60, 100), yield* place("t", 30, 100))
+            steps.push(yield* place("t", 60, 100), yield* giveBack("t", 60, 6), yield* place("t", 70, 100))
+            return steps
+          })
+        const inRedis = yield* run(redisStore)
+        assert.deepStrictEqual(inRedis, yield* run(memoryStore))
+        assert.deepStrictEqual(inRedis, [
+          ...["0@0", "1@1", "2@2", "-", "1@1", "3@3"],
+          ...["0@0", "1@1", "0@0", "2@2", "-", "1@1"]
+        ])
+      })
+    )
+  )
+})
