@@ -143,9 +143,9 @@ interface Reservation {
   readonly limits: ResolvedLimits
 }
 
-// A reservation as the store took it: the wait for its slot (ms), the tokens taken (effect's counter:
-// a straddling reservation grows by what it pays again, see `reserve`), and for the store's own fixed
-// windows (`AlignedFixedWindow`) the window they went in, which a give-back names; `index` -1 otherwise.
+// A reservation as the store took it: the wait for its slot (ms), the tokens taken (0: none, the call is
+// refused), and for fixed windows the window they went in, which a give-back names (`start` and `index`
+// on a store with `AlignedFixedWindow`, the window's number on the clock otherwise); `index` -1 otherwise.
 interface Taken {
   readonly reservation: Reservation
   readonly delay: number
@@ -189,12 +189,13 @@ export type AlignedFixedWindow = RedisStore.AlignedFixedWindow
  * `onStoreError` (default `"allow"`); `guard` bounds every store call (the Redis layers
  * pass one).
  *
- * Fixed windows are exact only on a store that also has {@link AlignedFixedWindow}'s methods.
- * On one without them (effect's `layerStoreMemory` or `layerStoreRedis`, or your own), they are
- * effect's: one running counter that ends when `window / limit` per token taken has passed (a
- * window used at 60% ends after 60% of its length, and the next starts then), and a token
- * reservation that straddles a window boundary takes two store calls, between which other
- * callers' tokens can land.
+ * Fixed windows hold at most the limit each for their whole length on any store. On one with
+ * {@link AlignedFixedWindow}'s methods (the layers' stores) a window starts at the first call after
+ * the ones before have ended. On one without them (effect's `layerStoreMemory` or `layerStoreRedis`,
+ * or your own) windows are on the clock, `window` apart from the epoch, each counted under its own
+ * key (`<key>:rpm:<n>`, `<key>:tpm:<n>`) with the store's capped `fixedWindow` (the one effect's
+ * limiter uses with `onExceeded: "fail"`): a call finding a window full asks the next, one store call
+ * each, up to the first that starts beyond `maxWait`.
  *
  * @since 0.2.0
  * @category constructors
@@ -269,55 +270,71 @@ const makeWith = Effect.fnUntraced(function* (
     index: -1
   })
 
-  const reserve = (r: Reservation): Effect.Effect<Taken, RateLimiter.RateLimiterError> => {
-    if (r.limits.algorithm === "fixed-window" && windows !== undefined) {
-      return Effect.map(
-        windows.fixedWindowAligned({
-          key: r.key,
+  // A store without `AlignedFixedWindow`: windows on the clock (`window` apart from the epoch), each
+  // counted under a key of its own with the store's capped fixed window (a refused call takes nothing;
+  // the first admission opens the key for `refillRate * limit` and later ones do not extend it). The
+  // running counter of effect's delay mode ended a window once `window / limit` per token taken had
+  // passed, and let a second 60 tokens into a 100-token minute at 40 s.
+  const clockWindowKey = (r: Reservation, index: number) => `${r.key}:${index}`
+
+  const reserveOnClock = (r: Reservation): Effect.Effect<Taken, RateLimiter.RateLimiterError> => {
+    const windowMillis = Math.max(Duration.toMillis(r.limits.window), 1)
+    const now = clock.currentTimeMillisUnsafe()
+    const first = Math.floor(now / windowMillis)
+    const place = (index: number): Effect.Effect<Taken, RateLimiter.RateLimiterError> => {
+      const delay = index === first ? 0 : significant(index * windowMillis - now)
+      // A window past any wait is not asked for: its start refuses the call, which took nothing.
+      if (delay > maxWaitMillis) return Effect.succeed({ reservation: r, delay, tokens: 0, start: 0, index })
+      return Effect.flatMap(
+        guarded.fixedWindow({
+          key: clockWindowKey(r, index),
           tokens: r.cost,
-          // As effect's limiter: a window under a millisecond counts as one.
-          window: Duration.max(r.limits.window, oneMilli),
+          // Opened now, the key outlasts the end of its window.
+          refillRate: Duration.millis(((index - first + 1) * windowMillis + 1) / r.limit),
           limit: r.limit
         }),
-        ([delay, start, index]): Taken => ({ reservation: r, delay: significant(delay), tokens: r.cost, start, index })
+        ([count]): Effect.Effect<Taken, RateLimiter.RateLimiterError> =>
+          count <= r.limit
+            ? Effect.succeed({ reservation: r, delay, tokens: r.cost, start: 0, index })
+            : place(index + 1)
       )
     }
-    if (r.cost <= 1 || r.limits.algorithm !== "fixed-window") {
-      return Effect.map(consume(r, r.cost), (result) => counted(r, result, r.cost))
-    }
-    // A store of the caller's own, with effect's fixed window: one running counter, a reservation
-    // delayed to the window of its last token. One that straddles a boundary left its first tokens
-    // counted in the window before, which the call never runs in: a 100-token window admitted two
-    // 60-token calls. The tokens counted in the earlier window are taken again in the later one, and
-    // the call waits for the later of the two answers. (One token, a request's, never straddles.)
-    // Two store calls: other callers' tokens can land between them (see docs/rate-limits.md).
-    return Effect.flatMap(consume(r, r.cost), (first) => {
-      const count = r.limit - first.remaining
-      const before = count - r.cost
-      const window = Math.floor((count - 1) / r.limit)
-      if (Math.floor(before / r.limit) === window) return Effect.succeed(counted(r, first, r.cost))
-      const again = window * r.limit - before
-      return Effect.match(consume(r, again), {
-        // The store failed after the first part was taken: that part stands, as a store failure does.
-        onFailure: () => counted(r, first, r.cost),
-        onSuccess: (second) =>
-          counted(r, Duration.isGreaterThan(second.delay, first.delay) ? second : first, r.cost + again)
-      })
-    })
+    return place(first)
   }
 
-  // Negative tokens undo a reservation in effect's algorithms (the window or bucket moves back).
-  const release = (taken: ReadonlyArray<Taken>): Effect.Effect<void> =>
-    Effect.forEach(
-      taken,
-      (t) =>
-        Effect.ignore(
-          t.index >= 0 && windows !== undefined
-            ? windows.fixedWindowRelease({ key: t.reservation.key, tokens: t.tokens, start: t.start, index: t.index })
-            : consume(t.reservation, -t.tokens)
-        ),
-      { discard: true, concurrency: 2 }
+  const reserve = (r: Reservation): Effect.Effect<Taken, RateLimiter.RateLimiterError> => {
+    if (r.limits.algorithm !== "fixed-window") {
+      return Effect.map(consume(r, r.cost), (result) => counted(r, result, r.cost))
+    }
+    if (windows === undefined) return reserveOnClock(r)
+    return Effect.map(
+      windows.fixedWindowAligned({
+        key: r.key,
+        tokens: r.cost,
+        // As effect's limiter: a window under a millisecond counts as one.
+        window: Duration.max(r.limits.window, oneMilli),
+        limit: r.limit
+      }),
+      ([delay, start, index]): Taken => ({ reservation: r, delay: significant(delay), tokens: r.cost, start, index })
     )
+  }
+
+  // Each reservation back to where it was taken. Negative tokens undo one in effect's algorithms (the
+  // bucket moves back) and in a capped window (which they never open).
+  const giveBack = (t: Taken): Effect.Effect<void, RateLimiter.RateLimiterError> => {
+    const r = t.reservation
+    if (t.tokens === 0) return Effect.void
+    if (r.limits.algorithm !== "fixed-window") return Effect.asVoid(consume(r, -t.tokens))
+    if (windows !== undefined) {
+      return windows.fixedWindowRelease({ key: r.key, tokens: t.tokens, start: t.start, index: t.index })
+    }
+    return Effect.asVoid(
+      guarded.fixedWindow({ key: clockWindowKey(r, t.index), tokens: -t.tokens, refillRate: oneMilli, limit: r.limit })
+    )
+  }
+
+  const release = (taken: ReadonlyArray<Taken>): Effect.Effect<void> =>
+    Effect.forEach(taken, (t) => Effect.ignore(giveBack(t)), { discard: true, concurrency: 2 })
 
   // The request reservation of each key, made once.
   const requestReservations = new Map<string, Reservation>()

@@ -1,7 +1,8 @@
 import { assert, describe, it } from "@effect/vitest"
-import { Clock, Context, Duration, Effect, Fiber, Layer } from "effect"
+import { Clock, Context, Duration, Effect, Fiber, Layer, Scheduler } from "effect"
 import { RateLimiter } from "effect/persistence"
 import { TestClock } from "effect/testing"
+import type { ModelError } from "../src/AiError.js"
 import * as RateLimit from "../src/RateLimit.js"
 import { withAlignedFixedWindow } from "../src/RateLimit/memory.js"
 import * as RateLimitRedis from "../src/RateLimit/Redis.js"
@@ -35,6 +36,9 @@ const waitOf = (limits: RateLimit.Service, key: string, tokens?: number, step: D
 const waiting = (limits: RateLimit.Service, key: string, tokens?: number) =>
   Effect.forkChild(limits.acquire(key, { tokens }), { startImmediately: true })
 
+const rejection = (limits: RateLimit.Service, key: string, cost?: RateLimit.AcquireCost) =>
+  Effect.flip(limits.acquire(key, cost)) as Effect.Effect<ModelError>
+
 describe("RateLimit: give-backs free their own window, wherever it is", () => {
   it.effect("a waiter interrupted in a middle window frees that window for the next caller", () =>
     Effect.gen(function* () {
@@ -66,6 +70,87 @@ describe("RateLimit: give-backs free their own window, wherever it is", () => {
       assert.strictEqual(yield* waitOf(limits, key, 60), 60_000)
       yield* TestClock.adjust("5 minutes")
       yield* Fiber.joinAll([forty, last])
+    })
+  )
+})
+
+describe("RateLimit.make on a store of its own: exact fixed windows", () => {
+  it.effect("60 tokens at 0 s and at 40 s of a 100-token minute: the second waits for the next minute", () =>
+    Effect.gen(function* () {
+      const key = uniqueName("own-store")
+      const limits = yield* RateLimit.make(
+        { providers: { [key]: { tokensPerMinute: 100 } }, maxWait: "5 minutes" },
+        yield* effectMemoryStore
+      )
+      yield* limits.acquire(key, { tokens: 60 })
+      yield* TestClock.adjust("40 seconds")
+      // effect's counter ended the window after 36 s (60 tokens' share) and both went in one minute.
+      assert.strictEqual(yield* waitOf(limits, key, 60, "100 millis"), 20_000)
+    })
+  )
+
+  it.effect("requests: 60 at 0 s and 40 at 40 s fill a 100-request minute; the 101st waits for the next", () =>
+    Effect.gen(function* () {
+      const key = uniqueName("own-store-requests")
+      const limits = yield* RateLimit.make(
+        { providers: { [key]: { requestsPerMinute: 100 } }, maxWait: "5 minutes" },
+        yield* effectMemoryStore
+      )
+      for (let i = 0; i < 60; i++) yield* limits.acquire(key)
+      yield* TestClock.adjust("40 seconds")
+      for (let i = 0; i < 40; i++) yield* limits.acquire(key)
+      assert.strictEqual(yield* waitOf(limits, key, undefined, "100 millis"), 20_000)
+      // The minute from 60 s holds 99 more, then the next waits for the minute after.
+      for (let i = 0; i < 99; i++) yield* limits.acquire(key)
+      assert.strictEqual(yield* waitOf(limits, key, undefined, "100 millis"), 60_000)
+    })
+  )
+  it.effect("concurrent calls that yield anywhere: no two 60-token calls in one 100-token window", () =>
+    Effect.gen(function* () {
+      const key = uniqueName("own-store-concurrent")
+      const limits = yield* RateLimit.make(
+        { providers: { [key]: { tokensPerMinute: 100, window: "1 second" } }, maxWait: "1 minute" },
+        yield* effectMemoryStore
+      )
+      const windows: Array<number> = []
+      const fiber = yield* Effect.forkChild(
+        Effect.forEach(
+          Array.from({ length: 8 }),
+          () =>
+            Effect.flatMap(limits.acquire(key, { tokens: 60 }), () =>
+              Effect.map(Clock.currentTimeMillis, (now) => windows.push(Math.floor(now / 1000)))
+            ),
+          { concurrency: "unbounded" }
+        ).pipe(Effect.provideService(Scheduler.MaxOpsBeforeYield, 1))
+      )
+      for (let i = 0; i < 1000 && fiber.pollUnsafe() === undefined; i++) yield* TestClock.adjust("100 millis")
+      yield* Fiber.join(fiber)
+      windows.sort((a, b) => a - b)
+      assert.strictEqual(windows.length, 8)
+      assert.deepStrictEqual(windows, [...new Set(windows)], `windows of the calls: ${windows.join(", ")}`)
+    })
+  )
+
+  it.effect("a call refused or interrupted gives its tokens back to its own window", () =>
+    Effect.gen(function* () {
+      const key = uniqueName("own-store-give-back")
+      const store = yield* effectMemoryStore
+      const now = yield* RateLimit.make({ providers: { [key]: { tokensPerMinute: 100 } }, maxWait: 0 }, store)
+      const later = yield* RateLimit.make(
+        { providers: { [key]: { tokensPerMinute: 100 } }, maxWait: "5 minutes" },
+        store
+      )
+      yield* TestClock.adjust("15 seconds")
+      yield* now.acquire(key, { tokens: 50 })
+      const refused = yield* rejection(now, key, { tokens: 60 })
+      assert.strictEqual(refused.reason, "RateLimited")
+      assert.deepStrictEqual(refused.retryAfter, Duration.seconds(45), "the next window starts at 60 s")
+      yield* now.acquire(key, { tokens: 50 })
+      const waiter = yield* waiting(later, key, 100)
+      yield* Effect.yieldNow
+      yield* Fiber.interrupt(waiter)
+      // The interrupted waiter's window (from 60 s) is empty again: a full one waits 45 s for it, not 105 s.
+      assert.strictEqual(yield* waitOf(later, key, 100), 45_000)
     })
   )
 })

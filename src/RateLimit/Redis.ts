@@ -198,7 +198,8 @@ return { string.format("%.17g", next), string.format("%.17g", math.max(0, now - 
  * parts of it. `fixedWindowAligned` answers how long until that window starts (ms) and which it
  * is (`start`, `index`); `fixedWindowRelease` gives the tokens back to it.
  *
- * A store given to `RateLimit.make` without these uses effect's `fixedWindow` instead.
+ * A store given to `RateLimit.make` without these counts windows on the clock with its capped
+ * `fixedWindow` instead (see `RateLimit.make`).
  *
  * @since 0.3.0
  * @category models
