@@ -19,7 +19,7 @@ import * as Timers from "./policy/timers.js"
 import * as Input from "./Input.js"
 import { withAlignedFixedWindow } from "./RateLimit/memory.js"
 import { make as makeMetrics } from "./RateLimit/metrics.js"
-import { checkOptions, checkTokens, redisFields } from "./RateLimit/options.js"
+import { checkOnStoreError, checkOptions, checkTokens, checkWaitUntil, redisFields } from "./RateLimit/options.js"
 import * as RedisStore from "./RateLimit/Redis.js"
 import * as SharedRedis from "./Redis.js"
 import { isTraced } from "./policy/span.js"
@@ -115,7 +115,7 @@ export interface Service {
    * tokens (default 0: count the request only). Waits at most `maxWait`, and never past
    * `cost.waitUntil` (the clock's milliseconds: the executor gives a call's total deadline);
    * beyond either it fails at once with `RateLimited` and `retryAfter`, so a fallback can use
-   * the time left. An invalid `tokens` fails with `InvalidRequest` naming `tokens`. A caller
+   * the time left. An invalid `tokens` (or a `waitUntil` that is `NaN` or no number) fails with `InvalidRequest` naming it. A caller
    * interrupted while waiting gives its slot back.
    */
   readonly acquire: (key: string, cost?: AcquireCost) => Effect.Effect<void, ModelError>
@@ -213,6 +213,7 @@ const makeWith = Effect.fnUntraced(function* (
   policy: StorePolicy = {}
 ) {
   const config = yield* Input.orOptionError(checkOptions(options))
+  const onStoreError = yield* Input.orOptionError(checkOnStoreError(policy.onStoreError))
   const storeRetryAfter = yield* Input.orOptionError(
     Input.duration("retryAfter", Input.orDefault(policy.retryAfter, "1 second"))
   )
@@ -246,7 +247,7 @@ const makeWith = Effect.fnUntraced(function* (
               )
           }
       : undefined
-  const failClosed = policy.onStoreError === "reject"
+  const failClosed = onStoreError === "reject"
   const maxWaitMillis = Duration.toMillis(config.maxWait)
   const { metricsOf, release: releaseMetrics } = makeMetrics(yield* Effect.context<never>())
 
@@ -466,6 +467,12 @@ const makeWith = Effect.fnUntraced(function* (
       if (Result.isFailure(checked)) return Input.orInvalidRequest(checked, key).pipe(Effect.asVoid)
       tokens = checked.success
     }
+    let waitUntil: number | undefined
+    if (cost?.waitUntil !== undefined) {
+      const checked = checkWaitUntil(cost.waitUntil)
+      if (Result.isFailure(checked)) return Input.orInvalidRequest(checked, key).pipe(Effect.asVoid)
+      waitUntil = checked.success
+    }
     const limits = limitsOf(key)
     if (limits === undefined) return Effect.void
     const reservations: Array<Reservation> = []
@@ -482,7 +489,7 @@ const makeWith = Effect.fnUntraced(function* (
     // Redis round trip in flight) kept its slot, which the store had counted and no one gave
     // back. Store calls are bounded (the guard's deadline), so an interruption waits at most that.
     return Effect.uninterruptibleMask((restore) =>
-      Effect.flatMap(reserveAll(reservations), (all) => decide(key, all, restore, [], 0, cost?.waitUntil))
+      Effect.flatMap(reserveAll(reservations), (all) => decide(key, all, restore, [], 0, waitUntil))
     )
   }
 
@@ -547,13 +554,7 @@ export const layerRedis = (options: RedisOptions): Layer.Layer<RateLimits, Input
     Effect.gen(function* () {
       yield* Input.orOptionError(checkOptions(options, redisFields))
       const settings = yield* Input.orOptionError(SharedRedis.guardSettings(options.redis, "redis."))
-      const onStoreError = Input.orDefault(options.onStoreError, "allow")
-      if (onStoreError !== "allow" && onStoreError !== "reject") {
-        return yield* new Input.OptionError({
-          path: "onStoreError",
-          message: `invalid onStoreError: expected "allow" or "reject", got ${JSON.stringify(onStoreError)}`
-        })
-      }
+      const onStoreError = yield* Input.orOptionError(checkOnStoreError(options.onStoreError))
       const guard = yield* SharedRedis.makeGuard({ store: "ratelimit", settings })
       const store = yield* RedisStore.makeStore({ prefix: options.prefix })
       // Only the limits: the Redis options are this layer's, and `make` refuses them.

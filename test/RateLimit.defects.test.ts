@@ -155,6 +155,44 @@ describe("RateLimit.make on a store of its own: exact fixed windows", () => {
   )
 })
 
+describe("RateLimit: every number a call or a policy gives is checked", () => {
+  it.effect(
+    "a waitUntil that is not a number or NaN is InvalidRequest naming waitUntil, not a wait without deadline",
+    () =>
+      Effect.gen(function* () {
+        const key = uniqueName("wait-until")
+        const limits = yield* service({ providers: { [key]: { requestsPerMinute: 1 } }, maxWait: "5 minutes" })
+        yield* limits.acquire(key)
+        for (const waitUntil of [Number.NaN, "10" as never, null as never]) {
+          const fiber = yield* Effect.forkChild(rejection(limits, key, { waitUntil }))
+          yield* Effect.yieldNow
+          assert.isDefined(fiber.pollUnsafe(), `${waitUntil} is answered at once, not waited on`)
+          const error = yield* Fiber.join(fiber)
+          assert.strictEqual(error.reason, "InvalidRequest", String(waitUntil))
+          assert.strictEqual(error.field, "waitUntil")
+        }
+        // A deadline past the next window still lets the call wait for it; one before refuses it at once.
+        const refused = yield* rejection(limits, key, { waitUntil: 30_000 })
+        assert.strictEqual(refused.reason, "RateLimited")
+        assert.deepStrictEqual(refused.retryAfter, Duration.minutes(1))
+        assert.strictEqual(yield* waitOf(limits, key), 60_000)
+      })
+  )
+
+  it.effect("make refuses an onStoreError it does not know, naming it (it was read as allow)", () =>
+    Effect.gen(function* () {
+      const store = yield* effectMemoryStore
+      const options = { default: { requestsPerMinute: 1 } }
+      for (const onStoreError of ["rejct", null, 1]) {
+        const error = yield* Effect.flip(RateLimit.make(options, store, { onStoreError: onStoreError as never }))
+        assert.strictEqual(error.path, "onStoreError", String(onStoreError))
+      }
+      yield* RateLimit.make(options, store, { onStoreError: "reject" })
+      yield* RateLimit.make(options, store, { onStoreError: undefined })
+    })
+  )
+})
+
 describe.skipIf(skipRedis)(`RateLimit: Redis give-backs (${skipRedis ? skipReason : "needs redis-server"})`, () => {
   it.live("the Redis store and the memory store both reuse a middle window emptied or lowered by a give-back", () =>
     Effect.scoped(

@@ -106,3 +106,25 @@ export const checkOptions = (options: Options, fields: ReadonlySet<string> = opt
  */
 export const checkTokens = (tokens: number | undefined): Input.Checked<number> =>
   tokens === undefined ? Result.succeed(0) : Result.map(Input.number("tokens", tokens, { min: 0 }), Math.ceil)
+
+/**
+ * An acquire's `waitUntil`: an instant in `Clock` milliseconds, `Infinity` for none. A `NaN`
+ * compared false with every wait and was read as no deadline at all.
+ *
+ * @internal
+ */
+export const checkWaitUntil = (waitUntil: unknown): Input.Checked<number> =>
+  typeof waitUntil === "number" && !Number.isNaN(waitUntil)
+    ? Result.succeed(waitUntil)
+    : Result.fail({
+        path: "waitUntil",
+        message: `expected an instant in Clock milliseconds, got ${waitUntil === null ? "null" : typeof waitUntil === "number" ? "NaN" : typeof waitUntil}`
+      })
+
+/**
+ * `make`'s `onStoreError` (default `"allow"`).
+ *
+ * @internal
+ */
+export const checkOnStoreError = (input: unknown): Input.Checked<"allow" | "reject"> =>
+  Input.oneOf("onStoreError", Input.orDefault(input, "allow"), ["allow", "reject"])
