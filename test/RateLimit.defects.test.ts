@@ -1,6 +1,6 @@
 import { assert, describe, it } from "@effect/vitest"
 import { Clock, Context, Duration, Effect, Fiber, Layer, Scheduler } from "effect"
-import { RateLimiter } from "effect/persistence"
+import { RateLimiter, Redis as PersistenceRedis } from "effect/persistence"
 import { TestClock } from "effect/testing"
 import type { ModelError } from "../src/AiError.js"
 import * as RateLimit from "../src/RateLimit.js"
@@ -193,6 +193,22 @@ describe("RateLimit: every number a call or a policy gives is checked", () => {
   )
 })
 
+describe("RateLimit: a clock set back", () => {
+  it.effect("a clock set back (an NTP step) never opens a window before the first: the limit still holds", () =>
+    Effect.gen(function* () {
+      const key = uniqueName("clock-back")
+      const limits = yield* service({ providers: { [key]: { requestsPerMinute: 1 } }, maxWait: 0 })
+      yield* TestClock.adjust("2 minutes")
+      yield* limits.acquire(key)
+      yield* TestClock.setTime(90_000)
+      // Before, the call went in a window "before window 0", admitted at once: two in a window of one.
+      const refused = yield* rejection(limits, key)
+      assert.strictEqual(refused.reason, "RateLimited")
+      assert.isTrue(Duration.toMillis(refused.retryAfter!) > 0)
+    })
+  )
+})
+
 describe.skipIf(skipRedis)(`RateLimit: Redis give-backs (${skipRedis ? skipReason : "needs redis-server"})`, () => {
   it.live("the Redis store and the memory store both reuse a middle window emptied or lowered by a give-back", () =>
     Effect.scoped(
@@ -227,6 +243,30 @@ describe.skipIf(skipRedis)(`RateLimit: Redis give-backs (${skipRedis ? skipReaso
           ...["0@0", "1@1", "2@2", "-", "1@1", "3@3"],
           ...["0@0", "1@1", "0@0", "2@2", "-", "1@1"]
         ])
+      })
+    )
+  )
+
+  it.live("Redis's clock set back never opens a window before the first one either", () =>
+    Effect.scoped(
+      Effect.gen(function* () {
+        const server = yield* startRedis
+        const context = yield* Layer.build(Redis.layer({ url: server.url }))
+        const redis = Context.get(context, PersistenceRedis.Redis)
+        const prefix = `${uniqueName("p")}:`
+        const store = yield* RateLimitRedis.makeStore({ prefix }).pipe(Effect.provide(context))
+        const [seconds] = yield* redis.send<ReadonlyArray<string>>("TIME")
+        // Window 0 started 30 s from Redis's now, and holds its one request: as after a clock stepped back 30 s.
+        const start = String(Number(seconds) * 1000 + 30_000)
+        yield* redis.send("HSET", `${prefix}r:window`, "start", start, "head", "0", "tail", "0", "c0", "1")
+        const [delay, , index] = yield* store.fixedWindowAligned({
+          key: "r",
+          tokens: 1,
+          window: Duration.minutes(1),
+          limit: 1
+        })
+        assert.strictEqual(index, 1, "the call goes in the window after the full one, not in one before it")
+        assert.isTrue(delay > 60_000, `its wait: ${delay} ms`)
       })
     )
   )

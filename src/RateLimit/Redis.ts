@@ -116,7 +116,7 @@ if not start or not head or not tail or now >= start + (tail + 1) * window then
   head = 0
   tail = 0
 end
-local current = math.floor((now - start) / window)
+local current = math.max(head, math.floor((now - start) / window))
 while head < current do
   redis.call("HDEL", key, string.format("c%d", head))
   head = head + 1

@@ -40,7 +40,8 @@ export const withAlignedFixedWindow = (
       state = { start: now, head: 0, tail: 0, counts: new Map() }
       windows.set(key, state)
     }
-    const current = Math.floor((now - state.start) / windowMillis)
+    // A clock set back (an NTP step) stays in the window it was in: no window opens before the first.
+    const current = Math.max(state.head, Math.floor((now - state.start) / windowMillis))
     for (; state.head < current; state.head++) state.counts.delete(state.head)
     // The first window from now with room: a give-back can leave room in any of them, not only in the last.
     let index = current
