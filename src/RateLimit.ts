@@ -401,8 +401,8 @@ const makeWith = Effect.fnUntraced(function* (
       )
     }
     // A wait the caller's deadline would cut is not made: it fails now, and a fallback gets the time left.
-    const pastDeadline =
-      waitMillis > 0 && waitUntil !== undefined && clock.currentTimeMillisUnsafe() + waitMillis >= waitUntil
+    const now = clock.currentTimeMillisUnsafe()
+    const pastDeadline = waitMillis > 0 && waitUntil !== undefined && now + waitMillis >= waitUntil
     if (waited + waitMillis > maxWaitMillis || pastDeadline) {
       const retryAfter = Duration.millis(Math.ceil(waitMillis))
       metrics.rejected++
@@ -447,9 +447,13 @@ const makeWith = Effect.fnUntraced(function* (
         { discard: true }
       )
     }
+    // The give-back is a store call: the wait ends at the slot all the same (and so within `waitUntil`).
+    const sleepToSlot = Effect.suspend(() =>
+      Effect.sleep(Duration.millis(Math.max(0, now + waitMillis - clock.currentTimeMillisUnsafe())))
+    )
     return Effect.andThen(
       release(early),
-      Effect.matchCauseEffect(restore(sleep), {
+      Effect.matchCauseEffect(restore(sleepToSlot), {
         onFailure: (cause) => Effect.andThen(release(kept), Effect.failCause(cause)),
         onSuccess: () =>
           Effect.flatMap(reserveAll(early.map((t) => t.reservation)), (again) =>

@@ -193,6 +193,34 @@ describe("RateLimit: every number a call or a policy gives is checked", () => {
   )
 })
 
+describe("RateLimit: waitUntil", () => {
+  it.effect(
+    "a slot given back during the wait for a later one: the wait still ends at that slot, within waitUntil",
+    () =>
+      Effect.gen(function* () {
+        const memory = yield* effectMemoryStore
+        // A store whose give-backs take 5 s to answer (a slow store without a guard).
+        const slow: RateLimiter.RateLimiterStore["Service"] = {
+          ...memory,
+          fixedWindow: (o) =>
+            o.tokens < 0 ? Effect.tap(memory.fixedWindow(o), () => Effect.sleep("5 seconds")) : memory.fixedWindow(o)
+        }
+        const key = uniqueName("wait-until-give-back")
+        const limits = yield* RateLimit.make(
+          { providers: { [key]: { requestsPerMinute: 10, tokensPerMinute: 100 } }, maxWait: "5 minutes" },
+          slow
+        )
+        yield* limits.acquire(key, { tokens: 100 })
+        // Its request slot is now, its tokens' at 60 s: the request slot is given back meanwhile (5 s).
+        const fiber = yield* Effect.forkChild(
+          Effect.flatMap(limits.acquire(key, { tokens: 100, waitUntil: 61_000 }), () => Clock.currentTimeMillis)
+        )
+        for (let i = 0; i < 200 && fiber.pollUnsafe() === undefined; i++) yield* TestClock.adjust("1 second")
+        assert.strictEqual(yield* Fiber.join(fiber), 60_000, "sent when its tokens' window starts, not 5 s after")
+      })
+  )
+})
+
 describe("RateLimit: a clock set back", () => {
   it.effect("a clock set back (an NTP step) never opens a window before the first: the limit still holds", () =>
     Effect.gen(function* () {
