@@ -99,6 +99,9 @@ if tokens < 0 then
   else
     redis.call("HDEL", key, field)
   end
+  if tonumber(ARGV[5]) < (tonumber(redis.call("HGET", key, "open")) or 0) then
+    redis.call("HSET", key, "open", string.format("%d", tonumber(ARGV[5])))
+  end
   local last = tail
   while last > head and redis.call("HEXISTS", key, string.format("c%d", last)) == 0 do
     last = last - 1
@@ -121,19 +124,25 @@ while head < current do
   redis.call("HDEL", key, string.format("c%d", head))
   head = head + 1
 end
-local index = current
+local from = math.max(current, tonumber(redis.call("HGET", key, "open")) or 0)
+local index = from
 local used = tonumber(redis.call("HGET", key, string.format("c%d", index))) or 0
 while used > 0 and used + tokens > limit do
   index = index + 1
   used = tonumber(redis.call("HGET", key, string.format("c%d", index))) or 0
 end
 tail = math.max(tail, index)
+redis.call("HSET", key, string.format("c%d", index), string.format("%.17g", used + tokens))
+local open = from
+while (tonumber(redis.call("HGET", key, string.format("c%d", open))) or 0) >= limit do
+  open = open + 1
+end
 redis.call(
   "HSET", key,
-  string.format("c%d", index), string.format("%.17g", used + tokens),
   "start", string.format("%.17g", start),
   "head", string.format("%d", head),
-  "tail", string.format("%d", tail)
+  "tail", string.format("%d", tail),
+  "open", string.format("%d", open)
 )
 redis.call("PEXPIRE", key, string.format("%.0f", math.ceil(start + (tail + 1) * window - now)))
 return { string.format("%.17g", math.max(0, start + index * window - now)), string.format("%.17g", start), index }

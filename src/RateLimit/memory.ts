@@ -18,6 +18,8 @@ interface Windows {
   head: number
   /** The last window holding a reservation: the windows from `head` to it are the ones a call can go in. */
   tail: number
+  /** No window from `head` before this one has room: the search for one starts here. */
+  open: number
   /** Tokens reserved in each window from `start`, by its index. */
   readonly counts: Map<number, number>
 }
@@ -37,18 +39,23 @@ export const withAlignedFixedWindow = (
   const place = (key: string, tokens: number, windowMillis: number, limit: number, now: number) => {
     let state = windows.get(key)
     if (state === undefined || now >= state.start + (state.tail + 1) * windowMillis) {
-      state = { start: now, head: 0, tail: 0, counts: new Map() }
+      state = { start: now, head: 0, tail: 0, open: 0, counts: new Map() }
       windows.set(key, state)
     }
     // A clock set back (an NTP step) stays in the window it was in: no window opens before the first.
     const current = Math.max(state.head, Math.floor((now - state.start) / windowMillis))
     for (; state.head < current; state.head++) state.counts.delete(state.head)
     // The first window from now with room: a give-back can leave room in any of them, not only in the last.
-    let index = current
+    const from = Math.max(current, state.open)
+    let index = from
     let used = state.counts.get(index) ?? 0
     while (used > 0 && used + tokens > limit) used = state.counts.get(++index) ?? 0
     state.counts.set(index, used + tokens)
     if (index > state.tail) state.tail = index
+    // Full windows are passed over once, not by every call after (a long queue waiting at `maxWait: Infinity`).
+    let open = from
+    while ((state.counts.get(open) ?? 0) >= limit) open++
+    state.open = open
     const delay = state.start + index * windowMillis - now
     return [Math.max(delay, 0), state.start, index] as const
   }
@@ -59,6 +66,7 @@ export const withAlignedFixedWindow = (
     const left = (state.counts.get(index) ?? 0) - tokens
     if (left > 0) state.counts.set(index, left)
     else state.counts.delete(index)
+    if (index < state.open) state.open = index
     // Last windows emptied by give-backs are free again (a call refused for its wait must not push the next ones back).
     while (state.tail > state.head && !state.counts.has(state.tail)) state.tail--
   }
