@@ -275,6 +275,31 @@ describe.skipIf(skipRedis)(`RateLimit: Redis give-backs (${skipRedis ? skipReaso
     )
   )
 
+  it.live("make on effect's own Redis store: a window holds its limit for its whole length", () =>
+    Effect.scoped(
+      Effect.gen(function* () {
+        const server = yield* startRedis
+        const context = yield* Layer.build(Redis.layer({ url: server.url }))
+        const store = yield* RateLimiter.makeStoreRedis({ prefix: `${uniqueName("p")}:` }).pipe(Effect.provide(context))
+        const key = uniqueName("effect-redis")
+        const limits = yield* RateLimit.make(
+          { providers: { [key]: { tokensPerMinute: 100, window: "2 seconds" } }, maxWait: 0 },
+          store
+        )
+        // Windows are on the clock: start just after one begins.
+        const now = yield* Clock.currentTimeMillis
+        yield* Effect.sleep(Duration.millis(2_000 - (now % 2_000) + 50))
+        yield* limits.acquire(key, { tokens: 60 })
+        // Past 60% of the window (1.2 s), when effect's counter ended it, and before its end.
+        yield* Effect.sleep("1400 millis")
+        const refused = yield* rejection(limits, key, { tokens: 60 })
+        assert.strictEqual(refused.reason, "RateLimited")
+        const retryAfter = Duration.toMillis(refused.retryAfter!)
+        assert.isTrue(retryAfter > 0 && retryAfter <= 600, `retryAfter ${retryAfter} ms: the next window's start`)
+      })
+    )
+  )
+
   it.live("Redis's clock set back never opens a window before the first one either", () =>
     Effect.scoped(
       Effect.gen(function* () {
