@@ -294,10 +294,20 @@ const makeWith = Effect.fnUntraced(function* (
           refillRate: Duration.millis(((index - first + 1) * windowMillis + 1) / r.limit),
           limit: r.limit
         }),
-        ([count]): Effect.Effect<Taken, RateLimiter.RateLimiterError> =>
-          count <= r.limit
-            ? Effect.succeed({ reservation: r, delay, tokens: r.cost, start: 0, index })
-            : place(index + 1)
+        ([count]): Effect.Effect<Taken, RateLimiter.RateLimiterError> => {
+          if (count <= r.limit) return Effect.succeed({ reservation: r, delay, tokens: r.cost, start: 0, index })
+          // A count that is no number is neither admitted nor refused: searching on would never end.
+          if (!(count > r.limit)) {
+            return Effect.fail(
+              new RateLimiter.RateLimiterError({
+                reason: new RateLimiter.RateLimitStoreError({
+                  message: `the store's fixedWindow answered a count of ${count}`
+                })
+              })
+            )
+          }
+          return place(index + 1)
+        }
       )
     }
     return place(first)

@@ -1,5 +1,5 @@
 import { assert, describe, it } from "@effect/vitest"
-import { Clock, Context, Duration, Effect, Fiber, Layer, Scheduler } from "effect"
+import { Clock, Context, Duration, Effect, Exit, Fiber, Layer, Scheduler } from "effect"
 import { RateLimiter, Redis as PersistenceRedis } from "effect/persistence"
 import { TestClock } from "effect/testing"
 import type { ModelError } from "../src/AiError.js"
@@ -129,6 +129,32 @@ describe("RateLimit.make on a store of its own: exact fixed windows", () => {
       assert.strictEqual(windows.length, 8)
       assert.deepStrictEqual(windows, [...new Set(windows)], `windows of the calls: ${windows.join(", ")}`)
     })
+  )
+
+  it.effect(
+    "a store whose fixedWindow answers no number is a store failure, not a search through windows forever",
+    () =>
+      Effect.gen(function* () {
+        const memory = yield* effectMemoryStore
+        const key = uniqueName("own-store-nonsense")
+        const options = { providers: { [key]: { requestsPerMinute: 10 } }, maxWait: Number.POSITIVE_INFINITY }
+        for (const answer of [Number.NaN, undefined as never]) {
+          const broken: RateLimiter.RateLimiterStore["Service"] = {
+            ...memory,
+            fixedWindow: () => Effect.succeed([answer, 0] as const)
+          }
+          const open = yield* RateLimit.make(options, broken)
+          const closed = yield* RateLimit.make(options, broken, { onStoreError: "reject" })
+          const opened = yield* Effect.forkChild(Effect.exit(open.acquire(key)))
+          const refused = yield* Effect.forkChild(rejection(closed, key))
+          yield* Effect.yieldNow
+          yield* Effect.yieldNow
+          assert.isDefined(opened.pollUnsafe(), `${answer}: answered at once`)
+          assert.isDefined(refused.pollUnsafe(), `${answer}: answered at once`)
+          assert.isTrue(Exit.isSuccess(yield* Fiber.join(opened)), "onStoreError allow: the call goes through")
+          assert.strictEqual((yield* Fiber.join(refused)).reason, "RateLimited")
+        }
+      })
   )
 
   it.effect("a call refused or interrupted gives its tokens back to its own window", () =>
