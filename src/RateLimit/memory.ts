@@ -16,7 +16,7 @@ interface Windows {
   readonly start: number
   /** Windows before this one have ended and their counts are dropped. */
   head: number
-  /** The last window holding a reservation: the windows from `head` to it are the ones a call can go in. */
+  /** The last window holding a reservation (the ones after it are empty). */
   tail: number
   /** No window from `head` before this one has room: the search for one starts here. */
   open: number
