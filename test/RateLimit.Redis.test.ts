@@ -191,8 +191,8 @@ describe.skipIf(skipRedis)(`RateLimit (Redis store; ${skipRedis ? skipReason : "
         assert.strictEqual((yield* burst(limits, requests, 40)).admitted, 40)
         assert.strictEqual(yield* acquisitions(requests, "immediate"), 100)
         const started = performance.now()
-        yield* limits.acquire(requests)
-        yield* limits.acquire(tokens, { tokens: 60 })
+        // Both at once: one after the other, the second was asked only after the first's wait, when its window had ended.
+        yield* Effect.all([limits.acquire(requests), limits.acquire(tokens, { tokens: 60 })], { concurrency: 2 })
         const waited = performance.now() - started
         // Both went at once when the window ended after the share of it its calls had used: 120 in one window.
         assert.strictEqual(yield* acquisitions(requests, "delayed"), 1)
