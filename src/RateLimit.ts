@@ -115,8 +115,8 @@ export interface Service {
    * tokens (default 0: count the request only). Waits at most `maxWait`, and never past
    * `cost.waitUntil` (the clock's milliseconds: the executor gives a call's total deadline);
    * beyond either it fails at once with `RateLimited` and `retryAfter`, so a fallback can use
-   * the time left. An invalid `tokens` (or a `waitUntil` that is `NaN` or no number) fails with `InvalidRequest` naming it. A caller
-   * interrupted while waiting gives its slot back.
+   * the time left. An invalid `tokens`, or a `waitUntil` that is `NaN` or no number, fails with
+   * `InvalidRequest` naming the field. A caller interrupted while waiting gives its slot back.
    */
   readonly acquire: (key: string, cost?: AcquireCost) => Effect.Effect<void, ModelError>
   /** The limits that apply to `key`, if any. */

@@ -191,7 +191,7 @@ describe.skipIf(skipRedis)(`RateLimit (Redis store; ${skipRedis ? skipReason : "
         assert.strictEqual((yield* burst(limits, requests, 40)).admitted, 40)
         assert.strictEqual(yield* acquisitions(requests, "immediate"), 100)
         const started = performance.now()
-        // Both at once: one after the other, the second was asked only after the first's wait, when its window had ended.
+        // Both at once: asked after the first's wait, the second could find its window ended.
         yield* Effect.all([limits.acquire(requests), limits.acquire(tokens, { tokens: 60 })], { concurrency: 2 })
         const waited = performance.now() - started
         // Both went at once when the window ended after the share of it its calls had used: 120 in one window.

@@ -203,9 +203,10 @@ return { string.format("%.17g", next), string.format("%.17g", math.max(0, now - 
  * that lasts `window / limit` per token taken, so a window used at 60% ended after 60% of its
  * length). Window 0 starts at the first call after the windows before have all ended, and each
  * lasts `window`; a call's tokens all go in one window (the first from the current one with room
- * for them: a give-back frees room in its own window, wherever it is), placed in one step so concurrent callers cannot land between two
- * parts of it. `fixedWindowAligned` answers how long until that window starts (ms) and which it
- * is (`start`, `index`); `fixedWindowRelease` gives the tokens back to it.
+ * for them: a give-back frees room in its own window, wherever it is), placed in one step so
+ * concurrent callers cannot land between two parts of it. `fixedWindowAligned` answers how long
+ * until that window starts (ms) and which it is (`start`, `index`); `fixedWindowRelease` gives the
+ * tokens back to it.
  *
  * A store given to `RateLimit.make` without these counts windows on the clock with its capped
  * `fixedWindow` instead (see `RateLimit.make`).

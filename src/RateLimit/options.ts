@@ -113,13 +113,11 @@ export const checkTokens = (tokens: number | undefined): Input.Checked<number> =
  *
  * @internal
  */
-export const checkWaitUntil = (waitUntil: unknown): Input.Checked<number> =>
-  typeof waitUntil === "number" && !Number.isNaN(waitUntil)
-    ? Result.succeed(waitUntil)
-    : Result.fail({
-        path: "waitUntil",
-        message: `expected an instant in Clock milliseconds, got ${waitUntil === null ? "null" : typeof waitUntil === "number" ? "NaN" : typeof waitUntil}`
-      })
+export const checkWaitUntil = (waitUntil: unknown): Input.Checked<number> => {
+  if (typeof waitUntil === "number" && !Number.isNaN(waitUntil)) return Result.succeed(waitUntil)
+  const got = waitUntil === null ? "null" : typeof waitUntil === "number" ? "NaN" : typeof waitUntil
+  return Result.fail({ path: "waitUntil", message: `expected an instant in Clock milliseconds, got ${got}` })
+}
 
 /**
  * `make`'s `onStoreError` (default `"allow"`).
