@@ -174,15 +174,9 @@ export interface StorePolicy {
   readonly retryAfter?: Input.DurationInput | undefined
 }
 
-/**
- * What a store given to {@link make} adds to effect's `RateLimiterStore` to keep fixed windows
- * exact (the stores of `layerMemory` and `layerRedis` have it): windows of `window` that hold at
- * most `limit` each, a call's tokens placed in one of them in one step, and given back to that one.
- *
- * @since 0.3.0
- * @category models
- */
-export type AlignedFixedWindow = RedisStore.AlignedFixedWindow
+// What a store given to `make` adds to effect's `RateLimiterStore` to keep fixed windows exact;
+// re-exported by name so that a type an application infers from it is nameable through this module.
+export type { AlignedFixedWindow } from "./RateLimit/Redis.js"
 
 /**
  * Builds the service on a `RateLimiterStore`. Store failures are handled by
