@@ -50,11 +50,11 @@ if (dir !== undefined && existsSync(join(dir, "node_modules", "effect-orchestra"
   must(install.code === 0, "npm install of the tarball and effect", install.out)
   must(!/install-scripts/.test(install.out), "the install prints no install-script warnings", install.out)
   cpSync(join(here, "program.mjs"), join(dir, "program.mjs"))
-  cpSync(join(here, "consumer.ts"), join(dir, "consumer.ts"))
   cpSync(join(here, "mock.config.json"), join(dir, "mock.config.json"))
   console.log(`consumer project: ${dir}`)
 }
 
+cpSync(join(here, "consumer.ts"), join(dir, "consumer.ts"))
 const pkg = JSON.parse(readFileSync(join(dir, "node_modules/effect-orchestra/package.json"), "utf8"))
 must(pkg.version !== undefined, `installed effect-orchestra ${pkg.version}`)
 must(
@@ -95,6 +95,32 @@ for (const resolution of ["nodenext", "bundler"]) {
   )
   must(tsc.code === 0, `a strict .ts consumer type-checks with moduleResolution ${resolution}`, tsc.out)
 }
+
+// A library or composite project emits declaration files: every type its values infer from this
+// package must be nameable through the package's public modules (TS2883 otherwise).
+writeFileSync(
+  join(dir, "tsconfig.declaration.json"),
+  JSON.stringify({
+    compilerOptions: {
+      strict: true,
+      target: "es2022",
+      module: "nodenext",
+      moduleResolution: "nodenext",
+      declaration: true,
+      emitDeclarationOnly: true,
+      outDir: "types-out",
+      skipLibCheck: true,
+      types: []
+    },
+    files: ["consumer.ts"]
+  })
+)
+const declarations = sh(
+  process.execPath,
+  [join(root, "node_modules/typescript/bin/tsc"), "-p", "tsconfig.declaration.json"],
+  dir
+)
+must(declarations.code === 0, "a consumer emitting declaration files can name the package's types", declarations.out)
 
 const bin = join(dir, "node_modules/.bin/orchestra")
 const help = sh(process.execPath, [bin, "--help"], dir, { NO_COLOR: "" })
