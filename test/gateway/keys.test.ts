@@ -642,6 +642,51 @@ describe("KeyStore: budgets in memory", () => {
       })
   )
 
+  it.effect("a read that finds a lease ended refreshes the gauge of every key of the budget (TestClock)", () =>
+    Effect.gen(function* () {
+      const registry: Metric.MetricRegistry = new Map()
+      const [a, b] = [unique("lease-a"), unique("lease-b")]
+      const store = yield* memory({
+        keys: [key(a, secretA, { team: "blue", budget: { tokens: 1000 } }), key(b, secretB, { team: "blue" })],
+        teams: { blue: { budget: { tokens: 500 } } },
+        reservationTtl: "10 seconds"
+      }).pipe(Effect.provideService(Metric.MetricRegistry, registry))
+      const remaining = (id: string, scope: string) => {
+        const text = Prometheus.formatUnsafe(
+          Context.add(Context.empty(), Metric.MetricRegistry, registry) as Context.Context<never>
+        )
+        const line = text
+          .split("\n")
+          .find(
+            (l) =>
+              l.startsWith("orchestra_gateway_budget_remaining{") &&
+              l.includes(`key="${id}"`) &&
+              l.includes(`scope="${scope}"`)
+          )
+        return line === undefined ? undefined : Number(line.split(" ").at(-1))
+      }
+      const alpha = yield* store.authenticate(Redacted.make(secretA))
+      const beta = yield* store.authenticate(Redacted.make(secretB))
+      yield* store.settle(yield* store.reserve(beta, "m", estimate(10, 10)), { inputTokens: 10, outputTokens: 10 })
+      // Never settled: its gateway died with it.
+      yield* store.reserve(alpha, "m", estimate(100, 100))
+      assert.strictEqual(remaining(a, "key"), 800)
+      assert.strictEqual(remaining(a, "team"), 280)
+      assert.strictEqual(remaining(b, "team"), 280)
+      yield* TestClock.adjust("11 seconds")
+      assert.deepStrictEqual(
+        (yield* store.spend(a)).map((l) => l.remaining),
+        [1000, 480]
+      )
+      assert.strictEqual(remaining(a, "key"), 1000)
+      assert.strictEqual(remaining(a, "team"), 480)
+      assert.strictEqual(remaining(b, "team"), 480)
+      // A read makes no series of its own: only what a key was charged to is shown.
+      yield* store.spend(b)
+      assert.strictEqual(remaining(b, "key"), undefined)
+    })
+  )
+
   it.effect("a team's remaining budget is the same in the series of every key of the team", () =>
     Effect.gen(function* () {
       const registry: Metric.MetricRegistry = new Map()

@@ -15,6 +15,8 @@ import { type Counter, type Level, shown, windowEnd } from "./ledger.js"
  */
 export interface Gauges {
   readonly set: (keyId: string, counter: Counter, level: Level) => void
+  /** A level read (a lease may have ended since): to the series of its budget, if any; none is made. */
+  readonly refresh: (counter: Counter, level: Level) => void
   readonly remove: () => void
 }
 
@@ -37,10 +39,13 @@ export const make = (context: Context.Context<never>, now: () => number): Gauges
 
   let removed = false
 
+  const budgetOf = (counter: Counter) =>
+    `${counter.scope}\u0000${counter.scopeId}\u0000${counter.unit}\u0000${counter.model ?? ""}`
+
   const set = (keyId: string, counter: Counter, level: Level) => {
     // Removed with the store: a settle that ends after that leaves no series behind.
     if (removed) return
-    const budget = `${counter.scope}\u0000${counter.scopeId}\u0000${counter.unit}\u0000${counter.model ?? ""}`
+    const budget = budgetOf(counter)
     const name = `${keyId}\u0000${counter.scope}\u0000${counter.unit}\u0000${counter.model ?? ""}`
     if (!series.has(name)) {
       const created: Series = { value: 0, full: 0, window: undefined, endsAt: undefined }
@@ -62,12 +67,21 @@ export const make = (context: Context.Context<never>, now: () => number): Gauges
       if (sharing === undefined) byBudget.set(budget, [created])
       else sharing.push(created)
     }
+    update(byBudget.get(budget)!, counter, level)
+  }
+
+  const refresh = (counter: Counter, level: Level) => {
+    const sharing = removed ? undefined : byBudget.get(budgetOf(counter))
+    if (sharing !== undefined) update(sharing, counter, level)
+  }
+
+  const update = (sharing: ReadonlyArray<Series>, counter: Counter, level: Level) => {
     // A level of an earlier window (a request settled after its period rolled) says nothing of a later one.
     const value = shown(counter.unit, Math.max(0, counter.limit - level.spent - level.held))
     const full = shown(counter.unit, counter.limit)
     const endsAt = windowEnd(counter)
-    // Every series of the budget, this key's among them (added when it was created).
-    for (const each of byBudget.get(budget)!) {
+    // Every series of the budget (a key's own among them once it was charged).
+    for (const each of sharing) {
       if (each.window !== undefined && counter.window !== undefined && counter.window < each.window) continue
       each.value = value
       each.full = full
@@ -84,5 +98,5 @@ export const make = (context: Context.Context<never>, now: () => number): Gauges
     byBudget.clear()
   }
 
-  return { set, remove }
+  return { set, refresh, remove }
 }

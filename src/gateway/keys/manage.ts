@@ -13,7 +13,9 @@ import type { Created, KeyInfo, SpendLine } from "./KeyStore.js"
 import {
   type Backend,
   type Budgets,
+  type Counter,
   countersFor,
+  type Level,
   shown,
   type UnreadableCounter,
   type UnreadableRecord,
@@ -43,6 +45,8 @@ export interface Deps {
   /** Says in the log, once each, the stored keys that cannot be read. */
   readonly reportUnreadable: (ids: ReadonlyArray<string>) => Effect.Effect<void>
   readonly budgetsOf: (record: KeyRecord) => Budgets
+  /** Shows a level read on the gauges of its budget (a lease may have ended since they were set). */
+  readonly refreshGauge: (counter: Counter, level: Level) => void
   /** Drops what the authentication cache holds for a secret's hash. */
   readonly forget: (sha256: string) => void
 }
@@ -170,6 +174,7 @@ export const make = (deps: Deps) => {
         Effect.map((levels) =>
           counters.map((counter, i): SpendLine => {
             const level = levels[i]!
+            deps.refreshGauge(counter, level)
             const end = windowEnd(counter)
             return {
               scope: counter.scope,

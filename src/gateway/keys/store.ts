@@ -524,6 +524,7 @@ export const make = Effect.fnUntraced(function* (
     reportUnreadable: (ids) =>
       Effect.forEach(ids, (id) => Effect.ignore(failUnreadable(new UnreadableRecord({ id }))), { discard: true }),
     budgetsOf,
+    refreshGauge: gauges.refresh,
     forget: (sha256) => {
       cache.delete(sha256)
     }
