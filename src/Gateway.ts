@@ -201,7 +201,11 @@ export interface Options {
    * policy, or `false`. Domains use their own.
    */
   readonly retry?: boolean | RetryPolicy | RetryPolicyInput | undefined
-  /** Output tokens reserved against budgets for a request without `max_tokens`. Default 4,096. */
+  /**
+   * Output tokens reserved against budgets for a request without `max_tokens`, and sent as its
+   * `max_tokens` when a budget of its key applies (so that no answer is charged past what was
+   * reserved). Default 4,096.
+   */
   readonly defaultMaxTokens?: number | undefined
   /** Stream deadlines of every gateway stream (default: the domain's, then the executor's). */
   readonly stream?:

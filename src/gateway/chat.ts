@@ -146,6 +146,21 @@ export const make = (env: Env) => {
     return { inputTokens, maxOutputTokens }
   }
 
+  // A budget holds the output reserved, so the answer may not be longer: a request sent without
+  // max_tokens (by it or a domain of its chain) could be charged far past the budget's limit.
+  const bounded = (key: KeyIdentity | undefined, model: string, target: Target, request: GenerateRequest) => {
+    if (key === undefined || env.keys === undefined || request.maxTokens !== undefined) return request
+    const budgets = key.budgets
+    const charged =
+      budgets !== undefined &&
+      (budgets.key !== undefined ||
+        budgets.team !== undefined ||
+        (budgets.models !== undefined && Object.hasOwn(budgets.models, model)))
+    if (!charged) return request
+    if (target._tag === "Domain" && target.chain.every((domain) => domain.maxTokens !== undefined)) return request
+    return { ...request, maxTokens: estimateOf(target, request).maxOutputTokens }
+  }
+
   const reserve = (key: KeyIdentity | undefined, model: string, target: Target, request: GenerateRequest) =>
     key === undefined || env.keys === undefined
       ? Effect.succeed(undefined)
@@ -309,6 +324,7 @@ export const make = (env: Env) => {
         named(error, chatCall.hoisted)
       )
       const reserved = yield* reserve(key, chatCall.model, target, valid)
+      const sent = bounded(key, chatCall.model, target, valid)
       const attributes = {
         "gen_ai.operation.name": "chat",
         "gen_ai.request.model": chatCall.model,
@@ -318,8 +334,8 @@ export const make = (env: Env) => {
       }
       return yield* traced(`chat ${chatCall.model}`, attributes, (span) =>
         chatCall.stream
-          ? streamed(entry, started, chatCall, target, valid, reserved, span)
-          : complete(entry, started, chatCall.model, chatCall.hoisted, target, valid, reserved, span)
+          ? streamed(entry, started, chatCall, target, sent, reserved, span)
+          : complete(entry, started, chatCall.model, chatCall.hoisted, target, sent, reserved, span)
       )
     })
 

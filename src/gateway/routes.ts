@@ -30,6 +30,17 @@ export interface KeyIdentity {
   readonly id: string
   /** Domains or `provider/model` names (`provider/*` for all of a provider's); absent: every model. */
   readonly allowedModels?: ReadonlyArray<string> | undefined
+  /**
+   * The budgets of `gateway/keys` (the key's, its team's, its own by model): a request charged
+   * to one is sent with the output it reserved as its `max_tokens`.
+   */
+  readonly budgets?:
+    | {
+        readonly key?: unknown
+        readonly team?: unknown
+        readonly models?: { readonly [model: string]: unknown } | undefined
+      }
+    | undefined
 }
 
 /**

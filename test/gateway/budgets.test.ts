@@ -1,0 +1,79 @@
+/**
+ * Budgets through the gateway: what a request reserved bounds what it can be charged.
+ */
+import { assert, describe, it } from "@effect/vitest"
+import { Context, Effect, Layer } from "effect"
+import * as KeyStore from "../../src/gateway/keys/KeyStore.js"
+import * as Server from "../utils/httpServer.js"
+import * as Harness from "./harness.js"
+import * as Up from "./upstream.js"
+
+const secret = "sk-test-budget-0123456789abcdef"
+const free = "sk-test-free-0123456789abcdef"
+const hi = [{ role: "user" as const, content: "hi" }]
+
+const memory = (options: KeyStore.Options) =>
+  Effect.map(Layer.build(KeyStore.layerMemory(options)), Context.get(KeyStore.KeyAdmin))
+
+/** An upstream that writes `max_tokens` tokens when asked for them, 2,000 otherwise, streamed or not. */
+const verbose = () =>
+  Server.make((request, response) => {
+    const body = request.json as { readonly stream?: boolean; readonly max_tokens?: number }
+    const output = body.max_tokens ?? 2_000
+    if (body.stream === true) {
+      return Server.chunked(
+        response,
+        [Server.sse([Up.chunk("words"), Up.chunk(null, "length"), Up.usageChunk(11, output), "[DONE]"])],
+        { pauseMs: 0 }
+      )
+    }
+    const answer = Up.completion("words", { finish: "length" })
+    return Server.json(response, 200, {
+      ...answer,
+      usage: { prompt_tokens: 11, completion_tokens: output, total_tokens: 11 + output }
+    })
+  })
+
+describe("Gateway: budgets", () => {
+  it.live("a request without max_tokens is sent with the output it reserved, so it never spends past its budget", () =>
+    Effect.gen(function* () {
+      const upstream = yield* verbose()
+      const store = yield* memory({
+        keys: [
+          { id: "capped", sha256: KeyStore.hashSecret(secret), budget: { tokens: 1_000 } },
+          { id: "free", sha256: KeyStore.hashSecret(free) }
+        ]
+      })
+      const gw = yield* Harness.make({
+        upstreams: { a: upstream.url },
+        domains: [
+          { name: "d-a", provider: "a" },
+          { name: "short", provider: "a", maxTokens: 50 }
+        ],
+        keys: store,
+        gateway: { defaultMaxTokens: 100 }
+      })
+      const client = gw.client(secret)
+      yield* Harness.call(() => client.chat.completions.create({ model: "d-a", messages: hi }))
+      yield* Harness.call(() => client.chat.completions.create({ model: "a/a-model", messages: hi }))
+      const stream = yield* Harness.call(() =>
+        client.chat.completions.create({ model: "d-a", messages: hi, stream: true })
+      )
+      yield* Harness.call(async () => {
+        for await (const _ of stream) {
+          // read to the end
+        }
+      })
+      // A domain's own max_tokens, and the client's, are sent as they were.
+      yield* Harness.call(() => client.chat.completions.create({ model: "short", messages: hi }))
+      yield* Harness.call(() => client.chat.completions.create({ model: "d-a", messages: hi, max_tokens: 7 }))
+      // A key without a budget: nothing reserved bounds its answer.
+      yield* Harness.call(() => gw.client(free).chat.completions.create({ model: "d-a", messages: hi }))
+      const sent = (yield* upstream.requests).map((r) => (r.json as { max_tokens?: number }).max_tokens)
+      assert.deepStrictEqual(sent, [100, 100, 100, 50, 7, undefined])
+      const [level] = yield* store.spend("capped")
+      assert.strictEqual(level!.held, 0)
+      assert.strictEqual(level!.spent, 3 * (11 + 100) + (11 + 50) + (11 + 7))
+    })
+  )
+})
