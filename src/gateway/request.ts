@@ -366,7 +366,9 @@ export const parseChat = (body: unknown): Checked<ChatCall> => {
         break
       case "seed":
         if (value === null) break
-        if (!Number.isSafeInteger(value)) return invalid(key, `expected an integer, got ${kind(value)}`)
+        if (!Number.isSafeInteger(value)) {
+          return invalid(key, `expected an integer, got ${typeof value === "number" ? value : kind(value)}`)
+        }
         request.seed = value as number
         break
       case "stop": {

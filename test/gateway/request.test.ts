@@ -130,6 +130,17 @@ describe("gateway wire: chat requests", () => {
     assert.strictEqual(paramOf(chat({ temprature: 1 })), "temprature")
   })
 
+  it("says the value it refused, as written", () => {
+    const messageOf = (result: Result.Result<unknown, { readonly message: string }>) =>
+      Result.isFailure(result) ? result.failure.message : "accepted"
+    assert.strictEqual(messageOf(chat({ seed: 1.5 })), "invalid seed: expected an integer, got 1.5")
+    assert.strictEqual(messageOf(chat({ seed: "7" })), "invalid seed: expected an integer, got string")
+    assert.strictEqual(
+      messageOf(chat({ max_tokens: -3 })),
+      "invalid max_tokens: expected an integer from 1 to 1000000, got -3"
+    )
+  })
+
   it("names a refused field of the library's request by the client's parameter", () => {
     const named = (field: string, hoisted = 0) => Request.openAiParam(field, hoisted)
     assert.strictEqual(named("toolChoice"), "tool_choice")
