@@ -426,6 +426,15 @@ export const parseChat = (body: unknown): Checked<ChatCall> => {
     }
     if (Result.isFailure(checked)) return Result.fail(checked.failure)
   }
+  // As OpenAI answers it: a tool call cannot be forced without tools, nor one of a tool not given
+  // (a provider that ignores tool_choice would answer as if it had not been asked).
+  const choice = request.toolChoice
+  if (choice === "required" || typeof choice === "object") {
+    if (request.tools === undefined) return invalid("tool_choice", "a forced tool call needs tools")
+    if (typeof choice === "object" && !request.tools.some((tool) => tool.name === choice.name)) {
+      return invalid("tool_choice.function.name", `no tool named ${JSON.stringify(choice.name)} in tools`)
+    }
+  }
   if (streamOptions !== undefined && streamOptions !== null) {
     if (!stream) return invalid("stream_options", "only allowed with stream: true")
     if (!isObject(streamOptions)) return invalid("stream_options", `expected an object, got ${kind(streamOptions)}`)

@@ -126,6 +126,21 @@ describe("gateway wire: chat requests", () => {
       "tools[0].function.strict"
     )
     assert.strictEqual(paramOf(chat({ tool_choice: "sometimes" })), "tool_choice")
+    // As OpenAI answers: a tool call cannot be forced without tools, nor one of a tool not given.
+    assert.strictEqual(paramOf(chat({ tool_choice: "required" })), "tool_choice")
+    assert.strictEqual(paramOf(chat({ tool_choice: "required", tools: [] })), "tool_choice")
+    assert.strictEqual(paramOf(chat({ tool_choice: { type: "function", function: { name: "f" } } })), "tool_choice")
+    assert.strictEqual(
+      paramOf(
+        chat({
+          tools: [{ type: "function", function: { name: "g" } }],
+          tool_choice: { type: "function", function: { name: "f" } }
+        })
+      ),
+      "tool_choice.function.name"
+    )
+    assert.strictEqual(paramOf(chat({ tool_choice: "auto" })), "accepted")
+    assert.strictEqual(paramOf(chat({ tool_choice: "none" })), "accepted")
     assert.strictEqual(paramOf(chat({ response_format: { type: "xml" } })), "response_format.type")
     assert.strictEqual(paramOf(chat({ temprature: 1 })), "temprature")
   })
