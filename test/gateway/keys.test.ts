@@ -713,6 +713,71 @@ describe("KeyStore: budgets in memory", () => {
   )
 })
 
+/**
+ * A reserve refused by a team's budget has read the key's own budget first (its ended leases
+ * given back): the key's gauge shows that level, not the one of the lease's start.
+ */
+const refusedReserveGauge = (
+  build: (options: KeyStore.Options) => Effect.Effect<KeyStore.Service, never, Scope.Scope>,
+  leaseEnds: Effect.Effect<void>
+) =>
+  Effect.gen(function* () {
+    const registry: Metric.MetricRegistry = new Map()
+    const [a, b] = [unique("refused-a"), unique("refused-b")]
+    const store = yield* build({
+      keys: [key(a, secretA, { team: "green", budget: { tokens: 1000 } }), key(b, secretB, { team: "green" })],
+      teams: { green: { budget: { tokens: 300 } } },
+      reservationTtl: "300 millis"
+    }).pipe(Effect.provideService(Metric.MetricRegistry, registry))
+    const remaining = (id: string, scope: string) => {
+      const text = Prometheus.formatUnsafe(
+        Context.add(Context.empty(), Metric.MetricRegistry, registry) as Context.Context<never>
+      )
+      const line = text
+        .split("\n")
+        .find(
+          (l) =>
+            l.startsWith("orchestra_gateway_budget_remaining{") &&
+            l.includes(`key="${id}"`) &&
+            l.includes(`scope="${scope}"`)
+        )
+      return line === undefined ? undefined : Number(line.split(" ").at(-1))
+    }
+    const alpha = yield* store.authenticate(Redacted.make(secretA))
+    const beta = yield* store.authenticate(Redacted.make(secretB))
+    // Never settled: its gateway died with it.
+    yield* store.reserve(alpha, "m", estimate(100, 100))
+    assert.strictEqual(remaining(a, "key"), 800)
+    yield* leaseEnds
+    yield* store.settle(yield* store.reserve(beta, "m", estimate(150, 150)), { inputTokens: 150, outputTokens: 150 })
+    const refused = yield* failure(store.reserve(alpha, "m", estimate(10, 10)))
+    assert.strictEqual(refused.scope, "team")
+    assert.strictEqual(remaining(a, "key"), 1000)
+    assert.strictEqual(remaining(a, "team"), 0)
+  })
+
+describe("KeyStore: a refused reserve refreshes the gauges it read", () => {
+  it.effect("in memory", () =>
+    refusedReserveGauge(
+      (options) => Effect.map(Effect.orDie(Layer.build(KeyStore.layerMemory(options))), Context.get(KeyStore.KeyAdmin)),
+      TestClock.adjust("1 second")
+    )
+  )
+
+  it.live.skipIf(skipRedis)("on Redis", () =>
+    Effect.scoped(
+      Effect.gen(function* () {
+        const server = yield* startRedis
+        // Redis's own clock ends the lease: a real wait.
+        yield* refusedReserveGauge(
+          (options) => Effect.map(Effect.orDie(onRedis(server, options)), ({ store }) => store),
+          Effect.sleep("400 millis")
+        )
+      })
+    )
+  )
+})
+
 describe("KeyStore: a period's boundary", () => {
   const hour = 3_600_000
 

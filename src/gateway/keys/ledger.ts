@@ -62,7 +62,13 @@ export interface Level {
  */
 export type ReserveResult =
   | { readonly _tag: "Reserved"; readonly levels: ReadonlyArray<Level> }
-  | { readonly _tag: "Exceeded"; readonly index: number; readonly level: Level }
+  | {
+      readonly _tag: "Exceeded"
+      readonly index: number
+      readonly level: Level
+      /** The levels of the counters before `index`, as the refused reserve read them (ended leases given back). */
+      readonly before: ReadonlyArray<Level>
+    }
 
 /**
  * A stored budget counter this gateway cannot read: a `spent` or `held` that is not a whole

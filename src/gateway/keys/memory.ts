@@ -83,7 +83,8 @@ export const make = (): Backend => {
         sweep(state, now, leaseMs)
         const used = state.spent + state.held
         if (used + amount > c.limit || used >= c.limit) {
-          return { _tag: "Exceeded", index: i, level: { spent: state.spent, held: state.held } } as const
+          const before = states.map(({ spent, held }) => ({ spent, held }))
+          return { _tag: "Exceeded", index: i, level: { spent: state.spent, held: state.held }, before } as const
         }
         states.push(state)
       }

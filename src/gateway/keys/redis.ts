@@ -113,7 +113,8 @@ end
 
 // KEYS: per counter its hash and its leases. ARGV: lease ms, reservation id, then per
 // counter: limit, amount, ttl ms (0: none). Returns { 0, spent1, held1, ... } once every
-// amount is held, { i, spent, held } for the first counter it would overrun, or { -i } for
+// amount is held, { i, spent, held, spent1, held1, ... } for the first counter it would overrun
+// (then the levels it read of the counters before it), or { -i } for
 // the first that cannot be read (checked before anything is written). A lease is
 // `<id>|<amount>` with the amount in digits: Lua writes a number of 10^14 or more with an
 // exponent, and a sweep that could not read one failed every reservation on the counter.
@@ -155,7 +156,12 @@ for i = 1, n do
   local used = spent[i] + held[i]
   local limit = tonumber(ARGV[3 * i])
   if used + tonumber(ARGV[3 * i + 1]) > limit or used >= limit then
-    return { i, spent[i], held[i] }
+    local refused = { i, spent[i], held[i] }
+    for j = 1, i - 1 do
+      refused[2 * j + 2] = spent[j]
+      refused[2 * j + 3] = held[j]
+    end
+    return refused
   end
 end
 local out = { 0 }
@@ -436,7 +442,12 @@ export const make = Effect.fnUntraced(function* (options: {
           return Effect.succeed(
             index === 0
               ? { _tag: "Reserved", levels: levels(reply, 1, charges.length) }
-              : { _tag: "Exceeded", index: index - 1, level: { spent: Number(reply[1]), held: Number(reply[2]) } }
+              : {
+                  _tag: "Exceeded",
+                  index: index - 1,
+                  level: { spent: Number(reply[1]), held: Number(reply[2]) },
+                  before: levels(reply, 3, index - 1)
+                }
           )
         }
       )

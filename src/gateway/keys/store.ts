@@ -399,6 +399,8 @@ export const make = Effect.fnUntraced(function* (
       onSuccess: (result) => {
         if (result._tag === "Exceeded") {
           const charge = charges[result.index]!
+          // The counters read before the refusal: a lease ended since their last level is given back in them.
+          for (let i = 0; i < result.before.length; i++) gauge(record.id, charges[i]!.counter, result.before[i]!)
           gauge(record.id, charge.counter, result.level)
           return Effect.fail(exceeded(charge, result.level, at))
         }
