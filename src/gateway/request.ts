@@ -81,10 +81,17 @@ const ignored: ReadonlySet<string> = new Set([
   "safety_identifier"
 ])
 
+// The gateway keeps the provider/model names it resolved and says a name back in its errors:
+// a name of megabytes, a thousand times over, would hold gigabytes.
+const maxModelLength = 256
+
 const modelOf = (body: Record<string, unknown>): Checked<string> => {
   const model = body.model
   if (typeof model !== "string" || model.trim().length === 0) {
     return invalid("model", `expected a model name, got ${typeof model === "string" ? '""' : kind(model)}`)
+  }
+  if (model.length > maxModelLength) {
+    return invalid("model", `expected a model name of at most ${maxModelLength} characters, got ${model.length}`)
   }
   return Result.succeed(model)
 }

@@ -145,6 +145,22 @@ describe("gateway wire: chat requests", () => {
     assert.strictEqual(paramOf(chat({ temprature: 1 })), "temprature")
   })
 
+  it("bounds the model's name, which the gateway keeps and says back", () => {
+    const long = `a/${"x".repeat(300)}`
+    assert.strictEqual(
+      paramOf(Request.parseChat({ model: long, messages: [{ role: "user", content: "hi" }] })),
+      "model"
+    )
+    assert.strictEqual(paramOf(Request.parseEmbed({ model: long, input: "x" })), "model")
+    const refused = Request.parseChat({ model: long, messages: [{ role: "user", content: "hi" }] })
+    assert.isTrue(Result.isFailure(refused) && !refused.failure.message.includes(long))
+    const longest = `a/${"x".repeat(254)}`
+    assert.strictEqual(
+      paramOf(Request.parseChat({ model: longest, messages: [{ role: "user", content: "hi" }] })),
+      "accepted"
+    )
+  })
+
   it("says the value it refused, as written", () => {
     const messageOf = (result: Result.Result<unknown, { readonly message: string }>) =>
       Result.isFailure(result) ? result.failure.message : "accepted"
