@@ -27,11 +27,15 @@ const invalid = (param: string, message: string): Checked<never> =>
 export const kind = (u: unknown): string =>
   u === null ? "null" : Array.isArray(u) ? "an array" : typeof u === "object" ? "an object" : typeof u
 
+// A name or a string the client made up, as said back: at most 64 characters of it (a body of
+// megabytes would otherwise come back in the error, and in every log line that quotes it).
+const clip = (text: string): string => (text.length > 64 ? `${text.slice(0, 64)}...` : text)
+
 // A client's value in a message: a scalar as written, anything else by its kind (it may nest
 // too deep for JSON.stringify, or be large).
 const shown = (u: unknown): string =>
   typeof u === "string"
-    ? JSON.stringify(u)
+    ? JSON.stringify(clip(u))
     : typeof u === "number" || typeof u === "boolean"
       ? String(u)
       : u === undefined
@@ -168,7 +172,7 @@ const conversationOf = (input: unknown): Checked<Conversation> => {
     if (!isObject(m)) return invalid(at, `expected a message object, got ${kind(m)}`)
     for (const key in m) {
       if (!messageKeys.has(key) && !(m[key] === null && nullable.has(key))) {
-        return invalid(`${at}.${key}`, "unsupported field")
+        return invalid(`${at}.${clip(key)}`, "unsupported field")
       }
     }
     const role = m.role
@@ -429,7 +433,9 @@ export const parseChat = (body: unknown): Checked<ChatCall> => {
         checked = refusedUnlessNeutral(key, value, (v) => v === null || (isObject(v) && Object.keys(v).length === 0))
         break
       default:
-        if (!ignored.has(key) && !(value === null && nullable.has(key))) return invalid(key, "unsupported parameter")
+        if (!ignored.has(key) && !(value === null && nullable.has(key))) {
+          return invalid(clip(key), "unsupported parameter")
+        }
     }
     if (Result.isFailure(checked)) return Result.fail(checked.failure)
   }
@@ -439,7 +445,7 @@ export const parseChat = (body: unknown): Checked<ChatCall> => {
   if (choice === "required" || typeof choice === "object") {
     if (request.tools === undefined) return invalid("tool_choice", "a forced tool call needs tools")
     if (typeof choice === "object" && !request.tools.some((tool) => tool.name === choice.name)) {
-      return invalid("tool_choice.function.name", `no tool named ${JSON.stringify(choice.name)} in tools`)
+      return invalid("tool_choice.function.name", `no tool named ${shown(choice.name)} in tools`)
     }
   }
   if (streamOptions !== undefined && streamOptions !== null) {
@@ -447,7 +453,7 @@ export const parseChat = (body: unknown): Checked<ChatCall> => {
     if (!isObject(streamOptions)) return invalid("stream_options", `expected an object, got ${kind(streamOptions)}`)
     for (const key in streamOptions) {
       if (key !== "include_usage" && key !== "include_obfuscation") {
-        return invalid(`stream_options.${key}`, "unsupported field")
+        return invalid(`stream_options.${clip(key)}`, "unsupported field")
       }
     }
     const include = streamOptions.include_usage
@@ -518,7 +524,7 @@ export const parseEmbed = (body: unknown): Checked<EmbedCall> => {
         if (value !== undefined && value !== null) return invalid(key, "not supported by this gateway")
         break
       default:
-        if (!ignored.has(key)) return invalid(key, "unsupported parameter")
+        if (!ignored.has(key)) return invalid(clip(key), "unsupported parameter")
     }
   }
   if (texts === undefined) return invalid("input", "missing (required)")

@@ -145,6 +145,31 @@ describe("gateway wire: chat requests", () => {
     assert.strictEqual(paramOf(chat({ temprature: 1 })), "temprature")
   })
 
+  it("says back at most 64 characters of a name or value the client made up", () => {
+    const long = "x".repeat(10_000)
+    const refusals: ReadonlyArray<
+      Result.Result<unknown, { readonly message: string; readonly param?: string | undefined }>
+    > = [
+      chat({ [long]: 1 }),
+      chat({ messages: [{ role: "user", content: "hi", [long]: 1 }] }),
+      chat({ messages: [{ role: long, content: "hi" }] }),
+      chat({ messages: [{ role: "user", content: [{ type: long }] }] }),
+      chat({ stream: true, stream_options: { [long]: true } }),
+      chat({
+        tools: [{ type: "function", function: { name: "f" } }],
+        tool_choice: { type: "function", function: { name: long } }
+      }),
+      Request.parseEmbed({ model: "e", input: "x", [long]: 1 })
+    ]
+    for (const refused of refusals) {
+      assert.isTrue(Result.isFailure(refused))
+      if (Result.isFailure(refused)) {
+        assert.isBelow(refused.failure.message.length, 250, refused.failure.message.slice(0, 80))
+        assert.isBelow(refused.failure.param?.length ?? 0, 100)
+      }
+    }
+  })
+
   it("bounds the model's name, which the gateway keeps and says back", () => {
     const long = `a/${"x".repeat(300)}`
     assert.strictEqual(
