@@ -429,6 +429,13 @@ export const parseChat = (body: unknown): Checked<ChatCall> => {
       case "top_logprobs":
         checked = refusedUnlessNeutral(key, value, (v) => v === 0 || v === null)
         break
+      case "modalities":
+        checked = refusedUnlessNeutral(
+          key,
+          value,
+          (v) => v === null || (Array.isArray(v) && v.length === 1 && v[0] === "text")
+        )
+        break
       case "logit_bias":
         checked = refusedUnlessNeutral(key, value, (v) => v === null || (isObject(v) && Object.keys(v).length === 0))
         break

@@ -216,6 +216,10 @@ describe("gateway wire: chat requests", () => {
     assert.strictEqual(paramOf(chat({ logit_bias: { "1": 2 } })), "logit_bias")
     assert.strictEqual(paramOf(chat({ logit_bias: {} })), "accepted")
     assert.strictEqual(paramOf(chat({ max_tokens: null, temperature: null, tools: null })), "accepted")
+    // OpenAI's default, which some clients write out.
+    assert.strictEqual(paramOf(chat({ modalities: ["text"] })), "accepted")
+    assert.strictEqual(paramOf(chat({ modalities: ["text", "audio"] })), "modalities")
+    assert.strictEqual(paramOf(chat({ modalities: [] })), "modalities")
   })
 })
 
