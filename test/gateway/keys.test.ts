@@ -642,51 +642,6 @@ describe("KeyStore: budgets in memory", () => {
       })
   )
 
-  it.effect("a read that finds a lease ended refreshes the gauge of every key of the budget (TestClock)", () =>
-    Effect.gen(function* () {
-      const registry: Metric.MetricRegistry = new Map()
-      const [a, b] = [unique("lease-a"), unique("lease-b")]
-      const store = yield* memory({
-        keys: [key(a, secretA, { team: "blue", budget: { tokens: 1000 } }), key(b, secretB, { team: "blue" })],
-        teams: { blue: { budget: { tokens: 500 } } },
-        reservationTtl: "10 seconds"
-      }).pipe(Effect.provideService(Metric.MetricRegistry, registry))
-      const remaining = (id: string, scope: string) => {
-        const text = Prometheus.formatUnsafe(
-          Context.add(Context.empty(), Metric.MetricRegistry, registry) as Context.Context<never>
-        )
-        const line = text
-          .split("\n")
-          .find(
-            (l) =>
-              l.startsWith("orchestra_gateway_budget_remaining{") &&
-              l.includes(`key="${id}"`) &&
-              l.includes(`scope="${scope}"`)
-          )
-        return line === undefined ? undefined : Number(line.split(" ").at(-1))
-      }
-      const alpha = yield* store.authenticate(Redacted.make(secretA))
-      const beta = yield* store.authenticate(Redacted.make(secretB))
-      yield* store.settle(yield* store.reserve(beta, "m", estimate(10, 10)), { inputTokens: 10, outputTokens: 10 })
-      // Never settled: its gateway died with it.
-      yield* store.reserve(alpha, "m", estimate(100, 100))
-      assert.strictEqual(remaining(a, "key"), 800)
-      assert.strictEqual(remaining(a, "team"), 280)
-      assert.strictEqual(remaining(b, "team"), 280)
-      yield* TestClock.adjust("11 seconds")
-      assert.deepStrictEqual(
-        (yield* store.spend(a)).map((l) => l.remaining),
-        [1000, 480]
-      )
-      assert.strictEqual(remaining(a, "key"), 1000)
-      assert.strictEqual(remaining(a, "team"), 480)
-      assert.strictEqual(remaining(b, "team"), 480)
-      // A read makes no series of its own: only what a key was charged to is shown.
-      yield* store.spend(b)
-      assert.strictEqual(remaining(b, "key"), undefined)
-    })
-  )
-
   it.effect("a team's remaining budget is the same in the series of every key of the team", () =>
     Effect.gen(function* () {
       const registry: Metric.MetricRegistry = new Map()
@@ -713,36 +668,70 @@ describe("KeyStore: budgets in memory", () => {
   )
 })
 
+/** The remaining budget a key's series of `scope` shows in `registry`, `undefined` without one. */
+const remainingIn = (registry: Metric.MetricRegistry) => (id: string, scope: string) => {
+  const text = Prometheus.formatUnsafe(
+    Context.add(Context.empty(), Metric.MetricRegistry, registry) as Context.Context<never>
+  )
+  const line = text
+    .split("\n")
+    .find(
+      (l) =>
+        l.startsWith("orchestra_gateway_budget_remaining{") &&
+        l.includes(`key="${id}"`) &&
+        l.includes(`scope="${scope}"`)
+    )
+  return line === undefined ? undefined : Number(line.split(" ").at(-1))
+}
+
+type StoreBuild = (options: KeyStore.Options) => Effect.Effect<KeyStore.Service, never, Scope.Scope>
+
+/** A read (the admin's spend) that finds a lease ended shows it in the gauge of every key of the budget. */
+const leaseEndedGauge = (build: StoreBuild, leaseEnds: Effect.Effect<void>) =>
+  Effect.gen(function* () {
+    const registry: Metric.MetricRegistry = new Map()
+    const remaining = remainingIn(registry)
+    const [a, b] = [unique("lease-a"), unique("lease-b")]
+    const store = yield* build({
+      keys: [key(a, secretA, { team: "blue", budget: { tokens: 1000 } }), key(b, secretB, { team: "blue" })],
+      teams: { blue: { budget: { tokens: 500 } } },
+      reservationTtl: "300 millis"
+    }).pipe(Effect.provideService(Metric.MetricRegistry, registry))
+    const alpha = yield* store.authenticate(Redacted.make(secretA))
+    const beta = yield* store.authenticate(Redacted.make(secretB))
+    yield* store.settle(yield* store.reserve(beta, "m", estimate(10, 10)), { inputTokens: 10, outputTokens: 10 })
+    // Never settled: its gateway died with it.
+    yield* store.reserve(alpha, "m", estimate(100, 100))
+    assert.strictEqual(remaining(a, "key"), 800)
+    assert.strictEqual(remaining(a, "team"), 280)
+    assert.strictEqual(remaining(b, "team"), 280)
+    yield* leaseEnds
+    assert.deepStrictEqual(
+      (yield* store.spend(a)).map((l) => l.remaining),
+      [1000, 480]
+    )
+    assert.strictEqual(remaining(a, "key"), 1000)
+    assert.strictEqual(remaining(a, "team"), 480)
+    assert.strictEqual(remaining(b, "team"), 480)
+    // A read makes no series of its own: only what a key was charged to is shown.
+    yield* store.spend(b)
+    assert.strictEqual(remaining(b, "key"), undefined)
+  })
+
 /**
  * A reserve refused by a team's budget has read the key's own budget first (its ended leases
  * given back): the key's gauge shows that level, not the one of the lease's start.
  */
-const refusedReserveGauge = (
-  build: (options: KeyStore.Options) => Effect.Effect<KeyStore.Service, never, Scope.Scope>,
-  leaseEnds: Effect.Effect<void>
-) =>
+const refusedReserveGauge = (build: StoreBuild, leaseEnds: Effect.Effect<void>) =>
   Effect.gen(function* () {
     const registry: Metric.MetricRegistry = new Map()
+    const remaining = remainingIn(registry)
     const [a, b] = [unique("refused-a"), unique("refused-b")]
     const store = yield* build({
       keys: [key(a, secretA, { team: "green", budget: { tokens: 1000 } }), key(b, secretB, { team: "green" })],
       teams: { green: { budget: { tokens: 300 } } },
       reservationTtl: "300 millis"
     }).pipe(Effect.provideService(Metric.MetricRegistry, registry))
-    const remaining = (id: string, scope: string) => {
-      const text = Prometheus.formatUnsafe(
-        Context.add(Context.empty(), Metric.MetricRegistry, registry) as Context.Context<never>
-      )
-      const line = text
-        .split("\n")
-        .find(
-          (l) =>
-            l.startsWith("orchestra_gateway_budget_remaining{") &&
-            l.includes(`key="${id}"`) &&
-            l.includes(`scope="${scope}"`)
-        )
-      return line === undefined ? undefined : Number(line.split(" ").at(-1))
-    }
     const alpha = yield* store.authenticate(Redacted.make(secretA))
     const beta = yield* store.authenticate(Redacted.make(secretB))
     // Never settled: its gateway died with it.
@@ -756,26 +745,33 @@ const refusedReserveGauge = (
     assert.strictEqual(remaining(a, "team"), 0)
   })
 
-describe("KeyStore: a refused reserve refreshes the gauges it read", () => {
-  it.effect("in memory", () =>
-    refusedReserveGauge(
-      (options) => Effect.map(Effect.orDie(Layer.build(KeyStore.layerMemory(options))), Context.get(KeyStore.KeyAdmin)),
-      TestClock.adjust("1 second")
-    )
+const memoryBuild: StoreBuild = (options) =>
+  Effect.map(Effect.orDie(Layer.build(KeyStore.layerMemory(options))), Context.get(KeyStore.KeyAdmin))
+
+// Redis's own clock ends a lease: a real wait.
+const onRedisServer = (
+  run: (build: StoreBuild, leaseEnds: Effect.Effect<void>) => Effect.Effect<void, unknown, Scope.Scope>
+) =>
+  Effect.scoped(
+    Effect.gen(function* () {
+      const server = yield* startRedis
+      yield* run(
+        (options) => Effect.map(Effect.orDie(onRedis(server, options)), ({ store }) => store),
+        Effect.sleep("400 millis")
+      )
+    })
   )
 
-  it.live.skipIf(skipRedis)("on Redis", () =>
-    Effect.scoped(
-      Effect.gen(function* () {
-        const server = yield* startRedis
-        // Redis's own clock ends the lease: a real wait.
-        yield* refusedReserveGauge(
-          (options) => Effect.map(Effect.orDie(onRedis(server, options)), ({ store }) => store),
-          Effect.sleep("400 millis")
-        )
-      })
-    )
+describe("KeyStore: the remaining budget gauges follow what a read finds", () => {
+  it.effect("a spend read, in memory (TestClock)", () => leaseEndedGauge(memoryBuild, TestClock.adjust("1 second")))
+
+  it.live.skipIf(skipRedis)("a spend read, on Redis", () => onRedisServer(leaseEndedGauge))
+
+  it.effect("a refused reserve, in memory (TestClock)", () =>
+    refusedReserveGauge(memoryBuild, TestClock.adjust("1 second"))
   )
+
+  it.live.skipIf(skipRedis)("a refused reserve, on Redis", () => onRedisServer(refusedReserveGauge))
 })
 
 describe("KeyStore: a period's boundary", () => {
