@@ -157,8 +157,10 @@ export const make = (env: Env) => {
         budgets.team !== undefined ||
         (budgets.models !== undefined && Object.hasOwn(budgets.models, model)))
     if (!charged) return request
-    if (target._tag === "Domain" && target.chain.every((domain) => domain.maxTokens !== undefined)) return request
-    return { ...request, maxTokens: estimateOf(target, request).maxOutputTokens }
+    // A chain where a domain sets its own max_tokens keeps it (one value here would be every step's):
+    // only its steps without one are sent uncapped, and reserved defaultMaxTokens.
+    if (target._tag === "Domain" && target.chain.some((domain) => domain.maxTokens !== undefined)) return request
+    return { ...request, maxTokens: options.defaultMaxTokens }
   }
 
   const reserve = (key: KeyIdentity | undefined, model: string, target: Target, request: GenerateRequest) =>

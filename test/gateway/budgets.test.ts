@@ -48,7 +48,9 @@ describe("Gateway: budgets", () => {
         upstreams: { a: upstream.url },
         domains: [
           { name: "d-a", provider: "a" },
-          { name: "short", provider: "a", maxTokens: 50 }
+          { name: "short", provider: "a", maxTokens: 50 },
+          // Its own max_tokens stays its own, though its fallback has none.
+          { name: "mixed", provider: "a", maxTokens: 60, fallback: ["d-a"] }
         ],
         keys: store,
         gateway: { defaultMaxTokens: 100 }
@@ -66,14 +68,15 @@ describe("Gateway: budgets", () => {
       })
       // A domain's own max_tokens, and the client's, are sent as they were.
       yield* Harness.call(() => client.chat.completions.create({ model: "short", messages: hi }))
+      yield* Harness.call(() => client.chat.completions.create({ model: "mixed", messages: hi }))
       yield* Harness.call(() => client.chat.completions.create({ model: "d-a", messages: hi, max_tokens: 7 }))
       // A key without a budget: nothing reserved bounds its answer.
       yield* Harness.call(() => gw.client(free).chat.completions.create({ model: "d-a", messages: hi }))
       const sent = (yield* upstream.requests).map((r) => (r.json as { max_tokens?: number }).max_tokens)
-      assert.deepStrictEqual(sent, [100, 100, 100, 50, 7, undefined])
+      assert.deepStrictEqual(sent, [100, 100, 100, 50, 60, 7, undefined])
       const [level] = yield* store.spend("capped")
       assert.strictEqual(level!.held, 0)
-      assert.strictEqual(level!.spent, 3 * (11 + 100) + (11 + 50) + (11 + 7))
+      assert.strictEqual(level!.spent, 3 * (11 + 100) + (11 + 50) + (11 + 60) + (11 + 7))
     })
   )
 })
