@@ -222,11 +222,16 @@ export const make = (env: Env) => {
         return answered(env, "chat", started, failure(env, error), tracker.upstreamMs)
       }
       const { response, headers } = exit.value
+      yield* settle(reserved, { inputTokens: response.usage.inputTokens, outputTokens: response.usage.outputTokens })
+      metrics.tokens(response.usage.inputTokens, response.usage.outputTokens)
+      if (response.finishReason === "error") {
+        const error = Sse.endedInError(response)
+        span?.end(Exit.fail(error))
+        return answered(env, "chat", started, failure(env, error), tracker.upstreamMs)
+      }
       if (span !== undefined) {
         answeredWith(span, response.provider, response.model, response.finishReason, response.usage)
       }
-      yield* settle(reserved, { inputTokens: response.usage.inputTokens, outputTokens: response.usage.outputTokens })
-      metrics.tokens(response.usage.inputTokens, response.usage.outputTokens)
       const body = Wire.chatCompletion(env.nextId("chatcmpl-"), created(), model, response)
       return answered(env, "chat", started, json(200, body, headers), tracker.upstreamMs)
     })
@@ -265,6 +270,16 @@ export const make = (env: Env) => {
         span?.end(Exit.fail(error))
         return answered(env, "chat_stream", started, failure(env, error), tracker.upstreamMs)
       }
+      // Finished in error before any output: answered with its status, as a failure before the first chunk is.
+      const finish = first.value.find((part) => part._tag === "Finish")
+      if (finish?.finishReason === "error" && Sse.outputCharsOf(first.value) === 0) {
+        lifecycle.leave(entry)
+        yield* settle(reserved, { inputTokens: finish.usage.inputTokens, outputTokens: finish.usage.outputTokens })
+        metrics.tokens(finish.usage.inputTokens, finish.usage.outputTokens)
+        const error = Sse.endedInError(finish)
+        span?.end(Exit.fail(error))
+        return answered(env, "chat_stream", started, failure(env, error), tracker.upstreamMs)
+      }
       let ended = false
       const end = (ending: Sse.Ending) =>
         Effect.suspend(() => {
@@ -281,11 +296,15 @@ export const make = (env: Env) => {
               metrics.answered("chat_stream", 200, elapsed, undefined)
               return settle(reserved, { inputTokens: usage.inputTokens, outputTokens: usage.outputTokens })
             }
-            case "Failed":
+            case "Failed": {
               span?.end(Exit.fail(ending.error))
               metrics.failed(reasonOf(ending.error))
               metrics.answered("chat_stream", 200, elapsed, undefined)
-              return settleCut(reserved, ending.outputChars)
+              const usage = ending.usage
+              if (usage === undefined) return settleCut(reserved, ending.outputChars)
+              metrics.tokens(usage.inputTokens, usage.outputTokens)
+              return settle(reserved, { inputTokens: usage.inputTokens, outputTokens: usage.outputTokens })
+            }
             case "Cancelled":
               span?.end(Exit.interrupt())
               metrics.failed("ClientClosed")

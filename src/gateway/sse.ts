@@ -12,7 +12,7 @@
 import { Cause, Effect, Pull, Stream } from "effect"
 import type * as Arr from "effect/Array"
 import { type AiError, ModelError } from "../AiError.js"
-import type { Finish, StreamPart } from "../Model.js"
+import type { Finish, StreamPart, Usage } from "../Model.js"
 import { toWire } from "./errors.js"
 import * as Wire from "./response.js"
 
@@ -23,8 +23,29 @@ import * as Wire from "./response.js"
  */
 export type Ending =
   | { readonly _tag: "Finished"; readonly finish: Finish }
-  | { readonly _tag: "Failed"; readonly error: AiError; readonly outputChars: number }
+  | {
+      readonly _tag: "Failed"
+      readonly error: AiError
+      readonly outputChars: number
+      /** What the provider counted, when it finished (in error): what the request is charged. */
+      readonly usage?: Usage | undefined
+    }
   | { readonly _tag: "Cancelled"; readonly outputChars: number }
+
+/**
+ * The failure of an answer its provider finished in error (`finishReason: "error"`: Gemini's
+ * malformed function call, an Effect AI model's error): OpenAI has no such finish reason, and
+ * "stop" would tell the client its answer was whole.
+ *
+ * @internal
+ */
+export const endedInError = (finish: { readonly provider: string; readonly model: string }): AiError =>
+  new ModelError({
+    reason: "Unknown",
+    message: `the model's answer ended in error (${finish.provider}, ${finish.model})`,
+    provider: finish.provider,
+    model: finish.model
+  })
 
 /**
  * @internal
@@ -108,6 +129,10 @@ export const body = (first: Parts, pull: Pull.Pull<Parts, AiError>, options: Opt
             out += delta({ content: text })
             text = ""
           }
+          if (part.finishReason === "error") {
+            out += fail(endedInError(part), part.usage)
+            break
+          }
           if (part.refusal !== undefined) out += delta({ refusal: part.refusal })
           if (!roleSent) out += delta({ content: "" })
           out += Wire.chunkEvent(prefix, Wire.finishChoices(part.finishReason))
@@ -124,9 +149,9 @@ export const body = (first: Parts, pull: Pull.Pull<Parts, AiError>, options: Opt
     return out
   }
 
-  const fail = (error: AiError): string => {
+  const fail = (error: AiError, usage?: Usage): string => {
     done = true
-    ending = { _tag: "Failed", error, outputChars }
+    ending = { _tag: "Failed", error, outputChars, usage }
     return `data: ${JSON.stringify(toWire(error).body)}\n\n`
   }
 

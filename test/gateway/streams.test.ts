@@ -5,8 +5,9 @@
  * and a client that leaves cancels the upstream call.
  */
 import { assert, describe, it } from "@effect/vitest"
-import { Effect } from "effect"
+import { Effect, Layer, Stream } from "effect"
 import type OpenAI from "openai"
+import * as Model from "../../src/Model.js"
 import * as Server from "../utils/httpServer.js"
 import * as Harness from "./harness.js"
 import * as Up from "./upstream.js"
@@ -304,6 +305,61 @@ describe("Gateway: tools", () => {
         { role: "assistant", content: null, tool_calls: [call] },
         { role: "tool", tool_call_id: "call_1", content: "sunny" }
       ])
+    })
+  )
+})
+
+describe("Gateway: an answer that ended in error", () => {
+  const usage = { inputTokens: 5, outputTokens: 3, totalTokens: 8 }
+  // What Gemini says of a malformed function call, or an Effect AI model of an error: the answer ended in error.
+  const provider = (parts: ReadonlyArray<Model.StreamPart>) =>
+    Layer.succeed(Model.ModelProvider, {
+      name: "g",
+      defaultModel: "m",
+      generate: () => Effect.succeed({ text: "Hel", finishReason: "error" as const, usage, provider: "g", model: "m" }),
+      embed: () => Effect.die("not used"),
+      stream: () => Stream.fromIterable(parts)
+    })
+  const finish: Model.StreamPart = { _tag: "Finish", finishReason: "error", usage, provider: "g", model: "m" }
+
+  it.live("is a 502, streamed (an error event, never [DONE]) or not, and is charged what the provider counted", () =>
+    Effect.gen(function* () {
+      const { service, log } = Harness.keyStore({ "sk-a": { id: "a" } })
+      const gw = yield* Harness.make({
+        upstreams: {},
+        localProviders: { g: provider([{ _tag: "TextDelta", text: "Hel" }, finish]) },
+        keys: service
+      })
+      const client = gw.client("sk-a")
+      const answer = yield* Harness.failing(() => client.chat.completions.create({ model: "d-g", messages: hi }))
+      assert.strictEqual(answer.status, 502)
+      assert.strictEqual(answer.code, "upstream_error")
+      const streamed = yield* read(client, { model: "d-g", messages: hi })
+      assert.strictEqual(streamed.text, "Hel")
+      assert.isDefined(streamed.error)
+      assert.strictEqual(streamed.error!.code, "upstream_error")
+      yield* Harness.eventually(() => gw.gateway.inFlight() === 0)
+      assert.deepStrictEqual(log.released, [])
+      assert.deepStrictEqual(
+        log.settled.map((s) => [s.inputTokens, s.outputTokens]),
+        [
+          [5, 3],
+          [5, 3]
+        ]
+      )
+      const metrics = yield* gw.metrics
+      assert.include(metrics, 'orchestra_gateway_errors_total{reason="Unknown"} 2')
+    })
+  )
+
+  it.live("before any output, a stream is answered with the failure's status, not a 200 stream", () =>
+    Effect.gen(function* () {
+      const gw = yield* Harness.make({ upstreams: {}, localProviders: { g: provider([finish]) } })
+      const refused = yield* Harness.failing(() =>
+        gw.client().chat.completions.create({ model: "d-g", messages: hi, stream: true })
+      )
+      assert.strictEqual(refused.status, 502)
+      assert.strictEqual(refused.code, "upstream_error")
     })
   )
 })
