@@ -87,7 +87,12 @@ export const make = (env: Env) => {
             const answer = entry.cut ? draining(env) : failure(env, yield* errorOf(exit.cause))
             return answered(env, "embeddings", started, answer, tracker.upstreamMs)
           }
-          const usage = { inputTokens: exit.value.usage?.inputTokens ?? inputTokens, outputTokens: 0 }
+          // No text embeds in 0 tokens: a provider that says 0 (or nothing) did not count, and the estimate is charged.
+          const reported = exit.value.usage?.inputTokens
+          const usage = {
+            inputTokens: reported !== undefined && reported > 0 ? reported : inputTokens,
+            outputTokens: 0
+          }
           if (span !== undefined) {
             span.span.attribute("gen_ai.provider.name", exit.value.provider)
             span.span.attribute("gen_ai.response.model", exit.value.model)

@@ -177,8 +177,9 @@ describe("Gateway: what the upstream answers", () => {
     })
   )
 
-  it.live("embeddings without the upstream's usage report the estimate the key was charged, not 0 tokens", () =>
+  it.live("embeddings without the upstream's usage (or with 0) report the estimate the key was charged, not 0", () =>
     Effect.gen(function* () {
+      let usage: unknown
       const upstream = yield* Server.make((request, res) =>
         Server.json(res, 200, {
           object: "list",
@@ -187,18 +188,25 @@ describe("Gateway: what the upstream answers", () => {
             object: "embedding",
             index,
             embedding: [index, 0.5]
-          }))
+          })),
+          ...(usage === undefined ? {} : { usage })
         })
       )
       const { service, log } = Harness.keyStore({ "sk-a": { id: "a" } })
       const gw = yield* Harness.make({ upstreams: { a: upstream.url }, keys: service })
-      const answer = yield* Harness.call(() =>
-        gw.client("sk-a").embeddings.create({ model: "d-a", input: ["hello world", "a longer text to embed"] })
-      )
-      yield* Harness.eventually(() => log.settled.length === 1)
-      const charged = log.settled[0]!.inputTokens
-      assert.isAbove(charged, 0)
-      assert.deepStrictEqual(answer.usage, { prompt_tokens: charged, total_tokens: charged })
+      for (const [n, answered] of [
+        [1, undefined],
+        [2, { prompt_tokens: 0, total_tokens: 0 }]
+      ] as const) {
+        usage = answered
+        const answer = yield* Harness.call(() =>
+          gw.client("sk-a").embeddings.create({ model: "d-a", input: ["hello world", "a longer text to embed"] })
+        )
+        yield* Harness.eventually(() => log.settled.length === n)
+        const charged = log.settled[n - 1]!.inputTokens
+        assert.isAbove(charged, 0, `${n}`)
+        assert.deepStrictEqual(answer.usage, { prompt_tokens: charged, total_tokens: charged })
+      }
     })
   )
 
