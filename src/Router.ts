@@ -181,7 +181,7 @@ export interface DomainOutcome {
  * @category models
  */
 export interface Service {
-  /** One domain, then its own `fallback` chain when it has one. */
+  /** One domain, then its own `fallback` chain when it has one (each listed domain followed by its own, depth first, every domain once). */
   readonly execute: (request: GenerateRequest, domain: string, options?: CallOptions) => Effect.Effect<Answer, AiError>
   /** Tries the domains in order, moving on only when `shouldFallback` says so; each uses its own policies. */
   readonly executeWithFallback: (
@@ -232,7 +232,7 @@ export interface Service {
   readonly resolve: (
     domain: string
   ) => Effect.Effect<{ readonly domain: Domain; readonly provider: ProviderService }, ModelError>
-  /** The chain a call on these domains runs (a single domain expands to its own fallback chain). */
+  /** The chain a call on these domains runs (a single domain expands to its own fallback chain, depth first, every domain once; a list is the chain as given). */
   readonly chain: (domains: string | ReadonlyArray<string>) => Effect.Effect<ReadonlyArray<Domain>, ModelError>
   /** The plan `execute` / `executeWithFallback` run for a request, for callers that run many (batches). */
   readonly plan: (

@@ -171,6 +171,33 @@ describe("Router.executeWithFallback", () => {
       assert.isTrue(answer.fallbackUsed)
     })
   )
+  it.effect("a fallback domain's own fallback is followed, depth first, each domain once", () =>
+    Effect.gen(function* () {
+      const failing = { random: { success: 0, failures: { Unavailable: 1 } } } as const
+      const { router, controls } = yield* makeManager(
+        { a: failing, b: failing, c: failing, d: { respond: () => "d" } },
+        {
+          domains: [
+            // one → two → three (two's own), then four; three falls back to one again: not retried.
+            { name: "one", provider: "a", fallback: ["two", "four"] },
+            { name: "two", provider: "b", fallback: ["three"] },
+            { name: "three", provider: "c", fallback: ["one"] },
+            { name: "four", provider: "d" }
+          ]
+        }
+      )
+      const answer = yield* router.execute(ask, "one")
+      assert.strictEqual(answer.domain, "four")
+      assert.strictEqual(answer.domainsTried, 4)
+      const calls = yield* Effect.forEach(["a", "b", "c", "d"], (name) => controls[name]!.calls)
+      assert.deepStrictEqual(calls, [1, 1, 1, 1])
+      // From another entry the chain is that domain's: two → three → one → four (two is not tried again).
+      const again = yield* router.execute(ask, "two")
+      assert.deepStrictEqual([again.domain, again.domainsTried], ["four", 4])
+      const after = yield* Effect.forEach(["a", "b", "c", "d"], (name) => controls[name]!.calls)
+      assert.deepStrictEqual(after, [2, 2, 2, 2])
+    })
+  )
 })
 
 describe("Router: bad input is a typed InvalidRequest naming the field, never a defect (issue 13 item 12)", () => {

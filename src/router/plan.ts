@@ -108,9 +108,27 @@ export const makePlanner = (env: Env) => {
   const chain = (names: string | ReadonlyArray<string>): Effect.Effect<ReadonlyArray<Domain>, ModelError> =>
     Effect.gen(function* () {
       if (typeof names === "string") {
+        // A domain's chain: its `fallback` list, each listed domain followed by its own (depth
+        // first), every domain once: `support → ollama → offline` reaches `offline` from `support`.
         const first = yield* domains.get(names)
-        const rest = yield* Effect.forEach(first.fallback ?? [], (name) => domains.get(name))
-        return [first, ...rest]
+        const chain: Array<Domain> = [first]
+        const seen = new Set([first.name])
+        const follow = (domain: Domain): Effect.Effect<void, ModelError> =>
+          Effect.forEach(
+            domain.fallback ?? [],
+            (name) =>
+              seen.has(name)
+                ? Effect.void
+                : Effect.flatMap(domains.get(name), (next) => {
+                    if (seen.has(next.name)) return Effect.void
+                    seen.add(next.name)
+                    chain.push(next)
+                    return follow(next)
+                  }),
+            { discard: true }
+          )
+        yield* follow(first)
+        return chain
       }
       if (!Array.isArray(names))
         return yield* Effect.fail(invalidRequest("domains", "expected an array of domain names"))
