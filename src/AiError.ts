@@ -257,7 +257,8 @@ export const isRetryable = (error: AiError): boolean => {
 
 /**
  * Try another provider? Everything transient, plus failures specific to this provider
- * (its breaker is open, its key is refused, its answer did not decode, it has no such model).
+ * (its breaker is open, its key is refused, its answer did not decode or passed its size bound
+ * (`TooLarge` with `field` `"response"`), it has no such model).
  * Not a bad request (every provider would refuse it), not shutdown, not a stream that
  * already delivered text, not the call's total deadline.
  *
@@ -269,7 +270,9 @@ export const shouldFallback = (error: AiError): boolean => {
     case "ModelError":
       // A model this provider does not have is specific to it: another may serve the request.
       if (error.reason === "InvalidRequest") return error.field === "model"
-      return error.reason !== "ContentFilter" && error.reason !== "TooLarge"
+      // An answer past its bound is this provider's (an endless body); a request too large is every one's.
+      if (error.reason === "TooLarge") return error.field === "response"
+      return error.reason !== "ContentFilter"
     case "CircuitOpenError":
       return true
     case "TimeoutError":

@@ -137,6 +137,7 @@ export const make = Effect.fnUntraced(function* (options: Options = {}) {
   const tooLarge = (ctx: CallContext) =>
     new ModelError({
       reason: "TooLarge",
+      field: "response",
       message: `${ctx.provider}: the answer exceeded ${maxOutputChars} characters (maxOutputChars)`,
       provider: ctx.provider,
       model: ctx.model

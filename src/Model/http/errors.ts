@@ -459,8 +459,9 @@ export const endedEarly = (ctx: CallContext): ModelError =>
   })
 
 /**
- * A response body, a stream, or one event of it passed its bound (`TooLarge`). `option`
- * names the option that sets the bound.
+ * A response body, a stream, or one event of it passed its bound (`TooLarge`, `field`
+ * `"response"`: the answer was too large, not the request, so another provider may take the
+ * call). `option` names the option that sets the bound.
  *
  * @since 0.2.0
  * @category errors
@@ -468,6 +469,7 @@ export const endedEarly = (ctx: CallContext): ModelError =>
 export const tooLarge = (ctx: CallContext, what: string, limit: number, option: string): ModelError =>
   new ModelError({
     reason: "TooLarge",
+    field: "response",
     message: `${ctx.provider}: ${what} exceeded ${limit} bytes (${option})`,
     provider: ctx.provider,
     model: ctx.model
