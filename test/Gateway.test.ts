@@ -133,6 +133,11 @@ describe("Gateway: models and routing", () => {
       assert.strictEqual(one.id, "a/a-model")
       const missing = yield* Harness.failing(() => gw.client().models.retrieve("nope"))
       assert.strictEqual(missing.status, 404)
+      // A provider model chat serves is found too, though no list names it; an unknown provider's is not.
+      const custom = yield* Harness.call(() => gw.client().models.retrieve("b/custom-7b"))
+      assert.deepStrictEqual([custom.id, custom.owned_by], ["b/custom-7b", "b"])
+      const unknown = yield* Harness.failing(() => gw.client().models.retrieve("z/custom-7b"))
+      assert.strictEqual(unknown.status, 404)
     })
   )
 

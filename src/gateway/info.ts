@@ -14,6 +14,7 @@ import * as Prometheus from "../Prometheus.js"
 import { type GatewayError, gatewayError } from "./errors.js"
 import { matches } from "./keys/secret.js"
 import { allows, answered, authenticate, bearerOf, type Env, failure, json, type KeyIdentity } from "./routes.js"
+import { maxModelLength } from "./request.js"
 import { millis } from "./upstream.js"
 import * as Wire from "./response.js"
 
@@ -70,11 +71,20 @@ export const make = (env: Env) => {
       Effect.flatMap(HttpRouter.params, (params) => {
         const id = params["*"] ?? ""
         const found = entries(key).find((entry) => entry.id === id)
-        return found === undefined
-          ? Effect.fail(
-              gatewayError("NotFound", `The model "${id}" does not exist`, { param: "model", code: "model_not_found" })
-            )
-          : Effect.succeed(json(200, JSON.stringify(found)))
+        if (found !== undefined) return Effect.succeed(json(200, JSON.stringify(found)))
+        const missing = gatewayError("NotFound", `The model "${id.slice(0, 64)}" does not exist`, {
+          param: "model",
+          code: "model_not_found"
+        })
+        // A `provider/model` that chat serves though no list names it (not a provider's default).
+        if (id.length > maxModelLength || !allows(key, id)) return Effect.fail(missing)
+        return Effect.matchEffect(upstream.resolve(id), {
+          onFailure: () => Effect.fail(missing),
+          onSuccess: (target) =>
+            target._tag === "Provider"
+              ? Effect.succeed(json(200, JSON.stringify(Wire.modelEntry(id, target.provider.name))))
+              : Effect.fail(missing)
+        })
       })
     )
 

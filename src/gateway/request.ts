@@ -87,7 +87,7 @@ const ignored: ReadonlySet<string> = new Set([
 
 // The gateway keeps the provider/model names it resolved and says a name back in its errors:
 // a name of megabytes, a thousand times over, would hold gigabytes.
-const maxModelLength = 256
+export const maxModelLength = 256
 
 const modelOf = (body: Record<string, unknown>): Checked<string> => {
   const model = body.model
