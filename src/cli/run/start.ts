@@ -231,9 +231,7 @@ export const run = Effect.fnUntraced(function* (args: Args) {
     }
 
     if (interactive) {
-      yield* Console.log(
-        `orchestra session: domains ${names.join(", ")}. Type \`help\` for commands, \`exit\` to leave.`
-      )
+      yield* printText(`orchestra session: domains ${names.join(", ")}. Type \`help\` for commands, \`exit\` to leave.`)
     }
     yield* prompt
     // Input that cannot be read did not end: the session failed (exit 1), it was not left.

@@ -7,14 +7,14 @@
 import { Console, Effect, Option } from "effect"
 import { Batch } from "../../Batch.js"
 import * as Stats from "../../Stats.js"
-import { type Common, ExitCode, exitCodes, failWith, printJson, splitList } from "../Common.js"
+import { type Common, ExitCode, exitCodes, failWith, printJson, printText, splitList } from "../Common.js"
 import { checkDomains, prepare, provideOrchestra } from "../Manager.js"
 import * as Prompts from "../Prompts.js"
 import { domainNames } from "../Setup.js"
 import type { Args } from "../Stats.js"
 
 const print = (common: Common, stats: Stats.ExecutionStats, extra: Record<string, unknown>, title: string) =>
-  common.json ? printJson(common, { ...extra, stats }) : Console.log(Stats.format(stats, title))
+  common.json ? printJson(common, { ...extra, stats }) : printText(Stats.format(stats, title))
 
 /**
  * @since 0.2.0

@@ -1,0 +1,125 @@
+/**
+ * The `orchestra` command as a new user meets it, in process (the command's own `run`,
+ * over a test console and test stdio): what a config supplies is shown escaped on a
+ * terminal, bad flags and files are clear usage errors.
+ */
+import { mkdtempSync, rmSync, writeFileSync } from "node:fs"
+import { tmpdir } from "node:os"
+import * as NodePath from "node:path"
+import * as NodeServices from "@effect/platform-node/NodeServices"
+import { afterAll, assert, describe, it } from "@effect/vitest"
+import { Console, Effect, Layer, Stdio, Stream } from "effect"
+import * as Cli from "../src/cli/Cli.js"
+
+const dir = mkdtempSync(NodePath.join(tmpdir(), "orchestra-cli-defects-"))
+afterAll(() => rmSync(dir, { recursive: true, force: true }))
+
+const writeConfig = (name: string, config: unknown): string => {
+  const file = NodePath.join(dir, name)
+  writeFileSync(file, typeof config === "string" ? config : JSON.stringify(config, null, 2))
+  return file
+}
+
+interface Terminal {
+  readonly stdin?: string | undefined
+  /** stdin, stdout and stderr are all terminals (an interactive `start`); default: only stdout and stderr. */
+  readonly stdinIsTerminal?: boolean | undefined
+  readonly terminal?: boolean | undefined
+}
+
+const inProcess = (argv: ReadonlyArray<string>, options: Terminal = {}) =>
+  Effect.gen(function* () {
+    const out: Array<string> = []
+    const err: Array<string> = []
+    const console: Console.Console = {
+      ...globalThis.console,
+      log: (...args: ReadonlyArray<unknown>) => void out.push(args.join(" ")),
+      error: (...args: ReadonlyArray<unknown>) => void err.push(args.join(" "))
+    }
+    const terminal = options.terminal ?? true
+    const code = yield* Cli.run(argv).pipe(
+      Effect.provide(
+        Layer.merge(
+          NodeServices.layer,
+          Stdio.layerTest({
+            stdin: Stream.make(new TextEncoder().encode(options.stdin ?? "")),
+            stdinIsTerminal: Effect.succeed(options.stdinIsTerminal ?? false),
+            stdoutIsTerminal: Effect.succeed(terminal),
+            stderrIsTerminal: Effect.succeed(terminal)
+          })
+        )
+      ),
+      Effect.provideService(Console.Console, console)
+    )
+    return { code, out: out.join("\n"), err: err.join("\n") }
+  })
+
+// ESC ] 0 ; title BEL (sets the window title), CSI 2 J (clears the screen), a C1 CSI.
+const evil = "x\u001b]0;pwned\u0007\u001b[2J\u009b31m"
+const shown = "x\\x1b]0;pwned\\x07\\x1b[2J\\x9b31m"
+const noControls = (text: string) =>
+  assert.isFalse(
+    [...text].some((c) => "\u001b\u0007\u009b\r\u007f".includes(c)),
+    JSON.stringify(text)
+  )
+
+describe("orchestra prints what a config supplies escaped on a terminal", () => {
+  const config = () =>
+    writeConfig("evil-names.json", {
+      providers: { [`p${evil}`]: { type: "mock", reply: "fine", model: `m${evil}` } },
+      extraDomains: [{ name: `d${evil}`, provider: `p${evil}`, description: `about ${evil}` }]
+    })
+
+  it.live("start's banner and `domains` list show domain and provider names escaped", () =>
+    Effect.gen(function* () {
+      const session = yield* inProcess(["start", "--config", config()], {
+        stdinIsTerminal: true,
+        stdin: `domains\nd${evil}: hi\nexit\n`
+      })
+      assert.strictEqual(session.code, 0, session.err)
+      assert.include(session.out, `orchestra session: domains support, technical, finance, d${shown}`)
+      assert.include(session.out, `p${shown}/m${shown}`)
+      noControls(session.out)
+      noControls(session.err)
+    })
+  )
+})
+
+describe("orchestra prints what a config supplies escaped on a terminal, in every command", () => {
+  it.live("test, bench, stats and config errors show names, models and paths escaped", () =>
+    Effect.gen(function* () {
+      const config = writeConfig("evil-every.json", {
+        providers: { [`p${evil}`]: { type: "mock", reply: "fine", model: `m${evil}` } },
+        extraDomains: [{ name: `d${evil}`, provider: `p${evil}` }]
+      })
+      const outputs = [
+        yield* inProcess(["test", "-p", "hi", "--domain", `d${evil}`, "--config", config]),
+        yield* inProcess(["bench", "--prompts", "a", "--rounds", "1", "--domain", `d${evil}`, "--config", config]),
+        yield* inProcess(["stats", "--prompts", `d${evil}: a`, "--config", config])
+      ]
+      for (const { code, out, err } of outputs) {
+        assert.strictEqual(code, 0, err)
+        noControls(out)
+        noControls(err)
+      }
+      assert.include(outputs[0]!.out, `p${shown} (model m${shown})`)
+      assert.include(outputs[1]!.out, `domain d${shown}`)
+
+      const wrong = writeConfig("evil-wrong.json", {
+        providers: { m: { type: "mock" } },
+        extraDomains: [{ name: "x", provider: `p${evil}` }]
+      })
+      const failures = [
+        yield* inProcess(["test", "-p", "hi", "--config", wrong]),
+        yield* inProcess(["test", "-p", "hi", "--config", NodePath.join(dir, `missing${evil}.json`)]),
+        yield* inProcess(["test", "-p", "hi", "--domain", `nope${evil}`, "--config", config])
+      ]
+      for (const { code, out, err } of failures) {
+        assert.strictEqual(code, 2, err)
+        assert.include(err, shown)
+        noControls(out)
+        noControls(err)
+      }
+    })
+  )
+})
