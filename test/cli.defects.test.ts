@@ -3,12 +3,12 @@
  * over a test console and test stdio): what a config supplies is shown escaped on a
  * terminal, bad flags and files are clear usage errors.
  */
-import { mkdtempSync, rmSync, writeFileSync } from "node:fs"
+import { mkdtempSync, rmSync, symlinkSync, writeFileSync } from "node:fs"
 import { tmpdir } from "node:os"
 import * as NodePath from "node:path"
 import * as NodeServices from "@effect/platform-node/NodeServices"
 import { afterAll, assert, describe, it } from "@effect/vitest"
-import { Console, Effect, Layer, Stdio, Stream } from "effect"
+import { ByteSize, Console, Effect, FileSystem, Layer, PlatformError, Stdio, Stream } from "effect"
 import * as Cli from "../src/cli/Cli.js"
 
 const dir = mkdtempSync(NodePath.join(tmpdir(), "orchestra-cli-defects-"))
@@ -25,6 +25,8 @@ interface Terminal {
   /** stdin, stdout and stderr are all terminals (an interactive `start`); default: only stdout and stderr. */
   readonly stdinIsTerminal?: boolean | undefined
   readonly terminal?: boolean | undefined
+  /** In place of the real file system. */
+  readonly fs?: Layer.Layer<FileSystem.FileSystem> | undefined
 }
 
 const inProcess = (argv: ReadonlyArray<string>, options: Terminal = {}) =>
@@ -38,6 +40,7 @@ const inProcess = (argv: ReadonlyArray<string>, options: Terminal = {}) =>
     }
     const terminal = options.terminal ?? true
     const code = yield* Cli.run(argv).pipe(
+      options.fs === undefined ? (effect) => effect : Effect.provide(options.fs),
       Effect.provide(
         Layer.merge(
           NodeServices.layer,
@@ -120,6 +123,69 @@ describe("orchestra prints what a config supplies escaped on a terminal, in ever
         noControls(out)
         noControls(err)
       }
+    })
+  )
+})
+
+/** A file system error as Node's file system gives it (`code` on the cause). */
+const systemError = (tag: "NotFound" | "PermissionDenied" | "BadResource", code: string, method: string) =>
+  PlatformError.systemError({
+    _tag: tag,
+    module: "FileSystem",
+    method,
+    pathOrDescriptor: "/somewhere/orchestra.config.json",
+    cause: Object.assign(new Error(`${code}: ${method}`), { code })
+  })
+
+describe("orchestra says why a config file cannot be read", () => {
+  it.live("a path through a file or a symbolic link loop is named as such, not as a missing file", () =>
+    Effect.gen(function* () {
+      const file = writeConfig("plain.json", { providers: { m: { type: "mock" } } })
+      const loop = NodePath.join(dir, "loop-a.json")
+      symlinkSync(NodePath.join(dir, "loop-b.json"), loop)
+      symlinkSync(loop, NodePath.join(dir, "loop-b.json"))
+      const [underFile, looping] = [
+        yield* inProcess(["stats", "--config", NodePath.join(file, "x.json")], { terminal: false }),
+        yield* inProcess(["stats", "--config", loop, "--json"], { terminal: false })
+      ]
+      assert.strictEqual(underFile.code, 2, underFile.err)
+      assert.include(underFile.err, "(file): no such file (a part of the path is not a folder)")
+      assert.strictEqual(looping.code, 2, looping.err)
+      assert.deepInclude((JSON.parse(looping.out) as { error: { issues: unknown } }).error.issues, {
+        path: "(file)",
+        message: "too many levels of symbolic links"
+      })
+    })
+  )
+
+  it.live("./orchestra.config.json that cannot be read is an error, not a silent switch to the bundled model", () =>
+    Effect.gen(function* () {
+      const denied = FileSystem.layerNoop({
+        stat: () => Effect.fail(systemError("PermissionDenied", "EACCES", "stat"))
+      })
+      const result = yield* inProcess(["stats", "--json"], { terminal: false, fs: denied })
+      assert.strictEqual(result.code, 2, result.err)
+      assert.include(result.err, "orchestra.config.json")
+      assert.include(result.err, "(file): permission denied")
+      assert.deepInclude(JSON.parse(result.out) as object, { ok: false })
+    })
+  )
+
+  it.live("a config file that cannot be read says why in words, not the platform's `PermissionDenied: ...`", () =>
+    Effect.gen(function* () {
+      const unreadable = FileSystem.layerNoop({
+        stat: () => Effect.succeed({ type: "File", size: ByteSize.bytes(10) } as FileSystem.File.Info),
+        readFile: () => Effect.fail(systemError("PermissionDenied", "EACCES", "readFile"))
+      })
+      const result = yield* inProcess(["stats", "--config", "/somewhere/orchestra.config.json"], {
+        terminal: false,
+        fs: unreadable
+      })
+      assert.strictEqual(result.code, 2, result.err)
+      assert.strictEqual(
+        result.err,
+        "orchestra: invalid config /somewhere/orchestra.config.json\n  (file): permission denied"
+      )
     })
   )
 })

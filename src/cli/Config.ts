@@ -8,6 +8,7 @@
  * @since 0.1.0
  */
 import { Effect, FileSystem, Option, Path, Result, Schema, SchemaIssue } from "effect"
+import { platformErrorText } from "./Common.js"
 import { ConfigFile, providerSchemas, providerTypes } from "./ConfigSchema.js"
 import * as Json from "./json.js"
 import * as Utf8 from "./utf8.js"
@@ -324,8 +325,9 @@ const maxFileBytes = 1024 * 1024
  * Finds and reads the config: the `--config` path, else `ORCHESTRA_CONFIG`, else
  * `orchestra.config.json` in the working directory if it exists, else the built-in
  * default (the bundled local model with the predefined domains). A path given explicitly
- * must exist; a file that is not JSON fails here, one of the wrong shape comes back with
- * its `issues`.
+ * must exist; a file that is there but cannot be read (the default one too) fails, saying
+ * why; a file that is not JSON fails here, one of the wrong shape comes back with its
+ * `issues`.
  *
  * @since 0.1.0
  * @category constructors
@@ -337,19 +339,23 @@ export const load = Effect.fnUntraced(function* (flag: Option.Option<string>, fr
   const cwd = path.resolve(".")
   const file = path.resolve(Option.getOrElse(explicit, () => defaultFileName))
   const fileError = (message: string) => new ConfigFileError({ file, issues: [{ path: "(file)", message }] })
-  const info = yield* fs.stat(file).pipe(Effect.option)
-  if (Option.isNone(info)) {
+  const stat = yield* fs.stat(file).pipe(Effect.result)
+  if (Result.isFailure(stat)) {
+    // Only a file that is not there means "use the default": one that is there but cannot be read
+    // (permissions, a symbolic link loop) is the user's config, and running without it would hide that.
+    const why = platformErrorText(stat.failure)
+    if (stat.failure.reason._tag !== "NotFound") return yield* fileError(why)
     // A variable set long ago (or by someone else) is easy to forget: say where the path came from.
-    if (Option.isSome(flag)) return yield* fileError("no such file")
-    if (Option.isSome(fromEnv))
-      return yield* fileError("no such file (named by the environment variable ORCHESTRA_CONFIG)")
+    if (Option.isSome(flag)) return yield* fileError(why)
+    if (Option.isSome(fromEnv)) return yield* fileError(`${why} (named by the environment variable ORCHESTRA_CONFIG)`)
     return { file: undefined, dir: cwd, config: {}, issues: [] } satisfies Loaded
   }
-  if (info.value.type !== "File") return yield* fileError(`not a file (${info.value.type.toLowerCase()})`)
-  if (Number(info.value.size) > maxFileBytes) {
-    return yield* fileError(`${info.value.size} bytes: a config file is at most ${maxFileBytes} bytes`)
+  const info = stat.success
+  if (info.type !== "File") return yield* fileError(`not a file (${info.type.toLowerCase()})`)
+  if (Number(info.size) > maxFileBytes) {
+    return yield* fileError(`${info.size} bytes: a config file is at most ${maxFileBytes} bytes`)
   }
-  const bytes = yield* fs.readFile(file).pipe(Effect.mapError((error) => fileError(error.message)))
+  const bytes = yield* fs.readFile(file).pipe(Effect.mapError((error) => fileError(platformErrorText(error))))
   const text = Utf8.decode(bytes)
   if (Result.isFailure(text)) {
     return yield* fileError(`line ${text.failure.line} is not UTF-8 text (save the file as UTF-8)`)
