@@ -189,3 +189,23 @@ describe("orchestra says why a config file cannot be read", () => {
     })
   )
 })
+
+describe("orchestra --help", () => {
+  it.live("names every command in its summary, and says the defaults and limits of the number flags", () =>
+    Effect.gen(function* () {
+      const root = yield* inProcess(["--help"], { terminal: false })
+      assert.strictEqual(root.code, 0, root.err)
+      const summary = root.out.split("\n").find((line) => line.includes("Run AI-model calls")) ?? ""
+      for (const name of ["test", "bench", "start", "stats", "serve"]) assert.include(summary, name)
+      const bench = yield* inProcess(["bench", "--help"], { terminal: false })
+      const flag = (name: string) => bench.out.split("\n").find((line) => line.trimStart().startsWith(name)) ?? ""
+      assert.match(flag("--concurrency"), /default 5\b/)
+      assert.match(flag("--concurrency"), /at most 10000\b/)
+      assert.match(flag("--rounds"), /default 3\b/)
+      assert.match(flag("--rounds"), /at most 100\b/)
+      assert.match(flag("--max-tokens"), /at most 1000000\b/)
+      // A prompt with a comma in it is two prompts: the help says where such prompts go.
+      assert.include(flag("--prompts"), "--file")
+    })
+  )
+})

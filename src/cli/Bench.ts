@@ -10,13 +10,23 @@ import { config, json, lazy } from "./Common.js"
 import * as Prompts from "./Prompts.js"
 
 /**
+ * The most `--rounds` accepts.
+ *
+ * @since 0.3.0
+ * @category constants
+ */
+export const maxRounds = 100
+
+/**
  * @since 0.2.0
  * @category flags
  */
 export const flags = {
   ...Prompts.flags,
   rounds: Flag.Int("rounds").pipe(
-    Flag.withDescription("Sequential and concurrent runs each, alternated; the wall time is their median"),
+    Flag.withDescription(
+      `Sequential and concurrent runs each, alternated; the wall time is their median (default 3, at most ${maxRounds})`
+    ),
     Flag.withDefault(3)
   ),
   json,

@@ -32,7 +32,9 @@ export const subcommands = [Test.command, Bench.command, Start.command, Stats.co
  * @category commands
  */
 export const command = Command.make("orchestra").pipe(
-  Command.withDescription("Run AI-model calls as Effect programs: test, bench, start (interactive), stats"),
+  Command.withDescription(
+    "Run AI-model calls as Effect programs: test, bench, start (interactive), stats, serve (the OpenAI-compatible gateway)"
+  ),
   Command.withSubcommands(subcommands)
 )
 

@@ -22,6 +22,36 @@ import {
 import * as Utf8 from "./utf8.js"
 
 /**
+ * The most `--concurrency` accepts.
+ *
+ * @since 0.3.0
+ * @category constants
+ */
+export const maxConcurrency = 10_000
+
+/**
+ * The most `--max-tokens` accepts (a domain's `maxTokens` has the same bound).
+ *
+ * @since 0.3.0
+ * @category constants
+ */
+export const maxTokensLimit = 1_000_000
+
+/**
+ * The `--max-tokens` flag of `test`, `bench` and `stats`.
+ *
+ * @since 0.3.0
+ * @category flags
+ */
+export const maxTokensFlag = (what: string) =>
+  Flag.Int("max-tokens").pipe(
+    Flag.withDescription(
+      `Most tokens to generate${what} (at most ${maxTokensLimit}; default: the domain's or the model's)`
+    ),
+    Flag.optional
+  )
+
+/**
  * The flags that choose prompts and how they run (`bench` and `stats`).
  *
  * @since 0.2.0
@@ -29,7 +59,9 @@ import * as Utf8 from "./utf8.js"
  */
 export const flags = {
   prompts: Flag.String("prompts").pipe(
-    Flag.withDescription("Comma-separated prompts; `domain: prompt` picks a domain per prompt"),
+    Flag.withDescription(
+      "Comma-separated prompts; `domain: prompt` picks a domain per prompt (a prompt with a comma goes in --file)"
+    ),
     Flag.optional
   ),
   file: Flag.String("file").pipe(
@@ -48,10 +80,12 @@ export const flags = {
   ),
   concurrency: Flag.Int("concurrency").pipe(
     Flag.withAlias("c"),
-    Flag.withDescription("Calls at once (also the manager's shared limit for this run)"),
+    Flag.withDescription(
+      `Calls at once, default 5, at most ${maxConcurrency} (also the manager's shared limit for this run)`
+    ),
     Flag.withDefault(5)
   ),
-  maxTokens: Flag.Int("max-tokens").pipe(Flag.withDescription("Most tokens to generate per prompt"), Flag.optional)
+  maxTokens: maxTokensFlag(" per prompt")
 }
 
 /** Prompt files are lists of questions; a bigger file is a mistake. */
@@ -125,7 +159,7 @@ export const maxTokensOf = (
 ): Effect.Effect<number | undefined, ExitCode> =>
   Option.isNone(flag)
     ? Effect.succeed(undefined)
-    : checkFlag(common, Input.positiveInt("--max-tokens", flag.value, 1_000_000))
+    : checkFlag(common, Input.positiveInt("--max-tokens", flag.value, maxTokensLimit))
 
 /**
  * The run options given as flags, checked (exit code 2 naming the flag).
@@ -137,7 +171,7 @@ export const checkRunFlags = Effect.fnUntraced(function* (
   common: Common,
   args: { readonly concurrency: number; readonly maxTokens: Option.Option<number> }
 ) {
-  const concurrency = yield* checkFlag(common, Input.positiveInt("--concurrency", args.concurrency, 10_000))
+  const concurrency = yield* checkFlag(common, Input.positiveInt("--concurrency", args.concurrency, maxConcurrency))
   const maxTokens = yield* maxTokensOf(common, args.maxTokens)
   return { concurrency, maxTokens }
 })

@@ -6,6 +6,7 @@
  */
 import { Command, Flag } from "effect/cli"
 import { config, json, lazy } from "./Common.js"
+import { maxTokensFlag } from "./Prompts.js"
 
 /**
  * @since 0.2.0
@@ -22,7 +23,7 @@ export const flags = {
     Flag.withDescription("Comma-separated domains tried in order when the call fails in a way that falls back"),
     Flag.optional
   ),
-  maxTokens: Flag.Int("max-tokens").pipe(Flag.withDescription("Most tokens to generate"), Flag.optional),
+  maxTokens: maxTokensFlag(""),
   json,
   config
 }

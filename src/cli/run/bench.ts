@@ -10,7 +10,7 @@
 import { Console, Effect, Option } from "effect"
 import { Batch, type BatchResult, type Item } from "../../Batch.js"
 import * as Input from "../../Input.js"
-import type { Args } from "../Bench.js"
+import { type Args, maxRounds } from "../Bench.js"
 import {
   type Common,
   checkFlag,
@@ -180,7 +180,7 @@ const plural = (n: number, word: string) => `${n} ${word}${n === 1 ? "" : "s"}`
 export const run = Effect.fnUntraced(function* (args: Args) {
   const common: Common = { json: args.json, config: args.config }
   const { concurrency, maxTokens } = yield* Prompts.checkRunFlags(common, args)
-  const rounds = yield* checkFlag(common, Input.positiveInt("--rounds", args.rounds, 100))
+  const rounds = yield* checkFlag(common, Input.positiveInt("--rounds", args.rounds, maxRounds))
   const prompts = yield* Prompts.read(common, args.prompts, args.file, true)
   const checked = yield* prepare(common)
   const domain = Option.getOrUndefined(args.domain)
