@@ -7,8 +7,21 @@ import { mkdtempSync, rmSync, symlinkSync, writeFileSync } from "node:fs"
 import { tmpdir } from "node:os"
 import * as NodePath from "node:path"
 import * as NodeServices from "@effect/platform-node/NodeServices"
-import { afterAll, assert, describe, it } from "@effect/vitest"
-import { ByteSize, Console, Effect, FileSystem, Layer, PlatformError, Stdio, Stream } from "effect"
+import { afterAll, assert, describe, it, vi } from "@effect/vitest"
+import {
+  ByteSize,
+  ConfigProvider,
+  Console,
+  Deferred,
+  Effect,
+  Exit,
+  Fiber,
+  FileSystem,
+  Layer,
+  PlatformError,
+  Stdio,
+  Stream
+} from "effect"
 import * as Cli from "../src/cli/Cli.js"
 
 const dir = mkdtempSync(NodePath.join(tmpdir(), "orchestra-cli-defects-"))
@@ -27,12 +40,14 @@ interface Terminal {
   readonly terminal?: boolean | undefined
   /** In place of the real file system. */
   readonly fs?: Layer.Layer<FileSystem.FileSystem> | undefined
+  /** Where stderr's lines go (read them even when the command is interrupted). */
+  readonly err?: Array<string> | undefined
 }
 
 const inProcess = (argv: ReadonlyArray<string>, options: Terminal = {}) =>
   Effect.gen(function* () {
     const out: Array<string> = []
-    const err: Array<string> = []
+    const err: Array<string> = options.err ?? []
     const console: Console.Console = {
       ...globalThis.console,
       log: (...args: ReadonlyArray<unknown>) => void out.push(args.join(" ")),
@@ -207,5 +222,36 @@ describe("orchestra --help", () => {
       // A prompt with a comma in it is two prompts: the help says where such prompts go.
       assert.include(flag("--prompts"), "--file")
     })
+  )
+})
+
+describe("orchestra interrupted (Ctrl-C, SIGTERM)", () => {
+  it.live("bench ends its progress line and says it was interrupted", () =>
+    Effect.gen(function* () {
+      // The warm-up and the first prompt answer; the second hangs until the interruption.
+      const config = writeConfig("interrupted.json", {
+        providers: { m: { type: "mock", script: [{ _tag: "Succeed" }, { _tag: "Succeed" }, { _tag: "Hang" }] } },
+        policies: { executor: { timeout: "none" } }
+      })
+      const drawn = yield* Deferred.make<void>()
+      const written: Array<string> = []
+      const spy = vi.spyOn(process.stderr, "write").mockImplementation((chunk: string | Uint8Array) => {
+        const text = typeof chunk === "string" ? chunk : new TextDecoder().decode(chunk)
+        written.push(text)
+        if (text.includes("1/2")) Deferred.doneUnsafe(drawn, Exit.void)
+        return true
+      })
+      yield* Effect.addFinalizer(() => Effect.sync(() => spy.mockRestore()))
+      const err: Array<string> = []
+      const fiber = yield* inProcess(["bench", "--prompts", "a,b", "--rounds", "1", "--config", config], { err }).pipe(
+        Effect.provide(ConfigProvider.layer(ConfigProvider.fromUnknown({ TERM: "xterm" }))),
+        Effect.forkChild
+      )
+      yield* Deferred.await(drawn)
+      const exit = yield* Fiber.interrupt(fiber).pipe(Effect.andThen(Fiber.await(fiber)))
+      assert.isTrue(Exit.hasInterrupts(exit))
+      assert.isTrue(written.join("").endsWith("\n"), JSON.stringify(written.join("")))
+      assert.deepStrictEqual(err, ["\norchestra: interrupted; shutting down"])
+    }).pipe(Effect.scoped)
   )
 })

@@ -5,10 +5,10 @@
  *
  * @since 0.2.0
  */
-import { Config, Effect, type FileSystem, Layer, Option, type Path, Stdio } from "effect"
+import { Config, Console, Effect, type FileSystem, Layer, Option, type Path, Stdio } from "effect"
 import type { ProgressEvent } from "../Batch.js"
 import type * as Orchestra from "../Orchestra.js"
-import { type Common, type ExitCode, exitCodes, failWith, formatMs } from "./Common.js"
+import { type Common, type ExitCode, exitCodes, failWith, formatMs, stdoutClosed } from "./Common.js"
 import * as CliConfig from "./Config.js"
 import * as Setup from "./Setup.js"
 
@@ -41,7 +41,9 @@ export const prepare = (common: Common): Effect.Effect<Setup.Checked, ExitCode, 
 /**
  * Runs `program` with the manager of a checked config. The manager's scope closes when
  * `program` ends: calls in flight drain, providers are released. A provider that cannot
- * start ends the command (exit code 1; 2 for an option a layer refused).
+ * start ends the command (exit code 1; 2 for an option a layer refused). Interrupted
+ * (Ctrl-C, SIGTERM), it says so on stderr before the manager drains, unless stdout's
+ * reader went away (`| head`).
  *
  * @since 0.1.0
  * @category combinators
@@ -50,7 +52,11 @@ export const provideOrchestra =
   (common: Common, checked: Setup.Checked, overrides: Setup.Overrides = {}) =>
   <A, E, R>(program: Effect.Effect<A, E, R>): Effect.Effect<A, E | ExitCode, Exclude<R, Orchestra.Services>> =>
     Effect.provide(
-      program,
+      Effect.onInterrupt(program, () =>
+        Effect.flatMap(stdoutClosed, (closed) =>
+          closed ? Effect.void : Console.error("\norchestra: interrupted; shutting down")
+        )
+      ),
       Layer.catch(Setup.orchestraLayer(checked, overrides), (error) =>
         Layer.unwrap(
           failWith(common, error.kind === "config" ? exitCodes.usage : exitCodes.failed, error.message, {

@@ -199,9 +199,10 @@ export const run = Effect.fnUntraced(function* (args: Args) {
     const runOnce = (label: string, limit: number) =>
       Effect.gen(function* () {
         const bar = yield* progressBar(label, items.length)
-        const result = yield* batch.run(items, { ...options, concurrency: limit, onEvent: bar.onEvent })
-        yield* bar.end
-        return result
+        // Interrupted (Ctrl-C) too: what comes next starts on a line of its own.
+        return yield* batch
+          .run(items, { ...options, concurrency: limit, onEvent: bar.onEvent })
+          .pipe(Effect.ensuring(bar.end))
       })
     const sequentialRuns: Array<BatchResult> = []
     const concurrentRuns: Array<BatchResult> = []

@@ -22,8 +22,7 @@ import {
   platformErrorText,
   printError,
   printJson,
-  printText,
-  stdoutClosed
+  printText
 } from "../Common.js"
 import { checkDomains, prepare, provideOrchestra } from "../Manager.js"
 import type { Args } from "../Start.js"
@@ -241,13 +240,7 @@ export const run = Effect.fnUntraced(function* (args: Args) {
       )
     )
     if (interactive) yield* Console.log("")
-  }).pipe(
-    Effect.onInterrupt(() =>
-      Effect.flatMap(stdoutClosed, (closed) =>
-        closed ? Effect.void : Console.error("\norchestra: interrupted; shutting down")
-      )
-    )
-  )
+  })
 
   yield* session.pipe(provideOrchestra(common, checked))
 })
