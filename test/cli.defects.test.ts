@@ -23,6 +23,8 @@ import {
   Stream
 } from "effect"
 import * as Cli from "../src/cli/Cli.js"
+import * as CliConfig from "../src/cli/Config.js"
+import * as Setup from "../src/cli/Setup.js"
 
 const dir = mkdtempSync(NodePath.join(tmpdir(), "orchestra-cli-defects-"))
 afterAll(() => rmSync(dir, { recursive: true, force: true }))
@@ -253,5 +255,22 @@ describe("orchestra interrupted (Ctrl-C, SIGTERM)", () => {
       assert.isTrue(written.join("").endsWith("\n"), JSON.stringify(written.join("")))
       assert.deepStrictEqual(err, ["\norchestra: interrupted; shutting down"])
     }).pipe(Effect.scoped)
+  )
+})
+
+describe("orchestra config messages", () => {
+  it.effect("every issue reads the same way: lower case, and a long echoed value cut short", () =>
+    Effect.gen(function* () {
+      // The executor's check stops at its first wrong option: one config each.
+      for (const executor of [{ retry: { maxAttempts: 2, backof: 5 } }, { timeout: `${"9".repeat(400)} fortnights` }]) {
+        const config = { providers: { m: { type: "mock" } }, policies: { executor } }
+        const error = yield* Setup.check({ file: "t.json", dir, ...CliConfig.inspect(config) }).pipe(Effect.flip)
+        assert.isNotEmpty(error.issues)
+        for (const issue of error.issues) {
+          assert.match(issue.message, /^[^A-Z]/, `${issue.path}: ${issue.message}`)
+          assert.isAtMost(issue.message.length, 240, issue.path)
+        }
+      }
+    })
   )
 })

@@ -18,7 +18,7 @@ import * as Ollama from "../Model/Ollama.js"
 import * as OpenAiCompat from "../Model/OpenAiCompat.js"
 import * as WatsonX from "../Model/WatsonX.js"
 import { ModelProvider } from "../Model.js"
-import { formatPath, type Issue } from "./Config.js"
+import { formatPath, type Issue, tidy } from "./Config.js"
 import type { Provider } from "./ConfigSchema.js"
 
 /**
@@ -71,7 +71,7 @@ export const readKey = (
 
 /**
  * A library `OptionError` (`path` relative to the provider's options) as an issue of the
- * config file (`providers.<name>.<path>`).
+ * config file (`providers.<name>.<path>`), its message {@link tidy} as every other issue's.
  *
  * @since 0.2.0
  * @category utils
@@ -79,7 +79,7 @@ export const readKey = (
 export const issueOf = (prefix: string, error: OptionError): Issue => {
   const { message } = issueOfError(error)
   const path = error.path === "" || error.path === "(root)" ? prefix : `${prefix}.${error.path}`
-  return { path, message }
+  return { path, message: tidy(message) }
 }
 
 const omit = <A extends object, K extends keyof A>(a: A, ...keys: ReadonlyArray<K>): Omit<A, K> => {
