@@ -3,6 +3,7 @@
  * over a test console and test stdio): what a config supplies is shown escaped on a
  * terminal, bad flags and files are clear usage errors.
  */
+import { EventEmitter } from "node:events"
 import { mkdtempSync, rmSync, symlinkSync, writeFileSync } from "node:fs"
 import { tmpdir } from "node:os"
 import * as NodePath from "node:path"
@@ -23,6 +24,7 @@ import {
   Stream
 } from "effect"
 import * as Cli from "../src/cli/Cli.js"
+import { exitOnSecondSignal } from "../src/cli/Common.js"
 import * as CliConfig from "../src/cli/Config.js"
 import * as Setup from "../src/cli/Setup.js"
 
@@ -228,6 +230,27 @@ describe("orchestra --help", () => {
 })
 
 describe("orchestra interrupted (Ctrl-C, SIGTERM)", () => {
+  it("a second Ctrl-C or SIGTERM while the first drains exits at once with 130, saying so", () => {
+    for (const [first, second] of [
+      ["SIGINT", "SIGINT"],
+      ["SIGTERM", "SIGINT"],
+      ["SIGINT", "SIGTERM"]
+    ] as const) {
+      const exits: Array<number | undefined> = []
+      const written: Array<string> = []
+      const target = Object.assign(new EventEmitter(), {
+        exit: (code?: number) => void exits.push(code),
+        stderr: { write: (text: string) => written.push(text) }
+      })
+      exitOnSecondSignal(target)
+      target.emit(first)
+      assert.deepStrictEqual(exits, [], "the first is the runtime's: it interrupts and drains")
+      target.emit(second)
+      assert.deepStrictEqual(exits, [130])
+      assert.include(written.join(""), "interrupted again")
+    }
+  })
+
   it.live("bench ends its progress line and says it was interrupted", () =>
     Effect.gen(function* () {
       // The warm-up and the first prompt answer; the second hangs until the interruption.

@@ -57,6 +57,39 @@ process.stdout.on("error", (error: NodeJS.ErrnoException) => {
 export const stdoutClosed: Effect.Effect<boolean> = Deferred.isDone(stdoutFailed)
 
 /**
+ * What `exitOnSecondSignal` needs of `process`.
+ *
+ * @since 0.3.0
+ * @category models
+ */
+export interface SignalTarget {
+  readonly on: (signal: "SIGINT" | "SIGTERM", listener: () => void) => unknown
+  readonly exit: (code: number) => void
+  readonly stderr: { readonly write: (text: string) => unknown }
+}
+
+/**
+ * The first SIGINT or SIGTERM is the runtime's: it interrupts the command, which drains
+ * (calls finish or are cancelled, a local model stops, connections close). A second one
+ * while that takes its time means the user will not wait: the process exits at once with
+ * 130, saying so.
+ *
+ * @since 0.3.0
+ * @category run
+ */
+export const exitOnSecondSignal = (target: SignalTarget): void => {
+  let signals = 0
+  const onSignal = () => {
+    signals++
+    if (signals < 2) return
+    target.stderr.write("\norchestra: interrupted again: exiting now\n")
+    target.exit(exitCodes.interrupted)
+  }
+  target.on("SIGINT", onSignal)
+  target.on("SIGTERM", onSignal)
+}
+
+/**
  * @since 0.1.0
  * @category flags
  */

@@ -1,7 +1,7 @@
 /**
  * The `orchestra` executable: the only `runMain` of the package. SIGINT / SIGTERM
  * interrupt the command; the manager it provided then drains and releases everything,
- * and the process exits with 130. A reader that closes stdout early (`| head`) ends the
+ * and the process exits with 130 (at once on a second signal). A reader that closes stdout early (`| head`) ends the
  * command the same way, but with 0.
  *
  * @since 0.1.0
@@ -10,7 +10,7 @@ import * as NodeRuntime from "@effect/platform-node/NodeRuntime"
 import * as NodeServices from "@effect/platform-node/NodeServices"
 import { Cause, Console, Deferred, Effect, Exit, Layer, Logger } from "effect"
 import { run } from "./Cli.js"
-import { exitCodes, stdoutFailed } from "./Common.js"
+import { exitCodes, exitOnSecondSignal, stdoutFailed } from "./Common.js"
 
 // Logs go to stderr so that `--json` output on stdout stays parseable.
 const environment = Layer.merge(NodeServices.layer, Layer.succeed(Logger.LogToStderr, true))
@@ -34,6 +34,8 @@ const flushStdout = Effect.callback<void>((resume) => {
     Deferred.doneUnsafe(stdoutFailed, Exit.succeed(error as NodeJS.ErrnoException))
   })
 })
+
+exitOnSecondSignal(process)
 
 Effect.raceFirst(
   Effect.tap(run(process.argv.slice(2)), () => flushStdout),
