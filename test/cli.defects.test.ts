@@ -19,6 +19,7 @@ import {
   Fiber,
   FileSystem,
   Layer,
+  Option,
   PlatformError,
   Stdio,
   Stream
@@ -174,6 +175,26 @@ describe("orchestra says why a config file cannot be read", () => {
         path: "(file)",
         message: "too many levels of symbolic links"
       })
+    })
+  )
+
+  it.effect("a path from ORCHESTRA_CONFIG that is not a usable file says where it came from, whatever is wrong", () =>
+    Effect.gen(function* () {
+      const loop = NodePath.join(dir, "env-loop-a.json")
+      symlinkSync(NodePath.join(dir, "env-loop-b.json"), loop)
+      symlinkSync(loop, NodePath.join(dir, "env-loop-b.json"))
+      for (const [path, why] of [
+        [dir, "not a file (directory)"],
+        [loop, "too many levels of symbolic links"]
+      ] as const) {
+        const error = yield* CliConfig.load(Option.none(), Option.some(path)).pipe(
+          Effect.flip,
+          Effect.provide(NodeServices.layer)
+        )
+        assert.deepStrictEqual(error.issues, [
+          { path: "(file)", message: `${why} (named by the environment variable ORCHESTRA_CONFIG)` }
+        ])
+      }
     })
   )
 

@@ -339,23 +339,28 @@ export const load = Effect.fnUntraced(function* (flag: Option.Option<string>, fr
   const cwd = path.resolve(".")
   const file = path.resolve(Option.getOrElse(explicit, () => defaultFileName))
   const fileError = (message: string) => new ConfigFileError({ file, issues: [{ path: "(file)", message }] })
+  // A variable set long ago (or by someone else) is easy to forget: a file it names that cannot be used says so.
+  const unusable = (message: string) =>
+    fileError(
+      Option.isNone(flag) && Option.isSome(fromEnv)
+        ? `${message} (named by the environment variable ORCHESTRA_CONFIG)`
+        : message
+    )
   const stat = yield* fs.stat(file).pipe(Effect.result)
   if (Result.isFailure(stat)) {
     // Only a file that is not there means "use the default": one that is there but cannot be read
     // (permissions, a symbolic link loop) is the user's config, and running without it would hide that.
-    const why = platformErrorText(stat.failure)
-    if (stat.failure.reason._tag !== "NotFound") return yield* fileError(why)
-    // A variable set long ago (or by someone else) is easy to forget: say where the path came from.
-    if (Option.isSome(flag)) return yield* fileError(why)
-    if (Option.isSome(fromEnv)) return yield* fileError(`${why} (named by the environment variable ORCHESTRA_CONFIG)`)
-    return { file: undefined, dir: cwd, config: {}, issues: [] } satisfies Loaded
+    if (Option.isNone(explicit) && stat.failure.reason._tag === "NotFound") {
+      return { file: undefined, dir: cwd, config: {}, issues: [] } satisfies Loaded
+    }
+    return yield* unusable(platformErrorText(stat.failure))
   }
   const info = stat.success
-  if (info.type !== "File") return yield* fileError(`not a file (${info.type.toLowerCase()})`)
+  if (info.type !== "File") return yield* unusable(`not a file (${info.type.toLowerCase()})`)
   if (Number(info.size) > maxFileBytes) {
-    return yield* fileError(`${info.size} bytes: a config file is at most ${maxFileBytes} bytes`)
+    return yield* unusable(`${info.size} bytes: a config file is at most ${maxFileBytes} bytes`)
   }
-  const bytes = yield* fs.readFile(file).pipe(Effect.mapError((error) => fileError(platformErrorText(error))))
+  const bytes = yield* fs.readFile(file).pipe(Effect.mapError((error) => unusable(platformErrorText(error))))
   const text = Utf8.decode(bytes)
   if (Result.isFailure(text)) {
     return yield* fileError(`line ${text.failure.line} is not UTF-8 text (save the file as UTF-8)`)
