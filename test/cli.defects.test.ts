@@ -318,3 +318,29 @@ describe("orchestra config messages", () => {
     })
   )
 })
+
+describe("orchestra flags whose value starts with a dash", () => {
+  it.live("a prompt, prompts or a path starting with '-' is taken as the flag's value, as getopt does", () =>
+    Effect.gen(function* () {
+      const config = writeConfig("dash.json", { providers: { m: { type: "mock" } } })
+      const one = yield* inProcess(["test", "-p", "-5 degrees in F?", "--config", config, "--json"], {
+        terminal: false
+      })
+      assert.strictEqual(one.code, 0, one.err)
+      assert.strictEqual((JSON.parse(one.out) as { prompt: string }).prompt, "-5 degrees in F?")
+      const long = yield* inProcess(["test", "--prompt", "- a list item", "--config", config, "--json"], {
+        terminal: false
+      })
+      assert.strictEqual(long.code, 0, long.err)
+      assert.strictEqual((JSON.parse(long.out) as { prompt: string }).prompt, "- a list item")
+      const many = yield* inProcess(["stats", "--prompts", "-1 + 1?, -2", "--config", config, "--json"], {
+        terminal: false
+      })
+      assert.strictEqual(many.code, 0, many.err)
+      assert.strictEqual((JSON.parse(many.out) as { prompts: number }).prompts, 2)
+      // A flag name after a flag is still a flag: the value is missing, as before.
+      const missing = yield* inProcess(["test", "-p", "--json", "--config", config], { terminal: false })
+      assert.strictEqual(missing.code, 2)
+    })
+  )
+})

@@ -69,6 +69,47 @@ export const presenter: Layer.Layer<never> = Layer.succeed(CliOutput.Presenter, 
 
 const cli = Command.runWith(command, { version })
 
+/** The flags that take text (a prompt, a name, a path), by every name they have: the long one for each. */
+const textFlags: Readonly<Record<string, string>> = {
+  "-p": "--prompt",
+  "--prompt": "--prompt",
+  "--prompts": "--prompts",
+  "-f": "--file",
+  "--file": "--file",
+  "-d": "--domain",
+  "--domain": "--domain",
+  "--fallback": "--fallback",
+  "--config": "--config",
+  "--gateway": "--gateway",
+  "--host": "--host"
+}
+
+const flagName = /^--?[A-Za-z][\w-]*$/
+
+/**
+ * The command line with a text flag's value that starts with a dash (`-p "-5 degrees in F?"`,
+ * `--prompt "- a list item"`) joined to its flag (`--prompt=-5 degrees in F?`): effect/cli
+ * would read it as more flags and refuse them, where getopt takes it as the value. A value
+ * shaped like a flag name (`-p --json`) is left alone: that is a missing value.
+ *
+ * @since 0.3.0
+ * @category run
+ */
+export const joinDashValues = (argv: ReadonlyArray<string>): ReadonlyArray<string> => {
+  const out: Array<string> = []
+  for (let i = 0; i < argv.length; i++) {
+    const token = argv[i]!
+    if (token === "--") return [...out, ...argv.slice(i)]
+    const flag = Object.hasOwn(textFlags, token) ? textFlags[token] : undefined
+    const next = argv[i + 1]
+    if (flag !== undefined && next !== undefined && next.startsWith("-") && next !== "--" && !flagName.test(next)) {
+      out.push(`${flag}=${next}`)
+      i++
+    } else out.push(token)
+  }
+  return out
+}
+
 /**
  * Runs the command line and gives the exit code: 0 ok, 1 a call failed, 2 bad usage or a
  * bad config (already reported). An interruption is not caught: the runtime's teardown
@@ -78,7 +119,7 @@ const cli = Command.runWith(command, { version })
  * @category run
  */
 export const run = (argv: ReadonlyArray<string>) =>
-  cli(argv).pipe(
+  cli(joinDashValues(argv)).pipe(
     Effect.as(exitCodes.ok as number),
     Effect.catch((error) => {
       if (error instanceof ExitCode) return Effect.succeed(error.code)
