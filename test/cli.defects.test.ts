@@ -344,3 +344,14 @@ describe("orchestra flags whose value starts with a dash", () => {
     })
   )
 })
+
+describe("orchestra --wizard", () => {
+  it.live("off a terminal it is a usage error (exit 2), not 'Wizard cancelled.' with exit 0 and nothing run", () =>
+    Effect.gen(function* () {
+      const result = yield* inProcess(["test", "--wizard"], { terminal: false }).pipe(Effect.timeout("30 seconds"))
+      assert.strictEqual(result.code, 2, result.out)
+      assert.include(result.err, "--wizard")
+      assert.strictEqual(result.out, "")
+    })
+  )
+})

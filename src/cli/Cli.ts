@@ -4,7 +4,7 @@
  *
  * @since 0.1.0
  */
-import { Cause, Console, Effect, Layer } from "effect"
+import { Cause, Console, Effect, Layer, Option, Stdio } from "effect"
 import { CliError, CliOutput, Command } from "effect/cli"
 import * as Bench from "./Bench.js"
 import { ExitCode, exitCodes, printError } from "./Common.js"
@@ -110,6 +110,21 @@ export const joinDashValues = (argv: ReadonlyArray<string>): ReadonlyArray<strin
   return out
 }
 
+// effect/cli's wizard asks on stdin: off a terminal it gives up at once ("Wizard cancelled.", on
+// stdout) and exits with 0, though nothing ran.
+const wizardOffTerminal = (argv: ReadonlyArray<string>): Effect.Effect<boolean> => {
+  const end = argv.indexOf("--")
+  if (!(end < 0 ? argv : argv.slice(0, end)).includes("--wizard")) return Effect.succeed(false)
+  return Effect.flatMap(Effect.serviceOption(Stdio.Stdio), (stdio) =>
+    Option.isSome(stdio) ? Effect.map(stdio.value.stdinIsTerminal, (terminal) => !terminal) : Effect.succeed(false)
+  )
+}
+
+const wizardRefused = Effect.andThen(
+  printError("orchestra: --wizard asks its questions on a terminal: run it in one, or give the flags (see --help)"),
+  new ExitCode({ code: exitCodes.usage })
+)
+
 /**
  * Runs the command line and gives the exit code: 0 ok, 1 a call failed, 2 bad usage or a
  * bad config (already reported). An interruption is not caught: the runtime's teardown
@@ -119,7 +134,7 @@ export const joinDashValues = (argv: ReadonlyArray<string>): ReadonlyArray<strin
  * @category run
  */
 export const run = (argv: ReadonlyArray<string>) =>
-  cli(joinDashValues(argv)).pipe(
+  Effect.flatMap(wizardOffTerminal(argv), (refused) => (refused ? wizardRefused : cli(joinDashValues(argv)))).pipe(
     Effect.as(exitCodes.ok as number),
     Effect.catch((error) => {
       if (error instanceof ExitCode) return Effect.succeed(error.code)
