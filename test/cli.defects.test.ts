@@ -3,6 +3,7 @@
  * over a test console and test stdio): what a config supplies is shown escaped on a
  * terminal, bad flags and files are clear usage errors.
  */
+import { execFileSync, spawn } from "node:child_process"
 import { EventEmitter } from "node:events"
 import { mkdtempSync, rmSync, symlinkSync, writeFileSync } from "node:fs"
 import { tmpdir } from "node:os"
@@ -196,6 +197,20 @@ describe("orchestra says why a config file cannot be read", () => {
         ])
       }
     })
+  )
+
+  it.live("a config from a pipe (`--config <(make-config)`) is read as a file is", () =>
+    Effect.gen(function* () {
+      const fifo = NodePath.join(dir, "config.fifo")
+      execFileSync("mkfifo", [fifo])
+      const config = JSON.stringify({ providers: { piped: { type: "mock", reply: "from the pipe" } } })
+      // The writer blocks until the command opens the pipe: a process of its own, killed if it never does.
+      const writer = spawn("sh", ["-c", 'printf "%s" "$1" > "$2"', "sh", config, fifo], { stdio: "ignore" })
+      yield* Effect.addFinalizer(() => Effect.sync(() => writer.kill("SIGKILL")))
+      const result = yield* inProcess(["test", "-p", "hi", "--config", fifo, "--json"], { terminal: false })
+      assert.strictEqual(result.code, 0, result.err)
+      assert.deepInclude(JSON.parse(result.out) as object, { provider: "piped", answer: "from the pipe" })
+    }).pipe(Effect.scoped)
   )
 
   it.live("./orchestra.config.json that cannot be read is an error, not a silent switch to the bundled model", () =>

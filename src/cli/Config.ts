@@ -325,7 +325,7 @@ const maxFileBytes = 1024 * 1024
  * Finds and reads the config: the `--config` path, else `ORCHESTRA_CONFIG`, else
  * `orchestra.config.json` in the working directory if it exists, else the built-in
  * default (the bundled local model with the predefined domains). A path given explicitly
- * must exist; a file that is there but cannot be read (the default one too) fails, saying
+ * must exist (a file, or a pipe such as `<(make-config)`); a file that is there but cannot be read (the default one too) fails, saying
  * why; a file that is not JSON fails here, one of the wrong shape comes back with its
  * `issues`.
  *
@@ -356,11 +356,12 @@ export const load = Effect.fnUntraced(function* (flag: Option.Option<string>, fr
     return yield* unusable(platformErrorText(stat.failure))
   }
   const info = stat.success
-  if (info.type !== "File") return yield* unusable(`not a file (${info.type.toLowerCase()})`)
-  if (Number(info.size) > maxFileBytes) {
-    return yield* unusable(`${info.size} bytes: a config file is at most ${maxFileBytes} bytes`)
-  }
+  // A pipe (`--config <(make-config)`, `--config /dev/stdin`) is read as a file is; its size is known once read.
+  if (info.type !== "File" && info.type !== "FIFO") return yield* unusable(`not a file (${info.type.toLowerCase()})`)
+  const tooBig = (size: string | number) => unusable(`${size} bytes: a config file is at most ${maxFileBytes} bytes`)
+  if (Number(info.size) > maxFileBytes) return yield* tooBig(String(info.size))
   const bytes = yield* fs.readFile(file).pipe(Effect.mapError((error) => unusable(platformErrorText(error))))
+  if (bytes.length > maxFileBytes) return yield* tooBig(bytes.length)
   const text = Utf8.decode(bytes)
   if (Result.isFailure(text)) {
     return yield* fileError(`line ${text.failure.line} is not UTF-8 text (save the file as UTF-8)`)
