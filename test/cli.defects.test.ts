@@ -370,3 +370,21 @@ describe("orchestra --wizard", () => {
     })
   )
 })
+
+describe("orchestra prompts from a pipe", () => {
+  it.live("a pipe holding more than a prompts file may (16 MiB) is refused as a file that big is", () =>
+    Effect.gen(function* () {
+      const config = writeConfig("pipe-prompts.json", { providers: { m: { type: "mock" } } })
+      const fifo = NodePath.join(dir, "prompts.fifo")
+      execFileSync("mkfifo", [fifo])
+      const size = 16 * 1024 * 1024 + 1
+      const writer = spawn("sh", ["-c", 'head -c "$1" /dev/zero | tr "\\0" "a" > "$2"', "sh", String(size), fifo], {
+        stdio: "ignore"
+      })
+      yield* Effect.addFinalizer(() => Effect.sync(() => writer.kill("SIGKILL")))
+      const result = yield* inProcess(["stats", "--file", fifo, "--config", config], { terminal: false })
+      assert.strictEqual(result.code, 2, result.err)
+      assert.strictEqual(result.err, `orchestra: cannot read ${fifo}: ${size} bytes (at most ${size - 1})`)
+    }).pipe(Effect.scoped)
+  )
+})

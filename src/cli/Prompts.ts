@@ -132,8 +132,11 @@ export const read = Effect.fnUntraced(function* (
   const info = yield* fs.stat(file.value).pipe(Effect.catch((error) => unreadable(platformErrorText(error))))
   // A pipe (`--file /dev/stdin`) is read as a file is; a folder is not.
   if (info.type === "Directory") yield* unreadable("not a file (directory)")
-  if (Number(info.size) > maxFileBytes) yield* unreadable(`${info.size} bytes (at most ${maxFileBytes})`)
+  const tooBig = (size: string | number) => unreadable(`${size} bytes (at most ${maxFileBytes})`)
+  if (Number(info.size) > maxFileBytes) yield* tooBig(String(info.size))
   const bytes = yield* fs.readFile(file.value).pipe(Effect.catch((error) => unreadable(platformErrorText(error))))
+  // A pipe's size is known only once read.
+  if (bytes.length > maxFileBytes) yield* tooBig(bytes.length)
   const decoded = Utf8.decode(bytes)
   if (Result.isFailure(decoded)) {
     return yield* unreadable(`line ${decoded.failure.line} is not UTF-8 text (save the file as UTF-8)`)
