@@ -8,6 +8,7 @@
  *
  * @since 0.1.0
  */
+import * as NodeFs from "node:fs/promises"
 import { Console, Deferred, Effect, Exit, Option, type PlatformError, Result, Schema, Stdio } from "effect"
 import { Flag } from "effect/cli"
 import { type AiError, reasonOf } from "../AiError.js"
@@ -242,8 +243,11 @@ export const errorText = (error: AiError): string => `${error._tag}(${reasonOf(e
  * @since 0.3.0
  * @category output
  */
-export const platformErrorText = (error: PlatformError.PlatformError): string => {
-  const cause: unknown = error.reason.cause
+export const platformErrorText = (error: PlatformError.PlatformError): string =>
+  systemErrorText(error.reason.cause) ?? error.reason.description ?? error.message
+
+// What a Node system error (its `code`) means for a file a user named, else its message.
+const systemErrorText = (cause: unknown): string | undefined => {
   const code = typeof cause === "object" && cause !== null && "code" in cause ? cause.code : undefined
   switch (code) {
     case "ENOENT":
@@ -258,9 +262,42 @@ export const platformErrorText = (error: PlatformError.PlatformError): string =>
     case "ELOOP":
       return "too many levels of symbolic links"
   }
-  if (cause instanceof Error && cause.message.length > 0) return cause.message
-  return error.reason.description ?? error.message
+  return cause instanceof Error && cause.message.length > 0 ? cause.message : undefined
 }
+
+/**
+ * At most `limit + 1` bytes of a file or a pipe (`<(make-config)`, `/dev/stdin`), read in order
+ * (effect's `FileSystem` reads at positions, which a pipe refuses), so that a runaway pipe is
+ * found too large without being read whole; fails with what went wrong, in words.
+ *
+ * @since 0.3.0
+ * @category input
+ */
+export const readAtMost = (file: string, limit: number): Effect.Effect<Uint8Array, string> =>
+  Effect.tryPromise({
+    try: async () => {
+      const handle = await NodeFs.open(file, "r")
+      try {
+        const chunks: Array<Uint8Array> = []
+        let total = 0
+        while (total <= limit) {
+          const { bytesRead, buffer } = await handle.read(
+            Buffer.alloc(Math.min(65_536, limit + 1 - total)),
+            0,
+            undefined,
+            null
+          )
+          if (bytesRead === 0) break
+          chunks.push(buffer.subarray(0, bytesRead))
+          total += bytesRead
+        }
+        return Buffer.concat(chunks)
+      } finally {
+        await handle.close()
+      }
+    },
+    catch: (cause) => systemErrorText(cause) ?? String(cause)
+  })
 
 /**
  * Milliseconds for people: `812.3 ms`, `1.52 s`.

@@ -8,7 +8,7 @@
  * @since 0.1.0
  */
 import { Effect, FileSystem, Option, Path, Result, Schema, SchemaIssue } from "effect"
-import { platformErrorText } from "./Common.js"
+import { platformErrorText, readAtMost } from "./Common.js"
 import { ConfigFile, providerSchemas, providerTypes } from "./ConfigSchema.js"
 import * as Json from "./json.js"
 import * as Utf8 from "./utf8.js"
@@ -360,8 +360,11 @@ export const load = Effect.fnUntraced(function* (flag: Option.Option<string>, fr
   if (info.type !== "File" && info.type !== "FIFO") return yield* unusable(`not a file (${info.type.toLowerCase()})`)
   const tooBig = (size: string | number) => unusable(`${size} bytes: a config file is at most ${maxFileBytes} bytes`)
   if (Number(info.size) > maxFileBytes) return yield* tooBig(String(info.size))
-  const bytes = yield* fs.readFile(file).pipe(Effect.mapError((error) => unusable(platformErrorText(error))))
-  if (bytes.length > maxFileBytes) return yield* tooBig(bytes.length)
+  // A pipe's size is known once read: no more than one byte past the bound is.
+  const bytes = yield* info.type === "FIFO"
+    ? readAtMost(file, maxFileBytes).pipe(Effect.mapError(unusable))
+    : fs.readFile(file).pipe(Effect.mapError((error) => unusable(platformErrorText(error))))
+  if (bytes.length > maxFileBytes) return yield* tooBig(`more than ${maxFileBytes}`)
   const text = Utf8.decode(bytes)
   if (Result.isFailure(text)) {
     return yield* fileError(`line ${text.failure.line} is not UTF-8 text (save the file as UTF-8)`)

@@ -17,6 +17,7 @@ import {
   failWith,
   parseQuery,
   platformErrorText,
+  readAtMost,
   splitList
 } from "./Common.js"
 import * as Utf8 from "./utf8.js"
@@ -134,9 +135,11 @@ export const read = Effect.fnUntraced(function* (
   if (info.type === "Directory") yield* unreadable("not a file (directory)")
   const tooBig = (size: string | number) => unreadable(`${size} bytes (at most ${maxFileBytes})`)
   if (Number(info.size) > maxFileBytes) yield* tooBig(String(info.size))
-  const bytes = yield* fs.readFile(file.value).pipe(Effect.catch((error) => unreadable(platformErrorText(error))))
-  // A pipe's size is known only once read.
-  if (bytes.length > maxFileBytes) yield* tooBig(bytes.length)
+  // A pipe's size is known only once read: no more than one byte past the bound is.
+  const bytes = yield* info.type === "FIFO"
+    ? readAtMost(file.value, maxFileBytes).pipe(Effect.catch(unreadable))
+    : fs.readFile(file.value).pipe(Effect.catch((error) => unreadable(platformErrorText(error))))
+  if (bytes.length > maxFileBytes) yield* tooBig(`more than ${maxFileBytes}`)
   const decoded = Utf8.decode(bytes)
   if (Result.isFailure(decoded)) {
     return yield* unreadable(`line ${decoded.failure.line} is not UTF-8 text (save the file as UTF-8)`)
