@@ -11,9 +11,7 @@
  * the executor's retry policy (then the batch's `fallback` domains, if any).
  *
  * Concurrency: the manager's `maxConcurrent` permits are shared by every batch, handed over
- * in arrival order (an item holds a permit while it runs, and until its provider call has
- * stopped: one cut by a deadline or a cancellation may take a while to; at most 30 s, then
- * it is given back with a warning); a batch has at most
+ * in arrival order (an item holds a permit while it runs); a batch has at most
  * `min(concurrency, maxConcurrent)` items running. A batch without `onEvent` (no callback,
  * or only the synchronous `onProgress`) starts its items from JavaScript (one fiber per
  * call in flight, as `Executor.executeMany`); one with `onEvent` runs worker fibers that

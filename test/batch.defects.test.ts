@@ -3,7 +3,7 @@
  * `Batch.stream`): each test failed before its fix.
  */
 import { assert, describe, it } from "@effect/vitest"
-import { Context, Deferred, Effect, Exit, Fiber, Layer, Metric, Result, Scope, Stream, Tracer } from "effect"
+import { Context, Effect, Exit, Fiber, Layer, Metric, Result, Scope, Stream, Tracer } from "effect"
 import { TestClock } from "effect/testing"
 import type { AiError } from "../src/AiError.js"
 import * as Batch from "../src/Batch.js"
@@ -324,135 +324,6 @@ describe("a batch has a bounded length", () => {
         const bad = yield* Effect.flip(make({ maxItems } as never))
         assert.strictEqual(bad._tag === "OptionError" && bad.path, "maxItems", String(maxItems))
       }
-    })
-  )
-})
-
-/**
- * A provider whose first `slow` calls hang and take 5 s to stop once interrupted, the others
- * answering at once; `live` counts the calls running (a stopping one included), `peak` the most.
- */
-const slowToStop = (slow: number) => {
-  const state = { calls: 0, live: 0, peak: 0 }
-  const provider = custom("p", () =>
-    Effect.suspend(() => {
-      state.live++
-      state.peak = Math.max(state.peak, state.live)
-      const call = ++state.calls <= slow ? Effect.never : Effect.succeed(response("ok"))
-      return call.pipe(
-        Effect.onInterrupt(() => Effect.sleep("5 seconds")),
-        Effect.ensuring(Effect.sync(() => state.live--))
-      )
-    })
-  )
-  return { state, provider }
-}
-
-describe("a permit is held until its call has stopped", () => {
-  for (const kind of ["started", "onEvent"] as const) {
-    const extra = kind === "onEvent" ? { onEvent: () => Effect.void } : {}
-
-    it.effect(`cancelling a batch keeps its permits until its calls have stopped (${kind})`, () =>
-      Effect.gen(function* () {
-        const { state, provider } = slowToStop(2)
-        const { batch } = yield* managerOver(provider, { maxConcurrent: 2 })
-        const stop = yield* Deferred.make<void>()
-        const first = yield* Effect.forkChild(batch.run(["a", "b", "c"], { ...extra, cancel: Deferred.await(stop) }))
-        yield* TestClock.adjust("1 second")
-        assert.strictEqual(state.live, 2)
-        const second = yield* Effect.forkChild(batch.run(["d", "e"], extra))
-        yield* TestClock.adjust("1 second")
-        yield* Deferred.succeed(stop, undefined)
-        yield* TestClock.adjust("1 second")
-        // The cancelled batch has its result; its two calls are still stopping, and hold the limit.
-        const cancelled = yield* Fiber.join(first)
-        assert.deepStrictEqual(cancelled.notRun, [2])
-        assert.strictEqual(state.live, 2)
-        assert.strictEqual(state.calls, 2, "the second batch started no call while the first's were stopping")
-        assert.isUndefined(second.pollUnsafe())
-        yield* TestClock.adjust("4 seconds")
-        const result = yield* Fiber.join(second)
-        assert.deepStrictEqual(
-          result.results.map((r) => r.status),
-          ["success", "success"]
-        )
-        assert.strictEqual(state.peak, 2, "never more calls running than maxConcurrent")
-      })
-    )
-
-    it.effect(`an item past its deadline keeps its permit until its call has stopped (${kind})`, () =>
-      Effect.gen(function* () {
-        const { state, provider } = slowToStop(1)
-        const { batch } = yield* managerOver(provider, { maxConcurrent: 1 })
-        const fiber = yield* Effect.forkChild(
-          batch.run(
-            [
-              { query: "a", domain: "d" },
-              { query: "b", domain: "d" }
-            ],
-            extra
-          )
-        )
-        yield* TestClock.adjust("1 second")
-        assert.strictEqual(state.calls, 1)
-        yield* TestClock.adjust("4 seconds")
-        assert.strictEqual(state.calls, 1, "the next item waits for the timed-out call to stop")
-        yield* TestClock.adjust("1 second")
-        const result = yield* Fiber.join(fiber)
-        assert.deepStrictEqual(
-          result.results.map((r) => [r.status, r.durationMs]),
-          [
-            ["timeout", 1000],
-            ["success", 0]
-          ]
-        )
-        assert.strictEqual(state.peak, 1)
-      })
-    )
-  }
-
-  it.effect("a one-item batch past its deadline keeps its permit until its call has stopped", () =>
-    Effect.gen(function* () {
-      const { state, provider } = slowToStop(1)
-      const { batch } = yield* managerOver(provider, { maxConcurrent: 1 })
-      const one = yield* Effect.forkChild(batch.run([{ query: "a", domain: "d" }]))
-      yield* TestClock.adjust("1 second")
-      assert.strictEqual((yield* Fiber.join(one)).results[0]!.status, "timeout")
-      const next = yield* Effect.forkChild(batch.run(["b"]))
-      yield* TestClock.adjust("4 seconds")
-      assert.strictEqual(state.calls, 1)
-      yield* TestClock.adjust("1 second")
-      assert.strictEqual((yield* Fiber.join(next)).results[0]!.status, "success")
-      assert.strictEqual(state.peak, 1)
-    })
-  )
-})
-
-describe("a call that never stops", () => {
-  it.effect("gives its permit back 30 s after it was cut, with a warning: the limit is not lost for good", () =>
-    Effect.gen(function* () {
-      let calls = 0
-      const provider = custom("p", () =>
-        Effect.suspend(() =>
-          ++calls === 1 ? Effect.never.pipe(Effect.onInterrupt(() => Effect.never)) : Effect.succeed(response("ok"))
-        )
-      )
-      const { batch } = yield* managerOver(provider, { maxConcurrent: 1 })
-      const logs = yield* captureLogs
-      const first = yield* Effect.forkChild(
-        batch.run([{ query: "a", domain: "d" }], { id: "stuck", onProgress: () => {} }).pipe(Effect.provide(logs.layer))
-      )
-      yield* TestClock.adjust("1 second")
-      assert.strictEqual((yield* Fiber.join(first)).results[0]!.status, "timeout")
-      const next = yield* Effect.forkChild(batch.run(["b"]))
-      yield* TestClock.adjust("29 seconds")
-      assert.strictEqual(calls, 1, "the permit is held while the call may still stop")
-      yield* TestClock.adjust("1 second")
-      assert.strictEqual((yield* Fiber.join(next)).results[0]!.status, "success")
-      const warnings = logs.lines.filter((line) => line.includes("has not stopped"))
-      assert.deepStrictEqual(warnings, [
-        "Warn: Batch stuck: the call of item 0 has not stopped 30 seconds after it was cut; its permit is given back"
-      ])
     })
   )
 })

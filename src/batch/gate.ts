@@ -66,20 +66,11 @@ export class Gate {
     })
   })
 
-  /**
-   * Runs `effect` holding a permit, taken in arrival order and given back however it ends; or,
-   * with `hold`, handed to `hold` when it ends, to give back once (when what the effect started has stopped).
-   */
-  withPermit<A, E, R>(
-    effect: Effect.Effect<A, E, R>,
-    hold?: ((release: () => void) => void) | undefined
-  ): Effect.Effect<A, E, R> {
+  /** Runs `effect` holding a permit, taken in arrival order and given back however it ends. */
+  withPermit<A, E, R>(effect: Effect.Effect<A, E, R>): Effect.Effect<A, E, R> {
     return Effect.uninterruptibleMask((restore) =>
       Effect.suspend(() => {
-        const run = Effect.ensuring(
-          restore(effect),
-          hold === undefined ? this.released : Effect.sync(() => hold(() => this.release()))
-        )
+        const run = Effect.ensuring(restore(effect), this.released)
         // A free permit is taken without the callback that `take` waits in.
         return this.tryTake() ? run : Effect.flatMap(restore(this.take), () => run)
       })

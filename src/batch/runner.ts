@@ -1,8 +1,7 @@
 /**
  * One batch run. Each item runs through the pipeline (its route's `Router.prepare`d plan,
- * then the executor's engine) holding a permit of the manager's shared limit (`gate.ts`),
- * kept until its provider calls have stopped (`attempts.ts`); every item ends with exactly
- * one outcome, written at its index.
+ * then the executor's engine) holding a permit of the manager's shared limit (`gate.ts`) until
+ * its outcome is decided; every item ends with exactly one outcome, written at its index.
  *
  * - A batch without `onEvent` (silent, or with only the synchronous `onProgress`) starts its
  *   items from JavaScript, as `executeMany` does (`started.ts`): no worker fiber and no
@@ -14,7 +13,7 @@
  *
  * @internal
  */
-import { Cause, Clock, type Context, Duration, Effect, Exit, Fiber } from "effect"
+import { Cause, Clock, Duration, Effect, Exit, Fiber } from "effect"
 import { isThenable, userEffect } from "../policy/callback.js"
 import { type AiError, ModelError } from "../AiError.js"
 import type { BatchResult, ItemResult, ProgressEvent, RunOptions, Status } from "../Batch.js"
@@ -30,7 +29,6 @@ import {
 import { describeDefect } from "../policy/failure.js"
 import { forEachPool } from "../policy/pool.js"
 import type { Gate } from "./gate.js"
-import { Attempts } from "./attempts.js"
 import { check, itemAt, type Parsed, parse, underItem } from "./items.js"
 import * as Started from "./started.js"
 import { statsOf } from "./stats.js"
@@ -136,8 +134,7 @@ const callOf = (
   item: unknown,
   index: number,
   domain: string | undefined,
-  onRetry: (info: RetryInfo) => Effect.Effect<void>,
-  attempts: Attempts
+  onRetry: (info: RetryInfo) => Effect.Effect<void>
 ): Effect.Effect<Answer, AiError> => {
   const parsed = parse(item, index)
   if (parsed instanceof ModelError) return Effect.fail(parsed)
@@ -152,7 +149,7 @@ const callOf = (
           Effect.mapError(routeOf(deps, routes, fallback, itemDomain), (error) => underItem(error, index, "domain")),
           (prepared) => routedOn(prepared, parsed, index, callOptions)
         )
-  return Effect.flatMap(routed, (r) => Effect.map(deps.executor.run(r.plan, attempts.track(index, r.call)), r.answer))
+  return Effect.flatMap(routed, (r) => Effect.map(deps.executor.run(r.plan, r.call), r.answer))
 }
 
 /** The plan of an item on its route, or its request's refusal named under the item. */
@@ -181,13 +178,11 @@ const runOne = (
   options: { readonly domain: string | undefined; readonly fallback: ReadonlyArray<string> },
   id: string,
   clock: Clock.Clock,
-  start: number,
-  context: Context.Context<never>
+  start: number
 ): Effect.Effect<BatchResult> => {
   const routes = options.fallback.length === 0 ? deps.routes : new Map<string | undefined, Prepared>()
   let retries = 0
   let began = Number.NaN
-  const attempts = new Attempts(context, id)
   const onRetry = (): Effect.Effect<void> => {
     retries++
     return Effect.void
@@ -195,12 +190,9 @@ const runOne = (
   const call = Effect.suspend(() => {
     began = clock.currentTimeMillisUnsafe()
     // Reading the item may throw (a getter): that is the item's defect, not the batch's.
-    return Effect.exit(
-      Effect.suspend(() => callOf(deps, routes, options.fallback, item, 0, options.domain, onRetry, attempts))
-    )
+    return Effect.exit(Effect.suspend(() => callOf(deps, routes, options.fallback, item, 0, options.domain, onRetry)))
   })
-  const held = deps.gate.withPermit(call, (release) => attempts.whenStopped(0, release))
-  return Effect.map(held, (exit) => {
+  return Effect.map(deps.gate.withPermit(call), (exit) => {
     const end = clock.currentTimeMillisUnsafe()
     const results = [resultOf(0, exit, end - began, retries)]
     const elapsedMs = end - start
@@ -240,9 +232,8 @@ export const run = (
     const start = clock.currentTimeMillisUnsafe()
     const { onProgress, onEvent, fallback } = options
     const silent = onProgress === undefined && onEvent === undefined && tap === undefined
-    const context = yield* Effect.context<never>()
     if (total === 1 && silent && options.cancel === undefined) {
-      return yield* runOne(deps, itemAt(items, 0), options, id, clock, start, context)
+      return yield* runOne(deps, itemAt(items, 0), options, id, clock, start)
     }
 
     const results: Array<ItemResult> = new Array(total)
@@ -254,7 +245,6 @@ export const run = (
     let running = 0
     let peak = 0
     let cancelled = false
-    const attempts = new Attempts(context, id)
 
     const warned = { onProgress: false, onEvent: false }
     // A failing callback is the caller's bug, not the batch's: logged once, then ignored.
@@ -266,6 +256,7 @@ export const run = (
     // Events of items started from JavaScript are not run by a worker, nor is an async
     // callback's rejection: the only Effect that is not `Effect.void` is the warning of a
     // callback that failed, run on the batch's context.
+    const context = yield* Effect.context<never>()
     const runNow = (effect: Effect.Effect<void>): void => {
       if (effect !== Effect.void) Effect.runForkWith(context)(effect)
     }
@@ -338,7 +329,7 @@ export const run = (
 
     const routes = fallback.length === 0 ? deps.routes : new Map<string | undefined, Prepared>()
     const callItem = (index: number): Effect.Effect<Answer, AiError> =>
-      callOf(deps, routes, fallback, itemAt(items, index), index, options.domain, onRetryFor(index), attempts)
+      callOf(deps, routes, fallback, itemAt(items, index), index, options.domain, onRetryFor(index))
 
     const runItem = (index: number): Effect.Effect<void> => {
       // Cancelled (by an event callback of this very worker, say): no item starts any more; the
@@ -349,8 +340,7 @@ export const run = (
         Effect.flatMap(
           Effect.suspend(() => started(index, takenAt)),
           () => Effect.flatMap(Effect.exit(Effect.suspend(() => callItem(index))), (exit) => settle(index, exit))
-        ),
-        (release) => attempts.whenStopped(index, release)
+        )
       )
     }
 
@@ -368,8 +358,7 @@ export const run = (
       // A route not resolved yet: this one call resolves it, on a fiber of its own.
       if (now === undefined) return callItem(index)
       const routed = now(parsed.request, { onRetry: onRetryFor(index) })
-      if (routed instanceof ModelError) return underItem(routed, index, parsed.via)
-      return { plan: routed.plan, call: attempts.track(index, routed.call), answer: routed.answer }
+      return routed instanceof ModelError ? underItem(routed, index, parsed.via) : routed
     }
     const startedBatch: Started.Batch = {
       total,
@@ -380,8 +369,7 @@ export const run = (
       settle: (index, exit) => runNow(settle(index, exit)),
       settled: (index) => results[index] !== undefined,
       halted: () => cancelled,
-      call,
-      whenStopped: (index, then) => attempts.whenStopped(index, then)
+      call
     }
 
     // One worker runs on the batch's own fiber: a one-item batch forks nothing.

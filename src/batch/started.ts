@@ -3,9 +3,8 @@
  * JavaScript through the engine's `start`, as `executeMany` does (`policy/pool.ts`
  * `runStarted`): no worker fiber and no Effect per item, only each call's own fiber; an item
  * that ends starts the next at once. Each item holds a permit of the manager's limit
- * (`gate.ts`) while it runs, and until its provider calls have stopped (`attempts.ts`); its
- * wait for it counts from when a place in the batch's own concurrency opened for it, as it
- * would for a worker fiber taking it then.
+ * (`gate.ts`) while it runs; its wait for it counts from when a place in the batch's own
+ * concurrency opened for it, as it would for a worker fiber taking it then.
  *
  * @internal
  */
@@ -13,7 +12,7 @@ import { type Clock, Effect, Exit } from "effect"
 import { type AiError, ModelError } from "../AiError.js"
 import type { Answer, Routed } from "../Router.js"
 import type { Engine } from "../policy/engine.js"
-import type { Running, Sink } from "../policy/fused.js"
+import type { Running } from "../policy/fused.js"
 import { runStarted } from "../policy/pool.js"
 import type { Gate } from "./gate.js"
 
@@ -51,8 +50,6 @@ export interface Batch {
    * whole call when its route is not resolved yet (run on a fiber of its own).
    */
   readonly call: (index: number) => Routed | ModelError | Effect.Effect<Answer, AiError>
-  /** Calls `then` once the item's provider calls have stopped (`attempts.ts`). */
-  readonly whenStopped: (index: number, then: () => void) => void
 }
 
 /**
@@ -78,56 +75,6 @@ export const run = (batch: Batch, start: Start): Effect.Effect<void> =>
       return at
     }
 
-    // An item the pool has let go (it ended, or was cancelled) gives its permit back once its
-    // provider calls have stopped, not when the pool gives it back: `owed` counts the pool's
-    // releases still to come for those items, which are then only its batch's place freed.
-    const letGone = new Uint8Array(total)
-    let owed = 0
-    const release = () => gate.release()
-    const letGo = (index: number): void => {
-      if (letGone[index] === 1) return
-      letGone[index] = 1
-      owed++
-      batch.whenStopped(index, release)
-    }
-
-    // Item `index` started: its handle, or undefined when it ended at once.
-    const startItem = (index: number, sink: Sink): Running | undefined => {
-      batch.started(index, takenAt())
-      try {
-        const call = batch.call(index)
-        if (call instanceof ModelError) {
-          sink.done(index, Exit.fail(call))
-          return undefined
-        }
-        if (!Effect.isEffect(call)) {
-          answers[index] = call.answer as (value: never) => Answer
-          return start(fiber, call.plan, call.call, sink, index, true)
-        }
-        const child = Effect.runForkWith(fiber.context)(Effect.exit(call))
-        const exit = child.pollUnsafe()
-        if (exit !== undefined) {
-          sink.done(index, Exit.isSuccess(exit) ? exit.value : exit)
-          return undefined
-        }
-        let cancelled = false
-        child.addObserver((end) => {
-          if (!cancelled) sink.done(index, Exit.isSuccess(end) ? end.value : end)
-        })
-        return {
-          cancel: () => {
-            cancelled = true
-            child.interruptUnsafe()
-            return child
-          }
-        }
-      } catch (defect) {
-        // A request whose reading throws (a getter): that item's defect, as on a worker fiber.
-        sink.done(index, Exit.die(defect))
-        return undefined
-      }
-    }
-
     return runStarted({
       total,
       concurrency,
@@ -138,13 +85,10 @@ export const run = (batch: Batch, start: Start): Effect.Effect<void> =>
         take: Effect.suspend(() => (batch.halted() ? Effect.never : gate.take)),
         release: () => {
           freedAt.push(clock.currentTimeMillisUnsafe())
-          // Else a permit taken for no item (the pool could start none with it).
-          if (owed > 0) owed--
-          else gate.release()
+          gate.release()
         }
       },
       done: (index, exit) => {
-        letGo(index)
         const answer = answers[index]
         answers[index] = undefined
         if (batch.settled(index)) return
@@ -152,13 +96,38 @@ export const run = (batch: Batch, start: Start): Effect.Effect<void> =>
         batch.settle(index, outcome as Exit.Exit<Answer, AiError>)
       },
       start: (index, sink): Running | undefined => {
-        const running = startItem(index, sink)
-        if (running === undefined) return undefined
-        return {
-          cancel: () => {
-            letGo(index)
-            return running.cancel()
+        batch.started(index, takenAt())
+        try {
+          const call = batch.call(index)
+          if (call instanceof ModelError) {
+            sink.done(index, Exit.fail(call))
+            return undefined
           }
+          if (!Effect.isEffect(call)) {
+            answers[index] = call.answer as (value: never) => Answer
+            return start(fiber, call.plan, call.call, sink, index, true)
+          }
+          const child = Effect.runForkWith(fiber.context)(Effect.exit(call))
+          const exit = child.pollUnsafe()
+          if (exit !== undefined) {
+            sink.done(index, Exit.isSuccess(exit) ? exit.value : exit)
+            return undefined
+          }
+          let cancelled = false
+          child.addObserver((end) => {
+            if (!cancelled) sink.done(index, Exit.isSuccess(end) ? end.value : end)
+          })
+          return {
+            cancel: () => {
+              cancelled = true
+              child.interruptUnsafe()
+              return child
+            }
+          }
+        } catch (defect) {
+          // A request whose reading throws (a getter): that item's defect, as on a worker fiber.
+          sink.done(index, Exit.die(defect))
+          return undefined
         }
       }
     })
