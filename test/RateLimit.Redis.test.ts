@@ -11,6 +11,7 @@ import * as RateLimit from "../src/RateLimit.js"
 import { withAlignedFixedWindow } from "../src/RateLimit/memory.js"
 import * as RateLimitRedis from "../src/RateLimit/Redis.js"
 import * as Redis from "../src/Redis.js"
+import { placements } from "./utils/rateLimit.js"
 import { type RedisServer, skipRedis, skipReason, startRedis } from "./utils/redis.js"
 import { captureLogs } from "./utils/logs.js"
 
@@ -231,23 +232,16 @@ describe.skipIf(skipRedis)(`RateLimit (Redis store; ${skipRedis ? skipReason : "
         )
         // Each operation's window index (or "-" for a give-back), with 2 per minute and 100 tokens per minute.
         const run = (store: RateLimitRedis.AlignedFixedWindow) =>
-          Effect.gen(function* () {
-            const window = Duration.minutes(1)
-            const placed: Array<readonly [number, number]> = []
-            const place = (key: string, tokens: number, limit: number) =>
-              Effect.map(store.fixedWindowAligned({ key, tokens, window, limit }), ([delay, start, index]) => {
-                placed.push([start, index])
-                return `${index}@${Math.round(delay / 60_000)}`
-              })
-            const giveBack = (key: string, tokens: number, i: number) =>
-              Effect.as(store.fixedWindowRelease({ key, tokens, start: placed[i]![0], index: placed[i]![1] }), "-")
-            const steps: Array<string> = []
-            for (let i = 0; i < 5; i++) steps.push(yield* place("r", 1, 2))
-            steps.push(yield* giveBack("r", 1, 2), yield* place("r", 1, 2), yield* place("r", 1, 2))
-            steps.push(yield* place("t", 50, 100), yield* place("t", 60, 100), yield* giveBack("t", 60, 8))
-            steps.push(yield* place("t", 50, 100), yield* place("t", 1, 100), yield* place("t", 100, 100))
-            return steps
-          })
+          placements(store, ({ place, giveBack }) =>
+            Effect.gen(function* () {
+              const steps: Array<string> = []
+              for (let i = 0; i < 5; i++) steps.push(yield* place("r", 1, 2))
+              steps.push(yield* giveBack("r", 1, 2), yield* place("r", 1, 2), yield* place("r", 1, 2))
+              steps.push(yield* place("t", 50, 100), yield* place("t", 60, 100), yield* giveBack("t", 60, 8))
+              steps.push(yield* place("t", 50, 100), yield* place("t", 1, 100), yield* place("t", 100, 100))
+              return steps
+            })
+          )
         const inRedis = yield* run(redisStore)
         assert.deepStrictEqual(inRedis, yield* run(memoryStore))
         assert.deepStrictEqual(inRedis, [

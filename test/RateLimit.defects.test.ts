@@ -2,42 +2,18 @@ import { assert, describe, it } from "@effect/vitest"
 import { Clock, Context, Duration, Effect, Exit, Fiber, Layer, Scheduler } from "effect"
 import { RateLimiter, Redis as PersistenceRedis } from "effect/persistence"
 import { TestClock } from "effect/testing"
-import type { ModelError } from "../src/AiError.js"
 import * as RateLimit from "../src/RateLimit.js"
 import { withAlignedFixedWindow } from "../src/RateLimit/memory.js"
 import * as RateLimitRedis from "../src/RateLimit/Redis.js"
 import * as Redis from "../src/Redis.js"
+import { effectMemoryStore, placements, rejection, service, waitOf } from "./utils/rateLimit.js"
 import { skipRedis, skipReason, startRedis } from "./utils/redis.js"
 
 let counter = 0
 const uniqueName = (label: string) => `rld-${label}-${++counter}-${Math.random().toString(36).slice(2, 8)}`
 
-const service = (options: RateLimit.Options) =>
-  Effect.map(Layer.build(RateLimit.layerMemory(options)), Context.get(RateLimit.RateLimits))
-
-const effectMemoryStore = Effect.map(Layer.build(RateLimiter.layerStoreMemory), (context) =>
-  Context.get(context, RateLimiter.RateLimiterStore)
-)
-
-/** Forks an acquire and returns the virtual time it took to be admitted, stepping the clock by `step`. */
-const waitOf = (limits: RateLimit.Service, key: string, tokens?: number, step: Duration.Input = "1 second") =>
-  Effect.gen(function* () {
-    const start = yield* Clock.currentTimeMillis
-    const fiber = yield* Effect.forkChild(limits.acquire(key, { tokens }))
-    yield* Effect.yieldNow
-    for (let i = 0; i < 10_000 && fiber.pollUnsafe() === undefined; i++) {
-      yield* TestClock.adjust(step)
-      yield* Effect.yieldNow
-    }
-    yield* Fiber.join(fiber)
-    return (yield* Clock.currentTimeMillis) - start
-  })
-
 const waiting = (limits: RateLimit.Service, key: string, tokens?: number) =>
   Effect.forkChild(limits.acquire(key, { tokens }), { startImmediately: true })
-
-const rejection = (limits: RateLimit.Service, key: string, cost?: RateLimit.AcquireCost) =>
-  Effect.flip(limits.acquire(key, cost)) as Effect.Effect<ModelError>
 
 describe("RateLimit: give-backs free their own window, wherever it is", () => {
   it.effect("a waiter interrupted in a middle window frees that window for the next caller", () =>
@@ -274,23 +250,16 @@ describe.skipIf(skipRedis)(`RateLimit: Redis give-backs (${skipRedis ? skipReaso
         )
         const memoryStore = withAlignedFixedWindow(yield* effectMemoryStore)
         const run = (store: RateLimitRedis.AlignedFixedWindow) =>
-          Effect.gen(function* () {
-            const window = Duration.minutes(1)
-            const placed: Array<readonly [number, number]> = []
-            const place = (key: string, tokens: number, limit: number) =>
-              Effect.map(store.fixedWindowAligned({ key, tokens, window, limit }), ([delay, start, index]) => {
-                placed.push([start, index])
-                return `${index}@${Math.round(delay / 60_000)}`
-              })
-            const giveBack = (key: string, tokens: number, i: number) =>
-              Effect.as(store.fixedWindowRelease({ key, tokens, start: placed[i]![0], index: placed[i]![1] }), "-")
-            const steps: Array<string> = []
-            for (let i = 0; i < 3; i++) steps.push(yield* place("r", 1, 1))
-            steps.push(yield* giveBack("r", 1, 1), yield* place("r", 1, 1), yield* place("r", 1, 1))
-            steps.push(yield* place("t", 50, 100), yield* place("t", 60, 100), yield* place("t", 30, 100))
-            steps.push(yield* place("t", 60, 100), yield* giveBack("t", 60, 6), yield* place("t", 70, 100))
-            return steps
-          })
+          placements(store, ({ place, giveBack }) =>
+            Effect.gen(function* () {
+              const steps: Array<string> = []
+              for (let i = 0; i < 3; i++) steps.push(yield* place("r", 1, 1))
+              steps.push(yield* giveBack("r", 1, 1), yield* place("r", 1, 1), yield* place("r", 1, 1))
+              steps.push(yield* place("t", 50, 100), yield* place("t", 60, 100), yield* place("t", 30, 100))
+              steps.push(yield* place("t", 60, 100), yield* giveBack("t", 60, 6), yield* place("t", 70, 100))
+              return steps
+            })
+          )
         const inRedis = yield* run(redisStore)
         assert.deepStrictEqual(inRedis, yield* run(memoryStore))
         assert.deepStrictEqual(inRedis, [

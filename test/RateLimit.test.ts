@@ -2,17 +2,14 @@ import { assert, describe, it } from "@effect/vitest"
 import { Cause, Clock, Context, Duration, Effect, Exit, Fiber, Layer, Metric, Scheduler, Scope } from "effect"
 import { RateLimiter } from "effect/persistence"
 import { TestClock } from "effect/testing"
-import { isRetryable, type ModelError, shouldFallback } from "../src/AiError.js"
+import { isRetryable, shouldFallback } from "../src/AiError.js"
 import type { OptionError } from "../src/Input.js"
 import * as Metrics from "../src/Metrics.js"
 import * as RateLimit from "../src/RateLimit.js"
+import { rejection, service, waitOf } from "./utils/rateLimit.js"
 
 let counter = 0
 const uniqueName = (label: string) => `rl-${label}-${++counter}-${Math.random().toString(36).slice(2, 8)}`
-
-/** Builds the layer in the test's scope. */
-const service = (options: RateLimit.Options) =>
-  Effect.map(Layer.build(RateLimit.layerMemory(options)), Context.get(RateLimit.RateLimits))
 
 const outcomes = (key: string) =>
   Effect.gen(function* () {
@@ -35,23 +32,6 @@ const immediately = (limits: RateLimit.Service, key: string, times: number, toke
     for (let i = 0; i < times; i++) yield* limits.acquire(key, { tokens })
     assert.strictEqual((yield* outcomes(key)).immediate - before, times, "every acquire went through at once")
   })
-
-/** Forks an acquire and returns the virtual time it took to finish, stepping the clock by `step`. */
-const waitOf = (limits: RateLimit.Service, key: string, tokens?: number, step: Duration.Input = "1 second") =>
-  Effect.gen(function* () {
-    const start = yield* Clock.currentTimeMillis
-    const fiber = yield* Effect.forkChild(limits.acquire(key, { tokens }))
-    yield* Effect.yieldNow
-    for (let i = 0; i < 10_000 && fiber.pollUnsafe() === undefined; i++) {
-      yield* TestClock.adjust(step)
-      yield* Effect.yieldNow
-    }
-    yield* Fiber.join(fiber)
-    return (yield* Clock.currentTimeMillis) - start
-  })
-
-const rejection = (limits: RateLimit.Service, key: string, tokens?: number) =>
-  Effect.flip(limits.acquire(key, { tokens })) as Effect.Effect<ModelError>
 
 const configError = (options: RateLimit.Options) =>
   Effect.gen(function* () {
