@@ -1347,6 +1347,29 @@ describe.skipIf(skipRedis)(`KeyStore on Redis (${skipRedis ? skipReason : "needs
     )
   )
 
+  it.live("a flood of unknown tokens does not push a known key out: it stays usable while Redis is down", () =>
+    Effect.scoped(
+      Effect.gen(function* () {
+        const server = yield* startRedis
+        const { store } = yield* onRedis(server, {
+          cacheTtl: "1 minute",
+          redis: { timeout: "300 millis", reportAfter: 0, probeInterval: "100 millis" }
+        })
+        const known = yield* store.create({ id: "known" })
+        yield* store.authenticate(known.secret)
+        // More wrong tokens than the authentication cache holds (10,000): each is a Redis read.
+        yield* Effect.forEach(
+          Array.from({ length: 10_050 }, (_, i) => Redacted.make(`sk-wrong-${i}-0123456789abcdef`)),
+          (token) => Effect.result(store.authenticate(token)),
+          { concurrency: 64, discard: true }
+        )
+        yield* server.kill
+        const auth = yield* Effect.result(store.authenticate(known.secret))
+        assert.strictEqual(auth._tag, "Success", "a key seen before is still known after the flood")
+      })
+    )
+  )
+
   it.live("Redis hung (SIGSTOP): every call ends within one deadline, budgets 503; it answers again once resumed", () =>
     Effect.scoped(
       Effect.gen(function* () {

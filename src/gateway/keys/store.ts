@@ -121,14 +121,21 @@ export const make = Effect.fnUntraced(function* (
     return found
   }
 
-  const cache = new Map<string, { readonly record: KeyRecord | undefined; readonly until: number }>()
+  // Keys found and tokens found to be no key are remembered apart: a flood of wrong tokens (each
+  // one a store read) evicts only earlier wrong tokens, never a key that stays usable from here
+  // while the store is down.
+  type Cached = { readonly record: KeyRecord | undefined; readonly until: number }
+  const cache = new Map<string, Cached>()
+  const unknown = new Map<string, Cached>()
   const remember = (sha256: string, record: KeyRecord | undefined) => {
     cache.delete(sha256)
-    if (cache.size >= cacheCapacity) {
-      const oldest = cache.keys().next()
-      if (!oldest.done) cache.delete(oldest.value)
+    unknown.delete(sha256)
+    const into = record === undefined ? unknown : cache
+    if (into.size >= cacheCapacity) {
+      const oldest = into.keys().next()
+      if (!oldest.done) into.delete(oldest.value)
     }
-    cache.set(sha256, { record, until: now() + resolved.cacheTtlMs })
+    into.set(sha256, { record, until: now() + resolved.cacheTtlMs })
   }
 
   const unauthorized = () => gatewayError("Unauthorized", "Incorrect API key provided", { code: "invalid_api_key" })
@@ -157,7 +164,7 @@ export const make = Effect.fnUntraced(function* (
     const sha256 = hash(secret)
     const configured = configByHash.get(sha256)
     if (configured !== undefined) return accept(configured)
-    const cached = backend.local ? undefined : cache.get(sha256)
+    const cached = backend.local ? undefined : (cache.get(sha256) ?? unknown.get(sha256))
     if (cached !== undefined && cached.until > now()) return accept(cached.record)
     return Effect.matchEffect(backend.byHash(sha256), {
       onSuccess: (record) => {
@@ -529,6 +536,7 @@ export const make = Effect.fnUntraced(function* (
     refreshGauge: gauges.refresh,
     forget: (sha256) => {
       cache.delete(sha256)
+      unknown.delete(sha256)
     }
   })
 
