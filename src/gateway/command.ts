@@ -342,8 +342,11 @@ export const run = Effect.fnUntraced(function* (args: Args) {
       )
       const address = Context.get(context, HttpServer.HttpServer).address
       const url = address._tag === "UnixPathAddress" ? address.path : `http://${hostPort(host, address.port)}`
-      if (common.json)
-        yield* printJson(common, { ok: true, url, config: checked.loaded.file ?? null, gateway: file ?? null })
+      // One line: a supervisor reads the first line of a process that goes on running.
+      if (common.json) {
+        const listening = { ok: true, url, config: checked.loaded.file ?? null, gateway: file ?? null }
+        yield* printJson({ ...common, jsonLines: true }, listening)
+      }
       yield* Console.error(`orchestra: gateway listening on ${url} (OpenAI base URL ${url}/v1)`)
       return yield* Effect.never
     })

@@ -56,8 +56,16 @@ const serve = (args: ReadonlyArray<string>, extraEnv: Record<string, string> = {
       const closed = yield* Deferred.make<number | null>()
       child.stdout.setEncoding("utf8").on("data", (chunk: string) => {
         stdout += chunk
-        const match = /"url": "([^"]+)"/.exec(stdout)
-        if (match !== null) Deferred.doneUnsafe(listening, Exit.succeed(match[1]!))
+        // One JSON document on one line (a supervisor reads the first line for the URL).
+        const end = stdout.indexOf("\n")
+        if (end === -1) return
+        const first = stdout.slice(0, end)
+        try {
+          const { ok, url } = JSON.parse(first) as { readonly ok: boolean; readonly url: string }
+          Deferred.doneUnsafe(listening, ok ? Exit.succeed(url) : Exit.die(new Error(first)))
+        } catch {
+          Deferred.doneUnsafe(listening, Exit.die(new Error(`not one JSON line: ${first}`)))
+        }
       })
       child.stderr.setEncoding("utf8").on("data", (chunk: string) => {
         stderr += chunk
