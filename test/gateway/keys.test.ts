@@ -161,6 +161,34 @@ describe("KeyStore: keys", () => {
   )
 })
 
+describe("KeyStore: a key read back can be given back", () => {
+  it.effect("its budgets' periodMs is taken by create, as period is; both at once are refused naming periodMs", () =>
+    Effect.gen(function* () {
+      const store = yield* memory({})
+      const made = yield* store.create({
+        id: "orig",
+        budget: { tokens: 100, period: "1 hour" },
+        modelBudgets: { m: { usd: 2, period: "1 day" } }
+      })
+      // What an operator copies from the admin JSON into a create.
+      const shown = JSON.parse(JSON.stringify(yield* store.get(made.key.id))) as Record<string, unknown>
+      const copy = yield* store.create({ id: "copy", budget: shown.budget, modelBudgets: shown.modelBudgets })
+      const info = yield* store.get(copy.key.id)
+      assert.deepStrictEqual(
+        [info.budget, info.modelBudgets],
+        [
+          { tokens: 100, usd: undefined, periodMs: 3_600_000 },
+          { m: { tokens: undefined, usd: 2, periodMs: 86_400_000 } }
+        ]
+      )
+      const both = yield* failure(store.create({ id: "both", budget: { tokens: 1, period: 1000, periodMs: 1000 } }))
+      assert.strictEqual(both.param, "budget.periodMs")
+      const text = yield* failure(store.create({ id: "text", budget: { tokens: 1, periodMs: "1 hour" } }))
+      assert.strictEqual(text.param, "budget.periodMs")
+    }).pipe(Effect.scoped)
+  )
+})
+
 describe("KeyStore: dollar budgets", () => {
   it.effect(
     "a budget below one nano-dollar (the ledger's unit) is refused naming budget.usd, not made a $0 limit",

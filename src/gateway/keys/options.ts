@@ -155,7 +155,8 @@ const text = (path: string, input: unknown, max: number): Checked<string> =>
     ? Result.succeed(input)
     : fail(path, `expected a non-empty string of at most ${max} characters`)
 
-const budgetFields: ReadonlySet<string> = new Set(["tokens", "usd", "period"])
+// `periodMs` (milliseconds): the field a key read back shows, so that it can be given back as it is.
+const budgetFields: ReadonlySet<string> = new Set(["tokens", "usd", "period", "periodMs"])
 
 // The ledger counts money in whole nano-dollars: a smaller budget would round to a limit of $0.
 const usd = (path: string, input: unknown): Checked<number> =>
@@ -176,18 +177,26 @@ const usd = (path: string, input: unknown): Checked<number> =>
 export const budget = (path: string, input: unknown): Checked<ResolvedBudget> =>
   Result.flatMap(fields(path, input, budgetFields), (b) => {
     if (b.tokens === undefined && b.usd === undefined) return fail(path, "expected tokens, usd or both")
+    if (b.period !== undefined && b.periodMs !== undefined) {
+      return fail(at(path, "periodMs"), "give period or periodMs (milliseconds), not both")
+    }
+    const periodField = b.period === undefined && b.periodMs !== undefined ? "periodMs" : "period"
+    const periodInput = b.period ?? b.periodMs
+    if (periodField === "periodMs" && typeof periodInput !== "number") {
+      return fail(at(path, "periodMs"), `expected milliseconds, got ${typeof periodInput}`)
+    }
     return Result.map(
       Input.all([
         Input.optional(b.tokens, (n) => Input.positiveInt(at(path, "tokens"), n, 1e15)),
         Input.optional(b.usd, (n) => usd(at(path, "usd"), n)),
-        Input.optional(b.period, (d) =>
-          Result.flatMap(Input.duration(at(path, "period"), d), (period) => {
+        Input.optional(periodInput, (d) =>
+          Result.flatMap(Input.duration(at(path, periodField), d), (period) => {
             const ms = Duration.toMillis(period)
             // A period's counters expire in Redis a period (plus the longest lease) after its start.
             return Number.isInteger(ms) && ms >= 1000 && ms <= Input.maxRedisMillis
               ? Result.succeed(ms)
               : fail(
-                  at(path, "period"),
+                  at(path, periodField),
                   `expected whole milliseconds from 1 second to ${Input.maxRedisMillis} ms (about 35,678 years), got ${ms}`
                 )
           })
