@@ -387,3 +387,15 @@ describe("orchestra prompts from a pipe", () => {
     }).pipe(Effect.scoped)
   )
 })
+
+describe("config messages cut to 240 characters", () => {
+  it("are never cut inside a character (a lone surrogate would print as garbage or break JSON consumers)", () => {
+    const loneSurrogate = /[\uD800-\uDBFF](?![\uDC00-\uDFFF])|(?<![\uD800-\uDBFF])[\uDC00-\uDFFF]/
+    for (let at = 234; at <= 238; at++) {
+      const cut = CliConfig.tidy(`${"x".repeat(at)}${"😀".repeat(10)}`)
+      assert.isAtMost(cut.length, 240)
+      assert.isTrue(cut.endsWith("..."))
+      assert.notMatch(cut, loneSurrogate, `emoji from ${at}`)
+    }
+  })
+})

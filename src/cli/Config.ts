@@ -118,7 +118,10 @@ const leafHook: SchemaIssue.LeafHook = (issue) =>
  */
 export const tidy = (message: string): string => {
   const text = message.replace(/^Expected /, "expected ")
-  return text.length > 240 ? `${text.slice(0, 237)}...` : text
+  if (text.length <= 240) return text
+  // Not between the two halves of a character outside the BMP (an emoji): a lone half is no text.
+  const end = /[\uD800-\uDBFF]/.test(text[236]!) ? 236 : 237
+  return `${text.slice(0, end)}...`
 }
 
 const kind = (u: unknown): string =>
