@@ -84,6 +84,9 @@ export const finishReasonOf = (reason: string | null | undefined): Model.FinishR
     case "tool_calls":
     case "function_call":
       return "tool_calls"
+    // OpenRouter ends an answer its upstream failed this way: the gateway answers it as an error.
+    case "error":
+      return "error"
     default:
       return "unknown"
   }

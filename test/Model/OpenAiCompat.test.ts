@@ -1260,3 +1260,10 @@ describe("OpenAiCompat over fetch with a key in headers", () => {
     }).pipe(Effect.provide(FetchHttpClient.layer))
   )
 })
+
+describe("OpenAiCompat finish reasons", () => {
+  it("an upstream's own error finish (OpenRouter's finish_reason: error) is an error finish, not unknown", () => {
+    assert.strictEqual(OpenAiCompat.finishReasonOf("error"), "error")
+    assert.strictEqual(OpenAiCompat.finishReasonOf("something-new"), "unknown")
+  })
+})
