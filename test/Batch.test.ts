@@ -13,6 +13,7 @@ import * as Policy from "../src/Policy.js"
 import { Router } from "../src/Router.js"
 import { Stats } from "../src/Stats.js"
 import { captureLogs } from "./utils/logs.js"
+import { custom, managerOver } from "./utils/batch.js"
 
 const { Outcome } = Mock
 const noRetry = Policy.retry({ maxAttempts: 1 })
@@ -75,25 +76,8 @@ const response = (name: string, text: string) => ({
   model: "m"
 })
 
-/** A provider whose `generate` is the given function (defects and self-interruptions included). */
-const custom = (name: string, generate: ProviderService["generate"]): ProviderService => ({
-  name,
-  defaultModel: "m",
-  generate,
-  stream: () => Stream.die("unused"),
-  embed: () => Effect.die("unused")
-})
-
 const customOrchestra = (provider: ProviderService, options: { readonly maxConcurrent?: number } = {}) =>
-  Effect.gen(function* () {
-    const scope = yield* Scope.make()
-    const context = yield* Layer.buildWithScope(
-      Orchestra.layer({ breakers: false, ...options, providers: { p: Layer.succeed(ModelProvider, provider) } }),
-      scope
-    ).pipe(Effect.provideService(Metric.MetricRegistry, new Map()))
-    yield* Effect.addFinalizer(() => Scope.close(scope, Exit.void))
-    return Context.get(context, Batch.Batch)
-  })
+  Effect.map(managerOver(provider, options), (manager) => manager.batch)
 
 describe("Batch.run outcomes", () => {
   it.effect("one outcome per item in input order: success, error, timeout, rejected; the batch never fails", () =>

@@ -23,6 +23,18 @@ const build = (server: RedisServer, options: CircuitBreaker.RedisOptions) =>
     Context.get(CircuitBreaker.Breakers)
   )
 
+/** Breakers on a fresh prefix, and a connection of the test's own to read and poke Redis. */
+const buildWithRaw = (server: RedisServer, options: Omit<CircuitBreaker.RedisOptions, "prefix">) =>
+  Effect.gen(function* () {
+    const prefix = `${uniqueKey("p")}:`
+    const breakers = yield* build(server, { prefix, ...options })
+    const raw = Context.get(yield* Layer.build(Redis.layer({ url: server.url })), PersistenceRedis.Redis)
+    return { prefix, breakers, raw }
+  })
+
+/** A Redis deadline short enough for a test, and no outage report in its time. */
+const quietRedis = { timeout: "300 millis", reportAfter: "1 minute" } as const
+
 const storeErrors = Effect.map(
   Metric.value(Metric.withAttributes(Metrics.storeErrors, { store: "breaker" })),
   (s) => s.count
@@ -144,9 +156,7 @@ describe.skipIf(skipRedis)(`CircuitBreaker on Redis${skipRedis ? ` (${skipReason
   it.live("isolate and reset racing: the one Redis ran last is this process's view and last change too", () =>
     Effect.gen(function* () {
       const server = yield* startRedis
-      const prefix = `${uniqueKey("p")}:`
-      const breakers = yield* build(server, { prefix, failMax: 1, resetTimeout: "1 minute" })
-      const raw = Context.get(yield* Layer.build(Redis.layer({ url: server.url })), PersistenceRedis.Redis)
+      const { prefix, breakers, raw } = yield* buildWithRaw(server, { failMax: 1, resetTimeout: "1 minute" })
       const gauge = (key: string) =>
         Effect.map(Metric.value(Metric.withAttributes(Metrics.breakerState, { breaker: key })), (s) => s.value)
       for (const order of ["isolate, reset", "reset, isolate"] as const) {
@@ -179,15 +189,12 @@ describe.skipIf(skipRedis)(`CircuitBreaker on Redis${skipRedis ? ` (${skipReason
     () =>
       Effect.gen(function* () {
         const server = yield* startRedis
-        const prefix = `${uniqueKey("p")}:`
-        const breakers = yield* build(server, {
-          prefix,
+        const { prefix, breakers, raw } = yield* buildWithRaw(server, {
           failMax: 1,
           resetTimeout: "200 millis",
           probeLease: "1 minute",
-          redis: { timeout: "300 millis", reportAfter: "1 minute" }
+          redis: quietRedis
         })
-        const raw = Context.get(yield* Layer.build(Redis.layer({ url: server.url })), PersistenceRedis.Redis)
         const key = uniqueKey("lost-record")
         yield* Effect.exit(breakers.execute(key, overloaded))
         yield* Effect.sleep("250 millis")
@@ -213,14 +220,11 @@ describe.skipIf(skipRedis)(`CircuitBreaker on Redis${skipRedis ? ` (${skipReason
   it.live("a failure whose record was refused before it was sent (client offline) is counted later: it trips", () =>
     Effect.gen(function* () {
       const server = yield* startRedis
-      const prefix = `${uniqueKey("p")}:`
-      const breakers = yield* build(server, {
-        prefix,
+      const { prefix, breakers, raw } = yield* buildWithRaw(server, {
         failMax: 1,
         resetTimeout: "1 minute",
-        redis: { timeout: "300 millis", reportAfter: "1 minute" }
+        redis: quietRedis
       })
-      const raw = Context.get(yield* Layer.build(Redis.layer({ url: server.url })), PersistenceRedis.Redis)
       const key = uniqueKey("lost-failure")
       assert.strictEqual(yield* breakers.execute(key, ok), "ok")
       const send = (...args: ReadonlyArray<string>) => Effect.orDie(raw.send(args[0]!, ...args.slice(1)))
@@ -256,14 +260,11 @@ describe.skipIf(skipRedis)(`CircuitBreaker on Redis${skipRedis ? ` (${skipReason
     () =>
       Effect.gen(function* () {
         const server = yield* startRedis
-        const prefix = `${uniqueKey("p")}:`
-        const breakers = yield* build(server, {
-          prefix,
+        const { prefix, breakers, raw } = yield* buildWithRaw(server, {
           failMax: 1,
           resetTimeout: "1 minute",
-          redis: { timeout: "300 millis", reportAfter: "1 minute" }
+          redis: quietRedis
         })
-        const raw = Context.get(yield* Layer.build(Redis.layer({ url: server.url })), PersistenceRedis.Redis)
         const key = uniqueKey("late-record")
         // Redis holds the scripts (a first call loads them).
         assert.strictEqual(yield* breakers.execute(uniqueKey("warm"), ok), "ok")

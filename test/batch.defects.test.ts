@@ -3,26 +3,18 @@
  * `Batch.stream`): each test failed before its fix.
  */
 import { assert, describe, it } from "@effect/vitest"
-import { Context, Effect, Exit, Fiber, Layer, Metric, Result, Scope, Stream, Tracer } from "effect"
+import { Effect, Exit, Fiber, Result, Stream, Tracer } from "effect"
 import { TestClock } from "effect/testing"
 import type { AiError } from "../src/AiError.js"
 import * as Batch from "../src/Batch.js"
-import { ModelProvider, type Service as ProviderService } from "../src/Model.js"
-import * as Orchestra from "../src/Orchestra.js"
+import type { Service as ProviderService } from "../src/Model.js"
 import * as Policy from "../src/Policy.js"
 import { Router } from "../src/Router.js"
 import { Executor } from "../src/Executor.js"
+import { custom, managerOver as overProvider } from "./utils/batch.js"
 import { setup } from "./utils/executor.js"
 import { captureLogs } from "./utils/logs.js"
 import { recording } from "./utils/tracer.js"
-
-const custom = (name: string, generate: ProviderService["generate"]): ProviderService => ({
-  name,
-  defaultModel: "m",
-  generate,
-  stream: () => Stream.die("unused"),
-  embed: () => Effect.die("unused")
-})
 
 const response = (text: string) => ({
   text,
@@ -34,23 +26,9 @@ const response = (text: string) => ({
 
 /** A manager over one provider `p` (domain `d`, 1 s deadline, no retry), in a scope of the test. */
 const managerOver = (provider: ProviderService, options: { readonly maxConcurrent?: number } = {}) =>
-  Effect.gen(function* () {
-    const scope = yield* Scope.make()
-    const context = yield* Layer.buildWithScope(
-      Orchestra.layer({
-        breakers: false,
-        ...options,
-        providers: { p: Layer.succeed(ModelProvider, provider) },
-        domains: [{ name: "d", provider: "p", timeout: 1000, retry: Policy.retry({ maxAttempts: 1 }) }]
-      }),
-      scope
-    ).pipe(Effect.provideService(Metric.MetricRegistry, new Map()))
-    yield* Effect.addFinalizer(() => Scope.close(scope, Exit.void))
-    return {
-      batch: Context.get(context, Batch.Batch),
-      executor: Context.get(context, Executor),
-      router: Context.get(context, Router)
-    }
+  overProvider(provider, {
+    ...options,
+    domains: [{ name: "d", provider: "p", timeout: 1000, retry: Policy.retry({ maxAttempts: 1 }) }]
   })
 
 /** `effect` in a span of a tracer the application provided: the executor's traced path. */
