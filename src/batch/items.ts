@@ -5,11 +5,12 @@
  * @internal
  */
 import { Effect, Result } from "effect"
-import { type AiError, invalidRequest, ModelError } from "../AiError.js"
+import { type AiError, invalidRequest, type ModelError } from "../AiError.js"
 import * as Input from "../Input.js"
 import type { ProgressEvent } from "../Batch.js"
 import type { GenerateRequest } from "../Model.js"
 import type { Service as RouterService } from "../Router.js"
+import { renamed } from "../policy/failure.js"
 
 /** An item made into a request, with the domain it names (if any) and the form it came in. */
 export interface Parsed {
@@ -123,29 +124,6 @@ export const underItem = <E extends AiError>(error: E, index: number, from: Pars
   const field = error.field
   const named = itemField(`items[${index}]`, field === "(root)" ? undefined : field, from)
   return named === undefined ? error : renamed(error, named)
-}
-
-/**
- * An `InvalidRequest` naming `named` instead of its own field (`prompt` of the third request
- * of a batch is `requests[2].prompt`), its message too; everything else kept.
- */
-export const renamed = <E extends AiError>(error: E, named: string): E => {
-  if (error._tag !== "ModelError" || error.reason !== "InvalidRequest") return error
-  const field = error.field
-  const message =
-    field !== undefined && error.message.startsWith(`invalid ${field}:`)
-      ? `invalid ${named}:${error.message.slice(`invalid ${field}:`.length)}`
-      : error.message
-  return new ModelError({
-    reason: error.reason,
-    message,
-    field: named,
-    provider: error.provider,
-    model: error.model,
-    status: error.status,
-    retryAfter: error.retryAfter,
-    cause: error.cause
-  }) as E
 }
 
 const itemField = (item: string, field: string | undefined, from: Parsed["via"] | "domain"): string | undefined => {

@@ -105,3 +105,28 @@ export const exhaustedOr = (failures: ReadonlyArray<FailedAttempt>, steps: numbe
   steps > 1 && failures.length === steps && shouldFallback(error)
     ? new FallbackExhaustedError({ attempts: failures })
     : error
+
+/**
+ * An `InvalidRequest` naming `named` instead of its own field (`prompt` of the third request
+ * of a batch is `requests[2].prompt`), its message too; everything else kept.
+ *
+ * @internal
+ */
+export const renamed = <E extends AiError>(error: E, named: string): E => {
+  if (error._tag !== "ModelError" || error.reason !== "InvalidRequest") return error
+  const field = error.field
+  const message =
+    field !== undefined && error.message.startsWith(`invalid ${field}:`)
+      ? `invalid ${named}:${error.message.slice(`invalid ${field}:`.length)}`
+      : error.message
+  return new ModelError({
+    reason: error.reason,
+    message,
+    field: named,
+    provider: error.provider,
+    model: error.model,
+    status: error.status,
+    retryAfter: error.retryAfter,
+    cause: error.cause
+  }) as E
+}
