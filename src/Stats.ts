@@ -243,6 +243,7 @@ export const make: Effect.Effect<Service, never, Scope.Scope> = Effect.gen(funct
         }
         latency.add(s.latency, b.latency)
         service.add(s.service, b.service)
+        service.add(s.streamService, b.streamService)
         queueWait.add(s.queueWait, b.queueWait)
         ttft.add(s.timeToFirstToken, b.timeToFirstToken)
       }

@@ -1,5 +1,6 @@
 import { assert, describe, it } from "@effect/vitest"
-import { Context, Effect, Layer, Metric, Stream } from "effect"
+import { Context, Effect, Fiber, Layer, Metric, Stream } from "effect"
+import { TestClock } from "effect/testing"
 import { HttpRouter } from "effect/http"
 import { Outcome } from "../src/Model/Mock.js"
 import * as Prometheus from "../src/Prometheus.js"
@@ -28,6 +29,25 @@ describe("Prometheus", () => {
       assert.include(tripped, 'orchestra_breaker_state{breaker="a"} 1')
       assert.include(tripped, 'orchestra_breaker_transitions_total{breaker="a",from="closed",to="open"} 1')
       assert.include(tripped, 'orchestra_failures_total{provider="a",domain="d-a",reason="Overloaded"} 1')
+    })
+  )
+
+  it.effect("orchestra_service_duration_ms counts calls and streams, recorded apart for hedging", () =>
+    Effect.gen(function* () {
+      const { router, registry } = yield* makeManager({ a: { latency: "40 millis", chunkDelay: "3 seconds" } })
+      const call = yield* Effect.forkChild(router.execute({ prompt: "q" }, "d-a"))
+      yield* TestClock.adjust("40 millis")
+      yield* Fiber.join(call)
+      const stream = yield* Effect.forkChild(Stream.runDrain(router.stream({ prompt: "q" }, "d-a")))
+      yield* TestClock.adjust("1 minute")
+      yield* Fiber.join(stream)
+      const text = yield* Prometheus.text.pipe(Effect.provideService(Metric.MetricRegistry, registry))
+      const line = (name: string) =>
+        text.split("\n").find((l) => l.startsWith(`orchestra_service_duration_ms_${name}{provider="a",domain="d-a"}`))
+      assert.strictEqual(line("count")?.split(" ")[1], "2")
+      // 40 ms for the call; the stream's mock echoes "q" in one word: 40 ms too, plus its Finish after 3 s.
+      const sum = Number(line("sum")?.split(" ")[1])
+      assert.isAbove(sum, 3_040)
     })
   )
 

@@ -1,5 +1,5 @@
 import { assert, describe, it } from "@effect/vitest"
-import { Effect, Exit, Fiber, Tracer } from "effect"
+import { Effect, Exit, Fiber, Stream, Tracer } from "effect"
 import type { AiError } from "../src/AiError.js"
 import { TestClock } from "effect/testing"
 import { Outcome } from "../src/Model/Mock.js"
@@ -50,6 +50,56 @@ describe('Router.hedge after: "p95"', () => {
       assert.strictEqual(backup.response.text, "backup")
       assert.isTrue(backup.hedgeWon)
       assert.deepStrictEqual((yield* stats.snapshot()).hedges, { started: 1, won: 1, lost: 0 })
+    })
+  )
+})
+
+describe('Router.hedge after: "p95" on a domain that also streams', () => {
+  it.effect("reads the p95 of the domain's calls: its streams, seconds long, do not delay every backup", () =>
+    Effect.gen(function* () {
+      const { router, controls, stats } = yield* makeManager({
+        // 30 streams of ten words (100 ms + 9 x 1 s each), 20 calls answered in 100 ms, then one that stalls.
+        primary: {
+          script: [
+            ...Array.from({ length: 50 }, () => Outcome.succeed("a b c d e f g h i j")),
+            Outcome.hang()
+          ],
+          latency: "100 millis",
+          chunkDelay: "1 second"
+        },
+        backup: { latency: "5 millis", respond: () => "backup" }
+      })
+      const streams = yield* Effect.forkChild(
+        Effect.forEach(
+          Array.from({ length: 30 }, (_, i) => i),
+          () => Stream.runDrain(router.stream(ask, "d-primary")),
+          {
+            concurrency: "unbounded"
+          }
+        )
+      )
+      yield* TestClock.adjust("20 seconds")
+      yield* Fiber.join(streams)
+      for (let i = 0; i < 20; i++) {
+        const call = yield* Effect.forkChild(router.execute(ask, "d-primary"))
+        yield* TestClock.adjust("100 millis")
+        yield* Fiber.join(call)
+      }
+      // Every attempt served, streams included, is still in the domain's service time.
+      assert.isAbove((yield* stats.snapshot({ provider: "primary" })).serviceTime.p95, 9_000)
+      const hedged = yield* Effect.forkChild(
+        router.hedge(ask, ["d-primary", "d-backup"], { after: "p95", defaultAfter: "2 seconds" })
+      )
+      yield* TestClock.adjust("99 millis")
+      assert.strictEqual(yield* controls.backup!.calls, 0, "no backup before the calls' p95")
+      yield* TestClock.adjust("11 millis")
+      assert.strictEqual(
+        yield* controls.backup!.calls,
+        1,
+        "the backup starts at the calls' p95 (100 ms), not the streams'"
+      )
+      yield* TestClock.adjust("1 second")
+      yield* Fiber.join(hedged)
     })
   )
 })

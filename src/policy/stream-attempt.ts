@@ -272,7 +272,7 @@ export const attemptStarter = (host: AttemptHost) => {
               if (attempt.serving) {
                 attempt.serving = false
                 for (const g of attempt.series.gauges) g.exit()
-                attempt.series.service.record(now() - attempt.started)
+                attempt.series.streamService.record(now() - attempt.started)
               }
               if (attempt.end === undefined) {
                 attempt.end = Exit.isSuccess(exit)

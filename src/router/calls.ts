@@ -18,6 +18,7 @@ import { CurrentCut, type Cut } from "../policy/plan.js"
 import { isTraced, traced } from "../policy/span.js"
 import type { Answer, CallOptions, HedgeOptions, Service, StreamOptions } from "../Router.js"
 import type { Service as StatsService } from "../Stats.js"
+import { WindowHistogram } from "../stats/series.js"
 import { noDomains, optionKeys, type Planner, retryHook, unknownOption } from "./plan.js"
 
 const notAnArray = invalidRequest("domains", "expected an array of domain names")
@@ -186,8 +187,12 @@ export const makeCalls = (env: Env) => {
       )
       if (after !== undefined) return after
       const { domain, provider } = yield* resolve(first)
-      const s = yield* stats.snapshot({ provider: provider.name, domain: domain.name })
-      return s.successes >= 20 ? Duration.max(Duration.millis(s.serviceTime.p95), minP95After) : fallback
+      // Its calls' service time in the window: its streams (seconds long where a call takes
+      // milliseconds, and never hedged) are recorded apart.
+      const series = stats.series(provider.name, domain.name)
+      const calls = new WindowHistogram()
+      calls.add(series.service, series.baseline.service)
+      return calls.count >= 20 ? Duration.max(Duration.millis(calls.quantile(0.95)), minP95After) : fallback
     })
 
   const hedge = (request: GenerateRequest, names: ReadonlyArray<string>, options: HedgeOptions) =>

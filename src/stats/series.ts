@@ -60,6 +60,21 @@ export class Histogram {
   }
 }
 
+// One exported histogram of two recorded apart (calls' and streams' service times).
+const mergedState = (a: Histogram, b: Histogram): Metric.HistogramState => {
+  const sa = a.state()
+  if (b.count === 0) return sa
+  const sb = b.state()
+  const count = sa.count + sb.count
+  return {
+    buckets: sa.buckets.map(([bound, n], i) => [bound, n + sb.buckets[i]![1]] as [number, number]),
+    count,
+    sum: sa.sum + sb.sum,
+    min: a.count === 0 ? sb.min : Math.min(sa.min, sb.min),
+    max: Math.max(sa.max, sb.max)
+  }
+}
+
 /** A histogram's figures at a window start. */
 export interface HistogramBase {
   readonly buckets: Float64Array
@@ -83,6 +98,7 @@ export interface Baseline {
   readonly outputTokens: number
   readonly latency: HistogramBase
   readonly service: HistogramBase
+  readonly streamService: HistogramBase
   readonly queueWait: HistogramBase
   readonly timeToFirstToken: HistogramBase
 }
@@ -130,7 +146,10 @@ export class Series {
   inputTokens = 0
   outputTokens = 0
   readonly latency = new Histogram()
+  /** The service time of calls (generate, embed): what `after: "p95"` reads. */
   readonly service = new Histogram()
+  /** The service time of streams, from their start to their end: seconds where a call takes milliseconds. */
+  readonly streamService = new Histogram()
   readonly queueWait = new Histogram()
   readonly timeToFirstToken = new Histogram()
   baseline: Baseline
@@ -161,6 +180,7 @@ export class Series {
       outputTokens: 0,
       latency: zeroBase(),
       service: zeroBase(),
+      streamService: zeroBase(),
       queueWait: zeroBase(),
       timeToFirstToken: zeroBase()
     }
@@ -180,7 +200,7 @@ export class Series {
     counter(Metrics.inputTokens, () => this.inputTokens)
     counter(Metrics.outputTokens, () => this.outputTokens)
     this.register(Metrics.latency, () => this.latency.state())
-    this.register(Metrics.serviceTime, () => this.service.state())
+    this.register(Metrics.serviceTime, () => mergedState(this.service, this.streamService))
     this.register(Metrics.queueWait, () => this.queueWait.state())
     this.register(Metrics.timeToFirstToken, () => this.timeToFirstToken.state())
     this.register(Metrics.inFlight, () => ({ value: own.inFlight }))
@@ -244,10 +264,11 @@ export class Series {
       outputTokens: this.outputTokens,
       latency: baseOf(this.latency),
       service: baseOf(this.service),
+      streamService: baseOf(this.streamService),
       queueWait: baseOf(this.queueWait),
       timeToFirstToken: baseOf(this.timeToFirstToken)
     }
-    for (const h of [this.latency, this.service, this.queueWait, this.timeToFirstToken]) {
+    for (const h of [this.latency, this.service, this.streamService, this.queueWait, this.timeToFirstToken]) {
       h.windowMin = Number.POSITIVE_INFINITY
       h.windowMax = 0
     }
