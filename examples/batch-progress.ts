@@ -10,10 +10,10 @@
  */
 import { NodeRuntime } from "@effect/platform-node"
 import { Console, Effect, Stream } from "effect"
-import * as Batch from "../src/Batch.js"
-import * as Mock from "../src/Model/Mock.js"
-import * as Orchestra from "../src/Orchestra.js"
-import * as Stats from "../src/Stats.js"
+import * as Batch from "effect-orchestra/Batch"
+import * as Mock from "effect-orchestra/Model/Mock"
+import * as Orchestra from "effect-orchestra/Orchestra"
+import * as Stats from "effect-orchestra/Stats"
 
 const Provider = Mock.layer({
   name: "helpdesk-model",

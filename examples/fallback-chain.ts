@@ -14,12 +14,12 @@
  */
 import { NodeRuntime } from "@effect/platform-node"
 import { Clock, Console, Effect } from "effect"
-import * as Local from "../src/Model/Local.js"
-import * as Mock from "../src/Model/Mock.js"
-import * as Orchestra from "../src/Orchestra.js"
-import * as Policy from "../src/Policy.js"
-import { Router } from "../src/Router.js"
-import * as Stats from "../src/Stats.js"
+import * as Local from "effect-orchestra/Model/Local"
+import * as Mock from "effect-orchestra/Model/Mock"
+import * as Orchestra from "effect-orchestra/Orchestra"
+import * as Policy from "effect-orchestra/Policy"
+import { Router } from "effect-orchestra/Router"
+import * as Stats from "effect-orchestra/Stats"
 
 // The hosted primary answers 503 Overloaded to everything for now (after 80 ms each).
 const Primary = Mock.layer({

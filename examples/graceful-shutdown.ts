@@ -15,10 +15,10 @@
  */
 import { NodeRuntime } from "@effect/platform-node"
 import { Cause, Clock, Console, Context, Effect, Exit, Fiber, Layer, Scope } from "effect"
-import { ModelProvider } from "../src/Model.js"
-import * as Mock from "../src/Model/Mock.js"
-import * as Orchestra from "../src/Orchestra.js"
-import { Router } from "../src/Router.js"
+import { ModelProvider } from "effect-orchestra/Model"
+import * as Mock from "effect-orchestra/Model/Mock"
+import * as Orchestra from "effect-orchestra/Orchestra"
+import { Router } from "effect-orchestra/Router"
 
 const outcomeOf = (exit: Exit.Exit<{ readonly response: { readonly text: string } }, { readonly _tag: string }>) =>
   Exit.match(exit, {

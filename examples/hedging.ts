@@ -8,12 +8,12 @@
  */
 import { NodeRuntime } from "@effect/platform-node"
 import { Clock, Console, Effect, Layer } from "effect"
-import type { AiError } from "../src/AiError.js"
-import { ModelProvider } from "../src/Model.js"
-import * as Mock from "../src/Model/Mock.js"
-import * as Orchestra from "../src/Orchestra.js"
-import { Router } from "../src/Router.js"
-import * as Stats from "../src/Stats.js"
+import type { AiError } from "effect-orchestra/AiError"
+import { ModelProvider } from "effect-orchestra/Model"
+import * as Mock from "effect-orchestra/Model/Mock"
+import * as Orchestra from "effect-orchestra/Orchestra"
+import { Router } from "effect-orchestra/Router"
+import * as Stats from "effect-orchestra/Stats"
 
 const percentile = (values: ReadonlyArray<number>, p: number) =>
   [...values].sort((a, b) => a - b)[Math.min(values.length - 1, Math.floor(p * values.length))] ?? 0

@@ -10,11 +10,11 @@ import * as http from "node:http"
 import { NodeHttpClient, NodeHttpServer, NodeRuntime } from "@effect/platform-node"
 import { Deferred, Effect, Layer } from "effect"
 import { HttpServerRequest, HttpServerResponse } from "effect/http"
-import * as CircuitBreaker from "../src/CircuitBreaker.js"
-import * as Discovery from "../src/Discovery.js"
-import * as Executor from "../src/Executor.js"
-import * as HttpAgent from "../src/HttpAgent.js"
-import * as Mock from "../src/Model/Mock.js"
+import * as CircuitBreaker from "effect-orchestra/CircuitBreaker"
+import * as Discovery from "effect-orchestra/Discovery"
+import * as Executor from "effect-orchestra/Executor"
+import * as HttpAgent from "effect-orchestra/HttpAgent"
+import * as Mock from "effect-orchestra/Model/Mock"
 
 /** Serves `answer` on a fresh loopback port for the current scope; returns the agent's URL. */
 const startAgent = (answer: (task: HttpAgent.TaskBody) => Effect.Effect<HttpServerResponse.HttpServerResponse>) =>

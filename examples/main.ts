@@ -10,14 +10,14 @@
  */
 import { NodeRuntime } from "@effect/platform-node"
 import { Console, Effect, Result } from "effect"
-import * as Batch from "../src/Batch.js"
-import * as Domain from "../src/Domain.js"
-import * as Local from "../src/Model/Local.js"
-import * as Mock from "../src/Model/Mock.js"
-import * as Orchestra from "../src/Orchestra.js"
-import * as Policy from "../src/Policy.js"
-import { Router } from "../src/Router.js"
-import * as Stats from "../src/Stats.js"
+import * as Batch from "effect-orchestra/Batch"
+import * as Domain from "effect-orchestra/Domain"
+import * as Local from "effect-orchestra/Model/Local"
+import * as Mock from "effect-orchestra/Model/Mock"
+import * as Orchestra from "effect-orchestra/Orchestra"
+import * as Policy from "effect-orchestra/Policy"
+import { Router } from "effect-orchestra/Router"
+import * as Stats from "effect-orchestra/Stats"
 
 const Manager = Orchestra.layer({
   providers: {

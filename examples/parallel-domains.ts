@@ -9,10 +9,10 @@
  */
 import { NodeRuntime } from "@effect/platform-node"
 import { Clock, Console, Effect, Layer, Result } from "effect"
-import { ModelProvider, type Service } from "../src/Model.js"
-import * as Mock from "../src/Model/Mock.js"
-import * as Orchestra from "../src/Orchestra.js"
-import { Router } from "../src/Router.js"
+import { ModelProvider, type Service } from "effect-orchestra/Model"
+import * as Mock from "effect-orchestra/Model/Mock"
+import * as Orchestra from "effect-orchestra/Orchestra"
+import { Router } from "effect-orchestra/Router"
 
 const program = Effect.gen(function* () {
   // Providers built here so that the example can read their controls (calls, interruptions).

@@ -11,10 +11,10 @@
  */
 import { NodeRuntime } from "@effect/platform-node"
 import { Effect, Layer } from "effect"
-import * as Executor from "../src/Executor.js"
-import * as Mock from "../src/Model/Mock.js"
-import * as Pipeline from "../src/Pipeline.js"
-import * as Stats from "../src/Stats.js"
+import * as Executor from "effect-orchestra/Executor"
+import * as Mock from "effect-orchestra/Model/Mock"
+import * as Pipeline from "effect-orchestra/Pipeline"
+import * as Stats from "effect-orchestra/Stats"
 
 interface Question {
   readonly question: string

@@ -13,10 +13,10 @@
  */
 import { NodeRuntime } from "@effect/platform-node"
 import { Effect } from "effect"
-import { createOrchestra, OrchestraError } from "../src/Facade.js"
-import * as Mock from "../src/Model/Mock.js"
-import * as Orchestra from "../src/Orchestra.js"
-import * as Stats from "../src/Stats.js"
+import { createOrchestra, OrchestraError } from "effect-orchestra/Facade"
+import * as Mock from "effect-orchestra/Model/Mock"
+import * as Orchestra from "effect-orchestra/Orchestra"
+import * as Stats from "effect-orchestra/Stats"
 
 async function main(): Promise<void> {
   const orchestra = createOrchestra(

@@ -4,9 +4,9 @@
  */
 import { NodeRuntime } from "@effect/platform-node"
 import { Console, Duration, Effect, Layer, Result } from "effect"
-import * as Executor from "../src/Executor.js"
-import * as Mock from "../src/Model/Mock.js"
-import * as Stats from "../src/Stats.js"
+import * as Executor from "effect-orchestra/Executor"
+import * as Mock from "effect-orchestra/Model/Mock"
+import * as Stats from "effect-orchestra/Stats"
 
 // A provider that answers in 200-600 ms, fails now and then with a retryable error, and sometimes hangs.
 const Provider = Mock.layer({

@@ -18,12 +18,12 @@
  */
 import { NodeRuntime } from "@effect/platform-node"
 import { Clock, Console, Effect, Layer, Stream } from "effect"
-import type { AiError } from "../src/AiError.js"
-import * as Executor from "../src/Executor.js"
-import type { StreamPart } from "../src/Model.js"
-import * as Local from "../src/Model/Local.js"
-import * as Mock from "../src/Model/Mock.js"
-import * as Stats from "../src/Stats.js"
+import type { AiError } from "effect-orchestra/AiError"
+import * as Executor from "effect-orchestra/Executor"
+import type { StreamPart } from "effect-orchestra/Model"
+import * as Local from "effect-orchestra/Model/Local"
+import * as Mock from "effect-orchestra/Model/Mock"
+import * as Stats from "effect-orchestra/Stats"
 
 const print = (stream: Stream.Stream<StreamPart, AiError>) =>
   Effect.gen(function* () {
