@@ -70,6 +70,20 @@ must(
   program.out
 )
 
+// The README's programs, copied as they are: they import the package as an application does.
+for (const [example, key] of [
+  ["quickstart.ts", /one call: mock answer to: Summarise the release notes/],
+  ["promise-facade.ts", /after dispose: OrchestraError\(ShuttingDownError\)/]
+]) {
+  cpSync(join(root, "examples", example), join(dir, example))
+  const ran = sh(process.execPath, [example], dir)
+  must(
+    ran.code === 0 && key.test(ran.out),
+    `examples/${example} copied as is runs on node ${process.version} (its types stripped) against the published build`,
+    ran.out
+  )
+}
+
 for (const resolution of ["nodenext", "bundler"]) {
   const module = resolution === "nodenext" ? "nodenext" : "esnext"
   writeFileSync(
