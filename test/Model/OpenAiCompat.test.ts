@@ -19,7 +19,7 @@ import {
 } from "effect"
 import { FetchHttpClient, HttpClient } from "effect/http"
 import { TestClock } from "effect/testing"
-import { type AiError, isRetryable, ModelError, TimeoutError } from "../../src/AiError.js"
+import { type AiError, isRetryable, ModelError, shouldFallback, TimeoutError } from "../../src/AiError.js"
 import * as Model from "../../src/Model.js"
 import * as OpenAiCompat from "../../src/Model/OpenAiCompat.js"
 import * as UndiciHttpClient from "../../src/UndiciHttpClient.js"
@@ -278,7 +278,17 @@ for (const [name, client] of [
                 }
               }
             ],
-            p: [404, { object: "error", message: "The model `nope` does not exist.", type: "NotFoundError", code: 404 }]
+            p: [
+              404,
+              { object: "error", message: "The model `nope` does not exist.", type: "NotFoundError", code: 404 }
+            ],
+            // llama.cpp's server started without what the call needs: permanent for it, another may serve.
+            q: [
+              501,
+              { error: { code: 501, message: "This server does not support tools.", type: "not_supported_error" } }
+            ],
+            // A server that echoes the key in `param` does not put it in the error's field.
+            r: [400, { error: { message: "bad header", type: "invalid_request_error", param: `Bearer ${KEY}` } }]
           }
           const server = yield* Server.make((req, res) => {
             const [status, body] = answers[promptOf(req)]!
@@ -302,7 +312,9 @@ for (const [name, client] of [
             m: "Unavailable",
             n: "Unavailable",
             o: "InvalidRequest",
-            p: "InvalidRequest"
+            p: "InvalidRequest",
+            q: "InvalidRequest",
+            r: "InvalidRequest"
           }
           for (const [key, want] of Object.entries(expected)) assert.strictEqual((yield* reason(key)).reason, want, key)
           assert.strictEqual((yield* reason("d")).field, "messages")
@@ -310,6 +322,11 @@ for (const [name, client] of [
           assert.strictEqual((yield* reason("o")).field, "model")
           assert.strictEqual((yield* reason("p")).field, "model")
           assert.isTrue(isRetryable(yield* reason("n")))
+          const notImplemented = yield* reason("q")
+          assert.strictEqual(notImplemented.field, "model")
+          assert.isFalse(isRetryable(notImplemented))
+          assert.isTrue(shouldFallback(notImplemented))
+          assert.strictEqual((yield* reason("r")).field, "Bearer <redacted>")
           assert.include((yield* reason("f")).message, "gateway timeout")
           assert.include((yield* reason("a")).message, "The server had an error")
         })

@@ -5,7 +5,7 @@ import { assert, describe, it, layer } from "@effect/vitest"
 import { Cause, Duration, Effect, Exit, Fiber, Redacted, Result, type Scope, Stream, Tracer } from "effect"
 import { FetchHttpClient, HttpClient, HttpClientError, HttpClientRequest } from "effect/http"
 import { TestClock } from "effect/testing"
-import { isRetryable, ModelError, TimeoutError } from "../../src/AiError.js"
+import { isRetryable, ModelError, shouldFallback, TimeoutError } from "../../src/AiError.js"
 import type * as Input from "../../src/Input.js"
 import * as Model from "../../src/Model.js"
 import * as Assemble from "../../src/Model/http/assemble.js"
@@ -348,6 +348,60 @@ describe("errors", () => {
     const echoed = Errors.errorFromStatus(401, {}, '{"error":{"message":"bad key sk-live-0123456789"}}', 0, ollama)
     assert.notInclude(echoed.message, "sk-live-0123456789")
     assert.include(echoed.message, "<redacted>")
+  })
+
+  it("a 501 is permanent for this provider: not retried, falls back to another", () => {
+    // llama.cpp's server without `--embeddings`: a 501 of type `not_supported_error`.
+    const body =
+      '{"error":{"code":501,"message":"This server does not support embeddings.","type":"not_supported_error"}}'
+    const error = Errors.errorFromStatus(501, {}, body, 0, ctx)
+    assert.strictEqual(error.reason, "InvalidRequest")
+    assert.strictEqual(error.field, "model")
+    assert.strictEqual(error.status, 501)
+    assert.include(error.message, "does not support embeddings")
+    assert.isFalse(isRetryable(error))
+    assert.isTrue(shouldFallback(error))
+    const inStream = Errors.errorFromPayload(JSON.parse(body), ctx)
+    assert.isFalse(isRetryable(inStream))
+    assert.isTrue(shouldFallback(inStream))
+    // Other 5xx stay transient.
+    assert.isTrue(isRetryable(Errors.errorFromStatus(505, {}, "", 0, ctx)))
+  })
+
+  it("an error body's param is scrubbed of secrets and bounded before it becomes the error's field", () => {
+    const secret = "sk-live-0123456789"
+    const withSecret: Errors.CallContext = { provider: "p", secrets: [Redacted.make(secret)] }
+    const echoed = Errors.errorFromStatus(
+      400,
+      {},
+      JSON.stringify({ error: { message: "bad", type: "invalid_request_error", param: `key ${secret}` } }),
+      0,
+      withSecret
+    )
+    assert.strictEqual(echoed.reason, "InvalidRequest")
+    assert.notInclude(echoed.field ?? "", secret)
+    assert.strictEqual(echoed.field, "key <redacted>")
+    const huge = Errors.errorFromStatus(
+      400,
+      {},
+      JSON.stringify({ error: { message: "bad", param: "x".repeat(100_000) } }),
+      0,
+      withSecret
+    )
+    assert.isAtMost(huge.field?.length ?? 0, 200)
+    assert.isTrue(huge.field?.startsWith("xxxx"))
+    // A secret cut by the bound leaves no part of it behind.
+    const straddling = Errors.errorFromStatus(
+      400,
+      {},
+      JSON.stringify({ error: { message: "bad", param: `${"y".repeat(195)}${secret}` } }),
+      0,
+      withSecret
+    )
+    assert.notInclude(straddling.field ?? "", secret.slice(0, 5))
+    // An ordinary param is kept as it came.
+    const plain = Errors.errorFromStatus(400, {}, '{"error":{"message":"bad","param":"messages"}}', 0, ctx)
+    assert.strictEqual(plain.field, "messages")
   })
 })
 

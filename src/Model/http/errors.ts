@@ -37,6 +37,8 @@ export interface CallContext {
 }
 
 const MAX_MESSAGE = 500
+/** A request field's name as the server gave it (`param`): a path, never a paragraph. */
+const MAX_FIELD = 120
 
 /**
  * Replaces the value of every secret (4 characters or more) in `text` by `<redacted>`.
@@ -114,6 +116,15 @@ const truncate = (text: string, max = MAX_MESSAGE): string => (text.length > max
  * @category utils
  */
 export const clean = (text: string, ctx: CallContext): string => truncate(scrub(text, ctx.secrets))
+
+/**
+ * The request field an error names (the body's `param`), as errors carry it: scrubbed of
+ * `ctx`'s secrets, then truncated, as {@link clean} does a message.
+ *
+ * @since 0.3.0
+ * @category utils
+ */
+export const cleanField = (field: string, ctx: CallContext): string => truncate(scrub(field, ctx.secrets), MAX_FIELD)
 
 /**
  * What a provider's error body says, whatever its shape (OpenAI, vLLM, Anthropic, Gemini,
@@ -219,10 +230,17 @@ const typeReasons: Readonly<Record<string, Reason>> = {
 }
 
 /**
+ * What this provider (this model, as served there) does not implement: `InvalidRequest` of
+ * field `model`, so that another provider is tried instead of this one again.
+ */
+const NOT_IMPLEMENTED = 501
+
+/**
  * The reason of an HTTP status, refined by the structured fields of the error body (codes
  * and types, never message text): 429 `RateLimited`, 401/402/403/407 `Unauthorized`, 408/504
  * `Timeout`, 409 `Unavailable`, 413 (and a 4xx of code `context_length_exceeded`) `TooLarge`, 500/529
- * `Overloaded`, 502/503 and other 5xx `Unavailable`, other 4xx `InvalidRequest`. Without a
+ * `Overloaded`, 501 `InvalidRequest` (what this server does not implement, retrying cannot
+ * change), 502/503 and other 5xx `Unavailable`, other 4xx `InvalidRequest`. Without a
  * status (an error inside a stream), the body's type or code decides, else `Unknown`.
  *
  * @since 0.2.0
@@ -245,6 +263,8 @@ export const classify = (status: number | undefined, info: ErrorInfo): Reason =>
     // OpenAI answers a conversation over the model's context with a 400 of this code: a request over its bound.
     if (status === 413 || (status < 500 && code === "context_length_exceeded")) return "TooLarge"
     if (status === 500) return "Overloaded"
+    // llama.cpp answers a feature it was not started with (embeddings) so: permanent for this server.
+    if (status === NOT_IMPLEMENTED) return "InvalidRequest"
     if (status >= 500) return "Unavailable"
     if (status >= 400) return "InvalidRequest"
     return "Unknown"
@@ -312,12 +332,15 @@ export const errorFromStatus = (
   const trimmed = bodyText.trim()
   const detail = info.message ?? (trimmed.length > 0 ? trimmed : undefined)
   const field =
-    info.param ??
-    (info.code === "model_not_found"
+    status === NOT_IMPLEMENTED
       ? "model"
-      : status === 404 && info.message !== undefined
-        ? ctx.notFoundField
-        : undefined)
+      : info.param !== undefined
+        ? cleanField(info.param, ctx)
+        : info.code === "model_not_found"
+          ? "model"
+          : status === 404 && info.message !== undefined
+            ? ctx.notFoundField
+            : undefined
   return new ModelError({
     reason,
     message: clean(`${ctx.provider} answered HTTP ${status}${detail === undefined ? "" : `: ${detail}`}`, ctx),
@@ -358,8 +381,9 @@ export const errorFromPayload = (
   const info = typeof payload === "string" ? { message: str(payload.trim()), reasons: [] } : errorInfo(payload)
   const status = info.status !== undefined && info.status >= 400 && info.status < 600 ? info.status : undefined
   const what = where === "stream" ? "stream failed" : "answered with an error"
+  const reason = classify(status, info)
   return new ModelError({
-    reason: classify(status, info),
+    reason,
     message: clean(
       `${ctx.provider} ${what}: ${info.message ?? (where === "stream" ? "error event" : "no message")}`,
       ctx
@@ -367,7 +391,8 @@ export const errorFromPayload = (
     provider: ctx.provider,
     model: ctx.model,
     status,
-    retryAfter: info.retryDelay
+    retryAfter: info.retryDelay,
+    field: status === NOT_IMPLEMENTED && reason === "InvalidRequest" ? "model" : undefined
   })
 }
 
