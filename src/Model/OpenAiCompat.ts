@@ -195,7 +195,7 @@ export const make = Effect.fnUntraced(function* (options: Options = {}) {
       yield* Effect.annotateCurrentSpan(Client.spanAttributes(name, "chat", model))
       const answer = yield* client.json(post("chat/completions", body, "application/json"), decodeCompletion, ctx)
       const choice = answer.choices[0]
-      const text = choice.message.content ?? ""
+      const text = Wire.contentText(choice.message.content)
       const refusal = choice.message.refusal ?? ""
       const toolCalls = (choice.message.tool_calls ?? []).map(
         (call, i): Model.ToolCall => ({
@@ -262,7 +262,8 @@ export const make = Effect.fnUntraced(function* (options: Options = {}) {
                   const parts: Array<Model.StreamPart> = []
                   for (const choice of chunk.choices) {
                     if ((choice.index ?? 0) !== 0) continue
-                    const text = choice.delta?.content
+                    const content = choice.delta?.content
+                    const text = typeof content === "string" ? content : Wire.contentText(content)
                     if (typeof text === "string" && text.length > 0) {
                       outputChars += text.length
                       parts.push({ _tag: "TextDelta", text })

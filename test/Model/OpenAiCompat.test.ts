@@ -174,6 +174,34 @@ for (const [name, client] of [
           })
       )
 
+      it.effect("content as an array of parts (Mistral) is the text of its text parts, other parts left out", () =>
+        Effect.gen(function* () {
+          const content: Record<string, unknown> = {
+            parts: [
+              { type: "thinking", thinking: [{ type: "text", text: "the user greets" }] },
+              { type: "text", text: "Bonjour " },
+              { type: "image_url", image_url: { url: "https://example.test/a.png" } },
+              { type: "text", text: "le monde" }
+            ],
+            empty: [],
+            bad: [{ type: "text", text: 42 }]
+          }
+          const server = yield* Server.make((req, res) =>
+            Server.json(res, 200, completion(content[promptOf(req)], { usage: null }))
+          )
+          const p = yield* provider(server)
+          const answer = yield* p.generate({ prompt: "parts" })
+          assert.strictEqual(answer.text, "Bonjour le monde")
+          assert.strictEqual(answer.finishReason, "stop")
+          // The output estimate counts the text delivered, not the parts left out.
+          assert.strictEqual(answer.usage.outputTokens, Math.ceil("Bonjour le monde".length / 4))
+          assert.strictEqual((yield* p.generate({ prompt: "empty" })).text, "")
+          const bad = yield* flipModel(p.generate({ prompt: "bad" }))
+          assert.strictEqual(bad.reason, "Decode")
+          assert.include(bad.field, "choices[0].message.content")
+        })
+      )
+
       it.effect("partial or invalid usage: what the server counted is kept, the rest estimated, never a Decode", () =>
         Effect.gen(function* () {
           const server = yield* Server.make((req, res) =>
@@ -747,6 +775,39 @@ for (const [name, client] of [
             model: "gpt-4o-mini-2024-07-18"
           })
           assert.isUndefined(bodyOf((yield* server.requests)[0])["stream_options"])
+        })
+      )
+
+      it.effect("delta content as an array of parts (Mistral) streams the text of its text parts", () =>
+        Effect.gen(function* () {
+          const server = yield* Server.make((_, res) =>
+            Server.chunked(res, [
+              Server.sse([
+                chunk(null, null, { role: "assistant", content: [] }),
+                chunk(null, null, { content: [{ type: "thinking", thinking: [{ type: "text", text: "hmm" }] }] }),
+                chunk(null, null, { content: [{ type: "text", text: "Héllo " }] }),
+                chunk(null, null, {
+                  content: [
+                    { type: "text", text: "wörld" },
+                    { type: "reference", reference_ids: [1] },
+                    { type: "text", text: "!" }
+                  ]
+                }),
+                chunk(null, "stop"),
+                "[DONE]"
+              ])
+            ])
+          )
+          const p = yield* provider(server, { streamUsage: false })
+          const { exit, parts, text } = yield* collect(p.stream({ prompt: "abcd" }))
+          assert.isTrue(Exit.isSuccess(exit), Exit.isFailure(exit) ? Cause.pretty(exit.cause) : "")
+          assert.strictEqual(text, "Héllo wörld!")
+          assert.deepStrictEqual(
+            parts.map((part) => part._tag),
+            ["TextDelta", "TextDelta", "Finish"]
+          )
+          const finish = parts.at(-1)
+          assert.strictEqual(finish?._tag === "Finish" ? finish.usage.outputTokens : -1, Math.ceil(12 / 4))
         })
       )
 

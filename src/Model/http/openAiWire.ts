@@ -33,6 +33,42 @@ export const UsageWire = Schema.Struct({
  */
 export type UsageWire = typeof UsageWire.Type
 
+/**
+ * A message's content: a string, or (Mistral) an array of parts, of which only the `text`
+ * ones are the answer's text; `thinking`, `reference` and other parts are left out.
+ */
+const Content = Schema.optional(
+  Schema.NullOr(
+    Schema.Union([
+      Schema.String,
+      Schema.Array(Schema.Struct({ type: Schema.String, text: Schema.optional(Schema.NullOr(Schema.String)) }))
+    ])
+  )
+)
+
+/**
+ * @since 0.3.0
+ * @category models
+ */
+export type Content = typeof Content.Type
+
+/**
+ * The text of a message's content: a string as it is, an array of parts as its `text` parts
+ * joined (the others, such as Mistral's `thinking`, left out).
+ *
+ * @since 0.3.0
+ * @category decoding
+ */
+export const contentText = (content: Content): string => {
+  if (typeof content === "string") return content
+  if (content === undefined || content === null) return ""
+  let text = ""
+  for (const part of content) {
+    if (part.type === "text" && typeof part.text === "string") text += part.text
+  }
+  return text
+}
+
 const ToolCallWire = Schema.Struct({
   id: Text,
   type: Text,
@@ -52,7 +88,7 @@ export const ChatCompletion = Schema.Struct({
       index: Count,
       message: Schema.Struct({
         role: Text,
-        content: Text,
+        content: Content,
         refusal: Text,
         tool_calls: Schema.optional(Schema.NullOr(Schema.Array(ToolCallWire)))
       }),
@@ -76,7 +112,7 @@ export const ChatChunk = Schema.Struct({
       delta: Schema.optional(
         Schema.NullOr(
           Schema.Struct({
-            content: Text,
+            content: Content,
             refusal: Text,
             tool_calls: Schema.optional(
               Schema.NullOr(
