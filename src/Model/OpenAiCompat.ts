@@ -58,6 +58,15 @@ export interface Options extends Http.Options {
    */
   readonly embeddingEncoding?: "float" | "base64" | undefined
   /**
+   * The length of the vectors asked for, sent as `dimensions` (OpenAI's `text-embedding-3`
+   * models shorten their vectors to it; older models and many servers refuse it). A positive
+   * integer; an answer whose vectors have another length is `Decode` on `data[i].embedding`.
+   * Default: none sent, the model's own length.
+   *
+   * @since 0.3.0
+   */
+  readonly embeddingDimensions?: number | undefined
+  /**
    * The request field that carries `maxTokens`: `max_tokens` (default, what compatible
    * servers read) or `max_completion_tokens` (what OpenAI's reasoning models require).
    *
@@ -117,6 +126,7 @@ const optionKeys = Http.knownKeys<Options>({
   streamUsage: true,
   headers: true,
   embeddingEncoding: true,
+  embeddingDimensions: true,
   maxTokensField: true
 })
 
@@ -128,6 +138,7 @@ const checkOptions = (options: Options) =>
     Http.nonEmpty("model", Input.orDefault(options.model, "gpt-4o-mini")),
     Http.nonEmpty("embeddingModel", Input.orDefault(options.embeddingModel, "text-embedding-3-small")),
     Input.oneOf("embeddingEncoding", Input.orDefault(options.embeddingEncoding, "float"), ["float", "base64"]),
+    Input.optional(options.embeddingDimensions, (d) => Input.positiveInt("embeddingDimensions", d)),
     Input.oneOf("maxTokensField", Input.orDefault(options.maxTokensField, "max_tokens"), [
       "max_tokens",
       "max_completion_tokens"
@@ -156,8 +167,17 @@ const checkOptions = (options: Options) =>
  */
 export const make = Effect.fnUntraced(function* (options: Options = {}) {
   yield* Input.orOptionError(optionKeys(options))
-  const [settings, baseUrl, name, defaultModel, embeddingModel, embeddingEncoding, maxTokensField, headerSet] =
-    yield* Input.orOptionError(checkOptions(options))
+  const [
+    settings,
+    baseUrl,
+    name,
+    defaultModel,
+    embeddingModel,
+    embeddingEncoding,
+    embeddingDimensions,
+    maxTokensField,
+    headerSet
+  ] = yield* Input.orOptionError(checkOptions(options))
   const client = yield* Client.make(settings, options.transformClient, headerSet.secretNames)
   const apiKey = options.apiKey
   const secrets = apiKey === undefined ? headerSet.secrets : [apiKey, ...headerSet.secrets]
@@ -299,6 +319,11 @@ export const make = Effect.fnUntraced(function* (options: Options = {}) {
       )
     )
 
+  const embedBody = (model: string, texts: ReadonlyArray<string>) =>
+    embeddingDimensions === undefined
+      ? { model, input: texts, encoding_format: embeddingEncoding }
+      : { model, input: texts, encoding_format: embeddingEncoding, dimensions: embeddingDimensions }
+
   const embed = Client.operation(
     "OpenAiCompat.embed",
     Effect.fnUntraced(function* (request: Model.EmbedRequest) {
@@ -310,13 +335,12 @@ export const make = Effect.fnUntraced(function* (options: Options = {}) {
       for (let i = 0; i < valid.texts.length; i += EMBED_BATCH) batches.push(valid.texts.slice(i, i + EMBED_BATCH))
       const answers = yield* Effect.forEach(batches, (texts) =>
         Effect.flatMap(
-          client.json(
-            post("embeddings", { model, input: texts, encoding_format: embeddingEncoding }, "application/json"),
-            decodeEmbeddings,
-            ctx
-          ),
+          client.json(post("embeddings", embedBody(model, texts), "application/json"), decodeEmbeddings, ctx),
           (answer) =>
-            Effect.map(Wire.vectorsByIndex(answer.data, texts.length, ctx), (vectors) => ({ answer, vectors }))
+            Effect.map(Wire.vectorsByIndex(answer.data, texts.length, ctx, embeddingDimensions), (vectors) => ({
+              answer,
+              vectors
+            }))
         )
       ).pipe(
         // Each batch is bounded by the client; `timeout` bounds the call as a whole too.

@@ -1141,6 +1141,38 @@ for (const [name, client] of [
         })
       )
 
+      it.effect("embeddingDimensions is sent as dimensions, and vectors of another length are Decode naming it", () =>
+        Effect.gen(function* () {
+          const server = yield* Server.make((req, res) => {
+            const length = bodyOf(req)["model"] === "ignores" ? 3 : Number(bodyOf(req)["dimensions"] ?? 4)
+            Server.json(res, 200, {
+              data: [0, 1].map((index) => ({ index, embedding: Array.from({ length }, (_, i) => index + i) }))
+            })
+          })
+          const p = yield* provider(server, { embeddingDimensions: 2 })
+          const answer = yield* p.embed({ texts: ["a", "b"] })
+          assert.deepStrictEqual(answer.vectors, [
+            [0, 1],
+            [1, 2]
+          ])
+          assert.deepStrictEqual((yield* server.requests)[0]?.json, {
+            model: "text-embedding-3-small",
+            input: ["a", "b"],
+            encoding_format: "float",
+            dimensions: 2
+          })
+          // A server (or model) that ignores `dimensions` answers full-length vectors.
+          const error = yield* flipModel(p.embed({ texts: ["a", "b"], model: "ignores" }))
+          assert.strictEqual(error.reason, "Decode")
+          assert.strictEqual(error.field, "data[0].embedding")
+          assert.include(error.message, "embeddingDimensions")
+          // Without the option, no dimensions are asked for and none are checked.
+          const plain = yield* provider(server)
+          assert.lengthOf((yield* plain.embed({ texts: ["a", "b"] })).vectors[0]!, 4)
+          assert.notProperty((yield* server.requests)[2]?.json, "dimensions")
+        })
+      )
+
       it.effect(
         "a missing, duplicated or out-of-range index, bad base64, or vectors of different lengths is Decode",
         () =>
@@ -1197,6 +1229,12 @@ for (const [name, client] of [
             ["maxEventBytes", { maxEventBytes: 2.5 }],
             ["baseUrl", { baseUrl: "localhost:8080" }],
             ["embeddingEncoding", { embeddingEncoding: "binary" as "float" }],
+            ["embeddingDimensions", { embeddingDimensions: 0 }],
+            ["embeddingDimensions", { embeddingDimensions: -256 }],
+            ["embeddingDimensions", { embeddingDimensions: 25.5 }],
+            ["embeddingDimensions", { embeddingDimensions: Number.NaN }],
+            ["embeddingDimensions", { embeddingDimensions: "256" as never }],
+            ["embeddingDimensions", { embeddingDimensions: null as never }],
             ["apiKey", { apiKey: KEY as unknown as Redacted.Redacted<string> }],
             ["name", { name: "" }],
             // A header that undici would refuse at every request (or that would inject another).

@@ -323,7 +323,8 @@ export const decodeBase64Floats = (text: string): ReadonlyArray<number> | undefi
 
 /**
  * The vectors of an embeddings answer in input order, by their `index` (not their position):
- * every index present once, none out of range, base64 decoded; else `Decode` on `data`.
+ * every index present once, none out of range, base64 decoded, each of `dimensions` values
+ * when that many were asked for (`embeddingDimensions`); else `Decode` on `data`.
  *
  * @since 0.2.0
  * @category decoding
@@ -331,7 +332,8 @@ export const decodeBase64Floats = (text: string): ReadonlyArray<number> | undefi
 export const vectorsByIndex = (
   data: ReadonlyArray<{ readonly index: number; readonly embedding: ReadonlyArray<number> | string }>,
   expected: number,
-  ctx: CallContext
+  ctx: CallContext,
+  dimensions?: number | undefined
 ): Effect.Effect<ReadonlyArray<ReadonlyArray<number>>, ModelError> => {
   if (data.length !== expected) {
     return Effect.fail(malformed(ctx, "data", `expected ${expected} embeddings, got ${data.length}`))
@@ -348,6 +350,15 @@ export const vectorsByIndex = (
     const values = typeof item.embedding === "string" ? decodeBase64Floats(item.embedding) : item.embedding
     if (values === undefined) {
       return Effect.fail(malformed(ctx, `data[${i}].embedding`, "neither a float array nor base64 float32"))
+    }
+    if (dimensions !== undefined && values.length !== dimensions) {
+      return Effect.fail(
+        malformed(
+          ctx,
+          `data[${i}].embedding`,
+          `${values.length} dimensions where embeddingDimensions asked for ${dimensions}`
+        )
+      )
     }
     vectors[item.index] = values
   }
