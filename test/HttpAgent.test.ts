@@ -9,6 +9,7 @@ import * as Executor from "../src/Executor.js"
 import * as Connections from "../src/agent/connections.js"
 import * as HttpAgent from "../src/HttpAgent.js"
 import * as Mock from "../src/Model/Mock.js"
+import * as OpenAiCompat from "../src/Model/OpenAiCompat.js"
 import * as RateLimit from "../src/RateLimit.js"
 import * as ResponseCache from "../src/ResponseCache.js"
 import * as AgentServer from "./utils/agentServer.js"
@@ -237,6 +238,28 @@ describe("HttpAgent.call", () => {
         assert.isBelow(record.error!.message.length, 1000)
       }
     })
+  )
+
+  it.effect(
+    "a header value that is not a string is refused as a provider refuses it: naming the header and its type",
+    () =>
+      Effect.gen(function* () {
+        const server = yield* AgentServer.make()
+        const service = yield* agents()
+        const given: ReadonlyArray<unknown> = [5, Redacted.make(5), null]
+        for (const value of given) {
+          const headers = { "x-n": value } as never
+          const record = yield* service.call(task("hv", HttpAgent.agent({ url: server.url, headers })))
+          const provider = yield* Effect.flip(OpenAiCompat.make({ headers }))
+          assert.strictEqual(record.status, "error")
+          assert.strictEqual(record.error?.field, 'agent.headers["x-n"]')
+          assert.strictEqual(provider.path, 'headers["x-n"]')
+          const expected = `expected a string or a Redacted string, got ${value === null ? "null" : "number"}`
+          assert.include(provider.message, expected)
+          assert.include(record.error?.message, expected)
+        }
+        assert.strictEqual(server.requests(), 0)
+      }).pipe(Effect.provide(FetchHttpClient.layer))
   )
 
   it.effect("an agent URL with credentials is refused, saying what to use instead, and never shows the password", () =>

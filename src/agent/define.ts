@@ -7,7 +7,7 @@
  *
  * @internal
  */
-import { type Duration, Effect, Redacted, Result, Schema } from "effect"
+import { type Duration, Effect, type Redacted, Result, Schema } from "effect"
 import { ModelError } from "../AiError.js"
 import type { Agent, AgentOptions, Answer, Decoded } from "../HttpAgent.js"
 import * as Input from "../Input.js"
@@ -39,34 +39,11 @@ const agentIssue = (
   for (const key of Object.keys(options)) {
     if (!agentKeys.has(key)) return Result.fail({ path: key, message: "unknown option" })
   }
-  const given = options.headers
-  if (given !== undefined && (typeof given !== "object" || given === null || Array.isArray(given))) {
-    return Result.fail({ path: "headers", message: "expected an object of header names and values" })
-  }
+  const headerSet = Http.headers("headers", options.headers)
+  if (Result.isFailure(headerSet)) return Result.fail(headerSet.failure)
   const answer: unknown = (options as { readonly answer?: unknown }).answer
   if (answer !== undefined && !Schema.isSchema(answer)) {
     return Result.fail({ path: "answer", message: "expected a Schema of the agent's answer" })
-  }
-  const headers: Record<string, string | Redacted.Redacted<string>> = {}
-  const secrets: Array<Redacted.Redacted> = []
-  for (const [name, value] of Object.entries(given ?? {})) {
-    const checked = Http.headerOption(`headers[${JSON.stringify(name)}]`, name, value)
-    if (Result.isFailure(checked)) return Result.fail(checked.failure)
-    if (Redacted.isRedacted(value) && typeof Redacted.value(value) === "string") {
-      const plain = Redacted.value(value) as string
-      headers[name] = value as Redacted.Redacted<string>
-      secrets.push(value)
-      // "Bearer <token>": an agent that echoes the token alone must not leak it either.
-      const credentials = /^\S+\s+(\S{4,})$/.exec(plain)?.[1]
-      if (credentials !== undefined) secrets.push(Redacted.make(credentials))
-    } else if (typeof value === "string") {
-      headers[name] = value
-    } else {
-      return Result.fail({
-        path: `headers[${JSON.stringify(name)}]`,
-        message: "expected a string or a Redacted string"
-      })
-    }
   }
   return Result.map(
     Input.all([
@@ -79,7 +56,13 @@ const agentIssue = (
       Input.optional(options.timeout, (t) => Input.duration("timeout", t)),
       Input.optional(options.retry, (r) => decodeRetry(r, "retry"))
     ]),
-    ([, name, timeout, retry]) => ({ name, timeout, retry, headers, secrets })
+    ([, name, timeout, retry]) => ({
+      name,
+      timeout,
+      retry,
+      headers: headerSet.success.given,
+      secrets: headerSet.success.secrets
+    })
   )
 }
 

@@ -250,6 +250,13 @@ export type HeadersOption = Readonly<Record<string, string | Redacted.Redacted<s
 export interface HeaderSet {
   /** Every header as sent. */
   readonly values: Readonly<Record<string, string>>
+  /**
+   * Every header as given, `Redacted` values still redacted: for a holder that shows its headers
+   * (an HTTP agent), and reveals them only when it builds a request.
+   *
+   * @since 0.3.0
+   */
+  readonly given: HeadersOption
   /** The `Redacted` values (and the credentials of a `Bearer <token>` one): scrubbed from every error. */
   readonly secrets: ReadonlyArray<Redacted.Redacted>
   /** The names of the `Redacted` headers (lowercase): rendered redacted when middleware logs a request. */
@@ -257,38 +264,45 @@ export interface HeaderSet {
 }
 
 /**
- * Checks a provider's `headers` option (an object of strings or `Redacted` strings; see
- * {@link header}).
+ * Checks a `headers` option, a provider's or an HTTP agent's (an object of strings or
+ * `Redacted` strings; see {@link header}).
  *
  * @since 0.3.0
  * @category checks
  */
 export const headers = (path: string, input: unknown): Input.Checked<HeaderSet> => {
-  if (input === undefined) return Result.succeed({ values: {}, secrets: [], secretNames: [] })
+  if (input === undefined) return Result.succeed({ values: {}, given: {}, secrets: [], secretNames: [] })
   if (typeof input !== "object" || input === null || Array.isArray(input)) {
-    return Result.fail({ path, message: `expected an object of header names to strings, got ${typeof input}` })
+    const got = input === null ? "null" : Array.isArray(input) ? "an array" : typeof input
+    return Result.fail({ path, message: `expected an object of header names to strings, got ${got}` })
   }
   const values: Record<string, string> = {}
+  const given: Record<string, string | Redacted.Redacted<string>> = {}
   const secrets: Array<Redacted.Redacted> = []
   const secretNames: Array<string> = []
-  for (const [name, given] of Object.entries(input)) {
+  for (const [name, entry] of Object.entries(input)) {
     const at = `${path}[${JSON.stringify(name)}]`
-    const value: unknown = Redacted.isRedacted(given) ? Redacted.value(given) : given
+    const value: unknown = Redacted.isRedacted(entry) ? Redacted.value(entry) : entry
     if (typeof value !== "string") {
-      return Result.fail({ path: at, message: `expected a string or a Redacted string, got ${typeof value}` })
+      const got = value === null ? "null" : typeof value
+      return Result.fail({ path: at, message: `expected a string or a Redacted string, got ${got}` })
     }
     const checked = header(at, name, value)
     if (Result.isFailure(checked)) return Result.fail(checked.failure)
     values[name] = value
-    if (Redacted.isRedacted(given)) {
-      secrets.push(given as Redacted.Redacted<string>)
+    if (Redacted.isRedacted(entry)) {
+      const secret = entry as Redacted.Redacted<string>
+      given[name] = secret
+      secrets.push(secret)
       secretNames.push(name.toLowerCase())
       // "Bearer <token>": a server that echoes the token alone must not leak it either.
       const credentials = /^\S+\s+(\S{4,})$/.exec(value)?.[1]
       if (credentials !== undefined) secrets.push(Redacted.make(credentials))
+    } else {
+      given[name] = value
     }
   }
-  return Result.succeed({ values, secrets, secretNames })
+  return Result.succeed({ values, given, secrets, secretNames })
 }
 
 /**
