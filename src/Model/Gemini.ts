@@ -31,7 +31,10 @@ export interface Options extends Http.Options {
   readonly model?: string | undefined
   /** Default `gemini-embedding-001`. */
   readonly embeddingModel?: string | undefined
-  /** Truncates embeddings to this many dimensions (`outputDimensionality`). */
+  /**
+   * Truncates embeddings to this many dimensions (`outputDimensionality`); an answer whose
+   * vectors have another length is `Decode` on `embeddings[0]`.
+   */
   readonly embeddingDimensions?: number | undefined
   /** Default `https://generativelanguage.googleapis.com`. */
   readonly baseUrl?: string | undefined
@@ -239,6 +242,16 @@ export const make: (options: Options) => Effect.Effect<Model.Service, Input.Opti
         const vectors = answers.flat()
         const uneven = Errors.unevenVectors(vectors, ctx, "embeddings")
         if (uneven !== undefined) return yield* Effect.fail(uneven)
+        // All of one length now: a model or proxy that ignored `outputDimensionality` shows in the first.
+        if (dimensions !== undefined && vectors[0]!.length !== dimensions) {
+          return yield* Effect.fail(
+            Errors.malformed(
+              ctx,
+              "embeddings[0]",
+              `${vectors[0]!.length} dimensions where embeddingDimensions asked for ${dimensions}`
+            )
+          )
+        }
         return { vectors, provider: name, model } satisfies Model.EmbedResponse
       })
     )

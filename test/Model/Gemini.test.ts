@@ -847,6 +847,21 @@ layer(NodeHttpClient.layerUndici)("Gemini over HTTP", (it) => {
       })
     )
 
+    it.effect("vectors of another length than embeddingDimensions are Decode naming it", () =>
+      Effect.gen(function* () {
+        const server = yield* Server.make((_, res) =>
+          Server.json(res, 200, { embeddings: [{ values: [1, 2, 3] }, { values: [4, 5, 6] }] })
+        )
+        const p = yield* provider(server, { embeddingDimensions: 2 })
+        const error = yield* failing(p.embed({ texts: ["a", "b"] }))
+        assert.strictEqual(error.reason, "Decode")
+        assert.strictEqual(error.field, "embeddings[0]")
+        assert.include(error.message, "embeddingDimensions")
+        const plain = yield* provider(server)
+        assert.lengthOf((yield* plain.embed({ texts: ["a", "b"] })).vectors[1]!, 3)
+      })
+    )
+
     it.effect("a count of embeddings that does not match the texts is Decode", () =>
       Effect.gen(function* () {
         const server = yield* Server.make((_, res) => Server.json(res, 200, { embeddings: [{ values: [1] }] }))
