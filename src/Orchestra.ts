@@ -46,8 +46,15 @@ export interface Options<P extends Record<string, Layer.Layer<ModelProvider, unk
   /** Domains replacing predefined ones of the same name, explicitly. */
   readonly overrideDomains?: ReadonlyArray<Domain | DomainInput> | undefined
   readonly executor?: Executor.Options | undefined
-  /** Calls running at once across every batch. Default 5. */
+  /** Calls running at once across every batch (a positive integer). Default 5. */
   readonly maxConcurrent?: number | undefined
+  /**
+   * The most items one batch takes (a positive integer). Default 1,000,000. A longer batch fails
+   * its run with an `InvalidRequest` naming `items` (see `Batch.Options`).
+   *
+   * @since 0.3.0
+   */
+  readonly maxItems?: number | undefined
   /**
    * Shared breakers, one circuit per provider (default on, in memory); `false` disables
    * them; a layer (`CircuitBreaker.layerRedis(...)`) shares them across processes.
@@ -91,6 +98,7 @@ const optionKeys: ReadonlySet<string> = new Set([
   "overrideDomains",
   "executor",
   "maxConcurrent",
+  "maxItems",
   "breakers",
   "rateLimits",
   "cache"
@@ -337,7 +345,8 @@ export const layer = <const P extends Record<string, Layer.Layer<ModelProvider, 
         Layer.provideMerge(providers),
         Layer.provideMerge(guards)
       )
-      const batch = Batch.layer({ maxConcurrent: options.maxConcurrent })
+      // Batch checks them (an OptionError naming `maxConcurrent` or `maxItems`, as given here).
+      const batch = Batch.layer({ maxConcurrent: options.maxConcurrent, maxItems: options.maxItems })
       return batch.pipe(Layer.provideMerge(Layer.fresh(Router.layer)), Layer.provideMerge(core))
     })
   ) as never

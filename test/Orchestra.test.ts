@@ -208,6 +208,11 @@ describe("Orchestra.layer: domains", () => {
         [{ providers: { main }, executor: { timout: "1 second" } } as never, "executor.timout"],
         [{ providers: { main }, maxConcurrent: 0 }, "maxConcurrent"],
         [{ providers: { main }, maxConcurrent: Number.NaN }, "maxConcurrent"],
+        [{ providers: { main }, maxItems: 0 }, "maxItems"],
+        [{ providers: { main }, maxItems: -3 }, "maxItems"],
+        [{ providers: { main }, maxItems: 2.5 }, "maxItems"],
+        [{ providers: { main }, maxItems: Number.NaN }, "maxItems"],
+        [{ providers: { main }, maxItems: "10" as never }, "maxItems"],
         [{ providers: { main }, executor: { timeout: "soon" as never } }, "executor.timeout"],
         [{ providers: { main }, breakers: { failMax: 1.5 } }, "breakers.failMax"],
         [
@@ -284,6 +289,18 @@ describe("Orchestra.layer: shared policies", () => {
       const [first, second] = yield* Fiber.join(fiber)
       assert.strictEqual(first.results.length + second.results.length, 5)
       assert.strictEqual(yield* controls.main.peak, 2)
+    })
+  )
+  it.effect("maxItems caps the items of one batch: a longer batch fails its run naming items", () =>
+    Effect.gen(function* () {
+      const { context, controls } = yield* build({ main: {} }, { maxItems: 2 })
+      const batch = Context.get(context, Batch.Batch)
+      assert.strictEqual((yield* batch.run(["a", "b"], { domain: "support" })).results.length, 2)
+      const refused = yield* Effect.flip(batch.run(["a", "b", "c"], { domain: "support" }))
+      assert.strictEqual(refused.reason, "InvalidRequest")
+      assert.strictEqual(refused.field, "items")
+      assert.include(refused.message, "2")
+      assert.strictEqual(yield* controls.main.calls, 2)
     })
   )
 })
