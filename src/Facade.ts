@@ -1,3 +1,4 @@
+/// <reference lib="esnext.disposable" preserve="true" />
 /**
  * A Promise facade for callers that do not use Effect (the original "run async from sync"
  * helpers): `createOrchestra(layer)` builds the manager once, on a `ManagedRuntime`, and
@@ -24,6 +25,19 @@
  * const answer = await orchestra.execute("How do I reset my password?", { domain: "support", timeout: "10 seconds" })
  * console.log(answer.response.text, orchestra.stats().successRate)
  * await orchestra.dispose()
+ * ```
+ *
+ * Or scoped to a block, disposed (gracefully, awaited) when the block is left:
+ *
+ * ```ts
+ * import { createOrchestra } from "effect-orchestra/Facade"
+ * import * as Mock from "effect-orchestra/Model/Mock"
+ * import * as Orchestra from "effect-orchestra/Orchestra"
+ *
+ * {
+ *   await using orchestra = createOrchestra(Orchestra.layer({ providers: { main: Mock.layer() } }))
+ *   console.log((await orchestra.execute("Hello")).response.text)
+ * }
  * ```
  *
  * @since 0.1.0
@@ -228,6 +242,15 @@ export interface Orchestra {
    * (an `AggregateError` of them when several did).
    */
   readonly dispose: () => Promise<void>
+  /**
+   * `dispose()`, for `await using orchestra = createOrchestra(...)`: leaving the block waits for
+   * the graceful shutdown (the same promise as `dispose()`, so it rejects as `dispose()` does).
+   * There is no synchronous `Symbol.dispose`: a shutdown that drains running calls cannot end
+   * before it returns.
+   *
+   * @since 0.3.0
+   */
+  readonly [Symbol.asyncDispose]: () => Promise<void>
 }
 
 /**

@@ -480,6 +480,16 @@ export const makeCreateOrchestra = (env: Env) => {
       }
     })
 
+    const dispose = (): Promise<void> => {
+      disposing ??= Effect.runPromiseExit(runtime.disposeEffect).then((exit) => {
+        // Nothing should be left once the executor has drained; anything that is ends now.
+        for (const fiber of running) fiber.interruptUnsafe()
+        // The scope ran every finalizer whatever one of them did: only then is a failure told.
+        if (Exit.isFailure(exit)) throw new OrchestraError(releaseFailure(exit.cause))
+      })
+      return disposing
+    }
+
     return {
       execute: (prompt, options) => run(options, Keys.execute, (c) => requestOf(prompt, c.context), Calls.execute),
       executeWithFallback: (prompt, domains, options) =>
@@ -530,15 +540,8 @@ export const makeCreateOrchestra = (env: Env) => {
           () => Result.succeed(undefined),
           () => Prometheus.text
         ),
-      dispose: () => {
-        disposing ??= Effect.runPromiseExit(runtime.disposeEffect).then((exit) => {
-          // Nothing should be left once the executor has drained; anything that is ends now.
-          for (const fiber of running) fiber.interruptUnsafe()
-          // The scope ran every finalizer whatever one of them did: only then is a failure told.
-          if (Exit.isFailure(exit)) throw new OrchestraError(releaseFailure(exit.cause))
-        })
-        return disposing
-      }
+      dispose,
+      [Symbol.asyncDispose]: dispose
     }
   }
 

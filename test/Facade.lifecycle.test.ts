@@ -1,0 +1,60 @@
+/**
+ * The Promise facade's lifecycle as a TypeScript caller writes it: `await using`, and what a
+ * caller sees around `dispose()`. A Promise API on the real clock, as `Facade.test.ts`: no
+ * timing assertions.
+ */
+import { assert, describe, it } from "@effect/vitest"
+import { Effect, Layer } from "effect"
+import { createOrchestra, OrchestraError } from "../src/Facade.js"
+import { ModelProvider } from "../src/Model.js"
+import * as Mock from "../src/Model/Mock.js"
+import * as Orchestra from "../src/Orchestra.js"
+
+let mocks = 0
+const mock = (options: Mock.Options = {}) => {
+  const { control, provider } = Effect.runSync(Mock.make({ name: `facade-lifecycle-${++mocks}`, ...options }))
+  return { control, name: control.name, layer: Layer.succeed(ModelProvider, provider) }
+}
+
+/** The typed error of a rejection, which must be an OrchestraError. */
+const typed = async (promise: Promise<unknown>) => {
+  const error = await promise.then(
+    () => assert.fail("expected a rejection"),
+    (error: unknown) => error
+  )
+  assert.instanceOf(error, OrchestraError, String(error))
+  return (error as OrchestraError).error
+}
+
+const settle = async (check: () => boolean) => {
+  for (let i = 0; i < 200 && !check(); i++) await new Promise((resolve) => setTimeout(resolve, 5))
+}
+
+describe("createOrchestra: await using", () => {
+  it("leaving the block disposes gracefully: the call running then is drained, later calls are refused", async () => {
+    const m = mock({ latency: "30 millis" })
+    let kept: ReturnType<typeof createOrchestra> | undefined
+    let inFlight: Promise<unknown> | undefined
+    {
+      await using orchestra = createOrchestra(Orchestra.layer({ providers: { main: m.layer } }))
+      kept = orchestra
+      await orchestra.execute("warm up", { domain: "support" })
+      inFlight = orchestra.execute("in flight", { domain: "support" })
+      await settle(() => Effect.runSync(m.control.inFlight) === 1)
+    }
+    // The block waited for the shutdown, which drained the running call.
+    assert.strictEqual(Effect.runSync(m.control.inFlight), 0)
+    assert.strictEqual(((await inFlight) as { response: { text: string } }).response.text, "mock answer to: in flight")
+    assert.strictEqual((await typed(kept.execute("late")))._tag, "ShuttingDownError")
+    assert.strictEqual(kept.stats().successes, 2)
+  })
+
+  it("Symbol.asyncDispose is dispose(): the same promise, idempotent, either way round", async () => {
+    const orchestra = createOrchestra(Orchestra.layer({ providers: { main: mock().layer } }))
+    await orchestra.execute("x")
+    const disposed = orchestra[Symbol.asyncDispose]()
+    assert.strictEqual(orchestra.dispose(), disposed)
+    assert.strictEqual(orchestra[Symbol.asyncDispose](), disposed)
+    await disposed
+  })
+})
