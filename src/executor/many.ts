@@ -1,6 +1,6 @@
 /**
  * `executeMany`: one outcome per request, in input order. A traced caller gets worker
- * fibers running `execute` (`policy/pool.ts`), so each call has its span; an untraced one
+ * fibers (`policy/pool.ts`) running each call as a traced `execute` would, in its span; an untraced one
  * starts each call from JavaScript through the engine's `start` (`policy/fused.ts`), with
  * no worker fiber and no Effect per request. Either way a failure is one item's outcome.
  *
@@ -16,7 +16,7 @@ import type { Sink } from "../policy/fused.js"
 import { forEachPool, forEachStarted } from "../policy/pool.js"
 import { isTraced } from "../policy/span.js"
 import { renamed } from "../policy/failure.js"
-import { checkRequest, generateOf } from "./generate.js"
+import { chatTelemetry, checkRequest, generateOf } from "./generate.js"
 import { manyKeys, type ResolveSync } from "./options.js"
 import type { PlanOf } from "./plan.js"
 import type { Refuse } from "./refusal.js"
@@ -108,7 +108,9 @@ const atIndex = (error: ModelError, index: number): ModelError => {
 }
 
 /**
- * Builds an executor's `executeMany` over its `execute` (for traced callers).
+ * Builds an executor's `executeMany`. Each request is checked once, where it is taken: its
+ * refusal names its place (`requests[3].prompt`), traced or not. (`execute` is not used: it
+ * would check each request again.)
  *
  * @internal
  */
@@ -121,7 +123,56 @@ export const make = (env: {
   readonly planOf: PlanOf
   readonly execute: Service["execute"]
 }) => {
-  const { provider, limits, engine, resolveSync, refuse, planOf, execute } = env
+  const { provider, limits, engine, resolveSync, refuse, planOf } = env
+
+  // The plan of a request checked already, or its refusal when reading it throws later (the plan
+  // estimates its tokens): that request's own error, not an exception that ends every request.
+  const planOrRefusal = (
+    target: ProviderService,
+    request: GenerateRequest,
+    manyOptions: ManyOptions,
+    resolved: ResolvedOptions,
+    index: number
+  ): ReturnType<PlanOf> | ModelError => {
+    try {
+      return planOf(target, request, manyOptions, resolved)
+    } catch (defect) {
+      const unreadable = invalidRequest(`requests[${index}]`, `reading it threw: ${Input.thrownMessage(defect)}`)
+      return refuse(unreadable, target, manyOptions.domain)
+    }
+  }
+
+  // One request of a traced `executeMany`, on a worker fiber: what `execute` does for a traced
+  // caller (its span, the attempts' telemetry), with the request checked once, by the pool.
+  const executeTraced = (
+    request: GenerateRequest,
+    manyOptions: ManyOptions,
+    resolved: ResolvedOptions,
+    index: number
+  ): Effect.Effect<Result.Result<GenerateResponse, AiError>> => {
+    const target = manyOptions.provider ?? provider
+    const error = checkRequest(request, limits)
+    if (error !== undefined)
+      return Effect.succeed(Result.fail(refuse(atIndex(error, index), target, manyOptions.domain)))
+    const plan = planOrRefusal(target, request, manyOptions, resolved, index)
+    if (plan instanceof ModelError) return Effect.succeed(Result.fail(plan))
+    return Effect.withFiber((fiber) =>
+      Effect.exit(
+        Effect.withSpan(
+          engine.runValueIn(fiber, { ...plan, telemetry: chatTelemetry(request) }, generateOf(request)),
+          "Executor.execute",
+          {
+            attributes: {
+              "gen_ai.operation.name": "chat",
+              "gen_ai.provider.name": target.name,
+              "gen_ai.request.model": request.model ?? target.defaultModel,
+              "orchestra.domain": manyOptions.domain ?? "none"
+            }
+          }
+        )
+      ).pipe(Effect.map(resultOf))
+    )
+  }
 
   // One request of `executeMany`, started from JavaScript on the pool's fiber (untraced).
   const startMany = (
@@ -138,14 +189,9 @@ export const make = (env: {
       sink.done(index, Exit.fail(refuse(atIndex(error, index), target, manyOptions.domain)))
       return undefined
     }
-    let plan: ReturnType<PlanOf>
-    try {
-      plan = planOf(target, request, manyOptions, resolved)
-    } catch (defect) {
-      // A getter that throws only on a later read (the plan estimates the request's tokens):
-      // that request's refusal, as in the check, not an exception out of the pool that ends every request.
-      const unreadable = invalidRequest(`requests[${index}]`, `reading it threw: ${Input.thrownMessage(defect)}`)
-      sink.done(index, Exit.fail(refuse(unreadable, target, manyOptions.domain)))
+    const plan = planOrRefusal(target, request, manyOptions, resolved, index)
+    if (plan instanceof ModelError) {
+      sink.done(index, Exit.fail(plan))
       return undefined
     }
     return engine.start(fiber, plan, generateOf(request), sink, index)
@@ -166,24 +212,17 @@ export const make = (env: {
       }
       const items = itemsOf(requests)
       if (items instanceof ModelError) return Effect.fail(items)
+      const options = resolved.success
       if (isTraced(fiber)) {
-        const { concurrency: _, ...itemOptions } = manyOptions
         return Effect.withSpan(
-          forEachPool(items, concurrency.success, (request, index) => {
-            // Checked here too, so that a refusal names its request (`execute` checks it again).
-            const error = checkRequest(request, limits)
-            if (error !== undefined) {
-              const target = manyOptions.provider ?? provider
-              return Effect.succeed(Result.fail(refuse(atIndex(error, index), target, manyOptions.domain)))
-            }
-            return Effect.map(Effect.exit(execute(request, itemOptions)), resultOf)
-          }),
+          forEachPool(items, concurrency.success, (request, index) =>
+            executeTraced(request, manyOptions, options, index)
+          ),
           "Executor.executeMany",
           { attributes: { "orchestra.items": items.length, "orchestra.concurrency": concurrency.success } }
         )
       }
       // Untraced: no worker fibers, one fiber per call in flight (policy/fused.ts).
-      const options = resolved.success
       return Effect.map(
         forEachStarted(items, concurrency.success, (request, sink, index) =>
           startMany(fiber, request, manyOptions, options, sink, index)

@@ -1,0 +1,78 @@
+/**
+ * `executeMany` traced and untraced: each request is read as often either way (checked once),
+ * and the cap on its requests (`maxRequests`).
+ */
+import { assert, describe, it } from "@effect/vitest"
+import { Effect, Result, Tracer } from "effect"
+import type { GenerateRequest } from "../src/Model.js"
+import { setup } from "./utils/executor.js"
+import { recording } from "./utils/tracer.js"
+
+/** A request that counts each read of its fields. */
+const counting = (prompt: string) => {
+  const reads = { count: 0 }
+  const request = new Proxy({ prompt } as GenerateRequest, {
+    get(target, key, receiver) {
+      if (typeof key === "string") reads.count++
+      return Reflect.get(target, key, receiver)
+    }
+  })
+  return { request, reads }
+}
+
+describe("Executor.executeMany: each request checked once", () => {
+  it.effect("a traced executeMany reads each request as often as a traced execute does, and gives each its span", () =>
+    Effect.gen(function* () {
+      const { executor } = yield* setup({ respond: (r) => `re: ${r.prompt}` })
+      const { spans, tracer } = recording()
+      const traced = <A, E>(effect: Effect.Effect<A, E>) =>
+        effect.pipe(Effect.withSpan("caller"), Effect.provideService(Tracer.Tracer, tracer))
+      const alone = [counting("a"), counting("b")]
+      for (const { request } of alone) yield* traced(executor.execute(request))
+      const made = [counting("a"), counting("b")]
+      const results = yield* traced(
+        executor.executeMany(
+          made.map((m) => m.request),
+          { concurrency: 2 }
+        )
+      )
+      assert.deepStrictEqual(
+        results.map((r) => (Result.isSuccess(r) ? r.success.text : "error")),
+        ["re: a", "re: b"]
+      )
+      assert.isAbove(alone[0]!.reads.count, 0)
+      assert.deepStrictEqual(
+        made.map((m) => m.reads.count),
+        alone.map((m) => m.reads.count)
+      )
+      const calls = spans.filter((s) => s.name === "Executor.execute")
+      assert.deepStrictEqual(
+        calls.map((s) => [s.attributes.get("gen_ai.provider.name"), s.attributes.get("orchestra.domain")]),
+        [
+          ["mock", "none"],
+          ["mock", "none"],
+          ["mock", "none"],
+          ["mock", "none"]
+        ]
+      )
+      const many = spans.find((s) => s.name === "Executor.executeMany")
+      assert.isDefined(many)
+      assert.isTrue(calls.slice(2).every((s) => s.parent._tag === "Some" && s.parent.value.spanId === many!.spanId))
+    })
+  )
+
+  it.effect("traced, a refused request still names its place, and the others run", () =>
+    Effect.gen(function* () {
+      const { executor, control } = yield* setup()
+      const { tracer } = recording()
+      const results = yield* executor
+        .executeMany([{ prompt: "a" }, { prompt: 5 } as never, { prompt: "c" }])
+        .pipe(Effect.withSpan("caller"), Effect.provideService(Tracer.Tracer, tracer))
+      assert.deepStrictEqual(
+        results.map((r) => (Result.isSuccess(r) ? "ok" : r.failure._tag === "ModelError" && r.failure.field)),
+        ["ok", "requests[1].prompt", "ok"]
+      )
+      assert.strictEqual(yield* control.calls, 2)
+    })
+  )
+})
