@@ -4,6 +4,7 @@
  */
 import { assert, describe, it } from "@effect/vitest"
 import { Effect, Result, Tracer } from "effect"
+import type * as Executor from "../src/Executor.js"
 import type { GenerateRequest } from "../src/Model.js"
 import { setup } from "./utils/executor.js"
 import { recording } from "./utils/tracer.js"
@@ -73,6 +74,46 @@ describe("Executor.executeMany: each request checked once", () => {
         ["ok", "requests[1].prompt", "ok"]
       )
       assert.strictEqual(yield* control.calls, 2)
+    })
+  )
+})
+
+describe("Executor.executeMany: maxRequests", () => {
+  // `ManyOptions` (src/Executor.ts) does not declare the option yet: given through a variable.
+  const many = (maxRequests: unknown): Executor.ManyOptions => ({ concurrency: 2, maxRequests }) as Executor.ManyOptions
+
+  it.effect("caps the requests of one call: an array or an iterable longer than it is refused, naming requests", () =>
+    Effect.gen(function* () {
+      const { executor, control } = yield* setup()
+      const results = yield* executor.executeMany([{ prompt: "a" }, { prompt: "b" }], many(2))
+      assert.deepStrictEqual(results.map(Result.isSuccess), [true, true])
+      let yielded = 0
+      const iterable = {
+        *[Symbol.iterator]() {
+          for (;;) {
+            yielded++
+            yield { prompt: "x" }
+          }
+        }
+      }
+      for (const requests of [[{ prompt: "a" }, { prompt: "b" }, { prompt: "c" }], iterable]) {
+        const error = yield* Effect.flip(executor.executeMany(requests, many(2)))
+        assert.deepStrictEqual([error.reason, error.field], ["InvalidRequest", "requests"])
+        assert.include(error.message, "expected at most 2 requests")
+      }
+      assert.strictEqual(yielded, 3, "an iterable is read one past the cap, no further")
+      assert.strictEqual(yield* control.calls, 2)
+    })
+  )
+
+  it.effect("NaN, 0, negative, fractional or not a number: refused at once, naming maxRequests", () =>
+    Effect.gen(function* () {
+      const { executor, control } = yield* setup()
+      for (const maxRequests of [Number.NaN, 0, -1, 1.5, "10", null, Number.POSITIVE_INFINITY]) {
+        const error = yield* Effect.flip(executor.executeMany([{ prompt: "a" }], many(maxRequests)))
+        assert.deepStrictEqual([error.reason, error.field], ["InvalidRequest", "maxRequests"], String(maxRequests))
+      }
+      assert.strictEqual(yield* control.calls, 0)
     })
   )
 })

@@ -37,20 +37,21 @@ const resultOf = (exit: Exit.Exit<unknown, AiError>): Result.Result<GenerateResp
 }
 
 /**
- * The most requests one `executeMany` takes: a longer batch (a sparse `new Array(2 ** 32 - 1)`,
- * an endless iterable) is refused naming `requests`, before any is read.
+ * The most requests one `executeMany` takes unless its `maxRequests` option says otherwise: a
+ * longer batch (a sparse `new Array(2 ** 32 - 1)`, an endless iterable) is refused naming
+ * `requests`, before any is read.
  *
  * @internal
  */
 export const maxRequests = 1_000_000
 
-const tooMany = (got: string): ModelError =>
-  invalidRequest("requests", `expected at most ${maxRequests} requests, got ${got}`)
+const tooMany = (max: number, got: string): ModelError =>
+  invalidRequest("requests", `expected at most ${max} requests, got ${got}`)
 
 // `Array.from` takes any array-like: a request given without its array (`{ prompt }`, no
 // `length`) would be no requests at all, and `null` a `TypeError`. Only an iterable is requests.
-const itemsOf = (requests: unknown): Array<GenerateRequest> | ModelError => {
-  if (Array.isArray(requests)) return arrayOf(requests)
+const itemsOf = (requests: unknown, max: number): Array<GenerateRequest> | ModelError => {
+  if (Array.isArray(requests)) return arrayOf(requests, max)
   if (
     typeof requests !== "object" ||
     requests === null ||
@@ -63,7 +64,7 @@ const itemsOf = (requests: unknown): Array<GenerateRequest> | ModelError => {
   const items: Array<GenerateRequest> = []
   try {
     for (const request of requests as Iterable<GenerateRequest>) {
-      if (items.length === maxRequests) return tooMany("more")
+      if (items.length === max) return tooMany(max, "more")
       items.push(request)
     }
   } catch (error) {
@@ -74,7 +75,7 @@ const itemsOf = (requests: unknown): Array<GenerateRequest> | ModelError => {
 
 // An array's length is read first (a `Proxy` may claim any), then its elements by index:
 // a hole is `undefined`, that request's own refusal.
-const arrayOf = (requests: ReadonlyArray<unknown>): Array<GenerateRequest> | ModelError => {
+const arrayOf = (requests: ReadonlyArray<unknown>, max: number): Array<GenerateRequest> | ModelError => {
   let length: number
   try {
     length = requests.length
@@ -87,7 +88,7 @@ const arrayOf = (requests: ReadonlyArray<unknown>): Array<GenerateRequest> | Mod
       `expected an array, got a length of ${typeof length === "number" ? length : typeof length}`
     )
   }
-  if (length > maxRequests) return tooMany(String(length))
+  if (length > max) return tooMany(max, String(length))
   const items = new Array<GenerateRequest>(length)
   for (let index = 0; index < length; index++) {
     try {
@@ -206,11 +207,15 @@ export const make = (env: {
       if (Result.isFailure(concurrency)) {
         return Effect.fail(invalidRequest(concurrency.failure.path, concurrency.failure.message))
       }
+      // Not in `ManyOptions` yet (src/Executor.ts declares it): read as the unknown it may be.
+      const givenMax = (manyOptions as { readonly maxRequests?: unknown }).maxRequests
+      const max = Input.positiveInt("maxRequests", Input.orDefault(givenMax, maxRequests))
+      if (Result.isFailure(max)) return Effect.fail(invalidRequest(max.failure.path, max.failure.message))
       const resolved = resolveSync(manyOptions, manyKeys)
       if (Result.isFailure(resolved)) {
         return Effect.fail(invalidRequest(resolved.failure.path, resolved.failure.message))
       }
-      const items = itemsOf(requests)
+      const items = itemsOf(requests, max.success)
       if (items instanceof ModelError) return Effect.fail(items)
       const options = resolved.success
       if (isTraced(fiber)) {

@@ -58,7 +58,7 @@ export const executeKeys: ReadonlySet<string> = new Set([
  *
  * @internal
  */
-export const manyKeys: ReadonlySet<string> = new Set([...executeKeys, "concurrency"])
+export const manyKeys: ReadonlySet<string> = new Set([...executeKeys, "concurrency", "maxRequests"])
 
 /**
  * Builds the checks of an executor's per-call options, over its default deadline and policy.
