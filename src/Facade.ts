@@ -203,6 +203,16 @@ export interface Orchestra {
       domains: ReadonlyArray<string>,
       options: ParallelOptions & { readonly mode: "first" }
     ): Promise<Answer>
+    /**
+     * A mode known only at run time (options of type `ParallelOptions`): the outcomes, or the answer.
+     *
+     * @since 0.3.0
+     */
+    (
+      prompt: Prompt,
+      domains: ReadonlyArray<string>,
+      options?: ParallelOptions
+    ): Promise<ReadonlyArray<DomainOutcome> | Answer>
   }
   readonly hedge: (prompt: Prompt, domains: ReadonlyArray<string>, options: HedgeOptions) => Promise<Answer>
   /** One outcome per item, in order; never rejects because an item failed. */
