@@ -117,3 +117,23 @@ describe("Executor.executeMany: maxRequests", () => {
     })
   )
 })
+
+describe("Executor.executeMany: options that throw when read", () => {
+  it.effect("a getter that throws is an InvalidRequest naming the option, not a defect of the whole call", () =>
+    Effect.gen(function* () {
+      const { executor, control } = yield* setup()
+      for (const field of ["concurrency", "maxRequests", "timeout", "retry", "domain", "provider", "cache"]) {
+        const options = Object.defineProperty({}, field, {
+          enumerable: true,
+          get() {
+            throw new Error(`${field} getter`)
+          }
+        }) as Executor.ManyOptions
+        const error = yield* Effect.flip(executor.executeMany([{ prompt: "a" }], options))
+        assert.deepStrictEqual([error.reason, error.field], ["InvalidRequest", field])
+        assert.include(error.message, `${field} getter`)
+      }
+      assert.strictEqual(yield* control.calls, 0)
+    })
+  )
+})

@@ -198,38 +198,50 @@ export const make = (env: {
     return engine.start(fiber, plan, generateOf(request), sink, index)
   }
 
-  const executeMany = (requests: Iterable<GenerateRequest>, manyOptions: ManyOptions = {}) =>
-    Effect.withFiber((fiber) => {
+  // The options of one call, checked once: a getter (or `Proxy` trap) that throws is an
+  // InvalidRequest naming the option, not a defect ending the call.
+  const checkOptions = (
+    manyOptions: ManyOptions
+  ): { readonly concurrency: number; readonly max: number; readonly options: ResolvedOptions } | ModelError => {
+    try {
       // Before any option is read: `null` options are refused, not a `TypeError`.
       const notObject = Input.notAnObject("options", manyOptions)
-      if (notObject !== undefined) return Effect.fail(invalidRequest(notObject.path, notObject.message))
+      if (notObject !== undefined) return invalidRequest(notObject.path, notObject.message)
       const concurrency = Input.positiveInt("concurrency", Input.orDefault(manyOptions.concurrency, 5))
-      if (Result.isFailure(concurrency)) {
-        return Effect.fail(invalidRequest(concurrency.failure.path, concurrency.failure.message))
-      }
+      if (Result.isFailure(concurrency)) return invalidRequest(concurrency.failure.path, concurrency.failure.message)
       // Not in `ManyOptions` yet (src/Executor.ts declares it): read as the unknown it may be.
       const givenMax = (manyOptions as { readonly maxRequests?: unknown }).maxRequests
       const max = Input.positiveInt("maxRequests", Input.orDefault(givenMax, maxRequests))
-      if (Result.isFailure(max)) return Effect.fail(invalidRequest(max.failure.path, max.failure.message))
+      if (Result.isFailure(max)) return invalidRequest(max.failure.path, max.failure.message)
       const resolved = resolveSync(manyOptions, manyKeys)
-      if (Result.isFailure(resolved)) {
-        return Effect.fail(invalidRequest(resolved.failure.path, resolved.failure.message))
-      }
-      const items = itemsOf(requests, max.success)
+      if (Result.isFailure(resolved)) return invalidRequest(resolved.failure.path, resolved.failure.message)
+      return { concurrency: concurrency.success, max: max.success, options: resolved.success }
+    } catch (thrown) {
+      // Read again, field by field, to name the one that throws.
+      const read = Input.readFields(manyOptions)
+      return Result.isFailure(read)
+        ? invalidRequest(read.failure.path, read.failure.message)
+        : invalidRequest("options", `reading them threw: ${Input.thrownMessage(thrown)}`)
+    }
+  }
+
+  const executeMany = (requests: Iterable<GenerateRequest>, manyOptions: ManyOptions = {}) =>
+    Effect.withFiber((fiber) => {
+      const checked = checkOptions(manyOptions)
+      if (checked instanceof ModelError) return Effect.fail(checked)
+      const { concurrency, max, options } = checked
+      const items = itemsOf(requests, max)
       if (items instanceof ModelError) return Effect.fail(items)
-      const options = resolved.success
       if (isTraced(fiber)) {
         return Effect.withSpan(
-          forEachPool(items, concurrency.success, (request, index) =>
-            executeTraced(request, manyOptions, options, index)
-          ),
+          forEachPool(items, concurrency, (request, index) => executeTraced(request, manyOptions, options, index)),
           "Executor.executeMany",
-          { attributes: { "orchestra.items": items.length, "orchestra.concurrency": concurrency.success } }
+          { attributes: { "orchestra.items": items.length, "orchestra.concurrency": concurrency } }
         )
       }
       // Untraced: no worker fibers, one fiber per call in flight (policy/fused.ts).
       return Effect.map(
-        forEachStarted(items, concurrency.success, (request, sink, index) =>
+        forEachStarted(items, concurrency, (request, sink, index) =>
           startMany(fiber, request, manyOptions, options, sink, index)
         ),
         (exits) => exits.map(resultOf)
