@@ -93,6 +93,13 @@ export interface ExecuteOptions {
 export interface ManyOptions extends ExecuteOptions {
   /** How many calls run at once (default 5). Only this many fibers are started. */
   readonly concurrency?: number | undefined
+  /**
+   * The most requests one call takes (a positive integer, default 1,000,000): more is refused,
+   * naming `requests`, before any is read. A wrong value is an `InvalidRequest` naming `maxRequests`.
+   *
+   * @since 0.3.0
+   */
+  readonly maxRequests?: number | undefined
 }
 
 // The pipeline's own types, for modules that build plans (Router, HttpAgent, Pipeline).
@@ -334,7 +341,7 @@ export const make = Effect.fnUntraced(function* (options: Options = {}) {
   const { refuse, refused } = Refusal.make(stats, provider)
   const { stepFor, planOf } = Plans.make({ defaultTimeout, guards })
   const { execute, executeWithRetry } = Generate.make({ provider, limits, engine, resolveSync, refused, planOf })
-  const executeMany = Many.make({ provider, limits, engine, resolveSync, refuse, planOf, execute })
+  const executeMany = Many.make({ provider, limits, engine, resolveSync, refuse, planOf })
   const embed = Embed.make({ provider, limits, engine, resolveSync, refused, stepFor })
   const stream = StreamCall.make({ streams, provider, limits, basePolicy, guards, stepFor, refuse })
 

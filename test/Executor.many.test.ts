@@ -3,7 +3,7 @@
  * and the cap on its requests (`maxRequests`).
  */
 import { assert, describe, it } from "@effect/vitest"
-import { Effect, Result, Tracer } from "effect"
+import { Cause, Effect, Exit, Result, Stream, Tracer } from "effect"
 import type * as Executor from "../src/Executor.js"
 import type { GenerateRequest } from "../src/Model.js"
 import { setup } from "./utils/executor.js"
@@ -132,6 +132,49 @@ describe("Executor.executeMany: options that throw when read", () => {
         const error = yield* Effect.flip(executor.executeMany([{ prompt: "a" }], options))
         assert.deepStrictEqual([error.reason, error.field], ["InvalidRequest", field])
         assert.include(error.message, `${field} getter`)
+      }
+      assert.strictEqual(yield* control.calls, 0)
+    })
+  )
+})
+
+describe("Executor.execute, embed and stream: options that throw when read", () => {
+  const throwing = (field: string) =>
+    Object.defineProperty({}, field, {
+      enumerable: true,
+      get() {
+        throw new Error(`${field} getter`)
+      }
+    })
+  const calls = (executor: Executor.Service, field: string) =>
+    [
+      ["execute", executor.execute({ prompt: "a" }, throwing(field) as Executor.ExecuteOptions)],
+      ["embed", executor.embed({ texts: ["a"] }, throwing(field) as Executor.ExecuteOptions)],
+      [
+        "stream",
+        Stream.runDrain(
+          executor.stream(
+            { prompt: "a" },
+            throwing(field.replace(/^timeout$/, "firstChunkTimeout")) as Executor.StreamOptions
+          )
+        )
+      ]
+    ] as const
+
+  it.effect("a getter that throws is an InvalidRequest naming the option, as in executeMany, not a defect", () =>
+    Effect.gen(function* () {
+      const { executor, control } = yield* setup()
+      for (const field of ["timeout", "retry", "domain", "provider", "cache"]) {
+        for (const [name, call] of calls(executor, field)) {
+          const exit = yield* Effect.exit(call)
+          const error = Exit.isFailure(exit) ? Cause.findErrorOption(exit.cause) : undefined
+          assert.isTrue(error?._tag === "Some", `${name} ${field}: a typed failure, not a defect`)
+          const value =
+            error?._tag === "Some" ? (error.value as { reason?: string; field?: string; message: string }) : undefined
+          const named = name === "stream" ? field.replace(/^timeout$/, "firstChunkTimeout") : field
+          assert.deepStrictEqual([value?.reason, value?.field], ["InvalidRequest", named], `${name} ${field}`)
+          assert.include(value?.message, `${named} getter`)
+        }
       }
       assert.strictEqual(yield* control.calls, 0)
     })

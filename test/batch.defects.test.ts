@@ -134,7 +134,11 @@ describe("a batch has a bounded length", () => {
         const error = yield* Effect.flip(executor.executeMany(requests))
         assert.deepStrictEqual(
           [error.reason, error.field, error.message],
-          ["InvalidRequest", "requests", "invalid requests: expected at most 1000000 requests, got 4294967295"]
+          [
+            "InvalidRequest",
+            "requests",
+            "invalid requests: expected at most 1000000 requests (maxRequests), got 4294967295"
+          ]
         )
       }
       assert.strictEqual(reads, 0)
@@ -151,7 +155,7 @@ describe("a batch has a bounded length", () => {
       const error = yield* Effect.flip(executor.executeMany(endless))
       assert.deepStrictEqual(
         [error.field, error.message],
-        ["requests", "invalid requests: expected at most 1000000 requests, got more"]
+        ["requests", "invalid requests: expected at most 1000000 requests (maxRequests), got more"]
       )
       assert.strictEqual(yielded, 1_000_001)
       assert.strictEqual(yield* control.calls, 0)

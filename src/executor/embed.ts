@@ -66,7 +66,10 @@ export const make = (env: {
       const resolved = resolveSync(callOptions)
       if (Result.isFailure(resolved)) {
         const error = invalidRequest(resolved.failure.path, resolved.failure.message)
-        return refused(error, callOptions?.provider ?? provider, callOptions?.domain)
+        // Options that threw when read are not read again to find the call's provider and domain.
+        return resolved.failure.cause === undefined
+          ? refused(error, callOptions?.provider ?? provider, callOptions?.domain)
+          : refused(error, provider, undefined)
       }
       const target = callOptions.provider ?? provider
       // A request that throws when read (a getter, a `Proxy`) is refused naming it, not a defect.

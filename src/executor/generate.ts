@@ -60,7 +60,12 @@ export const chatTelemetry = (request: GenerateRequest): Telemetry<ProviderServi
   response: responseAttributes
 })
 
-const executeAttributes = (target: ProviderService, request: GenerateRequest, domain: string | undefined) => ({
+/**
+ * The attributes of an `Executor.execute` span (a traced `executeMany` gives each request one).
+ *
+ * @internal
+ */
+export const executeAttributes = (target: ProviderService, request: GenerateRequest, domain: string | undefined) => ({
   "gen_ai.operation.name": "chat",
   "gen_ai.provider.name": target.name,
   "gen_ai.request.model": request.model ?? target.defaultModel,
@@ -89,7 +94,10 @@ export const make = (env: {
       const resolved = resolveSync(callOptions)
       if (Result.isFailure(resolved)) {
         const error = invalidRequest(resolved.failure.path, resolved.failure.message)
-        return refused(error, callOptions?.provider ?? provider, callOptions?.domain)
+        // Options that threw when read are not read again to find the call's provider and domain.
+        return resolved.failure.cause === undefined
+          ? refused(error, callOptions?.provider ?? provider, callOptions?.domain)
+          : refused(error, provider, undefined)
       }
       const target = callOptions.provider ?? provider
       const error = checkRequest(request, limits)

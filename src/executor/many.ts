@@ -8,7 +8,7 @@
  */
 import { Cause, Effect, Exit, type Fiber, Result } from "effect"
 import { type AiError, invalidRequest, ModelError } from "../AiError.js"
-import type { ManyOptions, ResolvedOptions, Service } from "../Executor.js"
+import type { ManyOptions, ResolvedOptions } from "../Executor.js"
 import * as Input from "../Input.js"
 import type { GenerateRequest, GenerateResponse, RequestLimits, Service as ProviderService } from "../Model.js"
 import type { Engine } from "../policy/engine.js"
@@ -16,8 +16,8 @@ import type { Sink } from "../policy/fused.js"
 import { forEachPool, forEachStarted } from "../policy/pool.js"
 import { isTraced } from "../policy/span.js"
 import { renamed } from "../policy/failure.js"
-import { chatTelemetry, checkRequest, generateOf } from "./generate.js"
-import { manyKeys, type ResolveSync } from "./options.js"
+import { chatTelemetry, checkRequest, executeAttributes, generateOf } from "./generate.js"
+import { manyKeys, type ResolveSync, thrownIssue } from "./options.js"
 import type { PlanOf } from "./plan.js"
 import type { Refuse } from "./refusal.js"
 
@@ -46,7 +46,7 @@ const resultOf = (exit: Exit.Exit<unknown, AiError>): Result.Result<GenerateResp
 export const maxRequests = 1_000_000
 
 const tooMany = (max: number, got: string): ModelError =>
-  invalidRequest("requests", `expected at most ${max} requests, got ${got}`)
+  invalidRequest("requests", `expected at most ${max} requests (maxRequests), got ${got}`)
 
 // `Array.from` takes any array-like: a request given without its array (`{ prompt }`, no
 // `length`) would be no requests at all, and `null` a `TypeError`. Only an iterable is requests.
@@ -110,8 +110,8 @@ const atIndex = (error: ModelError, index: number): ModelError => {
 
 /**
  * Builds an executor's `executeMany`. Each request is checked once, where it is taken: its
- * refusal names its place (`requests[3].prompt`), traced or not. (`execute` is not used: it
- * would check each request again.)
+ * refusal names its place (`requests[3].prompt`), traced or not (`execute` would check each
+ * request again).
  *
  * @internal
  */
@@ -122,7 +122,6 @@ export const make = (env: {
   readonly resolveSync: ResolveSync
   readonly refuse: Refuse
   readonly planOf: PlanOf
-  readonly execute: Service["execute"]
 }) => {
   const { provider, limits, engine, resolveSync, refuse, planOf } = env
 
@@ -162,14 +161,7 @@ export const make = (env: {
         Effect.withSpan(
           engine.runValueIn(fiber, { ...plan, telemetry: chatTelemetry(request) }, generateOf(request)),
           "Executor.execute",
-          {
-            attributes: {
-              "gen_ai.operation.name": "chat",
-              "gen_ai.provider.name": target.name,
-              "gen_ai.request.model": request.model ?? target.defaultModel,
-              "orchestra.domain": manyOptions.domain ?? "none"
-            }
-          }
+          { attributes: executeAttributes(target, request, manyOptions.domain) }
         )
       ).pipe(Effect.map(resultOf))
     )
@@ -209,19 +201,14 @@ export const make = (env: {
       if (notObject !== undefined) return invalidRequest(notObject.path, notObject.message)
       const concurrency = Input.positiveInt("concurrency", Input.orDefault(manyOptions.concurrency, 5))
       if (Result.isFailure(concurrency)) return invalidRequest(concurrency.failure.path, concurrency.failure.message)
-      // Not in `ManyOptions` yet (src/Executor.ts declares it): read as the unknown it may be.
-      const givenMax = (manyOptions as { readonly maxRequests?: unknown }).maxRequests
-      const max = Input.positiveInt("maxRequests", Input.orDefault(givenMax, maxRequests))
+      const max = Input.positiveInt("maxRequests", Input.orDefault(manyOptions.maxRequests, maxRequests))
       if (Result.isFailure(max)) return invalidRequest(max.failure.path, max.failure.message)
       const resolved = resolveSync(manyOptions, manyKeys)
       if (Result.isFailure(resolved)) return invalidRequest(resolved.failure.path, resolved.failure.message)
       return { concurrency: concurrency.success, max: max.success, options: resolved.success }
     } catch (thrown) {
-      // Read again, field by field, to name the one that throws.
-      const read = Input.readFields(manyOptions)
-      return Result.isFailure(read)
-        ? invalidRequest(read.failure.path, read.failure.message)
-        : invalidRequest("options", `reading them threw: ${Input.thrownMessage(thrown)}`)
+      const issue = thrownIssue(manyOptions, thrown)
+      return invalidRequest(issue.path, issue.message)
     }
   }
 

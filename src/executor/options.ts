@@ -61,6 +61,20 @@ export const executeKeys: ReadonlySet<string> = new Set([
 export const manyKeys: ReadonlySet<string> = new Set([...executeKeys, "concurrency", "maxRequests"])
 
 /**
+ * What a call's options that threw while they were read are refused with: the field whose
+ * getter (or `Proxy` trap) throws, read again one by one to name it, else `options`. It
+ * carries what was thrown as its `cause`: the options are not read again after it.
+ *
+ * @internal
+ */
+export const thrownIssue = (options: unknown, thrown: unknown): Input.Issue => {
+  const read = typeof options === "object" && options !== null ? Input.readFields(options) : undefined
+  return read !== undefined && Result.isFailure(read)
+    ? read.failure
+    : { path: "options", message: `reading them threw: ${Input.thrownMessage(thrown)}`, cause: thrown }
+}
+
+/**
  * Builds the checks of an executor's per-call options, over its default deadline and policy.
  *
  * @internal
@@ -74,9 +88,22 @@ export const make = (env: {
   const resolveCache = new WeakMap<ExecuteOptions, Result.Result<ResolvedOptions, Input.Issue>>()
   const defaults: ResolvedOptions = { timeout: defaultTimeout, totalTimeout: undefined, retry: undefined }
 
+  // A getter (or a `Proxy` trap) that throws is an issue naming its field, not a defect of the
+  // call: the try costs nothing until something throws.
   const resolveSync = (
     callOptions: ExecuteOptions,
     known: ReadonlySet<string> = executeKeys
+  ): Result.Result<ResolvedOptions, Input.Issue> => {
+    try {
+      return resolveUnsafe(callOptions, known)
+    } catch (thrown) {
+      return Result.fail(thrownIssue(callOptions, thrown))
+    }
+  }
+
+  const resolveUnsafe = (
+    callOptions: ExecuteOptions,
+    known: ReadonlySet<string>
   ): Result.Result<ResolvedOptions, Input.Issue> => {
     // Before the defaults' shortcut: a misspelt `timout` sets no deadline and would take it.
     const notObject = Input.notAnObject("options", callOptions)

@@ -6,15 +6,15 @@
  * @internal
  */
 import { Effect, Stream } from "effect"
-import { invalidRequest } from "../AiError.js"
+import { type AiError, invalidRequest } from "../AiError.js"
 import type { Guards, Service, StreamOptions } from "../Executor.js"
 import * as Input from "../Input.js"
-import type { GenerateRequest, RequestLimits, Service as ProviderService } from "../Model.js"
+import type { GenerateRequest, RequestLimits, Service as ProviderService, StreamPart } from "../Model.js"
 import type { RetryPolicy } from "../Policy.js"
 import type { Streams } from "../policy/stream.js"
 import { labelIssue } from "../stats/labels.js"
 import { checkRequest } from "./generate.js"
-import { kinds } from "./options.js"
+import { kinds, thrownIssue } from "./options.js"
 import { tokensOf } from "./plan.js"
 import type { Refuse } from "./refusal.js"
 
@@ -55,7 +55,17 @@ export const make = (env: {
 }) => {
   const { streams, provider, limits, basePolicy, guards, stepFor, refuse } = env
 
-  const stream = (request: GenerateRequest, streamOptions: StreamOptions = {}) => {
+  const stream = (request: GenerateRequest, streamOptions: StreamOptions = {}): Stream.Stream<StreamPart, AiError> => {
+    try {
+      return streamUnsafe(request, streamOptions)
+    } catch (thrown) {
+      // A getter (or a `Proxy` trap) of the options that throws: refused naming it, not thrown at the caller.
+      const issue = thrownIssue(streamOptions, thrown)
+      return Stream.fail(invalidRequest(issue.path, issue.message))
+    }
+  }
+
+  const streamUnsafe = (request: GenerateRequest, streamOptions: StreamOptions) => {
     const unknown =
       Input.notAnObject("options", streamOptions) ??
       Input.unknownKey(streamOptions, streamKeys) ??
