@@ -101,7 +101,7 @@ describe("orchestra prints what a config supplies escaped on a terminal", () => 
         stdin: `domains\nd${evil}: hi\nexit\n`
       })
       assert.strictEqual(session.code, 0, session.err)
-      assert.include(session.out, `orchestra session: domains support, technical, finance, d${shown}`)
+      assert.include(session.err, `orchestra session: domains support, technical, finance, d${shown}`)
       assert.include(session.out, `p${shown}/m${shown}`)
       noControls(session.out)
       noControls(session.err)

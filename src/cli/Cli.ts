@@ -4,8 +4,8 @@
  *
  * @since 0.1.0
  */
-import { Cause, Console, Effect, Layer, Option, Stdio } from "effect"
-import { CliError, CliOutput, Command } from "effect/cli"
+import { Cause, Console, Effect, Layer, Option, Stdio, Stream, Terminal } from "effect"
+import { CliError, CliOutput, Command, Prompt } from "effect/cli"
 import * as Bench from "./Bench.js"
 import { ExitCode, exitCodes, printError } from "./Common.js"
 import * as Serve from "./Serve.js"
@@ -110,20 +110,71 @@ export const joinDashValues = (argv: ReadonlyArray<string>): ReadonlyArray<strin
   return out
 }
 
-// effect/cli's wizard asks on stdin: off a terminal it gives up at once ("Wizard cancelled.", on
-// stdout) and exits with 0, though nothing ran.
-const wizardOffTerminal = (argv: ReadonlyArray<string>): Effect.Effect<boolean> => {
+/** The command line up to `--`: what follows is values, never flags. */
+const flagsOf = (argv: ReadonlyArray<string>): ReadonlyArray<string> => {
   const end = argv.indexOf("--")
-  if (!(end < 0 ? argv : argv.slice(0, end)).includes("--wizard")) return Effect.succeed(false)
-  return Effect.flatMap(Effect.serviceOption(Stdio.Stdio), (stdio) =>
-    Option.isSome(stdio) ? Effect.map(stdio.value.stdinIsTerminal, (terminal) => !terminal) : Effect.succeed(false)
-  )
+  return end < 0 ? argv : argv.slice(0, end)
 }
 
+const stdinIsTerminal: Effect.Effect<boolean> = Effect.flatMap(Effect.serviceOption(Stdio.Stdio), (stdio) =>
+  Option.isSome(stdio) ? stdio.value.stdinIsTerminal : Effect.succeed(false)
+)
+
+// effect/cli's wizard asks on stdin: off a terminal it gives up at once ("Wizard cancelled.", on
+// stdout) and exits with 0, though nothing ran.
 const wizardRefused = Effect.andThen(
   printError("orchestra: --wizard asks its questions on a terminal: run it in one, or give the flags (see --help)"),
   new ExitCode({ code: exitCodes.usage })
 )
+
+/** A word as a shell reads it back: quoted when it holds anything but plain characters. */
+const shellWord = (word: string): string =>
+  /^[\w@%+=:,./-]+$/.test(word) ? word : `'${word.replaceAll("'", `'\\''`)}'`
+
+/**
+ * `--wizard`: the questions for the command named (all commands' when none is), then the
+ * command line they make, run once confirmed. effect/cli's own wizard writes its questions
+ * to stdout (the console's log and the terminal's display), where `orchestra stats --wizard
+ * --json > out.json` keeps its data: here they go to stderr, as the prompts of `start` do,
+ * and only the command itself writes on stdout. Cancelled (Ctrl-C, Esc), nothing runs and
+ * the exit code is 130.
+ */
+const wizard = (argv: ReadonlyArray<string>) =>
+  Effect.gen(function* () {
+    const stdio = yield* Stdio.Stdio
+    const terminal = yield* Terminal.Terminal
+    const console = yield* Console.Console
+    const toStderr = (text: string) => Stream.run(Stream.make(text), stdio.stderr()).pipe(Effect.ignore)
+    const asking = <A, E, R>(effect: Effect.Effect<A, E, R>) =>
+      effect.pipe(
+        Effect.provideService(Terminal.Terminal, Terminal.make({ ...terminal, display: toStderr })),
+        Effect.provideService(Console.Console, { ...console, log: console.error })
+      )
+    const name = flagsOf(argv).find((token) => subcommands.some((c) => c.name === token))
+    const named = subcommands.find((c) => c.name === name)
+    const questions = Effect.gen(function* () {
+      yield* Console.log(`orchestra ${version} · command wizard (Ctrl-C cancels)\n`)
+      const args =
+        named === undefined
+          ? yield* Command.wizard(command, { prefix: [command.name] })
+          : yield* Command.wizard(named as Command.Command.Any, { prefix: [command.name, named.name] })
+      yield* Console.log(`Command ready:\n  ${args.map(shellWord).join(" ")}\n`)
+      const go = yield* Prompt.run(
+        Prompt.Toggle({ message: "Run this command?", initial: true, active: "yes", inactive: "no" })
+      )
+      yield* Console.log("")
+      return go ? Option.some(args.slice(1)) : Option.none()
+    })
+    const answered = yield* asking(questions).pipe(
+      Effect.catchTag("QuitError", () =>
+        Effect.andThen(
+          printError("\norchestra: --wizard cancelled: nothing ran"),
+          new ExitCode({ code: exitCodes.interrupted })
+        )
+      )
+    )
+    if (Option.isSome(answered)) yield* cli(answered.value)
+  })
 
 /**
  * Runs the command line and gives the exit code: 0 ok, 1 a call failed, 2 bad usage or a
@@ -134,7 +185,11 @@ const wizardRefused = Effect.andThen(
  * @category run
  */
 export const run = (argv: ReadonlyArray<string>) =>
-  Effect.flatMap(wizardOffTerminal(argv), (refused) => (refused ? wizardRefused : cli(joinDashValues(argv)))).pipe(
+  Effect.suspend(() =>
+    flagsOf(argv).includes("--wizard")
+      ? Effect.flatMap(stdinIsTerminal, (terminal) => (terminal ? wizard(argv) : wizardRefused))
+      : cli(joinDashValues(argv))
+  ).pipe(
     Effect.as(exitCodes.ok as number),
     Effect.catch((error) => {
       if (error instanceof ExitCode) return Effect.succeed(error.code)

@@ -2,11 +2,12 @@
  * The handler of `orchestra start`: an interactive session over stdin. Each line is a
  * query (`domain: query` picks a domain); `stats`, `reset`, `domains`, `help` and `exit`
  * are commands. End of input leaves cleanly; Ctrl-C interrupts, and the manager drains.
- * Works the same when stdin is a pipe (no prompt or banner is printed then).
+ * Works the same when stdin is a pipe (no prompt or banner is printed then). The prompt and
+ * banner go to stderr, so that stdout holds only the answers even when redirected.
  *
  * @since 0.2.0
  */
-import { Clock, Console, Effect, Option, Result, Stdio, Stream } from "effect"
+import { Clock, Effect, Option, Result, Stdio, Stream } from "effect"
 import { Domains } from "../../Domain.js"
 import { Executor } from "../../Executor.js"
 import { Router } from "../../Router.js"
@@ -141,7 +142,10 @@ export const run = Effect.fnUntraced(function* (args: Args) {
     const domains = yield* Domains
     const stats = yield* Stats.Stats
     const names = domains.all.map((d) => d.name)
-    const prompt = interactive ? Effect.sync(() => void process.stdout.write("orchestra> ")) : Effect.void
+    // What asks for input goes where the person typing sees it, not into a redirected stdout
+    // (`orchestra start > answers.txt`), which holds the answers only.
+    const toTerminal = (text: string) => Stream.run(Stream.make(text), stdio.stderr()).pipe(Effect.ignore)
+    const prompt = interactive ? toTerminal("orchestra> ") : Effect.void
     const say = (value: Record<string, unknown>, text: string, toStderr = false) =>
       common.json ? printJson(common, value) : toStderr ? printError(text) : printText(text)
 
@@ -230,7 +234,9 @@ export const run = Effect.fnUntraced(function* (args: Args) {
     }
 
     if (interactive) {
-      yield* printText(`orchestra session: domains ${names.join(", ")}. Type \`help\` for commands, \`exit\` to leave.`)
+      yield* printError(
+        `orchestra session: domains ${names.join(", ")}. Type \`help\` for commands, \`exit\` to leave.`
+      )
     }
     yield* prompt
     // Input that cannot be read did not end: the session failed (exit 1), it was not left.
@@ -239,7 +245,7 @@ export const run = Effect.fnUntraced(function* (args: Args) {
         failWith(common, exitCodes.failed, `cannot read stdin: ${platformErrorText(error)}`, { kind: "stdin" })
       )
     )
-    if (interactive) yield* Console.log("")
+    if (interactive) yield* toTerminal("\n")
   })
 
   yield* session.pipe(provideOrchestra(common, checked))

@@ -1,0 +1,137 @@
+/**
+ * Where the `orchestra` command writes, in process (the command's own `run` over a test
+ * console, test stdio and a scripted terminal): data on stdout, questions and prompts for
+ * the person at the terminal on stderr, and under `--json` one JSON document on stdout
+ * whatever failed.
+ */
+import { mkdtempSync, rmSync, writeFileSync } from "node:fs"
+import { tmpdir } from "node:os"
+import * as NodePath from "node:path"
+import * as NodeServices from "@effect/platform-node/NodeServices"
+import { afterAll, assert, describe, it } from "@effect/vitest"
+import {
+  type Cause,
+  ConfigProvider,
+  Console,
+  Effect,
+  Layer,
+  Option,
+  Queue,
+  Sink,
+  Stdio,
+  Stream,
+  Terminal
+} from "effect"
+import * as Cli from "../src/cli/Cli.js"
+
+const dir = mkdtempSync(NodePath.join(tmpdir(), "orchestra-cli-streams-"))
+afterAll(() => rmSync(dir, { recursive: true, force: true }))
+
+const writeConfig = (name: string, config: unknown): string => {
+  const file = NodePath.join(dir, name)
+  writeFileSync(file, JSON.stringify(config, null, 2))
+  return file
+}
+
+const key = (name: string, input?: string): Terminal.UserInput => ({
+  input: Option.fromUndefinedOr(input),
+  key: { name, ctrl: false, meta: false, shift: false }
+})
+const enter = key("return")
+
+const decoder = new TextDecoder()
+const recordInto = (into: Array<string>) => (chunk: string | Uint8Array) =>
+  Effect.sync(() => void into.push(typeof chunk === "string" ? chunk : decoder.decode(chunk)))
+
+interface Session {
+  readonly stdin?: string | undefined
+  readonly stdinIsTerminal?: boolean | undefined
+  /** Keys typed at the terminal, in order (the wizard's answers). */
+  readonly keys?: ReadonlyArray<Terminal.UserInput> | undefined
+  /** After the keys, Ctrl-C: the terminal ends its input, as Node's does. */
+  readonly quit?: boolean | undefined
+}
+
+/**
+ * Runs the command with stdout redirected (not a terminal) and stderr on a terminal.
+ * `stdout` is everything that reached stdout: the console's log and what the terminal
+ * service displayed (Node's terminal writes to stdout); `stderr` the console's errors and
+ * stdio's stderr.
+ */
+const inProcess = (argv: ReadonlyArray<string>, session: Session = {}) =>
+  Effect.gen(function* () {
+    const stdout: Array<string> = []
+    const stderr: Array<string> = []
+    const console: Console.Console = {
+      ...globalThis.console,
+      log: (...args: ReadonlyArray<unknown>) => void stdout.push(`${args.join(" ")}\n`),
+      error: (...args: ReadonlyArray<unknown>) => void stderr.push(`${args.join(" ")}\n`)
+    }
+    const keys = yield* Queue.unbounded<Terminal.UserInput, Cause.Done>()
+    yield* Queue.offerAll(keys, session.keys ?? [])
+    if (session.quit === true) yield* Queue.end(keys)
+    const terminal = Terminal.make({
+      columns: Effect.succeed(80),
+      rows: Effect.succeed(24),
+      size: Effect.die("unused"),
+      readInput: Effect.succeed(keys as never),
+      readLine: Effect.die("unused"),
+      display: (text) => Effect.sync(() => void stdout.push(text))
+    })
+    const code = yield* Cli.run(argv).pipe(
+      Effect.provide(
+        Layer.mergeAll(
+          NodeServices.layer,
+          Layer.succeed(Terminal.Terminal, terminal),
+          Stdio.layerTest({
+            stdin: Stream.make(new TextEncoder().encode(session.stdin ?? "")),
+            stdinIsTerminal: Effect.succeed(session.stdinIsTerminal ?? false),
+            stdoutIsTerminal: Effect.succeed(false),
+            stderrIsTerminal: Effect.succeed(true),
+            stdout: () => Sink.forEach(recordInto(stdout)),
+            stderr: () => Sink.forEach(recordInto(stderr))
+          }),
+          ConfigProvider.layer(ConfigProvider.fromUnknown({}))
+        )
+      ),
+      Effect.provideService(Console.Console, console)
+    )
+    return { code, stdout: stdout.join(""), stderr: stderr.join("") }
+  })
+
+describe("orchestra asks its questions on the terminal, not into redirected stdout", () => {
+  it.live("start: the banner and the `orchestra>` prompt go to stderr, the answers to stdout", () =>
+    Effect.gen(function* () {
+      const config = writeConfig("start.json", { providers: { m: { type: "mock", reply: "the answer" } } })
+      const result = yield* inProcess(["start", "--config", config], {
+        stdinIsTerminal: true,
+        stdin: "hi\nexit\n"
+      })
+      assert.strictEqual(result.code, 0, result.stderr)
+      assert.match(result.stdout, /^the answer\n {2}\[\(default provider\) · m\/mock-model · .*\]\n$/)
+      assert.include(result.stderr, "orchestra session: domains")
+      assert.include(result.stderr, "orchestra> ")
+    })
+  )
+
+  it.live("--wizard: its questions go to stderr; stdout holds only what the command printed", () =>
+    Effect.gen(function* () {
+      // Every optional flag declined (Enter), then "Run this command?" accepted (Enter).
+      const result = yield* inProcess(["stats", "--wizard"], { stdinIsTerminal: true, keys: Array(12).fill(enter) })
+      assert.strictEqual(result.code, 0, result.stderr)
+      assert.match(result.stdout, /^Execution stats \(empty\)\n/)
+      assert.notInclude(result.stdout, "wizard")
+      assert.notInclude(result.stdout, "--concurrency")
+      assert.include(result.stderr, "--concurrency")
+      assert.include(result.stderr, "orchestra stats")
+    })
+  )
+  it.live("--wizard cancelled (Ctrl-C) says so on stderr and exits with 130: nothing ran", () =>
+    Effect.gen(function* () {
+      const result = yield* inProcess(["stats", "--wizard"], { stdinIsTerminal: true, keys: [enter], quit: true })
+      assert.strictEqual(result.code, 130, result.stderr)
+      assert.strictEqual(result.stdout, "")
+      assert.include(result.stderr, "orchestra: --wizard cancelled: nothing ran")
+    })
+  )
+})
