@@ -12,6 +12,7 @@ import { afterAll, assert, describe, it } from "@effect/vitest"
 import {
   type Cause,
   ConfigProvider,
+  FileSystem,
   Console,
   Effect,
   Layer,
@@ -50,6 +51,8 @@ interface Session {
   readonly keys?: ReadonlyArray<Terminal.UserInput> | undefined
   /** After the keys, Ctrl-C: the terminal ends its input, as Node's does. */
   readonly quit?: boolean | undefined
+  /** In place of the real file system. */
+  readonly fs?: Layer.Layer<FileSystem.FileSystem> | undefined
 }
 
 /**
@@ -79,6 +82,7 @@ const inProcess = (argv: ReadonlyArray<string>, session: Session = {}) =>
       display: (text) => Effect.sync(() => void stdout.push(text))
     })
     const code = yield* Cli.run(argv).pipe(
+      session.fs === undefined ? (effect) => effect : Effect.provide(session.fs),
       Effect.provide(
         Layer.mergeAll(
           NodeServices.layer,
@@ -132,6 +136,64 @@ describe("orchestra asks its questions on the terminal, not into redirected stdo
       assert.strictEqual(result.code, 130, result.stderr)
       assert.strictEqual(result.stdout, "")
       assert.include(result.stderr, "orchestra: --wizard cancelled: nothing ran")
+    })
+  )
+})
+
+describe("orchestra --json: a command line that cannot be parsed is one JSON error on stdout", () => {
+  const usage = (result: { readonly code: number; readonly stdout: string; readonly stderr: string }) => {
+    assert.strictEqual(result.code, 2, result.stderr)
+    // The help and the message stay on stderr, for the person reading it.
+    assert.include(result.stderr, "USAGE")
+    const document = JSON.parse(result.stdout) as { ok: boolean; error: { kind: string; message: string } }
+    assert.strictEqual(document.ok, false)
+    assert.strictEqual(document.error.kind, "usage")
+    return document.error.message
+  }
+
+  it.live("an unknown flag, a bad number, a missing flag, no command", () =>
+    Effect.gen(function* () {
+      assert.include(usage(yield* inProcess(["test", "-p", "hi", "--bogus", "--json"])), "--bogus")
+      assert.include(usage(yield* inProcess(["bench", "--json", "--prompts", "a", "--concurrency", "many"])), "many")
+      assert.include(usage(yield* inProcess(["test", "--json"])), "--prompt")
+      assert.include(usage(yield* inProcess(["stats", "--json=true", "--rounds", "3"])), "--rounds")
+      // No command: the root has no --json, and says so.
+      assert.include(usage(yield* inProcess(["--json"])), "Unrecognized flag: --json")
+    })
+  )
+
+  it.live("start --json writes it as one JSON line, as its other errors", () =>
+    Effect.gen(function* () {
+      const result = yield* inProcess(["start", "--json", "--nope"])
+      assert.strictEqual(result.code, 2, result.stderr)
+      assert.strictEqual(result.stdout.split("\n").length, 2, result.stdout)
+      const line = JSON.parse(result.stdout) as { type: string; error: { kind: string; message: string } }
+      assert.strictEqual(line.type, "error")
+      assert.strictEqual(line.error.kind, "usage")
+      assert.include(line.error.message, "--nope")
+    })
+  )
+
+  it.live("--wizard off a terminal, and --json after `--` is a value, not the flag", () =>
+    Effect.gen(function* () {
+      const wizard = yield* inProcess(["test", "--wizard", "--json"])
+      assert.strictEqual(wizard.code, 2, wizard.stderr)
+      assert.deepInclude(JSON.parse(wizard.stdout) as object, { ok: false })
+      const operand = yield* inProcess(["test", "--bogus", "--", "--json"])
+      assert.strictEqual(operand.code, 2, operand.stderr)
+      assert.strictEqual(operand.stdout, "")
+    })
+  )
+  it.live("a bug (a defect) is a JSON error too, exit 1", () =>
+    Effect.gen(function* () {
+      const fs = FileSystem.layerNoop({ stat: () => Effect.die(new Error("boom")) })
+      const result = yield* inProcess(["stats", "--json", "--file", "prompts.txt"], { fs })
+      assert.strictEqual(result.code, 1, result.stderr)
+      assert.include(result.stderr, "orchestra: unexpected failure")
+      assert.deepStrictEqual(JSON.parse(result.stdout), {
+        ok: false,
+        error: { message: "unexpected failure: Error: boom", kind: "internal" }
+      })
     })
   )
 })

@@ -253,7 +253,12 @@ describe("orchestra CLI", { timeout: 180_000 }, () => {
       )
       assert.strictEqual(missing.code, 2)
       assert.include(missing.stderr, "Missing required flag: --prompt")
-      assert.strictEqual(missing.stdout, "", "help and errors of a bad invocation go to stderr")
+      // The help goes to stderr; stdout holds only the JSON error.
+      assert.notInclude(missing.stdout, "USAGE")
+      assert.deepStrictEqual(parse(missing), {
+        ok: false,
+        error: { message: "Missing required flag: --prompt", kind: "usage" }
+      })
       assert.strictEqual(zero.code, 2)
       assert.include(zero.stderr, "--concurrency: expected a value of at least 1, got 0")
       assert.deepInclude(parse(zero), { ok: false })

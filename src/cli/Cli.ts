@@ -7,7 +7,7 @@
 import { Cause, Console, Effect, Layer, Option, Stdio, Stream, Terminal } from "effect"
 import { CliError, CliOutput, Command, Prompt } from "effect/cli"
 import * as Bench from "./Bench.js"
-import { ExitCode, exitCodes, printError } from "./Common.js"
+import { ExitCode, exitCodes, printError, printJson } from "./Common.js"
 import * as Serve from "./Serve.js"
 import * as Start from "./Start.js"
 import * as Stats from "./Stats.js"
@@ -39,33 +39,56 @@ export const command = Command.make("orchestra").pipe(
 )
 
 /**
+ * Where a failure's JSON goes under `--json`: one document, or for `start` (whose output is
+ * JSON lines) one line.
+ *
+ * @since 0.3.0
+ * @category models
+ */
+export type JsonOutput = "none" | "document" | "lines"
+
+/** A usage error as a `--json` consumer reads every other failure. */
+const printFailure = (json: JsonOutput, kind: string, message: string): Effect.Effect<void> =>
+  json === "none"
+    ? Effect.void
+    : printJson(
+        { jsonLines: json === "lines" },
+        json === "lines" ? { type: "error", error: { message, kind } } : { ok: false, error: { message, kind } }
+      )
+
+/**
  * Help asked for goes to stdout; a usage error's help and messages go to stderr, so that
- * stdout stays empty for a `--json` consumer. `orchestra` alone is one: it names no command
- * (effect/cli shows that help as if asked for, on stdout and without a message).
+ * stdout stays empty for a `--json` consumer, which gets the error as JSON (`{ ok: false,
+ * error: { message, kind: "usage" } }`, a `{ type: "error", ... }` line for `start`), as it
+ * does every other failure. `orchestra` alone is one: it names no command (effect/cli shows
+ * that help as if asked for, on stdout and without a message).
  *
  * @since 0.2.0
  * @category layers
  */
-export const presenter: Layer.Layer<never> = Layer.succeed(CliOutput.Presenter, {
-  present: (event) => {
-    if (event._tag === "Version" || (event._tag === "Help" && event.reason === "Requested")) {
-      return CliOutput.defaultPresenter.present(event)
+export const presenter = (json: boolean): Layer.Layer<never> =>
+  Layer.succeed(CliOutput.Presenter, {
+    present: (event) => {
+      if (event._tag === "Version" || (event._tag === "Help" && event.reason === "Requested")) {
+        return CliOutput.defaultPresenter.present(event)
+      }
+      const errors =
+        event._tag === "InvalidInvocation"
+          ? event.errors
+          : [
+              new CliError.ValidationError({
+                message: `Missing command: give one of ${subcommands.map((c) => c.name).join(", ")}`
+              })
+            ]
+      return Effect.gen(function* () {
+        const formatter = yield* CliOutput.Formatter
+        yield* Console.error(formatter.formatHelpDoc(event.helpDoc))
+        yield* Console.error(formatter.formatErrors(errors))
+        const output = !json ? "none" : event.commandPath[1] === Start.command.name ? "lines" : "document"
+        yield* printFailure(output, "usage", errors.map((error) => error.message).join("; "))
+      })
     }
-    const errors =
-      event._tag === "InvalidInvocation"
-        ? event.errors
-        : [
-            new CliError.ValidationError({
-              message: `Missing command: give one of ${subcommands.map((c) => c.name).join(", ")}`
-            })
-          ]
-    return Effect.gen(function* () {
-      const formatter = yield* CliOutput.Formatter
-      yield* Console.error(formatter.formatHelpDoc(event.helpDoc))
-      yield* Console.error(formatter.formatErrors(errors))
-    })
-  }
-})
+  })
 
 const cli = Command.runWith(command, { version })
 
@@ -120,12 +143,32 @@ const stdinIsTerminal: Effect.Effect<boolean> = Effect.flatMap(Effect.serviceOpt
   Option.isSome(stdio) ? stdio.value.stdinIsTerminal : Effect.succeed(false)
 )
 
+const truthy = new Set(["true", "1", "y", "yes", "on"])
+
+/** Whether the command line asks for `--json` (as effect/cli reads a boolean flag), before any `--`. */
+const asksJson = (argv: ReadonlyArray<string>): boolean =>
+  flagsOf(argv).some(
+    (token) => token === "--json" || (token.startsWith("--json=") && truthy.has(token.slice(7).toLowerCase()))
+  )
+
+/** The subcommand a command line names, if any. */
+const subcommandOf = (argv: ReadonlyArray<string>) => {
+  const name = flagsOf(argv).find((token) => subcommands.some((c) => c.name === token))
+  return subcommands.find((c) => c.name === name)
+}
+
+const jsonOutput = (argv: ReadonlyArray<string>): JsonOutput =>
+  !asksJson(argv) ? "none" : subcommandOf(argv)?.name === Start.command.name ? "lines" : "document"
+
 // effect/cli's wizard asks on stdin: off a terminal it gives up at once ("Wizard cancelled.", on
 // stdout) and exits with 0, though nothing ran.
-const wizardRefused = Effect.andThen(
-  printError("orchestra: --wizard asks its questions on a terminal: run it in one, or give the flags (see --help)"),
-  new ExitCode({ code: exitCodes.usage })
-)
+const wizardRefused = (json: JsonOutput) => {
+  const message = "--wizard asks its questions on a terminal: run it in one, or give the flags (see --help)"
+  return printError(`orchestra: ${message}`).pipe(
+    Effect.andThen(printFailure(json, "usage", message)),
+    Effect.andThen(new ExitCode({ code: exitCodes.usage }))
+  )
+}
 
 /** A word as a shell reads it back: quoted when it holds anything but plain characters. */
 const shellWord = (word: string): string =>
@@ -150,8 +193,7 @@ const wizard = (argv: ReadonlyArray<string>) =>
         Effect.provideService(Terminal.Terminal, Terminal.make({ ...terminal, display: toStderr })),
         Effect.provideService(Console.Console, { ...console, log: console.error })
       )
-    const name = flagsOf(argv).find((token) => subcommands.some((c) => c.name === token))
-    const named = subcommands.find((c) => c.name === name)
+    const named = subcommandOf(argv)
     const questions = Effect.gen(function* () {
       yield* Console.log(`orchestra ${version} · command wizard (Ctrl-C cancels)\n`)
       const args =
@@ -184,23 +226,31 @@ const wizard = (argv: ReadonlyArray<string>) =>
  * @since 0.1.0
  * @category run
  */
-export const run = (argv: ReadonlyArray<string>) =>
-  Effect.suspend(() =>
+export const run = (argv: ReadonlyArray<string>) => {
+  const json = jsonOutput(argv)
+  // What was not reported yet: said on stderr, and as JSON under `--json`.
+  const unreported = (message: string, detail = message) =>
+    Effect.as(
+      Effect.andThen(printError(`orchestra: ${detail}`), printFailure(json, "internal", message)),
+      exitCodes.failed as number
+    )
+  return Effect.suspend(() =>
     flagsOf(argv).includes("--wizard")
-      ? Effect.flatMap(stdinIsTerminal, (terminal) => (terminal ? wizard(argv) : wizardRefused))
+      ? Effect.flatMap(stdinIsTerminal, (terminal) => (terminal ? wizard(argv) : wizardRefused(json)))
       : cli(joinDashValues(argv))
   ).pipe(
     Effect.as(exitCodes.ok as number),
     Effect.catch((error) => {
       if (error instanceof ExitCode) return Effect.succeed(error.code)
       if (CliError.isCliError(error)) return Effect.succeed(exitCodes.usage as number)
-      return Effect.as(printError(`orchestra: ${String(error)}`), exitCodes.failed as number)
+      return unreported(String(error))
     }),
     // A defect is a bug: report it on stderr (stdout may be a JSON consumer's) and exit with 1.
     Effect.catchCause((cause) =>
       Cause.hasInterruptsOnly(cause)
         ? Effect.failCause(cause)
-        : Effect.as(printError(`orchestra: unexpected failure\n${Cause.pretty(cause)}`), exitCodes.failed as number)
+        : unreported(`unexpected failure: ${String(Cause.squash(cause))}`, `unexpected failure\n${Cause.pretty(cause)}`)
     ),
-    Effect.provide(presenter)
+    Effect.provide(presenter(json !== "none"))
   )
+}
