@@ -317,6 +317,33 @@ describe("orchestra interrupted (Ctrl-C, SIGTERM)", () => {
   )
 })
 
+describe("orchestra in CI (CI=true)", () => {
+  it.live("bench draws no progress bar, even when CI gives stderr a terminal (each redraw would be a log line)", () =>
+    Effect.gen(function* () {
+      const config = writeConfig("ci.json", { providers: { m: { type: "mock" } } })
+      const written: Array<string> = []
+      const spy = vi.spyOn(process.stderr, "write").mockImplementation((chunk: string | Uint8Array) => {
+        written.push(typeof chunk === "string" ? chunk : new TextDecoder().decode(chunk))
+        return true
+      })
+      yield* Effect.addFinalizer(() => Effect.sync(() => spy.mockRestore()))
+      const bench = (env: Record<string, string>) =>
+        inProcess(["bench", "--prompts", "a,b", "--rounds", "1", "--config", config]).pipe(
+          Effect.provide(ConfigProvider.layer(ConfigProvider.fromUnknown({ TERM: "xterm", ...env })))
+        )
+      const drawn = yield* bench({ CI: "false" })
+      assert.strictEqual(drawn.code, 0, drawn.err)
+      assert.include(written.join(""), "2/2", "a terminal without CI gets the bar")
+      written.length = 0
+      for (const ci of ["true", "1"]) {
+        const result = yield* bench({ CI: ci })
+        assert.strictEqual(result.code, 0, result.err)
+        assert.deepStrictEqual(written, [])
+      }
+    }).pipe(Effect.scoped)
+  )
+})
+
 describe("orchestra config messages", () => {
   it.effect("every issue reads the same way: lower case, and a long echoed value cut short", () =>
     Effect.gen(function* () {

@@ -88,17 +88,26 @@ export const checkDomains = (
       })
 }
 
+const envVar = (name: string) =>
+  Config.option(Config.String(name)).pipe(
+    Effect.map(Option.getOrUndefined),
+    Effect.orElseSucceed(() => undefined)
+  )
+
 /**
  * A progress bar on stderr, drawn only when stderr is a terminal that can redraw a line
- * (not `TERM=dumb`).
+ * (not `TERM=dumb`), and not in CI (`CI` set, but not to `false` or `0`): a CI that gives the
+ * process a terminal keeps each redraw as a line of its log.
  *
  * @since 0.1.0
  * @category output
  */
 export const progressBar = Effect.fnUntraced(function* (label: string, total: number) {
   const stdio = yield* Stdio.Stdio
-  const term = yield* Config.option(Config.String("TERM")).pipe(Effect.orElseSucceed(() => Option.none<string>()))
-  const enabled = (yield* stdio.stderrIsTerminal) && Option.getOrUndefined(term) !== "dumb"
+  const term = yield* envVar("TERM")
+  const ci = yield* envVar("CI")
+  const inCi = ci !== undefined && !["", "false", "0"].includes(ci.trim().toLowerCase())
+  const enabled = (yield* stdio.stderrIsTerminal) && term !== "dumb" && !inCi
   let failed = 0
   const draw = (done: number, elapsedMs: number) => {
     const width = 28
