@@ -12,6 +12,9 @@ import { afterAll, assert, describe, it } from "@effect/vitest"
 import {
   type Cause,
   ConfigProvider,
+  Deferred,
+  Exit,
+  Fiber,
   FileSystem,
   Console,
   Effect,
@@ -53,6 +56,12 @@ interface Session {
   readonly quit?: boolean | undefined
   /** In place of the real file system. */
   readonly fs?: Layer.Layer<FileSystem.FileSystem> | undefined
+  /** stdin stays open after `stdin` (a person who has not typed the next line yet). */
+  readonly stdinOpen?: boolean | undefined
+  /** Completed at the first line written to stdout. */
+  readonly printed?: Deferred.Deferred<void> | undefined
+  /** Where stdout's text goes (read it even when the command is interrupted). */
+  readonly stdout?: Array<string> | undefined
 }
 
 /**
@@ -63,11 +72,14 @@ interface Session {
  */
 const inProcess = (argv: ReadonlyArray<string>, session: Session = {}) =>
   Effect.gen(function* () {
-    const stdout: Array<string> = []
+    const stdout: Array<string> = session.stdout ?? []
     const stderr: Array<string> = []
     const console: Console.Console = {
       ...globalThis.console,
-      log: (...args: ReadonlyArray<unknown>) => void stdout.push(`${args.join(" ")}\n`),
+      log: (...args: ReadonlyArray<unknown>) => {
+        stdout.push(`${args.join(" ")}\n`)
+        if (session.printed !== undefined) Deferred.doneUnsafe(session.printed, Exit.void)
+      },
       error: (...args: ReadonlyArray<unknown>) => void stderr.push(`${args.join(" ")}\n`)
     }
     const keys = yield* Queue.unbounded<Terminal.UserInput, Cause.Done>()
@@ -88,7 +100,9 @@ const inProcess = (argv: ReadonlyArray<string>, session: Session = {}) =>
           NodeServices.layer,
           Layer.succeed(Terminal.Terminal, terminal),
           Stdio.layerTest({
-            stdin: Stream.make(new TextEncoder().encode(session.stdin ?? "")),
+            stdin: Stream.make(new TextEncoder().encode(session.stdin ?? "")).pipe(
+              Stream.concat(session.stdinOpen === true ? Stream.never : Stream.empty)
+            ),
             stdinIsTerminal: Effect.succeed(session.stdinIsTerminal ?? false),
             stdoutIsTerminal: Effect.succeed(false),
             stderrIsTerminal: Effect.succeed(true),
@@ -194,6 +208,38 @@ describe("orchestra --json: a command line that cannot be parsed is one JSON err
         ok: false,
         error: { message: "unexpected failure: Error: boom", kind: "internal" }
       })
+    })
+  )
+})
+
+describe("orchestra --json interrupted (Ctrl-C, SIGTERM)", () => {
+  it.live("start --json ends its lines with an error line saying so", () =>
+    Effect.gen(function* () {
+      const config = writeConfig("interrupted.json", {
+        providers: { m: { type: "mock", script: [{ _tag: "Succeed", text: "first" }, { _tag: "Hang" }] } },
+        policies: { executor: { timeout: "none" } }
+      })
+      const printed = yield* Deferred.make<void>()
+      const stdout: Array<string> = []
+      const fiber = yield* inProcess(["start", "--json", "--config", config], {
+        stdin: "a\nb\n",
+        stdinOpen: true,
+        printed,
+        stdout
+      }).pipe(Effect.forkChild)
+      yield* Deferred.await(printed)
+      const exit = yield* Fiber.interrupt(fiber).pipe(Effect.andThen(Fiber.await(fiber)))
+      assert.isTrue(Exit.hasInterrupts(exit))
+      const lines = stdout
+        .join("")
+        .trimEnd()
+        .split("\n")
+        .map((line) => JSON.parse(line) as Record<string, unknown>)
+      assert.deepStrictEqual(
+        lines.map((line) => line.type),
+        ["answer", "error"]
+      )
+      assert.deepStrictEqual(lines[1]!.error, { message: "interrupted", kind: "interrupted" })
     })
   )
 })

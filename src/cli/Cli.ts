@@ -7,7 +7,7 @@
 import { Cause, Console, Effect, Layer, Option, Stdio, Stream, Terminal } from "effect"
 import { CliError, CliOutput, Command, Prompt } from "effect/cli"
 import * as Bench from "./Bench.js"
-import { ExitCode, exitCodes, printError, printJson } from "./Common.js"
+import { ExitCode, exitCodes, printError, printJson, stdoutClosed } from "./Common.js"
 import * as Serve from "./Serve.js"
 import * as Start from "./Start.js"
 import * as Stats from "./Stats.js"
@@ -250,6 +250,15 @@ export const run = (argv: ReadonlyArray<string>) => {
       Cause.hasInterruptsOnly(cause)
         ? Effect.failCause(cause)
         : unreported(`unexpected failure: ${String(Cause.squash(cause))}`, `unexpected failure\n${Cause.pretty(cause)}`)
+    ),
+    // Under `--json` an interruption is a failure like the others; `serve`'s normal end is one, and its output
+    // was the listening line. Nothing is said to a reader that went away.
+    Effect.onInterrupt(() =>
+      json === "none" || subcommandOf(argv)?.name === Serve.command.name
+        ? Effect.void
+        : Effect.flatMap(stdoutClosed, (closed) =>
+            closed ? Effect.void : printFailure(json, "interrupted", "interrupted")
+          )
     ),
     Effect.provide(presenter(json !== "none"))
   )
