@@ -261,6 +261,11 @@ describe("orchestra --help", () => {
       assert.match(flag("--max-tokens"), /at most 1000000\b/)
       // A prompt with a comma in it is two prompts: the help says where such prompts go.
       assert.include(flag("--prompts"), "--file")
+      const serve = yield* inProcess(["serve", "--help"], { terminal: false })
+      const serveFlag = (name: string) => serve.out.split("\n").find((line) => line.trimStart().startsWith(name)) ?? ""
+      assert.match(serveFlag("--port"), /default 4000\b/)
+      assert.match(serveFlag("--port"), /at most 65535\b/)
+      assert.include(serveFlag("--host"), "default 127.0.0.1")
     })
   )
 })

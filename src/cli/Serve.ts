@@ -20,9 +20,14 @@ export const flags = {
     ),
     Flag.optional
   ),
-  host: Flag.String("host").pipe(Flag.withDescription("Listen on this address (overrides the file)"), Flag.optional),
+  host: Flag.String("host").pipe(
+    Flag.withDescription("Listen on this address (overrides the file's server.host; default 127.0.0.1)"),
+    Flag.optional
+  ),
   port: Flag.Int("port").pipe(
-    Flag.withDescription("Listen on this port; 0 for any (overrides the file)"),
+    Flag.withDescription(
+      "Listen on this port, at most 65535; 0 for any free one (overrides the file's server.port; default 4000)"
+    ),
     Flag.optional
   ),
   json,
