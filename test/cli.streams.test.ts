@@ -50,6 +50,8 @@ const recordInto = (into: Array<string>) => (chunk: string | Uint8Array) =>
 interface Session {
   readonly stdin?: string | undefined
   readonly stdinIsTerminal?: boolean | undefined
+  /** Default: true (stderr on the terminal, stdout redirected). */
+  readonly stderrIsTerminal?: boolean | undefined
   /** Keys typed at the terminal, in order (the wizard's answers). */
   readonly keys?: ReadonlyArray<Terminal.UserInput> | undefined
   /** After the keys, Ctrl-C: the terminal ends its input, as Node's does. */
@@ -105,7 +107,7 @@ const inProcess = (argv: ReadonlyArray<string>, session: Session = {}) =>
             ),
             stdinIsTerminal: Effect.succeed(session.stdinIsTerminal ?? false),
             stdoutIsTerminal: Effect.succeed(false),
-            stderrIsTerminal: Effect.succeed(true),
+            stderrIsTerminal: Effect.succeed(session.stderrIsTerminal ?? true),
             stdout: () => Sink.forEach(recordInto(stdout)),
             stderr: () => Sink.forEach(recordInto(stderr))
           }),
@@ -129,6 +131,20 @@ describe("orchestra asks its questions on the terminal, not into redirected stdo
       assert.match(result.stdout, /^the answer\n {2}\[\(default provider\) · m\/mock-model · .*\]\n$/)
       assert.include(result.stderr, "orchestra session: domains")
       assert.include(result.stderr, "orchestra> ")
+    })
+  )
+
+  it.live("start with stderr redirected too (`2> errors.log`) shows no banner or prompt: nobody would see them", () =>
+    Effect.gen(function* () {
+      const config = writeConfig("start-logged.json", { providers: { m: { type: "mock", reply: "the answer" } } })
+      const result = yield* inProcess(["start", "--config", config], {
+        stdinIsTerminal: true,
+        stderrIsTerminal: false,
+        stdin: "hi\nexit\n"
+      })
+      assert.strictEqual(result.code, 0, result.stderr)
+      assert.include(result.stdout, "the answer")
+      assert.strictEqual(result.stderr, "")
     })
   )
 

@@ -3,7 +3,8 @@
  * query (`domain: query` picks a domain); `stats`, `reset`, `domains`, `help` and `exit`
  * are commands. End of input leaves cleanly; Ctrl-C interrupts, and the manager drains.
  * Works the same when stdin is a pipe (no prompt or banner is printed then). The prompt and
- * banner go to stderr, so that stdout holds only the answers even when redirected.
+ * banner go to stderr, so that stdout holds only the answers even when redirected; with
+ * stderr redirected too, they are not shown.
  *
  * @since 0.2.0
  */
@@ -132,7 +133,8 @@ const help = [
 export const run = Effect.fnUntraced(function* (args: Args) {
   const common: Common = { json: args.json, config: args.config, jsonLines: true }
   const stdio = yield* Stdio.Stdio
-  const interactive = (yield* stdio.stdinIsTerminal) && !args.json
+  // A banner and a prompt are for a person typing who can see them: not in a pipe, not into a log (`2> errors.log`).
+  const interactive = (yield* stdio.stdinIsTerminal) && (yield* stdio.stderrIsTerminal) && !args.json
   const checked = yield* prepare(common)
   yield* checkDomains(common, checked, Option.toArray(args.domain))
 
