@@ -64,6 +64,8 @@ interface Session {
   readonly printed?: Deferred.Deferred<void> | undefined
   /** Where stdout's text goes (read it even when the command is interrupted). */
   readonly stdout?: Array<string> | undefined
+  /** Called after each line written to stdout. */
+  readonly onPrint?: (() => void) | undefined
 }
 
 /**
@@ -81,6 +83,7 @@ const inProcess = (argv: ReadonlyArray<string>, session: Session = {}) =>
       log: (...args: ReadonlyArray<unknown>) => {
         stdout.push(`${args.join(" ")}\n`)
         if (session.printed !== undefined) Deferred.doneUnsafe(session.printed, Exit.void)
+        session.onPrint?.()
       },
       error: (...args: ReadonlyArray<unknown>) => void stderr.push(`${args.join(" ")}\n`)
     }
@@ -256,6 +259,20 @@ describe("orchestra --json interrupted (Ctrl-C, SIGTERM)", () => {
         ["answer", "error"]
       )
       assert.deepStrictEqual(lines[1]!.error, { message: "interrupted", kind: "interrupted" })
+    })
+  )
+  it.live("a document already printed is not followed by a second one (Ctrl-C while the command winds down)", () =>
+    Effect.gen(function* () {
+      const config = writeConfig("printed.json", { providers: { m: { type: "mock", reply: "done" } } })
+      const stdout: Array<string> = []
+      let fiber: Fiber.Fiber<unknown, unknown> | undefined
+      fiber = yield* inProcess(["test", "-p", "hi", "--json", "--config", config], {
+        stdout,
+        onPrint: () => fiber?.interruptUnsafe()
+      }).pipe(Effect.forkChild)
+      const exit = yield* Fiber.await(fiber)
+      assert.isTrue(Exit.hasInterrupts(exit), "interrupted once the answer was printed")
+      assert.deepInclude(JSON.parse(stdout.join("")) as object, { ok: true, answer: "done" })
     })
   )
 })

@@ -226,40 +226,55 @@ const wizard = (argv: ReadonlyArray<string>) =>
  * @since 0.1.0
  * @category run
  */
-export const run = (argv: ReadonlyArray<string>) => {
-  const json = jsonOutput(argv)
-  // What was not reported yet: said on stderr, and as JSON under `--json`.
-  const unreported = (message: string, detail = message) =>
-    Effect.as(
-      Effect.andThen(printError(`orchestra: ${detail}`), printFailure(json, "internal", message)),
-      exitCodes.failed as number
+export const run = (argv: ReadonlyArray<string>) =>
+  Console.consoleWith((console) => {
+    const json = jsonOutput(argv)
+    // Whether the command wrote on stdout: then its JSON document is out, and a second one would
+    // make the output no JSON at all (JSON lines may go on).
+    let wrote = false
+    const watched: Console.Console = {
+      ...console,
+      log: (...args: ReadonlyArray<unknown>) => {
+        wrote = true
+        console.log(...args)
+      }
+    }
+    const failure = (kind: string, message: string) =>
+      Effect.suspend(() => (json === "document" && wrote ? Effect.void : printFailure(json, kind, message)))
+    // What was not reported yet: said on stderr, and as JSON under `--json`.
+    const unreported = (message: string, detail = message) =>
+      Effect.as(
+        Effect.andThen(printError(`orchestra: ${detail}`), failure("internal", message)),
+        exitCodes.failed as number
+      )
+    return Effect.suspend(() =>
+      flagsOf(argv).includes("--wizard")
+        ? Effect.flatMap(stdinIsTerminal, (terminal) => (terminal ? wizard(argv) : wizardRefused(json)))
+        : cli(joinDashValues(argv))
+    ).pipe(
+      Effect.as(exitCodes.ok as number),
+      Effect.catch((error) => {
+        if (error instanceof ExitCode) return Effect.succeed(error.code)
+        if (CliError.isCliError(error)) return Effect.succeed(exitCodes.usage as number)
+        return unreported(String(error))
+      }),
+      // A defect is a bug: report it on stderr (stdout may be a JSON consumer's) and exit with 1.
+      Effect.catchCause((cause) =>
+        Cause.hasInterruptsOnly(cause)
+          ? Effect.failCause(cause)
+          : unreported(
+              `unexpected failure: ${String(Cause.squash(cause))}`,
+              `unexpected failure\n${Cause.pretty(cause)}`
+            )
+      ),
+      // Under `--json` an interruption is a failure like the others; `serve`'s normal end is one, and its output
+      // was the listening line. Nothing is said to a reader that went away.
+      Effect.onInterrupt(() =>
+        json === "none" || subcommandOf(argv)?.name === Serve.command.name
+          ? Effect.void
+          : Effect.flatMap(stdoutClosed, (closed) => (closed ? Effect.void : failure("interrupted", "interrupted")))
+      ),
+      Effect.provideService(Console.Console, watched),
+      Effect.provide(presenter(json !== "none"))
     )
-  return Effect.suspend(() =>
-    flagsOf(argv).includes("--wizard")
-      ? Effect.flatMap(stdinIsTerminal, (terminal) => (terminal ? wizard(argv) : wizardRefused(json)))
-      : cli(joinDashValues(argv))
-  ).pipe(
-    Effect.as(exitCodes.ok as number),
-    Effect.catch((error) => {
-      if (error instanceof ExitCode) return Effect.succeed(error.code)
-      if (CliError.isCliError(error)) return Effect.succeed(exitCodes.usage as number)
-      return unreported(String(error))
-    }),
-    // A defect is a bug: report it on stderr (stdout may be a JSON consumer's) and exit with 1.
-    Effect.catchCause((cause) =>
-      Cause.hasInterruptsOnly(cause)
-        ? Effect.failCause(cause)
-        : unreported(`unexpected failure: ${String(Cause.squash(cause))}`, `unexpected failure\n${Cause.pretty(cause)}`)
-    ),
-    // Under `--json` an interruption is a failure like the others; `serve`'s normal end is one, and its output
-    // was the listening line. Nothing is said to a reader that went away.
-    Effect.onInterrupt(() =>
-      json === "none" || subcommandOf(argv)?.name === Serve.command.name
-        ? Effect.void
-        : Effect.flatMap(stdoutClosed, (closed) =>
-            closed ? Effect.void : printFailure(json, "interrupted", "interrupted")
-          )
-    ),
-    Effect.provide(presenter(json !== "none"))
-  )
-}
+  })
