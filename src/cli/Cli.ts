@@ -47,7 +47,7 @@ export const command = Command.make("orchestra").pipe(
  */
 export type JsonOutput = "none" | "document" | "lines"
 
-/** A usage error as a `--json` consumer reads every other failure. */
+/** A failure as a `--json` consumer reads every other one: `{ ok: false, error }`, or an error line. */
 const printFailure = (json: JsonOutput, kind: string, message: string): Effect.Effect<void> =>
   json === "none"
     ? Effect.void
@@ -220,8 +220,9 @@ const wizard = (argv: ReadonlyArray<string>) =>
 
 /**
  * Runs the command line and gives the exit code: 0 ok, 1 a call failed, 2 bad usage or a
- * bad config (already reported). An interruption is not caught: the runtime's teardown
- * makes it 130.
+ * bad config (already reported), 130 a cancelled `--wizard`. An interruption is not caught:
+ * the runtime's teardown makes it 130. Under `--json` every failure, a command line that
+ * cannot be parsed and an interruption included, also puts its JSON on stdout.
  *
  * @since 0.1.0
  * @category run
