@@ -261,6 +261,9 @@ describe("orchestra --help", () => {
       assert.match(flag("--max-tokens"), /at most 1000000\b/)
       // A prompt with a comma in it is two prompts: the help says where such prompts go.
       assert.include(flag("--prompts"), "--file")
+      // effect/cli marks no flag as required: the description says it.
+      const test = yield* inProcess(["test", "--help"], { terminal: false })
+      assert.include(test.out.split("\n").find((line) => line.trimStart().startsWith("--prompt")) ?? "", "required")
       const serve = yield* inProcess(["serve", "--help"], { terminal: false })
       const serveFlag = (name: string) => serve.out.split("\n").find((line) => line.trimStart().startsWith(name)) ?? ""
       assert.match(serveFlag("--port"), /default 4000\b/)

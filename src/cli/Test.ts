@@ -13,7 +13,10 @@ import { maxTokensFlag } from "./Prompts.js"
  * @category flags
  */
 export const flags = {
-  prompt: Flag.String("prompt").pipe(Flag.withAlias("p"), Flag.withDescription("The prompt to send")),
+  prompt: Flag.String("prompt").pipe(
+    Flag.withAlias("p"),
+    Flag.withDescription("The prompt to send (required, not empty)")
+  ),
   domain: Flag.String("domain").pipe(
     Flag.withAlias("d"),
     Flag.withDescription("Domain to call (default: the default provider, with the executor's retry policy)"),
