@@ -261,7 +261,8 @@ describe("orchestra --help", () => {
       assert.match(flag("--max-tokens"), /at most 1000000\b/)
       // A prompt with a comma in it is two prompts: the help says where such prompts go.
       assert.include(flag("--prompts"), "--file")
-      // effect/cli marks no flag as required: the description says it.
+      // effect/cli marks no flag as required: the descriptions say it.
+      assert.include(bench.out.split("\n")[1] ?? "", "--prompts or --file")
       const test = yield* inProcess(["test", "--help"], { terminal: false })
       assert.include(test.out.split("\n").find((line) => line.trimStart().startsWith("--prompt")) ?? "", "required")
       const serve = yield* inProcess(["serve", "--help"], { terminal: false })

@@ -49,6 +49,6 @@ export const command = Command.make(
   lazy(() => import("./run/bench.js"))
 ).pipe(
   Command.withDescription(
-    "Run prompts one at a time and concurrently, after a warm-up, in alternating rounds: wall time, speedup, p50/p95 latency, success rate"
+    "Run the prompts (give --prompts or --file) one at a time and concurrently, after a warm-up, in alternating rounds: wall time, speedup, p50/p95 latency, success rate"
   )
 )
