@@ -939,6 +939,11 @@ describe("orchestra CLI", { timeout: 180_000 }, () => {
     })
   )
 
+  it("--version is package.json's version (a release bumps one, and the other must follow)", () => {
+    const pkg = JSON.parse(readFileSync(NodePath.join(ROOT, "package.json"), "utf8")) as { version: string }
+    assert.strictEqual(Cli.version, pkg.version)
+  })
+
   it.live("the bin on a Node.js older than package.json's engines says so, not a stack trace later", () =>
     Effect.gen(function* () {
       const bin = NodePath.join(ROOT, "bin/orchestra.mjs")
@@ -1085,6 +1090,22 @@ describe("orchestra config (in process)", () => {
       const checked = yield* Setup.check({ file: undefined, dir: ROOT, config: {}, issues: [] }).pipe(withEnv({}))
       assert.deepStrictEqual(Object.keys(checked.providers), ["local"])
       assert.deepStrictEqual(Setup.domainNames(checked.loaded), ["support", "technical", "finance"])
+    })
+  )
+
+  it.effect("policies.maxItems and an openai-compatible embeddingDimensions are config fields, checked by the library", () =>
+    Effect.gen(function* () {
+      const issues = (config: object) =>
+        Effect.map(Effect.flip(Setup.check(loaded(config)).pipe(withEnv({}))), (e) =>
+          Object.fromEntries(e.issues.map((i) => [i.path, i.message]))
+        )
+      const providers = { o: { type: "openai-compatible", baseUrl: "http://127.0.0.1:9", embeddingDimensions: 0 } }
+      const bad = yield* issues({ providers, policies: { maxItems: 2.5 } })
+      assert.deepStrictEqual(Object.keys(bad).sort(), ["policies.maxItems", "providers.o.embeddingDimensions"])
+      const good = yield* Setup.check(
+        loaded({ providers: { o: { ...providers.o, embeddingDimensions: 256 } }, policies: { maxItems: 10 } })
+      ).pipe(withEnv({}))
+      assert.strictEqual(good.defaultProvider, "o")
     })
   )
 

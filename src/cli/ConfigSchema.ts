@@ -70,6 +70,7 @@ export const OpenAiCompatibleProvider = Schema.Struct({
   baseUrl: opt(Text),
   model: opt(Text),
   embeddingModel: opt(Text),
+  embeddingDimensions: opt(Num),
   organization: opt(Text),
   project: opt(Text),
   apiKeyEnv: opt(EnvName),
@@ -239,6 +240,7 @@ export const Policies = Schema.Struct({
     })
   ),
   maxConcurrent: opt(Num),
+  maxItems: opt(Num),
   breakers: opt(OffOr("breaker options")),
   rateLimits: opt(OffOr("rate limits")),
   cache: opt(OffOr("cache options"))

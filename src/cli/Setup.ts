@@ -132,9 +132,12 @@ const policyIssues = (loaded: Loaded): Effect.Effect<ReadonlyArray<Issue>> => {
     const checked = Executor.checkOptions(policies.executor as Executor.Options)
     if (Result.isFailure(checked)) issues.push(prefixed("policies.executor")(Input.toOptionError(checked.failure)))
   }
-  if (policies.maxConcurrent !== undefined && open("policies.maxConcurrent")) {
-    const checked = Input.positiveInt("policies.maxConcurrent", policies.maxConcurrent)
-    if (Result.isFailure(checked)) issues.push(checked.failure)
+  for (const field of ["maxConcurrent", "maxItems"] as const) {
+    const value = policies[field]
+    if (value !== undefined && open(`policies.${field}`)) {
+      const checked = Input.positiveInt(`policies.${field}`, value)
+      if (Result.isFailure(checked)) issues.push(checked.failure)
+    }
   }
   const build = <A>(path: string, layer: Layer.Layer<A, Input.OptionError>) =>
     Layer.build(layer).pipe(
@@ -280,6 +283,7 @@ export const orchestraLayer = (
     overrideDomains: config.overrideDomains as ReadonlyArray<Domain.DomainInput> | undefined,
     executor: policies.executor as Executor.Options | undefined,
     maxConcurrent: overrides.maxConcurrent ?? policies.maxConcurrent,
+    maxItems: policies.maxItems,
     breakers: policies.breakers as CircuitBreaker.Options | false | undefined,
     rateLimits: policies.rateLimits as RateLimit.Options | false | undefined,
     cache: policies.cache as ResponseCache.MemoryOptions | false | undefined
