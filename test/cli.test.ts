@@ -1093,20 +1093,22 @@ describe("orchestra config (in process)", () => {
     })
   )
 
-  it.effect("policies.maxItems and an openai-compatible embeddingDimensions are config fields, checked by the library", () =>
-    Effect.gen(function* () {
-      const issues = (config: object) =>
-        Effect.map(Effect.flip(Setup.check(loaded(config)).pipe(withEnv({}))), (e) =>
-          Object.fromEntries(e.issues.map((i) => [i.path, i.message]))
-        )
-      const providers = { o: { type: "openai-compatible", baseUrl: "http://127.0.0.1:9", embeddingDimensions: 0 } }
-      const bad = yield* issues({ providers, policies: { maxItems: 2.5 } })
-      assert.deepStrictEqual(Object.keys(bad).sort(), ["policies.maxItems", "providers.o.embeddingDimensions"])
-      const good = yield* Setup.check(
-        loaded({ providers: { o: { ...providers.o, embeddingDimensions: 256 } }, policies: { maxItems: 10 } })
-      ).pipe(withEnv({}))
-      assert.strictEqual(good.defaultProvider, "o")
-    })
+  it.effect(
+    "policies.maxItems and an openai-compatible embeddingDimensions are config fields, checked by the library",
+    () =>
+      Effect.gen(function* () {
+        const issues = (config: object) =>
+          Effect.map(Effect.flip(Setup.check(loaded(config)).pipe(withEnv({}))), (e) =>
+            Object.fromEntries(e.issues.map((i) => [i.path, i.message]))
+          )
+        const providers = { o: { type: "openai-compatible", baseUrl: "http://127.0.0.1:9", embeddingDimensions: 0 } }
+        const bad = yield* issues({ providers, policies: { maxItems: 2.5 } })
+        assert.deepStrictEqual(Object.keys(bad).sort(), ["policies.maxItems", "providers.o.embeddingDimensions"])
+        const good = yield* Setup.check(
+          loaded({ providers: { o: { ...providers.o, embeddingDimensions: 256 } }, policies: { maxItems: 10 } })
+        ).pipe(withEnv({}))
+        assert.strictEqual(good.defaultProvider, "o")
+      })
   )
 
   it.effect("a wrong defaultProvider is named once, not again at a domains[0] the file does not have", () =>

@@ -60,10 +60,7 @@ describe('Router.hedge after: "p95" on a domain that also streams', () => {
       const { router, controls, stats } = yield* makeManager({
         // 30 streams of ten words (100 ms + 9 x 1 s each), 20 calls answered in 100 ms, then one that stalls.
         primary: {
-          script: [
-            ...Array.from({ length: 50 }, () => Outcome.succeed("a b c d e f g h i j")),
-            Outcome.hang()
-          ],
+          script: [...Array.from({ length: 50 }, () => Outcome.succeed("a b c d e f g h i j")), Outcome.hang()],
           latency: "100 millis",
           chunkDelay: "1 second"
         },

@@ -125,7 +125,7 @@ export const joinDashValues = (argv: ReadonlyArray<string>): ReadonlyArray<strin
     if (token === "--") return [...out, ...argv.slice(i)]
     const flag = Object.hasOwn(textFlags, token) ? textFlags[token] : undefined
     const next = argv[i + 1]
-    if (flag !== undefined && next !== undefined && next.startsWith("-") && next !== "--" && !flagName.test(next)) {
+    if (flag !== undefined && next?.startsWith("-") && next !== "--" && !flagName.test(next)) {
       out.push(`${flag}=${next}`)
       i++
     } else out.push(token)
