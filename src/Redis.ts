@@ -77,6 +77,8 @@ export interface Options {
 
 interface Settings {
   readonly url: string
+  /** `host:port` of the URL, for messages: never its user or password. */
+  readonly address: string
   readonly connectTimeout: number
   readonly commandTimeout: number
   readonly reconnectMax: number
@@ -130,7 +132,13 @@ const settings = (options: Options): Input.Checked<Settings> => {
       wholeMillis("commandTimeout", options.commandTimeout, "500 millis"),
       wholeMillis("reconnectMax", options.reconnectMax, "2 seconds")
     ]),
-    ([connectTimeout, commandTimeout, reconnectMax]) => ({ url: plain, connectTimeout, commandTimeout, reconnectMax })
+    ([connectTimeout, commandTimeout, reconnectMax]) => ({
+      url: plain,
+      address: `${parsed.hostname}:${parsed.port === "" ? "6379" : parsed.port}`,
+      connectTimeout,
+      commandTimeout,
+      reconnectMax
+    })
   )
 }
 
@@ -148,12 +156,20 @@ export const ClientDeadline: Context.Reference<number | undefined> = Context.Ref
   { defaultValue: () => undefined }
 )
 
+// effect's `RedisError` has no message of its own (its schema has only `cause`), so a failed
+// connection said "" in a log or a rendering. The layer's errors say what failed and where.
+const layerError = (message: string, cause: unknown): Redis.RedisError => {
+  const error = new Redis.RedisError({ cause })
+  Object.defineProperty(error, "message", { value: message, writable: true, configurable: true, enumerable: false })
+  return error
+}
+
 const loadNodeRedis = Effect.tryPromise({
   try: () => import("@effect/platform-node/NodeRedis"),
-  catch: (cause) =>
-    new Redis.RedisError({
-      cause: new Error(`the redis package could not be loaded (npm install redis): ${errorText(cause)}`)
-    })
+  catch: (cause) => {
+    const message = `the redis package could not be loaded (npm install redis): ${errorText(cause)}`
+    return layerError(message, new Error(message))
+  }
 })
 
 /**
@@ -209,18 +225,19 @@ export const layer = (
       // answers held the build for ever. The build's scope is the layer's: giving up closes the client.
       return Layer.effectContext(
         Layer.build(client).pipe(
+          Effect.mapError((error) =>
+            layerError(`Redis at ${s.address}: connection failed: ${errorText(error)}`, error.cause)
+          ),
           Effect.map((context) => {
             const redis = Context.get(context, Redis.Redis)
             return Context.add(context, Redis.Redis, { ...redis, eval: evalWithin(redis.send, s.commandTimeout) })
           }),
           Effect.timeoutOrElse({
             duration: Duration.millis(s.connectTimeout),
-            orElse: () =>
-              Effect.fail(
-                new Redis.RedisError({
-                  cause: new Error(`Redis did not answer the connection's handshake within ${s.connectTimeout} ms`)
-                })
-              )
+            orElse: () => {
+              const message = `Redis at ${s.address} did not answer the connection's handshake within ${s.connectTimeout} ms`
+              return Effect.fail(layerError(message, new Error(message)))
+            }
           }),
           Effect.tap(() =>
             Effect.sync(() => {

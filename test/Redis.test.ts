@@ -4,7 +4,7 @@ import { Context, Effect, Exit, Layer, Option, type Scope } from "effect"
 import { Redis as PersistenceRedis } from "effect/persistence"
 import type { OptionError } from "../src/Input.js"
 import * as Redis from "../src/Redis.js"
-import { skipRedis, skipReason, startRedis } from "./utils/redis.js"
+import { freePort, skipRedis, skipReason, startRedis } from "./utils/redis.js"
 
 /** Sockets of this process still open to `port`. */
 const openSockets = (port: number): number =>
@@ -20,6 +20,8 @@ describe.skipIf(skipRedis)(`Redis.layer (${skipRedis ? skipReason : "needs redis
         // The kernel still accepts connections for a stopped server: only its handshake hangs.
         yield* server.pause
         yield* Effect.addFinalizer(() => server.resume)
+        // The layer loads the redis package when built: loaded first, a busy machine's import is not timed.
+        yield* Effect.promise(() => import("@effect/platform-node/NodeRedis"))
         const started = Date.now()
         const exit = yield* Effect.scoped(
           Layer.build(Redis.layer({ url: server.url, connectTimeout: "300 millis" }))
@@ -61,6 +63,46 @@ describe.skipIf(skipRedis)(`Redis.layer's eval (${skipRedis ? skipReason : "need
         )
         const error = yield* Effect.flip(broken())
         assert.include(Redis.errorText(error), "Unknown Redis command")
+      })
+    )
+  )
+})
+
+describe("Redis.layer: why the connection failed", () => {
+  it.live("a closed port fails the layer with a RedisError saying what failed and where, without credentials", () =>
+    Effect.gen(function* () {
+      const port = yield* freePort
+      for (const host of ["127.0.0.1", "localhost"]) {
+        const exit = yield* Effect.exit(
+          Effect.scoped(Layer.build(Redis.layer({ url: `redis://admin:s3cret@${host}:${port}/2` })))
+        )
+        const error = Exit.isFailure(exit) ? Exit.findErrorOption(exit) : Option.none()
+        assert.isTrue(Option.isSome(error) && error.value._tag === "RedisError", String(exit))
+        if (Option.isSome(error)) {
+          const message = error.value.message
+          // It was "": a log or an HTTP 500 said nothing of what failed.
+          assert.include(message, `${host}:${port}`)
+          assert.include(message, "ECONNREFUSED")
+          assert.include(String(error.value), `${host}:${port}`)
+          for (const secret of ["s3cret", "admin"]) assert.notInclude(message, secret)
+        }
+      }
+    })
+  )
+
+  it.live("a Redis that never answers the handshake: the message names it and the address", () =>
+    Effect.scoped(
+      Effect.gen(function* () {
+        const fake = yield* scriptedRedis(() => undefined)
+        const exit = yield* Effect.exit(
+          Effect.scoped(Layer.build(Redis.layer({ url: fake.url, connectTimeout: "200 millis" })))
+        )
+        const error = Exit.isFailure(exit) ? Exit.findErrorOption(exit) : Option.none()
+        assert.isTrue(Option.isSome(error) && error.value._tag === "RedisError", String(exit))
+        if (Option.isSome(error)) {
+          assert.include(error.value.message, fake.url.slice("redis://".length))
+          assert.include(error.value.message, "200 ms")
+        }
       })
     )
   )
