@@ -6,7 +6,8 @@
  * callers are sleeping fibers, not a queue woken all at once.
  *
  * A call waits at most `maxWait`. When the next slot is further away, `acquire` fails at
- * once with a `RateLimited` `ModelError` carrying `retryAfter` and gives the slot back:
+ * once with a `RateLimited` `ModelError` carrying `retryAfter` and gives the slot back (in the
+ * background: the refusal does not wait for the store):
  * the policy pipeline then falls back to another provider (`shouldFallback`) instead of
  * queueing behind a full window.
  *
@@ -72,7 +73,10 @@ export interface RedisOptions extends Options {
   /**
    * When Redis fails or is too slow: `"allow"` (default: fail open, the call goes through
    * unlimited and the provider's own 429s still apply) or `"reject"` (fail closed: the call
-   * fails with `RateLimited`, its `retryAfter` the guard's `probeInterval`).
+   * fails with `RateLimited`, its `retryAfter` the guard's `probeInterval`). Failing closed, a
+   * reservation whose answer came too late (it may have run) is revoked in the background, so the
+   * refused call keeps no slot; each reservation then records what it took under a key of its own
+   * for as long as its window lasts.
    */
   readonly onStoreError?: "allow" | "reject" | undefined
   /** Deadline of each Redis call, and when an outage is reported. See `Redis.GuardOptions`. */
@@ -242,6 +246,16 @@ const makeWith = Effect.fnUntraced(function* (
           }
       : undefined
   const failClosed = onStoreError === "reject"
+  // Failing closed, a call refused because its reservation's answer did not come in time took no slot,
+  // yet the reservation may have run all the same (its answer only came late): on a store that can
+  // revoke (the Redis store), each reservation is tagged, and one that may have run is revoked.
+  const revocable: RedisStore.Revocable | undefined =
+    failClosed && "revokeReservation" in store && "fixedWindowAlignedTagged" in store && "tokenBucketTagged" in store
+      ? guardRevocable(store as unknown as RedisStore.Revocable, guard)
+      : undefined
+  // Unique across processes: a random tag per limiter, then a counter.
+  const idTag = revocable === undefined ? "" : `${globalThis.crypto.randomUUID().slice(0, 13)}.`
+  let idCount = 0
   const maxWaitMillis = Duration.toMillis(config.maxWait)
   const { metricsOf, release: releaseMetrics } = makeMetrics(yield* Effect.context<never>())
 
@@ -307,7 +321,55 @@ const makeWith = Effect.fnUntraced(function* (
     return place(first)
   }
 
+  // A reservation tagged for revocation (see `revocable`): one whose store call failed after it may have
+  // run is revoked in the background, as soon as it failed.
+  const reserveRevocable = (
+    r: Reservation,
+    store: RedisStore.Revocable
+  ): Effect.Effect<Taken, RateLimiter.RateLimiterError> => {
+    const id = `${idTag}${(idCount++).toString(36)}`
+    const window = Duration.max(r.limits.window, oneMilli)
+    const reserved: Effect.Effect<Taken, RateLimiter.RateLimiterError> =
+      r.limits.algorithm === "fixed-window"
+        ? Effect.map(
+            store.fixedWindowAlignedTagged({ key: r.key, tokens: r.cost, window, limit: r.limit, id }),
+            ([delay, start, index]): Taken => ({
+              reservation: r,
+              delay: significant(delay),
+              tokens: r.cost,
+              start,
+              index
+            })
+          )
+        : Effect.map(
+            store.tokenBucketTagged({
+              key: r.key,
+              tokens: r.cost,
+              limit: r.limit,
+              refillRate: Duration.divideUnsafe(window, r.limit),
+              allowOverflow: true,
+              id
+            }),
+            ([remaining, elapsed]): Taken => {
+              // As effect's limiter answers a token bucket's delay.
+              const refillMillis = Duration.toMillis(Duration.divideUnsafe(window, r.limit))
+              const delay = Math.max(0, Math.ceil(-remaining) * refillMillis - elapsed)
+              return { reservation: r, delay: significant(delay), tokens: r.cost, start: 0, index: -1 }
+            }
+          )
+    return Effect.tapError(reserved, (error) =>
+      mayHaveRun(error)
+        ? inBackground(
+            Effect.ignore(
+              store.revokeReservation({ key: r.key, id, algorithm: r.limits.algorithm, window, limit: r.limit })
+            )
+          )
+        : Effect.void
+    )
+  }
+
   const reserve = (r: Reservation): Effect.Effect<Taken, RateLimiter.RateLimiterError> => {
+    if (revocable !== undefined) return reserveRevocable(r, revocable)
     if (r.limits.algorithm !== "fixed-window") {
       return Effect.map(consume(r, r.cost), (result) => counted(r, result, r.cost))
     }
@@ -341,13 +403,22 @@ const makeWith = Effect.fnUntraced(function* (
   const release = (taken: ReadonlyArray<Taken>): Effect.Effect<void> =>
     Effect.forEach(taken, (t) => Effect.ignore(giveBack(t)), { discard: true, concurrency: 2 })
 
-  // The request reservation of each key, made once.
+  // The give-back of a caller that is leaving (refused, interrupted): it answers at once, and the store
+  // takes the slots back in the background (a Redis give-back could hold it up to the guard's deadline
+  // for each of its two reservations).
+  const releaseLeaving = (taken: ReadonlyArray<Taken>): Effect.Effect<void> => {
+    for (let i = 0; i < taken.length; i++) if (taken[i]!.tokens !== 0) return inBackground(release(taken))
+    return Effect.void
+  }
+
+  // The request reservation of each listed key, made once. Keys under `default` (a user's, a virtual
+  // key's) are as many as the callers: theirs are made per call, not kept for every key ever seen.
   const requestReservations = new Map<string, Reservation>()
   const requestReservation = (key: string, limits: ResolvedLimits, limit: number): Reservation => {
     let reservation = requestReservations.get(key)
     if (reservation === undefined) {
       reservation = { key: `${key}:rpm`, limit, cost: 1, limits }
-      requestReservations.set(key, reservation)
+      if (config.providers.has(key)) requestReservations.set(key, reservation)
     }
     return reservation
   }
@@ -393,7 +464,7 @@ const makeWith = Effect.fnUntraced(function* (
     if (storeFailed && failClosed) {
       metrics.rejected++
       return Effect.andThen(
-        release(taken),
+        releaseLeaving(taken),
         Effect.fail(
           new ModelError({
             reason: "RateLimited",
@@ -411,7 +482,7 @@ const makeWith = Effect.fnUntraced(function* (
       const retryAfter = Duration.millis(Math.ceil(waitMillis))
       metrics.rejected++
       return Effect.andThen(
-        release(taken),
+        releaseLeaving(taken),
         Effect.fail(
           new ModelError({
             reason: "RateLimited",
@@ -425,7 +496,7 @@ const makeWith = Effect.fnUntraced(function* (
     if (waitMillis <= 0) {
       // A caller interrupted while the store counted it is not sent: it gives back what it took.
       return Effect.matchCauseEffect(restore(Effect.void), {
-        onFailure: (cause) => Effect.andThen(release(taken), Effect.failCause(cause)),
+        onFailure: (cause) => Effect.andThen(releaseLeaving(taken), Effect.failCause(cause)),
         onSuccess: () => {
           metrics.wait.record(waited)
           if (waited > 0) metrics.delayed++
@@ -446,7 +517,7 @@ const makeWith = Effect.fnUntraced(function* (
       return Effect.all(
         [
           Effect.annotateCurrentSpan({ "orchestra.rate_limit.wait_ms": waited + waitMillis }),
-          Effect.onInterrupt(restore(sleep), () => release(kept))
+          Effect.onInterrupt(restore(sleep), () => releaseLeaving(kept))
         ],
         { discard: true }
       )
@@ -458,7 +529,7 @@ const makeWith = Effect.fnUntraced(function* (
     return Effect.andThen(
       release(early),
       Effect.matchCauseEffect(restore(sleepToSlot), {
-        onFailure: (cause) => Effect.andThen(release(kept), Effect.failCause(cause)),
+        onFailure: (cause) => Effect.andThen(releaseLeaving(kept), Effect.failCause(cause)),
         onSuccess: () =>
           Effect.flatMap(reserveAll(early.map((t) => t.reservation)), (again) =>
             decide(key, again, restore, kept, waited + waitMillis, waitUntil)
@@ -523,14 +594,54 @@ const scoped = (
     )
   )
 
+// A revocable store's calls, each bounded and counted by the guard as the others are.
+const guardRevocable = (store: RedisStore.Revocable, guard: SharedRedis.Guard | undefined): RedisStore.Revocable =>
+  guard === undefined
+    ? store
+    : {
+        fixedWindowAlignedTagged: (o) =>
+          Effect.mapError(guard.call("fixedWindow", store.fixedWindowAlignedTagged(o)), toLimiterError),
+        tokenBucketTagged: (o) =>
+          Effect.mapError(guard.call("tokenBucket", store.tokenBucketTagged(o)), toLimiterError),
+        revokeReservation: (o) =>
+          Effect.mapError(
+            guard.call(o.algorithm === "fixed-window" ? "fixedWindow" : "tokenBucket", store.revokeReservation(o)),
+            toLimiterError
+          )
+      }
+
+// Whether a failed store call may have reached the store and run: all but one skipped during a
+// reported outage or refused by the client before it was written (see `Redis.neverSent`).
+const mayHaveRun = (error: RateLimiter.RateLimiterError): boolean => {
+  const cause = error.reason._tag === "RateLimitStoreError" ? error.reason.cause : undefined
+  return !SharedRedis.neverSent(
+    cause instanceof SharedRedis.StoreError
+      ? cause
+      : new SharedRedis.StoreError({
+          store: "ratelimit",
+          operation: "reserve",
+          reason: "Failed",
+          message: error.message,
+          cause: error
+        })
+  )
+}
+
+// Runs `effect` in a fiber of its own that the caller does not wait for. It starts at once, so a store
+// that answers synchronously (memory) has done it before the caller goes on.
+const inBackground = (effect: Effect.Effect<void>): Effect.Effect<void> =>
+  Effect.asVoid(Effect.forkDetach(effect, { startImmediately: true }))
+
 const toLimiterError = (error: SharedRedis.StoreError): RateLimiter.RateLimiterError =>
   new RateLimiter.RateLimiterError({
     reason: new RateLimiter.RateLimitStoreError({ message: error.message, cause: error })
   })
 
 /**
- * Limits kept in this process (time from the `Clock`, so `TestClock` drives them). Invalid
- * options fail the layer with an `OptionError` naming the field.
+ * Limits kept in this process (time from the `Clock`, so `TestClock` drives them). A key's
+ * state is dropped once its windows have ended, so limiting many keys (users, virtual keys)
+ * holds those in use, not every key ever seen. Invalid options fail the layer with an
+ * `OptionError` naming the field.
  *
  * @since 0.1.0
  * @category layers

@@ -69,38 +69,66 @@ return { string.format("%.17g", count), string.format("%.17g", expires - now) }
 // at the first call after the windows before have all ended; a call goes in the first window from
 // the current one that has room for it (a give-back can leave room before the last). Negative tokens
 // give back what a call took from the window it took it in (ARGV[4] and ARGV[5] name it).
+//
+// A reservation tagged with an id (ARGV[6], KEYS[2] its record) records what it took for as long as its
+// window lasts, so that a revocation (ARGV[7] "revoke") can give it back without knowing where it went:
+// a reservation whose answer never reached its caller (\`Revocable\`). A revocation that finds no record
+// leaves one saying so, and the reservation, should it run after all, takes nothing.
 const windowsScript = Redis.script(
-  (key: string, tokens: number, windowMillis: number, limit: number, start: string, index: number) => [
-    key,
-    tokens,
-    windowMillis,
-    limit,
-    start,
-    index
-  ],
+  (
+    key: string,
+    record: string,
+    tokens: number,
+    windowMillis: number,
+    limit: number,
+    start: string,
+    index: number,
+    id: string,
+    mode: "" | "revoke"
+  ) => [key, record, tokens, windowMillis, limit, start, index, id, mode],
   {
-    numberOfKeys: 1,
+    numberOfKeys: 2,
     lua: `
 local key = KEYS[1]
 local tokens = tonumber(ARGV[1])
 local window = tonumber(ARGV[2])
 local limit = tonumber(ARGV[3])
+local givenStart = tonumber(ARGV[4])
+local givenIndex = tonumber(ARGV[5])
+local id = ARGV[6]
+if ARGV[7] == "revoke" then
+  local record = redis.call("GET", KEYS[2])
+  if not record then
+    redis.call("SET", KEYS[2], "revoked", "PX", string.format("%.0f", math.ceil(window)))
+    return { "0", "0", 0 }
+  end
+  if record == "revoked" then
+    return { "0", "0", 0 }
+  end
+  redis.call("DEL", KEYS[2])
+  local s, i, t = string.match(record, "^(%S+) (%S+) (%S+)$")
+  givenStart = tonumber(s)
+  givenIndex = tonumber(i)
+  tokens = -tonumber(t)
+elseif id ~= "" and tokens > 0 and redis.call("EXISTS", KEYS[2]) == 1 then
+  return redis.error_reply("REVOKED: this reservation was given back before it ran")
+end
 local start = tonumber(redis.call("HGET", key, "start"))
 local head = tonumber(redis.call("HGET", key, "head"))
 local tail = tonumber(redis.call("HGET", key, "tail"))
 if tokens < 0 then
-  if not start or not head or not tail or start ~= tonumber(ARGV[4]) then
+  if not start or not head or not tail or start ~= givenStart then
     return { "0", "0", 0 }
   end
-  local field = string.format("c%d", tonumber(ARGV[5]))
+  local field = string.format("c%d", givenIndex)
   local left = (tonumber(redis.call("HGET", key, field)) or 0) + tokens
   if left > 0 then
     redis.call("HSET", key, field, string.format("%.17g", left))
   else
     redis.call("HDEL", key, field)
   end
-  if tonumber(ARGV[5]) < (tonumber(redis.call("HGET", key, "open")) or 0) then
-    redis.call("HSET", key, "open", string.format("%d", tonumber(ARGV[5])))
+  if givenIndex < (tonumber(redis.call("HGET", key, "open")) or 0) then
+    redis.call("HSET", key, "open", string.format("%d", givenIndex))
   end
   local last = tail
   while last > head and redis.call("HEXISTS", key, string.format("c%d", last)) == 0 do
@@ -145,27 +173,56 @@ redis.call(
   "open", string.format("%d", open)
 )
 redis.call("PEXPIRE", key, string.format("%.0f", math.ceil(start + (tail + 1) * window - now)))
+if id ~= "" then
+  redis.call(
+    "SET", KEYS[2], string.format("%.17g %d %.17g", start, index, tokens),
+    "PX", string.format("%.0f", math.ceil(start + (index + 1) * window - now))
+  )
+end
 return { string.format("%.17g", math.max(0, start + index * window - now)), string.format("%.17g", start), index }
 `
   }
 ).withReturnType<readonly [delay: string, start: string, index: number]>()
 
+// The token bucket of effect's memory store. A reservation tagged with an id (ARGV[5], KEYS[2] its
+// record) records its tokens until the bucket is full again; a revocation (ARGV[6] "revoke") gives them
+// back (never beyond the limit), or, finding no record, leaves one so that the reservation takes nothing.
 const tokenBucketScript = Redis.script(
-  (key: string, tokens: number, refillMillis: number, limit: number, overflow: boolean) => [
-    key,
-    tokens,
-    refillMillis,
-    limit,
-    overflow ? 1 : 0
-  ],
+  (
+    key: string,
+    record: string,
+    tokens: number,
+    refillMillis: number,
+    limit: number,
+    overflow: boolean,
+    id: string,
+    mode: "" | "revoke"
+  ) => [key, record, tokens, refillMillis, limit, overflow ? 1 : 0, id, mode],
   {
-    numberOfKeys: 1,
+    numberOfKeys: 2,
     lua: `
 local key = KEYS[1]
 local tokens = tonumber(ARGV[1])
 local refillms = tonumber(ARGV[2])
 local limit = tonumber(ARGV[3])
 local overflow = ARGV[4] == "1"
+local id = ARGV[5]
+local revoking = ARGV[6] == "revoke"
+if revoking then
+  local record = redis.call("GET", KEYS[2])
+  if not record then
+    redis.call("SET", KEYS[2], "revoked", "PX", string.format("%.0f", math.ceil(refillms * limit)))
+    return { "0", "0" }
+  end
+  if record == "revoked" then
+    return { "0", "0" }
+  end
+  redis.call("DEL", KEYS[2])
+  tokens = -tonumber(record)
+  overflow = true
+elseif id ~= "" and tokens > 0 and redis.call("EXISTS", KEYS[2]) == 1 then
+  return redis.error_reply("REVOKED: this reservation was given back before it ran")
+end
 local time = redis.call("TIME")
 local now = tonumber(time[1]) * 1000 + tonumber(time[2]) / 1000
 local current = tonumber(redis.call("HGET", key, "tokens"))
@@ -183,13 +240,20 @@ if current >= limit then
   last = now
 end
 local next = current - tokens
-if overflow or next >= 0 then
+if revoking then
+  next = math.min(limit, next)
+end
+local took = overflow or next >= 0
+if took then
   current = next
 end
 local ttl = last + math.ceil(limit - current) * refillms - now
 if ttl > 0 then
   redis.call("HSET", key, "tokens", string.format("%.17g", current), "refilled", string.format("%.17g", last))
   redis.call("PEXPIRE", key, math.ceil(ttl))
+  if id ~= "" and not revoking and took and tokens > 0 then
+    redis.call("SET", KEYS[2], string.format("%.17g", tokens), "PX", string.format("%.0f", math.ceil(ttl)))
+  end
 else
   redis.call("DEL", key)
 end
@@ -229,6 +293,43 @@ export interface AlignedFixedWindow {
   }) => Effect.Effect<void, RateLimiter.RateLimiterError>
 }
 
+/**
+ * Reservations that can be taken back without their answer: what `RateLimit.make` uses under
+ * `onStoreError: "reject"`, where a call refused because its reservation's answer did not come in
+ * time (the guard's deadline) must not keep the slot the reservation may have taken all the same.
+ * A tagged reservation records what it took under `id` for as long as that matters (its window; the
+ * bucket until full again); `revokeReservation` gives it back, or, when it finds no record (the
+ * reservation has not run yet), leaves one that makes the reservation take nothing should it run.
+ * Either way a reservation is given back at most once.
+ *
+ * @internal
+ */
+export interface Revocable {
+  readonly fixedWindowAlignedTagged: (options: {
+    readonly key: string
+    readonly tokens: number
+    readonly window: Duration.Duration
+    readonly limit: number
+    readonly id: string
+  }) => Effect.Effect<readonly [delay: number, start: number, index: number], RateLimiter.RateLimiterError>
+  readonly tokenBucketTagged: (options: {
+    readonly key: string
+    readonly tokens: number
+    readonly limit: number
+    readonly refillRate: Duration.Duration
+    readonly allowOverflow: boolean
+    readonly id: string
+  }) => Effect.Effect<readonly [remaining: number, elapsedMillis: number], RateLimiter.RateLimiterError>
+  readonly revokeReservation: (options: {
+    readonly key: string
+    readonly id: string
+    readonly algorithm: "fixed-window" | "token-bucket"
+    /** The limit's window (at least 1 ms) and limit, as the reservation had them. */
+    readonly window: Duration.Duration
+    readonly limit: number
+  }) => Effect.Effect<void, RateLimiter.RateLimiterError>
+}
+
 const storeError = (operation: string) => (error: Redis.RedisError) =>
   new RateLimiter.RateLimiterError({
     reason: new RateLimiter.RateLimitStoreError({ message: `Redis ${operation} failed`, cause: error.cause })
@@ -237,7 +338,8 @@ const storeError = (operation: string) => (error: Redis.RedisError) =>
 /**
  * Builds the store. State for a key lives under `<prefix><key>` (`%` and `:` in the key
  * escaped), `<prefix><key>:window` for `AlignedFixedWindow`'s windows and `<prefix><key>:bucket`
- * for the token bucket. `adaptiveConsume` and `adaptiveFeedback` are `effect`'s own.
+ * for the token bucket; a tagged reservation's record (`Revocable`) under `<that key>:r:<id>`, for
+ * as long as its window lasts. `adaptiveConsume` and `adaptiveFeedback` are `effect`'s own.
  *
  * @since 0.2.0
  * @category constructors
@@ -253,34 +355,78 @@ export const makeStore = Effect.fnUntraced(function* (options: { readonly prefix
   const tokenBucket = redis.eval(tokenBucketScript)
   const windows = redis.eval(windowsScript)
   const windowKey = (key: string) => `${prefix}${escapeKey(key)}:window`
-  const store: RateLimiter.RateLimiterStore["Service"] & AlignedFixedWindow = {
+  const bucketKey = (key: string) => `${prefix}${escapeKey(key)}:bucket`
+  // A tagged reservation's record: escaped keys hold no ":", so no other key's state is named so.
+  const recordKey = (state: string, id: string) => `${state}:r:${id}`
+  const placed = ([delay, start, index]: readonly [string, string, number]) =>
+    [Number(delay), Number(start), Number(index)] as const
+  const bucketState = ([remaining, elapsed]: readonly [string, string]) => [Number(remaining), Number(elapsed)] as const
+  const store: RateLimiter.RateLimiterStore["Service"] & AlignedFixedWindow & Revocable = {
     ...base,
-    fixedWindowAligned: (o) =>
-      windows(windowKey(o.key), o.tokens, Duration.toMillis(o.window), o.limit, "", 0).pipe(
-        Effect.map(([delay, start, index]) => [Number(delay), Number(start), Number(index)] as const),
+    fixedWindowAligned: (o) => {
+      const key = windowKey(o.key)
+      return windows(key, key, o.tokens, Duration.toMillis(o.window), o.limit, "", 0, "", "").pipe(
+        Effect.map(placed),
         Effect.mapError(storeError("fixedWindow"))
-      ),
-    fixedWindowRelease: (o) =>
-      windows(windowKey(o.key), -o.tokens, 1, 1, String(o.start), o.index).pipe(
+      )
+    },
+    fixedWindowAlignedTagged: (o) => {
+      const key = windowKey(o.key)
+      return windows(key, recordKey(key, o.id), o.tokens, Duration.toMillis(o.window), o.limit, "", 0, o.id, "").pipe(
+        Effect.map(placed),
+        Effect.mapError(storeError("fixedWindow"))
+      )
+    },
+    fixedWindowRelease: (o) => {
+      const key = windowKey(o.key)
+      return windows(key, key, -o.tokens, 1, 1, String(o.start), o.index, "", "").pipe(
         Effect.asVoid,
         Effect.mapError(storeError("fixedWindow"))
-      ),
+      )
+    },
     fixedWindow: (o) =>
       fixedWindow(`${prefix}${escapeKey(o.key)}`, o.tokens, Duration.toMillis(o.refillRate), o.limit).pipe(
         Effect.map(([count, ttl]) => [Number(count), Number(ttl)] as const),
         Effect.mapError(storeError("fixedWindow"))
       ),
-    tokenBucket: (o) =>
-      tokenBucket(
-        `${prefix}${escapeKey(o.key)}:bucket`,
+    tokenBucket: (o) => {
+      const key = bucketKey(o.key)
+      return tokenBucket(key, key, o.tokens, Duration.toMillis(o.refillRate), o.limit, o.allowOverflow, "", "").pipe(
+        Effect.map(bucketState),
+        Effect.mapError(storeError("tokenBucket"))
+      )
+    },
+    tokenBucketTagged: (o) => {
+      const key = bucketKey(o.key)
+      const record = recordKey(key, o.id)
+      return tokenBucket(
+        key,
+        record,
         o.tokens,
         Duration.toMillis(o.refillRate),
         o.limit,
-        o.allowOverflow
-      ).pipe(
-        Effect.map(([remaining, elapsed]) => [Number(remaining), Number(elapsed)] as const),
+        o.allowOverflow,
+        o.id,
+        ""
+      ).pipe(Effect.map(bucketState), Effect.mapError(storeError("tokenBucket")))
+    },
+    revokeReservation: (o) => {
+      const windowMillis = Duration.toMillis(o.window)
+      if (o.algorithm === "fixed-window") {
+        const key = windowKey(o.key)
+        return windows(key, recordKey(key, o.id), 0, windowMillis, o.limit, "", 0, o.id, "revoke").pipe(
+          Effect.asVoid,
+          Effect.mapError(storeError("fixedWindow"))
+        )
+      }
+      const key = bucketKey(o.key)
+      // The refill as the reservation had it (effect's limiter: the window divided by the limit).
+      const refillMillis = Duration.toMillis(Duration.divideUnsafe(o.window, o.limit))
+      return tokenBucket(key, recordKey(key, o.id), 0, refillMillis, o.limit, true, o.id, "revoke").pipe(
+        Effect.asVoid,
         Effect.mapError(storeError("tokenBucket"))
       )
+    }
   }
   return store
 })

@@ -14,6 +14,8 @@ import type { AlignedFixedWindow } from "./Redis.js"
 interface Windows {
   /** When window 0 started: the first call after the windows before had all ended. */
   readonly start: number
+  /** The length of each window (the latest call's). */
+  windowMillis: number
   /** Windows before this one have ended and their counts are dropped. */
   head: number
   /** The last window holding a reservation (the ones after it are empty). */
@@ -24,24 +26,42 @@ interface Windows {
   readonly counts: Map<number, number>
 }
 
+// Whether every window of `state` holding a reservation has ended: the key is then as one never seen.
+const ended = (state: Windows, windowMillis: number, now: number): boolean =>
+  now >= state.start + (state.tail + 1) * windowMillis
+
+// Below this many keys, the store looks over them no more often than once per this many calls.
+const minSweep = 64
+
 /**
- * `store` with fixed windows kept here beside it. A key's windows are dropped once the last
- * one holding a reservation has ended and the key is used again; there is one entry per
- * limited key, a provider's requests and tokens.
+ * `store` with fixed windows kept here beside it, one entry per limited key (a provider's
+ * requests and tokens, a virtual key's, a user's). A key whose windows holding a reservation
+ * have all ended is as one never seen: it starts afresh when used again, and is dropped by a
+ * look over the keys made once the calls since the last one are as many as the keys
+ * (O(1) a call, amortised), so the store holds the keys used within their windows, not
+ * every key ever seen. `size` is the number of keys held.
  *
  * @internal
  */
 export const withAlignedFixedWindow = (
   store: RateLimiter.RateLimiterStore["Service"]
-): RateLimiter.RateLimiterStore["Service"] & AlignedFixedWindow => {
+): RateLimiter.RateLimiterStore["Service"] & AlignedFixedWindow & { readonly size: number } => {
   const windows = new Map<string, Windows>()
+  let callsSinceSweep = 0
+
+  const sweep = (now: number) => {
+    callsSinceSweep = 0
+    for (const [key, state] of windows) if (ended(state, state.windowMillis, now)) windows.delete(key)
+  }
 
   const place = (key: string, tokens: number, windowMillis: number, limit: number, now: number) => {
+    if (++callsSinceSweep >= Math.max(minSweep, windows.size)) sweep(now)
     let state = windows.get(key)
-    if (state === undefined || now >= state.start + (state.tail + 1) * windowMillis) {
-      state = { start: now, head: 0, tail: 0, open: 0, counts: new Map() }
+    if (state === undefined || ended(state, windowMillis, now)) {
+      state = { start: now, windowMillis, head: 0, tail: 0, open: 0, counts: new Map() }
       windows.set(key, state)
     }
+    state.windowMillis = windowMillis
     // A clock set back (an NTP step) stays in the window it was in: no window opens before the first.
     const current = Math.max(state.head, Math.floor((now - state.start) / windowMillis))
     for (; state.head < current; state.head++) state.counts.delete(state.head)
@@ -73,6 +93,9 @@ export const withAlignedFixedWindow = (
 
   return {
     ...store,
+    get size() {
+      return windows.size
+    },
     fixedWindowAligned: (o) =>
       Effect.clockWith((clock) =>
         Effect.sync(() => place(o.key, o.tokens, Duration.toMillis(o.window), o.limit, clock.currentTimeMillisUnsafe()))

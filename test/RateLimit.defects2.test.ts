@@ -1,0 +1,295 @@
+import { assert, describe, it } from "@effect/vitest"
+import { Clock, Context, Duration, Effect, Fiber, Layer } from "effect"
+import { RateLimiter, Redis as PersistenceRedis } from "effect/persistence"
+import { TestClock } from "effect/testing"
+import type { ModelError } from "../src/AiError.js"
+import * as RateLimit from "../src/RateLimit.js"
+import { withAlignedFixedWindow } from "../src/RateLimit/memory.js"
+import * as RateLimitRedis from "../src/RateLimit/Redis.js"
+import * as Redis from "../src/Redis.js"
+import { effectMemoryStore, rejection, waitOf } from "./utils/rateLimit.js"
+import { type RedisServer, skipRedis, skipReason, startRedis } from "./utils/redis.js"
+
+let counter = 0
+const uniqueName = (label: string) => `rld2-${label}-${++counter}-${Math.random().toString(36).slice(2, 8)}`
+
+describe("RateLimit memory store: keys whose windows have all ended are dropped", () => {
+  it.effect("many keys, then the clock past their windows: the store holds only the keys still in a window", () =>
+    Effect.gen(function* () {
+      // Token buckets are effect's store's own, which drops a full bucket's key by a sweep every minute.
+      const store = withAlignedFixedWindow(yield* effectMemoryStore)
+      const limits = yield* RateLimit.make(
+        { default: { requestsPerMinute: 10, tokensPerMinute: 1_000 }, maxWait: "10 minutes" },
+        store
+      )
+      const buckets = yield* RateLimit.make({ default: { requestsPerMinute: 10, algorithm: "token-bucket" } }, store)
+      // A key with a caller waiting in its next window: its windows must outlive the sweep.
+      const busy = uniqueName("busy")
+      const one = yield* RateLimit.make(
+        { providers: { [busy]: { requestsPerMinute: 1 } }, maxWait: "10 minutes" },
+        store
+      )
+      yield* one.acquire(busy)
+      const waiter = yield* Effect.forkChild(one.acquire(busy), { startImmediately: true })
+      for (let i = 0; i < 1_000; i++) {
+        yield* limits.acquire(`user-${i}`, { tokens: 5 })
+        yield* buckets.acquire(`bucket-${i}`)
+      }
+      // Each user: its requests and its tokens; the busy key's requests.
+      assert.strictEqual(store.size, 2_001)
+      yield* TestClock.adjust("30 seconds")
+      // Other keys' calls: the store looks over its keys as it grows, at O(1) a call amortised.
+      for (let i = 0; i < 1_000; i++) yield* limits.acquire(`later-${i}`)
+      assert.strictEqual(store.size, 3_001, "at 30 s every key is still in its window")
+      yield* TestClock.adjust("2 minutes")
+      const wide = yield* RateLimit.make({ default: { requestsPerMinute: 1_000_000 } }, store)
+      for (let i = 0; i < 3_100; i++) yield* wide.acquire("last")
+      // Every key but the last one has ended: before, every key ever seen stayed (3,002 here).
+      assert.strictEqual(store.size, 1)
+      yield* Fiber.join(waiter)
+    })
+  )
+
+  it.effect("a key still in a window keeps its count while the keys around it are dropped", () =>
+    Effect.gen(function* () {
+      const store = withAlignedFixedWindow(yield* effectMemoryStore)
+      const key = uniqueName("kept")
+      const limits = yield* RateLimit.make({ default: { requestsPerMinute: 1 }, maxWait: "10 minutes" }, store)
+      const short = yield* RateLimit.make({ default: { requestsPerMinute: 5, window: "10 seconds" } }, store)
+      yield* limits.acquire(key)
+      // Its window from 60 s holds a second caller; other keys' 10-second windows end meanwhile.
+      const second = yield* Effect.forkChild(limits.acquire(key), { startImmediately: true })
+      for (let i = 0; i < 500; i++) yield* short.acquire(`other-${i}`)
+      yield* TestClock.adjust("70 seconds")
+      yield* Fiber.join(second)
+      // As many calls as keys held: the store has looked over them by then.
+      for (let i = 0; i < 1_200; i++) yield* short.acquire(`again-${i % 600}`)
+      assert.isAtMost(store.size, 601, "the other keys' ended windows are dropped")
+      // At 70 s the key's window from 60 s still holds the second call: a third waits for the one at 120 s.
+      assert.strictEqual(yield* waitOf(limits, key), 50_000)
+    })
+  )
+})
+
+/** `store` whose give-backs take `delay` to answer (a slow store, no guard). */
+const slowGiveBacks = (delay: Duration.Input) =>
+  Effect.map(effectMemoryStore, (memory) => {
+    const aligned = withAlignedFixedWindow(memory)
+    return {
+      ...aligned,
+      fixedWindowRelease: (o: Parameters<typeof aligned.fixedWindowRelease>[0]) =>
+        Effect.andThen(Effect.sleep(delay), aligned.fixedWindowRelease(o))
+    }
+  })
+
+describe("RateLimit: a refusal answers at once; its give-back runs in the background", () => {
+  it.effect("refused for maxWait: the caller does not wait for the store to take the slot back", () =>
+    Effect.gen(function* () {
+      const key = uniqueName("refused")
+      const store = yield* slowGiveBacks("5 seconds")
+      const now = yield* RateLimit.make({ providers: { [key]: { tokensPerMinute: 100 } }, maxWait: 0 }, store)
+      const later = yield* RateLimit.make(
+        { providers: { [key]: { tokensPerMinute: 100 } }, maxWait: "5 minutes" },
+        store
+      )
+      yield* now.acquire(key, { tokens: 50 })
+      const refused = yield* Effect.forkChild(rejection(now, key, 60), { startImmediately: true })
+      yield* Effect.yieldNow
+      assert.isDefined(refused.pollUnsafe(), "answered before the give-back (5 s) ended")
+      assert.strictEqual((yield* Fiber.join(refused)).reason, "RateLimited")
+      // The give-back still lands: the next window (from 60 s) is empty again, so 100 tokens go there.
+      yield* TestClock.adjust("5 seconds")
+      assert.strictEqual(yield* waitOf(later, key, 100), 55_000)
+    })
+  )
+
+  it.effect('onStoreError "reject": one reservation failed, the other\'s give-back does not hold the refusal', () =>
+    Effect.gen(function* () {
+      const key = uniqueName("store-failed")
+      const slow = yield* slowGiveBacks("5 seconds")
+      const store = {
+        ...slow,
+        fixedWindowAligned: (o: Parameters<typeof slow.fixedWindowAligned>[0]) =>
+          o.key.endsWith(":tpm")
+            ? Effect.fail(
+                new RateLimiter.RateLimiterError({ reason: new RateLimiter.RateLimitStoreError({ message: "down" }) })
+              )
+            : slow.fixedWindowAligned(o)
+      }
+      const limits = yield* RateLimit.make(
+        { providers: { [key]: { requestsPerMinute: 1, tokensPerMinute: 100 } } },
+        store,
+        { onStoreError: "reject" }
+      )
+      const refused = yield* Effect.forkChild(rejection(limits, key, 10), { startImmediately: true })
+      yield* Effect.yieldNow
+      assert.isDefined(refused.pollUnsafe(), "answered before the give-back (5 s) ended")
+      assert.strictEqual((yield* Fiber.join(refused)).reason, "RateLimited")
+      // The request slot it took is back once the give-back has run.
+      yield* TestClock.adjust("5 seconds")
+      const open = yield* RateLimit.make({ providers: { [key]: { requestsPerMinute: 1 } }, maxWait: 0 }, slow)
+      yield* open.acquire(key)
+    })
+  )
+
+  it.effect("a waiter interrupted: the interruption does not wait for the give-back either", () =>
+    Effect.gen(function* () {
+      const key = uniqueName("interrupted")
+      const store = yield* slowGiveBacks("5 seconds")
+      const limits = yield* RateLimit.make(
+        { providers: { [key]: { requestsPerMinute: 1 } }, maxWait: "5 minutes" },
+        store
+      )
+      yield* limits.acquire(key)
+      const waiter = yield* Effect.forkChild(limits.acquire(key), { startImmediately: true })
+      yield* Effect.yieldNow
+      const interrupting = yield* Effect.forkChild(Fiber.interrupt(waiter), { startImmediately: true })
+      yield* Effect.yieldNow
+      assert.isDefined(interrupting.pollUnsafe(), "interrupted before the give-back (5 s) ended")
+      yield* TestClock.adjust("5 seconds")
+      // Its window (from 60 s) is free again.
+      assert.strictEqual(yield* waitOf(limits, key), 55_000)
+    })
+  )
+})
+
+/** The service and the Redis client it uses, built in the test's scope. */
+const build = (server: RedisServer, options: RateLimit.RedisOptions, clock?: Clock.Clock) =>
+  Effect.gen(function* () {
+    const layer = RateLimit.layerRedis(options).pipe(Layer.provideMerge(Redis.layer({ url: server.url })))
+    const context = yield* Layer.build(
+      clock === undefined ? layer : layer.pipe(Layer.provide(Layer.succeed(Clock.Clock, clock)))
+    )
+    return { limits: Context.get(context, RateLimit.RateLimits), redis: Context.get(context, PersistenceRedis.Redis) }
+  })
+
+/** The real clock moved by `offset` ms: a replica whose clock is off. */
+const skewed = (offset: number): Effect.Effect<Clock.Clock> =>
+  Effect.clockWith((clock) =>
+    Effect.succeed({
+      currentTimeMillisUnsafe: () => clock.currentTimeMillisUnsafe() + offset,
+      currentTimeMillis: Effect.sync(() => clock.currentTimeMillisUnsafe() + offset),
+      currentTimeNanosUnsafe: () => clock.currentTimeNanosUnsafe() + BigInt(offset) * 1_000_000n,
+      currentTimeNanos: Effect.sync(() => clock.currentTimeNanosUnsafe() + BigInt(offset) * 1_000_000n),
+      monotonicTimeNanosUnsafe: () => clock.monotonicTimeNanosUnsafe(),
+      monotonicTimeNanos: clock.monotonicTimeNanos,
+      sleep: (duration) => clock.sleep(duration)
+    })
+  )
+
+describe.skipIf(skipRedis)(
+  `RateLimit on Redis: timeouts and clocks (${skipRedis ? skipReason : "needs redis-server"})`,
+  () => {
+    it.live(
+      'onStoreError "reject": a reservation whose answer came too late is given back, not lost for its window',
+      () =>
+        Effect.scoped(
+          Effect.gen(function* () {
+            const server = yield* startRedis
+            for (const [label, redis] of [
+              ["the guard's deadline", { timeout: "200 millis", reportAfter: "1 minute" }],
+              ["the client's deadline", { reportAfter: "1 minute" }]
+            ] as const) {
+              for (const limit of [
+                { requestsPerMinute: 1 },
+                { tokensPerMinute: 100 },
+                { requestsPerMinute: 1, algorithm: "token-bucket" as const }
+              ]) {
+                const key = uniqueName("late")
+                const warm = uniqueName("warm")
+                const { limits, redis: redisClient } = yield* build(server, {
+                  providers: { [key]: limit, [warm]: limit },
+                  maxWait: 0,
+                  onStoreError: "reject",
+                  redis
+                })
+                const tokens = limit.tokensPerMinute === undefined ? undefined : 100
+                // Redis holds the script: its first EVALSHA would find none (NOSCRIPT) and take nothing.
+                yield* limits.acquire(warm, { tokens })
+                // Redis stops answering: the reservation is sent, the call refused at the deadline.
+                yield* server.pause
+                const refused = yield* Effect.flip(limits.acquire(key, { tokens }))
+                assert.strictEqual((refused as ModelError).reason, "RateLimited")
+                assert.include(refused.message, "store unavailable")
+                // Back: Redis runs the reservation it had been sent, then the give-back sent after it.
+                yield* server.resume
+                // Answered after both: one connection, answers in order.
+                yield* redisClient.send("PING")
+                // The window's one slot was lost to a call that never went; now it is free.
+                const exit = yield* Effect.exit(limits.acquire(key, { tokens }))
+                assert.strictEqual(exit._tag, "Success", `${label}, ${JSON.stringify(limit)}: ${String(exit)}`)
+                assert.strictEqual((yield* rejection(limits, key, tokens)).reason, "RateLimited")
+              }
+            }
+          })
+        )
+    )
+
+    it.live("a give-back that reaches Redis before its reservation: the reservation takes nothing", () =>
+      Effect.scoped(
+        Effect.gen(function* () {
+          const server = yield* startRedis
+          const context = yield* Layer.build(Redis.layer({ url: server.url }))
+          const store = yield* RateLimitRedis.makeStore({ prefix: `${uniqueName("p")}:` }).pipe(Effect.provide(context))
+          const window = Duration.minutes(1)
+          yield* store.revokeReservation({ key: "w", id: "a", algorithm: "fixed-window", window, limit: 1 })
+          const late = yield* Effect.flip(
+            store.fixedWindowAlignedTagged({ key: "w", tokens: 1, window, limit: 1, id: "a" })
+          )
+          assert.include(Redis.errorText(late), "REVOKED")
+          // Nothing was taken: the window's one slot is there.
+          const [delay] = yield* store.fixedWindowAligned({ key: "w", tokens: 1, window, limit: 1 })
+          assert.strictEqual(delay, 0)
+          const refillRate = Duration.seconds(60)
+          yield* store.revokeReservation({ key: "b", id: "a", algorithm: "token-bucket", window, limit: 1 })
+          yield* Effect.flip(
+            store.tokenBucketTagged({ key: "b", tokens: 1, limit: 1, refillRate, allowOverflow: true, id: "a" })
+          )
+          const [remaining] = yield* store.tokenBucket({
+            key: "b",
+            tokens: 1,
+            limit: 1,
+            refillRate,
+            allowOverflow: true
+          })
+          assert.strictEqual(remaining, 0)
+          // Revoked after it ran: taken back once, however often it is revoked.
+          yield* store.fixedWindowAlignedTagged({ key: "x", tokens: 1, window, limit: 1, id: "b" })
+          yield* store.revokeReservation({ key: "x", id: "b", algorithm: "fixed-window", window, limit: 1 })
+          yield* store.revokeReservation({ key: "x", id: "b", algorithm: "fixed-window", window, limit: 1 })
+          assert.strictEqual((yield* store.fixedWindowAligned({ key: "x", tokens: 1, window, limit: 1 }))[0], 0)
+          assert.isAbove((yield* store.fixedWindowAligned({ key: "x", tokens: 1, window, limit: 1 }))[0], 0)
+        })
+      )
+    )
+
+    it.live("replicas whose clocks are minutes apart share one window: Redis's clock (TIME) decides", () =>
+      Effect.scoped(
+        Effect.gen(function* () {
+          const server = yield* startRedis
+          const prefix = `${uniqueName("p")}:`
+          for (const algorithm of ["fixed-window", "token-bucket"] as const) {
+            const key = uniqueName(`skew-${algorithm}`)
+            const options: RateLimit.RedisOptions = {
+              prefix,
+              providers: { [key]: { requestsPerMinute: 2, window: "2 seconds", algorithm } },
+              maxWait: 0
+            }
+            const ahead = yield* build(server, options, yield* skewed(90_000))
+            const behind = yield* build(server, options, yield* skewed(-150_000))
+            const exact = yield* build(server, options)
+            yield* ahead.limits.acquire(key)
+            yield* behind.limits.acquire(key)
+            // The window's two slots are taken, whatever each replica's clock says.
+            for (const replica of [ahead, behind, exact]) {
+              const refused = (yield* Effect.flip(replica.limits.acquire(key))) as ModelError
+              assert.strictEqual(refused.reason, "RateLimited", algorithm)
+              const retryAfter = Duration.toMillis(refused.retryAfter!)
+              assert.isTrue(retryAfter > 0 && retryAfter <= 2_000, `${algorithm}: retryAfter ${retryAfter} ms`)
+            }
+          }
+        })
+      )
+    )
+  }
+)
