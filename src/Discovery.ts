@@ -115,7 +115,7 @@ export interface Options {
   /**
    * Past its `ttl`, an answer still serves a query while lookups fail (the service is down,
    * the lookups' breaker is open) for this long: stale-if-error. Default 10 minutes; `0`
-   * turns it off. A query never answered is `Unavailable` as before.
+   * turns it off. A query never answered, or last answered with no agent, is `Unavailable`.
    */
   readonly staleFor?: Input.DurationInput | undefined
   /** Queries kept at most (least recently used go first). Default 1,000. */
@@ -350,9 +350,12 @@ export const make = Effect.fnUntraced(function* <E>(
       const [concept, intent] = JSON.parse(key) as [string, string]
       return breaker.execute(
         breakerKey,
-        Effect.flatMap(attempt({ concept, intent }), (endpoints) =>
-          endpoints.length > 0 && Duration.toMillis(staleFor) > 0 ? remember(key, endpoints) : Effect.succeed(endpoints)
-        )
+        Effect.flatMap(attempt({ concept, intent }), (endpoints) => {
+          if (endpoints.length > 0 && Duration.toMillis(staleFor) > 0) return remember(key, endpoints)
+          // "None" is the last answer now: a later failure must not bring back agents the registry dropped.
+          lastGood.delete(key)
+          return Effect.succeed(endpoints)
+        })
       )
     },
     {

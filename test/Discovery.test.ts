@@ -153,6 +153,37 @@ describe("Discovery.layer (your own lookup)", () => {
     })
   )
 
+  it.effect(
+    "stale-if-error serves the last answer: after a 'none' answer, a failing lookup does not bring the agents back",
+    () =>
+      Effect.gen(function* () {
+        const script = yield* Ref.make<ReadonlyArray<"agents" | "none" | "down">>(["agents", "none", "down"])
+        const discovery = yield* resolver(
+          Discovery.layer(
+            () =>
+              Effect.flatMap(
+                Ref.modify(script, ([next, ...rest]) => [next ?? "down", rest]),
+                (answer) =>
+                  answer === "agents"
+                    ? Effect.succeed([{ url: "http://127.0.0.1:1/a" }])
+                    : answer === "none"
+                      ? Effect.succeed([])
+                      : Effect.fail("down")
+              ),
+            { ttl: "1 minute", staleFor: "10 minutes" }
+          )
+        )
+        assert.strictEqual((yield* discovery.resolve(query)).length, 1)
+        yield* TestClock.adjust("2 minutes")
+        // the registry now says no agent serves the query (deregistered)
+        assert.strictEqual((yield* Effect.flip(discovery.resolve(query))).reason, "NotFound")
+        yield* TestClock.adjust("1 second")
+        // then it is down: the last answer was "none", so the deregistered agent is not served
+        const down = yield* Effect.flip(discovery.resolve(query))
+        assert.strictEqual(down.reason, "Unavailable")
+      })
+  )
+
   it.effect("staleFor: 0 turns stale-if-error off", () =>
     Effect.gen(function* () {
       const up = yield* Ref.make(true)
