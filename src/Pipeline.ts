@@ -107,7 +107,10 @@ export interface StepOptions<I, D, A2, E, E2 = never, R2 = never> {
   readonly fallback?: Fallback<I, D, A2, E, E2, R2> | undefined
   /** A key of the executor's shared breakers: every attempt goes through that circuit. */
   readonly breaker?: string | undefined
-  /** A key of the executor's rate limits: every attempt takes a slot. */
+  /**
+   * A key of the executor's rate limits: every attempt takes a request slot. A key with no
+   * `requestsPerMinute` (nor a default) is refused when the run starts: it would limit nothing.
+   */
   readonly rateLimit?: string | undefined
   /** The name the step's calls are counted under in `Stats` (default: the step's name). */
   readonly stats?: string | undefined

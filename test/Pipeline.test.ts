@@ -800,6 +800,38 @@ describe("Pipeline steps through the executor's policy pipeline", () => {
     })
   )
 
+  it.effect("a rateLimit key the rate limits have no request limit for is refused by name, not run unlimited", () =>
+    Effect.gen(function* () {
+      const context = yield* executorContext(
+        RateLimit.layerMemory({
+          providers: { "search-api": { requestsPerMinute: 2 }, "tokens-only": { tokensPerMinute: 1_000 } },
+          maxWait: 0
+        })
+      )
+      const runs = yield* Ref.make(0)
+      const step = (rateLimit: string) =>
+        Pipeline.make()
+          .step("first", [], () => Effect.void)
+          .step("search", ["first"], () => Ref.update(runs, (n) => n + 1), { rateLimit })
+      for (const key of ["search-apj", "tokens-only"]) {
+        const error = yield* Effect.flip(Pipeline.run(step(key), undefined).pipe(Effect.provideContext(context)))
+        assert.deepStrictEqual(
+          [error.reason, error.field, error.steps],
+          ["InvalidStep", "steps[1].rateLimit", ["search"]]
+        )
+        assert.include(error.message, `"${key}"`)
+        assert.include(error.message, "requestsPerMinute")
+      }
+      assert.strictEqual(yield* Ref.get(runs), 0, "nothing ran")
+      // a default limit covers every key
+      const withDefault = yield* executorContext(
+        RateLimit.layerMemory({ providers: {}, default: { requestsPerMinute: 1 }, maxWait: 0 })
+      )
+      const result = yield* Pipeline.run(step("any-key"), undefined).pipe(Effect.provideContext(withDefault))
+      assert.strictEqual(result.status, "succeeded")
+    })
+  )
+
   it.effect("a defect does not fall back; a step's own typed error does", () =>
     Effect.gen(function* () {
       const context = yield* executorContext(Layer.empty)

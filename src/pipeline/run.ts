@@ -9,6 +9,7 @@ import { Effect, Result as R } from "effect"
 import { isAiError, isRetryable } from "../AiError.js"
 import { Executor } from "../Executor.js"
 import type { Failure, Pipeline, PipelineError, Result, RunOptions } from "../Pipeline.js"
+import type { RateLimits } from "../RateLimit.js"
 import * as Internal from "./definition.js"
 import * as Errors from "./errors.js"
 import { execute } from "./scheduler.js"
@@ -21,6 +22,16 @@ const policyKeys = ["timeout", "totalTimeout", "retry", "fallback", "breaker", "
 
 const noService = (def: Internal.StepDef, index: number, field: string, what: string): PipelineError =>
   Errors.invalidStep(`steps[${index}].${field}`, what, def.name)
+
+// A step takes one request slot per attempt and no tokens: a key with no `requestsPerMinute` of its
+// own (nor a default) would limit nothing, silently (a misspelt key). Only the `RateLimits` service
+// says what it limits; another guard is trusted.
+const requestLimitMissing = (guard: object, key: string): string | undefined => {
+  const limitsOf = (guard as Partial<RateLimits["Service"]>).limitsOf
+  if (typeof limitsOf !== "function") return undefined
+  if (limitsOf(key)?.requestsPerMinute !== undefined) return undefined
+  return `the rate limits have no requestsPerMinute for ${JSON.stringify(key)} (nor a default): a step takes one request slot per attempt, so it would run unlimited`
+}
 
 // An option given as `undefined` is not given: the pipeline's own default stays. The key is kept
 // (as `undefined`), so a misspelt one is still refused by name.
@@ -65,10 +76,15 @@ export const run = <I, O, E, R>(
           noService(def, i, "breaker", "the executor has no breakers (CircuitBreaker.layerMemory)")
         )
       }
-      if (def.rateLimit !== undefined && executor?.guards.rateLimit === undefined) {
-        return yield* Effect.fail(
-          noService(def, i, "rateLimit", "the executor has no rate limits (RateLimit.layerMemory)")
-        )
+      if (def.rateLimit !== undefined) {
+        const guard = executor?.guards.rateLimit
+        if (guard === undefined) {
+          return yield* Effect.fail(
+            noService(def, i, "rateLimit", "the executor has no rate limits (RateLimit.layerMemory)")
+          )
+        }
+        const unlimited = requestLimitMissing(guard, def.rateLimit)
+        if (unlimited !== undefined) return yield* Effect.fail(noService(def, i, "rateLimit", unlimited))
       }
     }
     return (yield* execute(self.definition, input, settings.success, makeRunner(executor))) as unknown as Result<O, E>
