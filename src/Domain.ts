@@ -37,7 +37,7 @@ export const Domain = Schema.Struct({
   maxTokens: Schema.optional(Schema.Int.check(Schema.isBetween({ minimum: 1, maximum: 1_000_000 }))),
   /** Domains tried in order when this one fails in a way that falls back. */
   fallback: Schema.optional(Schema.Array(Name)),
-  /** With `fallback`: start the next domain after this long without an answer (hedging). */
+  /** With `fallback`: start the next domain after this long without an answer (hedging); above zero. */
   hedgeAfter: Schema.optional(Input.DurationFromInput),
   /**
    * Use the response cache when the application has one (default true). `false`: its calls
@@ -171,7 +171,9 @@ export const check = (input: unknown, options: string | CheckOptions = {}): Inpu
     }
     const zero = Input.all([
       positive(`${at}.timeout`, domain.timeout),
-      positive(`${at}.totalTimeout`, domain.totalTimeout)
+      positive(`${at}.totalTimeout`, domain.totalTimeout),
+      // A zero delay would start the whole chain at once, every call (`router.hedge` refuses it too).
+      positive(`${at}.hedgeAfter`, domain.hedgeAfter)
     ])
     if (Result.isFailure(zero)) return Result.fail(zero.failure)
     names.add(domain.name)

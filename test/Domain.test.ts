@@ -53,6 +53,14 @@ describe("Domain.fromConfig", () => {
         [[{ name: "x", provider: "main", timeout: Number.NaN }], "domains[0].timeout"],
         [[{ name: "x", provider: "main", timeout: 0 }], "domains[0].timeout"],
         [[{ name: "x", provider: "main", totalTimeout: "0 seconds" }], "domains[0].totalTimeout"],
+        // A zero hedge delay starts every fallback at once: each call costs the whole chain (router.hedge refuses 0 too).
+        [
+          [
+            { name: "x", provider: "main", fallback: ["y"], hedgeAfter: 0 },
+            { name: "y", provider: "main" }
+          ],
+          "domains[0].hedgeAfter"
+        ],
         [[{ name: "x", provider: "main", temperature: 3 }], "domains[0].temperature"],
         [[{ name: "x", provider: "main", maxTokens: 1.5 }], "domains[0].maxTokens"],
         [[{ name: "x", provider: "main", retry: { jitter: 2 } }], "domains[0].retry.jitter"],
