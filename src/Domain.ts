@@ -132,6 +132,26 @@ export interface CheckOptions {
   readonly fallbackTo?: ReadonlyArray<string> | undefined
 }
 
+const checkOptionKeys: ReadonlySet<string> = new Set(["path", "fallbackTo"])
+
+// A string `fallbackTo` would match parts of names (`"support".includes("sup")`); a misspelt key
+// would be ignored. `null` is no value, as `undefined` is.
+const checkOptionsIssue = (given: CheckOptions): Input.Issue | undefined => {
+  const unknown = Input.unknownKey(given, checkOptionKeys, "options.")
+  if (unknown !== undefined) return unknown
+  const { path, fallbackTo } = given
+  if (path !== undefined && path !== null && (typeof path !== "string" || path.length === 0)) {
+    return {
+      path: "options.path",
+      message: 'expected the non-empty path of the list in messages, such as "extraDomains"'
+    }
+  }
+  if (fallbackTo === undefined || fallbackTo === null) return undefined
+  if (!Array.isArray(fallbackTo)) return { path: "options.fallbackTo", message: "expected an array of domain names" }
+  const at = fallbackTo.findIndex((name) => typeof name !== "string")
+  return at === -1 ? undefined : { path: `options.fallbackTo[${at}]`, message: "expected a domain name" }
+}
+
 /**
  * Checks domains (a config value or domains built in code). A bad value fails with the
  * path of the first wrong field, e.g. `domains[1].retry.maxAttempts`; duplicate names,
@@ -151,6 +171,8 @@ export const check = (input: unknown, options: string | CheckOptions = {}): Inpu
     })
   }
   const given: CheckOptions = typeof options === "string" ? { path: options } : options
+  const wrong = checkOptionsIssue(given)
+  if (wrong !== undefined) return Result.fail(wrong)
   const path = given.path ?? "domains"
   const fallbackTo = given.fallbackTo ?? []
   if (!Array.isArray(input)) return Result.fail({ path, message: "expected an array of domains" })

@@ -145,6 +145,25 @@ describe("Domain.fromConfig", () => {
       })
   )
 
+  it.effect(
+    "the options' fields are checked: a string fallbackTo matched parts of names, a misspelt key was ignored",
+    () =>
+      Effect.gen(function* () {
+        const triage = { name: "triage", provider: "main", fallback: ["sup"] }
+        const cases: ReadonlyArray<readonly [unknown, string]> = [
+          [{ fallbackTo: "support" }, "options.fallbackTo"],
+          [{ fallbackTo: ["support", 5] }, "options.fallbackTo[1]"],
+          [{ path: 5 }, "options.path"],
+          [{ path: "" }, "options.path"],
+          [{ pth: "extraDomains" }, "options.pth"]
+        ]
+        for (const [options, path] of cases) {
+          const error = yield* Effect.flip(Domain.fromConfig([triage], options as never))
+          assert.strictEqual(error.path, path, JSON.stringify(options))
+        }
+      })
+  )
+
   it.effect("layerDomainsFromConfig fails to build on a bad config", () =>
     Effect.gen(function* () {
       const error = yield* Effect.flip(Layer.build(Domain.layerDomainsFromConfig([{ name: "x", provider: 1 }])))
