@@ -285,7 +285,13 @@ export const make = Effect.fnUntraced(function* <E>(
       if (lastGood.size > capacity) lastGood.delete(lastGood.keys().next().value!)
       return endpoints
     })
-  const breaker = yield* CircuitBreaker.makeMemory(options.breaker ?? {}).pipe(
+  const breakerOptions: unknown = Input.orDefault(options.breaker, {})
+  if (typeof breakerOptions !== "object" || breakerOptions === null || Array.isArray(breakerOptions)) {
+    return yield* Input.orOptionError(
+      Result.fail({ path: "breaker", message: "expected the breaker's options, such as { failMax: 5 }" })
+    )
+  }
+  const breaker = yield* CircuitBreaker.makeMemory(breakerOptions as CircuitBreaker.Options).pipe(
     // The breaker's own option names, under `breaker.` (Discovery has a `timeout` of its own).
     Effect.mapError((error) => Input.underPath(error, "breaker."))
   )

@@ -311,6 +311,9 @@ describe("Discovery.layer (your own lookup)", () => {
         // The breaker's options are named under `breaker.` (Discovery has a timeout of its own).
         [{ breaker: { resetTimeout: -1 } }, "breaker.resetTimeout"],
         [{ breaker: { failureThreshold: 3 } }, "breaker.failureThreshold"],
+        // Not silently the default breaker (null), nor named `breaker.(root)` (a number).
+        [{ breaker: null }, "breaker"],
+        [{ breaker: 5 }, "breaker"],
         [{ tll: "1 second" }, "tll"],
         [{ url: "http://127.0.0.1:1" }, "url"],
         [null, "options"]
