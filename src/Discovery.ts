@@ -263,6 +263,11 @@ export const make = Effect.fnUntraced(function* <E>(
   lookup: (query: Query) => Effect.Effect<Found, E>,
   options: Options = {}
 ) {
+  if (typeof lookup !== "function") {
+    return yield* Input.orOptionError(
+      Result.fail({ path: "lookup", message: "expected a function (query) => Effect of the agents" })
+    )
+  }
   const wrong = optionsIssue(options, optionKeys)
   if (wrong !== undefined) return yield* Input.orOptionError(Result.fail(wrong))
   const [name, ttl, capacity, timeout, staleFor] = yield* Input.orOptionError(

@@ -321,6 +321,11 @@ describe("Discovery.layer (your own lookup)", () => {
         const error = yield* Effect.flip(resolver(Discovery.layer(() => Effect.succeed([]), options as never)))
         assert.strictEqual((error as { readonly path: string }).path, path)
       }
+      // No lookup: refused when built, not an Unavailable (counted on the breaker) at every query.
+      for (const lookup of [undefined, null, { lookup: () => Effect.succeed([]) }]) {
+        const error = yield* Effect.flip(resolver(Discovery.layer(lookup as never)))
+        assert.strictEqual((error as { readonly path: string }).path, "lookup")
+      }
     })
   )
 })
