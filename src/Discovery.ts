@@ -124,6 +124,13 @@ export interface Options {
   readonly timeout?: Input.DurationInput | undefined
   /** The lookups' own breaker (in this process). Default: 5 consecutive failures, open 30 seconds. */
   readonly breaker?: CircuitBreaker.Options | undefined
+  /**
+   * Agents kept of an answer, best first (the rest are dropped): each is a fallback a task may
+   * try in turn, and a series in the agents' stats. Default 10.
+   *
+   * @since 0.3.0
+   */
+  readonly maxAgents?: number | undefined
 }
 
 /**
@@ -155,7 +162,15 @@ const checkQuery = (query: Query): Effect.Effect<Query, DiscoveryError> =>
 
 const endpointKeys: ReadonlySet<string> = new Set(["url", "name", "timeout"])
 const entryKeys: ReadonlySet<string> = new Set(["concept", "intent", "agents"])
-const optionKeys: ReadonlySet<string> = new Set(["name", "ttl", "staleFor", "capacity", "timeout", "breaker"])
+const optionKeys: ReadonlySet<string> = new Set([
+  "name",
+  "ttl",
+  "staleFor",
+  "capacity",
+  "timeout",
+  "breaker",
+  "maxAgents"
+])
 const httpKeys: ReadonlySet<string> = new Set([...optionKeys, "url", "maxResponseBytes"])
 
 /** The options' issue: not an object, or a key `known` lacks (a misspelt `tll`). */
@@ -270,13 +285,14 @@ export const make = Effect.fnUntraced(function* <E>(
   }
   const wrong = optionsIssue(options, optionKeys)
   if (wrong !== undefined) return yield* Input.orOptionError(Result.fail(wrong))
-  const [name, ttl, capacity, timeout, staleFor] = yield* Input.orOptionError(
+  const [name, ttl, capacity, timeout, staleFor, maxAgents] = yield* Input.orOptionError(
     Input.all([
       Http.nonEmpty("name", Input.orDefault(options.name, "discovery")),
       Input.duration("ttl", Input.orDefault(options.ttl, "1 minute")),
       Input.positiveInt("capacity", Input.orDefault(options.capacity, 1000)),
       Input.duration("timeout", Input.orDefault(options.timeout, "5 seconds")),
-      Input.duration("staleFor", Input.orDefault(options.staleFor, "10 minutes"), { allowZero: true })
+      Input.duration("staleFor", Input.orDefault(options.staleFor, "10 minutes"), { allowZero: true }),
+      Input.positiveInt("maxAgents", Input.orDefault(options.maxAgents, 10))
     ])
   )
   // The last answer of each query and when it came, for stale-if-error (at most `capacity`,
@@ -331,8 +347,9 @@ export const make = Effect.fnUntraced(function* <E>(
       return Effect.fail(lookupError(`answered ${what}, not an Effect`))
     }).pipe(
       Effect.flatMap((found): Effect.Effect<ReadonlyArray<Endpoint>, ModelError> => {
+        // Bounded before it is checked: a registry may answer thousands (an unfiltered list).
         const list: ReadonlyArray<unknown> =
-          found === undefined || found === null ? [] : Array.isArray(found) ? found : [found]
+          found === undefined || found === null ? [] : Array.isArray(found) ? found.slice(0, maxAgents) : [found]
         for (const [i, endpoint] of list.entries()) {
           const checked = checkEndpoint(`agents[${i}]`, endpoint)
           if (Result.isFailure(checked)) {

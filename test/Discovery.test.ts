@@ -299,6 +299,28 @@ describe("Discovery.layer (your own lookup)", () => {
     })
   )
 
+  it.effect(
+    "an answer is bounded: the first maxAgents agents (default 10), best first, not thousands of fallbacks",
+    () =>
+      Effect.gen(function* () {
+        const many = Array.from({ length: 5_000 }, (_, i) => ({ url: `http://127.0.0.1:1/${i}` }))
+        const byDefault = yield* resolver(Discovery.layer(() => Effect.succeed(many)))
+        const found = yield* byDefault.resolve(query)
+        assert.deepStrictEqual(
+          found.map((e) => e.url),
+          many.slice(0, 10).map((e) => e.url)
+        )
+        const three = yield* resolver(Discovery.layer(() => Effect.succeed(many), { maxAgents: 3 }))
+        assert.strictEqual((yield* three.resolve(query)).length, 3)
+        for (const maxAgents of [0, 1.5, Number.NaN, -1, "3"]) {
+          const error = yield* Effect.flip(
+            resolver(Discovery.layer(() => Effect.succeed(many), { maxAgents: maxAgents as number }))
+          )
+          assert.strictEqual((error as { readonly path: string }).path, "maxAgents", String(maxAgents))
+        }
+      })
+  )
+
   it.effect("options are checked into OptionErrors", () =>
     Effect.gen(function* () {
       for (const [options, path] of [
