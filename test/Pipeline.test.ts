@@ -108,6 +108,34 @@ describe("Pipeline", () => {
     })
   )
 
+  it.effect("a long cycle or many unknown dependencies: every name in steps, a message of bounded length", () =>
+    Effect.gen(function* () {
+      const n = 10_000
+      const ring = Array.from({ length: n }, (_, i) => ({
+        name: `s${i}`,
+        dependsOn: [`s${(i + n - 1) % n}`],
+        run: () => Effect.void
+      }))
+      const cycle = yield* Effect.flip(Pipeline.fromSteps(ring))
+      assert.strictEqual(cycle.reason, "Cycle")
+      assert.strictEqual(cycle.steps.length, n)
+      assert.isBelow(cycle.message.length, 400, cycle.message.slice(0, 400))
+      const [first] = cycle.steps
+      assert.isTrue(cycle.message.startsWith(`dependency cycle: ${first} -> `), cycle.message)
+      assert.isTrue(cycle.message.endsWith(` -> ${first}`), cycle.message)
+      assert.include(cycle.message, `${n - 10} more`)
+      const missing = Array.from({ length: 5_000 }, (_, i) => `gone${i}`)
+      const unknown = yield* Effect.flip(
+        Pipeline.fromSteps([{ name: "x", dependsOn: missing, run: () => Effect.void }])
+      )
+      assert.strictEqual(unknown.reason, "UnknownDependency")
+      assert.deepStrictEqual(unknown.steps, ["x", ...missing])
+      assert.isBelow(unknown.message.length, 400, unknown.message.slice(0, 400))
+      assert.include(unknown.message, '"gone0"')
+      assert.include(unknown.message, "4990 more")
+    })
+  )
+
   it.effect("an unknown dependency and a duplicate name are rejected with the names", () =>
     Effect.gen(function* () {
       const unknown = yield* Effect.flip(

@@ -297,16 +297,29 @@ const duplicateStep = (name: string): PipelineError =>
     message: `step ${JSON.stringify(name)} is defined twice`
   })
 
-const unknownDependency = (name: string, missing: ReadonlyArray<string>): PipelineError =>
-  new PipelineError({
+// Names a message shows: `steps` holds them all, a message (logged, shown) stays short when
+// a generated pipeline has thousands.
+const SHOWN = 10
+
+const unknownDependency = (name: string, missing: ReadonlyArray<string>): PipelineError => {
+  const shown = missing.slice(0, SHOWN).map((m) => JSON.stringify(m))
+  if (missing.length > SHOWN) shown.push(`and ${missing.length - SHOWN} more`)
+  return new PipelineError({
     reason: "UnknownDependency",
     steps: [name, ...missing],
-    message: `step ${JSON.stringify(name)} depends on unknown step${missing.length > 1 ? "s" : ""} ${missing.map((m) => JSON.stringify(m)).join(", ")}`
+    message: `step ${JSON.stringify(name)} depends on unknown step${missing.length > 1 ? "s" : ""} ${shown.join(", ")}`
   })
+}
 
 /** `cycle` ends where it starts: `[a, b, a]`. */
-const cycleError = (cycle: ReadonlyArray<string>): PipelineError =>
-  new PipelineError({ reason: "Cycle", steps: cycle.slice(0, -1), message: `dependency cycle: ${cycle.join(" -> ")}` })
+const cycleError = (cycle: ReadonlyArray<string>): PipelineError => {
+  const steps = cycle.slice(0, -1)
+  const path =
+    steps.length > SHOWN
+      ? `${steps.slice(0, SHOWN).join(" -> ")} -> … (${steps.length - SHOWN} more) -> ${steps[0]}`
+      : cycle.join(" -> ")
+  return new PipelineError({ reason: "Cycle", steps, message: `dependency cycle: ${path}` })
+}
 
 /**
  * Checks a step added after `has`'s steps, refusing what {@link build} would refuse for the
