@@ -308,9 +308,13 @@ export const makeDomains = (
   domains: ReadonlyArray<Domain | DomainInput>
 ): Effect.Effect<DomainsService, Input.OptionError> => Effect.map(fromConfig(domains), registry)
 
+// The names an unknown-name message shows (a gateway answers it to its client): some, not thousands.
+const KNOWN_SHOWN = 20
+
 const registry = (domains: ReadonlyArray<Domain>): DomainsService => {
   const byName = new Map(domains.map((d) => [d.name, d] as const))
-  const names = Array.from(byName.keys())
+  const all = Array.from(byName.keys())
+  const names = all.length > KNOWN_SHOWN ? [...all.slice(0, KNOWN_SHOWN), `and ${all.length - KNOWN_SHOWN} more`] : all
   return {
     all: Array.from(byName.values()),
     get: (name) => {

@@ -202,6 +202,14 @@ describe("Domains and Providers registries", () => {
       const wrong = yield* Effect.flip(domains.get(null as never))
       assert.strictEqual(wrong.field, "domain")
       assert.include(wrong.message, "got null")
+      // A registry of thousands: the message (a gateway's 400 body) names some of them, not all.
+      const many = yield* Domain.makeDomains(
+        Array.from({ length: 5_000 }, (_, i) => ({ name: `domain-${i}`, provider: "main" }))
+      )
+      const lost = yield* Effect.flip(many.get("legal"))
+      assert.include(lost.message, "domain-0, domain-1")
+      assert.include(lost.message, "and 4980 more")
+      assert.isBelow(lost.message.length, 400)
     })
   )
 
