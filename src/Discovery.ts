@@ -14,7 +14,7 @@
  */
 import { Cache, Clock, Context, Duration, Effect, Exit, Layer, Result, Schema } from "effect"
 import { HttpClientRequest } from "effect/http"
-import { type AiError, ModelError, TimeoutError } from "./AiError.js"
+import { type AiError, isAiError, ModelError, TimeoutError } from "./AiError.js"
 import * as CircuitBreaker from "./CircuitBreaker.js"
 import * as Input from "./Input.js"
 import * as Client from "./Model/http/client.js"
@@ -320,7 +320,13 @@ export const make = Effect.fnUntraced(function* <E>(
 
   const lookupError = (how: string, cause?: unknown) =>
     new ModelError({
-      reason: "Unavailable",
+      // A query the registry refuses (a 400, a 414 for a huge concept) is that query's fault, not the
+      // registry's: as `InvalidRequest` the breaker does not count it, so one caller's bad queries do
+      // not open it for every other query.
+      reason:
+        isAiError(cause) && cause._tag === "ModelError" && cause.reason === "InvalidRequest"
+          ? "InvalidRequest"
+          : "Unavailable",
       message: `${name}: the lookup ${how}${cause instanceof Error ? ` (${cause.message})` : ""}`,
       provider: name,
       ...(cause === undefined ? {} : { cause })

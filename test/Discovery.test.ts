@@ -393,6 +393,31 @@ describe("Discovery.layerHttp", () => {
     })
   )
 
+  it.effect(
+    "a query the registry refuses (a 400, a 414) is that query's failure: it does not open the breaker for others",
+    () =>
+      Effect.gen(function* () {
+        const server = yield* Server.make((request, response) => {
+          const concept = request.search.get("concept")
+          if (concept === "bad") return Server.json(response, 400, { error: "invalid concept" })
+          if (concept === "down") return Server.json(response, 503, { error: "registry down" })
+          return Server.json(response, 200, { agents: [{ url: "http://127.0.0.1:1/w" }] })
+        })
+        const discovery = yield* httpDiscovery({ url: `${server.url}/agents`, breaker: { failMax: 2 } })
+        for (let i = 0; i < 3; i++) {
+          const refused = yield* Effect.flip(discovery.resolve({ concept: "bad", intent: `x${i}` }))
+          assert.strictEqual(refused.reason, "Unavailable")
+          assert.include(refused.message, "HTTP 400")
+          assert.strictEqual((refused.cause as { readonly reason: string }).reason, "InvalidRequest")
+        }
+        assert.strictEqual((yield* discovery.resolve(query)).length, 1, "the breaker is still closed")
+        // the registry's own failures still open it
+        for (let i = 0; i < 2; i++) yield* Effect.flip(discovery.resolve({ concept: "down", intent: `x${i}` }))
+        const open = yield* Effect.flip(discovery.resolve({ concept: "other", intent: "x" }))
+        assert.include(open.message, "open")
+      })
+  )
+
   it.effect("options are checked into OptionErrors naming the field", () =>
     Effect.gen(function* () {
       for (const [options, path] of [
