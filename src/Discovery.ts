@@ -268,8 +268,8 @@ type Found = ReadonlyArray<Endpoint> | Endpoint | undefined | null
  * Discovery on your own lookup (a registry client, a database query): behind its own
  * breaker, deadline and cache. A lookup that fails, throws (or dies), answers something
  * other than an Effect or answers an invalid endpoint is `Unavailable`, with what it failed
- * with or threw as the `cause` (and counts on the breaker); one that answers nothing is
- * `NotFound`.
+ * with or threw as the `cause` (and counts on the breaker, unless it failed with an
+ * `InvalidRequest`: that query's fault); one that answers nothing is `NotFound`.
  *
  * @since 0.2.0
  * @category constructors
@@ -452,7 +452,8 @@ const Answer = Schema.Struct({
 /**
  * Discovery against an HTTP endpoint: `GET <url>?concept=...&intent=...` answering
  * `{ "agents": [{ "url", "name"?, "timeout"? }] }` (an empty list or a 404: not found). The
- * answer's body is bounded; everything else fails `Unavailable` and counts on the breaker.
+ * answer's body is bounded; everything else fails `Unavailable` and counts on the breaker, but
+ * for a query the registry refuses as invalid (a 400, a 414: that query's fault).
  *
  * @since 0.2.0
  * @category layers
