@@ -264,6 +264,26 @@ export const layerStatic = (
 
 type Found = ReadonlyArray<Endpoint> | Endpoint | undefined | null
 
+const DETAIL_MAX = 300
+
+// What a lookup failed with, for the message: an `Error`'s or an error object's `message`, or a
+// string; bounded (it is the user's), and never a throw (a `message` getter that throws).
+const detailOf = (cause: unknown): string => {
+  let detail: unknown
+  try {
+    detail =
+      typeof cause === "string"
+        ? cause
+        : typeof cause === "object" && cause !== null && "message" in cause
+          ? cause.message
+          : undefined
+  } catch {
+    return ""
+  }
+  if (typeof detail !== "string" || detail.length === 0) return ""
+  return ` (${detail.length > DETAIL_MAX ? `${detail.slice(0, DETAIL_MAX)}…` : detail})`
+}
+
 /**
  * Discovery on your own lookup (a registry client, a database query): behind its own
  * breaker, deadline and cache. A lookup that fails, throws (or dies), answers something
@@ -327,7 +347,7 @@ export const make = Effect.fnUntraced(function* <E>(
         isAiError(cause) && cause._tag === "ModelError" && cause.reason === "InvalidRequest"
           ? "InvalidRequest"
           : "Unavailable",
-      message: `${name}: the lookup ${how}${cause instanceof Error ? ` (${cause.message})` : ""}`,
+      message: `${name}: the lookup ${how}${detailOf(cause)}`,
       provider: name,
       ...(cause === undefined ? {} : { cause })
     })

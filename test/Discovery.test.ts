@@ -288,6 +288,15 @@ describe("Discovery.layer (your own lookup)", () => {
       const failed = yield* Effect.flip(failing.resolve(query))
       assert.deepStrictEqual([failed.reason, failed.cause], ["Unavailable", boom])
       assert.include(failed.message, "registry: the lookup failed (registry client bug)")
+      // A lookup failing with a string (or an object with a message) is named by it too, not just "failed".
+      for (const [reason, shown] of [
+        ["registry said no", "registry said no"],
+        [{ _tag: "RegistryError", message: "quota exhausted" }, "quota exhausted"]
+      ] as const) {
+        const said = yield* resolver(Discovery.layer(() => Effect.fail(reason), { name: "registry" }))
+        const saidError = yield* Effect.flip(said.resolve(query))
+        assert.include(saidError.message, `registry: the lookup failed (${shown})`)
+      }
 
       // Not an Effect (a JavaScript caller's async function): refused by name, its rejection handled.
       const promised = yield* resolver(
