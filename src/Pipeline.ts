@@ -418,8 +418,12 @@ export const run: {
   ): <O, E, R>(self: Pipeline<I, O, E, R>) => Effect.Effect<Result<O, E>, PipelineError, R>
 } = dual((args) => typeof args[0] === "object" && args[0] !== null && TypeId in args[0], Run.run)
 
+const OUTCOMES_SHOWN = 10
+
 /**
- * All outputs of a run, or a `PipelineFailedError` naming the steps that did not succeed.
+ * All outputs of a run, or a `PipelineFailedError` naming the steps that did not succeed
+ * (`failedSteps`: all that failed, timed out or were interrupted; the message: how the first
+ * 10 ended, failures before skips, and how many more did not succeed).
  *
  * @since 0.1.0
  * @category getters
@@ -427,12 +431,11 @@ export const run: {
 export const outputs = <O, E>(result: Result<O, E>): Effect.Effect<O, PipelineFailedError> => {
   if (result.status === "succeeded") return Effect.succeed(result.outputs as O)
   const notDone = Object.values<StepOutcome<unknown, E>>(result.steps).filter((o) => o.status !== "succeeded")
-  return Effect.fail(
-    new Errors.PipelineFailedError({
-      failedSteps: result.failedSteps,
-      message: notDone.map(describeOutcome).join("; ")
-    })
-  )
+  // The steps that failed first, then those skipped for it; some of them, not thousands.
+  const ordered = [...notDone.filter((o) => o.status !== "skipped"), ...notDone.filter((o) => o.status === "skipped")]
+  const shown = ordered.slice(0, OUTCOMES_SHOWN).map(describeOutcome)
+  if (ordered.length > OUTCOMES_SHOWN) shown.push(`and ${ordered.length - OUTCOMES_SHOWN} more`)
+  return Effect.fail(new Errors.PipelineFailedError({ failedSteps: result.failedSteps, message: shown.join("; ") }))
 }
 
 /**

@@ -359,6 +359,17 @@ describe("Pipeline", () => {
       )
       const error = yield* Effect.flip(Pipeline.outputs(failing))
       assert.deepStrictEqual(error.failedSteps, ["one"])
+      assert.strictEqual(error.message, "one: failed (x)")
+      // 5,000 steps that did not succeed: the message names some (the failed first), not all
+      const wide = yield* Pipeline.fromSteps([
+        { name: "root", run: () => Effect.fail("boom") },
+        ...Array.from({ length: 4_999 }, (_, i) => ({ name: `s${i}`, dependsOn: ["root"], run: () => Effect.void }))
+      ])
+      const many = yield* Effect.flip(Pipeline.outputs(yield* Pipeline.run(wide, undefined)))
+      assert.deepStrictEqual(many.failedSteps, ["root"])
+      assert.isTrue(many.message.startsWith("root: failed (boom); s0: skipped"), many.message.slice(0, 200))
+      assert.include(many.message, "and 4990 more")
+      assert.isBelow(many.message.length, 2_000)
     })
   )
 
