@@ -317,6 +317,27 @@ export interface Pipeline<I, O, E = never, R = never> extends Pipeable.Pipeable 
     dependsOn: D,
     run: (context: StepContext<I, DepsOf<O, D>>) => Effect.Effect<A, E1, R1>
   ): Pipeline<I, Types.Simplify<O & { readonly [K in N]: A }>, E | E1, R | R1>
+  /**
+   * A step with options that set no policy (only its diagram `description`): it runs as it is,
+   * so it adds no `Executor` to the requirements.
+   *
+   * @since 0.3.0
+   */
+  step<const N extends string, const D extends ReadonlyArray<keyof O & string>, A, E1 = never, R1 = never>(
+    name: N extends keyof O ? never : N,
+    dependsOn: D,
+    run: (context: StepContext<I, DepsOf<O, D>>) => Effect.Effect<A, E1, R1>,
+    options: {
+      readonly description?: string | undefined
+      readonly timeout?: undefined
+      readonly totalTimeout?: undefined
+      readonly retry?: false | undefined
+      readonly fallback?: undefined
+      readonly breaker?: undefined
+      readonly rateLimit?: undefined
+      readonly stats?: undefined
+    }
+  ): Pipeline<I, Types.Simplify<O & { readonly [K in N]: A }>, E | E1, R | R1>
   step<
     const N extends string,
     const D extends ReadonlyArray<keyof O & string>,

@@ -396,6 +396,18 @@ describe("Pipeline", () => {
     })
   )
 
+  it.effect("a step with only a description is not governed: it needs no Executor, in its type or when run", () =>
+    Effect.gen(function* () {
+      const p = Pipeline.make()
+        .step("fetch", [], () => Effect.succeed(2), { description: "Fetch the sources" })
+        .step("double", ["fetch"], ({ deps }) => Effect.succeed(deps.fetch * 2), { description: undefined })
+      // No Executor in context (nor in the type: `it.effect` takes no requirement of it).
+      const result = yield* Pipeline.run(p, undefined)
+      assert.strictEqual(result.outputs.double, 4)
+      assert.include(Pipeline.toMermaid(p), '0["Fetch the sources"]')
+    })
+  )
+
   it.effect("toMermaid: null options (or fields) are no options, as undefined ones are; it threw a TypeError", () =>
     Effect.gen(function* () {
       const p = diamond(yield* Ref.make<Record<string, number>>({}))
