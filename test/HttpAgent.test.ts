@@ -320,6 +320,11 @@ describe("HttpAgent.call", () => {
         [task("big", server.url, { args: { n: 1n } }), "args"],
         [task("cycle", server.url, { args: circular }), "args"],
         [{ ...task("i", server.url), intent: 3 as never }, "intent"],
+        // A huge concept became a huge registry URL and cache key; an empty one matched nothing useful.
+        [{ ...task("ci", server.url), concept: "x".repeat(1_001) }, "concept"],
+        [{ ...task("ce", server.url), concept: "" }, "concept"],
+        [{ ...task("ie", server.url), intent: "" }, "intent"],
+        [{ ...task("", server.url) }, "id"],
         [task("none", undefined), "agent"],
         // Misspelt: the default timeout stood in, the dependency was dropped.
         [task("tt", server.url, { timout: "1 second" } as never), "timout"],

@@ -236,6 +236,22 @@ describe("Pipeline", () => {
     })
   )
 
+  it.effect(
+    "a step failing with a huge message keeps its first 1,000 characters, whole, and says how long it was",
+    () =>
+      Effect.gen(function* () {
+        // 999 characters, then an emoji (two UTF-16 units) across the bound, then 1 MB more.
+        const huge = `${"x".repeat(999)}\u{1F600}${"y".repeat(1_000_000)}`
+        const p = yield* Pipeline.fromSteps<undefined, string, Error, never>([
+          { name: "loud", run: () => Effect.fail(new Error(huge)) }
+        ])
+        const result = yield* runClocked(p, undefined, { onFailure: "continue" })
+        const outcome = result.steps.loud
+        const message = outcome?.status === "failed" ? outcome.message : ""
+        assert.strictEqual(message, `${"x".repeat(999)}… (${huge.length} characters)`)
+      })
+  )
+
   it.effect("a step failing with something that cannot be written as a message (no prototype) fails; no hang", () =>
     Effect.gen(function* () {
       const bare = Object.create(null) as object

@@ -198,6 +198,9 @@ const taskKeys: ReadonlySet<string> = new Set([
   "cacheKey"
 ])
 
+/** The longest `id`, `intent` or `concept` a task may have. */
+const maxNameLength = 1_000
+
 const checkTask = (task: Task): Invalid | undefined => {
   if (typeof task !== "object" || task === null)
     return { field: "task", message: "expected a task { id, intent, concept }" }
@@ -207,7 +210,11 @@ const checkTask = (task: Task): Invalid | undefined => {
       return { field: key, message: `unknown field (expected one of ${[...taskKeys].join(", ")})` }
   }
   for (const field of ["id", "intent", "concept"] as const) {
-    if (typeof task[field] !== "string") return { field, message: `expected a string, got ${typeof task[field]}` }
+    const value = task[field]
+    if (typeof value !== "string") return { field, message: `expected a string, got ${typeof value}` }
+    // A concept or intent is a registry query (its URL, the discovery cache's key); an id names the task.
+    if (value.length === 0 || value.length > maxNameLength)
+      return { field, message: `expected 1 to ${maxNameLength} characters, got ${value.length}` }
   }
   if (task.agent !== undefined && !isAgentRef(task.agent)) return notAgent("agent", task.agent)
   if (task.fallback !== undefined && !Array.isArray(task.fallback)) {

@@ -46,12 +46,23 @@ export const messageOf = (cause: Cause.Cause<unknown>): string => {
   // or a `message` getter that throws made the step's fiber die, and the run wait for it for ever.
   try {
     const failure = Cause.findErrorOption(cause)
-    if (failure._tag === "Some") return shown(failure.value)
+    if (failure._tag === "Some") return cut(shown(failure.value))
     if (Cause.hasInterruptsOnly(cause)) return "interrupted"
-    return Cause.pretty(cause).split("\n")[0] ?? "defect"
+    return cut(Cause.pretty(cause).split("\n")[0] ?? "defect")
   } catch {
     return "defect (it cannot be shown)"
   }
+}
+
+/** The longest message a step's outcome keeps of what it failed with (a record, a log line). */
+const maxMessage = 1_000
+
+// Whole characters: a surrogate pair is not split.
+const cut = (text: string): string => {
+  if (text.length <= maxMessage) return text
+  const code = text.charCodeAt(maxMessage - 1)
+  const end = code >= 0xd800 && code <= 0xdbff ? maxMessage - 1 : maxMessage
+  return `${text.slice(0, end)}… (${text.length} characters)`
 }
 
 const shown = (error: unknown): string => {
