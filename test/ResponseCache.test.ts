@@ -355,6 +355,33 @@ describe("ResponseCache (memory)", () => {
     })
   )
 
+  it.effect("a refresh that fails after invalidate or setMany does not put the entry it replaced back", () =>
+    Effect.gen(function* () {
+      const cache = yield* makeCache({ ttl: "10 seconds", staleFor: "1 minute" })
+      const down = modelError("Overloaded", "down")
+      const failing = Effect.andThen(Effect.sleep("1 second"), Effect.fail(down))
+      // invalidate while the refresh runs: the invalidated answer never comes back, not even as stale
+      yield* cache.setMany([{ key: "gone", value: response("old") }])
+      yield* TestClock.adjust("11 seconds")
+      const refresh = yield* Effect.forkChild(Effect.flip(cache.getOrCompute("gone", failing)))
+      yield* TestClock.adjust("100 millis")
+      yield* cache.invalidate("gone")
+      yield* TestClock.adjust("1 second")
+      assert.strictEqual(yield* Fiber.join(refresh), down)
+      const after = yield* Effect.flip(cache.getOrCompute("gone", Effect.fail(down), { allowStale: true }))
+      assert.strictEqual(after, down, "the invalidated answer was served as stale")
+      // setMany while the refresh runs: its fresh answer stands
+      yield* cache.setMany([{ key: "set", value: response("old") }])
+      yield* TestClock.adjust("11 seconds")
+      const refresh2 = yield* Effect.forkChild(Effect.flip(cache.getOrCompute("set", failing)))
+      yield* TestClock.adjust("100 millis")
+      yield* cache.setMany([{ key: "set", value: response("new") }])
+      yield* TestClock.adjust("1 second")
+      assert.strictEqual(yield* Fiber.join(refresh2), down)
+      assert.deepStrictEqual(yield* cache.getMany(["set"]), [Option.some(response("new"))])
+    })
+  )
+
   it.effect(
     "bound: a caller's bound cuts its own wait (stale with allowStale); the computation goes on for the rest",
     () =>

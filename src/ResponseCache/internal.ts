@@ -68,9 +68,11 @@ export interface Table {
   ) => Effect.Effect<{ readonly stored: Stored; readonly leader: boolean }, E>
   /** The stale entry a running computation of `key` replaces, if any. */
   readonly refreshingOf: (key: string) => Stored | undefined
+  /** Puts `stored` under `key`; a refresh running for it no longer puts back the entry it replaced. */
   readonly put: (key: string, stored: Stored) => Effect.Effect<void>
   /** Marks `key` as just used (the LRU order), as a hit through `Cache.get` would. */
   readonly touch: (key: string) => void
+  /** Removes `key`; a refresh running for it no longer puts back the entry it replaced. */
   readonly remove: (key: string) => void
   /** Interrupts every running computation (the layer is closing). */
   readonly interruptAll: Effect.Effect<void>
@@ -133,6 +135,11 @@ export const makeTable = Effect.fnUntraced(function* (capacity: number) {
       Effect.sync(() => evict(capacity))
     )
 
+  // A value put under the key, or its removal, supersedes the entry a running refresh replaced.
+  const supersede = (key: string): void => {
+    refreshing.delete(key)
+  }
+
   const run = <E>(
     key: string,
     compute: Effect.Effect<Stored, E>,
@@ -151,7 +158,11 @@ export const makeTable = Effect.fnUntraced(function* (capacity: number) {
           : started.pipe(
               Effect.onExit((exit) =>
                 Effect.suspend(() => {
-                  if (refreshing.get(key) === stale) refreshing.delete(key)
+                  // Superseded meanwhile (an `invalidate`, or a value put under the key): the
+                  // entry this refresh replaced is gone for good, and putting it back brought an
+                  // invalidated answer back as stale, or a fresh one put meanwhile went.
+                  if (refreshing.get(key) !== stale) return Effect.void
+                  refreshing.delete(key)
                   if (Exit.isSuccess(exit)) return Effect.void
                   return Effect.clockWith((clock) => {
                     const left = stale.staleUntil - clock.currentTimeMillisUnsafe()
@@ -189,7 +200,11 @@ export const makeTable = Effect.fnUntraced(function* (capacity: number) {
     peek,
     run,
     refreshingOf: (key) => refreshing.get(key),
-    put,
+    put: (key, stored) =>
+      Effect.andThen(
+        Effect.sync(() => supersede(key)),
+        put(key, stored)
+      ),
     touch: (key) => {
       const entry = MutableHashMap.get(cache.map, key)
       if (Option.isSome(entry)) {
@@ -197,7 +212,10 @@ export const makeTable = Effect.fnUntraced(function* (capacity: number) {
         MutableHashMap.set(cache.map, key, entry.value)
       }
     },
-    remove: (key) => MutableHashMap.remove(cache.map, key),
+    remove: (key) => {
+      supersede(key)
+      MutableHashMap.remove(cache.map, key)
+    },
     interruptAll
   } satisfies Table
 })
