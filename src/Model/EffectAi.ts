@@ -29,7 +29,8 @@ export {
   /**
    * Per-call settings for a {@link languageModel}, the way `effect/ai` provider packages take
    * theirs: `Effect.provideService(EffectAi.GenerationConfig, { temperature: 0 })` around a
-   * `LanguageModel.generateText`. Fields given here win over the layer's `settings`.
+   * `LanguageModel.generateText`. Fields given here win over the layer's `settings`; a field
+   * set to `undefined` is one not given.
    *
    * @since 0.2.0
    * @category services

@@ -587,6 +587,21 @@ describe("EffectAi.languageModel (a target as an effect/ai LanguageModel)", () =
     })
   )
 
+  it.effect("a GenerationConfig field set to undefined leaves the layer's setting in place", () =>
+    Effect.gen(function* () {
+      const m = yield* modelOver({ respond: () => "ok" }, { settings: { temperature: 0.2, maxTokens: 10 } })
+      const asked: { readonly temperature?: number | undefined } = {}
+      yield* m.run(
+        LanguageModel.generateText({ prompt: "x" }).pipe(
+          Effect.provideService(EffectAi.GenerationConfig, { temperature: asked.temperature, maxTokens: 20 })
+        )
+      )
+      const request = yield* m.lastRequest
+      assert.strictEqual(request.temperature, 0.2)
+      assert.strictEqual(request.maxTokens, 20)
+    })
+  )
+
   it.effect("streamText: text-start, deltas, text-end, metadata and one finish, paced by the target", () =>
     Effect.gen(function* () {
       const m = yield* modelOver({ respond: () => "one two three", chunkDelay: 10 })

@@ -16,7 +16,8 @@ import { MODULE, toAiError } from "./errors.js"
 /**
  * Per-call settings for a {@link languageModel}, the way `effect/ai` provider packages take
  * theirs: `Effect.provideService(EffectAi.GenerationConfig, { temperature: 0 })` around a
- * `LanguageModel.generateText`. Fields given here win over the layer's `settings`.
+ * `LanguageModel.generateText`. Fields given here win over the layer's `settings`; a field
+ * set to `undefined` is one not given.
  *
  * @since 0.2.0
  * @category services
@@ -37,6 +38,14 @@ const checkSettings = (path: string, settings: GenerationSettings): Input.Checke
   }
   const decoded = decodeRequest({ prompt: "settings", ...settings })
   return Result.isSuccess(decoded) ? Result.succeed(settings) : Result.fail(Input.issueOf(decoded.failure, path))
+}
+
+// The per-call settings over the layer's, field by field: a field set to `undefined` is one not
+// given (`{ temperature: options.temperature }` must not drop the layer's temperature).
+const overlay = (defaults: GenerationSettings, scoped: GenerationSettings): GenerationSettings => {
+  const out: Record<string, unknown> = { ...defaults }
+  for (const [key, value] of Object.entries(scoped)) if (value !== undefined) out[key] = value
+  return out as GenerationSettings
 }
 
 // `null` options, or a misspelt `setings`, would otherwise be a TypeError or a default left in place unseen.
@@ -95,7 +104,7 @@ export const languageModel = Effect.fnUntraced(function* (target: Target, option
   const prepare = (method: string, providerOptions: LanguageModel.ProviderOptions) =>
     Effect.gen(function* () {
       const scoped = yield* Effect.serviceOption(GenerationConfig)
-      const settings = Option.isNone(scoped) ? defaults : { ...defaults, ...scoped.value }
+      const settings = Option.isNone(scoped) ? defaults : overlay(defaults, scoped.value)
       const built = requestOf(providerOptions, settings)
       if (Result.isFailure(built)) return yield* Ai.make({ module: MODULE, method, reason: built.failure })
       const request = yield* Model.validateGenerate(built.success, limits).pipe(
