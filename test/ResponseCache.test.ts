@@ -617,6 +617,31 @@ describe("ResponseCache (memory)", () => {
     })
   )
 
+  it.effect("closing the layer interrupts a computation invalidate or setMany took out of the table too", () =>
+    Effect.gen(function* () {
+      const provider = yield* scripted({ latency: "1 minute" })
+      const started = yield* Deferred.make<void>()
+      const [invalidated, replaced] = yield* Effect.scoped(
+        Effect.gen(function* () {
+          const cache = yield* makeCache()
+          const invalidated = yield* Effect.forkDetach(cache.getOrCompute("a", provider.call("a")))
+          const replaced = yield* Effect.forkDetach(cache.getOrCompute("b", provider.call("b")))
+          yield* TestClock.adjust("1 second")
+          yield* cache.invalidate("a")
+          yield* cache.setMany([{ key: "b", value: response("put") }])
+          yield* Deferred.succeed(started, undefined)
+          return [invalidated, replaced] as const
+        })
+      )
+      yield* Deferred.await(started)
+      // Left running, they would answer once the provider does.
+      yield* TestClock.adjust("2 minutes")
+      assert.isTrue(Exit.isFailure(yield* Fiber.await(invalidated)))
+      assert.isTrue(Exit.isFailure(yield* Fiber.await(replaced)))
+      assert.strictEqual(yield* provider.interrupted, 2)
+    })
+  )
+
   it.effect(
     "invalid options fail the layer with an OptionError naming the field (capacity NaN cached nothing in v0.1)",
     () =>

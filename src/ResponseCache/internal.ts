@@ -88,12 +88,20 @@ export const makeTable = Effect.fnUntraced(function* (capacity: number) {
   // The computation a caller brings, handed to the lookup the `Cache.get` right after starts.
   const computes = new Map<string, Effect.Effect<Stored, unknown>>()
   const refreshing = new Map<string, Stored>()
+  // Every computation running, in the table or not: `invalidate` or a value put under its key
+  // takes one out of the table while callers still wait for it, and closing must stop it too.
+  const running = new Set<Fiber.Fiber<unknown, unknown>>()
   const cache = yield* Cache.makeWith(
     (key: string) =>
-      Effect.suspend(() => {
+      Effect.withFiber((fiber) => {
         const compute = computes.get(key)
         computes.delete(key)
-        return compute ?? Effect.die(`no computation for cache key ${key}`)
+        if (compute === undefined) return Effect.die(`no computation for cache key ${key}`)
+        running.add(fiber)
+        return Effect.ensuring(
+          compute,
+          Effect.sync(() => running.delete(fiber))
+        )
       }),
     {
       // The core `Cache` evicts by insertion order whatever the entry: a running computation
@@ -189,10 +197,10 @@ export const makeTable = Effect.fnUntraced(function* (capacity: number) {
     })
 
   const interruptAll: Effect.Effect<void> = Effect.suspend(() => {
-    const running: Array<Fiber.Fiber<Stored, unknown>> = []
-    for (const [, entry] of cache.map) if (entry.fiber.pollUnsafe() === undefined) running.push(entry.fiber)
+    const fibers = Array.from(running)
+    running.clear()
     MutableHashMap.clear(cache.map)
-    return Fiber.interruptAll(running)
+    return Fiber.interruptAll(fibers)
   })
 
   return {
