@@ -467,6 +467,35 @@ describe("ResponseCache (memory)", () => {
     })
   )
 
+  it.effect(
+    "a refresh answered but not kept (keep false, or finished in error) leaves the stale entry for later failures",
+    () =>
+      Effect.gen(function* () {
+        const cache = yield* makeCache({ ttl: "10 seconds", staleFor: "1 minute" })
+        const down = Effect.fail(modelError("Overloaded", "down"))
+        const broken: GenerateResponse = { ...response("malformed call"), finishReason: "error" }
+        yield* cache.setMany([{ key: "k", value: response("old") }])
+        yield* TestClock.adjust("11 seconds")
+        assert.deepStrictEqual(yield* cache.getOrCompute("k", Effect.succeed(broken), { allowStale: true }), {
+          value: broken,
+          source: "miss"
+        })
+        assert.deepStrictEqual(yield* cache.getOrCompute("k", down, { allowStale: true }), {
+          value: response("old"),
+          source: "stale"
+        })
+        const fallback = response("from a fallback with cache: false")
+        assert.deepStrictEqual(
+          yield* cache.getOrCompute("k", Effect.succeed(fallback), { allowStale: true, keep: () => false }),
+          { value: fallback, source: "miss" }
+        )
+        assert.deepStrictEqual(yield* cache.getOrCompute("k", down, { allowStale: true }), {
+          value: response("old"),
+          source: "stale"
+        })
+      })
+  )
+
   it.effect("capacity: the least recently used entry is evicted", () =>
     Effect.gen(function* () {
       const cache = yield* makeCache({ capacity: 2 })

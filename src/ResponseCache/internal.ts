@@ -58,8 +58,8 @@ export interface Table {
   readonly peek: (key: string, now: number) => Peeked
   /**
    * Joins the computation of `key`, or starts `compute`. `refreshing`: the stale entry this
-   * computation replaces, put back if it fails (so later callers within its grace still
-   * find it) and offered to callers that join meanwhile.
+   * computation replaces, put back if it fails or its answer is not kept (so later callers
+   * within its grace still find it) and offered to callers that join meanwhile.
    */
   readonly run: <E>(
     key: string,
@@ -171,7 +171,9 @@ export const makeTable = Effect.fnUntraced(function* (capacity: number) {
                   // invalidated answer back as stale, or a fresh one put meanwhile went.
                   if (refreshing.get(key) !== stale) return Effect.void
                   refreshing.delete(key)
-                  if (Exit.isSuccess(exit)) return Effect.void
+                  // An answer not kept (keepFor 0: finished in error, or refused by `keep`) replaces
+                  // nothing: the entry stays for the failures to come within its grace.
+                  if (Exit.isSuccess(exit) && exit.value.keepFor > 0) return Effect.void
                   return Effect.clockWith((clock) => {
                     const left = stale.staleUntil - clock.currentTimeMillisUnsafe()
                     return left > 0 ? put(key, { ...stale, keepFor: left }) : Effect.void
