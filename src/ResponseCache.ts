@@ -22,6 +22,7 @@ import {
   type ToolDefinition,
   toMessages
 } from "./Model.js"
+import type { StoreError } from "./Redis.js"
 import * as Internal from "./ResponseCache/internal.js"
 
 /**
@@ -130,8 +131,11 @@ export interface Service {
    * error (`finishReason: "error"`); others are not stored.
    */
   readonly setParts: (key: string, parts: ReadonlyArray<StreamPart>) => Effect.Effect<void>
-  /** Removes the answer and the stream parts of `key`. */
-  readonly invalidate: (key: string) => Effect.Effect<void>
+  /**
+   * Removes the answer and the stream parts of `key`. Fails with a `StoreError` when the
+   * store could not remove them (Redis down or past its deadline): they may still be served.
+   */
+  readonly invalidate: (key: string) => Effect.Effect<void, StoreError>
 }
 
 /**

@@ -1,5 +1,5 @@
 import { assert, describe, it } from "@effect/vitest"
-import { Context, Duration, Effect, Exit, Layer, Metric, Option, Ref, Schedule, Scope } from "effect"
+import { Cause, Context, Duration, Effect, Exit, Layer, Metric, Option, Ref, Schedule, Scope } from "effect"
 import { Redis as PersistenceRedis } from "effect/persistence"
 import { type AiError, modelError } from "../src/AiError.js"
 import * as Metrics from "../src/Metrics.js"
@@ -311,6 +311,33 @@ describe.skipIf(skipRedis)(`ResponseCache.Redis (${skipRedis ? skipReason : "nee
         assert.strictEqual(yield* provider.calls, 2)
       })
     )
+  )
+
+  it.live(
+    "invalidate while Redis does not answer fails with a StoreError, within the deadline, instead of passing",
+    () =>
+      Effect.scoped(
+        Effect.gen(function* () {
+          const server = yield* startRedis
+          const cache = yield* build(server, { redis: { timeout: "200 millis", reportAfter: "1 minute" } })
+          const provider = yield* scripted("1 millis")
+          const key = cache.key({ provider: "p", request: { prompt: "q" } })
+          assert.strictEqual((yield* ask(cache, provider, "q")).source, "miss")
+          yield* Effect.sleep("100 millis")
+          yield* server.pause
+          yield* Effect.addFinalizer(() => server.resume)
+          const [elapsed, exit] = yield* Effect.timed(Effect.exit(cache.invalidate(key)))
+          yield* server.resume
+          assert.isBelow(Duration.toMillis(elapsed), 1000)
+          assert.isTrue(Exit.isFailure(exit), "the answer is still in Redis: invalidate must not say it is gone")
+          const error = Exit.isFailure(exit) ? Option.getOrUndefined(Cause.findErrorOption(exit.cause)) : undefined
+          assert.strictEqual(error?._tag, "StoreError")
+          assert.strictEqual(error?.operation, "DEL")
+          // Redis back: invalidate goes through.
+          yield* cache.invalidate(key)
+          assert.strictEqual((yield* ask(cache, provider, "q")).source, "miss")
+        })
+      )
   )
 
   it.live("a stream's parts are written in the background: a hung Redis holds no caller, the failure is counted", () =>

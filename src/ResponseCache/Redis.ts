@@ -305,7 +305,8 @@ export const make = Effect.fnUntraced(function* (options: Options = {}) {
           const fiber = writing.get(k)
           return fiber === undefined ? [] : [fiber]
         })
-        const remove = Effect.ignore(
+        // Not ignored: a DEL that did not happen leaves the answer to be served again.
+        const remove = Effect.asVoid(
           guard.call(
             "DEL",
             Effect.all(
