@@ -212,7 +212,8 @@ export const toAiError: (error: AiError, method: string) => Ai.AiError = Errors.
  * our request (system, user, assistant tool calls, tool results; files are refused), tools
  * their JSON Schemas, `generateObject`'s schema a `json_schema` response format; the
  * request is checked before the target sees it. Answers come back as `effect/ai` parts with
- * the finish reason, usage and model; failures as `effect/ai` `AiError`s ({@link toAiError}).
+ * the finish reason, usage and model (a refusal as `metadata["effect-orchestra"].refusal` of the
+ * `response-metadata` part); failures as `effect/ai` `AiError`s ({@link toAiError}).
  *
  * @since 0.2.0
  * @category constructors

@@ -787,6 +787,33 @@ describe("EffectAi.languageModel (a target as an effect/ai LanguageModel)", () =
     })
   })
 
+  it.effect(
+    'a refusal reaches effect/ai code: metadata["effect-orchestra"].refusal, in generateText and streamText',
+    () =>
+      Effect.gen(function* () {
+        const refusal = "I can't help with that."
+        const usage = { inputTokens: 3, outputTokens: 5, totalTokens: 8 }
+        const target: EffectAi.Target = {
+          generate: () =>
+            Effect.succeed({ text: "", finishReason: "stop", usage, provider: "openai", model: "gpt", refusal }),
+          stream: () =>
+            Stream.make({ _tag: "Finish", finishReason: "stop", usage, provider: "openai", model: "gpt", refusal })
+        }
+        const context = yield* Layer.build(EffectAi.layerLanguageModel(target))
+        const refusalOf = (parts: ReadonlyArray<{ readonly type: string; readonly metadata?: unknown }>) =>
+          parts.flatMap((part) => {
+            const mine = (part.metadata as Record<string, Record<string, unknown>> | undefined)?.["effect-orchestra"]
+            return part.type === "response-metadata" && mine?.["refusal"] !== undefined ? [mine["refusal"]] : []
+          })
+        const answer = yield* Effect.provideContext(LanguageModel.generateText({ prompt: "x" }), context)
+        assert.deepStrictEqual(refusalOf(answer.content), [refusal])
+        const parts = yield* Stream.runCollect(
+          Stream.provideContext(LanguageModel.streamText({ prompt: "x" }), context)
+        )
+        assert.deepStrictEqual(refusalOf(parts), [refusal])
+      })
+  )
+
   it.effect("round trip: a ModelProvider through languageModel and back answers the same", () =>
     Effect.gen(function* () {
       const { provider } = yield* Mock.make({ name: "inner", respond: () => "same answer" })

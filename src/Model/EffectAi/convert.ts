@@ -278,16 +278,29 @@ export const requestOf = (
     Result.map(toolsOf(options), (tools) => ({ messages, ...settings, ...tools }))
   )
 
+/**
+ * What the `response-metadata` part carries of ours: the provider, and the model's refusal
+ * (OpenAI's `refusal`), which `effect/ai` has no part for: without it a refused answer came
+ * back as an empty text that said nothing.
+ *
+ * @internal
+ */
+export const metadataOf = (answer: {
+  readonly provider: string
+  readonly refusal?: string | undefined
+}): Response.ProviderMetadata => ({
+  "effect-orchestra":
+    answer.refusal === undefined
+      ? { provider: answer.provider }
+      : { provider: answer.provider, refusal: answer.refusal }
+})
+
 /** @internal */
 export const partsOf = (
   response: Model.GenerateResponse
 ): Result.Result<Array<Response.PartEncoded>, Ai.AiErrorReason> => {
   const parts: Array<Response.PartEncoded> = [
-    {
-      type: "response-metadata",
-      modelId: response.model,
-      metadata: { "effect-orchestra": { provider: response.provider } }
-    }
+    { type: "response-metadata", modelId: response.model, metadata: metadataOf(response) }
   ]
   if (response.text.length > 0) parts.push({ type: "text", text: response.text })
   for (const call of response.toolCalls ?? []) {

@@ -10,7 +10,7 @@ import { AiError as Ai, EmbeddingModel, LanguageModel, type Response } from "eff
 import * as Input from "../../Input.js"
 import * as Model from "../../Model.js"
 import type { EmbeddingTarget, GenerationSettings, LanguageModelOptions, Target } from "../EffectAi.js"
-import { finishOf, nonEmpty, parseArguments, partsOf, requestOf, usageEncoded } from "./convert.js"
+import { finishOf, metadataOf, nonEmpty, parseArguments, partsOf, requestOf, usageEncoded } from "./convert.js"
 import { MODULE, toAiError } from "./errors.js"
 
 /**
@@ -87,7 +87,8 @@ const annotateResponse = (
  * our request (system, user, assistant tool calls, tool results; files are refused), tools
  * their JSON Schemas, `generateObject`'s schema a `json_schema` response format; the
  * request is checked before the target sees it. Answers come back as `effect/ai` parts with
- * the finish reason, usage and model; failures as `effect/ai` `AiError`s ({@link toAiError}).
+ * the finish reason, usage and model (a refusal as `metadata["effect-orchestra"].refusal` of the
+ * `response-metadata` part); failures as `effect/ai` `AiError`s ({@link toAiError}).
  *
  * @internal
  */
@@ -169,11 +170,7 @@ export const languageModel = Effect.fnUntraced(function* (target: Target, option
                 annotateResponse(providerOptions.span, part)
                 return Effect.succeed([
                   ...close(),
-                  {
-                    type: "response-metadata",
-                    modelId: part.model,
-                    metadata: { "effect-orchestra": { provider: part.provider } }
-                  },
+                  { type: "response-metadata", modelId: part.model, metadata: metadataOf(part) },
                   { type: "finish", reason: finishOf(part.finishReason), usage: usageEncoded(part.usage) }
                 ])
             }
