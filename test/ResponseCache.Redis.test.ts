@@ -296,6 +296,23 @@ describe.skipIf(skipRedis)(`ResponseCache.Redis (${skipRedis ? skipReason : "nee
     )
   )
 
+  it.live("getMany finds an answer this process keeps while its write is under way, without waiting on Redis", () =>
+    Effect.scoped(
+      Effect.gen(function* () {
+        const server = yield* startRedis
+        const cache = yield* build(server, { redis: { timeout: "300 millis", reportAfter: "1 minute" } })
+        const provider = yield* scripted("1 millis")
+        yield* server.pause
+        yield* Effect.addFinalizer(() => server.resume)
+        assert.strictEqual((yield* ask(cache, provider, "q")).source, "miss")
+        const key = cache.key({ provider: "p", request: { prompt: "q" } })
+        const [elapsed, found] = yield* Effect.timed(cache.getMany([key]))
+        assert.deepStrictEqual(found, [Option.some(response("q #1"))])
+        assert.isBelow(Duration.toMillis(elapsed), 150, "waited on the hung Redis for what the process holds")
+      })
+    )
+  )
+
   it.live("invalidate right after an answer: the write still under way does not bring it back", () =>
     Effect.scoped(
       Effect.gen(function* () {

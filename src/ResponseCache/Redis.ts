@@ -246,8 +246,15 @@ export const make = Effect.fnUntraced(function* (options: Options = {}) {
     getMany: (keys) =>
       Effect.gen(function* () {
         const at = yield* now
-        const found = (yield* read(keys.map(Internal.responseKey), at, "Response")).map((entry) =>
-          Option.map(fresh(entry, at), answer)
+        // Answers this process keeps while their write may be under way first, as getOrCompute
+        // finds them: read from Redis alone, they missed (and waited on a slow Redis for it).
+        const ks = keys.map(Internal.responseKey)
+        const kept = ks.map((k) => local(k, at))
+        const missing = ks.filter((_, i) => kept[i] === undefined)
+        const remote = missing.length === 0 ? [] : yield* read(missing, at, "Response")
+        let next = 0
+        const found = kept.map((stored) =>
+          stored !== undefined ? Option.some(answer(stored)) : Option.map(fresh(remote[next++]!, at), answer)
         )
         const hits = found.filter(Option.isSome).length
         if (hits > 0) yield* Internal.bump(counters.hit, hits)
