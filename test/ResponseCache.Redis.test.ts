@@ -313,6 +313,21 @@ describe.skipIf(skipRedis)(`ResponseCache.Redis (${skipRedis ? skipReason : "nee
     )
   )
 
+  it.live("setMany right after an answer: lookups find the value set, not the answer the process still keeps", () =>
+    Effect.scoped(
+      Effect.gen(function* () {
+        const server = yield* startRedis
+        const cache = yield* build(server)
+        const provider = yield* scripted("1 millis")
+        assert.strictEqual((yield* ask(cache, provider, "q")).source, "miss")
+        const key = cache.key({ provider: "p", request: { prompt: "q" } })
+        yield* cache.setMany([{ key, value: response("set") }])
+        assert.deepStrictEqual(yield* ask(cache, provider, "q"), { value: response("set"), source: "hit" })
+        assert.deepStrictEqual(yield* cache.getMany([key]), [Option.some(response("set"))])
+      })
+    )
+  )
+
   it.live("invalidate right after an answer: the write still under way does not bring it back", () =>
     Effect.scoped(
       Effect.gen(function* () {

@@ -262,21 +262,27 @@ export const make = Effect.fnUntraced(function* (options: Options = {}) {
         return found
       }),
     setMany: (entries) =>
-      Effect.flatMap(now, (at) =>
-        write(
-          entries.flatMap(({ key, value }) =>
-            Internal.keepable(value.finishReason)
-              ? [
-                  [
-                    Internal.responseKey(key),
-                    Internal.storedOf({ _tag: "Response", response: value }, at, config.ttl, config.staleFor)
-                  ] as const
-                ]
-              : []
-          ),
-          at
+      Effect.flatMap(now, (at) => {
+        const written = entries.flatMap(({ key, value }) =>
+          Internal.keepable(value.finishReason)
+            ? [
+                [
+                  Internal.responseKey(key),
+                  Internal.storedOf({ _tag: "Response", response: value }, at, config.ttl, config.staleFor)
+                ] as const
+              ]
+            : []
         )
-      ),
+        // An answer this process keeps for its write would answer in place of the value set, and
+        // its write, landing after this one, would replace it in Redis: both go first.
+        const underWay: Array<Fiber.Fiber<void>> = []
+        for (const [k] of written) {
+          if (table.peek(k, at)._tag === "Done") table.remove(k)
+          const fiber = writing.get(k)
+          if (fiber !== undefined) underWay.push(fiber)
+        }
+        return underWay.length === 0 ? write(written, at) : Effect.andThen(Fiber.awaitAll(underWay), write(written, at))
+      }),
     getParts: (key) =>
       Effect.gen(function* () {
         const at = yield* now
