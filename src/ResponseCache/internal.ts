@@ -98,10 +98,8 @@ export const makeTable = Effect.fnUntraced(function* (capacity: number) {
         computes.delete(key)
         if (compute === undefined) return Effect.die(`no computation for cache key ${key}`)
         running.add(fiber)
-        return Effect.ensuring(
-          compute,
-          Effect.sync(() => running.delete(fiber))
-        )
+        fiber.addObserver(() => running.delete(fiber))
+        return compute
       }),
     {
       // The core `Cache` evicts by insertion order whatever the entry: a running computation
