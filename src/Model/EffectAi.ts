@@ -66,7 +66,8 @@ export interface Options {
    * Services added to every call, built from the request: the way to hand the settings
    * `LanguageModel` does not carry (model, temperature, max tokens, stop, seed) to your
    * provider package's config service. Without it those settings are not sent, and a
-   * request for another model than `Model.ModelName` is refused (`InvalidRequest`, field `model`).
+   * request for another model than `Model.ModelName` or `model` (any model, when neither is
+   * given) is refused (`InvalidRequest`, field `model`).
    */
   readonly context?: ((request: Model.GenerateRequest) => Context.Context<never>) | undefined
   /** Longest `generate` call. Default 10 minutes. */

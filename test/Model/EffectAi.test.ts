@@ -285,6 +285,31 @@ describe("EffectAi.make (effect/ai LanguageModel as a ModelProvider)", () => {
     })
   )
 
+  it.effect(
+    "without ModelName, the model option names the model served: another is refused, not reported as served",
+    () =>
+      Effect.gen(function* () {
+        const { layer, seen } = yield* scripted({
+          generate: Effect.succeed([{ type: "text", text: "ok" }, finish()])
+        })
+        const provider = yield* EffectAi.make({ model: "gpt-4o" }).pipe(Effect.provide(layer))
+        const other = (yield* Effect.flip(provider.generate({ prompt: "x", model: "gpt-5" }))) as ModelError
+        assert.deepStrictEqual([other.reason, other.field], ["InvalidRequest", "model"])
+        const streamed = (yield* Effect.flip(
+          Stream.runDrain(provider.stream({ prompt: "x", model: "gpt-5" }))
+        )) as ModelError
+        assert.deepStrictEqual([streamed.reason, streamed.field], ["InvalidRequest", "model"])
+        assert.strictEqual(seen.length, 0)
+        assert.strictEqual((yield* provider.generate({ prompt: "x", model: "gpt-4o" })).model, "gpt-4o")
+        // Neither ModelName nor the option: which model answers is unknown, so none can be asked for by name.
+        const unnamed = yield* EffectAi.make().pipe(Effect.provide(layer))
+        const unknown = (yield* Effect.flip(unnamed.generate({ prompt: "x", model: "gpt-5" }))) as ModelError
+        assert.deepStrictEqual([unknown.reason, unknown.field], ["InvalidRequest", "model"])
+        assert.include(unknown.message, "model option")
+        assert.strictEqual(seen.length, 1)
+      })
+  )
+
   describe("effect/ai errors map to our reasons from their class and status", () => {
     it.effect("each reason class", () =>
       Effect.gen(function* () {

@@ -96,14 +96,24 @@ export const make = Effect.fnUntraced(function* (options: Options = {}) {
     ])
   )
   const [, timeout, streamIdleTimeout, maxOutputChars, maxConcurrency, name, defaultModel, embeddingModel] = checked
+  const servedKnown = options.model !== undefined || Option.isSome(modelName)
+  const isModelName = (model: string) => Option.isSome(modelName) && model === modelName.value
 
   /** What every call needs: the prompt, the toolkit, and the model to report. */
   const prepare = (request: Model.GenerateRequest) =>
     Effect.gen(function* () {
       const valid = yield* Model.validateGenerate(request)
       if (options.context === undefined) {
-        if (valid.model !== undefined && Option.isSome(modelName) && valid.model !== modelName.value) {
-          return yield* invalidRequest("model", `${name} serves ${modelName.value}, not ${valid.model}`, name)
+        // The model is not sent: whatever the LanguageModel serves answers, so a request for another
+        // (or for any, when which one is unknown) was answered by it and reported as the one asked for.
+        if (valid.model !== undefined && valid.model !== defaultModel && !isModelName(valid.model)) {
+          return yield* invalidRequest(
+            "model",
+            servedKnown
+              ? `${name} serves ${Option.getOrElse(modelName, () => defaultModel)}, not ${valid.model}`
+              : `${name} cannot tell which model its effect/ai LanguageModel serves, so it cannot serve ${valid.model}: give the model option (or Model.ModelName), or context to send the request's model`,
+            name
+          )
         }
         if (valid.responseFormat !== undefined && valid.responseFormat.type !== "text") {
           return yield* invalidRequest(
