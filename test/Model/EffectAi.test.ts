@@ -520,6 +520,22 @@ describe("EffectAi.make (effect/ai LanguageModel as a ModelProvider)", () => {
       })
     )
 
+    it.effect("a negative or fractional input token count of the EmbeddingModel is estimated, as in generate", () =>
+      Effect.gen(function* () {
+        const { layer } = yield* scripted({})
+        for (const inputTokens of [-5, 2.5]) {
+          const embeddings = yield* EmbeddingModel.make({
+            embedMany: ({ inputs }) => Effect.succeed({ results: inputs.map(() => [1, 2]), usage: { inputTokens } })
+          })
+          const provider = yield* EffectAi.make({ model: "emb" }).pipe(
+            Effect.provide(Layer.merge(layer, Layer.succeed(EmbeddingModel.EmbeddingModel, embeddings)))
+          )
+          const answer = yield* provider.embed({ texts: ["abcdefgh"] })
+          assert.deepStrictEqual(answer.usage, { inputTokens: 2, outputTokens: 0, totalTokens: 2 }, `${inputTokens}`)
+        }
+      })
+    )
+
     it.effect("vectors of different lengths, or empty, are Decode naming the vector, as for the HTTP providers", () =>
       Effect.gen(function* () {
         const { layer } = yield* scripted({})

@@ -12,6 +12,7 @@ import * as Input from "../../Input.js"
 import * as Model from "../../Model.js"
 import type { Options } from "../EffectAi.js"
 import { assemble } from "../http/assemble.js"
+import { tokenCount } from "../http/decode.js"
 import * as Client from "../http/client.js"
 import { type CallContext, requestTimeout, unevenVectors } from "../http/errors.js"
 import { defaults } from "../http/options.js"
@@ -292,7 +293,8 @@ export const make = Effect.fnUntraced(function* (options: Options = {}) {
       for (const text of valid.texts) estimate += Model.estimateTokens(text)
       return {
         vectors,
-        usage: Model.usage(response.usage.inputTokens ?? estimate, 0),
+        // A count that is not a whole number of tokens is estimated, as generate's and the HTTP providers' are.
+        usage: Model.usage(tokenCount(response.usage.inputTokens) ?? estimate, 0),
         provider: name,
         model: ctx.model
       } satisfies Model.EmbedResponse
