@@ -328,6 +328,20 @@ describe.skipIf(skipRedis)(`ResponseCache.Redis (${skipRedis ? skipReason : "nee
     )
   )
 
+  it.live("a redis.timeout longer than the client's commandTimeout does not lengthen it (as documented)", () =>
+    Effect.scoped(
+      Effect.gen(function* () {
+        const server = yield* startRedis
+        const cache = yield* build(server, { redis: { timeout: "5 seconds", reportAfter: "1 minute" } })
+        yield* server.pause
+        yield* Effect.addFinalizer(() => server.resume)
+        const [elapsed, found] = yield* Effect.timed(cache.getMany(["k"]))
+        assert.deepStrictEqual(found, [Option.none()])
+        assert.isBelow(Duration.toMillis(elapsed), 2500, "cut by the client's 500 ms commandTimeout")
+      })
+    )
+  )
+
   it.live("invalidate right after an answer: the write still under way does not bring it back", () =>
     Effect.scoped(
       Effect.gen(function* () {

@@ -41,7 +41,9 @@ export interface Options extends ResponseCache.Options {
   /**
    * Longest value stored, in bytes of its JSON encoding; longer ones are not stored (counted in
    * `orchestra_cache_oversized_total`). Default 1 MiB. A large value holds the Redis connection
-   * that every store shares while it is written and read.
+   * that every store shares while it is written and read: a larger bound needs a deadline that
+   * covers the transfer, `redis.timeout` and `Redis.layer`'s `commandTimeout` both (the client
+   * cuts each command at the shorter).
    */
   readonly maxValueBytes?: number | undefined
 }
