@@ -146,9 +146,14 @@ export class ResponseCache extends Context.Service<ResponseCache, Service>()("ef
 
 // Free-form JSON (a tool's parameters, a response schema): object keys sorted, so their order does not
 // count. No prototype: a `__proto__` key (JSON.parse makes one) stays a key instead of vanishing.
-const sortedJson = (value: unknown): unknown => {
+const sortedJson = (value: unknown, own = true): unknown => {
   if (typeof value !== "object" || value === null) return value
-  if (Array.isArray(value)) return value.map(sortedJson)
+  // What JSON.stringify sends for it (a Date's ISO text), as it does: once, not again on what it gives.
+  // Read by its keys, every Date keyed alike.
+  if (own && typeof (value as { readonly toJSON?: unknown }).toJSON === "function") {
+    return sortedJson((value as { readonly toJSON: () => unknown }).toJSON(), false)
+  }
+  if (Array.isArray(value)) return value.map((item) => sortedJson(item))
   const out: Record<string, unknown> = Object.create(null)
   for (const k of Object.keys(value).sort()) out[k] = sortedJson((value as Record<string, unknown>)[k])
   return out
@@ -188,7 +193,8 @@ const formatForm = (format: ResponseFormat | undefined): unknown => {
  * one set to `undefined`, and an empty `tools`, `stop` or `toolCalls` list; `stop` sequences
  * in any order or repeated (a set); the defaults `responseFormat: { type: "text" }`,
  * `strict: false` and, with tools, `toolChoice: "auto"`; the key order of a tool's
- * parameters or a response schema. Every field that changes the answer changes the key
+ * parameters or a response schema (whose values count as the JSON sent for them: a `Date` as
+ * its ISO text). Every field that changes the answer changes the key
  * (model, sampling, tools and their order, messages and their order, response format, ...).
  *
  * @since 0.1.0

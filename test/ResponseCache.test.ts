@@ -213,6 +213,25 @@ describe("ResponseCache.key", () => {
       ResponseCache.key({ provider: "q", request: base })
     )
   })
+
+  it("a value with its own JSON form (a Date) keys as the JSON sent for it, not as an empty object", () => {
+    const withDefault = (value: unknown) =>
+      ResponseCache.key({
+        provider: "p",
+        request: { prompt: "hi", tools: [{ name: "book", parameters: { type: "object", default: value } }] }
+      })
+    const january = withDefault(new Date("2026-01-01T00:00:00Z"))
+    assert.notStrictEqual(january, withDefault(new Date("2026-02-01T00:00:00Z")))
+    assert.strictEqual(january, withDefault("2026-01-01T00:00:00.000Z"), "the same JSON is the same request")
+    // A toJSON that answers itself is read by its keys, as JSON.stringify does, not called for ever.
+    const selfish = (n: number) => ({
+      n,
+      toJSON() {
+        return this
+      }
+    })
+    assert.notStrictEqual(withDefault(selfish(1)), withDefault(selfish(2)))
+  })
 })
 
 describe("ResponseCache (memory)", () => {
