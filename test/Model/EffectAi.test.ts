@@ -212,6 +212,26 @@ describe("EffectAi.make (effect/ai LanguageModel as a ModelProvider)", () => {
     })
   )
 
+  it.effect(
+    'tool calls finishing "stop" (Gemini\'s way) finish "tool_calls", as the HTTP providers say; not when cut',
+    () =>
+      Effect.gen(function* () {
+        const call: Response.StreamPartEncoded = { type: "tool-call", id: "call_1", name: "lookup", params: {} }
+        const request: Model.GenerateRequest = { prompt: "x", tools: [{ name: "lookup" }] }
+        const finishing = (reason: Response.FinishReason) =>
+          providerWith({
+            generate: Effect.succeed([call as Response.PartEncoded, finish(reason)]),
+            stream: Stream.make(call, finish(reason))
+          })
+        const stop = (yield* finishing("stop")).provider
+        assert.strictEqual((yield* stop.generate(request)).finishReason, "tool_calls")
+        const streamed = (yield* collect(stop.stream(request))).parts.at(-1)
+        assert.strictEqual(streamed?._tag === "Finish" ? streamed.finishReason : undefined, "tool_calls")
+        const cut = (yield* finishing("length")).provider
+        assert.strictEqual((yield* cut.generate(request)).finishReason, "length")
+      })
+  )
+
   it.effect("an assistant's tool calls and the tool's answers go in as tool-call and tool-result parts", () =>
     Effect.gen(function* () {
       const { provider, seen } = yield* providerWith({})

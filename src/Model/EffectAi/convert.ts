@@ -39,6 +39,16 @@ export const finishReasonOf = (reason: Response.FinishReason): Model.FinishReaso
   }
 }
 
+/**
+ * The finish reason of an answer with `toolCalls` calls: `tool_calls` where the model said
+ * `stop` (Gemini's models do, and `@effect/ai-google` passes it on) or gave no known reason, as
+ * this library's HTTP providers say it; a cut (`length`) or a filter stays what it is.
+ *
+ * @internal
+ */
+export const withToolCalls = (reason: Model.FinishReason, toolCalls: number): Model.FinishReason =>
+  toolCalls > 0 && (reason === "stop" || reason === "unknown") ? "tool_calls" : reason
+
 /** @internal */
 export const finishOf = (reason: Model.FinishReason): Response.FinishReason => {
   switch (reason) {

@@ -16,7 +16,7 @@ import { tokenCount } from "../http/decode.js"
 import * as Client from "../http/client.js"
 import { type CallContext, requestTimeout, unevenVectors } from "../http/errors.js"
 import { defaults } from "../http/options.js"
-import { type AnyTools, finishReasonOf, nonEmpty, toolkitOf, toPrompt, usageOf } from "./convert.js"
+import { type AnyTools, finishReasonOf, nonEmpty, toolkitOf, toPrompt, usageOf, withToolCalls } from "./convert.js"
 import { fromAiError } from "./errors.js"
 
 const settingKeys = ["temperature", "maxTokens", "topP", "stop", "seed", "responseFormat"] as const
@@ -186,7 +186,7 @@ export const make = Effect.fnUntraced(function* (options: Options = {}) {
       }
       return {
         text,
-        finishReason: finishReasonOf(response.finishReason),
+        finishReason: withToolCalls(finishReasonOf(response.finishReason), toolCalls.length),
         usage: usageOf(response.usage, Model.estimateInputTokens(valid), Model.estimateTokens(text)),
         provider: name,
         model: answered ?? ctx.model,
@@ -203,6 +203,7 @@ export const make = Effect.fnUntraced(function* (options: Options = {}) {
         Effect.map(prepare(request), ({ valid, ctx, prompt, toolkit, toolChoice }) => {
           let answered: string | undefined
           let chars = 0
+          let calls = 0
           const raw = (toolkit === undefined
             ? lm.streamText({ prompt })
             : lm.streamText({
@@ -229,6 +230,7 @@ export const make = Effect.fnUntraced(function* (options: Options = {}) {
                   return Effect.succeed([{ _tag: "TextDelta", text: part.delta }])
                 case "tool-call":
                   if (part.providerExecuted) return Effect.succeed([])
+                  calls++
                   return Effect.succeed([
                     {
                       _tag: "ToolCall",
@@ -242,7 +244,7 @@ export const make = Effect.fnUntraced(function* (options: Options = {}) {
                   return Effect.succeed([
                     {
                       _tag: "Finish",
-                      finishReason: finishReasonOf(part.reason),
+                      finishReason: withToolCalls(finishReasonOf(part.reason), calls),
                       usage: usageOf(part.usage, Model.estimateInputTokens(valid), Math.ceil(chars / 4)),
                       provider: name,
                       model: answered ?? ctx.model
