@@ -355,7 +355,10 @@ describe("EffectAi.make (effect/ai LanguageModel as a ModelProvider)", () => {
           [new Ai.InvalidOutputError({ description: "x" }), "Decode", undefined],
           [new Ai.UnsupportedSchemaError({ description: "x" }), "InvalidRequest", "responseFormat"],
           [new Ai.UnknownError({}), "Unknown", undefined],
-          [new Ai.UnknownError({ http: http(502) }), "Unavailable", undefined]
+          [new Ai.UnknownError({ http: http(502) }), "Unavailable", undefined],
+          // What this provider does not implement: not retried, and the next provider is tried (as over HTTP).
+          [new Ai.InternalProviderError({ description: "x", http: http(501) }), "InvalidRequest", "model"],
+          [new Ai.UnknownError({ http: http(501) }), "InvalidRequest", "model"]
         ]
         for (const [reason, expected, field] of cases) {
           const error = yield* mapped(reason)

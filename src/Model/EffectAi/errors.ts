@@ -53,9 +53,11 @@ export const fromAiError = (error: Ai.AiError, ctx: CallContext): ModelError => 
     case "InvalidRequestError":
       return status === 413 ? make("TooLarge") : make("InvalidRequest", { field: reason.parameter })
     case "InternalProviderError":
-      return make(status === undefined ? "Overloaded" : classify(status, { reasons: [] }))
     case "UnknownError":
-      return make(status === undefined ? "Unknown" : classify(status, { reasons: [] }))
+      if (status === undefined) return make(reason._tag === "UnknownError" ? "Unknown" : "Overloaded")
+      // A 501 is what this provider does not implement: `InvalidRequest` of the model, so that the
+      // next provider is tried, as the HTTP providers answer it.
+      return status === 501 ? make("InvalidRequest", { field: "model" }) : make(classify(status, { reasons: [] }))
     case "NetworkError":
       return reason.reason === "TransportError" ? make("Transport") : make("InvalidRequest", { field: "request" })
     case "InvalidResponseError":
