@@ -244,6 +244,9 @@ const positiveInt = (param: string, value: unknown): Checked<number> =>
     ? Result.succeed(value)
     : invalid(param, `expected an integer from 1 to 1000000, got ${typeof value === "number" ? value : kind(value)}`)
 
+// OpenAI's rule: a name it would refuse is refused here, not sent on to a provider that may accept it.
+const toolName = /^[a-zA-Z0-9_-]{1,64}$/
+
 const toolsOf = (input: unknown): Checked<ReadonlyArray<Model.ToolDefinition>> => {
   if (!Array.isArray(input)) return invalid("tools", `expected an array, got ${kind(input)}`)
   if (input.length > 128) return invalid("tools", `at most 128 tools, got ${input.length}`)
@@ -254,8 +257,8 @@ const toolsOf = (input: unknown): Checked<ReadonlyArray<Model.ToolDefinition>> =
     if (!isObject(tool) || tool.type !== "function" || !isObject(fn)) {
       return invalid(`tools[${i}]`, "expected { type: 'function', function: { name, description?, parameters? } }")
     }
-    if (typeof fn.name !== "string" || fn.name.length === 0 || fn.name.length > 64) {
-      return invalid(`tools[${i}].function.name`, "expected a name of 1 to 64 characters")
+    if (typeof fn.name !== "string" || !toolName.test(fn.name)) {
+      return invalid(`tools[${i}].function.name`, "expected a name of 1 to 64 characters of a-z, A-Z, 0-9, _ or -")
     }
     if (fn.description !== undefined && typeof fn.description !== "string") {
       return invalid(`tools[${i}].function.description`, "expected a string")

@@ -23,6 +23,25 @@ const paramOf = (result: Result.Result<unknown, { readonly param?: string | unde
   Result.isFailure(result) ? result.failure.param : "accepted"
 
 describe("gateway wire: chat requests", () => {
+  it("a tool's function.name is 1 to 64 characters of a-z, A-Z, 0-9, _ and -, as OpenAI's: else a 400 naming it", () => {
+    const withName = (name: unknown) =>
+      chat({
+        tools: [
+          { type: "function", function: { name: "ok" } },
+          { type: "function", function: { name } }
+        ]
+      })
+    for (const name of ["get weather", "", "a".repeat(65), "get.weather", "café", "a/b", "x\n", 42, null, ["f"]]) {
+      const result = withName(name)
+      assert.strictEqual(paramOf(result), "tools[1].function.name", JSON.stringify(name))
+      if (Result.isFailure(result)) assert.match(result.failure.message, /1 to 64 characters of a-z, A-Z, 0-9, _ or -/)
+    }
+    const huge = withName("f".repeat(4_000_000))
+    assert.isTrue(Result.isFailure(huge) && huge.failure.message.length < 300)
+    for (const name of ["get_weather", "a", "A-9_z", "x".repeat(64)])
+      assert.strictEqual(paramOf(withName(name)), "accepted")
+  })
+
   it("reads the conversation: leading system/developer messages become the system prompt", () => {
     const read = Request.parseChat({
       model: "support",
