@@ -72,6 +72,12 @@ interface Ticket {
   closed: boolean
 }
 
+interface ChainCaps {
+  readonly allCapped: boolean
+  readonly shared: number | undefined
+  readonly largest: number
+}
+
 // The answer's attributes, then the span's end: a success.
 const answeredWith = (
   request: RequestSpan,
@@ -137,13 +143,26 @@ export const make = (env: Env) => {
       }
     }
     let inputTokens = 0
-    let maxOutputTokens = 0
-    for (const domain of target.chain) {
-      const sent = applyTo(domain, request)
-      inputTokens = Math.max(inputTokens, reserveInputTokens(sent))
-      maxOutputTokens = Math.max(maxOutputTokens, sent.maxTokens ?? options.defaultMaxTokens)
+    for (const domain of target.chain) inputTokens = Math.max(inputTokens, reserveInputTokens(applyTo(domain, request)))
+    return { inputTokens, maxOutputTokens: request.maxTokens ?? capsOf(target).largest }
+  }
+
+  // The output caps of a domain's chain, read once per target: whether every step has its own
+  // `maxTokens`, the one they share (if they do), and the largest a step may be sent with.
+  const chainCaps = new WeakMap<Target, ChainCaps>()
+  const capsOf = (target: Extract<Target, { _tag: "Domain" }>): ChainCaps => {
+    let found = chainCaps.get(target)
+    if (found === undefined) {
+      const caps = target.chain.map((domain) => domain.maxTokens)
+      const first = caps[0]
+      found = {
+        allCapped: caps.every((cap) => cap !== undefined),
+        shared: caps.every((cap) => cap === first) ? first : undefined,
+        largest: Math.max(...caps.map((cap) => cap ?? options.defaultMaxTokens))
+      }
+      chainCaps.set(target, found)
     }
-    return { inputTokens, maxOutputTokens }
+    return found
   }
 
   // A budget holds the output reserved, so the answer may not be longer: a request sent without
@@ -157,11 +176,17 @@ export const make = (env: Env) => {
         budgets.team !== undefined ||
         (budgets.models !== undefined && Object.hasOwn(budgets.models, model)))
     if (!charged) return request
-    // A chain where a domain sets its own max_tokens keeps it (one value here would be every step's):
-    // only its steps without one are sent uncapped, and reserved defaultMaxTokens.
-    if (target._tag === "Domain" && target.chain.some((domain) => domain.maxTokens !== undefined)) return request
-    return { ...request, maxTokens: options.defaultMaxTokens }
+    if (target._tag === "Provider") return { ...request, maxTokens: options.defaultMaxTokens }
+    // A chain whose every domain sets its own max_tokens sends each its own, none above the largest
+    // (reserved). One where a step has none is sent with the largest: one value is every step's, and
+    // a step left without it would be sent uncapped.
+    const caps = capsOf(target)
+    return caps.allCapped ? request : { ...request, maxTokens: caps.largest }
   }
+
+  // What a call is sent with as its max_tokens, for its span: the request's, or its domains' when they agree.
+  const sentMaxTokens = (target: Target, sent: GenerateRequest): number | undefined =>
+    sent.maxTokens !== undefined || target._tag === "Provider" ? sent.maxTokens : capsOf(target).shared
 
   const reserve = (key: KeyIdentity | undefined, model: string, target: Target, request: GenerateRequest) =>
     key === undefined || env.keys === undefined
@@ -346,10 +371,11 @@ export const make = (env: Env) => {
       )
       const reserved = yield* reserve(key, chatCall.model, target, valid)
       const sent = bounded(key, chatCall.model, target, valid)
+      const maxTokens = sentMaxTokens(target, sent)
       const attributes = {
         "gen_ai.operation.name": "chat",
         "gen_ai.request.model": chatCall.model,
-        ...(valid.maxTokens === undefined ? {} : { "gen_ai.request.max_tokens": valid.maxTokens }),
+        ...(maxTokens === undefined ? {} : { "gen_ai.request.max_tokens": maxTokens }),
         ...(valid.temperature === undefined ? {} : { "gen_ai.request.temperature": valid.temperature }),
         ...(key === undefined ? {} : { "orchestra.key.id": key.id })
       }

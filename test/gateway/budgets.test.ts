@@ -49,8 +49,8 @@ describe("Gateway: budgets", () => {
         domains: [
           { name: "d-a", provider: "a" },
           { name: "short", provider: "a", maxTokens: 50 },
-          // Its own max_tokens stays its own, though its fallback has none.
-          { name: "mixed", provider: "a", maxTokens: 60, fallback: ["d-a"] }
+          // Every domain of its chain has its own max_tokens: each is sent with its own.
+          { name: "capped", provider: "a", maxTokens: 60, fallback: ["short"] }
         ],
         keys: store,
         gateway: { defaultMaxTokens: 100 }
@@ -68,7 +68,7 @@ describe("Gateway: budgets", () => {
       })
       // A domain's own max_tokens, and the client's, are sent as they were.
       yield* Harness.call(() => client.chat.completions.create({ model: "short", messages: hi }))
-      yield* Harness.call(() => client.chat.completions.create({ model: "mixed", messages: hi }))
+      yield* Harness.call(() => client.chat.completions.create({ model: "capped", messages: hi }))
       yield* Harness.call(() => client.chat.completions.create({ model: "d-a", messages: hi, max_tokens: 7 }))
       // A key without a budget: nothing reserved bounds its answer.
       yield* Harness.call(() => gw.client(free).chat.completions.create({ model: "d-a", messages: hi }))
@@ -77,6 +77,38 @@ describe("Gateway: budgets", () => {
       const [level] = yield* store.spend("capped")
       assert.strictEqual(level!.held, 0)
       assert.strictEqual(level!.spent, 3 * (11 + 100) + (11 + 50) + (11 + 60) + (11 + 7))
+    })
+  )
+
+  it.live("a chain whose domains' max_tokens differ sends every step with at most the output it reserved", () =>
+    Effect.gen(function* () {
+      const upstream = yield* verbose()
+      const down = yield* Server.make((_, response) => Server.json(response, 503, { error: { message: "down" } }))
+      const store = yield* memory({
+        keys: [{ id: "capped", sha256: KeyStore.hashSecret(secret), budget: { tokens: 1_000 } }]
+      })
+      const gw = yield* Harness.make({
+        upstreams: { a: upstream.url, b: down.url },
+        domains: [
+          { name: "d-a", provider: "a" },
+          // Its own cap is 60, its fallback has none: the request reserves 100 (defaultMaxTokens).
+          { name: "mixed", provider: "b", maxTokens: 60, fallback: ["d-a"] },
+          // Its own cap is 300, above defaultMaxTokens: 300 is reserved, and its fallback is sent no more.
+          { name: "large", provider: "b", maxTokens: 300, fallback: ["d-a"] }
+        ],
+        keys: store,
+        gateway: { defaultMaxTokens: 100 }
+      })
+      const client = gw.client(secret)
+      yield* Harness.call(() => client.chat.completions.create({ model: "mixed", messages: hi }))
+      const [afterMixed] = yield* store.spend("capped")
+      yield* Harness.call(() => client.chat.completions.create({ model: "large", messages: hi }))
+      const sent = (yield* upstream.requests).map((r) => (r.json as { max_tokens?: number }).max_tokens)
+      assert.deepStrictEqual(sent, [100, 300])
+      assert.strictEqual(afterMixed!.spent, 11 + 100)
+      const [level] = yield* store.spend("capped")
+      assert.strictEqual(level!.held, 0)
+      assert.strictEqual(level!.spent, 11 + 100 + 11 + 300)
     })
   )
 })

@@ -294,6 +294,39 @@ describe("Gateway: traces", () => {
     })
   )
 
+  it.live("gen_ai.request.max_tokens is the cap sent upstream: a budget's reserved output, or the domain's own", () =>
+    Effect.gen(function* () {
+      const { spans, tracer } = recording()
+      const upstream = yield* Server.make(Up.openAi(["capped"]))
+      // A key of gateway/keys: its budgets make the gateway cap what it sends.
+      const budgeted = { id: "budgeted", budgets: { key: { tokens: 10_000 } } }
+      const { service } = Harness.keyStore({ "sk-budgeted-span-1": budgeted, "sk-free-span-1": { id: "free" } })
+      const gw = yield* Harness.make({
+        upstreams: { a: upstream.url },
+        domains: [
+          { name: "d-a", provider: "a" },
+          { name: "short", provider: "a", maxTokens: 30 }
+        ],
+        keys: service,
+        tracer,
+        gateway: { defaultMaxTokens: 100 }
+      })
+      const maxTokensOf = (key: string, model: string) =>
+        Effect.gen(function* () {
+          spans.length = 0
+          yield* Harness.call(() => gw.client(key).chat.completions.create({ model, messages: hi }))
+          yield* Harness.eventually(() => spans.some((s) => s.name === `chat ${model}` && s.status._tag === "Ended"))
+          const sent = (yield* upstream.requests).at(-1)!.json as { readonly max_tokens?: number }
+          const span = spans.find((s) => s.name === `chat ${model}`)!
+          return [span.attributes.get("gen_ai.request.max_tokens"), sent.max_tokens]
+        })
+      assert.deepStrictEqual(yield* maxTokensOf("sk-budgeted-span-1", "d-a"), [100, 100])
+      assert.deepStrictEqual(yield* maxTokensOf("sk-budgeted-span-1", "short"), [30, 30])
+      assert.deepStrictEqual(yield* maxTokensOf("sk-free-span-1", "short"), [30, 30])
+      assert.deepStrictEqual(yield* maxTokensOf("sk-free-span-1", "d-a"), [undefined, undefined])
+    })
+  )
+
   it.live("a stream's span covers the stream and has the chat's attributes; a failed request's span is an error", () =>
     Effect.gen(function* () {
       const { spans, tracer } = recording()
