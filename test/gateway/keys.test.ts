@@ -161,6 +161,75 @@ describe("KeyStore: keys", () => {
   )
 })
 
+describe("KeyStore: every problem of a configuration at once", () => {
+  it.effect("several invalid entries are all named, each by its path, the first 20 of them", () =>
+    Effect.gen(function* () {
+      const error = yield* Effect.flip(
+        Layer.build(
+          KeyStore.layerMemory({
+            keys: [
+              key("ok", secretA),
+              key("a", secretB, { rpm: 0 }),
+              { id: "b", sha256: "not-a-hash" },
+              key("ok", KeyStore.hashSecret("another")),
+              key("c", "third-secret-0123456789", { team: "nope" })
+            ],
+            teams: { red: { budget: { tokens: -1 } } },
+            prices: { m: { input: Number.NaN, output: 1 } },
+            maxKeys: 0
+          })
+        )
+      )
+      assert.strictEqual(error._tag, "OptionError")
+      // The first names the error's path, as a single one does; every one is in the message.
+      assert.strictEqual(error.path, "keys[1].rpm")
+      for (const path of [
+        "keys[1].rpm",
+        "keys[2].sha256",
+        "keys[3].id",
+        "keys[4].team",
+        "teams.red.budget.tokens",
+        "prices.m.input",
+        "maxKeys"
+      ]) {
+        assert.include(error.message, `${path}: `, path)
+      }
+      assert.include(error.message, "7 problems")
+      // A file of many bad keys is told in a bounded message.
+      const many = yield* Effect.flip(
+        Layer.build(
+          KeyStore.layerMemory({ keys: Array.from({ length: 500 }, (_, i) => ({ id: `k${i}`, sha256: "x" })) })
+        )
+      )
+      assert.include(many.message, "keys[19].sha256: ")
+      assert.notInclude(many.message, "keys[20].sha256")
+      assert.include(many.message, "500 problems")
+      assert.isBelow(many.message.length, 4_000)
+      // One problem reads as it always did.
+      const one = yield* Effect.flip(Layer.build(KeyStore.layerMemory({ keys: [key("a", secretA, { rpm: 0 })] })))
+      assert.strictEqual(one.path, "keys[0].rpm")
+      assert.notInclude(one.message, "problems")
+    })
+  )
+
+  it.effect("keys and prices naming models the gateway does not serve are all named", () =>
+    Effect.gen(function* () {
+      const store = yield* memory({
+        keys: [
+          key("a", secretA, { allowedModels: ["gtp-4"] }),
+          key("b", secretB, { modelBudgets: { nope: { tokens: 5 } } })
+        ],
+        prices: { "gpt-5": { input: 1, output: 1 } }
+      })
+      const error = yield* Effect.flip(store.useModels({ domains: ["support"], providers: ["openai"] }))
+      assert.strictEqual(error.path, "keys[0].allowedModels[0]")
+      for (const path of ["keys[0].allowedModels[0]", "keys[1].modelBudgets.nope", "prices.gpt-5"]) {
+        assert.include(error.message, `${path}: `, path)
+      }
+    })
+  )
+})
+
 describe("KeyStore: a key read back can be given back", () => {
   it.effect("its budgets' periodMs is taken by create, as period is; both at once are refused naming periodMs", () =>
     Effect.gen(function* () {

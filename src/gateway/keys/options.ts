@@ -364,77 +364,131 @@ const optionFields: ReadonlySet<string> = new Set([
  */
 export const redisFields: ReadonlySet<string> = new Set([...optionFields, "prefix", "onStoreError", "redis"])
 
+// A file of many keys may hold many mistakes: each is told at once (the first `maxIssues`), so that
+// a start fails once rather than once a mistake.
+const maxIssues = 20
+
+/** The issues of a check, kept up to `maxIssues`, and all counted. */
+class Issues {
+  readonly shown: Array<Input.Issue> = []
+  total = 0
+  add(issue: Input.Issue): void {
+    this.total++
+    if (this.shown.length < maxIssues) this.shown.push(issue)
+  }
+  /** One issue: the first's path, every shown one in the message (one alone reads as it always did). */
+  get issue(): Input.Issue | undefined {
+    const [first, ...rest] = this.shown
+    if (first === undefined || this.total === 1) return first
+    const more = this.total - this.shown.length
+    return {
+      path: first.path,
+      message: `${first.message} (${this.total} problems in all; also ${rest
+        .map((issue) => `${issue.path}: ${issue.message}`)
+        .join("; ")}${more > 0 ? `; and ${more} more not shown` : ""})`
+    }
+  }
+}
+
 /**
- * Checks the options; the first wrong field is named.
+ * Checks the options; every wrong entry (a key, a team, a price, an option) is named, the first
+ * 20 of them.
  *
  * @internal
  */
 export const check = (input: Options, known: ReadonlySet<string> = optionFields): Checked<Resolved> =>
   Result.flatMap(fields("", input ?? {}, known), (o) => {
+    const issues = new Issues()
     const keys: Array<KeyRecord> = []
+    // The index of each key in the file, for its team's issue.
+    const places: Array<number> = []
     if (o.keys !== undefined) {
-      if (!Array.isArray(o.keys)) return fail("keys", "expected an array of keys")
-      const ids = new Set<string>()
-      const hashes = new Set<string>()
-      for (let i = 0; i < o.keys.length; i++) {
-        const checked = definition(`keys[${i}]`, o.keys[i])
-        if (Result.isFailure(checked)) return Result.fail(checked.failure)
-        const key = checked.success
-        if (ids.has(key.id)) return fail(`keys[${i}].id`, `the id "${key.id}" is given twice`)
-        if (hashes.has(key.sha256)) return fail(`keys[${i}].sha256`, "the same secret is given twice")
-        ids.add(key.id)
-        hashes.add(key.sha256)
-        keys.push(key)
+      if (!Array.isArray(o.keys)) {
+        issues.add({ path: "keys", message: "expected an array of keys" })
+      } else {
+        const ids = new Set<string>()
+        const hashes = new Set<string>()
+        for (let i = 0; i < o.keys.length; i++) {
+          const checked = definition(`keys[${i}]`, o.keys[i])
+          if (Result.isFailure(checked)) {
+            issues.add(checked.failure)
+            continue
+          }
+          const key = checked.success
+          if (ids.has(key.id)) {
+            issues.add({ path: `keys[${i}].id`, message: `the id "${key.id}" is given twice` })
+          } else if (hashes.has(key.sha256)) {
+            issues.add({ path: `keys[${i}].sha256`, message: "the same secret is given twice" })
+          } else {
+            ids.add(key.id)
+            hashes.add(key.sha256)
+            keys.push(key)
+            places.push(i)
+          }
+        }
       }
     }
     const teams = new Map<string, ResolvedBudget>()
     const teamNames = new Set<string>()
+    let teamsRead = true
     if (o.teams !== undefined) {
-      if (!isObject(o.teams)) return fail("teams", "expected an object of teams by id")
-      for (const [team, value] of Object.entries(o.teams)) {
-        const checked = Result.flatMap(id(`teams.${team}`, team), () =>
-          Result.flatMap(fields(`teams.${team}`, value, new Set(["budget"])), (t) =>
-            optionalBudget(`teams.${team}.budget`, t.budget)
+      if (!isObject(o.teams)) {
+        teamsRead = false
+        issues.add({ path: "teams", message: "expected an object of teams by id" })
+      } else {
+        for (const [team, value] of Object.entries(o.teams)) {
+          const checked = Result.flatMap(id(`teams.${team}`, team), () =>
+            Result.flatMap(fields(`teams.${team}`, value, new Set(["budget"])), (t) =>
+              optionalBudget(`teams.${team}.budget`, t.budget)
+            )
           )
-        )
-        if (Result.isFailure(checked)) return Result.fail(checked.failure)
-        teamNames.add(team)
-        if (checked.success !== undefined) teams.set(team, checked.success)
+          // A team declared with a wrong budget is still declared: its keys are not told they name none.
+          teamNames.add(team)
+          if (Result.isFailure(checked)) issues.add(checked.failure)
+          else if (checked.success !== undefined) teams.set(team, checked.success)
+        }
       }
     }
     // A key's team must be declared: a misspelt one would silently escape the team's budget.
-    for (let i = 0; i < keys.length; i++) {
+    for (let i = 0; i < keys.length && teamsRead; i++) {
       const team = keys[i]!.team
-      if (team !== undefined && !teamNames.has(team)) return fail(`keys[${i}].team`, unknownTeam(team, teamNames))
+      if (team !== undefined && !teamNames.has(team)) {
+        issues.add({ path: `keys[${places[i]}].team`, message: unknownTeam(team, teamNames) })
+      }
     }
     const prices = new Map<string, Price>()
     if (o.prices !== undefined) {
-      if (!isObject(o.prices)) return fail("prices", "expected an object of prices by model")
-      for (const [name, value] of Object.entries(o.prices)) {
-        const checked = Result.flatMap(model(`prices.${name}`, name), () => price(`prices.${name}`, value))
-        if (Result.isFailure(checked)) return Result.fail(checked.failure)
-        prices.set(name, checked.success)
+      if (!isObject(o.prices)) {
+        issues.add({ path: "prices", message: "expected an object of prices by model" })
+      } else {
+        for (const [name, value] of Object.entries(o.prices)) {
+          const checked = Result.flatMap(model(`prices.${name}`, name), () => price(`prices.${name}`, value))
+          if (Result.isFailure(checked)) issues.add(checked.failure)
+          else prices.set(name, checked.success)
+        }
       }
     }
-    return Result.map(
-      Input.all([
-        Input.duration("rateLimitWait", Input.orDefault(o.rateLimitWait, 0), { allowZero: true }),
-        // A lease's end is a score and a PEXPIRE on Redis, and a sleep of the memory store.
-        Input.wholeMillis("reservationTtl", Input.orDefault(o.reservationTtl, "15 minutes"), Input.maxRedisMillis),
-        Input.duration("cacheTtl", Input.orDefault(o.cacheTtl, "2 seconds"), { allowZero: true }),
-        Input.positiveInt("maxKeys", Input.orDefault(o.maxKeys, 100_000), 10_000_000)
-      ]),
-      ([rateLimitWait, reservationTtl, cacheTtl, maxKeys]) => ({
-        keys,
-        teams,
-        teamNames,
-        prices,
-        rateLimitWait,
-        reservationTtlMs: reservationTtl,
-        cacheTtlMs: Duration.toMillis(cacheTtl),
-        maxKeys
-      })
-    )
+    const settings = [
+      Input.duration("rateLimitWait", Input.orDefault(o.rateLimitWait, 0), { allowZero: true }),
+      // A lease's end is a score and a PEXPIRE on Redis, and a sleep of the memory store.
+      Input.wholeMillis("reservationTtl", Input.orDefault(o.reservationTtl, "15 minutes"), Input.maxRedisMillis),
+      Input.duration("cacheTtl", Input.orDefault(o.cacheTtl, "2 seconds"), { allowZero: true }),
+      Input.positiveInt("maxKeys", Input.orDefault(o.maxKeys, 100_000), 10_000_000)
+    ] as const
+    for (const setting of settings as ReadonlyArray<Checked<unknown>>)
+      if (Result.isFailure(setting)) issues.add(setting.failure)
+    const issue = issues.issue
+    if (issue !== undefined) return Result.fail(issue)
+    return Result.map(Input.all(settings), ([rateLimitWait, reservationTtl, cacheTtl, maxKeys]) => ({
+      keys,
+      teams,
+      teamNames,
+      prices,
+      rateLimitWait,
+      reservationTtlMs: reservationTtl,
+      cacheTtlMs: Duration.toMillis(cacheTtl),
+      maxKeys
+    }))
   })
 
 /**
@@ -467,15 +521,16 @@ export const policyModels = (
  * @internal
  */
 export const configModels = (resolved: Resolved, models: Models): Input.Issue | undefined => {
+  const issues = new Issues()
   for (let i = 0; i < resolved.keys.length; i++) {
     const issue = policyModels(models, `keys[${i}]`, resolved.keys[i]!)
-    if (issue !== undefined) return issue
+    if (issue !== undefined) issues.add(issue)
   }
   for (const name of resolved.prices.keys()) {
     const issue = unknownModel(models, "price", `prices.${name}`, name)
-    if (issue !== undefined) return issue
+    if (issue !== undefined) issues.add(issue)
   }
-  return undefined
+  return issues.issue
 }
 
 /**
