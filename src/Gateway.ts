@@ -174,6 +174,21 @@ export interface KeyStoreService {
    * creates from then on. Optional.
    */
   readonly useModels?: ((models: Models) => Effect.Effect<void, Input.OptionError>) | undefined
+  /**
+   * Keeps reservations held while their requests run: every `every`, the gateway calls `run`
+   * with the reservations of its requests still running (none settled or released), so that a
+   * store whose reservations end after a time (`gateway/keys`: `reservationTtl`) does not end
+   * one whose request runs longer, which would let other requests spend its budget again.
+   * Optional: without it a reservation is held as the store holds it.
+   *
+   * @since 0.3.0
+   */
+  readonly renew?:
+    | {
+        readonly every: Duration.Duration
+        readonly run: (reservations: ReadonlyArray<Reservation>) => Effect.Effect<void>
+      }
+    | undefined
 }
 
 /**

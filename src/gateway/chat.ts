@@ -115,6 +115,7 @@ export const make = (env: Env) => {
     Effect.suspend(() => {
       if (ticket === undefined || ticket.closed || env.keys === undefined) return Effect.void
       ticket.closed = true
+      env.held.delete(ticket.reservation)
       return env.keys.release(ticket.reservation)
     })
 
@@ -122,6 +123,7 @@ export const make = (env: Env) => {
     Effect.suspend(() => {
       if (ticket === undefined || ticket.closed || env.keys === undefined) return Effect.void
       ticket.closed = true
+      env.held.delete(ticket.reservation)
       return env.keys.settle(ticket.reservation, usage)
     })
 
@@ -195,6 +197,7 @@ export const make = (env: Env) => {
           const estimate = estimateOf(target, request)
           return Effect.flatMap(env.keys!.reserve(key, model, estimate), (reservation) => {
             const ticket: Ticket = { reservation, inputTokens: estimate.inputTokens, closed: false }
+            env.held.add(reservation)
             // Whatever happens next (an answer, a failure, a client that leaves, a stream body never
             // started), the request scope's end releases what was not settled.
             return Effect.as(onRequestEnd(release(ticket)), ticket)

@@ -65,10 +65,12 @@ export const make = (env: Env) => {
       if (key !== undefined && keys !== undefined) {
         reservation = yield* keys.reserve(key, call.model, { inputTokens, maxOutputTokens: 0 })
         closed = false
+        env.held.add(reservation)
         yield* onRequestEnd(
           Effect.suspend(() => {
             if (closed) return Effect.void
             closed = true
+            env.held.delete(reservation)
             return keys.release(reservation)
           })
         )
@@ -101,6 +103,7 @@ export const make = (env: Env) => {
           }
           if (!closed && keys !== undefined) {
             closed = true
+            env.held.delete(reservation)
             yield* keys.settle(reservation, usage)
           }
           metrics.tokens(usage.inputTokens, 0)

@@ -5,7 +5,7 @@
  *
  * @internal
  */
-import { Cause, Clock, Effect, Exit, Fiber, Option, Redacted, Result, Scope, type Tracer } from "effect"
+import { Cause, Clock, type Duration, Effect, Exit, Fiber, Option, Redacted, Result, Scope, type Tracer } from "effect"
 import * as ByteSize from "effect/ByteSize"
 import { HttpIncomingMessage, HttpServerError, type HttpServerRequest, HttpServerResponse } from "effect/http"
 import type { AiError } from "../AiError.js"
@@ -63,6 +63,13 @@ export interface Keys<K extends KeyIdentity = KeyIdentity, R = unknown> {
   readonly release: (reservation: R) => Effect.Effect<void>
   /** The names the gateway serves, told as it starts: a key store refuses names of its configuration that match none. */
   readonly useModels?: ((models: Models) => Effect.Effect<void, OptionError>) | undefined
+  /** Keeps the reservations of running requests held (see `Gateway.KeyStoreService`). */
+  readonly renew?:
+    | {
+        readonly every: Duration.Duration
+        readonly run: (reservations: ReadonlyArray<R>) => Effect.Effect<void>
+      }
+    | undefined
 }
 
 /**
@@ -82,6 +89,8 @@ export interface Env {
   readonly metricsText: () => string
   /** A fresh id for an answer (`chatcmpl-...`). */
   readonly nextId: (prefix: string) => string
+  /** The reservations of the requests running, kept held by the key store's `renew`. */
+  readonly held: Set<unknown>
 }
 
 /**

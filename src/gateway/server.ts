@@ -66,6 +66,17 @@ export const make = Effect.fnUntraced(function* (input: Options, keys: Keys | un
       metrics.inFlight = n
     }
   })
+  // Reservations of running requests, held past the store's own lease by its `renew`; forked
+  // before the drain's finalizer, so that requests draining stay held until they end.
+  const held = new Set<unknown>()
+  const renew = keys?.renew
+  if (renew !== undefined) {
+    yield* Effect.sleep(renew.every).pipe(
+      Effect.andThen(Effect.suspend(() => (held.size === 0 ? Effect.void : renew.run([...held])))),
+      Effect.forever,
+      Effect.forkScoped
+    )
+  }
   // Closing the layer drains (a no-op when the owner drained first, as `Gateway.serve` does).
   yield* Effect.addFinalizer(() => lifecycle.drain)
 
@@ -84,7 +95,8 @@ export const make = Effect.fnUntraced(function* (input: Options, keys: Keys | un
     clock,
     retry: options.retry === "executor" ? true : options.retry === false ? undefined : options.retry,
     metricsText: () => Prometheus.formatUnsafe(context, { buckets: options.metricsBuckets }),
-    nextId: (kind) => `${kind}${prefix}${(counter++).toString(36)}`
+    nextId: (kind) => `${kind}${prefix}${(counter++).toString(36)}`,
+    held
   }
   // Without a tracer (the native one records nowhere), the spans of every call below would
   // be built for nobody: a third of a call's CPU on the HTTP client path. Turn them off.

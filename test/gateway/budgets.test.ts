@@ -2,7 +2,8 @@
  * Budgets through the gateway: what a request reserved bounds what it can be charged.
  */
 import { assert, describe, it } from "@effect/vitest"
-import { Context, Effect, Layer } from "effect"
+import { Cause, Context, Effect, Exit, Fiber, Layer } from "effect"
+import { TestClock } from "effect/testing"
 import * as KeyStore from "../../src/gateway/keys/KeyStore.js"
 import * as Server from "../utils/httpServer.js"
 import * as Harness from "./harness.js"
@@ -110,5 +111,50 @@ describe("Gateway: budgets", () => {
       assert.strictEqual(level!.held, 0)
       assert.strictEqual(level!.spent, 11 + 100 + 11 + 300)
     })
+  )
+
+  it.effect(
+    "a request that runs past reservationTtl keeps its hold: another cannot spend the same budget (TestClock)",
+    () =>
+      Effect.gen(function* () {
+        let answer: () => void = () => {}
+        const answered = new Promise<void>((resolve) => {
+          answer = resolve
+        })
+        let calls = 0
+        // The first call is answered when the test says so; the others at once.
+        const upstream = yield* Server.make(async (_, response) => {
+          if (++calls === 1) await answered
+          return Server.json(response, 200, Up.completion("words"))
+        })
+        const store = yield* memory({
+          reservationTtl: "10 seconds",
+          keys: [{ id: "capped", sha256: KeyStore.hashSecret(secret), budget: { tokens: 300 } }]
+        })
+        // A call of several minutes (a long generation): no deadline of the executor cuts it.
+        const gw = yield* Harness.make({ upstreams: { a: upstream.url }, keys: store, executor: { timeout: "none" } })
+        const client = gw.client(secret, { timeout: 600_000 })
+        const ask = () => client.chat.completions.create({ model: "d-a", messages: hi, max_tokens: 150 })
+        const first = yield* Effect.forkChild(Harness.call(ask), { startImmediately: true })
+        yield* upstream.awaitRequests(1)
+        const [reserved] = yield* store.spend("capped")
+        // Six lease lengths later, the first request still runs: it still holds what it reserved.
+        yield* TestClock.adjust("1 minute")
+        const [running] = yield* store.spend("capped")
+        const second = yield* Effect.exit(Harness.call(ask))
+        // Told once nothing runs: an assertion failing while the first request ran would leave the gateway to drain it.
+        answer()
+        yield* Fiber.join(first)
+        const [level] = yield* store.spend("capped")
+        assert.isAbove(reserved!.held, 150)
+        assert.strictEqual(running!.held, reserved!.held)
+        assert.isTrue(Exit.isFailure(second))
+        if (Exit.isFailure(second)) {
+          const refused = Harness.clientError(Cause.squash(second.cause))
+          assert.strictEqual(refused.status, 429)
+          assert.strictEqual(refused.code, "budget_exceeded")
+        }
+        assert.deepStrictEqual([level!.spent, level!.held], [18, 0])
+      })
   )
 })

@@ -1288,6 +1288,49 @@ describe.skipIf(skipRedis)(`KeyStore on Redis (${skipRedis ? skipReason : "needs
     )
   )
 
+  it.live(
+    "a reservation renewed while its request runs outlives its lease; once settled, a renewal holds nothing",
+    () =>
+      Effect.scoped(
+        Effect.gen(function* () {
+          const server = yield* startRedis
+          const prefix = `${unique("renew")}:`
+          const running = yield* onRedis(server, { prefix, reservationTtl: "300 millis" })
+          const created = yield* running.store.create({ id: "k", budget: { tokens: 100, period: "1 hour" } })
+          const held = yield* running.store.reserve(
+            yield* running.store.authenticate(created.secret),
+            "m",
+            estimate(50, 50)
+          )
+          const other = yield* onRedis(server, { prefix, reservationTtl: "300 millis" })
+          const otherKey = yield* other.store.authenticate(created.secret)
+          const renew = running.store.renew
+          assert.strictEqual(Duration.toMillis(renew.every), 75)
+          // As the gateway does while the request runs: three lease lengths, Redis's own clock.
+          for (let i = 0; i < 12; i++) {
+            yield* Effect.sleep(renew.every)
+            yield* renew.run([held])
+          }
+          assert.strictEqual(
+            (yield* failure(other.store.reserve(otherKey, "m", estimate(1, 1)))).reason,
+            "BudgetExceeded"
+          )
+          // The counter of a period outlives the lease it holds.
+          const ttl = yield* running.redis.send<number>(
+            "PTTL",
+            `${prefix}budget:key:k:tokens:3600000:${Math.floor(Date.now() / 3_600_000)}:leases`
+          )
+          assert.isAbove(ttl, 0)
+          yield* running.store.settle(held, { inputTokens: 10, outputTokens: 10 })
+          yield* renew.run([held])
+          assert.deepStrictEqual(
+            (yield* other.store.spend("k")).map((l) => [l.spent, l.held]),
+            [[20, 0]]
+          )
+        })
+      )
+  )
+
   it.live("a reservation never settled (its gateway died) is given back when its lease ends", () =>
     Effect.scoped(
       Effect.gen(function* () {

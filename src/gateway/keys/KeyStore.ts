@@ -18,7 +18,9 @@
  *   concurrent first requests cannot overspend; a request refused by the limit holds
  *   nothing. After the call `settle` gives back the unused part and records the real usage
  *   (what was reserved, when the provider reports no usage); `release` gives it all back.
- *   A reservation never settled (its gateway died) is given back after `reservationTtl`; a
+ *   While its request runs, the gateway renews a reservation (`renew`), so a request longer
+ *   than `reservationTtl` keeps its hold. A reservation never settled (its gateway died) is
+ *   given back after `reservationTtl`; a
  *   settle Redis does not answer is tried again in the background until it does (within
  *   `reservationTtl`), and counts once.
  * - An exceeded budget is a 429 `GatewayError` (`BudgetExceeded`) naming the scope, its
@@ -105,9 +107,11 @@ export interface Options {
   /** How long a request may wait for a slot of its key's `rpm`/`tpm`. Default 0: 429 at once. */
   readonly rateLimitWait?: Input.DurationInput | undefined
   /**
-   * Longest time a reservation is held: one not settled by then (its gateway died) is
-   * given back. Longer than the longest request or stream. Default 15 minutes; rounded up
-   * to whole milliseconds, at most 2^50 ms (about 35,678 years: a lease's end is a time on Redis).
+   * How long a reservation is held without its gateway: one not settled by then (its gateway
+   * died) is given back. A running request's reservation is renewed by its gateway every quarter
+   * of it ({@link Service.renew}), so a request or stream may run longer. Default 15 minutes;
+   * rounded up to whole milliseconds, at most 2^50 ms (about 35,678 years: a lease's end is a
+   * time on Redis).
    */
   readonly reservationTtl?: Input.DurationInput | undefined
   /**
@@ -234,6 +238,15 @@ export interface Service extends Gateway.KeyStoreService {
   readonly setDisabled: (id: string, disabled: boolean) => Effect.Effect<KeyInfo, GatewayError>
   /** Each budget of a key in its current period. */
   readonly spend: (id: string) => Effect.Effect<ReadonlyArray<SpendLine>, GatewayError>
+  /**
+   * Keeps the reservations of running requests held past `reservationTtl`: every quarter of it
+   * the gateway hands back those of its requests still running, and each whose lease started a
+   * quarter of it ago or more is held a whole `reservationTtl` again (a renewal that fails is
+   * tried at the next). One settled, released, or whose lease has ended is not held again.
+   *
+   * @since 0.3.0
+   */
+  readonly renew: NonNullable<Gateway.KeyStoreService["renew"]>
 }
 
 /**

@@ -111,6 +111,16 @@ export interface Ledger {
     now: number,
     once: boolean
   ) => Effect.Effect<ReadonlyArray<Level | UnreadableCounter>, StoreError>
+  /**
+   * Moves the end of what `id` still holds on each counter to `leaseMs` after `now` (Redis: its
+   * own time). A lease that has ended, or was settled, is not taken again.
+   */
+  readonly renew: (
+    id: string,
+    charges: ReadonlyArray<Charge>,
+    leaseMs: number,
+    now: number
+  ) => Effect.Effect<void, StoreError>
   /** The levels at `now` (Redis: at its own time): a lease that has ended holds nothing. */
   readonly read: (
     counters: ReadonlyArray<Counter>,

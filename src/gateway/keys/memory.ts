@@ -121,6 +121,20 @@ export const make = (): Backend => {
       return levels
     })
 
+  // Taken out and put back at the end: leases stay in the order they end.
+  const renew: Ledger["renew"] = (id, charges, leaseMs, now) =>
+    Effect.sync(() => {
+      for (const { counter } of charges) {
+        const state = get(counter, false)
+        if (state === undefined) continue
+        expire(state, now)
+        const lease = state.leases.get(id)
+        if (lease === undefined) continue
+        state.leases.delete(id)
+        state.leases.set(id, { amount: lease.amount, expires: Math.max(lease.expires, now + leaseMs) })
+      }
+    })
+
   const read: Ledger["read"] = (list, now) =>
     Effect.sync(() =>
       list.map((c) => {
@@ -135,6 +149,7 @@ export const make = (): Backend => {
     local: true,
     reserve,
     settle,
+    renew,
     read,
     byHash: (sha256) => Effect.sync(() => byHash.get(sha256)),
     byId: (id) => Effect.sync(() => byId.get(id)),

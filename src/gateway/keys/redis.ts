@@ -261,6 +261,47 @@ return out
   }
 ).withReturnType<ReadonlyArray<number>>()
 
+// KEYS: as reserveScript. ARGV: lease ms, reservation id, then per counter the amount held. A
+// lease of the id still running on a counter ends `lease` from now instead (one that has ended
+// is left to be swept, one settled is gone); the counter then lives at least as long. Returns
+// how many leases were moved.
+const renewScript = Redis.script(
+  (keys: ReadonlyArray<string>, leaseMs: number, id: string, amounts: ReadonlyArray<number>) => [
+    ...keys,
+    leaseMs,
+    id,
+    ...amounts
+  ],
+  {
+    numberOfKeys: (keys: ReadonlyArray<string>) => keys.length,
+    lua: `
+local n = #KEYS / 2
+local time = redis.call("TIME")
+local now = tonumber(time[1]) * 1000 + math.floor(tonumber(time[2]) / 1000)
+local lease = tonumber(ARGV[1])
+local moved = 0
+for i = 1, n do
+  local h = KEYS[2 * i - 1]
+  local z = KEYS[2 * i]
+  local amount = tonumber(ARGV[2 + i])
+  if amount > 0 and redis.call("TYPE", z)["ok"] == "zset" then
+    local member = ARGV[2] .. "|" .. string.format("%.0f", amount)
+    local ends = tonumber(redis.call("ZSCORE", z, member))
+    if ends and ends > now then
+      redis.call("ZADD", z, "XX", now + lease, member)
+      moved = moved + 1
+      for _, key in ipairs({ h, z }) do
+        local ttl = redis.call("PTTL", key)
+        if ttl >= 0 and ttl < lease then redis.call("PEXPIRE", key, lease) end
+      end
+    end
+  end
+end
+return moved
+`
+  }
+).withReturnType<number>()
+
 // KEYS: as reserveScript. Returns { 0, spent1, held1, ... }, or { -i } for the first counter
 // that cannot be read. A lease that has ended holds nothing, as for a reserve (which gives it
 // back); the read writes nothing.
@@ -338,6 +379,7 @@ export const make = Effect.fnUntraced(function* (options: {
   const reserve = redis.eval(reserveScript)
   const settle = redis.eval(settleScript)
   const read = redis.eval(readScript)
+  const renew = redis.eval(renewScript)
 
   const keyOf = (counter: Counter) => `${prefix}budget:${counter.name}`
   const counterKeys = (counters: ReadonlyArray<Counter>): Array<string> => {
@@ -468,6 +510,18 @@ export const make = Effect.fnUntraced(function* (options: {
           )
       )
     },
+    renew: (id, charges, leaseMs) =>
+      Effect.asVoid(
+        guard.call(
+          "renew",
+          renew(
+            counterKeys(countersOf(charges)),
+            leaseMs,
+            id,
+            charges.map((charge) => charge.amount)
+          )
+        )
+      ),
     read: (counters) =>
       Effect.flatMap(guard.call("read", read(counterKeys(counters))), (reply) => {
         const index = Number(reply[0])

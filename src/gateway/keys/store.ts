@@ -38,6 +38,8 @@ import { hash, randomId } from "./secret.js"
 /** A reservation this store made; settled or released once. */
 class Held {
   closed = false
+  /** When its lease last started (its reserve, or its last renewal). */
+  renewedAt = 0
   constructor(
     readonly id: string,
     readonly keyId: string,
@@ -388,7 +390,10 @@ export const make = Effect.fnUntraced(function* (
       new Held(id, record.id, model, charges, price, inputTokens, maxOutputTokens, recorded)
     // Known to `taken` as soon as Redis answers, before an interruption pending since (see `reserve`) ends the fiber.
     const reserved = Effect.map(backend.reserve(id, charges, resolved.reservationTtlMs, at), (result) => {
-      if (result._tag === "Reserved") taken.held = held(true)
+      if (result._tag === "Reserved") {
+        taken.held = held(true)
+        taken.held.renewedAt = at
+      }
       return result
     })
     // Once sent, the script may hold the amounts: wait for its answer (bounded by the store's deadline)
@@ -510,6 +515,34 @@ export const make = Effect.fnUntraced(function* (
       )
     })
 
+  // A lease outlived by its request would let other requests spend its budget again: the gateway
+  // hands back its running requests' reservations every quarter of the lease, and those whose lease
+  // started a quarter ago or more get a whole one again. One that fails is tried at the next call,
+  // with a quarter of the lease left at least.
+  const renewEvery = Math.max(1, Math.floor(resolved.reservationTtlMs / 4))
+  const renewOne = (held: Held, at: number): Effect.Effect<void> =>
+    Effect.matchEffect(backend.renew(held.id, held.charges, resolved.reservationTtlMs, at), {
+      onFailure: () => Effect.void,
+      onSuccess: () =>
+        Effect.sync(() => {
+          held.renewedAt = at
+        })
+    })
+  const renew = {
+    every: Duration.millis(renewEvery),
+    run: (reservations: ReadonlyArray<unknown>): Effect.Effect<void> =>
+      Effect.suspend(() => {
+        const at = now()
+        const due = reservations.filter(
+          (held): held is Held =>
+            held instanceof Held && held.recorded && !held.closed && at - held.renewedAt >= renewEvery
+        )
+        return due.length === 0
+          ? Effect.void
+          : Effect.forEach(due, (held) => renewOne(held, at), { concurrency: 16, discard: true })
+      })
+  }
+
   // The names of the gateways this store serves (usually one), told as each starts: the
   // configuration is checked against them then, an admin's new key when it is created.
   let served: Gateway.Models | undefined
@@ -540,5 +573,5 @@ export const make = Effect.fnUntraced(function* (
     }
   })
 
-  return { authenticate, reserve, settle, release, useModels, ...manage } satisfies Service
+  return { authenticate, reserve, settle, release, useModels, renew, ...manage } satisfies Service
 })
