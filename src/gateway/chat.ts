@@ -193,9 +193,12 @@ export const make = (env: Env) => {
   const reserve = (key: KeyIdentity | undefined, model: string, target: Target, request: GenerateRequest) =>
     key === undefined || env.keys === undefined
       ? Effect.succeed(undefined)
-      : Effect.suspend(() => {
+      : // The reserve may wait (a slow store, a rate-limit slot) and be interrupted; once it has
+        // answered, its release is registered before an interruption can land: one landing between
+        // them would leave the reservation held until its lease ends.
+        Effect.uninterruptibleMask((restore) => {
           const estimate = estimateOf(target, request)
-          return Effect.flatMap(env.keys!.reserve(key, model, estimate), (reservation) => {
+          return Effect.flatMap(restore(env.keys!.reserve(key, model, estimate)), (reservation) => {
             const ticket: Ticket = { reservation, inputTokens: estimate.inputTokens, closed: false }
             env.held.add(reservation)
             // Whatever happens next (an answer, a failure, a client that leaves, a stream body never

@@ -63,15 +63,19 @@ export const make = (env: Env) => {
       let reservation: unknown
       let closed = true
       if (key !== undefined && keys !== undefined) {
-        reservation = yield* keys.reserve(key, call.model, { inputTokens, maxOutputTokens: 0 })
-        closed = false
-        env.held.add(reservation)
-        yield* onRequestEnd(
-          Effect.suspend(() => {
-            if (closed) return Effect.void
-            closed = true
-            env.held.delete(reservation)
-            return keys.release(reservation)
+        // Its release registered before an interruption can land (as the chat route's).
+        reservation = yield* Effect.uninterruptibleMask((restore) =>
+          Effect.tap(restore(keys.reserve(key, call.model, { inputTokens, maxOutputTokens: 0 })), (made) => {
+            closed = false
+            env.held.add(made)
+            return onRequestEnd(
+              Effect.suspend(() => {
+                if (closed) return Effect.void
+                closed = true
+                env.held.delete(made)
+                return keys.release(made)
+              })
+            )
           })
         )
       }
