@@ -71,7 +71,9 @@ export const make = Effect.fnUntraced(function* (input: Options, keys: Keys | un
   const held = new Set<unknown>()
   const renew = keys?.renew
   if (renew !== undefined) {
-    yield* Effect.sleep(renew.every).pipe(
+    // An application's store says how often: a zero or negative one would spin.
+    const every = yield* Input.orOptionError(Input.duration("keys.renew.every", renew.every))
+    yield* Effect.sleep(every).pipe(
       Effect.andThen(Effect.suspend(() => (held.size === 0 ? Effect.void : renew.run([...held])))),
       Effect.forever,
       Effect.forkScoped

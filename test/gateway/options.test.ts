@@ -3,7 +3,7 @@
  * field), and the real key store of `gateway/keys` behind it end to end.
  */
 import { assert, describe, it } from "@effect/vitest"
-import { Cause, Context, Effect, Layer, Redacted } from "effect"
+import { Cause, Context, Duration, Effect, Layer, Redacted } from "effect"
 import { HttpRouter, HttpServer } from "effect/http"
 import * as Domain from "../../src/Domain.js"
 import * as Executor from "../../src/Executor.js"
@@ -35,6 +35,23 @@ const buildError = (options: Gateway.Options) =>
   }).pipe(Effect.scoped)
 
 describe("Gateway options", () => {
+  it.effect(
+    "a key store's renew.every of zero, negative or NaN is an OptionError naming it, not a loop that spins",
+    () =>
+      Effect.gen(function* () {
+        const { service } = Harness.keyStore({})
+        for (const every of [Duration.zero, Duration.millis(-5), Duration.millis(Number.NaN), "often" as never]) {
+          const keys = { ...service, renew: { every, run: () => Effect.void } }
+          const services = (yield* mockServices).pipe(
+            Layer.provideMerge(HttpRouter.layer),
+            Layer.provideMerge(Layer.succeed(Gateway.KeyStore, keys))
+          )
+          const error = yield* Effect.flip(Layer.build(Gateway.layer({}).pipe(Layer.provide(services))))
+          assert.strictEqual(error._tag === "OptionError" ? error.path : error._tag, "keys.renew.every", String(every))
+        }
+      }).pipe(Effect.scoped)
+  )
+
   it.effect("every wrong option is an OptionError naming it", () =>
     Effect.gen(function* () {
       assert.strictEqual(yield* buildError({}), "keys")
