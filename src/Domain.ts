@@ -202,6 +202,13 @@ export const check = (input: unknown, options: string | CheckOptions = {}): Inpu
     domains.push(domain)
   }
   for (const [i, domain] of domains.entries()) {
+    // A hedge starts the next domain of the fallback: without one the delay would do nothing.
+    if (domain.hedgeAfter !== undefined && (domain.fallback ?? []).length === 0) {
+      return Result.fail({
+        path: `${path}[${i}].hedgeAfter`,
+        message: "hedging starts the domain's fallback: give it a fallback, or leave hedgeAfter out"
+      })
+    }
     for (const [j, next] of (domain.fallback ?? []).entries()) {
       if (!names.has(next) && !fallbackTo.includes(next)) {
         return Result.fail({ path: `${path}[${i}].fallback[${j}]`, message: `unknown domain "${next}"` })

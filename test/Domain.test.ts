@@ -61,6 +61,9 @@ describe("Domain.fromConfig", () => {
           ],
           "domains[0].hedgeAfter"
         ],
+        // A hedge starts the next domain of the fallback: without one, hedgeAfter did nothing, silently.
+        [[{ name: "x", provider: "main", hedgeAfter: "200 millis" }], "domains[0].hedgeAfter"],
+        [[{ name: "x", provider: "main", fallback: [], hedgeAfter: "200 millis" }], "domains[0].hedgeAfter"],
         [[{ name: "x", provider: "main", temperature: 3 }], "domains[0].temperature"],
         [[{ name: "x", provider: "main", maxTokens: 1.5 }], "domains[0].maxTokens"],
         [[{ name: "x", provider: "main", retry: { jitter: 2 } }], "domains[0].retry.jitter"],

@@ -1111,6 +1111,33 @@ describe("orchestra config (in process)", () => {
       })
   )
 
+  it.effect("a domain's hedgeAfter without a fallback, or of 0, is named where it was written", () =>
+    Effect.gen(function* () {
+      const issues = (extraDomains: ReadonlyArray<object>) =>
+        Effect.map(
+          Effect.flip(Setup.check(loaded({ providers: { m: { type: "mock" } }, extraDomains })).pipe(withEnv({}))),
+          (e) => e.issues.map((i) => i.path)
+        )
+      assert.deepStrictEqual(yield* issues([{ name: "x", provider: "m", hedgeAfter: "1 second" }]), [
+        "extraDomains[0].hedgeAfter"
+      ])
+      assert.deepStrictEqual(
+        yield* issues([
+          { name: "y", provider: "m" },
+          { name: "x", provider: "m", fallback: ["y"], hedgeAfter: 0 }
+        ]),
+        ["extraDomains[1].hedgeAfter"]
+      )
+      const good = yield* Setup.check(
+        loaded({
+          providers: { m: { type: "mock" } },
+          extraDomains: [{ name: "x", provider: "m", fallback: ["support"], hedgeAfter: "1 second" }]
+        })
+      ).pipe(withEnv({}))
+      assert.strictEqual(good.defaultProvider, "m")
+    })
+  )
+
   it.effect("a wrong defaultProvider is named once, not again at a domains[0] the file does not have", () =>
     Effect.gen(function* () {
       const issues = (defaultProvider: unknown) =>

@@ -85,8 +85,9 @@ const domainIssues = (loaded: Loaded, defaultProvider: string): ReadonlyArray<Is
     const seen = new Map<string, number>()
     list.forEach((raw: unknown, i) => {
       if (loaded.issues.some((issue) => issue.path === `${section}[${i}]`)) return
-      // Alone, a domain's fallback names nothing: they are checked on the merged list below.
-      const alone = typeof raw === "object" && raw !== null ? { ...raw, fallback: undefined } : raw
+      // Alone, a domain's fallback names nothing: they (and the hedge along them) are checked on the merged list below.
+      const alone =
+        typeof raw === "object" && raw !== null ? { ...raw, fallback: undefined, hedgeAfter: undefined } : raw
       const checked = Domain.check([alone], section)
       if (Result.isFailure(checked)) {
         const { path, message } = checked.failure
