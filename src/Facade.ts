@@ -181,6 +181,17 @@ export interface BatchOptions extends Omit<RunOptions, "cancel" | "onEvent"> {
 export type Prompt = string | GenerateRequest
 
 /**
+ * What `stream` answers: an async iterable of the stream's parts whose iterator can be held
+ * with `await using` (leaving the block is its `return()`: the call is cancelled).
+ *
+ * @since 0.3.0
+ * @category models
+ */
+export interface PartStream extends AsyncIterable<StreamPart> {
+  [Symbol.asyncIterator](): AsyncIterableIterator<StreamPart> & AsyncDisposable
+}
+
+/**
  * @since 0.1.0
  * @category models
  */
@@ -227,10 +238,11 @@ export interface Orchestra {
    * ends at the next `next()`, and a loop abandoned without `return()` leaves nothing on it.
    * An iterator dropped without `return()` (and no `next()` waiting) is cancelled once the garbage
    * collector reclaims it; until then the stream's total deadline (`timeout`, else the executor's
-   * `stream.totalTimeout`) gives its provider slot back. Call `return()` to free everything at once.
+   * `stream.totalTimeout`) gives its provider slot back. Call `return()` to free everything at once, or
+   * hold the iterator with `await using` (leaving the block is `return()`).
    * The text handed over is kept only with a `signal`, for the `partialText` of its abort's error.
    */
-  readonly stream: (prompt: Prompt, options?: StreamOptions) => AsyncIterable<StreamPart>
+  readonly stream: (prompt: Prompt, options?: StreamOptions) => PartStream
   /** Vectors of one text, several, or a whole request; in input order. */
   readonly embed: (
     input: string | ReadonlyArray<string> | EmbedRequest,

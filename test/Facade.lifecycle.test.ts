@@ -58,3 +58,19 @@ describe("createOrchestra: await using", () => {
     await disposed
   })
 })
+
+describe("createOrchestra: a stream's iterator with await using", () => {
+  it("leaving the block after a part cancels the stream's call at once, as return() does", async () => {
+    // Ten words, a second apart: the block leaves after the first.
+    const m = mock({ chunkDelay: "1 second", respond: () => "a b c d e f g h i j" })
+    await using orchestra = createOrchestra(Orchestra.layer({ providers: { main: m.layer } }))
+    {
+      await using parts = orchestra.stream("q")[Symbol.asyncIterator]()
+      const first = await parts.next()
+      assert.isFalse(first.done)
+      assert.strictEqual(Effect.runSync(m.control.inFlight), 1)
+    }
+    await settle(() => Effect.runSync(m.control.inFlight) === 0)
+    assert.strictEqual(Effect.runSync(m.control.inFlight), 0, "the provider's stream was cancelled")
+  })
+})

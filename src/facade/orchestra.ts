@@ -26,6 +26,7 @@ import type {
   Orchestra,
   OrchestraError,
   ParallelOptions,
+  PartStream,
   Prompt,
   StreamOptions
 } from "../Facade.js"
@@ -445,7 +446,7 @@ export const makeCreateOrchestra = (env: Env) => {
       }
     }
 
-    const stream = (prompt: Prompt, options?: StreamOptions): AsyncIterable<StreamPart> => ({
+    const stream = (prompt: Prompt, options?: StreamOptions): PartStream => ({
       [Symbol.asyncIterator]() {
         const closing: Closing = { closed: false, close: undefined, wake: undefined }
         const parts = streamParts(prompt, options, closing)
@@ -456,7 +457,7 @@ export const makeCreateOrchestra = (env: Env) => {
           closeStream(closing)
         }
         let waiting = 0
-        const iterator: AsyncIterableIterator<StreamPart> = {
+        const iterator: AsyncIterableIterator<StreamPart> & AsyncDisposable = {
           next: () => {
             if (waiting++ === 0) pulling.add(iterator)
             return parts.next().finally(() => {
@@ -473,6 +474,11 @@ export const makeCreateOrchestra = (env: Env) => {
           },
           [Symbol.asyncIterator]() {
             return this
+          },
+          // `await using parts = stream[Symbol.asyncIterator]()`: leaving the block is `return()`, as for
+          // Node's own async generators.
+          [Symbol.asyncDispose]: async () => {
+            await iterator.return!()
           }
         }
         abandoned.register(iterator, closing, closing)
