@@ -11,6 +11,7 @@ import { createOrchestra, OrchestraError } from "../src/Facade.js"
 import { ModelProvider, type StreamPart } from "../src/Model.js"
 import * as Mock from "../src/Model/Mock.js"
 import * as Orchestra from "../src/Orchestra.js"
+import { typed } from "./utils/facade.js"
 
 setFlagsFromString("--expose-gc")
 const gc = runInNewContext("gc") as () => void
@@ -132,16 +133,6 @@ describe("createOrchestra: what a stream keeps while it runs", () => {
     }
   })
 })
-
-/** The typed error of a rejection, which must be an OrchestraError. */
-const typed = async (promise: Promise<unknown>) => {
-  const error = await promise.then(
-    () => assert.fail("expected a rejection"),
-    (error: unknown) => error
-  )
-  assert.instanceOf(error, OrchestraError, String(error))
-  return (error as OrchestraError).error
-}
 
 const invalid = async (promise: Promise<unknown>) => {
   const error = await typed(promise)

@@ -5,25 +5,16 @@
  */
 import { assert, describe, it } from "@effect/vitest"
 import { Effect, Layer } from "effect"
-import { createOrchestra, OrchestraError } from "../src/Facade.js"
+import { createOrchestra } from "../src/Facade.js"
 import { ModelProvider } from "../src/Model.js"
 import * as Mock from "../src/Model/Mock.js"
 import * as Orchestra from "../src/Orchestra.js"
+import { typed } from "./utils/facade.js"
 
 let mocks = 0
 const mock = (options: Mock.Options = {}) => {
   const { control, provider } = Effect.runSync(Mock.make({ name: `facade-lifecycle-${++mocks}`, ...options }))
   return { control, name: control.name, layer: Layer.succeed(ModelProvider, provider) }
-}
-
-/** The typed error of a rejection, which must be an OrchestraError. */
-const typed = async (promise: Promise<unknown>) => {
-  const error = await promise.then(
-    () => assert.fail("expected a rejection"),
-    (error: unknown) => error
-  )
-  assert.instanceOf(error, OrchestraError, String(error))
-  return (error as OrchestraError).error
 }
 
 const settle = async (check: () => boolean) => {

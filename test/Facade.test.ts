@@ -6,25 +6,13 @@ import { AbortedError, createOrchestra, OrchestraError } from "../src/Facade.js"
 import { type GenerateRequest, ModelProvider, type StreamPart } from "../src/Model.js"
 import * as Mock from "../src/Model/Mock.js"
 import * as Orchestra from "../src/Orchestra.js"
+import { rejection, typed } from "./utils/facade.js"
 
 // A Promise API: these tests run on the real clock, with short latencies and no timing assertions.
 let mocks = 0
 const mock = (options: Mock.Options = {}) => {
   const { control, provider } = Effect.runSync(Mock.make({ name: `facade-${++mocks}`, ...options }))
   return { control, name: control.name, layer: Layer.succeed(ModelProvider, provider) }
-}
-
-const rejection = (promise: Promise<unknown>): Promise<unknown> =>
-  promise.then(
-    () => assert.fail("expected a rejection"),
-    (error: unknown) => error
-  )
-
-/** The typed error of a rejection, which must be an OrchestraError. */
-const typed = async (promise: Promise<unknown>) => {
-  const error = await rejection(promise)
-  assert.instanceOf(error, OrchestraError, String(error))
-  return (error as OrchestraError).error
 }
 
 const fieldOf = async (promise: Promise<unknown>) => {
