@@ -113,6 +113,19 @@ const durationParts = (input: object | bigint): boolean => {
 }
 
 /**
+ * The first `max` UTF-16 units of `text`, one fewer when the last would be the first half of a
+ * character outside the BMP (an emoji): a message cut short ends on a whole character.
+ *
+ * @since 0.3.0
+ * @category checks
+ */
+export const wholePrefix = (text: string, max: number): string => {
+  if (text.length <= max) return text
+  const code = text.charCodeAt(max - 1)
+  return text.slice(0, code >= 0xd800 && code <= 0xdbff ? max - 1 : max)
+}
+
+/**
  * What a caller's code threw, as text for a message, whatever it is: an `Error`'s message, a
  * string, or what `String` makes of it; never itself a throw (a value without a prototype, a
  * `message` getter that throws).

@@ -8,6 +8,7 @@
  * @since 0.1.0
  */
 import { Effect, FileSystem, Option, Path, Result, Schema, SchemaIssue } from "effect"
+import * as Input from "../Input.js"
 import { platformErrorText, readAtMost } from "./Common.js"
 import { ConfigFile, providerSchemas, providerTypes } from "./ConfigSchema.js"
 import * as Json from "./json.js"
@@ -118,10 +119,7 @@ const leafHook: SchemaIssue.LeafHook = (issue) =>
  */
 export const tidy = (message: string): string => {
   const text = message.replace(/^Expected /, "expected ")
-  if (text.length <= 240) return text
-  // Not between the two halves of a character outside the BMP (an emoji): a lone half is no text.
-  const end = /[\uD800-\uDBFF]/.test(text[236]!) ? 236 : 237
-  return `${text.slice(0, end)}...`
+  return text.length <= 240 ? text : `${Input.wholePrefix(text, 237)}...`
 }
 
 const kind = (u: unknown): string =>

@@ -23,6 +23,7 @@ import {
   type TimeoutError
 } from "../AiError.js"
 import type { Service as ExecutorService, Step } from "../Executor.js"
+import * as Input from "../Input.js"
 import { pipelineDomain } from "../Metrics.js"
 import type { StepOutcome } from "../Pipeline.js"
 import type { BreakerGuard, LimitGuard } from "../policy/plan.js"
@@ -57,13 +58,8 @@ export const messageOf = (cause: Cause.Cause<unknown>): string => {
 /** The longest message a step's outcome keeps of what it failed with (a record, a log line). */
 const maxMessage = 1_000
 
-// Whole characters: a surrogate pair is not split.
-const cut = (text: string): string => {
-  if (text.length <= maxMessage) return text
-  const code = text.charCodeAt(maxMessage - 1)
-  const end = code >= 0xd800 && code <= 0xdbff ? maxMessage - 1 : maxMessage
-  return `${text.slice(0, end)}… (${text.length} characters)`
-}
+const cut = (text: string): string =>
+  text.length <= maxMessage ? text : `${Input.wholePrefix(text, maxMessage)}… (${text.length} characters)`
 
 const shown = (error: unknown): string => {
   try {
