@@ -1,5 +1,5 @@
 import { assert, describe, it } from "@effect/vitest"
-import { Context, Duration, Effect, Exit, Fiber, Layer, Scheduler, Scope, Stream } from "effect"
+import { Context, Deferred, Duration, Effect, Exit, Fiber, Layer, Scheduler, Scope, Stream } from "effect"
 import { TestClock } from "effect/testing"
 import { type AiError, ShuttingDownError } from "../src/AiError.js"
 import type * as Input from "../src/Input.js"
@@ -318,6 +318,51 @@ describe("Executor.stream", () => {
       assert.strictEqual(error._tag === "TimeoutError" && error.limit, "total")
       assert.strictEqual(error._tag === "TimeoutError" && error.partialText, "a b c d ")
     })
+  )
+
+  it.effect(
+    "a total deadline closes the upstream when it strikes, not at the consumer's next pull (a consumer stuck on its side)",
+    () =>
+      Effect.gen(function* () {
+        let upstreamClosed = false
+        const provider: Service = {
+          name: "p",
+          defaultModel: "m",
+          generate: () => Effect.die("not used"),
+          embed: () => Effect.die("not used"),
+          // One chunk, then an upstream that never sends again: its connection is what the cut must free.
+          stream: () =>
+            Stream.concat(Stream.make({ _tag: "TextDelta", text: "a" } as StreamPart), Stream.never).pipe(
+              Stream.ensuring(
+                Effect.sync(() => {
+                  upstreamClosed = true
+                })
+              )
+            )
+        }
+        yield* withExecutorOver(provider, (executor) =>
+          Effect.gen(function* () {
+            const release = yield* Deferred.make<void>()
+            const fiber = yield* Effect.forkChild(
+              Effect.flip(
+                // The consumer takes the first part and then waits on something of its own (a client's slow socket).
+                Stream.runForEach(executor.stream(ask, { totalTimeout: "2 seconds", idleTimeout: "none" }), () =>
+                  Deferred.await(release)
+                )
+              )
+            )
+            yield* TestClock.adjust("1 second")
+            assert.isFalse(upstreamClosed)
+            yield* TestClock.adjust("2 seconds")
+            const closedAtCut = upstreamClosed
+            yield* Deferred.succeed(release, undefined)
+            const error = yield* Fiber.join(fiber)
+            assert.isTrue(closedAtCut)
+            assert.strictEqual(error._tag === "TimeoutError" && error.limit, "total")
+            assert.strictEqual(error._tag === "TimeoutError" && error.partialText, "a")
+          })
+        )
+      })
   )
 
   it.effect("a slow consumer cut by the total deadline gets no text past the error's partialText", () =>
