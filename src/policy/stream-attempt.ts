@@ -54,6 +54,12 @@ const interruptedError = (provider: string, finished: boolean): ModelError => {
   }
 }
 
+const noMore = Effect.succeed(undefined)
+
+// An upstream's end (`Done`) as `undefined`; any other failure as it is.
+const doneAsUndefined = (cause: Cause.Cause<unknown>): Effect.Effect<undefined, AiError> =>
+  Pull.isDoneCause(cause) ? noMore : Effect.failCause(cause as Cause.Cause<AiError>)
+
 const NoFinish = (provider: string) =>
   new ModelError({ reason: "Transport", message: "the stream ended before its final event", provider })
 
@@ -175,10 +181,10 @@ export const attemptStarter = (host: AttemptHost) => {
       // into the caller's and a semaphore (~1 µs and a copy of the context a chunk); this
       // fiber is its only reader and runs in that very context.
       const pull = yield* Channel.toPullScoped(Stream.toChannel(step.target.stream(upstream)), attempt.scope)
+      // Built once per attempt, not once per chunk.
+      const next = Effect.catchCause(pull, doneAsUndefined)
       while (true) {
-        const chunk = yield* Effect.catchCause(pull, (cause) =>
-          Pull.isDoneCause(cause) ? Effect.succeed(undefined) : Effect.failCause(cause as Cause.Cause<AiError>)
-        )
+        const chunk = yield* next
         if (chunk === undefined) break
         // A stream ends at its Finish: an upstream that goes on (more parts, a stall, a late
         // failure) is not read further, and closes with the attempt.

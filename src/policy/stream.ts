@@ -107,7 +107,8 @@ export const make = (env: { readonly engine: Engine; readonly defaults: StreamDe
       let delivered = ""
       let anyDelivered = false
       let finishDelivered = false
-      let wake: (() => void) | undefined
+      // The consumer's resume while it waits for its attempt (below); called with `Effect.void`.
+      let wake: ((effect: Effect.Effect<void>) => void) | undefined
       let stepIndex = 0
       let stepStarted = 0
       let attemptsOnStep = 0
@@ -125,7 +126,7 @@ export const make = (env: { readonly engine: Engine; readonly defaults: StreamDe
       const signal = () => {
         const w = wake
         wake = undefined
-        w?.()
+        w?.(Effect.void)
       }
 
       const endStream = (exit: Exit.Exit<void, AiError>) => {
@@ -408,16 +409,17 @@ export const make = (env: { readonly engine: Engine; readonly defaults: StreamDe
           }
           if (terminal !== undefined) return Cause.done()
           if (attempt !== undefined && attempt.end !== undefined) return Effect.andThen(onEnd(attempt), pull)
-          return Effect.andThen(
-            Effect.callback<void>((resume) => {
-              wake = () => resume(Effect.void)
-              return Effect.sync(() => {
-                wake = undefined
-              })
-            }),
-            pull
-          )
+          return waitThenPull
         }
+      )
+      // One wait per chunk on a paced upstream, built once: its register keeps the resume
+      // itself and returns no cleanup, so a wait allocates neither a closure nor a finalizer
+      // (a resume called after an interruption is a no-op in effect's callback).
+      const waitThenPull = Effect.andThen(
+        Effect.callback<void>((resume) => {
+          wake = resume
+        }),
+        pull
       )
 
       beginStep(0)
