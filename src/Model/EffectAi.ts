@@ -30,7 +30,7 @@ export {
    * Per-call settings for a {@link languageModel}, the way `effect/ai` provider packages take
    * theirs: `Effect.provideService(EffectAi.GenerationConfig, { temperature: 0 })` around a
    * `LanguageModel.generateText`. Fields given here win over the layer's `settings`; a field
-   * set to `undefined` is one not given.
+   * set to `undefined` or `null` is one not given.
    *
    * @since 0.2.0
    * @category services
@@ -67,7 +67,8 @@ export interface Options {
    * `LanguageModel` does not carry (model, temperature, max tokens, stop, seed) to your
    * provider package's config service. Without it those settings are not sent, and a
    * request for another model than `Model.ModelName` or `model` (any model, when neither is
-   * given) is refused (`InvalidRequest`, field `model`).
+   * given) is refused (`InvalidRequest`, field `model`). If it throws, or answers something
+   * that is not a `Context`, the call fails `InvalidRequest` with field `context`.
    */
   readonly context?: ((request: Model.GenerateRequest) => Context.Context<never>) | undefined
   /** Longest `generate` call. Default 10 minutes. */

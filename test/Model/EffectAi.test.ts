@@ -965,3 +965,122 @@ describe("EffectAi.languageModel (a target as an effect/ai LanguageModel)", () =
     })
   )
 })
+
+describe("EffectAi: what a caller hands in fails typed, and a refusal is read back", () => {
+  it.effect("a `context` option that throws, or answers no Context, is InvalidRequest naming context", () =>
+    Effect.gen(function* () {
+      const { provider, seen } = yield* providerWith(
+        {},
+        {
+          context: () => {
+            throw new Error("no config")
+          }
+        }
+      )
+      const thrown = failureOf(yield* Effect.exit(provider.generate({ prompt: "x" }))) as ModelError
+      assert.deepStrictEqual([thrown._tag, thrown.reason, thrown.field], ["ModelError", "InvalidRequest", "context"])
+      assert.include(thrown.message, "no config")
+      const streamed = failureOf(yield* Effect.exit(Stream.runDrain(provider.stream({ prompt: "x" })))) as ModelError
+      assert.deepStrictEqual([streamed.reason, streamed.field], ["InvalidRequest", "context"])
+      const notContext = yield* providerWith(
+        {},
+        { context: () => ({ temperature: 1 }) as unknown as Context.Context<never> }
+      )
+      const wrong = failureOf(yield* Effect.exit(notContext.provider.generate({ prompt: "x" }))) as ModelError
+      assert.deepStrictEqual([wrong.reason, wrong.field], ["InvalidRequest", "context"])
+      assert.strictEqual(seen.length + notContext.seen.length, 0)
+    })
+  )
+
+  it.effect("a null GenerationConfig, or one whose getter throws, is an InvalidRequestError, not a defect", () =>
+    Effect.gen(function* () {
+      const m = yield* modelOver({ respond: () => "ok" })
+      const nullConfig = failureOf(
+        yield* Effect.exit(
+          m.run(
+            LanguageModel.generateText({ prompt: "x" }).pipe(
+              Effect.provideService(EffectAi.GenerationConfig, null as unknown as EffectAi.GenerationSettings)
+            )
+          )
+        )
+      )
+      assert.deepStrictEqual(
+        nullConfig.reason._tag === "InvalidRequestError" ? nullConfig.reason.parameter : undefined,
+        "GenerationConfig"
+      )
+      const throwing = {
+        get temperature(): number {
+          throw new Error("getter")
+        }
+      }
+      const thrown = failureOf(
+        yield* Effect.exit(
+          m.run(
+            LanguageModel.generateText({ prompt: "x" }).pipe(Effect.provideService(EffectAi.GenerationConfig, throwing))
+          )
+        )
+      )
+      assert.deepStrictEqual(
+        thrown.reason._tag === "InvalidRequestError" ? thrown.reason.parameter : undefined,
+        "GenerationConfig"
+      )
+      assert.strictEqual(yield* m.control.calls, 0)
+    })
+  )
+
+  it.effect("a GenerationConfig field set to null is one not given, as undefined is", () =>
+    Effect.gen(function* () {
+      const m = yield* modelOver({ respond: () => "ok" }, { settings: { temperature: 0.2, maxTokens: 10 } })
+      const response = yield* m.run(
+        LanguageModel.generateText({ prompt: "x" }).pipe(
+          Effect.provideService(EffectAi.GenerationConfig, {
+            temperature: null,
+            maxTokens: 20
+          } as unknown as EffectAi.GenerationSettings)
+        )
+      )
+      assert.strictEqual(response.text, "ok")
+      const request = yield* m.lastRequest
+      assert.deepStrictEqual([request.temperature, request.maxTokens], [0.2, 20])
+    })
+  )
+
+  it.effect("a refusal in effect/ai parts (an empty text part's metadata) is our response's refusal", () =>
+    Effect.gen(function* () {
+      const refusal = "I can't help with that."
+      const { provider } = yield* providerWith({
+        generate: Effect.succeed([
+          { type: "response-metadata", modelId: "gpt" },
+          { type: "text", text: "", metadata: { openai: { refusal } } },
+          finish()
+        ]),
+        stream: Stream.make<Array<Response.StreamPartEncoded>>(
+          { type: "text-start", id: "t", metadata: { openai: { refusal } } },
+          { type: "text-end", id: "t" },
+          finish()
+        )
+      })
+      const answer = yield* provider.generate({ prompt: "x" })
+      assert.deepStrictEqual([answer.text, answer.refusal], ["", refusal])
+      const { parts } = yield* collect(provider.stream({ prompt: "x" }))
+      const last = parts[parts.length - 1]
+      assert.strictEqual(last?._tag === "Finish" ? last.refusal : undefined, refusal)
+    })
+  )
+
+  it.effect("round trip: a refusal through languageModel and back is still the refusal", () =>
+    Effect.gen(function* () {
+      const refusal = "I can't help with that."
+      const usage = Model.usage(1, 1)
+      const target: EffectAi.Target = {
+        generate: () => Effect.succeed({ text: "", finishReason: "stop", usage, provider: "p", model: "m", refusal }),
+        stream: () => Stream.make({ _tag: "Finish", finishReason: "stop", usage, provider: "p", model: "m", refusal })
+      }
+      const back = yield* EffectAi.make({ name: "outer" }).pipe(Effect.provide(EffectAi.layerLanguageModel(target)))
+      assert.strictEqual((yield* back.generate({ prompt: "x" })).refusal, refusal)
+      const { parts } = yield* collect(back.stream({ prompt: "x" }))
+      const last = parts[parts.length - 1]
+      assert.strictEqual(last?._tag === "Finish" ? last.refusal : undefined, refusal)
+    })
+  )
+})

@@ -305,6 +305,38 @@ export const metadataOf = (answer: {
       : { provider: answer.provider, refusal: answer.refusal }
 })
 
+/**
+ * The refusals said in the metadata of an answer's parts, each once: `@effect/ai-openai` answers a
+ * refusal as an empty text part with `metadata.openai.refusal`, {@link metadataOf} as
+ * `metadata["effect-orchestra"].refusal`; every namespace is read, so a package that says it the
+ * same way under its own name is heard too. Without it a refused answer read as an empty "stop".
+ *
+ * @internal
+ */
+export const refusalCollector = () => {
+  const seen = new Set<string>()
+  let text = ""
+  return {
+    /** Reads a part's metadata; answers the characters it added. */
+    add: (part: { readonly metadata?: unknown }): number => {
+      const metadata = part.metadata
+      if (typeof metadata !== "object" || metadata === null) return 0
+      let added = 0
+      for (const key in metadata) {
+        const space: unknown = (metadata as Record<string, unknown>)[key]
+        if (typeof space !== "object" || space === null) continue
+        const refusal: unknown = (space as Record<string, unknown>)["refusal"]
+        if (typeof refusal !== "string" || refusal.length === 0 || seen.has(refusal)) continue
+        seen.add(refusal)
+        text = text.length === 0 ? refusal : `${text}\n${refusal}`
+        added += refusal.length
+      }
+      return added
+    },
+    value: (): string | undefined => (text.length === 0 ? undefined : text)
+  }
+}
+
 /** @internal */
 export const partsOf = (
   response: Model.GenerateResponse

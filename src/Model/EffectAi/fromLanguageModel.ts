@@ -16,7 +16,16 @@ import { tokenCount } from "../http/decode.js"
 import * as Client from "../http/client.js"
 import { type CallContext, requestTimeout, unevenVectors } from "../http/errors.js"
 import { defaults } from "../http/options.js"
-import { type AnyTools, finishReasonOf, nonEmpty, toolkitOf, toPrompt, usageOf, withToolCalls } from "./convert.js"
+import {
+  type AnyTools,
+  finishReasonOf,
+  nonEmpty,
+  refusalCollector,
+  toolkitOf,
+  toPrompt,
+  usageOf,
+  withToolCalls
+} from "./convert.js"
 import { fromAiError } from "./errors.js"
 
 const settingKeys = ["temperature", "maxTokens", "topP", "stop", "seed", "responseFormat"] as const
@@ -100,7 +109,28 @@ export const make = Effect.fnUntraced(function* (options: Options = {}) {
   const servedKnown = options.model !== undefined || Option.isSome(modelName)
   const isModelName = (model: string) => Option.isSome(modelName) && model === modelName.value
 
-  /** What every call needs: the prompt, the toolkit, and the model to report. */
+  // The user's function runs on every call: what it throws, or a value that is no Context, is a
+  // refusal naming the option, not a defect that would skip every fallback.
+  const contextOf = (valid: Model.GenerateRequest): Result.Result<Context.Context<never> | undefined, ModelError> => {
+    if (options.context === undefined) return Result.succeed(undefined)
+    let extra: unknown
+    try {
+      extra = options.context(valid)
+    } catch (cause) {
+      return Result.fail(invalidRequest("context", `the context option threw: ${Input.thrownMessage(cause)}`, name))
+    }
+    return extra === undefined || Context.isContext(extra)
+      ? Result.succeed(extra)
+      : Result.fail(
+          invalidRequest(
+            "context",
+            `the context option answered ${extra === null ? "null" : typeof extra}, not a Context`,
+            name
+          )
+        )
+  }
+
+  /** What every call needs: the prompt, the toolkit, the added services, and the model to report. */
   const prepare = (request: Model.GenerateRequest) =>
     Effect.gen(function* () {
       const valid = yield* Model.validateGenerate(request)
@@ -126,6 +156,8 @@ export const make = Effect.fnUntraced(function* (options: Options = {}) {
       }
       const prompt = toPrompt(valid, name)
       if (Result.isFailure(prompt)) return yield* Effect.fail(prompt.failure)
+      const extra = contextOf(valid)
+      if (Result.isFailure(extra)) return yield* Effect.fail(extra.failure)
       const ignored = settingKeys.filter((key) => valid[key] !== undefined)
       const model = valid.model ?? defaultModel
       yield* Effect.annotateCurrentSpan({
@@ -138,6 +170,7 @@ export const make = Effect.fnUntraced(function* (options: Options = {}) {
       const toolChoice = choice === undefined || typeof choice === "string" ? (choice ?? "auto") : { tool: choice.name }
       return {
         valid,
+        extra: extra.success,
         ctx: { provider: name, model },
         prompt: prompt.success,
         toolkit: tools.length === 0 ? undefined : toolkitOf(tools),
@@ -157,7 +190,7 @@ export const make = Effect.fnUntraced(function* (options: Options = {}) {
   const generate = Client.operation(
     "EffectAi.generate",
     Effect.fnUntraced(function* (request: Model.GenerateRequest) {
-      const { valid, ctx, prompt, toolkit, toolChoice } = yield* prepare(request)
+      const { valid, extra, ctx, prompt, toolkit, toolChoice } = yield* prepare(request)
       // The toolkit only declares tools (no handlers), so both calls answer the same part shapes.
       const call = (toolkit === undefined
         ? lm.generateText({ prompt })
@@ -167,7 +200,6 @@ export const make = Effect.fnUntraced(function* (options: Options = {}) {
             toolChoice,
             disableToolCallResolution: true
           })) as unknown as Effect.Effect<LanguageModel.GenerateTextResponse<AnyTools, "encoded">, Ai.AiError>
-      const extra = options.context?.(valid)
       const response = yield* (
         extra === undefined ? call : Effect.updateContext(call, (c: Context.Context<never>) => Context.merge(c, extra))
       ).pipe(
@@ -175,22 +207,32 @@ export const make = Effect.fnUntraced(function* (options: Options = {}) {
         Effect.timeoutOrElse({ duration: timeout, orElse: () => Effect.fail(requestTimeout(ctx, timeout)) })
       )
       const text = response.text
-      if (text.length > maxOutputChars) return yield* tooLarge(ctx)
+      let chars = text.length
+      if (chars > maxOutputChars) return yield* tooLarge(ctx)
       let answered: string | undefined
       const toolCalls: Array<Model.ToolCall> = []
+      const refusals = refusalCollector()
       for (const part of response.content) {
+        chars += refusals.add(part)
+        if (chars > maxOutputChars) return yield* tooLarge(ctx)
         if (part.type === "response-metadata" && part.modelId !== undefined) answered = part.modelId
         if (part.type === "tool-call" && !part.providerExecuted) {
           toolCalls.push({ id: part.id, name: part.name, arguments: JSON.stringify(part.params ?? {}) })
         }
       }
+      const refusal = refusals.value()
       return {
         text,
         finishReason: withToolCalls(finishReasonOf(response.finishReason), toolCalls.length),
-        usage: usageOf(response.usage, Model.estimateInputTokens(valid), Model.estimateTokens(text)),
+        usage: usageOf(
+          response.usage,
+          Model.estimateInputTokens(valid),
+          Model.estimateTokens(refusal === undefined ? text : text + refusal)
+        ),
         provider: name,
         model: answered ?? ctx.model,
-        ...(toolCalls.length === 0 ? {} : { toolCalls })
+        ...(toolCalls.length === 0 ? {} : { toolCalls }),
+        ...(refusal === undefined ? {} : { refusal })
       } satisfies Model.GenerateResponse
     })
   )
@@ -200,10 +242,11 @@ export const make = Effect.fnUntraced(function* (options: Options = {}) {
       "EffectAi.stream",
       name,
       Stream.unwrap(
-        Effect.map(prepare(request), ({ valid, ctx, prompt, toolkit, toolChoice }) => {
+        Effect.map(prepare(request), ({ valid, extra, ctx, prompt, toolkit, toolChoice }) => {
           let answered: string | undefined
           let chars = 0
           let calls = 0
+          const refusals = refusalCollector()
           const raw = (toolkit === undefined
             ? lm.streamText({ prompt })
             : lm.streamText({
@@ -212,7 +255,6 @@ export const make = Effect.fnUntraced(function* (options: Options = {}) {
                 toolChoice,
                 disableToolCallResolution: true
               })) as unknown as Stream.Stream<Response.StreamPart<AnyTools, "encoded">, Ai.AiError>
-          const extra = options.context?.(valid)
           const parts = (
             extra === undefined
               ? raw
@@ -222,6 +264,10 @@ export const make = Effect.fnUntraced(function* (options: Options = {}) {
             ctx,
             idleTimeout: streamIdleTimeout,
             step: (part): Effect.Effect<ReadonlyArray<Model.StreamPart>, ModelError> => {
+              if ("metadata" in part) {
+                chars += refusals.add(part)
+                if (chars > maxOutputChars) return Effect.fail(tooLarge(ctx))
+              }
               switch (part.type) {
                 case "text-delta":
                   if (part.delta.length === 0) return Effect.succeed([])
@@ -240,16 +286,19 @@ export const make = Effect.fnUntraced(function* (options: Options = {}) {
                 case "response-metadata":
                   if (part.modelId !== undefined) answered = part.modelId
                   return Effect.succeed([])
-                case "finish":
+                case "finish": {
+                  const refusal = refusals.value()
                   return Effect.succeed([
                     {
                       _tag: "Finish",
                       finishReason: withToolCalls(finishReasonOf(part.reason), calls),
                       usage: usageOf(part.usage, Model.estimateInputTokens(valid), Math.ceil(chars / 4)),
                       provider: name,
-                      model: answered ?? ctx.model
+                      model: answered ?? ctx.model,
+                      ...(refusal === undefined ? {} : { refusal })
                     }
                   ])
+                }
                 case "error":
                   return Effect.fail(
                     Ai.isAiError(part.error)

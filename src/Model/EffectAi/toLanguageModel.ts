@@ -17,7 +17,7 @@ import { MODULE, toAiError } from "./errors.js"
  * Per-call settings for a {@link languageModel}, the way `effect/ai` provider packages take
  * theirs: `Effect.provideService(EffectAi.GenerationConfig, { temperature: 0 })` around a
  * `LanguageModel.generateText`. Fields given here win over the layer's `settings`; a field
- * set to `undefined` is one not given.
+ * set to `undefined` or `null` is one not given.
  *
  * @since 0.2.0
  * @category services
@@ -40,12 +40,26 @@ const checkSettings = (path: string, settings: GenerationSettings): Input.Checke
   return Result.isSuccess(decoded) ? Result.succeed(settings) : Result.fail(Input.issueOf(decoded.failure, path))
 }
 
-// The per-call settings over the layer's, field by field: a field set to `undefined` is one not
-// given (`{ temperature: options.temperature }` must not drop the layer's temperature).
-const overlay = (defaults: GenerationSettings, scoped: GenerationSettings): GenerationSettings => {
+// The per-call settings over the layer's, field by field: a field set to `undefined` or `null` is
+// one not given (`{ temperature: options.temperature }` must not drop the layer's temperature, and
+// effect/ai provider configs say "not given" with null). What is no object, or throws when read,
+// is refused naming the service rather than a defect.
+const overlay = (
+  defaults: GenerationSettings,
+  scoped: unknown
+): Result.Result<GenerationSettings, Ai.AiErrorReason> => {
+  const refuse = (description: string) =>
+    Result.fail(new Ai.InvalidRequestError({ parameter: "GenerationConfig", description }))
+  if (typeof scoped !== "object" || scoped === null || Array.isArray(scoped)) {
+    return refuse(`expected an object of generation settings, got ${scoped === null ? "null" : typeof scoped}`)
+  }
   const out: Record<string, unknown> = { ...defaults }
-  for (const [key, value] of Object.entries(scoped)) if (value !== undefined) out[key] = value
-  return out as GenerationSettings
+  try {
+    for (const [key, value] of Object.entries(scoped)) if (value !== undefined && value !== null) out[key] = value
+  } catch (cause) {
+    return refuse(`reading it threw: ${Input.thrownMessage(cause)}`)
+  }
+  return Result.succeed(out as GenerationSettings)
 }
 
 // `null` options, or a misspelt `setings`, would otherwise be a TypeError or a default left in place unseen.
@@ -105,8 +119,9 @@ export const languageModel = Effect.fnUntraced(function* (target: Target, option
   const prepare = (method: string, providerOptions: LanguageModel.ProviderOptions) =>
     Effect.gen(function* () {
       const scoped = yield* Effect.serviceOption(GenerationConfig)
-      const settings = Option.isNone(scoped) ? defaults : overlay(defaults, scoped.value)
-      const built = requestOf(providerOptions, settings)
+      const settings = Option.isNone(scoped) ? Result.succeed(defaults) : overlay(defaults, scoped.value)
+      if (Result.isFailure(settings)) return yield* Ai.make({ module: MODULE, method, reason: settings.failure })
+      const built = requestOf(providerOptions, settings.success)
       if (Result.isFailure(built)) return yield* Ai.make({ module: MODULE, method, reason: built.failure })
       const request = yield* Model.validateGenerate(built.success, limits).pipe(
         Effect.mapError((error) => toAiError(error, method))
