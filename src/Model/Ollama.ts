@@ -36,6 +36,14 @@ export interface Options extends Http.Options {
   /** Default embedding model. Default `nomic-embed-text`. */
   readonly embeddingModel?: string | undefined
   /**
+   * The length of the vectors asked for, sent as `dimensions` (Ollama truncates each vector to
+   * it; a server older than 0.11 ignores it). A positive integer; an answer whose vectors have
+   * another length is `Decode` on `embeddings[0]`. Default: none sent, the model's own length.
+   *
+   * @since 0.3.0
+   */
+  readonly embeddingDimensions?: number | undefined
+  /**
    * `chat` (default) sends every request to `/api/chat`; `generate` sends plain-prompt
    * requests without tools to `/api/generate` (conversations still go to `/api/chat`).
    */
@@ -111,6 +119,7 @@ const optionKeys = Http.knownKeys<Options>({
   host: true,
   model: true,
   embeddingModel: true,
+  embeddingDimensions: true,
   api: true,
   keepAlive: true,
   apiKey: true,
@@ -131,7 +140,8 @@ const checkOptions = (options: Options) =>
     options.apiKey === undefined || Redacted.isRedacted(options.apiKey)
       ? Result.succeed(undefined)
       : Result.fail({ path: "apiKey", message: "expected a Redacted value (Redacted.make(key) or Config.Redacted)" }),
-    Http.headerOption("apiKey", "authorization", options.apiKey)
+    Http.headerOption("apiKey", "authorization", options.apiKey),
+    Input.optional(options.embeddingDimensions, (d) => Input.positiveInt("embeddingDimensions", d))
   ])
 
 /**
@@ -143,9 +153,8 @@ const checkOptions = (options: Options) =>
  */
 export const make = Effect.fnUntraced(function* (options: Options = {}) {
   yield* Input.orOptionError(optionKeys(options))
-  const [settings, host, name, defaultModel, embeddingModel, api, keepAlive, headerSet] = yield* Input.orOptionError(
-    checkOptions(options)
-  )
+  const [settings, host, name, defaultModel, embeddingModel, api, keepAlive, headerSet, , , dimensions] =
+    yield* Input.orOptionError(checkOptions(options))
   const client = yield* Client.make(settings, options.transformClient, headerSet.secretNames)
   const apiKey = options.apiKey
   const secrets = apiKey === undefined ? headerSet.secrets : [apiKey, ...headerSet.secrets]
@@ -250,7 +259,12 @@ export const make = Effect.fnUntraced(function* (options: Options = {}) {
       const batches: Array<ReadonlyArray<string>> = []
       for (let i = 0; i < valid.texts.length; i += EMBED_BATCH) batches.push(valid.texts.slice(i, i + EMBED_BATCH))
       const answers = yield* Effect.forEach(batches, (texts) => {
-        const body = { model, input: texts, ...(keepAlive === undefined ? {} : { keep_alive: keepAlive }) }
+        const body = {
+          model,
+          input: texts,
+          ...(keepAlive === undefined ? {} : { keep_alive: keepAlive }),
+          ...(dimensions === undefined ? {} : { dimensions })
+        }
         return Effect.flatMap(client.json(post("api/embed", body, "application/json"), decodeEmbed, ctx), (answer) =>
           answer.embeddings.length === texts.length
             ? Effect.succeed(answer)
@@ -272,6 +286,16 @@ export const make = Effect.fnUntraced(function* (options: Options = {}) {
       const vectors = answers.length === 1 ? answers[0]!.embeddings : answers.flatMap((a) => a.embeddings)
       const uneven = Errors.unevenVectors(vectors, ctx, "embeddings")
       if (uneven !== undefined) return yield* Effect.fail(uneven)
+      // All of one length now: a server that ignored `dimensions` shows in the first.
+      if (dimensions !== undefined && vectors[0]!.length !== dimensions) {
+        return yield* Effect.fail(
+          Errors.malformed(
+            ctx,
+            "embeddings[0]",
+            `${vectors[0]!.length} dimensions where embeddingDimensions asked for ${dimensions}`
+          )
+        )
+      }
       let inputTokens: number | undefined = 0
       for (const answer of answers) {
         const counted = Decode.tokenCount(answer.prompt_eval_count)

@@ -615,6 +615,36 @@ layer(NodeHttpClient.layerUndici)("Ollama", (it) => {
       })
     )
 
+    it.effect("embeddingDimensions is sent as dimensions; vectors of another length are Decode naming one", () =>
+      Effect.gen(function* () {
+        let length = 2
+        const server = yield* Server.make((_, res) =>
+          Server.json(res, 200, {
+            model: "m",
+            embeddings: [Array.from({ length }, () => 0.5), Array.from({ length }, () => 0.25)]
+          })
+        )
+        const p = yield* provider(server, { embeddingDimensions: 2 })
+        const answer = yield* p.embed({ texts: ["a", "b"] })
+        assert.deepStrictEqual(answer.vectors, [
+          [0.5, 0.5],
+          [0.25, 0.25]
+        ])
+        const [request] = yield* server.requests
+        assert.deepStrictEqual(request?.json, { model: "nomic-embed-text", input: ["a", "b"], dimensions: 2 })
+        // A server too old for `dimensions` ignores it and answers the model's own length.
+        length = 3
+        const error = yield* flipModel(p.embed({ texts: ["a", "b"] }))
+        assert.deepStrictEqual([error.reason, error.field], ["Decode", "embeddings[0]"])
+        assert.include(error.message, "embeddingDimensions")
+        // Without the option, nothing is sent and any length is accepted.
+        const plain = yield* provider(server)
+        assert.strictEqual((yield* plain.embed({ texts: ["a", "b"] })).vectors[0]?.length, 3)
+        const requests = yield* server.requests
+        assert.notProperty(bodyOf(requests[requests.length - 1]), "dimensions")
+      })
+    )
+
     it.effect("a wrong number of vectors is Decode on embeddings", () =>
       Effect.gen(function* () {
         const server = yield* Server.make((_, res) => Server.json(res, 200, { model: "m", embeddings: [[1]] }))
@@ -642,6 +672,11 @@ layer(NodeHttpClient.layerUndici)("Ollama", (it) => {
           ["streamIdleTimeout", { streamIdleTimeout: Number.NaN }],
           ["maxResponseBytes", { maxResponseBytes: -1 }],
           ["api", { api: "completions" as "chat" }],
+          ["embeddingDimensions", { embeddingDimensions: 0 }],
+          ["embeddingDimensions", { embeddingDimensions: -8 }],
+          ["embeddingDimensions", { embeddingDimensions: 1.5 }],
+          ["embeddingDimensions", { embeddingDimensions: Number.NaN }],
+          ["embeddingDimensions", { embeddingDimensions: null as never }],
           ["apiKey", { apiKey: KEY as unknown as Redacted.Redacted<string> }],
           ['headers["x-a"]', { headers: { "x-a": "\u0000" } }],
           // Headers the HTTP client refuses on every request (a retryable Transport error each time).
