@@ -436,6 +436,41 @@ describe("HttpAgent.call", () => {
       })
   )
 
+  it.effect("an agent's headers are made plain once per agent, not on every request; each request carries them", () =>
+    Effect.gen(function* () {
+      const SECRET = "agent-token-2b8e"
+      const server = yield* AgentServer.make()
+      const built = HttpAgent.agent({
+        url: server.url,
+        name: "counted",
+        headers: { authorization: Redacted.make(`Bearer ${SECRET}`), "x-tenant": "t1" }
+      })
+      let reads = 0
+      const counted: HttpAgent.Agent = {
+        ...built,
+        headers: new Proxy(built.headers, {
+          ownKeys: (target) => {
+            reads++
+            return Reflect.ownKeys(target)
+          }
+        })
+      }
+      const service = yield* agents()
+      for (const id of ["a", "b", "c"]) assert.strictEqual((yield* service.call(task(id, counted))).status, "success")
+      assert.strictEqual(reads, 1)
+      const seen = server.headers()
+      assert.deepStrictEqual(
+        seen.map((h) => [h.authorization, h["x-tenant"]]),
+        [
+          [`Bearer ${SECRET}`, "t1"],
+          [`Bearer ${SECRET}`, "t1"],
+          [`Bearer ${SECRET}`, "t1"]
+        ]
+      )
+      assert.notInclude(inspect(counted, { depth: 10 }), SECRET)
+    })
+  )
+
   it.effect("a secret header reaches the agent but no span, error or record", () =>
     Effect.gen(function* () {
       const SECRET = "agent-token-7f3c9e1d5b"

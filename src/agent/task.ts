@@ -64,12 +64,24 @@ export const display = (url: string): string => {
   return (at === -1 ? url : url.slice(0, at)).replace(/^([a-z][a-z0-9+.-]*:\/\/)[^/?#]*@/i, "$1")
 }
 
-const plainHeaders = (agent: Agent<unknown>): Record<string, string> => {
+/** What every request to an agent starts from: its URL, headers (secrets unwrapped) and `Accept`, and its host. */
+interface Prepared {
+  readonly request: HttpClientRequest.HttpClientRequest
+  readonly host: string
+}
+
+const prepare = (agent: Agent<unknown>): Prepared => {
   const headers: Record<string, string> = {}
   for (const [name, value] of Object.entries(agent.headers)) {
     headers[name] = Redacted.isRedacted(value) ? Redacted.value(value) : value
   }
-  return headers
+  return {
+    request: HttpClientRequest.post(agent.url).pipe(
+      HttpClientRequest.setHeaders(headers),
+      HttpClientRequest.acceptJson
+    ),
+    host: new URL(agent.url).host
+  }
 }
 
 /**
@@ -265,15 +277,19 @@ interface Sent {
 
 /** Builds the service's `call`; it never fails. */
 export const makeCall = (env: Env): Call => {
+  // Once per agent, not per request (nor per retry); weakly held, so an agent made for one task's
+  // URL goes with it. The unwrapped headers live only in the request, as they did.
+  const prepared = new WeakMap<Agent<unknown>, Prepared>()
   const send = (agent: Agent<unknown>, body: string, taskId: string): Effect.Effect<Sent, AiError> =>
     Effect.suspend(() => {
-      const request = HttpClientRequest.post(agent.url).pipe(
-        HttpClientRequest.setHeaders(plainHeaders(agent)),
-        HttpClientRequest.acceptJson,
-        HttpClientRequest.bodyText(body, "application/json")
-      )
+      let base = prepared.get(agent)
+      if (base === undefined) {
+        base = prepare(agent)
+        prepared.set(agent, base)
+      }
+      const request = HttpClientRequest.bodyText(base.request, body, "application/json")
       const ctx = { provider: agent.name, secrets: agent.secrets, answerFirst: true }
-      const host = new URL(agent.url).host
+      const host = base.host
       const decode = (answer: unknown) => Effect.map(agent.decode(answer, taskId), (decoded) => ({ decoded, answer }))
       return env.connections.withPermit(host)(env.client.json(request, decode, ctx))
     })
