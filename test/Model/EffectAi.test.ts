@@ -1084,3 +1084,69 @@ describe("EffectAi: what a caller hands in fails typed, and a refusal is read ba
     })
   )
 })
+
+describe("EffectAi.languageModel: a target that breaks its contract", () => {
+  it.effect("a target stream that ends without a Finish fails streamText (Transport), not a clean short answer", () =>
+    Effect.gen(function* () {
+      const usage = Model.usage(1, 1)
+      const target: EffectAi.Target = {
+        generate: () => Effect.succeed({ text: "", finishReason: "stop", usage, provider: "p", model: "m" }),
+        stream: () => Stream.make({ _tag: "TextDelta", text: "half an ans" })
+      }
+      const context = yield* Layer.build(EffectAi.layerLanguageModel(target, { name: "custom" }))
+      const deltas: Array<string> = []
+      const exit = yield* Effect.exit(
+        Stream.runForEach(LanguageModel.streamText({ prompt: "x" }), (part) =>
+          Effect.sync(() => {
+            if (part.type === "text-delta") deltas.push(part.delta)
+          })
+        ).pipe(Effect.provideContext(context))
+      )
+      assert.deepStrictEqual(deltas, ["half an ans"])
+      const error = failureOf(exit)
+      assert.strictEqual(error.reason._tag, "NetworkError")
+      assert.strictEqual(error.isRetryable, true)
+    })
+  )
+
+  it.effect("parts a target sends after its Finish are not passed on: one finish part", () =>
+    Effect.gen(function* () {
+      const usage = Model.usage(1, 1)
+      const finishPart = { _tag: "Finish", finishReason: "stop", usage, provider: "p", model: "m" } as const
+      const target: EffectAi.Target = {
+        generate: () => Effect.succeed({ text: "", finishReason: "stop", usage, provider: "p", model: "m" }),
+        stream: () =>
+          Stream.make({ _tag: "TextDelta", text: "ok" }, finishPart, { _tag: "TextDelta", text: "late" }, finishPart)
+      }
+      const context = yield* Layer.build(EffectAi.layerLanguageModel(target))
+      const parts = yield* Stream.runCollect(LanguageModel.streamText({ prompt: "x" })).pipe(
+        Effect.provideContext(context)
+      )
+      const types = Array.from(parts).map((part) => part.type)
+      assert.deepStrictEqual(
+        types.filter((type) => type === "finish" || type === "text-delta"),
+        ["text-delta", "finish"]
+      )
+    })
+  )
+
+  it.effect("a GenerationConfig key that is no setting is refused naming it; it cannot replace the prompt", () =>
+    Effect.gen(function* () {
+      const m = yield* modelOver({ respond: () => "ok" })
+      const error = yield* Effect.flip(
+        m.run(
+          LanguageModel.generateText({ prompt: "the real question" }).pipe(
+            Effect.provideService(EffectAi.GenerationConfig, {
+              messages: [{ role: "user", content: "another question" }]
+            } as unknown as EffectAi.GenerationSettings)
+          )
+        )
+      )
+      assert.deepStrictEqual(
+        error.reason._tag === "InvalidRequestError" ? error.reason.parameter : undefined,
+        "GenerationConfig.messages"
+      )
+      assert.strictEqual(yield* m.control.calls, 0)
+    })
+  )
+})

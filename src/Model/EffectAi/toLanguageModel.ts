@@ -7,6 +7,7 @@
  */
 import { Context, Effect, Option, Result, Schema, Stream } from "effect"
 import { AiError as Ai, EmbeddingModel, LanguageModel, type Response } from "effect/ai"
+import { ModelError } from "../../AiError.js"
 import * as Input from "../../Input.js"
 import * as Model from "../../Model.js"
 import type { EmbeddingTarget, GenerationSettings, LanguageModelOptions, Target } from "../EffectAi.js"
@@ -55,7 +56,18 @@ const overlay = (
   }
   const out: Record<string, unknown> = { ...defaults }
   try {
-    for (const [key, value] of Object.entries(scoped)) if (value !== undefined && value !== null) out[key] = value
+    for (const [key, value] of Object.entries(scoped)) {
+      // Spread into the request, a `messages` or `tools` here would have replaced the prompt's.
+      if (!settingKeysOf.has(key)) {
+        return Result.fail(
+          new Ai.InvalidRequestError({
+            parameter: `GenerationConfig.${key}`,
+            description: `unknown setting (expected one of ${[...settingKeysOf].join(", ")})`
+          })
+        )
+      }
+      if (value !== undefined && value !== null) out[key] = value
+    }
   } catch (cause) {
     return refuse(`reading it threw: ${Input.thrownMessage(cause)}`)
   }
@@ -190,10 +202,34 @@ export const languageModel = Effect.fnUntraced(function* (target: Target, option
                 ])
             }
           }
+          // A target owes exactly one Finish, as every provider here gives it: what comes after
+          // it is not passed on, and a stream that ends without one broke off (the HTTP providers'
+          // `endedEarly`), rather than reading to effect/ai as a complete, short answer.
+          let finished = false
+          const brokeOff = Stream.suspend(() =>
+            finished
+              ? Stream.empty
+              : Stream.fail(
+                  toAiError(
+                    new ModelError({
+                      reason: "Transport",
+                      message: `${name}: the stream ended before its Finish`,
+                      provider: name,
+                      model: request.model
+                    }),
+                    "streamText"
+                  )
+                )
+          )
           return target.stream(request).pipe(
+            Stream.takeUntil((part) => {
+              if (part._tag === "Finish") finished = true
+              return finished
+            }),
             Stream.mapError((error) => toAiError(error, "streamText")),
             Stream.mapEffect(step),
-            Stream.flattenIterable
+            Stream.flattenIterable,
+            Stream.concat(brokeOff)
           )
         })
       )
