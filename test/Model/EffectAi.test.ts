@@ -1150,3 +1150,25 @@ describe("EffectAi.languageModel: a target that breaks its contract", () => {
     })
   )
 })
+
+describe("EffectAi: options whose fields throw when read", () => {
+  it.effect("make, languageModel and embeddingModel: an OptionError naming the field, not a defect", () =>
+    Effect.gen(function* () {
+      const throwing = <K extends string>(key: K) =>
+        Object.defineProperty({}, key, {
+          enumerable: true,
+          get: () => {
+            throw new Error(`no ${key}`)
+          }
+        })
+      const { layer } = yield* scripted({})
+      const made = failureOf(yield* Effect.exit(EffectAi.make(throwing("timeout")).pipe(Effect.provide(layer))))
+      assert.deepStrictEqual([made._tag, made.path], ["OptionError", "timeout"])
+      const { provider } = yield* Mock.make({})
+      const lm = failureOf(yield* Effect.exit(EffectAi.languageModel(provider, throwing("settings"))))
+      assert.deepStrictEqual([lm._tag, lm.path], ["OptionError", "settings"])
+      const em = failureOf(yield* Effect.exit(EffectAi.embeddingModel(provider, throwing("model"))))
+      assert.deepStrictEqual([em._tag, em.path], ["OptionError", "model"])
+    })
+  )
+})

@@ -61,12 +61,14 @@ const knownOptions = (options: object): Input.Checked<void> => {
   return Result.succeed(undefined)
 }
 
-export const make = Effect.fnUntraced(function* (options: Options = {}) {
+export const make = Effect.fnUntraced(function* (given: Options = {}) {
   const lm = yield* LanguageModel.LanguageModel
   const embedder = yield* Effect.serviceOption(EmbeddingModel.EmbeddingModel)
   const providerName = yield* Effect.serviceOption(AiModel.ProviderName)
   const modelName = yield* Effect.serviceOption(AiModel.ModelName)
-  yield* Input.orOptionError(knownOptions(options))
+  yield* Input.orOptionError(knownOptions(given))
+  // Read once: a getter that throws is an OptionError naming its field, not a defect out of the layer.
+  const options = (yield* Input.orOptionError(Input.readFields(given))) as Options
   const checked = yield* Input.orOptionError(
     Input.all([
       options.context === undefined || typeof options.context === "function"

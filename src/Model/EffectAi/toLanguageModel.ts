@@ -75,9 +75,10 @@ const overlay = (
 }
 
 // `null` options, or a misspelt `setings`, would otherwise be a TypeError or a default left in place unseen.
-const knownOptions = (options: unknown, keys: ReadonlySet<string>): Input.Checked<void> => {
+// Read once: a getter that throws is an issue naming its field, not a defect out of the layer.
+const readOptions = <O>(options: O, keys: ReadonlySet<string>): Input.Checked<O> => {
   const issue = Input.notAnObject("options", options) ?? Input.unknownKey(options as object, keys)
-  return issue === undefined ? Result.succeed(undefined) : Result.fail(issue)
+  return issue === undefined ? (Input.readFields(options as object) as Input.Checked<O>) : Result.fail(issue)
 }
 const languageModelKeys: ReadonlySet<string> = new Set(["name", "settings", "limits"])
 const embeddingModelKeys: ReadonlySet<string> = new Set(["model", "limits"])
@@ -118,8 +119,8 @@ const annotateResponse = (
  *
  * @internal
  */
-export const languageModel = Effect.fnUntraced(function* (target: Target, options: LanguageModelOptions = {}) {
-  yield* Input.orOptionError(knownOptions(options, languageModelKeys))
+export const languageModel = Effect.fnUntraced(function* (target: Target, given: LanguageModelOptions = {}) {
+  const options = yield* Input.orOptionError(readOptions(given, languageModelKeys))
   const [name, defaults, limits] = yield* Input.orOptionError(
     Input.all([
       nonEmpty("name", Input.orDefault(options.name, "effect-orchestra")),
@@ -244,11 +245,11 @@ export const languageModel = Effect.fnUntraced(function* (target: Target, option
  */
 export const embeddingModel = (
   target: EmbeddingTarget,
-  options: { readonly model?: string | undefined; readonly limits?: Partial<Model.RequestLimits> | undefined } = {}
+  given: { readonly model?: string | undefined; readonly limits?: Partial<Model.RequestLimits> | undefined } = {}
 ): Effect.Effect<EmbeddingModel.EmbeddingModel, Input.OptionError> =>
   Effect.flatMap(
     Input.orOptionError(
-      Result.flatMap(knownOptions(options, embeddingModelKeys), () =>
+      Result.flatMap(readOptions(given, embeddingModelKeys), (options) =>
         Input.all([
           Input.optional(options.model, (model) => nonEmpty("model", model)),
           Model.requestLimits(options.limits, "limits")
