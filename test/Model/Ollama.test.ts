@@ -657,6 +657,20 @@ layer(NodeHttpClient.layerUndici)("Ollama", (it) => {
   })
 
   describe("options", () => {
+    it.effect("an option whose getter throws is an OptionError naming it, not a defect", () =>
+      Effect.gen(function* () {
+        const options = Object.defineProperty({ model: "m" }, "keepAlive", {
+          enumerable: true,
+          get: () => {
+            throw new Error("no keepAlive")
+          }
+        }) as Ollama.Options
+        const exit = yield* Effect.exit(Layer.build(Ollama.layer(options)))
+        const error = failureOf(exit) as unknown as { readonly _tag: string; readonly path: string }
+        assert.deepStrictEqual([error._tag, error.path], ["OptionError", "keepAlive"])
+      })
+    )
+
     it.effect("bad options fail the layer with an OptionError naming the field", () =>
       Effect.gen(function* () {
         const cases: ReadonlyArray<readonly [string, Ollama.Options]> = [
