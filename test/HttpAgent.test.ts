@@ -288,6 +288,32 @@ describe("HttpAgent.call", () => {
     })
   )
 
+  it.effect("a task or option whose field throws when read is a record or OptionError naming it, not a defect", () =>
+    Effect.gen(function* () {
+      const server = yield* AgentServer.make()
+      const throwing = <O extends object>(base: O, key: string): O =>
+        Object.defineProperty({ ...base }, key, {
+          enumerable: true,
+          get: () => {
+            throw new Error(`no ${key}`)
+          }
+        })
+      const service = yield* agents()
+      const record = yield* service.call(throwing(task("g", server.url), "timeout"))
+      assert.deepStrictEqual(
+        [record.status, record.error?.reason, record.error?.field],
+        ["error", "InvalidRequest", "timeout"]
+      )
+      assert.include(record.error?.message, "no timeout")
+      assert.strictEqual(server.requests(), 0)
+      const exit = yield* Effect.exit(agents({ options: throwing({}, "maxConnections") }))
+      const error = Exit.isFailure(exit) ? Cause.findErrorOption(exit.cause) : undefined
+      const failure =
+        error?._tag === "Some" ? (error.value as { readonly _tag: string; readonly path: string }) : undefined
+      assert.deepStrictEqual([failure?._tag, failure?.path], ["OptionError", "maxConnections"])
+    })
+  )
+
   it.effect("invalid agents and tasks are error records naming the field; nothing is sent (issue 10)", () =>
     Effect.gen(function* () {
       const server = yield* AgentServer.make()

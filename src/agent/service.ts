@@ -45,6 +45,11 @@ const checkOptions = (options: Options) => {
   for (const key of Object.keys(options)) {
     if (!optionKeys.has(key)) return Result.fail<Input.Issue>({ path: key, message: "unknown option" })
   }
+  return Result.flatMap(Input.readFields(options), (read) => checkRead(read as Options))
+}
+
+// Read once (`Input.readFields`): a getter that throws is an issue naming its field, not a defect.
+const checkRead = (options: Options) => {
   // `cache: "false"` or `0` kept the cache on; `breaker: null` made breakers of the service's own.
   const notBoolean = Input.notABoolean(options, ["cache"])
   if (notBoolean !== undefined) return Result.fail(notBoolean)
@@ -52,21 +57,26 @@ const checkOptions = (options: Options) => {
   if (breaker !== undefined && (typeof breaker !== "object" || breaker === null || Array.isArray(breaker))) {
     return Result.fail<Input.Issue>({ path: "breaker", message: "expected an object of breaker options" })
   }
-  return Input.all([
-    Input.positiveInt("maxConnections", Input.orDefault(options.maxConnections, 100)),
-    Input.positiveInt("maxConnectionsPerHost", Input.orDefault(options.maxConnectionsPerHost, 10)),
-    Input.duration("timeout", Input.orDefault(options.timeout, "30 seconds")),
-    Input.positiveInt("maxResponseBytes", Input.orDefault(options.maxResponseBytes, 8 * 1024 * 1024)),
-    options.retry === undefined || options.retry === false ? Result.succeed(undefined) : decodeRetry(options.retry)
-  ])
+  return Result.map(
+    Input.all([
+      Input.positiveInt("maxConnections", Input.orDefault(options.maxConnections, 100)),
+      Input.positiveInt("maxConnectionsPerHost", Input.orDefault(options.maxConnectionsPerHost, 10)),
+      Input.duration("timeout", Input.orDefault(options.timeout, "30 seconds")),
+      Input.positiveInt("maxResponseBytes", Input.orDefault(options.maxResponseBytes, 8 * 1024 * 1024)),
+      options.retry === undefined || options.retry === false ? Result.succeed(undefined) : decodeRetry(options.retry)
+    ]),
+    (checked) => [checked, options] as const
+  )
 }
 
 const statuses: ReadonlyArray<Status> = ["success", "error", "timeout", "service_unavailable", "skipped"]
 
 /** Builds the service; `options` as `HttpAgent.make` was given them (`null` included). */
-export const makeService = Effect.fnUntraced(function* (options: Options, env: Env) {
+export const makeService = Effect.fnUntraced(function* (given: Options, env: Env) {
   const { agent, statsDomain } = env
-  const [maxConnections, perHost, timeout, maxResponseBytes, retry] = yield* Input.orOptionError(checkOptions(options))
+  const [[maxConnections, perHost, timeout, maxResponseBytes, retry], options] = yield* Input.orOptionError(
+    checkOptions(given)
+  )
   const executor = yield* Executor
   const stats = yield* Stats
   const breaker =

@@ -275,6 +275,37 @@ interface Sent {
   readonly answer: unknown
 }
 
+/**
+ * The task's fields read once, into a plain copy: a getter (or `Proxy` trap) that throws is the
+ * issue of that field, not a defect of a call that promises a record; the field is then absent
+ * from the copy, which the record is made from.
+ */
+const readTask = (given: Task): { readonly task: Task; readonly issue?: Invalid | undefined } => {
+  if (typeof given !== "object" || given === null) return { task: given }
+  let keys: ReadonlyArray<string>
+  try {
+    keys = Object.keys(given)
+  } catch (cause) {
+    return {
+      task: {} as Task,
+      issue: { field: "task", message: `listing its fields threw: ${Input.thrownMessage(cause)}` }
+    }
+  }
+  const copy: Record<string, unknown> = {}
+  let issue: Invalid | undefined
+  for (const key of keys) {
+    try {
+      const value: unknown = (given as unknown as Record<string, unknown>)[key]
+      if (key === "__proto__")
+        Object.defineProperty(copy, key, { value, enumerable: true, writable: true, configurable: true })
+      else copy[key] = value
+    } catch (cause) {
+      issue ??= { field: key, message: `reading it threw: ${Input.thrownMessage(cause)}` }
+    }
+  }
+  return { task: copy as unknown as Task, issue }
+}
+
 /** Builds the service's `call`; it never fails. */
 export const makeCall = (env: Env): Call => {
   // Once per agent, not per request (nor per retry); weakly held, so an agent made for one task's
@@ -294,8 +325,9 @@ export const makeCall = (env: Env): Call => {
       return env.connections.withPermit(host)(env.client.json(request, decode, ctx))
     })
 
-  return (task, dependencies) =>
+  return (given, dependencies) =>
     Effect.gen(function* () {
+      const { task, issue } = readTask(given)
       const startedAt = yield* Clock.currentTimeMillis
       const finish = (record: Omit<TaskRecord, "durationMs" | "startedAt" | "taskId">) =>
         Effect.map(Clock.currentTimeMillis, (now): TaskRecord => {
@@ -317,7 +349,7 @@ export const makeCall = (env: Env): Call => {
           attempts: 0
         })
 
-      const wrong = checkTask(task)
+      const wrong = issue ?? checkTask(task)
       if (wrong !== undefined) return yield* invalid(undefined, wrong.field, wrong.message)
 
       // The task's agent, or the ones discovery found for it, then its own fallback agents.
