@@ -1172,3 +1172,33 @@ describe("EffectAi: options whose fields throw when read", () => {
     })
   )
 })
+
+describe("EffectAi.languageModel: a prompt that cannot become our request", () => {
+  it.effect(
+    "a tool result JSON cannot write (a BigInt) is an InvalidRequestError naming the prompt, not a defect",
+    () =>
+      Effect.gen(function* () {
+        const m = yield* modelOver({ respond: () => "ok" })
+        const exit = yield* Effect.exit(
+          m.run(
+            LanguageModel.generateText({
+              prompt: [
+                { role: "user", content: "weather?" },
+                { role: "assistant", content: [{ type: "tool-call", id: "c1", name: "GetWeather", params: {} }] },
+                {
+                  role: "tool",
+                  content: [{ type: "tool-result", id: "c1", name: "GetWeather", isFailure: false, result: { n: 1n } }]
+                }
+              ]
+            })
+          )
+        )
+        const error = failureOf(exit)
+        assert.deepStrictEqual(
+          error.reason._tag === "InvalidRequestError" ? error.reason.parameter : undefined,
+          "prompt"
+        )
+        assert.strictEqual(yield* m.control.calls, 0)
+      })
+  )
+})

@@ -72,12 +72,25 @@ export const usageEncoded = (usage: Model.Usage): typeof Response.Usage.Encoded 
 const textOfParts = (parts: ReadonlyArray<{ readonly type: string; readonly text?: string }>): string =>
   parts.flatMap((part) => (part.type === "text" && part.text !== undefined ? [part.text] : [])).join("\n")
 
-const resultText = (part: Prompt.ToolResultPart): string =>
-  part.modelOutput !== undefined
-    ? Prompt.toolModelOutputToText(part.modelOutput)
-    : typeof part.result === "string"
-      ? part.result
-      : (JSON.stringify(part.result) ?? "")
+// A result JSON cannot write (a BigInt, a cycle, a throwing toJSON) is the prompt's issue, not a defect.
+const resultText = (part: Prompt.ToolResultPart): Result.Result<string, Ai.AiErrorReason> => {
+  try {
+    return Result.succeed(
+      part.modelOutput !== undefined
+        ? Prompt.toolModelOutputToText(part.modelOutput)
+        : typeof part.result === "string"
+          ? part.result
+          : (JSON.stringify(part.result) ?? "")
+    )
+  } catch (cause) {
+    return Result.fail(
+      unsupported(
+        "prompt",
+        `the result of tool call ${part.id} (${part.name}) is not JSON: ${Input.thrownMessage(cause)}`
+      )
+    )
+  }
+}
 
 const unsupported = (parameter: string, description: string): Ai.AiErrorReason =>
   new Ai.InvalidRequestError({ parameter, description })
@@ -207,7 +220,9 @@ const toMessages = (prompt: Prompt.Prompt): Result.Result<Array<Model.Message>, 
           if (part.type === "tool-call" && !part.providerExecuted) {
             toolCalls.push({ id: part.id, name: part.name, arguments: JSON.stringify(part.params ?? {}) })
           } else if (part.type === "tool-result" && !part.providerExecuted) {
-            results.push({ role: "tool", toolCallId: part.id, content: resultText(part) })
+            const content = resultText(part)
+            if (Result.isFailure(content)) return Result.fail(content.failure)
+            results.push({ role: "tool", toolCallId: part.id, content: content.success })
           }
         }
         const content = textOfParts(message.content)
@@ -219,8 +234,10 @@ const toMessages = (prompt: Prompt.Prompt): Result.Result<Array<Model.Message>, 
       }
       case "tool":
         for (const part of message.content) {
-          if (part.type === "tool-result")
-            messages.push({ role: "tool", toolCallId: part.id, content: resultText(part) })
+          if (part.type !== "tool-result") continue
+          const content = resultText(part)
+          if (Result.isFailure(content)) return Result.fail(content.failure)
+          messages.push({ role: "tool", toolCallId: part.id, content: content.success })
         }
         break
     }
