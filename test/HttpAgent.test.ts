@@ -306,6 +306,12 @@ describe("HttpAgent.call", () => {
       )
       assert.include(record.error?.message, "no timeout")
       assert.strictEqual(server.requests(), 0)
+      // HttpAgent.agent threw it out of the constructor; it is the agent's issue, as a bad value is.
+      const made = HttpAgent.agent(throwing({ url: server.url }, "timeout"))
+      assert.strictEqual(made.issue?.path, "agent.timeout")
+      const viaAgent = yield* service.call(task("ga", made))
+      assert.deepStrictEqual([viaAgent.status, viaAgent.error?.field], ["error", "agent.timeout"])
+      assert.strictEqual(server.requests(), 0)
       const exit = yield* Effect.exit(agents({ options: throwing({}, "maxConnections") }))
       const error = Exit.isFailure(exit) ? Cause.findErrorOption(exit.cause) : undefined
       const failure =

@@ -66,11 +66,46 @@ const agentIssue = (
   )
 }
 
+type Given = AgentOptions & { readonly answer?: Schema.Codec<unknown, unknown> }
+
+/**
+ * The options read once into a plain copy: a getter (or `Proxy` trap) that throws is the
+ * agent's issue naming that field (the field left out of the copy), not an exception out of
+ * `HttpAgent.agent`.
+ */
+const readOptions = (given: Given): { readonly options: Given; readonly issue?: Input.Issue | undefined } => {
+  if (typeof given !== "object" || given === null) return { options: given }
+  let keys: ReadonlyArray<string>
+  try {
+    keys = Object.keys(given)
+  } catch (cause) {
+    return {
+      options: {} as Given,
+      issue: { path: "agent", message: `listing its fields threw: ${Input.thrownMessage(cause)}` }
+    }
+  }
+  const copy: Record<string, unknown> = {}
+  let issue: Input.Issue | undefined
+  for (const key of keys) {
+    try {
+      const value: unknown = (given as unknown as Record<string, unknown>)[key]
+      // An own `__proto__` (from JSON.parse) stays a field, for the key check to refuse by name.
+      if (key === "__proto__") {
+        Object.defineProperty(copy, key, { value, enumerable: true, writable: true, configurable: true })
+      } else copy[key] = value
+    } catch (cause) {
+      issue ??= { path: key, message: `reading it threw: ${Input.thrownMessage(cause)}` }
+    }
+  }
+  return { options: copy as unknown as Given, issue }
+}
+
 /** The agent constructor, with `schema` (`HttpAgent.Answer`) the default answer; built once. */
 export const makeAgent = (schema: typeof Answer) => {
   const decodeAnswer = Decode.valueDecoder(schema)
-  return (options: AgentOptions & { readonly answer?: Schema.Codec<unknown, unknown> }): Agent<unknown> => {
-    const checked = agentIssue(options)
+  return (given: Given): Agent<unknown> => {
+    const { options, issue: unreadable } = readOptions(given)
+    const checked = unreadable === undefined ? agentIssue(options) : Result.fail(unreadable)
     const name = Result.isSuccess(checked)
       ? checked.success.name
       : typeof options?.name === "string"
