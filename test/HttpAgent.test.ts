@@ -967,6 +967,39 @@ describe("HttpAgent.dispatch", () => {
     })
   )
 
+  it.effect("a batch task whose field throws when read: a PipelineError for its id, else its own record", () =>
+    Effect.gen(function* () {
+      const bad = yield* AgentServer.make(() => ({ status: 500 }))
+      const good = yield* AgentServer.make()
+      const throwing = <O extends object>(base: O, key: string): O =>
+        Object.defineProperty({ ...base }, key, {
+          enumerable: true,
+          get: () => {
+            throw new Error(`no ${key}`)
+          }
+        })
+      const service = yield* agents()
+      const noId = yield* Effect.flip(service.dispatch([throwing(task("a", good.url), "id")]))
+      assert.deepStrictEqual([noId.reason, noId.field], ["InvalidStep", "tasks[0].id"])
+      const noDeps = yield* Effect.flip(service.dispatch([throwing(task("a", good.url), "dependsOn")]))
+      assert.deepStrictEqual([noDeps.reason, noDeps.field], ["InvalidStep", "tasks[0].dependsOn"])
+      const records = yield* service.dispatch([
+        task("root", bad.url),
+        throwing(task("child", good.url, { dependsOn: ["root"] }), "agent"),
+        throwing(task("alone", good.url), "timeout")
+      ])
+      assert.deepStrictEqual(
+        records.map((r) => [r.taskId, r.status, r.error?.field]),
+        [
+          ["root", "error", undefined],
+          ["child", "skipped", undefined],
+          ["alone", "error", "timeout"]
+        ]
+      )
+      assert.strictEqual(good.requests(), 0)
+    })
+  )
+
   it.effect("a task named __proto__ runs, is in the records and feeds its dependents", () =>
     Effect.gen(function* () {
       const server = yield* AgentServer.make((t) => ({ json: { task_id: t.task_id, result: t.task_id } }))

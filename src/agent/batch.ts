@@ -12,7 +12,7 @@ import * as Definition from "../pipeline/definition.js"
 import { invalidOption, invalidStep, type PipelineError, show } from "../pipeline/errors.js"
 import { describe, execute } from "../pipeline/scheduler.js"
 import { makeRunner } from "../pipeline/step.js"
-import { type Call, count } from "./task.js"
+import { type Call, count, readTask } from "./task.js"
 import type { Context } from "effect"
 
 export interface Env {
@@ -32,14 +32,22 @@ const resultsOf = (deps: Record<string, unknown>): Record<string, unknown> => {
   return results
 }
 
+// The fields the batch itself reads: one that throws when read is the batch's issue, naming it.
+const batchFields: ReadonlySet<string> = new Set(["task", "id", "dependsOn"])
+
 const stepsOf = (
   tasks: ReadonlyArray<Task>,
+  read: ReadonlyArray<ReturnType<typeof readTask>>,
   env: Env
 ): Result.Result<ReadonlyArray<Definition.StepDef>, PipelineError> => {
-  if (!Array.isArray(tasks))
-    return Result.fail(invalidStep("tasks", `expected an array of tasks, got ${show(tasks)}`, undefined))
   const steps: Array<Definition.StepDef> = []
-  for (const [i, task] of tasks.entries()) {
+  for (const [i, given] of tasks.entries()) {
+    const { task, issue } = read[i]!
+    if (issue !== undefined && batchFields.has(issue.field)) {
+      return Result.fail(
+        invalidStep(issue.field === "task" ? `tasks[${i}]` : `tasks[${i}].${issue.field}`, issue.message, undefined)
+      )
+    }
     const checked = Definition.checkSpec(
       { name: task?.id, dependsOn: task?.dependsOn, run: () => undefined },
       `tasks[${i}]`
@@ -54,8 +62,9 @@ const stepsOf = (
     const hasDeps = checked.success.deps.length > 0
     steps.push({
       ...checked.success,
+      // The task as given: the call reads it again, and a field of its own that throws is its record's issue.
       run: ({ deps }) =>
-        Effect.filterOrFail(env.call(task, hasDeps ? resultsOf(deps) : undefined), usable, (record) => record)
+        Effect.filterOrFail(env.call(given, hasDeps ? resultsOf(deps) : undefined), usable, (record) => record)
     })
   }
   return Result.succeed(steps)
@@ -77,7 +86,13 @@ export const dispatch = (
   env: Env
 ): Effect.Effect<ReadonlyArray<TaskRecord>, PipelineError> =>
   Effect.gen(function* () {
-    const steps = stepsOf(tasks, env)
+    if (!Array.isArray(tasks)) {
+      return yield* Effect.fail(invalidStep("tasks", `expected an array of tasks, got ${show(tasks)}`, undefined))
+    }
+    // Read once: what the batch reads of a task (its id, its dependencies, its agent for a skipped
+    // record) cannot throw out of it later.
+    const read = tasks.map(readTask)
+    const steps = stepsOf(tasks, read, env)
     if (Result.isFailure(steps)) return yield* Effect.fail(steps.failure)
     const definition = Definition.build(steps.success)
     if (Result.isFailure(definition)) return yield* Effect.fail(definition.failure)
@@ -89,7 +104,7 @@ export const dispatch = (
     )
     if (Result.isFailure(settings)) return yield* Effect.fail(settings.failure)
     const result = yield* execute(definition.success, undefined, settings.success, makeRunner(undefined))
-    return tasks.map((task): TaskRecord => {
+    return read.map(({ task }): TaskRecord => {
       const outcome = result.steps[task.id]!
       switch (outcome.status) {
         case "succeeded":

@@ -280,7 +280,7 @@ interface Sent {
  * issue of that field, not a defect of a call that promises a record; the field is then absent
  * from the copy, which the record is made from.
  */
-const readTask = (given: Task): { readonly task: Task; readonly issue?: Invalid | undefined } => {
+export const readTask = (given: Task): { readonly task: Task; readonly issue?: Invalid | undefined } => {
   if (typeof given !== "object" || given === null) return { task: given }
   let keys: ReadonlyArray<string>
   try {
