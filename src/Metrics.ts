@@ -288,7 +288,8 @@ export const cacheOversized = Metric.counter("orchestra_cache_oversized_total", 
 })
 
 /**
- * Attributes `limit` (the key), `outcome` (`immediate`, `delayed`, `rejected`).
+ * Attributes `limit` (a key listed in `providers`, or `"default"` for every key under `default`),
+ * `outcome` (`immediate`, `delayed`, `rejected`).
  *
  * @since 0.1.0
  * @category rate limits
@@ -299,7 +300,7 @@ export const rateLimitAcquisitions = Metric.counter("orchestra_rate_limit_acquis
 })
 
 /**
- * Attribute `limit`.
+ * Attribute `limit`, as `rateLimitAcquisitions`.
  *
  * @since 0.1.0
  * @category rate limits

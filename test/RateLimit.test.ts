@@ -25,12 +25,12 @@ const outcomes = (key: string) =>
     }
   })
 
-/** Runs `times` acquires one after another; all must pass without waiting. */
-const immediately = (limits: RateLimit.Service, key: string, times: number, tokens?: number) =>
+/** Runs `times` acquires one after another; all must pass without waiting (counted in `series`: the key's). */
+const immediately = (limits: RateLimit.Service, key: string, times: number, tokens?: number, series = key) =>
   Effect.gen(function* () {
-    const before = (yield* outcomes(key)).immediate
+    const before = (yield* outcomes(series)).immediate
     for (let i = 0; i < times; i++) yield* limits.acquire(key, { tokens })
-    assert.strictEqual((yield* outcomes(key)).immediate - before, times, "every acquire went through at once")
+    assert.strictEqual((yield* outcomes(series)).immediate - before, times, "every acquire went through at once")
   })
 
 const configError = (options: RateLimit.Options) =>
@@ -307,8 +307,8 @@ describe("RateLimit (memory, TestClock)", () => {
       assert.deepStrictEqual(yield* outcomes(b), { immediate: 0, delayed: 0, rejected: 0 }, "no limit, nothing counted")
 
       const withDefault = yield* service({ default: { requestsPerMinute: 2 }, maxWait: "1 minute" })
-      yield* immediately(withDefault, a, 2)
-      yield* immediately(withDefault, b, 2)
+      yield* immediately(withDefault, a, 2, undefined, "default")
+      yield* immediately(withDefault, b, 2, undefined, "default")
       assert.strictEqual(yield* waitOf(withDefault, b), 60_000, "each key has its own counter")
     })
   )
@@ -530,7 +530,7 @@ describe("RateLimit: metric series and the layer's life", () => {
           const limits = yield* RateLimit.RateLimits
           for (let i = 0; i < calls; i++) yield* limits.acquire("main")
           return yield* series()
-        }).pipe(Effect.provide(RateLimit.layerMemory({ default: { requestsPerMinute: 100 } })))
+        }).pipe(Effect.provide(RateLimit.layerMemory({ providers: { main: { requestsPerMinute: 100 } } })))
       assert.deepStrictEqual(yield* use(3), [
         ["main", "immediate", 3],
         ["main", "delayed", 0],
@@ -541,11 +541,32 @@ describe("RateLimit: metric series and the layer's life", () => {
     }).pipe(Effect.provideService(Metric.MetricRegistry, new Map()))
   )
 
+  it.effect("keys under `default` share one series: 10,000 users do not make 10,000 series", () =>
+    Effect.gen(function* () {
+      const listed = uniqueName("listed")
+      const limits = yield* service({
+        providers: { [listed]: { requestsPerMinute: 100 } },
+        default: { requestsPerMinute: 100 }
+      })
+      for (let i = 0; i < 10_000; i++) yield* limits.acquire(`user-${i}`)
+      yield* limits.acquire(listed)
+      const snapshot = yield* Metric.snapshot
+      const limitsSeen = new Set(
+        snapshot
+          .filter((m) => m.id === Metrics.rateLimitAcquisitions.id || m.id === Metrics.rateLimitWait.id)
+          .map((m) => m.attributes?.["limit"])
+      )
+      assert.deepStrictEqual([...limitsSeen].sort(), ["default", listed].sort())
+      assert.deepStrictEqual(yield* outcomes("default"), { immediate: 10_000, delayed: 0, rejected: 0 })
+      assert.deepStrictEqual(yield* outcomes(listed), { immediate: 1, delayed: 0, rejected: 0 })
+    }).pipe(Effect.provideService(Metric.MetricRegistry, new Map()))
+  )
+
   it.effect("a key first used after its layer closed never enters the registry", () =>
     Effect.gen(function* () {
       const key = uniqueName("late")
       const scope = yield* Scope.make()
-      const limits = yield* Scope.provide(service({ default: { requestsPerMinute: 100 } }), scope)
+      const limits = yield* Scope.provide(service({ providers: { [key]: { requestsPerMinute: 100 } } }), scope)
       yield* Scope.close(scope, Exit.void)
       // A call still running when the layer closed (a disposed runtime's last request).
       yield* limits.acquire(key)

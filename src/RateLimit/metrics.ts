@@ -1,7 +1,8 @@
 /**
  * The per-key metrics of the rate limits (`orchestra_rate_limit_acquisitions_total` by
- * outcome, `orchestra_rate_limit_wait_ms`): plain counters and a histogram per limit key,
- * registered once per metric registry, and a limiter's view of them by key.
+ * outcome, `orchestra_rate_limit_wait_ms`): plain counters and a histogram per limit (a listed
+ * key, or `"default"` for every key under `default`), registered once per metric registry, and a
+ * limiter's view of them by limit.
  *
  * @internal
  */
