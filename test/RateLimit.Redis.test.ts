@@ -54,6 +54,20 @@ const storeErrors = Effect.map(
   (s) => s.count
 )
 
+// Redis Cluster's slot of a key: CRC16 (XMODEM) of its hash tag (the text between the first "{" and the
+// first "}" after it, when not empty), else of the whole key, modulo 16384.
+const keySlot = (key: string): number => {
+  const open = key.indexOf("{")
+  const close = open === -1 ? -1 : key.indexOf("}", open + 1)
+  const hashed = close > open + 1 ? key.slice(open + 1, close) : key
+  let crc = 0
+  for (const byte of Buffer.from(hashed, "utf8")) {
+    crc ^= byte << 8
+    for (let i = 0; i < 8; i++) crc = crc & 0x8000 ? ((crc << 1) ^ 0x1021) & 0xffff : (crc << 1) & 0xffff
+  }
+  return crc % 16384
+}
+
 const fixture = fileURLToPath(new URL("./fixtures/ratelimit-process.ts", import.meta.url))
 const projectRoot = fileURLToPath(new URL("..", import.meta.url))
 
@@ -272,6 +286,50 @@ describe.skipIf(skipRedis)(`RateLimit (Redis store; ${skipRedis ? skipReason : "
     )
   )
 
+  it("Redis Cluster's slot rule: a key's hash tag alone decides its slot", () => {
+    assert.strictEqual(keySlot("123456789"), 12739, "the CRC16 of Redis Cluster's specification")
+    assert.strictEqual(keySlot("{user1000}.following"), keySlot("user1000"))
+  })
+
+  it.live("the keys one script touches share a hash tag, so they hash to one Redis Cluster slot", () =>
+    Effect.scoped(
+      Effect.gen(function* () {
+        const server = yield* startRedis
+        const windowed = uniqueName("slot-window")
+        const bucket = uniqueName("slot-bucket")
+        const prefix = `${uniqueName("p")}:`
+        const { limits, redis } = yield* build(server, {
+          prefix,
+          providers: {
+            [windowed]: { requestsPerMinute: 5, tokensPerMinute: 100 },
+            [bucket]: { requestsPerMinute: 5, algorithm: "token-bucket" }
+          },
+          maxWait: 0,
+          // Failing closed, each reservation records what it took under a key of its own, in the same script.
+          onStoreError: "reject"
+        })
+        yield* limits.acquire(windowed, { tokens: 10 })
+        yield* limits.acquire(bucket)
+        const keys = ((yield* redis.send("KEYS", `${prefix}*`)) as ReadonlyArray<string>).slice().sort()
+        assert.deepStrictEqual(
+          keys.map((k) => k.replace(/:r:.*$/, ":r:<id>")),
+          [
+            `${prefix}{${bucket}%3Arpm}:bucket`,
+            `${prefix}{${bucket}%3Arpm}:bucket:r:<id>`,
+            `${prefix}{${windowed}%3Arpm}:window`,
+            `${prefix}{${windowed}%3Arpm}:window:r:<id>`,
+            `${prefix}{${windowed}%3Atpm}:window`,
+            `${prefix}{${windowed}%3Atpm}:window:r:<id>`
+          ].sort()
+        )
+        for (const key of keys) {
+          const state = key.replace(/:r:.*$/, "")
+          assert.strictEqual(keySlot(key), keySlot(state), `${key} and ${state} in one slot`)
+        }
+      })
+    )
+  )
+
   it.live("a Redis error fails open with a warning that shows the Redis error text; onStoreError reject refuses", () =>
     Effect.gen(function* () {
       const logs = yield* captureLogs
@@ -288,7 +346,7 @@ describe.skipIf(skipRedis)(`RateLimit (Redis store; ${skipRedis ? skipReason : "
           }
           const { limits, redis } = yield* build(server, options)
           // The key's state is a hash; a string under its name makes every script call fail.
-          yield* redis.send("SET", `${prefix}${key}%3Arpm:window`, "not a hash")
+          yield* redis.send("SET", `${prefix}{${key}%3Arpm}:window`, "not a hash")
           const before = yield* storeErrors
           const result = yield* burst(limits, key, 3)
           assert.strictEqual(result.admitted, 3, "fail open: the calls go through")

@@ -337,9 +337,11 @@ const storeError = (operation: string) => (error: Redis.RedisError) =>
 
 /**
  * Builds the store. State for a key lives under `<prefix><key>` (`%` and `:` in the key
- * escaped), `<prefix><key>:window` for `AlignedFixedWindow`'s windows and `<prefix><key>:bucket`
+ * escaped), `<prefix>{<key>}:window` for `AlignedFixedWindow`'s windows and `<prefix>{<key>}:bucket`
  * for the token bucket; a tagged reservation's record (`Revocable`) under `<that key>:r:<id>`, for
- * as long as its window lasts. `adaptiveConsume` and `adaptiveFeedback` are `effect`'s own.
+ * as long as its window lasts. `{<key>}` is the Redis Cluster hash tag that keeps a state and its
+ * records, which one script touches together, in one slot. `adaptiveConsume` and
+ * `adaptiveFeedback` are `effect`'s own.
  *
  * @since 0.2.0
  * @category constructors
@@ -354,8 +356,10 @@ export const makeStore = Effect.fnUntraced(function* (options: { readonly prefix
   const fixedWindow = redis.eval(fixedWindowScript)
   const tokenBucket = redis.eval(tokenBucketScript)
   const windows = redis.eval(windowsScript)
-  const windowKey = (key: string) => `${prefix}${escapeKey(key)}:window`
-  const bucketKey = (key: string) => `${prefix}${escapeKey(key)}:bucket`
+  // The escaped key is the hash tag (`{...}`) of its state and of its reservations' records, which one
+  // script touches together: on Redis Cluster every key of a script must hash to one slot.
+  const windowKey = (key: string) => `${prefix}{${escapeKey(key)}}:window`
+  const bucketKey = (key: string) => `${prefix}{${escapeKey(key)}}:bucket`
   // A tagged reservation's record: escaped keys hold no ":", so no other key's state is named so.
   const recordKey = (state: string, id: string) => `${state}:r:${id}`
   const placed = ([delay, start, index]: readonly [string, string, number]) =>
