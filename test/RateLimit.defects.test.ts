@@ -306,7 +306,7 @@ describe.skipIf(skipRedis)(`RateLimit: Redis give-backs (${skipRedis ? skipReaso
         const [seconds] = yield* redis.send<ReadonlyArray<string>>("TIME")
         // Window 0 started 30 s from Redis's now, and holds its one request: as after a clock stepped back 30 s.
         const start = String(Number(seconds) * 1000 + 30_000)
-        yield* redis.send("HSET", `${prefix}r:window`, "start", start, "head", "0", "tail", "0", "c0", "1")
+        yield* redis.send("HSET", `${prefix}{r}:window`, "start", start, "head", "0", "tail", "0", "c0", "1")
         const [delay, , index] = yield* store.fixedWindowAligned({
           key: "r",
           tokens: 1,
