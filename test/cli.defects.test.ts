@@ -435,3 +435,29 @@ describe("config messages cut to 240 characters", () => {
     }
   })
 })
+
+describe("orchestra test --json when the call fails", () => {
+  it.live("stdout holds one JSON document, and stderr the same line as without --json, as other failures do", () =>
+    Effect.gen(function* () {
+      const config = writeConfig("test-fails.json", {
+        providers: { down: { type: "mock", random: { success: 0, failures: { Unavailable: 1 } } } },
+        defaultProvider: "down",
+        policies: { breakers: false, executor: { retry: { maxAttempts: 1 } } }
+      })
+      const plain = yield* inProcess(["test", "-p", "hi", "--config", config], { terminal: false })
+      const json = yield* inProcess(["test", "-p", "hi", "--config", config, "--json"], { terminal: false })
+      assert.strictEqual(plain.code, 1)
+      assert.strictEqual(json.code, 1)
+      const document = JSON.parse(json.out) as { ok: boolean; error: { _tag: string; reason: string } }
+      assert.strictEqual(document.ok, false)
+      assert.strictEqual(document.error.reason, "Unavailable")
+      assert.match(plain.err, /^orchestra: the call failed after .+: ModelError\(Unavailable\)/m)
+      assert.match(json.err, /^orchestra: the call failed after .+: ModelError\(Unavailable\)/m)
+      // A usage failure under --json already said it on both.
+      const usage = yield* inProcess(["test", "-p", " ", "--config", config, "--json"], { terminal: false })
+      assert.strictEqual(usage.code, 2)
+      assert.include(usage.err, "orchestra: --prompt is empty")
+      assert.strictEqual((JSON.parse(usage.out) as { ok: boolean }).ok, false)
+    })
+  )
+})

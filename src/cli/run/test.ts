@@ -105,15 +105,13 @@ export const callChain = (
 
 const report = (common: Common, out: TestOutput, failure: AiError | undefined): Effect.Effect<void, ExitCode> =>
   Effect.gen(function* () {
-    if (common.json) {
-      yield* printJson(common, out)
-      if (!out.ok) return yield* new ExitCode({ code: exitCodes.failed })
-      return
-    }
+    // A failure is said on stderr with or without --json, as `failWith` says the others: stdout holds the data.
     if (failure !== undefined) {
       yield* printError(`orchestra: the call failed after ${formatMs(out.latencyMs)}: ${errorText(failure)}`)
-      return yield* new ExitCode({ code: exitCodes.failed })
     }
+    if (common.json) yield* printJson(common, out)
+    if (failure !== undefined) return yield* new ExitCode({ code: exitCodes.failed })
+    if (common.json) return
     const retries = `${out.retries} retr${out.retries === 1 ? "y" : "ies"}`
     const rows: ReadonlyArray<readonly [string, string]> = [
       ["latency", formatMs(out.latencyMs)],
