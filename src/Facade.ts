@@ -251,7 +251,12 @@ export interface Orchestra {
   /** Synchronous; zeros before the manager is built, and the final figures after `dispose()`. */
   readonly stats: (filter?: Stats.Filter) => Stats.ExecutionStats
   readonly resetStats: () => void
-  /** The library's metrics in the Prometheus text format (see `Prometheus.ts`). */
+  /**
+   * The library's metrics in the Prometheus text format (see `Prometheus.ts`). After `dispose()`
+   * (asked during it: once it is over) the final metrics, the series of the closed layers and
+   * the calls the shutdown drained included, as `stats()` gives the final figures; none (`""`)
+   * when no manager was built. Before 0.3.0 it rejected with `ShuttingDownError` then.
+   */
   readonly metrics: () => Promise<string>
   /**
    * Graceful shutdown: new calls are refused at once, running ones finish up to the

@@ -65,3 +65,31 @@ describe("createOrchestra: a stream's iterator with await using", () => {
     assert.strictEqual(Effect.runSync(m.control.inFlight), 0, "the provider's stream was cancelled")
   })
 })
+
+describe("createOrchestra: metrics() around dispose()", () => {
+  it("after dispose() it answers the final metrics, the drained call counted, as stats() answers the final figures", async () => {
+    const m = mock({ latency: "30 millis" })
+    const orchestra = createOrchestra(Orchestra.layer({ providers: { main: m.layer } }))
+    await orchestra.execute("first", { domain: "support" })
+    const inFlight = orchestra.execute("in flight", { domain: "support" })
+    await settle(() => Effect.runSync(m.control.inFlight) === 1)
+    const disposed = orchestra.dispose()
+    // Asked during the shutdown: the figures once it is over.
+    const during = orchestra.metrics()
+    await disposed
+    await inFlight
+    const requests = new RegExp(`orchestra_requests_total\\{provider="${m.name}",domain="support"\\} 2\\n`)
+    assert.match(await during, requests)
+    const after = await orchestra.metrics()
+    assert.match(after, requests)
+    assert.match(after, new RegExp(`orchestra_breaker_state\\{breaker="${m.name}"\\} 0`))
+    assert.strictEqual(orchestra.stats().successes, 2)
+    assert.strictEqual((await typed(orchestra.execute("late")))._tag, "ShuttingDownError")
+  })
+
+  it("after dispose() of a manager never built it answers no series, as stats() answers zeros", async () => {
+    const orchestra = createOrchestra(Orchestra.layer({ providers: { main: mock().layer } }))
+    await orchestra.dispose()
+    assert.strictEqual(await orchestra.metrics(), "")
+  })
+})

@@ -16,6 +16,7 @@ import {
   type Fiber,
   Layer,
   ManagedRuntime,
+  Metric,
   Result,
   Stream
 } from "effect"
@@ -486,7 +487,22 @@ export const makeCreateOrchestra = (env: Env) => {
       }
     })
 
+    // The metrics as `dispose()` left them (none when no manager was built): its layers take their
+    // series out of the registry when they close, so the series there when it started are kept with
+    // those still there after. Their counters are live: what the drained calls did is in them.
+    let seriesAtDispose: Metric.MetricRegistry | undefined
+    const finalMetrics = (): string => {
+      if (services === undefined) return ""
+      const registry = Context.get(services, Metric.MetricRegistry)
+      const all: Metric.MetricRegistry = new Map(seriesAtDispose)
+      for (const [key, hooks] of registry) all.set(key, hooks)
+      return Prometheus.formatUnsafe(Context.add(services, Metric.MetricRegistry, all))
+    }
+
     const dispose = (): Promise<void> => {
+      if (disposing === undefined && services !== undefined) {
+        seriesAtDispose = new Map(Context.get(services, Metric.MetricRegistry))
+      }
       disposing ??= Effect.runPromiseExit(runtime.disposeEffect).then((exit) => {
         // Nothing should be left once the executor has drained; anything that is ends now.
         for (const fiber of running) fiber.interruptUnsafe()
@@ -539,13 +555,16 @@ export const makeCreateOrchestra = (env: Env) => {
       resetStats: () => {
         if (statsService !== undefined) Effect.runSync(statsService.reset)
       },
-      metrics: () =>
-        run(
+      metrics: () => {
+        // After `dispose()` (or during it: once it is over) the final metrics, as `stats()` gives the final figures.
+        if (disposing !== undefined) return disposing.then(finalMetrics, finalMetrics)
+        return run(
           undefined,
           undefined,
           () => Result.succeed(undefined),
           () => Prometheus.text
-        ),
+        )
+      },
       dispose,
       [Symbol.asyncDispose]: dispose
     }
