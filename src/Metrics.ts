@@ -288,8 +288,9 @@ export const cacheOversized = Metric.counter("orchestra_cache_oversized_total", 
 })
 
 /**
- * Attributes `limit` (a key listed in `providers`, or `"default"` for every key under `default`),
- * `outcome` (`immediate`, `delayed`, `rejected`).
+ * Attributes `limit` (the key: each listed in `providers`, and the first 32 under `default`
+ * of each limiter; the later ones under `default` count together as `"(other)"`), `outcome`
+ * (`immediate`, `delayed`, `rejected`).
  *
  * @since 0.1.0
  * @category rate limits

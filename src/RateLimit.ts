@@ -257,9 +257,9 @@ const makeWith = Effect.fnUntraced(function* (
   const idTag = revocable === undefined ? "" : `${globalThis.crypto.randomUUID().slice(0, 13)}.`
   let idCount = 0
   const maxWaitMillis = Duration.toMillis(config.maxWait)
-  // A series per configured limit: a listed key's under its name, every key under `default` (a user's, a
-  // virtual key's: as many as the callers) in one `limit="default"`, so the registry does not grow with them.
-  const { metricsOf, release: releaseMetrics } = makeMetrics(yield* Effect.context<never>())
+  const { metricsOf, release: releaseMetrics } = makeMetrics(yield* Effect.context<never>(), (key) =>
+    config.providers.has(key)
+  )
 
   const limitsOf = (key: string): ResolvedLimits | undefined => config.providers.get(key) ?? config.fallback
 
@@ -450,7 +450,7 @@ const makeWith = Effect.fnUntraced(function* (
     waited = 0,
     waitUntil?: number
   ): Effect.Effect<void, ModelError> => {
-    const metrics = metricsOf(config.providers.has(key) ? key : "default")
+    const metrics = metricsOf(key)
     const taken: Array<Taken> = [...held]
     let waitMillis = 0
     let storeFailed = false

@@ -307,8 +307,8 @@ describe("RateLimit (memory, TestClock)", () => {
       assert.deepStrictEqual(yield* outcomes(b), { immediate: 0, delayed: 0, rejected: 0 }, "no limit, nothing counted")
 
       const withDefault = yield* service({ default: { requestsPerMinute: 2 }, maxWait: "1 minute" })
-      yield* immediately(withDefault, a, 2, undefined, "default")
-      yield* immediately(withDefault, b, 2, undefined, "default")
+      yield* immediately(withDefault, a, 2)
+      yield* immediately(withDefault, b, 2)
       assert.strictEqual(yield* waitOf(withDefault, b), 60_000, "each key has its own counter")
     })
   )
@@ -541,7 +541,7 @@ describe("RateLimit: metric series and the layer's life", () => {
     }).pipe(Effect.provideService(Metric.MetricRegistry, new Map()))
   )
 
-  it.effect("keys under `default` share one series: 10,000 users do not make 10,000 series", () =>
+  it.effect("10,000 keys under `default` do not make 10,000 series: the first 32 have theirs, the rest one", () =>
     Effect.gen(function* () {
       const listed = uniqueName("listed")
       const limits = yield* service({
@@ -556,9 +556,16 @@ describe("RateLimit: metric series and the layer's life", () => {
           .filter((m) => m.id === Metrics.rateLimitAcquisitions.id || m.id === Metrics.rateLimitWait.id)
           .map((m) => m.attributes?.["limit"])
       )
-      assert.deepStrictEqual([...limitsSeen].sort(), ["default", listed].sort())
-      assert.deepStrictEqual(yield* outcomes("default"), { immediate: 10_000, delayed: 0, rejected: 0 })
+      const first = Array.from({ length: 32 }, (_, i) => `user-${i}`)
+      assert.deepStrictEqual([...limitsSeen].sort(), [...first, "(other)", listed].sort())
+      assert.deepStrictEqual(yield* outcomes("user-31"), { immediate: 1, delayed: 0, rejected: 0 })
+      assert.deepStrictEqual(yield* outcomes("(other)"), { immediate: 10_000 - 32, delayed: 0, rejected: 0 })
       assert.deepStrictEqual(yield* outcomes(listed), { immediate: 1, delayed: 0, rejected: 0 })
+      // A key with series keeps them, and the others stay together.
+      yield* limits.acquire("user-0")
+      yield* limits.acquire("user-9999")
+      assert.strictEqual((yield* outcomes("user-0")).immediate, 2)
+      assert.strictEqual((yield* outcomes("(other)")).immediate, 10_000 - 32 + 1)
     }).pipe(Effect.provideService(Metric.MetricRegistry, new Map()))
   )
 

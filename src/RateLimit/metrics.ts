@@ -1,8 +1,8 @@
 /**
  * The per-key metrics of the rate limits (`orchestra_rate_limit_acquisitions_total` by
- * outcome, `orchestra_rate_limit_wait_ms`): plain counters and a histogram per limit (a listed
- * key, or `"default"` for every key under `default`), registered once per metric registry, and a
- * limiter's view of them by limit.
+ * outcome, `orchestra_rate_limit_wait_ms`): plain counters and a histogram per limit key,
+ * registered once per metric registry, and a limiter's view of them by key: every listed key,
+ * and the first {@link maxUnlistedKeys} keys under `default`, the others counted together.
  *
  * @internal
  */
@@ -49,13 +49,32 @@ const register = (context: Context.Context<never>, key: string): KeyMetrics => {
 }
 
 /**
+ * How many keys under `default` (providers not listed, users, virtual keys: as many as the
+ * callers) a limiter gives series of their own; the ones after count in {@link otherKeys}.
+ *
+ * @internal
+ */
+export const maxUnlistedKeys = 32
+
+/**
+ * The `limit` of the series that keys under `default` past {@link maxUnlistedKeys} count in.
+ *
+ * @internal
+ */
+export const otherKeys = "(other)"
+
+/**
  * A limiter's metrics by key, each key's looked up once. Registers in `caller`'s metric
- * registry under its metric attributes.
+ * registry under its metric attributes. A key `listed` (in `providers`) has series of its own;
+ * of the others, the first `maxUnlistedKeys` do, and the rest count in one `limit="(other)"`,
+ * so that limiting per user neither grows the registry (and `/metrics`) with the users nor
+ * holds an entry here for each.
  *
  * @internal
  */
 export const make = (
-  caller: Context.Context<never>
+  caller: Context.Context<never>,
+  listed: (key: string) => boolean
 ): { readonly metricsOf: (key: string) => KeyMetrics; readonly release: () => void } => {
   // Only what registering a series reads: a limiter built inside a request (the gateway's key
   // store does) must not keep that request's context alive.
@@ -68,9 +87,14 @@ export const make = (
   // Once released, a key first used (a call still running when the layer closed) counts
   // without entering the registry: nothing would remove its series, and exporters would show it for good.
   let released = false
+  let unlisted = 0
   const metricsOf = (key: string): KeyMetrics => {
     let metrics = metricsByKey.get(key)
     if (metrics === undefined) {
+      if (!listed(key) && key !== otherKeys) {
+        if (unlisted >= maxUnlistedKeys) return metricsOf(otherKeys)
+        unlisted++
+      }
       metrics = released ? new KeyMetrics() : Counters.acquire(registry, idOf(key), () => register(context, key))
       metricsByKey.set(key, metrics)
     }
