@@ -461,3 +461,35 @@ describe("orchestra test --json when the call fails", () => {
     })
   )
 })
+
+describe("orchestra test --fallback", () => {
+  it.live("a domain listed twice is tried once, with --domain or without (it was tried twice without)", () =>
+    Effect.gen(function* () {
+      const config = writeConfig("test-fallback-twice.json", {
+        providers: { flaky: { type: "mock", random: { success: 0, failures: { Overloaded: 1 } } } },
+        defaultProvider: "flaky",
+        domains: [
+          { name: "dead", provider: "flaky", retry: { maxAttempts: 1 } },
+          { name: "gone", provider: "flaky", retry: { maxAttempts: 1 } }
+        ],
+        policies: { breakers: false, executor: { retry: { maxAttempts: 1 } } }
+      })
+      const stepsOf = (out: string) =>
+        (JSON.parse(out) as { error: { attempts: ReadonlyArray<{ domain?: string }> } }).error.attempts.map(
+          (a) => a.domain ?? null
+        )
+      const without = yield* inProcess(
+        ["test", "-p", "hi", "--fallback", "dead,gone,dead", "--config", config, "--json"],
+        { terminal: false }
+      )
+      assert.strictEqual(without.code, 1)
+      assert.deepStrictEqual(stepsOf(without.out), [null, "dead", "gone"])
+      const withDomain = yield* inProcess(
+        ["test", "-p", "hi", "--domain", "gone", "--fallback", "dead,gone,dead", "--config", config, "--json"],
+        { terminal: false }
+      )
+      assert.strictEqual(withDomain.code, 1)
+      assert.deepStrictEqual(stepsOf(withDomain.out), ["gone", "dead"])
+    })
+  )
+})

@@ -55,7 +55,7 @@ export interface TestOutput {
  * One call: on the default provider (no domain, the executor's retry policy), one domain
  * (and its own fallback chain), then the `fallback` domains in order. Without a domain the
  * default provider is still the first step: the fallbacks come after it, as for a batch
- * item that names no domain.
+ * item that names no domain. Each domain is tried once, however often it is listed.
  *
  * @since 0.1.0
  * @category utils
@@ -91,7 +91,8 @@ export const callChain = (
   }
   return executor.resolve({ retry: true }).pipe(
     Effect.flatMap((defaults) =>
-      router.plan(request, fallback, {
+      // Once each, as with a domain: a domain listed twice would be called twice.
+      router.plan(request, [...new Set(fallback)], {
         lead: executor.stepFor(executor.provider, {
           retry: defaults.retry ?? false,
           timeout: defaults.timeout ?? "none"
