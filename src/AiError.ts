@@ -87,7 +87,10 @@ export class TimeoutError extends Schema.TaggedError<TimeoutError>("effect-orche
 }
 
 /**
- * A circuit breaker refused the call. Falls back, never retries.
+ * A circuit breaker refused the call. Falls back, never retries. State `"unavailable"`
+ * (since 0.3.0): the breaker's shared state could not be read from its `store` (`"redis"`)
+ * and it was configured to refuse then (`onStoreError: "reject"`); `retryAfter` is when
+ * the store is probed again.
  *
  * @since 0.1.0
  * @category errors
@@ -96,11 +99,17 @@ export class CircuitOpenError extends Schema.TaggedError<CircuitOpenError>("effe
   "CircuitOpenError",
   {
     breaker: Schema.String,
-    state: Schema.Literals(["open", "half-open", "isolated"]),
-    retryAfter: Schema.optional(Schema.Duration)
+    state: Schema.Literals(["open", "half-open", "isolated", "unavailable"]),
+    retryAfter: Schema.optional(Schema.Duration),
+    /** With state `"unavailable"`: the store that could not be read (`"redis"`). @since 0.3.0 */
+    store: Schema.optional(Schema.String)
   }
 ) {
   override get message(): string {
+    if (this.state === "unavailable") {
+      const store = this.store === "redis" ? "Redis" : (this.store ?? "its store")
+      return `circuit "${this.breaker}" is unavailable: its state could not be read from ${store}`
+    }
     return `circuit "${this.breaker}" is ${this.state}`
   }
 }

@@ -3,6 +3,7 @@ import { fileURLToPath } from "node:url"
 import { assert, describe, it } from "@effect/vitest"
 import { Context, Duration, Effect, Exit, Fiber, Layer, Metric, Option, Stream } from "effect"
 import * as PersistenceRedis from "effect/persistence/Redis"
+import * as AiError from "../src/AiError.js"
 import { CircuitOpenError, modelError } from "../src/AiError.js"
 import * as CircuitBreaker from "../src/CircuitBreaker.js"
 import type { OptionError } from "../src/Input.js"
@@ -383,7 +384,7 @@ describe.skipIf(skipRedis)(`CircuitBreaker on Redis${skipRedis ? ` (${skipReason
       assert.strictEqual(Option.getOrThrow(yield* answered(open.execute(key, ok)))._tag, "Success")
       const refused = yield* Effect.flip(closed.execute(key, ok))
       assert.instanceOf(refused, CircuitOpenError, "onStoreError reject: refused while the store is down")
-      assert.strictEqual(refused.state, "open")
+      assert.strictEqual(refused.state, "unavailable")
       assert.isTrue((yield* storeErrors) - before >= 20)
       // A permit while the store is down: admitted unrecorded (its record does nothing).
       const permit = yield* Effect.scoped(open.admit(key))
@@ -403,6 +404,37 @@ describe.skipIf(skipRedis)(`CircuitBreaker on Redis${skipRedis ? ` (${skipReason
         "recording after Redis came back"
       )
     })
+  )
+
+  it.live(
+    "onStoreError reject, Redis down: the refusal says the store is unavailable, not that the circuit is open",
+    () =>
+      Effect.gen(function* () {
+        const server = yield* startRedis
+        const breakers = yield* build(server, {
+          prefix: `${uniqueKey("p")}:`,
+          onStoreError: "reject",
+          redis: { timeout: "200 millis", probeInterval: "3 seconds" }
+        })
+        const key = uniqueKey("store-down")
+        yield* server.kill
+        const refused = yield* Effect.flip(breakers.execute(key, ok))
+        assert.instanceOf(refused, CircuitOpenError)
+        assert.strictEqual(refused.state, "unavailable")
+        assert.strictEqual(refused.store, "redis")
+        assert.strictEqual(refused.breaker, key)
+        assert.include(refused.message, key)
+        assert.include(refused.message, "Redis")
+        assert.notInclude(refused.message, "is open")
+        // Retried after the guard's probe interval, not at once; another provider is tried meanwhile.
+        assert.strictEqual(Duration.toMillis(refused.retryAfter ?? Duration.zero), 3000)
+        assert.isTrue(AiError.shouldFallback(refused))
+        assert.isFalse(AiError.isRetryable(refused))
+        const permit = yield* Effect.flip(Effect.scoped(breakers.admit(key)))
+        assert.strictEqual(permit.state, "unavailable")
+        // Not written to this process's view: the circuit was never seen open.
+        assert.strictEqual(yield* breakers.state(key), "closed")
+      })
   )
 
   it.live("a hung Redis (SIGSTOP): calls answer after the guard's deadline, never wait on it", () =>

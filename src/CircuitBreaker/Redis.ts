@@ -34,7 +34,9 @@ export interface RedisOptions extends Options {
   readonly probeLease?: Input.DurationInput | undefined
   /**
    * When Redis fails or is slower than `redis.timeout`: `"allow"` (default) runs the call
-   * unrecorded, `"reject"` refuses it with a `CircuitOpenError` (state `"open"`).
+   * unrecorded, `"reject"` refuses it with a `CircuitOpenError` of state `"unavailable"`
+   * (`store` `"redis"`, `retryAfter` `redis.probeInterval`): the executor falls back as for
+   * an open circuit, and does not retry.
    */
   readonly onStoreError?: "allow" | "reject" | undefined
   /** Deadline of each Redis call (default 500 ms) and outage reporting: see `Redis.GuardOptions`. */
@@ -114,6 +116,8 @@ export const makeRedis = Effect.fnUntraced(function* (options: RedisOptions = {}
     shared: true,
     scopedAdmit: true,
     onStoreError,
+    storeName: "redis",
+    storeRetryAfter: settings.probeInterval,
     admit: (key) =>
       Effect.flatMap(Effect.scope, (scope) =>
         guard

@@ -31,6 +31,12 @@ export interface Backend {
   /** `admit` uses its scope (the Redis probe lease), so every call needs its own. */
   readonly scopedAdmit: boolean
   readonly onStoreError: "allow" | "reject"
+  /**
+   * Names the store in the refusal `onStoreError: "reject"` makes (`"redis"`), whose
+   * `retryAfter` is `storeRetryAfter` (when the store is probed again).
+   */
+  readonly storeName?: string | undefined
+  readonly storeRetryAfter?: Duration.Duration | undefined
   readonly admit: (
     storeKey: string
   ) => Effect.Effect<Store.Admission, Store.CircuitBreakerError | StoreError, Scope.Scope>
@@ -154,7 +160,9 @@ export const make = Effect.fnUntraced(function* (config: Config, backend: Backen
         return timer === undefined ? rejection : Effect.andThen(timer, rejection)
       }
     }
-    return backend.onStoreError === "reject" ? reject(entry, "open") : undefined
+    return backend.onStoreError === "reject"
+      ? reject(entry, "unavailable", backend.storeRetryAfter, backend.storeName)
+      : undefined
   }
 
   // In memory this process is the store's only client, so its view is exact: an open key

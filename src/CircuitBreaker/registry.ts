@@ -233,12 +233,13 @@ export const makeRegistry = Effect.fnUntraced(function* (
   const reject = (
     entry: Entry,
     state: CircuitOpenError["state"],
-    retryAfter?: Duration.Duration
+    retryAfter?: Duration.Duration,
+    store?: string
   ): Effect.Effect<never, CircuitOpenError> => {
     if (entry.rejections++ === 0) {
       register(Metrics.breakerRejections, entry, {}, () => ({ count: entry.rejections, incremental: true }))
     }
-    return Effect.fail(new CircuitOpenError({ breaker: entry.key, state, retryAfter }))
+    return Effect.fail(new CircuitOpenError({ breaker: entry.key, state, retryAfter, store }))
   }
 
   /** The entry a store key names, unless a reset moved the key since. */
