@@ -195,6 +195,15 @@ export interface Options {
   readonly idleTimeToLive?: Input.DurationInput | undefined
   /** Keys held at most (closed, idle-most keys make room first). Default 10,000. */
   readonly maxKeys?: number | undefined
+  /**
+   * The `breakers` attribute of this layer's series (gauge and counters). Give each layer a
+   * name when two may hold the same key (memory and Redis, or a second policy): series of
+   * unnamed layers are told apart by key only, so the last layer to register one replaces
+   * the other's. Default none (no attribute).
+   *
+   * @since 0.3.0
+   */
+  readonly name?: string | undefined
 }
 
 /**

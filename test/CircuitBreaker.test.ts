@@ -730,6 +730,32 @@ describe("CircuitBreaker options (item 11)", () => {
     })
   )
 
+  it.effect("two layers holding the same key: each named one keeps its own series; a wrong name is refused", () =>
+    Effect.gen(function* () {
+      const key = uniqueKey("two-layers")
+      const a = yield* CircuitBreaker.makeMemory({ failMax: 1, name: "a" })
+      const b = yield* CircuitBreaker.makeMemory({ failMax: 1, name: "b" })
+      yield* run(a, key, overloaded)
+      yield* run(b, key, ok)
+      const of = (name: string) =>
+        Effect.map(
+          Metric.value(Metric.withAttributes(Metrics.breakerState, { breaker: key, breakers: name })),
+          (s) => s.value
+        )
+      // Layer b's series replaced layer a's: the open circuit of a read closed.
+      assert.strictEqual(yield* of("a"), 1)
+      assert.strictEqual(yield* of("b"), 0)
+      const opened = yield* Metric.value(
+        Metric.withAttributes(Metrics.breakerTransitions, { breaker: key, breakers: "a", from: "closed", to: "open" })
+      )
+      assert.strictEqual(opened.count, 1)
+      for (const name of ["", 3, null]) {
+        const error = yield* Effect.flip(CircuitBreaker.makeMemory({ name } as unknown as CircuitBreaker.Options))
+        assert.strictEqual(error.path, "name")
+      }
+    }).pipe(Effect.scoped, Effect.provideService(Metric.MetricRegistry, new Map()))
+  )
+
   it.effect("the Breakers service from layerMemory is one shared registry", () =>
     Effect.gen(function* () {
       const key = uniqueKey("layer")

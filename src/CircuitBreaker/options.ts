@@ -27,6 +27,8 @@ export interface Config {
   /** Milliseconds. */
   readonly idleTimeToLive: number
   readonly maxKeys: number
+  /** The `breakers` attribute of every series, when the layer is named. */
+  readonly name: string | undefined
 }
 
 /** Longest open time or idle time accepted: a year (the Redis store keeps times below 2^50 ms). */
@@ -42,7 +44,8 @@ const knownKeys: ReadonlySet<string> = new Set([
   "successThreshold",
   "isFailure",
   "idleTimeToLive",
-  "maxKeys"
+  "maxKeys",
+  "name"
 ])
 
 const fail = (path: string, message: string): Input.Checked<never> => Result.fail({ path, message })
@@ -127,6 +130,9 @@ export const check = (options: Options, extraKeys: ReadonlySet<string> = new Set
   if (options.isFailure !== undefined && typeof options.isFailure !== "function") {
     return fail("isFailure", `expected a function (error) => boolean, got ${typeof options.isFailure}`)
   }
+  if (options.name !== undefined && (typeof options.name !== "string" || options.name.length === 0)) {
+    return fail("name", `expected a non-empty string, got ${JSON.stringify(options.name)}`)
+  }
   if (options.resetTimeoutMultiplier !== undefined && options.resetTimeoutMax === undefined) {
     return fail(
       "resetTimeoutMultiplier",
@@ -152,7 +158,8 @@ export const check = (options: Options, extraKeys: ReadonlySet<string> = new Set
             multiplier,
             isFailure: (options.isFailure as ((error: AiError) => boolean) | undefined) ?? defaultIsFailure,
             idleTimeToLive,
-            maxKeys
+            maxKeys,
+            name: options.name as string | undefined
           })
   )
 }

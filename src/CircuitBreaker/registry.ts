@@ -93,8 +93,11 @@ export const makeRegistry = Effect.fnUntraced(function* (
   const storeKeyOf = (key: string, epoch: number): string => (shared ? key : `${epoch}:${key}`)
   const keyOf = (storeKey: string): string => (shared ? storeKey : storeKey.slice(storeKey.indexOf(":") + 1))
 
+  // Two layers holding the same key register the same series, and the later replaced the other's:
+  // a named layer's series carry its name.
+  const layerAttributes = config.name === undefined ? {} : { breakers: config.name }
   const register = <S>(metric: Metric.Metric<number, S>, entry: Entry, attributes: object, get: () => S) => {
-    const tagged = Metric.withAttributes(metric, { breaker: entry.key, ...attributes })
+    const tagged = Metric.withAttributes(metric, { breaker: entry.key, ...layerAttributes, ...attributes })
     entry.series.push(Metric.registerUnsafe(tagged, context, { get, update: noop, modify: noop }))
   }
 
