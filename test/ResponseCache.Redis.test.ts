@@ -1,3 +1,4 @@
+import { monitorEventLoopDelay } from "node:perf_hooks"
 import { assert, describe, it } from "@effect/vitest"
 import { Cause, Context, Duration, Effect, Exit, Layer, Metric, Option, Ref, Schedule, Scope } from "effect"
 import { Redis as PersistenceRedis } from "effect/persistence"
@@ -537,24 +538,49 @@ describe.skipIf(skipRedis)(`ResponseCache.Redis (${skipRedis ? skipReason : "nee
     )
   )
 
+  // A reply that reaches the socket while this process is not running its event loop (the host
+  // descheduled it, a GC pause) is read after the client's timers fire: the call times out although
+  // Redis answered in time. That is not the deadline flapping, so a run with such a stall (half the
+  // deadline or more, when a call in flight still had the other half for Redis) proves nothing either
+  // way: it is run again, and the test is skipped, saying so, when no run is free of stalls.
   it.live(
     "under load with Redis up: no error, no warning, no 'unavailable' / 'is back' pairs (v0.1's 50 ms deadline flapped)",
-    () =>
+    (ctx) =>
       Effect.gen(function* () {
-        const logs = yield* captureLogs
-        yield* Effect.scoped(
-          Effect.gen(function* () {
-            const server = yield* startRedis
-            const cache = yield* build(server)
-            const provider = yield* scripted("1 millis")
-            const prompts = Array.from({ length: 2000 }, (_, i) => `q${i % 700}`)
-            const results = yield* Effect.forEach(prompts, (p) => ask(cache, provider, p), { concurrency: 100 })
-            assert.strictEqual(results.length, 2000)
-            assert.strictEqual(yield* errorsOf(cache.name), 0)
-          })
-        ).pipe(Effect.provide(logs.layer))
-        assert.deepStrictEqual(logs.lines, [])
-      })
+        const server = yield* startRedis
+        const stalls: Array<number> = []
+        for (let attempt = 0; attempt < 3; attempt++) {
+          const logs = yield* captureLogs
+          const { errors, stall } = yield* Effect.scoped(
+            Effect.gen(function* () {
+              const cache = yield* build(server)
+              const provider = yield* scripted("1 millis")
+              // Warm up at low concurrency: the first calls compile code paths and schemas (a
+              // stall of hundreds of ms on a loaded host) that the burst below would wait on.
+              yield* Effect.forEach(
+                Array.from({ length: 200 }, (_, i) => `w${i}`),
+                (p) => ask(cache, provider, p),
+                { concurrency: 4 }
+              )
+              const before = yield* errorsOf(cache.name)
+              const delay = monitorEventLoopDelay({ resolution: 5 })
+              delay.enable()
+              const prompts = Array.from({ length: 2000 }, (_, i) => `q${i % 700}`)
+              const results = yield* Effect.forEach(prompts, (p) => ask(cache, provider, p), { concurrency: 100 })
+              delay.disable()
+              assert.strictEqual(results.length, 2000)
+              return { errors: (yield* errorsOf(cache.name)) - before, stall: delay.max / 1e6 }
+            })
+          ).pipe(Effect.provide(logs.layer))
+          if (stall < 250) {
+            assert.strictEqual(errors, 0)
+            assert.deepStrictEqual(logs.lines, [])
+            return
+          }
+          stalls.push(Math.round(stall))
+        }
+        ctx.skip(`the event loop stalled ${stalls.join(", ")} ms in each run: the host is too loaded to measure`)
+      }).pipe(Effect.scoped)
   )
 
   it.live(
