@@ -361,6 +361,53 @@ describe.skipIf(skipRedis)(`ResponseCache.Redis (${skipRedis ? skipReason : "nee
   )
 
   it.live(
+    "invalidate and setMany while an answer's write is under way: one Redis deadline each, not the write's and then their own",
+    () =>
+      Effect.scoped(
+        Effect.gen(function* () {
+          const server = yield* startRedis
+          const name = uniqueName("one-deadline")
+          // A deadline long enough that one deadline and two are told apart on a loaded machine.
+          const context = yield* Layer.build(
+            RedisCache.layerRedis({
+              prefix: name,
+              name,
+              redis: { timeout: "2 seconds", reportAfter: "1 minute" }
+            }).pipe(Layer.provide(Redis.layer({ url: server.url, commandTimeout: "2 seconds" })))
+          )
+          const cache = Context.get(context, ResponseCache.ResponseCache)
+          const provider = yield* scripted("1 millis")
+          const keyA = cache.key({ provider: "p", request: { prompt: "a" } })
+          const keyB = cache.key({ provider: "p", request: { prompt: "b" } })
+          // Loads the write script: a NOSCRIPT answered after the pause would drop the writes below.
+          yield* cache.setMany([{ key: "warm", value: response("w") }])
+          yield* server.pause
+          yield* Effect.addFinalizer(() => server.resume)
+          // Both lookups time out; both answers' writes start now and hang for a deadline.
+          yield* Effect.all([ask(cache, provider, "a"), ask(cache, provider, "b")], { concurrency: 2 })
+          const [[invalidated, exit], [set]] = yield* Effect.all(
+            [
+              Effect.timed(Effect.exit(cache.invalidate(keyA))),
+              Effect.timed(cache.setMany([{ key: keyB, value: response("set") }]))
+            ],
+            { concurrency: 2 }
+          )
+          assert.isTrue(Exit.isFailure(exit), "Redis did not answer the DEL")
+          assert.isBelow(Duration.toMillis(invalidated), 3000, "invalidate waited for the write, then for its DEL")
+          assert.isBelow(Duration.toMillis(set), 3000, "setMany waited for the write, then for its own")
+          // Redis back: it runs what it was sent in order, so the answers' writes do not land last.
+          yield* server.resume
+          const redis = yield* admin(server)
+          yield* Effect.sleep("200 millis")
+          assert.strictEqual(yield* redis.send<number>("EXISTS", `${name}:r:${keyA}`), 0)
+          const raw = yield* redis.send<string>("GET", `${name}:r:${keyB}`)
+          assert.strictEqual(JSON.parse(raw).value.response.text, "set")
+        })
+      ),
+    30_000
+  )
+
+  it.live(
     "invalidate while Redis does not answer fails with a StoreError, within the deadline, instead of passing",
     () =>
       Effect.scoped(

@@ -161,6 +161,12 @@ export const make = Effect.fnUntraced(function* (options: Options = {}) {
       return stored
     })
 
+  // Background writes of keys a later command replaces (setMany) or deletes (invalidate): cut, not
+  // waited for, so the caller waits one Redis deadline (its own command's), not the write's first.
+  // The cut write was sent before that command on the same connection, or never: Redis runs it first
+  // either way, and cannot bring back what the command removed.
+  const supersede = (fibers: ReadonlyArray<Fiber.Fiber<void>>): Effect.Effect<void> => Fiber.interruptAll(fibers)
+
   const computeAndWrite = (
     k: string,
     compute: Effect.Effect<GenerateResponse, unknown>,
@@ -276,14 +282,14 @@ export const make = Effect.fnUntraced(function* (options: Options = {}) {
             : []
         )
         // An answer this process keeps for its write would answer in place of the value set, and
-        // its write, landing after this one, would replace it in Redis: both go first.
+        // its write, landing after this one, would replace it in Redis: both go first (see `supersede`).
         const underWay: Array<Fiber.Fiber<void>> = []
         for (const [k] of written) {
           if (table.peek(k, at)._tag === "Done") table.remove(k)
           const fiber = writing.get(k)
           if (fiber !== undefined) underWay.push(fiber)
         }
-        return underWay.length === 0 ? write(written, at) : Effect.andThen(Fiber.awaitAll(underWay), write(written, at))
+        return underWay.length === 0 ? write(written, at) : Effect.andThen(supersede(underWay), write(written, at))
       }),
     getParts: (key) =>
       Effect.gen(function* () {
@@ -330,8 +336,7 @@ export const make = Effect.fnUntraced(function* (options: Options = {}) {
             )
           )
         )
-        // A write under way ends within the Redis deadline (a write is bounded by the guard).
-        return underWay.length === 0 ? remove : Effect.andThen(Fiber.awaitAll(underWay), remove)
+        return underWay.length === 0 ? remove : Effect.andThen(supersede(underWay), remove)
       })
   }
   return ResponseCache.ResponseCache.of(service)
