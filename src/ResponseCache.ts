@@ -273,6 +273,15 @@ export interface MemoryOptions extends Options {
    * Computations still running are never evicted (nor counted). Default 1,000.
    */
   readonly capacity?: number | undefined
+  /**
+   * Most bytes of values kept (answers and stream replays, in their JSON encoding, UTF-8), when
+   * given: the least recently used go until the rest fit, and a value larger than this on its own
+   * is not kept (its callers still get it). Each entry added scans the table once. Default none
+   * (only `capacity` bounds it).
+   *
+   * @since 0.3.0
+   */
+  readonly maxBytes?: number | undefined
 }
 
 /**
@@ -358,9 +367,12 @@ export const layerMemory = (options: MemoryOptions = {}): Layer.Layer<ResponseCa
  * @category constructors
  */
 export const makeMemory = Effect.fnUntraced(function* (options: MemoryOptions = {}) {
-  const config = yield* Input.orOptionError(settings(options, "memory", ["capacity"]))
+  const config = yield* Input.orOptionError(settings(options, "memory", ["capacity", "maxBytes"]))
   const capacity = yield* Input.orOptionError(Input.positiveInt("capacity", Input.orDefault(options.capacity, 1000)))
-  const table = yield* Internal.makeTable(capacity)
+  const maxBytes = yield* Input.orOptionError(
+    Input.optional(options.maxBytes, (input) => Input.positiveInt("maxBytes", input))
+  )
+  const table = yield* Internal.makeTable(capacity, maxBytes)
   yield* Effect.addFinalizer(() => table.interruptAll)
   const counters = yield* Internal.lookupCounters(config.name)
 

@@ -529,6 +529,37 @@ describe("ResponseCache (memory)", () => {
     })
   )
 
+  it.effect("maxBytes: the least recently used entries go until the answers kept fit; one too large is not kept", () =>
+    Effect.gen(function* () {
+      const big = (c: string) => response(c.repeat(4000))
+      // Each answer is ~4.1 KB encoded: two fit in 10,000 bytes, three do not.
+      const cache = yield* makeCache({ capacity: 100, maxBytes: 10_000 })
+      yield* cache.setMany([{ key: "a", value: big("a") }])
+      yield* cache.setMany([{ key: "b", value: big("b") }])
+      assert.strictEqual((yield* cache.getOrCompute("a", Effect.succeed(big("x")))).source, "hit")
+      // Computed answers count as well.
+      const c = yield* cache.getOrCompute("c", Effect.succeed(big("c")))
+      assert.strictEqual(c.source, "miss")
+      const [a, b, c2] = yield* cache.getMany(["a", "b", "c"])
+      assert.isTrue(Option.isSome(a!))
+      assert.isTrue(Option.isNone(b!), "b was the least recently used")
+      assert.isTrue(Option.isSome(c2!))
+      // Stream parts count as well.
+      yield* cache.setParts("s", [
+        { _tag: "TextDelta", text: "s".repeat(4000) },
+        { _tag: "Finish", finishReason: "stop", usage: response("x").usage, provider: "p", model: "m" }
+      ])
+      assert.isTrue(Option.isSome(yield* cache.getParts("s")))
+      assert.isTrue(Option.isNone((yield* cache.getMany(["a"]))[0]!), "a was the least recently used")
+      // An answer larger than maxBytes reaches its caller and is not kept (nor does it evict the others).
+      const huge = yield* cache.getOrCompute("h", Effect.succeed(response("h".repeat(20_000))))
+      assert.strictEqual(huge.value.text.length, 20_000)
+      const [h, c3] = yield* cache.getMany(["h", "c"])
+      assert.isTrue(Option.isNone(h!))
+      assert.isTrue(Option.isSome(c3!))
+    })
+  )
+
   it.effect("capacity never evicts a running computation: a caller arriving later still joins it (one call)", () =>
     Effect.gen(function* () {
       const cache = yield* makeCache({ capacity: 2 })
@@ -698,6 +729,11 @@ describe("ResponseCache (memory)", () => {
           [{ capacity: Number.NaN }, "capacity"],
           [{ capacity: 0 }, "capacity"],
           [{ capacity: 2.5 }, "capacity"],
+          [{ maxBytes: Number.NaN }, "maxBytes"],
+          [{ maxBytes: 0 }, "maxBytes"],
+          [{ maxBytes: -1 }, "maxBytes"],
+          [{ maxBytes: 1.5 }, "maxBytes"],
+          [{ maxBytes: null } as never, "maxBytes"],
           [{ ttl: 0 }, "ttl"],
           [{ ttl: Number.NaN }, "ttl"],
           [{ ttl: Number.POSITIVE_INFINITY }, "ttl"],

@@ -78,13 +78,25 @@ export interface Table {
   readonly interruptAll: Effect.Effect<void>
 }
 
+// Bytes of an entry's value in its JSON encoding (UTF-8), measured once per entry.
+const sizes = new WeakMap<Stored, number>()
+const sizeOf = (stored: Stored): number => {
+  let size = sizes.get(stored)
+  if (size === undefined) {
+    size = Buffer.byteLength(JSON.stringify(stored.value), "utf8")
+    sizes.set(stored, size)
+  }
+  return size
+}
+
 /**
- * A table of at most `capacity` finished entries, least recently used evicted first, plus the
- * computations running (never evicted: a caller arriving later joins them).
+ * A table of at most `capacity` finished entries (and, given `maxBytes`, at most that many
+ * bytes of their values), least recently used evicted first, plus the computations running
+ * (never evicted: a caller arriving later joins them).
  *
  * @internal
  */
-export const makeTable = Effect.fnUntraced(function* (capacity: number) {
+export const makeTable = Effect.fnUntraced(function* (capacity: number, maxBytes?: number) {
   // The computation a caller brings, handed to the lookup the `Cache.get` right after starts.
   const computes = new Map<string, Effect.Effect<Stored, unknown>>()
   const refreshing = new Map<string, Stored>()
@@ -124,6 +136,30 @@ export const makeTable = Effect.fnUntraced(function* (capacity: number) {
     for (const key of finished) MutableHashMap.remove(cache.map, key)
   }
 
+  // The values kept fit in maxBytes: one larger on its own is not kept (it would push out every
+  // other), then the least recently used go. A scan of the table per entry added, only with maxBytes.
+  const evictBytes = (): void => {
+    if (maxBytes === undefined) return
+    let total = 0
+    const finished: Array<readonly [string, number]> = []
+    for (const [key, entry] of cache.map) {
+      const exit = entry.fiber.pollUnsafe()
+      if (exit === undefined || Exit.isFailure(exit)) continue
+      const size = sizeOf(exit.value)
+      if (size > maxBytes || exit.value.keepFor === 0) {
+        MutableHashMap.remove(cache.map, key)
+        continue
+      }
+      total += size
+      finished.push([key, size])
+    }
+    for (const [key, size] of finished) {
+      if (total <= maxBytes) return
+      MutableHashMap.remove(cache.map, key)
+      total -= size
+    }
+  }
+
   const peek = (key: string, now: number): Peeked => {
     const entry = MutableHashMap.get(cache.map, key)
     if (Option.isNone(entry)) return { _tag: "None" }
@@ -138,7 +174,10 @@ export const makeTable = Effect.fnUntraced(function* (capacity: number) {
   const put = (key: string, stored: Stored): Effect.Effect<void> =>
     Effect.andThen(
       Cache.set(cache, key, stored),
-      Effect.sync(() => evict(capacity))
+      Effect.sync(() => {
+        evict(capacity)
+        evictBytes()
+      })
     )
 
   // A value put under the key, or its removal, supersedes the entry a running refresh replaced.
@@ -186,7 +225,8 @@ export const makeTable = Effect.fnUntraced(function* (capacity: number) {
       }
       // Room for the entry `Cache.get` is about to add (none when it joins or replaces one).
       if (!MutableHashMap.has(cache.map, key)) evict(capacity - 1)
-      return (Cache.get(cache, key) as Effect.Effect<Stored, E>).pipe(
+      const got = Cache.get(cache, key) as Effect.Effect<Stored, E>
+      return (maxBytes === undefined ? got : Effect.tap(got, () => Effect.sync(evictBytes))).pipe(
         Effect.map((stored) => ({ stored, leader })),
         Effect.ensuring(
           Effect.sync(() => {
