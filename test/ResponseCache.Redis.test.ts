@@ -1,6 +1,20 @@
 import { monitorEventLoopDelay } from "node:perf_hooks"
 import { assert, describe, it } from "@effect/vitest"
-import { Cause, Context, Duration, Effect, Exit, Layer, Metric, Option, Ref, Schedule, Scope } from "effect"
+import {
+  Cause,
+  Context,
+  Deferred,
+  Duration,
+  Effect,
+  Exit,
+  Fiber,
+  Layer,
+  Metric,
+  Option,
+  Ref,
+  Schedule,
+  Scope
+} from "effect"
 import { Redis as PersistenceRedis } from "effect/persistence"
 import { type AiError, modelError } from "../src/AiError.js"
 import * as Metrics from "../src/Metrics.js"
@@ -356,6 +370,48 @@ describe.skipIf(skipRedis)(`ResponseCache.Redis (${skipRedis ? skipReason : "nee
         assert.deepStrictEqual(yield* redis.send<Array<string>>("KEYS", `${cache.name}:*`), [])
         assert.strictEqual((yield* ask(cache, provider, "q")).source, "miss")
         assert.strictEqual(yield* provider.calls, 2)
+      })
+    )
+  )
+
+  it.live("invalidate while the answer is computed: the answer reaches its caller but is not written back", () =>
+    Effect.scoped(
+      Effect.gen(function* () {
+        const server = yield* startRedis
+        const cache = yield* build(server)
+        const key = cache.key({ provider: "p", request: { prompt: "q" } })
+        const gate = yield* Deferred.make<void>()
+        const computing = yield* Effect.forkChild(
+          cache.getOrCompute(key, Effect.as(Deferred.await(gate), response("before invalidate")))
+        )
+        yield* Effect.sleep("100 millis")
+        yield* cache.invalidate(key)
+        yield* Deferred.succeed(gate, undefined)
+        assert.strictEqual((yield* Fiber.join(computing)).value.text, "before invalidate")
+        yield* Effect.sleep("200 millis")
+        const redis = yield* admin(server)
+        assert.deepStrictEqual(yield* redis.send<Array<string>>("KEYS", `${cache.name}:*`), [])
+        assert.deepStrictEqual(yield* cache.getMany([key]), [Option.none()])
+      })
+    )
+  )
+
+  it.live("setMany while the answer is computed: the value set stays, the answer does not replace it", () =>
+    Effect.scoped(
+      Effect.gen(function* () {
+        const server = yield* startRedis
+        const cache = yield* build(server)
+        const key = cache.key({ provider: "p", request: { prompt: "q" } })
+        const gate = yield* Deferred.make<void>()
+        const computing = yield* Effect.forkChild(
+          cache.getOrCompute(key, Effect.as(Deferred.await(gate), response("computed")))
+        )
+        yield* Effect.sleep("100 millis")
+        yield* cache.setMany([{ key, value: response("set") }])
+        yield* Deferred.succeed(gate, undefined)
+        assert.strictEqual((yield* Fiber.join(computing)).value.text, "computed")
+        yield* Effect.sleep("200 millis")
+        assert.deepStrictEqual(yield* cache.getMany([key]), [Option.some(response("set"))])
       })
     )
   )

@@ -560,6 +560,21 @@ describe("ResponseCache (memory)", () => {
     })
   )
 
+  it.effect("invalidate while the answer is computed: the answer reaches its caller but is not kept", () =>
+    Effect.gen(function* () {
+      const cache = yield* makeCache()
+      const gate = yield* Deferred.make<void>()
+      const computing = yield* Effect.forkChild(
+        cache.getOrCompute("k", Effect.as(Deferred.await(gate), response("before invalidate"))),
+        { startImmediately: true }
+      )
+      yield* cache.invalidate("k")
+      yield* Deferred.succeed(gate, undefined)
+      assert.strictEqual((yield* Fiber.join(computing)).value.text, "before invalidate")
+      assert.deepStrictEqual(yield* cache.getMany(["k"]), [Option.none()])
+    })
+  )
+
   it.effect("capacity never evicts a running computation: a caller arriving later still joins it (one call)", () =>
     Effect.gen(function* () {
       const cache = yield* makeCache({ capacity: 2 })

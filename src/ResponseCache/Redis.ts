@@ -178,10 +178,13 @@ export const make = Effect.fnUntraced(function* (options: Options = {}) {
         const value = Internal.responseOf(response, originOf?.(response))
         // An answer that finished in error (or that `keep` refuses) reaches the flight's callers,
         // and is neither kept nor written.
-        if (!Internal.keeps(response, keep)) {
-          return Effect.succeed(Internal.storedOf(value, at, config.ttl, config.staleFor, 0))
-        }
-        return writeBehind(k, Internal.storedOf(value, at, config.ttl, config.staleFor, retain), at)
+        const notKept = Effect.succeed(Internal.storedOf(value, at, config.ttl, config.staleFor, 0))
+        if (!Internal.keeps(response, keep)) return notKept
+        // An `invalidate` or a `setMany` of the key while it was computed: written now, the answer
+        // came back after the one or replaced the value of the other (the memory cache drops it).
+        return Effect.flatMap(table.takenOut, (taken) =>
+          taken ? notKept : writeBehind(k, Internal.storedOf(value, at, config.ttl, config.staleFor, retain), at)
+        )
       })
     )
 
@@ -285,7 +288,8 @@ export const make = Effect.fnUntraced(function* (options: Options = {}) {
         // its write, landing after this one, would replace it in Redis: both go first (see `supersede`).
         const underWay: Array<Fiber.Fiber<void>> = []
         for (const [k] of written) {
-          if (table.peek(k, at)._tag === "Done") table.remove(k)
+          // A computation running for the key is taken out too: its answer must not be written after.
+          if (table.peek(k, at)._tag !== "None") table.remove(k)
           const fiber = writing.get(k)
           if (fiber !== undefined) underWay.push(fiber)
         }

@@ -74,6 +74,11 @@ export interface Table {
   readonly touch: (key: string) => void
   /** Removes `key`; a refresh running for it no longer puts back the entry it replaced. */
   readonly remove: (key: string) => void
+  /**
+   * Whether the calling computation was taken out of the table (`remove`, or a value `put` under
+   * its key) while it ran: its answer is no longer the key's.
+   */
+  readonly takenOut: Effect.Effect<boolean>
   /** Interrupts every running computation (the layer is closing). */
   readonly interruptAll: Effect.Effect<void>
 }
@@ -180,9 +185,15 @@ export const makeTable = Effect.fnUntraced(function* (capacity: number, maxBytes
       })
     )
 
-  // A value put under the key, or its removal, supersedes the entry a running refresh replaced.
+  // Computations a `remove` or a `put` took out of the table while they ran.
+  const takenOut = new WeakSet<Fiber.Fiber<unknown, unknown>>()
+
+  // A value put under the key, or its removal, supersedes the entry a running refresh replaced,
+  // and the computation running for the key.
   const supersede = (key: string): void => {
     refreshing.delete(key)
+    const entry = MutableHashMap.get(cache.map, key)
+    if (Option.isSome(entry) && entry.value.fiber.pollUnsafe() === undefined) takenOut.add(entry.value.fiber)
   }
 
   const run = <E>(
@@ -264,6 +275,7 @@ export const makeTable = Effect.fnUntraced(function* (capacity: number, maxBytes
       supersede(key)
       MutableHashMap.remove(cache.map, key)
     },
+    takenOut: Effect.withFiber((fiber) => Effect.succeed(takenOut.has(fiber))),
     interruptAll
   } satisfies Table
 })
