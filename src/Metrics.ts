@@ -222,7 +222,8 @@ export const outputTokens = Metric.counter("orchestra_output_tokens_total", {
 })
 
 /**
- * Value per state: 0 closed, 1 open, 2 half-open, 3 isolated. Attribute `breaker`.
+ * Value per state: 0 closed, 1 open, 2 half-open, 3 isolated. Attribute `breaker` (and
+ * `breakers`, the layer's `name`, when it has one).
  *
  * @since 0.1.0
  * @category breakers
@@ -232,7 +233,7 @@ export const breakerState = Metric.gauge("orchestra_breaker_state", {
 })
 
 /**
- * Attributes `breaker`, `from`, `to`.
+ * Attributes `breaker`, `from`, `to` (and `breakers` for a named layer).
  *
  * @since 0.1.0
  * @category breakers
@@ -243,7 +244,8 @@ export const breakerTransitions = Metric.counter("orchestra_breaker_transitions_
 })
 
 /**
- * Attribute `breaker`.
+ * Attribute `breaker` (and `breakers` for a named layer). Counts the refusals of a store
+ * that could not be read (`onStoreError: "reject"`) as well.
  *
  * @since 0.1.0
  * @category breakers
