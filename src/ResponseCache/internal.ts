@@ -83,17 +83,6 @@ export interface Table {
   readonly interruptAll: Effect.Effect<void>
 }
 
-// Bytes of an entry's value in its JSON encoding (UTF-8), measured once per entry.
-const sizes = new WeakMap<Stored, number>()
-const sizeOf = (stored: Stored): number => {
-  let size = sizes.get(stored)
-  if (size === undefined) {
-    size = Buffer.byteLength(JSON.stringify(stored.value), "utf8")
-    sizes.set(stored, size)
-  }
-  return size
-}
-
 /**
  * A table of at most `capacity` finished entries (and, given `maxBytes`, at most that many
  * bytes of their values), least recently used evicted first, plus the computations running
@@ -139,6 +128,17 @@ export const makeTable = Effect.fnUntraced(function* (capacity: number, maxBytes
       if (--excess === 0) break
     }
     for (const key of finished) MutableHashMap.remove(cache.map, key)
+  }
+
+  // Bytes of an entry's value in its JSON encoding (UTF-8), measured once per entry.
+  const sizes = new WeakMap<Stored, number>()
+  const sizeOf = (stored: Stored): number => {
+    let size = sizes.get(stored)
+    if (size === undefined) {
+      size = Buffer.byteLength(JSON.stringify(stored.value), "utf8")
+      sizes.set(stored, size)
+    }
+    return size
   }
 
   // The values kept fit in maxBytes: one larger on its own is not kept (it would push out every
