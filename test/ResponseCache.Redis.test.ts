@@ -654,7 +654,7 @@ describe.skipIf(skipRedis)(`ResponseCache.Redis (${skipRedis ? skipReason : "nee
         const stalls: Array<number> = []
         for (let attempt = 0; attempt < 3; attempt++) {
           const logs = yield* captureLogs
-          const { errors, stall } = yield* Effect.scoped(
+          const { errors, stall, warm } = yield* Effect.scoped(
             Effect.gen(function* () {
               const cache = yield* build(server)
               const provider = yield* scripted("1 millis")
@@ -672,10 +672,11 @@ describe.skipIf(skipRedis)(`ResponseCache.Redis (${skipRedis ? skipReason : "nee
               const results = yield* Effect.forEach(prompts, (p) => ask(cache, provider, p), { concurrency: 100 })
               delay.disable()
               assert.strictEqual(results.length, 2000)
-              return { errors: (yield* errorsOf(cache.name)) - before, stall: delay.max / 1e6 }
+              return { errors: (yield* errorsOf(cache.name)) - before, stall: delay.max / 1e6, warm: before }
             })
           ).pipe(Effect.provide(logs.layer))
-          if (stall < 250) {
+          // A warm-up the host stalled (its errors) may have logged: that run proves nothing either.
+          if (stall < 250 && warm === 0) {
             assert.strictEqual(errors, 0)
             assert.deepStrictEqual(logs.lines, [])
             return
