@@ -23,7 +23,14 @@ export class OptionError extends Schema.TaggedError<OptionError>("effect-orchest
   path: Schema.String,
   message: Schema.String,
   /** What reading the field threw (a getter or a `Proxy` trap), when that is why it was refused. */
-  cause: Schema.optional(Schema.Defect())
+  cause: Schema.optional(Schema.Defect()),
+  /** The other fields refused with it, when a check tells several at once (`message` says them too). */
+  others: Schema.optional(
+    Schema.Struct({
+      shown: Schema.Array(Schema.Struct({ path: Schema.String, message: Schema.String })),
+      unshown: Schema.Number
+    })
+  )
 }) {}
 
 /**
@@ -37,6 +44,19 @@ export interface Issue {
   readonly message: string
   /** What was thrown while reading the field (a getter or a `Proxy` trap), when that is the issue. */
   readonly cause?: unknown
+  /** The other issues found with it, when a check tells several at once. */
+  readonly others?: OtherIssues | undefined
+}
+
+/**
+ * The issues a check found besides its first: the first few, and how many more it did not keep.
+ *
+ * @since 0.3.0
+ * @category models
+ */
+export interface OtherIssues {
+  readonly shown: ReadonlyArray<{ readonly path: string; readonly message: string }>
+  readonly unshown: number
 }
 
 /**
@@ -573,10 +593,42 @@ export const all = <const T extends ReadonlyArray<Checked<unknown>>>(
  * @since 0.2.0
  * @category conversions
  */
-export const toOptionError = (issue: Issue): OptionError =>
-  "cause" in issue
-    ? new OptionError({ path: issue.path, message: `invalid ${issue.path}: ${issue.message}`, cause: issue.cause })
-    : new OptionError({ path: issue.path, message: `invalid ${issue.path}: ${issue.message}` })
+export const toOptionError = (issue: Issue): OptionError => {
+  const message = `invalid ${issue.path}: ${issue.message}${othersText(issue.others)}`
+  return new OptionError({
+    path: issue.path,
+    message,
+    ...("cause" in issue ? { cause: issue.cause } : {}),
+    ...(issue.others === undefined ? {} : { others: issue.others })
+  })
+}
+
+/** What an issue's message says of the others found with it: ` (3 problems in all; also a: ...; b: ...)`. */
+const othersText = (others: OtherIssues | undefined): string =>
+  others === undefined
+    ? ""
+    : ` (${1 + others.shown.length + others.unshown} problems in all; also ${others.shown
+        .map((issue) => `${issue.path}: ${issue.message}`)
+        .join("; ")}${others.unshown > 0 ? `; and ${others.unshown} more not shown` : ""})`
+
+/**
+ * The issue with its path, and those of the others found with it, renamed: the same issue
+ * where a caller placed the options (a section of a file, a flag).
+ *
+ * @since 0.3.0
+ * @category conversions
+ */
+export const renamed = (issue: Issue, rename: (path: string) => string): Issue => {
+  const path = rename(issue.path)
+  const others =
+    issue.others === undefined
+      ? undefined
+      : {
+          shown: issue.others.shown.map((other) => ({ path: rename(other.path), message: other.message })),
+          unshown: issue.others.unshown
+        }
+  return others === undefined ? { ...issue, path } : { ...issue, path, others }
+}
 
 /**
  * The issue of the first of `fields` in `options` that is given but not a boolean
@@ -641,8 +693,7 @@ export const oneOf = <const A extends string>(path: string, input: unknown, valu
  */
 export const underPath = <E>(error: E, prefix: string): E => {
   if (!(error instanceof OptionError)) return error
-  const issue = issueOfError(error)
-  return toOptionError({ ...issue, path: `${prefix}${issue.path}` }) as E
+  return toOptionError(renamed(issueOfError(error), (path) => `${prefix}${path}`)) as E
 }
 
 /**
@@ -654,8 +705,15 @@ export const underPath = <E>(error: E, prefix: string): E => {
  */
 export const issueOfError = (error: OptionError): Issue => {
   const own = `invalid ${error.path}: `
-  const message = error.message.startsWith(own) ? error.message.slice(own.length) : error.message
-  return error.cause === undefined ? { path: error.path, message } : { path: error.path, message, cause: error.cause }
+  const told = othersText(error.others)
+  let message = error.message.startsWith(own) ? error.message.slice(own.length) : error.message
+  if (told !== "" && message.endsWith(told)) message = message.slice(0, message.length - told.length)
+  return {
+    path: error.path,
+    message,
+    ...(error.cause === undefined ? {} : { cause: error.cause }),
+    ...(error.others === undefined ? {} : { others: error.others })
+  }
 }
 
 /**

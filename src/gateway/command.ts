@@ -95,6 +95,10 @@ const decodeFile = Schema.decodeUnknownResult(GatewayFile, { onExcessProperty: "
 
 const maxFileBytes = 1024 * 1024
 
+/** A mistake in the gateway file, said after the file's path (as its `file` in JSON). */
+const refuseIn = (common: Common, file: string, message: string) =>
+  failWith(common, exitCodes.usage, `${file}: ${message}`, { kind: "config", file })
+
 /** The gateway file: the flag, else `ORCHESTRA_GATEWAY`, else `./orchestra.gateway.json` if present, else none. */
 const loadFile = Effect.fnUntraced(function* (common: Common, flag: Option.Option<string>) {
   const fs = yield* FileSystem.FileSystem
@@ -110,7 +114,7 @@ const loadFile = Effect.fnUntraced(function* (common: Common, flag: Option.Optio
   }
   const explicit = Option.orElse(flag, () => fromEnv)
   const file = path.resolve(Option.getOrElse(explicit, () => "orchestra.gateway.json"))
-  const refuse = (message: string) => failWith(common, exitCodes.usage, `${file}: ${message}`, { kind: "config", file })
+  const refuse = (message: string) => refuseIn(common, file, message)
   const info = yield* fs.stat(file).pipe(Effect.option)
   if (Option.isNone(info)) {
     if (Option.isSome(explicit)) return yield* refuse("no such file")
@@ -187,25 +191,27 @@ const manager = (
   })
 }
 
-// The errors `under` has already named: a layer inside another section's (the admin routes
-// inside the gateway's) keeps its own section rather than getting the outer one's too.
-const placed = new WeakSet<Input.OptionError>()
+// The errors `under` has already named, with where their field is: a flag's (a usage error), or a
+// file's (the gateway file when the section is one of it). A layer inside another section's (the
+// admin routes inside the gateway's) keeps its own section rather than getting the outer one's too.
+const placed = new WeakMap<Input.OptionError, { readonly flag: boolean; readonly file: string | undefined }>()
 
 /**
  * A layer's `OptionError` names its field where the user wrote it: under the file's section
- * (`keys.prices.gpt`), or as `where` says for a field that comes from elsewhere.
+ * (`keys.prices.gpt`), or as `where` says for a field that comes from elsewhere (a flag: `--port`),
+ * and so does each other field refused with it. `file` is the gateway file the section is in.
  */
 const under =
-  (section: string, where: (path: string) => string | undefined = () => undefined) =>
+  (section: string, where: (path: string) => string | undefined = () => undefined, file?: string | undefined) =>
   <A, E, R>(layer: Layer.Layer<A, E, R>): Layer.Layer<A, unknown, R> =>
     Layer.catch(layer, (error: E) => {
       if (!(error instanceof Input.OptionError) || placed.has(error)) {
         return Layer.effectDiscard(Effect.fail(error)) as never
       }
-      const { message } = Input.issueOfError(error)
-      const path = where(error.path) ?? `${section}.${error.path}`
-      const named = Input.toOptionError({ path, message })
-      placed.add(named)
+      const issue = Input.renamed(Input.issueOfError(error), (path) => where(path) ?? `${section}.${path}`)
+      const flag = issue.path.startsWith("--")
+      const named = Input.toOptionError(issue)
+      placed.set(named, { flag, file: flag ? undefined : file })
       return Layer.effectDiscard(Effect.fail(named)) as unknown as Layer.Layer<A, unknown>
     })
 
@@ -257,30 +263,26 @@ export const run = Effect.fnUntraced(function* (args: Args) {
     config.admin === undefined
       ? undefined
       : yield* secret(common, config.admin.keyEnv ?? "ORCHESTRA_ADMIN_KEY", "admin.keyEnv")
-  if (config.gateway !== undefined && Object.hasOwn(config.gateway, "metricsToken")) {
-    return yield* failWith(
+  if (file !== undefined && config.gateway !== undefined && Object.hasOwn(config.gateway, "metricsToken")) {
+    return yield* refuseIn(
       common,
-      exitCodes.usage,
-      "gateway.metricsToken: a secret is not written in the gateway file: name its environment variable in metrics.tokenEnv",
-      { kind: "config" }
+      file,
+      "gateway.metricsToken: a secret is not written in the gateway file: name its environment variable in metrics.tokenEnv"
     )
   }
   const metricsToken =
     config.metrics === undefined
       ? undefined
       : yield* secret(common, config.metrics.tokenEnv ?? "ORCHESTRA_METRICS_TOKEN", "metrics.tokenEnv")
-  if (adminKey !== undefined && config.keys === undefined) {
-    return yield* failWith(common, exitCodes.usage, "admin: the admin routes manage keys: add a `keys` section", {
-      kind: "config"
-    })
+  if (file !== undefined && adminKey !== undefined && config.keys === undefined) {
+    return yield* refuseIn(common, file, "admin: the admin routes manage keys: add a `keys` section")
   }
   // Said here: the layer's own refusal would name `gateway.keys`, a field the `gateway` section refuses.
   if (file !== undefined && config.keys === undefined && config.allowAnonymous !== true) {
-    return yield* failWith(
+    return yield* refuseIn(
       common,
-      exitCodes.usage,
-      'keys: the gateway file has no `keys` section: add one (`"keys": { "keys": [] }` for keys an admin creates), or `"allowAnonymous": true` to admit every request',
-      { kind: "config" }
+      file,
+      'keys: the gateway file has no `keys` section: add one (`"keys": { "keys": [] }` for keys an admin creates), or `"allowAnonymous": true` to admit every request'
     )
   }
   const prefix = config.redis?.prefix ?? "orchestra:"
@@ -292,7 +294,7 @@ export const run = Effect.fnUntraced(function* (args: Args) {
     redisUrl === undefined
       ? Layer.empty
       : Redis.layer({ url: redisUrl, commandTimeout: config.redis?.commandTimeout ?? 500 }).pipe(
-          under("redis", (path) => (path === "url" ? "redis.urlEnv" : undefined))
+          under("redis", (path) => (path === "url" ? "redis.urlEnv" : undefined), file)
         )
   const keyOptions = (config.keys ?? {}) as KeyStore.Options
   const keys =
@@ -301,12 +303,12 @@ export const run = Effect.fnUntraced(function* (args: Args) {
       : (shared === undefined
           ? KeyStore.layerMemory(keyOptions)
           : KeyStore.layerRedis({ ...keyOptions, prefix: `${prefix}gateway:`, redis: shared.guard })
-        ).pipe(under("keys"))
+        ).pipe(under("keys", undefined, file))
   const admin =
     adminKey === undefined
       ? Layer.empty
       : Admin.layer({ key: adminKey, path: config.admin?.path }).pipe(
-          under("admin", (path) => (path === "key" ? "admin.keyEnv" : undefined))
+          under("admin", (path) => (path === "key" ? "admin.keyEnv" : undefined), file)
         )
   const gateway = Gateway.serve(
     {
@@ -321,7 +323,7 @@ export const run = Effect.fnUntraced(function* (args: Args) {
       logRequests: server.logRequests
     },
     admin
-  ).pipe(under("gateway", (path) => gatewayField(args, path)))
+  ).pipe(under("gateway", (path) => gatewayField(args, path), file))
   // The admin routes exist only with `keys` (checked above), Redis layers only with `redis`:
   // what the types cannot see, the checks above make true.
   const app = gateway.pipe(
@@ -331,14 +333,17 @@ export const run = Effect.fnUntraced(function* (args: Args) {
   yield* Effect.scoped(
     Effect.gen(function* () {
       const context = yield* Layer.build(app).pipe(
-        Effect.catch((error: unknown) =>
-          failWith(
-            common,
-            error instanceof Input.OptionError ? exitCodes.usage : exitCodes.failed,
-            startFailure(error, host, port, config.redis?.urlEnv ?? "REDIS_URL"),
-            { kind: error instanceof Input.OptionError ? "config" : "start" }
-          )
-        )
+        Effect.catch((error: unknown) => {
+          const message = startFailure(error, host, port, config.redis?.urlEnv ?? "REDIS_URL")
+          if (!(error instanceof Input.OptionError))
+            return failWith(common, exitCodes.failed, message, { kind: "start" })
+          const where = placed.get(error)
+          // A flag's value is a usage error, as every other command's; a field of the gateway file names the file.
+          if (where?.flag === true) return failWith(common, exitCodes.usage, message, { kind: "usage" })
+          return where?.file === undefined
+            ? failWith(common, exitCodes.usage, message, { kind: "config" })
+            : refuseIn(common, where.file, message)
+        })
       )
       const address = Context.get(context, HttpServer.HttpServer).address
       const url = address._tag === "UnixPathAddress" ? address.path : `http://${hostPort(host, address.port)}`

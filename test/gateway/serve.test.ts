@@ -220,8 +220,18 @@ describe("orchestra serve, start-up failures", () => {
         })
         assert.strictEqual(flag.code, 2, flag.stderr)
         assert.include(flag.stderr, "invalid --port: expected a value of at least 0, got -1")
+        // A flag's value is a usage error, as `--port abc` and every other command's flags are.
+        assert.deepStrictEqual(JSON.parse(flag.stdout).error, {
+          message: "invalid --port: expected a value of at least 0, got -1",
+          kind: "usage"
+        })
         assert.strictEqual(file.code, 2, file.stderr)
         assert.include(file.stderr, "invalid server.port: expected a value of at most 65535, got 70000")
+        assert.deepStrictEqual(JSON.parse(file.stdout).error, {
+          message: `${fromFile}: invalid server.port: expected a value of at most 65535, got 70000`,
+          kind: "config",
+          file: fromFile
+        })
         for (const result of [flag, file]) assert.notInclude(result.stderr, "gateway.port")
       }),
     120_000
@@ -246,6 +256,73 @@ describe("orchestra serve, start-up failures", () => {
         assert.include(malformed.stderr, "invalid redis.urlEnv: expected a redis:// or rediss:// URL")
         assert.notInclude(malformed.stderr, "unexpected failure")
         for (const result of [down, malformed]) assert.notInclude(result.stdout + result.stderr, SECRET)
+      }),
+    120_000
+  )
+})
+
+describe("orchestra serve, the keys of the gateway file", () => {
+  it.live(
+    "every mistake in the keys, however found, is said one way: the file, then each entry's path under keys",
+    () =>
+      Effect.gen(function* () {
+        const sha = hashSecret(SECRET)
+        const entries = write("keys-entries.json", {
+          server: { port: 0 },
+          keys: {
+            teams: {},
+            keys: [
+              { id: "k0", sha256: "not-a-hash" },
+              { id: "k1", sha256: sha, budget: { usd: -1 } },
+              { id: "k2", sha256: hashSecret(`${SECRET}-2`), team: "nope" }
+            ]
+          }
+        })
+        // Found as the gateway starts: the models the keys and prices name.
+        const models = write("keys-models.json", {
+          server: { port: 0 },
+          keys: {
+            keys: [{ id: "k0", sha256: sha, allowedModels: ["gtp-4"] }],
+            prices: { "gtp-5": { input: 1, output: 1 } }
+          }
+        })
+        const adminless = write("keys-admin.json", { server: { port: 0 }, admin: { keyEnv: "TEST_ADMIN_KEY" } })
+        const exitOf = (file: string) =>
+          Effect.flatMap(
+            serve(["--config", config, "--gateway", file], { TEST_ADMIN_KEY: "admin-key-0123456789abcdef" }),
+            (started) => started.exit
+          )
+        const [badEntries, badModels, noKeys] = yield* Effect.all(
+          [exitOf(entries), exitOf(models), exitOf(adminless)],
+          {
+            concurrency: 3
+          }
+        )
+        const unknownModel = (name: string, what: string) =>
+          `unknown model "${name}": expected a domain (support, technical, finance), provider/model or provider/* with a provider of mock${what}`
+        const expected: ReadonlyArray<readonly [typeof badEntries, string, string]> = [
+          [
+            badEntries,
+            entries,
+            "invalid keys.keys[0].sha256: expected the SHA-256 of the secret as 64 lowercase hex characters " +
+              "(3 problems in all; also keys.keys[1].budget.usd: expected a value above 0, got -1; " +
+              'keys.keys[2].team: unknown team "nope": declare it under the key store\'s teams (none is declared; a team without a budget is {}))'
+          ],
+          [
+            badModels,
+            models,
+            `invalid keys.keys[0].allowedModels[0]: ${unknownModel("gtp-4", ", or *")} (2 problems in all; also keys.prices.gtp-5: `
+          ],
+          [noKeys, adminless, "admin: the admin routes manage keys: add a `keys` section"]
+        ]
+        for (const [result, file, message] of expected) {
+          assert.strictEqual(result.code, 2, result.stderr)
+          const error = JSON.parse(result.stdout).error
+          assert.strictEqual(error.kind, "config")
+          assert.strictEqual(error.file, file)
+          assert.isTrue(error.message.startsWith(`${file}: ${message}`), error.message)
+          assert.include(result.stderr, `orchestra: ${file}: ${message}`)
+        }
       }),
     120_000
   )

@@ -376,16 +376,14 @@ class Issues {
     this.total++
     if (this.shown.length < maxIssues) this.shown.push(issue)
   }
-  /** One issue: the first's path, every shown one in the message (one alone reads as it always did). */
+  /** One issue: the first, with the others shown (one alone reads as it always did). */
   get issue(): Input.Issue | undefined {
     const [first, ...rest] = this.shown
     if (first === undefined || this.total === 1) return first
-    const more = this.total - this.shown.length
     return {
       path: first.path,
-      message: `${first.message} (${this.total} problems in all; also ${rest
-        .map((issue) => `${issue.path}: ${issue.message}`)
-        .join("; ")}${more > 0 ? `; and ${more} more not shown` : ""})`
+      message: first.message,
+      others: { shown: rest, unshown: this.total - this.shown.length }
     }
   }
 }
