@@ -155,11 +155,21 @@ export interface Models {
 export interface KeyStoreService {
   /** The key of a bearer token (`undefined`: none sent), or a 401/403 `GatewayError`. */
   readonly authenticate: (bearer: Redacted.Redacted<string> | undefined) => Effect.Effect<KeyContext, GatewayError>
-  /** A 429 `GatewayError` naming the budget (scope, spent, limit) when one is exceeded, or the key's rate limit. */
+  /**
+   * A 429 `GatewayError` naming the budget (scope, spent, limit) when one is exceeded, or the key's rate limit.
+   *
+   * `onHeld` (since 0.3.0), when given, is called with the reservation as soon as the store holds
+   * it, before `reserve` ends: the gateway registers its release before calling `reserve`, so a
+   * request interrupted (its client gone) after the hold was made, however late, still releases it
+   * rather than leaving it held until the store's lease ends. A store that never calls it is
+   * released from what `reserve` returns. Releasing or settling a reservation twice must change
+   * nothing (the gateway may be handed it both ways).
+   */
   readonly reserve: (
     key: KeyContext,
     model: string,
-    estimate: { readonly inputTokens: number; readonly maxOutputTokens: number }
+    estimate: { readonly inputTokens: number; readonly maxOutputTokens: number },
+    onHeld?: ((reservation: Reservation) => void) | undefined
   ) => Effect.Effect<Reservation, GatewayError>
   readonly settle: (
     reservation: Reservation,

@@ -66,7 +66,9 @@ const named = (error: AiError, hoisted: number): AiError => {
 
 /** A request's reservation, settled or released exactly once (the request scope's finalizer releases it). */
 interface Ticket {
-  readonly reservation: unknown
+  /** What the store holds, once it holds it (`held`). */
+  reservation: unknown
+  held: boolean
   /** The input tokens it was reserved with: what a stream cut after its first chunk is charged. */
   readonly inputTokens: number
   closed: boolean
@@ -113,7 +115,7 @@ export const make = (env: Env) => {
 
   const release = (ticket: Ticket | undefined) =>
     Effect.suspend(() => {
-      if (ticket === undefined || ticket.closed || env.keys === undefined) return Effect.void
+      if (ticket === undefined || !ticket.held || ticket.closed || env.keys === undefined) return Effect.void
       ticket.closed = true
       env.held.delete(ticket.reservation)
       return env.keys.release(ticket.reservation)
@@ -121,7 +123,7 @@ export const make = (env: Env) => {
 
   const settle = (ticket: Ticket | undefined, usage: { inputTokens: number; outputTokens: number }) =>
     Effect.suspend(() => {
-      if (ticket === undefined || ticket.closed || env.keys === undefined) return Effect.void
+      if (ticket === undefined || !ticket.held || ticket.closed || env.keys === undefined) return Effect.void
       ticket.closed = true
       env.held.delete(ticket.reservation)
       return env.keys.settle(ticket.reservation, usage)
@@ -193,18 +195,31 @@ export const make = (env: Env) => {
   const reserve = (key: KeyIdentity | undefined, model: string, target: Target, request: GenerateRequest) =>
     key === undefined || env.keys === undefined
       ? Effect.succeed(undefined)
-      : // The reserve may wait (a slow store, a rate-limit slot) and be interrupted; once it has
-        // answered, its release is registered before an interruption can land: one landing between
-        // them would leave the reservation held until its lease ends.
-        Effect.uninterruptibleMask((restore) => {
+      : Effect.suspend(() => {
+          const keys = env.keys!
           const estimate = estimateOf(target, request)
-          return Effect.flatMap(restore(env.keys!.reserve(key, model, estimate)), (reservation) => {
-            const ticket: Ticket = { reservation, inputTokens: estimate.inputTokens, closed: false }
+          const ticket: Ticket = { reservation: undefined, held: false, inputTokens: estimate.inputTokens, closed: false }
+          const hold = (reservation: unknown) => {
+            if (ticket.held) return
+            ticket.held = true
+            ticket.reservation = reservation
             env.held.add(reservation)
-            // Whatever happens next (an answer, a failure, a client that leaves, a stream body never
-            // started), the request scope's end releases what was not settled.
-            return Effect.as(onRequestEnd(release(ticket)), ticket)
-          })
+          }
+          // Its release is registered first, and the store hands the reservation over as soon as it
+          // holds it (`onHeld`): an interruption (a client that leaves) landing at any step after the
+          // hold was made still releases it, rather than leaving it held until its lease ends. A
+          // store that does not call `onHeld` hands it back on its answer, before an interruption can land.
+          // Whatever happens next (an answer, a failure, a stream body never started), the request
+          // scope's end releases what was not settled.
+          return Effect.andThen(
+            onRequestEnd(release(ticket)),
+            Effect.uninterruptibleMask((restore) =>
+              Effect.map(restore(keys.reserve(key, model, estimate, hold)), (reservation) => {
+                hold(reservation)
+                return ticket
+              })
+            )
+          )
         })
 
   const provenance = (answer: Answer): Record<string, string> =>

@@ -61,22 +61,26 @@ export const make = (env: Env) => {
       for (const text of valid.texts) inputTokens += estimateTokens(text)
       const keys = env.keys
       let reservation: unknown
-      let closed = true
+      let held = false
+      let closed = false
       if (key !== undefined && keys !== undefined) {
-        // Its release registered before an interruption can land (as the chat route's).
-        reservation = yield* Effect.uninterruptibleMask((restore) =>
-          Effect.tap(restore(keys.reserve(key, call.model, { inputTokens, maxOutputTokens: 0 })), (made) => {
-            closed = false
-            env.held.add(made)
-            return onRequestEnd(
-              Effect.suspend(() => {
-                if (closed) return Effect.void
-                closed = true
-                env.held.delete(made)
-                return keys.release(made)
-              })
-            )
+        const hold = (made: unknown) => {
+          if (held) return
+          held = true
+          reservation = made
+          env.held.add(made)
+        }
+        // Its release registered first, the reservation handed over as the store holds it (as the chat route's).
+        yield* onRequestEnd(
+          Effect.suspend(() => {
+            if (!held || closed) return Effect.void
+            closed = true
+            env.held.delete(reservation)
+            return keys.release(reservation)
           })
+        )
+        yield* Effect.uninterruptibleMask((restore) =>
+          Effect.map(restore(keys.reserve(key, call.model, { inputTokens, maxOutputTokens: 0 }, hold)), hold)
         )
       }
       const attributes = {
@@ -105,7 +109,7 @@ export const make = (env: Env) => {
             span.span.attribute("gen_ai.usage.input_tokens", usage.inputTokens)
             span.end(exit)
           }
-          if (!closed && keys !== undefined) {
+          if (held && !closed && keys !== undefined) {
             closed = true
             env.held.delete(reservation)
             yield* keys.settle(reservation, usage)

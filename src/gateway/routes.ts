@@ -54,7 +54,8 @@ export interface Keys<K extends KeyIdentity = KeyIdentity, R = unknown> {
   readonly reserve: (
     key: K,
     model: string,
-    estimate: { readonly inputTokens: number; readonly maxOutputTokens: number }
+    estimate: { readonly inputTokens: number; readonly maxOutputTokens: number },
+    onHeld?: ((reservation: R) => void) | undefined
   ) => Effect.Effect<R, GatewayError>
   readonly settle: (
     reservation: R,

@@ -366,7 +366,8 @@ export const make = Effect.fnUntraced(function* (
     model: string,
     inputTokens: number,
     maxOutputTokens: number,
-    taken: { held?: Held | undefined }
+    taken: { held?: Held | undefined },
+    onHeld: ((reservation: unknown) => void) | undefined
   ): Effect.Effect<unknown, GatewayError> => {
     const at = now()
     const counters = countersFor(record.id, record.team, contextOf(record).budgets, model, at)
@@ -388,11 +389,13 @@ export const make = Effect.fnUntraced(function* (
     const id = `${processId}.${(sequence++).toString(36)}`
     const held = (recorded: boolean) =>
       new Held(id, record.id, model, charges, price, inputTokens, maxOutputTokens, recorded)
-    // Known to `taken` as soon as Redis answers, before an interruption pending since (see `reserve`) ends the fiber.
+    // Known to `taken` and to the caller as soon as Redis answers, before an interruption pending
+    // since (see `reserve`) ends the fiber, or one landing at any later step.
     const reserved = Effect.map(backend.reserve(id, charges, resolved.reservationTtlMs, at), (result) => {
       if (result._tag === "Reserved") {
         taken.held = held(true)
         taken.held.renewedAt = at
+        onHeld?.(taken.held)
       }
       return result
     })
@@ -428,7 +431,8 @@ export const make = Effect.fnUntraced(function* (
   const reserve = (
     key: Gateway.KeyContext,
     model: string,
-    estimate: { readonly inputTokens: number; readonly maxOutputTokens: number }
+    estimate: { readonly inputTokens: number; readonly maxOutputTokens: number },
+    onHeld?: ((reservation: unknown) => void) | undefined
   ): Effect.Effect<unknown, GatewayError> => {
     if (badCount(estimate.inputTokens)) {
       return Effect.fail(
@@ -448,7 +452,7 @@ export const make = Effect.fnUntraced(function* (
       // A caller interrupted once the script held its amounts (a client that left while Redis ran it,
       // or while its slot waited) never gets the reservation to release: it is released here.
       const taken: { held?: Held | undefined } = {}
-      const held = hold(record, model, estimate.inputTokens, estimate.maxOutputTokens, taken)
+      const held = hold(record, model, estimate.inputTokens, estimate.maxOutputTokens, taken, onHeld)
       const givenBackIfInterrupted = Effect.onInterrupt(() =>
         taken.held === undefined ? Effect.void : release(taken.held)
       )
