@@ -198,7 +198,12 @@ export const make = (env: Env) => {
       : Effect.suspend(() => {
           const keys = env.keys!
           const estimate = estimateOf(target, request)
-          const ticket: Ticket = { reservation: undefined, held: false, inputTokens: estimate.inputTokens, closed: false }
+          const ticket: Ticket = {
+            reservation: undefined,
+            held: false,
+            inputTokens: estimate.inputTokens,
+            closed: false
+          }
           const hold = (reservation: unknown) => {
             if (ticket.held) return
             ticket.held = true
