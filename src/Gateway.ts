@@ -171,6 +171,11 @@ export interface KeyStoreService {
     estimate: { readonly inputTokens: number; readonly maxOutputTokens: number },
     onHeld?: ((reservation: Reservation) => void) | undefined
   ) => Effect.Effect<Reservation, GatewayError>
+  /**
+   * Run uninterruptibly (a client leaving as its answer is settled does not cut it, or the usage
+   * would go uncharged and the reservation stay held): keep it bounded, as `gateway/keys` does with
+   * its store's deadline. So is `release`.
+   */
   readonly settle: (
     reservation: Reservation,
     usage: { readonly inputTokens: number; readonly outputTokens: number }

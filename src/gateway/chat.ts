@@ -113,21 +113,28 @@ export const make = (env: Env) => {
     return found
   }
 
+  // Closed once and told to the store in one uninterruptible step (the store's call is bounded by
+  // its deadline): a client leaving as its answer is settled would otherwise close the ticket with
+  // the store never told, its usage uncharged and its amount held until the lease ends.
   const release = (ticket: Ticket | undefined) =>
-    Effect.suspend(() => {
-      if (ticket === undefined || !ticket.held || ticket.closed || env.keys === undefined) return Effect.void
-      ticket.closed = true
-      env.held.delete(ticket.reservation)
-      return env.keys.release(ticket.reservation)
-    })
+    Effect.uninterruptible(
+      Effect.suspend(() => {
+        if (ticket === undefined || !ticket.held || ticket.closed || env.keys === undefined) return Effect.void
+        ticket.closed = true
+        env.held.delete(ticket.reservation)
+        return env.keys.release(ticket.reservation)
+      })
+    )
 
   const settle = (ticket: Ticket | undefined, usage: { inputTokens: number; outputTokens: number }) =>
-    Effect.suspend(() => {
-      if (ticket === undefined || !ticket.held || ticket.closed || env.keys === undefined) return Effect.void
-      ticket.closed = true
-      env.held.delete(ticket.reservation)
-      return env.keys.settle(ticket.reservation, usage)
-    })
+    Effect.uninterruptible(
+      Effect.suspend(() => {
+        if (ticket === undefined || !ticket.held || ticket.closed || env.keys === undefined) return Effect.void
+        ticket.closed = true
+        env.held.delete(ticket.reservation)
+        return env.keys.settle(ticket.reservation, usage)
+      })
+    )
 
   // A stream cut after its first chunk (an upstream failure, a deadline, a client that left)
   // was answered upstream: it is charged its input estimate and the output read so far (4

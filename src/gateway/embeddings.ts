@@ -109,11 +109,15 @@ export const make = (env: Env) => {
             span.span.attribute("gen_ai.usage.input_tokens", usage.inputTokens)
             span.end(exit)
           }
-          if (held && !closed && keys !== undefined) {
-            closed = true
-            env.held.delete(reservation)
-            yield* keys.settle(reservation, usage)
-          }
+          // Closed and told to the store in one uninterruptible step (as the chat route's).
+          yield* Effect.uninterruptible(
+            Effect.suspend(() => {
+              if (!held || closed || keys === undefined) return Effect.void
+              closed = true
+              env.held.delete(reservation)
+              return keys.settle(reservation, usage)
+            })
+          )
           metrics.tokens(usage.inputTokens, 0)
           const text = Wire.embeddings(call.model, exit.value, call.encoding, usage.inputTokens)
           return answered(env, "embeddings", started, json(200, text), tracker.upstreamMs)

@@ -158,3 +158,46 @@ describe("Gateway: budgets", () => {
       })
   )
 })
+
+describe("Gateway: a client that leaves as its answer is settled", () => {
+  for (const [route, body] of [
+    ["chat/completions", { model: "d-a", messages: hi }],
+    ["embeddings", { model: "d-a", input: ["hi"] }]
+  ] as const) {
+    it.live(
+      `/v1/${route}: the settle runs to its end, the usage charged once, not lost with the reservation held`,
+      () =>
+        Effect.gen(function* () {
+          const upstream = yield* Server.make(Up.openAi())
+          const double = Harness.keyStore({ "sk-leaving": { id: "k" } })
+          const client = new AbortController()
+          // The store's settle is a round trip (Redis); the client leaves as it starts.
+          const keys = {
+            ...double.service,
+            settle: (reservation: unknown, usage: { readonly inputTokens: number; readonly outputTokens: number }) =>
+              Effect.andThen(
+                Effect.sync(() => client.abort()),
+                Effect.andThen(Effect.sleep("200 millis"), double.service.settle(reservation, usage))
+              )
+          }
+          const gw = yield* Harness.make({ upstreams: { a: upstream.url }, keys })
+          const answer = yield* Effect.promise(() =>
+            fetch(`${gw.url}/v1/${route}`, {
+              method: "POST",
+              headers: { authorization: "Bearer sk-leaving", "content-type": "application/json" },
+              body: JSON.stringify(body),
+              signal: client.signal
+            }).then(
+              (response) => response.text(),
+              () => "aborted"
+            )
+          )
+          assert.strictEqual(answer, "aborted")
+          yield* Harness.eventually(() => gw.gateway.inFlight() === 0)
+          yield* Harness.eventually(() => double.log.settled.length + double.log.released.length > 0)
+          assert.strictEqual(double.log.settled.length, 1)
+          assert.deepStrictEqual(double.log.released, [])
+        })
+    )
+  }
+})
