@@ -96,8 +96,18 @@ const decodeFile = Schema.decodeUnknownResult(GatewayFile, { onExcessProperty: "
 const maxFileBytes = 1024 * 1024
 
 /** A mistake in the gateway file, said after the file's path (as its `file` in JSON). */
-const refuseIn = (common: Common, file: string, message: string) =>
-  failWith(common, exitCodes.usage, `${file}: ${message}`, { kind: "config", file })
+const refuseIn = (
+  common: Common,
+  file: string,
+  message: string,
+  issues?: ReadonlyArray<{ readonly path: string; readonly message: string }> | undefined
+) =>
+  failWith(common, exitCodes.usage, `${file}: ${message}`, {
+    kind: "config",
+    file,
+    // Each field refused, for a program reading the JSON (as `orchestra`'s config errors give them).
+    ...(issues === undefined ? {} : { issues })
+  })
 
 /** The gateway file: the flag, else `ORCHESTRA_GATEWAY`, else `./orchestra.gateway.json` if present, else none. */
 const loadFile = Effect.fnUntraced(function* (common: Common, flag: Option.Option<string>) {
@@ -135,7 +145,9 @@ const loadFile = Effect.fnUntraced(function* (common: Common, flag: Option.Optio
   const decoded = decodeFile(json.success)
   if (Result.isFailure(decoded)) {
     const issue = Input.issueOf(decoded.failure)
-    return yield* refuse(`${issue.path}: ${issue.message}`)
+    return yield* refuseIn(common, file, `${issue.path}: ${issue.message}`, [
+      { path: issue.path, message: issue.message }
+    ])
   }
   return { file, config: decoded.success }
 })
@@ -214,6 +226,12 @@ const under =
       placed.set(named, { flag, file: flag ? undefined : file })
       return Layer.effectDiscard(Effect.fail(named)) as unknown as Layer.Layer<A, unknown>
     })
+
+/** The fields an `OptionError` refused: its own, then the others found with it. */
+const issuesOf = (error: Input.OptionError): ReadonlyArray<{ readonly path: string; readonly message: string }> => {
+  const issue = Input.issueOfError(error)
+  return [{ path: issue.path, message: issue.message }, ...(issue.others?.shown ?? [])]
+}
 
 /** The gateway's options that the `server` section (or a flag) gives, not the `gateway` one. */
 const serverFields: ReadonlySet<string> = new Set([
@@ -342,7 +360,7 @@ export const run = Effect.fnUntraced(function* (args: Args) {
           if (where?.flag === true) return failWith(common, exitCodes.usage, message, { kind: "usage" })
           return where?.file === undefined
             ? failWith(common, exitCodes.usage, message, { kind: "config" })
-            : refuseIn(common, where.file, message)
+            : refuseIn(common, where.file, message, issuesOf(error))
         })
       )
       const address = Context.get(context, HttpServer.HttpServer).address

@@ -230,7 +230,8 @@ describe("orchestra serve, start-up failures", () => {
         assert.deepStrictEqual(JSON.parse(file.stdout).error, {
           message: `${fromFile}: invalid server.port: expected a value of at most 65535, got 70000`,
           kind: "config",
-          file: fromFile
+          file: fromFile,
+          issues: [{ path: "server.port", message: "expected a value of at most 65535, got 70000" }]
         })
         for (const result of [flag, file]) assert.notInclude(result.stderr, "gateway.port")
       }),
@@ -323,6 +324,11 @@ describe("orchestra serve, the keys of the gateway file", () => {
           assert.isTrue(error.message.startsWith(`${file}: ${message}`), error.message)
           assert.include(result.stderr, `orchestra: ${file}: ${message}`)
         }
+        // With --json, each field refused by its path in the file.
+        assert.deepStrictEqual(
+          JSON.parse(badEntries.stdout).error.issues.map((issue: { readonly path: string }) => issue.path),
+          ["keys.keys[0].sha256", "keys.keys[1].budget.usd", "keys.keys[2].team"]
+        )
       }),
     120_000
   )
