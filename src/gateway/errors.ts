@@ -265,7 +265,13 @@ export const fromAiError = (error: AiError): WireError => {
     case "CircuitOpenError":
       return {
         status: 503,
-        body: body(error.message, "service_unavailable", undefined, "circuit_open"),
+        // A breaker whose shared state could not be read (its store down, failing closed) is no open circuit.
+        body: body(
+          error.message,
+          "service_unavailable",
+          undefined,
+          error.state === "unavailable" ? "breaker_store_unavailable" : "circuit_open"
+        ),
         retryAfterSeconds: seconds(error.retryAfter) ?? 1,
         reason: "CircuitOpen"
       }

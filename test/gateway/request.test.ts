@@ -291,6 +291,15 @@ describe("gateway errors: statuses and bodies", () => {
     assert.strictEqual(ours.retryAfterSeconds, 1)
     const open = toWire(new CircuitOpenError({ breaker: "a", state: "open", retryAfter: Duration.seconds(4) }))
     assert.deepStrictEqual([open.status, open.retryAfterSeconds, open.body.error.code], [503, 4, "circuit_open"])
+    // A breaker whose shared state could not be read (Redis down, failing closed) is no open circuit.
+    const unreadable = toWire(
+      new CircuitOpenError({ breaker: "a", state: "unavailable", store: "redis", retryAfter: Duration.seconds(2) })
+    )
+    assert.deepStrictEqual(
+      [unreadable.status, unreadable.retryAfterSeconds, unreadable.body.error.code],
+      [503, 2, "breaker_store_unavailable"]
+    )
+    assert.include(unreadable.body.error.message, "could not be read from Redis")
   })
 
   it("answers an exhausted fallback as its last step, naming every step", () => {
