@@ -243,15 +243,8 @@ export const make: (options: Options) => Effect.Effect<Model.Service, Input.Opti
         const uneven = Errors.unevenVectors(vectors, ctx, "embeddings")
         if (uneven !== undefined) return yield* Effect.fail(uneven)
         // All of one length now: a model or proxy that ignored `outputDimensionality` shows in the first.
-        if (dimensions !== undefined && vectors[0]!.length !== dimensions) {
-          return yield* Effect.fail(
-            Errors.malformed(
-              ctx,
-              "embeddings[0]",
-              `${vectors[0]!.length} dimensions where embeddingDimensions asked for ${dimensions}`
-            )
-          )
-        }
+        const unasked = Errors.unaskedDimensions(ctx, "embeddings[0]", vectors[0]!.length, dimensions)
+        if (unasked !== undefined) return yield* Effect.fail(unasked)
         return { vectors, provider: name, model } satisfies Model.EmbedResponse
       })
     )

@@ -289,15 +289,8 @@ export const make = Effect.fnUntraced(function* (given: Options = {}) {
       const uneven = Errors.unevenVectors(vectors, ctx, "embeddings")
       if (uneven !== undefined) return yield* Effect.fail(uneven)
       // All of one length now: a server that ignored `dimensions` shows in the first.
-      if (dimensions !== undefined && vectors[0]!.length !== dimensions) {
-        return yield* Effect.fail(
-          Errors.malformed(
-            ctx,
-            "embeddings[0]",
-            `${vectors[0]!.length} dimensions where embeddingDimensions asked for ${dimensions}`
-          )
-        )
-      }
+      const unasked = Errors.unaskedDimensions(ctx, "embeddings[0]", vectors[0]!.length, dimensions)
+      if (unasked !== undefined) return yield* Effect.fail(unasked)
       let inputTokens: number | undefined = 0
       for (const answer of answers) {
         const counted = Decode.tokenCount(answer.prompt_eval_count)

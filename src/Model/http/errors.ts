@@ -444,6 +444,23 @@ export const malformed = (ctx: CallContext, field: string, detail: string): Mode
   })
 
 /**
+ * The `Decode` error of a vector (at `field`) whose length is not the `embeddingDimensions`
+ * asked for: a server that ignored the option. `undefined` when none was asked for, or it fits.
+ *
+ * @since 0.3.0
+ * @category errors
+ */
+export const unaskedDimensions = (
+  ctx: CallContext,
+  field: string,
+  length: number,
+  dimensions: number | undefined
+): ModelError | undefined =>
+  dimensions === undefined || length === dimensions
+    ? undefined
+    : malformed(ctx, field, `${length} dimensions where embeddingDimensions asked for ${dimensions}`)
+
+/**
  * The `Decode` error of an embeddings answer whose vectors are not all of one length, or
  * empty, or hold a value that is not a finite number (what uses them compares them dimension
  * by dimension; base64 float32 carries NaN and Infinity, and JSON's `1e400` reads as

@@ -12,7 +12,7 @@ import { Base64 } from "effect/encoding"
 import { invalidRequest, type ModelError } from "../../AiError.js"
 import * as Model from "../../Model.js"
 import { tokenCount } from "./decode.js"
-import { type CallContext, malformed, unevenVectors } from "./errors.js"
+import { type CallContext, malformed, unaskedDimensions, unevenVectors } from "./errors.js"
 
 const Text = Schema.optional(Schema.NullOr(Schema.String))
 const Count = Schema.optional(Schema.NullOr(Schema.Number))
@@ -351,15 +351,8 @@ export const vectorsByIndex = (
     if (values === undefined) {
       return Effect.fail(malformed(ctx, `data[${i}].embedding`, "neither a float array nor base64 float32"))
     }
-    if (dimensions !== undefined && values.length !== dimensions) {
-      return Effect.fail(
-        malformed(
-          ctx,
-          `data[${i}].embedding`,
-          `${values.length} dimensions where embeddingDimensions asked for ${dimensions}`
-        )
-      )
-    }
+    const unasked = unaskedDimensions(ctx, `data[${i}].embedding`, values.length, dimensions)
+    if (unasked !== undefined) return Effect.fail(unasked)
     vectors[item.index] = values
   }
   const uneven = unevenVectors(vectors as ReadonlyArray<ReadonlyArray<number>>, ctx, "data")
