@@ -165,8 +165,10 @@ const checkOptions = (options: Options) =>
  * @since 0.1.0
  * @category constructors
  */
-export const make = Effect.fnUntraced(function* (options: Options = {}) {
-  yield* Input.orOptionError(optionKeys(options))
+export const make = Effect.fnUntraced(function* (given: Options = {}) {
+  yield* Input.orOptionError(optionKeys(given))
+  // Read once: a getter that throws is an OptionError naming its field, not a defect out of the layer.
+  const options = (yield* Input.orOptionError(Input.readFields(given))) as Options
   const [
     settings,
     baseUrl,

@@ -151,8 +151,10 @@ const scrubbed = (error: AiError, secrets: ReadonlyArray<Redacted.Redacted>): Ai
 export const make: (
   options: Options
 ) => Effect.Effect<Model.Service, Input.OptionError, HttpClient.HttpClient | Scope.Scope> = Effect.fnUntraced(
-  function* (options: Options) {
-    yield* Input.orOptionError(optionKeys(options))
+  function* (given: Options) {
+    yield* Input.orOptionError(optionKeys(given))
+    // Read once: a getter that throws is an OptionError naming its field, not a defect out of the layer.
+    const options = (yield* Input.orOptionError(Input.readFields(given))) as Options
     const [
       settings,
       apiKey,

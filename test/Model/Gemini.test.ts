@@ -874,6 +874,19 @@ layer(NodeHttpClient.layerUndici)("Gemini over HTTP", (it) => {
   })
 
   describe("options", () => {
+    it.effect("an option whose getter throws is an OptionError naming it, not a defect", () =>
+      Effect.gen(function* () {
+        const options = Object.defineProperty({ apiKey: Redacted.make("k") }, "model", {
+          enumerable: true,
+          get: () => {
+            throw new Error("no model")
+          }
+        }) as Gemini.Options
+        const error = yield* Effect.flip(Layer.build(Gemini.layer(options)))
+        assert.deepStrictEqual([error._tag, (error as { readonly path?: string }).path], ["OptionError", "model"])
+      })
+    )
+
     it.effect("every option is checked at build: an OptionError naming the field", () =>
       Effect.gen(function* () {
         const server = yield* Server.make((_, res) => Server.json(res, 200, response("x")))

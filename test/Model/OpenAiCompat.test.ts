@@ -1220,6 +1220,19 @@ for (const [name, client] of [
     })
 
     describe("options", () => {
+      it.effect("an option whose getter throws is an OptionError naming it, not a defect", () =>
+        Effect.gen(function* () {
+          const options = Object.defineProperty({ model: "m" }, "apiKey", {
+            enumerable: true,
+            get: () => {
+              throw new Error("no apiKey")
+            }
+          }) as OpenAiCompat.Options
+          const error = yield* Effect.flip(Layer.build(OpenAiCompat.layer(options)))
+          assert.deepStrictEqual([error._tag, (error as { readonly path?: string }).path], ["OptionError", "apiKey"])
+        })
+      )
+
       it.effect("bad options fail the layer with an OptionError naming the field", () =>
         Effect.gen(function* () {
           const cases: ReadonlyArray<readonly [string, OpenAiCompat.Options]> = [

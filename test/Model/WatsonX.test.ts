@@ -1059,6 +1059,19 @@ layer(NodeHttpClient.layerUndici)("WatsonX over HTTP", (it) => {
   })
 
   describe("options", () => {
+    it.effect("an option whose getter throws is an OptionError naming it, not a defect", () =>
+      Effect.gen(function* () {
+        const options = Object.defineProperty({ apiKey: Redacted.make("k"), projectId: "p" }, "url", {
+          enumerable: true,
+          get: () => {
+            throw new Error("no url")
+          }
+        }) as WatsonX.Options
+        const error = yield* Effect.flip(Layer.build(WatsonX.layer(options)))
+        assert.deepStrictEqual([error._tag, (error as { readonly path?: string }).path], ["OptionError", "url"])
+      })
+    )
+
     it.effect("every option is checked at build: an OptionError naming the field", () =>
       Effect.gen(function* () {
         const { provider } = yield* makeServer((_, res) => Server.json(res, 200, chatAnswer("ok")))
