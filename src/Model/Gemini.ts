@@ -99,7 +99,7 @@ export const make: (options: Options) => Effect.Effect<Model.Service, Input.Opti
   Effect.fnUntraced(function* (given: Options) {
     yield* Input.orOptionError(optionKeys(given))
     // Read once: a getter that throws is an OptionError naming its field, not a defect out of the layer.
-    const options = (yield* Input.orOptionError(Input.readFields(given))) as Options
+    const options = (yield* Input.orOptionError(Input.readFields(given))) as unknown as Options
     const [settings, apiKey, name, defaultModel, embeddingModel, dimensions, baseUrl, apiVersion, limits, headerSet] =
       yield* Input.orOptionError(checkOptions(options))
     const client = yield* Client.make(settings, options.transformClient, ["x-goog-api-key", ...headerSet.secretNames])

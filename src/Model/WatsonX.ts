@@ -154,7 +154,7 @@ export const make: (
   function* (given: Options) {
     yield* Input.orOptionError(optionKeys(given))
     // Read once: a getter that throws is an OptionError naming its field, not a defect out of the layer.
-    const options = (yield* Input.orOptionError(Input.readFields(given))) as Options
+    const options = (yield* Input.orOptionError(Input.readFields(given))) as unknown as Options
     const [
       settings,
       apiKey,
