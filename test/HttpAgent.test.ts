@@ -7,6 +7,8 @@ import { TestClock } from "effect/testing"
 import * as CircuitBreaker from "../src/CircuitBreaker.js"
 import * as Executor from "../src/Executor.js"
 import * as Connections from "../src/agent/connections.js"
+import { agentsKept, makeService } from "../src/agent/service.js"
+import * as Discovery from "../src/Discovery.js"
 import * as HttpAgent from "../src/HttpAgent.js"
 import * as Mock from "../src/Model/Mock.js"
 import * as OpenAiCompat from "../src/Model/OpenAiCompat.js"
@@ -1020,6 +1022,60 @@ describe("HttpAgent.dispatch", () => {
         JSON.stringify(sent?.dependencies),
         JSON.stringify(Object.fromEntries([["__proto__", "__proto__"]]))
       )
+    })
+  )
+})
+
+describe("HttpAgent: agents named by URL", () => {
+  /** The service with an `agent` that counts how often each URL is made an agent. */
+  const counted = (discovery: Layer.Layer<Discovery.Discovery, unknown> = Layer.empty as never) =>
+    Effect.gen(function* () {
+      const built = new Map<string, number>()
+      const agent = (options: HttpAgent.AgentOptions) => {
+        built.set(String(options.url), (built.get(String(options.url)) ?? 0) + 1)
+        return HttpAgent.agent(options)
+      }
+      const context = yield* Layer.build(
+        Layer.effect(HttpAgent.HttpAgents, makeService({}, { agent, statsDomain: HttpAgent.statsDomain })).pipe(
+          Layer.provideMerge(Executor.layerWithStats({ timeout: "none" })),
+          Layer.provideMerge(Layer.mergeAll(Mock.layer(), CircuitBreaker.layerMemory({}), discovery)),
+          Layer.provide(NodeHttpClient.layerUndici)
+        )
+      ).pipe(Effect.provideService(Metric.MetricRegistry, new Map()))
+      return { service: Context.get(context, HttpAgent.HttpAgents), built }
+    })
+
+  it.effect("a URL is made an agent once, and the agents kept for URLs are bounded", () =>
+    Effect.gen(function* () {
+      const server = yield* AgentServer.make()
+      const { service, built } = yield* counted()
+      for (let i = 0; i < 3; i++) assert.strictEqual((yield* service.call(task(`t${i}`, server.url))).status, "success")
+      assert.strictEqual(built.get(server.url), 1)
+      assert.strictEqual(server.requests(), 3)
+      // As many other URLs as are kept: the least recently used (server.url) goes, the others stay.
+      for (let i = 0; i < agentsKept; i++) {
+        assert.strictEqual((yield* service.call(task(`u${i}`, `not a url ${i}`))).status, "error")
+      }
+      assert.strictEqual((yield* service.call(task("t3", `not a url ${agentsKept - 1}`))).status, "error")
+      assert.strictEqual(built.get(`not a url ${agentsKept - 1}`), 1)
+      assert.strictEqual((yield* service.call(task("t4", server.url))).status, "success")
+      assert.strictEqual(built.get(server.url), 2)
+    })
+  )
+
+  it.effect("a discovered endpoint is made an agent once", () =>
+    Effect.gen(function* () {
+      const server = yield* AgentServer.make()
+      const { service, built } = yield* counted(
+        Discovery.layerStatic([
+          { concept: "weather", intent: "analyze", agents: [{ url: server.url, name: "meteo", timeout: "5 seconds" }] }
+        ])
+      )
+      for (let i = 0; i < 3; i++) {
+        const record = yield* service.call(task(`t${i}`, undefined))
+        assert.deepStrictEqual([record.status, record.agent], ["success", "meteo"])
+      }
+      assert.strictEqual(built.get(server.url), 1)
     })
   )
 })

@@ -9,7 +9,7 @@
  */
 import { Duration, Effect, Option, Result } from "effect"
 import * as CircuitBreaker from "../CircuitBreaker.js"
-import { Discovery } from "../Discovery.js"
+import { Discovery, type Endpoint } from "../Discovery.js"
 import { Executor } from "../Executor.js"
 import type { Agent, AgentOptions, DispatchOptions, Options, Service, Status, Task, TaskRecord } from "../HttpAgent.js"
 import * as Input from "../Input.js"
@@ -69,6 +69,40 @@ const checkRead = (options: Options) => {
   )
 }
 
+/** How many agents made from a URL or a discovered endpoint a service keeps (the least recently used goes). */
+export const agentsKept = 256
+
+/**
+ * `make` remembered per key, for the `agentsKept` keys used last: a task that names its agent by
+ * URL would otherwise check the URL and options again on every call, and miss the request base
+ * kept per agent. A key of `undefined` is made each time.
+ */
+const remembered = <I>(key: (input: I) => string | undefined, make: (input: I) => Agent<unknown>) => {
+  const kept = new Map<string, Agent<unknown>>()
+  return (input: I): Agent<unknown> => {
+    const k = key(input)
+    if (k === undefined) return make(input)
+    const hit = kept.get(k)
+    if (hit !== undefined) {
+      kept.delete(k)
+      kept.set(k, hit)
+      return hit
+    }
+    const made = make(input)
+    if (kept.size >= agentsKept) kept.delete(kept.keys().next().value as string)
+    kept.set(k, made)
+    return made
+  }
+}
+
+// Only what makes the agent is in the key; a registry's endpoint of another shape is made each time.
+const endpointKey = ({ url, name, timeout }: Endpoint): string | undefined =>
+  typeof url === "string" &&
+  (name === undefined || typeof name === "string") &&
+  (timeout === undefined || typeof timeout === "string" || typeof timeout === "number")
+    ? JSON.stringify([url, name ?? null, timeout ?? null])
+    : undefined
+
 const statuses: ReadonlyArray<Status> = ["success", "error", "timeout", "service_unavailable", "skipped"]
 
 /** Builds the service; `options` as `HttpAgent.make` was given them (`null` included). */
@@ -95,8 +129,11 @@ export const makeService = Effect.fnUntraced(function* (given: Options, env: Env
     maxEventBytes: maxResponseBytes
   })
   const connections = Connections.make({ total: maxConnections, perHost })
-  const agentOf = (ref: Agent<unknown> | string): Agent<unknown> =>
-    typeof ref === "string" ? agent({ url: ref }) : ref
+  const ofUrl = remembered<string>(
+    (url) => url,
+    (url) => agent({ url })
+  )
+  const agentOf = (ref: Agent<unknown> | string): Agent<unknown> => (typeof ref === "string" ? ofUrl(ref) : ref)
   const metrics = yield* Effect.context<never>()
   const call = makeCall({
     statsDomain,
@@ -112,7 +149,7 @@ export const makeService = Effect.fnUntraced(function* (given: Options, env: Env
     metrics,
     agentOf,
     // A lookup's endpoint may carry fields of its registry's own: only these make the agent.
-    fromEndpoint: ({ url, name, timeout }) => agent({ url, name, timeout })
+    fromEndpoint: remembered(endpointKey, ({ url, name, timeout }) => agent({ url, name, timeout }))
   })
 
   const labelOf = (task: Task) => taskLabel(task, agentOf, discovery)
