@@ -26,6 +26,7 @@ import type { ExecutionStats, LatencyStats, Stats } from "./Stats.js"
 import type { ConnectionStats } from "./agent/connections.js"
 import { makeAgent } from "./agent/define.js"
 import { makeService } from "./agent/service.js"
+import * as Decode from "./Model/http/decode.js"
 
 /**
  * The body POSTed to an agent. `dependencies` holds the results of the tasks this one
@@ -49,7 +50,9 @@ export const TaskBody = Schema.Struct({
 export type TaskBody = typeof TaskBody.Type
 
 /**
- * Any JSON value. Unlike `Schema.Unknown`, a missing property fails ("is missing").
+ * Any JSON value. Unlike `Schema.Unknown`, a missing property fails ("is missing"); a number
+ * that is not finite, at any depth (a literal such as `1e400`, which parses as `Infinity`
+ * and would be written back as `null`), fails naming where it is.
  *
  * @since 0.1.0
  * @category schemas
@@ -61,7 +64,7 @@ export const JsonValue = Schema.Union([
   Schema.Boolean,
   Schema.Array(Schema.Unknown),
   Schema.Record(Schema.String, Schema.Unknown)
-])
+]).check(Decode.finite)
 
 /**
  * The default answer of an agent. `result` is required (it may be `null`); `task_id` must

@@ -121,6 +121,33 @@ describe("HttpAgent.call", () => {
     })
   )
 
+  it.effect("a number JSON cannot hold (1e400) in the default answer is a Decode error naming where it is", () =>
+    Effect.gen(function* () {
+      const results: Record<string, string> = {
+        top: "1e400",
+        nested: '{"a":[1,{"b":-1e400}]}',
+        fine: '{"a":[1,{"b":-1e300}]}'
+      }
+      const server = yield* AgentServer.make((t) => ({
+        raw: `{"task_id":${JSON.stringify(t.task_id)},"status":"success","result":${results[t.task_id]}}`,
+        contentType: "application/json"
+      }))
+      const service = yield* agents({ cache: true })
+      const top = yield* service.call(task("top", server.url))
+      assert.deepStrictEqual([top.status, top.error?.reason, top.error?.field], ["error", "Decode", "result"])
+      const nested = yield* service.call(task("nested", server.url))
+      assert.deepStrictEqual(
+        [nested.status, nested.error?.reason, nested.error?.field],
+        ["error", "Decode", "result.a[1].b"]
+      )
+      const fine = yield* service.call(task("fine", server.url))
+      assert.strictEqual(fine.status, "success")
+      assert.deepStrictEqual(fine.result, { a: [1, { b: -1e300 }] })
+      // Nothing changed value on its way to the cache either.
+      assert.deepStrictEqual((yield* service.call(task("top", server.url))).status, "error")
+    })
+  )
+
   it.effect("HTTP 500 is an error record with the status and the message", () =>
     Effect.gen(function* () {
       const server = yield* AgentServer.make(() => ({ status: 500, json: { error: { message: "agent crashed" } } }))

@@ -105,3 +105,61 @@ export const tokenCount = (value: number | null | undefined): number | undefined
 export const shallow = Schema.makeFilter<unknown>((value) =>
   nestsDeeper(value, maxSchemaDepth) ? `nests arrays and objects more than ${maxSchemaDepth} levels deep` : undefined
 )
+
+/**
+ * Where the first number that is not finite sits in a parsed JSON value (`[]` for the value
+ * itself), or `undefined` when there is none. `JSON.parse` reads a literal too large for a
+ * double (`1e400`) as `Infinity`, which `JSON.stringify` writes back as `null`. Walked with a
+ * stack of its own, since a server may nest values some thousands deep; a container met again
+ * below itself (not JSON) is not walked twice.
+ *
+ * @since 0.3.0
+ * @category decoding
+ */
+export const nonFinitePath = (value: unknown): ReadonlyArray<PropertyKey> | undefined => {
+  if (typeof value === "number") return Number.isFinite(value) ? undefined : []
+  if (typeof value !== "object" || value === null) return undefined
+  const containers: Array<object> = [value]
+  // An object's keys, or `undefined` for an array; `next` is the index of the child to read next.
+  const keyLists: Array<ReadonlyArray<string> | undefined> = [Array.isArray(value) ? undefined : Object.keys(value)]
+  const next: Array<number> = [0]
+  const onPath = new Set<object>([value])
+  while (containers.length > 0) {
+    const top = containers.length - 1
+    const container = containers[top]!
+    const keys = keyLists[top]
+    const i = next[top]!
+    next[top] = i + 1
+    if (i >= (keys === undefined ? (container as ReadonlyArray<unknown>).length : keys.length)) {
+      onPath.delete(container)
+      containers.pop()
+      keyLists.pop()
+      next.pop()
+      continue
+    }
+    const child =
+      keys === undefined ? (container as ReadonlyArray<unknown>)[i] : (container as Record<string, unknown>)[keys[i]!]
+    if (typeof child === "number") {
+      if (!Number.isFinite(child)) {
+        return containers.map((_, f) => (keyLists[f] === undefined ? next[f]! - 1 : keyLists[f]![next[f]! - 1]!))
+      }
+    } else if (typeof child === "object" && child !== null && !onPath.has(child)) {
+      onPath.add(child)
+      containers.push(child)
+      keyLists.push(Array.isArray(child) ? undefined : Object.keys(child))
+      next.push(0)
+    }
+  }
+  return undefined
+}
+
+/**
+ * A check that a parsed JSON value holds only finite numbers, naming where one is not.
+ *
+ * @since 0.3.0
+ * @category decoding
+ */
+export const finite = Schema.makeFilter<unknown>((value) => {
+  const path = nonFinitePath(value)
+  return path === undefined ? undefined : { path, issue: "a number too large for JSON (read as Infinity)" }
+})
