@@ -75,7 +75,10 @@ export interface Options {
   readonly timeout?: Input.DurationInput | undefined
   /** Longest wait for a stream's next part, the first one included. Default 60 seconds. */
   readonly streamIdleTimeout?: Input.DurationInput | undefined
-  /** Characters of answer text accepted from one call (`TooLarge` past it). Default 1,000,000. */
+  /**
+   * Characters of answer text, refusals and tool-call arguments (as JSON text) accepted from one
+   * call (`TooLarge` past it). Default 1,000,000.
+   */
   readonly maxOutputChars?: number | undefined
   /** Calls the provider serves at once, declared on the service. Default: unbounded. */
   readonly maxConcurrency?: number | undefined

@@ -7,7 +7,7 @@ import {
   LanguageModel,
   Model as AiModel,
   type Prompt,
-  type Response,
+  Response,
   Tool,
   Toolkit
 } from "effect/ai"
@@ -1200,5 +1200,119 @@ describe("EffectAi.languageModel: a prompt that cannot become our request", () =
         )
         assert.strictEqual(yield* m.control.calls, 0)
       })
+  )
+})
+
+describe("EffectAi: tool calls that JSON cannot write, and their size", () => {
+  const request: Model.GenerateRequest = { prompt: "x", tools: [{ name: "lookup" }] }
+  const calling = (params: unknown) => {
+    const call = { type: "tool-call", id: "call_1", name: "lookup", params } as Response.StreamPartEncoded
+    return providerWith({
+      generate: Effect.succeed([call as Response.PartEncoded, finish("tool-calls")]),
+      stream: Stream.make(call, finish("tool-calls"))
+    })
+  }
+
+  it.effect("arguments JSON cannot hold (a BigInt, a cycle) from LanguageModel.make are a Decode ModelError", () =>
+    Effect.gen(function* () {
+      const cycle: Record<string, unknown> = {}
+      cycle["self"] = cycle
+      for (const params of [{ n: 1n }, cycle]) {
+        const { provider } = yield* calling(params)
+        const generated = failureOf(yield* Effect.exit(provider.generate(request))) as ModelError
+        assert.deepStrictEqual([generated._tag, generated.reason], ["ModelError", "Decode"])
+        const streamed = failureOf((yield* collect(provider.stream(request))).exit) as ModelError
+        assert.deepStrictEqual([streamed._tag, streamed.reason], ["ModelError", "Decode"])
+      }
+    })
+  )
+
+  it.effect("arguments JSON cannot write from a hand-made LanguageModel are a Decode ModelError naming the call", () =>
+    Effect.gen(function* () {
+      const cycle: Record<string, unknown> = {}
+      cycle["self"] = cycle
+      for (const params of [{ n: 1n }, cycle]) {
+        const parts = [
+          { type: "tool-call", id: "call_0", name: "lookup", params: {} },
+          { type: "tool-call", id: "call_1", name: "lookup", params },
+          { type: "finish", reason: "tool-calls", usage: new Response.Usage(usage as never) }
+        ] as unknown as Array<Response.Part<Record<string, never>, "encoded">>
+        const service = {
+          generateText: () => Effect.succeed(new LanguageModel.GenerateTextResponse(parts)),
+          streamText: () => Stream.fromIterable(parts)
+        } as never
+        const provider = yield* EffectAi.make().pipe(Effect.provideService(LanguageModel.LanguageModel, service))
+        const generated = failureOf(yield* Effect.exit(provider.generate(request))) as ModelError
+        assert.deepStrictEqual(
+          [generated._tag, generated.reason, generated.field],
+          ["ModelError", "Decode", "toolCalls[1].arguments"]
+        )
+        const streamed = yield* collect(provider.stream(request))
+        assert.deepStrictEqual(
+          streamed.parts.map((p) => p._tag),
+          ["ToolCall"]
+        )
+        const error = failureOf(streamed.exit) as ModelError
+        assert.deepStrictEqual(
+          [error._tag, error.reason, error.field],
+          ["ModelError", "Decode", "toolCalls[1].arguments"]
+        )
+      }
+    })
+  )
+
+  it.effect("tool-call arguments count toward maxOutputChars (generate and stream)", () =>
+    Effect.gen(function* () {
+      const { layer } = yield* scripted({
+        generate: Effect.succeed([
+          { type: "tool-call", id: "call_1", name: "lookup", params: { city: "x".repeat(100) } },
+          finish("tool-calls")
+        ]),
+        stream: Stream.make(
+          { type: "tool-call", id: "call_1", name: "lookup", params: { city: "x".repeat(100) } },
+          finish("tool-calls")
+        )
+      })
+      const provider = yield* EffectAi.make({ maxOutputChars: 50 }).pipe(Effect.provide(layer))
+      const generated = (yield* Effect.flip(provider.generate(request))) as ModelError
+      assert.deepStrictEqual([generated._tag, generated.reason], ["ModelError", "TooLarge"])
+      const streamed = yield* collect(provider.stream(request))
+      assert.deepStrictEqual(
+        streamed.parts.map((p) => p._tag),
+        []
+      )
+      assert.strictEqual((failureOf(streamed.exit) as ModelError).reason, "TooLarge")
+      // Under the bound, the same call passes.
+      const roomy = yield* EffectAi.make({ maxOutputChars: 200 }).pipe(Effect.provide(layer))
+      assert.strictEqual((yield* roomy.generate(request)).toolCalls?.length, 1)
+    })
+  )
+})
+
+describe("EffectAi.languageModel: an assistant's tool call JSON cannot write", () => {
+  it.effect("is an InvalidRequestError naming the prompt, not a defect", () =>
+    Effect.gen(function* () {
+      const m = yield* modelOver({ respond: () => "ok" })
+      const exit = yield* Effect.exit(
+        m.run(
+          LanguageModel.generateText({
+            prompt: [
+              { role: "user", content: "weather?" },
+              {
+                role: "assistant",
+                content: [{ type: "tool-call", id: "c1", name: "GetWeather", params: { n: 1n } }]
+              },
+              {
+                role: "tool",
+                content: [{ type: "tool-result", id: "c1", name: "GetWeather", isFailure: false, result: "sunny" }]
+              }
+            ]
+          })
+        )
+      )
+      const error = failureOf(exit)
+      assert.deepStrictEqual(error.reason._tag === "InvalidRequestError" ? error.reason.parameter : undefined, "prompt")
+      assert.strictEqual(yield* m.control.calls, 0)
+    })
   )
 })

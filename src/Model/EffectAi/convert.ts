@@ -92,6 +92,19 @@ const resultText = (part: Prompt.ToolResultPart): Result.Result<string, Ai.AiErr
   }
 }
 
+/**
+ * A tool call's `params` as the JSON text of our `arguments`; what JSON cannot write (a
+ * BigInt, a cycle, a throwing `toJSON`, a function) is the thrown message instead.
+ */
+export const argumentsText = (params: unknown): Result.Result<string, string> => {
+  try {
+    const text = JSON.stringify(params ?? {})
+    return text === undefined ? Result.fail(`got ${typeof params}`) : Result.succeed(text)
+  } catch (cause) {
+    return Result.fail(Input.thrownMessage(cause))
+  }
+}
+
 const unsupported = (parameter: string, description: string): Ai.AiErrorReason =>
   new Ai.InvalidRequestError({ parameter, description })
 
@@ -218,7 +231,13 @@ const toMessages = (prompt: Prompt.Prompt): Result.Result<Array<Model.Message>, 
         const results: Array<Model.Message> = []
         for (const part of message.content) {
           if (part.type === "tool-call" && !part.providerExecuted) {
-            toolCalls.push({ id: part.id, name: part.name, arguments: JSON.stringify(part.params ?? {}) })
+            const args = argumentsText(part.params)
+            if (Result.isFailure(args)) {
+              return Result.fail(
+                unsupported("prompt", `the params of tool call ${part.id} (${part.name}) are not JSON: ${args.failure}`)
+              )
+            }
+            toolCalls.push({ id: part.id, name: part.name, arguments: args.success })
           } else if (part.type === "tool-result" && !part.providerExecuted) {
             const content = resultText(part)
             if (Result.isFailure(content)) return Result.fail(content.failure)

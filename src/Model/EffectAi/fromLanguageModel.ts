@@ -18,6 +18,7 @@ import { type CallContext, requestTimeout, unevenVectors } from "../http/errors.
 import { defaults } from "../http/options.js"
 import {
   type AnyTools,
+  argumentsText,
   finishReasonOf,
   nonEmpty,
   refusalCollector,
@@ -189,6 +190,20 @@ export const make = Effect.fnUntraced(function* (given: Options = {}) {
       model: ctx.model
     })
 
+  // A hand-made LanguageModel service need not check its parts as LanguageModel.make does.
+  const callArguments = (params: unknown, index: number, ctx: CallContext): Result.Result<string, ModelError> =>
+    Result.mapError(
+      argumentsText(params),
+      (why) =>
+        new ModelError({
+          reason: "Decode",
+          field: `toolCalls[${index}].arguments`,
+          message: `${ctx.provider}: the arguments of a tool call are not JSON (${why})`,
+          provider: ctx.provider,
+          model: ctx.model
+        })
+    )
+
   const generate = Client.operation(
     "EffectAi.generate",
     Effect.fnUntraced(function* (request: Model.GenerateRequest) {
@@ -219,7 +234,11 @@ export const make = Effect.fnUntraced(function* (given: Options = {}) {
         if (chars > maxOutputChars) return yield* tooLarge(ctx)
         if (part.type === "response-metadata" && part.modelId !== undefined) answered = part.modelId
         if (part.type === "tool-call" && !part.providerExecuted) {
-          toolCalls.push({ id: part.id, name: part.name, arguments: JSON.stringify(part.params ?? {}) })
+          const args = callArguments(part.params, toolCalls.length, ctx)
+          if (Result.isFailure(args)) return yield* args.failure
+          chars += args.success.length
+          if (chars > maxOutputChars) return yield* tooLarge(ctx)
+          toolCalls.push({ id: part.id, name: part.name, arguments: args.success })
         }
       }
       const refusal = refusals.value()
@@ -276,15 +295,17 @@ export const make = Effect.fnUntraced(function* (given: Options = {}) {
                   chars += part.delta.length
                   if (chars > maxOutputChars) return Effect.fail(tooLarge(ctx))
                   return Effect.succeed([{ _tag: "TextDelta", text: part.delta }])
-                case "tool-call":
+                case "tool-call": {
                   if (part.providerExecuted) return Effect.succeed([])
+                  const args = callArguments(part.params, calls, ctx)
+                  if (Result.isFailure(args)) return Effect.fail(args.failure)
                   calls++
+                  chars += args.success.length
+                  if (chars > maxOutputChars) return Effect.fail(tooLarge(ctx))
                   return Effect.succeed([
-                    {
-                      _tag: "ToolCall",
-                      call: { id: part.id, name: part.name, arguments: JSON.stringify(part.params ?? {}) }
-                    }
+                    { _tag: "ToolCall", call: { id: part.id, name: part.name, arguments: args.success } }
                   ])
+                }
                 case "response-metadata":
                   if (part.modelId !== undefined) answered = part.modelId
                   return Effect.succeed([])
