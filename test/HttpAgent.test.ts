@@ -317,6 +317,21 @@ describe("HttpAgent.call", () => {
     })
   )
 
+  it.effect("an agent header whose getter throws is the agent's issue naming the header, not an exception", () =>
+    Effect.gen(function* () {
+      const headers = Object.defineProperty({}, "x-key", {
+        enumerable: true,
+        get: () => {
+          throw new Error("no key")
+        }
+      }) as Record<string, string>
+      const agent = HttpAgent.agent({ url: "http://127.0.0.1:1/task", headers })
+      assert.strictEqual(agent.issue?.path, 'agent.headers["x-key"]')
+      const record = yield* (yield* agents()).call(task("h", agent))
+      assert.deepStrictEqual([record.status, record.error?.field], ["error", 'agent.headers["x-key"]'])
+    })
+  )
+
   it.effect("a task or option whose field throws when read is a record or OptionError naming it, not a defect", () =>
     Effect.gen(function* () {
       const server = yield* AgentServer.make()

@@ -1233,6 +1233,22 @@ for (const [name, client] of [
         })
       )
 
+      it.effect("a header whose getter throws is an OptionError naming the header, not a defect", () =>
+        Effect.gen(function* () {
+          const headers = Object.defineProperty({ "x-a": "b" }, "x-key", {
+            enumerable: true,
+            get: () => {
+              throw new Error("no key")
+            }
+          }) as Record<string, string>
+          const error = yield* Effect.flip(Layer.build(OpenAiCompat.layer({ headers })))
+          assert.deepStrictEqual(
+            [error._tag, (error as { readonly path?: string }).path],
+            ["OptionError", 'headers["x-key"]']
+          )
+        })
+      )
+
       it.effect("bad options fail the layer with an OptionError naming the field", () =>
         Effect.gen(function* () {
           const cases: ReadonlyArray<readonly [string, OpenAiCompat.Options]> = [

@@ -280,8 +280,21 @@ export const headers = (path: string, input: unknown): Input.Checked<HeaderSet> 
   const given: Record<string, string | Redacted.Redacted<string>> = {}
   const secrets: Array<Redacted.Redacted> = []
   const secretNames: Array<string> = []
-  for (const [name, entry] of Object.entries(input)) {
+  // Read once, each in turn: a getter (or `Proxy` trap) that throws is an issue naming the header, not a defect.
+  let names: ReadonlyArray<string>
+  try {
+    names = Object.keys(input)
+  } catch (error) {
+    return Result.fail({ path, message: `listing its headers threw: ${Input.thrownMessage(error)}`, cause: error })
+  }
+  for (const name of names) {
     const at = `${path}[${JSON.stringify(name)}]`
+    let entry: unknown
+    try {
+      entry = (input as Record<string, unknown>)[name]
+    } catch (error) {
+      return Result.fail({ path: at, message: `reading it threw: ${Input.thrownMessage(error)}`, cause: error })
+    }
     const value: unknown = Redacted.isRedacted(entry) ? Redacted.value(entry) : entry
     if (typeof value !== "string") {
       const got = value === null ? "null" : typeof value
