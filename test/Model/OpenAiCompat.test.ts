@@ -1249,6 +1249,26 @@ for (const [name, client] of [
         })
       )
 
+      it.effect(
+        "a transformClient that throws or answers no HttpClient is an OptionError naming it, not a defect",
+        () =>
+          Effect.gen(function* () {
+            const transforms: ReadonlyArray<(client: HttpClient.HttpClient) => HttpClient.HttpClient> = [
+              () => {
+                throw new Error("bad middleware")
+              },
+              () => undefined as unknown as HttpClient.HttpClient
+            ]
+            for (const transformClient of transforms) {
+              const error = yield* Effect.flip(Layer.build(OpenAiCompat.layer({ transformClient })))
+              assert.deepStrictEqual(
+                [error._tag, (error as { readonly path?: string }).path],
+                ["OptionError", "transformClient"]
+              )
+            }
+          })
+      )
+
       it.effect("bad options fail the layer with an OptionError naming the field", () =>
         Effect.gen(function* () {
           const cases: ReadonlyArray<readonly [string, OpenAiCompat.Options]> = [

@@ -26,6 +26,7 @@ import {
   UrlParams
 } from "effect/http"
 import { ModelError, type TimeoutError } from "../../AiError.js"
+import * as Input from "../../Input.js"
 import { bodyBytes, boundBytes, isJsonType, mediaType, readPrefix, readText } from "./body.js"
 import type { Decoder } from "./decode.js"
 import { parseJson } from "./decode.js"
@@ -317,6 +318,29 @@ const ndjsonTypes: ReadonlySet<string> = new Set([
   "text/plain"
 ])
 
+// The application's own middleware: a throw, or an answer that is no client, names the option instead of dying.
+const transform = (
+  transformClient: (client: HttpClient.HttpClient) => HttpClient.HttpClient,
+  base: HttpClient.HttpClient
+): Effect.Effect<HttpClient.HttpClient, Input.OptionError> => {
+  let out: unknown
+  try {
+    out = transformClient(base)
+  } catch (error) {
+    return Input.orOptionError(
+      Result.fail({ path: "transformClient", message: `threw: ${Input.thrownMessage(error)}`, cause: error })
+    )
+  }
+  return HttpClient.isHttpClient(out)
+    ? Effect.succeed(out)
+    : Input.orOptionError(
+        Result.fail({
+          path: "transformClient",
+          message: `expected a function answering an HttpClient, got ${out === null ? "null" : typeof out}`
+        })
+      )
+}
+
 /**
  * Builds the client from the `HttpClient` in context, with the user's middleware applied once.
  * `secretHeaders` names the headers besides `effect/http`'s defaults (`authorization`,
@@ -337,8 +361,9 @@ export const make = Effect.fnUntraced(function* (
   secretHeaders?: ReadonlyArray<string> | undefined
 ) {
   const base = yield* HttpClient.HttpClient
+  const transformed = transformClient === undefined ? base : yield* transform(transformClient, base)
   // Every request belongs to the scope of its call or stream: closing it aborts the request and its body.
-  const client = HttpClient.withScope(transformClient === undefined ? base : transformClient(base))
+  const client = HttpClient.withScope(transformed)
   const secrets = secretHeaders ?? []
   // What a request adds to its caller's context, in one copy of it: no span of effect/http's own
   // (or of a client the middleware builds: ours is opened by `traced`), the secret headers'
