@@ -681,7 +681,7 @@ export const oneOf = <const A extends string>(path: string, input: unknown, valu
     ? Result.succeed(input as A)
     : Result.fail({
         path,
-        message: `expected one of ${values.map((v) => `"${v}"`).join(", ")}, got ${JSON.stringify(input)}`
+        message: `expected one of ${values.map((v) => `"${v}"`).join(", ")}, got ${describe(input)}`
       })
 
 /**

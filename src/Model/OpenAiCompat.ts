@@ -130,6 +130,12 @@ const optionKeys = Http.knownKeys<Options>({
   maxTokensField: true
 })
 
+// `describe`s the value: a BigInt or a cycle in the message would throw out of the check.
+const notBoolean = (options: Options): Input.Checked<void> => {
+  const issue = Input.notABoolean(options, ["streamUsage"])
+  return issue === undefined ? Result.succeed(undefined) : Result.fail(issue)
+}
+
 const checkOptions = (options: Options) =>
   Input.all([
     Http.settings(options),
@@ -150,12 +156,7 @@ const checkOptions = (options: Options) =>
     Http.headerOption("organization", "OpenAI-Organization", options.organization),
     Http.headerOption("project", "OpenAI-Project", options.project),
     Http.headerOption("apiKey", "authorization", options.apiKey),
-    options.streamUsage === undefined || typeof options.streamUsage === "boolean"
-      ? Result.succeed(undefined)
-      : Result.fail({
-          path: "streamUsage",
-          message: `expected true or false, got ${JSON.stringify(options.streamUsage)}`
-        })
+    notBoolean(options)
   ])
 
 /**

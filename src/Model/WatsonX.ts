@@ -105,12 +105,14 @@ const checkOptions = (options: Options) =>
         : Result.map(Http.nonEmpty("spaceId", options.spaceId), (id) => ({ space_id: id })),
     Http.rootUrl("url", Input.orDefault(options.url, "https://us-south.ml.cloud.ibm.com")),
     Http.baseUrl("iamUrl", Input.orDefault(options.iamUrl, "https://iam.cloud.ibm.com/identity/token")),
-    VERSION.test(String(Input.orDefault(options.version, "2024-05-31")))
-      ? Result.succeed(Input.orDefault(options.version, "2024-05-31"))
-      : Result.fail({
-          path: "version",
-          message: `expected a date such as "2024-05-31", got ${JSON.stringify(options.version)}`
-        }),
+    typeof options.version === "string" && VERSION.test(options.version)
+      ? Result.succeed(options.version)
+      : options.version === undefined
+        ? Result.succeed("2024-05-31")
+        : Result.fail({
+            path: "version",
+            message: `expected a date such as "2024-05-31", got ${typeof options.version === "string" ? JSON.stringify(options.version) : options.version === null ? "null" : typeof options.version}`
+          }),
     Http.nonEmpty("model", Input.orDefault(options.model, "ibm/granite-3-8b-instruct")),
     Http.nonEmpty("embeddingModel", Input.orDefault(options.embeddingModel, "ibm/slate-125m-english-rtrvr-v2")),
     Input.oneOf("api", Input.orDefault(options.api, "chat"), ["chat", "generation"] as const),

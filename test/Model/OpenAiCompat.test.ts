@@ -1286,6 +1286,9 @@ for (const [name, client] of [
             ["embeddingDimensions", { embeddingDimensions: null as never }],
             ["apiKey", { apiKey: KEY as unknown as Redacted.Redacted<string> }],
             ["name", { name: "" }],
+            // A value JSON cannot write was quoted with JSON.stringify in the message, which threw.
+            ["streamUsage", { streamUsage: 1n as never }],
+            ["embeddingEncoding", { embeddingEncoding: 1n as never }],
             // A header that undici would refuse at every request (or that would inject another).
             ['headers["x-a"]', { headers: { "x-a": "b\r\nInjected: 1" } }],
             ['headers["bad name"]', { headers: { "bad name": "v" } }],

@@ -1088,6 +1088,10 @@ layer(NodeHttpClient.layerUndici)("WatsonX over HTTP", (it) => {
         assert.strictEqual(yield* pathOf({ projectId: undefined }), "projectId")
         assert.strictEqual(yield* pathOf({ spaceId: "s" }), "spaceId")
         assert.strictEqual(yield* pathOf({ version: "yesterday" }), "version")
+        // Values JSON cannot write were quoted with JSON.stringify in the message, which threw.
+        assert.strictEqual(yield* pathOf({ version: 20240531n as never }), "version")
+        assert.strictEqual(yield* pathOf({ version: ["2024-05-31"] as never }), "version")
+        assert.strictEqual(yield* pathOf({ api: 1n as never }), "api")
         assert.strictEqual(yield* pathOf({ api: "completions" as never }), "api")
         assert.strictEqual(yield* pathOf({ iamUrl: "not a url" }), "iamUrl")
         assert.strictEqual(yield* pathOf({ url: "https://eu-de.ml.cloud.ibm.com?region=x" }), "url")
