@@ -317,6 +317,13 @@ describe("HttpAgent.call", () => {
     })
   )
 
+  it.effect("an agent name JSON cannot write (a BigInt) is the agent's issue naming it, not an exception", () =>
+    Effect.gen(function* () {
+      const agent = HttpAgent.agent({ url: "http://127.0.0.1:1/task", name: 1n as never })
+      assert.strictEqual(agent.issue?.path, "agent.name")
+    })
+  )
+
   it.effect("an agent header whose getter throws is the agent's issue naming the header, not an exception", () =>
     Effect.gen(function* () {
       const headers = Object.defineProperty({}, "x-key", {

@@ -906,6 +906,8 @@ layer(NodeHttpClient.layerUndici)("Gemini over HTTP", (it) => {
         assert.strictEqual(yield* pathOf({ baseUrl: `${server.url}/?proxy-token=abc` }), "baseUrl")
         assert.strictEqual(yield* pathOf({ baseUrl: `${server.url}/#v1` }), "baseUrl")
         assert.strictEqual(yield* pathOf({ model: " " }), "model")
+        // A value JSON cannot write was quoted with JSON.stringify in the message, which threw.
+        assert.strictEqual(yield* pathOf({ model: 1n as never }), "model")
         assert.strictEqual(yield* pathOf({ apiKey: KEY as unknown as Redacted.Redacted<string> }), "apiKey")
         assert.strictEqual(yield* pathOf({ requestLimits: { maxMessages: 0 } }), "requestLimits.maxMessages")
         assert.strictEqual(yield* pathOf({ headers: { "x-a": "b\nc" } }), 'headers["x-a"]')
