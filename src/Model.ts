@@ -252,6 +252,8 @@ export interface RequestLimits {
  */
 export const defaultRequestLimits: RequestLimits = Validate.defaultRequestLimits
 
+const requestLimitKeys: ReadonlySet<string> = new Set(["maxInputChars", "maxMessages", "maxEmbedTexts"])
+
 /**
  * Checks user-given limits (positive integers), filling in the defaults.
  *
@@ -259,28 +261,33 @@ export const defaultRequestLimits: RequestLimits = Validate.defaultRequestLimits
  * @category constructors
  */
 export const requestLimits = (
-  input: Partial<RequestLimits> = {},
+  given: Partial<RequestLimits> = {},
   path = "requestLimits"
-): Input.Checked<RequestLimits> =>
-  typeof input !== "object" || input === null || Array.isArray(input)
-    ? Result.fail({ path, message: "expected an object { maxInputChars, maxMessages, maxEmbedTexts }" })
-    : Result.map(
-        Input.all([
-          Input.positiveInt(
-            `${path}.maxInputChars`,
-            Input.orDefault(input.maxInputChars, defaultRequestLimits.maxInputChars)
-          ),
-          Input.positiveInt(
-            `${path}.maxMessages`,
-            Input.orDefault(input.maxMessages, defaultRequestLimits.maxMessages)
-          ),
-          Input.positiveInt(
-            `${path}.maxEmbedTexts`,
-            Input.orDefault(input.maxEmbedTexts, defaultRequestLimits.maxEmbedTexts)
-          )
-        ]),
-        ([maxInputChars, maxMessages, maxEmbedTexts]) => ({ maxInputChars, maxMessages, maxEmbedTexts })
+): Input.Checked<RequestLimits> => {
+  if (typeof given !== "object" || given === null || Array.isArray(given)) {
+    return Result.fail({ path, message: "expected an object { maxInputChars, maxMessages, maxEmbedTexts }" })
+  }
+  // A misspelt limit would leave its default in place unseen; a getter that throws names its field.
+  const unknown = Input.unknownKey(given, requestLimitKeys, `${path}.`)
+  if (unknown !== undefined) return Result.fail(unknown)
+  const read = Input.readFields(given, undefined, path)
+  if (Result.isFailure(read)) return Result.fail(read.failure)
+  const input = read.success as Partial<RequestLimits>
+  return Result.map(
+    Input.all([
+      Input.positiveInt(
+        `${path}.maxInputChars`,
+        Input.orDefault(input.maxInputChars, defaultRequestLimits.maxInputChars)
+      ),
+      Input.positiveInt(`${path}.maxMessages`, Input.orDefault(input.maxMessages, defaultRequestLimits.maxMessages)),
+      Input.positiveInt(
+        `${path}.maxEmbedTexts`,
+        Input.orDefault(input.maxEmbedTexts, defaultRequestLimits.maxEmbedTexts)
       )
+    ]),
+    ([maxInputChars, maxMessages, maxEmbedTexts]) => ({ maxInputChars, maxMessages, maxEmbedTexts })
+  )
+}
 
 /**
  * Checks a generation request before any provider sees it: its shape (unknown fields are

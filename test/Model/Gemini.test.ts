@@ -908,6 +908,15 @@ layer(NodeHttpClient.layerUndici)("Gemini over HTTP", (it) => {
         assert.strictEqual(yield* pathOf({ model: " " }), "model")
         // A value JSON cannot write was quoted with JSON.stringify in the message, which threw.
         assert.strictEqual(yield* pathOf({ model: 1n as never }), "model")
+        // A misspelt limit left the default in place unseen; a getter that throws died.
+        assert.strictEqual(yield* pathOf({ requestLimits: { maxInputChar: 5 } as never }), "requestLimits.maxInputChar")
+        const throwing = Object.defineProperty({}, "maxMessages", {
+          enumerable: true,
+          get: () => {
+            throw new Error("no limit")
+          }
+        })
+        assert.strictEqual(yield* pathOf({ requestLimits: throwing }), "requestLimits.maxMessages")
         assert.strictEqual(yield* pathOf({ apiKey: KEY as unknown as Redacted.Redacted<string> }), "apiKey")
         assert.strictEqual(yield* pathOf({ requestLimits: { maxMessages: 0 } }), "requestLimits.maxMessages")
         assert.strictEqual(yield* pathOf({ headers: { "x-a": "b\nc" } }), 'headers["x-a"]')
