@@ -321,6 +321,8 @@ describe("HttpAgent.call", () => {
     Effect.gen(function* () {
       const agent = HttpAgent.agent({ url: "http://127.0.0.1:1/task", name: 1n as never })
       assert.strictEqual(agent.issue?.path, "agent.name")
+      const record = yield* (yield* agents()).call(task("n", agent))
+      assert.deepStrictEqual([record.status, record.error?.field], ["error", "agent.name"])
     })
   )
 
