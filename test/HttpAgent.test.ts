@@ -1130,3 +1130,32 @@ describe("HttpAgent: agents named by URL", () => {
     })
   )
 })
+
+describe("HttpAgent: a Discovery service of the application's own", () => {
+  it.effect("an endpoint that is no object, or whose field throws when read, is an error record, not a defect", () =>
+    Effect.gen(function* () {
+      const throwing = Object.defineProperty({}, "url", {
+        enumerable: true,
+        get: () => {
+          throw new Error("no url")
+        }
+      })
+      for (const endpoint of [null, 5, throwing]) {
+        const discovery = Layer.succeed(Discovery.Discovery, {
+          name: "own",
+          resolve: () => Effect.succeed([endpoint as never])
+        })
+        const context = yield* Layer.build(
+          HttpAgent.layer().pipe(
+            Layer.provideMerge(Executor.layerWithStats({ timeout: "none" })),
+            Layer.provideMerge(Layer.mergeAll(Mock.layer(), CircuitBreaker.layerMemory({}), discovery)),
+            Layer.provide(NodeHttpClient.layerUndici)
+          )
+        ).pipe(Effect.provideService(Metric.MetricRegistry, new Map()))
+        const record = yield* Context.get(context, HttpAgent.HttpAgents).call(task("d", undefined))
+        assert.strictEqual(record.status, "service_unavailable", JSON.stringify(record))
+        assert.strictEqual(record.error?.reason, "DiscoveryUnavailable")
+      }
+    })
+  )
+})

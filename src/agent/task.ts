@@ -306,6 +306,27 @@ export const readTask = (given: Task): { readonly task: Task; readonly issue?: I
   return { task: copy as unknown as Task, issue }
 }
 
+/**
+ * The endpoints a Discovery service of the application's own answered, each read once into a
+ * plain `{ url, name, timeout }` (the library's own are sound already), or what is wrong with
+ * them: not an array, an entry that is no object, a field that throws when read.
+ */
+const readEndpoints = (answer: unknown): ReadonlyArray<Endpoint> | string => {
+  if (!Array.isArray(answer)) return "no array of endpoints"
+  const out: Array<Endpoint> = []
+  for (let i = 0; i < answer.length; i++) {
+    const entry: unknown = answer[i]
+    if (typeof entry !== "object" || entry === null) return `an endpoint [${i}] that is no object`
+    try {
+      const { url, name, timeout } = entry as Endpoint
+      out.push({ url, name, timeout })
+    } catch (cause) {
+      return `an endpoint [${i}] whose field threw when read: ${Input.thrownMessage(cause)}`
+    }
+  }
+  return out
+}
+
 /** Builds the service's `call`; it never fails. */
 export const makeCall = (env: Env): Call => {
   // Once per agent, not per request (nor per retry); weakly held, so an agent made for one task's
@@ -381,14 +402,18 @@ export const makeCall = (env: Env): Call => {
             attempts: 0
           })
         if (found._tag === "Failure") return yield* unavailable(found.failure.message, found.failure.reason)
+        const endpoints = readEndpoints(found.success)
+        if (typeof endpoints === "string") {
+          return yield* unavailable(`${discovery.name}: resolve answered ${endpoints}`, "Unavailable")
+        }
         // A Discovery service of the application's own may answer none (the library's never do).
-        if (found.success.length === 0 && (task.fallback ?? []).length === 0) {
+        if (endpoints.length === 0 && (task.fallback ?? []).length === 0) {
           return yield* unavailable(
             `${discovery.name}: no agent for concept ${JSON.stringify(task.concept)} and intent ${JSON.stringify(task.intent)}`,
             "NotFound"
           )
         }
-        listed = found.success.map(env.fromEndpoint)
+        listed = endpoints.map(env.fromEndpoint)
       } else {
         return yield* invalid(undefined, "agent", "give an agent (or its URL), or provide a Discovery service")
       }
