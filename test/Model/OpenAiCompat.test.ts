@@ -1294,6 +1294,9 @@ for (const [name, client] of [
             ['headers["bad name"]', { headers: { "bad name": "v" } }],
             ['headers["x-n"]', { headers: { "x-n": 5 as unknown as string } }],
             ["organization", { organization: "org\n" }],
+            // Not a string: it was sent as a header anyway ("5", "null") instead of being refused.
+            ["organization", { organization: 5 as never }],
+            ["project", { project: null as never }],
             ["apiKey", { apiKey: Redacted.make(`${KEY}\n`) }],
             // null is a wrong value, not the default.
             ["timeout", { timeout: null as never }],

@@ -222,15 +222,19 @@ export const header = (path: string, name: string, value: string): Input.Checked
 }
 
 /**
- * Checks an option sent as a header (a string or a `Redacted` one; anything else is left to
- * the option's own check).
+ * Checks an option sent as a header: absent, a string or a `Redacted` one; anything else
+ * (`null`, a number) is an issue naming the option, not a header of its `String()`.
  *
  * @since 0.3.0
  * @category checks
  */
 export const headerOption = (path: string, name: string, input: unknown): Input.Checked<void> => {
+  if (input === undefined) return Result.succeed(undefined)
   const value = Redacted.isRedacted(input) ? Redacted.value(input) : input
-  return typeof value === "string" ? header(path, name, value) : Result.succeed(undefined)
+  // Anything else would be sent as its String(): `organization: 5` as "5", `project: null` as "null".
+  return typeof value === "string"
+    ? header(path, name, value)
+    : Result.fail({ path, message: `expected a string, got ${value === null ? "null" : typeof value}` })
 }
 
 /**
