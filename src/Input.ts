@@ -423,6 +423,41 @@ export const readFields = (
   return Result.succeed(out)
 }
 
+/**
+ * The own enumerable fields of a caller's object, read once into a plain copy that goes on past
+ * a field whose getter (or `Proxy` trap) throws: that field is left out, and the first such one
+ * is the `issue` (named bare; `whole` when listing the fields throws, with an empty copy). An own
+ * `__proto__` (from `JSON.parse`) stays a field, for a key check to refuse by name. For values
+ * whose every readable field still counts (a task's record is made from what could be read).
+ *
+ * @since 0.3.0
+ * @category checks
+ */
+export const readOwnFields = (
+  given: object,
+  whole: string
+): { readonly copy: Record<string, unknown>; readonly issue?: Issue | undefined } => {
+  let keys: ReadonlyArray<string>
+  try {
+    keys = Object.keys(given)
+  } catch (cause) {
+    return { copy: {}, issue: { path: whole, message: `listing its fields threw: ${thrownMessage(cause)}` } }
+  }
+  const copy: Record<string, unknown> = {}
+  let issue: Issue | undefined
+  for (const key of keys) {
+    try {
+      const value: unknown = (given as Record<string, unknown>)[key]
+      if (key === "__proto__") {
+        Object.defineProperty(copy, key, { value, enumerable: true, writable: true, configurable: true })
+      } else copy[key] = value
+    } catch (cause) {
+      issue ??= { path: key, message: `reading it threw: ${thrownMessage(cause)}` }
+    }
+  }
+  return { copy, issue }
+}
+
 const isPlainObject = (u: object): boolean => {
   const proto = Object.getPrototypeOf(u)
   return proto === Object.prototype || proto === null

@@ -56,6 +56,15 @@ const task = (
   ...extra
 })
 
+/** A copy of `base` whose `key` throws when read. */
+const throwing = <O extends object>(base: O, key: string): O =>
+  Object.defineProperty({ ...base }, key, {
+    enumerable: true,
+    get: () => {
+      throw new Error(`no ${key}`)
+    }
+  })
+
 describe("HttpAgent.call", () => {
   it.effect("success: posts the task and decodes the answer", () =>
     Effect.gen(function* () {
@@ -344,13 +353,6 @@ describe("HttpAgent.call", () => {
   it.effect("a task or option whose field throws when read is a record or OptionError naming it, not a defect", () =>
     Effect.gen(function* () {
       const server = yield* AgentServer.make()
-      const throwing = <O extends object>(base: O, key: string): O =>
-        Object.defineProperty({ ...base }, key, {
-          enumerable: true,
-          get: () => {
-            throw new Error(`no ${key}`)
-          }
-        })
       const service = yield* agents()
       const record = yield* service.call(throwing(task("g", server.url), "timeout"))
       assert.deepStrictEqual(
@@ -1024,13 +1026,6 @@ describe("HttpAgent.dispatch", () => {
     Effect.gen(function* () {
       const bad = yield* AgentServer.make(() => ({ status: 500 }))
       const good = yield* AgentServer.make()
-      const throwing = <O extends object>(base: O, key: string): O =>
-        Object.defineProperty({ ...base }, key, {
-          enumerable: true,
-          get: () => {
-            throw new Error(`no ${key}`)
-          }
-        })
       const service = yield* agents()
       const noId = yield* Effect.flip(service.dispatch([throwing(task("a", good.url), "id")]))
       assert.deepStrictEqual([noId.reason, noId.field], ["InvalidStep", "tasks[0].id"])

@@ -75,28 +75,7 @@ type Given = AgentOptions & { readonly answer?: Schema.Codec<unknown, unknown> }
  */
 const readOptions = (given: Given): { readonly options: Given; readonly issue?: Input.Issue | undefined } => {
   if (typeof given !== "object" || given === null) return { options: given }
-  let keys: ReadonlyArray<string>
-  try {
-    keys = Object.keys(given)
-  } catch (cause) {
-    return {
-      options: {} as Given,
-      issue: { path: "agent", message: `listing its fields threw: ${Input.thrownMessage(cause)}` }
-    }
-  }
-  const copy: Record<string, unknown> = {}
-  let issue: Input.Issue | undefined
-  for (const key of keys) {
-    try {
-      const value: unknown = (given as unknown as Record<string, unknown>)[key]
-      // An own `__proto__` (from JSON.parse) stays a field, for the key check to refuse by name.
-      if (key === "__proto__") {
-        Object.defineProperty(copy, key, { value, enumerable: true, writable: true, configurable: true })
-      } else copy[key] = value
-    } catch (cause) {
-      issue ??= { path: key, message: `reading it threw: ${Input.thrownMessage(cause)}` }
-    }
-  }
+  const { copy, issue } = Input.readOwnFields(given, "agent")
   return { options: copy as unknown as Given, issue }
 }
 

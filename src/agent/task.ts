@@ -282,28 +282,11 @@ interface Sent {
  */
 export const readTask = (given: Task): { readonly task: Task; readonly issue?: Invalid | undefined } => {
   if (typeof given !== "object" || given === null) return { task: given }
-  let keys: ReadonlyArray<string>
-  try {
-    keys = Object.keys(given)
-  } catch (cause) {
-    return {
-      task: {} as Task,
-      issue: { field: "task", message: `listing its fields threw: ${Input.thrownMessage(cause)}` }
-    }
+  const { copy, issue } = Input.readOwnFields(given, "task")
+  return {
+    task: copy as unknown as Task,
+    issue: issue === undefined ? undefined : { field: issue.path, message: issue.message }
   }
-  const copy: Record<string, unknown> = {}
-  let issue: Invalid | undefined
-  for (const key of keys) {
-    try {
-      const value: unknown = (given as unknown as Record<string, unknown>)[key]
-      if (key === "__proto__")
-        Object.defineProperty(copy, key, { value, enumerable: true, writable: true, configurable: true })
-      else copy[key] = value
-    } catch (cause) {
-      issue ??= { field: key, message: `reading it threw: ${Input.thrownMessage(cause)}` }
-    }
-  }
-  return { task: copy as unknown as Task, issue }
 }
 
 /**
