@@ -74,13 +74,24 @@ export type Checked<A> = Result.Result<A, Issue>
  */
 export type DurationInput = Duration.Input
 
-const describe = (input: unknown): string => {
+/**
+ * A caller's value as an error message shows it: a string quoted, a number, boolean, `null` or
+ * `Duration` as it reads, an array as "an array", anything else by its type. Never throws (a
+ * BigInt, a cycle or a getter are not written out, as `JSON.stringify` would try to).
+ *
+ * @since 0.3.0
+ * @category checks
+ */
+export const shown = (input: unknown): string => {
   if (typeof input === "string") return JSON.stringify(input)
-  if (typeof input === "number") return String(input)
-  if (Duration.isDuration(input)) return Duration.format(input)
+  if (typeof input === "number" || typeof input === "boolean") return String(input)
   if (input === null) return "null"
+  if (Duration.isDuration(input)) return Duration.format(input)
+  if (Array.isArray(input)) return "an array"
   return typeof input
 }
+
+const describe = shown
 
 /**
  * Options of {@link duration}.

@@ -4,6 +4,7 @@
  * @internal
  */
 import { Schema } from "effect"
+import * as Input from "../Input.js"
 
 /**
  * Why a pipeline definition or run was refused.
@@ -89,10 +90,4 @@ export const invalidOption = (option: string, message: string): PipelineError =>
  *
  * @internal
  */
-export const show = (input: unknown): string => {
-  if (typeof input === "string") return JSON.stringify(input)
-  if (typeof input === "number" || typeof input === "boolean") return String(input)
-  if (input === null) return "null"
-  if (Array.isArray(input)) return "an array"
-  return typeof input
-}
+export const show: (input: unknown) => string = Input.shown

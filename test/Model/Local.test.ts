@@ -325,7 +325,11 @@ describe("Local provider", () => {
         [{ poolsize: 2 } as never, "poolsize"],
         [{ models: "tiny-bart" as never }, "models"],
         [{ models: null as never }, "models"],
-        [{ models: { generaton: ["tiny-bart"] } as never }, "models.generaton"]
+        [{ models: { generaton: ["tiny-bart"] } as never }, "models.generaton"],
+        // A value JSON cannot write: its message names its type (building it used to throw a TypeError).
+        [{ generationModel: 1n as never }, "generationModel"],
+        [{ remoteHost: 1n as never }, "remoteHost"],
+        [{ allowRemoteModels: 1n as never }, "allowRemoteModels"]
       ]
       for (const [options, field] of cases) {
         const error = yield* Effect.flip(Effect.scoped(Local.make(options)))

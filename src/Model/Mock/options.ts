@@ -79,10 +79,7 @@ const known = (path: string, value: object, keys: ReadonlySet<string>): Input.Ch
 const text = (path: string, input: unknown): Input.Checked<string> =>
   typeof input === "string" && input.trim().length > 0
     ? Result.succeed(input)
-    : issue(
-        path,
-        `expected a non-empty string, got ${typeof input === "string" ? JSON.stringify(input) : typeof input}`
-      )
+    : issue(path, `expected a non-empty string, got ${Input.shown(input)}`)
 
 const millis = (path: string, input: unknown): Input.Checked<number> =>
   Result.map(Input.duration(path, input, { allowZero: true }), Duration.toMillis)

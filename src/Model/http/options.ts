@@ -181,8 +181,7 @@ export const nonEmpty = (path: string, input: unknown): Input.Checked<string> =>
     ? Result.succeed(input)
     : Result.fail({
         path,
-        // Only a string is quoted: JSON.stringify throws on a BigInt or a cycle.
-        message: `expected a non-empty string without surrounding spaces, got ${typeof input === "string" ? JSON.stringify(input) : input === null ? "null" : typeof input}`
+        message: `expected a non-empty string without surrounding spaces, got ${Input.shown(input)}`
       })
 
 // RFC 9110: a field name is a token; a value holds tab, visible ASCII and obs-text bytes only

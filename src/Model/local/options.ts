@@ -37,7 +37,7 @@ const text = (path: string, input: unknown): Input.Checked<string> =>
     ? Result.succeed(input)
     : Result.fail({
         path,
-        message: `expected a non-empty string without surrounding spaces, got ${JSON.stringify(input)}`
+        message: `expected a non-empty string without surrounding spaces, got ${Input.shown(input)}`
       })
 
 /**
@@ -89,7 +89,7 @@ const directory = (path: string, input: unknown): Input.Checked<string> => {
 
 const hubUrl = (path: string, input: unknown): Input.Checked<string> => {
   if (typeof input !== "string" || !URL.canParse(input)) {
-    return Result.fail({ path, message: `expected an http(s) URL, got ${JSON.stringify(input)}` })
+    return Result.fail({ path, message: `expected an http(s) URL, got ${Input.shown(input)}` })
   }
   const url = new URL(input)
   if (url.protocol !== "http:" && url.protocol !== "https:") {
@@ -103,7 +103,7 @@ const flag = (path: string, input: unknown, fallback: boolean): Input.Checked<bo
     ? Result.succeed(fallback)
     : typeof input === "boolean"
       ? Result.succeed(input)
-      : Result.fail({ path, message: `expected a boolean, got ${JSON.stringify(input)}` })
+      : Result.fail({ path, message: `expected a boolean, got ${Input.shown(input)}` })
 
 const optionKeys: ReadonlySet<string> = new Set(
   Object.keys({
