@@ -93,6 +93,7 @@ export const OllamaProvider = Schema.Struct({
   host: opt(Text),
   model: opt(Text),
   embeddingModel: opt(Text),
+  embeddingDimensions: opt(Num),
   api: opt(Schema.Literals(["chat", "generate"])),
   keepAlive: opt(Duration),
   apiKeyEnv: opt(EnvName),

@@ -1,0 +1,104 @@
+/**
+ * The `orchestra` command under a demanding user: every field the library takes is in the
+ * config file, every failure is said on stderr (and, under `--json`, as JSON on stdout), and
+ * a wrong flag value is one line naming the flag.
+ */
+import { mkdtempSync, rmSync, writeFileSync } from "node:fs"
+import { tmpdir } from "node:os"
+import * as NodePath from "node:path"
+import { fileURLToPath } from "node:url"
+import * as NodeServices from "@effect/platform-node/NodeServices"
+import { afterAll, assert, describe, it } from "@effect/vitest"
+import { ConfigProvider, Console, Effect, Layer, Stdio, Stream } from "effect"
+import * as Cli from "../src/cli/Cli.js"
+import * as CliConfig from "../src/cli/Config.js"
+import * as Providers from "../src/cli/Providers.js"
+import * as Setup from "../src/cli/Setup.js"
+import { ModelProvider } from "../src/Model.js"
+import * as Server from "./utils/httpServer.js"
+
+const ROOT = fileURLToPath(new URL("..", import.meta.url))
+const dir = mkdtempSync(NodePath.join(tmpdir(), "orchestra-cli-review-"))
+afterAll(() => rmSync(dir, { recursive: true, force: true }))
+
+const writeConfig = (name: string, config: unknown): string => {
+  const file = NodePath.join(dir, name)
+  writeFileSync(file, JSON.stringify(config, null, 2))
+  return file
+}
+
+const withEnv = (env: Record<string, string>) =>
+  Effect.provideService(ConfigProvider.ConfigProvider, ConfigProvider.fromEnv({ env }))
+const loaded = (config: unknown): CliConfig.Loaded => ({ file: "test.json", dir: ROOT, ...CliConfig.inspect(config) })
+
+/** The command run in process, off a terminal, with stdin given. */
+const inProcess = (argv: ReadonlyArray<string>, stdin = "") =>
+  Effect.gen(function* () {
+    const out: Array<string> = []
+    const err: Array<string> = []
+    const console: Console.Console = {
+      ...globalThis.console,
+      log: (...args: ReadonlyArray<unknown>) => void out.push(args.join(" ")),
+      error: (...args: ReadonlyArray<unknown>) => void err.push(args.join(" "))
+    }
+    const code = yield* Cli.run(argv).pipe(
+      Effect.provide(
+        Layer.merge(
+          NodeServices.layer,
+          Stdio.layerTest({
+            stdin: Stream.make(new TextEncoder().encode(stdin)),
+            stdinIsTerminal: Effect.succeed(false),
+            stdoutIsTerminal: Effect.succeed(false),
+            stderrIsTerminal: Effect.succeed(false)
+          })
+        )
+      ),
+      Effect.provideService(Console.Console, console)
+    )
+    return { code, out: out.join("\n"), err: err.join("\n") }
+  })
+
+describe("config: the ollama provider's embeddingDimensions", () => {
+  it.effect("is a field of the file, checked by the library and named by its path", () =>
+    Effect.gen(function* () {
+      const issues = (embeddingDimensions: unknown) =>
+        Effect.map(
+          Effect.flip(
+            Setup.check(loaded({ providers: { o: { type: "ollama", embeddingDimensions } } })).pipe(withEnv({}))
+          ),
+          (e) => e.issues
+        )
+      for (const bad of [0, -3, 2.5, Number.NaN]) {
+        const [issue, ...rest] = yield* issues(bad)
+        assert.strictEqual(rest.length, 0)
+        assert.strictEqual(issue!.path, "providers.o.embeddingDimensions")
+        assert.notInclude(issue!.message, "unknown field")
+      }
+      const good = yield* Setup.check(loaded({ providers: { o: { type: "ollama", embeddingDimensions: 256 } } })).pipe(
+        withEnv({})
+      )
+      assert.strictEqual(good.defaultProvider, "o")
+    })
+  )
+
+  it.live("is sent to the server as `dimensions`", () =>
+    Effect.scoped(
+      Effect.gen(function* () {
+        const server = yield* Server.make((_request, response) =>
+          Server.json(response, 200, { model: "e", embeddings: [[0.1, 0.2, 0.3]] })
+        )
+        const checked = yield* Setup.check(
+          loaded({ providers: { o: { type: "ollama", host: server.url, embeddingDimensions: 3 } } })
+        ).pipe(withEnv({}))
+        const spec = checked.providers.o!
+        const response = yield* Effect.gen(function* () {
+          const provider = yield* ModelProvider
+          return yield* provider.embed({ texts: ["hi"] })
+        }).pipe(Effect.provide(Providers.layer("o", spec, ROOT, undefined)))
+        assert.strictEqual(response.vectors[0]!.length, 3)
+        const [request] = yield* server.requests
+        assert.strictEqual((request!.json as { dimensions?: number }).dimensions, 3)
+      })
+    )
+  )
+})
