@@ -102,3 +102,64 @@ describe("config: the ollama provider's embeddingDimensions", () => {
     )
   )
 })
+
+describe("a failure is said on stderr, with --json too (stdout then holds the JSON)", () => {
+  const failing = () =>
+    writeConfig("down.json", {
+      providers: { down: { type: "mock", random: { success: 0, failures: { Unavailable: 1 } } } },
+      defaultProvider: "down",
+      policies: { breakers: false, executor: { retry: { maxAttempts: 1 } } }
+    })
+
+  it.live("bench with failed items", () =>
+    Effect.gen(function* () {
+      const config = failing()
+      for (const json of [false, true]) {
+        const run = yield* inProcess([
+          "bench",
+          "--prompts",
+          "a,b",
+          "--rounds",
+          "1",
+          "--config",
+          config,
+          ...(json ? ["--json"] : [])
+        ])
+        assert.strictEqual(run.code, 1)
+        assert.match(run.err, /^orchestra: 4 of 4 items failed; the first: sequential #1: ModelError\(Unavailable\)/m)
+        if (json) assert.strictEqual((JSON.parse(run.out) as { ok: boolean }).ok, false)
+      }
+    })
+  )
+
+  it.live("stats --prompts with failed items", () =>
+    Effect.gen(function* () {
+      const config = failing()
+      for (const json of [false, true]) {
+        const run = yield* inProcess(["stats", "--prompts", "a,b,c", "--config", config, ...(json ? ["--json"] : [])])
+        assert.strictEqual(run.code, 1)
+        assert.match(run.err, /^orchestra: 3 of 3 prompts failed; the first: #1: ModelError\(Unavailable\)/m)
+        if (json) assert.strictEqual((JSON.parse(run.out) as { ok: boolean }).ok, false)
+      }
+    })
+  )
+
+  it.live("start --json: a failed query and an empty one are error lines on stdout and lines on stderr", () =>
+    Effect.gen(function* () {
+      const config = failing()
+      const plain = yield* inProcess(["start", "--config", config], "hi\nsupport: \n")
+      const json = yield* inProcess(["start", "--config", config, "--json"], "hi\nsupport: \n")
+      assert.strictEqual(plain.code, 0)
+      assert.strictEqual(json.code, 0)
+      const errors = json.out.split("\n").map((line) => JSON.parse(line) as { type: string })
+      assert.deepStrictEqual(
+        errors.map((e) => e.type),
+        ["error", "error"]
+      )
+      for (const run of [plain, json]) {
+        assert.match(run.err, /^error after .+: ModelError\(Unavailable\)/m)
+        assert.match(run.err, /^empty query after "support:"/m)
+      }
+    })
+  )
+})

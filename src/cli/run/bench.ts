@@ -20,6 +20,7 @@ import {
   exitCodes,
   failWith,
   formatMs,
+  printError,
   printJson,
   printText,
   splitList
@@ -215,6 +216,7 @@ export const run = Effect.fnUntraced(function* (args: Args) {
         failures.push(...failuresOf(run, round, result, prompts))
       }
     }
+    const failureText = (f: Failure) => `${rounds === 1 ? f.run : `${f.run} round ${f.round}`} #${f.item}: ${f.text}`
     const seq = summarise(sequentialRuns)
     const conc = summarise(concurrentRuns)
     const speedup = conc.elapsedMs === 0 ? 0 : seq.elapsedMs / conc.elapsedMs
@@ -245,10 +247,7 @@ export const run = Effect.fnUntraced(function* (args: Args) {
       const warm = `warm-up: ${plural(warmUp.results.length, "call")} in ${formatMs(warmUp.elapsedMs)}, not counted${
         warmUpFailures > 0 ? ` (${warmUpFailures} failed)` : ""
       }`
-      const shown = failures.slice(0, 20).map((f) => {
-        const where = rounds === 1 ? f.run : `${f.run} round ${f.round}`
-        return `  ${where} #${f.item}: ${f.text}`
-      })
+      const shown = failures.slice(0, 20).map((f) => `  ${failureText(f)}`)
       yield* printText(
         [
           formatTable(title, seq, conc, speedup, ideal),
@@ -264,7 +263,14 @@ export const run = Effect.fnUntraced(function* (args: Args) {
         ].join("\n")
       )
     }
-    if (!ok) return yield* new ExitCode({ code: exitCodes.failed })
+    if (!ok) {
+      // Said on stderr too, with --json or without, as every failure is: stdout holds the data.
+      const total = items.length * rounds * 2
+      yield* printError(
+        `orchestra: ${failures.length} of ${plural(total, "item")} failed; the first: ${failureText(failures[0]!)}`
+      )
+      return yield* new ExitCode({ code: exitCodes.failed })
+    }
   })
   yield* program.pipe(
     // A batch fails as a whole only on options the checks above already passed; should one slip through, it is usage.

@@ -148,8 +148,13 @@ export const run = Effect.fnUntraced(function* (args: Args) {
     // (`orchestra start > answers.txt`), which holds the answers only.
     const toTerminal = (text: string) => Stream.run(Stream.make(text), stdio.stderr()).pipe(Effect.ignore)
     const prompt = interactive ? toTerminal("orchestra> ") : Effect.void
-    const say = (value: Record<string, unknown>, text: string, toStderr = false) =>
-      common.json ? printJson(common, value) : toStderr ? printError(text) : printText(text)
+    // An error is said on stderr with or without --json (as every command's failures are); --json adds its line.
+    const say = (value: Record<string, unknown>, text: string, isError = false) =>
+      isError
+        ? Effect.andThen(printError(text), common.json ? printJson(common, value) : Effect.void)
+        : common.json
+          ? printJson(common, value)
+          : printText(text)
 
     const ask = (line: string) =>
       Effect.gen(function* () {

@@ -7,7 +7,17 @@
 import { Console, Effect, Option } from "effect"
 import { Batch } from "../../Batch.js"
 import * as Stats from "../../Stats.js"
-import { type Common, ExitCode, exitCodes, failWith, printJson, printText, splitList } from "../Common.js"
+import {
+  type Common,
+  errorText,
+  ExitCode,
+  exitCodes,
+  failWith,
+  printError,
+  printJson,
+  printText,
+  splitList
+} from "../Common.js"
 import { checkDomains, prepare, provideOrchestra } from "../Manager.js"
 import * as Prompts from "../Prompts.js"
 import { domainNames } from "../Setup.js"
@@ -52,7 +62,17 @@ export const run = Effect.fnUntraced(function* (args: Args) {
       { ok, prompts: items.length, config: file },
       `Execution stats (${items.length} prompt${items.length === 1 ? "" : "s"}, concurrency ${concurrency})`
     )
-    if (!ok) return yield* new ExitCode({ code: exitCodes.failed })
+    if (!ok) {
+      // Said on stderr too, with --json or without, as every failure is: stdout holds the figures.
+      const failed = result.results.filter((r) => r.status !== "success")
+      const first = failed[0]!
+      yield* printError(
+        `orchestra: ${failed.length} of ${items.length} prompt${items.length === 1 ? "" : "s"} failed; the first: #${first.index + 1}: ${
+          first.error === undefined ? first.status : errorText(first.error)
+        }`
+      )
+      return yield* new ExitCode({ code: exitCodes.failed })
+    }
   })
   yield* program.pipe(
     // A batch fails as a whole only on options the checks above already passed; should one slip through, it is usage.
