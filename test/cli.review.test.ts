@@ -163,3 +163,103 @@ describe("a failure is said on stderr, with --json too (stdout then holds the JS
     })
   )
 })
+
+const mockConfig = () => writeConfig("mock.json", { providers: { m: { type: "mock", reply: "fine" } } })
+
+describe("--fallback with no domain in it is a usage error, as an empty --config or --file is", () => {
+  it.live('test, bench and stats refuse `--fallback ""` and `--fallback " , "` naming the flag', () =>
+    Effect.gen(function* () {
+      const config = mockConfig()
+      const commands = [
+        ["test", "-p", "hi"],
+        ["bench", "--prompts", "a", "--rounds", "1"],
+        ["stats", "--prompts", "a"],
+        ["stats"]
+      ]
+      for (const command of commands) {
+        for (const value of ["", " , ", ","]) {
+          const run = yield* inProcess([...command, "--fallback", value, "--config", config])
+          assert.strictEqual(run.code, 2, `${command.join(" ")} --fallback ${JSON.stringify(value)}: ${run.err}`)
+          assert.strictEqual(run.err, "orchestra: --fallback names no domain: give domain names separated by commas")
+          assert.strictEqual(run.out, "")
+        }
+        const json = yield* inProcess([...command, "--fallback", "", "--config", config, "--json"])
+        assert.strictEqual(json.code, 2)
+        assert.deepStrictEqual(JSON.parse(json.out), {
+          ok: false,
+          error: { message: "--fallback names no domain: give domain names separated by commas", kind: "usage" }
+        })
+      }
+    })
+  )
+})
+
+describe("an integer flag's wrong value is one line naming the flag and the value, not the help page", () => {
+  const cases: ReadonlyArray<readonly [ReadonlyArray<string>, string]> = [
+    [["test", "-p", "hi"], "--max-tokens"],
+    [["bench", "--prompts", "a"], "--max-tokens"],
+    [["bench", "--prompts", "a"], "--concurrency"],
+    [["bench", "--prompts", "a"], "--rounds"],
+    [["stats", "--prompts", "a"], "--max-tokens"],
+    [["stats", "--prompts", "a"], "--concurrency"],
+    [["stats"], "--concurrency"]
+  ]
+
+  it.live("1.5, abc, an empty value, 1e400 and NaN: exit 2, one line on stderr, JSON under --json", () =>
+    Effect.gen(function* () {
+      const config = mockConfig()
+      for (const [command, flag] of cases) {
+        for (const [value, got] of [
+          ["1.5", "1.5"],
+          ["abc", '"abc"'],
+          ["", '""'],
+          ["1e400", '"1e400"'],
+          ["NaN", '"NaN"'],
+          ["0x10", '"0x10"']
+        ] as const) {
+          const what = `${command.join(" ")} ${flag} ${JSON.stringify(value)}`
+          const run = yield* inProcess([...command, flag, value, "--config", config])
+          assert.strictEqual(run.code, 2, `${what}: ${run.err}`)
+          assert.strictEqual(run.err, `orchestra: ${flag}: expected an integer, got ${got}`, what)
+          assert.strictEqual(run.out, "")
+        }
+        const json = yield* inProcess([...command, `${flag}=2.5`, "--config", config, "--json"])
+        assert.strictEqual(json.code, 2)
+        assert.deepStrictEqual(JSON.parse(json.out), {
+          ok: false,
+          error: { message: `${flag}: expected an integer, got 2.5`, kind: "usage" }
+        })
+      }
+    })
+  )
+
+  it.live("a good value still runs, and the help still says integer", () =>
+    Effect.gen(function* () {
+      const config = mockConfig()
+      const ran = yield* inProcess([
+        "bench",
+        "--prompts",
+        "a,b",
+        "-c",
+        "2",
+        "--rounds",
+        " 1 ",
+        "--max-tokens",
+        "+8",
+        "--config",
+        config,
+        "--json"
+      ])
+      assert.strictEqual(ran.code, 0, ran.err)
+      const out = JSON.parse(ran.out) as { concurrency: number; rounds: number; maxTokens: number }
+      assert.deepStrictEqual([out.concurrency, out.rounds, out.maxTokens], [2, 1, 8])
+      const defaults = yield* inProcess(["bench", "--prompts", "a", "--config", config, "--json"])
+      const got = JSON.parse(defaults.out) as { concurrency: number; rounds: number; maxTokens: number | null }
+      assert.deepStrictEqual([got.concurrency, got.rounds, got.maxTokens], [5, 3, null])
+      const help = yield* inProcess(["bench", "--help"])
+      assert.match(help.out, /--concurrency, -c integer/)
+      assert.match(help.out, /--rounds integer/)
+      assert.match(help.out, /--max-tokens integer/)
+    })
+  )
+})

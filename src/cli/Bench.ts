@@ -6,7 +6,7 @@
  * @since 0.1.0
  */
 import { Command, Flag } from "effect/cli"
-import { config, json, lazy } from "./Common.js"
+import { config, integerFlag, json, lazy } from "./Common.js"
 import * as Prompts from "./Prompts.js"
 
 /**
@@ -23,11 +23,11 @@ export const maxRounds = 100
  */
 export const flags = {
   ...Prompts.flags,
-  rounds: Flag.Int("rounds").pipe(
+  rounds: integerFlag("rounds").pipe(
     Flag.withDescription(
       `Sequential and concurrent runs each, alternated; the wall time is their median (default 3, at most ${maxRounds})`
     ),
-    Flag.withDefault(3)
+    Flag.optional
   ),
   json,
   config

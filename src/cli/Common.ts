@@ -12,7 +12,7 @@ import * as NodeFs from "node:fs/promises"
 import { Console, Deferred, Effect, Exit, Option, type PlatformError, Result, Schema, Stdio } from "effect"
 import { Flag } from "effect/cli"
 import { type AiError, reasonOf } from "../AiError.js"
-import type * as Input from "../Input.js"
+import * as Input from "../Input.js"
 
 /**
  * The exit codes: 0 ok, 1 a call (or a benchmark item) failed or a provider could not
@@ -344,6 +344,64 @@ export const checkFlag = <A>(common: Common, checked: Input.Checked<A>): Effect.
   Result.isSuccess(checked)
     ? Effect.succeed(checked.success)
     : failWith(common, exitCodes.usage, `${checked.failure.path}: ${checked.failure.message}`, { kind: "usage" })
+
+/**
+ * A flag whose value is an integer, read as text for {@link positiveIntOf}: effect/cli's own
+ * integer parsing answers `--max-tokens 1.5` with the command's whole help page, where a
+ * value out of range (`0`) gets one line naming the flag. The help still says `integer`.
+ *
+ * @since 0.3.0
+ * @category flags
+ */
+export const integerFlag = (name: string): Flag.Flag<string> => Flag.String(name).pipe(Flag.withMetavar("integer"))
+
+// A number in decimal (`+8`, `1e3`, ` 5 `): `Number` alone takes `""` as 0 and `0x10` as 16.
+const decimal = /^[+-]?(?:\d+\.?\d*|\.\d+)(?:e[+-]?\d+)?$/i
+
+/**
+ * The value of an {@link integerFlag}, checked as the library checks a positive integer (at
+ * most `max`): anything else ends the command with exit code 2 and one line naming the flag
+ * and the value (`--max-tokens: expected an integer, got 1.5`).
+ *
+ * @since 0.3.0
+ * @category combinators
+ */
+export const positiveIntOf = (
+  common: Common,
+  flag: string,
+  text: string,
+  max?: number
+): Effect.Effect<number, ExitCode> => {
+  const trimmed = text.trim()
+  const value = decimal.test(trimmed) ? Number(trimmed) : Number.NaN
+  return checkFlag(
+    common,
+    Number.isFinite(value)
+      ? Input.positiveInt(flag, value, max)
+      : Result.fail({ path: flag, message: `expected an integer, got ${JSON.stringify(text)}` })
+  )
+}
+
+/**
+ * The domains of `--fallback`, in order. A value that names none (`--fallback ""`, `" , "`)
+ * ends the command with exit code 2, as an empty `--config` or `--file` does, rather than
+ * running without the fallback it was meant to add.
+ *
+ * @since 0.3.0
+ * @category combinators
+ */
+export const fallbackOf = (
+  common: Common,
+  flag: Option.Option<string>
+): Effect.Effect<ReadonlyArray<string>, ExitCode> => {
+  if (Option.isNone(flag)) return Effect.succeed([])
+  const domains = splitList(flag.value)
+  return domains.length > 0
+    ? Effect.succeed(domains)
+    : failWith(common, exitCodes.usage, "--fallback names no domain: give domain names separated by commas", {
+        kind: "usage"
+      })
+}
 
 /**
  * Splits `domain: query` when `domain` is a known domain (any name a domain may have:

@@ -8,15 +8,15 @@
 import { Effect, FileSystem, Option, Result } from "effect"
 import { Flag } from "effect/cli"
 import type { Item } from "../Batch.js"
-import * as Input from "../Input.js"
 import {
   type Common,
-  checkFlag,
   type ExitCode,
   exitCodes,
   failWith,
+  integerFlag,
   parseQuery,
   platformErrorText,
+  positiveIntOf,
   readAtMost,
   splitList
 } from "./Common.js"
@@ -45,7 +45,7 @@ export const maxTokensLimit = 1_000_000
  * @category flags
  */
 export const maxTokensFlag = (what: string) =>
-  Flag.Int("max-tokens").pipe(
+  integerFlag("max-tokens").pipe(
     Flag.withDescription(
       `Most tokens to generate${what} (at most ${maxTokensLimit}; default: the domain's or the model's)`
     ),
@@ -79,12 +79,12 @@ export const flags = {
     Flag.withDescription("Comma-separated domains tried in order after a prompt's own domain"),
     Flag.optional
   ),
-  concurrency: Flag.Int("concurrency").pipe(
+  concurrency: integerFlag("concurrency").pipe(
     Flag.withAlias("c"),
     Flag.withDescription(
       `Calls at once, default 5, at most ${maxConcurrency} (also the manager's shared limit for this run)`
     ),
-    Flag.withDefault(5)
+    Flag.optional
   ),
   maxTokens: maxTokensFlag(" per prompt")
 }
@@ -161,11 +161,9 @@ export const read = Effect.fnUntraced(function* (
  */
 export const maxTokensOf = (
   common: Common,
-  flag: Option.Option<number>
+  flag: Option.Option<string>
 ): Effect.Effect<number | undefined, ExitCode> =>
-  Option.isNone(flag)
-    ? Effect.succeed(undefined)
-    : checkFlag(common, Input.positiveInt("--max-tokens", flag.value, maxTokensLimit))
+  Option.isNone(flag) ? Effect.succeed(undefined) : positiveIntOf(common, "--max-tokens", flag.value, maxTokensLimit)
 
 /**
  * The run options given as flags, checked (exit code 2 naming the flag).
@@ -175,9 +173,11 @@ export const maxTokensOf = (
  */
 export const checkRunFlags = Effect.fnUntraced(function* (
   common: Common,
-  args: { readonly concurrency: number; readonly maxTokens: Option.Option<number> }
+  args: { readonly concurrency: Option.Option<string>; readonly maxTokens: Option.Option<string> }
 ) {
-  const concurrency = yield* checkFlag(common, Input.positiveInt("--concurrency", args.concurrency, maxConcurrency))
+  const concurrency = Option.isNone(args.concurrency)
+    ? 5
+    : yield* positiveIntOf(common, "--concurrency", args.concurrency.value, maxConcurrency)
   const maxTokens = yield* maxTokensOf(common, args.maxTokens)
   return { concurrency, maxTokens }
 })

@@ -9,21 +9,20 @@
  */
 import { Console, Effect, Option } from "effect"
 import { Batch, type BatchResult, type Item } from "../../Batch.js"
-import * as Input from "../../Input.js"
 import { type Args, maxRounds } from "../Bench.js"
 import {
   type Common,
-  checkFlag,
   errorJson,
   errorText,
   ExitCode,
   exitCodes,
   failWith,
+  fallbackOf,
   formatMs,
   printError,
   printJson,
-  printText,
-  splitList
+  positiveIntOf,
+  printText
 } from "../Common.js"
 import { checkDomains, prepare, progressBar, provideOrchestra } from "../Manager.js"
 import * as Prompts from "../Prompts.js"
@@ -181,11 +180,11 @@ const plural = (n: number, word: string) => `${n} ${word}${n === 1 ? "" : "s"}`
 export const run = Effect.fnUntraced(function* (args: Args) {
   const common: Common = { json: args.json, config: args.config }
   const { concurrency, maxTokens } = yield* Prompts.checkRunFlags(common, args)
-  const rounds = yield* checkFlag(common, Input.positiveInt("--rounds", args.rounds, maxRounds))
+  const rounds = Option.isNone(args.rounds) ? 3 : yield* positiveIntOf(common, "--rounds", args.rounds.value, maxRounds)
+  const fallback = yield* fallbackOf(common, args.fallback)
   const prompts = yield* Prompts.read(common, args.prompts, args.file, true)
   const checked = yield* prepare(common)
   const domain = Option.getOrUndefined(args.domain)
-  const fallback = Option.match(args.fallback, { onNone: () => [], onSome: splitList })
   yield* checkDomains(common, checked, [...Option.toArray(args.domain), ...fallback])
   const items = yield* Prompts.toItems(common, prompts, domainNames(checked.loaded), maxTokens)
   const cache = checked.loaded.config.policies?.cache

@@ -13,10 +13,10 @@ import {
   ExitCode,
   exitCodes,
   failWith,
+  fallbackOf,
   printError,
   printJson,
-  printText,
-  splitList
+  printText
 } from "../Common.js"
 import { checkDomains, prepare, provideOrchestra } from "../Manager.js"
 import * as Prompts from "../Prompts.js"
@@ -33,11 +33,11 @@ const print = (common: Common, stats: Stats.ExecutionStats, extra: Record<string
 export const run = Effect.fnUntraced(function* (args: Args) {
   const common: Common = { json: args.json, config: args.config }
   const { concurrency, maxTokens } = yield* Prompts.checkRunFlags(common, args)
+  // Checked with or without prompts: `stats` is the cheap check, so it refuses what `test` refuses.
+  const fallback = yield* fallbackOf(common, args.fallback)
   const prompts = yield* Prompts.read(common, args.prompts, args.file, false)
   const checked = yield* prepare(common)
   const file = checked.loaded.file ?? null
-  // Checked with or without prompts: `stats` is the cheap check, so it refuses what `test` refuses.
-  const fallback = Option.match(args.fallback, { onNone: () => [], onSome: splitList })
   yield* checkDomains(common, checked, [...Option.toArray(args.domain), ...fallback])
   if (prompts.length === 0) {
     // Nothing to run: the config is checked, but only the statistics service is built.

@@ -16,11 +16,11 @@ import {
   ExitCode,
   exitCodes,
   failWith,
+  fallbackOf,
   formatMs,
   printError,
   printJson,
-  printText,
-  splitList
+  printText
 } from "../Common.js"
 import { checkDomains, prepare, provideOrchestra } from "../Manager.js"
 import { maxTokensOf } from "../Prompts.js"
@@ -138,7 +138,7 @@ export const run = Effect.fnUntraced(function* (args: Args) {
     return yield* failWith(common, exitCodes.usage, "--prompt is empty: give the question to send", { kind: "usage" })
   }
   const domain = Option.getOrUndefined(args.domain)
-  const fallback = Option.match(args.fallback, { onNone: () => [], onSome: splitList })
+  const fallback = yield* fallbackOf(common, args.fallback)
   const checked = yield* prepare(common)
   yield* checkDomains(common, checked, [...Option.toArray(args.domain), ...fallback])
   const program = Effect.gen(function* () {
