@@ -161,7 +161,10 @@ export interface RunOptions {
   readonly domain?: string | undefined
   /** At most this many items of this batch at once (a positive integer; never above the manager's shared limit). */
   readonly concurrency?: number | undefined
-  /** Domains tried in order after an item's own domain (or after the executor's provider, for items without one); at most 1,000. */
+  /**
+   * Domains tried in order after an item's own domain (or after the executor's provider, for items without one),
+   * each once however often listed; at most 1,000.
+   */
   readonly fallback?: ReadonlyArray<string> | undefined
   /**
    * Called synchronously for each event, on the batch's fibers: keep it quick. A throw (or an async

@@ -5,7 +5,7 @@
 import { assert, describe, it } from "@effect/vitest"
 import { Effect, Exit, Fiber, Result, Stream, Tracer } from "effect"
 import { TestClock } from "effect/testing"
-import type { AiError } from "../src/AiError.js"
+import { type AiError, ModelError } from "../src/AiError.js"
 import * as Batch from "../src/Batch.js"
 import type { Service as ProviderService } from "../src/Model.js"
 import * as Policy from "../src/Policy.js"
@@ -346,6 +346,29 @@ describe("Batch.stream checks its options as run does", () => {
       assert.deepStrictEqual([onProgress.reason, onProgress.field], ["InvalidRequest", "onProgress"])
       const options = yield* Effect.flip(Stream.runDrain(batch.stream(["a"], null as never)))
       assert.deepStrictEqual([options.reason, options.field], ["InvalidRequest", "options"])
+    })
+  )
+})
+
+describe("a batch's fallback lists each domain once", () => {
+  it.effect("an item with no domain tries a domain listed twice once, as an item with a domain does", () =>
+    Effect.gen(function* () {
+      let calls = 0
+      const { batch } = yield* managerOver(
+        custom("p", () =>
+          Effect.suspend(() => {
+            calls++
+            return Effect.fail(new ModelError({ reason: "Unauthorized", message: "refused", provider: "p" }))
+          })
+        )
+      )
+      const result = yield* batch.run(["a", { request: { prompt: "b" }, domain: "d" }], { fallback: ["d", "d"] })
+      const steps = result.results.map((r) =>
+        r.error?._tag === "FallbackExhaustedError" ? r.error.attempts.map((a) => a.domain ?? null) : r.error?._tag
+      )
+      // Without a domain: the executor's provider, then `d` once; with `d`: `d` once (no chain of one is exhausted).
+      assert.deepStrictEqual(steps, [[null, "d"], "ModelError"])
+      assert.strictEqual(calls, 3)
     })
   )
 })

@@ -221,6 +221,7 @@ export const check = (
       return yield* fail("fallback", `expected at most ${maxFallback} domain names, got ${got}`)
     }
     const fallback: Array<string> = []
+    const listed = new Set<string>()
     for (let i = 0; i < length; i++) {
       let name: unknown
       try {
@@ -230,7 +231,11 @@ export const check = (
       }
       const found = yield* Effect.result(router.chain([name as string]))
       if (Result.isFailure(found)) return yield* fail(`fallback[${i}]`, found.failure.message)
-      fallback.push(name as string)
+      // Once each, here for the whole batch: a domain listed twice would be called twice by items without a domain.
+      if (!listed.has(name as string)) {
+        listed.add(name as string)
+        fallback.push(name as string)
+      }
     }
     for (const field of ["onProgress", "onEvent"] as const) {
       const f = options[field]
