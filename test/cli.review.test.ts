@@ -263,3 +263,37 @@ describe("an integer flag's wrong value is one line naming the flag and the valu
     })
   )
 })
+
+describe("bench with many failed items", () => {
+  it.live(
+    "200,000 failed prompts in a round: the figures and every failure, exit 1 (it was a RangeError, exit 1)",
+    () =>
+      Effect.gen(function* () {
+        const config = writeConfig("refuses.json", {
+          providers: { down: { type: "mock", random: { success: 0, failures: { InvalidRequest: 1 } } } },
+          policies: { breakers: false }
+        })
+        const file = NodePath.join(dir, "many.txt")
+        writeFileSync(file, Array.from({ length: 200_000 }, (_, i) => `p${i}`).join("\n"))
+        const run = yield* inProcess([
+          "bench",
+          "--file",
+          file,
+          "--rounds",
+          "1",
+          "-c",
+          "1000",
+          "--config",
+          config,
+          "--json"
+        ])
+        assert.strictEqual(run.code, 1)
+        assert.notInclude(run.err, "unexpected failure")
+        assert.match(run.err, /^orchestra: 400000 of 400000 items failed; the first: sequential #1: /m)
+        const out = JSON.parse(run.out) as { failures: ReadonlyArray<unknown>; sequential: { failures: number } }
+        assert.strictEqual(out.sequential.failures, 200_000)
+        assert.strictEqual(out.failures.length, 400_000)
+      }),
+    { timeout: 120_000 }
+  )
+})

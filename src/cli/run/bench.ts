@@ -212,7 +212,8 @@ export const run = Effect.fnUntraced(function* (args: Args) {
       for (const run of roundOrder(round)) {
         const result = yield* runOnce(`${run}${suffix}`, run === "sequential" ? 1 : concurrency)
         ;(run === "sequential" ? sequentialRuns : concurrentRuns).push(result)
-        failures.push(...failuresOf(run, round, result, prompts))
+        // One by one: spread as arguments, a round of 150,000 failures overflowed the stack.
+        for (const failure of failuresOf(run, round, result, prompts)) failures.push(failure)
       }
     }
     const failureText = (f: Failure) => `${rounds === 1 ? f.run : `${f.run} round ${f.round}`} #${f.item}: ${f.text}`
