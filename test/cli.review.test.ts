@@ -9,7 +9,7 @@ import * as NodePath from "node:path"
 import { fileURLToPath } from "node:url"
 import * as NodeServices from "@effect/platform-node/NodeServices"
 import { afterAll, assert, describe, it } from "@effect/vitest"
-import { ConfigProvider, Console, Effect, Layer, Stdio, Stream } from "effect"
+import { ConfigProvider, Console, Effect, FileSystem, Layer, Stdio, Stream } from "effect"
 import * as Cli from "../src/cli/Cli.js"
 import * as CliConfig from "../src/cli/Config.js"
 import * as Providers from "../src/cli/Providers.js"
@@ -32,7 +32,7 @@ const withEnv = (env: Record<string, string>) =>
 const loaded = (config: unknown): CliConfig.Loaded => ({ file: "test.json", dir: ROOT, ...CliConfig.inspect(config) })
 
 /** The command run in process, off a terminal, with stdin given. */
-const inProcess = (argv: ReadonlyArray<string>, stdin = "") =>
+const inProcess = (argv: ReadonlyArray<string>, stdin = "", fs?: Layer.Layer<FileSystem.FileSystem>) =>
   Effect.gen(function* () {
     const out: Array<string> = []
     const err: Array<string> = []
@@ -42,6 +42,7 @@ const inProcess = (argv: ReadonlyArray<string>, stdin = "") =>
       error: (...args: ReadonlyArray<unknown>) => void err.push(args.join(" "))
     }
     const code = yield* Cli.run(argv).pipe(
+      fs === undefined ? (effect) => effect : Effect.provide(fs),
       Effect.provide(
         Layer.merge(
           NodeServices.layer,
@@ -295,5 +296,26 @@ describe("bench with many failed items", () => {
         assert.strictEqual(out.failures.length, 400_000)
       }),
     { timeout: 120_000 }
+  )
+})
+
+describe("a prompts file that is a device", () => {
+  it.live("is read up to its bound, as a pipe is, not whole: --file /dev/zero is too large, not 2 GiB read", () =>
+    Effect.gen(function* () {
+      // The real file system, but a device read whole is a failure of the test (it used to allocate until 2 GiB).
+      const guarded = Layer.effect(
+        FileSystem.FileSystem,
+        Effect.gen(function* () {
+          const fs = yield* FileSystem.FileSystem
+          return FileSystem.FileSystem.of({
+            ...fs,
+            readFile: (path) => (path.startsWith("/dev/") ? Effect.die(`${path} read whole`) : fs.readFile(path))
+          })
+        })
+      ).pipe(Layer.provide(NodeServices.layer))
+      const run = yield* inProcess(["bench", "--file", "/dev/zero", "--config", mockConfig()], "", guarded)
+      assert.strictEqual(run.code, 2, run.err)
+      assert.strictEqual(run.err, "orchestra: cannot read /dev/zero: more than 16777216 bytes (at most 16777216)")
+    })
   )
 })

@@ -135,8 +135,9 @@ export const read = Effect.fnUntraced(function* (
   if (info.type === "Directory") yield* unreadable("not a file (directory)")
   const tooBig = (size: string | number) => unreadable(`${size} bytes (at most ${maxFileBytes})`)
   if (Number(info.size) > maxFileBytes) yield* tooBig(String(info.size))
-  // A pipe's size is known only once read: no more than one byte past the bound is.
-  const bytes = yield* info.type === "FIFO"
+  // A pipe's or a device's size (`/dev/stdin` on a terminal, `/dev/zero`) is known only once read: no more than one
+  // byte past the bound is.
+  const bytes = yield* info.type !== "File"
     ? readAtMost(file.value, maxFileBytes).pipe(Effect.catch(unreadable))
     : fs.readFile(file.value).pipe(Effect.catch((error) => unreadable(platformErrorText(error))))
   if (bytes.length > maxFileBytes) yield* tooBig(`more than ${maxFileBytes}`)
