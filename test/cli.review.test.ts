@@ -319,3 +319,19 @@ describe("a prompts file that is a device", () => {
     })
   )
 })
+
+describe("prompts with an empty query", () => {
+  it.live("are named up to five, then counted: a file of 50,000 is one short line, not a line of megabytes", () =>
+    Effect.gen(function* () {
+      const file = NodePath.join(dir, "empty-queries.txt")
+      writeFileSync(file, ["fine", ...Array.from({ length: 50_000 }, () => "support: ")].join("\n"))
+      const run = yield* inProcess(["bench", "--file", file, "--config", mockConfig()])
+      assert.strictEqual(run.code, 2)
+      assert.strictEqual(
+        run.err,
+        'orchestra: empty queries after the domain in prompt #2 ("support:"), #3 ("support:"), #4 ("support:"), ' +
+          '#5 ("support:"), #6 ("support:") and 49995 more: write the question after "domain:"'
+      )
+    })
+  )
+})

@@ -183,6 +183,9 @@ export const checkRunFlags = Effect.fnUntraced(function* (
   return { concurrency, maxTokens }
 })
 
+/** How many prompts with an empty query a message names. */
+const namedEmpty = 5
+
 /**
  * Prompts as batch items, their `domain:` prefixes resolved. A prompt whose query is
  * empty ends the command with exit code 2, naming it (`#3`).
@@ -197,21 +200,24 @@ export const toItems = (
   maxTokens: number | undefined
 ): Effect.Effect<ReadonlyArray<Item>, ExitCode> => {
   const items: Array<Item> = []
+  // The first few are named, the rest counted: a file of them would be a message of megabytes.
   const empty: Array<string> = []
+  let emptyCount = 0
   prompts.forEach((prompt, i) => {
     const { domain, query } = parseQuery(prompt, domains)
     if (query.length === 0) {
-      empty.push(`#${i + 1} (${JSON.stringify(prompt)})`)
+      if (++emptyCount <= namedEmpty) empty.push(`#${i + 1} (${JSON.stringify(prompt)})`)
       return
     }
     const request = maxTokens === undefined ? { prompt: query } : { prompt: query, maxTokens }
     items.push(domain === undefined ? { request } : { request, domain })
   })
-  if (empty.length > 0) {
+  if (emptyCount > 0) {
+    const more = emptyCount > namedEmpty ? ` and ${emptyCount - namedEmpty} more` : ""
     return failWith(
       common,
       exitCodes.usage,
-      `empty quer${empty.length === 1 ? "y" : "ies"} after the domain in prompt ${empty.join(", ")}: write the question after "domain:"`,
+      `empty quer${emptyCount === 1 ? "y" : "ies"} after the domain in prompt ${empty.join(", ")}${more}: write the question after "domain:"`,
       { kind: "usage" }
     )
   }
