@@ -221,6 +221,14 @@ export interface Service {
 export class Batch extends Context.Service<Batch, Service>()("effect-orchestra/Batch") {}
 
 /**
+ * The most items one batch takes when the manager's `maxItems` is not given.
+ *
+ * @since 0.3.0
+ * @category constants
+ */
+export const defaultMaxItems = 1_000_000
+
+/**
  * @since 0.1.0
  * @category models
  */
@@ -253,7 +261,7 @@ export const make = Effect.fnUntraced(function* (options: Options = {}) {
     Input.positiveInt("maxConcurrent", Input.orDefault(options.maxConcurrent, 5))
   )
   const maxItems = yield* Input.orOptionError(
-    Input.positiveInt("maxItems", Input.orDefault(options.maxItems, 1_000_000))
+    Input.positiveInt("maxItems", Input.orDefault(options.maxItems, defaultMaxItems))
   )
   const executor = yield* Executor
   const router = yield* Router

@@ -335,3 +335,22 @@ describe("prompts with an empty query", () => {
     })
   )
 })
+
+describe("more prompts than policies.maxItems", () => {
+  it.live("is refused before anything runs, naming policies.maxItems (it ran the warm-up, then named `items`)", () =>
+    Effect.gen(function* () {
+      const config = writeConfig("max-items.json", {
+        providers: { m: { type: "mock", reply: "fine" } },
+        policies: { maxItems: 2 }
+      })
+      for (const command of [["bench", "--rounds", "1"], ["stats"]]) {
+        const run = yield* inProcess([...command, "--prompts", "a,b,c", "--config", config])
+        assert.strictEqual(run.code, 2, run.err)
+        assert.strictEqual(run.err, "orchestra: 3 prompts: more than a batch takes (policies.maxItems: 2)")
+        assert.strictEqual(run.out, "")
+      }
+      const fits = yield* inProcess(["stats", "--prompts", "a,b", "--config", config])
+      assert.strictEqual(fits.code, 0, fits.err)
+    })
+  )
+})

@@ -6,7 +6,7 @@
  * @since 0.2.0
  */
 import { Config, Console, Effect, type FileSystem, Layer, Option, type Path, Stdio } from "effect"
-import type { ProgressEvent } from "../Batch.js"
+import { defaultMaxItems, type ProgressEvent } from "../Batch.js"
 import type * as Orchestra from "../Orchestra.js"
 import { type Common, type ExitCode, exitCodes, failWith, formatMs, stdoutClosed } from "./Common.js"
 import * as CliConfig from "./Config.js"
@@ -84,6 +84,26 @@ export const checkDomains = (
   return unknown === undefined
     ? Effect.void
     : failWith(common, exitCodes.usage, `unknown domain "${unknown}" (known: ${known.join(", ")})`, {
+        kind: "usage"
+      })
+}
+
+/**
+ * Fails with exit code 2 when there are more prompts than one batch of the config's manager
+ * takes (`policies.maxItems`), before any provider is built or any call made.
+ *
+ * @since 0.3.0
+ * @category combinators
+ */
+export const checkBatchSize = (
+  common: Common,
+  checked: Setup.Checked,
+  count: number
+): Effect.Effect<void, ExitCode> => {
+  const maxItems = checked.loaded.config.policies?.maxItems ?? defaultMaxItems
+  return count <= maxItems
+    ? Effect.void
+    : failWith(common, exitCodes.usage, `${count} prompts: more than a batch takes (policies.maxItems: ${maxItems})`, {
         kind: "usage"
       })
 }

@@ -24,7 +24,7 @@ import {
   positiveIntOf,
   printText
 } from "../Common.js"
-import { checkDomains, prepare, progressBar, provideOrchestra } from "../Manager.js"
+import { checkBatchSize, checkDomains, prepare, progressBar, provideOrchestra } from "../Manager.js"
 import * as Prompts from "../Prompts.js"
 import { domainNames } from "../Setup.js"
 
@@ -187,6 +187,7 @@ export const run = Effect.fnUntraced(function* (args: Args) {
   const domain = Option.getOrUndefined(args.domain)
   yield* checkDomains(common, checked, [...Option.toArray(args.domain), ...fallback])
   const items = yield* Prompts.toItems(common, prompts, domainNames(checked.loaded), maxTokens)
+  yield* checkBatchSize(common, checked, items.length)
   const cache = checked.loaded.config.policies?.cache
   if (cache !== undefined && cache !== false) {
     yield* Console.error("orchestra: note: policies.cache is on, so repeated prompts are answered from the cache")

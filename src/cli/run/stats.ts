@@ -18,7 +18,7 @@ import {
   printJson,
   printText
 } from "../Common.js"
-import { checkDomains, prepare, provideOrchestra } from "../Manager.js"
+import { checkBatchSize, checkDomains, prepare, provideOrchestra } from "../Manager.js"
 import * as Prompts from "../Prompts.js"
 import { domainNames } from "../Setup.js"
 import type { Args } from "../Stats.js"
@@ -51,6 +51,7 @@ export const run = Effect.fnUntraced(function* (args: Args) {
     return yield* print(common, stats, { ok: true, prompts: 0, config: file }, "Execution stats (empty)")
   }
   const items = yield* Prompts.toItems(common, prompts, domainNames(checked.loaded), maxTokens)
+  yield* checkBatchSize(common, checked, items.length)
   const program = Effect.gen(function* () {
     const batch = yield* Batch
     const result = yield* batch.run(items, { domain: Option.getOrUndefined(args.domain), fallback, concurrency })
