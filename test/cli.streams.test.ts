@@ -188,7 +188,14 @@ describe("orchestra --json: a command line that cannot be parsed is one JSON err
     Effect.gen(function* () {
       assert.include(usage(yield* inProcess(["test", "-p", "hi", "--bogus", "--json"])), "--bogus")
       // (test, bench and stats read their numbers themselves: one line naming the flag, in cli.review.test.ts.)
-      assert.include(usage(yield* inProcess(["serve", "--json", "--port", "many"])), "many")
+      // serve reads its port itself too: one line naming the flag, not the help page.
+      for (const value of ["many", "1.5", ""]) {
+        const port = yield* inProcess(["serve", "--json", "--port", value])
+        assert.strictEqual(port.code, 2, port.stderr)
+        assert.notInclude(port.stderr, "USAGE")
+        assert.include(port.stderr, `--port: expected an integer, got ${JSON.stringify(value)}`)
+        assert.deepStrictEqual(JSON.parse(port.stdout).error.kind, "usage")
+      }
       assert.include(usage(yield* inProcess(["test", "--json"])), "--prompt")
       assert.include(usage(yield* inProcess(["stats", "--json=true", "--rounds", "3"])), "--rounds")
       // No command: the root has no --json, and says so.

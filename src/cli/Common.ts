@@ -371,13 +371,28 @@ export const positiveIntOf = (
   flag: string,
   text: string,
   max?: number
+): Effect.Effect<number, ExitCode> => integerOf(common, flag, text, (value) => Input.positiveInt(flag, value, max))
+
+/**
+ * The value of an {@link integerFlag} whose range is checked later, where the value is used
+ * (`serve --port` by the gateway, which names `--port` or the file's `server.port`); a value
+ * that is no integer ends the command as {@link positiveIntOf} does.
+ *
+ * @since 0.3.0
+ * @category combinators
+ */
+export const integerOf = (
+  common: Common,
+  flag: string,
+  text: string,
+  check: (value: number) => Input.Checked<number> = (value) => Input.int(flag, value)
 ): Effect.Effect<number, ExitCode> => {
   const trimmed = text.trim()
   const value = decimal.test(trimmed) ? Number(trimmed) : Number.NaN
   return checkFlag(
     common,
     Number.isFinite(value)
-      ? Input.positiveInt(flag, value, max)
+      ? check(value)
       : Result.fail({ path: flag, message: `expected an integer, got ${JSON.stringify(text)}` })
   )
 }

@@ -7,7 +7,7 @@
  * @since 0.2.0
  */
 import { Command, Flag } from "effect/cli"
-import { config, json, lazy } from "./Common.js"
+import { config, integerFlag, json, lazy } from "./Common.js"
 
 /**
  * @since 0.2.0
@@ -24,7 +24,8 @@ export const flags = {
     Flag.withDescription("Listen on this address (overrides the file's server.host; default 127.0.0.1)"),
     Flag.optional
   ),
-  port: Flag.Int("port").pipe(
+  // Read as text (`integerOf`): effect/cli's own integer parsing answers `--port 1.5` with the help page.
+  port: integerFlag("port").pipe(
     Flag.withDescription(
       "Listen on this port, at most 65535; 0 for any free one (overrides the file's server.port; default 4000)"
     ),

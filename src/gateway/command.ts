@@ -36,7 +36,7 @@ import * as RateLimit from "../RateLimit.js"
 import * as Redis from "../Redis.js"
 import type * as ResponseCache from "../ResponseCache.js"
 import { layerRedis as cacheOnRedis } from "../ResponseCache/Redis.js"
-import { type Common, ExitCode, exitCodes, failWith, platformErrorText, printJson } from "../cli/Common.js"
+import { type Common, ExitCode, exitCodes, failWith, integerOf, platformErrorText, printJson } from "../cli/Common.js"
 import { formatPath } from "../cli/Config.js"
 import * as Json from "../cli/json.js"
 import { prepare } from "../cli/Manager.js"
@@ -256,11 +256,12 @@ const gatewayField = (args: Args, path: string): string | undefined => {
  */
 export const run = Effect.fnUntraced(function* (args: Args) {
   const common: Common = { json: args.json, config: args.config }
+  const portFlag = Option.isSome(args.port) ? yield* integerOf(common, "--port", args.port.value) : undefined
   const checked = yield* prepare(common)
   const { file, config } = yield* loadFile(common, args.gateway)
   const server = config.server ?? {}
   const host = Option.getOrElse(args.host, () => server.host ?? "127.0.0.1")
-  const port = Option.getOrElse(args.port, () => server.port ?? 4000)
+  const port = portFlag ?? server.port ?? 4000
   if (typeof host === "string" && host.trim() === "") {
     const where = Option.isSome(args.host) ? "--host" : "server.host"
     return yield* failWith(common, exitCodes.usage, `${where} is empty: give an address such as 127.0.0.1`, {
