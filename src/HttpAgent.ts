@@ -127,7 +127,7 @@ export interface Agent<A = unknown> {
  */
 export interface AgentOptions {
   readonly url: string
-  /** Name in records, metrics and stats (default: the URL without its query string). */
+  /** Name in records, metrics and stats (default: the URL without its query string); a name that is a URL is shown so too. */
   readonly name?: string | undefined
   readonly timeout?: Input.DurationInput | undefined
   readonly retry?: RetryPolicy | RetryPolicyInput | undefined
@@ -206,7 +206,7 @@ export interface TaskRecord<A = unknown> {
    * valid agent.
    */
   readonly agent: string
-  /** Its URL without the query string. */
+  /** Its URL without the query string nor fragment. */
   readonly url: string
   readonly status: Status
   readonly result?: A | undefined
@@ -301,7 +301,11 @@ export interface Service {
     options?: DispatchOptions
   ) => Effect.Effect<ReadonlyArray<TaskRecord>, PipelineError>
   readonly connections: Effect.Effect<ConnectionStats>
-  /** The figures of an agent (or agent name). */
+  /**
+   * The figures of an agent (or agent name, or URL: read without its query). The first 100
+   * agent names have series of their own; a name past them answers the figures of all of them,
+   * `agent: "(other)"`.
+   */
   readonly stats: (agent: Agent<unknown> | string) => Effect.Effect<AgentStats>
 }
 

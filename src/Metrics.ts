@@ -325,7 +325,11 @@ export const storeErrors = Metric.counter("orchestra_store_errors_total", {
 })
 
 /**
- * Attributes `agent`, `status` (`success`, `error`, `timeout`, `service_unavailable`).
+ * Attributes `agent`, `status` (`success`, `error`, `timeout`, `service_unavailable`,
+ * `skipped`). An `HttpAgents` service gives the first 100 agent names it counts an `agent`
+ * of their own and counts later ones under `agent="(other)"` (as their `Stats` series, under
+ * `provider`), so agents named per URL do not make a series each; a name that is a URL is
+ * shown without its query.
  *
  * @since 0.1.0
  * @category agents
@@ -336,7 +340,7 @@ export const agentTasks = Metric.counter("orchestra_agent_tasks_total", {
 })
 
 /**
- * Attribute `agent`.
+ * Attribute `agent`, bounded as in {@link agentTasks}.
  *
  * @since 0.2.0
  * @category agents

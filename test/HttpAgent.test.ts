@@ -2,7 +2,7 @@ import { inspect } from "node:util"
 import { NodeHttpClient } from "@effect/platform-node"
 import { assert, describe, it } from "@effect/vitest"
 import { Cause, Context, Deferred, Effect, Exit, Fiber, Layer, Metric, Redacted, Schema, Tracer } from "effect"
-import { FetchHttpClient, HttpClient } from "effect/http"
+import { FetchHttpClient, HttpClient, HttpClientResponse } from "effect/http"
 import { TestClock } from "effect/testing"
 import * as CircuitBreaker from "../src/CircuitBreaker.js"
 import * as Executor from "../src/Executor.js"
@@ -10,6 +10,7 @@ import * as Connections from "../src/agent/connections.js"
 import { agentsKept, makeService } from "../src/agent/service.js"
 import * as Discovery from "../src/Discovery.js"
 import * as HttpAgent from "../src/HttpAgent.js"
+import * as Metrics from "../src/Metrics.js"
 import * as Mock from "../src/Model/Mock.js"
 import * as OpenAiCompat from "../src/Model/OpenAiCompat.js"
 import * as RateLimit from "../src/RateLimit.js"
@@ -22,6 +23,10 @@ interface Setup {
   readonly breakers?: CircuitBreaker.Options
   readonly cache?: boolean
   readonly rateLimits?: RateLimit.Options
+  /** The metric registry (default: a private one). */
+  readonly registry?: Map<string, never>
+  /** The HTTP client (default: undici). */
+  readonly client?: Layer.Layer<HttpClient.HttpClient>
 }
 
 /** The service over an executor (own Stats, a mock model, shared breakers), a real HTTP client and a private metric registry. */
@@ -37,9 +42,9 @@ const build = (setup: Setup = {}) =>
           setup.rateLimits === undefined ? Layer.empty : RateLimit.layerMemory(setup.rateLimits)
         )
       ),
-      Layer.provide(NodeHttpClient.layerUndici)
+      Layer.provide(setup.client ?? NodeHttpClient.layerUndici)
     )
-  ).pipe(Effect.provideService(Metric.MetricRegistry, new Map()))
+  ).pipe(Effect.provideService(Metric.MetricRegistry, setup.registry ?? new Map()))
 
 const agents = (setup: Setup = {}) => Effect.map(build(setup), (context) => Context.get(context, HttpAgent.HttpAgents))
 
@@ -1151,6 +1156,79 @@ describe("HttpAgent: a Discovery service of the application's own", () => {
         assert.strictEqual(record.status, "service_unavailable", JSON.stringify(record))
         assert.strictEqual(record.error?.reason, "DiscoveryUnavailable")
       }
+    })
+  )
+})
+
+/** An agent answering every task in memory, as the default answer schema expects. */
+const echoClient = Layer.succeed(
+  HttpClient.HttpClient,
+  HttpClient.make((request) =>
+    Effect.sync(() => {
+      const body = request.body._tag === "Uint8Array" ? new TextDecoder().decode(request.body.body) : "{}"
+      const { task_id } = JSON.parse(body) as { readonly task_id: string }
+      const answer = JSON.stringify({ task_id, status: "success", result: null })
+      return HttpClientResponse.fromWeb(
+        request,
+        new Response(answer, { status: 200, headers: { "content-type": "application/json" } })
+      )
+    })
+  )
+)
+
+describe("HttpAgent: metric series and stats per agent name", () => {
+  it.effect(
+    "10,000 agents named by URL do not make 10,000 series: the first 100 names have theirs, the rest one",
+    () =>
+      Effect.gen(function* () {
+        const registry = new Map<string, never>()
+        // 10,000 requests in memory: the transport is not what is under test.
+        const service = yield* agents({ registry, client: echoClient })
+        const urls = Array.from({ length: 10_000 }, (_, i) => `http://agents.test/task/${i}`)
+        const records = yield* service.dispatch(urls.map((url, i) => task(`t${i}`, url)))
+        assert.isTrue(records.every((r) => r.status === "success"))
+        // Records keep each task's own agent.
+        assert.strictEqual(records[9_999]!.agent, urls[9_999])
+        const snapshot = yield* Effect.provideService(Metric.snapshot, Metric.MetricRegistry, registry)
+        const labels = (id: string, key: string) =>
+          new Set(snapshot.filter((m) => m.id === id).map((m) => m.attributes?.[key]))
+        const first = urls.slice(0, 100)
+        assert.deepStrictEqual([...labels(Metrics.agentTasks.id, "agent")].sort(), [...first, "(other)"].sort())
+        assert.deepStrictEqual([...labels(Metrics.agentLatency.id, "agent")].sort(), [...first, "(other)"].sort())
+        assert.deepStrictEqual([...labels(Metrics.requests.id, "provider")].sort(), [...first, "(other)"].sort())
+        const own = yield* service.stats(urls[99]!)
+        assert.deepStrictEqual([own.agent, own.tasks, own.calls.total], [urls[99], 1, 1])
+        const other = yield* service.stats(urls[100]!)
+        assert.deepStrictEqual([other.agent, other.tasks, other.calls.total], ["(other)", 9_900, 9_900])
+        assert.deepStrictEqual((yield* service.stats("(other)")).statuses.success, 9_900)
+        // A name with series keeps them; a new one counts with the others.
+        yield* service.call(task("again", urls[0]!))
+        yield* service.call(task("new", "http://agents.test/task/new"))
+        assert.strictEqual((yield* service.stats(urls[0]!)).tasks, 2)
+        assert.strictEqual((yield* service.stats("http://agents.test/task/new")).tasks, 9_901)
+      }),
+    60_000
+  )
+
+  it.effect("stats of a URL with a query (a token) reads the series its records are counted in", () =>
+    Effect.gen(function* () {
+      const server = yield* AgentServer.make()
+      const registry = new Map<string, never>()
+      const service = yield* agents({ registry })
+      const url = `${server.url}?token=s3cret-token#frag-s3cret`
+      assert.strictEqual((yield* service.call(task("q1", url))).status, "success")
+      const stats = yield* service.stats(url)
+      assert.deepStrictEqual([stats.agent, stats.tasks, stats.calls.total], [server.url, 1, 1])
+      assert.strictEqual((yield* service.stats(HttpAgent.agent({ url }))).tasks, 1)
+      const named = HttpAgent.agent({ url, name: url })
+      assert.strictEqual((yield* service.call(task("q2", named))).agent, server.url)
+      assert.strictEqual((yield* service.stats(url)).tasks, 2)
+      const snapshot = yield* Effect.provideService(Metric.snapshot, Metric.MetricRegistry, registry)
+      const labels = snapshot.flatMap((m) => Object.values(m.attributes ?? {}))
+      assert.isFalse(
+        labels.some((label) => String(label).includes("s3cret")),
+        "no metric label holds the query or fragment"
+      )
     })
   )
 })

@@ -20,6 +20,8 @@ export interface Env {
   /** The agent and URL of a record for a task that sent nothing (`task.ts`'s `labelOf`). */
   readonly labelOf: (task: Task) => { readonly agent: string; readonly url: string }
   readonly metrics: Context.Context<never>
+  /** The name an agent's metric series carry (`task.ts`'s `Env.seriesName`). */
+  readonly seriesName: (agent: string) => string
 }
 
 /** Usable by dependents: an answer, or a cached one while the agent's breaker is open. */
@@ -134,7 +136,7 @@ export const dispatch = (
             durationMs: 0,
             attempts: 0
           }
-          count(record, env.metrics)
+          count(record, env.seriesName(record.agent), env.metrics)
           return record
         }
       }
@@ -148,7 +150,7 @@ export const dispatch = (
         durationMs: "durationMs" in outcome ? outcome.durationMs : 0,
         attempts: 0
       }
-      count(record, env.metrics)
+      count(record, env.seriesName(record.agent), env.metrics)
       return record
     })
   })

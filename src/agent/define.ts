@@ -15,7 +15,7 @@ import * as Decode from "../Model/http/decode.js"
 import * as Errors from "../Model/http/errors.js"
 import * as Http from "../Model/http/options.js"
 import { decodeRetry, type RetryPolicy } from "../Policy.js"
-import { display } from "./task.js"
+import { agentName, display } from "./task.js"
 
 const checkUrl = (input: unknown): Input.Checked<string> =>
   Result.map(
@@ -48,10 +48,13 @@ const agentIssue = (
   return Result.map(
     Input.all([
       checkUrl(options.url),
-      // The default name is shown in records, errors, metrics and stats: without the URL's query (a token).
-      Http.nonEmpty(
-        "name",
-        Input.orDefault(options.name, typeof options.url === "string" ? display(options.url) : options.url)
+      // The name is shown in records, errors, metrics and stats: a URL without its query (a token).
+      Result.map(
+        Http.nonEmpty(
+          "name",
+          Input.orDefault(options.name, typeof options.url === "string" ? display(options.url) : options.url)
+        ),
+        agentName
       ),
       Input.optional(options.timeout, (t) => Input.duration("timeout", t)),
       Input.optional(options.retry, (r) => decodeRetry(r, "retry"))
@@ -88,7 +91,7 @@ export const makeAgent = (schema: typeof Answer) => {
     const name = Result.isSuccess(checked)
       ? checked.success.name
       : typeof options?.name === "string"
-        ? options.name
+        ? agentName(options.name)
         : display(String(options?.url))
     const base = Result.isSuccess(checked)
       ? { ...checked.success, url: options.url }

@@ -19,7 +19,7 @@ import { ResponseCache } from "../ResponseCache.js"
 import { Stats } from "../Stats.js"
 import { dispatch as runBatch } from "./batch.js"
 import * as Connections from "./connections.js"
-import { labelOf as taskLabel, makeCall, taskCounter } from "./task.js"
+import { agentName, labelOf as taskLabel, makeCall, taskCounter } from "./task.js"
 
 /** What the service takes from `HttpAgent.ts`. */
 export interface Env {
@@ -103,6 +103,16 @@ const endpointKey = ({ url, name, timeout }: Endpoint): string | undefined =>
     ? JSON.stringify([url, name ?? null, timeout ?? null])
     : undefined
 
+/**
+ * How many agent names a service gives metric and `Stats` series of their own: tasks that name
+ * their agents by URL (one per resource) would grow `/metrics` and the figures kept here with
+ * every URL. The names after count in one series named {@link otherAgents}.
+ */
+export const maxAgentSeries = 100
+
+/** The name of the series the agents past {@link maxAgentSeries} count in. */
+export const otherAgents = "(other)"
+
 const statuses: ReadonlyArray<Status> = ["success", "error", "timeout", "service_unavailable", "skipped"]
 
 /** Builds the service; `options` as `HttpAgent.make` was given them (`null` included). */
@@ -135,7 +145,16 @@ export const makeService = Effect.fnUntraced(function* (given: Options, env: Env
   )
   const agentOf = (ref: Agent<unknown> | string): Agent<unknown> => (typeof ref === "string" ? ofUrl(ref) : ref)
   const metrics = yield* Effect.context<never>()
+  // The first maxAgentSeries names have series of their own; a name once given one keeps it.
+  const ownSeries = new Set<string>()
+  const seriesName = (name: string): string => {
+    if (ownSeries.has(name)) return name
+    if (ownSeries.size >= maxAgentSeries) return otherAgents
+    ownSeries.add(name)
+    return name
+  }
   const call = makeCall({
+    seriesName,
     statsDomain,
     executor,
     breaker,
@@ -155,7 +174,9 @@ export const makeService = Effect.fnUntraced(function* (given: Options, env: Env
   const labelOf = (task: Task) => taskLabel(task, agentOf, discovery)
 
   const agentStats = Effect.fn("HttpAgent.stats")(function* (ref: Agent<unknown> | string) {
-    const name = typeof ref === "string" ? ref : ref.name
+    const given = typeof ref === "string" ? agentName(ref) : ref.name
+    // A lookup takes no series: a name not seen while there is room has none yet (all zeros).
+    const name = ownSeries.has(given) || ownSeries.size < maxAgentSeries ? given : otherAgents
     const counts = {} as Record<Status, number>
     let tasks = 0
     for (const status of statuses) {
@@ -177,7 +198,7 @@ export const makeService = Effect.fnUntraced(function* (given: Options, env: Env
       dispatchOptions?: DispatchOptions
     ) {
       yield* Effect.annotateCurrentSpan({ "agent.tasks": Array.isArray(tasks) ? tasks.length : 0 })
-      return yield* runBatch(tasks, dispatchOptions, { call, labelOf, metrics })
+      return yield* runBatch(tasks, dispatchOptions, { call, labelOf, metrics, seriesName })
     }),
     connections: connections.stats,
     stats: agentStats

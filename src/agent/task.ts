@@ -42,6 +42,8 @@ export interface Env {
   readonly fromEndpoint: (endpoint: Endpoint) => Agent<unknown>
   /** `HttpAgent.statsDomain`: the domain the calls are counted under. */
   readonly statsDomain: string
+  /** The name an agent's metric and `Stats` series carry (`service.ts`'s bound on their number). */
+  readonly seriesName: (agent: string) => string
 }
 
 export type Call = (task: Task, dependencies: Record<string, unknown> | undefined) => Effect.Effect<TaskRecord>
@@ -50,19 +52,28 @@ export type Call = (task: Task, dependencies: Record<string, unknown> | undefine
 export const taskCounter = (agent: string, status: Status) =>
   Metric.withAttributes(Metrics.agentTasks, { agent, status })
 
-/** Counts a record: its status, and its duration for the tasks that went out. */
-export const count = (record: TaskRecord, metrics: Context.Context<never>): void => {
-  taskCounter(record.agent, record.status).updateUnsafe(1, metrics)
+/** Counts a record under `series` (its agent's series name): its status, and its duration for the tasks that went out. */
+export const count = (record: TaskRecord, series: string, metrics: Context.Context<never>): void => {
+  taskCounter(series, record.status).updateUnsafe(1, metrics)
   if (record.status !== "skipped") {
-    Metric.withAttributes(Metrics.agentLatency, { agent: record.agent }).updateUnsafe(record.durationMs, metrics)
+    Metric.withAttributes(Metrics.agentLatency, { agent: series }).updateUnsafe(record.durationMs, metrics)
   }
 }
 
-/** A URL as records and spans show it: without its query string nor credentials (a refused URL is shown too). */
+/**
+ * A URL as records and spans show it: without its query string, fragment nor credentials (a
+ * refused URL is shown too).
+ */
 export const display = (url: string): string => {
-  const at = url.indexOf("?")
+  const at = url.search(/[?#]/)
   return (at === -1 ? url : url.slice(0, at)).replace(/^([a-z][a-z0-9+.-]*:\/\/)[^/?#]*@/i, "$1")
 }
+
+/**
+ * An agent's name as records, metrics and stats key it: one that is a URL (`scheme://...`)
+ * without its query, fragment and credentials, as the default name (the agent's URL) is.
+ */
+export const agentName = (name: string): string => (/^[a-z][a-z0-9+.-]*:\/\//i.test(name) ? display(name) : name)
 
 /** What every request to an agent starts from: its URL, headers (secrets unwrapped) and `Accept`, and its host. */
 interface Prepared {
@@ -341,7 +352,7 @@ export const makeCall = (env: Env): Call => {
             durationMs: now - startedAt,
             ...record
           }
-          count(done, env.metrics)
+          count(done, env.seriesName(done.agent), env.metrics)
           return done
         })
       const invalid = (agent: Agent<unknown> | undefined, field: string, message: string) =>
@@ -426,6 +437,7 @@ export const makeCall = (env: Env): Call => {
         (agent): Step<Agent<unknown>> => ({
           target: agent,
           name: agent.name,
+          statsName: env.seriesName(agent.name),
           domain: env.statsDomain,
           timeout: timeout ?? agent.timeout ?? env.timeout,
           retry: agent.retry ?? env.retry,

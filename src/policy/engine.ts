@@ -169,7 +169,7 @@ export const make = (options: Options): Effect.Effect<Engine, never, Scope.Scope
       return found
     }
 
-    const seriesOf = (step: Step<unknown>): Series => stats.series(step.name, step.domain)
+    const seriesOf = (step: Step<unknown>): Series => stats.series(step.statsName ?? step.name, step.domain)
 
     const tracked = <A, E>(effect: Effect.Effect<A, E>, timeout?: Duration.Duration | undefined) =>
       Effect.flatMap(lanes.run(effect, timeout), (result): Effect.Effect<A, E | AiError> => {

@@ -93,6 +93,8 @@ export interface Step<T> {
   readonly target: T
   /** Metrics `provider` dimension, breaker and rate-limit key. */
   readonly name: string
+  /** The `provider` of its `Stats` series when not `name` (HTTP agents past their series bound: `"(other)"`). */
+  readonly statsName?: string | undefined
   readonly domain?: string | undefined
   /** Deadline of each attempt; `undefined`: none. */
   readonly timeout: Duration.Duration | undefined
