@@ -159,6 +159,31 @@ describe.skipIf(skipRedis)(`ResponseCache.Redis (${skipRedis ? skipReason : "nee
     )
   )
 
+  it.live("the answers kept in the process while they are written hold at most 16 × maxValueBytes bytes", () =>
+    Effect.scoped(
+      Effect.gen(function* () {
+        const server = yield* startRedis
+        const cache = yield* build(server, {
+          maxValueBytes: 1000,
+          redis: { timeout: "1 second", reportAfter: 0, probeInterval: "1 minute" }
+        })
+        // Redis hung: every answer found later is one the process keeps.
+        yield* server.pause
+        yield* Effect.addFinalizer(() => server.resume)
+        const keys = Array.from({ length: 40 }, (_, i) => `big-${i}`)
+        // ~850 bytes each, under maxValueBytes: 40 of them are twice the bound of 16,000.
+        for (const key of keys) {
+          const computed = yield* cache.getOrCompute(key, Effect.succeed(response(`${key} ${"x".repeat(700)}`)))
+          assert.strictEqual(computed.source, "miss")
+        }
+        const kept = (yield* cache.getMany(keys)).map(Option.isSome)
+        const count = kept.filter((found) => found).length
+        assert.isAtMost(count, Math.floor(16_000 / 800), `${count} answers of ~850 bytes kept`)
+        assert.isTrue(kept[keys.length - 1], "the answer computed last is kept")
+      })
+    )
+  )
+
   it.live("ttl and staleFor reach Redis's PX as whole milliseconds up to 2^50 each; longer ones are refused", () =>
     Effect.scoped(
       Effect.gen(function* () {

@@ -43,7 +43,8 @@ export interface Options extends ResponseCache.Options {
    * `orchestra_cache_oversized_total`). Default 1 MiB. A large value holds the Redis connection
    * that every store shares while it is written and read: a larger bound needs a deadline that
    * covers the transfer, `redis.timeout` and `Redis.layer`'s `commandTimeout` both (the client
-   * cuts each command at the shorter).
+   * cuts each command at the shorter). The answers this process keeps while they are written
+   * hold at most 16 times this many bytes (16 MiB by default), the least recently used going first.
    */
   readonly maxValueBytes?: number | undefined
 }
@@ -78,9 +79,10 @@ export const make = Effect.fnUntraced(function* (options: Options = {}) {
   const writes = yield* Scope.make()
   const pending = new Set<Fiber.Fiber<void>>()
   yield* Effect.addFinalizer(() => Effect.andThen(Fiber.awaitAll(pending), Scope.close(writes, Exit.void)))
-  // Answers computed here stay in the process table while their write may be under way.
+  // Answers computed here stay in the process table while their write may be under way: at
+  // most 1,000 and 16 values of the largest size written (1,000 of them were up to ~1 GB).
   const retain = Math.max(1000, 2 * Duration.toMillis(guardSettings.timeout))
-  const table = yield* Internal.makeTable(1000)
+  const table = yield* Internal.makeTable(1000, 16 * maxValueBytes)
   yield* Effect.addFinalizer(() => table.interruptAll)
   const counters = yield* Internal.lookupCounters(config.name)
   const oversized = yield* Counters.scoped(Metrics.cacheOversized as Metric.Metric<number, unknown>, {
