@@ -513,6 +513,27 @@ describe("HttpAgent.call", () => {
     })
   )
 
+  it.effect("a token in an agent URL's query reaches the agent but no span; its fragment is not sent", () =>
+    Effect.gen(function* () {
+      const server = yield* AgentServer.make(() => ({ status: 500, json: { error: "down" } }))
+      const { spans, tracer } = recording()
+      const service = yield* agents()
+      const record = yield* service
+        .call(task("q", `${server.url}?token=s3cret-token&region=eu#frag-s3cret`))
+        .pipe(Effect.provideService(Tracer.Tracer, tracer))
+      assert.strictEqual(record.error?.httpStatus, 500)
+      assert.deepStrictEqual(server.paths(), ["/task?token=s3cret-token&region=eu"])
+      const http = spans.find((s) => s.name === "POST")!
+      assert.strictEqual(http.attributes.get("url.query"), "token=REDACTED&region=REDACTED")
+      for (const span of spans) {
+        assert.notInclude(inspect(Object.fromEntries(span.attributes), { depth: 10 }), "s3cret", span.name)
+        if (span.status._tag === "Ended" && Exit.isFailure(span.status.exit)) {
+          assert.notInclude(Cause.pretty(span.status.exit.cause), "s3cret")
+        }
+      }
+    })
+  )
+
   it.effect(
     "an endless 200 body ends in a TooLarge error record at the bound; the connection is closed (issue 13.15)",
     () =>

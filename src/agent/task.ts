@@ -9,7 +9,7 @@
  */
 import { createHash } from "node:crypto"
 import { Cause, Clock, type Context, type Duration, Effect, Exit, Metric, Option, Redacted, Result } from "effect"
-import { HttpClientRequest } from "effect/http"
+import { HttpClientRequest, UrlParams } from "effect/http"
 import { type AiError, ModelError } from "../AiError.js"
 import type { Service as DiscoveryService, Endpoint } from "../Discovery.js"
 import type { Service as ExecutorService, Step } from "../Executor.js"
@@ -79,19 +79,25 @@ export const agentName = (name: string): string => (/^[a-z][a-z0-9+.-]*:\/\//i.t
 interface Prepared {
   readonly request: HttpClientRequest.HttpClientRequest
   readonly host: string
+  /** The URL has a query: its values (a token) are shown redacted in spans, as records leave the query out. */
+  readonly hasQuery: boolean
 }
+
+/** Every query parameter name (`UrlParams.CurrentRedactedNames`). */
+const everyName: ReadonlyArray<RegExp> = [/^/]
 
 const prepare = (agent: Agent<unknown>): Prepared => {
   const headers: Record<string, string> = {}
   for (const [name, value] of Object.entries(agent.headers)) {
     headers[name] = Redacted.isRedacted(value) ? Redacted.value(value) : value
   }
+  // The fragment is never sent; spans showed it.
+  const hash = agent.url.indexOf("#")
+  const url = hash === -1 ? agent.url : agent.url.slice(0, hash)
   return {
-    request: HttpClientRequest.post(agent.url).pipe(
-      HttpClientRequest.setHeaders(headers),
-      HttpClientRequest.acceptJson
-    ),
-    host: new URL(agent.url).host
+    request: HttpClientRequest.post(url).pipe(HttpClientRequest.setHeaders(headers), HttpClientRequest.acceptJson),
+    host: new URL(agent.url).host,
+    hasQuery: url.includes("?")
   }
 }
 
@@ -337,7 +343,8 @@ export const makeCall = (env: Env): Call => {
       const ctx = { provider: agent.name, secrets: agent.secrets, answerFirst: true }
       const host = base.host
       const decode = (answer: unknown) => Effect.map(agent.decode(answer, taskId), (decoded) => ({ decoded, answer }))
-      return env.connections.withPermit(host)(env.client.json(request, decode, ctx))
+      const exchange = env.connections.withPermit(host)(env.client.json(request, decode, ctx))
+      return base.hasQuery ? Effect.provideService(exchange, UrlParams.CurrentRedactedNames, everyName) : exchange
     })
 
   return (given, dependencies) =>

@@ -43,6 +43,8 @@ export interface AgentServer {
   readonly peak: () => number
   readonly received: () => ReadonlyArray<ReceivedTask>
   readonly headers: () => ReadonlyArray<http.IncomingHttpHeaders>
+  /** The path and query of each request received. */
+  readonly paths: () => ReadonlyArray<string>
   /** Responses whose connection the client closed before the answer ended. */
   readonly aborted: () => number
   /** Bytes of body written so far. */
@@ -85,11 +87,13 @@ export const make = (
       let bytes = 0
       const received: Array<ReceivedTask> = []
       const headers: Array<http.IncomingHttpHeaders> = []
+      const paths: Array<string> = []
       const server = http.createServer((req, res) => {
         inFlight++
         peak = Math.max(peak, inFlight)
         const index = count++
         headers.push(req.headers)
+        paths.push(req.url ?? "")
         let done = false
         const finish = () => {
           if (done) return
@@ -149,6 +153,7 @@ export const make = (
           peak: () => peak,
           received: () => received.slice(),
           headers: () => headers.slice(),
+          paths: () => paths.slice(),
           aborted: () => aborted,
           bytesSent: () => bytes,
           awaitRequests: (n) => poll(() => count >= n),
