@@ -1181,6 +1181,31 @@ describe("HttpAgent: a Discovery service of the application's own", () => {
   )
 })
 
+describe("HttpAgent: a Discovery service that never answers", () => {
+  it.effect("the lookup is cut at the service's timeout: the task ends service_unavailable, it does not hang", () =>
+    Effect.gen(function* () {
+      const discovery = Layer.succeed(Discovery.Discovery, { name: "stuck", resolve: () => Effect.never })
+      const context = yield* Layer.build(
+        HttpAgent.layer({ timeout: "5 seconds" }).pipe(
+          Layer.provideMerge(Executor.layerWithStats({ timeout: "none" })),
+          Layer.provideMerge(Layer.mergeAll(Mock.layer(), CircuitBreaker.layerMemory({}), discovery)),
+          Layer.provide(NodeHttpClient.layerUndici)
+        )
+      ).pipe(Effect.provideService(Metric.MetricRegistry, new Map()))
+      const service = Context.get(context, HttpAgent.HttpAgents)
+      const fiber = yield* Effect.forkChild(service.call(task("d", undefined)))
+      yield* TestClock.adjust("5 seconds")
+      const record = yield* Fiber.join(fiber)
+      assert.deepStrictEqual(
+        [record.status, record.agent, record.error?.reason],
+        ["service_unavailable", "discovery:stuck", "DiscoveryUnavailable"]
+      )
+      assert.include(record.error?.message, "did not answer within 5s")
+      assert.strictEqual(record.durationMs, 5_000)
+    })
+  )
+})
+
 /** An agent answering every task in memory, as the default answer schema expects. */
 const echoClient = Layer.succeed(
   HttpClient.HttpClient,

@@ -8,7 +8,7 @@
  * @internal
  */
 import { createHash } from "node:crypto"
-import { Cause, Clock, type Context, type Duration, Effect, Exit, Metric, Option, Redacted, Result } from "effect"
+import { Cause, Clock, type Context, Duration, Effect, Exit, Metric, Option, Redacted, Result } from "effect"
 import { HttpClientRequest, UrlParams } from "effect/http"
 import { type AiError, ModelError } from "../AiError.js"
 import type { Service as DiscoveryService, Endpoint } from "../Discovery.js"
@@ -380,7 +380,8 @@ export const makeCall = (env: Env): Call => {
         listed = [env.agentOf(task.agent)]
       } else if (env.discovery !== undefined) {
         const discovery = env.discovery
-        // A Discovery service of the application's own may throw or die (the library's catch their lookups').
+        // A Discovery service of the application's own may throw, die or never answer (the
+        // library's catch their lookups' failures and bound them).
         const found = yield* Effect.suspend(() =>
           discovery.resolve({ concept: task.concept, intent: task.intent })
         ).pipe(
@@ -390,6 +391,15 @@ export const makeCall = (env: Env): Call => {
               Result.fail({
                 reason: "Unavailable",
                 message: `${discovery.name}: resolve threw (${messageOf(Cause.die(defect))})`
+              })
+            )
+          ),
+          Effect.timeoutOption(env.timeout),
+          Effect.map(
+            Option.getOrElse(() =>
+              Result.fail({
+                reason: "Unavailable",
+                message: `${discovery.name}: resolve did not answer within ${Duration.format(env.timeout)}`
               })
             )
           )
