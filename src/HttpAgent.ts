@@ -304,7 +304,7 @@ export interface Service {
   /**
    * The figures of an agent (or agent name, or URL: read without its query). The first 100
    * agent names have series of their own; a name past them answers the figures of all of them,
-   * `agent: "(other)"`.
+   * `agent: "(other)"`. What is no agent (`null`) reads the tasks that named none (`"unknown"`).
    */
   readonly stats: (agent: Agent<unknown> | string) => Effect.Effect<AgentStats>
 }

@@ -1256,6 +1256,19 @@ describe("HttpAgent: metric series and stats per agent name", () => {
     60_000
   )
 
+  it.effect(
+    "stats of something that is no agent (null, {}) reads the figures of records without one, not a defect",
+    () =>
+      Effect.gen(function* () {
+        const service = yield* agents()
+        yield* service.call(task("n", null as never))
+        for (const ref of [null, undefined, {}, 5]) {
+          const stats = yield* service.stats(ref as never)
+          assert.deepStrictEqual([stats.agent, stats.statuses.error], ["unknown", 1], String(ref))
+        }
+      })
+  )
+
   it.effect("stats of a URL with a query (a token) reads the series its records are counted in", () =>
     Effect.gen(function* () {
       const server = yield* AgentServer.make()

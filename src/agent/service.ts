@@ -19,7 +19,7 @@ import { ResponseCache } from "../ResponseCache.js"
 import { Stats } from "../Stats.js"
 import { dispatch as runBatch } from "./batch.js"
 import * as Connections from "./connections.js"
-import { agentName, labelOf as taskLabel, makeCall, taskCounter } from "./task.js"
+import { agentName, isAgentRef, labelOf as taskLabel, makeCall, noAgent, taskCounter } from "./task.js"
 
 /** What the service takes from `HttpAgent.ts`. */
 export interface Env {
@@ -174,7 +174,8 @@ export const makeService = Effect.fnUntraced(function* (given: Options, env: Env
   const labelOf = (task: Task) => taskLabel(task, agentOf, discovery)
 
   const agentStats = Effect.fn("HttpAgent.stats")(function* (ref: Agent<unknown> | string) {
-    const given = typeof ref === "string" ? agentName(ref) : ref.name
+    // What is no agent (null from JavaScript) reads the records of the tasks that named none, as they are counted.
+    const given = typeof ref === "string" ? agentName(ref) : isAgentRef(ref) ? ref.name : noAgent
     // A lookup takes no series: a name not seen while there is room has none yet (all zeros).
     const name = ownSeries.has(given) || ownSeries.size < maxAgentSeries ? given : otherAgents
     const counts = {} as Record<Status, number>

@@ -188,7 +188,7 @@ export const isAgentRef = (ref: unknown): ref is Agent<unknown> | string =>
     typeof (ref as Agent<unknown>).decode === "function")
 
 /** The agent of a record for a task that names no valid agent (an invalid task's, and its dependents' in a batch). */
-const noAgent = "unknown"
+export const noAgent = "unknown"
 
 /** The agent of the records discovery decides: nothing found, discovery down. */
 const discoveryAgent = (discovery: DiscoveryService): string => `discovery:${discovery.name}`
