@@ -6,8 +6,8 @@
  * Each task runs through the executor's one policy pipeline (see `Policy.ts`): the
  * per-request deadline, the agent's retry policy, its breaker (one circuit per agent URL),
  * its rate limit, and the fallback agents, in that order; the calls are counted in `Stats`
- * under the agent's name (domain `"agent"`), which {@link stats} reads back with the status
- * counts. Connections are limited in total and per host for every agent together; every
+ * under the agent's name (domain `"agent"`; the first 100 names, later ones together under
+ * `"(other)"`), which {@link stats} reads back with the status counts. Connections are limited in total and per host for every agent together; every
  * answer's body is bounded. A task may name a (concept, intent) instead of an agent: the
  * `Discovery` service finds one. Batches with dependencies run on the `Pipeline` scheduler.
  *
