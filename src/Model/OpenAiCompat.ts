@@ -73,6 +73,13 @@ export interface Options extends Http.Options {
    * @since 0.2.0
    */
   readonly maxTokensField?: "max_tokens" | "max_completion_tokens" | undefined
+  /**
+   * Bounds on requests (`maxInputChars`, `maxMessages`, `maxEmbedTexts`, positive integers),
+   * checked before any call; a misspelt key is an `OptionError`. Default `Model.defaultRequestLimits`.
+   *
+   * @since 0.3.0
+   */
+  readonly requestLimits?: Partial<Model.RequestLimits> | undefined
 }
 
 /**
@@ -127,7 +134,8 @@ const optionKeys = Http.knownKeys<Options>({
   headers: true,
   embeddingEncoding: true,
   embeddingDimensions: true,
-  maxTokensField: true
+  maxTokensField: true,
+  requestLimits: true
 })
 
 // `describe`s the value: a BigInt or a cycle in the message would throw out of the check.
@@ -150,6 +158,7 @@ const checkOptions = (options: Options) =>
       "max_completion_tokens"
     ]),
     Http.headers("headers", options.headers),
+    Model.requestLimits(options.requestLimits),
     options.apiKey === undefined || Redacted.isRedacted(options.apiKey)
       ? Result.succeed(undefined)
       : Result.fail({ path: "apiKey", message: "expected a Redacted value (Redacted.make(key) or Config.Redacted)" }),
@@ -179,7 +188,8 @@ export const make = Effect.fnUntraced(function* (given: Options = {}) {
     embeddingEncoding,
     embeddingDimensions,
     maxTokensField,
-    headerSet
+    headerSet,
+    limits
   ] = yield* Input.orOptionError(checkOptions(options))
   const client = yield* Client.make(settings, options.transformClient, headerSet.secretNames)
   const apiKey = options.apiKey
@@ -203,7 +213,7 @@ export const make = Effect.fnUntraced(function* (given: Options = {}) {
   const ctxOf = (model: string): Errors.CallContext => ({ provider: name, model, secrets, notFoundField: "model" })
 
   const prepare = (request: Model.GenerateRequest, stream: boolean) =>
-    Effect.flatMap(Model.validateGenerate(request), (valid) => {
+    Effect.flatMap(Model.validateGenerate(request, limits), (valid) => {
       const model = valid.model ?? defaultModel
       return Effect.map(
         Wire.chatBody(valid, { model, stream, streamUsage, maxTokensField, provider: name }),
@@ -330,7 +340,7 @@ export const make = Effect.fnUntraced(function* (given: Options = {}) {
   const embed = Client.operation(
     "OpenAiCompat.embed",
     Effect.fnUntraced(function* (request: Model.EmbedRequest) {
-      const valid = yield* Model.validateEmbed(request)
+      const valid = yield* Model.validateEmbed(request, limits)
       const model = valid.model ?? embeddingModel
       yield* Effect.annotateCurrentSpan(Client.spanAttributes(name, "embeddings", model))
       const ctx = ctxOf(model)

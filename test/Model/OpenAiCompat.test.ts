@@ -1438,3 +1438,51 @@ describe("OpenAiCompat finish reasons", () => {
     assert.strictEqual(OpenAiCompat.finishReasonOf("something-new"), "unknown")
   })
 })
+
+layer(NodeHttpClient.layerUndici)("OpenAiCompat requestLimits", (it) => {
+  it.effect("requestLimits bound requests before any call, and are checked, misspelt keys refused", () =>
+    Effect.gen(function* () {
+      const server = yield* Server.make((req, res) => {
+        const input = bodyOf(req)["input"] as ReadonlyArray<string> | undefined
+        return input === undefined
+          ? Server.json(res, 200, completion("ok"))
+          : Server.json(res, 200, { data: input.map((_, index) => ({ index, embedding: [1, 2] })) })
+      })
+      const p = yield* provider(server, { requestLimits: { maxInputChars: 10, maxMessages: 2, maxEmbedTexts: 3 } })
+      const long = yield* flipModel(p.generate({ prompt: "x".repeat(11) }))
+      assert.deepStrictEqual([long.reason, long.field], ["InvalidRequest", "prompt"])
+      const many = yield* flipModel(
+        p.generate({
+          messages: [
+            { role: "user", content: "a" },
+            { role: "assistant", content: "b" },
+            { role: "user", content: "c" }
+          ]
+        })
+      )
+      assert.deepStrictEqual([many.reason, many.field], ["InvalidRequest", "messages"])
+      const streamed = yield* collect(p.stream({ prompt: "x".repeat(11) }))
+      assert.strictEqual(modelErrorOf(streamed.exit).field, "prompt")
+      const texts = yield* flipModel(p.embed({ texts: ["a", "b", "c", "d"] }))
+      assert.deepStrictEqual([texts.reason, texts.field], ["InvalidRequest", "texts"])
+      assert.lengthOf(yield* server.requests, 0)
+      assert.strictEqual((yield* p.generate({ prompt: "x".repeat(10) })).text, "ok")
+      assert.lengthOf((yield* p.embed({ texts: ["a", "b", "c"] })).vectors, 3)
+      // Raised above the default: a prompt the default would refuse is sent.
+      const raised = yield* provider(server, { requestLimits: { maxInputChars: 2_000_000 } })
+      assert.strictEqual((yield* raised.generate({ prompt: "x".repeat(1_500_000) })).text, "ok")
+      const cases: ReadonlyArray<readonly [string, OpenAiCompat.Options]> = [
+        ["requestLimits.maxMessages", { requestLimits: { maxMessages: 0 } }],
+        ["requestLimits.maxInputChars", { requestLimits: { maxInputChars: Number.NaN } }],
+        ["requestLimits.maxEmbedTexts", { requestLimits: { maxEmbedTexts: 2.5 } }],
+        ["requestLimits.maxMessages", { requestLimits: { maxMessages: -1 } }],
+        ["requestLimits.maxInputChar", { requestLimits: { maxInputChar: 5 } as never }],
+        ["requestLimits", { requestLimits: null as never }]
+      ]
+      for (const [path, options] of cases) {
+        const error = yield* Effect.flip(Layer.build(OpenAiCompat.layer(options)))
+        assert.deepStrictEqual([error._tag, "path" in error ? error.path : undefined], ["OptionError", path])
+      }
+    })
+  )
+})
