@@ -119,7 +119,7 @@ const withToolCalls = (reason: Model.FinishReason, toolCalls: number): Model.Fin
 const EMBED_BATCH = 256
 
 const decodeCompletion = Decode.valueDecoder(Wire.ChatCompletion)
-const decodeChunk = Decode.valueDecoder(Wire.ChatChunk)
+const decodeChunk = Decode.resultDecoder(Wire.ChatChunk)
 const decodeEmbeddings = Decode.valueDecoder(Wire.Embeddings)
 
 const optionKeys = Http.knownKeys<Options>({
@@ -227,7 +227,11 @@ export const make = Effect.fnUntraced(function* (given: Options = {}) {
       const { valid, model, body, ctx } = yield* prepare(request, false)
       yield* Effect.annotateCurrentSpan(Client.spanAttributes(name, "chat", model))
       const answer = yield* client.json(post("chat/completions", body, "application/json"), decodeCompletion, ctx)
-      const choice = answer.choices[0]
+      // Choice 0 is the answer wherever it sits (a server answering several, or out of order); unnumbered, by position.
+      const choice = answer.choices.find((c, i) => (c.index ?? i) === 0)
+      if (choice === undefined) {
+        return yield* Effect.fail(Errors.malformed(ctx, "choices", "no choice with index 0"))
+      }
       const text = Wire.contentText(choice.message.content)
       const refusal = choice.message.refusal ?? ""
       const toolCalls = (choice.message.tool_calls ?? []).map(
@@ -283,42 +287,46 @@ export const make = Effect.fnUntraced(function* (given: Options = {}) {
               if (event.event === "error") {
                 return Effect.fail(Errors.errorFromPayload(Errors.parseJsonOrUndefined(event.data) ?? event.data, ctx))
               }
-              return Decode.parseJson(event.data, ctx).pipe(
-                Effect.flatMap((payload) =>
-                  Errors.isErrorPayload(payload)
-                    ? Effect.fail(Errors.errorFromPayload(payload, ctx))
-                    : decodeChunk(payload, ctx)
-                ),
-                Effect.map((chunk) => {
-                  if (chunk.model !== undefined && chunk.model !== null) answeredModel = chunk.model
-                  if (chunk.usage !== undefined && chunk.usage !== null) usage = chunk.usage
-                  const parts: Array<Model.StreamPart> = []
-                  for (const choice of chunk.choices) {
-                    if ((choice.index ?? 0) !== 0) continue
-                    const content = choice.delta?.content
-                    const text = typeof content === "string" ? content : Wire.contentText(content)
-                    if (typeof text === "string" && text.length > 0) {
-                      outputChars += text.length
-                      parts.push({ _tag: "TextDelta", text })
-                    }
-                    const refused = choice.delta?.refusal
-                    if (typeof refused === "string" && refused.length > 0) {
-                      outputChars += refused.length
-                      refusal += refused
-                    }
-                    for (const delta of choice.delta?.tool_calls ?? []) {
-                      calls.add({
-                        index: delta.index,
-                        id: delta.id,
-                        name: delta.function?.name,
-                        arguments: delta.function?.arguments
-                      })
-                    }
-                    if (typeof choice.finish_reason === "string") finishReason = finishReasonOf(choice.finish_reason)
+              return Effect.flatMap(Decode.parseJson(event.data, ctx), (payload) => {
+                if (Errors.isErrorPayload(payload)) return Effect.fail(Errors.errorFromPayload(payload, ctx))
+                const decoded = decodeChunk(payload, ctx)
+                if (Result.isFailure(decoded)) return Effect.fail(decoded.failure)
+                const chunk = decoded.success
+                if (chunk.model !== undefined && chunk.model !== null) answeredModel = chunk.model
+                if (chunk.usage !== undefined && chunk.usage !== null) usage = chunk.usage
+                const parts: Array<Model.StreamPart> = []
+                for (let i = 0; i < chunk.choices.length; i++) {
+                  const choice = chunk.choices[i]!
+                  if ((choice.index ?? 0) !== 0) continue
+                  const content = choice.delta?.content
+                  const text = typeof content === "string" ? content : Wire.contentText(content)
+                  if (typeof text === "string" && text.length > 0) {
+                    outputChars += text.length
+                    parts.push({ _tag: "TextDelta", text })
                   }
-                  return parts
-                })
-              )
+                  const refused = choice.delta?.refusal
+                  if (typeof refused === "string" && refused.length > 0) {
+                    outputChars += refused.length
+                    refusal += refused
+                  }
+                  const deltas = choice.delta?.tool_calls
+                  for (let j = 0; deltas !== undefined && deltas !== null && j < deltas.length; j++) {
+                    const delta = deltas[j]!
+                    const issue = calls.add({
+                      index: delta.index,
+                      id: delta.id,
+                      name: delta.function?.name,
+                      arguments: delta.function?.arguments
+                    })
+                    if (issue !== undefined) {
+                      const field = `choices[${i}].delta.tool_calls[${j}]${typeof delta.index === "number" ? ".index" : ""}`
+                      return Effect.fail(Errors.malformed(ctx, field, issue))
+                    }
+                  }
+                  if (typeof choice.finish_reason === "string") finishReason = finishReasonOf(choice.finish_reason)
+                }
+                return Effect.succeed(parts)
+              })
             }
             return Assemble.assemble(client.sse(post("chat/completions", body, "text/event-stream"), ctx), {
               ctx,

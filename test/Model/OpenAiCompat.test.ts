@@ -1486,3 +1486,86 @@ layer(NodeHttpClient.layerUndici)("OpenAiCompat requestLimits", (it) => {
     })
   )
 })
+
+layer(NodeHttpClient.layerUndici)("OpenAiCompat choices and tool-call indices", (it) => {
+  it.effect("generate reads the choice whose index is 0, wherever it sits; without one it is Decode on choices", () =>
+    Effect.gen(function* () {
+      const answers: Record<string, unknown> = {
+        // A server answering several choices, choice 0 not first.
+        several: [
+          { index: 1, message: { role: "assistant", content: "second" }, finish_reason: "length" },
+          { index: 0, message: { role: "assistant", content: "first" }, finish_reason: "stop" }
+        ],
+        // Without indices, position is the index.
+        unnumbered: [{ message: { role: "assistant", content: "only" }, finish_reason: "stop" }],
+        none: [
+          { index: 1, message: { role: "assistant", content: "second" }, finish_reason: "stop" },
+          { index: 2, message: { role: "assistant", content: "third" }, finish_reason: "stop" }
+        ]
+      }
+      const server = yield* Server.make((req, res) =>
+        Server.json(res, 200, completion("unused", { choices: answers[String(bodyOf(req)["model"])] }))
+      )
+      const p = yield* provider(server)
+      const several = yield* p.generate({ prompt: "x", model: "several" })
+      assert.deepStrictEqual([several.text, several.finishReason], ["first", "stop"])
+      assert.strictEqual((yield* p.generate({ prompt: "x", model: "unnumbered" })).text, "only")
+      const none = yield* flipModel(p.generate({ prompt: "x", model: "none" }))
+      assert.deepStrictEqual([none.reason, none.field], ["Decode", "choices"])
+    })
+  )
+
+  it.effect("a streamed tool-call index that is not a small non-negative integer is Decode naming it", () =>
+    Effect.gen(function* () {
+      const first = `{"model":"m","choices":[{"index":0,"delta":{"tool_calls":[{"index":0,"id":"call_a","function":{"name":"f","arguments":""}}]},"finish_reason":null}]}`
+      const second = (index: string) =>
+        `{"model":"m","choices":[{"index":0,"delta":{"tool_calls":[{"index":0,"function":{"arguments":"{}"}},{"index":${index},"id":"call_b","function":{"name":"g","arguments":"{}"}}]},"finish_reason":null}]}`
+      // 1e400 reads as Infinity: the call after it without an index was merged into it ("gh", "{}{}").
+      const indices = ["1e400", "-1e400", "-1", "0.5", "1024", "1e9"]
+      // As many calls without an index as the bound, plus one: each new id opens the next.
+      const unnumbered = JSON.stringify({
+        choices: [
+          {
+            index: 0,
+            delta: {
+              tool_calls: Array.from({ length: 1025 }, (_, i) => ({ id: `c${i}`, function: { name: "f" } }))
+            }
+          }
+        ]
+      })
+      const server = yield* Server.make((req, res) => {
+        const model = String(bodyOf(req)["model"])
+        const events =
+          model === "unnumbered"
+            ? [unnumbered, chunk(null, "tool_calls"), "[DONE]"]
+            : [first, second(model === "ok" ? "1023" : indices[Number(model)]!), chunk(null, "tool_calls"), "[DONE]"]
+        const body = Server.sse(events)
+        return Server.chunked(res, model === "unnumbered" ? [body] : Server.splitBytes(body, 13), { pauseMs: 0 })
+      })
+      const p = yield* provider(server)
+      for (let i = 0; i < indices.length; i++) {
+        const { exit, parts } = yield* collect(p.stream({ prompt: "x", model: String(i) }))
+        const error = modelErrorOf(exit)
+        assert.deepStrictEqual(
+          [error.reason, error.field],
+          ["Decode", "choices[0].delta.tool_calls[1].index"],
+          indices[i]
+        )
+        assert.notInclude(
+          parts.map((x) => x._tag),
+          "Finish"
+        )
+      }
+      const many = modelErrorOf((yield* collect(p.stream({ prompt: "x", model: "unnumbered" }))).exit)
+      assert.deepStrictEqual([many.reason, many.field], ["Decode", "choices[0].delta.tool_calls[1024]"])
+      const ok = yield* collect(p.stream({ prompt: "x", model: "ok" }))
+      assert.deepStrictEqual(
+        ok.parts.flatMap((x) => (x._tag === "ToolCall" ? [x.call] : [])),
+        [
+          { id: "call_a", name: "f", arguments: "{}" },
+          { id: "call_b", name: "g", arguments: "{}" }
+        ]
+      )
+    })
+  )
+})

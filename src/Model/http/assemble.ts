@@ -149,13 +149,27 @@ export interface ToolCallDelta {
 }
 
 /**
+ * The tool calls one streamed answer may carry, indices `0` to `maxToolCalls - 1`: far beyond
+ * any real answer, and a bound on what one stream assembles.
+ *
+ * @since 0.3.0
+ * @category constructors
+ */
+export const maxToolCalls = 1024
+
+/**
  * Assembles tool calls streamed as deltas.
  *
  * @since 0.2.0
  * @category models
  */
 export interface ToolCallAssembler {
-  readonly add: (delta: ToolCallDelta) => void
+  /**
+   * Adds a delta; what is wrong with it, when its `index` is not an integer from 0 to
+   * {@link maxToolCalls} - 1 (`1e400` reads as `Infinity`), or it opens a call past that many
+   * (the delta is then not added: the caller fails the stream, naming the field).
+   */
+  readonly add: (delta: ToolCallDelta) => string | undefined
   readonly size: () => number
   /** The assembled calls in index order, one `ToolCall` part each; `Decode` when a call never got a name. */
   readonly parts: (ctx: CallContext) => Effect.Effect<ReadonlyArray<Model.StreamPart>, ModelError>
@@ -179,6 +193,12 @@ export const toolCallAssembler = (): ToolCallAssembler => {
   return {
     add: (delta) => {
       const index = indexOf(delta)
+      // A Map takes any number as a key: -1 sorted first, and after Infinity every call without an index merged into one.
+      if (!(Number.isInteger(index) && index >= 0 && index < maxToolCalls)) {
+        return typeof delta.index === "number"
+          ? `${delta.index} is not a tool-call index (an integer from 0 to ${maxToolCalls - 1})`
+          : `more than ${maxToolCalls} tool calls`
+      }
       last = index
       next = Math.max(next, index + 1)
       const call = calls.get(index) ?? { id: undefined, name: "", arguments: "" }
@@ -187,6 +207,7 @@ export const toolCallAssembler = (): ToolCallAssembler => {
       if (typeof delta.name === "string" && delta.name !== call.name) call.name += delta.name
       if (typeof delta.arguments === "string") call.arguments += delta.arguments
       calls.set(index, call)
+      return undefined
     },
     size: () => calls.size,
     parts: (ctx) =>
