@@ -319,8 +319,10 @@ export const make = Effect.fnUntraced(function* (given: Options = {}) {
                       arguments: delta.function?.arguments
                     })
                     if (issue !== undefined) {
-                      const field = `choices[${i}].delta.tool_calls[${j}]${typeof delta.index === "number" ? ".index" : ""}`
-                      return Effect.fail(Errors.malformed(ctx, field, issue))
+                      const at = `choices[${i}].delta.tool_calls[${j}]`
+                      return Effect.fail(
+                        Errors.malformed(ctx, typeof delta.index === "number" ? `${at}.index` : at, issue)
+                      )
                     }
                   }
                   if (typeof choice.finish_reason === "string") finishReason = finishReasonOf(choice.finish_reason)

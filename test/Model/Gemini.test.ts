@@ -446,6 +446,29 @@ layer(NodeHttpClient.layerUndici)("Gemini over HTTP", (it) => {
       })
     )
 
+    it.effect("function-call args holding a number JSON cannot write (1e400) are Decode naming it, not null", () =>
+      Effect.gen(function* () {
+        // JSON.parse reads 1e400 as Infinity, which JSON.stringify wrote back as null: {"n":null}, silently.
+        const call = `{"functionCall":{"name":"f","args":{"city":"Paris","n":[1,1e400]}}}`
+        const body = `{"candidates":[{"content":{"parts":[${call}]},"finishReason":"STOP"}]}`
+        const server = yield* Server.make((req, res) =>
+          req.search.get("alt") === "sse" ? Server.chunked(res, [`data: ${body}\r\n\r\n`]) : Server.json(res, 200, body)
+        )
+        const p = yield* provider(server)
+        const error = yield* failing(p.generate({ prompt: "x", tools: [weather] }))
+        assert.deepStrictEqual(
+          [error.reason, error.field],
+          ["Decode", "candidates[0].content.parts[0].functionCall.args.n[1]"]
+        )
+        const streamed = yield* Effect.exit(Stream.runCollect(p.stream({ prompt: "x", tools: [weather] })))
+        const streamError = modelErrorOf(streamed)
+        assert.deepStrictEqual(
+          [streamError.reason, streamError.field],
+          ["Decode", "candidates[0].content.parts[0].functionCall.args.n[1]"]
+        )
+      })
+    )
+
     it.effect("a malformed body is Decode naming the field", () =>
       Effect.gen(function* () {
         const server = yield* Server.make((_, res) =>

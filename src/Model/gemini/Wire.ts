@@ -8,7 +8,7 @@
 import { Result, Schema } from "effect"
 import { invalidRequest, ModelError } from "../../AiError.js"
 import * as Model from "../../Model.js"
-import { shallow, tokenCount } from "../http/decode.js"
+import { finite, shallow, tokenCount } from "../http/decode.js"
 
 const Part = Schema.Struct({
   text: Schema.optional(Schema.String),
@@ -17,7 +17,8 @@ const Part = Schema.Struct({
     Schema.Struct({
       id: Schema.optional(Schema.String),
       name: Schema.String,
-      args: Schema.optional(Schema.Record(Schema.String, Schema.Unknown).check(shallow))
+      // Written again as the call's `arguments`: too deep overflows JSON.stringify; 1e400 (Infinity) it writes as null.
+      args: Schema.optional(Schema.Record(Schema.String, Schema.Unknown).check(shallow, finite))
     })
   )
 })

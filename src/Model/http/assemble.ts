@@ -193,7 +193,7 @@ export const toolCallAssembler = (): ToolCallAssembler => {
   return {
     add: (delta) => {
       const index = indexOf(delta)
-      // A Map takes any number as a key: -1 sorted first, and after Infinity every call without an index merged into one.
+      // A Map takes any number as a key: -1 sorted first; after Infinity, every call without an index merged into one.
       if (!(Number.isInteger(index) && index >= 0 && index < maxToolCalls)) {
         return typeof delta.index === "number"
           ? `${delta.index} is not a tool-call index (an integer from 0 to ${maxToolCalls - 1})`
