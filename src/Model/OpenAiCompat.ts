@@ -236,7 +236,8 @@ export const make = Effect.fnUntraced(function* (given: Options = {}) {
       const refusal = choice.message.refusal ?? ""
       const toolCalls = (choice.message.tool_calls ?? []).map(
         (call, i): Model.ToolCall => ({
-          id: call.id ?? `call_${i}`,
+          // An empty id is none, as in a stream: calls of id "" could not be told apart by their results.
+          id: call.id || `call_${i}`,
           name: call.function.name,
           // No arguments is an empty object, as Gemini's and effect/ai's calls read (both refuse "" as not JSON).
           arguments: call.function.arguments || "{}"

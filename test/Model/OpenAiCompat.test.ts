@@ -1515,6 +1515,43 @@ layer(NodeHttpClient.layerUndici)("OpenAiCompat choices and tool-call indices", 
     })
   )
 
+  it.effect("a tool call with an empty name is Decode naming it; an empty id is no id, as in a stream", () =>
+    Effect.gen(function* () {
+      const calls: Record<string, unknown> = {
+        // A stream refused a call without a name; the whole answer handed it on as a call of tool "".
+        unnamed: [
+          { id: "call_1", type: "function", function: { name: "get_weather", arguments: "{}" } },
+          { id: "call_2", type: "function", function: { name: "", arguments: "{}" } }
+        ],
+        // Two calls of id "" could not be told apart when their results come back.
+        unnumbered: [
+          { id: "", type: "function", function: { name: "a", arguments: "{}" } },
+          { id: "", type: "function", function: { name: "b", arguments: "{}" } }
+        ]
+      }
+      const server = yield* Server.make((req, res) =>
+        Server.json(res, 200, {
+          model: "m",
+          choices: [
+            {
+              index: 0,
+              message: { role: "assistant", content: null, tool_calls: calls[String(bodyOf(req)["model"])] },
+              finish_reason: "tool_calls"
+            }
+          ]
+        })
+      )
+      const p = yield* provider(server)
+      const error = yield* flipModel(p.generate({ prompt: "x", model: "unnamed" }))
+      assert.deepStrictEqual([error.reason, error.field], ["Decode", "choices[0].message.tool_calls[1].function.name"])
+      const answer = yield* p.generate({ prompt: "x", model: "unnumbered" })
+      assert.deepStrictEqual(
+        answer.toolCalls?.map((call) => call.id),
+        ["call_0", "call_1"]
+      )
+    })
+  )
+
   it.effect("a streamed tool-call index that is not a small non-negative integer is Decode naming it", () =>
     Effect.gen(function* () {
       const first = `{"model":"m","choices":[{"index":0,"delta":{"tool_calls":[{"index":0,"id":"call_a","function":{"name":"f","arguments":""}}]},"finish_reason":null}]}`

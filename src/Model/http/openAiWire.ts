@@ -72,7 +72,8 @@ export const contentText = (content: Content): string => {
 const ToolCallWire = Schema.Struct({
   id: Text,
   type: Text,
-  function: Schema.Struct({ name: Schema.String, arguments: Text })
+  // A call of no tool is refused, as a streamed call that never got a name is.
+  function: Schema.Struct({ name: Schema.NonEmptyString, arguments: Text })
 })
 
 /**
