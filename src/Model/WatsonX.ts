@@ -351,10 +351,11 @@ export const make: (
             orElse: () => Effect.fail(Errors.requestTimeout(ctxOf(model, []), settings.timeout))
           })
         )
-        let inputTokens: number | undefined
+        // Counted only when every batch was: a sum of some is an undercount taken for the whole.
+        let inputTokens: number | undefined = 0
         for (const answer of answers) {
           const counted = Decode.tokenCount(answer.input_token_count)
-          if (counted !== undefined) inputTokens = (inputTokens ?? 0) + counted
+          inputTokens = counted === undefined || inputTokens === undefined ? undefined : inputTokens + counted
         }
         const vectors = answers.flatMap((answer) => answer.results.map((r) => r.embedding))
         const uneven = Errors.unevenVectors(vectors, ctxOf(model, []), "results")

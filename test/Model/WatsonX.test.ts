@@ -822,6 +822,28 @@ layer(NodeHttpClient.layerUndici)("WatsonX over HTTP", (it) => {
     )
   })
 
+  describe("embeddings usage", () => {
+    it.effect("a batch the server did not count makes the call's usage unknown, not the sum of the others", () =>
+      Effect.gen(function* () {
+        const { provider } = yield* makeServer((req, res) => {
+          const inputs = (req.json as { inputs: ReadonlyArray<string> }).inputs
+          Server.json(res, 200, {
+            results: inputs.map(() => ({ embedding: [1, 2] })),
+            ...(inputs.length === 1000 ? { input_token_count: 1000 } : {})
+          })
+        })
+        const texts = Array.from({ length: 1001 }, (_, i) => String(i)) as unknown as readonly [
+          string,
+          ...Array<string>
+        ]
+        // 1,000 tokens for 1,001 texts was an undercount taken for the whole: budgets and metrics summed it.
+        const answer = yield* (yield* provider()).embed({ texts })
+        assert.lengthOf(answer.vectors, 1001)
+        assert.isUndefined(answer.usage)
+      })
+    )
+  })
+
   describe("streaming", () => {
     it.effect("generation_stream SSE split at awkward bytes ends in one Finish", () =>
       Effect.gen(function* () {
