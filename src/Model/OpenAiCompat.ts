@@ -94,6 +94,8 @@ export const finishReasonOf = (reason: string | null | undefined): Model.FinishR
     case "eos":
       return "stop"
     case "length":
+    // Mistral: the model's context window filled before max_tokens; cut all the same.
+    case "model_length":
       return "length"
     case "content_filter":
       return "content_filter"

@@ -1437,6 +1437,10 @@ describe("OpenAiCompat finish reasons", () => {
     assert.strictEqual(OpenAiCompat.finishReasonOf("error"), "error")
     assert.strictEqual(OpenAiCompat.finishReasonOf("something-new"), "unknown")
   })
+
+  it("Mistral's model_length (the model's context filled) is length, as max_tokens reached is", () => {
+    assert.strictEqual(OpenAiCompat.finishReasonOf("model_length"), "length")
+  })
 })
 
 layer(NodeHttpClient.layerUndici)("OpenAiCompat requestLimits", (it) => {
