@@ -11,7 +11,7 @@ import { Config, Effect, Layer, Redacted, Result, Stream } from "effect"
 import type { Sse } from "effect/encoding"
 import type { HttpClient } from "effect/http"
 import { HttpClientRequest } from "effect/http"
-import type { AiError, ModelError } from "../AiError.js"
+import { type AiError, invalidRequest, type ModelError } from "../AiError.js"
 import * as Input from "../Input.js"
 import * as Model from "../Model.js"
 import * as Assemble from "./http/assemble.js"
@@ -69,6 +69,12 @@ const optionKeys = Http.knownKeys<Options>({
   requestLimits: true
 })
 
+const modelOption = (path: string, input: unknown): Input.Checked<string> =>
+  Result.flatMap(Http.nonEmpty(path, input), (model) => {
+    const issue = Wire.modelPathIssue(model)
+    return issue === undefined ? Result.succeed(model) : Result.fail({ path, message: issue })
+  })
+
 const checkOptions = (options: Options) =>
   Input.all([
     Http.settings(options),
@@ -76,8 +82,8 @@ const checkOptions = (options: Options) =>
       ? Result.succeed(options.apiKey)
       : Result.fail({ path: "apiKey", message: "expected a Redacted secret (Redacted.make or Config.Redacted)" }),
     Http.nonEmpty("name", Input.orDefault(options.name, "gemini")),
-    Http.nonEmpty("model", Input.orDefault(options.model, "gemini-2.5-flash")),
-    Http.nonEmpty("embeddingModel", Input.orDefault(options.embeddingModel, "gemini-embedding-001")),
+    modelOption("model", Input.orDefault(options.model, "gemini-2.5-flash")),
+    modelOption("embeddingModel", Input.orDefault(options.embeddingModel, "gemini-embedding-001")),
     options.embeddingDimensions === undefined
       ? Result.succeed(undefined)
       : Input.positiveInt("embeddingDimensions", options.embeddingDimensions),
@@ -114,13 +120,19 @@ export const make: (options: Options) => Effect.Effect<Model.Service, Input.Opti
         HttpClientRequest.bodyJsonUnsafe(body)
       )
 
+    const refusePath = (model: string): Effect.Effect<void, ModelError> => {
+      const issue = Wire.modelPathIssue(model)
+      return issue === undefined ? Effect.void : Effect.fail(invalidRequest("model", issue, name))
+    }
+
     // Every call names its model in the URL: a 404 with an error body there is an unknown model.
     const ctxOf = (model: string): Errors.CallContext => ({ provider: name, model, secrets, notFoundField: "model" })
 
     const prepare = Effect.fnUntraced(function* (request: Model.GenerateRequest) {
       const valid = yield* Model.validateGenerate(request, limits)
-      const body = yield* Effect.fromResult(Wire.requestBody(valid, name))
       const model = valid.model ?? defaultModel
+      yield* refusePath(model)
+      const body = yield* Effect.fromResult(Wire.requestBody(valid, name))
       return { valid, body, model, ctx: ctxOf(model), inputEstimate: Model.estimateInputTokens(valid) }
     })
 
@@ -212,6 +224,7 @@ export const make: (options: Options) => Effect.Effect<Model.Service, Input.Opti
       Effect.fnUntraced(function* (request: Model.EmbedRequest) {
         const valid = yield* Model.validateEmbed(request, limits)
         const model = valid.model ?? embeddingModel
+        yield* refusePath(model)
         yield* Effect.annotateCurrentSpan(Client.spanAttributes(name, "embeddings", model))
         const ctx = ctxOf(model)
         const batches: Array<ReadonlyArray<string>> = []

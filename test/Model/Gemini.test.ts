@@ -469,6 +469,26 @@ layer(NodeHttpClient.layerUndici)("Gemini over HTTP", (it) => {
       })
     )
 
+    it.effect("a model whose path has a . or .. segment is refused naming model, before any request", () =>
+      Effect.gen(function* () {
+        const server = yield* Server.make((_, res) => Server.json(res, 200, response("ok")))
+        const p = yield* provider(server)
+        // The URL resolved the dot segments: `models/../../x` posted the key to /x:generateContent.
+        for (const model of ["../../x", "models/../files/f", "tunedModels/./t", ".."]) {
+          const error = yield* failing(p.generate({ prompt: "x", model }))
+          assert.deepStrictEqual([error.reason, error.field], ["InvalidRequest", "model"], model)
+          const streamed = yield* Effect.exit(Stream.runCollect(p.stream({ prompt: "x", model })))
+          assert.strictEqual(modelErrorOf(streamed).field, "model", model)
+          const embedded = yield* failing(p.embed({ texts: ["a"], model }))
+          assert.strictEqual(embedded.field, "model", model)
+        }
+        assert.lengthOf(yield* server.requests, 0)
+        // A dot inside a name is a name.
+        assert.strictEqual((yield* p.generate({ prompt: "x", model: "gemini-2.5-flash..exp" })).text, "ok")
+        assert.strictEqual((yield* server.requests)[0]?.path, "/v1beta/models/gemini-2.5-flash..exp:generateContent")
+      })
+    )
+
     it.effect("a malformed body is Decode naming the field", () =>
       Effect.gen(function* () {
         const server = yield* Server.make((_, res) =>
@@ -929,6 +949,8 @@ layer(NodeHttpClient.layerUndici)("Gemini over HTTP", (it) => {
         assert.strictEqual(yield* pathOf({ baseUrl: `${server.url}/?proxy-token=abc` }), "baseUrl")
         assert.strictEqual(yield* pathOf({ baseUrl: `${server.url}/#v1` }), "baseUrl")
         assert.strictEqual(yield* pathOf({ model: " " }), "model")
+        assert.strictEqual(yield* pathOf({ model: "../files" }), "model")
+        assert.strictEqual(yield* pathOf({ embeddingModel: "models/.." }), "embeddingModel")
         // A value JSON cannot write was quoted with JSON.stringify in the message, which threw.
         assert.strictEqual(yield* pathOf({ model: 1n as never }), "model")
         // A misspelt limit left the default in place unseen; a getter that throws died.

@@ -112,6 +112,22 @@ export const modelPath = (model: string): string =>
     .map(encodeURIComponent)
     .join("/")
 
+/**
+ * Why a model id cannot be a URL path, or `undefined` when it can: a `.` or `..` segment,
+ * which the URL resolves (`models/../../x` would post the key to `/x:generateContent`).
+ *
+ * @since 0.3.0
+ * @category utils
+ */
+export const modelPathIssue = (model: string): string | undefined => {
+  for (const segment of model.split("/")) {
+    if (segment === "." || segment === "..") {
+      return `a "${segment}" segment would take the request out of models/ (${JSON.stringify(model.slice(0, 120))})`
+    }
+  }
+  return undefined
+}
+
 const isPlainObject = (u: unknown): u is Record<string, unknown> =>
   typeof u === "object" && u !== null && !Array.isArray(u)
 
