@@ -173,6 +173,13 @@ describe("Gemini wire", () => {
     assert.strictEqual(Gemini.finishReasonOf("PROHIBITED_CONTENT"), "content_filter")
     assert.strictEqual(Gemini.finishReasonOf("MALFORMED_FUNCTION_CALL"), "error")
     assert.strictEqual(Gemini.finishReasonOf("SOMETHING_NEW"), "unknown")
+    // Google's later reasons: image filters are filters; a malformed answer or a missing thought signature is no answer.
+    assert.deepStrictEqual(
+      ["IMAGE_PROHIBITED_CONTENT", "IMAGE_RECITATION", "MALFORMED_RESPONSE", "MISSING_THOUGHT_SIGNATURE"].map(
+        Gemini.finishReasonOf
+      ),
+      ["content_filter", "content_filter", "error", "error"]
+    )
     const read = GeminiWire.readAnswer({ promptFeedback: { blockReason: "SAFETY" } }, "gemini", "m", () => "x")
     assert.isTrue(Result.isFailure(read))
     if (Result.isSuccess(read)) return

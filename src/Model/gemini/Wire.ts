@@ -71,8 +71,8 @@ export const BatchEmbedResponse = Schema.Struct({
 })
 
 /**
- * Gemini's `finishReason` as ours. A malformed or unexpected function call is an `error`:
- * the answer carries no usable call.
+ * Gemini's `finishReason` as ours. A malformed or unexpected function call, a malformed
+ * response or a missing thought signature is an `error`: the answer carries no usable call.
  *
  * @since 0.1.0
  * @category utils
@@ -89,10 +89,15 @@ export const finishReasonOf = (reason: string | undefined): Model.FinishReason =
     case "PROHIBITED_CONTENT":
     case "SPII":
     case "IMAGE_SAFETY":
+    case "IMAGE_PROHIBITED_CONTENT":
+    case "IMAGE_RECITATION":
       return "content_filter"
     case "MALFORMED_FUNCTION_CALL":
     case "UNEXPECTED_TOOL_CALL":
     case "TOO_MANY_TOOL_CALLS":
+    case "MALFORMED_RESPONSE":
+    // A conversation that sent a function call back without its thought signature (Gemini 3).
+    case "MISSING_THOUGHT_SIGNATURE":
       return "error"
     default:
       return "unknown"
