@@ -270,20 +270,27 @@ export const make = Effect.fnUntraced(function* (given: Options = {}) {
             let answeredModel: string | undefined
             let outputChars = 0
             let refusal = ""
+            // Choices numbered otherwise but never 0: no answer, as `generate` reads it, not an empty one.
+            let sawChoice = false
+            let sawOther = false
             const calls = Assemble.toolCallAssembler()
-            const finish = Effect.map(
-              calls.parts(ctx),
-              (toolParts): ReadonlyArray<Model.StreamPart> => [
-                ...toolParts,
-                {
-                  _tag: "Finish",
-                  finishReason: withToolCalls(finishReason ?? "unknown", calls.size()),
-                  usage: Wire.usageOf(usage, Model.estimateInputTokens(valid), Math.ceil(outputChars / 4)),
-                  provider: name,
-                  model: answeredModel ?? model,
-                  ...(refusal.length > 0 ? { refusal } : {})
-                }
-              ]
+            const finish = Effect.suspend(() =>
+              !sawChoice && sawOther
+                ? Effect.fail(Errors.malformed(ctx, "choices", "no choice with index 0"))
+                : Effect.map(
+                    calls.parts(ctx),
+                    (toolParts): ReadonlyArray<Model.StreamPart> => [
+                      ...toolParts,
+                      {
+                        _tag: "Finish",
+                        finishReason: withToolCalls(finishReason ?? "unknown", calls.size()),
+                        usage: Wire.usageOf(usage, Model.estimateInputTokens(valid), Math.ceil(outputChars / 4)),
+                        provider: name,
+                        model: answeredModel ?? model,
+                        ...(refusal.length > 0 ? { refusal } : {})
+                      }
+                    ]
+                  )
             )
             const step = (event: { readonly event: string; readonly data: string }) => {
               if (event.data.trim() === "[DONE]") return finish
@@ -300,7 +307,11 @@ export const make = Effect.fnUntraced(function* (given: Options = {}) {
                 const parts: Array<Model.StreamPart> = []
                 for (let i = 0; i < chunk.choices.length; i++) {
                   const choice = chunk.choices[i]!
-                  if ((choice.index ?? 0) !== 0) continue
+                  if ((choice.index ?? 0) !== 0) {
+                    sawOther = true
+                    continue
+                  }
+                  sawChoice = true
                   const content = choice.delta?.content
                   const text = typeof content === "string" ? content : Wire.contentText(content)
                   if (typeof text === "string" && text.length > 0) {

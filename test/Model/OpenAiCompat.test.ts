@@ -1519,6 +1519,40 @@ layer(NodeHttpClient.layerUndici)("OpenAiCompat choices and tool-call indices", 
     })
   )
 
+  it.effect("a stream whose choices are never numbered 0 is Decode on choices, not an empty answer", () =>
+    Effect.gen(function* () {
+      const other = (content: string | null, finish: string | null) => ({
+        model: "m",
+        choices: [{ index: 1, delta: content === null ? {} : { content }, finish_reason: finish }]
+      })
+      const server = yield* Server.make((req, res) =>
+        Server.chunked(
+          res,
+          [
+            Server.sse(
+              bodyOf(req)["model"] === "mixed"
+                ? [other("skipped", null), chunk("kept"), other(null, "stop"), chunk(null, "stop"), "[DONE]"]
+                : [other("second", null), other(null, "stop"), usageChunk, "[DONE]"]
+            )
+          ],
+          { pauseMs: 0 }
+        )
+      )
+      const p = yield* provider(server)
+      const { exit, parts } = yield* collect(p.stream({ prompt: "x", model: "none" }))
+      const error = modelErrorOf(exit)
+      assert.deepStrictEqual([error.reason, error.field], ["Decode", "choices"])
+      assert.notInclude(
+        parts.map((x) => x._tag),
+        "Finish"
+      )
+      // Choice 0 among others: its text is the answer, the others left out.
+      const mixed = yield* collect(p.stream({ prompt: "x", model: "mixed" }))
+      assert.isTrue(Exit.isSuccess(mixed.exit))
+      assert.strictEqual(mixed.text, "kept")
+    })
+  )
+
   it.effect("a tool call with an empty name is Decode naming it; an empty id is no id, as in a stream", () =>
     Effect.gen(function* () {
       const calls: Record<string, unknown> = {
