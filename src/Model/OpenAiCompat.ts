@@ -339,7 +339,9 @@ export const make = Effect.fnUntraced(function* (given: Options = {}) {
                       )
                     }
                   }
-                  if (typeof choice.finish_reason === "string") finishReason = finishReasonOf(choice.finish_reason)
+                  // "" (sent by some servers on every chunk before the last) is no reason: a cut stream is no answer.
+                  const reason = choice.finish_reason
+                  if (typeof reason === "string" && reason.length > 0) finishReason = finishReasonOf(reason)
                 }
                 return Effect.succeed(parts)
               })

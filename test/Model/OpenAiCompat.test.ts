@@ -1553,6 +1553,18 @@ layer(NodeHttpClient.layerUndici)("OpenAiCompat choices and tool-call indices", 
     })
   )
 
+  it.effect("an empty finish_reason is none: a stream cut after it is Transport, not a finished answer", () =>
+    Effect.gen(function* () {
+      const server = yield* Server.make((_, res) =>
+        Server.chunked(res, [Server.sse([chunk("half", ""), chunk(" an answer", "")])], { end: "end" })
+      )
+      const p = yield* provider(server)
+      const { exit, text } = yield* collect(p.stream({ prompt: "x" }))
+      assert.strictEqual(text, "half an answer")
+      assert.strictEqual(modelErrorOf(exit).reason, "Transport")
+    })
+  )
+
   it.effect("a tool call with an empty name is Decode naming it; an empty id is no id, as in a stream", () =>
     Effect.gen(function* () {
       const calls: Record<string, unknown> = {
