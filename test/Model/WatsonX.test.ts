@@ -914,6 +914,32 @@ layer(NodeHttpClient.layerUndici)("WatsonX over HTTP", (it) => {
       })
     )
 
+    it.effect("an empty finish_reason or stop_reason is none, so a stream cut after it is Transport", () =>
+      Effect.gen(function* () {
+        const chunk = (content: string) => ({
+          model_id: "ibm/granite-3-8b-instruct",
+          choices: [{ index: 0, finish_reason: "", delta: { role: "assistant", content } }]
+        })
+        const { provider } = yield* makeServer((req, res) =>
+          Server.chunked(
+            res,
+            [
+              req.path.endsWith("generation_stream")
+                ? wsse([generationEvent("half", "", 1), generationEvent(" an answer", "", 3)])
+                : wsse([chunk("half"), chunk(" an answer")])
+            ],
+            { end: "end" }
+          )
+        )
+        for (const api of ["chat", "generation"] as const) {
+          const p = yield* provider({ api })
+          const { exit, text } = yield* collect(p.stream({ prompt: "hi" }))
+          assert.strictEqual(text, "half an answer", api)
+          assert.strictEqual(modelErrorOf(exit).reason, "Transport", api)
+        }
+      })
+    )
+
     it.effect("a stream cut mid-way is Transport after its text; an error event is typed, never retried", () =>
       Effect.gen(function* () {
         const { provider, apiRequests } = yield* makeServer((req, res) =>

@@ -307,7 +307,10 @@ export const streamState = (provider: string, model: string, inputEstimate: numb
       for (const choice of chunk.choices) {
         if ((choice.index ?? 0) !== 0) continue
         parts.push(...delta(choice.delta?.content))
-        if (typeof choice.finish_reason === "string") finishReason = choice.finish_reason
+        // "" is no reason: a stream cut after it is no answer.
+        if (typeof choice.finish_reason === "string" && choice.finish_reason.length > 0) {
+          finishReason = choice.finish_reason
+        }
       }
       return parts
     },
@@ -318,7 +321,11 @@ export const streamState = (provider: string, model: string, inputEstimate: numb
       const input = tokenCount(result.input_token_count)
       if (input !== undefined && input > 0) inputTokens = input
       outputTokens = tokenCount(result.generated_token_count) ?? outputTokens
-      if (typeof result.stop_reason === "string" && result.stop_reason !== "not_finished") {
+      if (
+        typeof result.stop_reason === "string" &&
+        result.stop_reason !== "not_finished" &&
+        result.stop_reason !== ""
+      ) {
         finishReason = result.stop_reason
       }
       return delta(result.generated_text)
