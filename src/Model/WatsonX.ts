@@ -267,7 +267,16 @@ export const make: (
         yield* Effect.annotateCurrentSpan(Client.spanAttributes(name, "chat", model))
         if (api === "chat") {
           const answer = yield* call(model, (bearer, ctx) =>
-            client.json(post("ml/v1/text/chat", body, bearer, "application/json"), decodeChat, ctx)
+            Effect.flatMap(
+              client.json(post("ml/v1/text/chat", body, bearer, "application/json"), decodeChat, ctx),
+              (answer) => {
+                // Choice 0 is the answer wherever it sits; unnumbered, by position.
+                const choice = answer.choices.find((c, i) => (c.index ?? i) === 0)
+                return choice === undefined
+                  ? Effect.fail(Errors.malformed(ctx, "choices", "no choice with index 0"))
+                  : Effect.succeed({ ...answer, choices: [choice] as const })
+              }
+            )
           )
           return Wire.chatResponse(answer, name, model, inputEstimate)
         }

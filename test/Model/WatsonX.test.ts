@@ -822,6 +822,32 @@ layer(NodeHttpClient.layerUndici)("WatsonX over HTTP", (it) => {
     )
   })
 
+  describe("chat choices", () => {
+    it.effect("the answer is the choice whose index is 0, wherever it sits; without one it is Decode on choices", () =>
+      Effect.gen(function* () {
+        const choice = (index: number, content: string, finish: string) => ({
+          index,
+          message: { role: "assistant", content },
+          finish_reason: finish
+        })
+        const { provider } = yield* makeServer((req, res) =>
+          Server.json(res, 200, {
+            ...chatAnswer("unused"),
+            choices:
+              (req.json as { model_id: string }).model_id === "none"
+                ? [choice(1, "second", "stop")]
+                : [choice(1, "second", "length"), choice(0, "first", "stop")]
+          })
+        )
+        const p = yield* provider()
+        const answer = yield* p.generate({ prompt: "x" })
+        assert.deepStrictEqual([answer.text, answer.finishReason], ["first", "stop"])
+        const error = yield* failing(p.generate({ prompt: "x", model: "none" }))
+        assert.deepStrictEqual([error.reason, error.field], ["Decode", "choices"])
+      })
+    )
+  })
+
   describe("embeddings usage", () => {
     it.effect("a batch the server did not count makes the call's usage unknown, not the sum of the others", () =>
       Effect.gen(function* () {

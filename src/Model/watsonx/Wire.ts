@@ -39,7 +39,9 @@ const ChatUsage = Schema.Struct({ prompt_tokens: Count, completion_tokens: Count
  */
 export const ChatAnswer = Schema.Struct({
   model_id: Schema.optional(Schema.String),
-  choices: Schema.NonEmptyArray(Schema.Struct({ message: Schema.Struct({ content: Text }), finish_reason: Text })),
+  choices: Schema.NonEmptyArray(
+    Schema.Struct({ index: Count, message: Schema.Struct({ content: Text }), finish_reason: Text })
+  ),
   usage: Schema.optional(ChatUsage)
 })
 
