@@ -24,6 +24,7 @@ import * as Input from "../Input.js"
 import * as Metrics from "../Metrics.js"
 import { type GatewayError, gatewayError, toWire } from "./errors.js"
 import { KeyAdmin, type KeyInfo } from "./keys/KeyStore.js"
+import { jsonOf } from "./request.js"
 import { hash, matches, sha256Pattern } from "./keys/secret.js"
 
 /**
@@ -94,8 +95,6 @@ const allowed = (rest: string): string | undefined => {
   return action === "disable" || action === "enable" ? "POST" : undefined
 }
 
-const decoder = new TextDecoder()
-
 /** The `route` attribute of `orchestra_gateway_admin_requests_total`. */
 type AdminRoute = "keys_create" | "keys_list" | "key" | "key_disable" | "key_enable" | "key_spend" | "other"
 
@@ -142,17 +141,7 @@ export const make = Effect.fnUntraced(function* (options: Options) {
           ? gatewayError("TooLarge", `the request body is larger than ${maxBodyBytes} bytes`)
           : gatewayError("InvalidRequest", "the request body could not be read", { param: "body" })
       ),
-      Effect.flatMap((bytes) => {
-        const parsed = Result.try(() => JSON.parse(decoder.decode(bytes)) as unknown)
-        return Result.isSuccess(parsed)
-          ? Effect.succeed(parsed.success)
-          : Effect.fail(
-              gatewayError("InvalidRequest", "the request body is not valid JSON", {
-                param: "body",
-                code: "invalid_json"
-              })
-            )
-      })
+      Effect.flatMap((bytes) => Effect.fromResult(jsonOf(bytes)))
     )
 
   // One series per (route, status): `route` names a declared route, never the path asked for.

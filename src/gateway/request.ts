@@ -42,6 +42,35 @@ const shown = (u: unknown): string =>
         ? "nothing"
         : kind(u)
 
+// Fatal: bytes that are not UTF-8 would otherwise become U+FFFD, and the request be answered as if it said that.
+const utf8 = new TextDecoder("utf-8", { fatal: true })
+
+/**
+ * A request body as JSON: a 400 naming `body` when it is not UTF-8 (as JSON text must be),
+ * or not JSON.
+ *
+ * @internal
+ */
+export const jsonOf = (bytes: ArrayBuffer | Uint8Array): Checked<unknown> => {
+  let text: string
+  try {
+    text = utf8.decode(bytes)
+  } catch {
+    return Result.fail(
+      gatewayError("InvalidRequest", "the request body is not UTF-8 text (JSON is sent as UTF-8)", {
+        param: "body",
+        code: "invalid_json"
+      })
+    )
+  }
+  const parsed = Result.try(() => JSON.parse(text) as unknown)
+  return Result.isSuccess(parsed)
+    ? Result.succeed(parsed.success)
+    : Result.fail(
+        gatewayError("InvalidRequest", "the request body is not valid JSON", { param: "body", code: "invalid_json" })
+      )
+}
+
 const tooDeep = (param: string): Checked<never> =>
   invalid(param, `nests arrays and objects more than ${maxSchemaDepth} levels deep`)
 
@@ -166,6 +195,9 @@ const conversationOf = (input: unknown): Checked<Conversation> => {
   if (input.length === 0) return invalid("messages", "expected at least one message")
   const system: Array<string> = []
   const messages: Array<Model.Message> = []
+  // The ids of the calls the latest assistant message made, while only tool messages follow it: OpenAI refuses a
+  // tool message that answers no call of it, and a provider would be sent an answer to nothing.
+  let awaited: ReadonlySet<string> | undefined
   for (let i = 0; i < input.length; i++) {
     const at = `messages[${i}]`
     const m = input[i]
@@ -176,6 +208,7 @@ const conversationOf = (input: unknown): Checked<Conversation> => {
       }
     }
     const role = m.role
+    if (role !== "tool") awaited = undefined
     switch (role) {
       case "system":
       case "developer": {
@@ -201,6 +234,7 @@ const conversationOf = (input: unknown): Checked<Conversation> => {
         const calls = toolCallsOf(m.tool_calls, `${at}.tool_calls`)
         if (Result.isFailure(calls)) return Result.fail(calls.failure)
         messages.push({ role: "assistant", content: text.success, toolCalls: calls.success })
+        awaited = new Set(calls.success.map((call) => call.id))
         break
       }
       case "tool": {
@@ -208,6 +242,12 @@ const conversationOf = (input: unknown): Checked<Conversation> => {
         if (Result.isFailure(text)) return Result.fail(text.failure)
         if (typeof m.tool_call_id !== "string") {
           return invalid(`${at}.tool_call_id`, "a tool message names the call it answers")
+        }
+        if (awaited === undefined || !awaited.has(m.tool_call_id)) {
+          return invalid(
+            `${at}.tool_call_id`,
+            `no tool call ${shown(m.tool_call_id)} in the assistant message before it (a tool message answers one)`
+          )
         }
         messages.push({ role: "tool", content: text.success, toolCallId: m.tool_call_id })
         break
@@ -251,6 +291,7 @@ const toolsOf = (input: unknown): Checked<ReadonlyArray<Model.ToolDefinition>> =
   if (!Array.isArray(input)) return invalid("tools", `expected an array, got ${kind(input)}`)
   if (input.length > 128) return invalid("tools", `at most 128 tools, got ${input.length}`)
   const out: Array<Model.ToolDefinition> = []
+  const first = new Map<string, number>()
   for (let i = 0; i < input.length; i++) {
     const tool = input[i]
     const fn = isObject(tool) ? tool.function : undefined
@@ -260,6 +301,11 @@ const toolsOf = (input: unknown): Checked<ReadonlyArray<Model.ToolDefinition>> =
     if (typeof fn.name !== "string" || !toolName.test(fn.name)) {
       return invalid(`tools[${i}].function.name`, "expected a name of 1 to 64 characters of a-z, A-Z, 0-9, _ or -")
     }
+    const seen = first.get(fn.name)
+    if (seen !== undefined) {
+      return invalid(`tools[${i}].function.name`, `duplicate function name "${fn.name}" (first at tools[${seen}])`)
+    }
+    first.set(fn.name, i)
     if (fn.description !== undefined && typeof fn.description !== "string") {
       return invalid(`tools[${i}].function.description`, "expected a string")
     }

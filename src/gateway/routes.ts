@@ -5,7 +5,7 @@
  *
  * @internal
  */
-import { Cause, Clock, type Duration, Effect, Exit, Fiber, Option, Redacted, Result, Scope, type Tracer } from "effect"
+import { Cause, Clock, type Duration, Effect, Exit, Fiber, Option, Redacted, Scope, type Tracer } from "effect"
 import * as ByteSize from "effect/ByteSize"
 import { HttpIncomingMessage, HttpServerError, type HttpServerRequest, HttpServerResponse } from "effect/http"
 import type { AiError } from "../AiError.js"
@@ -14,6 +14,7 @@ import type { OptionError } from "../Input.js"
 import type { Service as ExecutorService } from "../Executor.js"
 import type { RetryPolicy } from "../Policy.js"
 import { type GatewayError, gatewayError, toWire } from "./errors.js"
+import { jsonOf } from "./request.js"
 import type { Entry, Lifecycle } from "./lifecycle.js"
 import type { GatewayMetrics, Route } from "./metrics.js"
 import type { Resolved } from "./options.js"
@@ -206,8 +207,6 @@ export const checkAllowed = (key: KeyIdentity | undefined, model: string): Effec
         })
       )
 
-const decoder = new TextDecoder()
-
 /**
  * Reads the body as JSON, at most `maxBodyBytes` (413 beyond; 400 when it is not JSON).
  *
@@ -233,17 +232,7 @@ const readBody = (env: Env, request: HttpServerRequest.HttpServerRequest): Effec
         ? tooLarge(env)
         : gatewayError("InvalidRequest", "the request body could not be read", { param: "body" })
     ),
-    Effect.flatMap((bytes) => {
-      const parsed = Result.try(() => JSON.parse(decoder.decode(bytes)) as unknown)
-      return Result.isSuccess(parsed)
-        ? Effect.succeed(parsed.success)
-        : Effect.fail(
-            gatewayError("InvalidRequest", "the request body is not valid JSON", {
-              param: "body",
-              code: "invalid_json"
-            })
-          )
-    })
+    Effect.flatMap((bytes) => Effect.fromResult(jsonOf(bytes)))
   )
 
 /**

@@ -42,6 +42,39 @@ describe("gateway wire: chat requests", () => {
       assert.strictEqual(paramOf(withName(name)), "accepted")
   })
 
+  it("a function name given twice in tools is a 400 naming the second, as OpenAI refuses it", () => {
+    const tool = (name: string) => ({ type: "function", function: { name } })
+    const twice = chat({ tools: [tool("a"), tool("b"), tool("a")] })
+    assert.strictEqual(paramOf(twice), "tools[2].function.name")
+    if (Result.isFailure(twice))
+      assert.include(twice.failure.message, 'duplicate function name "a" (first at tools[0])')
+    assert.strictEqual(paramOf(chat({ tools: [tool("a"), tool("A"), tool("a_")] })), "accepted")
+  })
+
+  it("a tool message answers a call of the assistant message just before it: else a 400 naming its tool_call_id", () => {
+    const call = (id: string) => ({ id, type: "function", function: { name: "f", arguments: "{}" } })
+    const assistant = (...ids: Array<string>) => ({ role: "assistant", content: null, tool_calls: ids.map(call) })
+    const tool = (id: string) => ({ role: "tool", tool_call_id: id, content: "42" })
+    const user = { role: "user", content: "hi" }
+    const system = { role: "system", content: "be brief" }
+    // Answered calls, several at once, after hoisted system messages.
+    const answered = [system, user, assistant("c1", "c2"), tool("c2"), tool("c1"), user, assistant("c3"), tool("c3")]
+    assert.strictEqual(paramOf(chat({ messages: answered })), "accepted")
+    for (const [messages, param] of [
+      [[user, tool("c1")], "messages[1].tool_call_id"],
+      [[system, user, assistant("c1"), tool("c9")], "messages[3].tool_call_id"],
+      // A call of an earlier turn is not the one the assistant is waiting on.
+      [[user, assistant("c1"), tool("c1"), user, tool("c1")], "messages[4].tool_call_id"],
+      [[user, assistant("c1"), tool("c1"), assistant("c2"), tool("c1")], "messages[4].tool_call_id"]
+    ] as const) {
+      const result = chat({ messages })
+      assert.strictEqual(paramOf(result), param, JSON.stringify(messages))
+    }
+    const unknown = chat({ messages: [user, assistant("c1"), tool("x".repeat(100_000))] })
+    assert.isTrue(Result.isFailure(unknown) && unknown.failure.message.length < 300)
+    if (Result.isFailure(unknown)) assert.include(unknown.failure.message, "no tool call")
+  })
+
   it("reads the conversation: leading system/developer messages become the system prompt", () => {
     const read = Request.parseChat({
       model: "support",

@@ -2,6 +2,7 @@
  * Wire compatibility with the official client: what it sends reaches the upstream as
  * OpenAI would read it, and what the upstream answers reaches the client, nothing dropped.
  */
+import { connect } from "node:net"
 import { assert, describe, it } from "@effect/vitest"
 import { Effect } from "effect"
 import type OpenAI from "openai"
@@ -10,6 +11,24 @@ import * as Harness from "./harness.js"
 import * as Up from "./upstream.js"
 
 const hi = [{ role: "user" as const, content: "hi" }]
+
+/** One request of raw bytes over a loopback connection, closed by the server's answer: its status line and body. */
+const raw = (url: string, path: string, body: Uint8Array) =>
+  Effect.callback<{ readonly status: string; readonly body: string }>((resume) => {
+    const socket = connect(Number(new URL(url).port), "127.0.0.1")
+    const chunks: Array<Buffer> = []
+    socket.on("data", (data: Buffer) => void chunks.push(data))
+    socket.on("close", () => {
+      const answer = Buffer.concat(chunks).toString("utf8")
+      const head = answer.indexOf("\r\n\r\n")
+      resume(Effect.succeed({ status: answer.slice(0, answer.indexOf("\r\n")), body: answer.slice(head + 4) }))
+    })
+    const head =
+      `POST ${path} HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n` +
+      `Content-Length: ${body.length}\r\nConnection: close\r\n\r\n`
+    socket.write(Buffer.concat([Buffer.from(head, "latin1"), body]))
+    return Effect.sync(() => socket.destroy())
+  })
 
 describe("Gateway: what the client sends", () => {
   it.live("a strict tool stays strict upstream", () =>
@@ -88,6 +107,33 @@ describe("Gateway: what the client sends, continued", () => {
         { role: "system", content: "You write haikus." },
         { role: "system", content: "Write one about the sea." }
       ])
+    })
+  )
+})
+
+describe("Gateway: a body that is not UTF-8", () => {
+  it.live("is a 400 naming the body, not read with U+FFFD in place of its bytes and sent upstream", () =>
+    Effect.gen(function* () {
+      const upstream = yield* Server.make(Up.openAi())
+      const gw = yield* Harness.make({ upstreams: { a: upstream.url } })
+      const json = (content: string) =>
+        Buffer.from(JSON.stringify({ model: "d-a", messages: [{ role: "user", content }] }), "utf8")
+      // A Latin-1 "é" (0xe9) where UTF-8 has two bytes, and a lone continuation byte.
+      for (const bad of [0xe9, 0x80]) {
+        const body = json("caf_")
+        body[body.indexOf("caf_") + 3] = bad
+        const answer = yield* raw(gw.url, "/v1/chat/completions", body)
+        assert.strictEqual(answer.status, "HTTP/1.1 400 Bad Request", answer.body)
+        const error = (JSON.parse(answer.body) as { error: Record<string, unknown> }).error
+        assert.strictEqual(error.param, "body")
+        assert.strictEqual(error.type, "invalid_request_error")
+        assert.include(String(error.message), "UTF-8")
+      }
+      assert.strictEqual((yield* upstream.requests).length, 0)
+      const good = yield* raw(gw.url, "/v1/chat/completions", json("café"))
+      assert.strictEqual(good.status, "HTTP/1.1 200 OK", good.body)
+      const [sent] = yield* upstream.requests
+      assert.strictEqual((sent!.json as { messages: Array<{ content: string }> }).messages[0]!.content, "café")
     })
   )
 })
