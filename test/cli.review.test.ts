@@ -354,3 +354,117 @@ describe("more prompts than policies.maxItems", () => {
     })
   )
 })
+
+describe("a config with a great many issues", () => {
+  it.live(
+    "prints the first 50 and counts the rest, on stderr and in the JSON (a line and an object each, 100,000 times)",
+    () =>
+      Effect.gen(function* () {
+        const provider: Record<string, unknown> = { type: "mock" }
+        for (let i = 0; i < 100_000; i++) provider[`f${i.toString(36)}`] = 0
+        const config = NodePath.join(dir, "many-issues.json")
+        writeFileSync(config, JSON.stringify({ providers: { p: provider } }))
+        const run = yield* inProcess(["stats", "--json", "--config", config])
+        assert.strictEqual(run.code, 2)
+        const lines = run.err.split("\n")
+        assert.strictEqual(lines.length, 52, run.err.slice(0, 500))
+        assert.strictEqual(lines[0], `orchestra: invalid config ${config}`)
+        assert.strictEqual(lines[1], "  providers.p.f0: unknown field")
+        assert.strictEqual(lines[51], "  ... and 99950 more")
+        const error = (JSON.parse(run.out) as { error: { issues: Array<unknown>; moreIssues: number } }).error
+        assert.strictEqual(error.issues.length, 50)
+        assert.deepStrictEqual(error.issues[0], { path: "providers.p.f0", message: "unknown field" })
+        assert.strictEqual(error.moreIssues, 99_950)
+        // At the bound, nothing is counted.
+        const few = NodePath.join(dir, "fifty-issues.json")
+        writeFileSync(
+          few,
+          JSON.stringify({ providers: { p: { ...Object.fromEntries(Object.entries(provider).slice(0, 51)) } } })
+        )
+        const fifty = yield* inProcess(["stats", "--json", "--config", few])
+        assert.strictEqual(fifty.err.split("\n").length, 51)
+        assert.notInclude(fifty.err, "more")
+        assert.notProperty((JSON.parse(fifty.out) as { error: object }).error, "moreIssues")
+      })
+  )
+
+  it.effect(
+    "is checked in time proportional to the file: 100,000 wrong domains or 20,000 wrong providers take seconds, not hours",
+    () =>
+      Effect.gen(function* () {
+        const domains = yield* Effect.flip(
+          Setup.check(loaded({ domains: Array.from({ length: 100_000 }, () => 1) })).pipe(withEnv({}))
+        )
+        assert.strictEqual(domains.issues.length, 100_000)
+        assert.strictEqual(domains.issues[99_999]!.path, "domains[99999]")
+        const providers = Object.fromEntries(
+          Array.from({ length: 20_000 }, (_, i) => [`p${i}`, { type: "mock", odd: 0 }] as const)
+        )
+        const many = yield* Effect.flip(Setup.check(loaded({ providers })).pipe(withEnv({})))
+        assert.strictEqual(many.issues.length, 20_000)
+        assert.deepStrictEqual(many.issues[19_999], { path: "providers.p19999.odd", message: "unknown field" })
+      }),
+    30_000
+  )
+})
+
+describe("stats without prompts", () => {
+  it.live("refuses --concurrency and --max-tokens, which apply to prompts it would run, naming them (exit 2)", () =>
+    Effect.gen(function* () {
+      const config = mockConfig()
+      for (const [flags, named] of [
+        [["-c", "8"], "--concurrency applies"],
+        [["--concurrency", "8"], "--concurrency applies"],
+        [["--max-tokens", "100"], "--max-tokens applies"],
+        [["-c", "8", "--max-tokens", "100"], "--concurrency and --max-tokens apply"]
+      ] as const) {
+        const run = yield* inProcess(["stats", ...flags, "--config", config])
+        assert.strictEqual(run.code, 2, run.err)
+        assert.strictEqual(
+          run.err,
+          `orchestra: ${named} to prompts run: give --prompts or --file (without them, stats runs nothing)`
+        )
+        assert.strictEqual(run.out, "")
+        const json = yield* inProcess(["stats", "--json", ...flags, "--config", config])
+        assert.strictEqual(json.code, 2)
+        assert.strictEqual((JSON.parse(json.out) as { error: { kind: string } }).error.kind, "usage")
+      }
+      // A wrong value is still named as such; the flags with prompts, and the checks without, still run.
+      assert.include((yield* inProcess(["stats", "-c", "0", "--config", config])).err, "--concurrency")
+      assert.strictEqual((yield* inProcess(["stats", "--config", config])).code, 0)
+      assert.strictEqual((yield* inProcess(["stats", "--domain", "support", "--config", config])).code, 0)
+      const run = yield* inProcess(["stats", "--prompts", "a,b", "-c", "2", "--max-tokens", "10", "--config", config])
+      assert.strictEqual(run.code, 0, run.err)
+    })
+  )
+})
+
+describe("a config's long names in its issues", () => {
+  it.live("are cut short on each line and in the JSON: a key of 100,000 characters, and 2,000 providers listed", () =>
+    Effect.gen(function* () {
+      const long = "k".repeat(100_000)
+      const providers = Object.fromEntries(
+        Array.from({ length: 2_000 }, (_, i) => [`provider-${i}`, { type: "mock" }] as const)
+      )
+      const config = NodePath.join(dir, "long-names.json")
+      writeFileSync(
+        config,
+        JSON.stringify({
+          providers: { ...providers, [long]: { type: "mock", odd: 0 } },
+          defaultProvider: "nope",
+          extraDomains: [{ name: "x", provider: "nope" }]
+        })
+      )
+      const run = yield* inProcess(["stats", "--json", "--config", config])
+      assert.strictEqual(run.code, 2)
+      const lines = run.err.split("\n")
+      assert.isAtLeast(lines.length, 4)
+      for (const line of lines.slice(1)) assert.isAtMost(line.length, 600, line.slice(0, 300))
+      const issues = (JSON.parse(run.out) as { error: { issues: Array<{ path: string; message: string }> } }).error
+        .issues
+      for (const issue of issues) assert.isAtMost(issue.path.length + issue.message.length, 600)
+      assert.include(run.err, 'defaultProvider: unknown provider "nope" (declared: provider-0, provider-1')
+      assert.include(run.err, "unknown field")
+    })
+  )
+})

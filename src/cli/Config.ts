@@ -26,8 +26,18 @@ export interface Issue {
 }
 
 /**
+ * How many issues a message (and the JSON of `--json`) shows; the rest are counted. A file of
+ * a megabyte may hold a hundred thousand of them.
+ *
+ * @since 0.3.0
+ * @category constants
+ */
+export const maxShownIssues = 50
+
+/**
  * A config file that cannot be used: missing, not JSON, of the wrong shape, or refused by
- * the library's checks. Lists every issue found.
+ * the library's checks. Lists every issue found; its message shows the first
+ * {@link maxShownIssues} and counts the rest.
  *
  * @since 0.1.0
  * @category errors
@@ -40,9 +50,24 @@ export class ConfigFileError extends Schema.TaggedError<ConfigFileError>("effect
   }
 ) {
   override get message(): string {
-    return [`invalid config ${this.file}`, ...this.issues.map((i) => `  ${i.path}: ${i.message}`)].join("\n")
+    const shown = shownIssues(this.issues).map((i) => `  ${i.path}: ${i.message}`)
+    const more = this.issues.length - shown.length
+    return [`invalid config ${this.file}`, ...shown, ...(more > 0 ? [`  ... and ${more} more`] : [])].join("\n")
   }
 }
+
+/**
+ * The issues a message (and the JSON of `--json`) shows: the first {@link maxShownIssues},
+ * each short (a path through a key of a megabyte, a message listing every provider declared).
+ *
+ * @since 0.3.0
+ * @category utils
+ */
+export const shownIssues = (issues: ReadonlyArray<Issue>): ReadonlyArray<Issue> =>
+  issues.slice(0, maxShownIssues).map(({ path, message }) => ({
+    path: path.length <= 200 ? path : `${Input.wholePrefix(path, 197)}...`,
+    message: tidy(message)
+  }))
 
 /**
  * A config and where it came from (`file` is undefined for the built-in default).

@@ -34,7 +34,14 @@ export const prepare = (common: Common): Effect.Effect<Setup.Checked, ExitCode, 
     return yield* Setup.check(loaded)
   }).pipe(
     Effect.catchTag("ConfigFileError", (error) =>
-      failWith(common, exitCodes.usage, error.message, { kind: "config", file: error.file, issues: error.issues })
+      failWith(common, exitCodes.usage, error.message, {
+        kind: "config",
+        file: error.file,
+        issues: CliConfig.shownIssues(error.issues),
+        ...(error.issues.length > CliConfig.maxShownIssues
+          ? { moreIssues: error.issues.length - CliConfig.maxShownIssues }
+          : {})
+      })
     )
   )
 

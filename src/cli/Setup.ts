@@ -70,21 +70,47 @@ export const domainNames = (loaded: Loaded): ReadonlyArray<string> => {
 
 const sections = ["domains", "extraDomains", "overrideDomains"] as const
 
-/** Whether two paths overlap: one is the other, or lies under it. */
-const overlaps = (a: string, b: string): boolean =>
-  a === b || a === "(root)" || b === "(root)" || [".", "["].some((c) => a.startsWith(b + c) || b.startsWith(a + c))
+/**
+ * The paths of some issues, indexed: whether one is at a path, or overlaps it (is at it, under
+ * it, above it, or at the root), in the time of the path's length, not of the number of
+ * issues (a file may hold a hundred thousand, and each provider and domain is looked up).
+ */
+interface IssueIndex {
+  readonly at: (path: string) => boolean
+  readonly overlaps: (path: string) => boolean
+}
+
+const indexIssues = (issues: ReadonlyArray<Issue>): IssueIndex => {
+  const exact = new Set<string>()
+  // Every path an issue lies under: its prefixes that end before a "." or a "[".
+  const above = new Set<string>()
+  for (const { path } of issues) {
+    exact.add(path)
+    for (let i = 1; i < path.length; i++) if (path[i] === "." || path[i] === "[") above.add(path.slice(0, i))
+  }
+  return {
+    at: (path) => exact.has(path),
+    overlaps: (path) => {
+      if (exact.has("(root)") || exact.has(path) || above.has(path)) return true
+      for (let i = 1; i < path.length; i++) {
+        if ((path[i] === "." || path[i] === "[") && exact.has(path.slice(0, i))) return true
+      }
+      return false
+    }
+  }
+}
 
 /** Each domain alone (`Domain.check`), duplicates within a section, then the merged list's references. */
-const domainIssues = (loaded: Loaded, defaultProvider: string): ReadonlyArray<Issue> => {
+const domainIssues = (loaded: Loaded, shape: IssueIndex, defaultProvider: string): ReadonlyArray<Issue> => {
   const { config } = loaded
   const issues: Array<Issue> = []
   const origin = new Map<string, string>()
   for (const section of sections) {
     const list: unknown = config[section]
-    if (!Array.isArray(list) || loaded.issues.some((i) => i.path === section || i.path === "(root)")) continue
+    if (!Array.isArray(list) || shape.at(section) || shape.at("(root)")) continue
     const seen = new Map<string, number>()
     list.forEach((raw: unknown, i) => {
-      if (loaded.issues.some((issue) => issue.path === `${section}[${i}]`)) return
+      if (shape.at(`${section}[${i}]`)) return
       // Alone, a domain's fallback names nothing: they (and the hedge along them) are checked on the merged list below.
       const alone =
         typeof raw === "object" && raw !== null ? { ...raw, fallback: undefined, hedgeAfter: undefined } : raw
@@ -107,7 +133,7 @@ const domainIssues = (loaded: Loaded, defaultProvider: string): ReadonlyArray<Is
       if (section === "overrideDomains" || !origin.has(name)) origin.set(name, `${section}[${i}]`)
     })
   }
-  if (issues.length > 0 || loaded.issues.some((i) => sections.some((s) => overlaps(i.path, s)))) return issues
+  if (issues.length > 0 || sections.some(shape.overlaps)) return issues
   const merged = Orchestra.domainsOf({ ...config, defaultProvider } as never)
   if (Result.isFailure(merged)) return [merged.failure]
   const all = Domain.check(merged.success)
@@ -125,9 +151,9 @@ const domainIssues = (loaded: Loaded, defaultProvider: string): ReadonlyArray<Is
 const prefixed = (prefix: string) => (error: Input.OptionError) => Providers.issueOf(prefix, error)
 
 /** The shared policies through the checks and layers that would take them (each layer alone, in a scope closed at once). */
-const policyIssues = (loaded: Loaded): Effect.Effect<ReadonlyArray<Issue>> => {
+const policyIssues = (loaded: Loaded, shape: IssueIndex): Effect.Effect<ReadonlyArray<Issue>> => {
   const policies = loaded.config.policies ?? {}
-  const open = (path: string) => !loaded.issues.some((i) => overlaps(i.path, path))
+  const open = (path: string) => !shape.overlaps(path)
   const issues: Array<Issue> = []
   if (policies.executor !== undefined && open("policies.executor")) {
     const checked = Executor.checkOptions(policies.executor as Executor.Options)
@@ -195,21 +221,20 @@ const inFileOrder = (loaded: Loaded, issues: ReadonlyArray<Issue>): ReadonlyArra
 export const check = Effect.fnUntraced(function* (loaded: Loaded) {
   const providers = providersOf(loaded)
   const defaultProvider = defaultProviderOf(loaded)
+  const shape = indexIssues(loaded.issues)
   const issues: Array<Issue> = [
     ...loaded.issues,
-    ...domainIssues(loaded, defaultProvider),
-    ...(yield* policyIssues(loaded))
+    ...domainIssues(loaded, shape, defaultProvider),
+    ...(yield* policyIssues(loaded, shape))
   ]
   const keys: Record<string, Redacted.Redacted<string> | undefined> = {}
   for (const [name, spec] of Object.entries(providers)) {
     const at = formatPath(["providers", name])
-    if (typeof spec !== "object" || spec === null || loaded.issues.some((i) => overlaps(i.path, `${at}.type`))) continue
-    const key = loaded.issues.some((i) => overlaps(i.path, `${at}.apiKeyEnv`))
-      ? Result.succeed(undefined)
-      : yield* Providers.readKey(name, spec)
+    if (typeof spec !== "object" || spec === null || shape.overlaps(`${at}.type`)) continue
+    const key = shape.overlaps(`${at}.apiKeyEnv`) ? Result.succeed(undefined) : yield* Providers.readKey(name, spec)
     if (Result.isFailure(key)) issues.push(key.failure)
     else keys[name] = key.success
-    if (!loaded.issues.some((i) => overlaps(i.path, at))) {
+    if (!shape.overlaps(at)) {
       issues.push(...(yield* Providers.check(name, spec, loaded.dir, Result.getOrUndefined(key))))
     }
   }

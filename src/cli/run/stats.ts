@@ -40,6 +40,20 @@ export const run = Effect.fnUntraced(function* (args: Args) {
   const file = checked.loaded.file ?? null
   yield* checkDomains(common, checked, [...Option.toArray(args.domain), ...fallback])
   if (prompts.length === 0) {
+    // They would be checked and then apply to nothing: a user who gave them meant prompts to run.
+    const given = [
+      ...(Option.isSome(args.concurrency) ? ["--concurrency"] : []),
+      ...(Option.isSome(args.maxTokens) ? ["--max-tokens"] : [])
+    ]
+    if (given.length > 0) {
+      return yield* failWith(
+        common,
+        exitCodes.usage,
+        `${given.join(" and ")} appl${given.length === 1 ? "ies" : "y"} to prompts run: give --prompts or --file ` +
+          "(without them, stats runs nothing)",
+        { kind: "usage" }
+      )
+    }
     // Nothing to run: the config is checked, but only the statistics service is built.
     const stats = yield* Stats.snapshot().pipe(Effect.provide(Stats.layer))
     if (!common.json) {
