@@ -284,7 +284,8 @@ const positiveInt = (param: string, value: unknown): Checked<number> =>
     ? Result.succeed(value)
     : invalid(param, `expected an integer from 1 to 1000000, got ${typeof value === "number" ? value : kind(value)}`)
 
-// OpenAI's rule: a name it would refuse is refused here, not sent on to a provider that may accept it.
+// OpenAI's rule for a function's and a response format's name: a name it would refuse is refused here, not sent on
+// to a provider that may accept it.
 const toolName = /^[a-zA-Z0-9_-]{1,64}$/
 
 const toolsOf = (input: unknown): Checked<ReadonlyArray<Model.ToolDefinition>> => {
@@ -343,8 +344,12 @@ const responseFormatOf = (input: unknown): Checked<Model.ResponseFormat> => {
       return Result.succeed({ type: input.type })
     case "json_schema": {
       const spec = input.json_schema
-      if (!isObject(spec) || typeof spec.name !== "string" || spec.name.length === 0) {
-        return invalid("response_format.json_schema", "expected { name, schema, strict? }")
+      if (!isObject(spec)) return invalid("response_format.json_schema", "expected { name, schema, strict? }")
+      if (typeof spec.name !== "string" || !toolName.test(spec.name)) {
+        return invalid(
+          "response_format.json_schema.name",
+          "expected a name of 1 to 64 characters of a-z, A-Z, 0-9, _ or -"
+        )
       }
       if (spec.schema !== undefined && !isObject(spec.schema)) {
         return invalid("response_format.json_schema.schema", "expected a JSON Schema object")

@@ -75,6 +75,16 @@ describe("gateway wire: chat requests", () => {
     if (Result.isFailure(unknown)) assert.include(unknown.failure.message, "no tool call")
   })
 
+  it("response_format.json_schema.name is 1 to 64 characters of a-z, A-Z, 0-9, _ and -, as OpenAI's: else a 400 naming it", () => {
+    const withName = (name: unknown) =>
+      chat({ response_format: { type: "json_schema", json_schema: { name, schema: { type: "object" } } } })
+    for (const name of ["my schema", "", "a".repeat(65), "a.b", "café", 42, null]) {
+      const result = withName(name)
+      assert.strictEqual(paramOf(result), "response_format.json_schema.name", JSON.stringify(name))
+    }
+    for (const name of ["answer", "A-9_z", "x".repeat(64)]) assert.strictEqual(paramOf(withName(name)), "accepted")
+  })
+
   it("reads the conversation: leading system/developer messages become the system prompt", () => {
     const read = Request.parseChat({
       model: "support",
