@@ -468,3 +468,24 @@ describe("a config's long names in its issues", () => {
     })
   )
 })
+
+describe("an unknown --domain in a config of many domains", () => {
+  it.live("names the first known domains and counts the rest: one short line, not every name", () =>
+    Effect.gen(function* () {
+      const config = writeConfig("many-domains.json", {
+        providers: { m: { type: "mock", reply: "fine" } },
+        extraDomains: Array.from({ length: 3_000 }, (_, i) => ({ name: `domain-${i}`, provider: "m" }))
+      })
+      const run = yield* inProcess(["stats", "--domain", "nope", "--config", config])
+      assert.strictEqual(run.code, 2, run.err.slice(0, 500))
+      assert.isAtMost(run.err.length, 600, run.err.slice(0, 600))
+      assert.include(run.err, 'orchestra: unknown domain "nope" (known: support, technical, finance, domain-0')
+      assert.include(run.err, "and 2983 more)")
+      const long = yield* inProcess(["stats", "--domain", "x".repeat(100_000), "--config", config])
+      assert.strictEqual(long.code, 2)
+      assert.isAtMost(long.err.length, 600)
+      const few = yield* inProcess(["stats", "--fallback", "nope", "--config", mockConfig()])
+      assert.strictEqual(few.err, 'orchestra: unknown domain "nope" (known: support, technical, finance)')
+    })
+  )
+})

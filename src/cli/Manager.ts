@@ -7,6 +7,7 @@
  */
 import { Config, Console, Effect, type FileSystem, Layer, Option, type Path, Stdio } from "effect"
 import { defaultMaxItems, type ProgressEvent } from "../Batch.js"
+import * as Input from "../Input.js"
 import type * as Orchestra from "../Orchestra.js"
 import { type Common, type ExitCode, exitCodes, failWith, formatMs, stdoutClosed } from "./Common.js"
 import * as CliConfig from "./Config.js"
@@ -88,12 +89,15 @@ export const checkDomains = (
 ): Effect.Effect<void, ExitCode> => {
   const known = Setup.domainNames(checked.loaded)
   const unknown = names.find((name) => !known.includes(name))
-  return unknown === undefined
-    ? Effect.void
-    : failWith(common, exitCodes.usage, `unknown domain "${unknown}" (known: ${known.join(", ")})`, {
-        kind: "usage"
-      })
+  if (unknown === undefined) return Effect.void
+  // As the library says it: some names, not the thousands a config may declare.
+  const shown =
+    known.length > knownShown ? [...known.slice(0, knownShown), `and ${known.length - knownShown} more`] : known
+  const name = unknown.length > 64 ? `${Input.wholePrefix(unknown, 64)}...` : unknown
+  return failWith(common, exitCodes.usage, `unknown domain "${name}" (known: ${shown.join(", ")})`, { kind: "usage" })
 }
+
+const knownShown = 20
 
 /**
  * Fails with exit code 2 when there are more prompts than one batch of the config's manager
