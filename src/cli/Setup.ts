@@ -189,12 +189,12 @@ const policyIssues = (loaded: Loaded, shape: IssueIndex): Effect.Effect<Readonly
 
 /** Issues in the order their sections appear in the file. */
 const inFileOrder = (loaded: Loaded, issues: ReadonlyArray<Issue>): ReadonlyArray<Issue> => {
-  const order = [...Object.keys(loaded.config), "providers", "defaultProvider", ...sections, "policies"]
-  const rank = (issue: Issue) => {
-    const top = /^[^.[]*/.exec(issue.path)![0]
-    const i = order.indexOf(top)
-    return i < 0 ? order.length : i
+  // A rank per top-level field, looked up once per issue: a file may hold a hundred thousand unknown ones.
+  const order = new Map<string, number>()
+  for (const key of [...Object.keys(loaded.config), "providers", "defaultProvider", ...sections, "policies"]) {
+    if (!order.has(key)) order.set(key, order.size)
   }
+  const rank = (issue: Issue) => order.get(/^[^.[]*/.exec(issue.path)![0]) ?? order.size
   const seen = new Set<string>()
   return issues
     .map((issue, i) => ({ issue, i, rank: rank(issue) }))
