@@ -408,6 +408,32 @@ describe("a config with a great many issues", () => {
   )
 
   it.effect(
+    "naming an undeclared provider lists some declared ones, not all: 28,000 such domains of 5,000 providers took 40 s and 4 GB",
+    () =>
+      Effect.gen(function* () {
+        const providers = Object.fromEntries(
+          Array.from({ length: 5_000 }, (_, i) => [`p${i}`, { type: "mock" }] as const)
+        )
+        const extraDomains = Array.from({ length: 28_000 }, (_, i) => ({ name: `d${i}`, provider: "z" }))
+        const limits = { providers: { z: { requestsPerMinute: 1 } } }
+        const error = yield* Effect.flip(
+          Setup.check(loaded({ providers, extraDomains, policies: { rateLimits: limits } })).pipe(withEnv({}))
+        )
+        assert.strictEqual(error.issues.length, 28_001)
+        const declared = "p0, p1, p2, p3, p4, p5, p6, p7, p8, p9, p10, p11, p12, p13, p14, p15, p16, p17, p18, p19"
+        assert.deepStrictEqual(error.issues[0], {
+          path: "extraDomains[0].provider",
+          message: `unknown provider "z" (declared: ${declared}, and 4980 more)`
+        })
+        assert.deepStrictEqual(error.issues[28_000], {
+          path: "policies.rateLimits.providers.z",
+          message: `unknown provider "z" (declared: ${declared}, and 4980 more)`
+        })
+      }),
+    20_000
+  )
+
+  it.effect(
     "is put in file order in time proportional to the issues: 150,000 unknown top-level fields take a second, not 15",
     () =>
       Effect.gen(function* () {

@@ -246,15 +246,20 @@ const providerIssues = (providers: Readonly<Record<string, unknown>>): ReadonlyA
   return issues
 }
 
+/** Some names, not the thousands a file may declare (each issue naming an unknown provider says them). */
+const someOf = (names: ReadonlyArray<string>): string =>
+  names.length > 20 ? [...names.slice(0, 20), `and ${names.length - 20} more`].join(", ") : names.join(", ")
+
 /**
  * Which provider each domain, `defaultProvider` and per-provider rate limit name; the
  * domains themselves are `Domain.check`'s.
  */
 const references = (config: Readonly<Record<string, unknown>>): ReadonlyArray<Issue> => {
   const issues: Array<Issue> = []
-  const declared = isObject(config.providers) ? Object.keys(config.providers) : [bundledProviderName]
-  const known = `declared: ${declared.join(", ")}`
-  if (typeof config.defaultProvider === "string" && !declared.includes(config.defaultProvider)) {
+  const names = isObject(config.providers) ? Object.keys(config.providers) : [bundledProviderName]
+  const declared = new Set(names)
+  const known = `declared: ${someOf(names)}`
+  if (typeof config.defaultProvider === "string" && !declared.has(config.defaultProvider)) {
     issues.push({ path: "defaultProvider", message: `unknown provider "${config.defaultProvider}" (${known})` })
   }
   for (const section of ["domains", "extraDomains", "overrideDomains"] as const) {
@@ -262,7 +267,7 @@ const references = (config: Readonly<Record<string, unknown>>): ReadonlyArray<Is
     if (!Array.isArray(domains)) continue
     domains.forEach((domain: unknown, i) => {
       const provider = isObject(domain) ? domain.provider : undefined
-      if (typeof provider === "string" && !declared.includes(provider)) {
+      if (typeof provider === "string" && !declared.has(provider)) {
         issues.push({ path: `${section}[${i}].provider`, message: `unknown provider "${provider}" (${known})` })
       }
     })
@@ -285,7 +290,7 @@ const references = (config: Readonly<Record<string, unknown>>): ReadonlyArray<Is
         message:
           renamed !== undefined && typeof renamed.name === "string"
             ? `provider "${name}" is named "${renamed.name}": its limits go under that name`
-            : `unknown provider "${name}" (declared: ${[...named.keys()].join(", ")})`
+            : `unknown provider "${name}" (declared: ${someOf([...named.keys()])})`
       })
     }
   }
