@@ -195,9 +195,9 @@ const conversationOf = (input: unknown): Checked<Conversation> => {
   if (input.length === 0) return invalid("messages", "expected at least one message")
   const system: Array<string> = []
   const messages: Array<Model.Message> = []
-  // The ids of the calls the latest assistant message made, while only tool messages follow it: OpenAI refuses a
-  // tool message that answers no call of it, and a provider would be sent an answer to nothing.
-  let awaited: ReadonlySet<string> | undefined
+  // The calls the latest assistant message made (and which are answered yet), while only tool messages follow it:
+  // OpenAI refuses a tool message that answers no call of it, and a conversation that goes on with a call unanswered.
+  let awaited: { readonly at: number; readonly ids: ReadonlySet<string>; readonly answered: Set<string> } | undefined
   for (let i = 0; i < input.length; i++) {
     const at = `messages[${i}]`
     const m = input[i]
@@ -208,7 +208,22 @@ const conversationOf = (input: unknown): Checked<Conversation> => {
       }
     }
     const role = m.role
-    if (role !== "tool") awaited = undefined
+    if (role !== "tool" && awaited !== undefined) {
+      if (awaited.answered.size < awaited.ids.size) {
+        let id = ""
+        for (const call of awaited.ids) {
+          if (!awaited.answered.has(call)) {
+            id = call
+            break
+          }
+        }
+        return invalid(
+          `messages[${awaited.at}].tool_calls`,
+          `no tool message answers the call ${shown(id)} before ${at}`
+        )
+      }
+      awaited = undefined
+    }
     switch (role) {
       case "system":
       case "developer": {
@@ -234,7 +249,7 @@ const conversationOf = (input: unknown): Checked<Conversation> => {
         const calls = toolCallsOf(m.tool_calls, `${at}.tool_calls`)
         if (Result.isFailure(calls)) return Result.fail(calls.failure)
         messages.push({ role: "assistant", content: text.success, toolCalls: calls.success })
-        awaited = new Set(calls.success.map((call) => call.id))
+        awaited = { at: i, ids: new Set(calls.success.map((call) => call.id)), answered: new Set() }
         break
       }
       case "tool": {
@@ -243,12 +258,13 @@ const conversationOf = (input: unknown): Checked<Conversation> => {
         if (typeof m.tool_call_id !== "string") {
           return invalid(`${at}.tool_call_id`, "a tool message names the call it answers")
         }
-        if (awaited === undefined || !awaited.has(m.tool_call_id)) {
+        if (awaited === undefined || !awaited.ids.has(m.tool_call_id)) {
           return invalid(
             `${at}.tool_call_id`,
             `no tool call ${shown(m.tool_call_id)} in the assistant message before it (a tool message answers one)`
           )
         }
+        awaited.answered.add(m.tool_call_id)
         messages.push({ role: "tool", content: text.success, toolCallId: m.tool_call_id })
         break
       }

@@ -51,7 +51,7 @@ describe("gateway wire: chat requests", () => {
     assert.strictEqual(paramOf(chat({ tools: [tool("a"), tool("A"), tool("a_")] })), "accepted")
   })
 
-  it("a tool message answers a call of the assistant message just before it: else a 400 naming its tool_call_id", () => {
+  it("a tool message answers a call of the assistant message before it, and every call is answered before the conversation goes on: else a 400 naming tool_call_id or tool_calls", () => {
     const call = (id: string) => ({ id, type: "function", function: { name: "f", arguments: "{}" } })
     const assistant = (...ids: Array<string>) => ({ role: "assistant", content: null, tool_calls: ids.map(call) })
     const tool = (id: string) => ({ role: "tool", tool_call_id: id, content: "42" })
@@ -70,6 +70,13 @@ describe("gateway wire: chat requests", () => {
       const result = chat({ messages })
       assert.strictEqual(paramOf(result), param, JSON.stringify(messages))
     }
+    // A call left unanswered before the conversation goes on, as OpenAI refuses it.
+    const unanswered = chat({ messages: [system, user, assistant("c1", "c2"), tool("c1"), user] })
+    assert.strictEqual(paramOf(unanswered), "messages[2].tool_calls")
+    if (Result.isFailure(unanswered)) assert.include(unanswered.failure.message, '"c2"')
+    assert.strictEqual(paramOf(chat({ messages: [user, assistant("c1"), user] })), "messages[1].tool_calls")
+    // The last message may still be the assistant's calls (a conversation replayed up to them).
+    assert.strictEqual(paramOf(chat({ messages: [user, assistant("c1")] })), "accepted")
     const unknown = chat({ messages: [user, assistant("c1"), tool("x".repeat(100_000))] })
     assert.isTrue(Result.isFailure(unknown) && unknown.failure.message.length < 300)
     if (Result.isFailure(unknown)) assert.include(unknown.failure.message, "no tool call")
