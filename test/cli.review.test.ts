@@ -530,3 +530,15 @@ describe("an unknown --domain in a config of many domains", () => {
     })
   )
 })
+
+describe("an integer flag's long wrong value", () => {
+  it.live("is cut short in its one line (a value of 100,000 characters was said back whole)", () =>
+    Effect.gen(function* () {
+      for (const value of ["9".repeat(100_000), "x".repeat(100_000)]) {
+        const run = yield* inProcess(["stats", "--prompts", "a", "--concurrency", value, "--config", mockConfig()])
+        assert.strictEqual(run.code, 2)
+        assert.strictEqual(run.err, `orchestra: --concurrency: expected an integer, got "${value.slice(0, 64)}..."`)
+      }
+    })
+  )
+})

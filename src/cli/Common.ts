@@ -393,7 +393,10 @@ export const integerOf = (
     common,
     Number.isFinite(value)
       ? check(value)
-      : Result.fail({ path: flag, message: `expected an integer, got ${JSON.stringify(text)}` })
+      : Result.fail({
+          path: flag,
+          message: `expected an integer, got ${JSON.stringify(text.length > 64 ? `${Input.wholePrefix(text, 64)}...` : text)}`
+        })
   )
 }
 
