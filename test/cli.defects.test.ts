@@ -10,25 +10,11 @@ import { tmpdir } from "node:os"
 import * as NodePath from "node:path"
 import * as NodeServices from "@effect/platform-node/NodeServices"
 import { afterAll, assert, describe, it, vi } from "@effect/vitest"
-import {
-  ByteSize,
-  ConfigProvider,
-  Console,
-  Deferred,
-  Effect,
-  Exit,
-  Fiber,
-  FileSystem,
-  Layer,
-  Option,
-  PlatformError,
-  Stdio,
-  Stream
-} from "effect"
-import * as Cli from "../src/cli/Cli.js"
+import { ByteSize, ConfigProvider, Deferred, Effect, Exit, Fiber, FileSystem, Option, PlatformError } from "effect"
 import { exitOnSecondSignal } from "../src/cli/Common.js"
 import * as CliConfig from "../src/cli/Config.js"
 import * as Setup from "../src/cli/Setup.js"
+import { inProcess } from "./utils/cli.js"
 
 const dir = mkdtempSync(NodePath.join(tmpdir(), "orchestra-cli-defects-"))
 afterAll(() => rmSync(dir, { recursive: true, force: true }))
@@ -38,45 +24,6 @@ const writeConfig = (name: string, config: unknown): string => {
   writeFileSync(file, typeof config === "string" ? config : JSON.stringify(config, null, 2))
   return file
 }
-
-interface Terminal {
-  readonly stdin?: string | undefined
-  /** stdin, stdout and stderr are all terminals (an interactive `start`); default: only stdout and stderr. */
-  readonly stdinIsTerminal?: boolean | undefined
-  readonly terminal?: boolean | undefined
-  /** In place of the real file system. */
-  readonly fs?: Layer.Layer<FileSystem.FileSystem> | undefined
-  /** Where stderr's lines go (read them even when the command is interrupted). */
-  readonly err?: Array<string> | undefined
-}
-
-const inProcess = (argv: ReadonlyArray<string>, options: Terminal = {}) =>
-  Effect.gen(function* () {
-    const out: Array<string> = []
-    const err: Array<string> = options.err ?? []
-    const console: Console.Console = {
-      ...globalThis.console,
-      log: (...args: ReadonlyArray<unknown>) => void out.push(args.join(" ")),
-      error: (...args: ReadonlyArray<unknown>) => void err.push(args.join(" "))
-    }
-    const terminal = options.terminal ?? true
-    const code = yield* Cli.run(argv).pipe(
-      options.fs === undefined ? (effect) => effect : Effect.provide(options.fs),
-      Effect.provide(
-        Layer.merge(
-          NodeServices.layer,
-          Stdio.layerTest({
-            stdin: Stream.make(new TextEncoder().encode(options.stdin ?? "")),
-            stdinIsTerminal: Effect.succeed(options.stdinIsTerminal ?? false),
-            stdoutIsTerminal: Effect.succeed(terminal),
-            stderrIsTerminal: Effect.succeed(terminal)
-          })
-        )
-      ),
-      Effect.provideService(Console.Console, console)
-    )
-    return { code, out: out.join("\n"), err: err.join("\n") }
-  })
 
 // ESC ] 0 ; title BEL (sets the window title), CSI 2 J (clears the screen), a C1 CSI.
 const evil = "x\u001b]0;pwned\u0007\u001b[2J\u009b31m"

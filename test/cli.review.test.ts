@@ -9,12 +9,12 @@ import * as NodePath from "node:path"
 import { fileURLToPath } from "node:url"
 import * as NodeServices from "@effect/platform-node/NodeServices"
 import { afterAll, assert, describe, it } from "@effect/vitest"
-import { ConfigProvider, Console, Effect, FileSystem, Layer, Stdio, Stream } from "effect"
-import * as Cli from "../src/cli/Cli.js"
+import { ConfigProvider, Effect, FileSystem, Layer } from "effect"
 import * as CliConfig from "../src/cli/Config.js"
 import * as Providers from "../src/cli/Providers.js"
 import * as Setup from "../src/cli/Setup.js"
 import { ModelProvider } from "../src/Model.js"
+import { inProcess as run } from "./utils/cli.js"
 import * as Server from "./utils/httpServer.js"
 
 const ROOT = fileURLToPath(new URL("..", import.meta.url))
@@ -33,31 +33,7 @@ const loaded = (config: unknown): CliConfig.Loaded => ({ file: "test.json", dir:
 
 /** The command run in process, off a terminal, with stdin given. */
 const inProcess = (argv: ReadonlyArray<string>, stdin = "", fs?: Layer.Layer<FileSystem.FileSystem>) =>
-  Effect.gen(function* () {
-    const out: Array<string> = []
-    const err: Array<string> = []
-    const console: Console.Console = {
-      ...globalThis.console,
-      log: (...args: ReadonlyArray<unknown>) => void out.push(args.join(" ")),
-      error: (...args: ReadonlyArray<unknown>) => void err.push(args.join(" "))
-    }
-    const code = yield* Cli.run(argv).pipe(
-      fs === undefined ? (effect) => effect : Effect.provide(fs),
-      Effect.provide(
-        Layer.merge(
-          NodeServices.layer,
-          Stdio.layerTest({
-            stdin: Stream.make(new TextEncoder().encode(stdin)),
-            stdinIsTerminal: Effect.succeed(false),
-            stdoutIsTerminal: Effect.succeed(false),
-            stderrIsTerminal: Effect.succeed(false)
-          })
-        )
-      ),
-      Effect.provideService(Console.Console, console)
-    )
-    return { code, out: out.join("\n"), err: err.join("\n") }
-  })
+  run(argv, { stdin, fs, terminal: false })
 
 describe("config: the ollama provider's embeddingDimensions", () => {
   it.effect("is a field of the file, checked by the library and named by its path", () =>

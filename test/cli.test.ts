@@ -47,6 +47,7 @@ import * as Providers from "../src/cli/Providers.js"
 import { quantile, roundOrder, summarise } from "../src/cli/run/bench.js"
 import { lines, notUtf8, tooLong } from "../src/cli/run/start.js"
 import * as Setup from "../src/cli/Setup.js"
+import { inProcess as cliInProcess } from "./utils/cli.js"
 import * as Server from "./utils/httpServer.js"
 
 const ROOT = fileURLToPath(new URL("..", import.meta.url))
@@ -1560,30 +1561,7 @@ describe("orchestra on a terminal", () => {
       JSON.stringify(text)
     )
   const inProcess = (argv: ReadonlyArray<string>, terminal: boolean, stdin = "") =>
-    Effect.gen(function* () {
-      const out: Array<string> = []
-      const err: Array<string> = []
-      const console: Console.Console = {
-        ...globalThis.console,
-        log: (...args: ReadonlyArray<unknown>) => void out.push(args.join(" ")),
-        error: (...args: ReadonlyArray<unknown>) => void err.push(args.join(" "))
-      }
-      const code = yield* Cli.run(argv).pipe(
-        Effect.provide(
-          Layer.merge(
-            NodeServices.layer,
-            Stdio.layerTest({
-              stdin: Stream.make(new TextEncoder().encode(stdin)),
-              stdinIsTerminal: Effect.succeed(false),
-              stdoutIsTerminal: Effect.succeed(terminal),
-              stderrIsTerminal: Effect.succeed(terminal)
-            })
-          )
-        ),
-        Effect.provideService(Console.Console, console)
-      )
-      return { code, out: out.join("\n"), err: err.join("\n") }
-    })
+    cliInProcess(argv, { terminal, stdin })
 
   it.live("model text and upstream errors are escaped on a terminal, exact in a pipe and in JSON", () =>
     Effect.gen(function* () {
