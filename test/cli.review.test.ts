@@ -80,6 +80,38 @@ describe("config: the ollama provider's embeddingDimensions", () => {
   )
 })
 
+describe("config: the openai-compatible provider's requestLimits", () => {
+  it.live("is a field of the file, checked by the library and named by its path", () =>
+    Effect.gen(function* () {
+      const issues = (requestLimits: unknown) =>
+        Effect.map(
+          Effect.flip(
+            Setup.check(
+              loaded({
+                providers: { c: { type: "openai-compatible", baseUrl: "http://127.0.0.1:9/v1", requestLimits } }
+              })
+            ).pipe(withEnv({}))
+          ),
+          (e) => e.issues
+        )
+      const [zero, ...rest] = yield* issues({ maxInputChars: 0 })
+      assert.strictEqual(rest.length, 0)
+      assert.strictEqual(zero!.path, "providers.c.requestLimits.maxInputChars")
+      assert.notInclude(zero!.message, "unknown field")
+      const [misspelt] = yield* issues({ maxInputChar: 10 })
+      assert.include(misspelt!.path, "maxInputChar")
+      const good = yield* Setup.check(
+        loaded({
+          providers: {
+            c: { type: "openai-compatible", baseUrl: "http://127.0.0.1:9/v1", requestLimits: { maxMessages: 8 } }
+          }
+        })
+      ).pipe(withEnv({}))
+      assert.strictEqual(good.defaultProvider, "c")
+    })
+  )
+})
+
 describe("a failure is said on stderr, with --json too (stdout then holds the JSON)", () => {
   const failing = () =>
     writeConfig("down.json", {
