@@ -28,6 +28,9 @@ export type Role = typeof Role.Type
 
 /**
  * A tool call the model asked for; `arguments` is the JSON text the model produced.
+ * `signature` (since 0.3.0) is opaque, provider-specific data to send back with the call in
+ * the assistant message of the next turn (Gemini 3 refuses a call without its thought
+ * signature); providers that have none ignore it.
  *
  * @since 0.2.0
  * @category schemas

@@ -12,7 +12,14 @@ export const Role = Schema.Literals(["system", "user", "assistant", "tool"])
 export const ToolCall = Schema.Struct({
   id: Schema.String,
   name: Schema.String,
-  arguments: Schema.String
+  arguments: Schema.String,
+  /**
+   * Opaque, provider-specific data the provider needs back with this call in the next turn
+   * (Gemini's `thoughtSignature`). Keep it as it came; other providers ignore it.
+   *
+   * @since 0.3.0
+   */
+  signature: Schema.optional(Schema.String)
 })
 
 export const Message = Schema.Struct({

@@ -536,6 +536,52 @@ layer(NodeHttpClient.layerUndici)("Gemini over HTTP", (it) => {
       })
     )
 
+    it.effect("a thought signature on a function call comes back on the call and is sent back with it, exactly", () =>
+      Effect.gen(function* () {
+        const signature = "CiQB0e2Kb+/sig==\u00e9" + "x".repeat(3000)
+        let turn = 0
+        const server = yield* Server.make((_, res) =>
+          turn++ === 0
+            ? Server.json(res, 200, {
+                candidates: [
+                  {
+                    content: {
+                      role: "model",
+                      parts: [
+                        { functionCall: { name: "get_weather", args: { city: "Paris" } }, thoughtSignature: signature },
+                        { functionCall: { name: "get_weather", args: { city: "Rome" } } }
+                      ]
+                    },
+                    finishReason: "STOP"
+                  }
+                ]
+              })
+            : Server.json(res, 200, response("Sunny in both."))
+        )
+        const p = yield* provider(server)
+        const first = yield* p.generate({ prompt: "weather in Paris and Rome?", tools: [weather] })
+        assert.deepStrictEqual(first.toolCalls, [
+          { id: "call_0", name: "get_weather", arguments: `{"city":"Paris"}`, signature },
+          { id: "call_1", name: "get_weather", arguments: `{"city":"Rome"}` }
+        ])
+        yield* p.generate({
+          tools: [weather],
+          messages: [
+            { role: "user", content: "weather in Paris and Rome?" },
+            { role: "assistant", content: "", toolCalls: first.toolCalls! },
+            { role: "tool", toolCallId: "call_0", content: `{"temp":20}` },
+            { role: "tool", toolCallId: "call_1", content: `{"temp":25}` }
+          ]
+        })
+        const [, second] = yield* server.requests
+        const contents = (second!.json as { contents: ReadonlyArray<{ parts: ReadonlyArray<unknown> }> }).contents
+        assert.deepStrictEqual(contents[1]!.parts, [
+          { functionCall: { name: "get_weather", args: { city: "Paris" } }, thoughtSignature: signature },
+          { functionCall: { name: "get_weather", args: { city: "Rome" } } }
+        ])
+      })
+    )
+
     it.effect("an answer past maxResponseBytes is TooLarge; an endless one too, without reading it all", () =>
       Effect.gen(function* () {
         const server = yield* Server.make((req, res) =>
@@ -738,6 +784,36 @@ layer(NodeHttpClient.layerUndici)("Gemini over HTTP", (it) => {
           call: { id: "call_0", name: "get_weather", arguments: `{"city":"Rome"}` }
         })
         assert.strictEqual(parts[2]?._tag === "Finish" && parts[2].finishReason, "tool_calls")
+      })
+    )
+
+    it.effect("a streamed function call's thought signature rides on its ToolCall part", () =>
+      Effect.gen(function* () {
+        const server = yield* Server.make((_, res) =>
+          Server.chunked(res, [
+            Server.sse([
+              {
+                candidates: [
+                  {
+                    content: {
+                      parts: [
+                        { functionCall: { name: "get_weather", args: { city: "Rome" } }, thoughtSignature: "s1g" }
+                      ]
+                    },
+                    finishReason: "STOP"
+                  }
+                ]
+              }
+            ])
+          ])
+        )
+        const p = yield* provider(server)
+        const { exit, parts } = yield* collect(p.stream({ prompt: "weather?", tools: [weather] }))
+        assert.isTrue(Exit.isSuccess(exit))
+        assert.deepStrictEqual(parts[0], {
+          _tag: "ToolCall",
+          call: { id: "call_0", name: "get_weather", arguments: `{"city":"Rome"}`, signature: "s1g" }
+        })
       })
     )
 

@@ -20,7 +20,9 @@ const Part = Schema.Struct({
       // Written again as the call's `arguments`: too deep overflows JSON.stringify; 1e400 (Infinity) it writes as null.
       args: Schema.optional(Schema.Record(Schema.String, Schema.Unknown).check(shallow, finite))
     })
-  )
+  ),
+  // Bounded, as every string of an answer, by maxResponseBytes (maxEventBytes in a stream).
+  thoughtSignature: Schema.optional(Schema.String)
 })
 
 /**
@@ -170,7 +172,11 @@ const contentsOf = (
             return refuse(`the arguments of tool call "${call.id}" are not a JSON object`)
           }
           callNames.set(call.id, call.name)
-          parts.push({ functionCall: { name: call.name, args: args.success } })
+          parts.push(
+            call.signature === undefined
+              ? { functionCall: { name: call.name, args: args.success } }
+              : { functionCall: { name: call.name, args: args.success }, thoughtSignature: call.signature }
+          )
         }
         contents.push({ role: "model", parts: parts.length > 0 ? parts : [{ text: "" }] })
         break
@@ -346,7 +352,13 @@ export const readAnswer = (
   for (const part of candidate?.content?.parts ?? []) {
     if (part.functionCall !== undefined) {
       const call = part.functionCall
-      toolCalls.push({ id: call.id ?? nextId(), name: call.name, arguments: JSON.stringify(call.args ?? {}) })
+      const id = call.id ?? nextId()
+      const args = JSON.stringify(call.args ?? {})
+      toolCalls.push(
+        part.thoughtSignature === undefined
+          ? { id, name: call.name, arguments: args }
+          : { id, name: call.name, arguments: args, signature: part.thoughtSignature }
+      )
     } else if (part.thought !== true && part.text !== undefined) {
       text += part.text
     }
