@@ -302,7 +302,11 @@ export const make: (
               return client.sse(post(path, body, bearer, "text/event-stream"), ctx)
             })
             const step = (event: Sse.Event): Effect.Effect<ReadonlyArray<Model.StreamPart>, ModelError> => {
-              if (event.data.trim() === "[DONE]") return Effect.succeed([state.finish()])
+              if (event.data.trim() === "[DONE]") {
+                return state.noChoiceZero()
+                  ? Effect.fail(Errors.malformed(ctx, "choices", "no choice with index 0"))
+                  : Effect.succeed([state.finish()])
+              }
               if (event.event === "error") {
                 return Effect.fail(Errors.errorFromPayload(Errors.parseJsonOrUndefined(event.data) ?? event.data, ctx))
               }

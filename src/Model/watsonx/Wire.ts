@@ -282,6 +282,12 @@ export interface StreamState {
   readonly generation: (chunk: typeof GenerationAnswer.Type) => ReadonlyArray<Model.StreamPart>
   /** A finish reason arrived: the stream may end here. */
   readonly finished: () => boolean
+  /**
+   * Chat choices came, but none numbered 0: no answer (as `generate` reads it), not an empty one.
+   *
+   * @since 0.3.0
+   */
+  readonly noChoiceZero: () => boolean
   readonly finish: () => Model.StreamPart
 }
 
@@ -295,6 +301,8 @@ export const streamState = (provider: string, model: string, inputEstimate: numb
   let inputTokens: number | undefined
   let outputTokens: number | undefined
   let outputChars = 0
+  let sawChoice = false
+  let sawOther = false
   const delta = (text: string | null | undefined): ReadonlyArray<Model.StreamPart> => {
     if (text === undefined || text === null || text.length === 0) return []
     outputChars += text.length
@@ -307,7 +315,11 @@ export const streamState = (provider: string, model: string, inputEstimate: numb
       outputTokens = tokenCount(chunk.usage?.completion_tokens) ?? outputTokens
       const parts: Array<Model.StreamPart> = []
       for (const choice of chunk.choices) {
-        if ((choice.index ?? 0) !== 0) continue
+        if ((choice.index ?? 0) !== 0) {
+          sawOther = true
+          continue
+        }
+        sawChoice = true
         parts.push(...delta(choice.delta?.content))
         // "" is no reason: a stream cut after it is no answer.
         if (typeof choice.finish_reason === "string" && choice.finish_reason.length > 0) {
@@ -333,6 +345,7 @@ export const streamState = (provider: string, model: string, inputEstimate: numb
       return delta(result.generated_text)
     },
     finished: () => finishReason !== undefined,
+    noChoiceZero: () => sawOther && !sawChoice,
     finish: () => ({
       _tag: "Finish",
       finishReason: finishReasonOf(finishReason),
