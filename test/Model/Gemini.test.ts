@@ -538,7 +538,7 @@ layer(NodeHttpClient.layerUndici)("Gemini over HTTP", (it) => {
 
     it.effect("a thought signature on a function call comes back on the call and is sent back with it, exactly", () =>
       Effect.gen(function* () {
-        const signature = "CiQB0e2Kb+/sig==\u00e9" + "x".repeat(3000)
+        const signature = `CiQB0e2Kb+/sig==\u00e9${"x".repeat(3000)}`
         let turn = 0
         const server = yield* Server.make((_, res) =>
           turn++ === 0

@@ -940,29 +940,29 @@ layer(NodeHttpClient.layerUndici)("WatsonX over HTTP", (it) => {
       })
     )
 
-    it.effect("chat_stream whose choices are never numbered 0 ending in [DONE] is Decode on choices, as generate, not an empty answer", () =>
-      Effect.gen(function* () {
-        const chunk = (content: string, finish: string | null = null) => ({
-          model_id: "m",
-          choices: [{ index: 1, finish_reason: finish, delta: content === "" ? {} : { content } }]
+    it.effect(
+      "chat_stream whose choices are never numbered 0 ending in [DONE] is Decode on choices, as generate, not an empty answer",
+      () =>
+        Effect.gen(function* () {
+          const chunk = (content: string, finish: string | null = null) => ({
+            model_id: "m",
+            choices: [{ index: 1, finish_reason: finish, delta: content === "" ? {} : { content } }]
+          })
+          let done = true
+          const { provider } = yield* makeServer((_, res) =>
+            Server.chunked(res, [`${wsse([chunk("Hi"), chunk("", "stop")])}${done ? "data: [DONE]\n\n" : ""}`])
+          )
+          const p = yield* provider()
+          for (const withDone of [true, false]) {
+            done = withDone
+            const { exit, text } = yield* collect(p.stream({ prompt: "hi" }))
+            const error = modelErrorOf(exit)
+            // Without [DONE] and no finish reason for choice 0, the stream broke off (as OpenAiCompat reads it).
+            assert.strictEqual(error.reason, withDone ? "Decode" : "Transport", `[DONE] ${withDone}: ${error.message}`)
+            if (withDone) assert.strictEqual(error.field, "choices")
+            assert.strictEqual(text, "")
+          }
         })
-        let done = true
-        const { provider } = yield* makeServer((_, res) =>
-          Server.chunked(res, [
-            done ? wsse([chunk("Hi"), chunk("", "stop")]) + "data: [DONE]\n\n" : wsse([chunk("Hi"), chunk("", "stop")])
-          ])
-        )
-        const p = yield* provider()
-        for (const withDone of [true, false]) {
-          done = withDone
-          const { exit, text } = yield* collect(p.stream({ prompt: "hi" }))
-          const error = modelErrorOf(exit)
-          // Without [DONE] and no finish reason for choice 0, the stream broke off (as OpenAiCompat reads it).
-          assert.strictEqual(error.reason, withDone ? "Decode" : "Transport", `[DONE] ${withDone}: ${error.message}`)
-          if (withDone) assert.strictEqual(error.field, "choices")
-          assert.strictEqual(text, "")
-        }
-      })
     )
 
     it.effect("an empty finish_reason or stop_reason is none, so a stream cut after it is Transport", () =>
