@@ -114,6 +114,8 @@ export const finishReasonOf = (reason: string | null | undefined): Model.FinishR
 const withToolCalls = (reason: Model.FinishReason, toolCalls: number): Model.FinishReason =>
   toolCalls > 0 && reason !== "length" && reason !== "content_filter" ? "tool_calls" : reason
 
+const noToolCalls = "the finish reason is tool_calls, but the answer carries no tool call"
+
 /**
  * Texts a request embeds at most: OpenAI pretty-prints ~28 bytes a float, so 256 vectors of
  * 3072 dimensions are ~22 MB, within the default `maxResponseBytes` where 2048 would be ~176 MB.
@@ -245,9 +247,14 @@ export const make = Effect.fnUntraced(function* (given: Options = {}) {
           arguments: call.function.arguments || "{}"
         })
       )
+      const finishReason = finishReasonOf(choice.finish_reason)
+      // A turn that says it ended in tool calls but carries none leaves the caller nothing to run.
+      if (finishReason === "tool_calls" && toolCalls.length === 0) {
+        return yield* Effect.fail(Errors.malformed(ctx, "choices[0].message.tool_calls", noToolCalls))
+      }
       const response: Model.GenerateResponse = {
         text,
-        finishReason: withToolCalls(finishReasonOf(choice.finish_reason), toolCalls.length),
+        finishReason: withToolCalls(finishReason, toolCalls.length),
         usage: Wire.usageOf(answer.usage, Model.estimateInputTokens(valid), Model.estimateTokens(text + refusal)),
         provider: name,
         model: answer.model ?? model,
@@ -277,20 +284,22 @@ export const make = Effect.fnUntraced(function* (given: Options = {}) {
             const finish = Effect.suspend(() =>
               !sawChoice && sawOther
                 ? Effect.fail(Errors.malformed(ctx, "choices", "no choice with index 0"))
-                : Effect.map(
-                    calls.parts(ctx),
-                    (toolParts): ReadonlyArray<Model.StreamPart> => [
-                      ...toolParts,
-                      {
-                        _tag: "Finish",
-                        finishReason: withToolCalls(finishReason ?? "unknown", calls.size()),
-                        usage: Wire.usageOf(usage, Model.estimateInputTokens(valid), Math.ceil(outputChars / 4)),
-                        provider: name,
-                        model: answeredModel ?? model,
-                        ...(refusal.length > 0 ? { refusal } : {})
-                      }
-                    ]
-                  )
+                : finishReason === "tool_calls" && calls.size() === 0
+                  ? Effect.fail(Errors.malformed(ctx, "choices[0].delta.tool_calls", noToolCalls))
+                  : Effect.map(
+                      calls.parts(ctx),
+                      (toolParts): ReadonlyArray<Model.StreamPart> => [
+                        ...toolParts,
+                        {
+                          _tag: "Finish",
+                          finishReason: withToolCalls(finishReason ?? "unknown", calls.size()),
+                          usage: Wire.usageOf(usage, Model.estimateInputTokens(valid), Math.ceil(outputChars / 4)),
+                          provider: name,
+                          model: answeredModel ?? model,
+                          ...(refusal.length > 0 ? { refusal } : {})
+                        }
+                      ]
+                    )
             )
             const step = (event: { readonly event: string; readonly data: string }) => {
               if (event.data.trim() === "[DONE]") return finish

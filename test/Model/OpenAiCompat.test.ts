@@ -1656,3 +1656,36 @@ layer(NodeHttpClient.layerUndici)("OpenAiCompat choices and tool-call indices", 
     })
   )
 })
+
+layer(NodeHttpClient.layerUndici)("OpenAiCompat tool_calls without tool calls", (it) => {
+  it.effect(
+    "finish_reason tool_calls with no tool calls is Decode naming the missing calls (generate and stream)",
+    () =>
+      Effect.gen(function* () {
+        const server = yield* Server.make((req, res) =>
+          bodyOf(req)["stream"] === true
+            ? Server.chunked(res, [Server.sse([chunk("Let me check."), chunk(null, "tool_calls"), "[DONE]"])])
+            : Server.json(
+                res,
+                200,
+                completion("Let me check.", {
+                  choices: [
+                    { index: 0, message: { role: "assistant", content: "Let me check." }, finish_reason: "tool_calls" }
+                  ]
+                })
+              )
+        )
+        const p = yield* provider(server)
+        const error = yield* flipModel(p.generate({ prompt: "x" }))
+        assert.deepStrictEqual([error.reason, error.field], ["Decode", "choices[0].message.tool_calls"])
+        const { exit, parts, text } = yield* collect(p.stream({ prompt: "x" }))
+        const streamed = modelErrorOf(exit)
+        assert.deepStrictEqual([streamed.reason, streamed.field], ["Decode", "choices[0].delta.tool_calls"])
+        assert.strictEqual(text, "Let me check.")
+        assert.notInclude(
+          parts.map((x) => x._tag),
+          "Finish"
+        )
+      })
+  )
+})
