@@ -1689,3 +1689,41 @@ layer(NodeHttpClient.layerUndici)("OpenAiCompat tool_calls without tool calls", 
       })
   )
 })
+
+layer(NodeHttpClient.layerUndici)("OpenAiCompat stream after its finish reason", (it) => {
+  it.effect(
+    "a server that stalls after its finish reason finishes after a short wait for usage, not idle-times out",
+    () =>
+      Effect.gen(function* () {
+        const server = yield* Server.make((_, res) =>
+          Server.chunked(res, [Server.sse([chunk("abcdefgh"), chunk(null, "stop")])], { end: "hang" })
+        )
+        const p = yield* provider(server, { streamIdleTimeout: "20 seconds" })
+        const parts: Array<Model.StreamPart> = []
+        const fiber = yield* p.stream({ prompt: "abcd" }).pipe(
+          Stream.runForEach((part) => Effect.sync(() => parts.push(part))),
+          Effect.exit,
+          Effect.forkChild
+        )
+        while (parts.length < 1) yield* Effect.promise(() => Server.pause(5))
+        // The finish chunk may come in a later read: step the clock, never near the idle deadline.
+        let waited = 0
+        while (fiber.pollUnsafe() === undefined && waited < 10) {
+          yield* Effect.promise(() => Server.pause(20))
+          yield* TestClock.adjust("1 second")
+          waited++
+        }
+        assert.isBelow(waited, 10)
+        const exit = yield* Fiber.join(fiber)
+        assert.isTrue(Exit.isSuccess(exit), Exit.isFailure(exit) ? Cause.pretty(exit.cause) : "")
+        assert.deepStrictEqual(parts.at(-1), {
+          _tag: "Finish",
+          finishReason: "stop",
+          usage: { inputTokens: 1, outputTokens: 2, totalTokens: 3 },
+          provider: "oai",
+          model: "gpt-4o-mini-2024-07-18"
+        })
+        yield* server.awaitAborted(1)
+      })
+  )
+})

@@ -38,6 +38,14 @@ export interface AssembleOptions<C> {
    * gives no `Finish`, the stream fails as ended early.
    */
   readonly onEnd: () => Effect.Effect<ReadonlyArray<Model.StreamPart>, ModelError>
+  /**
+   * The answer is complete but for trailing chunks (a usage chunk, a terminator): once it
+   * says so, the stream waits at most `wait` for the next chunk, then ends as if the body
+   * had ended (`onEnd`). Asked once per read.
+   *
+   * @since 0.3.0
+   */
+  readonly settled?: { readonly done: () => boolean; readonly wait: Duration.Duration } | undefined
 }
 
 /**
@@ -117,13 +125,18 @@ export const assemble = <C>(
         })
         const emit = (out: Array<Model.StreamPart>) =>
           out.length > 0 ? Effect.succeed(out as unknown as Arr.NonEmptyReadonlyArray<Model.StreamPart>) : pull
+        const next = Pull.catchDone(upstream, () => Effect.succeed(undefined))
+        const settled = options.settled
+        const nextSettled =
+          settled === undefined
+            ? next
+            : Effect.timeoutOrElse(next, { duration: settled.wait, orElse: () => Effect.succeed(undefined) })
         const pull: Pull.Pull<Arr.NonEmptyReadonlyArray<Model.StreamPart>, ModelError | TimeoutError> = Effect.suspend(
           () => {
             if (failure !== undefined) return Effect.fail(failure)
             if (finished || ended) return Cause.done()
-            return upstream.pipe(
-              Pull.catchDone(() => Effect.succeed(undefined)),
-              Effect.flatMap((chunks) => Effect.flatMap(chunks === undefined ? end : steps(chunks), emit))
+            return Effect.flatMap(settled?.done() ? nextSettled : next, (chunks) =>
+              Effect.flatMap(chunks === undefined ? end : steps(chunks), emit)
             )
           }
         )
