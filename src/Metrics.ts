@@ -223,7 +223,9 @@ export const outputTokens = Metric.counter("orchestra_output_tokens_total", {
 
 /**
  * Value per state: 0 closed, 1 open, 2 half-open, 3 isolated. Attribute `breaker` (and
- * `breakers`, the layer's `name`, when it has one).
+ * `breakers`, the layer's `name`, when it has one). Only the first 100 keys a layer holds at
+ * once have series (this gauge and their counters); the others have no gauge and count their
+ * transitions and rejections under `breaker="(other)"`.
  *
  * @since 0.1.0
  * @category breakers
@@ -233,7 +235,8 @@ export const breakerState = Metric.gauge("orchestra_breaker_state", {
 })
 
 /**
- * Attributes `breaker`, `from`, `to` (and `breakers` for a named layer).
+ * Attributes `breaker`, `from`, `to` (and `breakers` for a named layer); `breaker` bounded as
+ * in {@link breakerState}.
  *
  * @since 0.1.0
  * @category breakers

@@ -547,7 +547,7 @@ describe("CircuitBreaker.admit (permits, streams)", () => {
 })
 
 describe("CircuitBreaker registry: memory and series (item 17)", () => {
-  it.effect("10,000 keys: one gauge series each, reading the state; evicted when idle; removed on close", () =>
+  it.effect('10,000 keys: the first 100 have series, the others count in breaker="(other)"; evicted when idle', () =>
     Effect.gen(function* () {
       const scope = yield* Scope.make()
       const breakers = yield* CircuitBreaker.makeMemory({
@@ -561,24 +561,28 @@ describe("CircuitBreaker registry: memory and series (item 17)", () => {
         discard: true
       })
       yield* run(breakers, `${prefix}-7`, overloaded)
+      yield* run(breakers, `${prefix}-5000`, overloaded)
+      yield* run(breakers, `${prefix}-6000`, overloaded)
+      yield* expectRejected(breakers, `${prefix}-5000`, "open")
       assert.strictEqual(yield* breakers.size, 10_000)
-      assert.strictEqual((yield* series("orchestra_breaker_state")).length, 10_000)
+      assert.strictEqual((yield* series("orchestra_breaker_state")).length, 100)
       assert.strictEqual(yield* gauge(`${prefix}-7`), 1)
       assert.strictEqual(yield* gauge(`${prefix}-8`), 0)
-      // Idle keys go with their series; the open key stays until it has been idle that long past its open time.
+      assert.strictEqual(yield* transitions(`${prefix}-7`, "closed", "open"), 1)
+      assert.strictEqual(yield* transitions("(other)", "closed", "open"), 2)
+      assert.strictEqual(yield* rejections("(other)"), 1)
+      assert.deepStrictEqual(yield* series("orchestra_breaker_state", `${prefix}-5000`), [])
+      assert.deepStrictEqual(yield* series("orchestra_breaker_state", "(other)"), [], "no gauge of mixed keys")
+      assert.isAtMost((yield* Metric.snapshot).length, 110)
+      // Idle keys go with their series; an evicted key's place goes to the next new key.
       yield* TestClock.adjust("10 minutes")
       assert.deepStrictEqual(
         (yield* series("orchestra_breaker_state")).map((m) => m.attributes?.["breaker"]),
         [`${prefix}-7`]
       )
-      yield* TestClock.adjust("5 minutes")
-      yield* breakers.execute(`${prefix}-9`, ok)
-      yield* TestClock.adjust("5 minutes")
-      assert.deepStrictEqual(
-        (yield* series("orchestra_breaker_state")).map((m) => m.attributes?.["breaker"]),
-        [`${prefix}-9`]
-      )
-      assert.strictEqual(yield* breakers.size, 1)
+      yield* breakers.execute(`${prefix}-new`, ok)
+      assert.strictEqual(yield* gauge(`${prefix}-new`), 0)
+      assert.strictEqual((yield* series("orchestra_breaker_state")).length, 2)
       yield* Scope.close(scope, Exit.void)
       assert.deepStrictEqual(yield* Metric.snapshot, [], "closing the layer removes every series")
     }).pipe(Effect.provideService(Metric.MetricRegistry, new Map()))

@@ -5,7 +5,9 @@
  * Insertion is O(1) (a `Map`, never copied); idle keys go in a sweep every
  * `idleTimeToLive`, and `maxKeys` makes room with a second-chance scan from the oldest key.
  * The gauge and counters are series registered per key (`Metric.registerUnsafe`) whose
- * hooks read the entry, so a call updates plain fields, never a metric.
+ * hooks read the entry, so a call updates plain fields, never a metric. Only
+ * {@link maxKeySeries} held keys have series at once; the others count their transitions and
+ * rejections in one `breaker="(other)"` series and have no gauge.
  *
  * @internal
  */
@@ -25,12 +27,45 @@ import type { Config } from "./options.js"
 export const stateValue: { readonly [S in State]: number } = { closed: 0, open: 1, "half-open": 2, isolated: 3 }
 
 /**
+ * How many held keys of one layer have series of their own (a gauge, a counter per transition
+ * seen, a rejection counter: a few each, ~1,000 series at most). Breakers keyed per HTTP agent
+ * URL or per user would otherwise make that many per key for up to `maxKeys` (10,000) keys. 100
+ * is the HTTP agents' series bound: a service with one agent per URL shows as many of each.
+ * A key evicted gives its place to the next new key.
+ *
+ * @internal
+ */
+export const maxKeySeries = 100
+
+/**
+ * The `breaker` of the series the keys past {@link maxKeySeries} count in.
+ *
+ * @internal
+ */
+export const otherKeys = "(other)"
+
+/**
+ * Where a key's transitions and rejections are counted: its own entry, or the layer's
+ * `"(other)"` counts.
+ *
+ * @internal
+ */
+export interface Counts {
+  readonly key: string
+  rejections: number
+  transitions: Map<string, { count: number }> | undefined
+  readonly series: Array<Metric.Registration>
+}
+
+/**
  * One key.
  *
  * @internal
  */
-export interface Entry {
+export interface Entry extends Counts {
   readonly key: string
+  /** Has series of its own (else counts in the layer's `"(other)"` ones). */
+  readonly own: boolean
   /** Memory backend: bumped by `reset`, which moves the circuit to a fresh store key. */
   epoch: number
   storeKey: string
@@ -60,9 +95,6 @@ export interface Entry {
   lastActivity: number
   /** Used since the last eviction scan passed it (second chance). */
   touched: boolean
-  rejections: number
-  transitions: Map<string, { count: number }> | undefined
-  readonly series: Array<Metric.Registration>
 }
 
 const noop = () => {}
@@ -96,19 +128,23 @@ export const makeRegistry = Effect.fnUntraced(function* (
   // Two layers holding the same key register the same series, and the later replaced the other's:
   // a named layer's series carry its name.
   const layerAttributes = config.name === undefined ? {} : { breakers: config.name }
-  const register = <S>(metric: Metric.Metric<number, S>, entry: Entry, attributes: object, get: () => S) => {
-    const tagged = Metric.withAttributes(metric, { breaker: entry.key, ...layerAttributes, ...attributes })
-    entry.series.push(Metric.registerUnsafe(tagged, context, { get, update: noop, modify: noop }))
+  const register = <S>(metric: Metric.Metric<number, S>, counts: Counts, attributes: object, get: () => S) => {
+    const tagged = Metric.withAttributes(metric, { breaker: counts.key, ...layerAttributes, ...attributes })
+    counts.series.push(Metric.registerUnsafe(tagged, context, { get, update: noop, modify: noop }))
   }
 
-  const removeSeries = (entry: Entry) => {
-    for (const registration of entry.series) registration.remove()
-    entry.series.length = 0
+  const removeSeries = (counts: Counts) => {
+    for (const registration of counts.series) registration.remove()
+    counts.series.length = 0
   }
+
+  const other: Counts = { key: otherKeys, rejections: 0, transitions: undefined, series: [] }
+  let withSeries = 0
 
   const evict = (entry: Entry) => {
     entries.delete(entry.key)
     removeSeries(entry)
+    if (entry.own) withSeries--
   }
 
   // Only a closed key goes: an open or half-open one is closed by its watcher once the store
@@ -146,8 +182,10 @@ export const makeRegistry = Effect.fnUntraced(function* (
       return found
     }
     if (entries.size >= maxKeys) makeRoom()
+    const own = withSeries < maxKeySeries
     const entry: Entry = {
       key,
+      own,
       epoch: 0,
       storeKey: storeKeyOf(key, 0),
       view: "closed",
@@ -165,7 +203,10 @@ export const makeRegistry = Effect.fnUntraced(function* (
       transitions: undefined,
       series: []
     }
-    register(Metrics.breakerState, entry, {}, () => ({ value: stateValue[entry.view] }))
+    if (own) {
+      withSeries++
+      register(Metrics.breakerState, entry, {}, () => ({ value: stateValue[entry.view] }))
+    }
     entries.set(key, entry)
     return entry
   }
@@ -176,13 +217,14 @@ export const makeRegistry = Effect.fnUntraced(function* (
     entry.view = to
     entry.seq++
     const name = `${from}>${to}`
-    entry.transitions ??= new Map()
-    let counter = entry.transitions.get(name)
+    const counts = entry.own ? entry : other
+    counts.transitions ??= new Map()
+    let counter = counts.transitions.get(name)
     if (counter === undefined) {
       const created = { count: 0 }
       counter = created
-      entry.transitions.set(name, created)
-      register(Metrics.breakerTransitions, entry, { from, to }, () => ({ count: created.count, incremental: true }))
+      counts.transitions.set(name, created)
+      register(Metrics.breakerTransitions, counts, { from, to }, () => ({ count: created.count, incremental: true }))
     }
     counter.count++
     PubSub.publishUnsafe(pubsub, [{ key: entry.key, from, to, at: now }])
@@ -239,8 +281,9 @@ export const makeRegistry = Effect.fnUntraced(function* (
     retryAfter?: Duration.Duration,
     store?: string
   ): Effect.Effect<never, CircuitOpenError> => {
-    if (entry.rejections++ === 0) {
-      register(Metrics.breakerRejections, entry, {}, () => ({ count: entry.rejections, incremental: true }))
+    const counts = entry.own ? entry : other
+    if (counts.rejections++ === 0) {
+      register(Metrics.breakerRejections, counts, {}, () => ({ count: counts.rejections, incremental: true }))
     }
     return Effect.fail(new CircuitOpenError({ breaker: entry.key, state, retryAfter, store }))
   }
@@ -282,7 +325,9 @@ export const makeRegistry = Effect.fnUntraced(function* (
     Effect.andThen(
       Effect.sync(() => {
         for (const entry of entries.values()) removeSeries(entry)
+        removeSeries(other)
         entries.clear()
+        withSeries = 0
       }),
       PubSub.end(pubsub, Exit.void)
     )
