@@ -46,6 +46,18 @@ export const pipelineDomain = "pipeline"
 export const agentDomain = "agent"
 
 /**
+ * The `limit`, `agent` (and `provider` of the agents' `Stats` series) and `breaker` of the one
+ * series that the keys past a component's series bound count in together. Reserved, so that it
+ * only ever means those: a rate-limit key of that name in `providers` and an HTTP agent's `name`
+ * of that name are an `OptionError` at that field; a key of that name met at run time (a
+ * rate-limit key under `default`, a breaker key) never has series of its own and counts in it.
+ *
+ * @since 0.3.0
+ * @category attributes
+ */
+export const otherSeries = "(other)"
+
+/**
  * Latency buckets in milliseconds: 0.05 ms to ~14 minutes in steps of 10%, so percentiles
  * read back from a histogram are within ~5% of the true value.
  *

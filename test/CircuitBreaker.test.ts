@@ -588,6 +588,24 @@ describe("CircuitBreaker registry: memory and series (item 17)", () => {
     }).pipe(Effect.provideService(Metric.MetricRegistry, new Map()))
   )
 
+  it.effect('a key named "(other)" has no series of its own: it counts with the keys past the bound', () =>
+    withBreakers({ failMax: 1, resetTimeout: "1 minute" }, (breakers) =>
+      Effect.gen(function* () {
+        yield* breakers.execute("(other)", ok)
+        yield* run(breakers, "(other)", overloaded)
+        assert.strictEqual(yield* breakers.state("(other)"), "open")
+        assert.deepStrictEqual(yield* series("orchestra_breaker_state", "(other)"), [])
+        assert.strictEqual(yield* transitions("(other)", "closed", "open"), 1)
+        // It took no place: 100 more keys all have series.
+        const k = uniqueKey("after-other")
+        yield* Effect.forEach(Array.from({ length: 100 }), (_, i) => breakers.execute(`${k}-${i}`, ok), {
+          discard: true
+        })
+        assert.strictEqual((yield* series("orchestra_breaker_state")).length, 100)
+      })
+    )
+  )
+
   it.effect("maxKeys bounds the registry: closed keys make room, open and isolated ones stay", () =>
     withBreakers({ failMax: 1, resetTimeout: "1 minute", maxKeys: 3 }, (breakers) =>
       Effect.gen(function* () {

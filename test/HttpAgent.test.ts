@@ -395,6 +395,8 @@ describe("HttpAgent.call", () => {
         [task("z", HttpAgent.agent({ url: server.url, timeout: 0 })), "agent.timeout"],
         [task("r", HttpAgent.agent({ url: server.url, retry: { maxAttempts: 0 } })), "agent.retry.maxAttempts"],
         [task("o", HttpAgent.agent({ url: server.url, timout: "1 second" } as never)), "agent.timout"],
+        // The name of the series the agents past the bound share.
+        [task("on", HttpAgent.agent({ url: server.url, name: "(other)" })), "agent.name"],
         [task("o2", HttpAgent.agent({ url: server.url, answr: Schema.String } as never)), "agent.answr"],
         // A string's characters were sent as headers "0", "1", ...; null read as no headers.
         [task("hs", HttpAgent.agent({ url: server.url, headers: "abc" as never })), "agent.headers"],

@@ -461,6 +461,8 @@ describe("RateLimit (memory, TestClock)", () => {
         [{ providers: [{ requestsPerMinute: 1 }] } as never, "providers"],
         [{ default: [] } as never, "default"],
         [{ providers: { p: [] } } as never, "providers.p"],
+        // The name of the series the keys past the bound share: a listed key of that name would share it.
+        [{ providers: { "(other)": { requestsPerMinute: 1 } } }, "providers.(other)"],
         // No options object at all was a defect (a TypeError from Object.keys).
         [null as never, "options"],
         [{ maxwait: 0 } as RateLimit.Options, "maxwait"],

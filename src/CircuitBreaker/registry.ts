@@ -42,7 +42,7 @@ export const maxKeySeries = 100
  *
  * @internal
  */
-export const otherKeys = "(other)"
+export const otherKeys = Metrics.otherSeries
 
 /**
  * Where a key's transitions and rejections are counted: its own entry, or the layer's
@@ -182,7 +182,7 @@ export const makeRegistry = Effect.fnUntraced(function* (
       return found
     }
     if (entries.size >= maxKeys) makeRoom()
-    const own = withSeries < maxKeySeries
+    const own = withSeries < maxKeySeries && key !== otherKeys
     const entry: Entry = {
       key,
       own,

@@ -61,7 +61,7 @@ export const maxUnlistedKeys = 32
  *
  * @internal
  */
-export const otherKeys = "(other)"
+export const otherKeys = Metrics.otherSeries
 
 /**
  * A limiter's metrics by key, each key's looked up once. Registers in `caller`'s metric

@@ -7,6 +7,7 @@
  */
 import { type Duration, Result } from "effect"
 import * as Input from "../Input.js"
+import * as Metrics from "../Metrics.js"
 import type { Limits, Options, ResolvedLimits } from "../RateLimit.js"
 
 const limitFields: ReadonlySet<string> = new Set(["requestsPerMinute", "tokensPerMinute", "window", "algorithm"])
@@ -83,6 +84,12 @@ export const checkOptions = (options: Options, fields: ReadonlySet<string> = opt
   }
   const providers = new Map<string, ResolvedLimits>()
   for (const [key, limits] of Object.entries(options.providers ?? {})) {
+    if (key === Metrics.otherSeries) {
+      return Result.fail({
+        path: `providers.${key}`,
+        message: `reserved: the keys past the series bound count as ${key}`
+      })
+    }
     const checked = checkLimits(limits, `providers.${key}`)
     if (Result.isFailure(checked)) return Result.fail(checked.failure)
     providers.set(key, checked.success)

@@ -11,6 +11,7 @@ import { type Duration, Effect, type Redacted, Result, Schema } from "effect"
 import { ModelError } from "../AiError.js"
 import type { Agent, AgentOptions, Answer, Decoded } from "../HttpAgent.js"
 import * as Input from "../Input.js"
+import * as Metrics from "../Metrics.js"
 import * as Decode from "../Model/http/decode.js"
 import * as Errors from "../Model/http/errors.js"
 import * as Http from "../Model/http/options.js"
@@ -49,12 +50,15 @@ const agentIssue = (
     Input.all([
       checkUrl(options.url),
       // The name is shown in records, errors, metrics and stats: a URL without its query (a token).
-      Result.map(
+      Result.flatMap(
         Http.nonEmpty(
           "name",
           Input.orDefault(options.name, typeof options.url === "string" ? display(options.url) : options.url)
         ),
-        agentName
+        (name) =>
+          name === Metrics.otherSeries
+            ? Result.fail({ path: "name", message: `reserved: the agents past the series bound count as ${name}` })
+            : Result.succeed(agentName(name))
       ),
       Input.optional(options.timeout, (t) => Input.duration("timeout", t)),
       Input.optional(options.retry, (r) => decodeRetry(r, "retry"))

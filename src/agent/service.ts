@@ -16,6 +16,7 @@ import * as Input from "../Input.js"
 import * as Client from "../Model/http/client.js"
 import { decodeRetry } from "../Policy.js"
 import { ResponseCache } from "../ResponseCache.js"
+import * as Metrics from "../Metrics.js"
 import { Stats } from "../Stats.js"
 import { dispatch as runBatch } from "./batch.js"
 import * as Connections from "./connections.js"
@@ -111,7 +112,7 @@ const endpointKey = ({ url, name, timeout }: Endpoint): string | undefined =>
 export const maxAgentSeries = 100
 
 /** The name of the series the agents past {@link maxAgentSeries} count in. */
-export const otherAgents = "(other)"
+export const otherAgents = Metrics.otherSeries
 
 const statuses: ReadonlyArray<Status> = ["success", "error", "timeout", "service_unavailable", "skipped"]
 
@@ -148,7 +149,7 @@ export const makeService = Effect.fnUntraced(function* (given: Options, env: Env
   // The first maxAgentSeries names have series of their own; a name once given one keeps it.
   const ownSeries = new Set<string>()
   const seriesName = (name: string): string => {
-    if (ownSeries.has(name)) return name
+    if (ownSeries.has(name) || name === otherAgents) return name
     if (ownSeries.size >= maxAgentSeries) return otherAgents
     ownSeries.add(name)
     return name
