@@ -1,7 +1,7 @@
 import { inspect } from "node:util"
 import { NodeHttpClient } from "@effect/platform-node"
 import { assert, describe, it } from "@effect/vitest"
-import { Cause, Context, Deferred, Effect, Exit, Fiber, Layer, Metric, Redacted, Schema, Tracer } from "effect"
+import { Cause, Context, Deferred, Effect, Exit, Fiber, Layer, Metric, Redacted, Schema, Scope, Tracer } from "effect"
 import { FetchHttpClient, HttpClient, HttpClientResponse } from "effect/http"
 import { TestClock } from "effect/testing"
 import * as CircuitBreaker from "../src/CircuitBreaker.js"
@@ -1225,6 +1225,26 @@ const echoClient = Layer.succeed(
 )
 
 describe("HttpAgent: metric series and stats per agent name", () => {
+  it.effect("the agent series count every record and leave the registry when the service closes", () =>
+    Effect.gen(function* () {
+      const registry = new Map<string, never>()
+      const scope = yield* Scope.make()
+      const service = yield* agents({ registry, client: echoClient }).pipe(Scope.provide(scope))
+      const url = "http://agents.test/closing"
+      yield* service.call(task("c1", url))
+      yield* service.call(task("c2", url))
+      const agentSeries = Effect.map(Effect.provideService(Metric.snapshot, Metric.MetricRegistry, registry), (all) =>
+        all.filter((m) => m.id === Metrics.agentTasks.id || m.id === Metrics.agentLatency.id)
+      )
+      const tasks = (yield* agentSeries).find((m) => m.id === Metrics.agentTasks.id)
+      assert.deepStrictEqual([tasks?.attributes?.["agent"], tasks?.attributes?.["status"]], [url, "success"])
+      assert.strictEqual((tasks?.state as { count: number } | undefined)?.count, 2)
+      assert.strictEqual((yield* service.stats(url)).tasks, 2)
+      yield* Scope.close(scope, Exit.void)
+      assert.deepStrictEqual(yield* agentSeries, [])
+    })
+  )
+
   it.effect(
     "10,000 agents named by URL do not make 10,000 series: the first 100 names have theirs, the rest one",
     () =>

@@ -12,14 +12,14 @@ import * as Definition from "../pipeline/definition.js"
 import { invalidOption, invalidStep, type PipelineError, show } from "../pipeline/errors.js"
 import { describe, execute } from "../pipeline/scheduler.js"
 import { makeRunner } from "../pipeline/step.js"
+import type { AgentMetrics } from "./metrics.js"
 import { type Call, count, readTask } from "./task.js"
-import type { Context } from "effect"
 
 export interface Env {
   readonly call: Call
   /** The agent and URL of a record for a task that sent nothing (`task.ts`'s `labelOf`). */
   readonly labelOf: (task: Task) => { readonly agent: string; readonly url: string }
-  readonly metrics: Context.Context<never>
+  readonly metrics: AgentMetrics
   /** The name an agent's metric series carry (`task.ts`'s `Env.seriesName`). */
   readonly seriesName: (agent: string) => string
 }

@@ -20,7 +20,8 @@ import * as Metrics from "../Metrics.js"
 import { Stats } from "../Stats.js"
 import { dispatch as runBatch } from "./batch.js"
 import * as Connections from "./connections.js"
-import { agentName, isAgentRef, labelOf as taskLabel, makeCall, noAgent, taskCounter } from "./task.js"
+import * as AgentMetrics from "./metrics.js"
+import { agentName, isAgentRef, labelOf as taskLabel, makeCall, noAgent } from "./task.js"
 
 /** What the service takes from `HttpAgent.ts`. */
 export interface Env {
@@ -145,7 +146,8 @@ export const makeService = Effect.fnUntraced(function* (given: Options, env: Env
     (url) => agent({ url })
   )
   const agentOf = (ref: Agent<unknown> | string): Agent<unknown> => (typeof ref === "string" ? ofUrl(ref) : ref)
-  const metrics = yield* Effect.context<never>()
+  const metrics = AgentMetrics.make(yield* Effect.context<never>())
+  yield* Effect.addFinalizer(() => Effect.sync(metrics.release))
   // The first maxAgentSeries names have series of their own; a name once given one keeps it.
   const ownSeries = new Set<string>()
   const seriesName = (name: string): string => {
@@ -182,7 +184,7 @@ export const makeService = Effect.fnUntraced(function* (given: Options, env: Env
     const counts = {} as Record<Status, number>
     let tasks = 0
     for (const status of statuses) {
-      const n = taskCounter(name, status).valueUnsafe(metrics).count
+      const n = metrics.tasks(name, status)
       counts[status] = n
       tasks += n
     }

@@ -8,14 +8,13 @@
  * @internal
  */
 import { createHash } from "node:crypto"
-import { Cause, Clock, type Context, Duration, Effect, Exit, Metric, Option, Redacted, Result } from "effect"
+import { Cause, Clock, Duration, Effect, Exit, Option, Redacted, Result } from "effect"
 import { HttpClientRequest, UrlParams } from "effect/http"
 import { type AiError, ModelError } from "../AiError.js"
 import type { Service as DiscoveryService, Endpoint } from "../Discovery.js"
 import type { Service as ExecutorService, Step } from "../Executor.js"
-import type { Agent, Decoded, Status, Task, TaskRecord } from "../HttpAgent.js"
+import type { Agent, Decoded, Task, TaskRecord } from "../HttpAgent.js"
 import * as Input from "../Input.js"
-import * as Metrics from "../Metrics.js"
 import type { GenerateResponse } from "../Model.js"
 import type * as Client from "../Model/http/client.js"
 import { checkDependsOn } from "../pipeline/definition.js"
@@ -24,6 +23,7 @@ import type { BreakerGuard, LimitGuard } from "../policy/plan.js"
 import type { RetryPolicy } from "../Policy.js"
 import type { Service as CacheService } from "../ResponseCache.js"
 import type { Connections } from "./connections.js"
+import type { AgentMetrics } from "./metrics.js"
 
 /** What a task needs from the service. */
 export interface Env {
@@ -36,8 +36,8 @@ export interface Env {
   readonly cache: CacheService | undefined
   readonly timeout: Duration.Duration
   readonly retry: RetryPolicy | undefined
-  /** Where the agent metrics are recorded (the service's context). */
-  readonly metrics: Context.Context<never>
+  /** Where the agent metrics are recorded (the service's). */
+  readonly metrics: AgentMetrics
   readonly agentOf: (ref: Agent<unknown> | string) => Agent<unknown>
   readonly fromEndpoint: (endpoint: Endpoint) => Agent<unknown>
   /** `HttpAgent.statsDomain`: the domain the calls are counted under. */
@@ -48,17 +48,8 @@ export interface Env {
 
 export type Call = (task: Task, dependencies: Record<string, unknown> | undefined) => Effect.Effect<TaskRecord>
 
-/** The `orchestra_agent_tasks_total` series of an agent and status. */
-export const taskCounter = (agent: string, status: Status) =>
-  Metric.withAttributes(Metrics.agentTasks, { agent, status })
-
 /** Counts a record under `series` (its agent's series name): its status, and its duration for the tasks that went out. */
-export const count = (record: TaskRecord, series: string, metrics: Context.Context<never>): void => {
-  taskCounter(series, record.status).updateUnsafe(1, metrics)
-  if (record.status !== "skipped") {
-    Metric.withAttributes(Metrics.agentLatency, { agent: series }).updateUnsafe(record.durationMs, metrics)
-  }
-}
+export const count = (record: TaskRecord, series: string, metrics: AgentMetrics): void => metrics.count(record, series)
 
 /**
  * A URL as records and spans show it: without its query string, fragment nor credentials (a
