@@ -6,8 +6,9 @@
  * `effect/persistence`'s `CircuitBreakerStore`: {@link layerMemory} keeps the circuits in
  * this process; `CircuitBreaker/Redis`'s `layerRedis` shares them between processes. Both
  * add what the store lacks: half-open on the clock with no traffic, isolation and reset,
- * timestamped transitions, a state gauge and counters per key, and idle keys evicted with
- * their series. See `docs/circuit-breaker.md`.
+ * timestamped transitions, a state gauge and counters per key (for 100 keys held at once; the
+ * others count together under `breaker="(other)"`), and idle keys evicted with their series.
+ * See `docs/circuit-breaker.md`.
  *
  * ```
  * closed --(failMax consecutive failures, or failureRate over the last rolling.size calls)--> open
