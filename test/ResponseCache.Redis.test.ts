@@ -399,20 +399,33 @@ describe.skipIf(skipRedis)(`ResponseCache.Redis (${skipRedis ? skipReason : "nee
     )
   )
 
+  // An answer `text` computed across `during`: its computation starts, `during` runs while it
+  // waits, then it ends; what its caller got.
+  const computedAcross = <E>(
+    cache: ResponseCache.Service,
+    key: string,
+    text: string,
+    during: Effect.Effect<unknown, E>
+  ) =>
+    Effect.gen(function* () {
+      const gate = yield* Deferred.make<void>()
+      const computing = yield* Effect.forkChild(
+        cache.getOrCompute(key, Effect.as(Deferred.await(gate), response(text)))
+      )
+      yield* Effect.sleep("100 millis")
+      yield* during
+      yield* Deferred.succeed(gate, undefined)
+      return yield* Fiber.join(computing)
+    })
+
   it.live("invalidate while the answer is computed: the answer reaches its caller but is not written back", () =>
     Effect.scoped(
       Effect.gen(function* () {
         const server = yield* startRedis
         const cache = yield* build(server)
         const key = cache.key({ provider: "p", request: { prompt: "q" } })
-        const gate = yield* Deferred.make<void>()
-        const computing = yield* Effect.forkChild(
-          cache.getOrCompute(key, Effect.as(Deferred.await(gate), response("before invalidate")))
-        )
-        yield* Effect.sleep("100 millis")
-        yield* cache.invalidate(key)
-        yield* Deferred.succeed(gate, undefined)
-        assert.strictEqual((yield* Fiber.join(computing)).value.text, "before invalidate")
+        const answered = yield* computedAcross(cache, key, "before invalidate", cache.invalidate(key))
+        assert.strictEqual(answered.value.text, "before invalidate")
         yield* Effect.sleep("200 millis")
         const redis = yield* admin(server)
         assert.deepStrictEqual(yield* redis.send<Array<string>>("KEYS", `${cache.name}:*`), [])
@@ -427,14 +440,8 @@ describe.skipIf(skipRedis)(`ResponseCache.Redis (${skipRedis ? skipReason : "nee
         const server = yield* startRedis
         const cache = yield* build(server)
         const key = cache.key({ provider: "p", request: { prompt: "q" } })
-        const gate = yield* Deferred.make<void>()
-        const computing = yield* Effect.forkChild(
-          cache.getOrCompute(key, Effect.as(Deferred.await(gate), response("computed")))
-        )
-        yield* Effect.sleep("100 millis")
-        yield* cache.setMany([{ key, value: response("set") }])
-        yield* Deferred.succeed(gate, undefined)
-        assert.strictEqual((yield* Fiber.join(computing)).value.text, "computed")
+        const answered = yield* computedAcross(cache, key, "computed", cache.setMany([{ key, value: response("set") }]))
+        assert.strictEqual(answered.value.text, "computed")
         yield* Effect.sleep("200 millis")
         assert.deepStrictEqual(yield* cache.getMany([key]), [Option.some(response("set"))])
       })
