@@ -91,8 +91,6 @@ export const shown = (input: unknown): string => {
   return typeof input
 }
 
-const describe = shown
-
 /**
  * Options of {@link duration}.
  *
@@ -183,14 +181,14 @@ export const duration = (path: string, input: unknown, options: DurationOptions 
     Duration.isFinite(decoded) && Duration.toMillis(decoded) > maxDurationMillis
       ? Result.fail({
           path,
-          message: `expected at most ${maxDurationMillis} ms (${aboutMillis(maxDurationMillis)})${options.allowInfinite ? ", or Infinity for no bound" : ""}, got ${describe(input)}`
+          message: `expected at most ${maxDurationMillis} ms (${aboutMillis(maxDurationMillis)})${options.allowInfinite ? ", or Infinity for no bound" : ""}, got ${shown(input)}`
         })
       : Result.succeed(decoded)
   )
 
 // `duration` but for its bound (`wholeMillis` checks a lower one of its own, naming it).
 const decodeDuration = (path: string, input: unknown, options: DurationOptions): Checked<Duration.Duration> => {
-  const fail = (why: string) => Result.fail({ path, message: `${why}, got ${describe(input)}` })
+  const fail = (why: string) => Result.fail({ path, message: `${why}, got ${shown(input)}` })
   let decoded: Duration.Duration
   if (typeof input === "number") {
     if (Number.isNaN(input)) return fail("expected a duration")
@@ -304,7 +302,7 @@ export const wholeMillis = (
   Result.flatMap(decodeDuration(path, input, options), (d) => {
     const ms = Math.ceil(Duration.toMillis(d))
     return ms > max
-      ? Result.fail({ path, message: `expected at most ${max} ms (${aboutMillis(max)}), got ${describe(input)}` })
+      ? Result.fail({ path, message: `expected at most ${max} ms (${aboutMillis(max)}), got ${shown(input)}` })
       : Result.succeed(ms)
   })
 
@@ -355,7 +353,7 @@ const range = (path: string, input: number, options: RangeOptions): Checked<numb
  */
 export const number = (path: string, input: unknown, options: RangeOptions = {}): Checked<number> => {
   if (typeof input !== "number" || !Number.isFinite(input)) {
-    return Result.fail({ path, message: `expected a finite number, got ${describe(input)}` })
+    return Result.fail({ path, message: `expected a finite number, got ${shown(input)}` })
   }
   return range(path, input, options)
 }
@@ -368,7 +366,7 @@ export const number = (path: string, input: unknown, options: RangeOptions = {})
  */
 export const int = (path: string, input: unknown, options: RangeOptions = {}): Checked<number> => {
   if (typeof input !== "number" || !Number.isInteger(input)) {
-    return Result.fail({ path, message: `expected an integer, got ${describe(input)}` })
+    return Result.fail({ path, message: `expected an integer, got ${shown(input)}` })
   }
   return range(path, input, options)
 }
@@ -399,7 +397,7 @@ export const routePath = (path: string, input: unknown, example: `/${string}`): 
   !input.includes("//") &&
   (input.length === 1 || !input.endsWith("/"))
     ? Result.succeed(input as `/${string}`)
-    : Result.fail({ path, message: `expected a path such as ${JSON.stringify(example)}, got ${describe(input)}` })
+    : Result.fail({ path, message: `expected a path such as ${JSON.stringify(example)}, got ${shown(input)}` })
 
 /**
  * The fields of an options object or item read once, into a plain object without a prototype:
@@ -586,9 +584,7 @@ export const snapshot = <A>(
  * @category checks
  */
 export const notAnObject = (path: string, input: unknown): Issue | undefined =>
-  typeof input === "object" && input !== null
-    ? undefined
-    : { path, message: `expected an object, got ${describe(input)}` }
+  typeof input === "object" && input !== null ? undefined : { path, message: `expected an object, got ${shown(input)}` }
 
 /**
  * The first key of `input` that `known` lacks (a misspelt `timout`), as the issue naming it
@@ -687,7 +683,7 @@ export const notABoolean = (options: object, fields: ReadonlyArray<string>): Iss
   for (const field of fields) {
     const value = (options as Record<string, unknown>)[field]
     if (value !== undefined && typeof value !== "boolean") {
-      return { path: field, message: `expected true or false, got ${describe(value)}` }
+      return { path: field, message: `expected true or false, got ${shown(value)}` }
     }
   }
   return undefined
@@ -710,7 +706,7 @@ export const notOfKind = (
   for (const [field, kind] of fields) {
     const value = (options as Record<string, unknown>)[field]
     if (value !== undefined && (typeof value !== kind || value === null)) {
-      return { path: field, message: `expected ${kindNames[kind]}, got ${describe(value)}` }
+      return { path: field, message: `expected ${kindNames[kind]}, got ${shown(value)}` }
     }
   }
   return undefined
@@ -727,7 +723,7 @@ export const oneOf = <const A extends string>(path: string, input: unknown, valu
     ? Result.succeed(input as A)
     : Result.fail({
         path,
-        message: `expected one of ${values.map((v) => `"${v}"`).join(", ")}, got ${describe(input)}`
+        message: `expected one of ${values.map((v) => `"${v}"`).join(", ")}, got ${shown(input)}`
       })
 
 /**

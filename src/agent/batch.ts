@@ -6,10 +6,11 @@
  *
  * @internal
  */
+import * as Input from "../Input.js"
 import { Effect, Result } from "effect"
 import type { DispatchOptions, Task, TaskRecord } from "../HttpAgent.js"
 import * as Definition from "../pipeline/definition.js"
-import { invalidOption, invalidStep, type PipelineError, show } from "../pipeline/errors.js"
+import { invalidOption, invalidStep, type PipelineError } from "../pipeline/errors.js"
 import { describe, execute } from "../pipeline/scheduler.js"
 import { makeRunner } from "../pipeline/step.js"
 import type { AgentMetrics } from "./metrics.js"
@@ -75,7 +76,7 @@ const stepsOf = (
 const checkOptions = (options: unknown): PipelineError | undefined => {
   if (options === undefined) return undefined
   if (typeof options !== "object" || options === null || Array.isArray(options)) {
-    return invalidOption("options", `expected { concurrency }, got ${show(options)}`)
+    return invalidOption("options", `expected { concurrency }, got ${Input.shown(options)}`)
   }
   const unknown = Object.keys(options).find((key) => key !== "concurrency")
   return unknown === undefined ? undefined : invalidOption(unknown, "unknown option")
@@ -89,7 +90,9 @@ export const dispatch = (
 ): Effect.Effect<ReadonlyArray<TaskRecord>, PipelineError> =>
   Effect.gen(function* () {
     if (!Array.isArray(tasks)) {
-      return yield* Effect.fail(invalidStep("tasks", `expected an array of tasks, got ${show(tasks)}`, undefined))
+      return yield* Effect.fail(
+        invalidStep("tasks", `expected an array of tasks, got ${Input.shown(tasks)}`, undefined)
+      )
     }
     // Read once: what the batch reads of a task (its id, its dependencies, its agent for a skipped
     // record) cannot throw out of it later.

@@ -5,6 +5,7 @@
  *
  * @internal
  */
+import * as Input from "../Input.js"
 import { Effect, Pipeable, Result as R } from "effect"
 import { identity } from "effect/Function"
 import type { Pipeline, PipelineError, RunOptions, StepSpec, TypeId as TypeIdType } from "../Pipeline.js"
@@ -104,7 +105,7 @@ export const fromSteps = <I, A, E, R>(
   Effect.suspend(() => {
     if (!Array.isArray(steps)) {
       return Effect.fail(
-        Errors.invalidStep("steps", `expected an array of steps, got ${Errors.show(steps)}`, undefined)
+        Errors.invalidStep("steps", `expected an array of steps, got ${Input.shown(steps)}`, undefined)
       )
     }
     const defs: Array<Internal.StepDef> = []

@@ -11,7 +11,7 @@
 import { type Duration, type Effect, Graph, Option, Result } from "effect"
 import * as Input from "../Input.js"
 import { decodeRetry, type RetryPolicy } from "../Policy.js"
-import { invalidOption, invalidStep, PipelineError, show } from "./errors.js"
+import { invalidOption, invalidStep, PipelineError } from "./errors.js"
 
 /** What a step's effect receives. */
 export interface Context {
@@ -97,11 +97,11 @@ const fromIssue = (issue: Input.Issue, step: string | undefined, prefix = ""): P
 export const checkDependsOn = (input: unknown): Input.Checked<ReadonlyArray<string>> => {
   if (input === undefined) return Result.succeed([])
   if (!Array.isArray(input)) {
-    return Result.fail({ path: "dependsOn", message: `expected an array of step names, got ${show(input)}` })
+    return Result.fail({ path: "dependsOn", message: `expected an array of step names, got ${Input.shown(input)}` })
   }
   for (const [i, dep] of input.entries()) {
     if (typeof dep !== "string" || dep.length === 0) {
-      return Result.fail({ path: `dependsOn[${i}]`, message: `expected a step name, got ${show(dep)}` })
+      return Result.fail({ path: `dependsOn[${i}]`, message: `expected a step name, got ${Input.shown(dep)}` })
     }
   }
   return Result.succeed(input as ReadonlyArray<string>)
@@ -115,7 +115,7 @@ const nonEmptyString = (
 ): Checked<string | undefined> =>
   input === undefined || (typeof input === "string" && input.length > 0)
     ? Result.succeed(input)
-    : Result.fail(invalidStep(label(at, field), `expected a non-empty string, got ${show(input)}`, step))
+    : Result.fail(invalidStep(label(at, field), `expected a non-empty string, got ${Input.shown(input)}`, step))
 
 const checkFallback = (at: string, input: unknown, step: string | undefined): Checked<FallbackDef | undefined> => {
   if (input === undefined) return Result.succeed(undefined)
@@ -127,7 +127,11 @@ const checkFallback = (at: string, input: unknown, step: string | undefined): Ch
     }
   }
   return Result.fail(
-    invalidStep(label(at, "fallback"), `expected { value } or { step: (context) => Effect }, got ${show(input)}`, step)
+    invalidStep(
+      label(at, "fallback"),
+      `expected { value } or { step: (context) => Effect }, got ${Input.shown(input)}`,
+      step
+    )
   )
 }
 
@@ -153,7 +157,7 @@ const checkRetry = (
     return Result.fail(
       invalidStep(
         label(at, "retry"),
-        `expected true, false or a retry policy such as { maxAttempts: 3 }, got ${show(input)}`,
+        `expected true, false or a retry policy such as { maxAttempts: 3 }, got ${Input.shown(input)}`,
         step
       )
     )
@@ -172,7 +176,7 @@ export const checkPolicies = (
   keys: ReadonlySet<string> = optionKeys
 ): Checked<Policies> => {
   if (input === undefined) input = {}
-  if (!isRecord(input)) return Result.fail(invalidStep(at, `expected an object, got ${show(input)}`, step))
+  if (!isRecord(input)) return Result.fail(invalidStep(at, `expected an object, got ${Input.shown(input)}`, step))
   for (const key of Object.keys(input)) {
     if (!keys.has(key)) return Result.fail(invalidStep(label(at, key), "unknown field", step))
   }
@@ -204,16 +208,18 @@ export const isGoverned = (p: Policies): boolean =>
  */
 export const checkSpec = (spec: unknown, at: string): Checked<StepDef> => {
   if (!isRecord(spec))
-    return Result.fail(invalidStep(at, `expected a step { name, dependsOn, run }, got ${show(spec)}`, undefined))
+    return Result.fail(invalidStep(at, `expected a step { name, dependsOn, run }, got ${Input.shown(spec)}`, undefined))
   const name = spec.name
   if (typeof name !== "string" || name.length === 0) {
-    return Result.fail(invalidStep(label(at, "name"), `expected a non-empty string, got ${show(name)}`, undefined))
+    return Result.fail(
+      invalidStep(label(at, "name"), `expected a non-empty string, got ${Input.shown(name)}`, undefined)
+    )
   }
   const dependsOn = checkDependsOn(spec.dependsOn)
   if (Result.isFailure(dependsOn)) return Result.fail(fromIssue(dependsOn.failure, name, `${at}.`))
   if (typeof spec.run !== "function") {
     return Result.fail(
-      invalidStep(label(at, "run"), `expected a function returning an Effect, got ${show(spec.run)}`, name)
+      invalidStep(label(at, "run"), `expected a function returning an Effect, got ${Input.shown(spec.run)}`, name)
     )
   }
   const run = spec.run as StepDef["run"]
@@ -237,17 +243,17 @@ export const checkRunOptions = (
   isConcurrencyRelated: (failure: Failure) => boolean
 ): Checked<RunSettings> => {
   if (input === undefined) input = {}
-  if (!isRecord(input)) return Result.fail(invalidOption("options", `expected an object, got ${show(input)}`))
+  if (!isRecord(input)) return Result.fail(invalidOption("options", `expected an object, got ${Input.shown(input)}`))
   for (const key of Object.keys(input)) {
     if (!runKeys.has(key)) return Result.fail(invalidOption(key, "unknown option"))
   }
   const mode = Input.orDefault(input.mode, "parallel")
   if (mode !== "parallel" && mode !== "sequential") {
-    return Result.fail(invalidOption("mode", `expected "parallel" or "sequential", got ${show(mode)}`))
+    return Result.fail(invalidOption("mode", `expected "parallel" or "sequential", got ${Input.shown(mode)}`))
   }
   const onFailure = Input.orDefault(input.onFailure, "failFast")
   if (onFailure !== "failFast" && onFailure !== "continue") {
-    return Result.fail(invalidOption("onFailure", `expected "failFast" or "continue", got ${show(onFailure)}`))
+    return Result.fail(invalidOption("onFailure", `expected "failFast" or "continue", got ${Input.shown(onFailure)}`))
   }
   const concurrency = Input.orDefault(input.concurrency, Number.POSITIVE_INFINITY)
   if (
@@ -255,13 +261,19 @@ export const checkRunOptions = (
     !(concurrency === Number.POSITIVE_INFINITY || (Number.isInteger(concurrency) && concurrency >= 1))
   ) {
     return Result.fail(
-      invalidOption("concurrency", `expected a whole number of at least 1 (or Infinity), got ${show(concurrency)}`)
+      invalidOption(
+        "concurrency",
+        `expected a whole number of at least 1 (or Infinity), got ${Input.shown(concurrency)}`
+      )
     )
   }
   const fallback = input.fallbackToSequential
   if (fallback !== undefined && typeof fallback !== "boolean" && typeof fallback !== "function") {
     return Result.fail(
-      invalidOption("fallbackToSequential", `expected a boolean or a predicate over the failure, got ${show(fallback)}`)
+      invalidOption(
+        "fallbackToSequential",
+        `expected a boolean or a predicate over the failure, got ${Input.shown(fallback)}`
+      )
     )
   }
   return Result.succeed({

@@ -4,7 +4,6 @@
  * @internal
  */
 import { Schema } from "effect"
-import * as Input from "../Input.js"
 
 /**
  * Why a pipeline definition or run was refused.
@@ -84,10 +83,3 @@ export const invalidOption = (option: string, message: string): PipelineError =>
     option,
     message: `invalid ${option}: ${message}`
   })
-
-/**
- * A value as it appears in a message: strings quoted, the type of anything else.
- *
- * @internal
- */
-export const show: (input: unknown) => string = Input.shown

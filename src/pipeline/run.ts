@@ -5,6 +5,7 @@
  *
  * @internal
  */
+import * as Input from "../Input.js"
 import { Effect, Result as R } from "effect"
 import { isAiError, isRetryable } from "../AiError.js"
 import { Executor } from "../Executor.js"
@@ -52,7 +53,7 @@ export const run = <I, O, E, R>(
   Effect.gen(function* () {
     if (self.issue !== undefined) return yield* Effect.fail(self.issue)
     if (options !== undefined && (typeof options !== "object" || options === null)) {
-      return yield* Effect.fail(Errors.invalidOption("options", `expected an object, got ${Errors.show(options)}`))
+      return yield* Effect.fail(Errors.invalidOption("options", `expected an object, got ${Input.shown(options)}`))
     }
     const settings = Internal.checkRunOptions(
       options === undefined ? self.defaults : overDefaults(self.defaults, options),
