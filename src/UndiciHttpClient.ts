@@ -176,9 +176,15 @@ class Exchange implements Undici.Dispatcher.DispatchHandler, EventListenerObject
 const interrupted = new globalThis.Error("The request was interrupted")
 const released = new globalThis.Error("The response body was released before it was read")
 
-/** Waits for the exchange to move (a chunk, its end or its failure); interruption aborts it. */
+/**
+ * Waits for the exchange to move (a chunk, its end or its failure); interruption aborts it.
+ * It looks again as it registers: the fiber may have yielded to the event loop between its
+ * reader's look and this wait (every `maxOpsBeforeYield` instructions), and a move that came
+ * then woke nobody.
+ */
 const awaitMove = (exchange: Exchange): Effect.Effect<void> =>
   Effect.callback<void>((resume) => {
+    if (exchange.chunks.length > 0 || exchange.ended || exchange.error !== undefined) return resume(Effect.void)
     const wake = () => resume(Effect.void)
     exchange.waiters.push(wake)
     return Effect.sync(() => {

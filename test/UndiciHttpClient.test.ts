@@ -2,7 +2,7 @@ import { getEventListeners } from "node:events"
 import { Readable } from "node:stream"
 import { NodeHttpClient } from "@effect/platform-node"
 import { assert, describe, it, layer } from "@effect/vitest"
-import { Effect, Exit, Fiber, Layer, Scope, Stream } from "effect"
+import { Effect, Exit, Fiber, Layer, Option, Scheduler, Scope, Stream } from "effect"
 import { HttpBody, HttpClient, HttpClientError, HttpClientRequest, HttpClientResponse } from "effect/http"
 import type * as Undici from "undici"
 import * as UndiciHttpClient from "../src/UndiciHttpClient.js"
@@ -293,6 +293,37 @@ describe("UndiciHttpClient (live)", () => {
         const read = yield* response.arrayBuffer.pipe(Effect.timeout("2 seconds"))
         assert.strictEqual(read.byteLength, size, `a body of ${size} bytes`)
         assert.isTrue(Buffer.from(read).equals(body), `the bytes of a body of ${size} bytes`)
+      }
+    }).pipe(Effect.provide(UndiciHttpClient.layer))
+  )
+
+  it.live("a body whose last bytes come while its reader's fiber has yielded to the scheduler is still read", () =>
+    Effect.gen(function* () {
+      // The reader looks for chunks, then waits: a fiber that yielded between the two (every
+      // `maxOpsBeforeYield` instructions; here every one) let undici deliver the end meanwhile,
+      // which woke nobody, and the read hung (~25% of these reads).
+      let n = 0
+      const server = yield* Server.make((_, res) => {
+        const i = n++
+        res.writeHead(200, { "content-type": "text/plain" })
+        res.write("a")
+        setTimeout(() => {
+          res.write("b")
+          setImmediate(() => res.end("c"))
+        }, i % 3)
+      })
+      const client = yield* HttpClient.HttpClient
+      const read = (text: boolean) =>
+        Effect.scoped(
+          Effect.flatMap(client.get(server.url), (response) =>
+            text ? response.text : Stream.mkString(Stream.decodeText(response.stream))
+          )
+        ).pipe(Effect.timeoutOption("1 second"), Effect.provideService(Scheduler.MaxOpsBeforeYield, 1))
+      for (const text of [true, false]) {
+        const answers = yield* Effect.forEach(Array.from({ length: 100 }), () => read(text))
+        const hung = answers.filter(Option.isNone).length
+        assert.strictEqual(hung, 0, `${hung} of 100 reads (${text ? "text" : "stream"}) hung`)
+        assert.isTrue(answers.every((a) => Option.getOrUndefined(a) === "abc"))
       }
     }).pipe(Effect.provide(UndiciHttpClient.layer))
   )
