@@ -717,4 +717,58 @@ describe("Executor.stream: a consumer interrupted as its stream opens", () => {
       }
     })
   )
+
+  it.effect("a consumer or producer that yields to the scheduler between its look and its wait misses no wake-up", () =>
+    Effect.gen(function* () {
+      // Each upstream chunk comes one scheduler turn after the last: of `size` parts, so that the
+      // producer's read-ahead fills (100) or not (1). With the fibers yielding every 2 or 3
+      // operations, a wake-up sent while the other fiber had yielded between its look and its
+      // wait was lost: the consumer waited for parts already there, or the producer for room the
+      // consumer had already made, and the stream hung.
+      const over = (size: number): Service => ({
+        name: "p",
+        defaultModel: "m",
+        generate: () => Effect.die("unused"),
+        embed: () => Effect.die("unused"),
+        stream: () =>
+          Stream.fromIterable([0, 1, 2, 3, 4]).pipe(
+            Stream.mapEffect((i) =>
+              Effect.as(
+                Effect.yieldNow,
+                i === 4
+                  ? [
+                      {
+                        _tag: "Finish",
+                        finishReason: "stop",
+                        usage: usage(1, 4),
+                        provider: "p",
+                        model: "m"
+                      } as StreamPart
+                    ]
+                  : Array.from({ length: size }, (): StreamPart => ({ _tag: "TextDelta", text: `${i} ` }))
+              )
+            ),
+            Stream.flatMap((parts) => Stream.fromIterable(parts)),
+            Stream.rechunk(size)
+          )
+      })
+      const none = { firstChunkTimeout: "none", idleTimeout: "none", totalTimeout: "none" } as const
+      for (const size of [1, 100]) {
+        for (const ops of [2, 3]) {
+          const parts = yield* withExecutorOver(over(size), (executor) =>
+            Effect.gen(function* () {
+              const fiber = yield* Effect.forkChild(
+                collect(executor.stream(ask, none)).pipe(Effect.provideService(Scheduler.MaxOpsBeforeYield, ops))
+              )
+              for (let i = 0; i < 10_000 && fiber.pollUnsafe() === undefined; i++) yield* Effect.yieldNow
+              assert.isDefined(fiber.pollUnsafe(), `size ${size}, every ${ops} operations: the stream hung`)
+              return yield* Fiber.join(fiber)
+            })
+          )
+          assert.strictEqual(parts.length, 4 * size + 1)
+          assert.strictEqual(parts.at(-1)?._tag, "Finish")
+        }
+      }
+    })
+  )
 })

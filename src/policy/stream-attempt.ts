@@ -200,6 +200,9 @@ export const attemptStarter = (host: AttemptHost) => {
         if (attempt.buffer.length >= PREFETCH) {
           attempt.watch.arm(undefined)
           yield* Effect.callback<void>((resume) => {
+            // Looked at again: the consumer may have taken the buffer while this fiber yielded
+            // to the scheduler between the look above and this wait, and found no one to wake.
+            if (attempt.buffer.length < PREFETCH) return resume(Effect.void)
             attempt.space = () => resume(Effect.void)
             return Effect.sync(() => {
               attempt.space = undefined

@@ -389,6 +389,12 @@ export const make = (env: { readonly engine: Engine; readonly defaults: StreamDe
         return parts.length === 0 ? undefined : (parts as unknown as readonly [StreamPart, ...Array<StreamPart>])
       }
 
+      // Whether `pull` has something to do now (what it looks at before it waits).
+      const moved = (): boolean =>
+        terminal !== undefined ||
+        retryDue ||
+        (current !== undefined && (current.buffer.length > 0 || current.end !== undefined))
+
       const pull: Effect.Effect<readonly [StreamPart, ...Array<StreamPart>], AiError | Cause.Done> = Effect.suspend(
         () => {
           // A cut (total deadline, shutdown) carries the text delivered when it struck: parts
@@ -414,10 +420,14 @@ export const make = (env: { readonly engine: Engine; readonly defaults: StreamDe
       )
       // One wait per chunk on a paced upstream, built once: its register keeps the resume
       // itself and returns no cleanup, so a wait allocates neither a closure nor a finalizer
-      // (a resume called after an interruption is a no-op in effect's callback).
+      // (a resume called after an interruption is a no-op in effect's callback). It looks again
+      // as it registers: the consumer's fiber may have yielded to the scheduler between `pull`'s
+      // look and this wait (every `maxOpsBeforeYield` instructions), and a signal sent then
+      // found no one to wake.
       const waitThenPull = Effect.andThen(
         Effect.callback<void>((resume) => {
-          wake = resume
+          if (moved()) resume(Effect.void)
+          else wake = resume
         }),
         pull
       )
