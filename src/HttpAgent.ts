@@ -172,7 +172,10 @@ export interface Task<A = unknown> {
   readonly dependsOn?: ReadonlyArray<string> | undefined
   /** Per-request timeout; wins over the agent's and the service's. */
   readonly timeout?: Input.DurationInput | undefined
-  /** Key of the last good result kept for `service_unavailable` (default: url + intent + concept + args). */
+  /**
+   * Key of the last good result kept for `service_unavailable` (default: url + intent + concept + args); 1 to
+   * 1,000 characters, as `id`, `intent` and `concept`.
+   */
   readonly cacheKey?: string | undefined
 }
 

@@ -418,6 +418,9 @@ describe("HttpAgent.call", () => {
         [{ ...task("ci", server.url), concept: "x".repeat(1_001) }, "concept"],
         [{ ...task("ce", server.url), concept: "" }, "concept"],
         [{ ...task("ie", server.url), intent: "" }, "intent"],
+        // Part of a cache key kept in memory or on Redis: unbounded, one task could store a key of any size.
+        [task("kl", server.url, { cacheKey: "k".repeat(1_001) }), "cacheKey"],
+        [task("ke", server.url, { cacheKey: "" }), "cacheKey"],
         [{ ...task("", server.url) }, "id"],
         [task("none", undefined), "agent"],
         // Misspelt: the default timeout stood in, the dependency was dropped.

@@ -218,7 +218,7 @@ const taskKeys: ReadonlySet<string> = new Set([
   "cacheKey"
 ])
 
-/** The longest `id`, `intent` or `concept` a task may have. */
+/** The longest `id`, `intent`, `concept` or `cacheKey` a task may have. */
 const maxNameLength = 1_000
 
 const checkTask = (task: Task): Invalid | undefined => {
@@ -243,8 +243,12 @@ const checkTask = (task: Task): Invalid | undefined => {
   for (const [i, ref] of (task.fallback ?? []).entries()) {
     if (!isAgentRef(ref)) return notAgent(`fallback[${i}]`, ref)
   }
-  if (task.cacheKey !== undefined && typeof task.cacheKey !== "string") {
-    return { field: "cacheKey", message: "expected a string" }
+  if (task.cacheKey !== undefined) {
+    if (typeof task.cacheKey !== "string") return { field: "cacheKey", message: "expected a string" }
+    // Kept as part of a cache key in memory or on Redis: as bounded as the names of the default key.
+    if (task.cacheKey.length === 0 || task.cacheKey.length > maxNameLength) {
+      return { field: "cacheKey", message: `expected 1 to ${maxNameLength} characters, got ${task.cacheKey.length}` }
+    }
   }
   // Unused outside a batch, but refused as a batch refuses it (`null` ran a batch task at once).
   const dependsOn = checkDependsOn(task.dependsOn)
