@@ -437,6 +437,44 @@ describe.skipIf(skipRedis)(`CircuitBreaker on Redis${skipRedis ? ` (${skipReason
       })
   )
 
+  it.live("a probe Redis granted after its caller's deadline is given back, not held until probeLease ends", () =>
+    Effect.gen(function* () {
+      const server = yield* startRedis
+      const prefix = `${uniqueKey("p")}:`
+      // The client waits longer than the guard: the answer reaches this process after its caller gave up.
+      const breakersOn = (timeout: Duration.Input) =>
+        Effect.map(
+          Layer.build(
+            CircuitBreaker.layerRedis({
+              prefix,
+              failMax: 1,
+              resetTimeout: "200 millis",
+              probeLease: "1 minute",
+              redis: { timeout, reportAfter: "1 minute" }
+            }).pipe(Layer.provide(Redis.layer({ url: server.url, commandTimeout: "10 seconds" })))
+          ),
+          Context.get(CircuitBreaker.Breakers)
+        )
+      const a = yield* breakersOn("200 millis")
+      const b = yield* breakersOn("5 seconds")
+      const key = uniqueKey("late-probe")
+      yield* Effect.exit(a.execute(key, overloaded))
+      yield* eventually(b.state(key), (state) => state === "half-open", "half-open")
+      yield* server.pause
+      yield* Effect.addFinalizer(() => server.resume)
+      // Its admission is cut by the guard's deadline: the call runs unrecorded (onStoreError "allow").
+      assert.strictEqual(yield* a.execute(key, ok), "ok")
+      // Redis runs the admission now, and grants a probe nobody will run or record.
+      yield* server.resume
+      // Another process's call is the probe (its success closes the circuit) within 10 s, not after a minute.
+      yield* eventually(
+        Effect.andThen(Effect.exit(b.execute(key, ok)), b.state(key)),
+        (state) => state === "closed",
+        "another process's call to be the probe"
+      )
+    }).pipe(Effect.scoped)
+  )
+
   it.live("a hung Redis (SIGSTOP): calls answer after the guard's deadline, never wait on it", () =>
     Effect.gen(function* () {
       const server = yield* startRedis

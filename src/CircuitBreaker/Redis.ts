@@ -6,7 +6,7 @@
  *
  * @since 0.2.0
  */
-import { Context, Duration, Effect, Layer, Predicate, Schedule, Scope } from "effect"
+import { Context, Duration, Effect, Exit, Fiber, Layer, Predicate, Schedule, Scope } from "effect"
 import * as Store from "effect/persistence/CircuitBreaker"
 import * as Redis from "effect/persistence/Redis"
 import type { Options } from "../CircuitBreaker.js"
@@ -29,7 +29,8 @@ export interface RedisOptions extends Options {
   readonly prefix?: string | undefined
   /**
    * The probe holds a lease this long, renewed while it runs: a process that dies while
-   * probing frees the probe after at most this. Default 10 seconds.
+   * probing frees the probe after at most this. Default 10 seconds. A probe granted after its
+   * caller stopped waiting (an answer later than `redis.timeout`) is given back at once.
    */
   readonly probeLease?: Input.DurationInput | undefined
   /**
@@ -111,6 +112,56 @@ export const makeRedis = Effect.fnUntraced(function* (options: RedisOptions = {}
   )
   const store = Context.get(context, Store.CircuitBreakerStore)
   const isolate = redis.eval(isolateScript)
+  const layerScope = yield* Effect.scope
+  const storeAdmit = (key: string, scope: Scope.Scope) =>
+    Scope.provide(store.admit(key), scope).pipe(Effect.catchIf(isRejection, (rejection) => Effect.succeed(rejection)))
+
+  // A probe Redis granted after its caller stopped waiting (the guard's deadline, shorter than the
+  // client's, cut the call whose answer still came) is run and recorded by nobody: it held the probe
+  // slot until probeLease ended, every process refused half-open meanwhile. It is given back (an
+  // "Ignored" record frees the slot), best effort within the guard's deadline, in the layer's scope.
+  // With the client's own deadline the answer never comes late, so the call is made in place.
+  const clientDeadline = yield* SharedRedis.ClientDeadline
+  const lateAnswers = clientDeadline === undefined || clientDeadline > Duration.toMillis(settings.timeout)
+  const giveBack = (key: string, exit: Exit.Exit<Store.Admission | Store.CircuitBreakerError, unknown>) =>
+    Exit.isSuccess(exit) && !(exit.value instanceof Store.CircuitBreakerError) && exit.value.probe
+      ? Effect.ignore(
+          guard.call(
+            "release",
+            store.record({
+              key,
+              generation: exit.value.generation,
+              outcome: "Ignored",
+              tripPolicy: config.tripPolicy,
+              openFor: Duration.zero
+            })
+          )
+        )
+      : Effect.void
+  const admitted = (
+    key: string,
+    scope: Scope.Scope
+  ): Effect.Effect<Store.Admission | Store.CircuitBreakerError, SharedRedis.StoreError> =>
+    lateAnswers
+      ? Effect.suspend(() => {
+          // Forked within the guard: skipped during a reported outage, nothing is sent.
+          let sent: Fiber.Fiber<Store.Admission | Store.CircuitBreakerError, unknown> | undefined
+          const call = Effect.flatMap(Effect.forkIn(storeAdmit(key, scope), layerScope), (fiber) => {
+            sent = fiber
+            return Fiber.join(fiber)
+          })
+          return Effect.onExit(guard.call("admit", call), (exit) =>
+            Exit.isSuccess(exit) || sent === undefined
+              ? Effect.void
+              : Effect.asVoid(
+                  Effect.forkIn(
+                    Effect.flatMap(Fiber.await(sent), (late) => giveBack(key, late)),
+                    layerScope
+                  )
+                )
+          )
+        })
+      : guard.call("admit", storeAdmit(key, scope))
 
   return yield* makeCore(config, {
     shared: true,
@@ -120,18 +171,9 @@ export const makeRedis = Effect.fnUntraced(function* (options: RedisOptions = {}
     storeRetryAfter: settings.probeInterval,
     admit: (key) =>
       Effect.flatMap(Effect.scope, (scope) =>
-        guard
-          .call(
-            "admit",
-            Scope.provide(store.admit(key), scope).pipe(
-              Effect.catchIf(isRejection, (rejection) => Effect.succeed(rejection))
-            )
-          )
-          .pipe(
-            Effect.flatMap((admitted) =>
-              admitted instanceof Store.CircuitBreakerError ? Effect.fail(admitted) : Effect.succeed(admitted)
-            )
-          )
+        Effect.flatMap(admitted(key, scope), (admission) =>
+          admission instanceof Store.CircuitBreakerError ? Effect.fail(admission) : Effect.succeed(admission)
+        )
       ),
     record: (record) => guard.call("record", store.record(record)),
     state: (key) => guard.call("state", store.state(key)),
