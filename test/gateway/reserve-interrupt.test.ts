@@ -153,6 +153,30 @@ describe("KeyStore: a reserve interrupted at any step", () => {
       assert.isAbove(interrupted, 0)
     })
 
+  it.live("memory: one its key's limit refuses gives back what it held, however late it is interrupted", () =>
+    Effect.scoped(
+      Effect.gen(function* () {
+        const limited = { ...definition, id: "limited", rpm: 1 }
+        const store = Context.get(yield* Layer.build(KeyStore.layerMemory({ keys: [limited] })), KeyStore.KeyAdmin)
+        const key = yield* store.authenticate(Redacted.make(secret))
+        // The minute's one request: every reserve after it holds its budget, then is refused by the limit.
+        yield* store.release(yield* store.reserve(key, "m", { inputTokens: 10, maxOutputTokens: 10 }))
+        for (let steps = 0; steps < 5_000; steps++) {
+          const handed: Array<unknown> = []
+          const { exit, ended } = yield* interruptedAfter(
+            store.reserve(key, "m", { inputTokens: 10, maxOutputTokens: 10 }, (held) => handed.push(held)),
+            steps
+          )
+          assert.isTrue(Exit.isFailure(exit))
+          for (const held of handed) yield* store.release(held)
+          const [line] = yield* store.spend("limited")
+          assert.strictEqual(line?.held, 0, `interrupted after ${steps} steps: still held`)
+          if (ended) break
+        }
+      })
+    )
+  )
+
   it.live("memory: what it holds is handed to onHeld as it is made, so the caller gives it back", () =>
     Effect.scoped(
       Effect.flatMap(

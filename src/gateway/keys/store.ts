@@ -474,27 +474,32 @@ export const make = Effect.fnUntraced(function* (
     })
   }
 
+  const uninterruptibleSuspend = (f: () => Effect.Effect<void>): Effect.Effect<void> =>
+    Effect.uninterruptible(Effect.suspend(f))
+
   const finish = (held: Held, actual: ReadonlyArray<number>): Effect.Effect<void> => {
     // Unrecorded (the store failed at reserve): nothing to give back, only usage to record.
     const charges = held.recorded ? held.charges : held.charges.map((charge) => ({ ...charge, amount: 0 }))
     if (!held.recorded && actual.every((amount) => amount === 0)) return Effect.void
     // An unrecorded one holds no lease to tell a second run of it: it is counted once from the start.
-    // Uninterruptible (bounded by the store's deadline): the reservation is closed already, so a settle
-    // cut by its client leaving was never made again, its usage uncharged and its amount held till the lease ended.
-    return Effect.uninterruptible(
-      Effect.matchEffect(backend.settle(held.id, charges, actual, now(), !held.recorded), {
-        // Redis down or slow: recorded when it answers again, not lost (nor its amount held till the lease ends).
-        onFailure: () => settleLater(held.id, held.keyId, charges, actual),
-        onSuccess: (levels) => settled(held.keyId, charges, levels)
-      })
-    )
+    // Run uninterruptibly by `settle` and `release` (bounded by the store's deadline): the reservation is
+    // closed already, so a settle cut by its client leaving was never made again, its usage uncharged
+    // and its amount held till the lease ended.
+    return Effect.matchEffect(backend.settle(held.id, charges, actual, now(), !held.recorded), {
+      // Redis down or slow: recorded when it answers again, not lost (nor its amount held till the lease ends).
+      onFailure: () => settleLater(held.id, held.keyId, charges, actual),
+      onSuccess: (levels) => settled(held.keyId, charges, levels)
+    })
   }
 
+  // Closing a reservation and telling the store are one step: an interruption landing between them (the
+  // store's own release of a reservation its key's limit refused runs in its caller's interruptible
+  // region) left it closed, so the caller's release changed nothing, and held until its lease ended.
   const settle = (
     reservation: unknown,
     usage: { readonly inputTokens: number; readonly outputTokens: number }
   ): Effect.Effect<void> =>
-    Effect.suspend(() => {
+    uninterruptibleSuspend(() => {
       if (!(reservation instanceof Held) || reservation.closed) return Effect.void
       reservation.closed = true
       const inputTokens = count(usage.inputTokens)
@@ -510,7 +515,7 @@ export const make = Effect.fnUntraced(function* (
     })
 
   const release = (reservation: unknown): Effect.Effect<void> =>
-    Effect.suspend(() => {
+    uninterruptibleSuspend(() => {
       if (!(reservation instanceof Held) || reservation.closed) return Effect.void
       reservation.closed = true
       return finish(
