@@ -6,6 +6,7 @@
  * @internal
  */
 import { Clock, Duration, Effect, Redacted, Result, Schedule, Scope } from "effect"
+import { identity } from "effect/Function"
 import type { RateLimiter } from "effect/persistence"
 import type { ModelError } from "../../AiError.js"
 import type * as Gateway from "../../Gateway.js"
@@ -366,8 +367,7 @@ export const make = Effect.fnUntraced(function* (
     model: string,
     inputTokens: number,
     maxOutputTokens: number,
-    taken: { held?: Held | undefined },
-    onHeld: ((reservation: unknown) => void) | undefined
+    onHeld: (reservation: Held) => void
   ): Effect.Effect<unknown, GatewayError> => {
     const at = now()
     const counters = countersFor(record.id, record.team, contextOf(record).budgets, model, at)
@@ -389,13 +389,14 @@ export const make = Effect.fnUntraced(function* (
     const id = `${processId}.${(sequence++).toString(36)}`
     const held = (recorded: boolean) =>
       new Held(id, record.id, model, charges, price, inputTokens, maxOutputTokens, recorded)
-    // Known to `taken` and to the caller as soon as Redis answers, before an interruption pending
-    // since (see `reserve`) ends the fiber, or one landing at any later step.
+    // Handed over (see `reserve`) in the step Redis answers, before an interruption pending since
+    // ends the fiber, or one landing at any later step.
+    let made: Held | undefined
     const reserved = Effect.map(backend.reserve(id, charges, resolved.reservationTtlMs, at), (result) => {
       if (result._tag === "Reserved") {
-        taken.held = held(true)
-        taken.held.renewedAt = at
-        onHeld?.(taken.held)
+        made = held(true)
+        made.renewedAt = at
+        onHeld(made)
       }
       return result
     })
@@ -420,7 +421,7 @@ export const make = Effect.fnUntraced(function* (
           return Effect.fail(exceeded(charge, result.level, at))
         }
         for (let i = 0; i < charges.length; i++) gauge(record.id, charges[i]!.counter, result.levels[i]!)
-        return Effect.succeed(taken.held)
+        return Effect.succeed(made)
       }
     })
   }
@@ -449,13 +450,27 @@ export const make = Effect.fnUntraced(function* (
       )
     }
     return Effect.flatMap(recordOf(key), (record) => {
-      // A caller interrupted once the script held its amounts (a client that left while Redis ran it,
-      // or while its slot waited) never gets the reservation to release: it is released here.
-      const taken: { held?: Held | undefined } = {}
-      const held = hold(record, model, estimate.inputTokens, estimate.maxOutputTokens, taken, onHeld)
-      const givenBackIfInterrupted = Effect.onInterrupt(() =>
-        taken.held === undefined ? Effect.void : release(taken.held)
+      // Who gives back what this reserve holds when it is interrupted (a client that left while Redis
+      // ran it, or while its slot waited), one of two ways by caller:
+      // - with `onHeld` (the gateway), the caller: handed the reservation in the step that makes it, so
+      //   every later step is covered, up to the one where `reserve`'s answer crosses back into the
+      //   caller's interruptible region, which no guard in here can cover (it comes after the guard ends);
+      // - without it (an application calling `reserve` directly), `taken` here: interrupted, such a caller
+      //   never sees the reservation. It covers interruption inside `reserve`, not that last crossing:
+      //   such a caller passes `onHeld`, or runs `reserve` uninterruptibly.
+      let taken: Held | undefined
+      const held = hold(
+        record,
+        model,
+        estimate.inputTokens,
+        estimate.maxOutputTokens,
+        onHeld ??
+          ((made) => {
+            taken = made
+          })
       )
+      const givenBackIfInterrupted =
+        onHeld !== undefined ? identity : Effect.onInterrupt(() => (taken === undefined ? Effect.void : release(taken)))
       if (record.rpm === undefined && record.tpm === undefined) return givenBackIfInterrupted(held)
       // Both at once: one store round trip (and at most one store deadline) rather than two. A
       // reservation made beside a refused slot is given back; a budget refusal says more than a wait.
