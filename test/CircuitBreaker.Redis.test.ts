@@ -506,6 +506,8 @@ describe.skipIf(skipRedis)(`CircuitBreaker on Redis${skipRedis ? ` (${skipReason
           assert.strictEqual((error as OptionError).path, path, error.message)
         })
       yield* refused({ prefix: "" }, "prefix")
+      // Part of every Redis key, sent with every call.
+      yield* refused({ prefix: "p".repeat(101) }, "prefix")
       yield* refused({ onStoreError: "maybe" }, "onStoreError")
       yield* refused({ probeLease: Number.NaN }, "probeLease")
       yield* refused({ redis: { timeout: Number.NaN } }, "redis.timeout")

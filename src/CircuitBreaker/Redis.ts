@@ -24,7 +24,7 @@ import { check, millis } from "./options.js"
 export interface RedisOptions extends Options {
   /**
    * Prefix of the Redis keys (one hash per breaker key). Processes share a circuit when they
-   * use the same Redis, prefix and key. Default `"orchestra:breaker:"`.
+   * use the same Redis, prefix and key. Default `"orchestra:breaker:"`; at most 100 characters.
    */
   readonly prefix?: string | undefined
   /**
@@ -90,8 +90,9 @@ export const makeRedis = Effect.fnUntraced(function* (options: RedisOptions = {}
     })
   }
   const prefix = Input.orDefault(options.prefix, "orchestra:breaker:")
-  if (typeof prefix !== "string" || prefix.length === 0) {
-    return yield* new Input.OptionError({ path: "prefix", message: "invalid prefix: expected a non-empty string" })
+  // Part of every Redis key, sent with every call: bounded as the key store's.
+  if (typeof prefix !== "string" || prefix.length === 0 || prefix.length > 100) {
+    return yield* new Input.OptionError({ path: "prefix", message: "invalid prefix: expected 1 to 100 characters" })
   }
   const onStoreError = Input.orDefault(options.onStoreError, "allow")
   if (onStoreError !== "allow" && onStoreError !== "reject") {
