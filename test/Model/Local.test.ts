@@ -539,6 +539,37 @@ describe("Local provider", () => {
       assertClose(response.vectors[9]!, one.vectors[0]!)
     })
   )
+
+  it.effect(
+    "a tokenizer whose model_max_length is missing or past the model's positions truncates at the positions; a long text does not fail its batch",
+    () =>
+      Effect.gen(function* () {
+        const long = "the quiet river carries stone ".repeat(60)
+        const bundled = yield* build({})
+        const expected = yield* bundled.model.embed({ texts: ["short", long] })
+        // Hub tokenizers often say nothing, or 1e30 (transformers' VERY_LARGE_INTEGER).
+        for (const maxLength of [undefined, 1e30]) {
+          const dir = yield* tempDir("orchestra-maxlength-")
+          yield* Effect.promise(async () => {
+            await cp(path.join(modelPath, "tiny-bert"), path.join(dir, "tiny-bert"), { recursive: true })
+            await cp(path.join(modelPath, "tiny-gpt2"), path.join(dir, "tiny-gpt2"), { recursive: true })
+            const file = path.join(dir, "tiny-bert", "tokenizer_config.json")
+            const config = JSON.parse(await readFile(file, "utf8")) as Record<string, unknown>
+            config.model_max_length = maxLength
+            await writeFile(file, JSON.stringify(config))
+          })
+          const { model } = yield* build({ modelPath: dir })
+          // Two callers in one batch: the long text of one must not fail the other.
+          const [short, longer] = yield* Effect.all(
+            [model.embed({ texts: ["short"] }), model.embed({ texts: [long] })],
+            { concurrency: "unbounded" }
+          )
+          assertClose(short.vectors[0]!, expected.vectors[0]!)
+          assertClose(longer.vectors[0]!, expected.vectors[1]!)
+          assert.strictEqual(longer.usage?.inputTokens, 128, `model_max_length ${maxLength}`)
+        }
+      })
+  )
 })
 
 describe("Local provider: loading", () => {

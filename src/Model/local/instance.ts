@@ -174,6 +174,14 @@ export const makeInstance = ({ lib, modelId, task, tokenizer, model, clock }: In
   const eos = eosIds(model)
   const seq2seq = task === "text2text-generation"
   const context = contextOf(model.config)
+  // Embeddings truncate at the tokenizer's model_max_length, which hub tokenizers often leave
+  // out (transformers.js then truncates to NaN: "Invalid array length") or set to 1e30 (no
+  // bound: the model then reads past its positions inside ONNX); either way one long text
+  // failed its whole batch. They truncate at the model's positions instead.
+  const maxLength = tokenizer.model_max_length
+  if (!(typeof maxLength === "number" && maxLength > 0 && maxLength <= (context ?? maxLength))) {
+    tokenizer.model_max_length = context ?? Number.POSITIVE_INFINITY
+  }
   const decode = (ids: ReadonlyArray<number>) => tokenizer.decode(ids, { skip_special_tokens: true })
   // What a yield to the event loop has been costing this instance (ms, moving average).
   let yieldCost = 0

@@ -33,6 +33,8 @@ export interface TokenizerLike extends PromptTokenizer {
     options?: { readonly padding?: boolean; readonly truncation?: boolean; readonly add_special_tokens?: boolean }
   ): Encoded
   decode(ids: ReadonlyArray<number>, options?: { readonly skip_special_tokens?: boolean }): string
+  /** Where `truncation` cuts (transformers.js reads it on every call). */
+  model_max_length?: number | undefined
 }
 
 interface PretrainedOptions {
