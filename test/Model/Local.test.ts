@@ -625,6 +625,30 @@ describe("Local provider: loading", () => {
     })
   )
 
+  it.effect("two providers with their own modelPath, built at once, each load their own models", () =>
+    Effect.gen(function* () {
+      // transformers.js reads its process-wide env (localModelPath) throughout a load: one
+      // provider's settings must not apply to the other's load in progress.
+      const dir = yield* tempDir("orchestra-other-")
+      yield* Effect.promise(async () => {
+        await cp(path.join(modelPath, "tiny-bert"), path.join(dir, "tiny-bert"), { recursive: true })
+        await cp(path.join(modelPath, "tiny-gpt2"), path.join(dir, "tiny-gpt2"), { recursive: true })
+        await writeFile(path.join(dir, "tiny-gpt2", "onnx", "decoder_model_merged_quantized.onnx"), "not an onnx graph")
+      })
+      const [bundled, broken] = yield* Effect.all(
+        [Effect.exit(build({ poolSize: 2, minInstances: 2 })), Effect.flip(build({ modelPath: dir }))],
+        { concurrency: "unbounded" }
+      )
+      assert.isTrue(Exit.isSuccess(bundled), String(Exit.isFailure(bundled) && bundled.cause))
+      if (Exit.isSuccess(bundled)) {
+        const answer = yield* bundled.value.model.generate({ prompt: "Tell me a story: once", maxTokens: 5 })
+        assert.strictEqual(answer.text, " upon a time")
+      }
+      assert.isTrue(broken._tag === "ModelError" && broken.reason === "Unavailable")
+      assert.include(broken.message, path.join(dir, "tiny-gpt2"))
+    })
+  )
+
   it.effect("a corrupt model file fails when the provider is built, naming the model and the path", () =>
     Effect.gen(function* () {
       const dir = yield* tempDir("orchestra-corrupt-")
@@ -747,6 +771,10 @@ console.log(JSON.stringify({ tag: error._tag, reason: error.reason, message: err
       yield* TestClock.adjust("30 seconds")
       const error = yield* Fiber.join(building)
       assert.isTrue(error._tag === "ModelError" && error.reason === "Timeout" && error.model === "tiny-gpt2")
+      // The abandoned load still waits on the hub: it does not hold back a provider with other settings.
+      const { model } = yield* build({})
+      const answer = yield* model.generate({ prompt: "Tell me a story: once", maxTokens: 5 })
+      assert.strictEqual(answer.text, " upon a time")
     })
   )
 })

@@ -154,6 +154,65 @@ const configure = (lib: Transformers, options: LoadOptions): void => {
   if (options.cacheDir !== undefined) lib.env.cacheDir = options.cacheDir
 }
 
+/** The loads of one transformers.js module: those running share the settings of `key`. */
+interface Settings {
+  key: string
+  running: number
+  readonly waiting: Array<{ readonly key: string; readonly start: () => void }>
+}
+
+// Keyed by the module, as transformers.js keeps its `env`: process-wide state is the only
+// place that sees every provider's loads.
+const settingsOf = new WeakMap<Transformers, Settings>()
+
+/**
+ * Runs `start` (a load, which calls the returned `leave` once it has settled) when the
+ * module's `env` can hold `options`: transformers.js reads it throughout a load (its files
+ * one after the other), so a load with other settings (another provider's modelPath) waits
+ * until the running ones have settled instead of switching them under their feet; loads with
+ * the same settings overlap. Answers a cancel for a load still waiting.
+ */
+const withSettings = (lib: Transformers, options: LoadOptions, start: (leave: () => void) => void): (() => void) => {
+  const key = JSON.stringify([
+    options.modelPath,
+    options.allowRemoteModels,
+    options.remoteHost,
+    options.cacheDir ?? null
+  ])
+  let settings = settingsOf.get(lib)
+  if (settings === undefined) {
+    settings = { key, running: 0, waiting: [] }
+    settingsOf.set(lib, settings)
+  }
+  const s = settings
+  const leave = () => {
+    s.running -= 1
+    if (s.running > 0 || s.waiting.length === 0) return
+    // The longest waiting settings go next, with every load waiting for the same.
+    s.key = s.waiting[0]!.key
+    const next = s.waiting.filter((w) => w.key === s.key)
+    s.waiting.splice(0, s.waiting.length, ...s.waiting.filter((w) => w.key !== s.key))
+    s.running += next.length
+    for (const w of next) w.start()
+  }
+  const run = () => {
+    configure(lib, options)
+    start(leave)
+  }
+  if (s.running === 0 || (s.key === key && s.waiting.length === 0)) {
+    s.key = key
+    s.running += 1
+    run()
+    return () => {}
+  }
+  const entry = { key, start: run }
+  s.waiting.push(entry)
+  return () => {
+    const i = s.waiting.indexOf(entry)
+    if (i >= 0) s.waiting.splice(i, 1)
+  }
+}
+
 const unavailable = (options: LoadOptions, modelId: string, message: string, cause?: unknown): ModelError =>
   new ModelError({
     reason: "Unavailable",
@@ -190,8 +249,6 @@ export const makeLoader =
           )
         )
       }
-      // Settings are process-wide and read during loading: assert ours for this load.
-      configure(lib, options)
       const pretrained: PretrainedOptions = {
         quantized: options.quantized,
         local_files_only: !options.allowRemoteModels,
@@ -202,8 +259,17 @@ export const makeLoader =
         : folder
       return yield* Effect.callback<Instance, ModelError | ShuttingDownError>((resume, interrupted) => {
         let settled = false
+        // Given back once the load has settled or is abandoned: an abandoned load may still wait
+        // (a stalled download) and its result is discarded, so it holds back no other settings.
+        let leaveSettings: (() => void) | undefined
+        const release = () => {
+          const leave = leaveSettings
+          leaveSettings = undefined
+          leave?.()
+        }
         const settle = (effect: Effect.Effect<Instance, ModelError | ShuttingDownError>) => {
           settled = true
+          release()
           halt.removeEventListener("abort", onHalt)
           resume(effect)
         }
@@ -214,29 +280,40 @@ export const makeLoader =
         const abandoned = () => settled || interrupted.aborted
         if (halt.aborted) return onHalt()
         halt.addEventListener("abort", onHalt)
-        loadInstance(lib, modelId, purpose, pretrained, clock, abandoned).then(
-          (loaded) => {
-            if (!abandoned()) return settle(Effect.succeed(loaded.instance))
-            // Nobody will take it: its sessions are released now (a failure to do so has no one to report to).
-            Promise.resolve()
-              .then(loaded.release)
-              .catch(() => undefined)
-          },
-          (cause: unknown) => {
-            if (abandoned()) return
-            settle(
-              Effect.fail(
-                unavailable(
-                  options,
-                  modelId,
-                  `cannot load model "${modelId}" from ${where}: ${Input.thrownMessage(cause)}`,
-                  cause
+        const cancel = withSettings(lib, options, (leave) => {
+          leaveSettings = leave
+          // Stopped by the shutdown while it waited: nothing to load.
+          if (abandoned()) return release()
+          loadInstance(lib, modelId, purpose, pretrained, clock, abandoned)
+            .finally(release)
+            .then(
+              (loaded) => {
+                if (!abandoned()) return settle(Effect.succeed(loaded.instance))
+                // Nobody will take it: its sessions are released now (a failure to do so has no one to report to).
+                Promise.resolve()
+                  .then(loaded.release)
+                  .catch(() => undefined)
+              },
+              (cause: unknown) => {
+                if (abandoned()) return
+                settle(
+                  Effect.fail(
+                    unavailable(
+                      options,
+                      modelId,
+                      `cannot load model "${modelId}" from ${where}: ${Input.thrownMessage(cause)}`,
+                      cause
+                    )
+                  )
                 )
-              )
+              }
             )
-          }
-        )
-        return Effect.sync(() => halt.removeEventListener("abort", onHalt))
+        })
+        return Effect.sync(() => {
+          cancel()
+          release()
+          halt.removeEventListener("abort", onHalt)
+        })
       })
     })
 
