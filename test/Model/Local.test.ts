@@ -649,6 +649,22 @@ describe("Local provider: loading", () => {
     })
   )
 
+  it.effect("a provider without cacheDir does not read the cacheDir another provider set", () =>
+    Effect.gen(function* () {
+      const empty = yield* tempDir("orchestra-empty-")
+      const cache = yield* tempDir("orchestra-cache-")
+      yield* Effect.promise(async () => {
+        await cp(path.join(modelPath, "tiny-bert"), path.join(cache, "tiny-bert"), { recursive: true })
+        await cp(path.join(modelPath, "tiny-gpt2"), path.join(cache, "tiny-gpt2"), { recursive: true })
+      })
+      yield* build({ modelPath: empty, cacheDir: cache })
+      // transformers.js keeps cacheDir process-wide: the first provider's must not become everyone's default.
+      const error = yield* Effect.flip(build({ modelPath: empty }))
+      assert.isTrue(error._tag === "ModelError" && error.reason === "Unavailable", error.message)
+      assert.notInclude(error.message, cache)
+    })
+  )
+
   it.effect("a corrupt model file fails when the provider is built, naming the model and the path", () =>
     Effect.gen(function* () {
       const dir = yield* tempDir("orchestra-corrupt-")

@@ -146,12 +146,12 @@ export interface LoadOptions {
  * transformers.js keeps its settings in one module-level `env` object: they apply to the
  * whole process, not to one provider.
  */
-const configure = (lib: Transformers, options: LoadOptions): void => {
+const configure = (lib: Transformers, options: LoadOptions, defaultCacheDir: string | null): void => {
   lib.env.allowLocalModels = true
   lib.env.allowRemoteModels = options.allowRemoteModels
   lib.env.localModelPath = options.modelPath.endsWith(path.sep) ? options.modelPath : `${options.modelPath}${path.sep}`
   lib.env.remoteHost = options.remoteHost
-  if (options.cacheDir !== undefined) lib.env.cacheDir = options.cacheDir
+  lib.env.cacheDir = options.cacheDir ?? defaultCacheDir
 }
 
 /** The loads of one transformers.js module: those running share the settings of `key`. */
@@ -159,11 +159,22 @@ interface Settings {
   key: string
   running: number
   readonly waiting: Array<{ readonly key: string; readonly start: () => void }>
+  /** The module's own cacheDir, before any provider set one: the cache of a provider without `cacheDir`. */
+  readonly defaultCacheDir: string | null
 }
 
 // Keyed by the module, as transformers.js keeps its `env`: process-wide state is the only
 // place that sees every provider's loads.
 const settingsOf = new WeakMap<Transformers, Settings>()
+
+const settingsFor = (lib: Transformers): Settings => {
+  let settings = settingsOf.get(lib)
+  if (settings === undefined) {
+    settings = { key: "", running: 0, waiting: [], defaultCacheDir: lib.env.cacheDir }
+    settingsOf.set(lib, settings)
+  }
+  return settings
+}
 
 /**
  * Runs `start` (a load, which calls the returned `leave` once it has settled) when the
@@ -179,12 +190,7 @@ const withSettings = (lib: Transformers, options: LoadOptions, start: (leave: ()
     options.remoteHost,
     options.cacheDir ?? null
   ])
-  let settings = settingsOf.get(lib)
-  if (settings === undefined) {
-    settings = { key, running: 0, waiting: [] }
-    settingsOf.set(lib, settings)
-  }
-  const s = settings
+  const s = settingsFor(lib)
   const leave = () => {
     s.running -= 1
     if (s.running > 0 || s.waiting.length === 0) return
@@ -196,7 +202,7 @@ const withSettings = (lib: Transformers, options: LoadOptions, start: (leave: ()
     for (const w of next) w.start()
   }
   const run = () => {
-    configure(lib, options)
+    configure(lib, options, s.defaultCacheDir)
     start(leave)
   }
   if (s.running === 0 || (s.key === key && s.waiting.length === 0)) {
@@ -232,7 +238,7 @@ export const makeLoader =
   (modelId, purpose) =>
     Effect.gen(function* () {
       const folder = path.join(options.modelPath, modelId)
-      const cacheDir = options.cacheDir ?? lib.env.cacheDir ?? undefined
+      const cacheDir = options.cacheDir ?? settingsFor(lib).defaultCacheDir ?? undefined
       if (!options.allowRemoteModels) {
         // Offline, a model is either in modelPath or downloaded earlier into the cache.
         const candidates = [folder, ...(cacheDir === undefined ? [] : [path.join(cacheDir, modelId)])]
