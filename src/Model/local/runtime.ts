@@ -163,15 +163,15 @@ interface Settings {
   readonly defaultCacheDir: string | null
 }
 
-// Keyed by the module, as transformers.js keeps its `env`: process-wide state is the only
-// place that sees every provider's loads.
-const settingsOf = new WeakMap<Transformers, Settings>()
+// Keyed by the module's `env` (what its loads share): process-wide state is the only place
+// that sees every provider's loads.
+const settingsOf = new WeakMap<Transformers["env"], Settings>()
 
 const settingsFor = (lib: Transformers): Settings => {
-  let settings = settingsOf.get(lib)
+  let settings = settingsOf.get(lib.env)
   if (settings === undefined) {
     settings = { key: "", running: 0, waiting: [], defaultCacheDir: lib.env.cacheDir }
-    settingsOf.set(lib, settings)
+    settingsOf.set(lib.env, settings)
   }
   return settings
 }
