@@ -33,7 +33,7 @@ import * as Local from "../../src/Model/Local.js"
 import * as Mock from "../../src/Model/Mock.js"
 import { makeBatcher } from "../../src/Model/local/batcher.js"
 import { makeDetokenizer } from "../../src/Model/local/decoding.js"
-import type { Instance } from "../../src/Model/local/instance.js"
+import { decoderOf, type Instance } from "../../src/Model/local/instance.js"
 import { BUFFERED, type Internals, makeWith } from "../../src/Model/local/provider.js"
 import type { Loader } from "../../src/Model/local/runtime.js"
 
@@ -1416,5 +1416,36 @@ describe("incremental decoding", () => {
         assert.isTrue(deltas.length > 8)
       }
     })
+  )
+
+  it.effect(
+    "with a tokenizer that cleans up spaces (GPT-2's clean_up_tokenization_spaces), the pieces still add up to the whole text",
+    () =>
+      Effect.gen(function* () {
+        const dir = yield* tempDir("orchestra-cleanup-")
+        yield* Effect.promise(async () => {
+          await cp(path.join(modelPath, "tiny-gpt2"), path.join(dir, "tiny-gpt2"), { recursive: true })
+          const file = path.join(dir, "tiny-gpt2", "tokenizer_config.json")
+          const config = JSON.parse(await readFile(file, "utf8")) as Record<string, unknown>
+          config.clean_up_tokenization_spaces = true
+          await writeFile(file, JSON.stringify(config))
+        })
+        env.allowRemoteModels = false
+        env.localModelPath = `${dir}${path.sep}`
+        const tokenizer = yield* Effect.promise(() => AutoTokenizer.from_pretrained("tiny-gpt2"))
+        const decode = decoderOf(tokenizer as never)
+        const promptIds = Array.from(tokenizer("Say:").input_ids.data as BigInt64Array, Number)
+        // Tokens a model may well produce: a space, then punctuation (cleanup would drop that space).
+        const answer = " the river , and . it 's here ! ok"
+        const answerIds = Array.from(tokenizer(answer).input_ids.data as BigInt64Array, Number)
+        const whole = decode(answerIds)
+        assert.strictEqual(whole, answer)
+        for (const window of [1, 16]) {
+          const next = makeDetokenizer(decode, promptIds.length, 5, window)
+          let text = ""
+          for (let i = 1; i <= answerIds.length; i++) text += next([...promptIds, ...answerIds.slice(0, i)])
+          assert.strictEqual(text, whole, `window ${window}`)
+        }
+      })
   )
 })

@@ -161,6 +161,18 @@ const abortable = <A, E>(
     return Effect.promise(() => settled)
   })
 
+/**
+ * The text of generated ids, as the instance decodes them (whole, and piece by piece while
+ * streaming). Without the tokenizer's space clean-up (GPT-2's `clean_up_tokenization_spaces`,
+ * which turns " ," into ","): it rewrites text already decoded when the next token arrives,
+ * so a stream lost the punctuation (" the river  and") and disagreed with `generate`. The
+ * text is what the tokens spell.
+ */
+export const decoderOf =
+  (tokenizer: TokenizerLike) =>
+  (ids: ReadonlyArray<number>): string =>
+    tokenizer.decode(ids, { skip_special_tokens: true, clean_up_tokenization_spaces: false })
+
 export interface InstanceParts {
   readonly lib: Transformers
   readonly modelId: string
@@ -182,7 +194,7 @@ export const makeInstance = ({ lib, modelId, task, tokenizer, model, clock }: In
   if (!(typeof maxLength === "number" && maxLength > 0 && maxLength <= (context ?? maxLength))) {
     tokenizer.model_max_length = context ?? Number.POSITIVE_INFINITY
   }
-  const decode = (ids: ReadonlyArray<number>) => tokenizer.decode(ids, { skip_special_tokens: true })
+  const decode = decoderOf(tokenizer)
   // What a yield to the event loop has been costing this instance (ms, moving average).
   let yieldCost = 0
 

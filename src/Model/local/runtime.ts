@@ -32,7 +32,10 @@ export interface TokenizerLike extends PromptTokenizer {
     text: string | ReadonlyArray<string>,
     options?: { readonly padding?: boolean; readonly truncation?: boolean; readonly add_special_tokens?: boolean }
   ): Encoded
-  decode(ids: ReadonlyArray<number>, options?: { readonly skip_special_tokens?: boolean }): string
+  decode(
+    ids: ReadonlyArray<number>,
+    options?: { readonly skip_special_tokens?: boolean; readonly clean_up_tokenization_spaces?: boolean }
+  ): string
   /** Where `truncation` cuts (transformers.js reads it on every call). */
   model_max_length?: number | undefined
 }
