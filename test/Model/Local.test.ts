@@ -342,6 +342,22 @@ describe("Local provider", () => {
     })
   )
 
+  it.effect("a models field whose getter throws is an OptionError naming it, not a defect", () =>
+    Effect.gen(function* () {
+      const models = {
+        get generation(): ReadonlyArray<string> {
+          throw new Error("not readable")
+        }
+      }
+      const error = yield* Effect.flip(Effect.scoped(Local.make({ models })))
+      assert.strictEqual(error._tag, "OptionError")
+      if (error._tag === "OptionError") {
+        assert.strictEqual(error.path, "models.generation")
+        assert.include(error.message, "not readable")
+      }
+    })
+  )
+
   it.effect(
     "a prompt longer than the model's context is InvalidRequest before the prompt pass; the instance serves on",
     () =>

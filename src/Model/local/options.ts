@@ -128,23 +128,36 @@ const optionKeys: ReadonlySet<string> = new Set(
 )
 const modelsKeys: ReadonlySet<string> = new Set(["generation", "embedding"])
 
-// A misspelt key (`poolsize`) would leave its default in place unseen.
-const unknownKey = (options: ResolvableOptions): Input.Issue | undefined =>
-  Input.unknownKey(options, optionKeys) ??
-  (options.models === undefined
-    ? undefined
-    : (Input.notAnObject("models", options.models) ?? Input.unknownKey(options.models, modelsKeys, "models.")))
+interface Models {
+  readonly generation?: ReadonlyArray<unknown> | undefined
+  readonly embedding?: ReadonlyArray<unknown> | undefined
+}
+
+// Read once: a getter that throws is an issue naming its field, not a defect. A misspelt key
+// (`generaton`) would leave its default in place unseen.
+const readModels = (models: unknown): Input.Checked<Models> => {
+  if (models === undefined) return Result.succeed({})
+  const notObject = Input.notAnObject("models", models)
+  if (notObject !== undefined) return Result.fail(notObject)
+  return Result.flatMap(Input.readFields(models as object, undefined, "models"), (read) => {
+    const unknown = Input.unknownKey(read, modelsKeys, "models.")
+    return unknown === undefined ? Result.succeed(read as Models) : Result.fail(unknown)
+  })
+}
 
 /** Checks every option (an `OptionError` naming the first wrong one) and fills in the defaults. */
 export const resolve = (options: ResolvableOptions): Effect.Effect<Resolved, Input.OptionError> => {
-  const unknown = unknownKey(options)
+  // A misspelt key (`poolsize`) would leave its default in place unseen.
+  const unknown = Input.unknownKey(options, optionKeys)
   if (unknown !== undefined) return Effect.fail(Input.toOptionError(unknown))
+  const models = readModels(options.models)
+  if (Result.isFailure(models)) return Effect.fail(Input.toOptionError(models.failure))
   const checked = Input.all([
     text("name", Input.orDefault(options.name, "local")),
     modelId("generationModel", Input.orDefault(options.generationModel, "tiny-gpt2")),
     modelId("embeddingModel", Input.orDefault(options.embeddingModel, "tiny-bert")),
-    modelIds("models.generation", options.models?.generation),
-    modelIds("models.embedding", options.models?.embedding),
+    modelIds("models.generation", models.success.generation),
+    modelIds("models.embedding", models.success.embedding),
     directory("modelPath", options.modelPath),
     flag("allowRemoteModels", options.allowRemoteModels, false),
     Input.optional(options.cacheDir, (dir) => text("cacheDir", dir)),
