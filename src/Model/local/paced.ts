@@ -49,7 +49,10 @@ export const paced = <A, E>(
           scope,
           { startImmediately: true }
         )
+        // It looks again as it registers: the consumer's fiber may have yielded to the scheduler
+        // between `pull`'s look and this wait, and a part or the end pushed then woke nobody.
         const waitForParts = Effect.callback<void>((resume) => {
+          if (buffer.length > 0 || end !== undefined) return resume(Effect.void)
           wake = () => resume(Effect.void)
           return Effect.sync(() => {
             wake = undefined
