@@ -11,7 +11,7 @@
  *
  * @since 0.1.0
  */
-import { Config, Duration, Effect, Layer, Redacted, Result, Stream } from "effect"
+import { Config, Effect, Layer, Redacted, Result, Stream } from "effect"
 import type { HttpClient } from "effect/http"
 import { HttpClientRequest } from "effect/http"
 import type { AiError } from "../AiError.js"
@@ -113,9 +113,6 @@ export const finishReasonOf = (reason: string | null | undefined): Model.FinishR
 /** Tool calls make the reason `tool_calls` unless the answer was cut or filtered (some servers say `stop`). */
 const withToolCalls = (reason: Model.FinishReason, toolCalls: number): Model.FinishReason =>
   toolCalls > 0 && reason !== "length" && reason !== "content_filter" ? "tool_calls" : reason
-
-/** After the finish reason, the longest wait for the usage chunk (`include_usage`): then usage is estimated. */
-const usageWait = Duration.seconds(2)
 
 const noToolCalls = "the finish reason is tool_calls, but the answer carries no tool call"
 
@@ -268,8 +265,8 @@ export const make = Effect.fnUntraced(function* (given: Options = {}) {
     })
   )
 
-  // Within the idle deadline, so that a short one still ends a settled stream as finished.
-  const settledWait = Duration.min(usageWait, Duration.millis(Duration.toMillis(settings.streamIdleTimeout) / 2))
+  // After the finish reason, the longest wait for the usage chunk (`include_usage`): then usage is estimated.
+  const settledWait = Assemble.settledWait(settings.streamIdleTimeout)
 
   const stream = (request: Model.GenerateRequest): Stream.Stream<Model.StreamPart, AiError> =>
     Client.streamOperation(

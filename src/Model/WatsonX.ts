@@ -287,6 +287,8 @@ export const make: (
       })
     )
 
+    const settledWait = Assemble.settledWait(settings.streamIdleTimeout)
+
     const stream = (request: Model.GenerateRequest): Stream.Stream<Model.StreamPart, AiError> =>
       Client.streamOperation(
         "WatsonX.stream",
@@ -323,7 +325,9 @@ export const make: (
               ctx,
               idleTimeout: settings.streamIdleTimeout,
               step,
-              onEnd: () => Effect.succeed(state.finished() ? [state.finish()] : [])
+              onEnd: () => Effect.succeed(state.finished() ? [state.finish()] : []),
+              // The answer is whole at its finish reason: only a usage event and `[DONE]` may follow.
+              settled: { done: state.finished, wait: settledWait }
             }).pipe(Stream.mapError((error) => scrubbed(error, secrets)))
           })
         )

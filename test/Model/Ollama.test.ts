@@ -421,6 +421,23 @@ layer(NodeHttpClient.layerUndici)("Ollama", (it) => {
       })
     )
 
+    it.effect("a server that stalls after its done line (no close) finishes at once, not at the idle deadline", () =>
+      Effect.gen(function* () {
+        const server = yield* Server.make((_, res) =>
+          Server.chunked(res, [Server.ndjson([chatLine("one ")]), Server.ndjson([final()])], {
+            contentType: "application/x-ndjson",
+            end: "hang"
+          })
+        )
+        const p = yield* provider(server, { streamIdleTimeout: "20 seconds" })
+        const { exit, parts, text } = yield* collect(p.stream({ prompt: "hi" }))
+        assert.isTrue(Exit.isSuccess(exit), Exit.isFailure(exit) ? Cause.pretty(exit.cause) : "")
+        assert.strictEqual(text, "one ")
+        assert.strictEqual(parts.at(-1)?._tag, "Finish")
+        yield* server.awaitAborted(1)
+      })
+    )
+
     it.effect("an endless line and an endless stream end with TooLarge; an SSE or HTML answer is Decode", () =>
       Effect.gen(function* () {
         const server = yield* Server.make((req, res) => {

@@ -1062,6 +1062,52 @@ layer(NodeHttpClient.layerUndici)("WatsonX over HTTP", (it) => {
       })
     )
 
+    it.effect("a server that stalls after its final event (no [DONE], no close) finishes after a short wait", () =>
+      Effect.gen(function* () {
+        const chat = (content: string, finish: string | null) => ({
+          model_id: "m",
+          choices: [{ index: 0, finish_reason: finish, delta: { role: "assistant", content } }]
+        })
+        const { provider, server } = yield* makeServer((req, res) =>
+          Server.chunked(
+            res,
+            [
+              req.path.endsWith("chat_stream")
+                ? wsse([chat("done", null), chat("", "stop")])
+                : wsse([generationEvent("done", "not_finished", 3), generationEvent("", "eos_token", 0, 2)])
+            ],
+            { end: "hang" }
+          )
+        )
+        for (const api of ["chat", "generation"] as const) {
+          const p = yield* provider({ api, streamIdleTimeout: "20 seconds" })
+          const parts: Array<Model.StreamPart> = []
+          const fiber = yield* p.stream({ prompt: "hi" }).pipe(
+            Stream.runForEach((part) => Effect.sync(() => parts.push(part))),
+            Effect.exit,
+            Effect.forkChild
+          )
+          while (parts.length < 1) yield* Effect.promise(() => Server.pause(5))
+          // The final event may come in a later read: step the clock, never near the idle deadline.
+          let waited = 0
+          while (fiber.pollUnsafe() === undefined && waited < 10) {
+            yield* Effect.promise(() => Server.pause(20))
+            yield* TestClock.adjust("1 second")
+            waited++
+          }
+          assert.isBelow(waited, 10, api)
+          const exit = yield* Fiber.join(fiber)
+          assert.isTrue(Exit.isSuccess(exit), Exit.isFailure(exit) ? Cause.pretty(exit.cause) : "")
+          assert.deepStrictEqual(
+            parts.map((part) => (part._tag === "Finish" ? part.finishReason : part._tag)),
+            ["TextDelta", "stop"],
+            api
+          )
+        }
+        yield* server.awaitAborted(2)
+      })
+    )
+
     it.effect("an endless stream is TooLarge at maxResponseBytes", () =>
       Effect.gen(function* () {
         const { provider } = yield* makeServer((_, res) =>

@@ -49,6 +49,18 @@ export interface AssembleOptions<C> {
 }
 
 /**
+ * How long a stream whose answer is whole (its finish reason seen) waits for trailing chunks
+ * (a usage chunk, a terminator) before it ends as finished: 2 seconds, or half the idle
+ * deadline when that is shorter, so that a short deadline still ends a settled stream as finished.
+ * Computed once per provider, for {@link AssembleOptions.settled}.
+ *
+ * @since 0.3.0
+ * @category constructors
+ */
+export const settledWait = (idleTimeout: Duration.Duration): Duration.Duration =>
+  Duration.min(Duration.seconds(2), Duration.millis(Duration.toMillis(idleTimeout) / 2))
+
+/**
  * The `StreamPart`s of a stream of chunks. It ends at the first `Finish` (nothing upstream
  * is read after it, and its connection is released), fails as ended early when no `Finish`
  * comes, and fails with a `TimeoutError` (limit `idle`, the text delivered so far as
