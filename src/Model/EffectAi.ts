@@ -93,6 +93,17 @@ export interface Options {
 export const finishReasonOf: (reason: Response.FinishReason) => Model.FinishReason = Convert.finishReasonOf
 
 /**
+ * The longest tool-call signature (Gemini's thought signature) taken from `effect/ai` parts,
+ * in either direction: a signature travels in a tool-call part's `metadata` (a response) or
+ * `options` (a prompt) as `google.thoughtSignature`, the Google provider packages' key; one
+ * that is no string or longer is refused naming it.
+ *
+ * @since 0.3.0
+ * @category constants
+ */
+export const maxSignatureChars: number = Convert.maxSignatureChars
+
+/**
  * Maps an `effect/ai` `AiError` to our `ModelError` from its reason class and HTTP status:
  * rate limits keep `retryAfter`, quota and credentials are `Unauthorized`, provider
  * failures go by status (500 `Overloaded`, 503 `Unavailable`, 504 `Timeout`), malformed

@@ -1316,3 +1316,107 @@ describe("EffectAi.languageModel: an assistant's tool call JSON cannot write", (
     })
   )
 })
+
+describe("EffectAi: a tool call's signature (Gemini's thought signature) crosses the adapter both ways", () => {
+  const signature = "CiQBcsjafE3z+thought/signature=="
+  const call = { id: "c1", name: "lookup", arguments: '{"city":"Oslo"}', signature }
+  const google = (part: { readonly options?: unknown; readonly metadata?: unknown } | undefined) =>
+    ((part?.options ?? part?.metadata) as Record<string, Record<string, unknown>> | undefined)?.["google"]?.[
+      "thoughtSignature"
+    ]
+
+  it.effect("round trip: a ModelProvider's signed call through languageModel and back keeps it, both turns", () =>
+    Effect.gen(function* () {
+      const { provider, control } = yield* Mock.make({
+        script: [Mock.Outcome.succeed("", { toolCalls: [call] }), Mock.Outcome.succeed("", { toolCalls: [call] })],
+        respond: () => "4 °C"
+      })
+      const back = yield* EffectAi.make({ name: "outer" }).pipe(Effect.provide(EffectAi.layerLanguageModel(provider)))
+      const request: Model.GenerateRequest = { prompt: "weather?", tools: [{ name: "lookup" }] }
+      assert.deepStrictEqual((yield* back.generate(request)).toolCalls, [call])
+      const streamed = (yield* collect(back.stream(request))).parts.find((p) => p._tag === "ToolCall")
+      assert.deepStrictEqual(streamed?._tag === "ToolCall" ? streamed.call : undefined, call)
+      // The next turn sends the signed call back: the inner provider sees the signature.
+      yield* back.generate({
+        messages: [
+          { role: "user", content: "weather?" },
+          { role: "assistant", content: "", toolCalls: [call] },
+          { role: "tool", toolCallId: "c1", content: "4 °C" }
+        ]
+      })
+      const log = yield* control.requests
+      const last = log[log.length - 1]?.request as Model.GenerateRequest
+      assert.deepStrictEqual(last.messages?.[1], { role: "assistant", content: "", toolCalls: [call] })
+    })
+  )
+
+  it.effect("as effect/ai sees it: metadata.google.thoughtSignature on the answer, options on the prompt", () =>
+    Effect.gen(function* () {
+      const weather = { ...call, name: "GetWeather" }
+      const m = yield* modelOver({ script: [Mock.Outcome.succeed("", { toolCalls: [weather] })] })
+      const response = yield* m.run(
+        LanguageModel.generateText({ prompt: "weather?", toolkit: WeatherToolkit, disableToolCallResolution: true })
+      )
+      assert.strictEqual(google(response.content.find((p) => p.type === "tool-call")), signature)
+      const { provider, seen } = yield* providerWith({})
+      yield* provider.generate({
+        messages: [
+          { role: "user", content: "weather?" },
+          { role: "assistant", content: "", toolCalls: [call] },
+          { role: "tool", toolCallId: "c1", content: "4 °C" }
+        ]
+      })
+      const assistant = seen[0]!.options.prompt.content[1]
+      assert.strictEqual(google(assistant?.role === "assistant" ? assistant.content[0] : undefined), signature)
+    })
+  )
+
+  it.effect("a signature that is not a string, or past the bound, is refused naming it (both directions)", () =>
+    Effect.gen(function* () {
+      for (const bad of [42, "x".repeat(EffectAi.maxSignatureChars + 1)]) {
+        const part = {
+          type: "tool-call",
+          id: "call_1",
+          name: "lookup",
+          params: {},
+          metadata: { google: { thoughtSignature: bad } }
+        } as Response.StreamPartEncoded
+        const { provider } = yield* providerWith({
+          generate: Effect.succeed([part as Response.PartEncoded, finish("tool-calls")]),
+          stream: Stream.make(part, finish("tool-calls"))
+        })
+        const request: Model.GenerateRequest = { prompt: "x", tools: [{ name: "lookup" }] }
+        const generated = (yield* Effect.flip(provider.generate(request))) as ModelError
+        assert.deepStrictEqual([generated.reason, generated.field], ["Decode", "toolCalls[0].signature"])
+        const streamed = failureOf((yield* collect(provider.stream(request))).exit) as ModelError
+        assert.deepStrictEqual([streamed.reason, streamed.field], ["Decode", "toolCalls[0].signature"])
+        const m = yield* modelOver({ respond: () => "ok" })
+        const exit = yield* Effect.exit(
+          m.run(
+            LanguageModel.generateText({
+              prompt: [
+                { role: "user", content: "weather?" },
+                {
+                  role: "assistant",
+                  content: [
+                    {
+                      type: "tool-call",
+                      id: "c1",
+                      name: "lookup",
+                      params: {},
+                      options: { google: { thoughtSignature: bad } }
+                    }
+                  ]
+                }
+              ]
+            })
+          )
+        )
+        const error = failureOf(exit)
+        assert.strictEqual(error.reason._tag, "InvalidRequestError")
+        assert.include(error.reason._tag === "InvalidRequestError" ? error.reason.description : "", "signature")
+        assert.strictEqual(yield* m.control.calls, 0)
+      }
+    })
+  )
+})

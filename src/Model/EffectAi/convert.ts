@@ -108,6 +108,43 @@ export const argumentsText = (params: unknown): Result.Result<string, string> =>
 const unsupported = (parameter: string, description: string): Ai.AiErrorReason =>
   new Ai.InvalidRequestError({ parameter, description })
 
+/**
+ * The longest tool-call signature taken from `effect/ai` (Gemini's thought signatures are a
+ * few kilobytes of base64): a bound on what one part may carry into the next request.
+ *
+ * @internal
+ */
+export const maxSignatureChars = 65_536
+
+/**
+ * A tool call's signature where `effect/ai` keeps it: the provider metadata of a response's
+ * tool-call part, which `Prompt.fromResponseParts` turns into the options of the prompt's
+ * part, under `google.thoughtSignature` as the Google provider packages read and write it.
+ *
+ * @internal
+ */
+export const signatureSlot = (signature: string): { readonly google: { readonly thoughtSignature: string } } => ({
+  google: { thoughtSignature: signature }
+})
+
+/**
+ * The signature in a tool-call part's options or metadata: `undefined` when there is none,
+ * what is wrong with it when it is no string or longer than {@link maxSignatureChars}.
+ *
+ * @internal
+ */
+export const signatureOf = (slot: unknown): Result.Result<string | undefined, string> => {
+  if (typeof slot !== "object" || slot === null) return Result.succeed(undefined)
+  const google: unknown = (slot as Record<string, unknown>)["google"]
+  if (typeof google !== "object" || google === null) return Result.succeed(undefined)
+  const signature: unknown = (google as Record<string, unknown>)["thoughtSignature"]
+  if (signature === undefined || signature === null) return Result.succeed(undefined)
+  if (typeof signature !== "string") return Result.fail(`expected a string, got ${typeof signature}`)
+  return signature.length > maxSignatureChars
+    ? Result.fail(`${signature.length} characters, over the limit of ${maxSignatureChars}`)
+    : Result.succeed(signature)
+}
+
 /** @internal */
 export const parseArguments = (text: string): Result.Result<unknown, string> => {
   try {
@@ -153,7 +190,8 @@ export const toPrompt = (
               id: call.id,
               name: call.name,
               params: params.success,
-              providerExecuted: false
+              providerExecuted: false,
+              ...(call.signature === undefined ? {} : { options: signatureSlot(call.signature) })
             })
           )
         }
@@ -237,7 +275,18 @@ const toMessages = (prompt: Prompt.Prompt): Result.Result<Array<Model.Message>, 
                 unsupported("prompt", `the params of tool call ${part.id} (${part.name}) are not JSON: ${args.failure}`)
               )
             }
-            toolCalls.push({ id: part.id, name: part.name, arguments: args.success })
+            const signature = signatureOf(part.options)
+            if (Result.isFailure(signature)) {
+              return Result.fail(
+                unsupported("prompt", `the signature of tool call ${part.id} (${part.name}): ${signature.failure}`)
+              )
+            }
+            toolCalls.push({
+              id: part.id,
+              name: part.name,
+              arguments: args.success,
+              ...(signature.success === undefined ? {} : { signature: signature.success })
+            })
           } else if (part.type === "tool-result" && !part.providerExecuted) {
             const content = resultText(part)
             if (Result.isFailure(content)) return Result.fail(content.failure)
@@ -373,6 +422,16 @@ export const refusalCollector = () => {
   }
 }
 
+/**
+ * Our tool call as an `effect/ai` tool-call part, its signature in the part's metadata.
+ *
+ * @internal
+ */
+export const toolCallPart = (call: Model.ToolCall, params: unknown): Response.ToolCallPartEncoded =>
+  call.signature === undefined
+    ? { type: "tool-call", id: call.id, name: call.name, params }
+    : { type: "tool-call", id: call.id, name: call.name, params, metadata: signatureSlot(call.signature) }
+
 /** @internal */
 export const partsOf = (
   response: Model.GenerateResponse
@@ -388,7 +447,7 @@ export const partsOf = (
         new Ai.InvalidOutputError({ description: `tool call ${call.id} (${call.name}): arguments are not JSON` })
       )
     }
-    parts.push({ type: "tool-call", id: call.id, name: call.name, params: params.success })
+    parts.push(toolCallPart(call, params.success))
   }
   parts.push({ type: "finish", reason: finishOf(response.finishReason), usage: usageEncoded(response.usage) })
   return Result.succeed(parts)

@@ -22,6 +22,7 @@ import {
   finishReasonOf,
   nonEmpty,
   refusalCollector,
+  signatureOf,
   toolkitOf,
   toPrompt,
   usageOf,
@@ -191,18 +192,41 @@ export const make = Effect.fnUntraced(function* (given: Options = {}) {
     })
 
   // A hand-made LanguageModel service need not check its parts as LanguageModel.make does.
-  const callArguments = (params: unknown, index: number, ctx: CallContext): Result.Result<string, ModelError> =>
-    Result.mapError(
-      argumentsText(params),
-      (why) =>
-        new ModelError({
-          reason: "Decode",
-          field: `toolCalls[${index}].arguments`,
-          message: `${ctx.provider}: the arguments of a tool call are not JSON (${why})`,
-          provider: ctx.provider,
-          model: ctx.model
-        })
+  const decodeError = (ctx: CallContext, field: string, message: string) =>
+    new ModelError({
+      reason: "Decode",
+      field,
+      message: `${ctx.provider}: ${message}`,
+      provider: ctx.provider,
+      model: ctx.model
+    })
+
+  /** A tool-call part as our call: its params as JSON text, its signature from the part's metadata. */
+  const toolCallOf = (
+    part: { readonly id: string; readonly name: string; readonly params: unknown; readonly metadata?: unknown },
+    index: number,
+    ctx: CallContext
+  ): Result.Result<Model.ToolCall, ModelError> => {
+    const args = argumentsText(part.params)
+    if (Result.isFailure(args)) {
+      return Result.fail(
+        decodeError(ctx, `toolCalls[${index}].arguments`, `the arguments of a tool call are not JSON (${args.failure})`)
+      )
+    }
+    const signature = signatureOf(part.metadata)
+    if (Result.isFailure(signature)) {
+      return Result.fail(
+        decodeError(ctx, `toolCalls[${index}].signature`, `the signature of a tool call: ${signature.failure}`)
+      )
+    }
+    return Result.succeed(
+      signature.success === undefined
+        ? { id: part.id, name: part.name, arguments: args.success }
+        : { id: part.id, name: part.name, arguments: args.success, signature: signature.success }
     )
+  }
+
+  const callChars = (call: Model.ToolCall): number => call.arguments.length + (call.signature?.length ?? 0)
 
   const generate = Client.operation(
     "EffectAi.generate",
@@ -234,11 +258,11 @@ export const make = Effect.fnUntraced(function* (given: Options = {}) {
         if (chars > maxOutputChars) return yield* tooLarge(ctx)
         if (part.type === "response-metadata" && part.modelId !== undefined) answered = part.modelId
         if (part.type === "tool-call" && !part.providerExecuted) {
-          const args = callArguments(part.params, toolCalls.length, ctx)
-          if (Result.isFailure(args)) return yield* args.failure
-          chars += args.success.length
+          const call = toolCallOf(part, toolCalls.length, ctx)
+          if (Result.isFailure(call)) return yield* call.failure
+          chars += callChars(call.success)
           if (chars > maxOutputChars) return yield* tooLarge(ctx)
-          toolCalls.push({ id: part.id, name: part.name, arguments: args.success })
+          toolCalls.push(call.success)
         }
       }
       const refusal = refusals.value()
@@ -297,14 +321,12 @@ export const make = Effect.fnUntraced(function* (given: Options = {}) {
                   return Effect.succeed([{ _tag: "TextDelta", text: part.delta }])
                 case "tool-call": {
                   if (part.providerExecuted) return Effect.succeed([])
-                  const args = callArguments(part.params, calls, ctx)
-                  if (Result.isFailure(args)) return Effect.fail(args.failure)
+                  const call = toolCallOf(part, calls, ctx)
+                  if (Result.isFailure(call)) return Effect.fail(call.failure)
                   calls++
-                  chars += args.success.length
+                  chars += callChars(call.success)
                   if (chars > maxOutputChars) return Effect.fail(tooLarge(ctx))
-                  return Effect.succeed([
-                    { _tag: "ToolCall", call: { id: part.id, name: part.name, arguments: args.success } }
-                  ])
+                  return Effect.succeed([{ _tag: "ToolCall", call: call.success }])
                 }
                 case "response-metadata":
                   if (part.modelId !== undefined) answered = part.modelId

@@ -11,7 +11,16 @@ import { ModelError } from "../../AiError.js"
 import * as Input from "../../Input.js"
 import * as Model from "../../Model.js"
 import type { EmbeddingTarget, GenerationSettings, LanguageModelOptions, Target } from "../EffectAi.js"
-import { finishOf, metadataOf, nonEmpty, parseArguments, partsOf, requestOf, usageEncoded } from "./convert.js"
+import {
+  finishOf,
+  metadataOf,
+  nonEmpty,
+  parseArguments,
+  partsOf,
+  requestOf,
+  toolCallPart,
+  usageEncoded
+} from "./convert.js"
 import { MODULE, toAiError } from "./errors.js"
 
 /**
@@ -189,10 +198,7 @@ export const languageModel = Effect.fnUntraced(function* (target: Target, given:
                     })
                   )
                 }
-                return Effect.succeed([
-                  ...close(),
-                  { type: "tool-call", id: part.call.id, name: part.call.name, params: params.success }
-                ])
+                return Effect.succeed([...close(), toolCallPart(part.call, params.success)])
               }
               case "Finish":
                 annotateResponse(providerOptions.span, part)
