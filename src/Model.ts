@@ -241,7 +241,14 @@ export const ChunkDeadline = Context.Reference<number | undefined>("effect-orche
  * @category models
  */
 export interface RequestLimits {
-  /** Characters of prompt, system prompt and messages together. Default 1,000,000. */
+  /**
+   * Characters of everything a generation request sends, together: the system prompt, the
+   * prompt or every message's content (tool results included), each tool call's id, name,
+   * arguments and signature, each tool's name, description and parameters (as JSON text), and
+   * a JSON response schema (as JSON text). Over it, the request is refused naming `prompt` or
+   * `messages`, else `tools` or `responseFormat`, whichever took it over. For an embedding
+   * request, the characters of its texts. Default 1,000,000.
+   */
   readonly maxInputChars: number
   /** Messages in a conversation. Default 1,000. */
   readonly maxMessages: number

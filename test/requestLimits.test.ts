@@ -4,6 +4,7 @@
  */
 import { assert, describe, it } from "@effect/vitest"
 import { Effect } from "effect"
+import * as Model from "../src/Model.js"
 import { setup } from "./utils/executor.js"
 
 describe("requestLimits", () => {
@@ -69,5 +70,59 @@ describe("requestLimits", () => {
         assert.strictEqual(error._tag === "OptionError" && error.path, "stream", String(stream))
       }
     }).pipe(Effect.scoped)
+  )
+})
+
+describe("maxInputChars counts every character a request sends", () => {
+  const limits = { maxInputChars: 100, maxMessages: 10, maxEmbedTexts: 10 }
+  const fieldOf = (request: Model.GenerateRequest) =>
+    Effect.map(Effect.flip(Model.validateGenerate(request, limits)), (error) => [error.reason, error.field])
+  const big = "x".repeat(200)
+
+  it.effect("tool-call arguments, signatures and results, tool definitions and a response schema", () =>
+    Effect.gen(function* () {
+      const call = (extra: Partial<Model.ToolCall>) => ({ id: "c1", name: "lookup", arguments: "{}", ...extra })
+      const conversation = (calls: ReadonlyArray<Model.ToolCall>, result = "ok"): Model.GenerateRequest => ({
+        messages: [
+          { role: "user", content: "weather?" },
+          { role: "assistant", content: "", toolCalls: calls },
+          { role: "tool", toolCallId: "c1", content: result }
+        ]
+      })
+      assert.deepStrictEqual(yield* fieldOf(conversation([call({ arguments: JSON.stringify({ city: big }) })])), [
+        "InvalidRequest",
+        "messages"
+      ])
+      assert.deepStrictEqual(yield* fieldOf(conversation([call({ signature: big })])), ["InvalidRequest", "messages"])
+      assert.deepStrictEqual(yield* fieldOf(conversation([call({ name: big })])), ["InvalidRequest", "messages"])
+      assert.deepStrictEqual(yield* fieldOf(conversation([call({})], big)), ["InvalidRequest", "messages"])
+      assert.deepStrictEqual(yield* fieldOf({ prompt: "x", tools: [{ name: "lookup", description: big }] }), [
+        "InvalidRequest",
+        "tools"
+      ])
+      assert.deepStrictEqual(
+        yield* fieldOf({ prompt: "x", tools: [{ name: "lookup", parameters: { type: "object", description: big } }] }),
+        ["InvalidRequest", "tools"]
+      )
+      assert.deepStrictEqual(
+        yield* fieldOf({
+          prompt: "x",
+          responseFormat: { type: "json_schema", name: "answer", schema: { type: "object", description: big } }
+        }),
+        ["InvalidRequest", "responseFormat"]
+      )
+      // Under the bound, the same shapes pass.
+      yield* Model.validateGenerate(conversation([call({ arguments: '{"city":"Oslo"}', signature: "sig" })]), limits)
+      yield* Model.validateGenerate({ prompt: "x", tools: [{ name: "lookup", description: "d" }] }, limits)
+    })
+  )
+
+  it.effect("tool parameters JSON cannot write (a BigInt) are refused naming them, not a defect", () =>
+    Effect.gen(function* () {
+      assert.deepStrictEqual(yield* fieldOf({ prompt: "x", tools: [{ name: "lookup", parameters: { n: 1n } }] }), [
+        "InvalidRequest",
+        "tools[0].parameters"
+      ])
+    })
   )
 })

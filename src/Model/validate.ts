@@ -169,16 +169,45 @@ export const checkGenerate = (
     for (const message of messages) {
       chars += message.content.length
       if (message.content.trim().length > 0 || message.toolCalls !== undefined) anyContent = true
+      if (message.toolCalls !== undefined) {
+        for (const call of message.toolCalls) {
+          chars += call.id.length + call.name.length + call.arguments.length + (call.signature?.length ?? 0)
+        }
+      }
     }
     if (!anyContent) return invalid("messages", "every message is empty")
   }
-  if (chars > limits.maxInputChars) {
-    return invalid(
-      request.prompt !== undefined ? "prompt" : "messages",
-      `the input has ${chars} characters, over the limit of ${limits.maxInputChars}`
-    )
+  if (chars > limits.maxInputChars)
+    return overLimit(request.prompt !== undefined ? "prompt" : "messages", chars, limits)
+  if (request.tools !== undefined) {
+    for (let i = 0; i < request.tools.length; i++) {
+      const tool = request.tools[i]!
+      const parameters = jsonChars(tool.parameters)
+      if (parameters === undefined) return invalid(`tools[${i}].parameters`, "not JSON (JSON.stringify fails on it)")
+      chars += tool.name.length + (tool.description?.length ?? 0) + parameters
+    }
+    if (chars > limits.maxInputChars) return overLimit("tools", chars, limits)
+  }
+  if (request.responseFormat?.type === "json_schema") {
+    const schema = jsonChars(request.responseFormat.schema)
+    if (schema === undefined) return invalid("responseFormat.schema", "not JSON (JSON.stringify fails on it)")
+    chars += schema
+    if (chars > limits.maxInputChars) return overLimit("responseFormat", chars, limits)
   }
   return undefined
+}
+
+const overLimit = (field: string, chars: number, limits: RequestLimits) =>
+  invalid(field, `the input has ${chars} characters, over the limit of ${limits.maxInputChars}`)
+
+/** The characters of a value as JSON text (`undefined` when JSON cannot write it); depth was checked before. */
+const jsonChars = (value: unknown): number | undefined => {
+  if (value === undefined) return 0
+  try {
+    return JSON.stringify(value)?.length ?? 0
+  } catch {
+    return undefined
+  }
 }
 
 export const validateEmbed = (
