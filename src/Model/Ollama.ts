@@ -63,6 +63,13 @@ export interface Options extends Http.Options {
    * is then scrubbed from errors and shown redacted when middleware logs a request.
    */
   readonly headers?: Http.HeadersOption | undefined
+  /**
+   * Bounds on requests (`maxInputChars`, `maxMessages`, `maxEmbedTexts`, positive integers),
+   * checked before any call. Default `Model.defaultRequestLimits`.
+   *
+   * @since 0.3.0
+   */
+  readonly requestLimits?: Partial<Model.RequestLimits> | undefined
 }
 
 /**
@@ -124,7 +131,8 @@ const optionKeys = Http.knownKeys<Options>({
   keepAlive: true,
   apiKey: true,
   name: true,
-  headers: true
+  headers: true,
+  requestLimits: true
 })
 
 const checkOptions = (options: Options) =>
@@ -141,7 +149,8 @@ const checkOptions = (options: Options) =>
       ? Result.succeed(undefined)
       : Result.fail({ path: "apiKey", message: "expected a Redacted value (Redacted.make(key) or Config.Redacted)" }),
     Http.headerOption("apiKey", "authorization", options.apiKey),
-    Input.optional(options.embeddingDimensions, (d) => Input.positiveInt("embeddingDimensions", d))
+    Input.optional(options.embeddingDimensions, (d) => Input.positiveInt("embeddingDimensions", d)),
+    Model.requestLimits(options.requestLimits)
   ])
 
 /**
@@ -155,7 +164,7 @@ export const make = Effect.fnUntraced(function* (given: Options = {}) {
   yield* Input.orOptionError(optionKeys(given))
   // Read once: a getter that throws is an OptionError naming its field, not a defect out of the layer.
   const options = (yield* Input.orOptionError(Input.readFields(given))) as Options
-  const [settings, host, name, defaultModel, embeddingModel, api, keepAlive, headerSet, , , dimensions] =
+  const [settings, host, name, defaultModel, embeddingModel, api, keepAlive, headerSet, , , dimensions, limits] =
     yield* Input.orOptionError(checkOptions(options))
   const client = yield* Client.make(settings, options.transformClient, headerSet.secretNames)
   const apiKey = options.apiKey
@@ -174,7 +183,7 @@ export const make = Effect.fnUntraced(function* (given: Options = {}) {
   const ctxOf = (model: string): Errors.CallContext => ({ provider: name, model, secrets, notFoundField: "model" })
 
   const prepare = (request: Model.GenerateRequest, stream: boolean) =>
-    Effect.flatMap(Model.validateGenerate(request), (valid) => {
+    Effect.flatMap(Model.validateGenerate(request, limits), (valid) => {
       const model = valid.model ?? defaultModel
       const viaGenerate =
         api === "generate" && valid.prompt !== undefined && (valid.tools === undefined || valid.tools.length === 0)
@@ -254,7 +263,7 @@ export const make = Effect.fnUntraced(function* (given: Options = {}) {
   const embed = Client.operation(
     "Ollama.embed",
     Effect.fnUntraced(function* (request: Model.EmbedRequest) {
-      const valid = yield* Model.validateEmbed(request)
+      const valid = yield* Model.validateEmbed(request, limits)
       const model = valid.model ?? embeddingModel
       yield* Effect.annotateCurrentSpan(Client.spanAttributes(name, "embeddings", model))
       const ctx = ctxOf(model)

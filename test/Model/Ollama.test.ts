@@ -566,6 +566,34 @@ layer(NodeHttpClient.layerUndici)("Ollama", (it) => {
   })
 
   describe("embed", () => {
+    it.effect(
+      "requestLimits are the user's: 3000 texts embed under a raised maxEmbedTexts, a lowered bound refuses",
+      () =>
+        Effect.gen(function* () {
+          const server = yield* Server.make((req, res) => {
+            const input = bodyOf(req)["input"] as ReadonlyArray<string>
+            return Server.json(res, 200, { model: "m", embeddings: input.map((text) => [Number(text), 0]) })
+          })
+          const texts = Array.from({ length: 3000 }, (_, i) => String(i)) as unknown as readonly [
+            string,
+            ...Array<string>
+          ]
+          const roomy = yield* provider(server, { requestLimits: { maxEmbedTexts: 5000 } })
+          const answer = yield* roomy.embed({ texts })
+          assert.deepStrictEqual(
+            answer.vectors.map((v) => v[0]),
+            texts.map(Number)
+          )
+          const strict = yield* provider(server, { requestLimits: { maxInputChars: 10, maxMessages: 1 } })
+          const long = yield* flipModel(strict.generate({ prompt: "x".repeat(11) }))
+          assert.deepStrictEqual([long.reason, long.field], ["InvalidRequest", "prompt"])
+          const stream = modelErrorOf((yield* collect(strict.stream({ prompt: "x".repeat(11) }))).exit)
+          assert.deepStrictEqual([stream.reason, stream.field], ["InvalidRequest", "prompt"])
+          const bad = yield* Effect.flip(provider(server, { requestLimits: { maxEmbedTexts: 0 } }))
+          assert.strictEqual(bad.path, "requestLimits.maxEmbedTexts")
+        })
+    )
+
     it.effect("/api/embed with every text in one call", () =>
       Effect.gen(function* () {
         const server = yield* Server.make((_, res) =>
