@@ -1280,3 +1280,22 @@ layer(NodeHttpClient.layerUndici)("WatsonX over HTTP", (it) => {
     )
   })
 })
+
+describe("WatsonX interruption (live)", () => {
+  it.live("a call or a stream the caller stops closes its connection", () =>
+    Effect.gen(function* () {
+      const { provider, server } = yield* makeServer((req, res) =>
+        req.path.endsWith("generation_stream")
+          ? Server.chunked(res, [wsse([generationEvent("half", "not_finished", 3)])], { end: "hang" })
+          : Server.hang(res)
+      )
+      const p = yield* provider({ api: "generation" })
+      const result = yield* Effect.result(Effect.timeout(p.generate({ prompt: "hi" }), "150 millis"))
+      assert.isTrue(result._tag === "Failure" && Cause.isTimeoutError(result.failure))
+      yield* server.awaitAborted(1).pipe(Effect.timeout("5 seconds"))
+      const first = yield* p.stream({ prompt: "hi" }).pipe(Stream.take(1), Stream.runCollect)
+      assert.strictEqual(first[0]?._tag, "TextDelta")
+      yield* server.awaitAborted(2).pipe(Effect.timeout("5 seconds"))
+    }).pipe(Effect.provide(NodeHttpClient.layerUndici))
+  )
+})
