@@ -76,12 +76,19 @@ export interface Options {
   /** Longest wait for a stream's next part, the first one included. Default 60 seconds. */
   readonly streamIdleTimeout?: Input.DurationInput | undefined
   /**
-   * Characters of answer text, refusals and tool-call arguments (as JSON text) accepted from one
-   * call (`TooLarge` past it). Default 1,000,000.
+   * Characters of answer text, refusals and tool calls' arguments (as JSON text) and signatures
+   * accepted from one call (`TooLarge` past it). Default 1,000,000.
    */
   readonly maxOutputChars?: number | undefined
   /** Calls the provider serves at once, declared on the service. Default: unbounded. */
   readonly maxConcurrency?: number | undefined
+  /**
+   * Bounds on requests (`maxInputChars`, `maxMessages`, `maxEmbedTexts`, positive integers),
+   * checked before any call. Default `Model.defaultRequestLimits`.
+   *
+   * @since 0.3.0
+   */
+  readonly requestLimits?: Partial<Model.RequestLimits> | undefined
 }
 
 /**

@@ -543,6 +543,32 @@ describe("EffectAi.make (effect/ai LanguageModel as a ModelProvider)", () => {
       })
     )
 
+    it.effect("requestLimits are the user's: a long conversation and 3000 texts pass a raised bound", () =>
+      Effect.gen(function* () {
+        const { layer } = yield* scripted({})
+        const embeddings = yield* EmbeddingModel.make({
+          embedMany: ({ inputs }) =>
+            Effect.succeed({ results: inputs.map((_, i) => [i, 1]), usage: { inputTokens: 1 } })
+        })
+        const both = Layer.merge(layer, Layer.succeed(EmbeddingModel.EmbeddingModel, embeddings))
+        const texts = Array.from({ length: 3000 }, (_, i) => `t${i}`) as unknown as readonly [string, ...Array<string>]
+        const messages = Array.from({ length: 1500 }, (_, i) => ({
+          role: i % 2 === 0 ? ("user" as const) : ("assistant" as const),
+          content: `m${i}`
+        }))
+        const roomy = yield* EffectAi.make({ requestLimits: { maxEmbedTexts: 5000, maxMessages: 2000 } }).pipe(
+          Effect.provide(both)
+        )
+        assert.lengthOf((yield* roomy.embed({ texts })).vectors, 3000)
+        assert.strictEqual((yield* roomy.generate({ messages })).text, "Hello there")
+        const strict = yield* EffectAi.make({ requestLimits: { maxInputChars: 10 } }).pipe(Effect.provide(both))
+        const long = (yield* Effect.flip(strict.generate({ prompt: "x".repeat(11) }))) as ModelError
+        assert.deepStrictEqual([long.reason, long.field], ["InvalidRequest", "prompt"])
+        const bad = yield* Effect.flip(EffectAi.make({ requestLimits: { maxMessages: 0 } }).pipe(Effect.provide(both)))
+        assert.strictEqual(bad.path, "requestLimits.maxMessages")
+      })
+    )
+
     it.effect("a negative or fractional input token count of the EmbeddingModel is estimated, as in generate", () =>
       Effect.gen(function* () {
         const { layer } = yield* scripted({})

@@ -46,7 +46,8 @@ const OPTIONS = new Set([
   "timeout",
   "streamIdleTimeout",
   "maxOutputChars",
-  "maxConcurrency"
+  "maxConcurrency",
+  "requestLimits"
 ])
 
 // A misspelt option (`streamIdelTimeout`) would otherwise leave its default in place unseen.
@@ -106,10 +107,12 @@ export const make = Effect.fnUntraced(function* (given: Options = {}) {
             Option.getOrElse(modelName, () => "unknown")
           )
         )
-      )
+      ),
+      Model.requestLimits(options.requestLimits)
     ])
   )
-  const [, timeout, streamIdleTimeout, maxOutputChars, maxConcurrency, name, defaultModel, embeddingModel] = checked
+  const [, timeout, streamIdleTimeout, maxOutputChars, maxConcurrency, name, defaultModel, embeddingModel, limits] =
+    checked
   const servedKnown = options.model !== undefined || Option.isSome(modelName)
   const isModelName = (model: string) => Option.isSome(modelName) && model === modelName.value
 
@@ -137,7 +140,7 @@ export const make = Effect.fnUntraced(function* (given: Options = {}) {
   /** What every call needs: the prompt, the toolkit, the added services, and the model to report. */
   const prepare = (request: Model.GenerateRequest) =>
     Effect.gen(function* () {
-      const valid = yield* Model.validateGenerate(request)
+      const valid = yield* Model.validateGenerate(request, limits)
       if (options.context === undefined) {
         // The model is not sent: whatever the LanguageModel serves answers, so a request for another
         // (or for any, when which one is unknown) was answered by it and reported as the one asked for.
@@ -368,7 +371,7 @@ export const make = Effect.fnUntraced(function* (given: Options = {}) {
   const embed = Client.operation(
     "EffectAi.embed",
     Effect.fnUntraced(function* (request: Model.EmbedRequest) {
-      const valid = yield* Model.validateEmbed(request)
+      const valid = yield* Model.validateEmbed(request, limits)
       const ctx = { provider: name, model: embeddingModel }
       // The EmbeddingModel in context serves one model: vectors of another are not comparable,
       // so a request for it is refused rather than answered under the name asked for.
