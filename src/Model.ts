@@ -243,11 +243,12 @@ export const ChunkDeadline = Context.Reference<number | undefined>("effect-orche
 export interface RequestLimits {
   /**
    * Characters of everything a generation request sends, together: the system prompt, the
-   * prompt or every message's content (tool results included), each tool call's id, name,
-   * arguments and signature, each tool's name, description and parameters (as JSON text), and
-   * a JSON response schema (as JSON text). Over it, the request is refused naming `prompt` or
-   * `messages`, else `tools` or `responseFormat`, whichever took it over. For an embedding
-   * request, the characters of its texts. Default 1,000,000.
+   * prompt or every message's content (tool results and their `toolCallId` included), each
+   * tool call's id, name, arguments and signature, each tool's name, description and parameters
+   * (as JSON text), a JSON response schema (its name, and the schema as JSON text) and the stop
+   * sequences. Over it, the request is refused naming `prompt` or `messages`, else `tools`,
+   * `responseFormat` or `stop`, whichever took it over. For an embedding request, the
+   * characters of its texts. Default 1,000,000.
    */
   readonly maxInputChars: number
   /** Messages in a conversation. Default 1,000. */

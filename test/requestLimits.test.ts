@@ -79,7 +79,7 @@ describe("maxInputChars counts every character a request sends", () => {
     Effect.map(Effect.flip(Model.validateGenerate(request, limits)), (error) => [error.reason, error.field])
   const big = "x".repeat(200)
 
-  it.effect("tool-call arguments, signatures and results, tool definitions and a response schema", () =>
+  it.effect("tool calls, tool results, tool definitions, a response schema and stop sequences", () =>
     Effect.gen(function* () {
       const call = (extra: Partial<Model.ToolCall>) => ({ id: "c1", name: "lookup", arguments: "{}", ...extra })
       const conversation = (calls: ReadonlyArray<Model.ToolCall>, result = "ok"): Model.GenerateRequest => ({
@@ -110,6 +110,16 @@ describe("maxInputChars counts every character a request sends", () => {
           responseFormat: { type: "json_schema", name: "answer", schema: { type: "object", description: big } }
         }),
         ["InvalidRequest", "responseFormat"]
+      )
+      assert.deepStrictEqual(yield* fieldOf({ prompt: "x", stop: [big] }), ["InvalidRequest", "stop"])
+      assert.deepStrictEqual(
+        yield* fieldOf({
+          messages: [
+            { role: "user", content: "weather?" },
+            { role: "tool", toolCallId: big, content: "ok" }
+          ]
+        }),
+        ["InvalidRequest", "messages"]
       )
       // Under the bound, the same shapes pass.
       yield* Model.validateGenerate(conversation([call({ arguments: '{"city":"Oslo"}', signature: "sig" })]), limits)

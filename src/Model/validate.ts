@@ -167,7 +167,7 @@ export const checkGenerate = (
     }
     let anyContent = false
     for (const message of messages) {
-      chars += message.content.length
+      chars += message.content.length + (message.toolCallId?.length ?? 0)
       if (message.content.trim().length > 0 || message.toolCalls !== undefined) anyContent = true
       if (message.toolCalls !== undefined) {
         for (const call of message.toolCalls) {
@@ -191,8 +191,12 @@ export const checkGenerate = (
   if (request.responseFormat?.type === "json_schema") {
     const schema = jsonChars(request.responseFormat.schema)
     if (schema === undefined) return invalid("responseFormat.schema", "not JSON (JSON.stringify fails on it)")
-    chars += schema
+    chars += schema + request.responseFormat.name.length
     if (chars > limits.maxInputChars) return overLimit("responseFormat", chars, limits)
+  }
+  if (request.stop !== undefined) {
+    for (const stop of request.stop) chars += stop.length
+    if (chars > limits.maxInputChars) return overLimit("stop", chars, limits)
   }
   return undefined
 }
