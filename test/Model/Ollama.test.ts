@@ -471,6 +471,24 @@ layer(NodeHttpClient.layerUndici)("Ollama", (it) => {
   })
 
   describe("tools", () => {
+    it.effect("a tool call without a name is Decode naming it (generate and stream), as on the other providers", () =>
+      Effect.gen(function* () {
+        const calls = [{ function: { name: "", arguments: { city: "Oslo" } } }]
+        const server = yield* Server.make((req, res) =>
+          bodyOf(req)["stream"] === true
+            ? Server.chunked(res, [Server.ndjson([chatLine("", { tool_calls: calls }), final()])], {
+                contentType: "application/x-ndjson"
+              })
+            : Server.json(res, 200, { ...final(), message: { role: "assistant", content: "", tool_calls: calls } })
+        )
+        const p = yield* provider(server)
+        const generated = yield* flipModel(p.generate({ prompt: "x", tools }))
+        assert.deepStrictEqual([generated.reason, generated.field], ["Decode", "message.tool_calls[0].function.name"])
+        const streamed = modelErrorOf((yield* collect(p.stream({ prompt: "x", tools }))).exit)
+        assert.deepStrictEqual([streamed.reason, streamed.field], ["Decode", "message.tool_calls[0].function.name"])
+      })
+    )
+
     it.effect("tools, JSON schema format and tool messages map to /api/chat; tool calls come back with ids", () =>
       Effect.gen(function* () {
         const server = yield* Server.make((_, res) =>

@@ -27,7 +27,11 @@ const ToolCalls = Schema.optional(
     Schema.Array(
       Schema.Struct({
         id: Text,
-        function: Schema.Struct({ name: Schema.String, arguments: Schema.optional(Schema.Unknown.check(shallow)) })
+        function: Schema.Struct({
+          // A call without a name cannot be dispatched: Decode naming it, as on the other providers.
+          name: Schema.NonEmptyString,
+          arguments: Schema.optional(Schema.Unknown.check(shallow))
+        })
       })
     )
   )
