@@ -605,6 +605,21 @@ describe("EffectAi.make (effect/ai LanguageModel as a ModelProvider)", () => {
       })
     )
 
+    it.effect("a hand-made EmbeddingModel answering another count of vectors than texts is Decode on embeddings", () =>
+      Effect.gen(function* () {
+        const { layer } = yield* scripted({})
+        const service = {
+          embed: () => Effect.die("unused"),
+          embedMany: () => Effect.succeed({ embeddings: [{ vector: [1, 2] }], usage: { inputTokens: 1 } })
+        } as never
+        const provider = yield* EffectAi.make({ model: "emb" }).pipe(
+          Effect.provide(Layer.merge(layer, Layer.succeed(EmbeddingModel.EmbeddingModel, service)))
+        )
+        const error = (yield* Effect.flip(provider.embed({ texts: ["a", "b"] }))) as ModelError
+        assert.deepStrictEqual([error.reason, error.field], ["Decode", "embeddings"])
+      })
+    )
+
     it.effect("without an EmbeddingModel, embed is InvalidRequest", () =>
       Effect.gen(function* () {
         const { provider } = yield* providerWith({})

@@ -14,7 +14,7 @@ import type { Options } from "../EffectAi.js"
 import { assemble } from "../http/assemble.js"
 import { tokenCount } from "../http/decode.js"
 import * as Client from "../http/client.js"
-import { type CallContext, requestTimeout, unevenVectors } from "../http/errors.js"
+import { type CallContext, malformed, requestTimeout, unevenVectors } from "../http/errors.js"
 import { defaults } from "../http/options.js"
 import {
   type AnyTools,
@@ -385,6 +385,12 @@ export const make = Effect.fnUntraced(function* (given: Options = {}) {
         Effect.mapError((error) => fromAiError(error, ctx)),
         Effect.timeoutOrElse({ duration: timeout, orElse: () => Effect.fail(requestTimeout(ctx, timeout)) })
       )
+      // EmbeddingModel.make checks the count; a hand-made service need not, and vectors would then pair with the wrong texts.
+      if (response.embeddings.length !== valid.texts.length) {
+        return yield* Effect.fail(
+          malformed(ctx, "embeddings", `expected ${valid.texts.length} embeddings, got ${response.embeddings.length}`)
+        )
+      }
       const vectors = response.embeddings.map((embedding) => embedding.vector)
       const uneven = unevenVectors(vectors, ctx, "embeddings")
       if (uneven !== undefined) return yield* Effect.fail(uneven)
