@@ -19,6 +19,7 @@ import {
   type Message,
   type ResponseFormat,
   StreamPart,
+  type ToolCall,
   type ToolDefinition,
   toMessages
 } from "./Model.js"
@@ -159,11 +160,16 @@ const sortedJson = (value: unknown, own = true): unknown => {
   return out
 }
 
+// A signature goes back to the provider with its call (Gemini's thought signature) and may change the answer. A call
+// without one keys as it did before signatures existed, so entries kept then still answer.
+const callForm = (c: ToolCall): unknown =>
+  c.signature === undefined ? [c.id, c.name, c.arguments] : [c.id, c.name, c.arguments, c.signature]
+
 const messageForm = (m: Message): unknown => [
   m.role,
   m.content,
   m.toolCallId ?? null,
-  m.toolCalls === undefined || m.toolCalls.length === 0 ? null : m.toolCalls.map((c) => [c.id, c.name, c.arguments])
+  m.toolCalls === undefined || m.toolCalls.length === 0 ? null : m.toolCalls.map(callForm)
 ]
 
 // `strict: false` is every provider's default, so it is the same tool as no `strict`.
@@ -195,7 +201,7 @@ const formatForm = (format: ResponseFormat | undefined): unknown => {
  * `strict: false` and, with tools, `toolChoice: "auto"`; the key order of a tool's
  * parameters or a response schema (whose values count as the JSON sent for them: a `Date` as
  * its ISO text). Every field that changes the answer changes the key
- * (model, sampling, tools and their order, messages and their order, response format, ...).
+ * (model, sampling, tools and their order, messages and their order, a tool call's signature, response format, ...).
  *
  * @since 0.1.0
  * @category keys

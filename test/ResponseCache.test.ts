@@ -198,6 +198,17 @@ describe("ResponseCache.key", () => {
       },
       { messages: [{ role: "tool", content: "hi", toolCallId: "c1" }] },
       { messages: [{ role: "assistant", content: "hi", toolCalls: [{ id: "c1", name: "f", arguments: "{}" }] }] },
+      // A call's signature (Gemini's thought signature) is sent back with it: another signature, another answer.
+      {
+        messages: [
+          { role: "assistant", content: "hi", toolCalls: [{ id: "c1", name: "f", arguments: "{}", signature: "s1" }] }
+        ]
+      },
+      {
+        messages: [
+          { role: "assistant", content: "hi", toolCalls: [{ id: "c1", name: "f", arguments: "{}", signature: "s2" }] }
+        ]
+      },
       // A "__proto__" key of a schema (JSON.parse makes one) is a key like any other.
       { prompt: "hi", tools: [{ name: "search", parameters: JSON.parse('{"__proto__":{"type":"string"}}') }] },
       { prompt: "hi", tools: [{ name: "search", parameters: {} }] },
