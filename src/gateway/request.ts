@@ -129,7 +129,8 @@ const modelOf = (body: Record<string, unknown>): Checked<string> => {
   return Result.succeed(model)
 }
 
-const textOf = (content: unknown, at: string, nullable: boolean): Checked<string> => {
+// `refusal`: an assistant's content may carry refusal parts (its answers replayed); OpenAI refuses them in any other role.
+const textOf = (content: unknown, at: string, nullable: boolean, refusal = false): Checked<string> => {
   if (typeof content === "string") return Result.succeed(content)
   if (content === null || content === undefined) {
     return nullable
@@ -144,11 +145,43 @@ const textOf = (content: unknown, at: string, nullable: boolean): Checked<string
       const type = isObject(part) ? shown(part.type) : kind(part)
       return invalid(`${at}[${i}].type`, `only text parts are supported, got ${type}`)
     }
+    if (part.type === "refusal" && !refusal) {
+      return invalid(`${at}[${i}].type`, `a "refusal" part is only allowed in an assistant message`)
+    }
     const value = part.type === "text" ? part.text : part.refusal
     if (typeof value !== "string") return invalid(`${at}[${i}].${String(part.type)}`, "expected a string")
     text += value
   }
   return Result.succeed(text)
+}
+
+/**
+ * The longest Gemini thought signature read back from a client (`extra_content.google.thought_signature`):
+ * an opaque base64 text of a few kilobytes, kept with its call and sent on to the provider.
+ *
+ * @internal
+ */
+export const maxSignatureLength = 1_048_576
+
+// Gemini's OpenAI-compatible wire carries a call's thought signature as `extra_content.google.thought_signature`;
+// a client sends it back with the call, and Gemini refuses the next turn without it.
+const signatureOf = (extra: unknown, at: string): Checked<string | undefined> => {
+  if (extra === undefined || extra === null) return Result.succeed(undefined)
+  if (!isObject(extra)) return invalid(at, `expected an object, got ${kind(extra)}`)
+  const google = extra.google
+  if (google === undefined || google === null) return Result.succeed(undefined)
+  if (!isObject(google)) return invalid(`${at}.google`, `expected an object, got ${kind(google)}`)
+  const signature = google.thought_signature
+  if (signature === undefined || signature === null) return Result.succeed(undefined)
+  if (typeof signature !== "string" || signature.length === 0 || signature.length > maxSignatureLength) {
+    return invalid(
+      `${at}.google.thought_signature`,
+      `expected the signature the gateway sent (a string of 1 to ${maxSignatureLength} characters), got ${
+        typeof signature === "string" ? `${signature.length} characters` : kind(signature)
+      }`
+    )
+  }
+  return Result.succeed(signature)
 }
 
 const toolCallsOf = (calls: unknown, at: string): Checked<ReadonlyArray<Model.ToolCall>> => {
@@ -160,12 +193,32 @@ const toolCallsOf = (calls: unknown, at: string): Checked<ReadonlyArray<Model.To
     if (!isObject(call) || typeof call.id !== "string" || !isObject(fn) || typeof fn.name !== "string") {
       return invalid(`${at}[${i}]`, "expected { id, type: 'function', function: { name, arguments } }")
     }
+    if (call.type !== "function") return invalid(`${at}[${i}].type`, `expected "function", got ${shown(call.type)}`)
     const args = fn.arguments ?? ""
     if (typeof args !== "string") return invalid(`${at}[${i}].function.arguments`, "expected a JSON string")
-    out.push({ id: call.id, name: fn.name, arguments: args })
+    const signature = signatureOf(call.extra_content, `${at}[${i}].extra_content`)
+    if (Result.isFailure(signature)) return Result.fail(signature.failure)
+    out.push(
+      signature.success === undefined
+        ? { id: call.id, name: fn.name, arguments: args }
+        : { id: call.id, name: fn.name, arguments: args, signature: signature.success }
+    )
   }
   return Result.succeed(out)
 }
+
+// OpenAI's pattern for a participant's name; the gateway does not send it on, but a name OpenAI refuses is refused.
+const participantName = /^[^\s<|\\/>]{1,256}$/
+
+const nameOf = (name: unknown, at: string): Checked<void> =>
+  name === undefined || name === null || (typeof name === "string" && participantName.test(name))
+    ? Result.succeed(undefined)
+    : invalid(
+        at,
+        `expected a name of 1 to 256 characters without spaces or <, |, \\, /, >, got ${
+          typeof name === "string" && name.length > 256 ? `${name.length} characters` : shown(name)
+        }`
+      )
 
 const messageKeys: ReadonlySet<string> = new Set(["role", "content", "name", "tool_calls", "tool_call_id", "refusal"])
 
@@ -207,6 +260,8 @@ const conversationOf = (input: unknown): Checked<Conversation> => {
         return invalid(`${at}.${clip(key)}`, "unsupported field")
       }
     }
+    const name = nameOf(m.name, `${at}.name`)
+    if (Result.isFailure(name)) return Result.fail(name.failure)
     const role = m.role
     if (role !== "tool" && awaited !== undefined) {
       if (awaited.answered.size < awaited.ids.size) {
@@ -240,7 +295,7 @@ const conversationOf = (input: unknown): Checked<Conversation> => {
         break
       }
       case "assistant": {
-        const text = textOf(m.content, `${at}.content`, true)
+        const text = textOf(m.content, `${at}.content`, true, true)
         if (Result.isFailure(text)) return Result.fail(text.failure)
         if (m.tool_calls === undefined || m.tool_calls === null) {
           messages.push({ role: "assistant", content: text.success })
@@ -263,6 +318,9 @@ const conversationOf = (input: unknown): Checked<Conversation> => {
             `${at}.tool_call_id`,
             `no tool call ${shown(m.tool_call_id)} in the assistant message before it (a tool message answers one)`
           )
+        }
+        if (awaited.answered.has(m.tool_call_id)) {
+          return invalid(`${at}.tool_call_id`, `the call ${shown(m.tool_call_id)} is answered already`)
         }
         awaited.answered.add(m.tool_call_id)
         messages.push({ role: "tool", content: text.success, toolCallId: m.tool_call_id })

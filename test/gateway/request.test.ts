@@ -82,6 +82,136 @@ describe("gateway wire: chat requests", () => {
     if (Result.isFailure(unknown)) assert.include(unknown.failure.message, "no tool call")
   })
 
+  it("a message's name is a string without spaces or <|\\/>, of at most 256 characters, as OpenAI's pattern: else a 400 naming it", () => {
+    const named = (name: unknown) =>
+      chat({
+        messages: [
+          { role: "user", content: "hi" },
+          { role: "user", content: "ho", name }
+        ]
+      })
+    for (const name of [42, true, {}, ["me"], "", "a b", "x<y", "a|b", "a/b", "a\\b", "a>b", "n".repeat(257)]) {
+      const result = named(name)
+      assert.strictEqual(paramOf(result), "messages[1].name", JSON.stringify(name))
+      if (Result.isFailure(result)) assert.isBelow(result.failure.message.length, 300)
+    }
+    for (const name of ["me", "Ana_B-2", "n".repeat(256), "café", null])
+      assert.strictEqual(paramOf(named(name)), "accepted")
+  })
+
+  it('an assistant message\'s tool call has type "function": else a 400 naming messages[i].tool_calls[j].type', () => {
+    const call = (type: unknown) => ({ id: "c2", type, function: { name: "f", arguments: "{}" } })
+    const conversation = (type: unknown) => [
+      { role: "system", content: "s" },
+      { role: "user", content: "hi" },
+      { role: "user", content: "ho" },
+      {
+        role: "assistant",
+        content: null,
+        tool_calls: [{ id: "c1", type: "function", function: { name: "f" } }, call(type)]
+      },
+      { role: "tool", tool_call_id: "c1", content: "1" },
+      { role: "tool", tool_call_id: "c2", content: "2" }
+    ]
+    for (const type of ["custom", "Function", undefined, null, 1]) {
+      const result = chat({ messages: conversation(type) })
+      assert.strictEqual(paramOf(result), "messages[3].tool_calls[1].type", String(type))
+    }
+    assert.strictEqual(paramOf(chat({ messages: conversation("function") })), "accepted")
+  })
+
+  it("a refusal part is an assistant's: in a system, developer, user or tool message it is a 400 naming the part", () => {
+    const refusal = [{ type: "refusal", refusal: "no" }]
+    const call = { id: "c1", type: "function", function: { name: "f", arguments: "{}" } }
+    for (const [messages, param] of [
+      [
+        [
+          { role: "system", content: refusal },
+          { role: "user", content: "hi" }
+        ],
+        "messages[0].content[0].type"
+      ],
+      [[{ role: "developer", content: refusal }], "messages[0].content[0].type"],
+      [[{ role: "user", content: [{ type: "text", text: "a" }, ...refusal] }], "messages[0].content[1].type"],
+      [
+        [
+          { role: "user", content: "hi" },
+          { role: "assistant", content: null, tool_calls: [call] },
+          { role: "tool", tool_call_id: "c1", content: refusal }
+        ],
+        "messages[2].content[0].type"
+      ]
+    ] as const) {
+      assert.strictEqual(paramOf(chat({ messages })), param, JSON.stringify(messages))
+    }
+    const replayed = chat({
+      messages: [
+        { role: "user", content: "hi" },
+        { role: "assistant", content: refusal },
+        { role: "user", content: "why" }
+      ]
+    })
+    assert.strictEqual(paramOf(replayed), "accepted")
+  })
+
+  it("a tool call answered twice is a 400 naming the second answer's tool_call_id", () => {
+    const call = (id: string) => ({ id, type: "function", function: { name: "f", arguments: "{}" } })
+    const tool = (id: string) => ({ role: "tool", tool_call_id: id, content: "42" })
+    const result = chat({
+      messages: [
+        { role: "system", content: "s" },
+        { role: "user", content: "hi" },
+        { role: "assistant", content: null, tool_calls: [call("c1"), call("c2")] },
+        tool("c1"),
+        tool("c2"),
+        tool("c1")
+      ]
+    })
+    assert.strictEqual(paramOf(result), "messages[5].tool_call_id")
+    if (Result.isFailure(result)) assert.include(result.failure.message, '"c1"')
+  })
+
+  it("reads a tool call's Gemini thought signature (extra_content.google.thought_signature), checked", () => {
+    const withExtra = (extra: unknown) =>
+      chat({
+        messages: [
+          { role: "user", content: "hi" },
+          {
+            role: "assistant",
+            content: null,
+            tool_calls: [{ id: "c1", type: "function", function: { name: "f", arguments: "{}" }, extra_content: extra }]
+          },
+          { role: "tool", tool_call_id: "c1", content: "42" }
+        ]
+      })
+    const read = withExtra({ google: { thought_signature: "c2lnbmF0dXJl" } })
+    assert.isTrue(Result.isSuccess(read))
+    assert.deepStrictEqual(Result.getOrThrow(read).request.messages?.[1]?.toolCalls, [
+      { id: "c1", name: "f", arguments: "{}", signature: "c2lnbmF0dXJl" }
+    ])
+    for (const extra of [null, {}, { google: {} }, { google: null }, { google: { thought_signature: null } }]) {
+      const result = withExtra(extra)
+      assert.strictEqual(paramOf(result), "accepted", JSON.stringify(extra))
+      assert.deepStrictEqual(Result.getOrThrow(result).request.messages?.[1]?.toolCalls, [
+        { id: "c1", name: "f", arguments: "{}" }
+      ])
+    }
+    for (const [extra, param] of [
+      [42, "messages[1].tool_calls[0].extra_content"],
+      [{ google: "x" }, "messages[1].tool_calls[0].extra_content.google"],
+      [{ google: { thought_signature: 7 } }, "messages[1].tool_calls[0].extra_content.google.thought_signature"],
+      [{ google: { thought_signature: "" } }, "messages[1].tool_calls[0].extra_content.google.thought_signature"],
+      [
+        { google: { thought_signature: "s".repeat(1_048_577) } },
+        "messages[1].tool_calls[0].extra_content.google.thought_signature"
+      ]
+    ] as const) {
+      const result = withExtra(extra)
+      assert.strictEqual(paramOf(result), param, JSON.stringify(extra).slice(0, 80))
+      if (Result.isFailure(result)) assert.isBelow(result.failure.message.length, 300)
+    }
+  })
+
   it("response_format.json_schema.name is 1 to 64 characters of a-z, A-Z, 0-9, _ and -, as OpenAI's: else a 400 naming it", () => {
     const withName = (name: unknown) =>
       chat({ response_format: { type: "json_schema", json_schema: { name, schema: { type: "object" } } } })
