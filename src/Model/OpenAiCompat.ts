@@ -238,15 +238,17 @@ export const make = Effect.fnUntraced(function* (given: Options = {}) {
       }
       const text = Wire.contentText(choice.message.content)
       const refusal = choice.message.refusal ?? ""
-      const toolCalls = (choice.message.tool_calls ?? []).map(
-        (call, i): Model.ToolCall => ({
+      const toolCalls = (choice.message.tool_calls ?? []).map((call, i): Model.ToolCall => {
+        const signature = Wire.signatureOf(call.extra_content)
+        return {
           // An empty id is none, as in a stream: calls of id "" could not be told apart by their results.
           id: call.id || `call_${i}`,
           name: call.function.name,
           // No arguments is an empty object, as Gemini's and effect/ai's calls read (both refuse "" as not JSON).
-          arguments: call.function.arguments || "{}"
-        })
-      )
+          arguments: call.function.arguments || "{}",
+          ...(signature === undefined ? {} : { signature })
+        }
+      })
       const finishReason = finishReasonOf(choice.finish_reason)
       // A turn that says it ended in tool calls but carries none leaves the caller nothing to run.
       if (finishReason === "tool_calls" && toolCalls.length === 0) {
@@ -342,7 +344,8 @@ export const make = Effect.fnUntraced(function* (given: Options = {}) {
                       index: delta.index,
                       id: delta.id,
                       name: delta.function?.name,
-                      arguments: delta.function?.arguments
+                      arguments: delta.function?.arguments,
+                      signature: Wire.signatureOf(delta.extra_content)
                     })
                     if (issue !== undefined) {
                       const at = `choices[${i}].delta.tool_calls[${j}]`

@@ -6,6 +6,7 @@
  * @internal
  */
 import type * as Model from "../Model.js"
+import { extraContentOf } from "../Model/http/openAiWire.js"
 
 const finishReasons: Readonly<Record<Model.FinishReason, string>> = {
   stop: "stop",
@@ -34,10 +35,13 @@ export const usageOf = (usage: Model.Usage) => ({
   total_tokens: usage.totalTokens
 })
 
+// A call's signature (Gemini's thought signature) goes to the client where Gemini's own OpenAI-compatible API puts
+// it, so that a client sending the call back sends it too (Gemini refuses the next turn without it).
 const toolCallWire = (call: Model.ToolCall) => ({
   id: call.id,
   type: "function",
-  function: { name: call.name, arguments: call.arguments }
+  function: { name: call.name, arguments: call.arguments },
+  ...extraContentOf(call)
 })
 
 /**

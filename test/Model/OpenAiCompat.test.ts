@@ -1655,6 +1655,85 @@ layer(NodeHttpClient.layerUndici)("OpenAiCompat choices and tool-call indices", 
       )
     })
   )
+
+  it.effect(
+    "a Gemini thought signature (extra_content.google.thought_signature) is read with its call, streamed or not, and sent back with it",
+    () =>
+      Effect.gen(function* () {
+        const extra = (signature: unknown) => ({ google: { thought_signature: signature } })
+        const call = (id: string, extra_content: unknown) => ({
+          id,
+          type: "function",
+          function: { name: "f", arguments: "{}" },
+          extra_content
+        })
+        // Gemini may send a call's signature on a later delta without an index: it belongs to the call being streamed.
+        const events = [
+          JSON.stringify({
+            model: "m",
+            choices: [{ index: 0, delta: { tool_calls: [{ index: 0, ...call("c1", null) }] } }]
+          }),
+          JSON.stringify({
+            model: "m",
+            choices: [{ index: 0, delta: { tool_calls: [{ extra_content: extra("sig-1") }] } }]
+          }),
+          JSON.stringify({
+            model: "m",
+            choices: [{ index: 0, delta: { tool_calls: [{ index: 1, ...call("c2", "x") }] } }]
+          }),
+          chunk(null, "tool_calls"),
+          "[DONE]"
+        ]
+        const server = yield* Server.make((req, res) =>
+          bodyOf(req)["stream"] === true
+            ? Server.chunked(res, [Server.sse(events)], { pauseMs: 0 })
+            : Server.json(res, 200, {
+                model: "m",
+                choices: [
+                  {
+                    index: 0,
+                    message: {
+                      role: "assistant",
+                      content: null,
+                      tool_calls: [call("c1", extra("sig-1")), call("c2", { google: "x" }), call("c3", extra(7))]
+                    },
+                    finish_reason: "tool_calls"
+                  }
+                ]
+              })
+        )
+        const p = yield* provider(server)
+        const answer = yield* p.generate({ prompt: "x" })
+        assert.deepStrictEqual(answer.toolCalls, [
+          { id: "c1", name: "f", arguments: "{}", signature: "sig-1" },
+          { id: "c2", name: "f", arguments: "{}" },
+          { id: "c3", name: "f", arguments: "{}" }
+        ])
+        const streamed = yield* collect(p.stream({ prompt: "x" }))
+        assert.deepStrictEqual(
+          streamed.parts.flatMap((x) => (x._tag === "ToolCall" ? [x.call] : [])),
+          [
+            { id: "c1", name: "f", arguments: "{}", signature: "sig-1" },
+            { id: "c2", name: "f", arguments: "{}" }
+          ]
+        )
+        yield* p.generate({
+          messages: [
+            { role: "user", content: "x" },
+            { role: "assistant", content: "", toolCalls: answer.toolCalls! },
+            { role: "tool", content: "1", toolCallId: "c1" },
+            { role: "tool", content: "2", toolCallId: "c2" },
+            { role: "tool", content: "3", toolCallId: "c3" }
+          ]
+        })
+        const sent = bodyOf((yield* server.requests).at(-1)!)["messages"] as ReadonlyArray<{ tool_calls?: unknown }>
+        assert.deepStrictEqual(sent[1]!.tool_calls, [
+          call("c1", extra("sig-1")),
+          { id: "c2", type: "function", function: { name: "f", arguments: "{}" } },
+          { id: "c3", type: "function", function: { name: "f", arguments: "{}" } }
+        ])
+      })
+  )
 })
 
 layer(NodeHttpClient.layerUndici)("OpenAiCompat tool_calls without tool calls", (it) => {

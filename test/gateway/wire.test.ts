@@ -318,3 +318,113 @@ describe("Gateway: what the upstream answers", () => {
     })
   )
 })
+
+describe("Gateway: Gemini thought signatures", () => {
+  // Gemini's OpenAI-compatible wire: a call's thought signature rides in extra_content, and must come back with it.
+  const extra = (signature: string) => ({ google: { thought_signature: signature } })
+  const geminiLike: Server.Handler = (request, response) => {
+    const body = request.json as { readonly stream?: boolean; readonly messages: ReadonlyArray<{ role: string }> }
+    if (body.messages.some((m) => m.role === "tool")) return Server.json(response, 200, Up.completion("sunny"))
+    const call = (id: string, signature: string) => ({
+      id,
+      type: "function",
+      function: { name: "weather", arguments: '{"city":"Oslo"}' },
+      extra_content: extra(signature)
+    })
+    if (body.stream === true) {
+      const delta = (index: number, id: string, signature: string) => ({
+        ...Up.chunk(null),
+        choices: [
+          {
+            index: 0,
+            delta: { role: "assistant", tool_calls: [{ index, ...call(id, signature) }] },
+            logprobs: null,
+            finish_reason: null
+          }
+        ]
+      })
+      return Server.chunked(
+        response,
+        [
+          Server.sse([
+            delta(0, "c1", "c2lnLTE="),
+            delta(1, "c2", "c2lnLTI="),
+            Up.chunk(null, "tool_calls"),
+            Up.usageChunk(),
+            "[DONE]"
+          ])
+        ],
+        { pauseMs: 0 }
+      )
+    }
+    return Server.json(
+      response,
+      200,
+      Up.completion(null, { toolCalls: [call("c1", "c2lnLTE="), call("c2", "c2lnLTI=")], finish: "tool_calls" })
+    )
+  }
+  const tools: Array<OpenAI.ChatCompletionTool> = [
+    { type: "function", function: { name: "weather", parameters: { type: "object", properties: {} } } }
+  ]
+
+  const replayed = (upstream: Server.TestServer, calls: ReadonlyArray<unknown>) =>
+    Effect.gen(function* () {
+      const requests = yield* upstream.requests
+      const messages = (requests.at(-1)!.json as { messages: ReadonlyArray<{ role: string; tool_calls?: unknown }> })
+        .messages
+      assert.deepStrictEqual(messages.find((m) => m.role === "assistant")?.tool_calls, calls)
+    })
+
+  it.live(
+    "reach the client in tool_calls[i].extra_content.google.thought_signature and go back upstream with the call",
+    () =>
+      Effect.gen(function* () {
+        const upstream = yield* Server.make(geminiLike)
+        const gw = yield* Harness.make({ upstreams: { a: upstream.url } })
+        const client = gw.client()
+        const first = yield* Harness.call(() => client.chat.completions.create({ model: "d-a", messages: hi, tools }))
+        const message = first.choices[0]!.message
+        const calls = message.tool_calls as ReadonlyArray<unknown>
+        assert.deepStrictEqual(
+          calls.map((call) => (call as { extra_content?: unknown }).extra_content),
+          [extra("c2lnLTE="), extra("c2lnLTI=")]
+        )
+        yield* Harness.call(() =>
+          client.chat.completions.create({
+            model: "d-a",
+            tools,
+            messages: [
+              ...hi,
+              message,
+              { role: "tool", tool_call_id: "c1", content: "12C" },
+              { role: "tool", tool_call_id: "c2", content: "13C" }
+            ]
+          })
+        )
+        yield* replayed(upstream, calls)
+      })
+  )
+
+  it.live("reach a streaming client in the tool-call deltas", () =>
+    Effect.gen(function* () {
+      const upstream = yield* Server.make(geminiLike)
+      const gw = yield* Harness.make({ upstreams: { a: upstream.url } })
+      const deltas = yield* Harness.call(async () => {
+        const stream = await gw.client().chat.completions.create({ model: "d-a", messages: hi, tools, stream: true })
+        const out: Array<unknown> = []
+        for await (const chunk of stream) out.push(...(chunk.choices[0]?.delta.tool_calls ?? []))
+        return out
+      })
+      assert.deepStrictEqual(
+        deltas.map((d) => {
+          const delta = d as { index: number; id: string; extra_content?: unknown }
+          return [delta.index, delta.id, delta.extra_content]
+        }),
+        [
+          [0, "c1", extra("c2lnLTE=")],
+          [1, "c2", extra("c2lnLTI=")]
+        ]
+      )
+    })
+  )
+})

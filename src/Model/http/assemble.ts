@@ -171,6 +171,8 @@ export interface ToolCallDelta {
   readonly id?: string | null | undefined
   readonly name?: string | null | undefined
   readonly arguments?: string | null | undefined
+  /** A Gemini thought signature (on the call's first delta, or a later one of it): kept with the call. */
+  readonly signature?: string | undefined
 }
 
 /**
@@ -207,7 +209,10 @@ export interface ToolCallAssembler {
  * @category constructors
  */
 export const toolCallAssembler = (): ToolCallAssembler => {
-  const calls = new Map<number, { id: string | undefined; name: string; arguments: string }>()
+  const calls = new Map<
+    number,
+    { id: string | undefined; name: string; arguments: string; signature: string | undefined }
+  >()
   let last: number | undefined
   let next = 0
   const indexOf = (delta: ToolCallDelta): number => {
@@ -226,11 +231,12 @@ export const toolCallAssembler = (): ToolCallAssembler => {
       }
       last = index
       next = Math.max(next, index + 1)
-      const call = calls.get(index) ?? { id: undefined, name: "", arguments: "" }
+      const call = calls.get(index) ?? { id: undefined, name: "", arguments: "", signature: undefined }
       if (typeof delta.id === "string" && delta.id.length > 0) call.id = delta.id
       // Some servers repeat the whole name in every delta (MiniMax behind NVIDIA NIM), others split it in pieces.
       if (typeof delta.name === "string" && delta.name !== call.name) call.name += delta.name
       if (typeof delta.arguments === "string") call.arguments += delta.arguments
+      if (delta.signature !== undefined) call.signature = delta.signature
       calls.set(index, call)
       return undefined
     },
@@ -246,7 +252,12 @@ export const toolCallAssembler = (): ToolCallAssembler => {
           parts.push({
             _tag: "ToolCall",
             // No arguments is an empty object (the other providers refuse "" as not JSON).
-            call: { id: call.id ?? `call_${index}`, name: call.name, arguments: call.arguments || "{}" }
+            call: {
+              id: call.id ?? `call_${index}`,
+              name: call.name,
+              arguments: call.arguments || "{}",
+              ...(call.signature === undefined ? {} : { signature: call.signature })
+            }
           })
         }
         return Effect.succeed(parts)

@@ -69,11 +69,40 @@ export const contentText = (content: Content): string => {
   return text
 }
 
+// Read by hand (`signatureOf`): a shape other than Gemini's is no signature, not an answer that fails to decode.
+const ExtraContent = Schema.optional(Schema.Unknown)
+
+/**
+ * A tool call's Gemini thought signature, as Gemini's OpenAI-compatible API carries it
+ * (`extra_content.google.thought_signature`); `undefined` when there is none.
+ *
+ * @since 0.3.0
+ * @category decoding
+ */
+export const signatureOf = (extra: unknown): string | undefined => {
+  if (typeof extra !== "object" || extra === null) return undefined
+  const google = (extra as { readonly google?: unknown }).google
+  if (typeof google !== "object" || google === null) return undefined
+  const signature = (google as { readonly thought_signature?: unknown }).thought_signature
+  return typeof signature === "string" && signature.length > 0 ? signature : undefined
+}
+
+/**
+ * A call's signature as Gemini's OpenAI-compatible API takes it back: `{ extra_content }`, or
+ * nothing for a call without one (other servers may refuse a field they do not know).
+ *
+ * @since 0.3.0
+ * @category encoding
+ */
+export const extraContentOf = (call: Model.ToolCall): { readonly extra_content?: unknown } =>
+  call.signature === undefined ? {} : { extra_content: { google: { thought_signature: call.signature } } }
+
 const ToolCallWire = Schema.Struct({
   id: Text,
   type: Text,
   // A call of no tool is refused, as a streamed call that never got a name is.
-  function: Schema.Struct({ name: Schema.NonEmptyString, arguments: Text })
+  function: Schema.Struct({ name: Schema.NonEmptyString, arguments: Text }),
+  extra_content: ExtraContent
 })
 
 /**
@@ -121,7 +150,8 @@ export const ChatChunk = Schema.Struct({
                   Schema.Struct({
                     index: Count,
                     id: Text,
-                    function: Schema.optional(Schema.NullOr(Schema.Struct({ name: Text, arguments: Text })))
+                    function: Schema.optional(Schema.NullOr(Schema.Struct({ name: Text, arguments: Text }))),
+                    extra_content: ExtraContent
                   })
                 )
               )
@@ -222,7 +252,8 @@ const messageOf = (message: Model.Message, index: number, provider: string): Res
           tool_calls: message.toolCalls.map((call) => ({
             id: call.id,
             type: "function",
-            function: { name: call.name, arguments: call.arguments }
+            function: { name: call.name, arguments: call.arguments },
+            ...extraContentOf(call)
           }))
         })
       }
