@@ -235,6 +235,21 @@ const nullable: ReadonlySet<string> = new Set([
   "web_search_options"
 ])
 
+interface Awaited {
+  readonly at: number
+  readonly ids: ReadonlySet<string>
+  readonly answered: Set<string>
+}
+
+const unansweredOf = (awaited: Awaited, where: string): Checked<void> => {
+  for (const id of awaited.ids) {
+    if (!awaited.answered.has(id)) {
+      return invalid(`messages[${awaited.at}].tool_calls`, `no tool message answers the call ${shown(id)} ${where}`)
+    }
+  }
+  return Result.succeed(undefined)
+}
+
 interface Conversation {
   readonly system: string | undefined
   readonly messages: ReadonlyArray<Model.Message>
@@ -250,7 +265,7 @@ const conversationOf = (input: unknown): Checked<Conversation> => {
   const messages: Array<Model.Message> = []
   // The calls the latest assistant message made (and which are answered yet), while only tool messages follow it:
   // OpenAI refuses a tool message that answers no call of it, and a conversation that goes on with a call unanswered.
-  let awaited: { readonly at: number; readonly ids: ReadonlySet<string>; readonly answered: Set<string> } | undefined
+  let awaited: Awaited | undefined
   for (let i = 0; i < input.length; i++) {
     const at = `messages[${i}]`
     const m = input[i]
@@ -264,19 +279,8 @@ const conversationOf = (input: unknown): Checked<Conversation> => {
     if (Result.isFailure(name)) return Result.fail(name.failure)
     const role = m.role
     if (role !== "tool" && awaited !== undefined) {
-      if (awaited.answered.size < awaited.ids.size) {
-        let id = ""
-        for (const call of awaited.ids) {
-          if (!awaited.answered.has(call)) {
-            id = call
-            break
-          }
-        }
-        return invalid(
-          `messages[${awaited.at}].tool_calls`,
-          `no tool message answers the call ${shown(id)} before ${at}`
-        )
-      }
+      const unanswered = unansweredOf(awaited, `before ${at}`)
+      if (Result.isFailure(unanswered)) return Result.fail(unanswered.failure)
       awaited = undefined
     }
     switch (role) {
@@ -303,8 +307,19 @@ const conversationOf = (input: unknown): Checked<Conversation> => {
         }
         const calls = toolCallsOf(m.tool_calls, `${at}.tool_calls`)
         if (Result.isFailure(calls)) return Result.fail(calls.failure)
+        const ids = new Set<string>()
+        for (let j = 0; j < calls.success.length; j++) {
+          const id = calls.success[j]!.id
+          if (ids.has(id)) {
+            return invalid(
+              `${at}.tool_calls[${j}].id`,
+              `two calls of id ${shown(id)}: their answers could not be told apart`
+            )
+          }
+          ids.add(id)
+        }
         messages.push({ role: "assistant", content: text.success, toolCalls: calls.success })
-        awaited = { at: i, ids: new Set(calls.success.map((call) => call.id)), answered: new Set() }
+        awaited = { at: i, ids, answered: new Set() }
         break
       }
       case "tool": {
@@ -332,6 +347,11 @@ const conversationOf = (input: unknown): Checked<Conversation> => {
           `expected "system", "developer", "user", "assistant" or "tool", got ${shown(role)}`
         )
     }
+  }
+  // Ending on its calls, none answered yet, is a conversation replayed up to them; some answered, it went on without the rest.
+  if (awaited !== undefined && awaited.answered.size > 0) {
+    const unanswered = unansweredOf(awaited, "at the end of the conversation")
+    if (Result.isFailure(unanswered)) return Result.fail(unanswered.failure)
   }
   // A conversation of system messages only is one OpenAI answers: they stay its messages.
   if (messages.length === 0) {

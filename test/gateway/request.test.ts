@@ -171,6 +171,33 @@ describe("gateway wire: chat requests", () => {
     if (Result.isFailure(result)) assert.include(result.failure.message, '"c1"')
   })
 
+  it("a conversation that ends with some calls of its last assistant message answered and others not is a 400 naming its tool_calls", () => {
+    const call = (id: string) => ({ id, type: "function", function: { name: "f", arguments: "{}" } })
+    const tool = (id: string) => ({ role: "tool", tool_call_id: id, content: "42" })
+    const user = { role: "user", content: "hi" }
+    const assistant = { role: "assistant", content: null, tool_calls: [call("c1"), call("c2")] }
+    const partly = chat({ messages: [{ role: "system", content: "s" }, user, assistant, tool("c1")] })
+    assert.strictEqual(paramOf(partly), "messages[2].tool_calls")
+    if (Result.isFailure(partly)) assert.include(partly.failure.message, '"c2"')
+    // Every call answered, or none yet (a conversation replayed up to the calls): accepted.
+    assert.strictEqual(paramOf(chat({ messages: [user, assistant, tool("c2"), tool("c1")] })), "accepted")
+    assert.strictEqual(paramOf(chat({ messages: [user, assistant] })), "accepted")
+  })
+
+  it("two calls of one id in an assistant message is a 400 naming the second's id: their answers could not be told apart", () => {
+    const call = (id: string) => ({ id, type: "function", function: { name: "f", arguments: "{}" } })
+    const result = chat({
+      messages: [
+        { role: "user", content: "hi" },
+        { role: "assistant", content: null, tool_calls: [call("c1"), call("c2"), call("c1")] },
+        { role: "tool", tool_call_id: "c1", content: "1" },
+        { role: "tool", tool_call_id: "c2", content: "2" }
+      ]
+    })
+    assert.strictEqual(paramOf(result), "messages[1].tool_calls[2].id")
+    if (Result.isFailure(result)) assert.include(result.failure.message, '"c1"')
+  })
+
   it("reads a tool call's Gemini thought signature (extra_content.google.thought_signature), checked", () => {
     const withExtra = (extra: unknown) =>
       chat({
