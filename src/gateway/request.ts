@@ -278,6 +278,11 @@ const conversationOf = (input: unknown): Checked<Conversation> => {
     const name = nameOf(m.name, `${at}.name`)
     if (Result.isFailure(name)) return Result.fail(name.failure)
     const role = m.role
+    const refusal = m.refusal
+    if (refusal !== undefined && refusal !== null) {
+      if (role !== "assistant") return invalid(`${at}.refusal`, "only an assistant message carries a refusal")
+      if (typeof refusal !== "string") return invalid(`${at}.refusal`, `expected a string, got ${kind(refusal)}`)
+    }
     if (role !== "tool" && awaited !== undefined) {
       const unanswered = unansweredOf(awaited, `before ${at}`)
       if (Result.isFailure(unanswered)) return Result.fail(unanswered.failure)
@@ -299,10 +304,12 @@ const conversationOf = (input: unknown): Checked<Conversation> => {
         break
       }
       case "assistant": {
-        const text = textOf(m.content, `${at}.content`, true, true)
-        if (Result.isFailure(text)) return Result.fail(text.failure)
+        const read = textOf(m.content, `${at}.content`, true, true)
+        if (Result.isFailure(read)) return Result.fail(read.failure)
+        // An answer replayed as it came (`content: null, refusal`): what the assistant said is its refusal.
+        const content = read.success.length === 0 && typeof refusal === "string" ? refusal : read.success
         if (m.tool_calls === undefined || m.tool_calls === null) {
-          messages.push({ role: "assistant", content: text.success })
+          messages.push({ role: "assistant", content })
           break
         }
         const calls = toolCallsOf(m.tool_calls, `${at}.tool_calls`)
@@ -318,7 +325,7 @@ const conversationOf = (input: unknown): Checked<Conversation> => {
           }
           ids.add(id)
         }
-        messages.push({ role: "assistant", content: text.success, toolCalls: calls.success })
+        messages.push({ role: "assistant", content, toolCalls: calls.success })
         awaited = { at: i, ids, answered: new Set() }
         break
       }

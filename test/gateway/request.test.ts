@@ -198,6 +198,28 @@ describe("gateway wire: chat requests", () => {
     if (Result.isFailure(result)) assert.include(result.failure.message, '"c1"')
   })
 
+  it("an assistant message's refusal field is a string read as what it said; in another role it is a 400 naming it", () => {
+    const user = { role: "user", content: "hi" }
+    const replayed = chat({
+      messages: [user, { role: "assistant", content: null, refusal: "I can't help with that." }, user]
+    })
+    assert.deepStrictEqual(Result.getOrThrow(replayed).request.messages?.[1], {
+      role: "assistant",
+      content: "I can't help with that."
+    })
+    for (const [messages, param] of [
+      [[{ ...user, refusal: "no" }], "messages[0].refusal"],
+      [[{ role: "system", content: "s", refusal: "no" }, user], "messages[0].refusal"],
+      [[user, { role: "assistant", content: null, refusal: 42 }, user], "messages[1].refusal"]
+    ] as const) {
+      assert.strictEqual(paramOf(chat({ messages })), param, JSON.stringify(messages))
+    }
+    // null says nothing, in any role (clients that write every field).
+    assert.strictEqual(paramOf(chat({ messages: [{ ...user, refusal: null }] })), "accepted")
+    const both = chat({ messages: [user, { role: "assistant", content: "Sorry.", refusal: null }, user] })
+    assert.strictEqual(Result.getOrThrow(both).request.messages?.[1]?.content, "Sorry.")
+  })
+
   it("reads a tool call's Gemini thought signature (extra_content.google.thought_signature), checked", () => {
     const withExtra = (extra: unknown) =>
       chat({
