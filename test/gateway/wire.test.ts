@@ -4,9 +4,11 @@
  */
 import { connect } from "node:net"
 import { assert, describe, it } from "@effect/vitest"
-import { Effect } from "effect"
+import { Effect, Layer, Redacted } from "effect"
 import type OpenAI from "openai"
 import * as Server from "../utils/httpServer.js"
+import * as Gemini from "../../src/Model/Gemini.js"
+import * as UndiciHttpClient from "../../src/UndiciHttpClient.js"
 import * as Harness from "./harness.js"
 import * as Up from "./upstream.js"
 
@@ -425,6 +427,49 @@ describe("Gateway: Gemini thought signatures", () => {
           [1, "c2", extra("c2lnLTI=")]
         ]
       )
+    })
+  )
+})
+
+describe("Gateway: a Gemini tool conversation", () => {
+  it.live("goes on past its first tool call: the thought signature Gemini sent reaches it again on the next turn", () =>
+    Effect.gen(function* () {
+      const signature = `CiQB0e2Kb+/sig==${"x".repeat(3000)}`
+      const server = yield* Server.make((request, response) => {
+        const contents = (request.json as { contents: ReadonlyArray<unknown> }).contents
+        const parts =
+          contents.length === 1
+            ? [{ functionCall: { name: "weather", args: { city: "Oslo" } }, thoughtSignature: signature }]
+            : [{ text: "12C in Oslo." }]
+        return Server.json(response, 200, {
+          candidates: [{ content: { role: "model", parts }, finishReason: "STOP" }],
+          usageMetadata: { promptTokenCount: 5, candidatesTokenCount: 3 }
+        })
+      })
+      const gemini = Gemini.layer({ baseUrl: server.url, apiKey: Redacted.make("gemini-key"), name: "g" }).pipe(
+        Layer.provide(UndiciHttpClient.layer)
+      )
+      const gw = yield* Harness.make({ upstreams: {}, localProviders: { g: gemini } })
+      const tools: Array<OpenAI.ChatCompletionTool> = [
+        { type: "function", function: { name: "weather", parameters: { type: "object", properties: {} } } }
+      ]
+      const client = gw.client()
+      const first = yield* Harness.call(() => client.chat.completions.create({ model: "d-g", messages: hi, tools }))
+      const message = first.choices[0]!.message
+      const call = message.tool_calls![0]!
+      const second = yield* Harness.call(() =>
+        client.chat.completions.create({
+          model: "d-g",
+          tools,
+          messages: [...hi, message, { role: "tool", tool_call_id: call.id, content: "12C" }]
+        })
+      )
+      assert.strictEqual(second.choices[0]!.message.content, "12C in Oslo.")
+      const [, sent] = yield* server.requests
+      const contents = (sent!.json as { contents: ReadonlyArray<{ parts: ReadonlyArray<unknown> }> }).contents
+      assert.deepStrictEqual(contents[1]!.parts, [
+        { functionCall: { name: "weather", args: { city: "Oslo" } }, thoughtSignature: signature }
+      ])
     })
   )
 })
