@@ -220,7 +220,15 @@ const nameOf = (name: unknown, at: string): Checked<void> =>
         }`
       )
 
-const messageKeys: ReadonlySet<string> = new Set(["role", "content", "name", "tool_calls", "tool_call_id", "refusal"])
+const messageKeys: ReadonlySet<string> = new Set([
+  "role",
+  "content",
+  "name",
+  "tool_calls",
+  "tool_call_id",
+  "refusal",
+  "annotations"
+])
 
 // OpenAI's nullable fields (of a request or a message) the gateway cannot honour: null says
 // nothing (clients that write every field, replayed answers), anything else is refused.
@@ -282,6 +290,14 @@ const conversationOf = (input: unknown): Checked<Conversation> => {
     if (refusal !== undefined && refusal !== null) {
       if (role !== "assistant") return invalid(`${at}.refusal`, "only an assistant message carries a refusal")
       if (typeof refusal !== "string") return invalid(`${at}.refusal`, `expected a string, got ${kind(refusal)}`)
+    }
+    // OpenAI's answers carry their citations (`annotations: []` mostly), and its guides send the answer back as it
+    // came: they say what the assistant cited, nothing the model is asked to do, so they are read and left out.
+    const annotations = m.annotations
+    if (annotations !== undefined && annotations !== null) {
+      if (role !== "assistant") return invalid(`${at}.annotations`, "only an assistant message carries annotations")
+      if (!Array.isArray(annotations))
+        return invalid(`${at}.annotations`, `expected an array, got ${kind(annotations)}`)
     }
     if (role !== "tool" && awaited !== undefined) {
       const unanswered = unansweredOf(awaited, `before ${at}`)

@@ -175,6 +175,48 @@ describe("Gateway: what the client replays", () => {
       assert.deepStrictEqual([audio.status, audio.param], [400, "messages[1].audio"])
     })
   )
+
+  it.live(
+    "an answer of OpenAI's own sent back as it came (annotations: [] included) is read, its annotations left out",
+    () =>
+      Effect.gen(function* () {
+        const upstream = yield* Server.make(Up.openAi())
+        const gw = yield* Harness.make({ upstreams: { a: upstream.url } })
+        // What `completion.choices[0].message` of OpenAI's API is today, pushed back onto the messages as its guides do.
+        const cited = {
+          type: "url_citation",
+          url_citation: { start_index: 0, end_index: 5, title: "t", url: "https://example.com" }
+        }
+        const send = (annotations: unknown) =>
+          Effect.promise(async () => {
+            const response = await fetch(`${gw.url}/v1/chat/completions`, {
+              method: "POST",
+              headers: { "content-type": "application/json" },
+              body: JSON.stringify({
+                model: "d-a",
+                messages: [
+                  ...hi,
+                  { role: "assistant", content: "Hello", refusal: null, annotations },
+                  { role: "user", content: "again" }
+                ]
+              })
+            })
+            return { status: response.status, body: await response.text() }
+          })
+        for (const annotations of [[], [cited], null]) {
+          const answer = yield* send(annotations)
+          assert.strictEqual(answer.status, 200, answer.body)
+        }
+        const [sent] = yield* upstream.requests
+        assert.deepStrictEqual((sent!.json as { messages: ReadonlyArray<unknown> }).messages[1], {
+          role: "assistant",
+          content: "Hello"
+        })
+        const wrong = yield* send("cited")
+        assert.strictEqual(wrong.status, 400)
+        assert.strictEqual(JSON.parse(wrong.body).error.param, "messages[1].annotations")
+      })
+  )
 })
 
 describe("Gateway: what the upstream answers", () => {
