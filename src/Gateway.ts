@@ -11,7 +11,9 @@
  * first chunk; after it, a failure ends the stream with an OpenAI-style error event,
  * never a clean `[DONE]`; the first-chunk, idle and total deadlines apply; a client that
  * leaves cancels the upstream call. Errors are OpenAI-shaped bodies with the right status
- * (400, 401, 403, 404, 413, 429 with `Retry-After`, 500, 502, 503, 504).
+ * (400, 401, 403, 404, 413, 429 with `Retry-After`, 500, 502, 503, 504). A tool call's
+ * Gemini thought signature travels as Gemini's own OpenAI-compatible API carries it
+ * (`tool_calls[i].extra_content.google.thought_signature`), out and back.
  *
  * Keys, budgets and per-key limits come from a {@link KeyStore} in context (`gateway/keys`:
  * in memory or on Redis); without one the gateway refuses to build unless
