@@ -11,6 +11,7 @@ import * as Input from "./Input.js"
 import { agentDomain, noDomain, pipelineDomain } from "./Metrics.js"
 import { type GenerateRequest, ModelProvider, type Service as ProviderService } from "./Model.js"
 import { RetryPolicy, retry as retryPolicy } from "./Policy.js"
+import { providerNameIssue } from "./stats/labels.js"
 
 const Name = Schema.String.check(Schema.isTrimmed(), Schema.isMinLength(1))
 
@@ -425,6 +426,8 @@ export const layerProviders = <const L extends Record<string, Layer.Layer<ModelP
         // own name: two providers of one name would share them all, unseen.
         const keyOf = new Map<string, string>()
         for (const [key, provider] of entries) {
+          const reserved = providerNameIssue(provider.name, `providers.${key}.name`)
+          if (reserved !== undefined) return Effect.fail(Input.toOptionError(reserved))
           const other = keyOf.get(provider.name)
           if (other !== undefined) {
             return Effect.fail(

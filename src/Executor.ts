@@ -38,6 +38,7 @@ import * as StreamEngine from "./policy/stream.js"
 import type * as StreamPlans from "./policy/stream-plan.js"
 import type { StreamOptions, StreamPlan } from "./policy/stream-plan.js"
 import { type ExecutionStats, type Filter, layer as statsLayer, Stats } from "./Stats.js"
+import { providerNameIssue } from "./stats/labels.js"
 
 /**
  * Called before each retry's wait, for progress reporting.
@@ -324,6 +325,8 @@ export const make = Effect.fnUntraced(function* (options: Options = {}) {
     checkOptions(options)
   )
   const provider = yield* ModelProvider
+  const reserved = providerNameIssue(provider.name, "provider.name")
+  if (reserved !== undefined) return yield* Effect.fail(Input.toOptionError(reserved))
   const stats = yield* Stats
   // Without explicit guards, the shared ones in context (one breaker, limit and cache per application).
   const guards: Guards = options.guards ?? {

@@ -48,8 +48,10 @@ export const agentDomain = "agent"
 /**
  * The `limit`, `agent` (and `provider` of the agents' `Stats` series) and `breaker` of the one
  * series that the keys past a component's series bound count in together. Reserved, so that it
- * only ever means those: a rate-limit key of that name in `providers` and an HTTP agent's `name`
- * of that name are an `OptionError` at that field; a key of that name met at run time (a
+ * only ever means those: a provider of that name (an executor's, one of an orchestra's
+ * `providers`: an `OptionError` at its `name`; a call's `provider` option: an `InvalidRequest`
+ * naming `provider.name`), a rate-limit key of that name in `providers` and an HTTP agent's
+ * `name` of that name are refused at that field; a key of that name met at run time (a
  * rate-limit key under `default`, a breaker key) never has series of its own and counts in it.
  *
  * @since 0.3.0

@@ -1,8 +1,12 @@
 import { assert, describe, it } from "@effect/vitest"
-import { Effect, Fiber, Metric, Stream } from "effect"
+import { Effect, Fiber, Layer, Metric, Stream } from "effect"
 import { TestClock } from "effect/testing"
+import * as Executor from "../src/Executor.js"
+import * as Metrics from "../src/Metrics.js"
+import * as Mock from "../src/Model/Mock.js"
 import { Outcome } from "../src/Model/Mock.js"
 import type { Service as ProviderService } from "../src/Model.js"
+import * as Orchestra from "../src/Orchestra.js"
 import * as Prometheus from "../src/Prometheus.js"
 import * as Stats from "../src/Stats.js"
 import { setup } from "./utils/executor.js"
@@ -214,5 +218,36 @@ describe("Stats", () => {
         []
       )
     })
+  )
+
+  it.effect(
+    'a provider named "(other)" is refused where it enters: its breaker, limit and stats would be the overflow\'s',
+    () =>
+      Effect.gen(function* () {
+        const other = Mock.layer({ name: Metrics.otherSeries })
+        const executor = yield* Effect.flip(
+          Layer.build(Executor.layerWithStats().pipe(Layer.provide(other))).pipe(
+            Effect.provideService(Metric.MetricRegistry, new Map())
+          )
+        )
+        assert.deepStrictEqual([executor._tag, executor.path], ["OptionError", "provider.name"])
+        const orchestra = yield* Effect.flip(
+          Layer.build(Orchestra.layer({ providers: { main: Mock.layer(), spare: other } })).pipe(
+            Effect.provideService(Metric.MetricRegistry, new Map())
+          )
+        )
+        assert.deepStrictEqual([orchestra._tag, orchestra.path], ["OptionError", "providers.spare.name"])
+        const { executor: running } = yield* setup()
+        const given: ProviderService = { ...(yield* Mock.make()).provider, name: Metrics.otherSeries }
+        const refused = yield* Effect.flip(running.execute({ prompt: "q" }, { provider: given }))
+        assert.deepStrictEqual(
+          [
+            refused._tag,
+            refused._tag === "ModelError" && refused.reason,
+            refused._tag === "ModelError" && refused.field
+          ],
+          ["ModelError", "InvalidRequest", "provider.name"]
+        )
+      })
   )
 })

@@ -9,7 +9,7 @@ import { Effect } from "effect"
 import { ModelError } from "../AiError.js"
 import type { Service as ProviderService } from "../Model.js"
 import type { Service as StatsService } from "../Stats.js"
-import { isDomainLabel, isNamed } from "../stats/labels.js"
+import { isDomainLabel, isProviderLabel } from "../stats/labels.js"
 
 /**
  * Builds the refusals of an executor, counted in its `Stats`.
@@ -21,7 +21,7 @@ export const make = (stats: StatsService, provider: ProviderService) => {
     // A call refused for its `provider` or `domain` option (`provider: "openai"`, `domain: 5`) is
     // counted under the executor's provider and no domain: a label that is no name would end
     // every Prometheus scrape of the registry with a TypeError, for as long as the series lives.
-    const named = isNamed(target) ? target : provider
+    const named = isProviderLabel(target) ? target : provider
     const series = stats.series(named.name, isDomainLabel(domain) ? domain : undefined)
     series.requests++
     series.fail(error.reason)
