@@ -1,7 +1,9 @@
 import { assert, describe, it } from "@effect/vitest"
-import { Context, Effect, Fiber, Layer, Metric, Stream } from "effect"
+import { Context, Effect, Exit, Fiber, Layer, Metric, Scope, Stream } from "effect"
 import { TestClock } from "effect/testing"
 import { HttpRouter } from "effect/http"
+import * as Executor from "../src/Executor.js"
+import * as Mock from "../src/Model/Mock.js"
 import { Outcome } from "../src/Model/Mock.js"
 import * as Prometheus from "../src/Prometheus.js"
 import { setup } from "./utils/executor.js"
@@ -361,5 +363,48 @@ describe("Prometheus text format", () => {
           { name: "orchestra_requests_total", labels: { provider: "mock", domain: "none" }, value: 2 * refused.length }
         ])
       })
+  )
+})
+
+describe("Prometheus: two Stats in one registry", () => {
+  it.effect("series of one provider and domain add up across them, and one closing leaves the other's", () =>
+    Effect.gen(function* () {
+      const registry: Metric.MetricRegistry = new Map()
+      const provide = Effect.provideService(Metric.MetricRegistry, registry)
+      const build = (latency: number) =>
+        Effect.gen(function* () {
+          const scope = yield* Scope.make()
+          const context = yield* Layer.buildWithScope(
+            Executor.layerWithStats().pipe(Layer.provide(Mock.layer({ name: "shared-p", latency }))),
+            scope
+          ).pipe(provide)
+          return { executor: Context.get(context, Executor.Executor), close: Scope.close(scope, Exit.void) }
+        })
+      const a = yield* build(10)
+      const b = yield* build(30)
+      const run = (executor: Executor.Service) =>
+        Effect.gen(function* () {
+          const call = yield* Effect.forkChild(executor.execute({ prompt: "q" }))
+          yield* TestClock.adjust("1 second")
+          yield* Fiber.join(call)
+        })
+      yield* run(a.executor)
+      yield* run(b.executor)
+      yield* run(b.executor)
+      const figures = (samples: ReturnType<typeof parseExposition>) =>
+        ["orchestra_requests_total", "orchestra_successes_total", "orchestra_request_duration_ms_count"].map(
+          (name) => samples.find((s) => s.name === name && s.labels.provider === "shared-p")?.value
+        )
+      const both = parseExposition(yield* Prometheus.text.pipe(provide))
+      // The counters the two executors made are summed, not the last built's alone.
+      assert.deepStrictEqual(figures(both), [3, 3, 3])
+      const sum = both.find((s) => s.name === "orchestra_request_duration_ms_sum" && s.labels.provider === "shared-p")
+      assert.strictEqual(sum?.value, 70)
+      yield* b.close
+      // The first's series stay: its counter does not vanish (nor go back) with the other's layer.
+      assert.deepStrictEqual(figures(parseExposition(yield* Prometheus.text.pipe(provide))), [1, 1, 1])
+      yield* a.close
+      assert.strictEqual(registry.size, 0)
+    })
   )
 })

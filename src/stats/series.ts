@@ -2,12 +2,16 @@
  * The call metrics of one (provider, domain) pair as plain counters, updated synchronously
  * on the call path (no Effect, no attribute hashing per update), registered in a
  * `Metric.MetricRegistry` through `Metric.registerUnsafe` hooks so exporters read them, and
- * read back by `Stats` for its windows.
+ * read back by `Stats` for its windows. The series of one pair in two `Stats` of one registry
+ * (two orchestras, an executor beside an orchestra) are one registered series whose figures
+ * add up: the registry keeps one entry per metric and attributes, and the last registered
+ * would hide the other's figures (its counters seen going back), then take them all away with it.
  *
  * @internal
  */
-import { type Context, Metric } from "effect"
+import { Context, Metric } from "effect"
 import * as Metrics from "../Metrics.js"
+import { acquire, release, type Shared } from "./counters.js"
 
 const START = 0.05
 const LOG_FACTOR = Math.log(1.1)
@@ -60,20 +64,93 @@ export class Histogram {
   }
 }
 
-// One exported histogram of two recorded apart (calls' and streams' service times).
-const mergedState = (a: Histogram, b: Histogram): Metric.HistogramState => {
-  const sa = a.state()
-  if (b.count === 0) return sa
-  const sb = b.state()
-  const count = sa.count + sb.count
+// What one registered series reads when several `Series` hold it.
+type Combine<S> = (states: ReadonlyArray<S>) => S
+
+const sumCounts: Combine<Metric.CounterState<number>> = (states) => {
+  let count = 0
+  for (const state of states) count += state.count
+  return { count, incremental: true }
+}
+
+const sumValues: Combine<Metric.GaugeState<number>> = (states) => {
+  let value = 0
+  for (const state of states) value += state.value
+  return { value }
+}
+
+// Each peak was reached at its own time: the joint peak is at least the largest, not their sum.
+const maxValues: Combine<Metric.GaugeState<number>> = (states) => {
+  let value = 0
+  for (const state of states) if (state.value > value) value = state.value
+  return { value }
+}
+
+const mergeStates: Combine<Metric.HistogramState> = (states) => {
+  const first = states[0]!
+  const buckets = first.buckets.map(([bound, n]) => [bound, n] as [number, number])
+  let count = first.count
+  let sum = first.sum
+  let min = first.count === 0 ? Number.POSITIVE_INFINITY : first.min
+  let max = first.max
+  for (let k = 1; k < states.length; k++) {
+    const state = states[k]!
+    if (state.count === 0) continue
+    for (let i = 0; i < buckets.length; i++) buckets[i]![1] += state.buckets[i]![1]
+    count += state.count
+    sum += state.sum
+    if (state.min < min) min = state.min
+    if (state.max > max) max = state.max
+  }
+  return { buckets, count, sum, min: count === 0 ? 0 : min, max }
+}
+
+interface Joint<S> extends Shared {
+  readonly parts: Array<() => S>
+}
+
+/**
+ * Registers `get` as one part of the series of `metric` with `attributes` in the context's
+ * registry: one registration per series, reading `combine` of its parts. Removing the last
+ * part removes the series.
+ */
+const join = <I, S>(
+  metric: Metric.Metric<I, S>,
+  attributes: Readonly<Record<string, string>>,
+  context: Context.Context<never>,
+  get: () => S,
+  combine: Combine<S>
+): { readonly remove: () => void } => {
+  const registry = Context.get(context, Metric.MetricRegistry)
+  const extra = Context.get(context, Metric.CurrentMetricAttributes)
+  const id = JSON.stringify([metric.id, Object.entries({ ...extra, ...attributes }).sort()])
+  const joint = acquire<Joint<S>>(registry, id, () => {
+    const made: Joint<S> = { users: 0, series: [], parts: [] }
+    made.series.push(
+      Metric.registerUnsafe(Metric.withAttributes(metric, attributes), context, {
+        get: () => (made.parts.length === 1 ? made.parts[0]!() : combine(made.parts.map((part) => part()))),
+        update: () => {},
+        modify: () => {}
+      })
+    )
+    return made
+  })
+  joint.parts.push(get)
+  let removed = false
   return {
-    buckets: sa.buckets.map(([bound, n], i) => [bound, n + sb.buckets[i]![1]] as [number, number]),
-    count,
-    sum: sa.sum + sb.sum,
-    min: a.count === 0 ? sb.min : Math.min(sa.min, sb.min),
-    max: Math.max(sa.max, sb.max)
+    remove: () => {
+      if (removed) return
+      removed = true
+      // The last part stays: a reader that kept the registration (the facade's final metrics) reads its figures.
+      if (joint.parts.length > 1) joint.parts.splice(joint.parts.indexOf(get), 1)
+      release(registry, id, joint)
+    }
   }
 }
+
+// One exported histogram of two recorded apart (calls' and streams' service times).
+const mergedState = (a: Histogram, b: Histogram): Metric.HistogramState =>
+  b.count === 0 ? a.state() : mergeStates([a.state(), b.state()])
 
 /** A histogram's figures at a window start. */
 export interface HistogramBase {
@@ -153,7 +230,7 @@ export class Series {
   readonly queueWait = new Histogram()
   readonly timeToFirstToken = new Histogram()
   baseline: Baseline
-  private readonly registrations: Array<Metric.Registration> = []
+  private readonly registrations: Array<{ readonly remove: () => void }> = []
   private removed = false
   private readonly attributes: Readonly<Record<string, string>>
 
@@ -186,7 +263,7 @@ export class Series {
     }
     if (context === undefined) return
     const counter = (metric: Metric.Counter<number>, get: () => number, extra?: Record<string, string>) =>
-      this.register(metric, () => ({ count: get(), incremental: true }), extra)
+      this.register(metric, () => ({ count: get(), incremental: true }), sumCounts, extra)
     const own = gauges[0]!
     counter(Metrics.requests, () => this.requests)
     counter(Metrics.successes, () => this.successes)
@@ -199,26 +276,25 @@ export class Series {
     counter(Metrics.hedges, () => this.hedgesLost, { outcome: "lost" })
     counter(Metrics.inputTokens, () => this.inputTokens)
     counter(Metrics.outputTokens, () => this.outputTokens)
-    this.register(Metrics.latency, () => this.latency.state())
-    this.register(Metrics.serviceTime, () => mergedState(this.service, this.streamService))
-    this.register(Metrics.queueWait, () => this.queueWait.state())
-    this.register(Metrics.timeToFirstToken, () => this.timeToFirstToken.state())
-    this.register(Metrics.inFlight, () => ({ value: own.inFlight }))
-    this.register(Metrics.queued, () => ({ value: own.queued }))
-    this.register(Metrics.inFlightPeak, () => ({ value: own.peak }))
+    this.register(Metrics.latency, () => this.latency.state(), mergeStates)
+    this.register(Metrics.serviceTime, () => mergedState(this.service, this.streamService), mergeStates)
+    this.register(Metrics.queueWait, () => this.queueWait.state(), mergeStates)
+    this.register(Metrics.timeToFirstToken, () => this.timeToFirstToken.state(), mergeStates)
+    this.register(Metrics.inFlight, () => ({ value: own.inFlight }), sumValues)
+    this.register(Metrics.queued, () => ({ value: own.queued }), sumValues)
+    this.register(Metrics.inFlightPeak, () => ({ value: own.peak }), maxValues)
   }
 
-  private register<I, S>(metric: Metric.Metric<I, S>, get: () => S, extra?: Record<string, string>): void {
+  private register<I, S>(
+    metric: Metric.Metric<I, S>,
+    get: () => S,
+    combine: Combine<S>,
+    extra?: Record<string, string>
+  ): void {
     // Removed (its owner closed): a failure of a new reason after that registers nothing to leave behind.
     if (this.removed) return
     const attributes = extra === undefined ? this.attributes : { ...this.attributes, ...extra }
-    this.registrations.push(
-      Metric.registerUnsafe(Metric.withAttributes(metric, attributes), this.context!, {
-        get,
-        update: () => {},
-        modify: () => {}
-      })
-    )
+    this.registrations.push(join(metric, attributes, this.context!, get, combine))
   }
 
   /** A call's usage as its provider reported it; see {@link tokenCount}. */
@@ -232,9 +308,12 @@ export class Series {
     if (previous === undefined) {
       this.reasons.set(reason, 1)
       if (this.context !== undefined) {
-        this.register(Metrics.failures, () => ({ count: this.reasons.get(reason) ?? 0, incremental: true }), {
-          reason
-        })
+        this.register(
+          Metrics.failures,
+          () => ({ count: this.reasons.get(reason) ?? 0, incremental: true }),
+          sumCounts,
+          { reason }
+        )
       }
     } else {
       this.reasons.set(reason, previous + 1)
