@@ -8,7 +8,7 @@
 import { Context, Duration, Effect, Layer, Result, Schema, type Scope } from "effect"
 import { invalidRequest, ModelError } from "./AiError.js"
 import * as Input from "./Input.js"
-import { agentDomain, noDomain, pipelineDomain } from "./Metrics.js"
+import { agentDomain, noDomain, otherSeries, pipelineDomain } from "./Metrics.js"
 import { type GenerateRequest, ModelProvider, type Service as ProviderService } from "./Model.js"
 import { RetryPolicy, retry as retryPolicy } from "./Policy.js"
 import { providerNameIssue } from "./stats/labels.js"
@@ -109,7 +109,8 @@ const decodeDomain = Schema.decodeUnknownResult(Domain, { onExcessProperty: "err
 const reserved: Readonly<Record<string, string>> = Object.assign(Object.create(null), {
   [noDomain]: "the calls made without a domain",
   [pipelineDomain]: "the steps of pipelines",
-  [agentDomain]: "the calls of HTTP agents"
+  [agentDomain]: "the calls of HTTP agents",
+  [otherSeries]: "the calls past the series bound (Stats.maxSeries)"
 })
 
 const positive = (path: string, d: Duration.Duration | undefined): Input.Checked<void> =>
@@ -159,7 +160,8 @@ const checkOptionsIssue = (given: CheckOptions): Input.Issue | undefined => {
  * fallbacks to domains neither in the list nor in `fallbackTo`, and the name `"none"` (the
  * `domain` of calls made without one, `Metrics.noDomain`), `"pipeline"` and `"agent"` (the
  * `domain` of a pipeline's steps and of the HTTP agents' calls: a domain of either name would
- * add its figures to theirs) are refused.
+ * add its figures to theirs) and `"(other)"` (`Metrics.otherSeries`, the calls past
+ * `Stats.maxSeries` pairs) are refused.
  *
  * @since 0.1.0
  * @category constructors

@@ -46,9 +46,11 @@ export const pipelineDomain = "pipeline"
 export const agentDomain = "agent"
 
 /**
- * The `limit`, `agent` (and `provider` of the agents' `Stats` series) and `breaker` of the one
- * series that the keys past a component's series bound count in together. Reserved, so that it
- * only ever means those: a provider of that name (an executor's, one of an orchestra's
+ * The `limit`, `agent` (and `provider` of the agents' `Stats` series), `breaker`, and `provider`
+ * and `domain` (past `Stats.maxSeries` pairs) of the one series that the names past a
+ * component's series bound count in together. Reserved, so that it
+ * only ever means those: a domain of that name (`Domain.check`: an `OptionError`; a call's
+ * `domain`: an `InvalidRequest`), a provider of that name (an executor's, one of an orchestra's
  * `providers`: an `OptionError` at its `name`; a call's `provider` option: an `InvalidRequest`
  * naming `provider.name`), a rate-limit key of that name in `providers` and an HTTP agent's
  * `name` of that name are refused at that field; a key of that name met at run time (a
@@ -60,7 +62,7 @@ export const agentDomain = "agent"
 export const otherSeries = "(other)"
 
 /**
- * Latency buckets in milliseconds: 0.05 ms to ~14 minutes in steps of 10%, so percentiles
+ * Latency buckets in milliseconds: 0.05 ms to ~13 minutes (796,704 ms; `+Inf` past it) in steps of 10%, so percentiles
  * read back from a histogram are within ~5% of the true value.
  *
  * @since 0.1.0

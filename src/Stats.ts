@@ -2,7 +2,8 @@
  * `ExecutionStats` read back from the call metrics of `Metrics.ts`, filtered by provider
  * or domain, over a window that `reset` restarts.
  *
- * Each (provider, domain) pair has one series; the metric exporters read the same series
+ * Each (provider, domain) pair has one series (the first {@link maxSeries} pairs; later ones
+ * count together under `"(other)"`); the metric exporters read the same series
  * (cumulative, so Prometheus counters never go backwards), and a window subtracts the
  * figures it started with. Reading costs the number of series (providers × domains), not
  * the number of calls or batches already run. Closing the `Stats` layer removes its series
@@ -33,7 +34,7 @@
  */
 import { Clock, Context, Effect, Layer } from "effect"
 import type { Scope } from "effect"
-import { noDomain } from "./Metrics.js"
+import { noDomain, otherSeries } from "./Metrics.js"
 import { Gauge, Series, WindowHistogram } from "./stats/series.js"
 
 /**
@@ -109,6 +110,18 @@ export interface Service {
 }
 
 /**
+ * The (provider, domain) pairs a `Stats` gives series of their own, in the order they are
+ * first counted; the calls of later pairs (a `domain` per user or per request) count together
+ * in one series, `provider` and `domain` `"(other)"` (`Metrics.otherSeries`), so that such
+ * calls do not grow the figures kept in the process and `/metrics` with every name. A pair
+ * keeps its series once given one.
+ *
+ * @since 0.3.0
+ * @category constants
+ */
+export const maxSeries = 1_000
+
+/**
  * @since 0.1.0
  * @category services
  */
@@ -165,7 +178,11 @@ export const make: Effect.Effect<Service, never, Scope.Scope> = Effect.gen(funct
     return gauge
   }
 
-  const series = (provider: string, domain: string | undefined): Series => {
+  const series = (provider: string, domain: string | undefined): Series =>
+    byProvider.get(provider)?.get(domain ?? noDomain) ??
+    (all.length < maxSeries ? create(provider, domain) : create(otherSeries, otherSeries))
+
+  const create = (provider: string, domain: string | undefined): Series => {
     let domains = byProvider.get(provider)
     if (domains === undefined) {
       domains = new Map()

@@ -250,4 +250,33 @@ describe("Stats", () => {
         )
       })
   )
+
+  it.effect('a domain per call (a user id) made series for ever: past maxSeries pairs they count under "(other)"', () =>
+    Effect.gen(function* () {
+      const registry: Metric.MetricRegistry = new Map()
+      const stats = yield* Stats.make.pipe(Effect.provideService(Metric.MetricRegistry, registry))
+      const { executor } = yield* setup()
+      for (let i = 0; i < Stats.maxSeries + 5; i++) stats.series("p", `user-${i}`).requests++
+      const requests = [...registry.values()].filter((metric) => metric.id === "orchestra_requests_total")
+      assert.strictEqual(requests.length, Stats.maxSeries + 1)
+      assert.strictEqual((yield* stats.snapshot()).total, Stats.maxSeries + 5)
+      assert.strictEqual((yield* stats.snapshot({ domain: Metrics.otherSeries })).total, 5)
+      assert.strictEqual((yield* stats.snapshot({ provider: Metrics.otherSeries })).total, 5)
+      // A pair with series keeps it.
+      stats.series("p", "user-0").requests++
+      assert.strictEqual((yield* stats.snapshot({ provider: "p", domain: "user-0" })).total, 2)
+      // The name of that series is no domain a call or a configuration may give.
+      const refused = yield* Effect.flip(executor.execute({ prompt: "q" }, { domain: Metrics.otherSeries }))
+      assert.deepStrictEqual(
+        [refused._tag === "ModelError" && refused.reason, refused._tag === "ModelError" && refused.field],
+        ["InvalidRequest", "domain"]
+      )
+      const config = yield* Effect.flip(
+        Layer.build(
+          Orchestra.layer({ providers: { main: Mock.layer() }, domains: [{ name: "(other)", provider: "main" }] })
+        ).pipe(Effect.provideService(Metric.MetricRegistry, new Map()))
+      )
+      assert.deepStrictEqual([config._tag, config.path], ["OptionError", "domains[0].name"])
+    })
+  )
 })

@@ -12,7 +12,8 @@ import { agentDomain, noDomain, otherSeries, pipelineDomain } from "../Metrics.j
 const reserved: ReadonlyMap<string, string> = new Map([
   [noDomain, "it labels the calls made without a domain (leave domain out)"],
   [pipelineDomain, "it labels the steps of pipelines"],
-  [agentDomain, "it labels the calls of HTTP agents"]
+  [agentDomain, "it labels the calls of HTTP agents"],
+  [otherSeries, "it labels the calls past the series bound (Stats.maxSeries)"]
 ])
 
 /**
