@@ -457,6 +457,10 @@ describe("Pipeline definitions are checked (issues 10, 12, 13)", () => {
           [[{ name: "a", run: ok, fallback: "cached" }], "steps[0].fallback"],
           [[{ name: "a", run: ok, retry: { maxAttempts: 0 } }], "steps[0].retry.maxAttempts"],
           [[{ name: "a", run: ok, breaker: 3 }], "steps[0].breaker"],
+          // The name of the series that names past a bound count in: a step's figures would add to theirs.
+          [[{ name: "a", run: ok, stats: "(other)" }], "steps[0].stats"],
+          [[{ name: "a", run: ok, breaker: "(other)" }], "steps[0].breaker"],
+          [[{ name: "a", run: ok, rateLimit: "(other)" }], "steps[0].rateLimit"],
           // It ran the step with no dependencies, while every other field refuses null.
           [
             [

@@ -10,6 +10,7 @@
  */
 import { type Duration, type Effect, Graph, Option, Result } from "effect"
 import * as Input from "../Input.js"
+import { otherSeries } from "../Metrics.js"
 import { decodeRetry, type RetryPolicy } from "../Policy.js"
 import { invalidOption, invalidStep, PipelineError } from "./errors.js"
 
@@ -117,6 +118,20 @@ const nonEmptyString = (
     ? Result.succeed(input)
     : Result.fail(invalidStep(label(at, field), `expected a non-empty string, got ${Input.shown(input)}`, step))
 
+// A step's breaker key, limit key and stats name label series: the reserved overflow name would
+// have no series of its own (a breaker without a gauge) or add its figures to the overflow's.
+const seriesName = (
+  at: string,
+  field: string,
+  input: unknown,
+  step: string | undefined
+): Checked<string | undefined> =>
+  input === otherSeries
+    ? Result.fail(
+        invalidStep(label(at, field), `"${input}" is reserved: the names past a series bound count under it`, step)
+      )
+    : nonEmptyString(at, field, input, step)
+
 const checkFallback = (at: string, input: unknown, step: string | undefined): Checked<FallbackDef | undefined> => {
   if (input === undefined) return Result.succeed(undefined)
   if (isRecord(input)) {
@@ -185,9 +200,9 @@ export const checkPolicies = (
     const totalTimeout = yield* checkDuration(at, "totalTimeout", input.totalTimeout, step)
     const retry = yield* checkRetry(at, input.retry, step)
     const fallback = yield* checkFallback(at, input.fallback, step)
-    const breaker = yield* nonEmptyString(at, "breaker", input.breaker, step)
-    const rateLimit = yield* nonEmptyString(at, "rateLimit", input.rateLimit, step)
-    const stats = yield* nonEmptyString(at, "stats", input.stats, step)
+    const breaker = yield* seriesName(at, "breaker", input.breaker, step)
+    const rateLimit = yield* seriesName(at, "rateLimit", input.rateLimit, step)
+    const stats = yield* seriesName(at, "stats", input.stats, step)
     const description = yield* nonEmptyString(at, "description", input.description, step)
     return { timeout, totalTimeout, retry, fallback, breaker, rateLimit, stats, description }
   })
