@@ -83,15 +83,28 @@ const prefix = "orchestra_"
 
 /**
  * The metrics of a context's registry as Prometheus text, synchronously. Throws an
- * `OptionError` naming `buckets` for a value other than `"all"` or `"coarse"`.
+ * `OptionError` naming the field for an unknown option, an `all` other than true or false,
+ * or a `buckets` other than `"all"` or `"coarse"`.
  *
  * @since 0.2.0
  * @category formatting
  */
-export const formatUnsafe = (context: Context.Context<never>, options: Options = {}): string => {
-  const issue = checkBuckets("buckets", options.buckets)
+export const formatUnsafe = (context: Context.Context<never>, options?: Options): string => {
+  const issue = checkOptions(options)
   if (issue !== undefined) throw Input.toOptionError(issue)
-  return render(context, options)
+  return render(context, options ?? {})
+}
+
+const optionFields: ReadonlySet<string> = new Set(["all", "buckets"])
+
+// Absent options are the defaults; given ones are checked whole, as `layerHttp` checks its own:
+// a misspelt `bucket` or an `all: "yes"` was the default in silence.
+const checkOptions = (options: unknown, fields: ReadonlySet<string> = optionFields): Input.Issue | undefined => {
+  if (options === undefined) return undefined
+  const notObject = Input.notAnObject("options", options)
+  if (notObject !== undefined) return notObject
+  const given = options as Options
+  return Input.unknownKey(given, fields) ?? Input.notABoolean(given, ["all"]) ?? checkBuckets("buckets", given.buckets)
 }
 
 /** The text, options already checked. */
@@ -120,15 +133,15 @@ export const checkBuckets = (field: string, input: unknown): Input.Issue | undef
 }
 
 /**
- * The metrics of the current context's registry as Prometheus text (a `buckets` other than
- * `"all"` or `"coarse"` dies with an `OptionError` naming it; `layerHttp` fails with it).
+ * The metrics of the current context's registry as Prometheus text (an option its type rules
+ * out dies with an `OptionError` naming it; `layerHttp` fails with it).
  *
  * @since 0.2.0
  * @category formatting
  */
 export const format = (options?: Options): Effect.Effect<string> =>
   Effect.flatMap(Effect.context<never>(), (context) => {
-    const issue = checkBuckets("buckets", options?.buckets)
+    const issue = checkOptions(options)
     // A value its type rules out: a defect naming the field, never the default in silence.
     return issue === undefined ? Effect.succeed(render(context, options ?? {})) : Effect.die(Input.toOptionError(issue))
   })
@@ -158,11 +171,7 @@ export interface HttpOptions extends Options {
 const httpFields: ReadonlySet<string> = new Set(["all", "buckets", "path"])
 
 const checkHttp = (options: HttpOptions): Input.Checked<HttpRouter.PathInput> => {
-  const issue =
-    Input.notAnObject("(options)", options) ??
-    Input.unknownKey(options, httpFields) ??
-    Input.notABoolean(options, ["all"]) ??
-    checkBuckets("buckets", options.buckets)
+  const issue = Input.notAnObject("(options)", options) ?? checkOptions(options, httpFields)
   if (issue !== undefined) return Result.fail(issue)
   const path = Input.orDefault(options.path, "/metrics")
   return path === "*" ? Result.succeed(path) : Input.routePath("path", path, "/metrics")

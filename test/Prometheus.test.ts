@@ -408,3 +408,24 @@ describe("Prometheus: two Stats in one registry", () => {
     })
   )
 })
+
+describe("Prometheus options", () => {
+  it.effect(
+    "format and formatUnsafe check every option as layerHttp does: a typo or a wrong kind was the default",
+    () =>
+      Effect.gen(function* () {
+        const context = Context.make(Metric.MetricRegistry, new Map()) as Context.Context<never>
+        const cases: ReadonlyArray<readonly [unknown, string]> = [
+          [{ bucket: "coarse" }, "bucket"],
+          [{ all: "yes" }, "all"],
+          [null, "options"],
+          ["coarse", "options"]
+        ]
+        for (const [options, field] of cases) {
+          const exit = yield* Effect.exit(Prometheus.format(options as never).pipe(Effect.provide(context)))
+          assert.include(String(exit), `invalid ${field}:`, JSON.stringify(options))
+          assert.throws(() => Prometheus.formatUnsafe(context, options as never), `invalid ${field}:`)
+        }
+      })
+  )
+})
