@@ -7,7 +7,9 @@
  * (cumulative, so Prometheus counters never go backwards), and a window subtracts the
  * figures it started with. Reading costs the number of series (providers × domains), not
  * the number of calls or batches already run. Closing the `Stats` layer removes its series
- * from the metric registry.
+ * from the metric registry. Two `Stats` in one registry (two orchestras in one process) that
+ * count a pair in common export one series of their figures added up (`orchestra_in_flight_peak`:
+ * the larger peak); each one's `snapshot` reads its own.
  *
  * | field | unit | meaning |
  * |---|---|---|
