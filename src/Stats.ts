@@ -9,7 +9,8 @@
  * the number of calls or batches already run. Closing the `Stats` layer removes its series
  * from the metric registry. Two `Stats` in one registry (two orchestras in one process) that
  * count a pair in common export one series of their figures added up (`orchestra_in_flight_peak`:
- * the larger peak); each one's `snapshot` reads its own.
+ * the larger peak; the counts of one closed before the other stay in it); each one's `snapshot`
+ * reads its own.
  *
  * | field | unit | meaning |
  * |---|---|---|

@@ -401,8 +401,10 @@ describe("Prometheus: two Stats in one registry", () => {
       const sum = both.find((s) => s.name === "orchestra_request_duration_ms_sum" && s.labels.provider === "shared-p")
       assert.strictEqual(sum?.value, 70)
       yield* b.close
-      // The first's series stay: its counter does not vanish (nor go back) with the other's layer.
-      assert.deepStrictEqual(figures(parseExposition(yield* Prometheus.text.pipe(provide))), [1, 1, 1])
+      // The first's series stay, and keep what the other counted: a counter never goes back.
+      assert.deepStrictEqual(figures(parseExposition(yield* Prometheus.text.pipe(provide))), [3, 3, 3])
+      yield* run(a.executor)
+      assert.deepStrictEqual(figures(parseExposition(yield* Prometheus.text.pipe(provide))), [4, 4, 4])
       yield* a.close
       assert.strictEqual(registry.size, 0)
     })

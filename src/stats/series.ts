@@ -4,8 +4,9 @@
  * `Metric.MetricRegistry` through `Metric.registerUnsafe` hooks so exporters read them, and
  * read back by `Stats` for its windows. The series of one pair in two `Stats` of one registry
  * (two orchestras, an executor beside an orchestra) are one registered series whose figures
- * add up: the registry keeps one entry per metric and attributes, and the last registered
- * would hide the other's figures (its counters seen going back), then take them all away with it.
+ * add up (a closed one's counts stay in it, so counters never go back): the registry keeps one
+ * entry per metric and attributes, and the last registered would hide the other's figures (its
+ * counters seen going back), then take them all away with it.
  *
  * @internal
  */
@@ -107,12 +108,18 @@ const mergeStates: Combine<Metric.HistogramState> = (states) => {
 
 interface Joint<S> extends Shared {
   readonly parts: Array<() => S>
+  /** What the parts removed while others stayed had counted (counters and histograms only). */
+  retired: S | undefined
 }
+
+// Counters and histograms keep a removed part's figures while the series lives, so the
+// exported counts never go back; a gauge's value is now's only.
+const cumulative: ReadonlySet<unknown> = new Set<unknown>([sumCounts, mergeStates])
 
 /**
  * Registers `get` as one part of the series of `metric` with `attributes` in the context's
- * registry: one registration per series, reading `combine` of its parts. Removing the last
- * part removes the series.
+ * registry: one registration per series, reading `combine` of its parts (and, for counters and
+ * histograms, of the parts removed before). Removing the last part removes the series.
  */
 const join = <I, S>(
   metric: Metric.Metric<I, S>,
@@ -125,10 +132,16 @@ const join = <I, S>(
   const extra = Context.get(context, Metric.CurrentMetricAttributes)
   const id = JSON.stringify([metric.id, Object.entries({ ...extra, ...attributes }).sort()])
   const joint = acquire<Joint<S>>(registry, id, () => {
-    const made: Joint<S> = { users: 0, series: [], parts: [] }
+    const made: Joint<S> = { users: 0, series: [], parts: [], retired: undefined }
+    const read = (): S => {
+      if (made.parts.length === 1 && made.retired === undefined) return made.parts[0]!()
+      const states = made.parts.map((part) => part())
+      if (made.retired !== undefined) states.push(made.retired)
+      return combine(states)
+    }
     made.series.push(
       Metric.registerUnsafe(Metric.withAttributes(metric, attributes), context, {
-        get: () => (made.parts.length === 1 ? made.parts[0]!() : combine(made.parts.map((part) => part()))),
+        get: read,
         update: () => {},
         modify: () => {}
       })
@@ -142,7 +155,12 @@ const join = <I, S>(
       if (removed) return
       removed = true
       // The last part stays: a reader that kept the registration (the facade's final metrics) reads its figures.
-      if (joint.parts.length > 1) joint.parts.splice(joint.parts.indexOf(get), 1)
+      if (joint.parts.length > 1) {
+        joint.parts.splice(joint.parts.indexOf(get), 1)
+        if (cumulative.has(combine)) {
+          joint.retired = joint.retired === undefined ? get() : combine([joint.retired, get()])
+        }
+      }
       release(registry, id, joint)
     }
   }
