@@ -5,7 +5,7 @@
  *
  * @since 0.1.0
  */
-import { Context, Duration, Effect, Layer, Result, Schema, type Scope } from "effect"
+import { Context, Duration, Effect, Layer, Result, Schema, SchemaIssue, type Scope } from "effect"
 import { invalidRequest, ModelError } from "./AiError.js"
 import * as Input from "./Input.js"
 import { agentDomain, noDomain, otherSeries, pipelineDomain } from "./Metrics.js"
@@ -105,6 +105,20 @@ export const predefinedNames: ReadonlyArray<string> = ["support", "technical", "
 
 const decodeDomain = Schema.decodeUnknownResult(Domain, { onExcessProperty: "error" })
 
+// The schema's words (`Missing key`, `Expected number`) in the form of the library's own messages and the config
+// file's checks: lower case, `missing (required)`, `unknown field`. A union's or a check's message is not a leaf's.
+const leafHook: SchemaIssue.LeafHook = (issue) =>
+  issue._tag === "MissingKey"
+    ? "missing (required)"
+    : issue._tag === "UnexpectedKey"
+      ? "unknown field"
+      : SchemaIssue.defaultLeafHook(issue)
+
+const domainIssue = (error: Schema.SchemaError, at: string): Input.Issue => {
+  const issue = Input.issueOf(error, at, leafHook)
+  return { path: issue.path, message: issue.message.replace(/^Expected /, "expected ") }
+}
+
 // Domain names that label other series; `Object.create(null)`: "toString" is a fine domain name.
 const reserved: Readonly<Record<string, string>> = Object.assign(Object.create(null), {
   [noDomain]: "the calls made without a domain",
@@ -184,7 +198,7 @@ export const check = (input: unknown, options: string | CheckOptions = {}): Inpu
   for (const [i, raw] of input.entries()) {
     const at = `${path}[${i}]`
     const decoded = decodeDomain(encodeDurations(raw))
-    if (Result.isFailure(decoded)) return Result.fail(Input.issueOf(decoded.failure, at))
+    if (Result.isFailure(decoded)) return Result.fail(domainIssue(decoded.failure, at))
     const domain = decoded.success
     if (names.has(domain.name)) return Result.fail({ path: `${at}.name`, message: `duplicate domain "${domain.name}"` })
     const reservedFor = reserved[domain.name]

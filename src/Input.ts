@@ -830,13 +830,14 @@ export const DurationFromInput = Schema.Union([Schema.Number, Schema.String, Sch
 
 /**
  * The first issue of a Schema failure as a path (`domains[1].retry.maxAttempts`) and a
- * message, for config files.
+ * message, for config files. `leafHook` words the issues that are not checks (a missing key,
+ * a wrong type) in place of the schema's own `Missing key`, `Expected number`.
  *
  * @since 0.2.0
  * @category conversions
  */
-export const issueOf = (error: Schema.SchemaError, prefix = ""): Issue => {
-  const formatted = SchemaIssue.makeFormatterStandardSchemaV1()(error.issue)
+export const issueOf = (error: Schema.SchemaError, prefix = "", leafHook?: SchemaIssue.LeafHook): Issue => {
+  const formatted = SchemaIssue.makeFormatterStandardSchemaV1({ leafHook })(error.issue)
   const first = formatted.issues[0]
   const segments = (first?.path ?? []).map((p) => {
     const key = typeof p === "object" && p !== null && "key" in p ? (p as { key: PropertyKey }).key : p

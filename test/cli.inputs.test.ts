@@ -1,0 +1,54 @@
+/**
+ * The `orchestra` command's inputs, as a demanding user gives them: config and domain errors
+ * read one way (the path, then what is wrong, lower case), a prompts file is bounded before
+ * any work, and prompts meet domains the way the help says.
+ */
+import { mkdtempSync, rmSync, writeFileSync } from "node:fs"
+import { tmpdir } from "node:os"
+import * as NodePath from "node:path"
+import { afterAll, assert, describe, it } from "@effect/vitest"
+import { Effect, Result } from "effect"
+import * as Domain from "../src/Domain.js"
+import { inProcess } from "./utils/cli.js"
+
+const dir = mkdtempSync(NodePath.join(tmpdir(), "orchestra-cli-inputs-"))
+afterAll(() => rmSync(dir, { recursive: true, force: true }))
+
+const writeConfig = (name: string, config: unknown): string => {
+  const file = NodePath.join(dir, name)
+  writeFileSync(file, JSON.stringify(config, null, 2))
+  return file
+}
+
+const run = (argv: ReadonlyArray<string>) => inProcess(argv, { terminal: false })
+
+describe("a config or domain error reads one way: the path, then what is wrong, lower case", () => {
+  it.live("a domain missing its provider (it said `domains[0].provider: Missing key`)", () =>
+    Effect.gen(function* () {
+      const config = writeConfig("no-provider.json", {
+        providers: { m: { type: "mock" } },
+        domains: [{ name: "a" }]
+      })
+      const result = yield* run(["stats", "--config", config])
+      assert.strictEqual(result.code, 2)
+      assert.strictEqual(result.err, `orchestra: invalid config ${config}\n  domains[0].provider: missing (required)`)
+    })
+  )
+
+  it("Domain.check says it as the config checks do", () => {
+    const issue = (input: unknown) => {
+      const checked = Domain.check(input)
+      assert.isTrue(Result.isFailure(checked))
+      return Result.isFailure(checked) ? checked.failure : undefined
+    }
+    assert.deepStrictEqual(issue([{ name: "a" }]), { path: "domains[0].provider", message: "missing (required)" })
+    assert.deepStrictEqual(issue([{ name: "a", provider: "m", sytem: "x" }]), {
+      path: "domains[0].sytem",
+      message: "unknown field"
+    })
+    for (const input of [[{ name: "a", provider: "m", temperature: "hot" }], [{ name: " a", provider: "m" }]]) {
+      const { path, message } = issue(input)!
+      assert.match(message, /^[a-z]/, `${path}: ${message}`)
+    }
+  })
+})
