@@ -6,8 +6,9 @@
 import { mkdtempSync, rmSync, writeFileSync } from "node:fs"
 import { tmpdir } from "node:os"
 import * as NodePath from "node:path"
+import * as NodeServices from "@effect/platform-node/NodeServices"
 import { afterAll, assert, describe, it } from "@effect/vitest"
-import { Effect, Result } from "effect"
+import { ByteSize, Effect, FileSystem, Layer, Result } from "effect"
 import * as Domain from "../src/Domain.js"
 import { inProcess } from "./utils/cli.js"
 
@@ -51,4 +52,37 @@ describe("a config or domain error reads one way: the path, then what is wrong, 
       assert.match(message, /^[a-z]/, `${path}: ${message}`)
     }
   })
+})
+
+describe("a prompts file over the bound (16 MiB)", () => {
+  const max = 16 * 1024 * 1024
+
+  it.live(
+    "whose size the file system does not say (a growing log, a /proc file) is read up to the bound, not whole",
+    () =>
+      Effect.gen(function* () {
+        const config = writeConfig("bound.json", { providers: { m: { type: "mock" } } })
+        const file = NodePath.join(dir, "growing.txt")
+        writeFileSync(file, "what is the time?\n".repeat(Math.ceil((max + 1) / 18)))
+        // The size as it was when looked at (the file grew since), and a file read whole is a failure of the test.
+        const grew = Layer.effect(
+          FileSystem.FileSystem,
+          Effect.gen(function* () {
+            const fs = yield* FileSystem.FileSystem
+            return FileSystem.FileSystem.of({
+              ...fs,
+              stat: (path) =>
+                Effect.map(fs.stat(path), (info) => (path === file ? { ...info, size: ByteSize.bytes(18) } : info)),
+              readFile: (path) => (path === file ? Effect.die(`${path} read whole`) : fs.readFile(path))
+            })
+          })
+        ).pipe(Layer.provide(NodeServices.layer))
+        for (const command of ["stats", "bench"]) {
+          const result = yield* inProcess([command, "--file", file, "--config", config], { terminal: false, fs: grew })
+          assert.strictEqual(result.code, 2, result.err)
+          assert.strictEqual(result.err, `orchestra: cannot read ${file}: more than ${max} bytes (at most ${max})`)
+          assert.strictEqual(result.out, "")
+        }
+      })
+  )
 })

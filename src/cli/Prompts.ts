@@ -135,11 +135,9 @@ export const read = Effect.fnUntraced(function* (
   if (info.type === "Directory") yield* unreadable("not a file (directory)")
   const tooBig = (size: string | number) => unreadable(`${size} bytes (at most ${maxFileBytes})`)
   if (Number(info.size) > maxFileBytes) yield* tooBig(String(info.size))
-  // A pipe's or a device's size (`/dev/stdin` on a terminal, `/dev/zero`) is known only once read: no more than one
-  // byte past the bound is.
-  const bytes = yield* info.type !== "File"
-    ? readAtMost(file.value, maxFileBytes).pipe(Effect.catch(unreadable))
-    : fs.readFile(file.value).pipe(Effect.catch((error) => unreadable(platformErrorText(error))))
+  // The size said is no bound: a pipe's or a device's (`/dev/stdin`, `/dev/zero`) is known only once read, a /proc
+  // file says 0, a log grows after it was looked at. No more than one byte past the bound is read, whatever it is.
+  const bytes = yield* readAtMost(file.value, maxFileBytes).pipe(Effect.catch(unreadable))
   if (bytes.length > maxFileBytes) yield* tooBig(`more than ${maxFileBytes}`)
   const decoded = Utf8.decode(bytes)
   if (Result.isFailure(decoded)) {
