@@ -86,3 +86,54 @@ describe("a prompts file over the bound (16 MiB)", () => {
       })
   )
 })
+
+describe("prompts and domains given together", () => {
+  const config = () =>
+    writeConfig("comma.json", {
+      providers: { m: { type: "mock" } },
+      domains: [
+        { name: "a", provider: "m" },
+        { name: "b", provider: "m" },
+        { name: "a,b", provider: "m" }
+      ]
+    })
+
+  it.live(
+    "a domain with a comma in its name, which --prompts and --fallback split, is a usage error naming the flag",
+    () =>
+      Effect.gen(function* () {
+        const file = config()
+        // It ran two prompts, `a` on no domain and `q` on domain b, for the one prompt `a,b: q` (and bench, four rounds' worth).
+        for (const command of [["stats"], ["bench", "--rounds", "1"]]) {
+          const result = yield* run([...command, "--prompts", "a,b: q", "--config", file, "--json"])
+          assert.strictEqual(result.code, 2, result.out)
+          assert.strictEqual(
+            result.err,
+            'orchestra: --prompts is split at commas, and the domain "a,b" has one in its name: give these prompts with --file'
+          )
+          assert.deepInclude(JSON.parse(result.out) as object, { ok: false })
+        }
+        for (const command of [
+          ["stats", "--prompts", "q"],
+          ["bench", "--prompts", "q", "--rounds", "1"],
+          ["test", "-p", "q"]
+        ]) {
+          const result = yield* run([...command, "--fallback", "a,b", "--config", file])
+          assert.strictEqual(result.code, 2, result.out)
+          assert.strictEqual(
+            result.err,
+            'orchestra: --fallback is split at commas, and the domain "a,b" has one in its name: it cannot be named there'
+          )
+        }
+        // The same prompt from a file is one prompt, on its domain; other prompts are as they were.
+        const prompts = NodePath.join(dir, "comma.txt")
+        writeFileSync(prompts, "a,b: q\n")
+        const one = yield* run(["stats", "--file", prompts, "--config", file, "--json"])
+        assert.strictEqual(one.code, 0, one.err)
+        assert.strictEqual((JSON.parse(one.out) as { prompts: number }).prompts, 1)
+        const two = yield* run(["stats", "--prompts", "a: x,b: y", "--fallback", "b", "--config", file, "--json"])
+        assert.strictEqual(two.code, 0, two.err)
+        assert.strictEqual((JSON.parse(two.out) as { prompts: number }).prompts, 2)
+      })
+  )
+})

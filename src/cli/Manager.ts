@@ -9,7 +9,7 @@ import { Config, Console, Effect, type FileSystem, Layer, Option, type Path, Std
 import { defaultMaxItems, type ProgressEvent } from "../Batch.js"
 import * as Input from "../Input.js"
 import type * as Orchestra from "../Orchestra.js"
-import { type Common, type ExitCode, exitCodes, failWith, formatMs, stdoutClosed } from "./Common.js"
+import { type Common, type ExitCode, exitCodes, failWith, formatMs, splitList, stdoutClosed } from "./Common.js"
 import * as CliConfig from "./Config.js"
 import * as Setup from "./Setup.js"
 
@@ -98,6 +98,58 @@ export const checkDomains = (
 }
 
 const knownShown = 20
+
+/**
+ * Fails with exit code 2, naming the flag, when a comma-separated flag (`--prompts`,
+ * `--fallback`) would split a domain whose own name has a comma: `--prompts "a,b: q"` with a
+ * domain `a,b` would run two prompts (`a`, and `q` on domain `b`) for the one meant, and
+ * `--fallback "a,b"` fall back to other domains than the one named. Which was meant cannot
+ * be told, so neither runs.
+ *
+ * @since 0.3.0
+ * @category combinators
+ */
+export const checkSplitFlags = (
+  common: Common,
+  checked: Setup.Checked,
+  flags: { readonly prompts?: Option.Option<string> | undefined; readonly fallback?: Option.Option<string> | undefined }
+): Effect.Effect<void, ExitCode> => {
+  const names = Setup.domainNames(checked.loaded)
+    .map((name) => ({ name, parts: splitList(name) }))
+    .filter(({ parts }) => parts.length > 1)
+  if (names.length === 0) return Effect.void
+  const given = [
+    ["--prompts", flags.prompts, "give these prompts with --file"],
+    ["--fallback", flags.fallback, "it cannot be named there"]
+  ] as const
+  for (const [flag, value, instead] of given) {
+    if (value === undefined || Option.isNone(value)) continue
+    const pieces = splitList(value.value)
+    // In --prompts the name is a prefix (`a,b: q`), in --fallback a whole entry.
+    const last = flag === "--prompts" ? startsWithDomain : (piece: string, part: string) => piece === part
+    const split = names.find(({ parts }) => {
+      for (let i = 0; i + parts.length <= pieces.length; i++) {
+        if (parts.every((part, j) => (j < parts.length - 1 ? pieces[i + j] === part : last(pieces[i + j]!, part)))) {
+          return true
+        }
+      }
+      return false
+    })
+    if (split !== undefined) {
+      const name = split.name.length > 64 ? `${Input.wholePrefix(split.name, 64)}...` : split.name
+      return failWith(
+        common,
+        exitCodes.usage,
+        `${flag} is split at commas, and the domain "${name}" has one in its name: ${instead}`,
+        { kind: "usage" }
+      )
+    }
+  }
+  return Effect.void
+}
+
+const startsWithDomain = (piece: string, name: string): boolean =>
+  piece.startsWith(name) && /^\s*:/.test(piece.slice(name.length))
 
 /**
  * Fails with exit code 2 when there are more prompts than one batch of the config's manager

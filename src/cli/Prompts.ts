@@ -61,7 +61,7 @@ export const maxTokensFlag = (what: string) =>
 export const flags = {
   prompts: Flag.String("prompts").pipe(
     Flag.withDescription(
-      "Comma-separated prompts; `domain: prompt` picks a domain per prompt (a prompt with a comma goes in --file)"
+      "Comma-separated prompts; `domain: prompt` picks a domain per prompt (a prompt, or a domain name, with a comma goes in --file)"
     ),
     Flag.optional
   ),

@@ -24,7 +24,7 @@ import {
   positiveIntOf,
   printText
 } from "../Common.js"
-import { checkBatchSize, checkDomains, prepare, progressBar, provideOrchestra } from "../Manager.js"
+import { checkBatchSize, checkDomains, checkSplitFlags, prepare, progressBar, provideOrchestra } from "../Manager.js"
 import * as Prompts from "../Prompts.js"
 import { domainNames } from "../Setup.js"
 
@@ -185,6 +185,7 @@ export const run = Effect.fnUntraced(function* (args: Args) {
   const prompts = yield* Prompts.read(common, args.prompts, args.file, true)
   const checked = yield* prepare(common)
   const domain = Option.getOrUndefined(args.domain)
+  yield* checkSplitFlags(common, checked, args)
   yield* checkDomains(common, checked, [...Option.toArray(args.domain), ...fallback])
   const items = yield* Prompts.toItems(common, prompts, domainNames(checked.loaded), maxTokens)
   yield* checkBatchSize(common, checked, items.length)

@@ -18,7 +18,7 @@ import {
   printJson,
   printText
 } from "../Common.js"
-import { checkBatchSize, checkDomains, prepare, provideOrchestra } from "../Manager.js"
+import { checkBatchSize, checkDomains, checkSplitFlags, prepare, provideOrchestra } from "../Manager.js"
 import * as Prompts from "../Prompts.js"
 import { domainNames } from "../Setup.js"
 import type { Args } from "../Stats.js"
@@ -38,6 +38,7 @@ export const run = Effect.fnUntraced(function* (args: Args) {
   const prompts = yield* Prompts.read(common, args.prompts, args.file, false)
   const checked = yield* prepare(common)
   const file = checked.loaded.file ?? null
+  yield* checkSplitFlags(common, checked, args)
   yield* checkDomains(common, checked, [...Option.toArray(args.domain), ...fallback])
   if (prompts.length === 0) {
     // They would be checked and then apply to nothing: a user who gave them meant prompts to run.

@@ -22,7 +22,7 @@ import {
   printJson,
   printText
 } from "../Common.js"
-import { checkDomains, prepare, provideOrchestra } from "../Manager.js"
+import { checkDomains, checkSplitFlags, prepare, provideOrchestra } from "../Manager.js"
 import { maxTokensOf } from "../Prompts.js"
 import type { Args } from "../Test.js"
 
@@ -140,6 +140,7 @@ export const run = Effect.fnUntraced(function* (args: Args) {
   const domain = Option.getOrUndefined(args.domain)
   const fallback = yield* fallbackOf(common, args.fallback)
   const checked = yield* prepare(common)
+  yield* checkSplitFlags(common, checked, args)
   yield* checkDomains(common, checked, [...Option.toArray(args.domain), ...fallback])
   const program = Effect.gen(function* () {
     const router = yield* Router
