@@ -10,7 +10,18 @@ import { tmpdir } from "node:os"
 import * as NodePath from "node:path"
 import * as NodeServices from "@effect/platform-node/NodeServices"
 import { afterAll, assert, describe, it, vi } from "@effect/vitest"
-import { ByteSize, ConfigProvider, Deferred, Effect, Exit, Fiber, FileSystem, Option, PlatformError } from "effect"
+import {
+  ByteSize,
+  ConfigProvider,
+  Deferred,
+  Effect,
+  Exit,
+  Fiber,
+  FileSystem,
+  Option,
+  PlatformError,
+  Stream
+} from "effect"
 import { exitOnSecondSignal } from "../src/cli/Common.js"
 import * as CliConfig from "../src/cli/Config.js"
 import * as Setup from "../src/cli/Setup.js"
@@ -177,7 +188,8 @@ describe("orchestra says why a config file cannot be read", () => {
     Effect.gen(function* () {
       const unreadable = FileSystem.layerNoop({
         stat: () => Effect.succeed({ type: "File", size: ByteSize.bytes(10) } as FileSystem.File.Info),
-        readFile: () => Effect.fail(systemError("PermissionDenied", "EACCES", "readFile"))
+        // It is read as a stream of at most its bound (not whole): reading it is what fails.
+        stream: () => Stream.fail(systemError("PermissionDenied", "EACCES", "open"))
       })
       const result = yield* inProcess(["stats", "--config", "/somewhere/orchestra.config.json"], {
         terminal: false,

@@ -7,7 +7,7 @@
  *
  * @since 0.1.0
  */
-import { Effect, FileSystem, Option, Path, Result, Schema, SchemaIssue } from "effect"
+import { Effect, FileSystem, Option, Path, Result, Schema, SchemaIssue, Stream } from "effect"
 import * as Input from "../Input.js"
 import { platformErrorText, readAtMost } from "./Common.js"
 import { ConfigFile, providerSchemas, providerTypes } from "./ConfigSchema.js"
@@ -391,10 +391,15 @@ export const load = Effect.fnUntraced(function* (flag: Option.Option<string>, fr
   if (info.type !== "File" && info.type !== "FIFO") return yield* unusable(`not a file (${info.type.toLowerCase()})`)
   const tooBig = (size: string | number) => unusable(`${size} bytes: a config file is at most ${maxFileBytes} bytes`)
   if (Number(info.size) > maxFileBytes) return yield* tooBig(String(info.size))
-  // A pipe's size is known once read: no more than one byte past the bound is.
+  // The size said is no bound (a pipe's is known once read, a file may grow after it was looked at): no more than
+  // one byte past the bound is read. A pipe is read in order, as effect's FileSystem (which reads at positions) cannot.
   const bytes = yield* info.type === "FIFO"
     ? readAtMost(file, maxFileBytes).pipe(Effect.mapError(unusable))
-    : fs.readFile(file).pipe(Effect.mapError((error) => unusable(platformErrorText(error))))
+    : fs.stream(file, { bytesToRead: maxFileBytes + 1 }).pipe(
+        Stream.runCollect,
+        Effect.map((chunks) => Buffer.concat(chunks)),
+        Effect.mapError((error) => unusable(platformErrorText(error)))
+      )
   if (bytes.length > maxFileBytes) return yield* tooBig(`more than ${maxFileBytes}`)
   const text = Utf8.decode(bytes)
   if (Result.isFailure(text)) {
