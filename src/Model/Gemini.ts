@@ -159,6 +159,9 @@ export const make: (options: Options) => Effect.Effect<Model.Service, Input.Opti
       })
     )
 
+    // After a finishReason, the longest wait for the stream to close (a last usage chunk may still come).
+    const settledWait = Assemble.settledWait(settings.streamIdleTimeout)
+
     const stream = (request: Model.GenerateRequest): Stream.Stream<Model.StreamPart, AiError> =>
       Client.streamOperation(
         "Gemini.stream",
@@ -213,7 +216,8 @@ export const make: (options: Options) => Effect.Effect<Model.Service, Input.Opti
               ctx,
               idleTimeout: settings.streamIdleTimeout,
               step,
-              onEnd
+              onEnd,
+              settled: { done: () => finishReason !== undefined, wait: settledWait }
             })
           })
         )

@@ -928,6 +928,37 @@ layer(NodeHttpClient.layerUndici)("Gemini over HTTP", (it) => {
         })
     )
 
+    it.effect("a server that stalls after its final chunk (finishReason, no close) finishes after a short wait", () =>
+      Effect.gen(function* () {
+        const server = yield* Server.make((_, res) =>
+          Server.chunked(res, [Server.sse([streamChunk("done"), streamChunk("", "STOP")])], { end: "hang" })
+        )
+        const p = yield* provider(server, { streamIdleTimeout: "20 seconds" })
+        const parts: Array<Model.StreamPart> = []
+        const fiber = yield* p.stream({ prompt: "hi" }).pipe(
+          Stream.runForEach((part) => Effect.sync(() => parts.push(part))),
+          Effect.exit,
+          Effect.forkChild
+        )
+        while (parts.length < 1) yield* Effect.promise(() => Server.pause(5))
+        // The final chunk may come in a later read: step the clock, never near the idle deadline.
+        let waited = 0
+        while (fiber.pollUnsafe() === undefined && waited < 10) {
+          yield* Effect.promise(() => Server.pause(20))
+          yield* TestClock.adjust("1 second")
+          waited++
+        }
+        assert.isBelow(waited, 10)
+        const exit = yield* Fiber.join(fiber)
+        assert.isTrue(Exit.isSuccess(exit), Exit.isFailure(exit) ? Cause.pretty(exit.cause) : "")
+        assert.deepStrictEqual(
+          parts.map((part) => (part._tag === "Finish" ? part.finishReason : part._tag)),
+          ["TextDelta", "stop"]
+        )
+        yield* server.awaitAborted(1)
+      })
+    )
+
     it.effect("an endless stream is TooLarge at maxResponseBytes", () =>
       Effect.gen(function* () {
         const server = yield* Server.make((_, res) =>
