@@ -496,6 +496,30 @@ layer(NodeHttpClient.layerUndici)("Gemini over HTTP", (it) => {
       })
     )
 
+    it.effect("more than 5 stop sequences are InvalidRequest naming stop, before any request", () =>
+      Effect.gen(function* () {
+        const server = yield* Server.make((_, res) => Server.json(res, 200, response("ok")))
+        const p = yield* provider(server)
+        const six = ["a", "b", "c", "d", "e", "f"]
+        const error = yield* failing(p.generate({ prompt: "x", stop: six }))
+        assert.deepStrictEqual([error.reason, error.field], ["InvalidRequest", "stop"])
+        assert.include(error.message, "5")
+        const streamed = yield* Effect.exit(Stream.runCollect(p.stream({ prompt: "x", stop: six })))
+        assert.deepStrictEqual(
+          [modelErrorOf(streamed).reason, modelErrorOf(streamed).field],
+          ["InvalidRequest", "stop"]
+        )
+        assert.lengthOf(yield* server.requests, 0)
+        assert.strictEqual((yield* p.generate({ prompt: "x", stop: six.slice(0, 5) })).text, "ok")
+        const [request] = yield* server.requests
+        assert.deepStrictEqual(
+          (request?.json as { generationConfig?: { stopSequences?: unknown } } | undefined)?.generationConfig
+            ?.stopSequences,
+          six.slice(0, 5)
+        )
+      })
+    )
+
     it.effect("a malformed body is Decode naming the field", () =>
       Effect.gen(function* () {
         const server = yield* Server.make((_, res) =>

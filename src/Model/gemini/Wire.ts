@@ -220,10 +220,19 @@ const toolConfigOf = (
 }
 
 /**
+ * The most stop sequences Gemini's `generationConfig.stopSequences` takes.
+ *
+ * @since 0.3.0
+ * @category constants
+ */
+export const MAX_STOP_SEQUENCES = 5
+
+/**
  * The request body of `generateContent`: system messages become `systemInstruction`,
  * assistant turns are role `model`, tools `functionDeclarations`, a JSON response format
  * `responseMimeType` (with `responseJsonSchema`). Fails with `InvalidRequest` for what
- * cannot be sent (a tool message answering no earlier call, arguments that are not JSON).
+ * cannot be sent (a tool message answering no earlier call, arguments that are not JSON,
+ * more than {@link MAX_STOP_SEQUENCES} stop sequences).
  *
  * @since 0.1.0
  * @category utils
@@ -258,7 +267,19 @@ export const requestBody = (
   if (request.maxTokens !== undefined) config["maxOutputTokens"] = request.maxTokens
   if (request.temperature !== undefined) config["temperature"] = request.temperature
   if (request.topP !== undefined) config["topP"] = request.topP
-  if (request.stop !== undefined) config["stopSequences"] = request.stop
+  if (request.stop !== undefined) {
+    // Gemini answers more with a 400 of its own, after a network call a retry may repeat.
+    if (request.stop.length > MAX_STOP_SEQUENCES) {
+      return Result.fail(
+        invalidRequest(
+          "stop",
+          `Gemini takes at most ${MAX_STOP_SEQUENCES} stop sequences, got ${request.stop.length}`,
+          provider
+        )
+      )
+    }
+    config["stopSequences"] = request.stop
+  }
   if (request.seed !== undefined) config["seed"] = request.seed
   const format = request.responseFormat
   if (format !== undefined && format.type !== "text") {
