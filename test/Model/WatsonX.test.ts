@@ -99,6 +99,22 @@ describe("WatsonX IAM token cache", () => {
     })
   )
 
+  it.effect("a token said to live for years (expires_in huge) is still fetched again within an hour", () =>
+    Effect.gen(function* () {
+      const iam = yield* scriptedIam
+      for (const seconds of [1e300, 10 * 365 * 86400]) {
+        yield* Ref.set(iam.expiresIn, Duration.seconds(seconds))
+        const cache = yield* iam.cache()
+        const first = yield* tokenOf(cache)
+        // IAM tokens live an hour: the cache trusts no more than that, less refreshMargin.
+        yield* TestClock.adjust(Duration.seconds(3600 - 60 - 1))
+        assert.strictEqual(yield* tokenOf(cache), first, String(seconds))
+        yield* TestClock.adjust(Duration.seconds(1))
+        assert.notStrictEqual(yield* tokenOf(cache), first, String(seconds))
+      }
+    })
+  )
+
   it.effect("a hanging fetch fails every waiter with Timeout at the bound; the next call asks again", () =>
     Effect.gen(function* () {
       const iam = yield* scriptedIam

@@ -1,7 +1,7 @@
 /**
  * The IAM bearer token of the watsonx provider: fetched from the API key once however
  * many calls need it at the same moment, cached until shortly before it expires (by the
- * `Clock`), fetched again after the API refused it, and every fetch bounded in time.
+ * `Clock`, and never longer than {@link maxTokenLifetime}), fetched again after the API refused it, and every fetch bounded in time.
  *
  * The fetch itself (an HTTP request) is given by the provider, so the cache knows nothing
  * of HTTP and its timing is tested on the `TestClock` alone.
@@ -83,6 +83,18 @@ export interface TokenCache {
  */
 export const isUnauthorized = (error: unknown): boolean => error instanceof ModelError && error.status === 401
 
+/**
+ * The longest a token is cached, whatever its `expires_in` says: an hour, the lifetime IBM
+ * Cloud IAM gives its tokens. A token said to live longer (a wrong or hostile answer) is
+ * fetched again as one that lives an hour would be, rather than kept until the API refuses it.
+ *
+ * @since 0.3.0
+ * @category constants
+ */
+export const maxTokenLifetime: Duration.Duration = Duration.hours(1)
+
+const MAX_LIFETIME_MILLIS = Duration.toMillis(maxTokenLifetime)
+
 type State =
   | { readonly _tag: "Empty"; readonly generation: number }
   | { readonly _tag: "Pending"; readonly generation: number; readonly deferred: Deferred.Deferred<Token, ModelError> }
@@ -119,7 +131,7 @@ export const make: (options: Options) => Effect.Effect<TokenCache, never, Scope.
       Effect.timeoutOrElse({ duration: options.timeout, orElse: () => timedOut }),
       Effect.flatMap((issued) =>
         Effect.map(Clock.currentTimeMillis, (now) => {
-          const lifetime = Duration.toMillis(issued.expiresIn)
+          const lifetime = Math.min(Duration.toMillis(issued.expiresIn), MAX_LIFETIME_MILLIS)
           return { value: issued.token, generation, refreshAt: now + lifetime - Math.min(margin, lifetime / 2) }
         })
       ),
