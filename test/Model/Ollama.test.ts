@@ -224,6 +224,49 @@ layer(NodeHttpClient.layerUndici)("Ollama", (it) => {
       })
     )
 
+    it.effect("tool-call arguments that are not an object are Decode naming them; JSON text of an object is kept", () =>
+      Effect.gen(function* () {
+        // The prompt is the JSON of the arguments the server answers with.
+        const argsOf = (req: Server.Recorded): unknown =>
+          JSON.parse((bodyOf(req)["messages"] as ReadonlyArray<{ readonly content: string }>)[0]!.content)
+        const server = yield* Server.make((req, res) => {
+          const call = { function: { name: "f", arguments: argsOf(req) } }
+          return bodyOf(req)["stream"] === true
+            ? Server.text(
+                res,
+                200,
+                `${JSON.stringify({ model: "m", message: { content: "", tool_calls: [call] }, done: false })}\n`,
+                {
+                  "content-type": "application/x-ndjson"
+                }
+              )
+            : Server.json(res, 200, { model: "m", message: { role: "assistant", tool_calls: [call] }, done: true })
+        })
+        const p = yield* provider(server)
+        for (const args of [[1, 2], "not json", "[1]", "42", 7, true]) {
+          const prompt = JSON.stringify(args)
+          const error = yield* flipModel(p.generate({ prompt }))
+          assert.deepStrictEqual(
+            [error.reason, error.field],
+            ["Decode", "message.tool_calls[0].function.arguments"],
+            prompt
+          )
+          const { exit } = yield* collect(p.stream({ prompt }))
+          assert.strictEqual(modelErrorOf(exit).field, "message.tool_calls[0].function.arguments", prompt)
+        }
+        const text = yield* p.generate({ prompt: JSON.stringify('{"city":"Oslo"}') })
+        assert.deepStrictEqual(
+          text.toolCalls?.map((c) => c.arguments),
+          ['{"city":"Oslo"}']
+        )
+        const object = yield* p.generate({ prompt: JSON.stringify({ city: "Oslo" }) })
+        assert.deepStrictEqual(
+          object.toolCalls?.map((c) => c.arguments),
+          ['{"city":"Oslo"}']
+        )
+      })
+    )
+
     it.effect("a server that never answers ends with a request TimeoutError at `timeout`", () =>
       Effect.gen(function* () {
         const server = yield* Server.make(Server.hang)

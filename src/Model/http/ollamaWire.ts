@@ -22,6 +22,16 @@ const Counts = {
   eval_count: Count
 }
 
+const isObject = (value: unknown): boolean => typeof value === "object" && value !== null && !Array.isArray(value)
+
+// Ollama's `arguments` is an object; a string holding an object's JSON text (as some compatible servers send) is
+// kept. Anything else would only be refused when the call is sent back in the next turn.
+const objectArguments = Schema.makeFilter<unknown>((value) =>
+  value === null || isObject(value) || (typeof value === "string" && isObject(parseJson(value)))
+    ? undefined
+    : "expected an object (or the JSON text of one)"
+)
+
 const ToolCalls = Schema.optional(
   Schema.NullOr(
     Schema.Array(
@@ -30,7 +40,7 @@ const ToolCalls = Schema.optional(
         function: Schema.Struct({
           // A call without a name cannot be dispatched: Decode naming it, as on the other providers.
           name: Schema.NonEmptyString,
-          arguments: Schema.optional(Schema.Unknown.check(shallow))
+          arguments: Schema.optional(Schema.Unknown.check(shallow, objectArguments))
         })
       })
     )
@@ -227,13 +237,17 @@ export const generateBody = (request: Model.GenerateRequest, options: BodyOption
     ...(request.system === undefined ? {} : { system: request.system })
   })
 
-const parseArguments = (text: string): unknown => {
+const parseJson = (text: string): unknown => {
   try {
-    const value: unknown = JSON.parse(text)
-    return typeof value === "object" && value !== null && !Array.isArray(value) ? value : undefined
+    return JSON.parse(text)
   } catch {
     return undefined
   }
+}
+
+const parseArguments = (text: string): unknown => {
+  const value = parseJson(text)
+  return isObject(value) ? value : undefined
 }
 
 /**
