@@ -259,7 +259,7 @@ export const make: (options: Options) => Effect.Effect<Model.Service, Input.Opti
           })
         )
         const vectors = answers.flat()
-        const uneven = Errors.unevenVectors(vectors, ctx, "embeddings")
+        const uneven = Errors.unevenVectors(vectors, ctx, "embeddings", EMBED_BATCH)
         if (uneven !== undefined) return yield* Effect.fail(uneven)
         // All of one length now: a model or proxy that ignored `outputDimensionality` shows in the first.
         const unasked = Errors.unaskedDimensions(ctx, "embeddings[0]", vectors[0]!.length, dimensions)

@@ -375,7 +375,7 @@ export const make: (
           inputTokens = counted === undefined || inputTokens === undefined ? undefined : inputTokens + counted
         }
         const vectors = answers.flatMap((answer) => answer.results.map((r) => r.embedding))
-        const uneven = Errors.unevenVectors(vectors, ctxOf(model, []), "results")
+        const uneven = Errors.unevenVectors(vectors, ctxOf(model, []), "results", EMBED_BATCH)
         if (uneven !== undefined) return yield* Effect.fail(uneven)
         return {
           vectors,

@@ -1028,6 +1028,30 @@ layer(NodeHttpClient.layerUndici)("Gemini over HTTP", (it) => {
       })
     )
 
+    it.effect(
+      "a bad vector in a later batch is named by its index in that answer, the batch and text in the message",
+      () =>
+        Effect.gen(function* () {
+          const server = yield* Server.make((req, res) => {
+            const requests = (
+              req.json as { requests: ReadonlyArray<{ content: { parts: ReadonlyArray<{ text: string }> } }> }
+            ).requests
+            Server.json(res, 200, {
+              embeddings: requests.map((r) => ({ values: r.content.parts[0]!.text === "205" ? [1] : [1, 2] }))
+            })
+          })
+          const p = yield* provider(server)
+          const texts = Array.from({ length: 250 }, (_, i) => String(i)) as unknown as readonly [
+            string,
+            ...Array<string>
+          ]
+          const error = yield* failing(p.embed({ texts }))
+          assert.deepStrictEqual([error.reason, error.field], ["Decode", "embeddings[5]"])
+          assert.include(error.message, "batch 3")
+          assert.include(error.message, "input text 205")
+        })
+    )
+
     it.effect("vectors of another length than embeddingDimensions are Decode naming it", () =>
       Effect.gen(function* () {
         const server = yield* Server.make((_, res) =>

@@ -838,6 +838,27 @@ layer(NodeHttpClient.layerUndici)("WatsonX over HTTP", (it) => {
     )
   })
 
+  describe("embeddings: a bad vector in a later batch", () => {
+    it.effect("is named by its index in the answer that had it, with the batch and the input text in the message", () =>
+      Effect.gen(function* () {
+        const { provider } = yield* makeServer((req, res) => {
+          const inputs = (req.json as { inputs: ReadonlyArray<string> }).inputs
+          Server.json(res, 200, {
+            results: inputs.map((t) => ({ embedding: t === "1003" ? [] : [1, 2] }))
+          })
+        })
+        const texts = Array.from({ length: 1500 }, (_, i) => String(i)) as unknown as readonly [
+          string,
+          ...Array<string>
+        ]
+        const error = yield* failing((yield* provider()).embed({ texts }))
+        assert.deepStrictEqual([error.reason, error.field], ["Decode", "results[3]"])
+        assert.include(error.message, "batch 2")
+        assert.include(error.message, "input text 1003")
+      })
+    )
+  })
+
   describe("chat choices", () => {
     it.effect("the answer is the choice whose index is 0, wherever it sits; without one it is Decode on choices", () =>
       Effect.gen(function* () {

@@ -464,7 +464,9 @@ export const unaskedDimensions = (
  * The `Decode` error of an embeddings answer whose vectors are not all of one length, or
  * empty, or hold a value that is not a finite number (what uses them compares them dimension
  * by dimension; base64 float32 carries NaN and Infinity, and JSON's `1e400` reads as
- * Infinity); `undefined` when they are sound.
+ * Infinity); `undefined` when they are sound. With `batchSize`, the vectors of several answers
+ * (batches of that many texts, in order) are named by their index in the answer that had
+ * them, the batch and the input text's index in the message.
  *
  * @since 0.3.0
  * @category errors
@@ -472,15 +474,26 @@ export const unaskedDimensions = (
 export const unevenVectors = (
   vectors: ReadonlyArray<ReadonlyArray<number>>,
   ctx: CallContext,
-  field: string
+  field: string,
+  batchSize?: number | undefined
 ): ModelError | undefined => {
   const size = vectors[0]?.length
+  // Named where it sits on the wire: its index in the answer that had it, and which batch that was.
+  const bad = (i: number, detail: string) => {
+    if (batchSize === undefined || vectors.length <= batchSize) return malformed(ctx, `${field}[${i}]`, detail)
+    const batch = Math.floor(i / batchSize)
+    return malformed(
+      ctx,
+      `${field}[${i - batch * batchSize}]`,
+      `${detail} (in the answer to batch ${batch + 1}, of ${batchSize} texts each: input text ${i})`
+    )
+  }
   for (let i = 0; i < vectors.length; i++) {
     const length = vectors[i]!.length
-    if (length === 0) return malformed(ctx, `${field}[${i}]`, "an empty vector")
-    if (length !== size) return malformed(ctx, `${field}[${i}]`, `${length} dimensions where the first has ${size}`)
+    if (length === 0) return bad(i, "an empty vector")
+    if (length !== size) return bad(i, `${length} dimensions where the first has ${size}`)
     for (const value of vectors[i]!) {
-      if (!Number.isFinite(value)) return malformed(ctx, `${field}[${i}]`, "a value that is not a finite number")
+      if (!Number.isFinite(value)) return bad(i, "a value that is not a finite number")
     }
   }
   return undefined
