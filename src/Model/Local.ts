@@ -130,7 +130,14 @@ export const make = (options: Options = {}): Effect.Effect<Service, ModelError |
           message: `expected an object, got ${options === null ? "null" : typeof options}`
         })
       )
-    : internal.makeWith({ ...options, modelPath: Input.orDefault(options.modelPath, defaultModelPath) })
+    : Effect.flatMap(
+        // Read once: a getter that throws is an OptionError naming its field, not an exception out of `make`.
+        Input.orOptionError(Input.readFields(options)),
+        (read) => {
+          const given = read as Options
+          return internal.makeWith({ ...given, modelPath: Input.orDefault(given.modelPath, defaultModelPath) })
+        }
+      )
 
 /**
  * The local provider as the `ModelProvider` service.

@@ -342,6 +342,25 @@ describe("Local provider", () => {
     })
   )
 
+  it.effect("a top-level option whose getter throws is an OptionError naming it, not an exception out of make", () =>
+    Effect.gen(function* () {
+      for (const field of ["poolSize", "modelPath"]) {
+        const options = Object.defineProperty({}, field, {
+          enumerable: true,
+          get: () => {
+            throw new Error("not readable")
+          }
+        }) as Local.Options
+        const error = yield* Effect.flip(Effect.scoped(Effect.suspend(() => Local.make(options))))
+        assert.strictEqual(error._tag, "OptionError", field)
+        if (error._tag === "OptionError") {
+          assert.strictEqual(error.path, field)
+          assert.include(error.message, "not readable")
+        }
+      }
+    })
+  )
+
   it.effect("a models field whose getter throws is an OptionError naming it, not a defect", () =>
     Effect.gen(function* () {
       const models = {
