@@ -520,6 +520,47 @@ layer(NodeHttpClient.layerUndici)("Gemini over HTTP", (it) => {
       })
     )
 
+    it.effect(
+      "a seed Gemini cannot hold (its seed is an int32) is InvalidRequest naming seed, before any request",
+      () =>
+        Effect.gen(function* () {
+          const server = yield* Server.make((_, res) => Server.json(res, 200, response("ok")))
+          const p = yield* provider(server)
+          for (const seed of [2 ** 31, -(2 ** 31) - 1, 2 ** 40]) {
+            const error = yield* failing(p.generate({ prompt: "x", seed }))
+            assert.deepStrictEqual([error.reason, error.field], ["InvalidRequest", "seed"], String(seed))
+          }
+          assert.lengthOf(yield* server.requests, 0)
+          for (const seed of [2 ** 31 - 1, -(2 ** 31), 0]) {
+            assert.strictEqual((yield* p.generate({ prompt: "x", seed })).text, "ok", String(seed))
+          }
+        })
+    )
+
+    it.effect("a function call without a name is Decode naming it, in answers and streams", () =>
+      Effect.gen(function* () {
+        const nameless = {
+          candidates: [{ content: { parts: [{ functionCall: { name: "", args: {} } }] }, finishReason: "STOP" }]
+        }
+        const server = yield* Server.make((req, res) =>
+          req.path.endsWith(":streamGenerateContent")
+            ? Server.chunked(res, [Server.sse([nameless])])
+            : Server.json(res, 200, nameless)
+        )
+        const p = yield* provider(server)
+        const error = yield* failing(p.generate({ prompt: "x" }))
+        assert.deepStrictEqual(
+          [error.reason, error.field],
+          ["Decode", "candidates[0].content.parts[0].functionCall.name"]
+        )
+        const { exit } = yield* collect(p.stream({ prompt: "x" }))
+        assert.deepStrictEqual(
+          [modelErrorOf(exit).reason, modelErrorOf(exit).field],
+          ["Decode", "candidates[0].content.parts[0].functionCall.name"]
+        )
+      })
+    )
+
     it.effect("a malformed body is Decode naming the field", () =>
       Effect.gen(function* () {
         const server = yield* Server.make((_, res) =>

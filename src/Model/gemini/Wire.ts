@@ -16,7 +16,8 @@ const Part = Schema.Struct({
   functionCall: Schema.optional(
     Schema.Struct({
       id: Schema.optional(Schema.String),
-      name: Schema.String,
+      // A call without a name cannot be dispatched: Decode naming it, as on the other providers.
+      name: Schema.NonEmptyString,
       // Written again as the call's `arguments`: too deep overflows JSON.stringify; 1e400 (Infinity) it writes as null.
       args: Schema.optional(Schema.Record(Schema.String, Schema.Unknown).check(shallow, finite))
     })
@@ -232,7 +233,7 @@ export const MAX_STOP_SEQUENCES = 5
  * assistant turns are role `model`, tools `functionDeclarations`, a JSON response format
  * `responseMimeType` (with `responseJsonSchema`). Fails with `InvalidRequest` for what
  * cannot be sent (a tool message answering no earlier call, arguments that are not JSON,
- * more than {@link MAX_STOP_SEQUENCES} stop sequences).
+ * more than {@link MAX_STOP_SEQUENCES} stop sequences, a seed outside 32 bits).
  *
  * @since 0.1.0
  * @category utils
@@ -280,7 +281,15 @@ export const requestBody = (
     }
     config["stopSequences"] = request.stop
   }
-  if (request.seed !== undefined) config["seed"] = request.seed
+  if (request.seed !== undefined) {
+    // Gemini's seed is an int32: a larger one is a 400 of its own, after a network call.
+    if (request.seed < -(2 ** 31) || request.seed > 2 ** 31 - 1) {
+      return Result.fail(
+        invalidRequest("seed", `Gemini takes a 32-bit seed (-2^31 to 2^31 - 1), got ${request.seed}`, provider)
+      )
+    }
+    config["seed"] = request.seed
+  }
   const format = request.responseFormat
   if (format !== undefined && format.type !== "text") {
     config["responseMimeType"] = "application/json"
