@@ -116,11 +116,24 @@ describe("Gemini wire", () => {
       ]
     })
     assert.strictEqual(orphan.reason, "InvalidRequest")
-    assert.strictEqual(orphan.field, "messages")
+    assert.strictEqual(orphan.field, "messages[1].toolCallId")
     const badArgs = refusalOf({
-      messages: [{ role: "assistant", content: "", toolCalls: [{ id: "c", name: "f", arguments: "[1]" }] }]
+      system: "s",
+      messages: [
+        { role: "user", content: "x" },
+        {
+          role: "assistant",
+          content: "",
+          toolCalls: [
+            { id: "a", name: "f", arguments: "{}" },
+            { id: "c", name: "f", arguments: "[1]" }
+          ]
+        }
+      ]
     })
-    assert.strictEqual(badArgs.field, "messages")
+    // Named where the caller wrote it: the request's own messages, not counting its `system`.
+    assert.strictEqual(badArgs.field, "messages[1].toolCalls[1].arguments")
+    assert.include(badArgs.message, '"c"')
   })
 
   it("a JSON response format asks for application/json, with the schema when given", () => {

@@ -149,15 +149,19 @@ const parseJson = (text: string): Result.Result<unknown, undefined> => {
 
 type Content = { readonly role: "user" | "model"; readonly parts: Array<Record<string, unknown>> }
 
+// `offset`: how many messages came before the request's own (its `system`), so refusals name them as the caller wrote.
 const contentsOf = (
   messages: ReadonlyArray<Model.Message>,
+  offset: number,
   provider: string
 ): Result.Result<{ readonly system: ReadonlyArray<string>; readonly contents: ReadonlyArray<Content> }, ModelError> => {
   const system: Array<string> = []
   const contents: Array<Content> = []
   const callNames = new Map<string, string>()
-  const refuse = (message: string) => Result.fail(invalidRequest("messages", message, provider))
-  for (const message of messages) {
+  const refuse = (field: string, message: string) => Result.fail(invalidRequest(field, message, provider))
+  for (let i = 0; i < messages.length; i++) {
+    const message = messages[i]!
+    const index = i - offset
     switch (message.role) {
       case "system":
         system.push(message.content)
@@ -167,10 +171,15 @@ const contentsOf = (
         break
       case "assistant": {
         const parts: Array<Record<string, unknown>> = message.content.length > 0 ? [{ text: message.content }] : []
-        for (const call of message.toolCalls ?? []) {
+        const calls = message.toolCalls ?? []
+        for (let j = 0; j < calls.length; j++) {
+          const call = calls[j]!
           const args = parseJson(call.arguments)
           if (Result.isFailure(args) || !isPlainObject(args.success)) {
-            return refuse(`the arguments of tool call "${call.id}" are not a JSON object`)
+            return refuse(
+              `messages[${index}].toolCalls[${j}].arguments`,
+              `the arguments of tool call "${call.id}" are not a JSON object`
+            )
           }
           callNames.set(call.id, call.name)
           parts.push(
@@ -185,7 +194,10 @@ const contentsOf = (
       case "tool": {
         const name = message.toolCallId === undefined ? undefined : callNames.get(message.toolCallId)
         if (name === undefined) {
-          return refuse(`a tool message answers no earlier tool call (toolCallId ${message.toolCallId ?? "missing"})`)
+          return refuse(
+            `messages[${index}].toolCallId`,
+            `a tool message answers no earlier tool call (toolCallId ${message.toolCallId ?? "missing"})`
+          )
         }
         const parsed = parseJson(message.content)
         const response =
@@ -242,7 +254,7 @@ export const requestBody = (
   request: Model.GenerateRequest,
   provider = "gemini"
 ): Result.Result<Record<string, unknown>, ModelError> => {
-  const conversation = contentsOf(Model.toMessages(request), provider)
+  const conversation = contentsOf(Model.toMessages(request), request.system === undefined ? 0 : 1, provider)
   if (Result.isFailure(conversation)) return conversation
   const { contents, system } = conversation.success
   const body: Record<string, unknown> = { contents }
