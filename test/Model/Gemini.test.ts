@@ -66,6 +66,11 @@ describe("Gemini wire", () => {
     const unknown = refusalOf({ prompt: "x", tools: [weather], toolChoice: { name: "nope" } })
     assert.strictEqual(unknown.reason, "InvalidRequest")
     assert.strictEqual(unknown.field, "toolChoice")
+    // A call demanded with no tool to call cannot be honoured: refused, not sent as mode ANY without declarations.
+    const required = refusalOf({ prompt: "x", toolChoice: "required" })
+    assert.deepStrictEqual([required.reason, required.field], ["InvalidRequest", "toolChoice"])
+    assert.isUndefined(bodyOf({ prompt: "x", toolChoice: "auto" })["toolConfig"])
+    assert.isUndefined(bodyOf({ prompt: "x", toolChoice: "none" })["toolConfig"])
   })
 
   it("a tool conversation: calls are functionCall parts, parallel answers one user turn of functionResponse parts", () => {

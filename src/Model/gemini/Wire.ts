@@ -228,6 +228,11 @@ const toolConfigOf = (
     }
     return Result.succeed({ functionCallingConfig: { mode: "ANY", allowedFunctionNames: [choice.name] } })
   }
+  if (choice === "required" && tools.length === 0) {
+    return Result.fail(
+      invalidRequest("toolChoice", '"required" asks for a tool call, but the request has no tools', provider)
+    )
+  }
   const mode = choice === "auto" ? "AUTO" : choice === "none" ? "NONE" : "ANY"
   return Result.succeed({ functionCallingConfig: { mode } })
 }
@@ -271,8 +276,10 @@ export const requestBody = (
       }
     ]
   }
-  if (request.toolChoice !== undefined) {
-    const config = toolConfigOf(request.toolChoice, tools, provider)
+  const choice = request.toolChoice
+  // Without tools, "auto" and "none" are what Gemini does anyway: no config for functions that are not there.
+  if (choice !== undefined && (tools.length > 0 || (choice !== "auto" && choice !== "none"))) {
+    const config = toolConfigOf(choice, tools, provider)
     if (Result.isFailure(config)) return config
     body["toolConfig"] = config.success
   }
