@@ -262,6 +262,20 @@ describe("WatsonX wire", () => {
     assert.isUndefined(WatsonXWire.unsupported({ prompt: "x", tools: [] }, "chat", "watsonx"))
   })
 
+  it("text generation: more than 6 stop sequences, or a random_seed outside 1..2^32-1, are refused naming them", () => {
+    const refusal = (request: Parameters<typeof WatsonXWire.unsupported>[0]) => {
+      const error = WatsonXWire.unsupported(request, "generation", "watsonx")
+      return error === undefined ? undefined : [error.reason, error.field]
+    }
+    const seven = ["a", "b", "c", "d", "e", "f", "g"]
+    assert.deepStrictEqual(refusal({ prompt: "x", stop: seven }), ["InvalidRequest", "stop"])
+    assert.isUndefined(refusal({ prompt: "x", stop: seven.slice(0, 6) }))
+    for (const seed of [0, -1, 2 ** 32]) {
+      assert.deepStrictEqual(refusal({ prompt: "x", seed }), ["InvalidRequest", "seed"], String(seed))
+    }
+    for (const seed of [1, 2 ** 32 - 1]) assert.isUndefined(refusal({ prompt: "x", seed }), String(seed))
+  })
+
   it("chat body: user turns as text parts, the options by their watsonx names, a JSON schema format", () => {
     const schema = { type: "object" }
     assert.deepStrictEqual(

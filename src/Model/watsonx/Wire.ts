@@ -135,7 +135,8 @@ export const finishReasonOf = (reason: string | null | undefined): Model.FinishR
 
 /**
  * What watsonx cannot take from a request here, refused before any call: tools (not
- * mapped), tool messages, and a response format on the text-generation API.
+ * mapped), tool messages, and on the text-generation API a response format, more than 6
+ * stop sequences or a seed outside its `random_seed` range (1 to 2^32 - 1).
  *
  * @since 0.2.0
  * @category validation
@@ -153,8 +154,29 @@ export const unsupported = (request: Model.GenerateRequest, api: Api, provider: 
       return invalidRequest("messages", "watsonx does not take tool calls or tool messages here", provider)
     }
   }
-  if (api === "generation" && request.responseFormat !== undefined && request.responseFormat.type !== "text") {
-    return invalidRequest("responseFormat", 'the text-generation API has no response format; use api: "chat"', provider)
+  if (api === "generation") {
+    if (request.responseFormat !== undefined && request.responseFormat.type !== "text") {
+      return invalidRequest(
+        "responseFormat",
+        'the text-generation API has no response format; use api: "chat"',
+        provider
+      )
+    }
+    // The text-generation API's own bounds: past them it answers a 400 after the call.
+    if (request.stop !== undefined && request.stop.length > 6) {
+      return invalidRequest(
+        "stop",
+        `the text-generation API takes at most 6 stop sequences, got ${request.stop.length}`,
+        provider
+      )
+    }
+    if (request.seed !== undefined && (request.seed < 1 || request.seed > 2 ** 32 - 1)) {
+      return invalidRequest(
+        "seed",
+        `the text-generation API takes a random_seed from 1 to 2^32 - 1, got ${request.seed}`,
+        provider
+      )
+    }
   }
   return undefined
 }
