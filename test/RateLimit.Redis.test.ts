@@ -547,6 +547,9 @@ describe.skipIf(skipRedis)(`RateLimit (Redis store; ${skipRedis ? skipReason : "
           // null is a wrong value, not the default; a prefix that is not a string would be written into every key.
           [{ prefix: null as never }, "prefix"],
           [{ prefix: 5 as never }, "prefix"],
+          // Part of every Redis key and sent with every call, bounded as the key store's and the breakers'.
+          [{ prefix: "p".repeat(101) }, "prefix"],
+          [{ prefix: "" }, "prefix"],
           // A misspelt guard option was ignored (the default 500 ms deadline applied); null threw a TypeError.
           [{ redis: { timout: "100 millis" } as Redis.GuardOptions }, "redis.timout"],
           [{ redis: null as never }, "redis"],

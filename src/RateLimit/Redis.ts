@@ -339,7 +339,7 @@ const storeError = (operation: string) => (error: Redis.RedisError) =>
  * Builds the store. State for a key lives under `<prefix><key>` (`%` and `:` in the key
  * escaped), `<prefix>{<key>}:window` for `AlignedFixedWindow`'s windows and `<prefix>{<key>}:bucket`
  * for the token bucket; a tagged reservation's record (`Revocable`) under `<that key>:r:<id>`, for
- * as long as its window lasts. `{<key>}` is the Redis Cluster hash tag that keeps a state and its
+ * as long as its window lasts. `prefix` (default `"orchestra:ratelimit:"`) is 1 to 100 characters. `{<key>}` is the Redis Cluster hash tag that keeps a state and its
  * records, which one script touches together, in one slot. `adaptiveConsume` and
  * `adaptiveFeedback` are `effect`'s own.
  *
@@ -348,8 +348,9 @@ const storeError = (operation: string) => (error: Redis.RedisError) =>
  */
 export const makeStore = Effect.fnUntraced(function* (options: { readonly prefix?: string | undefined } = {}) {
   const prefix = Input.orDefault(options.prefix, "orchestra:ratelimit:")
-  if (typeof prefix !== "string" || prefix.length === 0) {
-    return yield* new Input.OptionError({ path: "prefix", message: "invalid prefix: expected a non-empty string" })
+  // Part of every Redis key and sent with every call: bounded as the key store's and the breakers'.
+  if (typeof prefix !== "string" || prefix.length === 0 || prefix.length > 100) {
+    return yield* new Input.OptionError({ path: "prefix", message: "invalid prefix: expected 1 to 100 characters" })
   }
   const redis = yield* Redis.Redis
   const base = yield* RateLimiter.makeStoreRedis({ prefix })
