@@ -74,7 +74,15 @@ export const GatewayFile = Schema.Struct({
   redis: opt(
     Schema.Struct({
       urlEnv: opt(EnvName),
-      prefix: opt(Schema.String),
+      // Before `breaker:`, `ratelimit:`, `gateway:` and `cache`, in stores bounding theirs to 100
+      // characters: checked here, or a longer one was refused at startup naming their `prefix`.
+      prefix: opt(
+        Schema.String.check(
+          Schema.isMaxLength(90, {
+            message: "expected at most 90 characters (ratelimit: and the like are added to it)"
+          })
+        )
+      ),
       commandTimeout: opt(Duration),
       timeout: opt(Duration)
     })

@@ -260,6 +260,29 @@ describe("orchestra serve, start-up failures", () => {
       }),
     120_000
   )
+  it.live(
+    "redis.prefix is checked where the file gives it (0 to 90 characters, room left for breaker:, ratelimit:, gateway:), naming redis.prefix",
+    () =>
+      Effect.gen(function* () {
+        const long = write("redis-long-prefix.json", {
+          server: { port: 0 },
+          allowAnonymous: true,
+          redis: { prefix: "p".repeat(91) }
+        })
+        // Refused before any connection: the URL names a port nothing listens on.
+        const result = yield* Effect.flatMap(
+          serve(["--config", config, "--gateway", long], { REDIS_URL: "redis://127.0.0.1:1/0" }),
+          (s) => s.exit
+        )
+        assert.strictEqual(result.code, 2, result.stderr)
+        const error = (JSON.parse(result.stdout) as { error: { message: string; issues?: ReadonlyArray<unknown> } })
+          .error
+        assert.include(error.message, "redis.prefix")
+        assert.include(error.message, "at most 90 characters")
+        assert.notInclude(result.stderr, "invalid prefix")
+      }),
+    120_000
+  )
 })
 
 describe("orchestra serve, the keys of the gateway file", () => {
