@@ -739,6 +739,50 @@ describe("KeyStore: budgets in memory", () => {
       })
   )
 
+  it.effect(
+    "the remaining budget gauge has at most 1,000 series; a disabled key's series are removed, freeing its place",
+    () =>
+      Effect.gen(function* () {
+        const registry: Metric.MetricRegistry = new Map()
+        const store = yield* memory({ keys: [] }).pipe(Effect.provideService(Metric.MetricRegistry, registry))
+        const scrape = () =>
+          Prometheus.formatUnsafe(
+            Context.add(Context.empty(), Metric.MetricRegistry, registry) as Context.Context<never>
+          )
+        const seriesOf = (text: string) =>
+          text.split("\n").filter((l) => l.startsWith("orchestra_gateway_budget_remaining{"))
+        const secrets: Array<Redacted.Redacted<string>> = []
+        for (let i = 0; i < 1003; i++) {
+          const made = yield* store.create({ id: `bounded-${i}`, budget: { tokens: 1000 } })
+          secrets.push(made.secret)
+        }
+        const charge = (i: number) =>
+          Effect.gen(function* () {
+            const context = yield* store.authenticate(secrets[i]!)
+            yield* store.settle(yield* store.reserve(context, "m", estimate(10, 10)), {
+              inputTokens: 10,
+              outputTokens: 10
+            })
+          })
+        for (let i = 0; i < 1003; i++) yield* charge(i)
+        let text = scrape()
+        assert.strictEqual(seriesOf(text).length, 1000)
+        assert.isFalse(text.includes(`key="bounded-1000"`))
+        // Disabled: its series goes, and frees a place for a key charged after.
+        yield* store.setDisabled("bounded-0", true)
+        text = scrape()
+        assert.strictEqual(seriesOf(text).length, 999)
+        assert.isFalse(text.includes(`key="bounded-0"`))
+        yield* charge(1001)
+        text = scrape()
+        assert.strictEqual(seriesOf(text).length, 1000)
+        assert.match(
+          text,
+          /orchestra_gateway_budget_remaining\{key="bounded-1001",scope="key",budget_unit="tokens"\} 960\n/
+        )
+      }),
+    60_000
+  )
   it.effect("a team's remaining budget is the same in the series of every key of the team", () =>
     Effect.gen(function* () {
       const registry: Metric.MetricRegistry = new Map()

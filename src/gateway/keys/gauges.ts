@@ -4,11 +4,23 @@
  * period has begun), one series per key, scope, unit (and model for the `model` scope),
  * registered in the metric registry of the layer that built the store and removed with it.
  *
+ * Bounded as the library's other per-name series: the first {@link maxSeries} (key, scope,
+ * unit, model) charged get a series; a later one gets none (a sum of other keys' remaining
+ * budgets would mean nothing; its level is read with the admin's spend). A key's series are
+ * removed when it is disabled here, which frees their places.
+ *
  * @internal
  */
 import { type Context, Metric } from "effect"
 import * as Metrics from "../../Metrics.js"
 import { type Counter, type Level, shown, windowEnd } from "./ledger.js"
+
+/**
+ * The most series of `orchestra_gateway_budget_remaining` a store makes.
+ *
+ * @internal
+ */
+export const maxSeries = 1000
 
 /**
  * @internal
@@ -17,6 +29,8 @@ export interface Gauges {
   readonly set: (keyId: string, counter: Counter, level: Level) => void
   /** A level read (a lease may have ended since): to the series of its budget, if any; none is made. */
   readonly refresh: (counter: Counter, level: Level) => void
+  /** Removes the series of a key (disabled): they hold places of the bound. */
+  readonly forget: (keyId: string) => void
   readonly remove: () => void
 }
 
@@ -28,14 +42,21 @@ interface Series {
   endsAt: number | undefined
 }
 
+interface Entry {
+  readonly series: Series
+  readonly budget: string
+  readonly registration: Metric.Registration
+}
+
 /**
  * @internal
  */
 export const make = (context: Context.Context<never>, now: () => number): Gauges => {
-  const series = new Map<string, Series>()
+  const series = new Map<string, Entry>()
   // The series of every key charged to one budget: a team's, shared by its keys, shows one level.
   const byBudget = new Map<string, Array<Series>>()
-  const registrations: Array<Metric.Registration> = []
+  // The series' names of each key, to remove them when it is disabled.
+  const byKey = new Map<string, Array<string>>()
 
   let removed = false
 
@@ -48,24 +69,35 @@ export const make = (context: Context.Context<never>, now: () => number): Gauges
     const budget = budgetOf(counter)
     const name = `${keyId}\u0000${counter.scope}\u0000${counter.unit}\u0000${counter.model ?? ""}`
     if (!series.has(name)) {
+      if (series.size >= maxSeries) {
+        // The series of other keys of the budget (a team's) still show its level.
+        const sharing = byBudget.get(budget)
+        if (sharing !== undefined) update(sharing, counter, level)
+        return
+      }
       const created: Series = { value: 0, full: 0, window: undefined, endsAt: undefined }
       // Not `unit`: Prometheus exporters drop an attribute of that name.
       const attributes: Record<string, string> = { key: keyId, scope: counter.scope, budget_unit: counter.unit }
       if (counter.model !== undefined) attributes.model = counter.model
-      registrations.push(
-        Metric.registerUnsafe(Metric.withAttributes(Metrics.gatewayBudgetRemaining, attributes), context, {
+      const registration = Metric.registerUnsafe(
+        Metric.withAttributes(Metrics.gatewayBudgetRemaining, attributes),
+        context,
+        {
           // Nothing is spent yet of a period begun since the last level.
           get: () => ({
             value: created.endsAt !== undefined && now() >= created.endsAt ? created.full : created.value
           }),
           update: () => {},
           modify: () => {}
-        })
+        }
       )
-      series.set(name, created)
+      series.set(name, { series: created, budget, registration })
       const sharing = byBudget.get(budget)
       if (sharing === undefined) byBudget.set(budget, [created])
       else sharing.push(created)
+      const names = byKey.get(keyId)
+      if (names === undefined) byKey.set(keyId, [name])
+      else names.push(name)
     }
     update(byBudget.get(budget)!, counter, level)
   }
@@ -90,13 +122,28 @@ export const make = (context: Context.Context<never>, now: () => number): Gauges
     }
   }
 
-  const remove = () => {
-    removed = true
-    for (const registration of registrations) registration.remove()
-    registrations.length = 0
-    series.clear()
-    byBudget.clear()
+  const forget = (keyId: string) => {
+    const names = byKey.get(keyId)
+    if (names === undefined) return
+    byKey.delete(keyId)
+    for (const name of names) {
+      const entry = series.get(name)!
+      series.delete(name)
+      entry.registration.remove()
+      const sharing = byBudget.get(entry.budget)!
+      const left = sharing.filter((each) => each !== entry.series)
+      if (left.length === 0) byBudget.delete(entry.budget)
+      else byBudget.set(entry.budget, left)
+    }
   }
 
-  return { set, refresh, remove }
+  const remove = () => {
+    removed = true
+    for (const entry of series.values()) entry.registration.remove()
+    series.clear()
+    byBudget.clear()
+    byKey.clear()
+  }
+
+  return { set, refresh, forget, remove }
 }

@@ -49,6 +49,8 @@ export interface Deps {
   readonly refreshGauge: (counter: Counter, level: Level) => void
   /** Drops what the authentication cache holds for a secret's hash. */
   readonly forget: (sha256: string) => void
+  /** Removes a key's series of the remaining budgets (disabled, it is charged no more here). */
+  readonly forgetGauges: (keyId: string) => void
 }
 
 /**
@@ -159,6 +161,7 @@ export const make = (deps: Deps) => {
         Effect.flatMap((record) => {
           if (record === undefined) return Effect.fail(notFound(id))
           deps.forget(record.sha256)
+          if (disabled) deps.forgetGauges(record.id)
           return Effect.succeed(info(record))
         })
       )

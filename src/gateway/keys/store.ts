@@ -591,6 +591,7 @@ export const make = Effect.fnUntraced(function* (
       Effect.forEach(ids, (id) => Effect.ignore(failUnreadable(new UnreadableRecord({ id }))), { discard: true }),
     budgetsOf,
     refreshGauge: gauges.refresh,
+    forgetGauges: gauges.forget,
     forget: (sha256) => {
       cache.delete(sha256)
       unknown.delete(sha256)
