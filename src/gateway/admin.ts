@@ -5,7 +5,7 @@
  * | route | answer |
  * |---|---|
  * | `POST {path}/keys` | 201: the key and its `secret` (shown this once; `Cache-Control: no-store`) |
- * | `GET {path}/keys` | `{ object: "list", data: [key...] }` |
+ * | `GET {path}/keys?limit=&after=` | a page: `{ object: "list", data: [key...], has_more, first_id, last_id }` (the configuration's keys, then the created ones by id; `limit` 1 to 1,000, default 100; `after` the last id of the page before) |
  * | `GET {path}/keys/:id` | the key |
  * | `POST {path}/keys/:id/disable`, `.../enable` | the key after the change |
  * | `GET {path}/keys/:id/spend` | `{ id, budgets: [{ scope, id, unit, spent, held, limit, remaining, resetsAt }] }` |
@@ -23,7 +23,7 @@ import { HttpIncomingMessage, HttpRouter, type HttpServerRequest, HttpServerResp
 import * as Input from "../Input.js"
 import * as Metrics from "../Metrics.js"
 import { type GatewayError, gatewayError, toWire } from "./errors.js"
-import { KeyAdmin, type KeyInfo } from "./keys/KeyStore.js"
+import { KeyAdmin, type KeyInfo, type ListOptions } from "./keys/KeyStore.js"
 import { jsonOf } from "./request.js"
 import { hash, matches, sha256Pattern } from "./keys/secret.js"
 
@@ -85,6 +85,23 @@ const answerError = (error: GatewayError) => {
 }
 
 const bearerPattern = /^Bearer[ \t]+(\S+)[ \t]*$/i
+
+/** `limit` and `after` of the listing's query (each at most once); the store checks their values. */
+const listOptions = (url: string): Effect.Effect<ListOptions, GatewayError> => {
+  const at = url.indexOf("?")
+  const query = new URLSearchParams(at === -1 ? "" : url.slice(at + 1))
+  const options: { limit?: unknown; after?: unknown } = {}
+  for (const name of ["limit", "after"] as const) {
+    const values = query.getAll(name)
+    if (values.length > 1) {
+      return Effect.fail(gatewayError("InvalidRequest", `invalid ${name}: given more than once`, { param: name }))
+    }
+    if (values.length === 1) options[name] = values[0]
+  }
+  // A number only when all digits: "1.5", "1e3", " 7" and "" are left as text, which the store refuses.
+  if (typeof options.limit === "string" && /^[0-9]{1,7}$/.test(options.limit)) options.limit = Number(options.limit)
+  return Effect.succeed(options)
+}
 
 /** The methods of the admin route at `rest` (the path after the admin prefix), `undefined` for none: 404. */
 const allowed = (rest: string): string | undefined => {
@@ -199,7 +216,15 @@ export const make = Effect.fnUntraced(function* (options: Options) {
     HttpRouter.route(
       "GET",
       `${path}/keys`,
-      route("keys_list", () => Effect.map(store.list, (keys) => json(200, { object: "list", data: keys.map(keyBody) })))
+      route("keys_list", (request) =>
+        Effect.flatMap(listOptions(request.url), (options) =>
+          Effect.map(store.list(options), (page) => {
+            const data = page.data.map(keyBody)
+            const ends = data.length === 0 ? {} : { first_id: data[0]!.id, last_id: data.at(-1)!.id }
+            return json(200, { object: "list", data, has_more: page.hasMore, ...ends })
+          })
+        )
+      )
     ),
     HttpRouter.route(
       "GET",

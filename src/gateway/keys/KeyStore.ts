@@ -181,6 +181,32 @@ export interface KeyInfo {
 }
 
 /**
+ * A page of the keys ({@link Service.list}): the configuration's first, in its order, then the
+ * created ones by id.
+ *
+ * @since 0.3.0
+ * @category models
+ */
+export interface KeyPage {
+  readonly data: ReadonlyArray<KeyInfo>
+  /** Whether keys follow the page's last: ask again with `after` its id. */
+  readonly hasMore: boolean
+}
+
+/**
+ * What {@link Service.list} takes, unchecked as an admin sends it.
+ *
+ * @since 0.3.0
+ * @category models
+ */
+export interface ListOptions {
+  /** The most keys of the page: a whole number from 1 to 1,000. Default 100. */
+  readonly limit?: unknown
+  /** The id of the last key of the page before (`undefined` for the first page). */
+  readonly after?: unknown
+}
+
+/**
  * One budget of a key now: tokens, or dollars.
  *
  * @since 0.2.0
@@ -232,7 +258,11 @@ export interface Service extends Gateway.KeyStoreService {
   readonly useModels: (models: Gateway.Models) => Effect.Effect<void, Input.OptionError>
   /** Creates a key from its policy (`id` optional), unchecked input as an admin sends it. */
   readonly create: (input: unknown) => Effect.Effect<Created, GatewayError>
-  readonly list: Effect.Effect<ReadonlyArray<KeyInfo>, GatewayError>
+  /**
+   * A page of the keys (a stored key this version cannot read is left out, and said in the log);
+   * `InvalidRequest` naming `limit` or `after` for a wrong one.
+   */
+  readonly list: (options?: ListOptions) => Effect.Effect<KeyPage, GatewayError>
   readonly get: (id: string) => Effect.Effect<KeyInfo, GatewayError>
   /** Disables (or enables again) a created key: its requests get 401 at once here, within `cacheTtl` elsewhere. */
   readonly setDisabled: (id: string, disabled: boolean) => Effect.Effect<KeyInfo, GatewayError>

@@ -148,15 +148,26 @@ export class UnreadableRecord extends Data.TaggedError("UnreadableRecord")<{
 /**
  * @internal
  */
+export interface Page {
+  readonly records: ReadonlyArray<KeyRecord>
+  readonly unreadable: ReadonlyArray<string>
+  readonly last: string | undefined
+  readonly more: boolean
+}
+
+/**
+ * @internal
+ */
 export interface Directory {
   readonly byHash: (sha256: string) => Effect.Effect<KeyRecord | undefined, StoreError | UnreadableRecord>
   readonly byId: (id: string) => Effect.Effect<KeyRecord | undefined, StoreError | UnreadableRecord>
   readonly insert: (record: KeyRecord, maxKeys: number) => Effect.Effect<InsertResult, StoreError>
-  /** The readable records, and the ids of those that are not. */
-  readonly list: Effect.Effect<
-    { readonly records: ReadonlyArray<KeyRecord>; readonly unreadable: ReadonlyArray<string> },
-    StoreError
-  >
+  /**
+   * Up to `count` stored keys by id, from the first after `after` (from the first without it):
+   * the readable records and the ids of those that are not, the last id looked at, and whether
+   * there are more after it.
+   */
+  readonly page: (after: string | undefined, count: number) => Effect.Effect<Page, StoreError>
   /** The record after the change; `undefined` when there is no such key. */
   readonly setDisabled: (
     id: string,

@@ -9,7 +9,7 @@ import { Effect, Result } from "effect"
 import type { Models } from "../../Gateway.js"
 import { type GatewayError, gatewayError } from "../errors.js"
 import { notFound, unavailable } from "./failures.js"
-import type { Created, KeyInfo, SpendLine } from "./KeyStore.js"
+import type { Created, KeyInfo, KeyPage, ListOptions, SpendLine } from "./KeyStore.js"
 import {
   type Backend,
   type Budgets,
@@ -52,6 +52,16 @@ export interface Deps {
   /** Removes a key's series of the remaining budgets (disabled, it is charged no more here). */
   readonly forgetGauges: (keyId: string) => void
 }
+
+const defaultLimit = 100
+const maxLimit = 1000
+
+const invalidLimit = (limit: unknown) =>
+  gatewayError(
+    "InvalidRequest",
+    `invalid limit: expected a whole number from 1 to ${maxLimit}, got ${String(limit).slice(0, 32)}`,
+    { param: "limit" }
+  )
 
 /**
  * @internal
@@ -133,17 +143,45 @@ export const make = (deps: Deps) => {
       )
     })
 
-  // A stored key that cannot be read is left out of the list, and said in the log.
-  const list: Effect.Effect<ReadonlyArray<KeyInfo>, GatewayError> = backend.list.pipe(
-    Effect.mapError(() => unavailable("key")),
-    Effect.tap(({ unreadable }) => (unreadable.length === 0 ? Effect.void : deps.reportUnreadable(unreadable))),
-    Effect.map(({ records }) => {
-      const out = resolved.keys.map(info)
-      const sorted = [...records].sort((a, b) => a.createdAt - b.createdAt || (a.id < b.id ? -1 : 1))
-      for (const record of sorted) if (!configById.has(record.id)) out.push(info(record))
-      return out
+  // A page of the configuration's keys, then of the stored ones by id after them (those the
+  // configuration shadows and those that cannot be read are skipped, the latter said in the log).
+  const list = (options: ListOptions = {}): Effect.Effect<KeyPage, GatewayError> =>
+    Effect.suspend(() => {
+      const limit = options.limit ?? defaultLimit
+      if (typeof limit !== "number" || !Number.isInteger(limit) || limit < 1 || limit > maxLimit) {
+        return Effect.fail(invalidLimit(limit))
+      }
+      const after = options.after
+      if (after !== undefined && Result.isFailure(checkId("after", after))) {
+        return Effect.fail(
+          gatewayError("InvalidRequest", "invalid after: expected the id of a key (the last of the page before)", {
+            param: "after"
+          })
+        )
+      }
+      const out: Array<KeyInfo> = []
+      // The configuration's keys come first: `after` one of them goes on from it.
+      const configured = after === undefined ? 0 : resolved.keys.findIndex((k) => k.id === after) + 1
+      const fromStored = after === undefined || configured > 0 ? undefined : (after as string)
+      if (after === undefined || configured > 0) {
+        for (let i = configured; i < resolved.keys.length && out.length <= limit; i++) out.push(info(resolved.keys[i]!))
+      }
+      // One more than the page: whether it has more.
+      const fill = (cursor: string | undefined): Effect.Effect<void, GatewayError> =>
+        out.length > limit
+          ? Effect.void
+          : backend.page(cursor, limit + 1 - out.length).pipe(
+              Effect.mapError(() => unavailable("key")),
+              Effect.tap(({ unreadable }) =>
+                unreadable.length === 0 ? Effect.void : deps.reportUnreadable(unreadable)
+              ),
+              Effect.flatMap(({ records, last, more }) => {
+                for (const record of records) if (!configById.has(record.id)) out.push(info(record))
+                return more && last !== undefined ? fill(last) : Effect.void
+              })
+            )
+      return Effect.map(fill(fromStored), () => ({ data: out.slice(0, limit), hasMore: out.length > limit }))
     })
-  )
 
   const setDisabled = (id: string, disabled: boolean): Effect.Effect<KeyInfo, GatewayError> =>
     Effect.suspend(() => {

@@ -26,6 +26,20 @@ export const make = (): Backend => {
   const byId = new Map<string, KeyRecord>()
   const byHash = new Map<string, KeyRecord>()
   const counters = new Map<string, MemoryCounter>()
+  // The ids in order, for a page of the listing without sorting every key.
+  const ids: Array<string> = []
+  // The index of the first id after `id` (`orEqual`: at or after it).
+  const firstAfter = (id: string, orEqual: boolean): number => {
+    let low = 0
+    let high = ids.length
+    while (low < high) {
+      const middle = (low + high) >>> 1
+      const at = ids[middle]!
+      if (at < id || (!orEqual && at === id)) low = middle + 1
+      else high = middle
+    }
+    return low
+  }
   // Base name (without window) -> its latest two windows' counters, oldest first. The one before
   // the latest is kept for the requests reserved in it and settled after it ended, and for a
   // reserve that read the clock before the boundary and came after a reserve of the new window:
@@ -159,10 +173,21 @@ export const make = (): Backend => {
         if (byHash.has(record.sha256)) return "secret-taken"
         if (byId.size >= maxKeys) return "full"
         byId.set(record.id, record)
+        ids.splice(firstAfter(record.id, true), 0, record.id)
         byHash.set(record.sha256, record)
         return "inserted"
       }),
-    list: Effect.sync(() => ({ records: [...byId.values()], unreadable: [] })),
+    page: (after, count) =>
+      Effect.sync(() => {
+        const from = after === undefined ? 0 : firstAfter(after, false)
+        const slice = ids.slice(from, from + count)
+        return {
+          records: slice.map((id) => byId.get(id)!),
+          unreadable: [],
+          last: slice.at(-1),
+          more: from + count < ids.length
+        }
+      }),
     setDisabled: (id, disabled) =>
       Effect.sync(() => {
         const found = byId.get(id)

@@ -2,10 +2,12 @@
  * The key store on Redis, shared by every gateway using the same Redis and prefix.
  *
  * Keys: `<prefix>keys` (hash: id -> the key's JSON, secret hashed), `<prefix>hashes` (hash:
- * SHA-256 -> id), `<prefix>disabled` (hash: id -> 1). Budgets: per counter a hash
+ * SHA-256 -> id), `<prefix>disabled` (hash: id -> 1), `<prefix>ids` (sorted set of the ids, all
+ * scored 0: the listing's pages by id; filled from `<prefix>keys` a page of `HSCAN` at a time
+ * when it holds fewer, as after keys an earlier version created). Budgets: per counter a hash
  * `<prefix>budget:<counter>` (`spent`, `held`) and a sorted set `<prefix>budget:<counter>:leases`
  * of the reservations it holds (`<id>|<amount>`, scored by their lease end). Every
- * operation but the listing (a page of `HSCAN` per call) is one Lua script, so a
+ * operation but filling `<prefix>ids` is one Lua script, so a
  * reservation on several counters is atomic across processes: 200 concurrent first
  * requests of a key cannot hold more than its budget. A reservation whose gateway died is
  * given back when its lease ends (the next reservation on the counter sweeps it), with the
@@ -56,26 +58,58 @@ return { record, redis.call("HEXISTS", KEYS[2], ARGV[1]) }
 }).withReturnType<readonly [string, number] | null>()
 
 const insertScript = Redis.script(
-  (keys: string, hashes: string, id: string, sha256: string, json: string, maxKeys: number) => [
+  (keys: string, hashes: string, ids: string, id: string, sha256: string, json: string, maxKeys: number) => [
     keys,
     hashes,
+    ids,
     id,
     sha256,
     json,
     maxKeys
   ],
   {
-    numberOfKeys: 2,
+    numberOfKeys: 3,
     lua: `
 if redis.call("HEXISTS", KEYS[1], ARGV[1]) == 1 then return "id-taken" end
 if redis.call("HEXISTS", KEYS[2], ARGV[2]) == 1 then return "secret-taken" end
 if redis.call("HLEN", KEYS[1]) >= tonumber(ARGV[4]) then return "full" end
 redis.call("HSET", KEYS[1], ARGV[1], ARGV[3])
 redis.call("HSET", KEYS[2], ARGV[2], ARGV[1])
+redis.call("ZADD", KEYS[3], 0, ARGV[1])
 return "inserted"
 `
   }
 ).withReturnType<string>()
+
+// KEYS: keys, disabled, ids. ARGV: after ("" for the first page), count, check (1: refuse with
+// { -1 } while the ids hold fewer than the keys). Returns { more, id1, json1, disabled1, ... }: up to
+// count ids after `after`, each with its record ("" when gone) and 1 when disabled.
+const pageScript = Redis.script(
+  (keys: string, disabled: string, ids: string, after: string, count: number, check: boolean) => [
+    keys,
+    disabled,
+    ids,
+    after,
+    count,
+    check ? 1 : 0
+  ],
+  {
+    numberOfKeys: 3,
+    lua: `
+if ARGV[3] == "1" and redis.call("ZCARD", KEYS[3]) < redis.call("HLEN", KEYS[1]) then return { -1 } end
+local count = tonumber(ARGV[2])
+local from = ARGV[1] == "" and "-" or "(" .. ARGV[1]
+local ids = redis.call("ZRANGEBYLEX", KEYS[3], from, "+", "LIMIT", 0, count + 1)
+local out = { #ids > count and 1 or 0 }
+for i = 1, math.min(#ids, count) do
+  out[#out + 1] = ids[i]
+  out[#out + 1] = redis.call("HGET", KEYS[1], ids[i]) or ""
+  out[#out + 1] = redis.call("HEXISTS", KEYS[2], ids[i])
+end
+return out
+`
+  }
+).withReturnType<ReadonlyArray<string | number>>()
 
 const disableScript = Redis.script(
   (keys: string, disabled: string, id: string, flag: boolean) => [keys, disabled, id, flag ? 1 : 0],
@@ -372,9 +406,11 @@ export const make = Effect.fnUntraced(function* (options: {
   const keysKey = `${prefix}keys`
   const hashesKey = `${prefix}hashes`
   const disabledKey = `${prefix}disabled`
+  const idsKey = `${prefix}ids`
   const lookup = redis.eval(lookupScript)
   const lookupId = redis.eval(byIdScript)
   const insert = redis.eval(insertScript)
+  const pageOf = redis.eval(pageScript)
   const disable = redis.eval(disableScript)
   const reserve = redis.eval(reserveScript)
   const settle = redis.eval(settleScript)
@@ -403,19 +439,24 @@ export const make = Effect.fnUntraced(function* (options: {
       ? 0
       : Math.max(1, (counter.window + 1) * counter.periodMs - now + leaseMs)
 
-  // A hash read a page per call: one HGETALL of 100,000 keys (~30 MB) outlived every deadline, and
-  // held the connection every store shares while it came. A key changed meanwhile may show either way.
-  const scan = (hash: string, onPage: (flat: ReadonlyArray<string>) => void): Effect.Effect<void, StoreError> => {
-    const page = (cursor: string): Effect.Effect<void, StoreError> =>
-      Effect.flatMap(
-        guard.call("list", redis.send<readonly [string, ReadonlyArray<string>]>("HSCAN", hash, cursor, "COUNT", "500")),
-        ([next, flat]) => {
-          onPage(flat)
-          return String(next) === "0" ? Effect.void : page(String(next))
-        }
-      )
-    return page("0")
-  }
+  // The ids of keys stored without them in `ids` (by an earlier version), added a page of HSCAN
+  // at a time: one HKEYS of 10,000,000 keys would hold the server and the shared connection.
+  const index = (cursor: string): Effect.Effect<void, StoreError> =>
+    Effect.flatMap(
+      guard.call(
+        "list",
+        redis.send<readonly [string, ReadonlyArray<string>]>("HSCAN", keysKey, cursor, "COUNT", "500")
+      ),
+      ([next, flat]) => {
+        const members: Array<string> = []
+        for (let i = 0; i + 1 < flat.length; i += 2) members.push("0", String(flat[i]))
+        const added = members.length === 0 ? Effect.void : guard.call("list", redis.send("ZADD", idsKey, ...members))
+        return Effect.andThen(added, String(next) === "0" ? Effect.void : index(String(next)))
+      }
+    )
+
+  const readPage = (after: string | undefined, count: number, check: boolean) =>
+    guard.call("list", pageOf(keysKey, disabledKey, idsKey, after ?? "", count, check))
 
   // A record that is there but cannot be read is not "no such key".
   const fromJson = (
@@ -440,34 +481,31 @@ export const make = Effect.fnUntraced(function* (options: {
     byId: (id) => Effect.flatMap(guard.call("byId", lookupId(keysKey, disabledKey, id)), fromPair(id)),
     insert: (key, maxKeys) =>
       Effect.map(
-        guard.call("insert", insert(keysKey, hashesKey, key.id, key.sha256, encodeRecord(key), maxKeys)),
+        guard.call("insert", insert(keysKey, hashesKey, idsKey, key.id, key.sha256, encodeRecord(key), maxKeys)),
         (reply) => String(reply) as InsertResult
       ),
-    list: Effect.suspend(() => {
-      // By id: a page may repeat a field HSCAN gave before.
-      const stored = new Map<string, string>()
-      const disabled = new Set<string>()
-      return Effect.andThen(
-        Effect.andThen(
-          scan(keysKey, (flat) => {
-            for (let i = 0; i + 1 < flat.length; i += 2) stored.set(String(flat[i]), String(flat[i + 1]))
-          }),
-          scan(disabledKey, (flat) => {
-            for (let i = 0; i + 1 < flat.length; i += 2) disabled.add(String(flat[i]))
-          })
+    page: (after, count) =>
+      readPage(after, count, true).pipe(
+        Effect.flatMap((reply) =>
+          Number(reply[0]) === -1 ? Effect.andThen(index("0"), readPage(after, count, false)) : Effect.succeed(reply)
         ),
-        Effect.sync(() => {
+        Effect.map((reply) => {
           const records: Array<KeyRecord> = []
           const unreadable: Array<string> = []
-          for (const [id, json] of stored) {
-            const found = record(json, disabled.has(id))
+          let last: string | undefined
+          for (let i = 1; i + 2 < reply.length; i += 3) {
+            const id = String(reply[i])
+            const json = String(reply[i + 1])
+            last = id
+            // Gone since the ids were read: not listed.
+            if (json === "") continue
+            const found = record(json, Number(reply[i + 2]) === 1)
             if (found !== undefined) records.push(found)
             else unreadable.push(id)
           }
-          return { records, unreadable }
+          return { records, unreadable, last, more: Number(reply[0]) === 1 }
         })
-      )
-    }),
+      ),
     setDisabled: (id, flag) =>
       Effect.flatMap(guard.call("disable", disable(keysKey, disabledKey, id, flag)), (json) =>
         json === null ? Effect.undefined : fromJson(String(json), flag, id)
