@@ -317,6 +317,14 @@ export const run = Effect.fnUntraced(function* (args: Args) {
     config.redis === undefined
       ? undefined
       : { prefix, guard: { timeout: config.redis.timeout ?? config.redis.commandTimeout ?? 500 } }
+  // Checked here: the stores given it would name their own `redis.timeout` (`policies.redis.timeout`).
+  if (shared !== undefined && file !== undefined) {
+    const guard = Redis.guardSettings(shared.guard, "redis.")
+    if (Result.isFailure(guard)) {
+      const { path, message } = guard.failure
+      return yield* refuseIn(common, file, `invalid ${path}: ${message}`, [{ path, message }])
+    }
+  }
   const redis =
     redisUrl === undefined
       ? Layer.empty

@@ -539,6 +539,27 @@ describe("orchestra serve, the metrics token", () => {
 
 describe.skipIf(skipRedis)(`orchestra serve on Redis${skipRedis ? ` (${skipReason})` : ""}`, () => {
   it.live(
+    "a wrong redis.timeout is named redis.timeout, not keys.redis.timeout",
+    () =>
+      Effect.gen(function* () {
+        const redis = yield* startRedis
+        const gateway = write("redis-bad-timeout.json", {
+          server: { port: 0 },
+          redis: { urlEnv: "TEST_REDIS_URL", timeout: 0 },
+          keys: { keys: [] }
+        })
+        const result = yield* Effect.flatMap(
+          serve(["--config", config, "--gateway", gateway], { TEST_REDIS_URL: redis.url }),
+          (s) => s.exit
+        )
+        assert.strictEqual(result.code, 2, result.stderr)
+        assert.include(result.stderr, "invalid redis.timeout")
+        assert.notInclude(result.stderr, "keys.redis")
+      }),
+    120_000
+  )
+
+  it.live(
     "two replicas on one Redis share a key's budget and see a key an admin created through the other",
     () =>
       Effect.gen(function* () {
