@@ -188,6 +188,15 @@ export const make = Effect.fnUntraced(function* (options: Options) {
         authorized(request).pipe(
           Effect.andThen(handler(request, params.id ?? "")),
           Effect.catch((error: GatewayError) => Effect.succeed(answerError(error))),
+          // A defect is answered as the gateway's routes answer one (the router's own 500 has no body).
+          Effect.catchCause((cause) =>
+            Cause.hasInterruptsOnly(cause)
+              ? Effect.failCause(cause)
+              : Effect.as(
+                  Effect.logError("gateway: unexpected failure of an admin route", Cause.pretty(cause)),
+                  answerError(gatewayError("Internal", "the gateway failed unexpectedly"))
+                )
+          ),
           Effect.onExit((exit) =>
             count(name, Exit.isSuccess(exit) ? exit.value.status : Cause.hasInterruptsOnly(exit.cause) ? 499 : 500)
           )

@@ -1910,6 +1910,21 @@ const pagedListing = (store: KeyStore.Service) =>
   })
 
 describe("Admin routes: the list of keys a page at a time", () => {
+  it.live(
+    "a store that dies is answered as the gateway's errors: a 500 with an OpenAI-shaped body, the defect only in the log",
+    () =>
+      Effect.scoped(
+        Effect.gen(function* () {
+          const real = yield* memory({ keys: [] })
+          const admin = yield* adminServer({ ...real, list: () => Effect.die(new Error("boom in the store")) })
+          const answer = yield* admin("/admin/keys")
+          assert.strictEqual(answer.status, 500)
+          assert.strictEqual(answer.body.error.type, "server_error")
+          assert.notInclude(JSON.stringify(answer.body), "boom")
+        })
+      )
+  )
+
   it.live("in memory", () => Effect.scoped(Effect.flatMap(memory({ keys: [key("cfg", secretA)] }), pagedListing)))
 
   it.live.skipIf(skipRedis)("on Redis", () =>
