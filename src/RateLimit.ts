@@ -68,7 +68,7 @@ export interface Options {
  * @category models
  */
 export interface RedisOptions extends Options {
-  /** Prefix of every Redis key. Default `"orchestra:ratelimit:"`. */
+  /** Prefix of every Redis key, 1 to 100 characters (`Redis.maxPrefixChars`). Default `"orchestra:ratelimit:"`. */
   readonly prefix?: string | undefined
   /**
    * When Redis fails or is too slow: `"allow"` (default: fail open, the call goes through

@@ -406,6 +406,32 @@ export interface GuardOptions {
 }
 
 /**
+ * The longest `prefix` a Redis-backed store of this library takes (breakers, rate limits, the
+ * response cache, the gateway's key store): it is part of every key and sent with every call.
+ *
+ * @since 0.3.0
+ * @category constants
+ */
+export const maxPrefixChars = 100
+
+/**
+ * A store's `prefix` option, `fallback` when not given: 1 to {@link maxPrefixChars} characters,
+ * else an issue naming `prefix`.
+ *
+ * @since 0.3.0
+ * @category constructors
+ */
+export const prefixOf = (input: unknown, fallback: string): Input.Checked<string> => {
+  const prefix = Input.orDefault(input, fallback)
+  return typeof prefix === "string" && prefix.length > 0 && prefix.length <= maxPrefixChars
+    ? Result.succeed(prefix)
+    : Result.fail({
+        path: "prefix",
+        message: `expected a string of 1 to ${maxPrefixChars} characters, got ${Input.shown(prefix)}`
+      })
+}
+
+/**
  * Checks {@link GuardOptions} and fills in the defaults; `prefix` names the fields in
  * errors (`"redis.timeout"`).
  *

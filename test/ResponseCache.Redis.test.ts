@@ -823,6 +823,7 @@ describe.skipIf(skipRedis)(`ResponseCache.Redis (${skipRedis ? skipReason : "nee
             [{ ttl: 0 }, "ttl"],
             [{ staleFor: Number.NaN }, "staleFor"],
             [{ prefix: "" }, "prefix"],
+            [{ prefix: "p".repeat(101) }, "prefix"],
             [{ redis: { timeout: Number.NaN } }, "redis.timeout"],
             [{ redis: { reportAfter: -1 } }, "redis.reportAfter"],
             [{ timeout: "50 millis" } as RedisCache.Options, "timeout"],

@@ -89,11 +89,7 @@ export const makeRedis = Effect.fnUntraced(function* (options: RedisOptions = {}
       message: `expected at most 2^50 (${Input.maxRedisMillis}) with Redis, got ${config.tripPolicy.failures}`
     })
   }
-  const prefix = Input.orDefault(options.prefix, "orchestra:breaker:")
-  // Part of every Redis key, sent with every call: bounded as the key store's.
-  if (typeof prefix !== "string" || prefix.length === 0 || prefix.length > 100) {
-    return yield* new Input.OptionError({ path: "prefix", message: "invalid prefix: expected 1 to 100 characters" })
-  }
+  const prefix = yield* Input.orOptionError(SharedRedis.prefixOf(options.prefix, "orchestra:breaker:"))
   const onStoreError = Input.orDefault(options.onStoreError, "allow")
   if (onStoreError !== "allow" && onStoreError !== "reject") {
     return yield* new Input.OptionError({

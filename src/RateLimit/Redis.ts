@@ -19,6 +19,7 @@
 import { Duration, Effect, Layer } from "effect"
 import { RateLimiter, Redis } from "effect/persistence"
 import * as Input from "../Input.js"
+import * as SharedRedis from "../Redis.js"
 
 // Same escaping as effect's stores: distinct keys never share Redis state.
 const escapeKey = (key: string): string => key.replace(/%/g, "%25").replace(/:/g, "%3A")
@@ -347,11 +348,7 @@ const storeError = (operation: string) => (error: Redis.RedisError) =>
  * @category constructors
  */
 export const makeStore = Effect.fnUntraced(function* (options: { readonly prefix?: string | undefined } = {}) {
-  const prefix = Input.orDefault(options.prefix, "orchestra:ratelimit:")
-  // Part of every Redis key and sent with every call: bounded as the key store's and the breakers'.
-  if (typeof prefix !== "string" || prefix.length === 0 || prefix.length > 100) {
-    return yield* new Input.OptionError({ path: "prefix", message: "invalid prefix: expected 1 to 100 characters" })
-  }
+  const prefix = yield* Input.orOptionError(SharedRedis.prefixOf(options.prefix, "orchestra:ratelimit:"))
   const redis = yield* Redis.Redis
   const base = yield* RateLimiter.makeStoreRedis({ prefix })
   const fixedWindow = redis.eval(fixedWindowScript)

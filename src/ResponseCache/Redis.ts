@@ -33,7 +33,7 @@ export interface Options extends ResponseCache.Options {
    * Namespace of every key: `<prefix>:r:<hash>` (answers) and `<prefix>:s:<hash>` (stream parts),
    * where `%` and `:` in the prefix are written `%25` and `%3A` (`effect/persistence` escapes its
    * store id): `"app1:cache"` gives `app1%3Acache:r:<hash>`, so match `app1%3Acache:*` in `SCAN`
-   * and ACL key patterns. Default `"orchestra-cache"`.
+   * and ACL key patterns. 1 to 100 characters (`Redis.maxPrefixChars`); default `"orchestra-cache"`.
    */
   readonly prefix?: string | undefined
   /** Deadline of each Redis call and when an outage is reported; see `Redis.GuardOptions`. */
@@ -66,10 +66,7 @@ export const make = Effect.fnUntraced(function* (options: Options = {}) {
     Input.int("maxValueBytes", Input.orDefault(options.maxValueBytes, 1_048_576), { min: 1 })
   )
   const guardSettings = yield* Input.orOptionError(SharedRedis.guardSettings(options.redis, "redis."))
-  const prefix = Input.orDefault(options.prefix, "orchestra-cache")
-  if (typeof prefix !== "string" || prefix.length === 0) {
-    return yield* new Input.OptionError({ path: "prefix", message: "invalid prefix: expected a non-empty string" })
-  }
+  const prefix = yield* Input.orOptionError(SharedRedis.prefixOf(options.prefix, "orchestra-cache"))
   const errors = Metric.withAttributes(Metrics.cacheErrors, { cache: config.name }) as Metric.Metric<number, unknown>
   const guard = yield* SharedRedis.makeGuard({ store: `cache:${config.name}`, settings: guardSettings, errors })
   const backing = Context.get(yield* Layer.build(Persistence.layerBackingRedis), Persistence.BackingPersistence)

@@ -339,10 +339,7 @@ export const layerRedis = (
   Layer.effectContext(
     Effect.gen(function* () {
       const resolved = yield* Input.orOptionError(KeyOptions.check(options, KeyOptions.redisFields))
-      const prefix = Input.orDefault(options.prefix, "orchestra:gateway:")
-      if (typeof prefix !== "string" || prefix.length === 0 || prefix.length > 100) {
-        return yield* Effect.fail(Input.toOptionError({ path: "prefix", message: "expected 1 to 100 characters" }))
-      }
+      const prefix = yield* Input.orOptionError(SharedRedis.prefixOf(options.prefix, "orchestra:gateway:"))
       const onStoreError: RedisOptions["onStoreError"] & object = Input.orDefault(options.onStoreError, {})
       if (typeof onStoreError !== "object" || onStoreError === null || Array.isArray(onStoreError)) {
         return yield* Effect.fail(
