@@ -295,7 +295,7 @@ export const make = Effect.fnUntraced(function* (given: Options = {}) {
         })
       )
       const vectors = answers.length === 1 ? answers[0]!.embeddings : answers.flatMap((a) => a.embeddings)
-      const uneven = Errors.unevenVectors(vectors, ctx, "embeddings")
+      const uneven = Errors.unevenVectors(vectors, ctx, "embeddings", EMBED_BATCH)
       if (uneven !== undefined) return yield* Effect.fail(uneven)
       // All of one length now: a server that ignored `dimensions` shows in the first.
       const unasked = Errors.unaskedDimensions(ctx, "embeddings[0]", vectors[0]!.length, dimensions)

@@ -406,7 +406,7 @@ export const make = Effect.fnUntraced(function* (given: Options = {}) {
         })
       )
       const vectors = answers.length === 1 ? answers[0]!.vectors : answers.flatMap((a) => a.vectors)
-      const uneven = answers.length === 1 ? undefined : Errors.unevenVectors(vectors, ctx, "data")
+      const uneven = answers.length === 1 ? undefined : Errors.unevenVectors(vectors, ctx, "data", EMBED_BATCH)
       if (uneven !== undefined) return yield* Effect.fail(uneven)
       let inputTokens: number | undefined = 0
       for (const { answer } of answers) {

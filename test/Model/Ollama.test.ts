@@ -721,6 +721,27 @@ layer(NodeHttpClient.layerUndici)("Ollama", (it) => {
       })
     )
 
+    it.effect(
+      "a bad vector in a later batch is named by its index in that answer, the batch and text in the message",
+      () =>
+        Effect.gen(function* () {
+          const server = yield* Server.make((req, res) => {
+            const input = bodyOf(req)["input"] as ReadonlyArray<string>
+            Server.json(res, 200, {
+              model: "m",
+              embeddings: input.map((t) => (t === "270" ? [1] : [1, 2])),
+              prompt_eval_count: input.length
+            })
+          })
+          const p = yield* provider(server)
+          const texts = Array.from({ length: 300 }, (_, i) => String(i))
+          const error = yield* flipModel(p.embed({ texts: texts as [string, ...Array<string>] }))
+          assert.deepStrictEqual([error.reason, error.field], ["Decode", "embeddings[14]"])
+          assert.include(error.message, "batch 2")
+          assert.include(error.message, "input text 270")
+        })
+    )
+
     it.effect("embeddingDimensions is sent as dimensions; vectors of another length are Decode naming one", () =>
       Effect.gen(function* () {
         let length = 2

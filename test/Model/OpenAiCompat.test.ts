@@ -1125,6 +1125,27 @@ for (const [name, client] of [
           })
       )
 
+      it.effect(
+        "vectors of a later batch shorter than the first's are named by their index in that answer and batch",
+        () =>
+          Effect.gen(function* () {
+            const server = yield* Server.make((req, res) => {
+              const input = bodyOf(req)["input"] as ReadonlyArray<string>
+              Server.json(res, 200, {
+                // Each answer is even; the second's vectors are shorter than the first's.
+                data: input.map((t, i) => ({ index: i, embedding: Number(t) >= 256 ? [1] : [1, 2] })),
+                usage: { prompt_tokens: input.length, total_tokens: input.length }
+              })
+            })
+            const p = yield* provider(server)
+            const texts = Array.from({ length: 600 }, (_, i) => String(i))
+            const error = yield* flipModel(p.embed({ texts: texts as [string, ...Array<string>] }))
+            assert.deepStrictEqual([error.reason, error.field], ["Decode", "data[0]"])
+            assert.include(error.message, "batch 2")
+            assert.include(error.message, "input text 256")
+          })
+      )
+
       it.effect("embeddings usage with total_tokens only counts it as input; a bogus count is no usage", () =>
         Effect.gen(function* () {
           const server = yield* Server.make((req, res) =>
