@@ -520,6 +520,19 @@ describe("Executor.stream", () => {
     )
   }
 
+  it.effect("a stream naming no model is cached under the provider's default model, so a new default asks again", () =>
+    Effect.gen(function* () {
+      const cache = yield* ResponseCache.makeMemory({ name: "default-model-stream-key" })
+      const over = (model: string, text: string) =>
+        setup({ model, respond: () => text }, { guards: { cache } }).pipe(Effect.map((s) => s.executor))
+      const before = yield* over("m1", "from m1")
+      assert.strictEqual(textOf(yield* collect(before.stream(ask))), "from m1")
+      const after = yield* over("m2", "from m2")
+      assert.strictEqual(textOf(yield* collect(after.stream(ask))), "from m2")
+      assert.strictEqual(textOf(yield* collect(before.stream({ ...ask, model: "m2" }))), "from m2", "one entry")
+    })
+  )
+
   it.effect("a stream opened under a cut already stopped is not replayed from the cache (found in review)", () =>
     Effect.gen(function* () {
       const context = yield* Layer.build(

@@ -811,6 +811,23 @@ describe("Executor.run: fallback and hedging", () => {
     })
   )
 
+  it.effect("a request naming no model is cached under the provider's default model, so a new default asks again", () =>
+    Effect.gen(function* () {
+      const cache = yield* ResponseCache.makeMemory({ name: "default-model-key" })
+      const before = yield* setup({ model: "m1", respond: () => "from m1" }, { guards: { cache } })
+      assert.strictEqual((yield* before.executor.execute(ask)).text, "from m1")
+      // The same provider redeployed with another default model, over the same (shared) cache.
+      const after = yield* setup({ model: "m2", respond: () => "from m2" }, { guards: { cache } })
+      assert.strictEqual((yield* after.executor.execute(ask)).text, "from m2")
+      assert.strictEqual(yield* after.control.calls, 1)
+      // Naming the model the default stands for is the same request: one entry answers both.
+      assert.strictEqual((yield* after.executor.execute({ ...ask, model: "m2" })).text, "from m2")
+      assert.strictEqual((yield* before.executor.execute({ ...ask, model: "m1" })).text, "from m1")
+      assert.strictEqual(yield* after.control.calls, 1)
+      assert.strictEqual(yield* before.control.calls, 1)
+    })
+  )
+
   it.effect(
     "a cache guard of one's own that does not apply the deadline it is given still has the call cut by it",
     () =>

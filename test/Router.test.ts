@@ -712,6 +712,24 @@ describe("Router.hedge", () => {
 })
 
 describe("Router with breakers and a cache", () => {
+  it.effect("a routed call naming no model is cached under the provider's default model (generate and stream)", () =>
+    Effect.gen(function* () {
+      const { router, controls } = yield* makeManager(
+        { a: { model: "a-default", respond: (request) => `answered by ${request.model ?? "the default"}` } },
+        { cache: {} }
+      )
+      const first = yield* router.execute(ask, "d-a")
+      const named = yield* router.execute({ ...ask, model: "a-default" }, "d-a")
+      assert.strictEqual(named.source, "cache", "the same request as the default one")
+      assert.strictEqual(named.response.text, first.response.text)
+      assert.strictEqual((yield* router.execute({ ...ask, model: "other" }, "d-a")).source, "provider")
+      yield* Stream.runDrain(router.stream(ask, "d-a"))
+      const calls = yield* controls.a!.calls
+      yield* Stream.runDrain(router.stream({ ...ask, model: "a-default" }, "d-a"))
+      assert.strictEqual(yield* controls.a!.calls, calls, "the stream was replayed from the default one's parts")
+    })
+  )
+
   it.effect("an open breaker answers from a stale cache entry when allowed, and fails with CircuitOpen otherwise", () =>
     Effect.gen(function* () {
       const { router, controls } = yield* makeManager(

@@ -12,7 +12,7 @@
 import { Cache, Duration, Effect, Exit, Fiber, type Metric, MutableHashMap, Option, type Scope } from "effect"
 import * as Metrics from "../Metrics.js"
 import * as Counters from "../stats/counters.js"
-import type { GenerateResponse, StreamPart } from "../Model.js"
+import type { GenerateRequest, GenerateResponse, StreamPart } from "../Model.js"
 import type { Computed, GetOrComputeOptions, Origin } from "../ResponseCache.js"
 import { isTraced } from "../policy/span.js"
 
@@ -331,6 +331,16 @@ export const computed = (
  */
 export const responseOf = (response: GenerateResponse, origin: Origin | undefined): Cached =>
   origin === undefined ? { _tag: "Response", response } : { _tag: "Response", response, origin }
+
+/**
+ * The request a call's cache key is made of: a request naming no model keys as one naming the
+ * provider's default model, the model that answers it, so a provider redeployed with another
+ * default does not answer from the old model's entries. Copied only when it names none.
+ *
+ * @internal
+ */
+export const keyedRequest = (request: GenerateRequest, defaultModel: string): GenerateRequest =>
+  request.model === undefined ? { ...request, model: defaultModel } : request
 
 /** @internal */
 export const responseKey = (key: string): string => `r:${key}`

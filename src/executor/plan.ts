@@ -14,6 +14,7 @@ import {
   type GenerateResponse,
   type Service as ProviderService
 } from "../Model.js"
+import { keyedRequest } from "../ResponseCache/internal.js"
 
 /**
  * The plan of one call of a provider.
@@ -77,7 +78,7 @@ export const make = (env: { readonly defaultTimeout: Duration.Duration | undefin
           ? undefined
           : {
               guard: cache,
-              key: cache.key({ provider: target.name, request }),
+              key: cache.key({ provider: target.name, request: keyedRequest(request, target.defaultModel) }),
               allowStale: callOptions.allowStale ?? false
             },
       onRetry:

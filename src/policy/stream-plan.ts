@@ -10,6 +10,7 @@ import { type AiError, invalidRequest, ModelError } from "../AiError.js"
 import * as Input from "../Input.js"
 import type { GenerateRequest, Service as ProviderService, StreamPart } from "../Model.js"
 import { decodeRetry, type RetryPolicy, type RetryPolicyInput } from "../Policy.js"
+import { keyedRequest } from "../ResponseCache/internal.js"
 import { labelIssue } from "../stats/labels.js"
 import type { RetryEvent, Step } from "./plan.js"
 import { defaultInstruction, type ResumeOptions } from "./stream-resume.js"
@@ -263,7 +264,10 @@ export const streamFromOptions =
               : {
                   store: { getParts: cache.getParts, setParts: cache.setParts },
                   // Keyed on what the first step sends (a domain's system prompt and model included).
-                  key: cache.key({ provider: steps[0]!.name, request: steps[0]!.prepare?.(valid) ?? valid })
+                  key: cache.key({
+                    provider: steps[0]!.name,
+                    request: keyedRequest(steps[0]!.prepare?.(valid) ?? valid, steps[0]!.target.defaultModel)
+                  })
                 },
           onRetry:
             options.onRetry === undefined

@@ -20,6 +20,7 @@ import {
   type Service as ProviderService
 } from "../Model.js"
 import type { StreamStep } from "../policy/stream-plan.js"
+import { keyedRequest } from "../ResponseCache/internal.js"
 import type { CallOptions, PlanOptions, Routed } from "../Router.js"
 import type { Service as StatsService } from "../Stats.js"
 
@@ -203,7 +204,10 @@ export const makePlanner = (env: Env) => {
                 guard: cache!,
                 key: cache!.key({
                   provider: first.name,
-                  request: firstDomain === undefined ? valid : applyTo(firstDomain.domainConfig, valid)
+                  request: keyedRequest(
+                    firstDomain === undefined ? valid : applyTo(firstDomain.domainConfig, valid),
+                    first.target.defaultModel
+                  )
                 }),
                 allowStale: options.allowStale ?? false
               }
