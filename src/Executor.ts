@@ -37,7 +37,7 @@ import type { Answer, Plan, Step } from "./policy/plan.js"
 import * as StreamEngine from "./policy/stream.js"
 import type * as StreamPlans from "./policy/stream-plan.js"
 import type { StreamOptions, StreamPlan } from "./policy/stream-plan.js"
-import { type ExecutionStats, type Filter, layer as statsLayer, Stats } from "./Stats.js"
+import { layer as statsLayer, type Snapshot, Stats } from "./Stats.js"
 import { providerNameIssue } from "./stats/labels.js"
 
 /**
@@ -177,7 +177,7 @@ export interface Service {
   readonly provider: ProviderService
   readonly guards: Guards
   readonly limits: RequestLimits
-  readonly stats: (filter?: Filter) => Effect.Effect<ExecutionStats>
+  readonly stats: Snapshot
   /** True once the executor's scope has begun to close. */
   readonly isShuttingDown: Effect.Effect<boolean>
   /** Runs an effect as a tracked wait: the shutdown interrupts it with `ShuttingDownError`. */
@@ -362,7 +362,7 @@ export const make = Effect.fnUntraced(function* (options: Options = {}) {
     provider,
     guards,
     limits,
-    stats: (filter?: Filter) => stats.snapshot(filter),
+    stats: stats.snapshot,
     isShuttingDown: Effect.sync(engine.isClosing),
     tracked: engine.tracked
   } satisfies Service

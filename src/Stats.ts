@@ -35,8 +35,10 @@
  *
  * @since 0.1.0
  */
-import { Clock, Context, Effect, Layer } from "effect"
+import { Clock, Context, Effect, Layer, Result } from "effect"
 import type { Scope } from "effect"
+import { invalidRequest, type ModelError } from "./AiError.js"
+import * as Input from "./Input.js"
 import { noDomain, otherSeries } from "./Metrics.js"
 import { Gauge, Series, WindowHistogram } from "./stats/series.js"
 
@@ -96,6 +98,18 @@ export interface Filter {
 }
 
 /**
+ * A snapshot: without a filter it cannot fail; with one, a filter from untyped code that
+ * would match what it does not mean fails with an `InvalidRequest` naming the field.
+ *
+ * @since 0.3.0
+ * @category models
+ */
+export interface Snapshot {
+  (): Effect.Effect<ExecutionStats>
+  (filter: Filter | undefined): Effect.Effect<ExecutionStats, ModelError>
+}
+
+/**
  * @since 0.1.0
  * @category models
  */
@@ -105,8 +119,16 @@ export interface Service {
    * it directly.
    */
   readonly series: (provider: string, domain: string | undefined) => Series
-  readonly snapshot: (filter?: Filter) => Effect.Effect<ExecutionStats>
-  /** `snapshot` for synchronous callers (the Promise facade): the time is read from `Date.now`-free `Clock` reads only. */
+  /**
+   * The figures of the calls `filter` matches. A filter that is no object, has a key other
+   * than `provider` and `domain` (a misspelt one would match everything) or a field that is
+   * no name fails with an `InvalidRequest` naming it (`filter.provder`); `null` is no filter.
+   */
+  readonly snapshot: Snapshot
+  /**
+   * `snapshot` for synchronous callers (the Promise facade): the time is read from `Date.now`-free
+   * `Clock` reads only. Throws `snapshot`'s `InvalidRequest` for a filter it refuses.
+   */
   readonly snapshotUnsafe: (filter?: Filter) => ExecutionStats
   /** Starts a new window: later snapshots count only what happens after it. */
   readonly reset: Effect.Effect<void>
@@ -129,6 +151,29 @@ export const maxSeries = 1_000
  * @category services
  */
 export class Stats extends Context.Service<Stats, Service>()("effect-orchestra/Stats") {}
+
+const filterKeys: ReadonlySet<string> = new Set(["provider", "domain"])
+
+// Read once (a getter that throws is its field's issue); null, as a field or the whole, matches everything.
+const checkFilter = (given: unknown): Result.Result<Filter, ModelError> => {
+  if (given === undefined || given === null) return Result.succeed({})
+  if (typeof given !== "object" || Array.isArray(given)) {
+    const kind = Array.isArray(given) ? "an array" : typeof given
+    return Result.fail(invalidRequest("filter", `expected { provider?, domain? }, got ${kind}`))
+  }
+  const read = Input.readFields(given, undefined, "filter")
+  const issue = Result.isFailure(read) ? read.failure : Input.unknownKey(read.success, filterKeys, "filter.")
+  if (issue !== undefined) return Result.fail(Input.toInvalidRequest(issue))
+  const fields = (read as Result.Success<Readonly<Record<string, unknown>>, Input.Issue>).success
+  for (const key of filterKeys) {
+    const value = fields[key]
+    if (value !== undefined && value !== null && typeof value !== "string") {
+      const kind = Array.isArray(value) ? "an array" : typeof value
+      return Result.fail(invalidRequest(`filter.${key}`, `expected a name, got ${kind}`))
+    }
+  }
+  return Result.succeed({ provider: fields.provider ?? undefined, domain: fields.domain ?? undefined } as Filter)
+}
 
 const round = (n: number): number => Math.round(n * 100) / 100
 
@@ -217,8 +262,12 @@ export const make: Effect.Effect<Service, never, Scope.Scope> = Effect.gen(funct
   }
 
   const snapshotUnsafe = (given?: Filter | null): ExecutionStats => {
-    // A read has no error channel: null (a filter or a field of it) is no filter, as absent is.
-    const filter: Filter = { provider: given?.provider ?? undefined, domain: given?.domain ?? undefined }
+    const checked = checkFilter(given)
+    if (Result.isFailure(checked)) throw checked.failure
+    return read(checked.success)
+  }
+
+  const read = (filter: Filter): ExecutionStats => {
     const windowMs = clock.currentTimeMillisUnsafe() - windowStart
     let total = 0
     let successes = 0
@@ -305,7 +354,11 @@ export const make: Effect.Effect<Service, never, Scope.Scope> = Effect.gen(funct
 
   return {
     series,
-    snapshot: (filter?: Filter) => Effect.sync(() => snapshotUnsafe(filter)),
+    snapshot: ((filter?: Filter) =>
+      Effect.suspend(() => {
+        const checked = checkFilter(filter)
+        return Result.isFailure(checked) ? Effect.fail(checked.failure) : Effect.succeed(read(checked.success))
+      })) as Snapshot,
     snapshotUnsafe,
     reset
   } satisfies Service
@@ -323,8 +376,10 @@ export const layer: Layer.Layer<Stats> = Layer.effect(Stats, make)
  * @since 0.1.0
  * @category accessors
  */
-export const snapshot = (filter?: Filter): Effect.Effect<ExecutionStats, never, Stats> =>
-  Effect.flatMap(Stats, (stats) => stats.snapshot(filter))
+export const snapshot: {
+  (): Effect.Effect<ExecutionStats, never, Stats>
+  (filter: Filter | undefined): Effect.Effect<ExecutionStats, ModelError, Stats>
+} = ((filter?: Filter) => Effect.flatMap(Stats, (stats) => stats.snapshot(filter))) as never
 
 /**
  * @since 0.1.0

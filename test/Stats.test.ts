@@ -42,6 +42,46 @@ describe("Stats", () => {
     })
   )
 
+  it.effect("a filter with a misspelt key or a field that is no name is refused naming it, not read as no filter", () =>
+    Effect.gen(function* () {
+      const stats = yield* make
+      stats.series("p", "d").requests += 2
+      stats.series("q", undefined).requests += 1
+      const refused = (filter: unknown) => Effect.flip(stats.snapshot(filter as Stats.Filter))
+      for (const [filter, field] of [
+        [{ provder: "p" }, "filter.provder"],
+        [{ provider: 1 }, "filter.provider"],
+        [{ domain: ["d"] }, "filter.domain"],
+        ["p", "filter"],
+        [["p"], "filter"]
+      ] as const) {
+        const error = yield* refused(filter)
+        assert.strictEqual(error.reason, "InvalidRequest", JSON.stringify(filter))
+        assert.strictEqual(error.field, field)
+        assert.include(error.message, field)
+        const thrown = (() => {
+          try {
+            stats.snapshotUnsafe(filter as Stats.Filter)
+          } catch (error) {
+            return error as { readonly field?: string }
+          }
+        })()
+        assert.strictEqual(thrown?.field, field, "snapshotUnsafe refuses it too")
+      }
+      const getter = yield* refused({
+        get provider(): string {
+          throw new Error("boom")
+        }
+      })
+      assert.strictEqual(getter.field, "filter.provider")
+      assert.strictEqual((yield* stats.snapshot({ provider: "p" })).total, 2)
+      assert.strictEqual(
+        (yield* Stats.snapshot({ domain: "d" }).pipe(Effect.provideService(Stats.Stats, stats))).total,
+        2
+      )
+    })
+  )
+
   it.effect("percentiles at the edges: no call, one call, calls all equal, calls of 0 ms", () =>
     Effect.gen(function* () {
       const stats = yield* make
