@@ -709,6 +709,28 @@ describe("Router.hedge", () => {
       assert.strictEqual((yield* stats.snapshot({ provider: "primary" })).serviceTime.max, 100)
     })
   )
+
+  it.effect('after: "p95" of a pair past Stats.maxSeries waits defaultAfter, not the p95 of the "(other)" series', () =>
+    Effect.gen(function* () {
+      const { router, controls, stats } = yield* makeManager({
+        primary: { latency: "1 second", respond: () => "primary" },
+        backup: { latency: "10 millis", respond: () => "backup" }
+      })
+      for (let i = 0; stats.series(`filler-${i}`, "d").provider !== "(other)"; i++) {}
+      // The pairs counted together, of other providers, answered in 5 seconds.
+      const other = stats.series("someone-else", "d")
+      for (let i = 0; i < 20; i++) other.service.record(5000)
+      const hedged = yield* Effect.forkChild(
+        router.hedge(ask, ["d-primary", "d-backup"], { after: "p95", defaultAfter: "50 millis" })
+      )
+      yield* TestClock.adjust("60 millis")
+      const done = hedged.pollUnsafe()
+      if (done === undefined) yield* Fiber.interrupt(hedged)
+      assert.isDefined(done, "the backup started after defaultAfter (50 ms) and answered in 10 ms")
+      assert.strictEqual((yield* Fiber.join(hedged)).response.text, "backup")
+      assert.strictEqual(yield* controls.backup!.calls, 1)
+    })
+  )
 })
 
 describe("Router with breakers and a cache", () => {

@@ -190,6 +190,9 @@ export const makeCalls = (env: Env) => {
       // Its calls' service time in the window: its streams (seconds long where a call takes
       // milliseconds, and never hedged) are recorded apart.
       const series = stats.series(provider.name, domain.name)
+      // Past `Stats.maxSeries` pairs, a pair without a series of its own gets the "(other)" one:
+      // the mixture of other pairs' times is no estimate of this one's.
+      if (series.provider !== provider.name || series.domain !== domain.name) return fallback
       const calls = new WindowHistogram()
       calls.add(series.service, series.baseline.service)
       return calls.count >= 20 ? Duration.max(Duration.millis(calls.quantile(0.95)), minP95After) : fallback
