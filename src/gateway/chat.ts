@@ -35,6 +35,7 @@ import {
   onRequestEnd,
   readJson,
   type RequestSpan,
+  requestIdHeader,
   traced
 } from "./routes.js"
 import * as Sse from "./sse.js"
@@ -386,7 +387,7 @@ export const make = (env: Env) => {
       })
       return HttpServerResponse.stream(body, {
         contentType: "text/event-stream",
-        headers: { "cache-control": "no-cache", "x-accel-buffering": "no" }
+        headers: { "cache-control": "no-cache", "x-accel-buffering": "no", [requestIdHeader]: env.nextId("req_") }
       })
     })
 

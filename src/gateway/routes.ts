@@ -126,7 +126,17 @@ export const failure = (
 }
 
 /**
- * Records an answer (its status, duration, and gateway share when known) and returns it.
+ * The header naming an answer (`req_<process>_<n>`-like, unique across replicas), which the
+ * official clients read as `_request_id` and the gateway's log lines about the request carry.
+ * An id the client sends is not echoed: it may be anything, and need not be unique.
+ *
+ * @internal
+ */
+export const requestIdHeader = "x-request-id"
+
+/**
+ * Records an answer (its status, duration, and gateway share when known) and returns it,
+ * named by a request id ({@link requestIdHeader}): `id` when the request has one already.
  *
  * @internal
  */
@@ -135,11 +145,12 @@ export const answered = (
   route: Route,
   started: number,
   response: HttpServerResponse.HttpServerResponse,
-  upstreamMs: number | undefined
+  upstreamMs: number | undefined,
+  id?: string | undefined
 ): HttpServerResponse.HttpServerResponse => {
   const elapsed = millis(env.clock) - started
   env.metrics.answered(route, response.status, elapsed, upstreamMs === undefined ? undefined : elapsed - upstreamMs)
-  return response
+  return HttpServerResponse.setHeader(response, requestIdHeader, id ?? env.nextId("req_"))
 }
 
 /**
@@ -331,14 +342,16 @@ export const orInternalError =
       if (Cause.hasInterruptsOnly(cause) || Option.isSome(Cause.findErrorOption(cause))) {
         return Effect.failCause(cause)
       }
+      const id = env.nextId("req_")
       return Effect.as(
-        Effect.logError("gateway: unexpected failure", Cause.pretty(cause)),
+        Effect.logError("gateway: unexpected failure", Cause.pretty(cause)).pipe(Effect.annotateLogs("request_id", id)),
         answered(
           env,
           route,
           started,
           failure(env, gatewayError("Internal", "the gateway failed unexpectedly")),
-          undefined
+          undefined,
+          id
         )
       )
     })

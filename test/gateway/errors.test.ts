@@ -490,3 +490,58 @@ describe("Gateway: refusals name what the client sent", () => {
     })
   )
 })
+
+describe("Gateway: request ids", () => {
+  it.live("every answer carries its own x-request-id: the client's _request_id, on errors and streams too", () =>
+    Effect.gen(function* () {
+      const upstream = yield* Server.make(Up.openAi())
+      const gw = yield* Harness.make({ upstreams: { a: upstream.url } })
+      const client = gw.client()
+      const ids: Array<string | null | undefined> = []
+      const answer = yield* Harness.call(() => client.chat.completions.create({ model: "d-a", messages: hi }))
+      ids.push(answer._request_id)
+      const streamed = yield* Harness.call(() =>
+        client.chat.completions.create({ model: "d-a", messages: hi, stream: true }).withResponse()
+      )
+      yield* Harness.call(async () => {
+        for await (const _ of streamed.data) {
+        }
+      })
+      ids.push(streamed.request_id)
+      const embedded = yield* Harness.call(() => client.embeddings.create({ model: "d-a", input: "x" }).withResponse())
+      ids.push(embedded.request_id)
+      const models = yield* Harness.call(() => client.models.list().withResponse())
+      ids.push(models.request_id)
+      const refused = yield* Harness.failing(() => client.chat.completions.create({ model: "gpt-9", messages: hi }))
+      assert.strictEqual(refused.status, 404)
+      ids.push(refused.headers?.get("x-request-id"))
+      const health = yield* Effect.promise(() => fetch(`${gw.url}/nowhere`))
+      ids.push(health.headers.get("x-request-id"))
+      for (const id of ids) assert.match(String(id), /^req_[0-9a-z]+$/)
+      assert.strictEqual(new Set(ids).size, ids.length, "one id per request")
+    })
+  )
+
+  it.live("the id a client sends is not echoed: the gateway's own id is the one its logs carry", () =>
+    Effect.gen(function* () {
+      const upstream = yield* Server.make(Up.openAi())
+      const { service } = keys()
+      const buggy: Gateway.KeyStoreService = { ...service, authenticate: () => Effect.die(new Error("a bug")) }
+      const logs: Array<string> = []
+      const gw = yield* Harness.make({ upstreams: { a: upstream.url }, keys: buggy, logs })
+      const failed = yield* Effect.promise(() =>
+        fetch(`${gw.url}/v1/chat/completions`, {
+          method: "POST",
+          headers: { "content-type": "application/json", "x-request-id": "client-chosen" },
+          body: JSON.stringify({ model: "d-a", messages: hi })
+        })
+      )
+      assert.strictEqual(failed.status, 500)
+      const id = failed.headers.get("x-request-id")!
+      assert.match(id, /^req_[0-9a-z]+$/)
+      const logged = logs.filter((line) => line.includes("unexpected failure"))
+      assert.strictEqual(logged.length, 1)
+      assert.include(logged[0], id, "the failure's log line names the request")
+    })
+  )
+})
