@@ -165,3 +165,28 @@ describe("a config file over the bound (1 MiB)", () => {
     })
   )
 })
+
+describe("a gateway file over the bound (1 MiB)", () => {
+  it.live("whose size the file system does not say (a file still growing) is read up to the bound, not whole", () =>
+    Effect.gen(function* () {
+      const max = 1024 * 1024
+      const file = NodePath.join(dir, "growing.gateway.json")
+      writeFileSync(file, `{}${" ".repeat(2 * max)}`)
+      const grew = Layer.effect(
+        FileSystem.FileSystem,
+        Effect.gen(function* () {
+          const fs = yield* FileSystem.FileSystem
+          return FileSystem.FileSystem.of({
+            ...fs,
+            stat: (path) =>
+              Effect.map(fs.stat(path), (info) => (path === file ? { ...info, size: ByteSize.bytes(2) } : info)),
+            readFile: (path) => (path === file ? Effect.die(`${path} read whole`) : fs.readFile(path))
+          })
+        })
+      ).pipe(Layer.provide(NodeServices.layer))
+      const result = yield* inProcess(["serve", "--gateway", file, "--port", "0"], { terminal: false, fs: grew })
+      assert.strictEqual(result.code, 2, result.err)
+      assert.include(result.err, `more than ${max} bytes: a gateway file is at most ${max} bytes`)
+    })
+  )
+})

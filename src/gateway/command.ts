@@ -22,7 +22,7 @@
  *
  * @internal
  */
-import { Config, Console, Context, Effect, FileSystem, Layer, Option, Path, Result, Schema } from "effect"
+import { Config, Console, Context, Effect, FileSystem, Layer, Option, Path, Result, Schema, Stream } from "effect"
 import { HttpServer, HttpServerError } from "effect/http"
 import { Redis as PersistedRedis } from "effect/persistence"
 import * as CircuitBreaker from "../CircuitBreaker.js"
@@ -139,8 +139,15 @@ const loadFile = Effect.fnUntraced(function* (common: Common, flag: Option.Optio
     return { file: undefined, config: {} as GatewayFile }
   }
   if (info.value.type !== "File") return yield* refuse(`not a file (${info.value.type.toLowerCase()})`)
-  if (Number(info.value.size) > maxFileBytes) return yield* refuse(`a gateway file is at most ${maxFileBytes} bytes`)
-  const bytes = yield* fs.readFile(file).pipe(Effect.catch((error) => refuse(platformErrorText(error))))
+  const tooBig = (size: string) => refuse(`${size} bytes: a gateway file is at most ${maxFileBytes} bytes`)
+  if (Number(info.value.size) > maxFileBytes) return yield* tooBig(String(info.value.size))
+  // The size said is no bound (a file may grow after it was looked at): no more than one byte past it is read.
+  const bytes = yield* fs.stream(file, { bytesToRead: maxFileBytes + 1 }).pipe(
+    Stream.runCollect,
+    Effect.map((chunks) => Buffer.concat(chunks)),
+    Effect.catch((error) => refuse(platformErrorText(error)))
+  )
+  if (bytes.length > maxFileBytes) return yield* tooBig(`more than ${maxFileBytes}`)
   const text = Utf8.decode(bytes)
   if (Result.isFailure(text))
     return yield* refuse(`line ${text.failure.line} is not UTF-8 text (save the file as UTF-8)`)
