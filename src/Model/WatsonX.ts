@@ -89,12 +89,28 @@ const optionKeys = Http.knownKeys<Options>({
   requestLimits: true
 })
 
+// Never shown: a key read from a file with its newline says so, IAM would refuse it after a call.
+const apiKeyOf = (input: unknown): Input.Checked<Redacted.Redacted<string>> => {
+  if (!Redacted.isRedacted(input)) {
+    return Result.fail({ path: "apiKey", message: "expected a Redacted secret (Redacted.make or Config.Redacted)" })
+  }
+  const key = Redacted.value(input)
+  if (typeof key !== "string" || key.length === 0)
+    return Result.fail({ path: "apiKey", message: "expected a non-empty key" })
+  // biome-ignore lint/suspicious/noControlCharactersInRegex: control characters are what it looks for
+  if (/[\u0000-\u001f\u007f]/.test(key)) {
+    return Result.fail({
+      path: "apiKey",
+      message: "a key cannot hold control characters (CR, LF, NUL...): a newline read from a file with it?"
+    })
+  }
+  return Result.succeed(input as Redacted.Redacted<string>)
+}
+
 const checkOptions = (options: Options) =>
   Input.all([
     Http.settings(options),
-    Redacted.isRedacted(options.apiKey)
-      ? Result.succeed(options.apiKey as Redacted.Redacted<string>)
-      : Result.fail({ path: "apiKey", message: "expected a Redacted secret (Redacted.make or Config.Redacted)" }),
+    apiKeyOf(options.apiKey),
     (options.projectId === undefined) === (options.spaceId === undefined)
       ? Result.fail({
           path: options.projectId === undefined ? "projectId" : "spaceId",

@@ -1280,6 +1280,10 @@ layer(NodeHttpClient.layerUndici)("WatsonX over HTTP", (it) => {
         assert.strictEqual(yield* pathOf({ streamIdleTimeout: 0 }), "streamIdleTimeout")
         assert.strictEqual(yield* pathOf({ maxResponseBytes: -5 }), "maxResponseBytes")
         assert.strictEqual(yield* pathOf({ tokenTimeout: 0 }), "tokenTimeout")
+        // A key read from a file with its newline, or an empty one: IAM would refuse it after a call.
+        assert.strictEqual(yield* pathOf({ apiKey: Redacted.make("key\n") }), "apiKey")
+        assert.strictEqual(yield* pathOf({ apiKey: Redacted.make("k\u0000ey") }), "apiKey")
+        assert.strictEqual(yield* pathOf({ apiKey: Redacted.make("") }), "apiKey")
         assert.strictEqual(yield* pathOf({ refreshMargin: -1 }), "refreshMargin")
         assert.strictEqual(yield* pathOf({ projectId: undefined }), "projectId")
         assert.strictEqual(yield* pathOf({ spaceId: "s" }), "spaceId")
