@@ -461,7 +461,8 @@ export const gatewayTokens = Metric.counter("orchestra_gateway_tokens_total", {
 /**
  * Attributes `key` (the key's id, never its secret), `scope` (`key`, `team`, `model`),
  * `budget_unit` (`tokens`, `usd`; not `unit`, which Prometheus exporters drop) and, for the
- * `model` scope, `model`.
+ * `model` scope, `model`. At most 1,000 series in a process: the first (key, scope, unit,
+ * model) charged get one, later ones none; a disabled key's are removed, freeing their places.
  *
  * @since 0.2.0
  * @category gateway
