@@ -37,9 +37,9 @@
  */
 import { Clock, Context, Effect, Layer, Result } from "effect"
 import type { Scope } from "effect"
-import { invalidRequest, type ModelError } from "./AiError.js"
-import * as Input from "./Input.js"
+import type { ModelError } from "./AiError.js"
 import { noDomain, otherSeries } from "./Metrics.js"
+import { checkFilter } from "./stats/filter.js"
 import { Gauge, Series, WindowHistogram } from "./stats/series.js"
 
 /**
@@ -151,29 +151,6 @@ export const maxSeries = 1_000
  * @category services
  */
 export class Stats extends Context.Service<Stats, Service>()("effect-orchestra/Stats") {}
-
-const filterKeys: ReadonlySet<string> = new Set(["provider", "domain"])
-
-// Read once (a getter that throws is its field's issue); null, as a field or the whole, matches everything.
-const checkFilter = (given: unknown): Result.Result<Filter, ModelError> => {
-  if (given === undefined || given === null) return Result.succeed({})
-  if (typeof given !== "object" || Array.isArray(given)) {
-    const kind = Array.isArray(given) ? "an array" : typeof given
-    return Result.fail(invalidRequest("filter", `expected { provider?, domain? }, got ${kind}`))
-  }
-  const read = Input.readFields(given, undefined, "filter")
-  const issue = Result.isFailure(read) ? read.failure : Input.unknownKey(read.success, filterKeys, "filter.")
-  if (issue !== undefined) return Result.fail(Input.toInvalidRequest(issue))
-  const fields = (read as Result.Success<Readonly<Record<string, unknown>>, Input.Issue>).success
-  for (const key of filterKeys) {
-    const value = fields[key]
-    if (value !== undefined && value !== null && typeof value !== "string") {
-      const kind = Array.isArray(value) ? "an array" : typeof value
-      return Result.fail(invalidRequest(`filter.${key}`, `expected a name, got ${kind}`))
-    }
-  }
-  return Result.succeed({ provider: fields.provider ?? undefined, domain: fields.domain ?? undefined } as Filter)
-}
 
 const round = (n: number): number => Math.round(n * 100) / 100
 

@@ -214,7 +214,7 @@ describe("createOrchestra", () => {
       for (const [filter, field] of [
         [{ provder: "m" }, "filter.provder"],
         [{ provider: 5 }, "filter.provider"],
-        [{ domain: null }, "filter.domain"],
+        [new Map(), "filter"],
         [["support"], "filter"]
       ] as const) {
         const thrown = (() => {
@@ -231,6 +231,23 @@ describe("createOrchestra", () => {
       }
       assert.strictEqual(orchestra.stats({ provider: m.name, domain: undefined }).total, orchestra.stats().total)
       assert.strictEqual(Effect.runSync(m.control.calls), 0)
+    } finally {
+      await orchestra.dispose()
+    }
+  })
+
+  it("stats(null) and null filter fields are no filter, as Stats.snapshot reads them: stats(null) threw", async () => {
+    const m = mock()
+    const orchestra = createOrchestra(Orchestra.layer({ providers: { main: m.layer } }))
+    try {
+      await orchestra.execute("a", { domain: "support" })
+      await orchestra.execute("b")
+      const all = orchestra.stats()
+      assert.strictEqual(all.total, 2)
+      assert.strictEqual(orchestra.stats(null as never).total, 2)
+      assert.strictEqual(orchestra.stats({ provider: null, domain: null } as never).total, 2)
+      assert.strictEqual(orchestra.stats({ provider: m.name, domain: null } as never).total, 2)
+      assert.strictEqual(orchestra.stats({ provider: null, domain: "support" } as never).total, 1)
     } finally {
       await orchestra.dispose()
     }

@@ -82,6 +82,24 @@ describe("Stats", () => {
     })
   )
 
+  it.effect(
+    "a filter that is no object of fields (a signal, a Map) is refused naming filter, not read as no filter",
+    () =>
+      Effect.gen(function* () {
+        const stats = yield* make
+        stats.series("p", "d").requests += 2
+        for (const [filter, shown] of [
+          [new AbortController().signal, "an AbortSignal"],
+          [new Map([["provider", "p"]]), "an instance of Map"]
+        ] as const) {
+          const error = yield* Effect.flip(stats.snapshot(filter as never))
+          assert.strictEqual(error.field, "filter")
+          assert.include(error.message, shown)
+          assert.throws(() => stats.snapshotUnsafe(filter as never), shown)
+        }
+      })
+  )
+
   it.effect("percentiles at the edges: no call, one call, calls all equal, calls of 0 ms", () =>
     Effect.gen(function* () {
       const stats = yield* make

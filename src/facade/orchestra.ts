@@ -38,6 +38,7 @@ import { describeDefect } from "../policy/failure.js"
 import { CurrentCut, type Cut } from "../policy/plan.js"
 import * as Prometheus from "../Prometheus.js"
 import * as Stats from "../Stats.js"
+import { checkFilter } from "../stats/filter.js"
 import * as Calls from "./calls.js"
 import {
   type Checked,
@@ -48,7 +49,6 @@ import {
   Keys,
   kind,
   none,
-  notOptions,
   requestOf
 } from "./input.js"
 
@@ -60,8 +60,6 @@ export interface Env {
 
 // The facade's own clock, read before the manager (and its context) exists.
 const clock = Context.get(Context.empty() as Context.Context<never>, Clock.Clock)
-
-const filterKeys: ReadonlySet<string> = new Set(["provider", "domain"])
 
 const notALayer = (given: unknown): Layer.Layer<Services, Input.OptionError> =>
   Layer.effectContext(
@@ -240,28 +238,6 @@ export const makeCreateOrchestra = (env: Env) => {
 
   const shuttingDown = () =>
     new OrchestraError(new ShuttingDownError({ message: "the orchestra has been disposed and admits no new calls" }))
-
-  // A misspelt key or a name that is not a string would filter on nothing: the unfiltered totals, or zeros.
-  // Its fields are read once: a getter (or a `Proxy` trap) that throws is the field's issue.
-  const checkFilter = (filter: unknown): Result.Result<Stats.Filter, Input.Issue> => {
-    if (typeof filter !== "object" || filter === null || Array.isArray(filter)) {
-      return Result.fail({ path: "filter", message: `expected { provider?, domain? }, got ${kind(filter)}` })
-    }
-    const foreign = notOptions(filter)
-    if (foreign !== undefined)
-      return Result.fail({ path: "filter", message: `expected { provider?, domain? }, got ${foreign}` })
-    const read = Input.readFields(filter, undefined, "filter")
-    if (Result.isFailure(read)) return read
-    const unknown = Input.unknownKey(read.success, filterKeys, "filter.")
-    if (unknown !== undefined) return Result.fail(unknown)
-    for (const key of filterKeys) {
-      const value = read.success[key]
-      if (value !== undefined && typeof value !== "string") {
-        return Result.fail({ path: `filter.${key}`, message: `expected a name, got ${kind(value)}` })
-      }
-    }
-    return Result.succeed(read.success as Stats.Filter)
-  }
 
   const createOrchestra = <E>(layer: Layer.Layer<Services, E, never>): Orchestra => {
     // Code without types may hand over the manager's options themselves: a manager that cannot be built.
@@ -541,14 +517,10 @@ export const makeCreateOrchestra = (env: Env) => {
       stream,
       embed: (input, options) => run(options, Keys.embed, () => embedRequestOf(input), Calls.embed),
       stats: (filter) => {
-        let checked: Stats.Filter | undefined
-        if (filter !== undefined) {
-          const read = checkFilter(filter)
-          if (Result.isFailure(read)) throw new OrchestraError(Input.toInvalidRequest(read.failure))
-          // The fields as the check read them: a getter is not read again.
-          checked = read.success
-        }
-        if (statsService !== undefined) return statsService.snapshotUnsafe(checked)
+        // The check `Stats.snapshot` makes; its fields as it read them (a getter is not read again).
+        const checked = checkFilter(filter)
+        if (Result.isFailure(checked)) throw new OrchestraError(checked.failure)
+        if (statsService !== undefined) return statsService.snapshotUnsafe(checked.success)
         emptyStats ??= Effect.runSync(Effect.scoped(Effect.map(Stats.make, (s) => s.snapshotUnsafe())))
         return emptyStats
       },
