@@ -120,6 +120,11 @@ export interface Service {
    */
   readonly series: (provider: string, domain: string | undefined) => Series
   /**
+   * The series of a (provider, domain) pair if it has one of its own, without creating it: for
+   * readers (hedging's `after: "p95"`), so that a pair that served no call takes no series.
+   */
+  readonly find: (provider: string, domain: string | undefined) => Series | undefined
+  /**
    * The figures of the calls `filter` matches. A filter that is no object, has a key other
    * than `provider` and `domain` (a misspelt one would match everything) or a field that is
    * no name fails with an `InvalidRequest` naming it (`filter.provder`); `null` is no filter.
@@ -206,6 +211,9 @@ export const make: Effect.Effect<Service, never, Scope.Scope> = Effect.gen(funct
   const series = (provider: string, domain: string | undefined): Series =>
     byProvider.get(provider)?.get(domain ?? noDomain) ??
     (all.length < maxSeries ? create(provider, domain) : create(otherSeries, otherSeries))
+
+  const find = (provider: string, domain: string | undefined): Series | undefined =>
+    byProvider.get(provider)?.get(domain ?? noDomain)
 
   const create = (provider: string, domain: string | undefined): Series => {
     let domains = byProvider.get(provider)
@@ -331,6 +339,7 @@ export const make: Effect.Effect<Service, never, Scope.Scope> = Effect.gen(funct
 
   return {
     series,
+    find,
     snapshot: ((filter?: Filter) =>
       Effect.suspend(() => {
         const checked = checkFilter(filter)

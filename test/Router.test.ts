@@ -731,6 +731,21 @@ describe("Router.hedge", () => {
       assert.strictEqual(yield* controls.backup!.calls, 1)
     })
   )
+
+  it.effect(
+    'after: "p95" of a pair without a series reads none: a hedge refused before any call took a Stats.maxSeries slot',
+    () =>
+      Effect.gen(function* () {
+        const { router, stats, registry } = yield* makeManager({ primary: {}, backup: {} })
+        const refused = yield* Effect.flip(router.hedge(ask, ["d-primary", "d-nope"], { after: "p95" }))
+        assert.strictEqual(invalidField(refused), "domain", refused.message)
+        const text = yield* Prometheus.text.pipe(Effect.provideService(Metric.MetricRegistry, registry))
+        assert.notInclude(text, 'provider="primary"', "the pair that served no call has no series")
+        // Every slot is still free: the last pair of maxSeries gets its own series, not "(other)"'s.
+        for (let i = 0; i < Stats.maxSeries - 1; i++) stats.series(`filler-${i}`, "d")
+        assert.strictEqual(stats.series("late", "d").provider, "late")
+      })
+  )
 })
 
 describe("Router with breakers and a cache", () => {

@@ -189,10 +189,10 @@ export const makeCalls = (env: Env) => {
       const { domain, provider } = yield* resolve(first)
       // Its calls' service time in the window: its streams (seconds long where a call takes
       // milliseconds, and never hedged) are recorded apart.
-      const series = stats.series(provider.name, domain.name)
-      // Past `Stats.maxSeries` pairs, a pair without a series of its own gets the "(other)" one:
-      // the mixture of other pairs' times is no estimate of this one's.
-      if (series.provider !== provider.name || series.domain !== domain.name) return fallback
+      // Read, not created: a pair that served no call takes no `Stats.maxSeries` slot, and one past the
+      // bound (counted under "(other)", a mixture of other pairs' times) has no estimate of its own.
+      const series = stats.find(provider.name, domain.name)
+      if (series === undefined) return fallback
       const calls = new WindowHistogram()
       calls.add(series.service, series.baseline.service)
       return calls.count >= 20 ? Duration.max(Duration.millis(calls.quantile(0.95)), minP95After) : fallback
