@@ -39,6 +39,7 @@ import { Clock, Context, Effect, Layer, Result } from "effect"
 import type { Scope } from "effect"
 import type { ModelError } from "./AiError.js"
 import { noDomain, otherSeries } from "./Metrics.js"
+import { registrationContext } from "./stats/counters.js"
 import { checkFilter } from "./stats/filter.js"
 import { Gauge, Series, WindowHistogram } from "./stats/series.js"
 
@@ -179,7 +180,8 @@ const latencyOf = (h: WindowHistogram): LatencyStats =>
  * @category constructors
  */
 export const make: Effect.Effect<Service, never, Scope.Scope> = Effect.gen(function* () {
-  const context = yield* Effect.context<never>()
+  // The registry and metric attributes only: a series (held by the registry's readers) would keep every service alive.
+  const context = registrationContext(yield* Effect.context<never>())
   const clock = yield* Clock.Clock
   const byProvider = new Map<string, Map<string, Series>>()
   const all: Array<Series> = []

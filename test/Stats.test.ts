@@ -1,5 +1,5 @@
 import { assert, describe, it } from "@effect/vitest"
-import { Effect, Fiber, Layer, Metric, Stream } from "effect"
+import { Context, Effect, Fiber, Layer, Metric, Option, Stream } from "effect"
 import { TestClock } from "effect/testing"
 import * as Executor from "../src/Executor.js"
 import * as Metrics from "../src/Metrics.js"
@@ -97,6 +97,26 @@ describe("Stats", () => {
           assert.include(error.message, shown)
           assert.throws(() => stats.snapshotUnsafe(filter as never), shown)
         }
+      })
+  )
+
+  it.effect(
+    "a series keeps only the registry and metric attributes of the context Stats is built in, not its services",
+    () =>
+      Effect.gen(function* () {
+        class App extends Context.Service<App, { readonly big: ReadonlyArray<number> }>()("test/Stats/App") {}
+        const registry: Metric.MetricRegistry = new Map()
+        const stats = yield* Stats.make.pipe(
+          Effect.provideService(Metric.MetricRegistry, registry),
+          Effect.provideService(App, { big: [1, 2, 3] })
+        )
+        const series = stats.series("kept", "d")
+        const kept = (series as unknown as { readonly context: Context.Context<never> }).context
+        assert.isTrue(Option.isNone(Context.getOption(kept, App)), "the series kept the application's services")
+        assert.strictEqual(Context.get(kept, Metric.MetricRegistry), registry)
+        series.requests++
+        const text = yield* Prometheus.text.pipe(Effect.provideService(Metric.MetricRegistry, registry))
+        assert.include(text, 'orchestra_requests_total{provider="kept",domain="d"} 1')
       })
   )
 
