@@ -486,6 +486,37 @@ describe("Pipeline definitions are checked (issues 10, 12, 13)", () => {
   )
 
   it.effect(
+    'a governed step named "(other)" without a stats name is refused naming it: its series mixed with the overflow\'s',
+    () =>
+      Effect.gen(function* () {
+        for (const policy of [{ timeout: "1 second" }, { retry: true }, { breaker: "b" }] as const) {
+          const fromData = yield* Effect.flip(
+            Pipeline.fromSteps([
+              { name: "a", run: ok },
+              { name: "(other)", run: ok, ...policy }
+            ])
+          )
+          assert.deepStrictEqual(
+            [fromData._tag, fromData.reason, fromData.field],
+            ["PipelineError", "InvalidStep", "steps[1].name"]
+          )
+          assert.include(fromData.message, "stats")
+          const built = Pipeline.make().step("a", [], ok).step("(other)", [], ok, policy)
+          const error = yield* Effect.flip(Pipeline.validate(built))
+          assert.deepStrictEqual(
+            [error.reason, error.field, error.steps],
+            ["InvalidStep", "steps[1].name", ["(other)"]]
+          )
+        }
+        // Ungoverned (no series), or counted under a stats name of its own: a step name like any other.
+        const plain = yield* Pipeline.fromSteps([{ name: "(other)", run: ok }])
+        assert.deepStrictEqual(plain.names, ["(other)"])
+        const named = Pipeline.make().step("(other)", [], ok, { timeout: "1 second", stats: "overflow-step" })
+        assert.deepStrictEqual((yield* Pipeline.validate(named)).names, ["(other)"])
+      })
+  )
+
+  it.effect(
     "durations: -1, NaN, '-5 seconds', 'soon' and 0 are refused in fromSteps and the builder; nothing throws",
     () =>
       Effect.gen(function* () {

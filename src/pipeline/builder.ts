@@ -76,9 +76,9 @@ const fromChain = <I, O, E, R>(
     if (issue !== undefined) return self
     const at = `steps[${length}]`
     const next = R.flatMap(Internal.checkSpec({ name, dependsOn, run }, at), (def) =>
-      R.map(Internal.checkPolicies(options, at, def.name), (policies) => {
+      R.flatMap(Internal.checkPolicies(options, at, def.name), (policies) => {
         const merged = { ...def, ...policies }
-        return { ...merged, governed: Internal.isGoverned(merged) }
+        return Internal.checkSeries({ ...merged, governed: Internal.isGoverned(merged) }, at)
       })
     )
     if (R.isFailure(next)) return fromChain(chain, length, defaults, next.failure, definition)

@@ -238,14 +238,28 @@ export const checkSpec = (spec: unknown, at: string): Checked<StepDef> => {
     )
   }
   const run = spec.run as StepDef["run"]
-  return Result.map(checkPolicies(spec, at, name, specKeys), (policies) => ({
-    ...policies,
-    name,
-    deps: Array.from(new Set(dependsOn.success)),
-    run,
-    governed: isGoverned(policies)
-  }))
+  return Result.flatMap(checkPolicies(spec, at, name, specKeys), (policies) =>
+    checkSeries(
+      { ...policies, name, deps: Array.from(new Set(dependsOn.success)), run, governed: isGoverned(policies) },
+      at
+    )
+  )
 }
+
+/**
+ * Checks the name a governed step's series takes when it has no `stats` name: its own, as the
+ * series' provider, which must not be the overflow's (`"(other)"`), as `stats` must not.
+ */
+export const checkSeries = (def: StepDef, at: string): Checked<StepDef> =>
+  def.governed && def.stats === undefined && def.name === otherSeries
+    ? Result.fail(
+        invalidStep(
+          label(at, "name"),
+          `"${def.name}" is reserved: a governed step counts under its name, and the names past a series bound count under this one; give the step a stats name or another name`,
+          def.name
+        )
+      )
+    : Result.succeed(def)
 
 const runKeys: ReadonlySet<string> = new Set(["mode", "concurrency", "onFailure", "fallbackToSequential"])
 
