@@ -11,7 +11,7 @@ import * as Input from "./Input.js"
 import { agentDomain, noDomain, otherSeries, pipelineDomain } from "./Metrics.js"
 import { type GenerateRequest, ModelProvider, type Service as ProviderService } from "./Model.js"
 import { RetryPolicy, retry as retryPolicy } from "./Policy.js"
-import { providerNameIssue } from "./stats/labels.js"
+import { providerNameIssue, textIssue } from "./stats/labels.js"
 
 const Name = Schema.String.check(Schema.isTrimmed(), Schema.isMinLength(1))
 
@@ -175,7 +175,8 @@ const checkOptionsIssue = (given: CheckOptions): Input.Issue | undefined => {
  * `domain` of calls made without one, `Metrics.noDomain`), `"pipeline"` and `"agent"` (the
  * `domain` of a pipeline's steps and of the HTTP agents' calls: a domain of either name would
  * add its figures to theirs) and `"(other)"` (`Metrics.otherSeries`, the calls past
- * `Stats.maxSeries` pairs) are refused.
+ * `Stats.maxSeries` pairs) are refused, as is a name holding a lone surrogate (`"\uD800"`, no
+ * UTF-8 form: its metric label would print as another's).
  *
  * @since 0.1.0
  * @category constructors
@@ -208,6 +209,8 @@ export const check = (input: unknown, options: string | CheckOptions = {}): Inpu
         message: `"${domain.name}" is reserved: it names ${reservedFor} in stats and metrics; give the domain another name`
       })
     }
+    const text = textIssue(domain.name, `${at}.name`)
+    if (text !== undefined) return Result.fail(text)
     const zero = Input.all([
       positive(`${at}.timeout`, domain.timeout),
       positive(`${at}.totalTimeout`, domain.totalTimeout),

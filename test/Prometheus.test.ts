@@ -1,10 +1,14 @@
 import { assert, describe, it } from "@effect/vitest"
-import { Context, Effect, Exit, Fiber, Layer, Metric, Scope, Stream } from "effect"
+import { Context, Effect, Exit, Fiber, Layer, Metric, Result, Scope, Stream } from "effect"
 import { TestClock } from "effect/testing"
 import { HttpRouter } from "effect/http"
+import type { AiError } from "../src/AiError.js"
+import * as Domain from "../src/Domain.js"
 import * as Executor from "../src/Executor.js"
 import * as Mock from "../src/Model/Mock.js"
 import { Outcome } from "../src/Model/Mock.js"
+import * as Orchestra from "../src/Orchestra.js"
+import * as Pipeline from "../src/Pipeline.js"
 import * as Prometheus from "../src/Prometheus.js"
 import { setup } from "./utils/executor.js"
 import { makeManager } from "./utils/manager.js"
@@ -324,6 +328,62 @@ describe("Prometheus text format", () => {
         }
       }
     })
+  )
+
+  it.effect(
+    "names that differ only by a lone surrogate are refused where they enter: scraped as UTF-8 they were one series twice",
+    () =>
+      Effect.gen(function* () {
+        // What a scraper reads: the text in UTF-8, where each lone surrogate is U+FFFD.
+        const scraped = (text: string) => new TextDecoder().decode(new TextEncoder().encode(text))
+        const { executor, registry } = yield* setup()
+        const lone = ["user-\uD800", "user-\uDC00", "user-\uDBFF\uDBFF"]
+        for (const domain of lone) {
+          const calls: ReadonlyArray<readonly [string, Effect.Effect<unknown, AiError>]> = [
+            ["domain", executor.execute({ prompt: "q" }, { domain })],
+            ["domain", Stream.runDrain(executor.stream({ prompt: "q" }, { domain }))],
+            [
+              "steps[0].domain",
+              Stream.runDrain(executor.stream({ prompt: "q" }, { steps: [{ provider: executor.provider, domain }] }))
+            ],
+            ["provider.name", executor.execute({ prompt: "q" }, { provider: { ...executor.provider, name: domain } })]
+          ]
+          for (const [field, call] of calls) {
+            const error = yield* Effect.flip(call)
+            assert.strictEqual(error._tag === "ModelError" && error.field, field, JSON.stringify(domain))
+            assert.include(error.message, "surrogate")
+          }
+        }
+        assert.strictEqual(
+          yield* executor.execute({ prompt: "q" }, { domain: "paired 😀" }).pipe(Effect.map(() => 1)),
+          1
+        )
+        const samples = parseExposition(
+          scraped(yield* Prometheus.text.pipe(Effect.provideService(Metric.MetricRegistry, registry)))
+        )
+        assert.isFalse(samples.some((s) => Object.values(s.labels).some((v) => v.includes("\uFFFD"))))
+        assert.isTrue(samples.some((s) => s.labels.domain === "paired 😀"))
+
+        // Where names enter otherwise: a provider's, a domain's, a pipeline step's series names.
+        const built = yield* Effect.flip(Effect.scoped(setup({ name: "p\uD800" })))
+        assert.strictEqual(built._tag === "OptionError" && built.path, "provider.name")
+        const providers = yield* Effect.flip(
+          Layer.build(Orchestra.layer({ providers: { main: Mock.layer({ name: "p\uDC00" }) } })).pipe(Effect.scoped)
+        )
+        assert.strictEqual(providers._tag === "OptionError" && providers.path, "providers.main.name")
+        const domains = Domain.check([{ name: "d\uD800", provider: "main" }])
+        assert.strictEqual(Result.isFailure(domains) && domains.failure.path, "domains[0].name")
+        const ok = () => Effect.succeed(1)
+        for (const [step, field] of [
+          [{ name: "a", run: ok, stats: "s\uD800" }, "steps[0].stats"],
+          [{ name: "a", run: ok, breaker: "b\uD800" }, "steps[0].breaker"],
+          [{ name: "s\uD800", run: ok, timeout: "1 second" }, "steps[0].name"]
+        ] as const) {
+          const error = yield* Effect.flip(Pipeline.fromSteps([step]))
+          assert.strictEqual(error.field, field)
+          assert.include(error.message, "surrogate")
+        }
+      })
   )
 
   it.effect(

@@ -11,6 +11,7 @@
 import { type Duration, type Effect, Graph, Option, Result } from "effect"
 import * as Input from "../Input.js"
 import { otherSeries } from "../Metrics.js"
+import { textIssue } from "../stats/labels.js"
 import { decodeRetry, type RetryPolicy } from "../Policy.js"
 import { invalidOption, invalidStep, PipelineError } from "./errors.js"
 
@@ -130,7 +131,10 @@ const seriesName = (
     ? Result.fail(
         invalidStep(label(at, field), `"${input}" is reserved: the names past a series bound count under it`, step)
       )
-    : nonEmptyString(at, field, input, step)
+    : Result.flatMap(nonEmptyString(at, field, input, step), (name) => {
+        const text = name === undefined ? undefined : textIssue(name, label(at, field))
+        return text === undefined ? Result.succeed(name) : Result.fail(fromIssue(text, step))
+      })
 
 const checkFallback = (at: string, input: unknown, step: string | undefined): Checked<FallbackDef | undefined> => {
   if (input === undefined) return Result.succeed(undefined)
@@ -248,18 +252,23 @@ export const checkSpec = (spec: unknown, at: string): Checked<StepDef> => {
 
 /**
  * Checks the name a governed step's series takes when it has no `stats` name: its own, as the
- * series' provider, which must not be the overflow's (`"(other)"`), as `stats` must not.
+ * series' provider, which must not be the overflow's (`"(other)"`) nor hold a lone surrogate,
+ * as `stats` must not.
  */
-export const checkSeries = (def: StepDef, at: string): Checked<StepDef> =>
-  def.governed && def.stats === undefined && def.name === otherSeries
-    ? Result.fail(
-        invalidStep(
-          label(at, "name"),
-          `"${def.name}" is reserved: a governed step counts under its name, and the names past a series bound count under this one; give the step a stats name or another name`,
-          def.name
-        )
+export const checkSeries = (def: StepDef, at: string): Checked<StepDef> => {
+  if (!def.governed || def.stats !== undefined) return Result.succeed(def)
+  if (def.name === otherSeries) {
+    return Result.fail(
+      invalidStep(
+        label(at, "name"),
+        `"${def.name}" is reserved: a governed step counts under its name, and the names past a series bound count under this one; give the step a stats name or another name`,
+        def.name
       )
-    : Result.succeed(def)
+    )
+  }
+  const text = textIssue(def.name, label(at, "name"))
+  return text === undefined ? Result.succeed(def) : Result.fail(fromIssue(text, def.name))
+}
 
 const runKeys: ReadonlySet<string> = new Set(["mode", "concurrency", "onFailure", "fallbackToSequential"])
 

@@ -16,21 +16,44 @@ const reserved: ReadonlyMap<string, string> = new Map([
   [otherSeries, "it labels the calls past the series bound (Stats.maxSeries)"]
 ])
 
+// With the `u` flag, a surrogate pair is one code point: this matches unpaired halves only.
+const loneSurrogate = /[\uD800-\uDFFF]/u
+
+/**
+ * The issue of a name holding an unpaired surrogate (`"\uD800"`), which has no UTF-8 form: the
+ * exposition (as any UTF-8 exporter) prints U+FFFD in its place, so two names differing only
+ * there would label one series twice. Checked where a name enters, as the reserved ones are.
+ *
+ * @internal
+ */
+export const textIssue = (name: string, path: string): Issue | undefined =>
+  loneSurrogate.test(name)
+    ? {
+        path,
+        message: `expected well-formed Unicode, got ${JSON.stringify(name)}: a lone surrogate has no UTF-8 form, and would label its series as other such names do`
+      }
+    : undefined
+
 /**
  * The issue of a `domain` or `provider` option the metrics could not tell apart or name:
  * `"none"` labels the calls made without a domain (`Metrics.noDomain`), `"pipeline"` and
  * `"agent"` the pipelines' steps and the HTTP agents' calls, an empty label is no label to
- * Prometheus, a provider without a name has no `provider` label, and one named `"(other)"`
- * ({@link providerNameIssue}) would count in the overflow series. Their kinds (a string, an
- * object) are checked before.
+ * Prometheus, a provider without a name has no `provider` label, one named `"(other)"`
+ * ({@link providerNameIssue}) would count in the overflow series, and a name holding a lone
+ * surrogate ({@link textIssue}) would print as another. Their kinds (a string, an object) are
+ * checked before.
  *
  * @internal
  */
 export const labelIssue = (options: { readonly domain?: unknown; readonly provider?: unknown }): Issue | undefined => {
   const { domain, provider } = options
-  const why = typeof domain === "string" ? reserved.get(domain) : undefined
-  if (why !== undefined) return { path: "domain", message: `"${domain}" is reserved: ${why}` }
-  if (domain === "") return { path: "domain", message: "expected a domain name, got an empty string" }
+  if (typeof domain === "string") {
+    const why = reserved.get(domain)
+    if (why !== undefined) return { path: "domain", message: `"${domain}" is reserved: ${why}` }
+    if (domain === "") return { path: "domain", message: "expected a domain name, got an empty string" }
+    const text = textIssue(domain, "domain")
+    if (text !== undefined) return text
+  }
   if (typeof provider === "object" && provider !== null) {
     if (!isNamed(provider)) {
       return {
@@ -44,7 +67,8 @@ export const labelIssue = (options: { readonly domain?: unknown; readonly provid
 }
 
 /**
- * The issue of a provider's name that is `Metrics.otherSeries`: the series bounds count the
+ * The issue of a provider's name that is `Metrics.otherSeries` (or is no well-formed Unicode,
+ * {@link textIssue}): the series bounds count the
  * names past them under it (breaker keys, rate-limit keys, the HTTP agents' `Stats` series),
  * so a provider of that name would have no breaker gauge and its figures would add up with
  * theirs. Checked where a provider enters: an executor's, an orchestra's `providers`, a
@@ -55,16 +79,16 @@ export const labelIssue = (options: { readonly domain?: unknown; readonly provid
 export const providerNameIssue = (name: string, path: string): Issue | undefined =>
   name === otherSeries
     ? { path, message: `"${name}" is reserved: the names past a series bound count together under it` }
-    : undefined
+    : textIssue(name, path)
 
 /**
- * Whether a value may label a call's series as its provider: named, and not the reserved
- * `Metrics.otherSeries`.
+ * Whether a value may label a call's series as its provider: named, not the reserved
+ * `Metrics.otherSeries`, no lone surrogate in the name.
  *
  * @internal
  */
 export const isProviderLabel = (target: unknown): target is { readonly name: string } =>
-  isNamed(target) && target.name !== otherSeries
+  isNamed(target) && target.name !== otherSeries && !loneSurrogate.test(target.name)
 
 /**
  * Whether a value is an object with a non-empty `name`, as a provider is.
@@ -79,9 +103,9 @@ export const isNamed = (target: unknown): target is { readonly name: string } =>
 
 /**
  * Whether a value may label a call's series as its domain: a non-empty string other than the
- * reserved ones.
+ * reserved ones, without a lone surrogate.
  *
  * @internal
  */
 export const isDomainLabel = (domain: unknown): domain is string =>
-  typeof domain === "string" && domain !== "" && !reserved.has(domain)
+  typeof domain === "string" && domain !== "" && !reserved.has(domain) && !loneSurrogate.test(domain)
