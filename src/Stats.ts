@@ -126,9 +126,11 @@ export interface Service {
    */
   readonly find: (provider: string, domain: string | undefined) => Series | undefined
   /**
-   * The figures of the calls `filter` matches. A filter that is no object, has a key other
-   * than `provider` and `domain` (a misspelt one would match everything) or a field that is
-   * no name fails with an `InvalidRequest` naming it (`filter.provder`); `null` is no filter.
+   * The figures of the calls `filter` matches. A filter that is no object (or one without
+   * fields of its own: a `Map`, a signal), has a key other than `provider` and `domain` (a
+   * misspelt one would match everything) or a field that is no name fails with an
+   * `InvalidRequest` naming it (`filter.provder`); `null`, as the filter or a field, is no
+   * filter. The Promise facade's `stats(filter)` makes the same check.
    */
   readonly snapshot: Snapshot
   /**
