@@ -83,6 +83,21 @@ describe("Model.validateGenerate", () => {
       })
   )
 
+  it.effect("a tool name outside what every provider accepts is refused naming tools[i].name, before any call", () =>
+    Effect.gen(function* () {
+      const messages = [{ role: "user" as const, content: "hi" }]
+      // OpenAI takes ^[a-zA-Z0-9_-]{1,64}$; Gemini a first letter or underscore (then also . and :).
+      for (const name of ["get weather", "3d", "a.b", "ns:f", "caf\u00e9", "", "x".repeat(65), "-f"]) {
+        const error = yield* Effect.flip(validateGenerate({ messages, tools: [{ name: "ok" }, { name }] }))
+        assert.strictEqual(error.reason, "InvalidRequest", name)
+        assert.strictEqual(error.field, "tools[1].name", name)
+      }
+      for (const name of ["get_weather", "_f", "Get-Weather2", `a${"x".repeat(63)}`]) {
+        yield* validateGenerate({ messages, tools: [{ name }] })
+      }
+    })
+  )
+
   it.effect("an embedding request with too many texts is refused naming texts", () =>
     Effect.gen(function* () {
       const error = yield* Effect.flip(

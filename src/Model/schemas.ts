@@ -31,8 +31,19 @@ export const Message = Schema.Struct({
   toolCalls: Schema.optional(Schema.Array(ToolCall))
 })
 
+/**
+ * The tool names every provider takes: OpenAI's `^[a-zA-Z0-9_-]{1,64}$` and Gemini's (a letter
+ * or underscore first). One rule for all, so a request that one provider takes is not refused by
+ * its fallback.
+ */
+export const toolNamePattern = /^[A-Za-z_][A-Za-z0-9_-]{0,63}$/
+
 export const ToolDefinition = Schema.Struct({
-  name: Schema.String.check(Schema.isMinLength(1), Schema.isMaxLength(64)),
+  name: Schema.String.check(
+    Schema.isPattern(toolNamePattern, {
+      message: "a tool name is 1 to 64 of A-Z a-z 0-9 _ -, starting with a letter or underscore"
+    })
+  ),
   description: Schema.optional(Schema.String),
   parameters: Schema.optional(Schema.Record(Schema.String, Schema.Unknown)),
   /** Arguments must match `parameters` exactly (OpenAI's structured outputs); providers without it ignore it. */

@@ -11,6 +11,7 @@
  */
 import { Result } from "effect"
 import type * as Model from "../Model.js"
+import { toolNamePattern } from "../Model/schemas.js"
 import { maxSchemaDepth, nestsDeeper } from "../Model/validate.js"
 import { type GatewayError, gatewayError } from "./errors.js"
 
@@ -401,9 +402,9 @@ const positiveInt = (param: string, value: unknown): Checked<number> =>
     ? Result.succeed(value)
     : invalid(param, `expected an integer from 1 to 1000000, got ${typeof value === "number" ? value : kind(value)}`)
 
-// OpenAI's rule for a function's and a response format's name: a name it would refuse is refused here, not sent on
-// to a provider that may accept it.
-const toolName = /^[a-zA-Z0-9_-]{1,64}$/
+// OpenAI's rule for a response format's name, and the library's for a function's (OpenAI's, starting with a letter or
+// `_` as Gemini's): a name a provider would refuse is refused here, not sent on to one that may accept it.
+const formatName = /^[a-zA-Z0-9_-]{1,64}$/
 
 const toolsOf = (input: unknown): Checked<ReadonlyArray<Model.ToolDefinition>> => {
   if (!Array.isArray(input)) return invalid("tools", `expected an array, got ${kind(input)}`)
@@ -416,8 +417,11 @@ const toolsOf = (input: unknown): Checked<ReadonlyArray<Model.ToolDefinition>> =
     if (!isObject(tool) || tool.type !== "function" || !isObject(fn)) {
       return invalid(`tools[${i}]`, "expected { type: 'function', function: { name, description?, parameters? } }")
     }
-    if (typeof fn.name !== "string" || !toolName.test(fn.name)) {
-      return invalid(`tools[${i}].function.name`, "expected a name of 1 to 64 characters of a-z, A-Z, 0-9, _ or -")
+    if (typeof fn.name !== "string" || !toolNamePattern.test(fn.name)) {
+      return invalid(
+        `tools[${i}].function.name`,
+        "expected a name of 1 to 64 characters of a-z, A-Z, 0-9, _ or -, starting with a letter or _"
+      )
     }
     const seen = first.get(fn.name)
     if (seen !== undefined) {
@@ -462,7 +466,7 @@ const responseFormatOf = (input: unknown): Checked<Model.ResponseFormat> => {
     case "json_schema": {
       const spec = input.json_schema
       if (!isObject(spec)) return invalid("response_format.json_schema", "expected { name, schema, strict? }")
-      if (typeof spec.name !== "string" || !toolName.test(spec.name)) {
+      if (typeof spec.name !== "string" || !formatName.test(spec.name)) {
         return invalid(
           "response_format.json_schema.name",
           "expected a name of 1 to 64 characters of a-z, A-Z, 0-9, _ or -"

@@ -23,7 +23,7 @@ const paramOf = (result: Result.Result<unknown, { readonly param?: string | unde
   Result.isFailure(result) ? result.failure.param : "accepted"
 
 describe("gateway wire: chat requests", () => {
-  it("a tool's function.name is 1 to 64 characters of a-z, A-Z, 0-9, _ and -, as OpenAI's: else a 400 naming it", () => {
+  it("a tool's function.name is 1 to 64 characters of a-z, A-Z, 0-9, _ and -, starting with a letter or _ (OpenAI's and Gemini's rules): else a 400 naming it", () => {
     const withName = (name: unknown) =>
       chat({
         tools: [
@@ -31,14 +31,28 @@ describe("gateway wire: chat requests", () => {
           { type: "function", function: { name } }
         ]
       })
-    for (const name of ["get weather", "", "a".repeat(65), "get.weather", "café", "a/b", "x\n", 42, null, ["f"]]) {
+    for (const name of [
+      "get weather",
+      "",
+      "a".repeat(65),
+      "get.weather",
+      "café",
+      "a/b",
+      "x\n",
+      42,
+      null,
+      ["f"],
+      "3d",
+      "-f"
+    ]) {
       const result = withName(name)
       assert.strictEqual(paramOf(result), "tools[1].function.name", JSON.stringify(name))
-      if (Result.isFailure(result)) assert.match(result.failure.message, /1 to 64 characters of a-z, A-Z, 0-9, _ or -/)
+      if (Result.isFailure(result))
+        assert.match(result.failure.message, /1 to 64 characters of a-z, A-Z, 0-9, _ or -, starting with a letter or _/)
     }
     const huge = withName("f".repeat(4_000_000))
     assert.isTrue(Result.isFailure(huge) && huge.failure.message.length < 300)
-    for (const name of ["get_weather", "a", "A-9_z", "x".repeat(64)])
+    for (const name of ["get_weather", "a", "A-9_z", "x".repeat(64), "_f"])
       assert.strictEqual(paramOf(withName(name)), "accepted")
   })
 
