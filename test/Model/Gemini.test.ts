@@ -113,6 +113,21 @@ describe("Gemini wire", () => {
     ])
   })
 
+  it("a turn with nothing in it (an assistant without text or calls, an empty user message) is left out, not sent as an empty text part Gemini refuses", () => {
+    const body = bodyOf({
+      messages: [
+        { role: "user", content: "hi" },
+        { role: "assistant", content: "" },
+        { role: "user", content: "" },
+        { role: "user", content: "still there?" }
+      ]
+    })
+    assert.deepStrictEqual(body["contents"], [
+      { role: "user", parts: [{ text: "hi" }] },
+      { role: "user", parts: [{ text: "still there?" }] }
+    ])
+  })
+
   it("a tool message answering no call, or call arguments that are not a JSON object, are refused", () => {
     const orphan = refusalOf({
       messages: [

@@ -166,8 +166,9 @@ const contentsOf = (
       case "system":
         system.push(message.content)
         break
+      // Gemini refuses an empty text part (OpenAI takes an empty message): a turn with nothing in it is left out.
       case "user":
-        contents.push({ role: "user", parts: [{ text: message.content }] })
+        if (message.content.length > 0) contents.push({ role: "user", parts: [{ text: message.content }] })
         break
       case "assistant": {
         const parts: Array<Record<string, unknown>> = message.content.length > 0 ? [{ text: message.content }] : []
@@ -188,7 +189,7 @@ const contentsOf = (
               : { functionCall: { name: call.name, args: args.success }, thoughtSignature: call.signature }
           )
         }
-        contents.push({ role: "model", parts: parts.length > 0 ? parts : [{ text: "" }] })
+        if (parts.length > 0) contents.push({ role: "model", parts })
         break
       }
       case "tool": {
@@ -248,7 +249,8 @@ export const MAX_STOP_SEQUENCES = 5
 /**
  * The request body of `generateContent`: system messages become `systemInstruction`,
  * assistant turns are role `model`, tools `functionDeclarations`, a JSON response format
- * `responseMimeType` (with `responseJsonSchema`). Fails with `InvalidRequest` for what
+ * `responseMimeType` (with `responseJsonSchema`). A turn with nothing in it (no text, no
+ * calls) is left out: Gemini refuses an empty text part. Fails with `InvalidRequest` for what
  * cannot be sent (a tool message answering no earlier call, arguments that are not JSON,
  * more than {@link MAX_STOP_SEQUENCES} stop sequences, a seed outside 32 bits).
  *
