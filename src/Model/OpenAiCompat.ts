@@ -80,6 +80,16 @@ export interface Options extends Http.Options {
    * @since 0.3.0
    */
   readonly requestLimits?: Partial<Model.RequestLimits> | undefined
+  /**
+   * Send a tool call's `signature` (Gemini's thought signature) back as
+   * `tool_calls[i].extra_content.google.thought_signature`, as Gemini's OpenAI-compatible API
+   * requires. Default true only when `baseUrl` is on `generativelanguage.googleapis.com`: other
+   * servers (OpenAI, a fallback given a conversation Gemini started) get the calls without it,
+   * since they may refuse a field they do not know. Signatures are read from answers either way.
+   *
+   * @since 0.3.0
+   */
+  readonly sendThoughtSignatures?: boolean | undefined
 }
 
 /**
@@ -122,6 +132,9 @@ const noToolCalls = "the finish reason is tool_calls, but the answer carries no 
  */
 const EMBED_BATCH = 256
 
+// Gemini's OpenAI-compatible endpoint: the one server known to want thought signatures back.
+const googleOpenAiHost = "generativelanguage.googleapis.com"
+
 const decodeCompletion = Decode.valueDecoder(Wire.ChatCompletion)
 const decodeChunk = Decode.resultDecoder(Wire.ChatChunk)
 const decodeEmbeddings = Decode.valueDecoder(Wire.Embeddings)
@@ -139,12 +152,13 @@ const optionKeys = Http.knownKeys<Options>({
   embeddingEncoding: true,
   embeddingDimensions: true,
   maxTokensField: true,
-  requestLimits: true
+  requestLimits: true,
+  sendThoughtSignatures: true
 })
 
 // `describe`s the value: a BigInt or a cycle in the message would throw out of the check.
 const notBoolean = (options: Options): Input.Checked<void> => {
-  const issue = Input.notABoolean(options, ["streamUsage"])
+  const issue = Input.notABoolean(options, ["streamUsage", "sendThoughtSignatures"])
   return issue === undefined ? Result.succeed(undefined) : Result.fail(issue)
 }
 
@@ -199,6 +213,7 @@ export const make = Effect.fnUntraced(function* (given: Options = {}) {
   const apiKey = options.apiKey
   const secrets = apiKey === undefined ? headerSet.secrets : [apiKey, ...headerSet.secrets]
   const streamUsage = Input.orDefault(options.streamUsage, true)
+  const sendSignatures = options.sendThoughtSignatures ?? new URL(baseUrl).hostname === googleOpenAiHost
 
   const headers: Record<string, string> = { ...headerSet.values }
   if (options.organization !== undefined) headers["OpenAI-Organization"] = options.organization
@@ -220,7 +235,7 @@ export const make = Effect.fnUntraced(function* (given: Options = {}) {
     Effect.flatMap(Model.validateGenerate(request, limits), (valid) => {
       const model = valid.model ?? defaultModel
       return Effect.map(
-        Wire.chatBody(valid, { model, stream, streamUsage, maxTokensField, provider: name }),
+        Wire.chatBody(valid, { model, stream, streamUsage, maxTokensField, provider: name, sendSignatures }),
         (body) => ({ valid, model, body, ctx: ctxOf(model) })
       )
     })

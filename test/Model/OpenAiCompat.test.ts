@@ -17,7 +17,7 @@ import {
   Stream,
   Tracer
 } from "effect"
-import { FetchHttpClient, HttpClient } from "effect/http"
+import { FetchHttpClient, HttpClient, HttpClientRequest } from "effect/http"
 import { TestClock } from "effect/testing"
 import { type AiError, isRetryable, ModelError, shouldFallback, TimeoutError } from "../../src/AiError.js"
 import * as Model from "../../src/Model.js"
@@ -1678,7 +1678,7 @@ layer(NodeHttpClient.layerUndici)("OpenAiCompat choices and tool-call indices", 
   )
 
   it.effect(
-    "a Gemini thought signature (extra_content.google.thought_signature) is read with its call, streamed or not, and sent back with it",
+    "a Gemini thought signature (extra_content.google.thought_signature) is read with its call, streamed or not, and sent back with it (sendThoughtSignatures)",
     () =>
       Effect.gen(function* () {
         const extra = (signature: unknown) => ({ google: { thought_signature: signature } })
@@ -1723,7 +1723,7 @@ layer(NodeHttpClient.layerUndici)("OpenAiCompat choices and tool-call indices", 
                 ]
               })
         )
-        const p = yield* provider(server)
+        const p = yield* provider(server, { sendThoughtSignatures: true })
         const answer = yield* p.generate({ prompt: "x" })
         assert.deepStrictEqual(answer.toolCalls, [
           { id: "c1", name: "f", arguments: "{}", signature: "sig-1" },
@@ -1753,6 +1753,56 @@ layer(NodeHttpClient.layerUndici)("OpenAiCompat choices and tool-call indices", 
           { id: "c2", type: "function", function: { name: "f", arguments: "{}" } },
           { id: "c3", type: "function", function: { name: "f", arguments: "{}" } }
         ])
+      })
+  )
+})
+
+layer(NodeHttpClient.layerUndici)("OpenAiCompat thought signatures", (it) => {
+  const signed = {
+    messages: [
+      { role: "user" as const, content: "x" },
+      {
+        role: "assistant" as const,
+        content: "",
+        toolCalls: [{ id: "c1", name: "f", arguments: "{}", signature: "sig-1" }]
+      },
+      { role: "tool" as const, content: "1", toolCallId: "c1" }
+    ]
+  }
+  const sentCalls = (server: Server.TestServer) =>
+    Effect.map(server.requests, (requests) => {
+      const messages = bodyOf(requests.at(-1))["messages"] as ReadonlyArray<{ tool_calls?: unknown }>
+      return messages[1]!.tool_calls
+    })
+  const unsigned = [{ id: "c1", type: "function", function: { name: "f", arguments: "{}" } }]
+  const withSignature = [{ ...unsigned[0], extra_content: { google: { thought_signature: "sig-1" } } }]
+
+  it.effect(
+    "are sent back only to Gemini's OpenAI endpoint by default: a conversation that falls back to OpenAI carries no extra_content",
+    () =>
+      Effect.gen(function* () {
+        const server = yield* Server.make((_req, res) => Server.json(res, 200, completion("ok")))
+        yield* (yield* provider(server)).generate(signed)
+        assert.deepStrictEqual(yield* sentCalls(server), unsigned)
+        yield* (yield* provider(server, { sendThoughtSignatures: false })).generate(signed)
+        assert.deepStrictEqual(yield* sentCalls(server), unsigned)
+        yield* (yield* provider(server, { sendThoughtSignatures: true })).generate(signed)
+        assert.deepStrictEqual(yield* sentCalls(server), withSignature)
+        // Google's host sends them unless told not to (the requests go to the loopback server all the same).
+        const toServer = (client: HttpClient.HttpClient) =>
+          HttpClient.mapRequest(client, (request) =>
+            HttpClientRequest.setUrl(
+              request,
+              request.url.replace("https://generativelanguage.googleapis.com/v1beta/openai", `${server.url}/v1`)
+            )
+          )
+        const google = { baseUrl: "https://generativelanguage.googleapis.com/v1beta/openai", transformClient: toServer }
+        yield* (yield* provider(server, google)).generate(signed)
+        assert.deepStrictEqual(yield* sentCalls(server), withSignature)
+        yield* (yield* provider(server, { ...google, sendThoughtSignatures: false })).generate(signed)
+        assert.deepStrictEqual(yield* sentCalls(server), unsigned)
+        const bad = yield* Effect.flip(provider(server, { sendThoughtSignatures: "yes" as never }))
+        assert.strictEqual(bad.path, "sendThoughtSignatures")
       })
   )
 })

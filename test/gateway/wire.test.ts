@@ -420,11 +420,12 @@ describe("Gateway: Gemini thought signatures", () => {
     })
 
   it.live(
-    "reach the client in tool_calls[i].extra_content.google.thought_signature and go back upstream with the call",
+    "reach the client in tool_calls[i].extra_content.google.thought_signature and go back upstream with the call (an upstream told to take them)",
     () =>
       Effect.gen(function* () {
         const upstream = yield* Server.make(geminiLike)
-        const gw = yield* Harness.make({ upstreams: { a: upstream.url } })
+        // A loopback server stands for Gemini's endpoint, which gets them by default.
+        const gw = yield* Harness.make({ upstreams: { a: upstream.url }, provider: { sendThoughtSignatures: true } })
         const client = gw.client()
         const first = yield* Harness.call(() => client.chat.completions.create({ model: "d-a", messages: hi, tools }))
         const message = first.choices[0]!.message

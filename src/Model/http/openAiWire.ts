@@ -233,9 +233,16 @@ export interface ChatBodyOptions {
   readonly streamUsage: boolean
   readonly maxTokensField: "max_tokens" | "max_completion_tokens"
   readonly provider: string
+  /** Send tool calls' signatures as `extra_content` (only Gemini's endpoint takes them). Default false. */
+  readonly sendSignatures?: boolean | undefined
 }
 
-const messageOf = (message: Model.Message, index: number, provider: string): Result.Result<unknown, ModelError> => {
+const messageOf = (
+  message: Model.Message,
+  index: number,
+  provider: string,
+  sendSignatures: boolean
+): Result.Result<unknown, ModelError> => {
   switch (message.role) {
     case "tool":
       if (message.toolCallId === undefined) {
@@ -253,7 +260,7 @@ const messageOf = (message: Model.Message, index: number, provider: string): Res
             id: call.id,
             type: "function",
             function: { name: call.name, arguments: call.arguments },
-            ...extraContentOf(call)
+            ...(sendSignatures ? extraContentOf(call) : {})
           }))
         })
       }
@@ -296,7 +303,7 @@ export const chatBody = (
   for (let i = 0; i < conversation.length; i++) {
     // Indices name the request's own messages: the system prompt placed first is not one of them.
     const index = request.system === undefined ? i : i - 1
-    const wire = messageOf(conversation[i]!, index, options.provider)
+    const wire = messageOf(conversation[i]!, index, options.provider, options.sendSignatures === true)
     if (Result.isFailure(wire)) return Effect.fail(wire.failure)
     messages.push(wire.success)
   }
