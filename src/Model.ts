@@ -59,7 +59,9 @@ export type Message = typeof Message.Type
 
 /**
  * A tool the model may call: a name, a description and a JSON Schema of its parameters
- * (`strict`: the arguments must match it exactly, where the provider supports it).
+ * (`strict`: the arguments must match it exactly, where the provider supports it). A name is 1
+ * to 64 of `A-Z a-z 0-9 _ -`, a letter or `_` first: what every provider takes (refused
+ * before any call otherwise, `field: "tools[i].name"`).
  * Passed through to providers that support tools; others refuse the request (`field: "tools"`).
  *
  * @since 0.2.0
@@ -89,6 +91,8 @@ export type ResponseFormat = typeof ResponseFormat.Type
 
 /**
  * A generation request. Exactly one of `prompt` and `messages` carries the conversation.
+ * `parallelToolCalls: false` asks for at most one tool call a turn: sent where the API has the
+ * setting (OpenAI-compatible servers), refused with tools where it has not (Gemini, Ollama).
  *
  * @since 0.1.0
  * @category schemas

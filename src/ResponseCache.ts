@@ -198,7 +198,8 @@ const formatForm = (format: ResponseFormat | undefined): unknown => {
  * and one user message `"x"`, the system prompt and a first system message; an absent field,
  * one set to `undefined`, and an empty `tools`, `stop` or `toolCalls` list; `stop` sequences
  * in any order or repeated (a set); the defaults `responseFormat: { type: "text" }`,
- * `strict: false` and, with tools, `toolChoice: "auto"`; the key order of a tool's
+ * `strict: false`, with tools, `toolChoice: "auto"` and `parallelToolCalls: true`, and any
+ * `parallelToolCalls` without tools; the key order of a tool's
  * parameters or a response schema (whose values count as the JSON sent for them: a `Date` as
  * its ISO text). Every field that changes the answer changes the key
  * (model, sampling, tools and their order, messages and their order, a tool call's signature, response format, ...).
@@ -225,7 +226,9 @@ export const key = (input: { readonly provider: string; readonly request: Genera
     r.seed ?? null,
     tools === undefined ? null : tools.map(toolForm),
     choice === null || typeof choice === "string" ? choice : [choice.name],
-    formatForm(r.responseFormat)
+    formatForm(r.responseFormat),
+    // Last and only when set, so that the keys of every other request stay what they were.
+    ...(r.parallelToolCalls === false && tools !== undefined ? [false] : [])
   ]
   return createHash("sha256").update(JSON.stringify(form)).digest("hex")
 }

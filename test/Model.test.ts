@@ -98,6 +98,15 @@ describe("Model.validateGenerate", () => {
     })
   )
 
+  it.effect("parallelToolCalls is a boolean: anything else is refused naming it", () =>
+    Effect.gen(function* () {
+      const messages = [{ role: "user" as const, content: "hi" }]
+      const error = yield* Effect.flip(validateGenerate({ messages, parallelToolCalls: "no" as never }))
+      assert.strictEqual(error.field, "parallelToolCalls")
+      yield* validateGenerate({ messages, tools: [{ name: "f" }], parallelToolCalls: false })
+    })
+  )
+
   it.effect("an embedding request with too many texts is refused naming texts", () =>
     Effect.gen(function* () {
       const error = yield* Effect.flip(

@@ -126,6 +126,10 @@ describe("ResponseCache.key", () => {
         { prompt: "hi", tools: [tool] }
       ],
       [
+        { prompt: "hi", tools: [tool], parallelToolCalls: true },
+        { prompt: "hi", tools: [tool] }
+      ],
+      [
         {
           prompt: "hi",
           tools: [{ parameters: { properties: { q: { type: "string" } }, type: "object" }, name: "search" }]
@@ -165,6 +169,7 @@ describe("ResponseCache.key", () => {
       seed: { prompt: "hi", seed: 0 },
       tools: { prompt: "hi", tools: [tool] },
       toolChoice: { prompt: "hi", toolChoice: "none" },
+      parallelToolCalls: { prompt: "hi", tools: [tool], parallelToolCalls: false },
       responseFormat: { prompt: "hi", responseFormat: { type: "json_object" } }
     }
     assert.deepStrictEqual(Object.keys(changed).sort(), Object.keys(GenerateRequestSchema.fields).sort())

@@ -83,6 +83,11 @@ export const GenerateRequest = Schema.Struct({
   toolChoice: Schema.optional(
     Schema.Union([Schema.Literals(["auto", "none", "required"]), Schema.Struct({ name: Schema.String })])
   ),
+  /**
+   * `false`: at most one tool call a turn (OpenAI's `parallel_tool_calls`). A provider that cannot
+   * ask for that refuses `false` with tools (`InvalidRequest` on `parallelToolCalls`). Default: as many as the model makes.
+   */
+  parallelToolCalls: Schema.optional(Schema.Boolean),
   responseFormat: Schema.optional(ResponseFormat)
 })
 

@@ -201,6 +201,22 @@ export const checkGenerate = (
   return undefined
 }
 
+/**
+ * Whether a request asks for at most one tool call (`parallelToolCalls: false`) where a call may
+ * come: what a provider without that setting refuses rather than ignores.
+ *
+ * @internal
+ */
+export const asksOneToolCall = (request: GenerateRequest): boolean =>
+  request.parallelToolCalls === false &&
+  request.tools !== undefined &&
+  request.tools.length > 0 &&
+  request.toolChoice !== "none"
+
+/** @internal */
+export const oneToolCallRefused = (provider: string) =>
+  `${provider} has no setting for at most one tool call a turn: leave parallelToolCalls out, or use a provider that has one`
+
 const overLimit = (field: string, chars: number, limits: RequestLimits) =>
   invalid(field, `the input has ${chars} characters, over the limit of ${limits.maxInputChars}`)
 

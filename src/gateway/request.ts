@@ -110,7 +110,6 @@ const ignored: ReadonlySet<string> = new Set([
   "metadata",
   "store",
   "service_tier",
-  "parallel_tool_calls",
   "prompt_cache_key",
   "safety_identifier"
 ])
@@ -587,6 +586,11 @@ export const parseChat = (body: unknown): Checked<ChatCall> => {
         request.toolChoice = choice.success
         break
       }
+      case "parallel_tool_calls":
+        if (value === null) break
+        if (typeof value !== "boolean") return invalid(key, `expected a boolean, got ${kind(value)}`)
+        request.parallelToolCalls = value
+        break
       case "response_format": {
         if (value === null) break
         const format = responseFormatOf(value)
@@ -649,6 +653,7 @@ export const parseChat = (body: unknown): Checked<ChatCall> => {
 
 const renames: ReadonlyArray<readonly [RegExp, string]> = [
   [/^toolChoice/, "tool_choice"],
+  [/^parallelToolCalls/, "parallel_tool_calls"],
   [/^responseFormat\.schema/, "response_format.json_schema.schema"],
   [/^responseFormat/, "response_format"],
   [/^maxTokens/, "max_tokens"],

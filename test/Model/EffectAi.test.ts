@@ -177,6 +177,31 @@ describe("EffectAi.make (effect/ai LanguageModel as a ModelProvider)", () => {
     })
   )
 
+  it.effect(
+    "parallelToolCalls: false with tools, which LanguageModel cannot carry, is refused naming it; with context, context gets it",
+    () =>
+      Effect.gen(function* () {
+        const script = { generate: Effect.succeed([{ type: "text", text: "ok" } as const, finish()]) }
+        const request: Model.GenerateRequest = { prompt: "x", tools: [{ name: "lookup" }], parallelToolCalls: false }
+        const { provider, seen } = yield* providerWith(script)
+        const error = yield* Effect.flip(provider.generate(request))
+        assert.deepStrictEqual(
+          [error._tag === "ModelError" && error.reason, error._tag === "ModelError" && error.field],
+          ["InvalidRequest", "parallelToolCalls"]
+        )
+        assert.lengthOf(seen, 0)
+        const given: Array<boolean | undefined> = []
+        const withContext = yield* providerWith(script, {
+          context: (r) => {
+            given.push(r.parallelToolCalls)
+            return Context.empty()
+          }
+        })
+        yield* withContext.provider.generate(request)
+        assert.deepStrictEqual(given, [false])
+      })
+  )
+
   it.effect("tools go in as JSON-Schema tools; tool calls come back unresolved, in generate and stream", () =>
     Effect.gen(function* () {
       const call: Response.StreamPartEncoded = {

@@ -509,6 +509,28 @@ layer(NodeHttpClient.layerUndici)("Gemini over HTTP", (it) => {
       })
     )
 
+    it.effect(
+      "parallelToolCalls: false with tools is refused naming it, before any request: Gemini has no way to ask for one call at a time",
+      () =>
+        Effect.gen(function* () {
+          const server = yield* Server.make((_, res) => Server.json(res, 200, response("ok")))
+          const p = yield* provider(server)
+          const serial = { prompt: "x", tools: [weather], parallelToolCalls: false }
+          const error = yield* failing(p.generate(serial))
+          assert.deepStrictEqual([error.reason, error.field], ["InvalidRequest", "parallelToolCalls"])
+          assert.strictEqual(
+            modelErrorOf(yield* Effect.exit(Stream.runCollect(p.stream(serial)))).field,
+            "parallelToolCalls"
+          )
+          assert.lengthOf(yield* server.requests, 0)
+          // Nothing to honour: parallel calls allowed, no tools, or no tool call possible.
+          yield* p.generate({ ...serial, parallelToolCalls: true })
+          yield* p.generate({ prompt: "x", parallelToolCalls: false })
+          yield* p.generate({ ...serial, toolChoice: "none" })
+          assert.lengthOf(yield* server.requests, 3)
+        })
+    )
+
     it.effect("a model whose path has a . or .. segment is refused naming model, before any request", () =>
       Effect.gen(function* () {
         const server = yield* Server.make((_, res) => Server.json(res, 200, response("ok")))

@@ -602,6 +602,24 @@ layer(NodeHttpClient.layerUndici)("Ollama", (it) => {
       })
     )
 
+    it.effect(
+      "parallelToolCalls: false with tools is refused naming it before any call: Ollama cannot ask for one call at a time",
+      () =>
+        Effect.gen(function* () {
+          const server = yield* Server.make((_, res) =>
+            Server.json(res, 200, { ...final(), message: { role: "assistant", content: "ok" } })
+          )
+          const p = yield* provider(server)
+          const error = yield* flipModel(p.generate({ prompt: "x", tools, parallelToolCalls: false }))
+          assert.deepStrictEqual([error.reason, error.field], ["InvalidRequest", "parallelToolCalls"])
+          assert.lengthOf(yield* server.requests, 0)
+          yield* p.generate({ prompt: "x", tools, parallelToolCalls: true })
+          yield* p.generate({ prompt: "x", parallelToolCalls: false })
+          yield* p.generate({ prompt: "x", tools, toolChoice: "none", parallelToolCalls: false })
+          assert.lengthOf(yield* server.requests, 3)
+        })
+    )
+
     it.effect("a tool choice Ollama cannot honour is refused before any call; `none` sends no tools", () =>
       Effect.gen(function* () {
         const server = yield* Server.make((_, res) =>

@@ -1757,6 +1757,28 @@ layer(NodeHttpClient.layerUndici)("OpenAiCompat choices and tool-call indices", 
   )
 })
 
+layer(NodeHttpClient.layerUndici)("OpenAiCompat parallel tool calls", (it) => {
+  it.effect(
+    "parallelToolCalls is sent as parallel_tool_calls with tools, streamed or not; without tools not at all (OpenAI refuses it there)",
+    () =>
+      Effect.gen(function* () {
+        const server = yield* Server.make((req, res) =>
+          bodyOf(req)["stream"] === true
+            ? Server.chunked(res, [Server.sse([chunk("ok"), chunk(null, "stop"), "[DONE]"])], { pauseMs: 0 })
+            : Server.json(res, 200, completion("ok"))
+        )
+        const p = yield* provider(server)
+        const tools = [{ name: "f" }]
+        yield* p.generate({ prompt: "x", tools, parallelToolCalls: false })
+        yield* collect(p.stream({ prompt: "x", tools, parallelToolCalls: true }))
+        yield* p.generate({ prompt: "x", parallelToolCalls: false })
+        yield* p.generate({ prompt: "x", tools })
+        const sent = (yield* server.requests).map((r) => bodyOf(r)["parallel_tool_calls"])
+        assert.deepStrictEqual(sent, [false, true, undefined, undefined])
+      })
+  )
+})
+
 layer(NodeHttpClient.layerUndici)("OpenAiCompat thought signatures", (it) => {
   const signed = {
     messages: [

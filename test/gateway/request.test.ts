@@ -56,6 +56,16 @@ describe("gateway wire: chat requests", () => {
       assert.strictEqual(paramOf(withName(name)), "accepted")
   })
 
+  it("parallel_tool_calls is read as parallelToolCalls (null as absent); another value than a boolean is a 400 naming it", () => {
+    const tools = [{ type: "function", function: { name: "f" } }]
+    const read = chat({ tools, parallel_tool_calls: false })
+    assert.isTrue(Result.isSuccess(read) && read.success.request.parallelToolCalls === false)
+    const absent = chat({ tools, parallel_tool_calls: null })
+    assert.isTrue(Result.isSuccess(absent) && absent.success.request.parallelToolCalls === undefined)
+    assert.strictEqual(paramOf(chat({ tools, parallel_tool_calls: "no" })), "parallel_tool_calls")
+    assert.strictEqual(Request.openAiParam("parallelToolCalls", 0), "parallel_tool_calls")
+  })
+
   it("a function name given twice in tools is a 400 naming the second, as OpenAI refuses it", () => {
     const tool = (name: string) => ({ type: "function", function: { name } })
     const twice = chat({ tools: [tool("a"), tool("b"), tool("a")] })

@@ -59,6 +59,36 @@ describe("Gateway: what the client sends", () => {
   )
 })
 
+describe("Gateway: parallel_tool_calls", () => {
+  const tools: Array<OpenAI.ChatCompletionTool> = [
+    { type: "function", function: { name: "weather", parameters: { type: "object", properties: {} } } }
+  ]
+
+  it.live(
+    "false reaches an OpenAI upstream; one that cannot honour it (Gemini) is a 400 naming it, not a call ignoring it",
+    () =>
+      Effect.gen(function* () {
+        const upstream = yield* Server.make(Up.openAi())
+        const gemini = yield* Server.make((_request, response) => Server.json(response, 500, {}))
+        const geminiLayer = Gemini.layer({ baseUrl: gemini.url, apiKey: Redacted.make("gemini-key"), name: "g" }).pipe(
+          Layer.provide(UndiciHttpClient.layer)
+        )
+        const gw = yield* Harness.make({ upstreams: { a: upstream.url }, localProviders: { g: geminiLayer } })
+        const client = gw.client()
+        yield* Harness.call(() =>
+          client.chat.completions.create({ model: "d-a", messages: hi, tools, parallel_tool_calls: false })
+        )
+        const [sent] = yield* upstream.requests
+        assert.strictEqual((sent!.json as { parallel_tool_calls?: unknown }).parallel_tool_calls, false)
+        const refused = yield* Harness.failing(() =>
+          client.chat.completions.create({ model: "d-g", messages: hi, tools, parallel_tool_calls: false })
+        )
+        assert.deepStrictEqual([refused.status, refused.param], [400, "parallel_tool_calls"])
+        assert.lengthOf(yield* gemini.requests, 0)
+      })
+  )
+})
+
 describe("Gateway: what the client sends, continued", () => {
   it.live("OpenAI parameters given as null (as clients that write every field send them) read as absent", () =>
     Effect.gen(function* () {

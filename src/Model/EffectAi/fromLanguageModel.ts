@@ -28,9 +28,10 @@ import {
   usageOf,
   withToolCalls
 } from "./convert.js"
+import { asksOneToolCall, oneToolCallRefused } from "../validate.js"
 import { fromAiError } from "./errors.js"
 
-const settingKeys = ["temperature", "maxTokens", "topP", "stop", "seed", "responseFormat"] as const
+const settingKeys = ["temperature", "maxTokens", "topP", "stop", "seed", "responseFormat", "parallelToolCalls"] as const
 
 /**
  * Builds the provider from the `LanguageModel` (and, when present, `EmbeddingModel`) in
@@ -150,6 +151,14 @@ export const make = Effect.fnUntraced(function* (given: Options = {}) {
             servedKnown
               ? `${name} serves ${Option.getOrElse(modelName, () => defaultModel)}, not ${valid.model}`
               : `${name} cannot tell which model its effect/ai LanguageModel serves, so it cannot serve ${valid.model}: give the model option (or Model.ModelName), or context to send the request's model`,
+            name
+          )
+        }
+        // LanguageModel carries no such setting: only `context` can hand it to the provider's config.
+        if (asksOneToolCall(valid)) {
+          return yield* invalidRequest(
+            "parallelToolCalls",
+            `${oneToolCallRefused("effect/ai LanguageModel")} (or give context to send it)`,
             name
           )
         }

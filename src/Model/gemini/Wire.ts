@@ -9,6 +9,7 @@ import { Result, Schema } from "effect"
 import { invalidRequest, ModelError } from "../../AiError.js"
 import * as Model from "../../Model.js"
 import { finite, shallow, tokenCount } from "../http/decode.js"
+import { asksOneToolCall, oneToolCallRefused } from "../validate.js"
 
 const Part = Schema.Struct({
   text: Schema.optional(Schema.String),
@@ -252,7 +253,8 @@ export const MAX_STOP_SEQUENCES = 5
  * `responseMimeType` (with `responseJsonSchema`). A turn with nothing in it (no text, no
  * calls) is left out: Gemini refuses an empty text part. Fails with `InvalidRequest` for what
  * cannot be sent (a tool message answering no earlier call, arguments that are not JSON,
- * more than {@link MAX_STOP_SEQUENCES} stop sequences, a seed outside 32 bits).
+ * more than {@link MAX_STOP_SEQUENCES} stop sequences, a seed outside 32 bits,
+ * `parallelToolCalls: false` with tools).
  *
  * @since 0.1.0
  * @category utils
@@ -277,6 +279,10 @@ export const requestBody = (
         }))
       }
     ]
+  }
+  // functionCallingConfig has modes and allowed names, nothing that bounds the number of calls.
+  if (asksOneToolCall(request)) {
+    return Result.fail(invalidRequest("parallelToolCalls", oneToolCallRefused("Gemini"), provider))
   }
   const choice = request.toolChoice
   // Without tools, "auto" and "none" are what Gemini does anyway: no config for functions that are not there.

@@ -11,6 +11,7 @@ import { invalidRequest, type ModelError } from "../../AiError.js"
 import * as Input from "../../Input.js"
 import * as Model from "../../Model.js"
 import { shallow, tokenCount } from "./decode.js"
+import { asksOneToolCall, oneToolCallRefused } from "../validate.js"
 import { toolsBody } from "./openAiWire.js"
 
 const Text = Schema.optional(Schema.NullOr(Schema.String))
@@ -253,7 +254,8 @@ const parseArguments = (text: string): unknown => {
 /**
  * The body of a `/api/chat` request. Ollama has no `tool_choice`: `auto` is its behaviour,
  * `none` sends no tools, `required` or a named tool is refused (`InvalidRequest` on
- * `toolChoice`). Tool-call arguments sent back must be JSON objects; a tool message names
+ * `toolChoice`), and so is `parallelToolCalls: false` with tools (`InvalidRequest` on
+ * `parallelToolCalls`). Tool-call arguments sent back must be JSON objects; a tool message names
  * the tool it answers (`tool_name`), found from the call it answers.
  *
  * @since 0.2.0
@@ -268,6 +270,7 @@ export const chatBody = (
   if (choice !== undefined && choice !== "auto" && choice !== "none") {
     return refuse("toolChoice", 'Ollama has no tool choice: only "auto" and "none" can be honoured')
   }
+  if (asksOneToolCall(request)) return refuse("parallelToolCalls", oneToolCallRefused("Ollama"))
   const names = new Map<string, string>()
   const messages: Array<unknown> = []
   const conversation = Model.toMessages(request)

@@ -316,6 +316,8 @@ export const chatBody = (
   // No tools is sent as no field: OpenAI refuses `tools: []` (an array too short).
   if (request.tools !== undefined && request.tools.length > 0) {
     body["tools"] = toolsBody(request.tools)
+    // Only with tools: OpenAI refuses `parallel_tool_calls` without them.
+    if (request.parallelToolCalls !== undefined) body["parallel_tool_calls"] = request.parallelToolCalls
   }
   if (request.toolChoice !== undefined) {
     body["tool_choice"] =
