@@ -13,7 +13,8 @@
  * A key never shows its secret again nor its hash: only its `prefix`. Failures are
  * OpenAI-shaped bodies (401 without the admin key, 400 naming the field, 404, 405 with
  * `Allow` for a wrong method, 409 for an id taken, 403 for a key of the configuration, 503 when the store is down). Bodies are
- * bounded (`maxBodyBytes`). Every answer is counted in `orchestra_gateway_admin_requests_total` by route and status.
+ * bounded (`maxBodyBytes`). Every answer is counted in `orchestra_gateway_admin_requests_total` by route and status,
+ * and carries an `x-request-id` (`req_...`), which the log line of an unexpected failure carries too.
  *
  * @since 0.2.0
  */
@@ -25,6 +26,8 @@ import * as Metrics from "../Metrics.js"
 import { type GatewayError, gatewayError, toWire } from "./errors.js"
 import { KeyAdmin, type KeyInfo, type ListOptions } from "./keys/KeyStore.js"
 import { jsonOf } from "./request.js"
+import { requestIdHeader } from "./routes.js"
+import { makeIds } from "./server.js"
 import { hash, matches, sha256Pattern } from "./keys/secret.js"
 
 /**
@@ -137,6 +140,7 @@ export const make = Effect.fnUntraced(function* (options: Options) {
     ])
   )
   const store = yield* KeyAdmin
+  const nextId = makeIds()
   const router = yield* HttpRouter.HttpRouter
 
   const authorized = (request: HttpServerRequest.HttpServerRequest): Effect.Effect<void, GatewayError> => {
@@ -184,8 +188,9 @@ export const make = Effect.fnUntraced(function* (options: Options) {
       ) => Effect.Effect<HttpServerResponse.HttpServerResponse, GatewayError>
     ) =>
     (request: HttpServerRequest.HttpServerRequest) =>
-      Effect.flatMap(HttpRouter.params, (params) =>
-        authorized(request).pipe(
+      Effect.flatMap(HttpRouter.params, (params) => {
+        const id = nextId("req_")
+        return authorized(request).pipe(
           Effect.andThen(handler(request, params.id ?? "")),
           Effect.catch((error: GatewayError) => Effect.succeed(answerError(error))),
           // A defect is answered as the gateway's routes answer one (the router's own 500 has no body).
@@ -193,15 +198,18 @@ export const make = Effect.fnUntraced(function* (options: Options) {
             Cause.hasInterruptsOnly(cause)
               ? Effect.failCause(cause)
               : Effect.as(
-                  Effect.logError("gateway: unexpected failure of an admin route", Cause.pretty(cause)),
+                  Effect.logError("gateway: unexpected failure of an admin route", Cause.pretty(cause)).pipe(
+                    Effect.annotateLogs("request_id", id)
+                  ),
                   answerError(gatewayError("Internal", "the gateway failed unexpectedly"))
                 )
           ),
+          Effect.map((response) => HttpServerResponse.setHeader(response, requestIdHeader, id)),
           Effect.onExit((exit) =>
             count(name, Exit.isSuccess(exit) ? exit.value.status : Cause.hasInterruptsOnly(exit.cause) ? 499 : 500)
           )
         )
-      )
+      })
 
   const keyBody = (key: KeyInfo) => ({ object: "key", ...key })
 

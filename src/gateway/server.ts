@@ -34,6 +34,19 @@ export interface Handle {
 const alphabet = "0123456789abcdefghijklmnopqrstuvwxyz"
 
 /**
+ * A maker of answer ids unique across replicas (`req_...`, `chatcmpl-...`): the kind, a random
+ * prefix of its own, then a counter. The gateway's routes and the admin routes have one each.
+ *
+ * @internal
+ */
+export const makeIds = (): ((kind: string) => string) => {
+  let counter = 0
+  let prefix = ""
+  for (let i = 0; i < 8; i++) prefix += alphabet[Math.floor(Math.random() * alphabet.length)]
+  return (kind) => `${kind}${prefix}${(counter++).toString(36)}`
+}
+
+/**
  * Builds the gateway on the `HttpRouter` in context. `keys`: the key store, or `undefined`
  * for an open gateway (refused unless `allowAnonymous`). `catchAll`: answer every path no
  * route takes with the gateway's OpenAI-shaped 404 (its own server), not only those under
@@ -82,11 +95,6 @@ export const make = Effect.fnUntraced(function* (input: Options, keys: Keys | un
   // Closing the layer drains (a no-op when the owner drained first, as `Gateway.serve` does).
   yield* Effect.addFinalizer(() => lifecycle.drain)
 
-  // Ids unique across replicas: a random prefix per process, then a counter.
-  let counter = 0
-  let prefix = ""
-  for (let i = 0; i < 8; i++) prefix += alphabet[Math.floor(Math.random() * alphabet.length)]
-
   const env: Env = {
     options,
     executor,
@@ -97,7 +105,7 @@ export const make = Effect.fnUntraced(function* (input: Options, keys: Keys | un
     clock,
     retry: options.retry === "executor" ? true : options.retry === false ? undefined : options.retry,
     metricsText: () => Prometheus.formatUnsafe(context, { buckets: options.metricsBuckets }),
-    nextId: (kind) => `${kind}${prefix}${(counter++).toString(36)}`,
+    nextId: makeIds(),
     held
   }
   // Without a tracer (the native one records nowhere), the spans of every call below would

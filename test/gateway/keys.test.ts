@@ -1824,7 +1824,7 @@ describe.skipIf(skipRedis)(`KeyStore on Redis (${skipRedis ? skipReason : "needs
 })
 
 /** The admin routes on their own server over `store`; `fetch` with or without the admin key. */
-const adminServer = (store: KeyStore.Service, options: Partial<Admin.Options> = {}) =>
+const adminServer = (store: KeyStore.Service, options: Partial<Admin.Options> = {}, logs?: Array<string>) =>
   Effect.gen(function* () {
     const scope = yield* Scope.make()
     yield* Effect.addFinalizer(() => Scope.close(scope, Exit.void))
@@ -1833,7 +1833,12 @@ const adminServer = (store: KeyStore.Service, options: Partial<Admin.Options> = 
       disableListenLog: true
     }).pipe(
       Layer.provide(Layer.succeed(KeyStore.KeyAdmin, store)),
-      Layer.provideMerge(NodeHttpServer.layer(() => createServer(), { port: 0, host: "127.0.0.1" }))
+      Layer.provideMerge(NodeHttpServer.layer(() => createServer(), { port: 0, host: "127.0.0.1" })),
+      Layer.provide(
+        logs === undefined
+          ? Layer.empty
+          : Logger.layer([Logger.map(Logger.formatJson, (line: string) => void logs.push(line))])
+      )
     )
     const context = yield* Layer.buildWithScope(app, scope).pipe(Effect.orDie)
     const address = Context.get(context, HttpServer.HttpServer).address as { readonly port: number }
@@ -1926,6 +1931,46 @@ describe("Admin routes: the list of keys a page at a time", () => {
   )
 
   it.live("in memory", () => Effect.scoped(Effect.flatMap(memory({ keys: [key("cfg", secretA)] }), pagedListing)))
+
+  it.live(
+    "every admin answer carries its own x-request-id, refusals and failures included; the log line names it",
+    () =>
+      Effect.scoped(
+        Effect.gen(function* () {
+          const logs: Array<string> = []
+          const real = yield* memory({ keys: [key("cfg", secretA)] })
+          const admin = yield* adminServer(
+            { ...real, spend: () => Effect.die(new Error("boom in the store")) },
+            {},
+            logs
+          )
+          const answers = [
+            yield* admin("/admin/keys", { method: "POST", body: { id: "svc" } }),
+            yield* admin("/admin/keys"),
+            yield* admin("/admin/keys/svc"),
+            yield* admin("/admin/keys/svc/disable", { method: "POST" }),
+            yield* admin("/admin/keys", { admin: false }),
+            yield* admin("/admin/keys", { method: "POST", body: { id: "svc" } }),
+            yield* admin("/admin/keys/nope"),
+            yield* admin("/admin/keys/svc", { method: "DELETE" }),
+            yield* admin("/admin/elsewhere"),
+            yield* admin("/admin/keys?limit=0")
+          ]
+          assert.deepStrictEqual(
+            answers.map((a) => a.status),
+            [201, 200, 200, 200, 401, 409, 404, 405, 404, 400]
+          )
+          const failed = yield* admin("/admin/keys/svc/spend")
+          assert.strictEqual(failed.status, 500)
+          const ids = [...answers, failed].map((a) => a.headers.get("x-request-id"))
+          for (const id of ids) assert.match(String(id), /^req_[0-9a-z]+$/)
+          assert.strictEqual(new Set(ids).size, ids.length, "one id per answer")
+          const logged = logs.filter((line) => line.includes("unexpected failure"))
+          assert.strictEqual(logged.length, 1)
+          assert.include(logged[0], String(ids.at(-1)), "the failure's log line names the request")
+        })
+      )
+  )
 
   it.live.skipIf(skipRedis)("on Redis", () =>
     Effect.scoped(
