@@ -12,7 +12,8 @@
  *
  * A key never shows its secret again nor its hash: only its `prefix`. Failures are
  * OpenAI-shaped bodies (401 without the admin key, 400 naming the field, 404, 405 with
- * `Allow` for a wrong method, 409 for an id taken, 403 for a key of the configuration, 503 when the store is down). Bodies are
+ * `Allow` for a wrong method, 409 for an id taken or a store that holds its `maxKeys`, 403 for a key of the
+ * configuration, 503 when the store is down). Bodies are
  * bounded (`maxBodyBytes`). Every answer is counted in `orchestra_gateway_admin_requests_total` by route and status,
  * and carries an `x-request-id` (`req_...`), which the log line of an unexpected failure carries too.
  *

@@ -130,11 +130,15 @@ export const make = (deps: Deps) => {
               return Effect.succeed({ key: info(record), secret: secret.secret })
             case "id-taken":
               return Effect.fail(taken())
+            // A valid request the store's state refuses (a 409, as an id taken): not the client's
+            // mistake (400), and no 5xx that clients and monitors take for a failure to retry.
             case "full":
               return Effect.fail(
-                gatewayError("InvalidRequest", `The store holds its most keys (${resolved.maxKeys})`, {
-                  code: "too_many_keys"
-                })
+                gatewayError(
+                  "InvalidRequest",
+                  `The store holds its most keys (${resolved.maxKeys}): raise the key store's maxKeys to create more`,
+                  { status: 409, code: "too_many_keys" }
+                )
               )
             default:
               return Effect.fail(gatewayError("Internal", "a fresh secret collided with a stored one; try again"))
