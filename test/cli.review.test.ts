@@ -550,3 +550,38 @@ describe("an integer flag's long wrong value", () => {
     })
   )
 })
+
+describe("a single-value flag given twice is one line naming the flag, not effect/cli's help page", () => {
+  it.live("--domain, -d, --max-tokens and --port twice: exit 2, one line, JSON under --json", () =>
+    Effect.gen(function* () {
+      const config = mockConfig()
+      for (const [argv, flag] of [
+        [["test", "-p", "hi", "--domain", "a", "--domain", "b"], "--domain"],
+        [["test", "-p", "hi", "-d", "a", "--domain=b"], "--domain"],
+        [["test", "-p", "hi", "--max-tokens", "5", "--max-tokens", "6"], "--max-tokens"],
+        [["serve", "--port", "1", "--port", "2"], "--port"]
+      ] as const) {
+        const what = argv.join(" ")
+        const twice = yield* inProcess([...argv, "--config", config])
+        assert.strictEqual(twice.code, 2, `${what}: ${twice.err}`)
+        assert.strictEqual(twice.err, `orchestra: ${flag} is given twice: give it once`, what)
+        assert.strictEqual(twice.out, "", what)
+        const json = yield* inProcess([...argv, "--config", config, "--json"])
+        assert.strictEqual(json.code, 2, what)
+        assert.deepStrictEqual(JSON.parse(json.out), {
+          ok: false,
+          error: { message: `${flag} is given twice: give it once`, kind: "usage" }
+        })
+      }
+      const thrice = yield* inProcess(["test", "-p", "a", "-p", "b", "-p", "c", "--config", config])
+      assert.strictEqual(thrice.err, "orchestra: --prompt is given 3 times: give it once")
+      // start writes its errors as JSON lines.
+      const start = yield* inProcess(["start", "--domain", "a", "--domain", "b", "--json", "--config", config])
+      assert.strictEqual(start.code, 2, start.err)
+      assert.deepStrictEqual(JSON.parse(start.out), {
+        type: "error",
+        error: { message: "--domain is given twice: give it once", kind: "usage" }
+      })
+    })
+  )
+})

@@ -57,11 +57,26 @@ const printFailure = (json: JsonOutput, kind: string, message: string): Effect.E
       )
 
 /**
+ * A single-value flag given more than once, as effect/cli refuses it (an `InvalidValue` whose
+ * value is "<n> occurrences", its only sign): one line naming the flag, or `undefined` for
+ * another error.
+ */
+const repeatedFlag = (error: CliError.CliError): string | undefined => {
+  if (error._tag !== "InvalidValue" || error.kind !== "flag" || error.expected !== "at most 1 value") return undefined
+  const times = /^(\d+) occurrences$/.exec(error.value)?.[1]
+  return times === undefined
+    ? undefined
+    : `--${error.option} is given ${times === "2" ? "twice" : `${times} times`}: give it once`
+}
+
+/**
  * Help asked for goes to stdout; a usage error's help and messages go to stderr, so that
  * stdout stays empty for a `--json` consumer, which gets the error as JSON (`{ ok: false,
  * error: { message, kind: "usage" } }`, a `{ type: "error", ... }` line for `start`), as it
  * does every other failure. `orchestra` alone is one: it names no command (effect/cli shows
- * that help as if asked for, on stdout and without a message).
+ * that help as if asked for, on stdout and without a message). A single-value flag given
+ * twice is one line naming it (`orchestra: --domain is given twice: give it once`), as the
+ * commands' own usage errors are: the help page would not say which value counts.
  *
  * @since 0.2.0
  * @category layers
@@ -71,6 +86,14 @@ export const presenter = (json: boolean): Layer.Layer<never> =>
     present: (event) => {
       if (event._tag === "Version" || (event._tag === "Help" && event.reason === "Requested")) {
         return CliOutput.defaultPresenter.present(event)
+      }
+      const output = !json ? "none" : event.commandPath[1] === Start.command.name ? "lines" : "document"
+      if (event._tag === "InvalidInvocation") {
+        const repeated = event.errors.map(repeatedFlag)
+        if (repeated.length > 0 && repeated.every((message) => message !== undefined)) {
+          const message = repeated.join("; ")
+          return Effect.andThen(printError(`orchestra: ${message}`), printFailure(output, "usage", message))
+        }
       }
       const errors =
         event._tag === "InvalidInvocation"
@@ -84,7 +107,6 @@ export const presenter = (json: boolean): Layer.Layer<never> =>
         const formatter = yield* CliOutput.Formatter
         yield* Console.error(formatter.formatHelpDoc(event.helpDoc))
         yield* Console.error(formatter.formatErrors(errors))
-        const output = !json ? "none" : event.commandPath[1] === Start.command.name ? "lines" : "document"
         yield* printFailure(output, "usage", errors.map((error) => error.message).join("; "))
       })
     }
