@@ -1914,6 +1914,37 @@ const pagedListing = (store: KeyStore.Service) =>
     assert.deepStrictEqual([badAfter.status, badAfter.body.error.param], [400, "after"])
   })
 
+describe("KeyStore: the memory store's listing", () => {
+  it.effect("keys created out of order between listings are paged by id, from any id", () =>
+    Effect.gen(function* () {
+      const backend = MemoryBackend.make()
+      const ids = Array.from({ length: 300 }, (_, i) => `k-${String((i * 113) % 300).padStart(3, "0")}`)
+      const model: Array<string> = []
+      for (let i = 0; i < ids.length; i++) {
+        const id = ids[i]!
+        const record = { id, sha256: KeyStore.hashSecret(id), prefix: "sk-x", disabled: false, createdAt: 0 }
+        assert.strictEqual(yield* backend.insert({ ...record, source: "store" } as never, 1000), "inserted")
+        model.push(id)
+        model.sort()
+        if (i % 7 !== 0) continue
+        const whole = yield* backend.page(undefined, 1000)
+        assert.deepStrictEqual(
+          whole.records.map((r) => r.id),
+          model
+        )
+        const after = model[Math.floor(model.length / 2)]!
+        const page = yield* backend.page(after, 3)
+        const from = model.indexOf(after) + 1
+        assert.deepStrictEqual(
+          page.records.map((r) => r.id),
+          model.slice(from, from + 3)
+        )
+        assert.strictEqual(page.more, from + 3 < model.length)
+      }
+    })
+  )
+})
+
 describe("Admin routes: the list of keys a page at a time", () => {
   it.live(
     "a store that dies is answered as the gateway's errors: a 500 with an OpenAI-shaped body, the defect only in the log",

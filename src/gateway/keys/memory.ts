@@ -26,9 +26,12 @@ export const make = (): Backend => {
   const byId = new Map<string, KeyRecord>()
   const byHash = new Map<string, KeyRecord>()
   const counters = new Map<string, MemoryCounter>()
-  // The ids in order, for a page of the listing without sorting every key.
+  // The ids, for a page of the listing without sorting every key each time. A create appends
+  // (a sorted insert moved up to maxKeys ids per create); the next listing sorts them again, in
+  // about one pass over the sorted run (the engine's sort merges runs).
   const ids: Array<string> = []
-  // The index of the first id after `id` (`orEqual`: at or after it).
+  let sorted = true
+  // The index of the first id after `id` (`orEqual`: at or after it), in sorted `ids`.
   const firstAfter = (id: string, orEqual: boolean): number => {
     let low = 0
     let high = ids.length
@@ -173,12 +176,17 @@ export const make = (): Backend => {
         if (byHash.has(record.sha256)) return "secret-taken"
         if (byId.size >= maxKeys) return "full"
         byId.set(record.id, record)
-        ids.splice(firstAfter(record.id, true), 0, record.id)
+        if (sorted && ids.length > 0 && ids[ids.length - 1]! > record.id) sorted = false
+        ids.push(record.id)
         byHash.set(record.sha256, record)
         return "inserted"
       }),
     page: (after, count) =>
       Effect.sync(() => {
+        if (!sorted) {
+          ids.sort()
+          sorted = true
+        }
         const from = after === undefined ? 0 : firstAfter(after, false)
         const slice = ids.slice(from, from + count)
         return {
