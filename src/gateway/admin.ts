@@ -5,7 +5,7 @@
  * | route | answer |
  * |---|---|
  * | `POST {path}/keys` | 201: the key and its `secret` (shown this once; `Cache-Control: no-store`) |
- * | `GET {path}/keys?limit=&after=` | a page: `{ object: "list", data: [key...], has_more, first_id, last_id }` (the configuration's keys, then the created ones by id; `limit` 1 to 1,000, default 100; `after` the last id of the page before) |
+ * | `GET {path}/keys?limit=&after=` | a page: `{ object: "list", data: [key...], has_more, first_id, last_id }` (the configuration's keys, then the created ones by id; `limit` 1 to 1,000, default 100; `after` the last id of the page before), with `incomplete: true` while the Redis store's index of ids misses keys |
  * | `GET {path}/keys/:id` | the key |
  * | `POST {path}/keys/:id/disable`, `.../enable` | the key after the change |
  * | `GET {path}/keys/:id/spend` | `{ id, budgets: [{ scope, id, unit, spent, held, limit, remaining, resetsAt }] }` |
@@ -239,7 +239,8 @@ export const make = Effect.fnUntraced(function* (options: Options) {
           Effect.map(store.list(options), (page) => {
             const data = page.data.map(keyBody)
             const ends = data.length === 0 ? {} : { first_id: data[0]!.id, last_id: data.at(-1)!.id }
-            return json(200, { object: "list", data, has_more: page.hasMore, ...ends })
+            const incomplete = page.incomplete === true ? { incomplete: true } : {}
+            return json(200, { object: "list", data, has_more: page.hasMore, ...ends, ...incomplete })
           })
         )
       )

@@ -191,6 +191,12 @@ export interface KeyPage {
   readonly data: ReadonlyArray<KeyInfo>
   /** Whether keys follow the page's last: ask again with `after` its id. */
   readonly hasMore: boolean
+  /**
+   * `true` when the Redis store's index of ids does not hold every stored key yet (keys created
+   * by 0.2.0, or by its replicas still running): keys may be missing from the
+   * page. Each listing adds a bounded part of them; list again from the start once it is gone.
+   */
+  readonly incomplete?: boolean | undefined
 }
 
 /**

@@ -153,6 +153,8 @@ export interface Page {
   readonly unreadable: ReadonlyArray<string>
   readonly last: string | undefined
   readonly more: boolean
+  /** The store's index of ids did not hold every key: some may be missing from the page. */
+  readonly incomplete?: boolean | undefined
 }
 
 /**

@@ -170,6 +170,7 @@ export const make = (deps: Deps) => {
       if (after === undefined || configured > 0) {
         for (let i = configured; i < resolved.keys.length && out.length <= limit; i++) out.push(info(resolved.keys[i]!))
       }
+      let incomplete = false
       // One more than the page: whether it has more.
       const fill = (cursor: string | undefined): Effect.Effect<void, GatewayError> =>
         out.length > limit
@@ -179,12 +180,18 @@ export const make = (deps: Deps) => {
               Effect.tap(({ unreadable }) =>
                 unreadable.length === 0 ? Effect.void : deps.reportUnreadable(unreadable)
               ),
-              Effect.flatMap(({ records, last, more }) => {
+              Effect.flatMap((page) => {
+                const { records, last, more } = page
+                if (page.incomplete === true) incomplete = true
                 for (const record of records) if (!configById.has(record.id)) out.push(info(record))
                 return more && last !== undefined ? fill(last) : Effect.void
               })
             )
-      return Effect.map(fill(fromStored), () => ({ data: out.slice(0, limit), hasMore: out.length > limit }))
+      return Effect.map(fill(fromStored), () => ({
+        data: out.slice(0, limit),
+        hasMore: out.length > limit,
+        ...(incomplete ? { incomplete } : {})
+      }))
     })
 
   const setDisabled = (id: string, disabled: boolean): Effect.Effect<KeyInfo, GatewayError> =>

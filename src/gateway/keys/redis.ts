@@ -3,8 +3,9 @@
  *
  * Keys: `<prefix>keys` (hash: id -> the key's JSON, secret hashed), `<prefix>hashes` (hash:
  * SHA-256 -> id), `<prefix>disabled` (hash: id -> 1), `<prefix>ids` (sorted set of the ids, all
- * scored 0: the listing's pages by id; filled from `<prefix>keys` a page of `HSCAN` at a time
- * when it holds fewer, as after keys an earlier version created). Budgets: per counter a hash
+ * scored 0: the listing's pages by id; while it holds fewer than `<prefix>keys`, as after keys an
+ * earlier version created, each listing adds up to 20 pages of `HSCAN` to it and says it is
+ * incomplete). Budgets: per counter a hash
  * `<prefix>budget:<counter>` (`spent`, `held`) and a sorted set `<prefix>budget:<counter>:leases`
  * of the reservations it holds (`<id>|<amount>`, scored by their lease end). Every
  * operation but filling `<prefix>ids` is one Lua script, so a
@@ -19,7 +20,7 @@
  *
  * @internal
  */
-import { Effect, Result } from "effect"
+import { Effect, Result, Semaphore } from "effect"
 import { Redis } from "effect/persistence"
 import type { Guard, StoreError } from "../../Redis.js"
 import {
@@ -33,6 +34,9 @@ import {
   UnreadableRecord
 } from "./ledger.js"
 import { decodeRecord, encodeRecord, type KeyRecord } from "./options.js"
+
+// HSCAN pages (COUNT 500) a listing adds to the index of ids at most: about 10,000 ids.
+const fillPages = 20
 
 const lookupScript = Redis.script(
   (hashes: string, keys: string, disabled: string, sha256: string) => [hashes, keys, disabled, sha256],
@@ -81,26 +85,19 @@ return "inserted"
   }
 ).withReturnType<string>()
 
-// KEYS: keys, disabled, ids. ARGV: after ("" for the first page), count, check (1: refuse with
-// { -1 } while the ids hold fewer than the keys). Returns { more, id1, json1, disabled1, ... }: up to
-// count ids after `after`, each with its record ("" when gone) and 1 when disabled.
+// KEYS: keys, disabled, ids. ARGV: after ("" for the first page), count. Returns { more, incomplete,
+// id1, json1, disabled1, ... }: up to count ids after `after`, each with its record ("" when gone)
+// and 1 when disabled; incomplete 1 while the ids hold fewer than the keys.
 const pageScript = Redis.script(
-  (keys: string, disabled: string, ids: string, after: string, count: number, check: boolean) => [
-    keys,
-    disabled,
-    ids,
-    after,
-    count,
-    check ? 1 : 0
-  ],
+  (keys: string, disabled: string, ids: string, after: string, count: number) => [keys, disabled, ids, after, count],
   {
     numberOfKeys: 3,
     lua: `
-if ARGV[3] == "1" and redis.call("ZCARD", KEYS[3]) < redis.call("HLEN", KEYS[1]) then return { -1 } end
 local count = tonumber(ARGV[2])
 local from = ARGV[1] == "" and "-" or "(" .. ARGV[1]
 local ids = redis.call("ZRANGEBYLEX", KEYS[3], from, "+", "LIMIT", 0, count + 1)
-local out = { #ids > count and 1 or 0 }
+local incomplete = redis.call("ZCARD", KEYS[3]) < redis.call("HLEN", KEYS[1]) and 1 or 0
+local out = { #ids > count and 1 or 0, incomplete }
 for i = 1, math.min(#ids, count) do
   out[#out + 1] = ids[i]
   out[#out + 1] = redis.call("HGET", KEYS[1], ids[i]) or ""
@@ -439,9 +436,15 @@ export const make = Effect.fnUntraced(function* (options: {
       ? 0
       : Math.max(1, (counter.window + 1) * counter.periodMs - now + leaseMs)
 
-  // The ids of keys stored without them in `ids` (by an earlier version), added a page of HSCAN
-  // at a time: one HKEYS of 10,000,000 keys would hold the server and the shared connection.
-  const index = (cursor: string): Effect.Effect<void, StoreError> =>
+  // The ids of keys stored without them in `ids` (by an earlier version, or its replicas still
+  // running), added a page of HSCAN at a time (one HKEYS of 10,000,000 keys would hold the server
+  // and the shared connection), at most `fillPages` pages by a listing: millions of keys take many
+  // listings, each of bounded work, which say they are incomplete until the ids hold every key.
+  // The scan goes on from where the last listing left it (a pass ends at cursor "0"); one listing
+  // of this process at a time fills, the others answer from the ids as they are.
+  let scanCursor = "0"
+  const filling = yield* Semaphore.make(1)
+  const scan = (cursor: string, pages: number): Effect.Effect<string, StoreError> =>
     Effect.flatMap(
       guard.call(
         "list",
@@ -451,12 +454,21 @@ export const make = Effect.fnUntraced(function* (options: {
         const members: Array<string> = []
         for (let i = 0; i + 1 < flat.length; i += 2) members.push("0", String(flat[i]))
         const added = members.length === 0 ? Effect.void : guard.call("list", redis.send("ZADD", idsKey, ...members))
-        return Effect.andThen(added, String(next) === "0" ? Effect.void : index(String(next)))
+        const after = String(next)
+        return Effect.andThen(added, after === "0" || pages <= 1 ? Effect.succeed(after) : scan(after, pages - 1))
       }
     )
+  const index = filling.withPermitsIfAvailable(1)(
+    Effect.map(
+      Effect.suspend(() => scan(scanCursor, fillPages)),
+      (next) => {
+        scanCursor = next
+      }
+    )
+  )
 
-  const readPage = (after: string | undefined, count: number, check: boolean) =>
-    guard.call("list", pageOf(keysKey, disabledKey, idsKey, after ?? "", count, check))
+  const readPage = (after: string | undefined, count: number) =>
+    guard.call("list", pageOf(keysKey, disabledKey, idsKey, after ?? "", count))
 
   // A record that is there but cannot be read is not "no such key".
   const fromJson = (
@@ -485,15 +497,15 @@ export const make = Effect.fnUntraced(function* (options: {
         (reply) => String(reply) as InsertResult
       ),
     page: (after, count) =>
-      readPage(after, count, true).pipe(
+      readPage(after, count).pipe(
         Effect.flatMap((reply) =>
-          Number(reply[0]) === -1 ? Effect.andThen(index("0"), readPage(after, count, false)) : Effect.succeed(reply)
+          Number(reply[1]) === 1 ? Effect.andThen(index, readPage(after, count)) : Effect.succeed(reply)
         ),
         Effect.map((reply) => {
           const records: Array<KeyRecord> = []
           const unreadable: Array<string> = []
           let last: string | undefined
-          for (let i = 1; i + 2 < reply.length; i += 3) {
+          for (let i = 2; i + 2 < reply.length; i += 3) {
             const id = String(reply[i])
             const json = String(reply[i + 1])
             last = id
@@ -503,7 +515,9 @@ export const make = Effect.fnUntraced(function* (options: {
             if (found !== undefined) records.push(found)
             else unreadable.push(id)
           }
-          return { records, unreadable, last, more: Number(reply[0]) === 1 }
+          return Number(reply[1]) === 1
+            ? { records, unreadable, last, more: Number(reply[0]) === 1, incomplete: true }
+            : { records, unreadable, last, more: Number(reply[0]) === 1 }
         })
       ),
     setDisabled: (id, flag) =>
