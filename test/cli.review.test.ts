@@ -35,6 +35,27 @@ const loaded = (config: unknown): CliConfig.Loaded => ({ file: "test.json", dir:
 const inProcess = (argv: ReadonlyArray<string>, stdin = "", fs?: Layer.Layer<FileSystem.FileSystem>) =>
   run(argv, { stdin, fs, terminal: false })
 
+describe("config: the openai-compatible provider's sendThoughtSignatures", () => {
+  it.effect(
+    "is a field of the file (a proxy in front of Gemini's OpenAI endpoint needs it), a boolean named by its path",
+    () =>
+      Effect.gen(function* () {
+        const check = (sendThoughtSignatures: unknown) =>
+          Setup.check(
+            loaded({
+              providers: { o: { type: "openai-compatible", baseUrl: "http://127.0.0.1:1/v1", sendThoughtSignatures } }
+            })
+          ).pipe(withEnv({}))
+        const good = yield* check(true)
+        assert.strictEqual(good.defaultProvider, "o")
+        const [issue, ...rest] = (yield* Effect.flip(check("yes"))).issues
+        assert.strictEqual(rest.length, 0)
+        assert.strictEqual(issue!.path, "providers.o.sendThoughtSignatures")
+        assert.notInclude(issue!.message, "unknown field")
+      })
+  )
+})
+
 describe("config: the ollama provider's embeddingDimensions", () => {
   it.effect("is a field of the file, checked by the library and named by its path", () =>
     Effect.gen(function* () {

@@ -78,6 +78,7 @@ export const OpenAiCompatibleProvider = Schema.Struct({
   streamUsage: opt(Schema.Boolean),
   embeddingEncoding: opt(Schema.Literals(["float", "base64"])),
   maxTokensField: opt(Schema.Literals(["max_tokens", "max_completion_tokens"])),
+  sendThoughtSignatures: opt(Schema.Boolean),
   requestLimits: opt(RequestLimits),
   ...httpFields
 })
