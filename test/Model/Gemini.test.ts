@@ -128,6 +128,20 @@ describe("Gemini wire", () => {
     ])
   })
 
+  it("a conversation with no turn left (system messages alone, or only empty turns) is refused naming messages: Gemini refuses empty contents", () => {
+    for (const messages of [
+      [{ role: "system", content: "be brief" }],
+      [
+        { role: "system", content: "be brief" },
+        { role: "user", content: "" }
+      ]
+    ] as const) {
+      const refused = refusalOf({ messages })
+      assert.strictEqual(refused.reason, "InvalidRequest")
+      assert.strictEqual(refused.field, "messages")
+    }
+  })
+
   it("a tool message answering no call, or call arguments that are not a JSON object, are refused", () => {
     const orphan = refusalOf({
       messages: [

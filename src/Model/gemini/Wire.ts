@@ -216,6 +216,11 @@ const contentsOf = (
       }
     }
   }
+  // Gemini refuses a request without contents (a 400 after a call): system messages alone, or
+  // only turns with nothing in them, are no conversation.
+  if (contents.length === 0) {
+    return refuse("messages", "no turn to answer: system messages alone, or turns with nothing in them")
+  }
   return Result.succeed({ system, contents })
 }
 
