@@ -81,11 +81,11 @@ const json = (status: number, body: unknown, headers?: Record<string, string>) =
 
 const answerError = (error: GatewayError) => {
   const wire = toWire(error)
-  return json(
-    wire.status,
-    wire.body,
-    wire.retryAfterSeconds === undefined ? undefined : { "retry-after": String(wire.retryAfterSeconds) }
-  )
+  const headers: Record<string, string> = {}
+  if (wire.retryAfterSeconds !== undefined) headers["retry-after"] = String(wire.retryAfterSeconds)
+  // The official clients retry a 409 (and obey this header): a taken id or a full store stays so.
+  if (wire.shouldRetry === false || wire.status === 409) headers["x-should-retry"] = "false"
+  return json(wire.status, wire.body, headers)
 }
 
 const bearerPattern = /^Bearer[ \t]+(\S+)[ \t]*$/i

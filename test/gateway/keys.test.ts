@@ -2165,22 +2165,28 @@ describe("Admin routes", () => {
     })
   )
 
-  it.live("a full store is a 409 too_many_keys: the request was valid, the store holds its maxKeys", () =>
-    Effect.gen(function* () {
-      const admin = yield* adminServer(yield* memory({ keys: [key("cfg", secretA)], maxKeys: 1 }))
-      assert.strictEqual((yield* admin("/admin/keys", { method: "POST", body: { id: "one" } })).status, 201)
-      const full = yield* admin("/admin/keys", { method: "POST", body: { id: "two" } })
-      assert.strictEqual(full.status, 409)
-      assert.deepStrictEqual(full.body, {
-        error: {
-          message: "The store holds its most keys (1): raise the key store's maxKeys to create more",
-          type: "invalid_request_error",
-          param: null,
-          code: "too_many_keys"
-        }
+  it.live(
+    "a full store is a 409 too_many_keys: the request was valid, the store holds its maxKeys; no client retries a 409",
+    () =>
+      Effect.gen(function* () {
+        const admin = yield* adminServer(yield* memory({ keys: [key("cfg", secretA)], maxKeys: 1 }))
+        assert.strictEqual((yield* admin("/admin/keys", { method: "POST", body: { id: "one" } })).status, 201)
+        const full = yield* admin("/admin/keys", { method: "POST", body: { id: "two" } })
+        assert.strictEqual(full.status, 409)
+        assert.deepStrictEqual(full.body, {
+          error: {
+            message: "The store holds its most keys (1): raise the key store's maxKeys to create more",
+            type: "invalid_request_error",
+            param: null,
+            code: "too_many_keys"
+          }
+        })
+        // The official clients retry a 409 by default: told not to, as the store stays full.
+        assert.strictEqual(full.headers.get("x-should-retry"), "false")
+        const taken = yield* admin("/admin/keys", { method: "POST", body: { id: "one" } })
+        assert.deepStrictEqual([taken.status, taken.headers.get("x-should-retry")], [409, "false"])
+        assert.strictEqual((yield* admin("/admin/keys/two")).status, 404, "nothing was created")
       })
-      assert.strictEqual((yield* admin("/admin/keys/two")).status, 404, "nothing was created")
-    })
   )
 
   it.live(
