@@ -73,7 +73,8 @@ export interface ExecuteOptions {
    * Domain dimension of the metrics. Not `"none"` (`Metrics.noDomain`, the calls made without
    * a domain), `"pipeline"` or `"agent"` (`Metrics.pipelineDomain`, `Metrics.agentDomain`: the
    * pipelines' steps and the HTTP agents' calls), `"(other)"` (`Metrics.otherSeries`, the calls past
-   * `Stats.maxSeries` pairs) nor empty: each is an `InvalidRequest` naming `domain`.
+   * `Stats.maxSeries` pairs), empty, nor holding a lone surrogate (no UTF-8 form, so no label of
+   * its own): each is an `InvalidRequest` naming `domain`.
    */
   readonly domain?: string | undefined
   /** Call this provider instead of the executor's own. */
