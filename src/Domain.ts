@@ -5,7 +5,7 @@
  *
  * @since 0.1.0
  */
-import { Context, Duration, Effect, Layer, Result, Schema, SchemaIssue, type Scope } from "effect"
+import { Context, Duration, Effect, Layer, Result, Schema, type Scope } from "effect"
 import { invalidRequest, ModelError } from "./AiError.js"
 import * as Input from "./Input.js"
 import { agentDomain, noDomain, otherSeries, pipelineDomain } from "./Metrics.js"
@@ -106,16 +106,9 @@ export const predefinedNames: ReadonlyArray<string> = ["support", "technical", "
 const decodeDomain = Schema.decodeUnknownResult(Domain, { onExcessProperty: "error" })
 
 // The schema's words (`Missing key`, `Expected number`) in the form of the library's own messages and the config
-// file's checks: lower case, `missing (required)`, `unknown field`. A union's or a check's message is not a leaf's.
-const leafHook: SchemaIssue.LeafHook = (issue) =>
-  issue._tag === "MissingKey"
-    ? "missing (required)"
-    : issue._tag === "UnexpectedKey"
-      ? "unknown field"
-      : SchemaIssue.defaultLeafHook(issue)
-
+// file's checks: lower case, `missing (required)`, `unknown field`.
 const domainIssue = (error: Schema.SchemaError, at: string): Input.Issue => {
-  const issue = Input.issueOf(error, at, leafHook)
+  const issue = Input.issueOf(error, at, Input.leafHook)
   return { path: issue.path, message: issue.message.replace(/^Expected /, "expected ") }
 }
 

@@ -829,6 +829,21 @@ export const DurationFromInput = Schema.Union([Schema.Number, Schema.String, Sch
 )
 
 /**
+ * A Schema `LeafHook` wording a missing key and an excess one as the library's own messages and
+ * the config file's checks do: `missing (required)`, `unknown field` (the schema's own words are
+ * `Missing key`, `Expected no excess property`); other leaves as the schema says them.
+ *
+ * @since 0.3.0
+ * @category conversions
+ */
+export const leafHook: SchemaIssue.LeafHook = (issue) =>
+  issue._tag === "MissingKey"
+    ? "missing (required)"
+    : issue._tag === "UnexpectedKey"
+      ? "unknown field"
+      : SchemaIssue.defaultLeafHook(issue)
+
+/**
  * The first issue of a Schema failure as a path (`domains[1].retry.maxAttempts`) and a
  * message, for config files. `leafHook` words the issues that are not checks (a missing key,
  * a wrong type) in place of the schema's own `Missing key`, `Expected number`.

@@ -23,6 +23,24 @@ const writeConfig = (name: string, config: unknown): string => {
 
 const run = (argv: ReadonlyArray<string>) => inProcess(argv, { terminal: false })
 
+/**
+ * The file system, but `file`'s size is what it was when looked at (`size` bytes: it grew
+ * since), and reading it whole fails the test.
+ */
+const grownSince = (file: string, size: number) =>
+  Layer.effect(
+    FileSystem.FileSystem,
+    Effect.gen(function* () {
+      const fs = yield* FileSystem.FileSystem
+      return FileSystem.FileSystem.of({
+        ...fs,
+        stat: (path) =>
+          Effect.map(fs.stat(path), (info) => (path === file ? { ...info, size: ByteSize.bytes(size) } : info)),
+        readFile: (path) => (path === file ? Effect.die(`${path} read whole`) : fs.readFile(path))
+      })
+    })
+  ).pipe(Layer.provide(NodeServices.layer))
+
 describe("a config or domain error reads one way: the path, then what is wrong, lower case", () => {
   it.live("a domain missing its provider (it said `domains[0].provider: Missing key`)", () =>
     Effect.gen(function* () {
@@ -64,19 +82,7 @@ describe("a prompts file over the bound (16 MiB)", () => {
         const config = writeConfig("bound.json", { providers: { m: { type: "mock" } } })
         const file = NodePath.join(dir, "growing.txt")
         writeFileSync(file, "what is the time?\n".repeat(Math.ceil((max + 1) / 18)))
-        // The size as it was when looked at (the file grew since), and a file read whole is a failure of the test.
-        const grew = Layer.effect(
-          FileSystem.FileSystem,
-          Effect.gen(function* () {
-            const fs = yield* FileSystem.FileSystem
-            return FileSystem.FileSystem.of({
-              ...fs,
-              stat: (path) =>
-                Effect.map(fs.stat(path), (info) => (path === file ? { ...info, size: ByteSize.bytes(18) } : info)),
-              readFile: (path) => (path === file ? Effect.die(`${path} read whole`) : fs.readFile(path))
-            })
-          })
-        ).pipe(Layer.provide(NodeServices.layer))
+        const grew = grownSince(file, 18)
         for (const command of ["stats", "bench"]) {
           const result = yield* inProcess([command, "--file", file, "--config", config], { terminal: false, fs: grew })
           assert.strictEqual(result.code, 2, result.err)
@@ -144,18 +150,7 @@ describe("a config file over the bound (1 MiB)", () => {
       const max = 1024 * 1024
       const file = NodePath.join(dir, "growing.json")
       writeFileSync(file, `{"providers":{"m":{"type":"mock"}}}${" ".repeat(2 * max)}`)
-      const grew = Layer.effect(
-        FileSystem.FileSystem,
-        Effect.gen(function* () {
-          const fs = yield* FileSystem.FileSystem
-          return FileSystem.FileSystem.of({
-            ...fs,
-            stat: (path) =>
-              Effect.map(fs.stat(path), (info) => (path === file ? { ...info, size: ByteSize.bytes(36) } : info)),
-            readFile: (path) => (path === file ? Effect.die(`${path} read whole`) : fs.readFile(path))
-          })
-        })
-      ).pipe(Layer.provide(NodeServices.layer))
+      const grew = grownSince(file, 36)
       const result = yield* inProcess(["stats", "--config", file], { terminal: false, fs: grew })
       assert.strictEqual(result.code, 2, result.err)
       assert.strictEqual(
@@ -172,18 +167,7 @@ describe("a gateway file over the bound (1 MiB)", () => {
       const max = 1024 * 1024
       const file = NodePath.join(dir, "growing.gateway.json")
       writeFileSync(file, `{}${" ".repeat(2 * max)}`)
-      const grew = Layer.effect(
-        FileSystem.FileSystem,
-        Effect.gen(function* () {
-          const fs = yield* FileSystem.FileSystem
-          return FileSystem.FileSystem.of({
-            ...fs,
-            stat: (path) =>
-              Effect.map(fs.stat(path), (info) => (path === file ? { ...info, size: ByteSize.bytes(2) } : info)),
-            readFile: (path) => (path === file ? Effect.die(`${path} read whole`) : fs.readFile(path))
-          })
-        })
-      ).pipe(Layer.provide(NodeServices.layer))
+      const grew = grownSince(file, 2)
       const result = yield* inProcess(["serve", "--gateway", file, "--port", "0"], { terminal: false, fs: grew })
       assert.strictEqual(result.code, 2, result.err)
       assert.include(result.err, `more than ${max} bytes: a gateway file is at most ${max} bytes`)

@@ -128,13 +128,6 @@ const hints: Readonly<Record<string, string>> = {
   apiKey: 'keys never go in the file: name the environment variable that holds it with "apiKeyEnv"'
 }
 
-const leafHook: SchemaIssue.LeafHook = (issue) =>
-  issue._tag === "UnexpectedKey"
-    ? "unknown field"
-    : issue._tag === "MissingKey"
-      ? "missing (required)"
-      : SchemaIssue.defaultLeafHook(issue)
-
 /**
  * A message in the library's form: lower case, and short (a wrong value is echoed, and
  * may be long).
@@ -193,19 +186,21 @@ const shapeIssues = (
     reportInput: true
   })
   if (Result.isSuccess(decoded)) return []
-  return SchemaIssue.makeFormatterStandardSchemaV1({ leafHook })(decoded.failure.issue).issues.map((issue) => {
-    const own = (issue.path ?? []).map((p) => (typeof p === "object" && p !== null ? p.key : p)) as Array<PropertyKey>
-    const keys = [...prefix, ...own]
-    const path = formatPath(keys)
-    const hint = Object.entries(hints).find(([tail]) => path.endsWith(`.${tail}`))
-    const message =
-      issue.message === "unknown field" && hint !== undefined
-        ? `unknown field (${hint[1]})`
-        : isSecretPath(keys)
-          ? withoutValue(issue.message, valueAt(input, own))
-          : issue.message
-    return { path, message: tidy(message) }
-  })
+  return SchemaIssue.makeFormatterStandardSchemaV1({ leafHook: Input.leafHook })(decoded.failure.issue).issues.map(
+    (issue) => {
+      const own = (issue.path ?? []).map((p) => (typeof p === "object" && p !== null ? p.key : p)) as Array<PropertyKey>
+      const keys = [...prefix, ...own]
+      const path = formatPath(keys)
+      const hint = Object.entries(hints).find(([tail]) => path.endsWith(`.${tail}`))
+      const message =
+        issue.message === "unknown field" && hint !== undefined
+          ? `unknown field (${hint[1]})`
+          : isSecretPath(keys)
+            ? withoutValue(issue.message, valueAt(input, own))
+            : issue.message
+      return { path, message: tidy(message) }
+    }
+  )
 }
 
 const isObject = (u: unknown): u is Readonly<Record<string, unknown>> =>
