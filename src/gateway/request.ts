@@ -5,7 +5,8 @@
  *
  * Parameters the pipeline cannot honour are refused, not dropped (`n` above 1, penalties,
  * `logit_bias`, `logprobs`); purely informational ones (`user`, `metadata`, `store`, ...)
- * are accepted and ignored.
+ * are accepted and ignored. The conversation (`messages`) is read in `messages.ts`, with the
+ * checks both share in `checks.ts`.
  *
  * @internal
  */
@@ -13,35 +14,9 @@ import { Result } from "effect"
 import type * as Model from "../Model.js"
 import { toolNamePattern } from "../Model/schemas.js"
 import { maxSchemaDepth, nestsDeeper } from "../Model/validate.js"
-import { type GatewayError, gatewayError } from "./errors.js"
-
-type Checked<A> = Result.Result<A, GatewayError>
-
-const invalid = (param: string, message: string): Checked<never> =>
-  Result.fail(gatewayError("InvalidRequest", `invalid ${param}: ${message}`, { param }))
-
-/**
- * What a JSON value is, for a message (`got an array`).
- *
- * @internal
- */
-export const kind = (u: unknown): string =>
-  u === null ? "null" : Array.isArray(u) ? "an array" : typeof u === "object" ? "an object" : typeof u
-
-// A name or a string the client made up, as said back: at most 64 characters of it (a body of
-// megabytes would otherwise come back in the error, and in every log line that quotes it).
-const clip = (text: string): string => (text.length > 64 ? `${text.slice(0, 64)}...` : text)
-
-// A client's value in a message: a scalar as written, anything else by its kind (it may nest
-// too deep for JSON.stringify, or be large).
-const shown = (u: unknown): string =>
-  typeof u === "string"
-    ? JSON.stringify(clip(u))
-    : typeof u === "number" || typeof u === "boolean"
-      ? String(u)
-      : u === undefined
-        ? "nothing"
-        : kind(u)
+import { type Checked, clip, invalid, isObject, kind, nullable, shown, tooDeep } from "./checks.js"
+import { gatewayError } from "./errors.js"
+import { conversationOf } from "./messages.js"
 
 // Fatal: bytes that are not UTF-8 would otherwise become U+FFFD, and the request be answered as if it said that.
 const utf8 = new TextDecoder("utf-8", { fatal: true })
@@ -71,11 +46,6 @@ export const jsonOf = (bytes: ArrayBuffer | Uint8Array): Checked<unknown> => {
         gatewayError("InvalidRequest", "the request body is not valid JSON", { param: "body", code: "invalid_json" })
       )
 }
-
-const tooDeep = (param: string): Checked<never> =>
-  invalid(param, `nests arrays and objects more than ${maxSchemaDepth} levels deep`)
-
-const isObject = (u: unknown): u is Record<string, unknown> => typeof u === "object" && u !== null && !Array.isArray(u)
 
 /**
  * A chat-completion request, read.
@@ -127,268 +97,6 @@ const modelOf = (body: Record<string, unknown>): Checked<string> => {
     return invalid("model", `expected a model name of at most ${maxModelLength} characters, got ${model.length}`)
   }
   return Result.succeed(model)
-}
-
-// `refusal`: an assistant's content may carry refusal parts (its answers replayed); OpenAI refuses them in any other role.
-const textOf = (content: unknown, at: string, nullable: boolean, refusal = false): Checked<string> => {
-  if (typeof content === "string") return Result.succeed(content)
-  if (content === null || content === undefined) {
-    return nullable
-      ? Result.succeed("")
-      : invalid(at, `expected a string or an array of text parts, got ${kind(content)}`)
-  }
-  if (!Array.isArray(content)) return invalid(at, `expected a string or an array of text parts, got ${kind(content)}`)
-  let text = ""
-  for (let i = 0; i < content.length; i++) {
-    const part = content[i]
-    if (!isObject(part) || (part.type !== "text" && part.type !== "refusal")) {
-      const type = isObject(part) ? shown(part.type) : kind(part)
-      return invalid(`${at}[${i}].type`, `only text parts are supported, got ${type}`)
-    }
-    if (part.type === "refusal" && !refusal) {
-      return invalid(`${at}[${i}].type`, `a "refusal" part is only allowed in an assistant message`)
-    }
-    const value = part.type === "text" ? part.text : part.refusal
-    if (typeof value !== "string") return invalid(`${at}[${i}].${String(part.type)}`, "expected a string")
-    text += value
-  }
-  return Result.succeed(text)
-}
-
-/**
- * The longest Gemini thought signature read back from a client (`extra_content.google.thought_signature`):
- * an opaque base64 text of a few kilobytes, kept with its call and sent on to the provider.
- *
- * @internal
- */
-export const maxSignatureLength = 1_048_576
-
-// Gemini's OpenAI-compatible wire carries a call's thought signature as `extra_content.google.thought_signature`;
-// a client sends it back with the call, and Gemini refuses the next turn without it.
-const signatureOf = (extra: unknown, at: string): Checked<string | undefined> => {
-  if (extra === undefined || extra === null) return Result.succeed(undefined)
-  if (!isObject(extra)) return invalid(at, `expected an object, got ${kind(extra)}`)
-  const google = extra.google
-  if (google === undefined || google === null) return Result.succeed(undefined)
-  if (!isObject(google)) return invalid(`${at}.google`, `expected an object, got ${kind(google)}`)
-  const signature = google.thought_signature
-  if (signature === undefined || signature === null) return Result.succeed(undefined)
-  if (typeof signature !== "string" || signature.length === 0 || signature.length > maxSignatureLength) {
-    return invalid(
-      `${at}.google.thought_signature`,
-      `expected the signature the gateway sent (a string of 1 to ${maxSignatureLength} characters), got ${
-        typeof signature === "string" ? `${signature.length} characters` : kind(signature)
-      }`
-    )
-  }
-  return Result.succeed(signature)
-}
-
-const toolCallsOf = (calls: unknown, at: string): Checked<ReadonlyArray<Model.ToolCall>> => {
-  if (!Array.isArray(calls)) return invalid(at, `expected an array, got ${kind(calls)}`)
-  const out: Array<Model.ToolCall> = []
-  for (let i = 0; i < calls.length; i++) {
-    const call = calls[i]
-    const fn = isObject(call) ? call.function : undefined
-    if (!isObject(call) || typeof call.id !== "string" || !isObject(fn) || typeof fn.name !== "string") {
-      return invalid(`${at}[${i}]`, "expected { id, type: 'function', function: { name, arguments } }")
-    }
-    if (call.type !== "function") return invalid(`${at}[${i}].type`, `expected "function", got ${shown(call.type)}`)
-    const args = fn.arguments ?? ""
-    if (typeof args !== "string") return invalid(`${at}[${i}].function.arguments`, "expected a JSON string")
-    const signature = signatureOf(call.extra_content, `${at}[${i}].extra_content`)
-    if (Result.isFailure(signature)) return Result.fail(signature.failure)
-    out.push(
-      signature.success === undefined
-        ? { id: call.id, name: fn.name, arguments: args }
-        : { id: call.id, name: fn.name, arguments: args, signature: signature.success }
-    )
-  }
-  return Result.succeed(out)
-}
-
-// OpenAI's pattern for a participant's name; the gateway does not send it on, but a name OpenAI refuses is refused.
-const participantName = /^[^\s<|\\/>]{1,256}$/
-
-const nameOf = (name: unknown, at: string): Checked<void> =>
-  name === undefined || name === null || (typeof name === "string" && participantName.test(name))
-    ? Result.succeed(undefined)
-    : invalid(
-        at,
-        `expected a name of 1 to 256 characters without spaces or <, |, \\, /, >, got ${
-          typeof name === "string" && name.length > 256 ? `${name.length} characters` : shown(name)
-        }`
-      )
-
-const messageKeys: ReadonlySet<string> = new Set([
-  "role",
-  "content",
-  "name",
-  "tool_calls",
-  "tool_call_id",
-  "refusal",
-  "annotations"
-])
-
-// OpenAI's nullable fields (of a request or a message) the gateway cannot honour: null says
-// nothing (clients that write every field, replayed answers), anything else is refused.
-const nullable: ReadonlySet<string> = new Set([
-  "audio",
-  "function_call",
-  "functions",
-  "modalities",
-  "prediction",
-  "reasoning_effort",
-  "verbosity",
-  "web_search_options"
-])
-
-interface Awaited {
-  readonly at: number
-  readonly ids: ReadonlySet<string>
-  readonly answered: Set<string>
-}
-
-const unansweredOf = (awaited: Awaited, where: string): Checked<void> => {
-  for (const id of awaited.ids) {
-    if (!awaited.answered.has(id)) {
-      return invalid(`messages[${awaited.at}].tool_calls`, `no tool message answers the call ${shown(id)} ${where}`)
-    }
-  }
-  return Result.succeed(undefined)
-}
-
-interface Conversation {
-  readonly system: string | undefined
-  readonly messages: ReadonlyArray<Model.Message>
-  readonly hoisted: number
-}
-
-// Leading system (or developer) messages become the request's system prompt, so that a
-// domain's own system prompt applies only when the client gives none (`Domain.applyTo`).
-const conversationOf = (input: unknown): Checked<Conversation> => {
-  if (!Array.isArray(input)) return invalid("messages", `expected an array of messages, got ${kind(input)}`)
-  if (input.length === 0) return invalid("messages", "expected at least one message")
-  const system: Array<string> = []
-  const messages: Array<Model.Message> = []
-  // The calls the latest assistant message made (and which are answered yet), while only tool messages follow it:
-  // OpenAI refuses a tool message that answers no call of it, and a conversation that goes on with a call unanswered.
-  let awaited: Awaited | undefined
-  for (let i = 0; i < input.length; i++) {
-    const at = `messages[${i}]`
-    const m = input[i]
-    if (!isObject(m)) return invalid(at, `expected a message object, got ${kind(m)}`)
-    for (const key in m) {
-      if (!messageKeys.has(key) && !(m[key] === null && nullable.has(key))) {
-        return invalid(`${at}.${clip(key)}`, "unsupported field")
-      }
-    }
-    const name = nameOf(m.name, `${at}.name`)
-    if (Result.isFailure(name)) return Result.fail(name.failure)
-    const role = m.role
-    const refusal = m.refusal
-    if (refusal !== undefined && refusal !== null) {
-      if (role !== "assistant") return invalid(`${at}.refusal`, "only an assistant message carries a refusal")
-      if (typeof refusal !== "string") return invalid(`${at}.refusal`, `expected a string, got ${kind(refusal)}`)
-    }
-    // OpenAI's answers carry their citations (`annotations: []` mostly), and its guides send the answer back as it
-    // came: they say what the assistant cited, nothing the model is asked to do, so they are read and left out.
-    const annotations = m.annotations
-    if (annotations !== undefined && annotations !== null) {
-      if (role !== "assistant") return invalid(`${at}.annotations`, "only an assistant message carries annotations")
-      if (!Array.isArray(annotations))
-        return invalid(`${at}.annotations`, `expected an array, got ${kind(annotations)}`)
-    }
-    if (role !== "tool" && awaited !== undefined) {
-      const unanswered = unansweredOf(awaited, `before ${at}`)
-      if (Result.isFailure(unanswered)) return Result.fail(unanswered.failure)
-      awaited = undefined
-    }
-    switch (role) {
-      case "system":
-      case "developer": {
-        const text = textOf(m.content, `${at}.content`, false)
-        if (Result.isFailure(text)) return Result.fail(text.failure)
-        if (messages.length === 0) system.push(text.success)
-        else messages.push({ role: "system", content: text.success })
-        break
-      }
-      case "user": {
-        const text = textOf(m.content, `${at}.content`, false)
-        if (Result.isFailure(text)) return Result.fail(text.failure)
-        messages.push({ role: "user", content: text.success })
-        break
-      }
-      case "assistant": {
-        const read = textOf(m.content, `${at}.content`, true, true)
-        if (Result.isFailure(read)) return Result.fail(read.failure)
-        // An answer replayed as it came (`content: null, refusal`): what the assistant said is its refusal.
-        const content = read.success.length === 0 && typeof refusal === "string" ? refusal : read.success
-        if (m.tool_calls === undefined || m.tool_calls === null) {
-          messages.push({ role: "assistant", content })
-          break
-        }
-        const calls = toolCallsOf(m.tool_calls, `${at}.tool_calls`)
-        if (Result.isFailure(calls)) return Result.fail(calls.failure)
-        const ids = new Set<string>()
-        for (let j = 0; j < calls.success.length; j++) {
-          const id = calls.success[j]!.id
-          if (ids.has(id)) {
-            return invalid(
-              `${at}.tool_calls[${j}].id`,
-              `two calls of id ${shown(id)}: their answers could not be told apart`
-            )
-          }
-          ids.add(id)
-        }
-        messages.push({ role: "assistant", content, toolCalls: calls.success })
-        awaited = { at: i, ids, answered: new Set() }
-        break
-      }
-      case "tool": {
-        const text = textOf(m.content, `${at}.content`, false)
-        if (Result.isFailure(text)) return Result.fail(text.failure)
-        if (typeof m.tool_call_id !== "string") {
-          return invalid(`${at}.tool_call_id`, "a tool message names the call it answers")
-        }
-        if (awaited === undefined || !awaited.ids.has(m.tool_call_id)) {
-          return invalid(
-            `${at}.tool_call_id`,
-            `no tool call ${shown(m.tool_call_id)} in the assistant message before it (a tool message answers one)`
-          )
-        }
-        if (awaited.answered.has(m.tool_call_id)) {
-          return invalid(`${at}.tool_call_id`, `the call ${shown(m.tool_call_id)} is answered already`)
-        }
-        awaited.answered.add(m.tool_call_id)
-        messages.push({ role: "tool", content: text.success, toolCallId: m.tool_call_id })
-        break
-      }
-      default:
-        return invalid(
-          `${at}.role`,
-          `expected "system", "developer", "user", "assistant" or "tool", got ${shown(role)}`
-        )
-    }
-  }
-  // Ending on its calls, none answered yet, is a conversation replayed up to them; some answered, it went on without the rest.
-  if (awaited !== undefined && awaited.answered.size > 0) {
-    const unanswered = unansweredOf(awaited, "at the end of the conversation")
-    if (Result.isFailure(unanswered)) return Result.fail(unanswered.failure)
-  }
-  // A conversation of system messages only is one OpenAI answers: they stay its messages.
-  if (messages.length === 0) {
-    return Result.succeed({
-      system: undefined,
-      messages: system.map((content) => ({ role: "system", content })),
-      hoisted: 0
-    })
-  }
-  return Result.succeed({
-    system: system.length === 0 ? undefined : system.join("\n\n"),
-    messages,
-    hoisted: system.length
-  })
 }
 
 const numberIn = (param: string, value: unknown, min: number, max: number): Checked<number> =>

@@ -10,7 +10,7 @@ import { Duration, Result } from "effect"
 import type { Models } from "../../Gateway.js"
 import * as Input from "../../Input.js"
 import { unknownModel } from "../models.js"
-import { kind } from "../request.js"
+import { kind } from "../checks.js"
 import type { Options } from "./KeyStore.js"
 import { sha256Pattern } from "./secret.js"
 
