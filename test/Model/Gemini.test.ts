@@ -24,6 +24,7 @@ import * as Gemini from "../../src/Model/Gemini.js"
 import * as GeminiWire from "../../src/Model/gemini/Wire.js"
 import * as Model from "../../src/Model.js"
 import * as Server from "../utils/httpServer.js"
+import { drainStalled } from "../utils/stalled.js"
 
 const bodyOf = (request: Model.GenerateRequest): Record<string, unknown> => {
   const body = Gemini.requestBody(request)
@@ -1068,23 +1069,7 @@ layer(NodeHttpClient.layerUndici)("Gemini over HTTP", (it) => {
           Server.chunked(res, [Server.sse([streamChunk("done"), streamChunk("", "STOP")])], { end: "hang" })
         )
         const p = yield* provider(server, { streamIdleTimeout: "20 seconds" })
-        const parts: Array<Model.StreamPart> = []
-        const fiber = yield* p.stream({ prompt: "hi" }).pipe(
-          Stream.runForEach((part) => Effect.sync(() => parts.push(part))),
-          Effect.exit,
-          Effect.forkChild
-        )
-        while (parts.length < 1) yield* Effect.promise(() => Server.pause(5))
-        // The final chunk may come in a later read: step the clock, never near the idle deadline.
-        let waited = 0
-        while (fiber.pollUnsafe() === undefined && waited < 10) {
-          yield* Effect.promise(() => Server.pause(20))
-          yield* TestClock.adjust("1 second")
-          waited++
-        }
-        assert.isBelow(waited, 10)
-        const exit = yield* Fiber.join(fiber)
-        assert.isTrue(Exit.isSuccess(exit), Exit.isFailure(exit) ? Cause.pretty(exit.cause) : "")
+        const parts = yield* drainStalled(p.stream({ prompt: "hi" }))
         assert.deepStrictEqual(
           parts.map((part) => (part._tag === "Finish" ? part.finishReason : part._tag)),
           ["TextDelta", "stop"]

@@ -25,6 +25,7 @@ import * as WatsonX from "../../src/Model/WatsonX.js"
 import * as Iam from "../../src/Model/watsonx/Iam.js"
 import * as WatsonXWire from "../../src/Model/watsonx/Wire.js"
 import * as Server from "../utils/httpServer.js"
+import { drainStalled } from "../utils/stalled.js"
 
 /** A scripted IAM service: hands out `tok-1`, `tok-2`, ... after `delay`, or runs `outcome` when set. */
 const scriptedIam = Effect.gen(function* () {
@@ -1132,23 +1133,7 @@ layer(NodeHttpClient.layerUndici)("WatsonX over HTTP", (it) => {
         )
         for (const api of ["chat", "generation"] as const) {
           const p = yield* provider({ api, streamIdleTimeout: "20 seconds" })
-          const parts: Array<Model.StreamPart> = []
-          const fiber = yield* p.stream({ prompt: "hi" }).pipe(
-            Stream.runForEach((part) => Effect.sync(() => parts.push(part))),
-            Effect.exit,
-            Effect.forkChild
-          )
-          while (parts.length < 1) yield* Effect.promise(() => Server.pause(5))
-          // The final event may come in a later read: step the clock, never near the idle deadline.
-          let waited = 0
-          while (fiber.pollUnsafe() === undefined && waited < 10) {
-            yield* Effect.promise(() => Server.pause(20))
-            yield* TestClock.adjust("1 second")
-            waited++
-          }
-          assert.isBelow(waited, 10, api)
-          const exit = yield* Fiber.join(fiber)
-          assert.isTrue(Exit.isSuccess(exit), Exit.isFailure(exit) ? Cause.pretty(exit.cause) : "")
+          const parts = yield* drainStalled(p.stream({ prompt: "hi" }), api)
           assert.deepStrictEqual(
             parts.map((part) => (part._tag === "Finish" ? part.finishReason : part._tag)),
             ["TextDelta", "stop"],
