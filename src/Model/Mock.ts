@@ -154,7 +154,10 @@ export interface Options {
   readonly latency?: Latency | undefined
   /** Default delay between stream chunks. Default 0. */
   readonly chunkDelay?: Latency | undefined
-  /** The answer to a request. Default: `mock answer to: <last message>`. */
+  /**
+   * The answer to a request, called once per call that needs it. Default: `mock answer to: <last message>`. One that
+   * throws or answers no string fails the call with an `InvalidRequest` on the field `respond`.
+   */
   readonly respond?: ((request: GenerateRequest) => string) | undefined
   /** Dimensions of the deterministic embedding vectors. Default 8. */
   readonly dimensions?: number | undefined

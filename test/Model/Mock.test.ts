@@ -1,7 +1,7 @@
 import { assert, describe, it } from "@effect/vitest"
 import { Clock, Context, Duration, Effect, Exit, Fiber, Layer, Stream } from "effect"
 import { TestClock } from "effect/testing"
-import type { ModelError } from "../../src/AiError.js"
+import type { AiError, ModelError } from "../../src/AiError.js"
 import type { OptionError } from "../../src/Input.js"
 import { ModelProvider, type StreamPart } from "../../src/Model.js"
 import * as Mock from "../../src/Model/Mock.js"
@@ -415,6 +415,53 @@ describe("Mock", () => {
         assert.strictEqual(oldShape.path, "random.seed")
         const reason = yield* configError({ script: [Mock.Outcome.fail("Nope" as "Overloaded")] })
         assert.strictEqual(reason.path, "script[0].reason")
+      })
+    )
+
+    it.effect("a respond that throws or answers no string fails the call with an InvalidRequest naming it", () =>
+      Effect.gen(function* () {
+        const cases: ReadonlyArray<readonly [Mock.Options["respond"], string]> = [
+          [
+            () => {
+              throw new Error("respond bug")
+            },
+            "invalid respond: the respond option threw: respond bug"
+          ],
+          [() => 42 as unknown as string, "invalid respond: the respond option answered 42, not a string"],
+          [() => undefined as unknown as string, "invalid respond: the respond option answered undefined, not a string"]
+        ]
+        for (const [respond, message] of cases) {
+          const { provider, control } = yield* Mock.make({ name: "scripted", respond })
+          const calls: ReadonlyArray<Effect.Effect<unknown, AiError>> = [
+            provider.generate({ prompt: "x" }),
+            Stream.runCollect(provider.stream({ prompt: "x" }))
+          ]
+          for (const call of calls) {
+            const exit = yield* Effect.exit(call)
+            assert.isTrue(Exit.isFailure(exit) && Exit.hasFails(exit), message)
+            const error = yield* Effect.flip(call)
+            assert.deepStrictEqual(
+              [error._tag, error._tag === "ModelError" ? [error.reason, error.field, error.provider] : []],
+              ["ModelError", ["InvalidRequest", "respond", "scripted"]]
+            )
+            assert.strictEqual(error.message, message)
+          }
+          assert.strictEqual(yield* control.inFlight, 0)
+        }
+      })
+    )
+
+    it.effect("respond runs once per call: a stream's Finish counts the text it streamed", () =>
+      Effect.gen(function* () {
+        let calls = 0
+        const { provider } = yield* Mock.make({
+          respond: () => (++calls === 1 ? "one two" : "a much longer answer here")
+        })
+        const parts = yield* Stream.runCollect(provider.stream({ prompt: "x" }))
+        assert.strictEqual(calls, 1)
+        assert.strictEqual(textOf(parts), "one two")
+        const finish = parts.find((part) => part._tag === "Finish")
+        assert.strictEqual(finish?._tag === "Finish" ? finish.usage.outputTokens : undefined, 2)
       })
     )
 

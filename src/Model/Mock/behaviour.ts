@@ -5,8 +5,9 @@
  *
  * @internal
  */
-import { type Array as Arr, Cause, Channel, Effect, Exit, Scope, Stream } from "effect"
-import { type AiError, ModelError, type Reason } from "../../AiError.js"
+import { type Array as Arr, Cause, Channel, Effect, Exit, Result, Scope, Stream } from "effect"
+import { type AiError, invalidRequest, ModelError, type Reason } from "../../AiError.js"
+import * as Input from "../../Input.js"
 import {
   type EmbedRequest,
   type EmbedResponse,
@@ -144,13 +145,23 @@ export const build = (
       retryAfter: outcome.retryAfter
     })
 
-  const chunksFor = (request: GenerateRequest, outcome: Planned): ReadonlyArray<string> =>
-    outcome._tag === "Succeed" && outcome.chunks !== undefined
-      ? outcome.chunks
-      : chunksOf(outcome.text ?? respond(request))
+  // `respond` is the user's function: what it throws, or an answer that is no string, is a refusal
+  // naming the option, not a defect nor an answer whose text is not text. It runs once a call.
+  const textFor = (request: GenerateRequest, outcome: Planned): Result.Result<string, ModelError> => {
+    if (outcome._tag === "Succeed" && outcome.chunks !== undefined) return Result.succeed(outcome.chunks.join(""))
+    if (outcome.text !== undefined) return Result.succeed(outcome.text)
+    let text: unknown
+    try {
+      text = respond(request)
+    } catch (cause) {
+      return Result.fail(invalidRequest("respond", `the respond option threw: ${Input.thrownMessage(cause)}`, name))
+    }
+    return typeof text === "string"
+      ? Result.succeed(text)
+      : Result.fail(invalidRequest("respond", `the respond option answered ${Input.shown(text)}, not a string`, name))
+  }
 
-  const answer = (request: GenerateRequest, outcome: Extract<Planned, { _tag: "Succeed" }>) => {
-    const text = outcome.chunks?.join("") ?? outcome.text ?? respond(request)
+  const answer = (request: GenerateRequest, outcome: Extract<Planned, { _tag: "Succeed" }>, text: string) => {
     const toolCalls = outcome.toolCalls
     const finishReason: FinishReason =
       outcome.finishReason ?? (toolCalls !== undefined && toolCalls.length > 0 ? "tool_calls" : "stop")
@@ -185,7 +196,9 @@ export const build = (
             return Effect.andThen(wait, Effect.fail(failure(outcome, valid.model ?? defaultModel)))
           return Effect.andThen(
             wait,
-            Effect.sync(() => answer(valid, outcome))
+            Effect.suspend(() =>
+              Effect.map(Effect.fromResult(textFor(valid, outcome)), (text) => answer(valid, outcome, text))
+            )
           )
         })
       )
@@ -234,7 +247,13 @@ export const build = (
           const valid = validated.success
           const { outcome, random } = plan()
           const model = valid.model ?? defaultModel
-          const chunks = chunksFor(valid, outcome)
+          const text = textFor(valid, outcome)
+          if (text._tag === "Failure") {
+            ending = "failed"
+            return Effect.fail(text.failure)
+          }
+          const chunks =
+            outcome._tag === "Succeed" && outcome.chunks !== undefined ? outcome.chunks : chunksOf(text.success)
           const limit = outcome._tag === "Succeed" ? chunks.length : Math.min(outcome.afterChunks ?? 0, chunks.length)
           const gap = outcome.chunkDelay ?? config.chunkDelay
           let sent = 0
@@ -259,7 +278,7 @@ export const build = (
                   return Effect.fail(failure(outcome, model))
                 })
               case "Succeed": {
-                const response = answer(valid, outcome)
+                const response = answer(valid, outcome, text.success)
                 const parts: Array<StreamPart> = (response.toolCalls ?? []).map((call) => ({ _tag: "ToolCall", call }))
                 parts.push({
                   _tag: "Finish",
