@@ -1,6 +1,6 @@
 import { getEventListeners } from "node:events"
 import { assert, describe, it } from "@effect/vitest"
-import { Effect, Layer, Stream } from "effect"
+import { Duration, Effect, Layer, Stream } from "effect"
 import type * as Batch from "../src/Batch.js"
 import { AbortedError, createOrchestra, OrchestraError } from "../src/Facade.js"
 import { type GenerateRequest, ModelProvider, type StreamPart } from "../src/Model.js"
@@ -653,6 +653,29 @@ describe("createOrchestra: deadlines and signals (item 24)", () => {
         typed(orchestra.batch(["x"], { signal: AbortSignal.abort(new DOMException("t", "TimeoutError")) }))
       )
       assert.strictEqual(typeof timedOut === "object" && timedOut._tag === "TimeoutError" && timedOut.limit, "total")
+    } finally {
+      await orchestra.dispose()
+    }
+  })
+
+  it("a call whose timeout passes after a slow build reports the timeout it was given, not what was left of it", async () => {
+    // The build takes 150 ms, the provider never answers: the call's 400 ms run out 250 ms after the build.
+    const hanging = Effect.runSync(
+      Mock.make({ name: `facade-${++mocks}`, script: [Mock.Outcome.hang(), Mock.Outcome.hang()] })
+    )
+    const slow = Layer.effect(ModelProvider, Effect.as(Effect.sleep("150 millis"), hanging.provider))
+    const orchestra = createOrchestra(Orchestra.layer({ providers: { main: slow } }))
+    try {
+      const [called, streamed] = await Promise.all([
+        typed(orchestra.execute("x", { timeout: 400 })),
+        typed(collect(orchestra.stream("x", { timeout: "400 millis" })))
+      ])
+      for (const error of [called, streamed]) {
+        assert.strictEqual(error._tag, "TimeoutError")
+        if (error._tag !== "TimeoutError") continue
+        assert.deepStrictEqual([error.limit, Duration.toMillis(error.timeout)], ["total", 400])
+        assert.match(error.message, /^total timeout after 400ms/)
+      }
     } finally {
       await orchestra.dispose()
     }

@@ -189,6 +189,27 @@ export const makeCreateOrchestra = (env: Env) => {
   }
 
   /**
+   * A call's `timeout` shortened by the wait for the build (`left`) fires in the pipeline as a total
+   * `TimeoutError` of `left`: the caller is told the timeout it gave, which is what passed.
+   */
+  const asGiven =
+    (given: Duration.Duration, left: Duration.Duration) =>
+    (error: unknown): never => {
+      const timedOut = error instanceof OrchestraError ? error.error : undefined
+      if (timedOut?._tag === "TimeoutError" && timedOut.limit === "total" && Duration.equals(timedOut.timeout, left)) {
+        throw new OrchestraError(
+          new TimeoutError({
+            limit: "total",
+            timeout: given,
+            ...(timedOut.provider === undefined ? {} : { provider: timedOut.provider }),
+            ...(timedOut.partialText === undefined ? {} : { partialText: timedOut.partialText })
+          })
+        )
+      }
+      throw error
+    }
+
+  /**
    * What `dispose()` rejects with when releasing the manager failed (a finalizer of a layer died,
    * a provider's connection pool would not close): a `ModelError` of reason `Unknown` naming
    * what failed, its `cause` what the finalizer threw (an `AggregateError` of them all when
@@ -348,7 +369,8 @@ export const makeCreateOrchestra = (env: Env) => {
         // Only a stream's wait (given its `Closing`) ends without a manager.
         const context = built!
         const left = timeLeft(checked, elapsed())
-        if (left !== undefined) return start(context, left)
+        if (left === checked) return start(context, left)
+        if (left !== undefined) return start(context, left).catch(asGiven(checked.timeout!, left.timeout!))
         if (batch) return start(context, { ...checked, timeout: Duration.zero })
         return Promise.reject(new OrchestraError(new TimeoutError({ limit: "total", timeout: checked.timeout! })))
       })
@@ -371,6 +393,7 @@ export const makeCreateOrchestra = (env: Env) => {
       const left = timeLeft(read.success, elapsed())
       if (left === undefined)
         throw new OrchestraError(new TimeoutError({ limit: "total", timeout: read.success.timeout! }))
+      const shortened = left === read.success ? undefined : asGiven(read.success.timeout!, left.timeout!)
       const cut: Cut = { error: undefined }
       const parts = Calls.stream(request.success, left).pipe(
         Stream.provideService(CurrentCut, cut),
@@ -408,7 +431,7 @@ export const makeCreateOrchestra = (env: Env) => {
       }
       try {
         for (;;) {
-          const next = await pull()
+          const next = shortened === undefined ? await pull() : await pull().catch(shortened)
           if (aborted !== undefined) throw new OrchestraError(aborted)
           if (next.done) return
           // Only an abort's error carries the text: without a signal, none is kept (a long stream's whole answer).
