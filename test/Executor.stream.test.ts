@@ -664,6 +664,9 @@ describe("Executor.stream", () => {
         [{ steps: [{ provder: executor.provider }] }, "steps[0].provder"],
         [{ steps: [{ provider: executor.provider, retyr: true }] }, "steps[0].retyr"],
         [{ steps: [{ provider: executor.provider, cache: "no" }] }, "steps[0].cache"],
+        // A `prepare` that is no function died with "prepare is not a function" once the stream started.
+        [{ steps: [{ provider: executor.provider, prepare: 5 }] }, "steps[0].prepare"],
+        [{ steps: [{ provider: executor.provider, model: 5 }] }, "steps[0].model"],
         [{ steps: [null] }, "steps[0]"],
         [{ steps: "fast" }, "steps"]
       ] as const) {

@@ -137,7 +137,9 @@ const stepKeys: ReadonlySet<string> = new Set([
 
 const stepKinds = [
   ["provider", "object"],
-  ["domain", "string"]
+  ["domain", "string"],
+  ["model", "string"],
+  ["prepare", "function"]
 ] as const
 
 // A misspelt key (`provder`) would run the executor's own provider unseen.
