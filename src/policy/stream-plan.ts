@@ -63,7 +63,12 @@ export interface StreamOptions {
         readonly provider: ProviderService
         readonly domain?: string | undefined
         readonly retry?: boolean | RetryPolicy | RetryPolicyInput | undefined
+        /** The model this step asks for, in place of the request's. */
         readonly model?: string | undefined
+        /**
+         * Adapts the request for this step's provider (after `model`), on each attempt, a resumed
+         * step's continuation included. Its answer is checked as a request; it should not throw.
+         */
         readonly prepare?: ((request: GenerateRequest) => GenerateRequest) | undefined
         /** This step's first-chunk deadline, instead of the stream's `firstChunkTimeout`. */
         readonly firstChunkTimeout?: Duration.Input | undefined
