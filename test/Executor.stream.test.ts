@@ -679,6 +679,44 @@ describe("Executor.stream", () => {
   )
 })
 
+describe("Executor.stream: a step's prepare", () => {
+  it.effect(
+    "that throws fails the stream with an InvalidRequest naming it, counted, nothing sent; with a cache too",
+    () =>
+      Effect.gen(function* () {
+        const cache = yield* ResponseCache.makeMemory({ name: "prepare-throws" })
+        for (const guards of [{}, { cache }]) {
+          const { executor } = yield* setup({}, { guards })
+          const other = yield* Mock.make({ name: "other" })
+          const down = yield* Mock.make({ name: "down", random: { success: 0 } })
+          const prepare = () => {
+            throw new Error("prepare bug")
+          }
+          for (const steps of [
+            [{ provider: other.provider, prepare }],
+            [{ provider: down.provider }, { provider: other.provider, prepare }]
+          ]) {
+            const exit = yield* Effect.exit(collect(executor.stream(ask, { steps, retry: false })))
+            assert.isTrue(Exit.isFailure(exit) && Exit.hasFails(exit) && !Exit.hasDies(exit), String(exit))
+          }
+          const error = yield* Effect.flip(
+            collect(executor.stream(ask, { steps: [{ provider: other.provider, prepare }] }))
+          )
+          assert.deepStrictEqual(
+            [error._tag, error._tag === "ModelError" ? [error.reason, error.field, error.message] : []],
+            [
+              "ModelError",
+              ["InvalidRequest", "steps[0].prepare", "invalid steps[0].prepare: the prepare option threw: prepare bug"]
+            ]
+          )
+          assert.strictEqual(yield* other.control.calls, 0)
+          const stats = yield* executor.stats({ provider: "other" })
+          assert.deepStrictEqual([stats.total, stats.failuresByReason], [3, { InvalidRequest: 3 }])
+        }
+      })
+  )
+})
+
 describe("Executor.stream: a step's own first-chunk deadline", () => {
   it.effect("bounds that step's first chunk instead of the stream's, and a bad one is refused naming it", () =>
     Effect.gen(function* () {

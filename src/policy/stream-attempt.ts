@@ -36,7 +36,7 @@ import { cutByShutdown, notAnAiError, unexpected } from "./failure.js"
 import type { BreakerPermit } from "./plan.js"
 import { answerAttributes, endSpan } from "./span.js"
 import { attemptAttributes } from "./step.js"
-import type { StreamPlan, StreamStep } from "./stream-plan.js"
+import { prepareRefusal, type StreamPlan, type StreamStep } from "./stream-plan.js"
 import type { Dedupe } from "./stream-resume.js"
 
 const PREFETCH = 64
@@ -230,7 +230,15 @@ export const attemptStarter = (host: AttemptHost) => {
       const step = plan.steps[index]!
       const series = engine.series(step)
       const scope = yield* Scope.fork(streamScope)
-      const prepared = step.prepare === undefined ? upstream : step.prepare(upstream)
+      let prepared = upstream
+      let refused: AiError | undefined
+      if (step.prepare !== undefined) {
+        try {
+          prepared = step.prepare(upstream)
+        } catch (thrown) {
+          refused = prepareRefusal(step, thrown)
+        }
+      }
       const span =
         host.span === undefined
           ? undefined
@@ -273,6 +281,12 @@ export const attemptStarter = (host: AttemptHost) => {
         span
       }
       host.begin(attempt)
+      // A `prepare` that threw: the attempt ends with its refusal, as an attempt that failed at once.
+      if (refused !== undefined) {
+        attempt.end = Exit.fail(refused)
+        signal()
+        return
+      }
       const produced = producer(attempt, prepared)
       const fiber = yield* Effect.forkIn(
         (span === undefined ? produced : Effect.withParentSpan(produced, span, { captureStackTrace: false })).pipe(

@@ -6,7 +6,7 @@
  * @internal
  */
 import { type Duration, Effect, type Option, Result, Stream } from "effect"
-import { type AiError, invalidRequest, ModelError } from "../AiError.js"
+import { type AiError, invalidRequest, isAiError, ModelError } from "../AiError.js"
 import * as Input from "../Input.js"
 import type { GenerateRequest, Service as ProviderService, StreamPart } from "../Model.js"
 import { decodeRetry, type RetryPolicy, type RetryPolicyInput } from "../Policy.js"
@@ -48,6 +48,22 @@ export interface StreamPlan {
   readonly cache?: { readonly store: StreamCache; readonly key: string } | undefined
   readonly onRetry?: ((event: RetryEvent<ProviderService>) => Effect.Effect<void>) | undefined
 }
+
+/**
+ * What a step's `prepare` threw, as the attempt ends with it: the `ModelError` naming a caller's
+ * `prepare` (its step's wrapper throws it), else the provider's `Unknown` failure.
+ *
+ * @internal
+ */
+export const prepareRefusal = (step: StreamStep, thrown: unknown): AiError =>
+  isAiError(thrown)
+    ? thrown
+    : new ModelError({
+        reason: "Unknown",
+        provider: step.name,
+        message: `preparing the request failed: ${Input.thrownMessage(thrown)}`,
+        cause: thrown
+      })
 
 /**
  * Options of `Executor.stream`; every value is checked (an `InvalidRequest` naming it).
@@ -254,11 +270,27 @@ export const streamFromOptions =
                 ? undefined
                 : (r: GenerateRequest) => {
                     const withModel = model === undefined ? r : { ...r, model }
-                    return prepare === undefined ? withModel : prepare(withModel)
+                    if (prepare === undefined) return withModel
+                    try {
+                      return prepare(withModel)
+                    } catch (cause) {
+                      // Thrown on to the attempt, which ends with it (`prepareRefusal`): a refusal, not a defect.
+                      throw invalidRequest(
+                        `steps[${i}].prepare`,
+                        `the prepare option threw: ${Input.thrownMessage(cause)}`
+                      )
+                    }
                   }
           })
         }
         const cache = options.cache === false ? undefined : options.cacheStore
+        // A first step whose `prepare` throws has no key: its attempt ends with the refusal, counted as any.
+        let keyed: GenerateRequest | undefined
+        try {
+          keyed = cache === undefined ? undefined : (steps[0]!.prepare?.(valid) ?? valid)
+        } catch {
+          keyed = undefined
+        }
         const plan: StreamPlan = {
           steps: steps as unknown as StreamPlan["steps"],
           firstChunkTimeout,
@@ -266,14 +298,14 @@ export const streamFromOptions =
           totalTimeout,
           resume,
           cache:
-            cache === undefined || cache.getParts === undefined || cache.setParts === undefined
+            cache === undefined || cache.getParts === undefined || cache.setParts === undefined || keyed === undefined
               ? undefined
               : {
                   store: { getParts: cache.getParts, setParts: cache.setParts },
                   // Keyed on what the first step sends (a domain's system prompt and model included).
                   key: cache.key({
                     provider: steps[0]!.name,
-                    request: keyedRequest(steps[0]!.prepare?.(valid) ?? valid, steps[0]!.target.defaultModel)
+                    request: keyedRequest(keyed, steps[0]!.target.defaultModel)
                   })
                 },
           onRetry:

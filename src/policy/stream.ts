@@ -33,7 +33,13 @@ import { cutByShutdown, exhaustedOr, shuttingDown } from "./failure.js"
 import { CurrentCut } from "./plan.js"
 import { endSpan, isTraced } from "./span.js"
 import { type Attempt, attemptStarter, closeAttempt, type StreamSpan } from "./stream-attempt.js"
-import { type ExecutorStreamOptions, type StreamDefaults, type StreamPlan, streamFromOptions } from "./stream-plan.js"
+import {
+  type ExecutorStreamOptions,
+  type StreamDefaults,
+  type StreamPlan,
+  type StreamStep,
+  streamFromOptions
+} from "./stream-plan.js"
 import { Dedupe, resumable, resumeRequest } from "./stream-resume.js"
 
 /**
@@ -44,13 +50,22 @@ export interface Streams {
   readonly stream: (request: GenerateRequest, options: ExecutorStreamOptions) => Stream.Stream<StreamPart, AiError>
 }
 
+// The model the first step asks for; a `prepare` that throws ends the attempt, not the span's making.
+const preparedModel = (step: StreamStep, request: GenerateRequest): string | undefined => {
+  try {
+    return (step.prepare?.(request) ?? request).model
+  } catch {
+    return request.model
+  }
+}
+
 // A stream's span attributes: as `Executor.execute`'s, for its first step.
 const streamAttributes = (plan: StreamPlan, request: GenerateRequest): Record<string, unknown> => {
   const first = plan.steps[0]
   return {
     "gen_ai.operation.name": "chat",
     "gen_ai.provider.name": first.name,
-    "gen_ai.request.model": (first.prepare?.(request) ?? request).model ?? first.target.defaultModel,
+    "gen_ai.request.model": preparedModel(first, request) ?? first.target.defaultModel,
     "orchestra.domain": first.domain ?? "none"
   }
 }
