@@ -83,7 +83,8 @@ export interface StreamOptions {
         readonly model?: string | undefined
         /**
          * Adapts the request for this step's provider (after `model`), on each attempt, a resumed
-         * step's continuation included. Its answer is checked as a request; it should not throw.
+         * step's continuation included. Its answer is checked as a request; a throw ends the attempt
+         * with an `InvalidRequest` naming `steps[i].prepare`.
          */
         readonly prepare?: ((request: GenerateRequest) => GenerateRequest) | undefined
         /** This step's first-chunk deadline, instead of the stream's `firstChunkTimeout`. */
