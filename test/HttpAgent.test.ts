@@ -442,6 +442,38 @@ describe("HttpAgent.call", () => {
   )
 
   it.effect(
+    "an agent name holding a lone surrogate is refused naming it (or the URL it defaults to); no series is labelled with it",
+    () =>
+      Effect.gen(function* () {
+        const registry = new Map<string, never>()
+        const service = yield* agents({ registry, client: echoClient })
+        // In UTF-8 (a scrape, a log line) each lone surrogate is U+FFFD: these were one agent's series.
+        const cases: ReadonlyArray<readonly [HttpAgent.Agent, string]> = [
+          [HttpAgent.agent({ url: "http://agents.test/a", name: "agent-\uD800" }), "agent.name"],
+          [HttpAgent.agent({ url: "http://agents.test/a", name: "agent-\uDC00" }), "agent.name"],
+          // No name: the URL (without its query) is the name.
+          [HttpAgent.agent({ url: "http://agents.test/b-\uD800" }), "agent.url"]
+        ]
+        for (const [agent, field] of cases) {
+          assert.strictEqual(agent.issue?.path, field)
+          assert.include(agent.issue?.message, "surrogate")
+          const record = yield* service.call(task("lone", agent))
+          assert.deepStrictEqual([record.status, record.error?.field, record.attempts], ["error", field, 0])
+          assert.isFalse(/[\uD800-\uDFFF]/u.test(record.agent), `the record's agent: ${JSON.stringify(record.agent)}`)
+        }
+        const snapshot = yield* Effect.provideService(Metric.snapshot, Metric.MetricRegistry, registry)
+        const labels = snapshot.flatMap((m) => Object.values(m.attributes ?? {}))
+        assert.isFalse(
+          labels.some((label) => typeof label === "string" && /[\uD800-\uDFFF]/u.test(label)),
+          JSON.stringify(labels)
+        )
+        // A pair is one character, with its UTF-8 form.
+        const paired = yield* service.call(task("pair", HttpAgent.agent({ url: "http://agents.test/a", name: "😀" })))
+        assert.deepStrictEqual([paired.status, paired.agent], ["success", "😀"])
+      })
+  )
+
+  it.effect(
     "an agent or fallback that is neither an agent nor a URL is an error record naming it, in a batch too",
     () =>
       Effect.gen(function* () {

@@ -502,6 +502,23 @@ describe("RateLimit (memory, TestClock)", () => {
     })
   )
 
+  it.effect(
+    "a key holding a lone surrogate is refused naming it: as a metric label or a Redis key it would be another such key",
+    () =>
+      Effect.gen(function* () {
+        // In UTF-8 (a scrape, a Redis command) each lone surrogate is U+FFFD: these three were one key.
+        for (const key of ["p-\uD800", "p-\uDC00", "p-\uDBFF\uDBFF"]) {
+          const error = yield* configError({ providers: { [key]: { requestsPerMinute: 1 } } })
+          assert.strictEqual(error.path, `providers.${key}`)
+          assert.include(error.message, "surrogate")
+          assert.include(error.message, JSON.stringify(key), "the message tells the keys apart")
+        }
+        // A pair is one character: it has its UTF-8 form.
+        const paired = yield* service({ providers: { "p-😀": { requestsPerMinute: 1 } } })
+        assert.strictEqual(paired.limitsOf("p-😀")?.requestsPerMinute, 1)
+      })
+  )
+
   it.effect("window and maxWait take any duration form", () =>
     Effect.gen(function* () {
       const key = uniqueName("window")

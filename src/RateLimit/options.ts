@@ -9,6 +9,7 @@ import { type Duration, Result } from "effect"
 import * as Input from "../Input.js"
 import * as Metrics from "../Metrics.js"
 import type { Limits, Options, ResolvedLimits } from "../RateLimit.js"
+import { textIssue } from "../stats/labels.js"
 
 const limitFields: ReadonlySet<string> = new Set(["requestsPerMinute", "tokensPerMinute", "window", "algorithm"])
 
@@ -90,6 +91,9 @@ export const checkOptions = (options: Options, fields: ReadonlySet<string> = opt
         message: `reserved: the keys past the series bound count as ${key}`
       })
     }
+    // A metric label and a Redis key: one without a UTF-8 form would be another such key there.
+    const text = textIssue(key, `providers.${key}`)
+    if (text !== undefined) return Result.fail(text)
     const checked = checkLimits(limits, `providers.${key}`)
     if (Result.isFailure(checked)) return Result.fail(checked.failure)
     providers.set(key, checked.success)

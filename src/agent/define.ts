@@ -16,7 +16,8 @@ import * as Decode from "../Model/http/decode.js"
 import * as Errors from "../Model/http/errors.js"
 import * as Http from "../Model/http/options.js"
 import { decodeRetry, type RetryPolicy } from "../Policy.js"
-import { agentName, display } from "./task.js"
+import { textIssue } from "../stats/labels.js"
+import { agentName, display, noAgent } from "./task.js"
 
 const checkUrl = (input: unknown): Input.Checked<string> =>
   Result.map(
@@ -55,10 +56,15 @@ const agentIssue = (
           "name",
           Input.orDefault(options.name, typeof options.url === "string" ? display(options.url) : options.url)
         ),
-        (name) =>
-          name === Metrics.otherSeries
-            ? Result.fail({ path: "name", message: `reserved: the agents past the series bound count as ${name}` })
-            : Result.succeed(agentName(name))
+        (name) => {
+          if (name === Metrics.otherSeries) {
+            return Result.fail({ path: "name", message: `reserved: the agents past the series bound count as ${name}` })
+          }
+          // A metric label: one without a UTF-8 form would be another such agent's.
+          const label = agentName(name)
+          const text = textIssue(label, options.name === undefined ? "url" : "name")
+          return text === undefined ? Result.succeed(label) : Result.fail(text)
+        }
       ),
       Input.optional(options.timeout, (t) => Input.duration("timeout", t)),
       Input.optional(options.retry, (r) => decodeRetry(r, "retry"))
@@ -92,11 +98,13 @@ export const makeAgent = (schema: typeof Answer) => {
   return (given: Given): Agent<unknown> => {
     const { options, issue: unreadable } = readOptions(given)
     const checked = unreadable === undefined ? agentIssue(options) : Result.fail(unreadable)
+    const named = typeof options?.name === "string" ? agentName(options.name) : display(String(options?.url))
+    // A refused agent's records still count under its name: not one that no label can hold.
     const name = Result.isSuccess(checked)
       ? checked.success.name
-      : typeof options?.name === "string"
-        ? agentName(options.name)
-        : display(String(options?.url))
+      : textIssue(named, "name") === undefined
+        ? named
+        : noAgent
     const base = Result.isSuccess(checked)
       ? { ...checked.success, url: options.url }
       : { name, url: String(options?.url), timeout: undefined, retry: undefined, headers: {}, secrets: [] }

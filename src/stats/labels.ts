@@ -21,8 +21,10 @@ const loneSurrogate = /[\uD800-\uDFFF]/u
 
 /**
  * The issue of a name holding an unpaired surrogate (`"\uD800"`), which has no UTF-8 form: the
- * exposition (as any UTF-8 exporter) prints U+FFFD in its place, so two names differing only
- * there would label one series twice. Checked where a name enters, as the reserved ones are.
+ * exposition (as any UTF-8 exporter), a Redis command or a log line writes U+FFFD in its place,
+ * so two names differing only there would label one series twice, or share one Redis key.
+ * Checked where a name enters, as the reserved ones are: domains, providers, pipeline steps,
+ * rate-limit keys, HTTP agents, the gateway's keys.
  *
  * @internal
  */
@@ -30,7 +32,7 @@ export const textIssue = (name: string, path: string): Issue | undefined =>
   loneSurrogate.test(name)
     ? {
         path,
-        message: `expected well-formed Unicode, got ${JSON.stringify(name)}: a lone surrogate has no UTF-8 form, and would label its series as other such names do`
+        message: `expected well-formed Unicode, got ${JSON.stringify(name)}: a lone surrogate has no UTF-8 form, and would be written as in any other such name (U+FFFD)`
       }
     : undefined
 

@@ -159,6 +159,33 @@ describe("KeyStore: keys", () => {
       }
     })
   )
+
+  it.effect("a name holding a lone surrogate is refused naming the field: in UTF-8 it would be another such name", () =>
+    Effect.gen(function* () {
+      const cases: ReadonlyArray<readonly [KeyStore.Options, string]> = [
+        [{ keys: [key("a", secretA, { name: "Alpha \uD800" })] }, "keys[0].name"],
+        [{ keys: [{ ...key("a", secretA), prefix: "sk-\uDC00" }] }, "keys[0].prefix"],
+        // Ids, teams and model names are ASCII: refused by their shape.
+        [{ keys: [key("a\uD800", secretA)] }, "keys[0].id"],
+        [{ teams: { "red\uD800": {} } }, "teams.red\uD800"],
+        [{ keys: [key("a", secretA, { allowedModels: ["m\uD800"] })] }, "keys[0].allowedModels[0]"],
+        [{ keys: [key("a", secretA, { modelBudgets: { "m\uD800": { tokens: 5 } } })] }, "keys[0].modelBudgets.m\uD800"],
+        [{ prices: { "m\uD800": { input: 1, output: 1 } } }, "prices.m\uD800"]
+      ]
+      for (const [options, path] of cases) {
+        const error = yield* Effect.flip(Layer.build(KeyStore.layerMemory(options)))
+        assert.strictEqual(error._tag, "OptionError", path)
+        assert.strictEqual(error.path, path, error.message)
+      }
+      const named = yield* Effect.flip(
+        Layer.build(KeyStore.layerMemory({ keys: [key("a", secretA, { name: "Alpha \uD800" })] }))
+      )
+      assert.include(named.message, "surrogate")
+      // A pair is one character, with its UTF-8 form.
+      const store = yield* memory({ keys: [key("a", secretA, { name: "Alpha 😀" })] })
+      assert.strictEqual((yield* store.authenticate(Redacted.make(secretA))).name, "Alpha 😀")
+    })
+  )
 })
 
 describe("KeyStore: every problem of a configuration at once", () => {
@@ -2162,6 +2189,24 @@ describe("Admin routes", () => {
       assert.strictEqual((yield* admin("/admin/elsewhere")).status, 404)
       const big = yield* admin("/admin/keys", { method: "POST", body: { name: "x".repeat(70_000) } })
       assert.strictEqual(big.status, 413)
+    })
+  )
+
+  it.live("a create whose name holds a lone surrogate is a 400 naming it; nothing is created", () =>
+    Effect.gen(function* () {
+      const store = yield* memory({ keys: [] })
+      const admin = yield* adminServer(store)
+      // JSON carries it escaped ("\ud800"); parsed, it is a lone surrogate, one name with any other in UTF-8.
+      const refused = yield* admin("/admin/keys", { method: "POST", body: { id: "svc", name: "Service \uD800" } })
+      assert.strictEqual(refused.status, 400)
+      assert.strictEqual(refused.body.error.type, "invalid_request_error")
+      assert.strictEqual(refused.body.error.param, "name")
+      assert.include(refused.body.error.message, "surrogate")
+      assert.strictEqual((yield* admin("/admin/keys/svc")).status, 404)
+      const direct = yield* failure(store.create({ name: "Service \uDC00" }))
+      assert.deepStrictEqual([direct.reason, direct.param], ["InvalidRequest", "name"])
+      const paired = yield* admin("/admin/keys", { method: "POST", body: { id: "svc", name: "Service 😀" } })
+      assert.deepStrictEqual([paired.status, paired.body.name], [201, "Service 😀"])
     })
   )
 

@@ -311,15 +311,20 @@ describe("orchestra serve, the keys of the gateway file", () => {
           }
         })
         const adminless = write("keys-admin.json", { server: { port: 0 }, admin: { keyEnv: "TEST_ADMIN_KEY" } })
+        // Written escaped ("\ud800"), read back a lone surrogate: one name with any other such in UTF-8.
+        const lone = write("keys-lone.json", {
+          server: { port: 0 },
+          keys: { keys: [{ id: "k0", sha256: sha, name: "k\uD800" }] }
+        })
         const exitOf = (file: string) =>
           Effect.flatMap(
             serve(["--config", config, "--gateway", file], { TEST_ADMIN_KEY: "admin-key-0123456789abcdef" }),
             (started) => started.exit
           )
-        const [badEntries, badModels, noKeys] = yield* Effect.all(
-          [exitOf(entries), exitOf(models), exitOf(adminless)],
+        const [badEntries, badModels, noKeys, loneName] = yield* Effect.all(
+          [exitOf(entries), exitOf(models), exitOf(adminless), exitOf(lone)],
           {
-            concurrency: 3
+            concurrency: 4
           }
         )
         const unknownModel = (name: string, what: string) =>
@@ -337,7 +342,8 @@ describe("orchestra serve, the keys of the gateway file", () => {
             models,
             `invalid keys.keys[0].allowedModels[0]: ${unknownModel("gtp-4", ", or *")} (2 problems in all; also keys.prices.gtp-5: `
           ],
-          [noKeys, adminless, "admin: the admin routes manage keys: add a `keys` section"]
+          [noKeys, adminless, "admin: the admin routes manage keys: add a `keys` section"],
+          [loneName, lone, 'invalid keys.keys[0].name: expected well-formed Unicode, got "k\\ud800"']
         ]
         for (const [result, file, message] of expected) {
           assert.strictEqual(result.code, 2, result.stderr)

@@ -9,6 +9,7 @@
 import { Duration, Result } from "effect"
 import type { Models } from "../../Gateway.js"
 import * as Input from "../../Input.js"
+import { textIssue } from "../../stats/labels.js"
 import { unknownModel } from "../models.js"
 import { kind } from "../checks.js"
 import type { Options } from "./KeyStore.js"
@@ -150,10 +151,15 @@ const model = (path: string, input: unknown): Checked<string> =>
     ? Result.succeed(input)
     : fail(path, "expected a model name: 1 to 200 printable characters without spaces")
 
-const text = (path: string, input: unknown, max: number): Checked<string> =>
-  typeof input === "string" && input.length > 0 && input.length <= max && !/\p{Cc}/u.test(input)
-    ? Result.succeed(input)
-    : fail(path, `expected a non-empty string of at most ${max} characters`)
+// Ids and model names are ASCII by their patterns; a name or a prefix is any text, and one without
+// a UTF-8 form (a lone surrogate) would read as another in logs, headers and Redis.
+const text = (path: string, input: unknown, max: number): Checked<string> => {
+  if (typeof input !== "string" || input.length === 0 || input.length > max || /\p{Cc}/u.test(input)) {
+    return fail(path, `expected a non-empty string of at most ${max} characters`)
+  }
+  const lone = textIssue(input, path)
+  return lone === undefined ? Result.succeed(input) : Result.fail(lone)
+}
 
 // `periodMs` (milliseconds): the field a key read back shows, so that it can be given back as it is.
 const budgetFields: ReadonlySet<string> = new Set(["tokens", "usd", "period", "periodMs"])
