@@ -361,15 +361,7 @@ export const make = Effect.fnUntraced(function* <E>(
       const thenable = typeof (answer as PromiseLike<unknown> | null)?.then === "function"
       // Its rejection would otherwise be unhandled: the answer is refused either way.
       if (thenable) Promise.resolve(answer).catch(() => undefined)
-      const what = thenable
-        ? "a Promise (wrap it in Effect.tryPromise)"
-        : answer === null || answer === undefined
-          ? String(answer)
-          : Array.isArray(answer)
-            ? "an array"
-            : typeof answer === "object"
-              ? "an object"
-              : `a ${typeof answer}`
+      const what = thenable ? "a Promise (wrap it in Effect.tryPromise)" : Input.kindOf(answer)
       return Effect.fail(lookupError(`answered ${what}, not an Effect`))
     }).pipe(
       Effect.flatMap((found): Effect.Effect<ReadonlyArray<Endpoint>, ModelError> => {

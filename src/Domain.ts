@@ -178,7 +178,7 @@ export const check = (input: unknown, options: string | CheckOptions = {}): Inpu
   if (typeof options !== "string" && (typeof options !== "object" || options === null || Array.isArray(options))) {
     return Result.fail({
       path: "options",
-      message: `expected a path or { path, fallbackTo }, got ${options === null ? "null" : Array.isArray(options) ? "an array" : typeof options}`
+      message: `expected a path or { path, fallbackTo }, got ${Input.kindOf(options)}`
     })
   }
   const given: CheckOptions = typeof options === "string" ? { path: options } : options
@@ -339,9 +339,7 @@ const registry = (domains: ReadonlyArray<Domain>): DomainsService => {
     all: Array.from(byName.values()),
     get: (name) => {
       if (typeof name !== "string")
-        return Effect.fail(
-          invalidRequest("domain", `expected a domain name, got ${name === null ? "null" : typeof name}`)
-        )
+        return Effect.fail(invalidRequest("domain", `expected a domain name, got ${Input.kindOf(name)}`))
       const found = byName.get(name)
       return found === undefined
         ? Effect.fail(invalidRequest("domain", `unknown domain "${name}" (known: ${names.join(", ")})`))

@@ -407,7 +407,10 @@ const serveKeys: ReadonlySet<string> = new Set([
 const host = (input: unknown): Input.Checked<string> =>
   typeof input === "string" && input.trim().length > 0 && input.trim() === input
     ? Result.succeed(input)
-    : Result.fail({ path: "host", message: `expected a host name or address such as "127.0.0.1", got ${typeof input}` })
+    : Result.fail({
+        path: "host",
+        message: `expected a host name or address such as "127.0.0.1", got ${Input.kindOf(input)}`
+      })
 
 const checkServe = (options: ServeOptions) =>
   Input.all([

@@ -74,10 +74,44 @@ export type Checked<A> = Result.Result<A, Issue>
  */
 export type DurationInput = Duration.Input
 
+// Each `typeof` as a message says it; `kindOf` and `notOfKind` both read it.
+const kindNames = {
+  string: "a string",
+  number: "a number",
+  bigint: "a bigint",
+  boolean: "a boolean",
+  symbol: "a symbol",
+  undefined: "undefined",
+  object: "an object",
+  function: "a function"
+} as const
+
+// `Array.isArray` throws for a revoked `Proxy`: such a value is no array a message could name.
+const isArray = (input: object): boolean => {
+  try {
+    return Array.isArray(input)
+  } catch {
+    return false
+  }
+}
+
 /**
- * A caller's value as an error message shows it: a string quoted, a number, boolean, `null` or
- * `Duration` as it reads, an array as "an array", anything else by its type. Never throws (a
- * BigInt, a cycle or a getter are not written out, as `JSON.stringify` would try to).
+ * What a wrong value is, for a message (`expected a string, got an array`): `"null"`,
+ * `"an array"`, `"an object"`, `"a string"`, `"a number"`, `"a boolean"`, `"a function"`,
+ * `"a bigint"`, `"a symbol"` or `"undefined"`. Never writes the value itself (it may be a secret,
+ * or large: {@link shown} writes a scalar out), and never throws.
+ *
+ * @since 0.3.0
+ * @category checks
+ */
+export const kindOf = (input: unknown): string =>
+  input === null ? "null" : typeof input === "object" && isArray(input) ? "an array" : kindNames[typeof input]
+
+/**
+ * A caller's value as an error message shows it: a string quoted, a number, boolean or
+ * `Duration` as it reads, anything else by its kind ({@link kindOf}: `null`, an array, an
+ * object...). Never throws (a BigInt, a cycle or a getter are not written out, as
+ * `JSON.stringify` would try to).
  *
  * @since 0.3.0
  * @category checks
@@ -85,10 +119,30 @@ export type DurationInput = Duration.Input
 export const shown = (input: unknown): string => {
   if (typeof input === "string") return JSON.stringify(input)
   if (typeof input === "number" || typeof input === "boolean") return String(input)
-  if (input === null) return "null"
   if (Duration.isDuration(input)) return Duration.format(input)
-  if (Array.isArray(input)) return "an array"
-  return typeof input
+  return kindOf(input)
+}
+
+/**
+ * What an object given for options is when it cannot be options: a class instance without fields
+ * of its own (a signal passed bare instead of `{ signal }`, a `Map`), whose keys would be none, so
+ * the call would run as if given no options. `undefined`: a plain object, or one with fields.
+ *
+ * @since 0.3.0
+ * @category checks
+ */
+export const notOptions = (input: object): string | undefined => {
+  try {
+    if (input instanceof AbortSignal) return "an AbortSignal (pass it as { signal })"
+    const proto: unknown = Object.getPrototypeOf(input)
+    if (proto === Object.prototype || proto === null || Object.keys(input).length > 0) return undefined
+    const maker: unknown = (proto as { readonly constructor?: unknown }).constructor
+    const name = typeof maker === "function" ? maker.name : ""
+    return name === "" ? "an object without fields of its own" : `an instance of ${name}`
+  } catch {
+    // A `Proxy` whose trap throws: reading its fields names it.
+    return undefined
+  }
 }
 
 /**
@@ -166,7 +220,7 @@ export const thrownMessage = (thrown: unknown): string => {
   try {
     return thrown instanceof Error ? String(thrown.message) : String(thrown)
   } catch {
-    return `a value that cannot be shown (${thrown === null ? "null" : typeof thrown})`
+    return `a value that cannot be shown (${kindOf(thrown)})`
   }
 }
 
@@ -689,8 +743,6 @@ export const notABoolean = (options: object, fields: ReadonlyArray<string>): Iss
   return undefined
 }
 
-const kindNames = { function: "a function", string: "a string", object: "an object" } as const
-
 /**
  * The issue of the first `[field, kind]` of `fields` whose value in `options` is given but not
  * of that kind (`null` included): an `onRetry: null` would throw on the first retry, a
@@ -701,7 +753,7 @@ const kindNames = { function: "a function", string: "a string", object: "an obje
  */
 export const notOfKind = (
   options: object,
-  fields: ReadonlyArray<readonly [field: string, kind: keyof typeof kindNames]>
+  fields: ReadonlyArray<readonly [field: string, kind: "function" | "string" | "object"]>
 ): Issue | undefined => {
   for (const [field, kind] of fields) {
     const value = (options as Record<string, unknown>)[field]

@@ -113,8 +113,6 @@ const partOptions = [
   ["cache", "an object of cache options, false or a layer"]
 ] as const
 
-const kind = (u: unknown): string => (u === null ? "null" : Array.isArray(u) ? "an array" : typeof u)
-
 /**
  * The domains of a manager: the predefined ones (or `domains`), plus `extraDomains`, with
  * `overrideDomains` replacing by name. Checked (an `OptionError` names the field).
@@ -251,7 +249,7 @@ export const layer = <const P extends Record<string, Layer.Layer<ModelProvider, 
       const options = yield* Input.orOptionError(Input.snapshot(given, "", "options"))
       if (typeof options !== "object" || options === null || Array.isArray(options)) {
         return yield* Input.orOptionError(
-          Result.fail({ path: "options", message: `expected an object ({ providers }), got ${kind(options)}` })
+          Result.fail({ path: "options", message: `expected an object ({ providers }), got ${Input.kindOf(options)}` })
         )
       }
       const unknown = Input.unknownKey(options, optionKeys)
@@ -261,7 +259,7 @@ export const layer = <const P extends Record<string, Layer.Layer<ModelProvider, 
         return yield* Effect.fail(
           new Input.OptionError({
             path: "providers",
-            message: `expected an object of provider layers ({ main: Mock.layer() }), got ${providersGiven === null ? "null" : Array.isArray(providersGiven) ? "an array" : typeof providersGiven}`
+            message: `expected an object of provider layers ({ main: Mock.layer() }), got ${Input.kindOf(providersGiven)}`
           })
         )
       }
@@ -272,7 +270,7 @@ export const layer = <const P extends Record<string, Layer.Layer<ModelProvider, 
           return yield* Effect.fail(
             new Input.OptionError({
               path: `providers.${name}`,
-              message: `expected a provider layer (Mock.layer(), OpenAiCompat.layer(...)), got ${provider === null ? "null" : typeof provider}`
+              message: `expected a provider layer (Mock.layer(), OpenAiCompat.layer(...)), got ${Input.kindOf(provider)}`
             })
           )
         }
@@ -285,7 +283,10 @@ export const layer = <const P extends Record<string, Layer.Layer<ModelProvider, 
       const givenDefault: unknown = options.defaultProvider
       if (givenDefault !== undefined && typeof givenDefault !== "string") {
         return yield* Input.orOptionError(
-          Result.fail({ path: "defaultProvider", message: `expected a provider name, got ${kind(givenDefault)}` })
+          Result.fail({
+            path: "defaultProvider",
+            message: `expected a provider name, got ${Input.kindOf(givenDefault)}`
+          })
         )
       }
       const defaultProvider = givenDefault ?? names[0]!
@@ -304,7 +305,7 @@ export const layer = <const P extends Record<string, Layer.Layer<ModelProvider, 
         if (value === undefined || (part !== "executor" && (value === false || isLayer(value)))) continue
         if (typeof value !== "object" || value === null || Array.isArray(value)) {
           return yield* Input.orOptionError(
-            Result.fail({ path: part, message: `expected ${expected}, got ${kind(value)}` })
+            Result.fail({ path: part, message: `expected ${expected}, got ${Input.kindOf(value)}` })
           )
         }
       }

@@ -1097,7 +1097,7 @@ describe("createOrchestra: batch, stats, streams", () => {
     })
     const orchestra = createOrchestra(Orchestra.layer({ providers: { main: dying }, breakers: false }))
     try {
-      const expected = "a value that cannot be shown (object)"
+      const expected = "a value that cannot be shown (an object)"
       for (const call of [
         () => orchestra.execute("x"),
         () => orchestra.embed("x"),

@@ -297,7 +297,7 @@ describe("HttpAgent.call", () => {
           assert.strictEqual(record.status, "error")
           assert.strictEqual(record.error?.field, 'agent.headers["x-n"]')
           assert.strictEqual(provider.path, 'headers["x-n"]')
-          const expected = `expected a string or a Redacted string, got ${value === null ? "null" : "number"}`
+          const expected = `expected a string or a Redacted string, got ${value === null ? "null" : "a number"}`
           assert.include(provider.message, expected)
           assert.include(record.error?.message, expected)
         }

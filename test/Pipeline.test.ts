@@ -231,7 +231,7 @@ describe("Pipeline", () => {
         return outcome?.status === "failed" ? outcome.message : `not failed: ${outcome?.status}`
       }
       assert.include(messageOf("fetch"), 'step "fetch": run must return an Effect, got a Promise')
-      assert.include(messageOf("count"), 'step "count": run must return an Effect, got number')
+      assert.include(messageOf("count"), 'step "count": run must return an Effect, got a number')
       assert.strictEqual(result.steps.after?.status, "skipped")
     })
   )
@@ -779,7 +779,7 @@ describe("Pipeline steps through the executor's policy pipeline", () => {
       const fallsBack = result.steps.fallsBack
       assert.include(
         fallsBack.status === "failed" ? fallsBack.message : "",
-        'step "fallsBack": fallback must return an Effect, got string'
+        'step "fallsBack": fallback must return an Effect, got a string'
       )
     })
   )

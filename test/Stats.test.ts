@@ -82,6 +82,22 @@ describe("Stats", () => {
     })
   )
 
+  it.effect("a wrong filter is said by its kind, in the words every other check uses (Input.kindOf)", () =>
+    Effect.gen(function* () {
+      const stats = yield* make
+      for (const [filter, message] of [
+        [{ provider: 1 }, "invalid filter.provider: expected a name, got a number"],
+        [{ domain: ["d"] }, "invalid filter.domain: expected a name, got an array"],
+        [{ domain: () => "d" }, "invalid filter.domain: expected a name, got a function"],
+        ["p", "invalid filter: expected { provider?, domain? }, got a string"],
+        [true, "invalid filter: expected { provider?, domain? }, got a boolean"]
+      ] as const) {
+        const error = yield* Effect.flip(stats.snapshot(filter as never))
+        assert.strictEqual(error.message, message)
+      }
+    })
+  )
+
   it.effect(
     "a filter that is no object of fields (a signal, a Map) is refused naming filter, not read as no filter",
     () =>

@@ -128,7 +128,7 @@ export const check = (options: Options, extraKeys: ReadonlySet<string> = new Set
     return fail("successThreshold", "the store closes the circuit on the probe's first success; it must be 1")
   }
   if (options.isFailure !== undefined && typeof options.isFailure !== "function") {
-    return fail("isFailure", `expected a function (error) => boolean, got ${typeof options.isFailure}`)
+    return fail("isFailure", `expected a function (error) => boolean, got ${Input.kindOf(options.isFailure)}`)
   }
   if (options.name !== undefined && (typeof options.name !== "string" || options.name.length === 0)) {
     return fail("name", `expected a non-empty string, got ${JSON.stringify(options.name)}`)

@@ -127,7 +127,7 @@ export const make = (options: Options = {}): Effect.Effect<Service, ModelError |
     ? Input.orOptionError(
         Result.fail({
           path: "options",
-          message: `expected an object, got ${options === null ? "null" : typeof options}`
+          message: `expected an object, got ${Input.kindOf(options)}`
         })
       )
     : Effect.flatMap(

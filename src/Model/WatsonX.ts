@@ -127,7 +127,7 @@ const checkOptions = (options: Options) =>
         ? Result.succeed("2024-05-31")
         : Result.fail({
             path: "version",
-            message: `expected a date such as "2024-05-31", got ${typeof options.version === "string" ? JSON.stringify(options.version) : options.version === null ? "null" : typeof options.version}`
+            message: `expected a date such as "2024-05-31", got ${typeof options.version === "string" ? JSON.stringify(options.version) : Input.kindOf(options.version)}`
           }),
     Http.nonEmpty("model", Input.orDefault(options.model, "ibm/granite-3-8b-instruct")),
     Http.nonEmpty("embeddingModel", Input.orDefault(options.embeddingModel, "ibm/slate-125m-english-rtrvr-v2")),

@@ -132,7 +132,7 @@ export const checkGenerate = (
   limits: RequestLimits = defaultRequestLimits
 ): ModelError | undefined => {
   if (typeof request !== "object" || request === null) {
-    return invalid("request", `expected an object, got ${request === null ? "null" : typeof request}`)
+    return invalid("request", `expected an object, got ${Input.kindOf(request)}`)
   }
   if (
     !isPlainGenerate(request as Record<string, unknown>) &&
@@ -235,7 +235,7 @@ export const validateEmbed = (
   limits: RequestLimits = defaultRequestLimits
 ): Effect.Effect<EmbedRequest, ModelError> => {
   if (typeof request !== "object" || request === null) {
-    return refuse("request", `expected an object, got ${request === null ? "null" : typeof request}`)
+    return refuse("request", `expected an object, got ${Input.kindOf(request)}`)
   }
   if (Array.isArray((request as { readonly texts?: unknown }).texts) && request.texts.length === 0) {
     return refuse("texts", "expected at least one text")

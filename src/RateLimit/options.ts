@@ -126,7 +126,7 @@ export const checkTokens = (tokens: number | undefined): Input.Checked<number> =
  */
 export const checkWaitUntil = (waitUntil: unknown): Input.Checked<number> => {
   if (typeof waitUntil === "number" && !Number.isNaN(waitUntil)) return Result.succeed(waitUntil)
-  const got = waitUntil === null ? "null" : typeof waitUntil === "number" ? "NaN" : typeof waitUntil
+  const got = typeof waitUntil === "number" ? "NaN" : Input.kindOf(waitUntil)
   return Result.fail({ path: "waitUntil", message: `expected an instant in Clock milliseconds, got ${got}` })
 }
 

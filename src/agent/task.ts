@@ -203,7 +203,7 @@ export const labelOf = (
 
 const notAgent = (field: string, ref: unknown): Invalid => ({
   field,
-  message: `expected an agent (HttpAgent.agent) or its URL, got ${ref === null ? "null" : typeof ref}`
+  message: `expected an agent (HttpAgent.agent) or its URL, got ${Input.kindOf(ref)}`
 })
 
 const taskKeys: ReadonlySet<string> = new Set([
@@ -231,7 +231,7 @@ const checkTask = (task: Task): Invalid | undefined => {
   }
   for (const field of ["id", "intent", "concept"] as const) {
     const value = task[field]
-    if (typeof value !== "string") return { field, message: `expected a string, got ${typeof value}` }
+    if (typeof value !== "string") return { field, message: `expected a string, got ${Input.kindOf(value)}` }
     // A concept or intent is a registry query (its URL, the discovery cache's key); an id names the task.
     if (value.length === 0 || value.length > maxNameLength)
       return { field, message: `expected 1 to ${maxNameLength} characters, got ${value.length}` }

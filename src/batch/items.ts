@@ -26,8 +26,6 @@ export interface Parsed {
  */
 export const maxRequestArray = 1_000_000
 
-const kind = (u: unknown): string => (u === null ? "null" : Array.isArray(u) ? "an array" : typeof u)
-
 const expected = "expected a string, { query } or { request }"
 
 const itemFields = ["domain", "query", "request"]
@@ -81,7 +79,7 @@ export const parse = (item: unknown, index: number): Parsed | ModelError => {
   if (typeof item === "string") return { request: { prompt: item }, domain: undefined, via: "string" }
   if (item instanceof UnreadableItem) return threw(`items[${index}]`, "reading it", item.error)
   if (typeof item !== "object" || item === null || Array.isArray(item)) {
-    return invalidRequest(`items[${index}]`, `${expected}, got ${kind(item)}`)
+    return invalidRequest(`items[${index}]`, `${expected}, got ${Input.kindOf(item)}`)
   }
   const read = Input.readFields(item, itemFields, `items[${index}]`)
   if (Result.isFailure(read)) return Input.toInvalidRequest(read.failure)
@@ -94,11 +92,11 @@ export const parse = (item: unknown, index: number): Parsed | ModelError => {
   }
   const domain = fields.domain
   if (domain !== undefined && typeof domain !== "string") {
-    return invalidRequest(`items[${index}].domain`, `expected a domain name, got ${kind(domain)}`)
+    return invalidRequest(`items[${index}].domain`, `expected a domain name, got ${Input.kindOf(domain)}`)
   }
   if ("query" in fields) {
     if (typeof fields.query !== "string") {
-      return invalidRequest(`items[${index}].query`, `expected a string, got ${kind(fields.query)}`)
+      return invalidRequest(`items[${index}].query`, `expected a string, got ${Input.kindOf(fields.query)}`)
     }
     return { request: { prompt: fields.query }, domain, via: "query" }
   }
@@ -185,9 +183,9 @@ export const check = (
   ModelError
 > =>
   Effect.gen(function* () {
-    if (!Array.isArray(items)) return yield* fail("items", `expected an array of items, got ${kind(items)}`)
+    if (!Array.isArray(items)) return yield* fail("items", `expected an array of items, got ${Input.kindOf(items)}`)
     if (input === null || typeof input !== "object") {
-      return yield* fail("options", `expected an object, got ${kind(input)}`)
+      return yield* fail("options", `expected an object, got ${Input.kindOf(input)}`)
     }
     const read = Input.readFields(input, optionNames)
     if (Result.isFailure(read)) return yield* Effect.fail(Input.toInvalidRequest(read.failure))
@@ -204,7 +202,8 @@ export const check = (
     if (Result.isFailure(concurrency)) return yield* fail(concurrency.failure.path, concurrency.failure.message)
     const domain = options.domain
     if (domain !== undefined) {
-      if (typeof domain !== "string") return yield* fail("domain", `expected a domain name, got ${kind(domain)}`)
+      if (typeof domain !== "string")
+        return yield* fail("domain", `expected a domain name, got ${Input.kindOf(domain)}`)
       if (!resolved.has(domain)) yield* router.chain(domain)
     }
     const given = Input.orDefault(options.fallback, [])
@@ -239,14 +238,14 @@ export const check = (
     }
     for (const field of ["onProgress", "onEvent"] as const) {
       const f = options[field]
-      if (f !== undefined && !isFunction(f)) return yield* fail(field, `expected a function, got ${kind(f)}`)
+      if (f !== undefined && !isFunction(f)) return yield* fail(field, `expected a function, got ${Input.kindOf(f)}`)
     }
     if (options.cancel !== undefined && !Effect.isEffect(options.cancel)) {
       return yield* fail("cancel", `expected an Effect that completes when the batch should stop`)
     }
     const id = options.id
     if (id !== undefined && (typeof id !== "string" || id.trim().length === 0)) {
-      return yield* fail("id", `expected a non-empty string, got ${typeof id === "string" ? '""' : kind(id)}`)
+      return yield* fail("id", `expected a non-empty string, got ${typeof id === "string" ? '""' : Input.kindOf(id)}`)
     }
     // Read once, here: a length that cannot be read is `items`' error, not a defect of the run.
     let total: number

@@ -140,9 +140,6 @@ export const tidy = (message: string): string => {
   return text.length <= 240 ? text : `${Input.wholePrefix(text, 237)}...`
 }
 
-const kind = (u: unknown): string =>
-  u === null ? "null" : Array.isArray(u) ? "an array" : typeof u === "object" ? "an object" : `a ${typeof u}`
-
 /** Fields whose value may be a secret put in the wrong place: a wrong value is described, never quoted. */
 const secretField = /key|token|secret|password|authorization/i
 
@@ -172,7 +169,7 @@ const valueAt = (input: unknown, path: ReadonlyArray<PropertyKey>): unknown =>
 /** `expected string, got ["sk-…"]` as `expected string, got an array`. */
 const withoutValue = (message: string, value: unknown): string => {
   const got = message.indexOf(", got ")
-  return got < 0 ? message : `${message.slice(0, got)}, got ${kind(value)}`
+  return got < 0 ? message : `${message.slice(0, got)}, got ${Input.kindOf(value)}`
 }
 
 const shapeIssues = (
@@ -229,7 +226,7 @@ const providerIssues = (providers: Readonly<Record<string, unknown>>): ReadonlyA
         ? providerSchemas[type as keyof typeof providerSchemas]
         : undefined
     if (schema === undefined) {
-      const got = type === undefined ? "nothing" : typeof type === "string" ? JSON.stringify(type) : kind(type)
+      const got = type === undefined ? "nothing" : typeof type === "string" ? JSON.stringify(type) : Input.kindOf(type)
       issues.push({
         path: `${at}.type`,
         message: `expected one of ${providerTypes.map((t) => `"${t}"`).join(", ")}, got ${got}`
@@ -302,7 +299,7 @@ const references = (config: Readonly<Record<string, unknown>>): ReadonlyArray<Is
  */
 export const inspect = (input: unknown): { readonly config: ConfigFile; readonly issues: ReadonlyArray<Issue> } => {
   if (!isObject(input)) {
-    return { config: {}, issues: [{ path: "(root)", message: `expected a JSON object, got ${kind(input)}` }] }
+    return { config: {}, issues: [{ path: "(root)", message: `expected a JSON object, got ${Input.kindOf(input)}` }] }
   }
   const issues = [
     ...shapeIssues(ConfigFile, input, []),

@@ -58,7 +58,7 @@ const itemsOf = (requests: unknown, max: number): Array<GenerateRequest> | Model
     typeof (requests as Partial<Iterable<unknown>>)[Symbol.iterator] !== "function"
   ) {
     const kind =
-      requests === null ? "null" : typeof requests === "object" ? "an object that is not iterable" : typeof requests
+      typeof requests === "object" && requests !== null ? "an object that is not iterable" : Input.kindOf(requests)
     return invalidRequest("requests", `expected an array (or an iterable) of requests, got ${kind}`)
   }
   const items: Array<GenerateRequest> = []

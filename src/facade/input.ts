@@ -34,9 +34,6 @@ export const Keys = {
   batch: new Set(["timeout", "signal", "domain", "fallback", "concurrency", "onProgress", "id"])
 } as const
 
-/** How a wrong value is named in messages. @internal */
-export const kind = (u: unknown): string => (u === null ? "null" : Array.isArray(u) ? "an array" : typeof u)
-
 // `Object.create(AbortSignal.prototype)` passes `instanceof`, but reading its state throws (a
 // TypeError out of the call): only a signal itself is taken (a `Proxy` of one reads through to it).
 const isRealSignal = (signal: AbortSignal): boolean => {
@@ -47,36 +44,15 @@ const isRealSignal = (signal: AbortSignal): boolean => {
   }
 }
 
-/**
- * What an object given for options is when it cannot be options: a class instance without fields
- * of its own (a signal passed bare instead of `{ signal }`, a `Map`), whose keys would be none, so
- * the call would run as if given no options. `undefined`: a plain object, or one with fields.
- *
- * @internal
- */
-export const notOptions = (u: object): string | undefined => {
-  try {
-    if (u instanceof AbortSignal) return "an AbortSignal (pass it as { signal })"
-    const proto: unknown = Object.getPrototypeOf(u)
-    if (proto === Object.prototype || proto === null || Object.keys(u).length > 0) return undefined
-    const maker: unknown = (proto as { readonly constructor?: unknown }).constructor
-    const name = typeof maker === "function" ? maker.name : ""
-    return name === "" ? "an object without fields of its own" : `an instance of ${name}`
-  } catch {
-    // A `Proxy` whose trap throws: reading its fields names it.
-    return undefined
-  }
-}
-
 const decodeContext = Schema.decodeUnknownResult(Schema.Array(Message), { onExcessProperty: "error" })
 
 /** Checks a call's options against the keys it takes; a failure names the field. @internal */
 export const check = (options: unknown, allowed: ReadonlySet<string>): Result.Result<Checked, ModelError> => {
   if (options === undefined) return Result.succeed(none)
   if (typeof options !== "object" || options === null || Array.isArray(options)) {
-    return Result.fail(invalidRequest("options", `expected an object, got ${kind(options)}`))
+    return Result.fail(invalidRequest("options", `expected an object, got ${Input.kindOf(options)}`))
   }
-  const foreign = notOptions(options)
+  const foreign = Input.notOptions(options)
   if (foreign !== undefined)
     return Result.fail(invalidRequest("options", `expected an object of options, got ${foreign}`))
   const read = Input.readFields(options)
@@ -94,16 +70,16 @@ export const check = (options: unknown, allowed: ReadonlySet<string>): Result.Re
   }
   for (const key of ["cache", "allowStale"]) {
     if (raw[key] !== undefined && typeof raw[key] !== "boolean") {
-      return Result.fail(invalidRequest(key, `expected a boolean, got ${kind(raw[key])}`))
+      return Result.fail(invalidRequest(key, `expected a boolean, got ${Input.kindOf(raw[key])}`))
     }
   }
   const domain = raw.domain
   if (domain !== undefined && typeof domain !== "string" && !(allowed === Keys.stream && Array.isArray(domain))) {
-    return Result.fail(invalidRequest("domain", `expected a domain name, got ${kind(domain)}`))
+    return Result.fail(invalidRequest("domain", `expected a domain name, got ${Input.kindOf(domain)}`))
   }
   const signal = raw.signal
   if (signal !== undefined && !(signal instanceof AbortSignal)) {
-    return Result.fail(invalidRequest("signal", `expected an AbortSignal, got ${kind(signal)}`))
+    return Result.fail(invalidRequest("signal", `expected an AbortSignal, got ${Input.kindOf(signal)}`))
   }
   if (signal !== undefined && !isRealSignal(signal)) {
     return Result.fail(invalidRequest("signal", "expected an AbortSignal, got an object that only inherits from one"))
@@ -141,7 +117,7 @@ export const requestOf = (
     array = false
   }
   if (typeof prompt !== "string" && (typeof prompt !== "object" || prompt === null || array)) {
-    return Result.fail(invalidRequest("prompt", `expected a string or a request object, got ${kind(prompt)}`))
+    return Result.fail(invalidRequest("prompt", `expected a string or a request object, got ${Input.kindOf(prompt)}`))
   }
   // A request object is read once, all of it: a getter that throws is the field's InvalidRequest
   // (`prompt`, `messages[1].content`), and the pipeline and the provider read the copy.
@@ -164,7 +140,7 @@ export const embedRequestOf = (input: unknown): Result.Result<EmbedRequest, Mode
   if (typeof input === "string") return Result.succeed({ texts: [input] })
   if (typeof input !== "object" || input === null) {
     return Result.fail(
-      invalidRequest("input", `expected a string, an array of strings or a request, got ${kind(input)}`)
+      invalidRequest("input", `expected a string, an array of strings or a request, got ${Input.kindOf(input)}`)
     )
   }
   // Read once, as a prompt's request is: the texts of an array are the request's `texts`.

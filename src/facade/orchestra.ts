@@ -40,17 +40,7 @@ import * as Prometheus from "../Prometheus.js"
 import * as Stats from "../Stats.js"
 import { checkFilter } from "../stats/filter.js"
 import * as Calls from "./calls.js"
-import {
-  type Checked,
-  check,
-  domainsOf,
-  embedRequestOf,
-  isTimeoutReason,
-  Keys,
-  kind,
-  none,
-  requestOf
-} from "./input.js"
+import { type Checked, check, domainsOf, embedRequestOf, isTimeoutReason, Keys, none, requestOf } from "./input.js"
 
 /** What `createOrchestra` takes from `Facade.ts`: its error classes. */
 export interface Env {
@@ -66,7 +56,7 @@ const notALayer = (given: unknown): Layer.Layer<Services, Input.OptionError> =>
     Effect.fail(
       Input.toOptionError({
         path: "layer",
-        message: `expected a Layer such as Orchestra.layer({ providers }), got ${kind(given)}`
+        message: `expected a Layer such as Orchestra.layer({ providers }), got ${Input.kindOf(given)}`
       })
     )
   )

@@ -5,6 +5,7 @@
  * @internal
  */
 import { Result } from "effect"
+import * as Input from "../Input.js"
 import { maxSchemaDepth } from "../Model/validate.js"
 import { type GatewayError, gatewayError } from "./errors.js"
 
@@ -22,14 +23,6 @@ export type Checked<A> = Result.Result<A, GatewayError>
  */
 export const invalid = (param: string, message: string): Checked<never> =>
   Result.fail(gatewayError("InvalidRequest", `invalid ${param}: ${message}`, { param }))
-
-/**
- * What a JSON value is, for a message (`got an array`).
- *
- * @internal
- */
-export const kind = (u: unknown): string =>
-  u === null ? "null" : Array.isArray(u) ? "an array" : typeof u === "object" ? "an object" : typeof u
 
 /**
  * A name or a string the client made up, as said back: at most 64 characters of it (a body of
@@ -52,7 +45,7 @@ export const shown = (u: unknown): string =>
       ? String(u)
       : u === undefined
         ? "nothing"
-        : kind(u)
+        : Input.kindOf(u)
 
 /**
  * The 400 of a value nested deeper than the providers take.

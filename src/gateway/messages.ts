@@ -7,8 +7,9 @@
  * @internal
  */
 import { Result } from "effect"
+import * as Input from "../Input.js"
 import type * as Model from "../Model.js"
-import { type Checked, clip, invalid, isObject, kind, nullable, shown } from "./checks.js"
+import { type Checked, clip, invalid, isObject, nullable, shown } from "./checks.js"
 
 // `refusal`: an assistant's content may carry refusal parts (its answers replayed); OpenAI refuses them in any other role.
 const textOf = (content: unknown, at: string, nullable: boolean, refusal = false): Checked<string> => {
@@ -16,14 +17,15 @@ const textOf = (content: unknown, at: string, nullable: boolean, refusal = false
   if (content === null || content === undefined) {
     return nullable
       ? Result.succeed("")
-      : invalid(at, `expected a string or an array of text parts, got ${kind(content)}`)
+      : invalid(at, `expected a string or an array of text parts, got ${Input.kindOf(content)}`)
   }
-  if (!Array.isArray(content)) return invalid(at, `expected a string or an array of text parts, got ${kind(content)}`)
+  if (!Array.isArray(content))
+    return invalid(at, `expected a string or an array of text parts, got ${Input.kindOf(content)}`)
   let text = ""
   for (let i = 0; i < content.length; i++) {
     const part = content[i]
     if (!isObject(part) || (part.type !== "text" && part.type !== "refusal")) {
-      const type = isObject(part) ? shown(part.type) : kind(part)
+      const type = isObject(part) ? shown(part.type) : Input.kindOf(part)
       return invalid(`${at}[${i}].type`, `only text parts are supported, got ${type}`)
     }
     if (part.type === "refusal" && !refusal) {
@@ -48,17 +50,17 @@ export const maxSignatureLength = 1_048_576
 // a client sends it back with the call, and Gemini refuses the next turn without it.
 const signatureOf = (extra: unknown, at: string): Checked<string | undefined> => {
   if (extra === undefined || extra === null) return Result.succeed(undefined)
-  if (!isObject(extra)) return invalid(at, `expected an object, got ${kind(extra)}`)
+  if (!isObject(extra)) return invalid(at, `expected an object, got ${Input.kindOf(extra)}`)
   const google = extra.google
   if (google === undefined || google === null) return Result.succeed(undefined)
-  if (!isObject(google)) return invalid(`${at}.google`, `expected an object, got ${kind(google)}`)
+  if (!isObject(google)) return invalid(`${at}.google`, `expected an object, got ${Input.kindOf(google)}`)
   const signature = google.thought_signature
   if (signature === undefined || signature === null) return Result.succeed(undefined)
   if (typeof signature !== "string" || signature.length === 0 || signature.length > maxSignatureLength) {
     return invalid(
       `${at}.google.thought_signature`,
       `expected the signature the gateway sent (a string of 1 to ${maxSignatureLength} characters), got ${
-        typeof signature === "string" ? `${signature.length} characters` : kind(signature)
+        typeof signature === "string" ? `${signature.length} characters` : Input.kindOf(signature)
       }`
     )
   }
@@ -66,7 +68,7 @@ const signatureOf = (extra: unknown, at: string): Checked<string | undefined> =>
 }
 
 const toolCallsOf = (calls: unknown, at: string): Checked<ReadonlyArray<Model.ToolCall>> => {
-  if (!Array.isArray(calls)) return invalid(at, `expected an array, got ${kind(calls)}`)
+  if (!Array.isArray(calls)) return invalid(at, `expected an array, got ${Input.kindOf(calls)}`)
   const out: Array<Model.ToolCall> = []
   for (let i = 0; i < calls.length; i++) {
     const call = calls[i]
@@ -145,7 +147,7 @@ export interface Conversation {
  * @internal
  */
 export const conversationOf = (input: unknown): Checked<Conversation> => {
-  if (!Array.isArray(input)) return invalid("messages", `expected an array of messages, got ${kind(input)}`)
+  if (!Array.isArray(input)) return invalid("messages", `expected an array of messages, got ${Input.kindOf(input)}`)
   if (input.length === 0) return invalid("messages", "expected at least one message")
   const system: Array<string> = []
   const messages: Array<Model.Message> = []
@@ -155,7 +157,7 @@ export const conversationOf = (input: unknown): Checked<Conversation> => {
   for (let i = 0; i < input.length; i++) {
     const at = `messages[${i}]`
     const m = input[i]
-    if (!isObject(m)) return invalid(at, `expected a message object, got ${kind(m)}`)
+    if (!isObject(m)) return invalid(at, `expected a message object, got ${Input.kindOf(m)}`)
     for (const key in m) {
       if (!messageKeys.has(key) && !(m[key] === null && nullable.has(key))) {
         return invalid(`${at}.${clip(key)}`, "unsupported field")
@@ -167,7 +169,8 @@ export const conversationOf = (input: unknown): Checked<Conversation> => {
     const refusal = m.refusal
     if (refusal !== undefined && refusal !== null) {
       if (role !== "assistant") return invalid(`${at}.refusal`, "only an assistant message carries a refusal")
-      if (typeof refusal !== "string") return invalid(`${at}.refusal`, `expected a string, got ${kind(refusal)}`)
+      if (typeof refusal !== "string")
+        return invalid(`${at}.refusal`, `expected a string, got ${Input.kindOf(refusal)}`)
     }
     // OpenAI's answers carry their citations (`annotations: []` mostly), and its guides send the answer back as it
     // came: they say what the assistant cited, nothing the model is asked to do, so they are read and left out.
@@ -175,7 +178,7 @@ export const conversationOf = (input: unknown): Checked<Conversation> => {
     if (annotations !== undefined && annotations !== null) {
       if (role !== "assistant") return invalid(`${at}.annotations`, "only an assistant message carries annotations")
       if (!Array.isArray(annotations))
-        return invalid(`${at}.annotations`, `expected an array, got ${kind(annotations)}`)
+        return invalid(`${at}.annotations`, `expected an array, got ${Input.kindOf(annotations)}`)
     }
     if (role !== "tool" && awaited !== undefined) {
       const unanswered = unansweredOf(awaited, `before ${at}`)

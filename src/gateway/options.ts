@@ -93,7 +93,7 @@ const boolean = (field: string, input: unknown, fallback: boolean): Input.Checke
     ? Result.succeed(fallback)
     : typeof input === "boolean"
       ? Result.succeed(input)
-      : Result.fail({ path: field, message: `expected true or false, got ${typeof input}` })
+      : Result.fail({ path: field, message: `expected true or false, got ${Input.kindOf(input)}` })
 
 /**
  * Checks the options; the first wrong field is an `OptionError` naming it.

@@ -11,10 +11,11 @@
  * @internal
  */
 import { Result } from "effect"
+import * as Input from "../Input.js"
 import type * as Model from "../Model.js"
 import { toolNamePattern } from "../Model/schemas.js"
 import { maxSchemaDepth, nestsDeeper } from "../Model/validate.js"
-import { type Checked, clip, invalid, isObject, kind, nullable, shown, tooDeep } from "./checks.js"
+import { type Checked, clip, invalid, isObject, nullable, shown, tooDeep } from "./checks.js"
 import { gatewayError } from "./errors.js"
 import { conversationOf } from "./messages.js"
 
@@ -91,7 +92,7 @@ export const maxModelLength = 256
 const modelOf = (body: Record<string, unknown>): Checked<string> => {
   const model = body.model
   if (typeof model !== "string" || model.trim().length === 0) {
-    return invalid("model", `expected a model name, got ${typeof model === "string" ? '""' : kind(model)}`)
+    return invalid("model", `expected a model name, got ${typeof model === "string" ? '""' : Input.kindOf(model)}`)
   }
   if (model.length > maxModelLength) {
     return invalid("model", `expected a model name of at most ${maxModelLength} characters, got ${model.length}`)
@@ -102,19 +103,25 @@ const modelOf = (body: Record<string, unknown>): Checked<string> => {
 const numberIn = (param: string, value: unknown, min: number, max: number): Checked<number> =>
   typeof value === "number" && Number.isFinite(value) && value >= min && value <= max
     ? Result.succeed(value)
-    : invalid(param, `expected a number from ${min} to ${max}, got ${typeof value === "number" ? value : kind(value)}`)
+    : invalid(
+        param,
+        `expected a number from ${min} to ${max}, got ${typeof value === "number" ? value : Input.kindOf(value)}`
+      )
 
 const positiveInt = (param: string, value: unknown): Checked<number> =>
   typeof value === "number" && Number.isInteger(value) && value >= 1 && value <= 1_000_000
     ? Result.succeed(value)
-    : invalid(param, `expected an integer from 1 to 1000000, got ${typeof value === "number" ? value : kind(value)}`)
+    : invalid(
+        param,
+        `expected an integer from 1 to 1000000, got ${typeof value === "number" ? value : Input.kindOf(value)}`
+      )
 
 // OpenAI's rule for a response format's name, and the library's for a function's (OpenAI's, starting with a letter or
 // `_` as Gemini's): a name a provider would refuse is refused here, not sent on to one that may accept it.
 const formatName = /^[a-zA-Z0-9_-]{1,64}$/
 
 const toolsOf = (input: unknown): Checked<ReadonlyArray<Model.ToolDefinition>> => {
-  if (!Array.isArray(input)) return invalid("tools", `expected an array, got ${kind(input)}`)
+  if (!Array.isArray(input)) return invalid("tools", `expected an array, got ${Input.kindOf(input)}`)
   if (input.length > 128) return invalid("tools", `at most 128 tools, got ${input.length}`)
   const out: Array<Model.ToolDefinition> = []
   const first = new Map<string, number>()
@@ -165,7 +172,7 @@ const toolChoiceOf = (input: unknown): Checked<NonNullable<Model.GenerateRequest
 }
 
 const responseFormatOf = (input: unknown): Checked<Model.ResponseFormat> => {
-  if (!isObject(input)) return invalid("response_format", `expected an object, got ${kind(input)}`)
+  if (!isObject(input)) return invalid("response_format", `expected an object, got ${Input.kindOf(input)}`)
   switch (input.type) {
     case "text":
     case "json_object":
@@ -216,7 +223,7 @@ const refusedUnlessNeutral = (param: string, value: unknown, neutral: (v: unknow
  * @internal
  */
 export const parseChat = (body: unknown): Checked<ChatCall> => {
-  if (!isObject(body)) return invalid("body", `expected a JSON object, got ${kind(body)}`)
+  if (!isObject(body)) return invalid("body", `expected a JSON object, got ${Input.kindOf(body)}`)
   const model = modelOf(body)
   if (Result.isFailure(model)) return Result.fail(model.failure)
   const conversation = conversationOf(body.messages)
@@ -260,7 +267,7 @@ export const parseChat = (body: unknown): Checked<ChatCall> => {
       case "seed":
         if (value === null) break
         if (!Number.isSafeInteger(value)) {
-          return invalid(key, `expected an integer, got ${typeof value === "number" ? value : kind(value)}`)
+          return invalid(key, `expected an integer, got ${typeof value === "number" ? value : Input.kindOf(value)}`)
         }
         request.seed = value as number
         break
@@ -274,7 +281,8 @@ export const parseChat = (body: unknown): Checked<ChatCall> => {
         checked = refusedUnlessNeutral(key, value, (v) => v === 1 || v === null)
         break
       case "stream":
-        if (value !== null && typeof value !== "boolean") return invalid(key, `expected a boolean, got ${kind(value)}`)
+        if (value !== null && typeof value !== "boolean")
+          return invalid(key, `expected a boolean, got ${Input.kindOf(value)}`)
         stream = value === true
         break
       case "stream_options":
@@ -296,7 +304,7 @@ export const parseChat = (body: unknown): Checked<ChatCall> => {
       }
       case "parallel_tool_calls":
         if (value === null) break
-        if (typeof value !== "boolean") return invalid(key, `expected a boolean, got ${kind(value)}`)
+        if (typeof value !== "boolean") return invalid(key, `expected a boolean, got ${Input.kindOf(value)}`)
         request.parallelToolCalls = value
         break
       case "response_format": {
@@ -344,7 +352,8 @@ export const parseChat = (body: unknown): Checked<ChatCall> => {
   }
   if (streamOptions !== undefined && streamOptions !== null) {
     if (!stream) return invalid("stream_options", "only allowed with stream: true")
-    if (!isObject(streamOptions)) return invalid("stream_options", `expected an object, got ${kind(streamOptions)}`)
+    if (!isObject(streamOptions))
+      return invalid("stream_options", `expected an object, got ${Input.kindOf(streamOptions)}`)
     for (const key in streamOptions) {
       if (key !== "include_usage" && key !== "include_obfuscation") {
         return invalid(`stream_options.${clip(key)}`, "unsupported field")
@@ -391,7 +400,7 @@ export const openAiParam = (field: string, hoisted: number): string => {
  * @internal
  */
 export const parseEmbed = (body: unknown): Checked<EmbedCall> => {
-  if (!isObject(body)) return invalid("body", `expected a JSON object, got ${kind(body)}`)
+  if (!isObject(body)) return invalid("body", `expected a JSON object, got ${Input.kindOf(body)}`)
   const model = modelOf(body)
   if (Result.isFailure(model)) return Result.fail(model.failure)
   let encoding: "float" | "base64" = "float"

@@ -11,6 +11,7 @@
  * @internal
  */
 import { Cause, Effect, Exit } from "effect"
+import * as Input from "../Input.js"
 
 /**
  * Whether a callback's result is a Promise (or another thenable): an `async` callback given
@@ -21,12 +22,8 @@ import { Cause, Effect, Exit } from "effect"
 export const isThenable = (value: unknown): value is PromiseLike<unknown> =>
   typeof value === "object" && value !== null && typeof (value as { then?: unknown }).then === "function"
 
-const describe = (value: unknown): string => {
-  if (value === null) return "null"
-  if (Array.isArray(value)) return "an array"
-  if (isThenable(value)) return "a Promise (wrap it in Effect.promise or Effect.tryPromise)"
-  return typeof value
-}
+const describe = (value: unknown): string =>
+  isThenable(value) ? "a Promise (wrap it in Effect.promise or Effect.tryPromise)" : Input.kindOf(value)
 
 /**
  * The Effect `run` returns; a `run` that throws is a defect, and one that returns anything

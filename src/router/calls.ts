@@ -76,7 +76,7 @@ export const makeCalls = (env: Env) => {
   const execute = (request: GenerateRequest, domain: string, options: CallOptions = {}) =>
     typeof domain === "string"
       ? traced("Router.execute", domainsOf(domain), run(request, domain, options))
-      : Effect.fail(invalidRequest("domain", `expected a domain name, got ${domain === null ? "null" : typeof domain}`))
+      : Effect.fail(invalidRequest("domain", `expected a domain name, got ${Input.kindOf(domain)}`))
 
   // A string would be one domain (and its own chain) to `run`, silently not the chain the caller meant to give.
   const executeWithFallback = (request: GenerateRequest, names: ReadonlyArray<string>, options: CallOptions = {}) =>

@@ -7,7 +7,6 @@
  */
 import { Result } from "effect"
 import { invalidRequest, type ModelError } from "../AiError.js"
-import { kind, notOptions } from "../facade/input.js"
 import * as Input from "../Input.js"
 import type { Filter } from "../Stats.js"
 
@@ -24,10 +23,10 @@ const expected = "expected { provider?, domain? }"
 export const checkFilter = (given: unknown): Result.Result<Filter, ModelError> => {
   if (given === undefined || given === null) return Result.succeed({})
   if (typeof given !== "object" || Array.isArray(given)) {
-    return Result.fail(invalidRequest("filter", `${expected}, got ${kind(given)}`))
+    return Result.fail(invalidRequest("filter", `${expected}, got ${Input.kindOf(given)}`))
   }
   // A class instance without fields of its own (a signal, a `Map`) has no keys: it would filter on nothing.
-  const foreign = notOptions(given)
+  const foreign = Input.notOptions(given)
   if (foreign !== undefined) return Result.fail(invalidRequest("filter", `${expected}, got ${foreign}`))
   const read = Input.readFields(given, undefined, "filter")
   if (Result.isFailure(read)) return Result.fail(Input.toInvalidRequest(read.failure))
@@ -37,7 +36,7 @@ export const checkFilter = (given: unknown): Result.Result<Filter, ModelError> =
   for (const key of filterKeys) {
     const value = fields[key]
     if (value !== undefined && value !== null && typeof value !== "string") {
-      return Result.fail(invalidRequest(`filter.${key}`, `expected a name, got ${kind(value)}`))
+      return Result.fail(invalidRequest(`filter.${key}`, `expected a name, got ${Input.kindOf(value)}`))
     }
   }
   return Result.succeed({ provider: fields.provider ?? undefined, domain: fields.domain ?? undefined } as Filter)

@@ -2288,7 +2288,7 @@ describe("Admin routes", () => {
         for (const [body, got] of [
           ["[]", "an array"],
           ["null", "null"],
-          ["5", "number"]
+          ["5", "a number"]
         ] as const) {
           const refused = yield* admin("/admin/keys", { method: "POST", body })
           assert.strictEqual(refused.status, 400, body)

@@ -462,7 +462,7 @@ describe("gateway wire: chat requests", () => {
     const messageOf = (result: Result.Result<unknown, { readonly message: string }>) =>
       Result.isFailure(result) ? result.failure.message : "accepted"
     assert.strictEqual(messageOf(chat({ seed: 1.5 })), "invalid seed: expected an integer, got 1.5")
-    assert.strictEqual(messageOf(chat({ seed: "7" })), "invalid seed: expected an integer, got string")
+    assert.strictEqual(messageOf(chat({ seed: "7" })), "invalid seed: expected an integer, got a string")
     assert.strictEqual(
       messageOf(chat({ max_tokens: -3 })),
       "invalid max_tokens: expected an integer from 1 to 1000000, got -3"

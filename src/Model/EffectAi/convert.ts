@@ -99,7 +99,7 @@ const resultText = (part: Prompt.ToolResultPart): Result.Result<string, Ai.AiErr
 export const argumentsText = (params: unknown): Result.Result<string, string> => {
   try {
     const text = JSON.stringify(params ?? {})
-    return text === undefined ? Result.fail(`got ${typeof params}`) : Result.succeed(text)
+    return text === undefined ? Result.fail(`got ${Input.kindOf(params)}`) : Result.succeed(text)
   } catch (cause) {
     return Result.fail(Input.thrownMessage(cause))
   }
@@ -139,7 +139,7 @@ export const signatureOf = (slot: unknown): Result.Result<string | undefined, st
   if (typeof google !== "object" || google === null) return Result.succeed(undefined)
   const signature: unknown = (google as Record<string, unknown>)["thoughtSignature"]
   if (signature === undefined || signature === null) return Result.succeed(undefined)
-  if (typeof signature !== "string") return Result.fail(`expected a string, got ${typeof signature}`)
+  if (typeof signature !== "string") return Result.fail(`expected a string, got ${Input.kindOf(signature)}`)
   return signature.length > maxSignatureChars
     ? Result.fail(`${signature.length} characters, over the limit of ${maxSignatureChars}`)
     : Result.succeed(signature)

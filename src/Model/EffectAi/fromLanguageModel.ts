@@ -56,7 +56,7 @@ const knownOptions = (options: object): Input.Checked<void> => {
   if (typeof options !== "object" || options === null) {
     return Result.fail({
       path: "options",
-      message: `expected an object, got ${options === null ? "null" : typeof options}`
+      message: `expected an object, got ${Input.kindOf(options)}`
     })
   }
   for (const key of Object.keys(options)) {
@@ -79,7 +79,7 @@ export const make = Effect.fnUntraced(function* (given: Options = {}) {
         ? Result.succeed(undefined)
         : Result.fail({
             path: "context",
-            message: `expected a function from the request to a Context, got ${typeof options.context}`
+            message: `expected a function from the request to a Context, got ${Input.kindOf(options.context)}`
           }),
       Input.duration("timeout", Input.orDefault(options.timeout, defaults.timeout)),
       Input.duration("streamIdleTimeout", Input.orDefault(options.streamIdleTimeout, defaults.streamIdleTimeout)),
@@ -130,11 +130,7 @@ export const make = Effect.fnUntraced(function* (given: Options = {}) {
     return extra === undefined || Context.isContext(extra)
       ? Result.succeed(extra)
       : Result.fail(
-          invalidRequest(
-            "context",
-            `the context option answered ${extra === null ? "null" : typeof extra}, not a Context`,
-            name
-          )
+          invalidRequest("context", `the context option answered ${Input.kindOf(extra)}, not a Context`, name)
         )
   }
 

@@ -61,7 +61,7 @@ const overlay = (
   const refuse = (description: string) =>
     Result.fail(new Ai.InvalidRequestError({ parameter: "GenerationConfig", description }))
   if (typeof scoped !== "object" || scoped === null || Array.isArray(scoped)) {
-    return refuse(`expected an object of generation settings, got ${scoped === null ? "null" : typeof scoped}`)
+    return refuse(`expected an object of generation settings, got ${Input.kindOf(scoped)}`)
   }
   const out: Record<string, unknown> = { ...defaults }
   try {

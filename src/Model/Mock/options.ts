@@ -110,7 +110,7 @@ const planOf = (path: string, outcome: Outcome): Input.Checked<Planned> =>
     const latency = yield* latencyOf(`${path}.latency`, outcome.latency)
     const chunkDelay = yield* latencyOf(`${path}.chunkDelay`, outcome.chunkDelay)
     if (outcome.text !== undefined && typeof outcome.text !== "string") {
-      return yield* issue(`${path}.text`, `expected a string, got ${typeof outcome.text}`)
+      return yield* issue(`${path}.text`, `expected a string, got ${Input.kindOf(outcome.text)}`)
     }
     switch (outcome._tag) {
       case "Succeed": {

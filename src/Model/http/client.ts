@@ -336,7 +336,7 @@ const transform = (
     : Input.orOptionError(
         Result.fail({
           path: "transformClient",
-          message: `expected a function answering an HttpClient, got ${out === null ? "null" : typeof out}`
+          message: `expected a function answering an HttpClient, got ${Input.kindOf(out)}`
         })
       )
 }

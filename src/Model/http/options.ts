@@ -80,7 +80,7 @@ export const settings = (options: Options): Input.Checked<Settings> =>
         ? Result.succeed(undefined)
         : Result.fail({
             path: "transformClient",
-            message: `expected a function, got ${typeof options.transformClient}`
+            message: `expected a function, got ${Input.kindOf(options.transformClient)}`
           })
     ]),
     ([timeout, streamIdleTimeout, maxResponseBytes, maxEventBytes]) => ({
@@ -136,7 +136,10 @@ export const baseUrl = (
   instead = "give the key as the apiKey option instead (apiKeyEnv in the CLI's config)"
 ): Input.Checked<string> => {
   if (typeof input !== "string" || input.trim().length === 0) {
-    return Result.fail({ path, message: `expected a URL such as "http://127.0.0.1:8080/v1", got ${typeof input}` })
+    return Result.fail({
+      path,
+      message: `expected a URL such as "http://127.0.0.1:8080/v1", got ${Input.kindOf(input)}`
+    })
   }
   let url: URL
   try {
@@ -233,7 +236,7 @@ export const headerOption = (path: string, name: string, input: unknown): Input.
   // Anything else would be sent as its String(): `organization: 5` as "5", `project: null` as "null".
   return typeof value === "string"
     ? header(path, name, value)
-    : Result.fail({ path, message: `expected a string, got ${value === null ? "null" : typeof value}` })
+    : Result.fail({ path, message: `expected a string, got ${Input.kindOf(value)}` })
 }
 
 /**
@@ -277,8 +280,7 @@ export interface HeaderSet {
 export const headers = (path: string, input: unknown): Input.Checked<HeaderSet> => {
   if (input === undefined) return Result.succeed({ values: {}, given: {}, secrets: [], secretNames: [] })
   if (typeof input !== "object" || input === null || Array.isArray(input)) {
-    const got = input === null ? "null" : Array.isArray(input) ? "an array" : typeof input
-    return Result.fail({ path, message: `expected an object of header names to strings, got ${got}` })
+    return Result.fail({ path, message: `expected an object of header names to strings, got ${Input.kindOf(input)}` })
   }
   const values: Record<string, string> = {}
   const given: Record<string, string | Redacted.Redacted<string>> = {}
@@ -301,8 +303,7 @@ export const headers = (path: string, input: unknown): Input.Checked<HeaderSet> 
     }
     const value: unknown = Redacted.isRedacted(entry) ? Redacted.value(entry) : entry
     if (typeof value !== "string") {
-      const got = value === null ? "null" : typeof value
-      return Result.fail({ path: at, message: `expected a string or a Redacted string, got ${got}` })
+      return Result.fail({ path: at, message: `expected a string or a Redacted string, got ${Input.kindOf(value)}` })
     }
     const checked = header(at, name, value)
     if (Result.isFailure(checked)) return Result.fail(checked.failure)

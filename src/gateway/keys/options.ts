@@ -11,7 +11,6 @@ import type { Models } from "../../Gateway.js"
 import * as Input from "../../Input.js"
 import { textIssue } from "../../stats/labels.js"
 import { unknownModel } from "../models.js"
-import { kind } from "../checks.js"
 import type { Options } from "./KeyStore.js"
 import { sha256Pattern } from "./secret.js"
 
@@ -189,7 +188,7 @@ export const budget = (path: string, input: unknown): Checked<ResolvedBudget> =>
     const periodField = b.period === undefined && b.periodMs !== undefined ? "periodMs" : "period"
     const periodInput = b.period ?? b.periodMs
     if (periodField === "periodMs" && typeof periodInput !== "number") {
-      return fail(at(path, "periodMs"), `expected milliseconds, got ${typeof periodInput}`)
+      return fail(at(path, "periodMs"), `expected milliseconds, got ${Input.kindOf(periodInput)}`)
     }
     return Result.map(
       Input.all([
@@ -301,7 +300,7 @@ export const createRequest = (
 }> =>
   // The admin route's body: a top-level non-object is the body's fault, named as the chat route names it.
   !isObject(input)
-    ? fail("body", `expected a JSON object, got ${kind(input)}`)
+    ? fail("body", `expected a JSON object, got ${Input.kindOf(input)}`)
     : Result.flatMap(fields("", input, createFields), (b) =>
         Result.flatMap(
           Input.optional(b.id, (i) => id("id", i)),
