@@ -20,6 +20,7 @@ import * as Input from "./Input.js"
 import * as Client from "./Model/http/client.js"
 import * as Decode from "./Model/http/decode.js"
 import * as Http from "./Model/http/options.js"
+import { wellFormed } from "./stats/labels.js"
 
 /**
  * What a task needs.
@@ -226,7 +227,9 @@ export const layerStatic = (
       }
       const wrong = optionsIssue(options, new Set(["name"]))
       if (wrong !== undefined) return yield* Input.orOptionError(Result.fail(wrong))
-      const name = yield* Input.orOptionError(Http.nonEmpty("name", Input.orDefault(options.name, "static")))
+      const name = yield* Input.orOptionError(
+        Result.flatMap(Http.nonEmpty("name", Input.orDefault(options.name, "static")), (n) => wellFormed(n, "name"))
+      )
       const table = new Map<string, ReadonlyArray<Endpoint>>()
       for (const [i, entry] of entries.entries()) {
         const at = `entries[${i}]`
@@ -307,7 +310,8 @@ export const make = Effect.fnUntraced(function* <E>(
   if (wrong !== undefined) return yield* Input.orOptionError(Result.fail(wrong))
   const [name, ttl, capacity, timeout, staleFor, maxAgents] = yield* Input.orOptionError(
     Input.all([
-      Http.nonEmpty("name", Input.orDefault(options.name, "discovery")),
+      // The label `agent="discovery:<name>"` and the breaker key.
+      Result.flatMap(Http.nonEmpty("name", Input.orDefault(options.name, "discovery")), (n) => wellFormed(n, "name")),
       Input.duration("ttl", Input.orDefault(options.ttl, "1 minute")),
       Input.positiveInt("capacity", Input.orDefault(options.capacity, 1000)),
       Input.duration("timeout", Input.orDefault(options.timeout, "5 seconds")),

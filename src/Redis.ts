@@ -44,6 +44,7 @@ import {
 import { Redis } from "effect/persistence"
 import * as Input from "./Input.js"
 import * as Metrics from "./Metrics.js"
+import { wellFormed } from "./stats/labels.js"
 
 /**
  * Connection options.
@@ -415,7 +416,8 @@ export interface GuardOptions {
 export const maxPrefixChars = 100
 
 /**
- * A store's `prefix` option, `fallback` when not given: 1 to {@link maxPrefixChars} characters,
+ * A store's `prefix` option, `fallback` when not given: 1 to {@link maxPrefixChars} characters, no
+ * lone surrogate (in a command it is U+FFFD, so two such prefixes would share their keys),
  * else an issue naming `prefix`.
  *
  * @since 0.3.0
@@ -424,7 +426,8 @@ export const maxPrefixChars = 100
 export const prefixOf = (input: unknown, fallback: string): Input.Checked<string> => {
   const prefix = Input.orDefault(input, fallback)
   return typeof prefix === "string" && prefix.length > 0 && prefix.length <= maxPrefixChars
-    ? Result.succeed(prefix)
+    ? // In a Redis command a lone surrogate is U+FFFD: two such prefixes would share their keys.
+      wellFormed(prefix, "prefix")
     : Result.fail({
         path: "prefix",
         message: `expected a string of 1 to ${maxPrefixChars} characters, got ${Input.shown(prefix)}`

@@ -508,6 +508,8 @@ describe.skipIf(skipRedis)(`CircuitBreaker on Redis${skipRedis ? ` (${skipReason
       yield* refused({ prefix: "" }, "prefix")
       // Part of every Redis key, sent with every call.
       yield* refused({ prefix: "p".repeat(101) }, "prefix")
+      // In a Redis command a lone surrogate is U+FFFD: two such prefixes would share their keys.
+      yield* refused({ prefix: "p-\uD800" }, "prefix")
       yield* refused({ onStoreError: "maybe" }, "onStoreError")
       yield* refused({ probeLease: Number.NaN }, "probeLease")
       yield* refused({ redis: { timeout: Number.NaN } }, "redis.timeout")

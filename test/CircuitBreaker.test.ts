@@ -698,6 +698,13 @@ describe("CircuitBreaker options (item 11)", () => {
     })
   )
 
+  it.effect("a name holding a lone surrogate is refused: as the breakers label it would be another such name", () =>
+    Effect.gen(function* () {
+      yield* refused({ name: "b-\uD800" }, "name", "surrogate")
+      yield* refused({ name: "b-\uDC00" }, "name", "surrogate")
+    })
+  )
+
   it.effect("null is refused like any other wrong value, never read as the default", () =>
     Effect.gen(function* () {
       for (const field of ["failMax", "halfOpenMax", "successThreshold", "maxKeys"]) {

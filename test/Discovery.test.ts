@@ -80,7 +80,8 @@ describe("Discovery.layerStatic", () => {
       }
       for (const [options, path] of [
         [null, "options"],
-        [{ nmae: "registry" }, "nmae"]
+        [{ nmae: "registry" }, "nmae"],
+        [{ name: "r-\uDBFF" }, "name"]
       ] as const) {
         const error = yield* Effect.flip(resolver(Discovery.layerStatic([], options as never)))
         assert.strictEqual((error as { readonly path: string }).path, path)
@@ -347,6 +348,8 @@ describe("Discovery.layer (your own lookup)", () => {
         [{ breaker: 5 }, "breaker"],
         [{ tll: "1 second" }, "tll"],
         [{ url: "http://127.0.0.1:1" }, "url"],
+        // The label `agent="discovery:<name>"` and the breaker key: without a UTF-8 form, another's.
+        [{ name: "d-\uD800" }, "name"],
         [null, "options"]
       ] as const) {
         const error = yield* Effect.flip(resolver(Discovery.layer(() => Effect.succeed([]), options as never)))

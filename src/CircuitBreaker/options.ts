@@ -9,6 +9,7 @@ import type { TripPolicy } from "effect/persistence/CircuitBreaker"
 import type { AiError } from "../AiError.js"
 import type { Options } from "../CircuitBreaker.js"
 import * as Input from "../Input.js"
+import { textIssue } from "../stats/labels.js"
 import { defaultIsFailure } from "./classify.js"
 
 /**
@@ -133,6 +134,9 @@ export const check = (options: Options, extraKeys: ReadonlySet<string> = new Set
   if (options.name !== undefined && (typeof options.name !== "string" || options.name.length === 0)) {
     return fail("name", `expected a non-empty string, got ${JSON.stringify(options.name)}`)
   }
+  // The `breakers` label of the layer's series: without a UTF-8 form, another such layer's.
+  const name = options.name === undefined ? undefined : textIssue(options.name, "name")
+  if (name !== undefined) return Result.fail(name)
   if (options.resetTimeoutMultiplier !== undefined && options.resetTimeoutMax === undefined) {
     return fail(
       "resetTimeoutMultiplier",

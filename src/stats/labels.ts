@@ -4,7 +4,8 @@
  *
  * @internal
  */
-import type { Issue } from "../Input.js"
+import { Result } from "effect"
+import type { Checked, Issue } from "../Input.js"
 import { agentDomain, noDomain, otherSeries, pipelineDomain } from "../Metrics.js"
 
 // Domains that label other series (as `Domain.check` refuses them for a domain's name). The
@@ -24,7 +25,7 @@ const loneSurrogate = /[\uD800-\uDFFF]/u
  * exposition (as any UTF-8 exporter), a Redis command or a log line writes U+FFFD in its place,
  * so two names differing only there would label one series twice, or share one Redis key.
  * Checked where a name enters, as the reserved ones are: domains, providers, pipeline steps,
- * rate-limit keys, HTTP agents, the gateway's keys.
+ * rate-limit keys, HTTP agents, the gateway's keys, breaker layers, discoveries, Redis prefixes.
  *
  * @internal
  */
@@ -35,6 +36,17 @@ export const textIssue = (name: string, path: string): Issue | undefined =>
         message: `expected well-formed Unicode, got ${JSON.stringify(name)}: a lone surrogate has no UTF-8 form, and would be written as in any other such name (U+FFFD)`
       }
     : undefined
+
+/**
+ * A name checked by {@link textIssue}, as `Input`'s checks answer: for a name that enters as an
+ * option (a breaker layer's, a discovery's, a Redis prefix), after its own checks.
+ *
+ * @internal
+ */
+export const wellFormed = (name: string, path: string): Checked<string> => {
+  const issue = textIssue(name, path)
+  return issue === undefined ? Result.succeed(name) : Result.fail(issue)
+}
 
 /**
  * The issue of a `domain` or `provider` option the metrics could not tell apart or name:
