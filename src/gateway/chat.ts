@@ -260,7 +260,7 @@ export const make = (env: Env) => {
           headers: options.provenanceHeaders ? { "x-orchestra-provider": response.provider } : {}
         }))
 
-  const complete = (
+  const complete = Effect.fnUntraced(function* (
     entry: Entry,
     started: number,
     model: string,
@@ -269,35 +269,34 @@ export const make = (env: Env) => {
     request: GenerateRequest,
     reserved: Ticket | undefined,
     span: RequestSpan | undefined
-  ) =>
-    Effect.gen(function* () {
-      const tracker: Tracker = { upstreamMs: 0 }
-      const exit = yield* cuttable(entry, Effect.provideService(call(target, request), CurrentTracker, tracker))
-      if (Exit.isFailure(exit)) {
-        span?.end(exit)
-        yield* release(reserved)
-        if (entry.cut) return answered(env, "chat", started, draining(env), tracker.upstreamMs)
-        const error = named(yield* errorOf(exit.cause), hoisted)
-        return answered(env, "chat", started, failure(env, error), tracker.upstreamMs)
-      }
-      const { response, headers } = exit.value
-      yield* settle(reserved, { inputTokens: response.usage.inputTokens, outputTokens: response.usage.outputTokens })
-      metrics.tokens(response.usage.inputTokens, response.usage.outputTokens)
-      if (response.finishReason === "error") {
-        const error = Sse.endedInError(response)
-        span?.end(Exit.fail(error))
-        return answered(env, "chat", started, failure(env, error), tracker.upstreamMs)
-      }
-      if (span !== undefined) {
-        answeredWith(span, response.provider, response.model, response.finishReason, response.usage)
-      }
-      const body = Wire.chatCompletion(env.nextId("chatcmpl-"), created(), model, response)
-      return answered(env, "chat", started, json(200, body, headers), tracker.upstreamMs)
-    })
+  ) {
+    const tracker: Tracker = { upstreamMs: 0 }
+    const exit = yield* cuttable(entry, Effect.provideService(call(target, request), CurrentTracker, tracker))
+    if (Exit.isFailure(exit)) {
+      span?.end(exit)
+      yield* release(reserved)
+      if (entry.cut) return answered(env, "chat", started, draining(env), tracker.upstreamMs)
+      const error = named(yield* errorOf(exit.cause), hoisted)
+      return answered(env, "chat", started, failure(env, error), tracker.upstreamMs)
+    }
+    const { response, headers } = exit.value
+    yield* settle(reserved, { inputTokens: response.usage.inputTokens, outputTokens: response.usage.outputTokens })
+    metrics.tokens(response.usage.inputTokens, response.usage.outputTokens)
+    if (response.finishReason === "error") {
+      const error = Sse.endedInError(response)
+      span?.end(Exit.fail(error))
+      return answered(env, "chat", started, failure(env, error), tracker.upstreamMs)
+    }
+    if (span !== undefined) {
+      answeredWith(span, response.provider, response.model, response.finishReason, response.usage)
+    }
+    const body = Wire.chatCompletion(env.nextId("chatcmpl-"), created(), model, response)
+    return answered(env, "chat", started, json(200, body, headers), tracker.upstreamMs)
+  })
 
   const created = () => Math.floor(clock.currentTimeMillisUnsafe() / 1000)
 
-  const streamed = (
+  const streamed = Effect.fnUntraced(function* (
     entry: Entry,
     started: number,
     call: ChatCall,
@@ -305,120 +304,122 @@ export const make = (env: Env) => {
     request: GenerateRequest,
     reserved: Ticket | undefined,
     span: RequestSpan | undefined
-  ) =>
-    Effect.gen(function* () {
-      const tracker: Tracker = { upstreamMs: 0 }
-      const deadlines = options.stream
-      const parts =
-        target._tag === "Domain"
-          ? upstream.router.stream(request, target.domain.name, deadlines)
-          : executor.stream({ ...request, model: target.model }, { ...executeOptions(target), ...deadlines })
-      // The drain's cut ends the stream through the pipeline (an error event, never `[DONE]`).
-      const cut: Cut = { error: undefined }
-      lifecycle.onCut(entry, (error) => stopStreams(cut, error))
-      const pull = yield* Stream.toPull(
-        parts.pipe(Stream.provideService(CurrentTracker, tracker), Stream.provideService(CurrentCut, cut))
-      )
-      const first = yield* Effect.exit(pull)
-      if (Exit.isFailure(first)) {
-        yield* release(reserved)
+  ) {
+    const tracker: Tracker = { upstreamMs: 0 }
+    const deadlines = options.stream
+    const parts =
+      target._tag === "Domain"
+        ? upstream.router.stream(request, target.domain.name, deadlines)
+        : executor.stream({ ...request, model: target.model }, { ...executeOptions(target), ...deadlines })
+    // The drain's cut ends the stream through the pipeline (an error event, never `[DONE]`).
+    const cut: Cut = { error: undefined }
+    lifecycle.onCut(entry, (error) => stopStreams(cut, error))
+    const pull = yield* Stream.toPull(
+      parts.pipe(Stream.provideService(CurrentTracker, tracker), Stream.provideService(CurrentCut, cut))
+    )
+    const first = yield* Effect.exit(pull)
+    if (Exit.isFailure(first)) {
+      yield* release(reserved)
+      lifecycle.leave(entry)
+      const error: AiError = Pull.isDoneCause(first.cause)
+        ? new ModelError({ reason: "Transport", message: "the stream ended before its first event" })
+        : named(yield* errorOf(first.cause as Cause.Cause<AiError>), call.hoisted)
+      span?.end(Exit.fail(error))
+      return answered(env, "chat_stream", started, failure(env, error), tracker.upstreamMs)
+    }
+    // Finished in error before any output: answered with its status, as a failure before the first chunk is.
+    const finish = first.value.find((part) => part._tag === "Finish")
+    if (finish?.finishReason === "error" && Sse.outputCharsOf(first.value) === 0) {
+      lifecycle.leave(entry)
+      yield* settle(reserved, { inputTokens: finish.usage.inputTokens, outputTokens: finish.usage.outputTokens })
+      metrics.tokens(finish.usage.inputTokens, finish.usage.outputTokens)
+      const error = Sse.endedInError(finish)
+      span?.end(Exit.fail(error))
+      return answered(env, "chat_stream", started, failure(env, error), tracker.upstreamMs)
+    }
+    let ended = false
+    const end = (ending: Sse.Ending) =>
+      Effect.suspend(() => {
+        if (ended) return Effect.void
+        ended = true
         lifecycle.leave(entry)
-        const error: AiError = Pull.isDoneCause(first.cause)
-          ? new ModelError({ reason: "Transport", message: "the stream ended before its first event" })
-          : named(yield* errorOf(first.cause as Cause.Cause<AiError>), call.hoisted)
-        span?.end(Exit.fail(error))
-        return answered(env, "chat_stream", started, failure(env, error), tracker.upstreamMs)
-      }
-      // Finished in error before any output: answered with its status, as a failure before the first chunk is.
-      const finish = first.value.find((part) => part._tag === "Finish")
-      if (finish?.finishReason === "error" && Sse.outputCharsOf(first.value) === 0) {
-        lifecycle.leave(entry)
-        yield* settle(reserved, { inputTokens: finish.usage.inputTokens, outputTokens: finish.usage.outputTokens })
-        metrics.tokens(finish.usage.inputTokens, finish.usage.outputTokens)
-        const error = Sse.endedInError(finish)
-        span?.end(Exit.fail(error))
-        return answered(env, "chat_stream", started, failure(env, error), tracker.upstreamMs)
-      }
-      let ended = false
-      const end = (ending: Sse.Ending) =>
-        Effect.suspend(() => {
-          if (ended) return Effect.void
-          ended = true
-          lifecycle.leave(entry)
-          const elapsed = millis(clock) - started
-          switch (ending._tag) {
-            case "Finished": {
-              const usage = ending.finish.usage
-              const finish = ending.finish
-              if (span !== undefined) answeredWith(span, finish.provider, finish.model, finish.finishReason, usage)
-              metrics.tokens(usage.inputTokens, usage.outputTokens)
-              metrics.answered("chat_stream", 200, elapsed, undefined)
-              return settle(reserved, { inputTokens: usage.inputTokens, outputTokens: usage.outputTokens })
-            }
-            case "Failed": {
-              span?.end(Exit.fail(ending.error))
-              metrics.failed(reasonOf(ending.error))
-              metrics.answered("chat_stream", 200, elapsed, undefined)
-              const usage = ending.usage
-              if (usage === undefined) return settleCut(reserved, ending.outputChars)
-              metrics.tokens(usage.inputTokens, usage.outputTokens)
-              return settle(reserved, { inputTokens: usage.inputTokens, outputTokens: usage.outputTokens })
-            }
-            case "Cancelled":
-              span?.end(Exit.interrupt())
-              metrics.failed("ClientClosed")
-              metrics.answered("chat_stream", 499, elapsed, undefined)
-              return settleCut(reserved, ending.outputChars)
+        const elapsed = millis(clock) - started
+        switch (ending._tag) {
+          case "Finished": {
+            const usage = ending.finish.usage
+            const finish = ending.finish
+            if (span !== undefined) answeredWith(span, finish.provider, finish.model, finish.finishReason, usage)
+            metrics.tokens(usage.inputTokens, usage.outputTokens)
+            metrics.answered("chat_stream", 200, elapsed, undefined)
+            return settle(reserved, { inputTokens: usage.inputTokens, outputTokens: usage.outputTokens })
           }
-        })
-      // A client gone before the body starts: the server never runs it, the request scope still ends.
-      yield* onRequestEnd(end({ _tag: "Cancelled", outputChars: Sse.outputCharsOf(first.value) }))
-      const body = Sse.body(first.value, pull, {
-        id: env.nextId("chatcmpl-"),
-        created: created(),
-        model: call.model,
-        includeUsage: call.includeUsage,
-        onFirstBytes: () => {
-          const at = millis(clock) - started
-          metrics.timeToFirstToken.record(at)
-          metrics.streamOverhead(at - tracker.upstreamMs)
-        },
-        onEnd: end
+          case "Failed": {
+            span?.end(Exit.fail(ending.error))
+            metrics.failed(reasonOf(ending.error))
+            metrics.answered("chat_stream", 200, elapsed, undefined)
+            const usage = ending.usage
+            if (usage === undefined) return settleCut(reserved, ending.outputChars)
+            metrics.tokens(usage.inputTokens, usage.outputTokens)
+            return settle(reserved, { inputTokens: usage.inputTokens, outputTokens: usage.outputTokens })
+          }
+          case "Cancelled":
+            span?.end(Exit.interrupt())
+            metrics.failed("ClientClosed")
+            metrics.answered("chat_stream", 499, elapsed, undefined)
+            return settleCut(reserved, ending.outputChars)
+        }
       })
-      return HttpServerResponse.stream(body, {
-        contentType: "text/event-stream",
-        headers: { "cache-control": "no-cache", "x-accel-buffering": "no", [requestIdHeader]: env.nextId("req_") }
-      })
+    // A client gone before the body starts: the server never runs it, the request scope still ends.
+    yield* onRequestEnd(end({ _tag: "Cancelled", outputChars: Sse.outputCharsOf(first.value) }))
+    const body = Sse.body(first.value, pull, {
+      id: env.nextId("chatcmpl-"),
+      created: created(),
+      model: call.model,
+      includeUsage: call.includeUsage,
+      onFirstBytes: () => {
+        const at = millis(clock) - started
+        metrics.timeToFirstToken.record(at)
+        metrics.streamOverhead(at - tracker.upstreamMs)
+      },
+      onEnd: end
     })
+    return HttpServerResponse.stream(body, {
+      contentType: "text/event-stream",
+      headers: { "cache-control": "no-cache", "x-accel-buffering": "no", [requestIdHeader]: env.nextId("req_") }
+    })
+  })
 
-  const handle = (request: HttpServerRequest.HttpServerRequest, started: number, entry: Entry) =>
-    Effect.gen(function* () {
-      const key = yield* authenticate(env, request)
-      const body = yield* readJson(env, request)
-      const parsed = parseChat(body)
-      if (parsed._tag === "Failure") return yield* Effect.fail(parsed.failure)
-      const chatCall = parsed.success
-      const target = yield* upstream.resolve(chatCall.model)
-      yield* checkAllowed(key, chatCall.model)
-      const valid = yield* Effect.mapError(validateGenerate(chatCall.request, executor.limits), (error) =>
-        named(error, chatCall.hoisted)
-      )
-      const reserved = yield* reserve(key, chatCall.model, target, valid)
-      const sent = bounded(key, chatCall.model, target, valid)
-      const maxTokens = sentMaxTokens(target, sent)
-      const attributes = {
-        "gen_ai.operation.name": "chat",
-        "gen_ai.request.model": chatCall.model,
-        ...(maxTokens === undefined ? {} : { "gen_ai.request.max_tokens": maxTokens }),
-        ...(valid.temperature === undefined ? {} : { "gen_ai.request.temperature": valid.temperature }),
-        ...(key === undefined ? {} : { "orchestra.key.id": key.id })
-      }
-      return yield* traced(`chat ${chatCall.model}`, attributes, (span) =>
-        chatCall.stream
-          ? streamed(entry, started, chatCall, target, sent, reserved, span)
-          : complete(entry, started, chatCall.model, chatCall.hoisted, target, sent, reserved, span)
-      )
-    })
+  const handle = Effect.fnUntraced(function* (
+    request: HttpServerRequest.HttpServerRequest,
+    started: number,
+    entry: Entry
+  ) {
+    const key = yield* authenticate(env, request)
+    const body = yield* readJson(env, request)
+    const parsed = parseChat(body)
+    if (parsed._tag === "Failure") return yield* Effect.fail(parsed.failure)
+    const chatCall = parsed.success
+    const target = yield* upstream.resolve(chatCall.model)
+    yield* checkAllowed(key, chatCall.model)
+    const valid = yield* Effect.mapError(validateGenerate(chatCall.request, executor.limits), (error) =>
+      named(error, chatCall.hoisted)
+    )
+    const reserved = yield* reserve(key, chatCall.model, target, valid)
+    const sent = bounded(key, chatCall.model, target, valid)
+    const maxTokens = sentMaxTokens(target, sent)
+    const attributes = {
+      "gen_ai.operation.name": "chat",
+      "gen_ai.request.model": chatCall.model,
+      ...(maxTokens === undefined ? {} : { "gen_ai.request.max_tokens": maxTokens }),
+      ...(valid.temperature === undefined ? {} : { "gen_ai.request.temperature": valid.temperature }),
+      ...(key === undefined ? {} : { "orchestra.key.id": key.id })
+    }
+    return yield* traced(`chat ${chatCall.model}`, attributes, (span) =>
+      chatCall.stream
+        ? streamed(entry, started, chatCall, target, sent, reserved, span)
+        : complete(entry, started, chatCall.model, chatCall.hoisted, target, sent, reserved, span)
+    )
+  })
 
   return handler(env, "chat", handle)
 }

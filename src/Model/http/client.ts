@@ -398,30 +398,39 @@ export const make = Effect.fnUntraced(function* (
   const bytesOf = (response: HttpClientResponse.HttpClientResponse, ctx: CallContext) =>
     boundBytes(bodyBytes(response, ctx), settings.maxResponseBytes, "the stream", "maxResponseBytes", ctx)
 
+  // Generator functions made once, not per call: calling a generator function made per call
+  // gives it a new map in the old generation, which keeps the call's objects (and the
+  // request's) through every young collection until the next full one.
+  const readJson = Effect.fnUntraced(function* <A>(
+    request: HttpClientRequest.HttpClientRequest,
+    decode: Decoder<A, unknown>,
+    ctx: CallContext
+  ) {
+    const response = yield* open(request, ctx)
+    const type = mediaType(response.headers)
+    if (type !== undefined && !isJsonType(type) && type !== "text/plain") {
+      return yield* unexpectedType(response, type, "a JSON body", ctx)
+    }
+    const value = yield* Effect.flatMap(readText(response, settings.maxResponseBytes, ctx), (text) =>
+      parseJson(text, ctx)
+    )
+    if (ctx.answerFirst !== true) {
+      if (isErrorPayload(value)) return yield* Effect.fail(errorFromPayload(value, ctx, "answer"))
+      return yield* decode(value, ctx)
+    }
+    // An answer the decoder takes is the answer, even with an `error` field of its own (an HTTP
+    // agent's `{ found: false, error: "no such city" }`); only one it refuses is read as an error object.
+    return yield* Effect.catch(decode(value, ctx), (error) =>
+      Effect.fail(isErrorPayload(value) ? errorFromPayload(value, ctx, "answer") : error)
+    )
+  })
+
   const json = <A>(
     request: HttpClientRequest.HttpClientRequest,
     decode: Decoder<A, unknown>,
     ctx: CallContext
   ): Effect.Effect<A, ModelError | TimeoutError> =>
-    Effect.gen(function* () {
-      const response = yield* open(request, ctx)
-      const type = mediaType(response.headers)
-      if (type !== undefined && !isJsonType(type) && type !== "text/plain") {
-        return yield* unexpectedType(response, type, "a JSON body", ctx)
-      }
-      const value = yield* Effect.flatMap(readText(response, settings.maxResponseBytes, ctx), (text) =>
-        parseJson(text, ctx)
-      )
-      if (ctx.answerFirst !== true) {
-        if (isErrorPayload(value)) return yield* Effect.fail(errorFromPayload(value, ctx, "answer"))
-        return yield* decode(value, ctx)
-      }
-      // An answer the decoder takes is the answer, even with an `error` field of its own (an HTTP
-      // agent's `{ found: false, error: "no such city" }`); only one it refuses is read as an error object.
-      return yield* Effect.catch(decode(value, ctx), (error) =>
-        Effect.fail(isErrorPayload(value) ? errorFromPayload(value, ctx, "answer") : error)
-      )
-    }).pipe(
+    readJson(request, decode, ctx).pipe(
       Effect.scoped,
       Effect.timeoutOrElse({
         duration: settings.timeout,
@@ -429,29 +438,29 @@ export const make = Effect.fnUntraced(function* (
       })
     )
 
+  const openEvents = Effect.fnUntraced(function* (request: HttpClientRequest.HttpClientRequest, ctx: CallContext) {
+    const response = yield* open(request, ctx)
+    const type = mediaType(response.headers)
+    if (type !== undefined && type !== "text/event-stream") {
+      return yield* unexpectedType(response, type, "an event stream (text/event-stream)", ctx)
+    }
+    return events(bytesOf(response, ctx), ctx, settings)
+  })
+
   const sse = (request: HttpClientRequest.HttpClientRequest, ctx: CallContext): Stream.Stream<Event, ModelError> =>
-    Stream.unwrap(
-      Effect.gen(function* () {
-        const response = yield* open(request, ctx)
-        const type = mediaType(response.headers)
-        if (type !== undefined && type !== "text/event-stream") {
-          return yield* unexpectedType(response, type, "an event stream (text/event-stream)", ctx)
-        }
-        return events(bytesOf(response, ctx), ctx, settings)
-      })
-    )
+    Stream.unwrap(openEvents(request, ctx))
+
+  const openValues = Effect.fnUntraced(function* (request: HttpClientRequest.HttpClientRequest, ctx: CallContext) {
+    const response = yield* open(request, ctx)
+    const type = mediaType(response.headers)
+    if (type !== undefined && !ndjsonTypes.has(type)) {
+      return yield* unexpectedType(response, type, "newline-delimited JSON (application/x-ndjson)", ctx)
+    }
+    return values(bytesOf(response, ctx), ctx, settings)
+  })
 
   const ndjson = (request: HttpClientRequest.HttpClientRequest, ctx: CallContext): Stream.Stream<unknown, ModelError> =>
-    Stream.unwrap(
-      Effect.gen(function* () {
-        const response = yield* open(request, ctx)
-        const type = mediaType(response.headers)
-        if (type !== undefined && !ndjsonTypes.has(type)) {
-          return yield* unexpectedType(response, type, "newline-delimited JSON (application/x-ndjson)", ctx)
-        }
-        return values(bytesOf(response, ctx), ctx, settings)
-      })
-    )
+    Stream.unwrap(openValues(request, ctx))
 
   return { settings, json, sse, ndjson } satisfies Client
 })
