@@ -625,6 +625,43 @@ describe("the full path under interruptions", () => {
   )
 })
 
+describe("the full path under interruptions: the attempt", () => {
+  it.effect("a caller interrupted at any yield of the full path leaves no attempt running", () =>
+    Effect.gen(function* () {
+      for (let k = 1; k <= 40; k++) {
+        const scope = yield* Scope.make()
+        const context = yield* Layer.buildWithScope(
+          Layer.mergeAll(StatsModule.layer, CircuitBreaker.layerMemory({ failMax: 2, resetTimeout: "5 seconds" })),
+          scope
+        )
+        const stats = context.mapUnsafe.get(Stats.key) as Stats["Service"]
+        const breakers = context.mapUnsafe.get(CircuitBreaker.Breakers.key) as CircuitBreaker.Service
+        const engine = yield* Engine.make({ stats, shutdownDeadline: Duration.seconds(1) }).pipe(Scope.provide(scope))
+        const plan = { steps: [{ ...step("1 minute"), name: "p", breaker: breakers }] as const }
+        // One failure shuts the breaker's fast lane: the next call takes the full path.
+        yield* Effect.exit(engine.runValue(plan, () => Effect.fail(modelError("Overloaded", "busy"))))
+        let running = 0
+        const hanging = () =>
+          Effect.suspend(() => {
+            running++
+            return Effect.never
+          }).pipe(Effect.ensuring(Effect.sync(() => running--)))
+        const base = Context.add(yield* Effect.context<never>(), Scheduler.MaxOpsBeforeYield, k)
+        const caller = Effect.runForkWith(base)(engine.runValue(plan, hanging))
+        for (let i = 0; i < k % 7; i++) yield* Effect.yieldNow
+        caller.interruptUnsafe()
+        for (let i = 0; i < 100; i++) yield* Effect.yieldNow
+        assert.isDefined(caller.pollUnsafe(), `k=${k}: the caller ended`)
+        // The attempt's fiber started in one step and its cancellation put in place in the next:
+        // a caller interrupted between the two left the provider's call running until its deadline.
+        assert.strictEqual(running, 0, `k=${k}: the provider's call was interrupted with its caller`)
+        assert.strictEqual(engine.lanes.size(), 0, `k=${k}: its deadline is no longer tracked`)
+        yield* Scope.close(scope, Exit.void)
+      }
+    })
+  )
+})
+
 describe("Router steps and token rate limits", () => {
   it.effect(
     "a domain on a provider with a token limit estimates each request's tokens; one without shares its step",

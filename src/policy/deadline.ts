@@ -335,22 +335,24 @@ export const make: Effect.Effect<Lanes, never, Scope.Scope> = Effect.gen(functio
     settleWith: (context: C, result: Exit.Exit<A, E> | Ending) => Effect.Effect<B, E2>,
     context: C
   ): Effect.Effect<B, E2> =>
-    Effect.withFiber((parent) => {
+    Effect.withFiber((parent) =>
       // A root fiber on the caller's context (its Clock, services, span): cheaper than a child
-      // fiber, and interrupted with the caller by the callback's cleanup below.
-      const fiber = Effect.runForkWith(parent.context)(effect)
-      const done = fiber.pollUnsafe()
-      if (done !== undefined) return settleWith(context, done)
-      const run = new Attempt(fiber, settleWith, context)
-      tracked++
-      place(run, timeout)
-      return Effect.callback<B, E2>((resume) => {
+      // fiber, and interrupted with the caller by the callback's cleanup. Started inside the
+      // callback's registration, so that its cancellation is in place in the same step: started
+      // one step before, a caller interrupted at a yield in between left it running.
+      Effect.callback<B, E2>((resume) => {
+        const fiber = Effect.runForkWith(parent.context)(effect)
+        const done = fiber.pollUnsafe()
+        if (done !== undefined) return resume(settleWith(context, done))
+        const run = new Attempt(fiber, settleWith, context)
+        tracked++
+        place(run, timeout)
         if (run.ending !== undefined) return resume(settleWith(context, run.ending))
         run.resume = resume
         run.removeObserver = fiber.addObserver((exit) => run.observe(exit))
         return Effect.sync(() => run.cancel())
       })
-    })
+    )
 
   const interruptAll = Effect.sync(() => {
     for (const lane of [untimed, ...lanes.values()]) {
