@@ -662,6 +662,33 @@ describe("the full path under interruptions: the attempt", () => {
   )
 })
 
+describe("the full path under interruptions: the total deadline", () => {
+  it.effect("a caller interrupted at any yield of a call with a total deadline leaves no deadline tracked", () =>
+    Effect.gen(function* () {
+      for (let k = 1; k <= 12; k++) {
+        for (let turns = 0; turns <= 10; turns++) {
+          const scope = yield* Scope.make()
+          const stats = yield* Layer.buildWithScope(StatsModule.layer, scope).pipe(
+            Effect.map((context) => context.mapUnsafe.get(Stats.key) as Stats["Service"])
+          )
+          const engine = yield* Engine.make({ stats, shutdownDeadline: Duration.seconds(1) }).pipe(Scope.provide(scope))
+          const plan = { steps: [step("1 minute")] as const, totalTimeout: Duration.minutes(2) }
+          const base = Context.add(yield* Effect.context<never>(), Scheduler.MaxOpsBeforeYield, k)
+          const caller = Effect.runForkWith(base)(engine.runValue(plan, () => Effect.never))
+          for (let i = 0; i < turns; i++) yield* Effect.yieldNow
+          caller.interruptUnsafe()
+          for (let i = 0; i < 100; i++) yield* Effect.yieldNow
+          assert.isDefined(caller.pollUnsafe(), `k=${k}, ${turns} turns: the caller ended`)
+          // The total deadline was linked in one step and its wait (whose cleanup unlinks it) put
+          // in place in the next: a caller interrupted in between left its timer running 2 minutes.
+          assert.strictEqual(engine.lanes.size(), 0, `k=${k}, ${turns} turns: no deadline is tracked any more`)
+          yield* Scope.close(scope, Exit.void)
+        }
+      }
+    })
+  )
+})
+
 describe("Router steps and token rate limits", () => {
   it.effect(
     "a domain on a provider with a token limit estimates each request's tokens; one without shares its step",

@@ -271,25 +271,23 @@ export const make: Effect.Effect<Lanes, never, Scope.Scope> = Effect.gen(functio
     Effect.flatMap(Effect.forkChild(effect, { startImmediately: true }), (fiber) => {
       const done = fiber.pollUnsafe()
       if (done !== undefined) return Effect.succeed(done)
-      let wake: ((ending: Ending) => void) | undefined
-      const node = link((ending) => {
-        fiber.interruptUnsafe()
-        const w = wake
-        wake = undefined
-        w?.(ending)
-      }, timeout)
+      // Linked inside the callback's registration, where its cleanup (which unlinks it) is put in
+      // place in the same step: linked one step before, a caller interrupted at a yield in between
+      // left its deadline tracked, and its timer running, until it passed. (The child fiber
+      // itself is interrupted with its parent.)
       return Effect.callback<Exit.Exit<A, E> | Ending>((resume) => {
+        const node = link((ending) => {
+          fiber.interruptUnsafe()
+          resume(Effect.succeed(ending))
+        }, timeout)
         if (node.ending !== undefined) return resume(Effect.succeed(node.ending))
-        wake = (ending) => resume(Effect.succeed(ending))
         const removeObserver = fiber.addObserver((exit) => {
           if (node.ending !== undefined) return
-          wake = undefined
           settle(node)
           resume(Effect.succeed(exit))
         })
         return Effect.sync(() => {
           removeObserver()
-          wake = undefined
           settle(node)
           fiber.interruptUnsafe()
         })
