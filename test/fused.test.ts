@@ -597,23 +597,30 @@ describe("found in review: interruptions at any point, and lanes ending together
 })
 
 describe("the full path under interruptions", () => {
+  /** An engine whose breaker's fast lane one failure has shut, so that the next call of `plan` takes the full path. */
+  const fullPathEngine = (timeout: string) =>
+    Effect.gen(function* () {
+      const scope = yield* Scope.make()
+      const context = yield* Layer.buildWithScope(
+        Layer.mergeAll(StatsModule.layer, CircuitBreaker.layerMemory({ failMax: 2, resetTimeout: "5 seconds" })),
+        scope
+      )
+      const stats = context.mapUnsafe.get(Stats.key) as Stats["Service"]
+      const breakers = context.mapUnsafe.get(CircuitBreaker.Breakers.key) as CircuitBreaker.Service
+      const engine = yield* Engine.make({ stats, shutdownDeadline: Duration.seconds(1) }).pipe(Scope.provide(scope))
+      const plan = { steps: [{ ...step(timeout), name: "p", breaker: breakers }] as const }
+      yield* Effect.exit(engine.runValue(plan, () => Effect.fail(modelError("Overloaded", "busy"))))
+      return { scope, engine, plan }
+    })
+
   it.effect("a caller interrupted at any yield of the full path is not left counted as running", () =>
     Effect.gen(function* () {
       for (let k = 1; k <= 40; k++) {
-        const scope = yield* Scope.make()
-        const context = yield* Layer.buildWithScope(
-          Layer.mergeAll(StatsModule.layer, CircuitBreaker.layerMemory({ failMax: 2, resetTimeout: "5 seconds" })),
-          scope
-        )
-        const stats = context.mapUnsafe.get(Stats.key) as Stats["Service"]
-        const breakers = context.mapUnsafe.get(CircuitBreaker.Breakers.key) as CircuitBreaker.Service
-        const engine = yield* Engine.make({ stats, shutdownDeadline: Duration.seconds(1) }).pipe(Scope.provide(scope))
-        const plan = { steps: [{ ...step("1 second"), name: "p", breaker: breakers }] as const }
-        const failing = () => Effect.fail(modelError("Overloaded", "busy"))
-        // One failure shuts the breaker's fast lane: the next call takes the full path.
-        yield* Effect.exit(engine.runValue(plan, failing))
+        const { scope, engine, plan } = yield* fullPathEngine("1 second")
         const base = Context.add(yield* Effect.context<never>(), Scheduler.MaxOpsBeforeYield, k)
-        const caller = Effect.runForkWith(base)(engine.runValue(plan, failing))
+        const caller = Effect.runForkWith(base)(
+          engine.runValue(plan, () => Effect.fail(modelError("Overloaded", "busy")))
+        )
         caller.interruptUnsafe()
         for (let i = 0; i < 100; i++) yield* Effect.yieldNow
         // Counted as running, it made the shutdown wait its whole deadline for nothing.
@@ -623,23 +630,11 @@ describe("the full path under interruptions", () => {
       }
     })
   )
-})
 
-describe("the full path under interruptions: the attempt", () => {
   it.effect("a caller interrupted at any yield of the full path leaves no attempt running", () =>
     Effect.gen(function* () {
       for (let k = 1; k <= 40; k++) {
-        const scope = yield* Scope.make()
-        const context = yield* Layer.buildWithScope(
-          Layer.mergeAll(StatsModule.layer, CircuitBreaker.layerMemory({ failMax: 2, resetTimeout: "5 seconds" })),
-          scope
-        )
-        const stats = context.mapUnsafe.get(Stats.key) as Stats["Service"]
-        const breakers = context.mapUnsafe.get(CircuitBreaker.Breakers.key) as CircuitBreaker.Service
-        const engine = yield* Engine.make({ stats, shutdownDeadline: Duration.seconds(1) }).pipe(Scope.provide(scope))
-        const plan = { steps: [{ ...step("1 minute"), name: "p", breaker: breakers }] as const }
-        // One failure shuts the breaker's fast lane: the next call takes the full path.
-        yield* Effect.exit(engine.runValue(plan, () => Effect.fail(modelError("Overloaded", "busy"))))
+        const { scope, engine, plan } = yield* fullPathEngine("1 minute")
         let running = 0
         const hanging = () =>
           Effect.suspend(() => {
