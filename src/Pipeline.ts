@@ -513,12 +513,13 @@ export const route =
     options?: Router.CallOptions
   ) =>
   (context: StepContext<I, D>): Effect.Effect<Router.Answer, AiError, Router.Router> =>
-    Effect.gen(function* () {
-      const router = yield* Router.Router
+    // Arrows: a generator function made at each run of the step gets a V8 map of its own, in the old
+    // generation, which keeps the run's objects through young collections until a full one.
+    Effect.flatMap(Router.Router, (router) => {
       const built = request(context)
       return typeof domains === "string"
-        ? yield* router.execute(built, domains, options)
-        : yield* router.executeWithFallback(built, domains, options)
+        ? router.execute(built, domains, options)
+        : router.executeWithFallback(built, domains, options)
     })
 
 /**
@@ -530,7 +531,4 @@ export const route =
 export const generate =
   <I, D>(request: (context: StepContext<I, D>) => GenerateRequest, options?: ExecuteOptions) =>
   (context: StepContext<I, D>): Effect.Effect<GenerateResponse, AiError, Executor> =>
-    Effect.gen(function* () {
-      const executor = yield* Executor
-      return yield* executor.execute(request(context), options)
-    })
+    Effect.flatMap(Executor, (executor) => executor.execute(request(context), options))

@@ -172,108 +172,106 @@ const isFunction = (u: unknown): u is (...args: ReadonlyArray<never>) => unknown
  * Checks the items' container (an array of at most `maxItems`) and a run's options; the
  * batch's `domain` and `fallback` must be known domains. Fails with an `InvalidRequest` naming the field.
  */
-export const check = (
+export const check: (
   items: unknown,
   input: unknown,
   router: RouterService,
   resolved: ReadonlyMap<string | undefined, unknown>,
   maxItems: number
-): Effect.Effect<
+) => Effect.Effect<
   { readonly items: ReadonlyArray<unknown>; readonly total: number; readonly options: Checked },
   ModelError
-> =>
-  Effect.gen(function* () {
-    if (!Array.isArray(items)) return yield* fail("items", `expected an array of items, got ${Input.kindOf(items)}`)
-    if (input === null || typeof input !== "object") {
-      return yield* fail("options", `expected an object, got ${Input.kindOf(input)}`)
-    }
-    const read = Input.readFields(input, optionNames)
-    if (Result.isFailure(read)) return yield* Effect.fail(Input.toInvalidRequest(read.failure))
-    let unknown: Input.Issue | undefined
+> = Effect.fnUntraced(function* (items, input, router, resolved, maxItems) {
+  if (!Array.isArray(items)) return yield* fail("items", `expected an array of items, got ${Input.kindOf(items)}`)
+  if (input === null || typeof input !== "object") {
+    return yield* fail("options", `expected an object, got ${Input.kindOf(input)}`)
+  }
+  const read = Input.readFields(input, optionNames)
+  if (Result.isFailure(read)) return yield* Effect.fail(Input.toInvalidRequest(read.failure))
+  let unknown: Input.Issue | undefined
+  try {
+    unknown = Input.unknownKey(input, optionFields)
+  } catch (error) {
+    // A `Proxy` whose key listing throws.
+    return yield* Effect.fail(threw("options", "listing its fields", error))
+  }
+  if (unknown !== undefined) return yield* fail(unknown.path, unknown.message)
+  const options = read.success as RawOptions
+  const concurrency = Input.optional(options.concurrency, (n) => Input.positiveInt("concurrency", n))
+  if (Result.isFailure(concurrency)) return yield* fail(concurrency.failure.path, concurrency.failure.message)
+  const domain = options.domain
+  if (domain !== undefined) {
+    if (typeof domain !== "string") return yield* fail("domain", `expected a domain name, got ${Input.kindOf(domain)}`)
+    if (!resolved.has(domain)) yield* router.chain(domain)
+  }
+  const given = Input.orDefault(options.fallback, [])
+  if (!Array.isArray(given)) return yield* fail("fallback", `expected an array of domain names`)
+  // Read once, into a list of our own, and bounded: a `Proxy` may claim any length, and throw.
+  let length: number
+  try {
+    length = given.length
+  } catch (error) {
+    return yield* Effect.fail(threw("fallback", "reading its length", error))
+  }
+  if (!Number.isSafeInteger(length) || length > maxFallback) {
+    const got = typeof length === "number" ? length : typeof length
+    return yield* fail("fallback", `expected at most ${maxFallback} domain names, got ${got}`)
+  }
+  const fallback: Array<string> = []
+  const listed = new Set<string>()
+  for (let i = 0; i < length; i++) {
+    let name: unknown
     try {
-      unknown = Input.unknownKey(input, optionFields)
+      name = given[i]
     } catch (error) {
-      // A `Proxy` whose key listing throws.
-      return yield* Effect.fail(threw("options", "listing its fields", error))
+      return yield* Effect.fail(threw(`fallback[${i}]`, "reading it", error))
     }
-    if (unknown !== undefined) return yield* fail(unknown.path, unknown.message)
-    const options = read.success as RawOptions
-    const concurrency = Input.optional(options.concurrency, (n) => Input.positiveInt("concurrency", n))
-    if (Result.isFailure(concurrency)) return yield* fail(concurrency.failure.path, concurrency.failure.message)
-    const domain = options.domain
-    if (domain !== undefined) {
-      if (typeof domain !== "string")
-        return yield* fail("domain", `expected a domain name, got ${Input.kindOf(domain)}`)
-      if (!resolved.has(domain)) yield* router.chain(domain)
+    const found = yield* Effect.result(router.chain([name as string]))
+    if (Result.isFailure(found)) return yield* fail(`fallback[${i}]`, found.failure.message)
+    // Once each, here for the whole batch: a domain listed twice would be called twice by items without a domain.
+    if (!listed.has(name as string)) {
+      listed.add(name as string)
+      fallback.push(name as string)
     }
-    const given = Input.orDefault(options.fallback, [])
-    if (!Array.isArray(given)) return yield* fail("fallback", `expected an array of domain names`)
-    // Read once, into a list of our own, and bounded: a `Proxy` may claim any length, and throw.
-    let length: number
-    try {
-      length = given.length
-    } catch (error) {
-      return yield* Effect.fail(threw("fallback", "reading its length", error))
+  }
+  for (const field of ["onProgress", "onEvent"] as const) {
+    const f = options[field]
+    if (f !== undefined && !isFunction(f)) return yield* fail(field, `expected a function, got ${Input.kindOf(f)}`)
+  }
+  if (options.cancel !== undefined && !Effect.isEffect(options.cancel)) {
+    return yield* fail("cancel", `expected an Effect that completes when the batch should stop`)
+  }
+  const id = options.id
+  if (id !== undefined && (typeof id !== "string" || id.trim().length === 0)) {
+    return yield* fail("id", `expected a non-empty string, got ${typeof id === "string" ? '""' : Input.kindOf(id)}`)
+  }
+  // Read once, here: a length that cannot be read is `items`' error, not a defect of the run.
+  let total: number
+  try {
+    total = items.length
+  } catch (error) {
+    return yield* Effect.fail(threw("items", "reading its length", error))
+  }
+  // An array's length is a whole number, but a `Proxy`'s may be anything: `-1` or `1.5` would
+  // be a `RangeError` where the run allocates, and a huge one would allocate (and walk) it all.
+  if (!Number.isSafeInteger(total) || total < 0) {
+    return yield* fail(
+      "items",
+      `expected an array, got a length of ${typeof total === "number" ? total : typeof total}`
+    )
+  }
+  if (total > maxItems) return yield* fail("items", `expected at most ${maxItems} items (maxItems), got ${total}`)
+  return {
+    items,
+    total,
+    options: {
+      concurrency: concurrency.success,
+      domain,
+      fallback,
+      onProgress: options.onProgress as Checked["onProgress"],
+      onEvent: options.onEvent as Checked["onEvent"],
+      cancel: options.cancel as Effect.Effect<void> | undefined,
+      id
     }
-    if (!Number.isSafeInteger(length) || length > maxFallback) {
-      const got = typeof length === "number" ? length : typeof length
-      return yield* fail("fallback", `expected at most ${maxFallback} domain names, got ${got}`)
-    }
-    const fallback: Array<string> = []
-    const listed = new Set<string>()
-    for (let i = 0; i < length; i++) {
-      let name: unknown
-      try {
-        name = given[i]
-      } catch (error) {
-        return yield* Effect.fail(threw(`fallback[${i}]`, "reading it", error))
-      }
-      const found = yield* Effect.result(router.chain([name as string]))
-      if (Result.isFailure(found)) return yield* fail(`fallback[${i}]`, found.failure.message)
-      // Once each, here for the whole batch: a domain listed twice would be called twice by items without a domain.
-      if (!listed.has(name as string)) {
-        listed.add(name as string)
-        fallback.push(name as string)
-      }
-    }
-    for (const field of ["onProgress", "onEvent"] as const) {
-      const f = options[field]
-      if (f !== undefined && !isFunction(f)) return yield* fail(field, `expected a function, got ${Input.kindOf(f)}`)
-    }
-    if (options.cancel !== undefined && !Effect.isEffect(options.cancel)) {
-      return yield* fail("cancel", `expected an Effect that completes when the batch should stop`)
-    }
-    const id = options.id
-    if (id !== undefined && (typeof id !== "string" || id.trim().length === 0)) {
-      return yield* fail("id", `expected a non-empty string, got ${typeof id === "string" ? '""' : Input.kindOf(id)}`)
-    }
-    // Read once, here: a length that cannot be read is `items`' error, not a defect of the run.
-    let total: number
-    try {
-      total = items.length
-    } catch (error) {
-      return yield* Effect.fail(threw("items", "reading its length", error))
-    }
-    // An array's length is a whole number, but a `Proxy`'s may be anything: `-1` or `1.5` would
-    // be a `RangeError` where the run allocates, and a huge one would allocate (and walk) it all.
-    if (!Number.isSafeInteger(total) || total < 0) {
-      return yield* fail(
-        "items",
-        `expected an array, got a length of ${typeof total === "number" ? total : typeof total}`
-      )
-    }
-    if (total > maxItems) return yield* fail("items", `expected at most ${maxItems} items (maxItems), got ${total}`)
-    return {
-      items,
-      total,
-      options: {
-        concurrency: concurrency.success,
-        domain,
-        fallback,
-        onProgress: options.onProgress as Checked["onProgress"],
-        onEvent: options.onEvent as Checked["onEvent"],
-        cancel: options.cancel as Effect.Effect<void> | undefined,
-        id
-      }
-    }
-  })
+  }
+})

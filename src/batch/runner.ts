@@ -210,222 +210,221 @@ const runOne = (
 /**
  * Runs a batch; fails only when the batch as a whole is invalid (see `Batch.Service.run`).
  */
-export const run = (
+export const run = Effect.fnUntraced(function* (
   deps: Deps,
   rawItems: unknown,
   rawOptions: RunOptions | undefined,
   /** Sees every event first (`Batch.stream`'s queue); it must not throw. */
   tap?: ((event: ProgressEvent) => void) | undefined
-) =>
-  Effect.gen(function* () {
-    const { executor, router, gate, limit } = deps
-    const { items, total, options } = yield* check(
-      rawItems,
-      rawOptions === undefined ? {} : rawOptions,
-      router,
-      deps.routes,
-      deps.maxItems
-    )
-    const id = options.id ?? deps.nextId()
-    yield* Effect.annotateCurrentSpan({ "orchestra.batch.id": id, "orchestra.batch.items": total })
-    const clock = yield* Clock.Clock
-    const start = clock.currentTimeMillisUnsafe()
-    const { onProgress, onEvent, fallback } = options
-    const silent = onProgress === undefined && onEvent === undefined && tap === undefined
-    if (total === 1 && silent && options.cancel === undefined) {
-      return yield* runOne(deps, itemAt(items, 0), options, id, clock, start)
-    }
+) {
+  const { executor, router, gate, limit } = deps
+  const { items, total, options } = yield* check(
+    rawItems,
+    rawOptions === undefined ? {} : rawOptions,
+    router,
+    deps.routes,
+    deps.maxItems
+  )
+  const id = options.id ?? deps.nextId()
+  yield* Effect.annotateCurrentSpan({ "orchestra.batch.id": id, "orchestra.batch.items": total })
+  const clock = yield* Clock.Clock
+  const start = clock.currentTimeMillisUnsafe()
+  const { onProgress, onEvent, fallback } = options
+  const silent = onProgress === undefined && onEvent === undefined && tap === undefined
+  if (total === 1 && silent && options.cancel === undefined) {
+    return yield* runOne(deps, itemAt(items, 0), options, id, clock, start)
+  }
 
-    const results: Array<ItemResult> = new Array(total)
-    // Plain arrays: a typed array's fixed cost dominates the many one-item batches.
-    const startedAt: Array<number> = new Array(total).fill(Number.NaN)
-    const waits: Array<number> = new Array(total).fill(Number.NaN)
-    const retries: Array<number> = new Array(total).fill(0)
-    let done = 0
-    let running = 0
-    let peak = 0
-    let cancelled = false
+  const results: Array<ItemResult> = new Array(total)
+  // Plain arrays: a typed array's fixed cost dominates the many one-item batches.
+  const startedAt: Array<number> = new Array(total).fill(Number.NaN)
+  const waits: Array<number> = new Array(total).fill(Number.NaN)
+  const retries: Array<number> = new Array(total).fill(0)
+  let done = 0
+  let running = 0
+  let peak = 0
+  let cancelled = false
 
-    const warned = { onProgress: false, onEvent: false }
-    // A failing callback is the caller's bug, not the batch's: logged once, then ignored.
-    const warn = (callback: "onProgress" | "onEvent", cause: unknown): Effect.Effect<void> => {
-      if (warned[callback]) return Effect.void
-      warned[callback] = true
-      return Effect.logWarning(`Batch ${id}: the ${callback} callback failed; later failures are not logged`, cause)
-    }
-    // Events of items started from JavaScript are not run by a worker, nor is an async
-    // callback's rejection: the only Effect that is not `Effect.void` is the warning of a
-    // callback that failed, run on the batch's context.
-    const context = yield* Effect.context<never>()
-    const runNow = (effect: Effect.Effect<void>): void => {
-      if (effect !== Effect.void) Effect.runForkWith(context)(effect)
-    }
-    const emit = (event: ProgressEvent): Effect.Effect<void> => {
-      tap?.(event)
-      let effect: Effect.Effect<void> = Effect.void
-      if (onProgress !== undefined) {
-        try {
-          const returned: unknown = onProgress(event)
-          // An async callback throws by rejecting: left alone, that is an unhandled rejection.
-          if (isThenable(returned)) returned.then(undefined, (error: unknown) => runNow(warn("onProgress", error)))
-        } catch (error) {
-          effect = warn("onProgress", error)
-        }
+  const warned = { onProgress: false, onEvent: false }
+  // A failing callback is the caller's bug, not the batch's: logged once, then ignored.
+  const warn = (callback: "onProgress" | "onEvent", cause: unknown): Effect.Effect<void> => {
+    if (warned[callback]) return Effect.void
+    warned[callback] = true
+    return Effect.logWarning(`Batch ${id}: the ${callback} callback failed; later failures are not logged`, cause)
+  }
+  // Events of items started from JavaScript are not run by a worker, nor is an async
+  // callback's rejection: the only Effect that is not `Effect.void` is the warning of a
+  // callback that failed, run on the batch's context.
+  const context = yield* Effect.context<never>()
+  const runNow = (effect: Effect.Effect<void>): void => {
+    if (effect !== Effect.void) Effect.runForkWith(context)(effect)
+  }
+  const emit = (event: ProgressEvent): Effect.Effect<void> => {
+    tap?.(event)
+    let effect: Effect.Effect<void> = Effect.void
+    if (onProgress !== undefined) {
+      try {
+        const returned: unknown = onProgress(event)
+        // An async callback throws by rejecting: left alone, that is an unhandled rejection.
+        if (isThenable(returned)) returned.then(undefined, (error: unknown) => runNow(warn("onProgress", error)))
+      } catch (error) {
+        effect = warn("onProgress", error)
       }
-      if (onEvent === undefined) return effect
-      const guarded = Effect.flatMap(
-        Effect.exit(userEffect("onEvent", () => onEvent(event))),
-        (exit): Effect.Effect<void> => (Exit.isSuccess(exit) ? Effect.void : warn("onEvent", Cause.squash(exit.cause)))
-      )
-      return Effect.andThen(effect, guarded)
     }
+    if (onEvent === undefined) return effect
+    const guarded = Effect.flatMap(
+      Effect.exit(userEffect("onEvent", () => onEvent(event))),
+      (exit): Effect.Effect<void> => (Exit.isSuccess(exit) ? Effect.void : warn("onEvent", Cause.squash(exit.cause)))
+    )
+    return Effect.andThen(effect, guarded)
+  }
 
-    const started = (index: number, takenAt: number): Effect.Effect<void> => {
-      const now = clock.currentTimeMillisUnsafe()
-      startedAt[index] = now
-      waits[index] = now - takenAt
-      if (++running > peak) peak = running
-      return silent ? Effect.void : emit({ _tag: "Started", index, done, total, elapsedMs: now - start })
-    }
+  const started = (index: number, takenAt: number): Effect.Effect<void> => {
+    const now = clock.currentTimeMillisUnsafe()
+    startedAt[index] = now
+    waits[index] = now - takenAt
+    if (++running > peak) peak = running
+    return silent ? Effect.void : emit({ _tag: "Started", index, done, total, elapsedMs: now - start })
+  }
 
-    const settle = (index: number, exit: Exit.Exit<Answer, AiError>): Effect.Effect<void> => {
-      const now = clock.currentTimeMillisUnsafe()
-      running--
-      done++
-      const durationMs = now - startedAt[index]!
-      const elapsedMs = now - start
-      const result = resultOf(index, exit, durationMs, retries[index]!)
-      results[index] = result
-      if (silent) return Effect.void
-      return result.error === undefined
-        ? emit({ _tag: "Succeeded", index, done, total, elapsedMs, durationMs })
-        : emit({
-            _tag: "Failed",
-            index,
-            status: result.status,
-            error: result.error,
-            done,
-            total,
-            elapsedMs,
-            durationMs
-          })
-    }
-
-    const onRetryFor =
-      (index: number) =>
-      (info: RetryInfo): Effect.Effect<void> => {
-        retries[index]! += 1
-        if (silent) return Effect.void
-        return emit({
-          _tag: "Retried",
+  const settle = (index: number, exit: Exit.Exit<Answer, AiError>): Effect.Effect<void> => {
+    const now = clock.currentTimeMillisUnsafe()
+    running--
+    done++
+    const durationMs = now - startedAt[index]!
+    const elapsedMs = now - start
+    const result = resultOf(index, exit, durationMs, retries[index]!)
+    results[index] = result
+    if (silent) return Effect.void
+    return result.error === undefined
+      ? emit({ _tag: "Succeeded", index, done, total, elapsedMs, durationMs })
+      : emit({
+          _tag: "Failed",
           index,
-          attempt: info.attempt,
-          delayMs: Duration.toMillis(info.delay),
+          status: result.status,
+          error: result.error,
           done,
           total,
-          elapsedMs: clock.currentTimeMillisUnsafe() - start
+          elapsedMs,
+          durationMs
         })
-      }
+  }
 
-    const routes = fallback.length === 0 ? deps.routes : new Map<string | undefined, Prepared>()
-    const callItem = (index: number): Effect.Effect<Answer, AiError> =>
-      callOf(deps, routes, fallback, itemAt(items, index), index, options.domain, onRetryFor(index))
+  const onRetryFor =
+    (index: number) =>
+    (info: RetryInfo): Effect.Effect<void> => {
+      retries[index]! += 1
+      if (silent) return Effect.void
+      return emit({
+        _tag: "Retried",
+        index,
+        attempt: info.attempt,
+        delayMs: Duration.toMillis(info.delay),
+        done,
+        total,
+        elapsedMs: clock.currentTimeMillisUnsafe() - start
+      })
+    }
 
-    const runItem = (index: number): Effect.Effect<void> => {
-      // Cancelled (by an event callback of this very worker, say): no item starts any more; the
-      // interruption of the pool that follows the cancellation ends this worker.
-      if (cancelled) return Effect.never
-      const takenAt = clock.currentTimeMillisUnsafe()
-      return gate.withPermit(
-        Effect.flatMap(
-          Effect.suspend(() => started(index, takenAt)),
-          () => Effect.flatMap(Effect.exit(Effect.suspend(() => callItem(index))), (exit) => settle(index, exit))
+  const routes = fallback.length === 0 ? deps.routes : new Map<string | undefined, Prepared>()
+  const callItem = (index: number): Effect.Effect<Answer, AiError> =>
+    callOf(deps, routes, fallback, itemAt(items, index), index, options.domain, onRetryFor(index))
+
+  const runItem = (index: number): Effect.Effect<void> => {
+    // Cancelled (by an event callback of this very worker, say): no item starts any more; the
+    // interruption of the pool that follows the cancellation ends this worker.
+    if (cancelled) return Effect.never
+    const takenAt = clock.currentTimeMillisUnsafe()
+    return gate.withPermit(
+      Effect.flatMap(
+        Effect.suspend(() => started(index, takenAt)),
+        () => Effect.flatMap(Effect.exit(Effect.suspend(() => callItem(index))), (exit) => settle(index, exit))
+      )
+    )
+  }
+
+  const concurrency = Math.min(options.concurrency ?? limit, limit)
+  // `onProgress` is called synchronously, so a batch with only that callback starts its
+  // items from JavaScript too; only `onEvent` (an Effect per event, in order) needs workers.
+  const startCall = onEvent === undefined ? startedBy.get(executor) : undefined
+
+  // The items of a batch without `onEvent`, started from JavaScript (`started.ts`).
+  const call = (index: number): Routed | ModelError | Effect.Effect<Answer, AiError> => {
+    const parsed = parse(itemAt(items, index), index)
+    if (parsed instanceof ModelError) return parsed
+    const prepared = routes.get(parsed.domain ?? options.domain)
+    const now = prepared === undefined ? undefined : preparedNow.get(prepared)
+    // A route not resolved yet: this one call resolves it, on a fiber of its own.
+    if (now === undefined) return callItem(index)
+    const routed = now(parsed.request, { onRetry: onRetryFor(index) })
+    return routed instanceof ModelError ? underItem(routed, index, parsed.via) : routed
+  }
+  const startedBatch: Started.Batch = {
+    total,
+    concurrency,
+    gate,
+    clock,
+    started: (index, takenAt) => runNow(started(index, takenAt)),
+    settle: (index, exit) => runNow(settle(index, exit)),
+    settled: (index) => results[index] !== undefined,
+    halted: () => cancelled,
+    call
+  }
+
+  // One worker runs on the batch's own fiber: a one-item batch forks nothing.
+  const pool =
+    startCall === undefined
+      ? // Each worker reads its item when it takes its index (`itemAt`), not through the pool.
+        forEachPool({ length: total }, concurrency, (_item, index) => runItem(index))
+      : Started.run(startedBatch, startCall)
+
+  if (options.cancel === undefined) {
+    yield* pool
+  } else {
+    // Started before the pool fiber runs: a cancel that has already happened interrupts it before its first item.
+    const poolFiber = yield* Effect.forkChild(pool)
+    const watcher = yield* Effect.forkChild(
+      Effect.andThen(
+        options.cancel,
+        Effect.sync(() => {
+          if (poolFiber.pollUnsafe() !== undefined) return
+          cancelled = true
+          poolFiber.interruptUnsafe()
+        })
+      ).pipe(
+        // A cancel that fails never completes: the batch runs on, and says why it was not cancelled.
+        Effect.catchCause((cause) =>
+          Cause.hasInterruptsOnly(cause)
+            ? Effect.void
+            : Effect.logWarning(
+                `Batch ${id}: the cancel Effect failed, so the batch was not cancelled`,
+                Cause.squash(cause)
+              )
         )
-      )
-    }
+      ),
+      { startImmediately: true }
+    )
+    yield* Fiber.await(poolFiber)
+    yield* Fiber.interrupt(watcher)
+  }
 
-    const concurrency = Math.min(options.concurrency ?? limit, limit)
-    // `onProgress` is called synchronously, so a batch with only that callback starts its
-    // items from JavaScript too; only `onEvent` (an Effect per event, in order) needs workers.
-    const startCall = onEvent === undefined ? startedBy.get(executor) : undefined
-
-    // The items of a batch without `onEvent`, started from JavaScript (`started.ts`).
-    const call = (index: number): Routed | ModelError | Effect.Effect<Answer, AiError> => {
-      const parsed = parse(itemAt(items, index), index)
-      if (parsed instanceof ModelError) return parsed
-      const prepared = routes.get(parsed.domain ?? options.domain)
-      const now = prepared === undefined ? undefined : preparedNow.get(prepared)
-      // A route not resolved yet: this one call resolves it, on a fiber of its own.
-      if (now === undefined) return callItem(index)
-      const routed = now(parsed.request, { onRetry: onRetryFor(index) })
-      return routed instanceof ModelError ? underItem(routed, index, parsed.via) : routed
-    }
-    const startedBatch: Started.Batch = {
-      total,
-      concurrency,
-      gate,
-      clock,
-      started: (index, takenAt) => runNow(started(index, takenAt)),
-      settle: (index, exit) => runNow(settle(index, exit)),
-      settled: (index) => results[index] !== undefined,
-      halted: () => cancelled,
-      call
-    }
-
-    // One worker runs on the batch's own fiber: a one-item batch forks nothing.
-    const pool =
-      startCall === undefined
-        ? // Each worker reads its item when it takes its index (`itemAt`), not through the pool.
-          forEachPool({ length: total }, concurrency, (_item, index) => runItem(index))
-        : Started.run(startedBatch, startCall)
-
-    if (options.cancel === undefined) {
-      yield* pool
-    } else {
-      // Started before the pool fiber runs: a cancel that has already happened interrupts it before its first item.
-      const poolFiber = yield* Effect.forkChild(pool)
-      const watcher = yield* Effect.forkChild(
-        Effect.andThen(
-          options.cancel,
-          Effect.sync(() => {
-            if (poolFiber.pollUnsafe() !== undefined) return
-            cancelled = true
-            poolFiber.interruptUnsafe()
-          })
-        ).pipe(
-          // A cancel that fails never completes: the batch runs on, and says why it was not cancelled.
-          Effect.catchCause((cause) =>
-            Cause.hasInterruptsOnly(cause)
-              ? Effect.void
-              : Effect.logWarning(
-                  `Batch ${id}: the cancel Effect failed, so the batch was not cancelled`,
-                  Cause.squash(cause)
-                )
-          )
-        ),
-        { startImmediately: true }
-      )
-      yield* Fiber.await(poolFiber)
-      yield* Fiber.interrupt(watcher)
-    }
-
-    const end = clock.currentTimeMillisUnsafe()
-    const notRun: Array<number> = []
-    for (let index = 0; index < total; index++) {
-      if (results[index] !== undefined) continue
-      const began = startedAt[index]!
-      const ran = !Number.isNaN(began)
-      if (!ran) notRun.push(index)
-      results[index] = { index, status: "cancelled", ran, durationMs: ran ? end - began : 0, retries: retries[index]! }
-    }
-    const elapsedMs = end - start
-    if (cancelled) yield* emit({ _tag: "Cancelled", notRun, done, total, elapsedMs })
-    return {
-      id,
-      results,
-      elapsedMs,
-      cancelled,
-      notRun,
-      stats: statsOf(results, { elapsedMs, peak, waits })
-    } satisfies BatchResult
-  })
+  const end = clock.currentTimeMillisUnsafe()
+  const notRun: Array<number> = []
+  for (let index = 0; index < total; index++) {
+    if (results[index] !== undefined) continue
+    const began = startedAt[index]!
+    const ran = !Number.isNaN(began)
+    if (!ran) notRun.push(index)
+    results[index] = { index, status: "cancelled", ran, durationMs: ran ? end - began : 0, retries: retries[index]! }
+  }
+  const elapsedMs = end - start
+  if (cancelled) yield* emit({ _tag: "Cancelled", notRun, done, total, elapsedMs })
+  return {
+    id,
+    results,
+    elapsedMs,
+    cancelled,
+    notRun,
+    stats: statsOf(results, { elapsedMs, peak, waits })
+  } satisfies BatchResult
+})

@@ -45,48 +45,59 @@ const overDefaults = (defaults: RunOptions, options: RunOptions): Record<string,
   return merged
 }
 
+// Made once (see `execute` in scheduler.ts).
+const runUnknown = Effect.fnUntraced(function* (
+  self: Pipeline<unknown, unknown, unknown, unknown>,
+  input: unknown,
+  options: RunOptions | undefined
+) {
+  if (self.issue !== undefined) return yield* Effect.fail(self.issue)
+  if (options !== undefined && (typeof options !== "object" || options === null)) {
+    return yield* Effect.fail(Errors.invalidOption("options", `expected an object, got ${Input.shown(options)}`))
+  }
+  const settings = Internal.checkRunOptions(
+    options === undefined ? self.defaults : overDefaults(self.defaults, options),
+    isConcurrencyRelated as (f: Internal.Failure) => boolean
+  )
+  if (R.isFailure(settings)) return yield* Effect.fail(settings.failure)
+  const steps = self.definition.steps
+  const first = steps.findIndex((def) => def.governed)
+  const found = first === -1 ? undefined : yield* Effect.serviceOption(Executor)
+  if (found?._tag === "None") {
+    const def = steps[first]!
+    const policy = policyKeys.find((key) => def[key] !== undefined) ?? "timeout"
+    return yield* Effect.fail(
+      noService(def, first, policy, "a step with policies runs through the Executor: provide one (Executor.layer)")
+    )
+  }
+  const executor = found?._tag === "Some" ? found.value : undefined
+  for (const [i, def] of steps.entries()) {
+    if (def.breaker !== undefined && executor?.guards.breaker === undefined) {
+      return yield* Effect.fail(
+        noService(def, i, "breaker", "the executor has no breakers (CircuitBreaker.layerMemory)")
+      )
+    }
+    if (def.rateLimit !== undefined) {
+      const guard = executor?.guards.rateLimit
+      if (guard === undefined) {
+        return yield* Effect.fail(
+          noService(def, i, "rateLimit", "the executor has no rate limits (RateLimit.layerMemory)")
+        )
+      }
+      const unlimited = requestLimitMissing(guard, def.rateLimit)
+      if (unlimited !== undefined) return yield* Effect.fail(noService(def, i, "rateLimit", unlimited))
+    }
+  }
+  return yield* execute(self.definition, input, settings.success, makeRunner(executor))
+})
+
 export const run = <I, O, E, R>(
   self: Pipeline<I, O, E, R>,
   input: I,
   options?: RunOptions
 ): Effect.Effect<Result<O, E>, PipelineError, R> =>
-  Effect.gen(function* () {
-    if (self.issue !== undefined) return yield* Effect.fail(self.issue)
-    if (options !== undefined && (typeof options !== "object" || options === null)) {
-      return yield* Effect.fail(Errors.invalidOption("options", `expected an object, got ${Input.shown(options)}`))
-    }
-    const settings = Internal.checkRunOptions(
-      options === undefined ? self.defaults : overDefaults(self.defaults, options),
-      isConcurrencyRelated as (f: Internal.Failure) => boolean
-    )
-    if (R.isFailure(settings)) return yield* Effect.fail(settings.failure)
-    const steps = self.definition.steps
-    const first = steps.findIndex((def) => def.governed)
-    const found = first === -1 ? undefined : yield* Effect.serviceOption(Executor)
-    if (found?._tag === "None") {
-      const def = steps[first]!
-      const policy = policyKeys.find((key) => def[key] !== undefined) ?? "timeout"
-      return yield* Effect.fail(
-        noService(def, first, policy, "a step with policies runs through the Executor: provide one (Executor.layer)")
-      )
-    }
-    const executor = found?._tag === "Some" ? found.value : undefined
-    for (const [i, def] of steps.entries()) {
-      if (def.breaker !== undefined && executor?.guards.breaker === undefined) {
-        return yield* Effect.fail(
-          noService(def, i, "breaker", "the executor has no breakers (CircuitBreaker.layerMemory)")
-        )
-      }
-      if (def.rateLimit !== undefined) {
-        const guard = executor?.guards.rateLimit
-        if (guard === undefined) {
-          return yield* Effect.fail(
-            noService(def, i, "rateLimit", "the executor has no rate limits (RateLimit.layerMemory)")
-          )
-        }
-        const unlimited = requestLimitMissing(guard, def.rateLimit)
-        if (unlimited !== undefined) return yield* Effect.fail(noService(def, i, "rateLimit", unlimited))
-      }
-    }
-    return (yield* execute(self.definition, input, settings.success, makeRunner(executor))) as unknown as Result<O, E>
-  }) as Effect.Effect<Result<O, E>, PipelineError, R>
+  runUnknown(self as Pipeline<unknown, unknown, unknown, unknown>, input, options) as unknown as Effect.Effect<
+    Result<O, E>,
+    PipelineError,
+    R
+  >

@@ -71,160 +71,167 @@ interface Run {
 }
 
 /** Each step starts as soon as its last dependency succeeds; at most `concurrency` run at once. */
-const runParallel = (definition: Definition, input: unknown, options: RunSettings, runStep: Runner) =>
-  Effect.scoped(
-    Effect.gen(function* () {
-      const outcomes = new Map<string, Outcome>()
-      const outputs = new Map<string, unknown>()
-      const started: Array<string> = []
-      const dependents = new Map<string, Array<StepDef>>()
-      const waiting = new Map<string, number>()
-      for (const def of definition.order) {
-        waiting.set(def.name, def.deps.length)
-        for (const dep of def.deps) {
-          const list = dependents.get(dep)
-          if (list === undefined) dependents.set(dep, [def])
-          else list.push(def)
-        }
-      }
-      // Ready steps wait as names, not as parked fibers: only `concurrency` fibers exist.
-      const ready: Array<StepDef> = definition.order.filter((def) => def.deps.length === 0)
-      // In definition order: a binary search for the place (the common case, a step ranked after
-      // every ready one, is a push). A scan from the front made a fan-out of n steps quadratic:
-      // 40,000 dependents of one step took 31 s.
-      const rankOf = (def: StepDef) => definition.index.get(def.name)!
-      const markReady = (def: StepDef) => {
-        const rank = rankOf(def)
-        let low = 0
-        let high = ready.length
-        if (high === 0 || rankOf(ready[high - 1]!) < rank) {
-          ready.push(def)
-          return
-        }
-        while (low < high) {
-          const middle = (low + high) >>> 1
-          if (rankOf(ready[middle]!) > rank) high = middle
-          else low = middle + 1
-        }
-        ready.splice(low, 0, def)
-      }
-      const running = new Map<string, Fiber.Fiber<void>>()
-      const startedAt = new Map<string, number>()
-      const done = yield* Queue.unbounded<Outcome>()
-      let stoppedBy: string | undefined
+const runParallel = Effect.fnUntraced(function* (
+  definition: Definition,
+  input: unknown,
+  options: RunSettings,
+  runStep: Runner
+) {
+  const outcomes = new Map<string, Outcome>()
+  const outputs = new Map<string, unknown>()
+  const started: Array<string> = []
+  const dependents = new Map<string, Array<StepDef>>()
+  const waiting = new Map<string, number>()
+  for (const def of definition.order) {
+    waiting.set(def.name, def.deps.length)
+    for (const dep of def.deps) {
+      const list = dependents.get(dep)
+      if (list === undefined) dependents.set(dep, [def])
+      else list.push(def)
+    }
+  }
+  // Ready steps wait as names, not as parked fibers: only `concurrency` fibers exist.
+  const ready: Array<StepDef> = definition.order.filter((def) => def.deps.length === 0)
+  // In definition order: a binary search for the place (the common case, a step ranked after
+  // every ready one, is a push). A scan from the front made a fan-out of n steps quadratic:
+  // 40,000 dependents of one step took 31 s.
+  const rankOf = (def: StepDef) => definition.index.get(def.name)!
+  const markReady = (def: StepDef) => {
+    const rank = rankOf(def)
+    let low = 0
+    let high = ready.length
+    if (high === 0 || rankOf(ready[high - 1]!) < rank) {
+      ready.push(def)
+      return
+    }
+    while (low < high) {
+      const middle = (low + high) >>> 1
+      if (rankOf(ready[middle]!) > rank) high = middle
+      else low = middle + 1
+    }
+    ready.splice(low, 0, def)
+  }
+  const running = new Map<string, Fiber.Fiber<void>>()
+  const startedAt = new Map<string, number>()
+  const done = yield* Queue.unbounded<Outcome>()
+  let stoppedBy: string | undefined
 
-      const start = (def: StepDef) =>
-        Effect.gen(function* () {
-          const now = yield* Clock.currentTimeMillis
-          started.push(def.name)
-          startedAt.set(def.name, now)
-          const fiber = yield* Effect.uninterruptibleMask((restore) =>
-            Effect.flatMap(restore(runStep(def, { input, deps: depsOf(def, outputs) }, now)), (outcome) =>
-              Queue.offer(done, outcome)
-            )
-          ).pipe(Effect.forkScoped({ startImmediately: true }))
-          running.set(def.name, fiber as Fiber.Fiber<void>)
-        })
-
-      const settle = (outcome: Outcome, now: number) => {
-        outcomes.set(outcome.step, outcome)
-        running.delete(outcome.step)
-        if (outcome.status === "succeeded") {
-          outputs.set(outcome.step, outcome.output)
-          if (stoppedBy !== undefined) return
-          for (const next of dependents.get(outcome.step) ?? []) {
-            const left = waiting.get(next.name)! - 1
-            waiting.set(next.name, left)
-            if (left === 0 && !outcomes.has(next.name)) markReady(next)
-          }
-          return
-        }
-        if (options.onFailure === "failFast") {
-          stoppedBy ??= outcome.step
-          return
-        }
-        const queue: Array<string> = [outcome.step]
-        while (queue.length > 0) {
-          const failed = queue.shift()!
-          for (const next of dependents.get(failed) ?? []) {
-            if (outcomes.has(next.name)) continue
-            outcomes.set(next.name, skipped(next.name, failed, outcomes, now))
-            queue.push(next.name)
-          }
-        }
-      }
-
-      while (true) {
-        while (stoppedBy === undefined && ready.length > 0 && running.size < options.concurrency) {
-          yield* start(ready.shift()!)
-        }
-        if (running.size === 0) break
-        const outcome = yield* Queue.take(done)
-        settle(outcome, yield* Clock.currentTimeMillis)
-        if (stoppedBy !== undefined && running.size > 0) {
-          yield* Fiber.interruptAll(Array.from(running.values()))
-          // Steps that finished while we interrupted keep their real outcome.
-          for (const finished of yield* Queue.clear(done)) settle(finished, yield* Clock.currentTimeMillis)
-          const now = yield* Clock.currentTimeMillis
-          for (const name of running.keys()) {
-            const from = startedAt.get(name)!
-            outcomes.set(name, {
-              status: "interrupted",
-              step: name,
-              reason: `pipeline stopped: step ${JSON.stringify(stoppedBy)} ${outcomes.get(stoppedBy)!.status}`,
-              failedStep: stoppedBy,
-              startedAt: from,
-              endedAt: now,
-              durationMs: now - from
-            })
-          }
-          running.clear()
-        }
-      }
-      if (stoppedBy !== undefined) {
-        const now = yield* Clock.currentTimeMillis
-        for (const def of definition.order) {
-          if (!outcomes.has(def.name)) outcomes.set(def.name, stopped(def.name, stoppedBy, outcomes, now))
-        }
-      }
-      return { outcomes, started } satisfies Run
+  // Arrows, not a generator made at each run (see `execute`).
+  const start = (def: StepDef) =>
+    Effect.flatMap(Clock.currentTimeMillis, (now) => {
+      started.push(def.name)
+      startedAt.set(def.name, now)
+      return Effect.uninterruptibleMask((restore) =>
+        Effect.flatMap(restore(runStep(def, { input, deps: depsOf(def, outputs) }, now)), (outcome) =>
+          Queue.offer(done, outcome)
+        )
+      ).pipe(
+        Effect.forkScoped({ startImmediately: true }),
+        Effect.flatMap((fiber) =>
+          Effect.sync(() => {
+            running.set(def.name, fiber as Fiber.Fiber<void>)
+          })
+        )
+      )
     })
-  )
+
+  const settle = (outcome: Outcome, now: number) => {
+    outcomes.set(outcome.step, outcome)
+    running.delete(outcome.step)
+    if (outcome.status === "succeeded") {
+      outputs.set(outcome.step, outcome.output)
+      if (stoppedBy !== undefined) return
+      for (const next of dependents.get(outcome.step) ?? []) {
+        const left = waiting.get(next.name)! - 1
+        waiting.set(next.name, left)
+        if (left === 0 && !outcomes.has(next.name)) markReady(next)
+      }
+      return
+    }
+    if (options.onFailure === "failFast") {
+      stoppedBy ??= outcome.step
+      return
+    }
+    const queue: Array<string> = [outcome.step]
+    while (queue.length > 0) {
+      const failed = queue.shift()!
+      for (const next of dependents.get(failed) ?? []) {
+        if (outcomes.has(next.name)) continue
+        outcomes.set(next.name, skipped(next.name, failed, outcomes, now))
+        queue.push(next.name)
+      }
+    }
+  }
+
+  while (true) {
+    while (stoppedBy === undefined && ready.length > 0 && running.size < options.concurrency) {
+      yield* start(ready.shift()!)
+    }
+    if (running.size === 0) break
+    const outcome = yield* Queue.take(done)
+    settle(outcome, yield* Clock.currentTimeMillis)
+    if (stoppedBy !== undefined && running.size > 0) {
+      yield* Fiber.interruptAll(Array.from(running.values()))
+      // Steps that finished while we interrupted keep their real outcome.
+      for (const finished of yield* Queue.clear(done)) settle(finished, yield* Clock.currentTimeMillis)
+      const now = yield* Clock.currentTimeMillis
+      for (const name of running.keys()) {
+        const from = startedAt.get(name)!
+        outcomes.set(name, {
+          status: "interrupted",
+          step: name,
+          reason: `pipeline stopped: step ${JSON.stringify(stoppedBy)} ${outcomes.get(stoppedBy)!.status}`,
+          failedStep: stoppedBy,
+          startedAt: from,
+          endedAt: now,
+          durationMs: now - from
+        })
+      }
+      running.clear()
+    }
+  }
+  if (stoppedBy !== undefined) {
+    const now = yield* Clock.currentTimeMillis
+    for (const def of definition.order) {
+      if (!outcomes.has(def.name)) outcomes.set(def.name, stopped(def.name, stoppedBy, outcomes, now))
+    }
+  }
+  return { outcomes, started } satisfies Run
+}, Effect.scoped)
 
 /** Topological order, one step at a time; outcomes in `kept` are not run again. */
-const runSequential = (
+const runSequential = Effect.fnUntraced(function* (
   definition: Definition,
   input: unknown,
   options: RunSettings,
   kept: ReadonlyMap<string, Outcome>,
   runStep: Runner
-) =>
-  Effect.gen(function* () {
-    const outcomes = new Map(kept)
-    const outputs = new Map<string, unknown>()
-    for (const [name, outcome] of kept) if (outcome.status === "succeeded") outputs.set(name, outcome.output)
-    const started: Array<string> = []
-    let stoppedBy: string | undefined
-    for (const def of definition.order) {
-      if (outcomes.has(def.name)) continue
-      const now = yield* Clock.currentTimeMillis
-      if (stoppedBy !== undefined) {
-        outcomes.set(def.name, stopped(def.name, stoppedBy, outcomes, now))
-        continue
-      }
-      const blocked = def.deps.find((dep) => outcomes.get(dep)?.status !== "succeeded")
-      if (blocked !== undefined) {
-        outcomes.set(def.name, skipped(def.name, blocked, outcomes, now))
-        continue
-      }
-      started.push(def.name)
-      const outcome = yield* runStep(def, { input, deps: depsOf(def, outputs) }, now)
-      outcomes.set(def.name, outcome)
-      if (outcome.status === "succeeded") outputs.set(def.name, outcome.output)
-      else if (options.onFailure === "failFast") stoppedBy = def.name
+) {
+  const outcomes = new Map(kept)
+  const outputs = new Map<string, unknown>()
+  for (const [name, outcome] of kept) if (outcome.status === "succeeded") outputs.set(name, outcome.output)
+  const started: Array<string> = []
+  let stoppedBy: string | undefined
+  for (const def of definition.order) {
+    if (outcomes.has(def.name)) continue
+    const now = yield* Clock.currentTimeMillis
+    if (stoppedBy !== undefined) {
+      outcomes.set(def.name, stopped(def.name, stoppedBy, outcomes, now))
+      continue
     }
-    return { outcomes, started } satisfies Run
-  })
+    const blocked = def.deps.find((dep) => outcomes.get(dep)?.status !== "succeeded")
+    if (blocked !== undefined) {
+      outcomes.set(def.name, skipped(def.name, blocked, outcomes, now))
+      continue
+    }
+    started.push(def.name)
+    const outcome = yield* runStep(def, { input, deps: depsOf(def, outputs) }, now)
+    outcomes.set(def.name, outcome)
+    if (outcome.status === "succeeded") outputs.set(def.name, outcome.output)
+    else if (options.onFailure === "failFast") stoppedBy = def.name
+  }
+  return { outcomes, started } satisfies Run
+})
 
 const failureOf = (outcome: Outcome): Failure | undefined => {
   if (outcome.status === "timedOut") return { _tag: "TimedOut", timeout: outcome.timeout }
@@ -299,10 +306,15 @@ const summarize = (
 /**
  * Runs a validated pipeline with checked options; never fails.
  *
+ * The generators of a run are made once, here and in the steps (`step.ts`): a generator
+ * function made at each run gets a V8 map of its own, in the old generation, which keeps
+ * everything the function reaches (the run's objects) through young collections until a
+ * full one.
+ *
  * @internal
  */
-export const execute = (definition: Definition, input: unknown, options: RunSettings, runStep: Runner) =>
-  Effect.gen(function* () {
+export const execute = Effect.fnUntraced(
+  function* (definition: Definition, input: unknown, options: RunSettings, runStep: Runner) {
     const startedAt = yield* Clock.currentTimeMillis
     let strategy: Strategy = options.mode
     let run: Run
@@ -349,8 +361,9 @@ export const execute = (definition: Definition, input: unknown, options: RunSett
       "pipeline.parallelism": result.parallelism
     })
     return result
-  }).pipe(
-    Effect.withSpan("Pipeline.run", {
+  },
+  (effect, definition: Definition, _input: unknown, options: RunSettings) =>
+    Effect.withSpan(effect, "Pipeline.run", {
       attributes: { "pipeline.steps": definition.steps.length, "pipeline.mode": options.mode }
     })
-  )
+)

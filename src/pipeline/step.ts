@@ -86,28 +86,27 @@ const errorOf = (cause: Cause.Cause<unknown>): unknown => {
   return found._tag === "Some" ? found.value : undefined
 }
 
-const direct = (def: StepDef, context: Context, startedAt: number) =>
-  Effect.gen(function* () {
-    const exit = yield* Effect.exit(inherit(userEffect(`step "${def.name}": run`, () => def.run(context))))
-    if (Exit.isSuccess(exit)) {
-      return {
-        status: "succeeded",
-        step: def.name,
-        output: exit.value,
-        attempts: 1,
-        ...(yield* timing(startedAt))
-      } satisfies Outcome
-    }
+const direct = Effect.fnUntraced(function* (def: StepDef, context: Context, startedAt: number) {
+  const exit = yield* Effect.exit(inherit(userEffect(`step "${def.name}": run`, () => def.run(context))))
+  if (Exit.isSuccess(exit)) {
     return {
-      status: "failed",
+      status: "succeeded",
       step: def.name,
-      error: errorOf(exit.cause),
-      cause: exit.cause,
-      message: messageOf(exit.cause),
+      output: exit.value,
       attempts: 1,
       ...(yield* timing(startedAt))
     } satisfies Outcome
-  })
+  }
+  return {
+    status: "failed",
+    step: def.name,
+    error: errorOf(exit.cause),
+    cause: exit.cause,
+    message: messageOf(exit.cause),
+    attempts: 1,
+    ...(yield* timing(startedAt))
+  } satisfies Outcome
+})
 
 /** One options object, so the executor's check of it is cached. */
 const executorRetry = { retry: true } as const
@@ -118,148 +117,150 @@ type Primary =
   | { readonly _tag: "Done" }
   | { readonly _tag: "Failed"; readonly error: unknown }
 
-const governed = (def: StepDef, context: Context, startedAt: number, executor: ExecutorService) =>
-  Effect.gen(function* () {
-    // `{ retry: true }` only resolves to the executor's own, already checked, policy: it cannot fail.
-    const retry = def.retry === "executor" ? (yield* Effect.orDie(executor.resolve(executorRetry))).retry : def.retry
-    let attempts = 0
-    let primary: Primary = { _tag: "NotStarted" }
-    let fellBack: Failure | undefined
-    // The step's own failures, kept as they were while their stand-ins travel the pipeline.
-    const originals = new Map<AiError, Cause.Cause<unknown>>()
-    const stepName = def.stats ?? def.name
+const governed = Effect.fnUntraced(function* (
+  def: StepDef,
+  context: Context,
+  startedAt: number,
+  executor: ExecutorService
+) {
+  // `{ retry: true }` only resolves to the executor's own, already checked, policy: it cannot fail.
+  const retry = def.retry === "executor" ? (yield* Effect.orDie(executor.resolve(executorRetry))).retry : def.retry
+  let attempts = 0
+  let primary: Primary = { _tag: "NotStarted" }
+  let fellBack: Failure | undefined
+  // The step's own failures, kept as they were while their stand-ins travel the pipeline.
+  const originals = new Map<AiError, Cause.Cause<unknown>>()
+  const stepName = def.stats ?? def.name
 
-    const settle = (effect: Effect.Effect<unknown, unknown, unknown>, own: boolean) =>
-      Effect.flatMap(Effect.exit(inherit(effect)), (exit): Effect.Effect<unknown, AiError> => {
-        if (Exit.isSuccess(exit)) {
-          if (own) primary = { _tag: "Done" }
-          return Effect.succeed(exit.value)
-        }
-        const found = Cause.findErrorOption(exit.cause)
-        if (own) primary = { _tag: "Failed", error: found._tag === "Some" ? found.value : undefined }
-        if (found._tag === "Some" && isAiError(found.value)) return Effect.fail(found.value)
-        const standIn: AiError =
-          found._tag === "Some"
-            ? new ModelError({ reason: "Unknown", message: messageOf(exit.cause), provider: stepName })
-            : new StreamInterruptedError({ partialText: "", reason: "Defect", detail: messageOf(exit.cause) })
-        originals.set(standIn, exit.cause)
-        return Effect.fail(standIn)
+  const settle = (effect: Effect.Effect<unknown, unknown, unknown>, own: boolean) =>
+    Effect.flatMap(Effect.exit(inherit(effect)), (exit): Effect.Effect<unknown, AiError> => {
+      if (Exit.isSuccess(exit)) {
+        if (own) primary = { _tag: "Done" }
+        return Effect.succeed(exit.value)
+      }
+      const found = Cause.findErrorOption(exit.cause)
+      if (own) primary = { _tag: "Failed", error: found._tag === "Some" ? found.value : undefined }
+      if (found._tag === "Some" && isAiError(found.value)) return Effect.fail(found.value)
+      const standIn: AiError =
+        found._tag === "Some"
+          ? new ModelError({ reason: "Unknown", message: messageOf(exit.cause), provider: stepName })
+          : new StreamInterruptedError({ partialText: "", reason: "Defect", detail: messageOf(exit.cause) })
+      originals.set(standIn, exit.cause)
+      return Effect.fail(standIn)
+    })
+
+  const refusedBy = <E extends AiError>(effect: Effect.Effect<void, E>) =>
+    Effect.tapError(effect, (error) =>
+      Effect.sync(() => {
+        primary = { _tag: "Failed", error }
       })
-
-    const refusedBy = <E extends AiError>(effect: Effect.Effect<void, E>) =>
-      Effect.tapError(effect, (error) =>
-        Effect.sync(() => {
+    )
+  const breaker: BreakerGuard | undefined =
+    def.breaker === undefined || executor.guards.breaker === undefined
+      ? undefined
+      : keyedBreaker(executor.guards.breaker, def.breaker, (error) => {
           primary = { _tag: "Failed", error }
         })
-      )
-    const breaker: BreakerGuard | undefined =
-      def.breaker === undefined || executor.guards.breaker === undefined
-        ? undefined
-        : keyedBreaker(executor.guards.breaker, def.breaker, (error) => {
-            primary = { _tag: "Failed", error }
-          })
-    const rateLimit: LimitGuard | undefined =
-      def.rateLimit === undefined || executor.guards.rateLimit === undefined
-        ? undefined
-        : {
-            acquire: (_key, cost) => refusedBy(executor.guards.rateLimit!.acquire(def.rateLimit!, cost))
-          }
+  const rateLimit: LimitGuard | undefined =
+    def.rateLimit === undefined || executor.guards.rateLimit === undefined
+      ? undefined
+      : {
+          acquire: (_key, cost) => refusedBy(executor.guards.rateLimit!.acquire(def.rateLimit!, cost))
+        }
 
-    const primaryFailure = (): Failure =>
-      primary._tag === "Failed"
-        ? { _tag: "Failed", error: primary.error }
-        : { _tag: "TimedOut", timeout: def.timeout ?? Duration.zero }
+  const primaryFailure = (): Failure =>
+    primary._tag === "Failed"
+      ? { _tag: "Failed", error: primary.error }
+      : { _tag: "TimedOut", timeout: def.timeout ?? Duration.zero }
 
-    const steps: Array<Step<"own" | "fallback">> = [
-      { target: "own", name: stepName, domain: statsDomain, timeout: def.timeout, retry, breaker, rateLimit }
-    ]
-    const fallback = def.fallback
-    if (fallback !== undefined) {
-      steps.push({ target: "fallback", name: stepName, domain: statsDomain, timeout: undefined, retry: undefined })
-    }
+  const steps: Array<Step<"own" | "fallback">> = [
+    { target: "own", name: stepName, domain: statsDomain, timeout: def.timeout, retry, breaker, rateLimit }
+  ]
+  const fallback = def.fallback
+  if (fallback !== undefined) {
+    steps.push({ target: "fallback", name: stepName, domain: statsDomain, timeout: undefined, retry: undefined })
+  }
 
-    const call = (target: "own" | "fallback"): Effect.Effect<unknown, AiError> => {
-      if (target === "own") {
-        return Effect.suspend(() => {
-          attempts++
-          primary = { _tag: "Running" }
-          return settle(
-            userEffect(`step "${def.name}": run`, () => def.run(context)),
-            true
-          )
-        })
-      }
+  const call = (target: "own" | "fallback"): Effect.Effect<unknown, AiError> => {
+    if (target === "own") {
       return Effect.suspend(() => {
-        const failure = primaryFailure()
-        fellBack = failure
-        if (fallback!._tag === "Value") return Effect.succeed(fallback!.value)
-        const run = fallback!.run
+        attempts++
+        primary = { _tag: "Running" }
         return settle(
-          userEffect(`step "${def.name}": fallback`, () => run({ ...context, failure })),
-          false
+          userEffect(`step "${def.name}": run`, () => def.run(context)),
+          true
         )
       })
     }
-
-    const exit = yield* Effect.exit(
-      executor.run(
-        {
-          steps: steps as [Step<"own" | "fallback">, ...Array<Step<"own" | "fallback">>],
-          totalTimeout: def.totalTimeout
-        },
-        call
+    return Effect.suspend(() => {
+      const failure = primaryFailure()
+      fellBack = failure
+      if (fallback!._tag === "Value") return Effect.succeed(fallback!.value)
+      const run = fallback!.run
+      return settle(
+        userEffect(`step "${def.name}": fallback`, () => run({ ...context, failure })),
+        false
       )
+    })
+  }
+
+  const exit = yield* Effect.exit(
+    executor.run(
+      {
+        steps: steps as [Step<"own" | "fallback">, ...Array<Step<"own" | "fallback">>],
+        totalTimeout: def.totalTimeout
+      },
+      call
     )
-    const times = yield* timing(startedAt)
-    if (Exit.isSuccess(exit)) {
-      const viaFallback = exit.value.step.target === "fallback" && fellBack !== undefined
-      return {
-        status: "succeeded",
-        step: def.name,
-        output: exit.value.value,
-        attempts,
-        ...(viaFallback
-          ? { fallback: { kind: fallback!._tag === "Value" ? "value" : "step", failure: fellBack! } }
-          : {}),
-        ...times
-      } satisfies Outcome
-    }
-    const found = Cause.findErrorOption(exit.cause)
-    if (found._tag === "None") {
-      return {
-        status: "failed",
-        step: def.name,
-        cause: exit.cause,
-        message: messageOf(exit.cause),
-        attempts,
-        ...times
-      } satisfies Outcome
-    }
-    let error: AiError = found.value
-    if (error._tag === "FallbackExhaustedError") error = error.last
-    const original = originals.get(error)
-    const cause: Cause.Cause<unknown> = original ?? Cause.fail(error)
-    const prefix = fellBack === undefined ? "" : "fallback failed: "
-    if (original === undefined && error._tag === "TimeoutError" && fellBack === undefined) {
-      return {
-        status: "timedOut",
-        step: def.name,
-        timeout: (error as TimeoutError).timeout,
-        attempts,
-        ...times
-      } satisfies Outcome
-    }
+  )
+  const times = yield* timing(startedAt)
+  if (Exit.isSuccess(exit)) {
+    const viaFallback = exit.value.step.target === "fallback" && fellBack !== undefined
+    return {
+      status: "succeeded",
+      step: def.name,
+      output: exit.value.value,
+      attempts,
+      ...(viaFallback ? { fallback: { kind: fallback!._tag === "Value" ? "value" : "step", failure: fellBack! } } : {}),
+      ...times
+    } satisfies Outcome
+  }
+  const found = Cause.findErrorOption(exit.cause)
+  if (found._tag === "None") {
     return {
       status: "failed",
       step: def.name,
-      error: original === undefined ? error : errorOf(original),
-      cause,
-      message: `${prefix}${messageOf(cause)}`,
+      cause: exit.cause,
+      message: messageOf(exit.cause),
       attempts,
-      ...(fellBack === undefined ? {} : { primary: fellBack }),
       ...times
     } satisfies Outcome
-  })
+  }
+  let error: AiError = found.value
+  if (error._tag === "FallbackExhaustedError") error = error.last
+  const original = originals.get(error)
+  const cause: Cause.Cause<unknown> = original ?? Cause.fail(error)
+  const prefix = fellBack === undefined ? "" : "fallback failed: "
+  if (original === undefined && error._tag === "TimeoutError" && fellBack === undefined) {
+    return {
+      status: "timedOut",
+      step: def.name,
+      timeout: (error as TimeoutError).timeout,
+      attempts,
+      ...times
+    } satisfies Outcome
+  }
+  return {
+    status: "failed",
+    step: def.name,
+    error: original === undefined ? error : errorOf(original),
+    cause,
+    message: `${prefix}${messageOf(cause)}`,
+    attempts,
+    ...(fellBack === undefined ? {} : { primary: fellBack }),
+    ...times
+  } satisfies Outcome
+})
 
 /**
  * A breaker guard that keeps every step under one key, and reports refusals.
