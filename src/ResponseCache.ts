@@ -12,6 +12,7 @@
  */
 import { createHash } from "node:crypto"
 import { Context, Effect, Layer, Option, Result, Schema } from "effect"
+import type { ModelError } from "./AiError.js"
 import * as Input from "./Input.js"
 import {
   type GenerateRequest,
@@ -65,16 +66,20 @@ export interface GetOrComputeOptions<E> {
    * e.g. with its deadline. The bound failing is answered as a failed computation is (with
    * `allowStale`, from the stale entry); the computation goes on while other callers wait for it.
    */
-  readonly bound?: (<A>(wait: Effect.Effect<A, E>) => Effect.Effect<A, E>) | undefined
+  readonly bound?: (<A>(wait: Effect.Effect<A, E | ModelError>) => Effect.Effect<A, E | ModelError>) | undefined
   /**
    * Who produced an answer of `compute` when it was not the request the key names (a
    * fallback's provider and domain), kept with the answer and handed to every caller it answers.
+   * One that throws, or answers something else than `undefined` or `{ provider, domain? }` (strings),
+   * fails the computation with an `InvalidRequest` naming `originOf`.
    */
   readonly originOf?: ((value: GenerateResponse) => Origin | undefined) | undefined
   /**
    * `false` for an answer of `compute` that must not be kept (it came from a domain with
    * `cache: false`, reached as a fallback): it answers the callers of this computation and
    * is neither kept nor written. Default: every answer but one that finished in error is kept.
+   * One that throws, or answers something else than a boolean (or `undefined`: kept), fails the
+   * computation with an `InvalidRequest` naming `keep`; it is not called on an answer that finished in error.
    *
    * @since 0.3.0
    */
@@ -113,12 +118,17 @@ export interface Service {
    * Calls sharing a key must be interchangeable (the first caller's effect runs for all).
    * With `allowStale`, a failed computation is answered with the expired entry if it is
    * within its grace (`source: "stale"`).
+   *
+   * Fails with an `InvalidRequest` `ModelError` naming the field, before anything is looked up,
+   * for a `key` that is not a string, a `compute` that is not an Effect, or `options` with a key
+   * it does not take (a misspelt `alowStale`) or a value of the wrong kind; and, never answered
+   * stale, when `keep` or `originOf` throws or answers what it may not (see their docs).
    */
   readonly getOrCompute: <E>(
     key: string,
-    compute: Effect.Effect<GenerateResponse, E>,
+    compute: Effect.Effect<GenerateResponse, E | ModelError>,
     options?: GetOrComputeOptions<E>
-  ) => Effect.Effect<Computed, E>
+  ) => Effect.Effect<Computed, E | ModelError>
   /** Fresh answers of several keys, in the order of `keys` (Redis: one `MGET`). */
   readonly getMany: (keys: ReadonlyArray<string>) => Effect.Effect<ReadonlyArray<Option.Option<GenerateResponse>>>
   /** Stores several answers (Redis: one round trip); those that finished in error are left out. */
@@ -408,15 +418,16 @@ export const makeMemory = Effect.fnUntraced(function* (options: MemoryOptions = 
 
   const compute = <E>(
     k: string,
-    effect: Effect.Effect<GenerateResponse, E>,
+    effect: Effect.Effect<GenerateResponse, E | ModelError>,
     found: Internal.Peeked,
     options: GetOrComputeOptions<E>
-  ): Effect.Effect<Computed, E> => {
+  ): Effect.Effect<Computed, E | ModelError> => {
     const stale = found._tag === "Running" ? table.refreshingOf(k) : found._tag === "Done" ? found.stored : undefined
-    const originOf = options.originOf
     const run = table.run(
       k,
-      Effect.flatMap(effect, (value) => storeAnswer(value, originOf?.(value), Internal.keeps(value, options.keep))),
+      Effect.flatMap(effect, (value) =>
+        Internal.storeWith(value, options, (origin, keep) => storeAnswer(value, origin, keep))
+      ),
       found._tag === "Done" ? stale : undefined
     )
     return Internal.answerOrStale(
@@ -428,8 +439,10 @@ export const makeMemory = Effect.fnUntraced(function* (options: MemoryOptions = 
     )
   }
 
-  const getOrCompute: Service["getOrCompute"] = (key, effect, options) =>
-    Internal.traced(
+  const getOrCompute: Service["getOrCompute"] = (key, effect, options) => {
+    const issue = Internal.callIssue(key, effect, options)
+    if (issue !== undefined) return Effect.fail(Input.toInvalidRequest(issue))
+    return Internal.traced(
       "ResponseCache.getOrCompute",
       Effect.clockWith((clock) => {
         const k = Internal.responseKey(key)
@@ -442,6 +455,7 @@ export const makeMemory = Effect.fnUntraced(function* (options: MemoryOptions = 
         return compute(k, effect, found, options ?? {})
       })
     )
+  }
 
   // A fresh entry, marked as just used (a replay or a batch hit is a use as much as a getOrCompute hit).
   const fresh = (k: string, now: number): Option.Option<Internal.Stored> => {

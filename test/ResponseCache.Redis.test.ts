@@ -639,6 +639,46 @@ describe.skipIf(skipRedis)(`ResponseCache.Redis (${skipRedis ? skipReason : "nee
     )
   )
 
+  it.live(
+    "getOrCompute refuses bad options naming them; a keep or originOf that throws fails its call, not stale",
+    () =>
+      Effect.scoped(
+        Effect.gen(function* () {
+          const server = yield* startRedis
+          const cache = yield* build(server, { ttl: "300 millis", staleFor: "1 minute" })
+          const field = (effect: Effect.Effect<unknown, unknown>) =>
+            Effect.map(Effect.flip(effect), (error) => {
+              const e = error as { readonly _tag: string; readonly reason: string; readonly field: string }
+              assert.strictEqual(`${e._tag}/${e.reason}`, "ModelError/InvalidRequest")
+              return e.field
+            })
+          const answer = Effect.succeed(response("new"))
+          assert.strictEqual(yield* field(cache.getOrCompute("k", answer, { alowStale: true } as never)), "alowStale")
+          assert.strictEqual(yield* field(cache.getOrCompute("k", answer, { keep: 1 } as never)), "keep")
+          assert.strictEqual(yield* field(cache.getOrCompute(null as never, answer)), "key")
+          yield* cache.setMany([{ key: "k", value: response("old") }])
+          yield* Effect.sleep("400 millis")
+          const throwing = () => {
+            throw new Error("boom")
+          }
+          assert.strictEqual(
+            yield* field(cache.getOrCompute("k", answer, { allowStale: true, keep: throwing })),
+            "keep"
+          )
+          assert.strictEqual(
+            yield* field(cache.getOrCompute("k", answer, { allowStale: true, originOf: throwing })),
+            "originOf"
+          )
+          // An origin that is not one was written as one, and the write died encoding it.
+          assert.strictEqual(
+            yield* field(cache.getOrCompute("k", answer, { originOf: () => ({ provider: 5 }) as never })),
+            "originOf"
+          )
+          assert.deepStrictEqual(yield* cache.getMany(["k"]), [Option.none()], "nothing new was kept or written")
+        })
+      )
+  )
+
   it.live("a caller's bound cuts its wait and is answered stale; an answer's origin is kept in Redis", () =>
     Effect.scoped(
       Effect.gen(function* () {

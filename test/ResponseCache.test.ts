@@ -825,3 +825,81 @@ describe("ResponseCache: metric series and the layer's life", () => {
     }).pipe(Effect.provideService(Metric.MetricRegistry, new Map()))
   )
 })
+
+/** The `InvalidRequest` a call failed with, and whether it failed as a defect instead. */
+const refusal = <A, E>(effect: Effect.Effect<A, E>) =>
+  Effect.map(Effect.exit(effect), (exit) => {
+    const error = Exit.findErrorOption(exit)
+    assert.isTrue(Option.isSome(error), `expected a typed failure, got ${String(exit)}`)
+    const found = Option.getOrThrow(error) as { readonly _tag: string; readonly reason: string; readonly field: string }
+    assert.strictEqual(found._tag, "ModelError")
+    assert.strictEqual(found.reason, "InvalidRequest")
+    return found
+  })
+
+describe("ResponseCache: inputs", () => {
+  it.effect("getOrCompute refuses an options key it does not take, or a value of the wrong kind, naming it", () =>
+    Effect.gen(function* () {
+      const cache = yield* makeCache()
+      const provider = yield* scripted({ latency: 0 })
+      const cases: ReadonlyArray<readonly [unknown, unknown, unknown, string]> = [
+        // A misspelt allowStale was ignored: the caller believed stale-if-error was on.
+        ["k", provider.call("x"), { alowStale: true }, "alowStale"],
+        ["k", provider.call("x"), { allowStale: "yes" }, "allowStale"],
+        ["k", provider.call("x"), { keep: false }, "keep"],
+        ["k", provider.call("x"), { originOf: null }, "originOf"],
+        ["k", provider.call("x"), { bound: 5 }, "bound"],
+        ["k", provider.call("x"), null, "options"],
+        [5, provider.call("x"), undefined, "key"],
+        ["k", Promise.resolve(response("x")), undefined, "compute"]
+      ]
+      for (const [key, compute, options, field] of cases) {
+        const error = yield* refusal(cache.getOrCompute(key as string, compute as never, options as never))
+        assert.strictEqual(error.field, field, JSON.stringify(options))
+      }
+      assert.strictEqual(yield* provider.calls, 0, "nothing was computed")
+      assert.deepStrictEqual(yield* lookups(cache.name), { hit: 0, miss: 0, stale: 0, shared: 0 })
+    })
+  )
+
+  it.effect("a keep or originOf that throws, or answers what it may not, fails its call naming it, not stale", () =>
+    Effect.gen(function* () {
+      const cache = yield* makeCache({ ttl: "10 seconds", staleFor: "1 minute" })
+      yield* cache.setMany([{ key: "k", value: response("old") }])
+      yield* TestClock.adjust("11 seconds")
+      const cases: ReadonlyArray<readonly [ResponseCache.GetOrComputeOptions<never>, string]> = [
+        [
+          {
+            keep: () => {
+              throw new Error("boom")
+            }
+          },
+          "keep"
+        ],
+        [
+          {
+            originOf: () => {
+              throw new Error("boom")
+            }
+          },
+          "originOf"
+        ],
+        // `keep: () => 0` meant "do not keep" and kept it; an origin that is not one cannot be stored.
+        [{ keep: () => 0 as never }, "keep"],
+        [{ originOf: () => "b" as never }, "originOf"]
+      ]
+      for (const [options, field] of cases) {
+        const error = yield* refusal(
+          cache.getOrCompute("k", Effect.succeed(response("new")), { ...options, allowStale: true })
+        )
+        assert.strictEqual(error.field, field)
+        assert.include((error as unknown as Error).message, field)
+      }
+      // Nothing was kept: the stale entry is still the one a failure finds.
+      assert.deepStrictEqual(
+        yield* cache.getOrCompute("k", Effect.fail(modelError("Overloaded", "down")), { allowStale: true }),
+        { value: response("old"), source: "stale" }
+      )
+    })
+  )
+})

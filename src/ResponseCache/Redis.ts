@@ -16,6 +16,7 @@
  */
 import { Context, Duration, Effect, Exit, Fiber, Layer, Metric, Option, Schema, Scope } from "effect"
 import { Persistence, type Redis } from "effect/persistence"
+import type { ModelError } from "../AiError.js"
 import * as Input from "../Input.js"
 import * as Counters from "../stats/counters.js"
 import * as Metrics from "../Metrics.js"
@@ -166,25 +167,26 @@ export const make = Effect.fnUntraced(function* (options: Options = {}) {
   // either way, and cannot bring back what the command removed.
   const supersede = (fibers: ReadonlyArray<Fiber.Fiber<void>>): Effect.Effect<void> => Fiber.interruptAll(fibers)
 
-  const computeAndWrite = (
+  const computeAndWrite = <E>(
     k: string,
-    compute: Effect.Effect<GenerateResponse, unknown>,
-    originOf: ((value: GenerateResponse) => ResponseCache.Origin | undefined) | undefined,
-    keep: ((value: GenerateResponse) => boolean) | undefined
+    compute: Effect.Effect<GenerateResponse, E | ModelError>,
+    options: ResponseCache.GetOrComputeOptions<E>
   ) =>
     Effect.flatMap(compute, (response) =>
-      Effect.flatMap(now, (at) => {
-        const value = Internal.responseOf(response, originOf?.(response))
-        // An answer that finished in error (or that `keep` refuses) reaches the flight's callers,
-        // and is neither kept nor written.
-        const notKept = Effect.succeed(Internal.storedOf(value, at, config.ttl, config.staleFor, 0))
-        if (!Internal.keeps(response, keep)) return notKept
-        // An `invalidate` or a `setMany` of the key while it was computed: written now, the answer
-        // came back after the one or replaced the value of the other (the memory cache drops it).
-        return Effect.flatMap(table.takenOut, (taken) =>
-          taken ? notKept : writeBehind(k, Internal.storedOf(value, at, config.ttl, config.staleFor, retain), at)
-        )
-      })
+      Internal.storeWith(response, options, (origin, keep) =>
+        Effect.flatMap(now, (at) => {
+          const value = Internal.responseOf(response, origin)
+          // An answer that finished in error (or that `keep` refuses) reaches the flight's callers,
+          // and is neither kept nor written.
+          const notKept = Effect.succeed(Internal.storedOf(value, at, config.ttl, config.staleFor, 0))
+          if (!keep) return notKept
+          // An `invalidate` or a `setMany` of the key while it was computed: written now, the answer
+          // came back after the one or replaced the value of the other (the memory cache drops it).
+          return Effect.flatMap(table.takenOut, (taken) =>
+            taken ? notKept : writeBehind(k, Internal.storedOf(value, at, config.ttl, config.staleFor, retain), at)
+          )
+        })
+      )
     )
 
   const answer = (stored: Internal.Stored): GenerateResponse =>
@@ -200,9 +202,9 @@ export const make = Effect.fnUntraced(function* (options: Options = {}) {
 
   const untraced = <E>(
     key: string,
-    compute: Effect.Effect<GenerateResponse, E>,
+    compute: Effect.Effect<GenerateResponse, E | ModelError>,
     options: ResponseCache.GetOrComputeOptions<E>
-  ): Effect.Effect<ResponseCache.Computed, E> =>
+  ): Effect.Effect<ResponseCache.Computed, E | ModelError> =>
     Effect.suspend(() => {
       const k = Internal.responseKey(key)
       let joining = false
@@ -230,7 +232,7 @@ export const make = Effect.fnUntraced(function* (options: Options = {}) {
         }
         const { leader, stored } = yield* table.run(
           k,
-          computeAndWrite(k, compute, options.originOf, options.keep) as Effect.Effect<Internal.Stored, E>,
+          computeAndWrite(k, compute, options),
           joining ? undefined : stale
         )
         return Internal.computed(stored, leader ? "miss" : "shared")
@@ -244,8 +246,11 @@ export const make = Effect.fnUntraced(function* (options: Options = {}) {
       )
     })
 
-  const getOrCompute: ResponseCache.Service["getOrCompute"] = (key, compute, options) =>
-    Internal.traced("ResponseCache.getOrCompute", untraced(key, compute, options ?? {}))
+  const getOrCompute: ResponseCache.Service["getOrCompute"] = (key, compute, options) => {
+    const issue = Internal.callIssue(key, compute, options)
+    if (issue !== undefined) return Effect.fail(Input.toInvalidRequest(issue))
+    return Internal.traced("ResponseCache.getOrCompute", untraced(key, compute, options ?? {}))
+  }
 
   const fresh = (found: Option.Option<Internal.Stored>, at: number) => Option.filter(found, (s) => at < s.freshUntil)
 

@@ -10,6 +10,9 @@
  * @internal
  */
 import { Cache, Duration, Effect, Exit, Fiber, type Metric, MutableHashMap, Option, type Scope } from "effect"
+import type { ModelError } from "../AiError.js"
+import { thrownIssue } from "../executor/options.js"
+import * as Input from "../Input.js"
 import * as Metrics from "../Metrics.js"
 import * as Counters from "../stats/counters.js"
 import type { GenerateRequest, GenerateResponse, StreamPart } from "../Model.js"
@@ -368,14 +371,94 @@ export const storedOf = (
  */
 export const keepable = (finishReason: GenerateResponse["finishReason"]): boolean => finishReason !== "error"
 
+const callKeys: ReadonlySet<string> = new Set(["allowStale", "bound", "originOf", "keep"])
+const callFlags: ReadonlyArray<string> = ["allowStale"]
+const callKinds = [
+  ["bound", "function"],
+  ["originOf", "function"],
+  ["keep", "function"]
+] as const
+
 /**
- * Whether `getOrCompute` keeps an answer its computation produced: one it may keep
- * ({@link keepable}) that the caller's `keep` does not refuse.
+ * The issue of a `getOrCompute` call's arguments, or `undefined`: a key that is not a string, a
+ * computation that is not an Effect, options that are not an object, a key they do not take (a
+ * misspelt `alowStale` left stale-if-error off), a value of the wrong kind. The options are read
+ * only when given, with no allocation: every cached call goes through this.
  *
  * @internal
  */
-export const keeps = (value: GenerateResponse, keep: ((value: GenerateResponse) => boolean) | undefined): boolean =>
-  keepable(value.finishReason) && keep?.(value) !== false
+export const callIssue = (key: unknown, compute: unknown, options: unknown): Input.Issue | undefined => {
+  if (typeof key !== "string") return { path: "key", message: `expected a string, got ${Input.shown(key)}` }
+  if (!Effect.isEffect(compute)) return { path: "compute", message: `expected an Effect, got ${Input.shown(compute)}` }
+  if (options === undefined) return undefined
+  try {
+    return (
+      Input.notAnObject("options", options) ??
+      Input.unknownKey(options as object, callKeys) ??
+      Input.notABoolean(options as object, callFlags) ??
+      Input.notOfKind(options as object, callKinds)
+    )
+  } catch (thrown) {
+    return thrownIssue(options, thrown)
+  }
+}
+
+// The refusals of a caller's `keep` and `originOf`: the call's own mistake, never answered stale.
+const refusals = new WeakSet<object>()
+
+const refusal = (path: "keep" | "originOf", message: string, cause?: unknown): ModelError => {
+  const error = Input.toInvalidRequest(cause === undefined ? { path, message } : { path, message, cause })
+  refusals.add(error)
+  return error
+}
+
+const threw = (path: "keep" | "originOf", thrown: unknown): ModelError =>
+  refusal(path, `the ${path} option threw: ${Input.thrownMessage(thrown)}`, thrown)
+
+const isOrigin = (u: unknown): boolean =>
+  typeof u === "object" &&
+  u !== null &&
+  typeof (u as Origin).provider === "string" &&
+  (!("domain" in u) || typeof (u as Origin).domain === "string")
+
+/**
+ * How `getOrCompute` stores an answer its computation produced: with who produced it (the
+ * caller's `originOf`), kept if it may be ({@link keepable}) and the caller's `keep` does not
+ * refuse it. A `keep` or `originOf` that throws, or answers what it may not (`keep: () => 0`
+ * meant "do not keep"; an origin that is not one cannot be stored), fails the computation with
+ * an `InvalidRequest` naming it, as a step's `prepare` that throws does; it is not answered stale.
+ *
+ * @internal
+ */
+export const storeWith = (
+  value: GenerateResponse,
+  options: Pick<GetOrComputeOptions<never>, "originOf" | "keep">,
+  store: (origin: Origin | undefined, keep: boolean) => Effect.Effect<Stored>
+): Effect.Effect<Stored, ModelError> => {
+  let origin: unknown
+  let keep: unknown
+  try {
+    origin = options.originOf?.(value)
+    if (origin !== undefined && !isOrigin(origin)) {
+      return Effect.fail(
+        refusal("originOf", `expected it to answer { provider, domain? } or undefined, got ${Input.shown(origin)}`)
+      )
+    }
+  } catch (thrown) {
+    return Effect.fail(threw("originOf", thrown))
+  }
+  if (keepable(value.finishReason)) {
+    try {
+      keep = options.keep?.(value)
+    } catch (thrown) {
+      return Effect.fail(threw("keep", thrown))
+    }
+    if (keep !== undefined && typeof keep !== "boolean") {
+      return Effect.fail(refusal("keep", `expected it to answer true or false, got ${Input.shown(keep)}`))
+    }
+  } else keep = false
+  return store(origin as Origin | undefined, keep !== false)
+}
 
 /**
  * How both backends end a `getOrCompute` that did not hit at once: `wait` (the lookups, the
@@ -386,17 +469,20 @@ export const keeps = (value: GenerateResponse, keep: ((value: GenerateResponse) 
  * @internal
  */
 export const answerOrStale = <E>(
-  wait: Effect.Effect<Computed, E>,
+  wait: Effect.Effect<Computed, E | ModelError>,
   options: GetOrComputeOptions<E>,
   counters: Readonly<Record<Source, Counters.Counter>>,
   staleOf: () => Stored | undefined,
   failedAs: () => Source
-): Effect.Effect<Computed, E> =>
+): Effect.Effect<Computed, E | ModelError> =>
   Effect.matchEffect(options.bound === undefined ? wait : options.bound(wait), {
     onSuccess: (found) => Effect.as(bump(counters[found.source], 1), found),
     onFailure: (error) => {
       const stale = staleOf()
-      return options.allowStale === true && stale !== undefined && stale.value._tag === "Response"
+      return options.allowStale === true &&
+        stale !== undefined &&
+        stale.value._tag === "Response" &&
+        !refusals.has(error as object)
         ? Effect.as(bump(counters.stale, 1), computed(stale, "stale"))
         : Effect.andThen(bump(counters[failedAs()], 1), Effect.fail(error))
     }

@@ -57,10 +57,10 @@ export interface LimitGuard {
 export interface CacheGuard<A> {
   readonly getOrCompute: <E>(
     key: string,
-    compute: Effect.Effect<A, E>,
+    compute: Effect.Effect<A, E | ModelError>,
     options?: {
       readonly allowStale?: boolean | undefined
-      readonly bound?: (<B>(wait: Effect.Effect<B, E>) => Effect.Effect<B, E>) | undefined
+      readonly bound?: (<B>(wait: Effect.Effect<B, E | ModelError>) => Effect.Effect<B, E | ModelError>) | undefined
       readonly originOf?: ((value: A) => Origin | undefined) | undefined
       readonly keep?: ((value: A) => boolean) | undefined
     }
@@ -70,7 +70,7 @@ export interface CacheGuard<A> {
       readonly source: "hit" | "miss" | "stale" | "shared"
       readonly origin?: Origin | undefined
     },
-    E
+    E | ModelError
   >
 }
 
