@@ -202,6 +202,8 @@ const formatForm = (format: ResponseFormat | undefined): unknown => {
   return [format.type, format.name, sortedJson(format.schema), format.strict === true]
 }
 
+const keyFields: ReadonlyArray<string> = ["provider", "request"]
+
 /**
  * The key of a request to a provider: the hex sha256 of the provider name and the request
  * in a canonical form, where requests that mean the same are written alike: `prompt: "x"`
@@ -217,16 +219,53 @@ const formatForm = (format: ResponseFormat | undefined): unknown => {
  * the request with the provider's `defaultModel` filled in, so a new default does not answer from
  * the old one's entries; callers of `key` should do the same.
  *
+ * Throws an `InvalidRequest` `ModelError` naming `provider` or `request` when one is not a
+ * string or an object, or when reading the request throws (a getter, `messages: 5`).
+ *
  * @since 0.1.0
  * @category keys
  */
 export const key = (input: { readonly provider: string; readonly request: GenerateRequest }): string => {
-  const r = input.request
+  let provider: unknown
+  let request: unknown
+  try {
+    provider = input.provider
+    request = input.request
+  } catch (thrown) {
+    // `null`, or a getter that throws: read again one field at a time to name it.
+    const read = typeof input === "object" && input !== null ? Input.readFields(input, keyFields) : undefined
+    throw Input.toInvalidRequest(
+      read !== undefined && Result.isFailure(read)
+        ? read.failure
+        : (Input.notAnObject("input", input) ?? {
+            path: "input",
+            message: `reading it threw: ${Input.thrownMessage(thrown)}`,
+            cause: thrown
+          })
+    )
+  }
+  const issue =
+    typeof provider !== "string"
+      ? { path: "provider", message: `expected a string, got ${Input.shown(provider)}` }
+      : Input.notAnObject("request", request)
+  if (issue !== undefined) throw Input.toInvalidRequest(issue)
+  try {
+    return keyOf(provider as string, request as GenerateRequest)
+  } catch (thrown) {
+    throw Input.toInvalidRequest({
+      path: "request",
+      message: `reading it threw: ${Input.thrownMessage(thrown)}`,
+      cause: thrown
+    })
+  }
+}
+
+const keyOf = (provider: string, r: GenerateRequest): string => {
   const tools = r.tools === undefined || r.tools.length === 0 ? undefined : r.tools
   const choice = r.toolChoice === undefined || (r.toolChoice === "auto" && tools !== undefined) ? null : r.toolChoice
   const form = [
     "v3",
-    input.provider,
+    provider,
     toMessages(r).map(messageForm),
     r.model ?? null,
     r.maxTokens ?? null,

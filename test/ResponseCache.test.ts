@@ -248,6 +248,36 @@ describe("ResponseCache.key", () => {
     })
     assert.notStrictEqual(withDefault(selfish(1)), withDefault(selfish(2)))
   })
+
+  it("a request or provider that is not one throws an InvalidRequest naming it, not a TypeError", () => {
+    const cases: ReadonlyArray<readonly [unknown, string]> = [
+      [{ provider: "p", request: null }, "request"],
+      [{ provider: "p" }, "request"],
+      [{ provider: 5, request: { prompt: "hi" } }, "provider"],
+      [{ request: { prompt: "hi" } }, "provider"],
+      [null, "input"],
+      [{ provider: "p", request: { messages: 5 } }, "request"],
+      [
+        {
+          provider: "p",
+          get request(): never {
+            throw new Error("boom")
+          }
+        },
+        "request"
+      ]
+    ]
+    for (const [input, field] of cases) {
+      let thrown: unknown
+      try {
+        ResponseCache.key(input as never)
+      } catch (error) {
+        thrown = error
+      }
+      const error = thrown as { readonly _tag?: string; readonly reason?: string; readonly field?: string }
+      assert.strictEqual(`${error?._tag}/${error?.reason}/${error?.field}`, `ModelError/InvalidRequest/${field}`)
+    }
+  })
 })
 
 describe("ResponseCache (memory)", () => {
