@@ -129,24 +129,33 @@ export interface Service {
     compute: Effect.Effect<GenerateResponse, E | ModelError>,
     options?: GetOrComputeOptions<E>
   ) => Effect.Effect<Computed, E | ModelError>
-  /** Fresh answers of several keys, in the order of `keys` (Redis: one `MGET`). */
-  readonly getMany: (keys: ReadonlyArray<string>) => Effect.Effect<ReadonlyArray<Option.Option<GenerateResponse>>>
+  /**
+   * Fresh answers of several keys, in the order of `keys` (Redis: one `MGET`).
+   *
+   * Every method below fails with an `InvalidRequest` `ModelError` naming the field, before the
+   * store is used, for a key that is not a string (`keys[1]`, `entries[0].key`, `key`), a value
+   * that is not an answer (`entries[0].value`) or parts that are not stream parts (`parts[2]`),
+   * and an entry with a field it does not take (`entries[0].ttl`); a `setMany` so refused stores none.
+   */
+  readonly getMany: (
+    keys: ReadonlyArray<string>
+  ) => Effect.Effect<ReadonlyArray<Option.Option<GenerateResponse>>, ModelError>
   /** Stores several answers (Redis: one round trip); those that finished in error are left out. */
   readonly setMany: (
     entries: ReadonlyArray<{ readonly key: string; readonly value: GenerateResponse }>
-  ) => Effect.Effect<void>
+  ) => Effect.Effect<void, ModelError>
   /** The parts of a completed stream cached under `key` (kept apart from the answer of the same key). */
-  readonly getParts: (key: string) => Effect.Effect<Option.Option<ReadonlyArray<StreamPart>>>
+  readonly getParts: (key: string) => Effect.Effect<Option.Option<ReadonlyArray<StreamPart>>, ModelError>
   /**
    * Caches the parts of a stream that completed (ends with its `Finish` part) other than in
    * error (`finishReason: "error"`); others are not stored.
    */
-  readonly setParts: (key: string, parts: ReadonlyArray<StreamPart>) => Effect.Effect<void>
+  readonly setParts: (key: string, parts: ReadonlyArray<StreamPart>) => Effect.Effect<void, ModelError>
   /**
    * Removes the answer and the stream parts of `key`. Fails with a `StoreError` when the
    * store could not remove them (Redis down or past its deadline): they may still be served.
    */
-  readonly invalidate: (key: string) => Effect.Effect<void, StoreError>
+  readonly invalidate: (key: string) => Effect.Effect<void, StoreError | ModelError>
 }
 
 /**
@@ -478,10 +487,8 @@ export const makeMemory = Effect.fnUntraced(function* (options: MemoryOptions = 
     )
   }
 
-  const getOrCompute: Service["getOrCompute"] = (key, effect, options) => {
-    const issue = Internal.callIssue(key, effect, options)
-    if (issue !== undefined) return Effect.fail(Input.toInvalidRequest(issue))
-    return Internal.traced(
+  const getOrCompute: Service["getOrCompute"] = (key, effect, options) =>
+    Internal.traced(
       "ResponseCache.getOrCompute",
       Effect.clockWith((clock) => {
         const k = Internal.responseKey(key)
@@ -494,7 +501,6 @@ export const makeMemory = Effect.fnUntraced(function* (options: MemoryOptions = 
         return compute(k, effect, found, options ?? {})
       })
     )
-  }
 
   // A fresh entry, marked as just used (a replay or a batch hit is a use as much as a getOrCompute hit).
   const fresh = (k: string, now: number): Option.Option<Internal.Stored> => {
@@ -555,5 +561,5 @@ export const makeMemory = Effect.fnUntraced(function* (options: MemoryOptions = 
         table.remove(Internal.partsKey(key))
       })
   }
-  return ResponseCache.of(service)
+  return ResponseCache.of(Internal.checked(service))
 })

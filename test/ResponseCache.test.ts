@@ -892,6 +892,56 @@ describe("ResponseCache: inputs", () => {
     })
   )
 
+  it.effect(
+    "getMany, setMany, getParts, setParts and invalidate refuse what is not a key, an answer or parts, naming it",
+    () =>
+      Effect.gen(function* () {
+        const cache = yield* makeCache()
+        const finish: StreamPart = {
+          _tag: "Finish",
+          finishReason: "stop",
+          usage: { inputTokens: 1, outputTokens: 2, totalTokens: 3 },
+          provider: "p",
+          model: "m"
+        }
+        const bad = cache as unknown as Record<
+          string,
+          (...args: ReadonlyArray<unknown>) => Effect.Effect<unknown, unknown>
+        >
+        const cases: ReadonlyArray<readonly [string, ReadonlyArray<unknown>, string]> = [
+          ["getMany", [null], "keys"],
+          ["getMany", [["a", 5]], "keys[1]"],
+          ["setMany", [null], "entries"],
+          [
+            "setMany",
+            [
+              [
+                { key: "a", value: response("a") },
+                { key: 5, value: response("b") }
+              ]
+            ],
+            "entries[1].key"
+          ],
+          ["setMany", [[{ key: "a", value: null }]], "entries[0].value"],
+          ["setMany", [[{ key: "a", value: { ...response("a"), text: 5 } }]], "entries[0].value"],
+          ["setMany", [[{ key: "a", value: response("a"), ttl: 5 }]], "entries[0].ttl"],
+          ["setMany", [[null]], "entries[0]"],
+          ["getParts", [5], "key"],
+          ["setParts", [5, [finish]], "key"],
+          // It threw out of setParts itself (reading null's length), before any Effect ran.
+          ["setParts", ["k", null], "parts"],
+          ["setParts", ["k", [{ _tag: "Nope" }, finish]], "parts[0]"],
+          ["invalidate", [null], "key"]
+        ]
+        for (const [method, args, field] of cases) {
+          const error = yield* refusal(Effect.suspend(() => bad[method]!(...args)))
+          assert.strictEqual(error.field, field, `${method}(${JSON.stringify(args)})`)
+        }
+        assert.deepStrictEqual(yield* cache.getMany(["a"]), [Option.none()], "no entry of a refused setMany is stored")
+        assert.deepStrictEqual(yield* cache.getParts("k"), Option.none())
+      })
+  )
+
   it.effect("a keep or originOf that throws, or answers what it may not, fails its call naming it, not stale", () =>
     Effect.gen(function* () {
       const cache = yield* makeCache({ ttl: "10 seconds", staleFor: "1 minute" })

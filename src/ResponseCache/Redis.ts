@@ -246,11 +246,8 @@ export const make = Effect.fnUntraced(function* (options: Options = {}) {
       )
     })
 
-  const getOrCompute: ResponseCache.Service["getOrCompute"] = (key, compute, options) => {
-    const issue = Internal.callIssue(key, compute, options)
-    if (issue !== undefined) return Effect.fail(Input.toInvalidRequest(issue))
-    return Internal.traced("ResponseCache.getOrCompute", untraced(key, compute, options ?? {}))
-  }
+  const getOrCompute: ResponseCache.Service["getOrCompute"] = (key, compute, options) =>
+    Internal.traced("ResponseCache.getOrCompute", untraced(key, compute, options ?? {}))
 
   const fresh = (found: Option.Option<Internal.Stored>, at: number) => Option.filter(found, (s) => at < s.freshUntil)
 
@@ -347,7 +344,7 @@ export const make = Effect.fnUntraced(function* (options: Options = {}) {
         return underWay.length === 0 ? remove : Effect.andThen(supersede(underWay), remove)
       })
   }
-  return ResponseCache.ResponseCache.of(service)
+  return ResponseCache.ResponseCache.of(Internal.checked(service))
 })
 
 /**

@@ -9,14 +9,14 @@
  *
  * @internal
  */
-import { Cache, Duration, Effect, Exit, Fiber, type Metric, MutableHashMap, Option, type Scope } from "effect"
+import { Cache, Duration, Effect, Exit, Fiber, type Metric, MutableHashMap, Option, Schema, type Scope } from "effect"
 import type { ModelError } from "../AiError.js"
 import { thrownIssue } from "../executor/options.js"
 import * as Input from "../Input.js"
 import * as Metrics from "../Metrics.js"
 import * as Counters from "../stats/counters.js"
-import type { GenerateRequest, GenerateResponse, StreamPart } from "../Model.js"
-import type { Computed, GetOrComputeOptions, Origin } from "../ResponseCache.js"
+import { type GenerateRequest, GenerateResponse, StreamPart } from "../Model.js"
+import type { Computed, GetOrComputeOptions, Origin, Service } from "../ResponseCache.js"
 import { isTraced } from "../policy/span.js"
 
 /**
@@ -402,6 +402,90 @@ export const callIssue = (key: unknown, compute: unknown, options: unknown): Inp
     return thrownIssue(options, thrown)
   }
 }
+
+const notAKey = (path: string, key: unknown): Input.Issue => ({
+  path,
+  message: `expected a string, got ${Input.shown(key)}`
+})
+
+const isAnswer = Schema.is(GenerateResponse)
+const isPart = Schema.is(StreamPart)
+const entryKeys: ReadonlySet<string> = new Set(["key", "value"])
+
+const keysIssue = (keys: unknown): Input.Issue | undefined => {
+  if (!Array.isArray(keys)) return { path: "keys", message: `expected an array of strings, got ${Input.shown(keys)}` }
+  for (let i = 0; i < keys.length; i++) {
+    if (typeof keys[i] !== "string") return notAKey(`keys[${i}]`, keys[i])
+  }
+  return undefined
+}
+
+const entriesIssue = (entries: unknown): Input.Issue | undefined => {
+  if (!Array.isArray(entries)) {
+    return { path: "entries", message: `expected an array of { key, value }, got ${Input.shown(entries)}` }
+  }
+  for (let i = 0; i < entries.length; i++) {
+    const entry: unknown = entries[i]
+    const at = `entries[${i}]`
+    const issue = Input.notAnObject(at, entry) ?? Input.unknownKey(entry as object, entryKeys, `${at}.`)
+    if (issue !== undefined) return issue
+    const { key, value } = entry as { readonly key: unknown; readonly value: unknown }
+    if (typeof key !== "string") return notAKey(`${at}.key`, key)
+    if (!isAnswer(value)) return { path: `${at}.value`, message: `expected an answer, got ${Input.shown(value)}` }
+  }
+  return undefined
+}
+
+const partsIssue = (parts: unknown): Input.Issue | undefined => {
+  if (!Array.isArray(parts))
+    return { path: "parts", message: `expected an array of stream parts, got ${Input.shown(parts)}` }
+  for (let i = 0; i < parts.length; i++) {
+    if (!isPart(parts[i]))
+      return { path: `parts[${i}]`, message: `expected a stream part, got ${Input.shown(parts[i])}` }
+  }
+  return undefined
+}
+
+// A getter (or a `Proxy` trap) that throws while the input is checked is the issue of `path`.
+const issueOf = (path: string, input: unknown, check: (input: unknown) => Input.Issue | undefined) => {
+  try {
+    return check(input)
+  } catch (thrown) {
+    return { path, message: `reading it threw: ${Input.thrownMessage(thrown)}`, cause: thrown }
+  }
+}
+
+const refuse = (issue: Input.Issue): Effect.Effect<never, ModelError> => Effect.fail(Input.toInvalidRequest(issue))
+
+/**
+ * A backend's service with its inputs checked: what is not a key, an answer or stream parts,
+ * and options `getOrCompute` does not take (see {@link callIssue}), fail the call with an
+ * `InvalidRequest` naming the field before the backend sees them (a `setMany` with one bad entry
+ * stores none).
+ *
+ * @internal
+ */
+export const checked = (service: Service): Service => ({
+  ...service,
+  getOrCompute: (key, compute, options) => {
+    const issue = callIssue(key, compute, options)
+    return issue === undefined ? service.getOrCompute(key, compute, options) : refuse(issue)
+  },
+  getMany: (keys) => {
+    const issue = issueOf("keys", keys, keysIssue)
+    return issue === undefined ? service.getMany(keys) : refuse(issue)
+  },
+  setMany: (entries) => {
+    const issue = issueOf("entries", entries, entriesIssue)
+    return issue === undefined ? service.setMany(entries) : refuse(issue)
+  },
+  getParts: (key) => (typeof key === "string" ? service.getParts(key) : refuse(notAKey("key", key))),
+  setParts: (key, parts) => {
+    const issue = typeof key === "string" ? issueOf("parts", parts, partsIssue) : notAKey("key", key)
+    return issue === undefined ? service.setParts(key, parts) : refuse(issue)
+  },
+  invalidate: (key) => (typeof key === "string" ? service.invalidate(key) : refuse(notAKey("key", key)))
+})
 
 // The refusals of a caller's `keep` and `originOf`: the call's own mistake, never answered stale.
 const refusals = new WeakSet<object>()

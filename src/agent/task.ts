@@ -486,7 +486,8 @@ export const makeCall = (env: Env): Call => {
         }
         const result = decoded.value
         const kept = cacheKey === undefined ? undefined : wrap(by.name, task.id, answer)
-        if (kept !== undefined) yield* env.cache!.setMany([{ key: cacheKey!, value: kept }])
+        // The cache keeps last good results for an outage: one it refuses to keep fails no task.
+        if (kept !== undefined) yield* Effect.ignore(env.cache!.setMany([{ key: cacheKey!, value: kept }]))
         return yield* finish({ ...base, status: "success", result })
       }
       const failure = exit.cause.reasons.find((reason) => reason._tag === "Fail")
@@ -499,7 +500,9 @@ export const makeCall = (env: Env): Call => {
       switch (error._tag) {
         case "CircuitOpenError": {
           const kept =
-            cacheKey === undefined ? Option.none() : ((yield* env.cache!.getMany([cacheKey]))[0] ?? Option.none())
+            cacheKey === undefined
+              ? Option.none()
+              : ((yield* Effect.orElseSucceed(env.cache!.getMany([cacheKey]), () => []))[0] ?? Option.none())
           const cached = Option.isSome(kept) ? yield* unwrap(kept.value, agents) : Option.none()
           return yield* finish({
             ...base,

@@ -21,8 +21,8 @@ import { defaultInstruction, type ResumeOptions } from "./stream-resume.js"
  * @internal
  */
 export interface StreamCache {
-  readonly getParts: (key: string) => Effect.Effect<Option.Option<ReadonlyArray<StreamPart>>>
-  readonly setParts: (key: string, parts: ReadonlyArray<StreamPart>) => Effect.Effect<void>
+  readonly getParts: (key: string) => Effect.Effect<Option.Option<ReadonlyArray<StreamPart>>, ModelError>
+  readonly setParts: (key: string, parts: ReadonlyArray<StreamPart>) => Effect.Effect<void, ModelError>
 }
 
 /**

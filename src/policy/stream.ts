@@ -283,7 +283,8 @@ export const make = (env: { readonly engine: Engine; readonly defaults: StreamDe
             yield* closeAttempt(attempt, exit, clock)
             finishStep(attempt, exit)
             if (plan.cache !== undefined && resumes === 0 && attempt.step.cacheable !== false) {
-              yield* plan.cache.store.setParts(plan.cache.key, collected)
+              // A stream that completed is answered whether or not the cache could keep its parts.
+              yield* Effect.ignore(plan.cache.store.setParts(plan.cache.key, collected))
             }
             endStream(Exit.void)
             return
