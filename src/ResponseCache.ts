@@ -378,10 +378,9 @@ export const settings = (
   defaultName: string,
   allowed: ReadonlyArray<string> = []
 ): Input.Checked<Settings> => {
-  const known = new Set(["ttl", "staleFor", "name", ...allowed])
-  for (const field of Object.keys(options)) {
-    if (!known.has(field)) return Result.fail({ path: field, message: "unknown option" })
-  }
+  const misfit =
+    Input.notAnObject("options", options) ?? Input.unknownKey(options, new Set(["ttl", "staleFor", "name", ...allowed]))
+  if (misfit !== undefined) return Result.fail(misfit)
   const name = Input.orDefault(options.name, defaultName)
   if (typeof name !== "string" || name.length === 0) {
     return Result.fail({ path: "name", message: "expected a non-empty string" })

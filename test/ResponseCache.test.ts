@@ -805,7 +805,10 @@ describe("ResponseCache (memory)", () => {
           [{ capacity: null } as never, "capacity"],
           [{ ttl: null } as never, "ttl"],
           [{ staleFor: null } as never, "staleFor"],
-          [{ name: null } as never, "name"]
+          [{ name: null } as never, "name"],
+          // It died with a TypeError listing null's keys.
+          [null as never, "options"],
+          [{ ttl: "1 minute", stalefor: "1 minute" } as ResponseCache.MemoryOptions, "stalefor"]
         ]
         for (const [options, path] of cases) {
           const exit = yield* Effect.exit(Layer.build(ResponseCache.layerMemory(options)))
