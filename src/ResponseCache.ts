@@ -65,6 +65,8 @@ export interface GetOrComputeOptions<E> {
    * Bounds what this caller waits for (the lookup, and the computation it runs or joins),
    * e.g. with its deadline. The bound failing is answered as a failed computation is (with
    * `allowStale`, from the stale entry); the computation goes on while other callers wait for it.
+   * As the executor's Effect callbacks (`onRetry`), one that throws or returns no Effect is the
+   * caller's defect (a `TypeError` naming `bound` for the latter), not a failure of the call.
    */
   readonly bound?: (<A>(wait: Effect.Effect<A, E | ModelError>) => Effect.Effect<A, E | ModelError>) | undefined
   /**

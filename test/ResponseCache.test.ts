@@ -945,6 +945,19 @@ describe("ResponseCache: inputs", () => {
       })
   )
 
+  it.effect(
+    "a bound that returns no Effect is the caller's defect, naming bound (as the executor's callbacks are)",
+    () =>
+      Effect.gen(function* () {
+        const cache = yield* makeCache()
+        const exit = yield* Effect.exit(
+          cache.getOrCompute("k", Effect.succeed(response("x")), { bound: (() => 42) as never })
+        )
+        assert.isTrue(Exit.isFailure(exit) && Option.isNone(Exit.findErrorOption(exit)), String(exit))
+        assert.include(String(exit), "bound must return an Effect, got number")
+      })
+  )
+
   it.effect("a keep or originOf that throws, or answers what it may not, fails its call naming it, not stale", () =>
     Effect.gen(function* () {
       const cache = yield* makeCache({ ttl: "10 seconds", staleFor: "1 minute" })

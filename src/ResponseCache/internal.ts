@@ -17,6 +17,7 @@ import * as Metrics from "../Metrics.js"
 import * as Counters from "../stats/counters.js"
 import { type GenerateRequest, GenerateResponse, StreamPart } from "../Model.js"
 import type { Computed, GetOrComputeOptions, Origin, Service } from "../ResponseCache.js"
+import { userEffect } from "../policy/callback.js"
 import { isTraced } from "../policy/span.js"
 
 /**
@@ -559,7 +560,7 @@ export const answerOrStale = <E>(
   staleOf: () => Stored | undefined,
   failedAs: () => Source
 ): Effect.Effect<Computed, E | ModelError> =>
-  Effect.matchEffect(options.bound === undefined ? wait : options.bound(wait), {
+  Effect.matchEffect(options.bound === undefined ? wait : userEffect("bound", () => options.bound!(wait)), {
     onSuccess: (found) => Effect.as(bump(counters[found.source], 1), found),
     onFailure: (error) => {
       const stale = staleOf()
