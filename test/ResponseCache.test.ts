@@ -65,6 +65,14 @@ const lookups = (name: string) =>
 
 const request: GenerateRequest = { prompt: "hello", temperature: 0 }
 
+const finishPart: StreamPart = {
+  _tag: "Finish",
+  finishReason: "stop",
+  usage: { inputTokens: 1, outputTokens: 2, totalTokens: 3 },
+  provider: "p",
+  model: "m"
+}
+
 describe("ResponseCache.key", () => {
   it("is stable across field order and prompt vs one user message; changes with anything that changes the answer", () => {
     const base = ResponseCache.key({ provider: "p", request: { prompt: "hi", temperature: 0.5, maxTokens: 10 } })
@@ -712,17 +720,10 @@ describe("ResponseCache (memory)", () => {
   it.effect("stream parts: completed streams only, kept apart from answers; invalidate removes both", () =>
     Effect.gen(function* () {
       const cache = yield* makeCache()
-      const finish: StreamPart = {
-        _tag: "Finish",
-        finishReason: "stop",
-        usage: { inputTokens: 1, outputTokens: 2, totalTokens: 3 },
-        provider: "p",
-        model: "m"
-      }
       const parts: ReadonlyArray<StreamPart> = [
         { _tag: "TextDelta", text: "hi " },
         { _tag: "TextDelta", text: "there" },
-        finish
+        finishPart
       ]
       yield* cache.setParts("unfinished", parts.slice(0, 2))
       assert.isTrue(Option.isNone(yield* cache.getParts("unfinished")), "a stream without its Finish is not cached")
@@ -900,13 +901,6 @@ describe("ResponseCache: inputs", () => {
     () =>
       Effect.gen(function* () {
         const cache = yield* makeCache()
-        const finish: StreamPart = {
-          _tag: "Finish",
-          finishReason: "stop",
-          usage: { inputTokens: 1, outputTokens: 2, totalTokens: 3 },
-          provider: "p",
-          model: "m"
-        }
         const bad = cache as unknown as Record<
           string,
           (...args: ReadonlyArray<unknown>) => Effect.Effect<unknown, unknown>
@@ -930,10 +924,10 @@ describe("ResponseCache: inputs", () => {
           ["setMany", [[{ key: "a", value: response("a"), ttl: 5 }]], "entries[0].ttl"],
           ["setMany", [[null]], "entries[0]"],
           ["getParts", [5], "key"],
-          ["setParts", [5, [finish]], "key"],
+          ["setParts", [5, [finishPart]], "key"],
           // It threw out of setParts itself (reading null's length), before any Effect ran.
           ["setParts", ["k", null], "parts"],
-          ["setParts", ["k", [{ _tag: "Nope" }, finish]], "parts[0]"],
+          ["setParts", ["k", [{ _tag: "Nope" }, finishPart]], "parts[0]"],
           ["invalidate", [null], "key"]
         ]
         for (const [method, args, field] of cases) {
