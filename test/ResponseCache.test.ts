@@ -958,7 +958,7 @@ describe("ResponseCache: inputs", () => {
           cache.getOrCompute("k", Effect.succeed(response("x")), { bound: (() => 42) as never })
         )
         assert.isTrue(Exit.isFailure(exit) && Option.isNone(Exit.findErrorOption(exit)), String(exit))
-        assert.include(String(exit), "bound must return an Effect, got number")
+        assert.include(String(exit), "bound must return an Effect, got a number")
       })
   )
 
