@@ -129,199 +129,214 @@ export interface AttemptHost {
  *
  * @internal
  */
-export const attemptStarter = (host: AttemptHost) => {
-  const { engine, plan, scope: streamScope, now, signal } = host
+export const attemptStarter =
+  (host: AttemptHost) =>
+  (index: number, upstream: GenerateRequest, dedupe: Dedupe | undefined): Effect.Effect<void> =>
+    startAttempt(host, index, upstream, dedupe)
 
-  // A step's own first-chunk deadline (a fallback domain's timeout), else the stream's.
-  const firstChunkOf = (step: StreamStep): Duration.Duration | undefined => step.timeout ?? plan.firstChunkTimeout
+// A step's own first-chunk deadline (a fallback domain's timeout), else the stream's.
+const firstChunkOf = (plan: StreamPlan, step: StreamStep): Duration.Duration | undefined =>
+  step.timeout ?? plan.firstChunkTimeout
 
-  // What the watches below bound between two chunks (the first included), for the
-  // provider's own idle timer (`Model.ChunkDeadline`): none unless both are set.
-  const chunkDeadlineOf = (step: StreamStep): number | undefined => {
-    const first = firstChunkOf(step)
-    return first === undefined || plan.idleTimeout === undefined
-      ? undefined
-      : Math.max(Duration.toMillis(first), Duration.toMillis(plan.idleTimeout))
-  }
-
-  const producer = (attempt: Attempt, upstream: GenerateRequest): Effect.Effect<void, AiError> =>
-    Effect.gen(function* () {
-      const step = attempt.step
-      if (step.rateLimit !== undefined) {
-        const at = host.totalAt()
-        yield* step.rateLimit.acquire(step.name, { tokens: step.tokens, waitUntil: at === Infinity ? undefined : at })
-      }
-      if (step.breaker !== undefined) {
-        attempt.permit = yield* Scope.provide(step.breaker.admit(step.name), attempt.scope)
-      }
-      const semaphore = engine.slot(step.name, step.maxConcurrency)
-      if (semaphore !== undefined) {
-        const queuedAt = now()
-        for (const g of attempt.series.gauges) g.queued++
-        yield* Effect.onExit(semaphore.take(1), () =>
-          Effect.sync(() => {
-            for (const g of attempt.series.gauges) g.queued--
-            attempt.series.queueWait.record(now() - queuedAt)
-          })
-        )
-        // Given back when the upstream is done, not when a slow consumer has read the buffer.
-        let held = true
-        attempt.release = Effect.suspend(() => {
-          if (!held) return Effect.void
-          held = false
-          return semaphore.release(1)
-        })
-        yield* Scope.addFinalizer(attempt.scope, attempt.release)
-      }
-      attempt.serving = true
-      attempt.started = now()
-      for (const g of attempt.series.gauges) g.enter()
-      attempt.watch.arm(firstChunkOf(step))
-      // The upstream's pull as is: `Stream.toPull` wraps every pull in a merge of its context
-      // into the caller's and a semaphore (~1 µs and a copy of the context a chunk); this
-      // fiber is its only reader and runs in that very context.
-      const pull = yield* Channel.toPullScoped(Stream.toChannel(step.target.stream(upstream)), attempt.scope)
-      // Built once per attempt, not once per chunk.
-      const next = Effect.catchCause(pull, doneAsUndefined)
-      while (true) {
-        const chunk = yield* next
-        if (chunk === undefined) break
-        // A stream ends at its Finish: an upstream that goes on (more parts, a stall, a late
-        // failure) is not read further, and closes with the attempt.
-        for (const part of chunk) {
-          attempt.buffer.push(part)
-          if (part._tag === "Finish") {
-            attempt.finish = part
-            break
-          }
-        }
-        signal()
-        if (attempt.finish !== undefined) break
-        if (attempt.buffer.length >= PREFETCH) {
-          attempt.watch.arm(undefined)
-          yield* Effect.callback<void>((resume) => {
-            // Looked at again: the consumer may have taken the buffer while this fiber yielded
-            // to the scheduler between the look above and this wait, and found no one to wake.
-            if (attempt.buffer.length < PREFETCH) return resume(Effect.void)
-            attempt.space = () => resume(Effect.void)
-            return Effect.sync(() => {
-              attempt.space = undefined
-            })
-          })
-        }
-        attempt.limit = "idle"
-        attempt.watch.arm(plan.idleTimeout)
-      }
-      attempt.watch.arm(undefined)
-      if (attempt.finish === undefined) return yield* NoFinish(step.name)
-    }).pipe(
-      // One copy of the context per attempt: the reader's chunk deadline, and the attempt's
-      // scope for whatever the upstream's pulls open.
-      Effect.updateContext((context: Context.Context<never>) =>
-        Context.merge(
-          context,
-          Context.make(ChunkDeadline, chunkDeadlineOf(attempt.step)).pipe(Context.add(Scope.Scope, attempt.scope))
-        )
-      )
-    ) as Effect.Effect<void, AiError>
-
-  return (index: number, upstream: GenerateRequest, dedupe: Dedupe | undefined) =>
-    Effect.gen(function* () {
-      const step = plan.steps[index]!
-      const series = engine.series(step)
-      const scope = yield* Scope.fork(streamScope)
-      let prepared = upstream
-      let refused: AiError | undefined
-      if (step.prepare !== undefined) {
-        try {
-          prepared = step.prepare(upstream)
-        } catch (thrown) {
-          refused = prepareRefusal(step, thrown)
-        }
-      }
-      const span =
-        host.span === undefined
-          ? undefined
-          : yield* Effect.makeSpan("Policy.attempt", {
-              parent: host.span.span,
-              kind: "internal",
-              attributes: attemptAttributes(step, "chat", prepared.model ?? step.target.defaultModel)
-            })
-      const attempt: Attempt = {
-        step,
-        series,
-        scope,
-        watch: engine.lanes.watch((ending: Ending) => {
-          if (attempt.end !== undefined) return
-          if (ending === "timeout") series.timeouts++
-          const limit = attempt.limit
-          attempt.end = Exit.fail(
-            ending === "shutdown"
-              ? cutByShutdown()
-              : new TimeoutError({
-                  limit,
-                  timeout: (limit === "idle" ? plan.idleTimeout : firstChunkOf(step)) ?? Duration.zero,
-                  provider: step.name
-                })
-          )
-          attempt.fiber?.interruptUnsafe()
-          signal()
-        }),
-        limit: "firstChunk",
-        buffer: [],
-        started: now(),
-        fiber: undefined,
-        end: undefined,
-        permit: undefined,
-        release: undefined,
-        finish: undefined,
-        serving: false,
-        space: undefined,
-        dedupe,
-        span
-      }
-      host.begin(attempt)
-      // A `prepare` that threw: the attempt ends with its refusal, as an attempt that failed at once.
-      if (refused !== undefined) {
-        attempt.end = Exit.fail(refused)
-        signal()
-        return
-      }
-      const produced = producer(attempt, prepared)
-      const fiber = yield* Effect.forkIn(
-        (span === undefined ? produced : Effect.withParentSpan(produced, span, { captureStackTrace: false })).pipe(
-          Effect.onExit((exit) =>
-            Effect.suspend(() => {
-              if (attempt.serving) {
-                attempt.serving = false
-                for (const g of attempt.series.gauges) g.exit()
-                attempt.series.streamService.record(now() - attempt.started)
-              }
-              if (attempt.end === undefined) {
-                attempt.end = Exit.isSuccess(exit)
-                  ? exit
-                  : Exit.fail(
-                      Option.match(Cause.findErrorOption(exit.cause), {
-                        // A provider's stream that failed with what is not an AiError: its ModelError.
-                        onSome: (error) => notAnAiError(error, step.name) ?? error,
-                        onNone: () =>
-                          Cause.hasInterruptsOnly(exit.cause)
-                            ? interruptedError(step.name, attempt.finish !== undefined)
-                            : unexpected(exit.cause, step.name, "stream")
-                      })
-                    )
-              }
-              signal()
-              return attempt.release ?? Effect.void
-            })
-          )
-        ),
-        scope,
-        { startImmediately: true }
-      )
-      attempt.fiber = fiber as Fiber.Fiber<void, AiError>
-    })
+// What the watches below bound between two chunks (the first included), for the
+// provider's own idle timer (`Model.ChunkDeadline`): none unless both are set.
+const chunkDeadlineOf = (plan: StreamPlan, step: StreamStep): number | undefined => {
+  const first = firstChunkOf(plan, step)
+  return first === undefined || plan.idleTimeout === undefined
+    ? undefined
+    : Math.max(Duration.toMillis(first), Duration.toMillis(plan.idleTimeout))
 }
+
+// The generators below are made once, not per stream or attempt: V8 gives a generator function
+// made per call its own map, in the old generation, which keeps the function's closure (the
+// stream's whole state) alive through every young collection until the next full one.
+const produce = Effect.fnUntraced(function* (host: AttemptHost, attempt: Attempt, upstream: GenerateRequest) {
+  const { engine, plan, now, signal } = host
+  const step = attempt.step
+  if (step.rateLimit !== undefined) {
+    const at = host.totalAt()
+    yield* step.rateLimit.acquire(step.name, { tokens: step.tokens, waitUntil: at === Infinity ? undefined : at })
+  }
+  if (step.breaker !== undefined) {
+    attempt.permit = yield* Scope.provide(step.breaker.admit(step.name), attempt.scope)
+  }
+  const semaphore = engine.slot(step.name, step.maxConcurrency)
+  if (semaphore !== undefined) {
+    const queuedAt = now()
+    for (const g of attempt.series.gauges) g.queued++
+    yield* Effect.onExit(semaphore.take(1), () =>
+      Effect.sync(() => {
+        for (const g of attempt.series.gauges) g.queued--
+        attempt.series.queueWait.record(now() - queuedAt)
+      })
+    )
+    // Given back when the upstream is done, not when a slow consumer has read the buffer.
+    let held = true
+    attempt.release = Effect.suspend(() => {
+      if (!held) return Effect.void
+      held = false
+      return semaphore.release(1)
+    })
+    yield* Scope.addFinalizer(attempt.scope, attempt.release)
+  }
+  attempt.serving = true
+  attempt.started = now()
+  for (const g of attempt.series.gauges) g.enter()
+  attempt.watch.arm(firstChunkOf(plan, step))
+  // The upstream's pull as is: `Stream.toPull` wraps every pull in a merge of its context
+  // into the caller's and a semaphore (~1 µs and a copy of the context a chunk); this
+  // fiber is its only reader and runs in that very context.
+  const pull = yield* Channel.toPullScoped(Stream.toChannel(step.target.stream(upstream)), attempt.scope)
+  // Built once per attempt, not once per chunk.
+  const next = Effect.catchCause(pull, doneAsUndefined)
+  while (true) {
+    const chunk = yield* next
+    if (chunk === undefined) break
+    // A stream ends at its Finish: an upstream that goes on (more parts, a stall, a late
+    // failure) is not read further, and closes with the attempt.
+    for (const part of chunk) {
+      attempt.buffer.push(part)
+      if (part._tag === "Finish") {
+        attempt.finish = part
+        break
+      }
+    }
+    signal()
+    if (attempt.finish !== undefined) break
+    if (attempt.buffer.length >= PREFETCH) {
+      attempt.watch.arm(undefined)
+      yield* Effect.callback<void>((resume) => {
+        // Looked at again: the consumer may have taken the buffer while this fiber yielded
+        // to the scheduler between the look above and this wait, and found no one to wake.
+        if (attempt.buffer.length < PREFETCH) return resume(Effect.void)
+        attempt.space = () => resume(Effect.void)
+        return Effect.sync(() => {
+          attempt.space = undefined
+        })
+      })
+    }
+    attempt.limit = "idle"
+    attempt.watch.arm(plan.idleTimeout)
+  }
+  attempt.watch.arm(undefined)
+  if (attempt.finish === undefined) return yield* NoFinish(step.name)
+})
+
+const producer = (host: AttemptHost, attempt: Attempt, upstream: GenerateRequest): Effect.Effect<void, AiError> =>
+  produce(host, attempt, upstream).pipe(
+    // One copy of the context per attempt: the reader's chunk deadline, and the attempt's
+    // scope for whatever the upstream's pulls open.
+    Effect.updateContext((context: Context.Context<never>) =>
+      Context.merge(
+        context,
+        Context.make(ChunkDeadline, chunkDeadlineOf(host.plan, attempt.step)).pipe(
+          Context.add(Scope.Scope, attempt.scope)
+        )
+      )
+    )
+  ) as Effect.Effect<void, AiError>
+
+const startAttempt = Effect.fnUntraced(function* (
+  host: AttemptHost,
+  index: number,
+  upstream: GenerateRequest,
+  dedupe: Dedupe | undefined
+) {
+  const { engine, plan, scope: streamScope, now, signal } = host
+  const step = plan.steps[index]!
+  const series = engine.series(step)
+  const scope = yield* Scope.fork(streamScope)
+  let prepared = upstream
+  let refused: AiError | undefined
+  if (step.prepare !== undefined) {
+    try {
+      prepared = step.prepare(upstream)
+    } catch (thrown) {
+      refused = prepareRefusal(step, thrown)
+    }
+  }
+  const span =
+    host.span === undefined
+      ? undefined
+      : yield* Effect.makeSpan("Policy.attempt", {
+          parent: host.span.span,
+          kind: "internal",
+          attributes: attemptAttributes(step, "chat", prepared.model ?? step.target.defaultModel)
+        })
+  const attempt: Attempt = {
+    step,
+    series,
+    scope,
+    watch: engine.lanes.watch((ending: Ending) => {
+      if (attempt.end !== undefined) return
+      if (ending === "timeout") series.timeouts++
+      const limit = attempt.limit
+      attempt.end = Exit.fail(
+        ending === "shutdown"
+          ? cutByShutdown()
+          : new TimeoutError({
+              limit,
+              timeout: (limit === "idle" ? plan.idleTimeout : firstChunkOf(plan, step)) ?? Duration.zero,
+              provider: step.name
+            })
+      )
+      attempt.fiber?.interruptUnsafe()
+      signal()
+    }),
+    limit: "firstChunk",
+    buffer: [],
+    started: now(),
+    fiber: undefined,
+    end: undefined,
+    permit: undefined,
+    release: undefined,
+    finish: undefined,
+    serving: false,
+    space: undefined,
+    dedupe,
+    span
+  }
+  host.begin(attempt)
+  // A `prepare` that threw: the attempt ends with its refusal, as an attempt that failed at once.
+  if (refused !== undefined) {
+    attempt.end = Exit.fail(refused)
+    signal()
+    return
+  }
+  const produced = producer(host, attempt, prepared)
+  const fiber = yield* Effect.forkIn(
+    (span === undefined ? produced : Effect.withParentSpan(produced, span, { captureStackTrace: false })).pipe(
+      Effect.onExit((exit) =>
+        Effect.suspend(() => {
+          if (attempt.serving) {
+            attempt.serving = false
+            for (const g of attempt.series.gauges) g.exit()
+            attempt.series.streamService.record(now() - attempt.started)
+          }
+          if (attempt.end === undefined) {
+            attempt.end = Exit.isSuccess(exit)
+              ? exit
+              : Exit.fail(
+                  Option.match(Cause.findErrorOption(exit.cause), {
+                    // A provider's stream that failed with what is not an AiError: its ModelError.
+                    onSome: (error) => notAnAiError(error, step.name) ?? error,
+                    onNone: () =>
+                      Cause.hasInterruptsOnly(exit.cause)
+                        ? interruptedError(step.name, attempt.finish !== undefined)
+                        : unexpected(exit.cause, step.name, "stream")
+                  })
+                )
+          }
+          signal()
+          return attempt.release ?? Effect.void
+        })
+      )
+    ),
+    scope,
+    { startImmediately: true }
+  )
+  attempt.fiber = fiber as Fiber.Fiber<void, AiError>
+})
 
 /**
  * Ends an attempt: its span ended (with `left`, the stream's end, when the consumer left it),

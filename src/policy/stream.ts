@@ -59,6 +59,9 @@ const preparedModel = (step: StreamStep, request: GenerateRequest): string | und
   }
 }
 
+// A retry schedule's step (`Schedule.toStep`), made at a stream's first retry.
+type Stepper = (now: number, error: AiError) => Effect.Effect<[Duration.Duration, Duration.Duration], unknown>
+
 // A stream's span attributes: as `Executor.execute`'s, for its first step.
 const streamAttributes = (plan: StreamPlan, request: GenerateRequest): Record<string, unknown> => {
   const first = plan.steps[0]
@@ -76,383 +79,417 @@ const streamAttributes = (plan: StreamPlan, request: GenerateRequest): Record<st
 export const make = (env: { readonly engine: Engine; readonly defaults: StreamDefaults }): Streams => {
   const { engine } = env
 
-  const open = (plan: StreamPlan, request: GenerateRequest, streamScope: Scope.Scope) =>
-    Effect.gen(function* () {
-      if (engine.isClosing()) {
-        return yield* shuttingDown()
-      }
-      const clock = yield* Effect.clockWith(Effect.succeed)
-      const now = () => clock.currentTimeMillisUnsafe()
-      const cut = yield* CurrentCut
-      if (cut?.stopped !== undefined) return yield* Effect.fail(cut.stopped)
-      // How the stream ended: set once by its consumer's side (below), read by its span's end.
-      let terminal: Exit.Exit<void, AiError> | undefined
-      const fiber = Fiber.getCurrent()
-      const span: StreamSpan | undefined =
-        fiber !== undefined && isTraced(fiber)
-          ? { span: yield* Effect.makeSpan("Executor.stream", { attributes: streamAttributes(plan, request) }), clock }
-          : undefined
-      if (span !== undefined) {
-        // Added first, so it runs last: after the finalizer below has ended the stream's last attempt.
-        yield* Scope.addFinalizerExit(streamScope, (exit) =>
-          Effect.sync(() => endSpan(span.span, clock, terminal ?? exit))
-        )
-      }
-      if (plan.cache !== undefined) {
-        const cached = yield* plan.cache.store.getParts(plan.cache.key)
-        // A cut while the cache was read (a Redis call): no replay, no attempt.
-        if (cut?.stopped !== undefined) return yield* Effect.fail(cut.stopped)
-        if (Option.isSome(cached) && cached.value.length > 0) {
-          span?.span.attribute("orchestra.cache", "hit")
-          let replayed = false
-          return Effect.suspend(() => {
-            if (replayed) return Cause.done()
-            replayed = true
-            return Effect.succeed(cached.value as unknown as readonly [StreamPart, ...Array<StreamPart>])
-          })
-        }
-      }
-
-      // Everything the consumer and the producers share (the producers through the host of
-      // `attemptStarter` below). Mutated synchronously only.
-      let current: Attempt | undefined
-      // The attempt of the step still open (`current` is cleared while the consumer decides
-      // what follows an attempt, e.g. during a retry's backoff): a cut then ends that step.
-      let stepAttempt: Attempt | undefined
-      let delivered = ""
-      let anyDelivered = false
-      let finishDelivered = false
-      // The consumer's resume while it waits for its attempt (below); called with `Effect.void`.
-      let wake: ((effect: Effect.Effect<void>) => void) | undefined
-      let stepIndex = 0
-      let stepStarted = 0
-      let attemptsOnStep = 0
-      let stepper:
-        | ((now: number, error: AiError) => Effect.Effect<[Duration.Duration, Duration.Duration], unknown>)
-        | undefined
-      let backoff: Watch | undefined
-      let resumes = 0
-      let request_ = request
-      let firstTextAt: number | undefined
-      const failures: Array<FailedAttempt> = []
-      const collected: Array<StreamPart> = []
-      const streamStarted = now()
-
-      const signal = () => {
-        const w = wake
-        wake = undefined
-        w?.(Effect.void)
-      }
-
-      const endStream = (exit: Exit.Exit<void, AiError>) => {
-        if (terminal !== undefined) return
-        terminal = exit
-        signal()
-      }
-
-      // Ends the stream with `error` now: its running attempt stops, its step counts the error.
-      // A stream whose Finish the consumer holds is complete: it ends as such at its next pull.
-      const cutShort = (error: AiError, timedOut: boolean) => {
-        if (finishDelivered) return
-        if (current !== undefined && current.end === undefined) {
-          if (timedOut) current.series.timeouts++
-          current.end = Exit.fail(error)
-          current.fiber?.interruptUnsafe()
-        }
-        finishStep(current ?? stepAttempt, Exit.fail(error))
-        endStream(Exit.fail(error))
-      }
-
-      // The engine counts a stream until its consumer closes it. Cut by the shutdown, nothing of
-      // it runs any more (its producer is interrupted): the shutdown stops waiting for it then,
-      // since a consumer that dropped its stream without closing it never will.
-      let left = false
-      const leave = () => {
-        if (left) return
-        left = true
-        engine.leave()
-      }
-
-      const onTotal = (ending: Ending) => {
-        cutShort(
-          ending === "shutdown"
-            ? cutByShutdown()
-            : new TimeoutError({
-                limit: "total",
-                timeout: plan.totalTimeout ?? Duration.zero,
-                provider: current?.step.name,
-                partialText: delivered
-              }),
-          ending === "timeout"
-        )
-        if (ending === "shutdown") leave()
-      }
-      let total: Watch | undefined
-      // When the total deadline passes (armed below): no retry's backoff waits past it.
-      let totalAt = Number.POSITIVE_INFINITY
-      const stop = (error: AiError) => cutShort(error, false)
-
-      let stepClosed = false
-      const finishStep = (attempt: Attempt | undefined, exit: Exit.Exit<void, AiError>) => {
-        if (stepClosed || attempt === undefined) return
-        stepClosed = true
-        const series = attempt.series
-        series.latency.record(now() - stepStarted)
-        if (Exit.isSuccess(exit)) {
-          series.successes++
-          const usage = attempt.finish?.usage
-          if (usage !== undefined) series.addUsage(usage)
-        } else {
-          const error = Cause.findErrorOption(exit.cause)
-          series.fail(error._tag === "Some" ? reasonOf(error.value) : "Interrupted")
-        }
-      }
-
-      const finalizer = Effect.suspend(() => {
-        total?.dispose()
-        cut?.stops?.delete(stop)
-        backoff?.dispose()
-        leave()
-        const attempt = current
-        // Closed once the consumer had the Finish, without a last pull nor a cut: the stream is complete.
-        if (
-          terminal === undefined &&
-          finishDelivered &&
-          cut?.error === undefined &&
-          attempt !== undefined &&
-          attempt.end?._tag !== "Failure"
-        ) {
-          attempt.end ??= Exit.void
-          return onEnd(attempt)
-        }
-        if (terminal === undefined) {
-          // Left by its consumer: cancelled, or cut by the caller's deadline (counted as the timeout it is).
-          const error = cut?.error
-          terminal = error === undefined ? Exit.interrupt() : Exit.fail(error)
-          const open = attempt ?? stepAttempt
-          if (error?._tag === "TimeoutError" && open !== undefined && !stepClosed) open.series.timeouts++
-          finishStep(open, terminal)
-        }
-        return attempt === undefined ? Effect.void : closeAttempt(attempt, "ignored", clock, terminal)
-      })
-      // Counted, watched and its finalizer in place in one uninterruptible step: a consumer
-      // interrupted in between left the stream counted for ever (the shutdown waited its whole
-      // deadline for it) and its total deadline armed.
-      yield* Effect.uninterruptible(
-        Effect.suspend(() => {
-          engine.enter()
-          total = engine.lanes.watch(onTotal)
-          total.arm(plan.totalTimeout)
-          if (plan.totalTimeout !== undefined) totalAt = now() + Duration.toMillis(plan.totalTimeout)
-          if (cut !== undefined) (cut.stops ??= new Set()).add(stop)
-          return Scope.addFinalizer(streamScope, finalizer)
-        })
+  // Made once per executor, as `onEnd` below is made of arrows: a generator function made per
+  // stream gets a map of its own from V8, in the old generation, which keeps the stream's
+  // whole state alive through every young collection until the next full one.
+  const open = Effect.fnUntraced(function* (plan: StreamPlan, request: GenerateRequest, streamScope: Scope.Scope) {
+    if (engine.isClosing()) {
+      return yield* shuttingDown()
+    }
+    const clock = yield* Effect.clockWith(Effect.succeed)
+    const now = () => clock.currentTimeMillisUnsafe()
+    const cut = yield* CurrentCut
+    if (cut?.stopped !== undefined) return yield* Effect.fail(cut.stopped)
+    // How the stream ended: set once by its consumer's side (below), read by its span's end.
+    let terminal: Exit.Exit<void, AiError> | undefined
+    const fiber = Fiber.getCurrent()
+    const span: StreamSpan | undefined =
+      fiber !== undefined && isTraced(fiber)
+        ? { span: yield* Effect.makeSpan("Executor.stream", { attributes: streamAttributes(plan, request) }), clock }
+        : undefined
+    if (span !== undefined) {
+      // Added first, so it runs last: after the finalizer below has ended the stream's last attempt.
+      yield* Scope.addFinalizerExit(streamScope, (exit) =>
+        Effect.sync(() => endSpan(span.span, clock, terminal ?? exit))
       )
-
-      const startAttempt = attemptStarter({
-        engine,
-        plan,
-        scope: streamScope,
-        now,
-        signal,
-        begin: (attempt) => {
-          current = attempt
-          stepAttempt = attempt
-        },
-        span,
-        totalAt: () => totalAt
-      })
-
-      const beginStep = (index: number) => {
-        stepIndex = index
-        stepStarted = now()
-        stepClosed = false
-        attemptsOnStep = 0
-        stepper = undefined
-        const series = engine.series(plan.steps[index]!)
-        series.requests++
-        if (index > 0) series.fallbacks++
+    }
+    if (plan.cache !== undefined) {
+      const cached = yield* plan.cache.store.getParts(plan.cache.key)
+      // A cut while the cache was read (a Redis call): no replay, no attempt.
+      if (cut?.stopped !== undefined) return yield* Effect.fail(cut.stopped)
+      if (Option.isSome(cached) && cached.value.length > 0) {
+        span?.span.attribute("orchestra.cache", "hit")
+        let replayed = false
+        return Effect.suspend(() => {
+          if (replayed) return Cause.done()
+          replayed = true
+          return Effect.succeed(cached.value as unknown as readonly [StreamPart, ...Array<StreamPart>])
+        })
       }
+    }
 
-      // The consumer's reaction to an attempt that ended; returns the next thing to do.
-      const onEnd = (attempt: Attempt): Effect.Effect<void> =>
-        Effect.gen(function* () {
-          const exit = attempt.end!
-          current = undefined
-          if (Exit.isSuccess(exit)) {
-            yield* closeAttempt(attempt, exit, clock)
+    // Everything the consumer and the producers share (the producers through the host of
+    // `attemptStarter` below). Mutated synchronously only.
+    let current: Attempt | undefined
+    // The attempt of the step still open (`current` is cleared while the consumer decides
+    // what follows an attempt, e.g. during a retry's backoff): a cut then ends that step.
+    let stepAttempt: Attempt | undefined
+    let delivered = ""
+    let anyDelivered = false
+    let finishDelivered = false
+    // The consumer's resume while it waits for its attempt (below); called with `Effect.void`.
+    let wake: ((effect: Effect.Effect<void>) => void) | undefined
+    let stepIndex = 0
+    let stepStarted = 0
+    let attemptsOnStep = 0
+    let stepper: Stepper | undefined
+    let backoff: Watch | undefined
+    let resumes = 0
+    let request_ = request
+    let firstTextAt: number | undefined
+    const failures: Array<FailedAttempt> = []
+    const collected: Array<StreamPart> = []
+    const streamStarted = now()
+
+    const signal = () => {
+      const w = wake
+      wake = undefined
+      w?.(Effect.void)
+    }
+
+    const endStream = (exit: Exit.Exit<void, AiError>) => {
+      if (terminal !== undefined) return
+      terminal = exit
+      signal()
+    }
+
+    // Ends the stream with `error` now: its running attempt stops, its step counts the error.
+    // A stream whose Finish the consumer holds is complete: it ends as such at its next pull.
+    const cutShort = (error: AiError, timedOut: boolean) => {
+      if (finishDelivered) return
+      if (current !== undefined && current.end === undefined) {
+        if (timedOut) current.series.timeouts++
+        current.end = Exit.fail(error)
+        current.fiber?.interruptUnsafe()
+      }
+      finishStep(current ?? stepAttempt, Exit.fail(error))
+      endStream(Exit.fail(error))
+    }
+
+    // The engine counts a stream until its consumer closes it. Cut by the shutdown, nothing of
+    // it runs any more (its producer is interrupted): the shutdown stops waiting for it then,
+    // since a consumer that dropped its stream without closing it never will.
+    let left = false
+    const leave = () => {
+      if (left) return
+      left = true
+      engine.leave()
+    }
+
+    const onTotal = (ending: Ending) => {
+      cutShort(
+        ending === "shutdown"
+          ? cutByShutdown()
+          : new TimeoutError({
+              limit: "total",
+              timeout: plan.totalTimeout ?? Duration.zero,
+              provider: current?.step.name,
+              partialText: delivered
+            }),
+        ending === "timeout"
+      )
+      if (ending === "shutdown") leave()
+    }
+    let total: Watch | undefined
+    // When the total deadline passes (armed below): no retry's backoff waits past it.
+    let totalAt = Number.POSITIVE_INFINITY
+    const stop = (error: AiError) => cutShort(error, false)
+
+    let stepClosed = false
+    const finishStep = (attempt: Attempt | undefined, exit: Exit.Exit<void, AiError>) => {
+      if (stepClosed || attempt === undefined) return
+      stepClosed = true
+      const series = attempt.series
+      series.latency.record(now() - stepStarted)
+      if (Exit.isSuccess(exit)) {
+        series.successes++
+        const usage = attempt.finish?.usage
+        if (usage !== undefined) series.addUsage(usage)
+      } else {
+        const error = Cause.findErrorOption(exit.cause)
+        series.fail(error._tag === "Some" ? reasonOf(error.value) : "Interrupted")
+      }
+    }
+
+    const finalizer = Effect.suspend(() => {
+      total?.dispose()
+      cut?.stops?.delete(stop)
+      backoff?.dispose()
+      leave()
+      const attempt = current
+      // Closed once the consumer had the Finish, without a last pull nor a cut: the stream is complete.
+      if (
+        terminal === undefined &&
+        finishDelivered &&
+        cut?.error === undefined &&
+        attempt !== undefined &&
+        attempt.end?._tag !== "Failure"
+      ) {
+        attempt.end ??= Exit.void
+        return onEnd(attempt)
+      }
+      if (terminal === undefined) {
+        // Left by its consumer: cancelled, or cut by the caller's deadline (counted as the timeout it is).
+        const error = cut?.error
+        terminal = error === undefined ? Exit.interrupt() : Exit.fail(error)
+        const open = attempt ?? stepAttempt
+        if (error?._tag === "TimeoutError" && open !== undefined && !stepClosed) open.series.timeouts++
+        finishStep(open, terminal)
+      }
+      return attempt === undefined ? Effect.void : closeAttempt(attempt, "ignored", clock, terminal)
+    })
+    // Counted, watched and its finalizer in place in one uninterruptible step: a consumer
+    // interrupted in between left the stream counted for ever (the shutdown waited its whole
+    // deadline for it) and its total deadline armed.
+    yield* Effect.uninterruptible(
+      Effect.suspend(() => {
+        engine.enter()
+        total = engine.lanes.watch(onTotal)
+        total.arm(plan.totalTimeout)
+        if (plan.totalTimeout !== undefined) totalAt = now() + Duration.toMillis(plan.totalTimeout)
+        if (cut !== undefined) (cut.stops ??= new Set()).add(stop)
+        return Scope.addFinalizer(streamScope, finalizer)
+      })
+    )
+
+    const startAttempt = attemptStarter({
+      engine,
+      plan,
+      scope: streamScope,
+      now,
+      signal,
+      begin: (attempt) => {
+        current = attempt
+        stepAttempt = attempt
+      },
+      span,
+      totalAt: () => totalAt
+    })
+
+    const beginStep = (index: number) => {
+      stepIndex = index
+      stepStarted = now()
+      stepClosed = false
+      attemptsOnStep = 0
+      stepper = undefined
+      const series = engine.series(plan.steps[index]!)
+      series.requests++
+      if (index > 0) series.fallbacks++
+    }
+
+    // The consumer's reaction to an attempt that ended; returns the next thing to do.
+    const onEnd = (attempt: Attempt): Effect.Effect<void> =>
+      Effect.suspend(() => {
+        const exit = attempt.end!
+        current = undefined
+        if (Exit.isSuccess(exit)) {
+          return Effect.flatMap(closeAttempt(attempt, exit, clock), () => {
             finishStep(attempt, exit)
             if (plan.cache !== undefined && resumes === 0 && attempt.step.cacheable !== false) {
               // A stream that completed is answered whether or not the cache could keep its parts.
-              yield* Effect.ignore(plan.cache.store.setParts(plan.cache.key, collected))
+              return Effect.map(Effect.ignore(plan.cache.store.setParts(plan.cache.key, collected)), () =>
+                endStream(Exit.void)
+              )
             }
             endStream(Exit.void)
-            return
-          }
-          const error = Option.getOrThrow(Cause.findErrorOption(exit.cause))
-          yield* closeAttempt(attempt, exit, clock)
-          if (terminal !== undefined) return
-          if (error._tag === "ShuttingDownError") {
-            finishStep(attempt, exit)
-            endStream(exit)
-            return
-          }
-          if (!anyDelivered) {
-            const policy = attempt.step.retry
-            if (policy !== undefined && isRetryable(error) && !engine.isClosing()) {
-              if (stepper === undefined) stepper = (yield* Schedule.toStep(retrySchedule(policy))) as never
-              const decidedAt = now()
-              const decision = yield* Effect.exit(stepper!(decidedAt, error))
-              // A backoff the total deadline would cut (a long Retry-After) is not waited for: the
-              // step fails with its error now, and the next step gets the time that is left.
-              if (Exit.isSuccess(decision) && decidedAt + Duration.toMillis(decision.value[1]) < totalAt) {
-                const delay = decision.value[1]
-                if (plan.onRetry !== undefined) {
-                  yield* observe("onRetry", plan.onRetry, () =>
-                    plan.onRetry!({ step: attempt.step, attempt: attemptsOnStep, error, delay })
-                  )
-                }
-                backoff = engine.lanes.watch((ending) => {
-                  backoff = undefined
-                  if (ending === "shutdown") {
-                    endStream(Exit.fail(cutByShutdown()))
-                  } else {
-                    retryDue = true
-                    signal()
-                  }
-                })
-                backoff.arm(delay)
-                return
-              }
-            }
-            finishStep(attempt, exit)
-            failures.push({ domain: attempt.step.domain, provider: attempt.step.name, error })
-            const next = stepIndex + 1
-            if (shouldFallback(error) && next < plan.steps.length) {
-              beginStep(next)
-              attemptsOnStep++
-              yield* startAttempt(next, request_, undefined)
-              return
-            }
-            endStream(Exit.fail(exhaustedOr(failures, plan.steps.length, error)))
-            return
-          }
-          // Mid-stream: never restarted silently.
-          finishStep(attempt, exit)
-          const next = stepIndex + 1
-          const resume = plan.resume
-          if (resume !== undefined && resumes < resume.maxResumes && next < plan.steps.length && resumable(error)) {
-            resumes++
-            beginStep(next)
-            attemptsOnStep++
-            request_ = resumeRequest(request, delivered, resume.instruction)
-            yield* startAttempt(next, request_, new Dedupe(delivered, resume.minOverlap))
-            return
-          }
-          endStream(
-            Exit.fail(
-              error._tag === "TimeoutError"
-                ? new TimeoutError({
-                    limit: error.limit,
-                    timeout: error.timeout,
-                    provider: error.provider ?? attempt.step.name,
-                    partialText: delivered
-                  })
-                : error._tag === "StreamInterruptedError"
-                  ? // The provider's partialText is its own text: not what a resumed stream delivered before it.
-                    new StreamInterruptedError({
-                      partialText: delivered,
-                      provider: error.provider,
-                      reason: error.reason,
-                      detail: error.detail,
-                      cause: error.cause
-                    })
-                  : new StreamInterruptedError({
-                      partialText: delivered,
-                      provider: attempt.step.name,
-                      reason: reasonOf(error),
-                      detail: error.message,
-                      cause: error
-                    })
-            )
-          )
-        })
-
-      let retryDue = false
-
-      const take = (attempt: Attempt): readonly [StreamPart, ...Array<StreamPart>] | undefined => {
-        const raw = attempt.buffer.splice(0, attempt.buffer.length)
-        const space = attempt.space
-        attempt.space = undefined
-        space?.()
-        const parts = attempt.dedupe === undefined ? raw : attempt.dedupe.feed(raw)
-        for (const part of parts) {
-          if (part._tag === "TextDelta") {
-            if (part.text.length === 0) continue
-            if (firstTextAt === undefined) {
-              firstTextAt = now()
-              attempt.series.timeToFirstToken.record(firstTextAt - streamStarted)
-            }
-            delivered += part.text
-            anyDelivered = true
-          } else if (part._tag === "ToolCall") {
-            anyDelivered = true
-          } else {
-            finishDelivered = true
-          }
-          if (plan.cache !== undefined) collected.push(part)
+            return Effect.void
+          })
         }
-        return parts.length === 0 ? undefined : (parts as unknown as readonly [StreamPart, ...Array<StreamPart>])
+        const error = Option.getOrThrow(Cause.findErrorOption(exit.cause))
+        return Effect.flatMap(closeAttempt(attempt, exit, clock), () => onFailure(attempt, exit, error))
+      })
+
+    // An attempt that failed, closed: retried, handed to the next step, resumed, or the stream's end.
+    const onFailure = (attempt: Attempt, exit: Exit.Failure<void, AiError>, error: AiError): Effect.Effect<void> => {
+      if (terminal !== undefined) return Effect.void
+      if (error._tag === "ShuttingDownError") {
+        finishStep(attempt, exit)
+        endStream(exit)
+        return Effect.void
       }
+      if (anyDelivered) return midStream(attempt, exit, error)
+      const policy = attempt.step.retry
+      if (policy !== undefined && isRetryable(error) && !engine.isClosing()) {
+        if (stepper !== undefined) return retryOrGiveUp(stepper, attempt, exit, error)
+        return Effect.flatMap(Schedule.toStep(retrySchedule(policy)), (made) => {
+          const step: Stepper = made as never
+          stepper = step
+          return retryOrGiveUp(step, attempt, exit, error)
+        })
+      }
+      return giveUp(attempt, exit, error)
+    }
 
-      // Whether `pull` has something to do now (what it looks at before it waits).
-      const moved = (): boolean =>
-        terminal !== undefined ||
-        retryDue ||
-        (current !== undefined && (current.buffer.length > 0 || current.end !== undefined))
-
-      const pull: Effect.Effect<readonly [StreamPart, ...Array<StreamPart>], AiError | Cause.Done> = Effect.suspend(
-        () => {
-          // A cut (total deadline, shutdown) carries the text delivered when it struck: parts
-          // read ahead of a slow consumer then are not delivered after it.
-          if (terminal !== undefined && Exit.isFailure(terminal)) return terminal as Exit.Exit<never, AiError>
-          if (retryDue) {
-            retryDue = false
-            attemptsOnStep++
-            // Counted when it starts: a deadline that cuts the backoff leaves no retry made.
-            engine.series(plan.steps[stepIndex]!).retries++
-            return Effect.andThen(startAttempt(stepIndex, request_, undefined), pull)
-          }
-          const attempt = current
-          if (attempt !== undefined && attempt.buffer.length > 0) {
-            const parts = take(attempt)
-            if (parts !== undefined) return Effect.succeed(parts)
-            return pull
-          }
-          if (terminal !== undefined) return Cause.done()
-          if (attempt !== undefined && attempt.end !== undefined) return Effect.andThen(onEnd(attempt), pull)
-          return waitThenPull
+    const retryOrGiveUp = (
+      step: Stepper,
+      attempt: Attempt,
+      exit: Exit.Failure<void, AiError>,
+      error: AiError
+    ): Effect.Effect<void> => {
+      const decidedAt = now()
+      return Effect.flatMap(Effect.exit(step(decidedAt, error)), (decision) => {
+        // A backoff the total deadline would cut (a long Retry-After) is not waited for: the
+        // step fails with its error now, and the next step gets the time that is left.
+        if (!(Exit.isSuccess(decision) && decidedAt + Duration.toMillis(decision.value[1]) < totalAt)) {
+          return giveUp(attempt, exit, error)
         }
-      )
-      // One wait per chunk on a paced upstream, built once: its register keeps the resume
-      // itself and returns no cleanup, so a wait allocates neither a closure nor a finalizer
-      // (a resume called after an interruption is a no-op in effect's callback). It looks again
-      // as it registers: the consumer's fiber may have yielded to the scheduler between `pull`'s
-      // look and this wait (every `maxOpsBeforeYield` instructions), and a signal sent then
-      // found no one to wake.
-      const waitThenPull = Effect.andThen(
-        Effect.callback<void>((resume) => {
-          if (moved()) resume(Effect.void)
-          else wake = resume
-        }),
-        pull
-      )
+        const delay = decision.value[1]
+        const wait = () => {
+          backoff = engine.lanes.watch((ending) => {
+            backoff = undefined
+            if (ending === "shutdown") {
+              endStream(Exit.fail(cutByShutdown()))
+            } else {
+              retryDue = true
+              signal()
+            }
+          })
+          backoff.arm(delay)
+        }
+        if (plan.onRetry === undefined) {
+          wait()
+          return Effect.void
+        }
+        return Effect.map(
+          observe("onRetry", plan.onRetry, () =>
+            plan.onRetry!({ step: attempt.step, attempt: attemptsOnStep, error, delay })
+          ),
+          wait
+        )
+      })
+    }
 
-      beginStep(0)
-      attemptsOnStep++
-      yield* startAttempt(0, request_, undefined)
-      return pull
-    })
+    // No retry (left): the next step when the error falls back, else the stream's end.
+    const giveUp = (attempt: Attempt, exit: Exit.Failure<void, AiError>, error: AiError): Effect.Effect<void> => {
+      finishStep(attempt, exit)
+      failures.push({ domain: attempt.step.domain, provider: attempt.step.name, error })
+      const next = stepIndex + 1
+      if (shouldFallback(error) && next < plan.steps.length) {
+        beginStep(next)
+        attemptsOnStep++
+        return startAttempt(next, request_, undefined)
+      }
+      endStream(Exit.fail(exhaustedOr(failures, plan.steps.length, error)))
+      return Effect.void
+    }
+
+    // Mid-stream: never restarted silently.
+    const midStream = (attempt: Attempt, exit: Exit.Failure<void, AiError>, error: AiError): Effect.Effect<void> => {
+      finishStep(attempt, exit)
+      const next = stepIndex + 1
+      const resume = plan.resume
+      if (resume !== undefined && resumes < resume.maxResumes && next < plan.steps.length && resumable(error)) {
+        resumes++
+        beginStep(next)
+        attemptsOnStep++
+        request_ = resumeRequest(request, delivered, resume.instruction)
+        return startAttempt(next, request_, new Dedupe(delivered, resume.minOverlap))
+      }
+      endStream(
+        Exit.fail(
+          error._tag === "TimeoutError"
+            ? new TimeoutError({
+                limit: error.limit,
+                timeout: error.timeout,
+                provider: error.provider ?? attempt.step.name,
+                partialText: delivered
+              })
+            : error._tag === "StreamInterruptedError"
+              ? // The provider's partialText is its own text: not what a resumed stream delivered before it.
+                new StreamInterruptedError({
+                  partialText: delivered,
+                  provider: error.provider,
+                  reason: error.reason,
+                  detail: error.detail,
+                  cause: error.cause
+                })
+              : new StreamInterruptedError({
+                  partialText: delivered,
+                  provider: attempt.step.name,
+                  reason: reasonOf(error),
+                  detail: error.message,
+                  cause: error
+                })
+        )
+      )
+      return Effect.void
+    }
+
+    let retryDue = false
+
+    const take = (attempt: Attempt): readonly [StreamPart, ...Array<StreamPart>] | undefined => {
+      const raw = attempt.buffer.splice(0, attempt.buffer.length)
+      const space = attempt.space
+      attempt.space = undefined
+      space?.()
+      const parts = attempt.dedupe === undefined ? raw : attempt.dedupe.feed(raw)
+      for (const part of parts) {
+        if (part._tag === "TextDelta") {
+          if (part.text.length === 0) continue
+          if (firstTextAt === undefined) {
+            firstTextAt = now()
+            attempt.series.timeToFirstToken.record(firstTextAt - streamStarted)
+          }
+          delivered += part.text
+          anyDelivered = true
+        } else if (part._tag === "ToolCall") {
+          anyDelivered = true
+        } else {
+          finishDelivered = true
+        }
+        if (plan.cache !== undefined) collected.push(part)
+      }
+      return parts.length === 0 ? undefined : (parts as unknown as readonly [StreamPart, ...Array<StreamPart>])
+    }
+
+    // Whether `pull` has something to do now (what it looks at before it waits).
+    const moved = (): boolean =>
+      terminal !== undefined ||
+      retryDue ||
+      (current !== undefined && (current.buffer.length > 0 || current.end !== undefined))
+
+    const pull: Effect.Effect<readonly [StreamPart, ...Array<StreamPart>], AiError | Cause.Done> = Effect.suspend(
+      () => {
+        // A cut (total deadline, shutdown) carries the text delivered when it struck: parts
+        // read ahead of a slow consumer then are not delivered after it.
+        if (terminal !== undefined && Exit.isFailure(terminal)) return terminal as Exit.Exit<never, AiError>
+        if (retryDue) {
+          retryDue = false
+          attemptsOnStep++
+          // Counted when it starts: a deadline that cuts the backoff leaves no retry made.
+          engine.series(plan.steps[stepIndex]!).retries++
+          return Effect.andThen(startAttempt(stepIndex, request_, undefined), pull)
+        }
+        const attempt = current
+        if (attempt !== undefined && attempt.buffer.length > 0) {
+          const parts = take(attempt)
+          if (parts !== undefined) return Effect.succeed(parts)
+          return pull
+        }
+        if (terminal !== undefined) return Cause.done()
+        if (attempt !== undefined && attempt.end !== undefined) return Effect.andThen(onEnd(attempt), pull)
+        return waitThenPull
+      }
+    )
+    // One wait per chunk on a paced upstream, built once: its register keeps the resume
+    // itself and returns no cleanup, so a wait allocates neither a closure nor a finalizer
+    // (a resume called after an interruption is a no-op in effect's callback). It looks again
+    // as it registers: the consumer's fiber may have yielded to the scheduler between `pull`'s
+    // look and this wait (every `maxOpsBeforeYield` instructions), and a signal sent then
+    // found no one to wake.
+    const waitThenPull = Effect.andThen(
+      Effect.callback<void>((resume) => {
+        if (moved()) resume(Effect.void)
+        else wake = resume
+      }),
+      pull
+    )
+
+    beginStep(0)
+    attemptsOnStep++
+    yield* startAttempt(0, request_, undefined)
+    return pull
+  })
 
   const run = (plan: StreamPlan, request: GenerateRequest): Stream.Stream<StreamPart, AiError> =>
     Stream.fromChannel(
