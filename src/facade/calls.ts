@@ -88,20 +88,21 @@ export const embed = Effect.fn("Facade.embed")(function* (request: EmbedRequest,
 
 /** @internal */
 export const stream = (request: GenerateRequest, checked: Checked): Stream.Stream<StreamPart, AiError, Services> =>
-  Stream.unwrap(
-    Effect.gen(function* () {
-      const raw = checked.raw
-      const options = {
-        totalTimeout: checked.timeout,
-        firstChunkTimeout: raw.firstChunkTimeout as Duration.Input | "none" | undefined,
-        idleTimeout: raw.idleTimeout as Duration.Input | "none" | undefined,
-        cache: raw.cache as boolean | undefined
-      }
-      // With a domain: Router.stream, so the domain's breaker, rate limit, cache and chain apply.
-      if (raw.domain === undefined) return (yield* Executor).stream(request, { ...options, retry: true })
-      return (yield* Router).stream(request, raw.domain as string | ReadonlyArray<string>, options)
-    })
-  ).pipe(Stream.withSpan("Facade.stream"))
+  Stream.unwrap(streamOf(request, checked)).pipe(Stream.withSpan("Facade.stream"))
+
+// Made once, not per call (a generator function made per call gets an old-generation map of its own).
+const streamOf = Effect.fnUntraced(function* (request: GenerateRequest, checked: Checked) {
+  const raw = checked.raw
+  const options = {
+    totalTimeout: checked.timeout,
+    firstChunkTimeout: raw.firstChunkTimeout as Duration.Input | "none" | undefined,
+    idleTimeout: raw.idleTimeout as Duration.Input | "none" | undefined,
+    cache: raw.cache as boolean | undefined
+  }
+  // With a domain: Router.stream, so the domain's breaker, rate limit, cache and chain apply.
+  if (raw.domain === undefined) return (yield* Executor).stream(request, { ...options, retry: true })
+  return (yield* Router).stream(request, raw.domain as string | ReadonlyArray<string>, options)
+})
 
 /** A batch that `signal` or `timeout` cancels: the result names the items that never ran. @internal */
 export const batch = Effect.fn("Facade.batch")(function* (items: ReadonlyArray<Item>, checked: Checked) {

@@ -221,106 +221,110 @@ const resumeOf = (
 export const streamFromOptions =
   (defaults: StreamDefaults, run: (plan: StreamPlan, request: GenerateRequest) => Stream.Stream<StreamPart, AiError>) =>
   (request: GenerateRequest, options: ExecutorStreamOptions): Stream.Stream<StreamPart, AiError> =>
-    Stream.unwrap(
-      Effect.gen(function* () {
-        const valid = yield* options.validate(request)
-        const checks = yield* Input.orInvalidRequest(
-          Input.all([
-            Input.optionalDuration("firstChunkTimeout", options.firstChunkTimeout, defaults.firstChunkTimeout),
-            Input.optionalDuration("idleTimeout", options.idleTimeout, defaults.idleTimeout),
-            Input.optionalDuration("totalTimeout", options.totalTimeout, defaults.totalTimeout),
-            resolveRetry(options.retry, options.basePolicy, "retry"),
-            resumeOf(options.resume)
-          ])
-        )
-        const [firstChunkTimeout, idleTimeout, totalTimeout, retry, resume] = checks
-        const issue = stepsIssue(options.steps)
-        if (issue !== undefined) return yield* Effect.fail(invalidRequest(issue.path, issue.message))
-        const inputs = options.steps ?? [{ provider: options.provider }]
-        if (inputs.length === 0) {
-          return yield* Effect.fail(
-            new ModelError({
-              reason: "InvalidRequest",
-              field: "steps",
-              message: "invalid steps: give at least one step"
-            })
-          )
-        }
-        const steps: Array<StreamStep> = []
-        for (const [i, input] of inputs.entries()) {
-          const stepRetry =
-            input.retry === undefined
-              ? Result.succeed(retry)
-              : resolveRetry(input.retry as never, options.basePolicy, `steps[${i}].retry`)
-          const checked = yield* Input.orInvalidRequest(stepRetry)
-          const firstChunk =
-            input.firstChunkTimeout === undefined
-              ? undefined
-              : yield* Input.orInvalidRequest(Input.duration(`steps[${i}].firstChunkTimeout`, input.firstChunkTimeout))
-          const base = options.stepFor(input.provider ?? options.provider, input.domain ?? options.domain)
-          const model = input.model
-          const prepare = input.prepare
-          steps.push({
-            ...base,
-            // A stream step's `timeout` is its first-chunk deadline (`undefined`: the stream's).
-            timeout: firstChunk,
-            cacheable: input.cache !== false,
-            retry: checked,
-            prepare:
-              model === undefined && prepare === undefined
-                ? undefined
-                : (r: GenerateRequest) => {
-                    const withModel = model === undefined ? r : { ...r, model }
-                    if (prepare === undefined) return withModel
-                    try {
-                      return prepare(withModel)
-                    } catch (cause) {
-                      // Thrown on to the attempt, which ends with it (`prepareRefusal`): a refusal, not a defect.
-                      throw invalidRequest(
-                        `steps[${i}].prepare`,
-                        `the prepare option threw: ${Input.thrownMessage(cause)}`
-                      )
-                    }
-                  }
-          })
-        }
-        const cache = options.cache === false ? undefined : options.cacheStore
-        // A first step whose `prepare` throws has no key: its attempt ends with the refusal, counted as any.
-        let keyed: GenerateRequest | undefined
-        try {
-          keyed = cache === undefined ? undefined : (steps[0]!.prepare?.(valid) ?? valid)
-        } catch {
-          keyed = undefined
-        }
-        const plan: StreamPlan = {
-          steps: steps as unknown as StreamPlan["steps"],
-          firstChunkTimeout,
-          idleTimeout,
-          totalTimeout,
-          resume,
-          cache:
-            cache === undefined || cache.getParts === undefined || cache.setParts === undefined || keyed === undefined
-              ? undefined
-              : {
-                  store: { getParts: cache.getParts, setParts: cache.setParts },
-                  // Keyed on what the first step sends (a domain's system prompt and model included).
-                  key: cache.key({
-                    provider: steps[0]!.name,
-                    request: keyedRequest(keyed, steps[0]!.target.defaultModel)
-                  })
-                },
-          onRetry:
-            options.onRetry === undefined
-              ? undefined
-              : (event) =>
-                  options.onRetry!({
-                    provider: event.step.name,
-                    domain: event.step.domain,
-                    attempt: event.attempt,
-                    error: event.error,
-                    delay: event.delay
-                  })
-        }
-        return run(plan, valid)
+    Stream.unwrap(planned(defaults, run, request, options))
+
+// Made once, not per stream: V8 gives a generator function made per call a map of its own, in
+// the old generation, which keeps what its closure reaches alive until the next full collection.
+const planned = Effect.fnUntraced(function* (
+  defaults: StreamDefaults,
+  run: (plan: StreamPlan, request: GenerateRequest) => Stream.Stream<StreamPart, AiError>,
+  request: GenerateRequest,
+  options: ExecutorStreamOptions
+) {
+  const valid = yield* options.validate(request)
+  const checks = yield* Input.orInvalidRequest(
+    Input.all([
+      Input.optionalDuration("firstChunkTimeout", options.firstChunkTimeout, defaults.firstChunkTimeout),
+      Input.optionalDuration("idleTimeout", options.idleTimeout, defaults.idleTimeout),
+      Input.optionalDuration("totalTimeout", options.totalTimeout, defaults.totalTimeout),
+      resolveRetry(options.retry, options.basePolicy, "retry"),
+      resumeOf(options.resume)
+    ])
+  )
+  const [firstChunkTimeout, idleTimeout, totalTimeout, retry, resume] = checks
+  const issue = stepsIssue(options.steps)
+  if (issue !== undefined) return yield* Effect.fail(invalidRequest(issue.path, issue.message))
+  const inputs = options.steps ?? [{ provider: options.provider }]
+  if (inputs.length === 0) {
+    return yield* Effect.fail(
+      new ModelError({
+        reason: "InvalidRequest",
+        field: "steps",
+        message: "invalid steps: give at least one step"
       })
     )
+  }
+  const steps: Array<StreamStep> = []
+  for (const [i, input] of inputs.entries()) {
+    const stepRetry =
+      input.retry === undefined
+        ? Result.succeed(retry)
+        : resolveRetry(input.retry as never, options.basePolicy, `steps[${i}].retry`)
+    const checked = yield* Input.orInvalidRequest(stepRetry)
+    const firstChunk =
+      input.firstChunkTimeout === undefined
+        ? undefined
+        : yield* Input.orInvalidRequest(Input.duration(`steps[${i}].firstChunkTimeout`, input.firstChunkTimeout))
+    const base = options.stepFor(input.provider ?? options.provider, input.domain ?? options.domain)
+    const model = input.model
+    const prepare = input.prepare
+    steps.push({
+      ...base,
+      // A stream step's `timeout` is its first-chunk deadline (`undefined`: the stream's).
+      timeout: firstChunk,
+      cacheable: input.cache !== false,
+      retry: checked,
+      prepare:
+        model === undefined && prepare === undefined
+          ? undefined
+          : (r: GenerateRequest) => {
+              const withModel = model === undefined ? r : { ...r, model }
+              if (prepare === undefined) return withModel
+              try {
+                return prepare(withModel)
+              } catch (cause) {
+                // Thrown on to the attempt, which ends with it (`prepareRefusal`): a refusal, not a defect.
+                throw invalidRequest(`steps[${i}].prepare`, `the prepare option threw: ${Input.thrownMessage(cause)}`)
+              }
+            }
+    })
+  }
+  const cache = options.cache === false ? undefined : options.cacheStore
+  // A first step whose `prepare` throws has no key: its attempt ends with the refusal, counted as any.
+  let keyed: GenerateRequest | undefined
+  try {
+    keyed = cache === undefined ? undefined : (steps[0]!.prepare?.(valid) ?? valid)
+  } catch {
+    keyed = undefined
+  }
+  const plan: StreamPlan = {
+    steps: steps as unknown as StreamPlan["steps"],
+    firstChunkTimeout,
+    idleTimeout,
+    totalTimeout,
+    resume,
+    cache:
+      cache === undefined || cache.getParts === undefined || cache.setParts === undefined || keyed === undefined
+        ? undefined
+        : {
+            store: { getParts: cache.getParts, setParts: cache.setParts },
+            // Keyed on what the first step sends (a domain's system prompt and model included).
+            key: cache.key({
+              provider: steps[0]!.name,
+              request: keyedRequest(keyed, steps[0]!.target.defaultModel)
+            })
+          },
+    onRetry:
+      options.onRetry === undefined
+        ? undefined
+        : (event) =>
+            options.onRetry!({
+              provider: event.step.name,
+              domain: event.step.domain,
+              attempt: event.attempt,
+              error: event.error,
+              delay: event.delay
+            })
+  }
+  return run(plan, valid)
+})
