@@ -229,74 +229,72 @@ export const build = (
 
   // One part per pull, so each chunk's delay paces the consumer. The call is in flight
   // until the stream's scope closes: a consumer that leaves before the end interrupts it.
-  const stream = (request: GenerateRequest): Stream.Stream<StreamPart, AiError> =>
-    Stream.fromChannel(
-      Channel.fromTransform((_, scope: Scope.Scope) =>
-        Effect.gen(function* () {
-          let ending: Ending = "interrupted"
-          begin("stream", request)
-          yield* Scope.addFinalizer(
-            scope,
-            Effect.sync(() => end(ending))
-          )
-          const validated = yield* Effect.result(validateGenerate(request))
-          if (validated._tag === "Failure") {
-            ending = "failed"
-            return Effect.fail(validated.failure)
-          }
-          const valid = validated.success
-          const { outcome, random } = plan()
-          const model = valid.model ?? defaultModel
-          const text = textFor(valid, outcome)
-          if (text._tag === "Failure") {
-            ending = "failed"
-            return Effect.fail(text.failure)
-          }
-          const chunks =
-            outcome._tag === "Succeed" && outcome.chunks !== undefined ? outcome.chunks : chunksOf(text.success)
-          const limit = outcome._tag === "Succeed" ? chunks.length : Math.min(outcome.afterChunks ?? 0, chunks.length)
-          const gap = outcome.chunkDelay ?? config.chunkDelay
-          let sent = 0
-          let done = false
-          const nextDelay = () => sleep(delay(sent === 0 ? (outcome.latency ?? config.latency) : gap, random))
-          return Effect.suspend((): Effect.Effect<Arr.NonEmptyReadonlyArray<StreamPart>, AiError | Cause.Done> => {
-            if (done) return Cause.done()
-            if (sent < limit) {
-              const delta: StreamPart = { _tag: "TextDelta", text: chunks[sent]! }
-              return Effect.map(nextDelay(), () => {
-                sent++
-                return [delta]
-              })
-            }
-            done = true
-            switch (outcome._tag) {
-              case "Hang":
-                return Effect.never
-              case "Fail":
-                return Effect.flatMap(nextDelay(), () => {
-                  ending = "failed"
-                  return Effect.fail(failure(outcome, model))
-                })
-              case "Succeed": {
-                const response = answer(valid, outcome, text.success)
-                const parts: Array<StreamPart> = (response.toolCalls ?? []).map((call) => ({ _tag: "ToolCall", call }))
-                parts.push({
-                  _tag: "Finish",
-                  finishReason: response.finishReason,
-                  usage: response.usage,
-                  provider: name,
-                  model
-                })
-                return Effect.map(limit === 0 ? nextDelay() : Effect.void, () => {
-                  ending = "succeeded"
-                  return parts as unknown as Arr.NonEmptyReadonlyArray<StreamPart>
-                })
-              }
-            }
-          })
-        })
-      )
+  // Made once per Mock, not per stream: a generator function made per call gets a map of its own
+  // from V8, in the old generation, which keeps the stream's state alive until a full collection.
+  const open = Effect.fnUntraced(function* (request: GenerateRequest, scope: Scope.Scope) {
+    let ending: Ending = "interrupted"
+    begin("stream", request)
+    yield* Scope.addFinalizer(
+      scope,
+      Effect.sync(() => end(ending))
     )
+    const validated = yield* Effect.result(validateGenerate(request))
+    if (validated._tag === "Failure") {
+      ending = "failed"
+      return Effect.fail(validated.failure)
+    }
+    const valid = validated.success
+    const { outcome, random } = plan()
+    const model = valid.model ?? defaultModel
+    const text = textFor(valid, outcome)
+    if (text._tag === "Failure") {
+      ending = "failed"
+      return Effect.fail(text.failure)
+    }
+    const chunks = outcome._tag === "Succeed" && outcome.chunks !== undefined ? outcome.chunks : chunksOf(text.success)
+    const limit = outcome._tag === "Succeed" ? chunks.length : Math.min(outcome.afterChunks ?? 0, chunks.length)
+    const gap = outcome.chunkDelay ?? config.chunkDelay
+    let sent = 0
+    let done = false
+    const nextDelay = () => sleep(delay(sent === 0 ? (outcome.latency ?? config.latency) : gap, random))
+    return Effect.suspend((): Effect.Effect<Arr.NonEmptyReadonlyArray<StreamPart>, AiError | Cause.Done> => {
+      if (done) return Cause.done()
+      if (sent < limit) {
+        const delta: StreamPart = { _tag: "TextDelta", text: chunks[sent]! }
+        return Effect.map(nextDelay(), () => {
+          sent++
+          return [delta]
+        })
+      }
+      done = true
+      switch (outcome._tag) {
+        case "Hang":
+          return Effect.never
+        case "Fail":
+          return Effect.flatMap(nextDelay(), () => {
+            ending = "failed"
+            return Effect.fail(failure(outcome, model))
+          })
+        case "Succeed": {
+          const response = answer(valid, outcome, text.success)
+          const parts: Array<StreamPart> = (response.toolCalls ?? []).map((call) => ({ _tag: "ToolCall", call }))
+          parts.push({
+            _tag: "Finish",
+            finishReason: response.finishReason,
+            usage: response.usage,
+            provider: name,
+            model
+          })
+          return Effect.map(limit === 0 ? nextDelay() : Effect.void, () => {
+            ending = "succeeded"
+            return parts as unknown as Arr.NonEmptyReadonlyArray<StreamPart>
+          })
+        }
+      }
+    })
+  })
+  const stream = (request: GenerateRequest): Stream.Stream<StreamPart, AiError> =>
+    Stream.fromChannel(Channel.fromTransform((_, scope: Scope.Scope) => open(request, scope)))
 
   const provider: Service = {
     name,

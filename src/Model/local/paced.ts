@@ -15,8 +15,10 @@ export const paced = <A, E>(
   produce: (push: (part: A) => void, pace: () => Promise<void> | undefined) => Effect.Effect<void, E>
 ): Stream.Stream<A, E> =>
   Stream.fromChannel(
+    // No generator here: one made per stream gets a map of its own from V8, in the old generation,
+    // which keeps the stream's state alive through every young collection until a full one.
     Channel.fromTransform((_upstream: unknown, scope: Scope.Scope) =>
-      Effect.gen(function* () {
+      Effect.suspend(() => {
         const buffer: Array<A> = []
         let end: Exit.Exit<void, E> | undefined
         let wake: (() => void) | undefined
@@ -36,19 +38,6 @@ export const paced = <A, E>(
             : new Promise<void>((resolve) => {
                 space = resolve
               })
-        // Interrupted when the stream's scope closes (its consumer is done with it).
-        yield* Effect.forkIn(
-          produce(push, pace).pipe(
-            Effect.onExit((exit) =>
-              Effect.sync(() => {
-                end = exit
-                signal()
-              })
-            )
-          ),
-          scope,
-          { startImmediately: true }
-        )
         // It looks again as it registers: the consumer's fiber may have yielded to the scheduler
         // between `pull`'s look and this wait, and a part or the end pushed then woke nobody.
         const waitForParts = Effect.callback<void>((resume) => {
@@ -69,7 +58,22 @@ export const paced = <A, E>(
           if (end !== undefined) return Exit.isSuccess(end) ? Cause.done() : (end as Exit.Exit<never, E>)
           return Effect.andThen(waitForParts, pull)
         })
-        return pull
+        // Interrupted when the stream's scope closes (its consumer is done with it).
+        return Effect.as(
+          Effect.forkIn(
+            produce(push, pace).pipe(
+              Effect.onExit((exit) =>
+                Effect.sync(() => {
+                  end = exit
+                  signal()
+                })
+              )
+            ),
+            scope,
+            { startImmediately: true }
+          ),
+          pull
+        )
       })
     )
   )
