@@ -84,7 +84,9 @@ export const GatewayFile = Schema.Struct({
         )
       ),
       commandTimeout: opt(Duration),
-      timeout: opt(Duration)
+      timeout: opt(Duration),
+      reportAfter: opt(Duration),
+      probeInterval: opt(Duration)
     })
   ),
   keys: opt(Options),
@@ -167,11 +169,15 @@ const loadFile = Effect.fnUntraced(function* (common: Common, flag: Option.Optio
   return { file, config: decoded.success }
 })
 
-const secret = (common: Common, name: string, what: string) =>
+/** A secret a `*Env` field of the gateway file names; unset, said after the file's path as its other mistakes. */
+const secret = (common: Common, file: string | undefined, name: string, what: string) =>
   Config.Redacted(name).pipe(
-    Effect.catch(() =>
-      failWith(common, exitCodes.usage, `${what}: set the environment variable ${name}`, { kind: "config" })
-    )
+    Effect.catch(() => {
+      const message = `set the environment variable ${name}`
+      return file === undefined
+        ? failWith(common, exitCodes.usage, `${what}: ${message}`, { kind: "config" })
+        : refuseIn(common, file, `${what}: ${message}`, [{ path: what, message }])
+    })
   )
 
 const loopback = (host: string) => host === "127.0.0.1" || host === "::1" || host === "localhost"
@@ -292,11 +298,13 @@ export const run = Effect.fnUntraced(function* (args: Args) {
     )
   }
   const redisUrl =
-    config.redis === undefined ? undefined : yield* secret(common, config.redis.urlEnv ?? "REDIS_URL", "redis.urlEnv")
+    config.redis === undefined
+      ? undefined
+      : yield* secret(common, file, config.redis.urlEnv ?? "REDIS_URL", "redis.urlEnv")
   const adminKey =
     config.admin === undefined
       ? undefined
-      : yield* secret(common, config.admin.keyEnv ?? "ORCHESTRA_ADMIN_KEY", "admin.keyEnv")
+      : yield* secret(common, file, config.admin.keyEnv ?? "ORCHESTRA_ADMIN_KEY", "admin.keyEnv")
   if (file !== undefined && config.gateway !== undefined && Object.hasOwn(config.gateway, "metricsToken")) {
     return yield* refuseIn(
       common,
@@ -307,7 +315,7 @@ export const run = Effect.fnUntraced(function* (args: Args) {
   const metricsToken =
     config.metrics === undefined
       ? undefined
-      : yield* secret(common, config.metrics.tokenEnv ?? "ORCHESTRA_METRICS_TOKEN", "metrics.tokenEnv")
+      : yield* secret(common, file, config.metrics.tokenEnv ?? "ORCHESTRA_METRICS_TOKEN", "metrics.tokenEnv")
   if (file !== undefined && adminKey !== undefined && config.keys === undefined) {
     return yield* refuseIn(common, file, "admin: the admin routes manage keys: add a `keys` section")
   }
@@ -323,7 +331,14 @@ export const run = Effect.fnUntraced(function* (args: Args) {
   const shared =
     config.redis === undefined
       ? undefined
-      : { prefix, guard: { timeout: config.redis.timeout ?? config.redis.commandTimeout ?? 500 } }
+      : {
+          prefix,
+          guard: {
+            timeout: config.redis.timeout ?? config.redis.commandTimeout ?? 500,
+            reportAfter: config.redis.reportAfter,
+            probeInterval: config.redis.probeInterval
+          }
+        }
   // Checked here: the stores given it would name their own `redis.timeout` (`policies.redis.timeout`).
   if (shared !== undefined && file !== undefined) {
     const guard = Redis.guardSettings(shared.guard, "redis.")

@@ -261,6 +261,70 @@ describe("orchestra serve, start-up failures", () => {
     120_000
   )
   it.live(
+    "an unset variable a *Env field names is said after the gateway file's path, with file and issues in JSON",
+    () =>
+      Effect.gen(function* () {
+        const adminFile = write("unset-admin.json", {
+          server: { port: 0 },
+          keys: { keys: [] },
+          admin: { keyEnv: "TEST_UNSET_ADMIN_KEY" }
+        })
+        const redisFile = write("unset-redis.json", {
+          server: { port: 0 },
+          allowAnonymous: true,
+          redis: { urlEnv: "TEST_UNSET_REDIS_URL" }
+        })
+        const exitOf = (file: string) =>
+          Effect.flatMap(serve(["--config", config, "--gateway", file]), (started) => started.exit)
+        const [admin, redis] = yield* Effect.all([exitOf(adminFile), exitOf(redisFile)], { concurrency: 2 })
+        for (const [result, file, path, name] of [
+          [admin, adminFile, "admin.keyEnv", "TEST_UNSET_ADMIN_KEY"],
+          [redis, redisFile, "redis.urlEnv", "TEST_UNSET_REDIS_URL"]
+        ] as const) {
+          assert.strictEqual(result.code, 2, result.stderr)
+          const message = `${path}: set the environment variable ${name}`
+          assert.include(result.stderr, `${file}: ${message}`)
+          assert.deepStrictEqual(JSON.parse(result.stdout).error, {
+            message: `${file}: ${message}`,
+            kind: "config",
+            file,
+            issues: [{ path, message: `set the environment variable ${name}` }]
+          })
+        }
+      }),
+    120_000
+  )
+
+  it.live(
+    "redis.reportAfter and redis.probeInterval, which the docs name, are taken from the file and checked, naming them",
+    () =>
+      Effect.gen(function* () {
+        const good = write("redis-guard.json", {
+          server: { port: 0 },
+          allowAnonymous: true,
+          redis: { reportAfter: 0, probeInterval: "2 seconds" }
+        })
+        const bad = write("redis-bad-guard.json", {
+          server: { port: 0 },
+          allowAnonymous: true,
+          redis: { probeInterval: 0 }
+        })
+        // Nothing listens on port 1: a file that is taken gets as far as connecting.
+        const exitOf = (file: string) =>
+          Effect.flatMap(
+            serve(["--config", config, "--gateway", file], { REDIS_URL: "redis://127.0.0.1:1/0" }),
+            (s) => s.exit
+          )
+        const [taken, refused] = yield* Effect.all([exitOf(good), exitOf(bad)], { concurrency: 2 })
+        assert.strictEqual(taken.code, 1, taken.stderr)
+        assert.match(JSON.parse(taken.stdout).error.message, /^cannot connect to Redis \(REDIS_URL\)/)
+        assert.strictEqual(refused.code, 2, refused.stderr)
+        assert.include(refused.stderr, `${bad}: invalid redis.probeInterval: `)
+      }),
+    120_000
+  )
+
+  it.live(
     "redis.prefix is checked where the file gives it (0 to 90 characters, room left for breaker:, ratelimit:, gateway:), naming redis.prefix",
     () =>
       Effect.gen(function* () {
