@@ -38,6 +38,7 @@ import {
   requestIdHeader,
   traced
 } from "./routes.js"
+import { toWire } from "./errors.js"
 import * as Sse from "./sse.js"
 import { CurrentTracker, millis, type Target, type Tracker } from "./upstream.js"
 import { CurrentCut, type Cut, stopStreams } from "../policy/plan.js"
@@ -356,7 +357,9 @@ export const make = (env: Env) => {
           case "Failed": {
             span?.end(Exit.fail(ending.error))
             metrics.failed(reasonOf(ending.error))
-            metrics.answered("chat_stream", 200, elapsed, undefined)
+            // Counted under the status its error event carries (502, 504...), as a client's leaving under 499:
+            // under 200 a cut stream would pass for a whole answer in a status-based error rate.
+            metrics.answered("chat_stream", toWire(ending.error).status, elapsed, undefined)
             const usage = ending.usage
             if (usage === undefined) return settleCut(reserved, ending.outputChars)
             metrics.tokens(usage.inputTokens, usage.outputTokens)

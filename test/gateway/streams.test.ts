@@ -102,6 +102,27 @@ describe("Gateway: streams", () => {
     })
   )
 
+  it.live("a stream ended by an error event counts under its error's status in requests_total, not as a 200", () =>
+    Effect.gen(function* () {
+      const cut = yield* Server.make((_, res) =>
+        Server.chunked(res, [Server.sse([Up.chunk("Hel")])], { end: "destroy", pauseMs: 5 })
+      )
+      const stalled = yield* Server.make((_, res) =>
+        Server.chunked(res, [Server.sse([Up.chunk("first")])], { end: "hang" })
+      )
+      const gw = yield* Harness.make({
+        upstreams: { a: cut.url, b: stalled.url },
+        gateway: { stream: { idleTimeout: 300 } }
+      })
+      assert.strictEqual((yield* read(gw.client(), { model: "d-a", messages: hi })).error?.code, "stream_interrupted")
+      assert.strictEqual((yield* read(gw.client(), { model: "d-b", messages: hi })).error?.code, "idle_timeout")
+      const metrics = yield* gw.metrics
+      assert.include(metrics, 'orchestra_gateway_requests_total{route="chat_stream",status="502"} 1')
+      assert.include(metrics, 'orchestra_gateway_requests_total{route="chat_stream",status="504"} 1')
+      assert.notInclude(metrics, 'orchestra_gateway_requests_total{route="chat_stream",status="200"}')
+    })
+  )
+
   it.live("the total deadline ends a stream that keeps going: an error event, not a clean end", () =>
     Effect.gen(function* () {
       const upstream = yield* Server.make((_, res) =>
