@@ -49,7 +49,12 @@ import * as KeyStore from "./keys/KeyStore.js"
 
 const opt = Schema.optionalKey
 const Duration = Schema.Union([Schema.Number, Schema.String]) as unknown as Schema.Codec<Input.DurationInput>
-const EnvName = Schema.String.check(Schema.isPattern(/^[A-Za-z_][A-Za-z0-9_]*$/))
+// As the config file's `apiKeyEnv` says it: a secret written here by mistake is not named, only refused.
+const EnvName = Schema.String.check(
+  Schema.isPattern(/^[A-Za-z_][A-Za-z0-9_]*$/, {
+    message: "expected the name of an environment variable such as MY_SECRET (the secret itself never goes in the file)"
+  })
+)
 const Options = Schema.Record(Schema.String, Schema.Unknown)
 
 /**

@@ -261,7 +261,7 @@ describe("orchestra serve, start-up failures", () => {
     120_000
   )
   it.live(
-    "an unset variable a *Env field names is said after the gateway file's path, with file and issues in JSON",
+    "an unset variable a *Env field names, or a value that is no variable's name, is said after the gateway file's path",
     () =>
       Effect.gen(function* () {
         const adminFile = write("unset-admin.json", {
@@ -274,9 +274,24 @@ describe("orchestra serve, start-up failures", () => {
           allowAnonymous: true,
           redis: { urlEnv: "TEST_UNSET_REDIS_URL" }
         })
+        // The secret itself written where its variable's name goes: refused as no name, in the words of apiKeyEnv's.
+        const inFile = write("secret-in-env-field.json", {
+          server: { port: 0 },
+          keys: { keys: [] },
+          admin: { keyEnv: "admin-Secret-0123456789abcdef" }
+        })
         const exitOf = (file: string) =>
           Effect.flatMap(serve(["--config", config, "--gateway", file]), (started) => started.exit)
-        const [admin, redis] = yield* Effect.all([exitOf(adminFile), exitOf(redisFile)], { concurrency: 2 })
+        const [admin, redis, secretInFile] = yield* Effect.all([exitOf(adminFile), exitOf(redisFile), exitOf(inFile)], {
+          concurrency: 3
+        })
+        assert.strictEqual(secretInFile.code, 2, secretInFile.stderr)
+        assert.include(
+          secretInFile.stderr,
+          `${inFile}: admin.keyEnv: expected the name of an environment variable such as MY_SECRET`
+        )
+        assert.notInclude(secretInFile.stdout + secretInFile.stderr, "RegExp")
+        assert.notInclude(secretInFile.stdout + secretInFile.stderr, "admin-Secret-0123456789abcdef")
         for (const [result, file, path, name] of [
           [admin, adminFile, "admin.keyEnv", "TEST_UNSET_ADMIN_KEY"],
           [redis, redisFile, "redis.urlEnv", "TEST_UNSET_REDIS_URL"]
