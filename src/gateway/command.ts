@@ -344,6 +344,19 @@ export const run = Effect.fnUntraced(function* (args: Args) {
             probeInterval: config.redis.probeInterval
           }
         }
+  // The key store on Redis takes its prefix and guard from the `redis` section: given under `keys` too, they
+  // were replaced unsaid (in memory the store refuses them as unknown fields).
+  if (shared !== undefined && file !== undefined && config.keys !== undefined) {
+    for (const [field, instead] of [
+      ["prefix", "redis.prefix (the key store's is it plus gateway:)"],
+      ["redis", "redis.timeout, redis.reportAfter and redis.probeInterval"]
+    ] as const) {
+      if (Object.hasOwn(config.keys, field)) {
+        const message = `on Redis the key store's is set by the redis section: use ${instead}`
+        return yield* refuseIn(common, file, `keys.${field}: ${message}`, [{ path: `keys.${field}`, message }])
+      }
+    }
+  }
   // Checked here: the stores given it would name their own `redis.timeout` (`policies.redis.timeout`).
   if (shared !== undefined && file !== undefined) {
     const guard = Redis.guardSettings(shared.guard, "redis.")

@@ -340,6 +340,34 @@ describe("orchestra serve, start-up failures", () => {
   )
 
   it.live(
+    "keys.prefix and keys.redis, which the redis section sets for the key store, are refused rather than silently replaced",
+    () =>
+      Effect.gen(function* () {
+        const exitOf = (name: string, keys: Record<string, unknown>) =>
+          Effect.flatMap(
+            serve(["--config", config, "--gateway", write(name, { server: { port: 0 }, redis: {}, keys })], {
+              REDIS_URL: "redis://127.0.0.1:1/0"
+            }),
+            (s) => s.exit
+          )
+        const [prefix, redis] = yield* Effect.all(
+          [
+            exitOf("keys-prefix.json", { keys: [], prefix: "mine:" }),
+            exitOf("keys-redis.json", { keys: [], redis: { timeout: "3 seconds" } })
+          ],
+          { concurrency: 2 }
+        )
+        assert.strictEqual(prefix.code, 2, prefix.stderr)
+        assert.include(prefix.stderr, "keys.prefix: ")
+        assert.include(prefix.stderr, "redis.prefix")
+        assert.strictEqual(redis.code, 2, redis.stderr)
+        assert.include(redis.stderr, "keys.redis: ")
+        assert.include(redis.stderr, "redis.timeout")
+      }),
+    120_000
+  )
+
+  it.live(
     "redis.prefix is checked where the file gives it (0 to 90 characters, room left for breaker:, ratelimit:, gateway:), naming redis.prefix",
     () =>
       Effect.gen(function* () {
