@@ -142,7 +142,10 @@ const loadFile = Effect.fnUntraced(function* (common: Common, flag: Option.Optio
   const refuse = (message: string) => refuseIn(common, file, message)
   const info = yield* fs.stat(file).pipe(Effect.option)
   if (Option.isNone(info)) {
-    if (Option.isSome(explicit)) return yield* refuse("no such file")
+    // A variable set long ago (or by someone else) is easy to forget, as `orchestra`'s ORCHESTRA_CONFIG.
+    if (Option.isSome(flag)) return yield* refuse("no such file")
+    if (Option.isSome(fromEnv))
+      return yield* refuse("no such file (named by the environment variable ORCHESTRA_GATEWAY)")
     return { file: undefined, config: {} as GatewayFile }
   }
   if (info.value.type !== "File") return yield* refuse(`not a file (${info.value.type.toLowerCase()})`)

@@ -368,6 +368,18 @@ describe("orchestra serve, start-up failures", () => {
   )
 
   it.live(
+    "a missing gateway file named by ORCHESTRA_GATEWAY says the variable named it, as ORCHESTRA_CONFIG's does",
+    () =>
+      Effect.gen(function* () {
+        const missing = NodePath.join(dir, "no-such-gateway.json")
+        const result = yield* Effect.flatMap(serve(["--config", config], { ORCHESTRA_GATEWAY: missing }), (s) => s.exit)
+        assert.strictEqual(result.code, 2, result.stderr)
+        assert.include(result.stderr, `${missing}: no such file (named by the environment variable ORCHESTRA_GATEWAY)`)
+      }),
+    120_000
+  )
+
+  it.live(
     "redis.prefix is checked where the file gives it (0 to 90 characters, room left for breaker:, ratelimit:, gateway:), naming redis.prefix",
     () =>
       Effect.gen(function* () {
