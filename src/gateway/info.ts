@@ -140,16 +140,22 @@ export const make = (env: Env) => {
                 )
               )
 
+  // Every path the gateway serves, so that another method on it is a 405 naming the right one, not a 404.
   const known = new Map<string, string>([
     [`${options.prefix}/chat/completions`, "POST"],
     [`${options.prefix}/embeddings`, "POST"],
     [`${options.prefix}/models`, "GET"]
   ])
+  for (const path of [options.livePath, options.readyPath, options.metricsPath]) {
+    if (path !== undefined) known.set(path, "GET")
+  }
+  const modelPath = `${options.prefix}/models/`
 
   const fallback = (request: HttpServerRequest.HttpServerRequest) =>
     Effect.sync(() => {
       const path = request.url.split("?")[0]!
-      const method = known.get(path)
+      const method =
+        known.get(path) ?? (path.length > modelPath.length && path.startsWith(modelPath) ? "GET" : undefined)
       const error =
         method !== undefined
           ? gatewayError("MethodNotAllowed", `${request.method} is not allowed on ${path}: use ${method}`, {

@@ -246,6 +246,23 @@ describe("Gateway: requests refused before any provider", () => {
   )
 })
 
+describe("Gateway: wrong methods on the routes that are not the API's", () => {
+  it.live("a wrong method on /healthz, /readyz, /metrics or /v1/models/{id} is a 405 with Allow: GET, not a 404", () =>
+    Effect.gen(function* () {
+      const upstream = yield* Server.make(Up.openAi())
+      const gw = yield* Harness.make({ upstreams: { a: upstream.url } })
+      for (const path of ["/healthz", "/readyz", "/metrics", "/v1/models/d-a"]) {
+        const answer = yield* Effect.promise(() => fetch(`${gw.url}${path}`, { method: "DELETE" }))
+        assert.strictEqual(answer.status, 405, path)
+        assert.strictEqual(answer.headers.get("allow"), "GET", path)
+        const body = (yield* Effect.promise(() => answer.json())) as { error: { code: string } }
+        assert.strictEqual(body.error.code, "method_not_allowed", path)
+      }
+      assert.strictEqual((yield* upstream.requests).length, 0)
+    })
+  )
+})
+
 describe("Gateway: requests the local model refuses", () => {
   it.live("an OpenAI seed the local sampler cannot honour (past 2^32-1, negative) is a 400 naming seed", () =>
     Effect.gen(function* () {
