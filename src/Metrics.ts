@@ -233,7 +233,7 @@ export const inputTokens = Metric.counter("orchestra_input_tokens_total", {
  * @category calls
  */
 export const outputTokens = Metric.counter("orchestra_output_tokens_total", {
-  description: "Output tokens reported by providers",
+  description: "Output tokens reported by providers (estimated where a provider reports none)",
   incremental: true
 })
 
@@ -454,7 +454,8 @@ export const gatewayInFlight = Metric.gauge("orchestra_gateway_in_flight", {
  * @category gateway
  */
 export const gatewayTokens = Metric.counter("orchestra_gateway_tokens_total", {
-  description: "Tokens of the gateway's answered requests (as the providers reported them)",
+  description:
+    "Tokens of the gateway's answered requests, as the providers reported them (estimated where a provider reports none)",
   incremental: true
 })
 

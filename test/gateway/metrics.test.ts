@@ -86,6 +86,25 @@ describe("Gateway: /metrics", () => {
     })
   )
 
+  it.live("an answer without usage is counted in the token series by estimate, and their HELP says so", () =>
+    Effect.gen(function* () {
+      const upstream = yield* Server.make((_, res) => {
+        const { usage: _usage, ...answer } = Up.completion("twelve chars")
+        return Server.json(res, 200, answer)
+      })
+      const gw = yield* Harness.make({ upstreams: { a: upstream.url } })
+      yield* Harness.call(() => gw.client().chat.completions.create({ model: "d-a", messages: hi }))
+      const text = yield* gw.metrics
+      // No provider reported these: 12 characters at 4 a token.
+      assert.strictEqual(seriesValue(text, 'orchestra_gateway_tokens_total{type="output"}'), 3)
+      assert.strictEqual(seriesValue(text, 'orchestra_output_tokens_total{provider="a",domain="d-a"}'), 3)
+      for (const name of ["orchestra_gateway_tokens_total", "orchestra_output_tokens_total"]) {
+        const help = text.split("\n").find((line) => line.startsWith(`# HELP ${name} `))
+        assert.include(help, "estimated where a provider reports none", name)
+      }
+    })
+  )
+
   it.live("counts a stream's time to first token and its gateway share up to its first byte", () =>
     Effect.gen(function* () {
       const upstream = yield* Server.make(Up.openAi(["a", "b"]))
