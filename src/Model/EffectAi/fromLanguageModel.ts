@@ -135,60 +135,59 @@ export const make = Effect.fnUntraced(function* (given: Options = {}) {
   }
 
   /** What every call needs: the prompt, the toolkit, the added services, and the model to report. */
-  const prepare = (request: Model.GenerateRequest) =>
-    Effect.gen(function* () {
-      const valid = yield* Model.validateGenerate(request, limits)
-      if (options.context === undefined) {
-        // The model is not sent: whatever the LanguageModel serves answers, so a request for another
-        // (or for any, when which one is unknown) was answered by it and reported as the one asked for.
-        if (valid.model !== undefined && valid.model !== defaultModel && !isModelName(valid.model)) {
-          return yield* invalidRequest(
-            "model",
-            servedKnown
-              ? `${name} serves ${Option.getOrElse(modelName, () => defaultModel)}, not ${valid.model}`
-              : `${name} cannot tell which model its effect/ai LanguageModel serves, so it cannot serve ${valid.model}: give the model option (or Model.ModelName), or context to send the request's model`,
-            name
-          )
-        }
-        // LanguageModel carries no such setting: only `context` can hand it to the provider's config.
-        if (asksOneToolCall(valid)) {
-          return yield* invalidRequest(
-            "parallelToolCalls",
-            `${oneToolCallRefused("effect/ai LanguageModel")} (or give context to send it)`,
-            name
-          )
-        }
-        if (valid.responseFormat !== undefined && valid.responseFormat.type !== "text") {
-          return yield* invalidRequest(
-            "responseFormat",
-            "effect/ai generateText has no JSON mode; use generateObject",
-            name
-          )
-        }
+  const prepare = Effect.fnUntraced(function* (request: Model.GenerateRequest) {
+    const valid = yield* Model.validateGenerate(request, limits)
+    if (options.context === undefined) {
+      // The model is not sent: whatever the LanguageModel serves answers, so a request for another
+      // (or for any, when which one is unknown) was answered by it and reported as the one asked for.
+      if (valid.model !== undefined && valid.model !== defaultModel && !isModelName(valid.model)) {
+        return yield* invalidRequest(
+          "model",
+          servedKnown
+            ? `${name} serves ${Option.getOrElse(modelName, () => defaultModel)}, not ${valid.model}`
+            : `${name} cannot tell which model its effect/ai LanguageModel serves, so it cannot serve ${valid.model}: give the model option (or Model.ModelName), or context to send the request's model`,
+          name
+        )
       }
-      const prompt = toPrompt(valid, name)
-      if (Result.isFailure(prompt)) return yield* Effect.fail(prompt.failure)
-      const extra = contextOf(valid)
-      if (Result.isFailure(extra)) return yield* Effect.fail(extra.failure)
-      const ignored = settingKeys.filter((key) => valid[key] !== undefined)
-      const model = valid.model ?? defaultModel
-      yield* Effect.annotateCurrentSpan({
-        "gen_ai.provider.name": name,
-        "gen_ai.request.model": model,
-        ...(options.context === undefined && ignored.length > 0 ? { "orchestra.settings_not_sent": ignored } : {})
-      })
-      const tools = valid.tools ?? []
-      const choice = valid.toolChoice
-      const toolChoice = choice === undefined || typeof choice === "string" ? (choice ?? "auto") : { tool: choice.name }
-      return {
-        valid,
-        extra: extra.success,
-        ctx: { provider: name, model },
-        prompt: prompt.success,
-        toolkit: tools.length === 0 ? undefined : toolkitOf(tools),
-        toolChoice
+      // LanguageModel carries no such setting: only `context` can hand it to the provider's config.
+      if (asksOneToolCall(valid)) {
+        return yield* invalidRequest(
+          "parallelToolCalls",
+          `${oneToolCallRefused("effect/ai LanguageModel")} (or give context to send it)`,
+          name
+        )
       }
+      if (valid.responseFormat !== undefined && valid.responseFormat.type !== "text") {
+        return yield* invalidRequest(
+          "responseFormat",
+          "effect/ai generateText has no JSON mode; use generateObject",
+          name
+        )
+      }
+    }
+    const prompt = toPrompt(valid, name)
+    if (Result.isFailure(prompt)) return yield* Effect.fail(prompt.failure)
+    const extra = contextOf(valid)
+    if (Result.isFailure(extra)) return yield* Effect.fail(extra.failure)
+    const ignored = settingKeys.filter((key) => valid[key] !== undefined)
+    const model = valid.model ?? defaultModel
+    yield* Effect.annotateCurrentSpan({
+      "gen_ai.provider.name": name,
+      "gen_ai.request.model": model,
+      ...(options.context === undefined && ignored.length > 0 ? { "orchestra.settings_not_sent": ignored } : {})
     })
+    const tools = valid.tools ?? []
+    const choice = valid.toolChoice
+    const toolChoice = choice === undefined || typeof choice === "string" ? (choice ?? "auto") : { tool: choice.name }
+    return {
+      valid,
+      extra: extra.success,
+      ctx: { provider: name, model },
+      prompt: prompt.success,
+      toolkit: tools.length === 0 ? undefined : toolkitOf(tools),
+      toolChoice
+    }
+  })
 
   const tooLarge = (ctx: CallContext) =>
     new ModelError({

@@ -138,31 +138,31 @@ export const languageModel = Effect.fnUntraced(function* (target: Target, given:
     ])
   )
 
-  const prepare = (method: string, providerOptions: LanguageModel.ProviderOptions) =>
-    Effect.gen(function* () {
-      const scoped = yield* Effect.serviceOption(GenerationConfig)
-      const settings = Option.isNone(scoped) ? Result.succeed(defaults) : overlay(defaults, scoped.value)
-      if (Result.isFailure(settings)) return yield* Ai.make({ module: MODULE, method, reason: settings.failure })
-      const built = requestOf(providerOptions, settings.success)
-      if (Result.isFailure(built)) return yield* Ai.make({ module: MODULE, method, reason: built.failure })
-      const request = yield* Model.validateGenerate(built.success, limits).pipe(
-        Effect.mapError((error) => toAiError(error, method))
-      )
-      annotateRequest(providerOptions.span, name, request)
-      return request
-    })
+  const prepare = Effect.fnUntraced(function* (method: string, providerOptions: LanguageModel.ProviderOptions) {
+    const scoped = yield* Effect.serviceOption(GenerationConfig)
+    const settings = Option.isNone(scoped) ? Result.succeed(defaults) : overlay(defaults, scoped.value)
+    if (Result.isFailure(settings)) return yield* Ai.make({ module: MODULE, method, reason: settings.failure })
+    const built = requestOf(providerOptions, settings.success)
+    if (Result.isFailure(built)) return yield* Ai.make({ module: MODULE, method, reason: built.failure })
+    const request = yield* Model.validateGenerate(built.success, limits).pipe(
+      Effect.mapError((error) => toAiError(error, method))
+    )
+    annotateRequest(providerOptions.span, name, request)
+    return request
+  })
+
+  const generateText = Effect.fnUntraced(function* (providerOptions: LanguageModel.ProviderOptions) {
+    const request = yield* prepare("generateText", providerOptions)
+    const response = yield* Effect.mapError(target.generate(request), (error) => toAiError(error, "generateText"))
+    annotateResponse(providerOptions.span, response)
+    const parts = partsOf(response)
+    if (Result.isFailure(parts))
+      return yield* Ai.make({ module: MODULE, method: "generateText", reason: parts.failure })
+    return parts.success
+  })
 
   return yield* LanguageModel.make({
-    generateText: (providerOptions) =>
-      Effect.gen(function* () {
-        const request = yield* prepare("generateText", providerOptions)
-        const response = yield* Effect.mapError(target.generate(request), (error) => toAiError(error, "generateText"))
-        annotateResponse(providerOptions.span, response)
-        const parts = partsOf(response)
-        if (Result.isFailure(parts))
-          return yield* Ai.make({ module: MODULE, method: "generateText", reason: parts.failure })
-        return parts.success
-      }),
+    generateText,
     streamText: (providerOptions) =>
       Stream.unwrap(
         Effect.map(prepare("streamText", providerOptions), (request) => {
