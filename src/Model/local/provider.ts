@@ -273,12 +273,12 @@ export const makeWith = Effect.fnUntraced(function* (
   }, Effect.mapError(withProvider))
 
   // One stream's generation: its parts go to `push`; `pace` holds it back while the consumer lags.
-  const generation = (
-    request: Model.GenerateRequest,
-    push: (part: Model.StreamPart) => void,
-    pace: () => Promise<void> | undefined
-  ): Effect.Effect<void, AiError> =>
-    Effect.gen(function* () {
+  const generation = Effect.fnUntraced(
+    function* (
+      request: Model.GenerateRequest,
+      push: (part: Model.StreamPart) => void,
+      pace: () => Promise<void> | undefined
+    ): Effect.fn.Return<void, AiError> {
       const valid = yield* Model.validateGenerate(request)
       yield* checkSupported(valid)
       yield* checkSeed(valid.seed)
@@ -316,7 +316,10 @@ export const makeWith = Effect.fnUntraced(function* (
       const usage = Model.usage(output.inputTokens, output.outputTokens)
       yield* annotate(modelId, usage)
       push({ _tag: "Finish", finishReason: output.finishReason, usage, provider, model: modelId })
-    }).pipe(Effect.mapError(withProvider), Effect.withSpan("LocalModel.stream"))
+    },
+    Effect.mapError(withProvider),
+    Effect.withSpan("LocalModel.stream")
+  )
 
   const stream = (request: Model.GenerateRequest): Stream.Stream<Model.StreamPart, AiError> =>
     paced(BUFFERED, (push, pace) => generation(request, push, pace))

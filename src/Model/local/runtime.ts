@@ -236,95 +236,93 @@ const unavailable = (options: LoadOptions, modelId: string, message: string, cau
  * provider's shutdown, abandons the loads in progress: they fail with its reason (a
  * `ShuttingDownError`).
  */
-export const makeLoader =
-  (lib: Transformers, options: LoadOptions, clock: Clock.Clock, halt: AbortSignal): Loader =>
-  (modelId, purpose) =>
-    Effect.gen(function* () {
-      const folder = path.join(options.modelPath, modelId)
-      const cacheDir = options.cacheDir ?? settingsFor(lib).defaultCacheDir ?? undefined
-      if (!options.allowRemoteModels) {
-        // Offline, a model is either in modelPath or downloaded earlier into the cache.
-        const candidates = [folder, ...(cacheDir === undefined ? [] : [path.join(cacheDir, modelId)])]
-        yield* Effect.firstSuccessOf(
-          candidates.map((dir) => Effect.tryPromise(() => access(path.join(dir, "config.json"))))
-        ).pipe(
-          Effect.mapError((cause) =>
-            unavailable(
-              options,
-              modelId,
-              `model "${modelId}" not found: no config.json in ${candidates.join(" or ")} (remote models are disabled; set allowRemoteModels or modelPath)`,
-              cause
-            )
+export const makeLoader = (lib: Transformers, options: LoadOptions, clock: Clock.Clock, halt: AbortSignal): Loader =>
+  Effect.fnUntraced(function* (modelId: string, purpose: Purpose) {
+    const folder = path.join(options.modelPath, modelId)
+    const cacheDir = options.cacheDir ?? settingsFor(lib).defaultCacheDir ?? undefined
+    if (!options.allowRemoteModels) {
+      // Offline, a model is either in modelPath or downloaded earlier into the cache.
+      const candidates = [folder, ...(cacheDir === undefined ? [] : [path.join(cacheDir, modelId)])]
+      yield* Effect.firstSuccessOf(
+        candidates.map((dir) => Effect.tryPromise(() => access(path.join(dir, "config.json"))))
+      ).pipe(
+        Effect.mapError((cause) =>
+          unavailable(
+            options,
+            modelId,
+            `model "${modelId}" not found: no config.json in ${candidates.join(" or ")} (remote models are disabled; set allowRemoteModels or modelPath)`,
+            cause
           )
         )
+      )
+    }
+    const pretrained: PretrainedOptions = {
+      quantized: options.quantized,
+      local_files_only: !options.allowRemoteModels,
+      cache_dir: options.cacheDir
+    }
+    const where = options.allowRemoteModels
+      ? `${folder} or ${options.remoteHost}${modelId} (cache: ${cacheDir ?? "none"})`
+      : folder
+    return yield* Effect.callback<Instance, ModelError | ShuttingDownError>((resume, interrupted) => {
+      let settled = false
+      // Given back once the load has settled or is abandoned: an abandoned load may still wait
+      // (a stalled download) and its result is discarded, so it holds back no other settings.
+      let leaveSettings: (() => void) | undefined
+      const release = () => {
+        const leave = leaveSettings
+        leaveSettings = undefined
+        leave?.()
       }
-      const pretrained: PretrainedOptions = {
-        quantized: options.quantized,
-        local_files_only: !options.allowRemoteModels,
-        cache_dir: options.cacheDir
+      const settle = (effect: Effect.Effect<Instance, ModelError | ShuttingDownError>) => {
+        settled = true
+        release()
+        halt.removeEventListener("abort", onHalt)
+        resume(effect)
       }
-      const where = options.allowRemoteModels
-        ? `${folder} or ${options.remoteHost}${modelId} (cache: ${cacheDir ?? "none"})`
-        : folder
-      return yield* Effect.callback<Instance, ModelError | ShuttingDownError>((resume, interrupted) => {
-        let settled = false
-        // Given back once the load has settled or is abandoned: an abandoned load may still wait
-        // (a stalled download) and its result is discarded, so it holds back no other settings.
-        let leaveSettings: (() => void) | undefined
-        const release = () => {
-          const leave = leaveSettings
-          leaveSettings = undefined
-          leave?.()
-        }
-        const settle = (effect: Effect.Effect<Instance, ModelError | ShuttingDownError>) => {
-          settled = true
-          release()
-          halt.removeEventListener("abort", onHalt)
-          resume(effect)
-        }
-        const onHalt = () => {
-          if (!settled) settle(Effect.fail(stoppedBy(halt, options, modelId)))
-        }
-        // Abandoned: interrupted (loadTimeout, a closing pool) or stopped by the shutdown.
-        const abandoned = () => settled || interrupted.aborted
-        if (halt.aborted) return onHalt()
-        halt.addEventListener("abort", onHalt)
-        const cancel = withSettings(lib, options, (leave) => {
-          leaveSettings = leave
-          // Stopped by the shutdown while it waited: nothing to load.
-          if (abandoned()) return release()
-          loadInstance(lib, modelId, purpose, pretrained, clock, abandoned)
-            .finally(release)
-            .then(
-              (loaded) => {
-                if (!abandoned()) return settle(Effect.succeed(loaded.instance))
-                // Nobody will take it: its sessions are released now (a failure to do so has no one to report to).
-                Promise.resolve()
-                  .then(loaded.release)
-                  .catch(() => undefined)
-              },
-              (cause: unknown) => {
-                if (abandoned()) return
-                settle(
-                  Effect.fail(
-                    unavailable(
-                      options,
-                      modelId,
-                      `cannot load model "${modelId}" from ${where}: ${Input.thrownMessage(cause)}`,
-                      cause
-                    )
+      const onHalt = () => {
+        if (!settled) settle(Effect.fail(stoppedBy(halt, options, modelId)))
+      }
+      // Abandoned: interrupted (loadTimeout, a closing pool) or stopped by the shutdown.
+      const abandoned = () => settled || interrupted.aborted
+      if (halt.aborted) return onHalt()
+      halt.addEventListener("abort", onHalt)
+      const cancel = withSettings(lib, options, (leave) => {
+        leaveSettings = leave
+        // Stopped by the shutdown while it waited: nothing to load.
+        if (abandoned()) return release()
+        loadInstance(lib, modelId, purpose, pretrained, clock, abandoned)
+          .finally(release)
+          .then(
+            (loaded) => {
+              if (!abandoned()) return settle(Effect.succeed(loaded.instance))
+              // Nobody will take it: its sessions are released now (a failure to do so has no one to report to).
+              Promise.resolve()
+                .then(loaded.release)
+                .catch(() => undefined)
+            },
+            (cause: unknown) => {
+              if (abandoned()) return
+              settle(
+                Effect.fail(
+                  unavailable(
+                    options,
+                    modelId,
+                    `cannot load model "${modelId}" from ${where}: ${Input.thrownMessage(cause)}`,
+                    cause
                   )
                 )
-              }
-            )
-        })
-        return Effect.sync(() => {
-          cancel()
-          release()
-          halt.removeEventListener("abort", onHalt)
-        })
+              )
+            }
+          )
+      })
+      return Effect.sync(() => {
+        cancel()
+        release()
+        halt.removeEventListener("abort", onHalt)
       })
     })
+  })
 
 const stoppedBy = (halt: AbortSignal, options: LoadOptions, modelId: string): ShuttingDownError =>
   halt.reason instanceof ShuttingDownError
