@@ -50,6 +50,12 @@ export interface Options extends ResponseCache.Options {
   readonly maxValueBytes?: number | undefined
 }
 
+// What a getOrCompute caller found on its way: whether it joined a computation, and an answer past its ttl.
+interface Lookup {
+  joining: boolean
+  stale: Internal.Stored | undefined
+}
+
 const encode = Schema.encodeSync(ResponseCache.StoredEntry)
 const decode = Schema.decodeUnknownExit(ResponseCache.StoredEntry)
 
@@ -200,6 +206,40 @@ export const make = Effect.fnUntraced(function* (options: Options = {}) {
     return found.stored
   }
 
+  // What this caller waits for: the lookups, then the computation it runs or joins.
+  const wait = Effect.fnUntraced(function* <E>(
+    k: string,
+    compute: Effect.Effect<GenerateResponse, E | ModelError>,
+    options: ResponseCache.GetOrComputeOptions<E>,
+    lookup: Lookup
+  ) {
+    const at = yield* now
+    const kept = local(k, at)
+    // An answer this process computed and keeps while its write may be under way: a hit
+    // (no computation is joined), as the same answer read back from Redis would be.
+    if (kept !== undefined) return Internal.computed(kept, "hit")
+    const running = table.peek(k, at)
+    if (running._tag === "Running") {
+      lookup.joining = true
+      lookup.stale = table.refreshingOf(k)
+    } else {
+      // An answer this process keeps past its ttl (it keeps one at least a second for the
+      // write) is not joined: it answered as "shared" after it expired.
+      if (running._tag === "Done") table.remove(k)
+      const [found = Option.none()] = yield* read([k], at, "Response")
+      if (Option.isSome(found)) {
+        if (at < found.value.freshUntil) return Internal.computed(found.value, "hit")
+        lookup.stale = found.value
+      }
+    }
+    const { leader, stored } = yield* table.run(
+      k,
+      computeAndWrite(k, compute, options),
+      lookup.joining ? undefined : lookup.stale
+    )
+    return Internal.computed(stored, leader ? "miss" : "shared")
+  })
+
   const untraced = <E>(
     key: string,
     compute: Effect.Effect<GenerateResponse, E | ModelError>,
@@ -207,42 +247,13 @@ export const make = Effect.fnUntraced(function* (options: Options = {}) {
   ): Effect.Effect<ResponseCache.Computed, E | ModelError> =>
     Effect.suspend(() => {
       const k = Internal.responseKey(key)
-      let joining = false
-      let stale: Internal.Stored | undefined
-      // What this caller waits for: the lookups, then the computation it runs or joins.
-      const wait = Effect.gen(function* () {
-        const at = yield* now
-        const kept = local(k, at)
-        // An answer this process computed and keeps while its write may be under way: a hit
-        // (no computation is joined), as the same answer read back from Redis would be.
-        if (kept !== undefined) return Internal.computed(kept, "hit")
-        const running = table.peek(k, at)
-        if (running._tag === "Running") {
-          joining = true
-          stale = table.refreshingOf(k)
-        } else {
-          // An answer this process keeps past its ttl (it keeps one at least a second for the
-          // write) is not joined: it answered as "shared" after it expired.
-          if (running._tag === "Done") table.remove(k)
-          const [found = Option.none()] = yield* read([k], at, "Response")
-          if (Option.isSome(found)) {
-            if (at < found.value.freshUntil) return Internal.computed(found.value, "hit")
-            stale = found.value
-          }
-        }
-        const { leader, stored } = yield* table.run(
-          k,
-          computeAndWrite(k, compute, options),
-          joining ? undefined : stale
-        )
-        return Internal.computed(stored, leader ? "miss" : "shared")
-      })
+      const lookup: Lookup = { joining: false, stale: undefined }
       return Internal.answerOrStale(
-        wait,
+        wait(k, compute, options, lookup),
         options,
         counters,
-        () => stale,
-        () => (joining ? "shared" : "miss")
+        () => lookup.stale,
+        () => (lookup.joining ? "shared" : "miss")
       )
     })
 
@@ -251,28 +262,40 @@ export const make = Effect.fnUntraced(function* (options: Options = {}) {
 
   const fresh = (found: Option.Option<Internal.Stored>, at: number) => Option.filter(found, (s) => at < s.freshUntil)
 
+  const getMany = Effect.fnUntraced(function* (keys: ReadonlyArray<string>) {
+    const at = yield* now
+    // Answers this process keeps while their write may be under way first, as getOrCompute
+    // finds them: read from Redis alone, they missed (and waited on a slow Redis for it).
+    const ks = keys.map(Internal.responseKey)
+    const kept = ks.map((k) => local(k, at))
+    const missing = ks.filter((_, i) => kept[i] === undefined)
+    const remote = missing.length === 0 ? [] : yield* read(missing, at, "Response")
+    let next = 0
+    const found = kept.map((stored) =>
+      stored !== undefined ? Option.some(answer(stored)) : Option.map(fresh(remote[next++]!, at), answer)
+    )
+    const hits = found.filter(Option.isSome).length
+    if (hits > 0) yield* Internal.bump(counters.hit, hits)
+    if (hits < keys.length) yield* Internal.bump(counters.miss, keys.length - hits)
+    return found
+  })
+
+  const getParts = Effect.fnUntraced(function* (key: string) {
+    const at = yield* now
+    const k = Internal.partsKey(key)
+    const kept = local(k, at)
+    const found =
+      kept !== undefined ? Option.some(kept) : fresh((yield* read([k], at, "Stream"))[0] ?? Option.none(), at)
+    const parts = Option.flatMap(found, (s) => (s.value._tag === "Stream" ? Option.some(s.value.parts) : Option.none()))
+    yield* Internal.bump(Option.isSome(parts) ? counters.hit : counters.miss, 1)
+    return parts
+  })
+
   const service: ResponseCache.Service = {
     name: config.name,
     key: ResponseCache.key,
     getOrCompute,
-    getMany: (keys) =>
-      Effect.gen(function* () {
-        const at = yield* now
-        // Answers this process keeps while their write may be under way first, as getOrCompute
-        // finds them: read from Redis alone, they missed (and waited on a slow Redis for it).
-        const ks = keys.map(Internal.responseKey)
-        const kept = ks.map((k) => local(k, at))
-        const missing = ks.filter((_, i) => kept[i] === undefined)
-        const remote = missing.length === 0 ? [] : yield* read(missing, at, "Response")
-        let next = 0
-        const found = kept.map((stored) =>
-          stored !== undefined ? Option.some(answer(stored)) : Option.map(fresh(remote[next++]!, at), answer)
-        )
-        const hits = found.filter(Option.isSome).length
-        if (hits > 0) yield* Internal.bump(counters.hit, hits)
-        if (hits < keys.length) yield* Internal.bump(counters.miss, keys.length - hits)
-        return found
-      }),
+    getMany,
     setMany: (entries) =>
       Effect.flatMap(now, (at) => {
         const written = entries.flatMap(({ key, value }) =>
@@ -296,19 +319,7 @@ export const make = Effect.fnUntraced(function* (options: Options = {}) {
         }
         return underWay.length === 0 ? write(written, at) : Effect.andThen(supersede(underWay), write(written, at))
       }),
-    getParts: (key) =>
-      Effect.gen(function* () {
-        const at = yield* now
-        const k = Internal.partsKey(key)
-        const kept = local(k, at)
-        const found =
-          kept !== undefined ? Option.some(kept) : fresh((yield* read([k], at, "Stream"))[0] ?? Option.none(), at)
-        const parts = Option.flatMap(found, (s) =>
-          s.value._tag === "Stream" ? Option.some(s.value.parts) : Option.none()
-        )
-        yield* Internal.bump(Option.isSome(parts) ? counters.hit : counters.miss, 1)
-        return parts
-      }),
+    getParts,
     // Written in the background as answers are: a stream's end does not wait for Redis.
     setParts: (key, parts) =>
       ResponseCache.isStorable(parts)
