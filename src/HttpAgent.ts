@@ -359,10 +359,7 @@ export const layer = (
  * @category accessors
  */
 export const call = <A = unknown>(task: Task<A>): Effect.Effect<TaskRecord<A>, never, HttpAgents> =>
-  Effect.gen(function* () {
-    const service = yield* HttpAgents
-    return yield* service.call(task)
-  })
+  Effect.flatMap(Effect.service(HttpAgents), (service) => service.call(task))
 
 /**
  * Sends a batch through the `HttpAgents` service.
@@ -374,10 +371,7 @@ export const dispatch = (
   tasks: ReadonlyArray<Task>,
   options?: DispatchOptions
 ): Effect.Effect<ReadonlyArray<TaskRecord>, PipelineError, HttpAgents> =>
-  Effect.gen(function* () {
-    const service = yield* HttpAgents
-    return yield* service.dispatch(tasks, options)
-  })
+  Effect.flatMap(Effect.service(HttpAgents), (service) => service.dispatch(tasks, options))
 
 /**
  * The figures of one agent from the `HttpAgents` service.
@@ -386,7 +380,4 @@ export const dispatch = (
  * @category accessors
  */
 export const stats = (agent: Agent<unknown> | string): Effect.Effect<AgentStats, never, HttpAgents> =>
-  Effect.gen(function* () {
-    const service = yield* HttpAgents
-    return yield* service.stats(agent)
-  })
+  Effect.flatMap(Effect.service(HttpAgents), (service) => service.stats(agent))

@@ -83,77 +83,71 @@ const checkOptions = (options: unknown): PipelineError | undefined => {
 }
 
 /** Runs a batch; fails only when the batch itself is invalid. */
-export const dispatch = (
+export const dispatch = Effect.fnUntraced(function* (
   tasks: ReadonlyArray<Task>,
   options: DispatchOptions | undefined,
   env: Env
-): Effect.Effect<ReadonlyArray<TaskRecord>, PipelineError> =>
-  Effect.gen(function* () {
-    if (!Array.isArray(tasks)) {
-      return yield* Effect.fail(
-        invalidStep("tasks", `expected an array of tasks, got ${Input.shown(tasks)}`, undefined)
-      )
-    }
-    // Read once: what the batch reads of a task (its id, its dependencies, its agent for a skipped
-    // record) cannot throw out of it later.
-    const read = tasks.map(readTask)
-    const steps = stepsOf(tasks, read, env)
-    if (Result.isFailure(steps)) return yield* Effect.fail(steps.failure)
-    const definition = Definition.build(steps.success)
-    if (Result.isFailure(definition)) return yield* Effect.fail(definition.failure)
-    const invalid = checkOptions(options)
-    if (invalid !== undefined) return yield* Effect.fail(invalid)
-    const settings = Definition.checkRunOptions(
-      { onFailure: "continue", concurrency: options?.concurrency },
-      () => false
-    )
-    if (Result.isFailure(settings)) return yield* Effect.fail(settings.failure)
-    const result = yield* execute(definition.success, undefined, settings.success, makeRunner(undefined))
-    return read.map(({ task }): TaskRecord => {
-      const outcome = result.steps[task.id]!
-      switch (outcome.status) {
-        case "succeeded":
-          return outcome.output as TaskRecord
-        case "failed":
-          if (outcome.error !== undefined) return outcome.error as TaskRecord
-          break
-        case "skipped": {
-          const root = result.steps[outcome.failedStep]
-          const rootStatus =
-            root?.status === "failed" && root.error !== undefined
-              ? (root.error as TaskRecord).status
-              : (root?.status ?? "error")
-          const record: TaskRecord = {
-            taskId: task.id,
-            ...env.labelOf(task),
-            status: "skipped",
-            error: {
-              message:
-                outcome.dependency === outcome.failedStep
-                  ? `dependency ${JSON.stringify(outcome.dependency)} did not succeed (${rootStatus})`
-                  : `dependency ${JSON.stringify(outcome.dependency)} was skipped (task ${JSON.stringify(outcome.failedStep)}: ${rootStatus})`,
-              reason: "DependencyFailed",
-              dependency: outcome.dependency
-            },
-            startedAt: outcome.at,
-            durationMs: 0,
-            attempts: 0
-          }
-          count(record, env.seriesName(record.agent), env.metrics)
-          return record
+): Effect.fn.Return<ReadonlyArray<TaskRecord>, PipelineError> {
+  if (!Array.isArray(tasks)) {
+    return yield* Effect.fail(invalidStep("tasks", `expected an array of tasks, got ${Input.shown(tasks)}`, undefined))
+  }
+  // Read once: what the batch reads of a task (its id, its dependencies, its agent for a skipped
+  // record) cannot throw out of it later.
+  const read = tasks.map(readTask)
+  const steps = stepsOf(tasks, read, env)
+  if (Result.isFailure(steps)) return yield* Effect.fail(steps.failure)
+  const definition = Definition.build(steps.success)
+  if (Result.isFailure(definition)) return yield* Effect.fail(definition.failure)
+  const invalid = checkOptions(options)
+  if (invalid !== undefined) return yield* Effect.fail(invalid)
+  const settings = Definition.checkRunOptions({ onFailure: "continue", concurrency: options?.concurrency }, () => false)
+  if (Result.isFailure(settings)) return yield* Effect.fail(settings.failure)
+  const result = yield* execute(definition.success, undefined, settings.success, makeRunner(undefined))
+  return read.map(({ task }): TaskRecord => {
+    const outcome = result.steps[task.id]!
+    switch (outcome.status) {
+      case "succeeded":
+        return outcome.output as TaskRecord
+      case "failed":
+        if (outcome.error !== undefined) return outcome.error as TaskRecord
+        break
+      case "skipped": {
+        const root = result.steps[outcome.failedStep]
+        const rootStatus =
+          root?.status === "failed" && root.error !== undefined
+            ? (root.error as TaskRecord).status
+            : (root?.status ?? "error")
+        const record: TaskRecord = {
+          taskId: task.id,
+          ...env.labelOf(task),
+          status: "skipped",
+          error: {
+            message:
+              outcome.dependency === outcome.failedStep
+                ? `dependency ${JSON.stringify(outcome.dependency)} did not succeed (${rootStatus})`
+                : `dependency ${JSON.stringify(outcome.dependency)} was skipped (task ${JSON.stringify(outcome.failedStep)}: ${rootStatus})`,
+            reason: "DependencyFailed",
+            dependency: outcome.dependency
+          },
+          startedAt: outcome.at,
+          durationMs: 0,
+          attempts: 0
         }
+        count(record, env.seriesName(record.agent), env.metrics)
+        return record
       }
-      // A call never fails: reaching here means it died; say so rather than lose the task.
-      const record: TaskRecord = {
-        taskId: task.id,
-        ...env.labelOf(task),
-        status: "error",
-        error: { message: describe(outcome), reason: "Unknown" },
-        startedAt: "startedAt" in outcome ? outcome.startedAt : 0,
-        durationMs: "durationMs" in outcome ? outcome.durationMs : 0,
-        attempts: 0
-      }
-      count(record, env.seriesName(record.agent), env.metrics)
-      return record
-    })
+    }
+    // A call never fails: reaching here means it died; say so rather than lose the task.
+    const record: TaskRecord = {
+      taskId: task.id,
+      ...env.labelOf(task),
+      status: "error",
+      error: { message: describe(outcome), reason: "Unknown" },
+      startedAt: "startedAt" in outcome ? outcome.startedAt : 0,
+      durationMs: "durationMs" in outcome ? outcome.durationMs : 0,
+      attempts: 0
+    }
+    count(record, env.seriesName(record.agent), env.metrics)
+    return record
   })
+})

@@ -342,194 +342,192 @@ export const makeCall = (env: Env): Call => {
       return base.hasQuery ? Effect.provideService(exchange, UrlParams.CurrentRedactedNames, everyName) : exchange
     })
 
-  return (given, dependencies) =>
-    Effect.gen(function* () {
-      const { task, issue } = readTask(given)
-      const startedAt = yield* Clock.currentTimeMillis
-      const finish = (record: Omit<TaskRecord, "durationMs" | "startedAt" | "taskId">) =>
-        Effect.map(Clock.currentTimeMillis, (now): TaskRecord => {
-          const done: TaskRecord = {
-            taskId: typeof task?.id === "string" ? task.id : String(task?.id),
-            startedAt,
-            durationMs: now - startedAt,
-            ...record
-          }
-          count(done, env.seriesName(done.agent), env.metrics)
-          return done
-        })
-      const invalid = (agent: Agent<unknown> | undefined, field: string, message: string) =>
+  const call: Call = Effect.fnUntraced(function* (given: Task, dependencies: Record<string, unknown> | undefined) {
+    const { task, issue } = readTask(given)
+    const startedAt = yield* Clock.currentTimeMillis
+    const finish = (record: Omit<TaskRecord, "durationMs" | "startedAt" | "taskId">) =>
+      Effect.map(Clock.currentTimeMillis, (now): TaskRecord => {
+        const done: TaskRecord = {
+          taskId: typeof task?.id === "string" ? task.id : String(task?.id),
+          startedAt,
+          durationMs: now - startedAt,
+          ...record
+        }
+        count(done, env.seriesName(done.agent), env.metrics)
+        return done
+      })
+    const invalid = (agent: Agent<unknown> | undefined, field: string, message: string) =>
+      finish({
+        agent: agent?.name ?? noAgent,
+        url: agent === undefined ? "" : display(agent.url),
+        status: "error",
+        error: { message: `invalid ${field}: ${message}`, reason: "InvalidRequest", field },
+        attempts: 0
+      })
+
+    const wrong = issue ?? checkTask(task)
+    if (wrong !== undefined) return yield* invalid(undefined, wrong.field, wrong.message)
+
+    // The task's agent, or the ones discovery found for it, then its own fallback agents.
+    let listed: Array<Agent<unknown>>
+    if (task.agent !== undefined) {
+      listed = [env.agentOf(task.agent)]
+    } else if (env.discovery !== undefined) {
+      const discovery = env.discovery
+      // A Discovery service of the application's own may throw, die or never answer (the
+      // library's catch their lookups' failures and bound them).
+      const found = yield* Effect.suspend(() => discovery.resolve({ concept: task.concept, intent: task.intent })).pipe(
+        Effect.result,
+        Effect.catchDefect((defect) =>
+          Effect.succeed(
+            Result.fail({
+              reason: "Unavailable",
+              message: `${discovery.name}: resolve threw (${messageOf(Cause.die(defect))})`
+            })
+          )
+        ),
+        Effect.timeoutOption(env.timeout),
+        Effect.map(
+          Option.getOrElse(() =>
+            Result.fail({
+              reason: "Unavailable",
+              message: `${discovery.name}: resolve did not answer within ${Duration.format(env.timeout)}`
+            })
+          )
+        )
+      )
+      const unavailable = (message: string, reason: string) =>
         finish({
-          agent: agent?.name ?? noAgent,
-          url: agent === undefined ? "" : display(agent.url),
-          status: "error",
-          error: { message: `invalid ${field}: ${message}`, reason: "InvalidRequest", field },
+          agent: discoveryAgent(discovery),
+          url: "",
+          status: "service_unavailable",
+          error: { message, reason: `Discovery${reason}` },
           attempts: 0
         })
-
-      const wrong = issue ?? checkTask(task)
-      if (wrong !== undefined) return yield* invalid(undefined, wrong.field, wrong.message)
-
-      // The task's agent, or the ones discovery found for it, then its own fallback agents.
-      let listed: Array<Agent<unknown>>
-      if (task.agent !== undefined) {
-        listed = [env.agentOf(task.agent)]
-      } else if (env.discovery !== undefined) {
-        const discovery = env.discovery
-        // A Discovery service of the application's own may throw, die or never answer (the
-        // library's catch their lookups' failures and bound them).
-        const found = yield* Effect.suspend(() =>
-          discovery.resolve({ concept: task.concept, intent: task.intent })
-        ).pipe(
-          Effect.result,
-          Effect.catchDefect((defect) =>
-            Effect.succeed(
-              Result.fail({
-                reason: "Unavailable",
-                message: `${discovery.name}: resolve threw (${messageOf(Cause.die(defect))})`
-              })
-            )
-          ),
-          Effect.timeoutOption(env.timeout),
-          Effect.map(
-            Option.getOrElse(() =>
-              Result.fail({
-                reason: "Unavailable",
-                message: `${discovery.name}: resolve did not answer within ${Duration.format(env.timeout)}`
-              })
-            )
-          )
+      if (found._tag === "Failure") return yield* unavailable(found.failure.message, found.failure.reason)
+      const endpoints = readEndpoints(found.success)
+      if (typeof endpoints === "string") {
+        return yield* unavailable(`${discovery.name}: resolve answered ${endpoints}`, "Unavailable")
+      }
+      // A Discovery service of the application's own may answer none (the library's never do).
+      if (endpoints.length === 0 && (task.fallback ?? []).length === 0) {
+        return yield* unavailable(
+          `${discovery.name}: no agent for concept ${JSON.stringify(task.concept)} and intent ${JSON.stringify(task.intent)}`,
+          "NotFound"
         )
-        const unavailable = (message: string, reason: string) =>
-          finish({
-            agent: discoveryAgent(discovery),
-            url: "",
-            status: "service_unavailable",
-            error: { message, reason: `Discovery${reason}` },
-            attempts: 0
-          })
-        if (found._tag === "Failure") return yield* unavailable(found.failure.message, found.failure.reason)
-        const endpoints = readEndpoints(found.success)
-        if (typeof endpoints === "string") {
-          return yield* unavailable(`${discovery.name}: resolve answered ${endpoints}`, "Unavailable")
-        }
-        // A Discovery service of the application's own may answer none (the library's never do).
-        if (endpoints.length === 0 && (task.fallback ?? []).length === 0) {
-          return yield* unavailable(
-            `${discovery.name}: no agent for concept ${JSON.stringify(task.concept)} and intent ${JSON.stringify(task.intent)}`,
-            "NotFound"
-          )
-        }
-        listed = endpoints.map(env.fromEndpoint)
-      } else {
-        return yield* invalid(undefined, "agent", "give an agent (or its URL), or provide a Discovery service")
       }
-      for (const ref of task.fallback ?? []) listed.push(env.agentOf(ref))
-      for (const agent of listed) {
-        if (agent.issue !== undefined) return yield* invalid(agent, agent.issue.path, agent.issue.message)
-      }
-      // An agent (URL) listed twice (two registrations, a fallback that is the agent again) is asked
-      // once: the second request would be a retry nobody asked for, of a task that need not be idempotent.
-      const unique = new Map<string, Agent<unknown>>()
-      for (const agent of listed) if (!unique.has(agent.url)) unique.set(agent.url, agent)
-      const agents = Array.from(unique.values())
-      const primary = agents[0]!
-      let timeout: Duration.Duration | undefined
-      if (task.timeout !== undefined) {
-        const checked = Input.duration("timeout", task.timeout)
-        if (checked._tag === "Failure") return yield* invalid(primary, "timeout", checked.failure.message)
-        timeout = checked.success
-      }
-      const body = bodyOf(task, dependencies)
-      if (typeof body !== "string") return yield* invalid(primary, body.field, body.message)
-      const cacheKey = env.cache === undefined ? undefined : cacheKeyOf(task, primary)
+      listed = endpoints.map(env.fromEndpoint)
+    } else {
+      return yield* invalid(undefined, "agent", "give an agent (or its URL), or provide a Discovery service")
+    }
+    for (const ref of task.fallback ?? []) listed.push(env.agentOf(ref))
+    for (const agent of listed) {
+      if (agent.issue !== undefined) return yield* invalid(agent, agent.issue.path, agent.issue.message)
+    }
+    // An agent (URL) listed twice (two registrations, a fallback that is the agent again) is asked
+    // once: the second request would be a retry nobody asked for, of a task that need not be idempotent.
+    const unique = new Map<string, Agent<unknown>>()
+    for (const agent of listed) if (!unique.has(agent.url)) unique.set(agent.url, agent)
+    const agents = Array.from(unique.values())
+    const primary = agents[0]!
+    let timeout: Duration.Duration | undefined
+    if (task.timeout !== undefined) {
+      const checked = Input.duration("timeout", task.timeout)
+      if (checked._tag === "Failure") return yield* invalid(primary, "timeout", checked.failure.message)
+      timeout = checked.success
+    }
+    const body = bodyOf(task, dependencies)
+    if (typeof body !== "string") return yield* invalid(primary, body.field, body.message)
+    const cacheKey = env.cache === undefined ? undefined : cacheKeyOf(task, primary)
 
-      let last = primary
-      let attempts = 0
-      const steps = agents.map(
-        (agent): Step<Agent<unknown>> => ({
-          target: agent,
-          name: agent.name,
-          statsName: env.seriesName(agent.name),
-          domain: env.statsDomain,
-          timeout: timeout ?? agent.timeout ?? env.timeout,
-          retry: agent.retry ?? env.retry,
-          breaker: keyedBreaker(env.breaker, breakerKey(agent.url), () => {
-            last = agent
-          }),
-          rateLimit: env.rateLimit
+    let last = primary
+    let attempts = 0
+    const steps = agents.map(
+      (agent): Step<Agent<unknown>> => ({
+        target: agent,
+        name: agent.name,
+        statsName: env.seriesName(agent.name),
+        domain: env.statsDomain,
+        timeout: timeout ?? agent.timeout ?? env.timeout,
+        retry: agent.retry ?? env.retry,
+        breaker: keyedBreaker(env.breaker, breakerKey(agent.url), () => {
+          last = agent
+        }),
+        rateLimit: env.rateLimit
+      })
+    )
+    const exit = yield* Effect.exit(
+      env.executor.run({ steps: steps as [Step<Agent<unknown>>, ...Array<Step<Agent<unknown>>>] }, (agent) =>
+        Effect.suspend(() => {
+          last = agent
+          attempts++
+          return send(agent, body, task.id)
         })
       )
-      const exit = yield* Effect.exit(
-        env.executor.run({ steps: steps as [Step<Agent<unknown>>, ...Array<Step<Agent<unknown>>>] }, (agent) =>
-          Effect.suspend(() => {
-            last = agent
-            attempts++
-            return send(agent, body, task.id)
-          })
-        )
-      )
-      if (Exit.isSuccess(exit)) {
-        const { decoded, answer } = exit.value.value
-        const by = exit.value.step.target
-        const base = {
-          agent: by.name,
-          url: display(by.url),
-          attempts,
-          ...(by === primary ? {} : { fallbackUsed: true })
-        }
-        if (decoded._tag === "Reported") {
-          return yield* finish({
-            ...base,
-            status: "error",
-            error: { message: decoded.message, reason: "Unknown" }
-          })
-        }
-        const result = decoded.value
-        const kept = cacheKey === undefined ? undefined : wrap(by.name, task.id, answer)
-        // The cache keeps last good results for an outage: one it refuses to keep fails no task.
-        if (kept !== undefined) yield* Effect.ignore(env.cache!.setMany([{ key: cacheKey!, value: kept }]))
-        return yield* finish({ ...base, status: "success", result })
+    )
+    if (Exit.isSuccess(exit)) {
+      const { decoded, answer } = exit.value.value
+      const by = exit.value.step.target
+      const base = {
+        agent: by.name,
+        url: display(by.url),
+        attempts,
+        ...(by === primary ? {} : { fallbackUsed: true })
       }
-      const failure = exit.cause.reasons.find((reason) => reason._tag === "Fail")
-      let error: AiError =
-        failure === undefined
-          ? new ModelError({ reason: "Unknown", message: "the task was cut short", provider: last.name })
-          : (failure.error as AiError)
-      if (error._tag === "FallbackExhaustedError") error = error.last
-      const base = { agent: last.name, url: display(last.url), attempts }
-      switch (error._tag) {
-        case "CircuitOpenError": {
-          const kept =
-            cacheKey === undefined
-              ? Option.none()
-              : ((yield* Effect.orElseSucceed(env.cache!.getMany([cacheKey]), () => []))[0] ?? Option.none())
-          const cached = Option.isSome(kept) ? yield* unwrap(kept.value, agents) : Option.none()
-          return yield* finish({
-            ...base,
-            status: "service_unavailable",
-            error: { message: error.message, reason: "CircuitOpen" },
-            ...(Option.isSome(cached) ? { result: cached.value, fromCache: true } : {})
-          })
-        }
-        case "TimeoutError":
-          return yield* finish({ ...base, status: "timeout", error: { message: error.message, reason: "Timeout" } })
-        case "ModelError":
-          return yield* finish({
-            ...base,
-            status: "error",
-            error: {
-              message: error.message,
-              reason: error.reason,
-              ...(error.status === undefined ? {} : { httpStatus: error.status }),
-              ...(error.field === undefined ? {} : { field: error.field })
-            }
-          })
-        default:
-          return yield* finish({
-            ...base,
-            status: "error",
-            error: { message: error.message, reason: error._tag.replace(/Error$/, "") }
-          })
+      if (decoded._tag === "Reported") {
+        return yield* finish({
+          ...base,
+          status: "error",
+          error: { message: decoded.message, reason: "Unknown" }
+        })
       }
-    })
+      const result = decoded.value
+      const kept = cacheKey === undefined ? undefined : wrap(by.name, task.id, answer)
+      // The cache keeps last good results for an outage: one it refuses to keep fails no task.
+      if (kept !== undefined) yield* Effect.ignore(env.cache!.setMany([{ key: cacheKey!, value: kept }]))
+      return yield* finish({ ...base, status: "success", result })
+    }
+    const failure = exit.cause.reasons.find((reason) => reason._tag === "Fail")
+    let error: AiError =
+      failure === undefined
+        ? new ModelError({ reason: "Unknown", message: "the task was cut short", provider: last.name })
+        : (failure.error as AiError)
+    if (error._tag === "FallbackExhaustedError") error = error.last
+    const base = { agent: last.name, url: display(last.url), attempts }
+    switch (error._tag) {
+      case "CircuitOpenError": {
+        const kept =
+          cacheKey === undefined
+            ? Option.none()
+            : ((yield* Effect.orElseSucceed(env.cache!.getMany([cacheKey]), () => []))[0] ?? Option.none())
+        const cached = Option.isSome(kept) ? yield* unwrap(kept.value, agents) : Option.none()
+        return yield* finish({
+          ...base,
+          status: "service_unavailable",
+          error: { message: error.message, reason: "CircuitOpen" },
+          ...(Option.isSome(cached) ? { result: cached.value, fromCache: true } : {})
+        })
+      }
+      case "TimeoutError":
+        return yield* finish({ ...base, status: "timeout", error: { message: error.message, reason: "Timeout" } })
+      case "ModelError":
+        return yield* finish({
+          ...base,
+          status: "error",
+          error: {
+            message: error.message,
+            reason: error.reason,
+            ...(error.status === undefined ? {} : { httpStatus: error.status }),
+            ...(error.field === undefined ? {} : { field: error.field })
+          }
+        })
+      default:
+        return yield* finish({
+          ...base,
+          status: "error",
+          error: { message: error.message, reason: error._tag.replace(/Error$/, "") }
+        })
+    }
+  })
+  return call
 }
