@@ -1,12 +1,13 @@
 import { getEventListeners } from "node:events"
 import { assert, describe, it } from "@effect/vitest"
-import { Duration, Effect, Layer, Stream } from "effect"
+import { Duration, Effect, Layer, Stream, Tracer } from "effect"
 import type * as Batch from "../src/Batch.js"
 import { AbortedError, createOrchestra, OrchestraError } from "../src/Facade.js"
 import { type GenerateRequest, ModelProvider, type StreamPart } from "../src/Model.js"
 import * as Mock from "../src/Model/Mock.js"
 import * as Orchestra from "../src/Orchestra.js"
 import { rejection, typed } from "./utils/facade.js"
+import { recording } from "./utils/tracer.js"
 
 // A Promise API: these tests run on the real clock, with short latencies and no timing assertions.
 let mocks = 0
@@ -821,6 +822,26 @@ describe("createOrchestra: a stream's signal listener", () => {
 })
 
 describe("createOrchestra: batch, stats, streams", () => {
+  it("a stream is in a Facade.stream span when a tracer would receive it, and makes none otherwise", async () => {
+    const m = mock()
+    const { spans, tracer } = recording()
+    const providers = { providers: { main: m.layer } }
+    const traced = createOrchestra(Layer.merge(Orchestra.layer(providers), Layer.succeed(Tracer.Tracer, tracer)))
+    const untraced = createOrchestra(Orchestra.layer(providers))
+    try {
+      assert.isAbove((await collect(traced.stream("a"))).length, 1)
+      const span = spans.find((s) => s.name === "Facade.stream")
+      assert.isDefined(span, spans.map((s) => s.name).join(", "))
+      assert.strictEqual(span!.status._tag, "Ended", "it covers the whole stream")
+      const before = spans.length
+      assert.isAbove((await collect(untraced.stream("b"))).length, 1)
+      assert.strictEqual(spans.length, before)
+    } finally {
+      await traced.dispose()
+      await untraced.dispose()
+    }
+  })
+
   it("batch: one outcome per item; a signal cancels part-way and the result says which items never ran", async () => {
     const m = mock({ latency: "20 millis" })
     const orchestra = createOrchestra(Orchestra.layer({ providers: { main: m.layer }, maxConcurrent: 2 }))

@@ -12,6 +12,7 @@ import { Executor } from "../Executor.js"
 import type { EmbedRequest, GenerateRequest, StreamPart } from "../Model.js"
 import type { Services } from "../Orchestra.js"
 import { type Answer, type CallOptions, type DomainOutcome, type HedgeOptions, Router } from "../Router.js"
+import { tracedStream } from "../policy/span.js"
 import type { Checked } from "./input.js"
 
 const callOptions = (checked: Checked): CallOptions => ({
@@ -88,7 +89,8 @@ export const embed = Effect.fn("Facade.embed")(function* (request: EmbedRequest,
 
 /** @internal */
 export const stream = (request: GenerateRequest, checked: Checked): Stream.Stream<StreamPart, AiError, Services> =>
-  Stream.unwrap(streamOf(request, checked)).pipe(Stream.withSpan("Facade.stream"))
+  // A span only when traced: `Stream.withSpan` costs every stream a span, a stack and effect's bracket.
+  tracedStream("Facade.stream", Stream.unwrap(streamOf(request, checked)))
 
 // Made once, not per call (a generator function made per call gets an old-generation map of its own).
 const streamOf = Effect.fnUntraced(function* (request: GenerateRequest, checked: Checked) {

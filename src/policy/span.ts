@@ -5,7 +5,7 @@
  *
  * @internal
  */
-import { Cause, type Clock, Context, Effect, Exit, type Fiber, References, Tracer } from "effect"
+import { Cause, type Clock, Context, Effect, Exit, type Fiber, References, Stream, Tracer } from "effect"
 import { type AiError, reasonOf } from "../AiError.js"
 
 /**
@@ -42,6 +42,27 @@ export const traced = <A, E, R>(
   effect: Effect.Effect<A, E, R>
 ): Effect.Effect<A, E, R> =>
   Effect.withFiber((fiber) => (isTraced(fiber) ? Effect.withSpan(effect, name, { attributes: attributes() }) : effect))
+
+/**
+ * `stream` in a span named `name` covering the whole stream when a span would reach a tracer
+ * ({@link reachesTracer}); as is otherwise. `Stream.withSpan` alone makes a span, captures a
+ * stack and builds its bracket (two generator functions of effect's own) for every stream,
+ * traced or not.
+ *
+ * @internal
+ */
+export const tracedStream = <A, E, R>(
+  name: string,
+  stream: Stream.Stream<A, E, R>,
+  attributes?: Record<string, unknown>
+): Stream.Stream<A, E, R> =>
+  Stream.unwrap(
+    Effect.withFiber((fiber) =>
+      Effect.succeed(
+        reachesTracer(fiber) ? Stream.withSpan(stream, name, attributes === undefined ? {} : { attributes }) : stream
+      )
+    )
+  )
 
 /**
  * The `error.type` of a failed exit (its error's reason), or undefined: a success, an

@@ -42,7 +42,7 @@ import {
   transportError
 } from "./errors.js"
 import { values } from "./ndjson.js"
-import { reachesTracer } from "../../policy/span.js"
+import { reachesTracer, tracedStream } from "../../policy/span.js"
 import type { Settings } from "./options.js"
 import { type Event, events } from "./sse.js"
 
@@ -83,16 +83,7 @@ export const streamOperation = <A, E, R>(
   name: string,
   provider: string,
   stream: Stream.Stream<A, E, R>
-): Stream.Stream<A, E, R> =>
-  Stream.unwrap(
-    Effect.withFiber((fiber) =>
-      Effect.succeed(
-        reachesTracer(fiber)
-          ? Stream.withSpan(stream, name, { attributes: { "gen_ai.provider.name": provider } })
-          : stream
-      )
-    )
-  )
+): Stream.Stream<A, E, R> => tracedStream(name, stream, { "gen_ai.provider.name": provider })
 
 /**
  * Headers whose values may appear in the HTTP client's spans. Every other request and
