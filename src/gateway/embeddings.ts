@@ -22,15 +22,23 @@ import {
   json,
   onRequestEnd,
   readJson,
+  type RequestSpan,
   traced
 } from "./routes.js"
 import { CurrentTracker, type Target, type Tracker } from "./upstream.js"
-import { parseEmbed } from "./request.js"
+import { type EmbedCall, parseEmbed } from "./request.js"
 import * as Wire from "./response.js"
 
 const texts = "invalid texts: "
 
 // The limits name the library's field (`texts`); the client sent `input`.
+/** A request's budget reservation: made (`held`), then released or settled once (`closed`). */
+interface Held {
+  reservation: unknown
+  held: boolean
+  closed: boolean
+}
+
 const asInput = (error: ModelError): ModelError =>
   error.field === "texts" && error.message.startsWith(texts)
     ? invalidRequest("input", error.message.slice(texts.length), error.provider)
@@ -47,83 +55,98 @@ export const make = (env: Env) => {
       ? upstream.router.embed(request, target.domain.name)
       : executor.embed({ ...request, model: target.model }, { provider: target.provider, retry: env.retry ?? false })
 
-  const handle = (request: HttpServerRequest.HttpServerRequest, started: number, entry: Entry) =>
-    Effect.gen(function* () {
-      const key = yield* authenticate(env, request)
-      const body = yield* readJson(env, request)
-      const parsed = parseEmbed(body)
-      if (parsed._tag === "Failure") return yield* Effect.fail(parsed.failure)
-      const call = parsed.success
-      const target = yield* upstream.resolve(call.model)
-      yield* checkAllowed(key, call.model)
-      const valid = yield* Effect.mapError(validateEmbed(call.request, executor.limits), asInput)
-      let inputTokens = 0
-      for (const text of valid.texts) inputTokens += estimateTokens(text)
-      const keys = env.keys
-      let reservation: unknown
-      let held = false
-      let closed = false
-      if (key !== undefined && keys !== undefined) {
-        const hold = (made: unknown) => {
-          if (held) return
-          held = true
-          reservation = made
-          env.held.add(made)
-        }
-        // Its release registered first, the reservation handed over as the store holds it (as the chat route's).
-        yield* onRequestEnd(
-          Effect.suspend(() => {
-            if (!held || closed) return Effect.void
-            closed = true
-            env.held.delete(reservation)
-            return keys.release(reservation)
-          })
-        )
-        yield* Effect.uninterruptibleMask((restore) =>
-          Effect.map(restore(keys.reserve(key, call.model, { inputTokens, maxOutputTokens: 0 }, hold)), hold)
-        )
+  const keys = env.keys
+
+  // Generator functions made once, not per request (a generator function made per call gets a
+  // map of its own in the old generation, which keeps the request through every young collection).
+  const respond = Effect.fnUntraced(function* (
+    span: RequestSpan | undefined,
+    entry: Entry,
+    started: number,
+    call: EmbedCall,
+    target: Target,
+    valid: EmbedRequest,
+    inputTokens: number,
+    held: Held
+  ) {
+    const tracker: Tracker = { upstreamMs: 0 }
+    const exit = yield* cuttable(entry, Effect.provideService(embed(target, valid), CurrentTracker, tracker))
+    if (Exit.isFailure(exit)) {
+      span?.end(exit)
+      const answer = entry.cut ? draining(env) : failure(env, yield* errorOf(exit.cause))
+      return answered(env, "embeddings", started, answer, tracker.upstreamMs)
+    }
+    // No text embeds in 0 tokens: a provider that says 0 (or nothing) did not count, and the estimate is charged.
+    const reported = exit.value.usage?.inputTokens
+    const usage = {
+      inputTokens: reported !== undefined && reported > 0 ? reported : inputTokens,
+      outputTokens: 0
+    }
+    if (span !== undefined) {
+      span.span.attribute("gen_ai.provider.name", exit.value.provider)
+      span.span.attribute("gen_ai.response.model", exit.value.model)
+      span.span.attribute("gen_ai.usage.input_tokens", usage.inputTokens)
+      span.end(exit)
+    }
+    // Closed and told to the store in one uninterruptible step (as the chat route's).
+    yield* Effect.uninterruptible(
+      Effect.suspend(() => {
+        if (!held.held || held.closed || keys === undefined) return Effect.void
+        held.closed = true
+        env.held.delete(held.reservation)
+        return keys.settle(held.reservation, usage)
+      })
+    )
+    metrics.tokens(usage.inputTokens, 0)
+    const text = Wire.embeddings(call.model, exit.value, call.encoding, usage.inputTokens)
+    return answered(env, "embeddings", started, json(200, text), tracker.upstreamMs)
+  })
+
+  const handle = Effect.fnUntraced(function* (
+    request: HttpServerRequest.HttpServerRequest,
+    started: number,
+    entry: Entry
+  ) {
+    const key = yield* authenticate(env, request)
+    const body = yield* readJson(env, request)
+    const parsed = parseEmbed(body)
+    if (parsed._tag === "Failure") return yield* Effect.fail(parsed.failure)
+    const call = parsed.success
+    const target = yield* upstream.resolve(call.model)
+    yield* checkAllowed(key, call.model)
+    const valid = yield* Effect.mapError(validateEmbed(call.request, executor.limits), asInput)
+    let inputTokens = 0
+    for (const text of valid.texts) inputTokens += estimateTokens(text)
+    const held: Held = { reservation: undefined, held: false, closed: false }
+    if (key !== undefined && keys !== undefined) {
+      const hold = (made: unknown) => {
+        if (held.held) return
+        held.held = true
+        held.reservation = made
+        env.held.add(made)
       }
-      const attributes = {
-        "gen_ai.operation.name": "embeddings",
-        "gen_ai.request.model": call.model,
-        ...(key === undefined ? {} : { "orchestra.key.id": key.id })
-      }
-      return yield* traced(`embeddings ${call.model}`, attributes, (span) =>
-        Effect.gen(function* () {
-          const tracker: Tracker = { upstreamMs: 0 }
-          const exit = yield* cuttable(entry, Effect.provideService(embed(target, valid), CurrentTracker, tracker))
-          if (Exit.isFailure(exit)) {
-            span?.end(exit)
-            const answer = entry.cut ? draining(env) : failure(env, yield* errorOf(exit.cause))
-            return answered(env, "embeddings", started, answer, tracker.upstreamMs)
-          }
-          // No text embeds in 0 tokens: a provider that says 0 (or nothing) did not count, and the estimate is charged.
-          const reported = exit.value.usage?.inputTokens
-          const usage = {
-            inputTokens: reported !== undefined && reported > 0 ? reported : inputTokens,
-            outputTokens: 0
-          }
-          if (span !== undefined) {
-            span.span.attribute("gen_ai.provider.name", exit.value.provider)
-            span.span.attribute("gen_ai.response.model", exit.value.model)
-            span.span.attribute("gen_ai.usage.input_tokens", usage.inputTokens)
-            span.end(exit)
-          }
-          // Closed and told to the store in one uninterruptible step (as the chat route's).
-          yield* Effect.uninterruptible(
-            Effect.suspend(() => {
-              if (!held || closed || keys === undefined) return Effect.void
-              closed = true
-              env.held.delete(reservation)
-              return keys.settle(reservation, usage)
-            })
-          )
-          metrics.tokens(usage.inputTokens, 0)
-          const text = Wire.embeddings(call.model, exit.value, call.encoding, usage.inputTokens)
-          return answered(env, "embeddings", started, json(200, text), tracker.upstreamMs)
+      // Its release registered first, the reservation handed over as the store holds it (as the chat route's).
+      yield* onRequestEnd(
+        Effect.suspend(() => {
+          if (!held.held || held.closed) return Effect.void
+          held.closed = true
+          env.held.delete(held.reservation)
+          return keys.release(held.reservation)
         })
       )
-    })
+      yield* Effect.uninterruptibleMask((restore) =>
+        Effect.map(restore(keys.reserve(key, call.model, { inputTokens, maxOutputTokens: 0 }, hold)), hold)
+      )
+    }
+    const attributes = {
+      "gen_ai.operation.name": "embeddings",
+      "gen_ai.request.model": call.model,
+      ...(key === undefined ? {} : { "orchestra.key.id": key.id })
+    }
+    return yield* traced(`embeddings ${call.model}`, attributes, (span) =>
+      respond(span, entry, started, call, target, valid, inputTokens, held)
+    )
+  })
 
   return handler(env, "embeddings", handle)
 }

@@ -174,8 +174,8 @@ export const makeCalls = (env: Env) => {
   // starts on every call, doubling the load on the next domain for no gain.
   const minP95After = Duration.millis(10)
 
-  const hedgeDelay = (first: string, options: HedgeOptions): Effect.Effect<Duration.Duration, ModelError> =>
-    Effect.gen(function* () {
+  const hedgeDelay: (first: string, options: HedgeOptions) => Effect.Effect<Duration.Duration, ModelError> =
+    Effect.fnUntraced(function* (first: string, options: HedgeOptions) {
       if (options === null || typeof options !== "object") {
         return yield* Effect.fail(invalidRequest("options", "give the hedge options, e.g. { after: 500 }"))
       }
@@ -198,45 +198,47 @@ export const makeCalls = (env: Env) => {
       return calls.count >= 20 ? Duration.max(Duration.millis(calls.quantile(0.95)), minP95After) : fallback
     })
 
+  const hedged = Effect.fnUntraced(function* (
+    request: GenerateRequest,
+    names: ReadonlyArray<string>,
+    options: HedgeOptions
+  ) {
+    if (!Array.isArray(names)) return yield* Effect.fail(notAnArray)
+    if (names.length === 0) return yield* Effect.fail(noDomains)
+    // A misspelt key (`aftr`) is named as written, before `after` is found missing.
+    const unknown =
+      typeof options === "object" && options !== null ? unknownOption(options, optionKeys.hedge) : undefined
+    if (unknown !== undefined) return yield* Effect.fail(unknown)
+    const delay = yield* hedgeDelay(names[0]!, options)
+    return yield* run(request, names, options, delay, optionKeys.hedge)
+  })
+
   const hedge = (request: GenerateRequest, names: ReadonlyArray<string>, options: HedgeOptions) =>
-    traced(
-      "Router.hedge",
-      domainsOf(names),
-      Effect.gen(function* () {
-        if (!Array.isArray(names)) return yield* Effect.fail(notAnArray)
-        if (names.length === 0) return yield* Effect.fail(noDomains)
-        // A misspelt key (`aftr`) is named as written, before `after` is found missing.
-        const unknown =
-          typeof options === "object" && options !== null ? unknownOption(options, optionKeys.hedge) : undefined
-        if (unknown !== undefined) return yield* Effect.fail(unknown)
-        const delay = yield* hedgeDelay(names[0]!, options)
-        return yield* run(request, names, options, delay, optionKeys.hedge)
-      })
-    )
+    traced("Router.hedge", domainsOf(names), hedged(request, names, options))
 
   // A chain's stream steps, resolved once per domain name as `execute`'s plans are (the
   // domains and providers are fixed for the router's life; an unknown name fails and is not kept).
   const streamChains = new Map<string, StreamChain>()
+  const buildStreamChain = Effect.fnUntraced(function* (names: string | ReadonlyArray<string>) {
+    const list = yield* chain(names)
+    const steps = yield* Effect.forEach(list, (domain) =>
+      Effect.map(resolve(domain.name), ({ provider }) => ({
+        provider,
+        domain: domain.name,
+        retry: domain.retry ?? false,
+        firstChunkTimeout: domain.timeout,
+        cache: domain.cache,
+        prepare: (r: GenerateRequest) => applyTo(domain, r)
+      }))
+    )
+    const found: StreamChain = { first: list[0]!, steps }
+    if (typeof names === "string") streamChains.set(names, found)
+    return found
+  })
   // Each step's first-chunk deadline is its domain's timeout, unless the caller gives one for the stream.
   const streamChain = (names: string | ReadonlyArray<string>): Effect.Effect<StreamChain, ModelError> => {
     const known = typeof names === "string" ? streamChains.get(names) : undefined
-    if (known !== undefined) return Effect.succeed(known)
-    return Effect.gen(function* () {
-      const list = yield* chain(names)
-      const steps = yield* Effect.forEach(list, (domain) =>
-        Effect.map(resolve(domain.name), ({ provider }) => ({
-          provider,
-          domain: domain.name,
-          retry: domain.retry ?? false,
-          firstChunkTimeout: domain.timeout,
-          cache: domain.cache,
-          prepare: (r: GenerateRequest) => applyTo(domain, r)
-        }))
-      )
-      const found: StreamChain = { first: list[0]!, steps }
-      if (typeof names === "string") streamChains.set(names, found)
-      return found
-    })
+    return known !== undefined ? Effect.succeed(known) : buildStreamChain(names)
   }
 
   // A traced caller's stream is in a `Router.stream` span, around the executor's.
@@ -266,34 +268,33 @@ export const makeCalls = (env: Env) => {
     )
   }
 
-  const embed = (request: EmbedRequest, name: string, options: CallOptions = {}) =>
-    Effect.gen(function* () {
-      const unknown = unknownOption(options, optionKeys.call) ?? flagIssue(options, callFlags)
-      if (unknown !== undefined) return yield* Effect.fail(unknown)
-      const { domain, provider } = yield* resolve(name)
-      // A request refused is counted on its provider, as the executor counts its own.
-      const valid = yield* Effect.mapError(validateEmbed(request, executor.limits), (error) => {
-        const series = stats.series(provider.name, domain.name)
-        series.requests++
-        series.fail(error.reason)
-        return error
-      })
-      const totalTimeout = yield* checkTimeout(options.timeout, domain.totalTimeout)
-      const step: Step<ProviderService> = {
-        ...executor.stepFor(provider, {
-          domain: domain.name,
-          timeout: domain.timeout,
-          retry: domain.retry ?? false
-        }),
-        maxConcurrency: undefined
-      }
-      const answer = yield* executor.run(
-        { steps: [step], totalTimeout, onRetry: retryHook(options.onRetry), usageOf: embedUsageOf },
-        (p) =>
-          p.embed(domain.model === undefined || valid.model !== undefined ? valid : { ...valid, model: domain.model })
-      )
-      return answer.value
+  const embed = Effect.fnUntraced(function* (request: EmbedRequest, name: string, options: CallOptions = {}) {
+    const unknown = unknownOption(options, optionKeys.call) ?? flagIssue(options, callFlags)
+    if (unknown !== undefined) return yield* Effect.fail(unknown)
+    const { domain, provider } = yield* resolve(name)
+    // A request refused is counted on its provider, as the executor counts its own.
+    const valid = yield* Effect.mapError(validateEmbed(request, executor.limits), (error) => {
+      const series = stats.series(provider.name, domain.name)
+      series.requests++
+      series.fail(error.reason)
+      return error
     })
+    const totalTimeout = yield* checkTimeout(options.timeout, domain.totalTimeout)
+    const step: Step<ProviderService> = {
+      ...executor.stepFor(provider, {
+        domain: domain.name,
+        timeout: domain.timeout,
+        retry: domain.retry ?? false
+      }),
+      maxConcurrency: undefined
+    }
+    const answer = yield* executor.run(
+      { steps: [step], totalTimeout, onRetry: retryHook(options.onRetry), usageOf: embedUsageOf },
+      (p) =>
+        p.embed(domain.model === undefined || valid.model !== undefined ? valid : { ...valid, model: domain.model })
+    )
+    return answer.value
+  })
 
   return { execute, executeWithFallback, executeParallelDomains, hedge, stream, embed }
 }
