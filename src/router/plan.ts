@@ -106,8 +106,8 @@ export const makePlanner = (env: Env) => {
       Effect.map(providers.get(domain.provider), (provider) => ({ domain, provider }))
     )
 
-  const chain = (names: string | ReadonlyArray<string>): Effect.Effect<ReadonlyArray<Domain>, ModelError> =>
-    Effect.gen(function* () {
+  const chain: (names: string | ReadonlyArray<string>) => Effect.Effect<ReadonlyArray<Domain>, ModelError> =
+    Effect.fnUntraced(function* (names: string | ReadonlyArray<string>) {
       if (typeof names === "string") {
         // A domain's chain: its `fallback` list, each listed domain followed by its own (depth
         // first), every domain once: `support → ollama → offline` reaches `offline` from `support`.
@@ -159,83 +159,85 @@ export const makePlanner = (env: Env) => {
   }
 
   // Resolves the chain once; `apply` then builds a request's plan without resolving it again.
-  const prepareWith = (
+  const prepareWith: (
     names: string | ReadonlyArray<string>,
     lead: Step<ProviderService> | undefined
-  ): Effect.Effect<Apply, ModelError> =>
-    Effect.gen(function* () {
-      const list = lead !== undefined && Array.isArray(names) && names.length === 0 ? [] : yield* chain(names)
-      const templates = yield* Effect.forEach(list, templateOf)
-      const firstDomain = lead === undefined ? templates[0] : undefined
-      const head = lead ?? templates[0]!
-      const ownHedge = typeof names === "string" ? firstDomain?.domainConfig.hedgeAfter : undefined
-      const build = (
-        valid: GenerateRequest,
-        options: CallOptions,
-        hedgeAfter: Duration.Duration | undefined
-      ): Routed | ModelError => {
-        const flag = Input.notABoolean(options, callFlags)
-        if (flag !== undefined) return invalidRequest(flag.path, flag.message)
-        let totalTimeout = firstDomain?.domainConfig.totalTimeout
-        if (options.timeout !== undefined) {
-          const checked = Input.duration("timeout", options.timeout)
-          if (Result.isFailure(checked)) return invalidRequest("timeout", checked.failure.message)
-          totalTimeout = checked.success
-        }
-        // Only a rate limit reads a step's token estimate: a step without one is shared by
-        // every request as it is (no copy, no estimate per request).
-        const steps: Array<Step<ProviderService>> = []
-        if (lead !== undefined) steps.push(lead.rateLimit === undefined ? lead : { ...lead, tokens: tokensOf(valid) })
-        for (const template of templates) {
-          steps.push(
-            template.rateLimit === undefined
-              ? template
-              : { ...template, tokens: tokensOf(applyTo(template.domainConfig, valid)) }
-          )
-        }
-        const first = steps[0]!
-        const useCache = cache !== undefined && options.cache !== false && (firstDomain?.cacheable ?? true)
-        const plan: Plan<ProviderService, GenerateResponse> = {
-          steps: steps as unknown as readonly [Step<ProviderService>, ...Array<Step<ProviderService>>],
-          totalTimeout,
-          hedgeAfter: hedgeAfter ?? ownHedge,
-          cache: useCache
-            ? {
-                guard: cache!,
-                key: cache!.key({
-                  provider: first.name,
-                  request: keyedRequest(
-                    firstDomain === undefined ? valid : applyTo(firstDomain.domainConfig, valid),
-                    first.target.defaultModel
-                  )
-                }),
-                allowStale: options.allowStale ?? false
-              }
-            : undefined,
-          onRetry: retryHook(options.onRetry),
-          usageOf: (response: GenerateResponse) => response.usage
-        }
-        return {
-          plan,
-          call: (provider, step) => provider.generate((step as Partial<DomainStep>).prepare?.(valid) ?? valid),
-          answer: (answer) => ({
-            response: answer.value,
-            domain: answer.step.domain ?? "none",
-            provider: answer.step.name,
-            attempts: answer.attempts,
-            domainsTried: answer.stepsTried,
-            fallbackUsed: answer.step !== first,
-            source: answer.source,
-            hedgeWon: answer.hedgeWon
-          })
-        } satisfies Routed
+  ) => Effect.Effect<Apply, ModelError> = Effect.fnUntraced(function* (
+    names: string | ReadonlyArray<string>,
+    lead: Step<ProviderService> | undefined
+  ) {
+    const list = lead !== undefined && Array.isArray(names) && names.length === 0 ? [] : yield* chain(names)
+    const templates = yield* Effect.forEach(list, templateOf)
+    const firstDomain = lead === undefined ? templates[0] : undefined
+    const head = lead ?? templates[0]!
+    const ownHedge = typeof names === "string" ? firstDomain?.domainConfig.hedgeAfter : undefined
+    const build = (
+      valid: GenerateRequest,
+      options: CallOptions,
+      hedgeAfter: Duration.Duration | undefined
+    ): Routed | ModelError => {
+      const flag = Input.notABoolean(options, callFlags)
+      if (flag !== undefined) return invalidRequest(flag.path, flag.message)
+      let totalTimeout = firstDomain?.domainConfig.totalTimeout
+      if (options.timeout !== undefined) {
+        const checked = Input.duration("timeout", options.timeout)
+        if (Result.isFailure(checked)) return invalidRequest("timeout", checked.failure.message)
+        totalTimeout = checked.success
       }
-      // Validated before any step reads it: a null request is an InvalidRequest, not a defect.
-      return (request, options, hedgeAfter) => {
-        const error = checkGenerate(request, executor.limits)
-        return error === undefined ? build(request, options, hedgeAfter) : refusedNow(error, head)
+      // Only a rate limit reads a step's token estimate: a step without one is shared by
+      // every request as it is (no copy, no estimate per request).
+      const steps: Array<Step<ProviderService>> = []
+      if (lead !== undefined) steps.push(lead.rateLimit === undefined ? lead : { ...lead, tokens: tokensOf(valid) })
+      for (const template of templates) {
+        steps.push(
+          template.rateLimit === undefined
+            ? template
+            : { ...template, tokens: tokensOf(applyTo(template.domainConfig, valid)) }
+        )
       }
-    })
+      const first = steps[0]!
+      const useCache = cache !== undefined && options.cache !== false && (firstDomain?.cacheable ?? true)
+      const plan: Plan<ProviderService, GenerateResponse> = {
+        steps: steps as unknown as readonly [Step<ProviderService>, ...Array<Step<ProviderService>>],
+        totalTimeout,
+        hedgeAfter: hedgeAfter ?? ownHedge,
+        cache: useCache
+          ? {
+              guard: cache!,
+              key: cache!.key({
+                provider: first.name,
+                request: keyedRequest(
+                  firstDomain === undefined ? valid : applyTo(firstDomain.domainConfig, valid),
+                  first.target.defaultModel
+                )
+              }),
+              allowStale: options.allowStale ?? false
+            }
+          : undefined,
+        onRetry: retryHook(options.onRetry),
+        usageOf: (response: GenerateResponse) => response.usage
+      }
+      return {
+        plan,
+        call: (provider, step) => provider.generate((step as Partial<DomainStep>).prepare?.(valid) ?? valid),
+        answer: (answer) => ({
+          response: answer.value,
+          domain: answer.step.domain ?? "none",
+          provider: answer.step.name,
+          attempts: answer.attempts,
+          domainsTried: answer.stepsTried,
+          fallbackUsed: answer.step !== first,
+          source: answer.source,
+          hedgeWon: answer.hedgeWon
+        })
+      } satisfies Routed
+    }
+    // Validated before any step reads it: a null request is an InvalidRequest, not a defect.
+    return (request, options, hedgeAfter) => {
+      const error = checkGenerate(request, executor.limits)
+      return error === undefined ? build(request, options, hedgeAfter) : refusedNow(error, head)
+    }
+  })
 
   // The chain of one domain name, resolved once: domains and providers are fixed for the
   // router's life, so `execute(request, "support")` does not look its chain and steps up on
