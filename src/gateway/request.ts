@@ -417,6 +417,11 @@ export const parseEmbed = (body: unknown): Checked<EmbedCall> => {
         } else {
           return invalid("input", "expected a string or a non-empty array of strings (token arrays are not supported)")
         }
+        // As OpenAI: an empty string has no embedding to give back.
+        for (let i = 0; i < texts.length; i++) {
+          if (texts[i] === "")
+            return invalid(typeof value === "string" ? "input" : `input[${i}]`, "expected a non-empty string")
+        }
         break
       case "encoding_format":
         if (value !== undefined && value !== null && value !== "float" && value !== "base64") {

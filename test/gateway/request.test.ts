@@ -507,6 +507,9 @@ describe("gateway wire: embedding requests", () => {
     assert.strictEqual(paramOf(Request.parseEmbed({ model: "e", input: [] })), "input")
     assert.strictEqual(paramOf(Request.parseEmbed({ model: "e" })), "input")
     assert.strictEqual(paramOf(Request.parseEmbed({ model: "e", input: "x", dimensions: 8 })), "dimensions")
+    // OpenAI refuses an empty string to embed, alone or in a list: it has no embedding to give back.
+    assert.strictEqual(paramOf(Request.parseEmbed({ model: "e", input: "" })), "input")
+    assert.strictEqual(paramOf(Request.parseEmbed({ model: "e", input: ["a", ""] })), "input[1]")
     assert.strictEqual(
       paramOf(Request.parseEmbed({ model: "e", input: "x", encoding_format: "hex" })),
       "encoding_format"
