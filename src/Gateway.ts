@@ -11,7 +11,8 @@
  * first chunk; after it, a failure ends the stream with an OpenAI-style error event,
  * never a clean `[DONE]`; the first-chunk, idle and total deadlines apply; a client that
  * leaves cancels the upstream call. Errors are OpenAI-shaped bodies with the right status
- * (400, 401, 403, 404, 413, 429 with `Retry-After`, 500, 502, 503, 504). A tool call's
+ * (400, 401, 403, 404, 413, 429 with `Retry-After`, 500, 502, 503, 504; under {@link serve},
+ * also what Node's server would answer on its own: 408, 417, 431). A tool call's
  * Gemini thought signature travels as Gemini's own OpenAI-compatible API carries it
  * (`tool_calls[i].extra_content.google.thought_signature`), out and back.
  *
@@ -44,7 +45,9 @@ import type { Executor } from "./Executor.js"
 import * as Input from "./Input.js"
 import type { RetryPolicy, RetryPolicyInput } from "./Policy.js"
 import type { Stats } from "./Stats.js"
+import * as ClientErrors from "./gateway/clientErrors.js"
 import type { GatewayError } from "./gateway/errors.js"
+import type { GatewayMetrics } from "./gateway/metrics.js"
 import type { Keys } from "./gateway/routes.js"
 import * as Server from "./gateway/server.js"
 
@@ -321,11 +324,15 @@ export type Requirements = HttpRouter.HttpRouter | Executor | Domains | Provider
 export const layer = (options: Options = {}): Layer.Layer<Gateway, Input.OptionError, Requirements> =>
   layerWith(options, false)
 
-const layerWith = (options: Options, catchAll: boolean): Layer.Layer<Gateway, Input.OptionError, Requirements> =>
+const layerWith = (
+  options: Options,
+  catchAll: boolean,
+  onMetrics?: ((metrics: GatewayMetrics) => void) | undefined
+): Layer.Layer<Gateway, Input.OptionError, Requirements> =>
   Layer.effect(
     Gateway,
     Effect.flatMap(Effect.serviceOption(KeyStore), (keys) =>
-      Server.make(options, Option.getOrUndefined(keys) as Keys | undefined, catchAll)
+      Server.make(options, Option.getOrUndefined(keys) as Keys | undefined, catchAll, onMetrics)
     )
   )
 
@@ -435,7 +442,10 @@ const checkServe = (options: ServeOptions) =>
  * The gateway on its own Node HTTP server: listens on `host:port`, bounds every request
  * head (`maxHeaderBytes`) and body (`maxBodyBytes`), and on close (SIGTERM under
  * `NodeRuntime.runMain`) drains the gateway before the server stops. Provides the
- * `HttpServer` (its `address` tells the port chosen for `port: 0`). `routes` are served
+ * `HttpServer` (its `address` tells the port chosen for `port: 0`). A request the Node server
+ * refuses itself (slower than `requestTimeout` 408, a head over `maxHeaderBytes` 431, not
+ * HTTP 400, an `Expect` it cannot meet 417) is answered OpenAI-shaped too, with `Connection:
+ * close`, and counted in the gateway's metrics under route `other`. `routes` are served
  * beside the gateway's (the key store's admin routes, `gateway/admin`); any other path is
  * the gateway's OpenAI-shaped 404 (`code: "unknown_url"`), counted in its metrics.
  *
@@ -458,6 +468,8 @@ export const serve = <E = never, R = never>(
       const gatewayOptions: Record<string, unknown> = {}
       for (const [key, value] of Object.entries(options)) if (!serveKeys.has(key)) gatewayOptions[key] = value
       let nodeServer: NodeServer | undefined
+      let metrics: GatewayMetrics | undefined
+      const headersTimeout = Math.min(requestTimeout, 60_000)
       const server = NodeHttpServer.layer(
         () => {
           nodeServer = createServer({
@@ -465,10 +477,15 @@ export const serve = <E = never, R = never>(
             requestTimeout,
             // Node checks the request deadlines only this often (30 s by default, whatever the deadline).
             connectionsCheckingInterval: Math.min(1000, Math.max(100, Math.ceil(requestTimeout / 4))),
-            headersTimeout: Math.min(requestTimeout, 60_000),
+            headersTimeout,
             keepAliveTimeout,
             noDelay: true
           })
+          ClientErrors.install(
+            nodeServer,
+            { requestTimeoutMs: requestTimeout, headersTimeoutMs: headersTimeout, maxHeaderBytes },
+            () => metrics
+          )
           return nodeServer
         },
         {
@@ -492,10 +509,18 @@ export const serve = <E = never, R = never>(
       // collides with the gateway's is then their OptionError (`Admin.layer`'s `path`), whatever the timing.
       return drainFirst.pipe(
         Layer.provideMerge(
-          HttpRouter.serve(Layer.provideMerge(routes ?? Layer.empty, layerWith(gatewayOptions as Options, true)), {
-            disableLogger: options.logRequests !== true,
-            disableListenLog: true
-          })
+          HttpRouter.serve(
+            Layer.provideMerge(
+              routes ?? Layer.empty,
+              layerWith(gatewayOptions as Options, true, (built) => {
+                metrics = built
+              })
+            ),
+            {
+              disableLogger: options.logRequests !== true,
+              disableListenLog: true
+            }
+          )
         ),
         Layer.provideMerge(server)
       )

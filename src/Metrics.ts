@@ -372,7 +372,9 @@ export const agentLatency = Metric.histogram("orchestra_agent_duration_ms", {
 /**
  * Attributes `route` (`chat`, `chat_stream`, `embeddings`, `models`, `health`, `metrics`,
  * `other`) and `status` (the HTTP status code). The admin routes (`gateway/admin`, a layer of
- * their own beside the gateway) are counted in {@link gatewayAdminRequests}.
+ * their own beside the gateway) are counted in {@link gatewayAdminRequests}. Under
+ * `Gateway.serve`, the requests its Node server refuses before any route (408, 400, 413, 417,
+ * 431) are `other`, and counted in {@link gatewayErrors} (`InvalidRequest`, `TooLarge`).
  *
  * @since 0.2.0
  * @category gateway

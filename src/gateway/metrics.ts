@@ -71,6 +71,21 @@ export class GatewayMetrics {
   /** One answered request: its status, its duration and the part of it spent in the gateway. */
   answered(route: Route, status: number, durationMs: number, overheadMs: number | undefined): void {
     const series = this.route(route)
+    this.count(series, route, status)
+    series.latency.record(durationMs)
+    if (overheadMs !== undefined) series.overhead.record(overheadMs)
+  }
+
+  /**
+   * A request Node's server refused before any route saw it (`gateway/clientErrors`): counted
+   * under route `other` and its reason, without a duration (its start is Node's to know).
+   */
+  refused(status: number, reason: string): void {
+    this.count(this.route("other"), "other", status)
+    this.failed(reason)
+  }
+
+  private count(series: RouteSeries, route: Route, status: number): void {
     let counter = series.statuses.get(status)
     if (counter === undefined) {
       const created = { count: 0 }
@@ -82,8 +97,6 @@ export class GatewayMetrics {
       counter = created
     }
     counter.count++
-    series.latency.record(durationMs)
-    if (overheadMs !== undefined) series.overhead.record(overheadMs)
   }
 
   /** A stream's gateway share, known at its first byte (its duration comes at its end). */

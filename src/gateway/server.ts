@@ -51,10 +51,16 @@ export const makeIds = (): ((kind: string) => string) => {
  * for an open gateway (refused unless `allowAnonymous`). `catchAll`: answer every path no
  * route takes with the gateway's OpenAI-shaped 404 (its own server), not only those under
  * the prefix (a router the application shares, where the rest of the paths are its own).
+ * `onMetrics`: handed the gateway's metrics, for the server's own refusals (`Gateway.serve`).
  *
  * @internal
  */
-export const make = Effect.fnUntraced(function* (input: Options, keys: Keys | undefined, catchAll = false) {
+export const make = Effect.fnUntraced(function* (
+  input: Options,
+  keys: Keys | undefined,
+  catchAll = false,
+  onMetrics?: ((metrics: GatewayMetrics) => void) | undefined
+) {
   const options = yield* Input.orOptionError(check(input))
   if (keys === undefined && !options.allowAnonymous) {
     return yield* Effect.fail(
@@ -73,6 +79,7 @@ export const make = Effect.fnUntraced(function* (input: Options, keys: Keys | un
   const context = yield* Effect.context<never>()
   const metrics = new GatewayMetrics(context)
   yield* Effect.addFinalizer(() => Effect.sync(() => metrics.remove()))
+  onMetrics?.(metrics)
   const lifecycle = yield* Lifecycle.make({
     drainTimeout: options.drainTimeout,
     onCount: (n) => {

@@ -1,0 +1,126 @@
+/**
+ * What Node's HTTP server answers on its own, before any route sees the request (a request
+ * slower than `requestTimeout`, a head over `maxHeaderBytes`, bytes that are not HTTP, chunk
+ * extensions over Node's limit, an `Expect` other than `100-continue`), answered as every
+ * other refusal of the gateway: an OpenAI-shaped JSON body with the right status, the
+ * connection closed after it, and counted in the gateway's metrics (route `other`).
+ *
+ * @internal
+ */
+import { type IncomingMessage, type Server, type ServerResponse, STATUS_CODES } from "node:http"
+import type { Duplex } from "node:stream"
+import { fromGatewayError, type GatewayError, gatewayError } from "./errors.js"
+import type { GatewayMetrics } from "./metrics.js"
+
+/**
+ * The server's limits, as its refusals name them.
+ *
+ * @internal
+ */
+export interface Limits {
+  readonly requestTimeoutMs: number
+  readonly headersTimeoutMs: number
+  readonly maxHeaderBytes: number
+}
+
+interface Answer {
+  readonly status: number
+  readonly reason: string
+  readonly body: string
+  /** The whole HTTP/1.1 response, for the socket. */
+  readonly raw: string
+}
+
+const answerOf = (error: GatewayError): Answer => {
+  const wire = fromGatewayError(error)
+  const body = JSON.stringify(wire.body)
+  const raw =
+    `HTTP/1.1 ${wire.status} ${STATUS_CODES[wire.status]}\r\nContent-Type: application/json\r\n` +
+    `Content-Length: ${Buffer.byteLength(body)}\r\nConnection: close\r\n\r\n${body}`
+  return { status: wire.status, reason: wire.reason, body, raw }
+}
+
+interface ClientError extends Error {
+  readonly code?: string | undefined
+  readonly reason?: unknown
+}
+
+// Any other parse error: llhttp's own words for it are a constant text, never the request's bytes.
+const invalid = (code: string, reason: unknown): Answer =>
+  answerOf(
+    gatewayError(
+      "InvalidRequest",
+      `the request is not valid HTTP/1.1: ${typeof reason === "string" && reason.length > 0 ? `${reason} (${code})` : code}`,
+      { code: "invalid_http" }
+    )
+  )
+
+// Node answers a parse error unless the response in flight on the socket has sent its head (a
+// second status line would corrupt it): the same test, on the socket's response as Node reads it.
+const headSent = (socket: Duplex): boolean =>
+  (socket as Duplex & { readonly _httpMessage?: ServerResponse | null })._httpMessage?.headersSent === true
+
+/**
+ * Answers on `server` what Node would answer itself. `metrics` is read at each refusal: the
+ * gateway's, once it is built.
+ *
+ * @internal
+ */
+export const install = (server: Server, limits: Limits, metrics: () => GatewayMetrics | undefined): void => {
+  const headers =
+    limits.headersTimeoutMs < limits.requestTimeoutMs ? ` (its headers within ${limits.headersTimeoutMs} ms)` : ""
+  const timeout = answerOf(
+    gatewayError(
+      "InvalidRequest",
+      `the request did not arrive in full within the gateway's request timeout of ${limits.requestTimeoutMs} ms${headers}`,
+      { status: 408, code: "client_timeout" }
+    )
+  )
+  const headTooLarge = answerOf(
+    gatewayError(
+      "TooLarge",
+      `the request's head (request line and headers) is over the gateway's limit of ${limits.maxHeaderBytes} bytes`,
+      { status: 431, code: "headers_too_large" }
+    )
+  )
+  const extensionsTooLarge = answerOf(
+    gatewayError("TooLarge", "the request body's chunk extensions are over Node's limit of 16 KiB", {
+      code: "request_too_large"
+    })
+  )
+  const expectation = answerOf(
+    gatewayError("InvalidRequest", 'the request\'s Expect header cannot be met: only "100-continue" is', {
+      status: 417,
+      code: "expectation_failed"
+    })
+  )
+  const answers: Readonly<Record<string, Answer>> = {
+    ERR_HTTP_REQUEST_TIMEOUT: timeout,
+    HPE_HEADER_OVERFLOW: headTooLarge,
+    HPE_CHUNK_EXTENSIONS_OVERFLOW: extensionsTooLarge
+  }
+
+  // With a listener, Node neither answers nor destroys the socket: both are ours now.
+  server.on("clientError", (error: ClientError, socket: Duplex) => {
+    const code = error.code ?? ""
+    // A connection reset or broken pipe (any error not of the request itself) has no one to answer.
+    if (!socket.writable || headSent(socket) || (code !== "ERR_HTTP_REQUEST_TIMEOUT" && !code.startsWith("HPE_"))) {
+      socket.destroy()
+      return
+    }
+    const answer = answers[code] ?? invalid(code, error.reason)
+    metrics()?.refused(answer.status, answer.reason)
+    // Destroyed once flushed, as Node's own answer is, so that a client that keeps its side open holds nothing.
+    socket.end(answer.raw, () => socket.destroy())
+  })
+
+  server.on("checkExpectation", (_request: IncomingMessage, response: ServerResponse) => {
+    metrics()?.refused(expectation.status, expectation.reason)
+    response.writeHead(expectation.status, {
+      "content-type": "application/json",
+      "content-length": Buffer.byteLength(expectation.body),
+      connection: "close"
+    })
+    response.end(expectation.body)
+  })
+}
