@@ -34,8 +34,24 @@ export const Reason = Schema.Literals([
 export type Reason = typeof Reason.Type
 
 /**
+ * Which limit of a rate limit refused a call: its requests or its tokens per window.
+ *
+ * @since 0.3.0
+ * @category models
+ */
+export const RateLimitKind = Schema.Literals(["requests", "tokens"])
+
+/**
+ * @since 0.3.0
+ * @category models
+ */
+export type RateLimitKind = typeof RateLimitKind.Type
+
+/**
  * A failure reported by (or on the way to) a model provider, or a request refused before
- * any provider saw it (`InvalidRequest`, with the `field` that was wrong).
+ * any provider saw it (`InvalidRequest`, with the `field` that was wrong). A call our own
+ * rate limit refused (`RateLimited` without a `status`) names the limit that refused it in
+ * `rateLimit`, and its value per window in `limit`.
  *
  * @since 0.1.0
  * @category errors
@@ -49,6 +65,10 @@ export class ModelError extends Schema.TaggedError<ModelError>("effect-orchestra
   retryAfter: Schema.optional(Schema.Duration),
   /** The request field or option that was wrong (InvalidRequest), or the response field that failed to decode (Decode). */
   field: Schema.optional(Schema.String),
+  /** Our own rate limit's refusal: which of its limits was full for longer than the call may wait. */
+  rateLimit: Schema.optional(RateLimitKind),
+  /** With `rateLimit`: that limit's value per window. */
+  limit: Schema.optional(Schema.Number),
   cause: Schema.optional(Schema.Defect())
 }) {}
 

@@ -15,7 +15,7 @@
  */
 import { Clock, Context, Duration, Effect, Layer, Result, type Scope } from "effect"
 import { RateLimiter, type Redis } from "effect/persistence"
-import { ModelError } from "./AiError.js"
+import { ModelError, type RateLimitKind } from "./AiError.js"
 import * as Timers from "./policy/timers.js"
 import * as Input from "./Input.js"
 import { withAlignedFixedWindow } from "./RateLimit/memory.js"
@@ -141,6 +141,7 @@ const oneMilli = Duration.millis(1)
 
 interface Reservation {
   readonly key: string
+  readonly kind: RateLimitKind
   readonly limit: number
   /** What the call costs under this limit. */
   readonly cost: number
@@ -419,7 +420,7 @@ const makeWith = Effect.fnUntraced(function* (
   const requestReservation = (key: string, limits: ResolvedLimits, limit: number): Reservation => {
     let reservation = requestReservations.get(key)
     if (reservation === undefined) {
-      reservation = { key: `${key}:rpm`, limit, cost: 1, limits }
+      reservation = { key: `${key}:rpm`, kind: "requests", limit, cost: 1, limits }
       if (config.providers.has(key)) requestReservations.set(key, reservation)
     }
     return reservation
@@ -482,15 +483,25 @@ const makeWith = Effect.fnUntraced(function* (
     const pastDeadline = waitMillis > 0 && waitUntil !== undefined && now + waitMillis >= waitUntil
     if (waited + waitMillis > maxWaitMillis || pastDeadline) {
       const retryAfter = Duration.millis(Math.ceil(waitMillis))
+      // The limit whose slot is furthest (of those just asked: `held` ones are due now) is the one that
+      // refused, and the one retryAfter waits for; requests on a tie.
+      let refusing: Taken | undefined
+      for (let i = held.length; i < taken.length; i++) {
+        if (refusing === undefined || taken[i]!.delay > refusing.delay) refusing = taken[i]
+      }
+      const limit = refusing?.reservation
+      const limitText =
+        limit === undefined ? "" : ` (${limit.limit} ${limit.kind} per ${Duration.format(limit.limits.window)})`
       metrics.rejected++
       return Effect.andThen(
         releaseLeaving(taken),
         Effect.fail(
           new ModelError({
             reason: "RateLimited",
-            message: `rate limit of "${key}" reached: the next slot is in ${Duration.format(retryAfter)}, beyond ${pastDeadline ? "the call's total deadline" : `maxWait ${Duration.format(config.maxWait)}`}`,
+            message: `rate limit of "${key}" reached${limitText}: the next slot is in ${Duration.format(retryAfter)}, beyond ${pastDeadline ? "the call's total deadline" : `maxWait ${Duration.format(config.maxWait)}`}`,
             provider: key,
-            retryAfter
+            retryAfter,
+            ...(limit === undefined ? {} : { rateLimit: limit.kind, limit: limit.limit })
           })
         )
       )
@@ -563,7 +574,7 @@ const makeWith = Effect.fnUntraced(function* (
     // A request larger than the whole budget waits for an empty window, then goes.
     if (limits.tokensPerMinute !== undefined && tokens > 0) {
       const cost = Math.min(tokens, limits.tokensPerMinute)
-      reservations.push({ key: `${key}:tpm`, limit: limits.tokensPerMinute, cost, limits })
+      reservations.push({ key: `${key}:tpm`, kind: "tokens", limit: limits.tokensPerMinute, cost, limits })
     }
     if (reservations.length === 0) return Effect.void
     // Uninterruptible but for the waits: a caller interrupted while the store counts it (a

@@ -341,6 +341,28 @@ describe("RateLimit (memory, TestClock)", () => {
     })
   )
 
+  it.effect("a refusal names the limit that refused it, requests or tokens, and its value (TestClock)", () =>
+    Effect.gen(function* () {
+      const key = uniqueName("which")
+      const limits = yield* service({
+        providers: { [key]: { requestsPerMinute: 3, tokensPerMinute: 100 } },
+        maxWait: 0
+      })
+      yield* limits.acquire(key, { tokens: 80 })
+      yield* TestClock.adjust("15 seconds")
+      const tokens = yield* Effect.flip(limits.acquire(key, { tokens: 30 }))
+      assert.deepStrictEqual([tokens.reason, tokens.rateLimit, tokens.limit], ["RateLimited", "tokens", 100])
+      assert.strictEqual(Duration.toMillis(tokens.retryAfter!), 45_000)
+      assert.include(tokens.message, "100 tokens per")
+      yield* limits.acquire(key, { tokens: 10 })
+      yield* limits.acquire(key, { tokens: 10 })
+      // Both limits full: the requests' (a tie in wait) is named.
+      const requests = yield* Effect.flip(limits.acquire(key, { tokens: 10 }))
+      assert.deepStrictEqual([requests.rateLimit, requests.limit], ["requests", 3])
+      assert.strictEqual(Duration.toMillis(requests.retryAfter!), 45_000)
+    })
+  )
+
   it.effect("maxWait 0 never waits; an interrupted waiter gives its slot back", () =>
     Effect.gen(function* () {
       const key = uniqueName("zero")

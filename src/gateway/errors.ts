@@ -8,7 +8,7 @@
  * @since 0.2.0
  */
 import { Duration, Schema } from "effect"
-import { type AiError, reasonOf, type TimeoutLimit } from "../AiError.js"
+import { type AiError, RateLimitKind, reasonOf, type TimeoutLimit } from "../AiError.js"
 
 /**
  * Why the gateway refused a request.
@@ -51,9 +51,10 @@ export type BudgetScope = typeof BudgetScope.Type
 
 /**
  * A request the gateway refused, with what its answer needs: `status` (default from the
- * reason), `retryAfter` (429, 503), `param` (the request field that was wrong), and for
+ * reason), `retryAfter` (429, 503), `param` (the request field that was wrong), for
  * `BudgetExceeded` the `scope` (`key`, `team`, `model`), its id, the `unit` (`tokens` or
- * `usd`), the amount `spent` and the `limit`.
+ * `usd`), the amount `spent` and the `limit`, and for a key's `RateLimited` the `rateLimit`
+ * that refused (`requests` or `tokens` per minute) and its `limit`.
  *
  * @since 0.2.0
  * @category errors
@@ -71,6 +72,7 @@ export class GatewayError extends Schema.TaggedError<GatewayError>("effect-orche
   unit: Schema.optional(Schema.Literals(["tokens", "usd"])),
   spent: Schema.optional(Schema.Number),
   limit: Schema.optional(Schema.Number),
+  rateLimit: Schema.optional(RateLimitKind),
   cause: Schema.optional(Schema.Defect())
 }) {}
 
@@ -98,6 +100,8 @@ export interface WireError {
             readonly limit: number
           }
         | undefined
+      /** For a key's rate limit: which of its limits refused (`requests` or `tokens` per minute), and its value. */
+      readonly rate_limit?: { readonly type: RateLimitKind; readonly limit: number } | undefined
     }
   }
   /** `Retry-After` in whole seconds (at least 1), for 429 and 503. */
@@ -181,9 +185,18 @@ export const fromGatewayError = (error: GatewayError): WireError => {
     : status === 429 || status === 503
       ? (seconds(error.retryAfter) ?? 1)
       : undefined
+  const rateLimit =
+    error.reason === "RateLimited" && error.rateLimit !== undefined && error.limit !== undefined
+      ? { type: error.rateLimit, limit: error.limit }
+      : undefined
   return {
     status,
-    body: budget === undefined ? wire : { error: { ...wire.error, budget } },
+    body:
+      budget !== undefined
+        ? { error: { ...wire.error, budget } }
+        : rateLimit !== undefined
+          ? { error: { ...wire.error, rate_limit: rateLimit } }
+          : wire,
     retryAfterSeconds,
     shouldRetry: budgetRefusal ? false : undefined,
     reason: error.reason

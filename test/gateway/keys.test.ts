@@ -626,13 +626,44 @@ describe("KeyStore: budgets in memory", () => {
       const limited = yield* failure(store.reserve(alpha, "m", estimate(1, 1)))
       assert.strictEqual(limited.reason, "RateLimited")
       assert.strictEqual(limited.code, "rate_limit_exceeded")
-      assert.include(limited.message, "3 requests per minute")
+      assert.include(limited.message, "requests per min (RPM): Limit 3")
       const wire = Gateway.toWire(limited)
       assert.strictEqual(wire.status, 429)
       assert.isTrue(wire.retryAfterSeconds! >= 59 && wire.retryAfterSeconds! <= 60, String(wire.retryAfterSeconds))
       yield* TestClock.adjust("1 minute")
       yield* store.reserve(alpha, "m", estimate(1, 1))
     })
+  )
+
+  it.effect(
+    "a key's 429 names the limit that refused it (requests or tokens), its value and that window's wait (TestClock)",
+    () =>
+      Effect.gen(function* () {
+        const store = yield* memory({ keys: [key(unique("which"), secretA, { rpm: 2, tpm: 100 })] })
+        const alpha = yield* store.authenticate(Redacted.make(secretA))
+        yield* store.reserve(alpha, "m", estimate(10, 50))
+        yield* TestClock.adjust("10 seconds")
+        // 60 + 60 tokens are over the 100 of the minute; the second request of 2 would fit.
+        const tokens = yield* failure(store.reserve(alpha, "m", estimate(10, 50)))
+        assert.deepStrictEqual([tokens.reason, tokens.rateLimit, tokens.limit], ["RateLimited", "tokens", 100])
+        assert.include(tokens.message, "tokens per min (TPM): Limit 100, Requested 60")
+        const tokensWire = Gateway.toWire(tokens)
+        assert.strictEqual(tokensWire.status, 429)
+        assert.strictEqual(tokensWire.retryAfterSeconds, 50)
+        assert.deepStrictEqual(tokensWire.body.error.rate_limit, { type: "tokens", limit: 100 })
+        assert.strictEqual(tokensWire.body.error.code, "rate_limit_exceeded")
+        yield* store.reserve(alpha, "m", estimate(1, 1))
+        yield* TestClock.adjust("10 seconds")
+        // The third request of the minute, 2 tokens of the 38 left.
+        const requests = yield* failure(store.reserve(alpha, "m", estimate(1, 1)))
+        assert.deepStrictEqual([requests.reason, requests.rateLimit, requests.limit], ["RateLimited", "requests", 2])
+        assert.include(requests.message, "requests per min (RPM): Limit 2")
+        const requestsWire = Gateway.toWire(requests)
+        assert.strictEqual(requestsWire.retryAfterSeconds, 40)
+        assert.deepStrictEqual(requestsWire.body.error.rate_limit, { type: "requests", limit: 2 })
+        yield* TestClock.adjust("40 seconds")
+        yield* store.reserve(alpha, "m", estimate(10, 50))
+      })
   )
 
   it.effect("a request refused by the key's rpm holds nothing of its budgets", () =>
@@ -2405,6 +2436,48 @@ const header = (error: ApiError, name: string): string | null | undefined => {
 }
 
 describe("Keys through the gateway (official client)", () => {
+  it.live("a key's 429 says which of its limits was hit, RPM or TPM, and its value, as OpenAI's messages do", () =>
+    Effect.gen(function* () {
+      const upstream = yield* Server.make(Up.openAi(["ok"]))
+      const store = yield* memory({
+        keys: [key(unique("rpm"), secretA, { rpm: 1 }), key(unique("tpm"), secretB, { rpm: 100, tpm: 500 })]
+      })
+      const gw = yield* Harness.make({ upstreams: { a: upstream.url }, keys: store })
+      const ask = (secret: string, maxTokens: number) =>
+        Harness.call(() =>
+          gw.client(secret).chat.completions.create({
+            model: "d-a",
+            messages: [{ role: "user", content: "hi" }],
+            max_tokens: maxTokens
+          })
+        )
+      yield* ask(secretA, 10)
+      const rpm = yield* Harness.failing(() =>
+        gw.client(secretA).chat.completions.create({ model: "d-a", messages: [{ role: "user", content: "hi" }] })
+      )
+      assert.strictEqual(rpm.status, 429)
+      assert.strictEqual(rpm.type, "rate_limit_error")
+      assert.strictEqual(rpm.code, "rate_limit_exceeded")
+      assert.include(rpm.message, "requests per min (RPM): Limit 1")
+      assert.deepStrictEqual((rpm.body as { rate_limit?: unknown }).rate_limit, { type: "requests", limit: 1 })
+      const rpmWait = Number(rpm.headers?.get("retry-after"))
+      assert.isTrue(rpmWait >= 1 && rpmWait <= 60, String(rpmWait))
+
+      yield* ask(secretB, 300)
+      const tpm = yield* Harness.failing(() =>
+        gw
+          .client(secretB)
+          .chat.completions.create({ model: "d-a", messages: [{ role: "user", content: "hi" }], max_tokens: 300 })
+      )
+      assert.strictEqual(tpm.status, 429)
+      assert.include(tpm.message, "tokens per min (TPM): Limit 500")
+      assert.deepStrictEqual((tpm.body as { rate_limit?: unknown }).rate_limit, { type: "tokens", limit: 500 })
+      const tpmWait = Number(tpm.headers?.get("retry-after"))
+      assert.isTrue(tpmWait >= 1 && tpmWait <= 60, String(tpmWait))
+      assert.lengthOf(yield* upstream.requests, 2)
+    })
+  )
+
   it.live("401 for a bad key, 403 for a model not allowed, 429 with the budget body, 429 + Retry-After for rpm", () =>
     Effect.gen(function* () {
       const upstream = yield* Server.make(Up.openAi(["ok"]))

@@ -25,7 +25,8 @@
  *   `reservationTtl`), and counts once.
  * - An exceeded budget is a 429 `GatewayError` (`BudgetExceeded`) naming the scope, its
  *   id, the unit, the amount spent (with what requests in flight hold) and the limit; a
- *   limit reached is a 429 `RateLimited` with `Retry-After`.
+ *   limit reached is a 429 `RateLimited` with `Retry-After`, naming which (`rateLimit`:
+ *   `requests` or `tokens` per minute) and its `limit`.
  * - When Redis fails or is too slow (every call has a deadline, see `Redis.GuardOptions`):
  *   budgets fail closed by default (503, nothing spent unaccounted), limits fail open (the
  *   providers' own limits still apply), keys already seen stay usable from the cache.

@@ -260,7 +260,21 @@ export const make = Effect.fnUntraced(function* (
     )
   }
 
-  const limitError = (record: KeyRecord) => (error: ModelError) => {
+  const limitError = (record: KeyRecord, tokens: number) => (error: ModelError) => {
+    const retryAfter = error.retryAfter === undefined ? {} : { retryAfter: error.retryAfter }
+    if (error.rateLimit !== undefined && error.limit !== undefined) {
+      const per = error.rateLimit === "requests" ? "requests per min (RPM)" : "tokens per min (TPM)"
+      const requested = error.rateLimit === "requests" ? 1 : tokens
+      const wait =
+        error.retryAfter === undefined
+          ? ""
+          : ` Please try again in ${Math.ceil(Duration.toMillis(error.retryAfter) / 1000)}s.`
+      return gatewayError(
+        "RateLimited",
+        `Rate limit reached for key "${record.id}" on ${per}: Limit ${error.limit}, Requested ${requested}.${wait}`,
+        { code: "rate_limit_exceeded", rateLimit: error.rateLimit, limit: error.limit, ...retryAfter }
+      )
+    }
     const limitsText = [
       record.rpm === undefined ? undefined : `${record.rpm} requests`,
       record.tpm === undefined ? undefined : `${record.tpm} tokens`
@@ -271,7 +285,7 @@ export const make = Effect.fnUntraced(function* (
       error.retryAfter === undefined ? "" : `; retry after ${Math.ceil(Duration.toMillis(error.retryAfter) / 1000)} s`
     return gatewayError("RateLimited", `Rate limit reached for key "${record.id}": ${limitsText} per minute${wait}`, {
       code: "rate_limit_exceeded",
-      ...(error.retryAfter === undefined ? {} : { retryAfter: error.retryAfter })
+      ...retryAfter
     })
   }
 
@@ -279,7 +293,7 @@ export const make = Effect.fnUntraced(function* (
     record.rpm === undefined && record.tpm === undefined
       ? Effect.void
       : Effect.flatMap(limiterFor(record.rpm, record.tpm), (limiter) =>
-          Effect.mapError(limiter.acquire(`key:${record.id}`, { tokens }), limitError(record))
+          Effect.mapError(limiter.acquire(`key:${record.id}`, { tokens }), limitError(record, tokens))
         )
 
   // --- budgets ---
