@@ -17,6 +17,8 @@ interface Answer {
   readonly headers: Readonly<Record<string, string>>
   readonly body: string
   readonly json: { readonly error: Record<string, unknown> } | undefined
+  /** Whether an interim `100 Continue` came first. */
+  readonly continued: boolean
 }
 
 /**
@@ -30,7 +32,9 @@ const raw = (url: string, parts: ReadonlyArray<string>, pause = 0) =>
     socket.on("data", (data: Buffer) => void chunks.push(data))
     socket.on("error", () => {})
     socket.on("close", () => {
-      const text = Buffer.concat(chunks).toString("utf8")
+      const all = Buffer.concat(chunks).toString("utf8")
+      const continued = all.startsWith("HTTP/1.1 100 Continue\r\n\r\n")
+      const text = continued ? all.slice(25) : all
       const end = text.indexOf("\r\n\r\n")
       const [statusLine = "", ...lines] = text.slice(0, end).split("\r\n")
       const headers: Record<string, string> = {}
@@ -45,7 +49,7 @@ const raw = (url: string, parts: ReadonlyArray<string>, pause = 0) =>
       } catch {
         json = undefined
       }
-      resume(Effect.succeed({ status: Number(statusLine.split(" ")[1]), headers, body, json }))
+      resume(Effect.succeed({ status: Number(statusLine.split(" ")[1]), headers, body, json, continued }))
     })
     let i = 0
     const next = () => {
@@ -164,6 +168,22 @@ describe("Gateway: what Node's server answers on its own", () => {
       }),
     // Node's own 417 keeps the connection open: without ours, the read above waits for the test's end.
     10_000
+  )
+
+  it.live("Expect: 100-continue is still honoured: the body is asked for and the request answered", () =>
+    Effect.gen(function* () {
+      const upstream = yield* Server.make(Up.openAi(["ok"]))
+      const gw = yield* Harness.make({ upstreams: { a: upstream.url } })
+      const body = JSON.stringify({ model: "d-a", messages: [{ role: "user", content: "hi" }] })
+      const answer = yield* raw(
+        gw.url,
+        [`${head}Expect: 100-continue\r\nConnection: close\r\nContent-Length: ${body.length}\r\n\r\n`, body],
+        100
+      )
+      assert.isTrue(answer.continued)
+      assert.strictEqual(answer.status, 200, answer.body)
+      assert.strictEqual(JSON.parse(answer.body).choices[0].message.content, "ok")
+    })
   )
 
   it.live("a client that resets its connection mid-head is dropped unanswered, and the gateway goes on serving", () =>
