@@ -374,7 +374,8 @@ export const agentLatency = Metric.histogram("orchestra_agent_duration_ms", {
  * `other`) and `status` (the HTTP status code). The admin routes (`gateway/admin`, a layer of
  * their own beside the gateway) are counted in {@link gatewayAdminRequests}. Under
  * `Gateway.serve`, the requests its Node server refuses before any route (408, 400, 413, 417,
- * 431) are `other`, and counted in {@link gatewayErrors} (`InvalidRequest`, `TooLarge`).
+ * 431) are `other`, and counted in {@link gatewayErrors} (`InvalidRequest`, `TooLarge`); one
+ * whose body came too late had reached its route, which counts it as a client that left (499).
  *
  * @since 0.2.0
  * @category gateway

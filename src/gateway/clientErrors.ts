@@ -55,10 +55,9 @@ const invalid = (code: string, reason: unknown): Answer =>
     )
   )
 
-// Node answers a parse error unless the response in flight on the socket has sent its head (a
-// second status line would corrupt it): the same test, on the socket's response as Node reads it.
-const headSent = (socket: Duplex): boolean =>
-  (socket as Duplex & { readonly _httpMessage?: ServerResponse | null })._httpMessage?.headersSent === true
+// The response of the request in flight on the socket (one a route is answering), as Node itself reads it.
+const inFlight = (socket: Duplex): ServerResponse | null | undefined =>
+  (socket as Duplex & { readonly _httpMessage?: ServerResponse | null })._httpMessage
 
 /**
  * Answers on `server` what Node would answer itself. `metrics` is read at each refusal: the
@@ -103,13 +102,21 @@ export const install = (server: Server, limits: Limits, metrics: () => GatewayMe
   // With a listener, Node neither answers nor destroys the socket: both are ours now.
   server.on("clientError", (error: ClientError, socket: Duplex) => {
     const code = error.code ?? ""
-    // A connection reset or broken pipe (any error not of the request itself) has no one to answer.
-    if (!socket.writable || headSent(socket) || (code !== "ERR_HTTP_REQUEST_TIMEOUT" && !code.startsWith("HPE_"))) {
+    const response = inFlight(socket)
+    // A connection reset or broken pipe (any error not of the request itself) has no one to answer; nor
+    // has a response whose head is sent (a second status line would corrupt it), as Node decides too.
+    if (
+      !socket.writable ||
+      response?.headersSent === true ||
+      (code !== "ERR_HTTP_REQUEST_TIMEOUT" && !code.startsWith("HPE_"))
+    ) {
       socket.destroy()
       return
     }
     const answer = answers[code] ?? invalid(code, error.reason)
-    metrics()?.refused(answer.status, answer.reason)
+    // A request a route is answering (its body late) is counted by that route, which sees its connection
+    // close (499): counted here too, it would be counted twice.
+    if (response == null) metrics()?.refused(answer.status, answer.reason)
     // Destroyed once flushed, as Node's own answer is, so that a client that keeps its side open holds nothing.
     socket.end(answer.raw, () => socket.destroy())
   })
