@@ -1679,6 +1679,28 @@ describe.skipIf(skipRedis)(`KeyStore on Redis (${skipRedis ? skipReason : "needs
     )
   )
 
+  it.live("a key's 429 on Redis names the limit that refused it, requests or tokens, and its value", () =>
+    Effect.scoped(
+      Effect.gen(function* () {
+        const server = yield* startRedis
+        const { store } = yield* onRedis(server, { prefix: `${unique("which")}:` })
+        const requests = yield* store.create({ id: "r", rpm: 1, tpm: 1000 })
+        const r = yield* store.authenticate(requests.secret)
+        yield* store.reserve(r, "m", estimate(1, 1))
+        const byRequests = yield* failure(store.reserve(r, "m", estimate(1, 1)))
+        assert.deepStrictEqual([byRequests.rateLimit, byRequests.limit], ["requests", 1])
+        assert.include(byRequests.message, "requests per min (RPM): Limit 1")
+        const tokens = yield* store.create({ id: "t", rpm: 100, tpm: 100 })
+        const t = yield* store.authenticate(tokens.secret)
+        yield* store.reserve(t, "m", estimate(10, 50))
+        const byTokens = yield* failure(store.reserve(t, "m", estimate(10, 50)))
+        assert.deepStrictEqual([byTokens.rateLimit, byTokens.limit], ["tokens", 100])
+        const wait = Gateway.toWire(byTokens).retryAfterSeconds!
+        assert.isTrue(wait >= 1 && wait <= 60, String(wait))
+      })
+    )
+  )
+
   it.live("Redis killed: budgets fail closed at once (503), limits open, keys seen stay usable, unknown keys 503", () =>
     Effect.scoped(
       Effect.gen(function* () {
