@@ -10,22 +10,14 @@
  *
  * @since 0.1.0
  */
-import { createHash } from "node:crypto"
 import { Context, Effect, Layer, Option, Result, Schema } from "effect"
 import type { ModelError } from "./AiError.js"
 import * as Input from "./Input.js"
-import {
-  type GenerateRequest,
-  GenerateResponse,
-  type Message,
-  type ResponseFormat,
-  StreamPart,
-  type ToolCall,
-  type ToolDefinition,
-  toMessages
-} from "./Model.js"
+import { type GenerateRequest, GenerateResponse, StreamPart } from "./Model.js"
 import type { StoreError } from "./Redis.js"
+import * as Checks from "./ResponseCache/checks.js"
 import * as Internal from "./ResponseCache/internal.js"
+import { keyOf } from "./ResponseCache/key.js"
 
 /**
  * Where `getOrCompute` found its answer: a fresh entry (`hit`), a computation of its own
@@ -166,53 +158,6 @@ export interface Service {
  */
 export class ResponseCache extends Context.Service<ResponseCache, Service>()("effect-orchestra/ResponseCache") {}
 
-// Free-form JSON (a tool's parameters, a response schema): object keys sorted, so their order does not
-// count. No prototype: a `__proto__` key (JSON.parse makes one) stays a key instead of vanishing.
-const sortedJson = (value: unknown, own = true): unknown => {
-  if (typeof value !== "object" || value === null) return value
-  // What JSON.stringify sends for it (a Date's ISO text), as it does: once, not again on what it gives.
-  // Read by its keys, every Date keyed alike.
-  if (own && typeof (value as { readonly toJSON?: unknown }).toJSON === "function") {
-    return sortedJson((value as { readonly toJSON: () => unknown }).toJSON(), false)
-  }
-  if (Array.isArray(value)) return value.map((item) => sortedJson(item))
-  const out: Record<string, unknown> = Object.create(null)
-  for (const k of Object.keys(value).sort()) out[k] = sortedJson((value as Record<string, unknown>)[k])
-  return out
-}
-
-// A signature goes back to the provider with its call (Gemini's thought signature) and may change the answer. A call
-// without one keys as it did before signatures existed, so entries kept then still answer.
-const callForm = (c: ToolCall): unknown =>
-  c.signature === undefined ? [c.id, c.name, c.arguments] : [c.id, c.name, c.arguments, c.signature]
-
-const messageForm = (m: Message): unknown => [
-  m.role,
-  m.content,
-  m.toolCallId ?? null,
-  m.toolCalls === undefined || m.toolCalls.length === 0 ? null : m.toolCalls.map(callForm)
-]
-
-// `strict: false` is every provider's default, so it is the same tool as no `strict`.
-const toolForm = (t: ToolDefinition): unknown => [
-  t.name,
-  t.description ?? null,
-  t.parameters === undefined ? null : sortedJson(t.parameters),
-  t.strict === true
-]
-
-// Stop sequences are a set: generation stops where any of them first occurs, in whatever order they are given.
-const stopForm = (stop: ReadonlyArray<string> | undefined): unknown => {
-  if (stop === undefined || stop.length === 0) return null
-  return stop.length === 1 ? stop : Array.from(new Set(stop)).sort()
-}
-
-const formatForm = (format: ResponseFormat | undefined): unknown => {
-  if (format === undefined || format.type === "text") return null
-  if (format.type === "json_object") return format.type
-  return [format.type, format.name, sortedJson(format.schema), format.strict === true]
-}
-
 const keyFields: ReadonlyArray<string> = ["provider", "request"]
 
 /**
@@ -269,28 +214,6 @@ export const key = (input: { readonly provider: string; readonly request: Genera
       cause: thrown
     })
   }
-}
-
-const keyOf = (provider: string, r: GenerateRequest): string => {
-  const tools = r.tools === undefined || r.tools.length === 0 ? undefined : r.tools
-  const choice = r.toolChoice === undefined || (r.toolChoice === "auto" && tools !== undefined) ? null : r.toolChoice
-  const form = [
-    "v3",
-    provider,
-    toMessages(r).map(messageForm),
-    r.model ?? null,
-    r.maxTokens ?? null,
-    r.temperature ?? null,
-    r.topP ?? null,
-    stopForm(r.stop),
-    r.seed ?? null,
-    tools === undefined ? null : tools.map(toolForm),
-    choice === null || typeof choice === "string" ? choice : [choice.name],
-    formatForm(r.responseFormat),
-    // Last and only when set, so that the keys of every other request stay what they were.
-    ...(r.parallelToolCalls === false && tools !== undefined ? [false] : [])
-  ]
-  return createHash("sha256").update(JSON.stringify(form)).digest("hex")
 }
 
 /**
@@ -566,5 +489,5 @@ export const makeMemory = Effect.fnUntraced(function* (options: MemoryOptions = 
         table.remove(Internal.partsKey(key))
       })
   }
-  return ResponseCache.of(Internal.checked(service))
+  return ResponseCache.of(Checks.checked(service))
 })

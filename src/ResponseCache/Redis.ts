@@ -23,6 +23,7 @@ import * as Metrics from "../Metrics.js"
 import type { GenerateResponse } from "../Model.js"
 import * as SharedRedis from "../Redis.js"
 import * as ResponseCache from "../ResponseCache.js"
+import * as Checks from "./checks.js"
 import * as Internal from "./internal.js"
 
 /**
@@ -355,7 +356,7 @@ export const make = Effect.fnUntraced(function* (options: Options = {}) {
         return underWay.length === 0 ? remove : Effect.andThen(supersede(underWay), remove)
       })
   }
-  return ResponseCache.ResponseCache.of(Internal.checked(service))
+  return ResponseCache.ResponseCache.of(Checks.checked(service))
 })
 
 /**

@@ -7,18 +7,21 @@
  * - Redis backend: the table holds running computations and, briefly, their answers while
  *   the Redis write is under way, so a caller arriving meanwhile finds it instead of missing.
  *
+ * And the steps of `getOrCompute` both backends share: storing an answer (`storeWith`),
+ * stale-if-error (`answerOrStale`), counting lookups. Input checks are in `checks.ts`, the
+ * canonical form of a key in `key.ts`.
+ *
  * @internal
  */
-import { Cache, Duration, Effect, Exit, Fiber, type Metric, MutableHashMap, Option, Schema, type Scope } from "effect"
+import { Cache, Duration, Effect, Exit, Fiber, type Metric, MutableHashMap, Option, type Scope } from "effect"
 import type { ModelError } from "../AiError.js"
-import { thrownIssue } from "../executor/options.js"
-import * as Input from "../Input.js"
 import * as Metrics from "../Metrics.js"
-import * as Counters from "../stats/counters.js"
-import { type GenerateRequest, GenerateResponse, StreamPart } from "../Model.js"
-import type { Computed, GetOrComputeOptions, Origin, Service } from "../ResponseCache.js"
+import type { GenerateResponse, StreamPart } from "../Model.js"
 import { userEffect } from "../policy/callback.js"
 import { isTraced } from "../policy/span.js"
+import type { Computed, GetOrComputeOptions, Origin } from "../ResponseCache.js"
+import * as Counters from "../stats/counters.js"
+import * as Checks from "./checks.js"
 
 /**
  * A cached value: a whole answer or the parts of a completed stream.
@@ -336,16 +339,6 @@ export const computed = (
 export const responseOf = (response: GenerateResponse, origin: Origin | undefined): Cached =>
   origin === undefined ? { _tag: "Response", response } : { _tag: "Response", response, origin }
 
-/**
- * The request a call's cache key is made of: a request naming no model keys as one naming the
- * provider's default model, the model that answers it, so a provider redeployed with another
- * default does not answer from the old model's entries. Copied only when it names none.
- *
- * @internal
- */
-export const keyedRequest = (request: GenerateRequest, defaultModel: string): GenerateRequest =>
-  request.model === undefined ? { ...request, model: defaultModel } : request
-
 /** @internal */
 export const responseKey = (key: string): string => `r:${key}`
 /** @internal */
@@ -372,146 +365,13 @@ export const storedOf = (
  */
 export const keepable = (finishReason: GenerateResponse["finishReason"]): boolean => finishReason !== "error"
 
-const callKeys: ReadonlySet<string> = new Set(["allowStale", "bound", "originOf", "keep"])
-const callFlags: ReadonlyArray<string> = ["allowStale"]
-const callKinds = [
-  ["bound", "function"],
-  ["originOf", "function"],
-  ["keep", "function"]
-] as const
-
-/**
- * The issue of a `getOrCompute` call's arguments, or `undefined`: a key that is not a string, a
- * computation that is not an Effect, options that are not an object, a key they do not take (a
- * misspelt `alowStale` left stale-if-error off), a value of the wrong kind. The options are read
- * only when given, with no allocation: every cached call goes through this.
- *
- * @internal
- */
-export const callIssue = (key: unknown, compute: unknown, options: unknown): Input.Issue | undefined => {
-  if (typeof key !== "string") return { path: "key", message: `expected a string, got ${Input.shown(key)}` }
-  if (!Effect.isEffect(compute)) return { path: "compute", message: `expected an Effect, got ${Input.shown(compute)}` }
-  if (options === undefined) return undefined
-  try {
-    return (
-      Input.notAnObject("options", options) ??
-      Input.unknownKey(options as object, callKeys) ??
-      Input.notABoolean(options as object, callFlags) ??
-      Input.notOfKind(options as object, callKinds)
-    )
-  } catch (thrown) {
-    return thrownIssue(options, thrown)
-  }
-}
-
-const notAKey = (path: string, key: unknown): Input.Issue => ({
-  path,
-  message: `expected a string, got ${Input.shown(key)}`
-})
-
-const isAnswer = Schema.is(GenerateResponse)
-const isPart = Schema.is(StreamPart)
-const entryKeys: ReadonlySet<string> = new Set(["key", "value"])
-
-const keysIssue = (keys: unknown): Input.Issue | undefined => {
-  if (!Array.isArray(keys)) return { path: "keys", message: `expected an array of strings, got ${Input.shown(keys)}` }
-  for (let i = 0; i < keys.length; i++) {
-    if (typeof keys[i] !== "string") return notAKey(`keys[${i}]`, keys[i])
-  }
-  return undefined
-}
-
-const entriesIssue = (entries: unknown): Input.Issue | undefined => {
-  if (!Array.isArray(entries)) {
-    return { path: "entries", message: `expected an array of { key, value }, got ${Input.shown(entries)}` }
-  }
-  for (let i = 0; i < entries.length; i++) {
-    const entry: unknown = entries[i]
-    const at = `entries[${i}]`
-    const issue = Input.notAnObject(at, entry) ?? Input.unknownKey(entry as object, entryKeys, `${at}.`)
-    if (issue !== undefined) return issue
-    const { key, value } = entry as { readonly key: unknown; readonly value: unknown }
-    if (typeof key !== "string") return notAKey(`${at}.key`, key)
-    if (!isAnswer(value)) return { path: `${at}.value`, message: `expected an answer, got ${Input.shown(value)}` }
-  }
-  return undefined
-}
-
-const partsIssue = (parts: unknown): Input.Issue | undefined => {
-  if (!Array.isArray(parts))
-    return { path: "parts", message: `expected an array of stream parts, got ${Input.shown(parts)}` }
-  for (let i = 0; i < parts.length; i++) {
-    if (!isPart(parts[i]))
-      return { path: `parts[${i}]`, message: `expected a stream part, got ${Input.shown(parts[i])}` }
-  }
-  return undefined
-}
-
-// A getter (or a `Proxy` trap) that throws while the input is checked is the issue of `path`.
-const issueOf = (path: string, input: unknown, check: (input: unknown) => Input.Issue | undefined) => {
-  try {
-    return check(input)
-  } catch (thrown) {
-    return { path, message: `reading it threw: ${Input.thrownMessage(thrown)}`, cause: thrown }
-  }
-}
-
-const refuse = (issue: Input.Issue): Effect.Effect<never, ModelError> => Effect.fail(Input.toInvalidRequest(issue))
-
-/**
- * A backend's service with its inputs checked: what is not a key, an answer or stream parts,
- * and options `getOrCompute` does not take (see {@link callIssue}), fail the call with an
- * `InvalidRequest` naming the field before the backend sees them (a `setMany` with one bad entry
- * stores none).
- *
- * @internal
- */
-export const checked = (service: Service): Service => ({
-  ...service,
-  getOrCompute: (key, compute, options) => {
-    const issue = callIssue(key, compute, options)
-    return issue === undefined ? service.getOrCompute(key, compute, options) : refuse(issue)
-  },
-  getMany: (keys) => {
-    const issue = issueOf("keys", keys, keysIssue)
-    return issue === undefined ? service.getMany(keys) : refuse(issue)
-  },
-  setMany: (entries) => {
-    const issue = issueOf("entries", entries, entriesIssue)
-    return issue === undefined ? service.setMany(entries) : refuse(issue)
-  },
-  getParts: (key) => (typeof key === "string" ? service.getParts(key) : refuse(notAKey("key", key))),
-  setParts: (key, parts) => {
-    const issue = typeof key === "string" ? issueOf("parts", parts, partsIssue) : notAKey("key", key)
-    return issue === undefined ? service.setParts(key, parts) : refuse(issue)
-  },
-  invalidate: (key) => (typeof key === "string" ? service.invalidate(key) : refuse(notAKey("key", key)))
-})
-
-// The refusals of a caller's `keep` and `originOf`: the call's own mistake, never answered stale.
-const refusals = new WeakSet<object>()
-
-const refusal = (path: "keep" | "originOf", message: string, cause?: unknown): ModelError => {
-  const error = Input.toInvalidRequest(cause === undefined ? { path, message } : { path, message, cause })
-  refusals.add(error)
-  return error
-}
-
-const threw = (path: "keep" | "originOf", thrown: unknown): ModelError =>
-  refusal(path, `the ${path} option threw: ${Input.thrownMessage(thrown)}`, thrown)
-
-const isOrigin = (u: unknown): boolean =>
-  typeof u === "object" &&
-  u !== null &&
-  typeof (u as Origin).provider === "string" &&
-  (!("domain" in u) || typeof (u as Origin).domain === "string")
-
 /**
  * How `getOrCompute` stores an answer its computation produced: with who produced it (the
  * caller's `originOf`), kept if it may be ({@link keepable}) and the caller's `keep` does not
  * refuse it. A `keep` or `originOf` that throws, or answers what it may not (`keep: () => 0`
  * meant "do not keep"; an origin that is not one cannot be stored), fails the computation with
- * an `InvalidRequest` naming it, as a step's `prepare` that throws does; it is not answered stale.
+ * an `InvalidRequest` naming it (`Checks.threw`, `Checks.originRefusal`, `Checks.keepRefusal`),
+ * as a step's `prepare` that throws does; it is not answered stale.
  *
  * @internal
  */
@@ -524,23 +384,19 @@ export const storeWith = (
   let keep: unknown
   try {
     origin = options.originOf?.(value)
-    if (origin !== undefined && !isOrigin(origin)) {
-      return Effect.fail(
-        refusal("originOf", `expected it to answer { provider, domain? } or undefined, got ${Input.shown(origin)}`)
-      )
-    }
+    const refused = Checks.originRefusal(origin)
+    if (refused !== undefined) return Effect.fail(refused)
   } catch (thrown) {
-    return Effect.fail(threw("originOf", thrown))
+    return Effect.fail(Checks.threw("originOf", thrown))
   }
   if (keepable(value.finishReason)) {
     try {
       keep = options.keep?.(value)
     } catch (thrown) {
-      return Effect.fail(threw("keep", thrown))
+      return Effect.fail(Checks.threw("keep", thrown))
     }
-    if (keep !== undefined && typeof keep !== "boolean") {
-      return Effect.fail(refusal("keep", `expected it to answer true or false, got ${Input.shown(keep)}`))
-    }
+    const refused = Checks.keepRefusal(keep)
+    if (refused !== undefined) return Effect.fail(refused)
   } else keep = false
   return store(origin as Origin | undefined, keep !== false)
 }
@@ -567,7 +423,7 @@ export const answerOrStale = <E>(
       return options.allowStale === true &&
         stale !== undefined &&
         stale.value._tag === "Response" &&
-        !refusals.has(error as object)
+        !Checks.isRefusal(error)
         ? Effect.as(bump(counters.stale, 1), computed(stale, "stale"))
         : Effect.andThen(bump(counters[failedAs()], 1), Effect.fail(error))
     }

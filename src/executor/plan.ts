@@ -14,7 +14,7 @@ import {
   type GenerateResponse,
   type Service as ProviderService
 } from "../Model.js"
-import { keyedRequest } from "../ResponseCache/internal.js"
+import { keyedRequest } from "../ResponseCache/key.js"
 
 /**
  * The plan of one call of a provider.

@@ -10,7 +10,7 @@ import { type AiError, invalidRequest, isAiError, ModelError } from "../AiError.
 import * as Input from "../Input.js"
 import type { GenerateRequest, Service as ProviderService, StreamPart } from "../Model.js"
 import { decodeRetry, type RetryPolicy, type RetryPolicyInput } from "../Policy.js"
-import { keyedRequest } from "../ResponseCache/internal.js"
+import { keyedRequest } from "../ResponseCache/key.js"
 import { labelIssue } from "../stats/labels.js"
 import type { RetryEvent, Step } from "./plan.js"
 import { defaultInstruction, type ResumeOptions } from "./stream-resume.js"

@@ -20,7 +20,7 @@ import {
   type Service as ProviderService
 } from "../Model.js"
 import type { StreamStep } from "../policy/stream-plan.js"
-import { keyedRequest } from "../ResponseCache/internal.js"
+import { keyedRequest } from "../ResponseCache/key.js"
 import type { CallOptions, PlanOptions, Routed } from "../Router.js"
 import type { Service as StatsService } from "../Stats.js"
 
