@@ -16,6 +16,7 @@ import {
   Scope
 } from "effect"
 import { Redis as PersistenceRedis } from "effect/persistence"
+import { TestClock } from "effect/testing"
 import { type AiError, modelError } from "../src/AiError.js"
 import * as Metrics from "../src/Metrics.js"
 import type { GenerateResponse, StreamPart } from "../src/Model.js"
@@ -610,6 +611,29 @@ describe.skipIf(skipRedis)(`ResponseCache.Redis (${skipRedis ? skipReason : "nee
         })
       })
     )
+  )
+
+  it.effect(
+    "stale-if-error through Redis answers within the grace only: a refresh failing after it fails its caller",
+    () =>
+      Effect.scoped(
+        Effect.gen(function* () {
+          const server = yield* startRedis
+          const cache = yield* build(server, { ttl: "10 seconds", staleFor: "5 seconds" })
+          yield* cache.setMany([{ key: "k", value: response("old") }])
+          yield* TestClock.adjust("12 seconds")
+          const started = yield* Deferred.make<void>()
+          // Found within its grace (3 seconds left), the entry's grace ends while the provider is asked.
+          const slow = Deferred.succeed(started, undefined).pipe(
+            Effect.andThen(Effect.sleep("5 seconds")),
+            Effect.andThen(Effect.fail(modelError("Overloaded", "down")))
+          )
+          const caller = yield* Effect.forkChild(Effect.flip(cache.getOrCompute("k", slow, { allowStale: true })))
+          yield* Deferred.await(started)
+          yield* TestClock.adjust("5 seconds")
+          assert.strictEqual((yield* Fiber.join(caller)).reason, "Overloaded")
+        })
+      )
   )
 
   it.live("keep false: the answer reaches its caller but is neither kept in the process nor written", () =>

@@ -401,6 +401,31 @@ describe("ResponseCache (memory)", () => {
     })
   )
 
+  it.effect(
+    "stale-if-error answers within the grace only: a refresh failing after the grace ended fails its callers",
+    () =>
+      Effect.gen(function* () {
+        const cache = yield* makeCache({ ttl: "10 seconds", staleFor: "5 seconds" })
+        yield* cache.setMany([{ key: "k", value: response("old") }])
+        yield* TestClock.adjust("12 seconds")
+        // The refresh starts 3 seconds before the grace ends and fails 2 seconds after it.
+        const slow = yield* scripted({ fail: true, latency: "5 seconds" })
+        const leader = yield* Effect.forkChild(
+          Effect.flip(cache.getOrCompute("k", slow.call("k"), { allowStale: true }))
+        )
+        yield* TestClock.adjust("1 second")
+        const joined = yield* Effect.forkChild(
+          Effect.flip(cache.getOrCompute("k", slow.call("k"), { allowStale: true }))
+        )
+        yield* TestClock.adjust("4 seconds")
+        const reason = (error: AiError) => (error._tag === "ModelError" ? error.reason : error._tag)
+        assert.strictEqual(reason(yield* Fiber.join(leader)), "Overloaded", "not an answer 2 s past its grace")
+        assert.strictEqual(reason(yield* Fiber.join(joined)), "Overloaded")
+        assert.strictEqual(yield* slow.calls, 1)
+        assert.deepStrictEqual(yield* lookups(cache.name), { hit: 0, miss: 1, stale: 0, shared: 1 })
+      })
+  )
+
   it.effect("stale-if-error reaches callers that joined the refresh; a successful refresh replaces the entry", () =>
     Effect.gen(function* () {
       const cache = yield* makeCache({ ttl: "10 seconds", staleFor: "1 minute" })

@@ -405,7 +405,8 @@ export const storeWith = (
  * How both backends end a `getOrCompute` that did not hit at once: `wait` (the lookups, the
  * computation the caller runs or joins) under the caller's `bound`, its answer counted by
  * source; a failure answered from the stale entry (`staleOf`, read once `wait` has failed)
- * with `allowStale`, else counted as `failedAs` and passed on.
+ * with `allowStale` while that entry is still within its grace, else counted as `failedAs`
+ * and passed on.
  *
  * @internal
  */
@@ -420,11 +421,21 @@ export const answerOrStale = <E>(
     onSuccess: (found) => Effect.as(bump(counters[found.source], 1), found),
     onFailure: (error) => {
       const stale = staleOf()
-      return options.allowStale === true &&
-        stale !== undefined &&
-        stale.value._tag === "Response" &&
-        !Checks.isRefusal(error)
-        ? Effect.as(bump(counters.stale, 1), computed(stale, "stale"))
-        : Effect.andThen(bump(counters[failedAs()], 1), Effect.fail(error))
+      const failed = Effect.andThen(bump(counters[failedAs()], 1), Effect.fail(error))
+      if (
+        options.allowStale !== true ||
+        stale === undefined ||
+        stale.value._tag !== "Response" ||
+        Checks.isRefusal(error)
+      ) {
+        return failed
+      }
+      // The entry was within its grace when the lookup found it; a computation (or a bound) that
+      // failed after the grace ended must not answer with it.
+      return Effect.clockWith((clock) =>
+        clock.currentTimeMillisUnsafe() < stale.staleUntil
+          ? Effect.as(bump(counters.stale, 1), computed(stale, "stale"))
+          : failed
+      )
     }
   })
