@@ -636,6 +636,36 @@ describe.skipIf(skipRedis)(`ResponseCache.Redis (${skipRedis ? skipReason : "nee
       )
   )
 
+  it.live("single-flight holds for an entry past its ttl: callers that all read it from Redis make one call", () =>
+    Effect.scoped(
+      Effect.gen(function* () {
+        const server = yield* startRedis
+        const cache = yield* build(server, { ttl: "300 millis", staleFor: "1 minute" })
+        yield* cache.setMany([{ key: "k", value: response("old") }])
+        yield* Effect.sleep("400 millis")
+        const calls = yield* Ref.make(0)
+        const gate = yield* Deferred.make<void>()
+        const refresh = Effect.andThen(
+          Ref.update(calls, (n) => n + 1),
+          Effect.as(Deferred.await(gate), response("new"))
+        )
+        const callers = yield* Effect.forkChild(
+          Effect.all(
+            Array.from({ length: 5 }, () => cache.getOrCompute("k", refresh, { allowStale: true })),
+            { concurrency: "unbounded" }
+          )
+        )
+        // Every caller has read the stale entry from Redis and started or joined the refresh.
+        yield* Effect.sleep("200 millis")
+        yield* Deferred.succeed(gate, undefined)
+        const results = yield* Fiber.join(callers)
+        assert.strictEqual(yield* Ref.get(calls), 1, "a caller's refresh took the running one out of the table")
+        assert.deepStrictEqual(results.map((r) => r.source).sort(), ["miss", "shared", "shared", "shared", "shared"])
+        assert.isTrue(results.every((r) => r.value.text === "new"))
+      })
+    )
+  )
+
   it.live("keep false: the answer reaches its caller but is neither kept in the process nor written", () =>
     Effect.scoped(
       Effect.gen(function* () {

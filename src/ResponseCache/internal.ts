@@ -66,7 +66,9 @@ export interface Table {
   /**
    * Joins the computation of `key`, or starts `compute`. `refreshing`: the stale entry this
    * computation replaces, put back if it fails or its answer is not kept (so later callers
-   * within its grace still find it) and offered to callers that join meanwhile.
+   * within its grace still find it) and offered to callers that join meanwhile; ignored when the
+   * table has since started a computation of `key` or put another answer under it (joined, or
+   * answered with, as without it).
    */
   readonly run: <E>(
     key: string,
@@ -203,12 +205,23 @@ export const makeTable = Effect.fnUntraced(function* (capacity: number, maxBytes
     if (Option.isSome(entry) && entry.value.fiber.pollUnsafe() === undefined) takenOut.add(entry.value.fiber)
   }
 
+  // Whether the table holds, under `key`, a computation running or an answer other than `stale`: one
+  // put there since the caller found `stale` (the Redis backend reads it, a wait), which a refresh
+  // must join or answer with instead of taking it out (every caller made its own provider call).
+  const supersededSince = (key: string, stale: Stored): boolean => {
+    const entry = MutableHashMap.get(cache.map, key)
+    if (Option.isNone(entry)) return false
+    const exit = entry.value.fiber.pollUnsafe()
+    return exit === undefined || (Exit.isSuccess(exit) && exit.value !== stale)
+  }
+
   const run = <E>(
     key: string,
     compute: Effect.Effect<Stored, E>,
-    stale?: Stored
+    found?: Stored
   ): Effect.Effect<{ readonly stored: Stored; readonly leader: boolean }, E> =>
     Effect.suspend(() => {
+      const stale = found === undefined || supersededSince(key, found) ? undefined : found
       // Whoever's computation the lookup runs led the flight; the others joined it.
       let leader = false
       const started = Effect.suspend(() => {
