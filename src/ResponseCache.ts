@@ -129,7 +129,9 @@ export interface Service {
    * Every method below fails with an `InvalidRequest` `ModelError` naming the field, before the
    * store is used, for a key that is not a string (`keys[1]`, `entries[0].key`, `key`), a value
    * that is not an answer (`entries[0].value`) or parts that are not stream parts (`parts[2]`),
-   * and an entry with a field it does not take (`entries[0].ttl`); a `setMany` so refused stores none.
+   * a usage count that is not a finite number (`entries[0].value.usage.inputTokens`,
+   * `parts[3].usage.totalTokens`), and an entry with a field it does not take (`entries[0].ttl`);
+   * a `setMany` so refused stores none.
    */
   readonly getMany: (
     keys: ReadonlyArray<string>

@@ -974,6 +974,38 @@ describe("ResponseCache: inputs", () => {
       })
   )
 
+  it.effect("setMany and setParts refuse a usage count that is not a finite number, naming it", () =>
+    Effect.gen(function* () {
+      // JSON writes NaN and Infinity as null: Redis stored such an answer and never read it back
+      // (every lookup a miss counted as a Redis error), while memory kept it.
+      const cache = yield* makeCache()
+      const usage = response("a").usage
+      const cases: ReadonlyArray<readonly [Effect.Effect<unknown, unknown>, string]> = [
+        [
+          cache.setMany([{ key: "a", value: { ...response("a"), usage: { ...usage, inputTokens: Number.NaN } } }]),
+          "entries[0].value.usage.inputTokens"
+        ],
+        [
+          cache.setMany([
+            { key: "a", value: response("a") },
+            { key: "b", value: { ...response("b"), usage: { ...usage, totalTokens: Number.POSITIVE_INFINITY } } }
+          ]),
+          "entries[1].value.usage.totalTokens"
+        ],
+        [
+          cache.setParts("k", [
+            { _tag: "TextDelta", text: "x" },
+            { ...finishPart, usage: { ...finishPart.usage, outputTokens: Number.NaN } } as StreamPart
+          ]),
+          "parts[1].usage.outputTokens"
+        ]
+      ]
+      for (const [call, field] of cases) assert.strictEqual((yield* refusal(call)).field, field)
+      assert.deepStrictEqual(yield* cache.getMany(["a", "b"]), [Option.none(), Option.none()])
+      assert.deepStrictEqual(yield* cache.getParts("k"), Option.none())
+    })
+  )
+
   it.effect(
     "a bound that returns no Effect is the caller's defect, naming bound (as the executor's callbacks are)",
     () =>

@@ -55,6 +55,20 @@ const isAnswer = Schema.is(GenerateResponse)
 const isPart = Schema.is(StreamPart)
 const entryKeys: ReadonlySet<string> = new Set(["key", "value"])
 
+const usageFields = ["inputTokens", "outputTokens", "totalTokens"] as const
+
+// The schema's numbers take NaN and the infinities, which JSON writes as null: Redis stored such
+// an answer and never read it back (every lookup a miss counted as a Redis error).
+const usageIssue = (at: string, usage: GenerateResponse["usage"]): Input.Issue | undefined => {
+  for (const field of usageFields) {
+    const count = usage[field]
+    if (!Number.isFinite(count)) {
+      return { path: `${at}.usage.${field}`, message: `expected a finite number, got ${Input.shown(count)}` }
+    }
+  }
+  return undefined
+}
+
 const keysIssue = (keys: unknown): Input.Issue | undefined => {
   if (!Array.isArray(keys)) return { path: "keys", message: `expected an array of strings, got ${Input.shown(keys)}` }
   for (let i = 0; i < keys.length; i++) {
@@ -75,6 +89,8 @@ const entriesIssue = (entries: unknown): Input.Issue | undefined => {
     const { key, value } = entry as { readonly key: unknown; readonly value: unknown }
     if (typeof key !== "string") return notAKey(`${at}.key`, key)
     if (!isAnswer(value)) return { path: `${at}.value`, message: `expected an answer, got ${Input.shown(value)}` }
+    const usage = usageIssue(`${at}.value`, value.usage)
+    if (usage !== undefined) return usage
   }
   return undefined
 }
@@ -83,8 +99,12 @@ const partsIssue = (parts: unknown): Input.Issue | undefined => {
   if (!Array.isArray(parts))
     return { path: "parts", message: `expected an array of stream parts, got ${Input.shown(parts)}` }
   for (let i = 0; i < parts.length; i++) {
-    if (!isPart(parts[i]))
-      return { path: `parts[${i}]`, message: `expected a stream part, got ${Input.shown(parts[i])}` }
+    const part: unknown = parts[i]
+    if (!isPart(part)) return { path: `parts[${i}]`, message: `expected a stream part, got ${Input.shown(part)}` }
+    if (part._tag === "Finish") {
+      const usage = usageIssue(`parts[${i}]`, part.usage)
+      if (usage !== undefined) return usage
+    }
   }
   return undefined
 }
