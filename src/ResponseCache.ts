@@ -16,8 +16,9 @@ import * as Input from "./Input.js"
 import { type GenerateRequest, GenerateResponse, StreamPart } from "./Model.js"
 import type { StoreError } from "./Redis.js"
 import * as Checks from "./ResponseCache/checks.js"
-import * as Internal from "./ResponseCache/internal.js"
 import { keyOf } from "./ResponseCache/key.js"
+import * as Lookup from "./ResponseCache/lookup.js"
+import * as Table from "./ResponseCache/table.js"
 
 /**
  * Where `getOrCompute` found its answer: a fresh entry (`hit`), a computation of its own
@@ -341,7 +342,7 @@ export const isComplete = (parts: ReadonlyArray<StreamPart>): boolean =>
 export const isStorable = (parts: ReadonlyArray<StreamPart>): boolean => {
   if (!isComplete(parts)) return false
   const finish = parts[parts.length - 1]!
-  return finish._tag === "Finish" && Internal.keepable(finish.finishReason)
+  return finish._tag === "Finish" && Lookup.keepable(finish.finishReason)
 }
 
 /**
@@ -368,20 +369,20 @@ export const makeMemory = Effect.fnUntraced(function* (options: MemoryOptions = 
   const maxBytes = yield* Input.orOptionError(
     Input.optional(options.maxBytes, (input) => Input.positiveInt("maxBytes", input))
   )
-  const table = yield* Internal.makeTable(capacity, maxBytes)
+  const table = yield* Table.makeTable(capacity, maxBytes)
   yield* Effect.addFinalizer(() => table.interruptAll)
-  const counters = yield* Internal.lookupCounters(config.name)
+  const counters = yield* Lookup.lookupCounters(config.name)
 
-  const answer = (stored: Internal.Stored): GenerateResponse =>
+  const answer = (stored: Table.Stored): GenerateResponse =>
     stored.value._tag === "Response" ? stored.value.response : (undefined as never)
 
-  // An answer not kept (`Internal.keeps`: finished in error, or refused by `keep`) reaches the
+  // An answer not kept (`Lookup.keepable`: finished in error, or refused by `keep`) reaches the
   // flight's callers, but the table drops it at once (keepFor 0).
   const storeAnswer = (value: GenerateResponse, origin: Origin | undefined, keep: boolean) =>
     Effect.clockWith((clock) =>
       Effect.succeed(
-        Internal.storedOf(
-          Internal.responseOf(value, origin),
+        Table.storedOf(
+          Lookup.responseOf(value, origin),
           clock.currentTimeMillisUnsafe(),
           config.ttl,
           config.staleFor,
@@ -393,19 +394,19 @@ export const makeMemory = Effect.fnUntraced(function* (options: MemoryOptions = 
   const compute = <E>(
     k: string,
     effect: Effect.Effect<GenerateResponse, E | ModelError>,
-    found: Internal.Peeked,
+    found: Table.Peeked,
     options: GetOrComputeOptions<E>
   ): Effect.Effect<Computed, E | ModelError> => {
     const stale = found._tag === "Running" ? table.refreshingOf(k) : found._tag === "Done" ? found.stored : undefined
     const run = table.run(
       k,
       Effect.flatMap(effect, (value) =>
-        Internal.storeWith(value, options, (origin, keep) => storeAnswer(value, origin, keep))
+        Lookup.storeWith(value, options, (origin, keep) => storeAnswer(value, origin, keep))
       ),
       found._tag === "Done" ? stale : undefined
     )
-    return Internal.answerOrStale(
-      Effect.map(run, ({ leader, stored }) => Internal.computed(stored, leader ? "miss" : "shared")),
+    return Lookup.answerOrStale(
+      Effect.map(run, ({ leader, stored }) => Lookup.computed(stored, leader ? "miss" : "shared")),
       options,
       counters,
       () => stale,
@@ -414,22 +415,22 @@ export const makeMemory = Effect.fnUntraced(function* (options: MemoryOptions = 
   }
 
   const getOrCompute: Service["getOrCompute"] = (key, effect, options) =>
-    Internal.traced(
+    Lookup.traced(
       "ResponseCache.getOrCompute",
       Effect.clockWith((clock) => {
-        const k = Internal.responseKey(key)
+        const k = Table.responseKey(key)
         const now = clock.currentTimeMillisUnsafe()
         const found = table.peek(k, now)
         if (found._tag === "Done" && now < found.stored.freshUntil) {
           table.touch(k)
-          return Effect.as(Internal.bump(counters.hit, 1), Internal.computed(found.stored, "hit"))
+          return Effect.as(Lookup.bump(counters.hit, 1), Lookup.computed(found.stored, "hit"))
         }
         return compute(k, effect, found, options ?? {})
       })
     )
 
   // A fresh entry, marked as just used (a replay or a batch hit is a use as much as a getOrCompute hit).
-  const fresh = (k: string, now: number): Option.Option<Internal.Stored> => {
+  const fresh = (k: string, now: number): Option.Option<Table.Stored> => {
     const found = table.peek(k, now)
     if (found._tag !== "Done" || now >= found.stored.freshUntil) return Option.none()
     table.touch(k)
@@ -445,12 +446,12 @@ export const makeMemory = Effect.fnUntraced(function* (options: MemoryOptions = 
       // the old generation, which keeps what it reaches through young collections.
       Effect.clockWith((clock) => {
         const now = clock.currentTimeMillisUnsafe()
-        const found = keys.map((k) => Option.map(fresh(Internal.responseKey(k), now), answer))
+        const found = keys.map((k) => Option.map(fresh(Table.responseKey(k), now), answer))
         const hits = found.filter(Option.isSome).length
         return Effect.as(
           Effect.andThen(
-            hits > 0 ? Internal.bump(counters.hit, hits) : Effect.void,
-            hits < keys.length ? Internal.bump(counters.miss, keys.length - hits) : Effect.void
+            hits > 0 ? Lookup.bump(counters.hit, hits) : Effect.void,
+            hits < keys.length ? Lookup.bump(counters.miss, keys.length - hits) : Effect.void
           ),
           found
         )
@@ -459,20 +460,20 @@ export const makeMemory = Effect.fnUntraced(function* (options: MemoryOptions = 
       Effect.clockWith((clock) => {
         const now = clock.currentTimeMillisUnsafe()
         return Effect.forEach(
-          entries.filter(({ value }) => Internal.keepable(value.finishReason)),
+          entries.filter(({ value }) => Lookup.keepable(value.finishReason)),
           ({ key: k, value }) =>
             table.put(
-              Internal.responseKey(k),
-              Internal.storedOf({ _tag: "Response", response: value }, now, config.ttl, config.staleFor)
+              Table.responseKey(k),
+              Table.storedOf({ _tag: "Response", response: value }, now, config.ttl, config.staleFor)
             ),
           { discard: true }
         )
       }),
     getParts: (key) =>
       Effect.clockWith((clock) => {
-        const found = fresh(Internal.partsKey(key), clock.currentTimeMillisUnsafe())
+        const found = fresh(Table.partsKey(key), clock.currentTimeMillisUnsafe())
         return Effect.as(
-          Internal.bump(Option.isSome(found) ? counters.hit : counters.miss, 1),
+          Lookup.bump(Option.isSome(found) ? counters.hit : counters.miss, 1),
           Option.flatMap(found, (s) => (s.value._tag === "Stream" ? Option.some(s.value.parts) : Option.none()))
         )
       }),
@@ -480,15 +481,15 @@ export const makeMemory = Effect.fnUntraced(function* (options: MemoryOptions = 
       isStorable(parts)
         ? Effect.clockWith((clock) =>
             table.put(
-              Internal.partsKey(key),
-              Internal.storedOf({ _tag: "Stream", parts }, clock.currentTimeMillisUnsafe(), config.ttl, config.staleFor)
+              Table.partsKey(key),
+              Table.storedOf({ _tag: "Stream", parts }, clock.currentTimeMillisUnsafe(), config.ttl, config.staleFor)
             )
           )
         : Effect.void,
     invalidate: (key) =>
       Effect.sync(() => {
-        table.remove(Internal.responseKey(key))
-        table.remove(Internal.partsKey(key))
+        table.remove(Table.responseKey(key))
+        table.remove(Table.partsKey(key))
       })
   }
   return ResponseCache.of(Checks.checked(service))

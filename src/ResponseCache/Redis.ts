@@ -24,7 +24,8 @@ import type { GenerateResponse } from "../Model.js"
 import * as SharedRedis from "../Redis.js"
 import * as ResponseCache from "../ResponseCache.js"
 import * as Checks from "./checks.js"
-import * as Internal from "./internal.js"
+import * as Lookup from "./lookup.js"
+import * as Table from "./table.js"
 
 /**
  * @since 0.1.0
@@ -52,9 +53,9 @@ export interface Options extends ResponseCache.Options {
 }
 
 // What a getOrCompute caller found on its way: whether it joined a computation, and an answer past its ttl.
-interface Lookup {
+interface Found {
   joining: boolean
-  stale: Internal.Stored | undefined
+  stale: Table.Stored | undefined
 }
 
 const encode = Schema.encodeSync(ResponseCache.StoredEntry)
@@ -87,9 +88,9 @@ export const make = Effect.fnUntraced(function* (options: Options = {}) {
   // Answers computed here stay in the process table while their write may be under way: at
   // most 1,000 and 16 values of the largest size written (1,000 of them were up to ~1 GB).
   const retain = Math.max(1000, 2 * Duration.toMillis(guardSettings.timeout))
-  const table = yield* Internal.makeTable(1000, 16 * maxValueBytes)
+  const table = yield* Table.makeTable(1000, 16 * maxValueBytes)
   yield* Effect.addFinalizer(() => table.interruptAll)
-  const counters = yield* Internal.lookupCounters(config.name)
+  const counters = yield* Lookup.lookupCounters(config.name)
   const oversized = yield* Counters.scoped(Metrics.cacheOversized as Metric.Metric<number, unknown>, {
     cache: config.name
   })
@@ -109,14 +110,14 @@ export const make = Effect.fnUntraced(function* (options: Options = {}) {
   const read = (
     keys: ReadonlyArray<string>,
     now: number,
-    tag: Internal.Stored["value"]["_tag"]
-  ): Effect.Effect<ReadonlyArray<Option.Option<Internal.Stored>>> => {
+    tag: Table.Stored["value"]["_tag"]
+  ): Effect.Effect<ReadonlyArray<Option.Option<Table.Stored>>> => {
     const [first, ...rest] = keys
     if (first === undefined) return Effect.succeed([])
     return guard.call("MGET", store.getMany([first, ...rest])).pipe(
       Effect.flatMap((values) => {
         let corrupt = 0
-        const found = values.map((value): Option.Option<Internal.Stored> => {
+        const found = values.map((value): Option.Option<Table.Stored> => {
           if (value === undefined) return Option.none()
           const decoded = decode(value)
           if (Exit.isFailure(decoded) || decoded.value.value._tag !== tag) {
@@ -128,11 +129,11 @@ export const make = Effect.fnUntraced(function* (options: Options = {}) {
         })
         return corrupt === 0 ? Effect.succeed(found) : Effect.as(Metric.update(errors, corrupt), found)
       }),
-      Effect.orElseSucceed(() => keys.map(() => Option.none<Internal.Stored>()))
+      Effect.orElseSucceed(() => keys.map(() => Option.none<Table.Stored>()))
     )
   }
 
-  const write = (entries: ReadonlyArray<readonly [string, Internal.Stored]>, now: number): Effect.Effect<void> => {
+  const write = (entries: ReadonlyArray<readonly [string, Table.Stored]>, now: number): Effect.Effect<void> => {
     let tooLarge = 0
     const encoded = entries.flatMap(([k, stored]) => {
       if (stored.staleUntil <= now) return []
@@ -143,7 +144,7 @@ export const make = Effect.fnUntraced(function* (options: Options = {}) {
       }
       return [[k, value, Duration.millis(stored.staleUntil - now)] as const]
     })
-    const counted = tooLarge === 0 ? Effect.void : Internal.bump(oversized, tooLarge)
+    const counted = tooLarge === 0 ? Effect.void : Lookup.bump(oversized, tooLarge)
     const [first, ...rest] = encoded
     if (first === undefined) return counted
     return Effect.andThen(counted, Effect.ignore(guard.call("SET", store.setMany([first, ...rest]))))
@@ -157,7 +158,7 @@ export const make = Effect.fnUntraced(function* (options: Options = {}) {
 
   // Writes `stored` to Redis in the background: the caller goes on at once (and keeps the
   // value in the process table meanwhile, so callers arriving during the write find it).
-  const writeBehind = (k: string, stored: Internal.Stored, at: number): Effect.Effect<Internal.Stored> =>
+  const writeBehind = (k: string, stored: Table.Stored, at: number): Effect.Effect<Table.Stored> =>
     Effect.map(Effect.forkIn(write([[k, stored]], at), writes), (fiber) => {
       writing.set(k, fiber)
       pending.add(fiber)
@@ -180,27 +181,27 @@ export const make = Effect.fnUntraced(function* (options: Options = {}) {
     options: ResponseCache.GetOrComputeOptions<E>
   ) =>
     Effect.flatMap(compute, (response) =>
-      Internal.storeWith(response, options, (origin, keep) =>
+      Lookup.storeWith(response, options, (origin, keep) =>
         Effect.flatMap(now, (at) => {
-          const value = Internal.responseOf(response, origin)
+          const value = Lookup.responseOf(response, origin)
           // An answer that finished in error (or that `keep` refuses) reaches the flight's callers,
           // and is neither kept nor written.
-          const notKept = Effect.succeed(Internal.storedOf(value, at, config.ttl, config.staleFor, 0))
+          const notKept = Effect.succeed(Table.storedOf(value, at, config.ttl, config.staleFor, 0))
           if (!keep) return notKept
           // An `invalidate` or a `setMany` of the key while it was computed: written now, the answer
           // came back after the one or replaced the value of the other (the memory cache drops it).
           return Effect.flatMap(table.takenOut, (taken) =>
-            taken ? notKept : writeBehind(k, Internal.storedOf(value, at, config.ttl, config.staleFor, retain), at)
+            taken ? notKept : writeBehind(k, Table.storedOf(value, at, config.ttl, config.staleFor, retain), at)
           )
         })
       )
     )
 
-  const answer = (stored: Internal.Stored): GenerateResponse =>
+  const answer = (stored: Table.Stored): GenerateResponse =>
     stored.value._tag === "Response" ? stored.value.response : (undefined as never)
 
   // An entry this process computed and keeps while its write may be under way, while it is fresh.
-  const local = (k: string, at: number): Internal.Stored | undefined => {
+  const local = (k: string, at: number): Table.Stored | undefined => {
     const found = table.peek(k, at)
     if (found._tag !== "Done" || at >= found.stored.freshUntil) return undefined
     table.touch(k)
@@ -212,13 +213,13 @@ export const make = Effect.fnUntraced(function* (options: Options = {}) {
     k: string,
     compute: Effect.Effect<GenerateResponse, E | ModelError>,
     options: ResponseCache.GetOrComputeOptions<E>,
-    lookup: Lookup
+    lookup: Found
   ) {
     const at = yield* now
     const kept = local(k, at)
     // An answer this process computed and keeps while its write may be under way: a hit
     // (no computation is joined), as the same answer read back from Redis would be.
-    if (kept !== undefined) return Internal.computed(kept, "hit")
+    if (kept !== undefined) return Lookup.computed(kept, "hit")
     const running = table.peek(k, at)
     if (running._tag === "Running") {
       lookup.joining = true
@@ -229,7 +230,7 @@ export const make = Effect.fnUntraced(function* (options: Options = {}) {
       if (running._tag === "Done") table.remove(k)
       const [found = Option.none()] = yield* read([k], at, "Response")
       if (Option.isSome(found)) {
-        if (at < found.value.freshUntil) return Internal.computed(found.value, "hit")
+        if (at < found.value.freshUntil) return Lookup.computed(found.value, "hit")
         lookup.stale = found.value
       }
     }
@@ -238,7 +239,7 @@ export const make = Effect.fnUntraced(function* (options: Options = {}) {
       computeAndWrite(k, compute, options),
       lookup.joining ? undefined : lookup.stale
     )
-    return Internal.computed(stored, leader ? "miss" : "shared")
+    return Lookup.computed(stored, leader ? "miss" : "shared")
   })
 
   const untraced = <E>(
@@ -247,9 +248,9 @@ export const make = Effect.fnUntraced(function* (options: Options = {}) {
     options: ResponseCache.GetOrComputeOptions<E>
   ): Effect.Effect<ResponseCache.Computed, E | ModelError> =>
     Effect.suspend(() => {
-      const k = Internal.responseKey(key)
-      const lookup: Lookup = { joining: false, stale: undefined }
-      return Internal.answerOrStale(
+      const k = Table.responseKey(key)
+      const lookup: Found = { joining: false, stale: undefined }
+      return Lookup.answerOrStale(
         wait(k, compute, options, lookup),
         options,
         counters,
@@ -259,15 +260,15 @@ export const make = Effect.fnUntraced(function* (options: Options = {}) {
     })
 
   const getOrCompute: ResponseCache.Service["getOrCompute"] = (key, compute, options) =>
-    Internal.traced("ResponseCache.getOrCompute", untraced(key, compute, options ?? {}))
+    Lookup.traced("ResponseCache.getOrCompute", untraced(key, compute, options ?? {}))
 
-  const fresh = (found: Option.Option<Internal.Stored>, at: number) => Option.filter(found, (s) => at < s.freshUntil)
+  const fresh = (found: Option.Option<Table.Stored>, at: number) => Option.filter(found, (s) => at < s.freshUntil)
 
   const getMany = Effect.fnUntraced(function* (keys: ReadonlyArray<string>) {
     const at = yield* now
     // Answers this process keeps while their write may be under way first, as getOrCompute
     // finds them: read from Redis alone, they missed (and waited on a slow Redis for it).
-    const ks = keys.map(Internal.responseKey)
+    const ks = keys.map(Table.responseKey)
     const kept = ks.map((k) => local(k, at))
     const missing = ks.filter((_, i) => kept[i] === undefined)
     const remote = missing.length === 0 ? [] : yield* read(missing, at, "Response")
@@ -276,19 +277,19 @@ export const make = Effect.fnUntraced(function* (options: Options = {}) {
       stored !== undefined ? Option.some(answer(stored)) : Option.map(fresh(remote[next++]!, at), answer)
     )
     const hits = found.filter(Option.isSome).length
-    if (hits > 0) yield* Internal.bump(counters.hit, hits)
-    if (hits < keys.length) yield* Internal.bump(counters.miss, keys.length - hits)
+    if (hits > 0) yield* Lookup.bump(counters.hit, hits)
+    if (hits < keys.length) yield* Lookup.bump(counters.miss, keys.length - hits)
     return found
   })
 
   const getParts = Effect.fnUntraced(function* (key: string) {
     const at = yield* now
-    const k = Internal.partsKey(key)
+    const k = Table.partsKey(key)
     const kept = local(k, at)
     const found =
       kept !== undefined ? Option.some(kept) : fresh((yield* read([k], at, "Stream"))[0] ?? Option.none(), at)
     const parts = Option.flatMap(found, (s) => (s.value._tag === "Stream" ? Option.some(s.value.parts) : Option.none()))
-    yield* Internal.bump(Option.isSome(parts) ? counters.hit : counters.miss, 1)
+    yield* Lookup.bump(Option.isSome(parts) ? counters.hit : counters.miss, 1)
     return parts
   })
 
@@ -300,11 +301,11 @@ export const make = Effect.fnUntraced(function* (options: Options = {}) {
     setMany: (entries) =>
       Effect.flatMap(now, (at) => {
         const written = entries.flatMap(({ key, value }) =>
-          Internal.keepable(value.finishReason)
+          Lookup.keepable(value.finishReason)
             ? [
                 [
-                  Internal.responseKey(key),
-                  Internal.storedOf({ _tag: "Response", response: value }, at, config.ttl, config.staleFor)
+                  Table.responseKey(key),
+                  Table.storedOf({ _tag: "Response", response: value }, at, config.ttl, config.staleFor)
                 ] as const
               ]
             : []
@@ -327,17 +328,17 @@ export const make = Effect.fnUntraced(function* (options: Options = {}) {
         ? Effect.flatMap(now, (at) =>
             Effect.flatMap(
               writeBehind(
-                Internal.partsKey(key),
-                Internal.storedOf({ _tag: "Stream", parts }, at, config.ttl, config.staleFor, retain),
+                Table.partsKey(key),
+                Table.storedOf({ _tag: "Stream", parts }, at, config.ttl, config.staleFor, retain),
                 at
               ),
-              (stored) => table.put(Internal.partsKey(key), stored)
+              (stored) => table.put(Table.partsKey(key), stored)
             )
           )
         : Effect.void,
     invalidate: (key) =>
       Effect.suspend(() => {
-        const keys = [Internal.responseKey(key), Internal.partsKey(key)]
+        const keys = [Table.responseKey(key), Table.partsKey(key)]
         for (const k of keys) table.remove(k)
         const underWay = keys.flatMap((k) => {
           const fiber = writing.get(k)

@@ -7,21 +7,11 @@
  * - Redis backend: the table holds running computations and, briefly, their answers while
  *   the Redis write is under way, so a caller arriving meanwhile finds it instead of missing.
  *
- * And the steps of `getOrCompute` both backends share: storing an answer (`storeWith`),
- * stale-if-error (`answerOrStale`), counting lookups. Input checks are in `checks.ts`, the
- * canonical form of a key in `key.ts`.
- *
  * @internal
  */
-import { Cache, Duration, Effect, Exit, Fiber, type Metric, MutableHashMap, Option, type Scope } from "effect"
-import type { ModelError } from "../AiError.js"
-import * as Metrics from "../Metrics.js"
+import { Cache, Duration, Effect, Exit, Fiber, MutableHashMap, Option } from "effect"
 import type { GenerateResponse, StreamPart } from "../Model.js"
-import { userEffect } from "../policy/callback.js"
-import { isTraced } from "../policy/span.js"
-import type { Computed, GetOrComputeOptions, Origin } from "../ResponseCache.js"
-import * as Counters from "../stats/counters.js"
-import * as Checks from "./checks.js"
+import type { Origin } from "../ResponseCache.js"
 
 /**
  * A cached value: a whole answer or the parts of a completed stream.
@@ -44,9 +34,6 @@ export interface Stored {
   /** How long the table keeps the entry from when it is put in. */
   readonly keepFor: number
 }
-
-/** @internal */
-export type Source = "hit" | "miss" | "stale" | "shared"
 
 /** @internal */
 export type Peeked =
@@ -300,58 +287,6 @@ export const makeTable = Effect.fnUntraced(function* (capacity: number, maxBytes
   } satisfies Table
 })
 
-/**
- * The lookup counters of one cache, by outcome.
- *
- * @internal
- */
-export const lookupCounters = (
-  cache: string
-): Effect.Effect<Readonly<Record<Source, Counters.Counter>>, never, Scope.Scope> => {
-  const counter = (outcome: Source) =>
-    Counters.scoped(Metrics.cacheLookups as Metric.Metric<number, unknown>, { cache, outcome })
-  return Effect.all({ hit: counter("hit"), miss: counter("miss"), stale: counter("stale"), shared: counter("shared") })
-}
-
-/**
- * Counts `n` lookups on `counter`.
- *
- * @internal
- */
-export const bump = (counter: Counters.Counter, n: number): Effect.Effect<void> => Effect.sync(() => counter.add(n))
-
-/**
- * `effect` within a span named `name` when the caller is traced; as is otherwise (a span
- * costs several times a cache hit, so untraced callers do not pay for one).
- *
- * @internal
- */
-export const traced = <A, E, R>(name: string, effect: Effect.Effect<A, E, R>): Effect.Effect<A, E, R> =>
-  Effect.withFiber((fiber) => (isTraced(fiber) ? Effect.withSpan(effect, name) : effect))
-
-/**
- * An answer as `getOrCompute` hands it over: `origin` only when the entry has one.
- *
- * @internal
- */
-export const computed = (
-  stored: Stored,
-  source: Source
-): { readonly value: GenerateResponse; readonly source: Source; readonly origin?: Origin } => {
-  const cached = stored.value as Extract<Cached, { readonly _tag: "Response" }>
-  return cached.origin === undefined
-    ? { value: cached.response, source }
-    : { value: cached.response, source, origin: cached.origin }
-}
-
-/**
- * An answer to keep, with who produced it when that is not the request its key names.
- *
- * @internal
- */
-export const responseOf = (response: GenerateResponse, origin: Origin | undefined): Cached =>
-  origin === undefined ? { _tag: "Response", response } : { _tag: "Response", response, origin }
-
 /** @internal */
 export const responseKey = (key: string): string => `r:${key}`
 /** @internal */
@@ -369,86 +304,3 @@ export const storedOf = (
   staleFor: number,
   keepFor = ttl + staleFor
 ): Stored => ({ value, freshUntil: now + ttl, staleUntil: now + ttl + staleFor, keepFor })
-
-/**
- * Whether an answer may be kept: not one that finished in error (`finishReason: "error"`,
- * such as Gemini's malformed function call), which the next call may well not repeat.
- *
- * @internal
- */
-export const keepable = (finishReason: GenerateResponse["finishReason"]): boolean => finishReason !== "error"
-
-/**
- * How `getOrCompute` stores an answer its computation produced: with who produced it (the
- * caller's `originOf`), kept if it may be ({@link keepable}) and the caller's `keep` does not
- * refuse it. A `keep` or `originOf` that throws, or answers what it may not (`keep: () => 0`
- * meant "do not keep"; an origin that is not one cannot be stored), fails the computation with
- * an `InvalidRequest` naming it (`Checks.threw`, `Checks.originRefusal`, `Checks.keepRefusal`),
- * as a step's `prepare` that throws does; it is not answered stale.
- *
- * @internal
- */
-export const storeWith = (
-  value: GenerateResponse,
-  options: Pick<GetOrComputeOptions<never>, "originOf" | "keep">,
-  store: (origin: Origin | undefined, keep: boolean) => Effect.Effect<Stored>
-): Effect.Effect<Stored, ModelError> => {
-  let origin: unknown
-  let keep: unknown
-  try {
-    origin = options.originOf?.(value)
-    const refused = Checks.originRefusal(origin)
-    if (refused !== undefined) return Effect.fail(refused)
-  } catch (thrown) {
-    return Effect.fail(Checks.threw("originOf", thrown))
-  }
-  if (keepable(value.finishReason)) {
-    try {
-      keep = options.keep?.(value)
-    } catch (thrown) {
-      return Effect.fail(Checks.threw("keep", thrown))
-    }
-    const refused = Checks.keepRefusal(keep)
-    if (refused !== undefined) return Effect.fail(refused)
-  } else keep = false
-  return store(origin as Origin | undefined, keep !== false)
-}
-
-/**
- * How both backends end a `getOrCompute` that did not hit at once: `wait` (the lookups, the
- * computation the caller runs or joins) under the caller's `bound`, its answer counted by
- * source; a failure answered from the stale entry (`staleOf`, read once `wait` has failed)
- * with `allowStale` while that entry is still within its grace, else counted as `failedAs`
- * and passed on.
- *
- * @internal
- */
-export const answerOrStale = <E>(
-  wait: Effect.Effect<Computed, E | ModelError>,
-  options: GetOrComputeOptions<E>,
-  counters: Readonly<Record<Source, Counters.Counter>>,
-  staleOf: () => Stored | undefined,
-  failedAs: () => Source
-): Effect.Effect<Computed, E | ModelError> =>
-  Effect.matchEffect(options.bound === undefined ? wait : userEffect("bound", () => options.bound!(wait)), {
-    onSuccess: (found) => Effect.as(bump(counters[found.source], 1), found),
-    onFailure: (error) => {
-      const stale = staleOf()
-      const failed = Effect.andThen(bump(counters[failedAs()], 1), Effect.fail(error))
-      if (
-        options.allowStale !== true ||
-        stale === undefined ||
-        stale.value._tag !== "Response" ||
-        Checks.isRefusal(error)
-      ) {
-        return failed
-      }
-      // The entry was within its grace when the lookup found it; a computation (or a bound) that
-      // failed after the grace ended must not answer with it.
-      return Effect.clockWith((clock) =>
-        clock.currentTimeMillisUnsafe() < stale.staleUntil
-          ? Effect.as(bump(counters.stale, 1), computed(stale, "stale"))
-          : failed
-      )
-    }
-  })
