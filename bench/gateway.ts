@@ -24,6 +24,10 @@
  * the gateway left out (`BENCH_GATEWAY=http|bare|mock20|mock|nokeys|full` for the gateway role),
  * and over `NodeHttpClient.layerUndici` instead of `UndiciHttpClient` (`BENCH_CLIENT=effect-undici`;
  * also `node` or `fetch`).
+ *
+ * The gateway role turns V8's allocation-site pretenuring off as `orchestra serve` does
+ * (`Gateway.disableAllocationSitePretenuring`); `BENCH_PRETENURING=on` leaves V8's default, to
+ * compare.
  */
 import { type ChildProcess, spawn } from "node:child_process"
 import { readFileSync } from "node:fs"
@@ -125,6 +129,7 @@ const gateway = async (upstreamPort: number) => {
   const OpenAiCompat = await import("../src/Model/OpenAiCompat.js")
   const KeyStore = await import("../src/gateway/keys/KeyStore.js")
   const Mock = await import("../src/Model/Mock.js")
+  if (process.env.BENCH_PRETENURING !== "on") Effect.runSync(Gateway.disableAllocationSitePretenuring)
   const manager = Orchestra.layer({
     providers: {
       up:

@@ -408,6 +408,8 @@ export const run = Effect.fnUntraced(function* (args: Args) {
     Layer.provide(Layer.merge(manager(checked, shared).pipe(under("policies")), keys)),
     Layer.provide(redis)
   ) as unknown as Layer.Layer<Gateway.Gateway | HttpServer.HttpServer, unknown>
+  // This process is the gateway's: young collections must not fall into promoting every request.
+  yield* Gateway.disableAllocationSitePretenuring
   yield* Effect.scoped(
     Effect.gen(function* () {
       const context = yield* Layer.build(app).pipe(
