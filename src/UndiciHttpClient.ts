@@ -24,7 +24,21 @@
  * @since 0.3.0
  */
 import { NodeHttpClient, NodeStream } from "@effect/platform-node"
-import { Array as Arr, Cause, Effect, Inspectable, Layer, Option, Pipeable, type Schema, Scope, Stream } from "effect"
+import {
+  Array as Arr,
+  Cause,
+  Context,
+  Effect,
+  Inspectable,
+  Layer,
+  Option,
+  Pipeable,
+  References,
+  type Schema,
+  Scope,
+  Stream,
+  Tracer
+} from "effect"
 import {
   Cookies,
   Headers,
@@ -84,18 +98,19 @@ class Exchange implements Undici.Dispatcher.DispatchHandler, EventListenerObject
   /** A wake-up of the readers is queued. */
   scheduled = false
 
-  readonly signal: AbortSignal
+  /** The signal of `HttpClient.make`'s path; none on the scoped path, where the scope's finalizer aborts. */
+  readonly signal: AbortSignal | undefined
   /** The request's body when it is a Node stream, released if the request fails. */
   readonly body: Readable | undefined
 
-  constructor(signal: AbortSignal, body: Readable | undefined, onHead: (error: Error | undefined) => void) {
+  constructor(signal: AbortSignal | undefined, body: Readable | undefined, onHead: (error: Error | undefined) => void) {
     this.signal = signal
     this.body = body
     this.onHead = onHead
   }
 
   handleEvent(): void {
-    this.abort(this.signal.reason instanceof globalThis.Error ? this.signal.reason : interrupted)
+    this.abort(this.signal?.reason instanceof globalThis.Error ? this.signal.reason : interrupted)
   }
 
   abort(reason: Error): void {
@@ -137,13 +152,13 @@ class Exchange implements Undici.Dispatcher.DispatchHandler, EventListenerObject
 
   onResponseEnd(): void {
     this.ended = true
-    this.signal.removeEventListener("abort", this)
+    this.signal?.removeEventListener("abort", this)
     this.notify()
   }
 
   onResponseError(_controller: Undici.Dispatcher.DispatchController, error: Error): void {
     this.error = error
-    this.signal.removeEventListener("abort", this)
+    this.signal?.removeEventListener("abort", this)
     if (this.body !== undefined) release(this.body)
     const onHead = this.onHead
     this.onHead = undefined
@@ -174,6 +189,7 @@ class Exchange implements Undici.Dispatcher.DispatchHandler, EventListenerObject
 }
 
 const interrupted = new globalThis.Error("The request was interrupted")
+const scopeClosed = new globalThis.Error("The request's scope was closed")
 const released = new globalThis.Error("The response body was released before it was read")
 
 /**
@@ -425,7 +441,98 @@ const convertBody = (
 }
 
 /**
+ * A request's link to the scope it belongs to (`HttpClient.withScope`) on the scoped path:
+ * closing the scope aborts its exchange, with a reason made once.
+ */
+class ScopeLink {
+  exchange: Exchange | undefined = undefined
+  closed = false
+  readonly close = Effect.sync(() => {
+    this.closed = true
+    this.exchange?.abort(scopeClosed)
+  })
+}
+
+/**
+ * `HttpClient.withScope`'s reference, read by its key: a request under it takes the scoped path.
+ * The key is effect's own; `test/UndiciHttpClient.test.ts` checks that both paths see it.
+ */
+const RequestScope = Context.Reference<Scope.Scope | undefined>("effect/http/HttpClient/RequestScope", {
+  defaultValue: () => undefined
+})
+
+/**
+ * Sends `request` through undici. The answer comes as soon as its head has; `signal` (the
+ * `HttpClient.make` path) or `link` (the scoped path) gives it up when it fires.
+ */
+const send = (
+  dispatcher: Undici.Dispatcher,
+  FormData: typeof Undici.FormData,
+  request: HttpClientRequest.HttpClientRequest,
+  url: URL,
+  options: Partial<Undici.Dispatcher.RequestOptions>,
+  signal: AbortSignal | undefined,
+  link: ScopeLink | undefined
+): Effect.Effect<HttpClientResponse.HttpClientResponse, HttpClientError.HttpClientError> => {
+  if (request.headers.upgrade !== undefined) {
+    return Effect.fail(
+      transportError(request, undefined, "this client does not upgrade connections: use NodeHttpClient.layerUndici")
+    )
+  }
+  return Effect.flatMap(convertBody(request, FormData), ({ body, headers }) =>
+    Effect.callback<HttpClientResponse.HttpClientResponse, HttpClientError.HttpClientError>((resume) => {
+      const stream = isReadable(body) ? body : undefined
+      if (signal?.aborted === true || link?.closed === true) {
+        // Its scope closed before it was sent: dispatched, it would wait for a connection
+        // (a pooled one, or a new one however long connecting takes), then close it.
+        if (stream !== undefined) release(stream)
+        resume(Effect.fail(transportError(request, signal === undefined ? scopeClosed : signal.reason)))
+        return
+      }
+      const exchange = new Exchange(signal, stream, (error) => {
+        if (error !== undefined) resume(Effect.fail(transportError(request, error)))
+        else resume(Effect.succeed(new UndiciResponse(request, url.href.split("#")[0]!, exchange)))
+      })
+      signal?.addEventListener("abort", exchange)
+      if (link !== undefined) link.exchange = exchange
+      try {
+        dispatcher.dispatch(
+          {
+            // Deadlines are the caller's (Effect.timeout and the like), unless the
+            // UndiciOptions in context give undici's own.
+            headersTimeout: 60 * 60 * 1000,
+            bodyTimeout: 0,
+            ...options,
+            method: request.method,
+            headers: headers as Record<string, string>,
+            origin: url.origin,
+            path: url.pathname + url.search,
+            body: body as never
+          },
+          exchange
+        )
+      } catch (cause) {
+        signal?.removeEventListener("abort", exchange)
+        if (stream !== undefined) release(stream)
+        resume(Effect.fail(transportError(request, cause)))
+      }
+      return Effect.sync(() => exchange.abort(interrupted))
+    })
+  )
+}
+
+/**
  * An `HttpClient` over the undici `Dispatcher` in context (`NodeHttpClient.Dispatcher`).
+ *
+ * A request under `HttpClient.withScope` (as every provider's of this library is), untraced and
+ * with no query string, takes a scoped path: its scope's finalizer gives the exchange up, with
+ * no `AbortController` (effect's `HttpClient.make` makes one a request and aborts it as the
+ * scope closes, which makes a `DOMException` with its stack: ~2.4 KB a request kept through
+ * young collections, `docs/benchmarks/gateway.md`). Any other request goes through
+ * `HttpClient.make` (tracing, URL parameters and their redaction, an unread answer given up when
+ * collected). On the scoped path `HttpClient.followRedirects` does not give a discarded
+ * redirect's answer up at once: its scope does as it closes (an answer under 64 KiB is read
+ * whole anyway, which frees its connection).
  *
  * @since 0.3.0
  * @category constructors
@@ -433,52 +540,40 @@ const convertBody = (
 export const make: Effect.Effect<HttpClient.HttpClient, never, NodeHttpClient.Dispatcher> = Effect.gen(function* () {
   const dispatcher = yield* NodeHttpClient.Dispatcher
   const undici = yield* Effect.promise(() => import("undici"))
-  return HttpClient.make((request, url, signal, fiber) => {
-    if (request.headers.upgrade !== undefined) {
-      return Effect.fail(
-        transportError(request, undefined, "this client does not upgrade connections: use NodeHttpClient.layerUndici")
+  const general = HttpClient.make((request, url, signal, fiber) =>
+    send(dispatcher, undici.FormData, request, url, fiber.getRef(NodeHttpClient.UndiciOptions), signal, undefined)
+  )
+  const scoped = (request: HttpClientRequest.HttpClientRequest) =>
+    Effect.withFiber<HttpClientResponse.HttpClientResponse, HttpClientError.HttpClientError>((fiber) => {
+      const scope = fiber.getRef(RequestScope)
+      if (
+        scope === undefined ||
+        request.urlParams.params.length > 0 ||
+        Option.isSome(request.hash) ||
+        request.url.includes("?") ||
+        (fiber.getRef(References.TracerEnabled) &&
+          !fiber.getRef(Tracer.DisablePropagation) &&
+          !fiber.getRef(HttpClient.TracerDisabledWhen)(request))
+      ) {
+        return general.postprocess(Effect.succeed(request))
+      }
+      let url: URL
+      try {
+        url = new URL(request.url)
+      } catch {
+        // effect's own error for it (InvalidUrlError).
+        return general.postprocess(Effect.succeed(request))
+      }
+      const link = new ScopeLink()
+      // Registered before the dispatch, so that a scope already closed gives the request up first.
+      return Effect.flatMap(Scope.addFinalizer(scope, link.close), () =>
+        send(dispatcher, undici.FormData, request, url, fiber.getRef(NodeHttpClient.UndiciOptions), undefined, link)
       )
-    }
-    return Effect.flatMap(convertBody(request, undici.FormData), ({ body, headers }) =>
-      Effect.callback<HttpClientResponse.HttpClientResponse, HttpClientError.HttpClientError>((resume) => {
-        const stream = isReadable(body) ? body : undefined
-        if (signal.aborted) {
-          // Its scope closed before it was sent: dispatched, it would wait for a connection
-          // (a pooled one, or a new one however long connecting takes), then close it.
-          if (stream !== undefined) release(stream)
-          resume(Effect.fail(transportError(request, signal.reason)))
-          return
-        }
-        const exchange = new Exchange(signal, stream, (error) => {
-          if (error !== undefined) resume(Effect.fail(transportError(request, error)))
-          else resume(Effect.succeed(new UndiciResponse(request, url.href.split("#")[0]!, exchange)))
-        })
-        signal.addEventListener("abort", exchange)
-        try {
-          dispatcher.dispatch(
-            {
-              // Deadlines are the caller's (Effect.timeout and the like), unless the
-              // UndiciOptions in context give undici's own.
-              headersTimeout: 60 * 60 * 1000,
-              bodyTimeout: 0,
-              ...fiber.getRef(NodeHttpClient.UndiciOptions),
-              method: request.method,
-              headers: headers as Record<string, string>,
-              origin: url.origin,
-              path: url.pathname + url.search,
-              body: body as never
-            },
-            exchange
-          )
-        } catch (cause) {
-          signal.removeEventListener("abort", exchange)
-          if (stream !== undefined) release(stream)
-          resume(Effect.fail(transportError(request, cause)))
-        }
-        return Effect.sync(() => exchange.abort(interrupted))
-      })
-    )
-  })
+    })
+  return HttpClient.makeWith<HttpClientError.HttpClientError, never, HttpClientError.HttpClientError, never>(
+    (effect) => Effect.flatMap(effect, scoped),
+    Effect.succeed
+  )
 })
 
 /**

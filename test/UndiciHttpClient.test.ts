@@ -1,8 +1,8 @@
 import { getEventListeners } from "node:events"
 import { Readable } from "node:stream"
 import { NodeHttpClient } from "@effect/platform-node"
-import { assert, describe, it, layer } from "@effect/vitest"
-import { Effect, Exit, Fiber, Layer, Option, Scheduler, Scope, Stream } from "effect"
+import { assert, describe, it as live, layer, type Vitest } from "@effect/vitest"
+import { Effect, Exit, Fiber, Layer, Option, References, Scheduler, Scope, Stream } from "effect"
 import { HttpBody, HttpClient, HttpClientError, HttpClientRequest, HttpClientResponse } from "effect/http"
 import type * as Undici from "undici"
 import * as UndiciHttpClient from "../src/UndiciHttpClient.js"
@@ -35,7 +35,12 @@ const countingDispatcher = (options?: Undici.Agent.Options) =>
     return counted
   })
 
-layer(UndiciHttpClient.layer)("UndiciHttpClient", (it) => {
+/**
+ * Every test (and every live one below) runs twice: traced (effect's default), where a request goes through
+ * `HttpClient.make`, and untraced, where one under `HttpClient.withScope` takes the client's
+ * scoped path (what the providers send: they turn effect/http's span off).
+ */
+const tests = (it: Vitest.MethodsNonLive<HttpClient.HttpClient>) => {
   it.effect("sends the method, path, query, headers and body; reads the status, headers and body", () =>
     Effect.gen(function* () {
       const server = yield* Server.make((req, res) => {
@@ -158,351 +163,416 @@ layer(UndiciHttpClient.layer)("UndiciHttpClient", (it) => {
       assert.include(String(Exit.isFailure(exit) ? exit.cause : ""), "does not upgrade")
     })
   )
-})
+}
 
-describe("UndiciHttpClient (live)", () => {
-  it.live("interrupting a request waiting for its answer closes the connection", () =>
-    Effect.gen(function* () {
-      const server = yield* Server.make(Server.hang)
-      const client = yield* HttpClient.HttpClient
-      const fiber = yield* Effect.forkChild(client.get(server.url))
-      yield* server.awaitRequests(1)
-      yield* Fiber.interrupt(fiber)
-      yield* server.awaitAborted(1).pipe(Effect.timeout("5 seconds"))
-    }).pipe(Effect.provide(UndiciHttpClient.layer))
-  )
-
-  it.live("interrupting a reader waiting for the body closes the connection", () =>
-    Effect.gen(function* () {
-      const server = yield* Server.make((_, res) => Server.chunked(res, [bytes(10)], { end: "hang" }))
-      const client = yield* HttpClient.HttpClient
-      const response = yield* client.get(server.url)
-      const fiber = yield* Effect.forkChild(response.text)
-      yield* Effect.sleep("20 millis")
-      yield* Fiber.interrupt(fiber)
-      yield* server.awaitAborted(1).pipe(Effect.timeout("5 seconds"))
-    }).pipe(Effect.provide(UndiciHttpClient.layer))
-  )
-
-  it.live("a body nobody reads pauses the socket: the server cannot push more than the buffers hold", () =>
-    Effect.gen(function* () {
-      const server = yield* Server.make((_, res) => Server.endless(res))
-      const client = yield* HttpClient.HttpClient
-      const response = yield* client.get(server.url)
-      yield* Effect.sleep("300 millis")
-      // Unpaused, the client would take the endless body as fast as loopback carries it (GBs a second).
-      const sent = yield* server.bytesSent
-      // Paused, ~4 MB (the socket buffers of both ends) was measured here.
-      assert.isBelow(sent, 16 * 1024 * 1024)
-      const first = yield* Stream.runCollect(Stream.take(response.stream, 1))
-      assert.lengthOf(first, 1)
-    }).pipe(Effect.provide(UndiciHttpClient.layer))
-  )
-
-  it.live("with HttpClient.withScope, closing the scope gives an unread body up", () =>
-    Effect.gen(function* () {
-      const server = yield* Server.make((_, res) => Server.chunked(res, [bytes(10)], { end: "hang" }))
-      const client = HttpClient.withScope(yield* HttpClient.HttpClient)
-      const scope = yield* Scope.make()
-      const response = yield* client.get(server.url).pipe(Scope.provide(scope))
-      assert.strictEqual(response.status, 200)
-      yield* Scope.close(scope, Exit.void)
-      yield* server.awaitAborted(1).pipe(Effect.timeout("5 seconds"))
-    }).pipe(Effect.provide(UndiciHttpClient.layer))
-  )
-
-  it.live("a body read after it ended is the whole body, after the socket went back to the pool", () =>
-    Effect.gen(function* () {
-      const server = yield* Server.make((_, res) => Server.json(res, 200, { ok: true }))
-      const client = yield* HttpClient.HttpClient
-      const response = yield* client.get(server.url)
-      yield* Effect.sleep("20 millis")
-      assert.deepStrictEqual(yield* response.json, { ok: true })
-      // The connection is reused for the next request.
-      assert.deepStrictEqual(yield* Effect.flatMap(client.get(server.url), (r) => r.json), { ok: true })
-      assert.strictEqual(yield* server.aborted, 0)
-    }).pipe(Effect.provide(UndiciHttpClient.layer))
-  )
-
-  it.live("undici options from NodeHttpClient.UndiciOptions apply to each request", () =>
-    Effect.gen(function* () {
-      const server = yield* Server.make((_, res) => Server.json(res, 200, {}))
-      const client = yield* HttpClient.HttpClient
-      yield* client.get(server.url)
-      yield* client.get(server.url).pipe(Effect.provideService(NodeHttpClient.UndiciOptions, { reset: true }))
-      const [plain, reset] = yield* server.requests
-      assert.notStrictEqual(plain!.headers.connection, "close")
-      assert.strictEqual(reset!.headers.connection, "close")
-    }).pipe(Effect.provide(UndiciHttpClient.layer))
-  )
-
-  it.live("headersTimeout and bodyTimeout given in NodeHttpClient.UndiciOptions bound the request", () =>
-    Effect.gen(function* () {
-      const stalled = yield* Server.make((_, res) => Server.chunked(res, [bytes(10)], { end: "hang" }))
-      const silent = yield* Server.make(Server.hang)
-      const client = yield* HttpClient.HttpClient
-      const body = yield* Effect.exit(
-        Effect.flatMap(client.get(stalled.url), (response) => response.text).pipe(
-          Effect.provideService(NodeHttpClient.UndiciOptions, { bodyTimeout: 100 }),
-          Effect.timeout("3 seconds")
+const liveTests = (name: string, untraced: boolean) =>
+  describe(name, () => {
+    const it = {
+      live: (title: string, self: Parameters<typeof live.live>[1]) =>
+        live.live(
+          title,
+          untraced ? (context) => Effect.provideService(self(context), References.TracerEnabled, false) : self
         )
-      )
-      assert.strictEqual(reasonOf(body), "DecodeError", String(body))
-      const head = yield* Effect.exit(
-        client
-          .get(silent.url)
-          .pipe(
-            Effect.provideService(NodeHttpClient.UndiciOptions, { headersTimeout: 100 }),
+    }
+
+    it.live("interrupting a request waiting for its answer closes the connection", () =>
+      Effect.gen(function* () {
+        const server = yield* Server.make(Server.hang)
+        const client = yield* HttpClient.HttpClient
+        const fiber = yield* Effect.forkChild(client.get(server.url))
+        yield* server.awaitRequests(1)
+        yield* Fiber.interrupt(fiber)
+        yield* server.awaitAborted(1).pipe(Effect.timeout("5 seconds"))
+      }).pipe(Effect.provide(UndiciHttpClient.layer))
+    )
+
+    it.live("interrupting a reader waiting for the body closes the connection", () =>
+      Effect.gen(function* () {
+        const server = yield* Server.make((_, res) => Server.chunked(res, [bytes(10)], { end: "hang" }))
+        const client = yield* HttpClient.HttpClient
+        const response = yield* client.get(server.url)
+        const fiber = yield* Effect.forkChild(response.text)
+        yield* Effect.sleep("20 millis")
+        yield* Fiber.interrupt(fiber)
+        yield* server.awaitAborted(1).pipe(Effect.timeout("5 seconds"))
+      }).pipe(Effect.provide(UndiciHttpClient.layer))
+    )
+
+    it.live("a body nobody reads pauses the socket: the server cannot push more than the buffers hold", () =>
+      Effect.gen(function* () {
+        const server = yield* Server.make((_, res) => Server.endless(res))
+        const client = yield* HttpClient.HttpClient
+        const response = yield* client.get(server.url)
+        yield* Effect.sleep("300 millis")
+        // Unpaused, the client would take the endless body as fast as loopback carries it (GBs a second).
+        const sent = yield* server.bytesSent
+        // Paused, ~4 MB (the socket buffers of both ends) was measured here.
+        assert.isBelow(sent, 16 * 1024 * 1024)
+        const first = yield* Stream.runCollect(Stream.take(response.stream, 1))
+        assert.lengthOf(first, 1)
+      }).pipe(Effect.provide(UndiciHttpClient.layer))
+    )
+
+    it.live("with HttpClient.withScope, closing the scope gives an unread body up", () =>
+      Effect.gen(function* () {
+        const server = yield* Server.make((_, res) => Server.chunked(res, [bytes(10)], { end: "hang" }))
+        const client = HttpClient.withScope(yield* HttpClient.HttpClient)
+        const scope = yield* Scope.make()
+        const response = yield* client.get(server.url).pipe(Scope.provide(scope))
+        assert.strictEqual(response.status, 200)
+        yield* Scope.close(scope, Exit.void)
+        yield* server.awaitAborted(1).pipe(Effect.timeout("5 seconds"))
+      }).pipe(Effect.provide(UndiciHttpClient.layer))
+    )
+
+    it.live("a body read after it ended is the whole body, after the socket went back to the pool", () =>
+      Effect.gen(function* () {
+        const server = yield* Server.make((_, res) => Server.json(res, 200, { ok: true }))
+        const client = yield* HttpClient.HttpClient
+        const response = yield* client.get(server.url)
+        yield* Effect.sleep("20 millis")
+        assert.deepStrictEqual(yield* response.json, { ok: true })
+        // The connection is reused for the next request.
+        assert.deepStrictEqual(yield* Effect.flatMap(client.get(server.url), (r) => r.json), { ok: true })
+        assert.strictEqual(yield* server.aborted, 0)
+      }).pipe(Effect.provide(UndiciHttpClient.layer))
+    )
+
+    it.live("undici options from NodeHttpClient.UndiciOptions apply to each request", () =>
+      Effect.gen(function* () {
+        const server = yield* Server.make((_, res) => Server.json(res, 200, {}))
+        const client = yield* HttpClient.HttpClient
+        yield* client.get(server.url)
+        yield* client.get(server.url).pipe(Effect.provideService(NodeHttpClient.UndiciOptions, { reset: true }))
+        const [plain, reset] = yield* server.requests
+        assert.notStrictEqual(plain!.headers.connection, "close")
+        assert.strictEqual(reset!.headers.connection, "close")
+      }).pipe(Effect.provide(UndiciHttpClient.layer))
+    )
+
+    it.live("headersTimeout and bodyTimeout given in NodeHttpClient.UndiciOptions bound the request", () =>
+      Effect.gen(function* () {
+        const stalled = yield* Server.make((_, res) => Server.chunked(res, [bytes(10)], { end: "hang" }))
+        const silent = yield* Server.make(Server.hang)
+        const client = yield* HttpClient.HttpClient
+        const body = yield* Effect.exit(
+          Effect.flatMap(client.get(stalled.url), (response) => response.text).pipe(
+            Effect.provideService(NodeHttpClient.UndiciOptions, { bodyTimeout: 100 }),
             Effect.timeout("3 seconds")
           )
-      )
-      assert.strictEqual(reasonOf(head), "TransportError", String(head))
-    }).pipe(Effect.provide(UndiciHttpClient.layer))
-  )
-
-  it.live("layerNoDispatcher uses the Dispatcher given", () =>
-    Effect.gen(function* () {
-      const server = yield* Server.make((_, res) => Server.json(res, 200, { ok: 1 }))
-      const client = yield* HttpClient.HttpClient
-      const response = yield* client.get(server.url)
-      assert.deepStrictEqual(yield* HttpClientResponse.filterStatusOk(response).pipe(Effect.flatMap((r) => r.json)), {
-        ok: 1
-      })
-    }).pipe(
-      Effect.provide(
-        UndiciHttpClient.layerNoDispatcher.pipe(
-          Layer.provide(NodeHttpClient.layerDispatcherOptions({ connections: 1 }))
         )
-      )
+        assert.strictEqual(reasonOf(body), "DecodeError", String(body))
+        const head = yield* Effect.exit(
+          client
+            .get(silent.url)
+            .pipe(
+              Effect.provideService(NodeHttpClient.UndiciOptions, { headersTimeout: 100 }),
+              Effect.timeout("3 seconds")
+            )
+        )
+        assert.strictEqual(reasonOf(head), "TransportError", String(head))
+      }).pipe(Effect.provide(UndiciHttpClient.layer))
     )
-  )
 
-  it.live("a body read whole after it paused the socket is every byte of it, neither cut nor stuck", () =>
-    Effect.gen(function* () {
-      const client = yield* HttpClient.HttpClient
-      for (const size of [150 * 1024, 300 * 1024, 1024 * 1024]) {
-        const body = pattern(size)
-        const server = yield* Server.make((_, res) => {
-          res.writeHead(200, { "content-length": String(size) })
-          res.end(body)
-        })
+    it.live("layerNoDispatcher uses the Dispatcher given", () =>
+      Effect.gen(function* () {
+        const server = yield* Server.make((_, res) => Server.json(res, 200, { ok: 1 }))
+        const client = yield* HttpClient.HttpClient
         const response = yield* client.get(server.url)
-        // Unread, 64 KiB of it pause the socket with the rest buffered: taking them resumes the
-        // socket, and the buffered rest (up to the end) arrives before the reader looks again.
-        yield* Effect.sleep("50 millis")
-        const read = yield* response.arrayBuffer.pipe(Effect.timeout("2 seconds"))
-        assert.strictEqual(read.byteLength, size, `a body of ${size} bytes`)
-        assert.isTrue(Buffer.from(read).equals(body), `the bytes of a body of ${size} bytes`)
-      }
-    }).pipe(Effect.provide(UndiciHttpClient.layer))
-  )
-
-  it.live("a body whose last bytes come while its reader's fiber has yielded to the scheduler is still read", () =>
-    Effect.gen(function* () {
-      // The reader looks for chunks, then waits: a fiber that yielded between the two (every
-      // `maxOpsBeforeYield` instructions; here every one) let undici deliver the end meanwhile,
-      // which woke nobody, and the read hung (~25% of these reads).
-      let n = 0
-      const server = yield* Server.make((_, res) => {
-        const i = n++
-        res.writeHead(200, { "content-type": "text/plain" })
-        res.write("a")
-        setTimeout(() => {
-          res.write("b")
-          setImmediate(() => res.end("c"))
-        }, i % 3)
-      })
-      const client = yield* HttpClient.HttpClient
-      const read = (text: boolean) =>
-        Effect.scoped(
-          Effect.flatMap(client.get(server.url), (response) =>
-            text ? response.text : Stream.mkString(Stream.decodeText(response.stream))
+        assert.deepStrictEqual(yield* HttpClientResponse.filterStatusOk(response).pipe(Effect.flatMap((r) => r.json)), {
+          ok: 1
+        })
+      }).pipe(
+        Effect.provide(
+          UndiciHttpClient.layerNoDispatcher.pipe(
+            Layer.provide(NodeHttpClient.layerDispatcherOptions({ connections: 1 }))
           )
-        ).pipe(Effect.timeoutOption("1 second"), Effect.provideService(Scheduler.MaxOpsBeforeYield, 1))
-      for (const text of [true, false]) {
-        const answers = yield* Effect.forEach(Array.from({ length: 100 }), () => read(text))
-        const hung = answers.filter(Option.isNone).length
-        assert.strictEqual(hung, 0, `${hung} of 100 reads (${text ? "text" : "stream"}) hung`)
-        assert.isTrue(answers.every((a) => Option.getOrUndefined(a) === "abc"))
-      }
-    }).pipe(Effect.provide(UndiciHttpClient.layer))
-  )
-
-  it.live("a request whose scope already closed fails at once, without being dispatched", () =>
-    Effect.gen(function* () {
-      // A connect that never completes: a request dispatched would wait for it.
-      const counted = yield* countingDispatcher({ connect: () => undefined })
-      const client = HttpClient.withScope(
-        yield* UndiciHttpClient.make.pipe(Effect.provideService(NodeHttpClient.Dispatcher, counted.dispatcher))
-      )
-      const scope = yield* Scope.make()
-      yield* Scope.close(scope, Exit.void)
-      const exit = yield* Effect.exit(
-        client.get("http://127.0.0.1:9/").pipe(Scope.provide(scope), Effect.timeout("2 seconds"))
-      )
-      assert.strictEqual(reasonOf(exit), "TransportError")
-      assert.strictEqual(counted.dispatched, 0)
-    })
-  )
-
-  it.live("a request given up while it waits for a connection leaves that connection to the next one", () =>
-    Effect.gen(function* () {
-      const server = yield* Server.make(async (req, res) => {
-        if (req.path === "/slow") await Server.pause(100)
-        Server.text(res, 200, req.path)
-      })
-      const client = yield* HttpClient.HttpClient
-      const slow = yield* Effect.forkChild(Effect.flatMap(client.get(`${server.url}/slow`), (r) => r.text))
-      yield* server.awaitRequests(1)
-      // One connection, busy: this one waits in undici's queue, then is interrupted.
-      const queued = yield* Effect.forkChild(client.get(`${server.url}/queued`))
-      yield* Effect.sleep("20 millis")
-      yield* Fiber.interrupt(queued)
-      assert.strictEqual(yield* Fiber.join(slow), "/slow")
-      assert.strictEqual(yield* Effect.flatMap(client.get(`${server.url}/next`), (r) => r.text), "/next")
-      assert.deepStrictEqual(
-        (yield* server.requests).map((r) => r.path),
-        ["/slow", "/next"]
-      )
-      assert.strictEqual(yield* server.connections, 1, "the connection was kept")
-    }).pipe(
-      Effect.provide(
-        UndiciHttpClient.layerNoDispatcher.pipe(
-          Layer.provide(NodeHttpClient.layerDispatcherOptions({ connections: 1 }))
         )
       )
     )
-  )
 
-  it.live("a body read as a stream is not then read whole: the read fails instead of giving the rest", () =>
-    Effect.gen(function* () {
-      const server = yield* Server.make((_, res) => Server.chunked(res, ["hel", "lo"]))
-      const client = yield* HttpClient.HttpClient
-      const whole = yield* client.get(server.url)
-      assert.deepStrictEqual(yield* Stream.runCollect(Stream.decodeText(whole.stream)), ["hel", "lo"])
-      assert.strictEqual(reasonOf(yield* Effect.exit(whole.text)), "DecodeError")
-      const part = yield* client.get(server.url)
-      yield* Effect.sleep("50 millis")
-      assert.deepStrictEqual(yield* Stream.runCollect(Stream.take(Stream.decodeText(part.stream), 1)), ["hel"])
-      assert.strictEqual(reasonOf(yield* Effect.exit(part.text)), "DecodeError")
-    }).pipe(Effect.provide(UndiciHttpClient.layer))
-  )
+    it.live("a body read whole after it paused the socket is every byte of it, neither cut nor stuck", () =>
+      Effect.gen(function* () {
+        const client = yield* HttpClient.HttpClient
+        for (const size of [150 * 1024, 300 * 1024, 1024 * 1024]) {
+          const body = pattern(size)
+          const server = yield* Server.make((_, res) => {
+            res.writeHead(200, { "content-length": String(size) })
+            res.end(body)
+          })
+          const response = yield* client.get(server.url)
+          // Unread, 64 KiB of it pause the socket with the rest buffered: taking them resumes the
+          // socket, and the buffered rest (up to the end) arrives before the reader looks again.
+          yield* Effect.sleep("50 millis")
+          const read = yield* response.arrayBuffer.pipe(Effect.timeout("2 seconds"))
+          assert.strictEqual(read.byteLength, size, `a body of ${size} bytes`)
+          assert.isTrue(Buffer.from(read).equals(body), `the bytes of a body of ${size} bytes`)
+        }
+      }).pipe(Effect.provide(UndiciHttpClient.layer))
+    )
 
-  it.live("a body read whole is what a stream of it reads later; a body streamed once is not streamed again", () =>
-    Effect.gen(function* () {
-      const server = yield* Server.make((_, res) => Server.chunked(res, ["hel", "lo"]))
-      const client = yield* HttpClient.HttpClient
-      const read = yield* client.get(server.url)
-      assert.strictEqual(yield* read.text, "hello")
-      // A middleware that logs the text, then a caller that streams it: not an empty body.
-      assert.strictEqual(yield* Stream.mkString(Stream.decodeText(read.stream)), "hello")
-      // Read whole while a stream of it waits: both get every byte.
-      const racing = yield* client.get(server.url)
-      const [text, streamed] = yield* Effect.all([racing.text, Stream.mkString(Stream.decodeText(racing.stream))], {
-        concurrency: 2
-      })
-      assert.deepStrictEqual([text, streamed], ["hello", "hello"])
-      const twice = yield* client.get(server.url)
-      assert.strictEqual(yield* Stream.mkString(Stream.decodeText(twice.stream)), "hello")
-      assert.strictEqual(reasonOf(yield* Effect.exit(Stream.runDrain(twice.stream))), "DecodeError")
-    }).pipe(Effect.provide(UndiciHttpClient.layer))
-  )
-
-  it.live("a request's abort listener is removed once its answer ended or failed", () =>
-    Effect.gen(function* () {
-      const signals: Array<AbortSignal> = []
-      yield* Effect.acquireRelease(
-        Effect.sync(() => {
-          const add = EventTarget.prototype.addEventListener
-          AbortSignal.prototype.addEventListener = function (this: AbortSignal, ...args: Parameters<typeof add>) {
-            signals.push(this)
-            return add.apply(this, args)
-          }
-        }),
-        () => Effect.sync(() => delete (AbortSignal.prototype as { addEventListener?: unknown }).addEventListener)
-      )
-      const server = yield* Server.make((req, res) =>
-        req.path === "/cut" ? Server.chunked(res, [bytes(10)], { end: "destroy" }) : Server.json(res, 200, { ok: 1 })
-      )
-      const client = HttpClient.withScope(yield* HttpClient.HttpClient)
-      const scope = yield* Scope.make()
-      assert.deepStrictEqual(yield* Effect.flatMap(client.get(server.url), (r) => r.json).pipe(Scope.provide(scope)), {
-        ok: 1
-      })
-      yield* Effect.exit(Effect.flatMap(client.get(`${server.url}/cut`), (r) => r.text).pipe(Scope.provide(scope)))
-      assert.isAtLeast(signals.length, 2)
-      for (const signal of signals) assert.lengthOf(getEventListeners(signal, "abort"), 0)
-      yield* Scope.close(scope, Exit.void)
-    }).pipe(Effect.provide(UndiciHttpClient.layer))
-  )
-
-  it.live("a request body stream is released when its request fails before it was sent", () =>
-    Effect.gen(function* () {
-      /** A Node stream body, as a file's would be, that tells whether it was released. */
-      const readable = () => {
-        const state = { destroyed: false }
-        const body = new Readable({
-          read() {
-            this.push("x")
-          },
-          destroy(error, callback) {
-            state.destroyed = true
-            callback(error)
-          }
+    it.live("a body whose last bytes come while its reader's fiber has yielded to the scheduler is still read", () =>
+      Effect.gen(function* () {
+        // The reader looks for chunks, then waits: a fiber that yielded between the two (every
+        // `maxOpsBeforeYield` instructions; here every one) let undici deliver the end meanwhile,
+        // which woke nobody, and the read hung (~25% of these reads).
+        let n = 0
+        const server = yield* Server.make((_, res) => {
+          const i = n++
+          res.writeHead(200, { "content-type": "text/plain" })
+          res.write("a")
+          setTimeout(() => {
+            res.write("b")
+            setImmediate(() => res.end("c"))
+          }, i % 3)
         })
-        return { state, body: HttpBody.raw(body) }
-      }
-      /** An Effect stream body that never ends, telling whether it started and was finalized. */
-      const endless = () => {
-        const state = { started: false, finalized: false }
-        const body = HttpBody.stream(
-          Stream.fromEffect(Effect.sync(() => (state.started = true))).pipe(
-            Stream.flatMap(() => Stream.never),
-            Stream.ensuring(Effect.sync(() => (state.finalized = true)))
+        const client = yield* HttpClient.HttpClient
+        const read = (text: boolean) =>
+          Effect.scoped(
+            Effect.flatMap(client.get(server.url), (response) =>
+              text ? response.text : Stream.mkString(Stream.decodeText(response.stream))
+            )
+          ).pipe(Effect.timeoutOption("1 second"), Effect.provideService(Scheduler.MaxOpsBeforeYield, 1))
+        for (const text of [true, false]) {
+          const answers = yield* Effect.forEach(Array.from({ length: 100 }), () => read(text))
+          const hung = answers.filter(Option.isNone).length
+          assert.strictEqual(hung, 0, `${hung} of 100 reads (${text ? "text" : "stream"}) hung`)
+          assert.isTrue(answers.every((a) => Option.getOrUndefined(a) === "abc"))
+        }
+      }).pipe(Effect.provide(UndiciHttpClient.layer))
+    )
+
+    it.live("a request whose scope already closed fails at once, without being dispatched", () =>
+      Effect.gen(function* () {
+        // A connect that never completes: a request dispatched would wait for it.
+        const counted = yield* countingDispatcher({ connect: () => undefined })
+        const client = HttpClient.withScope(
+          yield* UndiciHttpClient.make.pipe(Effect.provideService(NodeHttpClient.Dispatcher, counted.dispatcher))
+        )
+        const scope = yield* Scope.make()
+        yield* Scope.close(scope, Exit.void)
+        const exit = yield* Effect.exit(
+          client.get("http://127.0.0.1:9/").pipe(Scope.provide(scope), Effect.timeout("2 seconds"))
+        )
+        assert.strictEqual(reasonOf(exit), "TransportError")
+        assert.strictEqual(counted.dispatched, 0)
+      })
+    )
+
+    it.live("a request given up while it waits for a connection leaves that connection to the next one", () =>
+      Effect.gen(function* () {
+        const server = yield* Server.make(async (req, res) => {
+          if (req.path === "/slow") await Server.pause(100)
+          Server.text(res, 200, req.path)
+        })
+        const client = yield* HttpClient.HttpClient
+        const slow = yield* Effect.forkChild(Effect.flatMap(client.get(`${server.url}/slow`), (r) => r.text))
+        yield* server.awaitRequests(1)
+        // One connection, busy: this one waits in undici's queue, then is interrupted.
+        const queued = yield* Effect.forkChild(client.get(`${server.url}/queued`))
+        yield* Effect.sleep("20 millis")
+        yield* Fiber.interrupt(queued)
+        assert.strictEqual(yield* Fiber.join(slow), "/slow")
+        assert.strictEqual(yield* Effect.flatMap(client.get(`${server.url}/next`), (r) => r.text), "/next")
+        assert.deepStrictEqual(
+          (yield* server.requests).map((r) => r.path),
+          ["/slow", "/next"]
+        )
+        assert.strictEqual(yield* server.connections, 1, "the connection was kept")
+      }).pipe(
+        Effect.provide(
+          UndiciHttpClient.layerNoDispatcher.pipe(
+            Layer.provide(NodeHttpClient.layerDispatcherOptions({ connections: 1 }))
           )
         )
-        return { state, body }
-      }
-      const send = <R>(
-        client: HttpClient.HttpClient.With<HttpClientError.HttpClientError, R>,
-        url: string,
-        body: HttpBody.HttpBody
-      ) => client.execute(HttpClientRequest.post(url).pipe(HttpClientRequest.setBody(body)))
-
-      const refusing = yield* Effect.scoped(Effect.map(Server.make(Server.hang), (server) => server.url))
-      const refused = readable()
-      assert.strictEqual(
-        reasonOf(yield* Effect.exit(send(yield* HttpClient.HttpClient, refusing, refused.body))),
-        "TransportError"
       )
-      assert.isTrue(refused.state.destroyed, "a connection refused")
+    )
 
-      const scope = yield* Scope.make()
-      yield* Scope.close(scope, Exit.void)
-      const closed = readable()
-      const scoped = HttpClient.withScope(yield* HttpClient.HttpClient)
-      assert.strictEqual(
-        reasonOf(yield* Effect.exit(send(scoped, refusing, closed.body).pipe(Scope.provide(scope)))),
-        "TransportError"
-      )
-      assert.isTrue(closed.state.destroyed, "a scope already closed")
+    it.live("a body read as a stream is not then read whole: the read fails instead of giving the rest", () =>
+      Effect.gen(function* () {
+        const server = yield* Server.make((_, res) => Server.chunked(res, ["hel", "lo"]))
+        const client = yield* HttpClient.HttpClient
+        const whole = yield* client.get(server.url)
+        assert.deepStrictEqual(yield* Stream.runCollect(Stream.decodeText(whole.stream)), ["hel", "lo"])
+        assert.strictEqual(reasonOf(yield* Effect.exit(whole.text)), "DecodeError")
+        const part = yield* client.get(server.url)
+        yield* Effect.sleep("50 millis")
+        assert.deepStrictEqual(yield* Stream.runCollect(Stream.take(Stream.decodeText(part.stream), 1)), ["hel"])
+        assert.strictEqual(reasonOf(yield* Effect.exit(part.text)), "DecodeError")
+      }).pipe(Effect.provide(UndiciHttpClient.layer))
+    )
 
-      const server = yield* Server.make(async (req, res) => {
-        if (req.path === "/slow") await Server.pause(100)
-        Server.text(res, 200, req.path)
-      })
-      const pool = yield* UndiciHttpClient.make.pipe(
-        Effect.provideServiceEffect(NodeHttpClient.Dispatcher, NodeHttpClient.makeDispatcherOptions({ connections: 1 }))
-      )
-      const slow = yield* Effect.forkChild(Effect.flatMap(pool.get(`${server.url}/slow`), (r) => r.text))
-      yield* server.awaitRequests(1)
-      const queued = endless()
-      const fiber = yield* Effect.forkChild(send(pool, `${server.url}/queued`, queued.body))
-      yield* Effect.sleep("20 millis")
-      yield* Fiber.interrupt(fiber)
-      yield* Fiber.join(slow)
-      yield* Effect.sleep("50 millis")
-      assert.isTrue(!queued.state.started || queued.state.finalized, "given up while it waited for a connection")
-    }).pipe(Effect.provide(UndiciHttpClient.layer))
+    it.live("a body read whole is what a stream of it reads later; a body streamed once is not streamed again", () =>
+      Effect.gen(function* () {
+        const server = yield* Server.make((_, res) => Server.chunked(res, ["hel", "lo"]))
+        const client = yield* HttpClient.HttpClient
+        const read = yield* client.get(server.url)
+        assert.strictEqual(yield* read.text, "hello")
+        // A middleware that logs the text, then a caller that streams it: not an empty body.
+        assert.strictEqual(yield* Stream.mkString(Stream.decodeText(read.stream)), "hello")
+        // Read whole while a stream of it waits: both get every byte.
+        const racing = yield* client.get(server.url)
+        const [text, streamed] = yield* Effect.all([racing.text, Stream.mkString(Stream.decodeText(racing.stream))], {
+          concurrency: 2
+        })
+        assert.deepStrictEqual([text, streamed], ["hello", "hello"])
+        const twice = yield* client.get(server.url)
+        assert.strictEqual(yield* Stream.mkString(Stream.decodeText(twice.stream)), "hello")
+        assert.strictEqual(reasonOf(yield* Effect.exit(Stream.runDrain(twice.stream))), "DecodeError")
+      }).pipe(Effect.provide(UndiciHttpClient.layer))
+    )
+
+    it.live("a request's abort listener is removed once its answer ended or failed", () =>
+      Effect.gen(function* () {
+        const signals: Array<AbortSignal> = []
+        yield* Effect.acquireRelease(
+          Effect.sync(() => {
+            const add = EventTarget.prototype.addEventListener
+            AbortSignal.prototype.addEventListener = function (this: AbortSignal, ...args: Parameters<typeof add>) {
+              signals.push(this)
+              return add.apply(this, args)
+            }
+          }),
+          () => Effect.sync(() => delete (AbortSignal.prototype as { addEventListener?: unknown }).addEventListener)
+        )
+        const server = yield* Server.make((req, res) =>
+          req.path === "/cut" ? Server.chunked(res, [bytes(10)], { end: "destroy" }) : Server.json(res, 200, { ok: 1 })
+        )
+        const client = HttpClient.withScope(yield* HttpClient.HttpClient)
+        const scope = yield* Scope.make()
+        assert.deepStrictEqual(
+          yield* Effect.flatMap(client.get(server.url), (r) => r.json).pipe(Scope.provide(scope)),
+          {
+            ok: 1
+          }
+        )
+        yield* Effect.exit(Effect.flatMap(client.get(`${server.url}/cut`), (r) => r.text).pipe(Scope.provide(scope)))
+        // The scoped path listens to no signal: its scope's finalizer gives the request up.
+        if (untraced) assert.lengthOf(signals, 0)
+        else assert.isAtLeast(signals.length, 2)
+        for (const signal of signals) assert.lengthOf(getEventListeners(signal, "abort"), 0)
+        yield* Scope.close(scope, Exit.void)
+      }).pipe(Effect.provide(UndiciHttpClient.layer))
+    )
+
+    it.live("a request body stream is released when its request fails before it was sent", () =>
+      Effect.gen(function* () {
+        /** A Node stream body, as a file's would be, that tells whether it was released. */
+        const readable = () => {
+          const state = { destroyed: false }
+          const body = new Readable({
+            read() {
+              this.push("x")
+            },
+            destroy(error, callback) {
+              state.destroyed = true
+              callback(error)
+            }
+          })
+          return { state, body: HttpBody.raw(body) }
+        }
+        /** An Effect stream body that never ends, telling whether it started and was finalized. */
+        const endless = () => {
+          const state = { started: false, finalized: false }
+          const body = HttpBody.stream(
+            Stream.fromEffect(Effect.sync(() => (state.started = true))).pipe(
+              Stream.flatMap(() => Stream.never),
+              Stream.ensuring(Effect.sync(() => (state.finalized = true)))
+            )
+          )
+          return { state, body }
+        }
+        const send = <R>(
+          client: HttpClient.HttpClient.With<HttpClientError.HttpClientError, R>,
+          url: string,
+          body: HttpBody.HttpBody
+        ) => client.execute(HttpClientRequest.post(url).pipe(HttpClientRequest.setBody(body)))
+
+        const refusing = yield* Effect.scoped(Effect.map(Server.make(Server.hang), (server) => server.url))
+        const refused = readable()
+        assert.strictEqual(
+          reasonOf(yield* Effect.exit(send(yield* HttpClient.HttpClient, refusing, refused.body))),
+          "TransportError"
+        )
+        assert.isTrue(refused.state.destroyed, "a connection refused")
+
+        const scope = yield* Scope.make()
+        yield* Scope.close(scope, Exit.void)
+        const closed = readable()
+        const scoped = HttpClient.withScope(yield* HttpClient.HttpClient)
+        assert.strictEqual(
+          reasonOf(yield* Effect.exit(send(scoped, refusing, closed.body).pipe(Scope.provide(scope)))),
+          "TransportError"
+        )
+        assert.isTrue(closed.state.destroyed, "a scope already closed")
+
+        const server = yield* Server.make(async (req, res) => {
+          if (req.path === "/slow") await Server.pause(100)
+          Server.text(res, 200, req.path)
+        })
+        const pool = yield* UndiciHttpClient.make.pipe(
+          Effect.provideServiceEffect(
+            NodeHttpClient.Dispatcher,
+            NodeHttpClient.makeDispatcherOptions({ connections: 1 })
+          )
+        )
+        const slow = yield* Effect.forkChild(Effect.flatMap(pool.get(`${server.url}/slow`), (r) => r.text))
+        yield* server.awaitRequests(1)
+        const queued = endless()
+        const fiber = yield* Effect.forkChild(send(pool, `${server.url}/queued`, queued.body))
+        yield* Effect.sleep("20 millis")
+        yield* Fiber.interrupt(fiber)
+        yield* Fiber.join(slow)
+        yield* Effect.sleep("50 millis")
+        assert.isTrue(!queued.state.started || queued.state.finalized, "given up while it waited for a connection")
+      }).pipe(Effect.provide(UndiciHttpClient.layer))
+    )
+  })
+
+const untraced = Layer.succeed(References.TracerEnabled, false)
+layer(UndiciHttpClient.layer)("UndiciHttpClient", tests)
+layer(Layer.merge(UndiciHttpClient.layer, untraced))("UndiciHttpClient, untraced (the scoped path)", tests)
+liveTests("UndiciHttpClient (live)", false)
+liveTests("UndiciHttpClient (live), untraced (the scoped path)", true)
+
+describe("UndiciHttpClient's scoped path", () => {
+  live.live(
+    "an untraced request under withScope makes no AbortController: its scope's finalizer gives it up; a traced one goes through HttpClient.make",
+    () =>
+      Effect.gen(function* () {
+        const server = yield* Server.make((_, res) => Server.json(res, 200, { ok: 1 }))
+        let made = 0
+        yield* Effect.acquireRelease(
+          Effect.sync(() => {
+            const Base = globalThis.AbortController
+            globalThis.AbortController = class extends Base {
+              constructor() {
+                super()
+                made++
+              }
+            }
+            return Base
+          }),
+          (Base) =>
+            Effect.sync(() => {
+              globalThis.AbortController = Base
+            })
+        )
+        const client = HttpClient.withScope(yield* HttpClient.HttpClient)
+        const get = Effect.scoped(Effect.flatMap(client.get(server.url), (response) => response.json))
+        for (let i = 0; i < 5; i++) {
+          assert.deepStrictEqual(yield* get.pipe(Effect.provideService(References.TracerEnabled, false)), { ok: 1 })
+        }
+        // effect's HttpClient.make aborts each request's controller as its scope closes: a
+        // DOMException with its stack a request, kept through young collections.
+        assert.strictEqual(made, 0, "no AbortController on the scoped path")
+        for (let i = 0; i < 5; i++) assert.deepStrictEqual(yield* get, { ok: 1 })
+        assert.strictEqual(made, 5, "traced: one a request, through HttpClient.make")
+        // A query string (whose parameters effect redacts in errors) goes through HttpClient.make too.
+        yield* Effect.scoped(client.get(`${server.url}?key=1`)).pipe(
+          Effect.provideService(References.TracerEnabled, false)
+        )
+        assert.strictEqual(made, 6)
+      }).pipe(Effect.provide(UndiciHttpClient.layer))
   )
 })
