@@ -4,7 +4,7 @@
  *
  *   npm run bench -- gateway                  # bundled with esbuild, run with plain node
  *   npm run bench -- gateway --quick          # shorter runs, one round
- *   npm run bench -- gateway --only E         # one part (A, B, C, D or E)
+ *   npm run bench -- gateway --only E         # one part (A, B, C, D, E or G)
  *
  * Four processes: this one (the load generator), a mock upstream answering
  * `/v1/chat/completions` after 20 ms, and the target (the gateway or the proxy; none for
@@ -23,7 +23,8 @@
  * time to first byte added; D. RSS across 100k requests; E. CPU per request with parts of
  * the gateway left out (`BENCH_GATEWAY=http|bare|mock20|mock|nokeys|full` for the gateway role),
  * and over `NodeHttpClient.layerUndici` instead of `UndiciHttpClient` (`BENCH_CLIENT=effect-undici`;
- * also `node` or `fetch`).
+ * also `node` or `fetch`); G. what each request leaves promoted to the old generation and the
+ * young collections' pauses (`node --trace-gc-nvp` on the gateway), with V8's pretenuring on and off.
  *
  * The gateway role turns V8's allocation-site pretenuring off as `orchestra serve` does
  * (`Gateway.disableAllocationSitePretenuring`); `BENCH_PRETENURING=on` leaves V8's default, to
@@ -223,9 +224,13 @@ const heapAfterGc = (child: Child): Promise<number> =>
 
 const self = fileURLToPath(import.meta.url)
 
-const startChild = (args: ReadonlyArray<string>, env: Record<string, string> = {}): Promise<Child> =>
+const startChild = (
+  args: ReadonlyArray<string>,
+  env: Record<string, string> = {},
+  nodeFlags: ReadonlyArray<string> = []
+): Promise<Child> =>
   new Promise((resolve, reject) => {
-    const child = spawn(process.execPath, ["--expose-gc", self, "--role", ...args], {
+    const child = spawn(process.execPath, [...nodeFlags, "--expose-gc", self, "--role", ...args], {
       stdio: ["ignore", "pipe", "inherit"],
       env: { ...process.env, ...env }
     })
@@ -543,6 +548,51 @@ const driver = async () => {
       "E. CPU per request by configuration (closed loop, concurrency 16)",
       ["configuration", "CPU µs/req", "RSS MB"],
       rowsE
+    )
+
+  // G. Young collections: what each request leaves promoted to the old generation, and the
+  // pauses, at 1,000/s (open loop) after a warm-up, read from `node --trace-gc-nvp`.
+  const rowsG: Array<Array<string>> = []
+  const configurations: ReadonlyArray<readonly [string, string, Record<string, string>]> = [
+    ["mock", "gateway, Mock provider, key store; V8's default pretenuring", { BENCH_PRETENURING: "on" }],
+    ["mock", "the same, pretenuring off (as orchestra serve runs)", {}],
+    ["full", "gateway, every policy on; V8's default pretenuring", { BENCH_PRETENURING: "on" }],
+    ["full", "the same, pretenuring off (as orchestra serve runs)", {}],
+    ["full", "the same over NodeHttpClient.layerUndici", { BENCH_CLIENT: "effect-undici" }]
+  ]
+  const measured = quick ? 4 : 8
+  for (const [variant, label, env] of runs("G") ? configurations : []) {
+    const target = await startChild(["gateway", String(up.port)], { BENCH_GATEWAY: variant, ...env }, [
+      "--trace-gc-nvp"
+    ])
+    let trace = ""
+    target.process.stdout!.on("data", (text: string) => {
+      trace += text
+    })
+    await load(target.port, chatBody, 1000, 2000)
+    trace = ""
+    const run = await load(target.port, chatBody, 1000, 1000 * measured)
+    const lines = trace.split("\n")
+    const scavenges = lines.filter((line) => / gc=s /.test(line))
+    const promoted = scavenges.reduce((sum, line) => sum + Number(/promoted=(\d+)/.exec(line)?.[1] ?? 0), 0)
+    const pauses = Float64Array.from(scavenges.map((line) => Number(/pause=([\d.]+)/.exec(line)?.[1] ?? 0))).sort()
+    const full = lines.filter((line) => / gc=(mc|ms|mmc) /.test(line)).length
+    rowsG.push([
+      label,
+      String(scavenges.length),
+      fmt(promoted / 1024 / run.sent, 2),
+      fmt(pauses.length === 0 ? 0 : percentile(pauses, 0.5), 1),
+      fmt(pauses.length === 0 ? 0 : pauses[pauses.length - 1]!, 1),
+      String(full),
+      fmt(run.p99)
+    ])
+    target.process.kill("SIGTERM")
+  }
+  if (runs("G"))
+    table(
+      `G. Young collections at 1,000/s for ${measured} s after a 2 s warm-up (node --trace-gc-nvp)`,
+      ["configuration", "scavenges", "KB promoted/req", "pause p50 ms", "pause max ms", "full GCs", "p99 ms"],
+      rowsG
     )
 
   console.log(
