@@ -73,7 +73,8 @@ export interface RedisOptions extends Options {
   /**
    * When Redis fails or is too slow: `"allow"` (default: fail open, the call goes through
    * unlimited and the provider's own 429s still apply) or `"reject"` (fail closed: the call
-   * fails with `RateLimited`, its `retryAfter` the guard's `probeInterval`). Failing closed, a
+   * fails with `RateLimited`, its `retryAfter` the guard's `probeInterval`, its `cause` the
+   * store's `RateLimiterError`, and no `rateLimit`). Failing closed, a
    * reservation whose answer came too late (it may have run) is revoked in the background, so the
    * refused call keeps no slot; each reservation then records what it took under a key of its own
    * for as long as its window lasts.
@@ -454,17 +455,17 @@ const makeWith = Effect.fnUntraced(function* (
     const metrics = metricsOf(key)
     const taken: Array<Taken> = [...held]
     let waitMillis = 0
-    let storeFailed = false
+    let storeFailure: RateLimiter.RateLimiterError | undefined
     for (let i = 0; i < results.length; i++) {
       const result = results[i]!
       if (Result.isSuccess(result)) {
         taken.push(result.success)
         waitMillis = Math.max(waitMillis, result.success.delay)
       } else {
-        storeFailed = true
+        storeFailure = result.failure
       }
     }
-    if (storeFailed && failClosed) {
+    if (storeFailure !== undefined && failClosed) {
       metrics.rejected++
       return Effect.andThen(
         releaseLeaving(taken),
@@ -473,7 +474,9 @@ const makeWith = Effect.fnUntraced(function* (
             reason: "RateLimited",
             message: `the rate limit of "${key}" cannot be checked (store unavailable) and onStoreError is "reject"`,
             provider: key,
-            retryAfter: storeRetryAfter
+            retryAfter: storeRetryAfter,
+            // What tells this refusal from a limit's (which names it in `rateLimit`): the store failed.
+            cause: storeFailure
           })
         )
       )

@@ -128,7 +128,11 @@ describe("RateLimit.make on a store of its own: exact fixed windows", () => {
           assert.isDefined(opened.pollUnsafe(), `${answer}: answered at once`)
           assert.isDefined(refused.pollUnsafe(), `${answer}: answered at once`)
           assert.isTrue(Exit.isSuccess(yield* Fiber.join(opened)), "onStoreError allow: the call goes through")
-          assert.strictEqual((yield* Fiber.join(refused)).reason, "RateLimited")
+          const refusal = yield* Fiber.join(refused)
+          assert.strictEqual(refusal.reason, "RateLimited")
+          // Told from a limit's refusal (the key store answers it 503, not 429): no limit named, the store's failure as cause.
+          assert.isUndefined(refusal.rateLimit)
+          assert.instanceOf(refusal.cause, RateLimiter.RateLimiterError)
         }
       })
   )

@@ -2711,6 +2711,61 @@ describe("Keys through the gateway (official client)", () => {
     })
   )
 
+  it.live.skipIf(skipRedis)(
+    "onStoreError limits 'reject', Redis hung or down: a key's rpm or tpm that cannot be checked is a 503 store_unavailable, not a 429",
+    () =>
+      Effect.scoped(
+        Effect.gen(function* () {
+          const server = yield* startRedis
+          yield* Effect.addFinalizer(() => server.resume)
+          const upstream = yield* Server.make(Up.openAi(["ok"]))
+          const { store } = yield* onRedis(
+            server,
+            {
+              onStoreError: { limits: "reject" },
+              cacheTtl: "1 minute",
+              redis: { timeout: "300 millis", reportAfter: "1 minute", probeInterval: "3 seconds" }
+            },
+            "300 millis"
+          )
+          const keys = [
+            ["rpm", (yield* store.create({ id: unique("rpm"), rpm: 100 })).secret],
+            ["tpm", (yield* store.create({ id: unique("tpm"), tpm: 10_000 })).secret],
+            // As budgets already answered.
+            ["budget", (yield* store.create({ id: unique("budget"), budget: { tokens: 100_000 } })).secret]
+          ] as const
+          const gw = yield* Harness.make({ upstreams: { a: upstream.url }, keys: store })
+          const request = (secret: Redacted.Redacted<string>) => () =>
+            gw
+              .client(Redacted.value(secret))
+              .chat.completions.create({ model: "d-a", messages: [{ role: "user", content: "hi" }], max_tokens: 10 })
+          // Each key seen while Redis answers: from then on it is authenticated from the cache.
+          for (const [, secret] of keys) yield* Harness.call(request(secret))
+          const refusals: Array<readonly [string, Harness.ClientError]> = []
+          yield* server.pause
+          for (const [name, secret] of keys) refusals.push([`hung, ${name}`, yield* Harness.failing(request(secret))])
+          yield* server.resume
+          yield* server.kill
+          for (const [name, secret] of keys) refusals.push([`down, ${name}`, yield* Harness.failing(request(secret))])
+          // A key never seen cannot be looked up either.
+          const unseen = Redacted.make("sk-never-seen-0123456789abcdef")
+          refusals.push(["down, unseen key", yield* Harness.failing(request(unseen))])
+          for (const [at, refused] of refusals) {
+            const said = `${at}: ${refused.status} ${refused.code} ${refused.message}`
+            assert.strictEqual(refused.status, 503, said)
+            assert.strictEqual(refused.type, "service_unavailable", said)
+            assert.strictEqual(refused.code, "store_unavailable", said)
+            assert.include(refused.message, "store is unavailable", said)
+            assert.notInclude(refused.message, "Rate limit reached", said)
+            assert.isUndefined((refused.body as { rate_limit?: unknown }).rate_limit, said)
+            // When the store is probed again (redis.probeInterval), not a second picked at random.
+            assert.strictEqual(refused.headers?.get("retry-after"), "3", said)
+          }
+          assert.lengthOf(yield* upstream.requests, 3, "nothing refused reached the upstream")
+        })
+      )
+  )
+
   it.live("a failed or cancelled call gives its reservation back", () =>
     Effect.gen(function* () {
       const upstream = yield* Server.make((_, response) => Server.json(response, 400, { error: { message: "no" } }))

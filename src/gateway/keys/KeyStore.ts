@@ -136,7 +136,9 @@ export interface RedisOptions extends Options {
   /**
    * When Redis fails or is too slow: `budgets` `"reject"` (default: the request is
    * answered 503) or `"allow"` (it goes through unreserved; its usage is still recorded
-   * when Redis answers again); `limits` `"allow"` (default) or `"reject"` (429).
+   * when Redis answers again); `limits` `"allow"` (default) or `"reject"` (503 as well: the
+   * store is unavailable, not the key's limit reached). Each 503 is `store_unavailable`, its
+   * `Retry-After` `redis.probeInterval`.
    */
   readonly onStoreError?:
     | { readonly budgets?: "reject" | "allow" | undefined; readonly limits?: "allow" | "reject" | undefined }
@@ -370,6 +372,14 @@ export const layerRedis = (
       const limitsGuard = yield* SharedRedis.makeGuard({ store: "gateway-ratelimit", settings })
       const backend = yield* RedisBackend.make({ prefix, guard: keysGuard, leaseMs: resolved.reservationTtlMs })
       const limiter = yield* RateLimitRedis.makeStore({ prefix: `${prefix}ratelimit:` })
-      return both(yield* make(resolved, backend, { store: limiter, guard: limitsGuard, onStoreError: limits }, budgets))
+      return both(
+        yield* make(
+          resolved,
+          backend,
+          { store: limiter, guard: limitsGuard, onStoreError: limits },
+          budgets,
+          settings.probeInterval
+        )
+      )
     })
   )

@@ -3,18 +3,19 @@
  *
  * @internal
  */
-import { Duration } from "effect"
+import type { Duration } from "effect"
 import { type BudgetScope, gatewayError } from "../errors.js"
 
 /**
- * The store could not be reached in time (503, `Retry-After: 1`).
+ * The store of keys, budgets or rate limits could not be reached in time (503), its
+ * `Retry-After` when the store is probed again (`redis.probeInterval`).
  *
  * @internal
  */
-export const unavailable = (what: "key" | "budget") =>
+export const unavailable = (what: "key" | "budget" | "rate limit", retryAfter: Duration.Duration) =>
   gatewayError("Unavailable", `The ${what} store is unavailable; try again shortly`, {
     code: "store_unavailable",
-    retryAfter: Duration.seconds(1)
+    retryAfter
   })
 
 /**

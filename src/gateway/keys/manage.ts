@@ -8,7 +8,7 @@
 import { Effect, Result } from "effect"
 import type { Models } from "../../Gateway.js"
 import { type GatewayError, gatewayError } from "../errors.js"
-import { notFound, unavailable } from "./failures.js"
+import { notFound } from "./failures.js"
 import type { Created, KeyInfo, KeyPage, ListOptions, SpendLine } from "./KeyStore.js"
 import {
   type Backend,
@@ -40,6 +40,8 @@ export interface Deps {
   readonly findById: (id: string) => Effect.Effect<KeyRecord, GatewayError>
   /** A directory's failure as the gateway's (a stored record it cannot read is said in the log once). */
   readonly directoryFailure: (error: StoreError | UnreadableRecord) => Effect.Effect<never, GatewayError>
+  /** The store could not be reached in time: a 503 whose `Retry-After` is when it is probed again. */
+  readonly unavailable: (what: "key") => GatewayError
   /** A ledger's failure as the gateway's (a budget counter it cannot read is said in the log once). */
   readonly budgetFailure: (error: StoreError | UnreadableCounter) => Effect.Effect<never, GatewayError>
   /** Says in the log, once each, the stored keys that cannot be read. */
@@ -123,7 +125,7 @@ export const make = (deps: Deps) => {
         source: "store"
       }
       return backend.insert(record, resolved.maxKeys).pipe(
-        Effect.mapError(() => unavailable("key")),
+        Effect.mapError(() => deps.unavailable("key")),
         Effect.flatMap((result) => {
           switch (result) {
             case "inserted":
@@ -176,7 +178,7 @@ export const make = (deps: Deps) => {
         out.length > limit
           ? Effect.void
           : backend.page(cursor, limit + 1 - out.length).pipe(
-              Effect.mapError(() => unavailable("key")),
+              Effect.mapError(() => deps.unavailable("key")),
               Effect.tap(({ unreadable }) =>
                 unreadable.length === 0 ? Effect.void : deps.reportUnreadable(unreadable)
               ),

@@ -7,7 +7,7 @@
  */
 import { Clock, Duration, Effect, Redacted, Result, Schedule, Scope } from "effect"
 import { identity } from "effect/Function"
-import type { RateLimiter } from "effect/persistence"
+import { RateLimiter } from "effect/persistence"
 import type { ModelError } from "../../AiError.js"
 import type * as Gateway from "../../Gateway.js"
 import * as Input from "../../Input.js"
@@ -15,7 +15,7 @@ import * as RateLimit from "../../RateLimit.js"
 import type { Guard, StoreError } from "../../Redis.js"
 import { type GatewayError, gatewayError } from "../errors.js"
 import { union } from "../models.js"
-import { notFound, unavailable, unreadable, unreadableBudget } from "./failures.js"
+import { notFound, unavailable as storeUnavailable, unreadable, unreadableBudget } from "./failures.js"
 import * as Gauges from "./gauges.js"
 import type { KeyContext, Service } from "./KeyStore.js"
 import {
@@ -76,6 +76,9 @@ const count = (input: unknown): number =>
   typeof input === "number" && Number.isFinite(input) && input > 0 ? Math.min(Math.floor(input), maxCount) : 0
 
 /**
+ * `storeRetryAfter`: the `Retry-After` of a request refused because the store did not answer,
+ * when it is probed again (`redis.probeInterval`).
+ *
  * @internal
  */
 export const make = Effect.fnUntraced(function* (
@@ -86,7 +89,8 @@ export const make = Effect.fnUntraced(function* (
     readonly guard?: Guard | undefined
     readonly onStoreError: "allow" | "reject"
   },
-  onBudgetStoreError: "reject" | "allow"
+  onBudgetStoreError: "reject" | "allow",
+  storeRetryAfter: Duration.Duration = Duration.seconds(1)
 ) {
   const clock = yield* Clock.Clock
   const context = yield* Effect.context<never>()
@@ -96,6 +100,7 @@ export const make = Effect.fnUntraced(function* (
   const configByHash = new Map(resolved.keys.map((key) => [key.sha256, key]))
   const processId = randomId(8)
   let sequence = 0
+  const unavailable = (what: "key" | "budget" | "rate limit") => storeUnavailable(what, storeRetryAfter)
 
   // --- identities ---
 
@@ -261,6 +266,8 @@ export const make = Effect.fnUntraced(function* (
   }
 
   const limitError = (record: KeyRecord, tokens: number) => (error: ModelError) => {
+    // Failing closed, a limit whose store did not answer refused the request: an outage, not a limit reached.
+    if (error.cause instanceof RateLimiter.RateLimiterError) return unavailable("rate limit")
     const retryAfter = error.retryAfter === undefined ? {} : { retryAfter: error.retryAfter }
     if (error.rateLimit !== undefined && error.limit !== undefined) {
       const per = error.rateLimit === "requests" ? "requests per min (RPM)" : "tokens per min (TPM)"
@@ -600,6 +607,7 @@ export const make = Effect.fnUntraced(function* (
     configById,
     findById,
     directoryFailure,
+    unavailable,
     budgetFailure,
     reportUnreadable: (ids) =>
       Effect.forEach(ids, (id) => Effect.ignore(failUnreadable(new UnreadableRecord({ id }))), { discard: true }),
