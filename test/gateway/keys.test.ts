@@ -1966,6 +1966,31 @@ describe.skipIf(skipRedis)(`KeyStore on Redis (${skipRedis ? skipReason : "needs
     )
   )
 
+  it.live("a KeyContext the application built, Redis down: its reserve is a 503 store_unavailable, not a 401", () =>
+    Effect.scoped(
+      Effect.gen(function* () {
+        const server = yield* startRedis
+        const { store } = yield* onRedis(server, {
+          redis: { timeout: "300 millis", reportAfter: 0, probeInterval: "3 seconds" }
+        })
+        const id = unique("own")
+        yield* store.create({ id, rpm: 100 })
+        // Not the object `authenticate` gave: the store looks the key up by its id.
+        yield* store.release(yield* store.reserve({ id }, "m", estimate(1, 1)))
+        const missing = yield* failure(store.reserve({ id: unique("deleted") }, "m", estimate(1, 1)))
+        assert.strictEqual(missing.reason, "Unauthorized", "a key the store does not have")
+        yield* server.kill
+        const refused = yield* failure(store.reserve({ id }, "m", estimate(1, 1)))
+        assert.strictEqual(refused.reason, "Unavailable", refused.message)
+        const wire = Gateway.toWire(refused)
+        assert.deepStrictEqual(
+          [wire.status, wire.body.error.code, wire.retryAfterSeconds],
+          [503, "store_unavailable", 3]
+        )
+      })
+    )
+  )
+
   it.effect("layerRedis checks its own options", () =>
     Effect.gen(function* () {
       const cases: ReadonlyArray<readonly [KeyStore.RedisOptions, string]> = [

@@ -233,7 +233,9 @@ export const make = Effect.fnUntraced(function* (
   // The gateway hands back what `authenticate` gave; an application may build its own KeyContext.
   const recordOf = (key: Gateway.KeyContext): Effect.Effect<KeyRecord, GatewayError> => {
     const found = records.get(key)
-    return found !== undefined ? Effect.succeed(found) : Effect.mapError(findById(key.id), () => unauthorized())
+    if (found !== undefined) return Effect.succeed(found)
+    // Only a key the store does not have is a wrong one: a store that did not answer is an outage.
+    return Effect.mapError(findById(key.id), (error) => (error.reason === "NotFound" ? unauthorized() : error))
   }
 
   const gauges = Gauges.make(context, now)
