@@ -8,6 +8,7 @@
  * @since 0.2.0
  */
 import { Duration, Schema } from "effect"
+import { RateLimiter } from "effect/persistence"
 import { type AiError, RateLimitKind, reasonOf, type TimeoutLimit } from "../AiError.js"
 
 /**
@@ -218,6 +219,11 @@ const modelErrorStatus = (error: Extract<AiError, { _tag: "ModelError" }>): [num
       if (error.status === undefined) return [502, "upstream_error", "upstream_bad_response"]
       return [400, "invalid_request_error", "context_length_exceeded"]
     case "RateLimited":
+      // Our own rate limit failing closed because its store did not answer: an outage, not a limit
+      // reached (as a breaker's store and a key's limits are answered).
+      if (error.status === undefined && error.cause instanceof RateLimiter.RateLimiterError) {
+        return [503, "service_unavailable", "rate_limit_store_unavailable"]
+      }
       // Our own rate limit on the provider carries no status; the provider's 429 does.
       return [429, "rate_limit_error", error.status === undefined ? "rate_limit_exceeded" : "upstream_rate_limited"]
     case "Overloaded":

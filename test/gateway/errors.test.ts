@@ -5,7 +5,10 @@
 import { connect } from "node:net"
 import { assert, describe, it } from "@effect/vitest"
 import { Duration, Effect, Layer, Redacted } from "effect"
+import { RateLimiter } from "effect/persistence"
+import { ModelError } from "../../src/AiError.js"
 import * as Gateway from "../../src/Gateway.js"
+import * as Errors from "../../src/gateway/errors.js"
 import * as Local from "../../src/Model/Local.js"
 import * as Ollama from "../../src/Model/Ollama.js"
 import * as UndiciHttpClient from "../../src/UndiciHttpClient.js"
@@ -561,4 +564,27 @@ describe("Gateway: request ids", () => {
       assert.include(logged[0], id, "the failure's log line names the request")
     })
   )
+})
+
+describe("Gateway: a provider's rate limit whose store is down", () => {
+  it("failing closed because its store did not answer is a 503 rate_limit_store_unavailable, not a 429", () => {
+    const storeDown = new ModelError({
+      reason: "RateLimited",
+      message: `the rate limit of "up" cannot be checked (store unavailable) and onStoreError is "reject"`,
+      provider: "up",
+      retryAfter: Duration.seconds(3),
+      cause: new RateLimiter.RateLimiterError({
+        reason: new RateLimiter.RateLimitStoreError({ message: "connection refused" })
+      })
+    })
+    const wire = Errors.toWire(storeDown)
+    assert.strictEqual(wire.status, 503)
+    assert.strictEqual(wire.body.error.code, "rate_limit_store_unavailable")
+    assert.strictEqual(wire.body.error.type, "service_unavailable")
+    assert.strictEqual(wire.retryAfterSeconds, 3)
+    // A limit reached is still the 429 it was.
+    const reached = new ModelError({ reason: "RateLimited", message: "busy", provider: "up" })
+    assert.strictEqual(Errors.toWire(reached).status, 429)
+    assert.strictEqual(Errors.toWire(reached).body.error.code, "rate_limit_exceeded")
+  })
 })
