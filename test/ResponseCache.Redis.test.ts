@@ -983,4 +983,31 @@ describe.skipIf(skipRedis)(`ResponseCache.Redis (${skipRedis ? skipReason : "nee
         })
       )
   )
+
+  it.live("a caller that joins a computation after its Redis read counts as shared when it fails, as in memory", () =>
+    Effect.scoped(
+      Effect.gen(function* () {
+        const server = yield* startRedis
+        const cache = yield* build(server)
+        const gate = yield* Deferred.make<void>()
+        const failing = Effect.andThen(Deferred.await(gate), Effect.fail(modelError("Overloaded", "down")))
+        // Both callers find nothing running before their Redis reads; the second to read joins the first.
+        const callers = yield* Effect.forkChild(
+          Effect.all(
+            Array.from({ length: 2 }, () => Effect.flip(cache.getOrCompute("k", failing))),
+            { concurrency: "unbounded" }
+          )
+        )
+        yield* Effect.sleep("200 millis")
+        yield* Deferred.succeed(gate, undefined)
+        yield* Fiber.join(callers)
+        const count = (outcome: string) =>
+          Effect.map(
+            Metric.value(Metric.withAttributes(Metrics.cacheLookups, { cache: cache.name, outcome })),
+            (s) => s.count
+          )
+        assert.deepStrictEqual([yield* count("miss"), yield* count("shared")], [1, 1])
+      })
+    )
+  )
 })

@@ -234,10 +234,17 @@ export const make = Effect.fnUntraced(function* (options: Options = {}) {
         lookup.stale = found.value
       }
     }
+    const refreshing = lookup.joining ? undefined : lookup.stale
+    // A caller joins unless its own computation starts: one started during its Redis read is
+    // joined too, and a failure of it counts as "shared", as the memory cache counts it.
+    lookup.joining = true
     const { leader, stored } = yield* table.run(
       k,
-      computeAndWrite(k, compute, options),
-      lookup.joining ? undefined : lookup.stale
+      Effect.suspend(() => {
+        lookup.joining = false
+        return computeAndWrite(k, compute, options)
+      }),
+      refreshing
     )
     return Lookup.computed(stored, leader ? "miss" : "shared")
   })
