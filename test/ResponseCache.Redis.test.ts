@@ -1010,4 +1010,30 @@ describe.skipIf(skipRedis)(`ResponseCache.Redis (${skipRedis ? skipReason : "nee
       })
     )
   )
+
+  it.live(
+    "a compute answering a usage count that is not finite: its callers have it, it is not written, counted and said",
+    () =>
+      Effect.gen(function* () {
+        const logs = yield* captureLogs
+        yield* Effect.scoped(
+          Effect.gen(function* () {
+            const server = yield* startRedis
+            const cache = yield* build(server, { ttl: "1 minute" })
+            const odd = { ...response("odd"), usage: { inputTokens: 1, outputTokens: Number.NaN, totalTokens: 2 } }
+            assert.deepStrictEqual(yield* cache.getOrCompute("k", Effect.succeed(odd)), { value: odd, source: "miss" })
+            yield* Effect.sleep("100 millis")
+            const redis = yield* admin(server)
+            assert.strictEqual(yield* redis.send<number>("EXISTS", `${cache.name}:r:k`), 0)
+            assert.strictEqual(yield* errorsOf(cache.name), 1)
+            const warnings = logs.lines.filter((l) => l.startsWith("Warn"))
+            assert.strictEqual(warnings.length, 1, JSON.stringify(logs.lines))
+            assert.include(warnings[0]!, "usage.outputTokens")
+            // Not kept in the process either: the next caller computes (no entry that Redis lacks).
+            const next = yield* cache.getOrCompute("k", Effect.succeed(response("next")))
+            assert.deepStrictEqual(next, { value: response("next"), source: "miss" })
+          })
+        ).pipe(Effect.provide(logs.layer))
+      })
+  )
 })

@@ -188,6 +188,20 @@ export const make = Effect.fnUntraced(function* (options: Options = {}) {
           // and is neither kept nor written.
           const notKept = Effect.succeed(Table.storedOf(value, at, config.ttl, config.staleFor, 0))
           if (!keep) return notKept
+          // A usage count JSON cannot carry (a caller's own compute: providers answer finite ones) would
+          // be written as null and never read back. The flight's callers have their answer; failing them
+          // for what only the cache cannot hold would turn a cache limit into an outage, so it is
+          // neither kept nor written, counted as a cache error and said.
+          const issue = Checks.usageIssue("answer", response.usage)
+          if (issue !== undefined) {
+            return Effect.andThen(
+              Effect.andThen(
+                Metric.update(errors, 1),
+                Effect.logWarning(`ResponseCache ${config.name}: answer not stored: ${issue.path} ${issue.message}`)
+              ),
+              notKept
+            )
+          }
           // An `invalidate` or a `setMany` of the key while it was computed: written now, the answer
           // came back after the one or replaced the value of the other (the memory cache drops it).
           return Effect.flatMap(table.takenOut, (taken) =>

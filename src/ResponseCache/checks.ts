@@ -57,9 +57,14 @@ const entryKeys: ReadonlySet<string> = new Set(["key", "value"])
 
 const usageFields = ["inputTokens", "outputTokens", "totalTokens"] as const
 
-// The schema's numbers take NaN and the infinities, which JSON writes as null: Redis stored such
-// an answer and never read it back (every lookup a miss counted as a Redis error).
-const usageIssue = (at: string, usage: GenerateResponse["usage"]): Input.Issue | undefined => {
+/**
+ * The issue of a usage count at `at` that is not a finite number, or `undefined`. The schema's
+ * numbers take NaN and the infinities, which JSON writes as null: Redis stored such an answer and
+ * never read it back (every lookup a miss counted as a Redis error).
+ *
+ * @internal
+ */
+export const usageIssue = (at: string, usage: GenerateResponse["usage"]): Input.Issue | undefined => {
   for (const field of usageFields) {
     const count = usage[field]
     if (!Number.isFinite(count)) {
