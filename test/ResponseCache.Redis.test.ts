@@ -1036,4 +1036,26 @@ describe.skipIf(skipRedis)(`ResponseCache.Redis (${skipRedis ? skipReason : "nee
         ).pipe(Effect.provide(logs.layer))
       })
   )
+
+  it.live("Redis stopped: a stale entry this process still holds answers a failing refresh within its grace", () =>
+    Effect.scoped(
+      Effect.gen(function* () {
+        const server = yield* startRedis
+        const cache = yield* build(server, {
+          ttl: "300 millis",
+          staleFor: "1 minute",
+          redis: { timeout: "200 millis", reportAfter: "1 minute" }
+        })
+        yield* cache.setMany([{ key: "k", value: response("old") }])
+        yield* Effect.sleep("400 millis")
+        const failing = Effect.fail(modelError("Overloaded", "down"))
+        // A refresh that fails puts the stale entry back in the process.
+        assert.strictEqual((yield* cache.getOrCompute("k", failing, { allowStale: true })).source, "stale")
+        yield* server.kill
+        const [elapsed, answer] = yield* Effect.timed(cache.getOrCompute("k", failing, { allowStale: true }))
+        assert.deepStrictEqual(answer, { value: response("old"), source: "stale" })
+        assert.isBelow(Duration.toMillis(elapsed), 1000, "waited past the Redis deadline")
+      })
+    )
+  )
 })

@@ -105,13 +105,13 @@ export const make = Effect.fnUntraced(function* (options: Options = {}) {
    * Entries of kind `tag` still within their grace, by key; `None` for a miss, a failure, a
    * value that does not decode or one of the other kind (an answer's key holding stream parts).
    * A value that is not JSON at all reaches us as a miss: `effect/persistence`'s `getMany`
-   * drops it.
+   * drops it. `readOrFail` passes on a failure of Redis (`read`: a miss).
    */
-  const read = (
+  const readOrFail = (
     keys: ReadonlyArray<string>,
     now: number,
     tag: Table.Stored["value"]["_tag"]
-  ): Effect.Effect<ReadonlyArray<Option.Option<Table.Stored>>> => {
+  ): Effect.Effect<ReadonlyArray<Option.Option<Table.Stored>>, unknown> => {
     const [first, ...rest] = keys
     if (first === undefined) return Effect.succeed([])
     return guard.call("MGET", store.getMany([first, ...rest])).pipe(
@@ -128,10 +128,16 @@ export const make = Effect.fnUntraced(function* (options: Options = {}) {
           return now < entry.staleUntil ? Option.some({ ...entry, keepFor: entry.staleUntil - now }) : Option.none()
         })
         return corrupt === 0 ? Effect.succeed(found) : Effect.as(Metric.update(errors, corrupt), found)
-      }),
-      Effect.orElseSucceed(() => keys.map(() => Option.none<Table.Stored>()))
+      })
     )
   }
+
+  const read = (
+    keys: ReadonlyArray<string>,
+    now: number,
+    tag: Table.Stored["value"]["_tag"]
+  ): Effect.Effect<ReadonlyArray<Option.Option<Table.Stored>>> =>
+    Effect.orElseSucceed(readOrFail(keys, now, tag), () => keys.map(() => Option.none<Table.Stored>()))
 
   const write = (entries: ReadonlyArray<readonly [string, Table.Stored]>, now: number): Effect.Effect<void> => {
     let tooLarge = 0
@@ -241,8 +247,14 @@ export const make = Effect.fnUntraced(function* (options: Options = {}) {
     } else {
       // An answer this process keeps past its ttl (it keeps one at least a second for the
       // write) is not joined: it answered as "shared" after it expired.
-      if (running._tag === "Done") table.remove(k)
-      const [found = Option.none()] = yield* read([k], at, "Response")
+      const held = running._tag === "Done" ? running.stored : undefined
+      if (held !== undefined) table.remove(k)
+      // With Redis failing, the entry past its ttl this process holds (one a failed refresh put
+      // back) is the stale one: stale-if-error is there to survive outages. With Redis answering,
+      // Redis decides (an entry another process invalidated is not served).
+      const [found = Option.none()] = yield* held === undefined
+        ? read([k], at, "Response")
+        : Effect.orElseSucceed(readOrFail([k], at, "Response"), () => [Option.some(held)])
       if (Option.isSome(found)) {
         if (at < found.value.freshUntil) return Lookup.computed(found.value, "hit")
         lookup.stale = found.value
