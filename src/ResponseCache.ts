@@ -117,7 +117,8 @@ export interface Service {
    * Fails with an `InvalidRequest` `ModelError` naming the field, before anything is looked up,
    * for a `key` that is not a string, a `compute` that is not an Effect, or `options` with a key
    * it does not take (a misspelt `alowStale`) or a value of the wrong kind; and, never answered
-   * stale, when `keep` or `originOf` throws or answers what it may not (see their docs).
+   * stale, when `keep` or `originOf` throws or answers what it may not (see their docs), and
+   * when called for a key from within that key's own computation (it would wait for itself).
    */
   readonly getOrCompute: <E>(
     key: string,

@@ -1058,4 +1058,22 @@ describe.skipIf(skipRedis)(`ResponseCache.Redis (${skipRedis ? skipReason : "nee
       })
     )
   )
+
+  it.live("a compute that asks for its own key fails with an InvalidRequest naming the recursion, never hangs", () =>
+    Effect.scoped(
+      Effect.gen(function* () {
+        const server = yield* startRedis
+        const cache = yield* build(server)
+        const own: Effect.Effect<GenerateResponse, AiError> = Effect.andThen(Effect.sleep("10 millis"), () =>
+          Effect.map(cache.getOrCompute("k", own), (found) => found.value)
+        )
+        const error = yield* Effect.flip(cache.getOrCompute("k", own, { allowStale: true })).pipe(
+          Effect.timeout("5 seconds")
+        )
+        assert.strictEqual(error._tag, "ModelError")
+        const { reason, field } = error as Extract<AiError, { readonly _tag: "ModelError" }>
+        assert.strictEqual(`${reason}/${field}`, "InvalidRequest/compute")
+      })
+    )
+  )
 })

@@ -1059,4 +1059,46 @@ describe("ResponseCache: inputs", () => {
       )
     })
   )
+
+  it.effect("a compute that asks for its own key fails with an InvalidRequest naming the recursion, never hangs", () =>
+    Effect.gen(function* () {
+      const cache = yield* makeCache()
+      const direct: Effect.Effect<GenerateResponse, AiError> = Effect.suspend(() =>
+        Effect.map(cache.getOrCompute("k", direct), (found) => found.value)
+      )
+      // After a wait, through a child fiber, as a compute calling the executor reaches the same key.
+      const forked: Effect.Effect<GenerateResponse, AiError> = Effect.andThen(Effect.sleep("1 second"), () =>
+        Effect.map(
+          Effect.all([cache.getOrCompute("f", forked), Effect.succeed(1)], { concurrency: "unbounded" }),
+          ([found]) => found.value
+        )
+      )
+      for (const [key, compute] of [
+        ["k", direct],
+        ["f", forked]
+      ] as const) {
+        const fiber = yield* Effect.forkChild(Effect.flip(cache.getOrCompute(key, compute, { allowStale: true })))
+        yield* TestClock.adjust("1 hour")
+        const exit = fiber.pollUnsafe()
+        assert.isDefined(exit, `getOrCompute of ${key} waits for itself`)
+        const error = yield* Fiber.join(fiber)
+        assert.strictEqual(error._tag, "ModelError")
+        const { reason, field } = error as Extract<AiError, { readonly _tag: "ModelError" }>
+        assert.strictEqual(`${reason}/${field}`, "InvalidRequest/compute")
+        assert.include(error.message, "recursion")
+        // The key is free again: a compute that does not recurse answers.
+        assert.strictEqual((yield* cache.getOrCompute(key, Effect.succeed(response("ok")))).source, "miss")
+      }
+      // A concurrent caller of the same key (not inside the computation) still joins it.
+      const gate = yield* Deferred.make<void>()
+      const slow = Effect.as(Deferred.await(gate), response("slow"))
+      const callers = yield* Effect.forkChild(
+        Effect.all([cache.getOrCompute("s", slow), cache.getOrCompute("s", slow)], { concurrency: "unbounded" })
+      )
+      yield* Effect.yieldNow
+      yield* Deferred.succeed(gate, undefined)
+      const results = yield* Fiber.join(callers)
+      assert.deepStrictEqual(results.map((r) => r.source).sort(), ["miss", "shared"])
+    })
+  )
 })

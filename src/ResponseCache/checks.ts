@@ -158,7 +158,7 @@ export const checked = (service: Service): Service => ({
 // The refusals of a caller's `keep` and `originOf`: the call's own mistake, never answered stale.
 const refusals = new WeakSet<object>()
 
-const refusal = (path: "keep" | "originOf", message: string, cause?: unknown): ModelError => {
+const refusal = (path: "keep" | "originOf" | "compute", message: string, cause?: unknown): ModelError => {
   const error = Input.toInvalidRequest(cause === undefined ? { path, message } : { path, message, cause })
   refusals.add(error)
   return error
@@ -206,3 +206,15 @@ export const keepRefusal = (keep: unknown): ModelError | undefined =>
   keep === undefined || typeof keep === "boolean"
     ? undefined
     : refusal("keep", `expected it to answer true or false, got ${Input.shown(keep)}`)
+
+/**
+ * The refusal of a `getOrCompute` of `key` from within the computation of that key (itself, or a
+ * fiber it started): it would wait for itself, forever unless a `bound` cut it.
+ *
+ * @internal
+ */
+export const recursion = (key: string): ModelError =>
+  refusal(
+    "compute",
+    `getOrCompute of key ${key} was called from within its own computation (a recursion): it would wait for itself`
+  )

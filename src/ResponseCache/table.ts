@@ -9,9 +9,30 @@
  *
  * @internal
  */
-import { Cache, Duration, Effect, Exit, Fiber, MutableHashMap, Option } from "effect"
+import { Cache, Context, Duration, Effect, Exit, Fiber, MutableHashMap, Option } from "effect"
+import type { ModelError } from "../AiError.js"
 import type { GenerateResponse, StreamPart } from "../Model.js"
 import type { Origin } from "../ResponseCache.js"
+import * as Checks from "./checks.js"
+
+// The computations the current fiber runs within (a fiber it starts inherits them): a table's
+// computation of a key it would join is its own, and joining it waited for itself.
+interface Computing {
+  readonly table: object
+  readonly key: string
+  readonly parent: Computing | undefined
+}
+
+const Computing = Context.Reference<Computing | undefined>("effect-orchestra/ResponseCache/Computing", {
+  defaultValue: () => undefined
+})
+
+const isComputing = (computing: Computing | undefined, table: object, key: string): boolean => {
+  for (let at = computing; at !== undefined; at = at.parent) {
+    if (at.table === table && at.key === key) return true
+  }
+  return false
+}
 
 /**
  * A cached value: a whole answer or the parts of a completed stream.
@@ -61,7 +82,7 @@ export interface Table {
     key: string,
     compute: Effect.Effect<Stored, E>,
     refreshing?: Stored
-  ) => Effect.Effect<{ readonly stored: Stored; readonly leader: boolean }, E>
+  ) => Effect.Effect<{ readonly stored: Stored; readonly leader: boolean }, E | ModelError>
   /** The stale entry a running computation of `key` replaces, if any. */
   readonly refreshingOf: (key: string) => Stored | undefined
   /** Puts `stored` under `key`; a refresh running for it no longer puts back the entry it replaced. */
@@ -82,7 +103,8 @@ export interface Table {
 /**
  * A table of at most `capacity` finished entries (and, given `maxBytes`, at most that many
  * bytes of their values), least recently used evicted first, plus the computations running
- * (never evicted: a caller arriving later joins them).
+ * (never evicted: a caller arriving later joins them). A `run` of a key from within its own
+ * computation (or a fiber it started) fails with `Checks.recursion`: it waited for itself.
  *
  * @internal
  */
@@ -101,7 +123,7 @@ export const makeTable = Effect.fnUntraced(function* (capacity: number, maxBytes
         if (compute === undefined) return Effect.die(`no computation for cache key ${key}`)
         running.add(fiber)
         fiber.addObserver(() => running.delete(fiber))
-        return compute
+        return Effect.provideService(compute, Computing, { table: computes, key, parent: fiber.getRef(Computing) })
       }),
     {
       // The core `Cache` evicts by insertion order whatever the entry: a running computation
@@ -206,8 +228,14 @@ export const makeTable = Effect.fnUntraced(function* (capacity: number, maxBytes
     key: string,
     compute: Effect.Effect<Stored, E>,
     found?: Stored
-  ): Effect.Effect<{ readonly stored: Stored; readonly leader: boolean }, E> =>
-    Effect.suspend(() => {
+  ): Effect.Effect<{ readonly stored: Stored; readonly leader: boolean }, E | ModelError> =>
+    Effect.withFiber((fiber): Effect.Effect<{ readonly stored: Stored; readonly leader: boolean }, E | ModelError> => {
+      // One reference read per computation run or joined (a hit never comes here): outside any
+      // computation it is undefined.
+      const computing = fiber.getRef(Computing)
+      if (computing !== undefined && isComputing(computing, computes, key)) {
+        return Effect.fail(Checks.recursion(key.slice(key.indexOf(":") + 1)))
+      }
       const stale = found === undefined || supersededSince(key, found) ? undefined : found
       // Whoever's computation the lookup runs led the flight; the others joined it.
       let leader = false
