@@ -26,6 +26,16 @@ import * as SharedRedis from "./Redis.js"
 import { isTraced } from "./policy/span.js"
 
 /**
+ * Whether a `RateLimited` refusal is this module's failing closed because its store did not
+ * answer (an outage: `onStoreError: "reject"`), not a limit reached.
+ *
+ * @since 0.3.0
+ * @category predicates
+ */
+export const isStoreRefusal = (error: ModelError): boolean =>
+  error.reason === "RateLimited" && error.cause instanceof RateLimiter.RateLimiterError
+
+/**
  * The limits of one key (a provider). Both limits count over `window`: with `window:
  * "2 seconds"`, `requestsPerMinute: 7` means 7 requests every 2 seconds. A key with
  * neither limit is not limited.

@@ -8,8 +8,8 @@
  * @since 0.2.0
  */
 import { Duration, Schema } from "effect"
-import { RateLimiter } from "effect/persistence"
 import { type AiError, RateLimitKind, reasonOf, type TimeoutLimit } from "../AiError.js"
+import * as RateLimit from "../RateLimit.js"
 
 /**
  * Why the gateway refused a request.
@@ -221,7 +221,7 @@ const modelErrorStatus = (error: Extract<AiError, { _tag: "ModelError" }>): [num
     case "RateLimited":
       // Our own rate limit failing closed because its store did not answer: an outage, not a limit
       // reached (as a breaker's store and a key's limits are answered).
-      if (error.status === undefined && error.cause instanceof RateLimiter.RateLimiterError) {
+      if (error.status === undefined && RateLimit.isStoreRefusal(error)) {
         return [503, "service_unavailable", "rate_limit_store_unavailable"]
       }
       // Our own rate limit on the provider carries no status; the provider's 429 does.

@@ -7,7 +7,7 @@
  */
 import { Clock, Duration, Effect, Redacted, Result, Schedule, Scope } from "effect"
 import { identity } from "effect/Function"
-import { RateLimiter } from "effect/persistence"
+import type { RateLimiter } from "effect/persistence"
 import type { ModelError } from "../../AiError.js"
 import type * as Gateway from "../../Gateway.js"
 import * as Input from "../../Input.js"
@@ -269,7 +269,7 @@ export const make = Effect.fnUntraced(function* (
 
   const limitError = (record: KeyRecord, tokens: number) => (error: ModelError) => {
     // Failing closed, a limit whose store did not answer refused the request: an outage, not a limit reached.
-    if (error.cause instanceof RateLimiter.RateLimiterError) return unavailable("rate limit")
+    if (RateLimit.isStoreRefusal(error)) return unavailable("rate limit")
     const retryAfter = error.retryAfter === undefined ? {} : { retryAfter: error.retryAfter }
     if (error.rateLimit !== undefined && error.limit !== undefined) {
       const per = error.rateLimit === "requests" ? "requests per min (RPM)" : "tokens per min (TPM)"
