@@ -29,6 +29,7 @@ import {
   Cause,
   Context,
   Effect,
+  type Fiber,
   Inspectable,
   Layer,
   Option,
@@ -98,8 +99,11 @@ class Exchange implements Undici.Dispatcher.DispatchHandler, EventListenerObject
   /** A wake-up of the readers is queued. */
   scheduled = false
 
-  /** The signal of `HttpClient.make`'s path; none on the scoped path, where the scope's finalizer aborts. */
-  readonly signal: AbortSignal | undefined
+  /**
+   * The signal of `HttpClient.make`'s path; none on the scoped path, where the scope's finalizer
+   * aborts (until a redirect's answer is handed to `HttpClient.make`, see `listen`).
+   */
+  signal: AbortSignal | undefined
   /** The request's body when it is a Node stream, released if the request fails. */
   readonly body: Readable | undefined
 
@@ -111,6 +115,14 @@ class Exchange implements Undici.Dispatcher.DispatchHandler, EventListenerObject
 
   handleEvent(): void {
     this.abort(this.signal?.reason instanceof globalThis.Error ? this.signal.reason : interrupted)
+  }
+
+  /** Listens to `signal` from now on: an answer already under way is given up when it fires. */
+  listen(signal: AbortSignal): void {
+    if (this.ended || this.error !== undefined) return
+    this.signal = signal
+    if (signal.aborted) this.handleEvent()
+    else signal.addEventListener("abort", this)
   }
 
   abort(reason: Error): void {
@@ -461,9 +473,15 @@ const RequestScope = Context.Reference<Scope.Scope | undefined>("effect/http/Htt
   defaultValue: () => undefined
 })
 
+/** Hands a redirect's answer, still being read, of the scoped path to `HttpClient.make`. */
+type Redirected = (
+  response: UndiciResponse
+) => Effect.Effect<HttpClientResponse.HttpClientResponse, HttpClientError.HttpClientError>
+
 /**
  * Sends `request` through undici. The answer comes as soon as its head has; `signal` (the
- * `HttpClient.make` path) or `link` (the scoped path) gives it up when it fires.
+ * `HttpClient.make` path) or `link` (the scoped path) gives it up when it fires. On the scoped
+ * path, a redirect's answer whose body is still coming goes through `redirected`.
  */
 const send = (
   dispatcher: Undici.Dispatcher,
@@ -472,7 +490,8 @@ const send = (
   url: URL,
   options: Partial<Undici.Dispatcher.RequestOptions>,
   signal: AbortSignal | undefined,
-  link: ScopeLink | undefined
+  link: ScopeLink | undefined,
+  redirected: Redirected | undefined
 ): Effect.Effect<HttpClientResponse.HttpClientResponse, HttpClientError.HttpClientError> => {
   if (request.headers.upgrade !== undefined) {
     return Effect.fail(
@@ -490,8 +509,18 @@ const send = (
         return
       }
       const exchange = new Exchange(signal, stream, (error) => {
-        if (error !== undefined) resume(Effect.fail(transportError(request, error)))
-        else resume(Effect.succeed(new UndiciResponse(request, url.href.split("#")[0]!, exchange)))
+        if (error !== undefined) return resume(Effect.fail(transportError(request, error)))
+        const response = new UndiciResponse(request, url.href.split("#")[0]!, exchange)
+        resume(
+          redirected !== undefined &&
+            exchange.status >= 300 &&
+            exchange.status < 400 &&
+            exchange.headers.location !== undefined &&
+            !exchange.ended &&
+            exchange.error === undefined
+            ? redirected(response)
+            : Effect.succeed(response)
+        )
       })
       signal?.addEventListener("abort", exchange)
       if (link !== undefined) link.exchange = exchange
@@ -530,9 +559,9 @@ const send = (
  * scope closes, which makes a `DOMException` with its stack: ~2.4 KB a request kept through
  * young collections, `docs/benchmarks/gateway.md`). Any other request goes through
  * `HttpClient.make` (tracing, URL parameters and their redaction, an unread answer given up when
- * collected). On the scoped path `HttpClient.followRedirects` does not give a discarded
- * redirect's answer up at once: its scope does as it closes (an answer under 64 KiB is read
- * whole anyway, which frees its connection).
+ * collected). A redirect's answer (3xx with a `location`) whose body is still coming when its
+ * head arrives goes through `HttpClient.make` too, so that `HttpClient.followRedirects` gives it
+ * up (closing its connection) as it follows the redirect, as with effect's clients.
  *
  * @since 0.3.0
  * @category constructors
@@ -541,8 +570,36 @@ export const make: Effect.Effect<HttpClient.HttpClient, never, NodeHttpClient.Di
   const dispatcher = yield* NodeHttpClient.Dispatcher
   const undici = yield* Effect.promise(() => import("undici"))
   const general = HttpClient.make((request, url, signal, fiber) =>
-    send(dispatcher, undici.FormData, request, url, fiber.getRef(NodeHttpClient.UndiciOptions), signal, undefined)
+    send(
+      dispatcher,
+      undici.FormData,
+      request,
+      url,
+      fiber.getRef(NodeHttpClient.UndiciOptions),
+      signal,
+      undefined,
+      undefined
+    )
   )
+  // effect's `HttpClient.followRedirects` gives a discarded redirect's answer up through the
+  // AbortController `HttpClient.make` made for it, which the scoped path has none of: a redirect
+  // whose body is still coming is handed to `HttpClient.make` (which then registers its
+  // controller), or its connection is held until the scope closes (a pool of one deadlocks).
+  const handedOver = new WeakMap<Fiber.Fiber<unknown, unknown>, UndiciResponse>()
+  const adopting = HttpClient.make((request, _url, signal, fiber) => {
+    const response = handedOver.get(fiber)
+    handedOver.delete(fiber)
+    if (response === undefined || response.request !== request) {
+      return Effect.die(new globalThis.Error("UndiciHttpClient: no redirect answer to hand over"))
+    }
+    response.exchange.listen(signal)
+    return Effect.succeed(response)
+  })
+  const redirected: Redirected = (response) =>
+    Effect.withFiber((fiber) => {
+      handedOver.set(fiber, response)
+      return adopting.postprocess(Effect.succeed(response.request))
+    })
   const scoped = (request: HttpClientRequest.HttpClientRequest) =>
     Effect.withFiber<HttpClientResponse.HttpClientResponse, HttpClientError.HttpClientError>((fiber) => {
       const scope = fiber.getRef(RequestScope)
@@ -567,7 +624,16 @@ export const make: Effect.Effect<HttpClient.HttpClient, never, NodeHttpClient.Di
       const link = new ScopeLink()
       // Registered before the dispatch, so that a scope already closed gives the request up first.
       return Effect.flatMap(Scope.addFinalizer(scope, link.close), () =>
-        send(dispatcher, undici.FormData, request, url, fiber.getRef(NodeHttpClient.UndiciOptions), undefined, link)
+        send(
+          dispatcher,
+          undici.FormData,
+          request,
+          url,
+          fiber.getRef(NodeHttpClient.UndiciOptions),
+          undefined,
+          link,
+          redirected
+        )
       )
     })
   return HttpClient.makeWith<HttpClientError.HttpClientError, never, HttpClientError.HttpClientError, never>(

@@ -455,6 +455,80 @@ const liveTests = (name: string, untraced: boolean) =>
       }).pipe(Effect.provide(UndiciHttpClient.layer))
     )
 
+    it.live("followRedirects releases each discarded redirect's connection before the next hop", () =>
+      Effect.gen(function* () {
+        // Each redirect's body never ends: held, its connection (the pool's only one) would keep
+        // the next hop waiting for a connection forever.
+        const server = yield* Server.make((req, res) => {
+          const n = Number(req.path.slice(2))
+          if (n === 0) return Server.text(res, 200, "done")
+          return Server.chunked(res, [bytes(10)], { status: 302, headers: { location: `/r${n - 1}` }, end: "hang" })
+        })
+        const client = yield* UndiciHttpClient.make.pipe(
+          Effect.provideServiceEffect(
+            NodeHttpClient.Dispatcher,
+            NodeHttpClient.makeDispatcherOptions({ connections: 1 })
+          )
+        )
+        const following = HttpClient.followRedirects(HttpClient.withScope(client), 10)
+        const text = yield* Effect.flatMap(following.get(`${server.url}/r5`), (r) => r.text).pipe(
+          Effect.timeout("5 seconds")
+        )
+        assert.strictEqual(text, "done")
+        assert.deepStrictEqual(
+          (yield* server.requests).map((r) => r.path),
+          ["/r5", "/r4", "/r3", "/r2", "/r1", "/r0"]
+        )
+        // Every discarded answer was given up as the next hop went out, not when the scope closes.
+        assert.strictEqual(yield* server.aborted, 5)
+      })
+    )
+
+    it.live("followRedirects stops at its limit with the last redirect's answer", () =>
+      Effect.gen(function* () {
+        const server = yield* Server.make((req, res) => {
+          const n = Number(req.path.slice(2))
+          if (n === 0) return Server.text(res, 200, "done")
+          return Server.text(res, 302, `to ${n - 1}`, { location: `/r${n - 1}` })
+        })
+        const client = HttpClient.followRedirects(HttpClient.withScope(yield* HttpClient.HttpClient), 2)
+        const response = yield* client.get(`${server.url}/r5`)
+        assert.strictEqual(response.status, 302)
+        assert.strictEqual(response.headers.location, "/r2")
+        assert.strictEqual(yield* response.text, "to 2")
+        assert.lengthOf(yield* server.requests, 3)
+      }).pipe(Effect.provide(UndiciHttpClient.layer))
+    )
+
+    it.live("followRedirects keeps Authorization within an origin and drops it (and Cookie) across origins", () =>
+      Effect.gen(function* () {
+        const other = yield* Server.make((_, res) => Server.text(res, 200, "other"))
+        const server = yield* Server.make((req, res) =>
+          req.path === "/same"
+            ? Server.text(res, 302, "", { location: `${other.url}/cross` })
+            : Server.text(res, 302, "", { location: "/same" })
+        )
+        const client = HttpClient.followRedirects(HttpClient.withScope(yield* HttpClient.HttpClient))
+        const response = yield* client.execute(
+          HttpClientRequest.get(`${server.url}/start`).pipe(
+            HttpClientRequest.bearerToken("secret"),
+            HttpClientRequest.setHeader("cookie", "session=1"),
+            HttpClientRequest.setHeader("x-kept", "yes")
+          )
+        )
+        assert.strictEqual(yield* response.text, "other")
+        const [start, same] = yield* server.requests
+        assert.strictEqual(start!.headers.authorization, "Bearer secret")
+        assert.strictEqual(same!.headers.authorization, "Bearer secret", "same origin")
+        assert.strictEqual(same!.headers.cookie, "session=1")
+        const [cross] = yield* other.requests
+        assert.strictEqual(cross!.path, "/cross")
+        assert.isUndefined(cross!.headers.authorization, "another origin")
+        assert.isUndefined(cross!.headers.cookie)
+        assert.strictEqual(cross!.headers["x-kept"], "yes")
+      }).pipe(Effect.provide(UndiciHttpClient.layer))
+    )
+
     it.live("a request body stream is released when its request fails before it was sent", () =>
       Effect.gen(function* () {
         /** A Node stream body, as a file's would be, that tells whether it was released. */
