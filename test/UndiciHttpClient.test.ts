@@ -529,6 +529,98 @@ const liveTests = (name: string, untraced: boolean) =>
       }).pipe(Effect.provide(UndiciHttpClient.layer))
     )
 
+    it.live("a request body stream that fails mid-way fails the request with a TransportError carrying its error", () =>
+      Effect.gen(function* () {
+        const server = yield* Server.make((_, res) => Server.text(res, 200, "read"))
+        const client = HttpClient.withScope(yield* HttpClient.HttpClient)
+        const failure = new Error("the body's source broke")
+        const body = HttpBody.stream(
+          Stream.concat(Stream.make(new TextEncoder().encode("part one")), Stream.fail(failure)),
+          "text/plain"
+        )
+        const exit = yield* Effect.exit(
+          client
+            .execute(HttpClientRequest.post(server.url).pipe(HttpClientRequest.setBody(body)))
+            .pipe(Effect.timeout("5 seconds"))
+        )
+        assert.strictEqual(reasonOf(exit), "TransportError", String(exit))
+        assert.include(String(Exit.isFailure(exit) ? exit.cause : ""), "the body's source broke")
+        // The server never got a whole request to answer.
+        assert.lengthOf(yield* server.requests, 0)
+      }).pipe(Effect.provide(UndiciHttpClient.layer))
+    )
+
+    it.live("a header value with a line break is refused, not sent as a second header", () =>
+      Effect.gen(function* () {
+        const server = yield* Server.make((_, res) => Server.text(res, 200, "ok"))
+        const client = HttpClient.withScope(yield* HttpClient.HttpClient)
+        for (const value of ["a\r\nx-injected: 1", "a\nx-injected: 1", "a\rx-injected: 1"]) {
+          const exit = yield* Effect.exit(
+            client.execute(HttpClientRequest.get(server.url).pipe(HttpClientRequest.setHeader("x-test", value)))
+          )
+          assert.strictEqual(reasonOf(exit), "TransportError", JSON.stringify(value))
+        }
+        const exit = yield* Effect.exit(
+          client.execute(HttpClientRequest.get(server.url).pipe(HttpClientRequest.setHeader("x bad", "1")))
+        )
+        assert.strictEqual(reasonOf(exit), "TransportError", "a header name with a space")
+        assert.lengthOf(yield* server.requests, 0)
+      }).pipe(Effect.provide(UndiciHttpClient.layer))
+    )
+
+    it.live("a request given up while it waits for a connection releases its body stream at once", () =>
+      Effect.gen(function* () {
+        let open!: () => void
+        const gate = new Promise<void>((resolve) => {
+          open = resolve
+        })
+        const server = yield* Server.make(async (req, res) => {
+          if (req.path === "/busy") await gate
+          Server.text(res, 200, req.path)
+        })
+        const counted = yield* countingDispatcher({ connections: 1 })
+        const client = HttpClient.withScope(
+          yield* UndiciHttpClient.make.pipe(Effect.provideService(NodeHttpClient.Dispatcher, counted.dispatcher))
+        )
+        const busy = yield* Effect.forkChild(
+          Effect.scoped(Effect.flatMap(client.get(`${server.url}/busy`), (r) => r.text))
+        )
+        yield* server.awaitRequests(1)
+        const state = { destroyed: false }
+        const body = new Readable({
+          read() {
+            this.push("x")
+            this.push(null)
+          },
+          destroy(error, callback) {
+            state.destroyed = true
+            callback(error)
+          }
+        })
+        const queued = yield* Effect.forkChild(
+          Effect.scoped(
+            client.execute(
+              HttpClientRequest.post(`${server.url}/queued`).pipe(HttpClientRequest.setBody(HttpBody.raw(body)))
+            )
+          )
+        )
+        while (counted.dispatched < 2) yield* Effect.yieldNow
+        yield* Fiber.interrupt(queued)
+        // The connection stays busy (a long stream's would be for minutes): the body is not kept for it.
+        assert.isTrue(state.destroyed, "released as the request was given up")
+        open()
+        assert.strictEqual(yield* Fiber.join(busy), "/busy")
+        assert.strictEqual(
+          yield* Effect.scoped(Effect.flatMap(client.get(`${server.url}/next`), (r) => r.text)),
+          "/next"
+        )
+        assert.deepStrictEqual(
+          (yield* server.requests).map((r) => r.path),
+          ["/busy", "/next"]
+        )
+      })
+    )
+
     it.live("a request body stream is released when its request fails before it was sent", () =>
       Effect.gen(function* () {
         /** A Node stream body, as a file's would be, that tells whether it was released. */

@@ -81,7 +81,10 @@ export class Exchange implements Undici.Dispatcher.DispatchHandler, EventListene
   abort(reason: Error): void {
     if (this.ended || this.error !== undefined) return
     this.aborted ??= reason
-    this.controller?.abort(reason)
+    if (this.controller !== undefined) this.controller.abort(reason)
+    // Still queued for a connection: undici drops it only as one frees (a long stream's may
+    // take minutes), and its body need not be held until then.
+    else if (this.body !== undefined) release(this.body)
   }
 
   onRequestStart(controller: Undici.Dispatcher.DispatchController): void {
