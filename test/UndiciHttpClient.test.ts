@@ -484,6 +484,21 @@ const liveTests = (name: string, untraced: boolean) =>
       })
     )
 
+    it.live("a redirect's answer not followed is the caller's to read whole, however large its body", () =>
+      Effect.gen(function* () {
+        const body = pattern(300 * 1024)
+        const server = yield* Server.make((_, res) =>
+          Server.chunked(res, [body], { status: 302, headers: { location: "/" } })
+        )
+        const client = HttpClient.withScope(yield* HttpClient.HttpClient)
+        const response = yield* client.get(server.url)
+        assert.strictEqual(response.status, 302)
+        const read = yield* response.arrayBuffer.pipe(Effect.timeout("5 seconds"))
+        assert.isTrue(Buffer.from(read).equals(body))
+        assert.strictEqual(yield* server.aborted, 0)
+      }).pipe(Effect.provide(UndiciHttpClient.layer))
+    )
+
     it.live("followRedirects stops at its limit with the last redirect's answer", () =>
       Effect.gen(function* () {
         const server = yield* Server.make((req, res) => {
