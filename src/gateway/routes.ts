@@ -209,14 +209,20 @@ export const allows = (key: KeyIdentity | undefined, model: string): boolean => 
  * @internal
  */
 export const checkAllowed = (key: KeyIdentity | undefined, model: string): Effect.Effect<void, GatewayError> =>
-  allows(key, model)
-    ? Effect.void
-    : Effect.fail(
-        gatewayError("Forbidden", `this key may not use the model "${model}"`, {
-          param: "model",
-          code: "model_not_allowed"
-        })
-      )
+  allows(key, model) ? Effect.void : notAllowed(model)
+
+/**
+ * The 403 of a model the key may not use.
+ *
+ * @internal
+ */
+export const notAllowed = (model: string): Effect.Effect<never, GatewayError> =>
+  Effect.fail(
+    gatewayError("Forbidden", `this key may not use the model "${model}"`, {
+      param: "model",
+      code: "model_not_allowed"
+    })
+  )
 
 /**
  * Reads the body as JSON, at most `maxBodyBytes` (413 beyond; 400 when it is not JSON).

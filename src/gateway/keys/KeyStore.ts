@@ -273,7 +273,10 @@ export interface Service extends Gateway.KeyStoreService {
    */
   readonly list: (options?: ListOptions) => Effect.Effect<KeyPage, GatewayError>
   readonly get: (id: string) => Effect.Effect<KeyInfo, GatewayError>
-  /** Disables (or enables again) a created key: its requests get 401 at once here, within `cacheTtl` elsewhere. */
+  /**
+   * Disables (or enables again) a created key: its requests get 401 at once here, within `cacheTtl` elsewhere
+   * (a `KeyContext` kept from `authenticate` and handed to `reserve`: within `cacheTtl` + 1 s).
+   */
   readonly setDisabled: (id: string, disabled: boolean) => Effect.Effect<KeyInfo, GatewayError>
   /** Each budget of a key in its current period. */
   readonly spend: (id: string) => Effect.Effect<ReadonlyArray<SpendLine>, GatewayError>

@@ -184,6 +184,8 @@ export interface Directory {
  */
 export interface Backend extends Directory, Ledger {
   readonly local: boolean
+  /** A local store's record of a secret's hash now, read at once (a KeyContext spends by it). */
+  readonly current?: ((sha256: string) => KeyRecord | undefined) | undefined
 }
 
 /**

@@ -168,6 +168,7 @@ export const make = (): Backend => {
     settle,
     renew,
     read,
+    current: (sha256) => byHash.get(sha256),
     byHash: (sha256) => Effect.sync(() => byHash.get(sha256)),
     byId: (id) => Effect.sync(() => byId.get(id)),
     insert: (record, maxKeys) =>

@@ -15,6 +15,7 @@ import * as RateLimit from "../../RateLimit.js"
 import type { Guard, StoreError } from "../../Redis.js"
 import { type GatewayError, gatewayError } from "../errors.js"
 import { union } from "../models.js"
+import { allows, notAllowed } from "../routes.js"
 import { notFound, unavailable as storeUnavailable, unreadable, unreadableBudget } from "./failures.js"
 import * as Gauges from "./gauges.js"
 import type { KeyContext, Service } from "./KeyStore.js"
@@ -58,6 +59,8 @@ class Held {
 const nothingHeld: unknown = Object.freeze({ _tag: "NothingHeld" })
 
 const cacheCapacity = 10_000
+/** How long past its cache's life a record read from Redis still lets a KeyContext made from it spend. */
+const spendGraceMs = 1000
 const maxCount = 1e12
 
 // Every nano-dollar shown: a budget may be as small as $0.000000001, and six decimals would
@@ -148,16 +151,42 @@ export const make = Effect.fnUntraced(function* (
 
   const unauthorized = () => gatewayError("Unauthorized", "Incorrect API key provided", { code: "invalid_api_key" })
 
+  const disabledKey = (record: KeyRecord) =>
+    gatewayError("Unauthorized", `The API key "${record.prefix ?? record.id}" is disabled`, { code: "key_disabled" })
+
   const accept = (record: KeyRecord | undefined): Effect.Effect<KeyContext, GatewayError> =>
     record === undefined
       ? Effect.fail(unauthorized())
       : record.disabled
-        ? Effect.fail(
-            gatewayError("Unauthorized", `The API key "${record.prefix ?? record.id}" is disabled`, {
-              code: "key_disabled"
-            })
-          )
+        ? Effect.fail(disabledKey(record))
         : Effect.succeed(contextOf(record))
+
+  const usable = (record: KeyRecord | undefined): Effect.Effect<KeyRecord, GatewayError> =>
+    record === undefined
+      ? Effect.fail(unauthorized())
+      : record.disabled
+        ? Effect.fail(disabledKey(record))
+        : Effect.succeed(record)
+
+  // The record of a secret's hash as this store has it now: Redis is asked once the cache's is older than cacheTtl.
+  const byHash = <A>(
+    sha256: string,
+    then: (record: KeyRecord | undefined) => Effect.Effect<A, GatewayError>
+  ): Effect.Effect<A, GatewayError> => {
+    const cached = backend.local ? undefined : (cache.get(sha256) ?? unknown.get(sha256))
+    if (cached !== undefined && cached.until > now()) return then(cached.record)
+    return Effect.matchEffect(backend.byHash(sha256), {
+      onSuccess: (record) => {
+        if (!backend.local) remember(sha256, record)
+        return then(record)
+      },
+      // A key seen before stays usable while the store is down; an unknown one cannot be told from a wrong one.
+      onFailure: (error) =>
+        error._tag !== "UnreadableRecord" && cached?.record !== undefined
+          ? then(cached.record)
+          : directoryFailure(error)
+    })
+  }
 
   const authenticate = (bearer: Redacted.Redacted<string> | undefined): Effect.Effect<KeyContext, GatewayError> => {
     if (bearer === undefined) {
@@ -172,19 +201,7 @@ export const make = Effect.fnUntraced(function* (
     const sha256 = hash(secret)
     const configured = configByHash.get(sha256)
     if (configured !== undefined) return accept(configured)
-    const cached = backend.local ? undefined : (cache.get(sha256) ?? unknown.get(sha256))
-    if (cached !== undefined && cached.until > now()) return accept(cached.record)
-    return Effect.matchEffect(backend.byHash(sha256), {
-      onSuccess: (record) => {
-        if (!backend.local) remember(sha256, record)
-        return accept(record)
-      },
-      // A key seen before stays usable while the store is down; an unknown one cannot be told from a wrong one.
-      onFailure: (error) =>
-        error._tag !== "UnreadableRecord" && cached?.record !== undefined
-          ? accept(cached.record)
-          : directoryFailure(error)
-    })
+    return byHash(sha256, accept)
   }
 
   // Said once per id in the log (a client retrying its key would repeat it for ever), and to every caller.
@@ -230,12 +247,27 @@ export const make = Effect.fnUntraced(function* (
     )
   }
 
-  // The gateway hands back what `authenticate` gave; an application may build its own KeyContext.
+  // Whether the record a KeyContext was made from is still the key's: one of the configuration never
+  // changes; a local store's is its record now; one read from Redis, while it is the last read of its
+  // key here (a disable through this store forgets it at once) and at most cacheTtl + spendGraceMs old,
+  // so that the gateway's own authenticate -> reserve never asks Redis twice, even with cacheTtl 0.
+  const current = (record: KeyRecord): boolean => {
+    if (record.source === "config") return true
+    if (backend.local) return backend.current !== undefined && backend.current(record.sha256) === record
+    const cached = cache.get(record.sha256)
+    return cached !== undefined && cached.record === record && now() < cached.until + spendGraceMs
+  }
+
+  // A KeyContext spends by its key's record now: the gateway hands back what `authenticate` gave (its
+  // record current), but an application may build its own, or keep one across a disable of its key.
   const recordOf = (key: Gateway.KeyContext): Effect.Effect<KeyRecord, GatewayError> => {
     const found = records.get(key)
-    if (found !== undefined) return Effect.succeed(found)
+    if (found !== undefined) return current(found) ? usable(found) : byHash(found.sha256, usable)
     // Only a key the store does not have is a wrong one: a store that did not answer is an outage.
-    return Effect.mapError(findById(key.id), (error) => (error.reason === "NotFound" ? unauthorized() : error))
+    return Effect.flatMap(
+      Effect.mapError(findById(key.id), (error) => (error.reason === "NotFound" ? unauthorized() : error)),
+      usable
+    )
   }
 
   const gauges = Gauges.make(context, now)
@@ -473,6 +505,7 @@ export const make = Effect.fnUntraced(function* (
       )
     }
     return Effect.flatMap(recordOf(key), (record) => {
+      if (!allows(record, model)) return notAllowed(model)
       // Who gives back what this reserve holds when it is interrupted (a client that left while Redis
       // ran it, or while its slot waited), one of two ways by caller:
       // - with `onHeld` (the gateway), the caller: handed the reservation in the step that makes it, so

@@ -1,0 +1,128 @@
+/**
+ * A `KeyContext` is no ticket to spend: `reserve` goes by the key's record as the store has it
+ * now. A context an application built itself, or one `authenticate` gave and the application
+ * kept across a disable of its key, is refused as `authenticate` refuses the key (401
+ * `key_disabled`), and a model its record does not allow is a 403, for keys of the
+ * configuration, in memory and on Redis; on another replica within the documented bound.
+ */
+import { assert, describe, it } from "@effect/vitest"
+import { Clock, Context, Effect, Layer } from "effect"
+import { TestClock } from "effect/testing"
+import type { GatewayError } from "../../src/gateway/errors.js"
+import * as KeyStore from "../../src/gateway/keys/KeyStore.js"
+import * as Redis from "../../src/Redis.js"
+import { type RedisServer, skipRedis, skipReason, startRedis } from "../utils/redis.js"
+
+const secretA = "sk-context-alpha-0123456789abcdef"
+const secretB = "sk-context-beta-0123456789abcdef"
+
+const failure = <A>(effect: Effect.Effect<A, GatewayError>) => Effect.flip(effect)
+const estimate = { inputTokens: 10, maxOutputTokens: 10 }
+
+const memory = (options: KeyStore.Options) =>
+  Effect.map(Layer.build(KeyStore.layerMemory(options)), Context.get(KeyStore.KeyAdmin))
+
+const onRedis = (server: RedisServer, options: KeyStore.RedisOptions) =>
+  Effect.map(
+    Layer.build(
+      KeyStore.layerRedis({ ...options, redis: { timeout: "2 seconds" } }).pipe(
+        Layer.provide(Redis.layer({ url: server.url, commandTimeout: "2 seconds" }))
+      )
+    ),
+    Context.get(KeyStore.KeyAdmin)
+  )
+
+const refusedAsDisabled = (error: GatewayError) => {
+  assert.strictEqual(error.reason, "Unauthorized")
+  assert.strictEqual(error.code, "key_disabled")
+}
+
+describe("KeyStore: reserve goes by the key's record now, not by the KeyContext it is given", () => {
+  it.effect("a context built by the application for a disabled key of the configuration is refused", () =>
+    Effect.gen(function* () {
+      const store = yield* memory({
+        keys: [
+          { id: "off", sha256: KeyStore.hashSecret(secretB), disabled: true, budget: { tokens: 1000 } },
+          { id: "on", sha256: KeyStore.hashSecret(secretA), allowedModels: ["d-a"], budget: { tokens: 1000 } }
+        ]
+      })
+      refusedAsDisabled(yield* failure(store.reserve({ id: "off" }, "d-a", estimate)))
+      // The record's allowedModels, not the context's.
+      const forbidden = yield* failure(store.reserve({ id: "on", allowedModels: ["*"] }, "d-b", estimate))
+      assert.deepStrictEqual([forbidden.reason, forbidden.code], ["Forbidden", "model_not_allowed"])
+      yield* store.release(yield* store.reserve({ id: "on" }, "d-a", estimate))
+      const unknown = yield* failure(store.reserve({ id: "nobody" }, "d-a", estimate))
+      assert.strictEqual(unknown.code, "invalid_api_key")
+    })
+  )
+
+  it.effect(
+    "in memory: a created key disabled is refused at once, built or kept from authenticate; enabled again, spends",
+    () =>
+      Effect.gen(function* () {
+        const store = yield* memory({})
+        const created = yield* store.create({ id: "k1", allowedModels: ["d-a"], budget: { tokens: 1000 } })
+        const kept = yield* store.authenticate(created.secret)
+        yield* store.release(yield* store.reserve(kept, "d-a", estimate))
+        yield* store.setDisabled("k1", true)
+        refusedAsDisabled(yield* failure(store.reserve(kept, "d-a", estimate)))
+        refusedAsDisabled(yield* failure(store.reserve({ id: "k1" }, "d-a", estimate)))
+        const forbidden = yield* failure(store.reserve({ id: "k1", allowedModels: ["*"] }, "d-b", estimate))
+        assert.strictEqual(forbidden.code, "key_disabled")
+        yield* store.setDisabled("k1", false)
+        yield* store.release(yield* store.reserve(kept, "d-a", estimate))
+        assert.deepStrictEqual(
+          (yield* store.spend("k1")).map((line) => [line.spent, line.held]),
+          [[0, 0]]
+        )
+      })
+  )
+})
+
+describe.skipIf(skipRedis)(
+  `KeyStore on Redis: a kept context (${skipRedis ? skipReason : "needs redis-server"})`,
+  () => {
+    it.live("disabled through this replica: refused at once; through another: within cacheTtl + 1 s (TestClock)", () =>
+      Effect.scoped(
+        Effect.gen(function* () {
+          const server = yield* startRedis
+          const prefix = `ctx-${Math.random().toString(36).slice(2, 10)}:`
+          const options: KeyStore.RedisOptions = { prefix, cacheTtl: "2 seconds" }
+          const one = yield* onRedis(server, options)
+          // The other replica's time is a TestClock: its cache and the bound move only when told.
+          const clock = yield* TestClock.make()
+          const two = yield* Effect.provideService(onRedis(server, options), Clock.Clock, clock)
+
+          const first = yield* one.create({ id: "r1", budget: { tokens: 1000 } })
+          const second = yield* one.create({ id: "r2", budget: { tokens: 1000 } })
+          const keptOne = yield* one.authenticate(first.secret)
+          yield* one.release(yield* one.reserve(keptOne, "d-a", estimate))
+          yield* one.setDisabled("r1", true)
+          refusedAsDisabled(yield* failure(one.reserve(keptOne, "d-a", estimate)))
+          refusedAsDisabled(yield* failure(one.reserve({ id: "r1" }, "d-a", estimate)))
+          // Built by the application: read from Redis, refused at once on any replica.
+          refusedAsDisabled(yield* failure(two.reserve({ id: "r1" }, "d-a", estimate)))
+
+          const keptTwo = yield* two.authenticate(second.secret)
+          yield* one.setDisabled("r2", true)
+          // Within the bound, the replica that did not disable it still trusts what it read.
+          yield* clock.adjust("2999 millis")
+          yield* two.release(yield* two.reserve(keptTwo, "d-a", estimate))
+          yield* clock.adjust("1 millis")
+          refusedAsDisabled(yield* failure(two.reserve(keptTwo, "d-a", estimate)))
+          refusedAsDisabled(yield* failure(two.authenticate(second.secret)))
+
+          // Enabled again: the kept context spends again once the replica reads it.
+          yield* one.setDisabled("r2", false)
+          yield* clock.adjust("3 seconds")
+          yield* two.release(yield* two.reserve(keptTwo, "d-a", estimate))
+          const spend = yield* one.spend("r2")
+          assert.deepStrictEqual(
+            spend.map((line) => [line.spent, line.held]),
+            [[0, 0]]
+          )
+        })
+      )
+    )
+  }
+)
