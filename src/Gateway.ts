@@ -465,8 +465,9 @@ const checkServe = (options: ServeOptions) =>
  * `NodeRuntime.runMain`) drains the gateway before the server stops. Provides the
  * `HttpServer` (its `address` tells the port chosen for `port: 0`). A request the Node server
  * refuses itself (slower than `requestTimeout` 408, a head over `maxHeaderBytes` 431, not
- * HTTP 400, an `Expect` it cannot meet 417) is answered OpenAI-shaped too, with `Connection:
- * close`, and counted in the gateway's metrics under route `other`. `routes` are served
+ * HTTP 400, an HTTP/1.1 request without `Host` 400, an `Expect` it cannot meet 417) is answered
+ * OpenAI-shaped too, with `Connection: close`, and counted in the gateway's metrics under route
+ * `other`. `routes` are served
  * beside the gateway's (the key store's admin routes, `gateway/admin`); any other path is
  * the gateway's OpenAI-shaped 404 (`code: "unknown_url"`), counted in its metrics.
  *
@@ -500,7 +501,9 @@ export const serve = <E = never, R = never>(
             connectionsCheckingInterval: Math.min(1000, Math.max(100, Math.ceil(requestTimeout / 4))),
             headersTimeout,
             keepAliveTimeout,
-            noDelay: true
+            noDelay: true,
+            // Node's refusal is a bare 400: `ClientErrors` answers a request without Host as the gateway's.
+            requireHostHeader: false
           })
           ClientErrors.install(
             nodeServer,

@@ -1,7 +1,8 @@
 /**
  * What Node's HTTP server answers on its own, before any route sees the request (a request
  * slower than `requestTimeout`, a head over `maxHeaderBytes`, bytes that are not HTTP, chunk
- * extensions over Node's limit, an `Expect` other than `100-continue`), answered as every
+ * extensions over Node's limit, an `Expect` other than `100-continue`, an HTTP/1.1 request without
+ * `Host`), answered as every
  * other refusal of the gateway: an OpenAI-shaped JSON body with the right status, the
  * connection closed after it, and counted in the gateway's metrics (route `other`).
  *
@@ -93,6 +94,11 @@ export const install = (server: Server, limits: Limits, metrics: () => GatewayMe
       code: "expectation_failed"
     })
   )
+  const missingHost = answerOf(
+    gatewayError("InvalidRequest", "the request has no Host header, which every HTTP/1.1 request must send", {
+      code: "missing_host_header"
+    })
+  )
   const answers: Readonly<Record<string, Answer>> = {
     ERR_HTTP_REQUEST_TIMEOUT: timeout,
     HPE_HEADER_OVERFLOW: headTooLarge,
@@ -121,13 +127,33 @@ export const install = (server: Server, limits: Limits, metrics: () => GatewayMe
     socket.end(answer.raw, () => socket.destroy())
   })
 
-  server.on("checkExpectation", (_request: IncomingMessage, response: ServerResponse) => {
-    metrics()?.refused(expectation.status, expectation.reason)
-    response.writeHead(expectation.status, {
+  const refuse = (answer: Answer, response: ServerResponse) => {
+    metrics()?.refused(answer.status, answer.reason)
+    response.writeHead(answer.status, {
       "content-type": "application/json",
-      "content-length": Buffer.byteLength(expectation.body),
+      "content-length": Buffer.byteLength(answer.body),
       connection: "close"
     })
-    response.end(expectation.body)
-  })
+    response.end(answer.body)
+  }
+
+  server.on("checkExpectation", (_request: IncomingMessage, response: ServerResponse) => refuse(expectation, response))
+
+  // Node's own refusal of an HTTP/1.1 request without Host (`requireHostHeader`) is a bare 400 that no
+  // event tells: the server is made without it (see `Gateway.serve`), and such a request is answered
+  // here before any listener sees it, with `Expect: 100-continue` or not. No allocation: `arguments` passed on.
+  const emit = server.emit
+  server.emit = function (this: Server, event: string | symbol): boolean {
+    if (event === "request" || event === "checkContinue") {
+      // biome-ignore lint/complexity/noArguments: forwarded as they came, without an array per event.
+      const request = arguments[1] as IncomingMessage
+      if (request.headers.host === undefined && request.httpVersionMajor === 1 && request.httpVersionMinor === 1) {
+        // biome-ignore lint/complexity/noArguments: as above.
+        refuse(missingHost, arguments[2] as ServerResponse)
+        return true
+      }
+    }
+    // biome-ignore lint/complexity/noArguments: as above.
+    return emit.apply(this, arguments as never)
+  } as Server["emit"]
 }

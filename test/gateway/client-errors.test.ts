@@ -144,6 +144,28 @@ describe("Gateway: what Node's server answers on its own", () => {
     })
   )
 
+  it.live("an HTTP/1.1 request without Host is a 400 naming the header, counted; HTTP/1.0 needs none", () =>
+    Effect.gen(function* () {
+      const upstream = yield* Server.make(Up.openAi(["ok"]))
+      const gw = yield* Harness.make({ upstreams: { a: upstream.url } })
+      const body = JSON.stringify({ model: "d-a", messages: [{ role: "user", content: "hi" }] })
+      const noHost = `POST /v1/chat/completions HTTP/1.1\r\nContent-Type: application/json\r\nContent-Length: ${body.length}\r\n`
+      const answer = yield* raw(gw.url, [`${noHost}\r\n${body}`])
+      const message = assertShaped(answer, 400, "invalid_request_error", "missing_host_header")
+      assert.include(message, "Host header")
+      // With Expect: 100-continue, Node would ask for the body first: refused the same, never continued.
+      const expecting = yield* raw(gw.url, [`${noHost}Expect: 100-continue\r\n\r\n`])
+      assert.isFalse(expecting.continued)
+      assertShaped(expecting, 400, "invalid_request_error", "missing_host_header")
+      assert.lengthOf(yield* upstream.requests, 0)
+      const old = yield* raw(gw.url, [`GET /v1/models HTTP/1.0\r\n\r\n`])
+      assert.notStrictEqual(old.status, 400, old.body)
+      const metrics = yield* gw.metrics
+      assert.include(metrics, 'orchestra_gateway_requests_total{route="other",status="400"} 2')
+      assert.include(metrics, 'orchestra_gateway_errors_total{reason="InvalidRequest"} 2')
+    })
+  )
+
   it.live("chunk extensions over Node's limit are a 413, as a body too large is", () =>
     Effect.gen(function* () {
       const upstream = yield* Server.make(Up.openAi())
