@@ -163,6 +163,8 @@ export interface KeyStoreService {
   readonly authenticate: (bearer: Redacted.Redacted<string> | undefined) => Effect.Effect<KeyContext, GatewayError>
   /**
    * A 429 `GatewayError` naming the budget (scope, spent, limit) when one is exceeded, or the key's rate limit.
+   * `gateway/keys` goes by the key's record as its store has it, not by the `KeyContext`'s fields: a
+   * disabled key is the 401 `authenticate` gives, a model its record does not allow a 403.
    *
    * `onHeld` (since 0.3.0), when given, is called with the reservation as soon as the store holds
    * it, before `reserve` ends: the gateway registers its release before calling `reserve`, so a

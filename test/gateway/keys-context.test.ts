@@ -6,7 +6,7 @@
  * configuration, in memory and on Redis; on another replica within the documented bound.
  */
 import { assert, describe, it } from "@effect/vitest"
-import { Clock, Context, Effect, Layer } from "effect"
+import { Clock, Context, Effect, Layer, Redacted } from "effect"
 import { TestClock } from "effect/testing"
 import type { GatewayError } from "../../src/gateway/errors.js"
 import * as KeyStore from "../../src/gateway/keys/KeyStore.js"
@@ -123,6 +123,29 @@ describe.skipIf(skipRedis)(
           )
         })
       )
+    )
+
+    it.live(
+      "a created key whose id the configuration took later is refused, not spent on the configured key's counters",
+      () =>
+        Effect.scoped(
+          Effect.gen(function* () {
+            const server = yield* startRedis
+            const prefix = `ctx-${Math.random().toString(36).slice(2, 10)}:`
+            const before = yield* onRedis(server, { prefix, cacheTtl: 0 })
+            const created = yield* before.create({ id: "shared-id", budget: { tokens: 1_000_000 } })
+            // The configuration defines the id afterwards, for another secret and a smaller budget.
+            const after = yield* onRedis(server, {
+              prefix,
+              cacheTtl: 0,
+              keys: [{ id: "shared-id", sha256: KeyStore.hashSecret(secretA), budget: { tokens: 100 } }]
+            })
+            // Admins cannot disable it there (a key of the configuration), nor see it: it must not spend.
+            assert.strictEqual((yield* failure(after.setDisabled("shared-id", true))).reason, "Forbidden")
+            refusedAsDisabled(yield* failure(after.authenticate(created.secret)))
+            yield* after.authenticate(Redacted.make(secretA))
+          })
+        )
     )
   }
 )

@@ -154,19 +154,39 @@ export const make = Effect.fnUntraced(function* (
   const disabledKey = (record: KeyRecord) =>
     gatewayError("Unauthorized", `The API key "${record.prefix ?? record.id}" is disabled`, { code: "key_disabled" })
 
+  // A created key whose id the configuration defines since: admins can neither see nor disable it, and
+  // it would spend on the configured key's counters by its own budgets. Refused, and said in the log once.
+  const shadowed = (record: KeyRecord): Effect.Effect<never, GatewayError> => {
+    const failure = Effect.fail(disabledKey(record))
+    const name = `shadowed\u0000${record.id}`
+    if (reported.has(name) || reported.size >= 1000) return failure
+    reported.add(name)
+    return Effect.andThen(
+      Effect.logError(
+        `gateway: the key store holds a created key "${record.id}" whose id the configuration now defines; its secret is refused until the configuration's key is renamed`
+      ),
+      failure
+    )
+  }
+  const isShadowed = (record: KeyRecord) => record.source === "store" && configById.has(record.id)
+
   const accept = (record: KeyRecord | undefined): Effect.Effect<KeyContext, GatewayError> =>
     record === undefined
       ? Effect.fail(unauthorized())
       : record.disabled
         ? Effect.fail(disabledKey(record))
-        : Effect.succeed(contextOf(record))
+        : isShadowed(record)
+          ? shadowed(record)
+          : Effect.succeed(contextOf(record))
 
   const usable = (record: KeyRecord | undefined): Effect.Effect<KeyRecord, GatewayError> =>
     record === undefined
       ? Effect.fail(unauthorized())
       : record.disabled
         ? Effect.fail(disabledKey(record))
-        : Effect.succeed(record)
+        : isShadowed(record)
+          ? shadowed(record)
+          : Effect.succeed(record)
 
   // The record of a secret's hash as this store has it now: Redis is asked once the cache's is older than cacheTtl.
   const byHash = <A>(
