@@ -117,7 +117,9 @@ export interface Options {
   readonly reservationTtl?: Input.DurationInput | undefined
   /**
    * How long a key read from Redis is used without asking again (so a disabled key stops
-   * working on other replicas within this time). Default 2 seconds; 0: ask every time.
+   * working on other replicas within this time; a `KeyContext` a program keeps from
+   * `authenticate` and hands to `reserve`, within this time + 1 s). Default 2 seconds; 0: ask
+   * every time.
    */
   readonly cacheTtl?: Input.DurationInput | undefined
   /** Most keys an admin may create. Default 100,000. */
