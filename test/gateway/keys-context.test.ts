@@ -10,6 +10,7 @@ import { Clock, Context, Effect, Layer, Redacted } from "effect"
 import { TestClock } from "effect/testing"
 import type { GatewayError } from "../../src/gateway/errors.js"
 import * as KeyStore from "../../src/gateway/keys/KeyStore.js"
+import { Redis as PersistenceRedis } from "effect/persistence"
 import * as Redis from "../../src/Redis.js"
 import { type RedisServer, skipRedis, skipReason, startRedis } from "../utils/redis.js"
 
@@ -146,6 +147,36 @@ describe.skipIf(skipRedis)(
             yield* after.authenticate(Redacted.make(secretA))
           })
         )
+    )
+
+    it.live("a stored record that says it is of the configuration is no less disabled for a kept context", () =>
+      Effect.scoped(
+        Effect.gen(function* () {
+          const server = yield* startRedis
+          const prefix = `ctx-${Math.random().toString(36).slice(2, 10)}:`
+          const options: KeyStore.RedisOptions = { prefix, cacheTtl: "2 seconds" }
+          const one = yield* onRedis(server, options)
+          const clock = yield* TestClock.make()
+          const two = yield* Effect.provideService(onRedis(server, options), Clock.Clock, clock)
+          const created = yield* one.create({ id: "edited", budget: { tokens: 1000 } })
+          // Edited by hand (or by another version): its JSON says "source": "config".
+          const redis = Context.get(
+            yield* Layer.build(Redis.layer({ url: server.url, commandTimeout: "2 seconds" })),
+            PersistenceRedis.Redis
+          )
+          const json = yield* redis.send<string>("HGET", `${prefix}keys`, "edited")
+          yield* redis.send(
+            "HSET",
+            `${prefix}keys`,
+            "edited",
+            JSON.stringify({ ...JSON.parse(json), source: "config" })
+          )
+          const kept = yield* two.authenticate(created.secret)
+          yield* one.setDisabled("edited", true)
+          yield* clock.adjust("3 seconds")
+          refusedAsDisabled(yield* failure(two.reserve(kept, "d-a", estimate)))
+        })
+      )
     )
   }
 )

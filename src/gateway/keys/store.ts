@@ -168,7 +168,10 @@ export const make = Effect.fnUntraced(function* (
       failure
     )
   }
-  const isShadowed = (record: KeyRecord) => record.source === "store" && configById.has(record.id)
+  const isShadowed = (record: KeyRecord) => {
+    const configured = configById.get(record.id)
+    return configured !== undefined && configured !== record
+  }
 
   const accept = (record: KeyRecord | undefined): Effect.Effect<KeyContext, GatewayError> =>
     record === undefined
@@ -272,7 +275,8 @@ export const make = Effect.fnUntraced(function* (
   // key here (a disable through this store forgets it at once) and at most cacheTtl + spendGraceMs old,
   // so that the gateway's own authenticate -> reserve never asks Redis twice, even with cacheTtl 0.
   const current = (record: KeyRecord): boolean => {
-    if (record.source === "config") return true
+    // By identity, not `source`: a stored record may say anything of itself (edited by hand).
+    if (configById.get(record.id) === record) return true
     if (backend.local) return backend.current !== undefined && backend.current(record.sha256) === record
     const cached = cache.get(record.sha256)
     return cached !== undefined && cached.record === record && now() < cached.until + spendGraceMs
