@@ -1037,6 +1037,39 @@ describe.skipIf(skipRedis)(`ResponseCache.Redis (${skipRedis ? skipReason : "nee
       })
   )
 
+  it.live(
+    "a compute answering no usage, or one that is not an answer (a caller's own): its callers have it, it is not written",
+    () =>
+      Effect.gen(function* () {
+        const logs = yield* captureLogs
+        yield* Effect.scoped(
+          Effect.gen(function* () {
+            const server = yield* startRedis
+            const cache = yield* build(server, { ttl: "1 minute" })
+            const redis = yield* admin(server)
+            const { usage: _, ...noUsage } = response("no usage")
+            const odd: ReadonlyArray<readonly [string, unknown, string]> = [
+              ["none", noUsage, "answer.usage"],
+              ["null", { ...response("null usage"), usage: null }, "answer.usage"],
+              ["text", { ...response("t"), text: 42 }, "answer.text"]
+            ]
+            for (const [key, value] of odd) {
+              const answered = yield* cache.getOrCompute(key, Effect.succeed(value as GenerateResponse))
+              assert.deepStrictEqual(answered, { value: value as GenerateResponse, source: "miss" })
+            }
+            yield* Effect.sleep("100 millis")
+            assert.strictEqual(yield* redis.send<number>("EXISTS", ...odd.map(([key]) => `${cache.name}:r:${key}`)), 0)
+            assert.strictEqual(yield* errorsOf(cache.name), odd.length)
+            const warnings = logs.lines.filter((l) => l.startsWith("Warn"))
+            assert.strictEqual(warnings.length, odd.length, JSON.stringify(logs.lines))
+            odd.forEach(([, , path], i) => assert.include(warnings[i]!, `answer not stored: ${path} `, warnings[i]))
+            const next = yield* cache.getOrCompute("none", Effect.succeed(response("next")))
+            assert.deepStrictEqual(next, { value: response("next"), source: "miss" })
+          })
+        ).pipe(Effect.provide(logs.layer))
+      })
+  )
+
   it.live("Redis stopped: a stale entry this process still holds answers a failing refresh within its grace", () =>
     Effect.scoped(
       Effect.gen(function* () {

@@ -194,11 +194,12 @@ export const make = Effect.fnUntraced(function* (options: Options = {}) {
           // and is neither kept nor written.
           const notKept = Effect.succeed(Table.storedOf(value, at, config.ttl, config.staleFor, 0))
           if (!keep) return notKept
-          // A usage count JSON cannot carry (a caller's own compute: providers answer finite ones) would
-          // be written as null and never read back. The flight's callers have their answer; failing them
-          // for what only the cache cannot hold would turn a cache limit into an outage, so it is
-          // neither kept nor written, counted as a cache error and said.
-          const issue = Checks.usageIssue("answer", response.usage)
+          // What a caller's own compute answered that is not an answer (no usage: reading its counts
+          // threw, failing every caller of the flight), or a usage count JSON cannot carry (written as
+          // null, never read back): providers answer neither. The flight's callers have their answer;
+          // failing them for what only the cache cannot hold would turn a cache limit into an outage,
+          // so it is neither kept nor written, counted as a cache error and said.
+          const issue = Checks.answerIssue("answer", response)
           if (issue !== undefined) {
             return Effect.andThen(
               Effect.andThen(

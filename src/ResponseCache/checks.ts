@@ -7,7 +7,7 @@
  *
  * @internal
  */
-import { Effect, Schema } from "effect"
+import { Effect, Result, Schema } from "effect"
 import type { ModelError } from "../AiError.js"
 import { thrownIssue } from "../executor/options.js"
 import * as Input from "../Input.js"
@@ -72,6 +72,28 @@ export const usageIssue = (at: string, usage: GenerateResponse["usage"]): Input.
     }
   }
   return undefined
+}
+
+const decodeAnswer = Schema.decodeUnknownResult(GenerateResponse)
+
+/**
+ * The issue of an answer a caller's own computation produced that the cache cannot write, or
+ * `undefined`: not an answer at all (no `usage`, a `text` that is not a string: its field named),
+ * or a usage count JSON cannot carry ({@link usageIssue}). The types promise an answer, a cast or
+ * a plain JavaScript caller does not; reading it may throw (a getter), which is its issue too.
+ *
+ * @internal
+ */
+export const answerIssue = (at: string, answer: unknown): Input.Issue | undefined => {
+  try {
+    if (isAnswer(answer)) return usageIssue(at, answer.usage)
+    const decoded = decodeAnswer(answer)
+    return Result.isFailure(decoded)
+      ? Input.issueOf(decoded.failure, at)
+      : { path: at, message: `expected an answer, got ${Input.shown(answer)}` }
+  } catch (thrown) {
+    return { path: at, message: `reading it threw: ${Input.thrownMessage(thrown)}`, cause: thrown }
+  }
 }
 
 const keysIssue = (keys: unknown): Input.Issue | undefined => {
