@@ -160,6 +160,46 @@ describe.skipIf(skipRedis)(`ResponseCache.Redis (${skipRedis ? skipReason : "nee
     )
   )
 
+  it.live(
+    "maxValueBytes bounds the value as documented (its JSON), not the entry around it: one of exactly it is stored",
+    () =>
+      Effect.scoped(
+        Effect.gen(function* () {
+          const server = yield* startRedis
+          const name = uniqueName("exact")
+          const limit = 2000
+          const cache = yield* build(server, { name, maxValueBytes: limit })
+          const redis = yield* admin(server)
+          const sized = (bytes: number) => {
+            const shell = JSON.stringify(response("")).length
+            return response("x".repeat(bytes - shell))
+          }
+          assert.strictEqual(JSON.stringify(sized(limit)).length, limit)
+          yield* cache.setMany([
+            { key: "exact", value: sized(limit) },
+            { key: "over", value: sized(limit + 1) }
+          ])
+          assert.deepStrictEqual((yield* cache.getMany(["exact", "over"])).map(Option.isSome), [true, false])
+          assert.strictEqual(yield* redis.send<number>("EXISTS", `${name}:r:exact`), 1)
+          // Stream parts alike: their JSON, the array the caller gave.
+          const { text: _, ...rest } = response("")
+          const finish: StreamPart = { _tag: "Finish", ...rest }
+          const partsOf = (bytes: number): ReadonlyArray<StreamPart> => {
+            const shell = JSON.stringify([{ _tag: "TextDelta", text: "" }, finish]).length
+            return [{ _tag: "TextDelta", text: "y".repeat(bytes - shell) }, finish]
+          }
+          assert.strictEqual(JSON.stringify(partsOf(limit)).length, limit)
+          yield* cache.setParts("p-exact", partsOf(limit))
+          yield* cache.setParts("p-over", partsOf(limit + 1))
+          yield* Effect.suspend(() => redis.send<number>("EXISTS", `${name}:s:p-exact`)).pipe(
+            Effect.flatMap((n) => (n === 1 ? Effect.void : Effect.fail("not written yet"))),
+            Effect.retry(Schedule.spaced("20 millis").pipe(Schedule.upTo({ duration: "5 seconds" })))
+          )
+          assert.strictEqual(yield* redis.send<number>("EXISTS", `${name}:s:p-over`), 0)
+        })
+      )
+  )
+
   it.live("the answers kept in the process while they are written hold at most 16 × maxValueBytes bytes", () =>
     Effect.scoped(
       Effect.gen(function* () {

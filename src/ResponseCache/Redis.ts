@@ -42,8 +42,9 @@ export interface Options extends ResponseCache.Options {
   /** Deadline of each Redis call and when an outage is reported; see `Redis.GuardOptions`. */
   readonly redis?: SharedRedis.GuardOptions | undefined
   /**
-   * Longest value stored, in bytes of its JSON encoding; longer ones are not stored (counted in
-   * `orchestra_cache_oversized_total`). Default 1 MiB. A large value holds the Redis connection
+   * Longest value stored (an answer, or a stream's parts), in UTF-8 bytes of its JSON encoding; longer
+   * ones are not stored (counted in `orchestra_cache_oversized_total`). The entry written around it
+   * (its kind, origin and expiry times, about 100 bytes) is not counted. Default 1 MiB. A large value holds the Redis connection
    * that every store shares while it is written and read: a larger bound needs a deadline that
    * covers the transfer, `redis.timeout` and `Redis.layer`'s `commandTimeout` both (the client
    * cuts each command at the shorter). The answers this process keeps while they are written
@@ -94,9 +95,11 @@ export const make = Effect.fnUntraced(function* (options: Options = {}) {
   const oversized = yield* Counters.scoped(Metrics.cacheOversized as Metric.Metric<number, unknown>, {
     cache: config.name
   })
-  // UTF-8 takes 1 to 3 bytes per UTF-16 unit: measure only when the length alone does not decide.
-  const fits = (encoded: object): boolean => {
-    const json = JSON.stringify(encoded)
+  // The value the caller stored (an answer, a stream's parts), as documented: not the entry around
+  // it, whose tag and expiry times (~80 bytes) refused a value just under the bound. UTF-8 takes 1
+  // to 3 bytes per UTF-16 unit: measure only when the length alone does not decide.
+  const fits = (encoded: { readonly value: { readonly response?: unknown; readonly parts?: unknown } }): boolean => {
+    const json = JSON.stringify(encoded.value.response ?? encoded.value.parts)
     if (json.length > maxValueBytes) return false
     return json.length * 3 <= maxValueBytes || Buffer.byteLength(json, "utf8") <= maxValueBytes
   }
@@ -143,7 +146,7 @@ export const make = Effect.fnUntraced(function* (options: Options = {}) {
     let tooLarge = 0
     const encoded = entries.flatMap(([k, stored]) => {
       if (stored.staleUntil <= now) return []
-      const value = encode(stored) as object
+      const value = encode(stored)
       if (!fits(value)) {
         tooLarge++
         return []
