@@ -29,12 +29,15 @@ import {
   Clock,
   Config,
   Context,
+  Deferred,
   Duration,
   Effect,
+  Exit,
   Layer,
   Metric,
   Option,
   Predicate,
+  Queue,
   Redacted,
   References,
   Result,
@@ -74,6 +77,18 @@ export interface Options {
   readonly commandTimeout?: Input.DurationInput | undefined
   /** Longest pause between reconnection attempts (exponential from 50 ms). Default 2 seconds. */
   readonly reconnectMax?: Input.DurationInput | undefined
+  /**
+   * What building the layer does when Redis cannot be reached: the first connection fails, or has not
+   * completed within `connectTimeout`.
+   * - `"fail"` (default): the layer fails with a `RedisError` naming the address and the error, so a wrong
+   *   URL, port or password is found at start, where it is cheapest to find.
+   * - `"start"`: the layer builds anyway and logs one warning naming the address and the error. Until the
+   *   client connects (it keeps trying in the background, at most `reconnectMax` apart, and says so in an
+   *   info line once it has) every command fails at once, as during any later outage: each store fails open
+   *   or closed as configured, and never waits past its Redis deadline. A replica restarted while Redis is
+   *   down then serves; a wrong URL is said only by that warning and the stores' outage warnings.
+   */
+  readonly onUnreachableAtStart?: "fail" | "start" | undefined
 }
 
 interface Settings {
@@ -83,6 +98,7 @@ interface Settings {
   readonly connectTimeout: number
   readonly commandTimeout: number
   readonly reconnectMax: number
+  readonly onUnreachableAtStart: "fail" | "start"
 }
 
 // node-redis runs each of these on a Node timer (a command's deadline through AbortSignal.timeout,
@@ -99,7 +115,13 @@ const decodes = (component: string): boolean => {
   }
 }
 
-const optionKeys: ReadonlySet<string> = new Set(["url", "connectTimeout", "commandTimeout", "reconnectMax"])
+const optionKeys: ReadonlySet<string> = new Set([
+  "url",
+  "connectTimeout",
+  "commandTimeout",
+  "reconnectMax",
+  "onUnreachableAtStart"
+])
 
 const settings = (options: Options): Input.Checked<Settings> => {
   // `null` (a JSON config's) would fail reading its first field; a misspelt `urll` would connect to the default.
@@ -127,6 +149,13 @@ const settings = (options: Options): Input.Checked<Settings> => {
       message: "expected a user and password percent-encoded (a literal % is %25)"
     })
   }
+  const onUnreachableAtStart = Input.orDefault(options.onUnreachableAtStart, "fail")
+  if (onUnreachableAtStart !== "fail" && onUnreachableAtStart !== "start") {
+    return Result.fail({
+      path: "onUnreachableAtStart",
+      message: `expected "fail" or "start", got ${Input.shown(onUnreachableAtStart)}`
+    })
+  }
   return Result.map(
     Input.all([
       wholeMillis("connectTimeout", options.connectTimeout, "2 seconds"),
@@ -138,7 +167,8 @@ const settings = (options: Options): Input.Checked<Settings> => {
       address: `${parsed.hostname}:${parsed.port === "" ? "6379" : parsed.port}`,
       connectTimeout,
       commandTimeout,
-      reconnectMax
+      reconnectMax,
+      onUnreachableAtStart
     })
   )
 }
@@ -175,10 +205,12 @@ const loadNodeRedis = Effect.tryPromise({
 
 /**
  * `effect/persistence`'s `Redis` service (and `NodeRedis`, the node-redis client) for the
- * stores of this library. Connects when built: an unreachable Redis fails the layer with
+ * stores of this library. Connects when built. An unreachable Redis fails the layer with
  * a `RedisError` (after at most `connectTimeout`, also when it accepts the connection and
- * never answers); later outages are the stores' business (each fails open or closed as
- * configured) while the client reconnects in the background.
+ * never answers), unless `onUnreachableAtStart: "start"`: then the layer builds, says so
+ * in a warning, and connects in the background, its commands failing at once meanwhile.
+ * Later outages are the stores' business (each fails open or closed as configured) while
+ * the client reconnects in the background.
  * Invalid options fail it with an `OptionError` naming the field. Closed with the layer's scope.
  * The `redis` package (node-redis) is loaded when the layer is built, so modules that only
  * use the in-memory stores never need it.
@@ -204,51 +236,146 @@ export const layer = (
     Effect.gen(function* () {
       const s = yield* Input.orOptionError(settings(options))
       const NodeRedis = yield* loadNodeRedis
-      // Before the first connection a failure fails the layer (a wrong URL should not hang
-      // start-up); once connected, the client never gives up reconnecting.
-      const state = { connected: false }
+      // With "fail", a failure before the first connection fails the layer (a wrong URL should not
+      // hang start-up); once connected, or with "start", the client never gives up reconnecting.
+      const state: State = { connected: false, lastError: undefined }
       const client = NodeRedis.layer({
         url: s.url,
         disableOfflineQueue: true,
         commandOptions: { timeout: s.commandTimeout, rejectInFlight: true },
         socket: {
           connectTimeout: s.connectTimeout,
-          reconnectStrategy: (retries: number, cause: Error) =>
-            state.connected ? Math.min(50 * 2 ** Math.min(retries, 16), s.reconnectMax) : cause
+          reconnectStrategy: (retries: number, cause: Error) => {
+            state.lastError = cause
+            return state.connected || s.onUnreachableAtStart === "start" ? backoff(retries, s.reconnectMax) : cause
+          }
         }
       }).pipe(
         // NodeRedis logs a warning with a stack trace on every failed reconnection attempt;
         // the stores' guards report an outage once instead.
         Layer.provide(Layer.succeed(References.MinimumLogLevel, "Error"))
       )
-      // node-redis bounds only the socket's connection by connectTimeout, not the handshake after
-      // it: a hung Redis (or another server on the port) that accepts the connection and never
-      // answers held the build for ever. The build's scope is the layer's: giving up closes the client.
+      const built =
+        s.onUnreachableAtStart === "start"
+          ? startUnconnected(s, client, state, NodeRedis.NodeRedis)
+          : connect(s, client)
       return Layer.effectContext(
-        Layer.build(client).pipe(
-          Effect.mapError((error) =>
-            layerError(`Redis at ${s.address}: connection failed: ${errorText(error)}`, error.cause)
-          ),
-          Effect.map((context) => {
-            const redis = Context.get(context, Redis.Redis)
-            return Context.add(context, Redis.Redis, { ...redis, eval: evalWithin(redis.send, s.commandTimeout) })
-          }),
-          Effect.timeoutOrElse({
-            duration: Duration.millis(s.connectTimeout),
-            orElse: () => {
-              const message = `Redis at ${s.address} did not answer the connection's handshake within ${s.connectTimeout} ms`
-              return Effect.fail(layerError(message, new Error(message)))
-            }
-          }),
-          Effect.tap(() =>
-            Effect.sync(() => {
-              state.connected = true
-            })
-          )
+        Effect.tap(built, () =>
+          Effect.sync(() => {
+            state.connected = true
+          })
         )
       ).pipe(Layer.merge(Layer.succeed(ClientDeadline, s.commandTimeout)))
     })
   )
+
+interface State {
+  connected: boolean
+  /** The client's last connection error, for the warning of a layer that starts without Redis. */
+  lastError: unknown
+}
+
+const backoff = (retries: number, max: number): number => Math.min(50 * 2 ** Math.min(retries, 16), max)
+
+type Services = Context.Context<Redis.Redis | NodeRedis.NodeRedis>
+
+const withEval = (s: Settings, context: Services): Services => {
+  const redis = Context.get(context, Redis.Redis)
+  return Context.add(context, Redis.Redis, { ...redis, eval: evalWithin(redis.send, s.commandTimeout) })
+}
+
+// node-redis bounds only the socket's connection by connectTimeout, not the handshake after
+// it: a hung Redis (or another server on the port) that accepts the connection and never
+// answered held the build for ever. The build's scope is the layer's: giving up closes the client.
+const connect = (
+  s: Settings,
+  client: Layer.Layer<Redis.Redis | NodeRedis.NodeRedis, Redis.RedisError>
+): Effect.Effect<Services, Redis.RedisError, Scope.Scope> =>
+  Layer.build(client).pipe(
+    Effect.mapError((error) =>
+      layerError(`Redis at ${s.address}: connection failed: ${errorText(error)}`, error.cause)
+    ),
+    Effect.map((context) => withEval(s, context)),
+    Effect.timeoutOrElse({
+      duration: Duration.millis(s.connectTimeout),
+      orElse: () => {
+        const message = `Redis at ${s.address} did not answer the connection's handshake within ${s.connectTimeout} ms`
+        return Effect.fail(layerError(message, new Error(message)))
+      }
+    })
+  )
+
+// Refused by the layer before its client has ever connected: never sent (see neverSent), as an offline client's.
+class NotConnectedError extends Error {}
+
+// onUnreachableAtStart "start": the client is built in the background (node-redis keeps trying to connect, and
+// a build that fails, an AUTH refused, is tried again), and the services answer for it meanwhile: every
+// command fails at once, as an offline client's do, until it has connected; then they are its own.
+const startUnconnected = Effect.fnUntraced(function* (
+  s: Settings,
+  client: Layer.Layer<Redis.Redis | NodeRedis.NodeRedis, Redis.RedisError>,
+  state: State,
+  tag: typeof NodeRedis.NodeRedis
+) {
+  const scope = yield* Effect.scope
+  let redis: Redis.Redis["Service"] | undefined
+  let node: NodeRedis.NodeRedis["Service"] | undefined
+  let warned = false
+  const connected = yield* Deferred.make<void>()
+  const attempt = (retries: number): Effect.Effect<void> =>
+    Effect.flatMap(Scope.fork(scope), (child) =>
+      Effect.matchEffect(Layer.buildWithScope(client, child), {
+        onSuccess: (context) => {
+          const services = withEval(s, context)
+          redis = Context.get(services, Redis.Redis)
+          node = Context.get(services, tag)
+          const said = warned ? Effect.logInfo(`Redis at ${s.address} connected: the stores use it`) : Effect.void
+          return Effect.andThen(Deferred.succeed(connected, undefined), said)
+        },
+        onFailure: (error) => {
+          state.lastError = error
+          return Scope.close(child, Exit.fail(error)).pipe(
+            Effect.andThen(Effect.sleep(Duration.millis(backoff(retries, s.reconnectMax)))),
+            Effect.andThen(Effect.suspend(() => attempt(retries + 1)))
+          )
+        }
+      })
+    )
+  yield* Effect.forkIn(attempt(0), scope)
+  if (Option.isNone(yield* Effect.timeoutOption(Deferred.await(connected), Duration.millis(s.connectTimeout)))) {
+    warned = true
+    const why = state.lastError === undefined ? `no answer within ${s.connectTimeout} ms` : errorText(state.lastError)
+    yield* Effect.logWarning(
+      `Redis at ${s.address} unreachable at start (${why}): started without it (onUnreachableAtStart: "start"); until it connects the stores fail open or closed as during an outage`
+    )
+  }
+  const refusal = new Redis.RedisError({ cause: new NotConnectedError(`not connected to Redis at ${s.address} yet`) })
+  const notConnected = Effect.fail(refusal)
+  const send = <A = unknown>(command: string, ...args: ReadonlyArray<string>): Effect.Effect<A, Redis.RedisError> =>
+    redis === undefined ? notConnected : redis.send<A>(command, ...args)
+  const service: Redis.Redis["Service"] = {
+    send,
+    eval: evalWithin(send, s.commandTimeout),
+    // A subscription's failures come through its queue: one that ends at once with the refusal.
+    subscribe: (channel) =>
+      Effect.suspend(() =>
+        redis === undefined
+          ? Effect.flatMap(Queue.make<Redis.RedisMessage, Redis.RedisError>(), (queue) =>
+              Effect.as(Queue.fail(queue, refusal), queue)
+            )
+          : redis.subscribe(channel)
+      ),
+    reserve: Effect.suspend(() => (redis === undefined ? notConnected : redis.reserve))
+  }
+  const nodeService: NodeRedis.NodeRedis["Service"] = {
+    get client() {
+      if (node === undefined) throw new NotConnectedError(`not connected to Redis at ${s.address} yet`)
+      return node.client
+    },
+    use: (f) => Effect.suspend(() => (node === undefined ? notConnected : node.use(f)))
+  }
+  return Context.make(tag, nodeService).pipe(Context.add(Redis.Redis, service))
+})
 
 // An EVAL that did not answer within what was left of its deadline (see evalWithin): sent, maybe run.
 class EvalTimeoutError extends Error {}
@@ -359,7 +486,12 @@ const isClientTimeout = (failure: unknown): boolean => hasCause(failure, clientT
 
 // node-redis refused the command before writing it: offline (commands are not queued), closed, or its
 // deadline passed while still queued.
-const unsent: ReadonlySet<string> = new Set(["ClientOfflineError", "ClientClosedError", "TimeoutError"])
+const unsent: ReadonlySet<string> = new Set([
+  "ClientOfflineError",
+  "ClientClosedError",
+  "TimeoutError",
+  "NotConnectedError"
+])
 
 /**
  * Whether the failed call certainly never reached Redis: skipped during a reported outage, or

@@ -1,10 +1,18 @@
 import { createServer, type Socket } from "node:net"
 import { assert, describe, it } from "@effect/vitest"
-import { Context, Effect, Exit, Layer, Option, type Scope } from "effect"
+import { Context, Effect, Exit, Layer, Option, Redacted, Ref, Schedule, type Scope } from "effect"
 import { Redis as PersistenceRedis } from "effect/persistence"
+import type { ModelError } from "../src/AiError.js"
+import * as Gateway from "../src/Gateway.js"
+import * as KeyStore from "../src/gateway/keys/KeyStore.js"
 import type { OptionError } from "../src/Input.js"
+import type { GenerateResponse } from "../src/Model.js"
+import * as RateLimit from "../src/RateLimit.js"
 import * as Redis from "../src/Redis.js"
-import { freePort, skipRedis, skipReason, startRedis } from "./utils/redis.js"
+import * as ResponseCache from "../src/ResponseCache.js"
+import * as RedisCache from "../src/ResponseCache/Redis.js"
+import { captureLogs } from "./utils/logs.js"
+import { freePort, skipRedis, skipReason, startRedis, startRedisAt } from "./utils/redis.js"
 
 /** Sockets of this process still open to `port`. */
 const openSockets = (port: number): number =>
@@ -107,6 +115,162 @@ describe("Redis.layer: why the connection failed", () => {
     )
   )
 })
+
+describe.skipIf(skipRedis)(
+  `Redis.layer, onUnreachableAtStart (${skipRedis ? skipReason : "needs redis-server"})`,
+  () => {
+    it.live(
+      '"start" with no Redis listening: the layer builds, the stores fail open or closed as in an outage, then work once Redis starts',
+      () =>
+        Effect.gen(function* () {
+          const logs = yield* captureLogs
+          yield* Effect.scoped(
+            Effect.gen(function* () {
+              const port = yield* freePort
+              const tag = `unreachable${Math.random().toString(36).slice(2, 8)}`
+              const secret = `sk-${tag}-0123456789abcdef`
+              const guard = { timeout: "1 second", reportAfter: 0, probeInterval: "100 millis" } as const
+              const stores = Layer.mergeAll(
+                RedisCache.layerRedis({ prefix: `${tag}cache`, name: tag, redis: guard }),
+                RateLimit.layerRedis({
+                  providers: { [tag]: { requestsPerMinute: 1 } },
+                  maxWait: 0,
+                  prefix: `${tag}:rl:`,
+                  redis: guard
+                }),
+                KeyStore.layerRedis({
+                  prefix: `${tag}:gw:`,
+                  keys: [{ id: "b", sha256: KeyStore.hashSecret(secret), budget: { tokens: 1000 } }],
+                  redis: guard
+                })
+              ).pipe(
+                Layer.provideMerge(
+                  Redis.layer({
+                    url: `redis://127.0.0.1:${port}`,
+                    connectTimeout: "300 millis",
+                    reconnectMax: "100 millis",
+                    onUnreachableAtStart: "start"
+                  })
+                )
+              )
+              const started = Date.now()
+              const context = yield* Layer.build(stores).pipe(Effect.timeout("5 seconds"))
+              assert.isBelow(Date.now() - started, 3000)
+              const cache = Context.get(context, ResponseCache.ResponseCache)
+              const limits = Context.get(context, RateLimit.RateLimits)
+              const keys = Context.get(context, KeyStore.KeyAdmin)
+              const calls = yield* Ref.make(0)
+              const compute = Effect.map(
+                Ref.updateAndGet(calls, (n) => n + 1),
+                (n): GenerateResponse => ({
+                  text: `answer ${n}`,
+                  finishReason: "stop",
+                  usage: { inputTokens: 1, outputTokens: 1, totalTokens: 2 },
+                  provider: "p",
+                  model: "m"
+                })
+              )
+              const ask = (key: string) => cache.getOrCompute(key, compute)
+              const acquireAll = (n: number) =>
+                Effect.forEach(Array.from({ length: n }), () => Effect.result(limits.acquire(tag)))
+              const key = yield* keys.authenticate(Redacted.make(secret))
+              const estimate = { inputTokens: 10, maxOutputTokens: 10 }
+
+              // Redis down: the cache computes (a miss each time), the limit of 1 rpm lets 3 through, the budget is a 503.
+              const before = Date.now()
+              assert.strictEqual((yield* ask("a")).source, "miss")
+              assert.strictEqual((yield* ask("b")).source, "miss")
+              assert.strictEqual(yield* Ref.get(calls), 2)
+              assert.isTrue((yield* acquireAll(3)).every((r) => r._tag === "Success"))
+              const refused = yield* Effect.flip(keys.reserve(key, "m", estimate))
+              assert.strictEqual(refused.reason, "Unavailable", refused.message)
+              assert.strictEqual(Gateway.toWire(refused).status, 503)
+              assert.isBelow(Date.now() - before, 3000, "no call waited past its Redis deadline")
+              const warning = logs.lines.find((l) => l.startsWith("Warn") && l.includes(`127.0.0.1:${port}`))
+              assert.isDefined(warning, JSON.stringify(logs.lines))
+              assert.include(warning, "ECONNREFUSED")
+
+              // Redis starts on that port: the same layer's client connects, and every store works.
+              const server = yield* startRedisAt(port)
+              yield* Effect.suspend(() => acquireAll(2)).pipe(
+                Effect.flatMap((results) =>
+                  results.some((r) => r._tag === "Failure" && (r.failure as ModelError).reason === "RateLimited")
+                    ? Effect.void
+                    : Effect.fail("the limit does not hold yet")
+                ),
+                Effect.retry(Schedule.spaced("100 millis").pipe(Schedule.upTo({ duration: "15 seconds" })))
+              )
+              yield* Effect.suspend(() => keys.reserve(key, "m", estimate)).pipe(
+                Effect.retry(Schedule.spaced("100 millis").pipe(Schedule.upTo({ duration: "15 seconds" }))),
+                Effect.flatMap(keys.release)
+              )
+              yield* cache.setMany([{ key: "c", value: (yield* ask("c")).value }])
+              const admin = Context.get(yield* Layer.build(Redis.layer({ url: server.url })), PersistenceRedis.Redis)
+              assert.strictEqual(yield* admin.send<number>("EXISTS", `${tag}cache:r:c`), 1)
+              assert.isTrue(logs.lines.some((l) => l.startsWith("Info") && l.includes(`127.0.0.1:${port}`)))
+            })
+          ).pipe(Effect.provide(logs.layer))
+        }),
+      30_000
+    )
+
+    it.live('"start": closing the layer before Redis came up stops its client; none connects after', () =>
+      Effect.gen(function* () {
+        const port = yield* freePort
+        const url = `redis://127.0.0.1:${port}`
+        yield* Effect.scoped(
+          Effect.andThen(
+            Layer.build(
+              Redis.layer({
+                url,
+                connectTimeout: "200 millis",
+                reconnectMax: "50 millis",
+                onUnreachableAtStart: "start"
+              })
+            ),
+            // Attempts under way, some failed and tried again.
+            Effect.sleep("300 millis")
+          )
+        )
+        yield* Effect.scoped(
+          Effect.gen(function* () {
+            const server = yield* startRedisAt(port)
+            yield* Effect.sleep("500 millis")
+            const admin = Context.get(yield* Layer.build(Redis.layer({ url: server.url })), PersistenceRedis.Redis)
+            const clients = yield* admin.send<string>("CLIENT", "LIST")
+            assert.strictEqual(clients.trim().split("\n").length, 1, clients)
+            assert.strictEqual(openSockets(port), 1)
+          })
+        )
+      })
+    )
+
+    it.live('"fail", the default: no Redis listening fails the layer at once, naming the address', () =>
+      Effect.gen(function* () {
+        const port = yield* freePort
+        for (const options of [{}, { onUnreachableAtStart: "fail" as const }]) {
+          const exit = yield* Effect.exit(
+            Effect.scoped(Layer.build(Redis.layer({ url: `redis://127.0.0.1:${port}`, ...options })))
+          )
+          const error = Exit.isFailure(exit) ? Exit.findErrorOption(exit) : Option.none()
+          assert.isTrue(Option.isSome(error) && error.value._tag === "RedisError", String(exit))
+          if (Option.isSome(error)) assert.include(error.value.message, `127.0.0.1:${port}`)
+        }
+      })
+    )
+
+    it.effect('a value other than "fail" or "start" is an OptionError naming onUnreachableAtStart', () =>
+      Effect.gen(function* () {
+        for (const value of ["later", null, true]) {
+          const layer = Redis.layer({ url: "redis://127.0.0.1:1", onUnreachableAtStart: value as never })
+          const error = yield* Effect.flip(Effect.scoped(Layer.build(layer)))
+          assert.strictEqual(error._tag, "OptionError", String(value))
+          assert.strictEqual((error as OptionError).path, "onUnreachableAtStart")
+        }
+      })
+    )
+  }
+)
 
 describe("Redis.layer options", () => {
   it.effect("a URL node-redis cannot read (a database that is not a number, a stray %) is an OptionError on url", () =>

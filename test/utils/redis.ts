@@ -113,15 +113,15 @@ const killChild = (child: ChildProcess): Effect.Effect<void> =>
   })
 
 /**
- * Starts `redis-server` on a free loopback port; stops it (and removes its directory) when
- * the scope closes. Fails with a message naming the apt package when it is not installed.
+ * Starts `redis-server` on loopback `port` (one a test held free until now: a client already
+ * trying it); stops it (and removes its directory) when the scope closes. Fails with a message
+ * naming the apt package when it is not installed.
  */
-export const startRedis: Effect.Effect<RedisServer, Error, Scope.Scope> = Effect.gen(function* () {
+export const startRedisAt = Effect.fnUntraced(function* (port: number) {
   const binary = redisServerPath
   if (binary === undefined) {
     return yield* Effect.fail(new Error("redis-server is not installed: apt-get install -y redis-server"))
   }
-  const port = yield* freePort
   const dir = yield* Effect.acquireRelease(
     Effect.sync(() => mkdtempSync(join(tmpdir(), "orchestra-redis-"))),
     (path) => Effect.sync(() => rmSync(path, { recursive: true, force: true }))
@@ -146,3 +146,6 @@ export const startRedis: Effect.Effect<RedisServer, Error, Scope.Scope> = Effect
     })
   }
 })
+
+/** {@link startRedisAt} a free loopback port. */
+export const startRedis: Effect.Effect<RedisServer, Error, Scope.Scope> = Effect.flatMap(freePort, startRedisAt)
