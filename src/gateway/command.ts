@@ -89,6 +89,7 @@ export const GatewayFile = Schema.Struct({
         )
       ),
       commandTimeout: opt(Duration),
+      onUnreachableAtStart: opt(Schema.Literals(["fail", "start"])),
       timeout: opt(Duration),
       reportAfter: opt(Duration),
       probeInterval: opt(Duration)
@@ -371,9 +372,11 @@ export const run = Effect.fnUntraced(function* (args: Args) {
   const redis =
     redisUrl === undefined
       ? Layer.empty
-      : Redis.layer({ url: redisUrl, commandTimeout: config.redis?.commandTimeout ?? 500 }).pipe(
-          under("redis", (path) => (path === "url" ? "redis.urlEnv" : undefined), file)
-        )
+      : Redis.layer({
+          url: redisUrl,
+          commandTimeout: config.redis?.commandTimeout ?? 500,
+          onUnreachableAtStart: config.redis?.onUnreachableAtStart
+        }).pipe(under("redis", (path) => (path === "url" ? "redis.urlEnv" : undefined), file))
   const keyOptions = (config.keys ?? {}) as KeyStore.Options
   const keys =
     config.keys === undefined

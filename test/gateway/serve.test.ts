@@ -11,10 +11,10 @@ import { tmpdir } from "node:os"
 import * as NodePath from "node:path"
 import { fileURLToPath, pathToFileURL } from "node:url"
 import { afterAll, assert, describe, it } from "@effect/vitest"
-import { Deferred, Effect, Exit } from "effect"
+import { Deferred, Effect, Exit, Schedule } from "effect"
 import OpenAI from "openai"
 import { hashSecret } from "../../src/gateway/keys/KeyStore.js"
-import { skipRedis, skipReason, startRedis } from "../utils/redis.js"
+import { freePort, skipRedis, skipReason, startRedis, startRedisAt } from "../utils/redis.js"
 
 const ROOT = fileURLToPath(new URL("../..", import.meta.url))
 const ENTRY = NodePath.join(ROOT, "src/cli/bin.ts")
@@ -518,6 +518,89 @@ describe("orchestra serve, an unreachable Redis", () => {
     120_000
   )
 })
+
+describe.skipIf(skipRedis)(
+  `orchestra serve, redis.onUnreachableAtStart (${skipRedis ? skipReason : "needs redis-server"})`,
+  () => {
+    it.live(
+      '"start": the gateway starts without Redis (a warning naming it), limits fail open and budgets closed, then hold once Redis is up',
+      () =>
+        Effect.scoped(
+          Effect.gen(function* () {
+            const port = yield* freePort
+            const capped = "sk-serve-capped-0123456789abcdef"
+            const gateway = write("redis-later.json", {
+              server: { host: "127.0.0.1", port: 0 },
+              redis: {
+                urlEnv: "TEST_REDIS_URL",
+                onUnreachableAtStart: "start",
+                reportAfter: 0,
+                probeInterval: "200 millis"
+              },
+              keys: {
+                keys: [
+                  { id: "limited", sha256: hashSecret(SECRET), rpm: 1 },
+                  { id: "capped", sha256: hashSecret(capped), budget: { tokens: 100000 } }
+                ]
+              }
+            })
+            const serving = yield* serve(["--config", config, "--gateway", gateway], {
+              TEST_REDIS_URL: `redis://127.0.0.1:${port}`
+            })
+            const url = yield* serving.url
+            const status = (secret: string) =>
+              Effect.promise(() =>
+                new OpenAI({ apiKey: secret, baseURL: `${url}/v1`, maxRetries: 0 }).chat.completions
+                  .create({ model: "support", messages: [{ role: "user", content: "hi" }] })
+                  .then(
+                    () => 200,
+                    (e: { status?: number }) => e.status
+                  )
+              )
+            // Redis down: the key's 1 rpm cannot be checked and lets both through; a budget cannot be reserved: 503.
+            assert.deepStrictEqual([yield* status(SECRET), yield* status(SECRET)], [200, 200])
+            assert.strictEqual(yield* status(capped), 503)
+            const ready = yield* Effect.promise(() => fetch(`${url}/readyz`).then((r) => r.status))
+            assert.strictEqual(ready, 200)
+            yield* startRedisAt(port)
+            // The same process connects: the budget is reserved, and the limit holds again.
+            yield* Effect.suspend(() => status(capped)).pipe(
+              Effect.flatMap((code) => (code === 200 ? Effect.void : Effect.fail(code))),
+              Effect.retry(Schedule.spaced("200 millis").pipe(Schedule.upTo({ duration: "20 seconds" })))
+            )
+            yield* Effect.suspend(() => Effect.all([status(SECRET), status(SECRET)])).pipe(
+              Effect.flatMap((codes) => (codes.includes(429) ? Effect.void : Effect.fail(codes))),
+              Effect.retry(Schedule.spaced("200 millis").pipe(Schedule.upTo({ duration: "20 seconds" })))
+            )
+            serving.child.kill("SIGTERM")
+            const { stderr } = yield* serving.exit
+            assert.include(stderr, `Redis at 127.0.0.1:${port} unreachable at start`)
+            assert.include(stderr, "ECONNREFUSED")
+          })
+        ),
+      120_000
+    )
+
+    it.live(
+      "a value other than fail or start is refused with exit code 2 naming redis.onUnreachableAtStart",
+      () =>
+        Effect.gen(function* () {
+          const gateway = write("redis-unreachable-wrong.json", {
+            server: { port: 0 },
+            redis: { urlEnv: "TEST_REDIS_URL", onUnreachableAtStart: "later" },
+            keys: { keys: [] }
+          })
+          const started = yield* serve(["--config", config, "--gateway", gateway], {
+            TEST_REDIS_URL: "redis://127.0.0.1:1"
+          })
+          const result = yield* started.exit
+          assert.strictEqual(result.code, 2, result.stderr)
+          assert.include(JSON.parse(result.stdout).error.message, "redis.onUnreachableAtStart")
+        }),
+      120_000
+    )
+  }
+)
 
 describe("orchestra serve, the admin routes' options", () => {
   it.live(
