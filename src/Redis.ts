@@ -8,7 +8,8 @@
  *   are refused at once while disconnected (`disableOfflineQueue`), every command has a
  *   client-side deadline (sent or not), a script's `eval` (one EVALSHA, and one EVAL after a
  *   NOSCRIPT) shares one such deadline, connections time out, and the client reconnects
- *   in the background for as long as the layer lives.
+ *   in the background for as long as the layer lives. A Redis unreachable as it is built
+ *   fails it, or with `onUnreachableAtStart: "start"` it builds and connects in the background.
  * - {@link makeGuard} bounds one Redis call with a deadline, counts its failures in a
  *   metric, and reports an outage once failures persist (one warning naming the Redis
  *   error, one info line when the store is back), so a single slow reply under load
@@ -64,7 +65,8 @@ export interface Options {
   readonly url?: string | Redacted.Redacted<string> | undefined
   /**
    * Longest wait for one connection attempt (the first one and every reconnection); the first one's handshake
-   * included, so a Redis that accepts connections but never answers fails the layer. Default 2 seconds.
+   * included, so a Redis that accepts connections but never answers fails the layer (with
+   * `onUnreachableAtStart: "start"`, the layer starts without it). Default 2 seconds.
    * This and the other durations here are rounded up to whole milliseconds and are at most 2^31-1 ms
    * (about 24.9 days, the longest a Node timer takes).
    */
@@ -258,14 +260,8 @@ export const layer = (
       const built =
         s.onUnreachableAtStart === "start"
           ? startUnconnected(s, client, state, NodeRedis.NodeRedis)
-          : connect(s, client)
-      return Layer.effectContext(
-        Effect.tap(built, () =>
-          Effect.sync(() => {
-            state.connected = true
-          })
-        )
-      ).pipe(Layer.merge(Layer.succeed(ClientDeadline, s.commandTimeout)))
+          : connect(s, client, state)
+      return Layer.effectContext(built).pipe(Layer.merge(Layer.succeed(ClientDeadline, s.commandTimeout)))
     })
   )
 
@@ -289,7 +285,8 @@ const withEval = (s: Settings, context: Services): Services => {
 // answered held the build for ever. The build's scope is the layer's: giving up closes the client.
 const connect = (
   s: Settings,
-  client: Layer.Layer<Redis.Redis | NodeRedis.NodeRedis, Redis.RedisError>
+  client: Layer.Layer<Redis.Redis | NodeRedis.NodeRedis, Redis.RedisError>,
+  state: State
 ): Effect.Effect<Services, Redis.RedisError, Scope.Scope> =>
   Layer.build(client).pipe(
     Effect.mapError((error) =>
@@ -302,7 +299,12 @@ const connect = (
         const message = `Redis at ${s.address} did not answer the connection's handshake within ${s.connectTimeout} ms`
         return Effect.fail(layerError(message, new Error(message)))
       }
-    })
+    }),
+    Effect.tap(() =>
+      Effect.sync(() => {
+        state.connected = true
+      })
+    )
   )
 
 // Refused by the layer before its client has ever connected: never sent (see neverSent), as an offline client's.
@@ -342,7 +344,8 @@ const startUnconnected = Effect.fnUntraced(function* (
       })
     )
   yield* Effect.forkIn(attempt(0), scope)
-  if (Option.isNone(yield* Effect.timeoutOption(Deferred.await(connected), Duration.millis(s.connectTimeout)))) {
+  const first = yield* Effect.timeoutOption(Deferred.await(connected), Duration.millis(s.connectTimeout))
+  if (Option.isNone(first) && redis === undefined) {
     warned = true
     const why = state.lastError === undefined ? `no answer within ${s.connectTimeout} ms` : errorText(state.lastError)
     yield* Effect.logWarning(
