@@ -89,6 +89,7 @@ export interface Options {
    *   info line once it has) every command fails at once, as during any later outage: each store fails open
    *   or closed as configured, and never waits past its Redis deadline. A replica restarted while Redis is
    *   down then serves; a wrong URL is said only by that warning and the stores' outage warnings.
+   *   Until then the `NodeRedis` service's `use` fails as a command does, and reading its `client` throws.
    */
   readonly onUnreachableAtStart?: "fail" | "start" | undefined
 }
