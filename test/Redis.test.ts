@@ -245,6 +245,43 @@ describe.skipIf(skipRedis)(
       })
     )
 
+    it.live(
+      '"start" with a Redis that refuses the password: the warning names the refusal; commands fail at once',
+      () =>
+        Effect.gen(function* () {
+          const logs = yield* captureLogs
+          yield* Effect.scoped(
+            Effect.gen(function* () {
+              const fake = yield* scriptedRedis(() => "-WRONGPASS invalid username-password pair\r\n")
+              const url = fake.url.replace("redis://", "redis://:wrong-s3cret@")
+              const redis = Context.get(
+                yield* Layer.build(
+                  Redis.layer({
+                    url,
+                    connectTimeout: "300 millis",
+                    reconnectMax: "100 millis",
+                    onUnreachableAtStart: "start"
+                  })
+                ),
+                PersistenceRedis.Redis
+              )
+              const warning = logs.lines.find((l) => l.startsWith("Warn") && l.includes("unreachable at start"))
+              assert.isDefined(warning, JSON.stringify(logs.lines))
+              assert.include(warning, "WRONGPASS")
+              assert.notInclude(warning, "wrong-s3cret")
+              const started = Date.now()
+              const error = yield* Effect.flip(redis.send("GET", "k"))
+              assert.isBelow(Date.now() - started, 100)
+              assert.include(Redis.errorText(error), "not connected")
+              // Tried again, at most reconnectMax apart: a password put right on the server is found.
+              const before = fake.commands.length
+              yield* Effect.sleep("500 millis")
+              assert.isAbove(fake.commands.length, before, JSON.stringify(fake.commands))
+            })
+          ).pipe(Effect.provide(logs.layer))
+        })
+    )
+
     it.live('"fail", the default: no Redis listening fails the layer at once, naming the address', () =>
       Effect.gen(function* () {
         const port = yield* freePort
