@@ -1292,3 +1292,65 @@ describe("Gemini over fetch", () => {
     })
   )
 })
+
+describe("Gemini with a transformClient that follows redirects", () => {
+  it.live("a 302 to another origin is not followed: the key header never reaches it", () =>
+    Effect.gen(function* () {
+      const elsewhere = yield* Server.make((_, res) => Server.json(res, 200, response("from elsewhere")))
+      const redirecting = yield* Server.make((req, res) => {
+        res.writeHead(302, { location: `${elsewhere.url}${req.path}` })
+        res.end()
+      })
+      const p = yield* provider(redirecting, { transformClient: HttpClient.followRedirects() })
+      const error = yield* Effect.flip(p.generate({ prompt: "hi" }))
+      assert.strictEqual(error._tag, "ModelError")
+      assert.notInclude(String(error.message), KEY)
+      assert.include(error.message, "HTTP 302")
+      assert.deepStrictEqual(
+        (yield* elsewhere.requests).map((r) => r.headers["x-goog-api-key"]),
+        []
+      )
+      assert.strictEqual((yield* redirecting.requests)[0]?.headers["x-goog-api-key"], KEY)
+    }).pipe(Effect.provide(NodeHttpClient.layerUndici))
+  )
+
+  it.live("a redirect on the same origin is followed, with the key", () =>
+    Effect.gen(function* () {
+      const server = yield* Server.make((req, res) => {
+        if (req.path.startsWith("/moved")) return Server.json(res, 200, response("moved"))
+        res.writeHead(307, { location: `/moved${req.path}` })
+        res.end()
+      })
+      const p = yield* provider(server, { transformClient: HttpClient.followRedirects() })
+      const answer = yield* p.generate({ prompt: "hi" })
+      assert.strictEqual(answer.text, "moved")
+      assert.deepStrictEqual(
+        (yield* server.requests).map((r) => r.headers["x-goog-api-key"]),
+        [KEY, KEY]
+      )
+    }).pipe(Effect.provide(FetchHttpClient.layer))
+  )
+
+  it.live("a middleware that points the provider at a proxy's origin still sends it the key", () =>
+    Effect.gen(function* () {
+      const upstream = yield* Server.make((_, res) => Server.json(res, 500, { error: "not here" }))
+      const proxy = yield* Server.make((_, res) => Server.json(res, 200, response("via proxy")))
+      const p = yield* provider(upstream, {
+        transformClient: (client) =>
+          client.pipe(
+            HttpClient.mapRequest((request) =>
+              HttpClientRequest.setUrl(request, request.url.replace(upstream.url, proxy.url))
+            ),
+            HttpClient.followRedirects()
+          )
+      })
+      const answer = yield* p.generate({ prompt: "hi" })
+      assert.strictEqual(answer.text, "via proxy")
+      assert.deepStrictEqual(
+        (yield* proxy.requests).map((r) => r.headers["x-goog-api-key"]),
+        [KEY]
+      )
+      assert.strictEqual((yield* upstream.requests).length, 0)
+    }).pipe(Effect.provide(NodeHttpClient.layerUndici))
+  )
+})

@@ -1884,3 +1884,44 @@ layer(NodeHttpClient.layerUndici)("OpenAiCompat stream after its finish reason",
       })
   )
 })
+
+describe("OpenAiCompat with a transformClient that follows redirects", () => {
+  it.live("a 302 to another origin is not followed: a header given Redacted never reaches it", () =>
+    Effect.gen(function* () {
+      const elsewhere = yield* Server.make((_, res) => Server.json(res, 200, completion("from elsewhere")))
+      const redirecting = yield* Server.make((req, res) => {
+        res.writeHead(302, { location: `${elsewhere.url}${req.path}` })
+        res.end()
+      })
+      const p = yield* provider(redirecting, {
+        apiKey: undefined,
+        headers: { "x-team-key": Redacted.make(KEY), "x-team": "search" },
+        transformClient: HttpClient.followRedirects()
+      })
+      const error = yield* Effect.flip(p.generate({ prompt: "hi" }))
+      assert.strictEqual(error._tag, "ModelError")
+      assert.deepStrictEqual(
+        (yield* elsewhere.requests).map((r) => r.headers["x-team-key"]),
+        []
+      )
+      assert.strictEqual((yield* redirecting.requests)[0]?.headers["x-team-key"], KEY)
+    }).pipe(Effect.provide(NodeHttpClient.layerUndici))
+  )
+
+  it.live("a 307 to another origin is not followed over fetch either: neither the key nor the prompt reaches it", () =>
+    Effect.gen(function* () {
+      const elsewhere = yield* Server.make((_, res) => Server.json(res, 200, completion("from elsewhere")))
+      const redirecting = yield* Server.make((req, res) => {
+        res.writeHead(307, { location: `${elsewhere.url}${req.path}` })
+        res.end()
+      })
+      const p = yield* provider(redirecting, {
+        headers: { "api-key": KEY },
+        transformClient: HttpClient.followRedirects()
+      })
+      const error = yield* Effect.flip(p.generate({ prompt: "a private prompt" }))
+      assert.strictEqual(error._tag, "ModelError")
+      assert.strictEqual((yield* elsewhere.requests).length, 0)
+    }).pipe(Effect.provide(FetchHttpClient.layer))
+  )
+})

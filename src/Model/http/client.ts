@@ -18,7 +18,7 @@ import {
   FetchHttpClient,
   Headers,
   HttpClient,
-  type HttpClientError,
+  HttpClientError,
   HttpClientRequest,
   type HttpClientResponse,
   HttpTraceContext as TraceContext,
@@ -309,6 +309,43 @@ const ndjsonTypes: ReadonlySet<string> = new Set([
   "text/plain"
 ])
 
+const isRedirect = (status: number): boolean => status >= 300 && status < 400
+
+// A redirect a middleware could follow to another origin: a follower above this client (effect's
+// `followRedirects` drops only authorization, proxy-authorization and cookie) would send the
+// provider's key headers and the prompt there.
+const leavesOrigin = (response: HttpClientResponse.HttpClientResponse): boolean => {
+  const location = response.headers.location
+  if (location === undefined) return false
+  const target = Url.fromString(location, response.request.url)
+  if (Result.isFailure(target)) return true
+  const from = Url.fromString(response.request.url)
+  return Result.isFailure(from) || target.success.origin !== from.success.origin
+}
+
+const refuseCrossOrigin = (
+  response: HttpClientResponse.HttpClientResponse
+): Effect.Effect<HttpClientResponse.HttpClientResponse, HttpClientError.HttpClientError> =>
+  isRedirect(response.status) && leavesOrigin(response)
+    ? Effect.fail(
+        new HttpClientError.HttpClientError({
+          reason: new HttpClientError.StatusCodeError({
+            request: response.request,
+            response,
+            description: "a redirect to another origin is not followed"
+          })
+        })
+      )
+    : Effect.succeed(response)
+
+/**
+ * The client under the application's middleware: a response redirecting to another origin than
+ * the request's (the request as it reached the wire, so after a middleware pointed it at a proxy)
+ * is a failure of that request, whatever middleware above would have done with it.
+ */
+const sameOriginRedirects = (client: HttpClient.HttpClient): HttpClient.HttpClient =>
+  HttpClient.makeWith((request) => Effect.flatMap(client.postprocess(request), refuseCrossOrigin), client.preprocess)
+
 // The application's own middleware: a throw, or an answer that is no client, names the option instead of dying.
 const transform = (
   transformClient: (client: HttpClient.HttpClient) => HttpClient.HttpClient,
@@ -341,7 +378,10 @@ const transform = (
  * A `fetch`-based client does not follow a redirect either (undici's and Node's clients never
  * do): `fetch` drops only `Authorization` when it follows one to another origin, so a key in
  * another header (Gemini's, an HTTP agent's, one in a provider's `headers` option) would go to
- * wherever `Location` pointed. The 3xx is the call's failure instead.
+ * wherever `Location` pointed. The 3xx is the call's failure instead. The middleware may follow
+ * redirects itself (`HttpClient.followRedirects`, which keeps every header but three): under it,
+ * once per build, a response redirecting to another origin than its request's fails that
+ * request, so no follower sends the keys (or the prompt) anywhere else.
  *
  * @since 0.2.0
  * @category constructors
@@ -352,7 +392,9 @@ export const make = Effect.fnUntraced(function* (
   secretHeaders?: ReadonlyArray<string> | undefined
 ) {
   const base = yield* HttpClient.HttpClient
-  const transformed = transformClient === undefined ? base : yield* transform(transformClient, base)
+  // No middleware, no follower: the guard costs a call only when there is middleware to guard against.
+  const transformed =
+    transformClient === undefined ? base : yield* transform(transformClient, sameOriginRedirects(base))
   // Every request belongs to the scope of its call or stream: closing it aborts the request and its body.
   const client = HttpClient.withScope(transformed)
   const secrets = secretHeaders ?? []

@@ -32,6 +32,14 @@ export interface Options {
   /**
    * Middleware for the provider's `HttpClient` (a proxy, logging, retries of your own):
    * applied once, when the layer is built.
+   *
+   * The provider's key headers (`authorization`, `x-goog-api-key`, `api-key`, `x-api-key`, a
+   * `headers` entry given `Redacted`) never leave for another origin than the request's: a
+   * response redirecting elsewhere fails the call (`ModelError`, the 3xx status) even when the
+   * middleware follows redirects (`HttpClient.followRedirects` drops only `authorization`,
+   * `proxy-authorization` and `cookie`). A redirect within the origin is followed. A middleware
+   * that points the request at a proxy (`HttpClient.mapRequest(...)` changing its URL) sends the
+   * keys there, by choice: the origin is the one the request reaches the wire with.
    */
   readonly transformClient?: ((client: HttpClient.HttpClient) => HttpClient.HttpClient) | undefined
 }
