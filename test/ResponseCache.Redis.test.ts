@@ -1112,6 +1112,53 @@ describe.skipIf(skipRedis)(`ResponseCache.Redis (${skipRedis ? skipReason : "nee
       })
   )
 
+  it.live(
+    "a compute answering undefined, null or a number: every caller of the flight has it as it is, no defect",
+    () =>
+      Effect.gen(function* () {
+        const logs = yield* captureLogs
+        yield* Effect.scoped(
+          Effect.gen(function* () {
+            const server = yield* startRedis
+            const cache = yield* build(server, { ttl: "1 minute" })
+            const redis = yield* admin(server)
+            const odd: ReadonlyArray<readonly [string, unknown]> = [
+              ["undefined", undefined],
+              ["null", null],
+              ["number", 42]
+            ]
+            for (const [key, value] of odd) {
+              const compute = Effect.as(Effect.sleep("20 millis"), value as GenerateResponse)
+              const exits = yield* Effect.all(
+                Array.from({ length: 3 }, () =>
+                  Effect.exit(
+                    cache.getOrCompute(
+                      key,
+                      compute,
+                      key === "number" ? { originOf: (answer) => answer.provider as never } : {}
+                    )
+                  )
+                ),
+                { concurrency: "unbounded" }
+              )
+              for (const exit of exits) {
+                assert.isTrue(Exit.isSuccess(exit), `${key}: ${String(exit)}`)
+                if (Exit.isSuccess(exit)) assert.strictEqual(exit.value.value, value, key)
+              }
+            }
+            yield* Effect.sleep("100 millis")
+            assert.strictEqual(yield* redis.send<number>("EXISTS", ...odd.map(([key]) => `${cache.name}:r:${key}`)), 0)
+            assert.strictEqual(yield* errorsOf(cache.name), odd.length)
+            const warnings = logs.lines.filter((l) => l.startsWith("Warn"))
+            assert.strictEqual(warnings.length, odd.length, JSON.stringify(logs.lines))
+            for (const warning of warnings) assert.include(warning, "answer not stored: answer ")
+            const next = yield* cache.getOrCompute("null", Effect.succeed(response("next")))
+            assert.deepStrictEqual(next, { value: response("next"), source: "miss" })
+          })
+        ).pipe(Effect.provide(logs.layer))
+      })
+  )
+
   it.live("Redis stopped: a stale entry this process still holds answers a failing refresh within its grace", () =>
     Effect.scoped(
       Effect.gen(function* () {

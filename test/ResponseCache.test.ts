@@ -1,5 +1,5 @@
 import { assert, describe, it } from "@effect/vitest"
-import { Context, Deferred, type Duration, Effect, Exit, Fiber, Layer, Metric, Option, Ref } from "effect"
+import { Context, Deferred, type Duration, Effect, Exit, Fiber, Layer, Logger, Metric, Option, Ref } from "effect"
 import { TestClock } from "effect/testing"
 import { type AiError, modelError } from "../src/AiError.js"
 import type { OptionError } from "../src/Input.js"
@@ -11,6 +11,7 @@ import {
   type StreamPart
 } from "../src/Model.js"
 import * as ResponseCache from "../src/ResponseCache.js"
+import { captureLogs } from "./utils/logs.js"
 
 let counter = 0
 const uniqueName = (label: string) => `rc-${label}-${++counter}-${Math.random().toString(36).slice(2, 8)}`
@@ -1100,5 +1101,70 @@ describe("ResponseCache: inputs", () => {
       const results = yield* Fiber.join(callers)
       assert.deepStrictEqual(results.map((r) => r.source).sort(), ["miss", "shared"])
     })
+  )
+})
+
+describe("ResponseCache (memory): a compute of the caller's own answering what is not an answer", () => {
+  const odd: ReadonlyArray<readonly [string, unknown]> = [
+    ["undefined", undefined],
+    ["null", null],
+    ["number", 42],
+    ["string", "text"],
+    ["no fields", {}],
+    ["no usage", { text: "t", finishReason: "stop", provider: "p", model: "m" }]
+  ]
+
+  it.effect("every caller of the flight has it as it is, no defect; it is not kept, and said", () =>
+    Effect.gen(function* () {
+      const logs = yield* captureLogs
+      yield* Effect.gen(function* () {
+        const cache = yield* makeCache()
+        for (const [key, value] of odd) {
+          const compute = Effect.as(Effect.sleep("10 millis"), value as GenerateResponse)
+          const fiber = yield* Effect.forkChild(
+            Effect.all(
+              Array.from({ length: 3 }, () =>
+                Effect.exit(cache.getOrCompute(key, compute, { keep: (answer) => answer.text.length > 0 }))
+              ),
+              { concurrency: "unbounded" }
+            )
+          )
+          yield* TestClock.adjust("10 millis")
+          const exits = yield* Fiber.join(fiber)
+          for (const exit of exits) {
+            assert.isTrue(Exit.isSuccess(exit), `${key}: ${String(exit)}`)
+            if (Exit.isSuccess(exit)) assert.strictEqual(exit.value.value, value, key)
+          }
+          assert.deepStrictEqual(
+            exits.map((exit) => (Exit.isSuccess(exit) ? exit.value.source : "")).sort(),
+            ["miss", "shared", "shared"],
+            key
+          )
+        }
+        assert.isTrue((yield* cache.getMany(odd.map(([key]) => key))).every(Option.isNone))
+        const next = yield* cache.getOrCompute("null", Effect.succeed(response("next")))
+        assert.deepStrictEqual(next, { value: response("next"), source: "miss" })
+        const warnings = logs.lines.filter((line) => line.startsWith("Warn"))
+        assert.strictEqual(warnings.length, odd.length, JSON.stringify(logs.lines))
+        for (const warning of warnings) assert.include(warning, "ResponseCache: answer not stored: answer")
+      }).pipe(Effect.provide(logs.layer))
+    })
+  )
+
+  it.effect("with maxBytes, one JSON cannot encode (a circular object, a bigint) is not measured: no defect", () =>
+    Effect.gen(function* () {
+      const cache = yield* makeCache({ maxBytes: 10_000 })
+      const circular: Record<string, unknown> = { text: "t" }
+      circular["self"] = circular
+      for (const [key, value] of [
+        ["circular", circular],
+        ["bigint", 10n]
+      ] as const) {
+        const answered = yield* cache.getOrCompute(key, Effect.succeed(value as unknown as GenerateResponse))
+        assert.strictEqual(answered.value, value, key)
+      }
+      yield* cache.setMany([{ key: "kept", value: response("kept") }])
+      assert.deepStrictEqual((yield* cache.getMany(["kept"]))[0], Option.some(response("kept")))
+    }).pipe(Effect.provide(Logger.layer([])))
   )
 })

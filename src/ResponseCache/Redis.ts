@@ -184,40 +184,38 @@ export const make = Effect.fnUntraced(function* (options: Options = {}) {
   // either way, and cannot bring back what the command removed.
   const supersede = (fibers: ReadonlyArray<Fiber.Fiber<void>>): Effect.Effect<void> => Fiber.interruptAll(fibers)
 
+  const unstored = Lookup.notStored(config.name, errors)
+
   const computeAndWrite = <E>(
     k: string,
     compute: Effect.Effect<GenerateResponse, E | ModelError>,
     options: ResponseCache.GetOrComputeOptions<E>
   ) =>
     Effect.flatMap(compute, (response) =>
-      Lookup.storeWith(response, options, (origin, keep) =>
-        Effect.flatMap(now, (at) => {
-          const value = Lookup.responseOf(response, origin)
-          // An answer that finished in error (or that `keep` refuses) reaches the flight's callers,
-          // and is neither kept nor written.
-          const notKept = Effect.succeed(Table.storedOf(value, at, config.ttl, config.staleFor, 0))
-          if (!keep) return notKept
-          // What a caller's own compute answered that is not an answer (no usage: reading its counts
-          // threw, failing every caller of the flight), or a usage count JSON cannot carry (written as
-          // null, never read back): providers answer neither. The flight's callers have their answer;
-          // failing them for what only the cache cannot hold would turn a cache limit into an outage,
-          // so it is neither kept nor written, counted as a cache error and said.
-          const issue = Checks.answerIssue("answer", response)
-          if (issue !== undefined) {
-            return Effect.andThen(
-              Effect.andThen(
-                Metric.update(errors, 1),
-                Effect.logWarning(`ResponseCache ${config.name}: answer not stored: ${issue.path} ${issue.message}`)
-              ),
-              notKept
+      Lookup.storeWith(
+        response,
+        options,
+        (origin, keep) =>
+          Effect.flatMap(now, (at) => {
+            const value = Lookup.responseOf(response, origin)
+            // An answer that finished in error (or that `keep` refuses) reaches the flight's callers,
+            // and is neither kept nor written.
+            const notKept = Effect.succeed(Table.storedOf(value, at, config.ttl, config.staleFor, 0))
+            if (!keep) return notKept
+            // A usage count JSON cannot carry (a caller's own compute: providers answer finite ones)
+            // would be written as null and never read back. The flight's callers have their answer;
+            // failing them for what only the cache cannot hold would turn a cache limit into an outage,
+            // so it is neither kept nor written, counted as a cache error and said. (What is not an
+            // answer at all never gets here: `storeWith` did not keep it.)
+            const issue = Checks.usageIssue("answer", response.usage)
+            if (issue !== undefined) return Effect.andThen(unstored(issue), notKept)
+            // An `invalidate` or a `setMany` of the key while it was computed: written now, the answer
+            // came back after the one or replaced the value of the other (the memory cache drops it).
+            return Effect.flatMap(table.takenOut, (taken) =>
+              taken ? notKept : writeBehind(k, Table.storedOf(value, at, config.ttl, config.staleFor, retain), at)
             )
-          }
-          // An `invalidate` or a `setMany` of the key while it was computed: written now, the answer
-          // came back after the one or replaced the value of the other (the memory cache drops it).
-          return Effect.flatMap(table.takenOut, (taken) =>
-            taken ? notKept : writeBehind(k, Table.storedOf(value, at, config.ttl, config.staleFor, retain), at)
-          )
-        })
+          }),
+        unstored
       )
     )
 

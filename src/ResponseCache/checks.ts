@@ -77,16 +77,16 @@ export const usageIssue = (at: string, usage: GenerateResponse["usage"]): Input.
 const decodeAnswer = Schema.decodeUnknownResult(GenerateResponse)
 
 /**
- * The issue of an answer a caller's own computation produced that the cache cannot write, or
- * `undefined`: not an answer at all (no `usage`, a `text` that is not a string: its field named),
- * or a usage count JSON cannot carry ({@link usageIssue}). The types promise an answer, a cast or
- * a plain JavaScript caller does not; reading it may throw (a getter), which is its issue too.
+ * The issue of what a caller's own computation produced when it is not an answer (`undefined`,
+ * no `usage`, a `text` that is not a string: its field named), or `undefined` for an answer. The
+ * types promise an answer, a cast or a plain JavaScript caller does not; reading it may throw (a
+ * getter), which is its issue too.
  *
  * @internal
  */
-export const answerIssue = (at: string, answer: unknown): Input.Issue | undefined => {
+export const notAnAnswer = (at: string, answer: unknown): Input.Issue | undefined => {
   try {
-    if (isAnswer(answer)) return usageIssue(at, answer.usage)
+    if (isAnswer(answer)) return undefined
     const decoded = decodeAnswer(answer)
     return Result.isFailure(decoded)
       ? Input.issueOf(decoded.failure, at)

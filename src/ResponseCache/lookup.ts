@@ -5,8 +5,9 @@
  *
  * @internal
  */
-import { Effect, type Metric, type Scope } from "effect"
+import { Effect, Metric, type Scope } from "effect"
 import type { ModelError } from "../AiError.js"
+import type * as Input from "../Input.js"
 import * as Metrics from "../Metrics.js"
 import type { GenerateResponse } from "../Model.js"
 import { userEffect } from "../policy/callback.js"
@@ -80,6 +81,22 @@ export const responseOf = (response: GenerateResponse, origin: Origin | undefine
 export const keepable = (finishReason: GenerateResponse["finishReason"]): boolean => finishReason !== "error"
 
 /**
+ * How a cache says it did not store what a computation of the caller's own produced: counted in
+ * `orchestra_cache_errors_total` (`errors`), and a warning naming the field.
+ *
+ * @internal
+ */
+export const notStored =
+  (name: string, errors: Metric.Metric<number, unknown>) =>
+  (issue: Input.Issue): Effect.Effect<void> =>
+    Effect.andThen(Metric.update(errors, 1), warnNotStored(`ResponseCache ${name}`, issue))
+
+const warnNotStored = (cache: string, issue: Input.Issue): Effect.Effect<void> =>
+  Effect.logWarning(`${cache}: answer not stored: ${issue.path} ${issue.message}`)
+
+const warnOnly = (issue: Input.Issue): Effect.Effect<void> => warnNotStored("ResponseCache", issue)
+
+/**
  * How `getOrCompute` stores an answer its computation produced: with who produced it (the
  * caller's `originOf`), kept if it may be ({@link keepable}) and the caller's `keep` does not
  * refuse it. A `keep` or `originOf` that throws, or answers what it may not (`keep: () => 0`
@@ -87,13 +104,22 @@ export const keepable = (finishReason: GenerateResponse["finishReason"]): boolea
  * an `InvalidRequest` naming it (`Checks.threw`, `Checks.originRefusal`, `Checks.keepRefusal`),
  * as a step's `prepare` that throws does; it is not answered stale.
  *
+ * What is not an answer (a caller's own compute answering `undefined`: its types say it may not,
+ * a cast or plain JavaScript does) reaches the flight's callers as it is, as an uncached call
+ * would have had it: a cache should not fail what ran without it. It is never kept, `keep` and
+ * `originOf` (which take an answer) are not called, and `unstored` says it ({@link notStored};
+ * a warning only by default).
+ *
  * @internal
  */
 export const storeWith = (
   value: GenerateResponse,
   options: Pick<GetOrComputeOptions<never>, "originOf" | "keep">,
-  store: (origin: Origin | undefined, keep: boolean) => Effect.Effect<Stored>
+  store: (origin: Origin | undefined, keep: boolean) => Effect.Effect<Stored>,
+  unstored: (issue: Input.Issue) => Effect.Effect<void> = warnOnly
 ): Effect.Effect<Stored, ModelError> => {
+  const issue = Checks.notAnAnswer("answer", value)
+  if (issue !== undefined) return Effect.andThen(unstored(issue), store(undefined, false))
   let origin: unknown
   let keep: unknown
   try {
