@@ -224,14 +224,13 @@ const produce = Effect.fnUntraced(function* (host: AttemptHost, attempt: Attempt
 
 const producer = (host: AttemptHost, attempt: Attempt, upstream: GenerateRequest): Effect.Effect<void, AiError> =>
   produce(host, attempt, upstream).pipe(
-    // One copy of the context per attempt: the reader's chunk deadline, and the attempt's
-    // scope for whatever the upstream's pulls open.
+    // The reader's chunk deadline, and the attempt's scope for whatever the upstream's pulls
+    // open: added, not merged (`Context.merge` copies the caller's whole context, twice).
     Effect.updateContext((context: Context.Context<never>) =>
-      Context.merge(
-        context,
-        Context.make(ChunkDeadline, chunkDeadlineOf(host.plan, attempt.step)).pipe(
-          Context.add(Scope.Scope, attempt.scope)
-        )
+      Context.add(
+        Context.add(context, ChunkDeadline, chunkDeadlineOf(host.plan, attempt.step)),
+        Scope.Scope,
+        attempt.scope
       )
     )
   ) as Effect.Effect<void, AiError>
