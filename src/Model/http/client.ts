@@ -401,15 +401,25 @@ export const make = Effect.fnUntraced(function* (
   // What a request adds to its caller's context, in one copy of it: no span of effect/http's own
   // (or of a client the middleware builds: ours is opened by `traced`), the secret headers'
   // names, fetch's redirect mode.
+  // Added to the caller's context, not merged into it (`Context.merge` copies the whole of it,
+  // twice, per request); the redacted names are made once per base list, fetch's init once.
+  const manual = { redirect: "manual" as const }
+  let redacted:
+    | { readonly base: ReadonlyArray<string | RegExp>; readonly names: ReadonlyArray<string | RegExp> }
+    | undefined
   const extend = (context: Context.Context<never>): Context.Context<never> => {
-    let extra = Context.make(HttpClient.TracerDisabledWhen, constTrue) as Context.Context<never>
+    let next = Context.add(context, HttpClient.TracerDisabledWhen, constTrue)
     if (secrets.length > 0) {
-      const names = [...Context.get(context, Headers.CurrentRedactedNames), ...secrets]
-      extra = Context.add(extra, Headers.CurrentRedactedNames, names) as Context.Context<never>
+      const base = Context.get(context, Headers.CurrentRedactedNames)
+      if (redacted?.base !== base) redacted = { base, names: [...base, ...secrets] }
+      next = Context.add(next, Headers.CurrentRedactedNames, redacted.names)
     }
-    const init = { ...Context.getOrUndefined(context, FetchHttpClient.RequestInit), redirect: "manual" as const }
-    extra = Context.add(extra, FetchHttpClient.RequestInit, init) as Context.Context<never>
-    return Context.merge(context, extra)
+    const given = Context.getOrUndefined(context, FetchHttpClient.RequestInit)
+    return Context.add(
+      next,
+      FetchHttpClient.RequestInit,
+      given === undefined ? manual : { ...given, redirect: "manual" }
+    )
   }
 
   const exchange = (
