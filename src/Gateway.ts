@@ -147,6 +147,13 @@ export interface Models {
   readonly domains: ReadonlyArray<string>
   /** The providers a `model` may name as `provider/model`: none when `providerModels` is false. */
   readonly providers: ReadonlyArray<string>
+  /**
+   * By domain, the upstream models its chain may call, as `provider/model`: a budget by model
+   * caps them whichever name a request reaches them by.
+   *
+   * @since 0.3.0
+   */
+  readonly upstreams?: Readonly<Record<string, ReadonlyArray<string>>> | undefined
 }
 
 /**

@@ -39,6 +39,7 @@ import {
   traced
 } from "./routes.js"
 import { toWire } from "./errors.js"
+import { sharesUpstream } from "./models.js"
 import * as Sse from "./sse.js"
 import { CurrentTracker, millis, type Target, type Tracker } from "./upstream.js"
 import { CurrentCut, type Cut, stopStreams } from "../policy/plan.js"
@@ -178,6 +179,13 @@ export const make = (env: Env) => {
     return found
   }
 
+  // Whether one of a key's budgets by model is charged for `model` (the store's rule: any name of the same upstream model).
+  const byModel = (budgets: Readonly<Record<string, unknown>>, model: string): boolean => {
+    for (const name in budgets)
+      if (Object.hasOwn(budgets, name) && sharesUpstream(upstream.models, name, model)) return true
+    return false
+  }
+
   // A budget holds the output reserved, so the answer may not be longer: a request sent without
   // max_tokens (by it or a domain of its chain) could be charged far past the budget's limit.
   const bounded = (key: KeyIdentity | undefined, model: string, target: Target, request: GenerateRequest) => {
@@ -187,7 +195,7 @@ export const make = (env: Env) => {
       budgets !== undefined &&
       (budgets.key !== undefined ||
         budgets.team !== undefined ||
-        (budgets.models !== undefined && Object.hasOwn(budgets.models, model)))
+        (budgets.models !== undefined && byModel(budgets.models, model)))
     if (!charged) return request
     if (target._tag === "Provider") return { ...request, maxTokens: options.defaultMaxTokens }
     // A chain whose every domain sets its own max_tokens sends each its own, none above the largest

@@ -51,7 +51,7 @@ export const unknownModel = (models: Models, use: Use, path: string, name: strin
     if (model !== "*" || use === "allowed") return undefined
     return {
       path,
-      message: `"${name}" is not a wildcard here: a ${use} by model applies to a request for that very name, a domain or provider/model`
+      message: `"${name}" is not a wildcard here: a ${use} by model names one model, a domain or provider/model`
     }
   }
   const off =
@@ -72,5 +72,39 @@ export const union = (a: Models | undefined, b: Models): Models =>
     ? b
     : {
         domains: [...new Set([...a.domains, ...b.domains])],
-        providers: [...new Set([...a.providers, ...b.providers])]
+        providers: [...new Set([...a.providers, ...b.providers])],
+        upstreams: mergeUpstreams(a.upstreams, b.upstreams)
       }
+
+const mergeUpstreams = (
+  a: Models["upstreams"],
+  b: Models["upstreams"]
+): Readonly<Record<string, ReadonlyArray<string>>> | undefined => {
+  if (a === undefined || b === undefined) return a ?? b
+  const out: Record<string, ReadonlyArray<string>> = { ...a }
+  for (const name of Object.keys(b)) {
+    out[name] = Object.hasOwn(out, name) ? [...new Set([...out[name]!, ...b[name]!])] : b[name]!
+  }
+  return out
+}
+
+const upstreamsOf = (models: Models | undefined, name: string): ReadonlyArray<string> | undefined =>
+  models?.upstreams !== undefined && Object.hasOwn(models.upstreams, name) ? models.upstreams[name] : undefined
+
+/**
+ * Whether a budget by model named `budget` applies to a request for `model`: the same name,
+ * or names that may call the same upstream model (a domain, its chain's `provider/model`, or
+ * another domain calling one of them), so that no other name of a model escapes its budget.
+ * Allocates nothing.
+ *
+ * @internal
+ */
+export const sharesUpstream = (models: Models | undefined, budget: string, model: string): boolean => {
+  if (budget === model) return true
+  const ofBudget = upstreamsOf(models, budget)
+  const ofModel = upstreamsOf(models, model)
+  if (ofBudget === undefined) return ofModel?.includes(budget) === true
+  if (ofModel === undefined) return ofBudget.includes(model)
+  for (let i = 0; i < ofBudget.length; i++) if (ofModel.includes(ofBudget[i]!)) return true
+  return false
+}

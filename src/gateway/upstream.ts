@@ -145,7 +145,22 @@ export const make = Effect.fnUntraced(function* (clock: Clock.Clock, providerMod
     targets.set(domain.name, { _tag: "Domain", domain, chain })
   }
 
-  const models: Models = { domains: [...byName.keys()], providers: providerModels ? registry.names : [] }
+  const upstreams: Record<string, ReadonlyArray<string>> = {}
+  for (const [name, target] of targets) {
+    if (target._tag !== "Domain") continue
+    const names = new Set<string>()
+    for (const step of target.chain) {
+      const provider = Object.hasOwn(wrapped, step.provider) ? wrapped[step.provider] : undefined
+      const model = step.model ?? provider?.defaultModel
+      if (model !== undefined) names.add(`${step.provider}/${model}`)
+    }
+    upstreams[name] = [...names]
+  }
+  const models: Models = {
+    domains: [...byName.keys()],
+    providers: providerModels ? registry.names : [],
+    upstreams
+  }
   const notFound = (model: string) =>
     gatewayError("NotFound", `The model "${model}" does not exist: use ${describe(models)}`, {
       param: "model",

@@ -81,6 +81,71 @@ describe("Gateway: budgets", () => {
     })
   )
 
+  it.live("a per-model budget caps the upstream model behind its name, whichever name a request reaches it by", () =>
+    Effect.gen(function* () {
+      const upstream = yield* verbose()
+      const other = yield* verbose()
+      const store = yield* memory({
+        keys: [
+          {
+            id: "support",
+            sha256: KeyStore.hashSecret(secret),
+            allowedModels: ["support", "triage", "a/*", "b/*"],
+            modelBudgets: { support: { tokens: 150 } }
+          },
+          {
+            id: "direct",
+            sha256: KeyStore.hashSecret(free),
+            allowedModels: ["support", "a/*"],
+            modelBudgets: { "a/a-model": { tokens: 150 } }
+          }
+        ]
+      })
+      const gw = yield* Harness.make({
+        upstreams: { a: upstream.url, b: other.url },
+        domains: [
+          { name: "support", provider: "a", system: "You help customers." },
+          // The same upstream model as support, under another name.
+          { name: "triage", provider: "a", model: "a-model" },
+          { name: "d-b", provider: "b" }
+        ],
+        keys: store,
+        gateway: { defaultMaxTokens: 100 }
+      })
+      const spent = (id: string) =>
+        Effect.map(store.spend(id), (lines) => lines.map((line) => [line.id, line.spent, line.held]))
+      const refusal = (f: () => Promise<unknown>) => Effect.map(Effect.flip(Harness.call(f)), Harness.clientError)
+
+      // Through provider/model, sent without max_tokens: charged to support's budget, and bounded by it.
+      const client = gw.client(secret)
+      yield* Harness.call(() => client.chat.completions.create({ model: "a/a-model", messages: hi }))
+      assert.deepStrictEqual(yield* spent("support"), [["support/support", 11 + 100, 0]])
+      // Another model of the same provider, and another provider, are not support's.
+      yield* Harness.call(() => client.chat.completions.create({ model: "a/other", messages: hi, max_tokens: 5 }))
+      yield* Harness.call(() => client.chat.completions.create({ model: "b/b-model", messages: hi, max_tokens: 5 }))
+      assert.deepStrictEqual(yield* spent("support"), [["support/support", 11 + 100, 0]])
+      // Another domain on the same upstream model is charged to it too: 111 spent, 50 more is over 150.
+      const viaTriage = yield* refusal(() =>
+        client.chat.completions.create({ model: "triage", messages: hi, max_tokens: 50 })
+      )
+      assert.strictEqual(viaTriage.status, 429)
+      assert.strictEqual(viaTriage.code, "budget_exceeded")
+      assert.include(viaTriage.message, `model "support/support"`)
+      const sent = (yield* upstream.requests).map((r) => (r.json as { max_tokens?: number }).max_tokens)
+      assert.deepStrictEqual(sent, [100, 5])
+
+      // Conversely, a budget on provider/model is charged by the domain that calls that model.
+      const direct = gw.client(free)
+      yield* Harness.call(() => direct.chat.completions.create({ model: "support", messages: hi, max_tokens: 20 }))
+      assert.deepStrictEqual(yield* spent("direct"), [["direct/a/a-model", 11 + 20, 0]])
+      const viaDomain = yield* refusal(() =>
+        direct.chat.completions.create({ model: "support", messages: hi, max_tokens: 200 })
+      )
+      assert.strictEqual(viaDomain.status, 429)
+      assert.include(viaDomain.message, `model "direct/a/a-model"`)
+    })
+  )
+
   it.live("a chain whose domains' max_tokens differ sends every step with at most the output it reserved", () =>
     Effect.gen(function* () {
       const upstream = yield* verbose()

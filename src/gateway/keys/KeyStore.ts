@@ -66,7 +66,10 @@ export type {
    */
   KeyDefinition,
   /**
-   * What a key may do: `allowedModels`, `rpm`, `tpm`, `budget`, `modelBudgets`, `team`.
+   * What a key may do: `allowedModels`, `rpm`, `tpm`, `budget`, `modelBudgets`, `team`. A budget
+   * in `modelBudgets` caps the upstream models behind its name whichever name a request reaches
+   * them by: `{ support: ... }` is charged for `openai/gpt-4o-mini` when the `support` domain's
+   * chain may call it, and for another domain calling it.
    *
    * @since 0.2.0
    * @category models

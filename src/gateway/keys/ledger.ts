@@ -8,8 +8,10 @@
  * @internal
  */
 import { Data, type Effect } from "effect"
+import type { Models } from "../../Gateway.js"
 import type { StoreError } from "../../Redis.js"
 import type { BudgetScope } from "../errors.js"
+import { sharesUpstream } from "../models.js"
 import type { KeyRecord, Price, ResolvedBudget } from "./options.js"
 
 /**
@@ -260,7 +262,9 @@ export interface Budgets {
 
 /**
  * Every counter a request of key `id` on `model` is charged to: the key's budget, its
- * team's, and the key's budget for that model (`model` undefined: for every model).
+ * team's, and the key's budgets by model that apply to `model` on the gateways serving
+ * `models` ({@link sharesUpstream}: the same name, or one calling the same upstream model;
+ * `model` undefined: every budget by model).
  *
  * @internal
  */
@@ -269,7 +273,8 @@ export const countersFor = (
   team: string | undefined,
   budgets: Budgets,
   model: string | undefined,
-  now: number
+  now: number,
+  models?: Models | undefined
 ): ReadonlyArray<Counter> => {
   const out: Array<Counter> = []
   if (budgets.key !== undefined) out.push(...countersOf("key", id, undefined, budgets.key, now))
@@ -278,8 +283,10 @@ export const countersFor = (
   }
   if (budgets.models !== undefined) {
     if (model !== undefined) {
-      const budget = Object.hasOwn(budgets.models, model) ? budgets.models[model] : undefined
-      if (budget !== undefined) out.push(...countersOf("model", `${id}/${model}`, model, budget, now))
+      for (const name in budgets.models) {
+        if (!Object.hasOwn(budgets.models, name) || !sharesUpstream(models, name, model)) continue
+        out.push(...countersOf("model", `${id}/${name}`, name, budgets.models[name]!, now))
+      }
     } else {
       for (const [name, budget] of Object.entries(budgets.models)) {
         out.push(...countersOf("model", `${id}/${name}`, name, budget, now))

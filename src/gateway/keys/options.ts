@@ -49,6 +49,12 @@ export interface KeyPolicy {
   readonly rpm?: number | undefined
   readonly tpm?: number | undefined
   readonly budget?: Budget | undefined
+  /**
+   * Budgets by model, each named as a request's `model` (a domain or `provider/model`). Each
+   * caps the upstream models behind its name, whichever name a request reaches them by: a
+   * domain's is charged for a `provider/model` its chain may call, or another domain calling
+   * one of them, and a `provider/model`'s by the domains that may call it.
+   */
   readonly modelBudgets?: { readonly [model: string]: Budget } | undefined
 }
 

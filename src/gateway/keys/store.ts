@@ -363,6 +363,9 @@ export const make = Effect.fnUntraced(function* (
 
   // --- budgets ---
 
+  // What the gateways using this store serve: a budget by model applies to each name of its upstream model.
+  let served: Gateway.Models | undefined
+
   const priceOf = (model: string): Price | undefined => resolved.prices.get(model) ?? resolved.prices.get("*")
 
   const exceeded = (charge: Charge, level: Level, at: number): GatewayError => {
@@ -449,7 +452,7 @@ export const make = Effect.fnUntraced(function* (
     onHeld: (reservation: Held) => void
   ): Effect.Effect<unknown, GatewayError> => {
     const at = now()
-    const counters = countersFor(record.id, record.team, contextOf(record).budgets, model, at)
+    const counters = countersFor(record.id, record.team, contextOf(record).budgets, model, at, served)
     if (counters.length === 0) return Effect.succeed(nothingHeld)
     const price = priceOf(model)
     const charges: Array<Charge> = []
@@ -649,7 +652,6 @@ export const make = Effect.fnUntraced(function* (
 
   // The names of the gateways this store serves (usually one), told as each starts: the
   // configuration is checked against them then, an admin's new key when it is created.
-  let served: Gateway.Models | undefined
   const useModels = (models: Gateway.Models): Effect.Effect<void, Input.OptionError> =>
     Effect.suspend(() => {
       const issue = configModels(resolved, models)
