@@ -1019,7 +1019,7 @@ const boundaryOnLedger = (backend: Backend) =>
     const at = (now: number) => countersOf("key", id, undefined, budget, now)
     const on = (now: number, amount: number) => at(now).map((counter) => ({ counter, amount }))
     const level = (now: number) =>
-      Effect.map(backend.read(at(now), now), (levels) => [levels[0]!.spent, levels[0]!.held])
+      Effect.map(backend.read(at(now), now), ({ levels }) => [levels[0]!.spent, levels[0]!.held])
     const before = 5 * hour - 1
     const after = 5 * hour
     yield* backend.reserve("r1", on(before, 30), 60_000, before)
@@ -1041,10 +1041,12 @@ const boundaryOnLedger = (backend: Backend) =>
     assert.deepStrictEqual(yield* level(after), [15, 85])
   })
 
-describe("KeyStore: the ledgers agree around a period's boundary", () => {
+describe("KeyStore: a ledger around a period's boundary", () => {
   it.effect("in memory", () => boundaryOnLedger(MemoryBackend.make()))
 
-  it.live.skipIf(skipRedis)("on Redis", () =>
+  // Redis takes the windows from its own clock, whatever time a replica gives: every step lands
+  // in Redis's window, and a settle counts in the window its reserve was held in.
+  it.live.skipIf(skipRedis)("on Redis, in the windows of Redis's clock", () =>
     Effect.scoped(
       Effect.gen(function* () {
         const server = yield* startRedis
@@ -1054,7 +1056,76 @@ describe("KeyStore: the ledgers agree around a period's boundary", () => {
           const guard = yield* Redis.makeGuard({ store: "test-keys", settings })
           return yield* RedisBackend.make({ prefix: `${unique("ledger")}:`, guard, leaseMs: 60_000 })
         }).pipe(Effect.provideContext(redis))
-        yield* boundaryOnLedger(backend)
+        const hour = 3_600_000
+        const budget = { tokens: 100, usd: undefined, periodMs: hour }
+        const id = unique("boundary")
+        const on = (now: number, amount: number) =>
+          countersOf("key", id, undefined, budget, now).map((counter) => ({ counter, amount }))
+        const r1 = yield* backend.reserve("r1", on(5 * hour - 1, 30), 60_000, 5 * hour - 1)
+        const r2 = yield* backend.reserve("r2", on(5 * hour, 20), 60_000, 5 * hour)
+        assert.strictEqual(r1._tag, "Reserved")
+        assert.strictEqual(r2._tag, "Reserved")
+        const now = r2.now!
+        assert.isAtMost(Math.abs(now - Date.now()), 5_000, "Redis's own time")
+        const held = (yield* backend.read(countersOf("key", id, undefined, budget, 0), 0)).levels[0]!
+        assert.deepStrictEqual([held.spent, held.held], [0, 50], "both in Redis's window, not the times given")
+        // Settled in the window it was held in (as the store keeps it), whatever time it is given.
+        const windowed = (now: number, amount: number) =>
+          countersOf("key", id, undefined, budget, now).map((counter) => ({ counter, amount }))
+        yield* backend.settle("r1", windowed(now, 30), [25], 0, false)
+        const spent = (yield* backend.read(countersOf("key", id, undefined, budget, 0), 0)).levels[0]!
+        assert.deepStrictEqual([spent.spent, spent.held], [25, 20])
+      })
+    )
+  )
+})
+
+describe("KeyStore: replicas whose clocks differ on one Redis", () => {
+  it.live.skipIf(skipRedis)("a budget's period follows Redis's clock, not each replica's", () =>
+    Effect.scoped(
+      Effect.gen(function* () {
+        const server = yield* startRedis
+        const redis = yield* Layer.build(Redis.layer({ url: server.url, commandTimeout: "2 seconds" }))
+        const prefix = `${unique("skew")}:`
+        const day = 86_400_000
+        const storeAt = (time: number) =>
+          Effect.gen(function* () {
+            const clock = yield* TestClock.make()
+            yield* clock.setTime(time)
+            const context = yield* Layer.build(
+              KeyStore.layerRedis({
+                prefix,
+                keys: [key("skew", secretA, { budget: { tokens: 100, period: "1 day" } })],
+                redis: { timeout: "2 seconds" }
+              })
+            ).pipe(Effect.provideContext(redis), Effect.provideService(Clock.Clock, clock))
+            return Context.get(context, KeyStore.KeyAdmin)
+          })
+        // One replica's clock is days behind, the other's in the next period.
+        const behind = yield* storeAt(Date.now() - 3 * day)
+        const ahead = yield* storeAt(Date.now() + day)
+        const first = yield* behind.reserve(yield* behind.authenticate(Redacted.make(secretA)), "m", estimate(10, 50))
+        yield* behind.settle(first, { inputTokens: 10, outputTokens: 50 })
+        const aheadKey = yield* ahead.authenticate(Redacted.make(secretA))
+        const started = Date.now()
+        const refused = yield* failure(ahead.reserve(aheadKey, "m", estimate(10, 40)))
+        assert.strictEqual(refused.reason, "BudgetExceeded")
+        assert.strictEqual(refused.spent, 60)
+        const end = (at: number) => (Math.floor(at / day) + 1) * day
+        const before = Date.now()
+        const lines = [...(yield* behind.spend("skew")), ...(yield* ahead.spend("skew"))]
+        const after = Date.now()
+        for (const line of lines) {
+          assert.strictEqual(line.spent, 60)
+          assert.include(
+            [end(before), end(after)].map((at) => new Date(at).toISOString()),
+            line.resetsAt
+          )
+        }
+        // Told to wait until Redis's next period, not the next of a replica's clock.
+        const wait = Duration.toMillis(refused.retryAfter!)
+        assert.isAtMost(wait, end(after) - started)
+        assert.isAtLeast(wait, end(before) - after)
       })
     )
   )

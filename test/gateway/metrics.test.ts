@@ -424,7 +424,8 @@ describe("Gateway: series after their layer closed", () => {
       limit: 100,
       periodMs: undefined,
       window: undefined,
-      name: "key:k:tokens"
+      name: "key:k:tokens",
+      base: "key:k:tokens"
     } as const
     gauges.set("k", counter, { spent: 1, held: 0 })
     assert.isAbove(registry.size, 0)

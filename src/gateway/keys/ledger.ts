@@ -37,6 +37,8 @@ export interface Counter {
   readonly window: number | undefined
   /** The counter's name in its store (scope, id, unit and window). */
   readonly name: string
+  /** Its name without the window: a store that takes the window from its own clock (Redis) adds it. */
+  readonly base: string
 }
 
 /**
@@ -63,14 +65,31 @@ export interface Level {
  * @internal
  */
 export type ReserveResult =
-  | { readonly _tag: "Reserved"; readonly levels: ReadonlyArray<Level> }
+  | {
+      readonly _tag: "Reserved"
+      readonly levels: ReadonlyArray<Level>
+      /** The store's own time it took the windows at (Redis), when not the caller's `now`: see {@link retime}. */
+      readonly now?: number | undefined
+    }
   | {
       readonly _tag: "Exceeded"
       readonly index: number
       readonly level: Level
       /** The levels of the counters before `index`, as the refused reserve read them (ended leases given back). */
       readonly before: ReadonlyArray<Level>
+      readonly now?: number | undefined
     }
+
+/**
+ * The levels of counters, and the store's own time it took their windows at (Redis), when
+ * not the caller's `now`.
+ *
+ * @internal
+ */
+export interface Reading {
+  readonly levels: ReadonlyArray<Level>
+  readonly now?: number | undefined
+}
 
 /**
  * A stored budget counter this gateway cannot read: a `spent` or `held` that is not a whole
@@ -92,7 +111,8 @@ export class UnreadableCounter extends Data.TaggedError("UnreadableCounter")<{
 export interface Ledger {
   /**
    * Holds every charge, or none when one would go over its limit (the first such is reported)
-   * or cannot be read (nothing is written then).
+   * or cannot be read (nothing is written then). A store shared by replicas (Redis) holds them
+   * in the windows of its own time, which it returns (`now`): the replicas' clocks may differ.
    */
   readonly reserve: (
     id: string,
@@ -123,11 +143,14 @@ export interface Ledger {
     leaseMs: number,
     now: number
   ) => Effect.Effect<void, StoreError>
-  /** The levels at `now` (Redis: at its own time): a lease that has ended holds nothing. */
+  /**
+   * The levels at `now` (Redis: at its own time, in the windows of its time): a lease that has
+   * ended holds nothing.
+   */
   readonly read: (
     counters: ReadonlyArray<Counter>,
     now: number
-  ) => Effect.Effect<ReadonlyArray<Level>, StoreError | UnreadableCounter>
+  ) => Effect.Effect<Reading, StoreError | UnreadableCounter>
 }
 
 /**
@@ -224,9 +247,20 @@ const counter = (
     limit,
     periodMs,
     window,
-    name: window === undefined ? base : `${base}:${periodMs}:${window}`
+    name: window === undefined ? base : `${base}:${periodMs}:${window}`,
+    base
   }
 }
+
+/**
+ * The same counter at the time `now` (its window then); itself when that is its window.
+ *
+ * @internal
+ */
+export const retime = (c: Counter, now: number): Counter =>
+  c.periodMs === undefined || Math.floor(now / c.periodMs) === c.window
+    ? c
+    : counter(c.scope, c.scopeId, c.model, c.unit, c.limit, c.periodMs, now)
 
 /**
  * The counters of one budget.

@@ -15,6 +15,7 @@ import {
   type Budgets,
   type Counter,
   countersFor,
+  retime,
   type Level,
   shown,
   type UnreadableCounter,
@@ -225,8 +226,9 @@ export const make = (deps: Deps) => {
       if (counters.length === 0) return Effect.succeed([])
       return backend.read(counters, at).pipe(
         Effect.catch(deps.budgetFailure),
-        Effect.map((levels) =>
-          counters.map((counter, i): SpendLine => {
+        Effect.map(({ levels, now: storeNow }) =>
+          counters.map((read, i): SpendLine => {
+            const counter = storeNow === undefined ? read : retime(read, storeNow)
             const level = levels[i]!
             deps.refreshGauge(counter, level)
             const end = windowEnd(counter)

@@ -153,14 +153,14 @@ export const make = (): Backend => {
     })
 
   const read: Ledger["read"] = (list, now) =>
-    Effect.sync(() =>
-      list.map((c) => {
+    Effect.sync(() => ({
+      levels: list.map((c) => {
         const state = get(c, false)
         if (state === undefined) return { spent: 0, held: 0 }
         expire(state, now)
         return { spent: state.spent, held: state.held }
       })
-    )
+    }))
 
   return {
     local: true,

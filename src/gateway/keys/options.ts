@@ -17,7 +17,9 @@ import { sha256Pattern } from "./secret.js"
 /**
  * A budget of one scope: tokens (input and output), money (US dollars, from the price
  * table), or both. With `period` it starts again at every multiple of the period since
- * the Unix epoch (`"1 day"`: at 00:00 UTC); without, it never resets.
+ * the Unix epoch (`"1 day"`: at 00:00 UTC) by the Redis server's clock on a Redis store (every
+ * replica starts it at the same instant, whatever its own clock), by the process's `Clock` in
+ * memory; without, it never resets.
  *
  * @internal
  */

@@ -12,7 +12,10 @@
  * reservation on several counters is atomic across processes: 200 concurrent first
  * requests of a key cannot hold more than its budget. A reservation whose gateway died is
  * given back when its lease ends (the next reservation on the counter sweeps it), with the
- * time from the Redis server's clock. A counter whose `spent` or `held` is not a whole number
+ * time from the Redis server's clock. A budget's period windows are taken from that clock too
+ * (in the script that reserves, no extra round trip): replicas whose clocks differ charge the
+ * same window, and a counter's expiry is set at its window's end (plus the longest lease) in
+ * that time, never shortened by a replica whose clock runs ahead. A counter whose `spent` or `held` is not a whole number
  * of 0 or more, or whose key holds another type (edited by hand, written by another version), is read by
  * no script as empty: it is reported (`UnreadableCounter`), and nothing is written to it.
  *
@@ -30,6 +33,7 @@ import {
   type InsertResult,
   type Level,
   type ReserveResult,
+  retime,
   UnreadableCounter,
   UnreadableRecord
 } from "./ledger.js"
@@ -142,13 +146,36 @@ local function readable(h, z)
 end
 `
 
-// KEYS: per counter its hash and its leases. ARGV: lease ms, reservation id, then per
-// counter: limit, amount, ttl ms (0: none). Returns { 0, spent1, held1, ... } once every
-// amount is held, { i, spent, held, spent1, held1, ... } for the first counter it would overrun
-// (then the levels it read of the counters before it), or { -i } for
+// A counter's keys in the window of Redis's time `now`: per counter its hash without the
+// window (KEYS[i]) and its period in ms (0: none); every replica takes the same window,
+// whatever its own clock says. Sets `hs`, `zs` (its hash and its leases) and `ends` (when its
+// window ends, false without one).
+const windowsLua = `
+local function windows(now, periodAt)
+  for i = 1, #KEYS do
+    local period = tonumber(ARGV[periodAt(i)])
+    local h = KEYS[i]
+    ends[i] = false
+    if period > 0 then
+      local window = math.floor(now / period)
+      h = h .. ":" .. string.format("%.0f", period) .. ":" .. string.format("%.0f", window)
+      ends[i] = (window + 1) * period
+    end
+    hs[i] = h
+    zs[i] = h .. ":leases"
+  end
+end
+`
+
+// KEYS: per counter its hash without the window. ARGV: lease ms, reservation id, then per
+// counter: limit, amount, period ms (0: none). The windows are those of Redis's time, returned
+// last in every reply. Returns { 0, spent1, held1, ..., now } once every
+// amount is held, { i, spent, held, spent1, held1, ..., now } for the first counter it would overrun
+// (then the levels it read of the counters before it), or { -i, now } for
 // the first that cannot be read (checked before anything is written). A lease is
 // `<id>|<amount>` with the amount in digits: Lua writes a number of 10^14 or more with an
-// exponent, and a sweep that could not read one failed every reservation on the counter.
+// exponent, and a sweep that could not read one failed every reservation on the counter. A
+// window's counter lives until its window's end and the lease.
 const reserveScript = Redis.script(
   (keys: ReadonlyArray<string>, leaseMs: number, id: string, args: ReadonlyArray<number>) => [
     ...keys,
@@ -159,19 +186,22 @@ const reserveScript = Redis.script(
   {
     numberOfKeys: (keys: ReadonlyArray<string>) => keys.length,
     lua: `${readableLua}
-local n = #KEYS / 2
-for i = 1, n do
-  if not readable(KEYS[2 * i - 1], KEYS[2 * i]) then return { -i } end
-end
+local hs, zs, ends = {}, {}, {}
+${windowsLua}
+local n = #KEYS
 local time = redis.call("TIME")
 local now = tonumber(time[1]) * 1000 + math.floor(tonumber(time[2]) / 1000)
+windows(now, function(i) return 3 * i + 2 end)
+for i = 1, n do
+  if not readable(hs[i], zs[i]) then return { -i, now } end
+end
 local lease = tonumber(ARGV[1])
 local id = ARGV[2]
 local spent = {}
 local held = {}
 for i = 1, n do
-  local h = KEYS[2 * i - 1]
-  local z = KEYS[2 * i]
+  local h = hs[i]
+  local z = zs[i]
   local expired = redis.call("ZRANGEBYSCORE", z, "-inf", now, "LIMIT", 0, 1000)
   if #expired > 0 then
     local back = 0
@@ -192,33 +222,36 @@ for i = 1, n do
       refused[2 * j + 2] = spent[j]
       refused[2 * j + 3] = held[j]
     end
+    refused[2 * i + 2] = now
     return refused
   end
 end
 local out = { 0 }
 for i = 1, n do
-  local h = KEYS[2 * i - 1]
-  local z = KEYS[2 * i]
+  local h = hs[i]
+  local z = zs[i]
   local amount = tonumber(ARGV[3 * i + 1])
-  local ttl = tonumber(ARGV[3 * i + 2])
   if amount > 0 then
     redis.call("HINCRBY", h, "held", amount)
     redis.call("ZADD", z, now + lease, id .. "|" .. string.format("%.0f", amount))
   end
-  if ttl > 0 then
-    redis.call("PEXPIRE", h, ttl)
-    redis.call("PEXPIRE", z, ttl)
+  if ends[i] then
+    local at = string.format("%.0f", ends[i] + lease)
+    redis.call("PEXPIREAT", h, at)
+    redis.call("PEXPIREAT", z, at)
   end
   out[2 * i] = spent[i]
   out[2 * i + 1] = held[i] + amount
 end
+out[2 * n + 2] = now
 return out
 `
   }
 ).withReturnType<ReadonlyArray<number>>()
 
-// KEYS: as reserveScript. ARGV: reservation id, once (1: see `Ledger.settle`), lease ms, then
-// per counter: amount held, amount spent, ttl ms (0: none). A lease already swept is not given
+// KEYS: per counter its hash and its leases (in the window it was reserved in). ARGV: reservation
+// id, once (1: see `Ledger.settle`), lease ms, then per counter: amount held, amount spent, when
+// it expires (ms since the epoch, its window's end and the longest lease; 0: never). A lease already swept is not given
 // back twice. With once, a settle runs only while a lease of the id remains; a reservation that
 // holds nothing leaves a mark instead, an empty lease of the first counter (swept as one). A
 // counter that cannot be read is left as it is (and out of that test): the others are settled.
@@ -265,16 +298,16 @@ for i = 1, n do
   local z = KEYS[2 * i]
   local reserved = tonumber(ARGV[3 * i + 1])
   local actual = tonumber(ARGV[3 * i + 2])
-  local ttl = tonumber(ARGV[3 * i + 3])
+  local expires = ARGV[3 * i + 3]
   if ok[i] then
     if first then
       if reserved > 0 and redis.call("ZREM", z, id .. "|" .. string.format("%.0f", reserved)) == 1 then
         redis.call("HINCRBY", h, "held", -reserved)
       end
       if actual > 0 then redis.call("HINCRBY", h, "spent", actual) end
-      if ttl > 0 then
-        redis.call("PEXPIRE", h, ttl)
-        redis.call("PEXPIRE", z, ttl)
+      if expires ~= "0" then
+        redis.call("PEXPIREAT", h, expires)
+        redis.call("PEXPIREAT", z, expires)
       end
     end
     local v = redis.call("HMGET", h, "spent", "held")
@@ -292,7 +325,7 @@ return out
   }
 ).withReturnType<ReadonlyArray<number>>()
 
-// KEYS: as reserveScript. ARGV: lease ms, reservation id, then per counter the amount held. A
+// KEYS: as settleScript. ARGV: lease ms, reservation id, then per counter the amount held. A
 // lease of the id still running on a counter ends `lease` from now instead (one that has ended
 // is left to be swept, one settled is gone); the counter then lives at least as long. Returns
 // how many leases were moved.
@@ -333,29 +366,37 @@ return moved
   }
 ).withReturnType<number>()
 
-// KEYS: as reserveScript. Returns { 0, spent1, held1, ... }, or { -i } for the first counter
-// that cannot be read. A lease that has ended holds nothing, as for a reserve (which gives it
-// back); the read writes nothing.
-const readScript = Redis.script((keys: ReadonlyArray<string>) => keys, {
-  numberOfKeys: (keys: ReadonlyArray<string>) => keys.length,
-  lua: `${readableLua}
-local n = #KEYS / 2
+// KEYS: as reserveScript. ARGV: per counter its period ms (0: none). Returns
+// { 0, spent1, held1, ..., now } in the windows of Redis's time, or { -i, now } for the first
+// counter that cannot be read. A lease that has ended holds nothing, as for a reserve (which
+// gives it back); the read writes nothing.
+const readScript = Redis.script(
+  (keys: ReadonlyArray<string>, periods: ReadonlyArray<number>) => [...keys, ...periods],
+  {
+    numberOfKeys: (keys: ReadonlyArray<string>) => keys.length,
+    lua: `${readableLua}
+local hs, zs, ends = {}, {}, {}
+${windowsLua}
+local n = #KEYS
 local time = redis.call("TIME")
 local now = tonumber(time[1]) * 1000 + math.floor(tonumber(time[2]) / 1000)
+windows(now, function(i) return i end)
 local out = { 0 }
 for i = 1, n do
-  if not readable(KEYS[2 * i - 1], KEYS[2 * i]) then return { -i } end
-  local v = redis.call("HMGET", KEYS[2 * i - 1], "spent", "held")
+  if not readable(hs[i], zs[i]) then return { -i, now } end
+  local v = redis.call("HMGET", hs[i], "spent", "held")
   local held = tonumber(v[2]) or 0
-  for _, member in ipairs(redis.call("ZRANGEBYSCORE", KEYS[2 * i], "-inf", now, "LIMIT", 0, 1000)) do
+  for _, member in ipairs(redis.call("ZRANGEBYSCORE", zs[i], "-inf", now, "LIMIT", 0, 1000)) do
     held = held - (tonumber(string.match(member, "|([^|]*)$")) or 0)
   end
   out[2 * i] = tonumber(v[1]) or 0
   out[2 * i + 1] = math.max(0, held)
 end
+out[2 * n + 2] = now
 return out
 `
-}).withReturnType<ReadonlyArray<number>>()
+  }
+).withReturnType<ReadonlyArray<number>>()
 
 const levels = (reply: ReadonlyArray<unknown>, from: number, count: number): ReadonlyArray<Level> => {
   const out: Array<Level> = []
@@ -423,18 +464,23 @@ export const make = Effect.fnUntraced(function* (options: {
     }
     return keys
   }
+  const baseKeys = (counters: ReadonlyArray<Counter>): Array<string> => {
+    const keys: Array<string> = []
+    for (const counter of counters) keys.push(`${prefix}budget:${counter.base}`)
+    return keys
+  }
   const countersOf = (charges: ReadonlyArray<Charge>) => charges.map((charge) => charge.counter)
-  // The counter a script's `{ -i }` names.
-  const unreadable = (counters: ReadonlyArray<Counter>, index: number) => {
-    const counter = counters[-index - 1]!
+  // The counter a script's `{ -i, now }` names, in the window of Redis's time.
+  const unreadable = (counters: ReadonlyArray<Counter>, reply: ReadonlyArray<unknown>) => {
+    const counter = retime(counters[-Number(reply[0]) - 1]!, Number(reply[1]))
     return new UnreadableCounter({ counter, key: keyOf(counter) })
   }
 
-  // A window's counter outlives its window by the longest lease, then expires.
-  const ttlOf = (counter: Counter, now: number, leaseMs: number): number =>
+  // A window's counter outlives its window by the longest lease, then expires (ms since the epoch; 0: never).
+  const expiryOf = (counter: Counter, leaseMs: number): number =>
     counter.periodMs === undefined || counter.window === undefined
       ? 0
-      : Math.max(1, (counter.window + 1) * counter.periodMs - now + leaseMs)
+      : (counter.window + 1) * counter.periodMs + leaseMs
 
   // The ids of keys stored without them in `ids` (by an earlier version, or its replicas still
   // running), added a page of HSCAN at a time (one HKEYS of 10,000,000 keys would hold the server
@@ -524,33 +570,36 @@ export const make = Effect.fnUntraced(function* (options: {
       Effect.flatMap(guard.call("disable", disable(keysKey, disabledKey, id, flag)), (json) =>
         json === null ? Effect.undefined : fromJson(String(json), flag, id)
       ),
-    reserve: (id, charges: ReadonlyArray<Charge>, leaseMs, now) => {
+    // Redis's own time, not the caller's `now`, sets the windows and the leases.
+    reserve: (id, charges: ReadonlyArray<Charge>, leaseMs, _now) => {
       const args: Array<number> = []
-      for (const { counter, amount } of charges) args.push(counter.limit, amount, ttlOf(counter, now, leaseMs))
+      for (const { counter, amount } of charges) args.push(counter.limit, amount, counter.periodMs ?? 0)
       const counters = countersOf(charges)
       return Effect.flatMap(
-        guard.call("reserve", reserve(counterKeys(counters), leaseMs, id, args)),
+        guard.call("reserve", reserve(baseKeys(counters), leaseMs, id, args)),
         (reply): Effect.Effect<ReserveResult, UnreadableCounter> => {
           const index = Number(reply[0])
-          if (index < 0) return Effect.fail(unreadable(counters, index))
+          if (index < 0) return Effect.fail(unreadable(counters, reply))
+          const now = Number(reply[reply.length - 1])
           return Effect.succeed(
             index === 0
-              ? { _tag: "Reserved", levels: levels(reply, 1, charges.length) }
+              ? { _tag: "Reserved", levels: levels(reply, 1, charges.length), now }
               : {
                   _tag: "Exceeded",
                   index: index - 1,
                   level: { spent: Number(reply[1]), held: Number(reply[2]) },
-                  before: levels(reply, 3, index - 1)
+                  before: levels(reply, 3, index - 1),
+                  now
                 }
           )
         }
       )
     },
-    settle: (id, charges, actual, now, once) => {
+    settle: (id, charges, actual, _now, once) => {
       const args: Array<number> = []
       for (let i = 0; i < charges.length; i++) {
         const { counter, amount } = charges[i]!
-        args.push(amount, Math.max(0, actual[i] ?? 0), ttlOf(counter, now, longestLease))
+        args.push(amount, Math.max(0, actual[i] ?? 0), expiryOf(counter, longestLease))
       }
       return Effect.map(
         guard.call("settle", settle(counterKeys(countersOf(charges)), id, once, longestLease, args)),
@@ -574,10 +623,19 @@ export const make = Effect.fnUntraced(function* (options: {
           )
         )
       ),
-    read: (counters) =>
-      Effect.flatMap(guard.call("read", read(counterKeys(counters))), (reply) => {
-        const index = Number(reply[0])
-        return index < 0 ? Effect.fail(unreadable(counters, index)) : Effect.succeed(levels(reply, 1, counters.length))
-      })
+    read: (counters, _now) =>
+      Effect.flatMap(
+        guard.call(
+          "read",
+          read(
+            baseKeys(counters),
+            counters.map((counter) => counter.periodMs ?? 0)
+          )
+        ),
+        (reply) =>
+          Number(reply[0]) < 0
+            ? Effect.fail(unreadable(counters, reply))
+            : Effect.succeed({ levels: levels(reply, 1, counters.length), now: Number(reply[reply.length - 1]) })
+      )
   } satisfies Backend
 })

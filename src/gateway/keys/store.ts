@@ -28,6 +28,7 @@ import {
   countersFor,
   type Level,
   nano,
+  retime,
   shown,
   UnreadableCounter,
   UnreadableRecord,
@@ -444,6 +445,20 @@ export const make = Effect.fnUntraced(function* (
       charges.map(() => 0)
     )
 
+  // A shared store (Redis) holds a reservation in the windows of its own time: the replicas' clocks may differ.
+  const inWindowsOf = (charges: ReadonlyArray<Charge>, storeNow: number | undefined): ReadonlyArray<Charge> => {
+    if (storeNow === undefined) return charges
+    let out: Array<Charge> | undefined
+    for (let i = 0; i < charges.length; i++) {
+      const charge = charges[i]!
+      const counter = retime(charge.counter, storeNow)
+      if (counter === charge.counter) continue
+      out ??= charges.slice()
+      out[i] = { counter, amount: charge.amount }
+    }
+    return out ?? charges
+  }
+
   const hold = (
     record: KeyRecord,
     model: string,
@@ -469,14 +484,14 @@ export const make = Effect.fnUntraced(function* (
       charges.push({ counter, amount: amountOf(counter.unit, price, inputTokens, maxOutputTokens) })
     }
     const id = `${processId}.${(sequence++).toString(36)}`
-    const held = (recorded: boolean) =>
-      new Held(id, record.id, model, charges, price, inputTokens, maxOutputTokens, recorded)
+    const held = (recorded: boolean, charged: ReadonlyArray<Charge> = charges) =>
+      new Held(id, record.id, model, charged, price, inputTokens, maxOutputTokens, recorded)
     // Handed over (see `reserve`) in the step Redis answers, before an interruption pending since
     // ends the fiber, or one landing at any later step.
     let made: Held | undefined
     const reserved = Effect.map(backend.reserve(id, charges, resolved.reservationTtlMs, at), (result) => {
       if (result._tag === "Reserved") {
-        made = held(true)
+        made = held(true, inWindowsOf(charges, result.now))
         made.renewedAt = at
         onHeld(made)
       }
@@ -496,13 +511,15 @@ export const make = Effect.fnUntraced(function* (
             ),
       onSuccess: (result) => {
         if (result._tag === "Exceeded") {
-          const charge = charges[result.index]!
+          const charged = inWindowsOf(charges, result.now)
+          const charge = charged[result.index]!
           // The counters read before the refusal: a lease ended since their last level is given back in them.
-          for (let i = 0; i < result.before.length; i++) gauge(record.id, charges[i]!.counter, result.before[i]!)
+          for (let i = 0; i < result.before.length; i++) gauge(record.id, charged[i]!.counter, result.before[i]!)
           gauge(record.id, charge.counter, result.level)
-          return Effect.fail(exceeded(charge, result.level, at))
+          return Effect.fail(exceeded(charge, result.level, result.now ?? at))
         }
-        for (let i = 0; i < charges.length; i++) gauge(record.id, charges[i]!.counter, result.levels[i]!)
+        const charged = made?.charges ?? charges
+        for (let i = 0; i < charged.length; i++) gauge(record.id, charged[i]!.counter, result.levels[i]!)
         return Effect.succeed(made)
       }
     })
