@@ -80,8 +80,8 @@ export interface Options {
   /** Longest pause between reconnection attempts (exponential from 50 ms). Default 2 seconds. */
   readonly reconnectMax?: Input.DurationInput | undefined
   /**
-   * What building the layer does when Redis cannot be reached: the first connection fails, or has not
-   * completed within `connectTimeout`.
+   * What building the layer does when Redis cannot be reached (since 0.3.0): the first connection fails,
+   * or has not completed within `connectTimeout`.
    * - `"fail"` (default): the layer fails with a `RedisError` naming the address and the error, so a wrong
    *   URL, port or password is found at start, where it is cheapest to find.
    * - `"start"`: the layer builds anyway and logs one warning naming the address and the error. Until the
