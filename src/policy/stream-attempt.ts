@@ -151,7 +151,7 @@ const chunkDeadlineOf = (plan: StreamPlan, step: StreamStep): number | undefined
 // made per call its own map, in the old generation, which keeps the function's closure (the
 // stream's whole state) alive through every young collection until the next full one.
 const produce = Effect.fnUntraced(function* (host: AttemptHost, attempt: Attempt, upstream: GenerateRequest) {
-  const { engine, plan, now } = host
+  const { engine, plan, now, signal } = host
   const step = attempt.step
   if (step.rateLimit !== undefined) {
     const at = host.totalAt()
@@ -187,39 +187,11 @@ const produce = Effect.fnUntraced(function* (host: AttemptHost, attempt: Attempt
   // into the caller's and a semaphore (~1 µs and a copy of the context a chunk); this
   // fiber is its only reader and runs in that very context.
   const pull = yield* Channel.toPullScoped(Stream.toChannel(step.target.stream(upstream)), attempt.scope)
-  return yield* readAll(host, attempt, Effect.catchCause(pull, doneAsUndefined))
-})
-
-// The producer's loop over its upstream's chunks, as plain Effects built once per attempt:
-// a generator's `yield*` per chunk (the iterator protocol, effect's iterator step) cost ~10%
-// of the producer's CPU on a paced upstream.
-const readAll = (
-  host: AttemptHost,
-  attempt: Attempt,
-  next: Effect.Effect<ReadonlyArray<StreamPart> | undefined, AiError>
-): Effect.Effect<void, AiError> => {
-  const { plan, signal } = host
-  const done = Effect.suspend(() => {
-    attempt.watch.arm(undefined)
-    return attempt.finish === undefined ? Effect.fail(NoFinish(attempt.step.name)) : Effect.void
-  })
-  const rearm = Effect.suspend(() => {
-    attempt.limit = "idle"
-    attempt.watch.arm(plan.idleTimeout)
-    return loop
-  })
-  // Waits for the consumer to take the buffer; looked at again as it registers: the consumer
-  // may have taken it while this fiber yielded to the scheduler between the look and the wait.
-  const space = Effect.callback<void>((resume) => {
-    if (attempt.buffer.length < PREFETCH) return resume(Effect.void)
-    attempt.space = () => resume(Effect.void)
-    return Effect.sync(() => {
-      attempt.space = undefined
-    })
-  })
-  const spaceThenRearm = Effect.andThen(space, rearm)
-  const loop: Effect.Effect<void, AiError> = Effect.flatMap(next, (chunk) => {
-    if (chunk === undefined) return done
+  // Built once per attempt, not once per chunk.
+  const next = Effect.catchCause(pull, doneAsUndefined)
+  while (true) {
+    const chunk = yield* next
+    if (chunk === undefined) break
     // A stream ends at its Finish: an upstream that goes on (more parts, a stall, a late
     // failure) is not read further, and closes with the attempt.
     for (const part of chunk) {
@@ -230,17 +202,25 @@ const readAll = (
       }
     }
     signal()
-    if (attempt.finish !== undefined) return done
+    if (attempt.finish !== undefined) break
     if (attempt.buffer.length >= PREFETCH) {
       attempt.watch.arm(undefined)
-      return spaceThenRearm
+      yield* Effect.callback<void>((resume) => {
+        // Looked at again: the consumer may have taken the buffer while this fiber yielded
+        // to the scheduler between the look above and this wait, and found no one to wake.
+        if (attempt.buffer.length < PREFETCH) return resume(Effect.void)
+        attempt.space = () => resume(Effect.void)
+        return Effect.sync(() => {
+          attempt.space = undefined
+        })
+      })
     }
     attempt.limit = "idle"
     attempt.watch.arm(plan.idleTimeout)
-    return loop
-  })
-  return loop
-}
+  }
+  attempt.watch.arm(undefined)
+  if (attempt.finish === undefined) return yield* NoFinish(step.name)
+})
 
 const producer = (host: AttemptHost, attempt: Attempt, upstream: GenerateRequest): Effect.Effect<void, AiError> =>
   produce(host, attempt, upstream).pipe(
