@@ -10,9 +10,10 @@
  *
  * @since 0.1.0
  */
-import { Context, Effect, Layer, Option, Result, Schema } from "effect"
+import { Context, Effect, Layer, Metric, Option, Result, Schema } from "effect"
 import type { ModelError } from "./AiError.js"
 import * as Input from "./Input.js"
+import * as Metrics from "./Metrics.js"
 import { type GenerateRequest, GenerateResponse, StreamPart } from "./Model.js"
 import type { StoreError } from "./Redis.js"
 import * as Checks from "./ResponseCache/checks.js"
@@ -113,6 +114,12 @@ export interface Service {
    * Calls sharing a key must be interchangeable (the first caller's effect runs for all).
    * With `allowStale`, a failed computation is answered with the expired entry if it is
    * within its grace (`source: "stale"`).
+   *
+   * A `compute` that answers what is not an answer (`undefined`, `null`, an object without
+   * `usage`: its type says it may not, a cast or plain JavaScript does) gives it to every caller
+   * of its computation as it is, as the call without the cache would have: it is never kept,
+   * `keep` and `originOf` are not called with it, and it is counted in
+   * `orchestra_cache_errors_total` with a warning naming the cache and the field.
    *
    * Fails with an `InvalidRequest` `ModelError` naming the field, before anything is looked up,
    * for a `key` that is not a string, a `compute` that is not an Effect, or `options` with a key
@@ -373,6 +380,11 @@ export const makeMemory = Effect.fnUntraced(function* (options: MemoryOptions = 
   const table = yield* Table.makeTable(capacity, maxBytes)
   yield* Effect.addFinalizer(() => table.interruptAll)
   const counters = yield* Lookup.lookupCounters(config.name)
+  // What a caller's own computation produced and this cache cannot keep, counted as the Redis cache counts it.
+  const unstored = Lookup.notStored(
+    config.name,
+    Metric.withAttributes(Metrics.cacheErrors, { cache: config.name }) as Metric.Metric<number, unknown>
+  )
 
   const answer = (stored: Table.Stored): GenerateResponse =>
     stored.value._tag === "Response" ? stored.value.response : (undefined as never)
@@ -402,7 +414,7 @@ export const makeMemory = Effect.fnUntraced(function* (options: MemoryOptions = 
     const run = table.run(
       k,
       Effect.flatMap(effect, (value) =>
-        Lookup.storeWith(value, options, (origin, keep) => storeAnswer(value, origin, keep))
+        Lookup.storeWith(value, options, (origin, keep) => storeAnswer(value, origin, keep), unstored)
       ),
       found._tag === "Done" ? stale : undefined
     )

@@ -64,6 +64,9 @@ const lookups = (name: string) =>
     }
   })
 
+const errorsOf = (name: string) =>
+  Effect.map(Metric.value(Metric.withAttributes(Metrics.cacheErrors, { cache: name })), (s) => s.count)
+
 const request: GenerateRequest = { prompt: "hello", temperature: 0 }
 
 const finishPart: StreamPart = {
@@ -1114,41 +1117,45 @@ describe("ResponseCache (memory): a compute of the caller's own answering what i
     ["no usage", { text: "t", finishReason: "stop", provider: "p", model: "m" }]
   ]
 
-  it.effect("every caller of the flight has it as it is, no defect; it is not kept, and said", () =>
-    Effect.gen(function* () {
-      const logs = yield* captureLogs
-      yield* Effect.gen(function* () {
-        const cache = yield* makeCache()
-        for (const [key, value] of odd) {
-          const compute = Effect.as(Effect.sleep("10 millis"), value as GenerateResponse)
-          const fiber = yield* Effect.forkChild(
-            Effect.all(
-              Array.from({ length: 3 }, () =>
-                Effect.exit(cache.getOrCompute(key, compute, { keep: (answer) => answer.text.length > 0 }))
-              ),
-              { concurrency: "unbounded" }
+  it.effect(
+    "every caller of the flight has it as it is, no defect; it is not kept, said by the cache's name, counted",
+    () =>
+      Effect.gen(function* () {
+        const logs = yield* captureLogs
+        yield* Effect.gen(function* () {
+          const name = uniqueName("odd")
+          const cache = yield* makeCache({ name })
+          for (const [key, value] of odd) {
+            const compute = Effect.as(Effect.sleep("10 millis"), value as GenerateResponse)
+            const fiber = yield* Effect.forkChild(
+              Effect.all(
+                Array.from({ length: 3 }, () =>
+                  Effect.exit(cache.getOrCompute(key, compute, { keep: (answer) => answer.text.length > 0 }))
+                ),
+                { concurrency: "unbounded" }
+              )
             )
-          )
-          yield* TestClock.adjust("10 millis")
-          const exits = yield* Fiber.join(fiber)
-          for (const exit of exits) {
-            assert.isTrue(Exit.isSuccess(exit), `${key}: ${String(exit)}`)
-            if (Exit.isSuccess(exit)) assert.strictEqual(exit.value.value, value, key)
+            yield* TestClock.adjust("10 millis")
+            const exits = yield* Fiber.join(fiber)
+            for (const exit of exits) {
+              assert.isTrue(Exit.isSuccess(exit), `${key}: ${String(exit)}`)
+              if (Exit.isSuccess(exit)) assert.strictEqual(exit.value.value, value, key)
+            }
+            assert.deepStrictEqual(
+              exits.map((exit) => (Exit.isSuccess(exit) ? exit.value.source : "")).sort(),
+              ["miss", "shared", "shared"],
+              key
+            )
           }
-          assert.deepStrictEqual(
-            exits.map((exit) => (Exit.isSuccess(exit) ? exit.value.source : "")).sort(),
-            ["miss", "shared", "shared"],
-            key
-          )
-        }
-        assert.isTrue((yield* cache.getMany(odd.map(([key]) => key))).every(Option.isNone))
-        const next = yield* cache.getOrCompute("null", Effect.succeed(response("next")))
-        assert.deepStrictEqual(next, { value: response("next"), source: "miss" })
-        const warnings = logs.lines.filter((line) => line.startsWith("Warn"))
-        assert.strictEqual(warnings.length, odd.length, JSON.stringify(logs.lines))
-        for (const warning of warnings) assert.include(warning, "ResponseCache: answer not stored: answer")
-      }).pipe(Effect.provide(logs.layer))
-    })
+          assert.isTrue((yield* cache.getMany(odd.map(([key]) => key))).every(Option.isNone))
+          const next = yield* cache.getOrCompute("null", Effect.succeed(response("next")))
+          assert.deepStrictEqual(next, { value: response("next"), source: "miss" })
+          const warnings = logs.lines.filter((line) => line.startsWith("Warn"))
+          assert.strictEqual(warnings.length, odd.length, JSON.stringify(logs.lines))
+          for (const warning of warnings) assert.include(warning, `ResponseCache ${name}: answer not stored: answer`)
+          assert.strictEqual(yield* errorsOf(name), odd.length)
+        }).pipe(Effect.provide(logs.layer))
+      })
   )
 
   it.effect("with maxBytes, one JSON cannot encode (a circular object, a bigint) is not measured: no defect", () =>

@@ -89,12 +89,10 @@ export const keepable = (finishReason: GenerateResponse["finishReason"]): boolea
 export const notStored =
   (name: string, errors: Metric.Metric<number, unknown>) =>
   (issue: Input.Issue): Effect.Effect<void> =>
-    Effect.andThen(Metric.update(errors, 1), warnNotStored(`ResponseCache ${name}`, issue))
-
-const warnNotStored = (cache: string, issue: Input.Issue): Effect.Effect<void> =>
-  Effect.logWarning(`${cache}: answer not stored: ${issue.path} ${issue.message}`)
-
-const warnOnly = (issue: Input.Issue): Effect.Effect<void> => warnNotStored("ResponseCache", issue)
+    Effect.andThen(
+      Metric.update(errors, 1),
+      Effect.logWarning(`ResponseCache ${name}: answer not stored: ${issue.path} ${issue.message}`)
+    )
 
 /**
  * How `getOrCompute` stores an answer its computation produced: with who produced it (the
@@ -107,8 +105,7 @@ const warnOnly = (issue: Input.Issue): Effect.Effect<void> => warnNotStored("Res
  * What is not an answer (a caller's own compute answering `undefined`: its types say it may not,
  * a cast or plain JavaScript does) reaches the flight's callers as it is, as an uncached call
  * would have had it: a cache should not fail what ran without it. It is never kept, `keep` and
- * `originOf` (which take an answer) are not called, and `unstored` says it ({@link notStored};
- * a warning only by default).
+ * `originOf` (which take an answer) are not called, and `unstored` says it ({@link notStored}).
  *
  * @internal
  */
@@ -116,7 +113,7 @@ export const storeWith = (
   value: GenerateResponse,
   options: Pick<GetOrComputeOptions<never>, "originOf" | "keep">,
   store: (origin: Origin | undefined, keep: boolean) => Effect.Effect<Stored>,
-  unstored: (issue: Input.Issue) => Effect.Effect<void> = warnOnly
+  unstored: (issue: Input.Issue) => Effect.Effect<void>
 ): Effect.Effect<Stored, ModelError> => {
   const issue = Checks.notAnAnswer("answer", value)
   if (issue !== undefined) return Effect.andThen(unstored(issue), store(undefined, false))
