@@ -153,7 +153,9 @@ export interface Service {
   readonly getParts: (key: string) => Effect.Effect<Option.Option<ReadonlyArray<StreamPart>>, ModelError>
   /**
    * Caches the parts of a stream that completed (ends with its `Finish` part) other than in
-   * error (`finishReason: "error"`); others are not stored.
+   * error (`finishReason: "error"`); others are not stored. Parts that are not stream parts fail
+   * it (see above) and are also counted in `orchestra_cache_errors_total` with a warning naming
+   * the cache and the part: the executor answers the stream and ignores that failure.
    */
   readonly setParts: (key: string, parts: ReadonlyArray<StreamPart>) => Effect.Effect<void, ModelError>
   /**
@@ -338,20 +340,21 @@ export const settings = (
  * @category utils
  */
 export const isComplete = (parts: ReadonlyArray<StreamPart>): boolean =>
-  parts.length > 0 && parts.findIndex((p) => p._tag === "Finish") === parts.length - 1
+  parts.length > 0 && parts.findIndex(isFinish) === parts.length - 1
+
+// What is not a part (`undefined` in the array: plain JavaScript) is not a `Finish`, not a TypeError.
+const isFinish = (part: StreamPart): boolean => typeof part === "object" && part !== null && part._tag === "Finish"
 
 /**
- * True for the parts of a stream the cache keeps: a completed stream that did not finish in
- * error (`finishReason: "error"`).
+ * True for the parts of a stream the cache keeps: stream parts (`setParts` refuses others) of a
+ * completed stream that did not finish in error (`finishReason: "error"`). A `Finish` without its
+ * `finishReason`, or an array holding what is not a part, is not kept (it was, and replayed so).
  *
  * @since 0.3.0
  * @category utils
  */
-export const isStorable = (parts: ReadonlyArray<StreamPart>): boolean => {
-  if (!isComplete(parts)) return false
-  const finish = parts[parts.length - 1]!
-  return finish._tag === "Finish" && Lookup.keepable(finish.finishReason)
-}
+export const isStorable = (parts: ReadonlyArray<StreamPart>): boolean =>
+  Checks.notParts(parts) === undefined && Lookup.keepableParts(parts)
 
 /**
  * The in-process cache: `effect`'s core `Cache` holds the entries and the running
@@ -380,11 +383,9 @@ export const makeMemory = Effect.fnUntraced(function* (options: MemoryOptions = 
   const table = yield* Table.makeTable(capacity, maxBytes)
   yield* Effect.addFinalizer(() => table.interruptAll)
   const counters = yield* Lookup.lookupCounters(config.name)
-  // What a caller's own computation produced and this cache cannot keep, counted as the Redis cache counts it.
-  const unstored = Lookup.notStored(
-    config.name,
-    Metric.withAttributes(Metrics.cacheErrors, { cache: config.name }) as Metric.Metric<number, unknown>
-  )
+  // What a caller's own computation or stream produced and this cache cannot keep, counted as the Redis cache counts it.
+  const errors = Metric.withAttributes(Metrics.cacheErrors, { cache: config.name }) as Metric.Metric<number, unknown>
+  const unstored = Lookup.notStored(config.name, errors)
 
   const answer = (stored: Table.Stored): GenerateResponse =>
     stored.value._tag === "Response" ? stored.value.response : (undefined as never)
@@ -491,7 +492,7 @@ export const makeMemory = Effect.fnUntraced(function* (options: MemoryOptions = 
         )
       }),
     setParts: (key, parts) =>
-      isStorable(parts)
+      Lookup.keepableParts(parts)
         ? Effect.clockWith((clock) =>
             table.put(
               Table.partsKey(key),
@@ -505,5 +506,5 @@ export const makeMemory = Effect.fnUntraced(function* (options: MemoryOptions = 
         table.remove(Table.partsKey(key))
       })
   }
-  return ResponseCache.of(Checks.checked(service))
+  return ResponseCache.of(Checks.checked(service, Lookup.notStored(config.name, errors, "stream parts")))
 })

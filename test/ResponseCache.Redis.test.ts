@@ -790,7 +790,7 @@ describe.skipIf(skipRedis)(`ResponseCache.Redis (${skipRedis ? skipReason : "nee
           ["setMany", [[{ key: 5, value: response("a") }]], "entries[0].key"],
           ["getParts", [null], "key"],
           ["setParts", ["k", null], "parts"],
-          ["setParts", ["k", [{ _tag: "TextDelta", text: 5 }]], "parts[0]"],
+          ["setParts", ["k", [{ _tag: "TextDelta", text: 5 }]], "parts[0].text"],
           ["invalidate", [5], "key"]
         ]
         for (const [method, args, field] of cases) {
@@ -806,6 +806,53 @@ describe.skipIf(skipRedis)(`ResponseCache.Redis (${skipRedis ? skipReason : "nee
         assert.deepStrictEqual(yield* cache.getMany(["a"]), [Option.none()])
       })
     )
+  )
+
+  it.live("a stream's malformed parts: setParts refuses them, writes nothing, says and counts it", () =>
+    Effect.gen(function* () {
+      const logs = yield* captureLogs
+      yield* Effect.scoped(
+        Effect.gen(function* () {
+          const server = yield* startRedis
+          const cache = yield* build(server, { ttl: "1 minute" })
+          const redis = yield* admin(server)
+          const text: StreamPart = { _tag: "TextDelta", text: "a" }
+          const finish: StreamPart = {
+            _tag: "Finish",
+            finishReason: "stop",
+            usage: { inputTokens: 1, outputTokens: 1, totalTokens: 2 },
+            provider: "p",
+            model: "m"
+          }
+          const { finishReason: _, ...noReason } = finish
+          const odd: ReadonlyArray<readonly [string, ReadonlyArray<unknown>, string]> = [
+            ["no-reason", [text, noReason], "parts[1].finishReason"],
+            ["string", [text, "x", finish], "parts[1]"],
+            ["undefined", [text, undefined, finish], "parts[1]"]
+          ]
+          for (const [key, parts, field] of odd) {
+            const exit = yield* Effect.exit(cache.setParts(key, parts as ReadonlyArray<StreamPart>))
+            const error = Exit.isFailure(exit) ? Option.getOrUndefined(Cause.findErrorOption(exit.cause)) : undefined
+            assert.strictEqual(
+              (error as { readonly field?: string } | undefined)?.field,
+              field,
+              `${key}: ${String(exit)}`
+            )
+            assert.deepStrictEqual(yield* cache.getParts(key), Option.none(), key)
+          }
+          yield* Effect.sleep("100 millis")
+          assert.strictEqual(yield* redis.send<number>("EXISTS", ...odd.map(([key]) => `${cache.name}:s:${key}`)), 0)
+          assert.strictEqual(yield* errorsOf(cache.name), odd.length)
+          const warnings = logs.lines.filter((l) => l.startsWith("Warn"))
+          assert.strictEqual(warnings.length, odd.length, JSON.stringify(logs.lines))
+          for (const [i, [, , field]] of odd.entries()) {
+            assert.include(warnings[i], `ResponseCache ${cache.name}: stream parts not stored: ${field} `)
+          }
+          yield* cache.setParts("fine", [text, finish])
+          assert.deepStrictEqual(yield* cache.getParts("fine"), Option.some([text, finish]))
+        })
+      ).pipe(Effect.provide(logs.layer))
+    })
   )
 
   it.live("a caller's bound cuts its wait and is answered stale; an answer's origin is kept in Redis", () =>

@@ -978,6 +978,50 @@ describe("ResponseCache: inputs", () => {
       })
   )
 
+  it.effect(
+    "a stream's malformed parts: setParts refuses them naming the part, keeps nothing, says and counts it",
+    () =>
+      Effect.gen(function* () {
+        const logs = yield* captureLogs
+        yield* Effect.gen(function* () {
+          // A caller's own stream: the executor ignores setParts' failure (the stream is answered), so
+          // without the warning and the count nobody learns why its replays never hit.
+          const name = uniqueName("parts")
+          const cache = yield* makeCache({ name })
+          const text: StreamPart = { _tag: "TextDelta", text: "a" }
+          const { finishReason: _, ...noReason } = finishPart
+          const odd: ReadonlyArray<readonly [string, ReadonlyArray<unknown>, string]> = [
+            ["no finishReason", [text, noReason], "parts[1].finishReason"],
+            ["a string", [text, "x", finishPart], "parts[1]"],
+            ["undefined", [text, undefined, finishPart], "parts[1]"],
+            ["null", [null, finishPart], "parts[0]"],
+            [
+              "NaN usage",
+              [text, { ...finishPart, usage: { ...finishPart.usage, totalTokens: Number.NaN } }],
+              "parts[1].usage.totalTokens"
+            ]
+          ]
+          for (const [key, parts, field] of odd) {
+            assert.isFalse(ResponseCache.isStorable(parts as ReadonlyArray<StreamPart>), key)
+            assert.strictEqual(
+              (yield* refusal(cache.setParts(key, parts as ReadonlyArray<StreamPart>))).field,
+              field,
+              key
+            )
+            assert.deepStrictEqual(yield* cache.getParts(key), Option.none(), key)
+          }
+          const warnings = logs.lines.filter((line) => line.startsWith("Warn"))
+          assert.strictEqual(warnings.length, odd.length, JSON.stringify(logs.lines))
+          for (const [i, [, , field]] of odd.entries()) {
+            assert.include(warnings[i], `ResponseCache ${name}: stream parts not stored: ${field} `)
+          }
+          assert.strictEqual(yield* errorsOf(name), odd.length)
+          yield* cache.setParts("fine", [text, finishPart])
+          assert.deepStrictEqual(yield* cache.getParts("fine"), Option.some([text, finishPart]))
+        }).pipe(Effect.provide(logs.layer))
+      })
+  )
+
   it.effect("setMany and setParts refuse a usage count that is not a finite number, naming it", () =>
     Effect.gen(function* () {
       // JSON writes NaN and Infinity as null: Redis stored such an answer and never read it back

@@ -359,7 +359,7 @@ export const make = Effect.fnUntraced(function* (options: Options = {}) {
     getParts,
     // Written in the background as answers are: a stream's end does not wait for Redis.
     setParts: (key, parts) =>
-      ResponseCache.isStorable(parts)
+      Lookup.keepableParts(parts)
         ? Effect.flatMap(now, (at) =>
             Effect.flatMap(
               writeBehind(
@@ -392,7 +392,7 @@ export const make = Effect.fnUntraced(function* (options: Options = {}) {
         return underWay.length === 0 ? remove : Effect.andThen(supersede(underWay), remove)
       })
   }
-  return ResponseCache.ResponseCache.of(Checks.checked(service))
+  return ResponseCache.ResponseCache.of(Checks.checked(service, Lookup.notStored(config.name, errors, "stream parts")))
 })
 
 /**

@@ -122,12 +122,23 @@ const entriesIssue = (entries: unknown): Input.Issue | undefined => {
   return undefined
 }
 
+const decodePart = Schema.decodeUnknownResult(StreamPart)
+
+// A part of a known kind names its field (`parts[1].finishReason`), as `notAnAnswer` does.
+const notAPart = (at: string, part: unknown): Input.Issue => {
+  const decoded = decodePart(part)
+  const issue = Result.isFailure(decoded) ? Input.issueOf(decoded.failure, at) : undefined
+  return issue !== undefined && issue.path !== at
+    ? issue
+    : { path: at, message: `expected a stream part, got ${Input.shown(part)}` }
+}
+
 const partsIssue = (parts: unknown): Input.Issue | undefined => {
   if (!Array.isArray(parts))
     return { path: "parts", message: `expected an array of stream parts, got ${Input.shown(parts)}` }
   for (let i = 0; i < parts.length; i++) {
     const part: unknown = parts[i]
-    if (!isPart(part)) return { path: `parts[${i}]`, message: `expected a stream part, got ${Input.shown(part)}` }
+    if (!isPart(part)) return notAPart(`parts[${i}]`, part)
     if (part._tag === "Finish") {
       const usage = usageIssue(`parts[${i}]`, part.usage)
       if (usage !== undefined) return usage
@@ -145,17 +156,26 @@ const issueOf = (path: string, input: unknown, check: (input: unknown) => Input.
   }
 }
 
+/**
+ * The issue of `parts` that are not stream parts (the part named: `parts[2]`,
+ * `parts[1].finishReason`), or `undefined`. Reading them may throw (a getter), which is their issue.
+ *
+ * @internal
+ */
+export const notParts = (parts: unknown): Input.Issue | undefined => issueOf("parts", parts, partsIssue)
+
 const refuse = (issue: Input.Issue): Effect.Effect<never, ModelError> => Effect.fail(Input.toInvalidRequest(issue))
 
 /**
  * A backend's service with its inputs checked: what is not a key, an answer or stream parts,
  * and options `getOrCompute` does not take (see {@link callIssue}), fail the call with an
  * `InvalidRequest` naming the field before the backend sees them (a `setMany` with one bad entry
- * stores none).
+ * stores none). Parts that are not stream parts are said by `partsNotStored` too: they are mostly
+ * a caller's own stream's, whose executor answers the stream and ignores the refusal.
  *
  * @internal
  */
-export const checked = (service: Service): Service => ({
+export const checked = (service: Service, partsNotStored: (issue: Input.Issue) => Effect.Effect<void>): Service => ({
   ...service,
   getOrCompute: (key, compute, options) => {
     const issue = callIssue(key, compute, options)
@@ -171,8 +191,9 @@ export const checked = (service: Service): Service => ({
   },
   getParts: (key) => (typeof key === "string" ? service.getParts(key) : refuse(notAKey("key", key))),
   setParts: (key, parts) => {
-    const issue = typeof key === "string" ? issueOf("parts", parts, partsIssue) : notAKey("key", key)
-    return issue === undefined ? service.setParts(key, parts) : refuse(issue)
+    if (typeof key !== "string") return refuse(notAKey("key", key))
+    const issue = notParts(parts)
+    return issue === undefined ? service.setParts(key, parts) : Effect.andThen(partsNotStored(issue), refuse(issue))
   },
   invalidate: (key) => (typeof key === "string" ? service.invalidate(key) : refuse(notAKey("key", key)))
 })

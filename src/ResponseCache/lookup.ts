@@ -9,7 +9,7 @@ import { Effect, Metric, type Scope } from "effect"
 import type { ModelError } from "../AiError.js"
 import type * as Input from "../Input.js"
 import * as Metrics from "../Metrics.js"
-import type { GenerateResponse } from "../Model.js"
+import type { GenerateResponse, StreamPart } from "../Model.js"
 import { userEffect } from "../policy/callback.js"
 import { isTraced } from "../policy/span.js"
 import type { Computed, GetOrComputeOptions, Origin } from "../ResponseCache.js"
@@ -81,17 +81,35 @@ export const responseOf = (response: GenerateResponse, origin: Origin | undefine
 export const keepable = (finishReason: GenerateResponse["finishReason"]): boolean => finishReason !== "error"
 
 /**
- * How a cache says it did not store what a computation of the caller's own produced: counted in
- * `orchestra_cache_errors_total` (`errors`), and a warning naming the field.
+ * Whether the parts of a stream, already checked to be parts, may be kept: a completed stream
+ * (exactly one `Finish`, at the end) that did not finish in error ({@link keepable}).
+ *
+ * @internal
+ */
+export const keepableParts = (parts: ReadonlyArray<StreamPart>): boolean => {
+  const last = parts.length - 1
+  const finish = parts[last]
+  return (
+    finish !== undefined &&
+    finish._tag === "Finish" &&
+    parts.findIndex((part) => part._tag === "Finish") === last &&
+    keepable(finish.finishReason)
+  )
+}
+
+/**
+ * How a cache says it did not store what a computation or a stream of the caller's own produced
+ * (`what`): counted in `orchestra_cache_errors_total` (`errors`), and a warning naming the cache
+ * and the field.
  *
  * @internal
  */
 export const notStored =
-  (name: string, errors: Metric.Metric<number, unknown>) =>
+  (name: string, errors: Metric.Metric<number, unknown>, what: "answer" | "stream parts" = "answer") =>
   (issue: Input.Issue): Effect.Effect<void> =>
     Effect.andThen(
       Metric.update(errors, 1),
-      Effect.logWarning(`ResponseCache ${name}: answer not stored: ${issue.path} ${issue.message}`)
+      Effect.logWarning(`ResponseCache ${name}: ${what} not stored: ${issue.path} ${issue.message}`)
     )
 
 /**
