@@ -826,3 +826,47 @@ describe("Executor.stream: a consumer interrupted as its stream opens", () => {
     })
   )
 })
+
+describe("Executor.stream: a provider's malformed parts", () => {
+  const finish = {
+    _tag: "Finish",
+    finishReason: "stop",
+    usage: { inputTokens: 1, outputTokens: 1, totalTokens: 2 },
+    provider: "p",
+    model: "m"
+  }
+  const over = (parts: ReadonlyArray<unknown>): Service => ({
+    name: "p",
+    defaultModel: "m",
+    generate: () => Effect.die("not used"),
+    stream: () => Stream.fromIterable(parts as ReadonlyArray<StreamPart>),
+    embed: () => Effect.die("not used")
+  })
+  const cases: ReadonlyArray<readonly [string, ReadonlyArray<unknown>, string]> = [
+    ["undefined", [{ _tag: "TextDelta", text: "a" }, undefined, finish], "part 2: undefined is not a StreamPart"],
+    ["a TextDelta without text", [{ _tag: "TextDelta" }, finish], "part 1: a TextDelta's text"],
+    ["a TextDelta whose text is a number", [{ _tag: "TextDelta", text: 42 }, finish], "part 1: a TextDelta's text"],
+    ["an unknown tag", [{ _tag: "Bogus", text: "x" }, finish], 'part 1: _tag "Bogus"'],
+    ["a ToolCall without its call", [{ _tag: "ToolCall" }, finish], "part 1: a ToolCall's call"],
+    ["a Finish without usage", [{ ...finish, usage: undefined }], "part 1: a Finish's usage"]
+  ]
+  for (const [name, parts, says] of cases) {
+    it.effect(`${name}: the stream fails with a Decode ModelError naming the part, never a defect`, () =>
+      withExecutorOver(over(parts), (executor) =>
+        Effect.gen(function* () {
+          const exit = yield* Effect.exit(collect(executor.stream(ask, { retry: false })))
+          assert.isTrue(Exit.isFailure(exit))
+          if (Exit.isSuccess(exit)) return
+          const error = exit.cause.reasons.find((reason) => reason._tag === "Fail")
+          assert.isDefined(error, `not a typed failure: ${String(exit.cause)}`)
+          const failure = (error as { readonly error: AiError }).error
+          const found = failure._tag === "StreamInterruptedError" ? failure.cause : failure
+          assert.strictEqual((found as { readonly _tag: string })._tag, "ModelError", String(failure))
+          assert.strictEqual((found as { readonly reason: string }).reason, "Decode", String(found))
+          assert.include(String((found as { readonly message: string }).message), says)
+          assert.include(String((found as { readonly message: string }).message), "p")
+        })
+      )
+    )
+  }
+})

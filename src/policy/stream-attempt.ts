@@ -28,6 +28,7 @@ import {
   type Tracer
 } from "effect"
 import { type AiError, ModelError, TimeoutError } from "../AiError.js"
+import * as Input from "../Input.js"
 import { ChunkDeadline, type Finish, type GenerateRequest, type StreamPart } from "../Model.js"
 import type { Series } from "../stats/series.js"
 import type { Ending, Watch } from "./deadline.js"
@@ -59,6 +60,60 @@ const noMore = Effect.succeed(undefined)
 // An upstream's end (`Done`) as `undefined`; any other failure as it is.
 const doneAsUndefined = (cause: Cause.Cause<unknown>): Effect.Effect<undefined, AiError> =>
   Pull.isDoneCause(cause) ? noMore : Effect.failCause(cause as Cause.Cause<AiError>)
+
+// What is wrong with a part a provider's stream gave (a caller's own provider can give anything),
+// or undefined. A few `typeof`s a part: the schema's decoding would cost more than the hand-over.
+const partIssue = (part: unknown): string | undefined => {
+  if (typeof part !== "object" || part === null) return `${Input.shown(part)} is not a StreamPart`
+  const fields = part as Record<string, unknown>
+  switch (fields._tag) {
+    case "TextDelta":
+      return typeof fields.text === "string"
+        ? undefined
+        : `a TextDelta's text is ${Input.shown(fields.text)}, not a string`
+    case "ToolCall": {
+      const call = fields.call as Record<string, unknown> | null | undefined
+      return typeof call === "object" &&
+        call !== null &&
+        typeof call.id === "string" &&
+        typeof call.name === "string" &&
+        typeof call.arguments === "string"
+        ? undefined
+        : `a ToolCall's call is ${Input.shown(call)}, not { id, name, arguments } strings`
+    }
+    case "Finish": {
+      const usage = fields.usage as Record<string, unknown> | null | undefined
+      if (
+        typeof usage !== "object" ||
+        usage === null ||
+        typeof usage.inputTokens !== "number" ||
+        typeof usage.outputTokens !== "number" ||
+        typeof usage.totalTokens !== "number"
+      ) {
+        return `a Finish's usage is ${Input.shown(usage)}, not token counts`
+      }
+      return typeof fields.finishReason === "string" &&
+        typeof fields.provider === "string" &&
+        typeof fields.model === "string"
+        ? undefined
+        : "a Finish's finishReason, provider and model are not all strings"
+    }
+    default:
+      return `_tag ${Input.shown(fields._tag)} is not TextDelta, ToolCall or Finish`
+  }
+}
+
+// A provider's part that is not a StreamPart: the attempt's failure (a Decode error falls back
+// as one on a generation does), never a defect in the consumer's fiber.
+const malformed = (provider: string, position: number, issue: string) =>
+  Effect.fail(
+    new ModelError({
+      reason: "Decode",
+      message: `the provider ${provider} streamed a malformed part ${position}: ${issue}`,
+      provider,
+      field: `stream part ${position}`
+    })
+  )
 
 const NoFinish = (provider: string) =>
   new ModelError({ reason: "Transport", message: "the stream ended before its final event", provider })
@@ -189,12 +244,16 @@ const produce = Effect.fnUntraced(function* (host: AttemptHost, attempt: Attempt
   const pull = yield* Channel.toPullScoped(Stream.toChannel(step.target.stream(upstream)), attempt.scope)
   // Built once per attempt, not once per chunk.
   const next = Effect.catchCause(pull, doneAsUndefined)
+  let position = 0
   while (true) {
     const chunk = yield* next
     if (chunk === undefined) break
     // A stream ends at its Finish: an upstream that goes on (more parts, a stall, a late
     // failure) is not read further, and closes with the attempt.
     for (const part of chunk) {
+      position++
+      const issue = partIssue(part)
+      if (issue !== undefined) return yield* malformed(step.name, position, issue)
       attempt.buffer.push(part)
       if (part._tag === "Finish") {
         attempt.finish = part
