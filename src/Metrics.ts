@@ -286,13 +286,16 @@ export const cacheLookups = Metric.counter("orchestra_cache_lookups_total", {
 })
 
 /**
- * Attribute `cache` (the backend).
+ * Attribute `cache` (the backend). Counts the backend's failures (a Redis call that failed or
+ * timed out) and what a cache refused to keep: a caller's own compute answering something that
+ * is not an answer, a stream's malformed parts, an answer JSON cannot carry.
  *
  * @since 0.1.0
  * @category caches
  */
 export const cacheErrors = Metric.counter("orchestra_cache_errors_total", {
-  description: "Cache backend failures (the call went on without the cache)",
+  description:
+    "Cache backend failures, and answers or stream parts not kept because they were malformed (the call went on without the cache)",
   incremental: true
 })
 
