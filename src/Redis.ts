@@ -325,24 +325,37 @@ const startUnconnected = Effect.fnUntraced(function* (
   let node: NodeRedis.NodeRedis["Service"] | undefined
   let warned = false
   const connected = yield* Deferred.make<void>()
+  // node-redis's connectTimeout ends at the socket's connection: a server that accepts it and never answers the
+  // handshake held the attempt, and the client with it, for ever. Each attempt gets connectTimeout, then another.
+  const timedOut = layerError(
+    `Redis at ${s.address}: no connection within ${s.connectTimeout} ms (its handshake included)`,
+    new Error(`no connection within ${s.connectTimeout} ms`)
+  )
   const attempt = (retries: number): Effect.Effect<void> =>
     Effect.flatMap(Scope.fork(scope), (child) =>
-      Effect.matchEffect(Layer.buildWithScope(client, child), {
-        onSuccess: (context) => {
-          const services = withEval(s, context)
-          redis = Context.get(services, Redis.Redis)
-          node = Context.get(services, tag)
-          const said = warned ? Effect.logInfo(`Redis at ${s.address} connected: the stores use it`) : Effect.void
-          return Effect.andThen(Deferred.succeed(connected, undefined), said)
-        },
-        onFailure: (error) => {
-          state.lastError = error
-          return Scope.close(child, Exit.fail(error)).pipe(
-            Effect.andThen(Effect.sleep(Duration.millis(backoff(retries, s.reconnectMax)))),
-            Effect.andThen(Effect.suspend(() => attempt(retries + 1)))
-          )
+      Effect.matchEffect(
+        Effect.timeoutOrElse(Layer.buildWithScope(client, child), {
+          duration: Duration.millis(s.connectTimeout),
+          orElse: () => Effect.fail(timedOut)
+        }),
+        {
+          onSuccess: (context) => {
+            const services = withEval(s, context)
+            redis = Context.get(services, Redis.Redis)
+            node = Context.get(services, tag)
+            const said = warned ? Effect.logInfo(`Redis at ${s.address} connected: the stores use it`) : Effect.void
+            return Effect.andThen(Deferred.succeed(connected, undefined), said)
+          },
+          onFailure: (error) => {
+            // The client's own error (a refused connection) says more than the deadline that cut it short.
+            if (error !== timedOut || state.lastError === undefined) state.lastError = error
+            return Scope.close(child, Exit.fail(error)).pipe(
+              Effect.andThen(Effect.sleep(Duration.millis(backoff(retries, s.reconnectMax)))),
+              Effect.andThen(Effect.suspend(() => attempt(retries + 1)))
+            )
+          }
         }
-      })
+      )
     )
   yield* Effect.forkIn(attempt(0), scope)
   const first = yield* Effect.timeoutOption(Deferred.await(connected), Duration.millis(s.connectTimeout))

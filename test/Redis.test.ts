@@ -282,6 +282,60 @@ describe.skipIf(skipRedis)(
         })
     )
 
+    it.live(
+      '"start" with a server that accepts and never answers: each attempt ends after connectTimeout and another begins; a Redis taking over the port is connected',
+      () =>
+        Effect.scoped(
+          Effect.gen(function* () {
+            // A loopback server that accepts every connection and says nothing; its sockets stay open.
+            const silent = yield* Effect.acquireRelease(
+              Effect.callback<{ readonly server: ReturnType<typeof createServer>; readonly sockets: Set<Socket> }>(
+                (resume) => {
+                  const sockets = new Set<Socket>()
+                  const server = createServer((socket) => {
+                    sockets.add(socket)
+                    socket.on("error", () => {})
+                  })
+                  server.listen(0, "127.0.0.1", () => resume(Effect.succeed({ server, sockets })))
+                }
+              ),
+              ({ sockets }) =>
+                Effect.sync(() => {
+                  for (const socket of sockets) socket.destroy()
+                })
+            )
+            const port = (silent.server.address() as { readonly port: number }).port
+            const redis = Context.get(
+              yield* Layer.build(
+                Redis.layer({
+                  url: `redis://127.0.0.1:${port}`,
+                  connectTimeout: "200 millis",
+                  reconnectMax: "50 millis",
+                  onUnreachableAtStart: "start"
+                })
+              ),
+              PersistenceRedis.Redis
+            )
+            yield* Effect.sleep("1 second")
+            assert.isAtLeast(silent.sockets.size, 3, "a new connection after each attempt's connectTimeout")
+            const started = Date.now()
+            assert.include(Redis.errorText(yield* Effect.flip(redis.send("GET", "k"))), "not connected")
+            assert.isBelow(Date.now() - started, 100)
+
+            // The silent server stops listening (its accepted sockets stay open, silent) and Redis takes the port.
+            yield* Effect.callback<void>((resume) => {
+              silent.server.close(() => resume(Effect.void))
+            }).pipe(Effect.timeout("100 millis"), Effect.ignore)
+            yield* startRedisAt(port)
+            const pong = yield* Effect.suspend(() => redis.send<string>("PING")).pipe(
+              Effect.retry(Schedule.spaced("100 millis").pipe(Schedule.upTo({ duration: "5 seconds" })))
+            )
+            assert.strictEqual(pong, "PONG")
+          })
+        ),
+      20_000
+    )
+
     it.live('"fail", the default: no Redis listening fails the layer at once, naming the address', () =>
       Effect.gen(function* () {
         const port = yield* freePort
