@@ -2,9 +2,11 @@
  * Budgets through the gateway: what a request reserved bounds what it can be charged.
  */
 import { assert, describe, it } from "@effect/vitest"
-import { Cause, Context, Effect, Exit, Fiber, Layer } from "effect"
+import { Cause, Context, Effect, Exit, Fiber, Layer, Redacted } from "effect"
 import { TestClock } from "effect/testing"
 import * as KeyStore from "../../src/gateway/keys/KeyStore.js"
+import { indexModelBudgets } from "../../src/gateway/keys/ledger.js"
+import { sharesUpstream } from "../../src/gateway/models.js"
 import * as Server from "../utils/httpServer.js"
 import * as Harness from "./harness.js"
 import * as Up from "./upstream.js"
@@ -144,6 +146,54 @@ describe("Gateway: budgets", () => {
       assert.strictEqual(viaDomain.status, 429)
       assert.include(viaDomain.message, `model "direct/a/a-model"`)
     })
+  )
+
+  it.effect(
+    "a key with 1,000 budgets by model: each request is charged to exactly the budgets capping its upstream",
+    () =>
+      Effect.gen(function* () {
+        const modelBudgets: Record<string, { tokens: number }> = {}
+        for (let i = 0; i < 996; i++) modelBudgets[`a/m${i}`] = { tokens: 1000 + i }
+        modelBudgets.support = { tokens: 150 }
+        modelBudgets["a/a-model"] = { tokens: 500 }
+        modelBudgets["b/b-model"] = { tokens: 700 }
+        modelBudgets.elsewhere = { tokens: 900 }
+        const store = yield* memory({
+          keys: [{ id: "many", sha256: KeyStore.hashSecret(secret), allowedModels: ["*"], modelBudgets }]
+        })
+        const models = {
+          domains: ["support", "triage", "elsewhere"],
+          providers: ["a", "b"],
+          upstreams: { support: ["a/a-model"], triage: ["a/a-model", "a/m7"], elsewhere: ["b/b-model"] }
+        }
+        yield* store.useModels(models)
+        const key = yield* store.authenticate(Redacted.make(secret))
+        const held = (model: string) =>
+          Effect.gen(function* () {
+            const reservation = yield* store.reserve(key, model, { inputTokens: 10, maxOutputTokens: 10 })
+            const lines = (yield* store.spend("many")).filter((line) => line.held > 0).map((line) => line.id)
+            yield* store.release(reservation)
+            return lines
+          })
+        assert.deepStrictEqual(yield* held("a/a-model"), ["many/support", "many/a/a-model"])
+        assert.deepStrictEqual(yield* held("support"), ["many/support", "many/a/a-model"])
+        assert.deepStrictEqual(yield* held("triage"), ["many/a/m7", "many/support", "many/a/a-model"])
+        assert.deepStrictEqual(yield* held("a/m7"), ["many/a/m7"])
+        assert.deepStrictEqual(yield* held("a/m995"), ["many/a/m995"])
+        assert.deepStrictEqual(yield* held("elsewhere"), ["many/b/b-model", "many/elsewhere"])
+        assert.deepStrictEqual(yield* held("a/other"), [])
+
+        // The index answers what sharesUpstream answers, for every name a request may give.
+        const index = indexModelBudgets("many", modelBudgets as never, models)
+        for (const model of [...Object.keys(modelBudgets), "triage", "a/other", "c/x"]) {
+          const expected = Object.keys(modelBudgets).filter((name) => sharesUpstream(models, name, model))
+          assert.deepStrictEqual(
+            (index.byModel.get(model) ?? []).map((entry) => entry.name),
+            expected,
+            model
+          )
+        }
+      })
   )
 
   it.live("a chain whose domains' max_tokens differ sends every step with at most the output it reserved", () =>

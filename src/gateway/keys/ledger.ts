@@ -295,10 +295,79 @@ export interface Budgets {
 }
 
 /**
+ * One budget by model of a key, with the id of its counters.
+ *
+ * @internal
+ */
+export interface ModelBudget {
+  readonly name: string
+  /** `<key>/<name>`. */
+  readonly scopeId: string
+  readonly budget: ResolvedBudget
+}
+
+/**
+ * A key's budgets by model, by each name a request may give that they apply to on the
+ * gateways serving `models` ({@link sharesUpstream}), in the key's order: a request looks its
+ * model up once, where scanning every budget (up to 1,000) cost each request of the key.
+ *
+ * @internal
+ */
+export interface ModelBudgetIndex {
+  /** What the gateways served when it was built: another value needs another index. */
+  readonly models: Models | undefined
+  readonly byModel: ReadonlyMap<string, ReadonlyArray<ModelBudget>>
+}
+
+/**
+ * Indexes a key's budgets by model for the gateways serving `models`.
+ *
+ * @internal
+ */
+export const indexModelBudgets = (
+  id: string,
+  budgets: Readonly<Record<string, ResolvedBudget>>,
+  models: Models | undefined
+): ModelBudgetIndex => {
+  // The names whose chains may call each upstream model.
+  const callers = new Map<string, Array<string>>()
+  const upstreams = models?.upstreams
+  if (upstreams !== undefined) {
+    for (const name of Object.keys(upstreams)) {
+      for (const upstream of upstreams[name]!) {
+        const names = callers.get(upstream)
+        if (names === undefined) callers.set(upstream, [name])
+        else names.push(name)
+      }
+    }
+  }
+  const byModel = new Map<string, Array<ModelBudget>>()
+  for (const name of Object.keys(budgets)) {
+    const entry: ModelBudget = { name, scopeId: `${id}/${name}`, budget: budgets[name]! }
+    // Every name sharesUpstream may accept for this budget: itself, its upstream models, and their callers.
+    const candidates = new Set<string>([name])
+    const own = upstreams !== undefined && Object.hasOwn(upstreams, name) ? upstreams[name]! : undefined
+    for (const caller of callers.get(name) ?? []) candidates.add(caller)
+    if (own !== undefined) {
+      for (const upstream of own) {
+        candidates.add(upstream)
+        for (const caller of callers.get(upstream) ?? []) candidates.add(caller)
+      }
+    }
+    for (const model of candidates) {
+      if (!sharesUpstream(models, name, model)) continue
+      const list = byModel.get(model)
+      if (list === undefined) byModel.set(model, [entry])
+      else list.push(entry)
+    }
+  }
+  return { models, byModel }
+}
+
+/**
  * Every counter a request of key `id` on `model` is charged to: the key's budget, its
- * team's, and the key's budgets by model that apply to `model` on the gateways serving
- * `models` ({@link sharesUpstream}: the same name, or one calling the same upstream model;
- * `model` undefined: every budget by model).
+ * team's, and the key's budgets by model that apply to `model`, looked up in `byModel`
+ * ({@link indexModelBudgets}; none without it). `model` undefined: every budget by model.
  *
  * @internal
  */
@@ -308,7 +377,7 @@ export const countersFor = (
   budgets: Budgets,
   model: string | undefined,
   now: number,
-  models?: Models | undefined
+  byModel?: ModelBudgetIndex["byModel"] | undefined
 ): ReadonlyArray<Counter> => {
   const out: Array<Counter> = []
   if (budgets.key !== undefined) out.push(...countersOf("key", id, undefined, budgets.key, now))
@@ -317,9 +386,12 @@ export const countersFor = (
   }
   if (budgets.models !== undefined) {
     if (model !== undefined) {
-      for (const name in budgets.models) {
-        if (!Object.hasOwn(budgets.models, name) || !sharesUpstream(models, name, model)) continue
-        out.push(...countersOf("model", `${id}/${name}`, name, budgets.models[name]!, now))
+      const applying = byModel?.get(model)
+      if (applying !== undefined) {
+        for (let i = 0; i < applying.length; i++) {
+          const { name, scopeId, budget } = applying[i]!
+          out.push(...countersOf("model", scopeId, name, budget, now))
+        }
       }
     } else {
       for (const [name, budget] of Object.entries(budgets.models)) {

@@ -26,7 +26,9 @@ import {
   type Charge,
   type Counter,
   countersFor,
+  indexModelBudgets,
   type Level,
+  type ModelBudgetIndex,
   nano,
   retime,
   shown,
@@ -367,6 +369,19 @@ export const make = Effect.fnUntraced(function* (
   // What the gateways using this store serve: a budget by model applies to each name of its upstream model.
   let served: Gateway.Models | undefined
 
+  // A key's budgets by model indexed once per record (a record is replaced when the key changes) and per
+  // value of `served`: a request looks its model up, never scans them.
+  const modelIndexes = new WeakMap<KeyRecord, ModelBudgetIndex>()
+  const modelBudgetsOf = (record: KeyRecord): ModelBudgetIndex["byModel"] | undefined => {
+    if (record.modelBudgets === undefined) return undefined
+    let index = modelIndexes.get(record)
+    if (index === undefined || index.models !== served) {
+      index = indexModelBudgets(record.id, record.modelBudgets, served)
+      modelIndexes.set(record, index)
+    }
+    return index.byModel
+  }
+
   const priceOf = (model: string): Price | undefined => resolved.prices.get(model) ?? resolved.prices.get("*")
 
   const exceeded = (charge: Charge, level: Level, at: number): GatewayError => {
@@ -467,7 +482,7 @@ export const make = Effect.fnUntraced(function* (
     onHeld: (reservation: Held) => void
   ): Effect.Effect<unknown, GatewayError> => {
     const at = now()
-    const counters = countersFor(record.id, record.team, contextOf(record).budgets, model, at, served)
+    const counters = countersFor(record.id, record.team, contextOf(record).budgets, model, at, modelBudgetsOf(record))
     if (counters.length === 0) return Effect.succeed(nothingHeld)
     const price = priceOf(model)
     const charges: Array<Charge> = []
