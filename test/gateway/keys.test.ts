@@ -1129,6 +1129,51 @@ describe("KeyStore: replicas whose clocks differ on one Redis", () => {
       })
     )
   )
+
+  it.live.skipIf(skipRedis)(
+    "a reserve that timed out on a replica whose clock is a day behind: what Redis held is given back once it runs",
+    () =>
+      Effect.scoped(
+        Effect.gen(function* () {
+          const server = yield* startRedis
+          const redis = yield* Layer.build(Redis.layer({ url: server.url, commandTimeout: "500 millis" }))
+          const day = 86_400_000
+          // Redis's windows are those of its TIME; this replica's clock puts it in the day before.
+          const live = yield* Clock.Clock
+          const behind: Clock.Clock = {
+            ...live,
+            currentTimeMillisUnsafe: () => live.currentTimeMillisUnsafe() - day,
+            currentTimeMillis: Effect.sync(() => live.currentTimeMillisUnsafe() - day),
+            currentTimeNanosUnsafe: () => live.currentTimeNanosUnsafe() - BigInt(day) * 1_000_000n,
+            currentTimeNanos: Effect.sync(() => live.currentTimeNanosUnsafe() - BigInt(day) * 1_000_000n)
+          }
+          const context = yield* Layer.build(
+            KeyStore.layerRedis({
+              prefix: `${unique("skewback")}:`,
+              keys: [key("skewed", secretA, { budget: { tokens: 1000, period: "1 day" } })],
+              redis: { timeout: "500 millis", reportAfter: "1 minute" }
+            })
+          ).pipe(Effect.provideContext(redis), Effect.provideService(Clock.Clock, behind))
+          const store = Context.get(context, KeyStore.KeyAdmin)
+          const k = yield* store.authenticate(Redacted.make(secretA))
+          // Redis knows the script (EVALSHA), so the reserve sent during the hang runs on resume.
+          yield* store.release(yield* store.reserve(k, "m", estimate(1, 1)))
+          yield* server.pause
+          yield* Effect.addFinalizer(() => server.resume)
+          const during = yield* Effect.result(store.reserve(k, "m", estimate(100, 100)))
+          assert.strictEqual(during._tag === "Failure" && during.failure.reason, "Unavailable")
+          yield* server.resume
+          const heldNow = Effect.map(store.spend("skewed"), (lines) => lines.reduce((sum, line) => sum + line.held, 0))
+          const held = yield* heldNow.pipe(
+            Effect.flatMap((amount) => (amount === 0 ? Effect.succeed(amount) : Effect.fail(amount))),
+            Effect.retry({ schedule: Schedule.spaced("100 millis"), times: 60 }),
+            Effect.catch(Effect.succeed)
+          )
+          assert.strictEqual(held, 0, "what the reserve held in Redis's window is given back, not at the lease's end")
+        })
+      ),
+    20_000
+  )
 })
 
 describe("KeyStore: admin operations in memory", () => {

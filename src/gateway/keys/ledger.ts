@@ -81,6 +81,13 @@ export type ReserveResult =
     }
 
 /**
+ * What a give-back found on one counter (see `Ledger.giveBack`).
+ *
+ * @internal
+ */
+export type GivenBack = { readonly counter: Counter; readonly level: Level } | UnreadableCounter | undefined
+
+/**
  * The levels of counters, and the store's own time it took their windows at (Redis), when
  * not the caller's `now`.
  *
@@ -133,6 +140,19 @@ export interface Ledger {
     now: number,
     once: boolean
   ) => Effect.Effect<ReadonlyArray<Level | UnreadableCounter>, StoreError>
+  /**
+   * Gives back what `id` may hold after a reserve whose answer never came (it may have run, late),
+   * adding nothing spent: per charge, its counter in the window the store held it in and the level
+   * left, `undefined` when `id` holds nothing on it, or the counter that cannot be read (left as it
+   * is). A store that takes windows from its own time (Redis) finds that window from its time now
+   * and the reserve's lease, `leaseMs`: a reserve older than that holds nothing any more.
+   */
+  readonly giveBack: (
+    id: string,
+    charges: ReadonlyArray<Charge>,
+    leaseMs: number,
+    now: number
+  ) => Effect.Effect<ReadonlyArray<GivenBack>, StoreError>
   /**
    * Moves the end of what `id` still holds on each counter to `leaseMs` after `now` (Redis: its
    * own time). A lease that has ended, or was settled, is not taken again.

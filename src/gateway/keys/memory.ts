@@ -7,7 +7,7 @@
  * @internal
  */
 import { Effect } from "effect"
-import type { Backend, Counter, Ledger, Level } from "./ledger.js"
+import type { Backend, Counter, GivenBack, Ledger, Level } from "./ledger.js"
 import { escapePart } from "./ledger.js"
 import type { KeyRecord } from "./options.js"
 
@@ -138,6 +138,19 @@ export const make = (): Backend => {
       return levels
     })
 
+  // Its windows are the caller's: the reserve's charges name them.
+  const giveBack: Ledger["giveBack"] = (id, charges) =>
+    Effect.sync(() =>
+      charges.map(({ counter }): GivenBack => {
+        const state = get(counter, false)
+        const lease = state?.leases.get(id)
+        if (state === undefined || lease === undefined) return undefined
+        state.leases.delete(id)
+        state.held -= lease.amount
+        return { counter, level: { spent: state.spent, held: state.held } }
+      })
+    )
+
   // Taken out and put back at the end: leases stay in the order they end.
   const renew: Ledger["renew"] = (id, charges, leaseMs, now) =>
     Effect.sync(() => {
@@ -166,6 +179,7 @@ export const make = (): Backend => {
     local: true,
     reserve,
     settle,
+    giveBack,
     renew,
     read,
     current: (sha256) => byHash.get(sha256),

@@ -30,6 +30,7 @@ import {
   type Backend,
   type Charge,
   type Counter,
+  type GivenBack,
   type InsertResult,
   type Level,
   type ReserveResult,
@@ -325,6 +326,72 @@ return out
   }
 ).withReturnType<ReadonlyArray<number>>()
 
+// Windows a give-back looks through at most per counter, newest first: with a period far shorter than the
+// lease, a reserve older than that many periods stays held until its lease ends.
+const giveBackWindows = 1000
+
+// KEYS: per counter its hash without the window. ARGV: lease ms, reservation id, then per counter: amount, period
+// ms (0: none). After a reserve whose answer never came: it ran (if it did) within a lease before Redis's time
+// now, in the window of its own time then, which the lease \`<id>|<amount>\` names (one window holds it); older, its
+// lease has ended and holds nothing. Takes it back there, adding nothing spent. Returns per counter
+// { 1, spent, held, window } where it was held (window -1 without a period), { 0, 0, 0, -1 } where nothing of the
+// id was, { -1, 0, 0, window } where it was held on a counter that cannot be read (left as it is).
+const giveBackScript = Redis.script(
+  (keys: ReadonlyArray<string>, leaseMs: number, id: string, args: ReadonlyArray<number>) => [
+    ...keys,
+    leaseMs,
+    id,
+    ...args
+  ],
+  {
+    numberOfKeys: (keys: ReadonlyArray<string>) => keys.length,
+    lua: `${readableLua}
+local time = redis.call("TIME")
+local now = tonumber(time[1]) * 1000 + math.floor(tonumber(time[2]) / 1000)
+local lease = tonumber(ARGV[1])
+local id = ARGV[2]
+local function holds(z, member)
+  return redis.call("TYPE", z)["ok"] == "zset" and redis.call("ZSCORE", z, member) ~= false
+end
+local out = {}
+for i = 1, #KEYS do
+  local amount = tonumber(ARGV[2 * i + 1])
+  local period = tonumber(ARGV[2 * i + 2])
+  local member = id .. "|" .. string.format("%.0f", amount)
+  local h = false
+  local window = -1
+  if amount > 0 then
+    if period > 0 then
+      local last = math.floor(now / period)
+      local first = math.max(math.floor((now - lease) / period), last - ${giveBackWindows} + 1)
+      for w = last, first, -1 do
+        local hw = KEYS[i] .. ":" .. string.format("%.0f", period) .. ":" .. string.format("%.0f", w)
+        if holds(hw .. ":leases", member) then
+          h = hw
+          window = w
+          break
+        end
+      end
+    elseif holds(KEYS[i] .. ":leases", member) then
+      h = KEYS[i]
+    end
+  end
+  local at = 4 * i - 3
+  if not h then
+    out[at], out[at + 1], out[at + 2], out[at + 3] = 0, 0, 0, -1
+  elseif not readable(h, h .. ":leases") then
+    out[at], out[at + 1], out[at + 2], out[at + 3] = -1, 0, 0, window
+  else
+    if redis.call("ZREM", h .. ":leases", member) == 1 then redis.call("HINCRBY", h, "held", -amount) end
+    local v = redis.call("HMGET", h, "spent", "held")
+    out[at], out[at + 1], out[at + 2], out[at + 3] = 1, tonumber(v[1]) or 0, tonumber(v[2]) or 0, window
+  end
+end
+return out
+`
+  }
+).withReturnType<ReadonlyArray<number>>()
+
 // KEYS: as settleScript. ARGV: lease ms, reservation id, then per counter the amount held. A
 // lease of the id still running on a counter ends `lease` from now instead (one that has ended
 // is left to be swept, one settled is gone); the counter then lives at least as long. Returns
@@ -452,6 +519,7 @@ export const make = Effect.fnUntraced(function* (options: {
   const disable = redis.eval(disableScript)
   const reserve = redis.eval(reserveScript)
   const settle = redis.eval(settleScript)
+  const giveBack = redis.eval(giveBackScript)
   const read = redis.eval(readScript)
   const renew = redis.eval(renewScript)
 
@@ -609,6 +677,21 @@ export const make = Effect.fnUntraced(function* (options: {
               ? { spent: Number(reply[3 * i + 1] ?? 0), held: Number(reply[3 * i + 2] ?? 0) }
               : new UnreadableCounter({ counter, key: keyOf(counter) })
           )
+      )
+    },
+    giveBack: (id, charges, leaseMs, _now) => {
+      const args: Array<number> = []
+      for (const { counter, amount } of charges) args.push(amount, counter.periodMs ?? 0)
+      return Effect.map(guard.call("giveBack", giveBack(baseKeys(countersOf(charges)), leaseMs, id, args)), (reply) =>
+        charges.map(({ counter }, i): GivenBack => {
+          const found = Number(reply[4 * i])
+          if (found === 0) return undefined
+          const window = Number(reply[4 * i + 3])
+          const held =
+            counter.periodMs === undefined || window < 0 ? counter : retime(counter, window * counter.periodMs)
+          if (found < 0) return new UnreadableCounter({ counter: held, key: keyOf(held) })
+          return { counter: held, level: { spent: Number(reply[4 * i + 1]), held: Number(reply[4 * i + 2]) } }
+        })
       )
     },
     renew: (id, charges, leaseMs) =>

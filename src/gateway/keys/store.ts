@@ -450,14 +450,26 @@ export const make = Effect.fnUntraced(function* (
     )
 
   // A reserve that failed after it may have been sent (a timeout, a dropped connection) can still
-  // hold its amounts once Redis runs it, until the lease ends: release it with no usage. Settling
-  // an id that holds nothing changes nothing, so releasing it early is harmless.
+  // hold its amounts once Redis runs it, until the lease ends: give them back, in the background until
+  // Redis answers or the lease is over. The store finds the window it held them in (Redis: of its own
+  // time then, whatever this replica's clock says). Giving back an id that holds nothing changes nothing.
   const giveBack = (id: string, keyId: string, charges: ReadonlyArray<Charge>): Effect.Effect<void> =>
-    settleLater(
-      id,
-      keyId,
-      charges,
-      charges.map(() => 0)
+    Effect.suspend(() => backend.giveBack(id, charges, resolved.reservationTtlMs, now())).pipe(
+      Effect.retry(laterSchedule),
+      Effect.matchEffect({
+        onFailure: () => Effect.void,
+        onSuccess: (found) =>
+          Effect.suspend(() => {
+            const unreadable: Array<UnreadableCounter> = []
+            for (const back of found) {
+              if (back instanceof UnreadableCounter) unreadable.push(back)
+              else if (back !== undefined) gauge(keyId, back.counter, back.level)
+            }
+            return unreadable.length === 0 ? Effect.void : Effect.forEach(unreadable, reportCounter, { discard: true })
+          })
+      }),
+      Effect.forkIn(scope),
+      Effect.asVoid
     )
 
   // A shared store (Redis) holds a reservation in the windows of its own time: the replicas' clocks may differ.
