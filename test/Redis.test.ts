@@ -318,6 +318,7 @@ describe.skipIf(skipRedis)(
             )
             yield* Effect.sleep("1 second")
             assert.isAtLeast(silent.sockets.size, 3, "a new connection after each attempt's connectTimeout")
+            assert.isAtMost(openSockets(port), 1, "an attempt given up closes its connection")
             const started = Date.now()
             assert.include(Redis.errorText(yield* Effect.flip(redis.send("GET", "k"))), "not connected")
             assert.isBelow(Date.now() - started, 100)
@@ -331,6 +332,7 @@ describe.skipIf(skipRedis)(
               Effect.retry(Schedule.spaced("100 millis").pipe(Schedule.upTo({ duration: "5 seconds" })))
             )
             assert.strictEqual(pong, "PONG")
+            assert.strictEqual(openSockets(port), 1)
           })
         ),
       20_000
