@@ -176,23 +176,21 @@ export const make = Effect.fnUntraced(function* (
     return configured !== undefined && configured !== record
   }
 
-  const accept = (record: KeyRecord | undefined): Effect.Effect<KeyContext, GatewayError> =>
+  // Why a record may not be used (no such key, disabled, shadowed by the configuration), or undefined.
+  const refusalOf = (record: KeyRecord | undefined): Effect.Effect<never, GatewayError> | undefined =>
     record === undefined
       ? Effect.fail(unauthorized())
       : record.disabled
         ? Effect.fail(disabledKey(record))
         : isShadowed(record)
           ? shadowed(record)
-          : Effect.succeed(contextOf(record))
+          : undefined
+
+  const accept = (record: KeyRecord | undefined): Effect.Effect<KeyContext, GatewayError> =>
+    refusalOf(record) ?? Effect.succeed(contextOf(record!))
 
   const usable = (record: KeyRecord | undefined): Effect.Effect<KeyRecord, GatewayError> =>
-    record === undefined
-      ? Effect.fail(unauthorized())
-      : record.disabled
-        ? Effect.fail(disabledKey(record))
-        : isShadowed(record)
-          ? shadowed(record)
-          : Effect.succeed(record)
+    refusalOf(record) ?? Effect.succeed(record!)
 
   // The record of a secret's hash as this store has it now: Redis is asked once the cache's is older than cacheTtl.
   const byHash = <A>(
