@@ -398,11 +398,10 @@ export const make = Effect.fnUntraced(function* (
   // Every request belongs to the scope of its call or stream: closing it aborts the request and its body.
   const client = HttpClient.withScope(transformed)
   const secrets = secretHeaders ?? []
-  // What a request adds to its caller's context, in one copy of it: no span of effect/http's own
-  // (or of a client the middleware builds: ours is opened by `traced`), the secret headers'
-  // names, fetch's redirect mode.
-  // Added to the caller's context, not merged into it (`Context.merge` copies the whole of it,
-  // twice, per request); the redacted names are made once per base list, fetch's init once.
+  // What a request adds to its caller's context: no span of effect/http's own (or of a client the
+  // middleware builds: ours is opened by `traced`), the secret headers' names, fetch's redirect
+  // mode. Added, not merged (`Context.merge` copies the whole context, twice, per request); the
+  // redacted names are made once per base list, fetch's init once.
   const manual = { redirect: "manual" as const }
   let redacted:
     | { readonly base: ReadonlyArray<string | RegExp>; readonly names: ReadonlyArray<string | RegExp> }
