@@ -12,7 +12,7 @@
  * total), the default retry policy and a breaker, and the same without the breaker. Rounds
  * are interleaved in one process, the first discarded; medians of CPU time (user + system).
  */
-import { Effect, Layer, Stream } from "effect"
+import { Cause, Channel, Effect, Layer, type Scope, Stream } from "effect"
 import { loadavg } from "node:os"
 import * as CircuitBreaker from "../src/CircuitBreaker.js"
 import * as Executor from "../src/Executor.js"
@@ -67,6 +67,57 @@ const buffered = (provider: Service) => () =>
     )
   )
 
+// The floor of any read-ahead in Effect 4: a producer fiber pulls the provider's stream and hands
+// each chunk to the consumer by resuming it, with nothing else (no deadline, no policy, no bound
+// on the buffer). A deadline that can stop a wait on the upstream without a fiber or a race per
+// chunk needs this second fiber; what the executor costs above this row is its own.
+const handedOver = (upstream: Stream.Stream<StreamPart, unknown>): Stream.Stream<StreamPart, unknown> =>
+  Stream.fromChannel(
+    Channel.fromTransform((_: unknown, scope: Scope.Scope) =>
+      Effect.flatMap(Channel.toPullScoped(Stream.toChannel(upstream), scope), (pull) => {
+        const buffer: Array<StreamPart> = []
+        let done = false
+        let wake: ((effect: Effect.Effect<void>) => void) | undefined
+        const signal = () => {
+          const w = wake
+          wake = undefined
+          w?.(Effect.void)
+        }
+        const produce: Effect.Effect<void> = Effect.matchCauseEffect(pull, {
+          onSuccess: (chunk) => {
+            for (const part of chunk) buffer.push(part)
+            signal()
+            return produce
+          },
+          onFailure: () => {
+            done = true
+            signal()
+            return Effect.void
+          }
+        })
+        const wait = Effect.callback<void>((resume) => {
+          if (buffer.length > 0 || done) resume(Effect.void)
+          else wake = resume
+        })
+        const take: Effect.Effect<readonly [StreamPart, ...Array<StreamPart>], Cause.Done> = Effect.suspend(() => {
+          if (buffer.length > 0)
+            return Effect.succeed(buffer.splice(0) as unknown as readonly [StreamPart, ...Array<StreamPart>])
+          if (done) return Cause.done()
+          return Effect.andThen(wait, take)
+        })
+        return Effect.as(Effect.forkIn(produce, scope, { startImmediately: true }), take)
+      })
+    ) as never
+  )
+
+const handOver = (provider: Service) => () =>
+  Effect.runPromise(
+    Effect.forEach(indices, (i) => Stream.runDrain(handedOver(provider.stream({ prompt: `q${i}` }))), {
+      concurrency: "unbounded",
+      discard: true
+    })
+  )
+
 const throughExecutor = (provider: Service, breaker: boolean) => () =>
   Effect.runPromise(
     Effect.scoped(
@@ -92,6 +143,7 @@ const groups: ReadonlyArray<{ readonly title: string; readonly variants: Record<
     variants: {
       "provider stream drained directly": direct(ready),
       "reference: Stream.buffer(64), no policy": buffered(ready),
+      "floor: a bare hand-over between two fibers": handOver(ready),
       "executor.stream, 3 deadlines + retry + breaker": throughExecutor(ready, true),
       "executor.stream, 3 deadlines + retry, no breaker": throughExecutor(ready, false)
     }
@@ -101,6 +153,7 @@ const groups: ReadonlyArray<{ readonly title: string; readonly variants: Record<
     variants: {
       "provider stream drained directly": direct(paced),
       "reference: Stream.buffer(64), no policy": buffered(paced),
+      "floor: a bare hand-over between two fibers": handOver(paced),
       "executor.stream, 3 deadlines + retry + breaker": throughExecutor(paced, true)
     }
   }
