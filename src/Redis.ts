@@ -34,6 +34,7 @@ import {
   Duration,
   Effect,
   Exit,
+  FiberHandle,
   Layer,
   Metric,
   Option,
@@ -64,9 +65,10 @@ export interface Options {
    */
   readonly url?: string | Redacted.Redacted<string> | undefined
   /**
-   * Longest wait for one connection attempt (the first one and every reconnection); the first one's handshake
-   * included, so a Redis that accepts connections but never answers fails the layer (with
-   * `onUnreachableAtStart: "start"`, the layer starts without it). Default 2 seconds.
+   * Longest wait for one connection attempt (the first one and every reconnection), its handshake included:
+   * a Redis that accepts connections but never answers fails the layer (with `onUnreachableAtStart: "start"`,
+   * the layer starts without it), and a reconnection to one is dropped and tried again after the usual backoff,
+   * so the client connects to the Redis that answers later. Default 2 seconds.
    * This and the other durations here are rounded up to whole milliseconds and are at most 2^31-1 ms
    * (about 24.9 days, the longest a Node timer takes).
    */
@@ -261,7 +263,7 @@ export const layer = (
       const built =
         s.onUnreachableAtStart === "start"
           ? startUnconnected(s, client, state, NodeRedis.NodeRedis)
-          : connect(s, client, state)
+          : connect(s, client, state, NodeRedis.NodeRedis)
       return Layer.effectContext(built).pipe(Layer.merge(Layer.succeed(ClientDeadline, s.commandTimeout)))
     })
   )
@@ -287,7 +289,8 @@ const withEval = (s: Settings, context: Services): Services => {
 const connect = (
   s: Settings,
   client: Layer.Layer<Redis.Redis | NodeRedis.NodeRedis, Redis.RedisError>,
-  state: State
+  state: State,
+  tag: typeof NodeRedis.NodeRedis
 ): Effect.Effect<Services, Redis.RedisError, Scope.Scope> =>
   Layer.build(client).pipe(
     Effect.mapError((error) =>
@@ -301,12 +304,45 @@ const connect = (
         return Effect.fail(layerError(message, new Error(message)))
       }
     }),
-    Effect.tap(() =>
+    Effect.tap((context) =>
+      Effect.andThen(
+        Effect.sync(() => {
+          state.connected = true
+        }),
+        boundHandshakes(s, Context.get(context, tag))
+      )
+    )
+  )
+
+// A reconnection's handshake that did not end within connectTimeout (see boundHandshakes).
+class HandshakeTimeoutError extends Error {}
+
+// node-redis bounds a reconnection's TCP connection by connectTimeout, not the handshake after it: a server that
+// accepted it and never answered (a Redis restarting behind a proxy) held the client for ever, commands refused,
+// the Redis that answered later never tried. Each handshake gets connectTimeout; then node-redis drops that
+// connection as after any socket error and tries again after the usual backoff. Only connection events: no cost per
+// command. Set up once the client has connected: its first handshake is bounded by whoever waits for it.
+const boundHandshakes = Effect.fnUntraced(function* (s: Settings, node: NodeRedis.NodeRedis["Service"]) {
+  const client = node.client
+  const run = yield* FiberHandle.makeRuntime<never>()
+  const expired = Effect.sleep(Duration.millis(s.connectTimeout)).pipe(
+    Effect.andThen(
       Effect.sync(() => {
-        state.connected = true
+        // An internal of node-redis (6.x): without it, the handshake stays unbounded as before.
+        if (!client.isReady && typeof client._resetDesyncedConnection === "function") {
+          client._resetDesyncedConnection(
+            new HandshakeTimeoutError(
+              `Redis at ${s.address} did not answer the handshake within ${s.connectTimeout} ms`
+            )
+          )
+        }
       })
     )
   )
+  // Each event replaces the fiber of the one before it.
+  client.on("connect", () => run(expired))
+  client.on("ready", () => run(Effect.void))
+})
 
 // Refused by the layer before its client has ever connected: never sent (see neverSent), as an offline client's.
 class NotConnectedError extends Error {}
@@ -344,7 +380,10 @@ const startUnconnected = Effect.fnUntraced(function* (
             redis = Context.get(services, Redis.Redis)
             node = Context.get(services, tag)
             const said = warned ? Effect.logInfo(`Redis at ${s.address} connected: the stores use it`) : Effect.void
-            return Effect.andThen(Deferred.succeed(connected, undefined), said)
+            return Deferred.succeed(connected, undefined).pipe(
+              Effect.andThen(Scope.provide(boundHandshakes(s, node), child)),
+              Effect.andThen(said)
+            )
           },
           onFailure: (error) => {
             // The client's own error (a refused connection) says more than the deadline that cut it short.

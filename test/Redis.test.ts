@@ -20,6 +20,27 @@ const openSockets = (port: number): number =>
     ._getActiveHandles()
     .filter((handle) => (handle as Socket).remotePort === port && !(handle as Socket).destroyed).length
 
+/** A loopback server on `port` that accepts every connection and says nothing; its sockets stay open until the scope closes. */
+const silentServerAt = (port: number) =>
+  Effect.acquireRelease(
+    Effect.callback<{ readonly server: ReturnType<typeof createServer>; readonly sockets: Set<Socket> }, Error>(
+      (resume) => {
+        const sockets = new Set<Socket>()
+        const server = createServer((socket) => {
+          sockets.add(socket)
+          socket.on("error", () => {})
+        })
+        server.once("error", (error) => resume(Effect.fail(error)))
+        server.listen(port, "127.0.0.1", () => resume(Effect.succeed({ server, sockets })))
+      }
+    ),
+    ({ server, sockets }) =>
+      Effect.sync(() => {
+        server.close()
+        for (const socket of sockets) socket.destroy()
+      })
+  )
+
 describe.skipIf(skipRedis)(`Redis.layer (${skipRedis ? skipReason : "needs redis-server"})`, () => {
   it.live("a Redis that accepts the connection but never answers (SIGSTOP) fails the layer after connectTimeout", () =>
     Effect.scoped(
@@ -337,6 +358,76 @@ describe.skipIf(skipRedis)(
         ),
       20_000
     )
+
+    for (const mode of ["fail", "start"] as const) {
+      it.live(
+        `"${mode}": connected, then Redis restarts behind a server that accepts and never answers: each reconnection's handshake ends after connectTimeout, and the stores work again once Redis answers`,
+        () =>
+          Effect.scoped(
+            Effect.gen(function* () {
+              const server = yield* startRedis
+              const tag = `rehandshake${mode}${Math.random().toString(36).slice(2, 8)}`
+              const guard = { timeout: "1 second", reportAfter: 0, probeInterval: "100 millis" } as const
+              const context = yield* Layer.build(
+                RateLimit.layerRedis({
+                  providers: { [tag]: { requestsPerMinute: 1 } },
+                  maxWait: 0,
+                  prefix: `${tag}:rl:`,
+                  redis: guard
+                }).pipe(
+                  Layer.provideMerge(
+                    Redis.layer({
+                      url: server.url,
+                      connectTimeout: "300 millis",
+                      reconnectMax: "100 millis",
+                      onUnreachableAtStart: mode
+                    })
+                  )
+                )
+              )
+              const redis = Context.get(context, PersistenceRedis.Redis)
+              const limits = Context.get(context, RateLimit.RateLimits)
+              // The limit of 1 rpm holds only while Redis answers (the store fails open).
+              const limited = Effect.suspend(() =>
+                Effect.forEach(Array.from({ length: 2 }), () => Effect.result(limits.acquire(tag)))
+              ).pipe(
+                Effect.flatMap((results) =>
+                  results.some((r) => r._tag === "Failure" && (r.failure as ModelError).reason === "RateLimited")
+                    ? Effect.void
+                    : Effect.fail("the limit does not hold")
+                )
+              )
+              yield* limited.pipe(
+                Effect.retry(Schedule.spaced("100 millis").pipe(Schedule.upTo({ duration: "5 seconds" })))
+              )
+
+              // Redis dies and a server that accepts every connection and says nothing takes its port.
+              yield* server.kill
+              const silent = yield* silentServerAt(server.port)
+              yield* Effect.sleep("1500 millis")
+              assert.isAtLeast(silent.sockets.size, 3, "a new connection after each handshake's connectTimeout")
+              assert.isAtMost(openSockets(server.port), 1, "a handshake given up closes its connection")
+              const started = Date.now()
+              yield* Effect.flip(redis.send("GET", "k"))
+              assert.isBelow(Date.now() - started, 100, "commands fail at once meanwhile")
+
+              // It stops listening (its accepted sockets stay open, silent) and Redis takes the port back.
+              yield* Effect.callback<void>((resume) => {
+                silent.server.close(() => resume(Effect.void))
+              }).pipe(Effect.timeout("100 millis"), Effect.ignore)
+              yield* server.start
+              const back = Date.now()
+              yield* limited.pipe(
+                Effect.retry(Schedule.spaced("50 millis").pipe(Schedule.upTo({ duration: "10 seconds" })))
+              )
+              const recovered = Date.now() - back
+              assert.isBelow(recovered, 2000, `the stores worked again ${recovered} ms after Redis answered`)
+              assert.strictEqual(yield* redis.send<string>("PING"), "PONG")
+            })
+          ),
+        30_000
+      )
+    }
 
     it.live('"fail", the default: no Redis listening fails the layer at once, naming the address', () =>
       Effect.gen(function* () {
