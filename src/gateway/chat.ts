@@ -32,6 +32,7 @@ import {
   handler,
   json,
   type KeyIdentity,
+  type Keys,
   onRequestEnd,
   readJson,
   type RequestSpan,
@@ -179,8 +180,11 @@ export const make = (env: Env) => {
     return found
   }
 
-  // Whether one of a key's budgets by model is charged for `model` (the store's rule: any name of the same upstream model).
-  const byModel = (budgets: Readonly<Record<string, unknown>>, model: string): boolean => {
+  // Whether one of a key's budgets by model is charged for `model`: the store's answer (one lookup in its index, by
+  // the names every gateway using it serves), else its rule (any name of the same upstream model) on this gateway's.
+  const byModel = (keys: Keys, key: KeyIdentity, budgets: Readonly<Record<string, unknown>>, model: string) => {
+    const charged = keys.chargesModel?.(key, model)
+    if (charged !== undefined) return charged
     for (const name in budgets)
       if (Object.hasOwn(budgets, name) && sharesUpstream(upstream.models, name, model)) return true
     return false
@@ -195,7 +199,7 @@ export const make = (env: Env) => {
       budgets !== undefined &&
       (budgets.key !== undefined ||
         budgets.team !== undefined ||
-        (budgets.models !== undefined && byModel(budgets.models, model)))
+        (budgets.models !== undefined && byModel(env.keys, key, budgets.models, model)))
     if (!charged) return request
     if (target._tag === "Provider") return { ...request, maxTokens: options.defaultMaxTokens }
     // A chain whose every domain sets its own max_tokens sends each its own, none above the largest

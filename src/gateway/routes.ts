@@ -63,6 +63,12 @@ export interface Keys<K extends KeyIdentity = KeyIdentity, R = unknown> {
     usage: { readonly inputTokens: number; readonly outputTokens: number }
   ) => Effect.Effect<void>
   readonly release: (reservation: R) => Effect.Effect<void>
+  /**
+   * Whether one of `key`'s budgets by model is charged for a request on `model`, as `reserve` decides it
+   * (`gateway/keys` looks it up in its index of the key's budgets); `undefined` for a key it did not give.
+   * Without it, or with `undefined`, the gateway checks `key.budgets.models` against the names it serves.
+   */
+  readonly chargesModel?: ((key: K, model: string) => boolean | undefined) | undefined
   /** The names the gateway serves, told as it starts: a key store refuses names of its configuration that match none. */
   readonly useModels?: ((models: Models) => Effect.Effect<void, OptionError>) | undefined
   /** Keeps the reservations of running requests held (see `Gateway.KeyStoreService`). */

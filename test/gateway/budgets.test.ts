@@ -196,6 +196,54 @@ describe("Gateway: budgets", () => {
       })
   )
 
+  it.live(
+    "a key with 1,000 budgets by model, served by two gateways: a request without max_tokens is bounded exactly when one of them is charged",
+    () =>
+      Effect.gen(function* () {
+        const upstream = yield* verbose()
+        const store = yield* memory({ keys: [] })
+        // One store, two gateways: "support" is served by the first, "triage" (the same upstream model) by the second.
+        const first = yield* Harness.make({
+          upstreams: { a: upstream.url },
+          domains: [{ name: "support", provider: "a" }],
+          keys: store,
+          gateway: { defaultMaxTokens: 100 }
+        })
+        const second = yield* Harness.make({
+          upstreams: { a: upstream.url },
+          domains: [{ name: "triage", provider: "a", model: "a-model" }],
+          keys: store,
+          gateway: { defaultMaxTokens: 100 }
+        })
+        const modelBudgets: Record<string, { tokens: number }> = {}
+        for (let i = 0; i < 999; i++) modelBudgets[`a/m${i}`] = { tokens: 100_000 }
+        modelBudgets.support = { tokens: 100_000 }
+        const created = yield* store.create({ id: "many", modelBudgets })
+        const secret = Redacted.value(created.secret)
+        const ask = (gateway: Harness.Harness, model: string) =>
+          Harness.call(() => gateway.client(secret).chat.completions.create({ model, messages: hi }))
+        yield* ask(first, "support")
+        // The second gateway knows no "support", but the store charges its budget to the upstream model behind it.
+        yield* ask(second, "triage")
+        yield* ask(second, "a/a-model")
+        yield* ask(second, "a/m7")
+        yield* ask(second, "a/m998")
+        // No budget of the key caps a/other: nothing reserved bounds its answer.
+        yield* ask(second, "a/other")
+        const sent = (yield* upstream.requests).map((r) => (r.json as { max_tokens?: number }).max_tokens)
+        assert.deepStrictEqual(sent, [100, 100, 100, 100, 100, undefined])
+        const lines = (yield* store.spend("many")).filter((line) => line.spent > 0)
+        assert.deepStrictEqual(
+          lines.map((line) => [line.id, line.spent, line.held]),
+          [
+            ["many/a/m7", 11 + 100, 0],
+            ["many/a/m998", 11 + 100, 0],
+            ["many/support", 3 * (11 + 100), 0]
+          ]
+        )
+      })
+  )
+
   it.live("a chain whose domains' max_tokens differ sends every step with at most the output it reserved", () =>
     Effect.gen(function* () {
       const upstream = yield* verbose()

@@ -270,6 +270,14 @@ export interface Service extends Gateway.KeyStoreService {
    * admin's new key naming none of them. The gateway calls it as it starts.
    */
   readonly useModels: (models: Gateway.Models) => Effect.Effect<void, Input.OptionError>
+  /**
+   * Whether one of the key's budgets by model is charged for a request on `model` (any name of the same upstream
+   * model, on any gateway using this store), looked up as `reserve` does; `undefined` for a `KeyContext` that
+   * `authenticate` did not give. The gateway sends such a request without `max_tokens` with the output it reserved.
+   *
+   * @since 0.3.0
+   */
+  readonly chargesModel: (key: Gateway.KeyContext, model: string) => boolean | undefined
   /** Creates a key from its policy (`id` optional), unchecked input as an admin sends it. */
   readonly create: (input: unknown) => Effect.Effect<Created, GatewayError>
   /**

@@ -380,6 +380,11 @@ export const make = Effect.fnUntraced(function* (
     return index.byModel
   }
 
+  const chargesModel = (key: Gateway.KeyContext, model: string): boolean | undefined => {
+    const record = records.get(key)
+    return record === undefined ? undefined : modelBudgetsOf(record)?.has(model) === true
+  }
+
   const priceOf = (model: string): Price | undefined => resolved.prices.get(model) ?? resolved.prices.get("*")
 
   const exceeded = (charge: Charge, level: Level, at: number): GatewayError => {
@@ -723,5 +728,5 @@ export const make = Effect.fnUntraced(function* (
     }
   })
 
-  return { authenticate, reserve, settle, release, useModels, renew, ...manage } satisfies Service
+  return { authenticate, reserve, settle, release, useModels, chargesModel, renew, ...manage } satisfies Service
 })
