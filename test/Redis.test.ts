@@ -404,7 +404,7 @@ describe.skipIf(skipRedis)(
               // Redis dies and a server that accepts every connection and says nothing takes its port.
               yield* server.kill
               const silent = yield* silentServerAt(server.port)
-              yield* Effect.sleep("1500 millis")
+              yield* Effect.sleep("2 seconds")
               assert.isAtLeast(silent.sockets.size, 3, "a new connection after each handshake's connectTimeout")
               assert.isAtMost(openSockets(server.port), 1, "a handshake given up closes its connection")
               const started = Date.now()
