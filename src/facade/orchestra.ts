@@ -339,7 +339,9 @@ export const makeCreateOrchestra = (env: Env) => {
             fiber.interruptUnsafe()
           }
           if (!batch) running.add(fiber)
-          signal?.addEventListener("abort", onAbort, { once: true })
+          // The fiber ran up to its first wait already: code it ran (a provider's) may have aborted the signal.
+          if (signal?.aborted) onAbort()
+          else signal?.addEventListener("abort", onAbort, { once: true })
           fiber.addObserver((exit) => {
             running.delete(fiber)
             signal?.removeEventListener("abort", onAbort)

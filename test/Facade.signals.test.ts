@@ -1,0 +1,54 @@
+/**
+ * The facade's `signal` against code that aborts it while the call is being started: whatever aborts
+ * it, and whenever, the call ends with the abort's error (a call that is never cancelled never settles
+ * when its provider hangs). Real clock, a scripted provider.
+ */
+import { assert, describe, it } from "@effect/vitest"
+import { Effect, Layer } from "effect"
+import { AbortedError, createOrchestra } from "../src/Facade.js"
+import { ModelProvider } from "../src/Model.js"
+import * as Mock from "../src/Model/Mock.js"
+import * as Orchestra from "../src/Orchestra.js"
+import { typed } from "./utils/facade.js"
+
+const unhandled: Array<unknown> = []
+process.on("unhandledRejection", (reason) => unhandled.push(reason))
+
+/** Settles with `"pending"` when `promise` has not settled within `millis` (a bound on a hang, not a timing). */
+const within = <A>(promise: Promise<A>, millis: number) =>
+  Promise.race([promise, new Promise<"pending">((resolve) => setTimeout(() => resolve("pending"), millis).unref())])
+
+describe("createOrchestra: a signal aborted while its call starts", () => {
+  it("aborted by the provider's own synchronous code, the hanging call is cancelled, not left pending for ever", async () => {
+    const controller = new AbortController()
+    const { provider } = Effect.runSync(Mock.make({ name: "facade-signals-sync", script: [Mock.Outcome.hang()] }))
+    // A provider that aborts the caller's signal as it is called, then hangs: the abort happens inside
+    // the call's start, before anything waits.
+    const aborting = Layer.succeed(ModelProvider, {
+      ...provider,
+      generate: (request) =>
+        Effect.suspend(() => {
+          controller.abort(new Error("the user left"))
+          return provider.generate(request)
+        })
+    })
+    const orchestra = createOrchestra(
+      Orchestra.layer({ providers: { main: aborting }, executor: { shutdownDeadline: "100 millis" } })
+    )
+    try {
+      // Built first, so that the call starts at once, in `execute` itself.
+      await orchestra.metrics()
+      const call = orchestra.execute("q", { signal: controller.signal })
+      const settled = await within(
+        typed(call).then((error) => error),
+        2000
+      )
+      assert.notStrictEqual(settled, "pending", "the call settled")
+      assert.instanceOf(settled, AbortedError)
+      assert.include((settled as AbortedError).message, "the user left")
+      assert.deepStrictEqual(unhandled, [])
+    } finally {
+      await orchestra.dispose()
+    }
+  })
+})
