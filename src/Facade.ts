@@ -54,7 +54,8 @@ import type * as Stats from "./Stats.js"
 
 /**
  * A call cancelled by its `signal` (for a reason other than a timeout). Its `cause` is the
- * signal's `reason`; its message names the reason when it is an `Error` (its message) or a string.
+ * signal's `reason`; its message names the reason: its `message` (an `Error`'s, of any realm), or a string, number or
+ * boolean reason itself.
  *
  * @since 0.2.0
  * @category errors

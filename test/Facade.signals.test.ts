@@ -3,6 +3,7 @@
  * it, and whenever, the call ends with the abort's error (a call that is never cancelled never settles
  * when its provider hangs). Real clock, a scripted provider.
  */
+import { runInNewContext } from "node:vm"
 import { assert, describe, it } from "@effect/vitest"
 import { Effect, Layer } from "effect"
 import { AbortedError, createOrchestra } from "../src/Facade.js"
@@ -46,6 +47,39 @@ describe("createOrchestra: a signal aborted while its call starts", () => {
       assert.notStrictEqual(settled, "pending", "the call settled")
       assert.instanceOf(settled, AbortedError)
       assert.include((settled as AbortedError).message, "the user left")
+      assert.deepStrictEqual(unhandled, [])
+    } finally {
+      await orchestra.dispose()
+    }
+  })
+})
+
+describe("createOrchestra: what an abort's error says of its reason", () => {
+  it("an Error of another realm, a DOMException-like object or a number is named in the message, the reason kept as cause", async () => {
+    const { provider } = Effect.runSync(Mock.make({ name: "facade-signals-reasons", random: { success: 0, hang: 1 } }))
+    const orchestra = createOrchestra(Orchestra.layer({ providers: { main: Layer.succeed(ModelProvider, provider) } }))
+    try {
+      // An Error made in another realm (a vm context, an iframe, a test environment) is no `instanceof Error` here.
+      const foreign: unknown = runInNewContext(`new Error("the tab was closed")`)
+      assert.isFalse(foreign instanceof Error)
+      const reasons: ReadonlyArray<readonly [unknown, string]> = [
+        [foreign, "the tab was closed"],
+        [{ name: "AbortError", message: "client disconnected" }, "client disconnected"],
+        [499, "499"]
+      ]
+      for (const [reason, named] of reasons) {
+        // Already aborted (refused before anything runs) and aborted while the call waits on its provider.
+        const before = await typed(orchestra.execute("q", { signal: AbortSignal.abort(reason) }))
+        const controller = new AbortController()
+        const call = typed(orchestra.execute("q", { signal: controller.signal }))
+        controller.abort(reason)
+        const during = await call
+        for (const error of [before, during]) {
+          assert.instanceOf(error, AbortedError)
+          assert.strictEqual(error.message, `the call was aborted by its signal: ${named}`)
+          assert.strictEqual((error as AbortedError).cause, reason)
+        }
+      }
       assert.deepStrictEqual(unhandled, [])
     } finally {
       await orchestra.dispose()

@@ -110,8 +110,15 @@ export const makeCreateOrchestra = (env: Env) => {
           ...(partialText ? { partialText } : {})
         })
       }
-      if (reason instanceof Error) why = `: ${reason.message}`
-      else if (typeof reason === "string" && reason !== "") why = `: ${reason}`
+      // An Error of another realm (a vm context, an iframe) is no `instanceof Error`: its `message` names it all the same.
+      if (typeof reason === "object" && reason !== null) {
+        const message = (reason as { readonly message?: unknown }).message
+        if (typeof message === "string" && message !== "") why = `: ${message}`
+      } else if (typeof reason === "string") {
+        if (reason !== "") why = `: ${reason}`
+      } else if (typeof reason === "number" || typeof reason === "bigint" || typeof reason === "boolean") {
+        why = `: ${reason}`
+      }
     } catch {
       why = ""
     }
