@@ -254,8 +254,8 @@ export const makeCreateOrchestra = (env: Env) => {
   const isFacadeError = (u: unknown): u is FacadeError =>
     isAiError(u) || u instanceof AbortedError || u instanceof Input.OptionError
 
-  const shuttingDown = () =>
-    new OrchestraError(new ShuttingDownError({ message: "the orchestra has been disposed and admits no new calls" }))
+  const shuttingDown = (message = "the orchestra has been disposed and admits no new calls") =>
+    new OrchestraError(new ShuttingDownError({ message }))
 
   const createOrchestra = <E>(layer: Layer.Layer<Services, E, never>): Orchestra => {
     // Code without types may hand over the manager's options themselves: a manager that cannot be built.
@@ -295,7 +295,12 @@ export const makeCreateOrchestra = (env: Env) => {
     const servicesOf = (): Promise<Context.Context<Services>> => {
       if (services !== undefined) return Promise.resolve(services)
       building ??= Effect.runPromiseExit(runtime.contextEffect).then((exit) => {
-        if (Exit.isFailure(exit)) throw rejectionOf(exit.cause, undefined)
+        if (Exit.isFailure(exit)) {
+          // Cut by `dispose()`: the calls waiting for the build were made before it, not refused as new ones.
+          throw disposing !== undefined && Cause.hasInterruptsOnly(exit.cause)
+            ? shuttingDown("the orchestra was disposed before the manager was built: the call never ran")
+            : rejectionOf(exit.cause, undefined)
+        }
         services = exit.value
         statsService = Context.get(services, Stats.Stats)
         return services
