@@ -3,6 +3,7 @@
  * it, and whenever, the call ends with the abort's error (a call that is never cancelled never settles
  * when its provider hangs). Real clock, a scripted provider.
  */
+import { getEventListeners } from "node:events"
 import { runInNewContext } from "node:vm"
 import { assert, describe, it } from "@effect/vitest"
 import { Effect, Layer } from "effect"
@@ -85,4 +86,36 @@ describe("createOrchestra: what an abort's error says of its reason", () => {
       await orchestra.dispose()
     }
   })
+})
+
+describe("createOrchestra: one long-lived signal across many calls", () => {
+  it("10,000 calls of every kind, answered, refused or timed out, leave no listener on it", async () => {
+    const { provider } = Effect.runSync(Mock.make({ name: "facade-signals-many" }))
+    const orchestra = createOrchestra(Orchestra.layer({ providers: { main: Layer.succeed(ModelProvider, provider) } }))
+    const signal = new AbortController().signal
+    try {
+      for (let i = 0; i < 10_000; i++) {
+        switch (i % 5) {
+          case 0:
+            await orchestra.execute("q", { signal })
+            break
+          case 1:
+            await orchestra.execute("q", { signal, timeout: "1 minute" })
+            break
+          case 2:
+            await typed(orchestra.execute({ prompt: "" }, { signal }))
+            break
+          case 3:
+            await orchestra.embed("q", { signal })
+            break
+          default:
+            await orchestra.batch(["q"], { signal })
+        }
+      }
+      assert.strictEqual(getEventListeners(signal, "abort").length, 0)
+      assert.deepStrictEqual(unhandled, [])
+    } finally {
+      await orchestra.dispose()
+    }
+  }, 60_000)
 })
