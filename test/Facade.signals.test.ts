@@ -6,9 +6,9 @@
 import { getEventListeners } from "node:events"
 import { runInNewContext } from "node:vm"
 import { assert, describe, it } from "@effect/vitest"
-import { Effect, Layer } from "effect"
+import { Effect, Layer, Stream } from "effect"
 import { AbortedError, createOrchestra } from "../src/Facade.js"
-import { ModelProvider } from "../src/Model.js"
+import { ModelProvider, type StreamPart } from "../src/Model.js"
 import * as Mock from "../src/Model/Mock.js"
 import * as Orchestra from "../src/Orchestra.js"
 import { typed } from "./utils/facade.js"
@@ -118,4 +118,61 @@ describe("createOrchestra: one long-lived signal across many calls", () => {
       await orchestra.dispose()
     }
   }, 60_000)
+})
+
+describe("createOrchestra: a signal whose other listener stops the abort event", () => {
+  it("a listener calling stopImmediatePropagation() still lets the abort cancel every kind of call", async () => {
+    const { provider } = Effect.runSync(
+      Mock.make({ name: "facade-signals-stop", random: { success: 0, hang: 1 }, chunkDelay: "1 millis" })
+    )
+    const streaming = Layer.succeed(ModelProvider, {
+      ...provider,
+      // Hangs after its first part: the loop is waiting for the second when the signal aborts.
+      stream: () => Stream.concat(Stream.make<Array<StreamPart>>({ _tag: "TextDelta", text: "a" }), Stream.never)
+    })
+    const slowBuild = Layer.effect(ModelProvider, Effect.as(Effect.sleep("50 millis"), provider))
+    const executor = { shutdownDeadline: "50 millis" } as const
+    const built = createOrchestra(Orchestra.layer({ providers: { main: streaming }, executor }))
+    const building = createOrchestra(Orchestra.layer({ providers: { main: slowBuild }, executor }))
+    /** A signal that a listener registered before the call's stops: the call's own would never hear it. */
+    const stopped = () => {
+      const controller = new AbortController()
+      controller.signal.addEventListener("abort", (event) => event.stopImmediatePropagation())
+      return controller
+    }
+    try {
+      await built.metrics()
+      const execute = stopped()
+      const streamed = stopped()
+      const waiting = stopped()
+      const batched = stopped()
+      const calls = [
+        typed(built.execute("q", { signal: execute.signal })).then((error) => error._tag),
+        (async () => {
+          const parts = built.stream("q", { signal: streamed.signal })[Symbol.asyncIterator]()
+          await parts.next()
+          const next = typed(parts.next())
+          streamed.abort("stop")
+          return (await next)._tag
+        })(),
+        typed(building.execute("q", { signal: waiting.signal })).then((error) => error._tag),
+        // A batch is cancelled, not rejected: its items that had not started never run.
+        built
+          .batch(["q", "q", "q"], { signal: batched.signal, concurrency: 1 })
+          .then((result) => (result.cancelled && result.notRun.length >= 2 ? "cancelled" : "not cancelled"))
+      ]
+      execute.abort("stop")
+      waiting.abort("stop")
+      batched.abort("stop")
+      assert.deepStrictEqual(await within(Promise.all(calls), 2000), [
+        "AbortedError",
+        "AbortedError",
+        "AbortedError",
+        "cancelled"
+      ])
+      assert.deepStrictEqual(unhandled, [])
+    } finally {
+      await Promise.all([built.dispose(), building.dispose()])
+    }
+  })
 })

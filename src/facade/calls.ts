@@ -5,6 +5,7 @@
  *
  * @internal
  */
+import { addAbortListener } from "node:events"
 import { Deferred, Duration, Effect, Exit, Stream } from "effect"
 import type { AiError } from "../AiError.js"
 import { Batch, type BatchResult, type Item, type RunOptions } from "../Batch.js"
@@ -122,12 +123,13 @@ export const batch = Effect.fn("Facade.batch")(function* (items: ReadonlyArray<I
   const cancelled = yield* Deferred.make<void>()
   const onAbort = () => Deferred.doneUnsafe(cancelled, Exit.void)
   // A zero timeout: the call's timeout passed while the manager was being built.
+  let listening: Disposable | undefined
   if (signal?.aborted || (checked.timeout !== undefined && Duration.isZero(checked.timeout))) onAbort()
-  else signal?.addEventListener("abort", onAbort, { once: true })
+  else if (signal !== undefined) listening = addAbortListener(signal, onAbort)
   const deadline = checked.timeout === undefined ? Effect.never : Effect.sleep(checked.timeout)
   // An abort (from `onProgress`, say) completes the cancel inside the abort: the batch stops
   // starting items then (`batch/runner.ts`), not once its loop yields.
   return yield* runner
     .run(items, { ...options, cancel: Effect.raceFirst(Deferred.await(cancelled), deadline) })
-    .pipe(Effect.ensuring(Effect.sync(() => signal?.removeEventListener("abort", onAbort))))
+    .pipe(Effect.ensuring(Effect.sync(() => listening?.[Symbol.dispose]())))
 }) as (items: ReadonlyArray<Item>, checked: Checked) => Effect.Effect<BatchResult, AiError, Batch>

@@ -6,6 +6,9 @@
  *
  * @internal
  */
+// Node's own way to listen to a caller's signal: another listener's `stopImmediatePropagation()` cannot
+// silence it (an addEventListener listener it would, leaving the call running).
+import { addAbortListener } from "node:events"
 import {
   Cause,
   Clock,
@@ -142,8 +145,9 @@ export const makeCreateOrchestra = (env: Env) => {
       : new Promise<A | undefined>((resolve, reject) => {
           // Whichever settles the call first releases the others: a build that takes long
           // (or never ends) keeps neither a listener on a signal that outlives the call nor a timer.
+          let listening: Disposable | undefined
           const settled = () => {
-            signal?.removeEventListener("abort", onAbort)
+            listening?.[Symbol.dispose]()
             deadline?.interruptUnsafe()
             if (closing !== undefined) closing.wake = undefined
           }
@@ -175,7 +179,7 @@ export const makeCreateOrchestra = (env: Env) => {
           )
           // Already aborted (a batch's signal, which the call does not refuse first): no event will come.
           if (signal?.aborted) onAbort()
-          else signal?.addEventListener("abort", onAbort, { once: true })
+          else if (signal !== undefined) listening = addAbortListener(signal, onAbort)
         })
 
   /** The call's options once the manager is built: what is left of its `timeout` (`undefined`: nothing). */
@@ -352,11 +356,12 @@ export const makeCreateOrchestra = (env: Env) => {
           }
           if (!batch) running.add(fiber)
           // The fiber ran up to its first wait already: code it ran (a provider's) may have aborted the signal.
+          let listening: Disposable | undefined
           if (signal?.aborted) onAbort()
-          else signal?.addEventListener("abort", onAbort, { once: true })
+          else if (signal !== undefined) listening = addAbortListener(signal, onAbort)
           fiber.addObserver((exit) => {
             running.delete(fiber)
-            signal?.removeEventListener("abort", onAbort)
+            listening?.[Symbol.dispose]()
             if (Exit.isSuccess(exit)) resolve(exit.value)
             else reject(rejectionOf(exit.cause, aborted))
           })
@@ -422,15 +427,16 @@ export const makeCreateOrchestra = (env: Env) => {
       let finished = false
       const pull = async (): Promise<IteratorResult<StreamPart>> => {
         if (signal === undefined || finished) return iterator.next()
+        let listening: Disposable | undefined
         if (signal.aborted) onAbort()
-        else signal.addEventListener("abort", onAbort, { once: true })
+        else listening = addAbortListener(signal, onAbort)
         try {
           return await iterator.next()
         } catch (error) {
           if (aborted === undefined) throw error
           return { done: true, value: undefined }
         } finally {
-          signal.removeEventListener("abort", onAbort)
+          listening?.[Symbol.dispose]()
         }
       }
       try {
