@@ -571,6 +571,34 @@ describe("HttpAgent.call", () => {
     })
   )
 
+  it.effect("a token of an agent URL's query that the agent echoes is scrubbed from records and spans", () =>
+    Effect.gen(function* () {
+      const server = yield* AgentServer.make((t) =>
+        t.task_id === "reported"
+          ? { json: { task_id: t.task_id, status: "error", result: "key s3cret-token has no quota" } }
+          : { status: 401, json: { error: { message: "bad key s3cret-token (as a%20b)" } } }
+      )
+      const { spans, tracer } = recording()
+      const service = yield* agents()
+      const url = `${server.url}?token=s3cret-token&other=a%20b`
+      const refused = yield* service.call(task("q", url)).pipe(Effect.provideService(Tracer.Tracer, tracer))
+      assert.strictEqual(refused.error?.httpStatus, 401)
+      assert.include(refused.error?.message, "bad key <redacted>")
+      const reported = yield* service.call(task("reported", url)).pipe(Effect.provideService(Tracer.Tracer, tracer))
+      assert.strictEqual(reported.status, "error")
+      assert.include(reported.error?.message, "key <redacted> has no quota")
+      for (const record of [refused, reported]) {
+        assert.notInclude(JSON.stringify(record), "s3cret")
+        assert.notInclude(JSON.stringify(record), "a%20b")
+      }
+      for (const span of spans) {
+        if (span.status._tag === "Ended" && Exit.isFailure(span.status.exit)) {
+          assert.notInclude(Cause.pretty(span.status.exit.cause), "s3cret", span.name)
+        }
+      }
+    })
+  )
+
   it.effect(
     "an endless 200 body ends in a TooLarge error record at the bound; the connection is closed (issue 13.15)",
     () =>

@@ -7,7 +7,7 @@
  *
  * @internal
  */
-import { type Duration, Effect, type Redacted, Result, Schema } from "effect"
+import { type Duration, Effect, Redacted, Result, Schema } from "effect"
 import { ModelError } from "../AiError.js"
 import type { Agent, AgentOptions, Answer, Decoded } from "../HttpAgent.js"
 import * as Input from "../Input.js"
@@ -24,6 +24,25 @@ const checkUrl = (input: unknown): Input.Checked<string> =>
     Http.baseUrl("url", input, "give them as a Redacted header (headers: { authorization: Redacted.make(...) })"),
     () => input as string
   )
+
+/**
+ * The values of a URL's query, as given and decoded: spans show them redacted and records leave
+ * the query out, so an agent that echoes one (a key in its error) must not put it back.
+ */
+const querySecrets = (url: string): ReadonlyArray<Redacted.Redacted> => {
+  const hash = url.indexOf("#")
+  const at = url.indexOf("?")
+  if (at === -1 || (hash !== -1 && hash < at)) return []
+  const values = new Set<string>()
+  for (const pair of url.slice(at + 1, hash === -1 ? undefined : hash).split("&")) {
+    const eq = pair.indexOf("=")
+    if (eq === -1) continue
+    const raw = pair.slice(eq + 1)
+    values.add(raw)
+    values.add(new URLSearchParams(`v=${raw}`).get("v") ?? raw)
+  }
+  return Array.from(values, (value) => Redacted.make(value))
+}
 
 const agentKeys: ReadonlySet<string> = new Set(["url", "name", "timeout", "retry", "headers", "answer"])
 
@@ -74,7 +93,7 @@ const agentIssue = (
       timeout,
       retry,
       headers: headerSet.success.given,
-      secrets: headerSet.success.secrets
+      secrets: [...headerSet.success.secrets, ...querySecrets(options.url)]
     })
   )
 }
