@@ -380,6 +380,38 @@ describe("HttpAgent.call", () => {
     })
   )
 
+  it.effect(
+    "a task id that throws when read or written as text is a record naming id; spans keep only a valid id",
+    () =>
+      Effect.gen(function* () {
+        const server = yield* AgentServer.make()
+        const { spans, tracer } = recording()
+        const service = yield* agents()
+        const unreadable = yield* service.call(throwing(task("g", server.url), "id"))
+        const unwritable = yield* service.call(
+          task({ toString: () => assert.fail("written as text") } as never, server.url)
+        )
+        for (const record of [unreadable, unwritable]) {
+          assert.deepStrictEqual(
+            [record.status, record.error?.reason, record.error?.field],
+            ["error", "InvalidRequest", "id"]
+          )
+        }
+        assert.strictEqual(unwritable.taskId, "an object")
+        // Refused at 1,000 characters: a span showed all five million.
+        const long = yield* service
+          .call(task("x".repeat(5_000_000), server.url))
+          .pipe(Effect.provideService(Tracer.Tracer, tracer))
+        assert.strictEqual(long.error?.field, "id")
+        yield* service.call(task("fine", server.url)).pipe(Effect.provideService(Tracer.Tracer, tracer))
+        assert.deepStrictEqual(
+          spans.filter((span) => span.name === "HttpAgent.call").map((span) => span.attributes.get("agent.task_id")),
+          [undefined, "fine"]
+        )
+        assert.strictEqual(server.requests(), 1)
+      })
+  )
+
   it.effect("invalid agents and tasks are error records naming the field; nothing is sent (issue 10)", () =>
     Effect.gen(function* () {
       const server = yield* AgentServer.make()

@@ -194,8 +194,8 @@ export const makeService = Effect.fnUntraced(function* (given: Options, env: Env
   })
 
   return {
+    // The span's `agent.task_id` is set by `call` once it has read the task (a getter may throw).
     call: Effect.fn("HttpAgent.call")(function* <A>(task: Task<A>) {
-      yield* Effect.annotateCurrentSpan({ "agent.task_id": String(task?.id) })
       return (yield* call(task as Task, undefined)) as TaskRecord<A>
     }) as Service["call"],
     dispatch: Effect.fn("HttpAgent.dispatch")(function* (

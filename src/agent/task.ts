@@ -221,6 +221,10 @@ const taskKeys: ReadonlySet<string> = new Set([
 /** The longest `id`, `intent`, `concept` or `cacheKey` a task may have. */
 const maxNameLength = 1_000
 
+/** A refused id as its record names the task: a number as it reads, anything else by its kind (`String` may throw). */
+const shownId = (id: unknown): string =>
+  typeof id === "number" || typeof id === "boolean" || id === undefined ? String(id) : Input.kindOf(id)
+
 const checkTask = (task: Task): Invalid | undefined => {
   if (typeof task !== "object" || task === null)
     return { field: "task", message: "expected a task { id, intent, concept }" }
@@ -344,11 +348,16 @@ export const makeCall = (env: Env): Call => {
 
   const call: Call = Effect.fnUntraced(function* (given: Task, dependencies: Record<string, unknown> | undefined) {
     const { task, issue } = readTask(given)
+    // Only an id the check would accept: a span attribute of five million characters is no label.
+    const id = task?.id
+    if (typeof id === "string" && id.length > 0 && id.length <= maxNameLength) {
+      yield* Effect.annotateCurrentSpan("agent.task_id", id)
+    }
     const startedAt = yield* Clock.currentTimeMillis
     const finish = (record: Omit<TaskRecord, "durationMs" | "startedAt" | "taskId">) =>
       Effect.map(Clock.currentTimeMillis, (now): TaskRecord => {
         const done: TaskRecord = {
-          taskId: typeof task?.id === "string" ? task.id : String(task?.id),
+          taskId: typeof id === "string" ? id : shownId(id),
           startedAt,
           durationMs: now - startedAt,
           ...record
