@@ -173,8 +173,8 @@ export interface Task<A = unknown> {
   /** Per-request timeout; wins over the agent's and the service's. */
   readonly timeout?: Input.DurationInput | undefined
   /**
-   * Key of the last good result kept for `service_unavailable` (default: url + intent + concept + args); 1 to
-   * 1,000 characters, as `id`, `intent` and `concept`.
+   * Key of the last good result kept for `service_unavailable` (default: url + intent + concept + args, and in
+   * a batch the results of its dependencies); 1 to 1,000 characters, as `id`, `intent` and `concept`.
    */
   readonly cacheKey?: string | undefined
 }

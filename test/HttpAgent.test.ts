@@ -999,6 +999,43 @@ describe("HttpAgent.dispatch", () => {
     })
   )
 
+  it.effect("a dependent task's cached result is one for the same dependencies' results, not another's", () =>
+    Effect.gen(function* () {
+      const fetcher = yield* AgentServer.make((t) => ({
+        json: { task_id: t.task_id, result: `doc ${(t.args as { doc: string }).doc}` }
+      }))
+      let down = false
+      const summarizer = yield* AgentServer.make((t) =>
+        down ? { status: 503 } : { json: { task_id: t.task_id, result: `summary of ${t.dependencies?.fetch}` } }
+      )
+      const service = yield* agents({ breakers: { failMax: 1, resetTimeout: "1 minute" }, cache: true })
+      const batch = (doc: string) =>
+        Effect.map(
+          service.dispatch([
+            task("fetch", fetcher.url, { args: { doc } }),
+            task("sum", summarizer.url, { args: null, dependsOn: ["fetch"] }),
+            task("next", fetcher.url, { args: { doc: "next" }, dependsOn: ["sum"] })
+          ]),
+          (records) => records[1]!
+        )
+      assert.strictEqual((yield* batch("A")).result, "summary of doc A")
+      down = true
+      assert.strictEqual((yield* batch("B")).error?.httpStatus, 503)
+      // The breaker is open: doc B's summary was never made, and doc A's is no answer for it.
+      const other = yield* batch("B")
+      assert.deepStrictEqual(
+        [other.status, other.fromCache, other.result],
+        ["service_unavailable", undefined, undefined]
+      )
+      const same = yield* batch("A")
+      assert.deepStrictEqual(
+        [same.status, same.fromCache, same.result],
+        ["service_unavailable", true, "summary of doc A"]
+      )
+      assert.strictEqual(summarizer.requests(), 2)
+    })
+  )
+
   it.effect("connection limits hold per host and in total; every slot is free afterwards", () =>
     Effect.gen(function* () {
       const one = yield* AgentServer.make((t) => ({ delayMs: 30, ...AgentServer.defaultReply(t) }))

@@ -157,11 +157,19 @@ export const breakerKey = (url: string): string => {
     : `${display(url)}?#${createHash("sha256").update(url.slice(at)).digest("hex").slice(0, 12)}`
 }
 
-const cacheKeyOf = (task: Task, agent: Agent<unknown>): string =>
+// A batch task's dependencies' results are its input as its args are: another document's summary
+// is no answer for this one. A task without them keeps the key it always had.
+const cacheKeyOf = (task: Task, agent: Agent<unknown>, dependencies: Record<string, unknown> | undefined): string =>
   task.cacheKey !== undefined
     ? `agent:key:${task.cacheKey}`
     : `agent:${createHash("sha256")
-        .update(JSON.stringify([agent.url, task.intent, task.concept, task.args ?? null]))
+        .update(
+          JSON.stringify(
+            dependencies === undefined
+              ? [agent.url, task.intent, task.concept, task.args ?? null]
+              : [agent.url, task.intent, task.concept, task.args ?? null, dependencies]
+          )
+        )
         .digest("hex")}`
 
 interface Invalid {
@@ -447,7 +455,7 @@ export const makeCall = (env: Env): Call => {
     }
     const body = bodyOf(task, dependencies)
     if (typeof body !== "string") return yield* invalid(primary, body.field, body.message)
-    const cacheKey = env.cache === undefined ? undefined : cacheKeyOf(task, primary)
+    const cacheKey = env.cache === undefined ? undefined : cacheKeyOf(task, primary, dependencies)
 
     let last = primary
     let attempts = 0
