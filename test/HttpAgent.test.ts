@@ -322,6 +322,26 @@ describe("HttpAgent.call", () => {
     })
   )
 
+  it.effect("an agent URL with surrounding spaces or a control character is refused naming agent.url", () =>
+    Effect.gen(function* () {
+      const server = yield* AgentServer.make()
+      const service = yield* agents()
+      // The URL parser drops them without a word: the request went to another URL than the one given.
+      for (const url of [
+        `  ${server.url}`,
+        `${server.url}\n`,
+        `${server.url}\nHost: evil`,
+        `${server.url}?k=s3cret\t`
+      ]) {
+        assert.strictEqual(HttpAgent.agent({ url }).issue?.path, "agent.url", JSON.stringify(url))
+        const record = yield* service.call(task("c", url))
+        assert.deepStrictEqual([record.status, record.error?.field], ["error", "agent.url"], JSON.stringify(url))
+        assert.notInclude(JSON.stringify(record), "s3cret")
+      }
+      assert.strictEqual(server.requests(), 0)
+    })
+  )
+
   it.effect("a refused connection is a Transport error record, not a failure", () =>
     Effect.gen(function* () {
       const closedUrl = yield* Effect.scoped(Effect.map(AgentServer.make(), (s) => s.url))

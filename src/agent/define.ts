@@ -19,11 +19,22 @@ import { decodeRetry, type RetryPolicy } from "../Policy.js"
 import { textIssue } from "../stats/labels.js"
 import { agentName, display, noAgent } from "./task.js"
 
+// What the URL parser drops without a word (surrounding spaces, a tab or newline anywhere): the
+// request went to another URL than the one given, and records named that one.
+// biome-ignore lint/suspicious/noControlCharactersInRegex: control characters are what it finds
+const dropped = /^\s|\s$|[\u0000-\u001f\u007f]/
+
 const checkUrl = (input: unknown): Input.Checked<string> =>
-  Result.map(
-    Http.baseUrl("url", input, "give them as a Redacted header (headers: { authorization: Redacted.make(...) })"),
-    () => input as string
-  )
+  typeof input === "string" && dropped.test(input)
+    ? Result.fail({
+        path: "url",
+        // Not shown: its query may hold a token.
+        message: "expected a URL without surrounding spaces nor control characters (a tab, a newline)"
+      })
+    : Result.map(
+        Http.baseUrl("url", input, "give them as a Redacted header (headers: { authorization: Redacted.make(...) })"),
+        () => input as string
+      )
 
 /**
  * The values of a URL's query, as given and decoded: spans show them redacted and records leave
