@@ -1056,6 +1056,43 @@ describe("HttpAgent.dispatch", () => {
     })
   )
 
+  it.effect("a batch's tasks go through the same breaker and rate limit as calls (entry point)", () =>
+    Effect.gen(function* () {
+      const down = yield* AgentServer.make(() => ({ status: 503 }))
+      const limitedServer = yield* AgentServer.make()
+      const spare = yield* AgentServer.make()
+      const primary = HttpAgent.agent({ url: down.url, name: "batch-primary" })
+      const limited = HttpAgent.agent({ url: limitedServer.url, name: "batch-limited" })
+      const backup = HttpAgent.agent({ url: spare.url, name: "batch-spare" })
+      const service = yield* agents({
+        breakers: { failMax: 1, resetTimeout: "1 minute" },
+        rateLimits: { providers: { "batch-limited": { requestsPerMinute: 1 } }, maxWait: 0 }
+      })
+      const records = yield* service.dispatch(
+        [
+          task("b1", primary, { fallback: [backup] }),
+          task("b2", primary, { fallback: [backup] }),
+          task("l1", limited),
+          task("l2", limited, { fallback: [backup] }),
+          task("l3", limited)
+        ],
+        { concurrency: 1 }
+      )
+      assert.deepStrictEqual(
+        records.map((r) => [r.taskId, r.status, r.agent, r.attempts]),
+        [
+          ["b1", "success", "batch-spare", 2],
+          ["b2", "success", "batch-spare", 1],
+          ["l1", "success", "batch-limited", 1],
+          ["l2", "success", "batch-spare", 1],
+          ["l3", "error", "batch-limited", 0]
+        ]
+      )
+      assert.strictEqual(records[4]!.error?.reason, "RateLimited")
+      assert.deepStrictEqual([down.requests(), limitedServer.requests(), spare.requests()], [1, 1, 3])
+    })
+  )
+
   it.effect("connection limits hold per host and in total; every slot is free afterwards", () =>
     Effect.gen(function* () {
       const one = yield* AgentServer.make((t) => ({ delayMs: 30, ...AgentServer.defaultReply(t) }))
