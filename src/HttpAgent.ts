@@ -167,7 +167,7 @@ export interface Task<A = unknown> {
   readonly fallback?: ReadonlyArray<Agent<A> | string> | undefined
   readonly intent: string
   readonly concept: string
-  /** Any JSON value. */
+  /** Any JSON value (a `NaN` or `Infinity` in it is refused: JSON would write it as `null`). */
   readonly args?: unknown
   readonly dependsOn?: ReadonlyArray<string> | undefined
   /** Per-request timeout; wins over the agent's and the service's. */

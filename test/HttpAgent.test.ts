@@ -432,6 +432,34 @@ describe("HttpAgent.call", () => {
       })
   )
 
+  it.effect("args holding a number JSON cannot write (NaN, Infinity) or no JSON at all are refused naming args", () =>
+    Effect.gen(function* () {
+      const server = yield* AgentServer.make()
+      const service = yield* agents()
+      // JSON.stringify wrote each number as null: the agent got `temperature: null` for NaN.
+      const cases: ReadonlyArray<readonly [unknown, string]> = [
+        [{ temperature: Number.NaN }, '"temperature"'],
+        [{ days: [1, Number.POSITIVE_INFINITY] }, '"1"'],
+        [Number.NEGATIVE_INFINITY, "-Infinity"],
+        [() => 1, "not JSON"]
+      ]
+      for (const [args, shown] of cases) {
+        const record = yield* service.call(task("n", server.url, { args }))
+        assert.deepStrictEqual(
+          [record.status, record.error?.reason, record.error?.field],
+          ["error", "InvalidRequest", "args"],
+          shown
+        )
+        assert.include(record.error?.message, shown)
+      }
+      assert.strictEqual(server.requests(), 0)
+      // What JSON writes as it is still goes: a Date as its string, a missing field left out.
+      const sent = yield* service.call(task("ok", server.url, { args: { at: new Date(0), gone: undefined, n: 1.5 } }))
+      assert.strictEqual(sent.status, "success")
+      assert.deepStrictEqual(server.received()[0]?.args, { at: "1970-01-01T00:00:00.000Z", n: 1.5 })
+    })
+  )
+
   it.effect("invalid agents and tasks are error records naming the field; nothing is sent (issue 10)", () =>
     Effect.gen(function* () {
       const server = yield* AgentServer.make()

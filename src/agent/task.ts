@@ -267,29 +267,40 @@ const checkTask = (task: Task): Invalid | undefined => {
   return Result.isFailure(dependsOn) ? { field: dependsOn.failure.path, message: dependsOn.failure.message } : undefined
 }
 
-const isJson = (value: unknown): boolean => {
-  try {
-    JSON.stringify(value)
-    return true
-  } catch {
-    return false
-  }
+/** Thrown by {@link finiteOnly}: where a number JSON would write as `null` sits. */
+class NotFinite {
+  constructor(
+    readonly key: string,
+    readonly value: number
+  ) {}
+}
+
+// JSON.stringify writes NaN and ±Infinity as null: an agent got `temperature: null` for NaN.
+const finiteOnly = (key: string, value: unknown): unknown => {
+  if (typeof value === "number" && !Number.isFinite(value)) throw new NotFinite(key, value)
+  return value
 }
 
 /** The request body, or what keeps it from being JSON: the task's args, or its dependencies' results. */
 const bodyOf = (task: Task, dependencies: Record<string, unknown> | undefined): string | Invalid => {
+  const id = JSON.stringify(task.id)
+  let args: string | undefined
   try {
-    return JSON.stringify({
-      task_id: task.id,
-      intent: task.intent,
-      concept: task.concept,
-      args: task.args ?? null,
-      ...(dependencies === undefined ? {} : { dependencies })
-    })
+    // A function or a symbol is written as nothing at all.
+    args = JSON.stringify(task.args ?? null, finiteOnly)
+  } catch (error) {
+    if (error instanceof NotFinite) {
+      const at = error.key === "" ? "" : ` at ${JSON.stringify(error.key)}`
+      return { field: "args", message: `task ${id}: args hold ${error.value}${at}, which JSON writes as null` }
+    }
+  }
+  if (args === undefined) return { field: "args", message: `task ${id}: args are not JSON` }
+  const head = `{"task_id":${id},"intent":${JSON.stringify(task.intent)},"concept":${JSON.stringify(task.concept)},"args":${args}`
+  if (dependencies === undefined) return `${head}}`
+  try {
+    return `${head},"dependencies":${JSON.stringify(dependencies)}}`
   } catch {
-    return dependencies !== undefined && isJson(task.args ?? null)
-      ? { field: "dependencies", message: `task ${JSON.stringify(task.id)}: its dependencies' results are not JSON` }
-      : { field: "args", message: `task ${JSON.stringify(task.id)}: args are not JSON` }
+    return { field: "dependencies", message: `task ${id}: its dependencies' results are not JSON` }
   }
 }
 
