@@ -1175,6 +1175,42 @@ describe("HttpAgent.dispatch", () => {
       })
   )
 
+  it.effect("tasks that time out waiting for a connection slot count on no breaker: the agent never saw them", () =>
+    Effect.gen(function* () {
+      const server = yield* AgentServer.make((t) =>
+        t.task_id === "busy" ? { hang: true } : AgentServer.defaultReply(t)
+      )
+      const service = yield* agents({
+        options: { maxConnectionsPerHost: 1 },
+        breakers: { failMax: 3, resetTimeout: "1 hour" }
+      })
+      const busy = yield* Effect.forkChild(service.call(task("busy", server.url, { timeout: "1 minute" })))
+      yield* server.awaitRequests(1)
+      const queued = yield* Effect.forkChild(
+        Effect.forEach(["q1", "q2", "q3"], (id) => service.call(task(id, server.url, { timeout: "1 second" })), {
+          concurrency: "unbounded"
+        })
+      )
+      yield* Effect.yieldNow
+      assert.strictEqual((yield* service.connections).waiting, 3)
+      yield* TestClock.adjust("1 second")
+      for (const record of yield* Fiber.join(queued)) assert.strictEqual(record.status, "timeout")
+      assert.strictEqual(server.requests(), 1)
+      yield* Fiber.interrupt(busy)
+      // Three timeouts with failMax 3 opened the agent's circuit, though the agent answered nothing wrong.
+      const after = yield* service.call(task("after", server.url))
+      assert.deepStrictEqual([after.status, after.result === undefined], ["success", false])
+      // Sent and unanswered in time, they do count.
+      for (let i = 1; i <= 3; i++) {
+        const sent = yield* Effect.forkChild(service.call(task("busy", server.url, { timeout: "1 second" })))
+        yield* server.awaitRequests(2 + i)
+        yield* TestClock.adjust("1 second")
+        assert.strictEqual((yield* Fiber.join(sent)).status, "timeout")
+      }
+      assert.strictEqual((yield* service.call(task("refused", server.url))).status, "service_unavailable")
+    })
+  )
+
   it.effect("permits are handed over in arrival order", () =>
     Effect.gen(function* () {
       const server = yield* AgentServer.make((t) => ({ delayMs: 5, ...AgentServer.defaultReply(t) }))

@@ -10,7 +10,7 @@
 import { createHash } from "node:crypto"
 import { Cause, Clock, Duration, Effect, Exit, Option, Redacted, Result } from "effect"
 import { HttpClientRequest, UrlParams } from "effect/http"
-import { type AiError, ModelError } from "../AiError.js"
+import { type AiError, type CircuitOpenError, ModelError } from "../AiError.js"
 import type { Service as DiscoveryService, Endpoint } from "../Discovery.js"
 import type { Service as ExecutorService, Step } from "../Executor.js"
 import type { Agent, Decoded, Task, TaskRecord } from "../HttpAgent.js"
@@ -345,12 +345,51 @@ const readEndpoints = (answer: unknown): ReadonlyArray<Endpoint> | string => {
   return out
 }
 
+/** The attempt of a task under way: whether it got a connection slot (the agent saw it). */
+interface Attempt {
+  connected: boolean
+}
+
+/**
+ * The breaker of an agent's URL for one task. An attempt its deadline cut while it still waited for
+ * a connection slot (this process's limit, not the agent's) reaches the breaker as an interruption,
+ * which counts on no circuit, and comes out again as its `TimeoutError`: a burst queued behind a slow
+ * agent opened the circuit of an agent that had answered nothing wrong.
+ */
+const agentBreaker = (
+  guard: BreakerGuard,
+  key: string,
+  attempt: Attempt,
+  onRefused: (error: CircuitOpenError) => void
+): BreakerGuard => {
+  const keyed = keyedBreaker(guard, key, onRefused)
+  return {
+    execute: <A, E extends AiError>(name: string, effect: Effect.Effect<A, E>) =>
+      Effect.suspend(() => {
+        attempt.connected = false
+        let cut: E | undefined
+        const queued = Effect.catchIf(
+          effect,
+          (error) => error._tag === "TimeoutError" && !attempt.connected,
+          (error) => {
+            cut = error
+            return Effect.interrupt
+          }
+        )
+        return Effect.catchCause(keyed.execute(name, queued), (cause) =>
+          cut !== undefined && Cause.hasInterruptsOnly(cause) ? Effect.fail(cut) : Effect.failCause(cause)
+        )
+      }),
+    admit: keyed.admit
+  }
+}
+
 /** Builds the service's `call`; it never fails. */
 export const makeCall = (env: Env): Call => {
   // Once per agent, not per request (nor per retry); weakly held, so an agent made for one task's
   // URL goes with it. The unwrapped headers live only in the request, as they did.
   const prepared = new WeakMap<Agent<unknown>, Prepared>()
-  const send = (agent: Agent<unknown>, body: string, taskId: string): Effect.Effect<Sent, AiError> =>
+  const send = (agent: Agent<unknown>, body: string, taskId: string, attempt: Attempt): Effect.Effect<Sent, AiError> =>
     Effect.suspend(() => {
       let base = prepared.get(agent)
       if (base === undefined) {
@@ -361,7 +400,13 @@ export const makeCall = (env: Env): Call => {
       const ctx = { provider: agent.name, secrets: agent.secrets, answerFirst: true }
       const host = base.host
       const decode = (answer: unknown) => Effect.map(agent.decode(answer, taskId), (decoded) => ({ decoded, answer }))
-      const exchange = env.connections.withPermit(host)(env.client.json(request, decode, ctx))
+      const json = env.client.json(request, decode, ctx)
+      const exchange = env.connections.withPermit(host)(
+        Effect.suspend(() => {
+          attempt.connected = true
+          return json
+        })
+      )
       return base.hasQuery ? Effect.provideService(exchange, UrlParams.CurrentRedactedNames, everyName) : exchange
     })
 
@@ -470,6 +515,7 @@ export const makeCall = (env: Env): Call => {
 
     let last = primary
     let attempts = 0
+    const attempt: Attempt = { connected: false }
     const steps = agents.map(
       (agent): Step<Agent<unknown>> => ({
         target: agent,
@@ -478,7 +524,7 @@ export const makeCall = (env: Env): Call => {
         domain: env.statsDomain,
         timeout: timeout ?? agent.timeout ?? env.timeout,
         retry: agent.retry ?? env.retry,
-        breaker: keyedBreaker(env.breaker, breakerKey(agent.url), () => {
+        breaker: agentBreaker(env.breaker, breakerKey(agent.url), attempt, () => {
           last = agent
         }),
         rateLimit: env.rateLimit
@@ -489,7 +535,7 @@ export const makeCall = (env: Env): Call => {
         Effect.suspend(() => {
           last = agent
           attempts++
-          return send(agent, body, task.id)
+          return send(agent, body, task.id, attempt)
         })
       )
     )
