@@ -265,30 +265,64 @@ export const make = (env: Env): Driver => {
         return Effect.void
       })
     })
-    const body =
-      semaphore === undefined
-        ? serve
-        : Effect.suspend(() => {
-            const queuedAt = clock.currentTimeMillisUnsafe()
-            for (const g of gauges) g.queued++
-            let waiting = true
-            const leaveQueue = () => {
-              if (!waiting) return
-              waiting = false
-              for (const g of gauges) g.queued--
-              series.queueWait.record(clock.currentTimeMillisUnsafe() - queuedAt)
-            }
-            return semaphore
-              .withPermit(
-                Effect.suspend(() => {
-                  leaveQueue()
-                  return serve
-                })
-              )
-              .pipe(Effect.onExit(() => Effect.sync(leaveQueue)))
+    if (semaphore === undefined) {
+      const deadlined = lanes.attempt(serve, step.timeout, settleAttempt, step)
+      return guard(
+        step,
+        plan,
+        counter,
+        step.breaker === undefined ? deadlined : step.breaker.execute(step.name, deadlined)
+      )
+    }
+    // Queued for the provider's slot: the attempt's deadline covers the wait, but an attempt it cut
+    // there never reached the provider, and its breaker must not count it (a burst queued behind a
+    // slow call opened the circuit of a provider that had failed nothing). It reaches the breaker
+    // as an interruption (ignored), and comes out as its TimeoutError.
+    let served = false
+    let queuedOut: AiError | undefined
+    const body = Effect.suspend(() => {
+      const queuedAt = clock.currentTimeMillisUnsafe()
+      for (const g of gauges) g.queued++
+      let waiting = true
+      const leaveQueue = () => {
+        if (!waiting) return
+        waiting = false
+        for (const g of gauges) g.queued--
+        series.queueWait.record(clock.currentTimeMillisUnsafe() - queuedAt)
+      }
+      return semaphore
+        .withPermit(
+          Effect.suspend(() => {
+            served = true
+            leaveQueue()
+            return serve
           })
+        )
+        .pipe(Effect.onExit(() => Effect.sync(leaveQueue)))
+    })
     const deadlined: Effect.Effect<A, AiError> = lanes.attempt(body, step.timeout, settleAttempt, step)
-    const breakered = step.breaker === undefined ? deadlined : step.breaker.execute(step.name, deadlined)
+    if (step.breaker === undefined) return guard(step, plan, counter, deadlined)
+    const unseen = Effect.catchIf(
+      deadlined,
+      (error) => !served && error._tag === "TimeoutError",
+      (error) => {
+        queuedOut = error
+        return Effect.interrupt
+      }
+    )
+    const breakered = Effect.catchCause(step.breaker.execute(step.name, unseen), (cause) =>
+      queuedOut !== undefined && Cause.hasInterruptsOnly(cause) ? Effect.fail(queuedOut) : Effect.failCause(cause)
+    )
+    return guard(step, plan, counter, breakered)
+  }
+
+  // The attempt under its breaker: its span when traced, then the rate limit's wait outside it.
+  const guard = <T, A>(
+    step: Step<T>,
+    plan: Plan<T, A>,
+    counter: Counter,
+    breakered: Effect.Effect<A, AiError>
+  ): Effect.Effect<A, AiError> => {
     const traced = counter.traced
     const guarded =
       traced === undefined
