@@ -1,5 +1,5 @@
 import { assert, describe, it } from "@effect/vitest"
-import { Context, Effect, Fiber, Layer } from "effect"
+import { Context, Effect, Fiber, Layer, Stream } from "effect"
 import { TestClock } from "effect/testing"
 import * as CircuitBreaker from "../src/CircuitBreaker.js"
 import * as Executor from "../src/Executor.js"
@@ -68,5 +68,38 @@ describe("provider slots and the breaker", () => {
         assert.strictEqual(refused._tag, "CircuitOpenError")
       })
     )
+  )
+})
+
+describe("provider slots and a stream's first-chunk deadline", () => {
+  it.effect(
+    "a stream queued for the provider's slot fails at its first-chunk deadline (it covers the wait, as an attempt's covers a call's), and its breaker does not count it",
+    () =>
+      Effect.scoped(
+        Effect.gen(function* () {
+          const executor = yield* over("10 seconds", 1)
+          // The first stream holds the only slot, its first chunk 10 s away.
+          const holder = yield* Effect.forkChild(
+            Stream.runCollect(executor.stream(ask, { firstChunkTimeout: "20 seconds" }))
+          )
+          yield* TestClock.adjust("10 millis")
+          const queued = yield* Effect.forkChild(
+            Effect.flip(Stream.runCollect(executor.stream(ask, { firstChunkTimeout: "1 second", retry: false })))
+          )
+          yield* TestClock.adjust("1 second")
+          const error = yield* Fiber.join(queued)
+          assert.strictEqual(error._tag, "TimeoutError")
+          assert.strictEqual((error as { readonly limit: string }).limit, "firstChunk")
+          // failMax 1: had the queued stream counted, the circuit would be open now.
+          yield* TestClock.adjust("10 seconds")
+          const parts = yield* Fiber.join(holder)
+          assert.isAbove(parts.length, 0)
+          const after = yield* Effect.forkChild(
+            Stream.runCollect(executor.stream(ask, { firstChunkTimeout: "20 seconds" }))
+          )
+          yield* TestClock.adjust("11 seconds")
+          assert.isAbove((yield* Fiber.join(after)).length, 0)
+        })
+      )
   )
 })

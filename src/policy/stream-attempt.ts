@@ -140,6 +140,8 @@ export interface Attempt {
   release: Effect.Effect<void> | undefined
   finish: Finish | undefined
   serving: boolean
+  /** Whether its provider ever saw it: its breaker counts nothing of an attempt cut while it queued. */
+  served: boolean
   space: (() => void) | undefined
   dedupe: Dedupe | undefined
   /** The attempt's span, when its stream has one. */
@@ -215,29 +217,41 @@ const produce = Effect.fnUntraced(function* (host: AttemptHost, attempt: Attempt
   if (step.breaker !== undefined) {
     attempt.permit = yield* Scope.provide(step.breaker.admit(step.name), attempt.scope)
   }
+  // The first chunk's deadline covers the wait for the provider's slot, as an attempt's deadline
+  // covers a call's: a stream queued behind a local model's pool waited up to its total deadline.
+  attempt.watch.arm(firstChunkOf(plan, step))
   const semaphore = engine.slot(step.name, step.maxConcurrency)
   if (semaphore !== undefined) {
     const queuedAt = now()
     for (const g of attempt.series.gauges) g.queued++
-    yield* Effect.onExit(semaphore.take(1), () =>
-      Effect.sync(() => {
-        for (const g of attempt.series.gauges) g.queued--
-        attempt.series.queueWait.record(now() - queuedAt)
-      })
+    // Taken and its release registered in one step: a deadline striking in between would leave
+    // the slot taken for ever. Given back when the upstream is done, not when a slow consumer
+    // has read the buffer.
+    yield* Effect.uninterruptibleMask((restore) =>
+      Effect.flatMap(
+        Effect.onExit(restore(semaphore.take(1)), () =>
+          Effect.sync(() => {
+            for (const g of attempt.series.gauges) g.queued--
+            attempt.series.queueWait.record(now() - queuedAt)
+          })
+        ),
+        () => {
+          let held = true
+          const release = Effect.suspend(() => {
+            if (!held) return Effect.void
+            held = false
+            return semaphore.release(1)
+          })
+          attempt.release = release
+          return Scope.addFinalizer(attempt.scope, release)
+        }
+      )
     )
-    // Given back when the upstream is done, not when a slow consumer has read the buffer.
-    let held = true
-    attempt.release = Effect.suspend(() => {
-      if (!held) return Effect.void
-      held = false
-      return semaphore.release(1)
-    })
-    yield* Scope.addFinalizer(attempt.scope, attempt.release)
   }
   attempt.serving = true
+  attempt.served = true
   attempt.started = now()
   for (const g of attempt.series.gauges) g.enter()
-  attempt.watch.arm(firstChunkOf(plan, step))
   // The upstream's pull as is: `Stream.toPull` wraps every pull in a merge of its context
   // into the caller's and a semaphore (~1 µs and a copy of the context a chunk); this
   // fiber is its only reader and runs in that very context.
@@ -350,6 +364,7 @@ const startAttempt = Effect.fnUntraced(function* (
     release: undefined,
     finish: undefined,
     serving: false,
+    served: false,
     space: undefined,
     dedupe,
     span
@@ -399,7 +414,8 @@ const startAttempt = Effect.fnUntraced(function* (
 /**
  * Ends an attempt: its span ended (with `left`, the stream's end, when the consumer left it),
  * its watch disposed, its producer interrupted, its outcome recorded on its breaker permit
- * (`"ignored"`: left by the consumer), its scope closed.
+ * (`"ignored"`: left by the consumer, or never served: cut while it queued for the provider's
+ * slot), its scope closed.
  *
  * @internal
  */
@@ -415,7 +431,7 @@ export const closeAttempt = (
     attempt.fiber?.interruptUnsafe()
     const permit = attempt.permit
     attempt.permit = undefined
-    const record = permit === undefined ? Effect.void : permit.record(outcome)
+    const record = permit === undefined ? Effect.void : permit.record(attempt.served ? outcome : "ignored")
     return Effect.andThen(record, Scope.close(attempt.scope, Exit.void))
   })
 
