@@ -174,6 +174,33 @@ export interface BatchOptions extends Omit<RunOptions, "cancel" | "onEvent"> {
 }
 
 /**
+ * Options of `createOrchestra` itself (the manager's own are its layer's). Each is checked: a value that
+ * is not a duration (`NaN`, a negative one, `"soon"`) or an unknown key is an `OptionError` naming it,
+ * which every call rejects with (the manager is never built), as for a layer's wrong options.
+ *
+ * @since 0.3.0
+ * @category models
+ */
+export interface FacadeOptions {
+  /**
+   * A build of the manager that failed (a Redis layer that could not connect, a model file briefly
+   * unreadable) is tried again by the first call made this long after it; calls made sooner reject at
+   * once with the same failure, and build nothing. The wait doubles with each failure in a row, up to
+   * a minute (or this value, when longer). `0`: the next call builds again; `Infinity`: never. Default 1 second. A build
+   * that failed with an `OptionError` (a wrong configuration) is final: never tried again.
+   */
+  readonly rebuildAfter?: Duration.Input | undefined
+  /**
+   * The bound of `dispose()` as a whole (the executor's drain, then every layer's release): once it has
+   * passed, `dispose()` rejects with an {@link OrchestraError} whose `error` is a `ModelError` (reason
+   * `Unknown`) naming what had not finished; the calls still running end with `ShuttingDownError`, and a
+   * release that never ends goes on in the background. Default 30 seconds (above the executor's default
+   * `shutdownDeadline` of 10); `Infinity`: no bound.
+   */
+  readonly disposeTimeout?: Duration.Input | undefined
+}
+
+/**
  * What a prompt may be: a string, or a whole request.
  *
  * @since 0.2.0
@@ -251,6 +278,10 @@ export interface Orchestra {
   ) => Promise<EmbedResponse>
   /** Synchronous; zeros before the manager is built, and the final figures after `dispose()`. */
   readonly stats: (filter?: Stats.Filter) => Stats.ExecutionStats
+  /**
+   * Starts a new stats window. After `dispose()` (or during it) it throws an {@link OrchestraError} whose
+   * `error` is a `ShuttingDownError`, as every call made then is refused: the final figures stay.
+   */
   readonly resetStats: () => void
   /**
    * The library's metrics in the Prometheus text format (see `Prometheus.ts`). After `dispose()`
@@ -268,6 +299,11 @@ export interface Orchestra {
    * is released, the promise rejects with an {@link OrchestraError} whose `error` is a
    * `ModelError` with reason `Unknown` naming the failure, its `cause` what the finalizer threw
    * (an `AggregateError` of them when several did).
+   *
+   * It is bounded by `disposeTimeout` (see {@link FacadeOptions}, default 30 seconds): a layer whose
+   * release never ends makes it reject then with a `ModelError` (reason `Unknown`) naming what had not
+   * finished, instead of hanging for ever. Made while a failed build is being tried again, it cuts that
+   * build: the calls waiting for it reject with `ShuttingDownError`.
    */
   readonly dispose: () => Promise<void>
   /**
@@ -285,6 +321,10 @@ export interface Orchestra {
  * Builds the manager on first use and keeps it until `dispose()`. Share one per
  * application: its breakers, limits, cache and stats protect only the calls made through it.
  *
+ * A build that fails rejects the calls waiting for it with its failure (each once); a later call
+ * builds again once `options.rebuildAfter` has passed (a backoff that doubles), so a Redis that was
+ * down at start needs no restart of the process. An `OptionError` (a wrong configuration) is final.
+ *
  * Rejections: an {@link OrchestraError} carrying the typed failure; a failure of a
  * provider layer that is not one of the library's errors is rejected as it is; a defect
  * (a bug) of a call as its squashed error. `dispose()` rejects only with an `OrchestraError`.
@@ -292,9 +332,10 @@ export interface Orchestra {
  * @since 0.1.0
  * @category constructors
  */
-export const createOrchestra: <E>(layer: Layer.Layer<Services, E, never>) => Orchestra = makeCreateOrchestra({
-  AbortedError,
-  OrchestraError
-})
+export const createOrchestra: <E>(layer: Layer.Layer<Services, E, never>, options?: FacadeOptions) => Orchestra =
+  makeCreateOrchestra({
+    AbortedError,
+    OrchestraError
+  })
 
 export type { Answer, DomainOutcome }

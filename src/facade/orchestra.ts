@@ -27,6 +27,7 @@ import { type AiError, isAiError, ModelError, ShuttingDownError, TimeoutError } 
 import type {
   AbortedError,
   FacadeError,
+  FacadeOptions,
   Orchestra,
   OrchestraError,
   ParallelOptions,
@@ -63,6 +64,71 @@ const notALayer = (given: unknown): Layer.Layer<Services, Input.OptionError> =>
       })
     )
   )
+
+/** Milliseconds since `started`, on the facade's clock. */
+const since = (started: number): number => clock.currentTimeMillisUnsafe() - started
+
+const defaults = { rebuildAfter: Duration.seconds(1), disposeTimeout: Duration.seconds(30) }
+
+// The longest wait between two builds of a manager that keeps failing (unless `rebuildAfter` is longer).
+const maxRebuildAfterMillis = 60_000
+
+const facadeKeys: ReadonlySet<string> = new Set(["rebuildAfter", "disposeTimeout"])
+
+/** `createOrchestra`'s own options, checked: a failure names the field, as a layer's options do. */
+const readOptions = (
+  options: unknown
+): Result.Result<
+  { readonly rebuildAfter: Duration.Duration; readonly disposeTimeout: Duration.Duration },
+  Input.OptionError
+> => {
+  if (options === undefined) return Result.succeed(defaults)
+  const refuse = (path: string, message: string) => Result.fail(Input.toOptionError({ path, message }))
+  if (typeof options !== "object" || options === null || Array.isArray(options)) {
+    return refuse("options", `expected an object of options, got ${Input.kindOf(options)}`)
+  }
+  try {
+    const given = options as FacadeOptions
+    for (const key of Object.keys(given)) {
+      if (!facadeKeys.has(key)) return refuse(key, `unknown option (expected one of ${[...facadeKeys].join(", ")})`)
+    }
+    const rebuildAfter = Input.duration("rebuildAfter", given.rebuildAfter ?? defaults.rebuildAfter, {
+      allowZero: true,
+      allowInfinite: true
+    })
+    if (Result.isFailure(rebuildAfter)) return Result.fail(Input.toOptionError(rebuildAfter.failure))
+    const disposeTimeout = Input.duration("disposeTimeout", given.disposeTimeout ?? defaults.disposeTimeout, {
+      allowInfinite: true
+    })
+    if (Result.isFailure(disposeTimeout)) return Result.fail(Input.toOptionError(disposeTimeout.failure))
+    return Result.succeed({ rebuildAfter: rebuildAfter.success, disposeTimeout: disposeTimeout.success })
+  } catch (error) {
+    return refuse("options", `reading them threw: ${Input.thrownMessage(error)}`)
+  }
+}
+
+const timedOut: unique symbol = Symbol("timedOut")
+
+/** `promise`, or `timedOut` once `bound` has passed first (the facade's clock; no timer left behind). */
+const within = <A>(promise: Promise<A>, bound: Duration.Duration): Promise<A | typeof timedOut> =>
+  !Duration.isFinite(bound)
+    ? promise
+    : new Promise((resolve, reject) => {
+        const deadline = Effect.runFork(clock.sleep(bound))
+        deadline.addObserver((exit) => {
+          if (Exit.isSuccess(exit)) resolve(timedOut)
+        })
+        promise.then(
+          (value) => {
+            deadline.interruptUnsafe()
+            resolve(value)
+          },
+          (error: unknown) => {
+            deadline.interruptUnsafe()
+            reject(error)
+          }
+        )
+      })
 
 /** What a stream's `return()` reaches past a `next()` that waits: an async generator queues it behind that `next()`. */
 interface Closing {
@@ -137,7 +203,7 @@ export const makeCreateOrchestra = (env: Env) => {
     promise: Promise<A>,
     signal: AbortSignal | undefined,
     timeout: Duration.Duration | undefined,
-    elapsed: () => number,
+    started: number,
     closing?: Closing
   ): Promise<A | undefined> =>
     signal === undefined && timeout === undefined && closing === undefined
@@ -159,7 +225,7 @@ export const makeCreateOrchestra = (env: Env) => {
           }
           const onAbort = () => {
             settled()
-            reject(new OrchestraError(abortError(signal!, elapsed())))
+            reject(new OrchestraError(abortError(signal!, since(started))))
           }
           const deadline = timeout === undefined ? undefined : Effect.runFork(clock.sleep(timeout))
           deadline?.addObserver((exit) => {
@@ -261,9 +327,22 @@ export const makeCreateOrchestra = (env: Env) => {
   const shuttingDown = (message = "the orchestra has been disposed and admits no new calls") =>
     new OrchestraError(new ShuttingDownError({ message }))
 
-  const createOrchestra = <E>(layer: Layer.Layer<Services, E, never>): Orchestra => {
+  const createOrchestra = <E>(layer: Layer.Layer<Services, E, never>, options?: FacadeOptions): Orchestra => {
+    const read = readOptions(options)
+    const { rebuildAfter, disposeTimeout } = Result.isSuccess(read) ? read.success : defaults
     // Code without types may hand over the manager's options themselves: a manager that cannot be built.
-    const runtime = ManagedRuntime.make(Layer.isLayer(layer) ? layer : notALayer(layer))
+    // So is one given wrong facade options: every call is told the OptionError naming the field.
+    const given: Layer.Layer<Services, unknown> = !Layer.isLayer(layer)
+      ? notALayer(layer)
+      : Result.isFailure(read)
+        ? Layer.effectContext(Effect.fail(read.failure))
+        : layer
+    let runtime = ManagedRuntime.make(given)
+    // The last failed build: refused again until its backoff has passed, for ever when it is an OptionError.
+    let failed: { readonly error: unknown; readonly at: number; readonly final: boolean } | undefined
+    let failures = 0
+    // A failed build's runtime being released (what the build had acquired), before the next build starts.
+    let releasing: Promise<void> | undefined
     let services: Context.Context<Services> | undefined
     let statsService: Stats.Service | undefined
     let building: Promise<Context.Context<Services>> | undefined
@@ -296,21 +375,88 @@ export const makeCreateOrchestra = (env: Env) => {
       return Cause.squash(cause)
     }
 
+    const cutBuild = () => shuttingDown("the orchestra was disposed before the manager was built: the call never ran")
+
+    const backoffMillis = () =>
+      Math.min(
+        Duration.toMillis(rebuildAfter) * 2 ** (failures - 1),
+        Math.max(maxRebuildAfterMillis, Duration.toMillis(rebuildAfter))
+      )
+
     const servicesOf = (): Promise<Context.Context<Services>> => {
       if (services !== undefined) return Promise.resolve(services)
-      building ??= Effect.runPromiseExit(runtime.contextEffect).then((exit) => {
+      if (building !== undefined) return building
+      if (failed !== undefined) {
+        if (failed.final || since(failed.at) < backoffMillis()) return Promise.reject(failed.error)
+        runtime = ManagedRuntime.make(given)
+      }
+      const current = runtime
+      // `dispose()` while a failed build's runtime was being released: this build never starts.
+      const build = () =>
+        disposing !== undefined ? Promise.reject(cutBuild()) : Effect.runPromiseExit(current.contextEffect)
+      building = (releasing === undefined ? build() : releasing.then(build)).then((exit) => {
         if (Exit.isFailure(exit)) {
           // Cut by `dispose()`: the calls waiting for the build were made before it, not refused as new ones.
-          throw disposing !== undefined && Cause.hasInterruptsOnly(exit.cause)
-            ? shuttingDown("the orchestra was disposed before the manager was built: the call never ran")
-            : rejectionOf(exit.cause, undefined)
+          if (disposing !== undefined && Cause.hasInterruptsOnly(exit.cause)) throw cutBuild()
+          const error = rejectionOf(exit.cause, undefined)
+          const failure = Cause.findErrorOption(exit.cause)
+          const final = failure._tag === "Some" && failure.value instanceof Input.OptionError
+          failed = { error, at: clock.currentTimeMillisUnsafe(), final }
+          failures++
+          building = undefined
+          if (!final && disposing === undefined) {
+            // Its release failing or hanging does not stop the next build for longer than dispose()'s own bound.
+            releasing = within(Effect.runPromiseExit(current.disposeEffect), disposeTimeout).then(() => {
+              releasing = undefined
+            })
+          }
+          throw error
         }
+        failed = undefined
         services = exit.value
         statsService = Context.get(services, Stats.Stats)
         return services
       })
       return building
     }
+
+    /**
+     * Starts a call's program on the built manager as a fiber of its own; `signal` (none for a batch)
+     * interrupts it. Made once, not per call: the built manager's hot path allocates only the call's promise.
+     */
+    const start = <I, A>(
+      context: Context.Context<Services>,
+      program: (input: I, checked: Checked) => Effect.Effect<A, unknown, Services>,
+      input: I,
+      checked: Checked,
+      signal: AbortSignal | undefined,
+      batch: boolean,
+      started: number
+    ): Promise<A> =>
+      new Promise<A>((resolve, reject) => {
+        if (signal?.aborted) return reject(new OrchestraError(abortError(signal, since(started))))
+        const cut: Cut = { error: undefined }
+        let aborted: FacadeError | undefined
+        const fiber = Effect.runForkWith(context)(Effect.provideService(program(input, checked), CurrentCut, cut))
+        const onAbort = () => {
+          const error = abortError(signal!, since(started))
+          aborted = error
+          // Set before the interruption, so the cut steps are counted as what the caller sees.
+          if (error._tag !== "AbortedError") cut.error = error
+          fiber.interruptUnsafe()
+        }
+        if (!batch) running.add(fiber)
+        // The fiber ran up to its first wait already: code it ran (a provider's) may have aborted the signal.
+        let listening: Disposable | undefined
+        if (signal?.aborted) onAbort()
+        else if (signal !== undefined) listening = addAbortListener(signal, onAbort)
+        fiber.addObserver((exit) => {
+          running.delete(fiber)
+          listening?.[Symbol.dispose]()
+          if (Exit.isSuccess(exit)) resolve(exit.value)
+          else reject(rejectionOf(exit.cause, aborted))
+        })
+      })
 
     /**
      * Runs a call's program on the manager; its signal interrupts it unless it is a batch (which it
@@ -338,49 +484,26 @@ export const makeCreateOrchestra = (env: Env) => {
       }
       if (Result.isFailure(input)) return Promise.reject(new OrchestraError(input.failure))
       const started = clock.currentTimeMillisUnsafe()
-      const elapsed = () => clock.currentTimeMillisUnsafe() - started
-      const start = (context: Context.Context<Services>, checked: Checked) =>
-        new Promise<A>((resolve, reject) => {
-          if (signal?.aborted) return reject(new OrchestraError(abortError(signal, elapsed())))
-          const cut: Cut = { error: undefined }
-          let aborted: FacadeError | undefined
-          const fiber = Effect.runForkWith(context)(
-            Effect.provideService(program(input.success, checked), CurrentCut, cut)
-          )
-          const onAbort = () => {
-            const error = abortError(signal!, elapsed())
-            aborted = error
-            // Set before the interruption, so the cut steps are counted as what the caller sees.
-            if (error._tag !== "AbortedError") cut.error = error
-            fiber.interruptUnsafe()
-          }
-          if (!batch) running.add(fiber)
-          // The fiber ran up to its first wait already: code it ran (a provider's) may have aborted the signal.
-          let listening: Disposable | undefined
-          if (signal?.aborted) onAbort()
-          else if (signal !== undefined) listening = addAbortListener(signal, onAbort)
-          fiber.addObserver((exit) => {
-            running.delete(fiber)
-            listening?.[Symbol.dispose]()
-            if (Exit.isSuccess(exit)) resolve(exit.value)
-            else reject(rejectionOf(exit.cause, aborted))
-          })
-        })
       // A built manager starts the call now: a `.then` would start it a microtask later, after a
       // `dispose()` made in the same tick, which would refuse a call made before it.
-      if (services !== undefined) return start(services, checked)
+      if (services !== undefined) return start(services, program, input.success, checked, signal, batch, started)
+      const value = input.success
       // Still building: admitted all the same. A `dispose()` meanwhile either cuts the build (the
       // call is rejected with it) or closes the executor, which admits and drains it or refuses it.
       // The build's wait counts in the call's timeout (a batch's: it is cancelled at once when none is left).
       // A batch has no result without a manager: one whose signal aborts or whose timeout passes
       // before the manager is built rejects as a call does, instead of waiting for the build for ever.
-      return untilBuilt(servicesOf(), checked.signal, checked.timeout, elapsed).then((built) => {
+      return untilBuilt(servicesOf(), checked.signal, checked.timeout, started).then((built) => {
         // Only a stream's wait (given its `Closing`) ends without a manager.
         const context = built!
-        const left = timeLeft(checked, elapsed())
-        if (left === checked) return start(context, left)
-        if (left !== undefined) return start(context, left).catch(asGiven(checked.timeout!, left.timeout!))
-        if (batch) return start(context, { ...checked, timeout: Duration.zero })
+        const left = timeLeft(checked, since(started))
+        if (left === checked) return start(context, program, value, left, signal, batch, started)
+        if (left !== undefined) {
+          return start(context, program, value, left, signal, batch, started).catch(
+            asGiven(checked.timeout!, left.timeout!)
+          )
+        }
+        if (batch) return start(context, program, value, { ...checked, timeout: Duration.zero }, signal, batch, started)
         return Promise.reject(new OrchestraError(new TimeoutError({ limit: "total", timeout: checked.timeout! })))
       })
     }
@@ -395,11 +518,10 @@ export const makeCreateOrchestra = (env: Env) => {
       const request = requestOf(prompt, read.success.context)
       if (Result.isFailure(request)) throw new OrchestraError(request.failure)
       const started = clock.currentTimeMillisUnsafe()
-      const elapsed = () => clock.currentTimeMillisUnsafe() - started
-      const context = services ?? (await untilBuilt(servicesOf(), signal, read.success.timeout, elapsed, closing))
+      const context = services ?? (await untilBuilt(servicesOf(), signal, read.success.timeout, started, closing))
       // Closed while the manager was being built: the stream never starts, and `return()` does not wait for the build.
       if (context === undefined || closing.closed) return
-      const left = timeLeft(read.success, elapsed())
+      const left = timeLeft(read.success, since(started))
       if (left === undefined)
         throw new OrchestraError(new TimeoutError({ limit: "total", timeout: read.success.timeout! }))
       const shortened = left === read.success ? undefined : asGiven(read.success.timeout!, left.timeout!)
@@ -415,7 +537,7 @@ export const makeCreateOrchestra = (env: Env) => {
       let aborted: FacadeError | undefined
       // Closing the iterator interrupts the pull it is waiting for: the pull ends, and the loop rejects.
       const onAbort = () => {
-        aborted = abortError(signal!, elapsed(), delivered)
+        aborted = abortError(signal!, since(started), delivered)
         // Set before the interruption, so the cut steps are counted as what the caller sees.
         if (aborted._tag !== "AbortedError") cut.error = aborted
         close().catch(() => undefined)
@@ -508,13 +630,29 @@ export const makeCreateOrchestra = (env: Env) => {
       return Prometheus.formatUnsafe(Context.add(services, Metric.MetricRegistry, all))
     }
 
+    /** What `dispose()` rejects with when its bound passed first: what was still running then. */
+    const unfinished = (calls: number): ModelError => {
+      const parts = [
+        ...(calls > 0 ? [`draining ${calls} running call${calls === 1 ? "" : "s"}`] : []),
+        "releasing the manager's layers (a finalizer that has not ended)",
+        ...(releasing !== undefined ? ["releasing a failed build"] : [])
+      ]
+      return new ModelError({
+        reason: "Unknown",
+        message: `dispose: did not finish within ${Duration.format(disposeTimeout)} (disposeTimeout): still ${parts.join(", ")}; calls still running were ended with ShuttingDownError, the release goes on in the background`
+      })
+    }
+
     const dispose = (): Promise<void> => {
-      if (disposing === undefined && services !== undefined) {
-        seriesAtDispose = new Map(Context.get(services, Metric.MetricRegistry))
-      }
-      disposing ??= Effect.runPromiseExit(runtime.disposeEffect).then((exit) => {
+      if (disposing !== undefined) return disposing
+      if (services !== undefined) seriesAtDispose = new Map(Context.get(services, Metric.MetricRegistry))
+      const closed = Effect.runPromiseExit(runtime.disposeEffect)
+      const released = releasing === undefined ? closed : Promise.all([closed, releasing]).then(([exit]) => exit)
+      disposing = within(released, disposeTimeout).then((exit) => {
+        const calls = running.size
         // Nothing should be left once the executor has drained; anything that is ends now.
         for (const fiber of running) fiber.interruptUnsafe()
+        if (exit === timedOut) throw new OrchestraError(unfinished(calls))
         // The scope ran every finalizer whatever one of them did: only then is a failure told.
         if (Exit.isFailure(exit)) throw new OrchestraError(releaseFailure(exit.cause))
       })
@@ -558,6 +696,10 @@ export const makeCreateOrchestra = (env: Env) => {
         return emptyStats
       },
       resetStats: () => {
+        // As every call after `dispose()` is refused: the final figures `stats()` answers are kept.
+        if (disposing !== undefined) {
+          throw shuttingDown("the orchestra has been disposed: resetStats() is refused, the final figures are kept")
+        }
         if (statsService !== undefined) Effect.runSync(statsService.reset)
       },
       metrics: () => {

@@ -1,0 +1,170 @@
+/**
+ * A manager whose build failed, a `dispose()` that does not end, and what is left after `dispose()`.
+ * A Promise API on the real clock: a rebuild's backoff is either nothing (`rebuildAfter: 0`) or far
+ * longer than the test, so no assertion hangs on time passing.
+ */
+import { assert, describe, it } from "@effect/vitest"
+import { Effect, Layer } from "effect"
+import { ModelError } from "../src/AiError.js"
+import { createOrchestra, OrchestraError } from "../src/Facade.js"
+import * as Input from "../src/Input.js"
+import { ModelProvider } from "../src/Model.js"
+import * as Mock from "../src/Model/Mock.js"
+import * as Orchestra from "../src/Orchestra.js"
+import { typed } from "./utils/facade.js"
+
+const unhandled: Array<unknown> = []
+process.on("unhandledRejection", (reason) => unhandled.push(reason))
+
+let mocks = 0
+/** A provider layer whose first `failures` builds fail (a server not up yet), each build counted. */
+const flaky = (failures: number, failure: () => unknown = () => new Error("connect ECONNREFUSED 127.0.0.1:6379")) => {
+  const { control, provider } = Effect.runSync(Mock.make({ name: `facade-rebuild-${++mocks}` }))
+  const state = { builds: 0, released: 0 }
+  const layer = Layer.effect(
+    ModelProvider,
+    Effect.gen(function* () {
+      const attempt = ++state.builds
+      yield* Effect.acquireRelease(Effect.void, () => Effect.sync(() => state.released++))
+      if (attempt <= failures) return yield* Effect.fail(failure())
+      return provider
+    })
+  )
+  return { control, state, layer }
+}
+
+const answered = async (promise: Promise<{ readonly response: { readonly text: string } }>) =>
+  (await promise).response.text
+
+describe("createOrchestra: a build that failed", () => {
+  it("is tried again by a later call once its backoff has passed: a layer that fails twice then builds", async () => {
+    const f = flaky(2)
+    const orchestra = createOrchestra(Orchestra.layer({ providers: { main: f.layer } }), { rebuildAfter: 0 })
+    try {
+      const first = await orchestra.execute("q").catch((error: unknown) => error)
+      assert.include(String((first as Error).message), "ECONNREFUSED")
+      const second = await orchestra.execute("q").catch((error: unknown) => error)
+      assert.include(String((second as Error).message), "ECONNREFUSED")
+      assert.strictEqual(await answered(orchestra.execute("q")), "mock answer to: q")
+      assert.strictEqual(f.state.builds, 3)
+      // What a failed build had acquired was released before the next build.
+      assert.strictEqual(f.state.released, 2)
+      assert.strictEqual(orchestra.stats().successes, 1)
+    } finally {
+      await orchestra.dispose()
+    }
+    assert.strictEqual(f.state.released, 3)
+    assert.deepStrictEqual(unhandled, [])
+  })
+
+  it("within its backoff a call gets the build's failure at once and builds nothing; calls waiting on it each get it once", async () => {
+    const f = flaky(1, () => new ModelError({ reason: "Transport", message: "redis down" }))
+    const orchestra = createOrchestra(Orchestra.layer({ providers: { main: f.layer } }))
+    try {
+      const waiting = await Promise.all([typed(orchestra.execute("a")), typed(orchestra.execute("b"))])
+      for (const error of waiting) assert.strictEqual(error.message, "redis down")
+      // Default backoff (1 second, doubling): not rebuilt by a call made at once.
+      assert.strictEqual((await typed(orchestra.execute("c"))).message, "redis down")
+      assert.strictEqual(f.state.builds, 1)
+    } finally {
+      await orchestra.dispose()
+    }
+    assert.deepStrictEqual(unhandled, [])
+  })
+
+  it("an OptionError (a wrong configuration) is final: never built again, whatever the backoff", async () => {
+    const f = flaky(Infinity, () => Input.toOptionError({ path: "url", message: "expected a redis:// URL" }))
+    const orchestra = createOrchestra(Orchestra.layer({ providers: { main: f.layer } }), { rebuildAfter: 0 })
+    try {
+      for (let i = 0; i < 3; i++) {
+        const error = await typed(orchestra.execute("q"))
+        assert.strictEqual(error._tag === "OptionError" && error.path, "providers.main.url")
+      }
+      assert.strictEqual(f.state.builds, 1)
+    } finally {
+      await orchestra.dispose()
+    }
+  })
+
+  it("dispose() during a rebuild cuts it: the call waiting for it is told so, dispose() resolves", async () => {
+    const { provider } = Effect.runSync(Mock.make({ name: `facade-rebuild-${++mocks}` }))
+    let builds = 0
+    const layer = Layer.effect(
+      ModelProvider,
+      Effect.suspend(() => (++builds === 1 ? Effect.fail(new Error("model file busy")) : Effect.never)).pipe(
+        Effect.as(provider)
+      )
+    )
+    const orchestra = createOrchestra(Orchestra.layer({ providers: { main: layer } }), { rebuildAfter: 0 })
+    await orchestra.execute("q").catch(() => undefined)
+    const waiting = typed(orchestra.execute("q"))
+    const stream = typed(orchestra.stream("q")[Symbol.asyncIterator]().next())
+    while (builds < 2) await new Promise((resolve) => setImmediate(resolve))
+    await orchestra.dispose()
+    for (const error of [await waiting, await stream]) {
+      assert.strictEqual(error._tag, "ShuttingDownError")
+      assert.include(error.message, "before the manager was built")
+    }
+    assert.deepStrictEqual(unhandled, [])
+  })
+
+  it("its options are checked: a rebuildAfter or disposeTimeout that is not a duration is an OptionError naming it", async () => {
+    const f = flaky(0)
+    for (const [options, path] of [
+      [{ rebuildAfter: Number.NaN }, "rebuildAfter"],
+      [{ rebuildAfter: "-1 second" }, "rebuildAfter"],
+      [{ disposeTimeout: -5 }, "disposeTimeout"],
+      [{ disposeTimeout: "soon" }, "disposeTimeout"],
+      [{ disposeTimout: "1 second" }, "disposeTimout"],
+      ["fast", "options"]
+    ] as const) {
+      const orchestra = createOrchestra(Orchestra.layer({ providers: { main: f.layer } }), options as never)
+      const error = await typed(orchestra.execute("q"))
+      assert.strictEqual(error._tag === "OptionError" && error.path, path, String(error.message))
+      await orchestra.dispose()
+    }
+    assert.strictEqual(f.state.builds, 0)
+  })
+})
+
+describe("createOrchestra: dispose() has a bound of its own", () => {
+  it("a layer whose release never ends: dispose() rejects after disposeTimeout, naming what did not finish", async () => {
+    const { provider } = Effect.runSync(Mock.make({ name: `facade-rebuild-${++mocks}` }))
+    const stuck = Layer.effect(
+      ModelProvider,
+      Effect.as(
+        Effect.acquireRelease(Effect.void, () => Effect.never),
+        provider
+      )
+    )
+    const orchestra = createOrchestra(Orchestra.layer({ providers: { main: stuck } }), { disposeTimeout: "50 millis" })
+    await orchestra.execute("q")
+    const error = await typed(orchestra.dispose())
+    assert.strictEqual(error._tag, "ModelError")
+    assert.include(error.message, "did not finish within 50ms")
+    assert.include(error.message, "releasing the manager's layers")
+    // Settled for good: the same promise, and calls are refused.
+    assert.strictEqual((await typed(orchestra.dispose())).message, error.message)
+    assert.strictEqual((await typed(orchestra.execute("late")))._tag, "ShuttingDownError")
+    assert.deepStrictEqual(unhandled, [])
+  })
+})
+
+describe("createOrchestra: resetStats() after dispose()", () => {
+  it("refuses with a ShuttingDownError and keeps the final figures", async () => {
+    const f = flaky(0)
+    const orchestra = createOrchestra(Orchestra.layer({ providers: { main: f.layer } }))
+    await orchestra.execute("q")
+    await orchestra.dispose()
+    let thrown: unknown
+    try {
+      orchestra.resetStats()
+    } catch (error) {
+      thrown = error
+    }
+    assert.instanceOf(thrown, OrchestraError)
+    assert.strictEqual((thrown as OrchestraError).error._tag, "ShuttingDownError")
+    assert.include((thrown as OrchestraError).message, "final figures")
+    assert.strictEqual(orchestra.stats().successes, 1)
+  })
+})
