@@ -113,6 +113,8 @@ describe("createOrchestra: a build that failed", () => {
     for (const [options, path] of [
       [{ rebuildAfter: Number.NaN }, "rebuildAfter"],
       [{ rebuildAfter: "-1 second" }, "rebuildAfter"],
+      [{ rebuildAfter: "soon" }, "rebuildAfter"],
+      [{ disposeTimeout: Number.NaN }, "disposeTimeout"],
       [{ disposeTimeout: -5 }, "disposeTimeout"],
       [{ disposeTimeout: "soon" }, "disposeTimeout"],
       [{ disposeTimout: "1 second" }, "disposeTimout"],
