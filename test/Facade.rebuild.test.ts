@@ -108,6 +108,43 @@ describe("createOrchestra: a build that failed", () => {
     assert.deepStrictEqual(unhandled, [])
   })
 
+  it("a call's signal during a rebuild: that call alone rejects with its AbortedError, once; the rebuild goes on", async () => {
+    const { provider } = Effect.runSync(Mock.make({ name: `facade-rebuild-${++mocks}` }))
+    let builds = 0
+    let open: (() => void) | undefined
+    const layer = Layer.effect(
+      ModelProvider,
+      Effect.suspend(() =>
+        ++builds === 1
+          ? Effect.fail(new Error("model file busy"))
+          : Effect.callback<void>((resume) => {
+              open = () => resume(Effect.void)
+            })
+      ).pipe(Effect.as(provider))
+    )
+    const orchestra = createOrchestra(Orchestra.layer({ providers: { main: layer } }), { rebuildAfter: 0 })
+    try {
+      await orchestra.execute("q").catch(() => undefined)
+      const controller = new AbortController()
+      const outcomes: Array<string> = []
+      const aborted = orchestra.execute("a", { signal: controller.signal }).then(
+        () => outcomes.push("resolved"),
+        (error: unknown) => outcomes.push((error as OrchestraError).error._tag)
+      )
+      const other = orchestra.execute("b")
+      while (open === undefined) await new Promise((resolve) => setImmediate(resolve))
+      controller.abort("user left")
+      await aborted
+      open()
+      assert.strictEqual(await answered(other), "mock answer to: b")
+      assert.deepStrictEqual(outcomes, ["AbortedError"])
+      assert.strictEqual(builds, 2)
+    } finally {
+      await orchestra.dispose()
+    }
+    assert.deepStrictEqual(unhandled, [])
+  })
+
   it("its options are checked: a rebuildAfter or disposeTimeout that is not a duration is an OptionError naming it", async () => {
     const f = flaky(0)
     for (const [options, path] of [
