@@ -166,6 +166,16 @@ export const domainsOf = (domains: unknown): Result.Result<ReadonlyArray<string>
     : Result.succeed(read.success as ReadonlyArray<string>)
 }
 
+/** A call's request and its domains, read in that order. @internal */
+export const withDomains = (
+  prompt: unknown,
+  domains: unknown,
+  checked: Checked
+): Result.Result<readonly [GenerateRequest, ReadonlyArray<string>], ModelError> =>
+  Result.flatMap(requestOf(prompt, checked.context), (request) =>
+    Result.map(domainsOf(domains), (names) => [request, names] as const)
+  )
+
 /**
  * Whether an abort reason says the caller's deadline passed (`AbortSignal.timeout` gives a
  * `TimeoutError` DOMException).

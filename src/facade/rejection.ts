@@ -1,0 +1,111 @@
+/**
+ * What a facade call rejects with: its signal's abort as its typed error, a failure of its fiber
+ * (or of the manager's build) as an `OrchestraError`, and a `ShuttingDownError` once `dispose()`
+ * has been called.
+ *
+ * @internal
+ */
+import { Cause, Duration } from "effect"
+import { type AiError, isAiError, ShuttingDownError, TimeoutError } from "../AiError.js"
+import type { AbortedError, FacadeError, OrchestraError } from "../Facade.js"
+import * as Input from "../Input.js"
+import { isTimeoutReason } from "./input.js"
+
+/**
+ * What `createOrchestra` takes from `Facade.ts`: its error classes.
+ *
+ * @internal
+ */
+export interface Env {
+  readonly AbortedError: typeof AbortedError
+  readonly OrchestraError: typeof OrchestraError
+}
+
+/**
+ * The facade's rejections over its error classes; made once, at load.
+ *
+ * @internal
+ */
+export const makeRejections = (env: Env) => {
+  const { AbortedError, OrchestraError } = env
+
+  /** What an aborted signal means: a timeout when its reason says so, otherwise a cancellation. */
+  const abortError = (signal: AbortSignal, elapsedMillis: number, partialText?: string): AiError | AbortedError => {
+    const reason: unknown = signal.reason
+    let why = ""
+    // Reading the reason may throw (a `Proxy`, a getter): it runs in the signal's listener, where a
+    // throw would be an uncaught exception and leave the call running. Such a reason is a cancellation.
+    try {
+      if (isAiError(reason)) return reason
+      if (isTimeoutReason(reason)) {
+        return new TimeoutError({
+          limit: "total",
+          timeout: Duration.millis(Math.max(0, elapsedMillis)),
+          // A stream's text delivered before the signal fired, as a total deadline's error carries it.
+          ...(partialText ? { partialText } : {})
+        })
+      }
+      // An Error of another realm (a vm context, an iframe) is no `instanceof Error`: its `message` names it all the same.
+      if (typeof reason === "object" && reason !== null) {
+        const message = (reason as { readonly message?: unknown }).message
+        if (typeof message === "string" && message !== "") why = `: ${message}`
+      } else if (typeof reason === "string") {
+        if (reason !== "") why = `: ${reason}`
+      } else if (typeof reason === "number" || typeof reason === "bigint" || typeof reason === "boolean") {
+        why = `: ${reason}`
+      }
+    } catch {
+      why = ""
+    }
+    return new AbortedError({ message: `the call was aborted by its signal${why}`, cause: reason })
+  }
+
+  /**
+   * A call's `timeout` shortened by the wait for the build (`left`) fires in the pipeline as a total
+   * `TimeoutError` of `left`: the caller is told the timeout it gave, which is what passed.
+   */
+  const asGiven =
+    (given: Duration.Duration, left: Duration.Duration) =>
+    (error: unknown): never => {
+      const timedOut = error instanceof OrchestraError ? error.error : undefined
+      if (timedOut?._tag === "TimeoutError" && timedOut.limit === "total" && Duration.equals(timedOut.timeout, left)) {
+        throw new OrchestraError(
+          new TimeoutError({
+            limit: "total",
+            timeout: given,
+            ...(timedOut.provider === undefined ? {} : { provider: timedOut.provider }),
+            ...(timedOut.partialText === undefined ? {} : { partialText: timedOut.partialText })
+          })
+        )
+      }
+      throw error
+    }
+
+  const isFacadeError = (u: unknown): u is FacadeError =>
+    isAiError(u) || u instanceof AbortedError || u instanceof Input.OptionError
+
+  const shuttingDown = (message = "the orchestra has been disposed and admits no new calls") =>
+    new OrchestraError(new ShuttingDownError({ message }))
+
+  /** What a failed call (or build) rejects with; `disposed`: whether `dispose()` has been called. */
+  const rejectionOf = (cause: Cause.Cause<unknown>, aborted: FacadeError | undefined, disposed: boolean): unknown => {
+    const failure = Cause.findErrorOption(cause)
+    if (failure._tag === "Some") {
+      return isFacadeError(failure.value) ? new OrchestraError(failure.value) : failure.value
+    }
+    if (aborted !== undefined) return new OrchestraError(aborted)
+    if (Cause.hasInterruptsOnly(cause)) {
+      return disposed ? shuttingDown() : new OrchestraError(new AbortedError({ message: "the call was interrupted" }))
+    }
+    return Cause.squash(cause)
+  }
+
+  return { OrchestraError, abortError, asGiven, shuttingDown, rejectionOf }
+}
+
+/**
+ * The facade's rejections, as `makeRejections` makes them.
+ *
+ * @internal
+ */
+export type Rejections = ReturnType<typeof makeRejections>
