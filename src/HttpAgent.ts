@@ -191,7 +191,8 @@ export type Status = "success" | "error" | "timeout" | "service_unavailable" | "
  * - `success`: an agent answered 2xx and the answer decoded.
  * - `error`: an HTTP status outside 2xx (`httpStatus`), a connection failure, an answer that
  *   did not decode (`reason: "Decode"`, `field` names it), was too large (`TooLarge`) or
- *   reported an error, or a task or agent that is invalid (`InvalidRequest`, `field`).
+ *   reported an error, a request body over `maxRequestBytes` (`TooLarge`, nothing sent), or a
+ *   task or agent that is invalid (`InvalidRequest`, `field`).
  * - `timeout`: no answer within the request timeout.
  * - `service_unavailable`: the agent's breaker is open (with a `ResponseCache`, `result` is
  *   the last good result for the task's key and `fromCache` is `true`), or discovery found
@@ -248,6 +249,11 @@ export interface Options {
   readonly timeout?: Input.DurationInput | undefined
   /** Bound of an answer's body. Default 8 MiB. */
   readonly maxResponseBytes?: number | undefined
+  /**
+   * Bound of a task's request body (its args, and in a batch its dependencies' results), in bytes;
+   * a task over it ends in an `error` record (`TooLarge`) and sends nothing. Default 4 MiB.
+   */
+  readonly maxRequestBytes?: number | undefined
   /** Default retries of agent requests. Default none (tasks need not be idempotent). */
   readonly retry?: RetryPolicy | RetryPolicyInput | false | undefined
   /** Breakers of the agents' own (in this process). Default: the executor's shared breakers, or these defaults. */

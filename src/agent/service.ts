@@ -36,6 +36,7 @@ const optionKeys: ReadonlySet<string> = new Set([
   "maxConnectionsPerHost",
   "timeout",
   "maxResponseBytes",
+  "maxRequestBytes",
   "retry",
   "breaker",
   "cache"
@@ -65,6 +66,7 @@ const checkRead = (options: Options) => {
       Input.positiveInt("maxConnectionsPerHost", Input.orDefault(options.maxConnectionsPerHost, 10)),
       Input.duration("timeout", Input.orDefault(options.timeout, "30 seconds")),
       Input.positiveInt("maxResponseBytes", Input.orDefault(options.maxResponseBytes, 8 * 1024 * 1024)),
+      Input.positiveInt("maxRequestBytes", Input.orDefault(options.maxRequestBytes, 4 * 1024 * 1024)),
       options.retry === undefined || options.retry === false ? Result.succeed(undefined) : decodeRetry(options.retry)
     ]),
     (checked) => [checked, options] as const
@@ -120,9 +122,8 @@ const statuses: ReadonlyArray<Status> = ["success", "error", "timeout", "service
 /** Builds the service; `options` as `HttpAgent.make` was given them (`null` included). */
 export const makeService = Effect.fnUntraced(function* (given: Options, env: Env) {
   const { agent, statsDomain } = env
-  const [[maxConnections, perHost, timeout, maxResponseBytes, retry], options] = yield* Input.orOptionError(
-    checkOptions(given)
-  )
+  const [[maxConnections, perHost, timeout, maxResponseBytes, maxRequestBytes, retry], options] =
+    yield* Input.orOptionError(checkOptions(given))
   const executor = yield* Executor
   const stats = yield* Stats
   const breaker =
@@ -167,6 +168,7 @@ export const makeService = Effect.fnUntraced(function* (given: Options, env: Env
     discovery,
     cache,
     timeout,
+    maxRequestBytes,
     retry,
     metrics,
     agentOf,

@@ -7,6 +7,7 @@
  *
  * @internal
  */
+import { Buffer } from "node:buffer"
 import { createHash } from "node:crypto"
 import { Cause, Clock, Duration, Effect, Exit, Option, Redacted, Result } from "effect"
 import { HttpClientRequest, UrlParams } from "effect/http"
@@ -35,6 +36,8 @@ export interface Env {
   readonly discovery: DiscoveryService | undefined
   readonly cache: CacheService | undefined
   readonly timeout: Duration.Duration
+  /** `HttpAgent.Options.maxRequestBytes`: the bound of a task's request body. */
+  readonly maxRequestBytes: number
   readonly retry: RetryPolicy | undefined
   /** Where the agent metrics are recorded (the service's). */
   readonly metrics: AgentMetrics
@@ -267,7 +270,7 @@ const checkTask = (task: Task): Invalid | undefined => {
   return Result.isFailure(dependsOn) ? { field: dependsOn.failure.path, message: dependsOn.failure.message } : undefined
 }
 
-/** Thrown by {@link finiteOnly}: where a number JSON would write as `null` sits. */
+/** Thrown by the args' replacer: where a number JSON would write as `null` sits. */
 class NotFinite {
   constructor(
     readonly key: string,
@@ -275,32 +278,99 @@ class NotFinite {
   ) {}
 }
 
-// JSON.stringify writes NaN and ±Infinity as null: an agent got `temperature: null` for NaN.
-const finiteOnly = (key: string, value: unknown): unknown => {
-  if (typeof value === "number" && !Number.isFinite(value)) throw new NotFinite(key, value)
-  return value
+/** Thrown by a {@link measured} replacer: the body is past its bound already. */
+class OverBound {}
+
+/** The bytes of a body counted so far while it is written, and its bound (`maxRequestBytes`). */
+interface Budget {
+  used: number
+  readonly max: number
 }
 
-/** The request body, or what keeps it from being JSON: the task's args, or its dependencies' results. */
-const bodyOf = (task: Task, dependencies: Record<string, unknown> | undefined): string | Invalid => {
-  const id = JSON.stringify(task.id)
-  let args: string | undefined
-  try {
-    // A function or a symbol is written as nothing at all.
-    args = JSON.stringify(task.args ?? null, finiteOnly)
-  } catch (error) {
-    if (error instanceof NotFinite) {
-      const at = error.key === "" ? "" : ` at ${JSON.stringify(error.key)}`
-      return { field: "args", message: `task ${id}: args hold ${error.value}${at}, which JSON writes as null` }
+/**
+ * A replacer that counts, as JSON.stringify writes, a lower bound of the bytes written (strings and
+ * keys with their quotes and colon, one byte for anything else; a string's UTF-8 form is no shorter
+ * than its UTF-16 one) and stops it past the bound: a body of hundreds of MB is refused before it
+ * is built, and not as "not JSON" when it is past what a string can hold. `finite` refuses what JSON
+ * writes as `null` (an agent got `temperature: null` for NaN).
+ */
+const measured = (budget: Budget, finite: boolean) =>
+  function (this: unknown, key: string, value: unknown): unknown {
+    let size: number
+    switch (typeof value) {
+      case "string":
+        size = value.length + 2
+        break
+      case "number":
+        if (finite && !Number.isFinite(value)) throw new NotFinite(key, value)
+        size = 1
+        break
+      // Written as nothing (or `null` in an array).
+      case "undefined":
+      case "function":
+      case "symbol":
+        return value
+      default:
+        size = 1
     }
+    if (key !== "" && !Array.isArray(this)) size += key.length + 3
+    budget.used += size
+    if (budget.used > budget.max) throw new OverBound()
+    return value
   }
-  if (args === undefined) return { field: "args", message: `task ${id}: args are not JSON` }
-  const head = `{"task_id":${id},"intent":${JSON.stringify(task.intent)},"concept":${JSON.stringify(task.concept)},"args":${args}`
-  if (dependencies === undefined) return `${head}}`
-  try {
-    return `${head},"dependencies":${JSON.stringify(dependencies)}}`
-  } catch {
-    return { field: "dependencies", message: `task ${id}: its dependencies' results are not JSON` }
+
+/** A body past `maxRequestBytes`: its size, or (`atLeast`) what was counted when writing it stopped. */
+interface TooLarge {
+  readonly size: number
+  readonly atLeast: boolean
+}
+
+/** What JSON.stringify threw, on one line (a circular structure's message goes on with its path). */
+const thrownLine = (thrown: unknown): string => Input.thrownMessage(thrown).split("\n", 1)[0]!
+
+/**
+ * Writes the request body: the task's args, and its dependencies' results. Made once per service,
+ * its replacers with it; the writing is synchronous, so one budget serves every task in turn.
+ */
+const makeBody = (maxBytes: number) => {
+  const budget: Budget = { used: 0, max: maxBytes }
+  const argsReplacer = measured(budget, true)
+  const dependenciesReplacer = measured(budget, false)
+  return (task: Task, dependencies: Record<string, unknown> | undefined): string | Invalid | TooLarge => {
+    const id = JSON.stringify(task.id)
+    budget.used = 0
+    let args: string | undefined
+    try {
+      // A function or a symbol is written as nothing at all.
+      args = JSON.stringify(task.args ?? null, argsReplacer)
+    } catch (error) {
+      if (error instanceof OverBound) return { size: budget.used, atLeast: true }
+      if (error instanceof NotFinite) {
+        const at = error.key === "" ? "" : ` at ${JSON.stringify(error.key)}`
+        return { field: "args", message: `task ${id}: args hold ${error.value}${at}, which JSON writes as null` }
+      }
+      return { field: "args", message: `task ${id}: args are not JSON (${thrownLine(error)})` }
+    }
+    if (args === undefined) return { field: "args", message: `task ${id}: args are not JSON` }
+    const head = `{"task_id":${id},"intent":${JSON.stringify(task.intent)},"concept":${JSON.stringify(task.concept)},"args":${args}`
+    let body: string
+    if (dependencies === undefined) {
+      body = `${head}}`
+    } else {
+      try {
+        body = `${head},"dependencies":${JSON.stringify(dependencies, dependenciesReplacer)}}`
+      } catch (error) {
+        if (error instanceof OverBound) return { size: budget.used, atLeast: true }
+        return {
+          field: "dependencies",
+          message: `task ${id}: its dependencies' results are not JSON (${thrownLine(error)})`
+        }
+      }
+    }
+    // UTF-8 takes at most 3 bytes for a UTF-16 unit, and at least 1.
+    if (body.length * 3 <= maxBytes) return body
+    const size = Buffer.byteLength(body, "utf8")
+    return size > maxBytes ? { size, atLeast: false } : body
   }
 }
 
@@ -389,6 +459,7 @@ export const makeCall = (env: Env): Call => {
   // Once per agent, not per request (nor per retry); weakly held, so an agent made for one task's
   // URL goes with it. The unwrapped headers live only in the request, as they did.
   const prepared = new WeakMap<Agent<unknown>, Prepared>()
+  const bodyOf = makeBody(env.maxRequestBytes)
   const send = (agent: Agent<unknown>, body: string, taskId: string, attempt: Attempt): Effect.Effect<Sent, AiError> =>
     Effect.suspend(() => {
       let base = prepared.get(agent)
@@ -510,7 +581,19 @@ export const makeCall = (env: Env): Call => {
       timeout = checked.success
     }
     const body = bodyOf(task, dependencies)
-    if (typeof body !== "string") return yield* invalid(primary, body.field, body.message)
+    if (typeof body !== "string") {
+      if ("field" in body) return yield* invalid(primary, body.field, body.message)
+      return yield* finish({
+        agent: primary.name,
+        url: display(primary.url),
+        status: "error",
+        error: {
+          message: `task ${JSON.stringify(task.id)}: its request body is ${body.atLeast ? "at least " : ""}${body.size} bytes, past maxRequestBytes (${env.maxRequestBytes}); nothing was sent`,
+          reason: "TooLarge"
+        },
+        attempts: 0
+      })
+    }
     const cacheKey = env.cache === undefined ? undefined : cacheKeyOf(task, primary, dependencies)
 
     let last = primary
