@@ -7,7 +7,7 @@
  *
  * @internal
  */
-import { type Duration, Effect, Redacted, Result, Schema } from "effect"
+import { type Duration, Effect, Redactable, Redacted, Result, Schema } from "effect"
 import { ModelError } from "../AiError.js"
 import type { Agent, AgentOptions, Answer, Decoded } from "../HttpAgent.js"
 import * as Input from "../Input.js"
@@ -54,6 +54,40 @@ const querySecrets = (url: string): ReadonlyArray<Redacted.Redacted> => {
   }
   return Array.from(values, (value) => Redacted.make(value))
 }
+
+/**
+ * An agent URL as printing an agent shows it: as records show it (no fragment nor credentials),
+ * with the values of its query redacted as spans show them (a bare `?token` whole).
+ */
+export const printedUrl = (url: string): string => {
+  const hash = url.indexOf("#")
+  const at = url.indexOf("?")
+  if (at === -1 || (hash !== -1 && hash < at)) return display(url)
+  const pairs = url.slice(at + 1, hash === -1 ? undefined : hash).split("&")
+  for (let i = 0; i < pairs.length; i++) {
+    const pair = pairs[i]!
+    const eq = pair.indexOf("=")
+    if (pair.length > 0) pairs[i] = eq === -1 ? "<redacted>" : `${pair.slice(0, eq)}=<redacted>`
+  }
+  return `${display(url)}?${pairs.join("&")}`
+}
+
+/** The agent as printed: its own fields, its URL's query values redacted. */
+function printed(this: Agent<unknown>): object {
+  return { ...this, url: printedUrl(this.url) }
+}
+
+/**
+ * What every agent is made from: `util.inspect`, `JSON.stringify` and Effect's `Formatter` (logs,
+ * `Cause.pretty`) print it without the token its URL's query may hold; `agent.url` is unchanged.
+ */
+const agentProto: object = {
+  toJSON: printed,
+  [Redactable.symbolRedactable]: printed,
+  [Symbol.for("nodejs.util.inspect.custom")]: printed
+}
+
+const made = (fields: Agent<unknown>): Agent<unknown> => Object.assign(Object.create(agentProto), fields)
 
 const agentKeys: ReadonlySet<string> = new Set(["url", "name", "timeout", "retry", "headers", "answer"])
 
@@ -142,13 +176,13 @@ export const makeAgent = (schema: typeof Answer) => {
     const ctx = { provider: name, secrets: base.secrets }
     if (issue === undefined && options.answer !== undefined) {
       const custom = Decode.valueDecoder(options.answer)
-      return {
+      return made({
         ...base,
         issue,
         decode: (value) => Effect.map(custom(value, ctx), (v) => ({ _tag: "Result", value: v }))
-      }
+      })
     }
-    return {
+    return made({
       ...base,
       issue,
       decode: (value, taskId) =>
@@ -170,6 +204,6 @@ export const makeAgent = (schema: typeof Answer) => {
           }
           return Effect.succeed({ _tag: "Result", value: answer.result })
         })
-    }
+    })
   }
 }
