@@ -240,10 +240,16 @@ export const toolkitOf = (tools: ReadonlyArray<Model.ToolDefinition>): AnyToolki
   return { tools: record, handle: () => Effect.die("effect-orchestra: tool calls are returned, not run") }
 }
 
+// A hand-made LanguageModel's finish part is not decoded: its usage, or either count, may be missing.
+const totalOf = (counts: unknown): number | undefined =>
+  typeof counts === "object" && counts !== null
+    ? tokenCount((counts as { readonly total?: number | null | undefined }).total)
+    : undefined
+
 /** @internal */
-export const usageOf = (usage: Response.Usage, input: number, output: number): Model.Usage => {
-  const inputTokens = tokenCount(usage.inputTokens.total) ?? input
-  const outputTokens = tokenCount(usage.outputTokens.total) ?? output
+export const usageOf = (usage: Response.Usage | undefined, input: number, output: number): Model.Usage => {
+  const inputTokens = totalOf(usage?.inputTokens) ?? input
+  const outputTokens = totalOf(usage?.outputTokens) ?? output
   return { inputTokens, outputTokens, totalTokens: inputTokens + outputTokens }
 }
 
