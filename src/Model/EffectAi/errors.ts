@@ -22,12 +22,18 @@ const safeText = (text: string): string => {
  * Maps an `effect/ai` `AiError` to our `ModelError` from its reason class and HTTP status:
  * rate limits keep `retryAfter`, quota and credentials are `Unauthorized`, provider
  * failures go by status (500 `Overloaded`, 503 `Unavailable`, 504 `Timeout`), malformed
- * answers are `Decode`, bad input `InvalidRequest` with the parameter as `field`. Request
- * details are never copied (the error keeps no cause; URLs lose their query string).
+ * answers are `Decode`, bad input `InvalidRequest` with the parameter as `field`, a schema
+ * the provider cannot represent `InvalidRequest` of `schemaField` (the tools, when the request
+ * sent no response format). Request details are never copied (the error keeps no cause; URLs
+ * lose their query string).
  *
  * @internal
  */
-export const fromAiError = (error: Ai.AiError, ctx: CallContext): ModelError => {
+export const fromAiError = (
+  error: Ai.AiError,
+  ctx: CallContext,
+  schemaField: "responseFormat" | "tools" = "responseFormat"
+): ModelError => {
   const reason = error.reason
   const status = "http" in reason ? reason.http?.response?.status : undefined
   const make = (
@@ -68,7 +74,8 @@ export const fromAiError = (error: Ai.AiError, ctx: CallContext): ModelError => 
     case "ToolParameterValidationError":
       return make("Decode", { field: "toolCalls" })
     case "UnsupportedSchemaError":
-      return make("InvalidRequest", { field: "responseFormat" })
+      // It names no schema: the caller knows which one the request sent.
+      return make("InvalidRequest", { field: schemaField })
     case "InvalidUserInputError":
       return make("InvalidRequest", { field: "messages" })
     case "InvalidToolResultError":

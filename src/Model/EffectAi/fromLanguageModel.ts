@@ -178,11 +178,17 @@ export const make = Effect.fnUntraced(function* (given: Options = {}) {
     })
     const tools = valid.tools ?? []
     const choice = valid.toolChoice
+    // The schema an UnsupportedSchemaError (which names none) is about: the tools, unless a JSON format was sent.
+    const schemaField =
+      tools.length > 0 && (valid.responseFormat === undefined || valid.responseFormat.type === "text")
+        ? ("tools" as const)
+        : ("responseFormat" as const)
     const toolChoice = choice === undefined || typeof choice === "string" ? (choice ?? "auto") : { tool: choice.name }
     return {
       valid,
       extra: extra.success,
       ctx: { provider: name, model },
+      schemaField,
       prompt: prompt.success,
       toolkit: tools.length === 0 ? undefined : toolkitOf(tools),
       toolChoice
@@ -238,7 +244,7 @@ export const make = Effect.fnUntraced(function* (given: Options = {}) {
   const generate = Client.operation(
     "EffectAi.generate",
     Effect.fnUntraced(function* (request: Model.GenerateRequest) {
-      const { valid, extra, ctx, prompt, toolkit, toolChoice } = yield* prepare(request)
+      const { valid, extra, ctx, schemaField, prompt, toolkit, toolChoice } = yield* prepare(request)
       // The toolkit only declares tools (no handlers), so both calls answer the same part shapes.
       const call = (toolkit === undefined
         ? lm.generateText({ prompt })
@@ -251,7 +257,7 @@ export const make = Effect.fnUntraced(function* (given: Options = {}) {
       const response = yield* (
         extra === undefined ? call : Effect.updateContext(call, (c: Context.Context<never>) => Context.merge(c, extra))
       ).pipe(
-        Effect.mapError((error) => fromAiError(error, ctx)),
+        Effect.mapError((error) => fromAiError(error, ctx, schemaField)),
         Effect.timeoutOrElse({ duration: timeout, orElse: () => Effect.fail(requestTimeout(ctx, timeout)) })
       )
       const text = response.text
@@ -294,7 +300,7 @@ export const make = Effect.fnUntraced(function* (given: Options = {}) {
       "EffectAi.stream",
       name,
       Stream.unwrap(
-        Effect.map(prepare(request), ({ valid, extra, ctx, prompt, toolkit, toolChoice }) => {
+        Effect.map(prepare(request), ({ valid, extra, ctx, schemaField, prompt, toolkit, toolChoice }) => {
           let answered: string | undefined
           let chars = 0
           let calls = 0
@@ -311,7 +317,7 @@ export const make = Effect.fnUntraced(function* (given: Options = {}) {
             extra === undefined
               ? raw
               : Stream.updateContext(raw, (c: Context.Context<never>) => Context.merge(c, extra))
-          ).pipe(Stream.mapError((error) => fromAiError(error, ctx)))
+          ).pipe(Stream.mapError((error) => fromAiError(error, ctx, schemaField)))
           return assemble(parts, {
             ctx,
             idleTimeout: streamIdleTimeout,
@@ -354,7 +360,7 @@ export const make = Effect.fnUntraced(function* (given: Options = {}) {
                 case "error":
                   return Effect.fail(
                     Ai.isAiError(part.error)
-                      ? fromAiError(part.error, ctx)
+                      ? fromAiError(part.error, ctx, schemaField)
                       : new ModelError({
                           reason: "Unknown",
                           message: `${name}: the stream sent an error part`,
