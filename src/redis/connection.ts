@@ -1,0 +1,237 @@
+/**
+ * The connection's lifecycle: the node-redis client built with `Redis.layer`'s settings, its first
+ * connection and every handshake bounded by `connectTimeout`, the reconnection backoff, and the
+ * start without Redis (`onUnreachableAtStart: "start"`) that connects in the background.
+ *
+ * @internal
+ */
+import type * as NodeRedis from "@effect/platform-node/NodeRedis"
+import { Context, Deferred, Duration, Effect, Exit, FiberHandle, Layer, Option, Queue, References, Scope } from "effect"
+import { Redis } from "effect/persistence"
+import * as Input from "../Input.js"
+import type { Options } from "../Redis.js"
+import { errorText } from "./errors.js"
+import { evalWithin } from "./eval.js"
+import { type Settings, settings } from "./settings.js"
+
+/** @internal */
+export const ClientDeadline: Context.Reference<number | undefined> = Context.Reference<number | undefined>(
+  "effect-orchestra/Redis/ClientDeadline",
+  { defaultValue: () => undefined }
+)
+
+// effect's `RedisError` has no message of its own (its schema has only `cause`), so a failed
+// connection said "" in a log or a rendering. The layer's errors say what failed and where.
+const layerError = (message: string, cause: unknown): Redis.RedisError => {
+  const error = new Redis.RedisError({ cause })
+  Object.defineProperty(error, "message", { value: message, writable: true, configurable: true, enumerable: false })
+  return error
+}
+
+const loadNodeRedis = Effect.tryPromise({
+  try: () => import("@effect/platform-node/NodeRedis"),
+  catch: (cause) => {
+    const message = `the redis package could not be loaded (npm install redis): ${errorText(cause)}`
+    return layerError(message, new Error(message))
+  }
+})
+
+/** @internal */
+export const layer = (
+  options: Options = {}
+): Layer.Layer<Redis.Redis | NodeRedis.NodeRedis, Input.OptionError | Redis.RedisError> =>
+  Layer.unwrap(
+    Effect.gen(function* () {
+      const s = yield* Input.orOptionError(settings(options))
+      const NodeRedis = yield* loadNodeRedis
+      // With "fail", a failure before the first connection fails the layer (a wrong URL should not
+      // hang start-up); once connected, or with "start", the client never gives up reconnecting.
+      const state: State = { connected: false, lastError: undefined }
+      const client = NodeRedis.layer({
+        url: s.url,
+        disableOfflineQueue: true,
+        commandOptions: { timeout: s.commandTimeout, rejectInFlight: true },
+        socket: {
+          connectTimeout: s.connectTimeout,
+          reconnectStrategy: (retries: number, cause: Error) => {
+            state.lastError = cause
+            return state.connected || s.onUnreachableAtStart === "start" ? backoff(retries, s.reconnectMax) : cause
+          }
+        }
+      }).pipe(
+        // NodeRedis logs a warning with a stack trace on every failed reconnection attempt;
+        // the stores' guards report an outage once instead.
+        Layer.provide(Layer.succeed(References.MinimumLogLevel, "Error"))
+      )
+      const built =
+        s.onUnreachableAtStart === "start"
+          ? startUnconnected(s, client, state, NodeRedis.NodeRedis)
+          : connect(s, client, state, NodeRedis.NodeRedis)
+      return Layer.effectContext(built).pipe(Layer.merge(Layer.succeed(ClientDeadline, s.commandTimeout)))
+    })
+  )
+
+interface State {
+  connected: boolean
+  /** The client's last connection error, for the warning of a layer that starts without Redis. */
+  lastError: unknown
+}
+
+const backoff = (retries: number, max: number): number => Math.min(50 * 2 ** Math.min(retries, 16), max)
+
+type Services = Context.Context<Redis.Redis | NodeRedis.NodeRedis>
+
+const withEval = (s: Settings, context: Services): Services => {
+  const redis = Context.get(context, Redis.Redis)
+  return Context.add(context, Redis.Redis, { ...redis, eval: evalWithin(redis.send, s.commandTimeout) })
+}
+
+// node-redis bounds only the socket's connection by connectTimeout, not the handshake after
+// it: a hung Redis (or another server on the port) that accepts the connection and never
+// answered held the build for ever. The build's scope is the layer's: giving up closes the client.
+const connect = (
+  s: Settings,
+  client: Layer.Layer<Redis.Redis | NodeRedis.NodeRedis, Redis.RedisError>,
+  state: State,
+  tag: typeof NodeRedis.NodeRedis
+): Effect.Effect<Services, Redis.RedisError, Scope.Scope> =>
+  Layer.build(client).pipe(
+    Effect.mapError((error) =>
+      layerError(`Redis at ${s.address}: connection failed: ${errorText(error)}`, error.cause)
+    ),
+    Effect.map((context) => withEval(s, context)),
+    Effect.timeoutOrElse({
+      duration: Duration.millis(s.connectTimeout),
+      orElse: () => {
+        const message = `Redis at ${s.address} did not answer the connection's handshake within ${s.connectTimeout} ms`
+        return Effect.fail(layerError(message, new Error(message)))
+      }
+    }),
+    Effect.tap((context) =>
+      Effect.andThen(
+        Effect.sync(() => {
+          state.connected = true
+        }),
+        boundHandshakes(s, Context.get(context, tag))
+      )
+    )
+  )
+
+// A reconnection's handshake that did not end within connectTimeout (see boundHandshakes).
+class HandshakeTimeoutError extends Error {}
+
+// node-redis bounds a reconnection's TCP connection by connectTimeout, not the handshake after it: a server that
+// accepted it and never answered (a Redis restarting behind a proxy) held the client for ever, commands refused,
+// the Redis that answered later never tried. Each handshake gets connectTimeout; then node-redis drops that
+// connection as after any socket error and tries again after the usual backoff. Only connection events: no cost per
+// command. Set up once the client has connected: its first handshake is bounded by whoever waits for it.
+const boundHandshakes = Effect.fnUntraced(function* (s: Settings, node: NodeRedis.NodeRedis["Service"]) {
+  const client = node.client
+  const run = yield* FiberHandle.makeRuntime<never>()
+  const expired = Effect.sleep(Duration.millis(s.connectTimeout)).pipe(
+    Effect.andThen(
+      Effect.sync(() => {
+        // An internal of node-redis (6.x): without it, the handshake stays unbounded as before.
+        if (!client.isReady && typeof client._resetDesyncedConnection === "function") {
+          client._resetDesyncedConnection(
+            new HandshakeTimeoutError(
+              `Redis at ${s.address} did not answer the handshake within ${s.connectTimeout} ms`
+            )
+          )
+        }
+      })
+    )
+  )
+  // Each event replaces the fiber of the one before it.
+  client.on("connect", () => run(expired))
+  client.on("ready", () => run(Effect.void))
+})
+
+// Refused by the layer before its client has ever connected: never sent (see neverSent), as an offline client's.
+class NotConnectedError extends Error {}
+
+// onUnreachableAtStart "start": the client is built in the background (node-redis keeps trying to connect, and
+// a build that fails, an AUTH refused, is tried again), and the services answer for it meanwhile: every
+// command fails at once, as an offline client's do, until it has connected; then they are its own.
+const startUnconnected = Effect.fnUntraced(function* (
+  s: Settings,
+  client: Layer.Layer<Redis.Redis | NodeRedis.NodeRedis, Redis.RedisError>,
+  state: State,
+  tag: typeof NodeRedis.NodeRedis
+) {
+  const scope = yield* Effect.scope
+  let redis: Redis.Redis["Service"] | undefined
+  let node: NodeRedis.NodeRedis["Service"] | undefined
+  let warned = false
+  const connected = yield* Deferred.make<void>()
+  // node-redis's connectTimeout ends at the socket's connection: a server that accepts it and never answers the
+  // handshake held the attempt, and the client with it, for ever. Each attempt gets connectTimeout, then another.
+  const timedOut = layerError(
+    `Redis at ${s.address}: no connection within ${s.connectTimeout} ms (its handshake included)`,
+    new Error(`no connection within ${s.connectTimeout} ms`)
+  )
+  const attempt = (retries: number): Effect.Effect<void> =>
+    Effect.flatMap(Scope.fork(scope), (child) =>
+      Effect.matchEffect(
+        Effect.timeoutOrElse(Layer.buildWithScope(client, child), {
+          duration: Duration.millis(s.connectTimeout),
+          orElse: () => Effect.fail(timedOut)
+        }),
+        {
+          onSuccess: (context) => {
+            const services = withEval(s, context)
+            redis = Context.get(services, Redis.Redis)
+            node = Context.get(services, tag)
+            const said = warned ? Effect.logInfo(`Redis at ${s.address} connected: the stores use it`) : Effect.void
+            return Deferred.succeed(connected, undefined).pipe(
+              Effect.andThen(Scope.provide(boundHandshakes(s, node), child)),
+              Effect.andThen(said)
+            )
+          },
+          onFailure: (error) => {
+            // The client's own error (a refused connection) says more than the deadline that cut it short.
+            if (error !== timedOut || state.lastError === undefined) state.lastError = error
+            return Scope.close(child, Exit.fail(error)).pipe(
+              Effect.andThen(Effect.sleep(Duration.millis(backoff(retries, s.reconnectMax)))),
+              Effect.andThen(Effect.suspend(() => attempt(retries + 1)))
+            )
+          }
+        }
+      )
+    )
+  yield* Effect.forkIn(attempt(0), scope)
+  const first = yield* Effect.timeoutOption(Deferred.await(connected), Duration.millis(s.connectTimeout))
+  if (Option.isNone(first) && redis === undefined) {
+    warned = true
+    const why = state.lastError === undefined ? `no answer within ${s.connectTimeout} ms` : errorText(state.lastError)
+    yield* Effect.logWarning(
+      `Redis at ${s.address} unreachable at start (${why}): started without it (onUnreachableAtStart: "start"); until it connects the stores fail open or closed as during an outage`
+    )
+  }
+  const refusal = new Redis.RedisError({ cause: new NotConnectedError(`not connected to Redis at ${s.address} yet`) })
+  const notConnected = Effect.fail(refusal)
+  const send = <A = unknown>(command: string, ...args: ReadonlyArray<string>): Effect.Effect<A, Redis.RedisError> =>
+    redis === undefined ? notConnected : redis.send<A>(command, ...args)
+  const service: Redis.Redis["Service"] = {
+    send,
+    eval: evalWithin(send, s.commandTimeout),
+    // A subscription's failures come through its queue: one that ends at once with the refusal.
+    subscribe: (channel) =>
+      Effect.suspend(() =>
+        redis === undefined
+          ? Effect.flatMap(Queue.make<Redis.RedisMessage, Redis.RedisError>(), (queue) =>
+              Effect.as(Queue.fail(queue, refusal), queue)
+            )
+          : redis.subscribe(channel)
+      ),
+    reserve: Effect.suspend(() => (redis === undefined ? notConnected : redis.reserve))
+  }
+  const nodeService: NodeRedis.NodeRedis["Service"] = {
+    get client() {
+      if (node === undefined) throw new NotConnectedError(`not connected to Redis at ${s.address} yet`)
+      return node.client
+    },
+    use: (f) => Effect.suspend(() => (node === undefined ? notConnected : node.use(f)))
+  }
+  return Context.make(tag, nodeService).pipe(Context.add(Redis.Redis, service))
+})

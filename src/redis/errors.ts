@@ -1,0 +1,69 @@
+/**
+ * What a failed Redis call was: the {@link StoreError} a guarded call fails with, the Redis error
+ * text inside the wrappers, and, told apart by node-redis's error classes, whether the client's
+ * own deadline cut it and whether it certainly never reached Redis.
+ *
+ * @internal
+ */
+import { Predicate, Schema } from "effect"
+
+/** @internal */
+export class StoreError extends Schema.TaggedError<StoreError>("effect-orchestra/StoreError")("StoreError", {
+  store: Schema.String,
+  operation: Schema.String,
+  reason: Schema.Literals(["Failed", "Timeout", "Unavailable"]),
+  message: Schema.String,
+  cause: Schema.optional(Schema.Defect())
+}) {}
+
+/** @internal */
+export const errorText = (failure: unknown): string => {
+  let current: unknown = failure
+  let text = ""
+  for (let depth = 0; depth < 8 && current !== undefined && current !== null; depth++) {
+    if (typeof current === "string") return current
+    if (Predicate.hasProperty(current, "message") && typeof current.message === "string" && current.message !== "") {
+      text = current.message
+    }
+    if (Predicate.hasProperty(current, "reason") && typeof current.reason === "object") current = current.reason
+    else if (Predicate.hasProperty(current, "cause")) current = current.cause
+    else break
+  }
+  if (text !== "") return text
+  return Predicate.hasProperty(failure, "_tag") ? String(failure._tag) : String(failure)
+}
+
+// Whether a class named in `names` is somewhere in the chain of causes (node-redis's errors
+// are told apart by class).
+const hasCause = (failure: unknown, names: ReadonlySet<string>): boolean => {
+  let current: unknown = failure
+  for (let depth = 0; depth < 8 && typeof current === "object" && current !== null; depth++) {
+    const name = (current as { readonly constructor?: { readonly name?: unknown } }).constructor?.name
+    if (typeof name === "string" && names.has(name)) return true
+    current =
+      Predicate.hasProperty(current, "reason") && typeof current.reason === "object"
+        ? current.reason
+        : Predicate.hasProperty(current, "cause")
+          ? current.cause
+          : undefined
+  }
+  return false
+}
+
+// node-redis's own deadline (`TimeoutError`: never sent, `TimeoutReadError`: no reply), and evalWithin's.
+const clientTimeouts: ReadonlySet<string> = new Set(["TimeoutError", "TimeoutReadError", "EvalTimeoutError"])
+/** @internal */
+export const isClientTimeout = (failure: unknown): boolean => hasCause(failure, clientTimeouts)
+
+// node-redis refused the command before writing it: offline (commands are not queued), closed, or its
+// deadline passed while still queued.
+const unsent: ReadonlySet<string> = new Set([
+  "ClientOfflineError",
+  "ClientClosedError",
+  "TimeoutError",
+  "NotConnectedError"
+])
+
+/** @internal */
+export const neverSent = (error: StoreError): boolean =>
+  error.reason === "Unavailable" || (error.cause !== undefined && hasCause(error.cause, unsent))
