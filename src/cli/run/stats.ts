@@ -5,7 +5,7 @@
  * @since 0.2.0
  */
 import { Console, Effect, Option } from "effect"
-import { Batch } from "../../Batch.js"
+import { Batch, type ProgressEvent } from "../../Batch.js"
 import * as Stats from "../../Stats.js"
 import {
   type Common,
@@ -16,7 +16,8 @@ import {
   fallbackOf,
   printError,
   printJson,
-  printText
+  printText,
+  stdoutClosed
 } from "../Common.js"
 import { checkBatchSize, checkDomains, checkSplitFlags, prepare, provideOrchestra } from "../Manager.js"
 import * as Prompts from "../Prompts.js"
@@ -67,9 +68,33 @@ export const run = Effect.fnUntraced(function* (args: Args) {
   }
   const items = yield* Prompts.toItems(common, prompts, domainNames(checked.loaded), maxTokens)
   yield* checkBatchSize(common, checked, items.length)
+  // Prompts answered or failed so far: what an interruption (Ctrl-C, SIGTERM) reports.
+  let finished = 0
+  const onProgress = (event: ProgressEvent) => {
+    if (event._tag === "Succeeded" || event._tag === "Failed") finished = event.done
+  }
+  const interrupted = Effect.gen(function* () {
+    const stats = yield* Stats.snapshot()
+    const of = `${finished} of ${items.length} prompt${items.length === 1 ? "" : "s"}`
+    yield* print(
+      common,
+      stats,
+      {
+        ok: false,
+        prompts: items.length,
+        finished,
+        config: file,
+        error: { message: "interrupted", kind: "interrupted" }
+      },
+      `Execution stats (interrupted: ${of} finished, concurrency ${concurrency})`
+    )
+    yield* printError(`orchestra: interrupted after ${of} finished (calls cut short count as Interrupted)`)
+  })
   const program = Effect.gen(function* () {
     const batch = yield* Batch
-    const result = yield* batch.run(items, { domain: Option.getOrUndefined(args.domain), fallback, concurrency })
+    const result = yield* batch
+      .run(items, { domain: Option.getOrUndefined(args.domain), fallback, concurrency, onProgress })
+      .pipe(Effect.onInterrupt(() => Effect.flatMap(stdoutClosed, (closed) => (closed ? Effect.void : interrupted))))
     const stats = yield* Stats.snapshot()
     const ok = result.results.every((r) => r.status === "success")
     yield* print(

@@ -1,0 +1,105 @@
+/**
+ * `orchestra` interrupted by SIGTERM in a child process (node with the tsx loader on
+ * src/cli/bin.ts), against an OpenAI-compatible server on 127.0.0.1 that answers some
+ * prompts and never answers the others: what finished is reported, the exit code is 130.
+ */
+import { spawn } from "node:child_process"
+import { mkdtempSync, rmSync, writeFileSync } from "node:fs"
+import type { ServerResponse } from "node:http"
+import { createRequire } from "node:module"
+import { tmpdir } from "node:os"
+import * as NodePath from "node:path"
+import { fileURLToPath, pathToFileURL } from "node:url"
+import { afterAll, assert, describe, it } from "@effect/vitest"
+import { Deferred, Effect, Exit } from "effect"
+import * as Server from "./utils/httpServer.js"
+
+const ROOT = fileURLToPath(new URL("..", import.meta.url))
+const ENTRY = NodePath.join(ROOT, "src/cli/bin.ts")
+const TSX = pathToFileURL(createRequire(import.meta.url).resolve("tsx")).href
+const dir = mkdtempSync(NodePath.join(tmpdir(), "orchestra-cli-interrupt-"))
+afterAll(() => rmSync(dir, { recursive: true, force: true }))
+
+const env = (): Record<string, string> => {
+  const out: Record<string, string> = { CI: "true" }
+  for (const [k, v] of Object.entries(process.env)) {
+    if (v === undefined || /^(OPENAI|GEMINI|WATSONX|OLLAMA|ORCHESTRA)_|^(NO_COLOR|FORCE_COLOR|TERM|CI)$/.test(k))
+      continue
+    out[k] = v
+  }
+  return out
+}
+
+/** `hang` prompts are never answered; the others are echoed. */
+const handler: Server.Handler = (request, res: ServerResponse) => {
+  const body = request.json as { readonly messages: ReadonlyArray<{ readonly content: string }> }
+  const last = body.messages[body.messages.length - 1]?.content ?? ""
+  if (last.startsWith("hang")) return Server.hang(res)
+  return Server.json(res, 200, {
+    id: "chatcmpl-cli",
+    object: "chat.completion",
+    created: 1_700_000_000,
+    model: "served-model",
+    choices: [{ index: 0, message: { role: "assistant", content: `served: ${last}` }, finish_reason: "stop" }],
+    usage: { prompt_tokens: 7, completion_tokens: 3, total_tokens: 10 }
+  })
+}
+
+/** Runs `orchestra <args>` with stdin closed, SIGTERM once the server has seen `requests` requests. */
+const terminated = (args: ReadonlyArray<string>, server: Server.TestServer, requests: number) =>
+  Effect.gen(function* () {
+    const child = spawn(process.execPath, ["--import", TSX, ENTRY, ...args], {
+      cwd: dir,
+      env: env(),
+      stdio: ["ignore", "pipe", "pipe"]
+    })
+    yield* Effect.addFinalizer(() => Effect.sync(() => child.exitCode === null && child.kill("SIGKILL")))
+    let stdout = ""
+    let stderr = ""
+    child.stdout.setEncoding("utf8").on("data", (chunk: string) => void (stdout += chunk))
+    child.stderr.setEncoding("utf8").on("data", (chunk: string) => void (stderr += chunk))
+    const closed = yield* Deferred.make<number | null>()
+    child.on("close", (code) => Deferred.doneUnsafe(closed, Exit.succeed(code)))
+    yield* server.awaitRequests(requests).pipe(Effect.timeout("100 seconds"))
+    child.kill("SIGTERM")
+    const code = yield* Deferred.await(closed).pipe(Effect.timeout("30 seconds"))
+    return { code, stdout, stderr }
+  })
+
+const writeConfig = (name: string, url: string): string => {
+  const file = NodePath.join(dir, name)
+  writeFileSync(
+    file,
+    JSON.stringify({
+      providers: { remote: { type: "openai-compatible", baseUrl: `${url}/v1`, model: "m" } },
+      policies: { breakers: false, executor: { timeout: "none", retry: { maxAttempts: 1 } } }
+    })
+  )
+  return file
+}
+
+describe("orchestra stats --prompts interrupted (SIGTERM)", { timeout: 180_000 }, () => {
+  it.live("reports the figures of the prompts that finished, says how many did, and exits with 130", () =>
+    Effect.gen(function* () {
+      const server = yield* Server.make(handler)
+      const config = writeConfig("stats.json", server.url)
+      const args = ["stats", "--prompts", "one,two,hang", "--concurrency", "1", "--config", config]
+      const [text, json] = [yield* terminated(args, server, 3), yield* terminated([...args, "--json"], server, 6)]
+      assert.strictEqual(text.code, 130, text.stderr)
+      assert.include(text.stdout, "Execution stats")
+      assert.match(text.stdout, /successes\s+2\b/)
+      assert.include(text.stderr, "orchestra: interrupted after 2 of 3 prompts")
+      assert.strictEqual(json.code, 130, json.stderr)
+      const document = JSON.parse(json.stdout) as {
+        readonly ok: boolean
+        readonly prompts: number
+        readonly finished: number
+        readonly error: unknown
+        readonly stats: { readonly successes: number }
+      }
+      assert.deepInclude(document, { ok: false, prompts: 3, finished: 2 })
+      assert.deepStrictEqual(document.error, { message: "interrupted", kind: "interrupted" })
+      assert.strictEqual(document.stats.successes, 2)
+    }).pipe(Effect.scoped)
+  )
+})
