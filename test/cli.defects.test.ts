@@ -280,7 +280,10 @@ describe("orchestra interrupted (Ctrl-C, SIGTERM)", () => {
       const exit = yield* Fiber.interrupt(fiber).pipe(Effect.andThen(Fiber.await(fiber)))
       assert.isTrue(Exit.hasInterrupts(exit))
       assert.isTrue(written.join("").endsWith("\n"), JSON.stringify(written.join("")))
-      assert.deepStrictEqual(err, ["\norchestra: interrupted; shutting down"])
+      assert.deepStrictEqual(err, [
+        "orchestra: interrupted in round 1 of 1, before any round finished: nothing to compare",
+        "\norchestra: interrupted; shutting down"
+      ])
     }).pipe(Effect.scoped)
   )
 })

@@ -103,3 +103,51 @@ describe("orchestra stats --prompts interrupted (SIGTERM)", { timeout: 180_000 }
     }).pipe(Effect.scoped)
   )
 })
+
+describe("orchestra bench interrupted (SIGTERM)", { timeout: 180_000 }, () => {
+  it.live("reports the rounds that finished, says where it stopped, and exits with 130", () =>
+    Effect.gen(function* () {
+      // The warm-up (1 request) and round 1 (2 sequential, 2 concurrent) are answered; round 2 never is.
+      const answered = Array.from({ length: 5 }, () => handler)
+      const bench = (name: string) =>
+        Effect.gen(function* () {
+          const server = yield* Server.make(Server.script(...answered, Server.hang))
+          const config = writeConfig(name, server.url)
+          const args = ["bench", "--prompts", "one,two", "--rounds", "2", "--concurrency", "2", "--config", config]
+          return yield* terminated(name.endsWith("json.json") ? [...args, "--json"] : args, server, 6)
+        })
+      const text = yield* bench("bench-text.json")
+      assert.strictEqual(text.code, 130, text.stderr)
+      assert.include(text.stdout, "Benchmark: 2 prompts, concurrency 2, 1 of 2 rounds (interrupted)")
+      assert.match(text.stdout, /sequential .* 100\.0 %/)
+      assert.include(text.stderr, "orchestra: interrupted in round 2 of 2; the figures are those of round 1")
+      const json = yield* bench("bench-json.json")
+      assert.strictEqual(json.code, 130, json.stderr)
+      const document = JSON.parse(json.stdout) as {
+        readonly ok: boolean
+        readonly rounds: number
+        readonly roundsDone: number
+        readonly error: unknown
+        readonly sequential: { readonly rounds: ReadonlyArray<number>; readonly successes: number }
+      }
+      assert.deepInclude(document, { ok: false, rounds: 2, roundsDone: 1 })
+      assert.deepStrictEqual(document.error, { message: "interrupted", kind: "interrupted" })
+      assert.strictEqual(document.sequential.rounds.length, 1)
+      assert.strictEqual(document.sequential.successes, 2)
+    }).pipe(Effect.scoped)
+  )
+
+  it.live("interrupted before a round finished, it says there is nothing to compare", () =>
+    Effect.gen(function* () {
+      const server = yield* Server.make(Server.script(handler, handler, Server.hang))
+      const config = writeConfig("bench-early.json", server.url)
+      const result = yield* terminated(["bench", "--prompts", "one,two", "--config", config], server, 3)
+      assert.strictEqual(result.code, 130, result.stderr)
+      assert.strictEqual(result.stdout, "")
+      assert.include(
+        result.stderr,
+        "orchestra: interrupted in round 1 of 3, before any round finished: nothing to compare"
+      )
+    }).pipe(Effect.scoped)
+  )
+})

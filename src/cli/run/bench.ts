@@ -22,7 +22,8 @@ import {
   printError,
   printJson,
   positiveIntOf,
-  printText
+  printText,
+  stdoutClosed
 } from "../Common.js"
 import { checkBatchSize, checkDomains, checkSplitFlags, prepare, progressBar, provideOrchestra } from "../Manager.js"
 import * as Prompts from "../Prompts.js"
@@ -209,70 +210,96 @@ export const run = Effect.fnUntraced(function* (args: Args) {
     const sequentialRuns: Array<BatchResult> = []
     const concurrentRuns: Array<BatchResult> = []
     const failures: Array<Failure> = []
-    for (let round = 1; round <= rounds; round++) {
-      const suffix = rounds === 1 ? "" : ` ${round}/${rounds}`
-      for (const run of roundOrder(round)) {
-        const result = yield* runOnce(`${run}${suffix}`, run === "sequential" ? 1 : concurrency)
-        ;(run === "sequential" ? sequentialRuns : concurrentRuns).push(result)
-        // One by one: spread as arguments, a round of 150,000 failures overflowed the stack.
-        for (const failure of failuresOf(run, round, result, prompts)) failures.push(failure)
+    let round = 1
+    const runRounds = Effect.gen(function* () {
+      for (; round <= rounds; round++) {
+        const suffix = rounds === 1 ? "" : ` ${round}/${rounds}`
+        for (const run of roundOrder(round)) {
+          const result = yield* runOnce(`${run}${suffix}`, run === "sequential" ? 1 : concurrency)
+          ;(run === "sequential" ? sequentialRuns : concurrentRuns).push(result)
+          // One by one: spread as arguments, a round of 150,000 failures overflowed the stack.
+          for (const failure of failuresOf(run, round, result, prompts)) failures.push(failure)
+        }
       }
-    }
+    })
     const failureText = (f: Failure) => `${rounds === 1 ? f.run : `${f.run} round ${f.round}`} #${f.item}: ${f.text}`
-    const seq = summarise(sequentialRuns)
-    const conc = summarise(concurrentRuns)
-    const speedup = conc.elapsedMs === 0 ? 0 : seq.elapsedMs / conc.elapsedMs
-    const waves = Math.ceil(items.length / Math.min(concurrency, items.length))
-    const idealSpeedup = items.length / waves
-    const warmUpFailures = warmUp.results.filter((r) => r.status !== "success").length
-    const ok = failures.length === 0
-    if (common.json) {
-      yield* printJson(common, {
-        ok,
-        prompts: items.length,
-        concurrency,
-        rounds,
-        domain: domain ?? null,
-        maxTokens: maxTokens ?? null,
-        warmUp: { calls: warmUp.results.length, elapsedMs: round2(warmUp.elapsedMs), failures: warmUpFailures },
-        sequential: seq,
-        concurrent: conc,
-        speedup: round2(speedup),
-        idealSpeedup: round2(idealSpeedup),
-        failures: failures.map(({ text: _, ...rest }) => rest)
+    // The figures of the first `done` rounds; `interrupted`, they are all there is (Ctrl-C, SIGTERM).
+    const report = (done: number, interrupted: boolean) =>
+      Effect.gen(function* () {
+        const seq = summarise(sequentialRuns.slice(0, done))
+        const conc = summarise(concurrentRuns.slice(0, done))
+        const counted = failures.filter((f) => f.round <= done)
+        const speedup = conc.elapsedMs === 0 ? 0 : seq.elapsedMs / conc.elapsedMs
+        const waves = Math.ceil(items.length / Math.min(concurrency, items.length))
+        const idealSpeedup = items.length / waves
+        const warmUpFailures = warmUp.results.filter((r) => r.status !== "success").length
+        const ok = counted.length === 0 && !interrupted
+        if (common.json) {
+          yield* printJson(common, {
+            ok,
+            prompts: items.length,
+            concurrency,
+            rounds,
+            ...(interrupted ? { roundsDone: done } : {}),
+            domain: domain ?? null,
+            maxTokens: maxTokens ?? null,
+            warmUp: { calls: warmUp.results.length, elapsedMs: round2(warmUp.elapsedMs), failures: warmUpFailures },
+            sequential: seq,
+            concurrent: conc,
+            speedup: round2(speedup),
+            idealSpeedup: round2(idealSpeedup),
+            failures: counted.map(({ text: _, ...rest }) => rest),
+            ...(interrupted ? { error: { message: "interrupted", kind: "interrupted" } } : {})
+          })
+        } else {
+          const roundsText = interrupted
+            ? `${done} of ${plural(rounds, "round")} (interrupted)`
+            : plural(rounds, "round")
+          const title = `Benchmark: ${plural(items.length, "prompt")}, concurrency ${concurrency}, ${roundsText}${
+            domain === undefined ? "" : `, domain ${domain}`
+          }`
+          const ideal = `ideal ${idealSpeedup.toFixed(2)}× with equal latencies: ${plural(items.length, "call")} in ${plural(waves, "wave")}`
+          const warm = `warm-up: ${plural(warmUp.results.length, "call")} in ${formatMs(warmUp.elapsedMs)}, not counted${
+            warmUpFailures > 0 ? ` (${warmUpFailures} failed)` : ""
+          }`
+          const shown = counted.slice(0, 20).map((f) => `  ${failureText(f)}`)
+          yield* printText(
+            [
+              formatTable(title, seq, conc, speedup, ideal),
+              warm,
+              ...(counted.length === 0
+                ? []
+                : [
+                    "",
+                    `${plural(counted.length, "failed item")}:`,
+                    ...shown,
+                    ...(counted.length > 20 ? [`  ... and ${counted.length - 20} more`] : [])
+                  ])
+            ].join("\n")
+          )
+        }
+        if (counted.length > 0) {
+          // Said on stderr too, with --json or without, as every failure is: stdout holds the data.
+          const total = items.length * done * 2
+          yield* printError(
+            `orchestra: ${counted.length} of ${plural(total, "item")} failed; the first: ${failureText(counted[0]!)}`
+          )
+        }
+        return ok
       })
-    } else {
-      const title = `Benchmark: ${plural(items.length, "prompt")}, concurrency ${concurrency}, ${plural(rounds, "round")}${
-        domain === undefined ? "" : `, domain ${domain}`
-      }`
-      const ideal = `ideal ${idealSpeedup.toFixed(2)}× with equal latencies: ${plural(items.length, "call")} in ${plural(waves, "wave")}`
-      const warm = `warm-up: ${plural(warmUp.results.length, "call")} in ${formatMs(warmUp.elapsedMs)}, not counted${
-        warmUpFailures > 0 ? ` (${warmUpFailures} failed)` : ""
-      }`
-      const shown = failures.slice(0, 20).map((f) => `  ${failureText(f)}`)
-      yield* printText(
-        [
-          formatTable(title, seq, conc, speedup, ideal),
-          warm,
-          ...(ok
-            ? []
-            : [
-                "",
-                `${plural(failures.length, "failed item")}:`,
-                ...shown,
-                ...(failures.length > 20 ? [`  ... and ${failures.length - 20} more`] : [])
-              ])
-        ].join("\n")
-      )
-    }
-    if (!ok) {
-      // Said on stderr too, with --json or without, as every failure is: stdout holds the data.
-      const total = items.length * rounds * 2
+    // Interrupted, the rounds that finished are still measured: said, not thrown away. A reader gone hears nothing.
+    const interrupted = Effect.gen(function* () {
+      if (yield* stdoutClosed) return
+      const where = `interrupted in round ${Math.min(round, rounds)} of ${rounds}`
+      const done = Math.min(sequentialRuns.length, concurrentRuns.length)
+      if (done === 0) return yield* printError(`orchestra: ${where}, before any round finished: nothing to compare`)
+      yield* report(done, true)
       yield* printError(
-        `orchestra: ${failures.length} of ${plural(total, "item")} failed; the first: ${failureText(failures[0]!)}`
+        `orchestra: ${where}; the figures are those of ${done === 1 ? "round 1" : `rounds 1 to ${done}`}`
       )
-      return yield* new ExitCode({ code: exitCodes.failed })
-    }
+    })
+    yield* runRounds.pipe(Effect.onInterrupt(() => interrupted))
+    if (!(yield* report(rounds, false))) return yield* new ExitCode({ code: exitCodes.failed })
   })
   yield* program.pipe(
     // A batch fails as a whole only on options the checks above already passed; should one slip through, it is usage.
