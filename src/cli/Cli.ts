@@ -70,6 +70,16 @@ const repeatedFlag = (error: CliError.CliError): string | undefined => {
 }
 
 /**
+ * A mistyped command (`orchestra tset -p hi`): effect/cli also calls every flag after it
+ * unrecognized by `orchestra`, though they were meant for the command and are fine there.
+ * Only the unknown command, with its suggestion, is said.
+ */
+const withoutStrayFlags = (errors: ReadonlyArray<CliError.CliError>): ReadonlyArray<CliError.CliError> =>
+  errors.some((error) => error._tag === "UnknownSubcommand")
+    ? errors.filter((error) => error._tag !== "UnrecognizedOption")
+    : errors
+
+/**
  * Help asked for goes to stdout; a usage error's help and messages go to stderr, so that
  * stdout stays empty for a `--json` consumer, which gets the error as JSON (`{ ok: false,
  * error: { message, kind: "usage" } }`, a `{ type: "error", ... }` line for `start`), as it
@@ -97,7 +107,7 @@ export const presenter = (json: boolean): Layer.Layer<never> =>
       }
       const errors =
         event._tag === "InvalidInvocation"
-          ? event.errors
+          ? withoutStrayFlags(event.errors)
           : [
               new CliError.ValidationError({
                 message: `Missing command: give one of ${subcommands.map((c) => c.name).join(", ")}`
