@@ -275,21 +275,29 @@ const systemErrorText = (cause: unknown): string | undefined => {
  */
 export const readAtMost = (file: string, limit: number): Effect.Effect<Uint8Array, string> =>
   Effect.tryPromise({
-    try: async () => {
-      const handle = await NodeFs.open(file, "r")
+    // Opened non-blocking: a blocking open or read of a pipe no one writes to parks a thread of
+    // libuv's pool for good, which no signal ends (even `process.exit` waits for that thread). Not
+    // blocking, a named pipe without a writer reads as empty, and one that is slow is waited for here,
+    // where an interruption (Ctrl-C, SIGTERM) stops the wait.
+    try: async (signal) => {
+      const handle = await NodeFs.open(file, NodeFs.constants.O_RDONLY | NodeFs.constants.O_NONBLOCK)
       try {
         const chunks: Array<Uint8Array> = []
         let total = 0
-        while (total <= limit) {
-          const { bytesRead, buffer } = await handle.read(
-            Buffer.alloc(Math.min(65_536, limit + 1 - total)),
-            0,
-            undefined,
-            null
-          )
-          if (bytesRead === 0) break
-          chunks.push(buffer.subarray(0, bytesRead))
-          total += bytesRead
+        while (total <= limit && !signal.aborted) {
+          const read = await handle
+            .read(Buffer.alloc(Math.min(65_536, limit + 1 - total)), 0, undefined, null)
+            .catch((error: unknown) => {
+              if ((error as NodeJS.ErrnoException).code === "EAGAIN") return undefined
+              throw error
+            })
+          if (read === undefined) {
+            await new Promise<void>((resolve) => setTimeout(resolve, 10))
+            continue
+          }
+          if (read.bytesRead === 0) break
+          chunks.push(read.buffer.subarray(0, read.bytesRead))
+          total += read.bytesRead
         }
         return Buffer.concat(chunks)
       } finally {
