@@ -168,6 +168,18 @@ local function windows(now, periodAt)
 end
 `
 
+// A script over the counters' keys, then the lease (ms), the reservation's id and numbers per counter.
+const leaseScript = (lua: string) =>
+  Redis.script(
+    (keys: ReadonlyArray<string>, leaseMs: number, id: string, args: ReadonlyArray<number>) => [
+      ...keys,
+      leaseMs,
+      id,
+      ...args
+    ],
+    { numberOfKeys: (keys: ReadonlyArray<string>) => keys.length, lua }
+  )
+
 // KEYS: per counter its hash without the window. ARGV: lease ms, reservation id, then per
 // counter: limit, amount, period ms (0: none). The windows are those of Redis's time, returned
 // last in every reply. Returns { 0, spent1, held1, ..., now } once every
@@ -177,16 +189,7 @@ end
 // `<id>|<amount>` with the amount in digits: Lua writes a number of 10^14 or more with an
 // exponent, and a sweep that could not read one failed every reservation on the counter. A
 // window's counter lives until its window's end and the lease.
-const reserveScript = Redis.script(
-  (keys: ReadonlyArray<string>, leaseMs: number, id: string, args: ReadonlyArray<number>) => [
-    ...keys,
-    leaseMs,
-    id,
-    ...args
-  ],
-  {
-    numberOfKeys: (keys: ReadonlyArray<string>) => keys.length,
-    lua: `${readableLua}
+const reserveScript = leaseScript(`${readableLua}
 local hs, zs, ends = {}, {}, {}
 ${windowsLua}
 local n = #KEYS
@@ -246,9 +249,7 @@ for i = 1, n do
 end
 out[2 * n + 2] = now
 return out
-`
-  }
-).withReturnType<ReadonlyArray<number>>()
+`).withReturnType<ReadonlyArray<number>>()
 
 // KEYS: per counter its hash and its leases (in the window it was reserved in). ARGV: reservation
 // id, once (1: see `Ledger.settle`), lease ms, then per counter: amount held, amount spent, when
@@ -336,16 +337,7 @@ const giveBackWindows = 1000
 // lease has ended and holds nothing. Takes it back there, adding nothing spent. Returns per counter
 // { 1, spent, held, window } where it was held (window -1 without a period), { 0, 0, 0, -1 } where nothing of the
 // id was, { -1, 0, 0, window } where it was held on a counter that cannot be read (left as it is).
-const giveBackScript = Redis.script(
-  (keys: ReadonlyArray<string>, leaseMs: number, id: string, args: ReadonlyArray<number>) => [
-    ...keys,
-    leaseMs,
-    id,
-    ...args
-  ],
-  {
-    numberOfKeys: (keys: ReadonlyArray<string>) => keys.length,
-    lua: `${readableLua}
+const giveBackScript = leaseScript(`${readableLua}
 local time = redis.call("TIME")
 local now = tonumber(time[1]) * 1000 + math.floor(tonumber(time[2]) / 1000)
 local lease = tonumber(ARGV[1])
@@ -388,24 +380,13 @@ for i = 1, #KEYS do
   end
 end
 return out
-`
-  }
-).withReturnType<ReadonlyArray<number>>()
+`).withReturnType<ReadonlyArray<number>>()
 
 // KEYS: as settleScript. ARGV: lease ms, reservation id, then per counter the amount held. A
 // lease of the id still running on a counter ends `lease` from now instead (one that has ended
 // is left to be swept, one settled is gone); the counter then lives at least as long. Returns
 // how many leases were moved.
-const renewScript = Redis.script(
-  (keys: ReadonlyArray<string>, leaseMs: number, id: string, amounts: ReadonlyArray<number>) => [
-    ...keys,
-    leaseMs,
-    id,
-    ...amounts
-  ],
-  {
-    numberOfKeys: (keys: ReadonlyArray<string>) => keys.length,
-    lua: `
+const renewScript = leaseScript(`
 local n = #KEYS / 2
 local time = redis.call("TIME")
 local now = tonumber(time[1]) * 1000 + math.floor(tonumber(time[2]) / 1000)
@@ -429,9 +410,7 @@ for i = 1, n do
   end
 end
 return moved
-`
-  }
-).withReturnType<number>()
+`).withReturnType<number>()
 
 // KEYS: as reserveScript. ARGV: per counter its period ms (0: none). Returns
 // { 0, spent1, held1, ..., now } in the windows of Redis's time, or { -i, now } for the first
