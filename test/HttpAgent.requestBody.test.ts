@@ -1,31 +1,7 @@
-import { NodeHttpClient } from "@effect/platform-node"
 import { assert, describe, it } from "@effect/vitest"
-import { Context, Effect, Layer, Metric } from "effect"
-import * as CircuitBreaker from "../src/CircuitBreaker.js"
-import * as Executor from "../src/Executor.js"
-import * as HttpAgent from "../src/HttpAgent.js"
-import * as Mock from "../src/Model/Mock.js"
+import { Effect } from "effect"
 import * as AgentServer from "./utils/agentServer.js"
-
-const build = (options?: HttpAgent.Options, breakers: CircuitBreaker.Options = {}) =>
-  Layer.build(
-    HttpAgent.layer(options).pipe(
-      Layer.provideMerge(Executor.layerWithStats({ timeout: "none" })),
-      Layer.provideMerge(Layer.mergeAll(Mock.layer(), CircuitBreaker.layerMemory(breakers))),
-      Layer.provide(NodeHttpClient.layerUndici)
-    )
-  ).pipe(Effect.provideService(Metric.MetricRegistry, new Map()))
-
-const agents = (options?: HttpAgent.Options, breakers?: CircuitBreaker.Options) =>
-  Effect.map(build(options, breakers), (context) => Context.get(context, HttpAgent.HttpAgents))
-
-const task = (id: string, agent: HttpAgent.Agent | string, args?: unknown): HttpAgent.Task => ({
-  id,
-  agent,
-  intent: "i",
-  concept: "c",
-  args
-})
+import { agents, build, task } from "./utils/httpAgents.js"
 
 /** The bytes of the body a task of id `id` with `{ text }` args is sent as. */
 const bodyBytes = (id: string, text: string) =>
