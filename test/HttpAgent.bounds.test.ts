@@ -6,37 +6,13 @@
  */
 import * as http from "node:http"
 import type { AddressInfo } from "node:net"
-import { NodeHttpClient } from "@effect/platform-node"
 import { assert, describe, it } from "@effect/vitest"
-import { Context, Effect, Fiber, Layer, Metric } from "effect"
+import { Effect, Fiber } from "effect"
 import { TestClock } from "effect/testing"
-import * as CircuitBreaker from "../src/CircuitBreaker.js"
-import * as Executor from "../src/Executor.js"
-import * as HttpAgent from "../src/HttpAgent.js"
-import * as Mock from "../src/Model/Mock.js"
+import * as AgentServer from "./utils/agentServer.js"
+import * as HttpAgents from "./utils/httpAgents.js"
 
-const agents = Layer.build(
-  HttpAgent.layer({ timeout: "1 minute" }).pipe(
-    Layer.provideMerge(Executor.layerWithStats({ timeout: "none" })),
-    Layer.provideMerge(Layer.mergeAll(Mock.layer(), CircuitBreaker.layerMemory({}))),
-    Layer.provide(NodeHttpClient.layerUndici)
-  )
-).pipe(
-  Effect.provideService(Metric.MetricRegistry, new Map()),
-  Effect.map((context) => Context.get(context, HttpAgent.HttpAgents))
-)
-
-/** Real time, polling: the server's side of the exchange runs on Node's timers. */
-const until = (ready: () => boolean) =>
-  Effect.callback<void>((resume) => {
-    const timer = setInterval(() => {
-      if (ready()) {
-        clearInterval(timer)
-        resume(Effect.void)
-      }
-    }, 2)
-    return Effect.sync(() => clearInterval(timer))
-  })
+const agents = HttpAgents.agents({ timeout: "1 minute" })
 
 type Mode = "stall" | "trickle"
 
@@ -89,13 +65,13 @@ describe("HttpAgent: an answer's body has a deadline", () => {
             service.call({ id: "t", agent: agent.url, intent: "i", concept: "c", timeout: "2 seconds" })
           )
           // The headers and the start of the body arrived (and, trickling, more of it since).
-          yield* until(() => agent.state.sent >= (mode === "stall" ? 1 : 10))
+          yield* AgentServer.poll(() => agent.state.sent >= (mode === "stall" ? 1 : 10))
           yield* TestClock.adjust("1999 millis")
           assert.isUndefined(fiber.pollUnsafe(), "no outcome before the deadline")
           yield* TestClock.adjust("1 millis")
           const record = yield* Fiber.join(fiber)
           assert.deepStrictEqual([record.status, record.error?.reason, record.durationMs], ["timeout", "Timeout", 2000])
-          yield* until(() => agent.state.closed === 1)
+          yield* AgentServer.poll(() => agent.state.closed === 1)
           const connections = yield* service.connections
           assert.deepStrictEqual([connections.active, connections.waiting], [0, 0])
         })

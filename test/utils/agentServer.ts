@@ -59,7 +59,8 @@ export const defaultReply = (task: ReceivedTask): Reply => ({
   json: { task_id: task.task_id, status: "success", result: { echo: task } }
 })
 
-const poll = (ready: () => boolean): Effect.Effect<void> =>
+/** Real time, polling every 2 ms until `ready()`: the server's side of an exchange runs on Node's timers. */
+export const poll = (ready: () => boolean): Effect.Effect<void> =>
   Effect.callback<void>((resume) => {
     const timer = setInterval(() => {
       if (ready()) {
