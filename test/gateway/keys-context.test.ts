@@ -80,6 +80,20 @@ describe("KeyStore: reserve goes by the key's record now, not by the KeyContext 
   )
 })
 
+/**
+ * Two replicas of one store on `server` (a fresh prefix, cacheTtl 2 s); the second's time is a
+ * TestClock, so its cache and the bound of a disable move only when told.
+ */
+const replicas = (server: RedisServer) =>
+  Effect.gen(function* () {
+    const prefix = `ctx-${Math.random().toString(36).slice(2, 10)}:`
+    const options: KeyStore.RedisOptions = { prefix, cacheTtl: "2 seconds" }
+    const one = yield* onRedis(server, options)
+    const clock = yield* TestClock.make()
+    const two = yield* Effect.provideService(onRedis(server, options), Clock.Clock, clock)
+    return { prefix, one, two, clock }
+  })
+
 describe.skipIf(skipRedis)(
   `KeyStore on Redis: a kept context (${skipRedis ? skipReason : "needs redis-server"})`,
   () => {
@@ -87,12 +101,7 @@ describe.skipIf(skipRedis)(
       Effect.scoped(
         Effect.gen(function* () {
           const server = yield* startRedis
-          const prefix = `ctx-${Math.random().toString(36).slice(2, 10)}:`
-          const options: KeyStore.RedisOptions = { prefix, cacheTtl: "2 seconds" }
-          const one = yield* onRedis(server, options)
-          // The other replica's time is a TestClock: its cache and the bound move only when told.
-          const clock = yield* TestClock.make()
-          const two = yield* Effect.provideService(onRedis(server, options), Clock.Clock, clock)
+          const { one, two, clock } = yield* replicas(server)
 
           const first = yield* one.create({ id: "r1", budget: { tokens: 1000 } })
           const second = yield* one.create({ id: "r2", budget: { tokens: 1000 } })
@@ -153,11 +162,7 @@ describe.skipIf(skipRedis)(
       Effect.scoped(
         Effect.gen(function* () {
           const server = yield* startRedis
-          const prefix = `ctx-${Math.random().toString(36).slice(2, 10)}:`
-          const options: KeyStore.RedisOptions = { prefix, cacheTtl: "2 seconds" }
-          const one = yield* onRedis(server, options)
-          const clock = yield* TestClock.make()
-          const two = yield* Effect.provideService(onRedis(server, options), Clock.Clock, clock)
+          const { prefix, one, two, clock } = yield* replicas(server)
           const created = yield* one.create({ id: "edited", budget: { tokens: 1000 } })
           // Edited by hand (or by another version): its JSON says "source": "config".
           const redis = Context.get(
