@@ -4,7 +4,7 @@
  *
  * @internal
  */
-import { createHash } from "node:crypto"
+import { hash } from "node:crypto"
 import {
   type GenerateRequest,
   type Message,
@@ -85,7 +85,7 @@ export const keyOf = (provider: string, r: GenerateRequest): string => {
     // Last and only when set, so that the keys of every other request stay what they were.
     ...(r.parallelToolCalls === false && tools !== undefined ? [false] : [])
   ]
-  return createHash("sha256").update(JSON.stringify(form)).digest("hex")
+  return hash("sha256", JSON.stringify(form), "hex")
 }
 
 /**
