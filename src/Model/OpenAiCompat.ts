@@ -135,8 +135,8 @@ const EMBED_BATCH = 256
 // Gemini's OpenAI-compatible endpoint: the one server known to want thought signatures back.
 const googleOpenAiHost = "generativelanguage.googleapis.com"
 
-const decodeCompletion = Decode.valueDecoder(Wire.ChatCompletion)
-const decodeChunk = Decode.resultDecoder(Wire.ChatChunk)
+const decodeCompletion = Decode.valueDecoder(Wire.ChatCompletion, { accept: Wire.isChatCompletion })
+const decodeChunk = Decode.resultDecoder(Wire.ChatChunk, { accept: Wire.isChatChunk })
 const decodeEmbeddings = Decode.valueDecoder(Wire.Embeddings)
 
 const optionKeys = Http.knownKeys<Options>({

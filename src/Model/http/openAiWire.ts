@@ -165,6 +165,89 @@ export const ChatChunk = Schema.Struct({
   usage: Schema.optional(Schema.NullOr(UsageWire))
 })
 
+// --- The common shapes of `ChatCompletion` and `ChatChunk`, checked by hand (`DecodeOptions.accept`) ---
+// Each check takes only what its schema takes; anything else is left to the schema, for its error.
+
+const isRecord = (value: unknown): value is Record<string, unknown> =>
+  typeof value === "object" && value !== null && !Array.isArray(value)
+const isText = (value: unknown): boolean => value === undefined || value === null || typeof value === "string"
+const isCount = (value: unknown): boolean => value === undefined || value === null || typeof value === "number"
+const isContent = (value: unknown): boolean => {
+  if (isText(value)) return true
+  if (!Array.isArray(value)) return false
+  for (const part of value) if (!isRecord(part) || typeof part.type !== "string" || !isText(part.text)) return false
+  return true
+}
+const isUsage = (value: unknown): boolean =>
+  value === undefined ||
+  value === null ||
+  (isRecord(value) && isCount(value.prompt_tokens) && isCount(value.completion_tokens) && isCount(value.total_tokens))
+const isListOf = (value: unknown, each: (item: unknown) => boolean): boolean => {
+  if (value === undefined || value === null) return true
+  if (!Array.isArray(value)) return false
+  for (const item of value) if (!each(item)) return false
+  return true
+}
+const isToolCall = (value: unknown): boolean =>
+  isRecord(value) &&
+  isText(value.id) &&
+  isText(value.type) &&
+  isRecord(value.function) &&
+  typeof value.function.name === "string" &&
+  value.function.name.length > 0 &&
+  isText(value.function.arguments)
+const isChoice = (value: unknown): boolean =>
+  isRecord(value) &&
+  isCount(value.index) &&
+  isText(value.finish_reason) &&
+  isRecord(value.message) &&
+  isText(value.message.role) &&
+  isContent(value.message.content) &&
+  isText(value.message.refusal) &&
+  isListOf(value.message.tool_calls, isToolCall)
+const isDeltaCall = (value: unknown): boolean =>
+  isRecord(value) &&
+  isCount(value.index) &&
+  isText(value.id) &&
+  (value.function === undefined ||
+    value.function === null ||
+    (isRecord(value.function) && isText(value.function.name) && isText(value.function.arguments)))
+const isDelta = (value: unknown): boolean =>
+  value === undefined ||
+  value === null ||
+  (isRecord(value) && isContent(value.content) && isText(value.refusal) && isListOf(value.tool_calls, isDeltaCall))
+const isChunkChoice = (value: unknown): boolean =>
+  isRecord(value) && isCount(value.index) && isText(value.finish_reason) && isDelta(value.delta)
+
+/**
+ * Whether `value` has the common shape of a {@link ChatCompletion} (a check by hand that
+ * takes nothing the schema refuses).
+ *
+ * @since 0.3.0
+ * @category decoding
+ */
+export const isChatCompletion = (value: unknown): boolean =>
+  isRecord(value) &&
+  isText(value.model) &&
+  Array.isArray(value.choices) &&
+  value.choices.length > 0 &&
+  isListOf(value.choices, isChoice) &&
+  isUsage(value.usage)
+
+/**
+ * Whether `value` has the common shape of a {@link ChatChunk} (a check by hand that takes
+ * nothing the schema refuses).
+ *
+ * @since 0.3.0
+ * @category decoding
+ */
+export const isChatChunk = (value: unknown): boolean =>
+  isRecord(value) &&
+  isText(value.model) &&
+  Array.isArray(value.choices) &&
+  isListOf(value.choices, isChunkChoice) &&
+  isUsage(value.usage)
+
 /**
  * The answer of `/embeddings`: each vector as floats or as base64.
  *

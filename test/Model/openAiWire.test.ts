@@ -1,0 +1,201 @@
+/**
+ * The hand-written checks that let an OpenAI answer or chunk skip its schema's decoding
+ * (`DecodeOptions.accept`): they must take nothing the schema refuses, and what they take must
+ * read as the schema's decoding of it would. Checked on answers as servers send them and on
+ * thousands of mutations of them (a seeded generator: the same cases every run).
+ */
+import { assert, describe, it } from "@effect/vitest"
+import { Result, Schema } from "effect"
+import * as Decode from "../../src/Model/http/decode.js"
+import * as Wire from "../../src/Model/http/openAiWire.js"
+
+const completions: ReadonlyArray<unknown> = [
+  {
+    id: "chatcmpl-1",
+    object: "chat.completion",
+    created: 1,
+    model: "gpt-4o-mini",
+    choices: [{ index: 0, message: { role: "assistant", content: "Paris." }, logprobs: null, finish_reason: "stop" }],
+    usage: { prompt_tokens: 12, completion_tokens: 3, total_tokens: 15, prompt_tokens_details: { cached_tokens: 0 } }
+  },
+  {
+    model: "m",
+    choices: [
+      {
+        index: 0,
+        message: {
+          role: "assistant",
+          content: null,
+          refusal: null,
+          tool_calls: [
+            {
+              id: "call_1",
+              type: "function",
+              function: { name: "weather", arguments: '{"city":"Paris"}' },
+              extra_content: { google: { thought_signature: "sig" } }
+            }
+          ]
+        },
+        finish_reason: "tool_calls"
+      }
+    ],
+    usage: null
+  },
+  {
+    model: "mistral",
+    choices: [
+      {
+        message: {
+          content: [
+            { type: "thinking", thinking: [] },
+            { type: "text", text: "Hi" }
+          ]
+        },
+        finish_reason: "stop"
+      },
+      { index: 1, message: { content: "other" }, finish_reason: null }
+    ]
+  },
+  { choices: [{ index: 0, message: { role: "assistant", refusal: "I cannot." }, finish_reason: "stop" }] }
+]
+
+const chunks: ReadonlyArray<unknown> = [
+  {
+    id: "c",
+    object: "chat.completion.chunk",
+    created: 1,
+    model: "m",
+    choices: [{ index: 0, delta: { role: "assistant", content: "tok " }, logprobs: null, finish_reason: null }]
+  },
+  { model: "m", choices: [], usage: { prompt_tokens: 3, completion_tokens: 7, total_tokens: 10 } },
+  { choices: [{ index: 0, delta: {}, finish_reason: "stop" }] },
+  {
+    choices: [
+      {
+        index: 0,
+        delta: {
+          tool_calls: [
+            { index: 0, id: "call_1", type: "function", function: { name: "weather", arguments: "" } },
+            { index: 0, function: { arguments: '{"city":' } },
+            { index: 0, function: null, extra_content: { google: { thought_signature: "s" } } }
+          ]
+        }
+      }
+    ]
+  },
+  {
+    choices: [
+      { delta: null, finish_reason: "" },
+      { index: 1, delta: { content: [{ type: "text", text: null }] } }
+    ]
+  }
+]
+
+// A small seeded generator (mulberry32): the same mutations every run.
+const random = (seed: number) => () => {
+  seed = (seed + 0x6d2b79f5) | 0
+  let t = Math.imul(seed ^ (seed >>> 15), 1 | seed)
+  t = (t + Math.imul(t ^ (t >>> 7), 61 | t)) ^ t
+  return ((t ^ (t >>> 14)) >>> 0) / 4294967296
+}
+
+const replacements: ReadonlyArray<() => unknown> = [
+  () => undefined,
+  () => null,
+  () => 0,
+  () => -1.5,
+  () => Number.POSITIVE_INFINITY,
+  () => "",
+  () => "x",
+  () => true,
+  () => [],
+  () => [{}],
+  () => ({}),
+  () => ({ type: "text", text: "t" }),
+  () => ({ name: "", arguments: 1 })
+]
+
+type Json = unknown
+const clone = (value: Json): Json => (value === undefined ? undefined : structuredClone(value))
+
+// Every place in a value: the root, each key of each object (present or one of the schema's
+// keys that may be absent), each element of each array.
+const places = (value: Json, path: Array<string | number> = [], out: Array<Array<string | number>> = []) => {
+  out.push(path)
+  if (Array.isArray(value)) for (let i = 0; i < value.length; i++) places(value[i], [...path, i], out)
+  else if (typeof value === "object" && value !== null) {
+    for (const key of new Set([...Object.keys(value), "index", "content", "function", "name", "usage", "delta"])) {
+      places((value as Record<string, Json>)[key], [...path, key], out)
+    }
+  }
+  return out
+}
+
+const mutate = (value: Json, next: () => number): Json => {
+  const copy = clone(value)
+  const all = places(copy)
+  const path = all[Math.floor(next() * all.length)]!
+  const replacement = replacements[Math.floor(next() * replacements.length)]!()
+  if (path.length === 0) return replacement
+  let parent = copy as Record<string | number, Json>
+  for (const step of path.slice(0, -1)) parent = parent[step] as Record<string | number, Json>
+  if (typeof parent !== "object" || parent === null) return copy
+  const last = path[path.length - 1]!
+  if (replacement === undefined && next() < 0.5 && !Array.isArray(parent)) delete parent[last]
+  else parent[last] = replacement
+  return copy
+}
+
+const check = (
+  name: string,
+  schema: Schema.Codec<unknown, unknown>,
+  accept: (value: unknown) => boolean,
+  seeds: ReadonlyArray<unknown>
+) =>
+  describe(name, () => {
+    const decode = Schema.decodeUnknownResult(schema)
+    // The schema's fields of a value: what a caller of the decoder reads.
+    const fields = Schema.encodeUnknownSync(schema)
+
+    it("takes the answers servers send, as the schema reads them", () => {
+      for (const seed of seeds) {
+        assert.isTrue(accept(seed), JSON.stringify(seed))
+        const decoded = decode(seed)
+        assert.isTrue(Result.isSuccess(decoded))
+        if (Result.isSuccess(decoded)) assert.deepStrictEqual(fields(seed), fields(decoded.success))
+      }
+    })
+
+    it("takes nothing the schema refuses, in 20,000 mutations of them", () => {
+      const next = random(42)
+      let taken = 0
+      let refused = 0
+      for (let i = 0; i < 20_000; i++) {
+        let value = seeds[i % seeds.length]
+        const times = 1 + Math.floor(next() * 3)
+        for (let j = 0; j < times; j++) value = mutate(value, next)
+        const decoded = decode(value)
+        if (Result.isFailure(decoded)) refused++
+        if (!accept(value)) continue
+        taken++
+        assert.isTrue(Result.isSuccess(decoded), `taken, but the schema refuses: ${JSON.stringify(value)}`)
+        if (Result.isSuccess(decoded)) assert.deepStrictEqual(fields(value), fields(decoded.success))
+      }
+      // Both sides were exercised: many mutations are still answers, many are not.
+      assert.isAbove(taken, 2_000)
+      assert.isAbove(refused, 2_000)
+    })
+
+    it("leaves what it refuses to the schema, whose error names the field", () => {
+      const decoder = Decode.resultDecoder(schema, { accept })
+      const bad = clone(seeds[0]) as { choices: Array<Record<string, unknown>> }
+      bad.choices[0]!.index = "0"
+      assert.isFalse(accept(bad))
+      const result = decoder(bad, { provider: "p" })
+      assert.isTrue(Result.isFailure(result))
+      if (Result.isFailure(result)) assert.include(result.failure.message, "choices[0].index")
+    })
+  })
+
+check("ChatCompletion", Wire.ChatCompletion as never, Wire.isChatCompletion, completions)
+check("ChatChunk", Wire.ChatChunk as never, Wire.isChatChunk, chunks)
