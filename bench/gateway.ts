@@ -119,7 +119,7 @@ const proxy = (upstreamPort: number) => {
 // The gateway, every policy on.
 
 const gateway = async (upstreamPort: number) => {
-  // BENCH_GATEWAY=http|bare|mock20|nokeys|mock|full (default full): parts left out, to see what each costs.
+  // BENCH_GATEWAY=http|bare|mock20|raw|nokeys|mock|full (default full): parts left out, to see what each costs.
   const variant = process.env.BENCH_GATEWAY ?? "full"
   const { NodeHttpClient } = await import("@effect/platform-node")
   const { Context, Effect, Layer, Redacted } = await import("effect")
@@ -131,20 +131,57 @@ const gateway = async (upstreamPort: number) => {
   const KeyStore = await import("../src/gateway/keys/KeyStore.js")
   const Mock = await import("../src/Model/Mock.js")
   if (process.env.BENCH_PRETENURING !== "on") Effect.runSync(Gateway.disableAllocationSitePretenuring)
+  // BENCH_GATEWAY=raw: the upstream call made by hand (undici's `request` and `JSON.parse`) inside
+  // a provider: the floor of the provider's HTTP path, everything else as in `nokeys`.
+  const raw = async () => {
+    const { Pool } = await import("undici")
+    const Model = await import("../src/Model.js")
+    const pool = new Pool(`http://127.0.0.1:${upstreamPort}`, { connections: 256 })
+    const generate = (request: { readonly messages: ReadonlyArray<unknown>; readonly model?: string | undefined }) =>
+      Effect.tryPromise({
+        try: async () => {
+          const answer = await pool.request({
+            path: "/v1/chat/completions",
+            method: "POST",
+            headers: { "content-type": "application/json", authorization: "Bearer sk-up" },
+            body: JSON.stringify({ model: request.model ?? "m", messages: request.messages })
+          })
+          const body = (await answer.body.json()) as {
+            choices: Array<{ message: { content: string } }>
+            usage: { prompt_tokens: number; completion_tokens: number }
+          }
+          return {
+            text: body.choices[0]!.message.content,
+            finishReason: "stop" as const,
+            usage: {
+              inputTokens: body.usage.prompt_tokens,
+              outputTokens: body.usage.completion_tokens,
+              totalTokens: body.usage.prompt_tokens + body.usage.completion_tokens
+            },
+            provider: "up",
+            model: request.model ?? "m"
+          }
+        },
+        catch: (cause) => new Error(String(cause))
+      })
+    return Layer.succeed(Model.ModelProvider, { name: "up", defaultModel: "m", generate } as never)
+  }
   const manager = Orchestra.layer({
     providers: {
       up:
-        variant === "mock" || variant === "bare" || variant === "mock20"
-          ? (Mock.layer({
-              name: "up",
-              respond: () => "benchmark answer",
-              latency: variant === "mock20" ? UPSTREAM_DELAY_MS : 0
-            }) as never)
-          : OpenAiCompat.layer({
-              baseUrl: `http://127.0.0.1:${upstreamPort}/v1`,
-              name: "up",
-              apiKey: Redacted.make("sk-up")
-            })
+        variant === "raw"
+          ? ((await raw()) as never)
+          : variant === "mock" || variant === "bare" || variant === "mock20"
+            ? (Mock.layer({
+                name: "up",
+                respond: () => "benchmark answer",
+                latency: variant === "mock20" ? UPSTREAM_DELAY_MS : 0
+              }) as never)
+            : OpenAiCompat.layer({
+                baseUrl: `http://127.0.0.1:${upstreamPort}/v1`,
+                name: "up",
+                apiKey: Redacted.make("sk-up")
+              })
     },
     domains: [{ name: "bench", provider: "up", timeout: "5 seconds", retry: { maxAttempts: 2, initialDelay: 50 } }],
     executor: { timeout: "5 seconds" },
