@@ -20,6 +20,7 @@ import type * as Client from "../Model/http/client.js"
 import { checkDependsOn } from "../pipeline/definition.js"
 import { keyedBreaker, messageOf } from "../pipeline/step.js"
 import type { BreakerGuard, LimitGuard } from "../policy/plan.js"
+import { breakered, type Queued } from "../policy/queued.js"
 import type { RetryPolicy } from "../Policy.js"
 import type { Service as CacheService } from "../ResponseCache.js"
 import { makeBody } from "./body.js"
@@ -311,40 +312,23 @@ const readEndpoints = (answer: unknown): ReadonlyArray<Endpoint> | string => {
   return out
 }
 
-/** The attempt of a task under way: whether it got a connection slot (the agent saw it). */
-interface Attempt {
-  connected: boolean
-}
-
 /**
- * The breaker of an agent's URL for one task. An attempt its deadline cut while it still waited for
- * a connection slot (this process's limit, not the agent's) reaches the breaker as an interruption,
- * which counts on no circuit, and comes out again as its `TimeoutError`: a burst queued behind a slow
- * agent opened the circuit of an agent that had answered nothing wrong.
+ * The breaker of an agent's URL for one task, which counts no attempt its deadline cut while it
+ * still waited for a connection slot (this process's limit, not the agent's: `queued.ts`).
+ * `attempt.reached` is set when a request gets its slot.
  */
 const agentBreaker = (
   guard: BreakerGuard,
   key: string,
-  attempt: Attempt,
+  attempt: Queued,
   onRefused: (error: CircuitOpenError) => void
 ): BreakerGuard => {
   const keyed = keyedBreaker(guard, key, onRefused)
   return {
-    execute: <A, E extends AiError>(name: string, effect: Effect.Effect<A, E>) =>
+    execute: (name, effect) =>
       Effect.suspend(() => {
-        attempt.connected = false
-        let cut: E | undefined
-        const queued = Effect.catchIf(
-          effect,
-          (error) => error._tag === "TimeoutError" && !attempt.connected,
-          (error) => {
-            cut = error
-            return Effect.interrupt
-          }
-        )
-        return Effect.catchCause(keyed.execute(name, queued), (cause) =>
-          cut !== undefined && Cause.hasInterruptsOnly(cause) ? Effect.fail(cut) : Effect.failCause(cause)
-        )
+        attempt.reached = false
+        return breakered(keyed, name, attempt, effect)
       }),
     admit: keyed.admit
   }
@@ -356,7 +340,7 @@ export const makeCall = (env: Env): Call => {
   // URL goes with it. The unwrapped headers live only in the request, as they did.
   const prepared = new WeakMap<Agent<unknown>, Prepared>()
   const bodyOf = makeBody(env.maxRequestBytes)
-  const send = (agent: Agent<unknown>, body: string, taskId: string, attempt: Attempt): Effect.Effect<Sent, AiError> =>
+  const send = (agent: Agent<unknown>, body: string, taskId: string, attempt: Queued): Effect.Effect<Sent, AiError> =>
     Effect.suspend(() => {
       let base = prepared.get(agent)
       if (base === undefined) {
@@ -370,7 +354,7 @@ export const makeCall = (env: Env): Call => {
       const json = env.client.json(request, decode, ctx)
       const exchange = env.connections.withPermit(host)(
         Effect.suspend(() => {
-          attempt.connected = true
+          attempt.reached = true
           return json
         })
       )
@@ -494,7 +478,7 @@ export const makeCall = (env: Env): Call => {
 
     let last = primary
     let attempts = 0
-    const attempt: Attempt = { connected: false }
+    const attempt: Queued = { reached: false }
     const steps = agents.map(
       (agent): Step<Agent<unknown>> => ({
         target: agent,

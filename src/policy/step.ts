@@ -20,6 +20,7 @@ import type { Series } from "../stats/series.js"
 import { cutByShutdown, notAnAiError, unexpected } from "./failure.js"
 import type * as Deadline from "./deadline.js"
 import type { Cut, Plan, Step, Telemetry } from "./plan.js"
+import { breakered, type Queued } from "./queued.js"
 import { isTraced } from "./span.js"
 
 /**
@@ -60,11 +61,11 @@ const spanned = <T, A>(
   )
 
 /**
- * Where a step's retry driver is.
+ * Where a step's retry driver is, and whether its attempt under way holds its provider slot.
  *
  * @internal
  */
-export interface RetryState {
+export interface RetryState extends Queued {
   attemptNo: number
   stepper: ((now: number, error: AiError) => Effect.Effect<[Duration.Duration, Duration.Duration], unknown>) | undefined
 }
@@ -240,7 +241,8 @@ export const make = (env: Env): Driver => {
     plan: Plan<T, A>,
     series: Series,
     call: (target: T, step: Step<T>) => Effect.Effect<A, AiError>,
-    counter: Counter
+    counter: Counter,
+    state: RetryState
   ): Effect.Effect<A, AiError> => {
     const gauges = series.gauges
     const semaphore = slot(step.name, step.maxConcurrency)
@@ -274,12 +276,9 @@ export const make = (env: Env): Driver => {
         step.breaker === undefined ? deadlined : step.breaker.execute(step.name, deadlined)
       )
     }
-    // Queued for the provider's slot: the attempt's deadline covers the wait, but an attempt it cut
-    // there never reached the provider, and its breaker must not count it (a burst queued behind a
-    // slow call opened the circuit of a provider that had failed nothing). It reaches the breaker
-    // as an interruption (ignored), and comes out as its TimeoutError.
-    let served = false
-    let queuedOut: AiError | undefined
+    // Queued for the provider's slot: the attempt's deadline covers the wait, and its breaker
+    // counts it only once it was served (`queued.ts`).
+    state.reached = false
     const body = Effect.suspend(() => {
       const queuedAt = clock.currentTimeMillisUnsafe()
       for (const g of gauges) g.queued++
@@ -293,7 +292,7 @@ export const make = (env: Env): Driver => {
       return semaphore
         .withPermit(
           Effect.suspend(() => {
-            served = true
+            state.reached = true
             leaveQueue()
             return serve
           })
@@ -301,19 +300,12 @@ export const make = (env: Env): Driver => {
         .pipe(Effect.onExit(() => Effect.sync(leaveQueue)))
     })
     const deadlined: Effect.Effect<A, AiError> = lanes.attempt(body, step.timeout, settleAttempt, step)
-    if (step.breaker === undefined) return guard(step, plan, counter, deadlined)
-    const unseen = Effect.catchIf(
-      deadlined,
-      (error) => !served && error._tag === "TimeoutError",
-      (error) => {
-        queuedOut = error
-        return Effect.interrupt
-      }
+    return guard(
+      step,
+      plan,
+      counter,
+      step.breaker === undefined ? deadlined : breakered(step.breaker, step.name, state, deadlined)
     )
-    const breakered = Effect.catchCause(step.breaker.execute(step.name, unseen), (cause) =>
-      queuedOut !== undefined && Cause.hasInterruptsOnly(cause) ? Effect.fail(queuedOut) : Effect.failCause(cause)
-    )
-    return guard(step, plan, counter, breakered)
   }
 
   // The attempt under its breaker: its span when traced, then the rate limit's wait outside it.
@@ -393,7 +385,7 @@ export const make = (env: Env): Driver => {
     Effect.suspend(() => {
       state.attemptNo++
       counter.attempts++
-      return Effect.catch(attempt(step, plan, series, call, counter), (error: AiError) =>
+      return Effect.catch(attempt(step, plan, series, call, counter, state), (error: AiError) =>
         retryOrFail(step, plan, call, counter, series, state, error)
       )
     })
@@ -408,7 +400,7 @@ export const make = (env: Env): Driver => {
     Effect.suspend(() => {
       const series = seriesOf(step)
       let started: number | undefined
-      const state: RetryState = { attemptNo: 0, stepper: undefined }
+      const state: RetryState = { attemptNo: 0, stepper: undefined, reached: false }
       // The request is counted inside the region whose exit records it: a caller interrupted
       // just before (at an auto-yield) leaves neither a request nor an outcome.
       return Effect.onExit(

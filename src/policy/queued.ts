@@ -1,0 +1,57 @@
+/**
+ * The breaker of an attempt that queues for a slot before it reaches its upstream (the
+ * provider's `maxConcurrency` slot in the executor, the HTTP agents' connection slot). The
+ * attempt's deadline covers the wait, but an attempt it cut there never reached the
+ * upstream, and its circuit breaker must not count it: a burst queued behind a slow call
+ * opened the circuit of an upstream that had failed nothing. Such an attempt reaches the
+ * breaker as an interruption (ignored), and its caller still gets its `TimeoutError`.
+ *
+ * @internal
+ */
+import { Cause, Effect } from "effect"
+import type { AiError, CircuitOpenError } from "../AiError.js"
+import type { BreakerGuard } from "./plan.js"
+
+/**
+ * An attempt that queues for a slot: its owner sets `reached` to false as the attempt starts
+ * and to true once the attempt holds its slot (its upstream sees it from then on). A step's
+ * attempts run one after another, so one such record can serve them all.
+ *
+ * @internal
+ */
+export interface Queued {
+  reached: boolean
+}
+
+// The TimeoutError of an attempt its deadline cut, if that is how it failed.
+const timedOut = <E extends AiError>(cause: Cause.Cause<E>): E | undefined => {
+  if (Cause.hasDies(cause)) return undefined
+  const error = Cause.findErrorOption(cause)
+  return error._tag === "Some" && error.value._tag === "TimeoutError" ? error.value : undefined
+}
+
+/**
+ * `attempt` (queueing for its slot included, under its deadline) under `breaker`'s `key`,
+ * except a `TimeoutError` that struck before `queued.reached`: the breaker sees it as an
+ * interruption, and the caller gets it back as it was.
+ *
+ * @internal
+ */
+export const breakered = <A, E extends AiError>(
+  breaker: BreakerGuard,
+  key: string,
+  queued: Queued,
+  attempt: Effect.Effect<A, E>
+): Effect.Effect<A, E | CircuitOpenError> => {
+  let cut: E | undefined
+  const unseen = Effect.catchCause(attempt, (cause) => {
+    if (!queued.reached) {
+      cut = timedOut(cause)
+      if (cut !== undefined) return Effect.interrupt
+    }
+    return Effect.failCause(cause)
+  })
+  return Effect.catchCause(breaker.execute(key, unseen), (cause) =>
+    cut !== undefined && Cause.hasInterruptsOnly(cause) ? Effect.fail(cut) : Effect.failCause(cause)
+  )
+}
