@@ -37,4 +37,43 @@ describe("HttpAgent: Stats of tasks that timed out waiting for a connection slot
         assert.strictEqual((yield* service.call(task("after", agent))).status, "success")
       })
   )
+
+  it.effect(
+    "a task's wait for a connection slot is its queueWait and its callers' latency, not the agent's serviceTime nor in flight",
+    () =>
+      Effect.gen(function* () {
+        const server = yield* AgentServer.make((t) =>
+          t.task_id === "busy" ? { hang: true } : AgentServer.defaultReply(t)
+        )
+        // Two names of one host: one connection slot between them, a series each.
+        const holder = HttpAgent.agent({ url: server.url, name: "slot-holder" })
+        const waiter = HttpAgent.agent({ url: server.url, name: "slot-waiter" })
+        const service = yield* agents({ maxConnectionsPerHost: 1 })
+        const busy = yield* Effect.forkChild(service.call({ ...task("busy", holder), timeout: "10 seconds" }))
+        yield* server.awaitRequests(1)
+        const queued = yield* Effect.forkChild(service.call({ ...task("queued", waiter), timeout: "1 minute" }))
+        yield* Effect.yieldNow
+        // Read now, checked once both tasks have ended (the executor's close waits for calls in flight).
+        const slots = yield* service.connections
+        const waiting = (yield* service.stats(waiter)).calls
+        yield* TestClock.adjust("10 seconds")
+        assert.strictEqual((yield* Fiber.join(busy)).status, "timeout")
+        // The holder's request aborted, the slot is the waiter's: the agent answers it at once.
+        assert.strictEqual((yield* Fiber.join(queued)).status, "success")
+        assert.strictEqual(slots.waiting, 1)
+        assert.deepStrictEqual([waiting.queued, waiting.inFlight], [1, 0], "[queued, inFlight] while it waited")
+        const { calls } = yield* service.stats(waiter)
+        assert.deepStrictEqual(
+          [calls.queueWait.max, calls.serviceTime.max, calls.latency.max],
+          [10_000, 0, 10_000],
+          "[queueWait, serviceTime, latency] of the task that waited"
+        )
+        const held = (yield* service.stats(holder)).calls
+        assert.deepStrictEqual(
+          [held.queueWait.max, held.serviceTime.max],
+          [0, 10_000],
+          "the agent served the holder 10 s"
+        )
+      })
+  )
 })

@@ -10,7 +10,7 @@
 import { createHash } from "node:crypto"
 import { Cause, Clock, Duration, Effect, Exit, Option, Redacted, Result } from "effect"
 import { HttpClientRequest, UrlParams } from "effect/http"
-import { type AiError, type CircuitOpenError, ModelError } from "../AiError.js"
+import { type AiError, ModelError } from "../AiError.js"
 import type { Service as DiscoveryService, Endpoint } from "../Discovery.js"
 import type { Service as ExecutorService, Step } from "../Executor.js"
 import type { Agent, Decoded, Task, TaskRecord } from "../HttpAgent.js"
@@ -19,8 +19,7 @@ import type { GenerateResponse } from "../Model.js"
 import type * as Client from "../Model/http/client.js"
 import { checkDependsOn } from "../pipeline/definition.js"
 import { keyedBreaker, messageOf } from "../pipeline/step.js"
-import type { BreakerGuard, LimitGuard } from "../policy/plan.js"
-import { breakered, type Queued } from "../policy/queued.js"
+import type { BreakerGuard, LimitGuard, Slot } from "../policy/plan.js"
 import type { RetryPolicy } from "../Policy.js"
 import type { Service as CacheService } from "../ResponseCache.js"
 import { makeBody } from "./body.js"
@@ -312,52 +311,28 @@ const readEndpoints = (answer: unknown): ReadonlyArray<Endpoint> | string => {
   return out
 }
 
-/**
- * The breaker of an agent's URL for one task, which counts no attempt its deadline cut while it
- * still waited for a connection slot (this process's limit, not the agent's: `queued.ts`).
- * `attempt.reached` is set when a request gets its slot.
- */
-const agentBreaker = (
-  guard: BreakerGuard,
-  key: string,
-  attempt: Queued,
-  onRefused: (error: CircuitOpenError) => void
-): BreakerGuard => {
-  const keyed = keyedBreaker(guard, key, onRefused)
-  return {
-    execute: (name, effect) =>
-      Effect.suspend(() => {
-        attempt.reached = false
-        return breakered(keyed, name, attempt, effect)
-      }),
-    admit: keyed.admit
-  }
-}
-
 /** Builds the service's `call`; it never fails. */
 export const makeCall = (env: Env): Call => {
   // Once per agent, not per request (nor per retry); weakly held, so an agent made for one task's
   // URL goes with it. The unwrapped headers live only in the request, as they did.
   const prepared = new WeakMap<Agent<unknown>, Prepared>()
+  const preparedOf = (agent: Agent<unknown>): Prepared => {
+    let base = prepared.get(agent)
+    if (base === undefined) {
+      base = prepare(agent)
+      prepared.set(agent, base)
+    }
+    return base
+  }
   const bodyOf = makeBody(env.maxRequestBytes)
-  const send = (agent: Agent<unknown>, body: string, taskId: string, attempt: Queued): Effect.Effect<Sent, AiError> =>
+  // Sent once the executor gave the attempt its connection slot (its step's `slot`).
+  const send = (agent: Agent<unknown>, body: string, taskId: string): Effect.Effect<Sent, AiError> =>
     Effect.suspend(() => {
-      let base = prepared.get(agent)
-      if (base === undefined) {
-        base = prepare(agent)
-        prepared.set(agent, base)
-      }
+      const base = preparedOf(agent)
       const request = HttpClientRequest.bodyText(base.request, body, "application/json")
       const ctx = { provider: agent.name, secrets: agent.secrets, answerFirst: true }
-      const host = base.host
       const decode = (answer: unknown) => Effect.map(agent.decode(answer, taskId), (decoded) => ({ decoded, answer }))
-      const json = env.client.json(request, decode, ctx)
-      const exchange = env.connections.withPermit(host)(
-        Effect.suspend(() => {
-          attempt.reached = true
-          return json
-        })
-      )
+      const exchange = env.client.json(request, decode, ctx)
       return base.hasQuery ? Effect.provideService(exchange, UrlParams.CurrentRedactedNames, everyName) : exchange
     })
 
@@ -478,28 +453,35 @@ export const makeCall = (env: Env): Call => {
 
     let last = primary
     let attempts = 0
-    const attempt: Queued = { reached: false }
-    const steps = agents.map(
-      (agent): Step<Agent<unknown>> => ({
+    const steps = agents.map((agent): Step<Agent<unknown>> => {
+      // The executor queues each attempt for the agent's connection slot as for a provider's
+      // (`Step.slot`): the wait is its queue wait, not the agent's service time, and its breaker
+      // counts no attempt cut there. An attempt begins here, under its deadline: the record names
+      // the agent and counts the attempt as it did when the task waited for the slot itself.
+      const slot: Slot = {
+        withPermit: (effect) => {
+          last = agent
+          attempts++
+          return env.connections.withPermit(preparedOf(agent).host)(effect)
+        }
+      }
+      return {
         target: agent,
         name: agent.name,
         statsName: env.seriesName(agent.name),
         domain: env.statsDomain,
         timeout: timeout ?? agent.timeout ?? env.timeout,
         retry: agent.retry ?? env.retry,
-        breaker: agentBreaker(env.breaker, breakerKey(agent.url), attempt, () => {
+        breaker: keyedBreaker(env.breaker, breakerKey(agent.url), () => {
           last = agent
         }),
-        rateLimit: env.rateLimit
-      })
-    )
+        rateLimit: env.rateLimit,
+        slot
+      }
+    })
     const exit = yield* Effect.exit(
       env.executor.run({ steps: steps as [Step<Agent<unknown>>, ...Array<Step<Agent<unknown>>>] }, (agent) =>
-        Effect.suspend(() => {
-          last = agent
-          attempts++
-          return send(agent, body, task.id, attempt)
-        })
+        send(agent, body, task.id)
       )
     )
     if (Exit.isSuccess(exit)) {

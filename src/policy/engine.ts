@@ -333,7 +333,9 @@ export const make = (options: Options): Effect.Effect<Engine, never, Scope.Scope
     const fusable = <T, A>(plan: Plan<T, A>): boolean => {
       if (plan.steps.length > 1 || plan.cache !== undefined || plan.totalTimeout !== undefined) return false
       const step = plan.steps[0]
-      return step.rateLimit === undefined && slot(step.name, step.maxConcurrency) === undefined
+      return (
+        step.rateLimit === undefined && step.slot === undefined && slot(step.name, step.maxConcurrency) === undefined
+      )
     }
 
     // Takes the call in (counted, admitted by the breaker's fast lane), or answers undefined

@@ -32,6 +32,16 @@ export interface BreakerPermit {
 }
 
 /**
+ * A slot an attempt queues for before it reaches its target, held while the target serves it
+ * (a `Semaphore` is one).
+ *
+ * @internal
+ */
+export interface Slot {
+  readonly withPermit: <A, E, R>(self: Effect.Effect<A, E, R>) => Effect.Effect<A, E, R>
+}
+
+/**
  * What the pipeline needs of a rate limit (the `RateLimit` service provides it).
  *
  * @internal
@@ -106,6 +116,12 @@ export interface Step<T> {
   readonly tokens?: number | undefined
   /** Calls the target serves at once; more queue (measured apart). */
   readonly maxConcurrency?: number | undefined
+  /**
+   * The slot of the step's own its calls queue for instead of `maxConcurrency`'s (an HTTP agent's
+   * connection slot), measured apart the same way: queue wait, not service time. `withPermit` is
+   * applied as each attempt starts to queue, under its deadline. Streams queue for `maxConcurrency` only.
+   */
+  readonly slot?: Slot | undefined
   /**
    * `false`: what this step answers is not kept in the cache (a domain with `cache: false`
    * reached as a fallback); it still answers the callers of its call. Default: kept.

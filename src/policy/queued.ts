@@ -1,6 +1,6 @@
 /**
  * The breaker of an attempt that queues for a slot before it reaches its upstream (the
- * provider's `maxConcurrency` slot in the executor, the HTTP agents' connection slot). The
+ * provider's `maxConcurrency` slot, or a step's own `slot`: the HTTP agents' connection slot). The
  * attempt's deadline covers the wait, but an attempt it cut there never reached the
  * upstream, and its circuit breaker must not count it: a burst queued behind a slow call
  * opened the circuit of an upstream that had failed nothing. Such an attempt reaches the

@@ -61,7 +61,7 @@ const spanned = <T, A>(
   )
 
 /**
- * Where a step's retry driver is, and whether its attempt under way holds its provider slot.
+ * Where a step's retry driver is, and whether its attempt under way holds its slot.
  *
  * @internal
  */
@@ -245,7 +245,7 @@ export const make = (env: Env): Driver => {
     state: RetryState
   ): Effect.Effect<A, AiError> => {
     const gauges = series.gauges
-    const semaphore = slot(step.name, step.maxConcurrency)
+    const semaphore = step.slot ?? slot(step.name, step.maxConcurrency)
     const serve = Effect.suspend(() => {
       const started = clock.currentTimeMillisUnsafe()
       let provided: Effect.Effect<A, AiError>
@@ -276,7 +276,7 @@ export const make = (env: Env): Driver => {
         step.breaker === undefined ? deadlined : step.breaker.execute(step.name, deadlined)
       )
     }
-    // Queued for the provider's slot: the attempt's deadline covers the wait, and its breaker
+    // Queued for its slot: the attempt's deadline covers the wait, and its breaker
     // counts it only once it was served (`queued.ts`).
     state.reached = false
     const body = Effect.suspend(() => {
