@@ -756,4 +756,34 @@ describe("UndiciHttpClient's scoped path", () => {
         assert.strictEqual(made, 6)
       }).pipe(Effect.provide(UndiciHttpClient.layer))
   )
+
+  live.live(
+    "each request goes where its own URL says, across more URLs than the path keeps parsed, and one that does not parse fails as effect's does",
+    () =>
+      Effect.gen(function* () {
+        const server = yield* Server.make((req, res) => Server.json(res, 200, { path: req.path }))
+        const client = HttpClient.withScope(yield* HttpClient.HttpClient)
+        const get = (url: string) =>
+          Effect.scoped(Effect.flatMap(client.get(url), (response) => response.json)).pipe(
+            Effect.provideService(References.TracerEnabled, false)
+          )
+        // 600 distinct URLs (the path keeps 256 parsed), each asked twice: once parsed, once from what it kept.
+        for (let round = 0; round < 2; round++) {
+          for (let i = 0; i < 600; i++) assert.deepStrictEqual(yield* get(`${server.url}/p/${i}`), { path: `/p/${i}` })
+        }
+        // An origin's answer comes from that origin: the same path on another server is not the first's.
+        const other = yield* Server.make((_, res) => Server.json(res, 200, { other: true }))
+        assert.deepStrictEqual(yield* get(`${other.url}/p/1`), { other: true })
+        assert.deepStrictEqual(yield* get(`${server.url}/p/1`), { path: "/p/1" })
+        // The answer's URL is the request's, without a fragment.
+        const response = yield* Effect.scoped(client.get(`${server.url}/p/x`)).pipe(
+          Effect.provideService(References.TracerEnabled, false)
+        )
+        assert.strictEqual(response.request.url, `${server.url}/p/x`)
+        for (let i = 0; i < 2; i++) {
+          const exit = yield* Effect.exit(get("http://[not-a-host/x"))
+          assert.strictEqual(reasonOf(exit), "InvalidUrlError")
+        }
+      }).pipe(Effect.provide(UndiciHttpClient.layer))
+  )
 })

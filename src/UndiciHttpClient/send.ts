@@ -53,6 +53,29 @@ export type Redirected = (
 ) => Effect.Effect<HttpClientResponse.HttpClientResponse, HttpClientError.HttpClientError>
 
 /**
+ * Where a request goes, read off its URL once: the answer's URL (`href`, without a fragment),
+ * undici's `origin` and `path`.
+ *
+ * @internal
+ */
+export interface Target {
+  readonly href: string
+  readonly origin: string
+  readonly path: string
+}
+
+/**
+ * The {@link Target} of a parsed URL.
+ *
+ * @internal
+ */
+export const targetOf = (url: URL): Target => ({
+  href: url.href.split("#")[0]!,
+  origin: url.origin,
+  path: url.pathname + url.search
+})
+
+/**
  * Sends `request` through undici. The answer comes as soon as its head has; `signal` (the
  * `HttpClient.make` path) or `link` (the scoped path) gives it up when it fires. On the scoped
  * path, a redirect's answer whose body is still coming goes through `redirected`.
@@ -61,7 +84,7 @@ export const send = (
   dispatcher: Undici.Dispatcher,
   FormData: typeof Undici.FormData,
   request: HttpClientRequest.HttpClientRequest,
-  url: URL,
+  target: Target,
   options: Partial<Undici.Dispatcher.RequestOptions>,
   signal: AbortSignal | undefined,
   link: ScopeLink | undefined,
@@ -84,7 +107,7 @@ export const send = (
       }
       const exchange = new Exchange(signal, stream, (error) => {
         if (error !== undefined) return resume(Effect.fail(transportError(request, error)))
-        const response = new UndiciResponse(request, url.href.split("#")[0]!, exchange)
+        const response = new UndiciResponse(request, target.href, exchange)
         resume(
           redirected !== undefined &&
             exchange.status >= 300 &&
@@ -108,8 +131,8 @@ export const send = (
             ...options,
             method: request.method,
             headers: headers as Record<string, string>,
-            origin: url.origin,
-            path: url.pathname + url.search,
+            origin: target.origin,
+            path: target.path,
             body: body as never
           },
           exchange
@@ -131,5 +154,14 @@ export const send = (
  */
 export const makeGeneral = (dispatcher: Undici.Dispatcher, FormData: typeof Undici.FormData): HttpClient.HttpClient =>
   HttpClient.make((request, url, signal, fiber) =>
-    send(dispatcher, FormData, request, url, fiber.getRef(NodeHttpClient.UndiciOptions), signal, undefined, undefined)
+    send(
+      dispatcher,
+      FormData,
+      request,
+      targetOf(url),
+      fiber.getRef(NodeHttpClient.UndiciOptions),
+      signal,
+      undefined,
+      undefined
+    )
   )
