@@ -1,12 +1,15 @@
 /**
  * A manager whose build failed, a `dispose()` that does not end, and what is left after `dispose()`.
- * A Promise API on the real clock: a rebuild's backoff is either nothing (`rebuildAfter: 0`) or far
- * longer than the test, so no assertion hangs on time passing.
+ * `createOrchestra` runs on the real clock: there a rebuild's backoff is either nothing (`rebuildAfter: 0`)
+ * or far longer than the test, so no assertion hangs on time passing. The backoff's schedule itself is
+ * timed on a `TestClock`, through the facade built over it (`makeCreateOrchestra`'s clock).
  */
 import { assert, describe, it } from "@effect/vitest"
-import { Effect, Layer } from "effect"
+import { type Duration, Effect, Layer } from "effect"
+import { TestClock } from "effect/testing"
 import { ModelError } from "../src/AiError.js"
-import { createOrchestra, OrchestraError } from "../src/Facade.js"
+import { AbortedError, createOrchestra, OrchestraError } from "../src/Facade.js"
+import { makeCreateOrchestra } from "../src/facade/orchestra.js"
 import * as Input from "../src/Input.js"
 import { ModelProvider } from "../src/Model.js"
 import * as Mock from "../src/Model/Mock.js"
@@ -164,6 +167,116 @@ describe("createOrchestra: a build that failed", () => {
     }
     assert.strictEqual(f.state.builds, 0)
   })
+})
+
+describe("createOrchestra: the rebuild backoff, on a TestClock", () => {
+  /** `createOrchestra` over the test's clock, and what a call made now gets: its answer, or the rejection's message. */
+  const onTestClock = Effect.fnUntraced(function* (
+    layer: Layer.Layer<Orchestra.Services, unknown>,
+    options: Parameters<typeof createOrchestra>[1]
+  ) {
+    const clock = yield* TestClock.testClockWith(Effect.succeed)
+    const orchestra = makeCreateOrchestra({ AbortedError, OrchestraError }, clock)(layer, options)
+    yield* Effect.addFinalizer(() => Effect.promise(() => orchestra.dispose().catch(() => undefined)))
+    const call = Effect.promise(() =>
+      orchestra.execute("q").then(
+        (answer) => answer.response.text,
+        (error: unknown) => `rejected: ${(error as Error).message}`
+      )
+    )
+    return { clock, call }
+  })
+
+  it.effect(
+    "the first rebuild is rebuildAfter after the failure, the next 2x, then 4x; a build that succeeds is kept",
+    () =>
+      Effect.gen(function* () {
+        const f = flaky(3, () => new ModelError({ reason: "Transport", message: "redis down" }))
+        const { call } = yield* onTestClock(Orchestra.layer({ providers: { main: f.layer } }), {
+          rebuildAfter: "1 second"
+        })
+        const refused = "rejected: redis down"
+        assert.strictEqual(yield* call, refused)
+        assert.strictEqual(f.state.builds, 1)
+        // Each wait: a call just before it ends is refused at once and builds nothing; one at its end builds.
+        for (const [wait, builds] of [
+          [1_000, 2],
+          [2_000, 3],
+          [4_000, 4]
+        ] as const) {
+          yield* TestClock.adjust(wait - 1)
+          assert.strictEqual(yield* call, refused)
+          assert.strictEqual(f.state.builds, builds - 1)
+          yield* TestClock.adjust(1)
+          assert.strictEqual(yield* call, builds === 4 ? "mock answer to: q" : refused)
+          assert.strictEqual(f.state.builds, builds)
+        }
+        yield* TestClock.adjust("1 hour")
+        assert.strictEqual(yield* call, "mock answer to: q")
+        assert.strictEqual(f.state.builds, 4)
+        // What each failed build had acquired was released before the next one.
+        assert.strictEqual(f.state.released, 3)
+      })
+  )
+
+  it.effect("the wait doubles up to a cap of 60 seconds; a rebuildAfter above it (90 seconds) is the wait itself", () =>
+    Effect.gen(function* () {
+      const waitsOf = Effect.fnUntraced(function* (rebuildAfter: Duration.Input, failures: number) {
+        const f = flaky(Infinity)
+        const { call } = yield* onTestClock(Orchestra.layer({ providers: { main: f.layer } }), { rebuildAfter })
+        yield* call
+        const waits: Array<number> = []
+        let waited = 0
+        while (waits.length < failures) {
+          const builds = f.state.builds
+          yield* TestClock.adjust("1 second")
+          waited += 1_000
+          yield* call
+          if (f.state.builds > builds) {
+            waits.push(waited)
+            waited = 0
+          }
+        }
+        return waits
+      })
+      assert.deepStrictEqual(yield* waitsOf("10 seconds", 5), [10_000, 20_000, 40_000, 60_000, 60_000])
+      assert.deepStrictEqual(yield* waitsOf("90 seconds", 3), [90_000, 90_000, 90_000])
+    })
+  )
+
+  it.effect("rebuildAfter: Infinity never builds again; an OptionError is final whatever the time", () =>
+    Effect.gen(function* () {
+      const never = flaky(Infinity)
+      const option = flaky(Infinity, () => Input.toOptionError({ path: "url", message: "expected a redis:// URL" }))
+      const first = yield* onTestClock(Orchestra.layer({ providers: { main: never.layer } }), {
+        rebuildAfter: Infinity
+      })
+      const second = yield* onTestClock(Orchestra.layer({ providers: { main: option.layer } }), { rebuildAfter: 0 })
+      assert.include(yield* first.call, "ECONNREFUSED")
+      assert.include(yield* second.call, "invalid providers.main.url")
+      yield* TestClock.adjust("365 days")
+      assert.include(yield* first.call, "ECONNREFUSED")
+      assert.include(yield* second.call, "invalid providers.main.url")
+      assert.deepStrictEqual([never.state.builds, option.state.builds], [1, 1])
+    })
+  )
+
+  it.effect(
+    "the wait is measured on the monotonic clock: a wall clock set back an hour (an NTP step) does not stretch it",
+    () =>
+      Effect.gen(function* () {
+        const f = flaky(1)
+        const { call } = yield* onTestClock(Orchestra.layer({ providers: { main: f.layer } }), {
+          rebuildAfter: "1 second"
+        })
+        yield* TestClock.setTime(86_400_000)
+        assert.include(yield* call, "ECONNREFUSED")
+        yield* TestClock.setTime(86_400_000 - 3_600_000)
+        yield* TestClock.adjust("1 second")
+        assert.strictEqual(yield* call, "mock answer to: q")
+        assert.strictEqual(f.state.builds, 2)
+      })
+  )
 })
 
 describe("createOrchestra: dispose() has a bound of its own", () => {

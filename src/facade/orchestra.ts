@@ -6,7 +6,7 @@
  *
  * @internal
  */
-import { type Layer, Result } from "effect"
+import { type Clock, type Layer, Result } from "effect"
 import type { FacadeOptions, Orchestra, ParallelOptions, Prompt } from "../Facade.js"
 import type { Services } from "../Orchestra.js"
 import * as Calls from "./calls.js"
@@ -18,15 +18,16 @@ import { makeStats } from "./stats.js"
 import { makeStream } from "./stream.js"
 
 /**
- * Builds `createOrchestra` over the facade's error classes; `Facade.ts` calls it once, at load.
+ * Builds `createOrchestra` over the facade's error classes; `Facade.ts` calls it once, at load. `clock`
+ * times each manager's rebuild backoff and `dispose()`'s bound: the live clock, but for tests (a `TestClock`).
  *
  * @internal
  */
-export const makeCreateOrchestra = (env: Env) => {
+export const makeCreateOrchestra = (env: Env, clock?: Clock.Clock) => {
   const rejections = makeRejections(env)
 
   const createOrchestra = <E>(layer: Layer.Layer<Services, E, never>, options?: FacadeOptions): Orchestra => {
-    const manager = makeManager(rejections, layer, options)
+    const manager = makeManager(rejections, layer, options, clock)
     const run = makeRun(rejections, manager)
     const { stats, resetStats, metrics } = makeStats(rejections, manager, run)
     return {

@@ -89,10 +89,13 @@ const readOptions = (
   }
 }
 
+/** `clock`'s monotonic time in milliseconds: a wall clock stepped back or on (NTP) moves no wait measured on it. */
+const monotonicMillis = (clock: Clock.Clock): number => Number(clock.monotonicTimeNanosUnsafe()) / 1_000_000
+
 const timedOut: unique symbol = Symbol("timedOut")
 
-/** `promise`, or `timedOut` once `bound` has passed first (the facade's clock; no timer left behind). */
-const within = <A>(promise: Promise<A>, bound: Duration.Duration): Promise<A | typeof timedOut> =>
+/** `promise`, or `timedOut` once `bound` has passed first (on `clock`; no timer left behind). */
+const within = <A>(clock: Clock.Clock, promise: Promise<A>, bound: Duration.Duration): Promise<A | typeof timedOut> =>
   !Duration.isFinite(bound)
     ? promise
     : new Promise((resolve, reject) => {
@@ -164,11 +167,17 @@ export interface Manager {
 }
 
 /**
- * The manager of `layer`, built on first use; `options` are `createOrchestra`'s own.
+ * The manager of `layer`, built on first use; `options` are `createOrchestra`'s own. `managerClock`
+ * times its rebuild backoff and `dispose()`'s bound: the live clock, but for tests (a `TestClock`).
  *
  * @internal
  */
-export const makeManager = (rejections: Rejections, layer: unknown, options: unknown): Manager => {
+export const makeManager = (
+  rejections: Rejections,
+  layer: unknown,
+  options: unknown,
+  managerClock: Clock.Clock = clock
+): Manager => {
   const { OrchestraError, rejectionOf, shuttingDown } = rejections
   const read = readOptions(options)
   const { rebuildAfter, disposeTimeout } = Result.isSuccess(read) ? read.success : defaults
@@ -180,7 +189,8 @@ export const makeManager = (rejections: Rejections, layer: unknown, options: unk
       ? Layer.effectContext(Effect.fail(read.failure))
       : (layer as Layer.Layer<Services, unknown>)
   let runtime = ManagedRuntime.make(given)
-  // The last failed build: refused again until its backoff has passed, for ever when it is an OptionError.
+  // The last failed build (`at`: monotonic milliseconds): refused again until its backoff has passed, for ever
+  // when it is an OptionError.
   let failed: { readonly error: unknown; readonly at: number; readonly final: boolean } | undefined
   let failures = 0
   // A failed build's runtime being released (what the build had acquired), before the next build starts.
@@ -199,7 +209,8 @@ export const makeManager = (rejections: Rejections, layer: unknown, options: unk
     if (manager.services !== undefined) return Promise.resolve(manager.services)
     if (building !== undefined) return building
     if (failed !== undefined) {
-      if (failed.final || since(failed.at) < backoffMillis()) return Promise.reject(failed.error)
+      if (failed.final || monotonicMillis(managerClock) - failed.at < backoffMillis())
+        return Promise.reject(failed.error)
       runtime = ManagedRuntime.make(given)
     }
     const current = runtime
@@ -213,12 +224,12 @@ export const makeManager = (rejections: Rejections, layer: unknown, options: unk
         const error = rejectionOf(exit.cause, undefined, manager.disposing !== undefined)
         const failure = Cause.findErrorOption(exit.cause)
         const final = failure._tag === "Some" && failure.value instanceof Input.OptionError
-        failed = { error, at: clock.currentTimeMillisUnsafe(), final }
+        failed = { error, at: monotonicMillis(managerClock), final }
         failures++
         building = undefined
         if (!final && manager.disposing === undefined) {
           // Its release failing or hanging does not stop the next build for longer than dispose()'s own bound.
-          releasing = within(Effect.runPromiseExit(current.disposeEffect), disposeTimeout).then(() => {
+          releasing = within(managerClock, Effect.runPromiseExit(current.disposeEffect), disposeTimeout).then(() => {
             releasing = undefined
           })
         }
@@ -252,7 +263,7 @@ export const makeManager = (rejections: Rejections, layer: unknown, options: unk
     const closed = Effect.runPromiseExit(runtime.disposeEffect)
     const released = releasing === undefined ? closed : Promise.all([closed, releasing]).then(([exit]) => exit)
     const running = manager.running
-    manager.disposing = within(released, disposeTimeout).then((exit) => {
+    manager.disposing = within(managerClock, released, disposeTimeout).then((exit) => {
       const calls = running.size
       // Nothing should be left once the executor has drained; anything that is ends now.
       for (const fiber of running) fiber.interruptUnsafe()
