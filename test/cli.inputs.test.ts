@@ -174,3 +174,54 @@ describe("a gateway file over the bound (1 MiB)", () => {
     })
   )
 })
+
+describe("a gateway file with several mistakes", () => {
+  it.live("names every one, each by its path in the file (it said only the first, in the schema's words)", () =>
+    Effect.gen(function* () {
+      const file = writeConfig("several.gateway.json", {
+        server: { port: "4000", host: 5 },
+        redis: { onUnreachableAtStart: "later" },
+        admin: { keyEnv: "sk-live-0123456789abcdef" },
+        metrics: { tokenEnv: "TOKEN", token: "x" },
+        keys: {}
+      })
+      const result = yield* inProcess(["serve", "--json", "--gateway", file, "--port", "0"], { terminal: false })
+      assert.strictEqual(result.code, 2, result.err)
+      const issues = [
+        // In the schema's order of the fields, not the file's.
+        { path: "server.host", message: "expected string, got 5" },
+        { path: "server.port", message: 'expected number, got "4000"' },
+        { path: "redis.onUnreachableAtStart", message: 'expected "fail" | "start", got "later"' },
+        {
+          path: "admin.keyEnv",
+          message:
+            "expected the name of an environment variable such as MY_SECRET (the secret itself never goes in the file)"
+        },
+        { path: "metrics.token", message: "unknown field" }
+      ]
+      const message = `${file}: ${issues.length} mistakes\n${issues.map((i) => `  ${i.path}: ${i.message}`).join("\n")}`
+      assert.strictEqual(result.err, `orchestra: ${message}`)
+      assert.deepStrictEqual(JSON.parse(result.out), { ok: false, error: { message, kind: "config", file, issues } })
+      // A secret written in place of a variable's name is refused, never repeated.
+      assert.notInclude(result.out + result.err, "sk-live")
+    })
+  )
+
+  it.live("shows the first 50, then says how many more (a file of a megabyte may hold thousands)", () =>
+    Effect.gen(function* () {
+      const fields = Object.fromEntries(Array.from({ length: 60 }, (_, i) => [`extra${i}`, i]))
+      const file = writeConfig("many.gateway.json", { ...fields, allowAnonymous: true })
+      const result = yield* inProcess(["serve", "--json", "--gateway", file, "--port", "0"], { terminal: false })
+      assert.strictEqual(result.code, 2, result.err)
+      const lines = result.err.split("\n")
+      assert.strictEqual(lines[0], `orchestra: ${file}: 60 mistakes`)
+      assert.strictEqual(lines[1], "  extra0: unknown field")
+      assert.strictEqual(lines[50], "  extra49: unknown field")
+      assert.strictEqual(lines[51], "  ... and 10 more")
+      assert.strictEqual(lines.length, 52)
+      const error = JSON.parse(result.out).error as { issues: ReadonlyArray<unknown>; moreIssues: number }
+      assert.strictEqual(error.issues.length, 50)
+      assert.strictEqual(error.moreIssues, 10)
+    })
+  )
+})

@@ -172,7 +172,14 @@ const withoutValue = (message: string, value: unknown): string => {
   return got < 0 ? message : `${message.slice(0, got)}, got ${Input.kindOf(value)}`
 }
 
-const shapeIssues = (
+/**
+ * Every issue of `input` against `schema` (unknown fields included), each by its path under
+ * `prefix` in the library's words (`missing (required)`, `unknown field`); a field that may hold
+ * a secret has its value described, never quoted. The gateway file's are found the same way.
+ *
+ * @internal
+ */
+export const shapeIssues = (
   schema: Schema.Top & { readonly DecodingServices: never },
   input: unknown,
   prefix: ReadonlyArray<PropertyKey>

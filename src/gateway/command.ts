@@ -37,7 +37,7 @@ import * as Redis from "../Redis.js"
 import type * as ResponseCache from "../ResponseCache.js"
 import { layerRedis as cacheOnRedis } from "../ResponseCache/Redis.js"
 import { type Common, ExitCode, exitCodes, failWith, integerOf, platformErrorText, printJson } from "../cli/Common.js"
-import { formatPath } from "../cli/Config.js"
+import { formatPath, maxShownIssues, shapeIssues, shownIssues } from "../cli/Config.js"
 import * as Json from "../cli/json.js"
 import { prepare } from "../cli/Manager.js"
 import * as Providers from "../cli/Providers.js"
@@ -169,14 +169,36 @@ const loadFile = Effect.fnUntraced(function* (common: Common, flag: Option.Optio
     )
   }
   const decoded = decodeFile(json.success)
-  if (Result.isFailure(decoded)) {
-    const issue = Input.issueOf(decoded.failure)
-    return yield* refuseIn(common, file, `${issue.path}: ${issue.message}`, [
-      { path: issue.path, message: issue.message }
-    ])
-  }
+  if (Result.isFailure(decoded)) return yield* refuseShape(common, file, shapeIssues(GatewayFile, json.success, []))
   return { file, config: decoded.success }
 })
+
+/**
+ * The gateway file's mistakes of shape, every one by its path (as the config file's are): one on
+ * the line, several one a line, the first {@link maxShownIssues} shown and the rest counted.
+ */
+const refuseShape = (
+  common: Common,
+  file: string,
+  issues: ReadonlyArray<{ readonly path: string; readonly message: string }>
+) => {
+  const shown = shownIssues(issues)
+  const more = issues.length - shown.length
+  const message =
+    shown.length === 1
+      ? `${file}: ${shown[0]!.path}: ${shown[0]!.message}`
+      : [
+          `${file}: ${issues.length} mistakes`,
+          ...shown.map((issue) => `  ${issue.path}: ${issue.message}`),
+          ...(more > 0 ? [`  ... and ${more} more`] : [])
+        ].join("\n")
+  return failWith(common, exitCodes.usage, message, {
+    kind: "config",
+    file,
+    issues: shown,
+    ...(more > 0 ? { moreIssues: more } : {})
+  })
+}
 
 /** A secret a `*Env` field of the gateway file names; unset, said after the file's path as its other mistakes. */
 const secret = (common: Common, file: string | undefined, name: string, what: string) =>
