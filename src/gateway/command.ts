@@ -387,7 +387,12 @@ export const run = Effect.fnUntraced(function* (args: Args) {
   if (shared !== undefined && file !== undefined) {
     const guard = Redis.guardSettings(shared.guard, "redis.")
     if (Result.isFailure(guard)) {
-      const { path, message } = guard.failure
+      const { message } = guard.failure
+      // Without `redis.timeout` the guard's deadline is `redis.commandTimeout`: named as the file gives it.
+      const path =
+        guard.failure.path === "redis.timeout" && config.redis?.timeout === undefined
+          ? "redis.commandTimeout"
+          : guard.failure.path
       return yield* refuseIn(common, file, `invalid ${path}: ${message}`, [{ path, message }])
     }
   }

@@ -261,6 +261,42 @@ describe("orchestra serve, start-up failures", () => {
     120_000
   )
   it.live(
+    "a wrong redis.commandTimeout is named as itself, not as redis.timeout (which the file did not give)",
+    () =>
+      Effect.gen(function* () {
+        const exitOf = (name: string, redis: Record<string, unknown>) =>
+          Effect.flatMap(
+            serve(
+              ["--config", config, "--gateway", write(name, { server: { port: 0 }, allowAnonymous: true, redis })],
+              {
+                REDIS_URL: "redis://127.0.0.1:1/0"
+              }
+            ),
+            (started) => started.exit
+          )
+        const [zero, negative, both] = yield* Effect.all(
+          [
+            exitOf("command-timeout-zero.json", { commandTimeout: 0 }),
+            exitOf("command-timeout-negative.json", { commandTimeout: -5 }),
+            exitOf("command-timeout-both.json", { timeout: 0, commandTimeout: "1 second" })
+          ],
+          { concurrency: 3 }
+        )
+        for (const [result, path, message] of [
+          [zero, "redis.commandTimeout", "expected a duration above zero, got 0"],
+          [negative, "redis.commandTimeout", "a duration cannot be negative, got -5"],
+          [both, "redis.timeout", "expected a duration above zero, got 0"]
+        ] as const) {
+          assert.strictEqual(result.code, 2, result.stderr)
+          const error = JSON.parse(result.stdout).error as { message: string; issues: ReadonlyArray<unknown> }
+          assert.include(error.message, `invalid ${path}: ${message}`)
+          assert.deepStrictEqual(error.issues, [{ path, message }])
+        }
+      }),
+    120_000
+  )
+
+  it.live(
     "an unset variable a *Env field names, or a value that is no variable's name, is said after the gateway file's path",
     () =>
       Effect.gen(function* () {
