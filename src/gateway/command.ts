@@ -37,7 +37,7 @@ import * as Redis from "../Redis.js"
 import type * as ResponseCache from "../ResponseCache.js"
 import { layerRedis as cacheOnRedis } from "../ResponseCache/Redis.js"
 import { type Common, ExitCode, exitCodes, failWith, integerOf, platformErrorText, printJson } from "../cli/Common.js"
-import { formatPath, maxShownIssues, shapeIssues, shownIssues } from "../cli/Config.js"
+import { formatPath, shapeIssues, shownIssues } from "../cli/Config.js"
 import * as Json from "../cli/json.js"
 import { prepare } from "../cli/Manager.js"
 import * as Providers from "../cli/Providers.js"
@@ -173,16 +173,19 @@ const loadFile = Effect.fnUntraced(function* (common: Common, flag: Option.Optio
   return { file, config: decoded.success }
 })
 
+// How many of the gateway file's mistakes are said; the rest are counted. As many as the key store says of its keys.
+const maxFileIssues = 20
+
 /**
  * The gateway file's mistakes of shape, every one by its path (as the config file's are): one on
- * the line, several one a line, the first {@link maxShownIssues} shown and the rest counted.
+ * the line, several one a line, the first {@link maxFileIssues} shown and the rest counted.
  */
 const refuseShape = (
   common: Common,
   file: string,
   issues: ReadonlyArray<{ readonly path: string; readonly message: string }>
 ) => {
-  const shown = shownIssues(issues)
+  const shown = shownIssues(issues.slice(0, maxFileIssues))
   const more = issues.length - shown.length
   const message =
     shown.length === 1
