@@ -156,6 +156,9 @@ describe("createOrchestra: a build that failed", () => {
       [{ rebuildAfter: "soon" }, "rebuildAfter"],
       [{ disposeTimeout: Number.NaN }, "disposeTimeout"],
       [{ disposeTimeout: -5 }, "disposeTimeout"],
+      // A bound of nothing would fail every dispose() that has anything to release.
+      [{ disposeTimeout: 0 }, "disposeTimeout"],
+      [{ rebuildAfter: -1 }, "rebuildAfter"],
       [{ disposeTimeout: "soon" }, "disposeTimeout"],
       [{ disposeTimout: "1 second" }, "disposeTimout"],
       ["fast", "options"]
