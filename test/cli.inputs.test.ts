@@ -227,3 +227,36 @@ describe("a gateway file with several mistakes", () => {
       })
   )
 })
+
+describe("a gateway file whose mistakes only the command sees", () => {
+  it.live(
+    "says them all at once too: unset variables, a secret in the file, admin without keys, a wrong redis.timeout",
+    () =>
+      Effect.gen(function* () {
+        const token = "metrics-token-in-the-file-0123456789"
+        const file = writeConfig("command-mistakes.gateway.json", {
+          gateway: { metricsToken: token },
+          redis: { urlEnv: "TEST_UNSET_GATEWAY_REDIS_URL", timeout: 0 },
+          admin: { keyEnv: "TEST_UNSET_GATEWAY_ADMIN_KEY" },
+          metrics: { tokenEnv: "TEST_UNSET_GATEWAY_METRICS_TOKEN" }
+        })
+        const result = yield* inProcess(["serve", "--json", "--gateway", file, "--port", "0"], { terminal: false })
+        assert.strictEqual(result.code, 2, result.err)
+        const issues = [
+          { path: "redis.urlEnv", message: "set the environment variable TEST_UNSET_GATEWAY_REDIS_URL" },
+          { path: "admin.keyEnv", message: "set the environment variable TEST_UNSET_GATEWAY_ADMIN_KEY" },
+          {
+            path: "gateway.metricsToken",
+            message: "a secret is not written in the gateway file: name its environment variable in metrics.tokenEnv"
+          },
+          { path: "metrics.tokenEnv", message: "set the environment variable TEST_UNSET_GATEWAY_METRICS_TOKEN" },
+          { path: "admin", message: "the admin routes manage keys: add a `keys` section" },
+          { path: "redis.timeout", message: "expected a duration above zero, got 0" }
+        ]
+        const message = `${file}: ${issues.length} mistakes\n${issues.map((i) => `  ${i.path}: ${i.message}`).join("\n")}`
+        assert.strictEqual(result.err, `orchestra: ${message}`)
+        assert.deepStrictEqual(JSON.parse(result.out), { ok: false, error: { message, kind: "config", file, issues } })
+        assert.notInclude(result.out + result.err, token)
+      })
+  )
+})

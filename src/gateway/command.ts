@@ -22,7 +22,20 @@
  *
  * @internal
  */
-import { Config, Console, Context, Effect, FileSystem, Layer, Option, Path, Result, Schema, Stream } from "effect"
+import {
+  Config,
+  Console,
+  Context,
+  Effect,
+  FileSystem,
+  Layer,
+  Option,
+  Path,
+  type Redacted,
+  Result,
+  Schema,
+  Stream
+} from "effect"
 import { HttpServer, HttpServerError } from "effect/http"
 import { Redis as PersistedRedis } from "effect/persistence"
 import * as CircuitBreaker from "../CircuitBreaker.js"
@@ -169,27 +182,30 @@ const loadFile = Effect.fnUntraced(function* (common: Common, flag: Option.Optio
     )
   }
   const decoded = decodeFile(json.success)
-  if (Result.isFailure(decoded)) return yield* refuseShape(common, file, shapeIssues(GatewayFile, json.success, []))
+  if (Result.isFailure(decoded)) return yield* refuseAll(common, file, shapeIssues(GatewayFile, json.success, []))
   return { file, config: decoded.success }
 })
 
 // How many of the gateway file's mistakes are said; the rest are counted. As many as the key store says of its keys.
 const maxFileIssues = 20
 
+/** A mistake in the gateway file; `line` is how it is said when it is the only one (else `path: message`). */
+interface FileIssue {
+  readonly path: string
+  readonly message: string
+  readonly line?: string | undefined
+}
+
 /**
- * The gateway file's mistakes of shape, every one by its path (as the config file's are): one on
- * the line, several one a line, the first {@link maxFileIssues} shown and the rest counted.
+ * The gateway file's mistakes, every one by its path (as the config file's are): one on the line,
+ * several one a line, the first {@link maxFileIssues} shown and the rest counted.
  */
-const refuseShape = (
-  common: Common,
-  file: string,
-  issues: ReadonlyArray<{ readonly path: string; readonly message: string }>
-) => {
+const refuseAll = (common: Common, file: string, issues: ReadonlyArray<FileIssue>) => {
   const shown = shownIssues(issues.slice(0, maxFileIssues))
   const more = issues.length - shown.length
   const message =
-    shown.length === 1
-      ? `${file}: ${shown[0]!.path}: ${shown[0]!.message}`
+    issues.length === 1
+      ? `${file}: ${issues[0]!.line ?? `${shown[0]!.path}: ${shown[0]!.message}`}`
       : [
           `${file}: ${issues.length} mistakes`,
           ...shown.map((issue) => `  ${issue.path}: ${issue.message}`),
@@ -203,15 +219,11 @@ const refuseShape = (
   })
 }
 
-/** A secret a `*Env` field of the gateway file names; unset, said after the file's path as its other mistakes. */
-const secret = (common: Common, file: string | undefined, name: string, what: string) =>
+/** A secret a `*Env` field of the gateway file names; unset, the mistake said with the file's others. */
+const secret = (name: string, what: string): Effect.Effect<Result.Result<Redacted.Redacted, FileIssue>> =>
   Config.Redacted(name).pipe(
-    Effect.catch(() => {
-      const message = `set the environment variable ${name}`
-      return file === undefined
-        ? failWith(common, exitCodes.usage, `${what}: ${message}`, { kind: "config" })
-        : refuseIn(common, file, `${what}: ${message}`, [{ path: what, message }])
-    })
+    Effect.map(Result.succeed),
+    Effect.orElseSucceed(() => Result.fail({ path: what, message: `set the environment variable ${name}` }))
   )
 
 const loopback = (host: string) => host === "127.0.0.1" || host === "::1" || host === "localhost"
@@ -331,35 +343,39 @@ export const run = Effect.fnUntraced(function* (args: Args) {
       { kind: "usage" }
     )
   }
+  // The mistakes of the file found here are said all at once, as its mistakes of shape are (without a file
+  // there is no section to find one in).
+  const issues: Array<FileIssue> = []
+  const given = <A>(checked: Result.Result<A, FileIssue>): A | undefined => {
+    if (Result.isSuccess(checked)) return checked.success
+    issues.push(checked.failure)
+    return undefined
+  }
   const redisUrl =
-    config.redis === undefined
-      ? undefined
-      : yield* secret(common, file, config.redis.urlEnv ?? "REDIS_URL", "redis.urlEnv")
+    config.redis === undefined ? undefined : given(yield* secret(config.redis.urlEnv ?? "REDIS_URL", "redis.urlEnv"))
   const adminKey =
     config.admin === undefined
       ? undefined
-      : yield* secret(common, file, config.admin.keyEnv ?? "ORCHESTRA_ADMIN_KEY", "admin.keyEnv")
-  if (file !== undefined && config.gateway !== undefined && Object.hasOwn(config.gateway, "metricsToken")) {
-    return yield* refuseIn(
-      common,
-      file,
-      "gateway.metricsToken: a secret is not written in the gateway file: name its environment variable in metrics.tokenEnv"
-    )
+      : given(yield* secret(config.admin.keyEnv ?? "ORCHESTRA_ADMIN_KEY", "admin.keyEnv"))
+  if (config.gateway !== undefined && Object.hasOwn(config.gateway, "metricsToken")) {
+    issues.push({
+      path: "gateway.metricsToken",
+      message: "a secret is not written in the gateway file: name its environment variable in metrics.tokenEnv"
+    })
   }
   const metricsToken =
     config.metrics === undefined
       ? undefined
-      : yield* secret(common, file, config.metrics.tokenEnv ?? "ORCHESTRA_METRICS_TOKEN", "metrics.tokenEnv")
-  if (file !== undefined && adminKey !== undefined && config.keys === undefined) {
-    return yield* refuseIn(common, file, "admin: the admin routes manage keys: add a `keys` section")
-  }
-  // Said here: the layer's own refusal would name `gateway.keys`, a field the `gateway` section refuses.
-  if (file !== undefined && config.keys === undefined && config.allowAnonymous !== true) {
-    return yield* refuseIn(
-      common,
-      file,
-      'keys: the gateway file has no `keys` section: add one (`"keys": { "keys": [] }` for keys an admin creates), or `"allowAnonymous": true` to admit every request'
-    )
+      : given(yield* secret(config.metrics.tokenEnv ?? "ORCHESTRA_METRICS_TOKEN", "metrics.tokenEnv"))
+  if (config.admin !== undefined && config.keys === undefined) {
+    issues.push({ path: "admin", message: "the admin routes manage keys: add a `keys` section" })
+  } else if (file !== undefined && config.keys === undefined && config.allowAnonymous !== true) {
+    // Said here: the layer's own refusal would name `gateway.keys`, a field the `gateway` section refuses.
+    issues.push({
+      path: "keys",
+      message:
+        'the gateway file has no `keys` section: add one (`"keys": { "keys": [] }` for keys an admin creates), or `"allowAnonymous": true` to admit every request'
+    })
   }
   const prefix = config.redis?.prefix ?? "orchestra:"
   const shared =
@@ -375,30 +391,31 @@ export const run = Effect.fnUntraced(function* (args: Args) {
         }
   // The key store on Redis takes its prefix and guard from the `redis` section: given under `keys` too, they
   // were replaced unsaid (in memory the store refuses them as unknown fields).
-  if (shared !== undefined && file !== undefined && config.keys !== undefined) {
+  if (shared !== undefined && config.keys !== undefined) {
     for (const [field, instead] of [
       ["prefix", "redis.prefix (the key store's is it plus gateway:)"],
       ["redis", "redis.timeout, redis.reportAfter and redis.probeInterval"]
     ] as const) {
       if (Object.hasOwn(config.keys, field)) {
-        const message = `on Redis the key store's is set by the redis section: use ${instead}`
-        return yield* refuseIn(common, file, `keys.${field}: ${message}`, [{ path: `keys.${field}`, message }])
+        issues.push({
+          path: `keys.${field}`,
+          message: `on Redis the key store's is set by the redis section: use ${instead}`
+        })
       }
     }
   }
   // Checked here: the stores given it would name their own `redis.timeout` (`policies.redis.timeout`).
-  if (shared !== undefined && file !== undefined) {
-    const guard = Redis.guardSettings(shared.guard, "redis.")
-    if (Result.isFailure(guard)) {
-      const { message } = guard.failure
-      // Without `redis.timeout` the guard's deadline is `redis.commandTimeout`: named as the file gives it.
-      const path =
-        guard.failure.path === "redis.timeout" && config.redis?.timeout === undefined
-          ? "redis.commandTimeout"
-          : guard.failure.path
-      return yield* refuseIn(common, file, `invalid ${path}: ${message}`, [{ path, message }])
-    }
+  const guard = shared === undefined ? undefined : Redis.guardSettings(shared.guard, "redis.")
+  if (guard !== undefined && Result.isFailure(guard)) {
+    const { message } = guard.failure
+    // Without `redis.timeout` the guard's deadline is `redis.commandTimeout`: named as the file gives it.
+    const path =
+      guard.failure.path === "redis.timeout" && config.redis?.timeout === undefined
+        ? "redis.commandTimeout"
+        : guard.failure.path
+    issues.push({ path, message, line: `invalid ${path}: ${message}` })
   }
+  if (file !== undefined && issues.length > 0) return yield* refuseAll(common, file, issues)
   const redis =
     redisUrl === undefined
       ? Layer.empty
