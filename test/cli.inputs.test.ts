@@ -260,3 +260,47 @@ describe("a gateway file whose mistakes only the command sees", () => {
       })
   )
 })
+
+describe("a gateway file with mistakes in several sections' values", () => {
+  it.live("says each section's at once (it said the first layer's to fail, one start each)", () =>
+    Effect.gen(function* () {
+      const sha256 = "0".repeat(64)
+      const file = writeConfig("values.gateway.json", {
+        gateway: { maxBodyBytes: -1 },
+        keys: {
+          keys: [
+            { id: "a", sha256, rpm: -1 },
+            { id: "b", sha256, rpm: 1.5 }
+          ]
+        },
+        metrics: { tokenEnv: "TEST_UNSET_GATEWAY_METRICS_TOKEN" }
+      })
+      const result = yield* inProcess(["serve", "--json", "--gateway", file, "--port", "0"], { terminal: false })
+      assert.strictEqual(result.code, 2, result.err)
+      const issues = [
+        { path: "metrics.tokenEnv", message: "set the environment variable TEST_UNSET_GATEWAY_METRICS_TOKEN" },
+        { path: "gateway.maxBodyBytes", message: "expected a value of at least 1024, got -1" },
+        { path: "keys.keys[0].rpm", message: "expected a value of at least 1, got -1" },
+        { path: "keys.keys[1].rpm", message: "expected an integer, got 1.5" }
+      ]
+      const message = `${file}: ${issues.length} mistakes\n${issues.map((i) => `  ${i.path}: ${i.message}`).join("\n")}`
+      assert.strictEqual(result.err, `orchestra: ${message}`)
+      assert.deepStrictEqual(JSON.parse(result.out), { ok: false, error: { message, kind: "config", file, issues } })
+    })
+  )
+
+  it.live("a section's many mistakes count in the bound of 20, those its check did not keep counted too", () =>
+    Effect.gen(function* () {
+      const keys = Array.from({ length: 30 }, (_, i) => ({ id: `k${i}`, sha256: "0".repeat(64), rpm: -1 }))
+      const file = writeConfig("many-keys.gateway.json", { gateway: { maxBodyBytes: -1 }, keys: { keys } })
+      const result = yield* inProcess(["serve", "--json", "--gateway", file, "--port", "0"], { terminal: false })
+      assert.strictEqual(result.code, 2, result.err)
+      const lines = result.err.split("\n")
+      assert.strictEqual(lines[0], `orchestra: ${file}: 31 mistakes`)
+      assert.strictEqual(lines[1], "  gateway.maxBodyBytes: expected a value of at least 1024, got -1")
+      assert.strictEqual(lines[20], "  keys.keys[18].rpm: expected a value of at least 1, got -1")
+      assert.strictEqual(lines[21], "  ... and 11 more")
+      assert.strictEqual(JSON.parse(result.out).error.moreIssues, 11)
+    })
+  )
+})

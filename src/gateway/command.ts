@@ -59,6 +59,8 @@ import type { Checked } from "../cli/Setup.js"
 import * as Utf8 from "../cli/utf8.js"
 import * as Admin from "./admin.js"
 import * as KeyStore from "./keys/KeyStore.js"
+import * as KeyOptions from "./keys/options.js"
+import * as GatewayOptions from "./options.js"
 
 const opt = Schema.optionalKey
 const Duration = Schema.Union([Schema.Number, Schema.String]) as unknown as Schema.Codec<Input.DurationInput>
@@ -124,19 +126,9 @@ const decodeFile = Schema.decodeUnknownResult(GatewayFile, { onExcessProperty: "
 
 const maxFileBytes = 1024 * 1024
 
-/** A mistake in the gateway file, said after the file's path (as its `file` in JSON). */
-const refuseIn = (
-  common: Common,
-  file: string,
-  message: string,
-  issues?: ReadonlyArray<{ readonly path: string; readonly message: string }> | undefined
-) =>
-  failWith(common, exitCodes.usage, `${file}: ${message}`, {
-    kind: "config",
-    file,
-    // Each field refused, for a program reading the JSON (as `orchestra`'s config errors give them).
-    ...(issues === undefined ? {} : { issues })
-  })
+/** The gateway file refused as a whole (missing, too big, not JSON), said after its path (as its `file` in JSON). */
+const refuseIn = (common: Common, file: string, message: string) =>
+  failWith(common, exitCodes.usage, `${file}: ${message}`, { kind: "config", file })
 
 /** The gateway file: the flag, else `ORCHESTRA_GATEWAY`, else `./orchestra.gateway.json` if present, else none. */
 const loadFile = Effect.fnUntraced(function* (common: Common, flag: Option.Option<string>) {
@@ -198,22 +190,24 @@ interface FileIssue {
 
 /**
  * The gateway file's mistakes, every one by its path (as the config file's are): one on the line,
- * several one a line, the first {@link maxFileIssues} shown and the rest counted.
+ * several one a line, the first {@link maxFileIssues} shown and the rest counted, with the `unlisted`
+ * ones a check counted without keeping them.
  */
-const refuseAll = (common: Common, file: string, issues: ReadonlyArray<FileIssue>) => {
+const refuseAll = (common: Common, file: string, issues: ReadonlyArray<FileIssue>, unlisted = 0) => {
   const shown = shownIssues(issues.slice(0, maxFileIssues))
-  const more = issues.length - shown.length
+  const more = issues.length + unlisted - shown.length
   const message =
-    issues.length === 1
+    issues.length + unlisted === 1
       ? `${file}: ${issues[0]!.line ?? `${shown[0]!.path}: ${shown[0]!.message}`}`
       : [
-          `${file}: ${issues.length} mistakes`,
+          `${file}: ${issues.length + unlisted} mistakes`,
           ...shown.map((issue) => `  ${issue.path}: ${issue.message}`),
           ...(more > 0 ? [`  ... and ${more} more`] : [])
         ].join("\n")
   return failWith(common, exitCodes.usage, message, {
     kind: "config",
     file,
+    // Each field refused, for a program reading the JSON (as `orchestra`'s config errors give them).
     issues: shown,
     ...(more > 0 ? { moreIssues: more } : {})
   })
@@ -294,10 +288,10 @@ const under =
       return Layer.effectDiscard(Effect.fail(named)) as unknown as Layer.Layer<A, unknown>
     })
 
-/** The fields an `OptionError` refused: its own, then the others found with it. */
-const issuesOf = (error: Input.OptionError): ReadonlyArray<{ readonly path: string; readonly message: string }> => {
+/** The fields an `OptionError` refused: its own (said as the error says it when alone), then the others found with it. */
+const issuesOf = (error: Input.OptionError): ReadonlyArray<FileIssue> => {
   const issue = Input.issueOfError(error)
-  return [{ path: issue.path, message: issue.message }, ...(issue.others?.shown ?? [])]
+  return [{ path: issue.path, message: issue.message, line: error.message }, ...(issue.others?.shown ?? [])]
 }
 
 /** The gateway's options that the `server` section (or a flag) gives, not the `gateway` one. */
@@ -415,7 +409,31 @@ export const run = Effect.fnUntraced(function* (args: Args) {
         : guard.failure.path
     issues.push({ path, message, line: `invalid ${path}: ${message}` })
   }
-  if (file !== undefined && issues.length > 0) return yield* refuseAll(common, file, issues)
+  // Each section's values, checked as its layer will check them: a layer says its own mistakes only, and the
+  // first to fail ends the start, so a file with mistakes in several sections took a start for each.
+  const keyOptions = (config.keys ?? {}) as KeyStore.Options
+  const keysOnRedis: KeyStore.RedisOptions | undefined =
+    shared === undefined ? undefined : { ...keyOptions, prefix: `${prefix}gateway:`, redis: shared.guard }
+  const gatewayOptions: Gateway.Options = {
+    ...(config.gateway as Gateway.Options | undefined),
+    allowAnonymous: config.allowAnonymous ?? file === undefined,
+    metricsToken
+  }
+  let unlisted = 0
+  const sectionIssues = (checked: Input.Checked<unknown>, rename: (path: string) => string) => {
+    if (Result.isSuccess(checked)) return
+    const { path, message, others } = Input.renamed(checked.failure, rename)
+    issues.push({ path, message, line: `invalid ${path}: ${message}` }, ...(others?.shown ?? []))
+    unlisted += others?.unshown ?? 0
+  }
+  sectionIssues(GatewayOptions.check(gatewayOptions), (path) => gatewayField(args, path) ?? `gateway.${path}`)
+  if (config.keys !== undefined) {
+    sectionIssues(
+      keysOnRedis === undefined ? KeyOptions.check(keyOptions) : KeyOptions.check(keysOnRedis, KeyOptions.redisFields),
+      (path) => `keys.${path}`
+    )
+  }
+  if (file !== undefined && issues.length > 0) return yield* refuseAll(common, file, issues, unlisted)
   const redis =
     redisUrl === undefined
       ? Layer.empty
@@ -424,14 +442,12 @@ export const run = Effect.fnUntraced(function* (args: Args) {
           commandTimeout: config.redis?.commandTimeout ?? 500,
           onUnreachableAtStart: config.redis?.onUnreachableAtStart
         }).pipe(under("redis", (path) => (path === "url" ? "redis.urlEnv" : undefined), file))
-  const keyOptions = (config.keys ?? {}) as KeyStore.Options
   const keys =
     config.keys === undefined
       ? Layer.empty
-      : (shared === undefined
-          ? KeyStore.layerMemory(keyOptions)
-          : KeyStore.layerRedis({ ...keyOptions, prefix: `${prefix}gateway:`, redis: shared.guard })
-        ).pipe(under("keys", undefined, file))
+      : (keysOnRedis === undefined ? KeyStore.layerMemory(keyOptions) : KeyStore.layerRedis(keysOnRedis)).pipe(
+          under("keys", undefined, file)
+        )
   const admin =
     adminKey === undefined
       ? Layer.empty
@@ -440,9 +456,7 @@ export const run = Effect.fnUntraced(function* (args: Args) {
         )
   const gateway = Gateway.serve(
     {
-      ...(config.gateway as Gateway.Options | undefined),
-      allowAnonymous: config.allowAnonymous ?? file === undefined,
-      metricsToken,
+      ...gatewayOptions,
       host,
       port,
       maxHeaderBytes: server.maxHeaderBytes,
@@ -472,7 +486,7 @@ export const run = Effect.fnUntraced(function* (args: Args) {
           if (where?.flag === true) return failWith(common, exitCodes.usage, message, { kind: "usage" })
           return where?.file === undefined
             ? failWith(common, exitCodes.usage, message, { kind: "config" })
-            : refuseIn(common, where.file, message, issuesOf(error))
+            : refuseAll(common, where.file, issuesOf(error), error.others?.unshown ?? 0)
         })
       )
       const address = Context.get(context, HttpServer.HttpServer).address

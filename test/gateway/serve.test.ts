@@ -488,14 +488,15 @@ describe("orchestra serve, the keys of the gateway file", () => {
           [
             badEntries,
             entries,
-            "invalid keys.keys[0].sha256: expected the SHA-256 of the secret as 64 lowercase hex characters " +
-              "(3 problems in all; also keys.keys[1].budget.usd: expected a value above 0, got -1; " +
-              'keys.keys[2].team: unknown team "nope": declare it under the key store\'s teams (none is declared; a team without a budget is {}))'
+            // Found before the start and at it alike: one a line, as the file's other mistakes.
+            "3 mistakes\n  keys.keys[0].sha256: expected the SHA-256 of the secret as 64 lowercase hex characters\n" +
+              "  keys.keys[1].budget.usd: expected a value above 0, got -1\n" +
+              '  keys.keys[2].team: unknown team "nope": declare it under the key store\'s teams (none is declared; a team without a budget is {})'
           ],
           [
             badModels,
             models,
-            `invalid keys.keys[0].allowedModels[0]: ${unknownModel("gtp-4", ", or *")} (2 problems in all; also keys.prices.gtp-5: `
+            `2 mistakes\n  keys.keys[0].allowedModels[0]: ${unknownModel("gtp-4", ", or *")}\n  keys.prices.gtp-5: `
           ],
           [noKeys, adminless, "admin: the admin routes manage keys: add a `keys` section"],
           [loneName, lone, 'invalid keys.keys[0].name: expected well-formed Unicode, got "k\\ud800"']
