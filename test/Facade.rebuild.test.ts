@@ -187,7 +187,7 @@ describe("createOrchestra: the rebuild backoff, on a TestClock", () => {
         (error: unknown) => `rejected: ${(error as Error).message}`
       )
     )
-    return { clock, call }
+    return { call }
   })
 
   it.effect(
