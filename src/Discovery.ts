@@ -56,7 +56,8 @@ export const DiscoveryErrorReason = Schema.Literals(["NotFound", "Unavailable"])
  * Discovery found no agent for the query (`NotFound`), or could not answer (`Unavailable`:
  * the lookup failed, threw, timed out, or its breaker is open). `cause`, when `Unavailable`:
  * what the lookup failed with or threw, or else the library's error (a `TimeoutError`, the
- * breaker's `CircuitOpenError`, a `ModelError` for an invalid answer).
+ * breaker's `CircuitOpenError`, a `ModelError` for an invalid answer). A query whose `concept`
+ * or `intent` is no string is `NotFound`, its message naming the field (`invalid query.concept: ...`).
  *
  * @since 0.2.0
  * @category errors
@@ -156,10 +157,28 @@ const fail = (query: Query, reason: "NotFound" | "Unavailable", message: string,
     ...(cause === undefined ? {} : { cause })
   })
 
-const checkQuery = (query: Query): Effect.Effect<Query, DiscoveryError> =>
-  typeof query?.concept === "string" && typeof query.intent === "string"
-    ? Effect.succeed(query)
-    : Effect.fail(fail(query ?? { concept: "", intent: "" }, "NotFound", "a query needs a concept and an intent"))
+const queryFields = ["concept", "intent"] as const
+
+// The caller's query, read once into a plain one: a field that is no string (a value without a
+// prototype, which `String` threw on at the caller) or a getter that throws is refused, named.
+const checkQuery = (query: Query): Effect.Effect<Query, DiscoveryError> => {
+  const read = { concept: "", intent: "" }
+  const refuse = (message: string) => Effect.fail(fail(read, "NotFound", message))
+  if (typeof query !== "object" || query === null) {
+    return refuse(`invalid query: expected { concept, intent }, got ${Input.shown(query)}`)
+  }
+  for (const field of queryFields) {
+    let value: unknown
+    try {
+      value = query[field]
+    } catch (thrown) {
+      return refuse(`invalid query.${field}: expected a string, but reading it threw: ${Input.thrownMessage(thrown)}`)
+    }
+    if (typeof value !== "string") return refuse(`invalid query.${field}: expected a string, got ${Input.shown(value)}`)
+    read[field] = value
+  }
+  return Effect.succeed(read)
+}
 
 const endpointKeys: ReadonlySet<string> = new Set(["url", "name", "timeout"])
 const entryKeys: ReadonlySet<string> = new Set(["concept", "intent", "agents"])

@@ -1,6 +1,6 @@
 import { NodeHttpClient } from "@effect/platform-node"
 import { assert, describe, it } from "@effect/vitest"
-import { Context, Deferred, Effect, Fiber, Layer, Metric, Ref } from "effect"
+import { Cause, Context, Deferred, Effect, Exit, Fiber, Layer, Metric, Ref } from "effect"
 import { TestClock } from "effect/testing"
 import * as CircuitBreaker from "../src/CircuitBreaker.js"
 import * as Discovery from "../src/Discovery.js"
@@ -87,6 +87,40 @@ describe("Discovery.layerStatic", () => {
         assert.strictEqual((error as { readonly path: string }).path, path)
       }
     })
+  )
+})
+
+describe("Discovery queries", () => {
+  it.effect(
+    "an invalid query fails with a DiscoveryError naming the field, from every layer; never a throw or a defect",
+    () =>
+      Effect.gen(function* () {
+        const agents = [{ url: "http://127.0.0.1:1/a" }]
+        const fixed = yield* resolver(Discovery.layerStatic([{ concept: "weather", intent: "*", agents }]))
+        const looked = yield* resolver(Discovery.layer(() => Effect.succeed(agents)))
+        const throwing = {
+          intent: "forecast",
+          get concept(): string {
+            throw new Error("a getter that throws")
+          }
+        }
+        for (const [given, field] of [
+          [null, "query"],
+          [{ concept: 7, intent: "forecast" }, "query.concept"],
+          [{ concept: "weather" }, "query.intent"],
+          // String() throws on a value without a prototype: the static layer's resolve threw it at the caller.
+          [{ concept: Object.create(null), intent: "forecast" }, "query.concept"],
+          [throwing, "query.concept"]
+        ] as const) {
+          for (const discovery of [fixed, looked]) {
+            const exit = yield* Effect.exit(Effect.suspend(() => discovery.resolve(given as never)))
+            assert.isTrue(Exit.isFailure(exit) && Cause.hasFails(exit.cause), `${discovery.name} ${field}: ${exit}`)
+            const error = yield* Effect.flip(Effect.suspend(() => discovery.resolve(given as never)))
+            assert.strictEqual(error.reason, "NotFound")
+            assert.include(error.message, `invalid ${field}: expected`, discovery.name)
+          }
+        }
+      })
   )
 })
 
