@@ -140,7 +140,10 @@ export interface Options {
  * @category models
  */
 export interface HttpOptions extends Options {
-  /** `GET <url>?concept=...&intent=...` answers `{ "agents": [{ "url", "name"?, "timeout"? }] }`; 404 is "not found". */
+  /**
+   * `GET <url>?concept=...&intent=...` answers `{ "agents": [{ "url", "name"?, "timeout"? }] }`; 404 is "not found".
+   * The URL is asked as given (a trailing slash and a query string of its own are kept).
+   */
   readonly url: string
   /** Bound of an answer's body. Default 1 MiB. */
   readonly maxResponseBytes?: number | undefined
@@ -502,9 +505,10 @@ export const layerHttp = (options: HttpOptions) =>
       }
       const wrong = optionsIssue(options, httpKeys)
       if (wrong !== undefined) return yield* Input.orOptionError(Result.fail(wrong))
-      const url = yield* Input.orOptionError(
-        Http.baseUrl("url", options.url, "the registry is asked without credentials")
-      )
+      // Checked as a base URL is, but asked as given: a base URL loses its trailing slash (paths are
+      // appended to it), and `/discover/` is another route than `/discover` to many servers.
+      yield* Input.orOptionError(Http.baseUrl("url", options.url, "the registry is asked without credentials"))
+      const url = options.url.trim()
       const [timeout, maxResponseBytes] = yield* Input.orOptionError(
         Input.all([
           Input.duration("timeout", Input.orDefault(options.timeout, "5 seconds")),

@@ -464,6 +464,27 @@ describe("Discovery.layerHttp", () => {
       })
   )
 
+  it.effect("the registry is asked at its URL as given: a trailing slash is kept, and its query string", () =>
+    Effect.gen(function* () {
+      const server = yield* Server.make((request, response) =>
+        // A registry mounted at `/discover/` (as Django's APPEND_SLASH has it) knows no `/discover`.
+        request.path === "/discover/"
+          ? Server.json(response, 200, { agents: [{ url: "http://127.0.0.1:1/w" }] })
+          : Server.json(response, 404, { error: "no such route" })
+      )
+      const slash = yield* httpDiscovery({ url: `${server.url}/discover/` })
+      assert.strictEqual((yield* slash.resolve(query)).length, 1)
+      const tenant = yield* httpDiscovery({ url: `${server.url}/discover/?tenant=a` })
+      assert.strictEqual((yield* tenant.resolve(query)).length, 1)
+      const [first, second] = yield* server.requests
+      assert.deepStrictEqual(
+        [first?.path, first?.search.get("concept"), first?.search.get("intent")],
+        ["/discover/", "weather", "forecast"]
+      )
+      assert.deepStrictEqual([second?.path, second?.search.get("tenant")], ["/discover/", "a"])
+    })
+  )
+
   it.effect("options are checked into OptionErrors naming the field", () =>
     Effect.gen(function* () {
       for (const [options, path] of [
