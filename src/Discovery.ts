@@ -57,7 +57,8 @@ export const DiscoveryErrorReason = Schema.Literals(["NotFound", "Unavailable"])
  * the lookup failed, threw, timed out, or its breaker is open). `cause`, when `Unavailable`:
  * what the lookup failed with or threw, or else the library's error (a `TimeoutError`, the
  * breaker's `CircuitOpenError`, a `ModelError` for an invalid answer). A query whose `concept`
- * or `intent` is no string is `NotFound`, its message naming the field (`invalid query.concept: ...`).
+ * or `intent` is no string of 1 to 1,000 characters is `NotFound`, its message naming the field
+ * (`invalid query.concept: ...`).
  *
  * @since 0.2.0
  * @category errors
@@ -162,8 +163,12 @@ const fail = (query: Query, reason: "NotFound" | "Unavailable", message: string,
 
 const queryFields = ["concept", "intent"] as const
 
+/** The longest `concept` or `intent` (as a task's): each is a key of the cache and a part of the registry's URL. */
+const maxQueryLength = 1_000
+
 // The caller's query, read once into a plain one: a field that is no string (a value without a
-// prototype, which `String` threw on at the caller) or a getter that throws is refused, named.
+// prototype, which `String` threw on at the caller), an empty or a huge one (a million characters
+// kept as a cache key, `capacity` times), or a getter that throws is refused, named.
 const checkQuery = (query: Query): Effect.Effect<Query, DiscoveryError> => {
   const read = { concept: "", intent: "" }
   const refuse = (message: string) => Effect.fail(fail(read, "NotFound", message))
@@ -178,6 +183,9 @@ const checkQuery = (query: Query): Effect.Effect<Query, DiscoveryError> => {
       return refuse(`invalid query.${field}: expected a string, but reading it threw: ${Input.thrownMessage(thrown)}`)
     }
     if (typeof value !== "string") return refuse(`invalid query.${field}: expected a string, got ${Input.shown(value)}`)
+    if (value.length === 0 || value.length > maxQueryLength) {
+      return refuse(`invalid query.${field}: expected 1 to ${maxQueryLength} characters, got ${value.length}`)
+    }
     read[field] = value
   }
   return Effect.succeed(read)

@@ -122,6 +122,40 @@ describe("Discovery queries", () => {
         }
       })
   )
+
+  it.effect(
+    "a query's concept and intent take 1 to 1,000 characters: a larger one never becomes a lookup or a key",
+    () =>
+      Effect.gen(function* () {
+        const calls = yield* Ref.make(0)
+        const looked = yield* resolver(
+          Discovery.layer(() =>
+            Effect.as(
+              Ref.update(calls, (n) => n + 1),
+              [{ url: "http://127.0.0.1:1/a" }]
+            )
+          )
+        )
+        const fixed = yield* resolver(
+          Discovery.layerStatic([{ concept: "weather", intent: "*", agents: { url: "http://127.0.0.1:1/a" } }])
+        )
+        // Each would be a key of the cache (capacity keys, of any size) and the registry's URL.
+        for (const [given, field, length] of [
+          [{ concept: "x".repeat(1_000_001), intent: "forecast" }, "concept", 1_000_001],
+          [{ concept: "weather", intent: "y".repeat(1_001) }, "intent", 1_001],
+          [{ concept: "", intent: "forecast" }, "concept", 0]
+        ] as const) {
+          for (const discovery of [looked, fixed]) {
+            const error = yield* Effect.flip(discovery.resolve(given))
+            assert.strictEqual(error.reason, "NotFound")
+            assert.include(error.message, `invalid query.${field}: expected 1 to 1000 characters, got ${length}`)
+            assert.isBelow(error.message.length + error.concept.length + error.intent.length, 2_200)
+          }
+        }
+        assert.strictEqual(yield* Ref.get(calls), 0)
+        assert.strictEqual((yield* looked.resolve({ concept: "c".repeat(1_000), intent: "i" })).length, 1)
+      })
+  )
 })
 
 describe("Discovery.layer (your own lookup)", () => {
