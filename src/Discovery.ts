@@ -12,7 +12,7 @@
  *
  * @since 0.2.0
  */
-import { Cache, Clock, Context, Duration, Effect, Exit, Layer, Result, Schema } from "effect"
+import { Cache, Clock, Context, Duration, Effect, Exit, Layer, Result, Schema, Semaphore } from "effect"
 import { HttpClientRequest } from "effect/http"
 import { type AiError, isAiError, ModelError, TimeoutError } from "./AiError.js"
 import * as CircuitBreaker from "./CircuitBreaker.js"
@@ -134,6 +134,14 @@ export interface Options {
    * @since 0.3.0
    */
   readonly maxAgents?: number | undefined
+  /**
+   * Lookups in flight at once (of distinct queries: the callers of one query share its lookup).
+   * More wait their turn, then go through the breaker (which an outage has opened meanwhile).
+   * Default 10, as an agent host's connections.
+   *
+   * @since 0.3.0
+   */
+  readonly maxConcurrentLookups?: number | undefined
 }
 
 /**
@@ -200,7 +208,8 @@ const optionKeys: ReadonlySet<string> = new Set([
   "capacity",
   "timeout",
   "breaker",
-  "maxAgents"
+  "maxAgents",
+  "maxConcurrentLookups"
 ])
 const httpKeys: ReadonlySet<string> = new Set([...optionKeys, "url", "maxResponseBytes"])
 
@@ -338,7 +347,7 @@ export const make = Effect.fnUntraced(function* <E>(
   }
   const wrong = optionsIssue(options, optionKeys)
   if (wrong !== undefined) return yield* Input.orOptionError(Result.fail(wrong))
-  const [name, ttl, capacity, timeout, staleFor, maxAgents] = yield* Input.orOptionError(
+  const [name, ttl, capacity, timeout, staleFor, maxAgents, maxConcurrentLookups] = yield* Input.orOptionError(
     Input.all([
       // The label `agent="discovery:<name>"` and the breaker key.
       Result.flatMap(Http.nonEmpty("name", Input.orDefault(options.name, "discovery")), (n) => wellFormed(n, "name")),
@@ -346,9 +355,12 @@ export const make = Effect.fnUntraced(function* <E>(
       Input.positiveInt("capacity", Input.orDefault(options.capacity, 1000)),
       Input.duration("timeout", Input.orDefault(options.timeout, "5 seconds")),
       Input.duration("staleFor", Input.orDefault(options.staleFor, "10 minutes"), { allowZero: true }),
-      Input.positiveInt("maxAgents", Input.orDefault(options.maxAgents, 10))
+      Input.positiveInt("maxAgents", Input.orDefault(options.maxAgents, 10)),
+      Input.positiveInt("maxConcurrentLookups", Input.orDefault(options.maxConcurrentLookups, 10))
     ])
   )
+  // A batch of tasks on distinct concepts would otherwise send the registry as many requests at once.
+  const lookups = yield* Semaphore.make(maxConcurrentLookups)
   // The last answer of each query and when it came, for stale-if-error (at most `capacity`,
   // the oldest written dropped first).
   const lastGood = new Map<string, { readonly endpoints: ReadonlyArray<Endpoint>; readonly at: number }>()
@@ -428,14 +440,16 @@ export const make = Effect.fnUntraced(function* <E>(
   const cache = yield* Cache.makeWith(
     (key: string) => {
       const [concept, intent] = JSON.parse(key) as [string, string]
-      return breaker.execute(
-        breakerKey,
-        Effect.flatMap(attempt({ concept, intent }), (endpoints) => {
-          if (endpoints.length > 0 && Duration.toMillis(staleFor) > 0) return remember(key, endpoints)
-          // "None" is the last answer now: a later failure must not bring back agents the registry dropped.
-          lastGood.delete(key)
-          return Effect.succeed(endpoints)
-        })
+      return lookups.withPermit(
+        breaker.execute(
+          breakerKey,
+          Effect.flatMap(attempt({ concept, intent }), (endpoints) => {
+            if (endpoints.length > 0 && Duration.toMillis(staleFor) > 0) return remember(key, endpoints)
+            // "None" is the last answer now: a later failure must not bring back agents the registry dropped.
+            lastGood.delete(key)
+            return Effect.succeed(endpoints)
+          })
+        )
       )
     },
     {

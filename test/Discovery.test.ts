@@ -159,6 +159,50 @@ describe("Discovery queries", () => {
 })
 
 describe("Discovery.layer (your own lookup)", () => {
+  it.effect("lookups in flight are bounded (maxConcurrentLookups, default 10): other queries wait their turn", () =>
+    Effect.gen(function* () {
+      for (const [options, bound] of [
+        [{}, 10],
+        [{ maxConcurrentLookups: 3 }, 3]
+      ] as const) {
+        let inFlight = 0
+        let most = 0
+        const discovery = yield* resolver(
+          Discovery.layer(
+            () =>
+              Effect.sync(() => {
+                inFlight++
+                most = Math.max(most, inFlight)
+              }).pipe(
+                Effect.andThen(Effect.sleep("100 millis")),
+                Effect.andThen(
+                  Effect.sync(() => {
+                    inFlight--
+                    return [{ url: "http://127.0.0.1:1/a" }]
+                  })
+                )
+              ),
+            options
+          )
+        )
+        // A batch of tasks on distinct concepts: as many registry requests at once, unbounded.
+        const queries = Array.from({ length: 50 }, (_, i) => ({ concept: `c${i}`, intent: "x" }))
+        const fiber = yield* Effect.forkChild(
+          Effect.forEach(queries, (q) => discovery.resolve(q), { concurrency: "unbounded" })
+        )
+        yield* TestClock.adjust("10 seconds")
+        assert.strictEqual((yield* Fiber.join(fiber)).length, 50)
+        assert.strictEqual(most, bound)
+      }
+      for (const maxConcurrentLookups of [0, 1.5, -1, Number.NaN, null, "4"]) {
+        const error = yield* Effect.flip(
+          resolver(Discovery.layer(() => Effect.succeed([]), { maxConcurrentLookups: maxConcurrentLookups as number }))
+        )
+        assert.strictEqual((error as { readonly path: string }).path, "maxConcurrentLookups")
+      }
+    })
+  )
+
   it.effect("concurrent lookups of one query share one call; answers are kept for ttl; failures are not", () =>
     Effect.gen(function* () {
       const calls = yield* Ref.make(0)
