@@ -323,7 +323,7 @@ const detailOf = (cause: unknown): string => {
     return ""
   }
   if (typeof detail !== "string" || detail.length === 0) return ""
-  return ` (${detail.length > DETAIL_MAX ? `${detail.slice(0, DETAIL_MAX)}…` : detail})`
+  return ` (${detail.length > DETAIL_MAX ? `${Input.wholePrefix(detail, DETAIL_MAX)}…` : detail})`
 }
 
 /**

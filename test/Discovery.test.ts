@@ -421,6 +421,21 @@ describe("Discovery.layer (your own lookup)", () => {
     })
   )
 
+  it.effect("what a lookup failed with is cut short on a whole character, with a lone surrogate nowhere", () =>
+    Effect.gen(function* () {
+      // 299 units, then an emoji (two units) across the bound of 300, then more.
+      const long = `${"x".repeat(299)}\u{1F600}${"y".repeat(1_000)}`
+      const failing = yield* resolver(Discovery.layer(() => Effect.fail(new Error(long)), { name: "registry" }))
+      const failed = yield* Effect.flip(failing.resolve(query))
+      assert.include(failed.message, `registry: the lookup failed (${"x".repeat(299)}…)`)
+      const loneSurrogate = /[\uD800-\uDBFF](?![\uDC00-\uDFFF])|(?<![\uD800-\uDBFF])[\uDC00-\uDFFF]/
+      assert.isFalse(
+        loneSurrogate.test(failed.message),
+        "a message written as UTF-8 (a log, a record) keeps every character"
+      )
+    })
+  )
+
   it.effect(
     "an answer is bounded: the first maxAgents agents (default 10), best first, not thousands of fallbacks",
     () =>
