@@ -217,23 +217,27 @@ const httpKeys: ReadonlySet<string> = new Set([...optionKeys, "url", "maxRespons
 const optionsIssue = (options: unknown, known: ReadonlySet<string>): Input.Issue | undefined =>
   Input.notAnObject("options", options) ?? Input.unknownKey(options as object, known)
 
-/** `strict`: a field of no endpoint's is refused (entries written by hand; a lookup's answer may carry its own). */
+/**
+ * `strict`: a field of no endpoint's is refused (entries written by hand; a lookup's answer may carry its own).
+ * The endpoint is read once into a plain one, which is what is checked and kept: the caller's object
+ * (a lookup's catalog entry, updated in place; a getter) changed later changes no answer.
+ */
 const checkEndpoint = (path: string, input: unknown, strict = false): Input.Checked<Endpoint> => {
   if (typeof input !== "object" || input === null) return Result.fail({ path, message: "expected { url, name? }" })
   const unknown = strict ? Input.unknownKey(input, endpointKeys, `${path}.`) : undefined
   if (unknown !== undefined) return Result.fail(unknown)
-  const endpoint = input as Endpoint
+  const { url, name, timeout } = input as Endpoint
   return Result.map(
     Input.all([
-      Http.baseUrl(
-        `${path}.url`,
-        endpoint.url,
-        "an endpoint takes none (HttpAgent.agent takes them as a Redacted header)"
-      ),
-      endpoint.name === undefined ? Result.succeed(undefined) : Http.nonEmpty(`${path}.name`, endpoint.name),
-      endpoint.timeout === undefined ? Result.succeed(undefined) : Input.duration(`${path}.timeout`, endpoint.timeout)
+      Http.baseUrl(`${path}.url`, url, "an endpoint takes none (HttpAgent.agent takes them as a Redacted header)"),
+      name === undefined ? Result.succeed(undefined) : Http.nonEmpty(`${path}.name`, name),
+      timeout === undefined ? Result.succeed(undefined) : Input.duration(`${path}.timeout`, timeout)
     ]),
-    () => endpoint
+    (): Endpoint => ({
+      url,
+      ...(name === undefined ? {} : { name }),
+      ...(timeout === undefined ? {} : { timeout })
+    })
   )
 }
 
@@ -414,6 +418,7 @@ export const make = Effect.fnUntraced(function* <E>(
         // Bounded before it is checked: a registry may answer thousands (an unfiltered list).
         const list: ReadonlyArray<unknown> =
           found === undefined || found === null ? [] : Array.isArray(found) ? found.slice(0, maxAgents) : [found]
+        const endpoints: Array<Endpoint> = []
         for (const [i, endpoint] of list.entries()) {
           const checked = checkEndpoint(`agents[${i}]`, endpoint)
           if (Result.isFailure(checked)) {
@@ -426,8 +431,9 @@ export const make = Effect.fnUntraced(function* <E>(
               })
             )
           }
+          endpoints.push(checked.success)
         }
-        return Effect.succeed(list as ReadonlyArray<Endpoint>)
+        return Effect.succeed(endpoints)
       }),
       // User code throwing (the lookup, or a getter of what it answered) is its failure, not ours.
       Effect.catchDefect((defect) => Effect.fail(lookupError("threw", defect))),

@@ -357,6 +357,34 @@ describe("Discovery.layer (your own lookup)", () => {
     })
   )
 
+  it.effect("an answer is kept as it was checked: the lookup's own objects changed later change nothing", () =>
+    Effect.gen(function* () {
+      // A lookup answering the entries of an in-memory catalog, which is updated in place.
+      const entry: { url: string; name: string; weight: number } = {
+        url: "http://127.0.0.1:1/a",
+        name: "meteo",
+        weight: 3
+      }
+      let reads = 0
+      const flipping = {
+        get url() {
+          reads++
+          return reads === 1 ? "http://127.0.0.1:1/b" : "ftp://127.0.0.1/b"
+        }
+      }
+      const discovery = yield* resolver(Discovery.layer(() => Effect.succeed([entry, flipping])))
+      const found = yield* discovery.resolve(query)
+      entry.url = "http://user:secret@127.0.0.1:1/a"
+      const cached = yield* discovery.resolve(query)
+      for (const answer of [found, cached]) {
+        assert.deepStrictEqual(
+          answer.map((e) => ({ ...e })),
+          [{ url: "http://127.0.0.1:1/a", name: "meteo" }, { url: "http://127.0.0.1:1/b" }]
+        )
+      }
+    })
+  )
+
   it.effect("a lookup that throws, dies or answers a Promise is Unavailable naming it, never a defect", () =>
     Effect.gen(function* () {
       const calls = yield* Ref.make(0)
