@@ -170,9 +170,10 @@ const runParallel = Effect.fnUntraced(function* (
       stoppedBy ??= outcome.step
       return
     }
+    // Walked with an index: `shift()` is O(n), which made the walk over n dependents quadratic.
     const queue: Array<string> = [outcome.step]
-    while (queue.length > 0) {
-      const failed = queue.shift()!
+    for (let head = 0; head < queue.length; head++) {
+      const failed = queue[head]!
       for (const next of dependents.get(failed) ?? []) {
         if (outcomes.has(next.name)) continue
         outcomes.set(next.name, skipped(next.name, failed, outcomes, now))
