@@ -169,6 +169,10 @@ const fail = (query: Query, reason: "NotFound" | "Unavailable", message: string,
     ...(cause === undefined ? {} : { cause })
   })
 
+// Quoted as JSON, as a task's record says it: a quote or a line break of the caller's cannot forge it.
+const notFoundMessage = (query: Query): string =>
+  `no agent for concept ${JSON.stringify(query.concept)} and intent ${JSON.stringify(query.intent)}`
+
 const queryFields = ["concept", "intent"] as const
 
 /** The longest `concept` or `intent` (as a task's): each is a key of the cache and a part of the registry's URL. */
@@ -300,9 +304,7 @@ export const layerStatic = (
       const resolve = (query: Query) =>
         Effect.flatMap(checkQuery(query), (q) => {
           const found = table.get(keyOf(q)) ?? table.get(keyOf({ concept: q.concept, intent: "*" }))
-          return found === undefined
-            ? Effect.fail(fail(q, "NotFound", `no agent for concept "${q.concept}" and intent "${q.intent}"`))
-            : Effect.succeed(found)
+          return found === undefined ? Effect.fail(fail(q, "NotFound", notFoundMessage(q))) : Effect.succeed(found)
         })
       return Discovery.of({ name, resolve })
     })
@@ -484,9 +486,7 @@ export const make = Effect.fnUntraced(function* <E>(
           })
         ),
         Effect.flatMap((found) =>
-          found.length === 0
-            ? Effect.fail(fail(q, "NotFound", `no agent for concept "${q.concept}" and intent "${q.intent}"`))
-            : Effect.succeed(found)
+          found.length === 0 ? Effect.fail(fail(q, "NotFound", notFoundMessage(q))) : Effect.succeed(found)
         )
       )
     })

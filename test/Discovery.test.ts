@@ -156,6 +156,23 @@ describe("Discovery queries", () => {
         assert.strictEqual((yield* looked.resolve({ concept: "c".repeat(1_000), intent: "i" })).length, 1)
       })
   )
+
+  it.effect("a NotFound message writes the query quoted and escaped: a quote or a line break cannot forge it", () =>
+    Effect.gen(function* () {
+      const looked = yield* resolver(Discovery.layer(() => Effect.succeed([])))
+      const fixed = yield* resolver(
+        Discovery.layerStatic([{ concept: "weather", intent: "forecast", agents: { url: "http://127.0.0.1:1/a" } }])
+      )
+      const tricky = { concept: 'stocks" and intent "none', intent: "x\nlevel=INFO msg=all good" }
+      for (const discovery of [looked, fixed]) {
+        const error = yield* Effect.flip(discovery.resolve(tricky))
+        assert.strictEqual(
+          error.message,
+          `no agent for concept ${JSON.stringify(tricky.concept)} and intent ${JSON.stringify(tricky.intent)}`
+        )
+      }
+    })
+  )
 })
 
 describe("Discovery.layer (your own lookup)", () => {
