@@ -100,6 +100,27 @@ describe("WatsonX IAM token cache", () => {
     })
   )
 
+  it.effect("a token's lifetime counts from when it was asked for: a slow answer is not cached past its expiry", () =>
+    Effect.gen(function* () {
+      const iam = yield* scriptedIam
+      // IAM starts the token's clock when it issues it, before the answer's 20 seconds on the way back.
+      yield* Ref.set(iam.delay, Duration.seconds(20))
+      yield* Ref.set(iam.expiresIn, Duration.seconds(100))
+      const cache = yield* iam.cache({ refreshMargin: Duration.zero })
+      const first = yield* Effect.forkChild(tokenOf(cache))
+      yield* TestClock.adjust("20 seconds")
+      assert.strictEqual(yield* Fiber.join(first), "tok-1")
+      yield* TestClock.adjust("79 seconds")
+      assert.strictEqual(yield* tokenOf(cache), "tok-1")
+      // 100 seconds after the request: expired, whatever the answer's latency.
+      yield* TestClock.adjust("1 second")
+      const next = yield* Effect.forkChild(tokenOf(cache))
+      yield* TestClock.adjust("20 seconds")
+      assert.strictEqual(yield* Fiber.join(next), "tok-2")
+      assert.strictEqual(yield* Ref.get(iam.calls), 2)
+    })
+  )
+
   it.effect("a token said to live for years (expires_in huge) is still fetched again within an hour", () =>
     Effect.gen(function* () {
       const iam = yield* scriptedIam

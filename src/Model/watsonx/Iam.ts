@@ -126,17 +126,17 @@ export const make: (options: Options) => Effect.Effect<TokenCache, never, Scope.
     )
   )
 
+  // The lifetime counts from the request: IAM issues the token before its answer's way back, however slow.
   const fetch = (generation: number): Effect.Effect<Token, ModelError> =>
-    options.fetch.pipe(
-      Effect.timeoutOrElse({ duration: options.timeout, orElse: () => timedOut }),
-      Effect.flatMap((issued) =>
-        Effect.map(Clock.currentTimeMillis, (now) => {
+    Effect.flatMap(Clock.currentTimeMillis, (asked) =>
+      options.fetch.pipe(
+        Effect.timeoutOrElse({ duration: options.timeout, orElse: () => timedOut }),
+        Effect.map((issued) => {
           const lifetime = Math.min(Duration.toMillis(issued.expiresIn), MAX_LIFETIME_MILLIS)
-          return { value: issued.token, generation, refreshAt: now + lifetime - Math.min(margin, lifetime / 2) }
+          return { value: issued.token, generation, refreshAt: asked + lifetime - Math.min(margin, lifetime / 2) }
         })
-      ),
-      Effect.withSpan("WatsonX.iamToken")
-    )
+      )
+    ).pipe(Effect.withSpan("WatsonX.iamToken"))
 
   const isFresh = (
     current: State,
