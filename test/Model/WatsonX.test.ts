@@ -173,6 +173,34 @@ describe("WatsonX IAM token cache", () => {
     })
   )
 
+  it.effect("an early refresh that fails keeps the cached token until it expires, then the failure is the call's", () =>
+    Effect.gen(function* () {
+      const iam = yield* scriptedIam
+      const cache = yield* iam.cache()
+      assert.strictEqual(yield* tokenOf(cache), "tok-1")
+      // Inside refreshMargin: IAM is down, but tok-1 is good for 50 more seconds.
+      yield* TestClock.adjust(Duration.seconds(3550))
+      yield* Ref.set(iam.outcome, "fail")
+      assert.strictEqual(yield* tokenOf(cache), "tok-1")
+      assert.strictEqual(yield* Ref.get(iam.calls), 2)
+      // Each call in the window asks again; one that succeeds replaces the token.
+      yield* TestClock.adjust(Duration.seconds(49))
+      assert.strictEqual(yield* tokenOf(cache), "tok-1")
+      assert.strictEqual(yield* Ref.get(iam.calls), 3)
+      yield* TestClock.adjust(Duration.seconds(1))
+      const error = yield* Effect.flip(cache.get())
+      assert.strictEqual(error.reason, "Unauthorized")
+      // A token the API refused is not fallen back to either.
+      yield* Ref.set(iam.outcome, "ok")
+      const fresh = yield* cache.get()
+      assert.strictEqual(Redacted.value(fresh.value), "tok-5")
+      yield* TestClock.adjust(Duration.seconds(3550))
+      yield* Ref.set(iam.outcome, "fail")
+      assert.strictEqual(Redacted.value((yield* cache.get()).value), "tok-5")
+      assert.strictEqual((yield* Effect.flip(cache.get(fresh.generation))).reason, "Unauthorized")
+    })
+  )
+
   it.effect("an interrupted caller does not cancel the fetch another caller waits on", () =>
     Effect.gen(function* () {
       const iam = yield* scriptedIam

@@ -1,7 +1,8 @@
 /**
  * The IAM bearer token of the watsonx provider: fetched from the API key once however
  * many calls need it at the same moment, cached until shortly before it expires (by the
- * `Clock`, and never longer than {@link maxTokenLifetime}), fetched again after the API refused it, and every fetch bounded in time.
+ * `Clock`, and never longer than {@link maxTokenLifetime}; a token whose early refresh fails is used until it
+ * expires), fetched again after the API refused it, and every fetch bounded in time.
  *
  * The fetch itself (an HTTP request) is given by the provider, so the cache knows nothing
  * of HTTP and its timing is tested on the `TestClock` alone.
@@ -35,6 +36,13 @@ export interface Token {
   readonly generation: number
   /** Clock millis after which the token is fetched again. */
   readonly refreshAt: number
+  /**
+   * Clock millis at which the token expires: until then it is still used when a fetch of the
+   * next one fails.
+   *
+   * @since 0.3.0
+   */
+  readonly expiresAt: number
 }
 
 /**
@@ -133,7 +141,12 @@ export const make: (options: Options) => Effect.Effect<TokenCache, never, Scope.
         Effect.timeoutOrElse({ duration: options.timeout, orElse: () => timedOut }),
         Effect.map((issued) => {
           const lifetime = Math.min(Duration.toMillis(issued.expiresIn), MAX_LIFETIME_MILLIS)
-          return { value: issued.token, generation, refreshAt: asked + lifetime - Math.min(margin, lifetime / 2) }
+          return {
+            value: issued.token,
+            generation,
+            refreshAt: asked + lifetime - Math.min(margin, lifetime / 2),
+            expiresAt: asked + lifetime
+          }
         })
       )
     ).pipe(Effect.withSpan("WatsonX.iamToken"))
@@ -152,14 +165,26 @@ export const make: (options: Options) => Effect.Effect<TokenCache, never, Scope.
         // Decided and updated synchronously: no other fiber sees a state between the two.
         const current = state
         if (current._tag === "Pending") return restore(Deferred.await(current.deferred))
+        const cached = current._tag === "Ready" ? current.token : undefined
         if (isFresh(current, now, rejected)) return Effect.succeed(current.token)
         const generation = generationOf(current) + 1
+        // Refreshed early (within refreshMargin): an IAM outage before the token expires is not yet the calls' failure.
+        const previous =
+          cached !== undefined && cached.generation !== rejected && now < cached.expiresAt ? cached : undefined
         const deferred = Deferred.makeUnsafe<Token, ModelError>()
         state = { _tag: "Pending", generation, deferred }
         // On any exit (failure, timeout, interruption) the state leaves Pending, so the next call asks again.
         const settle = (exit: Exit.Exit<Token, ModelError>) =>
           Effect.sync(() => {
-            state = Exit.isSuccess(exit) ? { _tag: "Ready", token: exit.value } : { _tag: "Empty", generation }
+            if (Exit.isSuccess(exit)) {
+              state = { _tag: "Ready", token: exit.value }
+            } else if (previous !== undefined && clock.currentTimeMillisUnsafe() < previous.expiresAt) {
+              state = { _tag: "Ready", token: previous }
+              Deferred.doneUnsafe(deferred, Exit.succeed(previous))
+              return
+            } else {
+              state = { _tag: "Empty", generation }
+            }
             Deferred.doneUnsafe(deferred, exit)
           })
         return Effect.andThen(
