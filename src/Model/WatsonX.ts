@@ -319,23 +319,32 @@ export const make: (
               secrets.push(bearer)
               return client.sse(post(path, body, bearer, "text/event-stream"), ctx)
             })
-            const step = (event: Sse.Event): Effect.Effect<ReadonlyArray<Model.StreamPart>, ModelError> => {
-              if (event.data.trim() === "[DONE]") {
-                return state.noChoiceZero()
-                  ? Effect.fail(Errors.malformed(ctx, "choices", "no choice with index 0"))
-                  : Effect.succeed([state.finish()])
+            const end = Effect.suspend(() =>
+              state.noChoiceZero()
+                ? Effect.fail(Errors.malformed(ctx, "choices", "no choice with index 0"))
+                : Effect.succeed([state.finish()])
+            )
+            const chunk = (value: unknown): Effect.Effect<ReadonlyArray<Model.StreamPart>, ModelError> => {
+              if (Errors.isErrorPayload(value) || hasErrors(value)) {
+                return Effect.fail(Errors.errorFromPayload(value, ctx))
               }
+              return api === "chat"
+                ? Effect.map(decodeChatChunk(value, ctx), state.chat)
+                : Effect.map(decodeGeneration(value, ctx), state.generation)
+            }
+            const step = (event: Sse.Event): Effect.Effect<ReadonlyArray<Model.StreamPart>, ModelError> => {
+              if (event.data.trim() === "[DONE]") return end
               if (event.event === "error") {
                 return Effect.fail(Errors.errorFromPayload(Errors.parseJsonOrUndefined(event.data) ?? event.data, ctx))
               }
-              return Effect.flatMap(Decode.parseJson(event.data, ctx), (value) => {
-                if (Errors.isErrorPayload(value) || hasErrors(value)) {
-                  return Effect.fail(Errors.errorFromPayload(value, ctx))
-                }
-                return api === "chat"
-                  ? Effect.map(decodeChatChunk(value, ctx), state.chat)
-                  : Effect.map(decodeGeneration(value, ctx), state.generation)
-              })
+              // watsonx's terminator, as [DONE] is OpenAI's: its data is `{}`, or a last chunk (the usage) to read first.
+              if (event.event === "close") {
+                const value = Errors.parseJsonOrUndefined(event.data)
+                return isChunk(value)
+                  ? Effect.flatMap(chunk(value), (parts) => Effect.map(end, (last) => [...parts, ...last]))
+                  : end
+              }
+              return Effect.flatMap(Decode.parseJson(event.data, ctx), chunk)
             }
             return Assemble.assemble(events, {
               ctx,
@@ -405,6 +414,12 @@ export const make: (
     return { name, defaultModel, generate, stream, embed } satisfies Model.Service
   }
 )
+
+/** Does a `close` event's data carry anything to read: a chunk, or an error? */
+const isChunk = (value: unknown): boolean =>
+  typeof value === "object" &&
+  value !== null &&
+  ("choices" in value || "results" in value || "errors" in value || "error" in value)
 
 /** watsonx sends errors inside a stream as `{"errors": [...], "status_code": n}`. */
 const hasErrors = (value: unknown): boolean =>

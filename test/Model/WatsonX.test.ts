@@ -1002,6 +1002,56 @@ layer(NodeHttpClient.layerUndici)("WatsonX over HTTP", (it) => {
       })
     )
 
+    it.effect("a closing `event: close` ends the stream: its data `{}` is no chunk, a usage chunk in it counts", () =>
+      Effect.gen(function* () {
+        const chunk = (content: string, finish: string | null = null) => ({
+          model_id: "ibm/granite-3-8b-instruct",
+          choices: [{ index: 0, finish_reason: finish, delta: { role: "assistant", content } }]
+        })
+        const usage = {
+          model_id: "ibm/granite-3-8b-instruct",
+          choices: [],
+          usage: { completion_tokens: 2, prompt_tokens: 5, total_tokens: 7 }
+        }
+        // As IBM's own SDK is tested against: the stream's last event is `event: close`, with `{}` or the usage.
+        let close: unknown = {}
+        let api: "chat" | "generation" = "chat"
+        const { provider } = yield* makeServer((_, res) =>
+          Server.chunked(res, [
+            `${wsse(api === "chat" ? [chunk("Hi"), chunk(" there", "stop")] : [generationEvent("Hi there", "eos_token", 4, 2)])}id: 9\r\nevent: close\r\ndata: ${JSON.stringify(close)}\r\n\r\n`
+          ])
+        )
+        const finishOf = (parts: ReadonlyArray<Model.StreamPart>) => parts.filter((p) => p._tag === "Finish")
+        for (const [given, withUsage] of [
+          [{}, false],
+          [usage, true]
+        ] as const) {
+          close = given
+          const p = yield* provider()
+          const { exit, parts, text } = yield* collect(p.stream({ prompt: "hi" }))
+          assert.isTrue(Exit.isSuccess(exit), Exit.isFailure(exit) ? Cause.pretty(exit.cause) : "")
+          assert.strictEqual(text, "Hi there")
+          const finishes = finishOf(parts)
+          assert.lengthOf(finishes, 1)
+          assert.strictEqual(finishes[0]?._tag === "Finish" && finishes[0].finishReason, "stop")
+          if (withUsage) {
+            assert.deepStrictEqual(finishes[0]?._tag === "Finish" && finishes[0].usage, {
+              inputTokens: 5,
+              outputTokens: 2,
+              totalTokens: 7
+            })
+          }
+        }
+        api = "generation"
+        close = {}
+        const p = yield* provider({ api: "generation" })
+        const { exit, parts, text } = yield* collect(p.stream({ prompt: "hi" }))
+        assert.isTrue(Exit.isSuccess(exit), Exit.isFailure(exit) ? Cause.pretty(exit.cause) : "")
+        assert.strictEqual(text, "Hi there")
+        assert.lengthOf(finishOf(parts), 1)
+      })
+    )
+
     it.effect("chat_stream: a 401 before the stream refreshes the token and retries; deltas then Finish", () =>
       Effect.gen(function* () {
         const chunk = (content: string, finish: string | null = null, usage?: unknown) => ({
