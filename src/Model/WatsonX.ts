@@ -212,8 +212,14 @@ export const make: (
           error._tag === "ModelError"
             ? new ModelError({
                 reason: error.reason === "InvalidRequest" ? "Unauthorized" : error.reason,
-                message: error.message,
+                // A 2xx body that is not a token may still hold one (or a refresh token), which no scrubbing knows:
+                // JSON.parse quotes the text before where it stopped, a body of another type is quoted from its start.
+                message:
+                  error.reason === "Decode"
+                    ? `${name} IAM: the answer is not a token (${error.field ?? "(root)"})`
+                    : error.message,
                 provider: name,
+                field: error.reason === "Decode" ? error.field : undefined,
                 status: error.status,
                 retryAfter: error.retryAfter
               })

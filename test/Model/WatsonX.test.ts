@@ -1305,6 +1305,27 @@ layer(NodeHttpClient.layerUndici)("WatsonX over HTTP", (it) => {
       })
     )
 
+    it.effect("an IAM answer that is not quite JSON: no piece of the token in it reaches the error", () =>
+      Effect.gen(function* () {
+        // JSON.parse quotes the text just before where it stopped: here, the end of the token.
+        const server = yield* Server.make((_, res) => {
+          res.writeHead(200, { "content-type": "application/json" })
+          res.end('{"token_type":"Bearer","access_token":"TOKEN-1-SECRET","refresh_token":"RT-SECRET","x":None}')
+        })
+        const p = yield* WatsonX.make({
+          apiKey: Redacted.make(KEY),
+          projectId: "proj-1",
+          url: server.url,
+          iamUrl: `${server.url}/identity/token`
+        })
+        const exit = yield* Effect.exit(p.generate({ prompt: "x" }))
+        const error = modelErrorOf(exit)
+        assert.strictEqual(error.reason, "Decode")
+        assert.include(error.message, "IAM")
+        for (const text of yield* renderings(exit)) assert.notMatch(text, /CRET|SECRET|TOKEN-1/)
+      })
+    )
+
     it.effect("a failure of the HTTP client itself, its description and cause holding the token: nothing leaks", () =>
       Effect.gen(function* () {
         const { provider } = yield* makeServer((_, res) => Server.json(res, 200, chatAnswer("ok")))
