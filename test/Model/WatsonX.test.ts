@@ -305,11 +305,38 @@ describe("WatsonX wire", () => {
       WatsonXWire.unsupported(request, api, "watsonx")?.field
     assert.strictEqual(field({ prompt: "x", tools: [{ name: "f" }] }), "tools")
     assert.strictEqual(field({ prompt: "x", toolChoice: "auto" }), "toolChoice")
-    assert.strictEqual(field({ messages: [{ role: "tool", toolCallId: "c", content: "1" }] }), "messages")
+    assert.strictEqual(field({ messages: [{ role: "tool", toolCallId: "c", content: "1" }] }), "messages[0].role")
     assert.strictEqual(field({ prompt: "x", responseFormat: { type: "json_object" } }, "generation"), "responseFormat")
     assert.isUndefined(field({ prompt: "x", responseFormat: { type: "json_object" } }))
     // No tools is no tools, as the cache key and the gateway read it.
     assert.isUndefined(WatsonXWire.unsupported({ prompt: "x", tools: [] }, "chat", "watsonx"))
+  })
+
+  it("an assistant turn with an empty toolCalls list made no calls: sent as its text, not refused", () => {
+    const conversation: Parameters<typeof WatsonXWire.unsupported>[0] = {
+      messages: [
+        { role: "user", content: "hi" },
+        { role: "assistant", content: "hello", toolCalls: [] },
+        { role: "user", content: "and?" }
+      ]
+    }
+    assert.isUndefined(WatsonXWire.unsupported(conversation, "chat", "watsonx"))
+    assert.deepStrictEqual((WatsonXWire.chatBody(conversation, "m")["messages"] as Array<unknown>)[1], {
+      role: "assistant",
+      content: "hello"
+    })
+    // A turn that did call tools is refused naming it.
+    const called = WatsonXWire.unsupported(
+      {
+        messages: [
+          { role: "user", content: "hi" },
+          { role: "assistant", content: "", toolCalls: [{ id: "c", name: "f", arguments: "{}" }] }
+        ]
+      },
+      "chat",
+      "watsonx"
+    )
+    assert.strictEqual(called?.field, "messages[1].toolCalls")
   })
 
   it("text generation: more than 6 stop sequences, or a random_seed outside 1..2^32-1, are refused naming them", () => {

@@ -149,9 +149,15 @@ export const unsupported = (request: Model.GenerateRequest, api: Api, provider: 
   if (request.toolChoice !== undefined) {
     return invalidRequest("toolChoice", "watsonx does not take tools here", provider)
   }
-  for (const message of request.messages ?? []) {
-    if (message.role === "tool" || message.toolCalls !== undefined) {
-      return invalidRequest("messages", "watsonx does not take tool calls or tool messages here", provider)
+  const messages = request.messages ?? []
+  for (let i = 0; i < messages.length; i++) {
+    const message = messages[i]!
+    if (message.role === "tool") {
+      return invalidRequest(`messages[${i}].role`, "watsonx does not take tool messages here", provider)
+    }
+    // `toolCalls: []` made no calls, as `tools: []` is no tools.
+    if (message.toolCalls !== undefined && message.toolCalls.length > 0) {
+      return invalidRequest(`messages[${i}].toolCalls`, "watsonx does not take tool calls here", provider)
     }
   }
   if (api === "generation") {
