@@ -5,8 +5,8 @@
  * or a deployment space.
  *
  * Calls carry an IAM bearer token obtained from the API key (see `watsonx/Iam.ts`): cached
- * until shortly before it expires, fetched once however many calls need it at the same
- * moment, fetched again after a 401 (the call is retried once with it), every fetch
+ * until shortly before it expires (and used until it expires when that early refresh fails),
+ * fetched once however many calls need it at the same moment, fetched again after a 401 (the call is retried once with it), every fetch
  * bounded. Neither the key nor a token appears in any error, whatever path it took
  * (generate, stream, embed, token fetch, a failure of the HTTP client itself).
  *
