@@ -201,6 +201,30 @@ describe("WatsonX IAM token cache", () => {
     })
   )
 
+  it.effect("once the API refused the cached token, an early refresh that fails falls back to it for no one", () =>
+    Effect.gen(function* () {
+      const iam = yield* scriptedIam
+      const cache = yield* iam.cache()
+      const first = yield* cache.get()
+      yield* TestClock.adjust(Duration.seconds(3550))
+      yield* Ref.set(iam.outcome, "fail")
+      yield* Ref.set(iam.delay, Duration.seconds(1))
+      // One caller refreshes early; another, whose call was just refused (401), waits on the same fetch.
+      const early = yield* Effect.forkChild(Effect.flip(cache.get()))
+      const refused = yield* Effect.forkChild(Effect.flip(cache.get(first.generation)))
+      yield* TestClock.adjust("2 seconds")
+      for (const error of [yield* Fiber.join(early), yield* Fiber.join(refused)]) {
+        assert.strictEqual(error.reason, "Unauthorized")
+        assert.strictEqual(error.message, "key refused")
+      }
+      // Nor later, while IAM is still down.
+      const later = yield* Effect.forkChild(Effect.flip(cache.get()))
+      yield* TestClock.adjust("1 second")
+      assert.strictEqual((yield* Fiber.join(later)).reason, "Unauthorized")
+      assert.strictEqual(yield* Ref.get(iam.calls), 3)
+    })
+  )
+
   it.effect("an interrupted caller does not cancel the fetch another caller waits on", () =>
     Effect.gen(function* () {
       const iam = yield* scriptedIam

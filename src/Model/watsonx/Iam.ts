@@ -105,7 +105,13 @@ const MAX_LIFETIME_MILLIS = Duration.toMillis(maxTokenLifetime)
 
 type State =
   | { readonly _tag: "Empty"; readonly generation: number }
-  | { readonly _tag: "Pending"; readonly generation: number; readonly deferred: Deferred.Deferred<Token, ModelError> }
+  | {
+      readonly _tag: "Pending"
+      readonly generation: number
+      readonly deferred: Deferred.Deferred<Token, ModelError>
+      /** The cached token the fetch replaces, still used while it has not expired if the fetch fails. */
+      readonly previous: Token | undefined
+    }
   | { readonly _tag: "Ready"; readonly token: Token }
 
 const generationOf = (state: State): number => (state._tag === "Ready" ? state.token.generation : state.generation)
@@ -158,38 +164,47 @@ export const make: (options: Options) => Effect.Effect<TokenCache, never, Scope.
   ): current is Extract<State, { _tag: "Ready" }> =>
     current._tag === "Ready" && current.token.generation !== rejected && now < current.token.refreshAt
 
+  // The newest generation the API refused (a 401): no fallback to it, nor to an older one.
+  let refused = 0
+
+  // Refreshed early (within refreshMargin): an IAM outage before the token expires is not yet the calls' failure.
+  const fallback = (previous: Token | undefined, now: number): Token | undefined =>
+    previous !== undefined && previous.generation > refused && now < previous.expiresAt ? previous : undefined
+
+  const awaitFetch = (
+    deferred: Deferred.Deferred<Token, ModelError>,
+    previous: Token | undefined
+  ): Effect.Effect<Token, ModelError> =>
+    Effect.catch(Deferred.await(deferred), (error) =>
+      Effect.clockWith((clock) => {
+        const kept = fallback(previous, clock.currentTimeMillisUnsafe())
+        return kept === undefined ? Effect.fail(error) : Effect.succeed(kept)
+      })
+    )
+
   const refresh = (rejected: number | undefined): Effect.Effect<Token, ModelError> =>
     Effect.uninterruptibleMask((restore) =>
       Effect.clockWith((clock) => {
         const now = clock.currentTimeMillisUnsafe()
+        if (rejected !== undefined && rejected > refused) refused = rejected
         // Decided and updated synchronously: no other fiber sees a state between the two.
         const current = state
-        if (current._tag === "Pending") return restore(Deferred.await(current.deferred))
-        const cached = current._tag === "Ready" ? current.token : undefined
+        if (current._tag === "Pending") return restore(awaitFetch(current.deferred, current.previous))
+        const previous = fallback(current._tag === "Ready" ? current.token : undefined, now)
         if (isFresh(current, now, rejected)) return Effect.succeed(current.token)
         const generation = generationOf(current) + 1
-        // Refreshed early (within refreshMargin): an IAM outage before the token expires is not yet the calls' failure.
-        const previous =
-          cached !== undefined && cached.generation !== rejected && now < cached.expiresAt ? cached : undefined
         const deferred = Deferred.makeUnsafe<Token, ModelError>()
-        state = { _tag: "Pending", generation, deferred }
+        state = { _tag: "Pending", generation, deferred, previous }
         // On any exit (failure, timeout, interruption) the state leaves Pending, so the next call asks again.
         const settle = (exit: Exit.Exit<Token, ModelError>) =>
           Effect.sync(() => {
-            if (Exit.isSuccess(exit)) {
-              state = { _tag: "Ready", token: exit.value }
-            } else if (previous !== undefined && clock.currentTimeMillisUnsafe() < previous.expiresAt) {
-              state = { _tag: "Ready", token: previous }
-              Deferred.doneUnsafe(deferred, Exit.succeed(previous))
-              return
-            } else {
-              state = { _tag: "Empty", generation }
-            }
+            const kept = Exit.isSuccess(exit) ? exit.value : fallback(previous, clock.currentTimeMillisUnsafe())
+            state = kept === undefined ? { _tag: "Empty", generation } : { _tag: "Ready", token: kept }
             Deferred.doneUnsafe(deferred, exit)
           })
         return Effect.andThen(
           Effect.forkIn(Effect.onExit(fetch(generation), settle), scope, { startImmediately: true }),
-          restore(Deferred.await(deferred))
+          restore(awaitFetch(deferred, previous))
         )
       })
     )
