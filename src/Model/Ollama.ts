@@ -101,7 +101,8 @@ const decodeEmbed = Decode.valueDecoder(Wire.EmbedAnswer)
 /**
  * `OLLAMA_HOST` as the ollama CLI reads it: often without a scheme, which is then `http`, and
  * then without a port too, which is Ollama's 11434 (`0.0.0.0` is `http://0.0.0.0:11434`, a
- * bare IPv6 address is bracketed). With a scheme, the scheme's port.
+ * bare IPv6 address is bracketed), or without a host (`:8080` is this machine's port 8080).
+ * With a scheme, the scheme's port.
  */
 // Anything but a string goes to the URL check as it is, which names `host`.
 const hostUrl = (host: string): string => {
@@ -113,7 +114,9 @@ const hostUrl = (host: string): string => {
   // `user:pass@host` keeps its credentials, for the URL check to refuse them by name (not as an IPv6 address).
   const at = authority.lastIndexOf("@")
   const userinfo = at === -1 ? "" : authority.slice(0, at + 1)
-  const hostPort = authority.slice(at + 1)
+  // A port alone (`:8080`) is this machine's, as the CLI dials it.
+  const given = authority.slice(at + 1)
+  const hostPort = /^:\d+$/.test(given) ? `127.0.0.1${given}` : given
   const withPort = /^(?:\[[^\]]*\]|[^:]*):\d+$/.test(hostPort)
     ? hostPort
     : hostPort.includes(":") && !hostPort.startsWith("[")

@@ -915,7 +915,8 @@ describe("Ollama host", () => {
           })
         )
       })
-      for (const host of ["0.0.0.0", "gpu-box", "gpu-box:8080", "[::1]", "::1", "http://gpu-box", "gpu-box/ollama"]) {
+      const hosts = ["0.0.0.0", "gpu-box", "gpu-box:8080", "[::1]", "::1", "http://gpu-box", "gpu-box/ollama", ":8080"]
+      for (const host of hosts) {
         const p = yield* Ollama.make({ host }).pipe(Effect.provideService(HttpClient.HttpClient, recording))
         yield* Effect.exit(p.embed({ texts: ["a"] }))
       }
@@ -926,7 +927,9 @@ describe("Ollama host", () => {
         "http://[::1]:11434/api/embed",
         "http://[::1]:11434/api/embed",
         "http://gpu-box/api/embed",
-        "http://gpu-box:11434/ollama/api/embed"
+        "http://gpu-box:11434/ollama/api/embed",
+        // A port alone is this machine's, as the CLI dials it.
+        "http://127.0.0.1:8080/api/embed"
       ])
     })
   )
