@@ -472,6 +472,7 @@ export const describeOutcome: (outcome: StepOutcome<unknown, unknown>) => string
  * @category models
  */
 export interface MermaidOptions<O = unknown, E = unknown> {
+  /** `"TB"`, `"TD"`, `"BT"`, `"RL"` or `"LR"` (the default); anything else is refused. */
   readonly direction?: Graph.MermaidDirection | undefined
   /** Annotates each step with its outcome and duration. */
   readonly result?: Result<O, E> | undefined
@@ -479,7 +480,10 @@ export interface MermaidOptions<O = unknown, E = unknown> {
 
 /**
  * The pipeline as a Mermaid flowchart (edges point from a dependency to its dependent).
- * `null` options, like absent ones, draw it without annotations.
+ * `null` options, like absent ones, draw it without annotations. Labels are escaped: a
+ * step's name or description cannot break the diagram or add lines to it. A `direction`
+ * other than Mermaid's throws a `PipelineError` (`reason: "InvalidOption"`, `field:
+ * "direction"`).
  *
  * @since 0.1.0
  * @category rendering

@@ -470,6 +470,48 @@ describe("Pipeline", () => {
       assert.strictEqual(Pipeline.toMermaid(p, { direction: null, result: null } as never), plain)
     })
   )
+
+  it.effect(
+    "toMermaid: a direction other than TB, TD, BT, RL or LR is a PipelineError naming it; it went into the text",
+    () =>
+      Effect.gen(function* () {
+        const p = diamond(yield* Ref.make<Record<string, number>>({}))
+        for (const direction of ["TB", "TD", "BT", "RL", "LR"] as const) {
+          assert.isTrue(Pipeline.toMermaid(p, { direction }).startsWith(`flowchart ${direction}\n`), direction)
+        }
+        for (const direction of ["bogus", "lr", "LR\n  0 --> 3", "", 1]) {
+          let thrown: unknown
+          try {
+            Pipeline.toMermaid(p, { direction } as never)
+          } catch (error) {
+            thrown = error
+          }
+          assert.instanceOf(thrown, Pipeline.PipelineError, JSON.stringify(direction))
+          const error = thrown as Pipeline.PipelineError
+          assert.strictEqual(error.reason, "InvalidOption")
+          assert.strictEqual(error.field, "direction")
+          assert.include(error.message, '"TB", "TD", "BT", "RL" or "LR"')
+          assert.notInclude(error.message, "\n")
+        }
+      })
+  )
+
+  it.effect("toMermaid: a step name or description with quotes, brackets or line breaks stays in its label", () =>
+    Effect.gen(function* () {
+      const p = Pipeline.make()
+        .step('a"] --> x["b', [], () => Effect.void)
+        .step("c\n  0 --> 0\n%% d", ['a"] --> x["b'], () => Effect.void, { description: "e]\r\nf(g){h}|<i>#j" })
+      const lines = Pipeline.toMermaid(p).split("\n")
+      assert.deepStrictEqual(lines, [
+        "flowchart LR",
+        '  0["a#quot;#93; --#gt; x#91;#quot;b"]',
+        '  1["e#93;<br/>f#40;g#41;#123;h#125;#124;#lt;i#gt;#35;j"]',
+        "  0 --> 1"
+      ])
+      const named = Pipeline.make().step("c\n  0 --> 0", [], () => Effect.void)
+      assert.deepStrictEqual(Pipeline.toMermaid(named).split("\n"), ["flowchart LR", '  0["c<br/>  0 --#gt; 0"]'])
+    })
+  )
 })
 
 describe("Pipeline definitions are checked (issues 10, 12, 13)", () => {

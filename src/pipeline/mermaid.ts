@@ -4,9 +4,22 @@
  * @internal
  */
 import { Graph } from "effect"
+import * as Input from "../Input.js"
 import type { MermaidOptions, Pipeline, StepOutcome } from "../Pipeline.js"
+import * as Errors from "./errors.js"
+
+const directions: ReadonlySet<unknown> = new Set<Graph.MermaidDirection>(["TB", "TD", "BT", "RL", "LR"])
+
+// The direction is written into the diagram's first line as given: anything but Mermaid's own would break
+// the diagram, or (a line break) add lines to it.
+const directionOf = (input: unknown): Graph.MermaidDirection => {
+  const direction = input ?? "LR"
+  if (directions.has(direction)) return direction as Graph.MermaidDirection
+  throw Errors.invalidOption("direction", `expected "TB", "TD", "BT", "RL" or "LR", got ${Input.shown(direction)}`)
+}
 
 // A renderer has no error channel, and a diagram without annotations is a sound answer: `null` is no options.
+// A wrong direction has no sound answer: it throws the `PipelineError` a run's wrong option fails with.
 export const toMermaid = <I, O, E, R>(
   self: Pipeline<I, O, E, R>,
   given?: MermaidOptions<O, E> | null | undefined
@@ -15,7 +28,7 @@ export const toMermaid = <I, O, E, R>(
   const outcomes = options.result?.steps as Record<string, StepOutcome<unknown, unknown>> | undefined
   const byName = new Map(self.definition.steps.map((s) => [s.name, s]))
   return Graph.toMermaid(self.definition.graph, {
-    direction: options.direction ?? "LR",
+    direction: directionOf(options.direction),
     nodeLabel: (name) => {
       const label = byName.get(name)?.description ?? name
       const outcome = outcomes === undefined || !Object.hasOwn(outcomes, name) ? undefined : outcomes[name]
