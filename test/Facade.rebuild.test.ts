@@ -5,10 +5,10 @@
  * timed on a `TestClock`, through the facade built over it (`makeCreateOrchestra`'s clock).
  */
 import { assert, describe, it } from "@effect/vitest"
-import { type Duration, Effect, Layer } from "effect"
+import { Clock, Duration, Effect, Layer } from "effect"
 import { TestClock } from "effect/testing"
 import { ModelError } from "../src/AiError.js"
-import { AbortedError, createOrchestra, OrchestraError } from "../src/Facade.js"
+import { AbortedError, createOrchestra, type FacadeError, OrchestraError } from "../src/Facade.js"
 import { makeCreateOrchestra } from "../src/facade/orchestra.js"
 import * as Input from "../src/Input.js"
 import { ModelProvider } from "../src/Model.js"
@@ -278,6 +278,159 @@ describe("createOrchestra: the rebuild backoff, on a TestClock", () => {
         yield* TestClock.adjust("1 second")
         assert.strictEqual(yield* call, "mock answer to: q")
         assert.strictEqual(f.state.builds, 2)
+      })
+  )
+})
+
+describe("createOrchestra: a call's timeout counts the wait for the build on the monotonic clock (a TestClock)", () => {
+  const turn = Effect.promise(() => new Promise((resolve) => setImmediate(resolve)))
+  /** Turns of the event loop until `done` (at most 50: a test that waits for what never comes fails, not hangs). */
+  const until = Effect.fnUntraced(function* (done: () => boolean) {
+    for (let i = 0; i < 50 && !done(); i++) yield* turn
+    return done()
+  })
+
+  // A TestClock's wall clock set forward moves its monotonic clock as far (time passed, to it): a step
+  // forward is not told from a wait. A step back is: the wall clock's elapsed time went negative.
+
+  /**
+   * `createOrchestra` over the test's clock (its calls' own timers run on it too), its build held until
+   * `open()`; the provider's first call never answers, so it ends only at its timeout.
+   */
+  const heldBuild = Effect.fnUntraced(function* () {
+    const clock = yield* TestClock.testClockWith(Effect.succeed)
+    const { control, provider } = yield* Mock.make({
+      name: `facade-rebuild-${++mocks}`,
+      script: [Mock.Outcome.hang()]
+    })
+    let opening: (() => void) | undefined
+    const held = Layer.effect(
+      ModelProvider,
+      Effect.as(
+        Effect.callback<void>((resume) => {
+          opening = () => resume(Effect.void)
+        }),
+        provider
+      )
+    )
+    const layer = Orchestra.layer({ providers: { main: held } }).pipe(
+      Layer.provideMerge(Layer.succeed(Clock.Clock, clock))
+    )
+    const orchestra = makeCreateOrchestra({ AbortedError, OrchestraError }, clock)(layer)
+    yield* Effect.addFinalizer(() =>
+      Effect.gen(function* () {
+        const disposed = orchestra.dispose().catch(() => undefined)
+        yield* TestClock.adjust("1 minute")
+        yield* Effect.promise(() => disposed)
+      })
+    )
+    return {
+      clock,
+      orchestra,
+      building: until(() => opening !== undefined),
+      open: () => opening?.(),
+      providerCalls: () => Effect.runSync(control.calls)
+    }
+  })
+
+  /** What a promise settled with, read without waiting for it: `undefined` while it is pending. */
+  const outcomeOf = (promise: Promise<unknown>) => {
+    const state: { settled: boolean; error: FacadeError | undefined } = { settled: false, error: undefined }
+    promise.then(
+      () => {
+        state.settled = true
+      },
+      (error: unknown) => {
+        state.settled = true
+        state.error = error instanceof OrchestraError ? error.error : undefined
+      }
+    )
+    return state
+  }
+
+  const assertTimedOutAt = Effect.fnUntraced(function* (
+    call: ReturnType<typeof outcomeOf>,
+    millis: number,
+    given: number
+  ) {
+    yield* TestClock.adjust(millis - 1)
+    assert.isFalse(yield* until(() => call.settled), "settled before its time")
+    yield* TestClock.adjust(1)
+    assert.isTrue(yield* until(() => call.settled), "not settled at its time")
+    assert.strictEqual(call.error?._tag, "TimeoutError")
+    const error = call.error as Extract<FacadeError, { readonly _tag: "TimeoutError" }>
+    assert.strictEqual(error.limit, "total")
+    assert.strictEqual(Duration.toMillis(error.timeout), given)
+  })
+
+  it.effect(
+    "execute: a build taking 3 s of a 5 s timeout leaves 2 s; a wall clock set back an hour meanwhile does not stretch it",
+    () =>
+      Effect.gen(function* () {
+        const { clock, orchestra, building, open, providerCalls } = yield* heldBuild()
+        const call = outcomeOf(orchestra.execute("q", { timeout: "5 seconds" }))
+        assert.isTrue(yield* building)
+        yield* TestClock.adjust("3 seconds")
+        yield* TestClock.setTime(clock.currentTimeMillisUnsafe() - 3_600_000)
+        open()
+        assert.isTrue(yield* until(() => providerCalls() === 1))
+        yield* assertTimedOutAt(call, 2_000, 5_000)
+      })
+  )
+
+  it.effect("stream: a build taking 3 s of a 5 s timeout leaves 2 s", () =>
+    Effect.gen(function* () {
+      const { orchestra, building, open, providerCalls } = yield* heldBuild()
+      const call = outcomeOf(orchestra.stream("q", { timeout: "5 seconds" })[Symbol.asyncIterator]().next())
+      assert.isTrue(yield* building)
+      yield* TestClock.adjust("3 seconds")
+      open()
+      assert.isTrue(yield* until(() => providerCalls() === 1))
+      yield* assertTimedOutAt(call, 2_000, 5_000)
+    })
+  )
+
+  it.effect("a build that outlasts the timeout: the call times out at 5 s on the manager's clock, never calling", () =>
+    Effect.gen(function* () {
+      const { orchestra, building, open, providerCalls } = yield* heldBuild()
+      const call = outcomeOf(orchestra.execute("q", { timeout: "5 seconds" }))
+      const stream = outcomeOf(orchestra.stream("q", { timeout: "5 seconds" })[Symbol.asyncIterator]().next())
+      assert.isTrue(yield* building)
+      yield* assertTimedOutAt(call, 5_000, 5_000)
+      assert.isTrue(yield* until(() => stream.settled))
+      assert.strictEqual(stream.error?._tag, "TimeoutError")
+      open()
+      yield* turn
+      assert.strictEqual(providerCalls(), 0)
+    })
+  )
+
+  it.effect(
+    "a signal's timeout reports the monotonic time waited (3 s), the wall clock set back an hour meanwhile",
+    () =>
+      Effect.gen(function* () {
+        const { clock, orchestra, building, open, providerCalls } = yield* heldBuild()
+        const timedOut = () => new DOMException("the caller's deadline", "TimeoutError")
+        const waiting = new AbortController()
+        const first = outcomeOf(orchestra.execute("q", { signal: waiting.signal }))
+        assert.isTrue(yield* building)
+        yield* TestClock.adjust("3 seconds")
+        yield* TestClock.setTime(clock.currentTimeMillisUnsafe() - 3_600_000)
+        waiting.abort(timedOut())
+        assert.isTrue(yield* until(() => first.settled))
+        assert.strictEqual(first.error?._tag, "TimeoutError")
+        assert.strictEqual(Duration.toMillis((first.error as { readonly timeout: Duration.Duration }).timeout), 3_000)
+        // Once built: the call's own wait, the wall clock set back an hour.
+        open()
+        const running = new AbortController()
+        const second = outcomeOf(orchestra.execute("q", { signal: running.signal }))
+        assert.isTrue(yield* until(() => providerCalls() === 1))
+        yield* TestClock.adjust("3 seconds")
+        yield* TestClock.setTime(clock.currentTimeMillisUnsafe() - 3_600_000)
+        running.abort(timedOut())
+        assert.isTrue(yield* until(() => second.settled))
+        assert.strictEqual(second.error?._tag, "TimeoutError")
+        assert.strictEqual(Duration.toMillis((second.error as { readonly timeout: Duration.Duration }).timeout), 3_000)
       })
   )
 })

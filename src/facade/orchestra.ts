@@ -19,7 +19,8 @@ import { makeStream } from "./stream.js"
 
 /**
  * Builds `createOrchestra` over the facade's error classes; `Facade.ts` calls it once, at load. `clock`
- * times each manager's rebuild backoff and `dispose()`'s bound: the live clock, but for tests (a `TestClock`).
+ * times each manager's rebuild backoff, `dispose()`'s bound and a call's wait for the build: the live
+ * clock, but for tests (a `TestClock`).
  *
  * @internal
  */

@@ -9,7 +9,7 @@
 // Node's own way to listen to a caller's signal: another listener's `stopImmediatePropagation()` cannot
 // silence it (an addEventListener listener it would, leaving the call running).
 import { addAbortListener } from "node:events"
-import { type Context, Duration, Effect, Exit, Result } from "effect"
+import { type Clock, type Context, Duration, Effect, Exit, Result } from "effect"
 import { type ModelError, TimeoutError } from "../AiError.js"
 import type { FacadeError } from "../Facade.js"
 import * as Input from "../Input.js"
@@ -17,18 +17,20 @@ import type { Services } from "../Orchestra.js"
 import { CurrentCut, type Cut } from "../policy/plan.js"
 import { type Checked, check, none } from "./input.js"
 import type { Rejections } from "./rejection.js"
-import { clock, type Manager, since } from "./runtime.js"
+import { elapsedMillis, type Manager, monotonicMillis } from "./runtime.js"
 import type { Closing } from "./stream.js"
 
 /**
  * `promise` (a manager still being built), or the abort's error if the signal aborts first, or
  * the call's total `TimeoutError` once its `timeout` has passed: waiting for the build is part
- * of the call. A stream's wait also ends, with `undefined`, when its iterator is closed.
+ * of the call. A stream's wait also ends, with `undefined`, when its iterator is closed. `clock` is
+ * the manager's; `started`, its monotonic milliseconds when the call was made.
  *
  * @internal
  */
 export const untilBuilt = <A>(
   rejections: Rejections,
+  clock: Clock.Clock,
   promise: Promise<A>,
   signal: AbortSignal | undefined,
   timeout: Duration.Duration | undefined,
@@ -55,7 +57,7 @@ export const untilBuilt = <A>(
         }
         const onAbort = () => {
           settled()
-          reject(new OrchestraError(abortError(signal!, since(started))))
+          reject(new OrchestraError(abortError(signal!, elapsedMillis(clock, started))))
         }
         const deadline = timeout === undefined ? undefined : Effect.runFork(clock.sleep(timeout))
         deadline?.addObserver((exit) => {
@@ -131,11 +133,13 @@ export type Run = <I, A>(
  */
 export const makeRun = (rejections: Rejections, manager: Manager): Run => {
   const { OrchestraError, abortError, asGiven, rejectionOf, shuttingDown } = rejections
-  const running = manager.running
+  const { clock, running } = manager
+  const since = (started: number) => elapsedMillis(clock, started)
 
   /**
    * Starts a call's program on the built manager as a fiber of its own; `signal` (none for a batch)
    * interrupts it. Made once, not per call: the built manager's hot path allocates only the call's promise.
+   * `started` is read only for a call that can need it (one with a signal, or waiting for the build).
    */
   const start = <I, A>(
     context: Context.Context<Services>,
@@ -192,29 +196,34 @@ export const makeRun = (rejections: Rejections, manager: Manager): Run => {
       return Promise.reject(error)
     }
     if (Result.isFailure(input)) return Promise.reject(new OrchestraError(input.failure))
-    const started = clock.currentTimeMillisUnsafe()
     // A built manager starts the call now: a `.then` would start it a microtask later, after a
     // `dispose()` made in the same tick, which would refuse a call made before it.
     const services = manager.services
-    if (services !== undefined) return start(services, program, input.success, checked, signal, batch, started)
+    if (services !== undefined) {
+      const started = signal === undefined ? 0 : monotonicMillis(clock)
+      return start(services, program, input.success, checked, signal, batch, started)
+    }
+    const started = monotonicMillis(clock)
     const value = input.success
     // Still building: admitted all the same. A `dispose()` meanwhile either cuts the build (the
     // call is rejected with it) or closes the executor, which admits and drains it or refuses it.
     // The build's wait counts in the call's timeout (a batch's: it is cancelled at once when none is left).
     // A batch has no result without a manager: one whose signal aborts or whose timeout passes
     // before the manager is built rejects as a call does, instead of waiting for the build for ever.
-    return untilBuilt(rejections, manager.servicesOf(), checked.signal, checked.timeout, started).then((built) => {
-      // Only a stream's wait (given its `Closing`) ends without a manager.
-      const context = built!
-      const left = timeLeft(checked, since(started))
-      if (left === checked) return start(context, program, value, left, signal, batch, started)
-      if (left !== undefined) {
-        return start(context, program, value, left, signal, batch, started).catch(
-          asGiven(checked.timeout!, left.timeout!)
-        )
+    return untilBuilt(rejections, clock, manager.servicesOf(), checked.signal, checked.timeout, started).then(
+      (built) => {
+        // Only a stream's wait (given its `Closing`) ends without a manager.
+        const context = built!
+        const left = timeLeft(checked, since(started))
+        if (left === checked) return start(context, program, value, left, signal, batch, started)
+        if (left !== undefined) {
+          return start(context, program, value, left, signal, batch, started).catch(
+            asGiven(checked.timeout!, left.timeout!)
+          )
+        }
+        if (batch) return start(context, program, value, { ...checked, timeout: Duration.zero }, signal, batch, started)
+        return Promise.reject(new OrchestraError(new TimeoutError({ limit: "total", timeout: checked.timeout! })))
       }
-      if (batch) return start(context, program, value, { ...checked, timeout: Duration.zero }, signal, batch, started)
-      return Promise.reject(new OrchestraError(new TimeoutError({ limit: "total", timeout: checked.timeout! })))
-    })
+    )
   }
 }

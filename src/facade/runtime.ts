@@ -26,19 +26,25 @@ import { describeDefect } from "../policy/failure.js"
 import * as Stats from "../Stats.js"
 import type { Rejections } from "./rejection.js"
 
-/**
- * The facade's own clock, read before the manager (and its context) exists.
- *
- * @internal
- */
-export const clock = Context.get(Context.empty() as Context.Context<never>, Clock.Clock)
+/** The facade's own clock (the live one), read before the manager (and its context) exists. */
+const clock = Context.get(Context.empty() as Context.Context<never>, Clock.Clock)
 
 /**
- * Milliseconds since `started`, on the facade's clock.
+ * `clock`'s monotonic time in milliseconds: a wall clock stepped back or on (NTP) moves no wait measured on it.
  *
  * @internal
  */
-export const since = (started: number): number => clock.currentTimeMillisUnsafe() - started
+export const monotonicMillis = (clock: Clock.Clock): number => Number(clock.monotonicTimeNanosUnsafe()) / 1_000_000
+
+/**
+ * Whole milliseconds since `started` (`monotonicMillis` of `clock`): a call's elapsed time, on the monotonic
+ * clock, so that a wall clock stepped on while it waited does not time it out early, nor one stepped back
+ * let it run long.
+ *
+ * @internal
+ */
+export const elapsedMillis = (clock: Clock.Clock, started: number): number =>
+  Math.floor(monotonicMillis(clock) - started)
 
 const notALayer = (given: unknown): Layer.Layer<Services, Input.OptionError> =>
   Layer.effectContext(
@@ -88,9 +94,6 @@ const readOptions = (
     return refuse("options", `reading them threw: ${Input.thrownMessage(error)}`)
   }
 }
-
-/** `clock`'s monotonic time in milliseconds: a wall clock stepped back or on (NTP) moves no wait measured on it. */
-const monotonicMillis = (clock: Clock.Clock): number => Number(clock.monotonicTimeNanosUnsafe()) / 1_000_000
 
 const timedOut: unique symbol = Symbol("timedOut")
 
@@ -147,6 +150,8 @@ const releaseFailure = (cause: Cause.Cause<unknown>): ModelError => {
  * @internal
  */
 export interface Manager {
+  /** Times the manager's waits and its calls' (their timeouts, and the time waited for its build): see `makeManager`. */
+  readonly clock: Clock.Clock
   /** The built manager, once built. */
   readonly services: Context.Context<Services> | undefined
   readonly statsService: Stats.Service | undefined
@@ -168,7 +173,8 @@ export interface Manager {
 
 /**
  * The manager of `layer`, built on first use; `options` are `createOrchestra`'s own. `managerClock`
- * times its rebuild backoff and `dispose()`'s bound: the live clock, but for tests (a `TestClock`).
+ * times its rebuild backoff, `dispose()`'s bound and a call's wait for the build (on its monotonic
+ * time): the live clock, but for tests (a `TestClock`).
  *
  * @internal
  */
@@ -275,6 +281,7 @@ export const makeManager = (
   }
 
   const manager: { -readonly [K in keyof Manager]: Manager[K] } = {
+    clock: managerClock,
     services: undefined,
     statsService: undefined,
     disposing: undefined,

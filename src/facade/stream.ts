@@ -16,7 +16,7 @@ import * as Calls from "./calls.js"
 import { Keys, requestOf } from "./input.js"
 import type { Rejections } from "./rejection.js"
 import { checkOptions, timeLeft, untilBuilt } from "./run.js"
-import { clock, type Manager, since } from "./runtime.js"
+import { elapsedMillis, type Manager, monotonicMillis } from "./runtime.js"
 
 /**
  * What a stream's `return()` reaches past a `next()` that waits: an async generator queues it behind that `next()`.
@@ -47,6 +47,8 @@ export const makeStream = (
   manager: Manager
 ): ((prompt: Prompt, options?: StreamOptions) => PartStream) => {
   const { OrchestraError, abortError, asGiven, shuttingDown } = rejections
+  const clock = manager.clock
+  const since = (started: number) => elapsedMillis(clock, started)
   // A stream's iterator dropped without `return()` (a `next()` result read, the loop left by a
   // function that never resumes it) would hold its upstream and provider slot up to the stream's
   // total deadline: it is cancelled once the garbage collector reclaims it. An iterator with a
@@ -64,13 +66,15 @@ export const makeStream = (
     // Read at the first `next()`, before the wait for a manager still being built.
     const request = requestOf(prompt, read.success.context)
     if (Result.isFailure(request)) throw new OrchestraError(request.failure)
-    const started = clock.currentTimeMillisUnsafe()
+    const built = manager.services
+    // Read only when needed: by a signal's error, or to take the wait for the build from the timeout.
+    const started = built === undefined || signal !== undefined ? monotonicMillis(clock) : 0
     const context =
-      manager.services ??
-      (await untilBuilt(rejections, manager.servicesOf(), signal, read.success.timeout, started, closing))
+      built ??
+      (await untilBuilt(rejections, clock, manager.servicesOf(), signal, read.success.timeout, started, closing))
     // Closed while the manager was being built: the stream never starts, and `return()` does not wait for the build.
     if (context === undefined || closing.closed) return
-    const left = timeLeft(read.success, since(started))
+    const left = built === undefined ? timeLeft(read.success, since(started)) : read.success
     if (left === undefined)
       throw new OrchestraError(new TimeoutError({ limit: "total", timeout: read.success.timeout! }))
     const shortened = left === read.success ? undefined : asGiven(read.success.timeout!, left.timeout!)
