@@ -289,6 +289,43 @@ describe("a gateway file with mistakes in several sections' values", () => {
     })
   )
 
+  it.live("says each wrong value of the gateway section, each naming its field (it said the first)", () =>
+    Effect.gen(function* () {
+      const file = writeConfig("gateway-values.gateway.json", {
+        gateway: {
+          maxBody: 5,
+          maxBodyBytes: -1,
+          defaultMaxTokens: 0,
+          stream: { idleTimeout: 0 },
+          drainTimeout: "soon"
+        },
+        keys: { keys: [] }
+      })
+      const result = yield* inProcess(["serve", "--json", "--gateway", file, "--port", "0"], { terminal: false })
+      assert.strictEqual(result.code, 2, result.err)
+      const { issues } = JSON.parse(result.out).error as { issues: ReadonlyArray<{ path: string; message: string }> }
+      assert.deepStrictEqual(
+        issues.map((issue) => issue.path),
+        [
+          "gateway.maxBody",
+          "gateway.maxBodyBytes",
+          "gateway.defaultMaxTokens",
+          "gateway.stream.idleTimeout",
+          "gateway.drainTimeout"
+        ]
+      )
+      assert.strictEqual(issues[0]!.message, "unknown option")
+      assert.strictEqual(issues[1]!.message, "expected a value of at least 1024, got -1")
+      for (const issue of issues) assert.notInclude(issue.message, "problems in all", issue.path)
+      const lines = result.err.split("\n")
+      assert.strictEqual(lines[0], `orchestra: ${file}: 5 mistakes`)
+      assert.deepStrictEqual(
+        lines.slice(1),
+        issues.map((issue) => `  ${issue.path}: ${issue.message}`)
+      )
+    })
+  )
+
   it.live("a section's many mistakes count in the bound of 20, those its check did not keep counted too", () =>
     Effect.gen(function* () {
       const keys = Array.from({ length: 30 }, (_, i) => ({ id: `k${i}`, sha256: "0".repeat(64), rpm: -1 }))

@@ -95,8 +95,38 @@ const boolean = (field: string, input: unknown, fallback: boolean): Input.Checke
       ? Result.succeed(input)
       : Result.fail({ path: field, message: `expected true or false, got ${Input.kindOf(input)}` })
 
+// A section with many wrong fields (unknown ones, say) tells the first of them, and counts the rest.
+const maxIssues = 20
+
+/** One issue telling all of `issues` (the first, the others found with it): one alone reads as it always did. */
+const together = (issues: ReadonlyArray<Input.Issue>): Input.Issue => {
+  const [first, ...rest] = issues
+  if (rest.length === 0) return first!
+  const others = [
+    ...(first!.others?.shown ?? []),
+    ...rest.flatMap((issue) => [{ path: issue.path, message: issue.message }, ...(issue.others?.shown ?? [])])
+  ]
+  const uncounted = issues.reduce((sum, issue) => sum + (issue.others?.unshown ?? 0), 0)
+  const shown = others.slice(0, maxIssues - 1)
+  return { ...first!, others: { shown, unshown: others.length - shown.length + uncounted } }
+}
+
+/** The values of `checks`, or `undefined` when one failed: each failure is added to `issues`. */
+const each = <const T extends ReadonlyArray<Input.Checked<unknown>>>(
+  issues: Array<Input.Issue>,
+  checks: T
+): { -readonly [K in keyof T]: T[K] extends Input.Checked<infer A> ? A : never } | undefined => {
+  const values: Array<unknown> = []
+  for (const check of checks) {
+    if (Result.isFailure(check)) issues.push(check.failure)
+    else values.push(check.success)
+  }
+  return values.length === checks.length ? (values as never) : undefined
+}
+
 /**
- * Checks the options; the first wrong field is an `OptionError` naming it.
+ * Checks the options; every wrong field is named: the `OptionError` names the first, and tells
+ * the others found with it (a gateway file's `gateway` section is said with the file's other mistakes).
  *
  * @internal
  */
@@ -104,25 +134,29 @@ export const check = (options: Options, at = ""): Input.Checked<Resolved> => {
   const p = (field: string) => `${at}${field}`
   if (typeof options !== "object" || options === null)
     return Result.fail({ path: p("(options)"), message: "expected an object" })
+  const issues: Array<Input.Issue> = []
   for (const key of Object.keys(options)) {
-    if (!known.has(key)) return Result.fail({ path: p(key), message: "unknown option" })
+    if (!known.has(key)) issues.push({ path: p(key), message: "unknown option" })
   }
-  const health = options.healthPaths
+  // A field of the wrong shape is told once: what is under it is not read.
+  let health = options.healthPaths
   if (health !== undefined && health !== false && (typeof health !== "object" || health === null)) {
-    return Result.fail({ path: p("healthPaths"), message: "expected { live, ready } or false" })
+    issues.push({ path: p("healthPaths"), message: "expected { live, ready } or false" })
+    health = undefined
   }
+  let stream = options.stream ?? {}
   if (options.stream !== undefined && (typeof options.stream !== "object" || options.stream === null)) {
-    return Result.fail({ path: p("stream"), message: "expected { firstChunkTimeout, idleTimeout, totalTimeout }" })
+    issues.push({ path: p("stream"), message: "expected { firstChunkTimeout, idleTimeout, totalTimeout }" })
+    stream = {}
   }
   const buckets = checkBuckets(p("metricsBuckets"), options.metricsBuckets)
-  if (buckets !== undefined) return Result.fail(buckets)
-  if (options.metricsBuckets !== undefined && options.metricsPath === false) {
-    return Result.fail({ path: p("metricsBuckets"), message: "there is no metrics route (metricsPath: false)" })
+  if (buckets !== undefined) issues.push(buckets)
+  else if (options.metricsBuckets !== undefined && options.metricsPath === false) {
+    issues.push({ path: p("metricsBuckets"), message: "there is no metrics route (metricsPath: false)" })
   }
-  const stream = options.stream ?? {}
   for (const key of Object.keys(stream)) {
     if (key !== "firstChunkTimeout" && key !== "idleTimeout" && key !== "totalTimeout") {
-      return Result.fail({ path: p(`stream.${key}`), message: "unknown option" })
+      issues.push({ path: p(`stream.${key}`), message: "unknown option" })
     }
   }
   const retry: Input.Checked<RetryPolicy | false | undefined> =
@@ -131,63 +165,66 @@ export const check = (options: Options, at = ""): Input.Checked<Resolved> => {
       : options.retry === undefined || options.retry === true
         ? Result.succeed(undefined)
         : decodeRetry(options.retry, p("retry"))
-  return Result.flatMap(
-    Input.all([
-      routePrefix(p("prefix"), Input.orDefault(options.prefix, "/v1")),
-      Input.int(p("maxBodyBytes"), Input.orDefault(options.maxBodyBytes, 4 * 1024 * 1024), {
-        min: 1024,
-        max: 1024 * 1024 * 1024
-      }),
-      boolean(p("providerModels"), options.providerModels, true),
-      retry,
-      Input.positiveInt(p("defaultMaxTokens"), Input.orDefault(options.defaultMaxTokens, 4096), 1_000_000),
-      deadline(p("stream.firstChunkTimeout"), stream.firstChunkTimeout),
-      deadline(p("stream.idleTimeout"), stream.idleTimeout),
-      deadline(p("stream.totalTimeout"), stream.totalTimeout),
-      Input.duration(p("drainTimeout"), Input.orDefault(options.drainTimeout, Duration.seconds(10)), {
-        allowZero: true
-      }),
-      optionalPath(p("metricsPath"), options.metricsPath, "/metrics"),
-      optionalPath(p("healthPaths.live"), health === false ? false : health?.live, "/healthz"),
-      optionalPath(p("healthPaths.ready"), health === false ? false : health?.ready, "/readyz"),
-      boolean(p("allowAnonymous"), options.allowAnonymous, false),
-      boolean(p("provenanceHeaders"), options.provenanceHeaders, true)
-    ]),
-    ([
-      prefix,
-      maxBodyBytes,
-      providerModels,
-      retryPolicy,
-      defaultMaxTokens,
-      firstChunkTimeout,
-      idleTimeout,
-      totalTimeout,
-      drainTimeout,
-      metricsPath,
-      livePath,
-      readyPath,
-      allowAnonymous,
-      provenanceHeaders
-    ]) =>
-      // After the paths: a token needs a metrics route.
-      Result.map(
-        metricsToken(p("metricsToken"), options.metricsToken, metricsPath),
-        (metricsTokenSha256): Resolved => ({
-          prefix,
-          maxBodyBytes,
-          providerModels,
-          retry: retryPolicy ?? "executor",
-          defaultMaxTokens,
-          stream: { firstChunkTimeout, idleTimeout, totalTimeout },
-          drainTimeout,
-          metricsPath,
-          metricsTokenSha256,
-          metricsBuckets: Input.orDefault(options.metricsBuckets, "all"),
-          livePath,
-          readyPath,
-          allowAnonymous,
-          provenanceHeaders
-        })
-      )
-  )
+  const metricsPath = optionalPath(p("metricsPath"), options.metricsPath, "/metrics")
+  const values = each(issues, [
+    routePrefix(p("prefix"), Input.orDefault(options.prefix, "/v1")),
+    Input.int(p("maxBodyBytes"), Input.orDefault(options.maxBodyBytes, 4 * 1024 * 1024), {
+      min: 1024,
+      max: 1024 * 1024 * 1024
+    }),
+    boolean(p("providerModels"), options.providerModels, true),
+    retry,
+    Input.positiveInt(p("defaultMaxTokens"), Input.orDefault(options.defaultMaxTokens, 4096), 1_000_000),
+    deadline(p("stream.firstChunkTimeout"), stream.firstChunkTimeout),
+    deadline(p("stream.idleTimeout"), stream.idleTimeout),
+    deadline(p("stream.totalTimeout"), stream.totalTimeout),
+    Input.duration(p("drainTimeout"), Input.orDefault(options.drainTimeout, Duration.seconds(10)), {
+      allowZero: true
+    }),
+    metricsPath,
+    optionalPath(p("healthPaths.live"), health === false ? false : health?.live, "/healthz"),
+    optionalPath(p("healthPaths.ready"), health === false ? false : health?.ready, "/readyz"),
+    boolean(p("allowAnonymous"), options.allowAnonymous, false),
+    boolean(p("provenanceHeaders"), options.provenanceHeaders, true)
+  ])
+  // After the paths: a token needs a metrics route (a wrong one leaves the token unchecked).
+  const metricsTokenSha256 = Result.isSuccess(metricsPath)
+    ? metricsToken(p("metricsToken"), options.metricsToken, metricsPath.success)
+    : Result.succeed(undefined)
+  if (Result.isFailure(metricsTokenSha256)) issues.push(metricsTokenSha256.failure)
+  if (values === undefined || Result.isFailure(metricsTokenSha256) || issues.length > 0) {
+    return Result.fail(together(issues))
+  }
+  const [
+    prefix,
+    maxBodyBytes,
+    providerModels,
+    retryPolicy,
+    defaultMaxTokens,
+    firstChunkTimeout,
+    idleTimeout,
+    totalTimeout,
+    drainTimeout,
+    metricsPathChecked,
+    livePath,
+    readyPath,
+    allowAnonymous,
+    provenanceHeaders
+  ] = values
+  return Result.succeed({
+    prefix,
+    maxBodyBytes,
+    providerModels,
+    retry: retryPolicy ?? "executor",
+    defaultMaxTokens,
+    stream: { firstChunkTimeout, idleTimeout, totalTimeout },
+    drainTimeout,
+    metricsPath: metricsPathChecked,
+    metricsTokenSha256: metricsTokenSha256.success,
+    metricsBuckets: Input.orDefault(options.metricsBuckets, "all"),
+    livePath,
+    readyPath,
+    allowAnonymous,
+    provenanceHeaders
+  })
 }

@@ -82,6 +82,48 @@ describe("Gateway options", () => {
     })
   )
 
+  it.effect("several wrong options: the OptionError names the first and tells every other, each by its field", () =>
+    Effect.gen(function* () {
+      const services = (yield* mockServices).pipe(Layer.provideMerge(HttpRouter.layer))
+      const options = {
+        allowAnonymous: true,
+        maxBody: 5,
+        maxBodyBytes: 10,
+        defaultMaxTokens: 0,
+        healthPaths: 5,
+        stream: { idleTimeout: 0, idle: 5 },
+        metricsBuckets: "fine",
+        provenanceHeaders: "yes"
+      } as never
+      const error = yield* Effect.flip(Layer.build(Gateway.layer(options).pipe(Layer.provide(services))))
+      assert.instanceOf(error, Input.OptionError)
+      const refused = error as Input.OptionError
+      assert.strictEqual(refused.path, "maxBody")
+      assert.deepStrictEqual(
+        refused.others?.shown.map((issue) => issue.path),
+        [
+          "healthPaths",
+          "metricsBuckets",
+          "stream.idle",
+          "maxBodyBytes",
+          "defaultMaxTokens",
+          "stream.idleTimeout",
+          "provenanceHeaders"
+        ]
+      )
+      assert.strictEqual(refused.others?.unshown, 0)
+      assert.include(refused.message, "invalid maxBody: unknown option (8 problems in all; also healthPaths: ")
+      // Many: the first 20 told, the rest counted.
+      const many = Object.fromEntries(Array.from({ length: 30 }, (_, i) => [`typo${i}`, i]))
+      const bounded = yield* Effect.flip(
+        Layer.build(Gateway.layer({ allowAnonymous: true, ...many } as never).pipe(Layer.provide(services)))
+      )
+      assert.strictEqual((bounded as Input.OptionError).others?.shown.length, 19)
+      assert.strictEqual((bounded as Input.OptionError).others?.unshown, 10)
+      assert.include(bounded.message, "(30 problems in all; also typo1: unknown option;")
+    }).pipe(Effect.scoped)
+  )
+
   it.effect("metricsToken: a Redacted token of 16+ visible ASCII characters, for a metrics route; never echoed", () =>
     Effect.gen(function* () {
       const refused = (metricsToken: unknown, more: Gateway.Options = {}) =>
