@@ -138,7 +138,11 @@ export interface Succeeded<A, E> extends Timing {
   readonly status: "succeeded"
   readonly step: string
   readonly output: A
-  /** Runs of the step's own effect (1 + retries). */
+  /**
+   * Runs of the step's own effect: one per try that ran it (1 + retries). A try its breaker or
+   * rate limit refused never ran it and is not counted: 0 when every try was refused (an output
+   * from the fallback, whose run is not counted either).
+   */
   readonly attempts: number
   /** Present when the output came from the fallback. */
   readonly fallback?: { readonly kind: "value" | "step"; readonly failure: Failure<E> } | undefined
@@ -155,6 +159,7 @@ export interface Failed<E> extends Timing {
   readonly error?: E | AiError | undefined
   readonly cause: Cause.Cause<unknown>
   readonly message: string
+  /** Runs of the step's own effect, as `Succeeded.attempts`: 0 when its breaker or rate limit refused every try. */
   readonly attempts: number
   /** When the fallback failed too: what made the step fall back. */
   readonly primary?: Failure<E> | undefined
@@ -168,6 +173,7 @@ export interface TimedOut extends Timing {
   readonly status: "timedOut"
   readonly step: string
   readonly timeout: Duration.Duration
+  /** Runs of the step's own effect, as `Succeeded.attempts`: 0 when no try ran it. */
   readonly attempts: number
 }
 

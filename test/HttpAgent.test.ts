@@ -194,6 +194,24 @@ describe("HttpAgent.call", () => {
     })
   )
 
+  it.effect("attempts counts a try as it starts to wait for a connection slot: one cut there sent no request", () =>
+    Effect.gen(function* () {
+      const server = yield* AgentServer.make(() => ({ hang: true }))
+      const service = yield* agents({ options: { maxConnections: 1, timeout: "5 seconds" } })
+      const holding = yield* Effect.forkChild(service.call(task("a", server.url, { timeout: "1 second" })))
+      yield* server.awaitRequests(1)
+      const queued = yield* Effect.forkChild(service.call(task("b", server.url, { timeout: "100 millis" })))
+      yield* TestClock.adjust("100 millis")
+      const cut = yield* Fiber.join(queued)
+      assert.deepStrictEqual([cut.status, cut.attempts], ["timeout", 1])
+      assert.strictEqual(server.requests(), 1, "the task cut while it waited for the slot sent nothing")
+      yield* TestClock.adjust("900 millis")
+      const held = yield* Fiber.join(holding)
+      assert.deepStrictEqual([held.status, held.attempts], ["timeout", 1])
+      assert.strictEqual(server.requests(), 1)
+    })
+  )
+
   it.effect("malformed JSON, a missing field and a wrong task id are Decode errors naming the field", () =>
     Effect.gen(function* () {
       const server = yield* AgentServer.make((t) =>

@@ -941,6 +941,11 @@ describe("Pipeline steps through the executor's policy pipeline", () => {
         for (const result of [first, second, third]) assert.strictEqual(result.status, "succeeded")
         const refused = third.steps.lookup
         assert.strictEqual(refused.status === "succeeded" && refused.fallback?.kind, "step")
+        // `attempts` counts runs of the step's own effect: the refused try ran nothing.
+        assert.deepStrictEqual(
+          [first, third].map(({ steps }) => steps.lookup.status === "succeeded" && steps.lookup.attempts),
+          [1, 0]
+        )
         const output = third.outputs.lookup as { readonly _tag: string } | undefined
         assert.strictEqual(output?._tag, "CircuitOpenError")
         const breakers = Context.get(context, CircuitBreaker.Breakers)
@@ -969,11 +974,14 @@ describe("Pipeline steps through the executor's policy pipeline", () => {
         }
       )
       const outputs: Array<unknown> = []
+      const attempts: Array<unknown> = []
       for (let i = 0; i < 3; i++) {
         const result = yield* Pipeline.run(p, undefined).pipe(Effect.provideContext(context))
         outputs.push(result.outputs.search)
+        attempts.push(result.steps.search.status === "succeeded" && result.steps.search.attempts)
       }
       assert.deepStrictEqual(outputs, ["hits", "hits", "limited"])
+      assert.deepStrictEqual(attempts, [1, 1, 0])
       assert.strictEqual(yield* Ref.get(runs), 2)
       const missing = Pipeline.make().step("x", [], () => Effect.void, { breaker: "nowhere" })
       const context2 = yield* executorContext(Layer.empty)
