@@ -5,7 +5,7 @@
  * thousands of mutations of them (a seeded generator: the same cases every run).
  */
 import { assert, describe, it } from "@effect/vitest"
-import { Result, Schema } from "effect"
+import { Cause, Effect, Exit, Result, Schema } from "effect"
 import * as Decode from "../../src/Model/http/decode.js"
 import * as Wire from "../../src/Model/http/openAiWire.js"
 
@@ -199,3 +199,23 @@ const check = (
 
 check("ChatCompletion", Wire.ChatCompletion as never, Wire.isChatCompletion, completions)
 check("ChatChunk", Wire.ChatChunk as never, Wire.isChatChunk, chunks)
+
+describe("parseJson", () => {
+  it("says where a text stops being JSON, never a piece of it (V8's message quotes the body: a token may be in it)", () => {
+    const cases: ReadonlyArray<readonly [string, string]> = [
+      ["sk-secret-abcdef-ghijkl", "invalid JSON"],
+      ['{"token":"sk-secret-abcdef', "invalid JSON (at position 26)"],
+      ['{"a":1} sk-secret', "invalid JSON (at position 8)"],
+      ["", "invalid JSON (the text ends too soon)"]
+    ]
+    for (const [text, said] of cases) {
+      const exit = Effect.runSyncExit(Decode.parseJson(text, { provider: "p" }))
+      assert.isTrue(Exit.isFailure(exit))
+      const error = Exit.isFailure(exit) ? Cause.squash(exit.cause) : undefined
+      const message = (error as Error).message
+      assert.include(message, said)
+      assert.notInclude(message, "sk-secret")
+      assert.notInclude(message, "token")
+    }
+  })
+})

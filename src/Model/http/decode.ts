@@ -45,8 +45,18 @@ const failure = (error: Schema.SchemaError, ctx: CallContext, options: DecodeOpt
   return malformed(ctx, issue.path, options?.quiet === true ? "unexpected value" : issue.message)
 }
 
+// Where V8 says a text stopped being JSON, without its message's excerpt of the text
+// (`Unexpected token 's', "sk-secret-"... is not valid JSON`): an answer may carry a token.
+const whereInvalid = (error: unknown): string => {
+  const message = error instanceof SyntaxError ? error.message : ""
+  const at = /at position (\d+)/.exec(message)
+  if (at !== null) return `invalid JSON (at position ${at[1]})`
+  return message === "Unexpected end of JSON input" ? "invalid JSON (the text ends too soon)" : "invalid JSON"
+}
+
 /**
- * Parses a JSON text, failing with `Decode` at `(root)`. The text is not quoted in the error.
+ * Parses a JSON text, failing with `Decode` at `(root)`. No part of the text is quoted in the
+ * error, only where it stopped being JSON.
  *
  * @since 0.2.0
  * @category decoding
@@ -55,8 +65,7 @@ export const parseJson = (text: string, ctx: CallContext): Effect.Effect<unknown
   try {
     return Effect.succeed(JSON.parse(text) as unknown)
   } catch (error) {
-    const why = error instanceof SyntaxError ? error.message : "not JSON"
-    return Effect.fail(malformed(ctx, "(root)", `invalid JSON (${why})`))
+    return Effect.fail(malformed(ctx, "(root)", whereInvalid(error)))
   }
 }
 
