@@ -17,7 +17,7 @@
  * | `total` | calls | calls started on a provider (each fallback step is a call; retries are not); a hedge's step cut because the race was decided counts here only |
  * | `successes`, `failures` | calls | calls that ended with an answer / a failure |
  * | `failuresByReason` | calls | failures by reason (`RateLimited`, `Timeout`, `CircuitOpen`, `Interrupted`, ...) |
- * | `successRate` | % | successes over finished calls (0 when none finished) |
+ * | `successRate` | % | successes over finished calls, to 2 decimals but never 100 while a call failed nor 0 while one succeeded (0 when none finished) |
  * | `staleAnswers` | calls | calls answered from an expired cache entry (`allowStale`) after every step failed or the total deadline cut the call; those failures stay in `failures` |
  * | `latency` | ms | a call as its caller saw it: queueing and retries included (avg, min, max, p50, p95, p99) |
  * | `serviceTime` | ms | one attempt served by the provider, queueing excluded |
@@ -30,7 +30,7 @@
  * | `fallbacks` | calls | hand-overs to the next step of a fallback chain (or of a hedge, after a step failed before its delay) |
  * | `hedges` | calls | backup calls started by hedging (the delay passed, the step before still running); each is won (it answered first) or lost |
  * | `tokens` | tokens | input and output tokens (estimated where a provider reports none) |
- * | `throughput` | calls/s | finished calls per second over the window |
+ * | `throughput` | calls/s | finished calls per second over the window (under 1/s, to 3 significant digits: 12 calls an hour are 0.00333) |
  * | `windowMs` | ms | time since the window began (`resetStats()` / `Stats.reset` starts a new one) |
  *
  * @since 0.1.0
@@ -40,6 +40,7 @@ import type { Scope } from "effect"
 import type { ModelError } from "./AiError.js"
 import { noDomain, otherSeries } from "./Metrics.js"
 import { registrationContext } from "./stats/counters.js"
+import { perSecond, round, successRate } from "./stats/figures.js"
 import { checkFilter } from "./stats/filter.js"
 import { Gauge, Series, WindowHistogram } from "./stats/series.js"
 
@@ -159,8 +160,6 @@ export const maxSeries = 1_000
  * @category services
  */
 export class Stats extends Context.Service<Stats, Service>()("effect-orchestra/Stats") {}
-
-const round = (n: number): number => Math.round(n * 100) / 100
 
 const latencyOf = (h: WindowHistogram): LatencyStats =>
   h.count === 0
@@ -313,7 +312,7 @@ export const make: Effect.Effect<Service, never, Scope.Scope> = Effect.gen(funct
       successes,
       failures,
       failuresByReason: byReason,
-      successRate: finished === 0 ? 0 : round((successes / finished) * 100),
+      successRate: successRate(successes, finished),
       staleAnswers,
       latency: latencyOf(latency),
       serviceTime: latencyOf(service),
@@ -327,7 +326,7 @@ export const make: Effect.Effect<Service, never, Scope.Scope> = Effect.gen(funct
       fallbacks,
       hedges: { started: hedgesStarted, won: hedgesWon, lost: hedgesLost },
       tokens: { input: inputTokens, output: outputTokens },
-      throughput: windowMs <= 0 ? 0 : round((finished / windowMs) * 1000),
+      throughput: perSecond(finished, windowMs),
       windowMs
     }
   }
@@ -379,6 +378,16 @@ export const reset: Effect.Effect<void, never, Stats> = Effect.flatMap(Stats, (s
 
 const ms = (n: number): string => n.toFixed(1)
 
+// One decimal, unless it would read 100.0 % with a failure or 0.0 % with a success.
+const percent = (rate: number): string => {
+  const text = rate.toFixed(1)
+  return (text === "100.0" && rate < 100) || (text === "0.0" && rate > 0) ? rate.toFixed(2) : text
+}
+
+// Under one call a second, the significant digits the figure has: `toFixed(2)` read 0.00333 as 0.00.
+const rate = (perSecond: number): string =>
+  perSecond === 0 || perSecond >= 1 ? perSecond.toFixed(2) : String(perSecond)
+
 /**
  * A fixed-width table of the figures, for terminals.
  *
@@ -394,7 +403,7 @@ export const format = (stats: ExecutionStats, title = "Execution stats"): string
     ["total", String(stats.total)],
     ["successes", String(stats.successes)],
     ["failures", reasons.length > 0 ? `${stats.failures} (${reasons})` : String(stats.failures)],
-    ["success rate", `${stats.successRate.toFixed(1)} %`],
+    ["success rate", `${percent(stats.successRate)} %`],
     ["stale answers", String(stats.staleAnswers)],
     ["latency avg / min / max", `${ms(l.avg)} / ${ms(l.min)} / ${ms(l.max)} ms`],
     ["latency p50 / p95 / p99", `${ms(l.p50)} / ${ms(l.p95)} / ${ms(l.p99)} ms`],
@@ -404,7 +413,7 @@ export const format = (stats: ExecutionStats, title = "Execution stats"): string
     ["timeouts", String(stats.timeouts)],
     ["retries", String(stats.retries)],
     ["fallbacks", String(stats.fallbacks)],
-    ["throughput", `${stats.throughput.toFixed(2)} /s`]
+    ["throughput", `${rate(stats.throughput)} /s`]
   ]
   const width = Math.max(...rows.map(([k]) => k.length))
   const line = "─".repeat(width + 24)

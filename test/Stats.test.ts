@@ -1,6 +1,8 @@
 import { assert, describe, it } from "@effect/vitest"
 import { Context, Effect, Fiber, Layer, Metric, Option, Stream } from "effect"
 import { TestClock } from "effect/testing"
+import { modelError } from "../src/AiError.js"
+import { statsOf } from "../src/batch/stats.js"
 import * as Executor from "../src/Executor.js"
 import * as Metrics from "../src/Metrics.js"
 import * as Mock from "../src/Model/Mock.js"
@@ -151,6 +153,68 @@ describe("Stats", () => {
       assert.deepStrictEqual(zero, { avg: 0, min: 0, max: 0, p50: 0, p95: 0, p99: 0 })
     })
   )
+
+  it.effect("successRate is never rounded to 100 while a call failed, nor to 0 while one succeeded", () =>
+    Effect.gen(function* () {
+      const stats = yield* make
+      const mostly = stats.series("mostly-ok", "d")
+      mostly.successes += 19_999
+      mostly.fail("Overloaded")
+      const ok = yield* stats.snapshot({ provider: "mostly-ok" })
+      assert.strictEqual(ok.failures, 1)
+      assert.strictEqual(ok.successRate, 99.99)
+      assert.include(Stats.format(ok), "99.99 %")
+      const rare = stats.series("mostly-failing", "d")
+      rare.successes += 1
+      for (let i = 0; i < 19_999; i++) rare.fail("Overloaded")
+      const bad = yield* stats.snapshot({ provider: "mostly-failing" })
+      assert.strictEqual(bad.successRate, 0.01)
+      assert.include(Stats.format(bad), "0.01 %")
+      // Rates the rounding does not turn into another answer read as before.
+      const half = stats.series("half", "d")
+      half.successes += 1
+      half.fail("Overloaded")
+      const even = yield* stats.snapshot({ provider: "half" })
+      assert.strictEqual(even.successRate, 50)
+      assert.include(Stats.format(even), "50.0 %")
+      const all = stats.series("all-ok", "d")
+      all.successes += 3
+      assert.strictEqual((yield* stats.snapshot({ provider: "all-ok" })).successRate, 100)
+    })
+  )
+
+  it.effect("throughput keeps the rate of slow traffic: twelve calls an hour read 0 calls/s", () =>
+    Effect.gen(function* () {
+      const stats = yield* make
+      const slow = stats.series("slow", "d")
+      yield* TestClock.adjust("1 hour")
+      slow.successes += 12
+      const hourly = yield* stats.snapshot({ provider: "slow" })
+      assert.strictEqual(hourly.windowMs, 3_600_000)
+      assert.strictEqual(hourly.throughput, 0.00333)
+      assert.include(Stats.format(hourly), "0.00333 /s")
+      // From one call a second on, two decimals as before.
+      slow.successes += 3_600 * 12 - 12
+      const busy = yield* stats.snapshot({ provider: "slow" })
+      assert.strictEqual(busy.throughput, 12)
+      assert.include(Stats.format(busy), "12.00 /s")
+    })
+  )
+
+  it("a batch's successRate and throughput are rounded as a window's: 1 failure in 20,000 read 100 %, slow ones 0/s", () => {
+    const answer = { source: "cache", domainsTried: 1 }
+    const error = modelError("Overloaded", "down")
+    const results = Array.from({ length: 20_000 }, (_, index) =>
+      index === 0
+        ? { index, status: "error", error, ran: true, durationMs: 1, retries: 0 }
+        : { index, status: "success", answer, ran: true, durationMs: 1, retries: 0 }
+    )
+    // One item every five minutes.
+    const batch = statsOf(results as never, { elapsedMs: 20_000 * 300_000, peak: 1, waits: results.map(() => NaN) })
+    assert.strictEqual(batch.failures, 1)
+    assert.strictEqual(batch.successRate, 99.99)
+    assert.strictEqual(batch.throughput, 0.00333)
+  })
 
   it.effect("embeddings count the input tokens their provider reports, through the router and the executor", () =>
     Effect.gen(function* () {

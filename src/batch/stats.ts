@@ -7,9 +7,8 @@
 import { reasonOf } from "../AiError.js"
 import type { ItemResult } from "../Batch.js"
 import type { ExecutionStats, LatencyStats } from "../Stats.js"
+import { perSecond, round, successRate } from "../stats/figures.js"
 import { tokenCount } from "../stats/series.js"
-
-const round = (n: number): number => Math.round(n * 100) / 100
 
 const zero: LatencyStats = { avg: 0, min: 0, max: 0, p50: 0, p95: 0, p99: 0 }
 
@@ -115,7 +114,7 @@ export const statsOf = (results: ReadonlyArray<ItemResult>, measured: Measured):
     successes,
     failures,
     failuresByReason: byReason,
-    successRate: finished === 0 ? 0 : round((successes / finished) * 100),
+    successRate: successRate(successes, finished),
     staleAnswers,
     latency: latencyOf(durations.subarray(0, timed)),
     serviceTime: zero,
@@ -129,7 +128,7 @@ export const statsOf = (results: ReadonlyArray<ItemResult>, measured: Measured):
     fallbacks,
     hedges: { started: hedgesStarted, won: hedgesWon, lost: hedgesStarted - hedgesWon },
     tokens: { input: inputTokens, output: outputTokens },
-    throughput: elapsed <= 0 ? 0 : round((finished / elapsed) * 1000),
+    throughput: perSecond(finished, elapsed),
     windowMs: elapsed
   }
 }

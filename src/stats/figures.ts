@@ -1,0 +1,35 @@
+/**
+ * How an `ExecutionStats` rounds its figures (a `Stats` window's and a batch's): to two
+ * decimals, except where two decimals would say something the counts do not.
+ *
+ * @internal
+ */
+
+/** @internal */
+export const round = (n: number): number => Math.round(n * 100) / 100
+
+/**
+ * Successes over finished calls, in %: never 100 while a call failed nor 0 while one succeeded
+ * (one failure in 20,000 read 100).
+ *
+ * @internal
+ */
+export const successRate = (successes: number, finished: number): number => {
+  if (finished === 0) return 0
+  const rate = round((successes / finished) * 100)
+  if (rate === 100 && successes < finished) return 99.99
+  if (rate === 0 && successes > 0) return 0.01
+  return rate
+}
+
+/**
+ * Finished calls per second over `ms`: three significant digits under one a second, where two
+ * decimals read twelve calls an hour as none.
+ *
+ * @internal
+ */
+export const perSecond = (finished: number, ms: number): number => {
+  if (ms <= 0) return 0
+  const rate = (finished / ms) * 1000
+  return rate < 1 ? Number(rate.toPrecision(3)) : round(rate)
+}
