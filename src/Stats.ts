@@ -188,7 +188,6 @@ export const make: Effect.Effect<Service, never, Scope.Scope> = Effect.gen(funct
   const all: Array<Series> = []
   const providerGauges = new Map<string, Gauge>()
   const domainGauges = new Map<string, Gauge>()
-  const pairGauges = new Map<string, Gauge>()
   const global = new Gauge()
   let windowStart = clock.currentTimeMillisUnsafe()
   // Once closed, a series first used (a call refused after the executor closed) counts
@@ -227,12 +226,9 @@ export const make: Effect.Effect<Service, never, Scope.Scope> = Effect.gen(funct
     const domainKey = domain ?? noDomain
     let found = domains.get(domainKey)
     if (found === undefined) {
-      const gauges = [
-        gaugeIn(pairGauges, `${provider}\u0000${domainKey}`),
-        gaugeIn(providerGauges, provider),
-        gaugeIn(domainGauges, domainKey),
-        global
-      ]
+      // The pair's own gauge is the series' own: a key joining the two names would let two pairs
+      // share it ("a\u0000b" and "c", "a" and "b\u0000c").
+      const gauges = [new Gauge(), gaugeIn(providerGauges, provider), gaugeIn(domainGauges, domainKey), global]
       found = new Series(provider, domain, gauges, closed ? undefined : context)
       domains.set(domainKey, found)
       all.push(found)
@@ -242,7 +238,7 @@ export const make: Effect.Effect<Service, never, Scope.Scope> = Effect.gen(funct
 
   const gaugeFor = (filter: Filter): Gauge | undefined => {
     if (filter.provider !== undefined && filter.domain !== undefined) {
-      return pairGauges.get(`${filter.provider}\u0000${filter.domain}`)
+      return byProvider.get(filter.provider)?.get(filter.domain)?.gauges[0]
     }
     if (filter.provider !== undefined) return providerGauges.get(filter.provider)
     if (filter.domain !== undefined) return domainGauges.get(filter.domain)
@@ -334,7 +330,8 @@ export const make: Effect.Effect<Service, never, Scope.Scope> = Effect.gen(funct
   const reset = Effect.sync(() => {
     windowStart = clock.currentTimeMillisUnsafe()
     for (const s of all) s.resetWindow()
-    for (const gauges of [providerGauges, domainGauges, pairGauges]) {
+    for (const s of all) s.gauges[0]!.peak = s.gauges[0]!.inFlight
+    for (const gauges of [providerGauges, domainGauges]) {
       for (const gauge of gauges.values()) gauge.peak = gauge.inFlight
     }
     global.peak = global.inFlight

@@ -216,6 +216,21 @@ describe("Stats", () => {
     assert.strictEqual(batch.throughput, 0.00333)
   })
 
+  it.effect("a pair's inFlight and concurrencyPeak are its own, whatever its names hold", () =>
+    Effect.gen(function* () {
+      const stats = yield* make
+      // Both names are allowed; joined by a NUL into one key, the two pairs shared one gauge.
+      const busy = stats.series("a\u0000b", "c")
+      stats.series("a", "b\u0000c").requests++
+      for (const gauge of busy.gauges) gauge.enter()
+      const idle = yield* stats.snapshot({ provider: "a", domain: "b\u0000c" })
+      assert.deepStrictEqual([idle.total, idle.inFlight, idle.concurrencyPeak], [1, 0, 0])
+      const own = yield* stats.snapshot({ provider: "a\u0000b", domain: "c" })
+      assert.deepStrictEqual([own.inFlight, own.concurrencyPeak], [1, 1])
+      assert.strictEqual((yield* stats.snapshot({ provider: "a", domain: "nothing" })).inFlight, 0)
+    })
+  )
+
   it.effect("embeddings count the input tokens their provider reports, through the router and the executor", () =>
     Effect.gen(function* () {
       const { router, executor, stats } = yield* makeManager({ a: {} })
