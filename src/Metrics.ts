@@ -54,7 +54,9 @@ export const agentDomain = "agent"
  * `providers`: an `OptionError` at its `name`; a call's `provider` option: an `InvalidRequest`
  * naming `provider.name`), a rate-limit key of that name in `providers` and an HTTP agent's
  * `name` of that name are refused at that field; a key of that name met at run time (a
- * rate-limit key under `default`, a breaker key) never has series of its own and counts in it.
+ * rate-limit key under `default`, a breaker key) never has series of its own and counts in it,
+ * as does one holding a lone surrogate (the exposition writes U+FFFD for it: two such keys were
+ * one series twice).
  *
  * @since 0.3.0
  * @category attributes

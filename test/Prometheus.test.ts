@@ -2,7 +2,8 @@ import { assert, describe, it } from "@effect/vitest"
 import { Context, Effect, Exit, Fiber, Layer, Metric, Result, Scope, Stream } from "effect"
 import { TestClock } from "effect/testing"
 import { HttpRouter } from "effect/http"
-import type { AiError } from "../src/AiError.js"
+import { type AiError, modelError } from "../src/AiError.js"
+import * as CircuitBreaker from "../src/CircuitBreaker.js"
 import * as Domain from "../src/Domain.js"
 import * as Executor from "../src/Executor.js"
 import * as Mock from "../src/Model/Mock.js"
@@ -10,6 +11,7 @@ import { Outcome } from "../src/Model/Mock.js"
 import * as Orchestra from "../src/Orchestra.js"
 import * as Pipeline from "../src/Pipeline.js"
 import * as Prometheus from "../src/Prometheus.js"
+import * as RateLimit from "../src/RateLimit.js"
 import { setup } from "./utils/executor.js"
 import { makeManager } from "./utils/manager.js"
 
@@ -383,6 +385,48 @@ describe("Prometheus text format", () => {
           assert.strictEqual(error.field, field)
           assert.include(error.message, "surrogate")
         }
+      })
+  )
+
+  it.effect(
+    'breaker and rate-limit keys holding a lone surrogate count under "(other)": scraped as UTF-8 they were one series twice',
+    () =>
+      Effect.gen(function* () {
+        const scraped = (text: string) => new TextDecoder().decode(new TextEncoder().encode(text))
+        const registry: Metric.MetricRegistry = new Map()
+        const provide = Effect.provideService(Metric.MetricRegistry, registry)
+        const breakers = yield* CircuitBreaker.makeMemory({ failMax: 1, resetTimeout: "1 minute" }).pipe(provide)
+        const limits = Context.get(
+          yield* Layer.build(RateLimit.layerMemory({ default: { requestsPerMinute: 100 } })).pipe(provide),
+          RateLimit.RateLimits
+        )
+        const lone = ["k-\uD800", "k-\uDC00"]
+        for (const key of lone) {
+          yield* breakers.execute(key, Effect.void)
+          yield* Effect.flip(breakers.execute(key, Effect.fail(modelError("Overloaded", "down"))))
+          yield* limits.acquire(key)
+        }
+        // The keys work as keys: each its own circuit.
+        for (const key of lone) assert.strictEqual(yield* breakers.state(key), "open")
+        yield* breakers.execute("k-fine", Effect.void)
+        yield* limits.acquire("k-fine")
+        const samples = parseExposition(scraped(yield* Prometheus.text.pipe(provide)))
+        assert.isFalse(samples.some((s) => Object.values(s.labels).some((v) => v.includes("\uFFFD"))))
+        const value = (name: string, labels: Record<string, string>) =>
+          samples.find((s) => s.name === name && Object.entries(labels).every(([k, v]) => s.labels[k] === v))?.value
+        assert.strictEqual(
+          value("orchestra_breaker_transitions_total", { breaker: "(other)", from: "closed", to: "open" }),
+          2
+        )
+        assert.strictEqual(value("orchestra_breaker_state", { breaker: "k-fine" }), 0)
+        assert.strictEqual(
+          value("orchestra_rate_limit_acquisitions_total", { limit: "(other)", outcome: "immediate" }),
+          2
+        )
+        assert.strictEqual(
+          value("orchestra_rate_limit_acquisitions_total", { limit: "k-fine", outcome: "immediate" }),
+          1
+        )
       })
   )
 

@@ -17,6 +17,7 @@ import { CircuitOpenError } from "../AiError.js"
 import type { State, StateChange } from "../CircuitBreaker.js"
 import * as Metrics from "../Metrics.js"
 import * as Timers from "../policy/timers.js"
+import { isOwnSeriesLabel } from "../stats/labels.js"
 import type { Config } from "./options.js"
 
 /**
@@ -182,7 +183,7 @@ export const makeRegistry = Effect.fnUntraced(function* (
       return found
     }
     if (entries.size >= maxKeys) makeRoom()
-    const own = withSeries < maxKeySeries && key !== otherKeys
+    const own = withSeries < maxKeySeries && isOwnSeriesLabel(key)
     const entry: Entry = {
       key,
       own,

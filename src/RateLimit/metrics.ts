@@ -9,6 +9,7 @@
 import { Context, Metric } from "effect"
 import * as Metrics from "../Metrics.js"
 import * as Counters from "../stats/counters.js"
+import { isOwnSeriesLabel } from "../stats/labels.js"
 import { Histogram } from "../stats/series.js"
 
 // A limit's metrics as plain counters, registered once per metric registry and limit key
@@ -92,7 +93,7 @@ export const make = (
     let metrics = metricsByKey.get(key)
     if (metrics === undefined) {
       if (!listed(key) && key !== otherKeys) {
-        if (unlisted >= maxUnlistedKeys) return metricsOf(otherKeys)
+        if (unlisted >= maxUnlistedKeys || !isOwnSeriesLabel(key)) return metricsOf(otherKeys)
         unlisted++
       }
       metrics = released ? new KeyMetrics() : Counters.acquire(registry, idOf(key), () => register(context, key))

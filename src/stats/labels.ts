@@ -38,6 +38,16 @@ export const textIssue = (name: string, path: string): Issue | undefined =>
     : undefined
 
 /**
+ * Whether a name met at run time (a breaker key, a rate-limit key under `default`) may label
+ * series of its own: not `Metrics.otherSeries`, nor holding a lone surrogate, which the
+ * exposition writes as U+FFFD (two such keys were one series twice, and Prometheus refuses a
+ * scrape holding one). The others count under `"(other)"`; their keys work as any other.
+ *
+ * @internal
+ */
+export const isOwnSeriesLabel = (name: string): boolean => name !== otherSeries && !loneSurrogate.test(name)
+
+/**
  * A name checked by {@link textIssue}, as `Input`'s checks answer: for a name that enters as an
  * option (a breaker layer's, a discovery's, a Redis prefix), after its own checks.
  *
