@@ -14,6 +14,7 @@ import { Context, Effect, Layer, Metric, Option, Result, Schema } from "effect"
 import type { ModelError } from "./AiError.js"
 import * as Input from "./Input.js"
 import * as Metrics from "./Metrics.js"
+import { textIssue } from "./stats/labels.js"
 import { type GenerateRequest, GenerateResponse, StreamPart } from "./Model.js"
 import type { StoreError } from "./Redis.js"
 import * as Checks from "./ResponseCache/checks.js"
@@ -323,6 +324,8 @@ export const settings = (
   if (typeof name !== "string" || name.length === 0) {
     return Result.fail({ path: "name", message: "expected a non-empty string" })
   }
+  const lone = textIssue(name, "name")
+  if (lone !== undefined) return Result.fail(lone)
   return Result.map(
     Input.all([
       // Both end up in Redis's PX (their sum) on the Redis backend; the bound is the same for both backends.

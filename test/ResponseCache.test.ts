@@ -836,6 +836,8 @@ describe("ResponseCache (memory)", () => {
           [{ ttl: null } as never, "ttl"],
           [{ staleFor: null } as never, "staleFor"],
           [{ name: null } as never, "name"],
+          // The `cache` label: written as U+FFFD, two such names were one series twice on /metrics.
+          [{ name: "cache-\uD800" }, "name"],
           // It died with a TypeError listing null's keys.
           [null as never, "options"],
           [{ ttl: "1 minute", stalefor: "1 minute" } as ResponseCache.MemoryOptions, "stalefor"]

@@ -25,7 +25,7 @@ const loneSurrogate = /[\uD800-\uDFFF]/u
  * exposition (as any UTF-8 exporter), a Redis command or a log line writes U+FFFD in its place,
  * so two names differing only there would label one series twice, or share one Redis key.
  * Checked where a name enters, as the reserved ones are: domains, providers, pipeline steps,
- * rate-limit keys, HTTP agents, the gateway's keys, breaker layers, discoveries, Redis prefixes.
+ * rate-limit keys, HTTP agents, the gateway's keys, breaker layers, caches, discoveries, Redis prefixes.
  *
  * @internal
  */
