@@ -236,7 +236,8 @@ export {
   guardSettings,
   /**
    * Builds a guard for the store named `store`. Failures are counted in `errors` (default
-   * `Metrics.storeErrors` with attribute `store`).
+   * `Metrics.storeErrors` with attribute `store`, a series of the scope the guard is built in:
+   * closing it, the store's layer, removes the series).
    *
    * @since 0.2.0
    * @category constructors

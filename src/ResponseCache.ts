@@ -10,7 +10,7 @@
  *
  * @since 0.1.0
  */
-import { Context, Effect, Layer, Metric, Option, Result, Schema } from "effect"
+import { Context, Effect, Layer, type Metric, Option, Result, Schema } from "effect"
 import type { ModelError } from "./AiError.js"
 import * as Input from "./Input.js"
 import * as Metrics from "./Metrics.js"
@@ -21,6 +21,7 @@ import * as Checks from "./ResponseCache/checks.js"
 import { keyOf } from "./ResponseCache/key.js"
 import * as Lookup from "./ResponseCache/lookup.js"
 import * as Table from "./ResponseCache/table.js"
+import * as Counters from "./stats/counters.js"
 
 /**
  * Where `getOrCompute` found its answer: a fresh entry (`hit`), a computation of its own
@@ -387,7 +388,8 @@ export const makeMemory = Effect.fnUntraced(function* (options: MemoryOptions = 
   yield* Effect.addFinalizer(() => table.interruptAll)
   const counters = yield* Lookup.lookupCounters(config.name)
   // What a caller's own computation or stream produced and this cache cannot keep, counted as the Redis cache counts it.
-  const errors = Metric.withAttributes(Metrics.cacheErrors, { cache: config.name }) as Metric.Metric<number, unknown>
+  // Held by the layer: closing it removes the series (counted by `Metric.update`, it stayed for good).
+  const errors = yield* Counters.scoped(Metrics.cacheErrors as Metric.Metric<number, unknown>, { cache: config.name })
   const unstored = Lookup.notStored(config.name, errors)
 
   const answer = (stored: Table.Stored): GenerateResponse =>

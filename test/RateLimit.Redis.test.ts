@@ -378,6 +378,35 @@ describe.skipIf(skipRedis)(`RateLimit (Redis store; ${skipRedis ? skipReason : "
     })
   )
 
+  it.live("orchestra_store_errors_total leaves the registry with the store's layer, as every other series does", () =>
+    Effect.gen(function* () {
+      const registry: Metric.MetricRegistry = new Map()
+      const storeSeries = () =>
+        [...registry.values()].filter((m) => m.id === Metrics.storeErrors.id).map((m) => m.hooks.get(Context.empty()))
+      const logs = yield* captureLogs
+      yield* Effect.scoped(
+        Effect.gen(function* () {
+          const server = yield* startRedis
+          const key = uniqueName("leaves")
+          const prefix = `${uniqueName("p")}:`
+          yield* Effect.scoped(
+            Effect.gen(function* () {
+              const { limits, redis } = yield* build(server, {
+                prefix,
+                providers: { [key]: { requestsPerMinute: 1 } },
+                maxWait: 0
+              })
+              yield* redis.send("SET", `${prefix}{${key}%3Arpm}:window`, "not a hash")
+              assert.strictEqual((yield* burst(limits, key, 2)).admitted, 2, "fail open")
+              assert.deepStrictEqual(storeSeries(), [{ count: 2, incremental: true }])
+            })
+          )
+          assert.deepStrictEqual(storeSeries(), [], "closing the store's layer removes its series")
+        })
+      ).pipe(Effect.provide(logs.layer), Effect.provideService(Metric.MetricRegistry, registry))
+    })
+  )
+
   it.live("Redis killed: calls fail open without waiting, one warning; restarted: limits apply again", () =>
     Effect.gen(function* () {
       const logs = yield* captureLogs

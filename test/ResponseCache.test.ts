@@ -891,6 +891,27 @@ describe("ResponseCache: metric series and the layer's life", () => {
   )
 })
 
+describe("ResponseCache: its error series leaves with the layer", () => {
+  it.effect(
+    "a closed cache's orchestra_cache_errors_total leaves the registry; a new cache's counts start from zero",
+    () =>
+      Effect.gen(function* () {
+        const errorSeries = Effect.map(Metric.snapshot, (all) =>
+          all.filter((m) => m.id === Metrics.cacheErrors.id).map((m) => (m.state as { count: number }).count)
+        )
+        const use = Effect.gen(function* () {
+          const cache = yield* ResponseCache.ResponseCache
+          // A compute answering what is no answer: not kept, counted as an error of the cache.
+          yield* cache.getOrCompute("k", Effect.succeed(null as never))
+          return yield* errorSeries
+        }).pipe(Effect.provide(ResponseCache.layerMemory({ name: "closing" })))
+        assert.deepStrictEqual(yield* use, [1])
+        assert.deepStrictEqual(yield* errorSeries, [], "closing the cache removes its error series")
+        assert.deepStrictEqual(yield* use, [1])
+      }).pipe(Effect.provideService(Metric.MetricRegistry, new Map()))
+  )
+})
+
 /** The `InvalidRequest` a call failed with, and whether it failed as a defect instead. */
 const refusal = <A, E>(effect: Effect.Effect<A, E>) =>
   Effect.map(Effect.exit(effect), (exit) => {

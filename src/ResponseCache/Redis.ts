@@ -14,7 +14,7 @@
  *
  * @since 0.1.0
  */
-import { Context, Duration, Effect, Exit, Fiber, Layer, Metric, Option, Schema, Scope } from "effect"
+import { Context, Duration, Effect, Exit, Fiber, Layer, type Metric, Option, Schema, Scope } from "effect"
 import { Persistence, type Redis } from "effect/persistence"
 import type { ModelError } from "../AiError.js"
 import * as Input from "../Input.js"
@@ -77,7 +77,8 @@ export const make = Effect.fnUntraced(function* (options: Options = {}) {
   )
   const guardSettings = yield* Input.orOptionError(SharedRedis.guardSettings(options.redis, "redis."))
   const prefix = yield* Input.orOptionError(SharedRedis.prefixOf(options.prefix, "orchestra-cache"))
-  const errors = Metric.withAttributes(Metrics.cacheErrors, { cache: config.name }) as Metric.Metric<number, unknown>
+  // Held by the layer: closing it removes the series (counted by `Metric.update`, it stayed for good).
+  const errors = yield* Counters.scoped(Metrics.cacheErrors as Metric.Metric<number, unknown>, { cache: config.name })
   const guard = yield* SharedRedis.makeGuard({ store: `cache:${config.name}`, settings: guardSettings, errors })
   const backing = Context.get(yield* Layer.build(Persistence.layerBackingRedis), Persistence.BackingPersistence)
   const store = yield* backing.make(prefix)
@@ -130,7 +131,12 @@ export const make = Effect.fnUntraced(function* (options: Options = {}) {
           const entry = decoded.value
           return now < entry.staleUntil ? Option.some({ ...entry, keepFor: entry.staleUntil - now }) : Option.none()
         })
-        return corrupt === 0 ? Effect.succeed(found) : Effect.as(Metric.update(errors, corrupt), found)
+        return corrupt === 0
+          ? Effect.succeed(found)
+          : Effect.as(
+              Effect.sync(() => errors.add(corrupt)),
+              found
+            )
       })
     )
   }

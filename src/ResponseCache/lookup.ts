@@ -5,7 +5,7 @@
  *
  * @internal
  */
-import { Effect, Metric, type Scope } from "effect"
+import { Effect, type Metric, type Scope } from "effect"
 import type { ModelError } from "../AiError.js"
 import type * as Input from "../Input.js"
 import * as Metrics from "../Metrics.js"
@@ -105,10 +105,10 @@ export const keepableParts = (parts: ReadonlyArray<StreamPart>): boolean => {
  * @internal
  */
 export const notStored =
-  (name: string, errors: Metric.Metric<number, unknown>, what: "answer" | "stream parts" = "answer") =>
+  (name: string, errors: Counters.Counter, what: "answer" | "stream parts" = "answer") =>
   (issue: Input.Issue): Effect.Effect<void> =>
     Effect.andThen(
-      Metric.update(errors, 1),
+      Effect.sync(() => errors.add(1)),
       Effect.logWarning(`ResponseCache ${name}: ${what} not stored: ${issue.path} ${issue.message}`)
     )
 

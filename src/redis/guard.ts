@@ -9,6 +9,7 @@ import { Redis } from "effect/persistence"
 import * as Input from "../Input.js"
 import * as Metrics from "../Metrics.js"
 import type { Guard, GuardOptions, GuardSettings } from "../Redis.js"
+import * as Counters from "../stats/counters.js"
 import { wellFormed } from "../stats/labels.js"
 import { ClientDeadline } from "./connection.js"
 import { errorText, isClientTimeout, StoreError } from "./errors.js"
@@ -52,7 +53,8 @@ const guardKeys: ReadonlySet<string> = new Set(["timeout", "reportAfter", "probe
 export const makeGuard = (options: {
   readonly store: string
   readonly settings: GuardSettings
-  readonly errors?: Metric.Metric<number, unknown> | undefined
+  /** A metric, or a counter registered with its owner's scope (`stats/counters`' `scoped`), which closing it removes. */
+  readonly errors?: Metric.Metric<number, unknown> | Counters.Counter | undefined
 }): Effect.Effect<Guard> =>
   Effect.gen(function* () {
     const clientDeadline = yield* Effect.service(ClientDeadline)
@@ -60,7 +62,18 @@ export const makeGuard = (options: {
     const redis = yield* Effect.serviceOption(Redis.Redis)
     const scope = yield* Effect.serviceOption(Scope.Scope)
     const { settings, store } = options
-    const errors = options.errors ?? Metric.withAttributes(Metrics.storeErrors, { store })
+    // With a scope (a store's layer), the series is the layer's: closing it removes the series.
+    // Counted by `Metric.update` alone, it stayed in the registry for good.
+    const errors =
+      options.errors ??
+      (Option.isSome(scope)
+        ? yield* Counters.scoped(Metrics.storeErrors as Metric.Metric<number, unknown>, { store }).pipe(
+            Effect.provideService(Scope.Scope, scope.value)
+          )
+        : Metric.withAttributes(Metrics.storeErrors, { store }))
+    const countError: Effect.Effect<void> = Metric.isMetric(errors)
+      ? Metric.update(errors, 1)
+      : Effect.sync(() => errors.add(1))
     const timeoutMillis = Duration.toMillis(settings.timeout)
     // The client already fails every command by this deadline: no timer of our own per call.
     const clientBound = clientDeadline !== undefined && clientDeadline <= timeoutMillis
@@ -76,7 +89,7 @@ export const makeGuard = (options: {
       Effect.flatMap(Clock.currentTimeMillis, (now) => {
         failures++
         if (failingSince === undefined) failingSince = now
-        let count = Metric.update(errors, 1)
+        let count = countError
         if (reported || now - failingSince < reportAfter) return Effect.andThen(count, Effect.fail(error))
         reported = true
         nextProbe = now + probeInterval
@@ -150,7 +163,7 @@ export const makeGuard = (options: {
 
     const skipped = (operation: string) =>
       Effect.andThen(
-        Metric.update(errors, 1),
+        countError,
         Effect.fail(
           new StoreError({
             store,
