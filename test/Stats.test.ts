@@ -231,6 +231,35 @@ describe("Stats", () => {
     })
   )
 
+  it.effect(
+    "percentiles of a few calls are within ~5% as documented: a bucket's one call read at its top, 10% off",
+    () =>
+      Effect.gen(function* () {
+        const stats = yield* make
+        // Just above a bucket's lower bound: the bucket's top is 10% above the call.
+        const fast = Metrics.latencyBoundaries[60]! * 1.0001
+        const series = stats.series("few", "d")
+        series.latency.record(fast)
+        series.latency.record(1_000)
+        const { latency } = yield* stats.snapshot({ provider: "few" })
+        // Nearest rank: the median of two calls is the first.
+        assert.isAtMost(Math.abs(latency.p50 - fast) / fast, 0.05, `p50 ${latency.p50} of ${fast}`)
+        assert.strictEqual(latency.p99, 1_000)
+        // Many calls spread through one bucket: within ~5% too.
+        const spread = stats.series("spread", "d")
+        const low = Metrics.latencyBoundaries[80]!
+        for (let i = 1; i <= 100; i++) spread.latency.record(low * (1 + 0.1 * (i / 100)) * 0.99999)
+        const many = (yield* stats.snapshot({ provider: "spread" })).latency
+        for (const [q, p] of [
+          [0.5, many.p50],
+          [0.95, many.p95]
+        ] as const) {
+          const truth = low * (1 + 0.1 * q) * 0.99999
+          assert.isAtMost(Math.abs(p - truth) / truth, 0.05, `p${q * 100} ${p} of ${truth}`)
+        }
+      })
+  )
+
   it.effect("embeddings count the input tokens their provider reports, through the router and the executor", () =>
     Effect.gen(function* () {
       const { router, executor, stats } = yield* makeManager({ a: {} })
