@@ -165,3 +165,37 @@ describe('Router.executeParallelDomains "first": the domains the winner cuts', (
     })
   )
 })
+
+describe("Router: a refused request names the provider it was meant for, at every entry point", () => {
+  it.effect("execute, executeWithFallback, plan, prepare and embed, as stream and the executor do", () =>
+    Effect.gen(function* () {
+      const { router, controls } = yield* makeManager(
+        { a: {}, b: {} },
+        {
+          domains: [
+            { name: "d-a", provider: "a", fallback: ["d-b"] },
+            { name: "d-b", provider: "b" }
+          ]
+        }
+      )
+      const empty = { prompt: " " }
+      const prepared = yield* router.prepare("d-a")
+      const cases: ReadonlyArray<readonly [string, Effect.Effect<unknown, AiError>]> = [
+        ["execute", router.execute(empty, "d-a")],
+        ["executeWithFallback", router.executeWithFallback(empty, ["d-a", "d-b"])],
+        ["executeParallelDomains", router.executeParallelDomains(empty, ["d-a", "d-b"], "all")],
+        ["hedge", router.hedge(empty, ["d-a", "d-b"], { after: 100 })],
+        ["plan", router.plan(empty, "d-a")],
+        ["prepare", prepared(empty)],
+        ["embed", router.embed({ texts: [] } as never, "d-a")],
+        ["stream", Stream.runDrain(router.stream(empty, "d-a"))]
+      ]
+      for (const [name, call] of cases) {
+        const error = yield* Effect.flip(call)
+        assert.strictEqual(error._tag === "ModelError" && error.reason, "InvalidRequest", name)
+        assert.strictEqual(error._tag === "ModelError" && error.provider, "a", name)
+      }
+      assert.strictEqual((yield* controls.a!.calls) + (yield* controls.b!.calls), 0)
+    })
+  )
+})

@@ -19,7 +19,7 @@ import { isTraced, traced } from "../policy/span.js"
 import type { Answer, CallOptions, HedgeOptions, Service, StreamOptions } from "../Router.js"
 import type { Service as StatsService } from "../Stats.js"
 import { WindowHistogram } from "../stats/series.js"
-import { noDomains, optionKeys, type Planner, retryHook, unknownOption } from "./plan.js"
+import { namingProvider, noDomains, optionKeys, type Planner, retryHook, unknownOption } from "./plan.js"
 
 const notAnArray = invalidRequest("domains", "expected an array of domain names")
 
@@ -277,7 +277,7 @@ export const makeCalls = (env: Env) => {
       const series = stats.series(provider.name, domain.name)
       series.requests++
       series.fail(error.reason)
-      return error
+      return namingProvider(error, provider.name)
     })
     const totalTimeout = yield* checkTimeout(options.timeout, domain.totalTimeout)
     const step: Step<ProviderService> = {

@@ -81,6 +81,15 @@ export type Apply = (
 export const applied = (routed: Routed | ModelError): Effect.Effect<Routed, ModelError> =>
   routed instanceof ModelError ? Effect.fail(routed) : Effect.succeed(routed)
 
+/**
+ * A refusal naming the provider the call was meant for, as the executor's and a stream's do: a
+ * caller told only "the prompt is empty" cannot tell which of its chains refused it.
+ */
+export const namingProvider = (error: ModelError, provider: string): ModelError =>
+  error.provider !== undefined
+    ? error
+    : new ModelError({ reason: error.reason, message: error.message, field: error.field, cause: error.cause, provider })
+
 /** A call's `onRetry` as its plan's hook. */
 export const retryHook = <T, A>(onRetry: CallOptions["onRetry"]): Plan<T, A>["onRetry"] =>
   onRetry === undefined
@@ -155,7 +164,7 @@ export const makePlanner = (env: Env) => {
     const series = stats.series(first.name, first.domain)
     series.requests++
     series.fail(error.reason)
-    return error
+    return namingProvider(error, first.name)
   }
 
   // Resolves the chain once; `apply` then builds a request's plan without resolving it again.
