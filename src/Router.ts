@@ -77,7 +77,10 @@ export interface CallOptions {
   /** Deadline of the whole call, retries and fallbacks included (default: the domain's). */
   readonly timeout?: Duration.Input | undefined
   readonly onRetry?: ((info: RetryInfo) => Effect.Effect<void>) | undefined
-  /** Use the response cache when the application has one (default: the domain's, true). */
+  /**
+   * Use the response cache when the application has one (default true). `false` skips it; `true`
+   * does not turn it on for a first domain with `cache: false`.
+   */
   readonly cache?: boolean | undefined
   /**
    * When every step fails (an open breaker included) or `timeout` passes, answer from an expired cache entry within
@@ -115,6 +118,7 @@ export interface StreamOptions {
     | boolean
     | { readonly maxResumes?: number; readonly instruction?: string; readonly minOverlap?: number }
     | undefined
+  /** As {@link CallOptions.cache}: `true` does not turn the cache on for a first domain with `cache: false`. */
   readonly cache?: boolean | undefined
   readonly onRetry?: ((info: RetryInfo) => Effect.Effect<void>) | undefined
 }

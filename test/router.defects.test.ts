@@ -199,3 +199,28 @@ describe("Router: a refused request names the provider it was meant for, at ever
     })
   )
 })
+
+describe("Router: a domain with cache: false is not cached, whichever entry point calls it", () => {
+  it.effect("a stream asked for cache: true neither keeps nor replays its fallback's answer, as execute does not", () =>
+    Effect.gen(function* () {
+      const { router, controls } = yield* makeManager(
+        { a: { random: { success: 0, failures: { Overloaded: 1 } } }, b: { respond: () => "from b" } },
+        {
+          breakers: false,
+          cache: { ttl: "1 hour" },
+          domains: [
+            { name: "private", provider: "a", cache: false, fallback: ["d-b"] },
+            { name: "d-b", provider: "b" }
+          ]
+        }
+      )
+      for (let i = 0; i < 2; i++) {
+        const answer = yield* router.execute(ask, "private", { cache: true })
+        assert.deepStrictEqual([answer.response.text, answer.source], ["from b", "provider"])
+      }
+      assert.strictEqual(yield* controls.b!.calls, 2, "execute")
+      for (let i = 0; i < 2; i++) yield* Stream.runDrain(router.stream(ask, "private", { cache: true }))
+      assert.strictEqual(yield* controls.b!.calls, 4, "the second stream was replayed from the cache")
+    })
+  )
+})

@@ -257,7 +257,8 @@ export const makeCalls = (env: Env) => {
           idleTimeout: options.idleTimeout,
           totalTimeout: Input.orDefault(options.totalTimeout, first.totalTimeout),
           resume: options.resume,
-          cache: options.cache ?? first.cache,
+          // A domain with `cache: false` is not cached, whatever the call asks, as `execute`'s plan decides.
+          cache: first.cache === false ? false : options.cache,
           onRetry: options.onRetry
         })
         const fiber = Fiber.getCurrent()
