@@ -224,3 +224,28 @@ describe("Router: a domain with cache: false is not cached, whichever entry poin
     })
   )
 })
+
+describe("Router: a domain named twice in one list is refused, as in a domain's fallback", () => {
+  it.effect("every entry point that takes a list fails naming the repeat, before any call", () =>
+    Effect.gen(function* () {
+      const { router, controls } = yield* makeManager({ a: {}, b: {} })
+      const twice = ["d-a", "d-b", "d-a"]
+      const cases: ReadonlyArray<readonly [string, Effect.Effect<unknown, AiError>]> = [
+        ["executeWithFallback", router.executeWithFallback(ask, twice)],
+        ["hedge", router.hedge(ask, twice, { after: 100 })],
+        ["all", router.executeParallelDomains(ask, twice, "all")],
+        ["first", router.executeParallelDomains(ask, twice, "first")],
+        ["stream", Stream.runDrain(router.stream(ask, twice))],
+        ["plan", router.plan(ask, twice)],
+        ["prepare", router.prepare(twice)],
+        ["chain", router.chain(twice)]
+      ]
+      for (const [name, call] of cases) {
+        const error = yield* Effect.flip(call)
+        assert.strictEqual(invalidField(error), "domains[2]", name)
+        assert.include(error.message, '"d-a" is already in the list', name)
+      }
+      assert.strictEqual((yield* controls.a!.calls) + (yield* controls.b!.calls), 0)
+    })
+  )
+})

@@ -19,7 +19,15 @@ import { isTraced, traced } from "../policy/span.js"
 import type { Answer, CallOptions, HedgeOptions, Service, StreamOptions } from "../Router.js"
 import type { Service as StatsService } from "../Stats.js"
 import { WindowHistogram } from "../stats/series.js"
-import { namingProvider, noDomains, optionKeys, type Planner, retryHook, unknownOption } from "./plan.js"
+import {
+  namingProvider,
+  noDomains,
+  optionKeys,
+  type Planner,
+  repeatedDomain,
+  retryHook,
+  unknownOption
+} from "./plan.js"
 
 const notAnArray = invalidRequest("domains", "expected an array of domain names")
 
@@ -92,6 +100,8 @@ export const makeCalls = (env: Env) => {
   ) => {
     if (!Array.isArray(names)) return Effect.fail(notAnArray)
     if (names.length === 0) return Effect.fail(noDomains)
+    const repeated = repeatedDomain(names)
+    if (repeated !== undefined) return Effect.fail(repeated)
     const unknown = unknownOption(options, optionKeys.call)
     if (unknown !== undefined) return Effect.fail(unknown)
     if (mode !== "all" && mode !== "first") {

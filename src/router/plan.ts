@@ -42,6 +42,20 @@ interface DomainStep extends StreamStep {
 
 export const noDomains = invalidRequest("domains", "give at least one domain")
 
+/**
+ * A domain named twice in a list of domains, as its refusal: a chain (or a race) would run it
+ * twice, its retries and its provider's load doubled, as a domain's `fallback` naming one twice
+ * would (`Domain.check` refuses that).
+ */
+export const repeatedDomain = (names: ReadonlyArray<string>): ModelError | undefined => {
+  for (let i = 1; i < names.length; i++) {
+    if (names.indexOf(names[i]!) < i) {
+      return invalidRequest(`domains[${i}]`, `${Input.shown(names[i])} is already in the list: name each domain once`)
+    }
+  }
+  return undefined
+}
+
 /** The keys of the router's option types, each an entry point's. */
 export const optionKeys = (() => {
   const call = ["timeout", "onRetry", "cache", "allowStale"]
@@ -143,6 +157,8 @@ export const makePlanner = (env: Env) => {
       if (!Array.isArray(names))
         return yield* Effect.fail(invalidRequest("domains", "expected an array of domain names"))
       if (names.length === 0) return yield* Effect.fail(noDomains)
+      const repeated = repeatedDomain(names)
+      if (repeated !== undefined) return yield* Effect.fail(repeated)
       return yield* Effect.forEach(names, (name) => domains.get(name))
     })
 
