@@ -215,6 +215,7 @@ export interface Service {
   /**
    * Calls the first domain; if it has not answered after `after` (or failed in a way that
    * falls back), starts the next one. The first success wins; the others are interrupted.
+   * Takes at least two domains (an `InvalidRequest` naming `domains` otherwise).
    */
   readonly hedge: (
     request: GenerateRequest,

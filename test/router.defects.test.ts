@@ -249,3 +249,17 @@ describe("Router: a domain named twice in one list is refused, as in a domain's 
     })
   )
 })
+
+describe("Router.hedge on one domain", () => {
+  it.effect("is refused naming domains, as a domain's hedgeAfter without a fallback is: it would hedge nothing", () =>
+    Effect.gen(function* () {
+      const { router, controls } = yield* makeManager({ a: {}, b: {} })
+      for (const after of [100, "p95"] as const) {
+        const error = yield* Effect.flip(router.hedge(ask, ["d-a"], { after }))
+        assert.strictEqual(invalidField(error), "domains", String(after))
+        assert.include(error.message, "at least two")
+      }
+      assert.strictEqual(yield* controls.a!.calls, 0)
+    })
+  )
+})

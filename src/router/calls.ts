@@ -30,6 +30,10 @@ import {
 } from "./plan.js"
 
 const notAnArray = invalidRequest("domains", "expected an array of domain names")
+const oneHedged = invalidRequest(
+  "domains",
+  "a hedge starts the next domain after its delay: give at least two domains (router.execute calls one)"
+)
 
 /** What the entry points need from the router. */
 const streamFlags = ["cache"] as const
@@ -220,6 +224,8 @@ export const makeCalls = (env: Env) => {
       typeof options === "object" && options !== null ? unknownOption(options, optionKeys.hedge) : undefined
     if (unknown !== undefined) return yield* Effect.fail(unknown)
     const delay = yield* hedgeDelay(names[0]!, options)
+    // The delay starts the next domain of the list: on one domain it would do nothing, silently.
+    if (names.length === 1) return yield* Effect.fail(oneHedged)
     return yield* run(request, names, options, delay, optionKeys.hedge)
   })
 
