@@ -331,6 +331,18 @@ export const makeDomains = (
 // The names an unknown-name message shows (a gateway answers it to its client): some, not thousands.
 const KNOWN_SHOWN = 20
 
+// The longest caller's name an unknown-name message says back.
+const NAME_SHOWN = 64
+
+// A name a caller gave, as a message says it: quoted as JSON, so a quote or a line break in it cannot
+// forge the rest of the message or a log line, and cut short (it may be a megabyte of a client's input).
+const quotedName = (name: string): string =>
+  typeof name !== "string"
+    ? Input.kindOf(name)
+    : name.length <= NAME_SHOWN
+      ? JSON.stringify(name)
+      : `${JSON.stringify(Input.wholePrefix(name, NAME_SHOWN))}... (${name.length} characters)`
+
 const registry = (domains: ReadonlyArray<Domain>): DomainsService => {
   const byName = new Map(domains.map((d) => [d.name, d] as const))
   const all = Array.from(byName.keys())
@@ -342,7 +354,7 @@ const registry = (domains: ReadonlyArray<Domain>): DomainsService => {
         return Effect.fail(invalidRequest("domain", `expected a domain name, got ${Input.kindOf(name)}`))
       const found = byName.get(name)
       return found === undefined
-        ? Effect.fail(invalidRequest("domain", `unknown domain "${name}" (known: ${names.join(", ")})`))
+        ? Effect.fail(invalidRequest("domain", `unknown domain ${quotedName(name)} (known: ${names.join(", ")})`))
         : Effect.succeed(found)
     }
   }
@@ -397,7 +409,7 @@ export const makeProviders = (providers: Readonly<Record<string, ProviderService
         ? Effect.fail(
             new ModelError({
               reason: "Unavailable",
-              message: `no provider named "${name}" (registered: ${names.join(", ")})`,
+              message: `no provider named ${quotedName(name)} (registered: ${names.join(", ")})`,
               provider: name
             })
           )

@@ -216,6 +216,26 @@ describe("Domains and Providers registries", () => {
     })
   )
 
+  it.effect("an unknown name is quoted as JSON and cut short: a quote or a line break cannot forge the message", () =>
+    Effect.gen(function* () {
+      const domains = yield* Domain.makeDomains(Domain.predefined("main"))
+      const { provider } = yield* Mock.make({ name: "registered" })
+      const providers = Domain.makeProviders({ main: provider })
+      const forged = 'legal" (known: legal)\nERROR payments down'
+      for (const error of [yield* Effect.flip(domains.get(forged)), yield* Effect.flip(providers.get(forged))]) {
+        assert.notInclude(error.message, "\n", error.message)
+        assert.include(error.message, JSON.stringify(forged))
+      }
+      // A caller's megabyte of name is not said back whole (a gateway answers the message to its client).
+      const long = "x".repeat(100_000)
+      for (const error of [yield* Effect.flip(domains.get(long)), yield* Effect.flip(providers.get(long))]) {
+        assert.isBelow(error.message.length, 400)
+        assert.include(error.message, "100000 characters")
+      }
+      assert.include((yield* Effect.flip(domains.get("legal"))).message, 'unknown domain "legal" (known:')
+    })
+  )
+
   it.effect("makeDomains checks its domains as fromConfig does: a bad list is an OptionError naming the field", () =>
     Effect.gen(function* () {
       const support = Domain.predefined("main")[0]!
