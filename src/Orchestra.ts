@@ -122,7 +122,10 @@ const partOptions = [
  */
 export const domainsOf = (options: {
   readonly defaultProvider: string
-  /** The names in `providers`: when given, a domain on any other provider is refused. */
+  /**
+   * The names in `providers`: when given, a domain on any other provider is refused, as is a
+   * domain named `<provider>/<model>` after one of them (a gateway's name for that provider's model).
+   */
   readonly providerNames?: ReadonlyArray<string> | undefined
   readonly domains?: ReadonlyArray<Domain | DomainInput> | undefined
   readonly extraDomains?: ReadonlyArray<Domain | DomainInput> | undefined
@@ -171,15 +174,37 @@ export const domainsOf = (options: {
     // Checked here rather than at call time: a router resolves a whole chain first, so one
     // unknown provider would fail every chain falling back to its domain.
     const unknown = checked.success.findIndex((domain) => !known.includes(domain.provider))
-    if (unknown === -1) return checked
+    if (unknown !== -1) {
+      return Result.fail({
+        path: `${entries[unknown]!.path}.provider`,
+        message: `no provider named "${checked.success[unknown]!.provider}" (given: ${known.join(", ")})`
+      })
+    }
+    // A gateway reads a `model` as a domain first, then as `provider/model`: a domain named
+    // `main/gpt-4o` would answer for provider "main"'s model "gpt-4o" with its own provider and model.
+    const shadowing = checked.success.findIndex((domain) => providerModelOf(domain.name, known) !== undefined)
+    if (shadowing === -1) return checked
+    const name = checked.success[shadowing]!.name
+    const [provider, model] = providerModelOf(name, known)!
     return Result.fail({
-      path: `${entries[unknown]!.path}.provider`,
-      message: `no provider named "${checked.success[unknown]!.provider}" (given: ${known.join(", ")})`
+      path: `${entries[shadowing]!.path}.name`,
+      message: `"${name}" reads as the model "${model}" of provider "${provider}" (a gateway's provider/model name): give the domain a name that does not start with "${provider}/"`
     })
   }
   const at = /^domains\[(\d+)\](.*)$/.exec(checked.failure.path)
   const origin = at === null ? undefined : entries[Number(at[1])]
   return origin === undefined ? checked : Result.fail({ ...checked.failure, path: `${origin.path}${at![2]}` })
+}
+
+// The provider and model a name reads as, split at its first "/" as a gateway splits a `model`.
+const providerModelOf = (
+  name: string,
+  providers: ReadonlyArray<string>
+): readonly [provider: string, model: string] | undefined => {
+  const slash = name.indexOf("/")
+  if (slash <= 0 || slash === name.length - 1) return undefined
+  const provider = name.slice(0, slash)
+  return providers.includes(provider) ? [provider, name.slice(slash + 1)] : undefined
 }
 
 const nameOf = (domain: unknown): string | undefined =>

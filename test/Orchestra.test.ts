@@ -150,6 +150,23 @@ describe("Orchestra.layer: domains", () => {
       })
   )
 
+  it.effect("a domain named as a provider's provider/model is refused: a gateway would read one as the other", () =>
+    Effect.gen(function* () {
+      const main = Layer.succeed(ModelProvider, (yield* Mock.make({ name: "main" })).provider)
+      for (const list of ["domains", "extraDomains", "overrideDomains"] as const) {
+        const refused = yield* configError({
+          providers: { main },
+          [list]: [{ name: "main/gpt-4o", provider: "main", model: "small" }]
+        })
+        assert.strictEqual(refused._tag === "OptionError" && refused.path, `${list}[0].name`)
+        assert.include(refused.message, 'provider "main"')
+      }
+      // A slash is fine where no provider is named before it.
+      const { router } = yield* build({ main: {} }, { domains: [{ name: "team/legal", provider: "main" }] })
+      assert.strictEqual((yield* router.execute(ask, "team/legal")).domain, "team/legal")
+    })
+  )
+
   it.effect("every other option is checked when the layer is built, naming the field as the options spell it", () =>
     Effect.gen(function* () {
       const main = Layer.succeed(ModelProvider, (yield* Mock.make({ name: "main" })).provider)
