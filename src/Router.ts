@@ -262,6 +262,11 @@ export interface Service {
 export class Router extends Context.Service<Router, Service>()("effect-orchestra/Router") {}
 
 /**
+ * The router over the domains and providers in context. A domain naming a provider that is not
+ * registered fails it with an `OptionError` at `domains[i].provider` (as `Orchestra.layer` refuses
+ * it): a chain reaching that domain could never be planned, and each call would fail `Unavailable`,
+ * a reason that reads as an outage.
+ *
  * @since 0.1.0
  * @category constructors
  */
@@ -270,6 +275,7 @@ export const make = Effect.gen(function* () {
   const domains = yield* Domains
   const providers = yield* Providers
   const stats = yield* Stats
+  yield* Input.orOptionError(unregisteredProvider(domains, providers.names))
   const planner = makePlanner({ executor, domains, providers, stats })
   const { resolve, chain, applyOf, planWith } = planner
   const { execute, executeWithFallback, executeParallelDomains, hedge, stream, embed } = makeCalls({
@@ -311,11 +317,24 @@ export const make = Effect.gen(function* () {
   } satisfies Service
 })
 
+const unregisteredProvider = (domains: DomainsService, registered: ReadonlyArray<string>): Input.Checked<void> => {
+  const at = domains.all.findIndex((domain) => !registered.includes(domain.provider))
+  return at === -1
+    ? Result.void
+    : Result.fail({
+        path: `domains[${at}].provider`,
+        message: `no provider named "${domains.all[at]!.provider}" (registered: ${registered.join(", ")})`
+      })
+}
+
 /**
  * @since 0.1.0
  * @category layers
  */
-export const layer: Layer.Layer<Router, never, Executor | Domains | Providers | Stats> = Layer.effect(Router, make)
+export const layer: Layer.Layer<Router, OptionError, Executor | Domains | Providers | Stats> = Layer.effect(
+  Router,
+  make
+)
 
 export type { ExecuteOptions }
 

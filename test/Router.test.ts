@@ -322,19 +322,23 @@ describe("Router: bad input is a typed InvalidRequest naming the field, never a 
     })
   )
 
-  it.effect("a domain naming a provider that is not registered fails with Unavailable, even for prototype names", () =>
+  it.effect("a domain naming a provider that is not registered fails the layer naming it, prototype names included", () =>
     Effect.gen(function* () {
-      const { router } = yield* makeManager(
-        { a: {} },
-        {
-          domains: [
-            { name: "weird", provider: "toString" },
-            { name: "d-a", provider: "a" }
-          ]
-        }
-      )
-      const error = yield* Effect.flip(router.execute(ask, "weird"))
-      assert.strictEqual(error._tag === "ModelError" && error.reason, "Unavailable")
+      for (const provider of ["toString", "nowhere"]) {
+        const error = yield* Effect.flip(
+          makeManager(
+            { a: {} },
+            {
+              domains: [
+                { name: "d-a", provider: "a", fallback: ["weird"] },
+                { name: "weird", provider }
+              ]
+            }
+          )
+        )
+        assert.strictEqual(error._tag === "OptionError" && error.path, "domains[1].provider", provider)
+        assert.include(error.message, `no provider named "${provider}" (registered: a)`)
+      }
     })
   )
 })
