@@ -322,7 +322,7 @@ describe("Router: bad input is a typed InvalidRequest naming the field, never a 
     })
   )
 
-  it.effect("a domain naming a provider that is not registered fails the layer naming it, prototype names included", () =>
+  it.effect("a domain naming a provider that is not registered fails the layer naming it (prototype names too)", () =>
     Effect.gen(function* () {
       for (const provider of ["toString", "nowhere"]) {
         const error = yield* Effect.flip(
