@@ -33,7 +33,7 @@ import type {
 } from "./Model.js"
 import { makeCalls } from "./router/calls.js"
 import { languageModelLayer } from "./router/language-model.js"
-import { applied, makePlanner, optionKeys, unknownOption } from "./router/plan.js"
+import { applied, makePlanner, optionKeys, repeatIssue, unknownOption } from "./router/plan.js"
 import { Stats } from "./Stats.js"
 
 /**
@@ -435,6 +435,8 @@ const checkDomainNames = (domains: unknown, known: DomainsService | undefined): 
     if (typeof name !== "string" || name.length === 0) {
       return Input.orOptionError(Result.fail({ path, message: "expected a non-empty domain name" }))
     }
+    const repeated = names.indexOf(name) < i ? repeatIssue(names) : undefined
+    if (repeated !== undefined) return Input.orOptionError(Result.fail(repeated))
     if (known !== undefined && !known.all.some((domain) => domain.name === name)) {
       const names = known.all.map((domain) => domain.name).join(", ")
       return Input.orOptionError(Result.fail({ path, message: `unknown domain "${name}" (known: ${names})` }))

@@ -71,6 +71,10 @@ describe("Router.layerLanguageModel: a domain as an effect/ai LanguageModel", ()
       assert.strictEqual(unknownPath, "domains[1]")
       assert.include(message, 'unknown domain "nope"')
       assert.strictEqual((yield* pathOf("nope"))[0], "domains")
+      // A domain named twice would fail every call (the router refuses the list), so the layer does.
+      const [repeatPath, repeat] = yield* pathOf(["primary", "backup", "primary"])
+      assert.strictEqual(repeatPath, "domains[2]")
+      assert.include(repeat, '"primary" is already in the list')
     }).pipe(Effect.scoped)
   )
 

@@ -48,9 +48,18 @@ export const noDomains = invalidRequest("domains", "give at least one domain")
  * would (`Domain.check` refuses that).
  */
 export const repeatedDomain = (names: ReadonlyArray<string>): ModelError | undefined => {
+  const issue = repeatIssue(names)
+  return issue === undefined ? undefined : invalidRequest(issue.path, issue.message)
+}
+
+/** {@link repeatedDomain} as a check's issue (a layer given such a list fails with it). */
+export const repeatIssue = (names: ReadonlyArray<unknown>): Input.Issue | undefined => {
   for (let i = 1; i < names.length; i++) {
-    if (names.indexOf(names[i]!) < i) {
-      return invalidRequest(`domains[${i}]`, `${Input.shown(names[i])} is already in the list: name each domain once`)
+    if (names.indexOf(names[i]) < i) {
+      return {
+        path: `domains[${i}]`,
+        message: `${Input.shown(names[i])} is already in the list: name each domain once`
+      }
     }
   }
   return undefined
