@@ -196,6 +196,17 @@ export const domainsOf = (options: {
   return origin === undefined ? checked : Result.fail({ ...checked.failure, path: `${origin.path}${at![2]}` })
 }
 
+// A domain names its provider by key (a trimmed, non-empty name), and a gateway splits `provider/model` at
+// the first "/": a key outside both could never be named, and the mistake was reported at a predefined
+// domain's `provider`, which the user never wrote.
+const providerKeyIssue = (key: string): Input.Issue | undefined =>
+  key.length > 0 && key.trim() === key && !key.includes("/")
+    ? undefined
+    : {
+        path: `providers.${key}`,
+        message: `expected a provider key such as "main" (not empty, no leading or trailing spaces, no "/"), got ${JSON.stringify(key)}`
+      }
+
 // The provider and model a name reads as, split at its first "/" as a gateway splits a `model`.
 const providerModelOf = (
   name: string,
@@ -290,6 +301,8 @@ export const layer = <const P extends Record<string, Layer.Layer<ModelProvider, 
       }
       const names = Object.keys(options.providers)
       for (const name of names) {
+        const key = providerKeyIssue(name)
+        if (key !== undefined) return yield* Effect.fail(Input.toOptionError(key))
         const provider: unknown = options.providers[name]
         if (!isLayer(provider)) {
           return yield* Effect.fail(

@@ -167,6 +167,17 @@ describe("Orchestra.layer: domains", () => {
     })
   )
 
+  it.effect("a provider key that no domain could name, or a gateway could not split, is refused naming the key", () =>
+    Effect.gen(function* () {
+      const main = Layer.succeed(ModelProvider, (yield* Mock.make({ name: "main" })).provider)
+      for (const key of ["", " main", "main ", "open/ai"]) {
+        const refused = yield* configError({ providers: { [key]: main } })
+        assert.strictEqual(refused._tag === "OptionError" && refused.path, `providers.${key}`, JSON.stringify(key))
+        assert.include(refused.message, JSON.stringify(key))
+      }
+    })
+  )
+
   it.effect("every other option is checked when the layer is built, naming the field as the options spell it", () =>
     Effect.gen(function* () {
       const main = Layer.succeed(ModelProvider, (yield* Mock.make({ name: "main" })).provider)
