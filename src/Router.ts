@@ -435,12 +435,11 @@ const checkDomainNames = (domains: unknown, known: DomainsService | undefined): 
     if (typeof name !== "string" || name.length === 0) {
       return Input.orOptionError(Result.fail({ path, message: "expected a non-empty domain name" }))
     }
-    const repeated = names.indexOf(name) < i ? repeatIssue(names) : undefined
-    if (repeated !== undefined) return Input.orOptionError(Result.fail(repeated))
     if (known !== undefined && !known.all.some((domain) => domain.name === name)) {
       const names = known.all.map((domain) => domain.name).join(", ")
       return Input.orOptionError(Result.fail({ path, message: `unknown domain "${name}" (known: ${names})` }))
     }
   }
-  return Effect.void
+  const repeated = repeatIssue(names)
+  return repeated === undefined ? Effect.void : Input.orOptionError(Result.fail(repeated))
 }

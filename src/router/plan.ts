@@ -54,15 +54,27 @@ export const repeatedDomain = (names: ReadonlyArray<string>): ModelError | undef
 
 /** {@link repeatedDomain} as a check's issue (a layer given such a list fails with it). */
 export const repeatIssue = (names: ReadonlyArray<unknown>): Input.Issue | undefined => {
-  for (let i = 1; i < names.length; i++) {
-    if (names.indexOf(names[i]) < i) {
-      return {
-        path: `domains[${i}]`,
-        message: `${Input.shown(names[i])} is already in the list: name each domain once`
-      }
-    }
+  const at = names.length <= SHORT_LIST ? repeatInShort(names) : repeatInLong(names)
+  return at === -1
+    ? undefined
+    : { path: `domains[${at}]`, message: `${Input.shown(names[at])} is already in the list: name each domain once` }
+}
+
+// A chain of a few domains is scanned in place (no Set per call); a caller's long list in linear time.
+const SHORT_LIST = 8
+
+const repeatInShort = (names: ReadonlyArray<unknown>): number => {
+  for (let i = 1; i < names.length; i++) if (names.indexOf(names[i]) < i) return i
+  return -1
+}
+
+const repeatInLong = (names: ReadonlyArray<unknown>): number => {
+  const seen = new Set<unknown>()
+  for (let i = 0; i < names.length; i++) {
+    if (seen.has(names[i])) return i
+    seen.add(names[i])
   }
-  return undefined
+  return -1
 }
 
 /** The keys of the router's option types, each an entry point's. */
