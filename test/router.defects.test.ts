@@ -284,3 +284,29 @@ describe("Router: a long list of domains is read in time proportional to its len
       })
   )
 })
+
+describe("Router.executeParallelDomains: a list longer than the domains there are", () => {
+  it.effect(
+    "is refused naming domains before any call: its fan-out and its outcomes would grow with the caller's list",
+    () =>
+      Effect.gen(function* () {
+        const { router, controls } = yield* makeManager({ a: {}, b: {} })
+        const names = ["d-a", "d-b", ...Array.from({ length: 10_000 }, (_, i) => `x-${i}`)]
+        for (const mode of ["all", "first"] as const) {
+          const exit = yield* Effect.exit(router.executeParallelDomains(ask, names, mode as "all"))
+          assert.isTrue(Exit.isFailure(exit), mode)
+          const error = yield* Effect.flip(router.executeParallelDomains(ask, names, mode as "all"))
+          assert.strictEqual(invalidField(error), "domains", mode)
+          assert.include(error.message, "10002 names, more than the 2 domains")
+          assert.isBelow(error.message.length, 300)
+        }
+        assert.strictEqual((yield* controls.a!.calls) + (yield* controls.b!.calls), 0)
+        // A list within the registry keeps each unknown domain as its own outcome.
+        const outcomes = yield* router.executeParallelDomains(ask, ["nope", "d-a"], "all")
+        assert.deepStrictEqual(
+          outcomes.map((o) => o.result._tag),
+          ["Failure", "Success"]
+        )
+      })
+  )
+})

@@ -66,7 +66,7 @@ interface StreamChain {
 /** Builds the router's entry points, once. */
 export const makeCalls = (env: Env) => {
   const { executor, stats } = env
-  const { resolve, chain, applyOf, planWith } = env.planner
+  const { resolve, chain, applyOf, planWith, domainCount } = env.planner
 
   const run = (
     request: GenerateRequest,
@@ -106,6 +106,16 @@ export const makeCalls = (env: Env) => {
     if (names.length === 0) return Effect.fail(noDomains)
     const repeated = repeatedDomain(names)
     if (repeated !== undefined) return Effect.fail(repeated)
+    // Each name is a fiber and an outcome (an unknown one too): with every name once, a list longer than
+    // the registry names unknown domains, and its cost would grow with the caller's list, not the configuration.
+    if (names.length > domainCount) {
+      return Effect.fail(
+        invalidRequest(
+          "domains",
+          `${names.length} names, more than the ${domainCount} domains there are: name each domain once`
+        )
+      )
+    }
     const unknown = unknownOption(options, optionKeys.call)
     if (unknown !== undefined) return Effect.fail(unknown)
     if (mode !== "all" && mode !== "first") {

@@ -311,7 +311,7 @@ export const makePlanner = (env: Env) => {
   ): Effect.Effect<Routed, ModelError> =>
     Effect.flatMap(applyOf(names, options.lead), (apply) => applied(apply(request, options, hedgeAfter)))
 
-  return { resolve, chain, applyOf, planWith }
+  return { resolve, chain, applyOf, planWith, domainCount: domains.all.length }
 }
 
 /** The router's planner, built once by {@link makePlanner}. */
