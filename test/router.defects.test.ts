@@ -310,3 +310,20 @@ describe("Router.executeParallelDomains: a list longer than the domains there ar
       })
   )
 })
+
+describe("Router.executeParallelDomains: a refused request whose first domain is unknown", () => {
+  it.effect("still fails the whole call once, counted on the first known domain, before any domain runs", () =>
+    Effect.gen(function* () {
+      const { router, controls, stats } = yield* makeManager({ a: {}, b: {} })
+      for (const mode of ["all", "first"] as const) {
+        const exit = yield* Effect.exit(router.executeParallelDomains({ prompt: "" }, ["nope", "d-a"], mode as "all"))
+        assert.isTrue(Exit.isFailure(exit), `${mode}: ${Exit.isSuccess(exit) ? JSON.stringify(exit.value) : ""}`)
+        const error = yield* Effect.flip(router.executeParallelDomains({ prompt: "" }, ["nope", "d-b"], mode as "all"))
+        assert.strictEqual(invalidField(error), "prompt", mode)
+      }
+      assert.strictEqual((yield* controls.a!.calls) + (yield* controls.b!.calls), 0)
+      assert.strictEqual((yield* stats.snapshot({ domain: "d-a" })).failuresByReason.InvalidRequest, 2)
+      assert.strictEqual((yield* stats.snapshot({ domain: "d-b" })).failuresByReason.InvalidRequest, 2)
+    })
+  )
+})

@@ -121,23 +121,28 @@ export const makeCalls = (env: Env) => {
     if (mode !== "all" && mode !== "first") {
       return Effect.fail(invalidRequest("mode", `expected "all" or "first", got ${String(mode)}`))
     }
-    const refused = refusedOnce(request, names[0]!, options)
+    const refused = refusedOnce(request, names, options)
     return mode === "all"
       ? Effect.andThen(refused, allOutcomes(request, names, options))
       : Effect.andThen(refused, firstSuccess(request, names, options))
   }) as Service["executeParallelDomains"]
 
   // The request and the option values are the same for every domain: refused, they fail the
-  // call once (counted on the first domain, as a chain's refusal is), not once per domain as
-  // an "all" outcome or a "first" FallbackExhaustedError. An unknown first domain is its own outcome.
-  const refusedOnce = (request: GenerateRequest, name: string, options: CallOptions) =>
-    Effect.matchEffect(applyOf(name, undefined), {
-      onFailure: () => Effect.void,
-      onSuccess: (apply) => {
-        const routed = apply(request, options, undefined)
-        return routed instanceof ModelError ? Effect.fail(routed) : Effect.void
-      }
-    })
+  // call once (counted on the first known domain, as a chain's refusal is), not once per domain as
+  // an "all" outcome or a "first" FallbackExhaustedError. An unknown domain is its own outcome.
+  const refusedOnce = (request: GenerateRequest, names: ReadonlyArray<string>, options: CallOptions) => {
+    const from = (i: number): Effect.Effect<void, ModelError> =>
+      i === names.length
+        ? Effect.void
+        : Effect.matchEffect(applyOf(names[i]!, undefined), {
+            onFailure: () => from(i + 1),
+            onSuccess: (apply) => {
+              const routed = apply(request, options, undefined)
+              return routed instanceof ModelError ? Effect.fail(routed) : Effect.void
+            }
+          })
+    return from(0)
+  }
 
   const allOutcomes = (request: GenerateRequest, names: ReadonlyArray<string>, options: CallOptions) =>
     Effect.forEach(
