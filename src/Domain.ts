@@ -186,10 +186,14 @@ export const check = (input: unknown, options: string | CheckOptions = {}): Inpu
   if (wrong !== undefined) return Result.fail(wrong)
   const path = given.path ?? "domains"
   const fallbackTo = given.fallbackTo ?? []
-  if (!Array.isArray(input)) return Result.fail({ path, message: "expected an array of domains" })
+  // Read once, all of it: a getter (or a `Proxy` trap) that throws is the issue of its field, not an exception.
+  const read = Input.snapshot(input, path)
+  if (Result.isFailure(read)) return Result.fail(read.failure)
+  const list: unknown = read.success
+  if (!Array.isArray(list)) return Result.fail({ path, message: "expected an array of domains" })
   const domains: Array<Domain> = []
   const names = new Set<string>()
-  for (const [i, raw] of input.entries()) {
+  for (const [i, raw] of list.entries()) {
     const at = `${path}[${i}]`
     const decoded = decodeDomain(encodeDurations(raw))
     if (Result.isFailure(decoded)) return Result.fail(domainIssue(decoded.failure, at))

@@ -1,5 +1,5 @@
 import { assert, describe, it } from "@effect/vitest"
-import { Duration, Effect, Layer } from "effect"
+import { Duration, Effect, Layer, Result } from "effect"
 import * as Domain from "../src/Domain.js"
 import * as HttpAgent from "../src/HttpAgent.js"
 import * as Metrics from "../src/Metrics.js"
@@ -233,6 +233,33 @@ describe("Domains and Providers registries", () => {
         assert.include(error.message, "100000 characters")
       }
       assert.include((yield* Effect.flip(domains.get("legal"))).message, 'unknown domain "legal" (known:')
+    })
+  )
+
+  it.effect("a field whose getter throws is an OptionError naming it, from every entry point, not an exception", () =>
+    Effect.gen(function* () {
+      const domains = [
+        { name: "ok", provider: "main" },
+        {
+          name: "legal",
+          provider: "main",
+          get timeout(): number {
+            throw new Error("vault unreachable")
+          }
+        }
+      ]
+      const results = [
+        Effect.flip(Effect.suspend(() => Domain.fromConfig(domains))),
+        Effect.flip(Effect.suspend(() => Domain.makeDomains(domains))),
+        Effect.flip(Layer.build(Domain.layerDomainsFromConfig(domains)).pipe(Effect.scoped))
+      ]
+      for (const result of results) {
+        const error = yield* result
+        assert.strictEqual(error.path, "domains[1].timeout")
+        assert.include(error.message, "vault unreachable")
+      }
+      const checked = Domain.check(domains)
+      assert.strictEqual(Result.isFailure(checked) && checked.failure.path, "domains[1].timeout")
     })
   )
 
