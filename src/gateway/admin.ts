@@ -19,11 +19,12 @@
  *
  * @since 0.2.0
  */
-import { Cause, Effect, Exit, Layer, Metric, Redacted, Result } from "effect"
+import { Cause, Effect, Exit, Layer, type Metric, Redacted, Result, Scope } from "effect"
 import * as ByteSize from "effect/ByteSize"
 import { HttpIncomingMessage, HttpRouter, type HttpServerRequest, HttpServerResponse } from "effect/http"
 import * as Input from "../Input.js"
 import * as Metrics from "../Metrics.js"
+import * as Counters from "../stats/counters.js"
 import { type GatewayError, gatewayError, toWire } from "./errors.js"
 import { KeyAdmin, type KeyInfo, type ListOptions } from "./keys/KeyStore.js"
 import { jsonOf } from "./request.js"
@@ -167,15 +168,23 @@ export const make = Effect.fnUntraced(function* (options: Options) {
     )
 
   // One series per (route, status): `route` names a declared route, never the path asked for.
-  const series = new Map<string, Metric.Metric<number, unknown>>()
+  // Counters of the routes' scope, made at the first answer of each: they leave the registry with
+  // the routes (`Metric.update` kept them in it for good, and a rebuilt gateway added onto them).
+  const scope = yield* Effect.scope
+  const series = new Map<string, Counters.Counter>()
   const count = (route: AdminRoute, status: number): Effect.Effect<void> => {
     const name = `${route} ${status}`
-    let counter = series.get(name)
-    if (counter === undefined) {
-      counter = Metric.withAttributes(Metrics.gatewayAdminRequests, { route, status: String(status) })
-      series.set(name, counter)
-    }
-    return Metric.update(counter, 1)
+    const counter = series.get(name)
+    if (counter !== undefined) return Effect.sync(() => counter.add(1))
+    const attributes = { route, status: String(status) }
+    return Effect.map(
+      Scope.provide(Counters.scoped(Metrics.gatewayAdminRequests as Metric.Metric<number, unknown>, attributes), scope),
+      (made) => {
+        // Two first answers at once share one counter (series of one id are shared).
+        if (!series.has(name)) series.set(name, made)
+        made.add(1)
+      }
+    )
   }
 
   // Every route: the admin key first, then the handler; every failure an OpenAI-shaped answer;

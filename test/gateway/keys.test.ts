@@ -2475,6 +2475,26 @@ describe("Admin routes", () => {
   )
 
   it.live(
+    "the admin routes' orchestra_gateway_admin_requests_total leaves the registry with them; rebuilt, its counts start from zero",
+    () =>
+      Effect.gen(function* () {
+        const counted = Effect.map(Metric.snapshot, (all) =>
+          all.filter((m) => m.id === Metrics.gatewayAdminRequests.id).map((m) => (m.state as { count: number }).count)
+        )
+        const use = Effect.scoped(
+          Effect.gen(function* () {
+            const admin = yield* adminServer(yield* memory({ keys: [key("cfg", secretA)] }))
+            yield* admin("/admin/keys")
+            return yield* counted
+          })
+        )
+        assert.deepStrictEqual(yield* use, [1])
+        assert.deepStrictEqual(yield* counted, [], "closing the admin routes removes their series")
+        assert.deepStrictEqual(yield* use, [1])
+      }).pipe(Effect.provideService(Metric.MetricRegistry, new Map()))
+  )
+
+  it.live(
     "a body that is not a JSON object names the body, and invalid JSON is invalid_json, as on the chat route",
     () =>
       Effect.gen(function* () {
