@@ -7,7 +7,7 @@
  */
 import {
   Cause,
-  Clock,
+  type Clock,
   Context,
   Duration,
   Effect,
@@ -23,14 +23,12 @@ import type { FacadeOptions } from "../Facade.js"
 import * as Input from "../Input.js"
 import type { Services } from "../Orchestra.js"
 import { describeDefect } from "../policy/failure.js"
+import { realClock } from "../policy/timers.js"
 import * as Stats from "../Stats.js"
 import type { Rejections } from "./rejection.js"
 
-/** The facade's own clock (the live one), read before the manager (and its context) exists. */
-const clock = Context.get(Context.empty() as Context.Context<never>, Clock.Clock)
-
 /**
- * `clock`'s monotonic time in milliseconds: a wall clock stepped back or on (NTP) moves no wait measured on it.
+ * A clock's monotonic time in milliseconds: a wall clock stepped back or on (NTP) moves no wait measured on it.
  *
  * @internal
  */
@@ -182,7 +180,7 @@ export const makeManager = (
   rejections: Rejections,
   layer: unknown,
   options: unknown,
-  managerClock: Clock.Clock = clock
+  managerClock: Clock.Clock = realClock
 ): Manager => {
   const { OrchestraError, rejectionOf, shuttingDown } = rejections
   const read = readOptions(options)
