@@ -168,6 +168,33 @@ const partA = async () => {
           )
         )
       ),
+    // A call that suspends once (as an HTTP call does): Effect.timeout races it against a sleep (two
+    // fibers and a timer); a provider's request timeout runs on the lanes.
+    "building block: Effect.forEach + Effect.timeout(30 s), provider suspends once": () =>
+      Effect.runPromise(
+        Effect.forEach(reqs, (r) => Effect.timeout(instantAsync.generate(r), "30 seconds"), {
+          concurrency: 64,
+          discard: true
+        })
+      ),
+    "building block: Effect.forEach + deadline lanes (ours), provider suspends once": () =>
+      Effect.runPromise(
+        Effect.scoped(
+          Effect.flatMap(Deadline.make, (lanes) =>
+            Effect.forEach(
+              reqs,
+              (r) =>
+                lanes.attempt(
+                  instantAsync.generate(r),
+                  Duration.seconds(30),
+                  (_: void, exit) => exit as never,
+                  undefined
+                ),
+              { concurrency: 64, discard: true }
+            )
+          )
+        )
+      ),
     "building block: Effect.forEach + Effect.retry(Policy.schedule), first attempt succeeds": () =>
       Effect.runPromise(
         Effect.forEach(reqs, (r) => Effect.retry(instant.generate(r), Policy.schedule(Policy.defaultRetry)), {
