@@ -602,12 +602,16 @@ export const make = Effect.fnUntraced(function* (
       const givenBackIfInterrupted =
         onHeld !== undefined ? identity : Effect.onInterrupt(() => (taken === undefined ? Effect.void : release(taken)))
       if (record.rpm === undefined && record.tpm === undefined) return givenBackIfInterrupted(held)
-      // Both at once: one store round trip (and at most one store deadline) rather than two. A
-      // reservation made beside a refused slot is given back; a budget refusal says more than a wait.
+      // Both at once on a shared store: one round trip (and at most one store deadline) rather than
+      // two. In memory, one after the other: both answer at once, and two forked fibers a request
+      // would be all the difference costs. A reservation made beside a refused slot is given back;
+      // a budget refusal says more than a wait.
+      const slotted = Effect.result(limit(record, estimate.inputTokens + estimate.maxOutputTokens))
+      const reserved = Effect.result(held)
       return Effect.flatMap(
-        Effect.all(
-          [Effect.result(limit(record, estimate.inputTokens + estimate.maxOutputTokens)), Effect.result(held)],
-          { concurrency: 2 }
+        (backend.local
+          ? Effect.flatMap(slotted, (slot) => Effect.map(reserved, (reservation) => [slot, reservation] as const))
+          : Effect.all([slotted, reserved], { concurrency: 2 })
         ).pipe(givenBackIfInterrupted),
         ([slot, reservation]) =>
           Result.isFailure(reservation)
