@@ -147,7 +147,7 @@ export const make: (options: Options) => Effect.Effect<Model.Service, Input.Opti
           return yield* Effect.fail(refused ?? Errors.malformed(ctx, "candidates", "no candidate"))
         }
         let n = 0
-        const read = yield* Effect.fromResult(Wire.readAnswer(answer, name, model, () => `call_${n++}`))
+        const read = yield* Effect.fromResult(Wire.readAnswer(answer, name, model, () => Wire.madeUpId(n++)))
         return {
           text: read.text,
           finishReason: Wire.finalReason(read.finishReason, read.toolCalls.length > 0),
@@ -182,7 +182,7 @@ export const make: (options: Options) => Effect.Effect<Model.Service, Input.Opti
               return Effect.flatMap(payload, (value) => {
                 if (Errors.isErrorPayload(value)) return Effect.fail(Errors.errorFromPayload(value, ctx))
                 return Effect.flatMap(decodeAnswer(value, ctx), (chunk) => {
-                  const read = Wire.readAnswer(chunk, name, model, () => `call_${madeIds++}`)
+                  const read = Wire.readAnswer(chunk, name, model, () => Wire.madeUpId(madeIds++))
                   if (Result.isFailure(read)) return Effect.fail(read.failure)
                   if (chunk.usageMetadata !== undefined) metadata = chunk.usageMetadata
                   if (chunk.modelVersion !== undefined) answeredModel = chunk.modelVersion

@@ -99,15 +99,15 @@ describe("Gemini wire", () => {
       {
         role: "model",
         parts: [
-          { functionCall: { name: "get_weather", args: { city: "Paris" } } },
-          { functionCall: { name: "get_weather", args: { city: "Rome" } } }
+          { functionCall: { id: "c1", name: "get_weather", args: { city: "Paris" } } },
+          { functionCall: { id: "c2", name: "get_weather", args: { city: "Rome" } } }
         ]
       },
       {
         role: "user",
         parts: [
-          { functionResponse: { name: "get_weather", response: { celsius: 21 } } },
-          { functionResponse: { name: "get_weather", response: { output: "sunny" } } }
+          { functionResponse: { id: "c1", name: "get_weather", response: { celsius: 21 } } },
+          { functionResponse: { id: "c2", name: "get_weather", response: { output: "sunny" } } }
         ]
       },
       { role: "user", parts: [{ text: "thanks" }] }
@@ -713,6 +713,56 @@ layer(NodeHttpClient.layerUndici)("Gemini over HTTP", (it) => {
         assert.deepStrictEqual(contents[1]!.parts, [
           { functionCall: { name: "get_weather", args: { city: "Paris" } }, thoughtSignature: signature },
           { functionCall: { name: "get_weather", args: { city: "Rome" } } }
+        ])
+      })
+    )
+
+    it.effect("Gemini's functionCall ids round-trip: sent back on the functionCall and its functionResponse", () =>
+      Effect.gen(function* () {
+        let turn = 0
+        const server = yield* Server.make((_, res) =>
+          turn++ === 0
+            ? Server.json(res, 200, {
+                candidates: [
+                  {
+                    content: {
+                      role: "model",
+                      parts: [
+                        { functionCall: { id: "fc-paris", name: "get_weather", args: { city: "Paris" } } },
+                        { functionCall: { name: "get_weather", args: { city: "Rome" } } }
+                      ]
+                    },
+                    finishReason: "STOP"
+                  }
+                ]
+              })
+            : Server.json(res, 200, response("Sunny in both."))
+        )
+        const p = yield* provider(server)
+        const first = yield* p.generate({ prompt: "weather in Paris and Rome?", tools: [weather] })
+        assert.deepStrictEqual(
+          first.toolCalls?.map((c) => c.id),
+          ["fc-paris", "call_0"]
+        )
+        yield* p.generate({
+          tools: [weather],
+          messages: [
+            { role: "user", content: "weather in Paris and Rome?" },
+            { role: "assistant", content: "", toolCalls: first.toolCalls! },
+            { role: "tool", toolCallId: "call_0", content: `{"temp":25}` },
+            { role: "tool", toolCallId: "fc-paris", content: `{"temp":20}` }
+          ]
+        })
+        const [, second] = yield* server.requests
+        const contents = (second!.json as { contents: ReadonlyArray<{ parts: ReadonlyArray<unknown> }> }).contents
+        // Gemini's own id goes back with its call and its answer; an id made up here (none given) is not sent.
+        assert.deepStrictEqual(contents[1]!.parts, [
+          { functionCall: { id: "fc-paris", name: "get_weather", args: { city: "Paris" } } },
+          { functionCall: { name: "get_weather", args: { city: "Rome" } } }
+        ])
+        assert.deepStrictEqual(contents[2]!.parts, [
+          { functionResponse: { name: "get_weather", response: { temp: 25 } } },
+          { functionResponse: { id: "fc-paris", name: "get_weather", response: { temp: 20 } } }
         ])
       })
     )

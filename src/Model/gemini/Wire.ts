@@ -150,6 +150,22 @@ const parseJson = (text: string): Result.Result<unknown, undefined> => {
 
 type Content = { readonly role: "user" | "model"; readonly parts: Array<Record<string, unknown>> }
 
+const MADE_UP_ID = /^call_\d+$/
+
+/**
+ * The id given to the `n`th function call of an answer that came without one. Such an id is
+ * not sent back (Gemini would read it as one of its own); an id Gemini gave goes back on the
+ * call and on the `functionResponse` that answers it.
+ *
+ * @since 0.3.0
+ * @category utils
+ */
+export const madeUpId = (n: number): string => `call_${n}`
+
+/** The call's id as sent back, or `undefined` for an id made up here. */
+const wireId = (id: string | undefined): string | undefined =>
+  id === undefined || id.length === 0 || MADE_UP_ID.test(id) ? undefined : id
+
 // `offset`: how many messages came before the request's own (its `system`), so refusals name them as the caller wrote.
 const contentsOf = (
   messages: ReadonlyArray<Model.Message>,
@@ -184,10 +200,11 @@ const contentsOf = (
             )
           }
           callNames.set(call.id, call.name)
+          const id = wireId(call.id)
+          const functionCall =
+            id === undefined ? { name: call.name, args: args.success } : { id, name: call.name, args: args.success }
           parts.push(
-            call.signature === undefined
-              ? { functionCall: { name: call.name, args: args.success } }
-              : { functionCall: { name: call.name, args: args.success }, thoughtSignature: call.signature }
+            call.signature === undefined ? { functionCall } : { functionCall, thoughtSignature: call.signature }
           )
         }
         if (parts.length > 0) contents.push({ role: "model", parts })
@@ -204,7 +221,8 @@ const contentsOf = (
         const parsed = parseJson(message.content)
         const response =
           Result.isSuccess(parsed) && isPlainObject(parsed.success) ? parsed.success : { output: message.content }
-        const part = { functionResponse: { name, response } }
+        const id = wireId(message.toolCallId)
+        const part = { functionResponse: id === undefined ? { name, response } : { id, name, response } }
         // The answers to one turn's parallel calls travel together in one user turn.
         const last = contents[contents.length - 1]
         if (last !== undefined && last.role === "user" && last.parts.every((p) => "functionResponse" in p)) {
@@ -255,8 +273,9 @@ export const MAX_STOP_SEQUENCES = 5
 /**
  * The request body of `generateContent`: system messages become `systemInstruction`,
  * assistant turns are role `model`, tools `functionDeclarations`, a JSON response format
- * `responseMimeType` (with `responseJsonSchema`). A turn with nothing in it (no text, no
- * calls) is left out: Gemini refuses an empty text part. Fails with `InvalidRequest` for what
+ * `responseMimeType` (with `responseJsonSchema`). A tool call's id goes back on its
+ * `functionCall` and on the `functionResponse` answering it (not an id {@link madeUpId} made up
+ * for a call Gemini gave none). A turn with nothing in it (no text, no calls) is left out: Gemini refuses an empty text part. Fails with `InvalidRequest` for what
  * cannot be sent (a tool message answering no earlier call, arguments that are not JSON,
  * more than {@link MAX_STOP_SEQUENCES} stop sequences, a seed outside 32 bits,
  * `parallelToolCalls: false` with tools).
