@@ -567,11 +567,67 @@ layer(NodeHttpClient.layerUndici)("Ollama", (it) => {
           {
             role: "assistant",
             content: "",
-            tool_calls: [{ function: { name: "get_weather", arguments: { city: "Rome" } } }]
+            tool_calls: [{ id: "c0", function: { name: "get_weather", arguments: { city: "Rome" } } }]
           },
-          { role: "tool", content: "sunny", tool_name: "get_weather" }
+          { role: "tool", content: "sunny", tool_name: "get_weather", tool_call_id: "c0" }
         ])
       })
+    )
+
+    it.effect(
+      "Ollama's tool-call ids round-trip: on the assistant's tool_calls and as the tool message's tool_call_id",
+      () =>
+        Effect.gen(function* () {
+          let turn = 0
+          const server = yield* Server.make((_, res) =>
+            turn++ === 0
+              ? Server.json(res, 200, {
+                  ...final(),
+                  message: {
+                    role: "assistant",
+                    content: "",
+                    tool_calls: [
+                      {
+                        id: "call_k3x9q2mz",
+                        function: { index: 0, name: "get_weather", arguments: { city: "Paris" } }
+                      },
+                      // No id from an older server (or an empty one from a compatible one): made up here.
+                      { id: "", function: { index: 1, name: "get_weather", arguments: { city: "Rome" } } }
+                    ]
+                  }
+                })
+              : Server.json(res, 200, { ...final(), message: { role: "assistant", content: "Sunny." } })
+          )
+          const p = yield* provider(server)
+          const first = yield* p.generate({ prompt: "Weather in Paris and Rome?", tools })
+          assert.deepStrictEqual(
+            first.toolCalls?.map((c) => c.id),
+            ["call_k3x9q2mz", "call_1"]
+          )
+          yield* p.generate({
+            tools,
+            messages: [
+              { role: "user", content: "Weather in Paris and Rome?" },
+              { role: "assistant", content: "", toolCalls: first.toolCalls! },
+              { role: "tool", content: "rainy", toolCallId: "call_1" },
+              { role: "tool", content: "sunny", toolCallId: "call_k3x9q2mz" }
+            ]
+          })
+          const body = bodyOf((yield* server.requests)[1])
+          // Ollama's own id goes back; an id made up here (none given) is not sent.
+          assert.deepStrictEqual((body["messages"] as Array<unknown>).slice(1), [
+            {
+              role: "assistant",
+              content: "",
+              tool_calls: [
+                { id: "call_k3x9q2mz", function: { name: "get_weather", arguments: { city: "Paris" } } },
+                { function: { name: "get_weather", arguments: { city: "Rome" } } }
+              ]
+            },
+            { role: "tool", content: "rainy", tool_name: "get_weather" },
+            { role: "tool", content: "sunny", tool_name: "get_weather", tool_call_id: "call_k3x9q2mz" }
+          ])
+        })
     )
 
     it.effect("streamed tool calls are ToolCall parts before the Finish, whose reason is tool_calls", () =>

@@ -120,9 +120,16 @@ export interface Line {
 
 type WireToolCalls = (typeof ChatAnswer.Type)["message"]["tool_calls"]
 
+const MADE_UP_ID = /^call_\d+$/
+
+/** The id of a call as sent back: Ollama's own, not one made up here for a call that came without. */
+const wireId = (id: string | undefined): string | undefined =>
+  id === undefined || id.length === 0 || MADE_UP_ID.test(id) ? undefined : id
+
 const toolCallsOf = (calls: WireToolCalls, offset: number): ReadonlyArray<Model.ToolCall> =>
   (calls ?? []).map((call, i) => ({
-    id: call.id ?? `call_${offset + i}`,
+    // Ollama leaves an empty id out; an empty one would be no id to answer.
+    id: call.id || `call_${offset + i}`,
     name: call.function.name,
     arguments:
       typeof call.function.arguments === "string"
@@ -256,7 +263,8 @@ const parseArguments = (text: string): unknown => {
  * `none` sends no tools, `required` or a named tool is refused (`InvalidRequest` on
  * `toolChoice`), and so is `parallelToolCalls: false` with tools (`InvalidRequest` on
  * `parallelToolCalls`). Tool-call arguments sent back must be JSON objects; a tool message names
- * the tool it answers (`tool_name`), found from the call it answers.
+ * the tool it answers (`tool_name`), found from the call it answers, and its id (`tool_call_id`),
+ * which goes back on the call too (not an id made up for a call that came without one).
  *
  * @since 0.2.0
  * @category encoding
@@ -286,15 +294,19 @@ export const chatBody = (
           return refuse(`messages[${index}].toolCalls[${j}].arguments`, "expected the JSON text of an object")
         }
         names.set(call.id, call.name)
-        calls.push({ function: { name: call.name, arguments: args } })
+        const id = wireId(call.id)
+        const fn = { name: call.name, arguments: args }
+        calls.push(id === undefined ? { function: fn } : { id, function: fn })
       }
       messages.push({ role: "assistant", content: message.content, tool_calls: calls })
     } else if (message.role === "tool") {
       const toolName = message.toolCallId === undefined ? undefined : names.get(message.toolCallId)
+      const id = wireId(message.toolCallId)
       messages.push({
         role: "tool",
         content: message.content,
-        ...(toolName === undefined ? {} : { tool_name: toolName })
+        ...(toolName === undefined ? {} : { tool_name: toolName }),
+        ...(id === undefined ? {} : { tool_call_id: id })
       })
     } else {
       messages.push({ role: message.role, content: message.content })
