@@ -50,8 +50,9 @@ export interface Options extends Http.Options {
   readonly api?: "chat" | "generate" | undefined
   /**
    * How long the server keeps the model loaded after a call (`keep_alive`): a duration
-   * (`"10 minutes"`, `600000`, or Ollama's own `"10m"`), `0` to unload at once, or
-   * `"forever"`. The server's default when absent.
+   * (`"10 minutes"`, `600000` milliseconds, or Ollama's own `"10m"`), `0` to unload at once, or
+   * `"forever"` (also Ollama's own `-1` or `"-1m"`, or `Infinity`). Another negative value, or a
+   * positive one under a millisecond, is an `OptionError`. The server's default when absent.
    */
   readonly keepAlive?: Input.DurationInput | `${number}${"ms" | "s" | "m" | "h"}` | "forever" | undefined
   /** A bearer token, for Ollama behind an authenticating proxy or ollama.com. */

@@ -878,7 +878,17 @@ layer(NodeHttpClient.layerUndici)("Ollama", (it) => {
           ["host", { host: "http://" }],
           ["host", { host: "127.0.0.1:11434/?token=abc" }],
           ["keepAlive", { keepAlive: "soon" as Ollama.Options["keepAlive"] }],
-          ["keepAlive", { keepAlive: -1 }],
+          // -1 keeps the model loaded (Ollama's own); any other negative, NaN, or a positive time under a
+          // millisecond (sent as 0, which unloads at once) says nothing Ollama can do as asked.
+          ["keepAlive", { keepAlive: -5 }],
+          ["keepAlive", { keepAlive: -0.5 }],
+          ["keepAlive", { keepAlive: Number.NaN }],
+          ["keepAlive", { keepAlive: Number.NEGATIVE_INFINITY }],
+          ["keepAlive", { keepAlive: 0.4 }],
+          ["keepAlive", { keepAlive: Duration.nanos(10n) }],
+          ["keepAlive", { keepAlive: "0.5ns" as never }],
+          ["keepAlive", { keepAlive: "-5m" }],
+          ["keepAlive", { keepAlive: "-2" as never }],
           // Past Go's time.Duration (int64 nanoseconds, ~292 years) Ollama refuses every call.
           ["keepAlive", { keepAlive: 1e21 }],
           ["keepAlive", { keepAlive: "20000 weeks" }],
@@ -927,6 +937,30 @@ layer(NodeHttpClient.layerUndici)("Ollama", (it) => {
         }
         const sent = (yield* server.requests).map((r) => bodyOf(r)["keep_alive"])
         assert.deepStrictEqual(sent, ["60000ms", "0ms", -1, "2562047h", "60480000000ms"])
+      })
+    )
+
+    it.effect('keepAlive: Ollama\'s own -1 (and "-1m", or no bound at all) keeps the model loaded; "0" unloads', () =>
+      Effect.gen(function* () {
+        const server = yield* Server.make((_, res) =>
+          Server.json(res, 200, { ...final(), message: { role: "assistant", content: "ok" } })
+        )
+        const given: ReadonlyArray<Ollama.Options["keepAlive"]> = [
+          -1,
+          "-1m",
+          // As OLLAMA_KEEP_ALIVE is written.
+          "-1" as never,
+          Number.POSITIVE_INFINITY,
+          Duration.infinity,
+          "0" as never,
+          "0s"
+        ]
+        for (const keepAlive of given) {
+          const p = yield* provider(server, { keepAlive })
+          yield* p.generate({ prompt: "x" })
+        }
+        const sent = (yield* server.requests).map((r) => bodyOf(r)["keep_alive"])
+        assert.deepStrictEqual(sent, [-1, -1, -1, -1, -1, "0ms", "0s"])
       })
     )
 

@@ -180,23 +180,52 @@ const GO_UNIT_NANOS: Readonly<Record<string, number>> = { ns: 1, us: 1e3, µs: 1
 /** Go's `time.Duration` is int64 nanoseconds: Ollama answers 400 to a longer `keep_alive`. */
 const GO_MAX_NANOS = 2 ** 63 - 1
 
+/** Ollama's "keep loaded" as its docs write it: `-1`, or `-1` with a Go duration unit (`"-1m"`). */
+const GO_FOREVER = /^-1(?:ns|us|µs|ms|s|m|h)?$/
+
 /**
- * Checks a `keepAlive` option into what `keep_alive` takes: `"forever"` is `-1`, Ollama's own
- * durations (`"10m"`) pass as they are, any other duration becomes milliseconds (`"600000ms"`);
- * zero (unload at once) is accepted, a duration Go cannot hold (about 292 years) is not.
+ * Checks a `keepAlive` option into what `keep_alive` takes: `"forever"`, Ollama's own `-1` (or
+ * `"-1m"`) and a duration without bound (`Infinity`) are `-1`; Ollama's own durations (`"10m"`)
+ * pass as they are, any other duration becomes milliseconds (`"600000ms"`); zero (unload at
+ * once) is accepted. Refused: another negative value, a positive time under a millisecond
+ * (it would unload as 0 does), and a duration Go cannot hold (about 292 years).
  *
  * @since 0.2.0
  * @category checks
  */
 export const keepAlive = (path: string, input: unknown): Input.Checked<string | number> => {
-  if (input === "forever") return Result.succeed(-1)
+  if (input === "forever" || input === -1) return Result.succeed(-1)
+  const text = typeof input === "string" ? input.trim() : undefined
+  if (text !== undefined && GO_FOREVER.test(text)) return Result.succeed(-1)
+  if (text === "0") return Result.succeed("0ms")
+  if ((typeof input === "number" && input < 0) || text?.startsWith("-")) {
+    return Result.fail({
+      path,
+      message: `a negative keepAlive other than -1 means nothing here: use -1 or "forever" to keep the model loaded, got ${Input.shown(input)}`
+    })
+  }
   const tooLong = Result.fail({ path, message: 'Ollama keeps a model loaded at most ~292 years; use "forever"' })
-  const go = typeof input === "string" ? GO_DURATION.exec(input.trim()) : null
-  if (go !== null) return Number(go[1]) * GO_UNIT_NANOS[go[2]!]! > GO_MAX_NANOS ? tooLong : Result.succeed(go[0])
-  return Result.flatMap(Input.duration(path, input, { allowZero: true }), (d) => {
-    const millis = Duration.toMillis(d)
-    return millis * 1e6 > GO_MAX_NANOS ? tooLong : Result.succeed(`${Math.round(millis)}ms`)
+  const tooShort = Result.fail({
+    path,
+    message: `expected 0 (unload at once) or at least a millisecond, got ${Input.shown(input)}`
   })
+  const go = text === undefined ? null : GO_DURATION.exec(text)
+  if (go !== null) {
+    const nanos = Number(go[1]) * GO_UNIT_NANOS[go[2]!]!
+    return nanos > GO_MAX_NANOS ? tooLong : nanos > 0 && nanos < 1e6 ? tooShort : Result.succeed(go[0])
+  }
+  return Result.flatMap(
+    Input.duration(path, input, { allowZero: true, allowInfinite: true }),
+    (d): Input.Checked<string | number> => {
+      if (!Duration.isFinite(d)) return Result.succeed(-1)
+      const millis = Duration.toMillis(d)
+      return millis * 1e6 > GO_MAX_NANOS
+        ? tooLong
+        : millis > 0 && millis < 1
+          ? tooShort
+          : Result.succeed(`${Math.round(millis)}ms`)
+    }
+  )
 }
 
 /**
