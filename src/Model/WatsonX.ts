@@ -40,11 +40,11 @@ export interface Options extends Http.Options {
   readonly projectId?: string | undefined
   /** A deployment space instead of a project. */
   readonly spaceId?: string | undefined
-  /** Regional endpoint. Default `https://us-south.ml.cloud.ibm.com`. */
+  /** Regional endpoint. Default `https://us-south.ml.cloud.ibm.com`. `http` only on loopback: tokens go there. */
   readonly url?: string | undefined
-  /** Token endpoint. Default `https://iam.cloud.ibm.com/identity/token`. */
+  /** Token endpoint. Default `https://iam.cloud.ibm.com/identity/token`. `http` only on loopback: the key goes there. */
   readonly iamUrl?: string | undefined
-  /** The API `version` date (`YYYY-MM-DD`). Default `2024-05-31`. */
+  /** The API `version` date (`YYYY-MM-DD`, a day of the calendar). Default `2024-05-31`. */
   readonly version?: string | undefined
   /** Default `ibm/granite-3-8b-instruct`. */
   readonly model?: string | undefined
@@ -68,7 +68,30 @@ export interface Options extends Http.Options {
   readonly requestLimits?: Partial<Model.RequestLimits> | undefined
 }
 
-const VERSION = /^\d{4}-\d{2}-\d{2}$/
+const VERSION = /^(\d{4})-(\d{2})-(\d{2})$/
+
+const daysIn = (year: number, month: number): number =>
+  month === 2
+    ? (year % 4 === 0 && year % 100 !== 0) || year % 400 === 0
+      ? 29
+      : 28
+    : month === 4 || month === 6 || month === 9 || month === 11
+      ? 30
+      : 31
+
+// A day that is not in the calendar (2024-02-30) is a 400 on every call.
+const versionOf = (input: unknown): Input.Checked<string> => {
+  const parts = typeof input === "string" ? VERSION.exec(input) : null
+  const year = Number(parts?.[1])
+  const month = Number(parts?.[2])
+  const day = Number(parts?.[3])
+  return parts !== null && month >= 1 && month <= 12 && day >= 1 && day <= daysIn(year, month)
+    ? Result.succeed(input as string)
+    : Result.fail({
+        path: "version",
+        message: `expected a date such as "2024-05-31", got ${typeof input === "string" ? JSON.stringify(input) : Input.kindOf(input)}`
+      })
+}
 
 /** `/ml/v1/text/embeddings` takes at most 1,000 inputs. */
 const EMBED_BATCH = 1000
@@ -119,16 +142,14 @@ const checkOptions = (options: Options) =>
       : options.projectId !== undefined
         ? Result.map(Http.nonEmpty("projectId", options.projectId), (id) => ({ project_id: id }))
         : Result.map(Http.nonEmpty("spaceId", options.spaceId), (id) => ({ space_id: id })),
-    Http.rootUrl("url", Input.orDefault(options.url, "https://us-south.ml.cloud.ibm.com")),
-    Http.baseUrl("iamUrl", Input.orDefault(options.iamUrl, "https://iam.cloud.ibm.com/identity/token")),
-    typeof options.version === "string" && VERSION.test(options.version)
-      ? Result.succeed(options.version)
-      : options.version === undefined
-        ? Result.succeed("2024-05-31")
-        : Result.fail({
-            path: "version",
-            message: `expected a date such as "2024-05-31", got ${typeof options.version === "string" ? JSON.stringify(options.version) : Input.kindOf(options.version)}`
-          }),
+    Result.flatMap(Http.rootUrl("url", Input.orDefault(options.url, "https://us-south.ml.cloud.ibm.com")), (url) =>
+      Http.secretUrl("url", url)
+    ),
+    Result.flatMap(
+      Http.baseUrl("iamUrl", Input.orDefault(options.iamUrl, "https://iam.cloud.ibm.com/identity/token")),
+      (url) => Http.secretUrl("iamUrl", url)
+    ),
+    versionOf(Input.orDefault(options.version, "2024-05-31")),
     Http.nonEmpty("model", Input.orDefault(options.model, "ibm/granite-3-8b-instruct")),
     Http.nonEmpty("embeddingModel", Input.orDefault(options.embeddingModel, "ibm/slate-125m-english-rtrvr-v2")),
     Input.oneOf("api", Input.orDefault(options.api, "chat"), ["chat", "generation"] as const),

@@ -1424,6 +1424,49 @@ layer(NodeHttpClient.layerUndici)("WatsonX over HTTP", (it) => {
       })
     )
 
+    it.effect(
+      "iamUrl and url over plain http are refused unless on loopback: the key and its tokens would cross in clear",
+      () =>
+        Effect.gen(function* () {
+          const { provider, server } = yield* makeServer((_, res) => Server.json(res, 200, chatAnswer("ok")))
+          const refusal = (options: Partial<WatsonX.Options>) =>
+            Effect.map(Effect.flip(provider(options)), (error) => {
+              assert.strictEqual(error._tag, "OptionError")
+              assert.notInclude(error.message, KEY)
+              return error.path
+            })
+          assert.strictEqual(yield* refusal({ iamUrl: "http://iam.cloud.ibm.com/identity/token" }), "iamUrl")
+          assert.strictEqual(yield* refusal({ iamUrl: "http://10.0.0.5:8080/identity/token" }), "iamUrl")
+          assert.strictEqual(yield* refusal({ iamUrl: "HTTP://127.0.0.1.nip.io/identity/token" }), "iamUrl")
+          assert.strictEqual(yield* refusal({ url: "http://us-south.ml.cloud.ibm.com" }), "url")
+          assert.strictEqual(yield* refusal({ url: "http://[::2]:8080" }), "url")
+          // https anywhere, http on loopback (127.0.0.0/8, ::1, localhost): built.
+          const port = new URL(server.url).port
+          for (const options of [
+            { iamUrl: "https://iam.cloud.ibm.com/identity/token", url: "https://eu-de.ml.cloud.ibm.com" },
+            { iamUrl: `http://localhost:${port}/identity/token`, url: `http://127.0.0.1:${port}` },
+            { iamUrl: `http://127.8.9.10:${port}/identity/token`, url: `http://[::1]:${port}` },
+            { iamUrl: `http://LOCALHOST:${port}/identity/token` }
+          ]) {
+            yield* provider(options)
+          }
+        })
+    )
+
+    it.effect("version: an impossible date is an OptionError naming version, not a 400 on every call", () =>
+      Effect.gen(function* () {
+        const { provider } = yield* makeServer((_, res) => Server.json(res, 200, chatAnswer("ok")))
+        for (const version of ["2024-02-30", "2024-13-01", "2023-02-29", "2024-04-31", "2024-00-10", "2024-01-00"]) {
+          const error = yield* Effect.flip(provider({ version }))
+          assert.deepStrictEqual([error._tag, error.path], ["OptionError", "version"], version)
+          assert.include(error.message, version)
+        }
+        // A leap day is a day.
+        yield* provider({ version: "2024-02-29" })
+        yield* provider({ version: "2000-02-29" })
+      })
+    )
+
     it.effect("every option is checked at build: an OptionError naming the field", () =>
       Effect.gen(function* () {
         const { provider } = yield* makeServer((_, res) => Server.json(res, 200, chatAnswer("ok")))

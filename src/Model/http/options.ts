@@ -167,6 +167,29 @@ export const baseUrl = (
   return Result.succeed(input.trim().replace(/\/+$/, ""))
 }
 
+const isLoopbackHost = (hostname: string): boolean => {
+  const host = hostname.toLowerCase()
+  return host === "localhost" || host === "[::1]" || /^127\.\d{1,3}\.\d{1,3}\.\d{1,3}$/.test(host)
+}
+
+/**
+ * For a checked URL a secret is sent to (a key, a bearer token): plain `http` is refused unless
+ * its host is a loopback address (127.0.0.0/8, `::1`, `localhost`), where nothing crosses a
+ * network; elsewhere the secret would travel in clear text.
+ *
+ * @since 0.3.0
+ * @category checks
+ */
+export const secretUrl = (path: string, url: string): Input.Checked<string> => {
+  const parsed = new URL(url)
+  return parsed.protocol === "http:" && !isLoopbackHost(parsed.hostname)
+    ? Result.fail({
+        path,
+        message: `plain http is refused off loopback (the credentials would travel in clear text): use https, got ${parsed.protocol}//${parsed.host}`
+      })
+    : Result.succeed(url)
+}
+
 /**
  * {@link baseUrl} for a URL the provider appends API paths to ({@link joinUrl}): a query or a
  * fragment is refused too, since every path would land inside it (`/v1?k=x/chat/completions`).
