@@ -36,9 +36,9 @@ export interface Options extends Http.Options {
    * vectors have another length is `Decode` on `embeddings[0]`.
    */
   readonly embeddingDimensions?: number | undefined
-  /** Default `https://generativelanguage.googleapis.com`. */
+  /** Default `https://generativelanguage.googleapis.com`. `http` only on loopback: the key goes there. */
   readonly baseUrl?: string | undefined
-  /** Default `v1beta`. */
+  /** Default `v1beta`; one path segment. */
   readonly apiVersion?: string | undefined
   /** Provider name in errors, metrics and provenance. Default `gemini`. */
   readonly name?: string | undefined
@@ -50,6 +50,9 @@ export interface Options extends Http.Options {
   /** Bounds on requests, checked before any call. Default `Model.defaultRequestLimits`. */
   readonly requestLimits?: Partial<Model.RequestLimits> | undefined
 }
+
+// One path segment: a query, a fragment or a `..` would take the key elsewhere.
+const API_VERSION = /^[A-Za-z0-9][A-Za-z0-9._-]*$/
 
 /** `batchEmbedContents` takes at most 100 requests. */
 const EMBED_BATCH = 100
@@ -87,8 +90,18 @@ const checkOptions = (options: Options) =>
     options.embeddingDimensions === undefined
       ? Result.succeed(undefined)
       : Input.positiveInt("embeddingDimensions", options.embeddingDimensions),
-    Http.rootUrl("baseUrl", Input.orDefault(options.baseUrl, "https://generativelanguage.googleapis.com")),
-    Http.nonEmpty("apiVersion", Input.orDefault(options.apiVersion, "v1beta")),
+    Result.flatMap(
+      Http.rootUrl("baseUrl", Input.orDefault(options.baseUrl, "https://generativelanguage.googleapis.com")),
+      (url) => Http.secretUrl("baseUrl", url)
+    ),
+    Result.flatMap(Http.nonEmpty("apiVersion", Input.orDefault(options.apiVersion, "v1beta")), (version) =>
+      API_VERSION.test(version)
+        ? Result.succeed(version)
+        : Result.fail({
+            path: "apiVersion",
+            message: `expected one path segment such as "v1beta", got ${JSON.stringify(version.slice(0, 120))}`
+          })
+    ),
     Model.requestLimits(options.requestLimits),
     Http.headers("headers", options.headers),
     Http.headerOption("apiKey", "x-goog-api-key", options.apiKey)

@@ -1255,6 +1255,17 @@ layer(NodeHttpClient.layerUndici)("Gemini over HTTP", (it) => {
         // Paths are appended to it: a query or a fragment would swallow them.
         assert.strictEqual(yield* pathOf({ baseUrl: `${server.url}/?proxy-token=abc` }), "baseUrl")
         assert.strictEqual(yield* pathOf({ baseUrl: `${server.url}/#v1` }), "baseUrl")
+        // The key goes there: plain http only on loopback, else it would cross the network in clear text.
+        assert.strictEqual(yield* pathOf({ baseUrl: "http://generativelanguage.googleapis.com" }), "baseUrl")
+        assert.strictEqual(yield* pathOf({ baseUrl: "http://192.168.1.10:8080" }), "baseUrl")
+        yield* provider(server, { baseUrl: "https://generativelanguage.googleapis.com" })
+        yield* provider(server, { baseUrl: server.url.replace("127.0.0.1", "localhost") })
+        // One path segment: the key would follow a query, a fragment or a `..` elsewhere.
+        assert.strictEqual(yield* pathOf({ apiVersion: "v1beta?alt=x" }), "apiVersion")
+        assert.strictEqual(yield* pathOf({ apiVersion: "../v1" }), "apiVersion")
+        assert.strictEqual(yield* pathOf({ apiVersion: "v1/../../upload" }), "apiVersion")
+        assert.strictEqual(yield* pathOf({ apiVersion: "" }), "apiVersion")
+        yield* provider(server, { apiVersion: "v1" })
         assert.strictEqual(yield* pathOf({ model: " " }), "model")
         assert.strictEqual(yield* pathOf({ model: "../files" }), "model")
         assert.strictEqual(yield* pathOf({ embeddingModel: "models/.." }), "embeddingModel")
