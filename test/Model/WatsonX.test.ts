@@ -683,6 +683,29 @@ layer(NodeHttpClient.layerUndici)("WatsonX over HTTP", (it) => {
       })
     )
 
+    it.effect(
+      "a token that cannot travel in a header (CR, LF, ...) is Decode at the fetch, not a Transport error per call",
+      () =>
+        Effect.gen(function* () {
+          const server = yield* Server.make((req, res) =>
+            req.path === "/identity/token"
+              ? Server.json(res, 200, { access_token: "tok-1\r\nx-evil: 1", token_type: "Bearer", expires_in: 3600 })
+              : Server.json(res, 200, chatAnswer("ok"))
+          )
+          const p = yield* WatsonX.make({
+            apiKey: Redacted.make(KEY),
+            projectId: "proj-1",
+            url: server.url,
+            iamUrl: `${server.url}/identity/token`
+          })
+          const error = yield* failing(p.generate({ prompt: "hi" }))
+          assert.deepStrictEqual([error.reason, error.field], ["Decode", "access_token"])
+          assert.notInclude(error.message, "tok-1")
+          const requests = yield* server.requests
+          assert.isFalse(requests.some((r) => r.path.startsWith("/ml/")))
+        })
+    )
+
     it.effect("50 concurrent calls fetch the token once", () =>
       Effect.gen(function* () {
         const { script, provider, apiRequests } = yield* makeServer((_, res) => Server.json(res, 200, chatAnswer("ok")))

@@ -23,7 +23,10 @@ export type Api = "chat" | "generation"
  * @category schemas
  */
 export const IamToken = Schema.Struct({
-  access_token: Schema.NonEmptyString,
+  // Sent as `Bearer <token>`: a token with CR, LF or a space cannot be a header value, and would fail every call.
+  access_token: Schema.String.check(
+    Schema.isPattern(/^[\x21-\x7e]+$/, { message: "expected a token of visible ASCII characters" })
+  ),
   expires_in: Schema.Number.check(Schema.isFinite(), Schema.isGreaterThan(0)),
   token_type: Schema.optional(Schema.String)
 })
