@@ -189,8 +189,13 @@ export const make = Effect.fnUntraced(function* (given: Options = {}) {
   const prepare = (request: Model.GenerateRequest, stream: boolean) =>
     Effect.flatMap(Model.validateGenerate(request, limits), (valid) => {
       const model = valid.model ?? defaultModel
+      // A tool choice /api/chat refuses goes there to be refused, not to /api/generate to be ignored.
+      const choice = valid.toolChoice
       const viaGenerate =
-        api === "generate" && valid.prompt !== undefined && (valid.tools === undefined || valid.tools.length === 0)
+        api === "generate" &&
+        valid.prompt !== undefined &&
+        (valid.tools === undefined || valid.tools.length === 0) &&
+        (choice === undefined || choice === "auto" || choice === "none")
       const body = viaGenerate
         ? Effect.succeed(Wire.generateBody(valid, { model, stream, keepAlive }))
         : Wire.chatBody(valid, { model, stream, keepAlive, provider: name })

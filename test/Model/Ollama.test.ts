@@ -160,6 +160,25 @@ layer(NodeHttpClient.layerUndici)("Ollama", (it) => {
       })
     )
 
+    it.effect("api: generate refuses a tool choice it cannot honour, as /api/chat does, instead of ignoring it", () =>
+      Effect.gen(function* () {
+        const server = yield* Server.make((_, res) =>
+          Server.json(res, 200, { ...final(), response: "no tool was called" })
+        )
+        const p = yield* provider(server, { api: "generate" })
+        for (const request of [
+          { prompt: "x", toolChoice: "required" },
+          { prompt: "x", tools: [], toolChoice: { name: "get_weather" } }
+        ] satisfies ReadonlyArray<Model.GenerateRequest>) {
+          const error = yield* flipModel(p.generate(request))
+          assert.deepStrictEqual([error.reason, error.field], ["InvalidRequest", "toolChoice"])
+          const streamed = modelErrorOf((yield* collect(p.stream(request))).exit)
+          assert.deepStrictEqual([streamed.reason, streamed.field], ["InvalidRequest", "toolChoice"])
+        }
+        assert.lengthOf(yield* server.requests, 0)
+      })
+    )
+
     it.effect("404 with an error body is InvalidRequest on `model` (falls back); 404 page, 500, 503, 429, 401", () =>
       Effect.gen(function* () {
         const answers: Record<string, readonly [number, unknown, Record<string, string>?]> = {
