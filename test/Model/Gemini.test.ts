@@ -194,7 +194,9 @@ describe("Gemini wire", () => {
                 { text: "planning", thought: true },
                 { text: "Let me check. " },
                 { functionCall: { name: "get_weather", args: { city: "Paris" } } },
-                { functionCall: { id: "g-7", name: "now" } }
+                { functionCall: { id: "g-7", name: "now" } },
+                // An empty id is no id (proto3 JSON leaves one out): made up, or no tool message could answer it.
+                { functionCall: { id: "", name: "now" } }
               ]
             },
             finishReason: "STOP"
@@ -210,7 +212,8 @@ describe("Gemini wire", () => {
     assert.strictEqual(read.success.text, "Let me check. ")
     assert.deepStrictEqual(read.success.toolCalls, [
       { id: "call_0", name: "get_weather", arguments: `{"city":"Paris"}` },
-      { id: "g-7", name: "now", arguments: "{}" }
+      { id: "g-7", name: "now", arguments: "{}" },
+      { id: "call_1", name: "now", arguments: "{}" }
     ])
   })
 

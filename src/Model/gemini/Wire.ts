@@ -433,7 +433,7 @@ export const readAnswer = (
   for (const part of candidate?.content?.parts ?? []) {
     if (part.functionCall !== undefined) {
       const call = part.functionCall
-      const id = call.id ?? nextId()
+      const id = call.id || nextId()
       const args = JSON.stringify(call.args ?? {})
       toolCalls.push(
         part.thoughtSignature === undefined
