@@ -908,6 +908,8 @@ layer(NodeHttpClient.layerUndici)("Ollama", (it) => {
           ["keepAlive", { keepAlive: "0.5ns" as never }],
           ["keepAlive", { keepAlive: "-5m" }],
           ["keepAlive", { keepAlive: "-2" as never }],
+          ["keepAlive", { keepAlive: "2562047h60m" as never }],
+          ["keepAlive", { keepAlive: "1h30" as never }],
           // Past Go's time.Duration (int64 nanoseconds, ~292 years) Ollama refuses every call.
           ["keepAlive", { keepAlive: 1e21 }],
           ["keepAlive", { keepAlive: "20000 weeks" }],
@@ -972,14 +974,17 @@ layer(NodeHttpClient.layerUndici)("Ollama", (it) => {
           Number.POSITIVE_INFINITY,
           Duration.infinity,
           "0" as never,
-          "0s"
+          "0s",
+          // Go's durations as OLLAMA_KEEP_ALIVE takes them, units in a row.
+          "1h30m" as never,
+          "2m0.5s" as never
         ]
         for (const keepAlive of given) {
           const p = yield* provider(server, { keepAlive })
           yield* p.generate({ prompt: "x" })
         }
         const sent = (yield* server.requests).map((r) => bodyOf(r)["keep_alive"])
-        assert.deepStrictEqual(sent, [-1, -1, -1, -1, -1, "0ms", "0s"])
+        assert.deepStrictEqual(sent, [-1, -1, -1, -1, -1, "0ms", "0s", "1h30m", "2m0.5s"])
       })
     )
 

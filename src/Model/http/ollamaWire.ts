@@ -175,7 +175,9 @@ export const usageOf = (line: Line, request: Model.GenerateRequest, outputChars:
     tokenCount(line.eval_count) ?? Math.ceil(outputChars / 4)
   )
 
-const GO_DURATION = /^(\d+(?:\.\d+)?)(ns|us|µs|ms|s|m|h)$/
+// Go's `time.ParseDuration` (unsigned): units in a row, `"10m"`, `"1h30m"`.
+const GO_DURATION = /^(?:\d+(?:\.\d+)?(?:ns|us|µs|ms|s|m|h))+$/
+const GO_PART = /(\d+(?:\.\d+)?)(ns|us|µs|ms|s|m|h)/g
 const GO_UNIT_NANOS: Readonly<Record<string, number>> = { ns: 1, us: 1e3, µs: 1e3, ms: 1e6, s: 1e9, m: 6e10, h: 3.6e12 }
 /** Go's `time.Duration` is int64 nanoseconds: Ollama answers 400 to a longer `keep_alive`. */
 const GO_MAX_NANOS = 2 ** 63 - 1
@@ -185,8 +187,8 @@ const GO_FOREVER = /^-1(?:ns|us|µs|ms|s|m|h)?$/
 
 /**
  * Checks a `keepAlive` option into what `keep_alive` takes: `"forever"`, Ollama's own `-1` (or
- * `"-1m"`) and a duration without bound (`Infinity`) are `-1`; Ollama's own durations (`"10m"`)
- * pass as they are, any other duration becomes milliseconds (`"600000ms"`); zero (unload at
+ * `"-1m"`) and a duration without bound (`Infinity`) are `-1`; Ollama's own durations (`"10m"`,
+ * `"1h30m"`) pass as they are, any other duration becomes milliseconds (`"600000ms"`); zero (unload at
  * once) is accepted. Refused: another negative value, a positive time under a millisecond
  * (it would unload as 0 does), and a duration Go cannot hold (about 292 years).
  *
@@ -209,10 +211,10 @@ export const keepAlive = (path: string, input: unknown): Input.Checked<string | 
     path,
     message: `expected 0 (unload at once) or at least a millisecond, got ${Input.shown(input)}`
   })
-  const go = text === undefined ? null : GO_DURATION.exec(text)
-  if (go !== null) {
-    const nanos = Number(go[1]) * GO_UNIT_NANOS[go[2]!]!
-    return nanos > GO_MAX_NANOS ? tooLong : nanos > 0 && nanos < 1e6 ? tooShort : Result.succeed(go[0])
+  if (text !== undefined && GO_DURATION.test(text)) {
+    let nanos = 0
+    for (const part of text.matchAll(GO_PART)) nanos += Number(part[1]) * GO_UNIT_NANOS[part[2]!]!
+    return nanos > GO_MAX_NANOS ? tooLong : nanos > 0 && nanos < 1e6 ? tooShort : Result.succeed(text)
   }
   return Result.flatMap(
     Input.duration(path, input, { allowZero: true, allowInfinite: true }),
