@@ -328,7 +328,12 @@ describe("WatsonX wire", () => {
     const field = (request: Parameters<typeof WatsonXWire.unsupported>[0], api: WatsonXWire.Api = "chat") =>
       WatsonXWire.unsupported(request, api, "watsonx")?.field
     assert.strictEqual(field({ prompt: "x", tools: [{ name: "f" }] }), "tools")
-    assert.strictEqual(field({ prompt: "x", toolChoice: "auto" }), "toolChoice")
+    assert.strictEqual(field({ prompt: "x", toolChoice: "required" }), "toolChoice")
+    assert.strictEqual(field({ prompt: "x", tools: [], toolChoice: { name: "f" } }), "toolChoice")
+    // Without tools, "auto" and "none" ask for nothing watsonx would not do: taken, as Gemini and Ollama take them,
+    // so that a request one provider takes is not refused by its fallback.
+    assert.isUndefined(field({ prompt: "x", toolChoice: "auto" }))
+    assert.isUndefined(field({ prompt: "x", tools: [], toolChoice: "none" }, "generation"))
     assert.strictEqual(field({ messages: [{ role: "tool", toolCallId: "c", content: "1" }] }), "messages[0].role")
     assert.strictEqual(field({ prompt: "x", responseFormat: { type: "json_object" } }, "generation"), "responseFormat")
     assert.isUndefined(field({ prompt: "x", responseFormat: { type: "json_object" } }))

@@ -138,7 +138,7 @@ export const finishReasonOf = (reason: string | null | undefined): Model.FinishR
 
 /**
  * What watsonx cannot take from a request here, refused before any call: tools (not
- * mapped), tool messages, and on the text-generation API a response format, more than 6
+ * mapped), a tool choice other than `"auto"` or `"none"`, tool messages, and on the text-generation API a response format, more than 6
  * stop sequences or a seed outside its `random_seed` range (1 to 2^32 - 1).
  *
  * @since 0.2.0
@@ -149,7 +149,9 @@ export const unsupported = (request: Model.GenerateRequest, api: Api, provider: 
   if (request.tools !== undefined && request.tools.length > 0) {
     return invalidRequest("tools", "watsonx does not take tools here", provider)
   }
-  if (request.toolChoice !== undefined) {
+  // Without tools, "auto" and "none" ask for nothing more than an answer: a call asked for cannot be honoured.
+  const choice = request.toolChoice
+  if (choice !== undefined && choice !== "auto" && choice !== "none") {
     return invalidRequest("toolChoice", "watsonx does not take tools here", provider)
   }
   const messages = request.messages ?? []
