@@ -611,7 +611,9 @@ layer(NodeHttpClient.layerUndici)("Ollama", (it) => {
                         function: { index: 0, name: "get_weather", arguments: { city: "Paris" } }
                       },
                       // No id from an older server (or an empty one from a compatible one): made up here.
-                      { id: "", function: { index: 1, name: "get_weather", arguments: { city: "Rome" } } }
+                      { id: "", function: { index: 1, name: "get_weather", arguments: { city: "Rome" } } },
+                      // Ollama's ids are call_ and 8 random letters or digits: all digits is still Ollama's own.
+                      { id: "call_20481234", function: { index: 2, name: "get_weather", arguments: { city: "Oslo" } } }
                     ]
                   }
                 })
@@ -621,7 +623,7 @@ layer(NodeHttpClient.layerUndici)("Ollama", (it) => {
           const first = yield* p.generate({ prompt: "Weather in Paris and Rome?", tools })
           assert.deepStrictEqual(
             first.toolCalls?.map((c) => c.id),
-            ["call_k3x9q2mz", "call_1"]
+            ["call_k3x9q2mz", "call_1", "call_20481234"]
           )
           yield* p.generate({
             tools,
@@ -629,7 +631,8 @@ layer(NodeHttpClient.layerUndici)("Ollama", (it) => {
               { role: "user", content: "Weather in Paris and Rome?" },
               { role: "assistant", content: "", toolCalls: first.toolCalls! },
               { role: "tool", content: "rainy", toolCallId: "call_1" },
-              { role: "tool", content: "sunny", toolCallId: "call_k3x9q2mz" }
+              { role: "tool", content: "sunny", toolCallId: "call_k3x9q2mz" },
+              { role: "tool", content: "snow", toolCallId: "call_20481234" }
             ]
           })
           const body = bodyOf((yield* server.requests)[1])
@@ -640,11 +643,13 @@ layer(NodeHttpClient.layerUndici)("Ollama", (it) => {
               content: "",
               tool_calls: [
                 { id: "call_k3x9q2mz", function: { name: "get_weather", arguments: { city: "Paris" } } },
-                { function: { name: "get_weather", arguments: { city: "Rome" } } }
+                { function: { name: "get_weather", arguments: { city: "Rome" } } },
+                { id: "call_20481234", function: { name: "get_weather", arguments: { city: "Oslo" } } }
               ]
             },
             { role: "tool", content: "rainy", tool_name: "get_weather" },
-            { role: "tool", content: "sunny", tool_name: "get_weather", tool_call_id: "call_k3x9q2mz" }
+            { role: "tool", content: "sunny", tool_name: "get_weather", tool_call_id: "call_k3x9q2mz" },
+            { role: "tool", content: "snow", tool_name: "get_weather", tool_call_id: "call_20481234" }
           ])
         })
     )

@@ -120,7 +120,8 @@ export interface Line {
 
 type WireToolCalls = (typeof ChatAnswer.Type)["message"]["tool_calls"]
 
-const MADE_UP_ID = /^call_\d+$/
+// Ollama's own ids are `call_` and 8 random letters or digits: an all-digit one is not taken for a made-up one.
+const MADE_UP_ID = /^call_\d{1,7}$/
 
 /** The id of a call as sent back: Ollama's own, not one made up here for a call that came without. */
 const wireId = (id: string | undefined): string | undefined =>
