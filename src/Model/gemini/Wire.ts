@@ -410,7 +410,7 @@ export const blocked = (answer: GenerateContentResponse, provider: string, model
 
 /**
  * Reads one answer or stream event: its text (thought parts left out), its tool calls (ids
- * from `nextId` where Gemini gives none), its finish reason. A blocked prompt is a
+ * from `nextId` where Gemini gives none, or an empty one), its finish reason. A blocked prompt is a
  * `ContentFilter` failure.
  *
  * @since 0.2.0
