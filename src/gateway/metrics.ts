@@ -3,13 +3,18 @@
  * synchronously on the request path, registered in the `Metric.MetricRegistry` of the layer
  * that built the gateway (as the call series of `stats/series.ts` are), and removed with it.
  * Series appear on first use: a (route, status) pair at its first answer, a reason at its
- * first error.
+ * first error. Two gateways of one registry (two `Gateway` layers of one application, or one
+ * rebuilt while the other drains) export one series each, their figures added up as a
+ * Prometheus client's counter shared by two servers of one process would be: the process
+ * exports no label telling them apart, and a series registered apart would hide the other's
+ * (then take it away when removed). A closed gateway's counts stay in the series while the
+ * other lives, so a counter never goes back; the in-flight gauge is now's.
  *
  * @internal
  */
-import { type Context, Metric } from "effect"
+import type { Context, Metric } from "effect"
 import * as Metrics from "../Metrics.js"
-import { Histogram, tokenCount } from "../stats/series.js"
+import { type Combine, Histogram, join, mergeStates, sumCounts, sumValues, tokenCount } from "../stats/series.js"
 
 /**
  * The `route` attribute of the gateway's series.
@@ -34,34 +39,37 @@ export class GatewayMetrics {
   readonly timeToFirstToken = new Histogram()
   private readonly routes = new Map<Route, RouteSeries>()
   private readonly reasons = new Map<string, { count: number }>()
-  private readonly registrations: Array<Metric.Registration> = []
+  private readonly registrations: Array<{ readonly remove: () => void }> = []
   private removed = false
 
   constructor(private readonly context: Context.Context<never>) {
-    this.register(Metrics.gatewayInFlight, {}, () => ({ value: this.inFlight }))
-    this.register(Metrics.gatewayTimeToFirstToken, {}, () => this.timeToFirstToken.state())
-    this.register(Metrics.gatewayTokens, { type: "input" }, () => ({ count: this.inputTokens, incremental: true }))
-    this.register(Metrics.gatewayTokens, { type: "output" }, () => ({ count: this.outputTokens, incremental: true }))
+    this.register(Metrics.gatewayInFlight, {}, () => ({ value: this.inFlight }), sumValues)
+    this.register(Metrics.gatewayTimeToFirstToken, {}, () => this.timeToFirstToken.state(), mergeStates)
+    this.counter(Metrics.gatewayTokens, { type: "input" }, () => this.inputTokens)
+    this.counter(Metrics.gatewayTokens, { type: "output" }, () => this.outputTokens)
   }
 
-  private register<I, S>(metric: Metric.Metric<I, S>, attributes: Record<string, string>, get: () => S): void {
+  private register<I, S>(
+    metric: Metric.Metric<I, S>,
+    attributes: Record<string, string>,
+    get: () => S,
+    combine: Combine<S>
+  ): void {
     // Removed with the gateway: a request answered after that (refused by the drain) leaves no series behind.
     if (this.removed) return
-    this.registrations.push(
-      Metric.registerUnsafe(Metric.withAttributes(metric, attributes), this.context, {
-        get,
-        update: () => {},
-        modify: () => {}
-      })
-    )
+    this.registrations.push(join(metric, attributes, this.context, get, combine))
+  }
+
+  private counter(metric: Metric.Counter<number>, attributes: Record<string, string>, get: () => number): void {
+    this.register(metric, attributes, () => ({ count: get(), incremental: true }), sumCounts)
   }
 
   private route(route: Route): RouteSeries {
     let series = this.routes.get(route)
     if (series === undefined) {
       const created: RouteSeries = { latency: new Histogram(), overhead: new Histogram(), statuses: new Map() }
-      this.register(Metrics.gatewayLatency, { route }, () => created.latency.state())
-      this.register(Metrics.gatewayOverhead, { route }, () => created.overhead.state())
+      this.register(Metrics.gatewayLatency, { route }, () => created.latency.state(), mergeStates)
+      this.register(Metrics.gatewayOverhead, { route }, () => created.overhead.state(), mergeStates)
       this.routes.set(route, created)
       series = created
     }
@@ -89,10 +97,7 @@ export class GatewayMetrics {
     let counter = series.statuses.get(status)
     if (counter === undefined) {
       const created = { count: 0 }
-      this.register(Metrics.gatewayRequests, { route, status: String(status) }, () => ({
-        count: created.count,
-        incremental: true
-      }))
+      this.counter(Metrics.gatewayRequests, { route, status: String(status) }, () => created.count)
       series.statuses.set(status, created)
       counter = created
     }
@@ -108,7 +113,7 @@ export class GatewayMetrics {
     let counter = this.reasons.get(reason)
     if (counter === undefined) {
       const created = { count: 0 }
-      this.register(Metrics.gatewayErrors, { reason }, () => ({ count: created.count, incremental: true }))
+      this.counter(Metrics.gatewayErrors, { reason }, () => created.count)
       this.reasons.set(reason, created)
       counter = created
     }

@@ -65,16 +65,22 @@ export class Histogram {
   }
 }
 
-// What one registered series reads when several `Series` hold it.
-type Combine<S> = (states: ReadonlyArray<S>) => S
+/**
+ * What one registered series reads when several holders (two `Series`, two gateways) hold it.
+ *
+ * @internal
+ */
+export type Combine<S> = (states: ReadonlyArray<S>) => S
 
-const sumCounts: Combine<Metric.CounterState<number>> = (states) => {
+/** @internal */
+export const sumCounts: Combine<Metric.CounterState<number>> = (states) => {
   let count = 0
   for (const state of states) count += state.count
   return { count, incremental: true }
 }
 
-const sumValues: Combine<Metric.GaugeState<number>> = (states) => {
+/** @internal */
+export const sumValues: Combine<Metric.GaugeState<number>> = (states) => {
   let value = 0
   for (const state of states) value += state.value
   return { value }
@@ -87,7 +93,8 @@ const maxValues: Combine<Metric.GaugeState<number>> = (states) => {
   return { value }
 }
 
-const mergeStates: Combine<Metric.HistogramState> = (states) => {
+/** @internal */
+export const mergeStates: Combine<Metric.HistogramState> = (states) => {
   const first = states[0]!
   const buckets = first.buckets.map(([bound, n]) => [bound, n] as [number, number])
   let count = first.count
@@ -120,8 +127,10 @@ const cumulative: ReadonlySet<unknown> = new Set<unknown>([sumCounts, mergeState
  * Registers `get` as one part of the series of `metric` with `attributes` in the context's
  * registry: one registration per series, reading `combine` of its parts (and, for counters and
  * histograms, of the parts removed before). Removing the last part removes the series.
+ *
+ * @internal
  */
-const join = <I, S>(
+export const join = <I, S>(
   metric: Metric.Metric<I, S>,
   attributes: Readonly<Record<string, string>>,
   context: Context.Context<never>,

@@ -7,6 +7,7 @@
 import { assert, describe, it } from "@effect/vitest"
 import { Context, Effect, Exit, Metric, Redacted, type Tracer } from "effect"
 import * as Gauges from "../../src/gateway/keys/gauges.js"
+import * as Prometheus from "../../src/Prometheus.js"
 import { GatewayMetrics } from "../../src/gateway/metrics.js"
 import * as Server from "../utils/httpServer.js"
 import * as Harness from "./harness.js"
@@ -441,5 +442,44 @@ describe("Gateway: series after their layer closed", () => {
       [...registry.values()].map((m) => `${m.id} ${JSON.stringify(m.attributes)}`),
       []
     )
+  })
+})
+
+describe("Gateway: two gateways in one registry", () => {
+  it("each one's requests, errors, tokens, latencies and in-flight add up in one series; one closing leaves the other's", () => {
+    const registry: Metric.MetricRegistry = new Map()
+    const context = Context.make(Metric.MetricRegistry, registry) as Context.Context<never>
+    const a = new GatewayMetrics(context)
+    const b = new GatewayMetrics(context)
+    a.answered("chat", 200, 5, 1)
+    b.answered("chat", 200, 7, 2)
+    b.answered("chat", 200, 9, 3)
+    a.failed("NotFound")
+    b.failed("NotFound")
+    a.tokens(10, 1)
+    b.tokens(20, 2)
+    a.inFlight = 1
+    b.inFlight = 2
+    const figures = () => {
+      const text = Prometheus.formatUnsafe(context)
+      return [
+        'orchestra_gateway_requests_total{route="chat",status="200"}',
+        'orchestra_gateway_errors_total{reason="NotFound"}',
+        'orchestra_gateway_tokens_total{type="input"}',
+        'orchestra_gateway_request_duration_ms_count{route="chat"}',
+        'orchestra_gateway_request_duration_ms_sum{route="chat"}',
+        'orchestra_gateway_overhead_ms_count{route="chat"}',
+        "orchestra_gateway_in_flight"
+      ].map((series) => seriesValue(text, series))
+    }
+    // Both gateways' figures, not the last built's alone.
+    assert.deepStrictEqual(figures(), [3, 2, 30, 3, 21, 3, 3])
+    b.remove()
+    // The counters keep what the closed one counted (a counter never goes back); in flight is now's only.
+    assert.deepStrictEqual(figures(), [3, 2, 30, 3, 21, 3, 1])
+    a.answered("chat", 200, 1, 1)
+    assert.deepStrictEqual(figures(), [4, 2, 30, 4, 22, 4, 1])
+    a.remove()
+    assert.strictEqual(registry.size, 0)
   })
 })
