@@ -150,14 +150,17 @@ export const fallbacks = Metric.counter("orchestra_fallbacks_total", {
 })
 
 /**
- * Attribute `outcome`: `started`, `won` or `lost`. A backup started because the delay passed
- * with the step before still running; one started because that step failed is a fallback.
+ * Attribute `outcome`: `won` (the backup answered first) or `lost` (another step answered
+ * first, or the call failed or was cut), counted when the hedge ends, each hedge once: the sum
+ * over `outcome` is the hedges made (`Stats`' `hedges.started` also counts those still running).
+ * A backup started because the delay passed with the step before still running; one started
+ * because that step failed is a fallback.
  *
  * @since 0.1.0
  * @category calls
  */
 export const hedges = Metric.counter("orchestra_hedges_total", {
-  description: "Backup calls started by hedging, and which won",
+  description: "Backup calls started by hedging (the delay passed), counted when they end, by outcome: won or lost",
   incremental: true
 })
 

@@ -541,6 +541,38 @@ describe("Router.hedge", () => {
     })
   )
 
+  it.effect("orchestra_hedges_total counts each hedge once, by its outcome: summed over outcome, the hedges made", () =>
+    Effect.gen(function* () {
+      const { router, registry } = yield* makeManager({
+        primary: { latency: "1500 millis", respond: () => "primary" },
+        backup: { latency: "2 seconds", respond: () => "backup" }
+      })
+      // The first race's backup loses; in the second, the domains swapped, the backup (primary) wins.
+      const first = yield* Effect.forkChild(router.hedge(ask, ["d-primary", "d-backup"], { after: "1 second" }))
+      yield* TestClock.adjust("1500 millis")
+      yield* Fiber.join(first)
+      const second = yield* Effect.forkChild(
+        router.hedge({ prompt: "other" }, ["d-backup", "d-primary"], { after: "100 millis" })
+      )
+      yield* TestClock.adjust("1600 millis")
+      assert.strictEqual((yield* Fiber.join(second)).response.text, "primary")
+      const text = yield* Prometheus.text.pipe(Effect.provideService(Metric.MetricRegistry, registry))
+      const hedges = text
+        .split("\n")
+        .filter((line) => line.startsWith("orchestra_hedges_total{"))
+        .sort()
+      // No `started` series beside them, which summed with them counted each hedge twice.
+      assert.deepStrictEqual(hedges, [
+        'orchestra_hedges_total{provider="backup",domain="d-backup",outcome="lost"} 1',
+        'orchestra_hedges_total{provider="backup",domain="d-backup",outcome="won"} 0',
+        'orchestra_hedges_total{provider="primary",domain="d-primary",outcome="lost"} 0',
+        'orchestra_hedges_total{provider="primary",domain="d-primary",outcome="won"} 1'
+      ])
+      const help = text.split("\n").find((line) => line.startsWith("# HELP orchestra_hedges_total "))
+      assert.include(help, "by outcome")
+    })
+  )
+
   it.effect("a backup failing in a way that falls back nowhere does not cut a primary still running", () =>
     Effect.gen(function* () {
       // The backup's model refuses the request (TooLarge: a smaller context); the primary may yet answer it.

@@ -298,7 +298,6 @@ export class Series {
     counter(Metrics.timeouts, () => this.timeouts)
     counter(Metrics.retries, () => this.retries)
     counter(Metrics.fallbacks, () => this.fallbacks)
-    counter(Metrics.hedges, () => this.hedgesStarted, { outcome: "started" })
     counter(Metrics.hedges, () => this.hedgesWon, { outcome: "won" })
     counter(Metrics.hedges, () => this.hedgesLost, { outcome: "lost" })
     counter(Metrics.inputTokens, () => this.inputTokens)
