@@ -277,7 +277,7 @@ export const make = Effect.gen(function* () {
   const stats = yield* Stats
   yield* Input.orOptionError(unregisteredProvider(domains, providers.names))
   const planner = makePlanner({ executor, domains, providers, stats })
-  const { resolve, chain, applyOf, planWith } = planner
+  const { resolve, chain, applyOf, planWith, refusedOn } = planner
   const { execute, executeWithFallback, executeParallelDomains, hedge, stream, embed } = makeCalls({
     executor,
     stats,
@@ -295,7 +295,7 @@ export const make = Effect.gen(function* () {
     chain,
     plan: (request, names, options = {}) => {
       const unknown = unknownOption(options, optionKeys.plan)
-      return unknown === undefined ? planWith(request, names, options, undefined) : Effect.fail(unknown)
+      return unknown === undefined ? planWith(request, names, options, undefined) : refusedOn(names, unknown)
     },
     prepare: (names, options = {}) => {
       const unknown = unknownOption(options, optionKeys.prepare)
@@ -308,7 +308,7 @@ export const make = Effect.gen(function* () {
             const prepared: Prepared = (request, callOptions) =>
               Effect.suspend(() => {
                 const unknown = callOptions === undefined ? undefined : unknownOption(callOptions, optionKeys.call)
-                return unknown === undefined ? applied(now(request, callOptions)) : Effect.fail(unknown)
+                return unknown === undefined ? applied(now(request, callOptions)) : Effect.fail(apply.refuse(unknown))
               })
             preparedNow.set(prepared, now)
             return prepared

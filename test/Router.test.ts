@@ -414,8 +414,8 @@ describe("Router.executeParallelDomains", () => {
         assert.strictEqual(invalidField(error as AiError), field)
       }
       assert.strictEqual((yield* controls.a!.calls) + (yield* controls.b!.calls), 0)
-      // Each refused request counted once, on the first domain, as a chain's refusal is.
-      assert.strictEqual((yield* stats.snapshot({ domain: "d-a" })).failuresByReason.InvalidRequest, 2)
+      // Each refused call (its request or an option) counted once, on the first domain, as a chain's refusal is.
+      assert.strictEqual((yield* stats.snapshot({ domain: "d-a" })).failuresByReason.InvalidRequest, cases.length)
       assert.strictEqual((yield* stats.snapshot({ domain: "d-b" })).total, 0)
       // An unknown domain is still that domain's own outcome.
       const outcomes = yield* router.executeParallelDomains(ask, ["nope", "d-a"], "all")

@@ -327,3 +327,60 @@ describe("Router.executeParallelDomains: a refused request whose first domain is
     })
   )
 })
+
+describe("Router: a call refused for its options", () => {
+  it.effect("is counted on its chain's first domain, as a refused request is, at every entry point", () =>
+    Effect.gen(function* () {
+      const { router, controls, stats } = yield* makeManager({ a: {}, b: {} })
+      const prepared = yield* router.prepare("d-a")
+      const cases: ReadonlyArray<readonly [string, Effect.Effect<unknown, AiError>]> = [
+        ["timeout", router.execute(ask, "d-a", { timeout: -1 })],
+        ["cache", router.execute(ask, "d-a", { cache: "no" as never })],
+        ["timout", router.execute(ask, "d-a", { timout: 1 } as never)],
+        ["onRetry", router.execute(ask, "d-a", { onRetry: 5 } as never)],
+        ["options", router.execute(ask, "d-a", 5 as never)],
+        ["allowStale", router.executeWithFallback(ask, ["d-a", "d-b"], { allowStale: 1 as never })],
+        ["timout", router.executeParallelDomains(ask, ["d-a", "d-b"], "all", { timout: 1 } as never)],
+        ["timeout", router.executeParallelDomains(ask, ["d-a", "d-b"], "first", { timeout: Number.NaN })],
+        ["after", router.hedge(ask, ["d-a", "d-b"], { after: -1 })],
+        ["defaultAfter", router.hedge(ask, ["d-a", "d-b"], { after: "p95", defaultAfter: "soon" as never })],
+        ["aftr", router.hedge(ask, ["d-a", "d-b"], { after: 100, aftr: 1 } as never)],
+        ["options", router.hedge(ask, ["d-a", "d-b"], null as never)],
+        ["timeout", router.embed({ texts: ["x"] }, "d-a", { timeout: -1 })],
+        ["timout", router.embed({ texts: ["x"] }, "d-a", { timout: 1 } as never)],
+        ["cache", router.embed({ texts: ["x"] }, "d-a", { cache: "no" as never })],
+        ["timeout", router.plan(ask, "d-a", { timeout: -1 })],
+        ["timout", router.plan(ask, "d-a", { timout: 1 } as never)],
+        ["timeout", prepared(ask, { timeout: -1 })],
+        ["timout", prepared(ask, { timout: 1 } as never)]
+      ]
+      for (const [field, effect] of cases) {
+        const error = yield* Effect.flip(effect)
+        assert.strictEqual(invalidField(error as AiError), field)
+        // Named after the provider it was meant for, as a refused request is.
+        assert.strictEqual((error as { provider?: string }).provider, "a", field)
+      }
+      assert.strictEqual((yield* controls.a!.calls) + (yield* controls.b!.calls), 0)
+      const first = yield* stats.snapshot({ domain: "d-a" })
+      assert.deepStrictEqual(
+        [first.total, first.failures, first.failuresByReason],
+        [
+          cases.length,
+          cases.length,
+          {
+            InvalidRequest: cases.length
+          }
+        ]
+      )
+      assert.strictEqual((yield* stats.snapshot({ domain: "d-b" })).total, 0)
+      // On an unknown domain there is no series to count it on: a misspelt key is still named first.
+      const unknown = yield* Effect.flip(router.execute(ask, "nope", { timout: 1 } as never))
+      assert.strictEqual(invalidField(unknown), "timout")
+      const embedded = yield* Effect.flip(router.embed({ texts: ["x"] }, "nope", { timout: 1 } as never))
+      assert.strictEqual(invalidField(embedded), "timout")
+      const hedged = yield* Effect.flip(router.hedge(ask, ["nope", "d-a"], { after: -1 }))
+      assert.strictEqual(invalidField(hedged), "after")
+      assert.strictEqual((yield* stats.snapshot()).total, cases.length)
+    })
+  )
+})

@@ -66,7 +66,7 @@ interface StreamChain {
 /** Builds the router's entry points, once. */
 export const makeCalls = (env: Env) => {
   const { executor, stats } = env
-  const { resolve, chain, applyOf, planWith, domainCount } = env.planner
+  const { resolve, chain, applyOf, planWith, refusedOn, domainCount } = env.planner
 
   const run = (
     request: GenerateRequest,
@@ -76,7 +76,7 @@ export const makeCalls = (env: Env) => {
     known: ReadonlySet<string> = optionKeys.call
   ): Effect.Effect<Answer, AiError> => {
     const unknown = unknownOption(options, known)
-    if (unknown !== undefined) return Effect.fail(unknown)
+    if (unknown !== undefined) return refusedOn(names, unknown)
     return Effect.flatMap(planWith(request, names, options, hedgeAfter), (routed) => {
       const fiber = Fiber.getCurrent()
       const plan =
@@ -117,11 +117,11 @@ export const makeCalls = (env: Env) => {
       )
     }
     const unknown = unknownOption(options, optionKeys.call)
-    if (unknown !== undefined) return Effect.fail(unknown)
+    if (unknown !== undefined) return refusedOnce(request, names, options, unknown)
     if (mode !== "all" && mode !== "first") {
       return Effect.fail(invalidRequest("mode", `expected "all" or "first", got ${String(mode)}`))
     }
-    const refused = refusedOnce(request, names, options)
+    const refused = refusedOnce(request, names, options, undefined)
     return mode === "all"
       ? Effect.andThen(refused, allOutcomes(request, names, options))
       : Effect.andThen(refused, firstSuccess(request, names, options))
@@ -130,13 +130,22 @@ export const makeCalls = (env: Env) => {
   // The request and the option values are the same for every domain: refused, they fail the
   // call once (counted on the first known domain, as a chain's refusal is), not once per domain as
   // an "all" outcome or a "first" FallbackExhaustedError. An unknown domain is its own outcome.
-  const refusedOnce = (request: GenerateRequest, names: ReadonlyArray<string>, options: CallOptions) => {
+  // `unknown`: the options' refusal found before (a misspelt key), counted there.
+  const refusedOnce = (
+    request: GenerateRequest,
+    names: ReadonlyArray<string>,
+    options: CallOptions,
+    unknown: ModelError | undefined
+  ) => {
     const from = (i: number): Effect.Effect<void, ModelError> =>
       i === names.length
-        ? Effect.void
+        ? unknown === undefined
+          ? Effect.void
+          : Effect.fail(unknown)
         : Effect.matchEffect(applyOf(names[i]!, undefined), {
             onFailure: () => from(i + 1),
             onSuccess: (apply) => {
+              if (unknown !== undefined) return Effect.fail(apply.refuse(unknown))
               const routed = apply(request, options, undefined)
               return routed instanceof ModelError ? Effect.fail(routed) : Effect.void
             }
@@ -237,8 +246,9 @@ export const makeCalls = (env: Env) => {
     // A misspelt key (`aftr`) is named as written, before `after` is found missing.
     const unknown =
       typeof options === "object" && options !== null ? unknownOption(options, optionKeys.hedge) : undefined
-    if (unknown !== undefined) return yield* Effect.fail(unknown)
-    const delay = yield* hedgeDelay(names[0]!, options)
+    if (unknown !== undefined) return yield* refusedOn(names, unknown)
+    // Its options refused are counted on the chain, as `run`'s are; an unknown first domain is told as it is.
+    const delay = yield* Effect.catch(hedgeDelay(names[0]!, options), (error) => refusedOn(names, error))
     // The delay starts the next domain of the list: on one domain it would do nothing, silently.
     if (names.length === 1) return yield* Effect.fail(oneHedged)
     return yield* run(request, names, options, delay, optionKeys.hedge)
@@ -300,18 +310,29 @@ export const makeCalls = (env: Env) => {
     )
   }
 
+  // A call refused (its request or an option) is counted on its provider, as the executor counts its own.
+  const refusedEmbed = (error: ModelError, provider: string, domain: string): ModelError => {
+    const series = stats.series(provider, domain)
+    series.requests++
+    series.fail(error.reason)
+    return namingProvider(error, provider)
+  }
+
   const embed = Effect.fnUntraced(function* (request: EmbedRequest, name: string, options: CallOptions = {}) {
     const unknown = unknownOption(options, optionKeys.call) ?? flagIssue(options, callFlags)
-    if (unknown !== undefined) return yield* Effect.fail(unknown)
+    if (unknown !== undefined) {
+      return yield* Effect.matchEffect(resolve(name), {
+        onFailure: () => Effect.fail(unknown),
+        onSuccess: ({ domain, provider }) => Effect.fail(refusedEmbed(unknown, provider.name, domain.name))
+      })
+    }
     const { domain, provider } = yield* resolve(name)
-    // A request refused is counted on its provider, as the executor counts its own.
-    const valid = yield* Effect.mapError(validateEmbed(request, executor.limits), (error) => {
-      const series = stats.series(provider.name, domain.name)
-      series.requests++
-      series.fail(error.reason)
-      return namingProvider(error, provider.name)
-    })
-    const totalTimeout = yield* checkTimeout(options.timeout, domain.totalTimeout)
+    const valid = yield* Effect.mapError(validateEmbed(request, executor.limits), (error) =>
+      refusedEmbed(error, provider.name, domain.name)
+    )
+    const totalTimeout = yield* Effect.mapError(checkTimeout(options.timeout, domain.totalTimeout), (error) =>
+      refusedEmbed(error, provider.name, domain.name)
+    )
     const step: Step<ProviderService> = {
       ...executor.stepFor(provider, {
         domain: domain.name,

@@ -106,12 +106,12 @@ export const unknownOption = (options: object, known: ReadonlySet<string>): Mode
 }
 
 // A request's plan, built without an Effect (a batch starts its items from JavaScript):
-// the plan, or the request's refusal.
-export type Apply = (
-  request: GenerateRequest,
-  options: CallOptions,
-  hedgeAfter: Duration.Duration | undefined
-) => Routed | ModelError
+// the plan, or the request's refusal (counted).
+export interface Apply {
+  (request: GenerateRequest, options: CallOptions, hedgeAfter: Duration.Duration | undefined): Routed | ModelError
+  /** A call on this chain refused before its plan (a misspelt option key), counted as `apply`'s refusals are. */
+  readonly refuse: (error: ModelError) => ModelError
+}
 
 export const applied = (routed: Routed | ModelError): Effect.Effect<Routed, ModelError> =>
   routed instanceof ModelError ? Effect.fail(routed) : Effect.succeed(routed)
@@ -223,11 +223,11 @@ export const makePlanner = (env: Env) => {
       hedgeAfter: Duration.Duration | undefined
     ): Routed | ModelError => {
       const flag = Input.notABoolean(options, callFlags)
-      if (flag !== undefined) return invalidRequest(flag.path, flag.message)
+      if (flag !== undefined) return refusedNow(invalidRequest(flag.path, flag.message), head)
       let totalTimeout = firstDomain?.domainConfig.totalTimeout
       if (options.timeout !== undefined) {
         const checked = Input.duration("timeout", options.timeout)
-        if (Result.isFailure(checked)) return invalidRequest("timeout", checked.failure.message)
+        if (Result.isFailure(checked)) return refusedNow(invalidRequest("timeout", checked.failure.message), head)
         totalTimeout = checked.success
       }
       // Only a rate limit reads a step's token estimate: a step without one is shared by
@@ -279,10 +279,11 @@ export const makePlanner = (env: Env) => {
       } satisfies Routed
     }
     // Validated before any step reads it: a null request is an InvalidRequest, not a defect.
-    return (request, options, hedgeAfter) => {
+    const apply = (request: GenerateRequest, options: CallOptions, hedgeAfter: Duration.Duration | undefined) => {
       const error = checkGenerate(request, executor.limits)
       return error === undefined ? build(request, options, hedgeAfter) : refusedNow(error, head)
     }
+    return Object.assign(apply, { refuse: (error: ModelError) => refusedNow(error, head) }) satisfies Apply
   })
 
   // The chain of one domain name, resolved once: domains and providers are fixed for the
@@ -311,7 +312,16 @@ export const makePlanner = (env: Env) => {
   ): Effect.Effect<Routed, ModelError> =>
     Effect.flatMap(applyOf(names, options.lead), (apply) => applied(apply(request, options, hedgeAfter)))
 
-  return { resolve, chain, applyOf, planWith, domainCount: domains.all.length }
+  // A call refused for its options before its plan is built (a misspelt key, a hedge's `after`):
+  // counted on its chain as its request's refusal would be. On domains that resolve to no chain
+  // (an unknown name) there is no series to count it on, and the options' error is the one told.
+  const refusedOn = (names: string | ReadonlyArray<string>, error: ModelError): Effect.Effect<never, ModelError> =>
+    Effect.matchEffect(applyOf(names, undefined), {
+      onFailure: () => Effect.fail(error),
+      onSuccess: (apply) => Effect.fail(apply.refuse(error))
+    })
+
+  return { resolve, chain, applyOf, planWith, refusedOn, domainCount: domains.all.length }
 }
 
 /** The router's planner, built once by {@link makePlanner}. */
