@@ -6,7 +6,7 @@
  *
  * @internal
  */
-import { Duration, Effect, Fiber, Stream } from "effect"
+import { Duration, Effect, Fiber, Result, Stream } from "effect"
 import { type AiError, type FailedAttempt, FallbackExhaustedError, invalidRequest, ModelError } from "../AiError.js"
 import { applyTo, type Domain } from "../Domain.js"
 import type { Service as ExecutorService, StreamOptions as ExecutorStreamOptions, Step } from "../Executor.js"
@@ -20,7 +20,7 @@ import type { Answer, CallOptions, HedgeOptions, Service, StreamOptions } from "
 import type { Service as StatsService } from "../Stats.js"
 import { WindowHistogram } from "../stats/series.js"
 import {
-  namingProvider,
+  countedRefusal,
   noDomains,
   optionKeys,
   type Planner,
@@ -50,9 +50,6 @@ export interface Env {
   readonly stats: StatsService
   readonly planner: Planner
 }
-
-const checkTimeout = (timeout: Duration.Input | undefined, fallback: Duration.Duration | undefined) =>
-  timeout === undefined ? Effect.succeed(fallback) : Input.orInvalidRequest(Input.duration("timeout", timeout))
 
 const domainsOf = (names: string | ReadonlyArray<string>) => () => ({
   "orchestra.domains": typeof names === "string" ? names : Array.isArray(names) ? names.join(",") : String(names)
@@ -310,13 +307,8 @@ export const makeCalls = (env: Env) => {
     )
   }
 
-  // A call refused (its request or an option) is counted on its provider, as the executor counts its own.
-  const refusedEmbed = (error: ModelError, provider: string, domain: string): ModelError => {
-    const series = stats.series(provider, domain)
-    series.requests++
-    series.fail(error.reason)
-    return namingProvider(error, provider)
-  }
+  const refusedEmbed = (error: ModelError, provider: string, domain: string): ModelError =>
+    countedRefusal(stats, error, provider, domain)
 
   const embed = Effect.fnUntraced(function* (request: EmbedRequest, name: string, options: CallOptions = {}) {
     const unknown = unknownOption(options, optionKeys.call) ?? flagIssue(options, callFlags)
@@ -330,9 +322,11 @@ export const makeCalls = (env: Env) => {
     const valid = yield* Effect.mapError(validateEmbed(request, executor.limits), (error) =>
       refusedEmbed(error, provider.name, domain.name)
     )
-    const totalTimeout = yield* Effect.mapError(checkTimeout(options.timeout, domain.totalTimeout), (error) =>
-      refusedEmbed(error, provider.name, domain.name)
-    )
+    const timeout = options.timeout === undefined ? undefined : Input.duration("timeout", options.timeout)
+    if (timeout !== undefined && Result.isFailure(timeout)) {
+      return yield* Effect.fail(refusedEmbed(Input.toInvalidRequest(timeout.failure), provider.name, domain.name))
+    }
+    const totalTimeout = timeout === undefined ? domain.totalTimeout : timeout.success
     const step: Step<ProviderService> = {
       ...executor.stepFor(provider, {
         domain: domain.name,

@@ -125,6 +125,22 @@ export const namingProvider = (error: ModelError, provider: string): ModelError 
     ? error
     : new ModelError({ reason: error.reason, message: error.message, field: error.field, cause: error.cause, provider })
 
+/**
+ * A call refused before it runs (its request or an option), counted under the provider and
+ * domain it was meant for as the executor counts its own, and its error naming that provider.
+ */
+export const countedRefusal = (
+  stats: StatsService,
+  error: ModelError,
+  provider: string,
+  domain: string | undefined
+): ModelError => {
+  const series = stats.series(provider, domain)
+  series.requests++
+  series.fail(error.reason)
+  return namingProvider(error, provider)
+}
+
 /** A call's `onRetry` as its plan's hook. */
 export const retryHook = <T, A>(onRetry: CallOptions["onRetry"]): Plan<T, A>["onRetry"] =>
   onRetry === undefined
@@ -195,14 +211,9 @@ export const makePlanner = (env: Env) => {
       })
     )
 
-  // A refused call is counted on its first step's provider, as the executor counts its own.
-  // A request refused before any step runs is counted on the chain's first step.
-  const refusedNow = (error: ModelError, first: Step<ProviderService>): ModelError => {
-    const series = stats.series(first.name, first.domain)
-    series.requests++
-    series.fail(error.reason)
-    return namingProvider(error, first.name)
-  }
+  // A call refused before any step runs is counted on the chain's first step.
+  const refusedNow = (error: ModelError, first: Step<ProviderService>): ModelError =>
+    countedRefusal(stats, error, first.name, first.domain)
 
   // Resolves the chain once; `apply` then builds a request's plan without resolving it again.
   const prepareWith: (
