@@ -31,6 +31,7 @@ import type {
   Service as ProviderService,
   StreamPart
 } from "./Model.js"
+import { resumeOf } from "./policy/stream-plan.js"
 import { makeCalls } from "./router/calls.js"
 import { languageModelLayer } from "./router/language-model.js"
 import { applied, makePlanner, optionKeys, repeatIssue, unknownOption } from "./router/plan.js"
@@ -412,11 +413,13 @@ const valueIssue = (options: Record<string, unknown>): Input.Issue | undefined =
     const checked = Input.duration("timeout", options.timeout)
     if (Result.isFailure(checked)) return checked.failure
   }
-  // A stream's deadlines, which take "none".
+  // A stream's deadlines, which take "none", and its resume.
   for (const key of ["firstChunkTimeout", "idleTimeout", "totalTimeout"]) {
     const checked = Input.optionalDuration(key, options[key] as Duration.Input | "none" | undefined, undefined)
     if (Result.isFailure(checked)) return checked.failure
   }
+  const resume = resumeOf(options.resume)
+  if (Result.isFailure(resume)) return resume.failure
   return Input.notABoolean(options, ["cache", "allowStale"]) ?? Input.notOfKind(options, [["onRetry", "function"]])
 }
 

@@ -103,7 +103,15 @@ describe("Router.layerLanguageModel: a domain as an effect/ai LanguageModel", ()
         [{ call: { onRetry: null } }, "call.onRetry"],
         [{ stream: { idleTimeout: -1 } }, "stream.idleTimeout"],
         [{ stream: { firstChunkTimeout: null } }, "stream.firstChunkTimeout"],
-        [{ stream: { cache: 1 } }, "stream.cache"]
+        [{ stream: { cache: 1 } }, "stream.cache"],
+        [{ stream: { onRetry: "log" } }, "stream.onRetry"],
+        // A stream's resume, which every stream would refuse.
+        [{ stream: { resume: "yes" } }, "stream.resume"],
+        [{ stream: { resume: null } }, "stream.resume"],
+        [{ stream: { resume: { maxResumes: 0 } } }, "stream.resume.maxResumes"],
+        [{ stream: { resume: { minOverlap: 1.5 } } }, "stream.resume.minOverlap"],
+        [{ stream: { resume: { instruction: 5 } } }, "stream.resume.instruction"],
+        [{ stream: { resume: { maxResume: 2 } } }, "stream.resume.maxResume"]
       ]
       for (const [options, path] of values) {
         const error = yield* pathOf(options)

@@ -188,8 +188,13 @@ const resolveRetry = (input: boolean | RetryPolicy | RetryPolicyInput | undefine
 
 const resumeKeys: ReadonlySet<string> = new Set(["maxResumes", "instruction", "minOverlap"])
 
-// `resume`: `true`, `false` or its options; `null`, `"yes"` or `1` are mistakes, not "on".
-const resumeOf = (
+/**
+ * A stream's `resume` checked: `true`, `false` or its options; `null`, `"yes"` or `1` are
+ * mistakes, not "on". The issue's path starts with `resume`.
+ *
+ * @internal
+ */
+export const resumeOf = (
   resume: unknown
 ): Input.Checked<{ maxResumes: number; minOverlap: number; instruction: string } | undefined> => {
   if (resume === undefined || resume === false) return Result.succeed(undefined)
