@@ -31,10 +31,9 @@ import type {
   Service as ProviderService,
   StreamPart
 } from "./Model.js"
-import { resumeOf } from "./policy/stream-plan.js"
 import { makeCalls } from "./router/calls.js"
 import { languageModelLayer } from "./router/language-model.js"
-import { applied, makePlanner, optionKeys, repeatIssue, unknownOption } from "./router/plan.js"
+import { applied, makePlanner, optionKeys, repeatIssue, streamValueIssue, unknownOption } from "./router/plan.js"
 import { Stats } from "./Stats.js"
 
 /**
@@ -414,12 +413,8 @@ const valueIssue = (options: Record<string, unknown>): Input.Issue | undefined =
     if (Result.isFailure(checked)) return checked.failure
   }
   // A stream's deadlines, which take "none", and its resume.
-  for (const key of ["firstChunkTimeout", "idleTimeout", "totalTimeout"]) {
-    const checked = Input.optionalDuration(key, options[key] as Duration.Input | "none" | undefined, undefined)
-    if (Result.isFailure(checked)) return checked.failure
-  }
-  const resume = resumeOf(options.resume)
-  if (Result.isFailure(resume)) return resume.failure
+  const stream = streamValueIssue(options as StreamOptions)
+  if (stream !== undefined) return stream
   return Input.notABoolean(options, ["cache", "allowStale"]) ?? Input.notOfKind(options, [["onRetry", "function"]])
 }
 

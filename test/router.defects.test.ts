@@ -384,3 +384,32 @@ describe("Router: a call refused for its options", () => {
     })
   )
 })
+
+describe("Router.stream: a stream refused for its options", () => {
+  it.effect("is counted on its chain's first domain, as a stream refused for its request is", () =>
+    Effect.gen(function* () {
+      const { router, controls, stats } = yield* makeManager({ a: {}, b: {} })
+      const cases: ReadonlyArray<readonly [string, Record<string, unknown>]> = [
+        ["idleTimout", { idleTimout: 1 }],
+        ["cache", { cache: "no" }],
+        ["onRetry", { onRetry: 5 }],
+        ["idleTimeout", { idleTimeout: -1 }],
+        ["totalTimeout", { totalTimeout: null }],
+        ["resume.maxResumes", { resume: { maxResumes: 0 } }]
+      ]
+      for (const [field, options] of cases) {
+        const error = yield* Effect.flip(Stream.runDrain(router.stream(ask, ["d-a", "d-b"], options as never)))
+        assert.strictEqual(invalidField(error), field)
+        assert.strictEqual((error as { provider?: string }).provider, "a", field)
+      }
+      // The request refused, as it already was.
+      const refused = yield* Effect.flip(Stream.runDrain(router.stream({ prompt: "" }, "d-a")))
+      assert.strictEqual(invalidField(refused), "prompt")
+      assert.strictEqual((yield* controls.a!.calls) + (yield* controls.b!.calls), 0)
+      const first = yield* stats.snapshot({ domain: "d-a" })
+      const n = cases.length + 1
+      assert.deepStrictEqual([first.total, first.failuresByReason], [n, { InvalidRequest: n }])
+      assert.strictEqual((yield* stats.snapshot({ domain: "d-b" })).total, 0)
+    })
+  )
+})

@@ -26,6 +26,7 @@ import {
   type Planner,
   repeatedDomain,
   retryHook,
+  streamValueIssue,
   unknownOption
 } from "./plan.js"
 
@@ -279,12 +280,22 @@ export const makeCalls = (env: Env) => {
     return known !== undefined ? Effect.succeed(known) : buildStreamChain(names)
   }
 
+  // A stream refused for its options, counted on its chain's first step as its request's refusal
+  // is (by the executor); on domains that resolve to no chain, the options' error as it is.
+  const refusedStream = (names: string | ReadonlyArray<string>, error: ModelError) =>
+    Stream.fromEffect(
+      Effect.matchEffect(streamChain(names), {
+        onFailure: () => Effect.fail(error),
+        onSuccess: ({ steps }) => Effect.fail(countedRefusal(stats, error, steps[0]!.provider!.name, steps[0]!.domain))
+      })
+    )
+
   // A traced caller's stream is in a `Router.stream` span, around the executor's.
   const stream = (request: GenerateRequest, names: string | ReadonlyArray<string>, options: StreamOptions = {}) => {
-    const unknown = unknownOption(options, optionKeys.stream)
-    if (unknown !== undefined) return Stream.fail(unknown)
-    const flag = flagIssue(options, streamFlags)
-    if (flag !== undefined) return Stream.fail(flag)
+    const unknown = unknownOption(options, optionKeys.stream) ?? flagIssue(options, streamFlags)
+    if (unknown !== undefined) return refusedStream(names, unknown)
+    const value = streamValueIssue(options)
+    if (value !== undefined) return refusedStream(names, Input.toInvalidRequest(value))
     return Stream.unwrap(
       Effect.map(streamChain(names), ({ first, steps }) => {
         const parts = executor.stream(request, {

@@ -19,9 +19,9 @@ import {
   type GenerateResponse,
   type Service as ProviderService
 } from "../Model.js"
-import type { StreamStep } from "../policy/stream-plan.js"
+import { resumeOf, type StreamStep } from "../policy/stream-plan.js"
 import { keyedRequest } from "../ResponseCache/key.js"
-import type { CallOptions, PlanOptions, Routed } from "../Router.js"
+import type { CallOptions, PlanOptions, Routed, StreamOptions } from "../Router.js"
 import type { Service as StatsService } from "../Stats.js"
 
 /** What the planner needs from the router. */
@@ -88,6 +88,23 @@ export const optionKeys = (() => {
     stream: new Set(["firstChunkTimeout", "idleTimeout", "totalTimeout", "resume", "cache", "onRetry"])
   } as const
 })()
+
+const streamDeadlines = ["firstChunkTimeout", "idleTimeout", "totalTimeout"] as const
+
+/**
+ * A stream's deadlines (which take `"none"`) and its `resume`, checked as the executor checks
+ * them: the router refuses (and counts) a stream for them before the executor sees it.
+ */
+export const streamValueIssue = (options: StreamOptions): Input.Issue | undefined => {
+  for (const key of streamDeadlines) {
+    if (options[key] === undefined) continue
+    const checked = Input.optionalDuration(key, options[key], undefined)
+    if (Result.isFailure(checked)) return checked.failure
+  }
+  if (options.resume === undefined) return undefined
+  const resume = resumeOf(options.resume)
+  return Result.isFailure(resume) ? resume.failure : undefined
+}
 
 // A `lead` is a step, read as one when the plan is built.
 const kinds = [
