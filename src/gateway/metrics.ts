@@ -14,6 +14,7 @@
  */
 import type { Context, Metric } from "effect"
 import * as Metrics from "../Metrics.js"
+import { registrationContext } from "../stats/counters.js"
 import { type Combine, Histogram, join, mergeStates, sumCounts, sumValues, tokenCount } from "../stats/series.js"
 
 /**
@@ -42,7 +43,12 @@ export class GatewayMetrics {
   private readonly registrations: Array<{ readonly remove: () => void }> = []
   private removed = false
 
-  constructor(private readonly context: Context.Context<never>) {
+  // The registry and metric attributes only: a series outlives its first gateway while another
+  // reads it, and would keep that gateway's whole context (router, executor, server) alive.
+  private readonly context: Context.Context<never>
+
+  constructor(context: Context.Context<never>) {
+    this.context = registrationContext(context)
     this.register(Metrics.gatewayInFlight, {}, () => ({ value: this.inFlight }), sumValues)
     this.register(Metrics.gatewayTimeToFirstToken, {}, () => this.timeToFirstToken.state(), mergeStates)
     this.counter(Metrics.gatewayTokens, { type: "input" }, () => this.inputTokens)

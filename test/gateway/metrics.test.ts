@@ -4,6 +4,8 @@
  * upstream waits, spans with `gen_ai.*` attributes when a tracer is provided, and no
  * secret anywhere.
  */
+import { setFlagsFromString } from "node:v8"
+import { runInNewContext } from "node:vm"
 import { assert, describe, it } from "@effect/vitest"
 import { Context, Effect, Exit, Metric, Redacted, type Tracer } from "effect"
 import * as Gauges from "../../src/gateway/keys/gauges.js"
@@ -15,6 +17,9 @@ import * as Up from "./upstream.js"
 import { recording } from "../utils/tracer.js"
 
 const hi = [{ role: "user" as const, content: "hi" }]
+
+setFlagsFromString("--expose-gc")
+const gc = runInNewContext("gc") as () => void
 
 /** The value of a series line `name{labels} value` in Prometheus text. */
 const seriesValue = (text: string, series: string): number | undefined => {
@@ -481,5 +486,44 @@ describe("Gateway: two gateways in one registry", () => {
     assert.deepStrictEqual(figures(), [4, 2, 30, 4, 22, 4, 1])
     a.remove()
     assert.strictEqual(registry.size, 0)
+  })
+})
+
+describe("Gateway: a closed gateway's series", () => {
+  it("do not keep its layer's context alive while another gateway of the registry reads them", async () => {
+    const registry: Metric.MetricRegistry = new Map()
+    class Heavy extends Context.Service<Heavy, { readonly bytes: Uint8Array }>()("test/Heavy") {}
+    let first: GatewayMetrics | undefined
+    // The first gateway's context (its router, executor, server in an application), made in a frame of its own.
+    const closed = (() => {
+      const heavy = { bytes: new Uint8Array(1024) }
+      const context = Context.make(Metric.MetricRegistry, registry).pipe(
+        Context.add(Heavy, heavy)
+      ) as Context.Context<never>
+      first = new GatewayMetrics(context)
+      first.answered("chat", 200, 5, 1)
+      first.failed("NotFound")
+      return new WeakRef(heavy)
+    })()
+    // A second gateway joins the first's series, which outlive the first.
+    const other = new GatewayMetrics(Context.make(Metric.MetricRegistry, registry) as Context.Context<never>)
+    other.answered("chat", 200, 5, 1)
+    first!.remove()
+    first = undefined
+    // Collected between turns: a WeakRef read keeps its target until the turn ends.
+    for (let i = 0; i < 5; i++) {
+      await new Promise((resolve) => setImmediate(resolve))
+      gc()
+    }
+    await new Promise((resolve) => setImmediate(resolve))
+    assert.isUndefined(closed.deref(), "the closed gateway's context is still reachable from the registry")
+    assert.strictEqual(
+      seriesValue(
+        Prometheus.formatUnsafe(Context.make(Metric.MetricRegistry, registry) as Context.Context<never>),
+        'orchestra_gateway_requests_total{route="chat",status="200"}'
+      ),
+      2
+    )
+    other.remove()
   })
 })
