@@ -91,11 +91,31 @@ export const optionKeys = (() => {
 
 const streamDeadlines = ["firstChunkTimeout", "idleTimeout", "totalTimeout"] as const
 
+// Checked once per options object, as the executor's call options are: the gateway gives
+// every stream the same deadlines.
+const streamChecks = new WeakMap<StreamOptions, Input.Issue | null>()
+
 /**
  * A stream's deadlines (which take `"none"`) and its `resume`, checked as the executor checks
  * them: the router refuses (and counts) a stream for them before the executor sees it.
  */
 export const streamValueIssue = (options: StreamOptions): Input.Issue | undefined => {
+  if (
+    options.firstChunkTimeout === undefined &&
+    options.idleTimeout === undefined &&
+    options.totalTimeout === undefined &&
+    options.resume === undefined
+  ) {
+    return undefined
+  }
+  const known = streamChecks.get(options)
+  if (known !== undefined) return known ?? undefined
+  const issue = streamIssue(options)
+  streamChecks.set(options, issue ?? null)
+  return issue
+}
+
+const streamIssue = (options: StreamOptions): Input.Issue | undefined => {
   for (const key of streamDeadlines) {
     if (options[key] === undefined) continue
     const checked = Input.optionalDuration(key, options[key], undefined)
