@@ -42,7 +42,7 @@ import {
 import { toWire } from "./errors.js"
 import { sharesUpstream } from "./models.js"
 import * as Sse from "./sse.js"
-import { CurrentTracker, millis, type Target, type Tracker } from "./upstream.js"
+import { CurrentTracker, makeTracker, millis, type Target } from "./upstream.js"
 import { CurrentCut, type Cut, stopStreams } from "../policy/plan.js"
 import { type ChatCall, openAiParam, parseChat } from "./request.js"
 import * as Wire from "./response.js"
@@ -283,7 +283,7 @@ export const make = (env: Env) => {
     reserved: Ticket | undefined,
     span: RequestSpan | undefined
   ) {
-    const tracker: Tracker = { upstreamMs: 0 }
+    const tracker = makeTracker()
     const exit = yield* cuttable(entry, Effect.provideService(call(target, request), CurrentTracker, tracker))
     if (Exit.isFailure(exit)) {
       span?.end(exit)
@@ -318,7 +318,7 @@ export const make = (env: Env) => {
     reserved: Ticket | undefined,
     span: RequestSpan | undefined
   ) {
-    const tracker: Tracker = { upstreamMs: 0 }
+    const tracker = makeTracker()
     const deadlines = options.stream
     const parts =
       target._tag === "Domain"

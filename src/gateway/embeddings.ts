@@ -25,7 +25,7 @@ import {
   type RequestSpan,
   traced
 } from "./routes.js"
-import { CurrentTracker, type Target, type Tracker } from "./upstream.js"
+import { CurrentTracker, makeTracker, type Target } from "./upstream.js"
 import { type EmbedCall, parseEmbed } from "./request.js"
 import * as Wire from "./response.js"
 
@@ -69,7 +69,7 @@ export const make = (env: Env) => {
     inputTokens: number,
     held: Held
   ) {
-    const tracker: Tracker = { upstreamMs: 0 }
+    const tracker = makeTracker()
     const exit = yield* cuttable(entry, Effect.provideService(embed(target, valid), CurrentTracker, tracker))
     if (Exit.isFailure(exit)) {
       span?.end(exit)

@@ -25,12 +25,32 @@ import { describe } from "./models.js"
 
 /**
  * Time a request waited on upstream providers: whole calls, and for streams the wait up to
- * each attempt's first part.
+ * each attempt's first part. The time some call ran, not the sum of the calls' times: a hedge's
+ * calls race (two at once for a while), and summed they came to more than the request took,
+ * which left the gateway's own share at 0.
  *
  * @internal
  */
 export interface Tracker {
   upstreamMs: number
+  /** Upstream calls running now, and when the first of them started. */
+  running: number
+  since: number
+}
+
+/**
+ * A request's tracker, before any upstream call.
+ *
+ * @internal
+ */
+export const makeTracker = (): Tracker => ({ upstreamMs: 0, running: 0, since: 0 })
+
+const enter = (tracker: Tracker, clock: Clock.Clock): void => {
+  if (tracker.running++ === 0) tracker.since = millis(clock)
+}
+
+const leave = (tracker: Tracker, clock: Clock.Clock): void => {
+  if (--tracker.running === 0) tracker.upstreamMs += millis(clock) - tracker.since
 }
 
 /**
@@ -54,9 +74,9 @@ const timed = (clock: Clock.Clock, provider: ProviderService): ProviderService =
     Effect.withFiber((fiber) => {
       const tracker = fiber.getRef(CurrentTracker)
       if (tracker === undefined) return effect
-      const started = millis(clock)
+      enter(tracker, clock)
       return Effect.onExit(effect, () => {
-        tracker.upstreamMs += millis(clock) - started
+        leave(tracker, clock)
         return Effect.void
       })
     })
@@ -72,12 +92,12 @@ const timed = (clock: Clock.Clock, provider: ProviderService): ProviderService =
           const tracker = fiber.getRef(CurrentTracker)
           const upstream = provider.stream(request)
           if (tracker === undefined) return Effect.succeed(upstream)
-          const started = millis(clock)
+          enter(tracker, clock)
           let counted = false
           const count = () => {
             if (counted) return
             counted = true
-            tracker.upstreamMs += millis(clock) - started
+            leave(tracker, clock)
           }
           return Effect.succeed(
             upstream.pipe(

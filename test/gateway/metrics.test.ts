@@ -92,6 +92,37 @@ describe("Gateway: /metrics", () => {
     })
   )
 
+  it.live("a hedged call's upstream time is the time some upstream call ran, not the sum of its racing calls", () =>
+    Effect.gen(function* () {
+      // The primary answers after 400 ms; its backup, started 50 ms in, after 100 ms: ~150 ms upstream,
+      // of which 100 ms with two calls running. Counted twice, the gateway's share came out negative (0).
+      const primary = yield* Server.make(async (_, res) => {
+        await Server.pause(400)
+        Server.json(res, 200, Up.completion("primary"))
+      })
+      const backup = yield* Server.make(async (_, res) => {
+        await Server.pause(100)
+        Server.json(res, 200, Up.completion("backup"))
+      })
+      const gw = yield* Harness.make({
+        upstreams: { a: primary.url, b: backup.url },
+        domains: [
+          { name: "hedged", provider: "a", fallback: ["spare"], hedgeAfter: 50 },
+          { name: "spare", provider: "b" }
+        ]
+      })
+      const answer = yield* Harness.call(() => gw.client().chat.completions.create({ model: "hedged", messages: hi }))
+      assert.strictEqual(answer.choices[0]!.message.content, "backup")
+      const text = yield* gw.metrics
+      const total = seriesValue(text, 'orchestra_gateway_request_duration_ms_sum{route="chat"}')!
+      const overhead = seriesValue(text, 'orchestra_gateway_overhead_ms_sum{route="chat"}')!
+      assert.strictEqual(seriesValue(text, 'orchestra_hedges_total{provider="b",domain="spare",outcome="won"}'), 1)
+      // The gateway's own work (reading the body, the key, writing the answer) is more than nothing.
+      assert.isAbove(overhead, 0)
+      assert.isAtLeast(total - overhead, 140)
+    })
+  )
+
   it.live("an answer without usage is counted in the token series by estimate, and their HELP says so", () =>
     Effect.gen(function* () {
       const upstream = yield* Server.make((_, res) => {
