@@ -114,9 +114,14 @@ export interface StreamOptions {
   readonly firstChunkTimeout?: Duration.Input | "none" | undefined
   readonly idleTimeout?: Duration.Input | "none" | undefined
   readonly totalTimeout?: Duration.Input | "none" | undefined
+  /** As `Executor.stream`'s: `true`, or the resumption's options (each left out or undefined is its default). */
   readonly resume?:
     | boolean
-    | { readonly maxResumes?: number; readonly instruction?: string; readonly minOverlap?: number }
+    | {
+        readonly maxResumes?: number | undefined
+        readonly instruction?: string | undefined
+        readonly minOverlap?: number | undefined
+      }
     | undefined
   /** As {@link CallOptions.cache}: `true` does not turn the cache on for a first domain with `cache: false`. */
   readonly cache?: boolean | undefined

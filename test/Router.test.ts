@@ -1131,6 +1131,20 @@ describe("Router.stream", () => {
   )
 })
 
+describe("Router.stream resume options", () => {
+  it.effect("take each field as the executor's do: a field left undefined is its default", () =>
+    Effect.gen(function* () {
+      const { router } = yield* makeManager({ a: { respond: () => "one two" } })
+      // A configuration read field by field: what it leaves out is undefined (exactOptionalPropertyTypes).
+      const config: { readonly maxResumes?: number | undefined; readonly instruction?: string | undefined } = {}
+      const options: Router.StreamOptions = {
+        resume: { maxResumes: config.maxResumes, instruction: config.instruction, minOverlap: undefined }
+      }
+      assert.strictEqual(textOf(yield* Stream.runCollect(router.stream(ask, "d-a", options))), "one two")
+    })
+  )
+})
+
 describe("Router.stream deadlines", () => {
   it.effect(
     "each step of the chain waits for its first chunk as long as its own domain's timeout, as execute does",
