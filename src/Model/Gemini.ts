@@ -166,7 +166,7 @@ export const make: (options: Options) => Effect.Effect<Model.Service, Input.Opti
           finishReason: Wire.finalReason(read.finishReason, read.toolCalls.length > 0),
           usage: Wire.usageOf(answer.usageMetadata, inputEstimate, Model.estimateTokens(read.text)),
           provider: name,
-          model: answer.modelVersion ?? model,
+          model: Decode.answeredModel(answer.modelVersion, model),
           ...(read.toolCalls.length > 0 ? { toolCalls: read.toolCalls } : {})
         } satisfies Model.GenerateResponse
       })
@@ -220,7 +220,7 @@ export const make: (options: Options) => Effect.Effect<Model.Service, Input.Opti
                         finishReason: Wire.finalReason(finishReason, sawToolCalls),
                         usage: Wire.usageOf(metadata, inputEstimate, Math.ceil(outputChars / 4)),
                         provider: name,
-                        model: answeredModel ?? model
+                        model: Decode.answeredModel(answeredModel, model)
                       }
                     ]
               )

@@ -215,7 +215,7 @@ export const make = Effect.fnUntraced(function* (given: Options = {}) {
         finishReason: finishOf(answer.done_reason, answer.toolCalls.length),
         usage: Wire.usageOf(answer, valid, answer.text.length),
         provider: name,
-        model: answer.model ?? model,
+        model: Decode.answeredModel(answer.model, model),
         ...(answer.toolCalls.length > 0 ? { toolCalls: answer.toolCalls } : {})
       }
       return response
@@ -250,7 +250,7 @@ export const make = Effect.fnUntraced(function* (given: Options = {}) {
                     finishReason: finishOf(l.done_reason, toolCalls),
                     usage: Wire.usageOf(l, valid, outputChars),
                     provider: name,
-                    model: l.model ?? model
+                    model: Decode.answeredModel(l.model, model)
                   })
                 }
                 return parts
@@ -318,7 +318,7 @@ export const make = Effect.fnUntraced(function* (given: Options = {}) {
         vectors,
         usage: inputTokens === undefined ? undefined : Model.usage(inputTokens, 0),
         provider: name,
-        model: answers[0]!.model ?? model
+        model: Decode.answeredModel(answers[0]!.model, model)
       }
       return response
     })

@@ -274,7 +274,7 @@ export const make = Effect.fnUntraced(function* (given: Options = {}) {
         finishReason: withToolCalls(finishReason, toolCalls.length),
         usage: Wire.usageOf(answer.usage, Model.estimateInputTokens(valid), Model.estimateTokens(text + refusal)),
         provider: name,
-        model: answer.model ?? model,
+        model: Decode.answeredModel(answer.model, model),
         ...(toolCalls.length > 0 ? { toolCalls } : {}),
         ...(refusal.length > 0 ? { refusal } : {})
       }
@@ -315,7 +315,7 @@ export const make = Effect.fnUntraced(function* (given: Options = {}) {
                           finishReason: withToolCalls(finishReason ?? "unknown", calls.size()),
                           usage: Wire.usageOf(usage, Model.estimateInputTokens(valid), Math.ceil(outputChars / 4)),
                           provider: name,
-                          model: answeredModel ?? model,
+                          model: Decode.answeredModel(answeredModel, model),
                           ...(refusal.length > 0 ? { refusal } : {})
                         }
                       ]
@@ -432,7 +432,7 @@ export const make = Effect.fnUntraced(function* (given: Options = {}) {
         vectors,
         usage: inputTokens === undefined ? undefined : Model.usage(inputTokens, 0),
         provider: name,
-        model: answers[0]!.answer.model ?? model
+        model: Decode.answeredModel(answers[0]!.answer.model, model)
       }
       return response
     })

@@ -433,7 +433,7 @@ export const make: (
           vectors,
           ...(inputTokens === undefined ? {} : { usage: Model.usage(inputTokens, 0) }),
           provider: name,
-          model: answers[0]?.model_id ?? model
+          model: Decode.answeredModel(answers[0]?.model_id, model)
         } satisfies Model.EmbedResponse
       })
     )

@@ -1624,6 +1624,32 @@ layer(NodeHttpClient.layerUndici)("OpenAiCompat choices and tool-call indices", 
     })
   )
 
+  it.effect('an answer naming its model "" is told as the model asked for, in generate, stream and embed', () =>
+    Effect.gen(function* () {
+      const server = yield* Server.make((req, res) => {
+        if (req.path.endsWith("/embeddings")) {
+          return Server.json(res, 200, { data: [{ index: 0, embedding: [1, 0] }], model: "" })
+        }
+        if (bodyOf(req)["stream"] === true) {
+          const unnamed = (c: Record<string, unknown>) => ({ ...c, model: "" })
+          return Server.text(
+            res,
+            200,
+            Server.sse([unnamed(chunk("hi")), unnamed(chunk(null, "stop")), unnamed(usageChunk), "[DONE]"]),
+            { "content-type": "text/event-stream" }
+          )
+        }
+        return Server.json(res, 200, completion("Paris.", { model: "" }))
+      })
+      const p = yield* provider(server)
+      assert.strictEqual((yield* p.generate({ prompt: "x", model: "asked" })).model, "asked")
+      const parts = yield* Stream.runCollect(p.stream({ prompt: "x", model: "asked" }))
+      const finish = parts.find((part) => part._tag === "Finish")
+      assert.strictEqual(finish?._tag === "Finish" ? finish.model : undefined, "asked")
+      assert.strictEqual((yield* p.embed({ texts: ["a"], model: "asked-e" })).model, "asked-e")
+    })
+  )
+
   it.effect("a streamed tool-call index that is not a small non-negative integer is Decode naming it", () =>
     Effect.gen(function* () {
       const first = `{"model":"m","choices":[{"index":0,"delta":{"tool_calls":[{"index":0,"id":"call_a","function":{"name":"f","arguments":""}}]},"finish_reason":null}]}`

@@ -135,6 +135,16 @@ export const tokenCount = (value: number | null | undefined): number | undefined
   typeof value === "number" && Number.isSafeInteger(value) && value >= 0 ? value : undefined
 
 /**
+ * The model an answer names, when it names one: an absent or empty name (a server answering
+ * `"model": ""`) is the model asked for, which stats and the gateway's answers then name.
+ *
+ * @since 0.3.0
+ * @category decoding
+ */
+export const answeredModel = (answered: string | null | undefined, asked: string): string =>
+  typeof answered === "string" && answered.length > 0 ? answered : asked
+
+/**
  * A check for a JSON value of an answer that is serialised again (tool-call arguments): it
  * nests arrays and objects at most as deeply as a tool's parameters may, since
  * `JSON.stringify` overflows the stack on a value a server nested some thousands deep.

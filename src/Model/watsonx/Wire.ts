@@ -8,7 +8,7 @@
 import { Duration, Redacted, Schema } from "effect"
 import { invalidRequest, type ModelError } from "../../AiError.js"
 import * as Model from "../../Model.js"
-import { tokenCount } from "../http/decode.js"
+import { answeredModel, tokenCount } from "../http/decode.js"
 
 /**
  * Which API a generation request goes to.
@@ -275,7 +275,7 @@ export const chatResponse = (
       tokenCount(answer.usage?.completion_tokens) ?? Model.estimateTokens(text)
     ),
     provider,
-    model: answer.model_id ?? model
+    model: answeredModel(answer.model_id, model)
   }
 }
 
@@ -298,7 +298,7 @@ export const generationResponse = (
       tokenCount(result.generated_token_count) ?? Model.estimateTokens(result.generated_text)
     ),
     provider,
-    model: answer.model_id ?? model
+    model: answeredModel(answer.model_id, model)
   }
 }
 
@@ -330,7 +330,7 @@ export interface StreamState {
  */
 export const streamState = (provider: string, model: string, inputEstimate: number): StreamState => {
   let finishReason: string | undefined
-  let answeredModel: string | undefined
+  let streamedModel: string | undefined
   let inputTokens: number | undefined
   let outputTokens: number | undefined
   let outputChars = 0
@@ -343,7 +343,7 @@ export const streamState = (provider: string, model: string, inputEstimate: numb
   }
   return {
     chat: (chunk) => {
-      if (chunk.model_id !== undefined) answeredModel = chunk.model_id
+      if (chunk.model_id !== undefined) streamedModel = chunk.model_id
       inputTokens = tokenCount(chunk.usage?.prompt_tokens) ?? inputTokens
       outputTokens = tokenCount(chunk.usage?.completion_tokens) ?? outputTokens
       const parts: Array<Model.StreamPart> = []
@@ -362,7 +362,7 @@ export const streamState = (provider: string, model: string, inputEstimate: numb
       return parts
     },
     generation: (chunk) => {
-      if (chunk.model_id !== undefined) answeredModel = chunk.model_id
+      if (chunk.model_id !== undefined) streamedModel = chunk.model_id
       const result = chunk.results[0]
       // Only the first event counts the input; later ones say 0.
       const input = tokenCount(result.input_token_count)
@@ -384,7 +384,7 @@ export const streamState = (provider: string, model: string, inputEstimate: numb
       finishReason: finishReasonOf(finishReason),
       usage: Model.usage(inputTokens ?? inputEstimate, outputTokens ?? Math.ceil(outputChars / 4)),
       provider,
-      model: answeredModel ?? model
+      model: answeredModel(streamedModel, model)
     })
   }
 }
