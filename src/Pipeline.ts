@@ -19,7 +19,7 @@ import { type ExecuteOptions, Executor } from "./Executor.js"
 import type { DurationInput } from "./Input.js"
 import type { GenerateRequest, GenerateResponse } from "./Model.js"
 import * as Builder from "./pipeline/builder.js"
-import type * as Internal from "./pipeline/definition.js"
+import * as Internal from "./pipeline/definition.js"
 import * as Errors from "./pipeline/errors.js"
 import { PipelineError, PipelineFailedError } from "./pipeline/errors.js"
 import * as Mermaid from "./pipeline/mermaid.js"
@@ -258,8 +258,8 @@ export interface Result<O, E> {
  * Checked when the run starts (a `PipelineError` of reason `InvalidOption` naming it).
  *
  * - `mode`: `parallel` (default) or `sequential` (topological order, one at a time).
- * - `concurrency`: most steps running at once in parallel mode (default unbounded): a
- *   whole number of at least 1, or `Infinity`.
+ * - `concurrency`: most steps running at once in parallel mode (default
+ *   {@link defaultConcurrency}, 100): a whole number of at least 1, or `Infinity` for no bound.
  * - `onFailure`: `failFast` (default; interrupt running steps, skip the rest) or
  *   `continue` (skip only the dependents of a failed step).
  * - `fallbackToSequential`: after a parallel run in which a step failed for a reason that
@@ -276,6 +276,17 @@ export interface RunOptions {
   readonly onFailure?: "failFast" | "continue" | undefined
   readonly fallbackToSequential?: boolean | ((failure: Failure<unknown>) => boolean) | undefined
 }
+
+/**
+ * The most steps running at once in parallel mode when neither the run's options nor the
+ * pipeline's defaults give a `concurrency`: 100, as many requests as an `HttpAgent` has in
+ * flight by default (`maxConnections`). Steps past it wait as entries of a queue, not as
+ * fibers. `concurrency: Infinity` starts every ready step at once.
+ *
+ * @since 0.3.0
+ * @category constants
+ */
+export const defaultConcurrency: number = Internal.defaultConcurrency
 
 /**
  * The untyped form of a step, for pipelines defined from data (`fromSteps`).

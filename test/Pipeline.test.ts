@@ -400,6 +400,39 @@ describe("Pipeline", () => {
     })
   )
 
+  it.effect(
+    "parallel mode runs at most Pipeline.defaultConcurrency steps at once unless told otherwise; all at once only with Infinity",
+    () =>
+      Effect.gen(function* () {
+        assert.strictEqual(Pipeline.defaultConcurrency, 100)
+        const startedWith = (options?: Pipeline.RunOptions, defaults?: Pipeline.RunOptions) =>
+          Effect.gen(function* () {
+            const started = yield* Ref.make(0)
+            // Each step starts at once, then never ends: what started is what runs at once.
+            const p = yield* Pipeline.fromSteps(
+              Array.from({ length: 250 }, (_, i) => ({
+                name: `s${i}`,
+                run: () =>
+                  Effect.andThen(
+                    Ref.update(started, (n) => n + 1),
+                    Effect.never
+                  )
+              })),
+              defaults
+            )
+            const fiber = yield* Effect.forkChild(Pipeline.run(p, undefined, options))
+            yield* TestClock.adjust("1 hour")
+            yield* Fiber.interrupt(fiber)
+            return yield* Ref.get(started)
+          })
+        assert.strictEqual(yield* startedWith(), 100)
+        assert.strictEqual(yield* startedWith({ concurrency: 7 }), 7)
+        assert.strictEqual(yield* startedWith(undefined, { concurrency: 7 }), 7)
+        assert.strictEqual(yield* startedWith({ concurrency: Number.POSITIVE_INFINITY }), 250)
+        assert.strictEqual(yield* startedWith(undefined, { concurrency: Number.POSITIVE_INFINITY }), 250)
+      })
+  )
+
   it.effect("outputs: all outputs, or the steps that did not succeed", () =>
     Effect.gen(function* () {
       const ok = yield* Pipeline.run(

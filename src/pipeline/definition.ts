@@ -273,12 +273,20 @@ export const checkSeries = (def: StepDef, at: string): Checked<StepDef> => {
 const runKeys: ReadonlySet<string> = new Set(["mode", "concurrency", "onFailure", "fallbackToSequential"])
 
 /**
- * Checks run options: `mode`, `concurrency` (a whole number of at least 1, or `Infinity`),
- * `onFailure`, `fallbackToSequential`; unknown fields are refused.
+ * The most steps of a pipeline running at once when its options say nothing: as many as an
+ * `HttpAgent` has requests in flight by default (`maxConnections`). Unbounded, a DAG of 200,000
+ * independent steps started 200,000 fibers at once.
+ */
+export const defaultConcurrency = 100
+
+/**
+ * Checks run options: `mode`, `concurrency` (a whole number of at least 1, or `Infinity`;
+ * `concurrencyDefault` when absent), `onFailure`, `fallbackToSequential`; unknown fields are refused.
  */
 export const checkRunOptions = (
   input: unknown,
-  isConcurrencyRelated: (failure: Failure) => boolean
+  isConcurrencyRelated: (failure: Failure) => boolean,
+  concurrencyDefault: number = Number.POSITIVE_INFINITY
 ): Checked<RunSettings> => {
   if (input === undefined) input = {}
   if (!isRecord(input)) return Result.fail(invalidOption("options", `expected an object, got ${Input.shown(input)}`))
@@ -293,7 +301,7 @@ export const checkRunOptions = (
   if (onFailure !== "failFast" && onFailure !== "continue") {
     return Result.fail(invalidOption("onFailure", `expected "failFast" or "continue", got ${Input.shown(onFailure)}`))
   }
-  const concurrency = Input.orDefault(input.concurrency, Number.POSITIVE_INFINITY)
+  const concurrency = Input.orDefault(input.concurrency, concurrencyDefault)
   if (
     typeof concurrency !== "number" ||
     !(concurrency === Number.POSITIVE_INFINITY || (Number.isInteger(concurrency) && concurrency >= 1))

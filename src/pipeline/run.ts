@@ -57,7 +57,8 @@ const runUnknown = Effect.fnUntraced(function* (
   }
   const settings = Internal.checkRunOptions(
     options === undefined ? self.defaults : overDefaults(self.defaults, options),
-    isConcurrencyRelated as (f: Internal.Failure) => boolean
+    isConcurrencyRelated as (f: Internal.Failure) => boolean,
+    Internal.defaultConcurrency
   )
   if (R.isFailure(settings)) return yield* Effect.fail(settings.failure)
   const steps = self.definition.steps
