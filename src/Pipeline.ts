@@ -498,9 +498,10 @@ export interface MermaidOptions<O = unknown, E = unknown> {
 /**
  * The pipeline as a Mermaid flowchart (edges point from a dependency to its dependent).
  * `null` options, like absent ones, draw it without annotations. Labels are escaped: a
- * step's name or description cannot break the diagram or add lines to it. A `direction`
- * other than Mermaid's throws a `PipelineError` (`reason: "InvalidOption"`, `field:
- * "direction"`).
+ * step's name or description cannot break the diagram or add lines to it. A wrong option
+ * throws a `PipelineError` (`reason: "InvalidOption"`) whose `field` names it: a `direction`
+ * other than Mermaid's, an unknown option (`dirction`), a `result` that is not a run's, or
+ * options that are no object (`"options"`).
  *
  * @since 0.1.0
  * @category rendering

@@ -529,6 +529,42 @@ describe("Pipeline", () => {
       })
   )
 
+  it.effect(
+    "toMermaid: options that are no object, an unknown option or a result that is no run's result are a PipelineError naming it",
+    () =>
+      Effect.gen(function* () {
+        const p = diamond(yield* Ref.make<Record<string, number>>({}))
+        const refused = (options: unknown) => {
+          try {
+            Pipeline.toMermaid(p, options as never)
+          } catch (error) {
+            assert.instanceOf(error, Pipeline.PipelineError, JSON.stringify(options))
+            return error as Pipeline.PipelineError
+          }
+          assert.fail(`${JSON.stringify(options)} was drawn`)
+        }
+        for (const [options, field] of [
+          ["TD", "options"],
+          [5, "options"],
+          [[], "options"],
+          [{ direction: "TD", dirction: "LR" }, "dirction"],
+          [{ results: {} }, "results"],
+          [{ result: "done" }, "result"],
+          [{ result: [] }, "result"],
+          [{ result: {} }, "result"],
+          [{ result: { steps: "a" } }, "result"]
+        ] as const) {
+          const error = refused(options)
+          assert.strictEqual(error.reason, "InvalidOption", JSON.stringify(options))
+          assert.strictEqual(error.field, field, JSON.stringify(options))
+          assert.include(error.message, field)
+        }
+        assert.include(refused({ dirction: "LR" }).message, "direction, result")
+        const result = yield* runClocked(p, { n: 1 })
+        assert.include(Pipeline.toMermaid(p, { result }), '2["c: succeeded 50 ms"]')
+      })
+  )
+
   it.effect("toMermaid: a step name or description with quotes, brackets or line breaks stays in its label", () =>
     Effect.gen(function* () {
       const p = Pipeline.make()

@@ -18,13 +18,31 @@ const directionOf = (input: unknown): Graph.MermaidDirection => {
   throw Errors.invalidOption("direction", `expected "TB", "TD", "BT", "RL" or "LR", got ${Input.shown(direction)}`)
 }
 
+const optionKeys: ReadonlySet<string> = new Set(["direction", "result"])
+
+const isRecord = (u: unknown): u is Record<string, unknown> => typeof u === "object" && u !== null && !Array.isArray(u)
+
+// Options that are no object, a misspelt key (`dirction`) or a result that is no run's would draw the plain
+// diagram as if asked for it: each is refused by name.
+const checked = (given: unknown): MermaidOptions<unknown, unknown> => {
+  if (given === undefined || given === null) return {}
+  if (!isRecord(given)) throw Errors.invalidOption("options", `expected an object, got ${Input.shown(given)}`)
+  const unknown = Input.unknownKey(given, optionKeys)
+  if (unknown !== undefined) throw Errors.invalidOption(unknown.path, unknown.message)
+  const result = given.result
+  if (result !== undefined && result !== null && !(isRecord(result) && isRecord(result.steps))) {
+    throw Errors.invalidOption("result", `expected the result of Pipeline.run, got ${Input.shown(result)}`)
+  }
+  return given
+}
+
 // A renderer has no error channel, and a diagram without annotations is a sound answer: `null` is no options.
-// A wrong direction has no sound answer: it throws the `PipelineError` a run's wrong option fails with.
+// A wrong option has no sound answer: it throws the `PipelineError` a run's wrong option fails with.
 export const toMermaid = <I, O, E, R>(
   self: Pipeline<I, O, E, R>,
   given?: MermaidOptions<O, E> | null | undefined
 ): string => {
-  const options: MermaidOptions<O, E> = given ?? {}
+  const options = checked(given)
   const outcomes = options.result?.steps as Record<string, StepOutcome<unknown, unknown>> | undefined
   const byName = new Map(self.definition.steps.map((s) => [s.name, s]))
   return Graph.toMermaid(self.definition.graph, {
