@@ -107,8 +107,13 @@ const isArray = (input: object): boolean => {
 export const kindOf = (input: unknown): string =>
   input === null ? "null" : typeof input === "object" && isArray(input) ? "an array" : kindNames[typeof input]
 
+// A value a message writes out: a prompt or a file's content given where a name belongs is not
+// logged whole (a megabyte in every log line, and whatever it held).
+const SHOWN_CHARS = 80
+
 /**
- * A caller's value as an error message shows it: a string quoted, a number, boolean or
+ * A caller's value as an error message shows it: a string quoted (past 80 characters, its
+ * first 80, an ellipsis and its length: `"xxxx"… (5,000 characters)`), a number, boolean or
  * `Duration` as it reads, anything else by its kind ({@link kindOf}: `null`, an array, an
  * object...). Never throws (a BigInt, a cycle or a getter are not written out, as
  * `JSON.stringify` would try to).
@@ -117,7 +122,11 @@ export const kindOf = (input: unknown): string =>
  * @category checks
  */
 export const shown = (input: unknown): string => {
-  if (typeof input === "string") return JSON.stringify(input)
+  if (typeof input === "string") {
+    return input.length <= SHOWN_CHARS
+      ? JSON.stringify(input)
+      : `${JSON.stringify(wholePrefix(input, SHOWN_CHARS))}… (${input.length.toLocaleString("en-US")} characters)`
+  }
   if (typeof input === "number" || typeof input === "boolean") return String(input)
   if (Duration.isDuration(input)) return Duration.format(input)
   return kindOf(input)

@@ -1,0 +1,26 @@
+import { assert, describe, it } from "@effect/vitest"
+import { Duration } from "effect"
+import * as Input from "../src/Input.js"
+
+describe("Input.shown", () => {
+  it("writes short values out as they read", () => {
+    assert.strictEqual(Input.shown("soon"), '"soon"')
+    assert.strictEqual(Input.shown("a\nb"), '"a\\nb"')
+    assert.strictEqual(Input.shown(1.5), "1.5")
+    assert.strictEqual(Input.shown(false), "false")
+    assert.strictEqual(Input.shown(Duration.seconds(3)), "3s")
+    assert.strictEqual(Input.shown(null), "null")
+    assert.strictEqual(Input.shown([1]), "an array")
+    const eighty = "x".repeat(80)
+    assert.strictEqual(Input.shown(eighty), JSON.stringify(eighty))
+  })
+
+  it("a long string: its first 80 characters, an ellipsis and its length; it was written whole into the message", () => {
+    const long = `${"a".repeat(79)}bcdef${"g".repeat(1_000_000)}`
+    const text = Input.shown(long)
+    assert.strictEqual(text, `"${"a".repeat(79)}b"… (1,000,084 characters)`)
+    // Cut on a whole character: an emoji across the bound is left out, not halved.
+    const emoji = `${"a".repeat(79)}😀${"z".repeat(10)}`
+    assert.strictEqual(Input.shown(emoji), `"${"a".repeat(79)}"… (91 characters)`)
+  })
+})
