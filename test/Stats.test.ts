@@ -33,6 +33,28 @@ describe("Stats", () => {
     })
   )
 
+  it.effect(
+    "a duration that is no number (NaN, Infinity) is ignored and counted: it made the average and max Infinity",
+    () =>
+      Effect.gen(function* () {
+        const stats = yield* make
+        const series = stats.series("p", "nonfinite")
+        for (const ms of [100, Number.POSITIVE_INFINITY, 300, Number.NaN, Number.NEGATIVE_INFINITY, 200]) {
+          series.latency.record(ms)
+        }
+        const { latency } = yield* stats.snapshot({ provider: "p", domain: "nonfinite" })
+        assert.deepStrictEqual([latency.avg, latency.min, latency.max], [200, 100, 300])
+        assert.isTrue(Number.isFinite(latency.p99) && latency.p99 <= 300, String(latency.p99))
+        const state = series.latency.state()
+        assert.deepStrictEqual([state.count, state.sum, state.min, state.max], [3, 600, 100, 300])
+        assert.strictEqual(state.buckets.at(-1)![1], 3)
+        assert.strictEqual(series.latency.ignored, 3)
+        // A negative duration (a clock set back) is still a call: it counts as 0 ms.
+        series.latency.record(-5)
+        assert.deepStrictEqual([series.latency.state().count, series.latency.state().min], [4, 0])
+      })
+  )
+
   it.effect("a null filter (or null fields) is no filter, as an absent one is: snapshot died of a TypeError", () =>
     Effect.gen(function* () {
       const stats = yield* make

@@ -22,6 +22,9 @@ const SIZE = BOUNDS.length
 /**
  * A histogram over `Metrics.latencyBoundaries`; bucket i counts values in (bound[i-1], bound[i]].
  * The last bound is `Infinity`, so the last bucket holds every value past the last finite one.
+ * A value that is no finite number (a clock that read `NaN` or `Infinity`) is not recorded, only
+ * counted in `ignored`: one made the sum, the average and the max `Infinity` (or `NaN`) for good.
+ * A negative one (a clock set back) records 0.
  */
 export class Histogram {
   readonly buckets = new Float64Array(SIZE)
@@ -32,9 +35,15 @@ export class Histogram {
   /** Min and max since the window began (cumulative ones stay for exporters). */
   windowMin = Number.POSITIVE_INFINITY
   windowMax = 0
+  /** Values refused for not being finite numbers. */
+  ignored = 0
 
   record(value: number): void {
-    const v = value < 0 || Number.isNaN(value) ? 0 : value
+    if (!Number.isFinite(value)) {
+      this.ignored++
+      return
+    }
+    const v = Math.max(value, 0)
     let i = v <= START ? 0 : Math.ceil(Math.log(v / START) / LOG_FACTOR - 1e-9)
     if (i < 0) i = 0
     if (i < SIZE && v > BOUNDS[i]!) i++
