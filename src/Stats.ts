@@ -40,7 +40,7 @@ import type { Scope } from "effect"
 import type { ModelError } from "./AiError.js"
 import { noDomain, otherSeries } from "./Metrics.js"
 import { registrationContext } from "./stats/counters.js"
-import { perSecond, round, successRate } from "./stats/figures.js"
+import { percent, perSecond, round, successRate } from "./stats/figures.js"
 import { checkFilter } from "./stats/filter.js"
 import { Gauge, Series, WindowHistogram } from "./stats/series.js"
 
@@ -374,12 +374,6 @@ export const snapshot: {
 export const reset: Effect.Effect<void, never, Stats> = Effect.flatMap(Stats, (stats) => stats.reset)
 
 const ms = (n: number): string => n.toFixed(1)
-
-// One decimal, unless it would read 100.0 % with a failure or 0.0 % with a success.
-const percent = (rate: number): string => {
-  const text = rate.toFixed(1)
-  return (text === "100.0" && rate < 100) || (text === "0.0" && rate > 0) ? rate.toFixed(2) : text
-}
 
 // Under one call a second, the significant digits the figure has: `toFixed(2)` read 0.00333 as 0.00.
 const rate = (perSecond: number): string =>

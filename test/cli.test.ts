@@ -44,7 +44,7 @@ import * as CliConfig from "../src/cli/Config.js"
 import type { Provider } from "../src/cli/ConfigSchema.js"
 import * as Json from "../src/cli/json.js"
 import * as Providers from "../src/cli/Providers.js"
-import { quantile, roundOrder, summarise } from "../src/cli/run/bench.js"
+import { formatTable, quantile, roundOrder, summarise } from "../src/cli/run/bench.js"
 import { lines, notUtf8, tooLong } from "../src/cli/run/start.js"
 import * as Setup from "../src/cli/Setup.js"
 import { inProcess as cliInProcess } from "./utils/cli.js"
@@ -716,7 +716,7 @@ describe("orchestra CLI", { timeout: 180_000 }, () => {
       // The warm-up took `fast`'s failing first call: every measured call on it succeeded.
       assert.deepStrictEqual([out.sequential.successes, out.sequential.failures], [10, 2])
       assert.deepStrictEqual([out.concurrent.successes, out.concurrent.failures], [10, 2])
-      assert.strictEqual(out.sequential.successRate, 83.3)
+      assert.strictEqual(out.sequential.successRate, 83.33)
       assert.deepStrictEqual(
         out.failures.map((f) => [f.run, f.round, f.item, f.prompt, f.status]),
         [
@@ -1459,11 +1459,33 @@ describe("orchestra bench arithmetic", () => {
       rounds: [900, 300, 500],
       successes: 5,
       failures: 1,
-      successRate: 83.3,
+      successRate: 83.33,
       latency: { p50: 250, p95: 475, avg: 250.83, max: 500 }
     })
     assert.strictEqual(quantile([], 0.5), 0)
     assert.strictEqual(quantile([7], 0.95), 7)
+  })
+
+  it("the success rate reads 100 only when every item succeeded, 0 only when none did; 1 failure in 20,000 read 100.0 %", () => {
+    const many = (failing: number, succeeding: number) =>
+      summarise([
+        batch(10, [
+          ...Array.from({ length: failing }, (_, i) => item(i, "error", 1)),
+          ...Array.from({ length: succeeding }, (_, i) => item(failing + i, "success", 1))
+        ])
+      ])
+    const oneFailed = many(1, 19_999)
+    const oneSucceeded = many(19_999, 1)
+    assert.isBelow(oneFailed.successRate, 100)
+    assert.isAbove(oneSucceeded.successRate, 0)
+    assert.strictEqual(many(0, 20_000).successRate, 100)
+    assert.strictEqual(many(20_000, 0).successRate, 0)
+    const table = formatTable("t", oneFailed, oneSucceeded, 1, "ideal")
+    assert.notInclude(table, "100.0 %")
+    assert.notInclude(table, " 0.0 %")
+    assert.include(table, "99.99 %")
+    assert.include(table, "0.01 %")
+    assert.include(formatTable("t", many(0, 3), many(3, 0), 1, "ideal"), "100.0 %")
   })
 })
 

@@ -23,6 +23,17 @@ export const successRate = (successes: number, finished: number): number => {
 }
 
 /**
+ * A success rate (in %) as a table shows it: one decimal, unless it would read 100.0 % with a
+ * failure or 0.0 % with a success.
+ *
+ * @internal
+ */
+export const percent = (rate: number): string => {
+  const text = rate.toFixed(1)
+  return (text === "100.0" && rate < 100) || (text === "0.0" && rate > 0) ? rate.toFixed(2) : text
+}
+
+/**
  * Finished calls per second over `ms`: three significant digits under one a second, where two
  * decimals read twelve calls an hour as none.
  *

@@ -9,6 +9,7 @@
  */
 import { Console, Effect, Option } from "effect"
 import { Batch, type BatchResult, type Item } from "../../Batch.js"
+import { percent, successRate } from "../../stats/figures.js"
 import { type Args, maxRounds } from "../Bench.js"
 import {
   type Common,
@@ -42,7 +43,10 @@ export interface Side {
   readonly rounds: ReadonlyArray<number>
   readonly successes: number
   readonly failures: number
-  /** Percent of every item of every round. */
+  /**
+   * Percent of every item of every round, to 2 decimals as `Stats`' own, but never 100 while an
+   * item failed nor 0 while one succeeded.
+   */
   readonly successRate: number
   /** Item latencies over every round (exact, from each item's own duration). */
   readonly latency: { readonly p50: number; readonly p95: number; readonly avg: number; readonly max: number }
@@ -83,7 +87,7 @@ export const summarise = (runs: ReadonlyArray<BatchResult>): Side => {
     rounds: walls.map(round2),
     successes,
     failures: items.length - successes,
-    successRate: items.length === 0 ? 0 : Math.round((successes / items.length) * 1000) / 10,
+    successRate: successRate(successes, items.length),
     latency: {
       p50: round2(quantile(durations, 0.5)),
       p95: round2(quantile(durations, 0.95)),
@@ -135,7 +139,7 @@ export const formatTable = (title: string, sequential: Side, concurrent: Side, s
     formatMs(s.elapsedMs),
     formatMs(s.latency.p50),
     formatMs(s.latency.p95),
-    `${s.successRate.toFixed(1)} %`
+    `${percent(s.successRate)} %`
   ]
   const rows = [header, row("sequential", sequential), row("concurrent", concurrent)]
   const widths = header.map((_, i) => Math.max(...rows.map((r) => r[i]!.length)))
