@@ -724,6 +724,30 @@ describe("Pipeline definitions are checked (issues 10, 12, 13)", () => {
       })
   )
 
+  it.effect(
+    "run options, defaults and toMermaid options that are an array or an object without fields (a Map) are refused; they ran as no options",
+    () =>
+      Effect.gen(function* () {
+        const runs = yield* Ref.make(0)
+        const p = Pipeline.make().step("a", [], () => Ref.update(runs, (n) => n + 1))
+        for (const options of [[], [{ concurrency: 0 }], new Map([["concurrency", 0]]), AbortSignal.abort()]) {
+          const error = yield* Effect.flip(Pipeline.run(p, undefined, options as never))
+          assert.deepStrictEqual([error.reason, error.option], ["InvalidOption", "options"], String(options))
+          const defaults = yield* Effect.flip(Pipeline.fromSteps([{ name: "a", run: ok }], options as never))
+          assert.deepStrictEqual([defaults.reason, defaults.option], ["InvalidOption", "options"], String(options))
+          assert.strictEqual(Pipeline.make(options as never).issue?.option, "options")
+          let thrown: unknown
+          try {
+            Pipeline.toMermaid(p, options as never)
+          } catch (error) {
+            thrown = error
+          }
+          assert.strictEqual((thrown as Pipeline.PipelineError | undefined)?.field, "options", String(options))
+        }
+        assert.strictEqual(yield* Ref.get(runs), 0)
+      })
+  )
+
   it.effect("run options: null is refused by name; an option given as undefined keeps the pipeline's default", () =>
     Effect.gen(function* () {
       const inFlight = yield* Ref.make(0)

@@ -86,6 +86,18 @@ const specKeys: ReadonlySet<string> = new Set([...optionKeys, "name", "dependsOn
 
 const isRecord = (u: unknown): u is Record<string, unknown> => typeof u === "object" && u !== null && !Array.isArray(u)
 
+/**
+ * A value given for options, or why it cannot be options (a `PipelineError` naming `options`):
+ * anything but an object (an array included), or an object without fields of its own (a `Map`,
+ * a signal), which would run as no options at all.
+ */
+export const optionsOf = (input: unknown): Checked<Record<string, unknown>> => {
+  const foreign = isRecord(input) ? Input.notOptions(input) : Input.shown(input)
+  return foreign === undefined
+    ? Result.succeed(input as Record<string, unknown>)
+    : Result.fail(invalidOption("options", `expected an object, got ${foreign}`))
+}
+
 const label = (at: string, field: string): string => `${at}.${field}`
 
 const fromIssue = (issue: Input.Issue, step: string | undefined, prefix = ""): PipelineError =>
@@ -288,20 +300,21 @@ export const checkRunOptions = (
   isConcurrencyRelated: (failure: Failure) => boolean,
   concurrencyDefault: number = Number.POSITIVE_INFINITY
 ): Checked<RunSettings> => {
-  if (input === undefined) input = {}
-  if (!isRecord(input)) return Result.fail(invalidOption("options", `expected an object, got ${Input.shown(input)}`))
-  for (const key of Object.keys(input)) {
+  const checked = optionsOf(input === undefined ? {} : input)
+  if (Result.isFailure(checked)) return Result.fail(checked.failure)
+  const options = checked.success
+  for (const key of Object.keys(options)) {
     if (!runKeys.has(key)) return Result.fail(invalidOption(key, "unknown option"))
   }
-  const mode = Input.orDefault(input.mode, "parallel")
+  const mode = Input.orDefault(options.mode, "parallel")
   if (mode !== "parallel" && mode !== "sequential") {
     return Result.fail(invalidOption("mode", `expected "parallel" or "sequential", got ${Input.shown(mode)}`))
   }
-  const onFailure = Input.orDefault(input.onFailure, "failFast")
+  const onFailure = Input.orDefault(options.onFailure, "failFast")
   if (onFailure !== "failFast" && onFailure !== "continue") {
     return Result.fail(invalidOption("onFailure", `expected "failFast" or "continue", got ${Input.shown(onFailure)}`))
   }
-  const concurrency = Input.orDefault(input.concurrency, concurrencyDefault)
+  const concurrency = Input.orDefault(options.concurrency, concurrencyDefault)
   if (
     typeof concurrency !== "number" ||
     !(concurrency === Number.POSITIVE_INFINITY || (Number.isInteger(concurrency) && concurrency >= 1))
@@ -313,7 +326,7 @@ export const checkRunOptions = (
       )
     )
   }
-  const fallback = input.fallbackToSequential
+  const fallback = options.fallbackToSequential
   if (fallback !== undefined && typeof fallback !== "boolean" && typeof fallback !== "function") {
     return Result.fail(
       invalidOption(

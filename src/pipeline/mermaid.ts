@@ -3,9 +3,10 @@
  *
  * @internal
  */
-import { Graph } from "effect"
+import { Graph, Result } from "effect"
 import * as Input from "../Input.js"
 import type { MermaidOptions, Pipeline, StepOutcome } from "../Pipeline.js"
+import { optionsOf } from "./definition.js"
 import * as Errors from "./errors.js"
 
 const directions: ReadonlySet<unknown> = new Set<Graph.MermaidDirection>(["TB", "TD", "BT", "RL", "LR"])
@@ -26,14 +27,14 @@ const isRecord = (u: unknown): u is Record<string, unknown> => typeof u === "obj
 // diagram as if asked for it: each is refused by name.
 const checked = (given: unknown): MermaidOptions<unknown, unknown> => {
   if (given === undefined || given === null) return {}
-  if (!isRecord(given)) throw Errors.invalidOption("options", `expected an object, got ${Input.shown(given)}`)
-  const unknown = Input.unknownKey(given, optionKeys)
+  const options = Result.getOrThrow(optionsOf(given))
+  const unknown = Input.unknownKey(options, optionKeys)
   if (unknown !== undefined) throw Errors.invalidOption(unknown.path, unknown.message)
-  const result = given.result
+  const result = options.result
   if (result !== undefined && result !== null && !(isRecord(result) && isRecord(result.steps))) {
     throw Errors.invalidOption("result", `expected the result of Pipeline.run, got ${Input.shown(result)}`)
   }
-  return given
+  return options
 }
 
 // A renderer has no error channel, and a diagram without annotations is a sound answer: `null` is no options.

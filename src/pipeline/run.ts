@@ -5,7 +5,6 @@
  *
  * @internal
  */
-import * as Input from "../Input.js"
 import { Effect, Result as R } from "effect"
 import { isAiError, isRetryable } from "../AiError.js"
 import { Executor } from "../Executor.js"
@@ -52,9 +51,8 @@ const runUnknown = Effect.fnUntraced(function* (
   options: RunOptions | undefined
 ) {
   if (self.issue !== undefined) return yield* Effect.fail(self.issue)
-  if (options !== undefined && (typeof options !== "object" || options === null)) {
-    return yield* Effect.fail(Errors.invalidOption("options", `expected an object, got ${Input.shown(options)}`))
-  }
+  const given = options === undefined ? undefined : Internal.optionsOf(options)
+  if (given !== undefined && R.isFailure(given)) return yield* Effect.fail(given.failure)
   const settings = Internal.checkRunOptions(
     options === undefined ? self.defaults : overDefaults(self.defaults, options),
     isConcurrencyRelated as (f: Internal.Failure) => boolean,
