@@ -587,6 +587,55 @@ describe("Pipeline definitions are checked (issues 10, 12, 13)", () => {
   const ok = () => Effect.succeed(1)
 
   it.effect(
+    "a step, its options, the defaults or a run's options whose getter (or Proxy trap) throws: a PipelineError naming the field; it threw out of .step, make and toMermaid, and fromSteps and run died",
+    () =>
+      Effect.gen(function* () {
+        const throwing = (field: string, rest: object = {}) =>
+          Object.defineProperty({ ...rest }, field, {
+            enumerable: true,
+            get: () => {
+              throw new Error(`${field} getter`)
+            }
+          })
+        const built = Pipeline.make()
+          .step("first", [], ok)
+          .step("a", [], ok, throwing("timeout") as never)
+        const step = yield* Effect.flip(Pipeline.validate(built))
+        assert.deepStrictEqual([step.reason, step.field, step.steps], ["InvalidStep", "steps[1].timeout", ["a"]])
+        assert.include(step.message, "timeout getter")
+        const spec = yield* Effect.flip(
+          Pipeline.fromSteps([{ name: "a", run: ok }, throwing("dependsOn", { name: "b", run: ok })] as never)
+        )
+        assert.deepStrictEqual([spec.reason, spec.field], ["InvalidStep", "steps[1].dependsOn"])
+        const trap = new Proxy(
+          {},
+          {
+            ownKeys: () => {
+              throw new Error("keys trap")
+            }
+          }
+        )
+        const proxied = yield* Effect.flip(Pipeline.fromSteps([trap] as never))
+        assert.deepStrictEqual([proxied.reason, proxied.field], ["InvalidStep", "steps[0]"])
+        assert.include(proxied.message, "keys trap")
+        const defaults = yield* Effect.flip(Pipeline.fromSteps([{ name: "a", run: ok }], throwing("mode") as never))
+        assert.deepStrictEqual([defaults.reason, defaults.option], ["InvalidOption", "mode"])
+        assert.strictEqual(Pipeline.make(throwing("mode") as never).issue?.option, "mode")
+        const p = Pipeline.make().step("a", [], ok)
+        const run = yield* Effect.flip(Pipeline.run(p, undefined, throwing("concurrency") as never))
+        assert.deepStrictEqual([run.reason, run.option], ["InvalidOption", "concurrency"])
+        let thrown: unknown
+        try {
+          Pipeline.toMermaid(p, throwing("direction") as never)
+        } catch (error) {
+          thrown = error
+        }
+        assert.instanceOf(thrown, Pipeline.PipelineError)
+        assert.strictEqual((thrown as Pipeline.PipelineError).field, "direction")
+      })
+  )
+
+  it.effect(
     "fromSteps: steps null, dependsOn a string, a typo, run not a function: PipelineError naming the field",
     () =>
       Effect.gen(function* () {

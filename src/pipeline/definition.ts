@@ -91,11 +91,20 @@ const isRecord = (u: unknown): u is Record<string, unknown> => typeof u === "obj
  * anything but an object (an array included), or an object without fields of its own (a `Map`,
  * a signal), which would run as no options at all.
  */
-export const optionsOf = (input: unknown): Checked<Record<string, unknown>> => {
+export const optionsOf = (input: unknown): Checked<Readonly<Record<string, unknown>>> => {
   const foreign = isRecord(input) ? Input.notOptions(input) : Input.shown(input)
-  return foreign === undefined
-    ? Result.succeed(input as Record<string, unknown>)
-    : Result.fail(invalidOption("options", `expected an object, got ${foreign}`))
+  if (foreign !== undefined) return Result.fail(invalidOption("options", `expected an object, got ${foreign}`))
+  const read = Input.readFields(input as object)
+  return Result.mapError(read, (issue) => invalidOption(issue.path, issue.message))
+}
+
+/**
+ * The own fields of a step or its options, read once (`at` names them): a getter or a `Proxy`
+ * trap that throws is the field's `PipelineError`, not a throw out of `.step` or a defect.
+ */
+const fieldsOf = (input: object, at: string, step: string | undefined): Checked<Readonly<Record<string, unknown>>> => {
+  const read = Input.readFields(input, undefined, at)
+  return Result.mapError(read, (issue) => fromIssue(issue, step))
 }
 
 const label = (at: string, field: string): string => `${at}.${field}`
@@ -208,18 +217,21 @@ export const checkPolicies = (
 ): Checked<Policies> => {
   if (input === undefined) input = {}
   if (!isRecord(input)) return Result.fail(invalidStep(at, `expected an object, got ${Input.shown(input)}`, step))
-  for (const key of Object.keys(input)) {
+  const read = fieldsOf(input, at, step)
+  if (Result.isFailure(read)) return Result.fail(read.failure)
+  const fields = read.success
+  for (const key of Object.keys(fields)) {
     if (!keys.has(key)) return Result.fail(invalidStep(label(at, key), "unknown field", step))
   }
   return Result.gen(function* () {
-    const timeout = yield* checkDuration(at, "timeout", input.timeout, step)
-    const totalTimeout = yield* checkDuration(at, "totalTimeout", input.totalTimeout, step)
-    const retry = yield* checkRetry(at, input.retry, step)
-    const fallback = yield* checkFallback(at, input.fallback, step)
-    const breaker = yield* seriesName(at, "breaker", input.breaker, step)
-    const rateLimit = yield* seriesName(at, "rateLimit", input.rateLimit, step)
-    const stats = yield* seriesName(at, "stats", input.stats, step)
-    const description = yield* nonEmptyString(at, "description", input.description, step)
+    const timeout = yield* checkDuration(at, "timeout", fields.timeout, step)
+    const totalTimeout = yield* checkDuration(at, "totalTimeout", fields.totalTimeout, step)
+    const retry = yield* checkRetry(at, fields.retry, step)
+    const fallback = yield* checkFallback(at, fields.fallback, step)
+    const breaker = yield* seriesName(at, "breaker", fields.breaker, step)
+    const rateLimit = yield* seriesName(at, "rateLimit", fields.rateLimit, step)
+    const stats = yield* seriesName(at, "stats", fields.stats, step)
+    const description = yield* nonEmptyString(at, "description", fields.description, step)
     return { timeout, totalTimeout, retry, fallback, breaker, rateLimit, stats, description }
   })
 }
@@ -237,9 +249,14 @@ export const isGoverned = (p: Policies): boolean =>
  * Checks one step as given to `fromSteps` (or the builder): a non-empty `name`, `dependsOn`
  * an array of names, `run` a function, and its options.
  */
-export const checkSpec = (spec: unknown, at: string): Checked<StepDef> => {
-  if (!isRecord(spec))
-    return Result.fail(invalidStep(at, `expected a step { name, dependsOn, run }, got ${Input.shown(spec)}`, undefined))
+export const checkSpec = (given: unknown, at: string): Checked<StepDef> => {
+  if (!isRecord(given))
+    return Result.fail(
+      invalidStep(at, `expected a step { name, dependsOn, run }, got ${Input.shown(given)}`, undefined)
+    )
+  const read = fieldsOf(given, at, undefined)
+  if (Result.isFailure(read)) return Result.fail(read.failure)
+  const spec = read.success
   const name = spec.name
   if (typeof name !== "string" || name.length === 0) {
     return Result.fail(
