@@ -35,7 +35,7 @@ const requestLimitMissing = (guard: object, key: string): string | undefined => 
 
 // An option given as `undefined` is not given: the pipeline's own default stays. The key is kept
 // (as `undefined`), so a misspelt one is still refused by name.
-const overDefaults = (defaults: RunOptions, options: RunOptions): Record<string, unknown> => {
+const overDefaults = (defaults: RunOptions, options: Readonly<Record<string, unknown>>): Record<string, unknown> => {
   const merged = Internal.record<unknown>()
   Object.assign(merged, defaults)
   for (const [key, value] of Object.entries(options)) {
@@ -51,10 +51,15 @@ const runUnknown = Effect.fnUntraced(function* (
   options: RunOptions | undefined
 ) {
   if (self.issue !== undefined) return yield* Effect.fail(self.issue)
-  const given = options === undefined ? undefined : Internal.optionsOf(options)
-  if (given !== undefined && R.isFailure(given)) return yield* Effect.fail(given.failure)
+  let merged: unknown = self.defaults
+  if (options !== undefined) {
+    // Read once: what is merged is what was checked.
+    const given = Internal.optionsOf(options)
+    if (R.isFailure(given)) return yield* Effect.fail(given.failure)
+    merged = overDefaults(self.defaults, given.success)
+  }
   const settings = Internal.checkRunOptions(
-    options === undefined ? self.defaults : overDefaults(self.defaults, options),
+    merged,
     isConcurrencyRelated as (f: Internal.Failure) => boolean,
     Internal.defaultConcurrency
   )
