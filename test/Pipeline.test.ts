@@ -559,7 +559,7 @@ describe("Pipeline", () => {
           assert.strictEqual(error.field, field, JSON.stringify(options))
           assert.include(error.message, field)
         }
-        assert.include(refused({ dirction: "LR" }).message, "direction, result")
+        assert.include(refused({ dirction: "LR" }).message, "expected direction or result")
         const result = yield* runClocked(p, { n: 1 })
         assert.include(Pipeline.toMermaid(p, { result }), '2["c: succeeded 50 ms"]')
       })
@@ -632,6 +632,37 @@ describe("Pipeline definitions are checked (issues 10, 12, 13)", () => {
         }
         assert.instanceOf(thrown, Pipeline.PipelineError)
         assert.strictEqual((thrown as Pipeline.PipelineError).field, "direction")
+      })
+  )
+
+  it.effect(
+    "a step or its options as a class (fields as getters or methods on its prototype) are read; a Map, which has none, is refused by name, not read as none",
+    () =>
+      Effect.gen(function* () {
+        class Step {
+          readonly dependsOn = []
+          get name() {
+            return "a"
+          }
+          run() {
+            return Effect.succeed(7)
+          }
+        }
+        class Options {
+          get description() {
+            return "Fetch the sources"
+          }
+        }
+        const fromData = yield* Pipeline.fromSteps<void, number, never, never>([new Step()] as never)
+        assert.strictEqual((yield* Pipeline.run(fromData, undefined)).outputs.a, 7)
+        const built = Pipeline.make().step("a", [], ok, new Options() as never)
+        assert.include(Pipeline.toMermaid(yield* Pipeline.validate(built)), '0["Fetch the sources"]')
+        const map = Pipeline.make().step("a", [], ok, new Map([["timeout", "1 second"]]) as never)
+        const error = yield* Effect.flip(Pipeline.validate(map))
+        assert.deepStrictEqual([error.reason, error.field, error.steps], ["InvalidStep", "steps[0]", ["a"]])
+        assert.include(error.message, "an instance of Map")
+        const mapped = yield* Effect.flip(Pipeline.fromSteps([new Map([["name", "a"]])] as never))
+        assert.deepStrictEqual([mapped.reason, mapped.field], ["InvalidStep", "steps[0]"])
       })
   )
 

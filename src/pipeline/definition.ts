@@ -72,7 +72,15 @@ export interface RunSettings {
 
 type Checked<A> = Result.Result<A, PipelineError>
 
-const optionKeys: ReadonlySet<string> = new Set([
+/** The fields a check knows: a set, to refuse the others, and a list, to read them. */
+export interface Known {
+  readonly set: ReadonlySet<string>
+  readonly list: ReadonlyArray<string>
+}
+
+export const known = (list: ReadonlyArray<string>): Known => ({ set: new Set(list), list })
+
+const optionFields = known([
   "timeout",
   "totalTimeout",
   "retry",
@@ -82,30 +90,62 @@ const optionKeys: ReadonlySet<string> = new Set([
   "stats",
   "description"
 ])
-const specKeys: ReadonlySet<string> = new Set([...optionKeys, "name", "dependsOn", "run"])
+const specFields = known([...optionFields.list, "name", "dependsOn", "run"])
+const runFields = known(["mode", "concurrency", "onFailure", "fallbackToSequential"])
 
 const isRecord = (u: unknown): u is Record<string, unknown> => typeof u === "object" && u !== null && !Array.isArray(u)
 
 /**
- * A value given for options, or why it cannot be options (a `PipelineError` naming `options`):
- * anything but an object (an array included), or an object without fields of its own (a `Map`,
- * a signal), which would run as no options at all.
+ * The fields of an object given as a step or as options, read once into a copy: each of its own
+ * keys must be `fields`' (the first other one is the issue, `unknown` saying why), and those are
+ * read where they are, a class's getters and methods on its prototype included. A getter or
+ * `Proxy` trap that throws is its field's issue, not a throw out of `.step` or a defect; an
+ * object with none of the fields, own or inherited (a `Map`, a signal), is not taken as none.
+ * `at` names the object (`steps[2]`; absent: its fields are named bare, the whole `options`).
  */
-export const optionsOf = (input: unknown): Checked<Readonly<Record<string, unknown>>> => {
-  const foreign = isRecord(input) ? Input.notOptions(input) : Input.shown(input)
-  if (foreign !== undefined) return Result.fail(invalidOption("options", `expected an object, got ${foreign}`))
-  const read = Input.readFields(input as object)
-  return Result.mapError(read, (issue) => invalidOption(issue.path, issue.message))
+const readKnown = (
+  input: object,
+  fields: Known,
+  at: string | undefined,
+  unknown: string
+): Input.Checked<Readonly<Record<string, unknown>>> => {
+  const whole = at ?? "options"
+  let own: ReadonlyArray<string>
+  try {
+    own = Object.keys(input)
+  } catch (error) {
+    return Result.fail({ path: whole, message: `listing its fields threw: ${Input.thrownMessage(error)}` })
+  }
+  for (const key of own) {
+    if (!fields.set.has(key)) return Result.fail({ path: at === undefined ? key : label(at, key), message: unknown })
+  }
+  const read = Input.readFields(input, fields.list, at)
+  if (Result.isFailure(read) || own.length > 0) return read
+  const foreign = Object.keys(read.success).length > 0 ? undefined : Input.notOptions(input)
+  return foreign === undefined ? read : Result.fail({ path: whole, message: `expected an object, got ${foreign}` })
 }
 
 /**
- * The own fields of a step or its options, read once (`at` names them): a getter or a `Proxy`
- * trap that throws is the field's `PipelineError`, not a throw out of `.step` or a defect.
+ * A value given for options (`fields` its options, `unknown` saying why another is refused),
+ * read once, or why it cannot be options: a `PipelineError` naming the field, or `options` for
+ * anything but an object (an array included) or an object without any of them (a `Map`).
  */
-const fieldsOf = (input: object, at: string, step: string | undefined): Checked<Readonly<Record<string, unknown>>> => {
-  const read = Input.readFields(input, undefined, at)
-  return Result.mapError(read, (issue) => fromIssue(issue, step))
-}
+export const optionsOf = (
+  input: unknown,
+  fields: Known = runFields,
+  unknown = "unknown option"
+): Checked<Readonly<Record<string, unknown>>> =>
+  isRecord(input)
+    ? Result.mapError(readKnown(input, fields, undefined, unknown), (issue) => invalidOption(issue.path, issue.message))
+    : Result.fail(invalidOption("options", `expected an object, got ${Input.shown(input)}`))
+
+const fieldsOf = (
+  input: object,
+  fields: Known,
+  at: string,
+  step: string | undefined
+): Checked<Readonly<Record<string, unknown>>> =>
+  Result.mapError(readKnown(input, fields, at, "unknown field"), (issue) => fromIssue(issue, step))
 
 const label = (at: string, field: string): string => `${at}.${field}`
 
@@ -209,15 +249,10 @@ const checkRetry = (
 /**
  * Checks a step's options (`at` is the step's path, `steps[2]`), refusing unknown fields.
  */
-export const checkPolicies = (
-  input: unknown,
-  at: string,
-  step: string | undefined,
-  keys: ReadonlySet<string> = optionKeys
-): Checked<Policies> => {
-  if (input === undefined) input = {}
+export const checkPolicies = (input: unknown, at: string, step: string | undefined): Checked<Policies> => {
+  if (input === undefined) return policiesOf({}, at, step)
   if (!isRecord(input)) return Result.fail(invalidStep(at, `expected an object, got ${Input.shown(input)}`, step))
-  return Result.flatMap(fieldsOf(input, at, step), (fields) => policiesOf(fields, at, step, keys))
+  return Result.flatMap(fieldsOf(input, optionFields, at, step), (fields) => policiesOf(fields, at, step))
 }
 
 // Plain checks in turn, not a `Result.gen`: a generated pipeline (an agent batch's 200,000 tasks)
@@ -225,12 +260,8 @@ export const checkPolicies = (
 const policiesOf = (
   fields: Readonly<Record<string, unknown>>,
   at: string,
-  step: string | undefined,
-  keys: ReadonlySet<string>
+  step: string | undefined
 ): Checked<Policies> => {
-  for (const key of Object.keys(fields)) {
-    if (!keys.has(key)) return Result.fail(invalidStep(label(at, key), "unknown field", step))
-  }
   const timeout = checkDuration(at, "timeout", fields.timeout, step)
   if (Result.isFailure(timeout)) return Result.fail(timeout.failure)
   const totalTimeout = checkDuration(at, "totalTimeout", fields.totalTimeout, step)
@@ -277,7 +308,7 @@ export const checkSpec = (given: unknown, at: string): Checked<StepDef> => {
     return Result.fail(
       invalidStep(at, `expected a step { name, dependsOn, run }, got ${Input.shown(given)}`, undefined)
     )
-  const read = fieldsOf(given, at, undefined)
+  const read = fieldsOf(given, specFields, at, undefined)
   if (Result.isFailure(read)) return Result.fail(read.failure)
   const spec = read.success
   const name = spec.name
@@ -294,7 +325,7 @@ export const checkSpec = (given: unknown, at: string): Checked<StepDef> => {
     )
   }
   const run = spec.run as StepDef["run"]
-  return Result.flatMap(policiesOf(spec, at, name, specKeys), (policies) =>
+  return Result.flatMap(policiesOf(spec, at, name), (policies) =>
     checkSeries(
       { ...policies, name, deps: Array.from(new Set(dependsOn.success)), run, governed: isGoverned(policies) },
       at
@@ -322,8 +353,6 @@ export const checkSeries = (def: StepDef, at: string): Checked<StepDef> => {
   return text === undefined ? Result.succeed(def) : Result.fail(fromIssue(text, def.name))
 }
 
-const runKeys: ReadonlySet<string> = new Set(["mode", "concurrency", "onFailure", "fallbackToSequential"])
-
 /**
  * The most steps of a pipeline running at once when its options say nothing: as many as an
  * `HttpAgent` has requests in flight by default (`maxConnections`). Unbounded, a DAG of 200,000
@@ -343,9 +372,6 @@ export const checkRunOptions = (
   const checked = optionsOf(input === undefined ? {} : input)
   if (Result.isFailure(checked)) return Result.fail(checked.failure)
   const options = checked.success
-  for (const key of Object.keys(options)) {
-    if (!runKeys.has(key)) return Result.fail(invalidOption(key, "unknown option"))
-  }
   const mode = Input.orDefault(options.mode, "parallel")
   if (mode !== "parallel" && mode !== "sequential") {
     return Result.fail(invalidOption("mode", `expected "parallel" or "sequential", got ${Input.shown(mode)}`))

@@ -6,7 +6,7 @@
 import { Graph, Result } from "effect"
 import * as Input from "../Input.js"
 import type { MermaidOptions, Pipeline, StepOutcome } from "../Pipeline.js"
-import { optionsOf } from "./definition.js"
+import { known, optionsOf } from "./definition.js"
 import * as Errors from "./errors.js"
 
 const directions: ReadonlySet<unknown> = new Set<Graph.MermaidDirection>(["TB", "TD", "BT", "RL", "LR"])
@@ -19,7 +19,7 @@ const directionOf = (input: unknown): Graph.MermaidDirection => {
   throw Errors.invalidOption("direction", `expected "TB", "TD", "BT", "RL" or "LR", got ${Input.shown(direction)}`)
 }
 
-const optionKeys: ReadonlySet<string> = new Set(["direction", "result"])
+const optionFields = known(["direction", "result"])
 
 const isRecord = (u: unknown): u is Record<string, unknown> => typeof u === "object" && u !== null && !Array.isArray(u)
 
@@ -27,9 +27,7 @@ const isRecord = (u: unknown): u is Record<string, unknown> => typeof u === "obj
 // diagram as if asked for it: each is refused by name.
 const checked = (given: unknown): MermaidOptions<unknown, unknown> => {
   if (given === undefined || given === null) return {}
-  const options = Result.getOrThrow(optionsOf(given))
-  const unknown = Input.unknownKey(options, optionKeys)
-  if (unknown !== undefined) throw Errors.invalidOption(unknown.path, unknown.message)
+  const options = Result.getOrThrow(optionsOf(given, optionFields, "unknown option (expected direction or result)"))
   const result = options.result
   if (result !== undefined && result !== null && !(isRecord(result) && isRecord(result.steps))) {
     throw Errors.invalidOption("result", `expected the result of Pipeline.run, got ${Input.shown(result)}`)
