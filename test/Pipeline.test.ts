@@ -667,6 +667,35 @@ describe("Pipeline definitions are checked (issues 10, 12, 13)", () => {
   )
 
   it.effect(
+    "defaults given as a class (getters on its prototype) stay the defaults when a run gives options of its own",
+    () =>
+      Effect.gen(function* () {
+        const inFlight = yield* Ref.make(0)
+        const peak = yield* Ref.make(0)
+        const tracked = Effect.acquireUseRelease(
+          Effect.flatMap(
+            Ref.updateAndGet(inFlight, (n) => n + 1),
+            (n) => Ref.update(peak, (p) => Math.max(p, n))
+          ),
+          () => Effect.sleep("10 millis"),
+          () => Ref.update(inFlight, (n) => n - 1)
+        )
+        class OneAtATime {
+          get concurrency() {
+            return 1
+          }
+        }
+        const p = Pipeline.make(new OneAtATime())
+          .step("a", [], () => tracked)
+          .step("b", [], () => tracked)
+          .step("c", [], () => tracked)
+        const result = yield* runClocked(p, undefined, { onFailure: "continue" })
+        assert.strictEqual(result.status, "succeeded")
+        assert.strictEqual(yield* Ref.get(peak), 1)
+      })
+  )
+
+  it.effect(
     "fromSteps: steps null, dependsOn a string, a typo, run not a function: PipelineError naming the field",
     () =>
       Effect.gen(function* () {

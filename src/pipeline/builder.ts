@@ -90,17 +90,23 @@ const fromChain = <I, O, E, R>(
   return self as Pipeline<I, O, E, R>
 }
 
-const checkDefaults = (defaults: unknown): PipelineError | undefined => {
-  const checked = Internal.checkRunOptions(defaults, isConcurrencyRelated as (f: Internal.Failure) => boolean)
-  return R.isFailure(checked) ? checked.failure : undefined
+// The defaults kept are the copy that was checked: a run merges its options over them, and the
+// caller's object (a class's getters on its prototype, fields changed later) is not read again.
+const checkDefaults = (given: RunOptions): { readonly defaults: RunOptions; readonly issue?: PipelineError } => {
+  const read = Internal.optionsOf(given)
+  if (R.isFailure(read)) return { defaults: given, issue: read.failure }
+  const checked = Internal.checkRunOptions(read.success, isConcurrencyRelated as (f: Internal.Failure) => boolean)
+  return R.isFailure(checked) ? { defaults: given, issue: checked.failure } : { defaults: { ...read.success } }
 }
 
-export const make = <I = void>(defaults: RunOptions = {}): Pipeline<I, {}> =>
-  fromChain<I, {}, never, never>({ steps: [], index: new Map() }, 0, defaults, checkDefaults(defaults))
+export const make = <I = void>(given: RunOptions = {}): Pipeline<I, {}> => {
+  const { defaults, issue } = checkDefaults(given)
+  return fromChain<I, {}, never, never>({ steps: [], index: new Map() }, 0, defaults, issue)
+}
 
 export const fromSteps = <I, A, E, R>(
   steps: ReadonlyArray<StepSpec<I, A, E, R>>,
-  defaults: RunOptions = {}
+  given: RunOptions = {}
 ): Effect.Effect<Pipeline<I, Record<string, A>, E, R>, PipelineError> =>
   Effect.suspend(() => {
     if (!Array.isArray(steps)) {
@@ -114,8 +120,8 @@ export const fromSteps = <I, A, E, R>(
       if (R.isFailure(checked)) return Effect.fail(checked.failure)
       defs.push(checked.success)
     }
-    const invalid = checkDefaults(defaults)
-    if (invalid !== undefined) return Effect.fail(invalid)
+    const { defaults, issue } = checkDefaults(given)
+    if (issue !== undefined) return Effect.fail(issue)
     const definition = Internal.build(defs)
     return R.isSuccess(definition)
       ? Effect.succeed(
