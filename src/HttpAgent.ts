@@ -267,7 +267,10 @@ export interface Options {
  * @category models
  */
 export interface DispatchOptions {
-  /** Tasks running at once (default: no limit beyond the connection limits). A whole number of at least 1, or `Infinity`. */
+  /**
+   * Tasks running at once: a whole number of at least 1, or `Infinity`. Default the service's
+   * `maxConnections` (more would only wait for a connection slot, each task's deadline running).
+   */
   readonly concurrency?: number | undefined
 }
 

@@ -194,6 +194,38 @@ describe("HttpAgent.call", () => {
     })
   )
 
+  it.effect(
+    "dispatch runs at most maxConnections tasks at once by default: the others wait unstarted, not on a slot",
+    () =>
+      Effect.gen(function* () {
+        const server = yield* AgentServer.make(() => ({ hang: true }))
+        const service = yield* agents({
+          options: { maxConnections: 2, maxConnectionsPerHost: 2 },
+          breakers: { failMax: 100 }
+        })
+        const ids = Array.from({ length: 10 }, (_, i) => `t${i}`)
+        const run = yield* Effect.forkChild(
+          service.dispatch(ids.map((id) => task(id, server.url, { timeout: "1 second" })))
+        )
+        yield* server.awaitRequests(2)
+        yield* Effect.yieldNow
+        // Read now, checked once every task has ended (the executor's close waits for calls in flight).
+        const waiting = (yield* service.connections).waiting
+        for (let wave = 0; wave < 5; wave++) {
+          yield* TestClock.adjust("1 second")
+          for (let i = 0; i < 10; i++) yield* Effect.yieldNow
+        }
+        const records = yield* Fiber.join(run)
+        assert.deepStrictEqual(
+          records.map((record) => record.status),
+          ids.map(() => "timeout")
+        )
+        assert.strictEqual(server.requests(), 10)
+        // 10 tasks on 2 connections: 8 fibers waited on the slots (200,000 tasks, 200,000 fibers).
+        assert.strictEqual(waiting, 0)
+      })
+  )
+
   it.effect("attempts counts a try as it starts to wait for a connection slot: one cut there sent no request", () =>
     Effect.gen(function* () {
       const server = yield* AgentServer.make(() => ({ hang: true }))

@@ -23,6 +23,8 @@ export interface Env {
   readonly metrics: AgentMetrics
   /** The name an agent's metric series carry (`task.ts`'s `Env.seriesName`). */
   readonly seriesName: (agent: string) => string
+  /** Tasks running at once when the caller gives no `concurrency`: the connections there are. */
+  readonly defaultConcurrency: number
 }
 
 /** Usable by dependents: an answer, or a cached one while the agent's breaker is open. */
@@ -100,7 +102,15 @@ export const dispatch = Effect.fnUntraced(function* (
   if (Result.isFailure(definition)) return yield* Effect.fail(definition.failure)
   const invalid = checkOptions(options)
   if (invalid !== undefined) return yield* Effect.fail(invalid)
-  const settings = Definition.checkRunOptions({ onFailure: "continue", concurrency: options?.concurrency }, () => false)
+  const settings = Definition.checkRunOptions(
+    {
+      onFailure: "continue",
+      // A task started beyond the connections waits on a slot as a fiber (and its deadline runs): a
+      // batch of 200,000 made 200,000 fibers at once. Unstarted, it is a slot of the batch's array.
+      concurrency: options?.concurrency ?? env.defaultConcurrency
+    },
+    () => false
+  )
   if (Result.isFailure(settings)) return yield* Effect.fail(settings.failure)
   const result = yield* execute(definition.success, undefined, settings.success, makeRunner(undefined))
   return read.map(({ task }): TaskRecord => {

@@ -205,7 +205,13 @@ export const makeService = Effect.fnUntraced(function* (given: Options, env: Env
       dispatchOptions?: DispatchOptions
     ) {
       yield* Effect.annotateCurrentSpan({ "agent.tasks": Array.isArray(tasks) ? tasks.length : 0 })
-      return yield* runBatch(tasks, dispatchOptions, { call, labelOf, metrics, seriesName })
+      return yield* runBatch(tasks, dispatchOptions, {
+        call,
+        labelOf,
+        metrics,
+        seriesName,
+        defaultConcurrency: maxConnections
+      })
     }),
     connections: connections.stats,
     stats: agentStats
