@@ -282,7 +282,8 @@ export const layerLanguageModelFromProvider = (
 
 /**
  * An `effect/ai` `EmbeddingModel` whose calls go to `target.embed` (checked first; the
- * model from `model` when given).
+ * model from `model` when given). Concurrent `embed` calls, which effect/ai batches, are
+ * checked one by one and sent in requests within `limits`: each gets its own outcome.
  *
  * @since 0.2.0
  * @category constructors

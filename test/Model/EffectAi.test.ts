@@ -1032,6 +1032,36 @@ describe("EffectAi.languageModel (a target as an effect/ai LanguageModel)", () =
   )
 })
 
+describe("EffectAi.embeddingModel: concurrent embed calls batched by effect/ai", () => {
+  it.effect(
+    "each input gets its own outcome: one bad input, or more callers than one request's limits, fails no other",
+    () =>
+      Effect.gen(function* () {
+        const { provider, control } = yield* Mock.make({ dimensions: 4 })
+        const context = yield* Layer.build(
+          EffectAi.layerEmbeddingModel(provider, { limits: { maxEmbedTexts: 2, maxInputChars: 10 } })
+        )
+        const model = Context.get(context, EmbeddingModel.EmbeddingModel)
+        const inputs = ["alpha", "far too long a text", "beta", "gamma", "delta"]
+        const exits = yield* Effect.forEach(inputs, (input) => Effect.exit(model.embed(input)), {
+          concurrency: "unbounded"
+        })
+        assert.deepStrictEqual(
+          exits.map((exit) => (Exit.isSuccess(exit) ? exit.value.vector : failureOf(exit).reason._tag)),
+          [
+            Mock.embedText("alpha", 4),
+            "InvalidRequestError",
+            Mock.embedText("beta", 4),
+            Mock.embedText("gamma", 4),
+            Mock.embedText("delta", 4)
+          ]
+        )
+        // The four valid inputs went in two requests of two texts (maxEmbedTexts), within maxInputChars.
+        assert.strictEqual(yield* control.calls, 2)
+      })
+  )
+})
+
 describe("EffectAi: what a caller hands in fails typed, and a refusal is read back", () => {
   it.effect("a `context` option that throws, or answers no Context, is InvalidRequest naming context", () =>
     Effect.gen(function* () {

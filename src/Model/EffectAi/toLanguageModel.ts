@@ -5,7 +5,7 @@
  *
  * @internal
  */
-import { Context, Effect, Option, Result, Schema, Stream } from "effect"
+import { Context, Effect, Exit, Option, type Request, RequestResolver, Result, Schema, Stream } from "effect"
 import { AiError as Ai, EmbeddingModel, LanguageModel, type Response } from "effect/ai"
 import { ModelError } from "../../AiError.js"
 import * as Input from "../../Input.js"
@@ -243,6 +243,67 @@ export const languageModel = Effect.fnUntraced(function* (target: Target, given:
   })
 })
 
+type EmbedEntry = Request.Entry<EmbeddingModel.EmbeddingRequest>
+
+/**
+ * The texts of one resolver batch, in order, grouped into requests within `limits`: an input
+ * the limits refuse on its own fails alone, and many callers' single texts go in several
+ * requests rather than failing together as one request over the limits.
+ */
+const groupWithin = Effect.fnUntraced(function* (
+  entries: ReadonlyArray<EmbedEntry>,
+  limits: Model.RequestLimits,
+  check: (input: string) => Effect.Effect<unknown, Ai.AiError>
+) {
+  const groups: Array<Array<EmbedEntry>> = []
+  let group: Array<EmbedEntry> = []
+  let chars = 0
+  for (const entry of entries) {
+    const input = entry.request.input
+    const checked = yield* Effect.exit(check(input))
+    if (Exit.isFailure(checked)) {
+      entry.completeUnsafe(Exit.failCause(checked.cause))
+      continue
+    }
+    if (group.length === limits.maxEmbedTexts || chars + input.length > limits.maxInputChars) {
+      groups.push(group)
+      group = []
+      chars = 0
+    }
+    group.push(entry)
+    chars += input.length
+  }
+  if (group.length > 0) groups.push(group)
+  return groups
+})
+
+// Each caller of the group gets its own vector, or the group's failure.
+const answerGroup = (
+  group: ReadonlyArray<EmbedEntry>,
+  exit: Exit.Exit<EmbeddingModel.ProviderResponse, Ai.AiError>
+): void => {
+  if (Exit.isFailure(exit)) {
+    for (const entry of group) entry.completeUnsafe(Exit.failCause(exit.cause))
+    return
+  }
+  const results = exit.value.results
+  const miscount =
+    results.length === group.length
+      ? undefined
+      : Exit.fail(
+          Ai.make({
+            module: MODULE,
+            method: "embed",
+            reason: new Ai.InvalidOutputError({
+              description: `expected ${group.length} embeddings, got ${results.length}`
+            })
+          })
+        )
+  for (const [i, entry] of group.entries()) {
+    entry.completeUnsafe(miscount ?? Exit.succeed(new EmbeddingModel.EmbedResponse({ vector: results[i]! })))
+  }
+}
+
 /**
  * An `effect/ai` `EmbeddingModel` whose calls go to `target.embed` (checked first; the
  * model from `model` when given).
@@ -262,19 +323,47 @@ export const embeddingModel = (
         ])
       )
     ),
-    ([model, limits]) =>
-      EmbeddingModel.make({
-        embedMany: ({ inputs }) =>
-          Model.validateEmbed(
-            { texts: inputs as Model.EmbedRequest["texts"], ...(model === undefined ? {} : { model }) },
-            limits
-          ).pipe(
-            Effect.flatMap(target.embed),
-            Effect.map((response) => ({
+    ([model, limits]) => {
+      const requestOf = (texts: ReadonlyArray<string>) =>
+        ({ texts, ...(model === undefined ? {} : { model }) }) as Model.EmbedRequest
+      const embedMany = (method: string) => (inputs: ReadonlyArray<string>) =>
+        Model.validateEmbed(requestOf(inputs), limits).pipe(
+          Effect.flatMap(target.embed),
+          Effect.map(
+            (response): EmbeddingModel.ProviderResponse => ({
               results: response.vectors.map((vector) => [...vector]),
               usage: { inputTokens: response.usage?.inputTokens }
-            })),
-            Effect.mapError((error) => toAiError(error, "embedMany"))
+            })
+          ),
+          Effect.mapError((error) => toAiError(error, method))
+        )
+      const check = (input: string) =>
+        Effect.mapError(Model.validateEmbed(requestOf([input]), limits), (error) => toAiError(error, "embed"))
+      const embedGroup = embedMany("embed")
+      // effect/ai batches concurrent `embed` calls into one `embedMany`: one bad text, or more
+      // callers than one request may carry, would fail every caller of the batch.
+      const resolver = RequestResolver.make<EmbeddingModel.EmbeddingRequest>((entries) =>
+        Effect.flatMap(groupWithin(entries, limits, check), (groups) =>
+          Effect.forEach(
+            groups,
+            (group) =>
+              Effect.map(Effect.exit(embedGroup(group.map((entry) => entry.request.input))), (exit) =>
+                answerGroup(group, exit)
+              ),
+            { concurrency: "unbounded", discard: true }
           )
-      })
+        )
+      )
+      return Effect.map(
+        EmbeddingModel.make({ embedMany: ({ inputs }) => embedMany("embedMany")(inputs) }),
+        (made): EmbeddingModel.EmbeddingModel => ({
+          ...made,
+          resolver,
+          embed: (input) =>
+            Effect.request(new EmbeddingModel.EmbeddingRequest({ input }), resolver).pipe(
+              Effect.withSpan("EmbeddingModel.embed")
+            )
+        })
+      )
+    }
   )
