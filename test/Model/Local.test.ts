@@ -1069,6 +1069,21 @@ describe("Local provider: streaming", () => {
     })
   )
 
+  it.effect("with several stop sequences, a stream holds back the text a longer one may still start with", () =>
+    Effect.gen(function* () {
+      const { model } = yield* build({})
+      const full = yield* model.generate({ prompt: "the river", maxTokens: 10 })
+      const words = full.text.split(" ")
+      // The answer from its start is a stop sequence; another's first character ends the third word.
+      const stop = [`${words[3]!.slice(-1)}%`, words.slice(0, 6).join(" ")]
+      const request = { prompt: "the river", maxTokens: 10, stop }
+      const parts = yield* Stream.runCollect(model.stream(request))
+      const text = parts.map((p) => (p._tag === "TextDelta" ? p.text : "")).join("")
+      const whole = yield* model.generate(request)
+      assert.deepStrictEqual([text, whole.text, whole.finishReason], ["", "", "stop"])
+    })
+  )
+
   it.effect(
     "a consumer that lags holds the generation back (a bounded buffer); it goes on when the consumer reads",
     () =>

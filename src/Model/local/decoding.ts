@@ -144,7 +144,9 @@ export const makeDetokenizer = (
 export const emittable = (text: string, stop: ReadonlyArray<string>): number => {
   let end = text.length
   for (const s of stop) {
-    for (let k = Math.min(s.length - 1, end); k > 0; k--) {
+    // Bounded by the text's length, not by `end`: a longer stop sequence the whole text may start
+    // has to hold back more than a shorter one already did.
+    for (let k = Math.min(s.length - 1, text.length); k > 0; k--) {
       if (text.endsWith(s.slice(0, k)) && text.length - k < end) {
         end = text.length - k
         break
