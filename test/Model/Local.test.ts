@@ -395,6 +395,21 @@ describe("Local provider", () => {
       })
   )
 
+  it.effect("an encoder-decoder model reads a prompt as long as its positions; one token more is refused", () =>
+    Effect.gen(function* () {
+      const { model } = yield* build({ generationModel: "tiny-bart" })
+      // One token per "a", and the encoder's two special tokens: tiny-bart's 1,024 positions exactly.
+      const fits = yield* model.generate({ prompt: "a".repeat(1_022), maxTokens: 2 })
+      assert.strictEqual(fits.usage.inputTokens, 1_024)
+      const error = yield* Effect.flip(model.generate({ prompt: "a".repeat(1_023), maxTokens: 2 }))
+      assert.deepStrictEqual(error._tag === "ModelError" ? [error.reason, error.field, error.message] : [], [
+        "InvalidRequest",
+        "messages",
+        'the prompt has 1025 tokens; model "tiny-bart" reads at most 1024'
+      ])
+    })
+  )
+
   it.effect("ends with finishReason stop at the end-of-sequence token and at a stop sequence", () =>
     Effect.gen(function* () {
       const { model } = yield* build({})

@@ -212,8 +212,9 @@ export const makeInstance = ({ lib, modelId, task, tokenizer, model, clock }: In
     const inputTokens = encoded.input_ids.dims.at(-1) ?? 0
     // The prompt pass is one synchronous step that grows with the square of the prompt, and a
     // model reading past its positions fails inside ONNX: a prompt that does not fit is refused
-    // here; a decoder-only model generates at most what is left of its context.
-    if (context !== undefined && inputTokens >= context) {
+    // here; a decoder-only model generates at most what is left of its context (so it needs a
+    // position left), an encoder reads the prompt alone.
+    if (context !== undefined && (seq2seq ? inputTokens > context : inputTokens >= context)) {
       throw new ContextExceeded(
         `the prompt has ${inputTokens} tokens; model "${modelId}" reads at most ${context}${seq2seq ? "" : ", its answer included"}`
       )
