@@ -410,6 +410,41 @@ describe("Local provider", () => {
     })
   )
 
+  it.effect(
+    "a conversation the model's chat template refuses is InvalidRequest on messages, not a provider failure",
+    () =>
+      Effect.gen(function* () {
+        // tiny-gpt2 with a chat template that, as Gemma's, refuses a system message.
+        const dir = yield* tempDir("orchestra-chat-")
+        yield* Effect.promise(async () => {
+          await cp(path.join(modelPath, "tiny-bert"), path.join(dir, "tiny-bert"), { recursive: true })
+          await cp(path.join(modelPath, "tiny-gpt2"), path.join(dir, "chat-gpt2"), { recursive: true })
+          const file = path.join(dir, "chat-gpt2", "tokenizer_config.json")
+          const config = JSON.parse(await readFile(file, "utf8"))
+          config.chat_template =
+            "{% if messages[0]['role'] == 'system' %}{{ raise_exception('System role not supported') }}{% endif %}" +
+            "{% for m in messages %}{{ m['role'] + ': ' + m['content'] + '\\n' }}{% endfor %}" +
+            "{% if add_generation_prompt %}{{ 'assistant:' }}{% endif %}"
+          await writeFile(file, JSON.stringify(config))
+        })
+        const { model } = yield* build({ modelPath: dir, generationModel: "chat-gpt2" })
+        const answer = yield* model.generate({ messages: [{ role: "user", content: "hi" }], maxTokens: 3 })
+        assert.strictEqual(answer.usage.outputTokens, 3)
+        const request = { system: "be brief", prompt: "hi", maxTokens: 3 }
+        const refused = [
+          yield* Effect.flip(model.generate(request)),
+          yield* Effect.flip(Stream.runDrain(model.stream(request)))
+        ]
+        for (const error of refused) {
+          assert.deepStrictEqual(
+            error._tag === "ModelError" ? [error.reason, error.field, error.provider] : [error._tag],
+            ["InvalidRequest", "messages", "local"]
+          )
+          assert.include(error.message, "System role not supported")
+        }
+      })
+  )
+
   it.effect("ends with finishReason stop at the end-of-sequence token and at a stop sequence", () =>
     Effect.gen(function* () {
       const { model } = yield* build({})

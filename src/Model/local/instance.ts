@@ -128,6 +128,11 @@ class StopSequence extends Error {}
 class Aborted extends Error {}
 /** A prompt longer than the model's context: refused before the (synchronous) prompt pass. */
 class ContextExceeded extends Error {}
+/**
+ * A conversation the model's chat template refuses (`raise_exception`: a system message to
+ * Gemma, roles that do not alternate): the request's fault, which the breaker must not count.
+ */
+class TemplateRefused extends Error {}
 
 /** The positions a model reads (its context), from its config; `undefined` when it does not say. */
 const contextOf = (config: PretrainedModelLike["config"]): number | undefined => {
@@ -207,7 +212,14 @@ export const makeInstance = ({ lib, modelId, task, tokenizer, model, clock }: In
     const halt = options?.halt
     const pace = options?.pace
     if (halt?.aborted) throw halt.reason
-    const prompt = promptOf(tokenizer, input.messages)
+    let prompt: string
+    try {
+      prompt = promptOf(tokenizer, input.messages)
+    } catch (error) {
+      throw new TemplateRefused(
+        `the chat template of model "${modelId}" refused the messages: ${Input.thrownMessage(error)}`
+      )
+    }
     const encoded = tokenizer(prompt, { add_special_tokens: seq2seq })
     const inputTokens = encoded.input_ids.dims.at(-1) ?? 0
     // The prompt pass is one synchronous step that grows with the square of the prompt, and a
@@ -387,7 +399,7 @@ export const makeInstance = ({ lib, modelId, task, tokenizer, model, clock }: In
             (error): ModelError | ShuttingDownError =>
               error instanceof ShuttingDownError
                 ? error
-                : error instanceof ContextExceeded
+                : error instanceof ContextExceeded || error instanceof TemplateRefused
                   ? new ModelError({
                       reason: "InvalidRequest",
                       message: error.message,
