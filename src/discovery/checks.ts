@@ -1,0 +1,95 @@
+/**
+ * The checks of what discovery is given: a caller's query (refused `NotFound`, naming the
+ * field), the options of each layer (a misspelt key), and an endpoint (an entry written by
+ * hand, or one a lookup answered), each read once into a plain value that is what is kept.
+ *
+ * @internal
+ */
+import { Effect, Result } from "effect"
+import type { Endpoint, Query } from "../Discovery.js"
+import * as Input from "../Input.js"
+import * as Http from "../Model/http/options.js"
+import { type DiscoveryError, fail } from "./errors.js"
+
+/** The key of a query in a cache or a static map. */
+export const keyOf = (query: Query): string => JSON.stringify([query.concept, query.intent])
+
+const queryFields = ["concept", "intent"] as const
+
+/** The longest `concept` or `intent` (as a task's): each is a key of the cache and a part of the registry's URL. */
+const maxQueryLength = 1_000
+
+/**
+ * The caller's query, read once into a plain one: a field that is no string (a value without a
+ * prototype, which `String` threw on at the caller), an empty or a huge one (a million characters
+ * kept as a cache key, `capacity` times), or a getter that throws is refused, named.
+ */
+export const checkQuery = (query: Query): Effect.Effect<Query, DiscoveryError> => {
+  const read = { concept: "", intent: "" }
+  const refuse = (message: string) => Effect.fail(fail(read, "NotFound", message))
+  if (typeof query !== "object" || query === null) {
+    return refuse(`invalid query: expected { concept, intent }, got ${Input.shown(query)}`)
+  }
+  for (const field of queryFields) {
+    let value: unknown
+    try {
+      value = query[field]
+    } catch (thrown) {
+      return refuse(`invalid query.${field}: expected a string, but reading it threw: ${Input.thrownMessage(thrown)}`)
+    }
+    if (typeof value !== "string") return refuse(`invalid query.${field}: expected a string, got ${Input.shown(value)}`)
+    if (value.length === 0 || value.length > maxQueryLength) {
+      return refuse(`invalid query.${field}: expected 1 to ${maxQueryLength} characters, got ${value.length}`)
+    }
+    read[field] = value
+  }
+  return Effect.succeed(read)
+}
+
+const endpointKeys: ReadonlySet<string> = new Set(["url", "name", "timeout"])
+
+/** The keys of a static map's entry. */
+export const entryKeys: ReadonlySet<string> = new Set(["concept", "intent", "agents"])
+
+/** The keys of `Options`. */
+export const optionKeys: ReadonlySet<string> = new Set([
+  "name",
+  "ttl",
+  "staleFor",
+  "capacity",
+  "timeout",
+  "breaker",
+  "maxAgents",
+  "maxConcurrentLookups"
+])
+
+/** The keys of `HttpOptions`. */
+export const httpKeys: ReadonlySet<string> = new Set([...optionKeys, "url", "maxResponseBytes"])
+
+/** The options' issue: not an object, or a key `known` lacks (a misspelt `tll`). */
+export const optionsIssue = (options: unknown, known: ReadonlySet<string>): Input.Issue | undefined =>
+  Input.notAnObject("options", options) ?? Input.unknownKey(options as object, known)
+
+/**
+ * `strict`: a field of no endpoint's is refused (entries written by hand; a lookup's answer may carry its own).
+ * The endpoint is read once into a plain one, which is what is checked and kept: the caller's object
+ * (a lookup's catalog entry, updated in place; a getter) changed later changes no answer.
+ */
+export const checkEndpoint = (path: string, input: unknown, strict = false): Input.Checked<Endpoint> => {
+  if (typeof input !== "object" || input === null) return Result.fail({ path, message: "expected { url, name? }" })
+  const unknown = strict ? Input.unknownKey(input, endpointKeys, `${path}.`) : undefined
+  if (unknown !== undefined) return Result.fail(unknown)
+  const { url, name, timeout } = input as Endpoint
+  return Result.map(
+    Input.all([
+      Http.baseUrl(`${path}.url`, url, "an endpoint takes none (HttpAgent.agent takes them as a Redacted header)"),
+      name === undefined ? Result.succeed(undefined) : Http.nonEmpty(`${path}.name`, name),
+      timeout === undefined ? Result.succeed(undefined) : Input.duration(`${path}.timeout`, timeout)
+    ]),
+    (): Endpoint => ({
+      url,
+      ...(name === undefined ? {} : { name }),
+      ...(timeout === undefined ? {} : { timeout })
+    })
+  )
+}
