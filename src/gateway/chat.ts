@@ -327,8 +327,11 @@ export const make = (env: Env) => {
     // The drain's cut ends the stream through the pipeline (an error event, never `[DONE]`).
     const cut: Cut = { error: undefined }
     lifecycle.onCut(entry, (error) => stopStreams(cut, error))
-    const pull = yield* Stream.toPull(
-      parts.pipe(Stream.provideService(CurrentTracker, tracker), Stream.provideService(CurrentCut, cut))
+    // Provided to the pull's making, whose context every pull runs with: `Stream.provideService`
+    // added both to the context again on each pull.
+    const pull = yield* Stream.toPull(parts).pipe(
+      Effect.provideService(CurrentTracker, tracker),
+      Effect.provideService(CurrentCut, cut)
     )
     const first = yield* Effect.exit(pull)
     if (Exit.isFailure(first)) {

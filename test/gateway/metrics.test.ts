@@ -92,6 +92,29 @@ describe("Gateway: /metrics", () => {
     })
   )
 
+  it.live("a stream's overhead leaves out its wait for the upstream's first part", () =>
+    Effect.gen(function* () {
+      // The upstream's first byte comes at least 50 ms after the request: not the gateway's share.
+      const slow = yield* Server.make(async (_, res) => {
+        await Server.pause(50)
+        Server.chunked(res, [Server.sse(Up.streamEvents(["a", "b"]))], { pauseMs: 0 })
+      })
+      const gw = yield* Harness.make({ upstreams: { a: slow.url } })
+      for (let i = 0; i < 3; i++) {
+        yield* Harness.call(async () => {
+          const stream = await gw.client().chat.completions.create({ model: "d-a", messages: hi, stream: true })
+          for await (const _ of stream) {
+          }
+        })
+      }
+      const text = yield* gw.metrics
+      const total = seriesValue(text, 'orchestra_gateway_request_duration_ms_sum{route="chat_stream"}')!
+      const overhead = seriesValue(text, 'orchestra_gateway_overhead_ms_sum{route="chat_stream"}')!
+      assert.isAtLeast(overhead, 0)
+      assert.isAtLeast(total - overhead, 3 * 45)
+    })
+  )
+
   it.live("a hedged call's upstream time is the time some upstream call ran, not the sum of its racing calls", () =>
     Effect.gen(function* () {
       // The primary answers after 400 ms; its backup, started 50 ms in, after 100 ms: ~150 ms upstream,
