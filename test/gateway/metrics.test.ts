@@ -581,3 +581,69 @@ describe("Gateway: a closed gateway's series", () => {
     other.remove()
   })
 })
+
+describe("Gateway: two key stores in one registry", () => {
+  const counter = {
+    scope: "key",
+    scopeId: "shared",
+    model: undefined,
+    unit: "tokens",
+    limit: 100,
+    periodMs: undefined,
+    window: undefined,
+    name: "key:shared:tokens",
+    base: "key:shared:tokens"
+  } as const
+  const remaining = 'orchestra_gateway_budget_remaining{key="shared",scope="key",budget_unit="tokens"}'
+
+  it("show one budget_remaining series per key, the lowest either reports; one closing or forgetting leaves the other's", () => {
+    const registry: Metric.MetricRegistry = new Map()
+    const context = Context.make(Metric.MetricRegistry, registry) as Context.Context<never>
+    const read = () => seriesValue(Prometheus.formatUnsafe(context), remaining)
+    const a = Gauges.make(context, () => 0)
+    const b = Gauges.make(context, () => 0)
+    a.set("shared", counter, { spent: 10, held: 0 })
+    b.set("shared", counter, { spent: 30, held: 0 })
+    assert.strictEqual(read(), 70)
+    // The first store's level falls below the second's: it is the one shown, not the last registered's.
+    a.set("shared", counter, { spent: 50, held: 0 })
+    assert.strictEqual(read(), 50)
+    b.remove()
+    assert.strictEqual(read(), 50)
+    const c = Gauges.make(context, () => 0)
+    c.set("shared", counter, { spent: 20, held: 0 })
+    c.forget("shared")
+    assert.strictEqual(read(), 50)
+    a.remove()
+    assert.strictEqual(registry.size, 0)
+    c.remove()
+  })
+
+  it("a closed store's series do not keep its layer's context alive while another store reads them", async () => {
+    const registry: Metric.MetricRegistry = new Map()
+    class Heavy extends Context.Service<Heavy, { readonly bytes: Uint8Array }>()("test/HeavyStore") {}
+    let first: Gauges.Gauges | undefined
+    const closed = (() => {
+      const heavy = { bytes: new Uint8Array(1024) }
+      const context = Context.make(Metric.MetricRegistry, registry).pipe(
+        Context.add(Heavy, heavy)
+      ) as Context.Context<never>
+      first = Gauges.make(context, () => 0)
+      first.set("shared", counter, { spent: 10, held: 0 })
+      return new WeakRef(heavy)
+    })()
+    const context = Context.make(Metric.MetricRegistry, registry) as Context.Context<never>
+    const other = Gauges.make(context, () => 0)
+    other.set("shared", counter, { spent: 40, held: 0 })
+    first!.remove()
+    first = undefined
+    for (let i = 0; i < 5; i++) {
+      await new Promise((resolve) => setImmediate(resolve))
+      gc()
+    }
+    await new Promise((resolve) => setImmediate(resolve))
+    assert.isUndefined(closed.deref(), "the closed store's context is still reachable from the registry")
+    assert.strictEqual(seriesValue(Prometheus.formatUnsafe(context), remaining), 60)
+    other.remove()
+  })
+})

@@ -3,6 +3,11 @@
  * as this process last saw it in the budget's current period (the whole limit once a new
  * period has begun), one series per key, scope, unit (and model for the `model` scope),
  * registered in the metric registry of the layer that built the store and removed with it.
+ * Two stores of one registry (two gateways, or one rebuilt while the other drains) export one
+ * series per key: the lowest remaining either reports. Of one shared budget (Redis) spend only
+ * grows within a period, so the lowest is the latest level read; of budgets kept apart (two
+ * memory stores) it is the one that refuses first, what an alert on the gauge is for. A store
+ * closing or forgetting its key leaves the other's level.
  *
  * Bounded as the library's other per-name series: the first {@link maxSeries} (key, scope,
  * unit, model) charged get a series; a later one gets none (a sum of other keys' remaining
@@ -11,8 +16,10 @@
  *
  * @internal
  */
-import { type Context, Metric } from "effect"
+import type { Context, Metric } from "effect"
 import * as Metrics from "../../Metrics.js"
+import { registrationContext } from "../../stats/counters.js"
+import { type Combine, join } from "../../stats/series.js"
 import { type Counter, type Level, shown, windowEnd } from "./ledger.js"
 
 /**
@@ -45,13 +52,23 @@ interface Series {
 interface Entry {
   readonly series: Series
   readonly budget: string
-  readonly registration: Metric.Registration
+  readonly registration: { readonly remove: () => void }
+}
+
+// A gauge's levels are not added up: the lowest is the level nearest its refusal.
+const lowest: Combine<Metric.GaugeState<number>> = (states) => {
+  let value = states[0]!.value
+  for (const state of states) if (state.value < value) value = state.value
+  return { value }
 }
 
 /**
  * @internal
  */
-export const make = (context: Context.Context<never>, now: () => number): Gauges => {
+export const make = (caller: Context.Context<never>, now: () => number): Gauges => {
+  // The registry and metric attributes only: a series another store still reads outlives this
+  // store, and would keep its layer's whole context alive.
+  const context = registrationContext(caller)
   const series = new Map<string, Entry>()
   // The series of every key charged to one budget: a team's, shared by its keys, shows one level.
   const byBudget = new Map<string, Array<Series>>()
@@ -79,17 +96,13 @@ export const make = (context: Context.Context<never>, now: () => number): Gauges
       // Not `unit`: Prometheus exporters drop an attribute of that name.
       const attributes: Record<string, string> = { key: keyId, scope: counter.scope, budget_unit: counter.unit }
       if (counter.model !== undefined) attributes.model = counter.model
-      const registration = Metric.registerUnsafe(
-        Metric.withAttributes(Metrics.gatewayBudgetRemaining, attributes),
+      const registration = join(
+        Metrics.gatewayBudgetRemaining,
+        attributes,
         context,
-        {
-          // Nothing is spent yet of a period begun since the last level.
-          get: () => ({
-            value: created.endsAt !== undefined && now() >= created.endsAt ? created.full : created.value
-          }),
-          update: () => {},
-          modify: () => {}
-        }
+        // Nothing is spent yet of a period begun since the last level.
+        () => ({ value: created.endsAt !== undefined && now() >= created.endsAt ? created.full : created.value }),
+        lowest
       )
       series.set(name, { series: created, budget, registration })
       const sharing = byBudget.get(budget)
