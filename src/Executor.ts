@@ -348,7 +348,7 @@ export const make = Effect.fnUntraced(function* (options: Options = {}) {
   const { execute, executeWithRetry } = Generate.make({ provider, limits, engine, resolveSync, refused, planOf })
   const executeMany = Many.make({ provider, limits, engine, resolveSync, refuse, planOf })
   const embed = Embed.make({ provider, limits, engine, resolveSync, refused, stepFor })
-  const stream = StreamCall.make({ streams, provider, limits, basePolicy, guards, stepFor, refuse })
+  const stream = StreamCall.make({ streams, provider, limits, basePolicy, guards, stepFor, refuse, refused })
 
   const service = {
     execute,

@@ -679,6 +679,65 @@ describe("Executor.stream", () => {
   )
 })
 
+describe("Executor.stream: a stream refused for an option", () => {
+  it.effect("cache that is no boolean is refused naming cache, not taken as on", () =>
+    Effect.gen(function* () {
+      const { executor, control } = yield* setup()
+      for (const cache of ["no", 0, null]) {
+        const error = yield* Effect.flip(collect(executor.stream(ask, { cache } as never)))
+        assert.deepStrictEqual(
+          [error._tag, error._tag === "ModelError" ? [error.reason, error.field] : []],
+          ["ModelError", ["InvalidRequest", "cache"]]
+        )
+      }
+      assert.strictEqual(yield* control.calls, 0)
+    })
+  )
+
+  it.effect("counts as one request and one InvalidRequest failure of its provider, when it runs", () =>
+    Effect.gen(function* () {
+      const { executor } = yield* setup()
+      const other = yield* Mock.make({ name: "refused-other" })
+      const own = executor.provider.name
+      const before = yield* executor.stats({ provider: own })
+      const bad: ReadonlyArray<unknown> = [
+        { idleTimout: "1 second" },
+        { cache: "no" },
+        { idleTimeout: Number.NaN },
+        { retry: "yes" },
+        { resume: { maxResumes: 0 } },
+        { steps: [] },
+        { steps: [{ provider: executor.provider, retyr: true }] },
+        {
+          get domain(): string {
+            throw new Error("getter bug")
+          }
+        }
+      ]
+      // Made, not run: nothing counted yet.
+      const streams = bad.map((options) => executor.stream(ask, options as never))
+      assert.strictEqual((yield* executor.stats({ provider: own })).total, before.total)
+      for (const stream of streams) yield* Effect.flip(collect(stream))
+      const after = yield* executor.stats({ provider: own })
+      assert.deepStrictEqual(
+        [
+          after.total - before.total,
+          (after.failuresByReason.InvalidRequest ?? 0) - (before.failuresByReason.InvalidRequest ?? 0)
+        ],
+        [bad.length, bad.length]
+      )
+      // On the provider it was meant for, and its domain.
+      const error = yield* Effect.flip(
+        collect(executor.stream(ask, { steps: [{ provider: other.provider, domain: "d" }], idleTimeout: -1 }))
+      )
+      assert.strictEqual(error._tag === "ModelError" && error.provider, "refused-other")
+      const counted = yield* executor.stats({ provider: "refused-other", domain: "d" })
+      assert.deepStrictEqual([counted.total, counted.failuresByReason], [1, { InvalidRequest: 1 }])
+      assert.strictEqual(yield* other.control.calls, 0)
+    })
+  )
+})
+
 describe("Executor.stream: a step's prepare", () => {
   it.effect(
     "that throws fails the stream with an InvalidRequest naming it, counted, nothing sent; with a cache too",

@@ -5,8 +5,8 @@
  *
  * @internal
  */
-import { Effect, Stream } from "effect"
-import { type AiError, invalidRequest } from "../AiError.js"
+import { Stream } from "effect"
+import { type AiError, invalidRequest, type ModelError } from "../AiError.js"
 import type { Guards, Service, StreamOptions } from "../Executor.js"
 import * as Input from "../Input.js"
 import type { GenerateRequest, RequestLimits, Service as ProviderService, StreamPart } from "../Model.js"
@@ -16,13 +16,7 @@ import { labelIssue } from "../stats/labels.js"
 import { checkRequest } from "./generate.js"
 import { kinds, thrownIssue } from "./options.js"
 import { tokensOf } from "./plan.js"
-import type { Refuse } from "./refusal.js"
-
-// The request checked (`checkRequest`: one that throws when read is refused, not a defect).
-const validated = (request: GenerateRequest, limits: RequestLimits) => {
-  const error = checkRequest(request, limits)
-  return error === undefined ? Effect.succeed(request) : Effect.fail(error)
-}
+import type { Refuse, Refused } from "./refusal.js"
 
 /**
  * Builds an executor's `stream`.
@@ -44,6 +38,14 @@ const streamKeys: ReadonlySet<string> = new Set([
 
 const resumeKeys: ReadonlySet<string> = new Set(["maxResumes", "instruction", "minOverlap"])
 
+// `cache: "no"` is a mistake, not "on".
+const flags = ["cache"] as const
+
+const noOptions: StreamOptions = {}
+
+// A refused stream is counted on its first step, as a call's refusal is on its provider.
+const firstOf = (options: StreamOptions) => (Array.isArray(options.steps) ? options.steps[0] : undefined)
+
 export const make = (env: {
   readonly streams: Streams
   readonly provider: ProviderService
@@ -52,16 +54,27 @@ export const make = (env: {
   readonly guards: Guards
   readonly stepFor: Service["stepFor"]
   readonly refuse: Refuse
+  readonly refused: Refused
 }) => {
-  const { streams, provider, limits, basePolicy, guards, stepFor, refuse } = env
+  const { streams, provider, limits, basePolicy, guards, stepFor, refuse, refused } = env
 
-  const stream = (request: GenerateRequest, streamOptions: StreamOptions = {}): Stream.Stream<StreamPart, AiError> => {
+  const validate = (request: GenerateRequest) => checkRequest(request, limits)
+  const refuseStream = (error: ModelError, options: StreamOptions) => {
+    const first = firstOf(options)
+    return refuse(error, first?.provider ?? options.provider ?? provider, first?.domain ?? options.domain)
+  }
+
+  const stream = (
+    request: GenerateRequest,
+    streamOptions: StreamOptions = noOptions
+  ): Stream.Stream<StreamPart, AiError> => {
     try {
       return streamUnsafe(request, streamOptions)
     } catch (thrown) {
-      // A getter (or a `Proxy` trap) of the options that throws: refused naming it, not thrown at the caller.
+      // A getter (or a `Proxy` trap) of the options that throws: refused naming it, not thrown at the
+      // caller, and counted on the executor's provider (the options are not read again to find theirs).
       const issue = thrownIssue(streamOptions, thrown)
-      return Stream.fail(invalidRequest(issue.path, issue.message))
+      return Stream.fromEffect(refused(invalidRequest(issue.path, issue.message), provider, undefined))
     }
   }
 
@@ -70,24 +83,26 @@ export const make = (env: {
       Input.notAnObject("options", streamOptions) ??
       Input.unknownKey(streamOptions, streamKeys) ??
       Input.notOfKind(streamOptions, kinds) ??
+      Input.notABoolean(streamOptions, flags) ??
       labelIssue(streamOptions) ??
       (typeof streamOptions.resume === "object" && streamOptions.resume !== null
         ? Input.unknownKey(streamOptions.resume, resumeKeys, "resume.")
         : undefined)
-    if (unknown !== undefined) return Stream.fail(invalidRequest(unknown.path, unknown.message))
+    if (unknown !== undefined) {
+      const first = firstOf(streamOptions)
+      return Stream.fromEffect(
+        refused(
+          invalidRequest(unknown.path, unknown.message),
+          first?.provider ?? streamOptions.provider ?? provider,
+          first?.domain ?? streamOptions.domain
+        )
+      )
+    }
     return streams.stream(request, {
       ...streamOptions,
       provider: streamOptions.provider ?? provider,
-      // A request refused is counted on its first step, as a call's is.
-      validate: (r) =>
-        Effect.mapError(validated(r, limits), (error) => {
-          const first = Array.isArray(streamOptions.steps) ? streamOptions.steps[0] : undefined
-          return refuse(
-            error,
-            first?.provider ?? streamOptions.provider ?? provider,
-            first?.domain ?? streamOptions.domain
-          )
-        }),
+      validate,
+      refuse: refuseStream,
       stepFor: (target, domain) => stepFor(target, { domain, tokens: tokensOf(request) }),
       basePolicy,
       cacheStore: guards.cache

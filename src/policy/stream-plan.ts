@@ -120,13 +120,16 @@ export interface StreamOptions {
 
 /**
  * The `StreamOptions` of a call with what the executor adds: its provider, its check of the
- * request, its steps, its retry policy and its cache.
+ * request, how it counts a refused stream, its steps, its retry policy and its cache.
  *
  * @internal
  */
 export type ExecutorStreamOptions = StreamOptions & {
   readonly provider: ProviderService
-  readonly validate: (request: GenerateRequest) => Effect.Effect<GenerateRequest, ModelError>
+  /** The request's issue, if any. */
+  readonly validate: (request: GenerateRequest) => ModelError | undefined
+  /** A stream refused for its options or its request, counted as the executor counts a refused call. */
+  readonly refuse: (error: ModelError, options: ExecutorStreamOptions) => ModelError
   readonly stepFor: (provider: ProviderService, domain: string | undefined) => Step<ProviderService>
   readonly basePolicy: RetryPolicy
   readonly cacheStore?:
@@ -236,40 +239,45 @@ const planned = Effect.fnUntraced(function* (
   request: GenerateRequest,
   options: ExecutorStreamOptions
 ) {
-  const valid = yield* options.validate(request)
-  const checks = yield* Input.orInvalidRequest(
-    Input.all([
-      Input.optionalDuration("firstChunkTimeout", options.firstChunkTimeout, defaults.firstChunkTimeout),
-      Input.optionalDuration("idleTimeout", options.idleTimeout, defaults.idleTimeout),
-      Input.optionalDuration("totalTimeout", options.totalTimeout, defaults.totalTimeout),
-      resolveRetry(options.retry, options.basePolicy, "retry"),
-      resumeOf(options.resume)
-    ])
-  )
-  const [firstChunkTimeout, idleTimeout, totalTimeout, retry, resume] = checks
-  const issue = stepsIssue(options.steps)
-  if (issue !== undefined) return yield* Effect.fail(invalidRequest(issue.path, issue.message))
+  // The options before the request (a step's own retry and deadline after it), as a call's: either
+  // refusal is counted as the call's would be.
+  const checks = Input.all([
+    Input.optionalDuration("firstChunkTimeout", options.firstChunkTimeout, defaults.firstChunkTimeout),
+    Input.optionalDuration("idleTimeout", options.idleTimeout, defaults.idleTimeout),
+    Input.optionalDuration("totalTimeout", options.totalTimeout, defaults.totalTimeout),
+    resolveRetry(options.retry, options.basePolicy, "retry"),
+    resumeOf(options.resume)
+  ])
+  if (Result.isFailure(checks))
+    return yield* Effect.fail(options.refuse(Input.toInvalidRequest(checks.failure), options))
+  const [firstChunkTimeout, idleTimeout, totalTimeout, retry, resume] = checks.success
+  const issue =
+    stepsIssue(options.steps) ??
+    (options.steps?.length === 0 ? { path: "steps", message: "give at least one step" } : undefined)
+  if (issue !== undefined) return yield* Effect.fail(options.refuse(invalidRequest(issue.path, issue.message), options))
+  // Before the steps are made: a step's limits read the request.
+  const invalid = options.validate(request)
+  if (invalid !== undefined) return yield* Effect.fail(options.refuse(invalid, options))
+  const valid = request
   const inputs = options.steps ?? [{ provider: options.provider }]
-  if (inputs.length === 0) {
-    return yield* Effect.fail(
-      new ModelError({
-        reason: "InvalidRequest",
-        field: "steps",
-        message: "invalid steps: give at least one step"
-      })
-    )
-  }
   const steps: Array<StreamStep> = []
   for (const [i, input] of inputs.entries()) {
     const stepRetry =
       input.retry === undefined
         ? Result.succeed(retry)
         : resolveRetry(input.retry as never, options.basePolicy, `steps[${i}].retry`)
-    const checked = yield* Input.orInvalidRequest(stepRetry)
-    const firstChunk =
-      input.firstChunkTimeout === undefined
-        ? undefined
-        : yield* Input.orInvalidRequest(Input.duration(`steps[${i}].firstChunkTimeout`, input.firstChunkTimeout))
+    if (Result.isFailure(stepRetry)) {
+      return yield* Effect.fail(options.refuse(Input.toInvalidRequest(stepRetry.failure), options))
+    }
+    const checked = stepRetry.success
+    let firstChunk: Duration.Duration | undefined
+    if (input.firstChunkTimeout !== undefined) {
+      const duration = Input.duration(`steps[${i}].firstChunkTimeout`, input.firstChunkTimeout)
+      if (Result.isFailure(duration)) {
+        return yield* Effect.fail(options.refuse(Input.toInvalidRequest(duration.failure), options))
+      }
+      firstChunk = duration.success
+    }
     const base = options.stepFor(input.provider ?? options.provider, input.domain ?? options.domain)
     const model = input.model
     const prepare = input.prepare
