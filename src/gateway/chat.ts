@@ -142,11 +142,15 @@ export const make = (env: Env) => {
 
   // A stream cut after its first chunk (an upstream failure, a deadline, a client that left)
   // was answered upstream: it is charged its input estimate and the output read so far (4
-  // characters a token), never released for free, or a client could stream and leave.
-  const settleCut = (ticket: Ticket | undefined, outputChars: number) =>
-    ticket === undefined
-      ? Effect.void
-      : settle(ticket, { inputTokens: ticket.inputTokens, outputTokens: Math.ceil(outputChars / 4) })
+  // characters a token), never released for free, or a client could stream and leave. The
+  // gateway's token series count the same, with a key or without, so they add up to what the
+  // keys' budgets were charged. (The executor's count only the usage a provider reported.)
+  const settleCut = (ticket: Ticket | undefined, target: Target, request: GenerateRequest, outputChars: number) => {
+    const inputTokens = ticket?.inputTokens ?? estimateOf(target, request).inputTokens
+    const outputTokens = Math.ceil(outputChars / 4)
+    metrics.tokens(inputTokens, outputTokens)
+    return settle(ticket, { inputTokens, outputTokens })
+  }
 
   // The most any step may be charged: a domain's step sends the request with that domain's system
   // prompt and max_tokens applied, and a fallback's may be larger than the first's.
@@ -376,7 +380,7 @@ export const make = (env: Env) => {
             // under 200 a cut stream would pass for a whole answer in a status-based error rate.
             metrics.answered("chat_stream", toWire(ending.error).status, elapsed, undefined)
             const usage = ending.usage
-            if (usage === undefined) return settleCut(reserved, ending.outputChars)
+            if (usage === undefined) return settleCut(reserved, target, request, ending.outputChars)
             metrics.tokens(usage.inputTokens, usage.outputTokens)
             return settle(reserved, { inputTokens: usage.inputTokens, outputTokens: usage.outputTokens })
           }
@@ -384,7 +388,7 @@ export const make = (env: Env) => {
             span?.end(Exit.interrupt())
             metrics.failed("ClientClosed")
             metrics.answered("chat_stream", 499, elapsed, undefined)
-            return settleCut(reserved, ending.outputChars)
+            return settleCut(reserved, target, request, ending.outputChars)
         }
       })
     // A client gone before the body starts: the server never runs it, the request scope still ends.

@@ -236,6 +236,66 @@ describe("Gateway: streams", () => {
   )
 })
 
+/** `orchestra_gateway_tokens_total` of each type in Prometheus text (undefined: no series). */
+const tokensTotal = (metrics: string) =>
+  (["input", "output"] as const).map((type) => {
+    const series = `orchestra_gateway_tokens_total{type="${type}"} `
+    const line = metrics.split("\n").find((l) => l.startsWith(series))
+    return line === undefined ? undefined : Number(line.slice(series.length))
+  })
+
+describe("Gateway: tokens of a stream cut without usage", () => {
+  it.live("cut by its upstream: tokens_total counts what its key was charged", () =>
+    Effect.gen(function* () {
+      const upstream = yield* Server.make((_, res) =>
+        Server.chunked(res, [Server.sse([Up.chunk("Hel"), Up.chunk("lo, world")])], { end: "destroy", pauseMs: 5 })
+      )
+      const { service, log } = Harness.keyStore({ "sk-a": { id: "a" } })
+      const gw = yield* Harness.make({ upstreams: { a: upstream.url }, keys: service })
+      const result = yield* read(gw.client("sk-a"), { model: "d-a", messages: hi })
+      assert.isDefined(result.error)
+      yield* Harness.eventually(() => gw.gateway.inFlight() === 0 && log.settled.length > 0)
+      const [settled] = log.settled
+      assert.deepStrictEqual(tokensTotal(yield* gw.metrics), [settled!.inputTokens, settled!.outputTokens])
+    })
+  )
+
+  it.live("a client that left: tokens_total counts what its key was charged", () =>
+    Effect.gen(function* () {
+      const upstream = yield* Server.make((_, res) =>
+        Server.endless(res, { prefix: Server.sse([Up.chunk("go")]), chunk: Server.sse([Up.chunk("more")]) })
+      )
+      const { service, log } = Harness.keyStore({ "sk-a": { id: "a" } })
+      const gw = yield* Harness.make({ upstreams: { a: upstream.url }, keys: service })
+      yield* Effect.promise(async () => {
+        const stream = await gw.client("sk-a").chat.completions.create({ model: "d-a", messages: hi, stream: true })
+        for await (const _ of stream) break
+      })
+      yield* upstream.awaitAborted(1)
+      yield* Harness.eventually(() => gw.gateway.inFlight() === 0 && log.settled.length > 0)
+      const [settled] = log.settled
+      assert.deepStrictEqual(tokensTotal(yield* gw.metrics), [settled!.inputTokens, settled!.outputTokens])
+    })
+  )
+
+  it.live("without a key: tokens_total counts the same estimate a key would be charged", () =>
+    Effect.gen(function* () {
+      const upstream = yield* Server.make((_, res) =>
+        Server.chunked(res, [Server.sse([Up.chunk("Hel"), Up.chunk("lo, world")])], { end: "destroy", pauseMs: 5 })
+      )
+      const { service, log } = Harness.keyStore({ "sk-a": { id: "a" } })
+      const keyed = yield* Harness.make({ upstreams: { a: upstream.url }, keys: service })
+      yield* read(keyed.client("sk-a"), { model: "d-a", messages: hi })
+      yield* Harness.eventually(() => keyed.gateway.inFlight() === 0 && log.settled.length > 0)
+      const gw = yield* Harness.make({ upstreams: { a: upstream.url } })
+      const result = yield* read(gw.client(), { model: "d-a", messages: hi })
+      assert.isDefined(result.error)
+      yield* Harness.eventually(() => gw.gateway.inFlight() === 0)
+      assert.deepStrictEqual(tokensTotal(yield* gw.metrics), [log.settled[0]!.inputTokens, 3])
+    })
+  )
+})
+
 describe("Gateway: tools", () => {
   it.live("passes tools and tool_choice through, and the tool calls back, in answers and in streams", () =>
     Effect.gen(function* () {
