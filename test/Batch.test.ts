@@ -1687,3 +1687,67 @@ describe("Batch cancellation from a progress callback (items that answer at once
     )
   }
 })
+
+describe("Batch stats: hedges", () => {
+  // onEvent runs the items on worker fibers, without callbacks they start from JavaScript: same counts.
+  for (const via of ["silent", "onEvent"] as const) {
+    it.effect(
+      `${via}: count backups started on the hedge delay (not fallbacks after a failure), won or lost, of failed items too`,
+      () =>
+        Effect.gen(function* () {
+          const slowly = (text: string) => Outcome.succeed(text, { latency: "3 seconds" })
+          const { batch, stats } = yield* makeOrchestra(
+            {
+              a: {
+                script: [
+                  slowly("a0"),
+                  Outcome.fail("Unavailable"),
+                  slowly("a2"),
+                  Outcome.fail("Unavailable", { latency: "3 seconds" })
+                ]
+              },
+              b: {
+                script: [
+                  Outcome.succeed("b0", { latency: "500 millis" }),
+                  Outcome.succeed("b1"),
+                  Outcome.fail("Unavailable", { latency: "200 millis" }),
+                  Outcome.fail("Unavailable", { latency: "500 millis" })
+                ]
+              },
+              c: { script: [Outcome.succeed("c2", { latency: "100 millis" }), Outcome.fail("Unavailable")] }
+            },
+            {
+              domains: [
+                { name: "main", provider: "a", fallback: ["backup", "third"], hedgeAfter: "1 second", retry: noRetry },
+                { name: "backup", provider: "b", retry: noRetry },
+                { name: "third", provider: "c", retry: noRetry }
+              ]
+            }
+          )
+          const fiber = yield* Effect.forkChild(
+            batch.run(["0", "1", "2", "3"], {
+              domain: "main",
+              concurrency: 1,
+              ...(via === "onEvent" ? { onEvent: () => Effect.void } : {})
+            })
+          )
+          for (let i = 0; i < 40; i++) yield* TestClock.adjust("250 millis")
+          const result = yield* Fiber.join(fiber)
+          assert.deepStrictEqual(
+            result.results.map((r) => r.answer?.response.text ?? r.error?._tag),
+            ["b0", "b1", "c2", "FallbackExhaustedError"]
+          )
+          // 0: the hedge on backup won. 1: backup took over from a failure, a fallback. 2: the hedge on backup
+          // failed and third took over from it (a fallback), answering: the hedge lost. 3: the same, all failing.
+          assert.deepStrictEqual(result.stats.hedges, { started: 3, won: 1, lost: 2 })
+          assert.strictEqual(result.stats.fallbacks, 3)
+          // As the pipeline counts them.
+          const pipeline = yield* stats.snapshot()
+          assert.deepStrictEqual(
+            [pipeline.hedges.won, pipeline.hedges.lost, pipeline.fallbacks],
+            [result.stats.hedges.won, result.stats.hedges.lost, result.stats.fallbacks]
+          )
+        })
+    )
+  }
+})

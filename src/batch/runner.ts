@@ -126,6 +126,15 @@ const routeOf = (
   })
 }
 
+/** Told of an item's hedges once its hedged call ended (see `Plan.onHedged`). */
+type Hedged = (index: number, hedges: number, won: boolean) => void
+
+// Only a hedged plan is copied: the others start no hedge to be told of.
+const observed = (routed: Routed, index: number, hedged: Hedged): Routed =>
+  routed.plan.hedgeAfter === undefined
+    ? routed
+    : { ...routed, plan: { ...routed.plan, onHedged: (hedges, won) => hedged(index, hedges, won) } }
+
 /** The whole call of item `index` as an Effect: its route, its plan, the executor's run. */
 const callOf = (
   deps: Deps,
@@ -134,7 +143,8 @@ const callOf = (
   item: unknown,
   index: number,
   domain: string | undefined,
-  onRetry: (info: RetryInfo) => Effect.Effect<void>
+  onRetry: (info: RetryInfo) => Effect.Effect<void>,
+  hedged: Hedged
 ): Effect.Effect<Answer, AiError> => {
   const parsed = parse(item, index)
   if (parsed instanceof ModelError) return Effect.fail(parsed)
@@ -149,7 +159,10 @@ const callOf = (
           Effect.mapError(routeOf(deps, routes, fallback, itemDomain), (error) => underItem(error, index, "domain")),
           (prepared) => routedOn(prepared, parsed, index, callOptions)
         )
-  return Effect.flatMap(routed, (r) => Effect.map(deps.executor.run(r.plan, r.call), r.answer))
+  return Effect.flatMap(routed, (routed) => {
+    const r = observed(routed, index, hedged)
+    return Effect.map(deps.executor.run(r.plan, r.call), r.answer)
+  })
 }
 
 /** The plan of an item on its route, or its request's refusal named under the item. */
@@ -187,10 +200,18 @@ const runOne = (
     retries++
     return Effect.void
   }
+  const hedges = [0]
+  let hedgesWon = 0
+  const hedged: Hedged = (_, started, won) => {
+    hedges[0] = started
+    if (won) hedgesWon++
+  }
   const call = Effect.suspend(() => {
     began = clock.currentTimeMillisUnsafe()
     // Reading the item may throw (a getter): that is the item's defect, not the batch's.
-    return Effect.exit(Effect.suspend(() => callOf(deps, routes, options.fallback, item, 0, options.domain, onRetry)))
+    return Effect.exit(
+      Effect.suspend(() => callOf(deps, routes, options.fallback, item, 0, options.domain, onRetry, hedged))
+    )
   })
   return Effect.map(deps.gate.withPermit(call), (exit) => {
     const end = clock.currentTimeMillisUnsafe()
@@ -202,7 +223,7 @@ const runOne = (
       elapsedMs,
       cancelled: false,
       notRun: [],
-      stats: statsOf(results, { elapsedMs, peak: 1, waits: [began - start] })
+      stats: statsOf(results, { elapsedMs, peak: 1, waits: [began - start], hedges, hedgesWon })
     } satisfies BatchResult
   })
 }
@@ -240,6 +261,12 @@ export const run = Effect.fnUntraced(function* (
   const startedAt: Array<number> = new Array(total).fill(Number.NaN)
   const waits: Array<number> = new Array(total).fill(Number.NaN)
   const retries: Array<number> = new Array(total).fill(0)
+  const hedges: Array<number> = new Array(total).fill(0)
+  let hedgesWon = 0
+  const hedged: Hedged = (index, started, won) => {
+    hedges[index] = started
+    if (won) hedgesWon++
+  }
   let done = 0
   let running = 0
   let peak = 0
@@ -328,7 +355,7 @@ export const run = Effect.fnUntraced(function* (
 
   const routes = fallback.length === 0 ? deps.routes : new Map<string | undefined, Prepared>()
   const callItem = (index: number): Effect.Effect<Answer, AiError> =>
-    callOf(deps, routes, fallback, itemAt(items, index), index, options.domain, onRetryFor(index))
+    callOf(deps, routes, fallback, itemAt(items, index), index, options.domain, onRetryFor(index), hedged)
 
   const runItem = (index: number): Effect.Effect<void> => {
     // Cancelled (by an event callback of this very worker, say): no item starts any more; the
@@ -357,7 +384,7 @@ export const run = Effect.fnUntraced(function* (
     // A route not resolved yet: this one call resolves it, on a fiber of its own.
     if (now === undefined) return callItem(index)
     const routed = now(parsed.request, { onRetry: onRetryFor(index) })
-    return routed instanceof ModelError ? underItem(routed, index, parsed.via) : routed
+    return routed instanceof ModelError ? underItem(routed, index, parsed.via) : observed(routed, index, hedged)
   }
   const startedBatch: Started.Batch = {
     total,
@@ -425,6 +452,6 @@ export const run = Effect.fnUntraced(function* (
     elapsedMs,
     cancelled,
     notRun,
-    stats: statsOf(results, { elapsedMs, peak, waits })
+    stats: statsOf(results, { elapsedMs, peak, waits, hedges, hedgesWon })
   } satisfies BatchResult
 })

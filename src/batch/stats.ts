@@ -37,6 +37,10 @@ export interface Measured {
   readonly peak: number
   /** Per item: how long it waited for a permit of the shared limit (NaN: it never got one). */
   readonly waits: ReadonlyArray<number>
+  /** Per item: hedges its call started (on the hedge delay, not after a failure), told when it ended. */
+  readonly hedges?: ReadonlyArray<number> | undefined
+  /** Items whose call a hedge answered. */
+  readonly hedgesWon?: number | undefined
 }
 
 /**
@@ -50,8 +54,8 @@ export interface Measured {
  * | `concurrencyPeak` | most items of this batch running at once |
  * | `timeouts` | items that ended with a deadline: status `timeout` (a `TimeoutError`, or a fallback chain exhausted with one as its last step's error) |
  * | `retries` | retries of the batch's items |
- * | `fallbacks` | hand-overs to a next domain, from answers and exhausted chains |
- * | `hedges` | answers of hedged domains |
+ * | `fallbacks` | hand-overs to a next domain after a failure, from answers and exhausted chains (not the hedges) |
+ * | `hedges` | domains started because the hedge delay passed with the one before still running (not after its failure), of every item that ran (answered, failed or cancelled): `won` when one of them answered, else `lost`, as `orchestra_hedges_total` counts them when the call ends |
  * | `tokens` | usage of the answers that came from a provider |
  * | `serviceTime`, `timeToFirstToken` | not known per batch: zeros (see `Stats` per provider) |
  */
@@ -64,7 +68,6 @@ export const statsOf = (results: ReadonlyArray<ItemResult>, measured: Measured):
   let retries = 0
   let fallbacks = 0
   let hedgesStarted = 0
-  let hedgesWon = 0
   let inputTokens = 0
   let outputTokens = 0
   let timed = 0
@@ -76,6 +79,9 @@ export const statsOf = (results: ReadonlyArray<ItemResult>, measured: Measured):
     if (!result.ran) continue
     total++
     retries += result.retries
+    // The other domains an item tried started either as hedges or as fallbacks.
+    const hedged = measured.hedges?.[result.index] ?? 0
+    hedgesStarted += hedged
     const wait = measured.waits[result.index]!
     if (!Number.isNaN(wait)) waits[waited++] = wait
     const answer = result.answer
@@ -83,12 +89,7 @@ export const statsOf = (results: ReadonlyArray<ItemResult>, measured: Measured):
       successes++
       if (answer.source === "stale-cache") staleAnswers++
       durations[timed++] = result.durationMs
-      if (answer.hedgeWon !== undefined) {
-        hedgesStarted += answer.domainsTried - 1
-        if (answer.hedgeWon) hedgesWon++
-      } else if (answer.domainsTried > 1) {
-        fallbacks += answer.domainsTried - 1
-      }
+      if (answer.domainsTried > 1) fallbacks += Math.max(0, answer.domainsTried - 1 - hedged)
       const usage = answer.source === "provider" ? answer.response.usage : undefined
       if (usage !== undefined) {
         inputTokens += tokenCount(usage.inputTokens)
@@ -105,8 +106,9 @@ export const statsOf = (results: ReadonlyArray<ItemResult>, measured: Measured):
     // As the item's status says: an exhausted chain ends as its last step did (the executor
     // counts that step's attempt in its own `timeouts` too).
     if (result.status === "timeout") timeouts++
-    if (error._tag === "FallbackExhaustedError") fallbacks += error.attempts.length - 1
+    if (error._tag === "FallbackExhaustedError") fallbacks += Math.max(0, error.attempts.length - 1 - hedged)
   }
+  const hedgesWon = measured.hedgesWon ?? 0
   const finished = successes + failures
   const elapsed = measured.elapsedMs
   return {

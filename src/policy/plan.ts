@@ -150,6 +150,12 @@ export interface Plan<T, A> {
   readonly totalTimeout?: Duration.Duration | undefined
   /** Start the next step after this long without an answer (hedging), besides on failure. */
   readonly hedgeAfter?: Duration.Duration | undefined
+  /**
+   * Told once a hedged call ended (answered, failed or cut) that started hedges: how many, and
+   * whether one of them answered (as its steps' `orchestra_hedges_total` count them). A batch's
+   * own stats read it.
+   */
+  readonly onHedged?: ((hedges: number, won: boolean) => void) | undefined
   readonly cache?: { readonly guard: CacheGuard<A>; readonly key: string; readonly allowStale: boolean } | undefined
   readonly onRetry?: ((event: RetryEvent<T>) => Effect.Effect<void>) | undefined
   /** Tokens of an answer, for the token metrics. */
