@@ -694,6 +694,23 @@ describe("Executor.stream: a stream refused for an option", () => {
     })
   )
 
+  it.effect("options that are no object are refused naming options, counted on the executor's provider", () =>
+    Effect.gen(function* () {
+      const { executor } = yield* setup()
+      const own = executor.provider.name
+      const before = (yield* executor.stats({ provider: own })).total
+      for (const options of [null, 5, "fast"]) {
+        const error = yield* Effect.flip(collect(executor.stream(ask, options as never)))
+        assert.deepStrictEqual(
+          [error._tag, error._tag === "ModelError" ? [error.reason, error.field, error.provider] : []],
+          ["ModelError", ["InvalidRequest", "options", own]]
+        )
+        assert.notInclude(error.message, "threw")
+      }
+      assert.strictEqual((yield* executor.stats({ provider: own })).total - before, 3)
+    })
+  )
+
   it.effect("counts as one request and one InvalidRequest failure of its provider, when it runs", () =>
     Effect.gen(function* () {
       const { executor } = yield* setup()

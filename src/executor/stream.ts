@@ -89,13 +89,14 @@ export const make = (env: {
         ? Input.unknownKey(streamOptions.resume, resumeKeys, "resume.")
         : undefined)
     if (unknown !== undefined) {
+      const error = invalidRequest(unknown.path, unknown.message)
+      // Options that are no object name no provider: counted on the executor's.
+      if (typeof streamOptions !== "object" || streamOptions === null) {
+        return Stream.fromEffect(refused(error, provider, undefined))
+      }
       const first = firstOf(streamOptions)
       return Stream.fromEffect(
-        refused(
-          invalidRequest(unknown.path, unknown.message),
-          first?.provider ?? streamOptions.provider ?? provider,
-          first?.domain ?? streamOptions.domain
-        )
+        refused(error, first?.provider ?? streamOptions.provider ?? provider, first?.domain ?? streamOptions.domain)
       )
     }
     return streams.stream(request, {
