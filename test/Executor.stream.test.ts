@@ -711,6 +711,35 @@ describe("Executor.stream: a stream refused for an option", () => {
     })
   )
 
+  it.effect("a step or resume whose getter throws is refused naming it, counted, not a defect", () =>
+    Effect.gen(function* () {
+      const { executor } = yield* setup()
+      const own = executor.provider.name
+      const before = (yield* executor.stats({ provider: own })).total
+      const step = {
+        provider: executor.provider,
+        get model(): string {
+          throw new Error("getter bug")
+        }
+      }
+      const exit = yield* Effect.exit(collect(executor.stream(ask, { steps: [step] })))
+      assert.isTrue(Exit.isFailure(exit) && Exit.hasFails(exit) && !Exit.hasDies(exit), String(exit))
+      const error = yield* Effect.flip(collect(executor.stream(ask, { steps: [step] })))
+      assert.deepStrictEqual(
+        [error._tag, error._tag === "ModelError" ? [error.reason, error.field] : []],
+        ["ModelError", ["InvalidRequest", "steps[0].model"]]
+      )
+      const resume = {
+        get maxResumes(): number {
+          throw new Error("getter bug")
+        }
+      }
+      const refused = yield* Effect.flip(collect(executor.stream(ask, { resume })))
+      assert.strictEqual(refused._tag === "ModelError" && refused.field, "resume.maxResumes")
+      assert.strictEqual((yield* executor.stats({ provider: own })).total - before, 3)
+    })
+  )
+
   it.effect("counts as one request and one InvalidRequest failure of its provider, when it runs", () =>
     Effect.gen(function* () {
       const { executor } = yield* setup()

@@ -59,7 +59,8 @@ export const make = (env: {
   const { streams, provider, limits, basePolicy, guards, stepFor, refuse, refused } = env
 
   const validate = (request: GenerateRequest) => checkRequest(request, limits)
-  const refuseStream = (error: ModelError, options: StreamOptions) => {
+  const refuseStream = (error: ModelError, options: StreamOptions | undefined) => {
+    if (options === undefined) return refuse(error, provider, undefined)
     const first = firstOf(options)
     return refuse(error, first?.provider ?? options.provider ?? provider, first?.domain ?? options.domain)
   }

@@ -128,8 +128,11 @@ export type ExecutorStreamOptions = StreamOptions & {
   readonly provider: ProviderService
   /** The request's issue, if any. */
   readonly validate: (request: GenerateRequest) => ModelError | undefined
-  /** A stream refused for its options or its request, counted as the executor counts a refused call. */
-  readonly refuse: (error: ModelError, options: ExecutorStreamOptions) => ModelError
+  /**
+   * A stream refused for its options or its request, counted as the executor counts a refused call
+   * (on the executor's provider for options that threw when read: they are not read again).
+   */
+  readonly refuse: (error: ModelError, options: ExecutorStreamOptions | undefined) => ModelError
   readonly stepFor: (provider: ProviderService, domain: string | undefined) => Step<ProviderService>
   readonly basePolicy: RetryPolicy
   readonly cacheStore?:
@@ -231,6 +234,30 @@ export const streamFromOptions =
   (request: GenerateRequest, options: ExecutorStreamOptions): Stream.Stream<StreamPart, AiError> =>
     Stream.unwrap(planned(defaults, run, request, options))
 
+// What a nested option's getter (or \`Proxy\` trap) that threw names: \`resume.maxResumes\`,
+// \`steps[0].model\`; \`undefined\` when none throws again (a defect of the executor's, not the caller's).
+const thrownNested = (options: StreamOptions): Input.Issue | undefined => {
+  const resume = options.resume
+  if (typeof resume === "object" && resume !== null) {
+    const read = Input.readFields(resume, undefined, "resume")
+    if (Result.isFailure(read)) return read.failure
+  }
+  const steps = options.steps
+  if (!Array.isArray(steps)) return undefined
+  for (const [i, step] of steps.entries()) {
+    if (typeof step !== "object" || step === null) continue
+    const read = Input.readFields(step, undefined, `steps[${i}]`)
+    if (Result.isFailure(read)) return read.failure
+  }
+  return undefined
+}
+
+const refusedThrown = (options: ExecutorStreamOptions, thrown: unknown) => {
+  const issue = thrownNested(options)
+  if (issue === undefined) throw thrown
+  return Effect.fail(options.refuse(Input.toInvalidRequest(issue), undefined))
+}
+
 // Made once, not per stream: V8 gives a generator function made per call a map of its own, in
 // the old generation, which keeps what its closure reaches alive until the next full collection.
 const planned = Effect.fnUntraced(function* (
@@ -241,19 +268,34 @@ const planned = Effect.fnUntraced(function* (
 ) {
   // The options before the request (a step's own retry and deadline after it), as a call's: either
   // refusal is counted as the call's would be.
-  const checks = Input.all([
-    Input.optionalDuration("firstChunkTimeout", options.firstChunkTimeout, defaults.firstChunkTimeout),
-    Input.optionalDuration("idleTimeout", options.idleTimeout, defaults.idleTimeout),
-    Input.optionalDuration("totalTimeout", options.totalTimeout, defaults.totalTimeout),
-    resolveRetry(options.retry, options.basePolicy, "retry"),
-    resumeOf(options.resume)
-  ])
+  // A nested field's getter that throws (the options' own ones were read by the executor's copy).
+  let checks: Input.Checked<
+    readonly [
+      Duration.Duration | undefined,
+      Duration.Duration | undefined,
+      Duration.Duration | undefined,
+      RetryPolicy | undefined,
+      { maxResumes: number; minOverlap: number; instruction: string } | undefined
+    ]
+  >
+  let issue: Input.Issue | undefined
+  try {
+    checks = Input.all([
+      Input.optionalDuration("firstChunkTimeout", options.firstChunkTimeout, defaults.firstChunkTimeout),
+      Input.optionalDuration("idleTimeout", options.idleTimeout, defaults.idleTimeout),
+      Input.optionalDuration("totalTimeout", options.totalTimeout, defaults.totalTimeout),
+      resolveRetry(options.retry, options.basePolicy, "retry"),
+      resumeOf(options.resume)
+    ])
+    issue =
+      stepsIssue(options.steps) ??
+      (options.steps?.length === 0 ? { path: "steps", message: "give at least one step" } : undefined)
+  } catch (thrown) {
+    return yield* refusedThrown(options, thrown)
+  }
   if (Result.isFailure(checks))
     return yield* Effect.fail(options.refuse(Input.toInvalidRequest(checks.failure), options))
   const [firstChunkTimeout, idleTimeout, totalTimeout, retry, resume] = checks.success
-  const issue =
-    stepsIssue(options.steps) ??
-    (options.steps?.length === 0 ? { path: "steps", message: "give at least one step" } : undefined)
   if (issue !== undefined) return yield* Effect.fail(options.refuse(invalidRequest(issue.path, issue.message), options))
   // Before the steps are made: a step's limits read the request.
   const invalid = options.validate(request)
@@ -261,46 +303,50 @@ const planned = Effect.fnUntraced(function* (
   const valid = request
   const inputs = options.steps ?? [{ provider: options.provider }]
   const steps: Array<StreamStep> = []
-  for (const [i, input] of inputs.entries()) {
-    const stepRetry =
-      input.retry === undefined
-        ? Result.succeed(retry)
-        : resolveRetry(input.retry as never, options.basePolicy, `steps[${i}].retry`)
-    if (Result.isFailure(stepRetry)) {
-      return yield* Effect.fail(options.refuse(Input.toInvalidRequest(stepRetry.failure), options))
-    }
-    const checked = stepRetry.success
-    let firstChunk: Duration.Duration | undefined
-    if (input.firstChunkTimeout !== undefined) {
-      const duration = Input.duration(`steps[${i}].firstChunkTimeout`, input.firstChunkTimeout)
-      if (Result.isFailure(duration)) {
-        return yield* Effect.fail(options.refuse(Input.toInvalidRequest(duration.failure), options))
+  try {
+    for (const [i, input] of inputs.entries()) {
+      const stepRetry =
+        input.retry === undefined
+          ? Result.succeed(retry)
+          : resolveRetry(input.retry as never, options.basePolicy, `steps[${i}].retry`)
+      if (Result.isFailure(stepRetry)) {
+        return yield* Effect.fail(options.refuse(Input.toInvalidRequest(stepRetry.failure), options))
       }
-      firstChunk = duration.success
-    }
-    const base = options.stepFor(input.provider ?? options.provider, input.domain ?? options.domain)
-    const model = input.model
-    const prepare = input.prepare
-    steps.push({
-      ...base,
-      // A stream step's `timeout` is its first-chunk deadline (`undefined`: the stream's).
-      timeout: firstChunk,
-      cacheable: input.cache !== false,
-      retry: checked,
-      prepare:
-        model === undefined && prepare === undefined
-          ? undefined
-          : (r: GenerateRequest) => {
-              const withModel = model === undefined ? r : { ...r, model }
-              if (prepare === undefined) return withModel
-              try {
-                return prepare(withModel)
-              } catch (cause) {
-                // Thrown on to the attempt, which ends with it (`prepareRefusal`): a refusal, not a defect.
-                throw invalidRequest(`steps[${i}].prepare`, `the prepare option threw: ${Input.thrownMessage(cause)}`)
+      const checked = stepRetry.success
+      let firstChunk: Duration.Duration | undefined
+      if (input.firstChunkTimeout !== undefined) {
+        const duration = Input.duration(`steps[${i}].firstChunkTimeout`, input.firstChunkTimeout)
+        if (Result.isFailure(duration)) {
+          return yield* Effect.fail(options.refuse(Input.toInvalidRequest(duration.failure), options))
+        }
+        firstChunk = duration.success
+      }
+      const base = options.stepFor(input.provider ?? options.provider, input.domain ?? options.domain)
+      const model = input.model
+      const prepare = input.prepare
+      steps.push({
+        ...base,
+        // A stream step's `timeout` is its first-chunk deadline (`undefined`: the stream's).
+        timeout: firstChunk,
+        cacheable: input.cache !== false,
+        retry: checked,
+        prepare:
+          model === undefined && prepare === undefined
+            ? undefined
+            : (r: GenerateRequest) => {
+                const withModel = model === undefined ? r : { ...r, model }
+                if (prepare === undefined) return withModel
+                try {
+                  return prepare(withModel)
+                } catch (cause) {
+                  // Thrown on to the attempt, which ends with it (`prepareRefusal`): a refusal, not a defect.
+                  throw invalidRequest(`steps[${i}].prepare`, `the prepare option threw: ${Input.thrownMessage(cause)}`)
+                }
               }
-            }
-    })
+      })
+    }
+  } catch (thrown) {
+    return yield* refusedThrown(options, thrown)
   }
   const cache = options.cache === false ? undefined : options.cacheStore
   // A first step whose `prepare` throws has no key: its attempt ends with the refusal, counted as any.
