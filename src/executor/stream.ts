@@ -58,7 +58,10 @@ export const make = (env: {
 }) => {
   const { streams, provider, limits, basePolicy, guards, stepFor, refuse, refused } = env
 
+  // Made once, not per stream: the stream engine hands them the request.
   const validate = (request: GenerateRequest) => checkRequest(request, limits)
+  const stepOf = (target: ProviderService, domain: string | undefined, request: GenerateRequest) =>
+    stepFor(target, { domain, tokens: tokensOf(request) })
   const refuseStream = (error: ModelError, options: StreamOptions | undefined) => {
     if (options === undefined) return refuse(error, provider, undefined)
     const first = firstOf(options)
@@ -105,7 +108,7 @@ export const make = (env: {
       provider: streamOptions.provider ?? provider,
       validate,
       refuse: refuseStream,
-      stepFor: (target, domain) => stepFor(target, { domain, tokens: tokensOf(request) }),
+      stepFor: stepOf,
       basePolicy,
       cacheStore: guards.cache
     })

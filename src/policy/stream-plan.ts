@@ -133,7 +133,12 @@ export type ExecutorStreamOptions = StreamOptions & {
    * (on the executor's provider for options that threw when read: they are not read again).
    */
   readonly refuse: (error: ModelError, options: ExecutorStreamOptions | undefined) => ModelError
-  readonly stepFor: (provider: ProviderService, domain: string | undefined) => Step<ProviderService>
+  /** A step on the provider for the request (its token estimate, for the rate limits). */
+  readonly stepFor: (
+    provider: ProviderService,
+    domain: string | undefined,
+    request: GenerateRequest
+  ) => Step<ProviderService>
   readonly basePolicy: RetryPolicy
   readonly cacheStore?:
     | (Partial<StreamCache> & {
@@ -321,7 +326,7 @@ const planned = Effect.fnUntraced(function* (
         }
         firstChunk = duration.success
       }
-      const base = options.stepFor(input.provider ?? options.provider, input.domain ?? options.domain)
+      const base = options.stepFor(input.provider ?? options.provider, input.domain ?? options.domain, valid)
       const model = input.model
       const prepare = input.prepare
       steps.push({
