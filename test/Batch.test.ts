@@ -1689,6 +1689,28 @@ describe("Batch cancellation from a progress callback (items that answer at once
 })
 
 describe("Batch stats: hedges", () => {
+  it.effect("one item: its hedge counted, won", () =>
+    Effect.gen(function* () {
+      const { batch } = yield* makeOrchestra(
+        {
+          a: { script: [Outcome.succeed("a", { latency: "3 seconds" })] },
+          b: { script: [Outcome.succeed("b", { latency: "500 millis" })] }
+        },
+        {
+          domains: [
+            { name: "main", provider: "a", fallback: ["backup"], hedgeAfter: "1 second", retry: noRetry },
+            { name: "backup", provider: "b", retry: noRetry }
+          ]
+        }
+      )
+      const fiber = yield* Effect.forkChild(batch.run(["0"], { domain: "main" }))
+      for (let i = 0; i < 20; i++) yield* TestClock.adjust("250 millis")
+      const result = yield* Fiber.join(fiber)
+      assert.strictEqual(result.results[0]!.answer?.response.text, "b")
+      assert.deepStrictEqual([result.stats.hedges, result.stats.fallbacks], [{ started: 1, won: 1, lost: 0 }, 0])
+    })
+  )
+
   // onEvent runs the items on worker fibers, without callbacks they start from JavaScript: same counts.
   for (const via of ["silent", "onEvent"] as const) {
     it.effect(

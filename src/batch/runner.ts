@@ -200,10 +200,11 @@ const runOne = (
     retries++
     return Effect.void
   }
-  const hedges = [0]
+  // Made by the item's first hedge only: most batches hedge nothing.
+  let hedges: Array<number> | undefined
   let hedgesWon = 0
   const hedged: Hedged = (_, started, won) => {
-    hedges[0] = started
+    hedges = [started]
     if (won) hedgesWon++
   }
   const call = Effect.suspend(() => {
@@ -261,9 +262,11 @@ export const run = Effect.fnUntraced(function* (
   const startedAt: Array<number> = new Array(total).fill(Number.NaN)
   const waits: Array<number> = new Array(total).fill(Number.NaN)
   const retries: Array<number> = new Array(total).fill(0)
-  const hedges: Array<number> = new Array(total).fill(0)
+  // Made by the batch's first hedge only: most batches hedge nothing.
+  let hedges: Array<number> | undefined
   let hedgesWon = 0
   const hedged: Hedged = (index, started, won) => {
+    hedges ??= new Array(total).fill(0)
     hedges[index] = started
     if (won) hedgesWon++
   }
