@@ -1773,3 +1773,42 @@ describe("Batch stats: hedges", () => {
     )
   }
 })
+
+describe("Batch stats: fallbacks", () => {
+  for (const via of ["silent", "onEvent"] as const) {
+    it.effect(
+      `${via}: count the hand-overs of items that then failed otherwise than exhausted, as the pipeline does`,
+      () =>
+        Effect.gen(function* () {
+          const { batch, stats } = yield* makeOrchestra(
+            {
+              a: { script: [Outcome.fail("Unavailable"), Outcome.fail("Unavailable")] },
+              b: { script: [Outcome.hang(), Outcome.fail("ContentFilter")] }
+            },
+            {
+              domains: [
+                { name: "main", provider: "a", fallback: ["backup"], totalTimeout: "2 seconds", retry: noRetry },
+                { name: "backup", provider: "b", retry: noRetry }
+              ]
+            }
+          )
+          const fiber = yield* Effect.forkChild(
+            batch.run(["0", "1"], {
+              domain: "main",
+              concurrency: 1,
+              ...(via === "onEvent" ? { onEvent: () => Effect.void } : {})
+            })
+          )
+          for (let i = 0; i < 20; i++) yield* TestClock.adjust("250 millis")
+          const result = yield* Fiber.join(fiber)
+          // 0: backup took over, then the total deadline passed. 1: backup took over, then failed with what falls back nowhere.
+          assert.deepStrictEqual(
+            result.results.map((r) => r.error?._tag),
+            ["TimeoutError", "ModelError"]
+          )
+          assert.strictEqual(result.stats.fallbacks, 2)
+          assert.strictEqual((yield* stats.snapshot()).fallbacks, 2, "the pipeline counted both hand-overs")
+        })
+    )
+  }
+})

@@ -31,7 +31,7 @@ import { forEachPool } from "../policy/pool.js"
 import type { Gate } from "./gate.js"
 import { check, itemAt, type Parsed, parse, underItem } from "./items.js"
 import * as Started from "./started.js"
-import { statsOf } from "./stats.js"
+import { type Steps, statsOf } from "./stats.js"
 
 /**
  * What every run of a manager shares.
@@ -126,14 +126,21 @@ const routeOf = (
   })
 }
 
-/** Told of an item's hedges once its hedged call ended (see `Plan.onHedged`). */
-type Hedged = (index: number, hedges: number, won: boolean) => void
+/** A batch's fallbacks and hedges, told by its items' calls as they end (see `Plan.onEnded`). */
+class Tally implements Steps {
+  fallbacks = 0
+  hedges = 0
+  hedgesWon = 0
+  readonly ended = (steps: number, hedges: number, won: boolean): void => {
+    if (steps > 1) this.fallbacks += steps - 1 - hedges
+    this.hedges += hedges
+    if (won) this.hedgesWon++
+  }
+}
 
-// Only a hedged plan is copied: the others start no hedge to be told of.
-const observed = (routed: Routed, index: number, hedged: Hedged): Routed =>
-  routed.plan.hedgeAfter === undefined
-    ? routed
-    : { ...routed, plan: { ...routed.plan, onHedged: (hedges, won) => hedged(index, hedges, won) } }
+// Only a plan of several steps is copied: one of a single step has no fallback nor hedge to tell.
+const observed = (routed: Routed, tally: Tally): Routed =>
+  routed.plan.steps.length === 1 ? routed : { ...routed, plan: { ...routed.plan, onEnded: tally.ended } }
 
 /** The whole call of item `index` as an Effect: its route, its plan, the executor's run. */
 const callOf = (
@@ -144,7 +151,7 @@ const callOf = (
   index: number,
   domain: string | undefined,
   onRetry: (info: RetryInfo) => Effect.Effect<void>,
-  hedged: Hedged
+  tally: Tally
 ): Effect.Effect<Answer, AiError> => {
   const parsed = parse(item, index)
   if (parsed instanceof ModelError) return Effect.fail(parsed)
@@ -160,7 +167,7 @@ const callOf = (
           (prepared) => routedOn(prepared, parsed, index, callOptions)
         )
   return Effect.flatMap(routed, (routed) => {
-    const r = observed(routed, index, hedged)
+    const r = observed(routed, tally)
     return Effect.map(deps.executor.run(r.plan, r.call), r.answer)
   })
 }
@@ -200,18 +207,12 @@ const runOne = (
     retries++
     return Effect.void
   }
-  // Made by the item's first hedge only: most batches hedge nothing.
-  let hedges: Array<number> | undefined
-  let hedgesWon = 0
-  const hedged: Hedged = (_, started, won) => {
-    hedges = [started]
-    if (won) hedgesWon++
-  }
+  const tally = new Tally()
   const call = Effect.suspend(() => {
     began = clock.currentTimeMillisUnsafe()
     // Reading the item may throw (a getter): that is the item's defect, not the batch's.
     return Effect.exit(
-      Effect.suspend(() => callOf(deps, routes, options.fallback, item, 0, options.domain, onRetry, hedged))
+      Effect.suspend(() => callOf(deps, routes, options.fallback, item, 0, options.domain, onRetry, tally))
     )
   })
   return Effect.map(deps.gate.withPermit(call), (exit) => {
@@ -224,7 +225,7 @@ const runOne = (
       elapsedMs,
       cancelled: false,
       notRun: [],
-      stats: statsOf(results, { elapsedMs, peak: 1, waits: [began - start], hedges, hedgesWon })
+      stats: statsOf(results, { elapsedMs, peak: 1, waits: [began - start], steps: tally })
     } satisfies BatchResult
   })
 }
@@ -262,14 +263,7 @@ export const run = Effect.fnUntraced(function* (
   const startedAt: Array<number> = new Array(total).fill(Number.NaN)
   const waits: Array<number> = new Array(total).fill(Number.NaN)
   const retries: Array<number> = new Array(total).fill(0)
-  // Made by the batch's first hedge only: most batches hedge nothing.
-  let hedges: Array<number> | undefined
-  let hedgesWon = 0
-  const hedged: Hedged = (index, started, won) => {
-    hedges ??= new Array(total).fill(0)
-    hedges[index] = started
-    if (won) hedgesWon++
-  }
+  const tally = new Tally()
   let done = 0
   let running = 0
   let peak = 0
@@ -358,7 +352,7 @@ export const run = Effect.fnUntraced(function* (
 
   const routes = fallback.length === 0 ? deps.routes : new Map<string | undefined, Prepared>()
   const callItem = (index: number): Effect.Effect<Answer, AiError> =>
-    callOf(deps, routes, fallback, itemAt(items, index), index, options.domain, onRetryFor(index), hedged)
+    callOf(deps, routes, fallback, itemAt(items, index), index, options.domain, onRetryFor(index), tally)
 
   const runItem = (index: number): Effect.Effect<void> => {
     // Cancelled (by an event callback of this very worker, say): no item starts any more; the
@@ -387,7 +381,7 @@ export const run = Effect.fnUntraced(function* (
     // A route not resolved yet: this one call resolves it, on a fiber of its own.
     if (now === undefined) return callItem(index)
     const routed = now(parsed.request, { onRetry: onRetryFor(index) })
-    return routed instanceof ModelError ? underItem(routed, index, parsed.via) : observed(routed, index, hedged)
+    return routed instanceof ModelError ? underItem(routed, index, parsed.via) : observed(routed, tally)
   }
   const startedBatch: Started.Batch = {
     total,
@@ -455,6 +449,6 @@ export const run = Effect.fnUntraced(function* (
     elapsedMs,
     cancelled,
     notRun,
-    stats: statsOf(results, { elapsedMs, peak, waits, hedges, hedgesWon })
+    stats: statsOf(results, { elapsedMs, peak, waits, steps: tally })
   } satisfies BatchResult
 })

@@ -37,10 +37,18 @@ export interface Measured {
   readonly peak: number
   /** Per item: how long it waited for a permit of the shared limit (NaN: it never got one). */
   readonly waits: ReadonlyArray<number>
-  /** Per item: hedges its call started (on the hedge delay, not after a failure), told when it ended. */
-  readonly hedges?: ReadonlyArray<number> | undefined
-  /** Items whose call a hedge answered. */
-  readonly hedgesWon?: number | undefined
+  /** The items' fallbacks and hedges, told by their calls as they ended (none: no item had several steps). */
+  readonly steps?: Steps | undefined
+}
+
+/** What the calls of a batch's items told of their steps when they ended. */
+export interface Steps {
+  /** Steps started after the first because the one before failed. */
+  readonly fallbacks: number
+  /** Steps started because the hedge delay passed with the one before still running. */
+  readonly hedges: number
+  /** Calls a hedge answered. */
+  readonly hedgesWon: number
 }
 
 /**
@@ -54,7 +62,7 @@ export interface Measured {
  * | `concurrencyPeak` | most items of this batch running at once |
  * | `timeouts` | items that ended with a deadline: status `timeout` (a `TimeoutError`, or a fallback chain exhausted with one as its last step's error) |
  * | `retries` | retries of the batch's items |
- * | `fallbacks` | hand-overs to a next domain after a failure, from answers and exhausted chains (not the hedges) |
+ * | `fallbacks` | hand-overs to a next domain after a failure, of every item that ran (answered, failed or cancelled), as `orchestra_fallbacks_total` counts them; not the hedges |
  * | `hedges` | domains started because the hedge delay passed with the one before still running (not after its failure), of every item that ran (answered, failed or cancelled): `won` when one of them answered, else `lost`, as `orchestra_hedges_total` counts them when the call ends |
  * | `tokens` | usage of the answers that came from a provider |
  * | `serviceTime`, `timeToFirstToken` | not known per batch: zeros (see `Stats` per provider) |
@@ -66,8 +74,6 @@ export const statsOf = (results: ReadonlyArray<ItemResult>, measured: Measured):
   let failures = 0
   let timeouts = 0
   let retries = 0
-  let fallbacks = 0
-  let hedgesStarted = 0
   let inputTokens = 0
   let outputTokens = 0
   let timed = 0
@@ -79,9 +85,6 @@ export const statsOf = (results: ReadonlyArray<ItemResult>, measured: Measured):
     if (!result.ran) continue
     total++
     retries += result.retries
-    // The other domains an item tried started either as hedges or as fallbacks.
-    const hedged = measured.hedges?.[result.index] ?? 0
-    hedgesStarted += hedged
     const wait = measured.waits[result.index]!
     if (!Number.isNaN(wait)) waits[waited++] = wait
     const answer = result.answer
@@ -89,7 +92,6 @@ export const statsOf = (results: ReadonlyArray<ItemResult>, measured: Measured):
       successes++
       if (answer.source === "stale-cache") staleAnswers++
       durations[timed++] = result.durationMs
-      if (answer.domainsTried > 1) fallbacks += Math.max(0, answer.domainsTried - 1 - hedged)
       const usage = answer.source === "provider" ? answer.response.usage : undefined
       if (usage !== undefined) {
         inputTokens += tokenCount(usage.inputTokens)
@@ -106,9 +108,10 @@ export const statsOf = (results: ReadonlyArray<ItemResult>, measured: Measured):
     // As the item's status says: an exhausted chain ends as its last step did (the executor
     // counts that step's attempt in its own `timeouts` too).
     if (result.status === "timeout") timeouts++
-    if (error._tag === "FallbackExhaustedError") fallbacks += Math.max(0, error.attempts.length - 1 - hedged)
   }
-  const hedgesWon = measured.hedgesWon ?? 0
+  const steps = measured.steps
+  const hedgesStarted = steps?.hedges ?? 0
+  const hedgesWon = steps?.hedgesWon ?? 0
   const finished = successes + failures
   const elapsed = measured.elapsedMs
   return {
@@ -127,7 +130,7 @@ export const statsOf = (results: ReadonlyArray<ItemResult>, measured: Measured):
     queued: 0,
     timeouts,
     retries,
-    fallbacks,
+    fallbacks: steps?.fallbacks ?? 0,
     hedges: { started: hedgesStarted, won: hedgesWon, lost: hedgesStarted - hedgesWon },
     tokens: { input: inputTokens, output: outputTokens },
     throughput: perSecond(finished, elapsed),

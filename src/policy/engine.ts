@@ -204,7 +204,7 @@ export const make = (options: Options): Effect.Effect<Engine, never, Scope.Scope
           return deadlineAt !== undefined && clock.currentTimeMillisUnsafe() >= deadlineAt ? "Timeout" : undefined
         }
         // Read after a failure too: a stale answer tells the attempts its failed steps made.
-        const counter: Counter = { attempts: 0, steps: 0, cut, deadlineAt, external }
+        const counter: Counter = { attempts: 0, steps: 0, hedges: 0, hedgeWon: false, cut, deadlineAt, external }
         let body: Effect.Effect<Answer<T, A>, AiError> = plan.hedgeAfter !== undefined && plan.steps.length > 1
           ? hedge(plan, call, counter)
           : fallback(plan, call, counter)
@@ -253,6 +253,12 @@ export const make = (options: Options): Effect.Effect<Engine, never, Scope.Scope
                 source: source === "stale" ? "stale-cache" : source === "miss" ? "provider" : "cache"
               }
             }
+          )
+        }
+        const onEnded = plan.onEnded
+        if (onEnded !== undefined) {
+          body = Effect.onExit(body, () =>
+            Effect.sync(() => onEnded(counter.steps, counter.hedges ?? 0, counter.hedgeWon ?? false))
           )
         }
         return running(body)

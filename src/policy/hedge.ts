@@ -108,14 +108,14 @@ export const make = (runner: Runner) => {
         // Every hedge started is won or lost, whether the call answered, failed or was cut.
         Effect.onExit(() =>
           Effect.sync(() => {
-            let hedges = 0
             steps.forEach((step, i) => {
               if (!hedged[i]) return
-              hedges++
-              if (i === winner) seriesOf(step).hedgesWon++
-              else seriesOf(step).hedgesLost++
+              counter.hedges = (counter.hedges ?? 0) + 1
+              if (i === winner) {
+                seriesOf(step).hedgesWon++
+                counter.hedgeWon = true
+              } else seriesOf(step).hedgesLost++
             })
-            if (hedges > 0) plan.onHedged?.(hedges, winner >= 0 && hedged[winner]!)
           })
         )
       )

@@ -151,11 +151,12 @@ export interface Plan<T, A> {
   /** Start the next step after this long without an answer (hedging), besides on failure. */
   readonly hedgeAfter?: Duration.Duration | undefined
   /**
-   * Told once a hedged call ended (answered, failed or cut) that started hedges: how many, and
-   * whether one of them answered (as its steps' `orchestra_hedges_total` count them). A batch's
-   * own stats read it.
+   * Told once a call of a plan of several steps ended (answered, failed or cut): the steps it
+   * started, how many of them as hedges (on the delay, not after a failure; the others after the
+   * first are fallbacks), and whether a hedge answered, as the steps' `orchestra_fallbacks_total`
+   * and `orchestra_hedges_total` count them. A batch's own stats read it.
    */
-  readonly onHedged?: ((hedges: number, won: boolean) => void) | undefined
+  readonly onEnded?: ((steps: number, hedges: number, hedgeWon: boolean) => void) | undefined
   readonly cache?: { readonly guard: CacheGuard<A>; readonly key: string; readonly allowStale: boolean } | undefined
   readonly onRetry?: ((event: RetryEvent<T>) => Effect.Effect<void>) | undefined
   /** Tokens of an answer, for the token metrics. */

@@ -79,6 +79,9 @@ export interface Counter {
   attempts: number
   /** Steps started so far. */
   steps: number
+  /** Of them, hedges (started on the delay), and whether one answered: set by a hedge once it ended. */
+  hedges?: number | undefined
+  hedgeWon?: boolean | undefined
   readonly cut: () => string | undefined
   /** The instant the call's total deadline passes, if it has one: no retry waits past it. */
   readonly deadlineAt?: number | undefined
