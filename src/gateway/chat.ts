@@ -15,7 +15,7 @@ import { type Cause, Effect, Exit, Pull, Stream } from "effect"
 import type { HttpServerRequest } from "effect/http"
 import { HttpServerResponse } from "effect/http"
 import { type AiError, ModelError, reasonOf } from "../AiError.js"
-import type { ExecuteOptions } from "../Executor.js"
+import type { ExecuteOptions, StreamOptions } from "../Executor.js"
 import { applyTo } from "../Domain.js"
 import { type GenerateRequest, type GenerateResponse, reserveInputTokens, validateGenerate } from "../Model.js"
 import type { Answer } from "../Router.js"
@@ -107,12 +107,24 @@ const answeredWith = (
 export const make = (env: Env) => {
   const { executor, upstream, lifecycle, metrics, clock, options } = env
   const providerOptions = new WeakMap<Target, ExecuteOptions>()
+  const providerStreamOptions = new WeakMap<Target, StreamOptions>()
 
   const executeOptions = (target: Extract<Target, { _tag: "Provider" }>): ExecuteOptions => {
     let found = providerOptions.get(target)
     if (found === undefined) {
       found = { provider: target.provider, retry: env.retry ?? false }
       providerOptions.set(target, found)
+    }
+    return found
+  }
+
+  // The same per target for streams, with the gateway's deadlines: the executor checks a stream's
+  // options once per options object, so one object per target is checked once.
+  const streamOptions = (target: Extract<Target, { _tag: "Provider" }>): StreamOptions => {
+    let found = providerStreamOptions.get(target)
+    if (found === undefined) {
+      found = { ...executeOptions(target), ...options.stream }
+      providerStreamOptions.set(target, found)
     }
     return found
   }
@@ -323,11 +335,10 @@ export const make = (env: Env) => {
     span: RequestSpan | undefined
   ) {
     const tracker = makeTracker()
-    const deadlines = options.stream
     const parts =
       target._tag === "Domain"
-        ? upstream.router.stream(request, target.domain.name, deadlines)
-        : executor.stream({ ...request, model: target.model }, { ...executeOptions(target), ...deadlines })
+        ? upstream.router.stream(request, target.domain.name, options.stream)
+        : executor.stream({ ...request, model: target.model }, streamOptions(target))
     // The drain's cut ends the stream through the pipeline (an error event, never `[DONE]`).
     const cut: Cut = { error: undefined }
     lifecycle.onCut(entry, (error) => stopStreams(cut, error))
