@@ -1032,6 +1032,65 @@ describe("EffectAi.languageModel (a target as an effect/ai LanguageModel)", () =
   )
 })
 
+describe("EffectAi.embeddingModel: a target answering numbers effect/ai refuses", () => {
+  it.effect(
+    "a NaN or infinite vector entry is an InvalidOutputError naming it (embed and embedMany), not a defect",
+    () =>
+      Effect.gen(function* () {
+        const answers: ReadonlyArray<ReadonlyArray<number>> = [
+          [0.5, 0.5],
+          [0.25, Number.NaN]
+        ]
+        const target: EffectAi.EmbeddingTarget = {
+          embed: (request) =>
+            Effect.succeed({
+              vectors: request.texts.length === 1 ? [[Number.POSITIVE_INFINITY, 0]] : answers,
+              usage: Model.usage(2, 0),
+              provider: "odd",
+              model: "odd-embed"
+            })
+        }
+        const model = yield* EffectAi.embeddingModel(target)
+        const many = yield* Effect.exit(model.embedMany(["alpha", "beta"]))
+        const single = yield* Effect.exit(model.embed("alpha"))
+        const described = [failureOf(many), failureOf(single)].map((error) => [
+          error.reason._tag,
+          error.reason._tag === "InvalidOutputError" ? error.reason.description : ""
+        ])
+        assert.deepStrictEqual(
+          described.map(([tag]) => tag),
+          ["InvalidOutputError", "InvalidOutputError"]
+        )
+        assert.include(described[0]![1], "vectors[1][1]")
+        assert.include(described[1]![1], "vectors[0][0]")
+      })
+  )
+
+  it.effect("a NaN or infinite input token count is left out of the usage, not a defect", () =>
+    Effect.gen(function* () {
+      const target: EffectAi.EmbeddingTarget = {
+        embed: (request) =>
+          Effect.succeed({
+            vectors: request.texts.map(() => [1, 0]),
+            usage: { inputTokens: Number.NaN, outputTokens: 0, totalTokens: Number.NaN },
+            provider: "odd",
+            model: "odd-embed"
+          })
+      }
+      const model = yield* EffectAi.embeddingModel(target)
+      const many = yield* model.embedMany(["alpha", "beta"])
+      assert.deepStrictEqual(
+        many.embeddings.map((e) => e.vector),
+        [
+          [1, 0],
+          [1, 0]
+        ]
+      )
+      assert.strictEqual(many.usage.inputTokens, undefined)
+    })
+  )
+})
+
 describe("EffectAi.embeddingModel: concurrent embed calls batched by effect/ai", () => {
   it.effect(
     "each input gets its own outcome: one bad input, or more callers than one request's limits, fails no other",

@@ -21,6 +21,7 @@ import {
   toolCallPart,
   usageEncoded
 } from "./convert.js"
+import { tokenCount } from "../http/decode.js"
 import { MODULE, toAiError } from "./errors.js"
 
 /**
@@ -305,6 +306,30 @@ const answerGroup = (
 }
 
 /**
+ * A target's answer as effect/ai takes it. effect/ai builds its `EmbedResponse`s with
+ * `Schema.Finite` vectors and usage, and a schema failure there is thrown: a NaN or infinite
+ * entry from the target would end the call as a defect. It is an `InvalidOutputError` naming
+ * the entry; a token count that is not one is left out, as in generate.
+ */
+const providerResponseOf = (
+  response: Model.EmbedResponse
+): Result.Result<EmbeddingModel.ProviderResponse, Ai.AiErrorReason> => {
+  const results: Array<Array<number>> = []
+  for (let i = 0; i < response.vectors.length; i++) {
+    const vector = response.vectors[i]!
+    for (let j = 0; j < vector.length; j++) {
+      if (!Number.isFinite(vector[j])) {
+        return Result.fail(
+          new Ai.InvalidOutputError({ description: `vectors[${i}][${j}] is ${vector[j]}, not a finite number` })
+        )
+      }
+    }
+    results.push([...vector])
+  }
+  return Result.succeed({ results, usage: { inputTokens: tokenCount(response.usage?.inputTokens) } })
+}
+
+/**
  * An `effect/ai` `EmbeddingModel` whose calls go to `target.embed` (checked first; the
  * model from `model` when given).
  *
@@ -329,13 +354,13 @@ export const embeddingModel = (
       const embedMany = (method: string) => (inputs: ReadonlyArray<string>) =>
         Model.validateEmbed(requestOf(inputs), limits).pipe(
           Effect.flatMap(target.embed),
-          Effect.map(
-            (response): EmbeddingModel.ProviderResponse => ({
-              results: response.vectors.map((vector) => [...vector]),
-              usage: { inputTokens: response.usage?.inputTokens }
-            })
-          ),
-          Effect.mapError((error) => toAiError(error, method))
+          Effect.mapError((error) => toAiError(error, method)),
+          Effect.flatMap((response) => {
+            const answer = providerResponseOf(response)
+            return Result.isSuccess(answer)
+              ? Effect.succeed(answer.success)
+              : Effect.fail(Ai.make({ module: MODULE, method, reason: answer.failure }))
+          })
         )
       const check = (input: string) =>
         Effect.mapError(Model.validateEmbed(requestOf([input]), limits), (error) => toAiError(error, "embed"))
