@@ -92,7 +92,12 @@ export interface Options {
    * @since 0.2.0
    */
   readonly loadTimeout?: DurationInput | undefined
-  /** New tokens per generation when a request sets no `maxTokens`. Default 128. */
+  /**
+   * New tokens per generation when a request sets no `maxTokens`. Default 128. A generation is
+   * cut (finish reason `"length"`) where the model's positions end, whatever it asks: a
+   * decoder-only model's at what the prompt left of its context, an encoder-decoder's at its
+   * decoder's positions less one (its start token's).
+   */
   readonly maxTokens?: number | undefined
 }
 

@@ -411,6 +411,23 @@ describe("Local provider", () => {
   )
 
   it.effect(
+    "an encoder-decoder model's answer is cut at its decoder's positions, as a decoder-only's at its context",
+    () =>
+      Effect.gen(function* () {
+        const { model } = yield* build({ generationModel: "tiny-bart" })
+        // tiny-bart's decoder has 1,024 positions, its start token takes the first: 1,023 new tokens at most.
+        const answer = yield* model.generate({ prompt: "river", maxTokens: 1_100 })
+        assert.deepStrictEqual([answer.usage.outputTokens, answer.finishReason], [1_023, "length"])
+        const streamed = yield* Stream.runCollect(model.stream({ prompt: "river", maxTokens: 1_100 }))
+        const finish = streamed.at(-1)
+        assert.deepStrictEqual(finish?._tag === "Finish" && [finish.usage.outputTokens, finish.finishReason], [
+          1_023,
+          "length"
+        ])
+      })
+  )
+
+  it.effect(
     "a conversation the model's chat template refuses is InvalidRequest on messages, not a provider failure",
     () =>
       Effect.gen(function* () {

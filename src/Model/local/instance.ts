@@ -231,8 +231,11 @@ export const makeInstance = ({ lib, modelId, task, tokenizer, model, clock }: In
         `the prompt has ${inputTokens} tokens; model "${modelId}" reads at most ${context}${seq2seq ? "" : ", its answer included"}`
       )
     }
+    // The answer is cut (finish reason "length") where the positions end: a decoder-only model's
+    // at what the prompt left of its context, an encoder-decoder's at its decoder's positions, the
+    // first of which its start token takes. Past them the model would read positions it has not got.
     const maxNewTokens =
-      seq2seq || context === undefined ? input.maxNewTokens : Math.min(input.maxNewTokens, context - inputTokens)
+      context === undefined ? input.maxNewTokens : Math.min(input.maxNewTokens, context - (seq2seq ? 1 : inputTokens))
     // Decoder-only output repeats the prompt; encoder-decoder output starts with the decoder start token.
     const skip = seq2seq ? 1 : inputTokens
     // The ids of the sequence so far (prompt included for decoder-only models), as of the last step.
