@@ -18,7 +18,7 @@ import { Config, Effect, Layer, Result, type Scope } from "effect"
 import type { ModelError } from "../AiError.js"
 import * as Input from "../Input.js"
 import type { OptionError, DurationInput } from "../Input.js"
-import { ModelProvider, type Service } from "../Model.js"
+import { ModelProvider, type RequestLimits, type Service } from "../Model.js"
 import * as internal from "./local/provider.js"
 
 /**
@@ -92,6 +92,14 @@ export interface Options {
    * @since 0.2.0
    */
   readonly loadTimeout?: DurationInput | undefined
+  /**
+   * Bounds on requests (`maxInputChars`, `maxMessages`, `maxEmbedTexts`, positive integers),
+   * checked before any call. Default `Model.defaultRequestLimits`. A prompt within them is still
+   * refused when it cannot fit the model's context.
+   *
+   * @since 0.3.0
+   */
+  readonly requestLimits?: Partial<RequestLimits> | undefined
   /**
    * New tokens per generation when a request sets no `maxTokens`. Default 128. A generation is
    * cut (finish reason `"length"`) where the model's positions end, whatever it asks: a

@@ -329,7 +329,11 @@ describe("Local provider", () => {
         // A value JSON cannot write: its message names its type (building it used to throw a TypeError).
         [{ generationModel: 1n as never }, "generationModel"],
         [{ remoteHost: 1n as never }, "remoteHost"],
-        [{ allowRemoteModels: 1n as never }, "allowRemoteModels"]
+        [{ allowRemoteModels: 1n as never }, "allowRemoteModels"],
+        [{ requestLimits: { maxEmbedTexts: 0 } }, "requestLimits.maxEmbedTexts"],
+        [{ requestLimits: { maxInputChars: 1.5 } }, "requestLimits.maxInputChars"],
+        [{ requestLimits: { maxMesages: 3 } as never }, "requestLimits.maxMesages"],
+        [{ requestLimits: null as never }, "requestLimits"]
       ]
       for (const [options, field] of cases) {
         const error = yield* Effect.flip(Effect.scoped(Local.make(options)))
@@ -339,6 +343,41 @@ describe("Local provider", () => {
       // No options object at all (a JavaScript caller, a config that yields null).
       const none = yield* Effect.flip(Effect.scoped(Local.make(null as never)))
       assert.strictEqual(none._tag === "OptionError" && none.path, "options")
+    })
+  )
+
+  it.effect("requestLimits are the user's: 3,000 texts pass a raised bound, a lowered one refuses by field", () =>
+    Effect.gen(function* () {
+      const raised = (yield* build({ requestLimits: { maxEmbedTexts: 3_000 } })).model
+      const texts = Array.from({ length: 3_000 }, (_, i) => `text ${i}`) as unknown as readonly [
+        string,
+        ...Array<string>
+      ]
+      assert.strictEqual((yield* raised.embed({ texts })).vectors.length, 3_000)
+      const lowered = (yield* build({ requestLimits: { maxInputChars: 10, maxMessages: 2, maxEmbedTexts: 1 } })).model
+      const refused = [
+        yield* Effect.flip(lowered.generate({ prompt: "a prompt of 24 characters", maxTokens: 2 })),
+        yield* Effect.flip(Stream.runDrain(lowered.stream({ prompt: "a prompt of 24 characters", maxTokens: 2 }))),
+        yield* Effect.flip(
+          lowered.generate({
+            messages: [
+              { role: "user", content: "a" },
+              { role: "assistant", content: "b" },
+              { role: "user", content: "c" }
+            ]
+          })
+        ),
+        yield* Effect.flip(lowered.embed({ texts: ["a", "b"] }))
+      ]
+      assert.deepStrictEqual(
+        refused.map((error) => (error._tag === "ModelError" ? [error.reason, error.field, error.provider] : [])),
+        [
+          ["InvalidRequest", "prompt", "local"],
+          ["InvalidRequest", "prompt", "local"],
+          ["InvalidRequest", "messages", "local"],
+          ["InvalidRequest", "texts", "local"]
+        ]
+      )
     })
   )
 

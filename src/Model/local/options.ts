@@ -7,6 +7,7 @@
 import { fileURLToPath } from "node:url"
 import { type Duration, Effect, Result } from "effect"
 import * as Input from "../../Input.js"
+import * as Model from "../../Model.js"
 import type { Options } from "../Local.js"
 import type { LoadOptions } from "./runtime.js"
 
@@ -24,6 +25,7 @@ export interface Resolved {
   readonly shutdownDeadline: Duration.Duration
   readonly loadTimeout: Duration.Duration
   readonly maxTokens: number
+  readonly limits: Model.RequestLimits
   readonly load: LoadOptions
 }
 
@@ -123,7 +125,8 @@ const optionKeys: ReadonlySet<string> = new Set(
     batchWindow: true,
     shutdownDeadline: true,
     loadTimeout: true,
-    maxTokens: true
+    maxTokens: true,
+    requestLimits: true
   } satisfies Record<keyof Options, true>)
 )
 const modelsKeys: ReadonlySet<string> = new Set(["generation", "embedding"])
@@ -170,7 +173,8 @@ export const resolve = (options: ResolvableOptions): Effect.Effect<Resolved, Inp
     Input.duration("batchWindow", Input.orDefault(options.batchWindow, 0), { allowZero: true }),
     Input.duration("shutdownDeadline", Input.orDefault(options.shutdownDeadline, "10 seconds"), { allowZero: true }),
     Input.duration("loadTimeout", Input.orDefault(options.loadTimeout, "10 minutes")),
-    Input.positiveInt("maxTokens", Input.orDefault(options.maxTokens, 128), 1_000_000)
+    Input.positiveInt("maxTokens", Input.orDefault(options.maxTokens, 128), 1_000_000),
+    Model.requestLimits(options.requestLimits)
   ])
   if (Result.isFailure(checked)) return Effect.fail(Input.toOptionError(checked.failure))
   const [
@@ -191,7 +195,8 @@ export const resolve = (options: ResolvableOptions): Effect.Effect<Resolved, Inp
     batchWindow,
     shutdownDeadline,
     loadTimeout,
-    maxTokens
+    maxTokens,
+    limits
   ] = checked.success
   if (minInstances > poolSize) {
     return Effect.fail(
@@ -215,6 +220,7 @@ export const resolve = (options: ResolvableOptions): Effect.Effect<Resolved, Inp
     shutdownDeadline,
     loadTimeout,
     maxTokens,
+    limits,
     load: { provider: name, modelPath, allowRemoteModels, cacheDir, remoteHost, quantized }
   })
 }

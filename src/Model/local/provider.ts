@@ -253,7 +253,7 @@ export const makeWith = Effect.fnUntraced(function* (
     })
 
   const generate = Effect.fn("LocalModel.generate")(function* (request: Model.GenerateRequest) {
-    const valid = yield* Model.validateGenerate(request)
+    const valid = yield* Model.validateGenerate(request, config.limits)
     yield* checkSupported(valid)
     yield* checkSeed(valid.seed)
     const modelId = yield* modelFor(valid.model, "generation")
@@ -279,7 +279,7 @@ export const makeWith = Effect.fnUntraced(function* (
       push: (part: Model.StreamPart) => void,
       pace: () => Promise<void> | undefined
     ): Effect.fn.Return<void, AiError> {
-      const valid = yield* Model.validateGenerate(request)
+      const valid = yield* Model.validateGenerate(request, config.limits)
       yield* checkSupported(valid)
       yield* checkSeed(valid.seed)
       const modelId = yield* modelFor(valid.model, "generation")
@@ -326,7 +326,7 @@ export const makeWith = Effect.fnUntraced(function* (
 
   // A span per batch ("LocalModel.embedBatch"), not per call: see docs/benchmarks/local.md.
   const embed = Effect.fnUntraced(function* (request: Model.EmbedRequest) {
-    const valid = yield* Model.validateEmbed(request)
+    const valid = yield* Model.validateEmbed(request, config.limits)
     const modelId = yield* modelFor(valid.model, "embedding")
     const results = yield* admitted(batchers.get(modelId)!.submit(valid.texts))
     if (results.length !== valid.texts.length) {
