@@ -36,6 +36,7 @@ import { makeDetokenizer } from "../../src/Model/local/decoding.js"
 import { decoderOf, type Instance } from "../../src/Model/local/instance.js"
 import { BUFFERED, type Internals, makeWith } from "../../src/Model/local/provider.js"
 import type { Loader } from "../../src/Model/local/runtime.js"
+import { charsPerToken } from "../../src/Model/local/tokenizer.js"
 
 const modelPath = fileURLToPath(Local.defaultModelPath)
 const root = fileURLToPath(new URL("../../", import.meta.url))
@@ -432,6 +433,46 @@ describe("Local provider", () => {
         const after = yield* model.generate({ prompt: "Tell me a story: once", maxTokens: 5 })
         assert.strictEqual(after.text, " upon a time")
       })
+  )
+
+  it.effect("a prompt with more characters than the context's tokens can spell is refused before it is tokenized", () =>
+    Effect.gen(function* () {
+      const { model } = yield* build({ models: { generation: ["tiny-bart"] } })
+      // tiny-gpt2's longest token has 13 characters ("<|endoftext|>"): 2,047 tokens (a position
+      // is left for the answer) spell at most 26,611 characters. Tokenizing a million blocked the
+      // process for ~2 s, where no deadline can fire.
+      const huge = "x".repeat(1_000_000)
+      const refused = [
+        yield* Effect.flip(model.generate({ prompt: huge, maxTokens: 2 })),
+        yield* Effect.flip(Stream.runDrain(model.stream({ prompt: huge, maxTokens: 2 }))),
+        yield* Effect.flip(model.generate({ prompt: "x".repeat(26_612), maxTokens: 2 })),
+        // tiny-bart: 1,024 positions, its longest token 11 characters ("Ġeverywhere", the Ġ a space)
+        yield* Effect.flip(model.generate({ prompt: huge, model: "tiny-bart", maxTokens: 2 }))
+      ]
+      assert.deepStrictEqual(
+        refused.map((error) => (error._tag === "ModelError" ? [error.reason, error.field, error.message] : [])),
+        [
+          ...Array.from({ length: 2 }, () => [
+            "InvalidRequest",
+            "messages",
+            'the prompt has 1000000 characters, more than the 2047 tokens model "tiny-gpt2" reads (its answer included) can spell: its longest token has 13 characters'
+          ]),
+          [
+            "InvalidRequest",
+            "messages",
+            'the prompt has 26612 characters, more than the 2047 tokens model "tiny-gpt2" reads (its answer included) can spell: its longest token has 13 characters'
+          ],
+          [
+            "InvalidRequest",
+            "messages",
+            'the prompt has 1000000 characters, more than the 1024 tokens model "tiny-bart" reads can spell: its longest token has 11 characters'
+          ]
+        ]
+      )
+      // One character fewer is tokenized, and refused by its count of tokens.
+      const counted = yield* Effect.flip(model.generate({ prompt: `${"x ".repeat(13_305)}x`, maxTokens: 2 }))
+      assert.match(counted.message, /^the prompt has \d+ tokens; model "tiny-gpt2" reads at most 2048/)
+    })
   )
 
   it.effect("an encoder-decoder model reads a prompt as long as its positions; one token more is refused", () =>
@@ -1603,5 +1644,30 @@ describe("incremental decoding", () => {
           assert.strictEqual(text, whole, `window ${window}`)
         }
       })
+  )
+})
+
+describe("the characters a token can stand for", () => {
+  it.effect("a byte-level BPE token's entry bounds them; a tokenizer that drops characters gives no bound", () =>
+    Effect.gen(function* () {
+      env.allowRemoteModels = false
+      env.localModelPath = `${modelPath}${path.sep}`
+      const load = (id: string) => Effect.promise(() => AutoTokenizer.from_pretrained(id))
+      const gpt2 = yield* load("tiny-gpt2")
+      assert.strictEqual(charsPerToken(gpt2), 13)
+      // Every character is spelled: the bound holds for any text.
+      for (const text of ["x".repeat(500), " ".repeat(500), "🙂".repeat(200), "<|endoftext|>".repeat(40)]) {
+        const tokens = gpt2(text).input_ids.dims.at(-1)!
+        assert.isAtLeast(tokens * 13, text.length, JSON.stringify(text.slice(0, 13)))
+      }
+      // BERT's WordPiece drops whitespace and reads a long unknown word as one token: no bound.
+      const bert = yield* load("tiny-bert")
+      assert.strictEqual(bert(" ".repeat(500)).input_ids.dims.at(-1), 2)
+      assert.isUndefined(charsPerToken(bert))
+      // Nor with an added token that swallows the spaces around it.
+      const parts = { normalizer: null, pre_tokenizer: gpt2.pre_tokenizer, model: gpt2.model }
+      assert.strictEqual(charsPerToken({ ...parts, added_tokens: [{ content: "<mask>", lstrip: false }] }), 13)
+      assert.isUndefined(charsPerToken({ ...parts, added_tokens: [{ content: "<mask>", lstrip: true }] }))
+    })
   )
 })

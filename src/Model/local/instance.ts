@@ -11,6 +11,7 @@ import * as Input from "../../Input.js"
 import type { Message } from "../../Model.js"
 import { emittable, firstStop, type LogitsProcessor, makeDetokenizer, promptOf, seededSampler } from "./decoding.js"
 import type { Encoded, TokenizerLike, Transformers } from "./runtime.js"
+import { charsPerToken } from "./tokenizer.js"
 
 export interface TensorLike {
   readonly data: ArrayLike<number> | BigInt64Array
@@ -200,6 +201,12 @@ export const makeInstance = ({ lib, modelId, task, tokenizer, model, clock }: In
     tokenizer.model_max_length = context ?? Number.POSITIVE_INFINITY
   }
   const decode = decoderOf(tokenizer)
+  // Tokens a prompt may have: a decoder-only model needs a position left for its answer.
+  const readable = context === undefined ? undefined : seq2seq ? context : context - 1
+  // Tokenizing runs synchronously (~2 s for a million characters, with no deadline able to fire):
+  // a prompt with more characters than `readable` tokens can spell is refused before it.
+  const spelled = readable === undefined ? undefined : charsPerToken(tokenizer)
+  const maxChars = spelled === undefined || readable === undefined ? Number.POSITIVE_INFINITY : readable * spelled
   // What a yield to the event loop has been costing this instance (ms, moving average).
   let yieldCost = 0
 
@@ -218,6 +225,11 @@ export const makeInstance = ({ lib, modelId, task, tokenizer, model, clock }: In
     } catch (error) {
       throw new TemplateRefused(
         `the chat template of model "${modelId}" refused the messages: ${Input.thrownMessage(error)}`
+      )
+    }
+    if (prompt.length > maxChars) {
+      throw new ContextExceeded(
+        `the prompt has ${prompt.length} characters, more than the ${readable} tokens model "${modelId}" reads${seq2seq ? "" : " (its answer included)"} can spell: its longest token has ${spelled} characters`
       )
     }
     const encoded = tokenizer(prompt, { add_special_tokens: seq2seq })

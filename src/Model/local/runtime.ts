@@ -11,6 +11,7 @@ import { type Clock, Effect } from "effect"
 import { ModelError, ShuttingDownError } from "../../AiError.js"
 import * as Input from "../../Input.js"
 import type { PromptTokenizer } from "./decoding.js"
+import type { TokenizerParts } from "./tokenizer.js"
 import { type Instance, makeInstance, type PretrainedModelLike, type Task, type TensorLike } from "./instance.js"
 
 /** The optional peer dependency, and how to install it. */
@@ -27,7 +28,7 @@ export interface Encoded {
   readonly token_type_ids?: TensorLike | undefined
 }
 
-export interface TokenizerLike extends PromptTokenizer {
+export interface TokenizerLike extends PromptTokenizer, TokenizerParts {
   (
     text: string | ReadonlyArray<string>,
     options?: { readonly padding?: boolean; readonly truncation?: boolean; readonly add_special_tokens?: boolean }
