@@ -32,7 +32,7 @@ import { ModelProvider } from "../../src/Model.js"
 import * as Local from "../../src/Model/Local.js"
 import * as Mock from "../../src/Model/Mock.js"
 import { makeBatcher } from "../../src/Model/local/batcher.js"
-import { makeDetokenizer } from "../../src/Model/local/decoding.js"
+import { makeDetokenizer, makeStopMatcher } from "../../src/Model/local/decoding.js"
 import { decoderOf, type Instance } from "../../src/Model/local/instance.js"
 import { BUFFERED, type Internals, makeWith } from "../../src/Model/local/provider.js"
 import type { Loader } from "../../src/Model/local/runtime.js"
@@ -1668,6 +1668,60 @@ describe("the characters a token can stand for", () => {
       const parts = { normalizer: null, pre_tokenizer: gpt2.pre_tokenizer, model: gpt2.model }
       assert.strictEqual(charsPerToken({ ...parts, added_tokens: [{ content: "<mask>", lstrip: false }] }), 13)
       assert.isUndefined(charsPerToken({ ...parts, added_tokens: [{ content: "<mask>", lstrip: true }] }))
+    })
+  )
+})
+
+describe("stop sequences", () => {
+  it.effect("the first stop sequence completed wins by where it starts; a possible start is held back", () =>
+    Effect.sync(() => {
+      const read = (stop: ReadonlyArray<string>, pieces: ReadonlyArray<string>) => {
+        const matcher = makeStopMatcher(stop)
+        // What is emitted after a stop sequence does not matter: generation ends there.
+        return pieces.map((piece) => {
+          const stopAt = matcher.push(piece)
+          return [stopAt, stopAt >= 0 ? null : matcher.emittable()]
+        })
+      }
+      // "ab" may start "abcdef"; "bcd" completes first, "abcdef" (starting earlier) only later.
+      assert.deepStrictEqual(read(["bcd", "abcdef"], ["ab", "cd"]), [
+        [-1, 0],
+        [1, null]
+      ])
+      // Both complete in the same piece: the one starting first wins.
+      assert.deepStrictEqual(read(["bcd", "abcd"], ["xabcdy"])[0]![0], 1)
+      // A failed partial match that overlaps the next one ("aa" then "aab"); an empty stop sequence never matches.
+      assert.deepStrictEqual(read(["aab", ""], ["a", "a", "a", "b"]), [
+        [-1, 0],
+        [-1, 0],
+        [-1, 1],
+        [1, null]
+      ])
+      assert.deepStrictEqual(read(["\n\n"], ["one\n", "two", "\n", "\nthree"]), [
+        [-1, 3],
+        [-1, 7],
+        [-1, 7],
+        [7, null]
+      ])
+    })
+  )
+
+  it.effect("each piece costs what it adds, however long the text and the stop sequences (16, ~1M characters)", () =>
+    Effect.sync(() => {
+      const stop = Array.from({ length: 16 }, (_, i) => `${"zq".repeat(30_000)}${i}`)
+      const matcher = makeStopMatcher(stop)
+      // Wall time of pure CPU work, no timer: each piece rescanned the text for every stop sequence,
+      // ~6 s for these 2,000 pieces (the generation's own steps took less); now a few ms.
+      const started = performance.now()
+      let text = ""
+      for (let i = 0; i < 2_000; i++) {
+        const piece = i % 3 === 0 ? " zqzq" : ` w${i}`
+        text += piece
+        assert.strictEqual(matcher.push(piece), -1)
+        matcher.emittable()
+      }
+      assert.isBelow(performance.now() - started, 1_000)
+      assert.strictEqual(matcher.emittable(), text.length)
     })
   )
 })

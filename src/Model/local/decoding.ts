@@ -140,29 +140,66 @@ export const makeDetokenizer = (
   }
 }
 
-/** How much of the text is safe to emit: never a possible start of a stop sequence. */
-export const emittable = (text: string, stop: ReadonlyArray<string>): number => {
-  let end = text.length
-  for (const s of stop) {
-    // Bounded by the text's length, not by `end`: a longer stop sequence the whole text may start
-    // has to hold back more than a shorter one already did.
-    for (let k = Math.min(s.length - 1, text.length); k > 0; k--) {
-      if (text.endsWith(s.slice(0, k)) && text.length - k < end) {
-        end = text.length - k
-        break
-      }
-    }
-  }
-  return end
+/** Stop sequences, matched as the text grows. */
+export interface StopMatcher {
+  /** Reads the next piece of the text; answers where (in the whole text) the first stop sequence it completed starts, or -1. */
+  readonly push: (piece: string) => number
+  /** How much of the text read so far is safe to emit: never a possible start of a stop sequence. */
+  readonly emittable: () => number
 }
 
-/** Where the first stop sequence starts at or after `from`, or -1. */
-export const firstStop = (text: string, stop: ReadonlyArray<string>, from: number): number => {
-  let at = -1
-  for (const s of stop) {
-    if (s.length === 0) continue
-    const i = text.indexOf(s, from)
-    if (i >= 0 && (at < 0 || i < at)) at = i
+/**
+ * Each stop sequence as a Knuth-Morris-Pratt automaton over the text's UTF-16 units: its state
+ * is the longest start of the sequence the text ends with, which is both what must be held back
+ * and how far a match has come. A piece costs a step per character per sequence (amortised),
+ * however long the text and the sequences: searching the text again for every sequence at each
+ * token, and trying every start of each, cost the text's length per sequence per token (seconds
+ * over a long answer with 16 long sequences).
+ */
+export const makeStopMatcher = (stop: ReadonlyArray<string>): StopMatcher => {
+  const sequences = stop.filter((s) => s.length > 0)
+  // failure[q - 1]: the longest proper start of the sequence that is also an end of its first q units.
+  const failures = sequences.map((s) => {
+    const failure = new Int32Array(s.length)
+    let k = 0
+    for (let q = 1; q < s.length; q++) {
+      const c = s.charCodeAt(q)
+      while (k > 0 && s.charCodeAt(k) !== c) k = failure[k - 1]!
+      if (s.charCodeAt(k) === c) k += 1
+      failure[q] = k
+    }
+    return failure
+  })
+  const states = new Int32Array(sequences.length)
+  let length = 0
+  return {
+    push: (piece) => {
+      let first = -1
+      for (let i = 0; i < sequences.length; i++) {
+        const s = sequences[i]!
+        const failure = failures[i]!
+        let q = states[i]!
+        for (let j = 0; j < piece.length; j++) {
+          const c = piece.charCodeAt(j)
+          while (q > 0 && s.charCodeAt(q) !== c) q = failure[q - 1]!
+          if (s.charCodeAt(q) === c) q += 1
+          if (q === s.length) {
+            const start = length + j + 1 - s.length
+            if (first < 0 || start < first) first = start
+            // The first match of this sequence starts before any later one.
+            q = failure[q - 1]!
+            break
+          }
+        }
+        states[i] = q
+      }
+      length += piece.length
+      return first
+    },
+    emittable: () => {
+      let held = 0
+      for (let i = 0; i < states.length; i++) if (states[i]! > held) held = states[i]!
+      return length - held
+    }
   }
-  return at
 }

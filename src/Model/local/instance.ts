@@ -9,7 +9,7 @@ import { type Clock, Effect } from "effect"
 import { ModelError, ShuttingDownError } from "../../AiError.js"
 import * as Input from "../../Input.js"
 import type { Message } from "../../Model.js"
-import { emittable, firstStop, type LogitsProcessor, makeDetokenizer, promptOf, seededSampler } from "./decoding.js"
+import { type LogitsProcessor, makeDetokenizer, makeStopMatcher, promptOf, seededSampler } from "./decoding.js"
 import type { Encoded, TokenizerLike, Transformers } from "./runtime.js"
 import { charsPerToken } from "./tokenizer.js"
 
@@ -253,7 +253,7 @@ export const makeInstance = ({ lib, modelId, task, tokenizer, model, clock }: In
     // The ids of the sequence so far (prompt included for decoder-only models), as of the last step.
     let sequence: ReadonlyArray<number | bigint> = []
     const track = input.stop.length > 0 || onDelta !== undefined
-    const longestStop = input.stop.reduce((n, s) => Math.max(n, s.length), 0)
+    const stops = makeStopMatcher(input.stop)
     const detokenizer = makeDetokenizer(decode, skip, seq2seq ? 0 : 5)
     let text = ""
     let emitted = 0
@@ -324,16 +324,15 @@ export const makeInstance = ({ lib, modelId, task, tokenizer, model, clock }: In
             sequence = beam.output_token_ids
             const delta = detokenizer(toNumbers(sequence))
             if (delta.length === 0) return
-            const searchFrom = Math.max(0, text.length - longestStop)
             text += delta
-            const stopAt = firstStop(text, input.stop, searchFrom)
+            const stopAt = stops.push(delta)
             if (stopAt >= 0) {
               stoppedAt = stopAt
               if (onDelta !== undefined && stopAt > emitted) onDelta(text.slice(emitted, stopAt))
               emitted = Math.max(emitted, stopAt)
               throw new StopSequence()
             }
-            const end = emittable(text, input.stop)
+            const end = stops.emittable()
             if (onDelta !== undefined && end > emitted) {
               if (emitted === 0) yieldNext = true
               onDelta(text.slice(emitted, end))
