@@ -507,6 +507,30 @@ describe("Local provider", () => {
       })
   )
 
+  it.effect("an encoder-decoder config naming its encoder's and decoder's positions apart (LED's) is read", () =>
+    Effect.gen(function* () {
+      // tiny-bart, its config saying its positions as LED's does: 1,024 for the encoder, 64 for the decoder.
+      const dir = yield* tempDir("orchestra-led-")
+      yield* Effect.promise(async () => {
+        await cp(path.join(modelPath, "tiny-bert"), path.join(dir, "tiny-bert"), { recursive: true })
+        await cp(path.join(modelPath, "tiny-bart"), path.join(dir, "led-bart"), { recursive: true })
+        const file = path.join(dir, "led-bart", "config.json")
+        const { max_position_embeddings: _, ...config } = JSON.parse(await readFile(file, "utf8"))
+        await writeFile(
+          file,
+          JSON.stringify({ ...config, max_encoder_position_embeddings: 1_024, max_decoder_position_embeddings: 64 })
+        )
+      })
+      const { model } = yield* build({ modelPath: dir, generationModel: "led-bart" })
+      const answer = yield* model.generate({ prompt: "river", maxTokens: 100 })
+      assert.deepStrictEqual([answer.usage.outputTokens, answer.finishReason], [63, "length"])
+      const fits = yield* model.generate({ prompt: "a".repeat(1_022), maxTokens: 2 })
+      assert.strictEqual(fits.usage.inputTokens, 1_024)
+      const error = yield* Effect.flip(model.generate({ prompt: "a".repeat(1_023), maxTokens: 2 }))
+      assert.strictEqual(error.message, 'the prompt has 1025 tokens; model "led-bart" reads at most 1024')
+    })
+  )
+
   it.effect(
     "a conversation the model's chat template refuses is InvalidRequest on messages, not a provider failure",
     () =>

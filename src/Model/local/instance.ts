@@ -37,6 +37,10 @@ export interface PretrainedModelLike {
     readonly n_positions?: number
     readonly n_ctx?: number
     readonly max_position_embeddings?: number
+    readonly max_encoder_position_embeddings?: number
+    readonly max_decoder_position_embeddings?: number
+    readonly max_source_positions?: number
+    readonly max_target_positions?: number
   }
   readonly generation_config?: { readonly eos_token_id?: number | ReadonlyArray<number> | null }
   (inputs: Encoded): Promise<{ readonly last_hidden_state?: TensorLike }>
@@ -135,10 +139,25 @@ class ContextExceeded extends Error {}
  */
 class TemplateRefused extends Error {}
 
+const positive = (n: unknown): number | undefined =>
+  typeof n === "number" && Number.isInteger(n) && n > 0 ? n : undefined
+
 /** The positions a model reads (its context), from its config; `undefined` when it does not say. */
-const contextOf = (config: PretrainedModelLike["config"]): number | undefined => {
-  const n = config.n_positions ?? config.n_ctx ?? config.max_position_embeddings
-  return typeof n === "number" && Number.isInteger(n) && n > 0 ? n : undefined
+const contextOf = (config: PretrainedModelLike["config"]): number | undefined =>
+  positive(config.n_positions ?? config.n_ctx ?? config.max_position_embeddings)
+
+/**
+ * An encoder-decoder's positions, each side's own where its config names them apart (LED's
+ * `max_encoder_position_embeddings`, Marian's `max_source_positions`), else its context.
+ */
+const sidesOf = (
+  config: PretrainedModelLike["config"]
+): { readonly encoder: number | undefined; readonly decoder: number | undefined } => {
+  const context = contextOf(config)
+  return {
+    encoder: positive(config.max_encoder_position_embeddings ?? config.max_source_positions) ?? context,
+    decoder: positive(config.max_decoder_position_embeddings ?? config.max_target_positions) ?? context
+  }
 }
 
 /** transformers.js keeps generated ids as numbers; convert only if a model hands back bigints. */
@@ -192,6 +211,10 @@ export const makeInstance = ({ lib, modelId, task, tokenizer, model, clock }: In
   const eos = eosIds(model)
   const seq2seq = task === "text2text-generation"
   const context = contextOf(model.config)
+  // The prompt's positions (a decoder-only model's answer shares them) and the answer's.
+  const { encoder: promptPositions, decoder: answerPositions } = seq2seq
+    ? sidesOf(model.config)
+    : { encoder: context, decoder: context }
   // Embeddings truncate at the tokenizer's model_max_length, which hub tokenizers often leave
   // out (transformers.js then truncates to NaN: "Invalid array length") or set to 1e30 (no
   // bound: the model then reads past its positions inside ONNX); either way one long text
@@ -202,7 +225,7 @@ export const makeInstance = ({ lib, modelId, task, tokenizer, model, clock }: In
   }
   const decode = decoderOf(tokenizer)
   // Tokens a prompt may have: a decoder-only model needs a position left for its answer.
-  const readable = context === undefined ? undefined : seq2seq ? context : context - 1
+  const readable = promptPositions === undefined ? undefined : seq2seq ? promptPositions : promptPositions - 1
   // Tokenizing runs synchronously (~2 s for a million characters, with no deadline able to fire):
   // a prompt with more characters than `readable` tokens can spell is refused before it.
   const spelled = readable === undefined ? undefined : charsPerToken(tokenizer)
@@ -238,16 +261,18 @@ export const makeInstance = ({ lib, modelId, task, tokenizer, model, clock }: In
     // model reading past its positions fails inside ONNX: a prompt that does not fit is refused
     // here; a decoder-only model generates at most what is left of its context (so it needs a
     // position left), an encoder reads the prompt alone.
-    if (context !== undefined && (seq2seq ? inputTokens > context : inputTokens >= context)) {
+    if (promptPositions !== undefined && (seq2seq ? inputTokens > promptPositions : inputTokens >= promptPositions)) {
       throw new ContextExceeded(
-        `the prompt has ${inputTokens} tokens; model "${modelId}" reads at most ${context}${seq2seq ? "" : ", its answer included"}`
+        `the prompt has ${inputTokens} tokens; model "${modelId}" reads at most ${promptPositions}${seq2seq ? "" : ", its answer included"}`
       )
     }
     // The answer is cut (finish reason "length") where the positions end: a decoder-only model's
     // at what the prompt left of its context, an encoder-decoder's at its decoder's positions, the
     // first of which its start token takes. Past them the model would read positions it has not got.
     const maxNewTokens =
-      context === undefined ? input.maxNewTokens : Math.min(input.maxNewTokens, context - (seq2seq ? 1 : inputTokens))
+      answerPositions === undefined
+        ? input.maxNewTokens
+        : Math.min(input.maxNewTokens, answerPositions - (seq2seq ? 1 : inputTokens))
     // Decoder-only output repeats the prompt; encoder-decoder output starts with the decoder start token.
     const skip = seq2seq ? 1 : inputTokens
     // The ids of the sequence so far (prompt included for decoder-only models), as of the last step.
