@@ -36,7 +36,7 @@ import { makeDetokenizer, makeStopMatcher } from "../../src/Model/local/decoding
 import { decoderOf, type Instance } from "../../src/Model/local/instance.js"
 import { BUFFERED, type Internals, makeWith } from "../../src/Model/local/provider.js"
 import type { Loader } from "../../src/Model/local/runtime.js"
-import { charsPerToken } from "../../src/Model/local/tokenizer.js"
+import { spellingOf } from "../../src/Model/local/tokenizer.js"
 
 const modelPath = fileURLToPath(Local.defaultModelPath)
 const root = fileURLToPath(new URL("../../", import.meta.url))
@@ -473,6 +473,37 @@ describe("Local provider", () => {
       const counted = yield* Effect.flip(model.generate({ prompt: `${"x ".repeat(13_305)}x`, maxTokens: 2 }))
       assert.match(counted.message, /^the prompt has \d+ tokens; model "tiny-gpt2" reads at most 2048/)
     })
+  )
+
+  it.effect(
+    "with an added token that strips the spaces before it (BART's <mask>), only the spaces it may swallow are discounted",
+    () =>
+      Effect.gen(function* () {
+        // tiny-gpt2 with "<|endoftext|>" stripping the spaces on its left, as BART's and RoBERTa's <mask> does.
+        const dir = yield* tempDir("orchestra-strip-")
+        yield* Effect.promise(async () => {
+          await cp(path.join(modelPath, "tiny-bert"), path.join(dir, "tiny-bert"), { recursive: true })
+          await cp(path.join(modelPath, "tiny-gpt2"), path.join(dir, "strip-gpt2"), { recursive: true })
+          const file = path.join(dir, "strip-gpt2", "tokenizer.json")
+          const tokenizer = JSON.parse(await readFile(file, "utf8"))
+          for (const token of tokenizer.added_tokens) token.lstrip = true
+          await writeFile(file, JSON.stringify(tokenizer))
+        })
+        const { model } = yield* build({ modelPath: dir, generationModel: "strip-gpt2" })
+        // transformers.js looks for the token after every space of a run (~1 s for 20,000 spaces, growing
+        // with their square): a run no token follows is spelled by its own tokens, and counted.
+        const spaces = `x${" ".repeat(30_000)}x`
+        const error = yield* Effect.flip(model.generate({ prompt: spaces, maxTokens: 2 }))
+        assert.deepStrictEqual(error._tag === "ModelError" ? [error.reason, error.field, error.message] : [], [
+          "InvalidRequest",
+          "messages",
+          'the prompt has 30002 characters, more than the 2047 tokens model "strip-gpt2" reads (its answer included) can spell: its longest token has 13 characters'
+        ])
+        // The run before the token is swallowed with it: the prompt has the tokens it has without the run.
+        const swallowed = yield* model.generate({ prompt: `${" ".repeat(30_000)}<|endoftext|>the river`, maxTokens: 2 })
+        const bare = yield* model.generate({ prompt: "<|endoftext|>the river", maxTokens: 2 })
+        assert.strictEqual(swallowed.usage.inputTokens, bare.usage.inputTokens)
+      })
   )
 
   it.effect("an encoder-decoder model reads a prompt as long as its positions; one token more is refused", () =>
@@ -1678,7 +1709,7 @@ describe("the characters a token can stand for", () => {
       env.localModelPath = `${modelPath}${path.sep}`
       const load = (id: string) => Effect.promise(() => AutoTokenizer.from_pretrained(id))
       const gpt2 = yield* load("tiny-gpt2")
-      assert.strictEqual(charsPerToken(gpt2), 13)
+      assert.strictEqual(spellingOf(gpt2)?.perToken, 13)
       // Every character is spelled: the bound holds for any text.
       for (const text of ["x".repeat(500), " ".repeat(500), "🙂".repeat(200), "<|endoftext|>".repeat(40)]) {
         const tokens = gpt2(text).input_ids.dims.at(-1)!
@@ -1687,11 +1718,15 @@ describe("the characters a token can stand for", () => {
       // BERT's WordPiece drops whitespace and reads a long unknown word as one token: no bound.
       const bert = yield* load("tiny-bert")
       assert.strictEqual(bert(" ".repeat(500)).input_ids.dims.at(-1), 2)
-      assert.isUndefined(charsPerToken(bert))
-      // Nor with an added token that swallows the spaces around it.
+      assert.isUndefined(spellingOf(bert))
       const parts = { normalizer: null, pre_tokenizer: gpt2.pre_tokenizer, model: gpt2.model }
-      assert.strictEqual(charsPerToken({ ...parts, added_tokens: [{ content: "<mask>", lstrip: false }] }), 13)
-      assert.isUndefined(charsPerToken({ ...parts, added_tokens: [{ content: "<mask>", lstrip: true }] }))
+      const plain = spellingOf({ ...parts, added_tokens: [{ content: "<mask>", lstrip: false }] })
+      assert.strictEqual(plain?.spelled("a  <mask>  b"), 12)
+      // Spaces next to a token that strips them on that side may be swallowed: they are not counted.
+      const left = spellingOf({ ...parts, added_tokens: [{ content: "<mask>", lstrip: true }] })
+      assert.deepStrictEqual([left?.perToken, left?.spelled("a  <mask>  b"), left?.spelled("  a  ")], [13, 10, 5])
+      const right = spellingOf({ ...parts, added_tokens: [{ content: "<mask>", rstrip: true }] })
+      assert.strictEqual(right?.spelled("<mask>  <mask>  b"), 13)
     })
   )
 })

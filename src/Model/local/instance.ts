@@ -11,7 +11,7 @@ import * as Input from "../../Input.js"
 import type { Message } from "../../Model.js"
 import { type LogitsProcessor, makeDetokenizer, makeStopMatcher, promptOf, seededSampler } from "./decoding.js"
 import type { Encoded, TokenizerLike, Transformers } from "./runtime.js"
-import { charsPerToken } from "./tokenizer.js"
+import { spellingOf } from "./tokenizer.js"
 
 export interface TensorLike {
   readonly data: ArrayLike<number> | BigInt64Array
@@ -228,8 +228,7 @@ export const makeInstance = ({ lib, modelId, task, tokenizer, model, clock }: In
   const readable = promptPositions === undefined ? undefined : seq2seq ? promptPositions : promptPositions - 1
   // Tokenizing runs synchronously (~2 s for a million characters, with no deadline able to fire):
   // a prompt with more characters than `readable` tokens can spell is refused before it.
-  const spelled = readable === undefined ? undefined : charsPerToken(tokenizer)
-  const maxChars = spelled === undefined || readable === undefined ? Number.POSITIVE_INFINITY : readable * spelled
+  const spelling = readable === undefined ? undefined : spellingOf(tokenizer)
   // What a yield to the event loop has been costing this instance (ms, moving average).
   let yieldCost = 0
 
@@ -250,10 +249,14 @@ export const makeInstance = ({ lib, modelId, task, tokenizer, model, clock }: In
         `the chat template of model "${modelId}" refused the messages: ${Input.thrownMessage(error)}`
       )
     }
-    if (prompt.length > maxChars) {
-      throw new ContextExceeded(
-        `the prompt has ${prompt.length} characters, more than the ${readable} tokens model "${modelId}" reads${seq2seq ? "" : " (its answer included)"} can spell: its longest token has ${spelled} characters`
-      )
+    if (spelling !== undefined && readable !== undefined && prompt.length > readable * spelling.perToken) {
+      const spelled = spelling.spelled(prompt)
+      if (spelled > readable * spelling.perToken) {
+        const swallowed = spelled === prompt.length ? "" : ` (${spelled} besides the spaces an added token strips)`
+        throw new ContextExceeded(
+          `the prompt has ${prompt.length} characters${swallowed}, more than the ${readable} tokens model "${modelId}" reads${seq2seq ? "" : " (its answer included)"} can spell: its longest token has ${spelling.perToken} characters`
+        )
+      }
     }
     const encoded = tokenizer(prompt, { add_special_tokens: seq2seq })
     const inputTokens = encoded.input_ids.dims.at(-1) ?? 0

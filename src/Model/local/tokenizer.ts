@@ -67,33 +67,72 @@ const keepsText = (preTokenizer: unknown): boolean => {
   }
 }
 
+/** What a tokenizer's vocabulary bounds about the tokens of a text. */
+export interface Spelling {
+  /** The most characters one token spells. */
+  readonly perToken: number
+  /**
+   * The characters of a text its tokens must spell: all of them, less the spaces an added token
+   * that strips them (`lstrip`/`rstrip`, as BART's `<mask>`) may swallow. Linear in the text.
+   */
+  readonly spelled: (text: string) => number
+}
+
+const addedToken = (
+  token: unknown
+): { readonly content: string; readonly lstrip: boolean; readonly rstrip: boolean } => {
+  const content = field(token, "content")
+  return {
+    content: typeof content === "string" ? content : "",
+    lstrip: field(token, "lstrip") === true,
+    rstrip: field(token, "rstrip") === true
+  }
+}
+
+const runs = /\s+/g
+
 /**
- * The most characters of a prompt one token can stand for, or `undefined` when the tokenizer
- * gives no such bound. A BPE model's token is a vocabulary entry, or the unknown token or a
- * byte for a single character: it spells at most its entry's length in characters (a byte-level
- * entry has a character per byte, and a character is at least a byte). That holds for the prompt
- * when nothing before the model shortens it: no normalizer that removes or composes characters,
- * no pre-tokenizer that drops whitespace, no added token that swallows the spaces around it
- * (`lstrip`/`rstrip`). Other tokenizers (WordPiece, Unigram, BERT's and T5's whitespace
- * splitting) can read any number of characters as one token: they get no bound.
+ * A bound on the characters a token stands for, or `undefined` when the tokenizer gives none. A
+ * BPE model's token is a vocabulary entry, or the unknown token or a byte for a single character:
+ * it spells at most its entry's length in characters (a byte-level entry has a character per
+ * byte, and a character is at least a byte). That holds for the prompt when nothing before the
+ * model shortens it: no normalizer that removes or composes characters, no pre-tokenizer that
+ * drops whitespace; an added token that strips the spaces around it swallows only the run of
+ * whitespace next to it, which {@link Spelling.spelled} leaves out. Other tokenizers (WordPiece,
+ * Unigram, BERT's and T5's whitespace splitting) can read any number of characters as one token:
+ * they get no bound.
  */
-export const charsPerToken = (tokenizer: TokenizerParts): number | undefined => {
+export const spellingOf = (tokenizer: TokenizerParts): Spelling | undefined => {
   // Marian's tokenizer trims the text before it encodes it.
   if (kindOf(tokenizer) === "MarianTokenizer") return undefined
   if (tokenizer.remove_space === true || tokenizer.do_lowercase_and_remove_accent === true) return undefined
   if (!keepsLength(tokenizer.normalizer) || !keepsText(tokenizer.pre_tokenizer)) return undefined
   const model = tokenizer.model
   const vocab = field(model, "vocab")
-  if (kindOf(model) !== "BPE" || !Array.isArray(vocab)) return undefined
-  const added = tokenizer.added_tokens
-  if (
-    !Array.isArray(added) ||
-    added.some((token) => field(token, "lstrip") === true || field(token, "rstrip") === true)
-  )
-    return undefined
-  let longest = 1
-  for (const token of vocab) if (typeof token === "string" && token.length > longest) longest = token.length
+  if (kindOf(model) !== "BPE" || !Array.isArray(vocab) || !Array.isArray(tokenizer.added_tokens)) return undefined
+  let perToken = 1
+  for (const token of vocab) if (typeof token === "string" && token.length > perToken) perToken = token.length
   const unknown = field(model, "unk_token")
-  if (typeof unknown === "string" && unknown.length > longest) longest = unknown.length
-  return longest
+  if (typeof unknown === "string" && unknown.length > perToken) perToken = unknown.length
+  const added = tokenizer.added_tokens.map(addedToken).filter((token) => token.content.length > 0)
+  const before = added.filter((token) => token.lstrip).map((token) => token.content)
+  const after = added.filter((token) => token.rstrip).map((token) => token.content)
+  if (before.length === 0 && after.length === 0) return { perToken, spelled: (text) => text.length }
+  return {
+    perToken,
+    spelled: (text) => {
+      let n = text.length
+      for (const run of text.matchAll(runs)) {
+        const start = run.index
+        const end = start + run[0].length
+        if (
+          before.some((content) => text.startsWith(content, end)) ||
+          after.some((content) => start >= content.length && text.startsWith(content, start - content.length))
+        ) {
+          n -= run[0].length
+        }
+      }
+      return n
+    }
+  }
 }
