@@ -450,10 +450,16 @@ describe.skipIf(skipRedis)(`ResponseCache.Redis (${skipRedis ? skipReason : "nee
   ) =>
     Effect.gen(function* () {
       const gate = yield* Deferred.make<void>()
+      const started = yield* Deferred.make<void>()
       const computing = yield* Effect.forkChild(
-        cache.getOrCompute(key, Effect.as(Deferred.await(gate), response(text)))
+        cache.getOrCompute(
+          key,
+          Effect.andThen(Deferred.succeed(started, undefined), Effect.as(Deferred.await(gate), response(text)))
+        )
       )
-      yield* Effect.sleep("100 millis")
+      // Once the computation runs (its read of Redis comes first): a fixed sleep let a loaded
+      // machine run `during` before it, and an invalidate before a computation does not stop its write.
+      yield* Deferred.await(started)
       yield* during
       yield* Deferred.succeed(gate, undefined)
       return yield* Fiber.join(computing)

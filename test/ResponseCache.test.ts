@@ -658,6 +658,35 @@ describe("ResponseCache (memory)", () => {
     })
   )
 
+  it.effect("invalidate or setMany in a computation's first step (its compute wakes the caller): still not kept", () =>
+    Effect.gen(function* () {
+      const cache = yield* makeCache()
+      // The compute wakes the waiting caller before it first waits: the table had no entry yet.
+      const across = <E>(key: string, during: Effect.Effect<unknown, E>) =>
+        Effect.gen(function* () {
+          const gate = yield* Deferred.make<void>()
+          const started = yield* Deferred.make<void>()
+          const computing = yield* Effect.forkChild(
+            cache.getOrCompute(
+              key,
+              Effect.andThen(
+                Deferred.succeed(started, undefined),
+                Effect.as(Deferred.await(gate), response("computed"))
+              )
+            )
+          )
+          yield* Deferred.await(started)
+          yield* during
+          yield* Deferred.succeed(gate, undefined)
+          return (yield* Fiber.join(computing)).value.text
+        })
+      assert.strictEqual(yield* across("i", cache.invalidate("i")), "computed")
+      assert.deepStrictEqual(yield* cache.getMany(["i"]), [Option.none()])
+      assert.strictEqual(yield* across("s", cache.setMany([{ key: "s", value: response("set") }])), "computed")
+      assert.deepStrictEqual(yield* cache.getMany(["s"]), [Option.some(response("set"))])
+    })
+  )
+
   it.effect("capacity never evicts a running computation: a caller arriving later still joins it (one call)", () =>
     Effect.gen(function* () {
       const cache = yield* makeCache({ capacity: 2 })

@@ -355,8 +355,9 @@ export const make = Effect.fnUntraced(function* (options: Options = {}) {
         // its write, landing after this one, would replace it in Redis: both go first (see `supersede`).
         const underWay: Array<Fiber.Fiber<void>> = []
         for (const [k] of written) {
-          // A computation running for the key is taken out too: its answer must not be written after.
-          if (table.peek(k, at)._tag !== "None") table.remove(k)
+          // A computation running for the key is taken out too (one the table holds no entry of yet,
+          // in its first step, as well): its answer must not be written after.
+          table.remove(k)
           const fiber = writing.get(k)
           if (fiber !== undefined) underWay.push(fiber)
         }

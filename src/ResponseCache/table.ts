@@ -123,7 +123,14 @@ export const makeTable = Effect.fnUntraced(function* (capacity: number, maxBytes
         if (compute === undefined) return Effect.die(`no computation for cache key ${key}`)
         running.add(fiber)
         fiber.addObserver(() => running.delete(fiber))
-        return Effect.provideService(compute, Computing, { table: computes, key, parent: fiber.getRef(Computing) })
+        // The computation starts once `Cache.get` has put its entry in the map (after the lookup
+        // first waits): run at once, a compute that wakes another fiber before it waits (a queue, a
+        // signal) let an `invalidate` or a value put under the key in, which found no entry to take
+        // out, and the entry put after it then kept (or wrote) the answer over them.
+        return Effect.andThen(
+          Effect.yieldNow,
+          Effect.provideService(compute, Computing, { table: computes, key, parent: fiber.getRef(Computing) })
+        )
       }),
     {
       // The core `Cache` evicts by insertion order whatever the entry: a running computation
