@@ -219,18 +219,24 @@ export const wholePrefix = (text: string, max: number): string => {
 
 /**
  * What a caller's code threw, as text for a message, whatever it is: an `Error`'s message, a
- * string, or what `String` makes of it; never itself a throw (a value without a prototype, a
- * `message` getter that throws).
+ * string, or what `String` makes of it, bounded as {@link shown} bounds a string (past 80
+ * characters, its first 80, an ellipsis and its length: `xxxx… (5,000 characters)`); never itself
+ * a throw (a value without a prototype, a `message` getter that throws).
  *
  * @since 0.3.0
  * @category checks
  */
 export const thrownMessage = (thrown: unknown): string => {
+  let text: string
   try {
-    return thrown instanceof Error ? String(thrown.message) : String(thrown)
+    text = thrown instanceof Error ? String(thrown.message) : String(thrown)
   } catch {
     return `a value that cannot be shown (${kindOf(thrown)})`
   }
+  // A message holding a whole response body or file went into every log line and error message.
+  return text.length <= SHOWN_CHARS
+    ? text
+    : `${wholePrefix(text, SHOWN_CHARS)}… (${text.length.toLocaleString("en-US")} characters)`
 }
 
 const threwWhile = (path: string, what: string, error: unknown): Issue => ({

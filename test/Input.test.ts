@@ -24,3 +24,18 @@ describe("Input.shown", () => {
     assert.strictEqual(Input.shown(emoji), `"${"a".repeat(79)}"… (91 characters)`)
   })
 })
+
+describe("Input.thrownMessage", () => {
+  it("a long message (a getter that threw a whole response body): its first 80 characters, an ellipsis and its length; it was written whole into every error message", () => {
+    const long = `${"a".repeat(79)}bcdef${"g".repeat(1_000_000)}`
+    assert.strictEqual(Input.thrownMessage(new Error(long)), `${"a".repeat(79)}b… (1,000,084 characters)`)
+    assert.strictEqual(Input.thrownMessage(long), `${"a".repeat(79)}b… (1,000,084 characters)`)
+    // Cut on a whole character: an emoji across the bound is left out, not halved.
+    const emoji = `${"a".repeat(79)}😀${"z".repeat(10)}`
+    assert.strictEqual(Input.thrownMessage(new TypeError(emoji)), `${"a".repeat(79)}… (91 characters)`)
+    // Up to 80 characters, the message as it is.
+    const eighty = "x".repeat(80)
+    assert.strictEqual(Input.thrownMessage(new Error(eighty)), eighty)
+    assert.strictEqual(Input.thrownMessage(42), "42")
+  })
+})
