@@ -32,6 +32,7 @@
  * | `tokens` | tokens | input and output tokens (estimated where a provider reports none) |
  * | `throughput` | calls/s | finished calls per second over the window (under 1/s, to 3 significant digits: 12 calls an hour are 0.00333) |
  * | `windowMs` | ms | time since the window began (`resetStats()` / `Stats.reset` starts a new one) |
+ * | `series` | names | the series the figures are of: the filter's `provider` and `domain` (`{}` for all), or both `"(other)"` when the filter names a pair, provider or domain without a series of its own after calls were counted past `Stats.maxSeries` (its calls are among those) |
  *
  * @since 0.1.0
  */
@@ -86,6 +87,12 @@ export interface ExecutionStats {
   readonly tokens: { readonly input: number; readonly output: number }
   readonly throughput: number
   readonly windowMs: number
+  /**
+   * The series the figures are of (a `Stats` snapshot's; a batch's figures have none): the
+   * filter's fields, or `provider` and `domain` `"(other)"` when the filter matches no series
+   * of its own and calls were counted past {@link maxSeries}.
+   */
+  readonly series?: Filter | undefined
 }
 
 /**
@@ -131,7 +138,9 @@ export interface Service {
    * fields of its own: a `Map`, a signal), has a key other than `provider` and `domain` (a
    * misspelt one would match everything) or a field that is no name fails with an
    * `InvalidRequest` naming it (`filter.provder`); `null`, as the filter or a field, is no
-   * filter. The Promise facade's `stats(filter)` makes the same check.
+   * filter. The Promise facade's `stats(filter)` makes the same check. A filter naming a pair,
+   * provider or domain without a series of its own, once calls were counted past
+   * {@link maxSeries}, answers the `"(other)"` series (`series` says so), where its calls are.
    */
   readonly snapshot: Snapshot
   /**
@@ -148,7 +157,8 @@ export interface Service {
  * first counted; the calls of later pairs (a `domain` per user or per request) count together
  * in one series, `provider` and `domain` `"(other)"` (`Metrics.otherSeries`), so that such
  * calls do not grow the figures kept in the process and `/metrics` with every name. A pair
- * keeps its series once given one.
+ * keeps its series once given one. Once calls count there, a snapshot whose filter names a pair,
+ * provider or domain without a series of its own answers that series, `series` `"(other)"`.
  *
  * @since 0.3.0
  * @category constants
@@ -251,7 +261,24 @@ export const make: Effect.Effect<Service, never, Scope.Scope> = Effect.gen(funct
     return read(checked.success)
   }
 
-  const read = (filter: Filter): ExecutionStats => {
+  // The overflow series' names: a filter naming none of the first pairs reads the series its calls (if any) went to.
+  const overflow: Filter = { provider: otherSeries, domain: otherSeries }
+
+  const target = (filter: Filter): Filter => {
+    const { provider, domain } = filter
+    if (provider === undefined && domain === undefined) return {}
+    const own =
+      provider === undefined
+        ? domainGauges.has(domain!)
+        : domain === undefined
+          ? byProvider.has(provider)
+          : byProvider.get(provider)?.has(domain) === true
+    if (!own && byProvider.get(otherSeries)?.has(otherSeries) === true) return overflow
+    return provider === undefined ? { domain } : domain === undefined ? { provider } : { provider, domain }
+  }
+
+  const read = (given: Filter): ExecutionStats => {
+    const filter = target(given)
     const windowMs = clock.currentTimeMillisUnsafe() - windowStart
     let total = 0
     let successes = 0
@@ -323,7 +350,8 @@ export const make: Effect.Effect<Service, never, Scope.Scope> = Effect.gen(funct
       hedges: { started: hedgesStarted, won: hedgesWon, lost: hedgesLost },
       tokens: { input: inputTokens, output: outputTokens },
       throughput: perSecond(finished, windowMs),
-      windowMs
+      windowMs,
+      series: filter
     }
   }
 
@@ -406,6 +434,9 @@ export const format = (stats: ExecutionStats, title = "Execution stats"): string
     ["fallbacks", String(stats.fallbacks)],
     ["throughput", `${rate(stats.throughput)} /s`]
   ]
+  if (stats.series?.provider === otherSeries && stats.series.domain === otherSeries) {
+    rows.push(["series", `${otherSeries}: the pairs past Stats.maxSeries`])
+  }
   const width = Math.max(...rows.map(([k]) => k.length))
   const line = "─".repeat(width + 24)
   return [title, line, ...rows.map(([k, v]) => `${k.padEnd(width)}  ${v}`), line].join("\n")

@@ -503,4 +503,44 @@ describe("Stats", () => {
       assert.deepStrictEqual([config._tag, config.path], ["OptionError", "domains[0].name"])
     })
   )
+  it.effect(
+    'past maxSeries, a pair without a series of its own answered zeros in silence: it answers the "(other)" series and names it',
+    () =>
+      Effect.gen(function* () {
+        const stats = yield* make
+        // Under the bound, a pair that never served a call reads zeros, under its own names.
+        assert.deepStrictEqual((yield* stats.snapshot({ provider: "p", domain: "unseen" })).series, {
+          provider: "p",
+          domain: "unseen"
+        })
+        for (let i = 0; i < Stats.maxSeries; i++) stats.series("p", `user-${i}`).requests++
+        // The bound is reached but nothing counted past it: still zeros of its own.
+        const before = yield* stats.snapshot({ provider: "p", domain: "late" })
+        assert.deepStrictEqual([before.total, before.series], [0, { provider: "p", domain: "late" }])
+        stats.series("p", "late").requests += 3
+        stats.series("q", undefined).requests += 2
+        const late = yield* stats.snapshot({ provider: "p", domain: "late" })
+        assert.deepStrictEqual(
+          [late.total, late.series],
+          [5, { provider: Metrics.otherSeries, domain: Metrics.otherSeries }]
+        )
+        // A provider or a domain with no series of its own: the same.
+        const provider = yield* stats.snapshot({ provider: "q" })
+        assert.deepStrictEqual(
+          [provider.total, provider.series],
+          [5, { provider: Metrics.otherSeries, domain: Metrics.otherSeries }]
+        )
+        const domain = yield* stats.snapshot({ domain: "late" })
+        assert.deepStrictEqual(
+          [domain.total, domain.series],
+          [5, { provider: Metrics.otherSeries, domain: Metrics.otherSeries }]
+        )
+        // A pair with a series of its own answers it, and says so.
+        const own = yield* stats.snapshot({ provider: "p", domain: "user-7" })
+        assert.deepStrictEqual([own.total, own.series], [1, { provider: "p", domain: "user-7" }])
+        const whole = yield* stats.snapshot()
+        assert.deepStrictEqual([whole.total, whole.series], [Stats.maxSeries + 5, {}])
+        assert.include(Stats.format(late), "(other)")
+      })
+  )
 })
