@@ -192,6 +192,20 @@ export const queueWait = Metric.histogram("orchestra_queue_wait_ms", {
 })
 
 /**
+ * Durations left out of a call histogram for being no finite number (`NaN`, `Infinity`: a
+ * provider's or a clock's bogus reading); attribute `metric` names the histogram
+ * (`orchestra_request_duration_ms`, `orchestra_service_duration_ms`, `orchestra_queue_wait_ms`,
+ * `orchestra_time_to_first_token_ms`). A series appears with the first one.
+ *
+ * @since 0.3.0
+ * @category calls
+ */
+export const ignoredDurations = Metric.counter("orchestra_ignored_durations_total", {
+  description: "Durations left out of the histogram named by metric for being no finite number (NaN, Infinity)",
+  incremental: true
+})
+
+/**
  * @since 0.1.0
  * @category calls
  */

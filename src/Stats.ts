@@ -32,6 +32,7 @@
  * | `tokens` | tokens | input and output tokens (estimated where a provider reports none) |
  * | `throughput` | calls/s | finished calls per second over the window (under 1/s, to 3 significant digits: 12 calls an hour are 0.00333) |
  * | `windowMs` | ms | time since the window began (`resetStats()` / `Stats.reset` starts a new one) |
+ * | `ignoredDurations` | durations | durations left out of `latency`, `serviceTime`, `queueWait` and `timeToFirstToken` for being no finite number (`NaN`, `Infinity`: a provider's or clock's bogus reading); `orchestra_ignored_durations_total` by histogram |
  * | `series` | names | the series the figures are of: the filter's `provider` and `domain` (`{}` for all), or both `"(other)"` when the filter names a pair, provider or domain without a series of its own after calls were counted past `Stats.maxSeries` (its calls are among those) |
  *
  * @since 0.1.0
@@ -87,6 +88,8 @@ export interface ExecutionStats {
   readonly tokens: { readonly input: number; readonly output: number }
   readonly throughput: number
   readonly windowMs: number
+  /** Durations the window's histograms left out for being no finite number (a `Stats` snapshot's; none in a batch's). */
+  readonly ignoredDurations?: number | undefined
   /**
    * The series the figures are of (a `Stats` snapshot's; a batch's figures have none): the
    * filter's fields, or `provider` and `domain` `"(other)"` when the filter matches no series
@@ -291,6 +294,7 @@ export const make: Effect.Effect<Service, never, Scope.Scope> = Effect.gen(funct
     let hedgesLost = 0
     let inputTokens = 0
     let outputTokens = 0
+    let ignoredDurations = 0
     const byReason: Record<string, number> = {}
     let failures = 0
     const latency = new WindowHistogram()
@@ -315,6 +319,7 @@ export const make: Effect.Effect<Service, never, Scope.Scope> = Effect.gen(funct
         hedgesLost += s.hedgesLost - b.hedgesLost
         inputTokens += s.inputTokens - b.inputTokens
         outputTokens += s.outputTokens - b.outputTokens
+        ignoredDurations += s.ignoredDurations() - b.ignoredDurations
         for (const [reason, count] of s.reasons) {
           const n = count - (b.reasons.get(reason) ?? 0)
           if (n === 0) continue
@@ -351,6 +356,7 @@ export const make: Effect.Effect<Service, never, Scope.Scope> = Effect.gen(funct
       tokens: { input: inputTokens, output: outputTokens },
       throughput: perSecond(finished, windowMs),
       windowMs,
+      ignoredDurations,
       series: filter
     }
   }
@@ -434,6 +440,9 @@ export const format = (stats: ExecutionStats, title = "Execution stats"): string
     ["fallbacks", String(stats.fallbacks)],
     ["throughput", `${rate(stats.throughput)} /s`]
   ]
+  if (stats.ignoredDurations !== undefined && stats.ignoredDurations > 0) {
+    rows.push(["ignored durations", `${stats.ignoredDurations} (NaN or Infinity)`])
+  }
   if (stats.series?.provider === otherSeries && stats.series.domain === otherSeries) {
     rows.push(["series", `${otherSeries}: the pairs past Stats.maxSeries`])
   }

@@ -543,4 +543,57 @@ describe("Stats", () => {
         assert.include(Stats.format(late), "(other)")
       })
   )
+  it.effect(
+    "durations that are no number (NaN, Infinity) were only counted inside: the snapshot and /metrics show them, by window",
+    () =>
+      Effect.gen(function* () {
+        const registry: Metric.MetricRegistry = new Map()
+        const stats = yield* Stats.make.pipe(Effect.provideService(Metric.MetricRegistry, registry))
+        const series = stats.series("p", "bogus")
+        const clean = stats.series("p", "clean")
+        clean.latency.record(10)
+        const text = () => Prometheus.formatUnsafe(Context.make(Metric.MetricRegistry, registry))
+        // No series until a provider reports one: a clean pair adds nothing to /metrics.
+        assert.notInclude(text(), "orchestra_ignored_durations_total")
+        assert.strictEqual((yield* stats.snapshot()).ignoredDurations, 0)
+        series.latency.record(Number.NaN)
+        series.latency.record(Number.POSITIVE_INFINITY)
+        series.service.record(Number.NaN)
+        series.streamService.record(Number.NEGATIVE_INFINITY)
+        series.queueWait.record(Number.NaN)
+        series.timeToFirstToken.record(Number.NaN)
+        series.latency.record(20)
+        assert.strictEqual((yield* stats.snapshot({ provider: "p", domain: "bogus" })).ignoredDurations, 6)
+        assert.strictEqual((yield* stats.snapshot({ provider: "p", domain: "clean" })).ignoredDurations, 0)
+        const lines = text()
+        assert.include(lines, "# TYPE orchestra_ignored_durations_total counter")
+        assert.include(
+          lines,
+          'orchestra_ignored_durations_total{provider="p",domain="bogus",metric="orchestra_request_duration_ms"} 2'
+        )
+        assert.include(
+          lines,
+          'orchestra_ignored_durations_total{provider="p",domain="bogus",metric="orchestra_service_duration_ms"} 2'
+        )
+        assert.include(
+          lines,
+          'orchestra_ignored_durations_total{provider="p",domain="bogus",metric="orchestra_queue_wait_ms"} 1'
+        )
+        assert.include(
+          lines,
+          'orchestra_ignored_durations_total{provider="p",domain="bogus",metric="orchestra_time_to_first_token_ms"} 1'
+        )
+        assert.notInclude(lines, 'orchestra_ignored_durations_total{provider="p",domain="clean"')
+        assert.match(Stats.format(yield* stats.snapshot()), /ignored durations +6 \(NaN or Infinity\)/)
+        // A new window counts from zero; the exported counter never goes back.
+        yield* stats.reset
+        assert.strictEqual((yield* stats.snapshot()).ignoredDurations, 0)
+        series.latency.record(Number.NaN)
+        assert.strictEqual((yield* stats.snapshot()).ignoredDurations, 1)
+        assert.include(
+          text(),
+          'orchestra_ignored_durations_total{provider="p",domain="bogus",metric="orchestra_request_duration_ms"} 3'
+        )
+      })
+  )
 })

@@ -23,8 +23,9 @@ const SIZE = BOUNDS.length
  * A histogram over `Metrics.latencyBoundaries`; bucket i counts values in (bound[i-1], bound[i]].
  * The last bound is `Infinity`, so the last bucket holds every value past the last finite one.
  * A value that is no finite number (a clock that read `NaN` or `Infinity`) is not recorded, only
- * counted in `ignored`: one made the sum, the average and the max `Infinity` (or `NaN`) for good.
- * A negative one (a clock set back) records 0.
+ * counted in `ignored` (which snapshots and `orchestra_ignored_durations_total` show): one made the
+ * sum, the average and the max `Infinity` (or `NaN`) for good. A negative one (a clock set back)
+ * records 0.
  */
 export class Histogram {
   readonly buckets = new Float64Array(SIZE)
@@ -38,9 +39,12 @@ export class Histogram {
   /** Values refused for not being finite numbers. */
   ignored = 0
 
+  /** `firstIgnored`: called once, on the first value refused (to register its exported counter then). */
+  constructor(private readonly firstIgnored?: () => void) {}
+
   record(value: number): void {
     if (!Number.isFinite(value)) {
-      this.ignored++
+      if (this.ignored++ === 0) this.firstIgnored?.()
       return
     }
     const v = Math.max(value, 0)
@@ -209,6 +213,7 @@ export interface Baseline {
   readonly hedgesLost: number
   readonly inputTokens: number
   readonly outputTokens: number
+  readonly ignoredDurations: number
   readonly latency: HistogramBase
   readonly service: HistogramBase
   readonly streamService: HistogramBase
@@ -258,15 +263,18 @@ export class Series {
   hedgesLost = 0
   inputTokens = 0
   outputTokens = 0
-  readonly latency = new Histogram()
+  readonly latency = new Histogram(() => this.ignoring(Metrics.latency, () => this.latency.ignored))
   /** The service time of calls (generate, embed): what `after: "p95"` reads. */
-  readonly service = new Histogram()
+  readonly service = new Histogram(() => this.ignoring(Metrics.serviceTime, this.serviceIgnored))
   /** The service time of streams, from their start to their end: seconds where a call takes milliseconds. */
-  readonly streamService = new Histogram()
-  readonly queueWait = new Histogram()
-  readonly timeToFirstToken = new Histogram()
+  readonly streamService = new Histogram(() => this.ignoring(Metrics.serviceTime, this.serviceIgnored))
+  readonly queueWait = new Histogram(() => this.ignoring(Metrics.queueWait, () => this.queueWait.ignored))
+  readonly timeToFirstToken = new Histogram(() =>
+    this.ignoring(Metrics.timeToFirstToken, () => this.timeToFirstToken.ignored)
+  )
   baseline: Baseline
   private readonly registrations: Array<{ readonly remove: () => void }> = []
+  private readonly ignoredRegistered = new Set<string>()
   private removed = false
   private readonly attributes: Readonly<Record<string, string>>
 
@@ -291,6 +299,7 @@ export class Series {
       hedgesLost: 0,
       inputTokens: 0,
       outputTokens: 0,
+      ignoredDurations: 0,
       latency: zeroBase(),
       service: zeroBase(),
       streamService: zeroBase(),
@@ -330,6 +339,28 @@ export class Series {
     if (this.removed) return
     const attributes = extra === undefined ? this.attributes : { ...this.attributes, ...extra }
     this.registrations.push(join(metric, attributes, this.context!, get, combine))
+  }
+
+  private readonly serviceIgnored = (): number => this.service.ignored + this.streamService.ignored
+
+  // Registered with the first duration a histogram refuses: pairs whose providers report none add no series.
+  private ignoring(metric: Metric.Metric<number, unknown>, get: () => number): void {
+    if (this.context === undefined || this.ignoredRegistered.has(metric.id)) return
+    this.ignoredRegistered.add(metric.id)
+    this.register(Metrics.ignoredDurations, () => ({ count: get(), incremental: true }), sumCounts, {
+      metric: metric.id
+    })
+  }
+
+  /** Durations the histograms refused (see {@link Histogram}). */
+  ignoredDurations(): number {
+    return (
+      this.latency.ignored +
+      this.service.ignored +
+      this.streamService.ignored +
+      this.queueWait.ignored +
+      this.timeToFirstToken.ignored
+    )
   }
 
   /** A call's usage as its provider reported it; see {@link tokenCount}. */
@@ -376,6 +407,7 @@ export class Series {
       hedgesLost: this.hedgesLost,
       inputTokens: this.inputTokens,
       outputTokens: this.outputTokens,
+      ignoredDurations: this.ignoredDurations(),
       latency: baseOf(this.latency),
       service: baseOf(this.service),
       streamService: baseOf(this.streamService),
