@@ -596,4 +596,20 @@ describe("Stats", () => {
         )
       })
   )
+  it.effect(
+    "a long name holding a lone surrogate was written whole into its InvalidRequest: bounded, with where the surrogate is",
+    () =>
+      Effect.gen(function* () {
+        const { executor } = yield* setup()
+        const domain = `${"u".repeat(100_000)}\uD800`
+        const refused = yield* Effect.flip(executor.execute({ prompt: "q" }, { domain }))
+        assert.strictEqual(refused._tag === "ModelError" && refused.field, "domain")
+        assert.isBelow(refused.message.length, 400, refused.message.slice(0, 400))
+        assert.include(refused.message, "(100,001 characters)")
+        assert.include(refused.message, "at index 100,000")
+        // A short one is written out, escaped.
+        const short = yield* Effect.flip(executor.execute({ prompt: "q" }, { domain: "k\uD800" }))
+        assert.include(short.message, 'got "k\\ud800"')
+      })
+  )
 })

@@ -6,6 +6,7 @@
  */
 import { Result } from "effect"
 import type { Checked, Issue } from "../Input.js"
+import * as Input from "../Input.js"
 import { agentDomain, noDomain, otherSeries, pipelineDomain } from "../Metrics.js"
 
 // Domains that label other series (as `Domain.check` refuses them for a domain's name). The
@@ -29,13 +30,18 @@ const loneSurrogate = /[\uD800-\uDFFF]/u
  *
  * @internal
  */
-export const textIssue = (name: string, path: string): Issue | undefined =>
-  loneSurrogate.test(name)
-    ? {
-        path,
-        message: `expected well-formed Unicode, got ${JSON.stringify(name)}: a lone surrogate has no UTF-8 form, and would be written as in any other such name (U+FFFD)`
-      }
-    : undefined
+export const textIssue = (name: string, path: string): Issue | undefined => {
+  const lone = loneSurrogate.exec(name)
+  if (lone === null) return undefined
+  const shown = Input.shown(name)
+  // Bounded as `shown` bounds a value (a user id of a megabyte was written whole); past its 80
+  // characters, the surrogate may be in what it leaves out.
+  const at = name.length > 80 ? ` (a lone surrogate at index ${lone.index.toLocaleString("en-US")})` : ""
+  return {
+    path,
+    message: `expected well-formed Unicode, got ${shown}${at}: a lone surrogate has no UTF-8 form, and would be written as in any other such name (U+FFFD)`
+  }
+}
 
 /**
  * Whether a name met at run time (a breaker key, a rate-limit key under `default`) may label
