@@ -1,3 +1,4 @@
+import { readFileSync } from "node:fs"
 import { assert, describe, it } from "@effect/vitest"
 import { Context, Effect, Exit, Fiber, Layer, Metric, Result, Scope, Stream } from "effect"
 import { TestClock } from "effect/testing"
@@ -158,6 +159,18 @@ describe("Prometheus", () => {
       // Every kept line is the full text's own line: same le, same count; +Inf last.
       for (const line of buckets(coarse)) assert.include(buckets(full), line)
       assert.match(buckets(coarse).at(-1)!, /le="\+Inf"\} 5$/)
+      // The `le` the docs give as an example (the kept bound under 10 ms) is one the text has.
+      for (const file of ["../docs/orchestration.md", "../src/Prometheus.ts"]) {
+        const documented = /`le="([\d.]+)"`, not|`le="([\d.]+)"` rather/.exec(
+          readFileSync(new URL(file, import.meta.url), "utf8")
+        )
+        const le = documented?.[1] ?? documented?.[2]
+        assert.isDefined(le, file)
+        assert.isTrue(
+          buckets(coarse).some((line) => line.includes(`le="${le}"}`)),
+          `${file}: le="${le}"`
+        )
+      }
       // Nothing but latency buckets is dropped.
       const other = (text: string) => text.split("\n").filter((line) => !/_ms_bucket\{/.test(line))
       assert.deepStrictEqual(other(coarse), other(full))
