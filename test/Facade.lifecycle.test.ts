@@ -91,5 +91,10 @@ describe("createOrchestra: metrics() around dispose()", () => {
     const orchestra = createOrchestra(Orchestra.layer({ providers: { main: mock().layer } }))
     await orchestra.dispose()
     assert.strictEqual(await orchestra.metrics(), "")
+    // The zeros name the series asked for, as a built manager's snapshot does (they said {}: all calls).
+    assert.deepStrictEqual(orchestra.stats().series, {})
+    assert.deepStrictEqual(orchestra.stats({ provider: "main", domain: "d" }).series, { provider: "main", domain: "d" })
+    assert.deepStrictEqual(orchestra.stats({ domain: "d" }).series, { domain: "d" })
+    assert.strictEqual(orchestra.stats({ domain: "d" }).total, 0)
   })
 })

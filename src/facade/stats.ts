@@ -45,7 +45,13 @@ export const makeStats = (
       if (Result.isFailure(checked)) throw new OrchestraError(checked.failure)
       if (manager.statsService !== undefined) return manager.statsService.snapshotUnsafe(checked.success)
       emptyStats ??= Effect.runSync(Effect.scoped(Effect.map(Stats.make, (s) => s.snapshotUnsafe())))
-      return emptyStats
+      // Zeros of the series asked for: `series` names it, as a built manager's snapshot does.
+      const { provider, domain } = checked.success
+      if (provider === undefined && domain === undefined) return emptyStats
+      return {
+        ...emptyStats,
+        series: provider === undefined ? { domain } : domain === undefined ? { provider } : { provider, domain }
+      }
     },
     resetStats: () => {
       // As every call after `dispose()` is refused: the final figures `stats()` answers are kept.
