@@ -1,5 +1,5 @@
 import { assert, describe, it } from "@effect/vitest"
-import { Context, Effect, Fiber, Layer, Metric, Option, Stream } from "effect"
+import { Context, Effect, Exit, Fiber, Layer, Metric, Option, Scope, Stream } from "effect"
 import { TestClock } from "effect/testing"
 import { modelError } from "../src/AiError.js"
 import { statsOf } from "../src/batch/stats.js"
@@ -610,6 +610,48 @@ describe("Stats", () => {
         // A short one is written out, escaped.
         const short = yield* Effect.flip(executor.execute({ prompt: "q" }, { domain: "k\uD800" }))
         assert.include(short.message, 'got "k\\ud800"')
+      })
+  )
+  it.effect(
+    "two Stats sharing a pair: a failure reason (or ignored durations) only the closed one saw vanished from /metrics while its requests stayed",
+    () =>
+      Effect.gen(function* () {
+        const registry: Metric.MetricRegistry = new Map()
+        const text = () => Prometheus.formatUnsafe(Context.make(Metric.MetricRegistry, registry))
+        const build = Effect.gen(function* () {
+          const scope = yield* Scope.make()
+          const stats = yield* Stats.make.pipe(
+            Effect.provideService(Metric.MetricRegistry, registry),
+            Effect.provideService(Scope.Scope, scope)
+          )
+          return { stats, close: Scope.close(scope, Exit.void) }
+        })
+        const a = yield* build
+        const b = yield* build
+        const early = a.stats.series("p", "shared")
+        early.requests += 2
+        early.fail("Overloaded")
+        early.fail("Overloaded")
+        early.latency.record(Number.NaN)
+        const late = b.stats.series("p", "shared")
+        late.requests++
+        late.fail("Timeout")
+        // A third joining after the reasons were first counted keeps them too.
+        const c = yield* build
+        c.stats.series("p", "shared").requests++
+        yield* a.close
+        yield* b.close
+        const lines = text()
+        assert.include(lines, 'orchestra_requests_total{provider="p",domain="shared"} 4')
+        assert.include(lines, 'orchestra_failures_total{provider="p",domain="shared",reason="Overloaded"} 2')
+        assert.include(lines, 'orchestra_failures_total{provider="p",domain="shared",reason="Timeout"} 1')
+        assert.include(
+          lines,
+          'orchestra_ignored_durations_total{provider="p",domain="shared",metric="orchestra_request_duration_ms"} 1'
+        )
+        // The last one closing takes them all away.
+        yield* c.close
+        assert.notInclude(text(), 'domain="shared"')
       })
   )
 })

@@ -6,7 +6,9 @@
  * (two orchestras, an executor beside an orchestra) are one registered series whose figures
  * add up (a closed one's counts stay in it, so counters never go back): the registry keeps one
  * entry per metric and attributes, and the last registered would hide the other's figures (its
- * counters seen going back), then take them all away with it.
+ * counters seen going back), then take them all away with it. The series registered on first
+ * use (a failure reason, ignored durations) are registered by every holder of the pair at once, so
+ * they stay with the pair's other series when the holder that first counted them closes.
  *
  * @internal
  */
@@ -248,6 +250,14 @@ const zeroBase = (): HistogramBase => ({ buckets: new Float64Array(SIZE), count:
 
 const baseOf = (h: Histogram): HistogramBase => ({ buckets: h.buckets.slice(), count: h.count, sum: h.sum })
 
+/** A series registered on first use: `r:` and a failure reason, or `i:` and the histogram whose durations were ignored. */
+type LazyKey = `r:${string}` | `i:${string}`
+
+const ignoredKey = (metric: string): LazyKey => `i:${metric}`
+
+// The `Series` of each pair in each registry (two `Stats` of one registry share a pair's series).
+const membersByRegistry = new WeakMap<object, Map<string, Set<Series>>>()
+
 /** The series of one (provider, domain) pair. */
 export class Series {
   requests = 0
@@ -263,18 +273,19 @@ export class Series {
   hedgesLost = 0
   inputTokens = 0
   outputTokens = 0
-  readonly latency = new Histogram(() => this.ignoring(Metrics.latency, () => this.latency.ignored))
+  readonly latency = new Histogram(() => this.lazily(ignoredKey(Metrics.latency.id)))
   /** The service time of calls (generate, embed): what `after: "p95"` reads. */
-  readonly service = new Histogram(() => this.ignoring(Metrics.serviceTime, this.serviceIgnored))
+  readonly service = new Histogram(() => this.lazily(ignoredKey(Metrics.serviceTime.id)))
   /** The service time of streams, from their start to their end: seconds where a call takes milliseconds. */
-  readonly streamService = new Histogram(() => this.ignoring(Metrics.serviceTime, this.serviceIgnored))
-  readonly queueWait = new Histogram(() => this.ignoring(Metrics.queueWait, () => this.queueWait.ignored))
-  readonly timeToFirstToken = new Histogram(() =>
-    this.ignoring(Metrics.timeToFirstToken, () => this.timeToFirstToken.ignored)
-  )
+  readonly streamService = new Histogram(() => this.lazily(ignoredKey(Metrics.serviceTime.id)))
+  readonly queueWait = new Histogram(() => this.lazily(ignoredKey(Metrics.queueWait.id)))
+  readonly timeToFirstToken = new Histogram(() => this.lazily(ignoredKey(Metrics.timeToFirstToken.id)))
   baseline: Baseline
   private readonly registrations: Array<{ readonly remove: () => void }> = []
-  private readonly ignoredRegistered = new Set<string>()
+  /** The series registered on first use (a failure reason, a histogram's ignored durations), by {@link LazyKey}. */
+  private readonly lazy = new Set<LazyKey>()
+  /** The series of this pair in this registry, this one included: they register the lazy series together. */
+  private members: Set<Series> | undefined
   private removed = false
   private readonly attributes: Readonly<Record<string, string>>
 
@@ -327,6 +338,29 @@ export class Series {
     this.register(Metrics.inFlight, () => ({ value: own.inFlight }), sumValues)
     this.register(Metrics.queued, () => ({ value: own.queued }), sumValues)
     this.register(Metrics.inFlightPeak, () => ({ value: own.peak }), maxValues)
+    // A lazy series another holder of the pair registered gets this one's part too: else it would be that
+    // holder's alone, and leave the registry (its counts with it) when that holder closed.
+    const registry = Context.get(context, Metric.MetricRegistry)
+    const extra = Context.get(context, Metric.CurrentMetricAttributes)
+    const pairId = JSON.stringify(Object.entries({ ...extra, ...this.attributes }).sort())
+    let pairs = membersByRegistry.get(registry)
+    if (pairs === undefined) {
+      pairs = new Map()
+      membersByRegistry.set(registry, pairs)
+    }
+    let members = pairs.get(pairId)
+    if (members === undefined) {
+      members = new Set()
+      pairs.set(pairId, members)
+    }
+    for (const member of members) for (const key of member.lazy) this.registerLazy(key)
+    members.add(this)
+    this.members = members
+    const pairsOfRegistry = pairs
+    this.leave = () => {
+      members.delete(this)
+      if (members.size === 0 && pairsOfRegistry.get(pairId) === members) pairsOfRegistry.delete(pairId)
+    }
   }
 
   private register<I, S>(
@@ -341,15 +375,47 @@ export class Series {
     this.registrations.push(join(metric, attributes, this.context!, get, combine))
   }
 
-  private readonly serviceIgnored = (): number => this.service.ignored + this.streamService.ignored
+  /** Takes this series out of its pair's members (set when it registers). */
+  private leave: () => void = () => {}
 
-  // Registered with the first duration a histogram refuses: pairs whose providers report none add no series.
-  private ignoring(metric: Metric.Metric<number, unknown>, get: () => number): void {
-    if (this.context === undefined || this.ignoredRegistered.has(metric.id)) return
-    this.ignoredRegistered.add(metric.id)
-    this.register(Metrics.ignoredDurations, () => ({ count: get(), incremental: true }), sumCounts, {
-      metric: metric.id
-    })
+  // Registered with the first failure of a reason, or the first duration a histogram refuses, by every holder
+  // of the pair: pairs that never fail so, or whose providers report no bogus duration, add no series.
+  private lazily(key: LazyKey): void {
+    if (this.lazy.has(key) || this.removed) return
+    if (this.members === undefined) {
+      this.registerLazy(key)
+      return
+    }
+    for (const member of this.members) member.registerLazy(key)
+  }
+
+  private registerLazy(key: LazyKey): void {
+    if (this.lazy.has(key) || this.removed) return
+    this.lazy.add(key)
+    if (this.context === undefined) return
+    const name = key.slice(2)
+    if (key.startsWith("r:")) {
+      this.register(Metrics.failures, () => ({ count: this.reasons.get(name) ?? 0, incremental: true }), sumCounts, {
+        reason: name
+      })
+    } else {
+      this.register(Metrics.ignoredDurations, () => ({ count: this.ignoredOf(name), incremental: true }), sumCounts, {
+        metric: name
+      })
+    }
+  }
+
+  private ignoredOf(metric: string): number {
+    switch (metric) {
+      case Metrics.latency.id:
+        return this.latency.ignored
+      case Metrics.serviceTime.id:
+        return this.service.ignored + this.streamService.ignored
+      case Metrics.queueWait.id:
+        return this.queueWait.ignored
+      default:
+        return this.timeToFirstToken.ignored
+    }
   }
 
   /** Durations the histograms refused (see {@link Histogram}). */
@@ -373,14 +439,7 @@ export class Series {
     const previous = this.reasons.get(reason)
     if (previous === undefined) {
       this.reasons.set(reason, 1)
-      if (this.context !== undefined) {
-        this.register(
-          Metrics.failures,
-          () => ({ count: this.reasons.get(reason) ?? 0, incremental: true }),
-          sumCounts,
-          { reason }
-        )
-      }
+      this.lazily(`r:${reason}`)
     } else {
       this.reasons.set(reason, previous + 1)
     }
@@ -423,6 +482,7 @@ export class Series {
   /** Removes this series from the registry (its owner closed). */
   remove(): void {
     this.removed = true
+    this.leave()
     for (const registration of this.registrations) registration.remove()
     this.registrations.length = 0
   }
