@@ -128,8 +128,17 @@ export const shown = (input: unknown): string => {
       : `${JSON.stringify(wholePrefix(input, SHOWN_CHARS))}… (${input.length.toLocaleString("en-US")} characters)`
   }
   if (typeof input === "number" || typeof input === "boolean") return String(input)
-  if (Duration.isDuration(input)) return Duration.format(input)
+  if (isDuration(input)) return Duration.format(input)
   return kindOf(input)
+}
+
+// `Duration.isDuration` asks `in`, which a revoked `Proxy` (or a throwing `has` trap) answers with a throw.
+const isDuration = (input: unknown): input is Duration.Duration => {
+  try {
+    return Duration.isDuration(input)
+  } catch {
+    return false
+  }
 }
 
 /**

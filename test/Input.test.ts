@@ -25,6 +25,27 @@ describe("Input.shown", () => {
   })
 })
 
+describe("Input.shown: a Proxy", () => {
+  it("a revoked Proxy, or one whose has trap throws, is shown by its kind: shown threw, and a check became a defect", () => {
+    const { proxy, revoke } = Proxy.revocable({}, {})
+    revoke()
+    const trapped = new Proxy(
+      {},
+      {
+        has() {
+          throw new Error("trap")
+        }
+      }
+    )
+    assert.strictEqual(Input.shown(proxy), "an object")
+    assert.strictEqual(Input.shown(trapped), "an object")
+    assert.deepStrictEqual(Input.notABoolean({ all: trapped }, ["all"]), {
+      path: "all",
+      message: "expected true or false, got an object"
+    })
+  })
+})
+
 describe("Input.thrownMessage", () => {
   it("a long message (a getter that threw a whole response body): its first 80 characters, an ellipsis and its length; it was written whole into every error message", () => {
     const long = `${"a".repeat(79)}bcdef${"g".repeat(1_000_000)}`
