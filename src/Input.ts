@@ -288,7 +288,7 @@ const decodeDuration = (path: string, input: unknown, options: DurationOptions):
       parsedStrings.set(input, parsed)
     }
     decoded = parsed
-  } else if (Duration.isDuration(input)) {
+  } else if (isDuration(input)) {
     decoded = input
   } else if (typeof input === "bigint" || (typeof input === "object" && input !== null)) {
     // The rest of `Duration.Input`, which the option types accept: nanoseconds as a bigint,

@@ -1,5 +1,5 @@
 import { assert, describe, it } from "@effect/vitest"
-import { Duration } from "effect"
+import { Duration, Result } from "effect"
 import * as Input from "../src/Input.js"
 
 describe("Input.shown", () => {
@@ -43,6 +43,11 @@ describe("Input.shown: a Proxy", () => {
       path: "all",
       message: "expected true or false, got an object"
     })
+    // Given as a duration: its issue, not a TypeError out of the check.
+    for (const input of [proxy, trapped]) {
+      const checked = Input.duration("timeout", input)
+      assert.isTrue(Result.isFailure(checked) && checked.failure.path === "timeout")
+    }
   })
 })
 
