@@ -276,7 +276,10 @@ export const make: Effect.Effect<Service, never, Scope.Scope> = Effect.gen(funct
         : domain === undefined
           ? byProvider.has(provider)
           : byProvider.get(provider)?.has(domain) === true
-    if (!own && byProvider.get(otherSeries)?.has(otherSeries) === true) return overflow
+    // An empty name is no call's (providers and domains have names): its zeros are its own.
+    if (!own && provider !== "" && domain !== "" && byProvider.get(otherSeries)?.has(otherSeries) === true) {
+      return overflow
+    }
     return provider === undefined ? { domain } : domain === undefined ? { provider } : { provider, domain }
   }
 

@@ -654,4 +654,16 @@ describe("Stats", () => {
         assert.notInclude(text(), 'domain="shared"')
       })
   )
+  it.effect(
+    'past maxSeries, an empty name in a filter (a form field left blank), which no call has, reads zeros under its name, not the "(other)" series',
+    () =>
+      Effect.gen(function* () {
+        const stats = yield* make
+        for (let i = 0; i <= Stats.maxSeries; i++) stats.series("p", `user-${i}`).requests++
+        for (const filter of [{ provider: "" }, { domain: "" }, { provider: "p", domain: "" }]) {
+          const read = yield* stats.snapshot(filter)
+          assert.deepStrictEqual([read.total, read.series], [0, filter])
+        }
+      })
+  )
 })
