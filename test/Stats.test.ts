@@ -666,4 +666,28 @@ describe("Stats", () => {
         }
       })
   )
+  it.effect(
+    "after its layer closed (the facade's final figures after dispose()), the window kept growing: windowMs and throughput drifted for ever",
+    () =>
+      Effect.gen(function* () {
+        const scope = yield* Scope.make()
+        const stats = yield* Stats.make.pipe(
+          Effect.provideService(Metric.MetricRegistry, new Map()),
+          Effect.provideService(Scope.Scope, scope)
+        )
+        const series = stats.series("p", "closing")
+        series.requests += 2
+        series.successes += 2
+        yield* TestClock.adjust("2 seconds")
+        yield* Scope.close(scope, Exit.void)
+        yield* TestClock.adjust("1 minute")
+        const final = yield* stats.snapshot()
+        assert.deepStrictEqual([final.windowMs, final.throughput], [2_000, 1])
+        // A new window after that is empty, not negative.
+        yield* stats.reset
+        yield* TestClock.adjust("1 second")
+        const after = yield* stats.snapshot()
+        assert.deepStrictEqual([after.windowMs, after.total], [0, 0])
+      })
+  )
 })
