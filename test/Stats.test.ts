@@ -690,4 +690,14 @@ describe("Stats", () => {
         assert.deepStrictEqual([after.windowMs, after.total], [0, 0])
       })
   )
+  it.effect("a revoked Proxy as the filter died of a TypeError: it is refused naming filter", () =>
+    Effect.gen(function* () {
+      const stats = yield* make
+      const { proxy, revoke } = Proxy.revocable({}, {})
+      revoke()
+      const error = yield* Effect.flip(stats.snapshot(proxy as Stats.Filter))
+      assert.deepStrictEqual([error.reason, error.field], ["InvalidRequest", "filter"])
+      assert.throws(() => stats.snapshotUnsafe(proxy as Stats.Filter), /invalid filter/)
+    })
+  )
 })

@@ -22,9 +22,9 @@ const expected = "expected { provider?, domain? }"
  */
 export const checkFilter = (given: unknown): Result.Result<Filter, ModelError> => {
   if (given === undefined || given === null) return Result.succeed({})
-  if (typeof given !== "object" || Array.isArray(given)) {
-    return Result.fail(invalidRequest("filter", `${expected}, got ${Input.kindOf(given)}`))
-  }
+  // `kindOf`, not `Array.isArray`, which throws on a revoked `Proxy`.
+  const kind = Input.kindOf(given)
+  if (kind !== "an object") return Result.fail(invalidRequest("filter", `${expected}, got ${kind}`))
   // A class instance without fields of its own (a signal, a `Map`) has no keys: it would filter on nothing.
   const foreign = Input.notOptions(given)
   if (foreign !== undefined) return Result.fail(invalidRequest("filter", `${expected}, got ${foreign}`))
