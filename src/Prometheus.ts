@@ -90,21 +90,32 @@ const prefix = "orchestra_"
  * @category formatting
  */
 export const formatUnsafe = (context: Context.Context<never>, options?: Options): string => {
-  const issue = checkOptions(options)
-  if (issue !== undefined) throw Input.toOptionError(issue)
-  return render(context, options ?? {})
+  const checked = checkOptions(options)
+  if (Result.isFailure(checked)) throw Input.toOptionError(checked.failure)
+  return render(context, checked.success)
 }
 
 const optionFields: ReadonlySet<string> = new Set(["all", "buckets"])
 
 // Absent options are the defaults; given ones are checked whole, as `layerHttp` checks its own:
-// a misspelt `bucket` or an `all: "yes"` was the default in silence.
-const checkOptions = (options: unknown, fields: ReadonlySet<string> = optionFields): Input.Issue | undefined => {
-  if (options === undefined) return undefined
-  const notObject = Input.notAnObject("options", options)
-  if (notObject !== undefined) return notObject
-  const given = options as Options
-  return Input.unknownKey(given, fields) ?? Input.notABoolean(given, ["all"]) ?? checkBuckets("buckets", given.buckets)
+// a misspelt `bucket` or an `all: "yes"` was the default in silence. Their fields are read once, into
+// the copy that is used: a getter (or a `Proxy` trap) that throws is an issue naming it, not an exception.
+const checkOptions = (
+  options: unknown,
+  fields: ReadonlySet<string> = optionFields,
+  whole = "options"
+): Input.Checked<HttpOptions> => {
+  if (options === undefined) return Result.succeed({})
+  const notObject = Input.notAnObject(whole, options)
+  if (notObject !== undefined) return Result.fail(notObject)
+  const { copy, issue } = Input.readOwnFields(options as object, whole)
+  const given = copy as HttpOptions
+  const found =
+    issue ??
+    Input.unknownKey(given, fields) ??
+    Input.notABoolean(given, ["all"]) ??
+    checkBuckets("buckets", given.buckets)
+  return found === undefined ? Result.succeed(given) : Result.fail(found)
 }
 
 /** The text, options already checked. */
@@ -141,9 +152,11 @@ export const checkBuckets = (field: string, input: unknown): Input.Issue | undef
  */
 export const format = (options?: Options): Effect.Effect<string> =>
   Effect.flatMap(Effect.context<never>(), (context) => {
-    const issue = checkOptions(options)
+    const checked = checkOptions(options)
     // A value its type rules out: a defect naming the field, never the default in silence.
-    return issue === undefined ? Effect.succeed(render(context, options ?? {})) : Effect.die(Input.toOptionError(issue))
+    return Result.isFailure(checked)
+      ? Effect.die(Input.toOptionError(checked.failure))
+      : Effect.succeed(render(context, checked.success))
   })
 
 /**
@@ -170,12 +183,14 @@ export interface HttpOptions extends Options {
 
 const httpFields: ReadonlySet<string> = new Set(["all", "buckets", "path"])
 
-const checkHttp = (options: HttpOptions): Input.Checked<HttpRouter.PathInput> => {
-  const issue = Input.notAnObject("(options)", options) ?? checkOptions(options, httpFields)
-  if (issue !== undefined) return Result.fail(issue)
-  const path = Input.orDefault(options.path, "/metrics")
-  return path === "*" ? Result.succeed(path) : Input.routePath("path", path, "/metrics")
-}
+const checkHttp = (
+  options: HttpOptions
+): Input.Checked<{ readonly path: HttpRouter.PathInput; readonly given: Options }> =>
+  Result.flatMap(checkOptions(options, httpFields, "(options)"), (given) => {
+    const path = Input.orDefault(given.path, "/metrics")
+    const checked = path === "*" ? Result.succeed(path) : Input.routePath("path", path, "/metrics")
+    return Result.map(checked, (path) => ({ path, given }))
+  })
 
 /**
  * Adds `GET /metrics` (or `path`) to the `HttpRouter`, answering the Prometheus text of the
@@ -200,11 +215,11 @@ const checkHttp = (options: HttpOptions): Input.Checked<HttpRouter.PathInput> =>
  */
 export const layerHttp = (options: HttpOptions = {}): Layer.Layer<never, Input.OptionError, HttpRouter.HttpRouter> =>
   Layer.unwrap(
-    Effect.map(Input.orOptionError(checkHttp(options)), (path) =>
+    Effect.map(Input.orOptionError(checkHttp(options)), ({ path, given }) =>
       HttpRouter.add(
         "GET",
         path,
-        Effect.map(format({ all: options.all, buckets: Input.orDefault(options.buckets, "all") }), (body) =>
+        Effect.map(format({ all: given.all, buckets: Input.orDefault(given.buckets, "all") }), (body) =>
           HttpServerResponse.text(body, { contentType })
         )
       )

@@ -548,4 +548,36 @@ describe("Prometheus options", () => {
         }
       })
   )
+
+  it.effect(
+    "options whose getter throws (or a revoked Proxy) are an OptionError naming the field: layerHttp threw out of its call, format died of the getter's error",
+    () =>
+      Effect.gen(function* () {
+        const context = Context.make(Metric.MetricRegistry, new Map()) as Context.Context<never>
+        const { proxy, revoke } = Proxy.revocable({}, {})
+        revoke()
+        const throwing = {
+          get all(): boolean {
+            throw new Error("all getter")
+          }
+        }
+        for (const [options, field, whole] of [
+          [throwing, "all", "all"],
+          [proxy, "options", "(options)"]
+        ] as const) {
+          const layer = yield* Effect.exit(
+            Effect.suspend(() =>
+              Layer.build(Prometheus.layerHttp(options as Prometheus.HttpOptions).pipe(Layer.provide(HttpRouter.layer)))
+            ).pipe(Effect.flip, Effect.scoped)
+          )
+          assert.isTrue(
+            Exit.isSuccess(layer) && layer.value._tag === "OptionError" && layer.value.path === whole,
+            String(layer)
+          )
+          const exit = yield* Effect.exit(Prometheus.format(options as never).pipe(Effect.provide(context)))
+          assert.include(String(exit), `invalid ${field}:`)
+          assert.throws(() => Prometheus.formatUnsafe(context, options as never), `invalid ${field}:`)
+        }
+      })
+  )
 })
