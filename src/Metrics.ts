@@ -2,7 +2,7 @@
  * Every metric of the library, defined in one place, snake_case with the `orchestra_`
  * prefix. Dimensions are attributes only: `provider`, `domain` (`"none"` for calls without
  * one, {@link noDomain}: no domain may take that name), and per component `breaker`,
- * `cache`, `limit`, `agent`, `reason`, `outcome`.
+ * `cache`, `limit`, `agent`, `reason`, `outcome`, `metric` (the histogram of {@link ignoredDurations}).
  *
  * The call metrics (`orchestra_requests_total` ... `orchestra_queue_wait_ms`) are served by
  * `Stats`: each (provider, domain) pair has one series object whose plain counters the
