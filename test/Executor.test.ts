@@ -487,6 +487,25 @@ describe("Executor.executeMany", () => {
   )
 
   it.effect(
+    "a request whose getter threw a long Error was written whole into its InvalidRequest (reading it threw: Error: …): bounded",
+    () =>
+      Effect.gen(function* () {
+        const { executor } = yield* setup({ respond: () => "ok" })
+        const long = `${"a".repeat(80)}${"b".repeat(10_000)}`
+        const throwing = {
+          get prompt(): string {
+            throw new RangeError(long)
+          }
+        }
+        const error = yield* Effect.flip(executor.execute(throwing))
+        assert.strictEqual(
+          error.message,
+          `invalid request: reading it threw: RangeError: ${"a".repeat(80)}… (10,080 characters)`
+        )
+      })
+  )
+
+  it.effect(
     "a request whose field throws when read is its own InvalidRequest naming it (requests[1]), not a defect of all",
     () =>
       Effect.gen(function* () {

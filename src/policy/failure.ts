@@ -35,14 +35,16 @@ export const cutByShutdown = () =>
   new ShuttingDownError({ message: "interrupted: the executor's shutdown deadline passed" })
 
 /**
- * A defect as one line: `Name: message` for an `Error`, the value itself otherwise. Never a throw:
- * describing what a provider died with must not become a second defect where the first is handled.
+ * A defect as one line: `Name: message` for an `Error`, the value itself otherwise, each bounded as
+ * `Input.thrownMessage` bounds it (a message holding a response body went whole into every error
+ * message). Never a throw: describing what a provider died with must not become a second defect
+ * where the first is handled.
  *
  * @internal
  */
 export const describeDefect = (defect: unknown): string => {
   try {
-    if (defect instanceof Error) return `${defect.name}: ${defect.message}`
+    if (defect instanceof Error) return `${Input.thrownMessage(defect.name)}: ${Input.thrownMessage(defect)}`
   } catch {
     // A `name` or `message` getter that throws: shown as any other value is.
   }
