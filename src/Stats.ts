@@ -267,9 +267,6 @@ export const make: Effect.Effect<Service, never, Scope.Scope> = Effect.gen(funct
     return read(checked.success)
   }
 
-  // The overflow series' names: a filter naming none of the first pairs reads the series its calls (if any) went to.
-  const overflow: Filter = { provider: otherSeries, domain: otherSeries }
-
   const target = (filter: Filter): Filter => {
     const { provider, domain } = filter
     if (provider === undefined && domain === undefined) return {}
@@ -280,8 +277,10 @@ export const make: Effect.Effect<Service, never, Scope.Scope> = Effect.gen(funct
           ? byProvider.has(provider)
           : byProvider.get(provider)?.has(domain) === true
     // An empty name is no call's (providers and domains have names): its zeros are its own.
+    // A filter naming none of the first pairs reads the series its calls (if any) went to; a new object
+    // each time, as the answer's `series` is the caller's.
     if (!own && provider !== "" && domain !== "" && byProvider.get(otherSeries)?.has(otherSeries) === true) {
-      return overflow
+      return { provider: otherSeries, domain: otherSeries }
     }
     return provider === undefined ? { domain } : domain === undefined ? { provider } : { provider, domain }
   }

@@ -524,6 +524,9 @@ describe("Stats", () => {
           [late.total, late.series],
           [5, { provider: Metrics.otherSeries, domain: Metrics.otherSeries }]
         )
+        // The answer is the caller's: changing it (from JavaScript) changes no later read.
+        ;(late.series as { provider?: string }).provider = "p"
+        assert.strictEqual((yield* stats.snapshot({ provider: "p", domain: "late" })).total, 5)
         // A provider or a domain with no series of its own: the same.
         const provider = yield* stats.snapshot({ provider: "q" })
         assert.deepStrictEqual(
@@ -540,7 +543,7 @@ describe("Stats", () => {
         assert.deepStrictEqual([own.total, own.series], [1, { provider: "p", domain: "user-7" }])
         const whole = yield* stats.snapshot()
         assert.deepStrictEqual([whole.total, whole.series], [Stats.maxSeries + 5, {}])
-        assert.include(Stats.format(late), "(other)")
+        assert.include(Stats.format(yield* stats.snapshot({ provider: "p", domain: "late" })), "(other)")
       })
   )
   it.effect(
