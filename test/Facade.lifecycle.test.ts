@@ -96,5 +96,10 @@ describe("createOrchestra: metrics() around dispose()", () => {
     assert.deepStrictEqual(orchestra.stats({ provider: "main", domain: "d" }).series, { provider: "main", domain: "d" })
     assert.deepStrictEqual(orchestra.stats({ domain: "d" }).series, { domain: "d" })
     assert.strictEqual(orchestra.stats({ domain: "d" }).total, 0)
+    // Each answer is the caller's: changing one (from JavaScript) changed every later one.
+    const first = orchestra.stats() as { total: number; latency: { p50: number } }
+    first.total = 5
+    first.latency.p50 = 5
+    assert.deepStrictEqual([orchestra.stats().total, orchestra.stats().latency.p50], [0, 0])
   })
 })

@@ -45,12 +45,19 @@ export const makeStats = (
       if (Result.isFailure(checked)) throw new OrchestraError(checked.failure)
       if (manager.statsService !== undefined) return manager.statsService.snapshotUnsafe(checked.success)
       emptyStats ??= Effect.runSync(Effect.scoped(Effect.map(Stats.make, (s) => s.snapshotUnsafe())))
-      // Zeros of the series asked for: `series` names it, as a built manager's snapshot does.
+      // Zeros of the series asked for (`series` names it, as a built manager's snapshot does), in a copy
+      // of the caller's own: one changed from JavaScript changed every later answer.
       const { provider, domain } = checked.success
-      if (provider === undefined && domain === undefined) return emptyStats
       return {
-        ...emptyStats,
-        series: provider === undefined ? { domain } : domain === undefined ? { provider } : { provider, domain }
+        ...structuredClone(emptyStats),
+        series:
+          provider === undefined
+            ? domain === undefined
+              ? {}
+              : { domain }
+            : domain === undefined
+              ? { provider }
+              : { provider, domain }
       }
     },
     resetStats: () => {
