@@ -174,11 +174,14 @@ export const latency = Metric.histogram("orchestra_request_duration_ms", {
 })
 
 /**
+ * Calls and streams together: a stream's attempt is served from its start to its end (seconds
+ * where a call takes milliseconds).
+ *
  * @since 0.2.0
  * @category calls
  */
 export const serviceTime = Metric.histogram("orchestra_service_duration_ms", {
-  description: "Time a provider spent serving one attempt, in milliseconds",
+  description: "Time a provider spent serving one attempt (a stream: from its start to its end), in milliseconds",
   boundaries: latencyBoundaries
 })
 

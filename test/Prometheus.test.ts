@@ -57,6 +57,8 @@ describe("Prometheus", () => {
       // 40 ms for the call; the stream's mock echoes "q" in one word: 40 ms too, plus its Finish after 3 s.
       const sum = Number(line("sum")?.split(" ")[1])
       assert.isAbove(sum, 3_040)
+      // Its help says so: a stream's seconds beside a call's milliseconds read as a slow provider.
+      assert.match(text, /# HELP orchestra_service_duration_ms .*stream.*to its end/)
     })
   )
 
