@@ -42,8 +42,16 @@ export const keyOf = (spec: Provider): { readonly env: string; readonly required
 }
 
 /**
+ * Whether a name given as `apiKeyEnv` looks like a key pasted in its place (a Gemini or IBM Cloud key
+ * without a `-` is a valid variable name): long, with lower and upper case letters and digits, as
+ * variable names seldom are. An unset one is then not said back.
+ */
+const looksLikeKey = (name: string): boolean =>
+  name.length >= 20 && /[a-z]/.test(name) && /[A-Z]/.test(name) && /[0-9]/.test(name)
+
+/**
  * Reads a provider's key from the environment (`Config.Redacted`): an unset or empty
- * variable is an issue naming it (never its value).
+ * variable is an issue naming it (never its value; nor its name when that looks like a key).
  *
  * @since 0.2.0
  * @category constructors
@@ -60,7 +68,14 @@ export const readKey = (
   return Config.option(Config.Redacted(key.env)).pipe(
     Effect.map((value) =>
       Option.isNone(value)
-        ? Result.fail({ path, message: `${variable} is not set` })
+        ? Result.fail({
+            path,
+            message: looksLikeKey(key.env)
+              ? `the environment variable it names is not set, and its name (${key.env.length} characters) is not ` +
+                "shown: it looks like a key. apiKeyEnv names the variable that holds the key; the key itself never " +
+                "goes in the file"
+              : `${variable} is not set`
+          })
         : Redacted.value(value.value).trim().length === 0
           ? Result.fail({ path, message: `${variable} is empty` })
           : Result.succeed(value.value)

@@ -1,0 +1,49 @@
+/**
+ * The `orchestra` command under a demanding user, in process: what a mistake in the config or
+ * on the command line says, and what it must never say (a key).
+ */
+import { fileURLToPath } from "node:url"
+import { assert, describe, it } from "@effect/vitest"
+import { ConfigProvider, Effect } from "effect"
+import * as CliConfig from "../src/cli/Config.js"
+import * as Setup from "../src/cli/Setup.js"
+
+const ROOT = fileURLToPath(new URL("..", import.meta.url))
+
+const withEnv = (env: Record<string, string>) =>
+  Effect.provideService(ConfigProvider.ConfigProvider, ConfigProvider.fromEnv({ env }))
+const loaded = (config: unknown): CliConfig.Loaded => ({ file: "test.json", dir: ROOT, ...CliConfig.inspect(config) })
+
+describe("a key pasted into apiKeyEnv", () => {
+  // A Gemini key without a "-" is a valid variable name: it was said back as "environment variable AIza… is not set".
+  const KEY = "AIzaSyD3xAmpLe9KeyThatLooksReal0123456"
+
+  it.effect("is refused without being said back, on stderr or in the JSON", () =>
+    Effect.gen(function* () {
+      const error = yield* Effect.flip(
+        Setup.check(loaded({ providers: { g: { type: "gemini", apiKeyEnv: KEY } } })).pipe(withEnv({}))
+      )
+      assert.strictEqual(error.issues.length, 1)
+      assert.strictEqual(error.issues[0]!.path, "providers.g.apiKeyEnv")
+      assert.include(error.issues[0]!.message, "is not set")
+      assert.include(error.issues[0]!.message, "the key itself never goes in the file")
+      assert.notInclude(JSON.stringify(error.issues), KEY.slice(8))
+      assert.notInclude(error.message, KEY.slice(8))
+    })
+  )
+
+  it.effect("a variable of that shape which is set is read, and a usual name is still said back", () =>
+    Effect.gen(function* () {
+      const config = {
+        providers: {
+          g: { type: "gemini", apiKeyEnv: KEY },
+          o: { type: "openai-compatible", baseUrl: "http://127.0.0.1:1/v1", apiKeyEnv: "MY_Service_Key_2024" }
+        }
+      }
+      const unset = yield* Effect.flip(Setup.check(loaded(config)).pipe(withEnv({ [KEY]: "k" })))
+      assert.deepStrictEqual(unset.issues, [
+        { path: "providers.o.apiKeyEnv", message: "environment variable MY_Service_Key_2024 is not set" }
+      ])
+    })
+  )
+})
