@@ -4,7 +4,8 @@
  */
 import { fileURLToPath } from "node:url"
 import { assert, describe, it } from "@effect/vitest"
-import { ConfigProvider, Effect } from "effect"
+import * as NodeServices from "@effect/platform-node/NodeServices"
+import { ConfigProvider, Effect, Option } from "effect"
 import * as CliConfig from "../src/cli/Config.js"
 import * as Setup from "../src/cli/Setup.js"
 
@@ -45,5 +46,16 @@ describe("a key pasted into apiKeyEnv", () => {
         { path: "providers.o.apiKeyEnv", message: "environment variable MY_Service_Key_2024 is not set" }
       ])
     })
+  )
+})
+
+describe("a --config that is not a file", () => {
+  it.effect("says what it is in words (it said `not a file (characterdevice)`)", () =>
+    Effect.gen(function* () {
+      const error = yield* Effect.flip(CliConfig.load(Option.some("/dev/null"), Option.none()))
+      assert.deepStrictEqual(error.issues, [{ path: "(file)", message: "not a file (character device)" }])
+      const folder = yield* Effect.flip(CliConfig.load(Option.some(ROOT), Option.none()))
+      assert.deepStrictEqual(folder.issues, [{ path: "(file)", message: "not a file (directory)" }])
+    }).pipe(Effect.provide(NodeServices.layer))
   )
 })

@@ -9,7 +9,18 @@
  * @since 0.1.0
  */
 import * as NodeFs from "node:fs/promises"
-import { Console, Deferred, Effect, Exit, Option, type PlatformError, Result, Schema, Stdio } from "effect"
+import {
+  Console,
+  Deferred,
+  Effect,
+  Exit,
+  type FileSystem,
+  Option,
+  type PlatformError,
+  Result,
+  Schema,
+  Stdio
+} from "effect"
 import { Flag } from "effect/cli"
 import { type AiError, reasonOf } from "../AiError.js"
 import * as Input from "../Input.js"
@@ -245,6 +256,16 @@ export const errorText = (error: AiError): string => `${error._tag}(${reasonOf(e
  */
 export const platformErrorText = (error: PlatformError.PlatformError): string =>
   systemErrorText(error.reason.cause) ?? error.reason.description ?? error.message
+
+/**
+ * What a path is when it is not a file, in words: `directory`, `character device` (`/dev/null`,
+ * a terminal), `block device`, `socket`, `symbolic link`.
+ *
+ * @since 0.3.0
+ * @category output
+ */
+export const fileTypeText = (type: FileSystem.File.Type): string =>
+  type === "Unknown" ? "of an unknown type" : type.replace(/(?<=[a-z])(?=[A-Z])/g, " ").toLowerCase()
 
 // What a Node system error (its `code`) means for a file a user named, else its message.
 const systemErrorText = (cause: unknown): string | undefined => {

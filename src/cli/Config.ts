@@ -9,7 +9,7 @@
  */
 import { Effect, FileSystem, Option, Path, Result, Schema, SchemaIssue, Stream } from "effect"
 import * as Input from "../Input.js"
-import { platformErrorText, readAtMost } from "./Common.js"
+import { fileTypeText, platformErrorText, readAtMost } from "./Common.js"
 import { ConfigFile, providerSchemas, providerTypes } from "./ConfigSchema.js"
 import * as Json from "./json.js"
 import * as Utf8 from "./utf8.js"
@@ -387,7 +387,7 @@ export const load = Effect.fnUntraced(function* (flag: Option.Option<string>, fr
   }
   const info = stat.success
   // A pipe (`--config <(make-config)`, `--config /dev/stdin`) is read as a file is; its size is known once read.
-  if (info.type !== "File" && info.type !== "FIFO") return yield* unusable(`not a file (${info.type.toLowerCase()})`)
+  if (info.type !== "File" && info.type !== "FIFO") return yield* unusable(`not a file (${fileTypeText(info.type)})`)
   const tooBig = (size: string | number) => unusable(`${size} bytes: a config file is at most ${maxFileBytes} bytes`)
   if (Number(info.size) > maxFileBytes) return yield* tooBig(String(info.size))
   // The size said is no bound (a pipe's is known once read, a file may grow after it was looked at): no more than
