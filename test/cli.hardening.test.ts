@@ -59,3 +59,30 @@ describe("a --config that is not a file", () => {
     }).pipe(Effect.provide(NodeServices.layer))
   )
 })
+
+describe("providers of one name", () => {
+  // `stats` said such a config was valid (exit 0), and `test` refused it as `provider "(manager)": …`, without a path.
+  it.effect("are refused by the config check, naming the field where the second takes the name", () =>
+    Effect.gen(function* () {
+      const check = (providers: unknown) =>
+        Effect.flip(Setup.check(loaded({ providers })).pipe(withEnv({}))).pipe(Effect.map((error) => error.issues))
+      const shared =
+        "two providers of one name would share its breaker, rate limits, cache entries and stats; give each its own name"
+      assert.deepStrictEqual(
+        yield* check({ a: { type: "mock" }, b: { type: "mock", name: "a" }, c: { type: "mock", name: "a" } }),
+        [
+          { path: "providers.b.name", message: `"a" is already the name of providers.a: ${shared}` },
+          { path: "providers.c.name", message: `"a" is already the name of providers.a: ${shared}` }
+        ]
+      )
+      assert.deepStrictEqual(yield* check({ m: { type: "mock", name: "x" }, x: { type: "mock" } }), [
+        { path: "providers.x", message: `"x" is already the name of providers.m: ${shared}` }
+      ])
+      const reserved = '"(other)" is reserved: the names past a series bound count together under it'
+      assert.deepStrictEqual(yield* check({ m: { type: "mock", name: "(other)" }, "(other)": { type: "mock" } }), [
+        { path: "providers.m.name", message: reserved },
+        { path: 'providers["(other)"]', message: reserved }
+      ])
+    })
+  )
+})

@@ -9,6 +9,7 @@
  */
 import { Effect, FileSystem, Option, Path, Result, Schema, SchemaIssue, Stream } from "effect"
 import * as Input from "../Input.js"
+import { providerNameIssue } from "../stats/labels.js"
 import { fileTypeText, platformErrorText, readAtMost } from "./Common.js"
 import { ConfigFile, providerSchemas, providerTypes } from "./ConfigSchema.js"
 import * as Json from "./json.js"
@@ -219,6 +220,8 @@ const providerIssues = (providers: Readonly<Record<string, unknown>>): ReadonlyA
       message: "declare at least one provider (or leave `providers` out to use the bundled local model)"
     })
   }
+  // The provider each name is taken by: breakers, rate limits, cache keys and stats go by a provider's own name.
+  const named = new Map<string, string>()
   for (const [name, spec] of entries) {
     const at = formatPath(["providers", name])
     if (name.trim() === "" || name.trim() !== name) {
@@ -227,6 +230,18 @@ const providerIssues = (providers: Readonly<Record<string, unknown>>): ReadonlyA
     // The manager keys its providers by name in a plain object, where this one would set the prototype.
     if (name === "__proto__") issues.push({ path: at, message: '"__proto__" cannot be a provider name' })
     if (!isObject(spec)) continue
+    // As the manager refuses them when it builds the providers, so that `stats` refuses what `test` does.
+    const own = typeof spec.name === "string" ? spec.name : name
+    const ownAt = typeof spec.name === "string" ? `${at}.name` : at
+    const reserved = own === "" ? undefined : providerNameIssue(own, ownAt)
+    const other = named.get(own)
+    if (reserved !== undefined) issues.push({ path: ownAt, message: reserved.message })
+    else if (other !== undefined && own !== "") {
+      issues.push({
+        path: ownAt,
+        message: `"${own}" is already the name of ${formatPath(["providers", other])}: two providers of one name would share its breaker, rate limits, cache entries and stats; give each its own name`
+      })
+    } else named.set(own, name)
     const type = spec.type
     const schema =
       typeof type === "string" && Object.hasOwn(providerSchemas, type)
