@@ -86,3 +86,34 @@ describe("providers of one name", () => {
     })
   )
 })
+
+describe("what the manager refuses when it is built", () => {
+  // `stats` said these configs were valid (exit 0); `test` refused them as `provider "(manager)": …`.
+  const check = (config: unknown) =>
+    Effect.flip(Setup.check(loaded(config)).pipe(withEnv({}))).pipe(Effect.map((error) => error.issues))
+
+  it.effect('a provider key with a "/" (a gateway reads provider/model) is refused by the config check', () =>
+    Effect.gen(function* () {
+      assert.deepStrictEqual(yield* check({ providers: { "a/b": { type: "mock" } } }), [
+        {
+          path: 'providers["a/b"]',
+          message: 'a provider name is non-empty, without surrounding spaces or a "/" (a gateway reads provider/model)'
+        }
+      ])
+    })
+  )
+
+  it.effect("a domain named like a provider's model (`m/fast`) is refused by the config check, where written", () =>
+    Effect.gen(function* () {
+      const providers = { m: { type: "mock" } }
+      const message =
+        '"m/fast" reads as the model "fast" of provider "m" (a gateway\'s provider/model name): give the domain a name that does not start with "m/"'
+      assert.deepStrictEqual(yield* check({ providers, domains: [{ name: "m/fast", provider: "m" }] }), [
+        { path: "domains[0].name", message }
+      ])
+      assert.deepStrictEqual(yield* check({ providers, extraDomains: [{ name: "m/fast", provider: "m" }] }), [
+        { path: "extraDomains[0].name", message }
+      ])
+    })
+  )
+})

@@ -224,8 +224,11 @@ const providerIssues = (providers: Readonly<Record<string, unknown>>): ReadonlyA
   const named = new Map<string, string>()
   for (const [name, spec] of entries) {
     const at = formatPath(["providers", name])
-    if (name.trim() === "" || name.trim() !== name) {
-      issues.push({ path: at, message: "a provider name is non-empty, without surrounding spaces" })
+    if (name.trim() === "" || name.trim() !== name || name.includes("/")) {
+      issues.push({
+        path: at,
+        message: 'a provider name is non-empty, without surrounding spaces or a "/" (a gateway reads provider/model)'
+      })
     }
     // The manager keys its providers by name in a plain object, where this one would set the prototype.
     if (name === "__proto__") issues.push({ path: at, message: '"__proto__" cannot be a provider name' })

@@ -134,7 +134,9 @@ const domainIssues = (loaded: Loaded, shape: IssueIndex, defaultProvider: string
     })
   }
   if (issues.length > 0 || sections.some(shape.overlaps)) return issues
-  const merged = Orchestra.domainsOf({ ...config, defaultProvider } as never)
+  // With the providers' names, as the manager checks them: a domain named `provider/model` is refused here too.
+  const providerNames = Object.keys(providersOf(loaded))
+  const merged = Orchestra.domainsOf({ ...config, defaultProvider, providerNames } as never)
   if (Result.isFailure(merged)) return [merged.failure]
   const all = Domain.check(merged.success)
   if (Result.isFailure(all)) {
