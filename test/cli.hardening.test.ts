@@ -7,7 +7,10 @@ import { assert, describe, it } from "@effect/vitest"
 import * as NodeServices from "@effect/platform-node/NodeServices"
 import { ConfigProvider, Effect, Option } from "effect"
 import * as CliConfig from "../src/cli/Config.js"
+import * as Providers from "../src/cli/Providers.js"
 import * as Setup from "../src/cli/Setup.js"
+import { ModelProvider } from "../src/Model.js"
+import * as Server from "./utils/httpServer.js"
 
 const ROOT = fileURLToPath(new URL("..", import.meta.url))
 
@@ -115,5 +118,45 @@ describe("what the manager refuses when it is built", () => {
         { path: "extraDomains[0].name", message }
       ])
     })
+  )
+})
+
+describe("a secret in a provider's headers in the config file", () => {
+  // An Authorization (or api-key) header written in the file went out as a plain string: a server quoting it back
+  // in an error had it printed on stderr and in the --json document.
+  it.live("is scrubbed from an upstream error that quotes it, as a key from apiKeyEnv is", () =>
+    Effect.scoped(
+      Effect.gen(function* () {
+        const server = yield* Server.make((request, response) =>
+          Server.json(response, 401, {
+            error: { message: `bad credentials ${request.headers.authorization} ${request.headers["api-key"]}` }
+          })
+        )
+        const checked = yield* Setup.check(
+          loaded({
+            providers: {
+              o: {
+                type: "openai-compatible",
+                baseUrl: `${server.url}/v1`,
+                model: "m",
+                headers: { Authorization: "Bearer sk-HEADER-SECRET-1", "api-key": "AZURE-SECRET-2", "X-Title": "app" }
+              }
+            }
+          })
+        ).pipe(withEnv({}))
+        const error = yield* Effect.gen(function* () {
+          const provider = yield* ModelProvider
+          return yield* Effect.flip(provider.generate({ prompt: "hi" }))
+        }).pipe(Effect.provide(Providers.layer("o", checked.providers.o!, ROOT, undefined)))
+        assert.strictEqual(error._tag, "ModelError")
+        assert.include(error.message, "bad credentials")
+        assert.notInclude(error.message, "sk-HEADER-SECRET-1")
+        assert.notInclude(error.message, "AZURE-SECRET-2")
+        const [request] = yield* server.requests
+        assert.strictEqual(request!.headers.authorization, "Bearer sk-HEADER-SECRET-1")
+        assert.strictEqual(request!.headers["api-key"], "AZURE-SECRET-2")
+        assert.strictEqual(request!.headers["x-title"], "app")
+      })
+    )
   )
 })

@@ -124,6 +124,24 @@ const mockOptions = (name: string, spec: Extract<Provider, { readonly type: "moc
 
 type HttpProvider = Layer.Layer<ModelProvider, OptionError, HttpClient.HttpClient>
 
+/** Header names that carry a credential: `Authorization`, `api-key`, `x-goog-api-key`, `Cookie`, `X-Auth-Token`... */
+const secretHeader = /auth|key|token|secret|password|cookie/i
+
+/**
+ * A provider's `headers` from the file with each credential's value `Redacted`, as a key from
+ * `apiKeyEnv` is: the library then scrubs it from errors (a server quoting it back) and shows it
+ * redacted where requests are logged.
+ */
+const fileHeaders = <A extends object>(spec: A): A => {
+  const headers = (spec as { readonly headers?: unknown }).headers
+  if (typeof headers !== "object" || headers === null) return spec
+  const redacted = Object.entries(headers).map(([name, value]: [string, unknown]) => [
+    name,
+    secretHeader.test(name) && typeof value === "string" ? Redacted.make(value) : value
+  ])
+  return { ...spec, headers: Object.fromEntries(redacted) }
+}
+
 const httpLayer = (
   name: string,
   spec: Exclude<Provider, { readonly type: "local" | "mock" }>,
@@ -133,15 +151,18 @@ const httpLayer = (
   switch (spec.type) {
     case "openai-compatible":
       return OpenAiCompat.layer(
-        unchecked<OpenAiCompat.Options>({ ...withName(omit(spec, "type", "apiKeyEnv"), name, spec), ...key })
+        unchecked<OpenAiCompat.Options>({
+          ...withName(omit(fileHeaders(spec), "type", "apiKeyEnv"), name, spec),
+          ...key
+        })
       )
     case "ollama":
       return Ollama.layer(
-        unchecked<Ollama.Options>({ ...withName(omit(spec, "type", "apiKeyEnv"), name, spec), ...key })
+        unchecked<Ollama.Options>({ ...withName(omit(fileHeaders(spec), "type", "apiKeyEnv"), name, spec), ...key })
       )
     case "gemini":
       return Gemini.layer(
-        unchecked<Gemini.Options>({ ...withName(omit(spec, "type", "apiKeyEnv"), name, spec), ...key })
+        unchecked<Gemini.Options>({ ...withName(omit(fileHeaders(spec), "type", "apiKeyEnv"), name, spec), ...key })
       )
     case "watsonx":
       return WatsonX.layer(
