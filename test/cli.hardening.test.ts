@@ -5,7 +5,7 @@
 import { fileURLToPath } from "node:url"
 import { assert, describe, it } from "@effect/vitest"
 import * as NodeServices from "@effect/platform-node/NodeServices"
-import { ConfigProvider, Effect, Option } from "effect"
+import { ConfigProvider, Effect, FileSystem, Option } from "effect"
 import * as CliConfig from "../src/cli/Config.js"
 import * as Providers from "../src/cli/Providers.js"
 import * as Setup from "../src/cli/Setup.js"
@@ -158,5 +158,25 @@ describe("a secret in a provider's headers in the config file", () => {
         assert.strictEqual(request!.headers["x-title"], "app")
       })
     )
+  )
+})
+
+describe("a YAML config", () => {
+  // It was said as a JSON syntax error alone (`expected a value, found "p"`), as if the file were broken JSON.
+  it.effect("is refused saying the config file is JSON", () =>
+    Effect.gen(function* () {
+      const fs = yield* FileSystem.FileSystem
+      const dir = yield* fs.makeTempDirectoryScoped()
+      const file = `${dir}/orchestra.config.yaml`
+      yield* fs.writeFileString(file, "providers:\n  local:\n    type: local\n")
+      const error = yield* Effect.flip(CliConfig.load(Option.some(file), Option.none()))
+      assert.deepStrictEqual(error.issues, [
+        {
+          path: "(file)",
+          message:
+            'not valid JSON at line 1, column 1: expected a value, found "p" (a config file is JSON; YAML is not read)'
+        }
+      ])
+    }).pipe(Effect.scoped, Effect.provide(NodeServices.layer))
   )
 })

@@ -350,7 +350,12 @@ const syntaxError = (file: string, issue: Json.SyntaxIssue) =>
   new ConfigFileError({
     file,
     issues: [
-      { path: "(file)", message: `not valid JSON at line ${issue.line}, column ${issue.column}: ${issue.message}` }
+      {
+        path: "(file)",
+        message:
+          `not valid JSON at line ${issue.line}, column ${issue.column}: ${issue.message}` +
+          (/\.ya?ml$/i.test(file) ? " (a config file is JSON; YAML is not read)" : "")
+      }
     ]
   })
 
