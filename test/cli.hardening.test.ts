@@ -180,3 +180,31 @@ describe("a YAML config", () => {
     }).pipe(Effect.scoped, Effect.provide(NodeServices.layer))
   )
 })
+
+describe("config: the ollama provider's requestLimits", () => {
+  // Ollama.Options takes it as the other HTTP providers do; the file refused it as an unknown field.
+  it.live("is a field of the file, checked by the library, reaches the provider, and is named by its path", () =>
+    Effect.scoped(
+      Effect.gen(function* () {
+        const server = yield* Server.make((_request, response) =>
+          Server.json(response, 200, { model: "m", message: { role: "assistant", content: "ok" }, done: true })
+        )
+        const check = (requestLimits: unknown) =>
+          Setup.check(
+            loaded({ providers: { o: { type: "ollama", host: server.url, model: "m", requestLimits } } })
+          ).pipe(withEnv({}))
+        const [zero, ...rest] = (yield* Effect.flip(check({ maxInputChars: 0 }))).issues
+        assert.strictEqual(rest.length, 0)
+        assert.strictEqual(zero!.path, "providers.o.requestLimits.maxInputChars")
+        assert.notInclude(zero!.message, "unknown field")
+        const checked = yield* check({ maxInputChars: 5 })
+        const error = yield* Effect.gen(function* () {
+          const provider = yield* ModelProvider
+          return yield* Effect.flip(provider.generate({ prompt: "longer than five" }))
+        }).pipe(Effect.provide(Providers.layer("o", checked.providers.o!, ROOT, undefined)))
+        assert.strictEqual(error._tag, "ModelError")
+        assert.lengthOf(yield* server.requests, 0, "refused before any request")
+      })
+    )
+  )
+})

@@ -100,6 +100,7 @@ export const OllamaProvider = Schema.Struct({
   keepAlive: opt(Duration),
   apiKeyEnv: opt(EnvName),
   headers: opt(Headers),
+  requestLimits: opt(RequestLimits),
   ...httpFields
 })
 
