@@ -10,6 +10,7 @@ import * as CliConfig from "../src/cli/Config.js"
 import * as Providers from "../src/cli/Providers.js"
 import * as Setup from "../src/cli/Setup.js"
 import { ModelProvider } from "../src/Model.js"
+import { inProcess } from "./utils/cli.js"
 import * as Server from "./utils/httpServer.js"
 
 const ROOT = fileURLToPath(new URL("..", import.meta.url))
@@ -206,5 +207,21 @@ describe("config: the ollama provider's requestLimits", () => {
         assert.lengthOf(yield* server.requests, 0, "refused before any request")
       })
     )
+  )
+})
+
+describe("stats alone on a valid config", () => {
+  // It said "the config is valid" without saying which: one found through ORCHESTRA_CONFIG or in the working
+  // directory is easy to mistake for another.
+  it.effect("names the config file it checked", () =>
+    Effect.gen(function* () {
+      const fs = yield* FileSystem.FileSystem
+      const dir = yield* fs.makeTempDirectoryScoped()
+      const file = `${dir}/checked.json`
+      yield* fs.writeFileString(file, JSON.stringify({ providers: { m: { type: "mock" } } }))
+      const result = yield* inProcess(["stats", "--config", file], { terminal: false })
+      assert.strictEqual(result.code, 0)
+      assert.include(result.err, `orchestra: the config ${file} is valid.`)
+    }).pipe(Effect.scoped, Effect.provide(NodeServices.layer))
   )
 })

@@ -4,7 +4,7 @@
  *
  * @since 0.2.0
  */
-import { Console, Effect, Option } from "effect"
+import { Effect, Option } from "effect"
 import { Batch, type ProgressEvent } from "../../Batch.js"
 import * as Stats from "../../Stats.js"
 import {
@@ -59,8 +59,13 @@ export const run = Effect.fnUntraced(function* (args: Args) {
     // Nothing to run: the config is checked, but only the statistics service is built.
     const stats = yield* Stats.snapshot().pipe(Effect.provide(Stats.layer))
     if (!common.json) {
-      yield* Console.error(
-        "orchestra: the config is valid. This process has made no calls, so the window is empty: use `stats` inside\n" +
+      // Which config: one found through ORCHESTRA_CONFIG or in the working directory is easy to mistake for another.
+      const which =
+        file === null
+          ? "the built-in config (the bundled local model: no --config, ORCHESTRA_CONFIG or ./orchestra.config.json)"
+          : `the config ${file}`
+      yield* printError(
+        `orchestra: ${which} is valid. This process has made no calls, so the window is empty: use \`stats\` inside\n` +
           "`orchestra start` for a live session's figures, or pass --prompts / --file to run prompts first."
       )
     }
