@@ -5,8 +5,9 @@
 import { fileURLToPath } from "node:url"
 import { assert, describe, it } from "@effect/vitest"
 import * as NodeServices from "@effect/platform-node/NodeServices"
-import { ConfigProvider, Effect, FileSystem, Option } from "effect"
+import { ConfigProvider, Effect, FileSystem, Option, Result } from "effect"
 import * as CliConfig from "../src/cli/Config.js"
+import * as Json from "../src/cli/json.js"
 import * as Providers from "../src/cli/Providers.js"
 import * as Setup from "../src/cli/Setup.js"
 import { ModelProvider } from "../src/Model.js"
@@ -224,4 +225,22 @@ describe("stats alone on a valid config", () => {
       assert.include(result.err, `orchestra: the config ${file} is valid.`)
     }).pipe(Effect.scoped, Effect.provide(NodeServices.layer))
   )
+})
+
+describe("a config with a comment in it", () => {
+  // Many editors and tools write JSON with comments (JSONC): it was said as `found "/"` alone.
+  it("says JSON has no comments, at the comment", () => {
+    const at = (text: string) => Result.match(Json.parse(text), { onSuccess: () => undefined, onFailure: (i) => i })
+    assert.deepStrictEqual(at('{\n  // the providers\n  "providers": {}\n}'), {
+      line: 2,
+      column: 3,
+      message: 'expected a property name in quotes, found "/" (JSON has no comments: remove it)'
+    })
+    assert.deepStrictEqual(at('{ "a": 1 /* one */ }'), {
+      line: 1,
+      column: 10,
+      message: 'expected "," or "}", found "/" (JSON has no comments: remove it)'
+    })
+    assert.deepStrictEqual(at('{ "a": 1 / 2 }'), { line: 1, column: 10, message: 'expected "," or "}", found "/"' })
+  })
 })

@@ -38,7 +38,12 @@ const describeAt = (text: string, i: number): string => {
 const scan = (text: string): void => {
   let i = 0
   const fail = (expected: string): never => {
-    throw new Stop(i, `expected ${expected}, found ${describeAt(text, i)}`)
+    // JSON with comments (JSONC) is what many editors and tools write.
+    const comment = text[i] === "/" && (text[i + 1] === "/" || text[i + 1] === "*")
+    throw new Stop(
+      i,
+      `expected ${expected}, found ${describeAt(text, i)}${comment ? " (JSON has no comments: remove it)" : ""}`
+    )
   }
   const space = () => {
     while (i < text.length && (text[i] === " " || text[i] === "\t" || text[i] === "\n" || text[i] === "\r")) i++
