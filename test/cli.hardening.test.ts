@@ -5,9 +5,10 @@
 import { fileURLToPath } from "node:url"
 import { assert, describe, it } from "@effect/vitest"
 import * as NodeServices from "@effect/platform-node/NodeServices"
-import { ConfigProvider, Effect, FileSystem, Option, Result } from "effect"
+import { ConfigProvider, Console, Effect, FileSystem, Option, Result } from "effect"
 import * as CliConfig from "../src/cli/Config.js"
 import * as Json from "../src/cli/json.js"
+import { provideOrchestra } from "../src/cli/Manager.js"
 import * as Providers from "../src/cli/Providers.js"
 import * as Setup from "../src/cli/Setup.js"
 import { ModelProvider } from "../src/Model.js"
@@ -243,4 +244,42 @@ describe("a config with a comment in it", () => {
     })
     assert.deepStrictEqual(at('{ "a": 1 / 2 }'), { line: 1, column: 10, message: 'expected "," or "}", found "/"' })
   })
+})
+
+describe("a config value only the manager refuses", () => {
+  // Should one pass the config check, it was said as `provider "(manager)": invalid providers.b.name: …`: a provider
+  // that does not exist, and neither the file nor the field's path as every other config issue has them.
+  it.effect("is said as a config issue of the file, at its path (exit 2, JSON with the issue)", () =>
+    Effect.gen(function* () {
+      const config = { providers: { a: { type: "mock" }, b: { type: "mock", name: "a" } } }
+      const unchecked: Setup.Checked = {
+        loaded: loaded(config),
+        providers: config.providers as never,
+        keys: {},
+        defaultProvider: "a"
+      }
+      const err: Array<string> = []
+      const out: Array<string> = []
+      const console: Console.Console = {
+        ...globalThis.console,
+        log: (...args: ReadonlyArray<unknown>) => void out.push(args.join(" ")),
+        error: (...args: ReadonlyArray<unknown>) => void err.push(args.join(" "))
+      }
+      const error = yield* Effect.flip(
+        Effect.void.pipe(
+          provideOrchestra({ json: true, config: Option.none() }, unchecked),
+          Effect.provideService(Console.Console, console)
+        )
+      )
+      assert.strictEqual(error.code, 2)
+      const issue = {
+        path: "providers.b.name",
+        message:
+          '"a" is already the name of providers.a: two providers of one name would share its breaker, rate limits, cache entries and stats; give each its own name'
+      }
+      assert.deepStrictEqual(err, [`orchestra: invalid config test.json\n  ${issue.path}: ${issue.message}`])
+      const json = JSON.parse(out.join("\n")) as { readonly error: Record<string, unknown> }
+      assert.deepInclude(json.error, { kind: "config", file: "test.json", issues: [issue] })
+    })
+  )
 })

@@ -67,13 +67,25 @@ export const provideOrchestra =
       ),
       Layer.catch(Setup.orchestraLayer(checked, overrides), (error) =>
         Layer.unwrap(
-          failWith(common, error.kind === "config" ? exitCodes.usage : exitCodes.failed, error.message, {
-            kind: error.kind,
-            provider: error.provider
-          }) as Effect.Effect<Layer.Layer<Orchestra.Services>, ExitCode>
+          (error.issue === undefined
+            ? failWith(common, error.kind === "config" ? exitCodes.usage : exitCodes.failed, error.message, {
+                kind: error.kind,
+                provider: error.provider
+              })
+            : configError(common, checked, error.issue)) as Effect.Effect<Layer.Layer<Orchestra.Services>, ExitCode>
         )
       )
     )
+
+/** An option a layer refused that the checks let through: said as every config issue is, naming the file and the field. */
+const configError = (common: Common, checked: Setup.Checked, issue: CliConfig.Issue) => {
+  const error = new CliConfig.ConfigFileError({ file: checked.loaded.file ?? "(built-in default)", issues: [issue] })
+  return failWith(common, exitCodes.usage, error.message, {
+    kind: "config",
+    file: error.file,
+    issues: CliConfig.shownIssues(error.issues)
+  })
+}
 
 /**
  * Fails with exit code 2 when a name is not a domain of the config (checked before any

@@ -259,7 +259,9 @@ export const check = Effect.fnUntraced(function* (loaded: Loaded) {
 export class SetupError extends Schema.TaggedError<SetupError>("effect-orchestra/cli/SetupError")("SetupError", {
   provider: Schema.String,
   kind: Schema.Literals(["config", "provider"]),
-  detail: Schema.String
+  detail: Schema.String,
+  /** An option refused: the field of the config file it came from, and why. */
+  issue: Schema.optional(Schema.Struct({ path: Schema.String, message: Schema.String }))
 }) {
   override get message(): string {
     return `provider "${this.provider}": ${this.detail}`
@@ -283,8 +285,16 @@ const setupError =
   (provider: string) =>
   (error: Input.OptionError | ModelError): SetupError =>
     error._tag === "OptionError"
-      ? new SetupError({ provider, kind: "config", detail: error.message })
+      ? new SetupError({
+          provider,
+          kind: "config",
+          detail: error.message,
+          issue: Providers.issueOf(formatPath(["providers", provider]), error)
+        })
       : new SetupError({ provider, kind: "provider", detail: error.message })
+
+/** The manager's options that the file holds under `policies`. */
+const policyOptions = /^(?:executor|maxConcurrent|maxItems|breakers|rateLimits|cache)(?:$|[.[])/
 
 /**
  * The manager for a checked config: every declared provider built once, the domains, the
@@ -319,6 +329,13 @@ export const orchestraLayer = (
   return mapLayerError(manager, (error) =>
     error._tag === "SetupError"
       ? error
-      : new SetupError({ provider: "(manager)", kind: "config", detail: error.message })
+      : new SetupError({
+          provider: "(manager)",
+          kind: "config",
+          detail: error.message,
+          issue: policyOptions.test(error.path)
+            ? Providers.issueOf("policies", error)
+            : { path: error.path || "(root)", message: tidy(Input.issueOfError(error).message) }
+        })
   )
 }
