@@ -212,6 +212,24 @@ describe("config: the ollama provider's requestLimits", () => {
   )
 })
 
+describe("config: the local provider's requestLimits", () => {
+  // Local.Options takes it as Ollama's do; the file refused it as an unknown field.
+  it.effect("is a field of the file, checked by the library and named by its path", () =>
+    Effect.gen(function* () {
+      const check = (requestLimits: unknown) =>
+        Setup.check(loaded({ providers: { l: { type: "local", requestLimits } } })).pipe(withEnv({}))
+      const [zero, ...rest] = (yield* Effect.flip(check({ maxEmbedTexts: 0 }))).issues
+      assert.strictEqual(rest.length, 0)
+      assert.strictEqual(zero!.path, "providers.l.requestLimits.maxEmbedTexts")
+      assert.notInclude(zero!.message, "unknown field")
+      const checked = yield* check({ maxEmbedTexts: 3000 })
+      assert.deepStrictEqual((checked.providers.l as { readonly requestLimits?: unknown }).requestLimits, {
+        maxEmbedTexts: 3000
+      })
+    })
+  )
+})
+
 describe("stats alone on a valid config", () => {
   // It said "the config is valid" without saying which: one found through ORCHESTRA_CONFIG or in the working
   // directory is easy to mistake for another.

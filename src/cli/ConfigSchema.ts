@@ -54,7 +54,8 @@ export const LocalProvider = Schema.Struct({
   batchWindow: opt(Duration),
   shutdownDeadline: opt(Duration),
   loadTimeout: opt(Duration),
-  maxTokens: opt(Num)
+  maxTokens: opt(Num),
+  requestLimits: opt(RequestLimits)
 })
 
 /**
