@@ -675,11 +675,26 @@ export const notAnObject = (path: string, input: unknown): Issue | undefined =>
 export const unknownKey = (input: object, known: ReadonlySet<string>, prefix = ""): Issue | undefined => {
   for (const key in input) {
     if (!known.has(key)) {
-      return { path: `${prefix}${key}`, message: `unknown option (expected one of ${[...known].join(", ")})` }
+      return { path: `${prefix}${keyShown(key)}`, message: `unknown option (expected one of ${[...known].join(", ")})` }
     }
   }
   return undefined
 }
+
+// A key as a path names it: as written when it is a plain name, else quoted and bounded as `shown`
+// writes a string (a key with a line break forged a log line; one of a megabyte went whole in).
+const plainKey = (key: string): boolean => {
+  if (key.length === 0 || key.length > 80) return false
+  for (let i = 0; i < key.length; i++) {
+    const code = key.charCodeAt(i)
+    // Control characters, DEL, a quote, a backslash, and surrogates (a lone one cannot be written).
+    if (code < 0x20 || code === 0x7f || code === 0x22 || code === 0x5c || (code >= 0xd800 && code <= 0xdfff)) {
+      return false
+    }
+  }
+  return true
+}
+const keyShown = (key: string): string => (plainKey(key) ? key : shown(key))
 
 /**
  * Checks a value only when it is given.

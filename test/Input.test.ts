@@ -65,3 +65,19 @@ describe("Input.thrownMessage", () => {
     assert.strictEqual(Input.thrownMessage(42), "42")
   })
 })
+
+describe("Input.unknownKey", () => {
+  const known: ReadonlySet<string> = new Set(["timeout"])
+  it("names a plain misspelt key as written", () => {
+    assert.strictEqual(Input.unknownKey({ timout: 1 }, known, "options.")?.path, "options.timout")
+  })
+
+  it("quotes a key with a line break, a quote or a lone surrogate, and bounds a long one: it went raw into the message", () => {
+    assert.strictEqual(Input.unknownKey({ "a\nb": 1 }, known, "o.")?.path, 'o."a\\nb"')
+    assert.strictEqual(Input.unknownKey({ 'a"b': 1 }, known)?.path, '"a\\"b"')
+    assert.strictEqual(Input.unknownKey({ "\ud800": 1 }, known)?.path, '"\\ud800"')
+    const long = Input.unknownKey({ ["k".repeat(100_000)]: 1 }, known)?.path ?? ""
+    assert.isBelow(long.length, 120)
+    assert.include(long, "100,000 characters")
+  })
+})
