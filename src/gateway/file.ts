@@ -8,7 +8,7 @@
 
 import { Config, Effect, FileSystem, Layer, Option, Path, type Redacted, Result, Schema, Stream } from "effect"
 import * as Input from "../Input.js"
-import { type Common, exitCodes, failWith, platformErrorText } from "../cli/Common.js"
+import { type Common, exitCodes, failWith, fileTypeText, platformErrorText } from "../cli/Common.js"
 import { shapeIssues, shownIssues } from "../cli/Config.js"
 import * as Json from "../cli/json.js"
 import * as Utf8 from "../cli/utf8.js"
@@ -105,7 +105,7 @@ export const loadFile = Effect.fnUntraced(function* (common: Common, flag: Optio
       return yield* refuse("no such file (named by the environment variable ORCHESTRA_GATEWAY)")
     return { file: undefined, config: {} as GatewayFile }
   }
-  if (info.value.type !== "File") return yield* refuse(`not a file (${info.value.type.toLowerCase()})`)
+  if (info.value.type !== "File") return yield* refuse(`not a file (${fileTypeText(info.value.type)})`)
   const tooBig = (size: string) => refuse(`${size} bytes: a gateway file is at most ${maxFileBytes} bytes`)
   if (Number(info.value.size) > maxFileBytes) return yield* tooBig(String(info.value.size))
   // The size said is no bound (a file may grow after it was looked at): no more than one byte past it is read.

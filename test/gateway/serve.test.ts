@@ -171,6 +171,7 @@ describe("orchestra serve", () => {
         for (const [flags, said] of [
           [["--gateway", ""], "--gateway is empty"],
           [["--gateway", dir], `${dir}: not a file (directory)`],
+          [["--gateway", "/dev/null"], "/dev/null: not a file (character device)"],
           [["--gateway", keyless, "--host", " "], "--host is empty"]
         ] as const) {
           const refusedFlag = yield* (yield* serve(["--config", config, ...flags])).exit
