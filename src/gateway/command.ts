@@ -131,7 +131,7 @@ export const run = Effect.fnUntraced(function* (args: Args) {
     return yield* failWith(
       common,
       exitCodes.usage,
-      `without a gateway file the gateway is open (no keys): it listens on loopback only, not ${host}; give --gateway with keys (or allowAnonymous: true)`,
+      `without a gateway file the gateway is open (no keys): it listens on loopback only, not ${Input.shown(host)}; give --gateway with keys (or allowAnonymous: true)`,
       { kind: "usage" }
     )
   }

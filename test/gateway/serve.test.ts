@@ -172,6 +172,8 @@ describe("orchestra serve", () => {
           [["--gateway", ""], "--gateway is empty"],
           [["--gateway", dir], `${dir}: not a file (directory)`],
           [["--gateway", "/dev/null"], "/dev/null: not a file (character device)"],
+          // The address as given, quoted: it read "not not a host", and a line break in it forged a line.
+          [["--host", "not a host"], 'loopback only, not "not a host";'],
           [["--gateway", keyless, "--host", " "], "--host is empty"]
         ] as const) {
           const refusedFlag = yield* (yield* serve(["--config", config, ...flags])).exit
