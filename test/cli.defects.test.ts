@@ -14,6 +14,7 @@ import {
   ByteSize,
   ConfigProvider,
   Deferred,
+  Duration,
   Effect,
   Exit,
   Fiber,
@@ -22,7 +23,8 @@ import {
   PlatformError,
   Stream
 } from "effect"
-import { exitOnSecondSignal } from "../src/cli/Common.js"
+import { CircuitOpenError, ModelError, TimeoutError } from "../src/AiError.js"
+import { errorJson, exitOnSecondSignal } from "../src/cli/Common.js"
 import * as CliConfig from "../src/cli/Config.js"
 import * as Setup from "../src/cli/Setup.js"
 import { inProcess } from "./utils/cli.js"
@@ -454,4 +456,45 @@ describe("orchestra test --fallback", () => {
       assert.deepStrictEqual(stepsOf(withDomain.out), ["gone", "dead"])
     })
   )
+})
+
+describe("--json errors carry what a script retries by", () => {
+  // errorJson left out a rate limit's Retry-After, which limit refused, a breaker's name and state and a
+  // timeout's limit: a script had to parse the message to know when to come back.
+  it("retryAfterMs, rateLimit and limit; a breaker's name, state and retryAfterMs; a timeout's limit and timeoutMs", () => {
+    assert.deepStrictEqual(
+      errorJson(
+        new ModelError({
+          reason: "RateLimited",
+          message: "full",
+          provider: "p",
+          retryAfter: Duration.seconds(3),
+          rateLimit: "requests",
+          limit: 60
+        })
+      ),
+      {
+        _tag: "ModelError",
+        reason: "RateLimited",
+        message: "full",
+        provider: "p",
+        retryAfterMs: 3000,
+        rateLimit: "requests",
+        limit: 60
+      }
+    )
+    assert.deepStrictEqual(
+      errorJson(new CircuitOpenError({ breaker: "b", state: "open", retryAfter: Duration.millis(1500) })),
+      {
+        _tag: "CircuitOpenError",
+        reason: "CircuitOpen",
+        message: 'circuit "b" is open',
+        breaker: "b",
+        state: "open",
+        retryAfterMs: 1500
+      }
+    )
+    const timeout = errorJson(new TimeoutError({ limit: "idle", timeout: Duration.seconds(2), provider: "p" }))
+    assert.deepStrictEqual([timeout.limit, timeout.timeoutMs, timeout.provider], ["idle", 2000, "p"])
+  })
 })

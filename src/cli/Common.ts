@@ -12,6 +12,7 @@ import * as NodeFs from "node:fs/promises"
 import {
   Console,
   Deferred,
+  Duration,
   Effect,
   Exit,
   type FileSystem,
@@ -224,10 +225,22 @@ export const errorJson = (error: AiError): Record<string, unknown> => {
       if (error.provider !== undefined) out.provider = error.provider
       if (error.status !== undefined) out.status = error.status
       if (error.field !== undefined) out.field = error.field
+      if (error.retryAfter !== undefined) out.retryAfterMs = Duration.toMillis(error.retryAfter)
+      if (error.rateLimit !== undefined) out.rateLimit = error.rateLimit
+      if (error.limit !== undefined) out.limit = error.limit
       break
     case "TimeoutError":
+      if (error.provider !== undefined) out.provider = error.provider
+      out.limit = error.limit
+      out.timeoutMs = Duration.toMillis(error.timeout)
+      break
     case "StreamInterruptedError":
       if (error.provider !== undefined) out.provider = error.provider
+      break
+    case "CircuitOpenError":
+      out.breaker = error.breaker
+      out.state = error.state
+      if (error.retryAfter !== undefined) out.retryAfterMs = Duration.toMillis(error.retryAfter)
       break
     case "FallbackExhaustedError":
       out.attempts = error.attempts.map((a) => ({
