@@ -65,7 +65,9 @@ export const otherSeries = "(other)"
 
 /**
  * Latency buckets in milliseconds: 0.05 ms to ~13 minutes (796,704 ms; `+Inf` past it) in steps of 10%, so percentiles
- * read back from a histogram are within ~5% of the true value.
+ * read back from a histogram are within ~5% of the true value. Each is rounded to 6 significant digits
+ * (`le="0.055"`, `le="9.45296"`): computed as powers, their last digits differ between Node 22 and 24, and a
+ * fleet running both would export two sets of `le` series.
  *
  * @since 0.1.0
  * @category boundaries
@@ -74,7 +76,7 @@ export const latencyBoundaries: ReadonlyArray<number> = Metric.exponentialBounda
   start: 0.05,
   factor: 1.1,
   count: 176
-})
+}).map((bound) => Number(bound.toPrecision(6)))
 
 /**
  * @since 0.1.0

@@ -44,7 +44,7 @@ export interface Options {
 /**
  * The `le` bounds (milliseconds) `buckets: "coarse"` keeps of each latency histogram: for each
  * of 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 25, 50, 100, 250, 500 ms, 1, 2.5, 5, 10, 30 s, 1, 2, 5 and
- * 10 minutes, the largest of `Metrics.latencyBoundaries` not above it (so `le="9.452957123563946"`, not
+ * 10 minutes, the largest of `Metrics.latencyBoundaries` not above it (so `le="9.45296"`, not
  * `"10"`: its count is exact), then `+Inf`.
  *
  * @since 0.3.0

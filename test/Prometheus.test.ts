@@ -7,6 +7,7 @@ import { type AiError, modelError } from "../src/AiError.js"
 import * as CircuitBreaker from "../src/CircuitBreaker.js"
 import * as Domain from "../src/Domain.js"
 import * as Executor from "../src/Executor.js"
+import * as Metrics from "../src/Metrics.js"
 import * as Mock from "../src/Model/Mock.js"
 import { Outcome } from "../src/Model/Mock.js"
 import * as Orchestra from "../src/Orchestra.js"
@@ -582,4 +583,20 @@ describe("Prometheus options", () => {
         }
       })
   )
+})
+
+describe("Prometheus: latency buckets", () => {
+  // Computed as 0.05 × 1.1^i, their last digits came out of V8's Math.pow, which differs between Node 22
+  // and 24 (9.452957123563948 and …946): a fleet on both exported two sets of `le` series that no
+  // sum by (le) adds up. Each bound is rounded to 6 significant digits: the same on every runtime.
+  it("each bound is its own 6-significant-digit rounding, 175 of them rising by ~10%, then Infinity", () => {
+    const bounds = Metrics.latencyBoundaries.slice(0, -1)
+    assert.lengthOf(bounds, 175)
+    assert.strictEqual(Metrics.latencyBoundaries.at(-1), Number.POSITIVE_INFINITY)
+    for (const [i, bound] of bounds.entries()) {
+      assert.strictEqual(bound, Number(bound.toPrecision(6)), `bound ${i}: ${bound}`)
+      if (i > 0) assert.approximately(bound / bounds[i - 1]!, 1.1, 1e-4)
+    }
+    assert.strictEqual(bounds[56], 10.3983)
+  })
 })
