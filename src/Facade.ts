@@ -327,7 +327,9 @@ export interface Orchestra {
  *
  * Rejections: an {@link OrchestraError} carrying the typed failure; a failure of a
  * provider layer that is not one of the library's errors is rejected as it is; a defect
- * (a bug) of a call as its squashed error. `dispose()` rejects only with an `OrchestraError`.
+ * (a bug) of a call as its squashed error. Either one that is no `Error` (`Effect.fail("down")`) is an
+ * `OrchestraError` whose `ModelError` (reason `Unknown`) carries it as `cause`: a call never rejects with a
+ * bare value. `dispose()` rejects only with an `OrchestraError`.
  *
  * @since 0.1.0
  * @category constructors

@@ -89,6 +89,25 @@ describe("createOrchestra: a build that failed", () => {
     }
   })
 
+  it("a build that fails (or dies) with a value that is no Error rejects with an OrchestraError carrying it, never the bare value", async () => {
+    for (const [how, layer] of [
+      ["fails", flaky(1, () => "redis down").layer],
+      ["dies", Layer.effect(ModelProvider, Effect.die({ code: 42 }))]
+    ] as const) {
+      const orchestra = createOrchestra(Orchestra.layer({ providers: { main: layer } }))
+      try {
+        const error = await orchestra.execute("q").catch((error: unknown) => error)
+        assert.instanceOf(error, OrchestraError, how)
+        const typedError = (error as OrchestraError).error
+        assert.strictEqual(typedError._tag === "ModelError" && typedError.reason, "Unknown", how)
+        assert.deepStrictEqual(typedError.cause, how === "fails" ? "redis down" : { code: 42 }, how)
+      } finally {
+        await orchestra.dispose()
+      }
+    }
+    assert.deepStrictEqual(unhandled, [])
+  })
+
   it("dispose() during a rebuild cuts it: the call waiting for it is told so, dispose() resolves", async () => {
     const { provider } = Effect.runSync(Mock.make({ name: `facade-rebuild-${++mocks}` }))
     let builds = 0

@@ -6,9 +6,10 @@
  * @internal
  */
 import { Cause, Duration } from "effect"
-import { type AiError, isAiError, ShuttingDownError, TimeoutError } from "../AiError.js"
+import { type AiError, isAiError, ModelError, ShuttingDownError, TimeoutError } from "../AiError.js"
 import type { AbortedError, FacadeError, OrchestraError } from "../Facade.js"
 import * as Input from "../Input.js"
+import { describeDefect } from "../policy/failure.js"
 import { isTimeoutReason } from "./input.js"
 
 /**
@@ -87,20 +88,35 @@ export const makeRejections = (env: Env) => {
   const shuttingDown = (message = "the orchestra has been disposed and admits no new calls") =>
     new OrchestraError(new ShuttingDownError({ message }))
 
+  /**
+   * An Error (of any realm) as it is; any other value (a layer's `Effect.fail("redis down")`, a
+   * defect `{ code: 42 }`) as an `OrchestraError` carrying it: a caller's `catch` reads `.message`.
+   */
+  const asError = (value: unknown): unknown =>
+    value instanceof Error || Object.prototype.toString.call(value) === "[object Error]"
+      ? value
+      : new OrchestraError(
+          new ModelError({
+            reason: "Unknown",
+            message: `failed with a value that is no Error: ${describeDefect(value)}`,
+            cause: value
+          })
+        )
+
   /** What a failed call (or build) rejects with; `disposed`: whether `dispose()` has been called. */
   const rejectionOf = (cause: Cause.Cause<unknown>, aborted: FacadeError | undefined, disposed: boolean): unknown => {
     const failure = Cause.findErrorOption(cause)
     if (failure._tag === "Some") {
-      return isFacadeError(failure.value) ? new OrchestraError(failure.value) : failure.value
+      return isFacadeError(failure.value) ? new OrchestraError(failure.value) : asError(failure.value)
     }
     if (aborted !== undefined) return new OrchestraError(aborted)
     if (Cause.hasInterruptsOnly(cause)) {
       return disposed ? shuttingDown() : new OrchestraError(new AbortedError({ message: "the call was interrupted" }))
     }
-    return Cause.squash(cause)
+    return asError(Cause.squash(cause))
   }
 
-  return { OrchestraError, abortError, asGiven, shuttingDown, rejectionOf }
+  return { OrchestraError, abortError, asError, asGiven, shuttingDown, rejectionOf }
 }
 
 /**

@@ -132,7 +132,7 @@ export type Run = <I, A>(
  * @internal
  */
 export const makeRun = (rejections: Rejections, manager: Manager): Run => {
-  const { OrchestraError, abortError, asGiven, rejectionOf, shuttingDown } = rejections
+  const { OrchestraError, abortError, asError, asGiven, rejectionOf, shuttingDown } = rejections
   const { clock, running } = manager
   const since = (started: number) => elapsedMillis(clock, started)
 
@@ -193,7 +193,7 @@ export const makeRun = (rejections: Rejections, manager: Manager): Run => {
       input = read(checked)
     } catch (error) {
       // Every read of the caller's objects is guarded: what throws anyway is a defect, rejected as one.
-      return Promise.reject(error)
+      return Promise.reject(asError(error))
     }
     if (Result.isFailure(input)) return Promise.reject(new OrchestraError(input.failure))
     // A built manager starts the call now: a `.then` would start it a microtask later, after a
