@@ -653,4 +653,20 @@ describe.skipIf(skipRedis)(`RateLimit (Redis store; ${skipRedis ? skipReason : "
       })
     )
   )
+
+  it.live("keys under default holding lone surrogates are distinct keys on Redis, as in memory", () =>
+    Effect.scoped(
+      Effect.gen(function* () {
+        const server = yield* startRedis
+        // In a Redis command each lone surrogate is U+FFFD: these four were one key, one limit for all.
+        const keys = ["u-\uD800", "u-\uD801", "u-\uDC00", "u-\uFFFD"]
+        const options = { default: { requestsPerMinute: 1 }, maxWait: 0 }
+        const { limits } = yield* build(server, { ...options, prefix: `${uniqueName("p")}:` })
+        for (const key of keys) {
+          const { admitted } = yield* burst(limits, key, 2)
+          assert.strictEqual(admitted, 1, JSON.stringify(key))
+        }
+      })
+    )
+  )
 })
