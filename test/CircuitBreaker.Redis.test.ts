@@ -523,4 +523,32 @@ describe.skipIf(skipRedis)(`CircuitBreaker on Redis${skipRedis ? ` (${skipReason
       yield* refused({ halfOpenMax: 2 }, "halfOpenMax")
     })
   )
+
+  it.live(
+    "keys differing only in a lone surrogate are distinct circuits on Redis, as in memory; isolate and reset each",
+    () =>
+      Effect.scoped(
+        Effect.gen(function* () {
+          const server = yield* startRedis
+          const { breakers, prefix, raw } = yield* buildWithRaw(server, { failMax: 1, resetTimeout: "1 minute" })
+          // In a Redis command each lone surrogate is U+FFFD: a trip of one of these opened all four.
+          const keys = ["k-\uD800", "k-\uD801", "k-\uDC00", "k-\uFFFD", "k-\u0000"]
+          yield* Effect.exit(breakers.execute(keys[0]!, overloaded))
+          assert.strictEqual(yield* breakers.state(keys[0]!), "open")
+          for (const key of keys.slice(1)) {
+            assert.strictEqual(yield* breakers.state(key), "closed", JSON.stringify(key))
+            assert.strictEqual(yield* breakers.execute(key, ok), "ok", JSON.stringify(key))
+          }
+          yield* breakers.isolate(keys[1]!)
+          assert.strictEqual(yield* breakers.state(keys[1]!), "isolated")
+          assert.strictEqual(yield* breakers.state(keys[2]!), "closed")
+          yield* breakers.reset(keys[0]!)
+          assert.strictEqual(yield* breakers.state(keys[0]!), "closed")
+          assert.strictEqual(yield* breakers.state(keys[1]!), "isolated")
+          // A well-formed key keeps its Redis name.
+          yield* Effect.exit(breakers.execute("plain:key", overloaded))
+          assert.strictEqual(yield* raw.send<number>("EXISTS", `${prefix}plain:key`), 1)
+        })
+      )
+  )
 })

@@ -71,6 +71,17 @@ return 1
 
 const isRejection = (error: Store.CircuitBreakerError): boolean => error.reason._tag !== "CircuitBreakerStoreError"
 
+// A command carries a lone surrogate as U+FFFD: keys differing only there (a user's key under a
+// circuit per key) shared one circuit. Such a key is written with each lone surrogate as NUL and its
+// code, and each NUL as NUL "0"; a well-formed key without NUL keeps its name (no NUL: none encoded).
+// biome-ignore lint/suspicious/noControlCharactersInRegex: NUL is the escape's own marker
+const needsEscape = /[\u0000\uD800-\uDFFF]/u
+// biome-ignore lint/suspicious/noControlCharactersInRegex: NUL is the escape's own marker
+const escaped = /[\u0000\uD800-\uDFFF]/gu
+const escapeChar = (char: string): string =>
+  char === "\u0000" ? "\u00000" : `\u0000${char.charCodeAt(0).toString(16).toUpperCase()}`
+const redisKey = (key: string): string => (needsEscape.test(key) ? key.replace(escaped, escapeChar) : key)
+
 /**
  * Breakers on Redis. Every Redis call goes through a guard (`store="breaker"` in
  * `orchestra_store_errors_total`): bounded by `redis.timeout`, and skipped while an outage
@@ -168,14 +179,21 @@ export const makeRedis = Effect.fnUntraced(function* (options: RedisOptions = {}
     storeRetryAfter: settings.probeInterval,
     admit: (key) =>
       Effect.flatMap(Effect.scope, (scope) =>
-        Effect.flatMap(admitted(key, scope), (admission) =>
+        Effect.flatMap(admitted(redisKey(key), scope), (admission) =>
           admission instanceof Store.CircuitBreakerError ? Effect.fail(admission) : Effect.succeed(admission)
         )
       ),
-    record: (record) => guard.call("record", store.record(record)),
-    state: (key) => guard.call("state", store.state(key)),
-    isolate: (key) => Effect.asVoid(guard.call("isolate", isolate(`${prefix}${key}`, isolatedUntil))),
-    reset: (key) => Effect.asVoid(guard.call("reset", redis.send("DEL", `${prefix}${key}`))),
+    record: (record) => {
+      const key = redisKey(record.key)
+      if (key === record.key) return guard.call("record", store.record(record))
+      // The transition names the key as the core knows it.
+      return Effect.map(guard.call("record", store.record({ ...record, key })), (transition) =>
+        transition === undefined ? undefined : { ...transition, key: record.key }
+      )
+    },
+    state: (key) => guard.call("state", store.state(redisKey(key))),
+    isolate: (key) => Effect.asVoid(guard.call("isolate", isolate(`${prefix}${redisKey(key)}`, isolatedUntil))),
+    reset: (key) => Effect.asVoid(guard.call("reset", redis.send("DEL", `${prefix}${redisKey(key)}`))),
     // Until the probe's lease would have freed its slot anyway; a lost failure matters no longer either.
     retryRecord: {
       schedule: Schedule.exponential("100 millis").pipe(
