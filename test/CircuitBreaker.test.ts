@@ -29,6 +29,7 @@ import {
 import * as CircuitBreaker from "../src/CircuitBreaker.js"
 import type { OptionError } from "../src/Input.js"
 import * as Metrics from "../src/Metrics.js"
+import { maxOwnLabelChars } from "../src/stats/labels.js"
 
 let counter = 0
 const uniqueKey = (label: string) => `test-${label}-${++counter}-${Math.random().toString(36).slice(2, 8)}`
@@ -602,6 +603,25 @@ describe("CircuitBreaker registry: memory and series (item 17)", () => {
           discard: true
         })
         assert.strictEqual((yield* series("orchestra_breaker_state")).length, 100)
+      })
+    )
+  )
+
+  it.effect("a very long key is a circuit of its own, its series counted under (other)", () =>
+    withBreakers({ failMax: 1, resetTimeout: "1 minute" }, (breakers) =>
+      Effect.gen(function* () {
+        // A key of a megabyte was the label of its gauge and counters: every scrape carried it whole.
+        const long = `${uniqueKey("long")}-${"x".repeat(1_000_000)}`
+        yield* run(breakers, long, overloaded)
+        yield* expectRejected(breakers, long, "open")
+        assert.strictEqual(yield* breakers.state(`${long}y`), "closed")
+        const labels = (yield* Metric.snapshot).map((m) => String(m.attributes?.["breaker"] ?? ""))
+        assert.isTrue(
+          labels.every((label) => label.length <= maxOwnLabelChars),
+          "no label past the bound"
+        )
+        assert.strictEqual(yield* transitions("(other)", "closed", "open"), 1)
+        assert.strictEqual(yield* rejections("(other)"), 1)
       })
     )
   )

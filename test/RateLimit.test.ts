@@ -6,6 +6,7 @@ import { isRetryable, shouldFallback } from "../src/AiError.js"
 import type { OptionError } from "../src/Input.js"
 import * as Metrics from "../src/Metrics.js"
 import * as RateLimit from "../src/RateLimit.js"
+import { maxOwnLabelChars } from "../src/stats/labels.js"
 import { rejection, service, waitOf } from "./utils/rateLimit.js"
 
 let counter = 0
@@ -607,6 +608,27 @@ describe("RateLimit: metric series and the layer's life", () => {
       yield* limits.acquire("user-9999")
       assert.strictEqual((yield* outcomes("user-0")).immediate, 2)
       assert.strictEqual((yield* outcomes("(other)")).immediate, 10_000 - 32 + 1)
+    }).pipe(Effect.provideService(Metric.MetricRegistry, new Map()))
+  )
+
+  it.effect("a very long key under `default` is limited as any other, its series counted under (other)", () =>
+    Effect.gen(function* () {
+      const limits = yield* service({ default: { requestsPerMinute: 1 }, maxWait: 0 })
+      // A user id of a megabyte was the label of its series: every scrape carried it whole.
+      const long = `user-${"x".repeat(1_000_000)}`
+      const longer = `${long}y`
+      yield* limits.acquire(long)
+      yield* limits.acquire(longer)
+      const refused = yield* Effect.flip(limits.acquire(long))
+      assert.strictEqual(refused.reason, "RateLimited")
+      const labels = (yield* Metric.snapshot)
+        .filter((m) => m.id === Metrics.rateLimitAcquisitions.id || m.id === Metrics.rateLimitWait.id)
+        .map((m) => String(m.attributes?.["limit"]))
+      assert.isTrue(
+        labels.every((label) => label.length <= maxOwnLabelChars),
+        "no label past the bound"
+      )
+      assert.deepStrictEqual(yield* outcomes("(other)"), { immediate: 2, delayed: 0, rejected: 1 })
     }).pipe(Effect.provideService(Metric.MetricRegistry, new Map()))
   )
 

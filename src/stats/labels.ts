@@ -44,14 +44,24 @@ export const textIssue = (name: string, path: string): Issue | undefined => {
 }
 
 /**
- * Whether a name met at run time (a breaker key, a rate-limit key under `default`) may label
- * series of its own: not `Metrics.otherSeries`, nor holding a lone surrogate, which the
- * exposition writes as U+FFFD (two such keys were one series twice, and Prometheus refuses a
- * scrape holding one). The others count under `"(other)"`; their keys work as any other.
+ * The longest name met at run time that labels series of its own (see {@link isOwnSeriesLabel}).
  *
  * @internal
  */
-export const isOwnSeriesLabel = (name: string): boolean => name !== otherSeries && !loneSurrogate.test(name)
+export const maxOwnLabelChars = 256
+
+/**
+ * Whether a name met at run time (a breaker key, a rate-limit key under `default`) may label
+ * series of its own: not `Metrics.otherSeries`, nor holding a lone surrogate, which the
+ * exposition writes as U+FFFD (two such keys were one series twice, and Prometheus refuses a
+ * scrape holding one), nor longer than {@link maxOwnLabelChars} (a user id of a megabyte was
+ * written whole in each of its series on every scrape). The others count under `"(other)"`;
+ * their keys work as any other.
+ *
+ * @internal
+ */
+export const isOwnSeriesLabel = (name: string): boolean =>
+  name.length <= maxOwnLabelChars && name !== otherSeries && !loneSurrogate.test(name)
 
 /**
  * A name checked by {@link textIssue}, as `Input`'s checks answer: for a name that enters as an
