@@ -332,6 +332,36 @@ describe.skipIf(skipRedis)(`RateLimit (Redis store; ${skipRedis ? skipReason : "
     )
   )
 
+  it.live("keys holding braces still share one hash tag with their records: one Redis Cluster slot", () =>
+    Effect.scoped(
+      Effect.gen(function* () {
+        const server = yield* startRedis
+        const prefix = `${uniqueName("p")}:`
+        // "}x" closed the hash tag at once: "{}" is no tag, so the state and its record hashed whole,
+        // to two slots (CROSSSLOT on a cluster: every call a store error).
+        const keys = ["}x", "{y", "a}b", "{}", "}"]
+        const { limits, redis } = yield* build(server, {
+          prefix,
+          default: { requestsPerMinute: 5, tokensPerMinute: 100 },
+          maxWait: 0,
+          onStoreError: "reject"
+        })
+        for (const key of keys) yield* limits.acquire(key, { tokens: 10 })
+        const stored = (yield* redis.send("KEYS", `${prefix}*`)) as ReadonlyArray<string>
+        assert.strictEqual(stored.length, keys.length * 4)
+        for (const key of stored) {
+          const state = key.replace(/:r:.*$/, "")
+          assert.strictEqual(keySlot(key), keySlot(state), `${key} and ${state} in one slot`)
+        }
+        // Each key is its own: one request left of five after four more.
+        for (const key of keys) {
+          for (let i = 0; i < 4; i++) yield* limits.acquire(key)
+          assert.strictEqual((yield* Effect.flip(limits.acquire(key))).reason, "RateLimited", key)
+        }
+      })
+    )
+  )
+
   it.live("a Redis error fails open with a warning that shows the Redis error text; onStoreError reject refuses", () =>
     Effect.gen(function* () {
       const logs = yield* captureLogs

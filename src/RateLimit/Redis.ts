@@ -21,11 +21,19 @@ import { RateLimiter, Redis } from "effect/persistence"
 import * as Input from "../Input.js"
 import * as SharedRedis from "../Redis.js"
 
-// Effect's stores' escaping ("%" and ":"), and each lone surrogate as "%u" and its code: a command
-// carries it as U+FFFD, so keys differing only there shared one limit. Distinct keys never share Redis state.
+// Effect's stores' escaping ("%" and ":"); "}", which ended the hash tag the key is written in (a key
+// "}x" made an empty tag, so its state and its records hashed to different Cluster slots); and each
+// lone surrogate as "%u" and its code: a command carries it as U+FFFD, so keys differing only there
+// shared one limit. Distinct keys never share Redis state.
 const escapeChar = (char: string): string =>
-  char === "%" ? "%25" : char === ":" ? "%3A" : `%u${char.charCodeAt(0).toString(16).toUpperCase()}`
-const escapeKey = (key: string): string => key.replace(/[%:]|[\uD800-\uDFFF]/gu, escapeChar)
+  char === "%"
+    ? "%25"
+    : char === ":"
+      ? "%3A"
+      : char === "}"
+        ? "%7D"
+        : `%u${char.charCodeAt(0).toString(16).toUpperCase()}`
+const escapeKey = (key: string): string => key.replace(/[%:}]|[\uD800-\uDFFF]/gu, escapeChar)
 
 const fixedWindowScript = Redis.script(
   (key: string, tokens: number, refillMillis: number, limit: number | undefined) => [
