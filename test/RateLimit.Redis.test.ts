@@ -684,12 +684,13 @@ describe.skipIf(skipRedis)(`RateLimit (Redis store; ${skipRedis ? skipReason : "
     )
   )
 
-  it.live("keys under default holding lone surrogates are distinct keys on Redis, as in memory", () =>
+  it.live("keys under default holding lone surrogates, %, : or } are distinct keys on Redis, as in memory", () =>
     Effect.scoped(
       Effect.gen(function* () {
         const server = yield* startRedis
         // In a Redis command each lone surrogate is U+FFFD: these four were one key, one limit for all.
-        const keys = ["u-\uD800", "u-\uD801", "u-\uDC00", "u-\uFFFD"]
+        // And the escapes' own text: each key keeps a limit of its own.
+        const keys = ["u-\uD800", "u-\uD801", "u-\uDC00", "u-\uFFFD", "u-%uD800", "u-:", "u-%3A", "u-}", "u-%7D", "u"]
         const options = { default: { requestsPerMinute: 1 }, maxWait: 0 }
         const { limits } = yield* build(server, { ...options, prefix: `${uniqueName("p")}:` })
         for (const key of keys) {
