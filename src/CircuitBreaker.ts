@@ -24,7 +24,7 @@ import { Context, Effect, type Exit, Layer, type Scope, type Stream } from "effe
 import * as Store from "effect/persistence/CircuitBreaker"
 import type * as Redis from "effect/persistence/Redis"
 import type { AiError, CircuitOpenError } from "./AiError.js"
-import { make as makeCore } from "./CircuitBreaker/core.js"
+import { make as makeCore, memoryBackend } from "./CircuitBreaker/core.js"
 import { check } from "./CircuitBreaker/options.js"
 import * as Input from "./Input.js"
 import type { StoreError } from "./Redis.js"
@@ -194,7 +194,10 @@ export interface Options {
    * closed again, with fresh counts, and its metric series go. Default 1 hour.
    */
   readonly idleTimeToLive?: Input.DurationInput | undefined
-  /** Keys held at most (closed, idle-most keys make room first). Default 10,000. */
+  /**
+   * Keys held at most (closed, idle-most keys make room first; in memory with `failMax`, a closed
+   * key whose failures are still counted stays until idle). Default 10,000.
+   */
   readonly maxKeys?: number | undefined
   /**
    * The `breakers` attribute of this layer's series (gauge and counters). Give each layer a
@@ -217,17 +220,7 @@ export interface Options {
 export const makeMemory = Effect.fnUntraced(function* (options: Options = {}) {
   const config = yield* Input.orOptionError(check(options))
   const context = yield* Layer.build(Store.layerStoreMemory({ idleTimeToLive: config.idleTimeToLive }))
-  const store = Context.get(context, Store.CircuitBreakerStore)
-  return yield* makeCore(config, {
-    shared: false,
-    scopedAdmit: false,
-    onStoreError: "allow",
-    admit: store.admit,
-    record: store.record,
-    state: store.state,
-    isolate: () => Effect.void,
-    reset: () => Effect.void
-  })
+  return yield* makeCore(config, memoryBackend(Context.get(context, Store.CircuitBreakerStore)))
 })
 
 /**

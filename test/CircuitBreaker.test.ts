@@ -2,6 +2,7 @@ import { assert, describe, it } from "@effect/vitest"
 import {
   Cause,
   Clock,
+  Context,
   Deferred,
   Duration,
   Effect,
@@ -30,6 +31,9 @@ import * as CircuitBreaker from "../src/CircuitBreaker.js"
 import type { OptionError } from "../src/Input.js"
 import * as Metrics from "../src/Metrics.js"
 import { maxOwnLabelChars } from "../src/stats/labels.js"
+import * as BreakerCore from "../src/CircuitBreaker/core.js"
+import { check } from "../src/CircuitBreaker/options.js"
+import * as Store from "effect/persistence/CircuitBreaker"
 
 let counter = 0
 const uniqueKey = (label: string) => `test-${label}-${++counter}-${Math.random().toString(36).slice(2, 8)}`
@@ -653,7 +657,7 @@ describe("CircuitBreaker registry: memory and series (item 17)", () => {
       Effect.gen(function* () {
         const k = uniqueKey("evicted-streak")
         yield* repeat(breakers, k, overloaded, 2)
-        // Other keys push it out of the registry (the store keeps its streak of 2).
+        // Other keys do not push it out of the registry while the store keeps its streak of 2.
         for (const other of ["x", "y", "z"]) yield* breakers.execute(`${k}-${other}`, ok)
         yield* breakers.execute(k, ok)
         yield* run(breakers, k, overloaded)
@@ -662,6 +666,37 @@ describe("CircuitBreaker registry: memory and series (item 17)", () => {
         assert.strictEqual(yield* breakers.state(k), "open")
       })
     )
+  )
+
+  it.effect("keys that only ever succeed never reach the store: memory is maxKeys, not every key seen", () =>
+    Effect.gen(function* () {
+      const context = yield* Layer.build(Store.layerStoreMemory({ idleTimeToLive: "1 hour" }))
+      const store = Context.get(context, Store.CircuitBreakerStore)
+      // The store holds every key it admits until idle an hour: 10,000 users an hour were 10,000
+      // entries there, whatever maxKeys said.
+      const admitted = new Set<string>()
+      const counted: typeof store = {
+        ...store,
+        admit: (key) =>
+          Effect.andThen(
+            Effect.sync(() => admitted.add(key)),
+            store.admit(key)
+          )
+      }
+      const config = Result.getOrThrow(check({ failMax: 2, maxKeys: 100 }))
+      const breakers = yield* BreakerCore.make(config, BreakerCore.memoryBackend(counted))
+      const k = uniqueKey("users")
+      for (let i = 0; i < 10_000; i++) yield* breakers.execute(`${k}-${i}`, ok)
+      assert.strictEqual(yield* breakers.size, 100)
+      assert.strictEqual(admitted.size, 0)
+      // A failure still reaches it, and a success after it restarts the count.
+      yield* run(breakers, `${k}-7`, overloaded)
+      yield* breakers.execute(`${k}-7`, ok)
+      yield* run(breakers, `${k}-7`, overloaded)
+      assert.strictEqual(yield* breakers.state(`${k}-7`), "closed")
+      yield* run(breakers, `${k}-7`, overloaded)
+      assert.strictEqual(yield* breakers.state(`${k}-7`), "open")
+    }).pipe(Effect.scoped, Effect.provideService(Metric.MetricRegistry, new Map()))
   )
 
   it.effect("the layer's timers stop with it: no state change after close", () =>

@@ -67,6 +67,22 @@ export interface Backend {
 }
 
 /**
+ * The backend of `makeMemory`: effect's memory store, this process its only client.
+ *
+ * @internal
+ */
+export const memoryBackend = (store: Store.CircuitBreakerStore["Service"]): Backend => ({
+  shared: false,
+  scopedAdmit: false,
+  onStoreError: "allow",
+  admit: store.admit,
+  record: store.record,
+  state: store.state,
+  isolate: () => Effect.void,
+  reset: () => Effect.void
+})
+
+/**
  * An open time this long or longer is an isolation (written by a shared backend's
  * `isolate`); real open times are at most a year.
  *

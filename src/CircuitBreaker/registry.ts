@@ -88,8 +88,8 @@ export interface Entry extends Counts {
   probing: boolean
   /**
    * Memory backend, consecutive policy: the store's failure streak is 0 (the last recorded
-   * outcome while closed was a success), so a success changes nothing in the store. False
-   * for a new entry: the store keeps the streak of a key `maxKeys` evicted from here.
+   * outcome while closed was a success), so a success changes nothing in the store. True
+   * for a new entry: `maxKeys` evicts only clean keys, and an idle one the store forgot too.
    */
   clean: boolean
   inflight: number
@@ -156,8 +156,15 @@ export const makeRegistry = Effect.fnUntraced(function* (
     entry.view === "closed" &&
     now - Math.max(entry.lastActivity, entry.openUntil, entry.holdUntil) >= idleTimeToLive
 
-  // A closed key the store can forget without losing more than its counts.
-  const spare = (entry: Entry) => entry.inflight === 0 && entry.view === "closed" && entry.epoch === 0
+  // The memory store with a consecutive policy: a key's calls skip the store while its streak is 0
+  // (core.ts), so a new key starts clean and only its failures reach the store, which holds every key
+  // it saw until idle (a key that only ever succeeds took a store entry for an hour, whatever maxKeys).
+  const fast = !shared && config.tripPolicy._tag === "Consecutive"
+
+  // A closed key the store can forget without losing more than its counts. On the fast path, only a
+  // clean one: back later, a new entry starts clean, and the store's streak must then be 0.
+  const spare = (entry: Entry) =>
+    entry.inflight === 0 && entry.view === "closed" && entry.epoch === 0 && (entry.clean || !fast)
 
   const sweep = (now: number) => {
     for (const entry of entries.values()) if (idle(entry, now)) evict(entry)
@@ -196,7 +203,7 @@ export const makeRegistry = Effect.fnUntraced(function* (
       holdUntil: 0,
       isolated: false,
       probing: false,
-      clean: false,
+      clean: fast,
       inflight: 0,
       lastActivity: now,
       touched: false,
