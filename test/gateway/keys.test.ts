@@ -495,6 +495,29 @@ describe("KeyStore: budgets in memory", () => {
     })
   )
 
+  it.effect("a dollar budget between two nano-dollars is rounded down: no spend ever passes the limit given", () =>
+    Effect.gen(function* () {
+      // $0.001/M is one nano-dollar a token.
+      const store = yield* memory({
+        keys: [key("alpha", secretA, { budget: { usd: 1.5e-9 } }), key("beta", secretB, { budget: { usd: 3e-8 } })],
+        prices: { m: { input: 0.001, output: 0.001 } }
+      })
+      const alpha = yield* store.authenticate(Redacted.make(secretA))
+      // Two nano-dollars are more than $0.0000000015: refused, where rounding to the nearest made the limit 2.
+      const refused = yield* failure(store.reserve(alpha, "m", estimate(2, 0)))
+      assert.strictEqual(refused.reason, "BudgetExceeded")
+      assert.strictEqual(refused.limit, 1e-9)
+      yield* store.reserve(alpha, "m", estimate(1, 0))
+      // Read as the decimal it was written as: 3e-8 * 1e9 is 29.999999999999996 in floats, yet 30 nano-dollars fit.
+      const beta = yield* store.authenticate(Redacted.make(secretB))
+      yield* store.reserve(beta, "m", estimate(30, 0))
+      assert.deepStrictEqual(
+        (yield* store.spend("beta")).map((l) => [l.held, l.limit]),
+        [[3e-8, 3e-8]]
+      )
+    })
+  )
+
   it.effect(
     "a reservation past its reservationTtl holds nothing at once: not in spend, not against a reserve (TestClock)",
     () =>

@@ -298,7 +298,7 @@ export const countersOf = (
   if (budget.tokens !== undefined)
     out.push(counter(scope, scopeId, model, "tokens", budget.tokens, budget.periodMs, now))
   if (budget.usd !== undefined) {
-    out.push(counter(scope, scopeId, model, "usd", Math.round(budget.usd * nano), budget.periodMs, now))
+    out.push(counter(scope, scopeId, model, "usd", nanoLimit(budget.usd), budget.periodMs, now))
   }
   return out
 }
@@ -430,6 +430,17 @@ const decimal = (n: number): readonly [bigint, number] => {
   const decimals = fraction.length - Number(exponent)
   const digits = BigInt(whole + fraction)
   return decimals < 0 ? [digits * 10n ** BigInt(-decimals), 0] : [digits, decimals]
+}
+
+// A dollar limit in whole nano-dollars, rounded down from the decimal it was written as: rounded to
+// the nearest, $0.0000000015 was a limit of 2 nano-dollars, over the budget given; and in floats
+// 3e-8 * 1e9 is 29.999999999999996, which `Math.floor` makes a nano-dollar short. Per request: a
+// whole number of nano-dollars (the usual budget) takes no BigInt.
+const nanoLimit = (usd: number): number => {
+  const nearest = Math.round(usd * nano)
+  if (nearest / nano === usd) return nearest
+  const [digits, decimals] = decimal(usd)
+  return Number((digits * BigInt(nano)) / 10n ** BigInt(decimals))
 }
 
 /** A price as exact fractions: nano-dollars per token, `input / scale` and `output / scale`. */
