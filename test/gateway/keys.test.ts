@@ -2141,7 +2141,10 @@ describe.skipIf(skipRedis)(`KeyStore on Redis (${skipRedis ? skipReason : "needs
         // null is a wrong value, not the default.
         [{ prefix: null as never }, "prefix"],
         [{ onStoreError: null as never }, "onStoreError"],
-        [{ onStoreError: { budgets: null as never } }, "onStoreError.budgets"]
+        [{ onStoreError: { budgets: null as never } }, "onStoreError.budgets"],
+        // A misspelt field left the default: limits meant to fail closed failed open.
+        [{ onStoreError: { limit: "reject" } as never }, "onStoreError.limit"],
+        [{ onStoreError: { budgets: "reject", budget: "allow" } as never }, "onStoreError.budget"]
       ]
       const redis = Layer.succeed(PersistenceRedis.Redis, {} as PersistenceRedis.Redis["Service"])
       for (const [options, path] of cases) {

@@ -371,6 +371,14 @@ export const layerRedis = (
           Input.toOptionError({ path: "onStoreError", message: "expected an object { budgets, limits }" })
         )
       }
+      // A misspelt field (`limit`) would leave its default: limits meant to fail closed would fail open.
+      for (const field of Object.keys(onStoreError)) {
+        if (field !== "budgets" && field !== "limits") {
+          return yield* Effect.fail(
+            Input.toOptionError({ path: `onStoreError.${field}`, message: "unknown field: expected budgets or limits" })
+          )
+        }
+      }
       const budgets = Input.orDefault(onStoreError.budgets, "reject")
       const limits = Input.orDefault(onStoreError.limits, "allow")
       if (budgets !== "reject" && budgets !== "allow") {
