@@ -999,6 +999,33 @@ describe("KeyStore: the remaining budget gauges follow what a read finds", () =>
 describe("KeyStore: a period's boundary", () => {
   const hour = 3_600_000
 
+  it.effect("in memory, a clock set back past the windows kept does not open a fresh budget per request", () =>
+    Effect.gen(function* () {
+      const store = yield* memory({ keys: [key("alpha", secretA, { budget: { tokens: 100, period: "1 hour" } })] })
+      const alpha = yield* store.authenticate(Redacted.make(secretA))
+      yield* TestClock.setTime(10 * hour)
+      yield* store.settle(yield* store.reserve(alpha, "m", estimate(50, 50)), { inputTokens: 50, outputTokens: 50 })
+      yield* TestClock.setTime(13 * hour)
+      yield* store.settle(yield* store.reserve(alpha, "m", estimate(50, 50)), { inputTokens: 50, outputTokens: 50 })
+      yield* TestClock.setTime(16 * hour)
+      const held = yield* store.reserve(alpha, "m", estimate(50, 50))
+      // The clock stepped back six hours: the store goes on in its latest window, where 100 is held.
+      yield* TestClock.setTime(10 * hour + 1)
+      const refused = yield* failure(store.reserve(alpha, "m", estimate(1, 0)))
+      assert.strictEqual(refused.reason, "BudgetExceeded")
+      assert.deepStrictEqual(
+        (yield* store.spend("alpha")).map((l) => [l.spent, l.held, l.resetsAt]),
+        [[0, 100, new Date(17 * hour).toISOString()]]
+      )
+      // Its settle finds the window it was held in.
+      yield* store.settle(held, { inputTokens: 10, outputTokens: 10 })
+      assert.deepStrictEqual(
+        (yield* store.spend("alpha")).map((l) => [l.spent, l.held]),
+        [[20, 0]]
+      )
+    })
+  )
+
   it.effect(
     "a request reserved just before its period ends and settled after changes its own window, never the new one",
     () =>

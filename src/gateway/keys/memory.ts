@@ -7,8 +7,8 @@
  * @internal
  */
 import { Effect } from "effect"
-import type { Backend, Counter, GivenBack, Ledger, Level } from "./ledger.js"
-import { escapePart } from "./ledger.js"
+import type { Backend, Charge, Counter, GivenBack, Ledger, Level } from "./ledger.js"
+import { escapePart, retime } from "./ledger.js"
 import type { KeyRecord } from "./options.js"
 
 interface MemoryCounter {
@@ -49,6 +49,28 @@ export const make = (): Backend => {
   // both count in their own window, as on Redis (where a window's counter outlives it by the
   // longest lease), and never replace the new window's counter with an empty one.
   const windows = new Map<string, Array<{ readonly window: number; readonly name: string }>>()
+
+  // The latest time a reserve or a read was given. A clock set back two windows or more (or a
+  // request that read it that long ago) met no counter of its window and opened an empty one for
+  // each request, each spending the whole budget again: such a step goes on at this time, in the
+  // latest window, which it tells as the store's `now` (as Redis tells its own time).
+  let latest = Number.NEGATIVE_INFINITY
+  const behind = (c: Counter): boolean => {
+    if (c.window === undefined) return false
+    const kept = windows.get(c.base)
+    return kept !== undefined && c.window < kept[kept.length - 1]!.window - 1
+  }
+  const timeOf = (counters: ReadonlyArray<Counter | Charge>, now: number): number => {
+    if (now >= latest) {
+      latest = now
+      return now
+    }
+    for (let i = 0; i < counters.length; i++) {
+      const each = counters[i]!
+      if (behind("counter" in each ? each.counter : each)) return latest
+    }
+    return now
+  }
 
   const baseOf = (c: Counter) => `${c.scope}:${escapePart(c.scopeId)}:${c.unit}`
 
@@ -91,17 +113,26 @@ export const make = (): Backend => {
     expire(state, now, all)
   }
 
-  const reserve: Ledger["reserve"] = (id, charges, leaseMs, now) =>
+  const reserve: Ledger["reserve"] = (id, charges, leaseMs, asked) =>
     Effect.sync(() => {
+      const now = timeOf(charges, asked)
+      const told = now === asked ? undefined : now
       const states: Array<MemoryCounter> = []
       for (let i = 0; i < charges.length; i++) {
-        const { counter: c, amount } = charges[i]!
+        const { counter, amount } = charges[i]!
+        const c = told === undefined ? counter : retime(counter, now)
         const state = get(c, true)!
         sweep(state, now, leaseMs)
         const used = state.spent + state.held
         if (used + amount > c.limit || used >= c.limit) {
           const before = states.map(({ spent, held }) => ({ spent, held }))
-          return { _tag: "Exceeded", index: i, level: { spent: state.spent, held: state.held }, before } as const
+          return {
+            _tag: "Exceeded",
+            index: i,
+            level: { spent: state.spent, held: state.held },
+            before,
+            now: told
+          } as const
         }
         states.push(state)
       }
@@ -115,7 +146,7 @@ export const make = (): Backend => {
         }
         levels.push({ spent: state.spent, held: state.held })
       }
-      return { _tag: "Reserved", levels } as const
+      return { _tag: "Reserved", levels, now: told } as const
     })
 
   const settle: Ledger["settle"] = (id, charges, actual) =>
@@ -165,15 +196,19 @@ export const make = (): Backend => {
       }
     })
 
-  const read: Ledger["read"] = (list, now) =>
-    Effect.sync(() => ({
-      levels: list.map((c) => {
-        const state = get(c, false)
-        if (state === undefined) return { spent: 0, held: 0 }
-        expire(state, now)
-        return { spent: state.spent, held: state.held }
-      })
-    }))
+  const read: Ledger["read"] = (list, asked) =>
+    Effect.sync(() => {
+      const now = timeOf(list, asked)
+      return {
+        levels: list.map((counter) => {
+          const state = get(now === asked ? counter : retime(counter, now), false)
+          if (state === undefined) return { spent: 0, held: 0 }
+          expire(state, now)
+          return { spent: state.spent, held: state.held }
+        }),
+        now: now === asked ? undefined : now
+      }
+    })
 
   return {
     local: true,
