@@ -144,6 +144,9 @@ describe("KeyStore: keys", () => {
         [{ prices: { m: { input: Number.NaN, output: 1 } } }, "prices.m.input"],
         [{ keys: [key("a", secretA, { budget: { tokens: 5, period: 1e308 } })] }, "keys[0].budget.period"],
         [{ reservationTtl: 0 }, "reservationTtl"],
+        // A lease that ends within a round trip holds nothing for the call, and is renewed every millisecond.
+        [{ reservationTtl: "1 millis" }, "reservationTtl"],
+        [{ reservationTtl: 99 }, "reservationTtl"],
         // Both end up in a PEXPIRE of the Redis store, which refuses a Lua number written as 1e+308.
         [{ reservationTtl: 1e308 }, "reservationTtl"],
         [{ cacheTtl: "soon" as never }, "cacheTtl"],

@@ -114,7 +114,7 @@ export interface Options {
    * How long a reservation is held without its gateway: one not settled by then (its gateway
    * died) is given back. A running request's reservation is renewed by its gateway every quarter
    * of it ({@link Service.renew}), so a request or stream may run longer. Default 15 minutes;
-   * rounded up to whole milliseconds, at most 2^50 ms (about 35,678 years: a lease's end is a
+   * rounded up to whole milliseconds, at least 100 ms, at most 2^50 ms (about 35,678 years: a lease's end is a
    * time on Redis).
    */
   readonly reservationTtl?: Input.DurationInput | undefined

@@ -377,6 +377,8 @@ const optionFields: ReadonlySet<string> = new Set([
  */
 export const redisFields: ReadonlySet<string> = new Set([...optionFields, "prefix", "onStoreError", "redis"])
 
+const minReservationTtlMs = 100
+
 // A file of many keys may hold many mistakes: each is told at once (the first `maxIssues`), so that
 // a start fails once rather than once a mistake.
 const maxIssues = 20
@@ -482,7 +484,15 @@ export const check = (input: Options, known: ReadonlySet<string> = optionFields)
     const settings = [
       Input.duration("rateLimitWait", Input.orDefault(o.rateLimitWait, 0), { allowZero: true }),
       // A lease's end is a score and a PEXPIRE on Redis, and a sleep of the memory store.
-      Input.wholeMillis("reservationTtl", Input.orDefault(o.reservationTtl, "15 minutes"), Input.maxRedisMillis),
+      Result.flatMap(
+        Input.wholeMillis("reservationTtl", Input.orDefault(o.reservationTtl, "15 minutes"), Input.maxRedisMillis),
+        // Shorter, a lease ends about as its reserve answers (on Redis), holding nothing for the call,
+        // and the gateway renews every running request's a quarter of it apart.
+        (ms) =>
+          ms >= minReservationTtlMs
+            ? Result.succeed(ms)
+            : fail("reservationTtl", `expected at least ${minReservationTtlMs} ms, got ${ms} ms`)
+      ),
       Input.duration("cacheTtl", Input.orDefault(o.cacheTtl, "2 seconds"), { allowZero: true }),
       Input.positiveInt("maxKeys", Input.orDefault(o.maxKeys, 100_000), 10_000_000)
     ] as const
