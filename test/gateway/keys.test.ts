@@ -622,6 +622,19 @@ describe("KeyStore: budgets in memory", () => {
           outputTokens: -5
         })
         assert.strictEqual((yield* store.spend("alpha"))[0]!.spent, 200)
+        // One part reported, the other not (absent, NaN): the unreported part is charged what was reserved for it.
+        yield* store.settle(yield* store.reserve(alpha, "m", estimate(10, 90)), {
+          inputTokens: 7,
+          outputTokens: undefined as unknown as number
+        })
+        yield* store.settle(yield* store.reserve(alpha, "m", estimate(10, 90)), {
+          inputTokens: Number.NaN,
+          outputTokens: 3
+        })
+        assert.strictEqual((yield* store.spend("alpha"))[0]!.spent, 200 + 97 + 13)
+        // A part reported as 0 is 0.
+        yield* store.settle(yield* store.reserve(alpha, "m", estimate(10, 90)), { inputTokens: 7, outputTokens: 0 })
+        assert.strictEqual((yield* store.spend("alpha"))[0]!.spent, 200 + 97 + 13 + 7)
         for (const bad of [estimate(-1, 5), estimate(1.5, 5), estimate(1, Number.NaN), estimate(1, Infinity)]) {
           const error = yield* failure(store.reserve(alpha, "m", bad))
           assert.strictEqual(error.reason, "InvalidRequest", JSON.stringify(bad))

@@ -78,6 +78,9 @@ const usd = (amount: number): string => {
 const amountText = (counter: Counter, amount: number): string =>
   counter.unit === "tokens" ? `${amount} tokens` : usd(amount)
 
+// A count a provider reported: a number of 0 or more (an absent, NaN or negative one is not reported).
+const isCount = (input: unknown): boolean => typeof input === "number" && Number.isFinite(input) && input >= 0
+
 const count = (input: unknown): number =>
   typeof input === "number" && Number.isFinite(input) && input > 0 ? Math.min(Math.floor(input), maxCount) : 0
 
@@ -654,9 +657,10 @@ export const make = Effect.fnUntraced(function* (
       const inputTokens = count(usage.inputTokens)
       const outputTokens = count(usage.outputTokens)
       // A provider that reports no usage is charged what was reserved: a budget is never overrun unseen.
+      // Nor one that reports a part only (prompt tokens, no completion tokens): the other is charged as reserved.
       const reported = inputTokens + outputTokens > 0
-      const input = reported ? inputTokens : reservation.inputTokens
-      const output = reported ? outputTokens : reservation.maxOutputTokens
+      const input = !reported || !isCount(usage.inputTokens) ? reservation.inputTokens : inputTokens
+      const output = !reported || !isCount(usage.outputTokens) ? reservation.maxOutputTokens : outputTokens
       return finish(
         reservation,
         reservation.charges.map(({ counter }) => amountOf(counter.unit, reservation.price, input, output))
