@@ -17,7 +17,7 @@
  *   budget for the model. All at once or not at all (one Lua script on Redis), so
  *   concurrent first requests cannot overspend; a request refused by the limit holds
  *   nothing. After the call `settle` gives back the unused part and records the real usage
- *   (what was reserved, when the provider reports no usage); `release` gives it all back.
+ *   (what was reserved, for the part of it the provider does not report); `release` gives it all back.
  *   While its request runs, the gateway renews a reservation (`renew`), so a request longer
  *   than `reservationTtl` keeps its hold. A reservation never settled (its gateway died) is
  *   given back after `reservationTtl`; a
