@@ -590,6 +590,41 @@ describe("KeyStore: budgets in memory", () => {
     })
   )
 
+  it.effect(
+    "a settle the store never takes within reservationTtl is said in the log: its usage is not recorded",
+    () => {
+      const logs: Array<string> = []
+      return Effect.gen(function* () {
+        const memoryBackend = MemoryBackend.make()
+        const backend: Backend = {
+          ...memoryBackend,
+          settle: () =>
+            Effect.fail(
+              new Redis.StoreError({ store: "t", operation: "settle", reason: "Unavailable", message: "down" })
+            )
+        }
+        const resolved = yield* Effect.fromResult(
+          KeyOptions.check({
+            reservationTtl: "10 seconds",
+            keys: [key("alpha", secretA, { budget: { tokens: 100 } })]
+          })
+        )
+        const limiter = yield* Effect.provide(RateLimiter.RateLimiterStore, RateLimiter.layerStoreMemory)
+        const store = yield* KeyStoreMake(resolved, backend, { store: limiter, onStoreError: "allow" }, "reject")
+        const alpha = yield* store.authenticate(Redacted.make(secretA))
+        const held = yield* store.reserve(alpha, "m", estimate(30, 30))
+        yield* store.settle(held, { inputTokens: 30, outputTokens: 10 })
+        yield* TestClock.adjust("9 seconds")
+        assert.deepStrictEqual(logs, [])
+        yield* TestClock.adjust("10 seconds")
+        assert.strictEqual(logs.length, 1)
+        assert.include(logs[0], "usage of a request of the key")
+      assert.include(logs[0], "alpha")
+        assert.include(logs[0], "40 tokens")
+      }).pipe(Effect.provide(Logger.layer([Logger.map(Logger.formatSimple, (line) => logs.push(line))])))
+    }
+  )
+
   it.effect("a budget with a period starts again at the next window (TestClock); Retry-After until then", () =>
     Effect.gen(function* () {
       const store = yield* memory({ keys: [key("alpha", secretA, { budget: { tokens: 100, period: "1 hour" } })] })

@@ -438,6 +438,12 @@ export const make = Effect.fnUntraced(function* (
     Schedule.modifyDelay(({ duration }) => Effect.succeed(Duration.min(duration, Duration.seconds(5)))),
     Schedule.upTo({ duration: Duration.millis(resolved.reservationTtlMs) })
   )
+  const lostUsage = (keyId: string, charges: ReadonlyArray<Charge>, actual: ReadonlyArray<number>) =>
+    Effect.logError(
+      `gateway: the usage of a request of the key "${keyId}" was not recorded: the key store did not take its settle within reservationTtl (${resolved.reservationTtlMs} ms); not charged: ${charges
+        .map(({ counter }, i) => `${amountText(counter, actual[i] ?? 0)} to the ${counter.scope} "${counter.scopeId}"`)
+        .join(", ")}`
+    )
   const settleLater = (
     id: string,
     keyId: string,
@@ -448,7 +454,8 @@ export const make = Effect.fnUntraced(function* (
     Effect.suspend(() => backend.settle(id, charges, actual, now(), true)).pipe(
       Effect.retry(laterSchedule),
       Effect.matchEffect({
-        onFailure: () => Effect.void,
+        // Spend the budgets will never show: said, so that an operator knows they undercount.
+        onFailure: () => (actual.some((amount) => amount > 0) ? lostUsage(keyId, charges, actual) : Effect.void),
         onSuccess: (levels) => settled(keyId, charges, levels)
       }),
       Effect.forkIn(scope),
