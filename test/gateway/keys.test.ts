@@ -619,7 +619,7 @@ describe("KeyStore: budgets in memory", () => {
         yield* TestClock.adjust("10 seconds")
         assert.strictEqual(logs.length, 1)
         assert.include(logs[0], "usage of a request of the key")
-      assert.include(logs[0], "alpha")
+        assert.include(logs[0], "alpha")
         assert.include(logs[0], "40 tokens")
       }).pipe(Effect.provide(Logger.layer([Logger.map(Logger.formatSimple, (line) => logs.push(line))])))
     }
