@@ -423,6 +423,18 @@ describe("KeyStore: budgets in memory", () => {
         const unpriced = yield* failure(store.reserve(alpha, "d-unknown", estimate(1, 1)))
         assert.strictEqual(unpriced.reason, "Forbidden")
         assert.strictEqual(unpriced.code, "model_not_priced")
+        assert.include(unpriced.message, `the budget of the key "alpha" is in dollars`)
+        // The team's budget in dollars, not the key's: the refusal names the team's.
+        const teamed = yield* memory({
+          teams: { red: { budget: { usd: 1 } } },
+          keys: [key("gamma", secretA, { team: "red", budget: { tokens: 10 } })],
+          prices: { "d-cheap": { input: 1, output: 2 } }
+        })
+        const byTeam = yield* failure(
+          teamed.reserve(yield* teamed.authenticate(Redacted.make(secretA)), "d-unknown", estimate(1, 1))
+        )
+        assert.strictEqual(byTeam.code, "model_not_priced")
+        assert.include(byTeam.message, `the budget of the team "red" is in dollars`)
         // A token budget needs no price.
         yield* store.reserve(yield* store.authenticate(Redacted.make(secretB)), "d-unknown", estimate(1, 1))
 

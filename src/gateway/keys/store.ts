@@ -516,7 +516,8 @@ export const make = Effect.fnUntraced(function* (
         return Effect.fail(
           gatewayError(
             "Forbidden",
-            `The model "${model}" has no price in the gateway's price table, and a budget of this key is in dollars`,
+            // Named: the team's budget, or one by model, would send an admin to the key's for nothing.
+            `The model "${model}" has no price in the gateway's price table, and the budget of the ${counter.scope} "${counter.scopeId}" is in dollars`,
             { param: "model", code: "model_not_priced" }
           )
         )
