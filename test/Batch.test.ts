@@ -1,5 +1,5 @@
 import { assert, describe, it } from "@effect/vitest"
-import { Context, Deferred, Effect, Exit, Fiber, Layer, Metric, Option, Scope, Stream } from "effect"
+import { Context, Deferred, Effect, Exit, Fiber, Layer, Metric, Option, Queue, Scope, Stream } from "effect"
 import { TestClock } from "effect/testing"
 import type { AiError } from "../src/AiError.js"
 import * as Batch from "../src/Batch.js"
@@ -1811,4 +1811,25 @@ describe("Batch stats: fallbacks", () => {
         })
     )
   }
+})
+
+describe("Batch cancellation, items answering at once", () => {
+  // The pool starting items from JavaScript yields every 1,024 items: a cancel woken by a queue filled from
+  // onProgress (not only a Deferred) runs then, and the batch stops.
+  it.effect("a cancel filled from onProgress through a Queue stops the batch within a few thousand items", () =>
+    Effect.gen(function* () {
+      const { batch } = yield* makeOrchestra({ a: {} })
+      const stop = yield* Queue.unbounded<void>()
+      const items = Array.from({ length: 20_000 }, (_, i) => `q${i}`)
+      const result = yield* batch.run(items, {
+        domain: "d-a",
+        cancel: Queue.take(stop),
+        onProgress: (event) => {
+          if (event._tag === "Succeeded" && event.done === 10) Queue.offerUnsafe(stop, undefined)
+        }
+      })
+      assert.isTrue(result.cancelled)
+      assert.isAbove(result.notRun.length, 20_000 - 5_000)
+    })
+  )
 })
