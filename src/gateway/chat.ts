@@ -106,25 +106,15 @@ const answeredWith = (
  */
 export const make = (env: Env) => {
   const { executor, upstream, lifecycle, metrics, clock, options } = env
-  const providerOptions = new WeakMap<Target, ExecuteOptions>()
-  const providerStreamOptions = new WeakMap<Target, StreamOptions>()
-
-  const executeOptions = (target: Extract<Target, { _tag: "Provider" }>): ExecuteOptions => {
+  // A provider target's call options, one object each for calls and streams (with the gateway's
+  // deadlines) made once per target: the executor checks options once per options object.
+  const providerOptions = new WeakMap<Target, { readonly execute: ExecuteOptions; readonly stream: StreamOptions }>()
+  const optionsOf = (target: Extract<Target, { _tag: "Provider" }>) => {
     let found = providerOptions.get(target)
     if (found === undefined) {
-      found = { provider: target.provider, retry: env.retry ?? false }
+      const execute = { provider: target.provider, retry: env.retry ?? false }
+      found = { execute, stream: { ...execute, ...options.stream } }
       providerOptions.set(target, found)
-    }
-    return found
-  }
-
-  // The same per target for streams, with the gateway's deadlines: the executor checks a stream's
-  // options once per options object, so one object per target is checked once.
-  const streamOptions = (target: Extract<Target, { _tag: "Provider" }>): StreamOptions => {
-    let found = providerStreamOptions.get(target)
-    if (found === undefined) {
-      found = { ...executeOptions(target), ...options.stream }
-      providerStreamOptions.set(target, found)
     }
     return found
   }
@@ -284,7 +274,7 @@ export const make = (env: Env) => {
           response: answer.response,
           headers: provenance(answer)
         }))
-      : Effect.map(executor.execute({ ...request, model: target.model }, executeOptions(target)), (response) => ({
+      : Effect.map(executor.execute({ ...request, model: target.model }, optionsOf(target).execute), (response) => ({
           response,
           headers: options.provenanceHeaders ? { "x-orchestra-provider": response.provider } : {}
         }))
@@ -338,7 +328,7 @@ export const make = (env: Env) => {
     const parts =
       target._tag === "Domain"
         ? upstream.router.stream(request, target.domain.name, options.stream)
-        : executor.stream({ ...request, model: target.model }, streamOptions(target))
+        : executor.stream({ ...request, model: target.model }, optionsOf(target).stream)
     // The drain's cut ends the stream through the pipeline (an error event, never `[DONE]`).
     const cut: Cut = { error: undefined }
     lifecycle.onCut(entry, (error) => stopStreams(cut, error))
