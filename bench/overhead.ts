@@ -122,6 +122,20 @@ const perCall = { retry: true, timeout: "30 seconds" } as const
 const partA = async () => {
   const n = 100_000
   const reqs = requests(n)
+  // Each call under a 30 s deadline on the lanes, as the executor's attempts and a provider's requests run.
+  const onLanes = (provider: Service) =>
+    Effect.runPromise(
+      Effect.scoped(
+        Effect.flatMap(Deadline.make, (lanes) =>
+          Effect.forEach(
+            reqs,
+            (r) =>
+              lanes.attempt(provider.generate(r), Duration.seconds(30), (_: void, exit) => exit as never, undefined),
+            { concurrency: 64, discard: true }
+          )
+        )
+      )
+    )
   const reference = "p-limit + cockatiel (timeout + retry + breaker)"
   const variants: Record<string, () => Promise<unknown>> = {
     "Effect.forEach (bare)": () =>
@@ -155,19 +169,7 @@ const partA = async () => {
           discard: true
         })
       ),
-    "building block: Effect.forEach + deadline lanes (ours)": () =>
-      Effect.runPromise(
-        Effect.scoped(
-          Effect.flatMap(Deadline.make, (lanes) =>
-            Effect.forEach(
-              reqs,
-              (r) =>
-                lanes.attempt(instant.generate(r), Duration.seconds(30), (_: void, exit) => exit as never, undefined),
-              { concurrency: 64, discard: true }
-            )
-          )
-        )
-      ),
+    "building block: Effect.forEach + deadline lanes (ours)": () => onLanes(instant),
     // A call that suspends once (as an HTTP call does): Effect.timeout races it against a sleep (two
     // fibers and a timer); a provider's request timeout runs on the lanes.
     "building block: Effect.forEach + Effect.timeout(30 s), provider suspends once": () =>
@@ -177,24 +179,7 @@ const partA = async () => {
           discard: true
         })
       ),
-    "building block: Effect.forEach + deadline lanes (ours), provider suspends once": () =>
-      Effect.runPromise(
-        Effect.scoped(
-          Effect.flatMap(Deadline.make, (lanes) =>
-            Effect.forEach(
-              reqs,
-              (r) =>
-                lanes.attempt(
-                  instantAsync.generate(r),
-                  Duration.seconds(30),
-                  (_: void, exit) => exit as never,
-                  undefined
-                ),
-              { concurrency: 64, discard: true }
-            )
-          )
-        )
-      ),
+    "building block: Effect.forEach + deadline lanes (ours), provider suspends once": () => onLanes(instantAsync),
     "building block: Effect.forEach + Effect.retry(Policy.schedule), first attempt succeeds": () =>
       Effect.runPromise(
         Effect.forEach(reqs, (r) => Effect.retry(instant.generate(r), Policy.schedule(Policy.defaultRetry)), {
