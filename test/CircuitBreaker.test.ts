@@ -699,6 +699,49 @@ describe("CircuitBreaker registry: memory and series (item 17)", () => {
     }).pipe(Effect.scoped, Effect.provideService(Metric.MetricRegistry, new Map()))
   )
 
+  it.effect("a shared store's state read answered after the view moved on does not move it back", () =>
+    Effect.gen(function* () {
+      const context = yield* Layer.build(Store.layerStoreMemory({ idleTimeToLive: "1 hour" }))
+      const store = Context.get(context, Store.CircuitBreakerStore)
+      // A shared store (Redis) answers a read a round trip later: this one read the key open
+      // just before its open end and answers after the view's timer moved it to half-open.
+      let held: Deferred.Deferred<void> | undefined
+      const backend: BreakerCore.Backend = {
+        ...BreakerCore.memoryBackend(store),
+        shared: true,
+        state: (key) =>
+          Effect.flatMap(store.state(key), (state) =>
+            held === undefined ? Effect.succeed(state) : Effect.as(Deferred.await(held), state)
+          )
+      }
+      const config = Result.getOrThrow(check({ failMax: 1, resetTimeout: "1 second" }))
+      const breakers = yield* BreakerCore.make(config, backend)
+      const key = uniqueKey("stale-read")
+      const changes = yield* collect(breakers, 2)
+      yield* run(breakers, key, overloaded)
+      yield* TestClock.adjust("900 millis")
+      held = yield* Deferred.make<void>()
+      const read = yield* Effect.forkChild(breakers.state(key), { startImmediately: true })
+      yield* TestClock.adjust("200 millis")
+      yield* Deferred.succeed(held, undefined)
+      held = undefined
+      assert.strictEqual(yield* Fiber.join(read), "half-open")
+      assert.strictEqual(yield* breakers.state(key), "half-open")
+      assert.deepStrictEqual(
+        (yield* Fiber.join(changes)).map((c) => `${c.from}>${c.to}`),
+        ["closed>open", "open>half-open"]
+      )
+      const more = yield* collect(breakers, 1)
+      yield* TestClock.adjust("1 second")
+      yield* run(breakers, key, ok)
+      assert.deepStrictEqual(
+        (yield* Fiber.join(more)).map((c) => `${c.from}>${c.to}`),
+        ["half-open>closed"],
+        "no flicker back to open, and the probe closes it"
+      )
+    }).pipe(Effect.scoped, Effect.provideService(Metric.MetricRegistry, new Map()))
+  )
+
   it.effect("the layer's timers stop with it: no state change after close", () =>
     Effect.gen(function* () {
       const key = uniqueKey("close")

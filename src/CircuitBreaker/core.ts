@@ -438,17 +438,26 @@ export const make = Effect.fnUntraced(function* (config: Config, backend: Backen
     )
 
   const state: Service["state"] = Effect.fn("CircuitBreaker.state")(function* (key: string) {
-    const now = clock.currentTimeMillisUnsafe()
     const entry = registry.get(key)
     if (entry?.isolated === true) return "isolated"
     // Read from the store, as the next call's admission is: a key it has forgotten (idle past
     // idleTimeToLive) reads closed, and the view follows. In memory, a key this registry does not
     // hold is one the store has forgotten (or a closed one).
     if (backend.shared || entry !== undefined) {
-      const read = yield* Effect.result(backend.state(entry?.storeKey ?? key))
-      if (read._tag === "Success") return yield* fromStore(entry, read.success, now)
+      const seq = entry?.seq
+      const storeKey = entry?.storeKey ?? key
+      const read = yield* Effect.result(backend.state(storeKey))
+      // A shared store answers a round trip later: when the view moved meanwhile (its timer
+      // half-opened it, a call's answer changed it), the read is older than the view and
+      // would turn it back (half-open > open > half-open), as the watcher's read would.
+      const moved = entry !== undefined && (entry.seq !== seq || entry.storeKey !== storeKey || entry.isolated)
+      if (read._tag === "Success" && !moved) {
+        return yield* fromStore(entry, read.success, clock.currentTimeMillisUnsafe())
+      }
     }
     if (entry === undefined) return "closed"
+    if (entry.isolated) return "isolated"
+    const now = clock.currentTimeMillisUnsafe()
     return entry.view === "open" && now >= entry.openUntil ? "half-open" : entry.view
   })
 
