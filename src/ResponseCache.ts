@@ -161,7 +161,8 @@ export interface Service {
    */
   readonly setParts: (key: string, parts: ReadonlyArray<StreamPart>) => Effect.Effect<void, ModelError>
   /**
-   * Removes the answer and the stream parts of `key`. Fails with a `StoreError` when the
+   * Removes the answer and the stream parts of `key`: a caller of `getOrCompute` with `allowStale`
+   * waiting meanwhile is not answered with the removed answer either. Fails with a `StoreError` when the
    * store could not remove them (Redis down or past its deadline): they may still be served.
    */
   readonly invalidate: (key: string) => Effect.Effect<void, StoreError | ModelError>
@@ -174,6 +175,8 @@ export interface Service {
 export class ResponseCache extends Context.Service<ResponseCache, Service>()("effect-orchestra/ResponseCache") {}
 
 const keyFields: ReadonlyArray<string> = ["provider", "request"]
+
+const notSuperseded = (): boolean => false
 
 /**
  * The key of a request to a provider: the hex sha256 of the provider name and the request
@@ -424,13 +427,16 @@ export const makeMemory = Effect.fnUntraced(function* (options: MemoryOptions = 
       ),
       found._tag === "Done" ? stale : undefined
     )
-    return Lookup.answerOrStale(
-      Effect.map(run, ({ leader, stored }) => Lookup.computed(stored, leader ? "miss" : "shared")),
-      options,
-      counters,
-      () => stale,
-      () => (found._tag === "Running" ? "shared" : "miss")
-    )
+    const answer = (superseded: () => boolean) =>
+      Lookup.answerOrStale(
+        Effect.map(run, ({ leader, stored }) => Lookup.computed(stored, leader ? "miss" : "shared")),
+        options,
+        counters,
+        () => (superseded() ? undefined : stale),
+        () => (found._tag === "Running" ? "shared" : "miss")
+      )
+    // An entry invalidated (or replaced by setMany) while the caller waited is not answered stale.
+    return stale !== undefined && options.allowStale === true ? table.watch(k, answer) : answer(notSuperseded)
   }
 
   const getOrCompute: Service["getOrCompute"] = (key, effect, options) =>

@@ -659,6 +659,37 @@ describe.skipIf(skipRedis)(`ResponseCache.Redis (${skipRedis ? skipReason : "nee
     )
   )
 
+  it.live("a refresh with allowStale that fails after invalidate is not answered with the invalidated entry", () =>
+    Effect.scoped(
+      Effect.gen(function* () {
+        const server = yield* startRedis
+        const cache = yield* build(server, { ttl: "300 millis", staleFor: "1 minute" })
+        yield* cache.setMany([{ key: "k", value: response("old") }])
+        yield* Effect.sleep("400 millis")
+        const down = modelError("Overloaded", "down")
+        const started = yield* Deferred.make<void>()
+        const gate = yield* Deferred.make<void>()
+        const failing = Deferred.succeed(started, undefined).pipe(
+          Effect.andThen(Deferred.await(gate)),
+          Effect.andThen(Effect.fail(down))
+        )
+        const caller = yield* Effect.forkChild(Effect.flip(cache.getOrCompute("k", failing, { allowStale: true })))
+        yield* Deferred.await(started)
+        // Removed for good once invalidate returns: the caller waiting meanwhile is not answered with it.
+        yield* cache.invalidate("k")
+        yield* Deferred.succeed(gate, undefined)
+        assert.strictEqual(yield* Fiber.join(caller), down, "answered with the invalidated entry")
+        // Without an invalidate, a failed refresh is still answered stale.
+        yield* cache.setMany([{ key: "kept", value: response("old") }])
+        yield* Effect.sleep("400 millis")
+        assert.deepStrictEqual(yield* cache.getOrCompute("kept", Effect.fail(down), { allowStale: true }), {
+          value: response("old"),
+          source: "stale"
+        })
+      })
+    )
+  )
+
   it.effect(
     "stale-if-error through Redis answers within the grace only: a refresh failing after it fails its caller",
     () =>

@@ -484,6 +484,39 @@ describe("ResponseCache (memory)", () => {
     })
   )
 
+  it.effect("a refresh with allowStale that fails after invalidate is not answered with the invalidated entry", () =>
+    Effect.gen(function* () {
+      const cache = yield* makeCache({ ttl: "10 seconds", staleFor: "1 minute" })
+      const down = modelError("Overloaded", "down")
+      const failing = Effect.andThen(Effect.sleep("1 second"), Effect.fail(down))
+      yield* cache.setMany([{ key: "gone", value: response("old") }])
+      yield* TestClock.adjust("11 seconds")
+      const leader = yield* Effect.forkChild(Effect.flip(cache.getOrCompute("gone", failing, { allowStale: true })))
+      yield* TestClock.adjust("100 millis")
+      const joiner = yield* Effect.forkChild(Effect.flip(cache.getOrCompute("gone", failing, { allowStale: true })))
+      yield* TestClock.adjust("100 millis")
+      // Removed for good once invalidate returns: a caller that was waiting meanwhile is not answered with it.
+      yield* cache.invalidate("gone")
+      yield* TestClock.adjust("1 second")
+      assert.strictEqual(yield* Fiber.join(leader), down, "the leader was answered with the invalidated entry")
+      assert.strictEqual(yield* Fiber.join(joiner), down, "a joiner was answered with the invalidated entry")
+      // setMany meanwhile: the value set stands, and the entry it replaced is not answered either.
+      yield* cache.setMany([{ key: "set", value: response("old") }])
+      yield* TestClock.adjust("11 seconds")
+      const refresh = yield* Effect.forkChild(Effect.flip(cache.getOrCompute("set", failing, { allowStale: true })))
+      yield* TestClock.adjust("100 millis")
+      yield* cache.setMany([{ key: "set", value: response("new") }])
+      yield* TestClock.adjust("1 second")
+      assert.strictEqual(yield* Fiber.join(refresh), down)
+      // Without an invalidate, a failed refresh is still answered stale.
+      yield* cache.setMany([{ key: "kept", value: response("old") }])
+      yield* TestClock.adjust("11 seconds")
+      const stale = yield* Effect.forkChild(cache.getOrCompute("kept", failing, { allowStale: true }))
+      yield* TestClock.adjust("1 second")
+      assert.deepStrictEqual(yield* Fiber.join(stale), { value: response("old"), source: "stale" })
+    })
+  )
+
   it.effect(
     "bound: a caller's bound cuts its own wait (stale with allowStale); the computation goes on for the rest",
     () =>
@@ -684,6 +717,33 @@ describe("ResponseCache (memory)", () => {
       assert.deepStrictEqual(yield* cache.getMany(["i"]), [Option.none()])
       assert.strictEqual(yield* across("s", cache.setMany([{ key: "s", value: response("set") }])), "computed")
       assert.deepStrictEqual(yield* cache.getMany(["s"]), [Option.some(response("set"))])
+    })
+  )
+
+  it.effect("capacity counts no running computation: computations that fail evict nothing", () =>
+    Effect.gen(function* () {
+      const cache = yield* makeCache({ capacity: 2 })
+      yield* cache.setMany([{ key: "a", value: response("A") }])
+      yield* cache.setMany([{ key: "b", value: response("B") }])
+      // A provider outage: calls for keys not cached fail. The cached answers must outlive it.
+      const failing = yield* scripted({ latency: "1 second", fail: true })
+      const fibers = yield* Effect.forEach(["c", "d", "e"], (k) =>
+        Effect.forkChild(Effect.exit(cache.getOrCompute(k, failing.call(k))))
+      )
+      yield* TestClock.adjust("1 second")
+      for (const fiber of fibers) assert.isTrue(Exit.isFailure(yield* Fiber.join(fiber)))
+      const [a, b] = yield* cache.getMany(["a", "b"])
+      assert.isTrue(Option.isSome(a!), "a was evicted by a computation that failed")
+      assert.isTrue(Option.isSome(b!), "b was evicted by a computation that failed")
+      // Answers that succeed take their places once they are there, least recently used first.
+      const slow = yield* scripted({ latency: "1 second" })
+      const c = yield* Effect.forkChild(cache.getOrCompute("c", slow.call("c")))
+      yield* TestClock.adjust("1 second")
+      assert.strictEqual((yield* Fiber.join(c)).source, "miss")
+      const [a2, b2, c2] = yield* cache.getMany(["a", "b", "c"])
+      assert.isTrue(Option.isNone(a2!), "a was the least recently used")
+      assert.isTrue(Option.isSome(b2!))
+      assert.isTrue(Option.isSome(c2!))
     })
   )
 

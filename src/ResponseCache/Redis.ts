@@ -59,6 +59,8 @@ interface Found {
   stale: Table.Stored | undefined
 }
 
+const notSuperseded = (): boolean => false
+
 const encode = Schema.encodeSync(ResponseCache.StoredEntry)
 const decode = Schema.decodeUnknownExit(ResponseCache.StoredEntry)
 
@@ -256,7 +258,7 @@ export const make = Effect.fnUntraced(function* (options: Options = {}) {
       // An answer this process keeps past its ttl (it keeps one at least a second for the
       // write) is not joined: it answered as "shared" after it expired.
       const held = running._tag === "Done" ? running.stored : undefined
-      if (held !== undefined) table.remove(k)
+      if (held !== undefined) table.drop(k)
       // With Redis failing, the entry past its ttl this process holds (one a failed refresh put
       // back) is the stale one: stale-if-error is there to survive outages. With Redis answering,
       // Redis decides (an entry another process invalidated is not served).
@@ -291,13 +293,17 @@ export const make = Effect.fnUntraced(function* (options: Options = {}) {
     Effect.suspend(() => {
       const k = Table.responseKey(key)
       const lookup: Found = { joining: false, stale: undefined }
-      return Lookup.answerOrStale(
-        wait(k, compute, options, lookup),
-        options,
-        counters,
-        () => lookup.stale,
-        () => (lookup.joining ? "shared" : "miss")
-      )
+      const answer = (superseded: () => boolean) =>
+        Lookup.answerOrStale(
+          wait(k, compute, options, lookup),
+          options,
+          counters,
+          () => (superseded() ? undefined : lookup.stale),
+          () => (lookup.joining ? "shared" : "miss")
+        )
+      // An entry this process invalidated (or replaced by setMany) while the caller waited is not
+      // answered stale. Watched from before the read: a DEL landing after it is an invalidate too.
+      return options.allowStale === true ? table.watch(k, answer) : answer(notSuperseded)
     })
 
   const getOrCompute: ResponseCache.Service["getOrCompute"] = (key, compute, options) =>

@@ -91,11 +91,21 @@ export interface Table {
   readonly touch: (key: string) => void
   /** Removes `key`; a refresh running for it no longer puts back the entry it replaced. */
   readonly remove: (key: string) => void
+  /** Drops the finished entry of `key` the caller found, superseding nothing (it is still the key's, in the store). */
+  readonly drop: (key: string) => void
   /**
    * Whether the calling computation was taken out of the table (`remove`, or a value `put` under
    * its key) while it ran: its answer is no longer the key's.
    */
   readonly takenOut: Effect.Effect<boolean>
+  /**
+   * Runs `f` given whether `key` was superseded (a `remove`, or a value `put` under it) since it
+   * started: the entry a caller found past its ttl is then no longer one to answer with stale.
+   */
+  readonly watch: <A, E, R>(
+    key: string,
+    f: (superseded: () => boolean) => Effect.Effect<A, E, R>
+  ) => Effect.Effect<A, E, R>
   /** Interrupts every running computation (the layer is closing). */
   readonly interruptAll: Effect.Effect<void>
 }
@@ -117,7 +127,7 @@ export const makeTable = Effect.fnUntraced(function* (capacity: number, maxBytes
   const running = new Set<Fiber.Fiber<unknown, unknown>>()
   const cache = yield* Cache.makeWith(
     (key: string) =>
-      Effect.withFiber((fiber) => {
+      Effect.withFiber((fiber): Effect.Effect<Stored, unknown> => {
         const compute = computes.get(key)
         computes.delete(key)
         if (compute === undefined) return Effect.die(`no computation for cache key ${key}`)
@@ -129,7 +139,9 @@ export const makeTable = Effect.fnUntraced(function* (capacity: number, maxBytes
         // out, and the entry put after it then kept (or wrote) the answer over them.
         return Effect.andThen(
           Effect.yieldNow,
-          Effect.provideService(compute, Computing, { table: computes, key, parent: fiber.getRef(Computing) })
+          Effect.provideService(compute, Computing, { table: computes, key, parent: fiber.getRef(Computing) }).pipe(
+            Effect.tap(makeRoom)
+          )
         )
       }),
     {
@@ -141,18 +153,18 @@ export const makeTable = Effect.fnUntraced(function* (capacity: number, maxBytes
   )
 
   // Removes the least recently used finished entries until at most `limit` remain; running
-  // computations are never evicted (they leave when they end), so the table holds at most
-  // `capacity` entries plus the computations running.
+  // computations are neither evicted (they leave when they end) nor counted, so the table holds at
+  // most `capacity` entries plus the computations running. Counted, each computation started took an
+  // answer out to make room for its own, and computations that failed (a provider down) emptied the
+  // cache of the answers stale-if-error is there to serve. A scan only once the table holds more
+  // entries than `limit`, finished or running.
   const evict = (limit: number): void => {
-    let excess = MutableHashMap.size(cache.map) - limit
-    if (excess <= 0) return
+    if (MutableHashMap.size(cache.map) <= limit) return
     const finished: Array<string> = []
     for (const [key, entry] of cache.map) {
-      if (entry.fiber.pollUnsafe() === undefined) continue
-      finished.push(key)
-      if (--excess === 0) break
+      if (entry.fiber.pollUnsafe() !== undefined) finished.push(key)
     }
-    for (const key of finished) MutableHashMap.remove(cache.map, key)
+    for (let i = 0; i < finished.length - limit; i++) MutableHashMap.remove(cache.map, finished[i]!)
   }
 
   // Bytes of an entry's value in its JSON encoding (UTF-8), measured once per entry.
@@ -201,21 +213,51 @@ export const makeTable = Effect.fnUntraced(function* (capacity: number, maxBytes
     return { _tag: "Done", stored: exit.value }
   }
 
-  const put = (key: string, stored: Stored): Effect.Effect<void> =>
-    Effect.andThen(
-      Cache.set(cache, key, stored),
-      Effect.sync(() => {
-        evict(capacity)
-        evictBytes()
-      })
-    )
+  const trim = Effect.sync(() => {
+    evict(capacity)
+    evictBytes()
+  })
+
+  const put = (key: string, stored: Stored): Effect.Effect<void> => Effect.andThen(Cache.set(cache, key, stored), trim)
+
+  // An answer kept makes room for itself as its computation ends (still running: not counted); a
+  // computation that fails, or whose answer is not kept, takes no other out.
+  const makeRoom = (stored: Stored): Effect.Effect<void> =>
+    stored.keepFor > 0 ? Effect.sync(() => evict(capacity - 1)) : Effect.void
 
   // Computations a `remove` or a `put` took out of the table while they ran.
   const takenOut = new WeakSet<Fiber.Fiber<unknown, unknown>>()
 
+  // The keys callers wait on that may answer stale, each with how many times it was superseded
+  // since: held only while one waits, so the map holds the keys waited on.
+  const watched = new Map<string, { superseded: number; watchers: number }>()
+
+  const watch = <A, E, R>(
+    key: string,
+    f: (superseded: () => boolean) => Effect.Effect<A, E, R>
+  ): Effect.Effect<A, E, R> =>
+    Effect.suspend(() => {
+      let watching = watched.get(key)
+      if (watching === undefined) {
+        watching = { superseded: 0, watchers: 0 }
+        watched.set(key, watching)
+      }
+      const record = watching
+      const at = record.superseded
+      record.watchers++
+      return Effect.ensuring(
+        f(() => record.superseded !== at),
+        Effect.sync(() => {
+          if (--record.watchers === 0 && watched.get(key) === record) watched.delete(key)
+        })
+      )
+    })
+
   // A value put under the key, or its removal, supersedes the entry a running refresh replaced,
-  // and the computation running for the key.
+  // the computation running for the key, and the entry its callers found past its ttl.
   const supersede = (key: string): void => {
+    const watching = watched.get(key)
+    if (watching !== undefined) watching.superseded++
     refreshing.delete(key)
     const entry = MutableHashMap.get(cache.map, key)
     if (Option.isSome(entry) && entry.value.fiber.pollUnsafe() === undefined) takenOut.add(entry.value.fiber)
@@ -276,8 +318,6 @@ export const makeTable = Effect.fnUntraced(function* (capacity: number, maxBytes
         refreshing.set(key, stale)
         MutableHashMap.remove(cache.map, key)
       }
-      // Room for the entry `Cache.get` is about to add (none when it joins or replaces one).
-      if (!MutableHashMap.has(cache.map, key)) evict(capacity - 1)
       const got = Cache.get(cache, key) as Effect.Effect<Stored, E>
       return (maxBytes === undefined ? got : Effect.tap(got, () => Effect.sync(evictBytes))).pipe(
         Effect.map((stored) => ({ stored, leader })),
@@ -317,7 +357,11 @@ export const makeTable = Effect.fnUntraced(function* (capacity: number, maxBytes
       supersede(key)
       MutableHashMap.remove(cache.map, key)
     },
+    drop: (key) => {
+      MutableHashMap.remove(cache.map, key)
+    },
     takenOut: Effect.withFiber((fiber) => Effect.succeed(takenOut.has(fiber))),
+    watch,
     interruptAll
   } satisfies Table
 })
