@@ -264,6 +264,51 @@ describe.skipIf(skipRedis)(`ResponseCache.Redis (${skipRedis ? skipReason : "nee
     )
   )
 
+  it.live("keys differing only in a lone surrogate (which UTF-8 writes as U+FFFD) do not share an entry", () =>
+    Effect.scoped(
+      Effect.gen(function* () {
+        const server = yield* startRedis
+        const name = uniqueName("lone")
+        const [high, low, replaced] = ["k\ud800", "k\udc00", "k\ufffd"]
+        // Closing the layer waits for its writes in the background; then every lookup is Redis's alone.
+        yield* Effect.scoped(
+          Effect.gen(function* () {
+            const cache = yield* build(server, { name })
+            yield* cache.setMany([{ key: high, value: response("high") }])
+            assert.deepStrictEqual(yield* cache.getMany([high, low, replaced]), [
+              Option.some(response("high")),
+              Option.none(),
+              Option.none()
+            ])
+            const computed = yield* cache.getOrCompute(low, Effect.succeed(response("low")))
+            assert.deepStrictEqual(computed, { value: response("low"), source: "miss" })
+            const { text: _, ...rest } = response("r")
+            yield* cache.setParts(replaced, [
+              { _tag: "TextDelta", text: "r" },
+              { _tag: "Finish", ...rest }
+            ])
+          })
+        )
+        const other = yield* build(server, { name })
+        assert.deepStrictEqual(yield* other.getMany([high, low, replaced]), [
+          Option.some(response("high")),
+          Option.some(response("low")),
+          Option.none()
+        ])
+        assert.isTrue(Option.isNone(yield* other.getParts(high)))
+        assert.isTrue(Option.isSome(yield* other.getParts(replaced)))
+        yield* other.invalidate(high)
+        assert.deepStrictEqual(yield* other.getMany([high, low]), [Option.none(), Option.some(response("low"))])
+        // A key starting with NUL (what a lone surrogate's key is written under begins with) stays its own.
+        yield* other.setMany([{ key: '\u0000"k\\ud800"', value: response("nul") }])
+        assert.deepStrictEqual(yield* other.getMany([high, '\u0000"k\\ud800"']), [
+          Option.none(),
+          Option.some(response("nul"))
+        ])
+      })
+    )
+  )
+
   it.live("batches: one MGET for many lookups, one script call for many writes", () =>
     Effect.scoped(
       Effect.gen(function* () {

@@ -33,7 +33,8 @@ import * as Table from "./table.js"
  */
 export interface Options extends ResponseCache.Options {
   /**
-   * Namespace of every key: `<prefix>:r:<hash>` (answers) and `<prefix>:s:<hash>` (stream parts),
+   * Namespace of every key: `<prefix>:r:<key>` (answers) and `<prefix>:s:<key>` (stream parts; a key holding
+   * a lone surrogate, or starting with NUL, is written as NUL and its JSON text, which tells it from others),
    * where `%` and `:` in the prefix are written `%25` and `%3A` (`effect/persistence` escapes its
    * store id): `"app1:cache"` gives `app1%3Acache:r:<hash>`, so match `app1%3Acache:*` in `SCAN`
    * and ACL key patterns. 1 to 100 characters (`Redis.maxPrefixChars`); default `"orchestra-cache"`.
@@ -60,6 +61,15 @@ interface Found {
 }
 
 const notSuperseded = (): boolean => false
+
+// A code unit of a lone surrogate (with the `u` flag, a pair is one code point and does not match).
+const loneSurrogate = /[\uD800-\uDFFF]/u
+
+// Redis takes keys as UTF-8, where a lone surrogate has no form (written as U+FFFD): "k\ud800" and
+// "k\udc00" were one entry. Such a key is written as NUL and its JSON text (where a lone surrogate is its
+// escape), and so is one starting with NUL, so that none meets a key written as it is given.
+const keyOf = (key: string): string =>
+  key.charCodeAt(0) !== 0 && !loneSurrogate.test(key) ? key : `\u0000${JSON.stringify(key)}`
 
 const encode = Schema.encodeSync(ResponseCache.StoredEntry)
 const decode = Schema.decodeUnknownExit(ResponseCache.StoredEntry)
@@ -291,7 +301,7 @@ export const make = Effect.fnUntraced(function* (options: Options = {}) {
     options: ResponseCache.GetOrComputeOptions<E>
   ): Effect.Effect<ResponseCache.Computed, E | ModelError> =>
     Effect.suspend(() => {
-      const k = Table.responseKey(key)
+      const k = Table.responseKey(keyOf(key))
       const lookup: Found = { joining: false, stale: undefined }
       const answer = (superseded: () => boolean) =>
         Lookup.answerOrStale(
@@ -315,7 +325,7 @@ export const make = Effect.fnUntraced(function* (options: Options = {}) {
     const at = yield* now
     // Answers this process keeps while their write may be under way first, as getOrCompute
     // finds them: read from Redis alone, they missed (and waited on a slow Redis for it).
-    const ks = keys.map(Table.responseKey)
+    const ks = keys.map((key) => Table.responseKey(keyOf(key)))
     const kept = ks.map((k) => local(k, at))
     const missing = ks.filter((_, i) => kept[i] === undefined)
     const remote = missing.length === 0 ? [] : yield* read(missing, at, "Response")
@@ -331,7 +341,7 @@ export const make = Effect.fnUntraced(function* (options: Options = {}) {
 
   const getParts = Effect.fnUntraced(function* (key: string) {
     const at = yield* now
-    const k = Table.partsKey(key)
+    const k = Table.partsKey(keyOf(key))
     const kept = local(k, at)
     const found =
       kept !== undefined ? Option.some(kept) : fresh((yield* read([k], at, "Stream"))[0] ?? Option.none(), at)
@@ -351,7 +361,7 @@ export const make = Effect.fnUntraced(function* (options: Options = {}) {
           Lookup.keepable(value.finishReason)
             ? [
                 [
-                  Table.responseKey(key),
+                  Table.responseKey(keyOf(key)),
                   Table.storedOf({ _tag: "Response", response: value }, at, config.ttl, config.staleFor)
                 ] as const
               ]
@@ -373,20 +383,17 @@ export const make = Effect.fnUntraced(function* (options: Options = {}) {
     // Written in the background as answers are: a stream's end does not wait for Redis.
     setParts: (key, parts) =>
       Lookup.keepableParts(parts)
-        ? Effect.flatMap(now, (at) =>
-            Effect.flatMap(
-              writeBehind(
-                Table.partsKey(key),
-                Table.storedOf({ _tag: "Stream", parts }, at, config.ttl, config.staleFor, retain),
-                at
-              ),
-              (stored) => table.put(Table.partsKey(key), stored)
+        ? Effect.flatMap(now, (at) => {
+            const k = Table.partsKey(keyOf(key))
+            return Effect.flatMap(
+              writeBehind(k, Table.storedOf({ _tag: "Stream", parts }, at, config.ttl, config.staleFor, retain), at),
+              (stored) => table.put(k, stored)
             )
-          )
+          })
         : Effect.void,
     invalidate: (key) =>
       Effect.suspend(() => {
-        const keys = [Table.responseKey(key), Table.partsKey(key)]
+        const keys = [Table.responseKey(keyOf(key)), Table.partsKey(keyOf(key))]
         for (const k of keys) table.remove(k)
         const underWay = keys.flatMap((k) => {
           const fiber = writing.get(k)
