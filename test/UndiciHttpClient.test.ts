@@ -388,6 +388,50 @@ const liveTests = (name: string, untraced: boolean) =>
       )
     )
 
+    it.live(
+      "a request whose scope closes while it waits for a connection fails then, as effect's client does, and leaves the connection to the next",
+      () =>
+        Effect.gen(function* () {
+          // The one connection stays busy until the test lets its answer go.
+          let release: () => void = () => undefined
+          const held = new Promise<void>((resolve) => {
+            release = resolve
+          })
+          const server = yield* Server.make(async (req, res) => {
+            if (req.path === "/held") await held
+            Server.text(res, 200, req.path)
+          })
+          const pool = yield* HttpClient.HttpClient
+          const first = yield* Effect.forkChild(Effect.flatMap(pool.get(`${server.url}/held`), (r) => r.text))
+          yield* server.awaitRequests(1)
+          // Closed from outside (a scope handed to the request), its fiber not interrupted: it waited
+          // in undici's queue until the connection freed, however long that took.
+          const scope = yield* Scope.make()
+          const queued = yield* Effect.forkChild(
+            HttpClient.withScope(pool).get(`${server.url}/queued`).pipe(Scope.provide(scope))
+          )
+          yield* Effect.sleep("20 millis")
+          yield* Scope.close(scope, Exit.void)
+          const exit = yield* Fiber.await(queued).pipe(Effect.timeoutOption("5 seconds"))
+          release()
+          assert.isTrue(Option.isSome(exit), "the request waited for the connection to free")
+          assert.strictEqual(reasonOf(exit.pipe(Option.getOrThrow)), "TransportError")
+          assert.strictEqual(yield* Fiber.join(first), "/held")
+          assert.strictEqual(yield* Effect.flatMap(pool.get(`${server.url}/next`), (r) => r.text), "/next")
+          assert.deepStrictEqual(
+            (yield* server.requests).map((r) => r.path),
+            ["/held", "/next"]
+          )
+          assert.strictEqual(yield* server.connections, 1, "the connection was kept")
+        }).pipe(
+          Effect.provide(
+            UndiciHttpClient.layerNoDispatcher.pipe(
+              Layer.provide(NodeHttpClient.layerDispatcherOptions({ connections: 1 }))
+            )
+          )
+        )
+    )
+
     it.live("a body read as a stream is not then read whole: the read fails instead of giving the rest", () =>
       Effect.gen(function* () {
         const server = yield* Server.make((_, res) => Server.chunked(res, ["hel", "lo"]))

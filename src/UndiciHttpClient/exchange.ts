@@ -81,10 +81,17 @@ export class Exchange implements Undici.Dispatcher.DispatchHandler, EventListene
   abort(reason: Error): void {
     if (this.ended || this.error !== undefined) return
     this.aborted ??= reason
-    if (this.controller !== undefined) this.controller.abort(reason)
+    if (this.controller !== undefined) {
+      this.controller.abort(reason)
+      return
+    }
     // Still queued for a connection: undici drops it only as one frees (a long stream's may
-    // take minutes), and its body need not be held until then.
-    else if (this.body !== undefined) release(this.body)
+    // take minutes), and neither its body nor its caller (whose scope closed, not interrupted:
+    // effect's client fails it then) need wait until then.
+    if (this.body !== undefined) release(this.body)
+    const onHead = this.onHead
+    this.onHead = undefined
+    if (onHead !== undefined) onHead(reason)
   }
 
   onRequestStart(controller: Undici.Dispatcher.DispatchController): void {
