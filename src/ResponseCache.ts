@@ -127,7 +127,9 @@ export interface Service {
    * for a `key` that is not a string, a `compute` that is not an Effect, or `options` with a key
    * it does not take (a misspelt `alowStale`) or a value of the wrong kind; and, never answered
    * stale, when `keep` or `originOf` throws or answers what it may not (see their docs), and
-   * when called for a key from within that key's own computation (it would wait for itself).
+   * when called for a key from within that key's own computation, or from within a computation of
+   * this cache that the key's computation waits for through the keys it asks for (a cycle across
+   * callers: each would wait for the other, for good).
    */
   readonly getOrCompute: <E>(
     key: string,

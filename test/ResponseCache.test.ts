@@ -1220,6 +1220,39 @@ describe("ResponseCache: inputs", () => {
     })
   )
 
+  it.effect("two computations that each ask for the other's key (a cycle across callers) fail, never hang", () =>
+    Effect.gen(function* () {
+      const cache = yield* makeCache()
+      // a's computation asks for b, and b's (started by another caller meanwhile) asks for a: each waited
+      // for the other for good.
+      const asking = (other: string): Effect.Effect<GenerateResponse, AiError> =>
+        Effect.andThen(Effect.sleep("1 second"), () =>
+          Effect.map(cache.getOrCompute(other, asking(other === "a" ? "b" : "a")), (found) => found.value)
+        )
+      const a = yield* Effect.forkChild(Effect.flip(cache.getOrCompute("a", asking("b"))))
+      const b = yield* Effect.forkChild(Effect.flip(cache.getOrCompute("b", asking("a"))))
+      yield* TestClock.adjust("1 hour")
+      assert.isDefined(a.pollUnsafe(), "a waits for b, which waits for a")
+      assert.isDefined(b.pollUnsafe(), "b waits for a, which waits for b")
+      for (const error of [yield* Fiber.join(a), yield* Fiber.join(b)]) {
+        const { reason, field } = error as Extract<AiError, { readonly _tag: "ModelError" }>
+        assert.strictEqual(`${reason}/${field}`, "InvalidRequest/compute")
+        assert.include(error.message, "recursion")
+      }
+      // Both keys are free again.
+      assert.strictEqual((yield* cache.getOrCompute("a", Effect.succeed(response("ok")))).source, "miss")
+      assert.strictEqual((yield* cache.getOrCompute("b", Effect.succeed(response("ok")))).source, "miss")
+      // A computation that asks for another key no one waits on still answers.
+      const outer = yield* Effect.forkChild(
+        cache.getOrCompute(
+          "outer",
+          Effect.map(cache.getOrCompute("inner", Effect.succeed(response("inner"))), (found) => found.value)
+        )
+      )
+      assert.strictEqual((yield* Fiber.join(outer)).value.text, "inner")
+    })
+  )
+
   it.effect("a compute that asks for its own key fails with an InvalidRequest naming the recursion, never hangs", () =>
     Effect.gen(function* () {
       const cache = yield* makeCache()

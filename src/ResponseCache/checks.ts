@@ -261,3 +261,16 @@ export const recursion = (key: string): ModelError =>
     "compute",
     `getOrCompute of key ${key} was called from within its own computation (a recursion): it would wait for itself`
   )
+
+/**
+ * The refusal of a `getOrCompute` of `key` from within the computation of `within`, when the
+ * computation of `key` waits (through the keys its own computation asks for) for that of `within`:
+ * each would wait for the other, forever unless a `bound` cut them.
+ *
+ * @internal
+ */
+export const cycle = (key: string, within: string): ModelError =>
+  refusal(
+    "compute",
+    `getOrCompute of key ${key} was called from within the computation of key ${within}, which the computation of ${key} waits for (a recursion through other keys): it would wait for itself`
+  )

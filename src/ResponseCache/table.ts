@@ -34,6 +34,17 @@ const isComputing = (computing: Computing | undefined, table: object, key: strin
   return false
 }
 
+// The innermost of a table's computations the current fiber runs within.
+const innermost = (computing: Computing | undefined, table: object): Computing | undefined => {
+  for (let at = computing; at !== undefined; at = at.parent) {
+    if (at.table === table) return at
+  }
+  return undefined
+}
+
+// The key of a table's entry as a caller named it (without its `r:` or `s:`).
+const callerKey = (key: string): string => key.slice(key.indexOf(":") + 1)
+
 /**
  * A cached value: a whole answer or the parts of a completed stream.
  *
@@ -114,7 +125,9 @@ export interface Table {
  * A table of at most `capacity` finished entries (and, given `maxBytes`, at most that many
  * bytes of their values), least recently used evicted first, plus the computations running
  * (never evicted: a caller arriving later joins them). A `run` of a key from within its own
- * computation (or a fiber it started) fails with `Checks.recursion`: it waited for itself.
+ * computation (or a fiber it started) fails with `Checks.recursion`: it waited for itself; one from
+ * within a computation that the key's computation waits for (through the keys it runs or joins) fails
+ * with `Checks.cycle`. Only cycles within one table are seen.
  *
  * @internal
  */
@@ -273,6 +286,92 @@ export const makeTable = Effect.fnUntraced(function* (capacity: number, maxBytes
     return exit === undefined || (Exit.isSuccess(exit) && exit.value !== stale)
   }
 
+  // What the computations of this table wait for (by key, how many of their fibers): the keys they
+  // run or join from within. Only computations that ask this cache again appear here.
+  const waits = new Map<string, Map<string, number>>()
+
+  const addWait = (from: string, to: string): void => {
+    let targets = waits.get(from)
+    if (targets === undefined) {
+      targets = new Map()
+      waits.set(from, targets)
+    }
+    targets.set(to, (targets.get(to) ?? 0) + 1)
+  }
+
+  const removeWait = (from: string, to: string): void => {
+    const targets = waits.get(from)
+    if (targets === undefined) return
+    const count = (targets.get(to) ?? 1) - 1
+    if (count > 0) targets.set(to, count)
+    else if (targets.delete(to) && targets.size === 0) waits.delete(from)
+  }
+
+  // Whether the computation of `key` waits, through the computations it waits for, for one that
+  // `computing` runs within: joining it, each would wait for the other.
+  const waitsOn = (key: string, computing: Computing): boolean => {
+    const seen = new Set<string>()
+    const next = [key]
+    for (let at = next.pop(); at !== undefined; at = next.pop()) {
+      if (seen.has(at)) continue
+      seen.add(at)
+      if (isComputing(computing, computes, at)) return true
+      const targets = waits.get(at)
+      if (targets !== undefined) for (const to of targets.keys()) next.push(to)
+    }
+    return false
+  }
+
+  // Runs or joins the computation of `key` (see `run`, which checks the caller first).
+  const runOrJoin = <E>(
+    key: string,
+    compute: Effect.Effect<Stored, E>,
+    found: Stored | undefined
+  ): Effect.Effect<{ readonly stored: Stored; readonly leader: boolean }, E | ModelError> => {
+    const stale = found === undefined || supersededSince(key, found) ? undefined : found
+    // Whoever's computation the lookup runs led the flight; the others joined it.
+    let leader = false
+    const started = Effect.suspend(() => {
+      leader = true
+      return compute
+    })
+    const own: Effect.Effect<Stored, unknown> =
+      stale === undefined
+        ? started
+        : started.pipe(
+            Effect.onExit((exit) =>
+              Effect.suspend(() => {
+                // Superseded meanwhile (an `invalidate`, or a value put under the key): the
+                // entry this refresh replaced is gone for good, and putting it back brought an
+                // invalidated answer back as stale, or a fresh one put meanwhile went.
+                if (refreshing.get(key) !== stale) return Effect.void
+                refreshing.delete(key)
+                // An answer not kept (keepFor 0: finished in error, or refused by `keep`) replaces
+                // nothing: the entry stays for the failures to come within its grace.
+                if (Exit.isSuccess(exit) && exit.value.keepFor > 0) return Effect.void
+                return Effect.clockWith((clock) => {
+                  const left = stale.staleUntil - clock.currentTimeMillisUnsafe()
+                  return left > 0 ? put(key, { ...stale, keepFor: left }) : Effect.void
+                })
+              })
+            )
+          )
+    computes.set(key, own)
+    if (stale !== undefined) {
+      refreshing.set(key, stale)
+      MutableHashMap.remove(cache.map, key)
+    }
+    const got = Cache.get(cache, key) as Effect.Effect<Stored, E>
+    return (maxBytes === undefined ? got : Effect.tap(got, () => Effect.sync(evictBytes))).pipe(
+      Effect.map((stored) => ({ stored, leader })),
+      Effect.ensuring(
+        Effect.sync(() => {
+          if (computes.get(key) === own) computes.delete(key)
+        })
+      )
+    )
+  }
+
   const run = <E>(
     key: string,
     compute: Effect.Effect<Stored, E>,
@@ -282,50 +381,23 @@ export const makeTable = Effect.fnUntraced(function* (capacity: number, maxBytes
       // One reference read per computation run or joined (a hit never comes here): outside any
       // computation it is undefined.
       const computing = fiber.getRef(Computing)
-      if (computing !== undefined && isComputing(computing, computes, key)) {
-        return Effect.fail(Checks.recursion(key.slice(key.indexOf(":") + 1)))
-      }
-      const stale = found === undefined || supersededSince(key, found) ? undefined : found
-      // Whoever's computation the lookup runs led the flight; the others joined it.
-      let leader = false
-      const started = Effect.suspend(() => {
-        leader = true
-        return compute
-      })
-      const own: Effect.Effect<Stored, unknown> =
-        stale === undefined
-          ? started
-          : started.pipe(
-              Effect.onExit((exit) =>
-                Effect.suspend(() => {
-                  // Superseded meanwhile (an `invalidate`, or a value put under the key): the
-                  // entry this refresh replaced is gone for good, and putting it back brought an
-                  // invalidated answer back as stale, or a fresh one put meanwhile went.
-                  if (refreshing.get(key) !== stale) return Effect.void
-                  refreshing.delete(key)
-                  // An answer not kept (keepFor 0: finished in error, or refused by `keep`) replaces
-                  // nothing: the entry stays for the failures to come within its grace.
-                  if (Exit.isSuccess(exit) && exit.value.keepFor > 0) return Effect.void
-                  return Effect.clockWith((clock) => {
-                    const left = stale.staleUntil - clock.currentTimeMillisUnsafe()
-                    return left > 0 ? put(key, { ...stale, keepFor: left }) : Effect.void
-                  })
-                })
-              )
-            )
-      computes.set(key, own)
-      if (stale !== undefined) {
-        refreshing.set(key, stale)
-        MutableHashMap.remove(cache.map, key)
-      }
-      const got = Cache.get(cache, key) as Effect.Effect<Stored, E>
-      return (maxBytes === undefined ? got : Effect.tap(got, () => Effect.sync(evictBytes))).pipe(
-        Effect.map((stored) => ({ stored, leader })),
-        Effect.ensuring(
-          Effect.sync(() => {
-            if (computes.get(key) === own) computes.delete(key)
-          })
-        )
+      if (computing === undefined) return runOrJoin(key, compute, found)
+      if (isComputing(computing, computes, key)) return Effect.fail(Checks.recursion(callerKey(key)))
+      const within = innermost(computing, computes)
+      if (within === undefined) return runOrJoin(key, compute, found)
+      // From within a computation of this table, which waits for `key`'s while this runs: `key`'s must
+      // not wait for it. Checked and noted at once (no other fiber runs between), and forgotten on exit.
+      let waiting = false
+      return Effect.ensuring(
+        Effect.suspend(() => {
+          if (waitsOn(key, computing)) return Effect.fail(Checks.cycle(callerKey(key), callerKey(within.key)))
+          waiting = true
+          addWait(within.key, key)
+          return runOrJoin(key, compute, found)
+        }),
+        Effect.sync(() => {
+          if (waiting) removeWait(within.key, key)
+        })
       )
     })
 
