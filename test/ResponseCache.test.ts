@@ -517,6 +517,27 @@ describe("ResponseCache (memory)", () => {
     })
   )
 
+  it.effect("a refresh whose only caller leaves before its computation starts keeps the stale entry", () =>
+    Effect.gen(function* () {
+      const cache = yield* makeCache({ ttl: "10 seconds", staleFor: "1 minute" })
+      yield* cache.setMany([{ key: "k", value: response("old") }])
+      yield* TestClock.adjust("11 seconds")
+      const slow = yield* scripted({ latency: "1 second" })
+      // Interrupted at once: the computation was forked, and ended before its first step.
+      const refresh = yield* Effect.forkChild(cache.getOrCompute("k", slow.call("new"), { allowStale: true }), {
+        startImmediately: true
+      })
+      yield* Fiber.interrupt(refresh)
+      assert.strictEqual(yield* slow.calls, 0, "the computation had not started")
+      // The entry is still within its grace: a failure is answered with it, as after a refresh that started.
+      const down = modelError("Overloaded", "down")
+      assert.deepStrictEqual(yield* cache.getOrCompute("k", Effect.fail(down), { allowStale: true }), {
+        value: response("old"),
+        source: "stale"
+      })
+    })
+  )
+
   it.effect(
     "bound: a caller's bound cuts its own wait (stale with allowStale); the computation goes on for the rest",
     () =>

@@ -146,16 +146,11 @@ export const makeTable = Effect.fnUntraced(function* (capacity: number, maxBytes
         if (compute === undefined) return Effect.die(`no computation for cache key ${key}`)
         running.add(fiber)
         fiber.addObserver(() => running.delete(fiber))
-        // The computation starts once `Cache.get` has put its entry in the map (after the lookup
-        // first waits): run at once, a compute that wakes another fiber before it waits (a queue, a
-        // signal) let an `invalidate` or a value put under the key in, which found no entry to take
-        // out, and the entry put after it then kept (or wrote) the answer over them.
-        return Effect.andThen(
-          Effect.yieldNow,
-          Effect.provideService(compute, Computing, { table: computes, key, parent: fiber.getRef(Computing) }).pipe(
-            Effect.tap(makeRoom)
-          )
-        )
+        return Effect.provideService(compute, Computing, {
+          table: computes,
+          key,
+          parent: fiber.getRef(Computing)
+        }).pipe(Effect.tap(makeRoom))
       }),
     {
       // The core `Cache` evicts by insertion order whatever the entry: a running computation
@@ -331,10 +326,18 @@ export const makeTable = Effect.fnUntraced(function* (capacity: number, maxBytes
     const stale = found === undefined || supersededSince(key, found) ? undefined : found
     // Whoever's computation the lookup runs led the flight; the others joined it.
     let leader = false
-    const started = Effect.suspend(() => {
-      leader = true
-      return compute
-    })
+    // The computation starts once `Cache.get` has put its entry in the map (after the lookup first
+    // waits): run at once, a compute that wakes another fiber before it waits (a queue, a signal) let an
+    // `invalidate` or a value put under the key in, which found no entry to take out, and the entry put
+    // after it then kept (or wrote) the answer over them. The wait is within `own`, so that a refresh
+    // interrupted there (its callers all left) still puts back the entry it took out.
+    const started = Effect.andThen(
+      Effect.yieldNow,
+      Effect.suspend(() => {
+        leader = true
+        return compute
+      })
+    )
     const own: Effect.Effect<Stored, unknown> =
       stale === undefined
         ? started
