@@ -164,15 +164,19 @@ export const makeTable = Effect.fnUntraced(function* (capacity: number, maxBytes
   // computations are neither evicted (they leave when they end) nor counted, so the table holds at
   // most `capacity` entries plus the computations running. Counted, each computation started took an
   // answer out to make room for its own, and computations that failed (a provider down) emptied the
-  // cache of the answers stale-if-error is there to serve. A scan only once the table holds more
-  // entries than `limit`, finished or running.
+  // cache of the answers stale-if-error is there to serve. Every computation running is taken to be
+  // in the table (those an `invalidate` took out are not: as many more finished ones may stay), so
+  // that the scan stops at the excess, as it did.
   const evict = (limit: number): void => {
-    if (MutableHashMap.size(cache.map) <= limit) return
+    let excess = MutableHashMap.size(cache.map) - running.size - limit
+    if (excess <= 0) return
     const finished: Array<string> = []
     for (const [key, entry] of cache.map) {
-      if (entry.fiber.pollUnsafe() !== undefined) finished.push(key)
+      if (entry.fiber.pollUnsafe() === undefined) continue
+      finished.push(key)
+      if (--excess === 0) break
     }
-    for (let i = 0; i < finished.length - limit; i++) MutableHashMap.remove(cache.map, finished[i]!)
+    for (const key of finished) MutableHashMap.remove(cache.map, key)
   }
 
   // Bytes of an entry's value in its JSON encoding (UTF-8), measured once per entry.
@@ -229,9 +233,14 @@ export const makeTable = Effect.fnUntraced(function* (capacity: number, maxBytes
   const put = (key: string, stored: Stored): Effect.Effect<void> => Effect.andThen(Cache.set(cache, key, stored), trim)
 
   // An answer kept makes room for itself as its computation ends (still running: not counted); a
-  // computation that fails, or whose answer is not kept, takes no other out.
+  // computation that fails, whose answer is not kept, or that was taken out of the table, takes no other out.
   const makeRoom = (stored: Stored): Effect.Effect<void> =>
-    stored.keepFor > 0 ? Effect.sync(() => evict(capacity - 1)) : Effect.void
+    stored.keepFor > 0
+      ? Effect.withFiber((fiber) => {
+          if (!takenOut.has(fiber)) evict(capacity - 1)
+          return Effect.void
+        })
+      : Effect.void
 
   // Computations a `remove` or a `put` took out of the table while they ran.
   const takenOut = new WeakSet<Fiber.Fiber<unknown, unknown>>()
