@@ -1784,3 +1784,40 @@ describe("stop sequences", () => {
     })
   )
 })
+
+describe("Local provider: checks before and after the model", () => {
+  it.effect("a prompt too long for the context is refused before an instance is taken: it does not wait for one", () =>
+    Effect.gen(function* () {
+      // A generation holds the only instance until a second one runs (which a pool of one never lets happen).
+      const counted = yield* instrumentedWith(2)
+      const { model } = yield* build({ poolSize: 1, shutdownDeadline: 0 }, counted)
+      const busy = yield* model.generate({ prompt: "the river", maxTokens: 5 }).pipe(Effect.forkChild)
+      yield* waitFor(counted.generating, (n) => n === 1)
+      // Refused by its count of tokens (~2,500, past 2,048 positions), and by its characters, without waiting.
+      const calls = yield* Effect.forkChild(
+        Effect.all([
+          Effect.flip(model.generate({ prompt: "word ".repeat(500), maxTokens: 5 })),
+          Effect.flip(Stream.runDrain(model.stream({ prompt: "x".repeat(30_000), maxTokens: 5 })))
+        ])
+      )
+      const ended = yield* endsWithin(calls, 1_000)
+      if (!ended) yield* Fiber.interrupt(calls).pipe(Effect.andThen(Fiber.interrupt(busy)))
+      assert.isTrue(ended, "the refused calls waited for the busy instance")
+      const [byTokens, byChars] = yield* Fiber.join(calls)
+      assert.deepStrictEqual(
+        [byTokens, byChars].map((error) =>
+          error._tag === "ModelError" ? [error.reason, error.field, error.provider] : []
+        ),
+        [
+          ["InvalidRequest", "messages", "local"],
+          ["InvalidRequest", "messages", "local"]
+        ]
+      )
+      assert.match(byTokens.message, /the prompt has \d+ tokens; model "tiny-gpt2" reads at most 2048/)
+      assert.match(byChars.message, /the prompt has 30000 characters, more than the 2047 tokens/)
+      assert.strictEqual(yield* SubscriptionRef.get(counted.generating), 1)
+      yield* Fiber.interrupt(busy)
+      assert.strictEqual(yield* SubscriptionRef.get(counted.generating), 0)
+    })
+  )
+})

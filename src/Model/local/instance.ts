@@ -67,6 +67,16 @@ export interface GenerationInput {
   readonly stop: ReadonlyArray<string>
 }
 
+/**
+ * A generation's input with its prompt tokenized and checked against the model's context: made
+ * before an instance is taken, so a prompt the model cannot read is refused without holding one.
+ */
+export interface PreparedGeneration {
+  readonly input: GenerationInput
+  readonly inputIds: TensorLike
+  readonly inputTokens: number
+}
+
 export interface GenerationOutput {
   readonly text: string
   readonly finishReason: "stop" | "length"
@@ -98,11 +108,17 @@ export interface Instance {
   readonly modelId: string
   readonly task: Task
   /**
+   * Applies the chat template and tokenizes the prompt, refusing one the model cannot read
+   * (`InvalidRequest`, field `messages`). Uses only the tokenizer: callable without holding
+   * the instance, and its result runs on any instance of the same model.
+   */
+  readonly prepare: (input: GenerationInput) => Effect.Effect<PreparedGeneration, ModelError>
+  /**
    * Runs one generation. Interrupting the effect stops the generation at its next decoding
    * step and waits for it to stop, so the instance is idle when it goes back to the pool.
    */
   readonly generate: (
-    input: GenerationInput,
+    prepared: PreparedGeneration,
     options?: GenerateOptions
   ) => Effect.Effect<GenerationOutput, ModelError | ShuttingDownError>
   /** Mean-pooled, L2-normalised embeddings of a batch of texts. */
@@ -232,15 +248,7 @@ export const makeInstance = ({ lib, modelId, task, tokenizer, model, clock }: In
   // What a yield to the event loop has been costing this instance (ms, moving average).
   let yieldCost = 0
 
-  const runGeneration = async (
-    input: GenerationInput,
-    signal: AbortSignal,
-    options: GenerateOptions | undefined
-  ): Promise<GenerationOutput> => {
-    const onDelta = options?.onDelta
-    const halt = options?.halt
-    const pace = options?.pace
-    if (halt?.aborted) throw halt.reason
+  const prepareSync = (input: GenerationInput): PreparedGeneration => {
     let prompt: string
     try {
       prompt = promptOf(tokenizer, input.messages)
@@ -269,6 +277,18 @@ export const makeInstance = ({ lib, modelId, task, tokenizer, model, clock }: In
         `the prompt has ${inputTokens} tokens; model "${modelId}" reads at most ${promptPositions}${seq2seq ? "" : ", its answer included"}`
       )
     }
+    return { input, inputIds: encoded.input_ids, inputTokens }
+  }
+
+  const runGeneration = async (
+    { input, inputIds, inputTokens }: PreparedGeneration,
+    signal: AbortSignal,
+    options: GenerateOptions | undefined
+  ): Promise<GenerationOutput> => {
+    const onDelta = options?.onDelta
+    const halt = options?.halt
+    const pace = options?.pace
+    if (halt?.aborted) throw halt.reason
     // The answer is cut (finish reason "length") where the positions end: a decoder-only model's
     // at what the prompt left of its context, an encoder-decoder's at its decoder's positions, the
     // first of which its start token takes. Past them the model would read positions it has not got.
@@ -375,7 +395,7 @@ export const makeInstance = ({ lib, modelId, task, tokenizer, model, clock }: In
         : null
     let stopped = false
     try {
-      const sequences = await model.generate.call(view, encoded.input_ids, config, processors)
+      const sequences = await model.generate.call(view, inputIds, config, processors)
       const first = sequences[0]
       if (first !== undefined) sequence = first
     } catch (error) {
@@ -430,25 +450,33 @@ export const makeInstance = ({ lib, modelId, task, tokenizer, model, clock }: In
   const wrongTask = (message: string) =>
     Effect.fail(new ModelError({ reason: "InvalidRequest", message, model: modelId, field: "model" }))
 
+  const notForGeneration = () => wrongTask(`model "${modelId}" is loaded for embeddings, not generation`)
+
   return {
     modelId,
     task,
-    generate: (input, options) =>
+    prepare: (input) =>
       task === "feature-extraction"
-        ? wrongTask(`model "${modelId}" is loaded for embeddings, not generation`)
+        ? notForGeneration()
+        : Effect.try({
+            try: () => prepareSync(input),
+            catch: (error) =>
+              error instanceof ContextExceeded || error instanceof TemplateRefused
+                ? new ModelError({
+                    reason: "InvalidRequest",
+                    message: error.message,
+                    model: modelId,
+                    field: "messages"
+                  })
+                : failure("tokenizing the prompt")(error)
+          }),
+    generate: (prepared, options) =>
+      task === "feature-extraction"
+        ? notForGeneration()
         : abortable(
-            (signal) => runGeneration(input, signal, options),
+            (signal) => runGeneration(prepared, signal, options),
             (error): ModelError | ShuttingDownError =>
-              error instanceof ShuttingDownError
-                ? error
-                : error instanceof ContextExceeded || error instanceof TemplateRefused
-                  ? new ModelError({
-                      reason: "InvalidRequest",
-                      message: error.message,
-                      model: modelId,
-                      field: "messages"
-                    })
-                  : generationFailure(error)
+              error instanceof ShuttingDownError ? error : generationFailure(error)
           ),
     embed: (texts) =>
       task !== "feature-extraction"

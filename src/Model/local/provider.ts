@@ -108,11 +108,17 @@ export const makeWith = Effect.fnUntraced(function* (
   yield* Effect.addFinalizer(() => Effect.sync(() => halt.abort(late())))
   // Load every model once now (downloads overlap): a missing or broken model fails the
   // layer, not the first request. Stopped by the shutdown, the build was interrupted.
-  yield* Effect.forEach(pools.values(), (pool) => Pool.use(pool, () => Effect.void), {
-    concurrency: "unbounded",
-    discard: true
-  }).pipe(Effect.catchTag("ShuttingDownError", () => Effect.interrupt))
+  // A generation model's prompts are prepared with the tokenizer of the instance loaded now
+  // (every instance of a model has the same): a prompt the model cannot read is refused before
+  // an instance is taken, not after waiting for one, and holds none meanwhile.
+  const preparers = new Map<string, Instance["prepare"]>()
+  yield* Effect.forEach(
+    pools,
+    ([key, pool]) => Pool.use(pool, (instance) => Effect.sync(() => preparers.set(key, instance.prepare))),
+    { concurrency: "unbounded", discard: true }
+  ).pipe(Effect.catchTag("ShuttingDownError", () => Effect.interrupt))
   const poolOf = (purpose: Purpose, modelId: string) => pools.get(poolKey(purpose, modelId))!
+  const prepare = (modelId: string, input: GenerationInput) => preparers.get(poolKey("generation", modelId))!(input)
 
   const batchers = new Map<string, Batcher<string, Embedded, ModelError | ShuttingDownError>>()
   for (const modelId of config.embeddingModels) {
@@ -257,9 +263,9 @@ export const makeWith = Effect.fnUntraced(function* (
     yield* checkSupported(valid)
     yield* checkSeed(valid.seed)
     const modelId = yield* modelFor(valid.model, "generation")
-    const input = yield* inputOf(valid)
+    const prepared = yield* prepare(modelId, yield* inputOf(valid))
     const output = yield* admitted(
-      Pool.use(poolOf("generation", modelId), (instance) => instance.generate(input, { halt: halt.signal }))
+      Pool.use(poolOf("generation", modelId), (instance) => instance.generate(prepared, { halt: halt.signal }))
     )
     const usage = Model.usage(output.inputTokens, output.outputTokens)
     yield* annotate(modelId, usage)
@@ -283,7 +289,7 @@ export const makeWith = Effect.fnUntraced(function* (
       yield* checkSupported(valid)
       yield* checkSeed(valid.seed)
       const modelId = yield* modelFor(valid.model, "generation")
-      const input = yield* inputOf(valid)
+      const prepared = yield* prepare(modelId, yield* inputOf(valid))
       let delivered = ""
       const onDelta = (text: string) => {
         delivered += text
@@ -291,7 +297,7 @@ export const makeWith = Effect.fnUntraced(function* (
       }
       const output = yield* admitted(
         Pool.use(poolOf("generation", modelId), (instance) =>
-          instance.generate(input, { onDelta, pace, halt: halt.signal })
+          instance.generate(prepared, { onDelta, pace, halt: halt.signal })
         )
       ).pipe(
         // A failure after text is the provider's own error, as from every provider (an HTTP
