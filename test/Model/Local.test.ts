@@ -1786,6 +1786,55 @@ describe("stop sequences", () => {
 })
 
 describe("Local provider: checks before and after the model", () => {
+  it.effect(
+    "a vector with NaN or Infinity is a Decode error naming it; the other caller of the batch gets its vector",
+    () =>
+      Effect.gen(function* () {
+        // A model whose output for "poison" is not a number (a broken export, an fp16 overflow).
+        const instrument =
+          (real: Loader): Loader =>
+          (modelId, purpose) =>
+            Effect.map(
+              real(modelId, purpose),
+              (instance): Instance => ({
+                ...instance,
+                embed: (texts) =>
+                  Effect.map(instance.embed(texts), (output) => ({
+                    ...output,
+                    vectors: output.vectors.map((vector, i) =>
+                      texts[i] === "poison"
+                        ? vector.map((x, j) => (j === 3 ? Number.NaN : x))
+                        : texts[i] === "inf"
+                          ? vector.map((x, j) => (j === 0 ? Number.POSITIVE_INFINITY : x))
+                          : vector
+                    )
+                  }))
+              })
+            )
+        const { model } = yield* build({}, { instrument })
+        const [bad, good, infinite] = yield* Effect.all(
+          [
+            Effect.flip(model.embed({ texts: ["fine", "poison"] })),
+            model.embed({ texts: ["fine"] }),
+            Effect.flip(model.embed({ texts: ["inf"] }))
+          ],
+          { concurrency: "unbounded" }
+        )
+        assert.deepStrictEqual(
+          [bad, infinite].map((error) =>
+            error._tag === "ModelError" ? [error.reason, error.field, error.provider] : []
+          ),
+          [
+            ["Decode", "vectors[1]", "local"],
+            ["Decode", "vectors[0]", "local"]
+          ]
+        )
+        assert.match(bad.message, /vectors\[1\]\[3\] = NaN, not a finite number/)
+        assert.strictEqual(good.vectors.length, 1)
+        assert.isTrue(good.vectors[0]!.every(Number.isFinite))
+      })
+  )
+
   it.effect("a prompt too long for the context is refused before an instance is taken: it does not wait for one", () =>
     Effect.gen(function* () {
       // A generation holds the only instance until a second one runs (which a pool of one never lets happen).

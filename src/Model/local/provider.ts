@@ -345,7 +345,19 @@ export const makeWith = Effect.fnUntraced(function* (
     }
     const vectors: Array<ReadonlyArray<number>> = []
     let tokens = 0
-    for (const result of results) {
+    for (const [i, result] of results.entries()) {
+      // A broken export or an fp16 overflow gives NaN or Infinity: refused here, for this caller
+      // alone, as the HTTP providers refuse theirs, rather than handed on as numbers.
+      const at = result.vector.findIndex((x) => !Number.isFinite(x))
+      if (at >= 0) {
+        return yield* new ModelError({
+          reason: "Decode",
+          message: `${provider}: model "${modelId}" gave vectors[${i}][${at}] = ${result.vector[at]}, not a finite number`,
+          provider,
+          model: modelId,
+          field: `vectors[${i}]`
+        })
+      }
       vectors.push(result.vector)
       tokens += result.tokens
     }
