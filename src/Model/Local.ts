@@ -46,7 +46,13 @@ export interface Options {
    * is refused. Encoder-decoder models (T5, BART) run as text2text generation. Default `"tiny-gpt2"`.
    */
   readonly generationModel?: string | undefined
-  /** Model for `embed` (mean pooling + L2 normalisation). Default `"tiny-bert"`. */
+  /**
+   * Model for `embed` (mean pooling + L2 normalisation). A text is truncated to the model's
+   * positions; one longer than 16 characters a position is cut between words, before it is
+   * tokenized, to a prefix whose tokens fill the positions (searched up to 256 characters a
+   * position: a text whose first ones hold fewer tokens, such as long runs of whitespace, is read
+   * from those alone), so a huge text costs no more than a long one. Default `"tiny-bert"`.
+   */
   readonly embeddingModel?: string | undefined
   /** Further models requests may select with `model`; all are loaded when the provider is built. */
   readonly models?:

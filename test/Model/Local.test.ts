@@ -1869,4 +1869,38 @@ describe("Local provider: checks before and after the model", () => {
       assert.strictEqual(yield* SubscriptionRef.get(counted.generating), 0)
     })
   )
+
+  it.effect(
+    "a huge text is cut to a bound of characters before it is tokenized, with the vector of its first tokens",
+    () =>
+      Effect.gen(function* () {
+        // The real tokenizers, recording the length of every text they are given.
+        const seen: Array<number> = []
+        const AutoTokenizer = Object.assign(() => {}, {
+          from_pretrained: async (id: string, options: object) => {
+            const tokenizer = await Transformers.AutoTokenizer.from_pretrained(id, options)
+            const call = tokenizer._call.bind(tokenizer)
+            tokenizer._call = (text: string | Array<string>, options?: Parameters<typeof call>[1]) => {
+              for (const t of [text].flat()) seen.push(t.length)
+              return call(text, options)
+            }
+            return tokenizer
+          }
+        })
+        const { model } = yield* build(
+          { requestLimits: { maxInputChars: 20_000_000 } },
+          { importer: async () => ({ ...Transformers, AutoTokenizer }) }
+        )
+        // 5 million characters each: prose, and one word (BERT reads a word past 100 characters as [UNK]).
+        const prose = "the quiet river carries stone home. ".repeat(140_000)
+        const word = "x".repeat(5_000_000)
+        const huge = yield* model.embed({ texts: [prose, "short", word] })
+        // tiny-bert reads 128 positions: a text is tokenized at most 256 characters a position.
+        assert.isAtMost(Math.max(...seen), 128 * 256)
+        // Truncation as before: the vectors of the first tokens, which a few thousand characters hold.
+        const expected = yield* model.embed({ texts: [prose.slice(0, 4_000), "short", "x".repeat(1_000)] })
+        for (const [i, vector] of huge.vectors.entries()) assertClose(vector, expected.vectors[i]!)
+        assert.strictEqual(huge.usage?.inputTokens, expected.usage?.inputTokens)
+      })
+  )
 })

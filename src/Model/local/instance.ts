@@ -140,6 +140,28 @@ export interface Instance {
  * every `STEPS_PER_YIELD` steps. With a real model a step takes longer than a slice, so it
  * yields between any two tokens.
  */
+/**
+ * Embeddings read a text's first `model_max_length` tokens, but tokenizing runs synchronously
+ * over the whole text first (~0.5 s a million characters, where no deadline can fire). A text
+ * longer than `EMBED_FIRST_CHARS` characters a position is cut, before the batch is tokenized,
+ * to a prefix whose tokens already fill the positions; searched up to `EMBED_MOST_CHARS` a position.
+ */
+const EMBED_FIRST_CHARS = 16
+const EMBED_MOST_CHARS = 256
+
+/**
+ * Where `text` may be cut near `end` without changing the tokens before the cut: before a space,
+ * tab or line break in the half before `end` (every tokenizer splits words there), else at `end`
+ * (not inside a surrogate pair).
+ */
+const cutNear = (text: string, end: number): number => {
+  let space = -1
+  for (const c of [" ", "\n", "\t", "\r"]) space = Math.max(space, text.lastIndexOf(c, end - 1))
+  if (space >= end / 2) return space
+  const code = text.charCodeAt(end - 1)
+  return code >= 0xd800 && code <= 0xdbff ? end - 1 : end
+}
+
 const SLICE_MILLIS = 4
 const MAX_SLICE_MILLIS = 50
 const YIELD_SHARE = 20
@@ -417,8 +439,27 @@ export const makeInstance = ({ lib, modelId, task, tokenizer, model, clock }: In
     }
   }
 
+  // The prefix of a long text the truncation reads, grown until its tokens fill the positions (then
+  // those are the whole text's first tokens, since it ends between words) or it reaches the most
+  // characters searched: only there does a text whose first characters hold fewer tokens (runs of
+  // whitespace, words of hundreds of characters) lose the tokens after them.
+  const readFor = (text: string, positions: number): string => {
+    let end = positions * EMBED_FIRST_CHARS
+    const most = positions * EMBED_MOST_CHARS
+    while (text.length > end) {
+      const prefix = text.slice(0, cutNear(text, end))
+      if (end >= most) return prefix
+      if ((tokenizer(prefix, { add_special_tokens: false }).input_ids.dims.at(-1) ?? 0) >= positions) return prefix
+      end = Math.min(end * 4, most)
+    }
+    return text
+  }
+
   const runEmbedding = async (texts: ReadonlyArray<string>): Promise<EmbeddingOutput> => {
-    const encoded = tokenizer(texts, { padding: true, truncation: true })
+    const positions = tokenizer.model_max_length
+    const read =
+      positions === undefined || !Number.isFinite(positions) ? texts : texts.map((text) => readFor(text, positions))
+    const encoded = tokenizer(read, { padding: true, truncation: true })
     const output = await model(encoded)
     const hidden = output.last_hidden_state
     if (hidden === undefined) throw new Error(`model "${modelId}" returned no last_hidden_state`)
