@@ -209,7 +209,45 @@ export interface LanguageModelOptions {
   readonly name?: string | undefined
   /** Settings of every call; a `GenerationConfig` in context overrides them field by field. */
   readonly settings?: GenerationSettings | undefined
-  /** Bounds on a request, checked before the target sees it. */
+  /**
+   * Bounds on a request (`maxInputChars`, `maxMessages`, `maxEmbedTexts`, positive integers),
+   * checked before the target sees it. Default `Model.defaultRequestLimits`.
+   *
+   * @since 0.3.0
+   */
+  readonly requestLimits?: Partial<Model.RequestLimits> | undefined
+  /**
+   * The former name of `requestLimits`, still read. Giving both with different values is an
+   * `OptionError` naming `limits`.
+   *
+   * @deprecated Use `requestLimits`, as every provider's options name it.
+   */
+  readonly limits?: Partial<Model.RequestLimits> | undefined
+}
+
+/**
+ * Options of {@link embeddingModel}: checked when it is built (an `OptionError` naming the
+ * field).
+ *
+ * @since 0.3.0
+ * @category models
+ */
+export interface EmbeddingModelOptions {
+  /** The model every request names. Default: none (the target's default). */
+  readonly model?: string | undefined
+  /**
+   * Bounds on a request (`maxInputChars`, `maxEmbedTexts`, positive integers), checked before
+   * the target sees it. Default `Model.defaultRequestLimits`.
+   *
+   * @since 0.3.0
+   */
+  readonly requestLimits?: Partial<Model.RequestLimits> | undefined
+  /**
+   * The former name of `requestLimits`, still read. Giving both with different values is an
+   * `OptionError` naming `limits`.
+   *
+   * @deprecated Use `requestLimits`, as every provider's options name it.
+   */
   readonly limits?: Partial<Model.RequestLimits> | undefined
 }
 
@@ -283,14 +321,14 @@ export const layerLanguageModelFromProvider = (
 /**
  * An `effect/ai` `EmbeddingModel` whose calls go to `target.embed` (checked first; the
  * model from `model` when given). Concurrent `embed` calls, which effect/ai batches, are
- * checked one by one and sent in requests within `limits`: each gets its own outcome.
+ * checked one by one and sent in requests within `requestLimits`: each gets its own outcome.
  *
  * @since 0.2.0
  * @category constructors
  */
 export const embeddingModel: (
   target: EmbeddingTarget,
-  options?: { readonly model?: string | undefined; readonly limits?: Partial<Model.RequestLimits> | undefined }
+  options?: EmbeddingModelOptions
 ) => Effect.Effect<EmbeddingModel.EmbeddingModel, Input.OptionError> = To.embeddingModel
 
 /**
@@ -301,6 +339,6 @@ export const embeddingModel: (
  */
 export const layerEmbeddingModel = (
   target: EmbeddingTarget,
-  options: { readonly model?: string | undefined; readonly limits?: Partial<Model.RequestLimits> | undefined } = {}
+  options: EmbeddingModelOptions = {}
 ): Layer.Layer<EmbeddingModel.EmbeddingModel, Input.OptionError> =>
   Layer.effect(EmbeddingModel.EmbeddingModel, embeddingModel(target, options))

@@ -1575,3 +1575,37 @@ describe("EffectAi: a tool call's signature (Gemini's thought signature) crosses
     })
   )
 })
+
+describe("EffectAi: requestLimits, as every provider's options name them", () => {
+  it.effect(
+    "languageModel and embeddingModel take requestLimits; limits, its former name, still holds; both disagreeing is refused",
+    () =>
+      Effect.gen(function* () {
+        const { provider } = yield* Mock.make({ dimensions: 4 })
+        const twoMessages = LanguageModel.generateText({
+          prompt: [
+            { role: "user", content: "a" },
+            { role: "user", content: "b" }
+          ]
+        })
+        const one = { maxMessages: 1, maxEmbedTexts: 1 }
+        for (const options of [{ requestLimits: one }, { limits: one }, { requestLimits: one, limits: { ...one } }]) {
+          const lm = yield* EffectAi.languageModel(provider, options)
+          const refused = yield* Effect.flip(Effect.provideService(twoMessages, LanguageModel.LanguageModel, lm))
+          assert.strictEqual(refused.reason._tag, "InvalidRequestError", JSON.stringify(options))
+          const em = yield* EffectAi.embeddingModel(provider, options)
+          const tooMany = yield* Effect.flip(em.embedMany(["a", "b"]))
+          assert.strictEqual(tooMany.reason._tag, "InvalidRequestError", JSON.stringify(options))
+        }
+        const paths: Array<string> = []
+        for (const options of [
+          { requestLimits: { maxMessages: -1 } },
+          { requestLimits: { maxMessages: 1 }, limits: { maxMessages: 2 } }
+        ]) {
+          paths.push((yield* Effect.flip(EffectAi.languageModel(provider, options))).path)
+          paths.push((yield* Effect.flip(EffectAi.embeddingModel(provider, options))).path)
+        }
+        assert.deepStrictEqual(paths, ["requestLimits.maxMessages", "requestLimits.maxMessages", "limits", "limits"])
+      })
+  )
+})

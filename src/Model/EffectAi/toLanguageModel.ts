@@ -10,7 +10,13 @@ import { AiError as Ai, EmbeddingModel, LanguageModel, type Response } from "eff
 import { ModelError } from "../../AiError.js"
 import * as Input from "../../Input.js"
 import * as Model from "../../Model.js"
-import type { EmbeddingTarget, GenerationSettings, LanguageModelOptions, Target } from "../EffectAi.js"
+import type {
+  EmbeddingModelOptions,
+  EmbeddingTarget,
+  GenerationSettings,
+  LanguageModelOptions,
+  Target
+} from "../EffectAi.js"
 import {
   finishOf,
   metadataOf,
@@ -90,8 +96,33 @@ const readOptions = <O>(options: O, keys: ReadonlySet<string>): Input.Checked<O>
   const issue = Input.notAnObject("options", options) ?? Input.unknownKey(options as object, keys)
   return issue === undefined ? (Input.readFields(options as object) as Input.Checked<O>) : Result.fail(issue)
 }
-const languageModelKeys: ReadonlySet<string> = new Set(["name", "settings", "limits"])
-const embeddingModelKeys: ReadonlySet<string> = new Set(["model", "limits"])
+const languageModelKeys: ReadonlySet<string> = new Set(["name", "settings", "requestLimits", "limits"])
+const embeddingModelKeys: ReadonlySet<string> = new Set(["model", "requestLimits", "limits"])
+
+const sameLimits = (a: Model.RequestLimits, b: Model.RequestLimits): boolean =>
+  a.maxInputChars === b.maxInputChars && a.maxMessages === b.maxMessages && a.maxEmbedTexts === b.maxEmbedTexts
+
+/**
+ * `requestLimits`, or `limits` (its former name, the rest of the library's options call it
+ * `requestLimits`); both given must agree, or which one holds would be a guess.
+ */
+const limitsOf = (options: {
+  readonly requestLimits?: Partial<Model.RequestLimits> | undefined
+  readonly limits?: Partial<Model.RequestLimits> | undefined
+}): Input.Checked<Model.RequestLimits> => {
+  const current = Model.requestLimits(options.requestLimits, "requestLimits")
+  if (options.limits === undefined) return current
+  const former = Model.requestLimits(options.limits, "limits")
+  if (options.requestLimits === undefined || Result.isFailure(current) || Result.isFailure(former)) {
+    return Result.isFailure(current) ? current : former
+  }
+  return sameLimits(current.success, former.success)
+    ? current
+    : Result.fail({
+        path: "limits",
+        message: "is the former name of requestLimits, given with other values: give requestLimits alone"
+      })
+}
 
 type Span = LanguageModel.ProviderOptions["span"]
 
@@ -135,7 +166,7 @@ export const languageModel = Effect.fnUntraced(function* (target: Target, given:
     Input.all([
       nonEmpty("name", Input.orDefault(options.name, "effect-orchestra")),
       checkSettings("settings", Input.orDefault(options.settings, {})),
-      Model.requestLimits(options.limits, "limits")
+      limitsOf(options)
     ])
   )
 
@@ -247,7 +278,7 @@ export const languageModel = Effect.fnUntraced(function* (target: Target, given:
 type EmbedEntry = Request.Entry<EmbeddingModel.EmbeddingRequest>
 
 /**
- * The texts of one resolver batch, in order, grouped into requests within `limits`: an input
+ * The texts of one resolver batch, in order, grouped into requests within the limits: an input
  * the limits refuse on its own fails alone, and many callers' single texts go in several
  * requests rather than failing together as one request over the limits.
  */
@@ -337,15 +368,12 @@ const providerResponseOf = (
  */
 export const embeddingModel = (
   target: EmbeddingTarget,
-  given: { readonly model?: string | undefined; readonly limits?: Partial<Model.RequestLimits> | undefined } = {}
+  given: EmbeddingModelOptions = {}
 ): Effect.Effect<EmbeddingModel.EmbeddingModel, Input.OptionError> =>
   Effect.flatMap(
     Input.orOptionError(
       Result.flatMap(readOptions(given, embeddingModelKeys), (options) =>
-        Input.all([
-          Input.optional(options.model, (model) => nonEmpty("model", model)),
-          Model.requestLimits(options.limits, "limits")
-        ])
+        Input.all([Input.optional(options.model, (model) => nonEmpty("model", model)), limitsOf(options)])
       )
     ),
     ([model, limits]) => {
