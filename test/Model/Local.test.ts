@@ -1785,6 +1785,24 @@ describe("stop sequences", () => {
   )
 })
 
+/** The real transformers.js, its tokenizers recording the length of every text they are given. */
+const recordingTokenizers = () => {
+  const seen: Array<number> = []
+  const AutoTokenizer = Object.assign(() => {}, {
+    from_pretrained: async (id: string, options: object) => {
+      const tokenizer = await Transformers.AutoTokenizer.from_pretrained(id, options)
+      const call = tokenizer._call.bind(tokenizer)
+      tokenizer._call = (text: string | Array<string>, options?: Parameters<typeof call>[1]) => {
+        for (const t of [text].flat()) seen.push(t.length)
+        return call(text, options)
+      }
+      return tokenizer
+    }
+  })
+  const internals: Internals = { importer: async () => ({ ...Transformers, AutoTokenizer }) }
+  return { seen, internals }
+}
+
 describe("Local provider: checks before and after the model", () => {
   it.effect(
     "a vector with NaN or Infinity is a Decode error naming it; the other caller of the batch gets its vector",
@@ -1874,23 +1892,8 @@ describe("Local provider: checks before and after the model", () => {
     "a huge text is cut to a bound of characters before it is tokenized, with the vector of its first tokens",
     () =>
       Effect.gen(function* () {
-        // The real tokenizers, recording the length of every text they are given.
-        const seen: Array<number> = []
-        const AutoTokenizer = Object.assign(() => {}, {
-          from_pretrained: async (id: string, options: object) => {
-            const tokenizer = await Transformers.AutoTokenizer.from_pretrained(id, options)
-            const call = tokenizer._call.bind(tokenizer)
-            tokenizer._call = (text: string | Array<string>, options?: Parameters<typeof call>[1]) => {
-              for (const t of [text].flat()) seen.push(t.length)
-              return call(text, options)
-            }
-            return tokenizer
-          }
-        })
-        const { model } = yield* build(
-          { requestLimits: { maxInputChars: 20_000_000 } },
-          { importer: async () => ({ ...Transformers, AutoTokenizer }) }
-        )
+        const { seen, internals } = recordingTokenizers()
+        const { model } = yield* build({ requestLimits: { maxInputChars: 20_000_000 } }, internals)
         // 5 million characters each: prose, and one word (BERT reads a word past 100 characters as [UNK]).
         const prose = "the quiet river carries stone home. ".repeat(140_000)
         const word = "x".repeat(5_000_000)
@@ -1901,6 +1904,39 @@ describe("Local provider: checks before and after the model", () => {
         const expected = yield* model.embed({ texts: [prose.slice(0, 4_000), "short", "x".repeat(1_000)] })
         for (const [i, vector] of huge.vectors.entries()) assertClose(vector, expected.vectors[i]!)
         assert.strictEqual(huge.usage?.inputTokens, expected.usage?.inputTokens)
+      })
+  )
+
+  it.effect(
+    "a prompt whose tokenizer bounds no token's characters is refused by the tokens of its first characters, not tokenized whole",
+    () =>
+      Effect.gen(function* () {
+        // tiny-gpt2 behind an NFC normalizer (as Qwen2's): it may compose characters, so no bound.
+        const dir = yield* tempDir("orchestra-nfc-")
+        yield* Effect.promise(async () => {
+          await cp(path.join(modelPath, "tiny-bert"), path.join(dir, "tiny-bert"), { recursive: true })
+          await cp(path.join(modelPath, "tiny-gpt2"), path.join(dir, "nfc-gpt2"), { recursive: true })
+          const file = path.join(dir, "nfc-gpt2", "tokenizer.json")
+          const tokenizer = JSON.parse(await readFile(file, "utf8"))
+          tokenizer.normalizer = { type: "NFC" }
+          await writeFile(file, JSON.stringify(tokenizer))
+        })
+        const { seen, internals } = recordingTokenizers()
+        const { model } = yield* build({ modelPath: dir, generationModel: "nfc-gpt2" }, internals)
+        const error = yield* Effect.flip(model.generate({ prompt: "word ".repeat(200_000), maxTokens: 2 }))
+        assert.deepStrictEqual(error._tag === "ModelError" ? [error.reason, error.field] : [], [
+          "InvalidRequest",
+          "messages"
+        ])
+        assert.match(
+          error.message,
+          /^the prompt's first \d+ characters have \d+ tokens; model "nfc-gpt2" reads at most 2048/
+        )
+        // 16 characters for each of the 2,047 tokens it reads (a position is left for the answer), at most.
+        assert.isAtMost(Math.max(...seen), 2_047 * 16)
+        // A prompt that fits is read as before.
+        const fits = yield* model.generate({ prompt: "Tell me a story: once", maxTokens: 5 })
+        assert.strictEqual(fits.text, " upon a time")
       })
   )
 })

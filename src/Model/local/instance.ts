@@ -150,9 +150,17 @@ const EMBED_FIRST_CHARS = 16
 const EMBED_MOST_CHARS = 256
 
 /**
+ * A prompt longer than `PROMPT_FIRST_CHARS` characters a token the model reads, whose tokenizer
+ * bounds no token's characters, has the tokens of its first that many characters counted first.
+ */
+const PROMPT_FIRST_CHARS = 16
+
+/** A space, tab or line break: where every tokenizer splits words. */
+const isSpace = (code: number): boolean => code === 32 || code === 10 || code === 9 || code === 13
+
+/**
  * Where `text` may be cut near `end` without changing the tokens before the cut: before a space,
- * tab or line break in the half before `end` (every tokenizer splits words there), else at `end`
- * (not inside a surrogate pair).
+ * tab or line break in the half before `end`, else at `end` (not inside a surrogate pair).
  */
 const cutNear = (text: string, end: number): number => {
   let space = -1
@@ -265,7 +273,8 @@ export const makeInstance = ({ lib, modelId, task, tokenizer, model, clock }: In
   // Tokens a prompt may have: a decoder-only model needs a position left for its answer.
   const readable = promptPositions === undefined ? undefined : seq2seq ? promptPositions : promptPositions - 1
   // Tokenizing runs synchronously (~2 s for a million characters, with no deadline able to fire):
-  // a prompt with more characters than `readable` tokens can spell is refused before it.
+  // a prompt with more characters than `readable` tokens can spell is refused before it; with a
+  // tokenizer that bounds no token's characters, one whose first characters have too many tokens.
   const spelling = readable === undefined ? undefined : spellingOf(tokenizer)
   // What a yield to the event loop has been costing this instance (ms, moving average).
   let yieldCost = 0
@@ -286,6 +295,19 @@ export const makeInstance = ({ lib, modelId, task, tokenizer, model, clock }: In
         throw new ContextExceeded(
           `the prompt has ${prompt.length} characters${swallowed}, more than the ${readable} tokens model "${modelId}" reads${seq2seq ? "" : " (its answer included)"} can spell: its longest token has ${spelling.perToken} characters`
         )
+      }
+    }
+    if (spelling === undefined && readable !== undefined && prompt.length > readable * PROMPT_FIRST_CHARS) {
+      // No bound on a token's characters: the tokens of the prompt's first characters, cut between
+      // words (they are then the whole prompt's first tokens), may already be too many.
+      const end = cutNear(prompt, readable * PROMPT_FIRST_CHARS)
+      if (isSpace(prompt.charCodeAt(end))) {
+        const first = tokenizer(prompt.slice(0, end), { add_special_tokens: false }).input_ids.dims.at(-1) ?? 0
+        if (first > readable) {
+          throw new ContextExceeded(
+            `the prompt's first ${end} characters have ${first} tokens; model "${modelId}" reads at most ${promptPositions}${seq2seq ? "" : ", its answer included"}`
+          )
+        }
       }
     }
     const encoded = tokenizer(prompt, { add_special_tokens: seq2seq })
