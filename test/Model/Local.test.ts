@@ -1939,4 +1939,40 @@ describe("Local provider: checks before and after the model", () => {
         assert.strictEqual(fits.text, " upon a time")
       })
   )
+
+  it.effect(
+    "a batch answered with a vector too few fails each of its callers, rather than handing one another's vector",
+    () =>
+      Effect.gen(function* () {
+        // A model that loses the first row of a batch of several texts.
+        const instrument =
+          (real: Loader): Loader =>
+          (modelId, purpose) =>
+            Effect.map(
+              real(modelId, purpose),
+              (instance): Instance => ({
+                ...instance,
+                embed: (texts) =>
+                  Effect.map(instance.embed(texts), (output) =>
+                    texts.length > 1 ? { vectors: output.vectors.slice(1), tokens: output.tokens.slice(1) } : output
+                  )
+              })
+            )
+        const { model } = yield* build({}, { instrument })
+        const exits = yield* Effect.all(
+          [model.embed({ texts: ["alpha"] }), model.embed({ texts: ["beta"] })].map((call) => Effect.exit(call)),
+          { concurrency: "unbounded" }
+        )
+        assert.deepStrictEqual(
+          exits.map((exit) =>
+            Exit.isFailure(exit) && exit.cause.reasons[0]?._tag === "Fail"
+              ? (exit.cause.reasons[0].error as ModelError).reason
+              : "success"
+          ),
+          ["Decode", "Decode"]
+        )
+        // Alone, a text is answered.
+        assert.strictEqual((yield* model.embed({ texts: ["alpha"] })).vectors.length, 1)
+      })
+  )
 })

@@ -128,8 +128,19 @@ export const makeWith = Effect.fnUntraced(function* (
       window: config.batchWindow,
       run: (texts) =>
         Pool.use(pool, (instance) => instance.embed(texts)).pipe(
-          Effect.map((output) =>
-            output.vectors.map((vector, i): Embedded => ({ vector, tokens: output.tokens[i] ?? 0 }))
+          // The batcher hands each caller its slice of the answer: with a vector too few or too
+          // many, which is whose cannot be told, and every caller of the batch fails.
+          Effect.flatMap((output) =>
+            output.vectors.length === texts.length
+              ? Effect.succeed(output.vectors.map((vector, i): Embedded => ({ vector, tokens: output.tokens[i] ?? 0 })))
+              : Effect.fail(
+                  new ModelError({
+                    reason: "Decode",
+                    message: `${provider}: model "${modelId}" gave ${output.vectors.length} vectors for a batch of ${texts.length} texts`,
+                    provider,
+                    model: modelId
+                  })
+                )
           ),
           Effect.withSpan("LocalModel.embedBatch", {
             attributes: { "gen_ai.request.model": modelId, "gen_ai.provider.name": provider, batch_size: texts.length }
