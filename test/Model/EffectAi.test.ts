@@ -1066,6 +1066,34 @@ describe("EffectAi.embeddingModel: a target answering numbers effect/ai refuses"
       })
   )
 
+  it.effect("concurrent embed calls batched together: a NaN vector fails its own caller, not the others", () =>
+    Effect.gen(function* () {
+      const calls: Array<ReadonlyArray<string>> = []
+      const target: EffectAi.EmbeddingTarget = {
+        embed: (request) =>
+          Effect.sync(() => {
+            calls.push(request.texts)
+            return {
+              vectors: request.texts.map((text) => (text === "poison" ? [0.5, Number.NaN] : [0.5, 0.5])),
+              usage: Model.usage(request.texts.length, 0),
+              provider: "odd",
+              model: "odd-embed"
+            }
+          })
+      }
+      const model = yield* EffectAi.embeddingModel(target)
+      const exits = yield* Effect.forEach(["alpha", "poison", "beta"], (input) => Effect.exit(model.embed(input)), {
+        concurrency: "unbounded"
+      })
+      // One request for the three (effect/ai batched them).
+      assert.deepStrictEqual(calls, [["alpha", "poison", "beta"]])
+      assert.deepStrictEqual(
+        exits.map((exit) => (Exit.isSuccess(exit) ? exit.value.vector : failureOf(exit).reason._tag)),
+        [[0.5, 0.5], "InvalidOutputError", [0.5, 0.5]]
+      )
+    })
+  )
+
   it.effect("a NaN or infinite input token count is left out of the usage, not a defect", () =>
     Effect.gen(function* () {
       const target: EffectAi.EmbeddingTarget = {

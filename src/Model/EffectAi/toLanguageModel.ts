@@ -309,53 +309,62 @@ const groupWithin = Effect.fnUntraced(function* (
   return groups
 })
 
-// Each caller of the group gets its own vector, or the group's failure.
-const answerGroup = (
-  group: ReadonlyArray<EmbedEntry>,
-  exit: Exit.Exit<EmbeddingModel.ProviderResponse, Ai.AiError>
-): void => {
+/**
+ * A target's vector as effect/ai takes it. effect/ai builds its `EmbedResponse`s with
+ * `Schema.Finite` vectors, and a schema failure there is thrown: a NaN or infinite entry from
+ * the target would end the call as a defect. It is an `InvalidOutputError` naming the entry.
+ */
+const finiteVector = (vector: ReadonlyArray<number>, i: number): Result.Result<Array<number>, Ai.AiErrorReason> => {
+  for (let j = 0; j < vector.length; j++) {
+    if (!Number.isFinite(vector[j])) {
+      return Result.fail(
+        new Ai.InvalidOutputError({ description: `vectors[${i}][${j}] is ${vector[j]}, not a finite number` })
+      )
+    }
+  }
+  return Result.succeed([...vector])
+}
+
+// Each caller of the group gets its own vector, or the group's failure, or its vector's.
+const answerGroup = (group: ReadonlyArray<EmbedEntry>, exit: Exit.Exit<Model.EmbedResponse, Ai.AiError>): void => {
   if (Exit.isFailure(exit)) {
     for (const entry of group) entry.completeUnsafe(Exit.failCause(exit.cause))
     return
   }
-  const results = exit.value.results
+  const vectors = exit.value.vectors
+  const invalid = (reason: Ai.AiErrorReason) => Exit.fail(Ai.make({ module: MODULE, method: "embed", reason }))
   const miscount =
-    results.length === group.length
+    vectors.length === group.length
       ? undefined
-      : Exit.fail(
-          Ai.make({
-            module: MODULE,
-            method: "embed",
-            reason: new Ai.InvalidOutputError({
-              description: `expected ${group.length} embeddings, got ${results.length}`
-            })
-          })
+      : invalid(
+          new Ai.InvalidOutputError({ description: `expected ${group.length} embeddings, got ${vectors.length}` })
         )
   for (const [i, entry] of group.entries()) {
-    entry.completeUnsafe(miscount ?? Exit.succeed(new EmbeddingModel.EmbedResponse({ vector: results[i]! })))
+    if (miscount !== undefined) {
+      entry.completeUnsafe(miscount)
+      continue
+    }
+    const vector = finiteVector(vectors[i]!, i)
+    entry.completeUnsafe(
+      Result.isSuccess(vector)
+        ? Exit.succeed(new EmbeddingModel.EmbedResponse({ vector: vector.success }))
+        : invalid(vector.failure)
+    )
   }
 }
 
 /**
- * A target's answer as effect/ai takes it. effect/ai builds its `EmbedResponse`s with
- * `Schema.Finite` vectors and usage, and a schema failure there is thrown: a NaN or infinite
- * entry from the target would end the call as a defect. It is an `InvalidOutputError` naming
- * the entry; a token count that is not one is left out, as in generate.
+ * A target's answer as effect/ai takes it: every vector finite ({@link finiteVector}); a token
+ * count that is not one is left out, as in generate.
  */
 const providerResponseOf = (
   response: Model.EmbedResponse
 ): Result.Result<EmbeddingModel.ProviderResponse, Ai.AiErrorReason> => {
   const results: Array<Array<number>> = []
   for (let i = 0; i < response.vectors.length; i++) {
-    const vector = response.vectors[i]!
-    for (let j = 0; j < vector.length; j++) {
-      if (!Number.isFinite(vector[j])) {
-        return Result.fail(
-          new Ai.InvalidOutputError({ description: `vectors[${i}][${j}] is ${vector[j]}, not a finite number` })
-        )
-      }
-    }
-    results.push([...vector])
+    const vector = finiteVector(response.vectors[i]!, i)
+    if (Result.isFailure(vector)) return Result.fail(vector.failure)
+    results.push(vector.success)
   }
   return Result.succeed({ results, usage: { inputTokens: tokenCount(response.usage?.inputTokens) } })
 }
@@ -379,20 +388,22 @@ export const embeddingModel = (
     ([model, limits]) => {
       const requestOf = (texts: ReadonlyArray<string>) =>
         ({ texts, ...(model === undefined ? {} : { model }) }) as Model.EmbedRequest
-      const embedMany = (method: string) => (inputs: ReadonlyArray<string>) =>
+      const embedWith = (method: string) => (inputs: ReadonlyArray<string>) =>
         Model.validateEmbed(requestOf(inputs), limits).pipe(
           Effect.flatMap(target.embed),
-          Effect.mapError((error) => toAiError(error, method)),
-          Effect.flatMap((response) => {
-            const answer = providerResponseOf(response)
-            return Result.isSuccess(answer)
-              ? Effect.succeed(answer.success)
-              : Effect.fail(Ai.make({ module: MODULE, method, reason: answer.failure }))
-          })
+          Effect.mapError((error) => toAiError(error, method))
         )
+      const embedMany = (inputs: ReadonlyArray<string>) =>
+        Effect.flatMap(embedWith("embedMany")(inputs), (response) => {
+          const answer = providerResponseOf(response)
+          return Result.isSuccess(answer)
+            ? Effect.succeed(answer.success)
+            : Effect.fail(Ai.make({ module: MODULE, method: "embedMany", reason: answer.failure }))
+        })
       const check = (input: string) =>
         Effect.mapError(Model.validateEmbed(requestOf([input]), limits), (error) => toAiError(error, "embed"))
-      const embedGroup = embedMany("embed")
+      // Each caller of a group is answered on its own: a vector effect/ai refuses fails its caller alone.
+      const embedGroup = embedWith("embed")
       // effect/ai batches concurrent `embed` calls into one `embedMany`: one bad text, or more
       // callers than one request may carry, would fail every caller of the batch.
       const resolver = RequestResolver.make<EmbeddingModel.EmbeddingRequest>((entries) =>
@@ -408,7 +419,7 @@ export const embeddingModel = (
         )
       )
       return Effect.map(
-        EmbeddingModel.make({ embedMany: ({ inputs }) => embedMany("embedMany")(inputs) }),
+        EmbeddingModel.make({ embedMany: ({ inputs }) => embedMany(inputs) }),
         (made): EmbeddingModel.EmbeddingModel => ({
           ...made,
           resolver,
