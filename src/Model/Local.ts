@@ -48,10 +48,11 @@ export interface Options {
   readonly generationModel?: string | undefined
   /**
    * Model for `embed` (mean pooling + L2 normalisation). A text is truncated to the model's
-   * positions; one longer than 16 characters a position is cut between words, before it is
-   * tokenized, to a prefix whose tokens fill the positions (searched up to 256 characters a
-   * position: a text whose first ones hold fewer tokens, such as long runs of whitespace, is read
-   * from those alone), so a huge text costs no more than a long one. Default `"tiny-bert"`.
+   * positions; one longer than 16 characters a position is cut before it is tokenized (at a
+   * space, tab or line break near the cut, if any) to a prefix whose tokens fill the positions,
+   * searched up to 256 characters a position: a text whose first ones hold fewer tokens (long runs
+   * of whitespace, say) is read from those alone. A huge text so costs no more than a long one.
+   * Default `"tiny-bert"`.
    */
   readonly embeddingModel?: string | undefined
   /** Further models requests may select with `model`; all are loaded when the provider is built. */
