@@ -762,6 +762,21 @@ describe("KeyStore: budgets in memory", () => {
     })
   )
 
+  it.effect("a request refused by its budget spends no rpm or tpm slot of the key", () =>
+    Effect.gen(function* () {
+      const store = yield* memory({
+        keys: [key(unique("budget-first"), secretA, { rpm: 1, tpm: 1000, budget: { tokens: 100 } })]
+      })
+      const alpha = yield* store.authenticate(Redacted.make(secretA))
+      const refused = yield* failure(store.reserve(alpha, "m", estimate(1, 500)))
+      assert.strictEqual(refused.reason, "BudgetExceeded")
+      // The minute's only request slot, and its tokens, are still there for a request that fits.
+      const held = yield* store.reserve(alpha, "m", estimate(1, 99))
+      yield* store.settle(held, { inputTokens: 1, outputTokens: 9 })
+      assert.strictEqual((yield* failure(store.reserve(alpha, "m", estimate(1, 1)))).reason, "RateLimited")
+    })
+  )
+
   it.effect("tpm counts the input estimate and max_tokens", () =>
     Effect.gen(function* () {
       const store = yield* memory({ keys: [key(unique("tpm"), secretA, { tpm: 1000 })] })
@@ -1908,6 +1923,22 @@ describe.skipIf(skipRedis)(`KeyStore on Redis (${skipRedis ? skipReason : "needs
     )
   )
 
+  it.live("a request refused by its budget on Redis spends no rpm or tpm slot of the key", () =>
+    Effect.scoped(
+      Effect.gen(function* () {
+        const server = yield* startRedis
+        const { store } = yield* onRedis(server, { prefix: `${unique("budget-first")}:` })
+        const created = yield* store.create({ id: "b", rpm: 1, tpm: 1000, budget: { tokens: 100 } })
+        const b = yield* store.authenticate(created.secret)
+        const refused = yield* failure(store.reserve(b, "m", estimate(1, 500)))
+        assert.strictEqual(refused.reason, "BudgetExceeded")
+        const held = yield* store.reserve(b, "m", estimate(1, 99))
+        yield* store.settle(held, { inputTokens: 1, outputTokens: 9 })
+        assert.strictEqual((yield* failure(store.reserve(b, "m", estimate(1, 1)))).reason, "RateLimited")
+      })
+    )
+  )
+
   it.live("a key's 429 on Redis names the limit that refused it, requests or tokens, and its value", () =>
     Effect.scoped(
       Effect.gen(function* () {
@@ -2015,7 +2046,7 @@ describe.skipIf(skipRedis)(`KeyStore on Redis (${skipRedis ? skipReason : "needs
         )
         for (const [elapsed, result] of timed) {
           assert.strictEqual(result._tag === "Failure" && result.failure.reason, "Unavailable")
-          // The limit's and the budget's calls run side by side: one deadline, not two (margin for a loaded machine).
+          // The budget's store failing closed ends the request: no slot is asked, one deadline (margin for a loaded machine).
           const ms = Duration.toMillis(elapsed)
           assert.isTrue(ms >= 900 && ms < 1700, `one deadline per request, not two: ${ms} ms`)
         }
@@ -2025,6 +2056,32 @@ describe.skipIf(skipRedis)(`KeyStore on Redis (${skipRedis ? skipReason : "needs
           .pipe(Effect.retry({ schedule: Schedule.spaced("100 millis"), times: 30 }))
       })
     )
+  )
+
+  it.live(
+    "Redis hung, budgets 'allow' and limits 'reject': a key with both is a 503 within one deadline, not two",
+    () =>
+      Effect.scoped(
+        Effect.gen(function* () {
+          const server = yield* startRedis
+          const { store } = yield* onRedis(
+            server,
+            {
+              onStoreError: { budgets: "allow", limits: "reject" },
+              redis: { timeout: "1 second", reportAfter: "1 minute" }
+            },
+            "1 second"
+          )
+          const created = yield* store.create({ id: "both", rpm: 100, budget: { tokens: 1000 } })
+          const k = yield* store.authenticate(created.secret)
+          yield* server.pause
+          yield* Effect.addFinalizer(() => server.resume)
+          const [elapsed, result] = yield* Effect.timed(Effect.flip(store.reserve(k, "m", estimate(1, 1))))
+          assert.deepStrictEqual([result.reason, result.code], ["Unavailable", "store_unavailable"])
+          const ms = Duration.toMillis(elapsed)
+          assert.isTrue(ms >= 900 && ms < 1700, `one deadline, not two: ${ms} ms`)
+        })
+      )
   )
 
   it.live("Redis hung (SIGSTOP) through reserves that timed out: once resumed, what they held is given back", () =>

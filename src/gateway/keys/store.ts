@@ -613,23 +613,22 @@ export const make = Effect.fnUntraced(function* (
       const givenBackIfInterrupted =
         onHeld !== undefined ? identity : Effect.onInterrupt(() => (taken === undefined ? Effect.void : release(taken)))
       if (record.rpm === undefined && record.tpm === undefined) return givenBackIfInterrupted(held)
-      // Both at once on a shared store: one round trip (and at most one store deadline) rather than
-      // two. In memory, one after the other: both answer at once, and two forked fibers a request
-      // would be all the difference costs. A reservation made beside a refused slot is given back;
-      // a budget refusal says more than a wait.
-      const slotted = Effect.result(limit(record, estimate.inputTokens + estimate.maxOutputTokens))
-      const reserved = Effect.result(held)
-      return Effect.flatMap(
-        (backend.local
-          ? Effect.flatMap(slotted, (slot) => Effect.map(reserved, (reservation) => [slot, reservation] as const))
-          : Effect.all([slotted, reserved], { concurrency: 2 })
-        ).pipe(givenBackIfInterrupted),
-        ([slot, reservation]) =>
-          Result.isFailure(reservation)
-            ? Effect.fail(reservation.failure)
-            : Result.isFailure(slot)
-              ? Effect.andThen(release(reservation.success), Effect.fail(slot.failure))
-              : Effect.succeed(reservation.success)
+      // The budget first, then the slot: a request the budget refuses is never sent, and spends no slot of
+      // the key's limits (nor waits for one); a reservation beside a refused slot is given back. A budget
+      // whose store did not answer (let through unreserved) tells that store is down: the slot's store is
+      // the same Redis, and the limit's onStoreError decides at once rather than after a second deadline.
+      const tokens = estimate.inputTokens + estimate.maxOutputTokens
+      return givenBackIfInterrupted(
+        Effect.flatMap(held, (reservation) =>
+          reservation instanceof Held && !reservation.recorded
+            ? limits.onStoreError === "allow"
+              ? Effect.succeed(reservation)
+              : Effect.andThen(release(reservation), Effect.fail(unavailable("rate limit")))
+            : Effect.matchEffect(limit(record, tokens), {
+                onFailure: (error) => Effect.andThen(release(reservation), Effect.fail(error)),
+                onSuccess: () => Effect.succeed(reservation)
+              })
+        )
       )
     })
   }
