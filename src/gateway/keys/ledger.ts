@@ -99,6 +99,17 @@ export interface Reading {
 }
 
 /**
+ * What a settle left: per charge the level of its counter, or the counter that cannot be read;
+ * and whether it added the amounts (see `Ledger.settle`).
+ *
+ * @internal
+ */
+export interface Settled {
+  readonly levels: ReadonlyArray<Level | UnreadableCounter>
+  readonly applied: boolean
+}
+
+/**
  * A stored budget counter this gateway cannot read: a `spent` or `held` that is not a whole
  * number, or a key of another type (edited by hand, or written by another version). Not an
  * empty counter, which would let its budget be spent again from zero, nor an outage: the
@@ -132,6 +143,7 @@ export interface Ledger {
    * `once`, the amounts are added only by the first settle of `id` to run: one tried again after a
    * failure that may have reached the store, or one of a reservation that holds nothing. A
    * counter that cannot be read is left as it is, the others settled: it is told in its place.
+   * `applied` is false when `once` found `id` settled already (or its lease ended and swept): nothing added.
    */
   readonly settle: (
     id: string,
@@ -139,7 +151,7 @@ export interface Ledger {
     actual: ReadonlyArray<number>,
     now: number,
     once: boolean
-  ) => Effect.Effect<ReadonlyArray<Level | UnreadableCounter>, StoreError>
+  ) => Effect.Effect<Settled, StoreError>
   /**
    * Gives back what `id` may hold after a reserve whose answer never came (it may have run, late),
    * adding nothing spent: per charge, its counter in the window the store held it in and the level

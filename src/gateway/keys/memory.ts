@@ -166,7 +166,8 @@ export const make = (): Backend => {
         state.spent += Math.max(0, actual[i] ?? 0)
         levels.push({ spent: state.spent, held: state.held })
       }
-      return levels
+      // Never fails: no settle is tried again, and each is the first.
+      return { levels, applied: true }
     })
 
   // Its windows are the caller's: the reserve's charges name them.

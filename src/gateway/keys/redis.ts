@@ -257,7 +257,8 @@ return out
 // back twice. With once, a settle runs only while a lease of the id remains; a reservation that
 // holds nothing leaves a mark instead, an empty lease of the first counter (swept as one). A
 // counter that cannot be read is left as it is (and out of that test): the others are settled.
-// Returns per counter { 1, spent, held }, or { 0, 0, 0 } for one that cannot be read.
+// Returns per counter { 1, spent, held }, or { 0, 0, 0 } for one that cannot be read, then 1 when it added
+// the amounts (0: with once, the id was settled already, or its lease ended and was swept).
 const settleScript = Redis.script(
   (keys: ReadonlyArray<string>, id: string, once: boolean, leaseMs: number, args: ReadonlyArray<number>) => [
     ...keys,
@@ -322,6 +323,7 @@ for i = 1, n do
     out[3 * i] = 0
   end
 end
+out[3 * n + 1] = first and 1 or 0
 return out
 `
   }
@@ -650,12 +652,14 @@ export const make = Effect.fnUntraced(function* (options: {
       }
       return Effect.map(
         guard.call("settle", settle(counterKeys(countersOf(charges)), id, once, longestLease, args)),
-        (reply) =>
-          charges.map(({ counter }, i): Level | UnreadableCounter =>
+        (reply) => ({
+          levels: charges.map(({ counter }, i): Level | UnreadableCounter =>
             Number(reply[3 * i]) === 1
               ? { spent: Number(reply[3 * i + 1] ?? 0), held: Number(reply[3 * i + 2] ?? 0) }
               : new UnreadableCounter({ counter, key: keyOf(counter) })
-          )
+          ),
+          applied: Number(reply[3 * charges.length]) === 1
+        })
       )
     },
     giveBack: (id, charges, leaseMs, _now) => {

@@ -444,23 +444,45 @@ export const make = Effect.fnUntraced(function* (
         .map(({ counter }, i) => `${amountText(counter, actual[i] ?? 0)} to the ${counter.scope} "${counter.scopeId}"`)
         .join(", ")}`
     )
+  // A settle tried again, its lease perhaps ended and swept meanwhile, that found nothing of the reservation:
+  // the earlier attempt that may have reached the store charged it, or none did and it is lost.
+  const maybeLostUsage = (keyId: string, charges: ReadonlyArray<Charge>, actual: ReadonlyArray<number>) =>
+    Effect.logWarning(
+      `gateway: the usage of a request of the key "${keyId}" may not have been recorded: its settle failed after it may have reached the key store, and when the store answered again the reservation's lease (reservationTtl ${resolved.reservationTtlMs} ms) had ended; charged only if that first attempt ran: ${charges
+        .map(({ counter }, i) => `${amountText(counter, actual[i] ?? 0)} to the ${counter.scope} "${counter.scopeId}"`)
+        .join(", ")}`
+    )
   const settleLater = (
-    id: string,
-    keyId: string,
+    held: Held,
     charges: ReadonlyArray<Charge>,
-    actual: ReadonlyArray<number>
-  ): Effect.Effect<void> =>
-    // Once: the failed attempt may have reached Redis, which runs it late (a hung Redis), or not.
-    Effect.suspend(() => backend.settle(id, charges, actual, now(), true)).pipe(
+    actual: ReadonlyArray<number>,
+    error: StoreError
+  ): Effect.Effect<void> => {
+    // Counted once, by its lease (or an unrecorded one's mark), only once an attempt may have reached
+    // Redis (which runs it late, a hung Redis, or not): one skipped for an outage never did. A lease
+    // that ended meanwhile is swept by the next reserve of its counter, and a settle counted once by it
+    // would find nothing to settle: charged, then, whatever its lease, while no attempt was sent.
+    let reached = error.reason !== "Unavailable"
+    const leaseEnd = held.renewedAt + resolved.reservationTtlMs
+    return Effect.suspend(() => backend.settle(held.id, charges, actual, now(), !held.recorded || reached)).pipe(
+      Effect.tapError((failed) =>
+        Effect.sync(() => {
+          if (failed.reason !== "Unavailable") reached = true
+        })
+      ),
       Effect.retry(laterSchedule),
       Effect.matchEffect({
         // Spend the budgets will never show: said, so that an operator knows they undercount.
-        onFailure: () => (actual.some((amount) => amount > 0) ? lostUsage(keyId, charges, actual) : Effect.void),
-        onSuccess: (levels) => settled(keyId, charges, levels)
+        onFailure: () => (actual.some((amount) => amount > 0) ? lostUsage(held.keyId, charges, actual) : Effect.void),
+        onSuccess: ({ levels, applied }) =>
+          !applied && held.recorded && now() >= leaseEnd && actual.some((amount) => amount > 0)
+            ? Effect.andThen(maybeLostUsage(held.keyId, charges, actual), settled(held.keyId, charges, levels))
+            : settled(held.keyId, charges, levels)
       }),
       Effect.forkIn(scope),
       Effect.asVoid
     )
+  }
 
   // A reserve that failed after it may have been sent (a timeout, a dropped connection) can still
   // hold its amounts once Redis runs it, until the lease ends: give them back, in the background until
@@ -646,8 +668,8 @@ export const make = Effect.fnUntraced(function* (
     // and its amount held till the lease ended.
     return Effect.matchEffect(backend.settle(held.id, charges, actual, now(), !held.recorded), {
       // Redis down or slow: recorded when it answers again, not lost (nor its amount held till the lease ends).
-      onFailure: () => settleLater(held.id, held.keyId, charges, actual),
-      onSuccess: (levels) => settled(held.keyId, charges, levels)
+      onFailure: (error) => settleLater(held, charges, actual, error),
+      onSuccess: ({ levels }) => settled(held.keyId, charges, levels)
     })
   }
 
