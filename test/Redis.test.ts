@@ -1,6 +1,6 @@
 import { createServer, type Socket } from "node:net"
 import { assert, describe, it } from "@effect/vitest"
-import { Context, Effect, Exit, Layer, Option, Redacted, Ref, Schedule, type Scope } from "effect"
+import { Context, Effect, Exit, Layer, Option, Redacted, Ref, Result, Schedule, type Scope } from "effect"
 import { Redis as PersistenceRedis } from "effect/persistence"
 import type { ModelError } from "../src/AiError.js"
 import * as Gateway from "../src/Gateway.js"
@@ -556,6 +556,27 @@ const scriptedRedis = (
         for (const socket of sockets) socket.destroy()
       })
   ).pipe(Effect.map(({ url, commands }) => ({ url, commands })))
+
+describe("Redis.prefixOf", () => {
+  it.effect(
+    "a prefix whose first hash tag is empty ({}) is refused naming prefix: Redis Cluster hashes such keys whole",
+    () =>
+      Effect.sync(() => {
+        for (const prefix of ["{}", "gw{}:", "a}{}b", "{}{tag}:"]) {
+          const checked = Redis.prefixOf(prefix, "fallback:")
+          assert.isTrue(Result.isFailure(checked), prefix)
+          if (Result.isFailure(checked)) {
+            assert.strictEqual(checked.failure.path, "prefix")
+            assert.include(checked.failure.message, "empty hash tag")
+          }
+        }
+        // A tag that holds something puts every key of the store in its slot: refused by nothing.
+        for (const prefix of ["{gw}:", "gw{a}{}:", "gw:", "a}b", "gw{"]) {
+          assert.deepStrictEqual(Redis.prefixOf(prefix, "fallback:"), Result.succeed(prefix), prefix)
+        }
+      })
+  )
+})
 
 describe("Redis guard: a script's NOSCRIPT retry", () => {
   it.live(

@@ -17,16 +17,31 @@ import { errorText, isClientTimeout, StoreError } from "./errors.js"
 /** @internal */
 export const maxPrefixChars = 100
 
+// Redis Cluster hashes a key by what its first "{" and the next "}" enclose, and the whole key when
+// that is empty: a prefix opening with an empty tag ("gw{}:") hashes each key whole, so that a rate
+// limit's state and its records, put in one slot by their own tag, land in different slots (CROSSSLOT).
+const emptyTag = (prefix: string): boolean => {
+  const open = prefix.indexOf("{")
+  return open >= 0 && prefix.charCodeAt(open + 1) === 125 // "}"
+}
+
 /** @internal */
 export const prefixOf = (input: unknown, fallback: string): Input.Checked<string> => {
   const prefix = Input.orDefault(input, fallback)
-  return typeof prefix === "string" && prefix.length > 0 && prefix.length <= maxPrefixChars
-    ? // In a Redis command a lone surrogate is U+FFFD: two such prefixes would share their keys.
-      wellFormed(prefix, "prefix")
-    : Result.fail({
-        path: "prefix",
-        message: `expected a string of 1 to ${maxPrefixChars} characters, got ${Input.shown(prefix)}`
-      })
+  if (typeof prefix !== "string" || prefix.length === 0 || prefix.length > maxPrefixChars) {
+    return Result.fail({
+      path: "prefix",
+      message: `expected a string of 1 to ${maxPrefixChars} characters, got ${Input.shown(prefix)}`
+    })
+  }
+  if (emptyTag(prefix)) {
+    return Result.fail({
+      path: "prefix",
+      message: `expected no empty hash tag ("{}") before any other: Redis Cluster would hash every key whole and split what belongs in one slot, got ${Input.shown(prefix)}`
+    })
+  }
+  // In a Redis command a lone surrogate is U+FFFD: two such prefixes would share their keys.
+  return wellFormed(prefix, "prefix")
 }
 
 /** @internal */

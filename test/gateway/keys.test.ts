@@ -2371,6 +2371,8 @@ describe.skipIf(skipRedis)(`KeyStore on Redis (${skipRedis ? skipReason : "needs
     Effect.gen(function* () {
       const cases: ReadonlyArray<readonly [KeyStore.RedisOptions, string]> = [
         [{ prefix: "" }, "prefix"],
+        // An empty hash tag: on Redis Cluster every key hashes whole, the key's limit apart from its records.
+        [{ prefix: "gw{}:" }, "prefix"],
         [{ onStoreError: { budgets: "maybe" as never } }, "onStoreError.budgets"],
         [{ onStoreError: { limits: "never" as never } }, "onStoreError.limits"],
         [{ redis: { timeout: -1 } }, "redis.timeout"],
