@@ -191,6 +191,35 @@ describe("KeyStore: keys", () => {
   )
 })
 
+describe("KeyStore: names a budget counter is made of", () => {
+  it.effect("ids, teams and budgets by model differing only in a lone surrogate never reach a counter", () =>
+    Effect.gen(function* () {
+      const store = yield* memory({ teams: { red: {} } })
+      // Each of the two would be written as the same name with U+FFFD: refused where it enters, by its shape.
+      for (const lone of ["\uD800", "\uDC00"]) {
+        const byId = yield* failure(store.create({ id: `a${lone}`, budget: { tokens: 10 } }))
+        assert.deepStrictEqual([byId.reason, byId.param], ["InvalidRequest", "id"])
+        const byTeam = yield* failure(store.create({ team: `red${lone}`, budget: { tokens: 10 } }))
+        assert.deepStrictEqual([byTeam.reason, byTeam.param], ["InvalidRequest", "team"])
+        const byModel = yield* failure(store.create({ modelBudgets: { [`m${lone}`]: { tokens: 10 } } }))
+        assert.deepStrictEqual([byModel.reason, byModel.param], ["InvalidRequest", `modelBudgets.m${lone}`])
+      }
+      // A KeyContext an application made with such an id is no key: no counter is made for it.
+      const made = {
+        id: "a\uD800",
+        name: "a",
+        team: undefined,
+        allowedModels: undefined,
+        rpm: undefined,
+        tpm: undefined,
+        budgets: { key: { tokens: 10, usd: undefined, periodMs: undefined } }
+      }
+      const refused = yield* failure(store.reserve(made as never, "m", estimate(1, 1)))
+      assert.strictEqual(refused.reason, "Unauthorized")
+    })
+  )
+})
+
 describe("KeyStore: every problem of a configuration at once", () => {
   it.effect("several invalid entries are all named, each by its path, the first 20 of them", () =>
     Effect.gen(function* () {
