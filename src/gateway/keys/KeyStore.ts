@@ -9,20 +9,21 @@
  *   the config file give that hash (`sha256`, see {@link hashSecret}); keys created by an
  *   admin get a fresh `sk-orch-...` secret, returned once, and keep its first 12
  *   characters (`prefix`) for admins to tell keys apart.
- * - Before a call, `reserve` takes one request and its estimated tokens from the key's
- *   `rpm`/`tpm` limits (on `RateLimit`, so replicas share one count; `tpm` counts the
- *   estimate, as OpenAI counts `max_tokens`) and, at the same time, holds the request's
- *   largest cost (its input estimate plus `max_tokens`, in tokens and, through the price
- *   table, in dollars) on every budget that applies: the key's, its team's and the key's
- *   budget for the model. All at once or not at all (one Lua script on Redis), so
- *   concurrent first requests cannot overspend; a request refused by the limit holds
+ * - Before a call, `reserve` holds the request's largest cost (its input estimate plus
+ *   `max_tokens`, in tokens and, through the price table, in dollars) on every budget that
+ *   applies: the key's, its team's and the key's budget for the model. All at once or not at
+ *   all (one Lua script on Redis), so concurrent first requests cannot overspend. Then it takes
+ *   one request and its estimated tokens from the key's `rpm`/`tpm` limits (on `RateLimit`, so
+ *   replicas share one count; `tpm` counts the estimate, as OpenAI counts `max_tokens`): a
+ *   request refused by a budget spends no slot, and one refused by the limit holds
  *   nothing. After the call `settle` gives back the unused part and records the real usage
  *   (what was reserved, for the part of it the provider does not report); `release` gives it all back.
  *   While its request runs, the gateway renews a reservation (`renew`), so a request longer
  *   than `reservationTtl` keeps its hold. A reservation never settled (its gateway died) is
  *   given back after `reservationTtl`; a
  *   settle Redis does not answer is tried again in the background until it does (within
- *   `reservationTtl`), and counts once.
+ *   `reservationTtl`), and counts once (one whose lease ended meanwhile, after an attempt that
+ *   may have reached Redis, cannot tell whether it counted: it says so in the log).
  * - An exceeded budget is a 429 `GatewayError` (`BudgetExceeded`) naming the scope, its
  *   id, the unit, the amount spent (with what requests in flight hold) and the limit; a
  *   limit reached is a 429 `RateLimited` with `Retry-After`, naming which (`rateLimit`:
