@@ -2256,7 +2256,7 @@ describe.skipIf(skipRedis)(`KeyStore on Redis (${skipRedis ? skipReason : "needs
 
   // A settle that fails (for `reason`) while the store stays down past its lease, which another request's
   // reserve sweeps before the settle is tried again: the levels then, and the log.
-  const settleAfterSweep = (reason: "Unavailable" | "Timeout") => {
+  const settleAfterSweep = (reason: "Unavailable" | "Timeout" | "Failed", cause?: unknown) => {
     const logs: Array<string> = []
     return Effect.scoped(
       Effect.gen(function* () {
@@ -2273,7 +2273,7 @@ describe.skipIf(skipRedis)(`KeyStore on Redis (${skipRedis ? skipReason : "needs
           ...onRedisLedger,
           settle: (...args) =>
             down
-              ? Effect.fail(new Redis.StoreError({ store: "t", operation: "settle", reason, message: "down" }))
+              ? Effect.fail(new Redis.StoreError({ store: "t", operation: "settle", reason, message: "down", cause }))
               : onRedisLedger.settle(...args)
         }
         const resolved = yield* Effect.fromResult(
@@ -2304,6 +2304,16 @@ describe.skipIf(skipRedis)(`KeyStore on Redis (${skipRedis ? skipReason : "needs
   it.live("a settle that never reached Redis, tried again after its lease ended and was swept, is still charged", () =>
     Effect.gen(function* () {
       const { levels, logs } = yield* settleAfterSweep("Unavailable")
+      assert.deepStrictEqual(levels, [[40, 0]])
+      assert.deepStrictEqual(logs, [])
+    })
+  )
+
+  it.live("a settle the client refused unsent (offline), tried again after its lease was swept, is still charged", () =>
+    Effect.gen(function* () {
+      // node-redis's error for a command refused while it is not connected (told by its class).
+      class ClientOfflineError extends Error {}
+      const { levels, logs } = yield* settleAfterSweep("Failed", new ClientOfflineError("offline"))
       assert.deepStrictEqual(levels, [[40, 0]])
       assert.deepStrictEqual(logs, [])
     })

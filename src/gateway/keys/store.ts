@@ -12,7 +12,7 @@ import type { ModelError } from "../../AiError.js"
 import type * as Gateway from "../../Gateway.js"
 import * as Input from "../../Input.js"
 import * as RateLimit from "../../RateLimit.js"
-import type { Guard, StoreError } from "../../Redis.js"
+import { type Guard, neverSent, type StoreError } from "../../Redis.js"
 import { type GatewayError, gatewayError } from "../errors.js"
 import { union } from "../models.js"
 import { allows, notAllowed } from "../routes.js"
@@ -459,15 +459,16 @@ export const make = Effect.fnUntraced(function* (
     error: StoreError
   ): Effect.Effect<void> => {
     // Counted once, by its lease (or an unrecorded one's mark), only once an attempt may have reached
-    // Redis (which runs it late, a hung Redis, or not): one skipped for an outage never did. A lease
-    // that ended meanwhile is swept by the next reserve of its counter, and a settle counted once by it
-    // would find nothing to settle: charged, then, whatever its lease, while no attempt was sent.
-    let reached = error.reason !== "Unavailable"
+    // Redis (which runs it late, a hung Redis, or not): one skipped for an outage, or refused by an
+    // offline client, never did. A lease that ended meanwhile is swept by the next reserve of its
+    // counter, and a settle counted once by it would find nothing to settle: charged, then, whatever
+    // its lease, while no attempt was sent.
+    let reached = !neverSent(error)
     const leaseEnd = held.renewedAt + resolved.reservationTtlMs
     return Effect.suspend(() => backend.settle(held.id, charges, actual, now(), !held.recorded || reached)).pipe(
       Effect.tapError((failed) =>
         Effect.sync(() => {
-          if (failed.reason !== "Unavailable") reached = true
+          if (!neverSent(failed)) reached = true
         })
       ),
       Effect.retry(laterSchedule),
