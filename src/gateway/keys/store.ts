@@ -45,6 +45,8 @@ class Held {
   closed = false
   /** When its lease last started (its reserve, or its last renewal). */
   renewedAt = 0
+  /** Unrecorded because the store did not answer its reserve within the deadline. */
+  timedOut = false
   constructor(
     readonly id: string,
     readonly keyId: string,
@@ -571,7 +573,13 @@ export const make = Effect.fnUntraced(function* (
           : Effect.andThen(
               // Skipped during an outage, it never reached Redis; otherwise a hung Redis may still run it.
               error.reason === "Unavailable" ? Effect.void : giveBack(id, record.id, charges),
-              onBudgetStoreError === "reject" ? Effect.fail(unavailable("budget")) : Effect.succeed(held(false))
+              onBudgetStoreError === "reject"
+                ? Effect.fail(unavailable("budget"))
+                : Effect.sync(() => {
+                    const unrecorded = held(false)
+                    unrecorded.timedOut = error.reason === "Timeout"
+                    return unrecorded
+                  })
             ),
       onSuccess: (result) => {
         if (result._tag === "Exceeded") {
@@ -638,12 +646,13 @@ export const make = Effect.fnUntraced(function* (
       if (record.rpm === undefined && record.tpm === undefined) return givenBackIfInterrupted(held)
       // The budget first, then the slot: a request the budget refuses is never sent, and spends no slot of
       // the key's limits (nor waits for one); a reservation beside a refused slot is given back. A budget
-      // whose store did not answer (let through unreserved) tells that store is down: the slot's store is
-      // the same Redis, and the limit's onStoreError decides at once rather than after a second deadline.
+      // whose store did not answer within the deadline (let through unreserved) tells that Redis hangs:
+      // the slot's store is the same Redis, and the limit's onStoreError decides at once rather than
+      // after a second deadline.
       const tokens = estimate.inputTokens + estimate.maxOutputTokens
       return givenBackIfInterrupted(
         Effect.flatMap(held, (reservation) =>
-          reservation instanceof Held && !reservation.recorded
+          reservation instanceof Held && reservation.timedOut
             ? limits.onStoreError === "allow"
               ? Effect.succeed(reservation)
               : Effect.andThen(release(reservation), Effect.fail(unavailable("rate limit")))
