@@ -666,6 +666,35 @@ describe("KeyStore: budgets in memory", () => {
     }
   )
 
+  it.effect("a settle still waiting for the store when the key store closes is said in the log: not recorded", () => {
+    const logs: Array<string> = []
+    return Effect.gen(function* () {
+      const memoryBackend = MemoryBackend.make()
+      const backend: Backend = {
+        ...memoryBackend,
+        settle: () =>
+          Effect.fail(new Redis.StoreError({ store: "t", operation: "settle", reason: "Unavailable", message: "down" }))
+      }
+      const resolved = yield* Effect.fromResult(
+        KeyOptions.check({ keys: [key("alpha", secretA, { budget: { tokens: 100 } })] })
+      )
+      const limiter = yield* Effect.provide(RateLimiter.RateLimiterStore, RateLimiter.layerStoreMemory)
+      const scope = yield* Scope.make()
+      const store = yield* KeyStoreMake(resolved, backend, { store: limiter, onStoreError: "allow" }, "reject").pipe(
+        Scope.provide(scope)
+      )
+      const alpha = yield* store.authenticate(Redacted.make(secretA))
+      const held = yield* store.reserve(alpha, "m", estimate(30, 30))
+      yield* store.settle(held, { inputTokens: 30, outputTokens: 10 })
+      yield* TestClock.adjust("1 second")
+      assert.deepStrictEqual(logs, [])
+      yield* Scope.close(scope, Exit.void)
+      assert.strictEqual(logs.length, 1, logs.join("\n"))
+      assert.include(logs[0], "was not recorded")
+      assert.include(logs[0], "40 tokens to the key")
+    }).pipe(Effect.provide(Logger.layer([Logger.map(Logger.formatSimple, (line) => logs.push(line))])))
+  })
+
   it.effect("a budget with a period starts again at the next window (TestClock); Retry-After until then", () =>
     Effect.gen(function* () {
       const store = yield* memory({ keys: [key("alpha", secretA, { budget: { tokens: 100, period: "1 hour" } })] })

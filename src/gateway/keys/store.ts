@@ -440,9 +440,9 @@ export const make = Effect.fnUntraced(function* (
     Schedule.modifyDelay(({ duration }) => Effect.succeed(Duration.min(duration, Duration.seconds(5)))),
     Schedule.upTo({ duration: Duration.millis(resolved.reservationTtlMs) })
   )
-  const lostUsage = (keyId: string, charges: ReadonlyArray<Charge>, actual: ReadonlyArray<number>) =>
+  const lostUsage = (keyId: string, charges: ReadonlyArray<Charge>, actual: ReadonlyArray<number>, why: string) =>
     Effect.logError(
-      `gateway: the usage of a request of the key "${keyId}" was not recorded: the key store did not take its settle within reservationTtl (${resolved.reservationTtlMs} ms); not charged: ${charges
+      `gateway: the usage of a request of the key "${keyId}" was not recorded: ${why}; not charged: ${charges
         .map(({ counter }, i) => `${amountText(counter, actual[i] ?? 0)} to the ${counter.scope} "${counter.scopeId}"`)
         .join(", ")}`
     )
@@ -467,6 +467,7 @@ export const make = Effect.fnUntraced(function* (
     // its lease, while no attempt was sent.
     let reached = !neverSent(error)
     const leaseEnd = held.renewedAt + resolved.reservationTtlMs
+    const charged = actual.some((amount) => amount > 0)
     return Effect.suspend(() => backend.settle(held.id, charges, actual, now(), !held.recorded || reached)).pipe(
       Effect.tapError((failed) =>
         Effect.sync(() => {
@@ -476,12 +477,26 @@ export const make = Effect.fnUntraced(function* (
       Effect.retry(laterSchedule),
       Effect.matchEffect({
         // Spend the budgets will never show: said, so that an operator knows they undercount.
-        onFailure: () => (actual.some((amount) => amount > 0) ? lostUsage(held.keyId, charges, actual) : Effect.void),
+        onFailure: () =>
+          charged
+            ? lostUsage(
+                held.keyId,
+                charges,
+                actual,
+                `the key store did not take its settle within reservationTtl (${resolved.reservationTtlMs} ms)`
+              )
+            : Effect.void,
         onSuccess: ({ levels, applied }) =>
-          !applied && held.recorded && now() >= leaseEnd && actual.some((amount) => amount > 0)
+          !applied && held.recorded && now() >= leaseEnd && charged
             ? Effect.andThen(maybeLostUsage(held.keyId, charges, actual), settled(held.keyId, charges, levels))
             : settled(held.keyId, charges, levels)
       }),
+      // Closed (the gateway shut down) before the store took it: said as well.
+      Effect.onInterrupt(() =>
+        charged
+          ? lostUsage(held.keyId, charges, actual, "the key store closed before Redis took its settle")
+          : Effect.void
+      ),
       Effect.forkIn(scope),
       Effect.asVoid
     )
