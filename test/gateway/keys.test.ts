@@ -2459,6 +2459,14 @@ describe.skipIf(skipRedis)(`KeyStore on Redis (${skipRedis ? skipReason : "needs
         assert.strictEqual(error._tag, "OptionError", path)
         assert.strictEqual((error as { path: string }).path, path)
       }
+      // The key's limits are kept under `<prefix>ratelimit:`, itself a prefix of at most 100 characters:
+      // a longer one is told by the bound of the prefix given, not by one it never gave.
+      const long = yield* Effect.flip(
+        Layer.build(KeyStore.layerRedis({ prefix: "p".repeat(95) }).pipe(Layer.provide(redis)))
+      )
+      assert.strictEqual((long as { path: string }).path, "prefix")
+      assert.include(long.message, "1 to 90 characters")
+      assert.notInclude(long.message, `${"p".repeat(95)}ratelimit:`)
     })
   )
 })

@@ -137,7 +137,7 @@ export interface Options {
  * @category models
  */
 export interface RedisOptions extends Options {
-  /** Prefix of every Redis key. Default `"orchestra:gateway:"`. */
+  /** Prefix of every Redis key, at most 90 characters. Default `"orchestra:gateway:"`. */
   readonly prefix?: string | undefined
   /**
    * When Redis fails or is too slow: `budgets` `"reject"` (default: the request is
@@ -351,6 +351,8 @@ export const layerMemory = (options: Options = {}): Layer.Layer<KeyAdmin | Gatew
     })
   )
 
+const limitsPrefix = "ratelimit:"
+
 /**
  * Keys, limits and budgets shared by every gateway on the same Redis and prefix (keys of
  * the configuration stay in each process). Needs `effect/persistence`'s `Redis` service
@@ -366,6 +368,15 @@ export const layerRedis = (
     Effect.gen(function* () {
       const resolved = yield* Input.orOptionError(KeyOptions.check(options, KeyOptions.redisFields))
       const prefix = yield* Input.orOptionError(SharedRedis.prefixOf(options.prefix, "orchestra:gateway:"))
+      // The keys' limits are kept under `<prefix>ratelimit:`, a prefix of the rate-limit store bounded as this one.
+      if (prefix.length + limitsPrefix.length > SharedRedis.maxPrefixChars) {
+        return yield* Effect.fail(
+          Input.toOptionError({
+            path: "prefix",
+            message: `expected a string of 1 to ${SharedRedis.maxPrefixChars - limitsPrefix.length} characters (the keys' rate limits are kept under it and "${limitsPrefix}", at most ${SharedRedis.maxPrefixChars}), got ${prefix.length} characters`
+          })
+        )
+      }
       const onStoreError: RedisOptions["onStoreError"] & object = Input.orDefault(options.onStoreError, {})
       if (typeof onStoreError !== "object" || onStoreError === null || Array.isArray(onStoreError)) {
         return yield* Effect.fail(
@@ -396,7 +407,7 @@ export const layerRedis = (
       const keysGuard = yield* SharedRedis.makeGuard({ store: "gateway-keys", settings })
       const limitsGuard = yield* SharedRedis.makeGuard({ store: "gateway-ratelimit", settings })
       const backend = yield* RedisBackend.make({ prefix, guard: keysGuard, leaseMs: resolved.reservationTtlMs })
-      const limiter = yield* RateLimitRedis.makeStore({ prefix: `${prefix}ratelimit:` })
+      const limiter = yield* RateLimitRedis.makeStore({ prefix: `${prefix}${limitsPrefix}` })
       return both(
         yield* make(
           resolved,
