@@ -219,8 +219,9 @@ export {
   maxPrefixChars,
   /**
    * A store's `prefix` option, `fallback` when not given: 1 to {@link maxPrefixChars} characters, no
-   * lone surrogate (in a command it is U+FFFD, so two such prefixes would share their keys),
-   * else an issue naming `prefix`.
+   * lone surrogate (in a command it is U+FFFD, so two such prefixes would share their keys), and
+   * no empty first hash tag (`{}`: Redis Cluster would hash each whole key, splitting a store's
+   * related keys across slots), else an issue naming `prefix`.
    *
    * @since 0.3.0
    * @category constructors
