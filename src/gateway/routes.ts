@@ -14,6 +14,7 @@ import type { OptionError } from "../Input.js"
 import type { Service as ExecutorService } from "../Executor.js"
 import type { RetryPolicy } from "../Policy.js"
 import { type GatewayError, gatewayError, toWire } from "./errors.js"
+import { shown } from "./checks.js"
 import { jsonOf } from "./request.js"
 import type { Entry, Lifecycle } from "./lifecycle.js"
 import type { GatewayMetrics, Route } from "./metrics.js"
@@ -230,19 +231,50 @@ export const notAllowed = (model: string): Effect.Effect<never, GatewayError> =>
     })
   )
 
+// `application/json` and its parameters (`; charset=utf-8`), in any case.
+const jsonType = /^[ \t]*application\/json[ \t]*(?:;|$)/i
+
+// A body of another type is refused unread: a web page may post `text/plain`, a form or a Blob without a type to
+// the gateway without asking first (no CORS preflight), and an open gateway on loopback would serve any site its
+// user visits. A body encoded (gzip) would be read as its compressed bytes.
+const unsupported = (headers: HttpServerRequest.HttpServerRequest["headers"]): GatewayError | undefined => {
+  const type = headers["content-type"]
+  if (type === undefined || !jsonType.test(type)) {
+    return gatewayError(
+      "InvalidRequest",
+      `the request body is sent as Content-Type: application/json, got ${type === undefined ? "none" : shown(type)}`,
+      { status: 415, code: "unsupported_content_type" }
+    )
+  }
+  const encoding = headers["content-encoding"]
+  if (encoding !== undefined && encoding.trim().toLowerCase() !== "identity") {
+    return gatewayError(
+      "InvalidRequest",
+      `the request body is sent without a Content-Encoding, got ${shown(encoding)}`,
+      { status: 415, code: "unsupported_content_encoding" }
+    )
+  }
+  return undefined
+}
+
 /**
- * Reads the body as JSON, at most `maxBodyBytes` (413 beyond; 400 when it is not JSON).
+ * Reads the body as JSON, at most `maxBodyBytes` (413 beyond; 400 when it is not JSON; 415 when it is
+ * not sent as `application/json`).
  *
  * @internal
  */
 export const readJson = (
   env: Env,
   request: HttpServerRequest.HttpServerRequest
-): Effect.Effect<unknown, GatewayError> =>
+): Effect.Effect<unknown, GatewayError> => {
+  const headers = request.headers
+  const refused = unsupported(headers)
+  if (refused !== undefined) return Effect.fail(refused)
   // A declared length over the bound is refused at once, not after waiting for a body never read.
-  Number(request.headers["content-length"]) > env.options.maxBodyBytes
+  return Number(headers["content-length"]) > env.options.maxBodyBytes
     ? Effect.fail(tooLarge(env))
     : readBody(env, request)
+}
 
 const tooLarge = (env: Env) =>
   gatewayError("TooLarge", `the request body is larger than ${env.options.maxBodyBytes} bytes`)

@@ -237,7 +237,11 @@ describe("Gateway: requests refused before any provider", () => {
         assert.strictEqual(method.status, 405)
         assert.strictEqual(method.headers.get("allow"), "POST")
         const broken = yield* Effect.promise(() =>
-          fetch(`${gw.url}/v1/chat/completions`, { method: "POST", body: "{not json" })
+          fetch(`${gw.url}/v1/chat/completions`, {
+            method: "POST",
+            headers: { "content-type": "application/json" },
+            body: "{not json"
+          })
         )
         assert.strictEqual(broken.status, 400)
         assert.strictEqual(
@@ -245,6 +249,70 @@ describe("Gateway: requests refused before any provider", () => {
           "invalid_json"
         )
         assert.strictEqual((yield* upstream.requests).length, 0)
+      })
+  )
+})
+
+describe("Gateway: a body that is not sent as JSON", () => {
+  it.live(
+    "is a 415 naming its Content-Type (or Content-Encoding), never sent upstream: a web page can post text/plain or a form to an open gateway without asking first",
+    () =>
+      Effect.gen(function* () {
+        const upstream = yield* Server.make(Up.openAi())
+        const gw = yield* Harness.make({ upstreams: { a: upstream.url } })
+        const body = JSON.stringify({ model: "d-a", messages: hi })
+        const post = (headers: Record<string, string>, payload: BodyInit = body) =>
+          Effect.promise(async () => {
+            const response = await fetch(`${gw.url}/v1/chat/completions`, { method: "POST", headers, body: payload })
+            return {
+              status: response.status,
+              body: (await response.json()) as { error: { code: string; message: string } }
+            }
+          })
+        for (const [headers, payload, code, said] of [
+          [
+            { "content-type": "text/plain;charset=UTF-8" },
+            body,
+            "unsupported_content_type",
+            "text/plain;charset=UTF-8"
+          ],
+          [
+            { "content-type": "application/x-www-form-urlencoded" },
+            body,
+            "unsupported_content_type",
+            "application/x-www-form-urlencoded"
+          ],
+          // What a browser sends for a Blob without a type: no Content-Type at all.
+          [{}, new Blob([body]), "unsupported_content_type", "none"],
+          [{ "content-type": "application/jsonx" }, body, "unsupported_content_type", "application/jsonx"],
+          [
+            { "content-type": "application/json", "content-encoding": "gzip" },
+            body,
+            "unsupported_content_encoding",
+            "gzip"
+          ]
+        ] as const) {
+          const refused = yield* post(headers, payload)
+          assert.strictEqual(refused.status, 415, JSON.stringify(headers))
+          assert.strictEqual(refused.body.error.code, code, JSON.stringify(headers))
+          assert.include(refused.body.error.message, said)
+        }
+        // Embeddings too.
+        const embeddings = yield* Effect.promise(() =>
+          fetch(`${gw.url}/v1/embeddings`, {
+            method: "POST",
+            headers: { "content-type": "text/plain" },
+            body: JSON.stringify({ model: "d-a", input: "x" })
+          })
+        )
+        assert.strictEqual(embeddings.status, 415)
+        assert.strictEqual((yield* upstream.requests).length, 0)
+        // JSON with its parameters, in any case, and an identity encoding, are read.
+        for (const type of ["application/json", "application/json; charset=utf-8", "Application/JSON;charset=UTF-8"]) {
+          const answered = yield* post({ "content-type": type, "content-encoding": "identity" })
+          assert.strictEqual(answered.status, 200, type)
+        }
+        assert.include(yield* gw.metrics, 'orchestra_gateway_requests_total{route="chat",status="415"} 5')
       })
   )
 })
