@@ -144,18 +144,20 @@ export const make = (env: Env) => {
   const known = new Map<string, string>([
     [`${options.prefix}/chat/completions`, "POST"],
     [`${options.prefix}/embeddings`, "POST"],
-    [`${options.prefix}/models`, "GET"]
+    [`${options.prefix}/models`, "GET, HEAD"]
   ])
   for (const path of [options.livePath, options.readyPath, options.metricsPath]) {
-    if (path !== undefined) known.set(path, "GET")
+    if (path !== undefined) known.set(path, "GET, HEAD")
   }
   const modelPath = `${options.prefix}/models/`
 
   const fallback = (request: HttpServerRequest.HttpServerRequest) =>
     Effect.sync(() => {
       const path = request.url.split("?")[0]!
+      // The router serves a route's path with a trailing slash too.
+      const route = path.length > 1 && path.endsWith("/") ? path.slice(0, -1) : path
       const method =
-        known.get(path) ?? (path.length > modelPath.length && path.startsWith(modelPath) ? "GET" : undefined)
+        known.get(route) ?? (route.length > modelPath.length && route.startsWith(modelPath) ? "GET, HEAD" : undefined)
       const error =
         method !== undefined
           ? gatewayError("MethodNotAllowed", `${request.method} is not allowed on ${path}: use ${method}`, {

@@ -5,7 +5,7 @@
  * @internal
  */
 import { Clock, Effect, References, Tracer } from "effect"
-import { HttpRouter, type HttpServerRequest } from "effect/http"
+import { HttpRouter, type HttpServerRequest, type HttpServerResponse } from "effect/http"
 import { Executor } from "../Executor.js"
 import * as Input from "../Input.js"
 import * as Prometheus from "../Prometheus.js"
@@ -127,18 +127,29 @@ export const make = Effect.fnUntraced(function* (
   const embeddings = untraced(Embeddings.make(env))
   const info = Info.make(env)
   const api = options.prefix
+  // Each GET route answers HEAD too (Node sends no body for it): the router's own HEAD-as-GET applies
+  // only where no route takes HEAD, and the fallback's wildcard takes every method.
+  const get = <E, R>(
+    path: `/${string}`,
+    handler:
+      | Effect.Effect<HttpServerResponse.HttpServerResponse, E, R>
+      | ((request: HttpServerRequest.HttpServerRequest) => Effect.Effect<HttpServerResponse.HttpServerResponse, E, R>)
+  ) => [HttpRouter.route("GET", path, handler), HttpRouter.route("HEAD", path, handler)] as const
   yield* router.addAll([
     HttpRouter.route("POST", `${api}/chat/completions`, chat),
     HttpRouter.route("POST", `${api}/embeddings`, embeddings),
-    HttpRouter.route("GET", `${api}/models`, info.models),
-    HttpRouter.route("GET", `${api}/models/*`, info.model),
+    ...get(`${api}/models`, info.models),
+    ...get(`${api}/models/*`, info.model),
     HttpRouter.route("*", `${api}/*`, info.fallback)
   ])
   // The router prefers any other route to a wildcard, so routes added later (`Gateway.serve`'s
   // `routes`, the health paths below) still win over this one.
   if (catchAll && api !== "") yield* router.add("*", "/*", info.fallback)
-  if (options.livePath !== undefined) yield* router.add("GET", options.livePath, info.health)
-  if (options.readyPath !== undefined) yield* router.add("GET", options.readyPath, info.ready)
-  if (options.metricsPath !== undefined) yield* router.add("GET", options.metricsPath, info.metrics)
+  const own = [
+    ...(options.livePath === undefined ? [] : get(options.livePath, info.health)),
+    ...(options.readyPath === undefined ? [] : get(options.readyPath, info.ready)),
+    ...(options.metricsPath === undefined ? [] : get(options.metricsPath, info.metrics))
+  ]
+  if (own.length > 0) yield* router.addAll(own)
   return { drain: lifecycle.drain, isDraining: lifecycle.isDraining, inFlight: lifecycle.inFlight } satisfies Handle
 })

@@ -318,18 +318,59 @@ describe("Gateway: a body that is not sent as JSON", () => {
 })
 
 describe("Gateway: wrong methods on the routes that are not the API's", () => {
-  it.live("a wrong method on /healthz, /readyz, /metrics or /v1/models/{id} is a 405 with Allow: GET, not a 404", () =>
+  it.live(
+    "a wrong method on /healthz, /readyz, /metrics or /v1/models/{id} is a 405 with Allow: GET, HEAD, not a 404",
+    () =>
+      Effect.gen(function* () {
+        const upstream = yield* Server.make(Up.openAi())
+        const gw = yield* Harness.make({ upstreams: { a: upstream.url } })
+        for (const path of ["/healthz", "/readyz", "/metrics", "/v1/models/d-a"]) {
+          const answer = yield* Effect.promise(() => fetch(`${gw.url}${path}`, { method: "DELETE" }))
+          assert.strictEqual(answer.status, 405, path)
+          assert.strictEqual(answer.headers.get("allow"), "GET, HEAD", path)
+          const body = (yield* Effect.promise(() => answer.json())) as { error: { code: string } }
+          assert.strictEqual(body.error.code, "method_not_allowed", path)
+        }
+        assert.strictEqual((yield* upstream.requests).length, 0)
+      })
+  )
+
+  it.live("HEAD on a GET route answers as GET without a body (uptime monitors probe with HEAD), not a 405", () =>
     Effect.gen(function* () {
       const upstream = yield* Server.make(Up.openAi())
       const gw = yield* Harness.make({ upstreams: { a: upstream.url } })
-      for (const path of ["/healthz", "/readyz", "/metrics", "/v1/models/d-a"]) {
-        const answer = yield* Effect.promise(() => fetch(`${gw.url}${path}`, { method: "DELETE" }))
-        assert.strictEqual(answer.status, 405, path)
-        assert.strictEqual(answer.headers.get("allow"), "GET", path)
-        const body = (yield* Effect.promise(() => answer.json())) as { error: { code: string } }
-        assert.strictEqual(body.error.code, "method_not_allowed", path)
+      for (const path of ["/healthz", "/readyz", "/metrics", "/v1/models", "/v1/models/d-a", "/v1/models/a/a-model"]) {
+        const get = yield* Effect.promise(() => fetch(`${gw.url}${path}`))
+        const head = yield* Effect.promise(() => fetch(`${gw.url}${path}`, { method: "HEAD" }))
+        assert.strictEqual(head.status, 200, path)
+        assert.strictEqual(head.headers.get("content-type"), get.headers.get("content-type"), path)
+        assert.strictEqual(yield* Effect.promise(() => head.text()), "", path)
       }
+      // An unknown model is the same 404 either way.
+      const missing = yield* Effect.promise(() => fetch(`${gw.url}/v1/models/nope`, { method: "HEAD" }))
+      assert.strictEqual(missing.status, 404)
+      // HEAD is no method of the POST routes.
+      const chat = yield* Effect.promise(() => fetch(`${gw.url}/v1/chat/completions`, { method: "HEAD" }))
+      assert.deepStrictEqual([chat.status, chat.headers.get("allow")], [405, "POST"])
       assert.strictEqual((yield* upstream.requests).length, 0)
+    })
+  )
+
+  it.live("a wrong method on a route's path with a trailing slash (which the route serves) is a 405 too", () =>
+    Effect.gen(function* () {
+      const upstream = yield* Server.make(Up.openAi())
+      const gw = yield* Harness.make({ upstreams: { a: upstream.url } })
+      for (const [path, allow] of [
+        ["/v1/chat/completions/", "POST"],
+        ["/v1/embeddings/", "POST"],
+        ["/healthz/", "GET, HEAD"],
+        ["/v1/models/", "GET, HEAD"]
+      ] as const) {
+        const answer = yield* Effect.promise(() => fetch(`${gw.url}${path}?x=1`, { method: "PUT" }))
+        assert.deepStrictEqual([answer.status, answer.headers.get("allow")], [405, allow], path)
+      }
+      const gone = yield* Effect.promise(() => fetch(`${gw.url}/v1/nowhere/`, { method: "PUT" }))
+      assert.strictEqual(gone.status, 404)
     })
   )
 })
