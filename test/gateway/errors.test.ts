@@ -198,6 +198,32 @@ describe("Gateway: a bug", () => {
       assert.strictEqual(gw.gateway.inFlight(), 0)
     })
   )
+
+  it.live(
+    "a defect on the model list or a model is an OpenAI-shaped 500 too, with its request id, logged and counted",
+    () =>
+      Effect.gen(function* () {
+        const upstream = yield* Server.make(Up.openAi())
+        const { service } = keys()
+        const buggy: Gateway.KeyStoreService = { ...service, authenticate: () => Effect.die(new Error("a bug")) }
+        const logs: Array<string> = []
+        const gw = yield* Harness.make({ upstreams: { a: upstream.url }, keys: buggy, logs })
+        const client = gw.client("sk-alice")
+        for (const failed of [
+          yield* Harness.failing(() => client.models.list()),
+          yield* Harness.failing(() => client.models.retrieve("d-a"))
+        ]) {
+          assert.deepStrictEqual([failed.status, failed.type, failed.code], [500, "server_error", "internal_error"])
+          const id = failed.headers?.get("x-request-id")
+          assert.match(id ?? "", /^req_/)
+          assert.isTrue(
+            logs.some((line) => line.includes("gateway: unexpected failure") && line.includes(id!)),
+            logs.join("\n")
+          )
+        }
+        assert.include(yield* gw.metrics, 'orchestra_gateway_requests_total{route="models",status="500"} 2')
+      })
+  )
 })
 
 describe("Gateway: requests refused before any provider", () => {
