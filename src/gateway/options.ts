@@ -125,6 +125,34 @@ const each = <const T extends ReadonlyArray<Input.Checked<unknown>>>(
 }
 
 /**
+ * The first of `paths` (field, path) that is an earlier one's or a path of the OpenAI routes under `prefix` (a model's
+ * `{prefix}/models/{id}` included): the router refuses a route declared twice with a defect, and a static path under
+ * `{prefix}/models/` would answer for that model.
+ */
+const collides = (
+  prefix: string,
+  paths: ReadonlyArray<readonly [string, `/${string}` | undefined]>
+): Input.Issue | undefined => {
+  const taken = new Map<string, string>()
+  for (const [field, path] of paths) {
+    if (path === undefined) continue
+    const earlier = taken.get(path)
+    if (earlier !== undefined)
+      return { path: field, message: `expected a path of its own, got "${path}", ${earlier}'s` }
+    if (
+      path === `${prefix}/chat/completions` ||
+      path === `${prefix}/embeddings` ||
+      path === `${prefix}/models` ||
+      path.startsWith(`${prefix}/models/`)
+    ) {
+      return { path: field, message: `expected a path of its own, got "${path}", a path of the OpenAI routes` }
+    }
+    taken.set(path, field)
+  }
+  return undefined
+}
+
+/**
  * Checks the options; every wrong field is named: the `OptionError` names the first, and tells
  * the others found with it (a gateway file's `gateway` section is said with the file's other mistakes).
  *
@@ -211,6 +239,12 @@ export const check = (options: Options, at = ""): Input.Checked<Resolved> => {
     allowAnonymous,
     provenanceHeaders
   ] = values
+  const collision = collides(prefix, [
+    [p("healthPaths.live"), livePath],
+    [p("healthPaths.ready"), readyPath],
+    [p("metricsPath"), metricsPathChecked]
+  ])
+  if (collision !== undefined) return Result.fail(collision)
   return Result.succeed({
     prefix,
     maxBodyBytes,

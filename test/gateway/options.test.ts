@@ -52,6 +52,33 @@ describe("Gateway options", () => {
       }).pipe(Effect.scoped)
   )
 
+  it.effect(
+    "a health or metrics path that is another's, or a path of the OpenAI routes, is an OptionError naming it, not the router's defect",
+    () =>
+      Effect.gen(function* () {
+        const refused = (options: Gateway.Options) => buildError({ allowAnonymous: true, ...options })
+        assert.strictEqual(yield* refused({ healthPaths: { live: "/same", ready: "/same" } }), "healthPaths.ready")
+        assert.strictEqual(yield* refused({ metricsPath: "/healthz" }), "metricsPath")
+        assert.strictEqual(yield* refused({ metricsPath: "/up", healthPaths: { ready: "/up" } }), "metricsPath")
+        assert.strictEqual(yield* refused({ healthPaths: { live: "/v1/models" } }), "healthPaths.live")
+        assert.strictEqual(yield* refused({ healthPaths: { ready: "/v1/chat/completions" } }), "healthPaths.ready")
+        assert.strictEqual(yield* refused({ metricsPath: "/v1/embeddings" }), "metricsPath")
+        // A model's own path (`GET /v1/models/{id}`) would answer for that model.
+        assert.strictEqual(yield* refused({ metricsPath: "/v1/models/gpt-4o" }), "metricsPath")
+        assert.strictEqual(yield* refused({ prefix: "", healthPaths: { live: "/models" } }), "healthPaths.live")
+        assert.strictEqual(yield* refused({ prefix: "/api", metricsPath: "/api/models" }), "metricsPath")
+        // Beside the OpenAI routes, under the prefix, a path is the option's own.
+        const services = (yield* mockServices).pipe(Layer.provideMerge(HttpRouter.layer))
+        yield* Layer.build(
+          Gateway.layer({
+            allowAnonymous: true,
+            metricsPath: "/v1/metrics",
+            healthPaths: { live: "/v1/models-up" }
+          }).pipe(Layer.provide(services))
+        )
+      }).pipe(Effect.scoped)
+  )
+
   it.effect("every wrong option is an OptionError naming it", () =>
     Effect.gen(function* () {
       assert.strictEqual(yield* buildError({}), "keys")
