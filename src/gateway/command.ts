@@ -23,7 +23,7 @@
  * @internal
  */
 import { Console, Context, Effect, Layer, Option, Result } from "effect"
-import { HttpServer, HttpServerError } from "effect/http"
+import { HttpRouter, HttpServer, HttpServerError, HttpServerRequest, HttpServerResponse } from "effect/http"
 import { Redis as PersistedRedis } from "effect/persistence"
 import * as CircuitBreaker from "../CircuitBreaker.js"
 import type * as Domain from "../Domain.js"
@@ -43,12 +43,45 @@ import * as Providers from "../cli/Providers.js"
 import type { Args } from "../cli/Serve.js"
 import type { Checked } from "../cli/Setup.js"
 import * as Admin from "./admin.js"
+import { shown } from "./checks.js"
+import { fromGatewayError, gatewayError } from "./errors.js"
 import * as KeyStore from "./keys/KeyStore.js"
 import * as KeyOptions from "./keys/options.js"
 import * as GatewayOptions from "./options.js"
 import { type FileIssue, issuesOf, loadFile, placed, refuseAll, secret, under } from "./file.js"
 
 const loopback = (host: string) => host === "127.0.0.1" || host === "::1" || host === "localhost"
+
+// The names this machine reaches a loopback server by, with any port (`*.localhost` browsers resolve themselves).
+const loopbackName = /^(?:localhost|[a-z0-9-]+\.localhost|127(?:\.[0-9]{1,3}){3}|\[::1\])(?::[0-9]{1,5})?$/i
+
+const otherHost = (host: string) => {
+  const wire = fromGatewayError(
+    gatewayError(
+      "Forbidden",
+      `this gateway has no keys and listens on loopback: it answers requests for localhost only, not for the host ${shown(host)}`,
+      { code: "host_not_allowed" }
+    )
+  )
+  return HttpServerResponse.text(JSON.stringify(wire.body), { status: wire.status, contentType: "application/json" })
+}
+
+/**
+ * An open gateway (no keys) on loopback answers requests for its loopback names only: a web page whose name is
+ * pointed at 127.0.0.1 (DNS rebinding) would reach it as its own origin, send it JSON and read the answers, on the
+ * providers' keys. A request without `Host` (HTTP/1.0) comes from no browser. The check is made once per request,
+ * around the router's handler (no effect made per request).
+ */
+const loopbackNamesOnly = Layer.effectDiscard(
+  Effect.flatMap(HttpRouter.HttpRouter, (router) =>
+    router.addGlobalMiddleware((app) =>
+      Effect.flatMap(HttpServerRequest.HttpServerRequest, (request) => {
+        const name = request.headers.host
+        return name === undefined || loopbackName.test(name) ? app : Effect.succeed(otherHost(name))
+      })
+    )
+  )
+)
 
 /** The manager of the config, with its breakers, rate limits and cache on Redis when `redis` is given. */
 const manager = (
@@ -262,7 +295,8 @@ export const run = Effect.fnUntraced(function* (args: Args) {
       keepAliveTimeout: server.keepAliveTimeout,
       logRequests: server.logRequests
     },
-    admin
+    // `host` is what it listens on: a gateway without keys on loopback is its own machine's, and reached by its names.
+    config.keys === undefined && loopback(host) ? Layer.merge(admin, loopbackNamesOnly) : admin
   ).pipe(under("gateway", (path) => gatewayField(args, path), file))
   // The admin routes exist only with `keys` (checked above), Redis layers only with `redis`:
   // what the types cannot see, the checks above make true.

@@ -5,7 +5,7 @@
  */
 import { type ChildProcessWithoutNullStreams, spawn } from "node:child_process"
 import { mkdtempSync, rmSync, writeFileSync } from "node:fs"
-import { type AddressInfo, createServer } from "node:net"
+import { type AddressInfo, connect as connectTo, createServer } from "node:net"
 import { createRequire } from "node:module"
 import { tmpdir } from "node:os"
 import * as NodePath from "node:path"
@@ -185,6 +185,76 @@ describe("orchestra serve", () => {
         const openResult = yield* open.exit
         assert.strictEqual(openResult.code, 2)
         assert.include(openResult.stderr, "loopback")
+      }),
+    120_000
+  )
+})
+
+/** `GET path` on a raw connection with this `Host` header (fetch will not send another): the status and the body. */
+const withHost = (port: number, host: string, path = "/v1/models") =>
+  Effect.callback<{ readonly status: number; readonly body: string }>((resume) => {
+    const socket = connectTo(port, "127.0.0.1", () =>
+      socket.write(`GET ${path} HTTP/1.1\r\nHost: ${host}\r\nConnection: close\r\n\r\n`)
+    )
+    let answer = ""
+    socket.setEncoding("utf8")
+    socket.on("data", (chunk: string) => {
+      answer += chunk
+    })
+    socket.on("close", () =>
+      resume(
+        Effect.succeed({ status: Number(answer.slice(9, 12)), body: answer.slice(answer.indexOf("\r\n\r\n") + 4) })
+      )
+    )
+    return Effect.sync(() => socket.destroy())
+  })
+
+describe("orchestra serve, an open gateway on loopback", () => {
+  it.live(
+    "answers only its loopback names: a request for another host (a web page's, its name pointed at 127.0.0.1) is a 403",
+    () =>
+      Effect.gen(function* () {
+        const serving = yield* serve(["--config", config, "--port", "0"])
+        const port = Number(new URL(yield* serving.url).port)
+        for (const host of [
+          `evil.example:${port}`,
+          "evil.example",
+          `localhost.evil.example:${port}`,
+          "127.0.0.1.nip.io"
+        ]) {
+          const refused = yield* withHost(port, host)
+          assert.strictEqual(refused.status, 403, host)
+          const error = (JSON.parse(refused.body) as { error: { code: string; type: string } }).error
+          assert.deepStrictEqual([error.code, error.type], ["host_not_allowed", "permission_error"], host)
+        }
+        for (const host of [
+          `127.0.0.1:${port}`,
+          `localhost:${port}`,
+          "localhost",
+          `[::1]:${port}`,
+          `LocalHost:${port}`
+        ]) {
+          assert.strictEqual((yield* withHost(port, host)).status, 200, host)
+        }
+        serving.child.kill("SIGTERM")
+        yield* serving.exit
+      }),
+    120_000
+  )
+
+  it.live(
+    "with keys, a request for any host is the keys' to answer",
+    () =>
+      Effect.gen(function* () {
+        const gateway = write("keys-any-host.json", {
+          server: { port: 0 },
+          keys: { keys: [{ id: "k1", sha256: hashSecret(SECRET) }] }
+        })
+        const serving = yield* serve(["--config", config, "--gateway", gateway])
+        const port = Number(new URL(yield* serving.url).port)
+        assert.strictEqual((yield* withHost(port, "gateway.internal")).status, 401)
+        serving.child.kill("SIGTERM")
+        yield* serving.exit
       }),
     120_000
   )
