@@ -110,7 +110,8 @@ const listOptions = (url: string): Effect.Effect<ListOptions, GatewayError> => {
 
 /** The methods of the admin route at `rest` (the path after the admin prefix), `undefined` for none: 404. */
 const allowed = (rest: string): string | undefined => {
-  const [empty, keys, id, action, ...more] = rest.split("/")
+  // The router serves a route's path with a trailing slash too.
+  const [empty, keys, id, action, ...more] = (rest.endsWith("/") ? rest.slice(0, -1) : rest).split("/")
   if (empty !== "" || keys !== "keys" || more.length > 0 || id === "" || action === "") return undefined
   if (id === undefined) return "GET, POST"
   if (action === undefined || action === "spend") return "GET"

@@ -183,3 +183,36 @@ describe("Admin routes: model names of a new key", () => {
     }).pipe(Effect.scoped)
   )
 })
+
+describe("Admin routes: a path with a trailing slash", () => {
+  it.live("is the route's (which the router serves): a wrong method on it is a 405 with Allow, not a 404", () =>
+    Effect.gen(function* () {
+      const server = NodeHttpServer.layer(() => createServer(), { port: 0, host: "127.0.0.1" })
+      const context = yield* Layer.build(
+        HttpRouter.serve(
+          Layer.provideMerge(Admin.layer({ key: Redacted.make(adminSecret) }), Gateway.layer({ drainTimeout: 0 })),
+          { disableLogger: true, disableListenLog: true }
+        ).pipe(Layer.provideMerge(server), Layer.provide(Layer.merge(manager, KeyStore.layerMemory({}))))
+      )
+      const address = Context.get(context, HttpServer.HttpServer).address as { readonly port: number }
+      const send = (method: string, path: string) =>
+        Effect.promise(async () => {
+          const response = await fetch(`http://127.0.0.1:${address.port}${path}`, {
+            method,
+            headers: { authorization: `Bearer ${adminSecret}` }
+          })
+          return [response.status, response.headers.get("allow")] as const
+        })
+      assert.deepStrictEqual(yield* send("GET", "/admin/keys/"), [200, null])
+      for (const [method, path, allow] of [
+        ["DELETE", "/admin/keys/", "GET, POST"],
+        ["PUT", "/admin/keys/k1/", "GET"],
+        ["GET", "/admin/keys/k1/disable/", "POST"],
+        ["POST", "/admin/keys/k1/spend/?x=1", "GET"]
+      ] as const) {
+        assert.deepStrictEqual(yield* send(method, path), [405, allow], `${method} ${path}`)
+      }
+      assert.deepStrictEqual(yield* send("PUT", "/admin/keys/k1/rename/"), [404, null])
+    }).pipe(Effect.scoped)
+  )
+})
