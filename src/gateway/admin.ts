@@ -83,6 +83,8 @@ const json = (status: number, body: unknown, headers?: Record<string, string>) =
 const answerError = (error: GatewayError) => {
   const wire = toWire(error)
   const headers: Record<string, string> = {}
+  // HTTP requires a 401 to say how to authenticate.
+  if (wire.status === 401) headers["www-authenticate"] = 'Bearer realm="admin"'
   if (wire.retryAfterSeconds !== undefined) headers["retry-after"] = String(wire.retryAfterSeconds)
   // The official clients retry a 409 (and obey this header): a taken id or a full store stays so.
   if (wire.shouldRetry === false || wire.status === 409) headers["x-should-retry"] = "false"

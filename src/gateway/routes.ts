@@ -114,6 +114,8 @@ export const json = (
 ): HttpServerResponse.HttpServerResponse =>
   HttpServerResponse.text(body, { status, contentType: "application/json", headers })
 
+const challenge = 'Bearer realm="orchestra"'
+
 /**
  * The answer to a failure, counted under its reason.
  *
@@ -127,6 +129,8 @@ export const failure = (
   const wire = toWire(error)
   env.metrics.failed(wire.reason)
   const headers: Record<string, string> = { ...extraHeaders }
+  // HTTP requires a 401 to say how to authenticate (`/metrics` gives its own).
+  if (wire.status === 401) headers["www-authenticate"] ??= challenge
   if (wire.retryAfterSeconds !== undefined) headers["retry-after"] = String(wire.retryAfterSeconds)
   if (wire.shouldRetry === false) headers["x-should-retry"] = "false"
   return json(wire.status, JSON.stringify(wire.body), headers)

@@ -68,6 +68,30 @@ describe("Gateway: keys", () => {
     })
   )
 
+  it.live("a 401 carries the Bearer challenge (WWW-Authenticate) that HTTP requires of it, as /metrics' does", () =>
+    Effect.gen(function* () {
+      const upstream = yield* Server.make(Up.openAi())
+      const { service } = keys()
+      const gw = yield* Harness.make({ upstreams: { a: upstream.url }, keys: service })
+      const client = gw.client("sk-wrong-0123456789")
+      for (const refused of [
+        yield* Harness.failing(() => client.chat.completions.create({ model: "d-a", messages: hi })),
+        yield* Harness.failing(() => client.embeddings.create({ model: "d-a", input: "x" })),
+        yield* Harness.failing(() => client.models.list()),
+        yield* Harness.failing(() => client.models.retrieve("d-a"))
+      ]) {
+        assert.strictEqual(refused.status, 401)
+        assert.strictEqual(refused.headers?.get("www-authenticate"), 'Bearer realm="orchestra"')
+      }
+      // Other refusals carry none.
+      const forbidden = yield* Harness.failing(() =>
+        gw.client("sk-bob").chat.completions.create({ model: "d-a", messages: hi })
+      )
+      assert.strictEqual(forbidden.status, 403)
+      assert.isNull(forbidden.headers?.get("www-authenticate") ?? null)
+    })
+  )
+
   it.live("403 for a model the key may not use; the model list shows only what it may use", () =>
     Effect.gen(function* () {
       const upstream = yield* Server.make(Up.openAi())

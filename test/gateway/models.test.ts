@@ -213,6 +213,10 @@ describe("Admin routes: a path with a trailing slash", () => {
         assert.deepStrictEqual(yield* send(method, path), [405, allow], `${method} ${path}`)
       }
       assert.deepStrictEqual(yield* send("PUT", "/admin/keys/k1/rename/"), [404, null])
+      // Without the admin key: the Bearer challenge HTTP requires of a 401.
+      const refused = yield* Effect.promise(() => fetch(`http://127.0.0.1:${address.port}/admin/keys`))
+      assert.strictEqual(refused.status, 401)
+      assert.strictEqual(refused.headers.get("www-authenticate"), 'Bearer realm="admin"')
     }).pipe(Effect.scoped)
   )
 })
