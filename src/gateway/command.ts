@@ -67,10 +67,10 @@ const otherHost = (host: string) => {
 }
 
 /**
- * An open gateway (no keys) on loopback answers requests for its loopback names only: a web page whose name is
- * pointed at 127.0.0.1 (DNS rebinding) would reach it as its own origin, send it JSON and read the answers, on the
- * providers' keys. A request without `Host` (HTTP/1.0) comes from no browser. The check is made once per request,
- * around the router's handler (no effect made per request).
+ * The open gateway of `orchestra serve` without a gateway file (no keys, on loopback) answers requests for its
+ * loopback names only: a web page whose name is pointed at 127.0.0.1 (DNS rebinding) would reach it as its own
+ * origin, send it JSON and read the answers, on the providers' keys. A request without `Host` (HTTP/1.0) comes from
+ * no browser. The check wraps the router's handler once (no effect made per request).
  */
 const loopbackNamesOnly = Layer.effectDiscard(
   Effect.flatMap(HttpRouter.HttpRouter, (router) =>
@@ -295,8 +295,9 @@ export const run = Effect.fnUntraced(function* (args: Args) {
       keepAliveTimeout: server.keepAliveTimeout,
       logRequests: server.logRequests
     },
-    // `host` is what it listens on: a gateway without keys on loopback is its own machine's, and reached by its names.
-    config.keys === undefined && loopback(host) ? Layer.merge(admin, loopbackNamesOnly) : admin
+    // Without a gateway file the gateway is open and on loopback (checked above): this machine's, reached by its
+    // names. A file's `allowAnonymous` is the operator's choice, behind a proxy of theirs that may send any Host.
+    file === undefined ? Layer.merge(admin, loopbackNamesOnly) : admin
   ).pipe(under("gateway", (path) => gatewayField(args, path), file))
   // The admin routes exist only with `keys` (checked above), Redis layers only with `redis`:
   // what the types cannot see, the checks above make true.

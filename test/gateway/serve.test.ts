@@ -243,7 +243,7 @@ describe("orchestra serve, an open gateway on loopback", () => {
   )
 
   it.live(
-    "with keys, a request for any host is the keys' to answer",
+    "with a gateway file, a request for any host is the keys' to answer, or allowAnonymous's to serve",
     () =>
       Effect.gen(function* () {
         const gateway = write("keys-any-host.json", {
@@ -255,6 +255,13 @@ describe("orchestra serve, an open gateway on loopback", () => {
         assert.strictEqual((yield* withHost(port, "gateway.internal")).status, 401)
         serving.child.kill("SIGTERM")
         yield* serving.exit
+        // An open gateway the file asks for, behind the operator's own proxy (which may send its public name).
+        const open = write("anonymous-any-host.json", { server: { port: 0 }, allowAnonymous: true })
+        const anonymous = yield* serve(["--config", config, "--gateway", open])
+        const openPort = Number(new URL(yield* anonymous.url).port)
+        assert.strictEqual((yield* withHost(openPort, "llm.example.com")).status, 200)
+        anonymous.child.kill("SIGTERM")
+        yield* anonymous.exit
       }),
     120_000
   )
