@@ -25,6 +25,7 @@ import { HttpIncomingMessage, HttpRouter, type HttpServerRequest, HttpServerResp
 import * as Input from "../Input.js"
 import * as Metrics from "../Metrics.js"
 import * as Counters from "../stats/counters.js"
+import { clip } from "./checks.js"
 import { type GatewayError, gatewayError, toWire } from "./errors.js"
 import { KeyAdmin, type KeyInfo, type ListOptions } from "./keys/KeyStore.js"
 import { jsonOf } from "./request.js"
@@ -287,9 +288,13 @@ export const make = Effect.fnUntraced(function* (options: Options) {
         const allow = allowed(url.slice(path.length))
         if (allow === undefined)
           return Effect.fail(gatewayError("NotFound", "No such admin route", { code: "not_found" }))
-        const refused = gatewayError("MethodNotAllowed", `${request.method} is not allowed on ${url}: use ${allow}`, {
-          status: 405
-        })
+        const refused = gatewayError(
+          "MethodNotAllowed",
+          `${request.method} is not allowed on ${clip(url)}: use ${allow}`,
+          {
+            status: 405
+          }
+        )
         return Effect.succeed(HttpServerResponse.setHeader(answerError(refused), "allow", allow))
       })
     )

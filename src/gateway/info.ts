@@ -11,6 +11,7 @@
 import { Effect } from "effect"
 import { HttpRouter, type HttpServerRequest, HttpServerResponse } from "effect/http"
 import * as Prometheus from "../Prometheus.js"
+import { clip } from "./checks.js"
 import { type GatewayError, gatewayError } from "./errors.js"
 import { matches } from "./keys/secret.js"
 import {
@@ -170,12 +171,14 @@ export const make = (env: Env) => {
       const route = path.length > 1 && path.endsWith("/") ? path.slice(0, -1) : path
       const method =
         known.get(route) ?? (route.length > modelPath.length && route.startsWith(modelPath) ? "GET, HEAD" : undefined)
+      // The client's path said back clipped, as its other values are.
+      const said = clip(path)
       const error =
         method !== undefined
-          ? gatewayError("MethodNotAllowed", `${request.method} is not allowed on ${path}: use ${method}`, {
+          ? gatewayError("MethodNotAllowed", `${request.method} is not allowed on ${said}: use ${method}`, {
               status: 405
             })
-          : gatewayError("NotFound", `no route ${request.method} ${path}`, { code: "unknown_url" })
+          : gatewayError("NotFound", `no route ${request.method} ${said}`, { code: "unknown_url" })
       const answer = failure(env, error)
       return answered(
         env,

@@ -385,6 +385,25 @@ describe("Gateway: wrong methods on the routes that are not the API's", () => {
       })
   )
 
+  it.live(
+    "a 404 or 405 says back at most 64 characters of the path, as every other refusal says a client's value",
+    () =>
+      Effect.gen(function* () {
+        const upstream = yield* Server.make(Up.openAi())
+        const gw = yield* Harness.make({ upstreams: { a: upstream.url } })
+        for (const [method, path, status] of [
+          ["GET", `/v1/${"x".repeat(8000)}`, 404],
+          ["DELETE", `/v1/models/${"y".repeat(8000)}`, 405]
+        ] as const) {
+          const answer = yield* Effect.promise(() => fetch(`${gw.url}${path}`, { method }))
+          assert.strictEqual(answer.status, status)
+          const { error } = (yield* Effect.promise(() => answer.json())) as { error: { message: string } }
+          assert.isBelow(error.message.length, 200, error.message.slice(0, 100))
+          assert.include(error.message, `${path.slice(0, 64)}...`)
+        }
+      })
+  )
+
   it.live("HEAD on a GET route answers as GET without a body (uptime monitors probe with HEAD), not a 405", () =>
     Effect.gen(function* () {
       const upstream = yield* Server.make(Up.openAi())

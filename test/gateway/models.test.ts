@@ -213,6 +213,18 @@ describe("Admin routes: a path with a trailing slash", () => {
         assert.deepStrictEqual(yield* send(method, path), [405, allow], `${method} ${path}`)
       }
       assert.deepStrictEqual(yield* send("PUT", "/admin/keys/k1/rename/"), [404, null])
+      // A long path is said back clipped.
+      const long = yield* Effect.promise(() =>
+        fetch(`http://127.0.0.1:${address.port}/admin/keys/${"z".repeat(8000)}`, {
+          method: "DELETE",
+          headers: { authorization: `Bearer ${adminSecret}` }
+        }).then(
+          async (response) =>
+            [response.status, ((await response.json()) as { error: { message: string } }).error.message] as const
+        )
+      )
+      assert.strictEqual(long[0], 405)
+      assert.isBelow(long[1].length, 200)
       // Without the admin key: the Bearer challenge HTTP requires of a 401.
       const refused = yield* Effect.promise(() => fetch(`http://127.0.0.1:${address.port}/admin/keys`))
       assert.strictEqual(refused.status, 401)
