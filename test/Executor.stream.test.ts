@@ -1,7 +1,20 @@
 import { assert, describe, it } from "@effect/vitest"
-import { Context, Deferred, Duration, Effect, Exit, Fiber, Layer, Scheduler, Scope, Stream } from "effect"
+import {
+  Cause,
+  Context,
+  Deferred,
+  Duration,
+  Effect,
+  Exit,
+  Fiber,
+  Layer,
+  Option,
+  Scheduler,
+  Scope,
+  Stream
+} from "effect"
 import { TestClock } from "effect/testing"
-import { type AiError, ShuttingDownError } from "../src/AiError.js"
+import { type AiError, ModelError, ShuttingDownError } from "../src/AiError.js"
 import type * as Input from "../src/Input.js"
 import * as Executor from "../src/Executor.js"
 import { ChunkDeadline, ModelProvider, type Service, type StreamPart, usage } from "../src/Model.js"
@@ -564,6 +577,68 @@ describe("Executor.stream", () => {
       const parts = yield* collect(executor.stream(ask, { steps: [{ provider: a }, { provider: b }], resume: true }))
       assert.strictEqual(textOf(parts), "The quick brown fox jumps over the dog")
     })
+  )
+
+  it.effect(
+    "a stream whose consumer holds a tool call is not resumed: the continuation cannot carry the call, and would repeat it",
+    () =>
+      Effect.gen(function* () {
+        const call = { id: "c1", name: "lookup", arguments: "{}" }
+        const cutAfterCall: Service = {
+          name: "a",
+          defaultModel: "m",
+          generate: () => Effect.die("unused"),
+          embed: () => Effect.die("unused"),
+          stream: () =>
+            Stream.concat(
+              Stream.make<[StreamPart, StreamPart]>(
+                { _tag: "TextDelta", text: "Let me check. " },
+                { _tag: "ToolCall", call }
+              ),
+              Stream.fail(new ModelError({ reason: "Overloaded", message: "dropped", provider: "a" }))
+            )
+        }
+        let resumed = 0
+        // The next step, asked to continue, makes the same call again (under an id of its own).
+        const repeats: Service = {
+          ...cutAfterCall,
+          name: "b",
+          stream: () => {
+            resumed++
+            return Stream.make<[StreamPart, StreamPart, StreamPart]>(
+              { _tag: "TextDelta", text: "Let me check. " },
+              { _tag: "ToolCall", call: { ...call, id: "c2" } },
+              {
+                _tag: "Finish",
+                finishReason: "tool_calls",
+                usage: usage(1, 1),
+                provider: "b",
+                model: "m"
+              }
+            )
+          }
+        }
+        const seen: Array<StreamPart> = []
+        const exit = yield* withExecutorOver(cutAfterCall, (executor) =>
+          Effect.exit(
+            Stream.runForEach(
+              executor.stream(ask, { steps: [{ provider: cutAfterCall }, { provider: repeats }], resume: true }),
+              (part) => Effect.sync(() => seen.push(part))
+            )
+          )
+        )
+        assert.deepStrictEqual(
+          seen.map((part) => part._tag),
+          ["TextDelta", "ToolCall"],
+          "the call is delivered once"
+        )
+        assert.strictEqual(resumed, 0)
+        const error = Exit.isFailure(exit) ? Cause.findErrorOption(exit.cause).pipe(Option.getOrUndefined) : undefined
+        assert.deepStrictEqual(
+          error?._tag === "StreamInterruptedError" && [error.partialText, error.reason, error.provider],
+          ["Let me check. ", "Overloaded", "a"]
+        )
+      })
   )
 
   it.effect(

@@ -103,7 +103,7 @@ export interface StreamOptions {
   readonly idleTimeout?: Duration.Input | "none" | undefined
   /** Deadline of the whole stream, retries, fallbacks and consumer time included. Default 10 minutes. */
   readonly totalTimeout?: Duration.Input | "none" | undefined
-  /** Continue on the next step after a mid-stream failure (lossy). Default off. */
+  /** Continue on the next step after a mid-stream failure (lossy; never past a delivered tool call). Default off. */
   readonly resume?: boolean | ResumeOptions | undefined
   /** Replay completed streams from the executor's cache (default true when it has one). */
   readonly cache?: boolean | undefined

@@ -126,6 +126,9 @@ export const make = (env: { readonly engine: Engine; readonly defaults: StreamDe
     let stepAttempt: Attempt | undefined
     let delivered = ""
     let anyDelivered = false
+    // A continuation cannot be asked for past a tool call (its assistant message would need the
+    // call's result), and would make the call again: such a stream is not resumed.
+    let toolCallDelivered = false
     let finishDelivered = false
     // The consumer's resume while it waits for its attempt (below); called with `Effect.void`.
     let wake: ((effect: Effect.Effect<void>) => void) | undefined
@@ -378,7 +381,13 @@ export const make = (env: { readonly engine: Engine; readonly defaults: StreamDe
       finishStep(attempt, exit)
       const next = stepIndex + 1
       const resume = plan.resume
-      if (resume !== undefined && resumes < resume.maxResumes && next < plan.steps.length && resumable(error)) {
+      if (
+        resume !== undefined &&
+        !toolCallDelivered &&
+        resumes < resume.maxResumes &&
+        next < plan.steps.length &&
+        resumable(error)
+      ) {
         resumes++
         beginStep(next)
         attemptsOnStep++
@@ -434,6 +443,7 @@ export const make = (env: { readonly engine: Engine; readonly defaults: StreamDe
           anyDelivered = true
         } else if (part._tag === "ToolCall") {
           anyDelivered = true
+          toolCallDelivered = true
         } else {
           finishDelivered = true
         }
