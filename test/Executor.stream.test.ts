@@ -1028,25 +1028,7 @@ describe("Executor.stream: a provider's malformed parts", () => {
     ["a TextDelta whose text is a number", [{ _tag: "TextDelta", text: 42 }, finish], "part 1: a TextDelta's text"],
     ["an unknown tag", [{ _tag: "Bogus", text: "x" }, finish], 'part 1: _tag "Bogus"'],
     ["a ToolCall without its call", [{ _tag: "ToolCall" }, finish], "part 1: a ToolCall's call"],
-    ["a Finish without usage", [{ ...finish, usage: undefined }], "part 1: a Finish's usage"],
-    [
-      "a Finish whose input tokens are NaN",
-      [
-        { _tag: "TextDelta", text: "a" },
-        { ...finish, usage: { inputTokens: Number.NaN, outputTokens: 1, totalTokens: 1 } }
-      ],
-      "part 2: a Finish's usage"
-    ],
-    [
-      "a Finish whose output tokens are negative",
-      [{ ...finish, usage: { inputTokens: 1, outputTokens: -5, totalTokens: -4 } }],
-      "part 1: a Finish's usage"
-    ],
-    [
-      "a Finish whose total tokens are infinite",
-      [{ ...finish, usage: { inputTokens: 1, outputTokens: 1, totalTokens: Number.POSITIVE_INFINITY } }],
-      "part 1: a Finish's usage"
-    ]
+    ["a Finish without usage", [{ ...finish, usage: undefined }], "part 1: a Finish's usage"]
   ]
   for (const [name, parts, says] of cases) {
     it.effect(`${name}: the stream fails with a Decode ModelError naming the part, never a defect`, () =>

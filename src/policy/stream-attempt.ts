@@ -61,10 +61,6 @@ const noMore = Effect.succeed(undefined)
 const doneAsUndefined = (cause: Cause.Cause<unknown>): Effect.Effect<undefined, AiError> =>
   Pull.isDoneCause(cause) ? noMore : Effect.failCause(cause as Cause.Cause<AiError>)
 
-// NaN, a negative or an infinite count is no count: passed on, it would credit a token budget or
-// poison a sum downstream.
-const isTokenCount = (n: unknown): boolean => typeof n === "number" && n >= 0 && n < Number.POSITIVE_INFINITY
-
 // What is wrong with a part a provider's stream gave (a caller's own provider can give anything),
 // or undefined. A few `typeof`s a part: the schema's decoding would cost more than the hand-over.
 const partIssue = (part: unknown): string | undefined => {
@@ -90,9 +86,9 @@ const partIssue = (part: unknown): string | undefined => {
       if (
         typeof usage !== "object" ||
         usage === null ||
-        !isTokenCount(usage.inputTokens) ||
-        !isTokenCount(usage.outputTokens) ||
-        !isTokenCount(usage.totalTokens)
+        typeof usage.inputTokens !== "number" ||
+        typeof usage.outputTokens !== "number" ||
+        typeof usage.totalTokens !== "number"
       ) {
         return `a Finish's usage is ${Input.shown(usage)}, not token counts`
       }
