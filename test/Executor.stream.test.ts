@@ -533,6 +533,94 @@ describe("Executor.stream", () => {
     )
   }
 
+  // An upstream that does not yield to its interruption (a connection opened in an acquire, a region
+  // of its own): the deadline fires when due, as a call's does; the upstream ends in the background.
+  for (const [deadline, options, after] of [
+    ["firstChunk", { firstChunkTimeout: "1 second" }, []],
+    ["idle", { idleTimeout: "1 second" }, [{ _tag: "TextDelta", text: "a" }]],
+    ["total", { totalTimeout: "1 second", firstChunkTimeout: "none" }, []]
+  ] as const) {
+    it.effect(`the ${deadline} deadline fires when due on an upstream that ignores its interruption`, () =>
+      Effect.gen(function* () {
+        let ended = 0
+        const stuck: Service = {
+          name: "stuck",
+          defaultModel: "m",
+          generate: () => Effect.die("unused"),
+          embed: () => Effect.die("unused"),
+          stream: () =>
+            Stream.concat(
+              Stream.fromIterable<StreamPart>(after),
+              Stream.fromEffect(Effect.uninterruptible(Effect.sleep("1 hour"))).pipe(
+                Stream.flatMap(() => Stream.empty as Stream.Stream<StreamPart>),
+                Stream.ensuring(Effect.sync(() => ended++))
+              )
+            )
+        }
+        yield* withExecutorOver(stuck, (executor) =>
+          Effect.gen(function* () {
+            const fiber = yield* Effect.forkChild(Effect.flip(collect(executor.stream(ask, options))))
+            yield* TestClock.adjust("1 second")
+            yield* Effect.yieldNow
+            const early = fiber.pollUnsafe()
+            if (early === undefined) yield* TestClock.adjust("2 hours")
+            const error = yield* Fiber.join(fiber)
+            assert.isDefined(early, "the consumer waited for the upstream past its deadline")
+            assert.deepStrictEqual(error._tag === "TimeoutError" && [error.limit, error.provider], [deadline, "stuck"])
+            // The upstream still ends, when its own region does.
+            yield* TestClock.adjust("2 hours")
+            assert.strictEqual(ended, 1)
+            assert.strictEqual((yield* executor.stats()).inFlight, 0)
+          })
+        )
+      })
+    )
+  }
+
+  it.effect(
+    "a step stuck past its first-chunk deadline in a region it does not leave is fallen back from when due",
+    () =>
+      Effect.gen(function* () {
+        const stuck: Service = {
+          name: "stuck",
+          defaultModel: "m",
+          generate: () => Effect.die("unused"),
+          embed: () => Effect.die("unused"),
+          stream: () =>
+            Stream.fromEffect(Effect.uninterruptible(Effect.sleep("1 hour"))).pipe(
+              Stream.flatMap(() => Stream.empty as Stream.Stream<StreamPart>)
+            )
+        }
+        const backup: Service = {
+          ...stuck,
+          name: "backup",
+          stream: () =>
+            Stream.make<[StreamPart, StreamPart]>(
+              { _tag: "TextDelta", text: "from backup" },
+              { _tag: "Finish", finishReason: "stop", usage: usage(1, 1), provider: "backup", model: "m" }
+            )
+        }
+        yield* withExecutorOver(stuck, (executor) =>
+          Effect.gen(function* () {
+            const fiber = yield* Effect.forkChild(
+              collect(
+                executor.stream(ask, {
+                  steps: [{ provider: stuck }, { provider: backup }],
+                  firstChunkTimeout: "1 second"
+                })
+              )
+            )
+            yield* TestClock.adjust("1 second")
+            yield* Effect.yieldNow
+            const done = fiber.pollUnsafe()
+            if (done === undefined) yield* TestClock.adjust("2 hours")
+            assert.isDefined(done, "the fallback waited for the stuck step")
+            assert.strictEqual(textOf(yield* Fiber.join(fiber)), "from backup")
+          })
+        )
+      })
+  )
+
   it.effect("a stream naming no model is cached under the provider's default model, so a new default asks again", () =>
     Effect.gen(function* () {
       const cache = yield* ResponseCache.makeMemory({ name: "default-model-stream-key" })

@@ -20,7 +20,7 @@ import {
   Duration,
   Effect,
   Exit,
-  type Fiber,
+  Fiber,
   Option,
   Pull,
   Scope,
@@ -142,6 +142,11 @@ export interface Attempt {
   serving: boolean
   /** Whether its provider ever saw it: its breaker counts nothing of an attempt cut while it queued. */
   served: boolean
+  /**
+   * Cut by a deadline or the shutdown: its producer is interrupted and not waited for, as a call's
+   * attempt is not (an upstream that does not yield to its interruption ends in the background).
+   */
+  cut: boolean
   space: (() => void) | undefined
   dedupe: Dedupe | undefined
   /** The attempt's span, when its stream has one. */
@@ -342,6 +347,7 @@ const startAttempt = Effect.fnUntraced(function* (
     watch: engine.lanes.watch((ending: Ending) => {
       if (attempt.end !== undefined) return
       if (ending === "timeout") series.timeouts++
+      attempt.cut = true
       const limit = attempt.limit
       attempt.end = Exit.fail(
         ending === "shutdown"
@@ -365,6 +371,7 @@ const startAttempt = Effect.fnUntraced(function* (
     finish: undefined,
     serving: false,
     served: false,
+    cut: false,
     space: undefined,
     dedupe,
     span
@@ -377,7 +384,7 @@ const startAttempt = Effect.fnUntraced(function* (
     return
   }
   const produced = producer(host, attempt, prepared)
-  const fiber = yield* Effect.forkIn(
+  const forked = Effect.forkDetach(
     (span === undefined ? produced : Effect.withParentSpan(produced, span, { captureStackTrace: false })).pipe(
       Effect.onExit((exit) =>
         Effect.suspend(() => {
@@ -405,10 +412,23 @@ const startAttempt = Effect.fnUntraced(function* (
         })
       )
     ),
-    scope,
     { startImmediately: true }
   )
-  attempt.fiber = fiber as Fiber.Fiber<void, AiError>
+  // Started and its stop put in the attempt's scope in one step (as `forkIn` does), but a producer
+  // cut by a deadline is not waited for: `forkIn`'s stop waits, and the consumer with it.
+  yield* Effect.uninterruptible(
+    Effect.flatMap(forked, (fiber) => {
+      attempt.fiber = fiber as Fiber.Fiber<void, AiError>
+      return Scope.addFinalizer(
+        scope,
+        Effect.suspend(() => {
+          if (!attempt.cut) return Fiber.interrupt(fiber)
+          fiber.interruptUnsafe()
+          return Effect.void
+        })
+      )
+    })
+  )
 })
 
 /**
