@@ -17,7 +17,14 @@ import { TestClock } from "effect/testing"
 import { type AiError, ModelError, ShuttingDownError } from "../src/AiError.js"
 import type * as Input from "../src/Input.js"
 import * as Executor from "../src/Executor.js"
-import { ChunkDeadline, ModelProvider, type Service, type StreamPart, usage } from "../src/Model.js"
+import {
+  ChunkDeadline,
+  type GenerateRequest,
+  ModelProvider,
+  type Service,
+  type StreamPart,
+  usage
+} from "../src/Model.js"
 import * as Mock from "../src/Model/Mock.js"
 import { Outcome } from "../src/Model/Mock.js"
 import * as Engine from "../src/policy/engine.js"
@@ -982,6 +989,58 @@ describe("Executor.stream: a step's prepare", () => {
           assert.deepStrictEqual([stats.total, stats.failuresByReason], [3, { InvalidRequest: 3 }])
         }
       })
+  )
+})
+
+describe("Executor.stream: a step's prepare answering no valid request", () => {
+  it.effect("ends the attempt with an InvalidRequest naming it, nothing sent, as its documentation says", () =>
+    Effect.gen(function* () {
+      const { executor } = yield* setup({}, { requestLimits: { maxInputChars: 100 } })
+      const sent: Array<unknown> = []
+      const other = {
+        provider: {
+          name: "other",
+          defaultModel: "m",
+          generate: () => Effect.die("unused"),
+          embed: () => Effect.die("unused"),
+          stream: (request: GenerateRequest) => {
+            sent.push(request)
+            return Stream.make<[StreamPart, StreamPart]>(
+              { _tag: "TextDelta", text: "ok" },
+              { _tag: "Finish", finishReason: "stop", usage: usage(1, 1), provider: "other", model: "m" }
+            )
+          }
+        } satisfies Service
+      }
+      const answers: ReadonlyArray<readonly [string, () => unknown]> = [
+        ["nothing", () => undefined],
+        ["a prompt that is no string", () => ({ prompt: 42 })],
+        ["no conversation", () => ({})],
+        ["a misspelt field", () => ({ prompt: "hi", temprature: 1 })],
+        ["a request over the limits", () => ({ prompt: "x".repeat(1_000) })]
+      ]
+      for (const [name, prepare] of answers) {
+        const error = yield* Effect.flip(
+          collect(
+            executor.stream(ask, {
+              steps: [{ provider: other.provider, prepare: prepare as (r: GenerateRequest) => GenerateRequest }]
+            })
+          )
+        )
+        assert.deepStrictEqual(
+          error._tag === "ModelError" && [error.reason, error.field],
+          ["InvalidRequest", "steps[0].prepare"],
+          `${name}: ${error.message}`
+        )
+      }
+      assert.deepStrictEqual(sent, [])
+      // A valid answer is sent as it is.
+      const parts = yield* collect(
+        executor.stream(ask, { steps: [{ provider: other.provider, prepare: (r) => ({ ...r, system: "be brief" }) }] })
+      )
+      assert.strictEqual(textOf(parts), "ok")
+      assert.deepStrictEqual(sent, [{ ...ask, system: "be brief" }])
+    })
   )
 })
 

@@ -83,8 +83,8 @@ export interface StreamOptions {
         readonly model?: string | undefined
         /**
          * Adapts the request for this step's provider (after `model`), on each attempt, a resumed
-         * step's continuation included. Its answer is checked as a request; a throw ends the attempt
-         * with an `InvalidRequest` naming `steps[i].prepare`.
+         * step's continuation included. Its answer is checked as the request is (limits included):
+         * one refused, or a throw, ends the attempt with an `InvalidRequest` naming `steps[i].prepare`.
          */
         readonly prepare?: ((request: GenerateRequest) => GenerateRequest) | undefined
         /** This step's first-chunk deadline, instead of the stream's `firstChunkTimeout`. */
@@ -341,12 +341,19 @@ const planned = Effect.fnUntraced(function* (
             : (r: GenerateRequest) => {
                 const withModel = model === undefined ? r : { ...r, model }
                 if (prepare === undefined) return withModel
+                let prepared: GenerateRequest
                 try {
-                  return prepare(withModel)
+                  prepared = prepare(withModel)
                 } catch (cause) {
                   // Thrown on to the attempt, which ends with it (`prepareRefusal`): a refusal, not a defect.
                   throw invalidRequest(`steps[${i}].prepare`, `the prepare option threw: ${Input.thrownMessage(cause)}`)
                 }
+                // Checked as the request was, its limits included: no provider sees what the executor would refuse.
+                const invalid = options.validate(prepared)
+                if (invalid !== undefined) {
+                  throw invalidRequest(`steps[${i}].prepare`, `its answer was refused: ${invalid.message}`)
+                }
+                return prepared
               }
       })
     }
