@@ -584,6 +584,42 @@ describe("Executor.stream", () => {
     )
   }
 
+  it.effect("a consumer that takes the first chunk and leaves is let go at once, whatever the upstream does next", () =>
+    Effect.gen(function* () {
+      let ended = 0
+      const stuck: Service = {
+        name: "stuck",
+        defaultModel: "m",
+        generate: () => Effect.die("unused"),
+        embed: () => Effect.die("unused"),
+        // One chunk, then a region that does not yield to its interruption (a blocking read).
+        stream: () =>
+          Stream.concat(
+            Stream.make({ _tag: "TextDelta", text: "a" } as StreamPart),
+            Stream.fromEffect(Effect.uninterruptible(Effect.sleep("1 hour"))).pipe(
+              Stream.flatMap(() => Stream.empty as Stream.Stream<StreamPart>),
+              Stream.ensuring(Effect.sync(() => ended++))
+            )
+          )
+      }
+      yield* withExecutorOver(stuck, (executor) =>
+        Effect.gen(function* () {
+          const fiber = yield* Effect.forkChild(collect(Stream.take(executor.stream(ask), 1)))
+          yield* Effect.yieldNow
+          const early = fiber.pollUnsafe()
+          if (early === undefined) yield* TestClock.adjust("2 hours")
+          const parts = yield* Fiber.join(fiber)
+          assert.isDefined(early, "the consumer waited for the upstream it left")
+          assert.strictEqual(textOf(parts), "a")
+          yield* TestClock.adjust("2 hours")
+          assert.strictEqual(ended, 1)
+          const stats = yield* executor.stats()
+          assert.deepStrictEqual([stats.inFlight, stats.failuresByReason], [0, { Interrupted: 1 }])
+        })
+      )
+    })
+  )
+
   it.effect(
     "a step stuck past its first-chunk deadline in a region it does not leave is fallen back from when due",
     () =>

@@ -20,7 +20,7 @@ import {
   Duration,
   Effect,
   Exit,
-  Fiber,
+  type Fiber,
   Option,
   Pull,
   Scope,
@@ -142,11 +142,6 @@ export interface Attempt {
   serving: boolean
   /** Whether its provider ever saw it: its breaker counts nothing of an attempt cut while it queued. */
   served: boolean
-  /**
-   * Cut by a deadline or the shutdown: its producer is interrupted and not waited for, as a call's
-   * attempt is not (an upstream that does not yield to its interruption ends in the background).
-   */
-  cut: boolean
   space: (() => void) | undefined
   dedupe: Dedupe | undefined
   /** The attempt's span, when its stream has one. */
@@ -347,7 +342,6 @@ const startAttempt = Effect.fnUntraced(function* (
     watch: engine.lanes.watch((ending: Ending) => {
       if (attempt.end !== undefined) return
       if (ending === "timeout") series.timeouts++
-      attempt.cut = true
       const limit = attempt.limit
       attempt.end = Exit.fail(
         ending === "shutdown"
@@ -371,7 +365,6 @@ const startAttempt = Effect.fnUntraced(function* (
     finish: undefined,
     serving: false,
     served: false,
-    cut: false,
     space: undefined,
     dedupe,
     span
@@ -414,18 +407,16 @@ const startAttempt = Effect.fnUntraced(function* (
     ),
     { startImmediately: true }
   )
-  // Started and its stop put in the attempt's scope in one step (as `forkIn` does), but a producer
-  // cut by a deadline is not waited for: `forkIn`'s stop waits, and the consumer with it.
+  // Started and its stop put in the attempt's scope in one step, as `forkIn` does; but its stop does
+  // not wait for the producer, as `forkIn`'s does: a deadline, the shutdown or the consumer lets it
+  // go at once, as a call's attempt is let go (an upstream that does not yield to its interruption
+  // ends in the background). Its upstream's own finalizers are in the scope and run at its close.
   yield* Effect.uninterruptible(
     Effect.flatMap(forked, (fiber) => {
       attempt.fiber = fiber as Fiber.Fiber<void, AiError>
       return Scope.addFinalizer(
         scope,
-        Effect.suspend(() => {
-          if (!attempt.cut) return Fiber.interrupt(fiber)
-          fiber.interruptUnsafe()
-          return Effect.void
-        })
+        Effect.sync(() => fiber.interruptUnsafe())
       )
     })
   )

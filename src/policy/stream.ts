@@ -162,7 +162,6 @@ export const make = (env: { readonly engine: Engine; readonly defaults: StreamDe
       if (finishDelivered) return
       if (current !== undefined && current.end === undefined) {
         if (timedOut) current.series.timeouts++
-        current.cut = true
         current.end = Exit.fail(error)
         current.fiber?.interruptUnsafe()
       }
