@@ -16,6 +16,7 @@ import {
 import { TestClock } from "effect/testing"
 import { type AiError, ModelError, ShuttingDownError } from "../src/AiError.js"
 import type * as Input from "../src/Input.js"
+import * as CircuitBreaker from "../src/CircuitBreaker.js"
 import * as Executor from "../src/Executor.js"
 import {
   ChunkDeadline,
@@ -309,6 +310,42 @@ describe("Executor.stream", () => {
       const stats = yield* executor.stats()
       assert.strictEqual(stats.successes, 1)
       assert.deepStrictEqual(stats.failuresByReason, {})
+    })
+  )
+
+  it.effect("a consumer that stops at the Finish without reading on counts a success on the breaker too", () =>
+    Effect.gen(function* () {
+      let down = true
+      const provider: Service = {
+        name: "p",
+        defaultModel: "m",
+        generate: () => Effect.die("unused"),
+        embed: () => Effect.die("unused"),
+        stream: () =>
+          down
+            ? Stream.fail(new ModelError({ reason: "Overloaded", message: "down", provider: "p" }))
+            : Stream.make<[StreamPart, StreamPart]>(
+                { _tag: "TextDelta", text: "a" },
+                { _tag: "Finish", finishReason: "stop", usage: usage(1, 1), provider: "p", model: "m" }
+              )
+      }
+      const context = yield* Layer.build(
+        Executor.layerWithStats().pipe(
+          Layer.provideMerge(Layer.succeed(ModelProvider, provider)),
+          Layer.provideMerge(CircuitBreaker.layerMemory({ failMax: 1, resetTimeout: "1 minute" }))
+        )
+      )
+      const executor = Context.get(context, Executor.Executor)
+      const breakers = Context.get(context, CircuitBreaker.Breakers)
+      yield* Effect.flip(Stream.runDrain(executor.stream(ask)))
+      assert.strictEqual(yield* breakers.state("p"), "open")
+      yield* TestClock.adjust("1 minute")
+      down = false
+      // The probe's stream: its consumer has the whole answer, and stops there.
+      const parts = yield* collect(executor.stream(ask).pipe(Stream.takeUntil((p) => p._tag === "Finish")))
+      assert.strictEqual(parts[parts.length - 1]!._tag, "Finish")
+      assert.strictEqual((yield* executor.stats()).successes, 1)
+      assert.strictEqual(yield* breakers.state("p"), "closed", "the probe's success closes the circuit")
     })
   )
 

@@ -166,7 +166,7 @@ export interface StreamSpan {
 export interface AttemptHost {
   readonly engine: Engine
   readonly plan: StreamPlan
-  /** The stream's scope; each attempt's own is forked from it. */
+  /** Each attempt's own scope is forked from it; it closes after the stream's finalizer has run. */
   readonly scope: Scope.Scope
   readonly now: () => number
   /** Wakes the consumer if it waits: parts were buffered or the attempt ended. */

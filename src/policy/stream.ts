@@ -241,6 +241,10 @@ export const make = (env: { readonly engine: Engine; readonly defaults: StreamDe
       }
       return attempt === undefined ? Effect.void : closeAttempt(attempt, "ignored", clock, terminal)
     })
+    // The attempts' scopes are forked from this one, made before the finalizer below is added so
+    // that it closes after it (last added, first run): the attempt the finalizer ends is still open,
+    // its breaker permit not yet closed unrecorded (ignored: a probe left half-open).
+    const attempts = yield* Scope.fork(streamScope)
     // Counted, watched and its finalizer in place in one uninterruptible step: a consumer
     // interrupted in between left the stream counted for ever (the shutdown waited its whole
     // deadline for it) and its total deadline armed.
@@ -258,7 +262,7 @@ export const make = (env: { readonly engine: Engine; readonly defaults: StreamDe
     const startAttempt = attemptStarter({
       engine,
       plan,
-      scope: streamScope,
+      scope: attempts,
       now,
       signal,
       begin: (attempt) => {
