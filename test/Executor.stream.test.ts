@@ -349,6 +349,48 @@ describe("Executor.stream", () => {
     })
   )
 
+  it.effect(
+    "a provider that cut its stream counts on its breaker though the consumer left before reading the cut",
+    () =>
+      Effect.gen(function* () {
+        const provider: Service = {
+          name: "p",
+          defaultModel: "m",
+          generate: () => Effect.die("unused"),
+          embed: () => Effect.die("unused"),
+          stream: () =>
+            Stream.concat(
+              Stream.make<[StreamPart, StreamPart, StreamPart]>(
+                { _tag: "TextDelta", text: "a " },
+                { _tag: "TextDelta", text: "b " },
+                { _tag: "TextDelta", text: "c " }
+              ),
+              Stream.fail(new ModelError({ reason: "Overloaded", message: "dropped", provider: "p" }))
+            )
+        }
+        const context = yield* Layer.build(
+          Executor.layerWithStats().pipe(
+            Layer.provideMerge(Layer.succeed(ModelProvider, provider)),
+            Layer.provideMerge(CircuitBreaker.layerMemory({ failMax: 1, resetTimeout: "1 minute" }))
+          )
+        )
+        const executor = Context.get(context, Executor.Executor)
+        const breakers = Context.get(context, CircuitBreaker.Breakers)
+        // The cut is read ahead with the text; the consumer takes two parts and leaves.
+        const parts = yield* collect(Stream.take(executor.stream(ask), 2))
+        assert.strictEqual(textOf(parts), "a b ")
+        assert.strictEqual(yield* breakers.state("p"), "open", "the provider's cut is its failure")
+        // A consumer that leaves a stream still going well is neutral.
+        const fine = {
+          ...provider,
+          name: "q",
+          stream: () => Stream.concat(provider.stream(ask).pipe(Stream.take(3)), Stream.never)
+        }
+        yield* collect(Stream.take(executor.stream(ask, { provider: fine }), 2))
+        assert.strictEqual(yield* breakers.state("q"), "closed")
+      })
+  )
+
   it.effect("a slow consumer does not hold the provider's slot once the upstream has finished", () =>
     Effect.gen(function* () {
       const { executor, control } = yield* setup({ respond: () => "a b c", maxConcurrency: 1 })

@@ -231,6 +231,9 @@ export const make = (env: { readonly engine: Engine; readonly defaults: StreamDe
         attempt.end ??= Exit.void
         return onEnd(attempt)
       }
+      // The breaker counts nothing of a stream its consumer left, but what its provider did before:
+      // a cut read ahead of the consumer, not yet read, is the provider's failure.
+      let outcome: Exit.Exit<void, AiError> | "ignored" = "ignored"
       if (terminal === undefined) {
         // Left by its consumer: cancelled, or cut by the caller's deadline (counted as the timeout it is).
         const error = cut?.error
@@ -238,8 +241,9 @@ export const make = (env: { readonly engine: Engine; readonly defaults: StreamDe
         const open = attempt ?? stepAttempt
         if (error?._tag === "TimeoutError" && open !== undefined && !stepClosed) open.series.timeouts++
         finishStep(open, terminal)
+        if (attempt?.end?._tag === "Failure") outcome = attempt.end
       }
-      return attempt === undefined ? Effect.void : closeAttempt(attempt, "ignored", clock, terminal)
+      return attempt === undefined ? Effect.void : closeAttempt(attempt, outcome, clock, terminal)
     })
     // The attempts' scopes are forked from this one, made before the finalizer below is added so
     // that it closes after it (last added, first run): the attempt the finalizer ends is still open,
