@@ -349,46 +349,78 @@ describe("Executor.stream", () => {
     })
   )
 
-  it.effect(
-    "a provider that cut its stream counts on its breaker though the consumer left before reading the cut",
-    () =>
-      Effect.gen(function* () {
-        const provider: Service = {
-          name: "p",
-          defaultModel: "m",
-          generate: () => Effect.die("unused"),
-          embed: () => Effect.die("unused"),
-          stream: () =>
-            Stream.concat(
-              Stream.make<[StreamPart, StreamPart, StreamPart]>(
-                { _tag: "TextDelta", text: "a " },
-                { _tag: "TextDelta", text: "b " },
-                { _tag: "TextDelta", text: "c " }
-              ),
-              Stream.fail(new ModelError({ reason: "Overloaded", message: "dropped", provider: "p" }))
-            )
-        }
-        const context = yield* Layer.build(
-          Executor.layerWithStats().pipe(
-            Layer.provideMerge(Layer.succeed(ModelProvider, provider)),
-            Layer.provideMerge(CircuitBreaker.layerMemory({ failMax: 1, resetTimeout: "1 minute" }))
+  it.effect("a stream's outcome read ahead counts on its breaker though the consumer left before reading it", () =>
+    Effect.gen(function* () {
+      const provider: Service = {
+        name: "p",
+        defaultModel: "m",
+        generate: () => Effect.die("unused"),
+        embed: () => Effect.die("unused"),
+        stream: () =>
+          Stream.concat(
+            Stream.make<[StreamPart, StreamPart, StreamPart]>(
+              { _tag: "TextDelta", text: "a " },
+              { _tag: "TextDelta", text: "b " },
+              { _tag: "TextDelta", text: "c " }
+            ),
+            Stream.fail(new ModelError({ reason: "Overloaded", message: "dropped", provider: "p" }))
           )
+      }
+      const context = yield* Layer.build(
+        Executor.layerWithStats().pipe(
+          Layer.provideMerge(Layer.succeed(ModelProvider, provider)),
+          Layer.provideMerge(CircuitBreaker.layerMemory({ failMax: 1, resetTimeout: "1 minute" }))
         )
-        const executor = Context.get(context, Executor.Executor)
-        const breakers = Context.get(context, CircuitBreaker.Breakers)
-        // The cut is read ahead with the text; the consumer takes two parts and leaves.
-        const parts = yield* collect(Stream.take(executor.stream(ask), 2))
-        assert.strictEqual(textOf(parts), "a b ")
-        assert.strictEqual(yield* breakers.state("p"), "open", "the provider's cut is its failure")
-        // A consumer that leaves a stream still going well is neutral.
-        const fine = {
-          ...provider,
-          name: "q",
-          stream: () => Stream.concat(provider.stream(ask).pipe(Stream.take(3)), Stream.never)
-        }
-        yield* collect(Stream.take(executor.stream(ask, { provider: fine }), 2))
-        assert.strictEqual(yield* breakers.state("q"), "closed")
-      })
+      )
+      const executor = Context.get(context, Executor.Executor)
+      const breakers = Context.get(context, CircuitBreaker.Breakers)
+      // The cut is read ahead with the text; the consumer takes two parts and leaves.
+      const parts = yield* collect(Stream.take(executor.stream(ask), 2))
+      assert.strictEqual(textOf(parts), "a b ")
+      assert.strictEqual(yield* breakers.state("p"), "open", "the provider's cut is its failure")
+      // An answer read ahead whole while the consumer was busy with its first part is the provider's
+      // success: a probe closes the circuit.
+      yield* TestClock.adjust("1 minute")
+      assert.strictEqual(yield* breakers.state("p"), "half-open")
+      const whole = yield* Effect.forkChild(
+        collect(
+          executor
+            .stream(ask, {
+              provider: {
+                ...provider,
+                stream: () =>
+                  Stream.concat(
+                    Stream.make({ _tag: "TextDelta", text: "a " } as StreamPart),
+                    Stream.fromEffect(
+                      Effect.as(Effect.sleep("100 millis"), {
+                        _tag: "Finish",
+                        finishReason: "stop",
+                        usage: usage(1, 1),
+                        provider: "p",
+                        model: "m"
+                      } as StreamPart)
+                    )
+                  )
+              }
+            })
+            .pipe(
+              Stream.tap(() => Effect.sleep("1 second")),
+              Stream.take(1)
+            )
+        )
+      )
+      yield* TestClock.adjust("1 second")
+      assert.strictEqual(textOf(yield* Fiber.join(whole)), "a ")
+      assert.strictEqual(yield* breakers.state("p"), "closed", "the probe's answer was whole")
+      // A consumer that leaves a stream still going well is neutral.
+      const fine = {
+        ...provider,
+        name: "q",
+        stream: () => Stream.concat(provider.stream(ask).pipe(Stream.take(3)), Stream.never)
+      }
+      yield* collect(Stream.take(executor.stream(ask, { provider: fine }), 2))
+      assert.strictEqual(yield* breakers.state("q"), "closed")
+    })
   )
 
   it.effect("a slow consumer does not hold the provider's slot once the upstream has finished", () =>

@@ -232,7 +232,7 @@ export const make = (env: { readonly engine: Engine; readonly defaults: StreamDe
         return onEnd(attempt)
       }
       // The breaker counts nothing of a stream its consumer left, but what its provider did before:
-      // a cut read ahead of the consumer, not yet read, is the provider's failure.
+      // its end read ahead of the consumer, not yet read (a cut, a whole answer), is the provider's.
       let outcome: Exit.Exit<void, AiError> | "ignored" = "ignored"
       if (terminal === undefined) {
         // Left by its consumer: cancelled, or cut by the caller's deadline (counted as the timeout it is).
@@ -241,7 +241,7 @@ export const make = (env: { readonly engine: Engine; readonly defaults: StreamDe
         const open = attempt ?? stepAttempt
         if (error?._tag === "TimeoutError" && open !== undefined && !stepClosed) open.series.timeouts++
         finishStep(open, terminal)
-        if (attempt?.end?._tag === "Failure") outcome = attempt.end
+        if (attempt?.end !== undefined) outcome = attempt.end
       }
       return attempt === undefined ? Effect.void : closeAttempt(attempt, outcome, clock, terminal)
     })
