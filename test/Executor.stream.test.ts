@@ -289,6 +289,62 @@ describe("Executor.stream", () => {
     })
   )
 
+  it.effect("an onRetry hook still running when the total deadline passes does not hold the stream past it", () =>
+    Effect.gen(function* () {
+      const { executor, control } = yield* setup({ script: [Outcome.fail("Overloaded"), Outcome.succeed("ok")] })
+      let hooks = 0
+      let hookInterrupted = false
+      const fiber = yield* Effect.forkChild(
+        Effect.flip(
+          collect(
+            executor.stream(ask, {
+              retry: { initialDelay: 10, jitter: 0 },
+              totalTimeout: "1 second",
+              onRetry: () =>
+                Effect.onInterrupt(
+                  Effect.andThen(
+                    Effect.sync(() => hooks++),
+                    Effect.sleep("1 hour")
+                  ),
+                  () =>
+                    Effect.sync(() => {
+                      hookInterrupted = true
+                    })
+                )
+            })
+          )
+        )
+      )
+      yield* TestClock.adjust("1 second")
+      yield* Effect.yieldNow
+      const done = fiber.pollUnsafe()
+      if (done === undefined) yield* TestClock.adjust("2 hours")
+      const error = yield* Fiber.join(fiber)
+      assert.isDefined(done, "the stream waited for its onRetry hook past its total deadline")
+      assert.deepStrictEqual(error._tag === "TimeoutError" && error.limit, "total")
+      yield* Effect.yieldNow
+      assert.deepStrictEqual([hooks, hookInterrupted, yield* control.calls], [1, true, 1])
+      // A hook that returns: the retry goes on after it, its backoff then.
+      const { executor: next, control: nextControl } = yield* setup({
+        script: [Outcome.fail("Overloaded"), Outcome.succeed("ok")]
+      })
+      const retried = yield* Effect.forkChild(
+        collect(
+          next.stream(ask, {
+            retry: { initialDelay: 100, jitter: 0 },
+            onRetry: () => Effect.sleep("1 second")
+          })
+        )
+      )
+      yield* TestClock.adjust("1 second")
+      yield* TestClock.adjust("99 millis")
+      assert.strictEqual(yield* nextControl.calls, 1)
+      yield* TestClock.adjust("1 millis")
+      assert.strictEqual(textOf(yield* Fiber.join(retried)), "ok")
+      assert.strictEqual(yield* nextControl.calls, 2)
+    })
+  )
+
   it.effect("a consumer that leaves early interrupts the upstream", () =>
     Effect.gen(function* () {
       const { executor, control } = yield* setup({ respond: () => "a b c d e f g", chunkDelay: 100 })

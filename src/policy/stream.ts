@@ -137,6 +137,8 @@ export const make = (env: { readonly engine: Engine; readonly defaults: StreamDe
     let attemptsOnStep = 0
     let stepper: Stepper | undefined
     let backoff: Watch | undefined
+    // A retry's onRetry hook while it runs.
+    let hook: Fiber.Fiber<void> | undefined
     let resumes = 0
     let request_ = request
     let firstTextAt: number | undefined
@@ -218,6 +220,7 @@ export const make = (env: { readonly engine: Engine; readonly defaults: StreamDe
       total?.dispose()
       cut?.stops?.delete(stop)
       backoff?.dispose()
+      hook?.interruptUnsafe()
       leave()
       const attempt = current
       // Closed once the consumer had the Finish, without a last pull nor a cut: the stream is complete.
@@ -361,11 +364,25 @@ export const make = (env: { readonly engine: Engine; readonly defaults: StreamDe
           wait()
           return Effect.void
         }
+        // Run beside the consumer, which waits for the backoff meanwhile: waited for in its pull, a
+        // hook still running when the total deadline passed held the stream past it (a call's
+        // deadline cuts its hook). The stream's end interrupts it.
+        const event = { step: attempt.step, attempt: attemptsOnStep, error, delay }
         return Effect.map(
-          observe("onRetry", plan.onRetry, () =>
-            plan.onRetry!({ step: attempt.step, attempt: attemptsOnStep, error, delay })
+          Effect.forkDetach(
+            Effect.onExit(
+              observe("onRetry", plan.onRetry, () => plan.onRetry!(event)),
+              () =>
+                Effect.sync(() => {
+                  hook = undefined
+                  if (terminal === undefined) wait()
+                })
+            ),
+            { startImmediately: true }
           ),
-          wait
+          (fiber) => {
+            if (fiber.pollUnsafe() === undefined) hook = fiber
+          }
         )
       })
     }
