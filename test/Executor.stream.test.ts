@@ -468,6 +468,40 @@ describe("Executor.stream", () => {
       yield* TestClock.adjust("1 second")
       assert.strictEqual(textOf(yield* Fiber.join(whole)), "a ")
       assert.strictEqual(yield* breakers.state("p"), "closed", "the probe's answer was whole")
+      // The same when the total deadline, the consumer's time included, passes before the consumer reads that end.
+      yield* Effect.flip(Stream.runDrain(executor.stream(ask)))
+      yield* TestClock.adjust("1 minute")
+      assert.strictEqual(yield* breakers.state("p"), "half-open")
+      const slow = yield* Effect.forkChild(
+        Effect.flip(
+          Stream.runForEach(
+            executor.stream(ask, {
+              totalTimeout: "2 seconds",
+              provider: {
+                ...provider,
+                stream: () =>
+                  Stream.concat(
+                    Stream.make({ _tag: "TextDelta", text: "a " } as StreamPart),
+                    Stream.fromEffect(
+                      Effect.as(Effect.sleep("100 millis"), {
+                        _tag: "Finish",
+                        finishReason: "stop",
+                        usage: usage(1, 1),
+                        provider: "p",
+                        model: "m"
+                      } as StreamPart)
+                    )
+                  )
+              }
+            }),
+            () => Effect.sleep("5 seconds")
+          )
+        )
+      )
+      yield* TestClock.adjust("5 seconds")
+      const late = yield* Fiber.join(slow)
+      assert.strictEqual(late._tag === "TimeoutError" && late.limit, "total")
+      assert.strictEqual(yield* breakers.state("p"), "closed", "the provider answered in full, in time")
       // A consumer that leaves a stream still going well is neutral.
       const fine = {
         ...provider,

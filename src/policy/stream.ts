@@ -160,11 +160,14 @@ export const make = (env: { readonly engine: Engine; readonly defaults: StreamDe
 
     // Ends the stream with `error` now: its running attempt stops, its step counts the error.
     // A stream whose Finish the consumer holds is complete: it ends as such at its next pull.
+    // The attempt `cutShort` ended: its end is the stream's cut, not its provider's outcome.
+    let cutAttempt: Attempt | undefined
     const cutShort = (error: AiError, timedOut: boolean) => {
       if (finishDelivered) return
       if (current !== undefined && current.end === undefined) {
         if (timedOut) current.series.timeouts++
         current.end = Exit.fail(error)
+        cutAttempt = current
         current.fiber?.interruptUnsafe()
       }
       finishStep(current ?? stepAttempt, Exit.fail(error))
@@ -234,9 +237,6 @@ export const make = (env: { readonly engine: Engine; readonly defaults: StreamDe
         attempt.end ??= Exit.void
         return onEnd(attempt)
       }
-      // The breaker counts nothing of a stream its consumer left, but what its provider did before:
-      // its end read ahead of the consumer, not yet read (a cut, a whole answer), is the provider's.
-      let outcome: Exit.Exit<void, AiError> | "ignored" = "ignored"
       if (terminal === undefined) {
         // Left by its consumer: cancelled, or cut by the caller's deadline (counted as the timeout it is).
         const error = cut?.error
@@ -244,9 +244,12 @@ export const make = (env: { readonly engine: Engine; readonly defaults: StreamDe
         const open = attempt ?? stepAttempt
         if (error?._tag === "TimeoutError" && open !== undefined && !stepClosed) open.series.timeouts++
         finishStep(open, terminal)
-        if (attempt?.end !== undefined) outcome = attempt.end
       }
-      return attempt === undefined ? Effect.void : closeAttempt(attempt, outcome, clock, terminal)
+      if (attempt === undefined) return Effect.void
+      // The breaker counts nothing of a stream its consumer left or the stream's deadline cut, but
+      // what its provider did before: its end read ahead, not yet read (a failure, a whole answer).
+      const own = attempt.end !== undefined && attempt !== cutAttempt ? attempt.end : "ignored"
+      return closeAttempt(attempt, own, clock, terminal)
     })
     // The attempts' scopes are forked from this one, made before the finalizer below is added so
     // that it closes after it (last added, first run): the attempt the finalizer ends is still open,
