@@ -158,10 +158,10 @@ export const make = (env: { readonly engine: Engine; readonly defaults: StreamDe
       signal()
     }
 
-    // Ends the stream with `error` now: its running attempt stops, its step counts the error.
-    // A stream whose Finish the consumer holds is complete: it ends as such at its next pull.
     // The attempt `cutShort` ended: its end is the stream's cut, not its provider's outcome.
     let cutAttempt: Attempt | undefined
+    // Ends the stream with `error` now: its running attempt stops, its step counts the error.
+    // A stream whose Finish the consumer holds is complete: it ends as such at its next pull.
     const cutShort = (error: AiError, timedOut: boolean) => {
       if (finishDelivered) return
       if (current !== undefined && current.end === undefined) {
@@ -371,21 +371,24 @@ export const make = (env: { readonly engine: Engine; readonly defaults: StreamDe
         // hook still running when the total deadline passed held the stream past it (a call's
         // deadline cuts its hook). The stream's end interrupts it.
         const event = { step: attempt.step, attempt: attemptsOnStep, error, delay }
-        return Effect.map(
-          Effect.forkDetach(
-            Effect.onExit(
-              observe("onRetry", plan.onRetry, () => plan.onRetry!(event)),
-              () =>
-                Effect.sync(() => {
-                  hook = undefined
-                  if (terminal === undefined) wait()
-                })
+        // Started and kept in one step: a consumer interrupted in between would leave it running.
+        return Effect.uninterruptible(
+          Effect.map(
+            Effect.forkDetach(
+              Effect.onExit(
+                observe("onRetry", plan.onRetry, () => plan.onRetry!(event)),
+                () =>
+                  Effect.sync(() => {
+                    hook = undefined
+                    if (terminal === undefined) wait()
+                  })
+              ),
+              { startImmediately: true }
             ),
-            { startImmediately: true }
-          ),
-          (fiber) => {
-            if (fiber.pollUnsafe() === undefined) hook = fiber
-          }
+            (fiber) => {
+              if (fiber.pollUnsafe() === undefined) hook = fiber
+            }
+          )
         )
       })
     }
