@@ -708,6 +708,31 @@ describe("Executor.stream", () => {
       })
   )
 
+  it.effect(
+    "a total deadline passing between two attempts (a slow onRetry) names the provider of the step it cut",
+    () =>
+      Effect.gen(function* () {
+        const { executor } = yield* setup({ script: [Outcome.fail("Overloaded"), Outcome.succeed("ok")] })
+        const a = { ...executor.provider, name: "a" }
+        const fiber = yield* Effect.forkChild(
+          Effect.flip(
+            collect(
+              executor.stream(ask, {
+                provider: a,
+                retry: { initialDelay: 100, jitter: 0 },
+                totalTimeout: "1500 millis",
+                // Its backoff then ends past the total deadline, which strikes while it runs.
+                onRetry: () => Effect.sleep("1450 millis")
+              })
+            )
+          )
+        )
+        yield* TestClock.adjust("1500 millis")
+        const error = yield* Fiber.join(fiber)
+        assert.deepStrictEqual(error._tag === "TimeoutError" && [error.limit, error.provider], ["total", "a"])
+      })
+  )
+
   // Found in review: between two attempts the step was left without an outcome.
   for (const [ending, reason] of [
     ["a cut", "ShuttingDown"],

@@ -191,7 +191,8 @@ export const make = (env: { readonly engine: Engine; readonly defaults: StreamDe
           : new TimeoutError({
               limit: "total",
               timeout: plan.totalTimeout ?? Duration.zero,
-              provider: current?.step.name,
+              // Between two attempts (a retry's backoff, its hook) the step's: `current` is unset then.
+              provider: (current ?? stepAttempt)?.step.name,
               partialText: delivered
             }),
         ending === "timeout"
