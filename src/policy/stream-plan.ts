@@ -65,6 +65,20 @@ export const prepareRefusal = (step: StreamStep, thrown: unknown): AiError =>
         cause: thrown
       })
 
+// The steps' `prepare`s the library makes itself (a router's domain), whose answers are not checked
+// again: a router's calls send theirs unchecked too, and a check is not free on the gateway's path.
+const ownPrepares = new WeakSet<object>()
+
+/**
+ * A `prepare` of the library's own (a domain's `applyTo`): its answer is sent as it is.
+ *
+ * @internal
+ */
+export const ownPrepare = <F extends (request: GenerateRequest) => GenerateRequest>(prepare: F): F => {
+  ownPrepares.add(prepare)
+  return prepare
+}
+
 /**
  * Options of `Executor.stream`; every value is checked (an `InvalidRequest` naming it).
  *
@@ -329,6 +343,7 @@ const planned = Effect.fnUntraced(function* (
       const base = options.stepFor(input.provider ?? options.provider, input.domain ?? options.domain, valid)
       const model = input.model
       const prepare = input.prepare
+      const own = prepare !== undefined && ownPrepares.has(prepare)
       steps.push({
         ...base,
         // A stream step's `timeout` is its first-chunk deadline (`undefined`: the stream's).
@@ -349,6 +364,7 @@ const planned = Effect.fnUntraced(function* (
                   throw invalidRequest(`steps[${i}].prepare`, `the prepare option threw: ${Input.thrownMessage(cause)}`)
                 }
                 // Checked as the request was, its limits included: no provider sees what the executor would refuse.
+                if (own) return prepared
                 const invalid = options.validate(prepared)
                 if (invalid !== undefined) {
                   throw invalidRequest(`steps[${i}].prepare`, `its answer was refused: ${invalid.message}`)

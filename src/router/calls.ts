@@ -16,6 +16,7 @@ import { embedUsageOf } from "../executor/embed.js"
 import { chatTelemetry } from "../executor/generate.js"
 import { CurrentCut, type Cut } from "../policy/plan.js"
 import { isTraced, traced } from "../policy/span.js"
+import { ownPrepare } from "../policy/stream-plan.js"
 import type { Answer, CallOptions, HedgeOptions, Service, StreamOptions } from "../Router.js"
 import type { Service as StatsService } from "../Stats.js"
 import { WindowHistogram } from "../stats/series.js"
@@ -267,7 +268,7 @@ export const makeCalls = (env: Env) => {
         retry: domain.retry ?? false,
         firstChunkTimeout: domain.timeout,
         cache: domain.cache,
-        prepare: (r: GenerateRequest) => applyTo(domain, r)
+        prepare: ownPrepare((r: GenerateRequest) => applyTo(domain, r))
       }))
     )
     const found: StreamChain = { first: list[0]!, steps }
