@@ -163,6 +163,64 @@ describe("orchestra asks its questions on the terminal, not into redirected stdo
       assert.include(result.stderr, "orchestra stats")
     })
   )
+  it.live("--wizard keeps the flags given with it: they are not asked again, and the command runs with them", () =>
+    Effect.gen(function* () {
+      const config = writeConfig("wizard-given.json", { providers: { m: { type: "mock", reply: "wizard answer" } } })
+      // Asked: --file, --domain, --fallback, --max-tokens (each declined), then "Run this command?" (accepted). One
+      // question more and the keys run out: the wizard is cancelled (130).
+      const result = yield* inProcess(
+        ["bench", "--wizard", "-c", "3", "--prompts", "a,b", "--rounds", "1", "--json", "--config", config],
+        { stdinIsTerminal: true, keys: Array(5).fill(enter), quit: true }
+      )
+      assert.strictEqual(result.code, 0, result.stderr)
+      const document = JSON.parse(result.stdout) as {
+        ok: boolean
+        concurrency: number
+        rounds: number
+        prompts: number
+      }
+      assert.deepInclude(document, { ok: true, concurrency: 3, rounds: 1, prompts: 2 })
+      assert.include(result.stderr, "(--max-tokens)?")
+      for (const flag of ["--concurrency", "--prompts", "--rounds", "--json", "--config"]) {
+        assert.notInclude(result.stderr, `(${flag})?`)
+      }
+      assert.include(result.stderr, `orchestra bench -c 3 --prompts a,b --rounds 1 --json --config ${config}`)
+    })
+  )
+
+  it.live("--wizard without a command keeps --json and --config for the command chosen", () =>
+    Effect.gen(function* () {
+      const config = writeConfig("wizard-root.json", { providers: { m: { type: "mock" } } })
+      // The command: `stats` (three down from `test`); its six optional flags declined; run it.
+      const down = key("down")
+      const result = yield* inProcess(["--json", "--wizard", "--config", config], {
+        stdinIsTerminal: true,
+        keys: [down, down, down, enter, ...Array(7).fill(enter)],
+        quit: true
+      })
+      assert.strictEqual(result.code, 0, result.stderr)
+      assert.deepInclude(JSON.parse(result.stdout) as object, { ok: true, prompts: 0, config })
+      assert.include(result.stderr, "(--max-tokens)?")
+      assert.notInclude(result.stderr, "(--json)?")
+    })
+  )
+
+  it.live("--wizard with a flag the command does not have says so before asking anything (exit 2)", () =>
+    Effect.gen(function* () {
+      const result = yield* inProcess(["test", "--wizard", "--rounds", "3", "--json"], {
+        stdinIsTerminal: true,
+        quit: true
+      })
+      assert.strictEqual(result.code, 2, result.stderr)
+      assert.include(result.stderr, "orchestra: --rounds is not a flag of test")
+      assert.notInclude(result.stderr, "Set ")
+      assert.deepStrictEqual(JSON.parse(result.stdout), {
+        ok: false,
+        error: { message: "--rounds is not a flag of test (see orchestra test --help)", kind: "usage" }
+      })
+    })
+  )
+
   it.live("--wizard cancelled (Ctrl-C) says so on stderr and exits with 130: nothing ran", () =>
     Effect.gen(function* () {
       const result = yield* inProcess(["stats", "--wizard"], { stdinIsTerminal: true, keys: [enter], quit: true })
@@ -202,8 +260,43 @@ describe("orchestra --json: a command line that cannot be parsed is one JSON err
       }
       assert.include(usage(yield* inProcess(["test", "--json"])), "--prompt")
       assert.include(usage(yield* inProcess(["stats", "--json=true", "--rounds", "3"])), "--rounds")
-      // No command: the root has no --json, and says so.
-      assert.include(usage(yield* inProcess(["--json"])), "Unrecognized flag: --json")
+      // No command: --json is for the command, and the error is the missing one.
+      assert.include(usage(yield* inProcess(["--json"])), "Missing command: give one of test, bench")
+    })
+  )
+
+  it.live("--json and --config before the command are the command's (`orchestra --json test`)", () =>
+    Effect.gen(function* () {
+      const config = writeConfig("before.json", { providers: { m: { type: "mock", reply: "before" } } })
+      const answered = yield* inProcess(["--json", "test", "-p", "hi", "--config", config])
+      assert.strictEqual(answered.code, 0, answered.stderr)
+      assert.deepInclude(JSON.parse(answered.stdout) as object, { ok: true, answer: "before" })
+      assert.include(usage(yield* inProcess(["--json", "test"])), "Missing required flag: --prompt")
+      const stats = yield* inProcess(["--config", config, "--json=yes", "stats"])
+      assert.strictEqual(stats.code, 0, stats.stderr)
+      assert.deepInclude(JSON.parse(stats.stdout) as object, { ok: true, config })
+      const session = yield* inProcess(["--json", "--config", config, "start"], { stdin: "hi\n" })
+      assert.strictEqual(session.code, 0, session.stderr)
+      assert.deepInclude(JSON.parse(session.stdout) as object, { type: "answer", answer: "before" })
+      // A --config named like a command is its value: the command is `stats`, whose error is a document.
+      const named = yield* inProcess(["--config", "start", "stats", "--json"])
+      assert.strictEqual(named.code, 2, named.stderr)
+      assert.deepInclude(JSON.parse(named.stdout) as object, { ok: false })
+    })
+  )
+
+  it.live("--json false and --no-json ask for no JSON: a usage error is not one on stdout", () =>
+    Effect.gen(function* () {
+      for (const argv of [
+        ["test", "--json", "false"],
+        ["test", "--json", "no"],
+        ["test", "--no-json"]
+      ]) {
+        const result = yield* inProcess(argv)
+        assert.strictEqual(result.code, 2, result.stderr)
+        assert.include(result.stderr, "Missing required flag: --prompt")
+        assert.strictEqual(result.stdout, "", argv.join(" "))
+      }
     })
   )
 

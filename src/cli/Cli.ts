@@ -5,7 +5,7 @@
  * @since 0.1.0
  */
 import { Cause, Console, Effect, Layer, Option, Stdio, Stream, Terminal } from "effect"
-import { CliError, CliOutput, Command, Prompt } from "effect/cli"
+import { CliError, CliOutput, Command, CommandSpec, type Flag, Prompt } from "effect/cli"
 import * as Bench from "./Bench.js"
 import { ExitCode, exitCodes, printError, printJson, stdoutClosed } from "./Common.js"
 import * as Serve from "./Serve.js"
@@ -177,16 +177,76 @@ const stdinIsTerminal: Effect.Effect<boolean> = Effect.flatMap(Effect.serviceOpt
 
 const truthy = new Set(["true", "1", "y", "yes", "on"])
 
-/** Whether the command line asks for `--json` (as effect/cli reads a boolean flag), before any `--`. */
+/**
+ * Whether the command line asks for `--json` as effect/cli reads a boolean flag, before any `--`:
+ * `--json`, `--json=yes`, `--json true`; not `--json false` nor `--no-json`.
+ */
 const asksJson = (argv: ReadonlyArray<string>): boolean =>
-  flagsOf(argv).some(
-    (token) => token === "--json" || (token.startsWith("--json=") && truthy.has(token.slice(7).toLowerCase()))
-  )
+  flagsOf(argv).some((token, i, flags) => {
+    if (token.startsWith("--json=")) return truthy.has(token.slice(7).toLowerCase())
+    if (token !== "--json") return false
+    const next = flags[i + 1]
+    return next === undefined || !booleanLiteral.test(next) || truthy.has(next.toLowerCase())
+  })
 
 /** The subcommand a command line names, if any. */
 const subcommandOf = (argv: ReadonlyArray<string>) => {
-  const name = flagsOf(argv).find((token) => subcommands.some((c) => c.name === token))
-  return subcommands.find((c) => c.name === name)
+  const at = commandAt(argv)
+  return at < 0 ? undefined : subcommands.find((c) => c.name === argv[at])
+}
+
+const booleanLiteral = /^(?:true|false|yes|no|on|off|1|0)$/i
+
+/** Flags that take a value, before the command: every command's `--config`, effect/cli's own. */
+const valueFlags = new Set(["--config", "--log-level", "--completions"])
+
+/** Whether a flag before the command takes the next token as its value, as effect/cli reads it. */
+const takesNext = (token: string, next: string | undefined): boolean =>
+  next !== undefined &&
+  !token.includes("=") &&
+  ((valueFlags.has(token) && !next.startsWith("-")) || (token === "--json" && booleanLiteral.test(next)))
+
+/**
+ * Where the command's name is in a command line: the first token that is no flag nor a flag's
+ * value (`orchestra --config test.json test` names `test`, not the file), or -1.
+ */
+const commandAt = (argv: ReadonlyArray<string>): number => {
+  for (let i = 0; i < argv.length; i++) {
+    const token = argv[i]!
+    if (token === "--") return -1
+    if (!token.startsWith("-") || token === "-") return i
+    if (takesNext(token, argv[i + 1])) i++
+  }
+  return -1
+}
+
+/** Whether a token before the command is one of every command's flags, `--json` or `--config`. */
+const isCommonFlag = (token: string): boolean => /^--(?:no-json$|json(?:$|=)|config(?:$|=))/.test(token)
+
+/**
+ * The command line with `--json` and `--config` given before the command (`orchestra --json
+ * test -p hi`) moved after it: every command takes them, and effect/cli would refuse them as
+ * flags of `orchestra` itself. With no command at all, they are dropped: the error is the
+ * missing command (still as JSON under `--json`).
+ *
+ * @since 0.3.0
+ * @category run
+ */
+export const commandFirst = (argv: ReadonlyArray<string>): ReadonlyArray<string> => {
+  const at = commandAt(argv)
+  const end = at < 0 ? (argv.includes("--") ? argv.indexOf("--") : argv.length) : at
+  if (at >= 0 && !subcommands.some((c) => c.name === argv[at])) return argv
+  const before: Array<string> = []
+  const common: Array<string> = []
+  for (let i = 0; i < end; i++) {
+    const token = argv[i]!
+    const into = isCommonFlag(token) ? common : before
+    into.push(token)
+    // Its value goes with it, as commandAt read it.
+    if (i + 1 < end && takesNext(token, argv[i + 1])) into.push(argv[++i]!)
+  }
+  if (common.length === 0) return argv
+  return at < 0 ? [...before, ...argv.slice(end)] : [...before, argv[at]!, ...common, ...argv.slice(at + 1)]
 }
 
 const jsonOutput = (argv: ReadonlyArray<string>): JsonOutput =>
@@ -206,15 +266,59 @@ const wizardRefused = (json: JsonOutput) => {
 const shellWord = (word: string): string =>
   /^[\w@%+=:,./-]+$/.test(word) ? word : `'${word.replaceAll("'", `'\\''`)}'`
 
+/** The flags of each command, by the command's name: what `--wizard` asks for. */
+const commandFlags: Readonly<Record<string, Readonly<Record<string, Flag.Flag<unknown>>>>> = {
+  [Test.command.name]: Test.flags,
+  [Bench.command.name]: Bench.flags,
+  [Start.command.name]: Start.flags,
+  [Stats.command.name]: Stats.flags,
+  [Serve.command.name]: Serve.flags
+}
+
+/** A flag's long name (`max-tokens`), as effect/cli describes it. */
+const longName = (flag: Flag.Flag<unknown>): string | undefined =>
+  Option.getOrUndefined(CommandSpec.resolve(Command.make("flag", { flag }), ["flag"], { builtIns: [] }))?.flags[0]?.name
+
+const negativeNumber = /^-(?:\d+\.?\d*|\.\d+)(?:e[+-]?\d+)?$/i
+
 /**
- * `--wizard`: the questions for the command named (all commands' when none is), then the
- * command line they make, run once confirmed. effect/cli's own wizard writes its questions
- * to stdout (the console's log and the terminal's display), where `orchestra stats --wizard
- * --json > out.json` keeps its data: here they go to stderr, as the prompts of `start` do,
- * and only the command itself writes on stdout. Cancelled (Ctrl-C, Esc), nothing runs and
- * the exit code is 130.
+ * The long names of the flags of `name` that a command line gives (`-c 3` gives
+ * `concurrency`), or the first flag that is none of that command's (nor effect/cli's own).
  */
-const wizard = (argv: ReadonlyArray<string>) =>
+const givenFlags = (name: string, tokens: ReadonlyArray<string>): Set<string> | { readonly unknown: string } => {
+  const spec = Option.getOrUndefined(CommandSpec.resolve(command, [command.name, name]))
+  const byName = new Map<string, CommandSpec.Flag>()
+  for (const flag of spec?.flags ?? []) {
+    byName.set(`--${flag.name}`, flag)
+    for (const alias of flag.aliases) byName.set(alias.length === 1 ? `-${alias}` : `--${alias}`, flag)
+    if (flag.negation !== undefined) byName.set(`--${flag.negation}`, flag)
+  }
+  const given = new Set<string>()
+  for (const token of flagsOf(tokens)) {
+    // A value (a flag's value that starts with a dash is joined to it already: `--prompt=-5 degrees`).
+    if (!token.startsWith("-") || token === "-" || negativeNumber.test(token)) continue
+    const bare = token.includes("=") ? token.slice(0, token.indexOf("=")) : token
+    const names = bare.startsWith("--") ? [bare] : Array.from(bare.slice(1), (c) => `-${c}`)
+    for (const flagName of names) {
+      const flag = byName.get(flagName)
+      if (flag === undefined) return { unknown: flagName }
+      if (flag.scope._tag === "Local") given.add(flag.name)
+    }
+  }
+  return given
+}
+
+/**
+ * `--wizard`: the questions for the command named (first which command, when none is), then
+ * the command line they make, run once confirmed. The flags given with `--wizard` are kept
+ * as they are and not asked again (`orchestra bench --wizard -c 3` asks for the prompts, not
+ * the concurrency); a flag the command does not have is a usage error before any question.
+ * effect/cli's own wizard writes its questions to stdout (the console's log and the
+ * terminal's display), where `orchestra stats --wizard --json > out.json` keeps its data:
+ * here they go to stderr, as the prompts of `start` do, and only the command itself writes
+ * on stdout. Cancelled (Ctrl-C, Esc), nothing runs and the exit code is 130.
+ */
+const wizard = (argv: ReadonlyArray<string>, json: JsonOutput) =>
   Effect.gen(function* () {
     const stdio = yield* Stdio.Stdio
     const terminal = yield* Terminal.Terminal
@@ -225,13 +329,42 @@ const wizard = (argv: ReadonlyArray<string>) =>
         Effect.provideService(Terminal.Terminal, Terminal.make({ ...terminal, display: toStderr })),
         Effect.provideService(Console.Console, { ...console, log: console.error })
       )
+    const at = commandAt(argv)
     const named = subcommandOf(argv)
+    // What the command line gives besides the command and `--wizard`, kept as it is.
+    const given = joinDashValues(argv.filter((token, i) => i !== at && token !== "--wizard"))
+    const notAFlag = (unknown: string, name: string) => {
+      const message = `${unknown} is not a flag of ${name} (see ${command.name} ${name} --help)`
+      // Asked in the middle of the questions: the JSON goes to stdout all the same.
+      return printError(`orchestra: ${message}`).pipe(
+        Effect.andThen(Effect.provideService(printFailure(json, "usage", message), Console.Console, console)),
+        Effect.andThen(new ExitCode({ code: exitCodes.usage }))
+      )
+    }
     const questions = Effect.gen(function* () {
       yield* Console.log(`orchestra ${version} · command wizard (Ctrl-C cancels)\n`)
-      const args =
-        named === undefined
-          ? yield* Command.wizard(command, { prefix: [command.name] })
-          : yield* Command.wizard(named as Command.Command.Any, { prefix: [command.name, named.name] })
+      const name =
+        named?.name ??
+        (yield* Prompt.run(
+          Prompt.Select({
+            message: "Command",
+            choices: subcommands.map((c) => ({
+              title: c.name,
+              value: c.name,
+              ...(c.description === undefined ? {} : { description: c.description })
+            }))
+          })
+        ))
+      const flags = commandFlags[name] ?? {}
+      const kept = givenFlags(name, given)
+      if (!(kept instanceof Set)) return yield* notAFlag(kept.unknown, name)
+      const asked = Object.fromEntries(
+        Object.entries(flags).filter(([, flag]) => {
+          const long = longName(flag)
+          return long === undefined || !kept.has(long)
+        })
+      )
+      const args = yield* Command.wizard(Command.make(name, asked), { prefix: [command.name, name, ...given] })
       yield* Console.log(`Command ready:\n  ${args.map(shellWord).join(" ")}\n`)
       const go = yield* Prompt.run(
         Prompt.Toggle({ message: "Run this command?", initial: true, active: "yes", inactive: "no" })
@@ -282,8 +415,8 @@ export const run = (argv: ReadonlyArray<string>) =>
       )
     return Effect.suspend(() =>
       flagsOf(argv).includes("--wizard")
-        ? Effect.flatMap(stdinIsTerminal, (terminal) => (terminal ? wizard(argv) : wizardRefused(json)))
-        : cli(joinDashValues(argv))
+        ? Effect.flatMap(stdinIsTerminal, (terminal) => (terminal ? wizard(argv, json) : wizardRefused(json)))
+        : cli(commandFirst(joinDashValues(argv)))
     ).pipe(
       Effect.as(exitCodes.ok as number),
       Effect.catch((error) => {
