@@ -4,7 +4,7 @@
  * prompts and never answers the others: what finished is reported, the exit code is 130.
  */
 import { spawn } from "node:child_process"
-import { mkdtempSync, rmSync, writeFileSync } from "node:fs"
+import { existsSync, mkdtempSync, rmSync, watch, writeFileSync } from "node:fs"
 import type { ServerResponse } from "node:http"
 import { createRequire } from "node:module"
 import { tmpdir } from "node:os"
@@ -17,6 +17,7 @@ import * as Server from "./utils/httpServer.js"
 const ROOT = fileURLToPath(new URL("..", import.meta.url))
 const ENTRY = NodePath.join(ROOT, "src/cli/bin.ts")
 const TSX = pathToFileURL(createRequire(import.meta.url).resolve("tsx")).href
+const HOLD = pathToFileURL(NodePath.join(ROOT, "test/utils/holdImport.mjs")).href
 const dir = mkdtempSync(NodePath.join(tmpdir(), "orchestra-cli-interrupt-"))
 afterAll(() => rmSync(dir, { recursive: true, force: true }))
 
@@ -148,6 +149,67 @@ describe("orchestra bench interrupted (SIGTERM)", { timeout: 180_000 }, () => {
         result.stderr,
         "orchestra: interrupted in round 1 of 3, before any round finished: nothing to compare"
       )
+    }).pipe(Effect.scoped)
+  )
+})
+
+/**
+ * Runs `orchestra <args>` with its first import of effect held (test/utils/holdImport.mjs), sends
+ * SIGTERM while it is, then lets the loading go on.
+ */
+const signalledWhileLoading = (name: string, args: ReadonlyArray<string>) =>
+  Effect.gen(function* () {
+    const hold = mkdtempSync(NodePath.join(dir, `${name}-`))
+    const child = spawn(process.execPath, ["--import", TSX, "--import", HOLD, ENTRY, ...args], {
+      cwd: dir,
+      env: { ...env(), HOLD_IMPORT_DIR: hold },
+      stdio: ["pipe", "pipe", "pipe"]
+    })
+    yield* Effect.addFinalizer(() => Effect.sync(() => child.exitCode === null && child.kill("SIGKILL")))
+    let stdout = ""
+    let stderr = ""
+    child.stdout.setEncoding("utf8").on("data", (chunk: string) => void (stdout += chunk))
+    child.stderr.setEncoding("utf8").on("data", (chunk: string) => void (stderr += chunk))
+    const closed = yield* Deferred.make<{ readonly code: number | null; readonly signal: string | null }>()
+    child.on("close", (code, signal) => Deferred.doneUnsafe(closed, Exit.succeed({ code, signal })))
+    const holding = yield* Deferred.make<void>()
+    const watcher = watch(
+      hold,
+      () => existsSync(NodePath.join(hold, "holding")) && Deferred.doneUnsafe(holding, Exit.void)
+    )
+    yield* Effect.addFinalizer(() => Effect.sync(() => watcher.close()))
+    if (existsSync(NodePath.join(hold, "holding"))) Deferred.doneUnsafe(holding, Exit.void)
+    yield* Deferred.await(holding).pipe(Effect.timeout("60 seconds"))
+    // A process that does not listen for the signal yet is gone at once: the loading going on cannot save it.
+    child.kill("SIGTERM")
+    writeFileSync(NodePath.join(hold, "release"), "")
+    const { code, signal } = yield* Deferred.await(closed).pipe(Effect.timeout("60 seconds"))
+    return { code, signal, stdout, stderr }
+  })
+
+describe("orchestra signalled while its modules load (SIGTERM before the command runs)", { timeout: 180_000 }, () => {
+  it.live("runs nothing, says it was interrupted (a JSON error under --json), and exits with 130, not 143", () =>
+    Effect.gen(function* () {
+      const config = NodePath.join(dir, "loading.json")
+      writeFileSync(config, JSON.stringify({ providers: { m: { type: "mock", reply: "ran anyway" } } }))
+      const [bench, start] = yield* Effect.all(
+        [
+          signalledWhileLoading("bench", ["bench", "--prompts", "a,b", "--json", "--config", config]),
+          signalledWhileLoading("start", ["start", "--json", "--config", config])
+        ],
+        { concurrency: 2 }
+      )
+      assert.strictEqual(bench.signal, null, "the process handled the signal")
+      assert.strictEqual(bench.code, 130, bench.stderr)
+      assert.deepStrictEqual(JSON.parse(bench.stdout), {
+        ok: false,
+        error: { message: "interrupted", kind: "interrupted" }
+      })
+      assert.strictEqual(start.code, 130, start.stderr)
+      assert.deepStrictEqual(JSON.parse(start.stdout), {
+        type: "error",
+        error: { message: "interrupted", kind: "interrupted" }
+      })
     }).pipe(Effect.scoped)
   )
 })

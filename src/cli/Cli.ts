@@ -387,12 +387,14 @@ const wizard = (argv: ReadonlyArray<string>, json: JsonOutput) =>
  * Runs the command line and gives the exit code: 0 ok, 1 a call failed, 2 bad usage or a
  * bad config (already reported), 130 a cancelled `--wizard`. An interruption is not caught:
  * the runtime's teardown makes it 130. Under `--json` every failure, a command line that
- * cannot be parsed and an interruption included, also puts its JSON on stdout.
+ * cannot be parsed and an interruption included, also puts its JSON on stdout. `interrupted`:
+ * a signal came before the command could run (while the modules loaded); nothing runs, and it
+ * ends as an interruption.
  *
  * @since 0.1.0
  * @category run
  */
-export const run = (argv: ReadonlyArray<string>) =>
+export const run = (argv: ReadonlyArray<string>, options?: { readonly interrupted?: boolean | undefined }) =>
   Console.consoleWith((console) => {
     const json = jsonOutput(argv)
     // Whether the command wrote on stdout: then its JSON document is out, and a second one would
@@ -414,9 +416,11 @@ export const run = (argv: ReadonlyArray<string>) =>
         exitCodes.failed as number
       )
     return Effect.suspend(() =>
-      flagsOf(argv).includes("--wizard")
-        ? Effect.flatMap(stdinIsTerminal, (terminal) => (terminal ? wizard(argv, json) : wizardRefused(json)))
-        : cli(commandFirst(joinDashValues(argv)))
+      options?.interrupted === true
+        ? Effect.andThen(printError("orchestra: interrupted before the command ran: nothing ran"), Effect.interrupt)
+        : flagsOf(argv).includes("--wizard")
+          ? Effect.flatMap(stdinIsTerminal, (terminal) => (terminal ? wizard(argv, json) : wizardRefused(json)))
+          : cli(commandFirst(joinDashValues(argv)))
     ).pipe(
       Effect.as(exitCodes.ok as number),
       Effect.catch((error) => {

@@ -85,13 +85,13 @@ export interface SignalTarget {
  * The first SIGINT or SIGTERM is the runtime's: it interrupts the command, which drains
  * (calls finish or are cancelled, a local model stops, connections close). A second one
  * while that takes its time means the user will not wait: the process exits at once with
- * 130, saying so.
+ * 130, saying so. `received`: the signals that came before (while the modules loaded).
  *
  * @since 0.3.0
  * @category run
  */
-export const exitOnSecondSignal = (target: SignalTarget): void => {
-  let signals = 0
+export const exitOnSecondSignal = (target: SignalTarget, received = 0): void => {
+  let signals = received
   const onSignal = () => {
     signals++
     if (signals < 2) return

@@ -1,16 +1,34 @@
 /**
  * The `orchestra` executable: the only `runMain` of the package. SIGINT / SIGTERM
  * interrupt the command; the manager it provided then drains and releases everything,
- * and the process exits with 130 (at once on a second signal). A reader that closes stdout early (`| head`) ends the
- * command the same way, but with 0.
+ * and the process exits with 130 (at once on a second signal). A signal that comes while
+ * the modules still load is heard too: nothing runs, the command says it was interrupted
+ * (as JSON under `--json`), and the exit code is 130. A reader that closes stdout early
+ * (`| head`) ends the command the same way, but with 0.
  *
  * @since 0.1.0
  */
-import * as NodeRuntime from "@effect/platform-node/NodeRuntime"
-import * as NodeServices from "@effect/platform-node/NodeServices"
-import { Cause, Console, Deferred, Effect, Exit, Layer, Logger } from "effect"
-import { run } from "./Cli.js"
-import { exitCodes, exitOnSecondSignal, stdoutFailed } from "./Common.js"
+
+// Listened for before anything is loaded: loading takes a second or more (more on a busy machine, or through a
+// TypeScript loader), and a signal without a listener ends the process at once, with 143 and not a word.
+let early = 0
+const onEarlySignal = () => {
+  if (++early < 2) return
+  process.stderr.write("\norchestra: interrupted again: exiting now\n")
+  process.exit(130)
+}
+process.on("SIGINT", onEarlySignal)
+process.on("SIGTERM", onEarlySignal)
+
+const [NodeRuntime, NodeServices, { Cause, Console, Deferred, Effect, Exit, Layer, Logger }, { run }, Common] =
+  await Promise.all([
+    import("@effect/platform-node/NodeRuntime"),
+    import("@effect/platform-node/NodeServices"),
+    import("effect"),
+    import("./Cli.js"),
+    import("./Common.js")
+  ])
+const { exitCodes, stdoutFailed } = Common
 
 // Logs go to stderr so that `--json` output on stdout stays parseable.
 const environment = Layer.merge(NodeServices.layer, Layer.succeed(Logger.LogToStderr, true))
@@ -35,10 +53,10 @@ const flushStdout = Effect.callback<void>((resume) => {
   })
 })
 
-exitOnSecondSignal(process)
+Common.exitOnSecondSignal(process, early)
 
 Effect.raceFirst(
-  Effect.tap(run(process.argv.slice(2)), () => flushStdout),
+  Effect.tap(run(process.argv.slice(2), { interrupted: early > 0 }), () => flushStdout),
   stdoutGone
 ).pipe(
   Effect.provide(environment),
@@ -56,3 +74,8 @@ Effect.raceFirst(
     }
   })
 )
+
+// The runtime listens now. Removed only after it is there: a signal not yet dispatched (the loading keeps the main
+// thread busy) would be dropped with the last listener, and the process would go on as if it never came.
+process.off("SIGINT", onEarlySignal)
+process.off("SIGTERM", onEarlySignal)
