@@ -282,6 +282,9 @@ describe("orchestra --json: a command line that cannot be parsed is one JSON err
       const named = yield* inProcess(["--config", "start", "stats", "--json"])
       assert.strictEqual(named.code, 2, named.stderr)
       assert.deepInclude(JSON.parse(named.stdout) as object, { ok: false })
+      // A mistyped command is the one named, not the value of a --config before it.
+      const mistyped = usage(yield* inProcess(["--config", config, "--json", "tset"]))
+      assert.include(mistyped, 'Unknown subcommand "tset"')
     })
   )
 

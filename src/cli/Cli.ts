@@ -226,8 +226,9 @@ const isCommonFlag = (token: string): boolean => /^--(?:no-json$|json(?:$|=)|con
 /**
  * The command line with `--json` and `--config` given before the command (`orchestra --json
  * test -p hi`) moved after it: every command takes them, and effect/cli would refuse them as
- * flags of `orchestra` itself. With no command at all, they are dropped: the error is the
- * missing command (still as JSON under `--json`).
+ * flags of `orchestra` itself (and take the value of `--config` for a mistyped command). With
+ * no command at all, they are dropped: the error is the missing command (still as JSON under
+ * `--json`).
  *
  * @since 0.3.0
  * @category run
@@ -235,7 +236,6 @@ const isCommonFlag = (token: string): boolean => /^--(?:no-json$|json(?:$|=)|con
 export const commandFirst = (argv: ReadonlyArray<string>): ReadonlyArray<string> => {
   const at = commandAt(argv)
   const end = at < 0 ? (argv.includes("--") ? argv.indexOf("--") : argv.length) : at
-  if (at >= 0 && !subcommands.some((c) => c.name === argv[at])) return argv
   const before: Array<string> = []
   const common: Array<string> = []
   for (let i = 0; i < end; i++) {
