@@ -229,6 +229,22 @@ describe("orchestra asks its questions on the terminal, not into redirected stdo
       assert.include(result.stderr, "orchestra: --wizard cancelled: nothing ran")
     })
   )
+  it.live("--wizard --json cancelled puts its JSON error on stdout, as an interruption does", () =>
+    Effect.gen(function* () {
+      const document = yield* inProcess(["stats", "--wizard", "--json"], { stdinIsTerminal: true, quit: true })
+      assert.strictEqual(document.code, 130, document.stderr)
+      assert.deepStrictEqual(JSON.parse(document.stdout), {
+        ok: false,
+        error: { message: "--wizard cancelled: nothing ran", kind: "interrupted" }
+      })
+      const line = yield* inProcess(["start", "--wizard", "--json"], { stdinIsTerminal: true, quit: true })
+      assert.strictEqual(line.code, 130, line.stderr)
+      assert.deepStrictEqual(JSON.parse(line.stdout), {
+        type: "error",
+        error: { message: "--wizard cancelled: nothing ran", kind: "interrupted" }
+      })
+    })
+  )
 })
 
 describe("orchestra --json: a command line that cannot be parsed is one JSON error on stdout", () => {

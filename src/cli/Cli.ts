@@ -373,12 +373,13 @@ const wizard = (argv: ReadonlyArray<string>, json: JsonOutput) =>
       return go ? Option.some(args.slice(1)) : Option.none()
     })
     const answered = yield* asking(questions).pipe(
-      Effect.catchTag("QuitError", () =>
-        Effect.andThen(
-          printError("\norchestra: --wizard cancelled: nothing ran"),
-          new ExitCode({ code: exitCodes.interrupted })
+      Effect.catchTag("QuitError", () => {
+        const message = "--wizard cancelled: nothing ran"
+        return printError(`\norchestra: ${message}`).pipe(
+          Effect.andThen(printFailure(json, "interrupted", message)),
+          Effect.andThen(new ExitCode({ code: exitCodes.interrupted }))
         )
-      )
+      })
     )
     if (Option.isSome(answered)) yield* cli(answered.value)
   })
