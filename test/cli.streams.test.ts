@@ -229,6 +229,20 @@ describe("orchestra asks its questions on the terminal, not into redirected stdo
       assert.include(result.stderr, "orchestra: --wizard cancelled: nothing ran")
     })
   )
+  it.live("--wizard=true is --wizard; --wizard=false, --wizard no and --no-wizard run the command without one", () =>
+    Effect.gen(function* () {
+      const refused = yield* inProcess(["test", "--wizard=true", "--json"])
+      assert.strictEqual(refused.code, 2, refused.stderr)
+      assert.include(refused.stderr, "--wizard asks its questions on a terminal")
+      assert.deepInclude(JSON.parse(refused.stdout) as object, { ok: false })
+      const config = writeConfig("no-wizard.json", { providers: { m: { type: "mock", reply: "no wizard" } } })
+      for (const off of [["--wizard=false"], ["--wizard", "no"], ["--no-wizard"]]) {
+        const result = yield* inProcess(["test", ...off, "-p", "hi", "--json", "--config", config])
+        assert.strictEqual(result.code, 0, result.stderr)
+        assert.deepInclude(JSON.parse(result.stdout) as object, { ok: true, answer: "no wizard" }, off.join(" "))
+      }
+    })
+  )
   it.live("--wizard --json cancelled puts its JSON error on stdout, as an interruption does", () =>
     Effect.gen(function* () {
       const document = yield* inProcess(["stats", "--wizard", "--json"], { stdinIsTerminal: true, quit: true })

@@ -175,7 +175,36 @@ const stdinIsTerminal: Effect.Effect<boolean> = Effect.flatMap(Effect.serviceOpt
   Option.isSome(stdio) ? stdio.value.stdinIsTerminal : Effect.succeed(false)
 )
 
+// The values effect/cli reads a boolean flag's value as (`--json=yes`, `--json no`).
 const truthy = new Set(["true", "1", "y", "yes", "on"])
+const booleanLiterals = new Set([...truthy, "false", "0", "n", "no", "off"])
+
+/**
+ * Whether the command line asks for `--wizard`, read as effect/cli reads a boolean flag
+ * (`--wizard`, `--wizard=yes`, `--wizard true`; not `--wizard=false`, `--wizard no` nor
+ * `--no-wizard`), and the command line without it: effect/cli's own wizard, which asks on
+ * stdout and takes `--wizard=false` for a yes, never runs. A value it would refuse
+ * (`--wizard=maybe`) is left for it to say so.
+ */
+const wizardOf = (argv: ReadonlyArray<string>): { readonly asked: boolean; readonly rest: ReadonlyArray<string> } => {
+  const flags = flagsOf(argv)
+  const rest: Array<string> = []
+  let asked = false
+  for (let i = 0; i < flags.length; i++) {
+    const token = flags[i]!
+    const value = token.startsWith("--wizard=") ? token.slice(9) : undefined
+    if (token === "--no-wizard" || (value !== undefined && booleanLiterals.has(value))) {
+      asked ||= value !== undefined && truthy.has(value)
+    } else if (token === "--wizard") {
+      const next = flags[i + 1]
+      if (next !== undefined && booleanLiterals.has(next)) {
+        asked ||= truthy.has(next)
+        i++
+      } else asked = true
+    } else rest.push(token)
+  }
+  return { asked, rest: [...rest, ...argv.slice(flags.length)] }
+}
 
 /**
  * Whether the command line asks for `--json` as effect/cli reads a boolean flag, before any `--`:
@@ -183,10 +212,10 @@ const truthy = new Set(["true", "1", "y", "yes", "on"])
  */
 const asksJson = (argv: ReadonlyArray<string>): boolean =>
   flagsOf(argv).some((token, i, flags) => {
-    if (token.startsWith("--json=")) return truthy.has(token.slice(7).toLowerCase())
+    if (token.startsWith("--json=")) return truthy.has(token.slice(7))
     if (token !== "--json") return false
     const next = flags[i + 1]
-    return next === undefined || !booleanLiteral.test(next) || truthy.has(next.toLowerCase())
+    return next === undefined || !booleanLiterals.has(next) || truthy.has(next)
   })
 
 /** The subcommand a command line names, if any. */
@@ -195,8 +224,6 @@ const subcommandOf = (argv: ReadonlyArray<string>) => {
   return at < 0 ? undefined : subcommands.find((c) => c.name === argv[at])
 }
 
-const booleanLiteral = /^(?:true|false|yes|no|on|off|1|0)$/i
-
 /** Flags that take a value, before the command: every command's `--config`, effect/cli's own. */
 const valueFlags = new Set(["--config", "--log-level", "--completions"])
 
@@ -204,7 +231,7 @@ const valueFlags = new Set(["--config", "--log-level", "--completions"])
 const takesNext = (token: string, next: string | undefined): boolean =>
   next !== undefined &&
   !token.includes("=") &&
-  ((valueFlags.has(token) && !next.startsWith("-")) || (token === "--json" && booleanLiteral.test(next)))
+  ((valueFlags.has(token) && !next.startsWith("-")) || (token === "--json" && booleanLiterals.has(next)))
 
 /**
  * Where the command's name is in a command line: the first token that is no flag nor a flag's
@@ -332,7 +359,7 @@ const wizard = (argv: ReadonlyArray<string>, json: JsonOutput) =>
     const at = commandAt(argv)
     const named = subcommandOf(argv)
     // What the command line gives besides the command and `--wizard`, kept as it is.
-    const given = joinDashValues(argv.filter((token, i) => i !== at && token !== "--wizard"))
+    const given = joinDashValues(argv.filter((_, i) => i !== at))
     const notAFlag = (unknown: string, name: string) => {
       const message = `${unknown} is not a flag of ${name} (see ${command.name} ${name} --help)`
       // Asked in the middle of the questions: the JSON goes to stdout all the same.
@@ -398,6 +425,7 @@ const wizard = (argv: ReadonlyArray<string>, json: JsonOutput) =>
 export const run = (argv: ReadonlyArray<string>, options?: { readonly interrupted?: boolean | undefined }) =>
   Console.consoleWith((console) => {
     const json = jsonOutput(argv)
+    const { asked, rest } = wizardOf(argv)
     // Whether the command wrote on stdout: then its JSON document is out, and a second one would
     // make the output no JSON at all (JSON lines may go on).
     let wrote = false
@@ -419,9 +447,9 @@ export const run = (argv: ReadonlyArray<string>, options?: { readonly interrupte
     return Effect.suspend(() =>
       options?.interrupted === true
         ? Effect.andThen(printError("orchestra: interrupted before the command ran: nothing ran"), Effect.interrupt)
-        : flagsOf(argv).includes("--wizard")
-          ? Effect.flatMap(stdinIsTerminal, (terminal) => (terminal ? wizard(argv, json) : wizardRefused(json)))
-          : cli(commandFirst(joinDashValues(argv)))
+        : asked
+          ? Effect.flatMap(stdinIsTerminal, (terminal) => (terminal ? wizard(rest, json) : wizardRefused(json)))
+          : cli(commandFirst(joinDashValues(rest)))
     ).pipe(
       Effect.as(exitCodes.ok as number),
       Effect.catch((error) => {
