@@ -66,6 +66,8 @@ interface Session {
   readonly stdout?: Array<string> | undefined
   /** Called after each line written to stdout. */
   readonly onPrint?: (() => void) | undefined
+  /** A signal came while the modules loaded (bin.ts). */
+  readonly interrupted?: boolean | undefined
 }
 
 /**
@@ -98,7 +100,7 @@ const inProcess = (argv: ReadonlyArray<string>, session: Session = {}) =>
       readLine: Effect.die("unused"),
       display: (text) => Effect.sync(() => void stdout.push(text))
     })
-    const code = yield* Cli.run(argv).pipe(
+    const code = yield* Cli.run(argv, { interrupted: session.interrupted }).pipe(
       session.fs === undefined ? (effect) => effect : Effect.provide(session.fs),
       Effect.provide(
         Layer.mergeAll(
@@ -397,6 +399,21 @@ describe("orchestra --json interrupted (Ctrl-C, SIGTERM)", () => {
         ["answer", "error"]
       )
       assert.deepStrictEqual(lines[1]!.error, { message: "interrupted", kind: "interrupted" })
+    })
+  )
+  it.live("signalled before the command ran (while the modules loaded): nothing runs, and it ends interrupted", () =>
+    Effect.gen(function* () {
+      const config = writeConfig("early.json", { providers: { m: { type: "mock", reply: "ran anyway" } } })
+      const stdout: Array<string> = []
+      const exit = yield* inProcess(["--json", "test", "-p", "hi", "--config", config], {
+        interrupted: true,
+        stdout
+      }).pipe(Effect.exit)
+      assert.isTrue(Exit.hasInterrupts(exit))
+      assert.deepStrictEqual(JSON.parse(stdout.join("")), {
+        ok: false,
+        error: { message: "interrupted", kind: "interrupted" }
+      })
     })
   )
   it.live("a document already printed is not followed by a second one (Ctrl-C while the command winds down)", () =>
