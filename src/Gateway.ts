@@ -37,6 +37,7 @@
  * @since 0.2.0
  */
 import { createServer, type Server as NodeServer } from "node:http"
+import type { Socket } from "node:net"
 import { NodeHttpServer } from "@effect/platform-node"
 import { Context, Duration, Effect, Layer, Option, type Redacted, Result } from "effect"
 import { HttpRouter, HttpServer, type HttpServerError } from "effect/http"
@@ -428,6 +429,16 @@ export interface ServeOptions extends Options {
    * idle timer adds its `keepAliveTimeoutBuffer`).
    */
   readonly keepAliveTimeout?: Duration.Input | undefined
+  /**
+   * Longest time a response may wait on a client that reads none of it (its connection's
+   * buffers full, nothing more taken): the connection is then closed, which ends its request
+   * as a client that leaves does (a stream's upstream call cancelled, its reservation released).
+   * A client that stops reading a stream otherwise holds it for good: nothing pulls the stream,
+   * so none of its deadlines fires. Default 30 seconds; checked about every quarter of it (at
+   * most every second). Waiting for an answer is not writing: a slow upstream is its own
+   * deadlines' to bound. Rounded up to whole milliseconds.
+   */
+  readonly writeTimeout?: Duration.Input | undefined
   /** Log each request (effect/http's logger). Default false. */
   readonly logRequests?: boolean | undefined
 }
@@ -438,6 +449,7 @@ const serveKeys: ReadonlySet<string> = new Set([
   "maxHeaderBytes",
   "requestTimeout",
   "keepAliveTimeout",
+  "writeTimeout",
   "logRequests"
 ])
 
@@ -465,8 +477,39 @@ const checkServe = (options: ServeOptions) =>
       "keepAliveTimeout",
       Input.orDefault(options.keepAliveTimeout, Duration.seconds(65)),
       Input.maxTimerMillis - 1000
-    )
+    ),
+    Input.wholeMillis("writeTimeout", Input.orDefault(options.writeTimeout, Duration.seconds(30)), Input.maxTimerMillis)
   ])
+
+// Closes the connections whose writes have waited `writeTimeoutMs` on a client that takes none
+// of them (bytes queued, none handed on since), checked by one timer for the server: nothing a
+// request, a Set entry a connection.
+const closeStalledWrites = (server: NodeServer, writeTimeoutMs: number): void => {
+  const sockets = new Set<Socket>()
+  const stalls = new WeakMap<Socket, { sent: number; since: number }>()
+  server.on("connection", (socket: Socket) => {
+    sockets.add(socket)
+    socket.once("close", () => sockets.delete(socket))
+  })
+  const timer = setInterval(
+    () => {
+      const now = Date.now()
+      for (const socket of sockets) {
+        if (socket.writableLength === 0) {
+          stalls.delete(socket)
+          continue
+        }
+        const sent = socket.bytesWritten - socket.writableLength
+        const stall = stalls.get(socket)
+        if (stall === undefined || stall.sent !== sent) stalls.set(socket, { sent, since: now })
+        else if (now - stall.since >= writeTimeoutMs) socket.destroy()
+      }
+    },
+    Math.min(1000, Math.max(25, Math.ceil(writeTimeoutMs / 4)))
+  )
+  timer.unref()
+  server.once("close", () => clearInterval(timer))
+}
 
 /**
  * The gateway on its own Node HTTP server: listens on `host:port`, bounds every request
@@ -493,7 +536,7 @@ export const serve = <E = never, R = never>(
 > =>
   Layer.unwrap(
     Effect.gen(function* () {
-      const [hostname, port, maxHeaderBytes, requestTimeout, keepAliveTimeout] = yield* Input.orOptionError(
+      const [hostname, port, maxHeaderBytes, requestTimeout, keepAliveTimeout, writeTimeout] = yield* Input.orOptionError(
         checkServe(options)
       )
       const gatewayOptions: Record<string, unknown> = {}
@@ -519,6 +562,7 @@ export const serve = <E = never, R = never>(
             { requestTimeoutMs: requestTimeout, headersTimeoutMs: headersTimeout, maxHeaderBytes },
             () => metrics
           )
+          closeStalledWrites(nodeServer, writeTimeout)
           return nodeServer
         },
         {

@@ -130,6 +130,7 @@ const serverFields: ReadonlySet<string> = new Set([
   "maxHeaderBytes",
   "requestTimeout",
   "keepAliveTimeout",
+  "writeTimeout",
   "logRequests"
 ])
 
@@ -293,6 +294,7 @@ export const run = Effect.fnUntraced(function* (args: Args) {
       maxHeaderBytes: server.maxHeaderBytes,
       requestTimeout: server.requestTimeout,
       keepAliveTimeout: server.keepAliveTimeout,
+      writeTimeout: server.writeTimeout,
       logRequests: server.logRequests
     },
     // Without a gateway file the gateway is open and on loopback (checked above): this machine's, reached by its

@@ -37,6 +37,7 @@ export const GatewayFile = Schema.Struct({
       maxHeaderBytes: opt(Schema.Number),
       requestTimeout: opt(Duration),
       keepAliveTimeout: opt(Duration),
+      writeTimeout: opt(Duration),
       logRequests: opt(Schema.Boolean)
     })
   ),

@@ -233,6 +233,11 @@ describe("Gateway options", () => {
         yield* serveWith({ requestTimeout: "100 weeks" }),
         `requestTimeout: invalid requestTimeout: ${tooLong}, got "100 weeks"`
       )
+      // A write timeout of nothing would close every connection with a byte queued.
+      for (const writeTimeout of [0, Number.NaN, -1, "soon", 1e308] as ReadonlyArray<Duration.Input>) {
+        assert.match(yield* serveWith({ writeTimeout }), /^writeTimeout: invalid writeTimeout: /, String(writeTimeout))
+      }
+      assert.strictEqual(yield* serveWith({ writeTimeout: 0.5 }), "status 200")
       // Node's idle timer is keepAliveTimeout plus 1 second: that sum is what must fit.
       assert.strictEqual(
         yield* serveWith({ keepAliveTimeout: 2 ** 31 - 1 }),

@@ -6,6 +6,7 @@
  */
 import { assert, describe, it } from "@effect/vitest"
 import { Effect, Layer, Stream } from "effect"
+import { connect, type Socket } from "node:net"
 import type OpenAI from "openai"
 import * as Model from "../../src/Model.js"
 import * as Server from "../utils/httpServer.js"
@@ -449,3 +450,66 @@ describe("Gateway: an answer that ended in error", () => {
     })
   )
 })
+
+describe("Gateway: a client that stops reading", () => {
+  // Raw socket: the request sent, the first bytes of the answer read, then no more reads.
+  const stopReading = (url: string) =>
+    Effect.callback<Socket>((resume) => {
+      const { hostname, port } = new URL(url)
+      const body = JSON.stringify({ model: "d-a", messages: hi, stream: true })
+      const socket = connect({ host: hostname, port: Number(port) }, () => {
+        socket.write(
+          `POST /v1/chat/completions HTTP/1.1\r\nHost: ${hostname}:${port}\r\nContent-Type: application/json\r\n` +
+            `Content-Length: ${Buffer.byteLength(body)}\r\n\r\n${body}`
+        )
+      })
+      socket.once("data", () => {
+        socket.pause()
+        resume(Effect.succeed(socket))
+      })
+      socket.on("error", () => undefined)
+    })
+
+  it.live("its connection is closed after writeTimeout, which cancels the upstream call: nothing held for good", () =>
+    Effect.gen(function* () {
+      // An upstream that streams as fast as it is read, without end.
+      const upstream = yield* Server.make((_, res) =>
+        Server.endless(res, { chunk: Server.sse([Up.chunk("x".repeat(8 * 1024))]) })
+      )
+      const gw = yield* Harness.make({
+        upstreams: { a: upstream.url },
+        gateway: { writeTimeout: "500 millis", stream: { idleTimeout: "1 second" } }
+      })
+      const socket = yield* stopReading(gw.url)
+      yield* Effect.addFinalizer(() => Effect.sync(() => socket.destroy()))
+      // Its buffers fill, the stream waits on the client: no stream deadline can fire, only the write timeout.
+      yield* upstream.awaitAborted(1).pipe(Effect.timeout("20 seconds"))
+      yield* Harness.eventually(() => gw.gateway.inFlight() === 0)
+      assert.isTrue(socket.destroyed || socket.readableEnded || (yield* closed(socket)))
+    })
+  )
+
+  it.live("a client that reads, or waits for an answer longer than writeTimeout, is not cut", () =>
+    Effect.gen(function* () {
+      const upstream = yield* Server.make(async (request, res) => {
+        const body = request.json as { readonly stream?: boolean }
+        if (body.stream === true) return Server.chunked(res, [Server.sse(Up.streamEvents(["a", "b", "c", "d"]))])
+        await Server.pause(900)
+        return Server.json(res, 200, Up.completion("late"))
+      })
+      const gw = yield* Harness.make({ upstreams: { a: upstream.url }, gateway: { writeTimeout: "300 millis" } })
+      const result = yield* read(gw.client(), { model: "d-a", messages: hi })
+      assert.strictEqual(result.text, "abcd")
+      assert.isUndefined(result.error)
+      const answer = yield* Harness.call(() => gw.client().chat.completions.create({ model: "d-a", messages: hi }))
+      assert.strictEqual(answer.choices[0]?.message.content, "late")
+    })
+  )
+})
+
+const closed = (socket: Socket) =>
+  Effect.callback<boolean>((resume) => {
+    if (socket.destroyed) return resume(Effect.succeed(true))
+    socket.resume()
+    socket.once("close", () => resume(Effect.succeed(true)))
+  }).pipe(Effect.timeout("5 seconds"))
