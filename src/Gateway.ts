@@ -536,9 +536,8 @@ export const serve = <E = never, R = never>(
 > =>
   Layer.unwrap(
     Effect.gen(function* () {
-      const [hostname, port, maxHeaderBytes, requestTimeout, keepAliveTimeout, writeTimeout] = yield* Input.orOptionError(
-        checkServe(options)
-      )
+      const [hostname, port, maxHeaderBytes, requestTimeout, keepAliveTimeout, writeTimeout] =
+        yield* Input.orOptionError(checkServe(options))
       const gatewayOptions: Record<string, unknown> = {}
       for (const [key, value] of Object.entries(options)) if (!serveKeys.has(key)) gatewayOptions[key] = value
       let nodeServer: NodeServer | undefined
