@@ -94,7 +94,10 @@ export {
    * never answers), unless `onUnreachableAtStart: "start"`: then the layer builds, says so
    * in a warning, and connects in the background, its commands failing at once meanwhile.
    * Later outages are the stores' business (each fails open or closed as configured) while
-   * the client reconnects in the background.
+   * the client reconnects in the background. The service's `reserve` waits at most `connectTimeout` for a
+   * connection (a new one's handshake, or one of the pool's to be freed), and `subscribe` at most
+   * `connectTimeout` plus `commandTimeout` (its queue then fails with the `RedisError`); a reserved
+   * connection's `eval` shares one deadline as the shared one's does.
    * Invalid options fail it with an `OptionError` naming the field. Closed with the layer's scope.
    * The `redis` package (node-redis) is loaded when the layer is built, so modules that only
    * use the in-memory stores never need it.

@@ -1,6 +1,6 @@
 import { createServer, type Socket } from "node:net"
 import { assert, describe, it } from "@effect/vitest"
-import { Context, Effect, Exit, Layer, Option, Redacted, Ref, Result, Schedule, type Scope } from "effect"
+import { Context, Effect, Exit, Layer, Option, Queue, Redacted, Ref, Result, Schedule, type Scope } from "effect"
 import { Redis as PersistenceRedis } from "effect/persistence"
 import type { ModelError } from "../src/AiError.js"
 import * as Gateway from "../src/Gateway.js"
@@ -644,3 +644,70 @@ describe("Redis.neverSent", () => {
     assert.isFalse(Redis.neverSent(failed("Timeout")))
   })
 })
+
+describe.skipIf(skipRedis)(
+  `Redis.layer: reserve and subscribe (${skipRedis ? skipReason : "needs redis-server"})`,
+  () => {
+    it.live(
+      "a Redis that stops answering (SIGSTOP): reserve and subscribe fail within their deadline, and work again once it answers",
+      () =>
+        Effect.scoped(
+          Effect.gen(function* () {
+            const server = yield* startRedis
+            yield* Effect.addFinalizer(() => server.resume)
+            const redis = Context.get(
+              yield* Layer.build(
+                Redis.layer({ url: server.url, connectTimeout: "300 millis", commandTimeout: "200 millis" })
+              ),
+              PersistenceRedis.Redis
+            )
+            const reserved = Effect.scoped(
+              Effect.flatMap(redis.reserve, (connection) => connection.send<string>("PING"))
+            )
+            assert.strictEqual(yield* reserved, "PONG")
+            yield* server.pause
+            // The pool's connection: its command's deadline drops it.
+            yield* Effect.flip(reserved)
+            // Each a new connection whose handshake the stopped server never answers: they waited for ever.
+            for (let i = 0; i < 2; i++) {
+              const started = Date.now()
+              const exit = yield* reserved.pipe(Effect.exit, Effect.timeoutOption("3 seconds"))
+              const elapsed = Date.now() - started
+              assert.isTrue(Option.isSome(exit) && Exit.isFailure(exit.value), `reserve ${i} ended: ${String(exit)}`)
+              if (Option.isSome(exit)) {
+                const error = Exit.findErrorOption(exit.value)
+                assert.isTrue(Option.isSome(error) && error.value._tag === "RedisError", String(exit.value))
+                if (Option.isSome(error)) assert.include(Redis.errorText(error.value), "300 ms")
+              }
+              assert.isBelow(elapsed, 1500, `reserve ${i} failed after ${elapsed} ms`)
+            }
+            const started = Date.now()
+            const subscribed = yield* Effect.scoped(
+              Effect.flatMap(redis.subscribe("orchestra-test"), (queue) => Effect.flip(Queue.take(queue)))
+            ).pipe(Effect.timeoutOption("3 seconds"))
+            const elapsed = Date.now() - started
+            assert.isTrue(Option.isSome(subscribed), "the subscription ended")
+            if (Option.isSome(subscribed)) {
+              assert.strictEqual(subscribed.value._tag, "RedisError")
+              assert.include(Redis.errorText(subscribed.value), "ms")
+            }
+            assert.isBelow(elapsed, 1500, `the subscription failed after ${elapsed} ms`)
+
+            yield* server.resume
+            const again = yield* Effect.suspend(() => reserved).pipe(
+              Effect.retry(Schedule.spaced("100 millis").pipe(Schedule.upTo({ duration: "5 seconds" })))
+            )
+            assert.strictEqual(again, "PONG")
+            // A reserved connection's script: one EVALSHA, one EVAL after a NOSCRIPT, as on the shared connection.
+            const script = PersistenceRedis.script(() => [], {
+              numberOfKeys: 0,
+              lua: "return 7"
+            }).withReturnType<number>()
+            yield* redis.send("SCRIPT", "FLUSH")
+            assert.strictEqual(yield* Effect.scoped(Effect.flatMap(redis.reserve, (c) => c.eval(script)())), 7)
+          })
+        ),
+      20_000
+    )
+  }
+)

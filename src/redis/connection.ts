@@ -81,9 +81,49 @@ const backoff = (retries: number, max: number): number => Math.min(50 * 2 ** Mat
 
 type Services = Context.Context<Redis.Redis | NodeRedis.NodeRedis>
 
-const withEval = (s: Settings, context: Services): Services => {
+// A new connection (reserve's, a subscription's) that was not ready in time: its handshake, or the pool's wait.
+class ConnectionTimeoutError extends Error {}
+
+// A subscription's failures come through its queue: one that ends at once with `error`.
+const failedQueue = (error: Redis.RedisError): Effect.Effect<Queue.Dequeue<Redis.RedisMessage, Redis.RedisError>> =>
+  Effect.flatMap(Queue.make<Redis.RedisMessage, Redis.RedisError>(), (queue) =>
+    Effect.as(Queue.fail(queue, error), queue)
+  )
+
+// effect's service over node-redis, bounded as the commands are. `eval`: one deadline (see evalWithin), on the
+// shared connection and on a reserved one. `reserve` and `subscribe` open a connection of their own, whose
+// handshake node-redis does not bound: on a Redis that stopped answering they waited for ever.
+const bounded = (s: Settings, context: Services): Services => {
   const redis = Context.get(context, Redis.Redis)
-  return Context.add(context, Redis.Redis, { ...redis, eval: evalWithin(redis.send, s.commandTimeout) })
+  const reserveTimedOut = Effect.fail(
+    new Redis.RedisError({
+      cause: new ConnectionTimeoutError(
+        `no connection reserved within ${s.connectTimeout} ms from Redis at ${s.address}`
+      )
+    })
+  )
+  const subscribeMillis = s.connectTimeout + s.commandTimeout
+  const subscribeTimedOut = failedQueue(
+    new Redis.RedisError({
+      cause: new ConnectionTimeoutError(`not subscribed within ${subscribeMillis} ms to Redis at ${s.address}`)
+    })
+  )
+  return Context.add(context, Redis.Redis, {
+    send: redis.send,
+    eval: evalWithin(redis.send, s.commandTimeout),
+    reserve: Effect.map(
+      Effect.timeoutOrElse(redis.reserve, {
+        duration: Duration.millis(s.connectTimeout),
+        orElse: () => reserveTimedOut
+      }),
+      (connection): Redis.Connection => ({ send: connection.send, eval: evalWithin(connection.send, s.commandTimeout) })
+    ),
+    subscribe: (channel) =>
+      Effect.timeoutOrElse(redis.subscribe(channel), {
+        duration: Duration.millis(subscribeMillis),
+        orElse: () => subscribeTimedOut
+      })
+  })
 }
 
 // node-redis bounds only the socket's connection by connectTimeout, not the handshake after
@@ -99,7 +139,7 @@ const connect = (
     Effect.mapError((error) =>
       layerError(`Redis at ${s.address}: connection failed: ${errorText(error)}`, error.cause)
     ),
-    Effect.map((context) => withEval(s, context)),
+    Effect.map((context) => bounded(s, context)),
     Effect.timeoutOrElse({
       duration: Duration.millis(s.connectTimeout),
       orElse: () => {
@@ -179,7 +219,7 @@ const startUnconnected = Effect.fnUntraced(function* (
         }),
         {
           onSuccess: (context) => {
-            const services = withEval(s, context)
+            const services = bounded(s, context)
             redis = Context.get(services, Redis.Redis)
             node = Context.get(services, tag)
             const said = warned ? Effect.logInfo(`Redis at ${s.address} connected: the stores use it`) : Effect.void
@@ -217,13 +257,7 @@ const startUnconnected = Effect.fnUntraced(function* (
     eval: evalWithin(send, s.commandTimeout),
     // A subscription's failures come through its queue: one that ends at once with the refusal.
     subscribe: (channel) =>
-      Effect.suspend(() =>
-        redis === undefined
-          ? Effect.flatMap(Queue.make<Redis.RedisMessage, Redis.RedisError>(), (queue) =>
-              Effect.as(Queue.fail(queue, refusal), queue)
-            )
-          : redis.subscribe(channel)
-      ),
+      Effect.suspend(() => (redis === undefined ? failedQueue(refusal) : redis.subscribe(channel))),
     reserve: Effect.suspend(() => (redis === undefined ? notConnected : redis.reserve))
   }
   const nodeService: NodeRedis.NodeRedis["Service"] = {
