@@ -74,6 +74,29 @@ export interface Options {
    *   Until then the `NodeRedis` service's `use` fails as a command does, and reading its `client` throws.
    */
   readonly onUnreachableAtStart?: "fail" | "start" | undefined
+  /**
+   * TLS settings of a `rediss://` URL (since 0.3.0): a Redis whose certificate a CA of its own signed, one
+   * that asks for a client certificate, or one reached by a name its certificate does not carry. Given with
+   * `redis://`, an `OptionError` naming `tls`. The certificate is always verified.
+   */
+  readonly tls?: TlsOptions | undefined
+}
+
+/**
+ * TLS settings of {@link Options}.
+ *
+ * @since 0.3.0
+ * @category models
+ */
+export interface TlsOptions {
+  /** PEM certificate(s) of the CAs to trust, in place of Node's own list. */
+  readonly ca?: string | ReadonlyArray<string> | undefined
+  /** PEM client certificate, for a Redis that asks for one (`tls-auth-clients yes`); with `key`. */
+  readonly cert?: string | undefined
+  /** PEM private key of `cert`. Pass it as `Redacted` (`Config.redacted("REDIS_TLS_KEY")`). */
+  readonly key?: string | Redacted.Redacted<string> | undefined
+  /** The name the server's certificate must carry, when not the URL's host (a tunnel, an address). */
+  readonly servername?: string | undefined
 }
 
 export {

@@ -1,4 +1,8 @@
+import { execFileSync, spawn } from "node:child_process"
+import { mkdtempSync, readFileSync, rmSync, writeFileSync } from "node:fs"
 import { createServer, type Socket } from "node:net"
+import { tmpdir } from "node:os"
+import { join } from "node:path"
 import { assert, describe, it } from "@effect/vitest"
 import { Context, Effect, Exit, Layer, Option, Queue, Redacted, Ref, Result, Schedule, type Scope } from "effect"
 import { Redis as PersistenceRedis } from "effect/persistence"
@@ -12,7 +16,7 @@ import * as Redis from "../src/Redis.js"
 import * as ResponseCache from "../src/ResponseCache.js"
 import * as RedisCache from "../src/ResponseCache/Redis.js"
 import { captureLogs } from "./utils/logs.js"
-import { freePort, skipRedis, skipReason, startRedis, startRedisAt } from "./utils/redis.js"
+import { freePort, redisServerPath, skipRedis, skipReason, startRedis, startRedisAt } from "./utils/redis.js"
 
 /** Sockets of this process still open to `port`. */
 const openSockets = (port: number): number =>
@@ -457,6 +461,31 @@ describe.skipIf(skipRedis)(
 )
 
 describe("Redis.layer options", () => {
+  it.effect("tls: checked where it enters, naming the field and never echoing a key", () =>
+    Effect.gen(function* () {
+      const key = Redacted.make("-----BEGIN PRIVATE KEY-----s3cret")
+      for (const [options, path] of [
+        // With redis:// the settings would be ignored and the connection go in clear.
+        [{ url: "redis://127.0.0.1:1", tls: { ca: "PEM" } }, "tls"],
+        [{ url: "rediss://127.0.0.1:1", tls: null }, "tls"],
+        [{ url: "rediss://127.0.0.1:1", tls: { rejectUnauthorized: false } }, "tls.rejectUnauthorized"],
+        [{ url: "rediss://127.0.0.1:1", tls: { ca: [] } }, "tls.ca"],
+        [{ url: "rediss://127.0.0.1:1", tls: { ca: 42 } }, "tls.ca"],
+        [{ url: "rediss://127.0.0.1:1", tls: { key } }, "tls.cert"],
+        [{ url: "rediss://127.0.0.1:1", tls: { cert: "PEM" } }, "tls.key"],
+        [{ url: "rediss://127.0.0.1:1", tls: { servername: "" } }, "tls.servername"]
+      ] as const) {
+        const exit = yield* Effect.exit(Effect.scoped(Layer.build(Redis.layer(options as never))))
+        const error = Exit.isFailure(exit) ? Exit.findErrorOption(exit) : Option.none()
+        assert.isTrue(Option.isSome(error) && error.value._tag === "OptionError", `${path}: ${String(exit)}`)
+        if (Option.isSome(error)) {
+          assert.strictEqual((error.value as OptionError).path, path)
+          assert.notInclude(String(error.value), "s3cret")
+        }
+      }
+    })
+  )
+
   it.effect("a URL node-redis cannot read (a database that is not a number, a stray %) is an OptionError on url", () =>
     Effect.gen(function* () {
       for (const url of [
@@ -711,3 +740,121 @@ describe.skipIf(skipRedis)(
     )
   }
 )
+
+/**
+ * A redis-server speaking TLS only, on a free loopback port, its certificate (for 127.0.0.1) signed by a CA of its
+ * own: `ca` is that CA's PEM. Stopped, and its files removed, when the scope closes.
+ */
+const tlsRedis = Effect.gen(function* () {
+  const dir = yield* Effect.acquireRelease(
+    Effect.sync(() => mkdtempSync(join(tmpdir(), "orchestra-redis-tls-"))),
+    (path) => Effect.sync(() => rmSync(path, { recursive: true, force: true }))
+  )
+  const file = (name: string) => join(dir, name)
+  const openssl = (...args: ReadonlyArray<string>) => execFileSync("openssl", args, { stdio: "ignore" })
+  yield* Effect.sync(() => {
+    writeFileSync(file("san.ext"), "subjectAltName=IP:127.0.0.1\n")
+    openssl(
+      "req",
+      "-x509",
+      "-newkey",
+      "rsa:2048",
+      "-nodes",
+      "-days",
+      "1",
+      "-subj",
+      "/CN=orchestra test CA",
+      "-keyout",
+      file("ca.key"),
+      "-out",
+      file("ca.crt")
+    )
+    openssl(
+      "req",
+      "-newkey",
+      "rsa:2048",
+      "-nodes",
+      "-subj",
+      "/CN=127.0.0.1",
+      "-keyout",
+      file("server.key"),
+      "-out",
+      file("server.csr")
+    )
+    openssl(
+      "x509",
+      "-req",
+      "-in",
+      file("server.csr"),
+      "-CA",
+      file("ca.crt"),
+      "-CAkey",
+      file("ca.key"),
+      "-CAcreateserial",
+      "-days",
+      "1",
+      "-extfile",
+      file("san.ext"),
+      "-out",
+      file("server.crt")
+    )
+  }).pipe(Effect.orDie)
+  const port = yield* freePort
+  yield* Effect.acquireRelease(
+    Effect.callback<ReturnType<typeof spawn>, Error>((resume) => {
+      const child = spawn(
+        redisServerPath ?? "redis-server",
+        [
+          "--port",
+          "0",
+          "--tls-port",
+          String(port),
+          "--bind",
+          "127.0.0.1",
+          "--save",
+          "",
+          "--appendonly",
+          "no",
+          "--dir",
+          dir,
+          "--tls-cert-file",
+          file("server.crt"),
+          "--tls-key-file",
+          file("server.key"),
+          "--tls-ca-cert-file",
+          file("ca.crt"),
+          "--tls-auth-clients",
+          "no"
+        ],
+        { stdio: ["ignore", "pipe", "pipe"] }
+      )
+      let output = ""
+      child.stdout?.on("data", (chunk: Buffer) => {
+        output += chunk.toString()
+        if (output.includes("Ready to accept connections")) resume(Effect.succeed(child))
+      })
+      child.once("exit", (code) => resume(Effect.fail(new Error(`redis-server exited with ${code}: ${output}`))))
+    }),
+    (child) => Effect.sync(() => child.kill("SIGKILL"))
+  ).pipe(Effect.orDie)
+  return { url: `rediss://127.0.0.1:${port}`, ca: readFileSync(file("ca.crt"), "utf8") }
+})
+
+describe.skipIf(skipRedis)(`Redis.layer over TLS (${skipRedis ? skipReason : "needs redis-server"})`, () => {
+  it.live("rediss:// to a Redis whose certificate a CA of its own signed: trusted through tls.ca", () =>
+    Effect.scoped(
+      Effect.gen(function* () {
+        const server = yield* tlsRedis
+        // Node's default CAs do not know it: refused, naming why.
+        const refused = yield* Effect.flip(Effect.scoped(Layer.build(Redis.layer({ url: server.url }))))
+        assert.strictEqual(refused._tag, "RedisError")
+        assert.include(refused.message, "certificate")
+        const redis = Context.get(
+          yield* Layer.build(Redis.layer({ url: server.url, tls: { ca: server.ca } })),
+          PersistenceRedis.Redis
+        )
+        assert.strictEqual(yield* redis.send<string>("PING"), "PONG")
+      })
+    )
+  )
+})

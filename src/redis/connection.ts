@@ -52,6 +52,7 @@ export const layer = (
         disableOfflineQueue: true,
         commandOptions: { timeout: s.commandTimeout, rejectInFlight: true },
         socket: {
+          ...(s.tls === undefined ? {} : { tls: true as const, ...s.tls }),
           connectTimeout: s.connectTimeout,
           reconnectStrategy: (retries: number, cause: Error) => {
             state.lastError = cause

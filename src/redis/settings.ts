@@ -6,7 +6,7 @@
  */
 import { Redacted, Result } from "effect"
 import * as Input from "../Input.js"
-import type { Options } from "../Redis.js"
+import type { Options, TlsOptions } from "../Redis.js"
 
 /** @internal */
 export interface Settings {
@@ -17,6 +17,16 @@ export interface Settings {
   readonly commandTimeout: number
   readonly reconnectMax: number
   readonly onUnreachableAtStart: "fail" | "start"
+  /** For node-redis's TLS socket (the key revealed, for it alone). */
+  readonly tls: TlsSettings | undefined
+}
+
+/** @internal */
+export interface TlsSettings {
+  readonly ca?: string | Array<string>
+  readonly cert?: string
+  readonly key?: string
+  readonly servername?: string
 }
 
 // node-redis runs each of these on a Node timer (a command's deadline through AbortSignal.timeout,
@@ -38,8 +48,48 @@ const optionKeys: ReadonlySet<string> = new Set([
   "connectTimeout",
   "commandTimeout",
   "reconnectMax",
-  "onUnreachableAtStart"
+  "onUnreachableAtStart",
+  "tls"
 ])
+
+const tlsKeys: ReadonlySet<string> = new Set(["ca", "cert", "key", "servername"])
+
+const pem = (input: unknown): input is string => typeof input === "string" && input.trim() !== ""
+
+// Never echoes a value: a key is a secret, and a certificate is pages long.
+const tlsSettings = (tls: TlsOptions, url: URL): Input.Checked<TlsSettings> => {
+  const issue = Array.isArray(tls)
+    ? { path: "tls", message: "expected an object, got an array" }
+    : (Input.notAnObject("tls", tls) ?? Input.unknownKey(tls, tlsKeys, "tls."))
+  if (issue !== undefined) return Result.fail(issue)
+  // Given with redis://, they would be ignored: the connection would go in clear.
+  if (url.protocol !== "rediss:") return Result.fail({ path: "tls", message: "takes a rediss:// URL (TLS)" })
+  const out: { ca?: string | Array<string>; cert?: string; key?: string; servername?: string } = {}
+  if (tls.ca !== undefined) {
+    const ca = typeof tls.ca === "string" ? [tls.ca] : tls.ca
+    if (!Array.isArray(ca) || ca.length === 0 || !ca.every(pem)) {
+      return Result.fail({ path: "tls.ca", message: "expected a PEM certificate, or a non-empty array of them" })
+    }
+    out.ca = typeof tls.ca === "string" ? tls.ca : [...ca]
+  }
+  const key = Redacted.isRedacted(tls.key) ? Redacted.value(tls.key) : tls.key
+  if (tls.cert !== undefined || key !== undefined) {
+    if (!pem(tls.cert)) return Result.fail({ path: "tls.cert", message: "expected a PEM certificate, with tls.key" })
+    if (!pem(key)) return Result.fail({ path: "tls.key", message: "expected a PEM private key, with tls.cert" })
+    out.cert = tls.cert
+    out.key = key
+  }
+  if (tls.servername !== undefined) {
+    if (typeof tls.servername !== "string" || tls.servername === "") {
+      return Result.fail({
+        path: "tls.servername",
+        message: `expected a host name, got ${Input.shown(tls.servername)}`
+      })
+    }
+    out.servername = tls.servername
+  }
+  return Result.succeed(out)
+}
 
 /** @internal */
 export const settings = (options: Options): Input.Checked<Settings> => {
@@ -68,6 +118,12 @@ export const settings = (options: Options): Input.Checked<Settings> => {
       message: "expected a user and password percent-encoded (a literal % is %25)"
     })
   }
+  let tls: TlsSettings | undefined
+  if (options.tls !== undefined) {
+    const checked = tlsSettings(options.tls, parsed)
+    if (Result.isFailure(checked)) return Result.fail(checked.failure)
+    tls = checked.success
+  }
   const onUnreachableAtStart = Input.orDefault(options.onUnreachableAtStart, "fail")
   if (onUnreachableAtStart !== "fail" && onUnreachableAtStart !== "start") {
     return Result.fail({
@@ -87,7 +143,8 @@ export const settings = (options: Options): Input.Checked<Settings> => {
       connectTimeout,
       commandTimeout,
       reconnectMax,
-      onUnreachableAtStart
+      onUnreachableAtStart,
+      tls
     })
   )
 }
