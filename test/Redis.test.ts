@@ -858,3 +858,51 @@ describe.skipIf(skipRedis)(`Redis.layer over TLS (${skipRedis ? skipReason : "ne
     )
   )
 })
+
+describe.skipIf(skipRedis)(
+  `Redis.layer: a reconnection refused (${skipRedis ? skipReason : "needs redis-server"})`,
+  () => {
+    it.live(
+      "a Redis that refuses the password once reconnecting: one warning names the refusal (not the password); it connects once the password is right again",
+      () =>
+        Effect.gen(function* () {
+          const logs = yield* captureLogs
+          yield* Effect.scoped(
+            Effect.gen(function* () {
+              const server = yield* startRedis
+              const admin = Context.get(yield* Layer.build(Redis.layer({ url: server.url })), PersistenceRedis.Redis)
+              const admin2 = Context.get(yield* Layer.build(Redis.layer({ url: server.url })), PersistenceRedis.Redis)
+              yield* admin.send("CONFIG", "SET", "requirepass", "old-s3cret")
+              const redis = Context.get(
+                yield* Layer.build(
+                  Redis.layer({
+                    url: server.url.replace("redis://", "redis://:old-s3cret@"),
+                    reconnectMax: "50 millis"
+                  })
+                ),
+                PersistenceRedis.Redis
+              )
+              const id = yield* redis.send<number>("CLIENT", "ID")
+              // The password is rotated and the connection dropped: every reconnection is refused.
+              yield* admin2.send("AUTH", "old-s3cret")
+              yield* admin2.send("CONFIG", "SET", "requirepass", "new-s3cret")
+              yield* admin2.send("CLIENT", "KILL", "ID", String(id))
+              yield* Effect.sleep("600 millis")
+              assert.include(Redis.errorText(yield* Effect.flip(redis.send("PING"))), "offline")
+              const warnings = logs.lines.filter((l) => l.startsWith("Warn") && l.includes(`127.0.0.1:${server.port}`))
+              assert.strictEqual(warnings.length, 1, JSON.stringify(logs.lines))
+              assert.include(warnings[0], "WRONGPASS")
+              for (const line of logs.lines) assert.notInclude(line, "s3cret")
+
+              yield* admin2.send("CONFIG", "SET", "requirepass", "old-s3cret")
+              const pong = yield* Effect.suspend(() => redis.send<string>("PING")).pipe(
+                Effect.retry(Schedule.spaced("50 millis").pipe(Schedule.upTo({ duration: "5 seconds" })))
+              )
+              assert.strictEqual(pong, "PONG")
+            })
+          ).pipe(Effect.provide(logs.layer))
+        }),
+      20_000
+    )
+  }
+)

@@ -46,7 +46,8 @@ export const layer = (
       const NodeRedis = yield* loadNodeRedis
       // With "fail", a failure before the first connection fails the layer (a wrong URL should not
       // hang start-up); once connected, or with "start", the client never gives up reconnecting.
-      const state: State = { connected: false, lastError: undefined }
+      const state: State = { connected: false, lastError: undefined, refusal: undefined }
+      const runSync = Effect.runSyncWith(yield* Effect.context<never>())
       const client = NodeRedis.layer({
         url: s.url,
         disableOfflineQueue: true,
@@ -56,6 +57,7 @@ export const layer = (
           connectTimeout: s.connectTimeout,
           reconnectStrategy: (retries: number, cause: Error) => {
             state.lastError = cause
+            if (state.connected) runSync(refused(s, state, retries, cause))
             return state.connected || s.onUnreachableAtStart === "start" ? backoff(retries, s.reconnectMax) : cause
           }
         }
@@ -76,6 +78,23 @@ interface State {
   connected: boolean
   /** The client's last connection error, for the warning of a layer that starts without Redis. */
   lastError: unknown
+  /** The error reply last logged of the reconnections since the connection was lost. */
+  refusal: string | undefined
+}
+
+// node-redis's classes of a Redis error reply.
+const errorReplies: ReadonlySet<string> = new Set(["ErrorReply", "SimpleError", "BlobError"])
+
+// A reconnection that Redis answered with an error (a password rotated: WRONGPASS; a database removed) is tried
+// again for good, while the stores only see "The client is offline": one warning per refusal says why. The
+// first retry of an outage (`retries` 0) starts it afresh. Socket errors are the outage the stores report.
+const refused = (s: Settings, state: State, retries: number, cause: Error): Effect.Effect<void> => {
+  if (retries === 0) state.refusal = undefined
+  if (!errorReplies.has(cause.constructor.name) || cause.message === state.refusal) return Effect.void
+  state.refusal = cause.message
+  return Effect.logWarning(
+    `Redis at ${s.address} refused the reconnection: ${cause.message}; trying again at most ${s.reconnectMax} ms apart`
+  )
 }
 
 const backoff = (retries: number, max: number): number => Math.min(50 * 2 ** Math.min(retries, 16), max)
@@ -223,6 +242,7 @@ const startUnconnected = Effect.fnUntraced(function* (
             const services = bounded(s, context)
             redis = Context.get(services, Redis.Redis)
             node = Context.get(services, tag)
+            state.connected = true
             const said = warned ? Effect.logInfo(`Redis at ${s.address} connected: the stores use it`) : Effect.void
             return Deferred.succeed(connected, undefined).pipe(
               Effect.andThen(Scope.provide(boundHandshakes(s, node), child)),
