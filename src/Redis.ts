@@ -39,7 +39,7 @@ import type { StoreError } from "./redis/errors.js"
  */
 export interface Options {
   /**
-   * `redis://[[user]:password@]host:port[/db]` (user and password percent-encoded, `db` a whole number).
+   * `redis://[[user]:password@]host:port[/db]` (user and password percent-encoded, `db` a whole number up to 2^31-1).
    * Default `redis://127.0.0.1:6379`. Pass a URL
    * that carries a password as `Redacted` (`Config.Redacted("REDIS_URL")`).
    */

@@ -492,6 +492,9 @@ describe("Redis.layer options", () => {
         "redis://127.0.0.1:1/abc",
         "redis://127.0.0.1:1/1.5",
         "redis://127.0.0.1:1/-1",
+        // Past what Redis takes as a database index (an int): refused only once connected, or read as 1e20.
+        "redis://127.0.0.1:1/2147483648",
+        "redis://127.0.0.1:1/99999999999999999999",
         "redis://:s3cr%et@127.0.0.1:1",
         "redis://us%er@127.0.0.1:1"
       ]) {

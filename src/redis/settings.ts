@@ -43,6 +43,8 @@ const decodes = (component: string): boolean => {
   }
 }
 
+const maxDatabase = 2 ** 31 - 1
+
 const optionKeys: ReadonlySet<string> = new Set([
   "url",
   "connectTimeout",
@@ -109,8 +111,16 @@ export const settings = (options: Options): Input.Checked<Settings> => {
   // path, and the percent-decoded user and password. Redis refuses a database that is negative or
   // not whole only once connected.
   const parsed = new URL(plain)
-  if (parsed.pathname.length > 1 && !/^\/\d+$/.test(parsed.pathname)) {
-    return Result.fail({ path: "url", message: "expected a database number (a whole number) as the path" })
+  // Redis reads the index as an int: past it, SELECT is refused once connected (a layer that starts without
+  // Redis tries it for good), and node-redis writes one past 2^53 rounded (1e+20).
+  if (
+    parsed.pathname.length > 1 &&
+    (!/^\/\d+$/.test(parsed.pathname) || Number(parsed.pathname.slice(1)) > maxDatabase)
+  ) {
+    return Result.fail({
+      path: "url",
+      message: `expected a database number (a whole number up to ${maxDatabase}) as the path`
+    })
   }
   if (!decodes(parsed.username) || !decodes(parsed.password)) {
     return Result.fail({
