@@ -4,7 +4,8 @@ import { createServer, type Socket } from "node:net"
 import { tmpdir } from "node:os"
 import { join } from "node:path"
 import { assert, describe, it } from "@effect/vitest"
-import { Context, Effect, Exit, Layer, Option, Queue, Redacted, Ref, Result, Schedule, type Scope } from "effect"
+import { Context, Effect, Exit, Fiber, Layer, Option, Queue, Redacted, Ref, Result, Schedule, type Scope } from "effect"
+import { TestClock } from "effect/testing"
 import { Redis as PersistenceRedis } from "effect/persistence"
 import type { ModelError } from "../src/AiError.js"
 import * as Gateway from "../src/Gateway.js"
@@ -909,3 +910,45 @@ describe.skipIf(skipRedis)(
     )
   }
 )
+
+describe("Redis guard: the outage probe", () => {
+  it.effect(
+    "an outage reported again after a late success: still one PING per probeInterval, not one more per flap",
+    () =>
+      Effect.gen(function* () {
+        let pings = 0
+        const down = {
+          send: (command: string) =>
+            Effect.suspend(() => {
+              if (command === "PING") pings++
+              return Effect.fail(new PersistenceRedis.RedisError({ cause: new Error("The client is offline") }))
+            })
+        } as unknown as PersistenceRedis.Redis["Service"]
+        const settings = yield* Effect.fromResult(
+          Redis.guardSettings({ timeout: "10 seconds", reportAfter: 0, probeInterval: "1 second" })
+        )
+        yield* Effect.scoped(
+          Effect.gen(function* () {
+            const guard = yield* Redis.makeGuard({ store: `probe-${Math.random()}`, settings }).pipe(
+              Effect.provideService(PersistenceRedis.Redis, down)
+            )
+            const failing = Effect.fail(new PersistenceRedis.RedisError({ cause: new Error("The client is offline") }))
+            // Three times: a call fails (an outage reported) and one sent before it answers late.
+            for (let i = 0; i < 3; i++) {
+              const late = yield* Effect.forkChild(guard.call("late", Effect.sleep("10 millis")))
+              yield* Effect.yieldNow
+              yield* Effect.flip(guard.call("fails", failing))
+              assert.isFalse(yield* guard.available)
+              yield* TestClock.adjust("10 millis")
+              yield* Fiber.join(late)
+              assert.isTrue(yield* guard.available)
+            }
+            yield* Effect.flip(guard.call("fails", failing))
+            const before = pings
+            yield* TestClock.adjust("5 seconds")
+            assert.strictEqual(pings - before, 5, "one PING a second")
+          })
+        )
+      })
+  )
+})

@@ -160,19 +160,31 @@ export const makeGuard = (options: {
     }
 
     // While an outage is reported, one PING per probeInterval in the layer's scope until one
-    // answers: callers never wait on the down Redis, and find it back as soon as it is.
+    // answers: callers never wait on the down Redis, and find it back as soon as it is. One loop at
+    // a time: an outage reported again while the last one's loop still sleeps (a call sent before it
+    // answered late) started one more, each PINGing for the rest of the outage.
+    let probeRunning = false
     const probing: Effect.Effect<void> | undefined =
       Option.isSome(redis) && Option.isSome(scope)
         ? Effect.suspend(() => {
-            const loop: Effect.Effect<void> = Effect.suspend(() =>
-              reported
-                ? Effect.sleep(settings.probeInterval).pipe(
-                    Effect.andThen(Effect.ignore(run("PING", redis.value.send("PING")))),
-                    Effect.andThen(loop)
-                  )
-                : Effect.void
+            if (probeRunning) return Effect.void
+            probeRunning = true
+            const loop: Effect.Effect<void> = Effect.suspend(() => {
+              if (reported) {
+                return Effect.sleep(settings.probeInterval).pipe(
+                  Effect.andThen(Effect.ignore(run("PING", redis.value.send("PING")))),
+                  Effect.andThen(loop)
+                )
+              }
+              probeRunning = false
+              return Effect.void
+            })
+            return Effect.asVoid(
+              Effect.forkIn(
+                Effect.onInterrupt(loop, () => Effect.sync(() => (probeRunning = false))),
+                scope.value
+              )
             )
-            return Effect.asVoid(Effect.forkIn(loop, scope.value))
           })
         : undefined
 
