@@ -59,7 +59,7 @@ export interface Options {
    * instead of a timer of their own per call (see {@link ClientDeadline}). Default 500 ms.
    */
   readonly commandTimeout?: Input.DurationInput | undefined
-  /** Longest pause between reconnection attempts (exponential from 50 ms). Default 2 seconds. */
+  /** Longest pause between reconnection attempts (exponential from 50 ms, so at least 50 ms). Default 2 seconds. */
   readonly reconnectMax?: Input.DurationInput | undefined
   /**
    * What building the layer does when Redis cannot be reached (since 0.3.0): the first connection fails,

@@ -462,6 +462,24 @@ describe.skipIf(skipRedis)(
 )
 
 describe("Redis.layer options", () => {
+  it.effect(
+    "a reconnectMax below the backoff's first pause (50 ms) is an OptionError naming it: a busy loop on a down Redis",
+    () =>
+      Effect.gen(function* () {
+        for (const reconnectMax of ["1 millis", 49, "0.5 millis"] as const) {
+          const exit = yield* Effect.exit(
+            Effect.scoped(Layer.build(Redis.layer({ url: "redis://127.0.0.1:1", reconnectMax })))
+          )
+          const error = Exit.isFailure(exit) ? Exit.findErrorOption(exit) : Option.none()
+          assert.isTrue(Option.isSome(error) && error.value._tag === "OptionError", `${reconnectMax}: ${String(exit)}`)
+          if (Option.isSome(error)) {
+            assert.strictEqual((error.value as OptionError).path, "reconnectMax")
+            assert.include(error.value.message, "50 ms")
+          }
+        }
+      })
+  )
+
   it.effect("tls: checked where it enters, naming the field and never echoing a key", () =>
     Effect.gen(function* () {
       const key = Redacted.make("-----BEGIN PRIVATE KEY-----s3cret")

@@ -12,7 +12,7 @@ import * as Input from "../Input.js"
 import type { Options } from "../Redis.js"
 import { errorText } from "./errors.js"
 import { evalWithin } from "./eval.js"
-import { type Settings, settings } from "./settings.js"
+import { minReconnectMillis, type Settings, settings } from "./settings.js"
 
 /** @internal */
 export const ClientDeadline: Context.Reference<number | undefined> = Context.Reference<number | undefined>(
@@ -97,7 +97,7 @@ const refused = (s: Settings, state: State, retries: number, cause: Error): Effe
   )
 }
 
-const backoff = (retries: number, max: number): number => Math.min(50 * 2 ** Math.min(retries, 16), max)
+const backoff = (retries: number, max: number): number => Math.min(minReconnectMillis * 2 ** Math.min(retries, 16), max)
 
 type Services = Context.Context<Redis.Redis | NodeRedis.NodeRedis>
 

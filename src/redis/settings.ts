@@ -45,6 +45,9 @@ const decodes = (component: string): boolean => {
 
 const maxDatabase = 2 ** 31 - 1
 
+/** @internal */
+export const minReconnectMillis = 50
+
 const optionKeys: ReadonlySet<string> = new Set([
   "url",
   "connectTimeout",
@@ -145,7 +148,15 @@ export const settings = (options: Options): Input.Checked<Settings> => {
     Input.all([
       wholeMillis("connectTimeout", options.connectTimeout, "2 seconds"),
       wholeMillis("commandTimeout", options.commandTimeout, "500 millis"),
-      wholeMillis("reconnectMax", options.reconnectMax, "2 seconds")
+      Result.flatMap(wholeMillis("reconnectMax", options.reconnectMax, "2 seconds"), (ms) =>
+        // The backoff starts at 50 ms: a cap below it made every pause the cap, a 1 ms busy loop on a down Redis.
+        ms < minReconnectMillis
+          ? Result.fail({
+              path: "reconnectMax",
+              message: `expected at least ${minReconnectMillis} ms (the first pause of the backoff), got ${Input.shown(options.reconnectMax)}`
+            })
+          : Result.succeed(ms)
+      )
     ]),
     ([connectTimeout, commandTimeout, reconnectMax]) => ({
       url: plain,
