@@ -50,7 +50,7 @@ export const isStoreRefusal = (error: ModelError): boolean =>
 export interface Limits {
   readonly requestsPerMinute?: number | undefined
   readonly tokensPerMinute?: number | undefined
-  /** The period both limits count over. Default 1 minute; at most 2^50 ms (about 35,678 years). */
+  /** The period both limits count over. Default 1 minute; at least 1 ms, at most 2^50 ms (about 35,678 years). */
   readonly window?: Input.DurationInput | undefined
   readonly algorithm?: "fixed-window" | "token-bucket" | undefined
 }

@@ -471,6 +471,12 @@ describe("RateLimit (memory, TestClock)", () => {
         [{ default: { requestsPerMinute: 1, window: "-1 minute" } }, "default.window"],
         [{ default: { requestsPerMinute: 1, window: Number.NaN } }, "default.window"],
         [{ default: { requestsPerMinute: 1, window: "soon" as Duration.Input } }, "default.window"],
+        // Under a millisecond the limiter counts a window of one: 10 per 0.5 ms was 10 per 1 ms, said nowhere.
+        [{ default: { requestsPerMinute: 1, window: 0.5 } }, "default.window"],
+        [
+          { providers: { p: { requestsPerMinute: 1, window: "999 micros", algorithm: "token-bucket" } } },
+          "providers.p.window"
+        ],
         [{ providers: { p: { requestPerMinute: 5 } as RateLimit.Limits } }, "providers.p.requestPerMinute"],
         [{ default: { requestsPerMinute: 1, algorithm: "leaky" as "token-bucket" } }, "default.algorithm"],
         [{ maxWait: -1 }, "maxWait"],

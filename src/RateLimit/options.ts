@@ -5,7 +5,7 @@
  *
  * @internal
  */
-import { type Duration, Result } from "effect"
+import { Duration, Result } from "effect"
 import * as Input from "../Input.js"
 import * as Metrics from "../Metrics.js"
 import type { Limits, Options, ResolvedLimits } from "../RateLimit.js"
@@ -15,9 +15,16 @@ const limitFields: ReadonlySet<string> = new Set(["requestsPerMinute", "tokensPe
 
 // The Redis store's scripts add the window to Redis's clock and PEXPIRE the difference; above
 // 2^50 ms it is no longer an exact integer in Lua and is written with an exponent PEXPIRE refuses.
-// The window itself is kept as given (the limits divide it); only its bound is checked in milliseconds.
+// The window itself is kept as given (the limits divide it); only its bounds are checked in milliseconds.
+// Below 1 ms the limiter (effect's, and the stores') counts a window of 1 ms: 10 per 0.5 ms was 10 per 1 ms.
 const windowOf = (path: string, input: unknown): Input.Checked<Duration.Duration> =>
-  Result.flatMap(Input.wholeMillis(path, input, Input.maxRedisMillis), () => Input.duration(path, input))
+  Result.flatMap(Input.wholeMillis(path, input, Input.maxRedisMillis), () =>
+    Result.flatMap(Input.duration(path, input), (window) =>
+      Duration.toMillis(window) < 1
+        ? Result.fail({ path, message: `expected at least 1 millisecond, got ${Input.shown(input)}` })
+        : Result.succeed(window)
+    )
+  )
 
 const checkLimits = (input: unknown, path: string): Input.Checked<ResolvedLimits> => {
   if (typeof input !== "object" || input === null || Array.isArray(input)) {
