@@ -120,7 +120,9 @@ export {
    * the client reconnects in the background. The service's `reserve` waits at most `connectTimeout` for a
    * connection (a new one's handshake, or one of the pool's to be freed), and `subscribe` at most
    * `connectTimeout` plus `commandTimeout` (its queue then fails with the `RedisError`); a reserved
-   * connection's `eval` shares one deadline as the shared one's does.
+   * connection's `eval` shares one deadline as the shared one's does. After a failover, a connection left on the
+   * old primary (a replica now, refusing writes with READONLY) is dropped by the first guarded call it refuses (at
+   * most once per `reconnectMax`), so the client reconnects to the primary its address (a DNS name) names now.
    * Invalid options fail it with an `OptionError` naming the field. Closed with the layer's scope.
    * The `redis` package (node-redis) is loaded when the layer is built, so modules that only
    * use the in-memory stores never need it.

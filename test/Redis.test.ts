@@ -1,6 +1,6 @@
 import { execFileSync, spawn } from "node:child_process"
 import { mkdtempSync, readFileSync, rmSync, writeFileSync } from "node:fs"
-import { createServer, type Socket } from "node:net"
+import { connect as connectTo, createServer, type Socket } from "node:net"
 import { tmpdir } from "node:os"
 import { join } from "node:path"
 import { assert, describe, it } from "@effect/vitest"
@@ -968,5 +968,73 @@ describe("Redis guard: the outage probe", () => {
           })
         )
       })
+  )
+})
+
+/** A loopback TCP proxy to `target()` (read at each new connection: a DNS name moved by a failover). */
+const proxyTo = (target: () => number) =>
+  Effect.acquireRelease(
+    Effect.callback<{ readonly server: ReturnType<typeof createServer>; readonly sockets: Set<Socket> }>((resume) => {
+      const sockets = new Set<Socket>()
+      const server = createServer((client) => {
+        const upstream = connectTo(target(), "127.0.0.1")
+        for (const socket of [client, upstream]) {
+          sockets.add(socket)
+          socket.on("error", () => {})
+          socket.on("close", () => {
+            client.destroy()
+            upstream.destroy()
+          })
+        }
+        client.pipe(upstream).pipe(client)
+      })
+      server.listen(0, "127.0.0.1", () => resume(Effect.succeed({ server, sockets })))
+    }),
+    ({ server, sockets }) =>
+      Effect.sync(() => {
+        server.close()
+        for (const socket of sockets) socket.destroy()
+      })
+  ).pipe(Effect.map(({ server }) => `redis://127.0.0.1:${(server.address() as { readonly port: number }).port}`))
+
+describe.skipIf(skipRedis)(`Redis.layer: a failover (${skipRedis ? skipReason : "needs redis-server"})`, () => {
+  it.live(
+    "connected to a primary that became a replica (READONLY) while its address now names the new primary: the stores reconnect to it",
+    () =>
+      Effect.gen(function* () {
+        const logs = yield* captureLogs
+        yield* Effect.scoped(
+          Effect.gen(function* () {
+            const a = yield* startRedis
+            const b = yield* startRedis
+            let primary = a.port
+            const url = yield* proxyTo(() => primary)
+            const context = yield* Layer.build(Redis.layer({ url, reconnectMax: "100 millis" }))
+            const redis = Context.get(context, PersistenceRedis.Redis)
+            const guard = yield* Redis.makeGuard({
+              store: `failover-${Math.random()}`,
+              settings: yield* Effect.fromResult(Redis.guardSettings({ reportAfter: "1 minute" }))
+            }).pipe(Effect.provideContext(context))
+            const set = (value: string) => guard.call("SET", redis.send("SET", "k", value))
+            yield* set("1")
+
+            // The failover: the old primary follows the new one, and the address names the new one.
+            const old = Context.get(yield* Layer.build(Redis.layer({ url: a.url })), PersistenceRedis.Redis)
+            yield* old.send("REPLICAOF", "127.0.0.1", String(b.port))
+            primary = b.port
+            const first = yield* Effect.flip(set("2"))
+            assert.include(first.message, "READONLY")
+            // It stayed on the replica for good: every write refused until the process restarted.
+            yield* Effect.suspend(() => set("2")).pipe(
+              Effect.retry(Schedule.spaced("50 millis").pipe(Schedule.upTo({ duration: "3 seconds" })))
+            )
+            const fresh = Context.get(yield* Layer.build(Redis.layer({ url: b.url })), PersistenceRedis.Redis)
+            assert.strictEqual(yield* fresh.send<string>("GET", "k"), "2")
+            const warning = logs.lines.find((l) => l.startsWith("Warn") && l.includes("READONLY"))
+            assert.isDefined(warning, JSON.stringify(logs.lines))
+          })
+        ).pipe(Effect.provide(logs.layer))
+      }),
+    20_000
   )
 })

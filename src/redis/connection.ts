@@ -10,7 +10,7 @@ import { Context, Deferred, Duration, Effect, Exit, FiberHandle, Layer, Option, 
 import { Redis } from "effect/persistence"
 import * as Input from "../Input.js"
 import type { Options } from "../Redis.js"
-import { errorText } from "./errors.js"
+import { errorText, isReadOnly } from "./errors.js"
 import { evalWithin } from "./eval.js"
 import { minReconnectMillis, type Settings, settings } from "./settings.js"
 
@@ -19,6 +19,17 @@ export const ClientDeadline: Context.Reference<number | undefined> = Context.Ref
   "effect-orchestra/Redis/ClientDeadline",
   { defaultValue: () => undefined }
 )
+
+/**
+ * What a guard calls with a failed call's error (see {@link layer}): a primary turned replica (READONLY) drops the
+ * connection, so the client reconnects to the primary its address names now.
+ *
+ * @internal
+ */
+export const ConnectionReset: Context.Reference<((error: unknown) => Effect.Effect<void>) | undefined> =
+  Context.Reference<((error: unknown) => Effect.Effect<void>) | undefined>("effect-orchestra/Redis/ConnectionReset", {
+    defaultValue: () => undefined
+  })
 
 // effect's `RedisError` has no message of its own (its schema has only `cause`), so a failed
 // connection said "" in a log or a rendering. The layer's errors say what failed and where.
@@ -46,7 +57,13 @@ export const layer = (
       const NodeRedis = yield* loadNodeRedis
       // With "fail", a failure before the first connection fails the layer (a wrong URL should not
       // hang start-up); once connected, or with "start", the client never gives up reconnecting.
-      const state: State = { connected: false, lastError: undefined, refusal: undefined }
+      const state: State = {
+        connected: false,
+        lastError: undefined,
+        refusal: undefined,
+        client: undefined,
+        resetAt: Number.NEGATIVE_INFINITY
+      }
       const runSync = Effect.runSyncWith(yield* Effect.context<never>())
       const client = NodeRedis.layer({
         url: s.url,
@@ -70,7 +87,10 @@ export const layer = (
         s.onUnreachableAtStart === "start"
           ? startUnconnected(s, client, state, NodeRedis.NodeRedis)
           : connect(s, client, state, NodeRedis.NodeRedis)
-      return Layer.effectContext(built).pipe(Layer.merge(Layer.succeed(ClientDeadline, s.commandTimeout)))
+      return Layer.effectContext(built).pipe(
+        Layer.merge(Layer.succeed(ClientDeadline, s.commandTimeout)),
+        Layer.merge(Layer.succeed(ConnectionReset, resetOnReadOnly(s, state)))
+      )
     })
   )
 
@@ -80,7 +100,41 @@ interface State {
   lastError: unknown
   /** The error reply last logged of the reconnections since the connection was lost. */
   refusal: string | undefined
+  /** The client, once connected. */
+  client: NodeRedis.NodeRedis["Service"]["client"] | undefined
+  /** When the connection was last dropped for a READONLY (Clock milliseconds). */
+  resetAt: number
 }
+
+// A connection dropped because its Redis is a replica now (see resetOnReadOnly).
+class ReadOnlyReplicaError extends Error {}
+
+// After a failover the connection stays on the old primary, now a replica that refuses every write (READONLY):
+// node-redis never reconnects on its own, so the stores failed until the process restarted. Dropping it makes
+// node-redis connect again, to the primary the address (a DNS name) names now. At most once per reconnectMax: an
+// address that still names the replica is not reconnected to in a loop.
+const resetOnReadOnly =
+  (s: Settings, state: State) =>
+  (error: unknown): Effect.Effect<void> =>
+    isReadOnly(error)
+      ? Effect.clockWith((clock) => {
+          const client = state.client
+          const now = clock.currentTimeMillisUnsafe()
+          // An internal of node-redis (6.x), as in boundHandshakes.
+          if (
+            client === undefined ||
+            !client.isReady ||
+            now < state.resetAt + s.reconnectMax ||
+            typeof client._resetDesyncedConnection !== "function"
+          ) {
+            return Effect.void
+          }
+          state.resetAt = now
+          const message = `Redis at ${s.address} answered READONLY (a replica now): reconnecting, to the primary its address names`
+          client._resetDesyncedConnection(new ReadOnlyReplicaError(message))
+          return Effect.logWarning(message)
+        })
+      : Effect.void
 
 // node-redis's classes of a Redis error reply.
 const errorReplies: ReadonlySet<string> = new Set(["ErrorReply", "SimpleError", "BlobError"])
@@ -171,6 +225,7 @@ const connect = (
       Effect.andThen(
         Effect.sync(() => {
           state.connected = true
+          state.client = Context.get(context, tag).client
         }),
         boundHandshakes(s, Context.get(context, tag))
       )
@@ -243,6 +298,7 @@ const startUnconnected = Effect.fnUntraced(function* (
             redis = Context.get(services, Redis.Redis)
             node = Context.get(services, tag)
             state.connected = true
+            state.client = node.client
             const said = warned ? Effect.logInfo(`Redis at ${s.address} connected: the stores use it`) : Effect.void
             return Deferred.succeed(connected, undefined).pipe(
               Effect.andThen(Scope.provide(boundHandshakes(s, node), child)),

@@ -67,3 +67,11 @@ const unsent: ReadonlySet<string> = new Set([
 /** @internal */
 export const neverSent = (error: StoreError): boolean =>
   error.reason === "Unavailable" || (error.cause !== undefined && hasCause(error.cause, unsent))
+
+/**
+ * Whether Redis refused the call as a replica (`READONLY`): a primary turned replica by a failover. A Redis error
+ * reply's first word is its code.
+ *
+ * @internal
+ */
+export const isReadOnly = (failure: unknown): boolean => errorText(failure).startsWith("READONLY ")

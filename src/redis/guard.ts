@@ -11,7 +11,7 @@ import * as Metrics from "../Metrics.js"
 import type { Guard, GuardOptions, GuardSettings } from "../Redis.js"
 import * as Counters from "../stats/counters.js"
 import { wellFormed } from "../stats/labels.js"
-import { ClientDeadline } from "./connection.js"
+import { ClientDeadline, ConnectionReset } from "./connection.js"
 import { errorText, isClientTimeout, StoreError } from "./errors.js"
 
 /** @internal */
@@ -73,6 +73,7 @@ export const makeGuard = (options: {
 }): Effect.Effect<Guard> =>
   Effect.gen(function* () {
     const clientDeadline = yield* Effect.service(ClientDeadline)
+    const reset = yield* Effect.service(ConnectionReset)
     // With a Redis service and a scope (a store's layer), the probe is a PING in the background.
     const redis = yield* Effect.serviceOption(Redis.Redis)
     const scope = yield* Effect.serviceOption(Scope.Scope)
@@ -142,18 +143,19 @@ export const makeGuard = (options: {
           })
       return bounded.pipe(
         Effect.matchEffect({
-          onFailure: (error) =>
-            failed(
-              error instanceof StoreError
-                ? error
-                : new StoreError({
-                    store,
-                    operation,
-                    reason: isClientTimeout(error) ? "Timeout" : "Failed",
-                    message: `${operation}: ${errorText(error)}`,
-                    cause: error
-                  })
-            ),
+          onFailure: (error) => {
+            if (error instanceof StoreError) return failed(error)
+            const failure = failed(
+              new StoreError({
+                store,
+                operation,
+                reason: isClientTimeout(error) ? "Timeout" : "Failed",
+                message: `${operation}: ${errorText(error)}`,
+                cause: error
+              })
+            )
+            return reset === undefined ? failure : Effect.andThen(reset(error), failure)
+          },
           onSuccess: (value) => (failingSince === undefined ? Effect.succeed(value) : Effect.as(succeeded, value))
         })
       )
