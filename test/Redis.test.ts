@@ -4,7 +4,7 @@ import { connect as connectTo, createServer, type Socket } from "node:net"
 import { tmpdir } from "node:os"
 import { join } from "node:path"
 import { assert, describe, it } from "@effect/vitest"
-import { Context, Effect, Exit, Fiber, Layer, Option, Queue, Redacted, Ref, Result, Schedule, type Scope } from "effect"
+import { Cause, Context, Effect, Exit, Fiber, Layer, Option, Queue, Redacted, Ref, Result, Schedule, type Scope } from "effect"
 import { TestClock } from "effect/testing"
 import { Redis as PersistenceRedis } from "effect/persistence"
 import type { ModelError } from "../src/AiError.js"
@@ -693,6 +693,9 @@ describe("Redis.neverSent", () => {
     assert.isFalse(Redis.neverSent(failed("Failed", new Error("ERR wrong"))))
     // The guard's own deadline: the command may be on its way.
     assert.isFalse(Redis.neverSent(failed("Timeout")))
+    // Effect's own TimeoutError (a Redis service of the application's, bounded by Effect.timeout) shares the
+    // name of node-redis's queued-command one: the command may be on its way all the same.
+    assert.isFalse(Redis.neverSent(failed("Timeout", new Cause.TimeoutError("deadline"))))
   })
 })
 

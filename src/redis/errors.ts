@@ -5,7 +5,7 @@
  *
  * @internal
  */
-import { Predicate, Schema } from "effect"
+import { Cause, Predicate, Schema } from "effect"
 
 /** @internal */
 export class StoreError extends Schema.TaggedError<StoreError>("effect-orchestra/StoreError")("StoreError", {
@@ -34,12 +34,13 @@ export const errorText = (failure: unknown): string => {
 }
 
 // Whether a class named in `names` is somewhere in the chain of causes (node-redis's errors
-// are told apart by class).
-const hasCause = (failure: unknown, names: ReadonlySet<string>): boolean => {
+// are told apart by class). Effect's `Cause.TimeoutError` shares the name of node-redis's `TimeoutError`
+// (a command never written): it is a timeout, but says nothing of whether a command was written.
+const hasCause = (failure: unknown, names: ReadonlySet<string>, effectTimeout: boolean): boolean => {
   let current: unknown = failure
   for (let depth = 0; depth < 8 && typeof current === "object" && current !== null; depth++) {
     const name = (current as { readonly constructor?: { readonly name?: unknown } }).constructor?.name
-    if (typeof name === "string" && names.has(name)) return true
+    if (typeof name === "string" && names.has(name) && (effectTimeout || !Cause.isTimeoutError(current))) return true
     current =
       Predicate.hasProperty(current, "reason") && typeof current.reason === "object"
         ? current.reason
@@ -53,7 +54,7 @@ const hasCause = (failure: unknown, names: ReadonlySet<string>): boolean => {
 // node-redis's own deadline (`TimeoutError`: never sent, `TimeoutReadError`: no reply), and evalWithin's.
 const clientTimeouts: ReadonlySet<string> = new Set(["TimeoutError", "TimeoutReadError", "EvalTimeoutError"])
 /** @internal */
-export const isClientTimeout = (failure: unknown): boolean => hasCause(failure, clientTimeouts)
+export const isClientTimeout = (failure: unknown): boolean => hasCause(failure, clientTimeouts, true)
 
 // node-redis refused the command before writing it: offline (commands are not queued), closed, or its
 // deadline passed while still queued.
@@ -66,7 +67,7 @@ const unsent: ReadonlySet<string> = new Set([
 
 /** @internal */
 export const neverSent = (error: StoreError): boolean =>
-  error.reason === "Unavailable" || (error.cause !== undefined && hasCause(error.cause, unsent))
+  error.reason === "Unavailable" || (error.cause !== undefined && hasCause(error.cause, unsent, false))
 
 /**
  * Whether Redis refused the call as a replica (`READONLY`): a primary turned replica by a failover. A Redis error
