@@ -17,7 +17,9 @@
  *   reported, every call skips Redis at once (the store's fail-open or fail-closed choice)
  *   and a PING in the background, one per `probeInterval`, finds when it is back: once
  *   reported, a hung Redis costs a caller nothing. Until then, each call pays at most the
- *   deadline.
+ *   deadline. A Redis that answers the store's calls with an error (OOM, READONLY) answers a PING
+ *   all the same: then one of the store's own calls per `probeInterval` goes to it instead, and only
+ *   its success says the store is back.
  *
  * Stores take the `Redis` service as a requirement, so an application may also provide
  * its own (`NodeRedis.layer` with other options); the guard bounds calls either way.

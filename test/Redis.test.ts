@@ -934,6 +934,62 @@ describe.skipIf(skipRedis)(
 
 describe("Redis guard: the outage probe", () => {
   it.effect(
+    "a Redis that answers PING but refuses the store's calls (OOM): one warning, no 'is back' until a call of the store succeeds, one call let through per probeInterval",
+    () =>
+      Effect.gen(function* () {
+        const logs = yield* captureLogs
+        // node-redis's class of an error reply.
+        class SimpleError extends Error {}
+        const up = {
+          send: () => Effect.succeed("PONG")
+        } as unknown as PersistenceRedis.Redis["Service"]
+        const settings = yield* Effect.fromResult(
+          Redis.guardSettings({ timeout: "10 seconds", reportAfter: 0, probeInterval: "1 second" })
+        )
+        let sent = 0
+        let full = true
+        const write = Effect.suspend(() => {
+          sent++
+          return full
+            ? Effect.fail(
+                new PersistenceRedis.RedisError({
+                  cause: new SimpleError("OOM command not allowed when used memory > 'maxmemory'.")
+                })
+              )
+            : Effect.void
+        })
+        yield* Effect.scoped(
+          Effect.gen(function* () {
+            const guard = yield* Redis.makeGuard({ store: `oom-${Math.random()}`, settings }).pipe(
+              Effect.provideService(PersistenceRedis.Redis, up)
+            )
+            // A call every 100 ms for 10 seconds.
+            for (let i = 0; i < 100; i++) {
+              yield* Effect.ignore(guard.call("write", write))
+              yield* TestClock.adjust("100 millis")
+            }
+            const warnings = logs.lines.filter((l) => l.startsWith("Warn"))
+            assert.strictEqual(warnings.length, 1, JSON.stringify(logs.lines))
+            assert.include(warnings[0], "OOM")
+            assert.isFalse(
+              logs.lines.some((l) => l.includes("is back")),
+              JSON.stringify(logs.lines)
+            )
+            assert.isFalse(yield* guard.available)
+            // The first call, then one a second: the rest skip Redis.
+            assert.isAtMost(sent, 12)
+            assert.isAtLeast(sent, 9)
+            full = false
+            yield* TestClock.adjust("1 second")
+            yield* guard.call("write", write)
+            assert.isTrue(yield* guard.available)
+            assert.isTrue(logs.lines.some((l) => l.includes("is back")))
+          })
+        ).pipe(Effect.provide(logs.layer))
+      })
+  )
+
+  it.effect(
     "an outage reported again after a late success: still one PING per probeInterval, not one more per flap",
     () =>
       Effect.gen(function* () {

@@ -10,7 +10,7 @@ import { Context, Deferred, Duration, Effect, Exit, FiberHandle, Layer, Option, 
 import { Redis } from "effect/persistence"
 import * as Input from "../Input.js"
 import type { Options } from "../Redis.js"
-import { errorText, isReadOnly } from "./errors.js"
+import { errorText, isErrorReply, isReadOnly } from "./errors.js"
 import { evalWithin } from "./eval.js"
 import { minReconnectMillis, type Settings, settings } from "./settings.js"
 
@@ -136,15 +136,12 @@ const resetOnReadOnly =
         })
       : Effect.void
 
-// node-redis's classes of a Redis error reply.
-const errorReplies: ReadonlySet<string> = new Set(["ErrorReply", "SimpleError", "BlobError"])
-
 // A reconnection that Redis answered with an error (a password rotated: WRONGPASS; a database removed) is tried
 // again for good, while the stores only see "The client is offline": one warning per refusal says why. The
 // first retry of an outage (`retries` 0) starts it afresh. Socket errors are the outage the stores report.
 const refused = (s: Settings, state: State, retries: number, cause: Error): Effect.Effect<void> => {
   if (retries === 0) state.refusal = undefined
-  if (!errorReplies.has(cause.constructor.name) || cause.message === state.refusal) return Effect.void
+  if (!isErrorReply(cause) || cause.message === state.refusal) return Effect.void
   state.refusal = cause.message
   return Effect.logWarning(
     `Redis at ${s.address} refused the reconnection: ${cause.message}; trying again at most ${s.reconnectMax} ms apart`

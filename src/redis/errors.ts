@@ -53,6 +53,16 @@ const hasCause = (failure: unknown, names: ReadonlySet<string>, effectTimeout: b
 
 // node-redis's own deadline (`TimeoutError`: never sent, `TimeoutReadError`: no reply), and evalWithin's.
 const clientTimeouts: ReadonlySet<string> = new Set(["TimeoutError", "TimeoutReadError", "EvalTimeoutError"])
+// node-redis's classes of a Redis error reply.
+const errorReplies: ReadonlySet<string> = new Set(["ErrorReply", "SimpleError", "BlobError"])
+
+/**
+ * Whether Redis answered the call with an error (OOM, READONLY, a script's error): Redis is there.
+ *
+ * @internal
+ */
+export const isErrorReply = (failure: unknown): boolean => hasCause(failure, errorReplies, false)
+
 /** @internal */
 export const isClientTimeout = (failure: unknown): boolean => hasCause(failure, clientTimeouts, true)
 

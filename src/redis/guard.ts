@@ -12,7 +12,7 @@ import type { Guard, GuardOptions, GuardSettings } from "../Redis.js"
 import * as Counters from "../stats/counters.js"
 import { wellFormed } from "../stats/labels.js"
 import { ClientDeadline, ConnectionReset } from "./connection.js"
-import { errorText, isClientTimeout, StoreError } from "./errors.js"
+import { errorText, isClientTimeout, isErrorReply, StoreError } from "./errors.js"
 
 /** @internal */
 export const maxPrefixChars = 100
@@ -100,16 +100,24 @@ export const makeGuard = (options: {
     let failures = 0
     let reported = false
     let nextProbe = 0
+    // The last failure was Redis's answer (an error reply: OOM, READONLY, MISCONF): a PING it answers says nothing
+    // of the store's calls, which then probe it themselves, one per probeInterval (see `call`).
+    let answered = false
 
     const failed = (error: StoreError): Effect.Effect<never, StoreError> =>
       Effect.flatMap(Clock.currentTimeMillis, (now) => {
         failures++
         if (failingSince === undefined) failingSince = now
+        answered = error.cause !== undefined && isErrorReply(error.cause)
         let count = countError
-        if (reported || now - failingSince < reportAfter) return Effect.andThen(count, Effect.fail(error))
+        if (reported || now - failingSince < reportAfter) {
+          // A call-probe that found Redis gone altogether: the PINGs take over.
+          if (reported && !answered && probing !== undefined) count = Effect.andThen(count, probing)
+          return Effect.andThen(count, Effect.fail(error))
+        }
         reported = true
         nextProbe = now + probeInterval
-        if (probing !== undefined) count = Effect.andThen(count, probing)
+        if (probing !== undefined && !answered) count = Effect.andThen(count, probing)
         const warning = Effect.logWarning(
           `Redis store "${store}" unavailable: ${failures} failed call${failures === 1 ? "" : "s"} in ${now - failingSince} ms, the last: ${error.message}`
         ).pipe(Effect.annotateLogs({ store, operation: error.operation }))
@@ -172,7 +180,7 @@ export const makeGuard = (options: {
             if (probeRunning) return Effect.void
             probeRunning = true
             const loop: Effect.Effect<void> = Effect.suspend(() => {
-              if (reported) {
+              if (reported && !answered) {
                 return Effect.sleep(settings.probeInterval).pipe(
                   Effect.andThen(Effect.ignore(run("PING", redis.value.send("PING")))),
                   Effect.andThen(loop)
@@ -206,8 +214,9 @@ export const makeGuard = (options: {
     const call = <A, E>(operation: string, effect: Effect.Effect<A, E>): Effect.Effect<A, StoreError> =>
       Effect.flatMap(Clock.currentTimeMillis, (now) => {
         if (!reported) return run(operation, effect)
-        if (probing !== undefined || now < nextProbe) return skipped(operation)
-        // Without a Redis service and a scope to probe on its own, this call is the probe.
+        if ((probing !== undefined && !answered) || now < nextProbe) return skipped(operation)
+        // Without a Redis service and a scope to probe on its own, or when Redis answers the store's calls with an
+        // error (a PING it answers would say it is back), this call is the probe.
         nextProbe = now + probeInterval
         return run(operation, effect)
       })
