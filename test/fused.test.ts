@@ -35,7 +35,8 @@ const answer = (text: string): GenerateResponse => ({
 /**
  * A provider whose prompt says what it does: `ok`, `sleep:<ms>`, `flaky` (fails retryably
  * the first time each prompt is seen), `overloaded` (always, retryably), `refused` (a
- * caller's fault, not retried), `hang`, `die`, `throw` (throws instead of answering an Effect).
+ * caller's fault, not retried), `hang`, `die`, `throw` (throws instead of answering an Effect),
+ * `value` and `promise` (answer something that is not an Effect).
  */
 const scripted = (): Service => {
   const seen = new Set<string>()
@@ -45,6 +46,8 @@ const scripted = (): Service => {
     generate: (request: GenerateRequest) => {
       // A provider that throws instead of returning an Effect (a bug): the attempt's defect.
       if (request.prompt === "throw") throw new Error("provider threw")
+      if (request.prompt === "value") return answer("not an Effect") as never
+      if (request.prompt === "promise") return Promise.reject(new Error("async provider")) as never
       return Effect.suspend(() => {
         const prompt = request.prompt ?? ""
         const [kind, arg] = prompt.split(":")
@@ -219,6 +222,24 @@ describe("the fused call path gives what the full path gives", () => {
       assert.strictEqual((run.stats as { inFlight: number }).inFlight, 0)
       assert.strictEqual((run.stats as { total: number }).total, 500)
     })
+  )
+})
+
+describe("found in review: providers that break their contract", () => {
+  it.effect(
+    "a provider answering something that is not an Effect: its own typed error, nothing left in flight, both paths",
+    () =>
+      Effect.gen(function* () {
+        const run = yield* sameOnBothPaths(
+          ["ok:1", "value", "promise", "ok:2"].map((prompt) => ({ prompt })),
+          2,
+          10_000
+        )
+        assert.deepStrictEqual(run.outcomes, ["ok ok:1", "ModelError Unknown", "ModelError Unknown", "ok ok:2"])
+        // Before, the full path lost the attempt's exit handler with the fiber ("Not a valid effect"):
+        // each such call stayed counted in flight for ever, and no service time was recorded.
+        assert.strictEqual((run.stats as { inFlight: number }).inFlight, 0)
+      })
   )
 })
 
@@ -654,6 +675,52 @@ describe("the full path under interruptions", () => {
         yield* Scope.close(scope, Exit.void)
       }
     })
+  )
+})
+
+describe("found in review: the provider slot's gauges under interruptions", () => {
+  it.effect(
+    "callers interrupted at any yield of an attempt that queues for its slot leave nothing in flight or queued",
+    () =>
+      Effect.gen(function* () {
+        const leaks: Array<string> = []
+        for (let k = 1; k <= 20; k++) {
+          for (let turns = 0; turns < 6; turns++) {
+            const scope = yield* Scope.make()
+            const stats = yield* Layer.buildWithScope(StatsModule.layer, scope).pipe(
+              Effect.map((context) => context.mapUnsafe.get(Stats.key) as Stats["Service"])
+            )
+            const engine = yield* Engine.make({ stats, shutdownDeadline: Duration.seconds(1) }).pipe(
+              Scope.provide(scope)
+            )
+            const plan = {
+              steps: [
+                {
+                  ...step("1 second"),
+                  name: "p",
+                  maxConcurrency: 1,
+                  retry: Policy.retry({ maxAttempts: 3, initialDelay: 100, jitter: 0 })
+                }
+              ] as const
+            }
+            // Two callers (one served, one queued behind it) whose fibers yield every k operations.
+            const base = Context.add(yield* Effect.context<never>(), Scheduler.MaxOpsBeforeYield, k)
+            const callers = [0, 1].map(() =>
+              Effect.runForkWith(base)(engine.runValue(plan, () => Effect.fail(modelError("Overloaded", "busy"))))
+            )
+            for (let i = 0; i < turns; i++) yield* Effect.yieldNow
+            for (const caller of callers) caller.interruptUnsafe()
+            for (let i = 0; i < 100; i++) yield* Effect.yieldNow
+            const snapshot = yield* stats.snapshot()
+            // The gauges were entered one step before the handler that leaves them was in place.
+            if (snapshot.inFlight !== 0 || snapshot.queued !== 0) {
+              leaks.push(`k=${k} turns=${turns}: inFlight ${snapshot.inFlight}, queued ${snapshot.queued}`)
+            }
+            yield* Scope.close(scope, Exit.void)
+          }
+        }
+        assert.deepStrictEqual(leaks, [])
+      })
   )
 })
 

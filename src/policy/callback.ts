@@ -34,11 +34,20 @@ const describe = (value: unknown): string =>
 export const userEffect = <A, E, R>(name: string, run: () => Effect.Effect<A, E, R>): Effect.Effect<A, E, R> =>
   Effect.suspend(() => {
     const effect: unknown = run()
-    if (Effect.isEffect(effect)) return effect as Effect.Effect<A, E, R>
-    // The defect says what it returned; a Promise's own rejection would be an unhandled one.
-    if (isThenable(effect)) effect.then(undefined, () => undefined)
-    return Effect.die(new TypeError(`${name} must return an Effect, got ${describe(effect)}`))
+    return Effect.isEffect(effect) ? (effect as Effect.Effect<A, E, R>) : notAnEffect(name, effect)
   })
+
+/**
+ * The defect of a callback (`name`) that returned `value`, which is not an Effect: a
+ * `TypeError` saying what it returned. A Promise's own rejection is handled here: it would
+ * otherwise be an unhandled one, which ends a Node process.
+ *
+ * @internal
+ */
+export const notAnEffect = (name: string, value: unknown): Effect.Effect<never> => {
+  if (isThenable(value)) value.then(undefined, () => undefined)
+  return Effect.die(new TypeError(`${name} must return an Effect, got ${describe(value)}`))
+}
 
 const warned = new WeakSet<object>()
 

@@ -23,6 +23,7 @@
 import { Cause, type Clock, Effect, Exit, Fiber } from "effect"
 import { type AiError, reasonOf } from "../AiError.js"
 import type { Series } from "../stats/series.js"
+import { notAnEffect } from "./callback.js"
 import * as Deadline from "./deadline.js"
 import type { Cut, Plan, Step } from "./plan.js"
 
@@ -161,6 +162,8 @@ export class Fused extends Deadline.Tracked implements Running {
       // A provider that throws instead of returning an Effect: that attempt's defect, as on the full path.
       call = Effect.die(defect)
     }
+    // As on the full path (`step.ts`): its typed error, not "Not a valid effect" from the run loop.
+    if (!Effect.isEffect(call)) call = notAnEffect("the provider call", call)
     const fiber = Effect.runForkWith(this.parent.context)(call)
     this.fiber = fiber
     const done = fiber.pollUnsafe()

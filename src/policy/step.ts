@@ -13,7 +13,7 @@
  * @internal
  */
 import { Cause, type Clock, Duration, Effect, Exit, Schedule, type Semaphore } from "effect"
-import { observe } from "./callback.js"
+import { notAnEffect, observe } from "./callback.js"
 import { type AiError, isRetryable, reasonOf, TimeoutError } from "../AiError.js"
 import { schedule as retrySchedule } from "../Policy.js"
 import type { Series } from "../stats/series.js"
@@ -249,18 +249,30 @@ export const make = (env: Env): Driver => {
   ): Effect.Effect<A, AiError> => {
     const gauges = series.gauges
     const semaphore = step.slot ?? slot(step.name, step.maxConcurrency)
-    const serve = Effect.suspend(() => {
-      const started = clock.currentTimeMillisUnsafe()
-      let provided: Effect.Effect<A, AiError>
-      try {
-        provided = call(step.target, step)
-      } catch (defect) {
-        // A provider that throws instead of returning an Effect: that attempt's defect
-        // (and its gauges, entered below, are left on exit as for any other).
-        provided = Effect.die(defect)
-      }
-      for (const g of gauges) g.enter()
-      return Effect.onExit(provided, (exit) => {
+    // The gauges are entered inside the region whose exit leaves them (`started`, `queuedAt` set
+    // once they are): entered one step before it, a caller interrupted at a yield in between left
+    // them entered for ever. The same objects as before, wrapped the other way round.
+    let started: number | undefined
+    const serve = Effect.onExit(
+      Effect.suspend(() => {
+        const now = clock.currentTimeMillisUnsafe()
+        let provided: Effect.Effect<A, AiError>
+        try {
+          provided = call(step.target, step)
+        } catch (defect) {
+          // A provider that throws instead of returning an Effect: that attempt's defect
+          // (and its gauges, entered below, are left on exit as for any other).
+          provided = Effect.die(defect)
+        }
+        // Anything else handed to the run loop ends the fiber past every handler (`callback.ts`):
+        // the gauges below would stay entered for ever. A property read, nothing allocated.
+        if (!Effect.isEffect(provided)) provided = notAnEffect("the provider call", provided)
+        for (const g of gauges) g.enter()
+        started = now
+        return provided
+      }),
+      (exit) => {
+        if (started === undefined) return Effect.void
         for (const g of gauges) g.exit()
         // An attempt its hedge's race (or its caller's) cut was not served: its time would raise
         // the p95 that `after: "p95"` reads.
@@ -268,8 +280,8 @@ export const make = (env: Env): Driver => {
           series.service.record(clock.currentTimeMillisUnsafe() - started)
         }
         return Effect.void
-      })
-    })
+      }
+    )
     if (semaphore === undefined) {
       const deadlined = lanes.attempt(serve, step.timeout, settleAttempt, step)
       return guard(
@@ -282,26 +294,30 @@ export const make = (env: Env): Driver => {
     // Queued for its slot: the attempt's deadline covers the wait, and its breaker
     // counts it only once it was served (`queued.ts`).
     state.reached = false
-    const body = Effect.suspend(() => {
-      const queuedAt = clock.currentTimeMillisUnsafe()
-      for (const g of gauges) g.queued++
-      let waiting = true
-      const leaveQueue = () => {
-        if (!waiting) return
-        waiting = false
-        for (const g of gauges) g.queued--
-        series.queueWait.record(clock.currentTimeMillisUnsafe() - queuedAt)
-      }
-      return semaphore
-        .withPermit(
+    let queuedAt: number | undefined
+    const leaveQueue = (): void => {
+      if (queuedAt === undefined) return
+      for (const g of gauges) g.queued--
+      series.queueWait.record(clock.currentTimeMillisUnsafe() - queuedAt)
+      queuedAt = undefined
+    }
+    const body = Effect.onExit(
+      Effect.suspend(() => {
+        for (const g of gauges) g.queued++
+        queuedAt = clock.currentTimeMillisUnsafe()
+        return semaphore.withPermit(
           Effect.suspend(() => {
             state.reached = true
             leaveQueue()
             return serve
           })
         )
-        .pipe(Effect.onExit(() => Effect.sync(leaveQueue)))
-    })
+      }),
+      () => {
+        leaveQueue()
+        return Effect.void
+      }
+    )
     const deadlined: Effect.Effect<A, AiError> = lanes.attempt(body, step.timeout, settleAttempt, step)
     return guard(
       step,
